@@ -1,0 +1,27 @@
+//! Compiles our `.proto` files into OUT_DIR with tonic-prost-build, plus a descriptor set for
+//! server reflection and for parsing `config.pbtxt` (protobuf text format) at run time.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The vendored protoc means nothing has to be installed by hand.
+    if std::env::var_os("PROTOC").is_none() {
+        let protoc = protoc_bin_vendored::protoc_bin_path()?;
+        // SAFETY: build scripts are single-threaded at this point.
+        unsafe { std::env::set_var("PROTOC", protoc) };
+    }
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let protos = ["proto/grpc_service.proto", "proto/model_config.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure()
+        // Generated clients take any channel; the transport stays out of this crate.
+        .build_transport(false)
+        // Raw tensor payloads stay `bytes::Bytes`: decoding slices the request buffer instead of copying.
+        .bytes(".inference.ModelInferRequest.raw_input_contents")
+        .bytes(".inference.ModelInferResponse.raw_output_contents")
+        .bytes(".inference.InferTensorContents.bytes_contents")
+        .file_descriptor_set_path(out_dir.join("tritium_descriptor.bin"))
+        .compile_protos(&protos, &["proto"])?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Tritium's protocol crate: the KServe v2 / Triton `inference` package generated from our own
+//! `.proto` files, the descriptor set used for reflection and `config.pbtxt` parsing, and the
+//! one closed [`ErrorCode`] every layer maps its errors to.
+//!
+//! ```
+//! use tritium_proto::inference::ModelInferRequest;
+//! use tritium_proto::ErrorCode;
+//!
+//! let request = ModelInferRequest { model_name: "identity".into(), ..Default::default() };
+//! assert_eq!(request.model_name, "identity");
+//! assert_eq!(ErrorCode::NotFound.http_status(), 404);
+//! ```
+
+/// Generated messages, enums and the `GRPCInferenceService` client and server.
+#[allow(clippy::all, missing_docs)]
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+/// Serialized `FileDescriptorSet` of `grpc_service.proto` and `model_config.proto`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tritium_descriptor.bin"));
+
+/// The fully qualified gRPC service name, as health checks and reflection see it.
+pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
+
+/// Triton's error classes, mapped once to gRPC and HTTP status codes.
+///
+/// Every crate's error type exposes `code() -> ErrorCode`; transports convert from there and
+/// nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Unknown,
+    Internal,
+    NotFound,
+    InvalidArg,
+    Unavailable,
+    Unsupported,
+    AlreadyExists,
+    Cancelled,
+    /// Queue or capacity limits; Triton has no class of its own for it, gRPC and HTTP do.
+    ResourceExhausted,
+}
+
+impl ErrorCode {
+    /// The gRPC status code Triton's `GrpcStatusUtil::CodeToStatus` uses for this class.
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            ErrorCode::Unknown => tonic::Code::Unknown,
+            ErrorCode::Internal => tonic::Code::Internal,
+            ErrorCode::NotFound => tonic::Code::NotFound,
+            ErrorCode::InvalidArg => tonic::Code::InvalidArgument,
+            ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::Unsupported => tonic::Code::Unimplemented,
+            ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
+            ErrorCode::Cancelled => tonic::Code::Cancelled,
+            ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+        }
+    }
+
+    /// The HTTP status Triton documents for this class.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Internal => 500,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Unsupported => 501,
+            ErrorCode::ResourceExhausted => 429,
+            ErrorCode::Unknown | ErrorCode::InvalidArg | ErrorCode::AlreadyExists | ErrorCode::Cancelled => 400,
+        }
+    }
+
+    /// Builds the gRPC status for an error of this class.
+    pub fn status(self, message: impl Into<String>) -> tonic::Status {
+        tonic::Status::new(self.grpc_code(), message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_set_holds_both_files() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("descriptor set decodes");
+        let names: Vec<_> = set.file.iter().filter_map(|f| f.name.clone()).collect();
+        assert!(names.contains(&"grpc_service.proto".to_string()), "{names:?}");
+        assert!(names.contains(&"model_config.proto".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn codes_map_like_triton() {
+        assert_eq!(ErrorCode::Unsupported.grpc_code(), tonic::Code::Unimplemented);
+        assert_eq!(ErrorCode::InvalidArg.http_status(), 400);
+        assert_eq!(ErrorCode::Unavailable.status("x").code(), tonic::Code::Unavailable);
+    }
+}

@@ -1,0 +1,229 @@
+//! The [`Backend`] trait: how a model turns validated input tensors into output tensors, and the
+//! registry of backend factories a model repository picks from by `config.backend`.
+//!
+//! A backend sees only tensors that already match its config (datatype, shape, batch, byte
+//! size), so it can index them without checks of its own.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tritium_proto::ErrorCode;
+use tritium_proto::inference::ModelConfig;
+use tritium_tensor::{Tensor, TensorError};
+
+use crate::request::{InferenceResponse, Parameters};
+use crate::worker::StreamItem;
+
+/// Runs the requests of one model version.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use tritium_tensor::Tensor;
+/// use tritium_worker::backend::{Backend, BackendError, BackendRequest, Responder};
+///
+/// /// Doubles every FP32 element of INPUT0.
+/// struct Doubler;
+///
+/// #[async_trait]
+/// impl Backend for Doubler {
+///     async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
+///         let input = request.input("INPUT0")?;
+///         let doubled: Vec<f32> = input.to_vec::<f32>()?.iter().map(|x| x * 2.0).collect();
+///         responder.send(vec![Tensor::from_slice("OUTPUT0", input.shape.clone(), &doubled)]).await
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Answers one request through `responder`: exactly once for a plain model, any number of
+    /// times for a decoupled one. Returning ends the request.
+    async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError>;
+}
+
+/// A validated request as a backend sees it.
+#[derive(Debug)]
+pub struct BackendRequest {
+    pub inputs: Vec<Tensor>,
+    pub parameters: Parameters,
+    /// Cancelled when the client goes away; long-running backends should check it.
+    pub cancel: CancellationToken,
+}
+
+impl BackendRequest {
+    /// The input called `name`; optional inputs may be absent.
+    pub fn input(&self, name: &str) -> Result<&Tensor, BackendError> {
+        self.inputs
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| BackendError::MissingInput { name: name.to_string() })
+    }
+
+    pub fn optional_input(&self, name: &str) -> Option<&Tensor> {
+        self.inputs.iter().find(|t| t.name == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("input '{name}' is missing")]
+    MissingInput { name: String },
+    #[error("{0}")]
+    Tensor(#[from] TensorError),
+    #[error("a model that is not decoupled sent more than one response")]
+    ExtraResponse,
+    #[error("the model sent no response")]
+    NoResponse,
+    #[error("the request was cancelled")]
+    Cancelled,
+    #[error("{message}")]
+    Failed { code: ErrorCode, message: String },
+}
+
+impl BackendError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BackendError::MissingInput { .. } | BackendError::Tensor(_) => ErrorCode::InvalidArg,
+            BackendError::ExtraResponse | BackendError::NoResponse => ErrorCode::Internal,
+            BackendError::Cancelled => ErrorCode::Cancelled,
+            BackendError::Failed { code, .. } => *code,
+        }
+    }
+
+    pub fn failed(code: ErrorCode, message: impl Into<String>) -> BackendError {
+        BackendError::Failed { code, message: message.into() }
+    }
+}
+
+/// Where a backend puts its responses.
+#[derive(Debug)]
+pub struct Responder {
+    inner: ResponderKind,
+}
+
+#[derive(Debug)]
+enum ResponderKind {
+    Single(Option<Vec<Tensor>>),
+    Stream(StreamTarget),
+}
+
+/// Where the responses of one decoupled request go, and what they are labelled with.
+#[derive(Debug)]
+pub(crate) struct StreamTarget {
+    pub(crate) sender: mpsc::Sender<StreamItem>,
+    pub(crate) model_name: Arc<str>,
+    pub(crate) model_version: i64,
+    pub(crate) id: String,
+    pub(crate) requested_outputs: Vec<String>,
+}
+
+impl Responder {
+    pub(crate) fn single() -> Responder {
+        Responder { inner: ResponderKind::Single(None) }
+    }
+
+    pub(crate) fn stream(target: StreamTarget) -> Responder {
+        Responder { inner: ResponderKind::Stream(target) }
+    }
+
+    /// Sends one response. For a decoupled model this waits while the client is slow to read,
+    /// and fails with [`BackendError::Cancelled`] once it has gone.
+    pub async fn send(&mut self, outputs: Vec<Tensor>) -> Result<(), BackendError> {
+        match &mut self.inner {
+            ResponderKind::Single(slot @ None) => {
+                *slot = Some(outputs);
+                Ok(())
+            }
+            ResponderKind::Single(Some(_)) => Err(BackendError::ExtraResponse),
+            ResponderKind::Stream(target) => {
+                let response = InferenceResponse {
+                    model_name: Arc::clone(&target.model_name),
+                    model_version: target.model_version,
+                    id: target.id.clone(),
+                    outputs: select_outputs(outputs, &target.requested_outputs),
+                    is_final: false,
+                };
+                target.sender.send(StreamItem::Response(response)).await.map_err(|_| BackendError::Cancelled)
+            }
+        }
+    }
+
+    pub(crate) fn take_single(&mut self) -> Option<Vec<Tensor>> {
+        match &mut self.inner {
+            ResponderKind::Single(slot) => slot.take(),
+            ResponderKind::Stream(_) => None,
+        }
+    }
+}
+
+/// Keeps the outputs a request asked for, in the backend's order; all of them when it asked for none.
+pub(crate) fn select_outputs(outputs: Vec<Tensor>, requested: &[String]) -> Vec<Tensor> {
+    if requested.is_empty() {
+        return outputs;
+    }
+    outputs.into_iter().filter(|o| requested.iter().any(|r| r == &o.name)).collect()
+}
+
+/// What a factory knows when it builds a backend for one model version.
+#[derive(Debug)]
+pub struct BackendContext<'a> {
+    pub model_name: &'a str,
+    pub version: i64,
+    pub config: &'a ModelConfig,
+    /// The version folder, when the model came from a repository on disk.
+    pub version_dir: Option<&'a Path>,
+}
+
+/// Builds a backend instance for a model version.
+pub trait BackendFactory: Send + Sync + 'static {
+    fn create(&self, context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String>;
+}
+
+impl<F> BackendFactory for F
+where
+    F: Fn(&BackendContext<'_>) -> Result<Arc<dyn Backend>, String> + Send + Sync + 'static,
+{
+    fn create(&self, context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
+        self(context)
+    }
+}
+
+/// Backend factories by the name a `config.pbtxt` gives in `backend` (or `platform`).
+#[derive(Clone, Default)]
+pub struct BackendRegistry {
+    factories: HashMap<String, Arc<dyn BackendFactory>>,
+}
+
+impl std::fmt::Debug for BackendRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.factories.keys().collect();
+        names.sort();
+        f.debug_struct("BackendRegistry").field("backends", &names).finish()
+    }
+}
+
+impl BackendRegistry {
+    /// A registry holding the built-in backends: `identity`, `add_sub` and `repeat`.
+    pub fn with_builtins() -> BackendRegistry {
+        let mut registry = BackendRegistry::default();
+        crate::backends::register_builtins(&mut registry);
+        registry
+    }
+
+    pub fn register(&mut self, name: impl Into<String>, factory: impl BackendFactory) -> &mut Self {
+        self.factories.insert(name.into(), Arc::new(factory));
+        self
+    }
+
+    /// Registers a backend that needs nothing from its config: one shared instance.
+    pub fn register_instance(&mut self, name: impl Into<String>, backend: Arc<dyn Backend>) -> &mut Self {
+        self.register(name, move |_: &BackendContext<'_>| Ok(Arc::clone(&backend)))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn BackendFactory>> {
+        self.factories.get(name)
+    }
+}

@@ -1,0 +1,18 @@
+//! Built-in backends: `identity`, `add_sub` and `repeat`, useful for testing clients, measuring
+//! the server's own overhead, and as examples of [`Backend`](crate::backend::Backend).
+
+mod add_sub;
+mod identity;
+mod repeat;
+
+pub use add_sub::AddSub;
+pub use identity::Identity;
+pub use repeat::Repeat;
+
+use crate::backend::BackendRegistry;
+
+pub(crate) fn register_builtins(registry: &mut BackendRegistry) {
+    registry.register("identity", Identity::from_context);
+    registry.register("add_sub", AddSub::from_context);
+    registry.register("repeat", Repeat::from_context);
+}

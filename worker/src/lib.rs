@@ -1,0 +1,46 @@
+//! Tritium's worker: the engines behind the frontend.
+//!
+//! - [`backend::Backend`]: the trait a model implements (tensors in, tensors out; any number of
+//!   responses for decoupled models), and [`backend::BackendRegistry`] to add one by name.
+//! - [`registry::ModelRepository`]: Triton's model repository layout, version policies and
+//!   control modes, with a built-in repository (`identity`, `identity_batch`, `add_sub`,
+//!   `repeat`) when no folder is given.
+//! - [`worker::WorkerClient`]: the dispatch seam; [`worker::LocalWorker`] runs requests in
+//!   process.
+//!
+//! ```
+//! # tokio_test_block(async {
+//! use std::sync::Arc;
+//! use tritium_tensor::Tensor;
+//! use tritium_worker::{BackendRegistry, InferenceRequest, LocalWorker, ModelRepository, RepositoryOptions, WorkerClient};
+//!
+//! let repository = ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins()).unwrap();
+//! let worker = LocalWorker::new(repository);
+//! let input = Tensor::from_slice("INPUT0", vec![3], &[1.0f32, 2.0, 3.0]);
+//! let response = worker.infer(InferenceRequest::new("identity", vec![input])).await.unwrap();
+//! assert_eq!(response.outputs[0].to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
+//! # });
+//! # fn tokio_test_block<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+pub mod backend;
+pub mod backends;
+pub mod error;
+pub mod model;
+pub mod params;
+pub mod registry;
+pub mod repository;
+pub mod request;
+pub mod schema;
+pub mod stats;
+pub mod worker;
+
+pub use backend::{Backend, BackendContext, BackendError, BackendRegistry, BackendRequest, Responder};
+pub use error::WorkerError;
+pub use model::ModelVersion;
+pub use registry::{ControlMode, IndexEntry, ModelRepository, ModelState, RepositoryOptions, ServedModel};
+pub use request::{InferenceRequest, InferenceResponse, ParamValue, Parameters, parse_version};
+pub use stats::StatsSnapshot;
+pub use worker::{InferOutcome, LocalWorker, ResponseStream, StreamItem, WorkerClient};

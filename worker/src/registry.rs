@@ -1,0 +1,426 @@
+//! The model registry: which models and versions are served, their lifecycle under Triton's
+//! model control modes (`none`, `explicit`, `poll`), and the repository index.
+//!
+//! The request path reads an immutable snapshot (`ArcSwap`), so loads and unloads never block
+//! inference; lifecycle changes are serialized by one mutex.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tritium_proto::inference::ModelConfig;
+
+use crate::backend::{BackendContext, BackendRegistry};
+use crate::error::WorkerError;
+use crate::model::ModelVersion;
+use crate::repository::{self, ModelSource};
+use crate::schema::ModelSchema;
+
+/// Triton's `--model-control-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControlMode {
+    /// Load everything at start; no load or unload later.
+    #[default]
+    None,
+    /// Load what `--load-model` names at start; clients load and unload.
+    Explicit,
+    /// Load everything and follow changes to the repository.
+    Poll,
+}
+
+#[derive(Debug, Clone)]
+pub struct RepositoryOptions {
+    /// Repository folders; empty means the built-in repository.
+    pub paths: Vec<PathBuf>,
+    pub control_mode: ControlMode,
+    /// Models to load at start in explicit mode; `*` loads all.
+    pub startup_models: Vec<String>,
+    pub poll_interval: Duration,
+}
+
+impl Default for RepositoryOptions {
+    fn default() -> Self {
+        RepositoryOptions {
+            paths: Vec::new(),
+            control_mode: ControlMode::None,
+            startup_models: Vec::new(),
+            poll_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The ready versions of one model.
+#[derive(Debug)]
+pub struct ServedModel {
+    pub name: String,
+    pub config: Arc<ModelConfig>,
+    /// Ready versions, ascending.
+    pub versions: BTreeMap<i64, Arc<ModelVersion>>,
+    fingerprint: u64,
+}
+
+impl ServedModel {
+    pub fn latest(&self) -> Option<&Arc<ModelVersion>> {
+        self.versions.values().next_back()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelState {
+    Ready,
+    Unavailable,
+    Loading,
+    Unloading,
+}
+
+impl ModelState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Ready => "READY",
+            ModelState::Unavailable => "UNAVAILABLE",
+            ModelState::Loading => "LOADING",
+            ModelState::Unloading => "UNLOADING",
+        }
+    }
+}
+
+/// One row of the repository index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: Option<i64>,
+    /// `None` for a model present in the repository and never loaded.
+    pub state: Option<ModelState>,
+    pub reason: String,
+}
+
+/// What is known of a model that is not (or no longer) served.
+#[derive(Debug, Clone)]
+struct Unserved {
+    versions: Vec<i64>,
+    reason: String,
+    fingerprint: Option<u64>,
+}
+
+const BUILTIN_MODELS: &[(&str, &str)] = &[
+    ("identity", include_str!("../models/identity.pbtxt")),
+    ("identity_batch", include_str!("../models/identity_batch.pbtxt")),
+    ("add_sub", include_str!("../models/add_sub.pbtxt")),
+    ("repeat", include_str!("../models/repeat.pbtxt")),
+];
+
+#[derive(Debug)]
+pub struct ModelRepository {
+    options: RepositoryOptions,
+    backends: BackendRegistry,
+    served: ArcSwap<HashMap<String, Arc<ServedModel>>>,
+    unserved: Mutex<BTreeMap<String, Unserved>>,
+    lifecycle: Mutex<()>,
+    changes: watch::Sender<u64>,
+}
+
+impl ModelRepository {
+    /// Opens the repository and loads the models its control mode asks for at start. Models that
+    /// fail to load are reported in the index with their reason; the others are served.
+    pub fn open(options: RepositoryOptions, backends: BackendRegistry) -> Result<Arc<ModelRepository>, WorkerError> {
+        let repository = Arc::new(ModelRepository {
+            options,
+            backends,
+            served: ArcSwap::from_pointee(HashMap::new()),
+            unserved: Mutex::new(BTreeMap::new()),
+            lifecycle: Mutex::new(()),
+            changes: watch::channel(0).0,
+        });
+        let sources = repository.sources()?;
+        let load_all = repository.options.control_mode != ControlMode::Explicit
+            || repository.options.startup_models.iter().any(|m| m == "*");
+        let _guard = repository.lock_lifecycle();
+        for source in sources {
+            let wanted = load_all || repository.options.startup_models.contains(&source.name);
+            if wanted {
+                if let Err(e) = repository.load_source(&source, None) {
+                    tracing::error!(model = %source.name, "failed to load: {e}");
+                }
+            } else {
+                repository.mark_unserved(&source.name, source.versions.clone(), String::new(), None);
+            }
+        }
+        if repository.options.control_mode == ControlMode::Explicit {
+            for name in &repository.options.startup_models {
+                if name != "*" && !repository.is_served(name) && !repository.lock_unserved().contains_key(name) {
+                    return Err(WorkerError::LoadFailed {
+                        name: name.clone(),
+                        reason: "no model of that name in the model repository".to_string(),
+                    });
+                }
+            }
+        }
+        Ok(repository)
+    }
+
+    pub fn control_mode(&self) -> ControlMode {
+        self.options.control_mode
+    }
+
+    /// A counter that moves on every change of the served models, for health and discovery.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The served model of that name.
+    pub fn model(&self, name: &str) -> Option<Arc<ServedModel>> {
+        self.served.load().get(name).cloned()
+    }
+
+    /// Every served model, by name.
+    pub fn served_models(&self) -> Vec<Arc<ServedModel>> {
+        let mut models: Vec<_> = self.served.load().values().cloned().collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        models
+    }
+
+    fn is_served(&self, name: &str) -> bool {
+        self.served.load().contains_key(name)
+    }
+
+    /// True when every model the repository was asked to serve is ready.
+    pub fn all_ready(&self) -> bool {
+        self.lock_unserved().values().all(|u| u.reason.is_empty() || u.reason == "unloaded")
+    }
+
+    /// The version a request asks for (`None`: the latest ready one), with Triton's errors.
+    pub fn resolve(&self, name: &str, version: Option<i64>) -> Result<Arc<ModelVersion>, WorkerError> {
+        let served = self.served.load();
+        let Some(model) = served.get(name) else {
+            return Err(if self.lock_unserved().contains_key(name) {
+                WorkerError::NoAvailableVersions { name: name.to_string() }
+            } else {
+                WorkerError::ModelNotFound { name: name.to_string() }
+            });
+        };
+        match version {
+            None => model.latest().cloned().ok_or_else(|| WorkerError::NoAvailableVersions { name: name.to_string() }),
+            Some(v) => model
+                .versions
+                .get(&v)
+                .cloned()
+                .ok_or_else(|| WorkerError::VersionNotFound { name: name.to_string(), version: v }),
+        }
+    }
+
+    /// Whether a model (and version) can take requests; unknown ones are simply not ready.
+    pub fn is_ready(&self, name: &str, version: Option<i64>) -> bool {
+        self.resolve(name, version).is_ok()
+    }
+
+    /// Loads or reloads a model (explicit mode). `config_json` replaces the model's
+    /// `config.pbtxt`, as Triton's `config` load parameter does.
+    pub fn load(&self, name: &str, config_json: Option<&str>) -> Result<(), WorkerError> {
+        if self.options.control_mode != ControlMode::Explicit {
+            return Err(WorkerError::ModelControlDisabled);
+        }
+        let _guard = self.lock_lifecycle();
+        let source = self.find_source(name)?.ok_or_else(|| WorkerError::LoadFailed {
+            name: name.to_string(),
+            reason: "failed to poll from model repository".to_string(),
+        })?;
+        self.load_source(&source, config_json)
+    }
+
+    /// Unloads a model (explicit mode); unknown names are fine, as in Triton.
+    pub fn unload(&self, name: &str) -> Result<(), WorkerError> {
+        if self.options.control_mode != ControlMode::Explicit {
+            return Err(WorkerError::ModelControlDisabled);
+        }
+        let _guard = self.lock_lifecycle();
+        self.remove_served(name, "unloaded");
+        Ok(())
+    }
+
+    /// The repository index: every model in the repositories and every served one.
+    pub fn index(&self, ready_only: bool) -> Result<Vec<IndexEntry>, WorkerError> {
+        let mut rows = Vec::new();
+        for model in self.served_models() {
+            for &version in model.versions.keys() {
+                rows.push(IndexEntry {
+                    name: model.name.clone(),
+                    version: Some(version),
+                    state: Some(ModelState::Ready),
+                    reason: String::new(),
+                });
+            }
+        }
+        if !ready_only {
+            for (name, unserved) in self.lock_unserved().iter() {
+                if unserved.reason.is_empty() {
+                    rows.push(IndexEntry { name: name.clone(), version: None, state: None, reason: String::new() });
+                }
+                for &version in &unserved.versions {
+                    if !unserved.reason.is_empty() {
+                        rows.push(IndexEntry {
+                            name: name.clone(),
+                            version: Some(version),
+                            state: Some(ModelState::Unavailable),
+                            reason: unserved.reason.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        rows.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        Ok(rows)
+    }
+
+    /// Brings the served models in line with the repository folders (poll mode).
+    pub fn poll(&self) -> Result<(), WorkerError> {
+        let _guard = self.lock_lifecycle();
+        let sources = self.sources()?;
+        for source in &sources {
+            let current = self.model(&source.name).map(|m| m.fingerprint);
+            let failed = self.lock_unserved().get(&source.name).and_then(|u| u.fingerprint);
+            if current != Some(source.fingerprint) && failed != Some(source.fingerprint) {
+                if let Err(e) = self.load_source(source, None) {
+                    tracing::error!(model = %source.name, "failed to reload: {e}");
+                }
+            }
+        }
+        for model in self.served_models() {
+            if !sources.iter().any(|s| s.name == model.name) {
+                self.remove_served(&model.name, "removed from the model repository");
+            }
+        }
+        Ok(())
+    }
+
+    /// In poll mode, re-reads the repository every `poll_interval` until `stop` is cancelled.
+    pub fn spawn_poller(self: &Arc<Self>, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        if self.options.control_mode != ControlMode::Poll {
+            return None;
+        }
+        let repository = Arc::clone(self);
+        Some(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(repository.options.poll_interval);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                let repository = Arc::clone(&repository);
+                let polled = tokio::task::spawn_blocking(move || repository.poll()).await;
+                if let Ok(Err(e)) = polled {
+                    tracing::error!("model repository poll failed: {e}");
+                }
+            }
+        }))
+    }
+
+    fn sources(&self) -> Result<Vec<ModelSource>, WorkerError> {
+        if self.options.paths.is_empty() {
+            return Ok(BUILTIN_MODELS.iter().map(|(name, text)| builtin_source(name, text)).collect());
+        }
+        Ok(repository::scan_repositories(&self.options.paths)?)
+    }
+
+    fn find_source(&self, name: &str) -> Result<Option<ModelSource>, WorkerError> {
+        if self.options.paths.is_empty() {
+            return Ok(BUILTIN_MODELS.iter().find(|(n, _)| *n == name).map(|(n, text)| builtin_source(n, text)));
+        }
+        Ok(repository::find_model(&self.options.paths, name)?)
+    }
+
+    /// Builds every selected version of a model and swaps it in. Call with the lifecycle lock.
+    fn load_source(&self, source: &ModelSource, config_json: Option<&str>) -> Result<(), WorkerError> {
+        match self.build(source, config_json) {
+            Ok(model) => {
+                let mut next = HashMap::clone(&self.served.load());
+                next.insert(source.name.clone(), Arc::new(model));
+                self.served.store(Arc::new(next));
+                self.lock_unserved().remove(&source.name);
+                self.changes.send_modify(|n| *n += 1);
+                tracing::info!(model = %source.name, "loaded");
+                Ok(())
+            }
+            Err(e) => {
+                // A failed reload keeps nothing of the old model, as in Triton.
+                self.remove_served(&source.name, "");
+                self.mark_unserved(&source.name, source.versions.clone(), e.to_string(), Some(source.fingerprint));
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&self, source: &ModelSource, config_json: Option<&str>) -> Result<ServedModel, WorkerError> {
+        let name = source.name.as_str();
+        let failed = |reason: String| WorkerError::LoadFailed { name: name.to_string(), reason };
+        let config = match (config_json, &source.config_text) {
+            (Some(json), _) => repository::parse_config_json(json)?,
+            (None, Some(text)) => repository::parse_config_text(text)?,
+            (None, None) => return Err(failed("the model folder has no config.pbtxt".to_string())),
+        };
+        let config = Arc::new(repository::normalize_config(name, config)?);
+        let versions = repository::select_versions(config.version_policy.as_ref(), &source.versions)?;
+        if versions.is_empty() {
+            return Err(failed("at least one version must be available under the version policy of the model".to_string()));
+        }
+        let schema = ModelSchema::from_config(&config).map_err(failed)?;
+        let backend_name = if config.backend.is_empty() { config.platform.as_str() } else { config.backend.as_str() };
+        let factory = self
+            .backends
+            .get(backend_name)
+            .ok_or_else(|| failed(format!("unknown backend '{backend_name}'")))?;
+        let mut served = BTreeMap::new();
+        for version in versions {
+            let version_dir = (!source.dir.as_os_str().is_empty()).then(|| source.dir.join(version.to_string()));
+            let context = BackendContext {
+                model_name: name,
+                version,
+                config: &config,
+                version_dir: version_dir.as_deref().filter(|p: &&Path| p.exists()),
+            };
+            let backend = factory.create(&context).map_err(failed)?;
+            served.insert(version, Arc::new(ModelVersion::new(Arc::clone(&config), version, schema.clone(), backend)));
+        }
+        Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
+    }
+
+    fn remove_served(&self, name: &str, reason: &str) {
+        let current = self.served.load();
+        let Some(model) = current.get(name) else { return };
+        let versions: Vec<i64> = model.versions.keys().copied().collect();
+        let mut next = HashMap::clone(&current);
+        next.remove(name);
+        self.served.store(Arc::new(next));
+        if !reason.is_empty() {
+            self.mark_unserved(name, versions, reason.to_string(), None);
+        }
+        self.changes.send_modify(|n| *n += 1);
+        tracing::info!(model = %name, "unloaded");
+    }
+
+    fn mark_unserved(&self, name: &str, versions: Vec<i64>, reason: String, fingerprint: Option<u64>) {
+        self.lock_unserved().insert(name.to_string(), Unserved { versions, reason, fingerprint });
+    }
+
+    fn lock_unserved(&self) -> MutexGuard<'_, BTreeMap<String, Unserved>> {
+        self.unserved.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_lifecycle(&self) -> MutexGuard<'_, ()> {
+        self.lifecycle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn builtin_source(name: &str, text: &str) -> ModelSource {
+    ModelSource {
+        name: name.to_string(),
+        dir: PathBuf::new(),
+        config_text: Some(text.to_string()),
+        versions: vec![1],
+        fingerprint: 0,
+    }
+}

@@ -1,0 +1,173 @@
+//! A model's tensor contract, computed once at load from its config, and the validation of every
+//! request against it (Triton's `Normalize`/`ValidateRequestInputs` rules and messages).
+
+use std::collections::HashSet;
+
+use tritium_proto::inference::ModelConfig;
+use tritium_tensor::DataType;
+
+use crate::error::{WorkerError, datatype_reason, shape_text, tensor_reason};
+use crate::request::InferenceRequest;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    /// Config dims, without the batch dimension; -1 matches any size.
+    pub dims: Vec<i64>,
+    pub optional: bool,
+    /// `reshape` from the config: the shape the backend sees (after the batch dimension).
+    pub reshape: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelSchema {
+    pub model: String,
+    pub max_batch_size: i64,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    pub decoupled: bool,
+}
+
+impl ModelSchema {
+    pub fn from_config(config: &ModelConfig) -> Result<ModelSchema, String> {
+        let spec = |name: &str, data_type: i32, dims: &[i64], optional: bool, reshape: Option<Vec<i64>>| {
+            let datatype = DataType::from_config(data_type)
+                .ok_or_else(|| format!("tensor '{name}' has an invalid data_type {data_type}"))?;
+            Ok::<_, String>(TensorSpec { name: name.to_string(), datatype, dims: dims.to_vec(), optional, reshape })
+        };
+        let inputs = config
+            .input
+            .iter()
+            .map(|i| spec(&i.name, i.data_type, &i.dims, i.optional, i.reshape.as_ref().map(|r| r.shape.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = config
+            .output
+            .iter()
+            .map(|o| spec(&o.name, o.data_type, &o.dims, false, o.reshape.as_ref().map(|r| r.shape.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ModelSchema {
+            model: config.name.clone(),
+            max_batch_size: i64::from(config.max_batch_size),
+            inputs,
+            outputs,
+            decoupled: config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled),
+        })
+    }
+
+    pub fn batched(&self) -> bool {
+        self.max_batch_size > 0
+    }
+
+    /// The shape clients see in metadata: a leading -1 when the model batches.
+    pub fn public_shape(&self, spec: &TensorSpec) -> Vec<i64> {
+        if self.batched() { std::iter::once(-1).chain(spec.dims.iter().copied()).collect() } else { spec.dims.clone() }
+    }
+
+    /// Checks a request against the contract; on success the inputs are ready for the backend
+    /// (reshaped where the config says so).
+    pub fn validate(&self, request: &mut InferenceRequest) -> Result<(), WorkerError> {
+        let model = self.model.as_str();
+        let invalid = |reason: String| WorkerError::invalid(&request.id, reason);
+
+        let mut seen = HashSet::with_capacity(request.inputs.len());
+        for input in &request.inputs {
+            if !self.inputs.iter().any(|s| s.name == input.name) {
+                return Err(invalid(format!("unexpected inference input '{}' for model '{model}'", input.name)));
+            }
+            if !seen.insert(input.name.as_str()) {
+                return Err(invalid(format!(
+                    "input '{}' was specified more than once for model '{model}'",
+                    input.name
+                )));
+            }
+        }
+        let missing: Vec<&str> =
+            self.inputs.iter().filter(|s| !s.optional && !seen.contains(s.name.as_str())).map(|s| s.name.as_str()).collect();
+        if !missing.is_empty() {
+            let required = self.inputs.iter().filter(|s| !s.optional).count();
+            let expected = if required == self.inputs.len() {
+                format!("expected {required} inputs")
+            } else {
+                format!("expected number of inputs between {required} and {}", self.inputs.len())
+            };
+            let got: Vec<String> = request.inputs.iter().map(|t| format!("'{}'", t.name)).collect();
+            let missing: Vec<String> = missing.iter().map(|n| format!("'{n}'")).collect();
+            return Err(invalid(format!(
+                "{expected} but got {} inputs for model '{model}'. Got input(s) [{}], but missing required input(s) [{}]. Please provide all required input(s).",
+                request.inputs.len(),
+                got.join(","),
+                missing.join(",")
+            )));
+        }
+
+        let mut batch: Option<i64> = None;
+        for input in &mut request.inputs {
+            // Every name was found above.
+            let Some(spec) = self.inputs.iter().find(|s| s.name == input.name) else { continue };
+            if input.datatype != spec.datatype {
+                return Err(invalid(datatype_reason(model, &input.name, input.datatype, spec.datatype)));
+            }
+            if input.shape.iter().any(|&d| d < 0) {
+                return Err(invalid(format!(
+                    "All input dimensions should be specified for input '{}' for model '{model}', got {}",
+                    input.name,
+                    shape_text(&input.shape)
+                )));
+            }
+            let dims = if self.batched() {
+                let Some((&first, rest)) = input.shape.split_first() else {
+                    return Err(invalid(format!(
+                        "input '{}' has no shape but model requires batch dimension for '{model}'",
+                        input.name
+                    )));
+                };
+                match batch {
+                    None => batch = Some(first),
+                    Some(b) if b != first => {
+                        return Err(invalid(format!(
+                            "input '{}' batch size does not match other inputs for '{model}'",
+                            input.name
+                        )));
+                    }
+                    Some(_) => {}
+                }
+                if first > self.max_batch_size {
+                    return Err(invalid(format!(
+                        "inference request batch-size must be <= {} for '{model}'",
+                        self.max_batch_size
+                    )));
+                }
+                rest
+            } else {
+                &input.shape[..]
+            };
+            let matches = dims.len() == spec.dims.len() && dims.iter().zip(&spec.dims).all(|(&d, &s)| s == -1 || d == s);
+            if !matches {
+                let note = if self.batched() {
+                    ". NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each input shape. If you want to specify the full shape including the batch dim in your input dims config, try setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size."
+                } else {
+                    ""
+                };
+                return Err(invalid(format!(
+                    "unexpected shape for input '{}' for model '{model}'. Expected {}, got {}{note}",
+                    input.name,
+                    shape_text(&self.public_shape(spec)),
+                    shape_text(&input.shape)
+                )));
+            }
+            input.validate().map_err(|e| invalid(tensor_reason(model, &input.name, &e)))?;
+            if let Some(reshape) = &spec.reshape {
+                let batch_dims = if self.batched() { &input.shape[..1] } else { &[][..] };
+                input.shape = batch_dims.iter().chain(reshape).copied().collect();
+            }
+        }
+
+        for name in &request.requested_outputs {
+            if !self.outputs.iter().any(|s| &s.name == name) {
+                return Err(invalid(format!("unexpected inference output '{name}' for model '{model}'")));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! The dispatch seam between the frontend and the engines: [`WorkerClient`], implemented here by
+//! the in-process [`LocalWorker`] and later by a client of remote worker processes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::error::WorkerError;
+use crate::registry::ModelRepository;
+use crate::request::{InferenceRequest, InferenceResponse};
+
+/// One event of a streamed request.
+#[derive(Debug)]
+pub enum StreamItem {
+    Response(InferenceResponse),
+    /// The request finished; nothing follows.
+    Complete,
+    /// The request failed; nothing follows.
+    Error(WorkerError),
+}
+
+/// The responses of one streamed request. Dropping it cancels the request.
+#[derive(Debug)]
+pub struct ResponseStream {
+    receiver: mpsc::Receiver<StreamItem>,
+    _cancel_on_drop: DropGuard,
+}
+
+impl ResponseStream {
+    pub(crate) fn new(receiver: mpsc::Receiver<StreamItem>, cancel: CancellationToken) -> ResponseStream {
+        ResponseStream { receiver, _cancel_on_drop: cancel.drop_guard() }
+    }
+
+    /// A stream holding one response, then the end; how a plain model answers on a stream.
+    pub fn single(response: InferenceResponse) -> ResponseStream {
+        let (sender, receiver) = mpsc::channel(2);
+        // Capacity 2 holds both items, so these sends cannot fail.
+        let _ = sender.try_send(StreamItem::Response(response));
+        let _ = sender.try_send(StreamItem::Complete);
+        ResponseStream::new(receiver, CancellationToken::new())
+    }
+}
+
+impl Stream for ResponseStream {
+    type Item = StreamItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamItem>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+/// How a request is to be answered.
+#[derive(Debug)]
+pub enum InferOutcome {
+    Single(InferenceResponse),
+    Stream(ResponseStream),
+}
+
+/// Runs inference requests somewhere: in this process or in a worker process.
+#[async_trait]
+pub trait WorkerClient: Send + Sync + 'static {
+    /// A unary call: plain models only (decoupled ones answer [`WorkerError::DecoupledUnary`]).
+    async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError>;
+    /// A streaming call: plain models answer once, decoupled ones any number of times.
+    async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError>;
+}
+
+/// Runs requests on the models of an in-process [`ModelRepository`], with no socket between.
+#[derive(Debug, Clone)]
+pub struct LocalWorker {
+    repository: Arc<ModelRepository>,
+}
+
+impl LocalWorker {
+    pub fn new(repository: Arc<ModelRepository>) -> LocalWorker {
+        LocalWorker { repository }
+    }
+}
+
+#[async_trait]
+impl WorkerClient for LocalWorker {
+    async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
+        let model = self.repository.resolve(&request.model_name, request.model_version)?;
+        if model.decoupled() {
+            return Err(WorkerError::DecoupledUnary { model: request.model_name });
+        }
+        model.infer_single(request).await
+    }
+
+    async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
+        let model = self.repository.resolve(&request.model_name, request.model_version)?;
+        if model.decoupled() {
+            model.infer_decoupled(request).map(InferOutcome::Stream)
+        } else {
+            model.infer_single(request).await.map(InferOutcome::Single)
+        }
+    }
+}
