@@ -1,1 +1,200 @@
-//! placeholder
+//! Tritium's server: the KServe v2 / Triton gRPC service (with health and reflection) over the
+//! worker's model registry, as a library and as the `tritium` binary.
+//!
+//! Embedding it, e.g. in a test, on a pre-bound ephemeral listener:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tritium_server::{ServerConfig, spawn};
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let server = spawn(ServerConfig::default(), listener).await?;
+//! println!("serving the built-in repository on {}", server.grpc_addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod logging;
+pub mod shm;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use tritium_worker::{BackendRegistry, LocalWorker, ModelRepository, WorkerClient};
+
+pub use config::{ServerConfig, TransportConfig};
+pub use error::ServerError;
+use grpc::{GrpcState, InferenceService};
+use logging::{LogControl, LogState};
+use shm::SharedMemoryRegistry;
+
+/// Errors that stop the server from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Worker(#[from] tritium_worker::WorkerError),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A server's parts before it serves: the model registry (loaded), the worker, and settings.
+pub struct Tritium {
+    config: ServerConfig,
+    state: Arc<GrpcState>,
+}
+
+impl std::fmt::Debug for Tritium {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tritium").field("config", &self.config).finish()
+    }
+}
+
+impl Tritium {
+    /// Opens the model repository with the built-in backends and loads its models.
+    pub fn new(config: ServerConfig, log: LogControl) -> Result<Tritium, StartError> {
+        Tritium::with_backends(config, log, BackendRegistry::with_builtins())
+    }
+
+    /// Like [`Tritium::new`], with backends of the caller's own added to the registry.
+    pub fn with_backends(config: ServerConfig, log: LogControl, backends: BackendRegistry) -> Result<Tritium, StartError> {
+        let repository = ModelRepository::open(config.repository.clone(), backends)?;
+        let worker: Arc<dyn WorkerClient> = Arc::new(LocalWorker::new(Arc::clone(&repository)));
+        let state = Arc::new(GrpcState {
+            repository,
+            worker,
+            shm: SharedMemoryRegistry::new(),
+            log,
+            trace: Mutex::new(grpc::settings::TraceSettings::default()),
+        });
+        Ok(Tritium { config, state })
+    }
+
+    pub fn repository(&self) -> &Arc<ModelRepository> {
+        &self.state.repository
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` completes, then drains in-flight calls.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
+        let transport = &self.config.transport;
+        let stop = CancellationToken::new();
+        let poller = self.state.repository.spawn_poller(stop.clone());
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        grpc::health::publish(&reporter, &self.state.repository, &mut HashSet::new()).await;
+        let health_task = tokio::spawn(grpc::health::follow_repository(reporter, Arc::clone(&self.state.repository), stop.clone()));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tritium_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tritium_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let inference = GrpcInferenceServiceServer::new(InferenceService::new(Arc::clone(&self.state)))
+            .max_decoding_message_size(transport.max_message_size)
+            .max_encoding_message_size(transport.max_message_size)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .accept_compressed(tonic::codec::CompressionEncoding::Deflate)
+            .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .send_compressed(tonic::codec::CompressionEncoding::Deflate)
+            .send_compressed(tonic::codec::CompressionEncoding::Zstd);
+
+        let mut builder = Server::builder()
+            .initial_connection_window_size(transport.initial_connection_window_size)
+            .initial_stream_window_size(transport.initial_stream_window_size)
+            .max_frame_size(transport.max_frame_size)
+            .http2_keepalive_interval(transport.keepalive_interval)
+            .http2_keepalive_timeout(Some(transport.keepalive_timeout));
+        if transport.adaptive_window {
+            builder = builder.http2_adaptive_window(Some(true));
+        }
+        if let Some(age) = transport.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        if let Some(grace) = transport.max_connection_age_grace {
+            builder = builder.max_connection_age_grace(grace);
+        }
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let served = builder
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(inference)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        stop.cancel();
+        let _ = health_task.await;
+        if let Some(poller) = poller {
+            let _ = poller.await;
+        }
+        Ok(served?)
+    }
+}
+
+/// A running server: its address, and the means to stop it. Dropping it stops the server too.
+#[derive(Debug)]
+pub struct ServerHandle {
+    grpc_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), StartError>>>,
+}
+
+impl ServerHandle {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Stops accepting, finishes in-flight calls, and waits for the server to end.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts a server on a pre-bound listener (tests bind `127.0.0.1:0`), with the built-in backends
+/// and logging left to the caller.
+pub async fn spawn(config: ServerConfig, listener: TcpListener) -> Result<ServerHandle, StartError> {
+    spawn_with_backends(config, listener, BackendRegistry::with_builtins()).await
+}
+
+pub async fn spawn_with_backends(
+    config: ServerConfig,
+    listener: TcpListener,
+    backends: BackendRegistry,
+) -> Result<ServerHandle, StartError> {
+    let log = LogControl::detached(LogState { info: true, warning: true, error: true, verbose_level: 0, format: "default".into() });
+    let tritium = tokio::task::spawn_blocking(move || Tritium::with_backends(config, log, backends))
+        .await
+        .map_err(|e| std::io::Error::other(format!("start-up task failed: {e}")))??;
+    let grpc_addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(tritium.serve(listener, async move { stop.cancelled().await }));
+    Ok(ServerHandle { grpc_addr, shutdown, task: Some(task) })
+}

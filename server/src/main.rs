@@ -1,1 +1,72 @@
-fn main() {}
+//! `tritium`: the command-line entry point.
+
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tritium_server::Tritium;
+use tritium_server::config::{Cli, Command, ServeArgs};
+use tritium_server::logging::LogControl;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    let log = LogControl::install(&args.logging);
+    // One worker thread per available core: more only adds contention (measured by grpc_bench).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tritium: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args, log)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tritium: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = match args.grpc.grpc_listen_fd {
+        // SAFETY: the caller handed this descriptor over for us to own (systemd-style socket passing).
+        Some(fd) => {
+            let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)?
+        }
+        None => tokio::net::TcpListener::bind(args.grpc_addr()).await?,
+    };
+    let config = args.server_config();
+    let tritium = tokio::task::spawn_blocking(move || Tritium::new(config, log)).await??;
+    let addr = listener.local_addr()?;
+    tracing::info!("serving gRPC on {addr}");
+    // One line on stdout once models are loaded, for scripts and test harnesses to wait on.
+    println!("tritium ready grpc={addr}");
+    std::io::stdout().flush()?;
+    tritium.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

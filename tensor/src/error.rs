@@ -71,6 +71,10 @@ mod tests {
                 TensorError::NoTypedField { datatype: DataType::Fp16 },
                 "datatype FP16 has no typed contents field, send it as raw contents",
             ),
+            (
+                TensorError::BytesElementTooLarge { len: 1 << 32 },
+                "BYTES element of 4294967296 bytes does not fit a 4-byte length prefix",
+            ),
         ];
         for (error, message) in cases {
             assert_eq!(error.to_string(), message);

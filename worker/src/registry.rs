@@ -138,7 +138,7 @@ impl ModelRepository {
         let sources = repository.sources()?;
         let load_all = repository.options.control_mode != ControlMode::Explicit
             || repository.options.startup_models.iter().any(|m| m == "*");
-        let _guard = repository.lock_lifecycle();
+        let guard = repository.lock_lifecycle();
         for source in sources {
             let wanted = load_all || repository.options.startup_models.contains(&source.name);
             if wanted {
@@ -159,6 +159,7 @@ impl ModelRepository {
                 }
             }
         }
+        drop(guard);
         Ok(repository)
     }
 

@@ -63,7 +63,7 @@ pub enum InferOutcome {
 
 /// Runs inference requests somewhere: in this process or in a worker process.
 #[async_trait]
-pub trait WorkerClient: Send + Sync + 'static {
+pub trait WorkerClient: Send + Sync + std::fmt::Debug + 'static {
     /// A unary call: plain models only (decoupled ones answer [`WorkerError::DecoupledUnary`]).
     async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError>;
     /// A streaming call: plain models answer once, decoupled ones any number of times.

@@ -82,7 +82,7 @@ fn register_read_write_status_unregister() {
     registry.write("out", 2, 6, &[&[0xAA, 0xBB], &[], &[0xCC, 0xDD, 0xEE]]).expect("write");
     let contents = seg.contents();
     assert_eq!(&contents[40..48], &[40, 41, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 47]);
-    // The write is visible through an existing view of the same memory.
+    // The registry's own mapping sees the write too.
     assert_eq!(&registry.read("out", 0, 8).expect("read back")[..], &contents[40..48]);
 
     let all = registry.status("").expect("status all");

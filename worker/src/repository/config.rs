@@ -10,6 +10,7 @@ use tritium_proto::inference::model_version_policy::{Latest, PolicyChoice};
 use tritium_proto::inference::{DataType, ModelConfig, ModelVersionPolicy};
 
 use super::RepositoryError;
+use super::pbtxt::insert_list_colons;
 
 const MODEL_CONFIG: &str = "inference.ModelConfig";
 
@@ -19,14 +20,18 @@ fn model_config_descriptor() -> Result<MessageDescriptor, RepositoryError> {
     DESCRIPTOR
         .get_or_init(|| {
             let pool = DescriptorPool::decode(tritium_proto::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
-            pool.get_message_by_name(MODEL_CONFIG).ok_or_else(|| format!("message '{MODEL_CONFIG}' missing"))
+            pool.get_message_by_name(MODEL_CONFIG)
+                .ok_or_else(|| format!("message '{MODEL_CONFIG}' missing"))
         })
         .clone()
         .map_err(|reason| RepositoryError::Schema { reason })
 }
 
 fn parse_error(reason: impl std::fmt::Display) -> RepositoryError {
-    RepositoryError::ConfigParse { model: String::new(), reason: reason.to_string() }
+    RepositoryError::ConfigParse {
+        model: String::new(),
+        reason: reason.to_string(),
+    }
 }
 
 fn to_model_config(message: &DynamicMessage) -> Result<ModelConfig, RepositoryError> {
@@ -35,10 +40,14 @@ fn to_model_config(message: &DynamicMessage) -> Result<ModelConfig, RepositoryEr
 
 /// Parses protobuf text format (the contents of `config.pbtxt`) into a [`ModelConfig`].
 ///
+/// Accepts the colon-less message lists Triton's examples use (`input [ { ... } ]`), which the
+/// text-format spec allows and `prost-reflect` alone does not (see `pbtxt.rs`).
+///
 /// Errors leave the model name empty; callers that know it add it with
 /// [`RepositoryError::with_model`].
 pub fn parse_config_text(text: &str) -> Result<ModelConfig, RepositoryError> {
-    let message = DynamicMessage::parse_text_format(model_config_descriptor()?, text).map_err(parse_error)?;
+    let text = insert_list_colons(text);
+    let message = DynamicMessage::parse_text_format(model_config_descriptor()?, &text).map_err(parse_error)?;
     to_model_config(&message)
 }
 
@@ -63,7 +72,9 @@ pub fn parse_config_json(json: &str) -> Result<ModelConfig, RepositoryError> {
 /// every scalar and list printed even when default, 64-bit integers as JSON numbers.
 pub fn config_to_json(config: &ModelConfig) -> Result<serde_json::Value, RepositoryError> {
     let mut message = DynamicMessage::new(model_config_descriptor()?);
-    message.transcode_from(config).map_err(|e| RepositoryError::Schema { reason: e.to_string() })?;
+    message
+        .transcode_from(config)
+        .map_err(|e| RepositoryError::Schema { reason: e.to_string() })?;
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .skip_default_fields(false)
@@ -88,37 +99,52 @@ pub fn normalize_config(name: &str, mut config: ModelConfig) -> Result<ModelConf
     if config.name.is_empty() {
         config.name = name.to_string();
     } else if config.name != name {
-        return Err(RepositoryError::NameMismatch { dir: name.to_string(), name: config.name });
+        return Err(RepositoryError::NameMismatch {
+            dir: name.to_string(),
+            name: config.name,
+        });
     }
-    let invalid = |reason: String| RepositoryError::InvalidConfig { model: name.to_string(), reason };
+    let invalid = |reason: String| RepositoryError::InvalidConfig {
+        model: name.to_string(),
+        reason,
+    };
 
     if config.max_batch_size < 0 {
-        return Err(invalid(format!("'max_batch_size' must be non-negative, got {}", config.max_batch_size)));
+        return Err(invalid(format!(
+            "'max_batch_size' must be non-negative value, got {}",
+            config.max_batch_size
+        )));
     }
 
     match config.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()) {
         None => {
-            config.version_policy =
-                Some(ModelVersionPolicy { policy_choice: Some(PolicyChoice::Latest(Latest { num_versions: 1 })) });
+            config.version_policy = Some(ModelVersionPolicy {
+                policy_choice: Some(PolicyChoice::Latest(Latest { num_versions: 1 })),
+            });
         }
         Some(PolicyChoice::Latest(latest)) if latest.num_versions == 0 => {
-            return Err(invalid("'version_policy.latest.num_versions' must be at least 1".to_string()));
+            return Err(invalid(
+                "'version_policy.latest.num_versions' must be at least 1".to_string(),
+            ));
         }
         Some(_) => {}
     }
 
-    let inputs = config.input.iter().map(|i| (i.name.as_str(), i.data_type, i.dims.as_slice()));
-    check_tensors("input", inputs).map_err(invalid)?;
-    let outputs = config.output.iter().map(|o| (o.name.as_str(), o.data_type, o.dims.as_slice()));
-    check_tensors("output", outputs).map_err(invalid)?;
+    let inputs = config
+        .input
+        .iter()
+        .map(|i| (i.name.as_str(), i.data_type, i.dims.as_slice()));
+    check_tensors("model input", inputs).map_err(invalid)?;
+    let outputs = config
+        .output
+        .iter()
+        .map(|o| (o.name.as_str(), o.data_type, o.dims.as_slice()));
+    check_tensors("model output", outputs).map_err(invalid)?;
     Ok(config)
 }
 
 /// Triton's `ValidateIOShape` for one side (inputs or outputs); the error names the tensor and field.
-fn check_tensors<'a>(
-    kind: &str,
-    tensors: impl Iterator<Item = (&'a str, i32, &'a [i64])>,
-) -> Result<(), String> {
+fn check_tensors<'a>(kind: &str, tensors: impl Iterator<Item = (&'a str, i32, &'a [i64])>) -> Result<(), String> {
     let mut seen = HashSet::new();
     for (index, (name, data_type, dims)) in tensors.enumerate() {
         if name.is_empty() {
@@ -137,8 +163,8 @@ fn check_tensors<'a>(
         }
         if let Some(dim) = dims.iter().find(|&&d| d != -1 && d < 1) {
             return Err(format!(
-                "{kind} '{name}' has dimension {dim} in 'dims'; a dimension must be an integer >= 1, \
-                 or -1 to indicate a variable-size dimension"
+                "{kind} '{name}' dimension must be integer >= 1, or -1 to indicate a variable-size \
+                 dimension, got {dim} in 'dims'"
             ));
         }
     }
@@ -194,7 +220,10 @@ parameters: { key: "z", value: { string_value: "w" } }
         assert_eq!(config.output[1].data_type, DataType::TypeInt64 as i32);
         assert_eq!(config.instance_group.len(), 1);
         assert_eq!(config.instance_group[0].count, 2);
-        assert!(matches!(config.scheduling_choice, Some(SchedulingChoice::DynamicBatching(_))));
+        assert!(matches!(
+            config.scheduling_choice,
+            Some(SchedulingChoice::DynamicBatching(_))
+        ));
         let policy = config.version_policy.as_ref().and_then(|p| p.policy_choice.clone());
         assert_eq!(policy, Some(PolicyChoice::Specific(Specific { versions: vec![1, 3] })));
         assert_eq!(config.model_transaction_policy.map(|p| p.decoupled), Some(true));
@@ -206,15 +235,20 @@ parameters: { key: "z", value: { string_value: "w" } }
 
     #[test]
     fn rejects_garbage_text_with_a_clear_error() {
-        let err = parse_config_text("name: \"m\"\nthis is { not a config").unwrap_err().with_model("m");
+        let err = parse_config_text("name: \"m\"\nthis is { not a config")
+            .expect_err("fails")
+            .with_model("m");
         assert!(matches!(err, RepositoryError::ConfigParse { .. }), "{err:?}");
         let message = err.to_string();
-        assert!(message.starts_with("failed to parse the configuration of model 'm': "), "{message}");
-        let err = parse_config_text("max_batch_size: \"eight\"").unwrap_err();
+        assert!(
+            message.starts_with("failed to parse the configuration of model 'm': "),
+            "{message}"
+        );
+        let err = parse_config_text("max_batch_size: \"eight\"").expect_err("fails");
         assert_eq!(err.code(), tritium_proto::ErrorCode::InvalidArg);
-        let err = parse_config_text("no_such_field: 1").unwrap_err();
+        let err = parse_config_text("no_such_field: 1").expect_err("fails");
         assert!(err.to_string().contains("no_such_field"), "{err}");
-        let err = parse_config_text("input { data_type: TYPE_FLOAT }").unwrap_err();
+        let err = parse_config_text("input { data_type: TYPE_FLOAT }").expect_err("fails");
         assert!(err.to_string().contains("TYPE_FLOAT"), "{err}");
     }
 
@@ -232,12 +266,20 @@ parameters: { key: "z", value: { string_value: "w" } }
         assert_eq!(config.input[0].data_type, DataType::TypeFp32 as i32);
         assert_eq!(config.output[0].dims, [16, -1]);
         assert_eq!(config.output[0].data_type, DataType::TypeFp32 as i32);
-        assert!(matches!(config.scheduling_choice, Some(SchedulingChoice::DynamicBatching(_))));
+        assert!(matches!(
+            config.scheduling_choice,
+            Some(SchedulingChoice::DynamicBatching(_))
+        ));
         let policy = config.version_policy.and_then(|p| p.policy_choice);
         assert_eq!(policy, Some(PolicyChoice::Latest(Latest { num_versions: 2 })));
 
-        for bad in ["{", r#"{"bogus":1}"#, r#"{"input":[{"data_type":"TYPE_NOPE"}]}"#, "{} trailing"] {
-            let err = parse_config_json(bad).unwrap_err();
+        for bad in [
+            "{",
+            r#"{"bogus":1}"#,
+            r#"{"input":[{"data_type":"TYPE_NOPE"}]}"#,
+            "{} trailing",
+        ] {
+            let err = parse_config_json(bad).expect_err("fails");
             assert!(matches!(err, RepositoryError::ConfigParse { .. }), "{bad}: {err:?}");
         }
     }
@@ -265,16 +307,21 @@ parameters: { key: "z", value: { string_value: "w" } }
         let policy = config.version_policy.and_then(|p| p.policy_choice);
         assert_eq!(policy, Some(PolicyChoice::Latest(Latest { num_versions: 1 })));
         let all = ModelConfig {
-            version_policy: Some(ModelVersionPolicy { policy_choice: Some(PolicyChoice::All(All {})) }),
+            version_policy: Some(ModelVersionPolicy {
+                policy_choice: Some(PolicyChoice::All(All {})),
+            }),
             ..Default::default()
         };
-        let kept = normalize_config("m", all).expect("valid").version_policy.and_then(|p| p.policy_choice);
+        let kept = normalize_config("m", all)
+            .expect("valid")
+            .version_policy
+            .and_then(|p| p.policy_choice);
         assert_eq!(kept, Some(PolicyChoice::All(All {})));
     }
 
     fn invalid(text: &str) -> String {
         let config = parse_config_text(text).expect("parses");
-        let err = normalize_config("m", config).unwrap_err();
+        let err = normalize_config("m", config).expect_err("fails");
         assert_eq!(err.code(), tritium_proto::ErrorCode::InvalidArg, "{err}");
         err.to_string()
     }
@@ -287,20 +334,23 @@ parameters: { key: "z", value: { string_value: "w" } }
         );
         assert_eq!(
             invalid("max_batch_size: -1"),
-            "invalid configuration of model 'm': 'max_batch_size' must be non-negative, got -1"
+            "invalid configuration of model 'm': 'max_batch_size' must be non-negative value, got -1"
         );
         assert_eq!(
             invalid("input { data_type: TYPE_FP32 dims: 1 }"),
-            "invalid configuration of model 'm': input 0 must specify 'name'"
+            "invalid configuration of model 'm': model input 0 must specify 'name'"
         );
         assert!(invalid("output { name: \"\" data_type: TYPE_FP32 dims: 1 }").contains("output 0 must specify 'name'"));
-        let dup = "input { name: \"A\" data_type: TYPE_FP32 dims: 1 } input { name: \"A\" data_type: TYPE_FP32 dims: 1 }";
+        let dup =
+            "input { name: \"A\" data_type: TYPE_FP32 dims: 1 } input { name: \"A\" data_type: TYPE_FP32 dims: 1 }";
         assert!(invalid(dup).contains("input 'A' is specified more than once"));
-        assert!(invalid("output { name: \"O\" dims: 1 }").contains("output 'O' must specify 'data_type'"));
+        assert!(invalid("output { name: \"O\" dims: 1 }").contains("model output 'O' must specify 'data_type'"));
         assert!(invalid("output { name: \"O\" data_type: 99 dims: 1 }").contains("unknown 'data_type' 99"));
         assert!(invalid("input { name: \"I\" data_type: TYPE_FP32 }").contains("input 'I' must specify 'dims'"));
-        assert!(invalid("input { name: \"I\" data_type: TYPE_FP32 dims: [4, 0] }").contains("dimension 0 in 'dims'"));
-        assert!(invalid("input { name: \"I\" data_type: TYPE_FP32 dims: [-2] }").contains("dimension -2"));
+        let zero_dim = invalid("input { name: \"I\" data_type: TYPE_FP32 dims: [4, 0] }");
+        let expected = "model input 'I' dimension must be integer >= 1, or -1 to indicate a variable-size dimension";
+        assert!(zero_dim.ends_with(&format!("{expected}, got 0 in 'dims'")), "{zero_dim}");
+        assert!(invalid("input { name: \"I\" data_type: TYPE_FP32 dims: [-2] }").contains("got -2 in 'dims'"));
         assert!(invalid("version_policy { latest { } }").contains("'version_policy.latest.num_versions'"));
         let same_name_both_sides =
             "input { name: \"T\" data_type: TYPE_FP32 dims: -1 } output { name: \"T\" data_type: TYPE_FP32 dims: -1 }";

@@ -21,9 +21,7 @@ pub enum RepositoryError {
     InvalidConfig { model: String, reason: String },
 
     /// The configuration's `name` differs from its folder's (Triton's wording).
-    #[error(
-        "unexpected directory name '{dir}' for model '{name}', directory name must equal model name"
-    )]
+    #[error("unexpected directory name '{dir}' for model '{name}', directory name must equal model name")]
     NameMismatch { dir: String, name: String },
 
     /// A `specific` version policy lists a version with no folder on disk.
@@ -34,12 +32,23 @@ pub enum RepositoryError {
     VersionNotOnDisk { model: String, version: i64 },
 
     /// The version policy selects nothing from what is on disk (Triton's wording).
-    #[error("at least one version must be available under the version policy of {}", subject(model))]
+    #[error(
+        "at least one version must be available under the version policy of {}",
+        subject(model)
+    )]
     NoVersionAvailable { model: String },
 
     /// Two repositories hold a folder with the same model name.
-    #[error("model '{name}' appears in more than one model repository: '{}' and '{}'", first.display(), second.display())]
-    DuplicateModel { name: String, first: PathBuf, second: PathBuf },
+    #[error(
+        "model '{name}' appears in more than one model repository: '{}' and '{}'",
+        first.display(),
+        second.display()
+    )]
+    DuplicateModel {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
 
     /// A configured repository path does not exist or is not a directory.
     #[error("model repository '{}' does not exist or is not a directory", path.display())]
@@ -80,10 +89,10 @@ impl RepositoryError {
             RepositoryError::ConfigParse { model, .. }
             | RepositoryError::InvalidConfig { model, .. }
             | RepositoryError::VersionNotOnDisk { model, .. }
-            | RepositoryError::NoVersionAvailable { model } => {
-                if model.is_empty() {
-                    *model = name.to_string();
-                }
+            | RepositoryError::NoVersionAvailable { model }
+                if model.is_empty() =>
+            {
+                *model = name.to_string();
             }
             _ => {}
         }
@@ -91,13 +100,20 @@ impl RepositoryError {
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        RepositoryError::Io { path: path.into(), source }
+        RepositoryError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 
 /// "model 'x'", or a neutral phrase while the name is not known yet.
 fn subject(model: &str) -> String {
-    if model.is_empty() { "the model".to_string() } else { format!("model '{model}'") }
+    if model.is_empty() {
+        "the model".to_string()
+    } else {
+        format!("model '{model}'")
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +122,10 @@ mod tests {
 
     #[test]
     fn messages_name_the_model_once_known() {
-        let err = RepositoryError::ConfigParse { model: String::new(), reason: "bad".into() };
+        let err = RepositoryError::ConfigParse {
+            model: String::new(),
+            reason: "bad".into(),
+        };
         assert_eq!(err.to_string(), "failed to parse the configuration of the model: bad");
         let err = err.with_model("m");
         assert_eq!(err.to_string(), "failed to parse the configuration of model 'm': bad");
@@ -120,7 +139,11 @@ mod tests {
 
     #[test]
     fn codes_follow_the_class() {
-        let dup = RepositoryError::DuplicateModel { name: "m".into(), first: "/a".into(), second: "/b".into() };
+        let dup = RepositoryError::DuplicateModel {
+            name: "m".into(),
+            first: "/a".into(),
+            second: "/b".into(),
+        };
         assert_eq!(dup.code(), ErrorCode::Internal);
         let io = RepositoryError::io("/x", std::io::Error::other("boom"));
         assert_eq!(io.code(), ErrorCode::Internal);

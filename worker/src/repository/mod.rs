@@ -23,6 +23,7 @@
 
 mod config;
 mod error;
+mod pbtxt;
 mod scan;
 mod versions;
 

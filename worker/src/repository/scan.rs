@@ -85,8 +85,12 @@ pub fn scan_repositories(paths: &[PathBuf]) -> Result<Vec<ModelSource>, Reposito
         let entries = fs::read_dir(repository).map_err(|e| RepositoryError::io(repository, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| RepositoryError::io(repository, e))?;
-            let Some(name) = visible_name(&entry.file_name()) else { continue };
-            let Some(model) = read_model(&entry.path(), &name)? else { continue };
+            let Some(name) = visible_name(&entry.file_name()) else {
+                continue;
+            };
+            let Some(model) = read_model(&entry.path(), &name)? else {
+                continue;
+            };
             insert_unique(&mut models, model)?;
         }
     }
@@ -112,15 +116,23 @@ pub fn find_model(paths: &[PathBuf], name: &str) -> Result<Option<ModelSource>, 
 fn check_repository(path: &Path) -> Result<(), RepositoryError> {
     match fs::metadata(path) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(RepositoryError::RepositoryNotFound { path: path.to_path_buf() }),
-        Err(e) if e.kind() == ErrorKind::NotFound => Err(RepositoryError::RepositoryNotFound { path: path.to_path_buf() }),
+        Ok(_) => Err(RepositoryError::RepositoryNotFound {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(RepositoryError::RepositoryNotFound {
+            path: path.to_path_buf(),
+        }),
         Err(e) => Err(RepositoryError::io(path, e)),
     }
 }
 
 fn insert_unique(models: &mut BTreeMap<String, ModelSource>, model: ModelSource) -> Result<(), RepositoryError> {
     if let Some(first) = models.get(&model.name) {
-        return Err(RepositoryError::DuplicateModel { name: model.name, first: first.dir.clone(), second: model.dir });
+        return Err(RepositoryError::DuplicateModel {
+            name: model.name,
+            first: first.dir.clone(),
+            second: model.dir,
+        });
     }
     models.insert(model.name.clone(), model);
     Ok(())
@@ -141,7 +153,8 @@ fn visible_name(name: &std::ffi::OsStr) -> Option<String> {
 
 /// Triton's version folder names: decimal, no sign, no leading zeros.
 fn parse_version(name: &str) -> Option<i64> {
-    let canonical = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) && (name == "0" || !name.starts_with('0'));
+    let canonical =
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) && (name == "0" || !name.starts_with('0'));
     if canonical { name.parse().ok() } else { None }
 }
 
@@ -173,7 +186,9 @@ fn read_model(dir: &Path, name: &str) -> Result<Option<ModelSource>, RepositoryE
         if entry_name == CONFIG_FILE || entry_name.to_str().is_some_and(|n| n.starts_with('.')) {
             continue;
         }
-        let Some(meta) = metadata_if_present(&path)? else { continue };
+        let Some(meta) = metadata_if_present(&path)? else {
+            continue;
+        };
         entry_name.hash(&mut hasher);
         meta.is_dir().hash(&mut hasher);
         match entry_name.to_str().and_then(parse_version) {
@@ -208,7 +223,9 @@ fn hash_version_dir(dir: &Path, hasher: &mut DefaultHasher) -> Result<(), Reposi
     };
     entries.len().hash(hasher);
     for (name, path) in entries {
-        let Some(meta) = metadata_if_present(&path)? else { continue };
+        let Some(meta) = metadata_if_present(&path)? else {
+            continue;
+        };
         name.hash(hasher);
         meta.is_dir().hash(hasher);
         hash_file_meta(&meta, hasher);

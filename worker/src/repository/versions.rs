@@ -24,7 +24,10 @@ pub fn select_versions(policy: Option<&ModelVersionPolicy>, available: &[i64]) -
         Some(PolicyChoice::Specific(specific)) => {
             let mut wanted = specific.versions.clone();
             if let Some(&version) = wanted.iter().find(|v| on_disk.binary_search(v).is_err()) {
-                return Err(RepositoryError::VersionNotOnDisk { model: String::new(), version });
+                return Err(RepositoryError::VersionNotOnDisk {
+                    model: String::new(),
+                    version,
+                });
             }
             wanted.sort_unstable();
             wanted.dedup();
@@ -57,7 +60,9 @@ mod tests {
     use tritium_proto::inference::model_version_policy::{All, Latest, Specific};
 
     fn policy(choice: PolicyChoice) -> ModelVersionPolicy {
-        ModelVersionPolicy { policy_choice: Some(choice) }
+        ModelVersionPolicy {
+            policy_choice: Some(choice),
+        }
     }
 
     #[test]
@@ -88,18 +93,30 @@ mod tests {
     #[test]
     fn specific_takes_those_listed_and_names_a_missing_one() {
         let specific = |v: &[i64]| policy(PolicyChoice::Specific(Specific { versions: v.to_vec() }));
-        assert_eq!(select_versions(Some(&specific(&[3, 1])), &[1, 2, 3]).expect("ok"), [1, 3]);
-        let err = select_model_versions("m", Some(&specific(&[1, 3])), &[1, 2]).unwrap_err();
-        assert!(matches!(err, RepositoryError::VersionNotOnDisk { version: 3, .. }), "{err:?}");
-        assert_eq!(err.to_string(), "version 3 is specified for model 'm' but the version directory is not present");
+        assert_eq!(
+            select_versions(Some(&specific(&[3, 1])), &[1, 2, 3]).expect("ok"),
+            [1, 3]
+        );
+        let err = select_model_versions("m", Some(&specific(&[1, 3])), &[1, 2]).expect_err("fails");
+        assert!(
+            matches!(err, RepositoryError::VersionNotOnDisk { version: 3, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "version 3 is specified for model 'm' but the version directory is not present"
+        );
         assert_eq!(err.code(), tritium_proto::ErrorCode::InvalidArg);
-        let err = select_model_versions("m", Some(&specific(&[])), &[1]).unwrap_err();
-        assert_eq!(err.to_string(), "at least one version must be available under the version policy of model 'm'");
+        let err = select_model_versions("m", Some(&specific(&[])), &[1]).expect_err("fails");
+        assert_eq!(
+            err.to_string(),
+            "at least one version must be available under the version policy of model 'm'"
+        );
     }
 
     #[test]
     fn nothing_on_disk_is_an_error() {
-        let err = select_model_versions("m", None, &[]).unwrap_err();
+        let err = select_model_versions("m", None, &[]).expect_err("fails");
         assert!(matches!(err, RepositoryError::NoVersionAvailable { ref model } if model == "m"));
     }
 }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI via .ci/run): Python venv + real perf_analyzer, then the Rust
+# build and tests, then the Python end-to-end suite against the real `tritium` binary.
+# Needs only the Rust toolchain, python3.11 + pip and the package registries (PyPI, Debian, crates.io).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "python environment (.venv)"
+bash scripts/setup-python.sh
+
+step "perf_analyzer (.tools)"
+bash scripts/install-perf-analyzer.sh
+
+step "cargo build --bin tritium"
+# The root package is tritium-proto, so a bare `--bin tritium` at the root finds no such target; name the package.
+cargo build -j2 -p tritium-server --bin tritium
+echo "cargo build: ok"
+
+step "cargo test --workspace"
+cargo test -j2 --workspace
+echo "cargo test: ok"
+
+step "pytest tests/python"
+export TRITIUM_BIN="${TRITIUM_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/tritium}"
+# Exit code 5 (no tests collected) is non-zero too, so it fails this script.
+.venv/bin/python -m pytest tests/python -q
+echo "pytest: ok"
+
+printf '\nscripts/test.sh: all test steps passed\n'

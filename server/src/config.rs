@@ -1,0 +1,236 @@
+//! The `tritium` command line. Every option is also an environment variable (`TRITIUM_…`);
+//! Triton's flag names and default ports are kept where Triton has them. This is the only module
+//! that reads the environment.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tritium_worker::{ControlMode, RepositoryOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "tritium", version, about = "A KServe v2 / Triton-compatible inference server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a model repository over gRPC (the built-in one when none is given).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub repository: RepositoryArgs,
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
+    #[command(flatten)]
+    pub logging: LoggingArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelControlMode {
+    None,
+    Explicit,
+    Poll,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Model repository")]
+pub struct RepositoryArgs {
+    /// Model repository folder (Triton layout); repeatable. Without one, the built-in repository
+    /// (identity, identity_batch, add_sub, repeat) is served.
+    #[arg(long = "model-repository", env = "TRITIUM_MODEL_REPOSITORY", value_delimiter = ',')]
+    pub model_repository: Vec<PathBuf>,
+    /// none: load all at start; explicit: load what --load-model names and what clients ask for;
+    /// poll: load all and follow changes.
+    #[arg(long, env = "TRITIUM_MODEL_CONTROL_MODE", value_enum, default_value = "none")]
+    pub model_control_mode: ModelControlMode,
+    /// Model to load at start in explicit mode; repeatable; `*` loads every model.
+    #[arg(long = "load-model", env = "TRITIUM_LOAD_MODEL", value_delimiter = ',')]
+    pub load_model: Vec<String>,
+    /// Seconds between repository polls in poll mode.
+    #[arg(long, env = "TRITIUM_REPOSITORY_POLL_SECS", default_value_t = 15)]
+    pub repository_poll_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "gRPC")]
+pub struct GrpcArgs {
+    #[arg(long, env = "TRITIUM_GRPC_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub grpc_address: IpAddr,
+    #[arg(long, env = "TRITIUM_GRPC_PORT", default_value_t = 8001)]
+    pub grpc_port: u16,
+    /// Serve on an inherited, already listening socket (file descriptor) instead of binding.
+    #[arg(long, env = "TRITIUM_GRPC_LISTEN_FD")]
+    pub grpc_listen_fd: Option<i32>,
+    /// Largest message accepted or sent, in bytes (default 2 GiB - 1, as Triton).
+    #[arg(long, env = "TRITIUM_GRPC_MAX_MESSAGE_SIZE", default_value_t = i32::MAX as usize)]
+    pub grpc_max_message_size: usize,
+    /// HTTP/2 connection-level flow-control window, bytes (alias env DYN_GRPC_INITIAL_CONNECTION_WINDOW_SIZE).
+    #[arg(long, env = "TRITIUM_GRPC_INITIAL_CONNECTION_WINDOW_SIZE")]
+    pub grpc_initial_connection_window_size: Option<u32>,
+    /// HTTP/2 stream-level flow-control window, bytes (alias env DYN_GRPC_INITIAL_STREAM_WINDOW_SIZE).
+    #[arg(long, env = "TRITIUM_GRPC_INITIAL_STREAM_WINDOW_SIZE")]
+    pub grpc_initial_stream_window_size: Option<u32>,
+    /// Let HTTP/2 size its windows from a bandwidth-delay estimate (overrides the fixed sizes).
+    #[arg(long, env = "TRITIUM_GRPC_ADAPTIVE_WINDOW")]
+    pub grpc_adaptive_window: bool,
+    /// Largest HTTP/2 frame the server accepts, bytes.
+    #[arg(long, env = "TRITIUM_GRPC_MAX_FRAME_SIZE")]
+    pub grpc_max_frame_size: Option<u32>,
+    /// Milliseconds between HTTP/2 keepalive pings; 0 disables (Triton's default is 2 hours).
+    #[arg(long, env = "TRITIUM_GRPC_KEEPALIVE_TIME", default_value_t = 7_200_000)]
+    pub grpc_keepalive_time: u64,
+    /// Milliseconds to wait for a keepalive ping's answer before closing the connection.
+    #[arg(long, env = "TRITIUM_GRPC_KEEPALIVE_TIMEOUT", default_value_t = 20_000)]
+    pub grpc_keepalive_timeout: u64,
+    /// Milliseconds after which a connection is asked to go away (GOAWAY) so load balancers can
+    /// rebalance; 0 disables.
+    #[arg(long, env = "TRITIUM_GRPC_MAX_CONNECTION_AGE", default_value_t = 0)]
+    pub grpc_max_connection_age: u64,
+    /// Milliseconds a connection past its age may take to finish its calls.
+    #[arg(long, env = "TRITIUM_GRPC_MAX_CONNECTION_AGE_GRACE", default_value_t = 0)]
+    pub grpc_max_connection_age_grace: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LoggingArgs {
+    /// Verbose logging level: 0 is off, 1 debug, 2 and above trace.
+    #[arg(long, env = "TRITIUM_LOG_VERBOSE", default_value_t = 0)]
+    pub log_verbose: u32,
+    #[arg(long, env = "TRITIUM_LOG_INFO", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_info: bool,
+    #[arg(long, env = "TRITIUM_LOG_WARNING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_warning: bool,
+    #[arg(long, env = "TRITIUM_LOG_ERROR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_error: bool,
+}
+
+/// HTTP/2 and connection settings of the gRPC listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportConfig {
+    pub max_message_size: usize,
+    pub initial_connection_window_size: Option<u32>,
+    pub initial_stream_window_size: Option<u32>,
+    pub adaptive_window: bool,
+    pub max_frame_size: Option<u32>,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+    pub max_connection_age: Option<Duration>,
+    pub max_connection_age_grace: Option<Duration>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            max_message_size: i32::MAX as usize,
+            initial_connection_window_size: None,
+            initial_stream_window_size: None,
+            adaptive_window: false,
+            max_frame_size: None,
+            keepalive_interval: Some(Duration::from_secs(7200)),
+            keepalive_timeout: Duration::from_secs(20),
+            max_connection_age: None,
+            max_connection_age_grace: None,
+        }
+    }
+}
+
+/// Everything the server needs, built once from the command line (or by hand when embedding).
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    pub repository: RepositoryOptions,
+    pub transport: TransportConfig,
+}
+
+fn millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+impl ServeArgs {
+    /// Parses `tritium serve` arguments, with Dynamo's window-size variables as fallbacks.
+    pub fn server_config(&self) -> ServerConfig {
+        let grpc = &self.grpc;
+        let env_u32 = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u32>().ok());
+        let control_mode = match self.repository.model_control_mode {
+            ModelControlMode::None => ControlMode::None,
+            ModelControlMode::Explicit => ControlMode::Explicit,
+            ModelControlMode::Poll => ControlMode::Poll,
+        };
+        ServerConfig {
+            repository: RepositoryOptions {
+                paths: self.repository.model_repository.clone(),
+                control_mode,
+                startup_models: self.repository.load_model.clone(),
+                poll_interval: Duration::from_secs(self.repository.repository_poll_secs.max(1)),
+            },
+            transport: TransportConfig {
+                max_message_size: grpc.grpc_max_message_size,
+                initial_connection_window_size: grpc
+                    .grpc_initial_connection_window_size
+                    .or_else(|| env_u32("DYN_GRPC_INITIAL_CONNECTION_WINDOW_SIZE")),
+                initial_stream_window_size: grpc
+                    .grpc_initial_stream_window_size
+                    .or_else(|| env_u32("DYN_GRPC_INITIAL_STREAM_WINDOW_SIZE")),
+                adaptive_window: grpc.grpc_adaptive_window,
+                max_frame_size: grpc.grpc_max_frame_size,
+                keepalive_interval: millis(grpc.grpc_keepalive_time),
+                keepalive_timeout: Duration::from_millis(grpc.grpc_keepalive_timeout),
+                max_connection_age: millis(grpc.grpc_max_connection_age),
+                max_connection_age_grace: millis(grpc.grpc_max_connection_age_grace),
+            },
+        }
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.grpc.grpc_address, self.grpc.grpc_port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(std::iter::once("tritium").chain(args.iter().copied())).expect("parses");
+        let Command::Serve(serve) = cli.command;
+        serve
+    }
+
+    #[test]
+    fn defaults_follow_triton() {
+        let serve = parse(&["serve"]);
+        assert_eq!(serve.grpc_addr().port(), 8001);
+        let config = serve.server_config();
+        assert_eq!(config.transport.max_message_size, i32::MAX as usize);
+        assert!(config.repository.paths.is_empty());
+        assert_eq!(config.repository.control_mode, ControlMode::None);
+    }
+
+    #[test]
+    fn explicit_mode_with_load_all() {
+        let serve = parse(&["serve", "--model-control-mode=explicit", "--load-model=*", "--load-model", "a"]);
+        let config = serve.server_config();
+        assert_eq!(config.repository.control_mode, ControlMode::Explicit);
+        assert_eq!(config.repository.startup_models, vec!["*".to_string(), "a".to_string()]);
+    }
+
+    #[test]
+    fn window_sizes_from_flags() {
+        let serve = parse(&[
+            "serve",
+            "--grpc-initial-connection-window-size",
+            "16777216",
+            "--grpc-initial-stream-window-size=1048576",
+        ]);
+        let config = serve.server_config();
+        assert_eq!(config.transport.initial_connection_window_size, Some(16 << 20));
+        assert_eq!(config.transport.initial_stream_window_size, Some(1 << 20));
+    }
+}

@@ -1,0 +1,47 @@
+//! The server's errors and their one mapping to gRPC status.
+
+use tritium_proto::ErrorCode;
+use tritium_worker::WorkerError;
+
+use crate::shm::ShmError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+    /// A request the transport adapter rejects before it reaches a model; `reason` names the
+    /// model and the tensor or parameter.
+    #[error("[request id: {id}] {reason}")]
+    InvalidRequest { id: String, reason: String },
+    #[error("{reason}")]
+    InvalidSetting { reason: String },
+    #[error("{what}")]
+    Unsupported { what: String },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServerError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ServerError::Worker(e) => e.code(),
+            ServerError::Shm(e) => e.code(),
+            ServerError::InvalidRequest { .. } | ServerError::InvalidSetting { .. } => ErrorCode::InvalidArg,
+            ServerError::Unsupported { .. } => ErrorCode::Unsupported,
+            ServerError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub(crate) fn invalid(id: &str, reason: impl Into<String>) -> ServerError {
+        let id = if id.is_empty() { "<id_unknown>" } else { id };
+        ServerError::InvalidRequest { id: id.to_string(), reason: reason.into() }
+    }
+}
+
+impl From<ServerError> for tonic::Status {
+    fn from(error: ServerError) -> tonic::Status {
+        error.code().status(error.to_string())
+    }
+}

@@ -1,0 +1,11 @@
+//! The gRPC surface: `inference.GRPCInferenceService`, `grpc.health.v1.Health` tied to
+//! readiness, and server reflection (v1 and v1alpha).
+
+pub mod convert;
+pub mod health;
+pub mod metadata;
+pub mod service;
+pub mod settings;
+pub mod stream;
+
+pub use service::{EXTENSIONS, GrpcState, InferenceService};

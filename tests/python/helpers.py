@@ -1,0 +1,202 @@
+"""Start the real `tritium` binary on a pre-bound ephemeral listener, and write model repositories.
+
+The test process binds 127.0.0.1:0, hands the listening socket to `tritium serve --grpc-listen-fd FD`
+and blocks on the child's stdout until it prints `tritium ready ...` (no fixed ports, no sleeps).
+"""
+
+
+from __future__ import annotations
+
+import os
+import pathlib
+import queue
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import pytest
+from tritonclient.utils import InferenceServerException
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+READY_PREFIX = "tritium ready"
+DEFAULT_START_TIMEOUT = 60.0
+
+
+def tritium_bin() -> pathlib.Path:
+    path = pathlib.Path(os.environ.get("TRITIUM_BIN", REPO / "target" / "debug" / "tritium"))
+    if not path.is_file():
+        pytest.fail(f"server binary {path} not found: run `cargo build -p tritium-server --bin tritium` (or set TRITIUM_BIN)")
+    return path
+
+
+@dataclass
+class TritiumServer:
+    """A running `tritium serve` child process."""
+
+    proc: subprocess.Popen
+    port: int
+    ready_line: str
+    stderr_path: pathlib.Path
+    stdout_lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> int:
+        """Terminate (then kill if needed) and return the exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+def tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumServer:
+    """Start `tritium serve` on a socket bound here and wait for its ready line."""
+    binary = tritium_bin()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    err = tempfile.NamedTemporaryFile(prefix="tritium-stderr-", suffix=".log", delete=False)
+    stderr_path = pathlib.Path(err.name)
+    cmd = [str(binary), "serve", "--grpc-listen-fd", str(fd), *args]
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            pass_fds=[fd],
+            text=True,
+            bufsize=1,
+            cwd=REPO,
+        )
+    finally:
+        # The child holds its own copy of the listener; ours would only keep the port alive after it exits.
+        listener.close()
+        err.close()
+
+    lines: queue.Queue[str | None] = queue.Queue()
+    seen: list[str] = []
+
+    def pump() -> None:
+        # Keeps draining stdout for the server's whole life so it can never block on a full pipe.
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                seen.append(line.rstrip("\n"))
+                lines.put(line.rstrip("\n"))
+        except ValueError:  # stdout closed during teardown
+            pass
+        lines.put(None)
+
+    threading.Thread(target=pump, name=f"tritium-stdout-{port}", daemon=True).start()
+
+    server = TritiumServer(proc=proc, port=port, ready_line="", stderr_path=stderr_path, stdout_lines=seen)
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise queue.Empty
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            _abandon(server, f"`{' '.join(cmd)}` printed no '{READY_PREFIX}' line within {timeout:.0f}s")
+        if line is None:
+            rc = proc.wait(timeout=15)
+            _abandon(server, f"`{' '.join(cmd)}` exited with status {rc} before it was ready")
+        if line.startswith(READY_PREFIX):
+            server.ready_line = line
+            announced = line.split("grpc=", 1)[1].split()[0] if "grpc=" in line else server.url
+            if announced != server.url:
+                _abandon(server, f"server announced {announced!r} but was handed the listener on {server.url}")
+            return server
+
+
+def _abandon(server: TritiumServer, why: str) -> NoReturn:
+    server.stop()
+    text = server.stderr()
+    server.stderr_path.unlink(missing_ok=True)
+    pytest.fail(f"{why}\nstdout:\n{tail(chr(10).join(server.stdout_lines))}\nstderr:\n{tail(text)}")
+
+
+def finish_server(server: TritiumServer) -> None:
+    """Stop a server; fail the test if it had already exited on its own."""
+    died = server.proc.poll()
+    server.stop()
+    text = server.stderr()
+    server.stderr_path.unlink(missing_ok=True)
+    if died is not None:
+        pytest.fail(f"tritium exited on its own during the tests (status {died})\nstderr:\n{tail(text)}")
+
+
+def write_model(repo: pathlib.Path, name: str, config: str, versions: tuple[int, ...] = (1,)) -> pathlib.Path:
+    """Write `<repo>/<name>/config.pbtxt` and an empty folder per version (enough for built-in backends)."""
+    model_dir = repo / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(config)
+    for version in versions:
+        (model_dir / str(version)).mkdir(exist_ok=True)
+    return model_dir
+
+
+def identity_config(name: str, data_type: str, dims: str = "[ -1 ]", max_batch_size: int = 0) -> str:
+    """config.pbtxt of a built-in identity model with one input and one output."""
+    return f"""
+name: "{name}"
+backend: "identity"
+max_batch_size: {max_batch_size}
+input [ {{ name: "INPUT0" data_type: {data_type} dims: {dims} }} ]
+output [ {{ name: "OUTPUT0" data_type: {data_type} dims: {dims} }} ]
+"""
+
+
+def add_sub_config(name: str, data_type: str = "TYPE_INT32", dims: str = "[ 16 ]") -> str:
+    """config.pbtxt of a built-in add_sub model: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1."""
+    return f"""
+name: "{name}"
+backend: "add_sub"
+max_batch_size: 0
+input [
+  {{ name: "INPUT0" data_type: {data_type} dims: {dims} }},
+  {{ name: "INPUT1" data_type: {data_type} dims: {dims} }}
+]
+output [
+  {{ name: "OUTPUT0" data_type: {data_type} dims: {dims} }},
+  {{ name: "OUTPUT1" data_type: {data_type} dims: {dims} }}
+]
+"""
+
+
+def expect_error(status: str, fragment: str, fn, *args, **kwargs) -> InferenceServerException:
+    """Call fn and assert it raises InferenceServerException with gRPC `status` (e.g. "NOT_FOUND", or None
+    for an in-band error without a status) and a message containing `fragment`."""
+    with pytest.raises(InferenceServerException) as info:
+        fn(*args, **kwargs)
+    err = info.value
+    want = None if status is None else f"StatusCode.{status}"
+    assert err.status() == want, f"expected status {want}, got {err.status()} ({err.message()!r})"
+    assert fragment in err.message(), f"expected {fragment!r} in {err.message()!r}"
+    return err

@@ -1,0 +1,75 @@
+"""The real perf_analyzer 2.60.0 (scripts/perf_analyzer, installed by scripts/install-perf-analyzer.sh)
+against the default server: small bounded runs in sync, async, streaming and system-shared-memory modes.
+
+Each run is capped in requests (count windows), wall time (subprocess timeout) and address space
+(`prlimit --as`, util-linux), because perf_analyzer's memory grows per request and is never released (peers.md).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+
+import pytest
+
+from helpers import REPO
+
+PERF_ANALYZER = REPO / "scripts" / "perf_analyzer"
+MEMORY_CAP = 8 * 1024**3
+RUN_TIMEOUT_S = 180
+
+MODES = {
+    "sync": ["--sync"],
+    "async_c4": ["--async", "--concurrency-range", "4"],
+    "streaming": ["--async", "--streaming"],
+    "system_shm": ["--shared-memory", "system", "--output-shared-memory-size", "1024"],
+}
+
+MODELS = {
+    "identity": ["--shape", "INPUT0:16"],
+    "add_sub": [],
+}
+
+
+def perf_analyzer(url: str, *args: str) -> subprocess.CompletedProcess:
+    if not PERF_ANALYZER.exists():
+        pytest.fail(f"{PERF_ANALYZER} missing")
+    cmd = [
+        "prlimit", f"--as={MEMORY_CAP}", "--",
+        str(PERF_ANALYZER),
+        "-i", "grpc",
+        "-u", url,
+        "--measurement-mode", "count_windows",
+        "--measurement-request-count", "200",
+        "-s", "50",
+        "--max-trials", "10",
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=REPO)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} -> exit {proc.returncode}\n{output[-6000:]}"
+    assert "Throughput:" in output, output[-6000:]
+    return proc
+
+
+def test_perf_analyzer_runs():
+    proc = subprocess.run([str(PERF_ANALYZER)], capture_output=True, text=True, timeout=60)
+    assert "--concurrency-range" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("model", list(MODELS))
+def test_perf_analyzer(tritium, model, mode):
+    perf_analyzer(tritium.url, "-m", model, *MODELS[model], *MODES[mode])
+
+
+def test_perf_analyzer_decoupled_repeat(tritium, tmp_path: pathlib.Path):
+    # Random data would ask the repeat model for billions of responses; give it IN = 2 explicitly.
+    data = tmp_path / "repeat.json"
+    data.write_text(json.dumps({"data": [{"IN": [2], "DELAY_MS": [0]}]}))
+    perf_analyzer(tritium.url, "-m", "repeat", "--async", "--streaming", "--input-data", str(data))
+
+
+def test_perf_analyzer_batched_identity(tritium):
+    perf_analyzer(tritium.url, "-m", "identity_batch", "--shape", "INPUT0:16", "-b", "4", "--async", "--concurrency-range", "2")

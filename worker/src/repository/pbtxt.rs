@@ -1,0 +1,145 @@
+//! A narrow pre-pass over protobuf text format for the one piece of the grammar `prost-reflect`'s
+//! parser does not accept: a message list without a colon, `input [ { ... } ]`.
+//!
+//! The text-format spec makes the colon optional before a message value or a message list
+//! (`MessageField = FieldName, [":"], (MessageValue | MessageList)`), and Triton's own examples
+//! write `input [ ... ]` almost everywhere. `prost-reflect` 0.16 accepts `input { ... }` but
+//! requires `input: [ ... ]`, so we insert the colon. Everything else (strings, comments, values)
+//! passes through byte for byte, and the real parser still does all the parsing.
+
+use std::borrow::Cow;
+
+/// The last significant token seen, as far as deciding whether a `[` opens a colon-less list.
+#[derive(Clone, Copy, PartialEq)]
+enum Last {
+    /// Start of input, or punctuation other than `:` and `-`.
+    Other,
+    /// `:` or `-`: an identifier right after one is a value (an enum name, `inf`), not a field name.
+    ValueIntro,
+    /// A field name: an identifier not preceded by `:` or `-`.
+    FieldName,
+    /// An identifier used as a value, a number or a string.
+    Value,
+}
+
+/// Returns `text` with `:` inserted between a field name and a `[` that directly follows it.
+pub(crate) fn insert_list_colons(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut insert_at = Vec::new();
+    let mut last = Last::Other;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' | b'\'' => {
+                i = skip_string(bytes, i);
+                last = Last::Value;
+                continue;
+            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'_' => {
+                while i < bytes.len() && is_word(bytes[i]) {
+                    i += 1;
+                }
+                let after_value_intro = last == Last::ValueIntro;
+                last = if after_value_intro {
+                    Last::Value
+                } else {
+                    Last::FieldName
+                };
+                continue;
+            }
+            b'0'..=b'9' | b'.' => {
+                while i < bytes.len() && (is_word(bytes[i]) || bytes[i] == b'.') {
+                    i += 1;
+                }
+                last = Last::Value;
+                continue;
+            }
+            b'[' => {
+                if last == Last::FieldName {
+                    insert_at.push(i);
+                }
+                last = Last::Other;
+            }
+            b':' | b'-' => last = Last::ValueIntro,
+            b if b.is_ascii_whitespace() => {}
+            _ => last = Last::Other,
+        }
+        i += 1;
+    }
+
+    if insert_at.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + insert_at.len());
+    let mut copied = 0;
+    for at in insert_at {
+        // `at` is the index of an ASCII `[`, so it is a char boundary.
+        out.push_str(&text[copied..at]);
+        out.push(':');
+        copied = at;
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// The index just past the string literal opening at `start` (or the end of input if unclosed,
+/// which the real parser then reports).
+fn skip_string(bytes: &[u8], start: usize) -> usize {
+    let quote = bytes[start];
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b if b == quote => return i + 1,
+            b'\n' => return i,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::insert_list_colons;
+
+    #[test]
+    fn inserts_a_colon_only_where_a_list_follows_a_field_name() {
+        let cases = [
+            ("input [ { name: \"a\" } ]", "input :[ { name: \"a\" } ]"),
+            ("input[{}] output [{}]", "input:[{}] output :[{}]"),
+            ("a: 1\nb [ 2 ]", "a: 1\nb :[ 2 ]"),
+            ("x { dims [1] }", "x { dims :[1] }"),
+            ("{ a: \"s\", dims [ 16 ] }", "{ a: \"s\", dims :[ 16 ] }"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(insert_list_colons(input), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn leaves_everything_else_alone() {
+        for text in [
+            "dims: [ 16 ]",
+            "input: [ { name: \"x [\" } ]",
+            "name: 'it''s [' # input [ in a comment\n",
+            "s: \"esc \\\" input [\"",
+            "kind: KIND_CPU [ext.field]: 1",
+            "v: -inf [ext]: 2",
+            "",
+            "name: \"ünïcode\"",
+        ] {
+            assert_eq!(insert_list_colons(text), text, "{text:?}");
+        }
+    }
+}
