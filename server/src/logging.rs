@@ -65,7 +65,11 @@ impl LogControl {
         let (filter, handle) = reload::Layer::new(EnvFilter::new(state.directives()));
         let installed = tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
             .try_init()
             .is_ok();
         LogControl { state: Arc::new(Mutex::new(state)), handle: installed.then_some(handle) }
