@@ -358,16 +358,11 @@ impl ModelRepository {
     fn build(&self, source: &ModelSource, config_json: Option<&str>) -> Result<ServedModel, WorkerError> {
         let name = source.name.as_str();
         let failed = |reason: String| WorkerError::LoadFailed { name: name.to_string(), reason };
-        let config = match (config_json, &source.config_text) {
-            (Some(json), _) => repository::parse_config_json(json)?,
-            (None, Some(text)) => repository::parse_config_text(text)?,
-            (None, None) => return Err(failed("the model folder has no config.pbtxt".to_string())),
-        };
-        let config = Arc::new(repository::normalize_config(name, config)?);
-        let versions = repository::select_versions(config.version_policy.as_ref(), &source.versions)?;
-        if versions.is_empty() {
-            return Err(failed("at least one version must be available under the version policy of the model".to_string()));
-        }
+        let config = source
+            .config_with_override(config_json)?
+            .ok_or_else(|| failed("the model folder has no config.pbtxt".to_string()))?;
+        let config = Arc::new(config);
+        let versions = source.select_versions(&config)?;
         let schema = ModelSchema::from_config(&config).map_err(failed)?;
         let backend_name = if config.backend.is_empty() { config.platform.as_str() } else { config.backend.as_str() };
         let factory = self
