@@ -30,6 +30,9 @@ pub struct ServeArgs {
     pub grpc: GrpcArgs,
     #[command(flatten)]
     pub logging: LoggingArgs,
+    /// Seconds to let in-flight calls finish after SIGTERM or Ctrl-C before exiting anyway.
+    #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
+    pub exit_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

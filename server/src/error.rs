@@ -16,7 +16,7 @@ pub enum ServerError {
     #[error("[request id: {id}] {reason}")]
     InvalidRequest { id: String, reason: String },
     #[error("{reason}")]
-    InvalidSetting { reason: String },
+    InvalidArgument { reason: String },
     #[error("{what}")]
     Unsupported { what: String },
     #[error("{0}")]
@@ -28,7 +28,7 @@ impl ServerError {
         match self {
             ServerError::Worker(e) => e.code(),
             ServerError::Shm(e) => e.code(),
-            ServerError::InvalidRequest { .. } | ServerError::InvalidSetting { .. } => ErrorCode::InvalidArg,
+            ServerError::InvalidRequest { .. } | ServerError::InvalidArgument { .. } => ErrorCode::InvalidArg,
             ServerError::Unsupported { .. } => ErrorCode::Unsupported,
             ServerError::Internal(_) => ErrorCode::Internal,
         }

@@ -43,13 +43,26 @@ async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::erro
         None => tokio::net::TcpListener::bind(args.grpc_addr()).await?,
     };
     let config = args.server_config();
+    let args_exit = args.exit_timeout_secs;
     let tritium = tokio::task::spawn_blocking(move || Tritium::new(config, log)).await??;
     let addr = listener.local_addr()?;
     tracing::info!("serving gRPC on {addr}");
     // One line on stdout once models are loaded, for scripts and test harnesses to wait on.
     println!("tritium ready grpc={addr}");
     std::io::stdout().flush()?;
-    tritium.serve(listener, shutdown_signal()).await?;
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = std::sync::Arc::clone(&stopping);
+    let signal = async move {
+        shutdown_signal().await;
+        notify.notify_one();
+    };
+    let exit_timeout = std::time::Duration::from_secs(args_exit);
+    tokio::select! {
+        served = tritium.serve(listener, signal) => served?,
+        () = async { stopping.notified().await; tokio::time::sleep(exit_timeout).await } => {
+            tracing::warn!("calls still in flight after {exit_timeout:?}; exiting anyway");
+        }
+    }
     Ok(())
 }
 

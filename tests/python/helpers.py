@@ -92,6 +92,8 @@ def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumS
             text=True,
             bufsize=1,
             cwd=REPO,
+            # Settings come only from the arguments: TRITIUM_* (and Dynamo's DYN_GRPC_*) env vars would change them.
+            env={k: v for k, v in os.environ.items() if not k.startswith(("TRITIUM_", "DYN_GRPC_"))},
         )
     finally:
         # The child holds its own copy of the listener; ours would only keep the port alive after it exits.

@@ -1,10 +1,21 @@
 //! End-to-end test harness: a real Tritium server on a pre-bound ephemeral listener, and model
 //! repositories written by the tests themselves.
 
+use std::collections::HashMap;
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tritium_grpc_clients::InferClient;
+use tritium_grpc_clients::{InferClient, InferRequestBuilder, output_tensor};
+use tritium_proto::inference::infer_parameter::ParameterChoice;
+use tritium_proto::inference::model_repository_parameter::ParameterChoice as RepoParam;
+use tritium_proto::inference::{
+    ModelInferRequest, ModelInferResponse, ModelRepositoryParameter, RepositoryIndexRequest, RepositoryModelLoadRequest,
+    RepositoryModelUnloadRequest,
+};
+use tritium_tensor::Tensor;
 use tritium_server::{ServerConfig, ServerHandle, spawn};
 use tritium_worker::RepositoryOptions;
 
@@ -74,4 +85,193 @@ input [ {{ name: "INPUT0", data_type: {config_type}, dims: [ -1 ] }} ]
 output [ {{ name: "OUTPUT0", data_type: {config_type}, dims: [ -1 ] }} ]
 "#
     )
+}
+
+/// An `add_sub` model config for one datatype: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1,
+/// every tensor of `dims`.
+pub fn add_sub_config(name: &str, config_type: &str, dims: &[i64], max_batch_size: i32) -> String {
+    let dims: Vec<String> = dims.iter().map(i64::to_string).collect();
+    let dims = dims.join(", ");
+    let tensor = |n: &str| format!(r#"{{ name: "{n}", data_type: {config_type}, dims: [ {dims} ] }}"#);
+    format!(
+        "name: \"{name}\"\nbackend: \"add_sub\"\nmax_batch_size: {max_batch_size}\ninput [ {}, {} ]\noutput [ {}, {} ]\n",
+        tensor("INPUT0"),
+        tensor("INPUT1"),
+        tensor("OUTPUT0"),
+        tensor("OUTPUT1"),
+    )
+}
+
+/// The `repeat` model config of the built-in repository, for repositories written by tests.
+pub const REPEAT_CONFIG: &str = r#"
+backend: "repeat"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [
+  { name: "IN", data_type: TYPE_INT32, dims: [ 1 ] },
+  { name: "DELAY_MS", data_type: TYPE_UINT32, dims: [ 1 ], optional: true }
+]
+output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] } ]
+"#;
+
+/// A request for the decoupled `repeat` model: `count` responses, `delay_ms` apart, optionally
+/// followed by an empty final response.
+pub fn repeat_request(id: &str, count: i32, delay_ms: Option<u32>, empty_final: bool) -> ModelInferRequest {
+    let mut builder = InferRequestBuilder::new("repeat").id(id).input(Tensor::from_slice("IN", vec![1], &[count]));
+    if let Some(delay) = delay_ms {
+        builder = builder.input(Tensor::from_slice("DELAY_MS", vec![1], &[delay]));
+    }
+    if empty_final {
+        builder = builder.parameter("triton_enable_empty_final_response", ParameterChoice::BoolParam(true));
+    }
+    builder.build()
+}
+
+/// An `identity` request on `model` with FP32 values.
+pub fn identity_request(model: &str, shape: Vec<i64>, values: &[f32]) -> ModelInferRequest {
+    InferRequestBuilder::new(model).input(Tensor::from_slice("INPUT0", shape, values)).build()
+}
+
+/// The one output of a stream response of `repeat`, `OUT`, as an i32.
+pub fn repeat_value(response: &ModelInferResponse) -> i32 {
+    let out = output_tensor(response, "OUT").expect("OUT").to_vec::<i32>().expect("INT32");
+    assert_eq!(out.len(), 1, "OUT holds one element");
+    out[0]
+}
+
+/// Asserts a call failed with `code` and exactly `message`.
+pub fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code, message: &str) {
+    let status = result.expect_err("the call must fail");
+    assert_eq!((status.code(), status.message()), (code, message), "unexpected status");
+}
+
+/// Asserts a call failed with `code` and a message containing each of `needles`.
+pub fn assert_status_contains<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code, needles: &[&str]) {
+    let status = result.expect_err("the call must fail");
+    assert_eq!(status.code(), code, "code of {:?}", status.message());
+    for needle in needles {
+        assert!(status.message().contains(needle), "{:?} lacks {:?}", status.message(), needle);
+    }
+}
+
+/// Polls `check` every 20 ms until it gives `Some`, failing after `timeout`. For state that
+/// changes in the background (poll mode), never for readiness at start.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The repository index as (name, version, state, reason) rows.
+pub async fn repository_index(client: &mut InferClient, ready_only: bool) -> Vec<(String, String, String, String)> {
+    let request = RepositoryIndexRequest { repository_name: String::new(), ready: ready_only };
+    let index = client.raw().repository_index(request).await.expect("repository index").into_inner();
+    index.models.into_iter().map(|m| (m.name, m.version, m.state, m.reason)).collect()
+}
+
+/// One index row, for comparing with [`repository_index`].
+pub fn index_row(name: &str, version: &str, state: &str, reason: &str) -> (String, String, String, String) {
+    (name.to_string(), version.to_string(), state.to_string(), reason.to_string())
+}
+
+/// RepositoryModelLoad, with an optional `config` JSON override.
+pub async fn load_model(client: &mut InferClient, name: &str, config_json: Option<&str>) -> Result<(), tonic::Status> {
+    let mut parameters = HashMap::new();
+    if let Some(json) = config_json {
+        parameters.insert(
+            "config".to_string(),
+            ModelRepositoryParameter { parameter_choice: Some(RepoParam::StringParam(json.to_string())) },
+        );
+    }
+    let request = RepositoryModelLoadRequest { repository_name: String::new(), model_name: name.to_string(), parameters };
+    client.raw().repository_model_load(request).await.map(|_| ())
+}
+
+/// RepositoryModelUnload.
+pub async fn unload_model(client: &mut InferClient, name: &str) -> Result<(), tonic::Status> {
+    let request =
+        RepositoryModelUnloadRequest { repository_name: String::new(), model_name: name.to_string(), parameters: HashMap::new() };
+    client.raw().repository_model_unload(request).await.map(|_| ())
+}
+
+/// A real POSIX shared-memory segment, created and mapped by the test (as a client would),
+/// unlinked and unmapped on drop.
+#[derive(Debug)]
+pub struct Segment {
+    name: CString,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by the segment; tests access it from one task at a time.
+unsafe impl Send for Segment {}
+
+impl Segment {
+    /// Creates a zeroed segment of `len` bytes with a name unique to this process and `tag`.
+    pub fn create(tag: &str, len: usize) -> Segment {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = CString::new(format!("/tritium_e2e_{}_{n}_{tag}", std::process::id())).expect("no NUL");
+        // SAFETY: plain libc calls on a name this process owns; the descriptor is closed after
+        // mapping, and the mapping is checked before use.
+        let ptr = unsafe {
+            libc::shm_unlink(name.as_ptr());
+            let fd = libc::shm_open(name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600);
+            assert!(fd >= 0, "shm_open: {}", std::io::Error::last_os_error());
+            assert_eq!(libc::ftruncate(fd, len as libc::off_t), 0, "ftruncate");
+            let ptr = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+            libc::close(fd);
+            assert_ne!(ptr, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+            ptr.cast::<u8>()
+        };
+        Segment { name, ptr, len }
+    }
+
+    /// The key to register the segment under (its `shm_open` name).
+    pub fn key(&self) -> String {
+        self.name.to_string_lossy().into_owned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies `data` into the segment at `offset`.
+    pub fn write(&self, offset: usize, data: &[u8]) {
+        assert!(offset + data.len() <= self.len, "write past the segment");
+        // SAFETY: in bounds of the live mapping (checked above).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) };
+    }
+
+    /// Copies `len` bytes out of the segment at `offset`.
+    pub fn read(&self, offset: usize, len: usize) -> Vec<u8> {
+        assert!(offset + len <= self.len, "read past the segment");
+        let mut out = vec![0; len];
+        // SAFETY: in bounds of the live mapping (checked above).
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), out.as_mut_ptr(), len) };
+        out
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping and unlinking a name this process created.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+            libc::shm_unlink(self.name.as_ptr());
+        }
+    }
 }

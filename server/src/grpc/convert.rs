@@ -123,7 +123,7 @@ pub fn decode_request(
 
     let mut raw_index = 0;
     let mut tensors = Vec::with_capacity(inputs.len());
-    for input in &inputs {
+    for input in inputs {
         let datatype = DataType::from_kserve(&input.datatype).ok_or_else(|| {
             invalid(format!(
                 "inference input '{}' data-type is '{}', which is not a KServe datatype, for model '{model}'",
@@ -146,7 +146,7 @@ pub fn decode_request(
                     input.name
                 )));
             }
-            contents::typed_to_raw(datatype, typed).map_err(|e| invalid(typed_reason(model, input, datatype, &e)))?
+            contents::typed_to_raw(datatype, typed).map_err(|e| invalid(typed_reason(model, &input, datatype, &e)))?
         } else if let Some(raw) = raw_input_contents.get_mut(raw_index) {
             raw_index += 1;
             std::mem::take(raw)
@@ -158,12 +158,12 @@ pub fn decode_request(
                 input.name
             )));
         };
-        tensors.push(Tensor::new(input.name.clone(), datatype, input.shape.clone(), data));
+        tensors.push(Tensor::new(input.name, datatype, input.shape, data));
     }
 
     let mut requested_outputs = Vec::with_capacity(outputs.len());
     let mut output_regions = Vec::new();
-    for output in &outputs {
+    for output in outputs {
         let classification = output.parameters.contains_key("classification");
         if let Some(shm_ref) = shm_ref(&id, model, "output", &output.name, &output.parameters)? {
             if classification {
@@ -183,7 +183,7 @@ pub fn decode_request(
                 what: format!("classification of output '{}' for model '{model}' is not supported", output.name),
             });
         }
-        requested_outputs.push(output.name.clone());
+        requested_outputs.push(output.name);
     }
 
     let mut enable_empty_final = false;

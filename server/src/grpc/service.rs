@@ -115,7 +115,7 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_statistics(&self, request: Request<ModelStatisticsRequest>) -> RpcResult<ModelStatisticsResponse> {
         let request = request.into_inner();
-        let unavailable = |what: String| ServerError::InvalidSetting { reason: format!("requested model {what} is not available") };
+        let unavailable = |what: String| ServerError::InvalidArgument { reason: format!("requested model {what} is not available") };
         let version = parse_version(&request.version).map_err(ServerError::from)?;
         let models = if request.name.is_empty() {
             self.state.repository.served_models()
@@ -155,7 +155,7 @@ impl GrpcInferenceService for InferenceService {
             match (key.as_str(), value.parameter_choice) {
                 ("config", Some(RepoParam::StringParam(json))) => config_json = Some(json),
                 ("config", _) => {
-                    return Err(ServerError::InvalidSetting { reason: "the 'config' load parameter must be a string_param holding JSON".into() }.into());
+                    return Err(ServerError::InvalidArgument { reason: "the 'config' load parameter must be a string_param holding JSON".into() }.into());
                 }
                 (k, _) if k.starts_with("file:") => {
                     return Err(ServerError::Unsupported { what: format!("load parameter '{k}': file overrides are not supported") }.into());

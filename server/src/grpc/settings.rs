@@ -14,7 +14,7 @@ use crate::error::ServerError;
 use crate::logging::{LogControl, LogState};
 
 fn invalid(reason: String) -> ServerError {
-    ServerError::InvalidSetting { reason }
+    ServerError::InvalidArgument { reason }
 }
 
 /// Applies a LogSettings update (an empty one only reads) and returns the settings now in force.
