@@ -25,6 +25,9 @@ METHODS = [
 ]
 
 
+# grpcurl prints JSON with lowerCamelCase field names (modelName, rawOutputContents); it accepts either on input.
+
+
 def grpcurl(url: str, *args: str, data: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     if not GRPCURL.exists():
         pytest.fail(f"{GRPCURL} missing: run scripts/setup-python.sh")
@@ -80,12 +83,12 @@ def test_model_infer_typed_json(tritium):
     }
     out = grpcurl(tritium.url, "inference.GRPCInferenceService/ModelInfer", data=request).stdout
     response = json.loads(out)
-    assert response["model_name"] == "identity"
+    assert response["modelName"] == "identity"
     assert response["id"] == "grpcurl-1"
     assert [(o["name"], o["datatype"], [int(d) for d in o["shape"]]) for o in response["outputs"]] == [
         ("OUTPUT0", "FP32", [len(values)])
     ]
-    raw = base64.b64decode(response["raw_output_contents"][0])
+    raw = base64.b64decode(response["rawOutputContents"][0])
     np.testing.assert_array_equal(np.frombuffer(raw, dtype="<f4"), np.array(values, dtype=np.float32))
 
 
@@ -101,7 +104,7 @@ def test_model_infer_typed_json_add_sub(tritium):
     }
     response = json.loads(grpcurl(tritium.url, "inference.GRPCInferenceService/ModelInfer", data=request).stdout)
     outs = {o["name"]: i for i, o in enumerate(response["outputs"])}
-    raw = [np.frombuffer(base64.b64decode(r), dtype="<i4") for r in response["raw_output_contents"]]
+    raw = [np.frombuffer(base64.b64decode(r), dtype="<i4") for r in response["rawOutputContents"]]
     np.testing.assert_array_equal(raw[outs["OUTPUT0"]], np.array(a) + np.array(b))
     np.testing.assert_array_equal(raw[outs["OUTPUT1"]], np.array(a) - np.array(b))
 

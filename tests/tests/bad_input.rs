@@ -377,7 +377,9 @@ struct Segment(CString);
 
 impl Segment {
     fn create(size: usize) -> Segment {
-        let name = CString::new(format!("/tritium_bad_input_{}", std::process::id())).expect("no NUL");
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = CString::new(format!("/tritium_bad_input_{}_{n}", std::process::id())).expect("no NUL");
         // SAFETY: plain libc calls on a name we own; the descriptor is closed before returning.
         unsafe {
             let fd = libc::shm_open(name.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600);

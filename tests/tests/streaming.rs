@@ -191,3 +191,27 @@ async fn a_client_that_goes_away_does_not_hang_the_server() {
     assert_eq!(inference.success.expect("success").count, 1, "only the finished request is a success");
     assert_eq!(stats[0].execution_count, 1);
 }
+
+#[tokio::test]
+async fn a_dropped_request_stops_running() {
+    let server = TestServer::builtin().await;
+    let mut client = server.client().await;
+    let (sender, mut responses) = client.stream().await.expect("stream opens");
+    // 100 responses 5 ms apart: about 0.5 s of work if it were left to run.
+    sender.send(repeat_request("dropped", 100, Some(5), false)).await.expect("send");
+    assert_repeat(&next(&mut responses).await, "dropped", 0);
+    drop((sender, responses));
+
+    // At least 0.75 s of work of our own: had the dropped request kept running, it would have
+    // finished (and counted as a success) before this one does. A correct server can't fail this.
+    let (sender, mut responses) = client.stream().await.expect("stream opens");
+    sender.send(repeat_request("after", 150, Some(5), true)).await.expect("send");
+    for value in 0..150 {
+        assert_repeat(&next(&mut responses).await, "after", value);
+    }
+    assert_empty_final(&next(&mut responses).await, "after");
+    let stats = client.statistics("repeat", "1").await.expect("statistics");
+    let inference = stats[0].inference_stats.clone().expect("inference stats");
+    assert_eq!(inference.success.expect("success").count, 1, "the dropped request was cancelled, not completed");
+    assert_eq!(inference.fail.expect("fail").count, 0, "a cancelled request is not a failure either");
+}
