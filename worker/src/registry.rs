@@ -103,7 +103,18 @@ pub struct IndexEntry {
 struct Unserved {
     versions: Vec<i64>,
     reason: String,
+    /// The repository state that failed to load, so polling does not retry it unchanged.
     fingerprint: Option<u64>,
+    /// A model the server was configured to serve failed: the server is not ready. A client's
+    /// failed load request does not make the whole server unready.
+    blocks_readiness: bool,
+}
+
+/// Who asked for a load, which decides whether its failure makes the server unready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoadCause {
+    Configuration,
+    Client,
 }
 
 const BUILTIN_MODELS: &[(&str, &str)] = &[
@@ -142,11 +153,11 @@ impl ModelRepository {
         for source in sources {
             let wanted = load_all || repository.options.startup_models.contains(&source.name);
             if wanted {
-                if let Err(e) = repository.load_source(&source, None) {
+                if let Err(e) = repository.load_source(&source, None, LoadCause::Configuration) {
                     tracing::error!(model = %source.name, "failed to load: {e}");
                 }
             } else {
-                repository.mark_unserved(&source.name, source.versions.clone(), String::new(), None);
+                repository.mark_unserved(&source.name, source.versions.clone(), String::new(), None, false);
             }
         }
         if repository.options.control_mode == ControlMode::Explicit {
@@ -190,7 +201,7 @@ impl ModelRepository {
 
     /// True when every model the repository was asked to serve is ready.
     pub fn all_ready(&self) -> bool {
-        self.lock_unserved().values().all(|u| u.reason.is_empty() || u.reason == "unloaded")
+        !self.lock_unserved().values().any(|u| u.blocks_readiness)
     }
 
     /// The version a request asks for (`None`: the latest ready one), with Triton's errors.
@@ -229,7 +240,7 @@ impl ModelRepository {
             name: name.to_string(),
             reason: "failed to poll from model repository".to_string(),
         })?;
-        self.load_source(&source, config_json)
+        self.load_source(&source, config_json, LoadCause::Client)
     }
 
     /// Unloads a model (explicit mode); unknown names are fine, as in Triton.
@@ -259,6 +270,13 @@ impl ModelRepository {
             for (name, unserved) in self.lock_unserved().iter() {
                 if unserved.reason.is_empty() {
                     rows.push(IndexEntry { name: name.clone(), version: None, state: None, reason: String::new() });
+                } else if unserved.versions.is_empty() {
+                    rows.push(IndexEntry {
+                        name: name.clone(),
+                        version: None,
+                        state: Some(ModelState::Unavailable),
+                        reason: unserved.reason.clone(),
+                    });
                 }
                 for &version in &unserved.versions {
                     if !unserved.reason.is_empty() {
@@ -283,10 +301,9 @@ impl ModelRepository {
         for source in &sources {
             let current = self.model(&source.name).map(|m| m.fingerprint);
             let failed = self.lock_unserved().get(&source.name).and_then(|u| u.fingerprint);
-            if current != Some(source.fingerprint) && failed != Some(source.fingerprint) {
-                if let Err(e) = self.load_source(source, None) {
-                    tracing::error!(model = %source.name, "failed to reload: {e}");
-                }
+            let changed = current != Some(source.fingerprint) && failed != Some(source.fingerprint);
+            if changed && let Err(e) = self.load_source(source, None, LoadCause::Configuration) {
+                tracing::error!(model = %source.name, "failed to reload: {e}");
             }
         }
         for model in self.served_models() {
@@ -335,7 +352,7 @@ impl ModelRepository {
     }
 
     /// Builds every selected version of a model and swaps it in. Call with the lifecycle lock.
-    fn load_source(&self, source: &ModelSource, config_json: Option<&str>) -> Result<(), WorkerError> {
+    fn load_source(&self, source: &ModelSource, config_json: Option<&str>, cause: LoadCause) -> Result<(), WorkerError> {
         match self.build(source, config_json) {
             Ok(model) => {
                 let mut next = HashMap::clone(&self.served.load());
@@ -349,7 +366,13 @@ impl ModelRepository {
             Err(e) => {
                 // A failed reload keeps nothing of the old model, as in Triton.
                 self.remove_served(&source.name, "");
-                self.mark_unserved(&source.name, source.versions.clone(), e.to_string(), Some(source.fingerprint));
+                self.mark_unserved(
+                    &source.name,
+                    source.versions.clone(),
+                    e.to_string(),
+                    Some(source.fingerprint),
+                    cause == LoadCause::Configuration,
+                );
                 Err(e)
             }
         }
@@ -392,14 +415,14 @@ impl ModelRepository {
         next.remove(name);
         self.served.store(Arc::new(next));
         if !reason.is_empty() {
-            self.mark_unserved(name, versions, reason.to_string(), None);
+            self.mark_unserved(name, versions, reason.to_string(), None, false);
         }
         self.changes.send_modify(|n| *n += 1);
         tracing::info!(model = %name, "unloaded");
     }
 
-    fn mark_unserved(&self, name: &str, versions: Vec<i64>, reason: String, fingerprint: Option<u64>) {
-        self.lock_unserved().insert(name.to_string(), Unserved { versions, reason, fingerprint });
+    fn mark_unserved(&self, name: &str, versions: Vec<i64>, reason: String, fingerprint: Option<u64>, blocks_readiness: bool) {
+        self.lock_unserved().insert(name.to_string(), Unserved { versions, reason, fingerprint, blocks_readiness });
     }
 
     fn lock_unserved(&self) -> MutexGuard<'_, BTreeMap<String, Unserved>> {
