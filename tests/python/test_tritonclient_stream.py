@@ -57,7 +57,7 @@ def final_flag(result) -> bool | None:
 
 
 def ok(events: list) -> list:
-    errors = [error for _, error in events if error is not None]
+    errors = [f"{error.status()}: {error.message()}" for _, error in events if error is not None]
     assert errors == [], errors
     return [result for result, _ in events]
 

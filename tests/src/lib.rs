@@ -15,8 +15,8 @@ use tritium_proto::inference::{
     ModelInferRequest, ModelInferResponse, ModelRepositoryParameter, RepositoryIndexRequest, RepositoryModelLoadRequest,
     RepositoryModelUnloadRequest,
 };
-use tritium_tensor::Tensor;
 use tritium_server::{ServerConfig, ServerHandle, spawn};
+use tritium_tensor::Tensor;
 use tritium_worker::RepositoryOptions;
 
 /// A server for one test; dropping it shuts the server down.
@@ -187,10 +187,8 @@ pub fn index_row(name: &str, version: &str, state: &str, reason: &str) -> (Strin
 pub async fn load_model(client: &mut InferClient, name: &str, config_json: Option<&str>) -> Result<(), tonic::Status> {
     let mut parameters = HashMap::new();
     if let Some(json) = config_json {
-        parameters.insert(
-            "config".to_string(),
-            ModelRepositoryParameter { parameter_choice: Some(RepoParam::StringParam(json.to_string())) },
-        );
+        parameters
+            .insert("config".to_string(), ModelRepositoryParameter { parameter_choice: Some(RepoParam::StringParam(json.to_string())) });
     }
     let request = RepositoryModelLoadRequest { repository_name: String::new(), model_name: name.to_string(), parameters };
     client.raw().repository_model_load(request).await.map(|_| ())
@@ -198,8 +196,7 @@ pub async fn load_model(client: &mut InferClient, name: &str, config_json: Optio
 
 /// RepositoryModelUnload.
 pub async fn unload_model(client: &mut InferClient, name: &str) -> Result<(), tonic::Status> {
-    let request =
-        RepositoryModelUnloadRequest { repository_name: String::new(), model_name: name.to_string(), parameters: HashMap::new() };
+    let request = RepositoryModelUnloadRequest { repository_name: String::new(), model_name: name.to_string(), parameters: HashMap::new() };
     client.raw().repository_model_unload(request).await.map(|_| ())
 }
 

@@ -55,7 +55,10 @@ async fn echo_raw(client: &mut InferClient, tensor: Tensor) {
     let model = identity_model(tensor.datatype);
     let request = InferRequestBuilder::new(&model).id(&model).input(tensor.clone()).build();
     let response = client.infer(request).await.unwrap_or_else(|e| panic!("{model}: {e}"));
-    assert_eq!((response.model_name.as_str(), response.model_version.as_str(), response.id.as_str()), (model.as_str(), "1", model.as_str()));
+    assert_eq!(
+        (response.model_name.as_str(), response.model_version.as_str(), response.id.as_str()),
+        (model.as_str(), "1", model.as_str())
+    );
     assert_raw_outputs(&response, &["OUTPUT0"]);
     let output = &response.outputs[0];
     assert_eq!(output.datatype, tensor.datatype.kserve_name(), "{model}");
@@ -155,10 +158,7 @@ async fn typed_contents_come_back_in_the_raw_layout() {
         (
             DataType::Bytes,
             3,
-            InferTensorContents {
-                bytes_contents: vec![Bytes::from_static(b"a"), Bytes::new(), Bytes::from_static(b"\xff\x00")],
-                ..c()
-            },
+            InferTensorContents { bytes_contents: vec![Bytes::from_static(b"a"), Bytes::new(), Bytes::from_static(b"\xff\x00")], ..c() },
             Bytes::from_static(b"\x01\x00\x00\x00a\x00\x00\x00\x00\x02\x00\x00\x00\xff\x00"),
         ),
     ];
@@ -176,12 +176,8 @@ async fn zero_element_tensors_succeed() {
     // With no raw entry at all, a zero-element input still has its (empty) data.
     for datatype in [DataType::Fp32, DataType::Bytes] {
         let model = identity_model(datatype);
-        let input = InferInputTensor {
-            name: "INPUT0".into(),
-            datatype: datatype.kserve_name().into(),
-            shape: vec![0],
-            ..Default::default()
-        };
+        let input =
+            InferInputTensor { name: "INPUT0".into(), datatype: datatype.kserve_name().into(), shape: vec![0], ..Default::default() };
         let response = client.infer(InferRequestBuilder::new(&model).input_tensor(input).build()).await.expect(&model);
         assert_raw_outputs(&response, &["OUTPUT0"]);
         assert_eq!(response.outputs[0].shape, [0]);
@@ -190,7 +186,13 @@ async fn zero_element_tensors_succeed() {
 }
 
 /// Runs add_sub for `T` and checks both outputs.
-async fn check_add_sub<T: Element + PartialEq + std::fmt::Debug>(client: &mut InferClient, a: [T; 4], b: [T; 4], sum: [T; 4], difference: [T; 4]) {
+async fn check_add_sub<T: Element + PartialEq + std::fmt::Debug>(
+    client: &mut InferClient,
+    a: [T; 4],
+    b: [T; 4],
+    sum: [T; 4],
+    difference: [T; 4],
+) {
     let model = add_sub_model(T::DATATYPE);
     let request = InferRequestBuilder::new(&model)
         .input(Tensor::from_slice("INPUT0", vec![4], &a))
@@ -227,8 +229,14 @@ macro_rules! signed {
 macro_rules! float {
     ($client:expr, $t:ty, $from:expr) => {{
         let v = |xs: [f32; 4]| xs.map($from);
-        check_add_sub::<$t>($client, v([1.5, -2.0, 0.25, 100.0]), v([0.5, 4.0, 0.25, 28.0]), v([2.0, 2.0, 0.5, 128.0]), v([1.0, -6.0, 0.0, 72.0]))
-            .await
+        check_add_sub::<$t>(
+            $client,
+            v([1.5, -2.0, 0.25, 100.0]),
+            v([0.5, 4.0, 0.25, 28.0]),
+            v([2.0, 2.0, 0.5, 128.0]),
+            v([1.0, -6.0, 0.0, 72.0]),
+        )
+        .await
     }};
 }
 

@@ -6,8 +6,8 @@ use tonic::Code;
 use tritium_proto::inference::model_metadata_response::TensorMetadata;
 use tritium_proto::inference::model_version_policy::{Latest, PolicyChoice};
 use tritium_proto::inference::{
-    DataType, ModelConfigRequest, ModelMetadataRequest, ModelReadyRequest, ModelVersionPolicy, ServerLiveRequest,
-    ServerMetadataRequest, ServerReadyRequest,
+    DataType, ModelConfigRequest, ModelMetadataRequest, ModelReadyRequest, ModelVersionPolicy, ServerLiveRequest, ServerMetadataRequest,
+    ServerReadyRequest,
 };
 use tritium_server::grpc::EXTENSIONS;
 use tritium_tests::{TestServer, assert_status};
@@ -35,10 +35,7 @@ async fn server_metadata_advertises_exactly_what_is_implemented() {
     assert_eq!(metadata.version, env!("CARGO_PKG_VERSION"));
     let advertised: Vec<&str> = metadata.extensions.iter().map(String::as_str).collect();
     assert_eq!(advertised, EXTENSIONS, "exactly the list in service.rs, in its order");
-    assert_eq!(
-        advertised,
-        ["model_repository", "model_configuration", "system_shared_memory", "parameters", "statistics", "logging"]
-    );
+    assert_eq!(advertised, ["model_repository", "model_configuration", "system_shared_memory", "parameters", "statistics", "logging"]);
     // perf_analyzer turns server statistics on only when this is advertised.
     assert!(advertised.contains(&"statistics"));
     // Not implemented here, so never advertised.

@@ -22,7 +22,7 @@ async fn one(client: &mut InferClient, name: &str) -> ModelStatistics {
 }
 
 fn durations(stats: &ModelStatistics) -> InferStatistics {
-    stats.inference_stats.clone().expect("inference_stats")
+    stats.inference_stats.expect("inference_stats")
 }
 
 fn count(duration: Option<StatisticDuration>) -> u64 {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tritium_grpc_clients::{InferRequestBuilder, is_final, output_tensor, take_responses};
+use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_proto::inference::{ModelInferResponse, ModelStreamInferResponse};
 use tritium_tensor::Tensor;
 use tritium_tests::{TestServer, identity_request, repeat_request, repeat_value};
@@ -187,7 +188,7 @@ async fn a_client_that_goes_away_does_not_hang_the_server() {
     assert_eq!(unary.model_name, "identity");
 
     let stats = client.statistics("repeat", "").await.expect("statistics");
-    let inference = stats[0].inference_stats.clone().expect("inference stats");
+    let inference = stats[0].inference_stats.expect("inference stats");
     assert_eq!(inference.success.expect("success").count, 1, "only the finished request is a success");
     assert_eq!(stats[0].execution_count, 1);
 }
@@ -211,7 +212,50 @@ async fn a_dropped_request_stops_running() {
     }
     assert_empty_final(&next(&mut responses).await, "after");
     let stats = client.statistics("repeat", "1").await.expect("statistics");
-    let inference = stats[0].inference_stats.clone().expect("inference stats");
+    let inference = stats[0].inference_stats.expect("inference stats");
     assert_eq!(inference.success.expect("success").count, 1, "the dropped request was cancelled, not completed");
     assert_eq!(inference.fail.expect("fail").count, 0, "a cancelled request is not a failure either");
+}
+
+#[tokio::test]
+async fn a_model_error_comes_in_band_without_a_final_flag() {
+    let server = TestServer::builtin().await;
+    let mut client = server.client().await;
+    let (sender, mut responses) = client.stream().await.expect("stream opens");
+    // The repeat model itself rejects a negative count.
+    sender.send(repeat_request("negative", -1, None, true)).await.expect("send");
+    let reply = tokio::time::timeout(Duration::from_secs(10), responses.next()).await.expect("in time").expect("open").expect("in-band");
+    assert!(reply.error_message.contains("IN must be >= 0, got -1"), "{:?}", reply.error_message);
+    let failed = reply.infer_response.expect("the failed request is identified");
+    assert_eq!((failed.id.as_str(), failed.model_name.as_str()), ("negative", "repeat"));
+    assert_eq!(is_final(&failed), None, "error responses carry no triton_final_response");
+    // No empty final follows an error, and the stream goes on.
+    sender.send(repeat_request("after", 1, None, true)).await.expect("send");
+    assert_repeat(&next(&mut responses).await, "after", 0);
+    assert_empty_final(&next(&mut responses).await, "after");
+}
+
+#[tokio::test]
+async fn the_empty_final_flag_is_harmless_on_plain_models() {
+    let server = TestServer::builtin().await;
+    let mut client = server.client().await;
+    let flagged = |id: &str| {
+        InferRequestBuilder::new("identity")
+            .id(id)
+            .input(Tensor::from_slice("INPUT0", vec![1], &[1f32]))
+            .parameter("triton_enable_empty_final_response", ParameterChoice::BoolParam(true))
+            .build()
+    };
+    // perf_analyzer and the C++ client send the flag on every request, unary ones included.
+    let unary = client.infer(flagged("unary")).await.expect("the flag is accepted on ModelInfer");
+    assert_eq!(unary.id, "unary");
+    let (sender, mut responses) = client.stream().await.expect("stream opens");
+    sender.send(flagged("one")).await.expect("send");
+    sender.send(flagged("two")).await.expect("send");
+    for id in ["one", "two"] {
+        let response = next(&mut responses).await;
+        assert_eq!(response.id, id, "one final response per request, no extra empty one");
+        assert_eq!(is_final(&response), Some(true));
+        assert_eq!(response.outputs.len(), 1);
+    }
 }
