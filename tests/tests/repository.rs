@@ -348,7 +348,6 @@ async fn a_model_without_versions_is_reported_too() {
 }
 
 #[tokio::test]
-#[ignore = "server bug: a failed explicit reload unloads the model that was serving (Triton keeps it unchanged)"]
 async fn a_failed_explicit_reload_keeps_the_loaded_model() {
     let server = explicit(&["identity_batch"]).await;
     let mut client = server.client().await;
@@ -365,7 +364,6 @@ async fn a_failed_explicit_reload_keeps_the_loaded_model() {
 }
 
 #[tokio::test]
-#[ignore = "server bug: a failed poll-mode reload unloads the model that was serving (Triton keeps it unchanged)"]
 async fn a_failed_poll_reload_keeps_the_loaded_model() {
     let server = poll_server(|root| {
         write_model(root, "editable", &identity_config("editable", "TYPE_FP32", 8), &[1]);

@@ -130,6 +130,8 @@ pub struct ModelRepository {
     backends: BackendRegistry,
     served: ArcSwap<HashMap<String, Arc<ServedModel>>>,
     unserved: Mutex<BTreeMap<String, Unserved>>,
+    /// Repository states that failed to reload while an older load kept serving.
+    rejected: Mutex<HashMap<String, u64>>,
     lifecycle: Mutex<()>,
     changes: watch::Sender<u64>,
 }
@@ -143,6 +145,7 @@ impl ModelRepository {
             backends,
             served: ArcSwap::from_pointee(HashMap::new()),
             unserved: Mutex::new(BTreeMap::new()),
+            rejected: Mutex::new(HashMap::new()),
             lifecycle: Mutex::new(()),
             changes: watch::channel(0).0,
         });
@@ -301,7 +304,8 @@ impl ModelRepository {
         for source in &sources {
             let current = self.model(&source.name).map(|m| m.fingerprint);
             let failed = self.lock_unserved().get(&source.name).and_then(|u| u.fingerprint);
-            let changed = current != Some(source.fingerprint) && failed != Some(source.fingerprint);
+            let rejected = self.lock_rejected().get(&source.name).copied();
+            let changed = ![current, failed, rejected].contains(&Some(source.fingerprint));
             if changed && let Err(e) = self.load_source(source, None, LoadCause::Configuration) {
                 tracing::error!(model = %source.name, "failed to reload: {e}");
             }
@@ -359,13 +363,19 @@ impl ModelRepository {
                 next.insert(source.name.clone(), Arc::new(model));
                 self.served.store(Arc::new(next));
                 self.lock_unserved().remove(&source.name);
+                self.lock_rejected().remove(&source.name);
                 self.changes.send_modify(|n| *n += 1);
                 tracing::info!(model = %source.name, "loaded");
                 Ok(())
             }
+            Err(e) if self.is_served(&source.name) => {
+                // A failed reload leaves the loaded model as it was, as Triton documents; the
+                // failed state is remembered so polling does not retry it unchanged.
+                tracing::error!(model = %source.name, "reload failed, the loaded model stays: {e}");
+                self.lock_rejected().insert(source.name.clone(), source.fingerprint);
+                Err(e)
+            }
             Err(e) => {
-                // A failed reload keeps nothing of the old model, as in Triton.
-                self.remove_served(&source.name, "");
                 self.mark_unserved(
                     &source.name,
                     source.versions.clone(),
@@ -414,6 +424,7 @@ impl ModelRepository {
         let mut next = HashMap::clone(&current);
         next.remove(name);
         self.served.store(Arc::new(next));
+        self.lock_rejected().remove(name);
         if !reason.is_empty() {
             self.mark_unserved(name, versions, reason.to_string(), None, false);
         }
@@ -427,6 +438,10 @@ impl ModelRepository {
 
     fn lock_unserved(&self) -> MutexGuard<'_, BTreeMap<String, Unserved>> {
         self.unserved.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_rejected(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        self.rejected.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock_lifecycle(&self) -> MutexGuard<'_, ()> {

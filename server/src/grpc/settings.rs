@@ -89,6 +89,8 @@ impl Default for TraceSettings {
 
 impl TraceSettings {
     pub fn update(&mut self, settings: HashMap<String, TraceInValue>) -> Result<HashMap<String, TraceOutValue>, ServerError> {
+        // Validate everything first: a rejected update changes nothing.
+        let mut next = self.values.clone();
         for (key, value) in &settings {
             let Some((_, default)) = TRACE_DEFAULTS.iter().find(|(k, _)| k == key) else {
                 return Err(invalid(format!("unknown trace setting '{key}'")));
@@ -107,9 +109,10 @@ impl TraceSettings {
                     }
                 }
             }
-            let next = if value.value.is_empty() { vec![default.to_string()] } else { value.value.clone() };
-            self.values.insert(key.clone(), next);
+            let values = if value.value.is_empty() { vec![default.to_string()] } else { value.value.clone() };
+            next.insert(key.clone(), values);
         }
+        self.values = next;
         Ok(self.values.iter().map(|(k, v)| (k.clone(), TraceOutValue { value: v.clone() })).collect())
     }
 }
