@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the real perf_analyzer 2.60.0 (C++ binary from the PyPI wheel) into .venv, plus Debian trixie's
 # libc6/libstdc++6/libgcc-s1 unpacked into .tools/trixie-root (never installed system-wide), so that
-# scripts/perf_analyzer can run it on bookworm through trixie's dynamic loader.
+# scripts/perf_analyzer can run it on bookworm through trixie's dynamic loader. `--shared-memory system`
+# also dlopens an unversioned libcudart.so (no GPU is needed): it comes from PyPI's nvidia-cuda-runtime-cu12
+# and is linked as .tools/cuda-lib/libcudart.so.
 # Recipe: /work/shared/reference/peers.md. Idempotent: .tools/perf_analyzer.stamp records what was done.
 set -euo pipefail
 
@@ -11,17 +13,19 @@ tools="$repo/.tools"
 root="$tools/trixie-root"
 stamp="$tools/perf_analyzer.stamp"
 version="2.60.0"
+cudart="nvidia-cuda-runtime-cu12==12.9.79"
 debs=(libc6 libstdc++6 libgcc-s1)
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 
 log() { printf 'install-perf-analyzer: %s\n' "$*" >&2; }
 
-want="perf-analyzer==$version debs=${debs[*]} mirror=$mirror"
+want="perf-analyzer==$version $cudart debs=${debs[*]} mirror=$mirror"
 
 # True when the wrapper runs the binary and it prints its usage text.
 works() {
     local out
+    [[ -e "$tools/cuda-lib/libcudart.so" ]] || return 1
     out="$("$repo/scripts/perf_analyzer" 2>&1 || true)"
     grep -q -- '--concurrency-range' <<<"$out"
 }
@@ -53,6 +57,12 @@ if ! [[ -x "$bin" ]] || ! grep -qx "Version: $version" <<<"$installed"; then
     rm -rf "$dl"
 fi
 [[ -x "$bin" ]] || { log "perf_analyzer binary not found at $bin"; exit 1; }
+
+"$venv/bin/python" -m pip install -q --no-deps "$cudart"
+cudart_so="$site/nvidia/cuda_runtime/lib/libcudart.so.12"
+[[ -f "$cudart_so" ]] || { log "libcudart.so.12 not found at $cudart_so"; exit 1; }
+mkdir -p "$tools/cuda-lib"
+ln -sfn "$cudart_so" "$tools/cuda-lib/libcudart.so"
 
 # 2. Trixie's C and C++ runtimes through a private apt state, cache and source list.
 apt_dir="$tools/apt"

@@ -80,6 +80,7 @@ impl Tritium {
             shm: SharedMemoryRegistry::new(),
             log,
             trace: Mutex::new(grpc::settings::TraceSettings::default()),
+            stopping: CancellationToken::new(),
         });
         Ok(Tritium { config, state })
     }
@@ -133,6 +134,11 @@ impl Tritium {
             builder = builder.max_connection_age_grace(grace);
         }
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stopping = self.state.stopping.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.cancel();
+        };
         let served = builder
             .add_service(health)
             .add_service(reflection_v1)

@@ -11,7 +11,7 @@ import queue
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-STREAM_TIMEOUT_S = 60
+STREAM_TIMEOUT_S = 30
 
 
 class Stream:

@@ -30,6 +30,9 @@ pub struct GrpcState {
     pub shm: SharedMemoryRegistry,
     pub log: LogControl,
     pub trace: Mutex<settings::TraceSettings>,
+    /// Cancelled when the server begins to shut down: open streams stop taking requests, finish
+    /// what they have, and end, so an idle stream does not hold the shutdown up.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Debug, Clone)]

@@ -122,6 +122,10 @@ pub fn serve(state: Arc<GrpcState>, mut incoming: Streaming<ModelInferRequest>, 
                     }
                 },
                 Some(reply) = interleaved.next(), if !interleaved.is_empty() => reply,
+                _ = state.stopping.cancelled(), if reading => {
+                    reading = false;
+                    continue;
+                }
                 _ = outbox.closed() => return,
             };
             let failed = reply.is_err();
