@@ -7,7 +7,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-step() { printf '\n==> %s\n' "$*"; }
+current="start"
+trap 'printf "\nscripts/test.sh: FAILED during: %s\n" "$current" >&2' ERR
+step() { current="$*"; printf '\n==> %s\n' "$*"; }
 
 step "python environment (.venv)"
 bash scripts/setup-python.sh
@@ -17,11 +19,11 @@ bash scripts/install-perf-analyzer.sh
 
 step "cargo build --bin tritium"
 # The root package is tritium-proto, so a bare `--bin tritium` at the root finds no such target; name the package.
-cargo build -j2 -p tritium-server --bin tritium
+cargo build -q -j2 -p tritium-server --bin tritium
 echo "cargo build: ok"
 
 step "cargo test --workspace"
-cargo test -j2 --workspace
+cargo test -q -j2 --workspace
 echo "cargo test: ok"
 
 step "pytest tests/python"

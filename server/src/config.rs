@@ -99,6 +99,20 @@ pub struct GrpcArgs {
     /// Milliseconds a connection past its age may take to finish its calls.
     #[arg(long, env = "TRITIUM_GRPC_MAX_CONNECTION_AGE_GRACE", default_value_t = 0)]
     pub grpc_max_connection_age_grace: u64,
+    /// Compress responses for clients that accept it. Off by default, as in Triton: clients
+    /// such as perf_analyzer advertise gzip and deflate, and compressing small tensors costs far
+    /// more CPU than it saves.
+    #[arg(long, env = "TRITIUM_GRPC_RESPONSE_COMPRESSION", value_enum, default_value = "none")]
+    pub grpc_response_compression: ResponseCompression,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ResponseCompression {
+    #[default]
+    None,
+    Gzip,
+    Deflate,
+    Zstd,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -127,6 +141,7 @@ pub struct TransportConfig {
     pub keepalive_timeout: Duration,
     pub max_connection_age: Option<Duration>,
     pub max_connection_age_grace: Option<Duration>,
+    pub response_compression: ResponseCompression,
 }
 
 impl Default for TransportConfig {
@@ -141,6 +156,7 @@ impl Default for TransportConfig {
             keepalive_timeout: Duration::from_secs(20),
             max_connection_age: None,
             max_connection_age_grace: None,
+            response_compression: ResponseCompression::None,
         }
     }
 }
@@ -187,6 +203,7 @@ impl ServeArgs {
                 keepalive_timeout: Duration::from_millis(grpc.grpc_keepalive_timeout),
                 max_connection_age: millis(grpc.grpc_max_connection_age),
                 max_connection_age_grace: millis(grpc.grpc_max_connection_age_grace),
+                response_compression: grpc.grpc_response_compression,
             },
         }
     }

@@ -33,7 +33,7 @@ use tonic::transport::server::TcpIncoming;
 use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tritium_worker::{BackendRegistry, LocalWorker, ModelRepository, WorkerClient};
 
-pub use config::{ServerConfig, TransportConfig};
+pub use config::{ResponseCompression, ServerConfig, TransportConfig};
 pub use error::ServerError;
 use grpc::{GrpcState, InferenceService};
 use logging::{LogControl, LogState};
@@ -108,15 +108,22 @@ impl Tritium {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let inference = GrpcInferenceServiceServer::new(InferenceService::new(Arc::clone(&self.state)))
+        use tonic::codec::CompressionEncoding;
+        let mut inference = GrpcInferenceServiceServer::new(InferenceService::new(Arc::clone(&self.state)))
             .max_decoding_message_size(transport.max_message_size)
             .max_encoding_message_size(transport.max_message_size)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-            .accept_compressed(tonic::codec::CompressionEncoding::Deflate)
-            .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
-            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
-            .send_compressed(tonic::codec::CompressionEncoding::Deflate)
-            .send_compressed(tonic::codec::CompressionEncoding::Zstd);
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Deflate)
+            .accept_compressed(CompressionEncoding::Zstd);
+        let response_encoding = match transport.response_compression {
+            ResponseCompression::None => None,
+            ResponseCompression::Gzip => Some(CompressionEncoding::Gzip),
+            ResponseCompression::Deflate => Some(CompressionEncoding::Deflate),
+            ResponseCompression::Zstd => Some(CompressionEncoding::Zstd),
+        };
+        if let Some(encoding) = response_encoding {
+            inference = inference.send_compressed(encoding);
+        }
 
         let mut builder = Server::builder()
             .initial_connection_window_size(transport.initial_connection_window_size)

@@ -95,6 +95,8 @@ impl GrpcInferenceService for InferenceService {
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> RpcResult<ModelInferResponse> {
         let arrived = Instant::now();
         let decoded = decode_request(request.into_inner(), &self.state.shm, arrived)?;
+        // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
+        tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
         let response = self.state.worker.infer(decoded.request).await.map_err(ServerError::from)?;
         reply(encode_response(response, &decoded.output_regions, &self.state.shm, None)?)
     }
