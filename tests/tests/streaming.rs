@@ -259,3 +259,26 @@ async fn the_empty_final_flag_is_harmless_on_plain_models() {
         assert_eq!(response.outputs.len(), 1);
     }
 }
+
+#[tokio::test]
+async fn a_half_closed_stream_ends_once_its_requests_are_answered() {
+    let server = TestServer::builtin().await;
+    let mut client = server.client().await;
+    let (sender, mut responses) = client.stream().await.expect("stream opens");
+    // A decoupled request still running when the client stops sending, then a plain one.
+    sender.send(repeat_request("slow", 3, Some(20), true)).await.expect("send");
+    let mut plain = identity_request("identity", vec![1], &[1.0]);
+    plain.id = "plain".into();
+    sender.send(plain).await.expect("send");
+    drop(sender);
+    let mut received = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(reply) = responses.next().await {
+            received.push(ok(reply.expect("not a status")));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the call must end after the last response; got {} responses", received.len());
+    assert_eq!(received.len(), 5, "3 repeats, the empty final and the identity answer");
+    assert_empty_final(received.iter().rfind(|r| r.id == "slow").expect("slow responses"), "slow");
+}

@@ -121,7 +121,11 @@ pub fn serve(state: Arc<GrpcState>, mut incoming: Streaming<ModelInferRequest>, 
                         continue;
                     }
                 },
-                Some(reply) = interleaved.next(), if !interleaved.is_empty() => reply,
+                // A decoupled request that just ended yields None: look again at what is left.
+                reply = interleaved.next(), if !interleaved.is_empty() => match reply {
+                    Some(reply) => reply,
+                    None => continue,
+                },
                 _ = state.stopping.cancelled(), if reading => {
                     reading = false;
                     continue;
