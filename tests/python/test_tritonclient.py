@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from helpers import expect_error
+from helpers import expect_error, tail
 
 
 def fp32_input(name: str, data: np.ndarray) -> grpcclient.InferInput:
@@ -432,3 +432,31 @@ def test_cuda_shared_memory_register_unimplemented(client):
 
 def test_cuda_shared_memory_unregister_unimplemented(client):
     expect_error("UNIMPLEMENTED", "", client.unregister_cuda_shared_memory)
+
+
+def test_log_settings_really_change_the_level(start_tritium):
+    """log_verbose_level=1 turns on the server's per-request debug line; 0 turns it off again."""
+    server = start_tritium()
+    c = grpcclient.InferenceServerClient(url=server.url)
+    try:
+        def infer_once():
+            i = grpcclient.InferInput("INPUT0", [2], "FP32")
+            i.set_data_from_numpy(np.array([1, 2], dtype=np.float32))
+            c.infer("identity", [i], request_id="log-probe")
+
+        def debug_lines():
+            return [line for line in server.stderr().splitlines() if "ModelInfer" in line and "log-probe" in line]
+
+        infer_once()
+        assert debug_lines() == [], "no per-request line at the default level"
+
+        c.update_log_settings({"log_verbose_level": 1})
+        infer_once()
+        # stderr is written before the response is sent, so the line is already in the file.
+        assert len(debug_lines()) == 1, tail(server.stderr())
+
+        c.update_log_settings({"log_verbose_level": 0})
+        infer_once()
+        assert len(debug_lines()) == 1, "back at level 0 the line stops"
+    finally:
+        c.close()
