@@ -175,8 +175,13 @@ fn millis(ms: u64) -> Option<Duration> {
 impl ServeArgs {
     /// Parses `tritium serve` arguments, with Dynamo's window-size variables as fallbacks.
     pub fn server_config(&self) -> ServerConfig {
+        self.server_config_with_env(|name| std::env::var(name).ok())
+    }
+
+    /// [`ServeArgs::server_config`] reading the fallback variables through `env`.
+    pub fn server_config_with_env(&self, env: impl Fn(&str) -> Option<String>) -> ServerConfig {
         let grpc = &self.grpc;
-        let env_u32 = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u32>().ok());
+        let env_u32 = |name: &str| env(name).and_then(|v| v.trim().parse::<u32>().ok());
         let control_mode = match self.repository.model_control_mode {
             ModelControlMode::None => ControlMode::None,
             ModelControlMode::Explicit => ControlMode::Explicit,
@@ -239,6 +244,20 @@ mod tests {
         let config = serve.server_config();
         assert_eq!(config.repository.control_mode, ControlMode::Explicit);
         assert_eq!(config.repository.startup_models, vec!["*".to_string(), "a".to_string()]);
+    }
+
+    #[test]
+    fn dynamo_window_variables_are_aliases_and_flags_win() {
+        let env = |name: &str| match name {
+            "DYN_GRPC_INITIAL_CONNECTION_WINDOW_SIZE" => Some("33554432".to_string()),
+            "DYN_GRPC_INITIAL_STREAM_WINDOW_SIZE" => Some("4194304".to_string()),
+            _ => None,
+        };
+        let config = parse(&["serve"]).server_config_with_env(env);
+        assert_eq!(config.transport.initial_connection_window_size, Some(32 << 20));
+        assert_eq!(config.transport.initial_stream_window_size, Some(4 << 20));
+        let config = parse(&["serve", "--grpc-initial-stream-window-size=65536"]).server_config_with_env(env);
+        assert_eq!(config.transport.initial_stream_window_size, Some(65536));
     }
 
     #[test]
