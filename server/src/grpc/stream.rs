@@ -22,6 +22,10 @@ use crate::error::ServerError;
 /// Responses written ahead of a slow reader before request handling waits.
 const OUTBOX: usize = 64;
 
+/// Requests of one stream in flight at once; beyond it the stream stops reading, and HTTP/2
+/// flow control pushes back on the client.
+const MAX_IN_FLIGHT: usize = 1024;
+
 type Reply = Result<ModelStreamInferResponse, Status>;
 type ReplyStream = Pin<Box<dyn Stream<Item = Reply> + Send>>;
 
@@ -102,7 +106,7 @@ pub fn serve(state: Arc<GrpcState>, mut incoming: Streaming<ModelInferRequest>, 
                 return;
             }
             let reply = tokio::select! {
-                message = incoming.message(), if reading => {
+                message = incoming.message(), if reading && in_order.len() + interleaved.len() < MAX_IN_FLIGHT => {
                     match message {
                         Ok(Some(request)) => in_order.push_back(answer(Arc::clone(&state), request, grpc_errors)),
                         Ok(None) => reading = false,
