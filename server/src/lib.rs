@@ -15,9 +15,12 @@
 //! ```
 
 pub mod config;
+pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod logging;
+pub mod routing;
 pub mod shm;
 
 use std::collections::HashSet;
@@ -35,7 +38,10 @@ use tritium_worker::{BackendRegistry, LocalWorker, ModelRepository, WorkerClient
 
 pub use config::{ResponseCompression, ServerConfig, TransportConfig};
 pub use error::ServerError;
+use discovery::{Discovery, MemoryDiscovery};
+use events::{EventBus, MemoryEventBus};
 use grpc::{GrpcState, InferenceService};
+use routing::Router;
 use logging::{LogControl, LogState};
 use shm::SharedMemoryRegistry;
 
@@ -52,10 +58,16 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// A server's parts before it serves: the model registry (loaded), the worker, and settings.
+/// The id the in-process worker registers under in discovery.
+const LOCAL_WORKER_ID: &str = "in-process";
+
+/// A server's parts before it serves: the model registry (loaded), the in-process worker, the
+/// router, discovery and events (in memory by default), and settings.
 pub struct Tritium {
     config: ServerConfig,
     state: Arc<GrpcState>,
+    discovery: Arc<dyn Discovery>,
+    events: Arc<dyn EventBus>,
 }
 
 impl std::fmt::Debug for Tritium {
@@ -74,15 +86,16 @@ impl Tritium {
     pub fn with_backends(config: ServerConfig, log: LogControl, backends: BackendRegistry) -> Result<Tritium, StartError> {
         let repository = ModelRepository::open(config.repository.clone(), backends)?;
         let worker: Arc<dyn WorkerClient> = Arc::new(LocalWorker::new(Arc::clone(&repository)));
+        let router = Arc::new(Router::new(LOCAL_WORKER_ID, worker));
         let state = Arc::new(GrpcState {
             repository,
-            worker,
+            router,
             shm: SharedMemoryRegistry::new(),
             log,
             trace: Mutex::new(grpc::settings::TraceSettings::default()),
             stopping: CancellationToken::new(),
         });
-        Ok(Tritium { config, state })
+        Ok(Tritium { config, state, discovery: Arc::new(MemoryDiscovery::new()), events: Arc::new(MemoryEventBus::default()) })
     }
 
     pub fn repository(&self) -> &Arc<ModelRepository> {
@@ -94,6 +107,15 @@ impl Tritium {
         let transport = &self.config.transport;
         let stop = CancellationToken::new();
         let poller = self.state.repository.spawn_poller(stop.clone());
+        let publisher = tokio::spawn(routing::publish_local_worker(
+            LOCAL_WORKER_ID.to_string(),
+            Arc::clone(&self.state.repository),
+            Arc::clone(&self.discovery),
+            Arc::clone(&self.events),
+            stop.clone(),
+        ));
+        let follower =
+            tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), Arc::clone(&self.discovery), stop.clone()));
 
         let (reporter, health) = tonic_health::server::health_reporter();
         grpc::health::publish(&reporter, &self.state.repository, &mut HashSet::new()).await;
@@ -155,6 +177,8 @@ impl Tritium {
             .await;
         stop.cancel();
         let _ = health_task.await;
+        let _ = publisher.await;
+        let _ = follower.await;
         if let Some(poller) = poller {
             let _ = poller.await;
         }

@@ -10,7 +10,7 @@ use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceServic
 use tritium_proto::inference::model_repository_parameter::ParameterChoice as RepoParam;
 use tritium_proto::inference::system_shared_memory_status_response::RegionStatus;
 use tritium_proto::inference::*;
-use tritium_worker::{ModelRepository, WorkerClient, WorkerError, parse_version};
+use tritium_worker::{ModelRepository, WorkerError, parse_version};
 
 use super::convert::{decode_request, encode_response};
 use super::{metadata, settings, stream};
@@ -26,7 +26,7 @@ pub const EXTENSIONS: &[&str] =
 #[derive(Debug)]
 pub struct GrpcState {
     pub repository: Arc<ModelRepository>,
-    pub worker: Arc<dyn WorkerClient>,
+    pub router: Arc<crate::routing::Router>,
     pub shm: SharedMemoryRegistry,
     pub log: LogControl,
     pub trace: Mutex<settings::TraceSettings>,
@@ -97,7 +97,8 @@ impl GrpcInferenceService for InferenceService {
         let decoded = decode_request(request.into_inner(), &self.state.shm, arrived)?;
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
-        let response = self.state.worker.infer(decoded.request).await.map_err(ServerError::from)?;
+        let worker = self.state.router.route(&decoded.request.model_name);
+        let response = worker.infer(decoded.request).await.map_err(ServerError::from)?;
         reply(encode_response(response, &decoded.output_regions, &self.state.shm, None)?)
     }
 

@@ -71,7 +71,8 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
     };
     let regions = decoded.output_regions;
     let empty_final_wanted = decoded.enable_empty_final;
-    match state.worker.infer_stream(decoded.request).await {
+    let worker = state.router.route(&decoded.request.model_name);
+    match worker.infer_stream(decoded.request).await {
         Err(e) => Answer::Now(in_band(&label, e.into(), grpc_errors)),
         Ok(InferOutcome::Single(response)) => Answer::Now(
             encode_response(response, &regions, &state.shm, Some(true))

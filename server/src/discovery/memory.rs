@@ -1,0 +1,99 @@
+//! In-memory discovery for a single process.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use super::{Discovery, DiscoveryError, DiscoveryEvent, WorkerInstance};
+
+/// Events a watcher may fall behind by before it must list again.
+const WATCH_BUFFER: usize = 256;
+
+#[derive(Debug)]
+pub struct MemoryDiscovery {
+    instances: Mutex<BTreeMap<String, WorkerInstance>>,
+    events: broadcast::Sender<DiscoveryEvent>,
+}
+
+impl Default for MemoryDiscovery {
+    fn default() -> Self {
+        MemoryDiscovery { instances: Mutex::new(BTreeMap::new()), events: broadcast::channel(WATCH_BUFFER).0 }
+    }
+}
+
+impl MemoryDiscovery {
+    pub fn new() -> MemoryDiscovery {
+        MemoryDiscovery::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, WorkerInstance>> {
+        self.instances.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl Discovery for MemoryDiscovery {
+    async fn register(&self, instance: WorkerInstance) -> Result<(), DiscoveryError> {
+        self.lock().insert(instance.id.clone(), instance.clone());
+        // No watcher is not an error.
+        let _ = self.events.send(DiscoveryEvent::Up(instance));
+        Ok(())
+    }
+
+    async fn deregister(&self, id: &str) -> Result<(), DiscoveryError> {
+        if self.lock().remove(id).is_some() {
+            let _ = self.events.send(DiscoveryEvent::Down { id: id.to_string() });
+        }
+        Ok(())
+    }
+
+    async fn instances(&self) -> Result<Vec<WorkerInstance>, DiscoveryError> {
+        Ok(self.lock().values().cloned().collect())
+    }
+
+    fn watch(&self) -> broadcast::Receiver<DiscoveryEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::WorkerAddress;
+
+    fn worker(id: &str, models: &[&str]) -> WorkerInstance {
+        WorkerInstance {
+            id: id.to_string(),
+            address: WorkerAddress::Grpc(format!("http://{id}")),
+            models: models.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn register_replace_and_leave_are_listed_and_watched() {
+        let discovery = MemoryDiscovery::new();
+        let mut watch = discovery.watch();
+        discovery.register(worker("a", &["identity"])).await.expect("register");
+        discovery.register(worker("b", &["add_sub"])).await.expect("register");
+        discovery.register(worker("a", &["identity", "repeat"])).await.expect("replace");
+        let listed = discovery.instances().await.expect("list");
+        assert_eq!(listed, vec![worker("a", &["identity", "repeat"]), worker("b", &["add_sub"])]);
+        discovery.deregister("b").await.expect("deregister");
+        discovery.deregister("nobody").await.expect("unknown ids are fine");
+        let mut seen = Vec::new();
+        while let Ok(event) = watch.try_recv() {
+            seen.push(event);
+        }
+        assert_eq!(
+            seen,
+            vec![
+                DiscoveryEvent::Up(worker("a", &["identity"])),
+                DiscoveryEvent::Up(worker("b", &["add_sub"])),
+                DiscoveryEvent::Up(worker("a", &["identity", "repeat"])),
+                DiscoveryEvent::Down { id: "b".to_string() },
+            ]
+        );
+    }
+}
