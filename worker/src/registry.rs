@@ -211,7 +211,10 @@ impl ModelRepository {
     pub fn resolve(&self, name: &str, version: Option<i64>) -> Result<Arc<ModelVersion>, WorkerError> {
         let served = self.served.load();
         let Some(model) = served.get(name) else {
-            return Err(if self.lock_unserved().contains_key(name) {
+            // A model that was loaded once (or failed to) has no available versions; one that
+            // sits in the repository never loaded is as unknown as one that does not exist.
+            let known = self.lock_unserved().get(name).is_some_and(|u| !u.reason.is_empty());
+            return Err(if known {
                 WorkerError::NoAvailableVersions { name: name.to_string() }
             } else {
                 WorkerError::ModelNotFound { name: name.to_string() }

@@ -171,3 +171,60 @@ impl ModelSchema {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tritium_proto::inference::{ModelInput, ModelOutput, ModelTensorReshape};
+    use tritium_tensor::Tensor;
+
+    fn config(max_batch_size: i32) -> ModelConfig {
+        let input = |name: &str, dims: Vec<i64>, optional: bool| ModelInput {
+            name: name.into(),
+            data_type: DataType::Fp32.to_config() as i32,
+            dims,
+            optional,
+            ..Default::default()
+        };
+        ModelConfig {
+            name: "m".into(),
+            max_batch_size,
+            input: vec![
+                ModelInput { reshape: Some(ModelTensorReshape { shape: vec![2, 2] }), ..input("A", vec![4], false) },
+                input("B", vec![-1], true),
+            ],
+            output: vec![ModelOutput { name: "Y".into(), data_type: DataType::Fp32.to_config() as i32, dims: vec![4], ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    fn request(inputs: Vec<Tensor>) -> InferenceRequest {
+        InferenceRequest::new("m", inputs)
+    }
+
+    #[test]
+    fn optional_inputs_may_be_left_out_and_reshape_applies_after_the_batch_dimension() {
+        let schema = ModelSchema::from_config(&config(4)).expect("schema");
+        let mut ok = request(vec![Tensor::from_slice("A", vec![2, 4], &[0f32; 8])]);
+        schema.validate(&mut ok).expect("valid without the optional input");
+        assert_eq!(ok.inputs[0].shape, vec![2, 2, 2], "batch kept, then the reshape");
+        assert_eq!(schema.public_shape(&schema.inputs[1]), vec![-1, -1]);
+    }
+
+    #[test]
+    fn a_missing_required_input_names_the_range_when_some_are_optional() {
+        let schema = ModelSchema::from_config(&config(0)).expect("schema");
+        let mut missing = request(vec![Tensor::from_slice("B", vec![1], &[0f32])]);
+        let message = schema.validate(&mut missing).expect_err("A is required").to_string();
+        assert!(message.contains("expected number of inputs between 1 and 2 but got 1 inputs for model 'm'"), "{message}");
+        assert!(message.contains("missing required input(s) ['A']"), "{message}");
+        assert!(message.starts_with("[request id: <id_unknown>] "), "{message}");
+    }
+
+    #[test]
+    fn zero_element_tensors_are_valid() {
+        let schema = ModelSchema::from_config(&config(0)).expect("schema");
+        let mut empty = request(vec![Tensor::from_slice("A", vec![4], &[0f32; 4]), Tensor::from_slice::<f32>("B", vec![0], &[])]);
+        schema.validate(&mut empty).expect("a zero-element optional input is fine");
+    }
+}
