@@ -413,3 +413,22 @@ async fn poll_mode_follows_version_folders() {
     .await;
     assert!(!client.model_ready("growing", "2").await.expect("ModelReady"));
 }
+
+#[tokio::test]
+async fn a_model_never_loaded_is_unknown_and_after_unload_has_no_versions() {
+    let server = explicit(&["identity"]).await;
+    let mut client = server.client().await;
+    let metadata = |name: &str| ModelMetadataRequest { name: name.into(), version: String::new() };
+    assert_status(
+        client.raw().model_metadata(metadata("add_sub")).await,
+        Code::NotFound,
+        "Request for unknown model: 'add_sub' is not found",
+    );
+    load_model(&mut client, "add_sub", None).await.expect("load");
+    unload_model(&mut client, "add_sub").await.expect("unload");
+    assert_status(
+        client.raw().model_metadata(metadata("add_sub")).await,
+        Code::NotFound,
+        "Request for unknown model: 'add_sub' has no available versions",
+    );
+}
