@@ -26,6 +26,11 @@ step "cargo test --workspace"
 cargo test -q -j2 --workspace
 echo "cargo test: ok"
 
+step "cargo check -p tritium-bench --all-targets"
+# The criterion benches are not run here (no test asserts on timing); this keeps them compiling.
+cargo check -q -j2 -p tritium-bench --all-targets
+echo "cargo check (benches): ok"
+
 step "pytest tests/python"
 export TRITIUM_BIN="${TRITIUM_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/tritium}"
 # Exit code 5 (no tests collected) is non-zero too, so it fails this script.
