@@ -44,6 +44,10 @@ def perf_analyzer(url: str, *args: str) -> subprocess.CompletedProcess:
         "--measurement-request-count", "200",
         "-s", "50",
         "--max-trials", "10",
+        # These runs check that perf_analyzer works against us, not speed: on a loaded 2-core CI
+        # machine its default 10 % stability rule can fail a run that worked ("Failed to obtain
+        # stable measurement"), so accept any stable-enough window.
+        "--stability-percentage", "100",
         *args,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=REPO)
