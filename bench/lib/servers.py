@@ -19,9 +19,8 @@ from pathlib import Path
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def session_cpu_seconds(sid: int) -> float:
-    """utime + stime of every live process in session ``sid`` (all threads), in seconds."""
-    ticks = 0
+def _proc_stats():
+    """The fields of every process's /proc/<pid>/stat after the command name (field 3 onwards)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -31,10 +30,13 @@ def session_cpu_seconds(sid: int) -> float:
         except OSError:
             continue
         # The command name may hold spaces or parentheses: fields start after the last ')'.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        # fields[0] is field 3 (state): session is field 6, utime 14, stime 15.
-        if int(fields[3]) == sid:
-            ticks += int(fields[11]) + int(fields[12])
+        yield stat[stat.rfind(b")") + 2 :].split()
+
+
+def session_cpu_seconds(sid: int) -> float:
+    """utime + stime of every live process in session ``sid`` (all threads), in seconds."""
+    # fields[0] is field 3 (state): session is field 6, utime 14, stime 15.
+    ticks = sum(int(f[11]) + int(f[12]) for f in _proc_stats() if int(f[3]) == sid)
     return ticks / CLK_TCK
 
 
@@ -77,6 +79,23 @@ class Processes:
                 self.children.remove(proc)
 
     def stop_all(self, grace: float = 10.0) -> None:
+        with self.lock:
+            children, self.children = self.children, []
+        stop_all(children, grace)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _session_alive(sid: int) -> bool:
+    return any(int(f[3]) == sid and f[0] != b"Z" for f in _proc_stats())
+
+
+def stop_all(self, grace: float = 10.0) -> None:
         with self.lock:
             children, self.children = self.children, []
         stop_all(children, grace)
