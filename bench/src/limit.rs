@@ -1,5 +1,6 @@
 //! The limit server's answers: every model is an identity model (`INPUT0` FP32 `[-1]` ->
-//! `OUTPUT0` FP32 `[-1]`, no batching), and inference is an echo with no checks at all.
+//! `OUTPUT0` FP32 `[-1]`, no batching) except `add_sub`, described with its two INT32 [16] inputs
+//! and outputs; inference is an echo with no checks at all.
 
 use std::collections::HashMap;
 
@@ -54,36 +55,47 @@ pub fn stream_echo(request: ModelInferRequest) -> ModelStreamInferResponse {
     ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
 }
 
-/// ModelMetadata of the identity model, under the name asked for.
+/// The tensors a model is described with: `add_sub` gets its real two INT32 [16] inputs and
+/// outputs (so perf_analyzer sends what it sends Tritium and Triton); every other name is
+/// identity. Inference is the same echo either way.
+fn tensors(name: &str) -> (DataType, Vec<i64>, usize) {
+    if name == "add_sub" { (DataType::TypeInt32, vec![16], 2) } else { (DataType::TypeFp32, vec![-1], 1) }
+}
+
+fn kserve_name(datatype: DataType) -> &'static str {
+    if datatype == DataType::TypeInt32 { "INT32" } else { "FP32" }
+}
+
+/// ModelMetadata of the model asked for (see [`tensors`]).
 pub fn metadata(name: &str) -> ModelMetadataResponse {
-    let tensor = |name: &str| TensorMetadata { name: name.to_string(), datatype: "FP32".to_string(), shape: vec![-1] };
+    let (datatype, dims, count) = tensors(name);
+    let tensor = |prefix: &str, i: usize| TensorMetadata {
+        name: format!("{prefix}{i}"),
+        datatype: kserve_name(datatype).to_string(),
+        shape: dims.clone(),
+    };
     ModelMetadataResponse {
         name: model_name(name),
         versions: vec![VERSION.to_string()],
         platform: MODEL.to_string(),
-        inputs: vec![tensor("INPUT0")],
-        outputs: vec![tensor("OUTPUT0")],
+        inputs: (0..count).map(|i| tensor("INPUT", i)).collect(),
+        outputs: (0..count).map(|i| tensor("OUTPUT", i)).collect(),
     }
 }
 
-/// ModelConfig of the identity model, under the name asked for.
+/// ModelConfig of the model asked for (see [`tensors`]).
 pub fn config(name: &str) -> ModelConfig {
+    let (datatype, dims, count) = tensors(name);
     ModelConfig {
         name: model_name(name),
         backend: MODEL.to_string(),
         max_batch_size: 0,
-        input: vec![ModelInput {
-            name: "INPUT0".to_string(),
-            data_type: DataType::TypeFp32 as i32,
-            dims: vec![-1],
-            ..Default::default()
-        }],
-        output: vec![ModelOutput {
-            name: "OUTPUT0".to_string(),
-            data_type: DataType::TypeFp32 as i32,
-            dims: vec![-1],
-            ..Default::default()
-        }],
+        input: (0..count)
+            .map(|i| ModelInput { name: format!("INPUT{i}"), data_type: datatype as i32, dims: dims.clone(), ..Default::default() })
+            .collect(),
+        output: (0..count)
+            .map(|i| ModelOutput { name: format!("OUTPUT{i}"), data_type: datatype as i32, dims: dims.clone(), ..Default::default() })
+            .collect(),
         ..Default::default()
     }
 }
@@ -127,5 +139,13 @@ mod tests {
         assert_eq!((config.backend.as_str(), config.max_batch_size), ("identity", 0));
         assert_eq!(config.output[0].dims, [-1]);
         assert_eq!(config.input[0].data_type, DataType::TypeFp32 as i32);
+    }
+
+    #[test]
+    fn add_sub_is_described_with_its_real_tensors() {
+        let meta = metadata("add_sub");
+        let inputs: Vec<_> = meta.inputs.iter().map(|t| (t.name.as_str(), t.datatype.as_str(), t.shape.clone())).collect();
+        assert_eq!(inputs, [("INPUT0", "INT32", vec![16]), ("INPUT1", "INT32", vec![16])]);
+        assert_eq!(config("add_sub").output.len(), 2);
     }
 }
