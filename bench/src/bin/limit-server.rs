@@ -1,7 +1,7 @@
 //! `limit-server`: the thinnest tonic server perf_analyzer can drive, to measure what the
 //! transport alone costs. Every model name is an identity model (add_sub keeps its real tensors);
-//! inference echoes the raw
-//! payloads back with no validation and no backend (see `tritium_bench::limit`). Transport
+//! inference echoes the raw payloads back with no validation and no backend (see
+//! `tritium_bench::limit`). Transport
 //! settings match `tritium serve` so the two compare like for like.
 
 use std::io::Write;
