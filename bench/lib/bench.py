@@ -163,7 +163,6 @@ class Bench:
         self.notes: list[str] = []
         self.runs: list[Run] = []
         self.pa = str(REPO / "scripts" / "perf_analyzer")
-        self.limit_add_sub_shape = ""  # set when the limit server cannot take add_sub's two inputs
 
     # ---- servers -------------------------------------------------------------------------------------------
 
@@ -188,7 +187,6 @@ class Bench:
             server = Server("limit", "limit", self.procs, self.work / "limit.log")
             server.start_with_ready_line([limit], "limit ready grpc=", self.cfg.startup_timeout)
             self.servers["limit"] = server
-            self.check_limit_add_sub(server)
         else:
             self.notes.append(f"No limit column: {env.get('LIMIT_MISSING', 'limit-server was not built')}.")
 
@@ -199,27 +197,6 @@ class Bench:
                 self.servers[key] = server
         for s in self.servers.values():
             progress(f"  {s.label} ready on {s.address}")
-
-    def check_limit_add_sub(self, server: Server) -> None:
-        """The limit server may describe every model as identity (one FP32 input): then perf_analyzer can only
-        send it one tensor, so its add_sub rows send INPUT0 FP32[32] (the same 128 bytes in one tensor)."""
-        try:
-            import tritonclient.grpc as grpcclient
-
-            client = grpcclient.InferenceServerClient(server.address)
-            meta = client.get_model_metadata("add_sub")
-            names = [i.name for i in meta.inputs]
-            client.close()
-        except Exception as e:  # noqa: BLE001 - any failure means: do not trust the two-input form
-            names = []
-            self.notes.append(f"Could not read the limit server's add_sub metadata ({type(e).__name__}).")
-        if names != ["INPUT0", "INPUT1"]:
-            self.limit_add_sub_shape = "INPUT0:32"
-            self.notes.append(
-                "The limit server describes `add_sub` as identity (one FP32 `[-1]` input), so perf_analyzer can send "
-                "it only one tensor: its add_sub rows send INPUT0 FP32[32] (the same 128 payload bytes as two "
-                "INT32[16] tensors, one tensor instead of two)."
-            )
 
     def server_order(self, row: Row) -> list[str]:
         order = ["triton", "tritium", "limit"]
@@ -234,8 +211,6 @@ class Bench:
         argv += row.args
         note = ""
         shape = row.shape
-        if server.key == "limit" and row.model == "add_sub" and self.limit_add_sub_shape:
-            shape, note = self.limit_add_sub_shape, "one FP32[32] input"
         if shape:
             argv += ["--shape", shape]
         # -s 1000: "stable" after the first three windows, so every run is exactly three windows long and all
