@@ -95,34 +95,6 @@ def _session_alive(sid: int) -> bool:
     return any(int(f[3]) == sid and f[0] != b"Z" for f in _proc_stats())
 
 
-def stop_all(self, grace: float = 10.0) -> None:
-        with self.lock:
-            children, self.children = self.children, []
-        stop_all(children, grace)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _session_alive(sid: int) -> bool:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != b"Z":
-            return True
-    return False
-
-
 def stop_all(procs: list[subprocess.Popen], grace: float) -> None:
     """SIGTERM each process group, wait up to ``grace`` seconds for the groups to go, then SIGKILL."""
     for proc in procs:
