@@ -35,8 +35,6 @@ pub enum WorkerError {
     Repository(#[from] RepositoryError),
     #[error("explicit model load / unload is not allowed if polling is enabled")]
     ModelControlDisabled,
-    #[error("request cancelled")]
-    Cancelled,
 }
 
 impl WorkerError {
@@ -51,7 +49,6 @@ impl WorkerError {
             WorkerError::Backend { source, .. } => source.code(),
             WorkerError::LoadFailed { .. } => ErrorCode::Internal,
             WorkerError::Repository(e) => e.code(),
-            WorkerError::Cancelled => ErrorCode::Cancelled,
         }
     }
 

@@ -177,10 +177,6 @@ impl ModelRepository {
         Ok(repository)
     }
 
-    pub fn control_mode(&self) -> ControlMode {
-        self.options.control_mode
-    }
-
     /// A counter that moves on every change of the served models, for health and discovery.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
