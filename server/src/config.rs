@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tritium_worker::{ControlMode, RepositoryOptions};
+use tritium_worker::embed::EMBED_BACKEND;
+use tritium_worker::llm::{EngineOptions, LLM_BACKEND, ModelKind, detect_kind};
+use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions};
 
 #[derive(Debug, Parser)]
 #[command(name = "tritium", version, about = "A KServe v2 / Triton-compatible inference server")]
@@ -27,7 +29,11 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub repository: RepositoryArgs,
     #[command(flatten)]
+    pub models: ModelArgs,
+    #[command(flatten)]
     pub grpc: GrpcArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     #[command(flatten)]
     pub logging: LoggingArgs,
     /// Seconds to let in-flight calls finish after SIGTERM or Ctrl-C before exiting anyway.
@@ -59,6 +65,48 @@ pub struct RepositoryArgs {
     /// Seconds between repository polls in poll mode.
     #[arg(long, env = "TRITIUM_REPOSITORY_POLL_SECS", default_value_t = 15)]
     pub repository_poll_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Language and embedding models")]
+pub struct ModelArgs {
+    /// Serve the model at PATH: a GGUF file or a Hugging Face folder (a causal LM, or a sentence
+    /// embedder, told apart from its files); repeatable. Without --model-repository, only these
+    /// are served.
+    #[arg(long = "model-path", env = "TRITIUM_MODEL_PATH", value_delimiter = ',')]
+    pub model_path: Vec<PathBuf>,
+    /// The name of the --model-path at the same position (default: the file stem or folder name).
+    #[arg(long = "model-name", env = "TRITIUM_MODEL_NAME", value_delimiter = ',')]
+    pub model_name: Vec<String>,
+    /// Sequences a language model decodes together in one batch.
+    #[arg(long, env = "TRITIUM_LLM_MAX_SEQUENCES", default_value_t = EngineOptions::default().max_sequences)]
+    pub llm_max_sequences: usize,
+    /// KV-cache positions the running sequences of one model may reserve together (prompt plus
+    /// max_tokens each); a request waits until its reservation fits.
+    #[arg(long, env = "TRITIUM_LLM_MAX_KV_TOKENS", default_value_t = EngineOptions::default().max_kv_tokens)]
+    pub llm_max_kv_tokens: usize,
+    /// Requests that may wait for a place in the batch; beyond it they are refused with
+    /// RESOURCE_EXHAUSTED (HTTP 429).
+    #[arg(long, env = "TRITIUM_LLM_MAX_QUEUE", default_value_t = EngineOptions::default().max_queue)]
+    pub llm_max_queue: usize,
+    /// Prompt tokens fed per decode step over all new sequences (chunked prefill).
+    #[arg(long, env = "TRITIUM_LLM_PREFILL_CHUNK", default_value_t = EngineOptions::default().prefill_chunk)]
+    pub llm_prefill_chunk: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP (OpenAI /v1, health, metrics)")]
+pub struct HttpArgs {
+    /// Serve the HTTP surface.
+    #[arg(long, env = "TRITIUM_ALLOW_HTTP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_http: bool,
+    #[arg(long, env = "TRITIUM_HTTP_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub http_address: IpAddr,
+    #[arg(long, env = "TRITIUM_HTTP_PORT", default_value_t = 8000)]
+    pub http_port: u16,
+    /// Serve HTTP on an inherited, already listening socket (file descriptor) instead of binding.
+    #[arg(long, env = "TRITIUM_HTTP_LISTEN_FD")]
+    pub http_listen_fd: Option<i32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -166,6 +214,8 @@ impl Default for TransportConfig {
 pub struct ServerConfig {
     pub repository: RepositoryOptions,
     pub transport: TransportConfig,
+    /// Bounds of every language model's engine (a model's config may override them).
+    pub llm: EngineOptions,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -174,12 +224,12 @@ fn millis(ms: u64) -> Option<Duration> {
 
 impl ServeArgs {
     /// Parses `tritium serve` arguments, with Dynamo's window-size variables as fallbacks.
-    pub fn server_config(&self) -> ServerConfig {
+    pub fn server_config(&self) -> Result<ServerConfig, String> {
         self.server_config_with_env(|name| std::env::var(name).ok())
     }
 
     /// [`ServeArgs::server_config`] reading the fallback variables through `env`.
-    pub fn server_config_with_env(&self, env: impl Fn(&str) -> Option<String>) -> ServerConfig {
+    pub fn server_config_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Result<ServerConfig, String> {
         let grpc = &self.grpc;
         let env_u32 = |name: &str| env(name).and_then(|v| v.trim().parse::<u32>().ok());
         let control_mode = match self.repository.model_control_mode {
@@ -187,12 +237,20 @@ impl ServeArgs {
             ModelControlMode::Explicit => ControlMode::Explicit,
             ModelControlMode::Poll => ControlMode::Poll,
         };
-        ServerConfig {
+        let models = &self.models;
+        Ok(ServerConfig {
+            llm: EngineOptions {
+                max_sequences: models.llm_max_sequences,
+                max_kv_tokens: models.llm_max_kv_tokens,
+                max_queue: models.llm_max_queue,
+                prefill_chunk: models.llm_prefill_chunk,
+            },
             repository: RepositoryOptions {
                 paths: self.repository.model_repository.clone(),
                 control_mode,
                 startup_models: self.repository.load_model.clone(),
                 poll_interval: Duration::from_secs(self.repository.repository_poll_secs.max(1)),
+                declared: declared_models(&models.model_path, &models.model_name)?,
             },
             transport: TransportConfig {
                 max_message_size: grpc.grpc_max_message_size,
@@ -210,12 +268,52 @@ impl ServeArgs {
                 max_connection_age_grace: millis(grpc.grpc_max_connection_age_grace),
                 response_compression: grpc.grpc_response_compression,
             },
-        }
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
         SocketAddr::new(self.grpc.grpc_address, self.grpc.grpc_port)
     }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.http.http_address, self.http.http_port)
+    }
+}
+
+/// One `config.pbtxt` per `--model-path`: `tritium_llm` for a causal LM, `tritium_embed` for an
+/// embedder, pointing at the path (made absolute).
+fn declared_models(paths: &[PathBuf], names: &[String]) -> Result<Vec<DeclaredModel>, String> {
+    if names.len() > paths.len() {
+        return Err(format!("{} --model-name values for {} --model-path values", names.len(), paths.len()));
+    }
+    let mut declared = Vec::with_capacity(paths.len());
+    for (index, path) in paths.iter().enumerate() {
+        let path = std::path::absolute(path).map_err(|e| format!("--model-path {}: {e}", path.display()))?;
+        let kind = detect_kind(&path).map_err(|e| format!("--model-path {}: {e}", path.display()))?;
+        let name = match names.get(index) {
+            Some(name) => name.clone(),
+            None => default_model_name(&path),
+        };
+        if name.is_empty() || name.contains('/') {
+            return Err(format!("--model-name '{name}' is not a usable model name"));
+        }
+        let backend = match kind {
+            ModelKind::Generate => LLM_BACKEND,
+            ModelKind::Embed => EMBED_BACKEND,
+        };
+        let quoted = serde_json::to_string(&path.display().to_string()).map_err(|e| e.to_string())?;
+        let config_text = format!(
+            "name: \"{name}\"\nbackend: \"{backend}\"\nparameters {{ key: \"model_path\" value {{ string_value: {quoted} }} }}\n"
+        );
+        declared.push(DeclaredModel { name, config_text });
+    }
+    Ok(declared)
+}
+
+/// `SmolLM2-135M-Instruct.Q4_1.gguf` -> `SmolLM2-135M-Instruct.Q4_1`; a folder gives its name.
+fn default_model_name(path: &std::path::Path) -> String {
+    let name = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_string())
 }
 
 #[cfg(test)]
@@ -232,7 +330,7 @@ mod tests {
     fn defaults_follow_triton() {
         let serve = parse(&["serve"]);
         assert_eq!(serve.grpc_addr().port(), 8001);
-        let config = serve.server_config();
+        let config = serve.server_config().unwrap();
         assert_eq!(config.transport.max_message_size, i32::MAX as usize);
         assert!(config.repository.paths.is_empty());
         assert_eq!(config.repository.control_mode, ControlMode::None);
@@ -241,7 +339,7 @@ mod tests {
     #[test]
     fn explicit_mode_with_load_all() {
         let serve = parse(&["serve", "--model-control-mode=explicit", "--load-model=*", "--load-model", "a"]);
-        let config = serve.server_config();
+        let config = serve.server_config().unwrap();
         assert_eq!(config.repository.control_mode, ControlMode::Explicit);
         assert_eq!(config.repository.startup_models, vec!["*".to_string(), "a".to_string()]);
     }
@@ -253,10 +351,10 @@ mod tests {
             "DYN_GRPC_INITIAL_STREAM_WINDOW_SIZE" => Some("4194304".to_string()),
             _ => None,
         };
-        let config = parse(&["serve"]).server_config_with_env(env);
+        let config = parse(&["serve"]).server_config_with_env(env).unwrap();
         assert_eq!(config.transport.initial_connection_window_size, Some(32 << 20));
         assert_eq!(config.transport.initial_stream_window_size, Some(4 << 20));
-        let config = parse(&["serve", "--grpc-initial-stream-window-size=65536"]).server_config_with_env(env);
+        let config = parse(&["serve", "--grpc-initial-stream-window-size=65536"]).server_config_with_env(env).unwrap();
         assert_eq!(config.transport.initial_stream_window_size, Some(65536));
     }
 
@@ -268,7 +366,7 @@ mod tests {
             "16777216",
             "--grpc-initial-stream-window-size=1048576",
         ]);
-        let config = serve.server_config();
+        let config = serve.server_config().unwrap();
         assert_eq!(config.transport.initial_connection_window_size, Some(16 << 20));
         assert_eq!(config.transport.initial_stream_window_size, Some(1 << 20));
     }

@@ -21,6 +21,8 @@ pub enum ServerError {
     Unsupported { what: String },
     #[error("{0}")]
     Internal(String),
+    #[error(transparent)]
+    Bridge(#[from] tritium_openai_bridge::BridgeError),
 }
 
 impl ServerError {
@@ -31,6 +33,7 @@ impl ServerError {
             ServerError::InvalidRequest { .. } | ServerError::InvalidArgument { .. } => ErrorCode::InvalidArg,
             ServerError::Unsupported { .. } => ErrorCode::Unsupported,
             ServerError::Internal(_) => ErrorCode::Internal,
+            ServerError::Bridge(e) => e.code(),
         }
     }
 

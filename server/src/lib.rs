@@ -19,6 +19,8 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod http;
+pub mod llm;
 pub mod logging;
 pub mod routing;
 pub mod shm;
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use tritium_worker::llm::{LLM_BACKEND, LlmFactory};
 use tritium_worker::{BackendRegistry, LocalWorker, ModelRepository, WorkerClient};
 
 pub use config::{ResponseCompression, ServerConfig, TransportConfig};
@@ -41,6 +44,7 @@ pub use error::ServerError;
 use discovery::{Discovery, MemoryDiscovery};
 use events::{EventBus, MemoryEventBus};
 use grpc::{GrpcState, InferenceService};
+use llm::LlmFrontend;
 use routing::Router;
 use logging::{LogControl, LogState};
 use shm::SharedMemoryRegistry;
@@ -84,12 +88,16 @@ impl Tritium {
 
     /// Like [`Tritium::new`], with backends of the caller's own added to the registry.
     pub fn with_backends(config: ServerConfig, log: LogControl, backends: BackendRegistry) -> Result<Tritium, StartError> {
+        let mut backends = backends;
+        backends.register(LLM_BACKEND, LlmFactory { defaults: config.llm.clone() });
         let repository = ModelRepository::open(config.repository.clone(), backends)?;
         let worker: Arc<dyn WorkerClient> = Arc::new(LocalWorker::new(Arc::clone(&repository)));
         let router = Arc::new(Router::new(LOCAL_WORKER_ID, worker));
+        let llm = Arc::new(LlmFrontend::new(Arc::clone(&repository), Arc::clone(&router)));
         let state = Arc::new(GrpcState {
             repository,
             router,
+            llm,
             shm: SharedMemoryRegistry::new(),
             log,
             trace: Mutex::new(grpc::settings::TraceSettings::default()),
@@ -104,6 +112,17 @@ impl Tritium {
 
     /// Serves gRPC on `listener` until `shutdown` completes, then drains in-flight calls.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
+        self.serve_with_listeners(listener, None, shutdown).await
+    }
+
+    /// Serves gRPC on `grpc` and, when given, HTTP (OpenAI `/v1`, health, metrics) on `http`,
+    /// until `shutdown` completes; then both drain what is in flight.
+    pub async fn serve_with_listeners(
+        self,
+        listener: TcpListener,
+        http: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
         let transport = &self.config.transport;
         let stop = CancellationToken::new();
         let poller = self.state.repository.spawn_poller(stop.clone());
@@ -162,6 +181,11 @@ impl Tritium {
         if let Some(grace) = transport.max_connection_age_grace {
             builder = builder.max_connection_age_grace(grace);
         }
+        let http_task = http.map(|http_listener| {
+            let routes = http::router(Arc::clone(&self.state.repository), Arc::clone(&self.state.llm));
+            let stopping = self.state.stopping.clone();
+            tokio::spawn(http::serve(http_listener, routes, async move { stopping.cancelled().await }))
+        });
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let stopping = self.state.stopping.clone();
         let shutdown = async move {
@@ -176,6 +200,13 @@ impl Tritium {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         stop.cancel();
+        if let Some(http_task) = http_task {
+            match http_task.await {
+                Ok(Err(e)) => tracing::error!("HTTP server: {e}"),
+                Err(e) => tracing::error!("HTTP server task: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
         let _ = health_task.await;
         let _ = publisher.await;
         let _ = follower.await;
@@ -190,6 +221,7 @@ impl Tritium {
 #[derive(Debug)]
 pub struct ServerHandle {
     grpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), StartError>>>,
 }
@@ -197,6 +229,11 @@ pub struct ServerHandle {
 impl ServerHandle {
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The HTTP address, when the server was given an HTTP listener.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Stops accepting, finishes in-flight calls, and waits for the server to end.
@@ -225,13 +262,24 @@ pub async fn spawn_with_backends(
     listener: TcpListener,
     backends: BackendRegistry,
 ) -> Result<ServerHandle, StartError> {
+    spawn_with_listeners(config, listener, None, backends).await
+}
+
+/// Starts a server on pre-bound gRPC and (optionally) HTTP listeners.
+pub async fn spawn_with_listeners(
+    config: ServerConfig,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+    backends: BackendRegistry,
+) -> Result<ServerHandle, StartError> {
     let log = LogControl::detached(LogState { info: true, warning: true, error: true, verbose_level: 0, format: "default".into() });
     let tritium = tokio::task::spawn_blocking(move || Tritium::with_backends(config, log, backends))
         .await
         .map_err(|e| std::io::Error::other(format!("start-up task failed: {e}")))??;
-    let grpc_addr = listener.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
+    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let task = tokio::spawn(tritium.serve(listener, async move { stop.cancelled().await }));
-    Ok(ServerHandle { grpc_addr, shutdown, task: Some(task) })
+    let task = tokio::spawn(tritium.serve_with_listeners(grpc, http, async move { stop.cancelled().await }));
+    Ok(ServerHandle { grpc_addr, http_addr, shutdown, task: Some(task) })
 }

@@ -32,23 +32,39 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = match args.grpc.grpc_listen_fd {
+/// A listener handed over as a file descriptor, or bound at `addr`.
+async fn listener(fd: Option<i32>, addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    match fd {
         // SAFETY: the caller handed this descriptor over for us to own (systemd-style socket passing).
         Some(fd) => {
             let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
             listener.set_nonblocking(true)?;
-            tokio::net::TcpListener::from_std(listener)?
+            tokio::net::TcpListener::from_std(listener)
         }
-        None => tokio::net::TcpListener::bind(args.grpc_addr()).await?,
+        None => tokio::net::TcpListener::bind(addr).await,
+    }
+}
+
+async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::error::Error>> {
+    let config = args.server_config()?;
+    let listener = listener(args.grpc.grpc_listen_fd, args.grpc_addr()).await?;
+    let http = match args.http.allow_http {
+        true => Some(listener_for_http(&args).await?),
+        false => None,
     };
-    let config = args.server_config();
     let args_exit = args.exit_timeout_secs;
     let tritium = tokio::task::spawn_blocking(move || Tritium::new(config, log)).await??;
     let addr = listener.local_addr()?;
+    let http_addr = http.as_ref().map(|h| h.local_addr()).transpose()?;
     tracing::info!("serving gRPC on {addr}");
     // One line on stdout once models are loaded, for scripts and test harnesses to wait on.
-    println!("tritium ready grpc={addr}");
+    match http_addr {
+        Some(http_addr) => {
+            tracing::info!("serving HTTP on {http_addr}");
+            println!("tritium ready grpc={addr} http={http_addr}");
+        }
+        None => println!("tritium ready grpc={addr}"),
+    }
     std::io::stdout().flush()?;
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = std::sync::Arc::clone(&stopping);
@@ -58,12 +74,16 @@ async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::erro
     };
     let exit_timeout = std::time::Duration::from_secs(args_exit);
     tokio::select! {
-        served = tritium.serve(listener, signal) => served?,
+        served = tritium.serve_with_listeners(listener, http, signal) => served?,
         () = async { stopping.notified().await; tokio::time::sleep(exit_timeout).await } => {
             tracing::warn!("calls still in flight after {exit_timeout:?}; exiting anyway");
         }
     }
     Ok(())
+}
+
+async fn listener_for_http(args: &ServeArgs) -> std::io::Result<tokio::net::TcpListener> {
+    listener(args.http.http_listen_fd, args.http_addr()).await
 }
 
 async fn shutdown_signal() {

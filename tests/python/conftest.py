@@ -5,16 +5,27 @@
 - `start_tritium`: factory `start_tritium(*args, timeout=60)` -> TritiumServer; every server it starts is
   stopped at the end of the test. Pass e.g. `"--model-repository", str(repo)`.
 - `model_repo`: an empty temporary repository directory; fill it with `helpers.write_model`.
+- `llm_server`: one module-scoped server with the real models from `scripts/fetch-models.sh`: the SmolLM2 GGUF
+  as `smollm2` (LLM) and all-MiniLM-L6-v2 as `minilm` (embeddings). `model_paths()` gives the two paths.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import tritonclient.grpc as grpcclient
 
-from helpers import DEFAULT_START_TIMEOUT, TritiumServer, finish_server, start_server
+from helpers import DEFAULT_START_TIMEOUT, REPO, TritiumServer, finish_server, start_server
+
+LLM_NAME = "smollm2"
+EMBED_NAME = "minilm"
+# Loading a GGUF and a safetensors model in a debug build takes longer than the built-in repository.
+LLM_START_TIMEOUT = 240.0
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +63,40 @@ def model_repo(tmp_path: pathlib.Path) -> pathlib.Path:
     repo = tmp_path / "models"
     repo.mkdir()
     return repo
+
+
+@functools.cache
+def model_paths() -> tuple[pathlib.Path, pathlib.Path]:
+    """(SmolLM2 GGUF file, MiniLM folder), from the two lines `scripts/fetch-models.sh` prints. The script is
+    idempotent (it checks the hashes and downloads only what is missing); it runs once per test session."""
+    script = REPO / "scripts" / "fetch-models.sh"
+    proc = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+        env={**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)},
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{script} exited with status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}")
+    lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    if len(lines) != 2:
+        pytest.fail(f"{script} printed {lines!r}, expected two paths (GGUF file, MiniLM folder)")
+    gguf, minilm = (pathlib.Path(line) for line in lines)
+    if not gguf.is_file() or not minilm.is_dir():
+        pytest.fail(f"{script} printed {gguf} and {minilm}, but they are not a file and a folder")
+    return gguf, minilm
+
+
+@pytest.fixture(scope="module")
+def llm_server():
+    """`tritium serve` with the real LLM (`smollm2`) and embedder (`minilm`), shared by the tests of one module."""
+    gguf, minilm = model_paths()
+    server = start_server(
+        "--model-path", str(gguf), "--model-name", LLM_NAME,
+        "--model-path", str(minilm), "--model-name", EMBED_NAME,
+        timeout=LLM_START_TIMEOUT,
+    )
+    yield server
+    finish_server(server)

@@ -39,6 +39,7 @@ class TritiumServer:
 
     proc: subprocess.Popen
     port: int
+    http_port: int
     ready_line: str
     stderr_path: pathlib.Path
     stdout_lines: list[str] = field(default_factory=list)
@@ -46,6 +47,10 @@ class TritiumServer:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     def stderr(self) -> str:
         try:
@@ -71,24 +76,32 @@ def tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumServer:
-    """Start `tritium serve` on a socket bound here and wait for its ready line."""
-    binary = tritium_bin()
+def bound_listener() -> socket.socket:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1024)
+    return listener
+
+
+def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumServer:
+    """Start `tritium serve` on gRPC and HTTP sockets bound here and wait for its ready line."""
+    binary = tritium_bin()
+    listener = bound_listener()
+    http_listener = bound_listener()
     port = listener.getsockname()[1]
+    http_port = http_listener.getsockname()[1]
     fd = listener.fileno()
+    http_fd = http_listener.fileno()
     err = tempfile.NamedTemporaryFile(prefix="tritium-stderr-", suffix=".log", delete=False)
     stderr_path = pathlib.Path(err.name)
-    cmd = [str(binary), "serve", "--grpc-listen-fd", str(fd), *args]
+    cmd = [str(binary), "serve", "--grpc-listen-fd", str(fd), "--http-listen-fd", str(http_fd), *args]
     try:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
-            pass_fds=[fd],
+            pass_fds=[fd, http_fd],
             text=True,
             bufsize=1,
             cwd=REPO,
@@ -96,8 +109,9 @@ def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumS
             env={k: v for k, v in os.environ.items() if not k.startswith(("TRITIUM_", "DYN_GRPC_"))},
         )
     finally:
-        # The child holds its own copy of the listener; ours would only keep the port alive after it exits.
+        # The child holds its own copies of the listeners; ours would only keep the ports alive after it exits.
         listener.close()
+        http_listener.close()
         err.close()
 
     lines: queue.Queue[str | None] = queue.Queue()
@@ -116,7 +130,7 @@ def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumS
 
     threading.Thread(target=pump, name=f"tritium-stdout-{port}", daemon=True).start()
 
-    server = TritiumServer(proc=proc, port=port, ready_line="", stderr_path=stderr_path, stdout_lines=seen)
+    server = TritiumServer(proc=proc, port=port, http_port=http_port, ready_line="", stderr_path=stderr_path, stdout_lines=seen)
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()

@@ -1,5 +1,6 @@
 """The real perf_analyzer 2.60.0 (scripts/perf_analyzer, installed by scripts/install-perf-analyzer.sh)
-against the default server: small bounded runs in sync, async, streaming and system-shared-memory modes.
+against the default server: small bounded runs in sync, async, streaming and system-shared-memory modes;
+and against the LLM server (`llm_server`): streaming generation on `smollm2` with a real prompt.
 
 Each run is capped in requests (count windows), wall time (subprocess timeout) and address space
 (`prlimit --as`, util-linux), because perf_analyzer's memory grows per request and is never released (peers.md).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import subprocess
 
 import pytest
@@ -32,7 +34,7 @@ MODELS = {
 }
 
 
-def perf_analyzer(url: str, *args: str) -> subprocess.CompletedProcess:
+def perf_analyzer(url: str, *args: str, request_count: int = 200) -> subprocess.CompletedProcess:
     if not PERF_ANALYZER.exists():
         pytest.fail(f"{PERF_ANALYZER} missing")
     cmd = [
@@ -41,7 +43,7 @@ def perf_analyzer(url: str, *args: str) -> subprocess.CompletedProcess:
         "-i", "grpc",
         "-u", url,
         "--measurement-mode", "count_windows",
-        "--measurement-request-count", "200",
+        "--measurement-request-count", str(request_count),
         "-s", "50",
         "--max-trials", "10",
         # These runs check that perf_analyzer works against us, not speed: on a loaded 2-core CI
@@ -77,3 +79,36 @@ def test_perf_analyzer_decoupled_repeat(tritium, tmp_path: pathlib.Path):
 
 def test_perf_analyzer_batched_identity(tritium):
     perf_analyzer(tritium.url, "-m", "identity_batch", "--shape", "INPUT0:16", "-b", "4", "--async", "--concurrency-range", "2")
+
+
+# Lines perf_analyzer prints when something went wrong ("error: ...", "Failed to ...", "Thread [0] had error: ...").
+ERROR_LINE = re.compile(r"error|fail", re.IGNORECASE)
+
+
+def test_perf_analyzer_smollm2_streaming(llm_server, tmp_path: pathlib.Path):
+    # BYTES data as a string list with its shape; BOOL as a JSON bool. max_tokens is the server's default (16).
+    data = tmp_path / "llm.json"
+    data.write_text(
+        json.dumps(
+            {
+                "data": [
+                    {
+                        "text_input": {"content": ["The capital of France is"], "shape": [1]},
+                        "streaming": {"content": [True], "shape": [1]},
+                    }
+                ]
+            }
+        )
+    )
+    proc = perf_analyzer(
+        llm_server.url,
+        "-m", "smollm2",
+        "--async", "--streaming",
+        "--input-data", str(data),
+        "--concurrency-range", "2",
+        "-p", "1000",
+        request_count=8,
+    )
+    output = proc.stdout + proc.stderr
+    errors = [line for line in output.splitlines() if ERROR_LINE.search(line)]
+    assert errors == [], output[-6000:]

@@ -15,6 +15,7 @@ use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
 use tritium_tensor::{Tensor, TensorError};
 
+use crate::llm::{EmbeddingModel, LanguageModel};
 use crate::request::{InferenceResponse, Parameters};
 use crate::worker::StreamItem;
 
@@ -42,6 +43,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Answers one request through `responder`: exactly once for a plain model, any number of
     /// times for a decoupled one. Returning ends the request.
     async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError>;
+
+    /// Set when this model is a language model the OpenAI bridge drives with token ids (its
+    /// KServe face, `text_input` in and `text_output` out, is the bridge's too).
+    fn language_model(&self) -> Option<Arc<dyn LanguageModel>> {
+        None
+    }
+
+    /// Set when this model is a sentence embedder.
+    fn embedding_model(&self) -> Option<Arc<dyn EmbeddingModel>> {
+        None
+    }
 }
 
 /// A validated request as a backend sees it.
@@ -175,11 +187,21 @@ pub struct BackendContext<'a> {
     pub config: &'a ModelConfig,
     /// The version folder, when the model came from a repository on disk.
     pub version_dir: Option<&'a Path>,
+    /// The model folder, when the model came from a repository on disk (relative paths in the
+    /// config's parameters are relative to it).
+    pub model_dir: Option<&'a Path>,
 }
 
 /// Builds a backend instance for a model version.
 pub trait BackendFactory: Send + Sync + 'static {
     fn create(&self, context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String>;
+
+    /// Fills in what a `config.pbtxt` for this backend may leave out (inputs, outputs, the
+    /// transaction policy), before the config is checked. `model_dir` is the model folder, if any.
+    fn complete_config(&self, config: &mut ModelConfig, model_dir: Option<&Path>) -> Result<(), String> {
+        let _ = (config, model_dir);
+        Ok(())
+    }
 }
 
 impl<F> BackendFactory for F
@@ -226,4 +248,16 @@ impl BackendRegistry {
     pub fn get(&self, name: &str) -> Option<&Arc<dyn BackendFactory>> {
         self.factories.get(name)
     }
+}
+
+impl BackendContext<'_> {
+    /// A `parameters { key: .. value { string_value: .. } }` entry of the config.
+    pub fn parameter(&self, key: &str) -> Option<&str> {
+        config_parameter(self.config, key)
+    }
+}
+
+/// A `parameters` entry of a model config, as text.
+pub fn config_parameter<'c>(config: &'c ModelConfig, key: &str) -> Option<&'c str> {
+    config.parameters.get(key).map(|p| p.string_value.as_str())
 }

@@ -7,6 +7,7 @@ use tritium_proto::ErrorCode;
 use tritium_tensor::{DataType, TensorError};
 
 use crate::backend::BackendError;
+use crate::llm::GenerateError;
 use crate::repository::RepositoryError;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,16 @@ pub enum WorkerError {
     Repository(#[from] RepositoryError),
     #[error("explicit model load / unload is not allowed if polling is enabled")]
     ModelControlDisabled,
+    #[error("the model '{model}' is not a language model")]
+    NotLanguageModel { model: String },
+    #[error("the model '{model}' is not an embedding model")]
+    NotEmbeddingModel { model: String },
+    /// A failure with its class given, e.g. by the frontend's bridge or a remote worker.
+    #[error("{message}")]
+    Failed { code: ErrorCode, message: String },
+    /// A language or embedding model refused or failed a request.
+    #[error("{source}")]
+    Generate { model: String, source: GenerateError },
 }
 
 impl WorkerError {
@@ -49,6 +60,9 @@ impl WorkerError {
             WorkerError::Backend { source, .. } => source.code(),
             WorkerError::LoadFailed { .. } => ErrorCode::Internal,
             WorkerError::Repository(e) => e.code(),
+            WorkerError::NotLanguageModel { .. } | WorkerError::NotEmbeddingModel { .. } => ErrorCode::Unsupported,
+            WorkerError::Generate { source, .. } => source.code(),
+            WorkerError::Failed { code, .. } => *code,
         }
     }
 

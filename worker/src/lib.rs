@@ -27,7 +27,9 @@
 
 pub mod backend;
 pub mod backends;
+pub mod embed;
 pub mod error;
+pub mod llm;
 pub mod model;
 pub mod params;
 pub mod registry;
@@ -40,7 +42,7 @@ pub mod worker;
 pub use backend::{Backend, BackendContext, BackendError, BackendRegistry, BackendRequest, Responder};
 pub use error::WorkerError;
 pub use model::ModelVersion;
-pub use registry::{ControlMode, IndexEntry, ModelRepository, ModelState, RepositoryOptions, ServedModel};
+pub use registry::{ControlMode, DeclaredModel, IndexEntry, ModelRepository, ModelState, RepositoryOptions, ServedModel};
 pub use request::{InferenceRequest, InferenceResponse, ParamValue, Parameters, parse_version};
 pub use stats::StatsSnapshot;
 pub use worker::{InferOutcome, LocalWorker, ResponseStream, StreamItem, WorkerClient};

@@ -52,6 +52,16 @@ impl ModelVersion {
         }
     }
 
+    /// The engine behind this version when it is a language model.
+    pub fn language_model(&self) -> Option<Arc<dyn crate::llm::LanguageModel>> {
+        self.backend.language_model()
+    }
+
+    /// The embedder behind this version when it is an embedding model.
+    pub fn embedding_model(&self) -> Option<Arc<dyn crate::llm::EmbeddingModel>> {
+        self.backend.embedding_model()
+    }
+
     pub fn decoupled(&self) -> bool {
         self.schema.decoupled
     }

@@ -40,6 +40,17 @@ pub struct RepositoryOptions {
     /// Models to load at start in explicit mode; `*` loads all.
     pub startup_models: Vec<String>,
     pub poll_interval: Duration,
+    /// Models declared outside any repository folder (`tritium serve --model-path`), each a name
+    /// and the text of its `config.pbtxt`. With none of these and no paths, the built-in
+    /// repository is served.
+    pub declared: Vec<DeclaredModel>,
+}
+
+/// A model given by its config alone, with no repository folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredModel {
+    pub name: String,
+    pub config_text: String,
 }
 
 impl Default for RepositoryOptions {
@@ -49,6 +60,7 @@ impl Default for RepositoryOptions {
             control_mode: ControlMode::None,
             startup_models: Vec::new(),
             poll_interval: Duration::from_secs(15),
+            declared: Vec::new(),
         }
     }
 }
@@ -341,17 +353,38 @@ impl ModelRepository {
     }
 
     fn sources(&self) -> Result<Vec<ModelSource>, WorkerError> {
-        if self.options.paths.is_empty() {
-            return Ok(BUILTIN_MODELS.iter().map(|(name, text)| builtin_source(name, text)).collect());
+        let options = &self.options;
+        let mut sources = if !options.paths.is_empty() {
+            repository::scan_repositories(&options.paths)?
+        } else if options.declared.is_empty() {
+            BUILTIN_MODELS.iter().map(|(name, text)| builtin_source(name, text)).collect()
+        } else {
+            Vec::new()
+        };
+        for declared in &options.declared {
+            if sources.iter().any(|s| s.name == declared.name) {
+                return Err(WorkerError::LoadFailed {
+                    name: declared.name.clone(),
+                    reason: "a model of that name is declared twice (or is also in the repository)".to_string(),
+                });
+            }
+            sources.push(builtin_source(&declared.name, &declared.config_text));
         }
-        Ok(repository::scan_repositories(&self.options.paths)?)
+        Ok(sources)
     }
 
     fn find_source(&self, name: &str) -> Result<Option<ModelSource>, WorkerError> {
-        if self.options.paths.is_empty() {
+        let options = &self.options;
+        if let Some(declared) = options.declared.iter().find(|d| d.name == name) {
+            return Ok(Some(builtin_source(&declared.name, &declared.config_text)));
+        }
+        if options.paths.is_empty() {
+            if !options.declared.is_empty() {
+                return Ok(None);
+            }
             return Ok(BUILTIN_MODELS.iter().find(|(n, _)| *n == name).map(|(n, text)| builtin_source(n, text)));
         }
-        Ok(repository::find_model(&self.options.paths, name)?)
+        Ok(repository::find_model(&options.paths, name)?)
     }
 
     /// Builds every selected version of a model and swaps it in. Call with the lifecycle lock.
@@ -390,17 +423,19 @@ impl ModelRepository {
     fn build(&self, source: &ModelSource, config_json: Option<&str>) -> Result<ServedModel, WorkerError> {
         let name = source.name.as_str();
         let failed = |reason: String| WorkerError::LoadFailed { name: name.to_string(), reason };
-        let config = source
+        let mut config = source
             .config_with_override(config_json)?
             .ok_or_else(|| failed("the model folder has no config.pbtxt".to_string()))?;
+        let backend_name = if config.backend.is_empty() { config.platform.clone() } else { config.backend.clone() };
+        let factory = self
+            .backends
+            .get(&backend_name)
+            .ok_or_else(|| failed(format!("unknown backend '{backend_name}'")))?;
+        let model_dir = (!source.dir.as_os_str().is_empty()).then_some(source.dir.as_path());
+        factory.complete_config(&mut config, model_dir).map_err(failed)?;
         let config = Arc::new(config);
         let versions = source.select_versions(&config)?;
         let schema = ModelSchema::from_config(&config).map_err(failed)?;
-        let backend_name = if config.backend.is_empty() { config.platform.as_str() } else { config.backend.as_str() };
-        let factory = self
-            .backends
-            .get(backend_name)
-            .ok_or_else(|| failed(format!("unknown backend '{backend_name}'")))?;
         let mut served = BTreeMap::new();
         for version in versions {
             let version_dir = (!source.dir.as_os_str().is_empty()).then(|| source.dir.join(version.to_string()));
@@ -409,6 +444,7 @@ impl ModelRepository {
                 version,
                 config: &config,
                 version_dir: version_dir.as_deref().filter(|p: &&Path| p.exists()),
+                model_dir,
             };
             let backend = factory.create(&context).map_err(failed)?;
             served.insert(version, Arc::new(ModelVersion::new(Arc::clone(&config), version, schema.clone(), backend)));

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::WorkerError;
+use crate::llm::{GenerateRequest, TokenStream};
 use crate::registry::ModelRepository;
 use crate::request::{InferenceRequest, InferenceResponse};
 
@@ -32,7 +33,8 @@ pub struct ResponseStream {
 }
 
 impl ResponseStream {
-    pub(crate) fn new(receiver: mpsc::Receiver<StreamItem>, cancel: CancellationToken) -> ResponseStream {
+    /// Responses arriving on `receiver`; dropping the stream cancels `cancel`.
+    pub fn new(receiver: mpsc::Receiver<StreamItem>, cancel: CancellationToken) -> ResponseStream {
         ResponseStream { receiver, _cancel_on_drop: cancel.drop_guard() }
     }
 
@@ -68,6 +70,18 @@ pub trait WorkerClient: Send + Sync + std::fmt::Debug + 'static {
     async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError>;
     /// A streaming call: plain models answer once, decoupled ones any number of times.
     async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError>;
+
+    /// Starts a generation on a language model (token ids in, token ids out).
+    async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
+        let _ = request;
+        Err(WorkerError::NotLanguageModel { model: model.to_string() })
+    }
+
+    /// Embeds tokenized inputs with an embedding model.
+    async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
+        let _ = inputs;
+        Err(WorkerError::NotEmbeddingModel { model: model.to_string() })
+    }
 }
 
 /// Runs requests on the models of an in-process [`ModelRepository`], with no socket between.
@@ -99,5 +113,17 @@ impl WorkerClient for LocalWorker {
         } else {
             model.infer_single(request).await.map(InferOutcome::Single)
         }
+    }
+
+    async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
+        let version = self.repository.resolve(model, None)?;
+        let engine = version.language_model().ok_or_else(|| WorkerError::NotLanguageModel { model: model.to_string() })?;
+        engine.generate(request).map_err(|source| WorkerError::Generate { model: model.to_string(), source })
+    }
+
+    async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
+        let version = self.repository.resolve(model, None)?;
+        let embedder = version.embedding_model().ok_or_else(|| WorkerError::NotEmbeddingModel { model: model.to_string() })?;
+        embedder.embed(inputs).await.map_err(|source| WorkerError::Generate { model: model.to_string(), source })
     }
 }

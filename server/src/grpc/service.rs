@@ -10,7 +10,7 @@ use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceServic
 use tritium_proto::inference::model_repository_parameter::ParameterChoice as RepoParam;
 use tritium_proto::inference::system_shared_memory_status_response::RegionStatus;
 use tritium_proto::inference::*;
-use tritium_worker::{ModelRepository, WorkerError, parse_version};
+use tritium_worker::{InferOutcome, ModelRepository, WorkerError, parse_version};
 
 use super::convert::{decode_request, encode_response};
 use super::{metadata, settings, stream};
@@ -27,6 +27,8 @@ pub const EXTENSIONS: &[&str] =
 pub struct GrpcState {
     pub repository: Arc<ModelRepository>,
     pub router: Arc<crate::routing::Router>,
+    /// Language and embedding models: preprocessing, the KServe text mapping, metrics.
+    pub llm: Arc<crate::llm::LlmFrontend>,
     pub shm: SharedMemoryRegistry,
     pub log: LogControl,
     pub trace: Mutex<settings::TraceSettings>,
@@ -97,8 +99,15 @@ impl GrpcInferenceService for InferenceService {
         let decoded = decode_request(request.into_inner(), &self.state.shm, arrived)?;
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
-        let worker = self.state.router.route(&decoded.request.model_name);
-        let response = worker.infer(decoded.request).await.map_err(ServerError::from)?;
+        let response = if self.state.llm.is_language_model(&decoded.request.model_name) {
+            match self.state.llm.infer_kserve(decoded.request, false).await? {
+                InferOutcome::Single(response) => response,
+                InferOutcome::Stream(_) => return Err(ServerError::Internal("a unary call got a stream".into()).into()),
+            }
+        } else {
+            let worker = self.state.router.route(&decoded.request.model_name);
+            worker.infer(decoded.request).await.map_err(ServerError::from)?
+        };
         reply(encode_response(response, &decoded.output_regions, &self.state.shm, None)?)
     }
 

@@ -71,9 +71,14 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
     };
     let regions = decoded.output_regions;
     let empty_final_wanted = decoded.enable_empty_final;
-    let worker = state.router.route(&decoded.request.model_name);
-    match worker.infer_stream(decoded.request).await {
-        Err(e) => Answer::Now(in_band(&label, e.into(), grpc_errors)),
+    let outcome = if state.llm.is_language_model(&decoded.request.model_name) {
+        state.llm.infer_kserve(decoded.request, true).await
+    } else {
+        let worker = state.router.route(&decoded.request.model_name);
+        worker.infer_stream(decoded.request).await.map_err(ServerError::from)
+    };
+    match outcome {
+        Err(e) => Answer::Now(in_band(&label, e, grpc_errors)),
         Ok(InferOutcome::Single(response)) => Answer::Now(
             encode_response(response, &regions, &state.shm, Some(true))
                 .map_or_else(|e| in_band(&label, e, grpc_errors), ok),
@@ -81,10 +86,15 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
         Ok(InferOutcome::Stream(responses)) => {
             let replies = responses.filter_map(move |item| {
                 let reply = match item {
-                    StreamItem::Response(response) => Some(
-                        encode_response(response, &regions, &state.shm, Some(false))
-                            .map_or_else(|e| in_band(&label, e, grpc_errors), ok),
-                    ),
+                    // A decoupled backend's responses are never final (Complete ends them); a
+                    // language model's last delta is.
+                    StreamItem::Response(response) => {
+                        let last = response.is_final;
+                        Some(
+                            encode_response(response, &regions, &state.shm, Some(last))
+                                .map_or_else(|e| in_band(&label, e, grpc_errors), ok),
+                        )
+                    }
                     StreamItem::Complete => empty_final_wanted.then(|| ok(empty_final(&label.model, &label.id))),
                     StreamItem::Error(e) => Some(in_band(&label, e.into(), grpc_errors)),
                 };

@@ -15,4 +15,6 @@ pub(crate) fn register_builtins(registry: &mut BackendRegistry) {
     registry.register("identity", Identity::from_context);
     registry.register("add_sub", AddSub::from_context);
     registry.register("repeat", Repeat::from_context);
+    registry.register(crate::embed::EMBED_BACKEND, crate::embed::embed_factory());
+    registry.register(crate::llm::LLM_BACKEND, crate::llm::LlmFactory::default());
 }

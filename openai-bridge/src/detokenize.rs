@@ -1,0 +1,155 @@
+//! Incremental detokenization: generated token ids in, text deltas out, exactly as the
+//! tokenizer would decode the whole sequence.
+//!
+//! Decoding one token at a time is wrong in two ways: byte-level BPE splits multi-byte UTF-8
+//! characters (`é`, emoji, CJK) over several tokens, and some decoders treat the first token of
+//! a string differently (SentencePiece drops its leading space). So each step decodes a short
+//! window of recent ids twice, with and without the new one, and emits the difference; text that
+//! ends in an incomplete character (U+FFFD) waits for the next token. Special tokens are skipped.
+
+use std::sync::Arc;
+
+use tokenizers::Tokenizer;
+
+/// The decoding state of one sequence; make one with
+/// [`Preprocessor::detokenizer`](crate::preprocess::Preprocessor::detokenizer).
+#[derive(Debug)]
+pub struct Detokenizer {
+    tokenizer: Arc<Tokenizer>,
+    /// The window: ids before `read` were emitted already and are there as context.
+    ids: Vec<u32>,
+    read: usize,
+}
+
+impl Detokenizer {
+    /// `context`: ids decoded as if they came before the sequence but never emitted, so that a
+    /// decoder that strips the first token's leading space keeps the space of the first
+    /// generated token (a completion continues its prompt).
+    pub(crate) fn new(tokenizer: Arc<Tokenizer>, context: Vec<u32>) -> Detokenizer {
+        let read = context.len();
+        Detokenizer { tokenizer, ids: context, read }
+    }
+
+    /// Adds one generated token; returns the text it completes (often empty for a piece of a
+    /// character or a special token).
+    pub fn push(&mut self, id: u32) -> String {
+        self.ids.push(id);
+        let (prefix, text) = self.texts();
+        if text.len() <= prefix.len() || text.ends_with(char::REPLACEMENT_CHARACTER) {
+            return String::new();
+        }
+        let delta = suffix_after(&text, &prefix);
+        // The emitted ids are the next step's context; older ones are no longer needed.
+        self.ids.drain(..self.read);
+        self.read = self.ids.len();
+        delta
+    }
+
+    /// The end of the sequence: whatever was held back, with U+FFFD for incomplete characters.
+    pub fn finish(&mut self) -> String {
+        let (prefix, text) = self.texts();
+        let rest = if text.len() > prefix.len() { suffix_after(&text, &prefix) } else { String::new() };
+        self.ids.drain(..self.read);
+        self.read = self.ids.len();
+        rest
+    }
+
+    /// The window's text before and after the tokens not yet emitted.
+    fn texts(&self) -> (String, String) {
+        (self.decode(&self.ids[..self.read]), self.decode(&self.ids))
+    }
+
+    fn decode(&self, ids: &[u32]) -> String {
+        if ids.is_empty() {
+            return String::new();
+        }
+        // Decoding fails only for ids the tokenizer does not know; they add no text.
+        self.tokenizer.decode(ids, true).unwrap_or_default()
+    }
+}
+
+/// `text` after `prefix`; when a decoder is not prefix-stable, after their common start.
+fn suffix_after(text: &str, prefix: &str) -> String {
+    if let Some(rest) = text.strip_prefix(prefix) {
+        return rest.to_owned();
+    }
+    let common = text
+        .char_indices()
+        .zip(prefix.chars())
+        .find(|((_, a), b)| a != b)
+        .map_or_else(|| prefix.len().min(text.len()), |((i, _), _)| i);
+    text.get(common..).unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preprocess::tests::smollm2;
+
+    fn stream(detok: &mut Detokenizer, ids: &[u32]) -> (String, Vec<String>) {
+        let mut pieces: Vec<String> = ids.iter().map(|&id| detok.push(id)).collect();
+        pieces.push(detok.finish());
+        (pieces.concat(), pieces)
+    }
+
+    #[test]
+    fn multi_byte_characters_split_over_tokens() {
+        let pre = smollm2();
+        let text = "Grüße aus Köln 🙂 日本語 naïve";
+        let ids = pre.encode(text, false).unwrap();
+        // The emoji and the CJK characters take several byte-level tokens each.
+        assert!(ids.iter().any(|&id| std::str::from_utf8(&pre.token_bytes(id)).is_err()));
+        let (out, pieces) = stream(&mut pre.detokenizer(), &ids);
+        assert_eq!(out, text);
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+        assert_eq!(pieces.last().map(String::as_str), Some(""));
+    }
+
+    #[test]
+    fn matches_whole_sequence_decoding() {
+        let pre = smollm2();
+        for text in [
+            "Hello world! 12345",
+            " leading space and trailing space ",
+            "line one\n\n  indented\tline\r\n",
+            "The capital of France is Paris.",
+            "emoji🙂🙂 mixed 中文 and العربية text, ½ ≠ ∞",
+            "code: fn main() { println!(\"{}\", 1 + 2); }",
+        ] {
+            let ids = pre.encode(text, false).unwrap();
+            let (out, _) = stream(&mut pre.detokenizer(), &ids);
+            assert_eq!(out, pre.decode(&ids).unwrap(), "{text:?}");
+            assert_eq!(out, text);
+        }
+    }
+
+    #[test]
+    fn special_tokens_are_not_text() {
+        let pre = smollm2();
+        let ids = pre.encode("<|im_start|>assistant\nHi there!<|im_end|>", false).unwrap();
+        let (out, pieces) = stream(&mut pre.detokenizer(), &ids);
+        assert_eq!(out, "assistant\nHi there!");
+        assert_eq!(pieces[0], "");
+    }
+
+    #[test]
+    fn finish_releases_an_incomplete_character_lossily() {
+        let pre = smollm2();
+        let ids = pre.encode("ok 🙂", false).unwrap();
+        let mut detok = pre.detokenizer();
+        let mut out: String = ids[..ids.len() - 1].iter().map(|&id| detok.push(id)).collect();
+        eprintln!("{ids:?} {:?}", ids.iter().map(|&i| pre.token_bytes(i)).collect::<Vec<_>>());
+        assert_eq!(out, "ok");
+        out.push_str(&detok.finish());
+        assert!(out.starts_with("ok ") && out.ends_with('\u{FFFD}'), "{out:?}");
+        assert_eq!(detok.finish(), "");
+    }
+
+    #[test]
+    fn suffix_after_tolerates_unstable_prefixes() {
+        assert_eq!(suffix_after("abcdef", "abc"), "def");
+        assert_eq!(suffix_after("abXdef", "abc"), "Xdef");
+        assert_eq!(suffix_after("ab", "abc"), "");
+        assert_eq!(suffix_after("é!", "e"), "é!");
+    }
+}

@@ -1,0 +1,44 @@
+//! The bridge's errors, each with the [`ErrorCode`] that picks its gRPC status and HTTP status.
+
+use tritium_proto::ErrorCode;
+use tritium_worker::llm::GenerateError;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum BridgeError {
+    /// A request field is missing, malformed or out of range; `field` names it.
+    #[error("{field}: {reason}")]
+    InvalidField { field: String, reason: String },
+    /// The request body is not valid JSON, or not the expected shape.
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("the model '{0}' does not exist")]
+    ModelNotFound(String),
+    /// The model exists but cannot do this (e.g. chat on an embedder).
+    #[error("the model '{model}' does not support {what}")]
+    Unsupported { model: String, what: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl BridgeError {
+    pub fn field(field: impl Into<String>, reason: impl Into<String>) -> BridgeError {
+        BridgeError::InvalidField { field: field.into(), reason: reason.into() }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BridgeError::InvalidField { .. } | BridgeError::InvalidBody(_) | BridgeError::Template(_) => ErrorCode::InvalidArg,
+            BridgeError::Tokenizer(_) => ErrorCode::InvalidArg,
+            BridgeError::ModelNotFound(_) => ErrorCode::NotFound,
+            BridgeError::Unsupported { .. } => ErrorCode::Unsupported,
+            BridgeError::Generate(e) => e.code(),
+            BridgeError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}

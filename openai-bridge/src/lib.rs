@@ -1,0 +1,24 @@
+//! The OpenAI completions bridge: how text requests reach token-level language models.
+//!
+//! - [`preprocess::Preprocessor`]: the model's chat template (rendered by minijinja) and tokenizer,
+//!   built from the worker's [`ModelCard`](tritium_worker::llm::ModelCard). Tokenization happens in
+//!   the frontend; workers see token ids.
+//! - [`detokenize::Detokenizer`] and [`stop::StopMatcher`]: incremental text, correct across
+//!   multi-byte UTF-8 and stop strings that span tokens.
+//! - [`pipeline`]: a worker's token stream turned into text deltas, shared by gRPC and HTTP.
+//! - [`kserve`]: the KServe v2 face of an LLM (`text_input` in, `text_output` out, decoupled).
+//! - [`protocol`], [`routes`]: the OpenAI `/v1/*` HTTP API (axum) over the narrow [`routes::LlmHub`] trait.
+//! - [`metrics`]: Prometheus metrics per model (requests, errors, queue time, TTFT, inter-token latency, tokens).
+
+pub mod detokenize;
+pub mod error;
+pub mod kserve;
+pub mod metrics;
+pub mod pipeline;
+pub mod preprocess;
+pub mod protocol;
+pub mod routes;
+pub mod sampling;
+pub mod stop;
+
+pub use error::BridgeError;

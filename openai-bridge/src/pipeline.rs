@@ -1,0 +1,215 @@
+//! The generate path shared by gRPC and HTTP: a worker's [`TokenStream`] turned into text deltas.
+//!
+//! Tokens are detokenized incrementally and run through the [`StopMatcher`]. When a stop string
+//! appears, the text before it is emitted, then `Finished { reason: Stop }`, and the token stream
+//! is dropped at once, which cancels the sequence in the engine. Dropping the [`TextStream`]
+//! drops the token stream too, so a client that goes away stops the work.
+//!
+//! Every step feeds the request's [`RequestObserver`] (first token, inter-token gaps, queue time,
+//! finish or error; a stream dropped before `Finished` counts as cancelled).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::{Stream, StreamExt};
+use tritium_worker::llm::{FinishReason, GenerateEvent, GeneratedToken, TokenStream};
+
+use crate::BridgeError;
+use crate::detokenize::Detokenizer;
+use crate::metrics::RequestObserver;
+use crate::preprocess::Preprocessor;
+use crate::stop::StopMatcher;
+
+/// One generated token, with its text for logprobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenInfo {
+    pub id: u32,
+    /// The token's own text (not the delta it contributed to).
+    pub text: String,
+    /// The token's bytes, for OpenAI's `bytes` field (a token may hold part of a character).
+    pub bytes: Vec<u8>,
+    pub logprob: Option<f32>,
+    /// The most likely alternatives: text, bytes, log-probability; most likely first.
+    pub top: Vec<(String, Vec<u8>, f32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextEvent {
+    /// New text and the tokens that made it. `text` may be empty at the end when held-back
+    /// tokens decode to nothing.
+    Delta { text: String, tokens: Vec<TokenInfo> },
+    /// Always the last event of a stream that did not fail.
+    Finished { reason: FinishReason, usage: Usage },
+}
+
+/// Text deltas of one generation; see the module docs.
+pub struct TextStream {
+    /// `None` once the sequence ended or was stopped: dropping it is what cancels the sequence.
+    tokens: Option<TokenStream>,
+    pre: Arc<Preprocessor>,
+    detokenizer: Detokenizer,
+    stop: StopMatcher,
+    observer: RequestObserver,
+    /// Tokens whose text is still held back by the detokenizer or the stop matcher.
+    held_tokens: Vec<TokenInfo>,
+    completion_tokens: u32,
+    /// Events decided but not yet yielded (a last delta before `Finished`).
+    ready: std::collections::VecDeque<Result<TextEvent, BridgeError>>,
+}
+
+impl std::fmt::Debug for TextStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextStream")
+            .field("running", &self.tokens.is_some())
+            .field("completion_tokens", &self.completion_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Turns a token stream into text events. Call `observer.prompt_tokens(n)` first when usage
+/// must be right for a request a stop string ends (the engine's own count is lost then).
+pub fn text_stream(
+    pre: Arc<Preprocessor>,
+    tokens: TokenStream,
+    stop_strings: Vec<String>,
+    observer: RequestObserver,
+) -> TextStream {
+    TextStream {
+        tokens: Some(tokens),
+        detokenizer: pre.detokenizer(),
+        pre,
+        stop: StopMatcher::new(stop_strings),
+        observer,
+        held_tokens: Vec::new(),
+        completion_tokens: 0,
+        ready: std::collections::VecDeque::new(),
+    }
+}
+
+impl TextStream {
+    fn token_info(&self, token: GeneratedToken) -> TokenInfo {
+        TokenInfo {
+            id: token.id,
+            text: self.pre.token_text(token.id),
+            bytes: self.pre.token_bytes(token.id),
+            logprob: token.logprob,
+            top: token
+                .top_logprobs
+                .into_iter()
+                .map(|(id, logprob)| (self.pre.token_text(id), self.pre.token_bytes(id), logprob))
+                .collect(),
+        }
+    }
+
+    /// Handles one token; returns the delta to yield now, if any.
+    fn on_token(&mut self, token: GeneratedToken) -> Option<TextEvent> {
+        self.observer.token();
+        self.completion_tokens += 1;
+        let id = token.id;
+        let info = self.token_info(token);
+        self.held_tokens.push(info);
+        let text = self.detokenizer.push(id);
+        let outcome = self.stop.push(&text);
+        if outcome.stopped {
+            let usage = Usage {
+                prompt_tokens: self.observer.known_prompt_tokens().unwrap_or(0),
+                completion_tokens: self.completion_tokens,
+            };
+            self.finish(outcome.emit, FinishReason::Stop, usage);
+            return None;
+        }
+        if outcome.emit.is_empty() {
+            // Half a character, or text that may start a stop string: its tokens ride with the
+            // next delta.
+            return None;
+        }
+        Some(TextEvent::Delta { text: outcome.emit, tokens: std::mem::take(&mut self.held_tokens) })
+    }
+
+    /// Handles the engine's end of sequence: flushes what was held back, then `Finished`.
+    fn on_finished(&mut self, reason: FinishReason, prompt_tokens: u32, completion_tokens: u32, queued_for: std::time::Duration) {
+        self.observer.queued(queued_for);
+        self.observer.prompt_tokens(prompt_tokens);
+        let tail = self.detokenizer.finish();
+        let outcome = self.stop.push(&tail);
+        let (text, reason) = match outcome.stopped {
+            true => (outcome.emit, FinishReason::Stop),
+            false => (outcome.emit + &self.stop.finish(), reason),
+        };
+        self.finish(text, reason, Usage { prompt_tokens, completion_tokens });
+    }
+
+    /// Queues the last delta (when there is one) and `Finished`, and ends the sequence.
+    fn finish(&mut self, text: String, reason: FinishReason, usage: Usage) {
+        self.tokens = None;
+        if !text.is_empty() || !self.held_tokens.is_empty() {
+            self.ready.push_back(Ok(TextEvent::Delta { text, tokens: std::mem::take(&mut self.held_tokens) }));
+        }
+        self.ready.push_back(Ok(TextEvent::Finished { reason, usage }));
+        self.observer.finished(reason);
+    }
+
+    fn fail(&mut self, error: BridgeError) -> Result<TextEvent, BridgeError> {
+        self.tokens = None;
+        self.observer.failed(&error);
+        Err(error)
+    }
+}
+
+impl Stream for TextStream {
+    type Item = Result<TextEvent, BridgeError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(event) = this.ready.pop_front() {
+                return Poll::Ready(Some(event));
+            }
+            let Some(tokens) = this.tokens.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let event = match tokens.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(event) => event,
+            };
+            match event {
+                Some(Ok(GenerateEvent::Token(token))) => {
+                    if let Some(delta) = this.on_token(token) {
+                        return Poll::Ready(Some(Ok(delta)));
+                    }
+                }
+                Some(Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, queued_for })) => {
+                    this.on_finished(reason, prompt_tokens, completion_tokens, queued_for);
+                }
+                Some(Err(error)) => return Poll::Ready(Some(this.fail(BridgeError::Generate(error)))),
+                None => {
+                    let error = BridgeError::Internal("the engine ended the sequence without finishing it".into());
+                    return Poll::Ready(Some(this.fail(error)));
+                }
+            }
+        }
+    }
+}
+
+/// Folds a stream into the whole text, its tokens, the finish reason and usage, for unary calls.
+pub async fn collect(mut stream: TextStream) -> Result<(String, Vec<TokenInfo>, FinishReason, Usage), BridgeError> {
+    let mut text = String::new();
+    let mut tokens = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event? {
+            TextEvent::Delta { text: delta, tokens: more } => {
+                text.push_str(&delta);
+                tokens.extend(more);
+            }
+            TextEvent::Finished { reason, usage } => return Ok((text, tokens, reason, usage)),
+        }
+    }
+    Err(BridgeError::Internal("the text stream ended without finishing".into()))
+}

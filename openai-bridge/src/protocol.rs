@@ -1,0 +1,500 @@
+//! The OpenAI HTTP API as serde types: the requests of `/v1/completions`, `/v1/chat/completions`
+//! and `/v1/embeddings` (with vLLM's sampling extras), the responses and streaming chunks,
+//! `/v1/models`, and the error body.
+//!
+//! Unknown JSON fields are ignored; a field of the wrong type is an error naming the field
+//! ([`parse_json`]). Each generating request turns into [`CompletionOptions`] with `options()`.
+//!
+//! ```
+//! use tritium_openai_bridge::protocol::{CompletionRequest, Prompt, parse_json};
+//!
+//! let request: CompletionRequest = parse_json(br#"{"model": "tiny", "prompt": ["Hi"], "max_tokens": 4}"#)?;
+//! assert_eq!(request.prompt, Prompt::Text("Hi".into()));
+//! assert_eq!(request.options()?.max_tokens, Some(4));
+//!
+//! let error = parse_json::<CompletionRequest>(br#"{"model": "tiny", "prompt": "Hi", "top_p": "high"}"#).unwrap_err();
+//! assert!(error.to_string().starts_with("top_p:"));
+//! # Ok::<(), tritium_openai_bridge::BridgeError>(())
+//! ```
+
+mod responses;
+
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+pub use self::responses::*;
+use crate::BridgeError;
+use crate::sampling::{CompletionOptions, MAX_LOGPROBS};
+
+/// Parses a request body: bad JSON, a non-object, or a field of the wrong type give a
+/// [`BridgeError`] whose message names the field.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, BridgeError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| BridgeError::InvalidBody(format!("the request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(BridgeError::InvalidBody("the request body must be a JSON object".into()));
+    }
+    let error = match T::deserialize(&value) {
+        Ok(parsed) => return Ok(parsed),
+        Err(error) => error.to_string(),
+    };
+    if let Some(field) = error.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
+        return Err(BridgeError::field(field, "is required"));
+    }
+    Err(match culprit::<T>(value, &error) {
+        Some(field) => BridgeError::field(field, error),
+        None => BridgeError::InvalidBody(error),
+    })
+}
+
+/// serde's errors on a `Value` carry no path. The culprit is the top-level field whose removal
+/// makes the error go away or change (fields are visited in order and the first bad one is
+/// reported). A required field's removal only says "missing field", so a required culprit is
+/// the one field whose removal says that and nothing else changes the error.
+fn culprit<T: DeserializeOwned>(mut value: Value, error: &str) -> Option<String> {
+    // Bounded: unknown fields never cause errors, and a body with thousands of keys must not
+    // cost thousands of parses.
+    const MAX_TRIES: usize = 64;
+    let keys: Vec<String> = value.as_object()?.keys().take(MAX_TRIES).cloned().collect();
+    let mut required = None;
+    for key in keys {
+        let removed = value.as_object_mut()?.remove(&key)?;
+        let outcome = T::deserialize(&value).map_err(|e| e.to_string());
+        value.as_object_mut()?.insert(key.clone(), removed);
+        match outcome {
+            Ok(_) => return Some(key),
+            Err(other) if other == format!("missing field `{key}`") => {
+                required.get_or_insert(key);
+            }
+            Err(other) if other != error => return Some(key),
+            Err(_) => {}
+        }
+    }
+    required
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// A completion prompt: text, or token ids. Lists must hold one prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+impl<'de> Deserialize<'de> for Prompt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Prompt, D::Error> {
+        const EXPECTED: &str = "expected a string, an array of strings, an array of token ids or an array of token id arrays";
+        let value = Value::deserialize(deserializer)?;
+        let mut prompts = match value {
+            Value::String(text) => return Ok(Prompt::Text(text)),
+            Value::Array(items) if items.iter().all(Value::is_number) => {
+                return token_ids(&items).map(Prompt::Tokens).ok_or_else(|| D::Error::custom(EXPECTED));
+            }
+            Value::Array(items) => items,
+            _ => return Err(D::Error::custom(EXPECTED)),
+        };
+        if prompts.len() != 1 {
+            return Err(D::Error::custom(format!("only one prompt per request is supported, got {}", prompts.len())));
+        }
+        match prompts.pop() {
+            Some(Value::String(text)) => Ok(Prompt::Text(text)),
+            Some(Value::Array(ids)) => token_ids(&ids).map(Prompt::Tokens).ok_or_else(|| D::Error::custom(EXPECTED)),
+            _ => Err(D::Error::custom(EXPECTED)),
+        }
+    }
+}
+
+fn token_ids(items: &[Value]) -> Option<Vec<u32>> {
+    items.iter().map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok())).collect()
+}
+
+/// `stop`: a string or a list of strings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stop(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Stop {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Stop, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::Null => Ok(Stop(Vec::new())),
+            Value::String(s) => Ok(Stop(vec![s])),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s),
+                    _ => Err(D::Error::custom("expected a string or an array of strings")),
+                })
+                .collect::<Result<_, _>>()
+                .map(Stop),
+            _ => Err(D::Error::custom("expected a string or an array of strings")),
+        }
+    }
+}
+
+/// The sampling fields `/v1/completions` and `/v1/chat/completions` share.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct SamplingFields {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub n: Option<u32>,
+    pub stop: Option<Stop>,
+    pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    // vLLM's extras.
+    pub top_k: Option<i64>,
+    pub repetition_penalty: Option<f32>,
+    pub min_tokens: Option<u32>,
+    pub ignore_eos: Option<bool>,
+    pub stop_token_ids: Option<Vec<u32>>,
+}
+
+impl SamplingFields {
+    fn options(&self, max_tokens: Option<u32>, logprobs: Option<u32>) -> Result<CompletionOptions, BridgeError> {
+        if let Some(n) = self.n
+            && n != 1
+        {
+            return Err(BridgeError::field("n", format!("only n=1 is supported, got {n}")));
+        }
+        let options = CompletionOptions {
+            max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            repetition_penalty: self.repetition_penalty,
+            stop: self.stop.clone().unwrap_or_default().0,
+            stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            min_tokens: self.min_tokens,
+            logprobs,
+        };
+        options.validate()?;
+        Ok(options)
+    }
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    /// Report this many alternatives per token (0..=20).
+    pub logprobs: Option<u32>,
+    pub echo: Option<bool>,
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+impl CompletionRequest {
+    pub fn options(&self) -> Result<CompletionOptions, BridgeError> {
+        if self.echo == Some(true) {
+            return Err(BridgeError::field("echo", "echo is not supported"));
+        }
+        self.sampling.options(self.max_tokens, self.logprobs)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.is_some_and(|o| o.include_usage)
+    }
+}
+
+/// `POST /v1/chat/completions`. Messages stay JSON: the chat template reads them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<Map<String, Value>>,
+    pub max_tokens: Option<u32>,
+    /// OpenAI's newer name for `max_tokens`; it wins when both are given.
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
+    pub response_format: Option<Map<String, Value>>,
+    /// Passed to the chat template.
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
+    /// vLLM's extra template variables.
+    pub chat_template_kwargs: Option<Map<String, Value>>,
+    /// vLLM's switch; on by default.
+    pub add_generation_prompt: Option<bool>,
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+impl ChatCompletionRequest {
+    pub fn options(&self) -> Result<CompletionOptions, BridgeError> {
+        if let Some(format) = &self.response_format
+            && format.get("type").and_then(Value::as_str) != Some("text")
+        {
+            return Err(BridgeError::field("response_format", "only {\"type\": \"text\"} is supported"));
+        }
+        let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (true, top) => Some(top.unwrap_or(0)),
+            (false, Some(_)) => return Err(BridgeError::field("top_logprobs", "requires logprobs to be true")),
+            (false, None) => None,
+        };
+        if let Some(top) = self.top_logprobs
+            && top > MAX_LOGPROBS
+        {
+            return Err(BridgeError::field("top_logprobs", format!("must be between 0 and {MAX_LOGPROBS}, got {top}")));
+        }
+        self.sampling.options(self.max_completion_tokens.or(self.max_tokens), logprobs)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.is_some_and(|o| o.include_usage)
+    }
+
+    /// The messages for the template: each needs a string `role`; content given as a list of
+    /// text parts is joined into one string, since templates expect text.
+    pub fn template_messages(&self) -> Result<Vec<Value>, BridgeError> {
+        if self.messages.is_empty() {
+            return Err(BridgeError::field("messages", "at least one message is required"));
+        }
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, message)| {
+                if !message.get("role").is_some_and(Value::is_string) {
+                    return Err(BridgeError::field(format!("messages[{i}].role"), "a string role is required"));
+                }
+                let mut message = message.clone();
+                if let Some(Value::Array(parts)) = message.get("content") {
+                    let text = join_text_parts(parts).map_err(|reason| BridgeError::field(format!("messages[{i}].content"), reason))?;
+                    message.insert("content".into(), Value::String(text));
+                }
+                Ok(Value::Object(message))
+            })
+            .collect()
+    }
+
+    /// Template variables beyond `messages`: `tools`, `tool_choice` and `chat_template_kwargs`.
+    pub fn template_extra(&self) -> Option<Map<String, Value>> {
+        let mut extra = self.chat_template_kwargs.clone().unwrap_or_default();
+        if let Some(tools) = &self.tools {
+            extra.insert("tools".into(), Value::Array(tools.clone()));
+        }
+        if let Some(choice) = &self.tool_choice {
+            extra.insert("tool_choice".into(), choice.clone());
+        }
+        (!extra.is_empty()).then_some(extra)
+    }
+}
+
+fn join_text_parts(parts: &[Value]) -> Result<String, String> {
+    let mut text = String::new();
+    for part in parts {
+        match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+            (Some("text"), Some(piece)) => text.push_str(piece),
+            (kind, _) => return Err(format!("only text content parts are supported, got {}", kind.unwrap_or("an untyped part"))),
+        }
+    }
+    Ok(text)
+}
+
+/// `POST /v1/embeddings` input: texts or token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbeddingInput {
+    Texts(Vec<String>),
+    Tokens(Vec<Vec<u32>>),
+}
+
+impl EmbeddingInput {
+    pub fn len(&self) -> usize {
+        match self {
+            EmbeddingInput::Texts(texts) => texts.len(),
+            EmbeddingInput::Tokens(tokens) => tokens.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'de> Deserialize<'de> for EmbeddingInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<EmbeddingInput, D::Error> {
+        const EXPECTED: &str = "expected a string, an array of strings, an array of token ids or an array of token id arrays";
+        match Value::deserialize(deserializer)? {
+            Value::String(text) => Ok(EmbeddingInput::Texts(vec![text])),
+            Value::Array(items) if items.iter().all(Value::is_string) => {
+                Ok(EmbeddingInput::Texts(items.into_iter().filter_map(|v| v.as_str().map(str::to_string)).collect()))
+            }
+            Value::Array(items) if items.iter().all(Value::is_number) => {
+                token_ids(&items).map(|ids| EmbeddingInput::Tokens(vec![ids])).ok_or_else(|| D::Error::custom(EXPECTED))
+            }
+            Value::Array(items) => items
+                .iter()
+                .map(|item| item.as_array().and_then(|ids| token_ids(ids)))
+                .collect::<Option<Vec<_>>>()
+                .map(EmbeddingInput::Tokens)
+                .ok_or_else(|| D::Error::custom(EXPECTED)),
+            _ => Err(D::Error::custom(EXPECTED)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    #[default]
+    Float,
+    Base64,
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: EmbeddingInput,
+    pub encoding_format: Option<EncodingFormat>,
+    pub dimensions: Option<u32>,
+    pub user: Option<String>,
+}
+
+impl EmbeddingRequest {
+    /// Checks what the bridge does not support and that no input is empty.
+    pub fn validate(&self) -> Result<(), BridgeError> {
+        if self.dimensions.is_some() {
+            return Err(BridgeError::field("dimensions", "choosing the number of dimensions is not supported"));
+        }
+        if self.input.is_empty() {
+            return Err(BridgeError::field("input", "at least one input is required"));
+        }
+        let empty = match &self.input {
+            EmbeddingInput::Texts(texts) => texts.iter().position(String::is_empty),
+            EmbeddingInput::Tokens(tokens) => tokens.iter().position(Vec::is_empty),
+        };
+        match empty {
+            Some(i) => Err(BridgeError::field(format!("input[{i}]"), "must not be empty")),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(error: BridgeError) -> String {
+        match error {
+            BridgeError::InvalidField { field, .. } => field,
+            other => panic!("expected InvalidField, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn prompts_of_every_shape() {
+        let parse = |prompt: &str| parse_json::<CompletionRequest>(format!(r#"{{"model":"m","prompt":{prompt}}}"#).as_bytes());
+        assert_eq!(parse(r#""hi""#).map(|r| r.prompt), Ok(Prompt::Text("hi".into())));
+        assert_eq!(parse(r#"["hi"]"#).map(|r| r.prompt), Ok(Prompt::Text("hi".into())));
+        assert_eq!(parse("[1, 2]").map(|r| r.prompt), Ok(Prompt::Tokens(vec![1, 2])));
+        assert_eq!(parse("[[3]]").map(|r| r.prompt), Ok(Prompt::Tokens(vec![3])));
+        for bad in [r#"["a", "b"]"#, "[[1], [2]]", "[-1]", "[1.5]", "7", "{}", r#"[["a"]]"#, "[]"] {
+            assert_eq!(field_of(parse(bad).expect_err(bad)), "prompt", "{bad}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let cases = [
+            (r#"{"model":"m","prompt":"x","max_tokens":"ten"}"#, "max_tokens"),
+            (r#"{"model":"m","prompt":"x","stream":"yes"}"#, "stream"),
+            (r#"{"model":"m","prompt":"x","temperature":true,"top_p":"z"}"#, "temperature"),
+            (r#"{"model":"m","prompt":"x","stop":[1]}"#, "stop"),
+            (r#"{"model":"m","prompt":"x","stream_options":{"include_usage":1}}"#, "stream_options"),
+            (r#"{"model":3,"prompt":"x"}"#, "model"),
+            (r#"{"prompt":"x"}"#, "model"),
+            (r#"{"model":"m"}"#, "prompt"),
+        ];
+        for (body, field) in cases {
+            let error = parse_json::<CompletionRequest>(body.as_bytes()).expect_err(body);
+            assert!(error.to_string().starts_with(&format!("{field}: ")), "{body}: {error}");
+        }
+        assert!(matches!(parse_json::<CompletionRequest>(b"{"), Err(BridgeError::InvalidBody(_))));
+        assert!(matches!(parse_json::<CompletionRequest>(b"[1]"), Err(BridgeError::InvalidBody(_))));
+    }
+
+    #[test]
+    fn completion_options() {
+        let request: CompletionRequest = parse_json(
+            br#"{"model":"m","prompt":"x","max_tokens":5,"stop":"\n","n":1,"logprobs":2,"top_k":3,
+                 "stream":true,"stream_options":{"include_usage":true},"unknown":{"deep":[1]}}"#,
+        )
+        .expect("valid");
+        let options = request.options().expect("valid");
+        assert_eq!(options.max_tokens, Some(5));
+        assert_eq!(options.stop, vec!["\n".to_string()]);
+        assert_eq!(options.logprobs, Some(2));
+        assert_eq!(options.top_k, Some(3));
+        assert!(request.stream && request.include_usage());
+
+        let options = |body: &str| parse_json::<CompletionRequest>(body.as_bytes()).and_then(|r| r.options());
+        assert_eq!(field_of(options(r#"{"model":"m","prompt":"x","n":2}"#).expect_err("n")), "n");
+        assert_eq!(field_of(options(r#"{"model":"m","prompt":"x","echo":true}"#).expect_err("echo")), "echo");
+        assert_eq!(field_of(options(r#"{"model":"m","prompt":"x","temperature":3}"#).expect_err("t")), "temperature");
+    }
+
+    #[test]
+    fn chat_options_and_messages() {
+        let request: ChatCompletionRequest = parse_json(
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
+                 "max_tokens":9,"max_completion_tokens":7,"logprobs":true,"top_logprobs":2,
+                 "response_format":{"type":"text"},"tools":[{"type":"function"}],"chat_template_kwargs":{"x":1}}"#,
+        )
+        .expect("valid");
+        let options = request.options().expect("valid");
+        assert_eq!(options.max_tokens, Some(7));
+        assert_eq!(options.logprobs, Some(2));
+        assert_eq!(request.template_messages().expect("valid"), vec![serde_json::json!({"role":"user","content":"ab"})]);
+        let extra = request.template_extra().expect("extra");
+        assert_eq!(extra.get("x"), Some(&serde_json::json!(1)));
+        assert_eq!(extra.get("tools"), Some(&serde_json::json!([{"type":"function"}])));
+
+        let chat = |body: &str| parse_json::<ChatCompletionRequest>(body.as_bytes());
+        let error = chat(r#"{"model":"m","messages":[{"role":"user"}],"top_logprobs":2}"#).and_then(|r| r.options());
+        assert_eq!(field_of(error.expect_err("top_logprobs")), "top_logprobs");
+        let error = chat(r#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#).and_then(|r| r.options());
+        assert_eq!(field_of(error.expect_err("format")), "response_format");
+        let error = chat(r#"{"model":"m","messages":[{"content":"x"}]}"#).and_then(|r| r.template_messages());
+        assert_eq!(field_of(error.expect_err("role")), "messages[0].role");
+        let error = chat(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#)
+            .and_then(|r| r.template_messages());
+        assert_eq!(field_of(error.expect_err("image")), "messages[0].content");
+        assert_eq!(field_of(chat(r#"{"model":"m","messages":"hi"}"#).expect_err("messages")), "messages");
+    }
+
+    #[test]
+    fn embedding_inputs() {
+        let parse = |input: &str| parse_json::<EmbeddingRequest>(format!(r#"{{"model":"m","input":{input}}}"#).as_bytes());
+        assert_eq!(parse(r#""a""#).map(|r| r.input), Ok(EmbeddingInput::Texts(vec!["a".into()])));
+        assert_eq!(parse(r#"["a","b"]"#).map(|r| r.input), Ok(EmbeddingInput::Texts(vec!["a".into(), "b".into()])));
+        assert_eq!(parse("[1,2]").map(|r| r.input), Ok(EmbeddingInput::Tokens(vec![vec![1, 2]])));
+        assert_eq!(parse("[[1],[2,3]]").map(|r| r.input), Ok(EmbeddingInput::Tokens(vec![vec![1], vec![2, 3]])));
+        assert_eq!(field_of(parse(r#"[1,"a"]"#).expect_err("mixed")), "input");
+        assert_eq!(field_of(parse("[]").and_then(|r| r.validate()).expect_err("none")), "input");
+        assert_eq!(field_of(parse(r#"["a",""]"#).and_then(|r| r.validate()).expect_err("empty")), "input[1]");
+        let request = parse_json::<EmbeddingRequest>(br#"{"model":"m","input":"a","dimensions":8}"#).expect("parses");
+        assert_eq!(field_of(request.validate().expect_err("dimensions")), "dimensions");
+        let request = parse_json::<EmbeddingRequest>(br#"{"model":"m","input":"a","encoding_format":"base64"}"#);
+        assert_eq!(request.map(|r| r.encoding_format), Ok(Some(EncodingFormat::Base64)));
+        let error = parse_json::<EmbeddingRequest>(br#"{"model":"m","input":"a","encoding_format":"int8"}"#);
+        assert_eq!(field_of(error.expect_err("format")), "encoding_format");
+    }
+}

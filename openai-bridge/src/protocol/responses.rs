@@ -1,0 +1,367 @@
+//! The response side of the OpenAI API: completions, chat completions and their streaming
+//! chunks, logprobs in both of OpenAI's shapes, embeddings, models, and the error body.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use crate::BridgeError;
+use crate::pipeline::{TokenInfo, Usage};
+
+/// A response id: `prefix` and a process-unique suffix (`cmpl-…`, `chatcmpl-…`).
+pub fn new_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    format!("{prefix}-{nanos:016x}{n:08x}")
+}
+
+/// Seconds since the Unix epoch, for `created`.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// JSON has no -inf: OpenAI reports impossible tokens as -9999.
+fn finite(logprob: f32) -> f32 {
+    if logprob.is_finite() { logprob } else { -9999.0 }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UsageBody {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+impl From<Usage> for UsageBody {
+    fn from(usage: Usage) -> UsageBody {
+        UsageBody {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        }
+    }
+}
+
+/// A `/v1/completions` response, and (with `object` the same) each streaming chunk.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompletionResponse {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    /// Absent from chunks unless usage was asked for; then `null` until the last chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<UsageBody>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// `/v1/completions` logprobs: parallel lists, one entry per token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<TopLogprobMap>,
+    /// Character offset of each token in the completion.
+    pub text_offset: Vec<u32>,
+}
+
+impl CompletionLogprobs {
+    /// Logprobs of `tokens`; `offset` is the completion's length so far, in characters, and
+    /// advances past these tokens.
+    pub fn from_tokens(tokens: &[TokenInfo], offset: &mut u32) -> CompletionLogprobs {
+        let mut logprobs = CompletionLogprobs::default();
+        for token in tokens {
+            logprobs.tokens.push(token.text.clone());
+            logprobs.token_logprobs.push(token.logprob.map(finite));
+            logprobs.top_logprobs.push(TopLogprobMap(token.top.iter().map(|(text, _, lp)| (text.clone(), finite(*lp))).collect()));
+            logprobs.text_offset.push(*offset);
+            *offset = offset.saturating_add(u32::try_from(token.text.chars().count()).unwrap_or(u32::MAX));
+        }
+        logprobs
+    }
+}
+
+/// OpenAI's `{token: logprob}` object, in the order given (most likely first).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopLogprobMap(pub Vec<(String, f32)>);
+
+impl Serialize for TopLogprobMap {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (token, logprob) in &self.0 {
+            map.serialize_entry(token, logprob)?;
+        }
+        map.end()
+    }
+}
+
+/// A `/v1/chat/completions` response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatCompletionResponse {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: UsageBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: ChatMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatMessage {
+    pub role: &'static str,
+    pub content: String,
+}
+
+/// A `chat.completion.chunk`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<UsageBody>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatChunkChoice {
+    pub index: u32,
+    pub delta: ChatDelta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// Chat logprobs: one entry per token, with its bytes (a token may hold part of a character).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+impl ChatLogprobs {
+    pub fn from_tokens(tokens: &[TokenInfo]) -> ChatLogprobs {
+        let content = tokens
+            .iter()
+            .map(|token| ChatTokenLogprob {
+                token: token.text.clone(),
+                logprob: finite(token.logprob.unwrap_or(f32::NEG_INFINITY)),
+                bytes: token.bytes.clone(),
+                top_logprobs: token
+                    .top
+                    .iter()
+                    .map(|(text, bytes, lp)| TopLogprob { token: text.clone(), logprob: finite(*lp), bytes: bytes.clone() })
+                    .collect(),
+            })
+            .collect();
+        ChatLogprobs { content }
+    }
+}
+
+/// `/v1/embeddings` response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EmbeddingResponse {
+    pub object: &'static str,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EmbeddingData {
+    pub object: &'static str,
+    pub index: u32,
+    pub embedding: EmbeddingVector,
+}
+
+/// Floats, or (`encoding_format: "base64"`) their little-endian f32 bytes in base64.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+impl EmbeddingVector {
+    pub fn base64(values: &[f32]) -> EmbeddingVector {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        EmbeddingVector::Base64(base64_encode(&bytes))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// Standard base64 with padding (RFC 4648), as OpenAI's clients decode it.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            match i <= chunk.len() {
+                true => out.push(char::from(ALPHABET[((n >> shift) & 63) as usize])),
+                false => out.push('='),
+            }
+        }
+    }
+    out
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<ModelObject>,
+}
+
+/// One model, as `GET /v1/models/{model}` answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelObject {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+}
+
+impl ModelObject {
+    pub fn new(id: impl Into<String>, created: u64) -> ModelObject {
+        ModelObject { id: id.into(), object: "model", created, owned_by: "tritium" }
+    }
+}
+
+/// OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ErrorBody {
+    /// The body and HTTP status of an error.
+    pub fn from_error(error: &BridgeError) -> (u16, ErrorBody) {
+        let status = error.code().http_status();
+        let kind = match status {
+            429 => "rate_limit_error",
+            500.. => "server_error",
+            _ => "invalid_request_error",
+        };
+        let code = match error {
+            BridgeError::ModelNotFound(_) => Some("model_not_found"),
+            _ if status == 429 => Some("rate_limit_exceeded"),
+            _ => None,
+        };
+        let param = match error {
+            BridgeError::InvalidField { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        (status, ErrorBody { error: ErrorDetail { message: error.to_string(), kind, param, code } })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648() {
+        let cases: [(&[u8], &str); 5] = [(b"", ""), (b"f", "Zg=="), (b"fo", "Zm8="), (b"foo", "Zm9v"), (b"foobar", "Zm9vYmFy")];
+        for (input, expected) in cases {
+            assert_eq!(base64_encode(input), expected);
+        }
+        assert_eq!(EmbeddingVector::base64(&[1.0]), EmbeddingVector::Base64("AACAPw==".into()));
+    }
+
+    #[test]
+    fn ids_are_unique_and_prefixed() {
+        let (a, b) = (new_id("cmpl"), new_id("cmpl"));
+        assert!(a.starts_with("cmpl-") && a != b);
+    }
+
+    #[test]
+    fn error_bodies() {
+        let (status, body) = ErrorBody::from_error(&BridgeError::ModelNotFound("x".into()));
+        assert_eq!(status, 404);
+        assert_eq!(
+            serde_json::to_value(&body).ok(),
+            Some(serde_json::json!({"error": {"message": "the model 'x' does not exist", "type": "invalid_request_error",
+                "param": null, "code": "model_not_found"}}))
+        );
+        let (status, body) = ErrorBody::from_error(&BridgeError::field("n", "only n=1 is supported"));
+        assert_eq!((status, body.error.param.as_deref()), (400, Some("n")));
+    }
+
+    #[test]
+    fn completion_logprobs_track_offsets() {
+        let token = |text: &str, lp: f32| TokenInfo {
+            id: 0,
+            text: text.into(),
+            bytes: text.as_bytes().to_vec(),
+            logprob: Some(lp),
+            top: vec![(text.into(), text.as_bytes().to_vec(), lp), ("z".into(), b"z".to_vec(), f32::NEG_INFINITY)],
+        };
+        let mut offset = 0;
+        let first = CompletionLogprobs::from_tokens(&[token("hé", -0.5), token("llo", -0.25)], &mut offset);
+        let second = CompletionLogprobs::from_tokens(&[token("!", -1.0)], &mut offset);
+        assert_eq!(first.text_offset, vec![0, 2]);
+        assert_eq!(second.text_offset, vec![5]);
+        assert_eq!(
+            serde_json::to_value(&second).ok(),
+            Some(serde_json::json!({"tokens": ["!"], "token_logprobs": [-1.0], "top_logprobs": [{"!": -1.0, "z": -9999.0}],
+                "text_offset": [5]}))
+        );
+    }
+}

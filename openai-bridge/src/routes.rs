@@ -1,0 +1,188 @@
+//! The OpenAI `/v1/*` HTTP API (axum) over the narrow [`LlmHub`] trait: the server implements
+//! the hub over its models; these routes do the rest (parsing, templates, tokenization,
+//! streaming, metrics).
+//!
+//! - `POST /v1/completions`, `POST /v1/chat/completions`: JSON, or SSE with `"stream": true`
+//!   (`data: {chunk}\n\n` … `data: [DONE]\n\n`).
+//! - `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{model}`.
+//!
+//! Errors are OpenAI's body with the HTTP status of the error's code; an error after a stream
+//! started is a `data: {"error": …}` event followed by `data: [DONE]`. A client that goes away
+//! drops the response, which drops the text stream and cancels the sequence.
+
+mod chat;
+mod completions;
+mod embeddings;
+mod sse;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tritium_worker::llm::{GenerateRequest, ModelKind, TokenStream};
+
+use crate::BridgeError;
+use crate::metrics::{LlmMetrics, RequestObserver};
+use crate::pipeline::{TextStream, text_stream};
+use crate::preprocess::Preprocessor;
+use crate::protocol::{ErrorBody, ModelList, ModelObject, parse_json};
+use crate::sampling::CompletionOptions;
+
+/// A model the hub serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubModel {
+    pub name: String,
+    pub kind: ModelKind,
+    /// Seconds since the Unix epoch, for `created`.
+    pub created: u64,
+}
+
+/// What the routes need from the server: its models, their preprocessors, and token-level
+/// generation and embedding.
+#[async_trait]
+pub trait LlmHub: Send + Sync + 'static {
+    fn models(&self) -> Vec<HubModel>;
+    /// [`BridgeError::ModelNotFound`] when the model is not served.
+    fn preprocessor(&self, model: &str) -> Result<Arc<Preprocessor>, BridgeError>;
+    async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError>;
+    async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError>;
+}
+
+/// The `/v1` routes, ready to merge into the server's router.
+pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/models", get(list_models))
+        // A catch-all, so that names with slashes (`org/model`) work.
+        .route("/v1/models/{*model}", get(get_model))
+        .with_state(AppState { hub, metrics })
+}
+
+/// The protocol label of HTTP requests in the metrics.
+const PROTOCOL: &str = "http";
+
+#[derive(Clone)]
+struct AppState {
+    hub: Arc<dyn LlmHub>,
+    metrics: Arc<LlmMetrics>,
+}
+
+impl AppState {
+    /// The preprocessor of `model`, which must be of `kind`; `endpoint` names the route for the
+    /// error when it is not.
+    fn preprocessor(&self, model: &str, kind: ModelKind, endpoint: &str) -> Result<Arc<Preprocessor>, BridgeError> {
+        let pre = self.hub.preprocessor(model)?;
+        if pre.card().kind == kind {
+            return Ok(pre);
+        }
+        let (is, serves) = match pre.card().kind {
+            ModelKind::Embed => ("an embedding model", "/v1/embeddings"),
+            ModelKind::Generate => ("a language model", "/v1/completions and /v1/chat/completions"),
+        };
+        Err(BridgeError::field("model", format!("the model '{model}' is {is}; it serves {serves}, not {endpoint}")))
+    }
+
+    /// Builds the engine request, starts generation and wraps the tokens in a text stream.
+    /// Failures are recorded on `observer`.
+    async fn start(
+        &self,
+        pre: &Arc<Preprocessor>,
+        model: &str,
+        options: &CompletionOptions,
+        prompt: Vec<u32>,
+        default_max_tokens: Option<u32>,
+        mut observer: RequestObserver,
+    ) -> Result<TextStream, BridgeError> {
+        let prompt_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+        let request = match options.to_generate_request(prompt, pre.card(), default_max_tokens) {
+            Ok(request) => request,
+            Err(error) => return Err(failed(&mut observer, error)),
+        };
+        observer.prompt_tokens(prompt_tokens);
+        match self.hub.generate(model, request).await {
+            Ok(tokens) => Ok(text_stream(Arc::clone(pre), tokens, options.stop.clone(), observer)),
+            Err(error) => Err(failed(&mut observer, error)),
+        }
+    }
+}
+
+fn failed(observer: &mut RequestObserver, error: BridgeError) -> BridgeError {
+    observer.failed(&error);
+    error
+}
+
+/// Token ids a client sent must exist in the vocabulary.
+fn check_token_ids(pre: &Preprocessor, field: &str, ids: &[u32]) -> Result<(), BridgeError> {
+    let vocab = pre.tokenizer().get_vocab_size(true);
+    match ids.iter().find(|&&id| usize::try_from(id).map_or(true, |id| id >= vocab)) {
+        Some(id) => Err(BridgeError::field(field, format!("token id {id} is out of range (the vocabulary has {vocab} tokens)"))),
+        None => Ok(()),
+    }
+}
+
+/// An error as OpenAI's body with the status of its code.
+#[derive(Debug)]
+struct ApiError(BridgeError);
+
+impl From<BridgeError> for ApiError {
+    fn from(error: BridgeError) -> ApiError {
+        ApiError(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = ErrorBody::from_error(&self.0);
+        if status >= 500 {
+            tracing::warn!(error = %self.0, "OpenAI request failed");
+        }
+        json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body)
+    }
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(json) => (status, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+/// A JSON body whose errors are OpenAI error bodies naming the field (axum's `Json` answers
+/// plain text). The content type is not checked: curl users often leave it out.
+struct OpenAiJson<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<OpenAiJson<T>, Response> {
+        let body = match Bytes::from_request(request, state).await {
+            Ok(body) => body,
+            Err(rejection) => {
+                let (_, body) = ErrorBody::from_error(&BridgeError::InvalidBody(rejection.body_text()));
+                return Err(json_response(rejection.status(), &body));
+            }
+        };
+        parse_json(&body).map(OpenAiJson).map_err(|error| ApiError(error).into_response())
+    }
+}
+
+async fn list_models(State(state): State<AppState>) -> Response {
+    let data = state.hub.models().into_iter().map(|m| ModelObject::new(m.name, m.created)).collect();
+    json_response(StatusCode::OK, &ModelList { object: "list", data })
+}
+
+async fn get_model(State(state): State<AppState>, Path(model): Path<String>) -> Response {
+    match state.hub.models().into_iter().find(|m| m.name == model) {
+        Some(m) => json_response(StatusCode::OK, &ModelObject::new(m.name, m.created)),
+        None => ApiError(BridgeError::ModelNotFound(model)).into_response(),
+    }
+}

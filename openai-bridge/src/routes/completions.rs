@@ -1,0 +1,87 @@
+//! `POST /v1/completions`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::Bytes;
+use tritium_worker::llm::{FinishReason, ModelKind};
+
+use super::sse::{self, ChunkWriter};
+use super::{ApiError, AppState, OpenAiJson, PROTOCOL, check_token_ids, failed, json_response};
+use crate::kserve::DEFAULT_MAX_TOKENS;
+use crate::pipeline::{TokenInfo, Usage, collect};
+use crate::protocol::{CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt, UsageBody, new_id, unix_now};
+
+pub(super) async fn completions(
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions")?;
+    let mut observer = state.metrics.observer(&request.model, PROTOCOL);
+    let prepared = request.options().and_then(|options| {
+        let prompt = match &request.prompt {
+            Prompt::Text(text) => pre.encode(text, true)?,
+            Prompt::Tokens(ids) => {
+                check_token_ids(&pre, "prompt", ids)?;
+                ids.clone()
+            }
+        };
+        Ok((options, prompt))
+    });
+    let (options, prompt) = prepared.map_err(|error| failed(&mut observer, error))?;
+    // Like OpenAI, /v1/completions defaults to 16 tokens.
+    let stream = state.start(&pre, &request.model, &options, prompt, Some(DEFAULT_MAX_TOKENS), observer).await?;
+    let mut writer = CompletionWriter {
+        id: new_id("cmpl"),
+        created: unix_now(),
+        model: request.model.clone(),
+        logprobs: options.logprobs.is_some(),
+        offset: 0,
+        include_usage: request.include_usage(),
+    };
+    if request.stream {
+        return Ok(sse::respond(writer, stream, request.include_usage()));
+    }
+    let (text, tokens, reason, usage) = collect(stream).await?;
+    let mut response = writer.chunk(text, &tokens, Some(reason));
+    response.usage = Some(Some(UsageBody::from(usage)));
+    Ok(json_response(StatusCode::OK, &response))
+}
+
+/// Builds completion responses and chunks (the same shape, `object: "text_completion"`).
+struct CompletionWriter {
+    id: String,
+    created: u64,
+    model: String,
+    logprobs: bool,
+    /// Characters of completion so far, for `text_offset`.
+    offset: u32,
+    include_usage: bool,
+}
+
+impl CompletionWriter {
+    fn chunk(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>) -> CompletionResponse {
+        let logprobs = self.logprobs.then(|| CompletionLogprobs::from_tokens(tokens, &mut self.offset));
+        CompletionResponse {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![CompletionChoice { index: 0, text, logprobs, finish_reason: finish.map(FinishReason::as_str) }],
+            usage: self.include_usage.then_some(None),
+        }
+    }
+}
+
+impl ChunkWriter for CompletionWriter {
+    fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>) -> Bytes {
+        sse::frame(&self.chunk(text, tokens, finish))
+    }
+
+    fn usage(&mut self, usage: Usage) -> Bytes {
+        let mut chunk = self.chunk(String::new(), &[], None);
+        chunk.choices.clear();
+        chunk.usage = Some(Some(UsageBody::from(usage)));
+        sse::frame(&chunk)
+    }
+}

@@ -1,0 +1,74 @@
+//! `POST /v1/embeddings`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use tritium_worker::llm::{FinishReason, ModelKind};
+
+use super::{ApiError, AppState, OpenAiJson, PROTOCOL, check_token_ids, failed, json_response};
+use crate::BridgeError;
+use crate::preprocess::Preprocessor;
+use crate::protocol::{
+    EmbeddingData, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, EncodingFormat,
+};
+
+pub(super) async fn embeddings(
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<EmbeddingRequest>,
+) -> Result<Response, ApiError> {
+    let pre = state.preprocessor(&request.model, ModelKind::Embed, "/v1/embeddings")?;
+    let mut observer = state.metrics.observer(&request.model, PROTOCOL);
+    let inputs = request.validate().and_then(|()| tokenize(&pre, &request.input)).map_err(|error| failed(&mut observer, error))?;
+    let prompt_tokens = inputs.iter().map(Vec::len).sum::<usize>();
+    let prompt_tokens = u32::try_from(prompt_tokens).unwrap_or(u32::MAX);
+    observer.prompt_tokens(prompt_tokens);
+    let count = inputs.len();
+    let vectors = match state.hub.embed(&request.model, inputs).await {
+        Ok(vectors) if vectors.len() == count => vectors,
+        Ok(vectors) => {
+            let error = BridgeError::Internal(format!("the model returned {} embeddings for {count} inputs", vectors.len()));
+            return Err(failed(&mut observer, error).into());
+        }
+        Err(error) => return Err(failed(&mut observer, error).into()),
+    };
+    observer.finished(FinishReason::Stop);
+    let base64 = request.encoding_format == Some(EncodingFormat::Base64);
+    let data = vectors
+        .into_iter()
+        .zip(0u32..)
+        .map(|(vector, index)| EmbeddingData {
+            object: "embedding",
+            index,
+            embedding: match base64 {
+                true => EmbeddingVector::base64(&vector),
+                false => EmbeddingVector::Float(vector),
+            },
+        })
+        .collect();
+    let response = EmbeddingResponse {
+        object: "list",
+        data,
+        model: request.model,
+        usage: EmbeddingUsage { prompt_tokens, total_tokens: prompt_tokens },
+    };
+    Ok(json_response(StatusCode::OK, &response))
+}
+
+/// Token ids of each input, cut to the model's input limit (the card promises truncation).
+fn tokenize(pre: &Preprocessor, input: &EmbeddingInput) -> Result<Vec<Vec<u32>>, BridgeError> {
+    let mut inputs = match input {
+        EmbeddingInput::Texts(texts) => texts.iter().map(|text| pre.encode(text, true)).collect::<Result<Vec<_>, _>>()?,
+        EmbeddingInput::Tokens(tokens) => {
+            for ids in tokens {
+                check_token_ids(pre, "input", ids)?;
+            }
+            tokens.clone()
+        }
+    };
+    if let Some(limit) = pre.card().max_input_tokens {
+        for ids in &mut inputs {
+            ids.truncate(limit);
+        }
+    }
+    Ok(inputs)
+}

@@ -1,0 +1,449 @@
+//! Completion options: the sampling and stopping knobs every front end accepts (OpenAI JSON,
+//! KServe request parameters), validated once against OpenAI's ranges and turned into the
+//! worker's [`GenerateRequest`].
+//!
+//! ```
+//! use tritium_openai_bridge::sampling::CompletionOptions;
+//!
+//! let options = CompletionOptions { temperature: Some(3.0), ..Default::default() };
+//! let error = options.validate().unwrap_err();
+//! assert!(error.to_string().starts_with("temperature:"));
+//! ```
+
+use tritium_worker::llm::{GenerateRequest, ModelCard, SamplingOptions, StopOptions};
+use tritium_worker::{ParamValue, Parameters};
+
+use crate::BridgeError;
+
+/// OpenAI allows 4 stop strings; vLLM allows any number. 16 keeps the per-token matching cheap.
+pub const MAX_STOP_STRINGS: usize = 16;
+/// OpenAI's limit on `logprobs` / `top_logprobs`.
+pub const MAX_LOGPROBS: u32 = 20;
+
+/// What a client may ask of one completion, before it is checked. `None` means the default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompletionOptions {
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// 0 or -1 turn top-k off.
+    pub top_k: Option<i64>,
+    pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    /// Stop strings, matched by the frontend on the detokenized text.
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub min_tokens: Option<u32>,
+    /// Report each token's log-probability and this many alternatives.
+    pub logprobs: Option<u32>,
+}
+
+impl CompletionOptions {
+    /// Checks every field against OpenAI's (and vLLM's, for the extras) ranges; the error names
+    /// the field.
+    pub fn validate(&self) -> Result<(), BridgeError> {
+        if let Some(max_tokens) = self.max_tokens
+            && max_tokens < 1
+        {
+            return Err(BridgeError::field("max_tokens", "must be at least 1"));
+        }
+        check_range("temperature", self.temperature, 0.0..=2.0)?;
+        if let Some(top_p) = self.top_p
+            && !(top_p > 0.0 && top_p <= 1.0)
+        {
+            return Err(BridgeError::field("top_p", format!("must be in (0, 1], got {top_p}")));
+        }
+        if let Some(top_k) = self.top_k
+            && top_k < -1
+        {
+            return Err(BridgeError::field("top_k", format!("must be -1, 0 (off) or positive, got {top_k}")));
+        }
+        check_range("presence_penalty", self.presence_penalty, -2.0..=2.0)?;
+        check_range("frequency_penalty", self.frequency_penalty, -2.0..=2.0)?;
+        if let Some(penalty) = self.repetition_penalty
+            && !(penalty > 0.0 && penalty.is_finite())
+        {
+            return Err(BridgeError::field("repetition_penalty", format!("must be greater than 0, got {penalty}")));
+        }
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return Err(BridgeError::field(
+                "stop",
+                format!("at most {MAX_STOP_STRINGS} stop strings are allowed, got {}", self.stop.len()),
+            ));
+        }
+        // An empty stop string would match before the first token.
+        if self.stop.iter().any(String::is_empty) {
+            return Err(BridgeError::field("stop", "stop strings must not be empty"));
+        }
+        if let (Some(min), Some(max)) = (self.min_tokens, self.max_tokens)
+            && min > max
+        {
+            return Err(BridgeError::field("min_tokens", format!("must not exceed max_tokens ({max}), got {min}")));
+        }
+        if let Some(logprobs) = self.logprobs
+            && logprobs > MAX_LOGPROBS
+        {
+            return Err(BridgeError::field("logprobs", format!("must be between 0 and {MAX_LOGPROBS}, got {logprobs}")));
+        }
+        Ok(())
+    }
+
+    /// Validates and builds the engine's request for an already tokenized prompt.
+    ///
+    /// `max_tokens` defaults to `default_max_tokens`, else to the room the context leaves, and is
+    /// capped to that room either way.
+    pub fn to_generate_request(
+        &self,
+        prompt: Vec<u32>,
+        card: &ModelCard,
+        default_max_tokens: Option<u32>,
+    ) -> Result<GenerateRequest, BridgeError> {
+        self.validate()?;
+        if prompt.is_empty() {
+            return Err(BridgeError::field("prompt", "the prompt is empty"));
+        }
+        if prompt.len() >= card.context_length {
+            return Err(BridgeError::field(
+                "prompt",
+                format!("the prompt has {} tokens; the model's context length is {}", prompt.len(), card.context_length),
+            ));
+        }
+        let room = u32::try_from(card.context_length - prompt.len()).unwrap_or(u32::MAX);
+        let max_tokens = self.max_tokens.or(default_max_tokens).unwrap_or(room).min(room);
+        let defaults = SamplingOptions::default();
+        let sampling = SamplingOptions {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            top_k: match self.top_k {
+                Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
+                _ => 0,
+            },
+            seed: self.seed,
+            presence_penalty: self.presence_penalty.unwrap_or(defaults.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+            repetition_penalty: self.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+        };
+        let stop = StopOptions {
+            max_tokens: Some(max_tokens),
+            stop_token_ids: self.stop_token_ids.clone(),
+            ignore_eos: self.ignore_eos,
+            min_tokens: self.min_tokens.unwrap_or(0).min(max_tokens),
+        };
+        Ok(GenerateRequest { prompt, sampling, stop, logprobs: self.logprobs })
+    }
+
+    /// Reads the options from KServe request parameters (the names of the OpenAI fields).
+    ///
+    /// Numbers may arrive as int64, uint64, double or a numeric string; an integral double is
+    /// fine where an integer is wanted. `stop` and `stop_token_ids` are JSON arrays in a string
+    /// (a `stop` string that is not a JSON array is one stop string). Parameters the bridge does
+    /// not know (Triton's own, such as `triton_enable_empty_final_response`) are ignored.
+    pub fn from_kserve_parameters(params: &Parameters) -> Result<CompletionOptions, BridgeError> {
+        let mut options = CompletionOptions::default();
+        for (name, value) in params {
+            let name = name.as_str();
+            match name {
+                "max_tokens" => options.max_tokens = Some(param_u32(name, value)?),
+                "min_tokens" => options.min_tokens = Some(param_u32(name, value)?),
+                "logprobs" => options.logprobs = Some(param_u32(name, value)?),
+                "temperature" => options.temperature = Some(param_f32(name, value)?),
+                "top_p" => options.top_p = Some(param_f32(name, value)?),
+                "presence_penalty" => options.presence_penalty = Some(param_f32(name, value)?),
+                "frequency_penalty" => options.frequency_penalty = Some(param_f32(name, value)?),
+                "repetition_penalty" => options.repetition_penalty = Some(param_f32(name, value)?),
+                "top_k" => options.top_k = Some(param_i64(name, value)?),
+                "seed" => options.seed = Some(param_u64(name, value)?),
+                "ignore_eos" => options.ignore_eos = param_bool(name, value)?,
+                "stop" => options.stop = param_stop(value)?,
+                "stop_token_ids" => options.stop_token_ids = param_token_ids(name, value)?,
+                _ => {}
+            }
+        }
+        Ok(options)
+    }
+}
+
+fn check_range(field: &str, value: Option<f32>, range: std::ops::RangeInclusive<f32>) -> Result<(), BridgeError> {
+    match value {
+        Some(v) if !range.contains(&v) => Err(BridgeError::field(
+            field,
+            format!("must be between {} and {}, got {v}", range.start(), range.end()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn wrong_type(name: &str, expected: &str, value: &ParamValue) -> BridgeError {
+    BridgeError::field(name, format!("expected {expected}, got {} {}", value.kind(), describe(value)))
+}
+
+fn describe(value: &ParamValue) -> String {
+    match value {
+        ParamValue::Bool(b) => b.to_string(),
+        ParamValue::Int64(i) => i.to_string(),
+        ParamValue::Uint64(u) => u.to_string(),
+        ParamValue::Double(d) => d.to_string(),
+        ParamValue::String(s) => format!("{s:?}"),
+    }
+}
+
+/// An integer parameter as i128, so every source type converts without loss before range checks.
+fn param_integer(name: &str, value: &ParamValue) -> Result<i128, BridgeError> {
+    let integral = |d: f64| (d.is_finite() && d.fract() == 0.0 && d.abs() < 1e30).then_some(d as i128);
+    let parsed = match value {
+        ParamValue::Int64(i) => Some(i128::from(*i)),
+        ParamValue::Uint64(u) => Some(i128::from(*u)),
+        ParamValue::Double(d) => integral(*d),
+        ParamValue::String(s) => {
+            let s = s.trim();
+            s.parse::<i128>().ok().or_else(|| s.parse::<f64>().ok().and_then(integral))
+        }
+        ParamValue::Bool(_) => None,
+    };
+    parsed.ok_or_else(|| wrong_type(name, "an integer", value))
+}
+
+fn param_u32(name: &str, value: &ParamValue) -> Result<u32, BridgeError> {
+    let v = param_integer(name, value)?;
+    u32::try_from(v).map_err(|_| BridgeError::field(name, format!("must be between 0 and {}, got {v}", u32::MAX)))
+}
+
+fn param_u64(name: &str, value: &ParamValue) -> Result<u64, BridgeError> {
+    let v = param_integer(name, value)?;
+    u64::try_from(v).map_err(|_| BridgeError::field(name, format!("must be between 0 and {}, got {v}", u64::MAX)))
+}
+
+fn param_i64(name: &str, value: &ParamValue) -> Result<i64, BridgeError> {
+    let v = param_integer(name, value)?;
+    i64::try_from(v).map_err(|_| BridgeError::field(name, format!("is out of range: {v}")))
+}
+
+fn param_f32(name: &str, value: &ParamValue) -> Result<f32, BridgeError> {
+    let v = match value {
+        ParamValue::Int64(i) => Some(*i as f64),
+        ParamValue::Uint64(u) => Some(*u as f64),
+        ParamValue::Double(d) => Some(*d),
+        ParamValue::String(s) => s.trim().parse::<f64>().ok(),
+        ParamValue::Bool(_) => None,
+    };
+    match v {
+        Some(v) if v.is_finite() => Ok(v as f32),
+        _ => Err(wrong_type(name, "a number", value)),
+    }
+}
+
+fn param_bool(name: &str, value: &ParamValue) -> Result<bool, BridgeError> {
+    match value {
+        ParamValue::Bool(b) => Ok(*b),
+        ParamValue::Int64(0) | ParamValue::Uint64(0) => Ok(false),
+        ParamValue::Int64(1) | ParamValue::Uint64(1) => Ok(true),
+        ParamValue::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
+        ParamValue::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
+        _ => Err(wrong_type(name, "a bool", value)),
+    }
+}
+
+fn param_stop(value: &ParamValue) -> Result<Vec<String>, BridgeError> {
+    let ParamValue::String(s) = value else {
+        return Err(wrong_type("stop", "a string (a stop string or a JSON array of them)", value));
+    };
+    // Only a string that is a JSON array counts as a list; anything else is a literal stop string.
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                serde_json::Value::String(stop) => Ok(stop),
+                other => Err(BridgeError::field("stop", format!("expected a JSON array of strings, found {other}"))),
+            })
+            .collect(),
+        _ => Ok(vec![s.clone()]),
+    }
+}
+
+fn param_token_ids(name: &str, value: &ParamValue) -> Result<Vec<u32>, BridgeError> {
+    match value {
+        ParamValue::String(s) => serde_json::from_str::<Vec<u32>>(s)
+            .map_err(|e| BridgeError::field(name, format!("expected a JSON array of token ids: {e}"))),
+        ParamValue::Int64(_) | ParamValue::Uint64(_) => Ok(vec![param_u32(name, value)?]),
+        _ => Err(wrong_type(name, "a JSON array of token ids", value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tritium_worker::llm::ModelKind;
+
+    use super::*;
+
+    fn card(context_length: usize) -> ModelCard {
+        ModelCard {
+            kind: ModelKind::Generate,
+            tokenizer_json: String::new(),
+            chat_template: None,
+            bos_token: None,
+            eos_token: None,
+            eos_token_ids: vec![],
+            add_bos_token: false,
+            context_length,
+            max_input_tokens: None,
+            source: "test".into(),
+        }
+    }
+
+    fn field_of(error: BridgeError) -> String {
+        match error {
+            BridgeError::InvalidField { field, .. } => field,
+            other => panic!("expected InvalidField, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ranges_name_the_field() {
+        let cases: Vec<(CompletionOptions, &str)> = vec![
+            (CompletionOptions { max_tokens: Some(0), ..Default::default() }, "max_tokens"),
+            (CompletionOptions { temperature: Some(2.5), ..Default::default() }, "temperature"),
+            (CompletionOptions { temperature: Some(f32::NAN), ..Default::default() }, "temperature"),
+            (CompletionOptions { top_p: Some(0.0), ..Default::default() }, "top_p"),
+            (CompletionOptions { top_p: Some(1.01), ..Default::default() }, "top_p"),
+            (CompletionOptions { top_k: Some(-2), ..Default::default() }, "top_k"),
+            (CompletionOptions { presence_penalty: Some(-2.1), ..Default::default() }, "presence_penalty"),
+            (CompletionOptions { frequency_penalty: Some(2.1), ..Default::default() }, "frequency_penalty"),
+            (CompletionOptions { repetition_penalty: Some(0.0), ..Default::default() }, "repetition_penalty"),
+            (CompletionOptions { stop: vec!["x".into(); 17], ..Default::default() }, "stop"),
+            (CompletionOptions { stop: vec![String::new()], ..Default::default() }, "stop"),
+            (CompletionOptions { logprobs: Some(21), ..Default::default() }, "logprobs"),
+            (CompletionOptions { min_tokens: Some(5), max_tokens: Some(4), ..Default::default() }, "min_tokens"),
+        ];
+        for (options, field) in cases {
+            assert_eq!(field_of(options.validate().expect_err(field)), field);
+        }
+        let fine = CompletionOptions {
+            max_tokens: Some(1),
+            temperature: Some(0.0),
+            top_p: Some(1.0),
+            top_k: Some(-1),
+            presence_penalty: Some(-2.0),
+            frequency_penalty: Some(2.0),
+            repetition_penalty: Some(1.3),
+            stop: vec!["x".into(); 16],
+            logprobs: Some(20),
+            ..Default::default()
+        };
+        assert_eq!(fine.validate(), Ok(()));
+    }
+
+    #[test]
+    fn generate_request_fills_defaults_and_caps_max_tokens() {
+        let options = CompletionOptions { top_k: Some(-1), stop_token_ids: vec![7], ..Default::default() };
+        let request = options.to_generate_request(vec![1, 2, 3], &card(10), None).expect("valid");
+        assert_eq!(request.prompt, vec![1, 2, 3]);
+        assert_eq!(request.sampling, SamplingOptions::default());
+        assert_eq!(request.stop.max_tokens, Some(7));
+        assert_eq!(request.stop.stop_token_ids, vec![7]);
+        assert_eq!(request.logprobs, None);
+
+        let request = options.to_generate_request(vec![1, 2, 3], &card(10), Some(16)).expect("valid");
+        assert_eq!(request.stop.max_tokens, Some(7));
+        let request = options.to_generate_request(vec![1, 2, 3], &card(100), Some(16)).expect("valid");
+        assert_eq!(request.stop.max_tokens, Some(16));
+
+        let options = CompletionOptions {
+            max_tokens: Some(5),
+            temperature: Some(0.0),
+            top_k: Some(40),
+            seed: Some(9),
+            min_tokens: Some(2),
+            logprobs: Some(3),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let request = options.to_generate_request(vec![1], &card(100), Some(16)).expect("valid");
+        assert_eq!(request.stop.max_tokens, Some(5));
+        assert_eq!(request.stop.min_tokens, 2);
+        assert!(request.stop.ignore_eos);
+        assert_eq!(request.sampling.temperature, 0.0);
+        assert_eq!(request.sampling.top_k, 40);
+        assert_eq!(request.sampling.seed, Some(9));
+        assert_eq!(request.logprobs, Some(3));
+    }
+
+    #[test]
+    fn prompts_must_fit() {
+        let options = CompletionOptions::default();
+        let error = options.to_generate_request(vec![], &card(10), None).expect_err("empty");
+        assert_eq!(field_of(error), "prompt");
+        let error = options.to_generate_request(vec![0; 10], &card(10), None).expect_err("too long");
+        assert_eq!(error.to_string(), "prompt: the prompt has 10 tokens; the model's context length is 10");
+    }
+
+    fn params(items: &[(&str, ParamValue)]) -> Parameters {
+        items.iter().map(|(name, value)| (name.to_string(), value.clone())).collect()
+    }
+
+    #[test]
+    fn kserve_parameters_accept_every_sensible_type() {
+        let options = CompletionOptions::from_kserve_parameters(&params(&[
+            ("max_tokens", ParamValue::Double(32.0)),
+            ("temperature", ParamValue::String("0.5".into())),
+            ("top_p", ParamValue::Double(0.9)),
+            ("top_k", ParamValue::Int64(-1)),
+            ("seed", ParamValue::Uint64(u64::MAX)),
+            ("presence_penalty", ParamValue::Int64(1)),
+            ("frequency_penalty", ParamValue::String("-0.5".into())),
+            ("repetition_penalty", ParamValue::Double(1.1)),
+            ("stop", ParamValue::String(r#"["\n\n", "END"]"#.into())),
+            ("stop_token_ids", ParamValue::String("[2, 3]".into())),
+            ("ignore_eos", ParamValue::String("true".into())),
+            ("min_tokens", ParamValue::String("4".into())),
+            ("logprobs", ParamValue::Uint64(2)),
+            ("triton_enable_empty_final_response", ParamValue::Bool(true)),
+            ("sequence_id", ParamValue::Uint64(7)),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            options,
+            CompletionOptions {
+                max_tokens: Some(32),
+                temperature: Some(0.5),
+                top_p: Some(0.9),
+                top_k: Some(-1),
+                seed: Some(u64::MAX),
+                presence_penalty: Some(1.0),
+                frequency_penalty: Some(-0.5),
+                repetition_penalty: Some(1.1),
+                stop: vec!["\n\n".into(), "END".into()],
+                stop_token_ids: vec![2, 3],
+                ignore_eos: true,
+                min_tokens: Some(4),
+                logprobs: Some(2),
+            }
+        );
+        let single = CompletionOptions::from_kserve_parameters(&params(&[("stop", ParamValue::String("###".into()))]));
+        assert_eq!(single.expect("valid").stop, vec!["###".to_string()]);
+    }
+
+    #[test]
+    fn kserve_parameters_of_the_wrong_type_name_the_parameter() {
+        let cases = [
+            ("max_tokens", ParamValue::Double(1.5)),
+            ("max_tokens", ParamValue::Int64(-1)),
+            ("max_tokens", ParamValue::Bool(true)),
+            ("temperature", ParamValue::String("hot".into())),
+            ("temperature", ParamValue::Bool(false)),
+            ("seed", ParamValue::Int64(-3)),
+            ("ignore_eos", ParamValue::String("yes".into())),
+            ("stop", ParamValue::Int64(3)),
+            ("stop", ParamValue::String("[1]".into())),
+            ("stop_token_ids", ParamValue::String("[-1]".into())),
+            ("stop_token_ids", ParamValue::Double(2.0)),
+        ];
+        for (name, value) in cases {
+            let error = CompletionOptions::from_kserve_parameters(&params(&[(name, value.clone())]))
+                .expect_err(&format!("{name} {value:?}"));
+            assert_eq!(field_of(error), name, "{value:?}");
+        }
+    }
+}

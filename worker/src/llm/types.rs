@@ -1,0 +1,190 @@
+//! What the frontend sends a language model and what comes back: token ids, never text. The
+//! frontend tokenizes and detokenizes (the OpenAI bridge), so a later KV-aware router can see the
+//! tokens and remote workers need no tokenizer.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tritium_proto::ErrorCode;
+
+/// How the next token is drawn from the logits, as OpenAI defines the options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingOptions {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches `top_p`; 1 is off.
+    pub top_p: f32,
+    /// Only the `top_k` most likely tokens; 0 is off.
+    pub top_k: usize,
+    /// Makes sampling repeatable; `None` seeds from the clock.
+    pub seed: Option<u64>,
+    /// OpenAI's presence penalty: subtracted once from every token already generated.
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty: subtracted once per earlier occurrence of a generated token.
+    pub frequency_penalty: f32,
+    /// The CTRL/HF repetition penalty over prompt and output tokens; 1 is off.
+    pub repetition_penalty: f32,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> SamplingOptions {
+        SamplingOptions {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+        }
+    }
+}
+
+/// When generation ends, as far as the engine can tell from token ids. Stop *strings* are the
+/// frontend's: it sees text, and cancels the sequence when one appears.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StopOptions {
+    /// At most this many new tokens; `None` means up to the context length.
+    pub max_tokens: Option<u32>,
+    /// Generating one of these ends the sequence (with `FinishReason::Stop`); it is not emitted.
+    pub stop_token_ids: Vec<u32>,
+    /// Keep going past the model's end-of-sequence tokens.
+    pub ignore_eos: bool,
+    /// End-of-sequence tokens are ignored until this many tokens have been generated.
+    pub min_tokens: u32,
+}
+
+/// One generation request: the prompt already tokenized.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingOptions,
+    pub stop: StopOptions,
+    /// `Some(n)`: report each token's log-probability and the `n` most likely alternatives.
+    pub logprobs: Option<u32>,
+}
+
+/// Why a sequence ended, in OpenAI's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token, a stop token, or (said by the frontend) a stop string.
+    Stop,
+    /// `max_tokens` or the context length.
+    Length,
+    /// The client went away or asked to stop.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedToken {
+    pub id: u32,
+    /// Natural log of the token's probability after the sampling transforms (when asked for).
+    pub logprob: Option<f32>,
+    /// The most likely alternatives at this position, most likely first (when asked for).
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// What a generation stream yields: tokens as they are made, then exactly one `Finished`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerateEvent {
+    Token(GeneratedToken),
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        /// How long the sequence waited for a place in the running batch.
+        queued_for: std::time::Duration,
+    },
+}
+
+/// A language model engine's counters, for metrics and load reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStats {
+    /// Sequences in the running batch.
+    pub running: usize,
+    /// Sequences waiting for a place in it.
+    pub waiting: usize,
+    /// KV-cache tokens reserved by running sequences, and the budget.
+    pub kv_tokens_used: usize,
+    pub kv_tokens_capacity: usize,
+    /// Tokens generated since start (cancelled sequences included, up to where they stopped).
+    pub tokens_generated: u64,
+    /// Prompt tokens prefilled since start.
+    pub prompt_tokens: u64,
+    pub sequences_finished: u64,
+    /// Sequences stopped because their client went away.
+    pub sequences_cancelled: u64,
+    /// Requests refused because the queue was full.
+    pub sequences_rejected: u64,
+    /// Decode steps run, and the sequences they carried in total (their ratio is the mean batch).
+    pub decode_steps: u64,
+    pub decode_rows: u64,
+}
+
+/// Why a generation could not start or went wrong.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum GenerateError {
+    /// The queue is full: the caller should back off (RESOURCE_EXHAUSTED, HTTP 429).
+    #[error("the model '{model}' is overloaded: {running} sequences running and {waiting} waiting (queue limit {limit})")]
+    Overloaded { model: String, running: usize, waiting: usize, limit: usize },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the model '{model}' failed: {message}")]
+    Engine { model: String, message: String },
+    #[error("the model '{0}' is shutting down")]
+    ShuttingDown(String),
+}
+
+impl GenerateError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            GenerateError::Overloaded { .. } => ErrorCode::ResourceExhausted,
+            GenerateError::InvalidRequest(_) => ErrorCode::InvalidArg,
+            GenerateError::Engine { .. } => ErrorCode::Internal,
+            GenerateError::ShuttingDown(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// The events of one generation. Dropping it cancels the sequence: the engine notices before its
+/// next decode step and frees the sequence's KV cache.
+#[derive(Debug)]
+pub struct TokenStream {
+    receiver: mpsc::UnboundedReceiver<Result<GenerateEvent, GenerateError>>,
+}
+
+impl TokenStream {
+    pub fn new(receiver: mpsc::UnboundedReceiver<Result<GenerateEvent, GenerateError>>) -> TokenStream {
+        TokenStream { receiver }
+    }
+
+    /// A stream of events given up front; for tests and for engines that answer at once.
+    pub fn from_events(events: Vec<Result<GenerateEvent, GenerateError>>) -> TokenStream {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        for event in events {
+            let _ = sender.send(event);
+        }
+        TokenStream { receiver }
+    }
+}
+
+impl Stream for TokenStream {
+    type Item = Result<GenerateEvent, GenerateError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.receiver.poll_recv(cx)
+    }
+}
