@@ -20,7 +20,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use tritium_proto::inference::{DataType as ConfigDataType, ModelConfig, ModelInput, ModelOutput, ModelTransactionPolicy};
+
 use tritium_tensor::{DataType, Tensor};
 use tritium_worker::Parameters;
 use tritium_worker::llm::FinishReason;
@@ -43,34 +43,8 @@ pub const FINISH_REASON: &str = "finish_reason";
 /// Triton's vLLM backend. Clients that want more send the `max_tokens` parameter.
 pub const DEFAULT_MAX_TOKENS: u32 = 16;
 
-/// Fills in the KServe signature of an LLM when the configuration declares no inputs or outputs
-/// (inputs `text_input` and optional `streaming`, outputs `text_output` and `finish_reason`,
-/// no batch dimension). The model is always marked decoupled: it answers with a stream.
-pub fn complete_llm_config(config: &mut ModelConfig) {
-    if config.input.is_empty() && config.output.is_empty() {
-        config.max_batch_size = 0;
-        config.input = vec![
-            ModelInput {
-                name: TEXT_INPUT.into(),
-                data_type: ConfigDataType::TypeString as i32,
-                dims: vec![1],
-                ..Default::default()
-            },
-            ModelInput {
-                name: STREAMING.into(),
-                data_type: ConfigDataType::TypeBool as i32,
-                dims: vec![1],
-                optional: true,
-                ..Default::default()
-            },
-        ];
-        config.output = vec![
-            ModelOutput { name: TEXT_OUTPUT.into(), data_type: ConfigDataType::TypeString as i32, dims: vec![-1], ..Default::default() },
-            ModelOutput { name: FINISH_REASON.into(), data_type: ConfigDataType::TypeString as i32, dims: vec![-1], ..Default::default() },
-        ];
-    }
-    config.model_transaction_policy = Some(ModelTransactionPolicy { decoupled: true });
-}
+/// Fills in the KServe signature of an LLM; the worker owns it, since it loads the model.
+pub use tritium_worker::llm::complete_llm_config;
 
 /// A KServe inference request for an LLM, parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,10 +86,13 @@ pub fn parse_infer_request(model: &str, inputs: &[Tensor], parameters: &Paramete
     Ok(KserveLlmRequest { prompt, streaming, options })
 }
 
-fn single_element<'a>(input: &'a Tensor, expected: DataType) -> Result<&'a Tensor, BridgeError> {
+fn single_element(input: &Tensor, expected: DataType) -> Result<&Tensor, BridgeError> {
     let name = input.name.as_str();
     if input.datatype != expected {
-        return Err(BridgeError::field(name, format!("expected datatype {}, got {}", expected.kserve_name(), input.datatype.kserve_name())));
+        return Err(BridgeError::field(
+            name,
+            format!("expected datatype {}, got {}", expected.kserve_name(), input.datatype.kserve_name()),
+        ));
     }
     if !matches!(input.shape.as_slice(), [1] | [1, 1]) {
         return Err(BridgeError::field(name, format!("expected one element of shape [1] or [1,1], got {:?}", input.shape)));
@@ -190,6 +167,8 @@ mod tests {
         Tensor::from_byte_strings(TEXT_INPUT, vec![1], [value])
     }
 
+    use tritium_proto::inference::{DataType as ConfigDataType, ModelConfig, ModelInput, ModelTransactionPolicy};
+
     fn field_of(error: BridgeError) -> String {
         match error {
             BridgeError::InvalidField { field, .. } => field,
@@ -212,7 +191,10 @@ mod tests {
         let outputs: Vec<_> = config.output.iter().map(|o| (o.name.as_str(), o.data_type, o.dims.clone())).collect();
         assert_eq!(
             outputs,
-            [(TEXT_OUTPUT, ConfigDataType::TypeString as i32, vec![-1]), (FINISH_REASON, ConfigDataType::TypeString as i32, vec![-1])]
+            [
+                (TEXT_OUTPUT, ConfigDataType::TypeString as i32, vec![-1]),
+                (FINISH_REASON, ConfigDataType::TypeString as i32, vec![-1])
+            ]
         );
         assert_eq!(config.max_batch_size, 0);
         assert_eq!(config.model_transaction_policy, Some(ModelTransactionPolicy { decoupled: true }));

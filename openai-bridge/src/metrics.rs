@@ -342,14 +342,14 @@ pub(crate) mod tests {
                 let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line}"));
                 let name = series.split('{').next().expect("name");
                 assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
-                if let Some(labels) = series.strip_prefix(name) {
-                    if !labels.is_empty() {
-                        let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}')).expect("braced labels");
-                        for pair in inner.split(',') {
-                            let (key, value) = pair.split_once('=').expect("label=value");
-                            assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
-                            assert!(value.starts_with('"') && value.ends_with('"'), "{line}");
-                        }
+                if let Some(labels) = series.strip_prefix(name)
+                    && !labels.is_empty()
+                {
+                    let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}')).expect("braced labels");
+                    for pair in inner.split(',') {
+                        let (key, value) = pair.split_once('=').expect("label=value");
+                        assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+                        assert!(value.starts_with('"') && value.ends_with('"'), "{line}");
                     }
                 }
                 let family = types
@@ -383,12 +383,7 @@ pub(crate) mod tests {
         ok.finished(FinishReason::Length);
         drop(ok);
         let mut failed = metrics.observer("m", "grpc");
-        failed.failed(&BridgeError::Generate(GenerateError::Overloaded {
-            model: "m".into(),
-            running: 1,
-            waiting: 1,
-            limit: 1,
-        }));
+        failed.failed(&BridgeError::Generate(GenerateError::Overloaded { model: "m".into(), running: 1, waiting: 1, limit: 1 }));
         drop(failed);
         let mut invalid = metrics.observer("m", "grpc");
         invalid.failed(&BridgeError::field("temperature", "too hot"));
@@ -400,7 +395,14 @@ pub(crate) mod tests {
 
         let engines = vec![(
             "m".to_string(),
-            EngineStats { running: 2, waiting: 1, kv_tokens_used: 300, kv_tokens_capacity: 4096, decode_steps: 9, ..Default::default() },
+            EngineStats {
+                running: 2,
+                waiting: 1,
+                kv_tokens_used: 300,
+                kv_tokens_capacity: 4096,
+                decode_steps: 9,
+                ..Default::default()
+            },
         )];
         let text = metrics.render(&engines);
         let samples = parse_exposition(&text);

@@ -13,13 +13,13 @@
 //! # Ok(()) }
 //! ```
 
+mod template;
+
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use minijinja::value::{Kwargs, Serde, Value};
-use minijinja::{Environment, Error, ErrorKind};
-use serde::Serialize;
+use minijinja::Environment;
+use minijinja::value::{Serde, Value};
 use serde_json::{Map, Value as Json};
 use tokenizers::Tokenizer;
 use tritium_worker::llm::ModelCard;
@@ -74,10 +74,11 @@ impl Preprocessor {
             .tokenizer_json
             .parse()
             .map_err(|e| BridgeError::Tokenizer(format!("cannot load the tokenizer of {}: {e}", card.source)))?;
-        let mut env = template_env();
+        let mut env = template::environment();
         let has_template = match &card.chat_template {
-            Some(template) => {
-                env.add_template_owned(TEMPLATE, template.clone()).map_err(|e| BridgeError::Template(describe(&e)))?;
+            Some(source) => {
+                env.add_template_owned(TEMPLATE, source.clone())
+                    .map_err(|e| BridgeError::Template(template::describe(&e)))?;
                 true
             }
             None => false,
@@ -123,27 +124,25 @@ impl Preprocessor {
             });
         }
         let mut context = extra.cloned().unwrap_or_default();
-        context.insert("messages".into(), Json::Array(normalize_messages(messages)?));
+        context.insert("messages".into(), Json::Array(template::normalize_messages(messages)?));
         context.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
         for (key, token) in [("bos_token", &self.card.bos_token), ("eos_token", &self.card.eos_token)] {
             context.insert(key.into(), token.clone().map_or(Json::String(String::new()), Json::String));
         }
-        let template = self.env.get_template(TEMPLATE).map_err(|e| BridgeError::Template(describe(&e)))?;
-        template.render(Value::from(Serde(&context))).map_err(|e| BridgeError::Template(describe(&e)))
+        let chat = self.env.get_template(TEMPLATE).map_err(|e| BridgeError::Template(template::describe(&e)))?;
+        chat.render(Value::from(Serde(&context))).map_err(|e| BridgeError::Template(template::describe(&e)))
     }
 
     /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor runs (BERT's
     /// `[CLS] … [SEP]`) and BOS is put in front when the card says so and it is not there yet.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
-        let encoding = self
-            .tokenizer
-            .encode(text, add_special_tokens)
-            .map_err(|e| BridgeError::Tokenizer(e.to_string()))?;
+        let encoding =
+            self.tokenizer.encode(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?;
         let mut ids = encoding.get_ids().to_vec();
-        if let (true, true, Some(bos)) = (add_special_tokens, self.card.add_bos_token, self.bos_id) {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
+        if let (true, true, Some(bos)) = (add_special_tokens, self.card.add_bos_token, self.bos_id)
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
         }
         Ok(ids)
     }
@@ -192,135 +191,6 @@ impl Preprocessor {
     }
 }
 
-fn template_env() -> Environment<'static> {
-    let mut env = Environment::new();
-    // As Hugging Face renders chat templates (jinja2 with trim_blocks and lstrip_blocks).
-    let syntax = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build();
-    if let Ok(syntax) = syntax {
-        env.set_syntax(syntax);
-    }
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
-        Err(Error::new(ErrorKind::InvalidOperation, message).with_source(Raised))
-    });
-    env.add_function("strftime_now", |format: String| strftime(&format, now_unix()));
-    env.add_filter("tojson", tojson);
-    env
-}
-
-/// Marks an error as the template's own `raise_exception`, whose message is shown as it is.
-#[derive(Debug)]
-struct Raised;
-
-impl std::fmt::Display for Raised {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("raised by the template")
-    }
-}
-
-impl std::error::Error for Raised {}
-
-fn describe(e: &Error) -> String {
-    let raised = std::error::Error::source(e).is_some_and(|s| s.is::<Raised>());
-    match (raised, e.detail()) {
-        (true, Some(message)) => message.to_owned(),
-        _ => e.to_string(),
-    }
-}
-
-/// Python's `json.dumps` as HF's `tojson` calls it: `", "`/`": "` separators, non-ASCII kept,
-/// nothing HTML-escaped (minijinja's own filter escapes `<`, `>`, `&` and `'`, which would
-/// change tool schemas in prompts). Keys keep their order.
-fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
-    let indent: Option<usize> = kwargs.get("indent")?;
-    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
-    // Accepted for compatibility; the order given is kept.
-    let _: Option<bool> = kwargs.get("sort_keys")?;
-    kwargs.assert_all_used()?;
-    let mut out = Vec::new();
-    let written = match indent {
-        Some(n) => {
-            let spaces = vec![b' '; n];
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(&spaces));
-            value.serialize(&mut ser)
-        }
-        None => value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)),
-    };
-    written.map_err(|e| Error::new(ErrorKind::InvalidOperation, "cannot serialize to JSON").with_source(e))?;
-    let mut text = String::from_utf8(out).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
-    if ensure_ascii == Some(true) {
-        text = escape_non_ascii(&text);
-    }
-    Ok(Value::from_safe_string(text))
-}
-
-/// `json.dumps`' default separators: `", "` between items, `": "` after keys.
-struct PythonFormatter;
-
-impl serde_json::ser::Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
-    }
-
-    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
-    }
-
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        writer.write_all(b": ")
-    }
-}
-
-/// Non-ASCII can only occur inside JSON strings, so escaping it everywhere is safe.
-fn escape_non_ascii(json: &str) -> String {
-    let mut out = String::with_capacity(json.len());
-    for c in json.chars() {
-        if c.is_ascii() {
-            out.push(c);
-        } else {
-            for unit in c.encode_utf16(&mut [0; 2]) {
-                out.push_str(&format!("\\u{unit:04x}"));
-            }
-        }
-    }
-    out
-}
-
-/// Messages as templates expect them: `content` a string (text parts joined by newlines) or
-/// null; every other field passed through.
-fn normalize_messages(messages: &[Json]) -> Result<Vec<Json>, BridgeError> {
-    messages
-        .iter()
-        .enumerate()
-        .map(|(i, message)| {
-            let Json::Object(fields) = message else {
-                return Err(BridgeError::field(format!("messages[{i}]"), "must be an object"));
-            };
-            let mut fields = fields.clone();
-            if let Some(Json::Array(parts)) = fields.get("content") {
-                let text = join_text_parts(parts).map_err(|reason| BridgeError::field(format!("messages[{i}].content"), reason))?;
-                fields.insert("content".into(), Json::String(text));
-            }
-            Ok(Json::Object(fields))
-        })
-        .collect()
-}
-
-fn join_text_parts(parts: &[Json]) -> Result<String, String> {
-    let mut texts = Vec::with_capacity(parts.len());
-    for (j, part) in parts.iter().enumerate() {
-        match part.get("type").and_then(Json::as_str) {
-            Some("text") => match part.get("text").and_then(Json::as_str) {
-                Some(text) => texts.push(text),
-                None => return Err(format!("part {j} has type 'text' but no string 'text'")),
-            },
-            Some(other) => return Err(format!("part {j} has type '{other}'; only 'text' parts are supported")),
-            None => return Err(format!("part {j} has no 'type'")),
-        }
-    }
-    Ok(texts.join("\n"))
-}
-
 fn token_form(tokenizer: &Tokenizer) -> TokenForm {
     let Some(decoder) = tokenizer.get_decoder().and_then(|d| serde_json::to_value(d).ok()) else {
         return TokenForm::Other;
@@ -330,10 +200,9 @@ fn token_form(tokenizer: &Tokenizer) -> TokenForm {
         None => decoder.get("type").and_then(Json::as_str).map(str::to_owned).into_iter().collect(),
     };
     let has = |name: &str| types.iter().any(|t| t == name);
-    let replaces_metaspace = decoder
-        .get("decoders")
-        .and_then(Json::as_array)
-        .is_some_and(|list| list.iter().any(|d| d.pointer("/pattern/String").and_then(Json::as_str) == Some("\u{2581}")));
+    let replaces_metaspace = decoder.get("decoders").and_then(Json::as_array).is_some_and(|list| {
+        list.iter().any(|d| d.pointer("/pattern/String").and_then(Json::as_str) == Some("\u{2581}"))
+    });
     if has("ByteLevel") {
         TokenForm::ByteLevel
     } else if has("Metaspace") || has("ByteFallback") || replaces_metaspace {
@@ -368,85 +237,8 @@ fn byte_level_inverse() -> HashMap<char, u8> {
     map
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
-}
-
-/// `strftime_now` for templates (Llama 3 writes today's date): the common C conversions, in UTC.
-fn strftime(format: &str, unix: i64) -> String {
-    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
-    const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
-        "December",
-    ];
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let (hour, minute, second) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    let (year, month, day) = civil_from_days(days);
-    let weekday = DAYS[usize::try_from((days + 3).rem_euclid(7)).unwrap_or(0)];
-    let month_name = MONTHS[usize::try_from(month - 1).unwrap_or(0)];
-    let day_of_year = days - days_from_civil(year, 1, 1) + 1;
-    let mut out = String::new();
-    let mut chars = format.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('Y') => out.push_str(&year.to_string()),
-            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
-            Some('m') => out.push_str(&format!("{month:02}")),
-            Some('d') => out.push_str(&format!("{day:02}")),
-            Some('e') => out.push_str(&format!("{day:2}")),
-            Some('j') => out.push_str(&format!("{day_of_year:03}")),
-            Some('H') => out.push_str(&format!("{hour:02}")),
-            Some('I') => out.push_str(&format!("{:02}", (hour + 11) % 12 + 1)),
-            Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
-            Some('M') => out.push_str(&format!("{minute:02}")),
-            Some('S') => out.push_str(&format!("{second:02}")),
-            Some('B') => out.push_str(month_name),
-            Some('b') | Some('h') => out.push_str(&month_name[..3]),
-            Some('A') => out.push_str(weekday),
-            Some('a') => out.push_str(&weekday[..3]),
-            Some('F') => out.push_str(&format!("{year}-{month:02}-{day:02}")),
-            Some('T') => out.push_str(&format!("{hour:02}:{minute:02}:{second:02}")),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
-}
-
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use std::path::{Path, PathBuf};
     use std::sync::OnceLock;
@@ -486,7 +278,10 @@ pub(crate) mod tests {
             json!({"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}),
         ];
         let prompt = pre.render_chat(&messages, true, None).unwrap();
-        assert_eq!(prompt, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi\nthere<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            prompt,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi\nthere<|im_end|>\n<|im_start|>assistant\n"
+        );
         // Without a system message the template adds its own.
         let prompt = pre.render_chat(&messages[1..], false, None).unwrap();
         assert!(prompt.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), "{prompt}");
@@ -501,13 +296,19 @@ pub(crate) mod tests {
         let pre = smollm2();
         let messages = [json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]})];
         let err = pre.render_chat(&messages, true, None).unwrap_err();
-        assert!(matches!(&err, BridgeError::InvalidField { field, reason } if field == "messages[0].content" && reason.contains("image_url")), "{err:?}");
+        assert!(
+            matches!(&err, BridgeError::InvalidField { field, reason } if field == "messages[0].content" && reason.contains("image_url")),
+            "{err:?}"
+        );
         assert!(matches!(pre.render_chat(&[json!("hi")], true, None), Err(BridgeError::InvalidField { .. })));
 
         let mut card = (**pre.card()).clone();
         card.chat_template = None;
         let err = Preprocessor::new(Arc::new(card)).unwrap().render_chat(&[], true, None).unwrap_err();
-        assert!(matches!(&err, BridgeError::Unsupported { what, .. } if what == "chat (it has no chat template)"), "{err:?}");
+        assert!(
+            matches!(&err, BridgeError::Unsupported { what, .. } if what == "chat (it has no chat template)"),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -529,26 +330,18 @@ pub(crate) mod tests {
         let sorted = [json!({"content": "  hi <b> \n", "role": "user"})];
         let indented = with_template("{{ messages[0] | tojson(indent=2) }}").render_chat(&sorted, true, None).unwrap();
         assert_eq!(indented, "{\n  \"content\": \"  hi <b> \\n\",\n  \"role\": \"user\"\n}");
-        let err = Preprocessor::new(Arc::new(ModelCard { chat_template: Some("{% if %}".into()), ..(**pre.card()).clone() }))
-            .unwrap_err();
+        let err =
+            Preprocessor::new(Arc::new(ModelCard { chat_template: Some("{% if %}".into()), ..(**pre.card()).clone() }))
+                .unwrap_err();
         assert!(matches!(err, BridgeError::Template(_)), "{err:?}");
     }
 
     #[test]
     fn trims_blocks_like_hugging_face() {
         let pre = with_template("{% for m in messages %}\n  {% if true %}\n{{ m.role }}\n  {% endif %}\n{% endfor %}");
-        let out = pre.render_chat(&[json!({"role": "user", "content": ""}), json!({"role": "a", "content": ""})], true, None);
+        let out =
+            pre.render_chat(&[json!({"role": "user", "content": ""}), json!({"role": "a", "content": ""})], true, None);
         assert_eq!(out.unwrap(), "user\na\n");
-    }
-
-    #[test]
-    fn strftime_formats_utc_dates() {
-        // 2024-02-29 13:05:09 UTC, a Thursday.
-        let t = 1_709_211_909;
-        assert_eq!(strftime("%d %b %Y", t), "29 Feb 2024");
-        assert_eq!(strftime("%A %B %e %j %H:%M:%S %I%p %y %F %%", t), "Thursday February 29 060 13:05:09 01PM 24 2024-02-29 %");
-        assert_eq!(strftime("%Y-%m-%d %a", 0), "1970-01-01 Thu");
-        assert!(with_template("{{ strftime_now('%Y') }}").render_chat(&[], true, None).unwrap().starts_with("20"));
     }
 
     #[test]
@@ -577,6 +370,59 @@ pub(crate) mod tests {
         // A lone byte of a multi-byte character shows as U+FFFD.
         let partial = ids.iter().find(|&&id| std::str::from_utf8(&pre.token_bytes(id)).is_err());
         assert!(partial.is_some_and(|&id| pre.token_text(id).contains('\u{FFFD}')));
+    }
+
+    /// A toy SentencePiece tokenizer as Hugging Face writes Llama 2's: `▁` for spaces, byte
+    /// fallback, and a decoder that drops the string's first space.
+    fn sentencepiece() -> Preprocessor {
+        let tokenizer = json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [
+                {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            ],
+            "normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "\u{2581}"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+            ]},
+            "pre_tokenizer": null, "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+            ]},
+            "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                "vocab": {"<unk>": 0, "<s>": 1, "<0xC3>": 2, "<0xA9>": 3, "\u{2581}": 4, "h": 5, "i": 6,
+                          "\u{2581}h": 7, "\u{2581}hi": 8, "a": 9},
+                "merges": [["\u{2581}", "h"], ["\u{2581}h", "i"]]},
+        });
+        let card = ModelCard {
+            tokenizer_json: tokenizer.to_string(),
+            chat_template: None,
+            bos_token: Some("<s>".into()),
+            eos_token: None,
+            eos_token_ids: Vec::new(),
+            add_bos_token: true,
+            ..(**smollm2().card()).clone()
+        };
+        Preprocessor::new(Arc::new(card)).unwrap()
+    }
+
+    #[test]
+    fn sentencepiece_tokens_and_continuations() {
+        let pre = sentencepiece();
+        assert_eq!(pre.form, TokenForm::SentencePiece);
+        let ids = pre.encode("hi hi é", true).unwrap();
+        assert_eq!(ids, vec![1, 8, 8, 4, 2, 3]);
+        assert_eq!(pre.decode(&ids).unwrap(), "hi hi é");
+        assert_eq!(pre.token_text(8), " hi");
+        assert_eq!(pre.token_bytes(2), vec![0xC3]);
+        assert_eq!(pre.token_text(2), "\u{FFFD}");
+        // Generated text continues a prompt, so its first token keeps its space.
+        let mut detok = pre.detokenizer();
+        let pieces: Vec<String> = ids[1..].iter().map(|&id| detok.push(id)).collect();
+        assert_eq!(pieces, [" hi", " hi", " ", "", "é"]);
+        assert_eq!(detok.finish(), "");
     }
 
     #[test]

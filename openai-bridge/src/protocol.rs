@@ -93,6 +93,7 @@ impl<'de> Deserialize<'de> for Prompt {
         let value = Value::deserialize(deserializer)?;
         let mut prompts = match value {
             Value::String(text) => return Ok(Prompt::Text(text)),
+            Value::Array(items) if items.is_empty() => return Err(D::Error::custom("the prompt is empty")),
             Value::Array(items) if items.iter().all(Value::is_number) => {
                 return token_ids(&items).map(Prompt::Tokens).ok_or_else(|| D::Error::custom(EXPECTED));
             }
@@ -276,7 +277,8 @@ impl ChatCompletionRequest {
                 }
                 let mut message = message.clone();
                 if let Some(Value::Array(parts)) = message.get("content") {
-                    let text = join_text_parts(parts).map_err(|reason| BridgeError::field(format!("messages[{i}].content"), reason))?;
+                    let text =
+                        join_text_parts(parts).map_err(|reason| BridgeError::field(format!("messages[{i}].content"), reason))?;
                     message.insert("content".into(), Value::String(text));
                 }
                 Ok(Value::Object(message))

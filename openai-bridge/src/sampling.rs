@@ -168,10 +168,9 @@ impl CompletionOptions {
 
 fn check_range(field: &str, value: Option<f32>, range: std::ops::RangeInclusive<f32>) -> Result<(), BridgeError> {
     match value {
-        Some(v) if !range.contains(&v) => Err(BridgeError::field(
-            field,
-            format!("must be between {} and {}, got {v}", range.start(), range.end()),
-        )),
+        Some(v) if !range.contains(&v) => {
+            Err(BridgeError::field(field, format!("must be between {} and {}, got {v}", range.start(), range.end())))
+        }
         _ => Ok(()),
     }
 }

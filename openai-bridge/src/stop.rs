@@ -31,11 +31,8 @@ impl StopMatcher {
         }
         self.held.push_str(text);
         // The stop string that ends first wins: generation would have stopped right there.
-        let first = self
-            .stops
-            .iter()
-            .filter_map(|stop| self.held.find(stop.as_str()).map(|at| (at + stop.len(), at)))
-            .min();
+        let first =
+            self.stops.iter().filter_map(|stop| self.held.find(stop.as_str()).map(|at| (at + stop.len(), at))).min();
         if let Some((_, at)) = first {
             self.held.truncate(at);
             self.stopped = true;
@@ -54,14 +51,11 @@ impl StopMatcher {
 
 /// The length of the longest end of `text` that `stop` starts with (a proper prefix of `stop`).
 fn partial_match(text: &str, stop: &str) -> usize {
-    stop.char_indices()
-        .rev()
-        .map(|(at, _)| at)
-        .find(|&at| at > 0 && text.ends_with(&stop[..at]))
-        .unwrap_or(0)
+    stop.char_indices().rev().map(|(at, _)| at).find(|&at| at > 0 && text.ends_with(&stop[..at])).unwrap_or(0)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

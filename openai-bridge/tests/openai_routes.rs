@@ -41,10 +41,7 @@ impl Reply {
     /// The JSON chunks of an SSE reply (without `[DONE]`).
     fn chunks(&self) -> Vec<Value> {
         let events = self.events();
-        events[..events.len() - 1]
-            .iter()
-            .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}")))
-            .collect()
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}"))).collect()
     }
 }
 
@@ -57,8 +54,7 @@ async fn send(router: axum::Router, method: &str, uri: &str, body: &str) -> Repl
         .expect("request");
     let response = router.oneshot(request).await.expect("infallible");
     let status = response.status();
-    let content_type =
-        response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let bytes = response.into_body().collect().await.expect("body").to_bytes();
     Reply { status, content_type, body: String::from_utf8(bytes.to_vec()).expect("utf-8") }
 }
@@ -116,9 +112,10 @@ async fn streaming_completion_frames() {
     let reply = post(&hub, "/v1/completions", body).await;
     assert_eq!(reply.status, StatusCode::OK);
     let chunks = reply.chunks();
-    // Exact framing: every frame is `data: <compact json>\n\n`.
-    let expected: String = chunks.iter().map(|c| format!("data: {c}\n\n")).chain(["data: [DONE]\n\n".to_string()]).collect();
-    assert_eq!(reply.body, expected);
+    // Exact framing: every frame is `data: <one-line json>\n\n`, fields in OpenAI's order.
+    assert!(reply.body.starts_with(r#"data: {"id":"cmpl-"#), "{}", reply.body);
+    assert!(reply.body.split_terminator("\n\n").all(|frame| frame.starts_with("data: ") && !frame.contains('\n')));
+    assert_eq!(reply.body.matches("\n\n").count(), 4);
     assert_eq!(chunks.len(), 3, "{}", reply.body);
     let id = chunks[0]["id"].as_str().expect("id");
     assert!(id.starts_with("cmpl-"));
@@ -131,7 +128,10 @@ async fn streaming_completion_frames() {
     assert_eq!(chunks[1]["choices"], json!([{"index": 0, "text": " world", "logprobs": null, "finish_reason": "stop"}]));
     assert_eq!(chunks[2]["choices"], json!([]));
     let prompt_tokens = ids(&hub.llm, "Hi").len();
-    assert_eq!(chunks[2]["usage"], json!({"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": prompt_tokens + 2}));
+    assert_eq!(
+        chunks[2]["usage"],
+        json!({"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": prompt_tokens + 2})
+    );
 }
 
 #[tokio::test]
@@ -149,7 +149,9 @@ async fn chat_completion() {
         json!([{"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "logprobs": null, "finish_reason": "stop"}])
     );
     let request = hub.last_request();
-    assert_eq!(hub.llm.decode(&request.prompt).ok().as_deref(), Some("<|user|>Hi<|end|><|assistant|>"));
+    let prompt = hub.llm.tokenizer().decode(&request.prompt, false).expect("decodes");
+    assert_eq!(prompt, "<|user|>Hi<|end|><|assistant|>");
+    assert!(request.prompt.contains(&support::END_ID), "the template's special tokens are tokens");
     assert_eq!(request.stop.max_tokens, Some(5));
     assert_eq!(body["usage"]["prompt_tokens"], request.prompt.len());
 }
@@ -157,7 +159,8 @@ async fn chat_completion() {
 #[tokio::test]
 async fn chat_without_max_tokens_may_fill_the_context() {
     let hub = FakeHub::new();
-    let reply = post(&hub, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]})).await;
+    let reply =
+        post(&hub, "/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]})).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let request = hub.last_request();
     assert_eq!(request.stop.max_tokens, Some(64 - request.prompt.len() as u32));
@@ -177,7 +180,10 @@ async fn streaming_chat_frames() {
         assert!(chunk.get("usage").is_none(), "no usage unless asked: {chunk}");
     }
     let choices: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]).collect();
-    assert_eq!(*choices[0], json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}));
+    assert_eq!(
+        *choices[0],
+        json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})
+    );
     assert_eq!(*choices[1], json!({"index": 0, "delta": {"content": "Hello"}, "logprobs": null, "finish_reason": null}));
     assert_eq!(*choices[2], json!({"index": 0, "delta": {"content": " world"}, "logprobs": null, "finish_reason": "length"}));
 }
@@ -260,7 +266,10 @@ async fn overload_is_429() {
     assert_eq!(error["code"], "rate_limit_exceeded");
     assert!(error["message"].as_str().is_some_and(|m| m.contains("overloaded")), "{error}");
     let text = metrics.render(&[]);
-    assert!(text.contains(r#"tritium_llm_request_errors_total{model="tiny",protocol="http",code="resource_exhausted"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"tritium_llm_request_errors_total{model="tiny",protocol="http",code="resource_exhausted"} 1"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -332,7 +341,8 @@ async fn embeddings() {
 #[tokio::test]
 async fn models_of_the_wrong_kind_are_400() {
     let hub = FakeHub::new();
-    let reply = post(&hub, "/v1/chat/completions", json!({"model": "embedder", "messages": [{"role": "user", "content": "Hi"}]})).await;
+    let reply =
+        post(&hub, "/v1/chat/completions", json!({"model": "embedder", "messages": [{"role": "user", "content": "Hi"}]})).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     let message = reply.json()["error"]["message"].as_str().map(str::to_string).unwrap_or_default();
     assert!(message.contains("embedding model") && message.contains("/v1/embeddings"), "{message}");

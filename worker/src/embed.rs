@@ -51,8 +51,8 @@ impl std::fmt::Debug for BertEmbedder {
 /// the card needs. Tensor names may carry a `bert.` prefix or not.
 pub fn load(dir: &Path) -> Result<BertEmbedder, String> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
     let config: Config =
         serde_json::from_str(&text).map_err(|e| format!("{} is not a BERT config: {e}", config_path.display()))?;
     let weights = dir.join("model.safetensors");
@@ -64,12 +64,9 @@ pub fn load(dir: &Path) -> Result<BertEmbedder, String> {
     let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
     let model = BertModel::load(vb, &config).map_err(|e| format!("cannot load BERT from {}: {e}", dir.display()))?;
     let card = ModelCard::from_hf_dir(dir, ModelKind::Embed)?;
-    let max_input_tokens = card
-        .max_input_tokens
-        .map_or(config.max_position_embeddings, |limit| limit.min(config.max_position_embeddings));
-    let name = dir
-        .file_name()
-        .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let max_input_tokens =
+        card.max_input_tokens.map_or(config.max_position_embeddings, |limit| limit.min(config.max_position_embeddings));
+    let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
     Ok(BertEmbedder {
         name,
         card: Arc::new(card),
@@ -301,7 +298,12 @@ mod tests {
             assert!((cos(v, v) - 1.0).abs() < 1e-5, "norm² {}", cos(v, v));
         }
         let golden = cos(&vectors[0], &vectors[1]);
-        eprintln!("cos = {golden}, unrelated: {} {} {}", cos(&vectors[0], &vectors[2]), cos(&vectors[0], &vectors[3]), cos(&vectors[2], &vectors[3]));
+        eprintln!(
+            "cos = {golden}, unrelated: {} {} {}",
+            cos(&vectors[0], &vectors[2]),
+            cos(&vectors[0], &vectors[3]),
+            cos(&vectors[2], &vectors[3])
+        );
         assert!((golden - 0.7553).abs() < 0.001, "cos = {golden}");
         for (a, b) in [(0, 2), (0, 3), (2, 3)] {
             let unrelated = cos(&vectors[a], &vectors[b]);
@@ -366,9 +368,7 @@ mod tests {
     async fn the_backend_serves_embeddings_only() {
         let models = models_dir();
         let mut config = ModelConfig { name: "minilm".into(), max_batch_size: 8, ..ModelConfig::default() };
-        config
-            .parameters
-            .insert("model_path".into(), ModelParameter { string_value: MODEL.into() });
+        config.parameters.insert("model_path".into(), ModelParameter { string_value: MODEL.into() });
         let registry = BackendRegistry::with_builtins();
         let factory = registry.get("tritium_embed").unwrap();
         factory.complete_config(&mut config, Some(&models)).unwrap();
@@ -386,8 +386,7 @@ mod tests {
         assert_eq!(embedder.card().kind, ModelKind::Embed);
         assert!(backend.language_model().is_none());
 
-        let request =
-            BackendRequest { inputs: Vec::new(), parameters: Vec::new(), cancel: CancellationToken::new() };
+        let request = BackendRequest { inputs: Vec::new(), parameters: Vec::new(), cancel: CancellationToken::new() };
         let error = backend.execute(request, &mut Responder::single()).await.unwrap_err();
         assert_eq!(error.code(), ErrorCode::Unsupported);
         assert_eq!(error.to_string(), "the model 'minilm' is an embedding model; use /v1/embeddings");

@@ -84,7 +84,9 @@ impl CompletionLogprobs {
         for token in tokens {
             logprobs.tokens.push(token.text.clone());
             logprobs.token_logprobs.push(token.logprob.map(finite));
-            logprobs.top_logprobs.push(TopLogprobMap(token.top.iter().map(|(text, _, lp)| (text.clone(), finite(*lp))).collect()));
+            logprobs
+                .top_logprobs
+                .push(TopLogprobMap(token.top.iter().map(|(text, _, lp)| (text.clone(), finite(*lp))).collect()));
             logprobs.text_offset.push(*offset);
             *offset = offset.saturating_add(u32::try_from(token.text.chars().count()).unwrap_or(u32::MAX));
         }

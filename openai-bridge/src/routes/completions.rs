@@ -10,7 +10,9 @@ use super::sse::{self, ChunkWriter};
 use super::{ApiError, AppState, OpenAiJson, PROTOCOL, check_token_ids, failed, json_response};
 use crate::kserve::DEFAULT_MAX_TOKENS;
 use crate::pipeline::{TokenInfo, Usage, collect};
-use crate::protocol::{CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt, UsageBody, new_id, unix_now};
+use crate::protocol::{
+    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt, UsageBody, new_id, unix_now,
+};
 
 pub(super) async fn completions(
     State(state): State<AppState>,

@@ -18,7 +18,8 @@ pub(super) async fn embeddings(
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Embed, "/v1/embeddings")?;
     let mut observer = state.metrics.observer(&request.model, PROTOCOL);
-    let inputs = request.validate().and_then(|()| tokenize(&pre, &request.input)).map_err(|error| failed(&mut observer, error))?;
+    let inputs =
+        request.validate().and_then(|()| tokenize(&pre, &request.input)).map_err(|error| failed(&mut observer, error))?;
     let prompt_tokens = inputs.iter().map(Vec::len).sum::<usize>();
     let prompt_tokens = u32::try_from(prompt_tokens).unwrap_or(u32::MAX);
     observer.prompt_tokens(prompt_tokens);

@@ -35,17 +35,8 @@ fn byte_symbol(byte: u8) -> char {
 
 /// Merges on top of the 256 byte symbols (ids 0..=255 are the bytes themselves), so that
 /// "Hello world" is two tokens.
-const MERGES: [(&str, &str); 9] = [
-    ("H", "e"),
-    ("l", "l"),
-    ("ll", "o"),
-    ("He", "llo"),
-    ("Ġ", "w"),
-    ("o", "r"),
-    ("Ġw", "or"),
-    ("l", "d"),
-    ("Ġwor", "ld"),
-];
+const MERGES: [(&str, &str); 9] =
+    [("H", "e"), ("l", "l"), ("ll", "o"), ("He", "llo"), ("Ġ", "w"), ("o", "r"), ("Ġw", "or"), ("l", "d"), ("Ġwor", "ld")];
 
 /// The id of `<|end|>`, after the bytes and the merges.
 pub const END_ID: u32 = 256 + MERGES.len() as u32;

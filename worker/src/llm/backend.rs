@@ -102,12 +102,14 @@ fn engine_options(config: &ModelConfig, defaults: &EngineOptions) -> Result<Engi
     })
 }
 
-/// Gives a language model's config its KServe face when the config leaves it out: inputs
-/// `text_input` BYTES [1] and optional `streaming` BOOL [1], outputs `text_output` and
-/// `finish_reason` BYTES [-1], decoupled, no batching dimension.
+/// Gives a language model's config its KServe face when the config declares no inputs and no
+/// outputs: inputs `text_input` BYTES [1] and optional `streaming` BOOL [1], outputs
+/// `text_output` and `finish_reason` BYTES [-1], no batching dimension. A language model always
+/// answers with a stream, so it is always decoupled.
 pub fn complete_llm_config(config: &mut ModelConfig) {
     let bytes = ConfigDataType::TypeString as i32;
-    if config.input.is_empty() {
+    if config.input.is_empty() && config.output.is_empty() {
+        config.max_batch_size = 0;
         config.input = vec![
             ModelInput { name: "text_input".into(), data_type: bytes, dims: vec![1], ..Default::default() },
             ModelInput {
@@ -118,13 +120,10 @@ pub fn complete_llm_config(config: &mut ModelConfig) {
                 ..Default::default()
             },
         ];
-    }
-    if config.output.is_empty() {
         config.output = vec![
             ModelOutput { name: "text_output".into(), data_type: bytes, dims: vec![-1], ..Default::default() },
             ModelOutput { name: "finish_reason".into(), data_type: bytes, dims: vec![-1], ..Default::default() },
         ];
     }
-    config.max_batch_size = 0;
     config.model_transaction_policy = Some(ModelTransactionPolicy { decoupled: true });
 }

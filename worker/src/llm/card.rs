@@ -71,9 +71,13 @@ impl ModelCard {
         let add_bos_token =
             meta_bool(md, "tokenizer.ggml.add_bos_token").map_err(fail)?.unwrap_or(tokenizer.default_add_bos);
         if add_bos_token && bos.is_none() {
-            return Err(fail("tokenizer.ggml.add_bos_token is true, but tokenizer.ggml.bos_token_id is not set".into()));
+            return Err(fail(
+                "tokenizer.ggml.add_bos_token is true, but tokenizer.ggml.bos_token_id is not set".into(),
+            ));
         }
-        let arch = meta_str(md, "general.architecture").map_err(fail)?.ok_or_else(|| fail("general.architecture is missing".into()))?;
+        let arch = meta_str(md, "general.architecture")
+            .map_err(fail)?
+            .ok_or_else(|| fail("general.architecture is missing".into()))?;
         let key = format!("{arch}.context_length");
         let context_length = meta_u64(md, &key).map_err(fail)?.ok_or_else(|| fail(format!("{key} is missing")))?;
         Ok(ModelCard {
@@ -216,17 +220,35 @@ pub fn detect_kind(path: &Path) -> Result<ModelKind, String> {
 
 const ENCODER_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "distilbert", "modernbert", "nomic_bert", "mpnet"];
 const GENERATOR_TYPES: &[&str] = &[
-    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3",
-    "gemma3_text", "phi", "phi3", "starcoder2", "stablelm", "olmo", "olmo2", "smollm3", "granite", "gpt2",
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+    "phi",
+    "phi3",
+    "starcoder2",
+    "stablelm",
+    "olmo",
+    "olmo2",
+    "smollm3",
+    "granite",
+    "gpt2",
     "gpt_neox",
 ];
 
 fn read_json(dir: &Path, name: &str) -> Result<Option<Json>, String> {
     let path = dir.join(name);
     match fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| format!("{} is not valid JSON: {e}", path.display())),
+        Ok(text) => {
+            serde_json::from_str(&text).map(Some).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
@@ -327,6 +349,7 @@ fn push_unique(ids: &mut Vec<u32>, id: u32) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use std::path::PathBuf;
     use std::str::FromStr;
@@ -414,8 +437,11 @@ pub(crate) mod tests {
                 "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
         );
         write("generation_config.json", r#"{"eos_token_id": [2, 5]}"#);
-        write("config.json", r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-                                 "max_position_embeddings": 2048, "eos_token_id": 7}"#);
+        write(
+            "config.json",
+            r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                 "max_position_embeddings": 2048, "eos_token_id": 7}"#,
+        );
         assert_eq!(detect_kind(dir.path()).unwrap(), ModelKind::Generate);
         let card = ModelCard::from_hf_dir(dir.path(), ModelKind::Generate).unwrap();
         assert_eq!(card.chat_template.as_deref(), Some("D"));

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file::Value;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{Map, Value as Json, json};
 
 const TYPE_NORMAL: i32 = 1;
 const TYPE_UNKNOWN: i32 = 2;
@@ -24,8 +24,7 @@ const TYPE_CONTROL: i32 = 3;
 const TYPE_USER_DEFINED: i32 = 4;
 
 // Splits llama.cpp applies before BPE (GPT-2's own is built into `ByteLevel` with `use_regex`).
-const LLAMA3_SPLIT: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN35_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -41,8 +40,8 @@ pub(super) struct GgufTokenizer {
 }
 
 pub(super) fn build(md: &HashMap<String, Value>) -> Result<GgufTokenizer, String> {
-    let model = meta_str(md, "tokenizer.ggml.model")?
-        .ok_or("the GGUF has no tokenizer (tokenizer.ggml.model is missing)")?;
+    let model =
+        meta_str(md, "tokenizer.ggml.model")?.ok_or("the GGUF has no tokenizer (tokenizer.ggml.model is missing)")?;
     let tokens = string_array(md, "tokenizer.ggml.tokens")?.ok_or("the GGUF has no tokenizer.ggml.tokens")?;
     let types = match md.get("tokenizer.ggml.token_type") {
         Some(value) => int_array(value, "tokenizer.ggml.token_type")?,
@@ -92,9 +91,7 @@ fn byte_level_bpe(md: &HashMap<String, Value>, tokens: &[String], added: Vec<Jso
 /// The pre-tokenizer for a llama.cpp `tokenizer.ggml.pre` name, whether BPE looks a whole word up
 /// in the vocab before merging (`ignore_merges`), and llama.cpp's default for adding BOS.
 fn byte_level_pre_tokenizer(pre: &str) -> Result<(Json, bool, bool), String> {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let split = |regex: &str| {
         json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
@@ -141,7 +138,11 @@ fn sentencepiece_bpe(
         None => return Err("the GGUF's SentencePiece tokenizer has no tokenizer.ggml.scores".into()),
     };
     if scores.len() != tokens.len() {
-        return Err(format!("tokenizer.ggml.scores has {} entries but there are {} tokens", scores.len(), tokens.len()));
+        return Err(format!(
+            "tokenizer.ggml.scores has {} entries but there are {} tokens",
+            scores.len(),
+            tokens.len()
+        ));
     }
     let add_space_prefix = meta_bool(md, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
     let unk_token = match meta_u64(md, "tokenizer.ggml.unknown_token_id")? {
@@ -186,9 +187,8 @@ fn sentencepiece_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec
     for (id, token) in tokens.iter().enumerate() {
         ids.entry(token.as_str()).or_insert(id);
     }
-    let mut pieces: Vec<usize> = (0..tokens.len())
-        .filter(|&id| types[id] == TYPE_NORMAL && tokens[id].chars().nth(1).is_some())
-        .collect();
+    let mut pieces: Vec<usize> =
+        (0..tokens.len()).filter(|&id| types[id] == TYPE_NORMAL && tokens[id].chars().nth(1).is_some()).collect();
     pieces.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let mut merges = Vec::new();
     let mut local = Vec::new();
@@ -222,9 +222,7 @@ fn added_tokens(tokens: &[String], types: &[i32]) -> Vec<Json> {
         .iter()
         .zip(types)
         .enumerate()
-        .filter(|(_, (token, ty))| {
-            !token.is_empty() && matches!(**ty, TYPE_UNKNOWN | TYPE_CONTROL | TYPE_USER_DEFINED)
-        })
+        .filter(|(_, (token, ty))| !token.is_empty() && matches!(**ty, TYPE_UNKNOWN | TYPE_CONTROL | TYPE_USER_DEFINED))
         .map(|(id, (token, &ty))| {
             json!({
                 "id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false,
@@ -254,11 +252,10 @@ pub(super) fn meta_str<'a>(md: &'a HashMap<String, Value>, key: &str) -> Result<
 pub(super) fn meta_u64(md: &HashMap<String, Value>, key: &str) -> Result<Option<u64>, String> {
     match md.get(key) {
         None => Ok(None),
-        Some(value) => {
-            value_i64(value).and_then(|v| u64::try_from(v).ok()).map(Some).ok_or_else(|| {
-                format!("{key} is {value:?}, not a non-negative integer")
-            })
-        }
+        Some(value) => value_i64(value)
+            .and_then(|v| u64::try_from(v).ok())
+            .map(Some)
+            .ok_or_else(|| format!("{key} is {value:?}, not a non-negative integer")),
     }
 }
 
@@ -310,14 +307,13 @@ fn int_array(value: &Value, key: &str) -> Result<Vec<i32>, String> {
     values
         .iter()
         .map(|v| {
-            value_i64(v)
-                .and_then(|x| i32::try_from(x).ok())
-                .ok_or_else(|| format!("{key} holds {v:?}, not an integer"))
+            value_i64(v).and_then(|x| i32::try_from(x).ok()).ok_or_else(|| format!("{key} holds {v:?}, not an integer"))
         })
         .collect()
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -328,10 +324,39 @@ mod tests {
     /// A toy SentencePiece vocab: `▁`, letters, a few merged pieces and byte tokens for `\n`/`é`.
     fn toy_spm(add_space_prefix: bool) -> HashMap<String, Value> {
         let tokens = [
-            "<unk>", "<s>", "</s>", "<0x0A>", "<0xC3>", "<0xA9>", "\u{2581}", "h", "e", "l", "o", "w", "r", "d",
-            "he", "ll", "hell", "hello", "\u{2581}hello", "\u{2581}w", "or", "\u{2581}wor", "ld", "\u{2581}world",
+            "<unk>",
+            "<s>",
+            "</s>",
+            "<0x0A>",
+            "<0xC3>",
+            "<0xA9>",
+            "\u{2581}",
+            "h",
+            "e",
+            "l",
+            "o",
+            "w",
+            "r",
+            "d",
+            "he",
+            "ll",
+            "hell",
+            "hello",
+            "\u{2581}hello",
+            "\u{2581}w",
+            "or",
+            "\u{2581}wor",
+            "ld",
+            "\u{2581}world",
         ];
-        let types: Vec<i32> = (0..tokens.len()).map(|i| match i { 0 => 2, 1 | 2 => 3, 3..=5 => 6, _ => 1 }).collect();
+        let types: Vec<i32> = (0..tokens.len())
+            .map(|i| match i {
+                0 => 2,
+                1 | 2 => 3,
+                3..=5 => 6,
+                _ => 1,
+            })
+            .collect();
         let scores: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
         let mut md = HashMap::new();
         md.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
@@ -376,5 +401,37 @@ mod tests {
         assert!(err.contains("tokenizer.ggml.pre 'tekken'"), "{err}");
         md.remove("tokenizer.ggml.model");
         assert!(build(&md).unwrap_err().contains("has no tokenizer"));
+    }
+
+    /// llama.cpp's golden tokenizations (`models/ggml-vocab-NAME.gguf` with `.inp`/`.out`, made
+    /// by HF `tokenizers`; they ship in llama.cpp and the llama-cpp-python sdist), for every
+    /// tokenizer kind this module claims to support.
+    #[test]
+    #[ignore = "needs llama.cpp's vocab GGUFs: set TRITIUM_LLAMA_VOCAB_DIR to llama.cpp/models"]
+    fn llama_cpp_golden_tokenizations() {
+        let dir = std::env::var_os("TRITIUM_LLAMA_VOCAB_DIR")
+            .map(std::path::PathBuf::from)
+            .expect("set TRITIUM_LLAMA_VOCAB_DIR to llama.cpp's models/ folder (with ggml-vocab-*.gguf)");
+        let names =
+            ["gpt-2", "llama-bpe", "llama-spm", "phi-3", "qwen2", "qwen35", "starcoder", "refact", "command-r", "mpt"];
+        let mut failures = Vec::new();
+        for name in names {
+            let path = dir.join(format!("ggml-vocab-{name}.gguf"));
+            let mut file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+            let tokenizer: tokenizers::Tokenizer = build(&content.metadata).unwrap().json.parse().unwrap();
+            let inputs = std::fs::read_to_string(path.with_extension("gguf.inp")).unwrap();
+            let outputs = std::fs::read_to_string(path.with_extension("gguf.out")).unwrap();
+            let inputs: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
+            assert!(outputs.lines().count() > 30 && inputs.len() > outputs.lines().count(), "{name}: no cases");
+            for (input, expected) in inputs.iter().zip(outputs.lines()) {
+                let expected: Vec<u32> = expected.split_whitespace().map(|id| id.parse().unwrap()).collect();
+                let ids = tokenizer.encode(*input, false).unwrap().get_ids().to_vec();
+                if ids != expected {
+                    failures.push(format!("{name}: {input:?}\n  expected {expected:?}\n  got      {ids:?}"));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
     }
 }

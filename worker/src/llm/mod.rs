@@ -5,6 +5,8 @@
 pub mod backend;
 mod card;
 mod engine;
+#[cfg(test)]
+mod engine_tests;
 mod gguf_tokenizer;
 mod model;
 mod sampler;

@@ -9,7 +9,7 @@
 
 use std::cmp::Ordering;
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,8 @@ use super::types::{GeneratedToken, SamplingOptions};
 
 /// How many candidates top-p looks at first; it grows this until the nucleus fits.
 const NUCLEUS_START: usize = 256;
+/// Up to this many, the best candidates are found with a heap rather than a selection.
+const HEAP_LIMIT: usize = 1024;
 
 /// Samples the tokens of one sequence, remembering what it has seen for the penalties.
 pub(crate) struct Sampler {
@@ -41,6 +43,8 @@ pub(crate) struct Sampler {
     weights: Vec<f32>,
     /// (token, logit) pairs, the best first once `select_top` has run.
     candidates: Vec<(u32, f32)>,
+    /// The `select_top` heap, worst kept candidate on top.
+    heap: BinaryHeap<Candidate>,
 }
 
 impl Sampler {
@@ -62,6 +66,7 @@ impl Sampler {
             logits: Vec::new(),
             weights: Vec::new(),
             candidates: Vec::new(),
+            heap: BinaryHeap::new(),
         }
     }
 
@@ -180,19 +185,39 @@ impl Sampler {
     }
 
     /// Leaves the `n` best (token, logit) pairs in `self.candidates`, best first; ties go to
-    /// the lower id. Linear time to find them, then `n log n` to order them.
+    /// the lower id. A few hundred come from one pass with a bounded heap (most logits lose a
+    /// single comparison with the worst kept); more from a linear-time selection.
     fn select_top(&mut self, n: usize) {
         self.candidates.clear();
-        // Token ids fit in u32: the vocabulary is indexed by them.
-        self.candidates.extend(self.logits.iter().enumerate().map(|(i, &x)| (i as u32, x)));
-        let n = n.min(self.candidates.len());
+        let n = n.min(self.logits.len());
         if n == 0 {
-            self.candidates.clear();
             return;
         }
-        if n < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(n - 1, better);
-            self.candidates.truncate(n);
+        if n <= HEAP_LIMIT {
+            self.heap.clear();
+            let mut worst = f32::NEG_INFINITY;
+            for (i, &x) in self.logits.iter().enumerate() {
+                // Token ids fit in u32: the vocabulary is indexed by them.
+                let candidate = Candidate(i as u32, x);
+                if self.heap.len() < n {
+                    self.heap.push(candidate);
+                    if self.heap.len() == n {
+                        worst = self.heap.peek().map_or(f32::NEG_INFINITY, |c| c.1);
+                    }
+                } else if x > worst {
+                    if let Some(mut root) = self.heap.peek_mut() {
+                        *root = candidate;
+                    }
+                    worst = self.heap.peek().map_or(f32::NEG_INFINITY, |c| c.1);
+                }
+            }
+            self.candidates.extend(self.heap.drain().map(|c| (c.0, c.1)));
+        } else {
+            self.candidates.extend(self.logits.iter().enumerate().map(|(i, &x)| (i as u32, x)));
+            if n < self.candidates.len() {
+                self.candidates.select_nth_unstable_by(n - 1, better);
+                self.candidates.truncate(n);
+            }
         }
         self.candidates.sort_unstable_by(better);
     }
@@ -210,6 +235,30 @@ impl Sampler {
 fn better(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
+
+/// A (token, logit) pair ordered by [`better`], so a max-heap keeps the worst on top.
+#[derive(Debug, Clone, Copy)]
+struct Candidate(u32, f32);
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Candidate) -> Ordering {
+        better(&(self.0, self.1), &(other.0, other.1))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Candidate) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Candidate) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Candidate {}
 
 /// NaN counts as impossible; +inf as the largest finite value, so differences stay finite.
 fn sanitise(x: f32) -> f32 {
@@ -359,6 +408,19 @@ mod tests {
     }
 
     #[test]
+    fn select_top_agrees_with_a_full_sort_ties_included() {
+        let logits: Vec<f32> = (0..5000).map(|i| ((i * 7) % 13) as f32).collect();
+        let mut sorted: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+        sorted.sort_by(better);
+        let mut sampler = Sampler::new(&options(1.0), None, &[]);
+        sampler.logits = logits;
+        for n in [1, 7, 400, HEAP_LIMIT, HEAP_LIMIT + 1, 5000, 6000] {
+            sampler.select_top(n);
+            assert_eq!(sampler.candidates, sorted[..n.min(5000)], "n = {n}");
+        }
+    }
+
+    #[test]
     fn draws_follow_the_softmax_and_temperature_sharpens_it() {
         let logits = [2.0f32, 1.0, 0.0, -1.0];
         let draws = 20_000;
@@ -453,25 +515,5 @@ mod tests {
         assert_eq!(sampler.sample(&[0.0, f32::INFINITY, 1.0]).id, 1);
         assert_eq!(sampler.sample(&[f32::NEG_INFINITY, f32::NEG_INFINITY, 1.0]).id, 2);
         assert_eq!(sampler.sample(&[]).id, 0);
-    }
-
-    #[test]
-    fn zz_timing() {
-        let logits = ramp(151_000);
-        for (name, opts) in [
-            ("greedy", options(0.0)),
-            ("full", options(1.0)),
-            ("top_k 50", SamplingOptions { top_k: 50, ..options(0.8) }),
-            ("top_p 0.9", SamplingOptions { top_p: 0.9, ..options(0.8) }),
-            ("top_k 50 + top_p 0.9", SamplingOptions { top_k: 50, top_p: 0.9, ..options(0.8) }),
-        ] {
-            for lp in [None, Some(5)] {
-                let mut s = Sampler::new(&opts, lp, &[1, 2, 3]);
-                s.sample(&logits);
-                let t = std::time::Instant::now();
-                for _ in 0..50 { s.sample(&logits); }
-                eprintln!("TIMING {name} logprobs={lp:?}: {:?}/call", t.elapsed() / 50);
-            }
-        }
     }
 }
