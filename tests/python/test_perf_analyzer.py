@@ -34,7 +34,7 @@ MODELS = {
 }
 
 
-def perf_analyzer(url: str, *args: str, request_count: int = 200) -> subprocess.CompletedProcess:
+def perf_analyzer(url: str, *args: str, request_count: int = 200, timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
     if not PERF_ANALYZER.exists():
         pytest.fail(f"{PERF_ANALYZER} missing")
     cmd = [
@@ -52,7 +52,11 @@ def perf_analyzer(url: str, *args: str, request_count: int = 200) -> subprocess.
         "--stability-percentage", "100",
         *args,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=REPO)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired as e:
+        partial = "".join(p.decode(errors="replace") if isinstance(p, bytes) else p for p in (e.stdout or "", e.stderr or ""))
+        pytest.fail(f"{' '.join(cmd)} did not finish within {timeout:.0f}s\n{partial[-6000:]}")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} -> exit {proc.returncode}\n{output[-6000:]}"
     assert "Throughput:" in output, output[-6000:]
@@ -107,7 +111,9 @@ def test_perf_analyzer_smollm2_streaming(llm_server, tmp_path: pathlib.Path):
         "--input-data", str(data),
         "--concurrency-range", "2",
         "-p", "1000",
+        "-v",  # prints the error of each failed pass ("Pass [1] cb::Error: ...") instead of retrying silently
         request_count=8,
+        timeout=150,
     )
     output = proc.stdout + proc.stderr
     errors = [line for line in output.splitlines() if ERROR_LINE.search(line)]

@@ -50,11 +50,12 @@ pub(super) fn describe(e: &Error) -> String {
 
 /// Python's `json.dumps` as HF's `tojson` calls it: `", "`/`": "` separators, non-ASCII kept,
 /// nothing HTML-escaped (minijinja's own filter escapes `<`, `>`, `&` and `'`, which would
-/// change tool schemas in prompts). Keys keep their order.
+/// change tool schemas in prompts). Keys come out in the order the value holds them: sorted, for
+/// objects from a request (Python would keep the client's order).
 fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
-    // Accepted for compatibility; the order given is kept.
+    // Accepted for compatibility: keys are in one fixed order already.
     let _: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
     let mut out = Vec::new();

@@ -134,7 +134,10 @@ impl ModelCard {
         if let Some(id) = eos_token.as_deref().and_then(|text| token_id(&tokenizer, text)) {
             push_unique(&mut eos_token_ids, id);
         }
-        let add_bos_token = tokenizer_config.get("add_bos_token").and_then(Json::as_bool).unwrap_or(false);
+        let add_bos_token = match tokenizer_config.get("add_bos_token").and_then(Json::as_bool) {
+            Some(add) => add,
+            None => bos_token.as_deref().is_some_and(|bos| post_processor_adds(&tokenizer, bos)),
+        };
         let context_length = context_length(&config, &tokenizer_config).ok_or_else(|| {
             fail("config.json has no max_position_embeddings (nor n_positions, max_sequence_length, seq_length)".into())
         })?;
@@ -342,6 +345,22 @@ fn token_text(tokenizer: &Json, id: u32) -> Option<String> {
     Some(text.to_owned())
 }
 
+/// Whether the tokenizer's own post-processor puts `token` first (Llama 3 adds BOS that way,
+/// with no `add_bos_token` in its config).
+fn post_processor_adds(tokenizer: &Json, token: &str) -> bool {
+    let Some(post) = tokenizer.get("post_processor") else {
+        return false;
+    };
+    let steps = match post.get("processors").and_then(Json::as_array) {
+        Some(steps) => steps.iter().collect(),
+        None => vec![post],
+    };
+    steps.iter().any(|step| {
+        step.get("type").and_then(Json::as_str) == Some("TemplateProcessing")
+            && step.pointer("/single/0/SpecialToken/id").and_then(Json::as_str) == Some(token)
+    })
+}
+
 fn push_unique(ids: &mut Vec<u32>, id: u32) {
     if !ids.contains(&id) {
         ids.push(id);
@@ -461,6 +480,20 @@ pub(crate) mod tests {
         assert_eq!(card.chat_template.as_deref(), Some("J"));
         assert_eq!(card.bos_token, None);
         assert!(!card.add_bos_token);
+
+        // A post-processor that writes BOS first (as Llama 3's does) means BOS is added.
+        let mut tokenizer: Json = serde_json::from_str(&gguf_card.tokenizer_json).unwrap();
+        tokenizer["post_processor"] = serde_json::json!({"type": "Sequence", "processors": [
+            {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+            {"type": "TemplateProcessing",
+             "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+             "pair": [], "special_tokens": {}},
+        ]});
+        write("tokenizer.json", &tokenizer.to_string());
+        write("config.json", r#"{"max_position_embeddings": 2048, "bos_token_id": 1}"#);
+        let card = ModelCard::from_hf_dir(dir.path(), ModelKind::Generate).unwrap();
+        assert_eq!(card.bos_token.as_deref(), Some("<|im_start|>"));
+        assert!(card.add_bos_token);
     }
 
     #[test]
