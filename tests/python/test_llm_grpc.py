@@ -11,6 +11,7 @@ decodes about 20 tokens/s on 2 cores).
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import threading
@@ -396,6 +397,13 @@ def run_streams(server, prompts: list[str], parameters: dict) -> ParallelRun:
     return ParallelRun(results=results, elapsed_s=max(ends) - min(starts))
 
 
+def server_cpu_s(server) -> float:
+    """User + system CPU seconds of the server process so far (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{server.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class BatchingRun:
     single: ParallelRun
@@ -404,6 +412,10 @@ class BatchingRun:
     eight_tokens: float
     decode_steps: float
     decode_rows: float
+    # Server CPU seconds of each phase: on a shared 2-core machine wall time also measures the neighbours,
+    # so the CPU cost per token is printed next to the tokens/s.
+    single_cpu_s: float
+    eight_cpu_s: float
 
 
 @pytest.fixture(scope="module")
@@ -414,11 +426,16 @@ def batching_run(llm_server) -> BatchingRun:
     wait_idle(llm_server)
     run_streams(llm_server, [PROMPT], greedy(2))  # warm-up
     before_single = wait_idle(llm_server)
+    cpu0 = server_cpu_s(llm_server)
     single = run_streams(llm_server, [PROMPT], params)
     after_single = wait_idle(llm_server)
+    cpu1 = server_cpu_s(llm_server)
     eight = run_streams(llm_server, PROMPTS, params)
     after_eight = wait_idle(llm_server)
+    cpu2 = server_cpu_s(llm_server)
     return BatchingRun(
+        single_cpu_s=cpu1 - cpu0,
+        eight_cpu_s=cpu2 - cpu1,
         single=single,
         eight=eight,
         single_tokens=metric(after_single, GENERATED, model=MODEL) - metric(before_single, GENERATED, model=MODEL),
@@ -454,7 +471,9 @@ def test_batching_raises_throughput(batching_run):
     print(
         f"\n1 stream: {b.single_tokens:.0f} tokens in {b.single.elapsed_s:.2f}s = {single_rate:.1f} tokens/s;"
         f" 8 streams: {b.eight_tokens:.0f} tokens in {b.eight.elapsed_s:.2f}s = {eight_rate:.1f} tokens/s"
-        f" (x{eight_rate / single_rate:.2f}); decode rows/steps {b.decode_rows:.0f}/{b.decode_steps:.0f}"
+        f" (x{eight_rate / single_rate:.2f}); decode rows/steps {b.decode_rows:.0f}/{b.decode_steps:.0f};"
+        f" server CPU per token {1000 * b.single_cpu_s / b.single_tokens:.0f} ms alone,"
+        f" {1000 * b.eight_cpu_s / b.eight_tokens:.0f} ms batched"
     )
     assert b.decode_steps > 0, "no decode steps counted during the 8-stream phase"
     assert b.decode_rows / b.decode_steps > 1, f"no decode step batched two sequences: rows {b.decode_rows}, steps {b.decode_steps}"

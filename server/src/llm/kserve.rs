@@ -4,6 +4,7 @@
 //! one, carrying the finish reason, is marked final; otherwise one response holds it all.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -14,7 +15,7 @@ use tritium_openai_bridge::pipeline::{TextEvent, TextStream, collect, text_strea
 use tritium_openai_bridge::routes::LlmHub;
 use tritium_tensor::Tensor;
 use tritium_worker::llm::FinishReason;
-use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ResponseStream, StreamItem, WorkerError};
+use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ModelVersion, ResponseStream, StreamItem, WorkerError};
 
 use super::LlmFrontend;
 use crate::error::ServerError;
@@ -23,6 +24,33 @@ use crate::error::ServerError;
 const STREAM_BUFFER: usize = 32;
 
 pub type KserveAnswer = InferOutcome;
+
+/// Triton statistics of one request on a language model, recorded when it ends (perf_analyzer
+/// reads them). `queue` runs from arrival to the generation's start (validation and
+/// tokenization included), `compute_infer` from there to the last token; the engine's own queue
+/// time is in the Prometheus metrics.
+struct Statistics {
+    version: Arc<ModelVersion>,
+    arrived: Instant,
+    started: Instant,
+}
+
+impl Statistics {
+    fn record(&self, succeeded: bool) {
+        let stats = &self.version.stats;
+        if !succeeded {
+            stats.fail.record(self.arrived.elapsed());
+            return;
+        }
+        let now = Instant::now();
+        stats.queue.record(self.started - self.arrived);
+        stats.compute_input.record(Duration::ZERO);
+        stats.compute_infer.record(now - self.started);
+        stats.compute_output.record(Duration::ZERO);
+        stats.success.record(now - self.arrived);
+        stats.record_execution(1);
+    }
+}
 
 /// Labels every response of one request carries.
 #[derive(Clone)]
@@ -61,11 +89,16 @@ impl LlmFrontend {
     /// ModelStreamInfer, where `streaming` may ask for one response per delta.
     pub async fn infer_kserve(&self, mut request: InferenceRequest, stream_call: bool) -> Result<KserveAnswer, ServerError> {
         let version = self.repository.resolve(&request.model_name, request.model_version)?;
-        version.schema.validate(&mut request)?;
+        let arrived = request.arrived;
+        let failed = |e: ServerError| {
+            version.stats.fail.record(arrived.elapsed());
+            e
+        };
+        version.schema.validate(&mut request).map_err(|e| failed(e.into()))?;
         let model = request.model_name.as_str();
-        let parsed =
-            parse_infer_request(model, &request.inputs, &request.parameters).map_err(|e| request_error(&request.id, e))?;
-        let pre = self.preprocessor_for(model).map_err(|e| request_error(&request.id, e))?;
+        let parsed = parse_infer_request(model, &request.inputs, &request.parameters)
+            .map_err(|e| failed(request_error(&request.id, e)))?;
+        let pre = self.preprocessor_for(model).map_err(|e| failed(request_error(&request.id, e)))?;
         let mut observer = self.metrics.observer(model, "grpc");
         let started = async {
             let prompt = pre.encode(&parsed.prompt, true)?;
@@ -78,9 +111,10 @@ impl LlmFrontend {
             Ok(tokens) => tokens,
             Err(e) => {
                 observer.failed(&e);
-                return Err(request_error(&request.id, e));
+                return Err(failed(request_error(&request.id, e)));
             }
         };
+        let statistics = Statistics { version: Arc::clone(&version), arrived, started: Instant::now() };
         let text = text_stream(Arc::clone(&pre), tokens, parsed.options.stop.clone(), observer);
         let label = Label {
             model: Arc::clone(&version.name),
@@ -89,16 +123,18 @@ impl LlmFrontend {
             requested_outputs: request.requested_outputs,
         };
         if stream_call && parsed.streaming {
-            return Ok(InferOutcome::Stream(stream_deltas(label, text)));
+            return Ok(InferOutcome::Stream(stream_deltas(label, text, statistics)));
         }
-        let (completion, _, reason, _) = collect(text).await.map_err(|e| request_error(&label.id, e))?;
+        let collected = collect(text).await;
+        statistics.record(collected.is_ok());
+        let (completion, _, reason, _) = collected.map_err(|e| request_error(&label.id, e))?;
         Ok(InferOutcome::Single(label.response(&completion, Some(reason))))
     }
 }
 
 /// One response per text delta on its own task; dropping the returned stream stops the task,
 /// which drops the text stream and so cancels the sequence in the engine.
-fn stream_deltas(label: Label, mut text: TextStream) -> ResponseStream {
+fn stream_deltas(label: Label, mut text: TextStream, statistics: Statistics) -> ResponseStream {
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
     let cancel = CancellationToken::new();
     let stopped = cancel.clone();
@@ -111,8 +147,14 @@ fn stream_deltas(label: Label, mut text: TextStream) -> ResponseStream {
             let item = match event {
                 Some(Ok(TextEvent::Delta { text, .. })) if text.is_empty() => continue,
                 Some(Ok(TextEvent::Delta { text, .. })) => StreamItem::Response(label.response(&text, None)),
-                Some(Ok(TextEvent::Finished { reason, .. })) => StreamItem::Response(label.response("", Some(reason))),
-                Some(Err(e)) => StreamItem::Error(WorkerError::Failed { code: e.code(), message: e.to_string() }),
+                Some(Ok(TextEvent::Finished { reason, .. })) => {
+                    statistics.record(true);
+                    StreamItem::Response(label.response("", Some(reason)))
+                }
+                Some(Err(e)) => {
+                    statistics.record(false);
+                    StreamItem::Error(WorkerError::Failed { code: e.code(), message: e.to_string() })
+                }
                 None => return,
             };
             let last = !matches!(&item, StreamItem::Response(r) if !r.is_final);

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::config::{DecoderConfig, RopeStyle};
@@ -85,9 +85,40 @@ pub(crate) fn config_from_gguf(content: &Content) -> Result<DecoderConfig, Strin
     })
 }
 
-pub(crate) fn load_weights(content: &Content, file: &mut File, config: &DecoderConfig, device: &Device) -> Result<Weights, String> {
+/// GGUF block types candle multiplies with plain scalar code on x86 (no AVX kernel). Their
+/// matrices are re-quantized to Q8_0 at load, which has one: several times faster per row, so
+/// decoding gets faster and batching pays (a scalar kernel is compute-bound, so rows in one step
+/// cost as much as rows in separate steps). Q8_0 keeps 8 bits per weight, so the rounding it adds
+/// is far below the 4 or 5 bits these types carry.
+const SLOW_ON_X86: &[GgmlDType] = &[GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+
+/// Whether matrices of slow block types are re-quantized to Q8_0 on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Requantize {
+    Never,
+    SlowTypesOnCpu,
+}
+
+fn requantized(tensor: QTensor, device: &Device, policy: Requantize) -> Result<QTensor, String> {
+    let slow = cfg!(target_arch = "x86_64") && SLOW_ON_X86.contains(&tensor.dtype());
+    let columns = tensor.shape().dims().last().copied().unwrap_or(0);
+    if policy == Requantize::Never || !device.is_cpu() || !slow || columns % GgmlDType::Q8_0.block_size() != 0 {
+        return Ok(tensor);
+    }
+    let dense = tensor.dequantize(device).map_err(|e| e.to_string())?;
+    QTensor::quantize(&dense, GgmlDType::Q8_0).map_err(|e| e.to_string())
+}
+
+pub(crate) fn load_weights(
+    content: &Content,
+    file: &mut File,
+    config: &DecoderConfig,
+    device: &Device,
+    policy: Requantize,
+) -> Result<Weights, String> {
     let mut qtensor = |name: &str| {
-        content.tensor(file, name, device).map_err(|e| format!("GGUF tensor '{name}': {e}"))
+        let tensor = content.tensor(file, name, device).map_err(|e| format!("GGUF tensor '{name}': {e}"))?;
+        requantized(tensor, device, policy).map_err(|e| format!("GGUF tensor '{name}': {e}"))
     };
     let embeddings_q = Arc::new(qtensor("token_embd.weight")?);
     let embeddings = embeddings_q.dequantize(device).map_err(|e| format!("token_embd.weight: {e}"))?;
@@ -120,10 +151,10 @@ pub(crate) fn load_weights(content: &Content, file: &mut File, config: &DecoderC
     Ok(Weights { embeddings, layers, norm, lm_head })
 }
 
-fn linear_from(weight: Arc<candle_core::quantized::QTensor>, bias: Option<Tensor>) -> Result<Linear, String> {
+fn linear_from(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Linear, String> {
     Ok(Linear { weight: QMatMul::from_arc(weight).map_err(|e| e.to_string())?, bias })
 }
 
-fn dequantized(tensor: candle_core::quantized::QTensor, device: &Device) -> Result<Tensor, String> {
+fn dequantized(tensor: QTensor, device: &Device) -> Result<Tensor, String> {
     tensor.dequantize(device).map_err(|e| e.to_string())
 }

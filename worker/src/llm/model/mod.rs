@@ -15,12 +15,17 @@ use std::path::Path;
 use candle_core::Device;
 
 pub(crate) use decoder::{DecoderModel, SequenceInput};
+pub(crate) use gguf::Requantize;
 pub(crate) use kv_cache::SequenceCache;
 
 use super::card::{ModelCard, ModelKind};
 
 /// Loads a decoder and its card from `path`: a `.gguf` file or a Hugging Face folder.
 pub(crate) fn load(path: &Path, device: &Device) -> Result<(DecoderModel, ModelCard), String> {
+    load_with(path, device, Requantize::SlowTypesOnCpu)
+}
+
+pub(crate) fn load_with(path: &Path, device: &Device, requantize: Requantize) -> Result<(DecoderModel, ModelCard), String> {
     let source = path.display().to_string();
     let (config, weights, mut card) = if path.is_dir() {
         let config = hf::read_config(path)?;
@@ -31,7 +36,7 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<(DecoderModel, ModelC
         let (content, mut file) = gguf::read_content(path)?;
         let config = gguf::config_from_gguf(&content)?;
         let card = ModelCard::from_gguf(&content, &source)?;
-        let weights = gguf::load_weights(&content, &mut file, &config, device)?;
+        let weights = gguf::load_weights(&content, &mut file, &config, device, requantize)?;
         (config, weights, card)
     };
     // The card's context length is what the frontend checks prompts against; the model's own
