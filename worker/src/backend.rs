@@ -228,7 +228,8 @@ impl std::fmt::Debug for BackendRegistry {
 }
 
 impl BackendRegistry {
-    /// A registry holding the built-in backends: `identity`, `add_sub` and `repeat`.
+    /// A registry holding the built-in backends: `identity`, `add_sub`, `repeat`, and the model
+/// backends `tritium_llm` (language models) and `tritium_embed` (sentence embedders).
     pub fn with_builtins() -> BackendRegistry {
         let mut registry = BackendRegistry::default();
         crate::backends::register_builtins(&mut registry);

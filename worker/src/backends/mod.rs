@@ -1,5 +1,6 @@
 //! Built-in backends: `identity`, `add_sub` and `repeat`, useful for testing clients, measuring
-//! the server's own overhead, and as examples of [`Backend`](crate::backend::Backend).
+//! the server's own overhead, and as examples of [`Backend`](crate::backend::Backend); the
+//! registry also gets the language and embedding model backends.
 
 mod add_sub;
 mod identity;

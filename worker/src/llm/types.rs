@@ -91,7 +91,8 @@ impl FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeneratedToken {
     pub id: u32,
-    /// Natural log of the token's probability after the sampling transforms (when asked for).
+    /// Natural log of the token's probability under the penalised distribution, before
+    /// temperature, top-k and top-p (when asked for).
     pub logprob: Option<f32>,
     /// The most likely alternatives at this position, most likely first (when asked for).
     pub top_logprobs: Vec<(u32, f32)>,
