@@ -19,6 +19,8 @@ use crate::BridgeError;
 use crate::detokenize::Detokenizer;
 use crate::metrics::RequestObserver;
 use crate::preprocess::Preprocessor;
+use crate::routes::LlmHub;
+use crate::sampling::CompletionOptions;
 use crate::stop::StopMatcher;
 
 /// One generated token, with its text for logprobs.
@@ -194,6 +196,35 @@ impl Stream for TextStream {
                     return Poll::Ready(Some(this.fail(error)));
                 }
             }
+        }
+    }
+}
+
+/// Builds the engine request from `options`, starts generation on `model` through `hub` and
+/// wraps the tokens in a text stream: the one way gRPC and HTTP start a generation. Failures are
+/// recorded on `observer`.
+pub async fn generate_text(
+    hub: &dyn LlmHub,
+    pre: &Arc<Preprocessor>,
+    model: &str,
+    options: &CompletionOptions,
+    prompt: Vec<u32>,
+    default_max_tokens: Option<u32>,
+    mut observer: RequestObserver,
+) -> Result<TextStream, BridgeError> {
+    let prompt_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+    let started = match options.to_generate_request(prompt, pre.card(), default_max_tokens) {
+        Ok(request) => {
+            observer.prompt_tokens(prompt_tokens);
+            hub.generate(model, request).await
+        }
+        Err(error) => Err(error),
+    };
+    match started {
+        Ok(tokens) => Ok(text_stream(Arc::clone(pre), tokens, options.stop.clone(), observer)),
+        Err(error) => {
+            observer.failed(&error);
+            Err(error)
         }
     }
 }

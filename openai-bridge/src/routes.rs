@@ -30,7 +30,7 @@ use tritium_worker::llm::{GenerateRequest, ModelKind, TokenStream};
 
 use crate::BridgeError;
 use crate::metrics::{LlmMetrics, RequestObserver};
-use crate::pipeline::{TextStream, text_stream};
+use crate::pipeline::{TextStream, generate_text};
 use crate::preprocess::Preprocessor;
 use crate::protocol::{ErrorBody, ModelList, ModelObject, parse_json};
 use crate::sampling::CompletionOptions;
@@ -91,8 +91,6 @@ impl AppState {
         Err(BridgeError::field("model", format!("the model '{model}' is {is}; it serves {serves}, not {endpoint}")))
     }
 
-    /// Builds the engine request, starts generation and wraps the tokens in a text stream.
-    /// Failures are recorded on `observer`.
     async fn start(
         &self,
         pre: &Arc<Preprocessor>,
@@ -100,18 +98,9 @@ impl AppState {
         options: &CompletionOptions,
         prompt: Vec<u32>,
         default_max_tokens: Option<u32>,
-        mut observer: RequestObserver,
+        observer: RequestObserver,
     ) -> Result<TextStream, BridgeError> {
-        let prompt_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
-        let request = match options.to_generate_request(prompt, pre.card(), default_max_tokens) {
-            Ok(request) => request,
-            Err(error) => return Err(failed(&mut observer, error)),
-        };
-        observer.prompt_tokens(prompt_tokens);
-        match self.hub.generate(model, request).await {
-            Ok(tokens) => Ok(text_stream(Arc::clone(pre), tokens, options.stop.clone(), observer)),
-            Err(error) => Err(failed(&mut observer, error)),
-        }
+        generate_text(self.hub.as_ref(), pre, model, options, prompt, default_max_tokens, observer).await
     }
 }
 

@@ -99,7 +99,7 @@ impl GrpcInferenceService for InferenceService {
         let decoded = decode_request(request.into_inner(), &self.state.shm, arrived)?;
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
-        let response = if self.state.llm.is_language_model(&decoded.request.model_name) {
+        let response = if self.state.llm.is_language_model(&decoded.request.model_name, decoded.request.model_version) {
             match self.state.llm.infer_kserve(decoded.request, false).await? {
                 InferOutcome::Single(response) => response,
                 InferOutcome::Stream(_) => return Err(ServerError::Internal("a unary call got a stream".into()).into()),

@@ -71,7 +71,7 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
     };
     let regions = decoded.output_regions;
     let empty_final_wanted = decoded.enable_empty_final;
-    let outcome = if state.llm.is_language_model(&decoded.request.model_name) {
+    let outcome = if state.llm.is_language_model(&decoded.request.model_name, decoded.request.model_version) {
         state.llm.infer_kserve(decoded.request, true).await
     } else {
         let worker = state.router.route(&decoded.request.model_name);

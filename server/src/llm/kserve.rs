@@ -11,8 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::kserve::{DEFAULT_MAX_TOKENS, parse_infer_request, response_outputs};
-use tritium_openai_bridge::pipeline::{TextEvent, TextStream, collect, text_stream};
-use tritium_openai_bridge::routes::LlmHub;
+use tritium_openai_bridge::pipeline::{TextEvent, TextStream, collect, generate_text};
 use tritium_tensor::Tensor;
 use tritium_worker::llm::FinishReason;
 use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ModelVersion, ResponseStream, StreamItem, WorkerError};
@@ -22,8 +21,6 @@ use crate::error::ServerError;
 
 /// Responses of one streamed generation buffered ahead of a slow reader.
 const STREAM_BUFFER: usize = 32;
-
-pub type KserveAnswer = InferOutcome;
 
 /// Triton statistics of one request on a language model, recorded when it ends (perf_analyzer
 /// reads them). `queue` runs from arrival to the generation's start (validation and
@@ -87,7 +84,7 @@ fn request_error(id: &str, error: BridgeError) -> ServerError {
 impl LlmFrontend {
     /// Runs a KServe request on a language model. `stream_call` says whether it came on
     /// ModelStreamInfer, where `streaming` may ask for one response per delta.
-    pub async fn infer_kserve(&self, mut request: InferenceRequest, stream_call: bool) -> Result<KserveAnswer, ServerError> {
+    pub async fn infer_kserve(&self, mut request: InferenceRequest, stream_call: bool) -> Result<InferOutcome, ServerError> {
         let version = self.repository.resolve(&request.model_name, request.model_version)?;
         let arrived = request.arrived;
         let failed = |e: ServerError| {
@@ -98,24 +95,24 @@ impl LlmFrontend {
         let model = request.model_name.as_str();
         let parsed = parse_infer_request(model, &request.inputs, &request.parameters)
             .map_err(|e| failed(request_error(&request.id, e)))?;
-        let pre = self.preprocessor_for(model).map_err(|e| failed(request_error(&request.id, e)))?;
+        let engine = version.language_model().ok_or_else(|| {
+            failed(ServerError::from(WorkerError::NotLanguageModel { model: model.to_string() }))
+        })?;
+        let pre = self
+            .preprocessor_for_card(model, Arc::clone(engine.card()))
+            .map_err(|e| failed(request_error(&request.id, e)))?;
         let mut observer = self.metrics.observer(model, "grpc");
-        let started = async {
-            let prompt = pre.encode(&parsed.prompt, true)?;
-            observer.prompt_tokens(prompt.len() as u32);
-            let generate = parsed.options.to_generate_request(prompt, pre.card(), Some(DEFAULT_MAX_TOKENS))?;
-            self.generate(model, generate).await
-        }
-        .await;
-        let tokens = match started {
-            Ok(tokens) => tokens,
+        let prompt = match pre.encode(&parsed.prompt, true) {
+            Ok(prompt) => prompt,
             Err(e) => {
                 observer.failed(&e);
                 return Err(failed(request_error(&request.id, e)));
             }
         };
+        let text = generate_text(self, &pre, model, &parsed.options, prompt, Some(DEFAULT_MAX_TOKENS), observer)
+            .await
+            .map_err(|e| failed(request_error(&request.id, e)))?;
         let statistics = Statistics { version: Arc::clone(&version), arrived, started: Instant::now() };
-        let text = text_stream(Arc::clone(&pre), tokens, parsed.options.stop.clone(), observer);
         let label = Label {
             model: Arc::clone(&version.name),
             version: version.version,

@@ -19,8 +19,6 @@ use tritium_worker::{ModelRepository, WorkerError};
 
 use crate::routing::Router;
 
-pub use kserve::KserveAnswer;
-
 /// Preprocessors are built once per loaded card (a reload brings a new card).
 type PreprocessorCache = HashMap<String, (Arc<ModelCard>, Arc<Preprocessor>)>;
 
@@ -63,9 +61,10 @@ impl LlmFrontend {
         version.embedding_model().map(|e| Arc::clone(e.card()))
     }
 
-    /// Whether `model` is a served language model: its KServe requests come here.
-    pub fn is_language_model(&self, model: &str) -> bool {
-        self.card(model).is_some_and(|c| c.kind == ModelKind::Generate)
+    /// Whether a KServe request for `model` (`version`, or the latest) is for a language model,
+    /// whose requests come here. One registry lookup: it runs for every tensor request too.
+    pub fn is_language_model(&self, model: &str, version: Option<i64>) -> bool {
+        self.repository.resolve(model, version).is_ok_and(|v| v.language_model().is_some())
     }
 
     /// Engine counters of every served language model, for `/metrics`.
@@ -90,6 +89,11 @@ impl LlmFrontend {
 
     pub fn preprocessor_for(&self, model: &str) -> Result<Arc<Preprocessor>, BridgeError> {
         let card = self.card(model).ok_or_else(|| BridgeError::ModelNotFound(model.to_string()))?;
+        self.preprocessor_for_card(model, card)
+    }
+
+    /// The preprocessor of `card`, built once per loaded card (a reload brings a new card).
+    pub(crate) fn preprocessor_for_card(&self, model: &str, card: Arc<ModelCard>) -> Result<Arc<Preprocessor>, BridgeError> {
         if let Some((cached_card, pre)) = self.lock_preprocessors().get(model)
             && Arc::ptr_eq(cached_card, &card)
         {
