@@ -53,7 +53,7 @@ impl LlmFrontend {
     }
 
     /// The card of a served language or embedding model (its latest ready version).
-    pub fn card(&self, model: &str) -> Option<Arc<ModelCard>> {
+    fn card(&self, model: &str) -> Option<Arc<ModelCard>> {
         let version = self.repository.resolve(model, None).ok()?;
         if let Some(engine) = version.language_model() {
             return Some(Arc::clone(engine.card()));
@@ -68,7 +68,7 @@ impl LlmFrontend {
     }
 
     /// Engine counters of every served language model, for `/metrics`.
-    pub fn engine_stats(&self) -> Vec<(String, EngineStats)> {
+    fn engine_stats(&self) -> Vec<(String, EngineStats)> {
         let mut stats = Vec::new();
         for model in self.repository.served_models() {
             if let Some(engine) = model.versions.values().next_back().and_then(|v| v.language_model()) {

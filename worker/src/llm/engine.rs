@@ -150,10 +150,6 @@ impl LlmEngine {
             .map_err(|e| format!("starting the engine thread: {e}"))?;
         Ok(LlmEngine { card, shared, vocab_size, thread: Some(thread) })
     }
-
-    pub fn options(&self) -> &EngineOptions {
-        &self.shared.options
-    }
 }
 
 impl LanguageModel for LlmEngine {
