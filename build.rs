@@ -23,5 +23,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".inference.InferTensorContents.bytes_contents")
         .file_descriptor_set_path(out_dir.join("tritium_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
+
+    // The worker plane compiles on its own, into a folder of its own: protoc hands prost every
+    // imported file too, and the `inference` code it would write there again is not ours to use.
+    // Kept out of FILE_DESCRIPTOR_SET so the frontend's reflection never lists the Worker service.
+    println!("cargo:rerun-if-changed=proto/worker.proto");
+    let worker_dir = out_dir.join("worker");
+    std::fs::create_dir_all(&worker_dir)?;
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .extern_path(".inference", "crate::inference")
+        .out_dir(&worker_dir)
+        .file_descriptor_set_path(out_dir.join("tritium_worker_descriptor.bin"))
+        .compile_protos(&["proto/worker.proto"], &["proto"])?;
     Ok(())
 }

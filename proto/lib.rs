@@ -17,8 +17,19 @@ pub mod inference {
     tonic::include_proto!("inference");
 }
 
-/// Serialized `FileDescriptorSet` of `grpc_service.proto` and `model_config.proto`.
+/// The worker request plane (`proto/worker.proto`, package `tritium.worker.v1`): the `Worker`
+/// service a worker process serves and the frontend calls, over the `inference` messages.
+#[allow(clippy::all, missing_docs)]
+pub mod worker {
+    include!(concat!(env!("OUT_DIR"), "/worker/tritium.worker.v1.rs"));
+}
+
+/// Serialized `FileDescriptorSet` of `grpc_service.proto` and `model_config.proto` (not
+/// `worker.proto`: the frontend's reflection lists only what the frontend serves).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tritium_descriptor.bin"));
+
+/// Serialized `FileDescriptorSet` of `worker.proto` and its imports, for a worker's reflection.
+pub const WORKER_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tritium_worker_descriptor.bin"));
 
 /// The fully qualified gRPC service name, as health checks and reflection see it.
 pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
@@ -86,6 +97,17 @@ mod tests {
         let names: Vec<_> = set.file.iter().filter_map(|f| f.name.clone()).collect();
         assert!(names.contains(&"grpc_service.proto".to_string()), "{names:?}");
         assert!(names.contains(&"model_config.proto".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn the_worker_plane_has_a_descriptor_set_of_its_own() {
+        use prost::Message;
+        let names = |bytes: &[u8]| -> Vec<String> {
+            let set = prost_types::FileDescriptorSet::decode(bytes).expect("descriptor set decodes");
+            set.file.iter().filter_map(|f| f.name.clone()).collect()
+        };
+        assert!(!names(FILE_DESCRIPTOR_SET).contains(&"worker.proto".to_string()));
+        assert!(names(WORKER_FILE_DESCRIPTOR_SET).contains(&"worker.proto".to_string()));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tritium_openai_bridge::routes::{LlmHub, openai_routes};
 use tritium_worker::ModelRepository;
 
 use crate::llm::LlmFrontend;
+use crate::routing::{WORKER_HINT, WORKER_ID_HEADER};
 
 #[derive(Clone)]
 struct HttpState {
@@ -31,7 +32,16 @@ pub fn router(repository: Arc<ModelRepository>, llm: Arc<LlmFrontend>) -> Router
         .route("/live", get(live))
         .route("/metrics", get(metrics))
         .with_state(state);
-    openai_routes(hub, Arc::clone(llm.metrics())).merge(operational)
+    openai_routes(hub, Arc::clone(llm.metrics()))
+        .layer(axum::middleware::from_fn(worker_hint))
+        .merge(operational)
+}
+
+/// Runs the request with the worker named by the `x-tritium-worker` header as the routing hint
+/// (the router's `direct` mode).
+async fn worker_hint(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let hint = request.headers().get(WORKER_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    WORKER_HINT.scope(hint, next.run(request)).await
 }
 
 /// 200 once every model that must load has loaded, 503 before (or when one failed).

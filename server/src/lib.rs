@@ -22,8 +22,10 @@ pub mod grpc;
 pub mod http;
 pub mod llm;
 pub mod logging;
+pub mod remote;
 pub mod routing;
 pub mod shm;
+pub mod worker_process;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -41,8 +43,8 @@ use tritium_worker::{BackendRegistry, LocalWorker, ModelRepository, WorkerClient
 
 pub use config::{ResponseCompression, ServerConfig, TransportConfig};
 pub use error::ServerError;
-use discovery::{Discovery, MemoryDiscovery};
-use events::{EventBus, MemoryEventBus};
+use discovery::Discovery;
+use events::EventBus;
 use grpc::{GrpcState, InferenceService};
 use llm::LlmFrontend;
 use routing::Router;
@@ -60,9 +62,13 @@ pub enum StartError {
     Transport(#[from] tonic::transport::Error),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Discovery(#[from] discovery::DiscoveryError),
+    #[error("{0}")]
+    Events(#[from] events::EventError),
 }
 
-/// The id the in-process worker registers under in discovery.
+/// The in-process worker's id in the router (it is not registered in a shared discovery).
 const LOCAL_WORKER_ID: &str = "in-process";
 
 /// A server's parts before it serves: the model registry (loaded), the in-process worker, the
@@ -70,8 +76,6 @@ const LOCAL_WORKER_ID: &str = "in-process";
 pub struct Tritium {
     config: ServerConfig,
     state: Arc<GrpcState>,
-    discovery: Arc<dyn Discovery>,
-    events: Arc<dyn EventBus>,
 }
 
 impl std::fmt::Debug for Tritium {
@@ -92,7 +96,8 @@ impl Tritium {
         backends.register(LLM_BACKEND, LlmFactory { defaults: config.llm.clone() });
         let repository = ModelRepository::open(config.repository.clone(), backends)?;
         let worker: Arc<dyn WorkerClient> = Arc::new(LocalWorker::new(Arc::clone(&repository)));
-        let router = Arc::new(Router::new(LOCAL_WORKER_ID, worker));
+        let router =
+            Router::new(config.router.clone(), Arc::clone(&repository), LOCAL_WORKER_ID, worker, config.transport.max_message_size);
         let llm = Arc::new(LlmFrontend::new(Arc::clone(&repository), Arc::clone(&router)));
         let state = Arc::new(GrpcState {
             repository,
@@ -103,7 +108,7 @@ impl Tritium {
             trace: Mutex::new(grpc::settings::TraceSettings::default()),
             stopping: CancellationToken::new(),
         });
-        Ok(Tritium { config, state, discovery: Arc::new(MemoryDiscovery::new()), events: Arc::new(MemoryEventBus::default()) })
+        Ok(Tritium { config, state })
     }
 
     pub fn repository(&self) -> &Arc<ModelRepository> {
@@ -125,16 +130,12 @@ impl Tritium {
     ) -> Result<(), StartError> {
         let transport = &self.config.transport;
         let stop = CancellationToken::new();
+        let cluster = &self.config.cluster;
+        let discovery: Arc<dyn Discovery> = discovery::connect(&cluster.discovery, &cluster.namespace, cluster.lease_ttl).await?;
+        let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.namespace).await?;
         let poller = self.state.repository.spawn_poller(stop.clone());
-        let publisher = tokio::spawn(routing::publish_local_worker(
-            LOCAL_WORKER_ID.to_string(),
-            Arc::clone(&self.state.repository),
-            Arc::clone(&self.discovery),
-            Arc::clone(&self.events),
-            stop.clone(),
-        ));
-        let follower =
-            tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), Arc::clone(&self.discovery), stop.clone()));
+        let follower = tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), discovery, stop.clone()));
+        let event_follower = tokio::spawn(routing::follow_events(Arc::clone(&self.state.router), events, stop.clone()));
 
         let (reporter, health) = tonic_health::server::health_reporter();
         grpc::health::publish(&reporter, &self.state.repository, &mut HashSet::new()).await;
@@ -208,8 +209,8 @@ impl Tritium {
             }
         }
         let _ = health_task.await;
-        let _ = publisher.await;
         let _ = follower.await;
+        let _ = event_follower.await;
         if let Some(poller) = poller {
             let _ = poller.await;
         }

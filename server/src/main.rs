@@ -6,13 +6,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tritium_server::Tritium;
-use tritium_server::config::{Cli, Command, ServeArgs};
+use tritium_server::config::{Cli, Command, ServeArgs, WorkerArgs};
+use tritium_server::worker_process::{WorkerProcess, default_worker_id};
 use tritium_server::logging::LogControl;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
-    let log = LogControl::install(&args.logging);
+    let logging = match &cli.command {
+        Command::Serve(args) => &args.logging,
+        Command::Worker(args) => &args.logging,
+    };
+    let log = LogControl::install(logging);
     // One worker thread per available core: more only adds contention (measured by grpc_bench).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
@@ -22,7 +26,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args, log)) {
+    let run = async move {
+        match cli.command {
+            Command::Serve(args) => serve(args, log).await,
+            Command::Worker(args) => worker(args).await,
+        }
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -79,6 +89,21 @@ async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::erro
             tracing::warn!("calls still in flight after {exit_timeout:?}; exiting anyway");
         }
     }
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let config = args.worker_config()?;
+    let listener = listener(args.listen.worker_listen_fd, args.listen.addr()).await?;
+    let addr = listener.local_addr()?;
+    let advertised = args.listen.advertised_uri(addr);
+    let id = args.listen.worker_id.clone().unwrap_or_else(default_worker_id);
+    let process = tokio::task::spawn_blocking(move || WorkerProcess::new(config)).await??;
+    tracing::info!(worker = %id, %advertised, "serving the worker plane on {addr}");
+    println!("tritium worker ready grpc={addr} id={id}");
+    std::io::stdout().flush()?;
+    let drain_timeout = std::time::Duration::from_secs(args.exit_timeout_secs);
+    process.serve(listener, id, advertised, shutdown_signal(), drain_timeout).await?;
     Ok(())
 }
 

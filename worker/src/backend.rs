@@ -233,6 +233,7 @@ impl BackendRegistry {
     pub fn with_builtins() -> BackendRegistry {
         let mut registry = BackendRegistry::default();
         crate::backends::register_builtins(&mut registry);
+        registry.register(crate::llm::MOCK_LLM_BACKEND, crate::llm::MockFactory::default());
         registry
     }
 

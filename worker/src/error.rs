@@ -46,6 +46,10 @@ pub enum WorkerError {
     /// A language or embedding model refused or failed a request.
     #[error("{source}")]
     Generate { model: String, source: GenerateError },
+    /// A remote worker could not be reached, or its connection broke before it answered: the
+    /// request may not have run (or, for a stateless one, may safely run again elsewhere).
+    #[error("worker '{worker}' is unreachable: {message}")]
+    Unreachable { worker: String, message: String },
 }
 
 impl WorkerError {
@@ -63,6 +67,7 @@ impl WorkerError {
             WorkerError::NotLanguageModel { .. } | WorkerError::NotEmbeddingModel { .. } => ErrorCode::Unsupported,
             WorkerError::Generate { source, .. } => source.code(),
             WorkerError::Failed { code, .. } => *code,
+            WorkerError::Unreachable { .. } => ErrorCode::Unavailable,
         }
     }
 

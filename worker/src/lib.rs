@@ -29,6 +29,7 @@ pub mod backend;
 pub mod backends;
 pub mod embed;
 pub mod error;
+pub mod kv;
 pub mod llm;
 pub mod model;
 pub mod params;

@@ -44,6 +44,9 @@ pub struct RepositoryOptions {
     /// and the text of its `config.pbtxt`. With none of these and no paths, the built-in
     /// repository is served.
     pub declared: Vec<DeclaredModel>,
+    /// Serve the built-in repository when there are no paths and no declared models. A frontend
+    /// that only fronts remote workers turns this off.
+    pub builtins: bool,
 }
 
 /// A model given by its config alone, with no repository folder.
@@ -61,6 +64,7 @@ impl Default for RepositoryOptions {
             startup_models: Vec::new(),
             poll_interval: Duration::from_secs(15),
             declared: Vec::new(),
+            builtins: true,
         }
     }
 }
@@ -76,6 +80,12 @@ pub struct ServedModel {
 }
 
 impl ServedModel {
+    /// A model assembled by hand rather than loaded from a repository folder: e.g. the frontend's
+    /// stand-in for a model that workers in other processes serve.
+    pub fn new(name: String, config: Arc<ModelConfig>, versions: BTreeMap<i64, Arc<ModelVersion>>) -> ServedModel {
+        ServedModel { name, config, versions, fingerprint: 0 }
+    }
+
     pub fn latest(&self) -> Option<&Arc<ModelVersion>> {
         self.versions.values().next_back()
     }
@@ -141,6 +151,9 @@ pub struct ModelRepository {
     options: RepositoryOptions,
     backends: BackendRegistry,
     served: ArcSwap<HashMap<String, Arc<ServedModel>>>,
+    /// Models workers in other processes serve, shown beside the local ones; a local model of
+    /// the same name wins.
+    remote: ArcSwap<HashMap<String, Arc<ServedModel>>>,
     unserved: Mutex<BTreeMap<String, Unserved>>,
     /// Repository states that failed to reload while an older load kept serving.
     rejected: Mutex<HashMap<String, u64>>,
@@ -156,6 +169,7 @@ impl ModelRepository {
             options,
             backends,
             served: ArcSwap::from_pointee(HashMap::new()),
+            remote: ArcSwap::from_pointee(HashMap::new()),
             unserved: Mutex::new(BTreeMap::new()),
             rejected: Mutex::new(HashMap::new()),
             lifecycle: Mutex::new(()),
@@ -194,16 +208,45 @@ impl ModelRepository {
         self.changes.subscribe()
     }
 
-    /// The served model of that name.
+    /// The served model of that name, local or remote.
     pub fn model(&self, name: &str) -> Option<Arc<ServedModel>> {
-        self.served.load().get(name).cloned()
+        if let Some(local) = self.served.load().get(name) {
+            return Some(Arc::clone(local));
+        }
+        self.remote.load().get(name).cloned()
     }
 
-    /// Every served model, by name.
+    /// Every served model, local and remote, by name.
     pub fn served_models(&self) -> Vec<Arc<ServedModel>> {
+        let local = self.served.load();
+        let mut models: Vec<_> = local.values().cloned().collect();
+        models.extend(self.remote.load().values().filter(|m| !local.contains_key(&m.name)).cloned());
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        models
+    }
+
+    /// The models this process loaded itself (what an in-process worker registers in discovery).
+    pub fn local_models(&self) -> Vec<Arc<ServedModel>> {
         let mut models: Vec<_> = self.served.load().values().cloned().collect();
         models.sort_by(|a, b| a.name.cmp(&b.name));
         models
+    }
+
+    /// Replaces the models served by workers in other processes.
+    pub fn set_remote_models(&self, models: Vec<Arc<ServedModel>>) {
+        let next: HashMap<String, Arc<ServedModel>> = models.into_iter().map(|m| (m.name.clone(), m)).collect();
+        let current = self.remote.load();
+        // Stand-ins are rebuilt on every discovery change; only new or changed versions count.
+        let same = |a: &ServedModel, b: &ServedModel| {
+            a.versions.len() == b.versions.len()
+                && a.versions.iter().zip(&b.versions).all(|((va, ma), (vb, mb))| va == vb && Arc::ptr_eq(ma, mb))
+        };
+        let unchanged =
+            current.len() == next.len() && next.iter().all(|(name, model)| current.get(name).is_some_and(|c| same(c, model)));
+        if !unchanged {
+            self.remote.store(Arc::new(next));
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     fn is_served(&self, name: &str) -> bool {
@@ -217,8 +260,7 @@ impl ModelRepository {
 
     /// The version a request asks for (`None`: the latest ready one), with Triton's errors.
     pub fn resolve(&self, name: &str, version: Option<i64>) -> Result<Arc<ModelVersion>, WorkerError> {
-        let served = self.served.load();
-        let Some(model) = served.get(name) else {
+        let Some(model) = self.model(name) else {
             // A model that was loaded once (or failed to) has no available versions; one that
             // sits in the repository never loaded is as unknown as one that does not exist.
             let known = self.lock_unserved().get(name).is_some_and(|u| !u.reason.is_empty());
@@ -356,7 +398,7 @@ impl ModelRepository {
         let options = &self.options;
         let mut sources = if !options.paths.is_empty() {
             repository::scan_repositories(&options.paths)?
-        } else if options.declared.is_empty() {
+        } else if options.declared.is_empty() && options.builtins {
             BUILTIN_MODELS.iter().map(|(name, text)| builtin_source(name, text)).collect()
         } else {
             Vec::new()
@@ -379,7 +421,7 @@ impl ModelRepository {
             return Ok(Some(builtin_source(&declared.name, &declared.config_text)));
         }
         if options.paths.is_empty() {
-            if !options.declared.is_empty() {
+            if !options.declared.is_empty() || !options.builtins {
                 return Ok(None);
             }
             return Ok(BUILTIN_MODELS.iter().find(|(n, _)| *n == name).map(|(n, text)| builtin_source(n, text)));

@@ -2,15 +2,29 @@
 //! workers register themselves. The default is in memory (one process, nothing external);
 //! etcd and a shared folder are other implementations of the same trait.
 
+mod etcd;
+mod file;
 mod memory;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+pub use etcd::EtcdDiscovery;
+pub use file::FileDiscovery;
 pub use memory::MemoryDiscovery;
 
 /// How a frontend reaches a worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WorkerAddress {
     /// In this process, through a client the router was given directly.
     InProcess,
@@ -19,7 +33,7 @@ pub enum WorkerAddress {
 }
 
 /// One worker and the models it serves now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerInstance {
     pub id: String,
     pub address: WorkerAddress,
@@ -33,17 +47,24 @@ pub enum DiscoveryEvent {
     Up(WorkerInstance),
     /// A worker left (deregistered, or its lease expired).
     Down { id: String },
+    /// Changes may have been missed (the backend's watch was re-established): list again.
+    Resync,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     #[error("discovery backend unavailable: {0}")]
     Unavailable(String),
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid { what: &'static str, value: String, reason: &'static str },
 }
 
 impl DiscoveryError {
     pub fn code(&self) -> tritium_proto::ErrorCode {
-        tritium_proto::ErrorCode::Unavailable
+        match self {
+            DiscoveryError::Unavailable(_) => tritium_proto::ErrorCode::Unavailable,
+            DiscoveryError::Invalid { .. } => tritium_proto::ErrorCode::InvalidArg,
+        }
     }
 }
 
@@ -57,4 +78,54 @@ pub trait Discovery: Send + Sync + std::fmt::Debug + 'static {
     async fn instances(&self) -> Result<Vec<WorkerInstance>, DiscoveryError>;
     /// Changes from now on. A watcher that falls behind gets `Lagged` and should list again.
     fn watch(&self) -> broadcast::Receiver<DiscoveryEvent>;
+}
+
+/// Which discovery backend to use.
+#[derive(Debug, Clone)]
+pub enum DiscoveryConfig {
+    /// This process only.
+    Memory,
+    /// Processes on one machine sharing a folder.
+    File { dir: PathBuf },
+    /// An etcd cluster.
+    Etcd { endpoints: Vec<String> },
+}
+
+/// Builds the backend `config` names. Workers' records live `lease_ttl` after their last renewal
+/// (the in-memory backend has no leases and ignores it, and the namespace).
+pub async fn connect(
+    config: &DiscoveryConfig,
+    namespace: &str,
+    lease_ttl: Duration,
+) -> Result<Arc<dyn Discovery>, DiscoveryError> {
+    Ok(match config {
+        DiscoveryConfig::Memory => Arc::new(MemoryDiscovery::new()),
+        DiscoveryConfig::File { dir } => Arc::new(FileDiscovery::new(dir.clone(), namespace, lease_ttl)?),
+        DiscoveryConfig::Etcd { endpoints } => Arc::new(EtcdDiscovery::connect(endpoints, namespace, lease_ttl).await?),
+    })
+}
+
+/// Worker ids and namespaces become file names and key segments, so each must be one plain
+/// path segment. Names starting with a dot are refused too: that also rules out `.` and `..`,
+/// and leaves dot-files free for the file backend's temporary files.
+pub(crate) fn check_segment(what: &'static str, value: &str) -> Result<(), DiscoveryError> {
+    let reason = if value.is_empty() {
+        "must not be empty"
+    } else if value.contains(['/', '\\']) {
+        "must not contain a path separator"
+    } else if value.starts_with('.') {
+        "must not start with '.'"
+    } else if value.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(DiscoveryError::Invalid { what, value: value.to_string(), reason })
+}
+
+pub(crate) fn check_ttl(ttl: Duration) -> Result<(), DiscoveryError> {
+    if ttl.is_zero() {
+        return Err(DiscoveryError::Invalid { what: "lease TTL", value: format!("{ttl:?}"), reason: "must be positive" });
+    }
+    Ok(())
 }

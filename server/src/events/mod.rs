@@ -1,31 +1,97 @@
-//! Events workers publish for frontends and routers: model changes now; KV-cache and load
-//! reports when LLM workers arrive. The default bus is in memory; NATS is another
-//! implementation of the same trait.
+//! Events workers publish for frontends and routers: model changes, load reports and KV-cache
+//! announcements. The default bus is in memory; NATS is another implementation of the same trait.
+
+// pub(crate) so other tests of the crate can reach `nats::test_nats`.
+pub(crate) mod nats;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use tritium_worker::kv::KvEvent;
+
+pub use nats::NatsEventBus;
 
 /// Events a subscriber may fall behind by before it sees `Lagged`.
 const BUS_BUFFER: usize = 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerEvent {
     /// A worker's set of served models changed.
     ModelsChanged { worker: String, models: Vec<String> },
-    /// How busy a worker is, for load-aware routing.
-    Load { worker: String, active: u64, queued: u64 },
+    /// How busy a worker is with one model, for load-aware routing.
+    Load(LoadReport),
+    /// A worker's engine stored or evicted KV-cache blocks of one model.
+    Kv { worker: String, model: String, event: KvEvent },
+}
+
+/// One worker's load on one model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub worker: String,
+    pub model: String,
+    /// Sequences (or requests) running now.
+    pub active: u64,
+    /// Waiting for a place.
+    pub queued: u64,
+    /// KV-cache use and capacity, in tokens (0 and 0 for models without one).
+    pub kv_used: u64,
+    pub kv_capacity: u64,
+    /// Counters since the engine started: prompt tokens, those found in the KV cache (not
+    /// recomputed), and tokens generated.
+    pub prompt_tokens: u64,
+    pub prompt_tokens_cached: u64,
+    pub tokens_generated: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     #[error("event bus unavailable: {0}")]
     Unavailable(String),
+    #[error("cannot connect to the event bus at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("cannot encode an event: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl EventError {
+    pub fn code(&self) -> tritium_proto::ErrorCode {
+        match self {
+            EventError::Unavailable(_) | EventError::Connect { .. } => tritium_proto::ErrorCode::Unavailable,
+            EventError::Encode(_) => tritium_proto::ErrorCode::Internal,
+        }
+    }
 }
 
 #[async_trait]
 pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
     async fn publish(&self, event: WorkerEvent) -> Result<(), EventError>;
     fn subscribe(&self) -> broadcast::Receiver<WorkerEvent>;
+    /// Waits until everything published so far has left this process; call it before a graceful
+    /// shutdown. Buses that deliver on `publish` have nothing to do.
+    async fn flush(&self) -> Result<(), EventError> {
+        Ok(())
+    }
+}
+
+/// Which event bus to use.
+#[derive(Debug, Clone, Default)]
+pub enum EventsConfig {
+    /// In memory: events reach subscribers in this process only.
+    #[default]
+    None,
+    /// A NATS server (or cluster) shared by every process of a namespace.
+    Nats { url: String },
+}
+
+/// The event bus `config` names, for the processes of `namespace`.
+pub async fn connect(config: &EventsConfig, namespace: &str) -> Result<Arc<dyn EventBus>, EventError> {
+    Ok(match config {
+        EventsConfig::None => Arc::new(MemoryEventBus::default()),
+        EventsConfig::Nats { url } => Arc::new(NatsEventBus::connect(url, namespace).await?),
+    })
 }
 
 /// An event bus inside one process.
@@ -60,7 +126,7 @@ mod tests {
     #[tokio::test]
     async fn subscribers_see_what_is_published_after_they_subscribe() {
         let bus = MemoryEventBus::default();
-        bus.publish(WorkerEvent::Load { worker: "early".into(), active: 1, queued: 0 }).await.expect("publish");
+        bus.publish(WorkerEvent::Load(LoadReport { worker: "early".into(), ..Default::default() })).await.expect("publish");
         let mut first = bus.subscribe();
         let mut second = bus.subscribe();
         let event = WorkerEvent::ModelsChanged { worker: "w".into(), models: vec!["identity".into()] };
@@ -68,5 +134,16 @@ mod tests {
         assert_eq!(first.recv().await.expect("first"), event);
         assert_eq!(second.recv().await.expect("second"), event);
         assert!(first.try_recv().is_err(), "nothing from before subscribing");
+    }
+
+    #[tokio::test]
+    async fn no_events_config_gives_a_memory_bus() {
+        let bus = connect(&EventsConfig::None, "any").await.expect("memory bus");
+        let mut events = bus.subscribe();
+        let event = WorkerEvent::ModelsChanged { worker: "w".into(), models: Vec::new() };
+        bus.publish(event.clone()).await.expect("publish");
+        bus.flush().await.expect("flush");
+        assert_eq!(events.recv().await.expect("event"), event);
+        assert!(format!("{bus:?}").starts_with("MemoryEventBus"), "{bus:?}");
     }
 }

@@ -10,7 +10,7 @@ use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceServic
 use tritium_proto::inference::model_repository_parameter::ParameterChoice as RepoParam;
 use tritium_proto::inference::system_shared_memory_status_response::RegionStatus;
 use tritium_proto::inference::*;
-use tritium_worker::{InferOutcome, ModelRepository, WorkerError, parse_version};
+use tritium_worker::{InferOutcome, ModelRepository, WorkerClient, WorkerError, parse_version};
 
 use super::convert::{decode_request, encode_response};
 use super::{metadata, settings, stream};
@@ -100,13 +100,13 @@ impl GrpcInferenceService for InferenceService {
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
         let response = if self.state.llm.is_language_model(&decoded.request.model_name, decoded.request.model_version) {
-            match self.state.llm.infer_kserve(decoded.request, false).await? {
+            let hint = crate::routing::hint_of(&decoded.request.parameters);
+            match crate::routing::WORKER_HINT.scope(hint, self.state.llm.infer_kserve(decoded.request, false)).await? {
                 InferOutcome::Single(response) => response,
                 InferOutcome::Stream(_) => return Err(ServerError::Internal("a unary call got a stream".into()).into()),
             }
         } else {
-            let worker = self.state.router.route(&decoded.request.model_name);
-            worker.infer(decoded.request).await.map_err(ServerError::from)?
+            self.state.router.infer(decoded.request).await.map_err(ServerError::from)?
         };
         reply(encode_response(response, &decoded.output_regions, &self.state.shm, None)?)
     }

@@ -17,6 +17,8 @@ use tritium_worker::{InferOutcome, StreamItem};
 
 use super::convert::{decode_request, empty_final, encode_response};
 use super::service::GrpcState;
+use tritium_worker::WorkerClient;
+
 use crate::error::ServerError;
 
 /// Responses written ahead of a slow reader before request handling waits.
@@ -72,10 +74,10 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
     let regions = decoded.output_regions;
     let empty_final_wanted = decoded.enable_empty_final;
     let outcome = if state.llm.is_language_model(&decoded.request.model_name, decoded.request.model_version) {
-        state.llm.infer_kserve(decoded.request, true).await
+        let hint = crate::routing::hint_of(&decoded.request.parameters);
+        crate::routing::WORKER_HINT.scope(hint, state.llm.infer_kserve(decoded.request, true)).await
     } else {
-        let worker = state.router.route(&decoded.request.model_name);
-        worker.infer_stream(decoded.request).await.map_err(ServerError::from)
+        state.router.infer_stream(decoded.request).await.map_err(ServerError::from)
     };
     match outcome {
         Err(e) => Answer::Now(in_band(&label, e, grpc_errors)),

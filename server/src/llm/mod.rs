@@ -15,7 +15,7 @@ use tritium_openai_bridge::metrics::LlmMetrics;
 use tritium_openai_bridge::preprocess::Preprocessor;
 use tritium_openai_bridge::routes::{HubModel, LlmHub};
 use tritium_worker::llm::{EngineStats, GenerateRequest, ModelCard, ModelKind, TokenStream};
-use tritium_worker::{ModelRepository, WorkerError};
+use tritium_worker::{ModelRepository, WorkerClient, WorkerError};
 
 use crate::routing::Router;
 
@@ -80,7 +80,11 @@ impl LlmFrontend {
 
     /// Prometheus text: the bridge's request metrics and the engines' counters.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(&self.engine_stats())
+        let mut text = String::new();
+        self.metrics.encode(&mut text, &self.engine_stats());
+        text.push_str(&self.router.render_metrics());
+        text.push_str("# EOF\n");
+        text
     }
 
     fn lock_preprocessors(&self) -> MutexGuard<'_, PreprocessorCache> {
@@ -150,12 +154,10 @@ impl LlmHub for LlmFrontend {
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
-        let worker = self.router.route(model);
-        worker.generate(model, request).await.map_err(|e| bridge_error(model, e))
+        self.router.generate(model, request).await.map_err(|e| bridge_error(model, e))
     }
 
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {
-        let worker = self.router.route(model);
-        worker.embed(model, inputs).await.map_err(|e| bridge_error(model, e))
+        self.router.embed(model, inputs).await.map_err(|e| bridge_error(model, e))
     }
 }

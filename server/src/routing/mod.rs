@@ -1,169 +1,350 @@
-//! The router: for each request, the worker that runs it. gRPC (and later HTTP) ask the same
-//! router. Its table is built from discovery: every worker instance and the models it serves.
-//! In-process workers are reached through clients handed to the router; workers in other
-//! processes through remote clients (the distributed issue adds those).
+//! The router: for each request, the worker that runs it. gRPC and HTTP ask the same router,
+//! which is itself a [`WorkerClient`]: it picks a worker by `--router-mode`, retries requests
+//! that did not start (and stateless tensor requests) on another worker when one dies, and
+//! migrates language-model streams. Its table is built from discovery: every worker instance
+//! and the models it serves. The in-process worker is a client handed over directly; workers in
+//! other processes are reached with [`crate::remote::RemoteWorker`].
+
+mod failover;
+mod follow;
+pub mod kv_index;
+pub mod policy;
+mod remote_models;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
-use tritium_worker::{ModelRepository, WorkerClient};
+use tritium_worker::kv::block_hashes;
+use tritium_worker::{ModelRepository, WorkerClient, WorkerError};
 
-use crate::discovery::{Discovery, WorkerAddress, WorkerInstance};
-use crate::events::{EventBus, WorkerEvent};
+pub use failover::hint_of;
+pub use follow::{follow_discovery, follow_events, publish_worker};
+pub use policy::{RouterMode, RouterOptions, WORKER_HINT, WORKER_ID_HEADER, WORKER_ID_PARAMETER};
 
-type Route = Arc<[Arc<dyn WorkerClient>]>;
+use crate::discovery::{WorkerAddress, WorkerInstance};
+use crate::events::LoadReport;
+use kv_index::KvIndex;
+use policy::{Choice, PickContext};
+use remote_models::RemoteModels;
 
+/// One worker the router can send a model's requests to.
+#[derive(Debug, Clone)]
+struct Member {
+    id: Arc<str>,
+    client: Arc<dyn WorkerClient>,
+    /// In this process: nothing to fail over from, so calls go straight through.
+    local: bool,
+    outstanding: Arc<AtomicU64>,
+    /// Until when a worker that could not be reached is passed over.
+    suspect_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Member {
+    fn begin(&self) -> Outstanding {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(Arc::clone(&self.outstanding))
+    }
+
+    fn is_suspect(&self, now: Instant) -> bool {
+        lock(&self.suspect_until).is_some_and(|until| until > now)
+    }
+}
+
+/// Counts one request outstanding on a worker until dropped.
 #[derive(Debug)]
+struct Outstanding(Arc<AtomicU64>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Route = Arc<[Member]>;
+
+/// Counters of routing decisions, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RouterCounters {
+    pub routed: AtomicU64,
+    /// Requests sent again to another worker because theirs could not be reached.
+    pub retried: AtomicU64,
+    /// Language-model streams continued on another worker.
+    pub migrated: AtomicU64,
+    /// KV blocks of routed prompts, and how many of them the chosen worker held (from its events).
+    pub prompt_blocks: AtomicU64,
+    pub prompt_blocks_cached: AtomicU64,
+}
+
 pub struct Router {
+    /// This router, for tasks that outlive a call (stream migration).
+    this: std::sync::Weak<Router>,
+    options: RouterOptions,
+    repository: Arc<ModelRepository>,
+    local_id: Arc<str>,
     /// Answers requests no instance claims: the in-process worker, whose registry gives Triton's
     /// precise errors (unknown model, no available versions, ...).
     fallback: Arc<dyn WorkerClient>,
-    /// Clients of the workers this router can reach, by worker id.
-    clients: Mutex<HashMap<String, Arc<dyn WorkerClient>>>,
+    max_message_size: usize,
+    /// Every worker known from discovery (and in-process clients handed over), by id.
+    members: Mutex<HashMap<Arc<str>, (Member, WorkerAddress)>>,
     /// Model name -> the workers serving it; replaced whole on every discovery change.
     table: ArcSwap<HashMap<String, Route>>,
-    next: AtomicUsize,
+    kv: Mutex<KvIndex>,
+    loads: Arc<Mutex<HashMap<(String, String), LoadReport>>>,
+    remote_models: RemoteModels,
+    turn: AtomicUsize,
+    counters: RouterCounters,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("mode", &self.options.mode).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Router {
-    /// A router whose fallback is the in-process worker `local_id`.
-    pub fn new(local_id: &str, local: Arc<dyn WorkerClient>) -> Router {
-        Router {
-            fallback: Arc::clone(&local),
-            clients: Mutex::new(HashMap::from([(local_id.to_string(), local)])),
+    /// A router whose fallback is the in-process worker `local_id` serving `repository`.
+    pub fn new(
+        options: RouterOptions,
+        repository: Arc<ModelRepository>,
+        local_id: &str,
+        local: Arc<dyn WorkerClient>,
+        max_message_size: usize,
+    ) -> Arc<Router> {
+        let local_id: Arc<str> = Arc::from(local_id);
+        let member = Member {
+            id: Arc::clone(&local_id),
+            client: Arc::clone(&local),
+            local: true,
+            outstanding: Arc::default(),
+            suspect_until: Arc::default(),
+        };
+        let loads = Arc::new(Mutex::new(HashMap::new()));
+        Arc::new_cyclic(|this| Router {
+            this: this.clone(),
+            options,
+            remote_models: RemoteModels::new(Arc::clone(&loads)),
+            repository,
+            members: Mutex::new(HashMap::from([(Arc::clone(&local_id), (member, WorkerAddress::InProcess))])),
+            local_id,
+            fallback: local,
+            max_message_size,
             table: ArcSwap::from_pointee(HashMap::new()),
-            next: AtomicUsize::new(0),
-        }
+            kv: Mutex::new(KvIndex::new()),
+            loads,
+            turn: AtomicUsize::new(0),
+            counters: RouterCounters::default(),
+        })
     }
 
-    /// The worker for a request to `model`: round-robin among the workers serving it.
-    pub fn route(&self, model: &str) -> Arc<dyn WorkerClient> {
-        let table = self.table.load();
-        match table.get(model) {
-            Some(workers) if workers.len() == 1 => Arc::clone(&workers[0]),
-            Some(workers) if !workers.is_empty() => {
-                let turn = self.next.fetch_add(1, Ordering::Relaxed);
-                Arc::clone(&workers[turn % workers.len()])
+    /// A client discovery lists as in-process under `id`; `local: false` makes the router treat
+    /// it as remote (failover, migration), for tests.
+    #[cfg(test)]
+    fn add_member_for_test(&self, id: &str, client: Arc<dyn WorkerClient>, local: bool) {
+        let id: Arc<str> = Arc::from(id);
+        let member = Member { id: Arc::clone(&id), client, local, outstanding: Arc::default(), suspect_until: Arc::default() };
+        lock(&self.members).insert(id, (member, WorkerAddress::InProcess));
+    }
+
+    pub fn options(&self) -> &RouterOptions {
+        &self.options
+    }
+
+    pub fn counters(&self) -> &RouterCounters {
+        &self.counters
+    }
+
+    /// The worker ids serving `model` now (for tests and diagnostics).
+    pub fn workers_of(&self, model: &str) -> Vec<String> {
+        self.table.load().get(model).map(|route| route.iter().map(|m| m.id.to_string()).collect()).unwrap_or_default()
+    }
+
+    /// Rebuilds the table from the instances discovery lists, connecting to new remote workers
+    /// and describing their models, so that remote models show in metadata and the index.
+    pub async fn apply(&self, instances: &[WorkerInstance]) {
+        let fresh = self.update_members(instances);
+        for (id, client) in fresh {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), client.describe_models()).await {
+                Ok(Ok(models)) => self.remote_models.described(&id, models),
+                Ok(Err(e)) => tracing::warn!(worker = %id, "describing the worker's models failed: {e}"),
+                Err(_) => tracing::warn!(worker = %id, "describing the worker's models timed out"),
             }
-            _ => Arc::clone(&self.fallback),
         }
+        let ids: Vec<Arc<str>> = lock(&self.members).keys().cloned().collect();
+        self.remote_models.retain(&ids);
+        self.repository.set_remote_models(self.remote_models.served_models());
     }
 
-    /// Rebuilds the table from the instances discovery lists.
-    pub fn apply(&self, instances: &[WorkerInstance]) {
-        let clients = self.lock_clients();
-        let mut table: HashMap<String, Vec<Arc<dyn WorkerClient>>> = HashMap::new();
+    /// Brings `members` and the table in line with `instances`; returns the remote workers to
+    /// describe (new ones, and ones whose models changed).
+    fn update_members(&self, instances: &[WorkerInstance]) -> Vec<(Arc<str>, Arc<crate::remote::RemoteWorker>)> {
+        let mut members = lock(&self.members);
+        let mut to_describe = Vec::new();
+        let mut listed: Vec<Arc<str>> = Vec::new();
+        let mut table: HashMap<String, Vec<Member>> = HashMap::new();
         for instance in instances {
-            let Some(client) = clients.get(&instance.id) else {
-                if let WorkerAddress::Grpc(uri) = &instance.address {
-                    tracing::warn!(worker = %instance.id, %uri, "no client for a remote worker yet; not routing to it");
+            let existing = members.get(instance.id.as_str()).filter(|(_, address)| *address == instance.address);
+            let member = match (existing, &instance.address) {
+                (Some((member, _)), address) => {
+                    if let WorkerAddress::Grpc(_) = address
+                        && !self.remote_models.serves_exactly(&instance.id, &instance.models)
+                        && let Some(remote) = self.remote_models.client(&instance.id)
+                    {
+                        to_describe.push((Arc::clone(&member.id), remote));
+                    }
+                    member.clone()
                 }
-                continue;
+                (None, WorkerAddress::Grpc(uri)) => {
+                    let remote = match crate::remote::RemoteWorker::new(&instance.id, uri, self.max_message_size) {
+                        Ok(remote) => Arc::new(remote),
+                        Err(e) => {
+                            tracing::warn!(worker = %instance.id, %uri, "cannot reach this worker: {e}");
+                            continue;
+                        }
+                    };
+                    let id: Arc<str> = Arc::from(instance.id.as_str());
+                    let member = Member {
+                        id: Arc::clone(&id),
+                        client: Arc::clone(&remote) as Arc<dyn WorkerClient>,
+                        local: false,
+                        outstanding: Arc::default(),
+                        suspect_until: Arc::default(),
+                    };
+                    self.remote_models.connected(&id, Arc::clone(&remote));
+                    to_describe.push((Arc::clone(&id), remote));
+                    members.insert(Arc::clone(&id), (member.clone(), instance.address.clone()));
+                    tracing::info!(worker = %id, %uri, models = ?instance.models, "worker joined");
+                    member
+                }
+                // An in-process worker this router was not handed a client for: not routable.
+                (None, WorkerAddress::InProcess) => continue,
             };
+            listed.push(Arc::clone(&member.id));
             for model in &instance.models {
-                table.entry(model.clone()).or_default().push(Arc::clone(client));
+                table.entry(model.clone()).or_default().push(member.clone());
             }
         }
-        self.table.store(Arc::new(table.into_iter().map(|(model, workers)| (model, Route::from(workers))).collect()));
+        let gone: Vec<Arc<str>> =
+            members.keys().filter(|id| !listed.contains(id) && id.as_ref() != self.local_id.as_ref()).cloned().collect();
+        for id in gone {
+            members.remove(&id);
+            lock(&self.kv).remove_worker(&id);
+            lock(&self.loads).retain(|(worker, _), _| *worker != *id);
+            tracing::info!(worker = %id, "worker left");
+        }
+        self.table.store(Arc::new(table.into_iter().map(|(model, route)| (model, Route::from(route))).collect()));
+        to_describe
     }
 
-    fn lock_clients(&self) -> MutexGuard<'_, HashMap<String, Arc<dyn WorkerClient>>> {
-        self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The worker for a request to `model`, or `None` when no instance serves it (the caller
+    /// uses the in-process fallback). `tried` are passed over; so are suspects, unless only
+    /// suspects are left. A stream being migrated may go to any worker, even in `direct` mode.
+    fn pick(
+        &self,
+        model: &str,
+        tokens: Option<&[u32]>,
+        hint: Option<&str>,
+        tried: &[Arc<str>],
+        migrating: bool,
+    ) -> Result<Option<Member>, WorkerError> {
+        let table = self.table.load();
+        let Some(route) = table.get(model).filter(|route| !route.is_empty()) else { return Ok(None) };
+        let mode = match self.options.mode {
+            RouterMode::Direct if migrating => RouterMode::LeastLoaded,
+            mode => mode,
+        };
+        if mode == RouterMode::Direct {
+            let Some(wanted) = hint else {
+                return Err(WorkerError::Failed {
+                    code: tritium_proto::ErrorCode::InvalidArg,
+                    message: format!(
+                        "the router is in 'direct' mode: name the worker for model '{model}' with the request parameter '{WORKER_ID_PARAMETER}' (HTTP: header '{WORKER_ID_HEADER}')"
+                    ),
+                });
+            };
+            return match route.iter().find(|m| &*m.id == wanted) {
+                Some(member) if !tried.contains(&member.id) => Ok(Some(member.clone())),
+                Some(_) => Ok(None),
+                None => Err(WorkerError::Failed {
+                    code: tritium_proto::ErrorCode::NotFound,
+                    message: format!("worker '{wanted}' does not serve model '{model}' (workers serving it: {})", self.workers_of(model).join(", ")),
+                }),
+            };
+        }
+        let now = Instant::now();
+        let untried: Vec<&Member> = route.iter().filter(|m| !tried.contains(&m.id)).collect();
+        let healthy: Vec<&Member> = untried.iter().copied().filter(|m| !m.is_suspect(now)).collect();
+        let candidates = if healthy.is_empty() { untried } else { healthy };
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        if candidates.len() == 1 {
+            self.counters.routed.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(candidates[0].clone()));
+        }
+        let loads = lock(&self.loads);
+        let choices: Vec<Choice> = candidates
+            .iter()
+            .map(|m| {
+                let report = loads.get(&(m.id.to_string(), model.to_string()));
+                Choice {
+                    id: Arc::clone(&m.id),
+                    outstanding: m.outstanding.load(Ordering::Relaxed),
+                    reported_active: report.map_or(0, |r| r.active),
+                    reported_queued: report.map_or(0, |r| r.queued),
+                    kv_used: report.map_or(0, |r| r.kv_used),
+                    kv_capacity: report.map_or(0, |r| r.kv_capacity),
+                }
+            })
+            .collect();
+        drop(loads);
+        let hashes = tokens.map(|t| block_hashes(t, self.options.kv_block_size));
+        let overlaps = hashes.as_ref().map(|h| lock(&self.kv).overlaps(model, h));
+        let context = PickContext {
+            overlaps: overlaps.as_ref().zip(hashes.as_ref()).map(|(o, h)| (o, h.len())),
+            turn: self.turn.fetch_add(1, Ordering::Relaxed),
+        };
+        let index = policy::pick(mode, &choices, &context, &self.options.kv, &mut rand::rng()).unwrap_or(0);
+        let chosen = candidates[index].clone();
+        self.counters.routed.fetch_add(1, Ordering::Relaxed);
+        if let (Some(hashes), Some(overlaps)) = (&hashes, &overlaps) {
+            let hit = overlaps.get(chosen.id.as_ref()).copied().unwrap_or(0);
+            self.counters.prompt_blocks.fetch_add(hashes.len() as u64, Ordering::Relaxed);
+            self.counters.prompt_blocks_cached.fetch_add(hit as u64, Ordering::Relaxed);
+        }
+        Ok(Some(chosen))
     }
-}
 
-/// Keeps the router's table in step with discovery until `stop` is cancelled.
-pub async fn follow_discovery(router: Arc<Router>, discovery: Arc<dyn Discovery>, stop: CancellationToken) {
-    let mut watch = discovery.watch();
-    loop {
-        match discovery.instances().await {
-            Ok(instances) => router.apply(&instances),
-            Err(e) => tracing::warn!("discovery listing failed: {e}"),
-        }
-        // Any change, or having fallen behind, means: list again.
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            event = watch.recv() => if let Err(RecvError::Closed) = event { return },
-        }
+    fn mark_suspect(&self, member: &Member) {
+        *lock(&member.suspect_until) = Some(Instant::now() + self.options.suspect_for);
     }
-}
 
-/// Registers the in-process worker's models in discovery and announces changes on the event
-/// bus, following the registry until `stop` is cancelled; deregisters on the way out.
-pub async fn publish_local_worker(
-    id: String,
-    repository: Arc<ModelRepository>,
-    discovery: Arc<dyn Discovery>,
-    events: Arc<dyn EventBus>,
-    stop: CancellationToken,
-) {
-    let mut changes = repository.subscribe();
-    loop {
-        let models: Vec<String> = repository.served_models().iter().map(|m| m.name.clone()).collect();
-        let instance = WorkerInstance { id: id.clone(), address: WorkerAddress::InProcess, models: models.clone() };
-        if let Err(e) = discovery.register(instance).await {
-            tracing::warn!("registering the in-process worker failed: {e}");
-        }
-        if let Err(e) = events.publish(WorkerEvent::ModelsChanged { worker: id.clone(), models }).await {
-            tracing::warn!("publishing a model change failed: {e}");
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            changed = changes.changed() => if changed.is_err() { break },
-        }
+    /// Prometheus text for the router's counters.
+    pub fn render_metrics(&self) -> String {
+        let c = &self.counters;
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, value: u64| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {value}\n"));
+        };
+        counter("tritium_router_requests", "Requests routed to a worker.", c.routed.load(Ordering::Relaxed));
+        counter("tritium_router_retries", "Requests sent again to another worker after theirs could not be reached.", c.retried.load(Ordering::Relaxed));
+        counter("tritium_router_migrations", "Language-model streams continued on another worker.", c.migrated.load(Ordering::Relaxed));
+        counter("tritium_router_prompt_blocks", "KV blocks of routed prompts.", c.prompt_blocks.load(Ordering::Relaxed));
+        counter(
+            "tritium_router_prompt_blocks_cached",
+            "KV blocks of routed prompts the chosen worker already held, as its KV events reported.",
+            c.prompt_blocks_cached.load(Ordering::Relaxed),
+        );
+        out
     }
-    let _ = discovery.deregister(&id).await;
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use async_trait::async_trait;
-    use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, WorkerError};
-
-    /// A worker that says who it is in the response id.
-    #[derive(Debug)]
-    struct Named(&'static str);
-
-    #[async_trait]
-    impl WorkerClient for Named {
-        async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
-            Ok(InferenceResponse {
-                model_name: Arc::from(request.model_name.as_str()),
-                model_version: 1,
-                id: self.0.to_string(),
-                outputs: Vec::new(),
-                is_final: true,
-            })
-        }
-
-        async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
-            self.infer(request).await.map(InferOutcome::Single)
-        }
-    }
-
-    async fn who(router: &Router, model: &str) -> String {
-        router.route(model).infer(InferenceRequest::new(model, Vec::new())).await.map(|r| r.id).unwrap_or_default()
-    }
-
-    #[tokio::test]
-    async fn routes_by_model_round_robin_and_falls_back_to_the_local_worker() {
-        let router = Router::new("local", Arc::new(Named("local")));
-        router.lock_clients().insert("other".into(), Arc::new(Named("other")));
-        let instance = |id: &str, models: &[&str]| WorkerInstance {
-            id: id.to_string(),
-            address: WorkerAddress::InProcess,
-            models: models.iter().map(|m| m.to_string()).collect(),
-        };
-        router.apply(&[instance("local", &["identity", "add_sub"]), instance("other", &["add_sub"]), instance("ghost", &["x"])]);
-        assert_eq!(who(&router, "identity").await, "local");
-        let turns = [who(&router, "add_sub").await, who(&router, "add_sub").await];
-        assert!(turns.contains(&"local".to_string()) && turns.contains(&"other".to_string()), "{turns:?}");
-        assert_eq!(who(&router, "unknown").await, "local", "unclaimed models fall back to the local registry");
-        assert_eq!(who(&router, "x").await, "local", "a worker without a client is not routed to");
-    }
-}
+mod tests;

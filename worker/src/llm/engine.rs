@@ -211,6 +211,8 @@ impl LanguageModel for LlmEngine {
             kv_tokens_capacity: self.shared.options.max_kv_tokens,
             tokens_generated: c.tokens.load(Ordering::Relaxed),
             prompt_tokens: c.prompt_tokens.load(Ordering::Relaxed),
+            // No prefix cache: every prompt token is computed.
+            prompt_tokens_cached: 0,
             sequences_finished: c.finished.load(Ordering::Relaxed),
             sequences_cancelled: c.cancelled.load(Ordering::Relaxed),
             sequences_rejected: c.rejected.load(Ordering::Relaxed),

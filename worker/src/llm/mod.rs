@@ -8,6 +8,7 @@ mod engine;
 #[cfg(test)]
 mod engine_tests;
 mod gguf_tokenizer;
+pub mod mock;
 mod model;
 mod sampler;
 mod types;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 pub use backend::{LLM_BACKEND, LlmBackend, LlmFactory, complete_llm_config};
 pub use card::{ModelCard, ModelKind, detect_kind};
 pub use engine::{EngineOptions, LlmEngine};
+pub use mock::{MOCK_LLM_BACKEND, MockEngine, MockFactory, MockOptions, mock_declared_model};
 pub use model::default_device;
 pub use types::{
     EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, SamplingOptions, StopOptions,
@@ -32,6 +34,11 @@ pub trait LanguageModel: Send + Sync + 'static {
     /// or the request cannot fit the model.
     fn generate(&self, request: GenerateRequest) -> Result<TokenStream, GenerateError>;
     fn stats(&self) -> EngineStats;
+    /// The engine's KV-cache announcements from now on, for engines that keep a block cache
+    /// (a KV-aware router indexes them); `None` for engines that do not.
+    fn kv_events(&self) -> Option<tokio::sync::broadcast::Receiver<crate::kv::KvEvent>> {
+        None
+    }
 }
 
 /// A sentence embedder: token ids of each input in, one vector per input out.

@@ -125,6 +125,8 @@ pub struct EngineStats {
     pub tokens_generated: u64,
     /// Prompt tokens prefilled since start.
     pub prompt_tokens: u64,
+    /// Prompt tokens found in the KV cache and not recomputed.
+    pub prompt_tokens_cached: u64,
     pub sequences_finished: u64,
     /// Sequences stopped because their client went away.
     pub sequences_cancelled: u64,
@@ -147,6 +149,9 @@ pub enum GenerateError {
     Engine { model: String, message: String },
     #[error("the model '{0}' is shutting down")]
     ShuttingDown(String),
+    /// No worker could carry the sequence on (its worker went away and migration was not possible).
+    #[error("the model '{model}' is unavailable: {message}")]
+    Unavailable { model: String, message: String },
 }
 
 impl GenerateError {
@@ -155,7 +160,7 @@ impl GenerateError {
             GenerateError::Overloaded { .. } => ErrorCode::ResourceExhausted,
             GenerateError::InvalidRequest(_) => ErrorCode::InvalidArg,
             GenerateError::Engine { .. } => ErrorCode::Internal,
-            GenerateError::ShuttingDown(_) => ErrorCode::Unavailable,
+            GenerateError::ShuttingDown(_) | GenerateError::Unavailable { .. } => ErrorCode::Unavailable,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! Triton's flag names and default ports are kept where Triton has them. This is the only module
 //! that reads the environment.
 
+pub mod cluster;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tritium_worker::embed::EMBED_BACKEND;
 use tritium_worker::llm::{EngineOptions, LLM_BACKEND, ModelKind, detect_kind};
 use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions};
+
+pub use cluster::{ClusterArgs, ClusterConfig, EngineArgs, RouterArgs, WorkerListenArgs};
+use crate::routing::RouterOptions;
 
 #[derive(Debug, Parser)]
 #[command(name = "tritium", version, about = "A KServe v2 / Triton-compatible inference server")]
@@ -22,6 +27,83 @@ pub struct Cli {
 pub enum Command {
     /// Serve a model repository over gRPC (the built-in one when none is given).
     Serve(ServeArgs),
+    /// Run engines in their own process and serve them to frontends over the worker request
+    /// plane, registered in discovery.
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub repository: RepositoryArgs,
+    #[command(flatten)]
+    pub models: ModelArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub listen: WorkerListenArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub logging: LoggingArgs,
+    /// Largest message accepted or sent on the worker plane, in bytes.
+    #[arg(long, env = "TRITIUM_WORKER_MAX_MESSAGE_SIZE", default_value_t = i32::MAX as usize)]
+    pub worker_max_message_size: usize,
+    /// Seconds to let in-flight requests finish after SIGTERM before exiting anyway.
+    #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
+    pub exit_timeout_secs: u64,
+}
+
+/// What `tritium worker` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub repository: RepositoryOptions,
+    pub llm: EngineOptions,
+    pub cluster: ClusterConfig,
+    pub max_message_size: usize,
+}
+
+impl WorkerArgs {
+    pub fn worker_config(&self) -> Result<WorkerConfig, String> {
+        Ok(WorkerConfig {
+            repository: repository_options(&self.repository, &self.models, &self.engine, true)?,
+            llm: engine_options(&self.models),
+            cluster: self.cluster.config()?,
+            max_message_size: self.worker_max_message_size,
+        })
+    }
+}
+
+fn engine_options(models: &ModelArgs) -> EngineOptions {
+    EngineOptions {
+        max_sequences: models.llm_max_sequences,
+        max_kv_tokens: models.llm_max_kv_tokens,
+        max_queue: models.llm_max_queue,
+        prefill_chunk: models.llm_prefill_chunk,
+    }
+}
+
+/// The repository options of `--model-repository`, `--model-path` and `--engine mock`.
+fn repository_options(repository: &RepositoryArgs, models: &ModelArgs, engine: &EngineArgs, builtins: bool) -> Result<RepositoryOptions, String> {
+    let control_mode = match repository.model_control_mode {
+        ModelControlMode::None => ControlMode::None,
+        ModelControlMode::Explicit => ControlMode::Explicit,
+        ModelControlMode::Poll => ControlMode::Poll,
+    };
+    let mut declared = engine.mock_models(&models.model_name);
+    if declared.is_empty() {
+        declared = declared_models(&models.model_path, &models.model_name)?;
+    } else if !models.model_path.is_empty() {
+        return Err("--engine mock simulates its models: give them --model-name, not --model-path".into());
+    }
+    Ok(RepositoryOptions {
+        paths: repository.model_repository.clone(),
+        control_mode,
+        startup_models: repository.load_model.clone(),
+        poll_interval: Duration::from_secs(repository.repository_poll_secs.max(1)),
+        declared,
+        builtins,
+    })
 }
 
 #[derive(Debug, Clone, Args)]
@@ -36,6 +118,12 @@ pub struct ServeArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub logging: LoggingArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub router: RouterArgs,
     /// Seconds to let in-flight calls finish after SIGTERM or Ctrl-C before exiting anyway.
     #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
@@ -216,6 +304,9 @@ pub struct ServerConfig {
     pub transport: TransportConfig,
     /// Bounds of every language model's engine (a model's config may override them).
     pub llm: EngineOptions,
+    /// Discovery and events (in memory by default).
+    pub cluster: ClusterConfig,
+    pub router: RouterOptions,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -232,26 +323,14 @@ impl ServeArgs {
     pub fn server_config_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Result<ServerConfig, String> {
         let grpc = &self.grpc;
         let env_u32 = |name: &str| env(name).and_then(|v| v.trim().parse::<u32>().ok());
-        let control_mode = match self.repository.model_control_mode {
-            ModelControlMode::None => ControlMode::None,
-            ModelControlMode::Explicit => ControlMode::Explicit,
-            ModelControlMode::Poll => ControlMode::Poll,
-        };
-        let models = &self.models;
+        let cluster = self.cluster.config()?;
+        // A frontend of remote workers serves the built-in models only when asked to load them.
+        let builtins = !cluster.is_distributed();
         Ok(ServerConfig {
-            llm: EngineOptions {
-                max_sequences: models.llm_max_sequences,
-                max_kv_tokens: models.llm_max_kv_tokens,
-                max_queue: models.llm_max_queue,
-                prefill_chunk: models.llm_prefill_chunk,
-            },
-            repository: RepositoryOptions {
-                paths: self.repository.model_repository.clone(),
-                control_mode,
-                startup_models: self.repository.load_model.clone(),
-                poll_interval: Duration::from_secs(self.repository.repository_poll_secs.max(1)),
-                declared: declared_models(&models.model_path, &models.model_name)?,
-            },
+            llm: engine_options(&self.models),
+            repository: repository_options(&self.repository, &self.models, &self.engine, builtins)?,
+            router: self.router.options(cluster.lease_ttl)?,
+            cluster,
             transport: TransportConfig {
                 max_message_size: grpc.grpc_max_message_size,
                 initial_connection_window_size: grpc
@@ -322,8 +401,10 @@ mod tests {
 
     fn parse(args: &[&str]) -> ServeArgs {
         let cli = Cli::try_parse_from(std::iter::once("tritium").chain(args.iter().copied())).expect("parses");
-        let Command::Serve(serve) = cli.command;
-        serve
+        match cli.command {
+            Command::Serve(serve) => serve,
+            Command::Worker(_) => panic!("expected serve"),
+        }
     }
 
     #[test]

@@ -1,0 +1,356 @@
+//! The event bus over NATS core (no JetStream): every process of one namespace publishes its
+//! events on `tritium.{namespace}.events.{kind}.{worker}` and hears all of them, its own
+//! included, through one wildcard subscription on `tritium.{namespace}.events.>`.
+//!
+//! Delivery is NATS core's: at most once, in order per publisher. Subscribers that must not miss
+//! state (a KV index, a load table) rebuild it from the next events after a reconnect; that is
+//! what the events are designed for.
+
+use async_nats::{Client, ConnectOptions, Event, Subscriber};
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use super::{EventBus, EventError, WorkerEvent};
+
+/// Events a subscriber may fall behind by before it sees `Lagged`. Larger than the memory bus's:
+/// KV events from a whole fleet arrive here.
+const NATS_BUS_BUFFER: usize = 4096;
+
+/// An event bus shared by every process connected to one NATS server (or cluster) and namespace.
+#[derive(Debug)]
+pub struct NatsEventBus {
+    client: Client,
+    /// `tritium.{namespace}.events`, namespace already sanitized.
+    prefix: String,
+    sender: broadcast::Sender<WorkerEvent>,
+    forward: JoinHandle<()>,
+}
+
+impl NatsEventBus {
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`) and subscribes to the namespace's events
+    /// before returning, so nothing published after this returns is missed.
+    pub async fn connect(url: &str, namespace: &str) -> Result<NatsEventBus, EventError> {
+        let connect_error = |e: &dyn std::fmt::Display| EventError::Connect { url: url.to_string(), reason: e.to_string() };
+        let client = ConnectOptions::new()
+            .name(format!("tritium/{namespace}"))
+            .event_callback(|event| async move { log_connection_event(event) })
+            .connect(url)
+            .await
+            .map_err(|e| connect_error(&e))?;
+        let prefix = format!("tritium.{}.events", token(namespace));
+        let subscriber = client.subscribe(format!("{prefix}.>")).await.map_err(|e| connect_error(&e))?;
+        // A round trip makes sure the server has registered the subscription.
+        client.flush().await.map_err(|e| connect_error(&e))?;
+        let sender = broadcast::channel(NATS_BUS_BUFFER).0;
+        let forward = tokio::spawn(forward(subscriber, sender.clone()));
+        tracing::info!(%url, %prefix, "event bus connected to NATS");
+        Ok(NatsEventBus { client, prefix, sender, forward })
+    }
+
+    /// The subject `event` is published on.
+    fn subject(&self, event: &WorkerEvent) -> String {
+        let (kind, worker) = match event {
+            WorkerEvent::ModelsChanged { worker, .. } => ("models", worker),
+            WorkerEvent::Load(report) => ("load", &report.worker),
+            WorkerEvent::Kv { worker, .. } => ("kv", worker),
+        };
+        format!("{}.{kind}.{}", self.prefix, token(worker))
+    }
+}
+
+#[async_trait]
+impl EventBus for NatsEventBus {
+    async fn publish(&self, event: WorkerEvent) -> Result<(), EventError> {
+        let payload = serde_json::to_vec(&event).map_err(EventError::Encode)?;
+        // This only queues the message; the client's connection task writes it out.
+        self.client
+            .publish(self.subject(&event), payload.into())
+            .await
+            .map_err(|e| EventError::Unavailable(format!("publishing to NATS: {e}")))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<WorkerEvent> {
+        self.sender.subscribe()
+    }
+
+    /// Waits until everything published so far has been written to the server.
+    async fn flush(&self) -> Result<(), EventError> {
+        self.client.flush().await.map_err(|e| EventError::Unavailable(format!("flushing to NATS: {e}")))
+    }
+}
+
+impl Drop for NatsEventBus {
+    fn drop(&mut self) {
+        self.forward.abort();
+        // Once its last handle is gone the client stops without writing what is still queued;
+        // a flush holding a handle gets published events out first, when a runtime is still
+        // there to run it. Call `flush` before dropping to be sure.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            runtime.spawn(async move {
+                if let Err(e) = client.flush().await {
+                    tracing::debug!("flushing NATS events on drop failed: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Feeds the namespace's messages into the broadcast channel until the subscription ends.
+async fn forward(mut subscriber: Subscriber, sender: broadcast::Sender<WorkerEvent>) {
+    while let Some(message) = subscriber.next().await {
+        match serde_json::from_slice::<WorkerEvent>(&message.payload) {
+            // Nobody subscribed is normal.
+            Ok(event) => drop(sender.send(event)),
+            Err(e) => tracing::warn!(subject = %message.subject, "skipping an event that does not decode: {e}"),
+        }
+    }
+    tracing::debug!("NATS event subscription ended");
+}
+
+fn log_connection_event(event: Event) {
+    match event {
+        Event::Connected => tracing::info!("NATS connected"),
+        Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+        Event::Closed => tracing::info!("NATS connection closed"),
+        Event::SlowConsumer(sid) => tracing::warn!(sid, "NATS: events arrive faster than they are read; some were dropped"),
+        other => tracing::warn!("NATS: {other}"),
+    }
+}
+
+/// `name` as one NATS subject token: `.`, `*`, `>`, whitespace and control characters become
+/// `_` (they separate tokens or are wildcards), and an empty name becomes `_`.
+fn token(name: &str) -> String {
+    if name.is_empty() {
+        return "_".to_string();
+    }
+    name.chars()
+        .map(|c| if matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control() { '_' } else { c })
+        .collect()
+}
+
+/// A real `nats-server` for tests, on a port it picks itself; killed when dropped.
+#[cfg(test)]
+pub(crate) mod test_nats {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    const CANDIDATES: [&str; 3] = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "nats-server"];
+    const READY_WITHIN: Duration = Duration::from_secs(20);
+
+    #[derive(Debug)]
+    pub(crate) struct NatsServer {
+        child: Child,
+        url: String,
+    }
+
+    impl NatsServer {
+        /// Starts `nats-server -a 127.0.0.1 -p -1` and returns once its log says it is ready,
+        /// with the port it chose taken from "Listening for client connections on 127.0.0.1:PORT".
+        pub(crate) fn start() -> NatsServer {
+            let mut child = spawn_server();
+            let stderr = child.stderr.take().expect("nats-server's stderr is piped");
+            let (lines_tx, lines) = mpsc::channel();
+            // Keeps reading to the end so the server never blocks on a full pipe.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let _ = lines_tx.send(line);
+                }
+            });
+            let deadline = Instant::now() + READY_WITHIN;
+            let (mut port, mut log) = (None, Vec::new());
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let line = match lines.recv_timeout(left) {
+                    Ok(line) => line,
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!("nats-server was not ready ({e:?}); its log:\n{}", log.join("\n"));
+                    }
+                };
+                if let Some((_, address)) = line.split_once("Listening for client connections on ") {
+                    port = address.trim().rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok());
+                }
+                let ready = line.contains("Server is ready");
+                log.push(line);
+                if let (true, Some(port)) = (ready, port) {
+                    return NatsServer { child, url: format!("nats://127.0.0.1:{port}") };
+                }
+            }
+        }
+
+        pub(crate) fn url(&self) -> &str {
+            &self.url
+        }
+    }
+
+    impl Drop for NatsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn spawn_server() -> Child {
+        for program in CANDIDATES {
+            let spawned = Command::new(program)
+                .args(["-a", "127.0.0.1", "-p", "-1"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn();
+            match spawned {
+                Ok(child) => return child,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("starting {program} failed: {e}"),
+            }
+        }
+        panic!(
+            "nats-server is not installed (looked for {CANDIDATES:?}); these tests need a real one: \
+             `apt-get install nats-server` or put it on PATH"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tritium_worker::kv::KvEvent;
+
+    use super::test_nats::NatsServer;
+    use super::*;
+    use crate::events::{EventsConfig, LoadReport, connect};
+
+    async fn next(events: &mut broadcast::Receiver<WorkerEvent>) -> WorkerEvent {
+        tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("an event within 10 s").expect("recv")
+    }
+
+    fn one_of_each(worker: &str) -> Vec<WorkerEvent> {
+        let kv = |event| WorkerEvent::Kv { worker: worker.into(), model: "llm".into(), event };
+        vec![
+            WorkerEvent::ModelsChanged { worker: worker.into(), models: vec!["identity".into(), "llm".into()] },
+            WorkerEvent::Load(LoadReport {
+                worker: worker.into(),
+                model: "llm".into(),
+                active: 3,
+                queued: 1,
+                kv_used: 640,
+                kv_capacity: 4096,
+                prompt_tokens: 1000,
+                prompt_tokens_cached: 512,
+                tokens_generated: 77,
+            }),
+            kv(KvEvent::Stored { parent: Some(u64::MAX), blocks: vec![1, 2, 0xdead_beef_dead_beef] }),
+            kv(KvEvent::Removed { blocks: vec![2] }),
+            kv(KvEvent::Cleared),
+        ]
+    }
+
+    #[tokio::test]
+    async fn buses_of_one_namespace_see_each_others_events_and_other_namespaces_do_not() {
+        let server = NatsServer::start();
+        let a = NatsEventBus::connect(server.url(), "prod").await.expect("a");
+        let b = connect(&EventsConfig::Nats { url: server.url().to_string() }, "prod").await.expect("b");
+        let elsewhere = NatsEventBus::connect(server.url(), "staging").await.expect("elsewhere");
+        let (mut at_a, mut at_b, mut at_elsewhere) = (a.subscribe(), b.subscribe(), elsewhere.subscribe());
+
+        for event in one_of_each("worker-a") {
+            a.publish(event).await.expect("publish");
+        }
+        for event in one_of_each("worker-a") {
+            assert_eq!(next(&mut at_b).await, event);
+            assert_eq!(next(&mut at_a).await, event, "a bus hears its own events, like the memory bus");
+        }
+        for event in one_of_each("worker-b") {
+            b.publish(event).await.expect("publish");
+        }
+        for event in one_of_each("worker-b") {
+            assert_eq!(next(&mut at_a).await, event);
+        }
+
+        // Published after the server routed everything above: had any of it matched the other
+        // namespace, it would be queued ahead of this.
+        let marker = WorkerEvent::ModelsChanged { worker: "staging-worker".into(), models: Vec::new() };
+        elsewhere.publish(marker.clone()).await.expect("publish");
+        assert_eq!(next(&mut at_elsewhere).await, marker, "nothing from another namespace came first");
+        assert!(at_elsewhere.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn subject_characters_in_a_worker_id_are_replaced_in_the_subject_and_kept_in_the_payload() {
+        let server = NatsServer::start();
+        let raw = async_nats::connect(server.url()).await.expect("raw client");
+        let mut on_subject = raw.subscribe("tritium.prod.events.kv.node_1_gpu_0_x_").await.expect("subscribe");
+        raw.flush().await.expect("flush");
+        let (a, b) = (
+            NatsEventBus::connect(server.url(), "prod").await.expect("a"),
+            NatsEventBus::connect(server.url(), "prod").await.expect("b"),
+        );
+        let mut at_b = b.subscribe();
+
+        let event = WorkerEvent::Kv {
+            worker: "node.1.gpu*0 x>".into(),
+            model: "llm.v2".into(),
+            event: KvEvent::Stored { parent: None, blocks: vec![7] },
+        };
+        a.publish(event.clone()).await.expect("publish");
+        assert_eq!(next(&mut at_b).await, event, "the worker id arrives intact");
+        let message = tokio::time::timeout(Duration::from_secs(10), on_subject.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("subscription open");
+        assert_eq!(serde_json::from_slice::<WorkerEvent>(&message.payload).expect("json"), event);
+    }
+
+    #[tokio::test]
+    async fn messages_that_do_not_decode_are_skipped() {
+        let server = NatsServer::start();
+        let bus = NatsEventBus::connect(server.url(), "prod").await.expect("bus");
+        let mut events = bus.subscribe();
+        let raw = async_nats::connect(server.url()).await.expect("raw client");
+        raw.publish("tritium.prod.events.kv.w", "not json".into()).await.expect("publish");
+        raw.publish("tritium.prod.events.load.w", r#"{"type":"no_such_event"}"#.into()).await.expect("publish");
+        raw.flush().await.expect("flush");
+        let event = one_of_each("w").remove(0);
+        raw.publish("tritium.prod.events.models.w", serde_json::to_vec(&event).expect("json").into()).await.expect("publish");
+        assert_eq!(next(&mut events).await, event);
+    }
+
+    #[tokio::test]
+    async fn events_published_right_before_a_drop_are_delivered() {
+        let server = NatsServer::start();
+        let receiver = NatsEventBus::connect(server.url(), "prod").await.expect("receiver");
+        let mut events = receiver.subscribe();
+        let load = |active| WorkerEvent::Load(LoadReport { worker: "w".into(), active, ..Default::default() });
+        {
+            let flushed = NatsEventBus::connect(server.url(), "prod").await.expect("flushed");
+            for active in 0..500 {
+                flushed.publish(load(active)).await.expect("publish");
+            }
+            flushed.flush().await.expect("flush");
+        }
+        {
+            // No flush: the drop's own flush gets these out.
+            let dropped = NatsEventBus::connect(server.url(), "prod").await.expect("dropped");
+            for active in 500..1000 {
+                dropped.publish(load(active)).await.expect("publish");
+            }
+        }
+        for active in 0..1000 {
+            assert_eq!(next(&mut events).await, load(active));
+        }
+    }
+
+    #[test]
+    fn tokens_replace_separators_wildcards_and_whitespace() {
+        assert_eq!(token("node.1.gpu*0 x>\t"), "node_1_gpu_0_x__");
+        assert_eq!(token(""), "_");
+        assert_eq!(token("wörker-7_a"), "wörker-7_a");
+    }
+}

@@ -1,0 +1,234 @@
+//! The worker plane's conversions: in-process requests, responses and generation events to the
+//! `tritium.worker.v1` / `inference` messages and back, and gRPC codes back to [`ErrorCode`].
+//!
+//! Tensors always travel raw, so no typed contents or shared memory are handled here: the
+//! worker decodes with the frontend's own `grpc::convert::decode_request`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tritium_proto::ErrorCode;
+use tritium_proto::inference::infer_parameter::ParameterChoice;
+use tritium_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use tritium_proto::inference::{InferParameter, ModelInferRequest, ModelInferResponse};
+use tritium_proto::worker as pb;
+use tritium_tensor::{DataType, Tensor};
+use tritium_worker::llm::{
+    FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, SamplingOptions, StopOptions,
+};
+use tritium_worker::{InferenceRequest, InferenceResponse, ParamValue};
+
+/// The ErrorCode whose `grpc_code()` is `code`; codes no class maps to are `Unknown`.
+pub fn error_code(code: tonic::Code) -> ErrorCode {
+    match code {
+        tonic::Code::Internal => ErrorCode::Internal,
+        tonic::Code::NotFound => ErrorCode::NotFound,
+        tonic::Code::InvalidArgument => ErrorCode::InvalidArg,
+        tonic::Code::Unavailable => ErrorCode::Unavailable,
+        tonic::Code::Unimplemented => ErrorCode::Unsupported,
+        tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
+        tonic::Code::Cancelled => ErrorCode::Cancelled,
+        tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+        _ => ErrorCode::Unknown,
+    }
+}
+
+fn parameter(value: ParamValue) -> InferParameter {
+    let choice = match value {
+        ParamValue::Bool(b) => ParameterChoice::BoolParam(b),
+        ParamValue::Int64(i) => ParameterChoice::Int64Param(i),
+        ParamValue::String(s) => ParameterChoice::StringParam(s),
+        ParamValue::Double(d) => ParameterChoice::DoubleParam(d),
+        ParamValue::Uint64(u) => ParameterChoice::Uint64Param(u),
+    };
+    InferParameter { parameter_choice: Some(choice) }
+}
+
+/// A request as the worker receives it: every input raw, in order.
+pub fn request_to_proto(request: InferenceRequest) -> ModelInferRequest {
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    let mut raw = Vec::with_capacity(request.inputs.len());
+    for tensor in request.inputs {
+        inputs.push(InferInputTensor {
+            name: tensor.name,
+            datatype: tensor.datatype.kserve_name().to_string(),
+            shape: tensor.shape,
+            parameters: HashMap::new(),
+            contents: None,
+        });
+        raw.push(tensor.data);
+    }
+    ModelInferRequest {
+        model_name: request.model_name,
+        model_version: request.model_version.map(|v| v.to_string()).unwrap_or_default(),
+        id: request.id,
+        parameters: request.parameters.into_iter().map(|(key, value)| (key, parameter(value))).collect(),
+        inputs,
+        outputs: request
+            .requested_outputs
+            .into_iter()
+            .map(|name| InferRequestedOutputTensor { name, parameters: HashMap::new() })
+            .collect(),
+        raw_input_contents: raw,
+    }
+}
+
+/// A worker's response back in process; `Err` names what the worker got wrong.
+pub fn response_from_proto(response: ModelInferResponse, is_final: bool) -> Result<InferenceResponse, String> {
+    let ModelInferResponse { model_name, model_version, id, outputs, raw_output_contents, .. } = response;
+    let model_version = model_version
+        .parse::<i64>()
+        .map_err(|_| format!("the response of model '{model_name}' has version '{model_version}', not a number"))?;
+    let mut raw = raw_output_contents.into_iter();
+    let mut tensors = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        let datatype = DataType::from_kserve(&output.datatype).ok_or_else(|| {
+            format!("output '{}' of model '{model_name}' has datatype '{}', not a KServe datatype", output.name, output.datatype)
+        })?;
+        let data = raw
+            .next()
+            .ok_or_else(|| format!("output '{}' of model '{model_name}' has no raw contents", output.name))?;
+        tensors.push(Tensor::new(output.name, datatype, output.shape, data));
+    }
+    Ok(InferenceResponse { model_name: Arc::from(model_name), model_version, id, outputs: tensors, is_final })
+}
+
+pub fn generate_request_to_proto(model: &str, version: i64, request: GenerateRequest) -> pb::GenerateRequest {
+    let GenerateRequest { prompt, sampling, stop, logprobs } = request;
+    pb::GenerateRequest {
+        model: model.to_string(),
+        version,
+        prompt,
+        sampling: Some(pb::Sampling {
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            top_k: u32::try_from(sampling.top_k).unwrap_or(u32::MAX),
+            seed: sampling.seed,
+            presence_penalty: sampling.presence_penalty,
+            frequency_penalty: sampling.frequency_penalty,
+            repetition_penalty: sampling.repetition_penalty,
+        }),
+        stop: Some(pb::Stop {
+            max_tokens: stop.max_tokens,
+            stop_token_ids: stop.stop_token_ids,
+            ignore_eos: stop.ignore_eos,
+            min_tokens: stop.min_tokens,
+        }),
+        logprobs,
+    }
+}
+
+/// The engine's request; absent sampling or stop options mean the engine's defaults.
+pub fn generate_request_from_proto(request: pb::GenerateRequest) -> GenerateRequest {
+    let sampling = request.sampling.map_or_else(SamplingOptions::default, |s| SamplingOptions {
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k as usize,
+        seed: s.seed,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        repetition_penalty: s.repetition_penalty,
+    });
+    let stop = request.stop.map_or_else(StopOptions::default, |s| StopOptions {
+        max_tokens: s.max_tokens,
+        stop_token_ids: s.stop_token_ids,
+        ignore_eos: s.ignore_eos,
+        min_tokens: s.min_tokens,
+    });
+    GenerateRequest { prompt: request.prompt, sampling, stop, logprobs: request.logprobs }
+}
+
+pub fn event_to_proto(event: GenerateEvent) -> pb::GenerateEvent {
+    let event = match event {
+        GenerateEvent::Token(token) => pb::generate_event::Event::Token(pb::Token {
+            id: token.id,
+            logprob: token.logprob,
+            top_logprobs: token.top_logprobs.into_iter().map(|(id, logprob)| pb::TopLogprob { id, logprob }).collect(),
+        }),
+        GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, queued_for } => {
+            pb::generate_event::Event::Finished(pb::Finished {
+                reason: reason.as_str().to_string(),
+                prompt_tokens,
+                completion_tokens,
+                queued_us: u64::try_from(queued_for.as_micros()).unwrap_or(u64::MAX),
+            })
+        }
+    };
+    pb::GenerateEvent { event: Some(event) }
+}
+
+/// An event back in process; `Err` names what the worker got wrong.
+pub fn event_from_proto(event: pb::GenerateEvent) -> Result<GenerateEvent, String> {
+    match event.event {
+        Some(pb::generate_event::Event::Token(token)) => Ok(GenerateEvent::Token(GeneratedToken {
+            id: token.id,
+            logprob: token.logprob,
+            top_logprobs: token.top_logprobs.into_iter().map(|t| (t.id, t.logprob)).collect(),
+        })),
+        Some(pb::generate_event::Event::Finished(finished)) => {
+            let reason = match finished.reason.as_str() {
+                "stop" => FinishReason::Stop,
+                "length" => FinishReason::Length,
+                "cancelled" => FinishReason::Cancelled,
+                other => return Err(format!("unknown finish reason '{other}'")),
+            };
+            Ok(GenerateEvent::Finished {
+                reason,
+                prompt_tokens: finished.prompt_tokens,
+                completion_tokens: finished.completion_tokens,
+                queued_for: Duration::from_micros(finished.queued_us),
+            })
+        }
+        None => Err("a generation event with neither a token nor the end".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_class_survives_the_wire() {
+        for code in [
+            ErrorCode::Unknown,
+            ErrorCode::Internal,
+            ErrorCode::NotFound,
+            ErrorCode::InvalidArg,
+            ErrorCode::Unavailable,
+            ErrorCode::Unsupported,
+            ErrorCode::AlreadyExists,
+            ErrorCode::Cancelled,
+            ErrorCode::ResourceExhausted,
+        ] {
+            assert_eq!(error_code(code.grpc_code()), code);
+        }
+    }
+
+    #[test]
+    fn generation_requests_and_events_round_trip() {
+        let request = GenerateRequest {
+            prompt: vec![1, 2, 3],
+            sampling: SamplingOptions { temperature: 0.5, top_k: 7, seed: Some(9), ..Default::default() },
+            stop: StopOptions { max_tokens: Some(4), stop_token_ids: vec![2], ignore_eos: true, min_tokens: 1 },
+            logprobs: Some(2),
+        };
+        let wire = generate_request_to_proto("m", 3, request.clone());
+        assert_eq!((wire.model.as_str(), wire.version), ("m", 3));
+        assert_eq!(generate_request_from_proto(wire), request);
+
+        let events = [
+            GenerateEvent::Token(GeneratedToken { id: 5, logprob: Some(-0.5), top_logprobs: vec![(5, -0.5), (6, -1.5)] }),
+            GenerateEvent::Finished {
+                reason: FinishReason::Length,
+                prompt_tokens: 3,
+                completion_tokens: 1,
+                queued_for: Duration::from_micros(42),
+            },
+        ];
+        for event in events {
+            assert_eq!(event_from_proto(event_to_proto(event.clone())), Ok(event));
+        }
+        assert!(event_from_proto(pb::GenerateEvent { event: None }).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! The `Worker` service a worker process serves: requests run through a [`LocalWorker`] over the
+//! process's model repository. Every status produced here carries the origin marker, calls are
+//! counted in [`InFlight`] until their last response, and a stream the client drops or cancels
+//! drops the engine's stream with it, which cancels the work.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+use tritium_proto::ErrorCode;
+use tritium_proto::inference::{ModelInferRequest, ModelInferResponse};
+use tritium_proto::worker::worker_server::{Worker, WorkerServer};
+use tritium_proto::worker::{
+    DescribeModelsRequest, DescribeModelsResponse, DescribedModel, EmbedRequest, EmbedResponse, Embedding,
+    GenerateEvent, GenerateRequest, InferStreamResponse,
+};
+use tritium_worker::{InferOutcome, InferenceResponse, LocalWorker, ModelRepository, StreamItem, WorkerClient, WorkerError};
+
+use super::convert::{event_to_proto, generate_request_from_proto};
+use super::drain::{InFlight, InFlightGuard};
+use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE, OUTCOME_STREAM};
+use crate::error::ServerError;
+use crate::grpc::convert::{decode_request, encode_response};
+use crate::shm::SharedMemoryRegistry;
+
+/// What a draining worker answers new calls with (UNAVAILABLE): the call never started, so the
+/// frontend may send it to another worker.
+pub const DRAINING_MESSAGE: &str = "worker is draining";
+
+type Replies<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A status of the worker's own, marked so the client can tell it from a transport failure.
+fn worker_status(code: ErrorCode, message: impl Into<String>) -> Status {
+    let mut status = code.status(message);
+    status.metadata_mut().insert(ORIGIN_KEY, MetadataValue::from_static(ORIGIN_WORKER));
+    status
+}
+
+fn from_worker(error: WorkerError) -> Status {
+    worker_status(error.code(), error.to_string())
+}
+
+fn from_server(error: ServerError) -> Status {
+    worker_status(error.code(), error.to_string())
+}
+
+/// Serves a worker's models over `tritium.worker.v1.Worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerService {
+    repository: Arc<ModelRepository>,
+    local: LocalWorker,
+    /// Always empty: the frontend resolves shared memory and sends tensors raw.
+    shm: Arc<SharedMemoryRegistry>,
+    in_flight: InFlight,
+}
+
+/// The service over `repository`, ready to add to a tonic server, taking and sending messages up
+/// to `max_message_size` bytes.
+pub fn worker_service(repository: Arc<ModelRepository>, max_message_size: usize) -> WorkerServer<WorkerService> {
+    WorkerService::new(repository).into_server(max_message_size)
+}
+
+impl WorkerService {
+    pub fn new(repository: Arc<ModelRepository>) -> WorkerService {
+        WorkerService {
+            local: LocalWorker::new(Arc::clone(&repository)),
+            repository,
+            shm: Arc::new(SharedMemoryRegistry::new()),
+            in_flight: InFlight::new(),
+        }
+    }
+
+    /// The counter and draining switch of this service's calls (shared, not a copy).
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
+    }
+
+    pub fn into_server(self, max_message_size: usize) -> WorkerServer<WorkerService> {
+        WorkerServer::new(self).max_decoding_message_size(max_message_size).max_encoding_message_size(max_message_size)
+    }
+
+    fn admit(&self) -> Result<InFlightGuard, Status> {
+        self.in_flight.enter().ok_or_else(|| worker_status(ErrorCode::Unavailable, DRAINING_MESSAGE))
+    }
+
+    fn encode(&self, response: InferenceResponse) -> Result<ModelInferResponse, Status> {
+        encode_response(response, &[], &self.shm, None).map_err(from_server)
+    }
+
+    fn card_json(&self, version: &tritium_worker::ModelVersion) -> Result<Option<String>, Status> {
+        let card = match (version.language_model(), version.embedding_model()) {
+            (Some(model), _) => Arc::clone(model.card()),
+            (None, Some(model)) => Arc::clone(model.card()),
+            (None, None) => return Ok(None),
+        };
+        serde_json::to_string(card.as_ref()).map(Some).map_err(|e| {
+            worker_status(ErrorCode::Internal, format!("the card of model '{}' does not serialize: {e}", version.name))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    async fn infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let _counted = self.admit()?;
+        let decoded = decode_request(request.into_inner(), &self.shm, Instant::now()).map_err(from_server)?;
+        let response = self.local.infer(decoded.request).await.map_err(from_worker)?;
+        Ok(Response::new(self.encode(response)?))
+    }
+
+    type InferStreamStream = Replies<InferStreamResponse>;
+
+    async fn infer_stream(&self, request: Request<ModelInferRequest>) -> Result<Response<Self::InferStreamStream>, Status> {
+        let counted = self.admit()?;
+        let decoded = decode_request(request.into_inner(), &self.shm, Instant::now()).map_err(from_server)?;
+        let (replies, outcome): (Self::InferStreamStream, _) = match self.local.infer_stream(decoded.request).await {
+            Err(e) => return Err(from_worker(e)),
+            Ok(InferOutcome::Single(response)) => {
+                let reply = self.encode(response).map(|r| InferStreamResponse { response: Some(r), r#final: true });
+                let once = futures::stream::once(std::future::ready(reply)).map(move |reply| {
+                    let _ = &counted;
+                    reply
+                });
+                (Box::pin(once), OUTCOME_SINGLE)
+            }
+            Ok(InferOutcome::Stream(responses)) => {
+                let service = self.clone();
+                // Owning `responses` here means tonic dropping this stream (client gone or
+                // cancelled) drops the ResponseStream, which cancels the request.
+                let replies = futures::stream::unfold(Some((responses, counted)), move |state| {
+                    let service = service.clone();
+                    async move {
+                        let (mut responses, counted) = state?;
+                        match responses.next().await? {
+                            StreamItem::Response(response) => {
+                                let is_final = response.is_final;
+                                let reply = service
+                                    .encode(response)
+                                    .map(|r| InferStreamResponse { response: Some(r), r#final: is_final });
+                                let next = reply.is_ok().then_some((responses, counted));
+                                Some((reply, next))
+                            }
+                            StreamItem::Error(e) => Some((Err(from_worker(e)), None)),
+                            StreamItem::Complete => None,
+                        }
+                    }
+                });
+                (Box::pin(replies), OUTCOME_STREAM)
+            }
+        };
+        let mut response = Response::new(replies);
+        response.metadata_mut().insert(OUTCOME_KEY, MetadataValue::from_static(outcome));
+        Ok(response)
+    }
+
+    type GenerateStream = Replies<GenerateEvent>;
+
+    async fn generate(&self, request: Request<GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+        let counted = self.admit()?;
+        let request = request.into_inner();
+        let name = request.model.clone();
+        let version = match request.version {
+            0 => None,
+            v if v > 0 => Some(v),
+            v => return Err(from_worker(WorkerError::InvalidVersion { version: v.to_string() })),
+        };
+        let model = self.repository.resolve(&name, version).map_err(from_worker)?;
+        let engine =
+            model.language_model().ok_or_else(|| from_worker(WorkerError::NotLanguageModel { model: name.clone() }))?;
+        let tokens = engine
+            .generate(generate_request_from_proto(request))
+            .map_err(|source| from_worker(WorkerError::Generate { model: name, source }))?;
+        // The TokenStream lives inside this stream: when tonic drops it, the sequence is cancelled.
+        let events = tokens.map(move |event| {
+            let _ = &counted;
+            event.map(event_to_proto).map_err(|e| worker_status(e.code(), e.to_string()))
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn embed(&self, request: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {
+        let _counted = self.admit()?;
+        let EmbedRequest { model, inputs } = request.into_inner();
+        let inputs = inputs.into_iter().map(|input| input.ids).collect();
+        let vectors = self.local.embed(&model, inputs).await.map_err(from_worker)?;
+        let embeddings = vectors.into_iter().map(|values| Embedding { values }).collect();
+        Ok(Response::new(EmbedResponse { embeddings }))
+    }
+
+    async fn describe_models(&self, _: Request<DescribeModelsRequest>) -> Result<Response<DescribeModelsResponse>, Status> {
+        let mut models = Vec::new();
+        for served in self.repository.local_models() {
+            for version in served.versions.values() {
+                models.push(DescribedModel {
+                    name: served.name.clone(),
+                    version: version.version,
+                    config: Some(version.config.as_ref().clone()),
+                    card_json: self.card_json(version)?,
+                });
+            }
+        }
+        Ok(Response::new(DescribeModelsResponse { models }))
+    }
+}

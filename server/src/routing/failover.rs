@@ -1,0 +1,270 @@
+//! The router as a [`WorkerClient`]: every request goes to the worker `pick` chooses. When that
+//! worker cannot be reached, a request that had not started there, or a unary tensor request
+//! (stateless, so safe to repeat), goes to another one; a language-model stream whose worker dies
+//! is continued on another worker from the tokens already generated, up to the migration limit.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, TokenStream};
+use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ParamValue, WorkerClient, WorkerError};
+
+use super::policy::current_hint;
+use super::{Member, Router, WORKER_ID_PARAMETER};
+use crate::remote::{DRAINING_MESSAGE, is_unreachable};
+use tritium_proto::ErrorCode;
+
+/// The worker a request names with the `worker_id` parameter, for `direct` mode.
+pub fn hint_of(parameters: &tritium_worker::Parameters) -> Option<String> {
+    parameters.iter().find(|(key, _)| key == WORKER_ID_PARAMETER).and_then(|(_, value)| match value {
+        ParamValue::String(id) => Some(id.clone()),
+        _ => None,
+    })
+}
+
+/// Whether a request that failed this way did not run, so another worker may take it: the
+/// worker could not be reached, or it is draining and refused it.
+fn retryable(error: &WorkerError) -> bool {
+    match error {
+        WorkerError::Unreachable { .. } => true,
+        WorkerError::Failed { code: ErrorCode::Unavailable, message } => message.contains(DRAINING_MESSAGE),
+        _ => false,
+    }
+}
+
+impl Router {
+    /// Runs `call` on the chosen worker, and again on another one while workers cannot be
+    /// reached. `None` from `pick` on the first try means no instance serves the model.
+    async fn with_failover<T, F, Fut>(&self, model: &str, tokens: Option<&[u32]>, hint: Option<&str>, mut call: F) -> Result<T, WorkerError>
+    where
+        F: FnMut(Arc<dyn WorkerClient>, bool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, WorkerError>>,
+    {
+        let mut tried: Vec<Arc<str>> = Vec::new();
+        let mut last_error = None;
+        loop {
+            let member = match self.pick(model, tokens, hint, &tried, false)? {
+                Some(member) => member,
+                None => match last_error {
+                    Some(error) => return Err(error),
+                    None => return call(Arc::clone(&self.fallback), true).await,
+                },
+            };
+            let _outstanding = member.begin();
+            match call(Arc::clone(&member.client), member.local).await {
+                Err(error) if retryable(&error) => {
+                    tracing::warn!(worker = %member.id, model, "{error}; trying another worker");
+                    self.mark_suspect(&member);
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    tried.push(Arc::clone(&member.id));
+                    last_error = Some(error);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Records Triton statistics on the frontend's stand-in for a remote model.
+    fn record_remote(&self, model: &str, version: Option<i64>, arrived: Instant, ok: bool) {
+        if let Ok(proxy) = self.repository.resolve(model, version) {
+            let elapsed = arrived.elapsed();
+            if ok {
+                proxy.stats.queue.record(Duration::ZERO);
+                proxy.stats.compute_input.record(Duration::ZERO);
+                proxy.stats.compute_infer.record(elapsed);
+                proxy.stats.compute_output.record(Duration::ZERO);
+                proxy.stats.success.record(elapsed);
+                proxy.stats.record_execution(1);
+            } else {
+                proxy.stats.fail.record(elapsed);
+            }
+        }
+    }
+
+    async fn generate_routed(&self, model: &str, request: GenerateRequest, hint: Option<String>) -> Result<TokenStream, WorkerError> {
+        let mut tried: Vec<Arc<str>> = Vec::new();
+        loop {
+            let Some(member) = self.pick(model, Some(&request.prompt), hint.as_deref(), &tried, false)? else {
+                if tried.is_empty() {
+                    return self.fallback.generate(model, request).await;
+                }
+                return Err(WorkerError::Generate {
+                    model: model.to_string(),
+                    source: GenerateError::Unavailable { model: model.to_string(), message: "no worker serving it could be reached".into() },
+                });
+            };
+            if member.local {
+                return member.client.generate(model, request).await;
+            }
+            let outstanding = member.begin();
+            match member.client.generate(model, request.clone()).await {
+                Err(error) if retryable(&error) => {
+                    tracing::warn!(worker = %member.id, model, "{error}; trying another worker");
+                    self.mark_suspect(&member);
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    tried.push(Arc::clone(&member.id));
+                }
+                Err(other) => return Err(other),
+                Ok(stream) => {
+                    let (sender, receiver) = mpsc::unbounded_channel();
+                    let migration = Migration { model: model.to_string(), request, tried, generated: Vec::new() };
+                    let router = self.this.upgrade();
+                    tokio::spawn(async move {
+                        let _outstanding = outstanding;
+                        migration.forward(router, member, stream, sender).await;
+                    });
+                    return Ok(TokenStream::new(receiver));
+                }
+            }
+        }
+    }
+}
+
+/// A stream in flight on a remote worker, with what is needed to continue it elsewhere.
+struct Migration {
+    model: String,
+    request: GenerateRequest,
+    tried: Vec<Arc<str>>,
+    generated: Vec<u32>,
+}
+
+type EventSender = mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>>;
+
+impl Migration {
+    /// Forwards `stream` to `sender`; when the worker dies mid-stream, continues on another one.
+    /// Returns when the generation ends or the client goes away (which drops the worker's stream
+    /// and so cancels the sequence there).
+    async fn forward(mut self, router: Option<Arc<Router>>, mut member: Member, mut stream: TokenStream, sender: EventSender) {
+        let prompt_tokens = u32::try_from(self.request.prompt.len()).unwrap_or(u32::MAX);
+        let mut migrations = 0u32;
+        loop {
+            let event = tokio::select! {
+                _ = sender.closed() => return,
+                event = stream.next() => event,
+            };
+            match event {
+                Some(Ok(GenerateEvent::Token(token))) => {
+                    self.generated.push(token.id);
+                    if sender.send(Ok(GenerateEvent::Token(token))).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(GenerateEvent::Finished { reason, queued_for, .. })) => {
+                    let completion_tokens = u32::try_from(self.generated.len()).unwrap_or(u32::MAX);
+                    let _ = sender.send(Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, queued_for }));
+                    return;
+                }
+                Some(Err(error)) if !is_unreachable(&error) => {
+                    let _ = sender.send(Err(error));
+                    return;
+                }
+                Some(Err(_)) | None => {
+                    let why = format!("worker '{}' went away mid-stream", member.id);
+                    let Some(router) = router.as_ref() else { return self.fail(&sender, why) };
+                    router.mark_suspect(&member);
+                    if migrations >= router.options.migration_limit {
+                        return self.fail(&sender, format!("{why}, and the migration limit ({}) is reached", router.options.migration_limit));
+                    }
+                    migrations += 1;
+                    self.tried.push(Arc::clone(&member.id));
+                    match self.restart(router).await {
+                        Some((next_member, next_stream)) => {
+                            tracing::warn!(from = %member.id, to = %next_member.id, model = %self.model, "{why}; continuing the stream on another worker");
+                            router.counters.migrated.fetch_add(1, Ordering::Relaxed);
+                            member = next_member;
+                            stream = next_stream;
+                        }
+                        None => return self.fail(&sender, format!("{why}, and no other worker could continue it")),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the rest of the sequence on another worker: the prompt plus what was generated.
+    async fn restart(&mut self, router: &Router) -> Option<(Member, TokenStream)> {
+        let mut next = self.request.clone();
+        next.prompt.extend_from_slice(&self.generated);
+        let done = u32::try_from(self.generated.len()).unwrap_or(u32::MAX);
+        next.stop.max_tokens = next.stop.max_tokens.map(|max| max.saturating_sub(done));
+        next.stop.min_tokens = next.stop.min_tokens.saturating_sub(done);
+        loop {
+            let member = router.pick(&self.model, Some(&next.prompt), None, &self.tried, true).ok()??;
+            match member.client.generate(&self.model, next.clone()).await {
+                Ok(stream) => return Some((member, stream)),
+                Err(error) if retryable(&error) => {
+                    router.mark_suspect(&member);
+                    self.tried.push(Arc::clone(&member.id));
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %member.id, "continuing a stream failed: {e}");
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn fail(&self, sender: &EventSender, message: String) {
+        let _ = sender.send(Err(GenerateError::Unavailable { model: self.model.clone(), message }));
+    }
+}
+
+#[async_trait]
+impl WorkerClient for Router {
+    async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
+        let (model, version, arrived) = (request.model_name.clone(), request.model_version, request.arrived);
+        let hint = hint_of(&request.parameters);
+        let mut request = Some(request);
+        let mut remote = false;
+        let result = self
+            .with_failover(&model, None, hint.as_deref(), |client, local| {
+                remote |= !local;
+                // Only a remote call can need a second try, so only then is the request copied.
+                let this_try = if local { request.take() } else { request.clone() };
+                async move {
+                    match this_try {
+                        Some(request) => client.infer(request).await,
+                        None => Err(WorkerError::Failed { code: tritium_proto::ErrorCode::Internal, message: "request already consumed".into() }),
+                    }
+                }
+            })
+            .await;
+        if remote {
+            self.record_remote(&model, version, arrived, result.is_ok());
+        }
+        result
+    }
+
+    async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
+        let model = request.model_name.clone();
+        let hint = hint_of(&request.parameters);
+        let mut request = Some(request);
+        self.with_failover(&model, None, hint.as_deref(), |client, local| {
+            let this_try = if local { request.take() } else { request.clone() };
+            async move {
+                match this_try {
+                    Some(request) => client.infer_stream(request).await,
+                    None => Err(WorkerError::Failed { code: tritium_proto::ErrorCode::Internal, message: "request already consumed".into() }),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
+        self.generate_routed(model, request, current_hint()).await
+    }
+
+    async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
+        let hint = current_hint();
+        self.with_failover(model, inputs.first().map(Vec::as_slice), hint.as_deref(), |client, _| {
+            let inputs = inputs.clone();
+            async move { client.embed(model, inputs).await }
+        })
+        .await
+    }
+}

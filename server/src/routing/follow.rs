@@ -1,0 +1,97 @@
+//! The tasks that keep the router current: discovery (which workers serve which models), the
+//! event bus (load reports and KV-cache announcements), and the in-process worker's own
+//! registration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tritium_worker::ModelRepository;
+
+use super::{Router, lock};
+use crate::discovery::{Discovery, WorkerAddress, WorkerInstance};
+use crate::events::{EventBus, WorkerEvent};
+
+/// Re-lists this often even without a watch event, so a worker whose description failed is
+/// described again.
+const RELIST_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the router's table in step with discovery and with the in-process worker's own models
+/// (which are not registered in a shared discovery: other frontends could not reach them) until
+/// `stop` is cancelled.
+pub async fn follow_discovery(router: Arc<Router>, discovery: Arc<dyn Discovery>, stop: CancellationToken) {
+    let mut watch = discovery.watch();
+    let mut local_changes = router.repository.subscribe();
+    loop {
+        match discovery.instances().await {
+            Ok(mut instances) => {
+                instances.retain(|i| *i.id != *router.local_id);
+                let local = router.repository.local_models().iter().map(|m| m.name.clone()).collect();
+                instances.push(WorkerInstance { id: router.local_id.to_string(), address: WorkerAddress::InProcess, models: local });
+                router.apply(&instances).await;
+            }
+            Err(e) => tracing::warn!("discovery listing failed: {e}"),
+        }
+        // Any change, or having fallen behind, means: list again.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            event = watch.recv() => if let Err(RecvError::Closed) = event { return },
+            changed = local_changes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(RELIST_EVERY) => {}
+        }
+    }
+}
+
+/// Feeds the router's KV index and load table from the event bus until `stop` is cancelled.
+pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop: CancellationToken) {
+    let mut subscription = events.subscribe();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            event = subscription.recv() => event,
+        };
+        match event {
+            Ok(WorkerEvent::Kv { worker, model, event }) => lock(&router.kv).apply(&worker, &model, &event),
+            Ok(WorkerEvent::Load(report)) => {
+                lock(&router.loads).insert((report.worker.clone(), report.model.clone()), report);
+            }
+            Ok(WorkerEvent::ModelsChanged { .. }) => {}
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "the router fell behind the event bus; its KV index may miss blocks until workers report again");
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Registers a worker (in this process or serving the worker plane at an address) with the
+/// models its repository loaded, re-registering on every change, until `stop` is cancelled;
+/// then deregisters.
+pub async fn publish_worker(
+    id: String,
+    address: WorkerAddress,
+    repository: Arc<ModelRepository>,
+    discovery: Arc<dyn Discovery>,
+    events: Arc<dyn EventBus>,
+    stop: CancellationToken,
+) {
+    let mut changes = repository.subscribe();
+    loop {
+        let models: Vec<String> = repository.local_models().iter().map(|m| m.name.clone()).collect();
+        let instance = WorkerInstance { id: id.clone(), address: address.clone(), models: models.clone() };
+        if let Err(e) = discovery.register(instance).await {
+            tracing::warn!(worker = %id, "registering in discovery failed: {e}");
+        }
+        if let Err(e) = events.publish(WorkerEvent::ModelsChanged { worker: id.clone(), models }).await {
+            tracing::warn!("publishing a model change failed: {e}");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = changes.changed() => if changed.is_err() { break },
+        }
+    }
+    if let Err(e) = discovery.deregister(&id).await {
+        tracing::warn!(worker = %id, "deregistering failed: {e}");
+    }
+}

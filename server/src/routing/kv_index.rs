@@ -1,0 +1,489 @@
+//! The KV-aware router's index and scoring: which workers hold which KV-cache blocks of each
+//! model (built from the workers' [`KvEvent`]s), how many leading blocks of a new prompt each one
+//! already holds, and the choice among workers that weighs that overlap against their load.
+//!
+//! ```
+//! use tritium_server::routing::kv_index::KvIndex;
+//! use tritium_worker::kv::{KvEvent, block_hashes};
+//!
+//! let prompt: Vec<u32> = (0..64).collect();
+//! let hashes = block_hashes(&prompt, 16);
+//! let mut index = KvIndex::default();
+//! index.apply("w1", "llm", &KvEvent::Stored { parent: None, blocks: hashes[..2].to_vec() });
+//! assert_eq!(index.overlaps("llm", &hashes)["w1"], 2);
+//! ```
+
+use std::collections::{HashMap, HashSet};
+
+use rand::Rng;
+use tritium_worker::kv::{BlockHash, KvEvent};
+
+/// Blocks one worker may have indexed for one model before its entries are dropped wholesale:
+/// a worker that never announces evictions must not grow the index without bound.
+pub const DEFAULT_MAX_BLOCKS_PER_WORKER: usize = 1_000_000;
+
+/// Index of a worker's name in [`KvIndex::names`]; small, so per-block holder lists stay small.
+type WorkerId = u32;
+
+/// For each model, which workers hold which blocks.
+#[derive(Debug)]
+pub struct KvIndex {
+    models: HashMap<String, ModelIndex>,
+    ids: HashMap<String, WorkerId>,
+    /// Worker names by id; the slots of ids in `free` are empty.
+    names: Vec<String>,
+    free: Vec<WorkerId>,
+    max_blocks_per_worker: usize,
+}
+
+#[derive(Debug, Default)]
+struct ModelIndex {
+    /// Block -> the workers holding it (tens at most, so a list beats a set).
+    holders: HashMap<BlockHash, Vec<WorkerId>>,
+    /// Worker -> its blocks: the reverse map, for `Cleared`, departures and the cap.
+    held: HashMap<WorkerId, HashSet<BlockHash>>,
+}
+
+impl Default for KvIndex {
+    fn default() -> Self {
+        KvIndex::with_max_blocks_per_worker(DEFAULT_MAX_BLOCKS_PER_WORKER)
+    }
+}
+
+impl KvIndex {
+    /// An empty index with the default cap, [`DEFAULT_MAX_BLOCKS_PER_WORKER`].
+    pub fn new() -> KvIndex {
+        KvIndex::default()
+    }
+
+    /// An empty index that drops a worker's blocks of a model once they number more than `max`.
+    pub fn with_max_blocks_per_worker(max: usize) -> KvIndex {
+        KvIndex { models: HashMap::new(), ids: HashMap::new(), names: Vec::new(), free: Vec::new(), max_blocks_per_worker: max }
+    }
+
+    /// Records what `worker`'s engine did to its cache of `model`.
+    pub fn apply(&mut self, worker: &str, model: &str, event: &KvEvent) {
+        match event {
+            KvEvent::Stored { blocks, .. } => {
+                let id = self.intern(worker);
+                let index = self.models.entry(model.to_string()).or_default();
+                let held = index.held.entry(id).or_default();
+                for &block in blocks {
+                    if held.insert(block) {
+                        index.holders.entry(block).or_default().push(id);
+                    }
+                }
+                if held.len() > self.max_blocks_per_worker {
+                    tracing::warn!(
+                        worker,
+                        model,
+                        blocks = held.len(),
+                        max = self.max_blocks_per_worker,
+                        "too many KV blocks indexed for one worker; dropping them until its next events"
+                    );
+                    index.drop_worker(id);
+                }
+            }
+            KvEvent::Removed { blocks } => {
+                let Some(&id) = self.ids.get(worker) else { return };
+                let Some(index) = self.models.get_mut(model) else { return };
+                let Some(held) = index.held.get_mut(&id) else { return };
+                for block in blocks {
+                    if held.remove(block) {
+                        remove_holder(&mut index.holders, *block, id);
+                    }
+                }
+                if held.is_empty() {
+                    index.held.remove(&id);
+                }
+            }
+            KvEvent::Cleared => {
+                let Some(&id) = self.ids.get(worker) else { return };
+                if let Some(index) = self.models.get_mut(model) {
+                    index.drop_worker(id);
+                }
+            }
+        }
+        self.models.retain(|_, index| !index.held.is_empty());
+    }
+
+    /// Forgets everything `worker` held, of every model (it left).
+    pub fn remove_worker(&mut self, worker: &str) {
+        let Some(id) = self.ids.remove(worker) else { return };
+        for index in self.models.values_mut() {
+            index.drop_worker(id);
+        }
+        self.models.retain(|_, index| !index.held.is_empty());
+        self.names[id as usize].clear();
+        self.free.push(id);
+    }
+
+    /// For each worker holding at least the first block of `hashes` (a prompt's chained block
+    /// hashes, in order), how many leading blocks it holds: counting stops at its first missing
+    /// block, since a later block can only be reused after every block before it. Workers holding
+    /// none are left out.
+    pub fn overlaps(&self, model: &str, hashes: &[BlockHash]) -> HashMap<String, usize> {
+        let mut overlaps = HashMap::new();
+        let Some(index) = self.models.get(model) else { return overlaps };
+        let Some(mut matching) = hashes.first().and_then(|first| index.holders.get(first)).cloned() else {
+            return overlaps;
+        };
+        // Invariant: every worker in `matching` holds the first `depth` blocks.
+        let mut depth = 1;
+        for hash in &hashes[1..] {
+            let holders = index.holders.get(hash).map(Vec::as_slice).unwrap_or_default();
+            matching.retain(|id| {
+                let still = holders.contains(id);
+                if !still {
+                    overlaps.insert(self.names[*id as usize].clone(), depth);
+                }
+                still
+            });
+            if matching.is_empty() {
+                return overlaps;
+            }
+            depth += 1;
+        }
+        for id in matching {
+            overlaps.insert(self.names[id as usize].clone(), depth);
+        }
+        overlaps
+    }
+
+    /// Distinct blocks indexed, summed over models (a block several workers hold counts once).
+    pub fn block_count(&self) -> usize {
+        self.models.values().map(|index| index.holders.len()).sum()
+    }
+
+    fn intern(&mut self, worker: &str) -> WorkerId {
+        if let Some(&id) = self.ids.get(worker) {
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = worker.to_string();
+                id
+            }
+            None => {
+                // Ids are u32 to keep holder lists small; four billion live workers do not happen.
+                let id = WorkerId::try_from(self.names.len()).unwrap_or(WorkerId::MAX);
+                self.names.push(worker.to_string());
+                id
+            }
+        };
+        self.ids.insert(worker.to_string(), id);
+        id
+    }
+}
+
+impl ModelIndex {
+    fn drop_worker(&mut self, id: WorkerId) {
+        for block in self.held.remove(&id).unwrap_or_default() {
+            remove_holder(&mut self.holders, block, id);
+        }
+    }
+}
+
+fn remove_holder(holders: &mut HashMap<BlockHash, Vec<WorkerId>>, block: BlockHash, id: WorkerId) {
+    if let Some(workers) = holders.get_mut(&block) {
+        workers.retain(|&w| w != id);
+        if workers.is_empty() {
+            holders.remove(&block);
+        }
+    }
+}
+
+/// How [`choose`] weighs cache overlap against load.
+#[derive(Debug, Clone)]
+pub struct KvScoring {
+    pub overlap_weight: f64,
+    pub load_weight: f64,
+    /// 0 picks the best score (ties at random); above 0 samples, softer as it grows.
+    pub temperature: f64,
+}
+
+impl Default for KvScoring {
+    fn default() -> Self {
+        KvScoring { overlap_weight: 1.0, load_weight: 1.0, temperature: 0.0 }
+    }
+}
+
+/// One worker that could take a request, as [`choose`] sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Candidate {
+    /// Leading blocks of the request the worker holds (see [`KvIndex::overlaps`]).
+    pub overlap_blocks: usize,
+    pub active: u64,
+    pub queued: u64,
+    /// KV-cache use and capacity, in tokens; capacity 0 means unknown.
+    pub kv_used: u64,
+    pub kv_capacity: u64,
+}
+
+/// The index of the candidate to send a request of `request_blocks` blocks to; `None` when there
+/// are none.
+///
+/// Each candidate `i` gets the logit
+///
+/// ```text
+/// logit_i = overlap_weight * min(overlap_blocks_i / max(request_blocks, 1), 1)
+///         - load_weight * load_i
+/// load_i  = (active_i + queued_i) / max_j(active_j + queued_j)     (0 when that max is 0)
+///         + min(kv_used_i / kv_capacity_i, 1)                       (only when kv_capacity_i > 0)
+/// ```
+///
+/// so both the overlap term and each part of the load lie in [0, 1]. With `temperature` 0 (or
+/// not a positive finite number) the highest logit wins, ties broken uniformly at random; above
+/// 0 the candidate is drawn from `softmax(logit / temperature)`.
+pub fn choose(candidates: &[Candidate], request_blocks: usize, scoring: &KvScoring, rng: &mut impl Rng) -> Option<usize> {
+    if candidates.is_empty() {
+        return None;
+    }
+    let logits = logits(candidates, request_blocks, scoring);
+    if scoring.temperature > 0.0 && scoring.temperature.is_finite() {
+        Some(sample(&logits, scoring.temperature, rng))
+    } else {
+        Some(argmax(&logits, rng))
+    }
+}
+
+fn logits(candidates: &[Candidate], request_blocks: usize, scoring: &KvScoring) -> Vec<f64> {
+    let busy = |c: &Candidate| c.active.saturating_add(c.queued);
+    let busiest = candidates.iter().map(busy).max().unwrap_or(0);
+    let blocks = request_blocks.max(1) as f64;
+    candidates
+        .iter()
+        .map(|c| {
+            let overlap = (c.overlap_blocks as f64 / blocks).min(1.0);
+            let mut load = if busiest == 0 { 0.0 } else { busy(c) as f64 / busiest as f64 };
+            if c.kv_capacity > 0 {
+                load += (c.kv_used as f64 / c.kv_capacity as f64).min(1.0);
+            }
+            scoring.overlap_weight * overlap - scoring.load_weight * load
+        })
+        .collect()
+}
+
+/// The highest logit's index; NaNs never win unless all are NaN (then any index).
+fn argmax(logits: &[f64], rng: &mut impl Rng) -> usize {
+    let best = logits.iter().copied().filter(|l| !l.is_nan()).fold(f64::NEG_INFINITY, f64::max);
+    let ties: Vec<usize> = (0..logits.len()).filter(|&i| logits[i] == best).collect();
+    if ties.is_empty() {
+        return rng.random_range(0..logits.len());
+    }
+    ties[rng.random_range(0..ties.len())]
+}
+
+fn sample(logits: &[f64], temperature: f64, rng: &mut impl Rng) -> usize {
+    let best = logits.iter().copied().filter(|l| !l.is_nan()).fold(f64::NEG_INFINITY, f64::max);
+    // Shifting by the best logit keeps exp() from overflowing; NaNs get no weight.
+    let weights: Vec<f64> =
+        logits.iter().map(|&l| if l.is_nan() { 0.0 } else { ((l - best) / temperature).exp() }).collect();
+    let total: f64 = weights.iter().sum();
+    if !(total > 0.0 && total.is_finite()) {
+        return argmax(logits, rng);
+    }
+    let mut point = rng.random::<f64>() * total;
+    for (i, &weight) in weights.iter().enumerate() {
+        if point < weight {
+            return i;
+        }
+        point -= weight;
+    }
+    // Rounding left the point past the end: the last candidate with any weight.
+    weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn stored(blocks: &[BlockHash]) -> KvEvent {
+        KvEvent::Stored { parent: None, blocks: blocks.to_vec() }
+    }
+
+    fn overlaps(index: &KvIndex, model: &str, hashes: &[BlockHash]) -> Vec<(String, usize)> {
+        let mut overlaps: Vec<_> = index.overlaps(model, hashes).into_iter().collect();
+        overlaps.sort();
+        overlaps
+    }
+
+    fn pairs(expected: &[(&str, usize)]) -> Vec<(String, usize)> {
+        expected.iter().map(|(w, n)| (w.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn overlaps_count_leading_blocks_only() {
+        let mut index = KvIndex::default();
+        index.apply("gap", "llm", &stored(&[0, 1, 3]));
+        index.apply("all", "llm", &stored(&[0, 1, 2, 3]));
+        index.apply("tail", "llm", &stored(&[1, 2, 3]));
+        assert_eq!(overlaps(&index, "llm", &[0, 1, 2, 3]), pairs(&[("all", 4), ("gap", 2)]));
+        assert_eq!(overlaps(&index, "llm", &[0, 1, 2, 3, 4]), pairs(&[("all", 4), ("gap", 2)]));
+        assert_eq!(overlaps(&index, "llm", &[9, 1, 2]), pairs(&[]), "nothing without the first block");
+        assert_eq!(overlaps(&index, "llm", &[]), pairs(&[]));
+        assert_eq!(index.block_count(), 4);
+    }
+
+    #[test]
+    fn removed_blocks_stop_counting() {
+        let mut index = KvIndex::default();
+        index.apply("w", "llm", &stored(&[0, 1, 2, 3]));
+        index.apply("other", "llm", &stored(&[0, 1]));
+        index.apply("w", "llm", &KvEvent::Removed { blocks: vec![2, 42] });
+        assert_eq!(overlaps(&index, "llm", &[0, 1, 2, 3]), pairs(&[("other", 2), ("w", 2)]));
+        index.apply("w", "llm", &KvEvent::Removed { blocks: vec![0] });
+        assert_eq!(overlaps(&index, "llm", &[0, 1, 2, 3]), pairs(&[("other", 2)]));
+        assert_eq!(index.block_count(), 3, "blocks 0 and 1 (other) and 3 (w)");
+        index.apply("nobody", "llm", &KvEvent::Removed { blocks: vec![1] });
+        assert_eq!(overlaps(&index, "llm", &[0, 1]), pairs(&[("other", 2)]));
+    }
+
+    #[test]
+    fn cleared_and_departed_workers_hold_nothing() {
+        let mut index = KvIndex::default();
+        for worker in ["a", "b", "c"] {
+            index.apply(worker, "llm", &stored(&[0, 1]));
+            index.apply(worker, "other", &stored(&[0, 1]));
+        }
+        index.apply("a", "llm", &KvEvent::Cleared);
+        assert_eq!(overlaps(&index, "llm", &[0, 1]), pairs(&[("b", 2), ("c", 2)]));
+        assert_eq!(overlaps(&index, "other", &[0, 1]), pairs(&[("a", 2), ("b", 2), ("c", 2)]), "one model only");
+        index.remove_worker("b");
+        assert_eq!(overlaps(&index, "llm", &[0, 1]), pairs(&[("c", 2)]));
+        assert_eq!(overlaps(&index, "other", &[0, 1]), pairs(&[("a", 2), ("c", 2)]));
+        // A new worker may reuse b's slot; b's blocks must not come back with it.
+        index.apply("d", "llm", &stored(&[0]));
+        assert_eq!(overlaps(&index, "llm", &[0, 1]), pairs(&[("c", 2), ("d", 1)]));
+        for worker in ["a", "c", "d"] {
+            index.remove_worker(worker);
+        }
+        assert_eq!(index.block_count(), 0);
+        assert!(index.models.is_empty());
+    }
+
+    #[test]
+    fn models_are_kept_apart() {
+        let mut index = KvIndex::default();
+        index.apply("w", "llm-a", &stored(&[0, 1, 2]));
+        index.apply("w", "llm-b", &stored(&[0]));
+        assert_eq!(overlaps(&index, "llm-a", &[0, 1, 2]), pairs(&[("w", 3)]));
+        assert_eq!(overlaps(&index, "llm-b", &[0, 1, 2]), pairs(&[("w", 1)]));
+        assert_eq!(overlaps(&index, "llm-c", &[0, 1, 2]), pairs(&[]));
+        index.apply("w", "llm-b", &KvEvent::Removed { blocks: vec![1, 2] });
+        assert_eq!(overlaps(&index, "llm-a", &[0, 1, 2]), pairs(&[("w", 3)]));
+        assert_eq!(index.block_count(), 4);
+    }
+
+    #[test]
+    fn a_worker_over_the_cap_is_dropped_and_rebuilt_from_its_next_events() {
+        let mut index = KvIndex::with_max_blocks_per_worker(4);
+        index.apply("small", "llm", &stored(&[0, 1]));
+        index.apply("big", "llm", &stored(&[0, 1, 2, 3]));
+        index.apply("big", "llm", &stored(&[3]));
+        assert_eq!(overlaps(&index, "llm", &[0, 1, 2, 3]), pairs(&[("big", 4), ("small", 2)]), "at the cap, kept");
+        index.apply("big", "llm", &stored(&[4]));
+        assert_eq!(overlaps(&index, "llm", &[0, 1, 2, 3]), pairs(&[("small", 2)]));
+        assert_eq!(index.block_count(), 2);
+        index.apply("big", "llm", &stored(&[0]));
+        assert_eq!(overlaps(&index, "llm", &[0, 1]), pairs(&[("big", 1), ("small", 2)]));
+    }
+
+    #[test]
+    fn long_prompts_against_many_workers_stop_early() {
+        let mut index = KvIndex::default();
+        let prompt: Vec<BlockHash> = (0..4096).collect();
+        for worker in 0..32 {
+            index.apply(&format!("w{worker}"), "llm", &stored(&prompt[..worker * 100]));
+        }
+        let overlaps = index.overlaps("llm", &prompt);
+        assert_eq!(overlaps.len(), 31, "w0 holds nothing");
+        for worker in 1..32 {
+            assert_eq!(overlaps[&format!("w{worker}")], worker * 100);
+        }
+    }
+
+    fn candidate(overlap_blocks: usize, active: u64) -> Candidate {
+        Candidate { overlap_blocks, active, ..Default::default() }
+    }
+
+    fn picks(candidates: &[Candidate], request_blocks: usize, scoring: &KvScoring, draws: usize) -> Vec<usize> {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut picks = vec![0; candidates.len()];
+        for _ in 0..draws {
+            let i = choose(candidates, request_blocks, scoring, &mut rng).expect("a candidate");
+            picks[i] += 1;
+        }
+        picks
+    }
+
+    #[test]
+    fn more_overlap_wins_at_equal_load() {
+        let scoring = KvScoring::default();
+        assert_eq!(picks(&[candidate(2, 3), candidate(8, 3)], 10, &scoring, 100), [0, 100]);
+        assert_eq!(picks(&[candidate(8, 0), candidate(2, 0)], 10, &scoring, 100), [100, 0]);
+    }
+
+    #[test]
+    fn less_load_wins_at_equal_overlap() {
+        let scoring = KvScoring::default();
+        assert_eq!(picks(&[candidate(5, 5), candidate(5, 1)], 10, &scoring, 100), [0, 100]);
+        let queued = Candidate { queued: 4, ..candidate(5, 1) };
+        assert_eq!(picks(&[queued, candidate(5, 3)], 10, &scoring, 100), [0, 100], "queued counts as load");
+        let kv = |kv_used| Candidate { kv_used, kv_capacity: 1000, ..candidate(5, 2) };
+        assert_eq!(picks(&[kv(900), kv(100)], 10, &scoring, 100), [0, 100], "so does a fuller KV cache");
+    }
+
+    #[test]
+    fn the_weights_trade_overlap_against_load() {
+        // Overlap 0.5 vs 0.0 of the request; load 1.0 vs 0.0 of the busiest.
+        let candidates = [candidate(5, 4), candidate(0, 0)];
+        let scoring = |overlap_weight, load_weight| KvScoring { overlap_weight, load_weight, temperature: 0.0 };
+        assert_eq!(picks(&candidates, 10, &scoring(3.0, 1.0), 50), [50, 0]);
+        assert_eq!(picks(&candidates, 10, &scoring(1.0, 1.0), 50), [0, 50]);
+        assert_eq!(logits(&candidates, 10, &scoring(1.0, 1.0)), [0.5 - 1.0, 0.0]);
+        let kv = Candidate { kv_used: 250, kv_capacity: 1000, ..candidate(20, 2) };
+        assert_eq!(logits(&[kv, candidate(0, 4)], 10, &scoring(2.0, 1.0)), [2.0 - (0.5 + 0.25), -1.0]);
+    }
+
+    #[test]
+    fn ties_are_broken_at_random() {
+        let tied = [candidate(4, 2), candidate(4, 2)];
+        let two = picks(&tied, 10, &KvScoring::default(), 1000);
+        assert!(two.iter().all(|&n| n > 400), "{two:?}");
+        let idle = [candidate(0, 0), candidate(0, 0), candidate(0, 0)];
+        let three = picks(&idle, 0, &KvScoring::default(), 900);
+        assert!(three.iter().all(|&n| n > 200), "{three:?}");
+    }
+
+    #[test]
+    fn a_temperature_mostly_picks_the_better_and_sometimes_the_worse() {
+        // Logits 1.0 and 0.5 at temperature 0.5: the better is picked with e/(1+e), about 73%.
+        let scoring = KvScoring { temperature: 0.5, ..KvScoring::default() };
+        let picks = picks(&[candidate(5, 0), candidate(10, 0)], 10, &scoring, 4000);
+        assert!(picks[0] > 800 && picks[0] < 1350, "{picks:?}");
+        assert!(picks[1] > 2650, "{picks:?}");
+    }
+
+    #[test]
+    fn no_candidates_no_choice() {
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(choose(&[], 10, &KvScoring::default(), &mut rng), None);
+        let hot = KvScoring { temperature: 1.0, ..KvScoring::default() };
+        assert_eq!(choose(&[], 10, &hot, &mut rng), None);
+        assert_eq!(choose(&[candidate(0, 0)], 10, &hot, &mut rng), Some(0));
+    }
+
+    #[test]
+    fn nan_weights_still_choose_someone() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let broken = KvScoring { overlap_weight: f64::NAN, load_weight: 1.0, temperature: 0.0 };
+        let candidates = [candidate(1, 0), candidate(2, 0)];
+        assert!(choose(&candidates, 4, &broken, &mut rng).is_some_and(|i| i < 2));
+        let broken = KvScoring { temperature: 1.0, ..broken };
+        assert!(choose(&candidates, 4, &broken, &mut rng).is_some_and(|i| i < 2));
+    }
+}

@@ -1,0 +1,158 @@
+//! How the router picks one worker among those serving a model: the modes of `--router-mode`,
+//! and the per-request hint that `direct` mode reads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rand::Rng;
+
+use super::kv_index::{Candidate, KvScoring, choose};
+
+/// `--router-mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterMode {
+    /// Each worker in turn.
+    #[default]
+    RoundRobin,
+    /// A worker drawn uniformly.
+    Random,
+    /// The worker with the fewest requests outstanding from this frontend plus those it reports queued.
+    LeastLoaded,
+    /// The best score of cached-prefix overlap against load (language models; others: least-loaded).
+    Kv,
+    /// The worker the request names (KServe parameter `worker_id`, HTTP header `x-tritium-worker`).
+    Direct,
+}
+
+/// The request parameter (KServe) that names the worker in `direct` mode.
+pub const WORKER_ID_PARAMETER: &str = "worker_id";
+/// The HTTP header that names the worker in `direct` mode.
+pub const WORKER_ID_HEADER: &str = "x-tritium-worker";
+
+tokio::task_local! {
+    /// The worker a request asked for, set by the transport around the call that routes it.
+    pub static WORKER_HINT: Option<String>;
+}
+
+/// The worker named by the request being handled on this task, if any.
+pub fn current_hint() -> Option<String> {
+    WORKER_HINT.try_with(Clone::clone).ok().flatten()
+}
+
+/// Router settings.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    pub mode: RouterMode,
+    pub kv: KvScoring,
+    /// Tokens per KV block; must match the workers' engines.
+    pub kv_block_size: usize,
+    /// How many times a language-model stream whose worker died is continued on another worker.
+    pub migration_limit: u32,
+    /// How long a worker that could not be reached is passed over (unless it is the only one).
+    pub suspect_for: std::time::Duration,
+}
+
+impl Default for RouterOptions {
+    fn default() -> RouterOptions {
+        RouterOptions {
+            mode: RouterMode::RoundRobin,
+            kv: KvScoring::default(),
+            kv_block_size: tritium_worker::kv::DEFAULT_KV_BLOCK_SIZE,
+            migration_limit: 3,
+            suspect_for: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// One worker that may take the request, with what the router knows of it.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub id: Arc<str>,
+    /// Requests this frontend has outstanding on it.
+    pub outstanding: u64,
+    /// Its last load report for the model (zeros when it sent none).
+    pub reported_active: u64,
+    pub reported_queued: u64,
+    pub kv_used: u64,
+    pub kv_capacity: u64,
+}
+
+/// What a pick is based on beyond the candidates.
+#[derive(Debug, Default)]
+pub struct PickContext<'a> {
+    /// Leading cached blocks per worker (kv mode), and the request's block count.
+    pub overlaps: Option<(&'a HashMap<String, usize>, usize)>,
+    /// A turn counter for round-robin.
+    pub turn: usize,
+}
+
+/// The index in `choices` of the worker to use; `None` only when `choices` is empty.
+pub fn pick(mode: RouterMode, choices: &[Choice], context: &PickContext<'_>, kv: &KvScoring, rng: &mut impl Rng) -> Option<usize> {
+    if choices.is_empty() {
+        return None;
+    }
+    match mode {
+        RouterMode::RoundRobin | RouterMode::Direct => Some(context.turn % choices.len()),
+        RouterMode::Random => Some(rng.random_range(0..choices.len())),
+        RouterMode::LeastLoaded => least_loaded(choices, context.turn),
+        RouterMode::Kv => match context.overlaps {
+            Some((overlaps, request_blocks)) => {
+                let candidates: Vec<Candidate> = choices
+                    .iter()
+                    .map(|c| Candidate {
+                        overlap_blocks: overlaps.get(c.id.as_ref()).copied().unwrap_or(0),
+                        active: c.outstanding.max(c.reported_active),
+                        queued: c.reported_queued,
+                        kv_used: c.kv_used,
+                        kv_capacity: c.kv_capacity,
+                    })
+                    .collect();
+                choose(&candidates, request_blocks, kv, rng)
+            }
+            None => least_loaded(choices, context.turn),
+        },
+    }
+}
+
+/// The least loaded worker; ties go round-robin so equal workers share the work.
+fn least_loaded(choices: &[Choice], turn: usize) -> Option<usize> {
+    let load = |c: &Choice| c.outstanding.max(c.reported_active) + c.reported_queued;
+    let best = choices.iter().map(load).min()?;
+    let tied: Vec<usize> = (0..choices.len()).filter(|&i| load(&choices[i]) == best).collect();
+    tied.get(turn % tied.len()).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn choice(id: &str, outstanding: u64, queued: u64) -> Choice {
+        Choice { id: Arc::from(id), outstanding, reported_active: 0, reported_queued: queued, kv_used: 0, kv_capacity: 0 }
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_least_loaded_takes_the_idle_one() {
+        let choices = [choice("a", 3, 0), choice("b", 0, 1), choice("c", 0, 0)];
+        let kv = KvScoring::default();
+        let mut rng = rand::rng();
+        let turns: Vec<_> = (0..3)
+            .map(|turn| pick(RouterMode::RoundRobin, &choices, &PickContext { turn, ..Default::default() }, &kv, &mut rng))
+            .collect();
+        assert_eq!(turns, vec![Some(0), Some(1), Some(2)]);
+        let least = pick(RouterMode::LeastLoaded, &choices, &PickContext::default(), &kv, &mut rng);
+        assert_eq!(least, Some(2));
+        assert_eq!(pick(RouterMode::Random, &[], &PickContext::default(), &kv, &mut rng), None);
+    }
+
+    #[test]
+    fn kv_mode_follows_the_cached_prefix() {
+        let choices = [choice("a", 0, 0), choice("b", 0, 0)];
+        let overlaps = HashMap::from([("b".to_string(), 8usize)]);
+        let context = PickContext { overlaps: Some((&overlaps, 8)), turn: 0 };
+        let mut rng = rand::rng();
+        for _ in 0..20 {
+            assert_eq!(pick(RouterMode::Kv, &choices, &context, &KvScoring::default(), &mut rng), Some(1));
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The frontend's stand-ins for models that workers in other processes serve. Each remote model
+//! version becomes a [`ModelVersion`] in the frontend's registry, so ModelMetadata, ModelConfig,
+//! ModelReady, the repository index, statistics and `/v1/models` treat it like a local one; the
+//! router sends its requests to the workers. A stand-in answers requests itself only when no
+//! worker can be reached, with UNAVAILABLE.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tritium_worker::llm::{EmbeddingModel, EngineStats, GenerateError, GenerateRequest, LanguageModel, ModelCard, ModelKind, TokenStream};
+use tritium_worker::schema::ModelSchema;
+use tritium_worker::{Backend, BackendError, BackendRequest, ModelVersion, Responder, ServedModel};
+
+use super::lock;
+use crate::events::LoadReport;
+use crate::remote::{RemoteModel, RemoteWorker};
+
+type Loads = Arc<Mutex<HashMap<(String, String), LoadReport>>>;
+
+/// What the frontend knows of remote workers' models.
+pub(super) struct RemoteModels {
+    loads: Loads,
+    clients: Mutex<HashMap<Arc<str>, Arc<RemoteWorker>>>,
+    /// Each worker's models, as it described them.
+    described: Mutex<HashMap<Arc<str>, Vec<RemoteModel>>>,
+    /// Stand-ins by (model, version), kept while the config is the same so statistics survive.
+    proxies: Mutex<HashMap<(String, i64), Arc<ModelVersion>>>,
+}
+
+impl RemoteModels {
+    pub(super) fn new(loads: Loads) -> RemoteModels {
+        RemoteModels { loads, clients: Mutex::default(), described: Mutex::default(), proxies: Mutex::default() }
+    }
+
+    pub(super) fn connected(&self, id: &Arc<str>, client: Arc<RemoteWorker>) {
+        lock(&self.clients).insert(Arc::clone(id), client);
+    }
+
+    pub(super) fn client(&self, id: &str) -> Option<Arc<RemoteWorker>> {
+        lock(&self.clients).get(id).cloned()
+    }
+
+    /// Whether the worker's described models are exactly `models` (else: describe it again).
+    pub(super) fn serves_exactly(&self, id: &str, models: &[String]) -> bool {
+        let described = lock(&self.described);
+        let Some(known) = described.get(id) else { return false };
+        let mut known: Vec<&str> = known.iter().map(|m| m.name.as_str()).collect();
+        let mut listed: Vec<&str> = models.iter().map(String::as_str).collect();
+        known.sort_unstable();
+        known.dedup();
+        listed.sort_unstable();
+        known == listed
+    }
+
+    pub(super) fn described(&self, id: &Arc<str>, models: Vec<RemoteModel>) {
+        lock(&self.described).insert(Arc::clone(id), models);
+    }
+
+    /// Forgets workers that are no longer listed.
+    pub(super) fn retain(&self, ids: &[Arc<str>]) {
+        lock(&self.described).retain(|id, _| ids.contains(id));
+        lock(&self.clients).retain(|id, _| ids.contains(id));
+    }
+
+    /// One [`ServedModel`] per remote model name, with every version some worker serves.
+    pub(super) fn served_models(&self) -> Vec<Arc<ServedModel>> {
+        let described = lock(&self.described);
+        let mut by_name: BTreeMap<&str, BTreeMap<i64, &RemoteModel>> = BTreeMap::new();
+        let mut ids: Vec<&Arc<str>> = described.keys().collect();
+        ids.sort();
+        for id in ids {
+            for model in &described[id] {
+                by_name.entry(model.name.as_str()).or_default().entry(model.version).or_insert(model);
+            }
+        }
+        let mut proxies = lock(&self.proxies);
+        let mut served = Vec::new();
+        for (name, versions) in by_name {
+            let mut built = BTreeMap::new();
+            for (version, model) in versions {
+                let key = (name.to_string(), version);
+                let reuse = proxies.get(&key).filter(|p| *p.config == model.config).cloned();
+                let proxy = match reuse {
+                    Some(proxy) => proxy,
+                    None => match self.stand_in(model) {
+                        Ok(proxy) => {
+                            proxies.insert(key, Arc::clone(&proxy));
+                            proxy
+                        }
+                        Err(e) => {
+                            tracing::warn!(model = name, version, "a remote model's config is not usable here: {e}");
+                            continue;
+                        }
+                    },
+                };
+                built.insert(version, proxy);
+            }
+            if let Some(latest) = built.values().next_back() {
+                let config = Arc::clone(&latest.config);
+                served.push(Arc::new(ServedModel::new(name.to_string(), config, built)));
+            }
+        }
+        proxies.retain(|(name, version), _| served.iter().any(|m| m.name == *name && m.versions.contains_key(version)));
+        served
+    }
+
+    fn stand_in(&self, model: &RemoteModel) -> Result<Arc<ModelVersion>, String> {
+        let config = Arc::new(model.config.clone());
+        let schema = ModelSchema::from_config(&config)?;
+        let backend = StandIn { name: model.name.clone(), card: model.card.clone(), loads: Arc::clone(&self.loads) };
+        Ok(Arc::new(ModelVersion::new(config, model.version, schema, Arc::new(backend))))
+    }
+}
+
+/// The backend of a stand-in: it holds the card (the frontend tokenizes with it) and answers
+/// only when no worker could take the request.
+struct StandIn {
+    name: String,
+    card: Option<Arc<ModelCard>>,
+    loads: Loads,
+}
+
+impl StandIn {
+    fn unavailable(&self) -> String {
+        format!("model '{}' is served by remote workers, and none of them can be reached now", self.name)
+    }
+}
+
+#[async_trait]
+impl Backend for StandIn {
+    async fn execute(&self, _request: BackendRequest, _responder: &mut Responder) -> Result<(), BackendError> {
+        Err(BackendError::failed(tritium_proto::ErrorCode::Unavailable, self.unavailable()))
+    }
+
+    fn language_model(&self) -> Option<Arc<dyn LanguageModel>> {
+        let card = self.card.as_ref().filter(|c| c.kind == ModelKind::Generate)?;
+        Some(Arc::new(RemoteLanguageModel { name: self.name.clone(), card: Arc::clone(card), loads: Arc::clone(&self.loads) }))
+    }
+
+    fn embedding_model(&self) -> Option<Arc<dyn EmbeddingModel>> {
+        let card = self.card.as_ref().filter(|c| c.kind == ModelKind::Embed)?;
+        Some(Arc::new(RemoteEmbedder { name: self.name.clone(), card: Arc::clone(card) }))
+    }
+}
+
+struct RemoteLanguageModel {
+    name: String,
+    card: Arc<ModelCard>,
+    loads: Loads,
+}
+
+impl LanguageModel for RemoteLanguageModel {
+    fn card(&self) -> &Arc<ModelCard> {
+        &self.card
+    }
+
+    fn generate(&self, _request: GenerateRequest) -> Result<TokenStream, GenerateError> {
+        Err(GenerateError::Unavailable { model: self.name.clone(), message: "no worker serving it can be reached".into() })
+    }
+
+    /// The sum of the workers' last load reports for this model.
+    fn stats(&self) -> EngineStats {
+        let mut stats = EngineStats::default();
+        for report in lock(&self.loads).values().filter(|r| r.model == self.name) {
+            let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+            stats.running += count(report.active);
+            stats.waiting += count(report.queued);
+            stats.kv_tokens_used += count(report.kv_used);
+            stats.kv_tokens_capacity += count(report.kv_capacity);
+            stats.prompt_tokens += report.prompt_tokens;
+            stats.prompt_tokens_cached += report.prompt_tokens_cached;
+            stats.tokens_generated += report.tokens_generated;
+        }
+        stats
+    }
+}
+
+struct RemoteEmbedder {
+    name: String,
+    card: Arc<ModelCard>,
+}
+
+#[async_trait]
+impl EmbeddingModel for RemoteEmbedder {
+    fn card(&self) -> &Arc<ModelCard> {
+        &self.card
+    }
+
+    async fn embed(&self, _inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, GenerateError> {
+        Err(GenerateError::Unavailable { model: self.name.clone(), message: "no worker serving it can be reached".into() })
+    }
+}

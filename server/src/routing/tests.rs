@@ -1,0 +1,218 @@
+use std::sync::atomic::AtomicUsize;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, FinishReason, TokenStream};
+use tritium_worker::{BackendRegistry, InferOutcome, InferenceRequest, InferenceResponse, RepositoryOptions, WorkerError};
+
+use super::*;
+
+/// A worker that says who it is in the response id, or is unreachable; its generations give
+/// `tokens` tokens, then (if `dies`) break as a dead worker's stream does.
+#[derive(Debug)]
+struct Fake {
+    name: &'static str,
+    unreachable: bool,
+    dies_after: Option<usize>,
+    calls: AtomicUsize,
+    prompts: Mutex<Vec<Vec<u32>>>,
+}
+
+impl Fake {
+    fn new(name: &'static str) -> Arc<Fake> {
+        Arc::new(Fake { name, unreachable: false, dies_after: None, calls: AtomicUsize::new(0), prompts: Mutex::default() })
+    }
+
+    fn unreachable(name: &'static str) -> Arc<Fake> {
+        Arc::new(Fake { unreachable: true, ..Arc::into_inner(Fake::new(name)).expect("fresh") })
+    }
+
+    fn dying(name: &'static str, after: usize) -> Arc<Fake> {
+        Arc::new(Fake { dies_after: Some(after), ..Arc::into_inner(Fake::new(name)).expect("fresh") })
+    }
+
+    fn gone(&self) -> WorkerError {
+        WorkerError::Unreachable { worker: self.name.to_string(), message: "connection refused".into() }
+    }
+}
+
+fn token(id: u32) -> Result<GenerateEvent, GenerateError> {
+    Ok(GenerateEvent::Token(GeneratedToken { id, logprob: None, top_logprobs: Vec::new() }))
+}
+
+#[async_trait]
+impl WorkerClient for Fake {
+    async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.unreachable {
+            return Err(self.gone());
+        }
+        Ok(InferenceResponse {
+            model_name: Arc::from(request.model_name.as_str()),
+            model_version: 1,
+            id: self.name.to_string(),
+            outputs: Vec::new(),
+            is_final: true,
+        })
+    }
+
+    async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
+        self.infer(request).await.map(InferOutcome::Single)
+    }
+
+    async fn generate(&self, _model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.unreachable {
+            return Err(self.gone());
+        }
+        lock(&self.prompts).push(request.prompt.clone());
+        let max = request.stop.max_tokens.unwrap_or(4) as usize;
+        let mut events: Vec<_> = (0..max.min(self.dies_after.unwrap_or(usize::MAX))).map(|i| token(100 + i as u32)).collect();
+        if self.dies_after.is_some_and(|after| after < max) {
+            events.push(Err(GenerateError::Engine {
+                model: "m".into(),
+                message: format!("{}{} reset the connection", crate::remote::UNREACHABLE_PREFIX, self.name),
+            }));
+        } else {
+            events.push(Ok(GenerateEvent::Finished {
+                reason: FinishReason::Length,
+                prompt_tokens: request.prompt.len() as u32,
+                completion_tokens: max as u32,
+                queued_for: std::time::Duration::ZERO,
+            }));
+        }
+        Ok(TokenStream::from_events(events))
+    }
+}
+
+fn repository() -> Arc<ModelRepository> {
+    ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins()).expect("built-in repository")
+}
+
+fn router(mode: RouterMode, local: Arc<dyn WorkerClient>) -> Arc<Router> {
+    let options = RouterOptions { mode, ..RouterOptions::default() };
+    Router::new(options, repository(), "local", local, 64 << 20)
+}
+
+fn instance(id: &str, models: &[&str]) -> WorkerInstance {
+    WorkerInstance { id: id.to_string(), address: WorkerAddress::InProcess, models: models.iter().map(|m| m.to_string()).collect() }
+}
+
+async fn who(router: &Router, model: &str) -> String {
+    match router.infer(InferenceRequest::new(model, Vec::new())).await {
+        Ok(response) => response.id,
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn routes_by_model_round_robin_and_falls_back_to_the_local_worker() {
+    let router = router(RouterMode::RoundRobin, Fake::new("local"));
+    router.add_member_for_test("other", Fake::new("other"), true);
+    router.apply(&[instance("local", &["identity", "add_sub"]), instance("other", &["add_sub"]), instance("ghost", &["x"])]).await;
+    assert_eq!(who(&router, "identity").await, "local");
+    let turns = [who(&router, "add_sub").await, who(&router, "add_sub").await];
+    assert!(turns.contains(&"local".to_string()) && turns.contains(&"other".to_string()), "{turns:?}");
+    assert_eq!(who(&router, "unknown").await, "local", "unclaimed models fall back to the local registry");
+    assert_eq!(who(&router, "x").await, "local", "a worker without a client is not routed to");
+}
+
+#[tokio::test]
+async fn a_request_whose_worker_is_unreachable_runs_on_another_and_the_dead_one_is_passed_over() {
+    let dead = Fake::unreachable("dead");
+    let alive = Fake::new("alive");
+    let router = router(RouterMode::RoundRobin, Fake::new("local"));
+    router.add_member_for_test("dead", dead.clone(), false);
+    router.add_member_for_test("alive", alive.clone(), false);
+    router.apply(&[instance("dead", &["m"]), instance("alive", &["m"])]).await;
+    for _ in 0..6 {
+        assert_eq!(who(&router, "m").await, "alive");
+    }
+    assert_eq!(dead.calls.load(Ordering::Relaxed), 1, "a suspect worker is not tried again at once");
+    assert_eq!(router.counters().retried.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn all_workers_unreachable_is_an_unavailable_error_not_a_hang() {
+    let router = router(RouterMode::LeastLoaded, Fake::new("local"));
+    router.add_member_for_test("a", Fake::unreachable("a"), false);
+    router.add_member_for_test("b", Fake::unreachable("b"), false);
+    router.apply(&[instance("a", &["m"]), instance("b", &["m"])]).await;
+    let error = router.infer(InferenceRequest::new("m", Vec::new())).await.expect_err("no worker");
+    assert!(matches!(error, WorkerError::Unreachable { .. }), "{error:?}");
+    assert_eq!(error.code(), tritium_proto::ErrorCode::Unavailable);
+}
+
+#[tokio::test]
+async fn direct_mode_takes_the_named_worker_and_refuses_without_a_name() {
+    let router = router(RouterMode::Direct, Fake::new("local"));
+    router.add_member_for_test("a", Fake::new("a"), false);
+    router.add_member_for_test("b", Fake::new("b"), false);
+    router.apply(&[instance("a", &["m"]), instance("b", &["m"])]).await;
+    let mut request = InferenceRequest::new("m", Vec::new());
+    request.parameters.push((WORKER_ID_PARAMETER.to_string(), tritium_worker::ParamValue::String("b".into())));
+    assert_eq!(router.infer(request).await.expect("routed").id, "b");
+    let error = router.infer(InferenceRequest::new("m", Vec::new())).await.expect_err("no worker named");
+    assert_eq!(error.code(), tritium_proto::ErrorCode::InvalidArg);
+    assert!(error.to_string().contains(WORKER_ID_PARAMETER), "{error}");
+    let mut request = InferenceRequest::new("m", Vec::new());
+    request.parameters.push((WORKER_ID_PARAMETER.to_string(), tritium_worker::ParamValue::String("zzz".into())));
+    let error = router.infer(request).await.expect_err("unknown worker");
+    assert_eq!(error.code(), tritium_proto::ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn a_stream_whose_worker_dies_continues_on_another_from_the_tokens_already_generated() {
+    let dying = Fake::dying("dying", 2);
+    let healthy = Fake::new("healthy");
+    let router = router(RouterMode::Direct, Fake::new("local"));
+    router.add_member_for_test("dying", dying.clone(), false);
+    router.add_member_for_test("healthy", healthy.clone(), false);
+    router.apply(&[instance("dying", &["m"]), instance("healthy", &["m"])]).await;
+    let request = GenerateRequest {
+        prompt: vec![1, 2, 3],
+        stop: tritium_worker::llm::StopOptions { max_tokens: Some(5), ..Default::default() },
+        ..Default::default()
+    };
+    // Direct mode names the first worker; migration goes wherever it can.
+    let stream = WORKER_HINT.scope(Some("dying".to_string()), router.generate("m", request)).await.expect("started");
+    let events: Vec<_> = stream.collect().await;
+    let tokens: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            Ok(GenerateEvent::Token(t)) => Some(t.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tokens, vec![100, 101, 100, 101, 102], "2 tokens from the dying worker, the other 3 from the healthy one");
+    match events.last() {
+        Some(Ok(GenerateEvent::Finished { prompt_tokens, completion_tokens, .. })) => {
+            assert_eq!((*prompt_tokens, *completion_tokens), (3, 5), "usage counts the original prompt and every token");
+        }
+        other => panic!("expected Finished, got {other:?}"),
+    }
+    assert_eq!(lock(&healthy.prompts).clone(), vec![vec![1, 2, 3, 100, 101]], "the healthy worker got prompt + generated tokens");
+    assert_eq!(router.counters().migrated.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_stream_that_cannot_migrate_ends_with_unavailable() {
+    let router = Router::new(
+        RouterOptions { mode: RouterMode::RoundRobin, migration_limit: 0, ..RouterOptions::default() },
+        repository(),
+        "local",
+        Fake::new("local"),
+        64 << 20,
+    );
+    router.add_member_for_test("dying", Fake::dying("dying", 1), false);
+    router.apply(&[instance("dying", &["m"])]).await;
+    let request = GenerateRequest { prompt: vec![1], ..Default::default() };
+    let events: Vec<_> = router.generate("m", request).await.expect("started").collect().await;
+    match events.last() {
+        Some(Err(error)) => {
+            assert_eq!(error.code(), tritium_proto::ErrorCode::Unavailable);
+            assert!(error.to_string().contains("went away"), "{error}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}

@@ -1,0 +1,180 @@
+//! `tritium worker`: engines in their own process. It loads its models, serves them on the
+//! worker request plane (with `grpc.health.v1`), registers in discovery under a lease, and
+//! publishes its language models' KV-cache events and load on the event bus. On shutdown it
+//! deregisters first (frontends stop sending), refuses what still arrives (frontends run it
+//! elsewhere), lets what is in flight finish, then exits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tritium_worker::llm::{LLM_BACKEND, LlmFactory};
+use tritium_worker::{BackendRegistry, ModelRepository};
+
+use crate::StartError;
+use crate::config::WorkerConfig;
+use crate::discovery::{self, WorkerAddress};
+use crate::events::{self, EventBus, LoadReport, WorkerEvent};
+use crate::remote::WorkerService;
+use crate::routing::publish_worker;
+
+/// How often a worker reports its load.
+const LOAD_EVERY: Duration = Duration::from_millis(500);
+
+/// A worker process's parts before it serves.
+pub struct WorkerProcess {
+    config: WorkerConfig,
+    repository: Arc<ModelRepository>,
+}
+
+impl std::fmt::Debug for WorkerProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerProcess").finish_non_exhaustive()
+    }
+}
+
+/// A default worker id: host name, process id and a random suffix.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = if host.is_empty() { "worker".to_string() } else { host };
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+impl WorkerProcess {
+    /// Opens the repository and loads its models (blocking: call off the runtime's threads).
+    pub fn new(config: WorkerConfig) -> Result<WorkerProcess, StartError> {
+        let mut backends = BackendRegistry::with_builtins();
+        backends.register(LLM_BACKEND, LlmFactory { defaults: config.llm.clone() });
+        let repository = ModelRepository::open(config.repository.clone(), backends)?;
+        Ok(WorkerProcess { config, repository })
+    }
+
+    pub fn repository(&self) -> &Arc<ModelRepository> {
+        &self.repository
+    }
+
+    /// Serves on `listener`, registered as `id` at `advertised` (the URI frontends dial), until
+    /// `shutdown` completes; then drains for at most `drain_timeout`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        id: String,
+        advertised: String,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+        drain_timeout: Duration,
+    ) -> Result<(), StartError> {
+        let cluster = &self.config.cluster;
+        let discovery = discovery::connect(&cluster.discovery, &cluster.namespace, cluster.lease_ttl).await?;
+        let events = events::connect(&cluster.events, &cluster.namespace).await?;
+        let service = WorkerService::new(Arc::clone(&self.repository));
+        let in_flight = service.in_flight();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        let name = <tritium_proto::worker::worker_server::WorkerServer<WorkerService> as tonic::server::NamedService>::NAME;
+        reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+
+        let publishing = CancellationToken::new();
+        let publisher = tokio::spawn(publish_worker(
+            id.clone(),
+            WorkerAddress::Grpc(advertised),
+            Arc::clone(&self.repository),
+            discovery,
+            Arc::clone(&events),
+            publishing.clone(),
+        ));
+        let reporting = tokio::spawn(report_engines(id, Arc::clone(&self.repository), events, publishing.clone()));
+
+        let stop_serving = CancellationToken::new();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = Server::builder()
+            .add_service(health)
+            .add_service(service.into_server(self.config.max_message_size))
+            .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
+        let mut server = Box::pin(server);
+        let mut shutdown = Box::pin(shutdown.fuse());
+        let served = tokio::select! {
+            served = &mut server => Some(served),
+            () = &mut shutdown => None,
+        };
+        // Leave discovery first, so frontends stop sending; refuse stragglers (their frontends
+        // run them elsewhere); let what runs finish.
+        publishing.cancel();
+        let _ = publisher.await;
+        let _ = reporting.await;
+        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        in_flight.drain();
+        if tokio::time::timeout(drain_timeout, in_flight.drained()).await.is_err() {
+            tracing::warn!(in_flight = in_flight.count(), "requests still running after {drain_timeout:?}; exiting anyway");
+        }
+        stop_serving.cancel();
+        match served {
+            Some(served) => served?,
+            None => {
+                if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
+                    tracing::warn!("connections still open after draining; closing them");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Forwards every language model's KV-cache events to the bus and reports load, until `stop`.
+async fn report_engines(worker: String, repository: Arc<ModelRepository>, events: Arc<dyn EventBus>, stop: CancellationToken) {
+    let mut forwarders = Vec::new();
+    for model in repository.local_models() {
+        let Some(engine) = model.latest().and_then(|v| v.language_model()) else { continue };
+        let Some(mut kv_events) = engine.kv_events() else { continue };
+        let (events, worker, name, stop) = (Arc::clone(&events), worker.clone(), model.name.clone(), stop.clone());
+        forwarders.push(tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    event = kv_events.recv() => event,
+                };
+                let event = match event {
+                    Ok(event) => event,
+                    // Routers missed blocks: tell them to forget this worker's and rebuild.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => tritium_worker::kv::KvEvent::Cleared,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let message = WorkerEvent::Kv { worker: worker.clone(), model: name.clone(), event };
+                if let Err(e) = events.publish(message).await {
+                    tracing::warn!("publishing a KV event failed: {e}");
+                }
+            }
+        }));
+    }
+    let mut ticker = tokio::time::interval(LOAD_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        for model in repository.local_models() {
+            let Some(engine) = model.latest().and_then(|v| v.language_model()) else { continue };
+            let stats = engine.stats();
+            let report = LoadReport {
+                worker: worker.clone(),
+                model: model.name.clone(),
+                active: stats.running as u64,
+                queued: stats.waiting as u64,
+                kv_used: stats.kv_tokens_used as u64,
+                kv_capacity: stats.kv_tokens_capacity as u64,
+                prompt_tokens: stats.prompt_tokens,
+                prompt_tokens_cached: stats.prompt_tokens_cached,
+                tokens_generated: stats.tokens_generated,
+            };
+            if let Err(e) = events.publish(WorkerEvent::Load(report)).await {
+                tracing::warn!("publishing a load report failed: {e}");
+            }
+        }
+    }
+    for forwarder in forwarders {
+        let _ = forwarder.await;
+    }
+}

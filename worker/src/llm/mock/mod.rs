@@ -1,0 +1,88 @@
+//! A mock language model for testing and benchmarking routing with many workers on a CPU: no
+//! weights, simulated prefill and decode times, but real continuous batching and a real
+//! block-level KV cache with prefix reuse, LRU eviction and [`KvEvent`](crate::kv::KvEvent)
+//! announcements. Its card has a byte-level tokenizer (one token per UTF-8 byte) and a ChatML
+//! template, so the OpenAI frontend drives it like any model.
+//!
+//! As a registry entry it is the `tritium_mock_llm` backend; its options are config parameters:
+//!
+//! ```text
+//! backend: "tritium_mock_llm"
+//! parameters { key: "decode_ms_per_step" value { string_value: "10" } }
+//! parameters { key: "kv_blocks" value { string_value: "4096" } }
+//! ```
+//!
+//! ```
+//! use tritium_worker::llm::{GenerateRequest, LanguageModel, MockEngine, MockOptions};
+//!
+//! let engine = MockEngine::new("mock", MockOptions { decode_ms_per_step: 1, ..MockOptions::default() });
+//! let stream = engine.generate(GenerateRequest { prompt: vec![72, 105], ..Default::default() });
+//! assert!(stream.is_ok());
+//! ```
+
+mod block_cache;
+mod card;
+mod engine;
+mod options;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tritium_proto::ErrorCode;
+use tritium_proto::inference::ModelConfig;
+
+pub use block_cache::{Acquired, BlockCache, NoRoom};
+pub use card::{ENDOFTEXT_ID, IM_END_ID, IM_START_ID, MOCK_VOCAB_SIZE, mock_card};
+pub use engine::MockEngine;
+pub use options::{MockError, MockOptions, mock_declared_model};
+
+use super::{LanguageModel, complete_llm_config};
+use crate::backend::{Backend, BackendContext, BackendError, BackendFactory, BackendRequest, Responder};
+
+/// The backend name a `config.pbtxt` gives for the mock language model.
+pub const MOCK_LLM_BACKEND: &str = "tritium_mock_llm";
+
+/// The mock model as a registry entry; like a real language model, its KServe requests are
+/// served by the frontend's bridge.
+#[derive(Debug)]
+pub struct MockBackend {
+    name: String,
+    engine: Arc<MockEngine>,
+}
+
+#[async_trait]
+impl Backend for MockBackend {
+    async fn execute(&self, _: BackendRequest, _: &mut Responder) -> Result<(), BackendError> {
+        Err(BackendError::failed(
+            ErrorCode::Unsupported,
+            format!("the model '{}' is a language model; send text_input through the frontend", self.name),
+        ))
+    }
+
+    fn language_model(&self) -> Option<Arc<dyn LanguageModel>> {
+        Some(Arc::clone(&self.engine) as Arc<dyn LanguageModel>)
+    }
+}
+
+/// Builds `tritium_mock_llm` models, with `defaults` for the options a config does not set.
+#[derive(Debug, Clone, Default)]
+pub struct MockFactory {
+    pub defaults: MockOptions,
+}
+
+impl BackendFactory for MockFactory {
+    fn create(&self, context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
+        let options = MockOptions::from_config(context.config, &self.defaults).map_err(|e| e.to_string())?;
+        let engine = MockEngine::try_new(context.model_name, options).map_err(|e| e.to_string())?;
+        tracing::info!(model = %context.model_name, options = ?engine.options(), "mock language model started");
+        Ok(Arc::new(MockBackend { name: context.model_name.to_string(), engine }))
+    }
+
+    fn complete_config(&self, config: &mut ModelConfig, _: Option<&Path>) -> Result<(), String> {
+        complete_llm_config(config);
+        Ok(())
+    }
+}
