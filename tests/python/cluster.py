@@ -1,0 +1,134 @@
+"""Real etcd and NATS servers for the distributed tests, on 127.0.0.1 with ports the servers pick
+themselves (etcd `:0`, nats-server `-p -1`) read back from their logs, and temporary data dirs.
+Installed from Debian by scripts/test.sh (`etcd-server`, `nats-server`)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pytest
+
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class Service:
+    """A running etcd or nats-server child and the address it serves clients on."""
+
+    name: str
+    proc: subprocess.Popen
+    address: str
+    workdir: tempfile.TemporaryDirectory
+    log: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.workdir.cleanup()
+
+
+def _start(name: str, argv: list[str], find_address: Callable[[str], str | None], workdir: tempfile.TemporaryDirectory) -> Service:
+    if shutil.which(argv[0]) is None:
+        pytest.fail(f"`{argv[0]}` is not installed: the distributed tests need Debian's etcd-server and nats-server (scripts/test.sh installs them)")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    log: list[str] = []
+    found: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        # Drains the log for the server's whole life, so it never blocks on a full pipe.
+        assert proc.stdout is not None
+        announced = False
+        for line in proc.stdout:
+            log.append(line.rstrip("\n"))
+            if not announced and (address := find_address(line)):
+                announced = True
+                found.put(address)
+        found.put(None)
+
+    threading.Thread(target=pump, name=f"{name}-log", daemon=True).start()
+    try:
+        address = found.get(timeout=START_TIMEOUT)
+    except queue.Empty:
+        address = None
+    if address is None:
+        proc.kill()
+        proc.wait(timeout=10)
+        workdir.cleanup()
+        pytest.fail(f"{name} did not start serving clients:\n" + "\n".join(log[-30:]))
+    return Service(name=name, proc=proc, address=address, workdir=workdir, log=log)
+
+
+def _etcd_address(line: str) -> str | None:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if str(entry.get("msg", "")).startswith("serving client traffic"):
+        return f"http://{entry['address']}"
+    return None
+
+
+def _nats_address(line: str) -> str | None:
+    marker = "Listening for client connections on "
+    if marker in line:
+        return "nats://" + line.split(marker, 1)[1].strip()
+    return None
+
+
+def start_etcd() -> Service:
+    workdir = tempfile.TemporaryDirectory(prefix="tritium-etcd-")
+    argv = [
+        "etcd",
+        "--name=test",
+        f"--data-dir={workdir.name}/data",
+        "--listen-client-urls=http://127.0.0.1:0",
+        "--advertise-client-urls=http://127.0.0.1:0",
+        "--listen-peer-urls=http://127.0.0.1:0",
+        "--initial-advertise-peer-urls=http://127.0.0.1:0",
+        "--initial-cluster=test=http://127.0.0.1:0",
+        "--logger=zap",
+        "--log-outputs=stderr",
+    ]
+    return _start("etcd", argv, _etcd_address, workdir)
+
+
+def start_nats() -> Service:
+    workdir = tempfile.TemporaryDirectory(prefix="tritium-nats-")
+    return _start("nats-server", ["nats-server", "-a", "127.0.0.1", "-p", "-1"], _nats_address, workdir)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> float:
+    """Polls `condition` until it holds; returns the seconds it took, fails the test at `timeout`."""
+    started = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"timed out after {timeout:.1f}s waiting for: {what}")
+        time.sleep(every)
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample of a Prometheus/OpenMetrics exposition (0 when absent)."""
+    wanted = f"{name}{{{labels}}}" if labels else name
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key == wanted:
+            total += float(value)
+    return total
