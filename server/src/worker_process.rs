@@ -177,4 +177,7 @@ async fn report_engines(worker: String, repository: Arc<ModelRepository>, events
     for forwarder in forwarders {
         let _ = forwarder.await;
     }
+    if let Err(e) = events.flush().await {
+        tracing::warn!("flushing events on the way out failed: {e}");
+    }
 }

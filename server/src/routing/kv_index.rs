@@ -228,11 +228,15 @@ pub struct Candidate {
 /// ```text
 /// logit_i = overlap_weight * min(overlap_blocks_i / max(request_blocks, 1), 1)
 ///         - load_weight * load_i
-/// load_i  = (active_i + queued_i) / max_j(active_j + queued_j)     (0 when that max is 0)
-///         + min(kv_used_i / kv_capacity_i, 1)                       (only when kv_capacity_i > 0)
+/// load_i  = min(kv_used_i / kv_capacity_i, 1)            when the worker reports its KV cache,
+///           active_i / (1 + sum_j active_j)               else (its share of the running work)
+///         + queued_i / (1 + active_i + queued_i)          (a worker with a queue is full)
 /// ```
 ///
-/// so both the overlap term and each part of the load lie in [0, 1]. With `temperature` 0 (or
+/// so both the overlap term and each part of the load lie in [0, 1]. The load is absolute where
+/// it can be (KV usage): one running sequence on an engine with room for hundreds is no reason
+/// to recompute a long prefix elsewhere, and a relative measure (load over the busiest worker's)
+/// would make it one. With `temperature` 0 (or
 /// not a positive finite number) the highest logit wins, ties broken uniformly at random; above
 /// 0 the candidate is drawn from `softmax(logit / temperature)`.
 pub fn choose(candidates: &[Candidate], request_blocks: usize, scoring: &KvScoring, rng: &mut impl Rng) -> Option<usize> {
@@ -248,18 +252,19 @@ pub fn choose(candidates: &[Candidate], request_blocks: usize, scoring: &KvScori
 }
 
 fn logits(candidates: &[Candidate], request_blocks: usize, scoring: &KvScoring) -> Vec<f64> {
-    let busy = |c: &Candidate| c.active.saturating_add(c.queued);
-    let busiest = candidates.iter().map(busy).max().unwrap_or(0);
+    let running: u64 = candidates.iter().map(|c| c.active).fold(0, u64::saturating_add);
     let blocks = request_blocks.max(1) as f64;
     candidates
         .iter()
         .map(|c| {
             let overlap = (c.overlap_blocks as f64 / blocks).min(1.0);
-            let mut load = if busiest == 0 { 0.0 } else { busy(c) as f64 / busiest as f64 };
-            if c.kv_capacity > 0 {
-                load += (c.kv_used as f64 / c.kv_capacity as f64).min(1.0);
-            }
-            scoring.overlap_weight * overlap - scoring.load_weight * load
+            let usage = if c.kv_capacity > 0 {
+                (c.kv_used as f64 / c.kv_capacity as f64).min(1.0)
+            } else {
+                c.active as f64 / (1 + running) as f64
+            };
+            let waiting = c.queued as f64 / (1 + c.active + c.queued) as f64;
+            scoring.overlap_weight * overlap - scoring.load_weight * (usage + waiting)
         })
         .collect()
 }
@@ -439,14 +444,14 @@ mod tests {
 
     #[test]
     fn the_weights_trade_overlap_against_load() {
-        // Overlap 0.5 vs 0.0 of the request; load 1.0 vs 0.0 of the busiest.
+        // Overlap 0.5 vs 0.0 of the request; load 4/5 vs 0 of the running work.
         let candidates = [candidate(5, 4), candidate(0, 0)];
         let scoring = |overlap_weight, load_weight| KvScoring { overlap_weight, load_weight, temperature: 0.0 };
         assert_eq!(picks(&candidates, 10, &scoring(3.0, 1.0), 50), [50, 0]);
         assert_eq!(picks(&candidates, 10, &scoring(1.0, 1.0), 50), [0, 50]);
-        assert_eq!(logits(&candidates, 10, &scoring(1.0, 1.0)), [0.5 - 1.0, 0.0]);
+        assert_eq!(logits(&candidates, 10, &scoring(1.0, 1.0)), [0.5 - 4.0 / 5.0, 0.0]);
         let kv = Candidate { kv_used: 250, kv_capacity: 1000, ..candidate(20, 2) };
-        assert_eq!(logits(&[kv, candidate(0, 4)], 10, &scoring(2.0, 1.0)), [2.0 - (0.5 + 0.25), -1.0]);
+        assert_eq!(logits(&[kv, candidate(0, 4)], 10, &scoring(2.0, 1.0)), [2.0 - 0.25, -(4.0 / 7.0)]);
     }
 
     #[test]
