@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
-use tokio::sync::{broadcast, Mutex};
+use tokio::sync::{Mutex, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{check_segment, check_ttl, Discovery, DiscoveryError, DiscoveryEvent, WorkerInstance};
+use super::{Discovery, DiscoveryError, DiscoveryEvent, WorkerInstance, check_segment, check_ttl};
 
 /// Events a watcher may fall behind by before it must list again.
 const WATCH_BUFFER: usize = 256;
@@ -186,7 +186,11 @@ impl Discovery for EtcdDiscovery {
 
 impl Shared {
     /// Runs one etcd call under [`CALL_TIMEOUT`], naming the endpoints and what was tried on failure.
-    async fn call<T>(&self, what: &str, call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, Failure> {
+    async fn call<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, Failure> {
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
@@ -257,7 +261,9 @@ impl Shared {
     async fn put(&self, record: &WorkerInstance, lease: i64) -> Result<(), Failure> {
         let value = match serde_json::to_vec(record) {
             Ok(value) => value,
-            Err(e) => return Err(Failure { message: format!("encoding worker {}: {e}", record.id), lease_not_found: false }),
+            Err(e) => {
+                return Err(Failure { message: format!("encoding worker {}: {e}", record.id), lease_not_found: false });
+            }
         };
         let mut client = self.client.clone();
         let put = client.put(self.key(&record.id), value, Some(PutOptions::new().with_lease(lease)));
@@ -276,7 +282,9 @@ impl Shared {
                 self.endpoints,
                 response.cancel_reason()
             ))),
-            None => Err(DiscoveryError::Unavailable(format!("etcd at {}: watch workers: stream closed", self.endpoints))),
+            None => {
+                Err(DiscoveryError::Unavailable(format!("etcd at {}: watch workers: stream closed", self.endpoints)))
+            }
         }
     }
 

@@ -11,10 +11,10 @@ use std::sync::{Arc, Once};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use tokio::sync::{broadcast, Mutex};
+use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use super::{check_segment, check_ttl, Discovery, DiscoveryError, DiscoveryEvent, WorkerInstance};
+use super::{Discovery, DiscoveryError, DiscoveryEvent, WorkerInstance, check_segment, check_ttl};
 
 /// Events a watcher may fall behind by before it must list again.
 const WATCH_BUFFER: usize = 256;

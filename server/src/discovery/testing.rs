@@ -90,10 +90,10 @@ async fn launch(dir: &TempDir, client_url: &str) -> (Child, String, Arc<Mutex<Ve
     std::thread::spawn(move || {
         let mut address_tx = Some(address_tx);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(address) = client_address(&line) {
-                if let Some(tx) = address_tx.take() {
-                    let _ = tx.send(address);
-                }
+            if let Some(address) = client_address(&line)
+                && let Some(tx) = address_tx.take()
+            {
+                let _ = tx.send(address);
             }
             let mut tail = tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if tail.len() == LOG_TAIL {

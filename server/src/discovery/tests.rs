@@ -124,8 +124,12 @@ async fn etcd_worker_that_stops_renewing_disappears_within_the_ttl() {
 async fn etcd_namespaces_share_within_and_not_across() {
     let server = TestEtcd::start().await;
     let ttl = Duration::from_secs(5);
-    namespaces(&etcd(&server, "alpha", ttl).await, &etcd(&server, "alpha", ttl).await, &etcd(&server, "beta", ttl).await)
-        .await;
+    namespaces(
+        &etcd(&server, "alpha", ttl).await,
+        &etcd(&server, "alpha", ttl).await,
+        &etcd(&server, "beta", ttl).await,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -175,7 +179,7 @@ async fn etcd_that_does_not_answer_is_unavailable() {
     // A port nobody listens on: bound by us, then released.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    match EtcdDiscovery::connect(&[endpoint.clone()], "nothing", Duration::from_secs(2)).await {
+    match EtcdDiscovery::connect(std::slice::from_ref(&endpoint), "nothing", Duration::from_secs(2)).await {
         Err(DiscoveryError::Unavailable(message)) => assert!(message.contains(&endpoint), "{message}"),
         other => panic!("connecting to nothing gave {other:?}"),
     }

@@ -19,7 +19,9 @@ use tritium_proto::inference::{ModelConfig, ModelInferResponse};
 use tritium_proto::worker::worker_client::WorkerClient as WorkerRpc;
 use tritium_proto::worker::{DescribeModelsRequest, EmbedRequest, InferStreamResponse, TokenIds};
 use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, ModelCard, TokenStream};
-use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ResponseStream, StreamItem, WorkerClient, WorkerError};
+use tritium_worker::{
+    InferOutcome, InferenceRequest, InferenceResponse, ResponseStream, StreamItem, WorkerClient, WorkerError,
+};
 
 use super::convert::{error_code, event_from_proto, generate_request_to_proto, request_to_proto, response_from_proto};
 use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE};
@@ -79,7 +81,12 @@ fn transport_message(status: &Status) -> String {
     let mut message = format!("{:?}: {}", status.code(), status.message());
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
+        // tonic and hyper repeat their causes in their own messages; say each once.
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
         source = cause.source();
     }
     message
@@ -132,8 +139,9 @@ impl RemoteWorker {
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let client =
-            WorkerRpc::new(channel).max_decoding_message_size(max_message_size).max_encoding_message_size(max_message_size);
+        let client = WorkerRpc::new(channel)
+            .max_decoding_message_size(max_message_size)
+            .max_encoding_message_size(max_message_size);
         Ok(RemoteWorker { id: id.to_string(), uri: uri.to_string(), client })
     }
 
@@ -154,7 +162,12 @@ impl RemoteWorker {
                     protocol_error(&self.id, format!("the card of model '{}' does not parse: {e}", model.name))
                 })?)),
             };
-            models.push(RemoteModel { name: model.name, version: model.version, config: model.config.unwrap_or_default(), card });
+            models.push(RemoteModel {
+                name: model.name,
+                version: model.version,
+                config: model.config.unwrap_or_default(),
+                card,
+            });
         }
         Ok(models)
     }
@@ -181,7 +194,8 @@ impl WorkerClient for RemoteWorker {
         let mut replies = response.into_inner();
         if single {
             let reply = replies.message().await.map_err(|s| status_error(&self.id, s))?;
-            let reply = reply.ok_or_else(|| protocol_error(&self.id, "a plain model's stream ended without its answer".into()))?;
+            let reply = reply
+                .ok_or_else(|| protocol_error(&self.id, "a plain model's stream ended without its answer".into()))?;
             return RemoteWorker::stream_response(&self.id, reply).map(InferOutcome::Single);
         }
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
@@ -215,8 +229,10 @@ impl WorkerClient for RemoteWorker {
         let mut client = self.client.clone();
         // Awaiting the response headers means a worker that cannot be reached, or refuses, fails
         // here rather than in the stream.
-        let response =
-            client.generate(generate_request_to_proto(model, 0, request)).await.map_err(|s| status_error(&self.id, s))?;
+        let response = client
+            .generate(generate_request_to_proto(model, 0, request))
+            .await
+            .map_err(|s| status_error(&self.id, s))?;
         let mut events = response.into_inner();
         let (sender, receiver) = mpsc::unbounded_channel();
         let (worker, model) = (self.id.clone(), model.to_string());
@@ -229,12 +245,16 @@ impl WorkerClient for RemoteWorker {
                     () = sender.closed() => return,
                 };
                 let item = match next {
-                    Ok(Some(event)) => event_from_proto(event)
-                        .map_err(|problem| GenerateError::Engine { model: model.clone(), message: format!("worker '{worker}' answered badly: {problem}") }),
+                    Ok(Some(event)) => event_from_proto(event).map_err(|problem| GenerateError::Engine {
+                        model: model.clone(),
+                        message: format!("worker '{worker}' answered badly: {problem}"),
+                    }),
                     // Finished always comes last; a stream ending without it lost its worker.
                     Ok(None) => Err(GenerateError::Engine {
                         model: model.clone(),
-                        message: format!("{UNREACHABLE_PREFIX}worker '{worker}' ended the stream before the sequence finished"),
+                        message: format!(
+                            "{UNREACHABLE_PREFIX}worker '{worker}' ended the stream before the sequence finished"
+                        ),
                     }),
                     Err(status) => Err(generate_error(&worker, &model, status)),
                 };
@@ -249,7 +269,8 @@ impl WorkerClient for RemoteWorker {
 
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
         let mut client = self.client.clone();
-        let request = EmbedRequest { model: model.to_string(), inputs: inputs.into_iter().map(|ids| TokenIds { ids }).collect() };
+        let request =
+            EmbedRequest { model: model.to_string(), inputs: inputs.into_iter().map(|ids| TokenIds { ids }).collect() };
         let response = client.embed(request).await.map_err(|s| status_error(&self.id, s))?;
         Ok(response.into_inner().embeddings.into_iter().map(|e| e.values).collect())
     }

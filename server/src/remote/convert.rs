@@ -14,9 +14,7 @@ use tritium_proto::inference::model_infer_request::{InferInputTensor, InferReque
 use tritium_proto::inference::{InferParameter, ModelInferRequest, ModelInferResponse};
 use tritium_proto::worker as pb;
 use tritium_tensor::{DataType, Tensor};
-use tritium_worker::llm::{
-    FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, SamplingOptions, StopOptions,
-};
+use tritium_worker::llm::{FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, SamplingOptions, StopOptions};
 use tritium_worker::{InferenceRequest, InferenceResponse, ParamValue};
 
 /// The ErrorCode whose `grpc_code()` is `code`; codes no class maps to are `Unknown`.
@@ -84,7 +82,10 @@ pub fn response_from_proto(response: ModelInferResponse, is_final: bool) -> Resu
     let mut tensors = Vec::with_capacity(outputs.len());
     for output in outputs {
         let datatype = DataType::from_kserve(&output.datatype).ok_or_else(|| {
-            format!("output '{}' of model '{model_name}' has datatype '{}', not a KServe datatype", output.name, output.datatype)
+            format!(
+                "output '{}' of model '{model_name}' has datatype '{}', not a KServe datatype",
+                output.name, output.datatype
+            )
         })?;
         let data = raw
             .next()
@@ -218,7 +219,11 @@ mod tests {
         assert_eq!(generate_request_from_proto(wire), request);
 
         let events = [
-            GenerateEvent::Token(GeneratedToken { id: 5, logprob: Some(-0.5), top_logprobs: vec![(5, -0.5), (6, -1.5)] }),
+            GenerateEvent::Token(GeneratedToken {
+                id: 5,
+                logprob: Some(-0.5),
+                top_logprobs: vec![(5, -0.5), (6, -1.5)],
+            }),
             GenerateEvent::Finished {
                 reason: FinishReason::Length,
                 prompt_tokens: 3,

@@ -17,7 +17,9 @@ use tritium_proto::worker::{
     DescribeModelsRequest, DescribeModelsResponse, DescribedModel, EmbedRequest, EmbedResponse, Embedding,
     GenerateEvent, GenerateRequest, InferStreamResponse,
 };
-use tritium_worker::{InferOutcome, InferenceResponse, LocalWorker, ModelRepository, StreamItem, WorkerClient, WorkerError};
+use tritium_worker::{
+    InferOutcome, InferenceResponse, LocalWorker, ModelRepository, StreamItem, WorkerClient, WorkerError,
+};
 
 use super::convert::{event_to_proto, generate_request_from_proto};
 use super::drain::{InFlight, InFlightGuard};
@@ -113,7 +115,10 @@ impl Worker for WorkerService {
 
     type InferStreamStream = Replies<InferStreamResponse>;
 
-    async fn infer_stream(&self, request: Request<ModelInferRequest>) -> Result<Response<Self::InferStreamStream>, Status> {
+    async fn infer_stream(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<Self::InferStreamStream>, Status> {
         let counted = self.admit()?;
         let decoded = decode_request(request.into_inner(), &self.shm, Instant::now()).map_err(from_server)?;
         let (replies, outcome): (Self::InferStreamStream, _) = match self.local.infer_stream(decoded.request).await {
@@ -190,7 +195,10 @@ impl Worker for WorkerService {
         Ok(Response::new(EmbedResponse { embeddings }))
     }
 
-    async fn describe_models(&self, _: Request<DescribeModelsRequest>) -> Result<Response<DescribeModelsResponse>, Status> {
+    async fn describe_models(
+        &self,
+        _: Request<DescribeModelsRequest>,
+    ) -> Result<Response<DescribeModelsResponse>, Status> {
         let mut models = Vec::new();
         for served in self.repository.local_models() {
             for version in served.versions.values() {

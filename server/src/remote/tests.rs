@@ -36,7 +36,8 @@ impl TestWorker {
         let uri = format!("http://{}", listener.local_addr().expect("bound address"));
         let service = WorkerService::new(repository);
         let in_flight = service.in_flight();
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("registers the listener");
             let served = Server::builder()
@@ -69,11 +70,13 @@ impl Drop for TestWorker {
 }
 
 fn builtin() -> Arc<ModelRepository> {
-    ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins()).expect("the built-in repository")
+    ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins())
+        .expect("the built-in repository")
 }
 
 pub(super) fn declared(models: &[(&str, String)]) -> Arc<ModelRepository> {
-    let declared = models.iter().map(|(name, text)| DeclaredModel { name: name.to_string(), config_text: text.clone() }).collect();
+    let declared =
+        models.iter().map(|(name, text)| DeclaredModel { name: name.to_string(), config_text: text.clone() }).collect();
     ModelRepository::open(RepositoryOptions { declared, ..Default::default() }, BackendRegistry::with_builtins())
         .expect("the declared models load")
 }
@@ -98,7 +101,8 @@ async fn identity_and_add_sub_answer_through_the_worker() {
     let remote = worker.client();
     assert_eq!(remote.id(), "w1");
 
-    let mut request = InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![3], &[1.5f32, -2.0, 3.25])]);
+    let mut request =
+        InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![3], &[1.5f32, -2.0, 3.25])]);
     request.id = "id-1".into();
     request.model_version = Some(1);
     let response = remote.infer(request).await.expect("identity answers");
@@ -204,8 +208,10 @@ async fn a_worker_nobody_serves_is_unreachable() {
     };
     let remote = RemoteWorker::new("gone", &format!("http://127.0.0.1:{port}"), MAX_MESSAGE).expect("a lazy client");
     let request = InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![1], &[1.0f32])]);
-    let error = tokio::time::timeout(DEADLINE, remote.infer(request)).await.expect("fails in time").expect_err("nobody listens");
-    eprintln!("REFUSED: {error}");
+    let error = tokio::time::timeout(DEADLINE, remote.infer(request))
+        .await
+        .expect("fails in time")
+        .expect_err("nobody listens");
     assert!(matches!(&error, WorkerError::Unreachable { worker, .. } if worker == "gone"), "{error:?}");
     assert_eq!(error.code(), ErrorCode::Unavailable);
     let error = tokio::time::timeout(DEADLINE, remote.generate("llm", Default::default()))
@@ -213,7 +219,8 @@ async fn a_worker_nobody_serves_is_unreachable() {
         .expect("fails in time")
         .expect_err("nobody listens");
     assert!(matches!(error, WorkerError::Unreachable { .. }), "{error:?}");
-    let error = tokio::time::timeout(DEADLINE, remote.infer_stream(repeat(1, 0))).await.expect("in time").expect_err("nobody");
+    let error =
+        tokio::time::timeout(DEADLINE, remote.infer_stream(repeat(1, 0))).await.expect("in time").expect_err("nobody");
     assert!(matches!(error, WorkerError::Unreachable { .. }), "{error:?}");
     let error = remote.describe_models().await.expect_err("nobody listens");
     assert!(matches!(error, WorkerError::Unreachable { .. }), "{error:?}");
@@ -233,8 +240,7 @@ async fn a_worker_killed_mid_stream_is_unreachable_not_a_hang() {
     loop {
         match next(&mut responses).await {
             Some(StreamItem::Response(_)) => continue,
-            Some(StreamItem::Error(WorkerError::Unreachable { worker, message })) => {
-                eprintln!("KILLED: {message}");
+            Some(StreamItem::Error(WorkerError::Unreachable { worker, .. })) => {
                 assert_eq!(worker, "w1");
                 break;
             }
