@@ -409,7 +409,9 @@ def test_kustomize_build():
 
 def dockerfile_stages() -> tuple[dict[str, str], list[dict]]:
     """(ARG defaults before the first FROM, stages: {"from", "name", "instructions": [(KEYWORD, rest)]})."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    # Like Docker: comment lines go first (also inside continued instructions), then continuations are joined.
+    kept = [line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    text = re.sub(r"\\\n", " ", "\n".join(kept) + "\n")
     args: dict[str, str] = {}
     stages: list[dict] = []
     for line in text.splitlines():
