@@ -108,6 +108,12 @@ def test_models_appear_with_their_workers_and_disappear_with_the_last(cluster):
     wait_until(lambda: "mock-llm" in [m.id for m in llm.models.list().data], 10, "mock-llm in /v1/models")
     completion = llm.completions.create(model="mock-llm", prompt="Hello", max_tokens=5)
     assert completion.usage.completion_tokens == 5 and len(completion.choices[0].text) == 5
+    # The same remote model through KServe: the frontend tokenizes with the card the worker sent.
+    text = grpcclient.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"Hello"], dtype=np.object_))
+    result = client.infer("mock-llm", [text], parameters={"max_tokens": 5})
+    assert result.as_numpy("text_output")[0].decode() == completion.choices[0].text
+    assert client.get_model_config("mock-llm").config.model_transaction_policy.decoupled
 
     # SIGTERM: the worker deregisters on its way out, so the model goes at once.
     assert tensors.stop() == 0
@@ -118,6 +124,23 @@ def test_models_appear_with_their_workers_and_disappear_with_the_last(cluster):
     cluster.started[-1].proc.kill()
     took = wait_until(lambda: "mock-llm" not in [m.id for m in llm.models.list().data], LEASE_TTL + 3, "mock-llm gone after its worker was killed")
     print(f"mock-llm disappeared {took:.2f}s after SIGKILL (lease TTL {LEASE_TTL}s)")
+
+
+def test_file_discovery_needs_no_service(tmp_path):
+    """`--discovery file`: processes on one machine share a folder; no etcd, no NATS."""
+    common = ["--discovery", "file", "--discovery-dir", str(tmp_path), "--lease-ttl-secs", str(LEASE_TTL)]
+    frontend = start_server(*common)
+    worker = start_worker(*common, "--worker-id", "solo")
+    try:
+        client = grpcclient.InferenceServerClient(frontend.url)
+        wait_until(lambda: client.is_model_ready("add_sub"), 10, "add_sub served through the shared folder")
+        identity_ok(client, 7)
+        worker.proc.kill()
+        wait_until(lambda: not client.is_model_ready("add_sub"), LEASE_TTL + 3, "add_sub gone once the worker's record went stale")
+    finally:
+        for process in (worker, frontend):
+            process.stop()
+            process.stderr_path.unlink(missing_ok=True)
 
 
 def test_a_worker_killed_under_load_costs_no_request(cluster):
