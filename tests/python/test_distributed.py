@@ -199,6 +199,27 @@ def test_a_stream_continues_on_another_worker_when_its_worker_dies(cluster):
     assert metric(metrics(frontend), "tritium_router_migrations_total") >= 1
 
 
+def test_sigterm_lets_a_running_stream_finish_on_its_worker(cluster):
+    frontend = cluster.frontend("--router-mode", "direct")
+    leaving = cluster.mock_worker("leaving", "--mock-decode-ms-per-step", "20")
+    cluster.mock_worker("staying", "--mock-decode-ms-per-step", "20")
+    wait_until(lambda: workers_serving(frontend, "mock-llm") == 2, 10, "two workers serving mock-llm")
+    llm = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="unused")
+    stream = llm.completions.create(
+        model="mock-llm", prompt="Drain me.", max_tokens=40, stream=True, extra_headers={"x-tritium-worker": "leaving"}
+    )
+    text, finish = "", None
+    for index, chunk in enumerate(stream):
+        if index == 5:
+            leaving.proc.terminate()
+        text += chunk.choices[0].text
+        finish = chunk.choices[0].finish_reason or finish
+    assert (len(text), finish) == (40, "length")
+    assert leaving.proc.wait(timeout=30) == 0, "the worker exits cleanly once its stream is done"
+    assert metric(metrics(frontend), "tritium_router_migrations_total") == 0, "the stream finished where it started"
+    wait_until(lambda: workers_serving(frontend, "mock-llm") == 1, 5, "the drained worker deregistered")
+
+
 def shared_prefix_workload(frontend: TritiumServer, seed: int) -> tuple[float, float, int]:
     """Requests in 6 groups, each group sharing a 320-token prefix, sent 3 at a time in random
     order. Returns (prefix-hit rate from the engines, mean time to first token, prompt tokens)."""

@@ -216,6 +216,9 @@ impl Migration {
 #[async_trait]
 impl WorkerClient for Router {
     async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
+        if let Some(local) = self.sole_local(&request.model_name) {
+            return local.infer(request).await;
+        }
         let (model, version, arrived) = (request.model_name.clone(), request.model_version, request.arrived);
         let hint = hint_of(&request.parameters);
         let mut request = Some(request);
@@ -240,6 +243,9 @@ impl WorkerClient for Router {
     }
 
     async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
+        if let Some(local) = self.sole_local(&request.model_name) {
+            return local.infer_stream(request).await;
+        }
         let model = request.model_name.clone();
         let hint = hint_of(&request.parameters);
         let mut request = Some(request);

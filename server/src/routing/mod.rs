@@ -323,6 +323,19 @@ impl Router {
         Ok(Some(chosen))
     }
 
+    /// The in-process client when it alone can take requests for `model` (the single-process
+    /// default): such requests skip scoring, bookkeeping and failover altogether.
+    fn sole_local(&self, model: &str) -> Option<Arc<dyn WorkerClient>> {
+        if self.options.mode == RouterMode::Direct {
+            return None;
+        }
+        match self.table.load().get(model) {
+            Some(route) if route.len() == 1 && route[0].local => Some(Arc::clone(&route[0].client)),
+            Some(_) => None,
+            None => Some(Arc::clone(&self.fallback)),
+        }
+    }
+
     fn mark_suspect(&self, member: &Member) {
         *lock(&member.suspect_until) = Some(Instant::now() + self.options.suspect_for);
     }
