@@ -142,23 +142,26 @@ class Server:
             self.procs.stop(self.proc)
             self.proc = None
 
-    def start_with_ready_line(self, argv: list[str], marker: str, timeout: float, env=None) -> None:
-        """Start a server on a pre-bound listener passed as ``--grpc-listen-fd``; wait for its ready line."""
-        listener = listening_socket()
-        port = listener.getsockname()[1]
-        fd = listener.fileno()
+    def start_with_ready_line(self, argv: list[str], marker: str, timeout: float, env=None, http: bool = False) -> None:
+        """Start a server on a pre-bound listener passed as ``--grpc-listen-fd``; wait for its ready line.
+        With ``http``, a second one goes as ``--http-listen-fd`` and its address lands in ``self.http``."""
+        listeners = [listening_socket() for _ in range(2 if http else 1)]
+        ports = [listener.getsockname()[1] for listener in listeners]
+        fds = [listener.fileno() for listener in listeners]
+        extra = ["--grpc-listen-fd", str(fds[0])] + (["--http-listen-fd", str(fds[1])] if http else [])
         log = open(self.log_path, "wb")
         try:
             self.proc = self.procs.popen(
-                argv + ["--grpc-listen-fd", str(fd)],
-                pass_fds=[fd],
+                argv + extra,
+                pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 env=env,
             )
         finally:
-            listener.close()  # the child holds its own copy
+            for listener in listeners:
+                listener.close()  # the child holds its own copies
         ready = threading.Event()
         proc = self.proc
 
@@ -178,7 +181,9 @@ class Server:
                 raise RuntimeError(f"{self.label} exited with {proc.returncode} before it was ready (log: {self.log_path})")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.label} not ready after {timeout:.0f} s (log: {self.log_path})")
-        self.address = f"127.0.0.1:{port}"
+        self.address = f"127.0.0.1:{ports[0]}"
+        if http:
+            self.http = f"127.0.0.1:{ports[1]}"
 
     def start_triton(self, triton: str, backends: str, repo: Path, env: dict, timeout: float) -> None:
         """Start tritonserver on free ports and poll its HTTP readiness endpoint until it answers 200."""

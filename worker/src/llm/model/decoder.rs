@@ -8,18 +8,31 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::config::{DecoderConfig, RopeStyle, rope_inverse_frequencies};
+use super::cpu_attention;
 use super::kv_cache::SequenceCache;
+use super::q8_0::Q8_0Linear;
 
 /// A projection: quantized (GGUF) or dense (safetensors) weights, with an optional bias.
 #[derive(Debug)]
 pub(crate) struct Linear {
-    pub weight: QMatMul,
+    pub weight: Projection,
     pub bias: Option<Tensor>,
+}
+
+/// Who multiplies a projection's weights: our tiled kernel for Q8_0 on x86 CPUs, candle for
+/// everything else.
+#[derive(Debug)]
+pub(crate) enum Projection {
+    Candle(QMatMul),
+    Q8_0(Q8_0Linear),
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.weight {
+            Projection::Candle(weight) => weight.forward(x)?,
+            Projection::Q8_0(weight) => weight.forward(x)?,
+        };
         match &self.bias {
             Some(bias) => y.broadcast_add(bias),
             None => Ok(y),
@@ -150,6 +163,10 @@ impl DecoderModel {
         let v = layer.v.forward(h)?.reshape((rows, c.num_kv_heads, c.head_dim))?.transpose(0, 1)?;
         let group = c.kv_group_size();
         let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let width = c.num_heads * c.head_dim;
+        // On the CPU every sequence's output goes straight into one buffer; elsewhere they are
+        // concatenated.
+        let mut buffer = (self.device.is_cpu() && q.dtype() == DType::F32).then(|| vec![0f32; rows * width]);
         let mut outputs = Vec::with_capacity(batch.len());
         let mut offset = 0;
         for input in batch.iter_mut() {
@@ -157,20 +174,35 @@ impl DecoderModel {
             let start = input.cache.len();
             let (keys, values) =
                 input.cache.append(layer_index, &k.narrow(1, offset, n)?, &v.narrow(1, offset, n)?)?;
-            // Query heads that share a KV head sit next to each other: fold them into rows so
-            // one matmul per KV head serves the whole group, with no copies of K and V.
-            let q = q.narrow(1, offset, n)?.contiguous()?.reshape((c.num_kv_heads, group * n, c.head_dim))?;
-            let mut scores = (q.matmul(&keys.t()?)? * scale)?;
-            if n > 1 {
-                scores = scores.broadcast_add(&causal_mask(group, n, start, &self.device)?)?;
+            let rows_out = offset * width..(offset + n) * width;
+            match buffer.as_mut() {
+                Some(buffer) if cpu_attention::applies(&q, n) => {
+                    cpu_attention::attend(&q, offset, &keys, &values, start, scale as f32, &mut buffer[rows_out])?;
+                }
+                _ => {
+                    // Query heads that share a KV head sit next to each other: fold them into
+                    // rows so one matmul per KV head serves the whole group, with no copies of
+                    // K and V.
+                    let q = q.narrow(1, offset, n)?.contiguous()?.reshape((c.num_kv_heads, group * n, c.head_dim))?;
+                    let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+                    if n > 1 {
+                        scores = scores.broadcast_add(&causal_mask(group, n, start, &self.device)?)?;
+                    }
+                    let probabilities = candle_nn::ops::softmax_last_dim(&scores)?;
+                    let y = probabilities.matmul(&values)?; // [kv_heads, group * n, head_dim]
+                    let y = y.reshape((c.num_heads, n, c.head_dim))?.transpose(0, 1)?.reshape((n, width))?;
+                    match buffer.as_mut() {
+                        Some(buffer) => buffer[rows_out].copy_from_slice(&y.flatten_all()?.to_vec1::<f32>()?),
+                        None => outputs.push(y),
+                    }
+                }
             }
-            let probabilities = candle_nn::ops::softmax_last_dim(&scores)?;
-            let y = probabilities.matmul(&values)?; // [kv_heads, group * n, head_dim]
-            let y = y.reshape((c.num_heads, n, c.head_dim))?.transpose(0, 1)?.reshape((n, c.num_heads * c.head_dim))?;
-            outputs.push(y);
             offset += n;
         }
-        Tensor::cat(&outputs, 0)
+        match buffer {
+            Some(buffer) => Tensor::from_vec(buffer, (rows, width), &self.device),
+            None => Tensor::cat(&outputs, 0),
+        }
     }
 
     /// Rotary embedding of `[rows, heads, head_dim]`, each row at its own position; returns

@@ -10,7 +10,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::config::{DecoderConfig, RopeStyle};
-use super::decoder::{Layer, Linear, Weights};
+use super::decoder::{Layer, Linear, Projection, Weights};
+use super::q8_0::Q8_0Linear;
 
 /// The `general.architecture`s this engine runs from GGUF (mistral GGUFs say `llama`).
 const GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
@@ -99,6 +100,31 @@ pub(crate) enum Requantize {
     SlowTypesOnCpu,
 }
 
+/// Who multiplies Q8_0 matrices on an x86 CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Q8_0Kernel {
+    /// `tritium-kernels`' tiled matmul (see `q8_0.rs`).
+    Tiled,
+    /// candle's `QMatMul`, as everywhere else (reference tests, before/after measurements).
+    #[cfg_attr(not(test), allow(dead_code, reason = "only tests load with candle's kernel"))]
+    Candle,
+}
+
+/// How a GGUF's matrices are prepared at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WeightPolicy {
+    pub requantize: Requantize,
+    pub q8_0: Q8_0Kernel,
+}
+
+impl WeightPolicy {
+    /// The fastest on this machine: what the engine loads with.
+    pub(crate) const FAST: WeightPolicy = WeightPolicy { requantize: Requantize::SlowTypesOnCpu, q8_0: Q8_0Kernel::Tiled };
+    /// Exactly what candle's own quantized models run: the file's block types through `QMatMul`.
+    #[cfg(test)]
+    pub(crate) const AS_CANDLE: WeightPolicy = WeightPolicy { requantize: Requantize::Never, q8_0: Q8_0Kernel::Candle };
+}
+
 fn requantized(tensor: QTensor, device: &Device, policy: Requantize) -> Result<QTensor, String> {
     let slow = cfg!(target_arch = "x86_64") && SLOW_ON_X86.contains(&tensor.dtype());
     let columns = tensor.shape().dims().last().copied().unwrap_or(0);
@@ -114,26 +140,27 @@ pub(crate) fn load_weights(
     file: &mut File,
     config: &DecoderConfig,
     device: &Device,
-    policy: Requantize,
+    policy: WeightPolicy,
 ) -> Result<Weights, String> {
     let mut qtensor = |name: &str| {
         let tensor = content.tensor(file, name, device).map_err(|e| format!("GGUF tensor '{name}': {e}"))?;
-        requantized(tensor, device, policy).map_err(|e| format!("GGUF tensor '{name}': {e}"))
+        requantized(tensor, device, policy.requantize).map_err(|e| format!("GGUF tensor '{name}': {e}"))
     };
+    let projection = |weight: Arc<QTensor>, bias: Option<Tensor>| linear_from(weight, bias, policy.q8_0);
     let embeddings_q = Arc::new(qtensor("token_embd.weight")?);
     let embeddings = embeddings_q.dequantize(device).map_err(|e| format!("token_embd.weight: {e}"))?;
     let norm = dequantized(qtensor("output_norm.weight")?, device)?;
     let lm_head = if config.tie_word_embeddings {
-        linear_from(Arc::clone(&embeddings_q), None)?
+        projection(Arc::clone(&embeddings_q), None)?
     } else {
-        linear_from(Arc::new(qtensor("output.weight")?), None)?
+        projection(Arc::new(qtensor("output.weight")?), None)?
     };
     let mut layers = Vec::with_capacity(config.num_layers);
     for i in 0..config.num_layers {
         let mut linear = |name: &str, bias: bool| -> Result<Linear, String> {
             let weight = Arc::new(qtensor(&format!("blk.{i}.{name}.weight"))?);
             let bias = if bias { Some(dequantized(qtensor(&format!("blk.{i}.{name}.bias"))?, device)?) } else { None };
-            linear_from(weight, bias)
+            projection(weight, bias)
         };
         let with_bias = config.attention_bias;
         layers.push(Layer {
@@ -151,8 +178,16 @@ pub(crate) fn load_weights(
     Ok(Weights { embeddings, layers, norm, lm_head })
 }
 
-fn linear_from(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Linear, String> {
-    Ok(Linear { weight: QMatMul::from_arc(weight).map_err(|e| e.to_string())?, bias })
+fn linear_from(weight: Arc<QTensor>, bias: Option<Tensor>, q8_0: Q8_0Kernel) -> Result<Linear, String> {
+    let tiled = match q8_0 {
+        Q8_0Kernel::Tiled => Q8_0Linear::from_qtensor(&weight)?,
+        Q8_0Kernel::Candle => None,
+    };
+    let weight = match tiled {
+        Some(kernel) => Projection::Q8_0(kernel),
+        None => Projection::Candle(QMatMul::from_arc(weight).map_err(|e| e.to_string())?),
+    };
+    Ok(Linear { weight, bias })
 }
 
 fn dequantized(tensor: QTensor, device: &Device) -> Result<Tensor, String> {

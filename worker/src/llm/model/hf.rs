@@ -8,7 +8,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::DecoderConfig;
-use super::decoder::{Layer, Linear, Weights};
+use super::decoder::{Layer, Linear, Projection, Weights};
 
 pub(crate) fn read_config(dir: &Path) -> Result<DecoderConfig, String> {
     let path = dir.join("config.json");
@@ -44,11 +44,11 @@ pub(crate) fn load_weights(dir: &Path, config: &DecoderConfig, device: &Device) 
     let linear = |prefix: &str, bias: bool| -> Result<Linear, String> {
         let weight = load(&format!("{prefix}.weight"))?;
         let bias = if bias { Some(load(&format!("{prefix}.bias"))?) } else { None };
-        Ok(Linear { weight: QMatMul::Tensor(weight), bias })
+        Ok(Linear { weight: Projection::Candle(QMatMul::Tensor(weight)), bias })
     };
     let embeddings = load("model.embed_tokens.weight")?;
     let lm_head = if config.tie_word_embeddings || tensors.get("lm_head.weight").is_err() {
-        Linear { weight: QMatMul::Tensor(embeddings.clone()), bias: None }
+        Linear { weight: Projection::Candle(QMatMul::Tensor(embeddings.clone())), bias: None }
     } else {
         linear("lm_head", false)?
     };

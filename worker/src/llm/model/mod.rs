@@ -2,10 +2,14 @@
 //! folder, with a batched forward pass over per-sequence KV caches.
 
 mod config;
+mod cpu_attention;
 mod decoder;
 mod gguf;
 mod hf;
 mod kv_cache;
+mod q8_0;
+#[cfg(test)]
+mod throughput;
 
 #[cfg(test)]
 mod tests;
@@ -15,17 +19,20 @@ use std::path::Path;
 use candle_core::Device;
 
 pub(crate) use decoder::{DecoderModel, SequenceInput};
-pub(crate) use gguf::Requantize;
+pub(crate) use gguf::WeightPolicy;
+#[cfg(test)]
+pub(crate) use gguf::{Q8_0Kernel, Requantize};
 pub(crate) use kv_cache::SequenceCache;
 
 use super::card::{ModelCard, ModelKind};
 
 /// Loads a decoder and its card from `path`: a `.gguf` file or a Hugging Face folder.
 pub(crate) fn load(path: &Path, device: &Device) -> Result<(DecoderModel, ModelCard), String> {
-    load_with(path, device, Requantize::SlowTypesOnCpu)
+    load_with(path, device, WeightPolicy::FAST)
 }
 
-pub(crate) fn load_with(path: &Path, device: &Device, requantize: Requantize) -> Result<(DecoderModel, ModelCard), String> {
+/// [`load`] with a choice of how GGUF matrices are prepared (Hugging Face folders ignore it).
+pub(crate) fn load_with(path: &Path, device: &Device, policy: WeightPolicy) -> Result<(DecoderModel, ModelCard), String> {
     let source = path.display().to_string();
     let (config, weights, mut card) = if path.is_dir() {
         let config = hf::read_config(path)?;
@@ -36,7 +43,7 @@ pub(crate) fn load_with(path: &Path, device: &Device, requantize: Requantize) ->
         let (content, mut file) = gguf::read_content(path)?;
         let config = gguf::config_from_gguf(&content)?;
         let card = ModelCard::from_gguf(&content, &source)?;
-        let weights = gguf::load_weights(&content, &mut file, &config, device, requantize)?;
+        let weights = gguf::load_weights(&content, &mut file, &config, device, policy)?;
         (config, weights, card)
     };
     // The card's context length is what the frontend checks prompts against; the model's own

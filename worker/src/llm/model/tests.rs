@@ -48,7 +48,7 @@ fn greedy_alone(model: &DecoderModel, prompt: &[u32], steps: usize) -> Vec<u32> 
 fn gguf_logits_match_candles_quantized_llama_and_france_gives_paris() {
     let path = smollm2();
     // Exactly the GGUF's own block types, as candle's reference runs them.
-    let (model, card) = load_with(&path, &Device::Cpu, Requantize::Never).unwrap();
+    let (model, card) = load_with(&path, &Device::Cpu, WeightPolicy::AS_CANDLE).unwrap();
     let prompt = encode(&card, "The capital of France is");
     let (_, ours) = prefill(&model, &prompt);
 

@@ -1,0 +1,59 @@
+//! Attention against a naive f64 softmax on the same numbers.
+
+use crate::{AttentionDims, Heads, causal_attention};
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect()
+}
+
+#[test]
+fn matches_a_naive_softmax_with_grouped_heads_and_strided_caches() {
+    for (heads, kv_heads, head_dim, cached, new) in [(9, 3, 64, 0, 1), (9, 3, 64, 37, 1), (4, 2, 12, 5, 3), (2, 2, 8, 0, 4)] {
+        let capacity = cached + new + 7; // the cache buffers are larger than what is filled
+        let q_stride = new * head_dim + 5;
+        let q = values(heads * q_stride, 1);
+        let k = values(kv_heads * capacity * head_dim, 2);
+        let v = values(kv_heads * capacity * head_dim, 3);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let dims = AttentionDims { heads, kv_heads, head_dim, cached, new };
+        let mut out = vec![f32::NAN; new * heads * head_dim];
+        let kv = |data| Heads { data, head_stride: capacity * head_dim };
+        causal_attention(Heads { data: &q, head_stride: q_stride }, kv(&k), kv(&v), dims, scale, &mut out).unwrap();
+
+        let group = heads / kv_heads;
+        for h in 0..heads {
+            let g = h / group;
+            for t in 0..new {
+                let query = &q[h * q_stride + t * head_dim..][..head_dim];
+                let row = |data: &[f32], j: usize| data[g * capacity * head_dim + j * head_dim..][..head_dim].to_vec();
+                let seen = cached + t + 1;
+                let scores: Vec<f64> = (0..seen)
+                    .map(|j| row(&k, j).iter().zip(query).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>() * f64::from(scale))
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for e in 0..head_dim {
+                    let expected: f64 = (0..seen).map(|j| weights[j] / total * f64::from(row(&v, j)[e])).sum();
+                    let got = out[(t * heads + h) * head_dim + e];
+                    assert!((f64::from(got) - expected).abs() < 1e-5, "heads {heads}/{kv_heads} t {t} h {h} e {e}: {got} vs {expected}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn refuses_buffers_too_small() {
+    let dims = AttentionDims { heads: 4, kv_heads: 2, head_dim: 8, cached: 3, new: 1 };
+    let q = vec![0f32; 4 * 8];
+    let kv = vec![0f32; 2 * 4 * 8];
+    let heads = |data| Heads { data, head_stride: 4 * 8 };
+    let mut out = vec![0f32; 4 * 8];
+    assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv), heads(&kv), dims, 1.0, &mut out).is_ok());
+    assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv[1..]), heads(&kv), dims, 1.0, &mut out).is_err());
+    assert!(causal_attention(Heads { data: &q[1..], head_stride: 8 }, heads(&kv), heads(&kv), dims, 1.0, &mut out).is_err());
+    assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv), heads(&kv), dims, 1.0, &mut out[1..]).is_err());
+    let bad = AttentionDims { heads: 3, ..dims };
+    assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv), heads(&kv), bad, 1.0, &mut out).is_err());
+}
