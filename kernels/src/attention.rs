@@ -29,11 +29,19 @@ pub struct Heads<'a> {
 /// weighting `v[g, j]`, with `g = h / (heads / kv_heads)`. `q` holds the `new` rows of each
 /// head; `k` and `v` hold `cached + new` rows of each KV head (the new ones included); `out` is
 /// `[new, heads * head_dim]`.
-pub fn causal_attention(q: Heads<'_>, k: Heads<'_>, v: Heads<'_>, dims: AttentionDims, scale: f32, out: &mut [f32]) -> Result<(), ShapeError> {
+pub fn causal_attention(
+    q: Heads<'_>,
+    k: Heads<'_>,
+    v: Heads<'_>,
+    dims: AttentionDims,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
     let AttentionDims { heads, kv_heads, head_dim, cached, new } = dims;
     let total = cached + new;
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim == 0 {
-        return Err(ShapeError::Length { what: "attention heads (a multiple of the KV heads)", expected: kv_heads.max(1), actual: heads });
+        let what = "attention heads (a multiple of the KV heads)";
+        return Err(ShapeError::Length { what, expected: kv_heads.max(1), actual: heads });
     }
     let reach = |rows: usize, count: usize, stride: usize| (count - 1) * stride + rows * head_dim;
     if new == 0 {
@@ -54,7 +62,8 @@ pub fn causal_attention(q: Heads<'_>, k: Heads<'_>, v: Heads<'_>, dims: Attentio
 }
 
 fn check_fits(what: &'static str, heads: Heads<'_>, needed: usize) -> Result<(), ShapeError> {
-    if heads.data.len() >= needed { Ok(()) } else { Err(ShapeError::Length { what, expected: needed, actual: heads.data.len() }) }
+    let actual = heads.data.len();
+    if actual >= needed { Ok(()) } else { Err(ShapeError::Length { what, expected: needed, actual }) }
 }
 
 /// The same loops compiled for AVX2 and FMA (the 8-lane sums below become single registers).

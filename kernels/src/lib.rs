@@ -73,8 +73,9 @@ impl BlockQ8_0 {
     /// Reads GGML's little-endian encoding: 34 bytes per block, as in a GGUF file or candle's
     /// `QTensor::data()`.
     pub fn from_bytes(bytes: &[u8]) -> Result<Vec<BlockQ8_0>, ShapeError> {
-        if bytes.len() % 34 != 0 {
-            return Err(ShapeError::Length { what: "Q8_0 bytes (34 per block)", expected: bytes.len() / 34 * 34, actual: bytes.len() });
+        if !bytes.len().is_multiple_of(34) {
+            let (what, actual) = ("Q8_0 bytes (34 per block)", bytes.len());
+            return Err(ShapeError::Length { what, expected: actual / 34 * 34, actual });
         }
         Ok(bytes
             .chunks_exact(34)
@@ -123,5 +124,5 @@ pub(crate) fn check_len(what: &'static str, expected: usize, actual: usize) -> R
 }
 
 pub(crate) fn blocks_per_row(cols: usize) -> Result<usize, ShapeError> {
-    if cols % QK8_0 == 0 { Ok(cols / QK8_0) } else { Err(ShapeError::NotBlockAligned { cols }) }
+    if cols.is_multiple_of(QK8_0) { Ok(cols / QK8_0) } else { Err(ShapeError::NotBlockAligned { cols }) }
 }

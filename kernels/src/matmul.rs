@@ -114,7 +114,6 @@ impl<'a> Operand<'a> {
         let range = i * self.kb..(i + 1) * self.kb;
         (&self.blocks[range.clone()], &self.scales[range])
     }
-
 }
 
 /// The `[m, n_out]` output, shared by the chunks of one product: each chunk writes only its own
@@ -126,7 +125,7 @@ pub(crate) struct Output {
 }
 
 // SAFETY: `Output` is only a pointer into a `&mut [f32]` that outlives the product (`run`
-// holds the borrow until every task has returned); tasks write disjoint elements (see `set`).
+// holds the borrow until every task has returned); tasks write disjoint elements (`set_run`).
 unsafe impl Sync for Output {}
 
 impl Output {
@@ -137,7 +136,8 @@ impl Output {
     /// tiles' columns, and no other thread may write or read them meanwhile.
     pub(crate) unsafe fn set_run(&self, row: usize, col: usize, values: &[f32]) {
         let index = row * self.n_out + col;
-        assert!(col + values.len() <= self.n_out && index + values.len() <= self.len, "outputs ({row}, {col}..+{}) outside the product", values.len());
+        let count = values.len();
+        assert!(col + count <= self.n_out && index + count <= self.len, "outputs ({row}, {col}..+{count}) outside the product");
         // SAFETY: in bounds (checked above); the caller owns these columns (contract).
         unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(index), values.len()) };
     }

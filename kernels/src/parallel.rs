@@ -10,8 +10,9 @@ pub trait Parallel: Sync {
     /// Threads the tasks may run on, the caller's included.
     fn threads(&self) -> usize;
 
-    /// The least work, in block products (activation rows x output columns x blocks per row),
-    /// that pays for one more thread: below it a matmul runs on the calling thread alone.
+    /// The least work per thread, in block products (activation rows x output columns x blocks
+    /// per row): a product is split over `work / min_work_per_thread` threads at most, so below
+    /// twice this it runs on the calling thread alone.
     fn min_work_per_thread(&self) -> usize;
 
     /// Calls `task(i)` once for every `i` in `0..tasks` and returns when all have returned.
@@ -45,9 +46,11 @@ pub struct ScopedThreads {
 }
 
 impl ScopedThreads {
-    /// Block products below which a second spawned thread does not pay: measured on a 2-core
-    /// Zen 3 (spawn and join ~25 us, the kernel ~0.4 ns per block product).
-    pub const MIN_WORK_PER_THREAD: usize = 150_000;
+    /// Measured with the `q8_0_vs_candle` example on a 2-core Zen 3: spawning and joining
+    /// costs ~75 us and the kernel ~0.6 ns per block product, so splitting in two gains from
+    /// ~2 * 75 us / 0.6 ns = 250k block products (an 8-row 1536 x 576 product, 221k, breaks
+    /// even), 125k per thread.
+    pub const MIN_WORK_PER_THREAD: usize = 125_000;
 
     /// As many threads as the machine offers (asked once: the answer reads cgroup files).
     pub fn available() -> ScopedThreads {

@@ -19,7 +19,8 @@ pub(crate) unsafe fn compute(w: &Packed<'_>, a: &Operand<'_>, tiles: Range<usize
             let mut sums = [0f32; TILE];
             for ((weights, block), &a_scale) in tile.iter().zip(a_blocks).zip(a_scales) {
                 for (r, sum) in sums.iter_mut().enumerate() {
-                    let dot: i32 = block.qs.iter().enumerate().map(|(k, &x)| i32::from(weights.value(r, k)) * i32::from(x)).sum();
+                    let products = block.qs.iter().enumerate().map(|(k, &x)| i32::from(weights.value(r, k)) * i32::from(x));
+                    let dot: i32 = products.sum();
                     *sum += dot as f32 * (weights.d[r] * a_scale);
                 }
             }

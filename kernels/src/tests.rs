@@ -1,6 +1,8 @@
 //! The kernels against an f64 reference on the same quantized values, the AVX2 kernel against
 //! the portable one, and the quantizer against GGML's rules.
 
+#![allow(clippy::unwrap_used)]
+
 use crate::matmul::matmul_scalar;
 use crate::*;
 
@@ -196,7 +198,8 @@ fn the_free_function_checks_its_shapes() {
     let activations = quantize_rows_q8_0(&a_f32, m, k).unwrap();
     let mut out = vec![0f32; m * n];
     matmul_q8_0(&weights, &activations, m, n, k, &mut out).unwrap();
-    let expected = product(&Q8_0Matrix::from_blocks(&weights, n, k).unwrap(), &Q8_0Rows::quantize(&a_f32, m, k).unwrap(), &Serial);
+    let matrix = Q8_0Matrix::from_blocks(&weights, n, k).unwrap();
+    let expected = product(&matrix, &Q8_0Rows::quantize(&a_f32, m, k).unwrap(), &Serial);
     assert_eq!(out, expected);
 
     assert!(matmul_q8_0(&weights, &activations, m, n, k, &mut out[1..]).is_err());

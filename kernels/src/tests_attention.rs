@@ -1,5 +1,7 @@
 //! Attention against a naive f64 softmax on the same numbers.
 
+#![allow(clippy::unwrap_used)]
+
 use crate::{AttentionDims, Heads, causal_attention};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -27,16 +29,16 @@ fn matches_a_naive_softmax_with_grouped_heads_and_strided_caches() {
                 let query = &q[h * q_stride + t * head_dim..][..head_dim];
                 let row = |data: &[f32], j: usize| data[g * capacity * head_dim + j * head_dim..][..head_dim].to_vec();
                 let seen = cached + t + 1;
-                let scores: Vec<f64> = (0..seen)
-                    .map(|j| row(&k, j).iter().zip(query).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>() * f64::from(scale))
-                    .collect();
+                let dot = |j: usize| row(&k, j).iter().zip(query).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>();
+                let scores: Vec<f64> = (0..seen).map(|j| dot(j) * f64::from(scale)).collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let total: f64 = weights.iter().sum();
                 for e in 0..head_dim {
                     let expected: f64 = (0..seen).map(|j| weights[j] / total * f64::from(row(&v, j)[e])).sum();
                     let got = out[(t * heads + h) * head_dim + e];
-                    assert!((f64::from(got) - expected).abs() < 1e-5, "heads {heads}/{kv_heads} t {t} h {h} e {e}: {got} vs {expected}");
+                    let what = format!("heads {heads}/{kv_heads} t {t} h {h} e {e}");
+                    assert!((f64::from(got) - expected).abs() < 1e-5, "{what}: {got} vs {expected}");
                 }
             }
         }

@@ -1,6 +1,8 @@
 //! The pool runs every task exactly once, also when calls follow each other closely or its
 //! workers sleep, and hands a task's panic to the caller.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 

@@ -17,7 +17,15 @@ pub(crate) fn applies(q: &Tensor, new: usize) -> bool {
 /// Attention of the `new` rows at `offset` of `q` (`[heads, rows, head_dim]`, contiguous) over
 /// `keys` and `values` (`[kv_heads, cached + new, head_dim]`, views into the cache buffers),
 /// written to `out` (`[new, heads * head_dim]`).
-pub(crate) fn attend(q: &Tensor, offset: usize, keys: &Tensor, values: &Tensor, cached: usize, scale: f32, out: &mut [f32]) -> Result<()> {
+pub(crate) fn attend(
+    q: &Tensor,
+    offset: usize,
+    keys: &Tensor,
+    values: &Tensor,
+    cached: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
     let (heads, rows, head_dim) = q.dims3()?;
     let (kv_heads, total, _) = keys.dims3()?;
     let dims = AttentionDims { heads, kv_heads, head_dim, cached, new: total - cached };

@@ -1,8 +1,9 @@
 //! Q8_0 projections on x86 CPUs through `tritium-kernels`' register-tiled matmul instead of
 //! candle's `QMatMul`. candle makes one dot product per (row, weight row), so a decode step of 8
-//! sequences costs about 8 steps of one; the tiled kernel reuses each weight block for several
-//! rows, which is what makes batching pay on the CPU. The numbers are the same: both quantize the
-//! activations with GGML's rule and sum the same integer block products in the same lane order.
+//! sequences costs about 8 steps of one; the tiled kernel uses each weight load for 8 output
+//! columns and up to 4 rows, which is what makes batching pay on the CPU. The integers are the
+//! same (both quantize the activations with GGML's rule and sum exact block products); only the
+//! order of the f32 accumulation differs, which moves results by ~3e-7 of their magnitude.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Storage, Tensor};
@@ -34,14 +35,16 @@ impl Q8_0Linear {
         let k = self.matrix.cols();
         let mut dims = x.dims().to_vec();
         match dims.last_mut() {
-            Some(last) if *last == k => *last = self.matrix.rows(),
+            Some(last) if *last == k && k > 0 => *last = self.matrix.rows(),
             _ => candle_core::bail!("a Q8_0 projection of width {k} got input of shape {:?}", x.dims()),
         }
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let m = x.elem_count() / k;
         let activations = {
             let (storage, layout) = x.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("a Q8_0 CPU projection got a tensor on {:?}", x.device()) };
+            let Storage::Cpu(cpu) = &*storage else {
+                candle_core::bail!("a Q8_0 CPU projection got a tensor on {:?}", x.device())
+            };
             let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("the input is not contiguous") };
             Q8_0Rows::quantize(&cpu.as_slice::<f32>()?[start..end], m, k).map_err(candle_core::Error::wrap)?
         };
