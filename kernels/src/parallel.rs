@@ -1,5 +1,5 @@
 //! How a matmul spreads its column chunks over threads. The kernels do not own a thread pool:
-//! an embedding engine usually has one already (the LLM engine hands over candle's), and
+//! [`ThreadPool`](crate::ThreadPool) is the one for decode steps (the LLM engine uses the global one), and
 //! [`ScopedThreads`] spawns scoped threads per call for everyone else.
 
 use std::sync::OnceLock;

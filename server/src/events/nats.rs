@@ -80,9 +80,12 @@ impl EventBus for NatsEventBus {
         self.sender.subscribe()
     }
 
-    /// Waits until everything published so far has been written to the server.
+    /// Waits until the server has taken everything published so far. Having written it to the
+    /// socket is not enough: a connection closed right after, with unread data from the server
+    /// in its buffer, is reset, and the server may drop what it had not read yet.
     async fn flush(&self) -> Result<(), EventError> {
-        self.client.flush().await.map_err(|e| EventError::Unavailable(format!("flushing to NATS: {e}")))
+        self.client.flush().await.map_err(|e| EventError::Unavailable(format!("flushing to NATS: {e}")))?;
+        round_trip(&self.client).await.map_err(|e| EventError::Unavailable(format!("flushing to NATS: {e}")))
     }
 }
 

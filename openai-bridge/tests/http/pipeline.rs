@@ -1,7 +1,7 @@
 //! The text pipeline over a fake token stream: deltas, stop strings across tokens, held-back
 //! characters, and cancellation when the text stream goes away.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

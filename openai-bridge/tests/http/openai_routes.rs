@@ -1,6 +1,6 @@
 //! The `/v1` routes driven without sockets (`tower::ServiceExt::oneshot`) over a fake hub.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

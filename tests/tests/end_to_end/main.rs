@@ -1,0 +1,15 @@
+//! The end-to-end suite as one test binary: a real server on an ephemeral listener, driven
+//! through grpc-clients. One binary rather than one per file, because each links the whole
+//! server, and eleven of them cost gigabytes of disk and minutes of linking on a CI machine.
+
+mod bad_input;
+mod datatypes;
+mod health_reflection;
+mod large_messages;
+mod llm;
+mod metadata;
+mod repository;
+mod settings;
+mod shared_memory;
+mod statistics;
+mod streaming;
