@@ -477,11 +477,9 @@ def test_batching_raises_throughput(batching_run):
     )
     assert b.decode_steps > 0, "no decode steps counted during the 8-stream phase"
     assert b.decode_rows / b.decode_steps > 1, f"no decode step batched two sequences: rows {b.decode_rows}, steps {b.decode_steps}"
-    if eight_rate / single_rate <= 1.2:
-        # Known gap, kept visible instead of passing quietly: on the CPU, candle's quantized dot
-        # products cost the same per row whether rows share a step or not, so a batch is not yet
-        # cheaper per token than a single stream (see the note). Fails once batching pays.
-        pytest.xfail(f"batching does not yet raise CPU throughput: 8 streams {eight_rate:.1f} tokens/s vs 1 stream {single_rate:.1f}")
+    # A ratio of two rates measured back to back, not a timing: the tiled Q8_0 kernel makes a step of 8
+    # rows cost about 2 of one (about 2x here, debug build, 2 cores), far from the line.
+    assert eight_rate > single_rate, f"batching did not raise throughput: 8 streams {eight_rate:.1f} tokens/s vs 1 stream {single_rate:.1f}"
 
 
 # ---- errors ------------------------------------------------------------------------------------------------------
