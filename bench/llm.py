@@ -86,6 +86,8 @@ def setting(name: str, default: str) -> str:
 
 
 ROUNDS = int(setting("ROUNDS", "3"))
+# The engine-alone runs are every share's baseline, so they always run.
+KINDS = ["engine"] + [k for k in setting("KINDS", ",".join(KINDS)).split(",") if k in LABELS and k != "engine"]
 STREAMS = [int(n) for n in setting("STREAMS", "1,4,16").split(",")]
 MAX_TOKENS = int(setting("MAX_TOKENS", "64"))
 STARTUP_TIMEOUT = float(setting("STARTUP_TIMEOUT", "120"))

@@ -187,7 +187,7 @@ impl Tritium {
             let stopping = self.state.stopping.clone();
             tokio::spawn(http::serve(http_listener, routes, async move { stopping.cancelled().await }))
         });
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(transport.tcp_keepalive);
         let stopping = self.state.stopping.clone();
         let shutdown = async move {
             shutdown.await;

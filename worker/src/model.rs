@@ -13,7 +13,7 @@ use crate::params::parse_request_options;
 use crate::request::{InferenceRequest, InferenceResponse};
 use crate::schema::ModelSchema;
 use crate::stats::ModelStats;
-use crate::worker::{ResponseStream, StreamItem};
+use crate::worker::{InferOutcome, ResponseStream, StreamItem};
 
 /// Responses a decoupled request may have queued before its backend waits for the client.
 const STREAM_BUFFER: usize = 16;
@@ -25,6 +25,8 @@ pub struct ModelVersion {
     pub schema: ModelSchema,
     pub stats: ModelStats,
     backend: Arc<dyn Backend>,
+    /// Whether the backend is a language model, asked once: every request asks again.
+    is_language_model: bool,
 }
 
 impl std::fmt::Debug for ModelVersion {
@@ -48,6 +50,7 @@ impl ModelVersion {
             config,
             schema,
             stats: ModelStats::default(),
+            is_language_model: backend.language_model().is_some(),
             backend,
         }
     }
@@ -55,6 +58,10 @@ impl ModelVersion {
     /// The engine behind this version when it is a language model.
     pub fn language_model(&self) -> Option<Arc<dyn crate::llm::LanguageModel>> {
         self.backend.language_model()
+    }
+
+    pub fn is_language_model(&self) -> bool {
+        self.is_language_model
     }
 
     /// The embedder behind this version when it is an embedding model.
@@ -93,6 +100,23 @@ impl ModelVersion {
 
     fn backend_error(&self, source: BackendError) -> WorkerError {
         WorkerError::Backend { model: self.name.to_string(), version: self.version, source }
+    }
+
+    /// A unary call: plain models only (decoupled ones answer [`WorkerError::DecoupledUnary`]).
+    pub async fn infer_unary(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
+        if self.decoupled() {
+            return Err(WorkerError::DecoupledUnary { model: request.model_name });
+        }
+        self.infer_single(request).await
+    }
+
+    /// A streaming call: plain models answer once, decoupled ones any number of times.
+    pub async fn infer_any(self: &Arc<Self>, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
+        if self.decoupled() {
+            self.infer_decoupled(request).map(InferOutcome::Stream)
+        } else {
+            self.infer_single(request).await.map(InferOutcome::Single)
+        }
     }
 
     /// Runs a request that gets exactly one response.

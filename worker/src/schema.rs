@@ -1,13 +1,44 @@
 //! A model's tensor contract, computed once at load from its config, and the validation of every
 //! request against it (Triton's `Normalize`/`ValidateRequestInputs` rules and messages).
 
-use std::collections::HashSet;
-
 use tritium_proto::inference::ModelConfig;
 use tritium_tensor::DataType;
 
 use crate::error::{WorkerError, datatype_reason, shape_text, tensor_reason};
 use crate::request::InferenceRequest;
+
+/// The config inputs a request names, by position in the config. Models have few inputs, so a
+/// scan per input and a bit mask cost less than hashing every name.
+enum SeenInputs {
+    Mask(u64),
+    Flags(Vec<bool>),
+}
+
+impl SeenInputs {
+    fn new(inputs: usize) -> SeenInputs {
+        if inputs <= 64 { SeenInputs::Mask(0) } else { SeenInputs::Flags(vec![false; inputs]) }
+    }
+
+    /// Marks `index`; false when it was marked already.
+    fn insert(&mut self, index: usize) -> bool {
+        match self {
+            SeenInputs::Mask(mask) => {
+                let bit = 1u64 << index;
+                let fresh = *mask & bit == 0;
+                *mask |= bit;
+                fresh
+            }
+            SeenInputs::Flags(flags) => !std::mem::replace(&mut flags[index], true),
+        }
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        match self {
+            SeenInputs::Mask(mask) => *mask & (1u64 << index) != 0,
+            SeenInputs::Flags(flags) => flags[index],
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorSpec {
@@ -70,20 +101,25 @@ impl ModelSchema {
         let model = self.model.as_str();
         let invalid = |reason: String| WorkerError::invalid(&request.id, reason);
 
-        let mut seen = HashSet::with_capacity(request.inputs.len());
+        let mut seen = SeenInputs::new(self.inputs.len());
         for input in &request.inputs {
-            if !self.inputs.iter().any(|s| s.name == input.name) {
+            let Some(index) = self.inputs.iter().position(|s| s.name == input.name) else {
                 return Err(invalid(format!("unexpected inference input '{}' for model '{model}'", input.name)));
-            }
-            if !seen.insert(input.name.as_str()) {
+            };
+            if !seen.insert(index) {
                 return Err(invalid(format!(
                     "input '{}' was specified more than once for model '{model}'",
                     input.name
                 )));
             }
         }
-        let missing: Vec<&str> =
-            self.inputs.iter().filter(|s| !s.optional && !seen.contains(s.name.as_str())).map(|s| s.name.as_str()).collect();
+        let missing: Vec<&str> = self
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(index, s)| !s.optional && !seen.contains(*index))
+            .map(|(_, s)| s.name.as_str())
+            .collect();
         if !missing.is_empty() {
             let required = self.inputs.iter().filter(|s| !s.optional).count();
             let expected = if required == self.inputs.len() {
@@ -226,5 +262,34 @@ mod tests {
         let schema = ModelSchema::from_config(&config(0)).expect("schema");
         let mut empty = request(vec![Tensor::from_slice("A", vec![4], &[0f32; 4]), Tensor::from_slice::<f32>("B", vec![0], &[])]);
         schema.validate(&mut empty).expect("a zero-element optional input is fine");
+    }
+
+    /// Past 64 inputs the seen set is a vector instead of a bit mask: both must find duplicates
+    /// and missing inputs alike.
+    #[test]
+    fn duplicates_and_missing_inputs_are_found_with_more_than_64_inputs() {
+        for count in [3usize, 64, 65, 130] {
+            let input = |i: usize| ModelInput {
+                name: format!("I{i}"),
+                data_type: DataType::Fp32.to_config() as i32,
+                dims: vec![1],
+                ..Default::default()
+            };
+            let config = ModelConfig { name: "wide".into(), input: (0..count).map(input).collect(), ..Default::default() };
+            let schema = ModelSchema::from_config(&config).expect("schema");
+            let tensor = |i: usize| Tensor::from_slice(format!("I{i}"), vec![1], &[0f32]);
+
+            let mut all = request((0..count).rev().map(tensor).collect());
+            schema.validate(&mut all).expect("every input once, in any order");
+
+            let last = count - 1;
+            let mut twice = request((0..count).map(tensor).chain([tensor(last)]).collect());
+            let message = schema.validate(&mut twice).expect_err("a duplicate").to_string();
+            assert!(message.contains(&format!("input 'I{last}' was specified more than once")), "{count}: {message}");
+
+            let mut short = request((0..last).map(tensor).collect());
+            let message = schema.validate(&mut short).expect_err("one missing").to_string();
+            assert!(message.contains(&format!("missing required input(s) ['I{last}']")), "{count}: {message}");
+        }
     }
 }

@@ -82,6 +82,12 @@ pub trait WorkerClient: Send + Sync + std::fmt::Debug + 'static {
         let _ = inputs;
         Err(WorkerError::NotEmbeddingModel { model: model.to_string() })
     }
+
+    /// The in-process repository this client runs every request on, if it is one: a caller that
+    /// has resolved the model there can run it directly.
+    fn local_repository(&self) -> Option<&Arc<ModelRepository>> {
+        None
+    }
 }
 
 /// Runs requests on the models of an in-process [`ModelRepository`], with no socket between.
@@ -99,20 +105,15 @@ impl LocalWorker {
 #[async_trait]
 impl WorkerClient for LocalWorker {
     async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
-        let model = self.repository.resolve(&request.model_name, request.model_version)?;
-        if model.decoupled() {
-            return Err(WorkerError::DecoupledUnary { model: request.model_name });
-        }
-        model.infer_single(request).await
+        self.repository.resolve(&request.model_name, request.model_version)?.infer_unary(request).await
     }
 
     async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
-        let model = self.repository.resolve(&request.model_name, request.model_version)?;
-        if model.decoupled() {
-            model.infer_decoupled(request).map(InferOutcome::Stream)
-        } else {
-            model.infer_single(request).await.map(InferOutcome::Single)
-        }
+        self.repository.resolve(&request.model_name, request.model_version)?.infer_any(request).await
+    }
+
+    fn local_repository(&self) -> Option<&Arc<ModelRepository>> {
+        Some(&self.repository)
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {

@@ -222,9 +222,14 @@ pub struct GrpcArgs {
     /// Largest HTTP/2 frame the server accepts, bytes.
     #[arg(long, env = "TRITIUM_GRPC_MAX_FRAME_SIZE")]
     pub grpc_max_frame_size: Option<u32>,
-    /// Milliseconds between HTTP/2 keepalive pings; 0 disables (Triton's default is 2 hours).
-    #[arg(long, env = "TRITIUM_GRPC_KEEPALIVE_TIME", default_value_t = 7_200_000)]
+    /// Milliseconds between HTTP/2 keepalive pings; 0 (the default) sends none. Dead peers are
+    /// found anyway by TCP keepalive (see --grpc-tcp-keepalive-time).
+    #[arg(long, env = "TRITIUM_GRPC_KEEPALIVE_TIME", default_value_t = 0)]
     pub grpc_keepalive_time: u64,
+    /// Milliseconds of silence before the kernel probes a connection (TCP keepalive); 0 disables.
+    /// The default, 2 hours, is Triton's keepalive time.
+    #[arg(long, env = "TRITIUM_GRPC_TCP_KEEPALIVE_TIME", default_value_t = 7_200_000)]
+    pub grpc_tcp_keepalive_time: u64,
     /// Milliseconds to wait for a keepalive ping's answer before closing the connection.
     #[arg(long, env = "TRITIUM_GRPC_KEEPALIVE_TIMEOUT", default_value_t = 20_000)]
     pub grpc_keepalive_timeout: u64,
@@ -275,6 +280,8 @@ pub struct TransportConfig {
     pub max_frame_size: Option<u32>,
     pub keepalive_interval: Option<Duration>,
     pub keepalive_timeout: Duration,
+    /// Idle time before the kernel probes a connection.
+    pub tcp_keepalive: Option<Duration>,
     pub max_connection_age: Option<Duration>,
     pub max_connection_age_grace: Option<Duration>,
     pub response_compression: ResponseCompression,
@@ -288,8 +295,11 @@ impl Default for TransportConfig {
             initial_stream_window_size: None,
             adaptive_window: false,
             max_frame_size: None,
-            keepalive_interval: Some(Duration::from_secs(7200)),
+            // hyper's HTTP/2 keepalive takes a lock and reads the clock on every frame it
+            // receives; TCP keepalive finds dead peers at no cost per request.
+            keepalive_interval: None,
             keepalive_timeout: Duration::from_secs(20),
+            tcp_keepalive: Some(Duration::from_secs(7200)),
             max_connection_age: None,
             max_connection_age_grace: None,
             response_compression: ResponseCompression::None,
@@ -343,6 +353,7 @@ impl ServeArgs {
                 max_frame_size: grpc.grpc_max_frame_size,
                 keepalive_interval: millis(grpc.grpc_keepalive_time),
                 keepalive_timeout: Duration::from_millis(grpc.grpc_keepalive_timeout),
+                tcp_keepalive: millis(grpc.grpc_tcp_keepalive_time),
                 max_connection_age: millis(grpc.grpc_max_connection_age),
                 max_connection_age_grace: millis(grpc.grpc_max_connection_age_grace),
                 response_compression: grpc.grpc_response_compression,

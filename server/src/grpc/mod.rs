@@ -2,6 +2,7 @@
 //! readiness, and server reflection (v1 and v1alpha).
 
 pub mod convert;
+mod dispatch;
 pub mod health;
 pub mod metadata;
 pub mod service;

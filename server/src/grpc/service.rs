@@ -10,7 +10,7 @@ use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceServic
 use tritium_proto::inference::model_repository_parameter::ParameterChoice as RepoParam;
 use tritium_proto::inference::system_shared_memory_status_response::RegionStatus;
 use tritium_proto::inference::*;
-use tritium_worker::{InferOutcome, ModelRepository, WorkerClient, WorkerError, parse_version};
+use tritium_worker::{ModelRepository, WorkerError, parse_version};
 
 use super::convert::{decode_request, encode_response};
 use super::{metadata, settings, stream};
@@ -99,19 +99,11 @@ impl GrpcInferenceService for InferenceService {
         let decoded = decode_request(request.into_inner(), &self.state.shm, arrived)?;
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
-        let response = if self.state.llm.is_language_model(&decoded.request.model_name, decoded.request.model_version) {
-            let hint = crate::routing::hint_of(&decoded.request.parameters);
-            match crate::routing::WORKER_HINT.scope(hint, self.state.llm.infer_kserve(decoded.request, false)).await? {
-                InferOutcome::Single(response) => response,
-                InferOutcome::Stream(_) => return Err(ServerError::Internal("a unary call got a stream".into()).into()),
-            }
-        } else {
-            self.state.router.infer(decoded.request).await.map_err(ServerError::from)?
-        };
+        let response = super::dispatch::unary(&self.state, decoded.request).await?;
         reply(encode_response(response, &decoded.output_regions, &self.state.shm, None)?)
     }
 
-    type ModelStreamInferStream = tokio_stream::wrappers::ReceiverStream<Result<ModelStreamInferResponse, Status>>;
+    type ModelStreamInferStream = stream::StreamCall;
 
     async fn model_stream_infer(
         &self,

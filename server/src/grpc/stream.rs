@@ -3,26 +3,23 @@
 //! request id and the stream stays open, unless the client opened it with the
 //! `triton_grpc_error: true` header: then the first error ends the call with its real status.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use futures::stream::{FuturesOrdered, SelectAll};
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::{Status, Streaming};
 use tritium_proto::inference::{ModelInferRequest, ModelInferResponse, ModelStreamInferResponse};
 use tritium_worker::{InferOutcome, StreamItem};
 
 use super::convert::{decode_request, empty_final, encode_response};
 use super::service::GrpcState;
-use tritium_worker::WorkerClient;
 
 use crate::error::ServerError;
-
-/// Responses written ahead of a slow reader before request handling waits.
-const OUTBOX: usize = 64;
 
 /// Requests of one stream in flight at once; beyond it the stream stops reading, and HTTP/2
 /// flow control pushes back on the client.
@@ -73,12 +70,7 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
     };
     let regions = decoded.output_regions;
     let empty_final_wanted = decoded.enable_empty_final;
-    let outcome = if state.llm.is_language_model(&decoded.request.model_name, decoded.request.model_version) {
-        let hint = crate::routing::hint_of(&decoded.request.parameters);
-        crate::routing::WORKER_HINT.scope(hint, state.llm.infer_kserve(decoded.request, true)).await
-    } else {
-        state.router.infer_stream(decoded.request).await.map_err(ServerError::from)
-    };
+    let outcome = super::dispatch::streamed(&state, decoded.request).await;
     match outcome {
         Err(e) => Answer::Now(in_band(&label, e, grpc_errors)),
         Ok(InferOutcome::Single(response)) => Answer::Now(
@@ -107,57 +99,110 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
     }
 }
 
-/// Starts the task that serves one ModelStreamInfer call and returns its response stream.
-pub fn serve(state: Arc<GrpcState>, mut incoming: Streaming<ModelInferRequest>, grpc_errors: bool) -> ReceiverStream<Reply> {
-    let (outbox, replies) = mpsc::channel::<Reply>(OUTBOX);
-    tokio::spawn(async move {
-        let mut in_order = FuturesOrdered::new();
-        let mut interleaved: SelectAll<ReplyStream> = SelectAll::new();
-        let mut reading = true;
-        loop {
-            if !reading && in_order.is_empty() && interleaved.is_empty() {
-                return;
-            }
-            let reply = tokio::select! {
-                message = incoming.message(), if reading && in_order.len() + interleaved.len() < MAX_IN_FLIGHT => {
-                    match message {
-                        Ok(Some(request)) => in_order.push_back(answer(Arc::clone(&state), request, grpc_errors)),
-                        Ok(None) => reading = false,
-                        // The client reset the stream or sent something undecodable.
-                        Err(status) => {
-                            let _ = outbox.send(Err(status)).await;
-                            return;
-                        }
-                    }
-                    continue;
+type AnswerFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// One ModelStreamInfer call, served as hyper polls for its next response: reading requests,
+/// running them and yielding replies all happen in the call's own task, with no task or channel
+/// between. When the client stops reading responses, hyper stops polling, so requests stop being
+/// read too and HTTP/2 flow control pushes back on the client.
+pub struct StreamCall {
+    state: Arc<GrpcState>,
+    incoming: Streaming<ModelInferRequest>,
+    grpc_errors: bool,
+    /// Plain requests, answered in the order they came.
+    in_order: FuturesOrdered<AnswerFuture>,
+    /// Responses of decoupled requests, as they are ready.
+    interleaved: SelectAll<ReplyStream>,
+    reading: bool,
+    /// An error ended the call (`triton_grpc_error` mode, or a broken request stream).
+    ended: bool,
+    stopping: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker `stopping` was last polled with.
+    stop_waker: Option<Waker>,
+}
+
+/// Serves one ModelStreamInfer call.
+pub fn serve(state: Arc<GrpcState>, incoming: Streaming<ModelInferRequest>, grpc_errors: bool) -> StreamCall {
+    let stopping = Box::pin(state.stopping.clone().cancelled_owned());
+    StreamCall {
+        state,
+        incoming,
+        grpc_errors,
+        in_order: FuturesOrdered::new(),
+        interleaved: SelectAll::new(),
+        reading: true,
+        ended: false,
+        stopping,
+        stop_waker: None,
+    }
+}
+
+impl StreamCall {
+    fn in_flight(&self) -> usize {
+        self.in_order.len() + self.interleaved.len()
+    }
+
+    fn end_with(&mut self, reply: Reply) -> Poll<Option<Reply>> {
+        // The first error ends the call; dropping the pending work cancels it.
+        self.ended |= reply.is_err();
+        Poll::Ready(Some(reply))
+    }
+}
+
+impl Stream for StreamCall {
+    type Item = Reply;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // On shutdown, stop taking requests, finish what is in flight, and end. A busy call is
+        // polled again as its work completes, so only an idle one waits on the token (polling
+        // that future on every call costs more than the check).
+        if this.reading && this.state.stopping.is_cancelled() {
+            this.reading = false;
+        }
+        while this.reading && this.in_flight() < MAX_IN_FLIGHT {
+            match this.incoming.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(request))) => {
+                    this.in_order.push_back(Box::pin(answer(Arc::clone(&this.state), request, this.grpc_errors)));
                 }
-                Some(answer) = in_order.next(), if !in_order.is_empty() => match answer {
-                    Answer::Now(reply) => reply,
-                    Answer::Later(stream) => {
-                        interleaved.push(stream);
-                        continue;
-                    }
-                },
-                // A decoupled request that just ended yields None: look again at what is left.
-                reply = interleaved.next(), if !interleaved.is_empty() => match reply {
-                    Some(reply) => reply,
-                    None => continue,
-                },
-                _ = state.stopping.cancelled(), if reading => {
-                    reading = false;
-                    continue;
-                }
-                _ = outbox.closed() => return,
-            };
-            let failed = reply.is_err();
-            if outbox.send(reply).await.is_err() || failed {
-                // The client has gone, or an error ended the call in triton_grpc_error mode;
-                // dropping the pending work cancels it.
-                return;
+                Poll::Ready(None) => this.reading = false,
+                // The client reset the stream or sent something undecodable.
+                Poll::Ready(Some(Err(status))) => return this.end_with(Err(status)),
+                Poll::Pending => break,
             }
         }
-    });
-    ReceiverStream::new(replies)
+        while let Poll::Ready(Some(answer)) = this.in_order.poll_next_unpin(cx) {
+            match answer {
+                Answer::Now(reply) => return this.end_with(reply),
+                Answer::Later(stream) => this.interleaved.push(stream),
+            }
+        }
+        // A decoupled request that just ended is dropped by SelectAll, which then goes on with
+        // the others; None means none is left.
+        if !this.interleaved.is_empty() {
+            if let Poll::Ready(Some(reply)) = this.interleaved.poll_next_unpin(cx) {
+                return this.end_with(reply);
+            }
+        }
+        if this.in_flight() == 0 {
+            if !this.reading {
+                return Poll::Ready(None);
+            }
+            // hyper polls a body from its stream's task, so the waker is nearly always the one
+            // the token already holds.
+            let registered = this.stop_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if !registered {
+                if this.stopping.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                this.stop_waker = Some(cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
 }
 
 /// Whether the client asked for real status codes on stream errors.

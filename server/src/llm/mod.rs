@@ -64,7 +64,7 @@ impl LlmFrontend {
     /// Whether a KServe request for `model` (`version`, or the latest) is for a language model,
     /// whose requests come here. One registry lookup: it runs for every tensor request too.
     pub fn is_language_model(&self, model: &str, version: Option<i64>) -> bool {
-        self.repository.resolve(model, version).is_ok_and(|v| v.language_model().is_some())
+        self.repository.resolve(model, version).is_ok_and(|v| v.is_language_model())
     }
 
     /// Engine counters of every served language model, for `/metrics`.

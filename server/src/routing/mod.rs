@@ -325,7 +325,7 @@ impl Router {
 
     /// The in-process client when it alone can take requests for `model` (the single-process
     /// default): such requests skip scoring, bookkeeping and failover altogether.
-    fn sole_local(&self, model: &str) -> Option<Arc<dyn WorkerClient>> {
+    pub(crate) fn sole_local(&self, model: &str) -> Option<Arc<dyn WorkerClient>> {
         if self.options.mode == RouterMode::Direct {
             return None;
         }

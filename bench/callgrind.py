@@ -1,0 +1,129 @@
+"""Instructions per request, Tritium against the limit server, counted by callgrind.
+
+Timing on a shared 2-core VM moves by 10-30 % between runs (CPU steal); instruction counts do not: the same
+binaries and requests give the same totals whatever else the machine does. So this is how a change to the request
+path is judged, before the perf_analyzer run (`bench/run.sh`) that reports what users see.
+
+Each server runs under `valgrind --tool=callgrind` on an ephemeral port. The driver (tritonclient, one thread)
+sends WARMUP requests, zeroes the counters, sends REQUESTS more, one at a time (ModelInfer, then the same over one
+ModelStreamInfer stream), and dumps the counters: the server's user-space instructions per request, all its
+threads together. Kernel time (syscalls, wakeups) is not counted; `bench/run.sh` measures that as CPU seconds.
+
+    .venv/bin/python bench/callgrind.py           # about 2 min; needs valgrind and release builds
+    REQUESTS=5000 .venv/bin/python bench/callgrind.py
+
+The dumps stay in the work directory it prints, for `callgrind_annotate --inclusive=yes <dump>`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release"
+REQUESTS = int(os.environ.get("REQUESTS", "2000"))
+WARMUP = int(os.environ.get("WARMUP", "200"))
+STARTUP_TIMEOUT = float(os.environ.get("STARTUP_TIMEOUT", "300"))
+
+SERVERS = {
+    "Tritium": [str(TARGET / "tritium"), "serve", "--grpc-address", "127.0.0.1", "--grpc-port", "0"],
+    "limit": [str(TARGET / "limit-server"), "--grpc-address", "127.0.0.1", "--grpc-port", "0"],
+}
+# Tritium logs "serving gRPC on ADDR"; the limit prints "limit ready grpc=ADDR".
+READY = re.compile(r"(?:serving gRPC on |ready grpc=)(\S+)")
+
+
+def unary(client: grpcclient.InferenceServerClient, inputs, outputs, count: int) -> None:
+    for _ in range(count):
+        client.infer("identity", inputs, outputs=outputs)
+
+
+def streamed(client: grpcclient.InferenceServerClient, inputs, outputs, count: int) -> None:
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(lambda result, error: answers.put(error))
+    try:
+        for _ in range(count):
+            client.async_stream_infer("identity", inputs, outputs=outputs)
+            error = answers.get(timeout=60)
+            if error is not None:
+                raise RuntimeError(f"stream request failed: {error}")
+    finally:
+        client.stop_stream()
+
+
+def total_instructions(dump: pathlib.Path) -> int:
+    """The `summary:` (or `totals:`) line of a callgrind dump: events counted since the last zeroing."""
+    for line in dump.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
+
+
+def measure(name: str, command: list[str], work: pathlib.Path) -> dict[str, float]:
+    log = work / f"{name}.log"
+    out = work / f"callgrind.{name}.%p"
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        address = None
+        while address is None:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start; see {log}")
+            found = READY.search(log.read_text())
+            address = found.group(1) if found else None
+            time.sleep(0.2)
+        client = grpcclient.InferenceServerClient(address)
+        tensor = grpcclient.InferInput("INPUT0", [16], "FP32")
+        tensor.set_data_from_numpy(np.arange(16, dtype=np.float32))
+        inputs, outputs = [tensor], [grpcclient.InferRequestedOutput("OUTPUT0")]
+        result = {}
+        for mode, run in (("ModelInfer", unary), ("ModelStreamInfer", streamed)):
+            run(client, inputs, outputs, WARMUP)
+            subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True)
+            run(client, inputs, outputs, REQUESTS)
+            before = set(work.glob(f"callgrind.{name}.{server.pid}.*"))
+            subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
+            dump = max(set(work.glob(f"callgrind.{name}.{server.pid}.*")) - before, key=lambda p: p.stat().st_mtime)
+            dump.rename(work / f"callgrind.{name}.{mode}")
+            result[mode] = total_instructions(work / f"callgrind.{name}.{mode}") / REQUESTS
+        client.close()
+        return result
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def main() -> int:
+    for binary in ("tritium", "limit-server"):
+        if not (TARGET / binary).exists():
+            print(f"callgrind: {TARGET / binary} is missing: cargo build --release -p tritium-server -p tritium-bench",
+                  file=sys.stderr)
+            return 1
+    work = pathlib.Path(tempfile.mkdtemp(prefix="tritium-callgrind-"))
+    print(f"callgrind: {REQUESTS} requests per mode after {WARMUP} to warm up; dumps in {work}", flush=True)
+    results = {name: measure(name, command, work) for name, command in SERVERS.items()}
+    print()
+    print("| call | Tritium instructions / request | limit instructions / request | Tritium / limit |")
+    print("|---|---:|---:|---:|")
+    for mode in ("ModelInfer", "ModelStreamInfer"):
+        ours, limit = results["Tritium"][mode], results["limit"][mode]
+        print(f"| {mode} | {ours:,.0f} | {limit:,.0f} | {ours / limit:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
