@@ -166,7 +166,18 @@ impl Stream for StreamCall {
         while this.reading && this.in_flight() < MAX_IN_FLIGHT {
             match this.incoming.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(request))) => {
-                    this.in_order.push_back(Box::pin(answer(Arc::clone(&this.state), request, this.grpc_errors)));
+                    let mut answer: AnswerFuture = Box::pin(answer(Arc::clone(&this.state), request, this.grpc_errors));
+                    // Most models answer without waiting: with nothing ahead of it in order, such
+                    // an answer goes out at once instead of through the ordered queue.
+                    if this.in_order.is_empty() {
+                        match answer.as_mut().poll(cx) {
+                            Poll::Ready(Answer::Now(reply)) => return this.end_with(reply),
+                            Poll::Ready(Answer::Later(stream)) => this.interleaved.push(stream),
+                            Poll::Pending => this.in_order.push_back(answer),
+                        }
+                    } else {
+                        this.in_order.push_back(answer);
+                    }
                 }
                 Poll::Ready(None) => this.reading = false,
                 // The client reset the stream or sent something undecodable.
