@@ -10,6 +10,9 @@ use tritium_server::config::{Cli, Command, ServeArgs, WorkerArgs};
 use tritium_server::worker_process::{WorkerProcess, default_worker_id};
 use tritium_server::logging::LogControl;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let logging = match &cli.command {

@@ -131,6 +131,10 @@ impl GrpcInferenceService for Limit {
     }
 }
 
+/// The same allocator as `tritium`, so that the two differ only in what they do per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     // One worker thread per available core, as `tritium serve` does.
