@@ -69,12 +69,29 @@ macro_rules! numeric_element {
             }
 
             fn write_slice_le(values: &[Self], out: &mut Vec<u8>) {
+                if cfg!(target_endian = "little") {
+                    // The memory layout is the wire layout: one memcpy. An element-wise copy
+                    // between two heap buffers a multiple of 4 KiB apart ran at a sixth of the
+                    // speed (store-to-load 4K aliasing), which hit every size under malloc's
+                    // mmap threshold.
+                    out.extend_from_slice(bytemuck::cast_slice(values));
+                    return;
+                }
                 // In-memory slices never exceed isize::MAX bytes, so this cannot overflow.
                 let start = out.len();
                 out.resize(start + values.len() * Self::SIZE, 0);
                 for (chunk, value) in out[start..].chunks_exact_mut(Self::SIZE).zip(values) {
                     chunk.copy_from_slice(&value.to_le_bytes());
                 }
+            }
+
+            fn read_slice_le(bytes: &[u8]) -> Vec<Self> {
+                let whole = &bytes[..bytes.len() / Self::SIZE * Self::SIZE];
+                if cfg!(target_endian = "little") {
+                    // Copies whatever the alignment of `bytes`.
+                    return bytemuck::pod_collect_to_vec(whole);
+                }
+                whole.chunks_exact(Self::SIZE).map(Self::read_le).collect()
             }
         }
     )*};
@@ -154,6 +171,8 @@ mod tests {
         assert_eq!(&bulk[1..], &one_by_one[..], "{:?}", T::DATATYPE);
         assert_eq!(one_by_one.len(), values.len() * T::SIZE);
         assert_eq!(T::read_slice_le(&one_by_one), values);
+        // Payloads sit anywhere in a request buffer: a misaligned slice reads the same.
+        assert_eq!(T::read_slice_le(&bulk[1..]), values);
         let singles: Vec<T> = one_by_one.chunks(T::SIZE).map(T::read_le).collect();
         assert_eq!(singles, values);
         assert_eq!(Some(T::SIZE), T::DATATYPE.element_size());
