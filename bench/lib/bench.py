@@ -95,10 +95,24 @@ class Run:
     wall_s: float = 0.0
     error: str = ""
     note: str = ""
+    # Share of the machine's CPU time the hypervisor took during the run (/proc/stat steal).
+    steal: float = 0.0
 
     @property
     def cpu_per_1k(self) -> float:
         return self.cpu_s / self.requests * 1000 if self.requests else float("nan")
+
+
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time by state (user, nice, system, idle, iowait, irq, softirq, steal), `/proc/stat`."""
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:9]]
+
+
+def steal_share(before: list[int], after: list[int]) -> float:
+    """The share of all CPU time between two readings that the hypervisor gave to someone else."""
+    delta = [b - a for a, b in zip(before, after)]
+    return delta[7] / sum(delta) if sum(delta) > 0 else 0.0
 
 
 @dataclass
@@ -236,7 +250,7 @@ class Bench:
             run.error = server.failed or "server is not running"
             return run
         with open(out_path, "wb") as out:
-            cpu0, t0 = server.cpu_seconds(), time.monotonic()
+            cpu0, t0, ticks0 = server.cpu_seconds(), time.monotonic(), cpu_ticks()
             proc = self.procs.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.work)
             try:
                 rc = proc.wait(timeout=timeout)
@@ -244,6 +258,7 @@ class Bench:
                 rc = None
             run.wall_s = time.monotonic() - t0
             run.cpu_s = server.cpu_seconds() - cpu0 if server.alive() else 0.0
+            run.steal = steal_share(ticks0, cpu_ticks())
             self.procs.stop(proc, grace=2)
         text = out_path.read_text(errors="replace")
         if not server.alive():

@@ -48,10 +48,28 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+def _value(run, attr: str) -> float:
+    value = getattr(run, attr) if run.ok else math.nan
+    return math.nan if value is None or math.isnan(value) or value == 0 else value
+
+
+def paired(runs: list, others: list, attr: str) -> str:
+    """The median over rounds of a run's figure over the other server's in the same round. Runs of one round are
+    minutes apart at most, so they share the machine's speed of the moment, which on a shared VM drifts by far more
+    (CPU steal) than the differences measured here; the ratio of the medians mixes rounds."""
+    theirs = {r.round: _value(r, attr) for r in others}
+    ratios = [_value(r, attr) / theirs[r.round] for r in runs if r.round in theirs]
+    ratios = [x for x in ratios if not math.isnan(x)]
+    return f"{statistics.median(ratios):.2f}x" if ratios else "–"
+
+
 def render(meta: dict, rows: list, variants: dict, runs: list) -> str:
     by = defaultdict(list)
     for r in runs:
         by[(r.row, r.server)].append(r)
+
+    def pair(row, other: str, attr: str) -> str:
+        return paired(by[(row.key, "tritium")], by[(row.key, other)], attr)
     cells = {key: Cell(v) for key, v in by.items()}
     labels = dict(meta["servers"])
     labels["triton"] = f"Triton {meta['triton_version']} (python backend)"
@@ -105,12 +123,16 @@ def render(meta: dict, rows: list, variants: dict, runs: list) -> str:
         cols = [row.title, num(tn.infer_s), num(tr.infer_s)]
         if has_limit:
             cols.append(num(li.infer_s))
-        cols += [ratio(tr.infer_s, tn.infer_s), ratio(tr.cpu, tn.cpu)]
+        cols += [pair(row, "triton", "infer_s"), pair(row, "triton", "cpu_per_1k")]
         if has_limit:
-            cols += [ratio(tr.infer_s, li.infer_s), ratio(tr.p99, li.p99), ratio(tr.cpu, li.cpu)]
+            cols += [pair(row, "limit", "infer_s"), pair(row, "limit", "p99_us"), pair(row, "limit", "cpu_per_1k")]
         w("| " + " | ".join(cols) + " |")
     w("")
-    w("Ratios are Tritium's figure over the other's: above 1 is better for infer/s, below 1 is better for p99 and CPU.\n")
+    w("Ratios are Tritium's figure over the other's: above 1 is better for infer/s, below 1 is better for p99 and CPU. "
+      "Each is the median over rounds of the ratio within one round (Tritium's run against the other server's run "
+      "next to it), not the ratio of the medians: the machine's speed drifts between rounds (see `steal` under Every "
+      "run) by more than the differences measured, and runs of one round share it. Absolute figures are medians "
+      "over rounds.\n")  # fmt: skip
 
     # One table per row.
     group = None
@@ -139,9 +161,9 @@ def render(meta: dict, rows: list, variants: dict, runs: list) -> str:
                 name += f" ({c.ok}/{c.total} runs ok)"
             cols = [name, num(c.infer_s), num(c.p50), num(c.p99), cpu(c.cpu)]
             if key == "tritium":
-                cols.append(ratio(tr.infer_s, tn.infer_s))
+                cols.append(pair(row, "triton", "infer_s"))
                 if has_limit:
-                    cols += [ratio(tr.infer_s, li.infer_s), ratio(tr.cpu, li.cpu)]
+                    cols += [pair(row, "limit", "infer_s"), pair(row, "limit", "cpu_per_1k")]
             else:
                 cols += ["", "", ""] if has_limit else [""]
             w("| " + " | ".join(cols) + " |")
@@ -159,7 +181,6 @@ def render(meta: dict, rows: list, variants: dict, runs: list) -> str:
         w("| row | Tritium started with | infer/s | p50 µs | p99 µs | server CPU s / 1k req | infer/s vs (a) | CPU vs (a) |")
         w("|---|---|---:|---:|---:|---:|---:|---:|")
         for row in large:
-            base = cells.get((row.key, "tritium-tonic"), empty)
             entries = [("tritium", "default flags")] + [(k, short) for k, (_, short, _) in variants.items()]
             if has_limit:
                 entries.append(("limit", "limit server (tonic's defaults), for reference"))
@@ -171,16 +192,18 @@ def render(meta: dict, rows: list, variants: dict, runs: list) -> str:
                     w(f"| {row.title} | {label} | failed: {'; '.join(c.errors)} | | | | | |")
                     continue
                 w(f"| {row.title} | {label} | {num(c.infer_s)} | {num(c.p50)} | {num(c.p99)} | {cpu(c.cpu)} | "
-                  f"{ratio(c.infer_s, base.infer_s)} | {ratio(c.cpu, base.cpu)} |")  # fmt: skip
+                  f"{paired(by[(row.key, key)], by[(row.key, 'tritium-tonic')], 'infer_s')} | "
+                  f"{paired(by[(row.key, key)], by[(row.key, 'tritium-tonic')], 'cpu_per_1k')} |")  # fmt: skip
         w("")
 
     # Every run.
     w("## Every run\n")
-    w("| row | server | round | infer/s | p50 µs | p99 µs | requests | server CPU s | CPU s / 1k req | wall s | error |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("`steal`: the share of the machine's CPU time the hypervisor gave to other guests during the run (`/proc/stat`).\n")
+    w("| row | server | round | infer/s | p50 µs | p99 µs | requests | server CPU s | CPU s / 1k req | wall s | steal | error |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in runs:
         w(f"| {r.row} | {labels.get(r.server, r.server)} | {r.round} | {num(r.infer_s) if r.ok else '–'} | "
           f"{num(r.p50_us) if r.ok else '–'} | {num(r.p99_us) if r.ok else '–'} | {r.requests or '–'} | {r.cpu_s:.2f} | "
-          f"{cpu(r.cpu_per_1k) if r.ok else '–'} | {r.wall_s:.1f} | {r.error} |")  # fmt: skip
+          f"{cpu(r.cpu_per_1k) if r.ok else '–'} | {r.wall_s:.1f} | {r.steal:.0%} | {r.error} |")  # fmt: skip
     w("")
     return "\n".join(out)

@@ -193,10 +193,10 @@ impl Stream for StreamCall {
         }
         // A decoupled request that just ended is dropped by SelectAll, which then goes on with
         // the others; None means none is left.
-        if !this.interleaved.is_empty() {
-            if let Poll::Ready(Some(reply)) = this.interleaved.poll_next_unpin(cx) {
-                return this.end_with(reply);
-            }
+        if !this.interleaved.is_empty()
+            && let Poll::Ready(Some(reply)) = this.interleaved.poll_next_unpin(cx)
+        {
+            return this.end_with(reply);
         }
         if this.in_flight() == 0 {
             if !this.reading {
