@@ -210,16 +210,18 @@ pub struct GrpcArgs {
     /// Largest message accepted or sent, in bytes (default 2 GiB - 1, as Triton).
     #[arg(long, env = "TRITIUM_GRPC_MAX_MESSAGE_SIZE", default_value_t = i32::MAX as usize)]
     pub grpc_max_message_size: usize,
-    /// HTTP/2 connection-level flow-control window, bytes (alias env DYN_GRPC_INITIAL_CONNECTION_WINDOW_SIZE).
+    /// HTTP/2 connection-level flow-control window, bytes (alias env DYN_GRPC_INITIAL_CONNECTION_WINDOW_SIZE;
+    /// default 16 MiB).
     #[arg(long, env = "TRITIUM_GRPC_INITIAL_CONNECTION_WINDOW_SIZE")]
     pub grpc_initial_connection_window_size: Option<u32>,
-    /// HTTP/2 stream-level flow-control window, bytes (alias env DYN_GRPC_INITIAL_STREAM_WINDOW_SIZE).
+    /// HTTP/2 stream-level flow-control window, bytes (alias env DYN_GRPC_INITIAL_STREAM_WINDOW_SIZE;
+    /// default 16 MiB).
     #[arg(long, env = "TRITIUM_GRPC_INITIAL_STREAM_WINDOW_SIZE")]
     pub grpc_initial_stream_window_size: Option<u32>,
     /// Let HTTP/2 size its windows from a bandwidth-delay estimate (overrides the fixed sizes).
     #[arg(long, env = "TRITIUM_GRPC_ADAPTIVE_WINDOW")]
     pub grpc_adaptive_window: bool,
-    /// Largest HTTP/2 frame the server accepts, bytes.
+    /// Largest HTTP/2 frame the server accepts, bytes (default 1 MiB).
     #[arg(long, env = "TRITIUM_GRPC_MAX_FRAME_SIZE")]
     pub grpc_max_frame_size: Option<u32>,
     /// Milliseconds between HTTP/2 keepalive pings; 0 (the default) sends none. Dead peers are
@@ -287,14 +289,23 @@ pub struct TransportConfig {
     pub response_compression: ResponseCompression,
 }
 
+/// HTTP/2 flow-control windows, connection and stream: a 4 MiB tensor crosses in one window
+/// instead of waiting for four WINDOW_UPDATEs (bench/README.md, "HTTP/2 windows"). A connection
+/// holds at most this much that the server has not read yet.
+pub const DEFAULT_WINDOW: u32 = 16 << 20;
+
+/// Largest frame clients may send: large tensors arrive in 64x fewer frames than with HTTP/2's
+/// 16 KiB, each one copied once.
+pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
+
 impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             max_message_size: i32::MAX as usize,
-            initial_connection_window_size: None,
-            initial_stream_window_size: None,
+            initial_connection_window_size: Some(DEFAULT_WINDOW),
+            initial_stream_window_size: Some(DEFAULT_WINDOW),
             adaptive_window: false,
-            max_frame_size: None,
+            max_frame_size: Some(DEFAULT_MAX_FRAME),
             // hyper's HTTP/2 keepalive takes a lock and reads the clock on every frame it
             // receives; TCP keepalive finds dead peers at no cost per request.
             keepalive_interval: None,
@@ -345,12 +356,14 @@ impl ServeArgs {
                 max_message_size: grpc.grpc_max_message_size,
                 initial_connection_window_size: grpc
                     .grpc_initial_connection_window_size
-                    .or_else(|| env_u32("DYN_GRPC_INITIAL_CONNECTION_WINDOW_SIZE")),
+                    .or_else(|| env_u32("DYN_GRPC_INITIAL_CONNECTION_WINDOW_SIZE"))
+                    .or(Some(DEFAULT_WINDOW)),
                 initial_stream_window_size: grpc
                     .grpc_initial_stream_window_size
-                    .or_else(|| env_u32("DYN_GRPC_INITIAL_STREAM_WINDOW_SIZE")),
+                    .or_else(|| env_u32("DYN_GRPC_INITIAL_STREAM_WINDOW_SIZE"))
+                    .or(Some(DEFAULT_WINDOW)),
                 adaptive_window: grpc.grpc_adaptive_window,
-                max_frame_size: grpc.grpc_max_frame_size,
+                max_frame_size: grpc.grpc_max_frame_size.or(Some(DEFAULT_MAX_FRAME)),
                 keepalive_interval: millis(grpc.grpc_keepalive_time),
                 keepalive_timeout: Duration::from_millis(grpc.grpc_keepalive_timeout),
                 tcp_keepalive: millis(grpc.grpc_tcp_keepalive_time),

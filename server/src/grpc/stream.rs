@@ -119,6 +119,7 @@ pub struct StreamCall {
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The waker `stopping` was last polled with.
     stop_waker: Option<Waker>,
+    interleaved_first: bool,
 }
 
 /// Serves one ModelStreamInfer call.
@@ -134,6 +135,7 @@ pub fn serve(state: Arc<GrpcState>, incoming: Streaming<ModelInferRequest>, grpc
         ended: false,
         stopping,
         stop_waker: None,
+        interleaved_first: false,
     }
 }
 
@@ -162,6 +164,15 @@ impl Stream for StreamCall {
         // that future on every call costs more than the check).
         if this.reading && this.state.stopping.is_cancelled() {
             this.reading = false;
+        }
+        // Every other poll, decoupled responses go first, so that a flood of requests answered
+        // at once cannot hold them back.
+        this.interleaved_first = !this.interleaved_first;
+        if this.interleaved_first
+            && !this.interleaved.is_empty()
+            && let Poll::Ready(Some(reply)) = this.interleaved.poll_next_unpin(cx)
+        {
+            return this.end_with(reply);
         }
         while this.reading && this.in_flight() < MAX_IN_FLIGHT {
             match this.incoming.poll_next_unpin(cx) {

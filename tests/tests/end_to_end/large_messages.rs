@@ -62,14 +62,16 @@ async fn a_64_mib_tensor_round_trips_on_a_stream() {
 #[tokio::test]
 async fn tuned_http2_windows_serve_it_too() {
     let tensor = big_tensor();
-    let fixed = TransportConfig {
-        initial_connection_window_size: Some(16 << 20),
-        initial_stream_window_size: Some(16 << 20),
+    // The default is 16 MiB windows and 1 MiB frames: also hyper's own defaults, the adaptive
+    // window, and HTTP/2's smallest (64 KiB - 1 windows, 16 KiB frames).
+    let sized = |window: u32, frame: u32| TransportConfig {
+        initial_connection_window_size: Some(window),
+        initial_stream_window_size: Some(window),
+        max_frame_size: Some(frame),
         ..TransportConfig::default()
     };
     let adaptive = TransportConfig { adaptive_window: true, ..TransportConfig::default() };
-    let framed = TransportConfig { max_frame_size: Some(1 << 20), ..TransportConfig::default() };
-    for transport in [fixed, adaptive, framed] {
+    for transport in [sized(1 << 20, 16 << 10), adaptive, sized(65_535, 16 << 10)] {
         let server = TestServer::start(ServerConfig { transport: transport.clone(), ..ServerConfig::default() }, None).await;
         let mut client = server.client().await;
         echo_unary(&mut client, &tensor).await;
