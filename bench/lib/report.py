@@ -92,6 +92,10 @@ def render(meta: dict, rows: list, variants: dict, runs: list) -> str:
     large = ", ".join(f"{k}: 3 windows of {n} requests" for k, n in s["large_count"].items())
     w(f"- **Per run:** {small}; large tensors count windows ({large}), perf_analyzer capped at {s['mem_cap_gib']} GiB "
       f"of address space; {s['rounds']} round(s), servers alternating within each row; figures are medians over rounds")  # fmt: skip
+    if "max_steal" in s:
+        w(f"- **Steal:** a run during which the hypervisor took more than {s['max_steal']:.0%} of the machine's CPU time "
+          f"(`/proc/stat` steal) was run again, up to {s['steal_tries']} tries; the last try is kept (`tries`, `steal` "
+          "under Every run)")  # fmt: skip
     if s["quick"]:
         w("- **QUICK=1:** smoke-test settings; these numbers are not for comparison")
     w("")
@@ -199,11 +203,11 @@ def render(meta: dict, rows: list, variants: dict, runs: list) -> str:
     # Every run.
     w("## Every run\n")
     w("`steal`: the share of the machine's CPU time the hypervisor gave to other guests during the run (`/proc/stat`).\n")
-    w("| row | server | round | infer/s | p50 µs | p99 µs | requests | server CPU s | CPU s / 1k req | wall s | steal | error |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("| row | server | round | infer/s | p50 µs | p99 µs | requests | server CPU s | CPU s / 1k req | wall s | steal | tries | error |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in runs:
         w(f"| {r.row} | {labels.get(r.server, r.server)} | {r.round} | {num(r.infer_s) if r.ok else '–'} | "
           f"{num(r.p50_us) if r.ok else '–'} | {num(r.p99_us) if r.ok else '–'} | {r.requests or '–'} | {r.cpu_s:.2f} | "
-          f"{cpu(r.cpu_per_1k) if r.ok else '–'} | {r.wall_s:.1f} | {r.steal:.0%} | {r.error} |")  # fmt: skip
+          f"{cpu(r.cpu_per_1k) if r.ok else '–'} | {r.wall_s:.1f} | {r.steal:.0%} | {r.tries} | {r.error} |")  # fmt: skip
     w("")
     return "\n".join(out)
