@@ -42,12 +42,6 @@ def cpu(x: float) -> str:
     return f"{x:.3f}" if x < 10 else f"{x:,.1f}"
 
 
-def ratio(a: float, b: float) -> str:
-    if math.isnan(a) or math.isnan(b) or b == 0:
-        return "–"
-    return f"{a / b:.2f}x"
-
-
 def _value(run, attr: str) -> float:
     value = getattr(run, attr) if run.ok else math.nan
     return math.nan if value is None or math.isnan(value) or value == 0 else value
