@@ -34,6 +34,11 @@ use tritium_worker::llm::{
 
 type Error = Box<dyn std::error::Error>;
 
+/// The server's allocator: the engine allocates every step, so "engine alone" must run it on the
+/// same one as `tritium serve` or the comparison holds the allocators' difference.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 struct Args {
     /// The GGUF (or Hugging Face folder) to load.
