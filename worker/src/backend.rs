@@ -61,11 +61,21 @@ pub trait Backend: Send + Sync + 'static {
 pub struct BackendRequest {
     pub inputs: Vec<Tensor>,
     pub parameters: Parameters,
-    /// Cancelled when the client goes away; long-running backends should check it.
-    pub cancel: CancellationToken,
+    /// Cancelled when the client goes away; long-running backends should check it through
+    /// [`BackendRequest::cancelled`]. `None` where only dropping the call cancels it (a plain
+    /// model's request, whose future is dropped with the call): that saves a token per request.
+    pub cancel: Option<CancellationToken>,
 }
 
 impl BackendRequest {
+    /// Resolves when the request is cancelled; never, for one only dropping can cancel.
+    pub async fn cancelled(&self) {
+        match &self.cancel {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// The input called `name`; optional inputs may be absent.
     pub fn input(&self, name: &str) -> Result<&Tensor, BackendError> {
         self.inputs

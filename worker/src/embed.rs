@@ -240,7 +240,6 @@ mod tests {
     use std::time::Instant;
 
     use tokenizers::Tokenizer;
-    use tokio_util::sync::CancellationToken;
     use tritium_proto::inference::ModelParameter;
 
     use super::*;
@@ -379,7 +378,7 @@ mod tests {
         assert_eq!(embedder.card().kind, ModelKind::Embed);
         assert!(backend.language_model().is_none());
 
-        let request = BackendRequest { inputs: Vec::new(), parameters: Vec::new(), cancel: CancellationToken::new() };
+        let request = BackendRequest { inputs: Vec::new(), parameters: Vec::new(), cancel: None };
         let error = backend.execute(request, &mut Responder::single()).await.unwrap_err();
         assert_eq!(error.code(), ErrorCode::Unsupported);
         assert_eq!(error.to_string(), "the model 'minilm' is an embedding model; use /v1/embeddings");

@@ -44,7 +44,7 @@ pub mod worker;
 pub use backend::{Backend, BackendContext, BackendError, BackendRegistry, BackendRequest, Responder};
 pub use error::WorkerError;
 pub use model::ModelVersion;
-pub use registry::{ControlMode, DeclaredModel, IndexEntry, ModelRepository, ModelState, RepositoryOptions, ServedModel};
+pub use registry::{ByName, ControlMode, DeclaredModel, IndexEntry, ModelRepository, ModelState, RepositoryOptions, ServedModel};
 pub use request::{InferenceRequest, InferenceResponse, ParamValue, Parameters, parse_version};
 pub use stats::StatsSnapshot;
 pub use worker::{InferOutcome, LocalWorker, ResponseStream, StreamItem, WorkerClient};

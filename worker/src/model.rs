@@ -90,11 +90,13 @@ impl ModelVersion {
     fn record_success(&self, timing: &Timing, inferred: Instant, batch: u64) {
         let stats = &self.stats;
         let done = Instant::now();
-        stats.queue.record(timing.started - timing.arrived);
-        stats.compute_input.record(timing.validated - timing.started);
-        stats.compute_infer.record(inferred - timing.validated);
-        stats.compute_output.record(done - inferred);
-        stats.success.record(done - timing.arrived);
+        let (queue, input, infer) = (timing.started - timing.arrived, timing.validated - timing.started, inferred - timing.validated);
+        stats.queue.record(queue);
+        stats.compute_input.record(input);
+        stats.compute_infer.record(infer);
+        let output = done - inferred;
+        stats.compute_output.record(output);
+        stats.success.record(queue + input + infer + output);
         stats.record_execution(batch);
     }
 
@@ -127,7 +129,7 @@ impl ModelVersion {
         let backend_request = BackendRequest {
             inputs: std::mem::take(&mut request.inputs),
             parameters: std::mem::take(&mut request.parameters),
-            cancel: CancellationToken::new(),
+            cancel: None,
         };
         let result = self.backend.execute(backend_request, &mut responder).await;
         let inferred = Instant::now();
@@ -159,7 +161,7 @@ impl ModelVersion {
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let cancel = CancellationToken::new();
         let backend_request =
-            BackendRequest { inputs: std::mem::take(&mut request.inputs), parameters: std::mem::take(&mut request.parameters), cancel: cancel.clone() };
+            BackendRequest { inputs: std::mem::take(&mut request.inputs), parameters: std::mem::take(&mut request.parameters), cancel: Some(cancel.clone()) };
         let mut responder = Responder::stream(StreamTarget {
             sender: sender.clone(),
             model_name: Arc::clone(&self.name),

@@ -146,14 +146,18 @@ const BUILTIN_MODELS: &[(&str, &str)] = &[
     ("repeat", include_str!("../models/repeat.pbtxt")),
 ];
 
+/// A map looked up by model name on every request: foldhash, not SipHash, since its keys are the
+/// models the operator configured (a client's name is only looked up, never inserted).
+pub type ByName<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 #[derive(Debug)]
 pub struct ModelRepository {
     options: RepositoryOptions,
     backends: BackendRegistry,
-    served: ArcSwap<HashMap<String, Arc<ServedModel>>>,
+    served: ArcSwap<ByName<Arc<ServedModel>>>,
     /// Models workers in other processes serve, shown beside the local ones; a local model of
     /// the same name wins.
-    remote: ArcSwap<HashMap<String, Arc<ServedModel>>>,
+    remote: ArcSwap<ByName<Arc<ServedModel>>>,
     unserved: Mutex<BTreeMap<String, Unserved>>,
     /// Repository states that failed to reload while an older load kept serving.
     rejected: Mutex<HashMap<String, u64>>,
@@ -168,8 +172,8 @@ impl ModelRepository {
         let repository = Arc::new(ModelRepository {
             options,
             backends,
-            served: ArcSwap::from_pointee(HashMap::new()),
-            remote: ArcSwap::from_pointee(HashMap::new()),
+            served: ArcSwap::from_pointee(ByName::default()),
+            remote: ArcSwap::from_pointee(ByName::default()),
             unserved: Mutex::new(BTreeMap::new()),
             rejected: Mutex::new(HashMap::new()),
             lifecycle: Mutex::new(()),
@@ -234,7 +238,7 @@ impl ModelRepository {
 
     /// Replaces the models served by workers in other processes.
     pub fn set_remote_models(&self, models: Vec<Arc<ServedModel>>) {
-        let next: HashMap<String, Arc<ServedModel>> = models.into_iter().map(|m| (m.name.clone(), m)).collect();
+        let next: ByName<Arc<ServedModel>> = models.into_iter().map(|m| (m.name.clone(), m)).collect();
         let current = self.remote.load();
         // Stand-ins are rebuilt on every discovery change; only new or changed versions count.
         let same = |a: &ServedModel, b: &ServedModel| {
@@ -433,7 +437,7 @@ impl ModelRepository {
     fn load_source(&self, source: &ModelSource, config_json: Option<&str>, cause: LoadCause) -> Result<(), WorkerError> {
         match self.build(source, config_json) {
             Ok(model) => {
-                let mut next = HashMap::clone(&self.served.load());
+                let mut next = ByName::clone(&self.served.load());
                 next.insert(source.name.clone(), Arc::new(model));
                 self.served.store(Arc::new(next));
                 self.lock_unserved().remove(&source.name);
@@ -498,7 +502,7 @@ impl ModelRepository {
         let current = self.served.load();
         let Some(model) = current.get(name) else { return };
         let versions: Vec<i64> = model.versions.keys().copied().collect();
-        let mut next = HashMap::clone(&current);
+        let mut next = ByName::clone(&current);
         next.remove(name);
         self.served.store(Arc::new(next));
         self.lock_rejected().remove(name);

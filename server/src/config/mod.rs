@@ -232,7 +232,8 @@ pub struct GrpcArgs {
     /// The default, 2 hours, is Triton's keepalive time.
     #[arg(long, env = "TRITIUM_GRPC_TCP_KEEPALIVE_TIME", default_value_t = 7_200_000)]
     pub grpc_tcp_keepalive_time: u64,
-    /// Milliseconds to wait for a keepalive ping's answer before closing the connection.
+    /// Milliseconds to wait for a keepalive ping's answer before closing the connection; only
+    /// matters when --grpc-keepalive-time turns pings on.
     #[arg(long, env = "TRITIUM_GRPC_KEEPALIVE_TIMEOUT", default_value_t = 20_000)]
     pub grpc_keepalive_timeout: u64,
     /// Milliseconds after which a connection is asked to go away (GOAWAY) so load balancers can

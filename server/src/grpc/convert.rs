@@ -274,7 +274,7 @@ pub fn encode_response(
     }
     Ok(ModelInferResponse {
         model_name: response.model_name.to_string(),
-        model_version: response.model_version.to_string(),
+        model_version: itoa::Buffer::new().format(response.model_version).to_owned(),
         id: response.id,
         parameters,
         outputs,

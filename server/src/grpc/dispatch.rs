@@ -17,9 +17,9 @@ enum Target {
 }
 
 fn target(state: &GrpcState, request: &InferenceRequest) -> Result<Target, ServerError> {
-    if let Some(repository) = state.router.sole_local(&request.model_name).as_deref().and_then(|c| c.local_repository()) {
-        // The same lookup, and so the same error, as the in-process worker would make.
-        let model = repository.resolve(&request.model_name, request.model_version)?;
+    // The same lookup, and so the same error, as the in-process worker would make.
+    if let Some(resolved) = state.router.resolve_sole_local(&request.model_name, request.model_version) {
+        let model = resolved?;
         return Ok(if model.is_language_model() { Target::Language } else { Target::Local(model) });
     }
     Ok(if state.llm.is_language_model(&request.model_name, request.model_version) { Target::Language } else { Target::Routed })

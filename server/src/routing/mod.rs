@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tritium_worker::kv::block_hashes;
-use tritium_worker::{ModelRepository, WorkerClient, WorkerError};
+use tritium_worker::{ByName, ModelRepository, ModelVersion, WorkerClient, WorkerError};
 
 pub use failover::hint_of;
 pub use follow::{follow_discovery, follow_events, publish_worker};
@@ -91,7 +91,7 @@ pub struct Router {
     /// Every worker known from discovery (and in-process clients handed over), by id.
     members: Mutex<HashMap<Arc<str>, (Member, WorkerAddress)>>,
     /// Model name -> the workers serving it; replaced whole on every discovery change.
-    table: ArcSwap<HashMap<String, Route>>,
+    table: ArcSwap<ByName<Route>>,
     kv: Mutex<KvIndex>,
     loads: Arc<Mutex<HashMap<(String, String), LoadReport>>>,
     remote_models: RemoteModels,
@@ -136,7 +136,7 @@ impl Router {
             local_id,
             fallback: local,
             max_message_size,
-            table: ArcSwap::from_pointee(HashMap::new()),
+            table: ArcSwap::from_pointee(ByName::default()),
             kv: Mutex::new(KvIndex::new()),
             loads,
             turn: AtomicUsize::new(0),
@@ -326,13 +326,23 @@ impl Router {
     /// The in-process client when it alone can take requests for `model` (the single-process
     /// default): such requests skip scoring, bookkeeping and failover altogether.
     pub(crate) fn sole_local(&self, model: &str) -> Option<Arc<dyn WorkerClient>> {
+        self.with_sole_local(model, |client| Arc::clone(client))
+    }
+
+    /// The version of `model` the in-process worker would run, with its errors, when that worker
+    /// alone can take the model's requests (see [`Router::sole_local`]); `None` otherwise.
+    pub(crate) fn resolve_sole_local(&self, model: &str, version: Option<i64>) -> Option<Result<Arc<ModelVersion>, WorkerError>> {
+        self.with_sole_local(model, |client| client.local_repository().map(|r| r.resolve(model, version))).flatten()
+    }
+
+    fn with_sole_local<T>(&self, model: &str, f: impl FnOnce(&Arc<dyn WorkerClient>) -> T) -> Option<T> {
         if self.options.mode == RouterMode::Direct {
             return None;
         }
         match self.table.load().get(model) {
-            Some(route) if route.len() == 1 && route[0].local => Some(Arc::clone(&route[0].client)),
+            Some(route) if route.len() == 1 && route[0].local => Some(f(&route[0].client)),
             Some(_) => None,
-            None => Some(Arc::clone(&self.fallback)),
+            None => Some(f(&self.fallback)),
         }
     }
 

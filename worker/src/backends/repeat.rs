@@ -41,7 +41,7 @@ impl Backend for Repeat {
             if !delay.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = request.cancel.cancelled() => return Err(BackendError::Cancelled),
+                    _ = request.cancelled() => return Err(BackendError::Cancelled),
                 }
             }
             // i < count <= i32::MAX, so the cast is exact.

@@ -77,11 +77,11 @@ impl DecoderConfig {
                 HF_ARCHITECTURES.join(", ")
             ));
         }
-        if hf.num_attention_heads == 0 || hf.hidden_size % hf.num_attention_heads != 0 && hf.head_dim.is_none() {
+        if hf.num_attention_heads == 0 || !hf.hidden_size.is_multiple_of(hf.num_attention_heads) && hf.head_dim.is_none() {
             return Err("config.json: hidden_size must divide by num_attention_heads".to_string());
         }
         let num_kv_heads = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
-        if num_kv_heads == 0 || hf.num_attention_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !hf.num_attention_heads.is_multiple_of(num_kv_heads) {
             return Err("config.json: num_attention_heads must be a multiple of num_key_value_heads".to_string());
         }
         let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads);
