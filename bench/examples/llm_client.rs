@@ -61,11 +61,7 @@ struct Record {
 
 fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let prompts: Vec<String> =
-        std::fs::read_to_string(&args.prompts)?.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
-    if prompts.is_empty() {
-        return Err(format!("{} holds no prompts", args.prompts.display()).into());
-    }
+    let prompts = tritium_bench::read_prompts(&args.prompts)?;
     // One thread: the point is a client that takes as little of the machine as it can.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     println!("ready");

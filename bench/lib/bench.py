@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report  # noqa: E402
-from servers import Processes, Server  # noqa: E402
+from servers import Processes, Server, cpu_ticks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
@@ -41,6 +41,14 @@ class Row:
     concurrency: int
     large: bool = False
     shape: str = ""  # --shape for every server ("" for add_sub's fixed shapes)
+    # Tensors in system shared memory both ways (perf_analyzer fills the regions once): only the request's
+    # metadata crosses gRPC, so the server is measured rather than the client's serialization. Triton and
+    # Tritium only: the limit server has no shared memory.
+    shm: bool = False
+
+
+def _shm(output_bytes: int) -> list[str]:
+    return ["--shared-memory", "system", "--output-shared-memory-size", str(output_bytes)]
 
 
 ROWS = [
@@ -53,6 +61,8 @@ ROWS = [
     Row("identity-stream-c4", "streaming", "identity FP32[16], --async --streaming, c=4", "identity", ["--async", "--streaming"], 4, shape="INPUT0:16"),
     Row("identity-4MiB", "large tensors", "identity FP32 4 MiB (1,048,576 floats), sync, c=1", "identity", [], 1, True, "INPUT0:1048576"),
     Row("identity-64MiB", "large tensors", "identity FP32 64 MiB (16,777,216 floats), sync, c=1", "identity", [], 1, True, "INPUT0:16777216"),
+    Row("identity-4MiB-shm", "large tensors in shared memory", "identity FP32 4 MiB in system shared memory, sync, c=1", "identity", _shm(4 << 20), 1, shape="INPUT0:1048576", shm=True),
+    Row("identity-64MiB-shm", "large tensors in shared memory", "identity FP32 64 MiB in system shared memory, sync, c=1", "identity", _shm(64 << 20), 1, shape="INPUT0:16777216", shm=True),
 ]  # fmt: skip
 
 # Tritium's HTTP/2 window variants (issue 4, item 2), measured on the large-tensor rows only:
@@ -103,12 +113,6 @@ class Run:
     @property
     def cpu_per_1k(self) -> float:
         return self.cpu_s / self.requests * 1000 if self.requests else float("nan")
-
-
-def cpu_ticks() -> list[int]:
-    """The machine's CPU time by state (user, nice, system, idle, iowait, irq, softirq, steal), `/proc/stat`."""
-    with open("/proc/stat") as f:
-        return [int(v) for v in f.readline().split()[1:9]]
 
 
 def steal_share(before: list[int], after: list[int]) -> float:
@@ -222,7 +226,7 @@ class Bench:
             progress(f"  {s.label} ready on {s.address}")
 
     def server_order(self, row: Row) -> list[str]:
-        order = ["triton", "tritium", "limit"]
+        order = ["triton", "tritium"] if row.shm else ["triton", "tritium", "limit"]
         if row.large:
             order += list(WINDOW_VARIANTS)
         return [k for k in order if k in self.servers]

@@ -66,7 +66,7 @@ def write_report(setup: Setup, results, info, load: float, elapsed: float) -> pa
         "",
         f"`.venv/bin/python bench/llm.py`: tritium {setup.rev}, release build, `tritium serve --model-path <gguf>` with the "
         f"default engine options (`--llm-max-sequences` 8). Each stream: its own prompt, greedy, `ignore_eos`, "
-        f"{setup.max_tokens} tokens. {setup.rounds} rounds; load average {load:.2f} at the start; {elapsed:.0f} s in all. "
+        f"{setup.max_tokens} tokens. {setup.rounds} rounds, each with freshly started processes; load average {load:.2f} at the start; {elapsed:.0f} s in all. "
         f"Every run waited for other work on the machine to drop under {setup.quiet_cores} cores and was run again (up to 3 "
         f"times) when other work took more during it, within {setup.quiet_wait:.0f} s of waiting in all; {kept} runs kept "
         "anyway (`other work` under Every round), and left out of the medians when the row has undisturbed rounds.",

@@ -33,6 +33,13 @@ def _proc_stats():
         yield stat[stat.rfind(b")") + 2 :].split()
 
 
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time by state, in clock ticks (user, nice, system, idle, iowait, irq, softirq, steal), from
+    `/proc/stat`."""
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:9]]
+
+
 def session_cpu_seconds(sid: int) -> float:
     """utime + stime of every live process in session ``sid`` (all threads), in seconds."""
     # fields[0] is field 3 (state): session is field 6, utime 14, stime 15.

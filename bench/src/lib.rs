@@ -9,8 +9,9 @@
 //!   validation, the BYTES codec, typed views) and `request_path` (a perf_analyzer-shaped request
 //!   through decode, the in-process worker, encode and serialization, with no network).
 //!
-//! This library holds what both share: the limit server's answers ([`limit`]) and requests
-//! shaped like the ones perf_analyzer sends ([`requests`]).
+//! This library holds what they share: the limit server's answers ([`limit`]), requests shaped
+//! like the ones perf_analyzer sends ([`requests`]), and the LLM examples' prompt file
+//! ([`read_prompts`]).
 //!
 //! ```
 //! use tritium_bench::{limit, requests};
@@ -26,3 +27,13 @@
 
 pub mod limit;
 pub mod requests;
+
+/// The prompts of `bench/llm.py`'s examples (`engine_itl`, `llm_client`): one per non-empty line.
+pub fn read_prompts(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let prompts: Vec<String> = text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    if prompts.is_empty() {
+        return Err(format!("{} holds no prompts", path.display()));
+    }
+    Ok(prompts)
+}
