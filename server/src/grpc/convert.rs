@@ -51,6 +51,10 @@ fn shm_ref(
     tensor: &str,
     params: &HashMap<String, InferParameter>,
 ) -> Result<Option<ShmRef>, ServerError> {
+    // Nearly every tensor comes without parameters.
+    if params.is_empty() {
+        return Ok(None);
+    }
     let invalid = |reason: String| ServerError::invalid(id, reason);
     let int = |key: &str| -> Result<Option<u64>, ServerError> {
         match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
