@@ -10,7 +10,8 @@ is taken from the engine, so only a client that costs next to nothing isolates t
 
 Builds the release `tritium` and the `engine_itl` and `llm_client` examples first (a no-op when they are fresh; NO_BUILD=1 uses what
 is in target/release). Every stream is greedy with ignore_eos, so each generates exactly MAX_TOKENS tokens; stream i
-takes PROMPTS[i]. Every round starts the server, the engine alone and the Rust clients afresh. Writes bench/results/llm-<UTC date>-<host>.md, and every run's figures in the .json beside it.
+takes PROMPTS[i]. Every round starts the server, the engine alone and the Rust clients afresh. Writes
+bench/results/llm-<UTC date>-<host>.md, and every run's figures in the .json beside it.
 The machine may be shared: each run first waits until work that is not this benchmark's uses less than QUIET_CORES
 cores, and runs again (3 tries) when such work took more during it; all that waiting shares one budget of QUIET_WAIT
 seconds per invocation, after which runs go ahead and are marked.

@@ -134,8 +134,8 @@ class Settings:
     startup_timeout: float
     out: Path
     command: str
-    max_steal: float = 0.10
-    steal_tries: int = 3
+    max_steal: float
+    steal_tries: int
     extra: dict = field(default_factory=dict)
 
 

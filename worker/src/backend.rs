@@ -184,8 +184,8 @@ impl Responder {
 /// Keeps the outputs a request asked for, in the backend's order; all of them when it asked for none.
 pub(crate) fn select_outputs(outputs: Vec<Tensor>, requested: &[String]) -> Vec<Tensor> {
     // Clients that name outputs mostly name them all, in the model's order.
-    let all_in_order = outputs.len() == requested.len() && outputs.iter().zip(requested).all(|(o, r)| o.name == *r);
-    if requested.is_empty() || all_in_order {
+    let all_in_order = || outputs.len() == requested.len() && outputs.iter().zip(requested).all(|(o, r)| o.name == *r);
+    if requested.is_empty() || all_in_order() {
         return outputs;
     }
     outputs.into_iter().filter(|o| requested.iter().any(|r| r == &o.name)).collect()

@@ -90,11 +90,13 @@ impl ModelVersion {
     fn record_success(&self, timing: &Timing, inferred: Instant, batch: u64) {
         let stats = &self.stats;
         let done = Instant::now();
-        let (queue, input, infer) = (timing.started - timing.arrived, timing.validated - timing.started, inferred - timing.validated);
+        let queue = timing.started - timing.arrived;
+        let input = timing.validated - timing.started;
+        let infer = inferred - timing.validated;
+        let output = done - inferred;
         stats.queue.record(queue);
         stats.compute_input.record(input);
         stats.compute_infer.record(infer);
-        let output = done - inferred;
         stats.compute_output.record(output);
         stats.success.record(queue + input + infer + output);
         stats.record_execution(batch);
