@@ -34,8 +34,8 @@ async fn language(state: &GrpcState, request: InferenceRequest, stream_call: boo
 pub async fn unary(state: &GrpcState, request: InferenceRequest) -> Result<InferenceResponse, ServerError> {
     match target(state, &request)? {
         Target::Local(model) => Ok(model.infer_unary(request).await?),
-        Target::Routed => Ok(state.router.infer(request).await?),
-        Target::Language => match language(state, request, false).await? {
+        Target::Routed => Ok(Box::pin(state.router.infer(request)).await?),
+        Target::Language => match Box::pin(language(state, request, false)).await? {
             InferOutcome::Single(response) => Ok(response),
             InferOutcome::Stream(_) => Err(ServerError::Internal("a unary call got a stream".into())),
         },
@@ -46,7 +46,7 @@ pub async fn unary(state: &GrpcState, request: InferenceRequest) -> Result<Infer
 pub async fn streamed(state: &GrpcState, request: InferenceRequest) -> Result<InferOutcome, ServerError> {
     match target(state, &request)? {
         Target::Local(model) => Ok(model.infer_any(request).await?),
-        Target::Routed => Ok(state.router.infer_stream(request).await?),
-        Target::Language => language(state, request, true).await,
+        Target::Routed => Ok(Box::pin(state.router.infer_stream(request)).await?),
+        Target::Language => Box::pin(language(state, request, true)).await,
     }
 }
