@@ -31,6 +31,9 @@ async fn language(state: &GrpcState, request: InferenceRequest, stream_call: boo
 }
 
 /// A ModelInfer request: exactly one response.
+///
+/// The routed and language-model futures are boxed: they are large, and inline they would double
+/// the size of every in-process request's future, which tonic moves and boxes per request.
 pub async fn unary(state: &GrpcState, request: InferenceRequest) -> Result<InferenceResponse, ServerError> {
     match target(state, &request)? {
         Target::Local(model) => Ok(model.infer_unary(request).await?),
