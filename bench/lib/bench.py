@@ -225,8 +225,13 @@ class Bench:
         for s in self.servers.values():
             progress(f"  {s.label} ready on {s.address}")
 
-    def server_order(self, row: Row) -> list[str]:
-        order = ["triton", "tritium"] if row.shm else ["triton", "tritium", "limit"]
+    def server_order(self, row: Row, rnd: int) -> list[str]:
+        # Tritium and the limit swap places every other round, so each follows Triton (whose run can leave it
+        # busy for a moment) in half the rounds, and neither carries the order's effect on their ratio alone.
+        if row.shm:
+            order = ["triton", "tritium"]
+        else:
+            order = ["triton", "tritium", "limit"] if rnd % 2 else ["triton", "limit", "tritium"]
         if row.large:
             order += list(WINDOW_VARIANTS)
         return [k for k in order if k in self.servers]
@@ -307,7 +312,7 @@ class Bench:
                 self.procs.stop(proc, grace=2)
 
     def measure(self) -> None:
-        plan = [(row, rnd, key) for row in self.cfg.rows for rnd in range(1, self.cfg.rounds + 1) for key in self.server_order(row)]
+        plan = [(row, rnd, key) for row in self.cfg.rows for rnd in range(1, self.cfg.rounds + 1) for key in self.server_order(row, rnd)]
         width = len(str(len(plan)))
         for i, (row, rnd, key) in enumerate(plan, 1):
             server = self.servers[key]
