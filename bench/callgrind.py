@@ -5,9 +5,10 @@ binaries and requests give the same totals whatever else the machine does. So th
 path is judged, before the perf_analyzer run (`bench/run.sh`) that reports what users see.
 
 Each server runs under `valgrind --tool=callgrind` on an ephemeral port. The driver (tritonclient, one thread)
-sends WARMUP requests, zeroes the counters, sends REQUESTS more, one at a time (ModelInfer, then the same over one
-ModelStreamInfer stream), and dumps the counters: the server's user-space instructions per request, all its
-threads together. Kernel time (syscalls, wakeups) is not counted; `bench/run.sh` measures that as CPU seconds.
+sends WARMUP requests, zeroes the counters, sends REQUESTS more, and dumps the counters: the server's user-space
+instructions per request, all its threads together. Three modes: ModelInfer one at a time; ModelInfer with DEPTH
+(16) in flight on one connection, as perf_analyzer's --async rows send them; and one at a time over one
+ModelStreamInfer stream. Kernel time (syscalls, wakeups) is not counted; `bench/run.sh` measures that as CPU seconds.
 
     .venv/bin/python bench/callgrind.py           # about 2 min; needs valgrind and release builds
     REQUESTS=5000 .venv/bin/python bench/callgrind.py
@@ -24,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -33,6 +35,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release"
 REQUESTS = int(os.environ.get("REQUESTS", "2000"))
 WARMUP = int(os.environ.get("WARMUP", "200"))
+DEPTH = int(os.environ.get("DEPTH", "16"))
 STARTUP_TIMEOUT = float(os.environ.get("STARTUP_TIMEOUT", "300"))
 
 SERVERS = {
@@ -48,6 +51,25 @@ def unary(client: grpcclient.InferenceServerClient, inputs, outputs, count: int)
         client.infer("identity", inputs, outputs=outputs)
 
 
+def concurrent(client: grpcclient.InferenceServerClient, inputs, outputs, count: int) -> None:
+    """ModelInfer with DEPTH requests in flight on one connection, as perf_analyzer's --async rows send them."""
+    slots = threading.Semaphore(DEPTH)
+    errors: list = []
+
+    def done(result, error) -> None:
+        if error is not None:
+            errors.append(error)
+        slots.release()
+
+    for _ in range(count):
+        slots.acquire()
+        client.async_infer("identity", inputs, done, outputs=outputs)
+    for _ in range(DEPTH):
+        slots.acquire()
+    if errors:
+        raise RuntimeError(f"{len(errors)} concurrent requests failed, the first: {errors[0]}")
+
+
 def streamed(client: grpcclient.InferenceServerClient, inputs, outputs, count: int) -> None:
     answers: queue.Queue = queue.Queue()
     client.start_stream(lambda result, error: answers.put(error))
@@ -59,6 +81,9 @@ def streamed(client: grpcclient.InferenceServerClient, inputs, outputs, count: i
                 raise RuntimeError(f"stream request failed: {error}")
     finally:
         client.stop_stream()
+
+
+MODES = {"ModelInfer": unary, f"ModelInfer-{DEPTH}-in-flight": concurrent, "ModelStreamInfer": streamed}
 
 
 def total_instructions(dump: pathlib.Path) -> int:
@@ -91,7 +116,7 @@ def measure(name: str, command: list[str], work: pathlib.Path) -> dict[str, floa
         tensor.set_data_from_numpy(np.arange(16, dtype=np.float32))
         inputs, outputs = [tensor], [grpcclient.InferRequestedOutput("OUTPUT0")]
         result = {}
-        for mode, run in (("ModelInfer", unary), ("ModelStreamInfer", streamed)):
+        for mode, run in MODES.items():
             run(client, inputs, outputs, WARMUP)
             subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True)
             run(client, inputs, outputs, REQUESTS)
@@ -119,7 +144,7 @@ def main() -> int:
     print()
     print("| call | Tritium instructions / request | limit instructions / request | Tritium / limit |")
     print("|---|---:|---:|---:|")
-    for mode in ("ModelInfer", "ModelStreamInfer"):
+    for mode in MODES:
         ours, limit = results["Tritium"][mode], results["limit"][mode]
         print(f"| {mode} | {ours:,.0f} | {limit:,.0f} | {ours / limit:.2f}x |")
     return 0
