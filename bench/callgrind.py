@@ -10,7 +10,7 @@ instructions per request, all its threads together. Three modes: ModelInfer one 
 (16) in flight on one connection, as perf_analyzer's --async rows send them; and one at a time over one
 ModelStreamInfer stream. Kernel time (syscalls, wakeups) is not counted; `bench/run.sh` measures that as CPU seconds.
 
-    .venv/bin/python bench/callgrind.py           # about 2 min; needs valgrind and release builds
+    .venv/bin/python bench/callgrind.py           # about 3 min; needs valgrind and release builds
     REQUESTS=5000 .venv/bin/python bench/callgrind.py
 
 The dumps stay in the work directory it prints, for `callgrind_annotate --inclusive=yes <dump>`.
