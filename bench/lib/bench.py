@@ -226,8 +226,8 @@ class Bench:
             progress(f"  {s.label} ready on {s.address}")
 
     def server_order(self, row: Row, rnd: int) -> list[str]:
-        # Tritium and the limit swap places every other round, so each follows Triton (whose run can leave it
-        # busy for a moment) in half the rounds, and neither carries the order's effect on their ratio alone.
+        # Tritium and the limit swap places every other round, so that whatever a place in the order does to a run
+        # (following Triton's run, or another one) falls on both alike.
         if row.shm:
             order = ["triton", "tritium"]
         else:
