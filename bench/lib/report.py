@@ -127,10 +127,10 @@ def render(meta: dict, rows: list, variants: dict, runs: list) -> str:
         w("| " + " | ".join(cols) + " |")
     w("")
     w("Ratios are Tritium's figure over the other's: above 1 is better for infer/s, below 1 is better for p99 and CPU. "
-      "Each is the median over rounds of the ratio within one round (Tritium's run against the other server's run "
-      "in the same round), not the ratio of the medians: the machine's speed drifts between rounds (see `steal` under Every "
-      "run) by more than the differences measured, and runs of one round share it. Absolute figures are medians "
-      "over rounds.\n")  # fmt: skip
+      "Each is the median over rounds of the ratio within one round (Tritium's run against the other server's "
+      "run in the same round), not the ratio of the medians: the machine's speed drifts between rounds (see `steal` "
+      "under Every run) by more than the differences measured, and runs of one round share it. Absolute figures are "
+      "medians over rounds.\n")  # fmt: skip
 
     # One table per row.
     group = None

@@ -1,6 +1,8 @@
 //! Where a decoded KServe request runs, shared by ModelInfer and ModelStreamInfer: a language
 //! model goes through the LLM frontend, anything else to the router. In the single-process
 //! default the model is resolved once, here, and run directly: no routing, no second lookup.
+//! The routed and language-model futures are boxed: they are large, and inline they would double
+//! the size of every in-process request's future, which tonic moves and boxes per request.
 
 use std::sync::Arc;
 
@@ -31,9 +33,6 @@ async fn language(state: &GrpcState, request: InferenceRequest, stream_call: boo
 }
 
 /// A ModelInfer request: exactly one response.
-///
-/// The routed and language-model futures are boxed: they are large, and inline they would double
-/// the size of every in-process request's future, which tonic moves and boxes per request.
 pub async fn unary(state: &GrpcState, request: InferenceRequest) -> Result<InferenceResponse, ServerError> {
     match target(state, &request)? {
         Target::Local(model) => Ok(model.infer_unary(request).await?),
