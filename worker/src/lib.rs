@@ -46,5 +46,5 @@ pub use error::WorkerError;
 pub use model::ModelVersion;
 pub use registry::{ByName, ControlMode, DeclaredModel, IndexEntry, ModelRepository, ModelState, RepositoryOptions, ServedModel};
 pub use request::{InferenceRequest, InferenceResponse, ParamValue, Parameters, parse_version};
-pub use stats::StatsSnapshot;
+pub use stats::{PhaseTimes, StatsSnapshot};
 pub use worker::{InferOutcome, LocalWorker, ResponseStream, StreamItem, WorkerClient};

@@ -12,7 +12,7 @@ use crate::error::WorkerError;
 use crate::params::parse_request_options;
 use crate::request::{InferenceRequest, InferenceResponse};
 use crate::schema::ModelSchema;
-use crate::stats::ModelStats;
+use crate::stats::{ModelStats, PhaseTimes};
 use crate::worker::{InferOutcome, ResponseStream, StreamItem};
 
 /// Responses a decoupled request may have queued before its backend waits for the client.
@@ -88,18 +88,14 @@ impl ModelVersion {
     }
 
     fn record_success(&self, timing: &Timing, inferred: Instant, batch: u64) {
-        let stats = &self.stats;
         let done = Instant::now();
-        let queue = timing.started - timing.arrived;
-        let input = timing.validated - timing.started;
-        let infer = inferred - timing.validated;
-        let output = done - inferred;
-        stats.queue.record(queue);
-        stats.compute_input.record(input);
-        stats.compute_infer.record(infer);
-        stats.compute_output.record(output);
-        stats.success.record(queue + input + infer + output);
-        stats.record_execution(batch);
+        let phases = PhaseTimes {
+            queue: timing.started.saturating_duration_since(timing.arrived),
+            compute_input: timing.validated.saturating_duration_since(timing.started),
+            compute_infer: inferred.saturating_duration_since(timing.validated),
+            compute_output: done.saturating_duration_since(inferred),
+        };
+        self.stats.record_success(phases, batch);
     }
 
     fn backend_error(&self, source: BackendError) -> WorkerError {

@@ -264,24 +264,29 @@ impl ModelRepository {
 
     /// The version a request asks for (`None`: the latest ready one), with Triton's errors.
     pub fn resolve(&self, name: &str, version: Option<i64>) -> Result<Arc<ModelVersion>, WorkerError> {
-        let Some(model) = self.model(name) else {
-            // A model that was loaded once (or failed to) has no available versions; one that
-            // sits in the repository never loaded is as unknown as one that does not exist.
-            let known = self.lock_unserved().get(name).is_some_and(|u| !u.reason.is_empty());
-            return Err(if known {
-                WorkerError::NoAvailableVersions { name: name.to_string() }
-            } else {
-                WorkerError::ModelNotFound { name: name.to_string() }
-            });
-        };
-        match version {
+        // Looked up inside the maps' guards: the request path clones only the version's `Arc`.
+        let pick = |model: &ServedModel| match version {
             None => model.latest().cloned().ok_or_else(|| WorkerError::NoAvailableVersions { name: name.to_string() }),
             Some(v) => model
                 .versions
                 .get(&v)
                 .cloned()
                 .ok_or_else(|| WorkerError::VersionNotFound { name: name.to_string(), version: v }),
+        };
+        if let Some(local) = self.served.load().get(name) {
+            return pick(local);
         }
+        if let Some(remote) = self.remote.load().get(name) {
+            return pick(remote);
+        }
+        // A model that was loaded once (or failed to) has no available versions; one that sits
+        // in the repository never loaded is as unknown as one that does not exist.
+        let known = self.lock_unserved().get(name).is_some_and(|u| !u.reason.is_empty());
+        Err(if known {
+            WorkerError::NoAvailableVersions { name: name.to_string() }
+        } else {
+            WorkerError::ModelNotFound { name: name.to_string() }
+        })
     }
 
     /// Whether a model (and version) can take requests; unknown ones are simply not ready.

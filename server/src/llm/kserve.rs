@@ -4,7 +4,7 @@
 //! one, carrying the finish reason, is marked final; otherwise one response holds it all.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -14,7 +14,7 @@ use tritium_openai_bridge::kserve::{DEFAULT_MAX_TOKENS, parse_infer_request, res
 use tritium_openai_bridge::pipeline::{TextEvent, TextStream, collect, generate_text};
 use tritium_tensor::Tensor;
 use tritium_worker::llm::FinishReason;
-use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ModelVersion, ResponseStream, StreamItem, WorkerError};
+use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ModelVersion, PhaseTimes, ResponseStream, StreamItem, WorkerError};
 
 use super::LlmFrontend;
 use crate::error::ServerError;
@@ -40,12 +40,12 @@ impl Statistics {
             return;
         }
         let now = Instant::now();
-        stats.queue.record(self.started - self.arrived);
-        stats.compute_input.record(Duration::ZERO);
-        stats.compute_infer.record(now - self.started);
-        stats.compute_output.record(Duration::ZERO);
-        stats.success.record(now - self.arrived);
-        stats.record_execution(1);
+        let phases = PhaseTimes {
+            queue: self.started.saturating_duration_since(self.arrived),
+            compute_infer: now.saturating_duration_since(self.started),
+            ..PhaseTimes::default()
+        };
+        stats.record_success(phases, 1);
     }
 }
 

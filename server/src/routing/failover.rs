@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, TokenStream};
-use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ParamValue, WorkerClient, WorkerError};
+use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ParamValue, PhaseTimes, WorkerClient, WorkerError};
 
 use super::policy::current_hint;
 use super::{Member, Router, WORKER_ID_PARAMETER};
@@ -73,12 +73,7 @@ impl Router {
         if let Ok(proxy) = self.repository.resolve(model, version) {
             let elapsed = arrived.elapsed();
             if ok {
-                proxy.stats.queue.record(Duration::ZERO);
-                proxy.stats.compute_input.record(Duration::ZERO);
-                proxy.stats.compute_infer.record(elapsed);
-                proxy.stats.compute_output.record(Duration::ZERO);
-                proxy.stats.success.record(elapsed);
-                proxy.stats.record_execution(1);
+                proxy.stats.record_success(PhaseTimes { compute_infer: elapsed, ..PhaseTimes::default() }, 1);
             } else {
                 proxy.stats.fail.record(elapsed);
             }
