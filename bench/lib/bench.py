@@ -65,6 +65,14 @@ ROWS = [
     Row("identity-64MiB-shm", "large tensors in shared memory", "identity FP32 64 MiB in system shared memory, sync, c=1", "identity", _shm(64 << 20), 1, shape="INPUT0:16777216", shm=True),
 ]  # fmt: skip
 
+# The limit runs with `tritium serve`'s default transport (DEFAULT_WINDOW and DEFAULT_MAX_FRAME in
+# server/src/config/mod.rs), so that Tritium/limit compares the handling of requests, not HTTP/2 settings.
+LIMIT_TRANSPORT = [
+    "--grpc-initial-connection-window-size", "16777216",
+    "--grpc-initial-stream-window-size", "16777216",
+    "--grpc-max-frame-size", "1048576",
+]  # fmt: skip
+
 # Tritium's HTTP/2 window variants (issue 4, item 2), measured on the large-tensor rows only:
 # key -> (progress label, report label, flags). The first states tonic's (hyper's) defaults explicitly, so the
 # experiment stays the same when Tritium's own defaults change.
@@ -212,7 +220,7 @@ class Bench:
         limit = env.get("LIMIT_BIN", "")
         if limit:
             server = Server("limit", "limit", self.procs, self.work / "limit.log")
-            server.start_with_ready_line([limit], "limit ready grpc=", self.cfg.startup_timeout)
+            server.start_with_ready_line([limit, *LIMIT_TRANSPORT], "limit ready grpc=", self.cfg.startup_timeout)
             self.servers["limit"] = server
         else:
             self.notes.append(f"No limit column: {env.get('LIMIT_MISSING', 'limit-server was not built')}.")
@@ -425,7 +433,8 @@ def main() -> int:
         "notes": bench.notes,
         "settings": {"rounds": cfg.rounds, "quick": cfg.quick, "window_ms": cfg.window_ms,
                      "large_count": cfg.large_count, "mem_cap_gib": cfg.mem_cap >> 30,
-                     "max_steal": cfg.max_steal, "steal_tries": cfg.steal_tries},  # fmt: skip
+                     "max_steal": cfg.max_steal, "steal_tries": cfg.steal_tries,
+                     "limit_args": LIMIT_TRANSPORT},  # fmt: skip
     }
     meta["rows"] = [r.key for r in cfg.rows]
     write_report(cfg.out, meta, bench.runs)

@@ -90,6 +90,8 @@ def render(meta: dict, rows: list, variants: dict, runs: list) -> str:
         w(f"- **Steal:** a run during which the hypervisor took more than {s['max_steal']:.0%} of the machine's CPU time "
           f"(`/proc/stat` steal) was run again, up to {s['steal_tries']} tries; the last try is kept (`tries`, `steal` "
           "under Every run)")  # fmt: skip
+    if s.get("limit_args"):
+        w(f"- **Limit:** `limit-server {' '.join(s['limit_args'])}`, the transport `tritium serve` has by default")
     if s["quick"]:
         w("- **QUICK=1:** smoke-test settings; these numbers are not for comparison")
     w("")
@@ -181,7 +183,9 @@ def render(meta: dict, rows: list, variants: dict, runs: list) -> str:
         for row in large:
             entries = [("tritium", "default flags")] + [(k, short) for k, (_, short, _) in variants.items()]
             if has_limit:
-                entries.append(("limit", "limit server (tonic's defaults), for reference"))
+                # Runs before the limit took Tritium's transport flags ran it on tonic's defaults.
+                limit_windows = "Tritium's default windows" if s.get("limit_args") else "tonic's defaults"
+                entries.append(("limit", f"limit server ({limit_windows}), for reference"))
             for key, label in entries:
                 c = cells.get((row.key, key))
                 if c is None:
