@@ -45,6 +45,8 @@ rm -rf "$apt_dir"
 # Both are static Go binaries.
 ln -sfn "$root/pkg/usr/bin/etcd" "$root/bin/etcd"
 ln -sfn "$root/pkg/usr/sbin/nats-server" "$root/bin/nats-server"
-"$root/bin/etcd" --version | head -1
+# sed reads to the end: with `head -1`, etcd could get SIGPIPE writing its later lines and pipefail
+# failed the whole install (exit 141).
+"$root/bin/etcd" --version | sed -n 1p
 "$root/bin/nats-server" --version
 echo "$want" >"$stamp"
