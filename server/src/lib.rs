@@ -35,8 +35,6 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tritium_worker::llm::{LLM_BACKEND, LlmFactory};
 use tritium_worker::{BackendRegistry, LocalWorker, ModelRepository, WorkerClient};
@@ -167,39 +165,18 @@ impl Tritium {
             inference = inference.send_compressed(encoding);
         }
 
-        let mut builder = Server::builder()
-            .initial_connection_window_size(transport.initial_connection_window_size)
-            .initial_stream_window_size(transport.initial_stream_window_size)
-            .max_frame_size(transport.max_frame_size)
-            .http2_keepalive_interval(transport.keepalive_interval)
-            .http2_keepalive_timeout(Some(transport.keepalive_timeout));
-        if transport.adaptive_window {
-            builder = builder.http2_adaptive_window(Some(true));
-        }
-        if let Some(age) = transport.max_connection_age {
-            builder = builder.max_connection_age(age);
-        }
-        if let Some(grace) = transport.max_connection_age_grace {
-            builder = builder.max_connection_age_grace(grace);
-        }
         let http_task = http.map(|http_listener| {
             let routes = http::router(Arc::clone(&self.state.repository), Arc::clone(&self.state.llm));
             let stopping = self.state.stopping.clone();
             tokio::spawn(http::serve(http_listener, routes, async move { stopping.cancelled().await }))
         });
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(transport.tcp_keepalive);
         let stopping = self.state.stopping.clone();
         let shutdown = async move {
             shutdown.await;
             stopping.cancel();
         };
-        let served = builder
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(inference)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+        let routes = grpc::transport::Routes::new(inference).with(health).with(reflection_v1).with(reflection_v1alpha);
+        grpc::transport::serve(listener, routes, transport, shutdown).await;
         stop.cancel();
         if let Some(http_task) = http_task {
             match http_task.await {
@@ -214,7 +191,7 @@ impl Tritium {
         if let Some(poller) = poller {
             let _ = poller.await;
         }
-        Ok(served?)
+        Ok(())
     }
 }
 

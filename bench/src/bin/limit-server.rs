@@ -1,8 +1,9 @@
 //! `limit-server`: the thinnest tonic server perf_analyzer can drive, to measure what the
 //! transport alone costs. Every model name is an identity model (add_sub keeps its real tensors);
 //! inference echoes the raw payloads back with no validation and no backend (see
-//! `tritium_bench::limit`). Transport
-//! settings match `tritium serve` so the two compare like for like.
+//! `tritium_bench::limit`). It serves through tonic's own transport (`tonic::transport::Server`)
+//! unless `--transport tritium` puts it on the one `tritium serve` uses, to compare the two
+//! servers' request handling alone.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -19,6 +20,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tritium_bench::limit;
 use tritium_proto::inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use tritium_proto::inference::*;
+use tritium_server::TransportConfig;
+use tritium_server::grpc::transport;
 
 /// Zero-copy identity echo over KServe v2 gRPC, for benchmarks.
 #[derive(Debug, Parser)]
@@ -45,6 +48,16 @@ struct Args {
     /// Largest HTTP/2 frame accepted, bytes.
     #[arg(long, env = "LIMIT_GRPC_MAX_FRAME_SIZE")]
     grpc_max_frame_size: Option<u32>,
+    /// Whose HTTP/2 server carries the calls: tonic's (the thinnest stock tonic server) or the one
+    /// `tritium serve` drives (server/src/grpc/transport.rs).
+    #[arg(long, env = "LIMIT_TRANSPORT", value_enum, default_value_t = Transport::Tonic)]
+    transport: Transport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    Tonic,
+    Tritium,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -174,9 +187,21 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.grpc_adaptive_window {
         builder = builder.http2_adaptive_window(Some(true));
     }
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     println!("limit ready grpc={addr}");
     std::io::stdout().flush()?;
+    if args.transport == Transport::Tritium {
+        let settings = TransportConfig {
+            initial_connection_window_size: args.grpc_initial_connection_window_size,
+            initial_stream_window_size: args.grpc_initial_stream_window_size,
+            adaptive_window: args.grpc_adaptive_window,
+            max_frame_size: args.grpc_max_frame_size,
+            tcp_keepalive: None,
+            ..TransportConfig::default()
+        };
+        transport::serve(listener, transport::Routes::new(service), &settings, std::future::pending()).await;
+        return Ok(());
+    }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     // No shutdown handling: SIGTERM or Ctrl-C ends the process at once, which is all a benchmark needs.
     builder.add_service(service).serve_with_incoming(incoming).await?;
     Ok(())

@@ -8,5 +8,6 @@ pub mod metadata;
 pub mod service;
 pub mod settings;
 pub mod stream;
+pub mod transport;
 
 pub use service::{EXTENSIONS, GrpcState, InferenceService};

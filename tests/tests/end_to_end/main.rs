@@ -13,3 +13,4 @@ mod settings;
 mod shared_memory;
 mod statistics;
 mod streaming;
+mod transport;

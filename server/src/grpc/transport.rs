@@ -1,0 +1,355 @@
+//! The HTTP/2 server under the gRPC services: hyper's HTTP/2 connection driven directly, and a
+//! router that matches the service name in the path.
+//!
+//! tonic's `transport::Server` wraps every call in layers this server does not use: a boxed clone
+//! of its service stack, an axum router, the peer's address put in the request's extensions, a
+//! boxed request body and an error-recovery layer. A ModelInfer through them costs about 6,600
+//! more instructions and 6 µs more CPU than through this module (bench/README.md, "Transport").
+//! What tonic's server does that matters here is kept: the HTTP/2 settings, TCP_NODELAY and TCP
+//! keepalive, the client's `grpc-timeout`, a maximum connection age, UNIMPLEMENTED for unknown
+//! services, and a shutdown that sends GOAWAY and lets calls in flight finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tower::Service;
+use tower::util::BoxCloneSyncService;
+
+use crate::config::TransportConfig;
+
+type Boxed = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
+type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// gRPC services by name. The first one is called directly, with no boxing: it is the one every
+/// inference goes to; the others (health, reflection) are boxed.
+pub struct Routes<S> {
+    main: S,
+    others: Arc<[(&'static str, Boxed)]>,
+}
+
+impl<S: Clone> Clone for Routes<S> {
+    fn clone(&self) -> Self {
+        Routes { main: self.main.clone(), others: Arc::clone(&self.others) }
+    }
+}
+
+impl<S> Routes<S>
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + NamedService + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    pub fn new(main: S) -> Routes<S> {
+        Routes { main, others: Arc::from([]) }
+    }
+
+    /// Adds a service; a name already routed keeps its first service.
+    pub fn with<T>(self, service: T) -> Routes<S>
+    where
+        T: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        T::Future: Send + 'static,
+    {
+        let mut others = self.others.to_vec();
+        others.push((T::NAME, BoxCloneSyncService::new(service)));
+        Routes { main: self.main, others: others.into() }
+    }
+}
+
+/// Whether a gRPC path, `/package.Service/Method`, names `service`. Compared in place: splitting
+/// the path first cost a memchr on every call.
+fn routes_to(path: &str, service: &str) -> bool {
+    let path = path.as_bytes();
+    path.len() > service.len() + 1
+        && path[0] == b'/'
+        && path[service.len() + 1] == b'/'
+        && &path[1..=service.len()] == service.as_bytes()
+}
+
+/// The client's deadline (`grpc-timeout`, at most 8 digits and a unit), as gRPC over HTTP/2
+/// defines it; a header that does not parse is ignored, as tonic and gRPC's C core do.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let digits = value.get(..value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match value.as_bytes().last()? {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for Routes<S>
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + NamedService + Clone + Send + 'static,
+    S::Future: Send + Unpin + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Call<S::Future>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let deadline = grpc_timeout(request.headers()).map(|after| Box::pin(tokio::time::sleep(after)));
+        let path = request.uri().path();
+        let inner = if routes_to(path, S::NAME) {
+            Inner::Main(self.main.clone().call(request))
+        } else if let Some((_, service)) = self.others.iter().find(|(name, _)| routes_to(path, name)) {
+            Inner::Other(service.clone().call(request))
+        } else {
+            Inner::Done(Some(Status::unimplemented("").into_http()))
+        };
+        Call { inner, deadline }
+    }
+}
+
+enum Inner<F> {
+    Main(F),
+    Other(BoxedFuture),
+    Done(Option<Response<Body>>),
+}
+
+/// A call's response, or DEADLINE_EXCEEDED once the client's `grpc-timeout` has passed (the call
+/// is then dropped, which cancels it). A streaming call's deadline covers its response headers.
+pub struct Call<F> {
+    inner: Inner<F>,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<F> Future for Call<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>> + Unpin,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let ready = match &mut this.inner {
+            Inner::Main(future) => Pin::new(future).poll(cx),
+            Inner::Other(future) => future.as_mut().poll(cx),
+            Inner::Done(response) => Poll::Ready(Ok(response.take().unwrap_or_default())),
+        };
+        if ready.is_ready() {
+            return ready;
+        }
+        match this.deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                this.inner = Inner::Done(None);
+                Poll::Ready(Ok(Status::deadline_exceeded("Deadline Exceeded").into_http()))
+            }
+            _ => Poll::Pending,
+        }
+    }
+}
+
+fn http2_builder(settings: &TransportConfig) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        // gRPC clients do not read a Date header; formatting one costs every response a copy.
+        .auto_date_header(false)
+        .initial_connection_window_size(settings.initial_connection_window_size)
+        .initial_stream_window_size(settings.initial_stream_window_size)
+        .adaptive_window(settings.adaptive_window)
+        .max_frame_size(settings.max_frame_size)
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout);
+    builder
+}
+
+fn configure(stream: &TcpStream, tcp_keepalive: Option<Duration>) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("TCP_NODELAY on an accepted connection: {e}");
+    }
+    if let Some(idle) = tcp_keepalive {
+        let keepalive = socket2::TcpKeepalive::new().with_time(idle);
+        if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!("TCP keepalive on an accepted connection: {e}");
+        }
+    }
+}
+
+/// Whether an accept error means the process is out of something (descriptors, memory), so that
+/// accepting again at once would only spin.
+fn out_of_resources(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Serves `routes` on `listener` until `shutdown` completes; then stops accepting, asks every
+/// connection to go away, and returns once the calls in flight have finished.
+pub async fn serve<S>(listener: TcpListener, routes: Routes<S>, settings: &TransportConfig, shutdown: impl Future<Output = ()>)
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + Unpin + 'static,
+{
+    let builder = http2_builder(settings);
+    let connections = TaskTracker::new();
+    let stopping = CancellationToken::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) if out_of_resources(&e) => {
+                tracing::warn!("cannot accept a gRPC connection: {e}; trying again in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!("accepting a gRPC connection: {e}");
+                continue;
+            }
+        };
+        configure(&stream, settings.tcp_keepalive);
+        let connection = builder.serve_connection(TokioIo::new(stream), routes.clone());
+        connections.spawn(drive(connection, stopping.clone(), settings.max_connection_age, settings.max_connection_age_grace));
+    }
+    // New clients are refused from here on, not left waiting on a listener nobody reads.
+    drop(listener);
+    stopping.cancel();
+    connections.close();
+    connections.wait().await;
+}
+
+/// Runs one connection to its end: GOAWAY at shutdown or at the maximum age, and a forced close
+/// once an age's grace period is over.
+async fn drive<S>(
+    connection: http2::Connection<TokioIo<TcpStream>, Routes<S>, TokioExecutor>,
+    stopping: CancellationToken,
+    max_age: Option<Duration>,
+    grace: Option<Duration>,
+) where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + Unpin + 'static,
+{
+    let mut connection = pin!(connection);
+    let aged = async {
+        match max_age {
+            Some(age) => tokio::time::sleep(age).await,
+            None => std::future::pending().await,
+        }
+    };
+    let ended = tokio::select! {
+        finished = connection.as_mut() => Ended::Finished(finished),
+        () = stopping.cancelled() => Ended::Stopping,
+        () = aged => Ended::Aged,
+    };
+    let finished = match ended {
+        Ended::Finished(finished) => finished,
+        Ended::Stopping => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        Ended::Aged => {
+            connection.as_mut().graceful_shutdown();
+            match grace {
+                None => connection.await,
+                Some(grace) => match tokio::time::timeout(grace, connection).await {
+                    Ok(finished) => finished,
+                    Err(_) => {
+                        tracing::debug!("closed a gRPC connection past its maximum age and grace");
+                        return;
+                    }
+                },
+            }
+        }
+    };
+    if let Err(e) = finished {
+        tracing::debug!("gRPC connection: {e}");
+    }
+}
+
+enum Ended {
+    Finished(hyper::Result<()>),
+    Stopping,
+    Aged,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(timeout: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", http::HeaderValue::from_str(timeout).expect("a header value"));
+        headers
+    }
+
+    #[test]
+    fn grpc_timeout_reads_every_unit() {
+        assert_eq!(grpc_timeout(&headers("2H")), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout(&headers("3M")), Some(Duration::from_secs(180)));
+        assert_eq!(grpc_timeout(&headers("4S")), Some(Duration::from_secs(4)));
+        assert_eq!(grpc_timeout(&headers("250m")), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(&headers("99999999u")), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(grpc_timeout(&headers("7n")), Some(Duration::from_nanos(7)));
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn grpc_timeout_ignores_what_does_not_parse() {
+        for bad in ["", "S", "5", "5s", "123456789S", "-5S", "+5S", "5 S", "1.5S", "ééS"] {
+            let mut map = HeaderMap::new();
+            if let Ok(value) = http::HeaderValue::from_bytes(bad.as_bytes()) {
+                map.insert("grpc-timeout", value);
+            }
+            assert_eq!(grpc_timeout(&map), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_path_routes_to_the_service_it_names() {
+        let inference = "inference.GRPCInferenceService";
+        assert!(routes_to("/inference.GRPCInferenceService/ModelInfer", inference));
+        assert!(routes_to("/inference.GRPCInferenceService/", inference));
+        for other in [
+            "/inference.GRPCInferenceService",
+            "/inference.GRPCInferenceServiceX/ModelInfer",
+            "/inference.GRPCInference/ModelInfer",
+            "inference.GRPCInferenceService/ModelInfer",
+            "/grpc.health.v1.Health/Check",
+            "/",
+            "",
+        ] {
+            assert!(!routes_to(other, inference), "{other}");
+        }
+        assert!(routes_to("/grpc.health.v1.Health/Check", "grpc.health.v1.Health"));
+    }
+}
