@@ -3,8 +3,8 @@
 //!
 //! tonic's `transport::Server` wraps every call in layers this server does not use: a boxed clone
 //! of its service stack, an axum router, the peer's address put in the request's extensions, a
-//! boxed request body and an error-recovery layer. A ModelInfer through them costs about 6,600
-//! more instructions and 6 µs more CPU than through this module (bench/README.md, "Transport").
+//! boxed request body and an error-recovery layer. A ModelInfer through them cost about 7,000
+//! more instructions than through this module (bench/README.md, "Transport").
 //! What tonic's server does that matters here is kept: the HTTP/2 settings, TCP_NODELAY and TCP
 //! keepalive, the client's `grpc-timeout`, a maximum connection age, UNIMPLEMENTED for unknown
 //! services, and a shutdown that sends GOAWAY and lets calls in flight finish.
