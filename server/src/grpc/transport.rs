@@ -176,6 +176,9 @@ fn http2_builder(settings: &TransportConfig) -> http2::Builder<TokioExecutor> {
         .initial_stream_window_size(settings.initial_stream_window_size)
         .adaptive_window(settings.adaptive_window)
         .max_frame_size(settings.max_frame_size)
+        // No limit on the streams one connection may have open, as with gRPC's servers and tonic's
+        // (hyper's own default is 200): a client multiplexing many calls on one channel is not refused.
+        .max_concurrent_streams(None)
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout);
     builder

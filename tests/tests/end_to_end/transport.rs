@@ -103,6 +103,28 @@ fn grpc_request(server: &TestServer, method: &str) -> http::request::Builder {
         .header("te", "trailers")
 }
 
+#[tokio::test]
+async fn one_connection_holds_more_than_hyper_s_default_200_streams() {
+    let server = TestServer::builtin().await;
+    let client = server.client().await;
+    // Each stream stays open, waiting for requests, so all of them are open at once; a connection
+    // limited to 200 streams would leave the last ones waiting for their response headers.
+    let mut open = Vec::new();
+    for _ in 0..250 {
+        let mut client = client.clone();
+        open.push(tokio::spawn(async move { client.stream().await }));
+    }
+    let mut streams = Vec::new();
+    for opening in open {
+        let opened = tokio::time::timeout(Duration::from_secs(30), opening).await.expect("every stream opens in time");
+        streams.push(opened.expect("task").expect("the stream opens"));
+    }
+    let (sender, mut responses) = streams.pop().expect("a stream");
+    sender.send(identity_request("identity", vec![1], &[4.0])).await.expect("sends");
+    let reply = next_reply(&mut responses).await;
+    assert!(reply.error_message.is_empty(), "{}", reply.error_message);
+}
+
 /// Opens a raw HTTP/2 connection to `server` and drives it on a task; the task ends when the
 /// server closes the connection.
 async fn raw_connection(server: &TestServer) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<()>) {
