@@ -7,7 +7,8 @@
 //! more instructions than through this module (bench/README.md, "Transport").
 //! What tonic's server does that matters here is kept: the HTTP/2 settings, TCP_NODELAY and TCP
 //! keepalive, the client's `grpc-timeout`, a maximum connection age, UNIMPLEMENTED for unknown
-//! services, and a shutdown that sends GOAWAY and lets calls in flight finish.
+//! services, no limit on the streams a connection may open, and a shutdown that sends GOAWAY and
+//! lets calls in flight finish.
 
 use std::convert::Infallible;
 use std::future::Future;
