@@ -180,13 +180,6 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     let max = i32::MAX as usize;
     let service = GrpcInferenceServiceServer::new(Limit).max_decoding_message_size(max).max_encoding_message_size(max);
-    let mut builder = Server::builder()
-        .initial_connection_window_size(args.grpc_initial_connection_window_size)
-        .initial_stream_window_size(args.grpc_initial_stream_window_size)
-        .max_frame_size(args.grpc_max_frame_size);
-    if args.grpc_adaptive_window {
-        builder = builder.http2_adaptive_window(Some(true));
-    }
     println!("limit ready grpc={addr}");
     std::io::stdout().flush()?;
     if args.transport == Transport::Tritium {
@@ -200,6 +193,13 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         };
         transport::serve(listener, transport::Routes::new(service), &settings, std::future::pending()).await;
         return Ok(());
+    }
+    let mut builder = Server::builder()
+        .initial_connection_window_size(args.grpc_initial_connection_window_size)
+        .initial_stream_window_size(args.grpc_initial_stream_window_size)
+        .max_frame_size(args.grpc_max_frame_size);
+    if args.grpc_adaptive_window {
+        builder = builder.http2_adaptive_window(Some(true));
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     // No shutdown handling: SIGTERM or Ctrl-C ends the process at once, which is all a benchmark needs.

@@ -36,6 +36,27 @@ use crate::config::TransportConfig;
 type Boxed = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
 type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
+/// A gRPC service as tonic's codegen makes one: infallible, named, cheap to clone, its future boxed.
+pub trait GrpcService:
+    Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send + Unpin + 'static>
+    + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> GrpcService for T where
+    T: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send + Unpin + 'static>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// gRPC services by name. The first one is called directly, with no boxing: it is the one every
 /// inference goes to; the others (health, reflection) are boxed.
 pub struct Routes<S> {
@@ -49,26 +70,13 @@ impl<S: Clone> Clone for Routes<S> {
     }
 }
 
-impl<S> Routes<S>
-where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + NamedService + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: GrpcService> Routes<S> {
     pub fn new(main: S) -> Routes<S> {
         Routes { main, others: Arc::from([]) }
     }
 
     /// Adds a service; a name already routed keeps its first service.
-    pub fn with<T>(self, service: T) -> Routes<S>
-    where
-        T: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        T::Future: Send + 'static,
-    {
+    pub fn with<T: GrpcService>(self, service: T) -> Routes<S> {
         let mut others = self.others.to_vec();
         others.push((T::NAME, BoxCloneSyncService::new(service)));
         Routes { main: self.main, others: others.into() }
@@ -105,11 +113,7 @@ fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
-impl<S> hyper::service::Service<Request<Incoming>> for Routes<S>
-where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + NamedService + Clone + Send + 'static,
-    S::Future: Send + Unpin + 'static,
-{
+impl<S: GrpcService> hyper::service::Service<Request<Incoming>> for Routes<S> {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = Call<S::Future>;
@@ -207,13 +211,7 @@ fn out_of_resources(error: &std::io::Error) -> bool {
 /// connection to go away, and returns once the calls in flight have finished.
 pub async fn serve<S>(listener: TcpListener, routes: Routes<S>, settings: &TransportConfig, shutdown: impl Future<Output = ()>)
 where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + Unpin + 'static,
+    S: GrpcService,
 {
     let builder = http2_builder(settings);
     let connections = TaskTracker::new();
@@ -255,13 +253,7 @@ async fn drive<S>(
     max_age: Option<Duration>,
     grace: Option<Duration>,
 ) where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + Unpin + 'static,
+    S: GrpcService,
 {
     let mut connection = pin!(connection);
     let aged = async {
