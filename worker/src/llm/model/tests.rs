@@ -81,13 +81,13 @@ fn gguf_logits_match_candles_quantized_llama_and_france_gives_paris() {
 #[test]
 fn the_tiled_projection_gives_ggmls_q8_0_product() {
     use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType, matmul};
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::quantized::{QStorage, QTensor};
     for (n, k) in [(576, 576), (1536, 576), (576, 1536), (192, 576), (49152, 576)] {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-        let ours = super::q8_0::Q8_0Linear::from_qtensor(&q).unwrap().expect("x86 CPU, Q8_0");
         let mut blocks = vec![BlockQ8_0::zeros(); n * k / 32];
         BlockQ8_0::from_float(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &mut blocks);
+        let q = QTensor::new(QStorage::Cpu(Box::new(blocks.clone())), (n, k)).unwrap();
+        let ours = super::q8_0::Q8_0Linear::from_qtensor(&q).unwrap().expect("x86 CPU, Q8_0");
         for m in [1, 2, 3, 4, 5, 8, 17, 40] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
             let mut expected = vec![0f32; m * n];
@@ -104,11 +104,12 @@ fn the_tiled_projection_gives_ggmls_q8_0_product() {
 /// with AVX-512 VNNI (see `the_tiled_projection_gives_ggmls_q8_0_product`).
 const CANDLE_AVX2_TIER: (&str, &str) = ("MISTRALRS_FORCE_AVX2", "1");
 
-/// Whether this process may run `test`, which needs candle's `QMatMul` on GGML's Q8_0 rule. On a
-/// CPU where candle would take its repacked VNNI kernel instead, `test` runs again in a child
-/// process of this test binary with candle's switch set (a process-wide setting that another
-/// test thread may already have read), must pass there, and this returns `false`.
-fn candle_on_ggmls_q8_0_rule(test: &str) -> bool {
+/// Whether the calling test may go on in this process: it needs candle's `QMatMul` on GGML's
+/// Q8_0 rule. On a CPU where candle would take its repacked VNNI kernel instead, the test (named
+/// by its thread, as the test harness names it) runs again in a child process of this test binary
+/// with candle's switch set (a process-wide setting that another test thread may already have
+/// read), must pass there, and this returns `false`.
+fn candle_on_ggmls_q8_0_rule() -> bool {
     #[cfg(target_arch = "x86_64")]
     let repacks = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni");
     #[cfg(not(target_arch = "x86_64"))]
@@ -117,13 +118,17 @@ fn candle_on_ggmls_q8_0_rule(test: &str) -> bool {
     if !repacks || std::env::var(name).as_deref() == Ok(value) {
         return true;
     }
-    let path = format!("{}::{test}", module_path!().split_once("::").map_or(module_path!(), |(_, rest)| rest));
-    let status = std::process::Command::new(std::env::current_exe().expect("the test binary's path"))
-        .args(["--exact", &path, "--nocapture", "--test-threads", "1"])
+    let thread = std::thread::current();
+    let test = thread.name().expect("the test harness names each test's thread");
+    let child = std::process::Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
         .env(name, value)
-        .status()
+        .output()
         .expect("the test binary runs again");
-    assert!(status.success(), "{path} failed with candle's AVX2 tier ({name}={value}): {status}");
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&child.stderr));
+    assert!(child.status.success(), "{test} failed with candle's AVX2 tier ({name}={value}): {}", child.status);
+    assert!(stdout.contains("1 passed"), "{test} did not run in the child process with candle's AVX2 tier");
     false
 }
 
@@ -137,7 +142,7 @@ fn candle_on_ggmls_q8_0_rule(test: &str) -> bool {
 /// and does, is that both give the same greedy tokens.
 #[test]
 fn the_tiled_kernel_and_cpu_attention_give_candles_tokens() {
-    if !candle_on_ggmls_q8_0_rule("the_tiled_kernel_and_cpu_attention_give_candles_tokens") {
+    if !candle_on_ggmls_q8_0_rule() {
         return;
     }
     let path = smollm2();
