@@ -49,4 +49,8 @@ export TRITIUM_BIN="${TRITIUM_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/triti
 .venv/bin/python -m pytest tests/python -q
 echo "pytest: ok"
 
+step "soak (tests/soak/soak.py, 3 minutes)"
+# 16 clients on 127.0.0.1: correct answers under load, abusive calls refused, no crash, RSS growth < 10 %.
+SOAK_SECONDS="${SOAK_SECONDS:-180}" .venv/bin/python tests/soak/soak.py
+
 printf '\nscripts/test.sh: all test steps passed\n'

@@ -21,4 +21,7 @@ pub mod routes;
 pub mod sampling;
 pub mod stop;
 
+#[cfg(test)]
+mod proptests;
+
 pub use error::BridgeError;

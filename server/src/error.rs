@@ -19,6 +19,8 @@ pub enum ServerError {
     InvalidArgument { reason: String },
     #[error("{what}")]
     Unsupported { what: String },
+    #[error("{reason}")]
+    Unavailable { reason: String },
     #[error("{0}")]
     Internal(String),
     #[error(transparent)]
@@ -32,6 +34,7 @@ impl ServerError {
             ServerError::Shm(e) => e.code(),
             ServerError::InvalidRequest { .. } | ServerError::InvalidArgument { .. } => ErrorCode::InvalidArg,
             ServerError::Unsupported { .. } => ErrorCode::Unsupported,
+            ServerError::Unavailable { .. } => ErrorCode::Unavailable,
             ServerError::Internal(_) => ErrorCode::Internal,
             ServerError::Bridge(e) => e.code(),
         }

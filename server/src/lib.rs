@@ -101,7 +101,8 @@ impl Tritium {
             repository,
             router,
             llm,
-            shm: SharedMemoryRegistry::new(),
+            shm: SharedMemoryRegistry::with_policy(config.limits.shm.clone()),
+            load_timeout: config.limits.model_load_timeout,
             log,
             trace: Mutex::new(grpc::settings::TraceSettings::default()),
             stopping: CancellationToken::new(),
@@ -175,7 +176,12 @@ impl Tritium {
             shutdown.await;
             stopping.cancel();
         };
-        let routes = grpc::transport::Routes::new(inference).with(health).with(reflection_v1).with(reflection_v1alpha);
+        let budget = Arc::new(grpc::budget::ByteBudget::new(transport.max_buffered_request_bytes));
+        let routes = grpc::transport::Routes::new(inference)
+            .with(health)
+            .with(reflection_v1)
+            .with(reflection_v1alpha)
+            .guarded(budget, transport.max_message_size, self.config.limits.restricted.clone());
         grpc::transport::serve(listener, routes, transport, shutdown).await;
         stop.cancel();
         if let Some(http_task) = http_task {

@@ -35,7 +35,11 @@ fn main() -> ExitCode {
             Command::Worker(args) => worker(args).await,
         }
     };
-    match runtime.block_on(run) {
+    let outcome = runtime.block_on(run);
+    // A blocking task can be stuck in a system call (a model load reading a slow disk); dropping
+    // the runtime would wait for it forever, so SIGTERM would not end the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -34,6 +34,9 @@ mod error;
 pub mod shape;
 mod tensor;
 
+#[cfg(test)]
+mod proptests;
+
 pub use bytes_codec::BytesIter;
 pub use datatype::DataType;
 pub use element::Element;

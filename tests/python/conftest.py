@@ -30,8 +30,9 @@ LLM_START_TIMEOUT = 240.0
 
 @pytest.fixture(scope="module")
 def tritium():
-    """The default server (built-in repository), shared by the tests of one module."""
-    server = start_server()
+    """The default server (built-in repository), shared by the tests of one module, with system
+    shared memory turned on (the server's own default is off) for the shared-memory tests."""
+    server = start_server("--allow-shared-memory")
     yield server
     finish_server(server)
 

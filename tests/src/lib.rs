@@ -33,6 +33,14 @@ impl TestServer {
         TestServer::start(ServerConfig::default(), None).await
     }
 
+    /// Serves the built-in repository with system shared memory turned on for any key (the
+    /// server's own default is off).
+    pub async fn with_shared_memory() -> TestServer {
+        let mut config = ServerConfig::default();
+        config.limits.shm = tritium_server::shm::ShmPolicy::any_key();
+        TestServer::start(config, None).await
+    }
+
     /// Serves a repository folder with the given options (paths are filled in).
     pub async fn with_repository(repository: tempfile::TempDir, mut options: RepositoryOptions) -> TestServer {
         options.paths = vec![repository.path().to_path_buf()];
@@ -251,6 +259,18 @@ impl Segment {
         assert!(offset + data.len() <= self.len, "write past the segment");
         // SAFETY: in bounds of the live mapping (checked above).
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) };
+    }
+
+    /// Shrinks (or grows) the segment's file to `len` bytes behind every mapping of it, as a
+    /// careless or hostile client can at any moment.
+    pub fn resize(&self, len: usize) {
+        // SAFETY: plain libc calls on a name this process created; the descriptor is closed again.
+        unsafe {
+            let fd = libc::shm_open(self.name.as_ptr(), libc::O_RDWR, 0);
+            assert!(fd >= 0, "shm_open: {}", std::io::Error::last_os_error());
+            assert_eq!(libc::ftruncate(fd, len as libc::off_t), 0, "ftruncate");
+            libc::close(fd);
+        }
     }
 
     /// Copies `len` bytes out of the segment at `offset`.

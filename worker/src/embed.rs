@@ -10,7 +10,7 @@
 //! parameters { key: "model_path" value { string_value: "minilm" } }  # relative to the model folder
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -219,10 +219,8 @@ impl BackendFactory for EmbedFactory {
         let path = context.parameter("model_path").filter(|p| !p.is_empty()).ok_or_else(|| {
             format!("the model '{}' needs the parameter 'model_path' (a BERT folder)", context.model_name)
         })?;
-        let dir = match context.model_dir {
-            Some(model_dir) => model_dir.join(path),
-            None => PathBuf::from(path),
-        };
+        let dir = crate::repository::model_files::resolve_model_file(context.model_dir, path)
+            .map_err(|why| format!("model_path {why}"))?;
         let embedder = load(&dir)?.with_name(context.model_name);
         Ok(Arc::new(EmbedBackend::new(context.model_name, Arc::new(embedder))))
     }

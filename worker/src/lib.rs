@@ -30,6 +30,7 @@ pub mod backends;
 pub mod embed;
 pub mod error;
 pub mod kv;
+mod load_gate;
 pub mod llm;
 pub mod model;
 pub mod params;

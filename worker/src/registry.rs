@@ -162,6 +162,7 @@ pub struct ModelRepository {
     /// Repository states that failed to reload while an older load kept serving.
     rejected: Mutex<HashMap<String, u64>>,
     lifecycle: Mutex<()>,
+    loading: crate::load_gate::LoadGate,
     changes: watch::Sender<u64>,
 }
 
@@ -177,6 +178,7 @@ impl ModelRepository {
             unserved: Mutex::new(BTreeMap::new()),
             rejected: Mutex::new(HashMap::new()),
             lifecycle: Mutex::new(()),
+            loading: Default::default(),
             changes: watch::channel(0).0,
         });
         let sources = repository.sources()?;
@@ -295,17 +297,48 @@ impl ModelRepository {
     }
 
     /// Loads or reloads a model (explicit mode). `config_json` replaces the model's
-    /// `config.pbtxt`, as Triton's `config` load parameter does.
+    /// `config.pbtxt`, as Triton's `config` load parameter does, within the rules of
+    /// [`ModelRepository::check_override`]. The model is built outside the lifecycle lock, so a
+    /// slow load holds up neither other loads nor unloads; loads of one model follow each other.
     pub fn load(&self, name: &str, config_json: Option<&str>) -> Result<(), WorkerError> {
         if self.options.control_mode != ControlMode::Explicit {
             return Err(WorkerError::ModelControlDisabled);
         }
-        let _guard = self.lock_lifecycle();
         let source = self.find_source(name)?.ok_or_else(|| WorkerError::LoadFailed {
             name: name.to_string(),
             reason: "failed to poll from model repository".to_string(),
         })?;
-        self.load_source(&source, config_json, LoadCause::Client)
+        if let Some(json) = config_json {
+            self.check_override(&source, json)?;
+        }
+        let _loading = self.loading.enter(name);
+        let built = self.build(&source, config_json);
+        let _guard = self.lock_lifecycle();
+        self.settle(&source, built, LoadCause::Client)
+    }
+
+    /// A client's config override may only describe the model folder it loads: not a built-in or
+    /// command-line model (they have no folder), no file outside the folder, no other backend.
+    fn check_override(&self, source: &ModelSource, json: &str) -> Result<(), WorkerError> {
+        let failed = |reason: String| WorkerError::LoadFailed { name: source.name.clone(), reason };
+        if source.dir.as_os_str().is_empty() {
+            return Err(failed(
+                "the model is built in or declared on the command line; its config cannot be overridden".to_string(),
+            ));
+        }
+        let Some(config) = source.config_with_override(Some(json))? else { return Ok(()) };
+        crate::repository::model_files::check_override_paths(&config).map_err(failed)?;
+        let backend = |c: &ModelConfig| if c.backend.is_empty() { c.platform.clone() } else { c.backend.clone() };
+        if let Some(own) = source.config()?
+            && backend(&own) != backend(&config)
+        {
+            return Err(failed(format!(
+                "a config override may not change the model's backend ('{}' to '{}')",
+                backend(&own),
+                backend(&config)
+            )));
+        }
+        Ok(())
     }
 
     /// Unloads a model (explicit mode); unknown names are fine, as in Triton.
@@ -440,7 +473,12 @@ impl ModelRepository {
 
     /// Builds every selected version of a model and swaps it in. Call with the lifecycle lock.
     fn load_source(&self, source: &ModelSource, config_json: Option<&str>, cause: LoadCause) -> Result<(), WorkerError> {
-        match self.build(source, config_json) {
+        self.settle(source, self.build(source, config_json), cause)
+    }
+
+    /// Swaps a built model in, or records why it failed. Call with the lifecycle lock.
+    fn settle(&self, source: &ModelSource, built: Result<ServedModel, WorkerError>, cause: LoadCause) -> Result<(), WorkerError> {
+        match built {
             Ok(model) => {
                 let mut next = ByName::clone(&self.served.load());
                 next.insert(source.name.clone(), Arc::new(model));

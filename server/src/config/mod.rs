@@ -3,6 +3,7 @@
 //! that reads the environment.
 
 pub mod cluster;
+pub mod limits;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use tritium_worker::llm::{EngineOptions, LLM_BACKEND, ModelKind, detect_kind};
 use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions};
 
 pub use cluster::{ClusterArgs, ClusterConfig, EngineArgs, RouterArgs, WorkerListenArgs};
+pub use limits::{LimitArgs, Limits};
 use crate::routing::RouterOptions;
 
 #[derive(Debug, Parser)]
@@ -124,6 +126,8 @@ pub struct ServeArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub router: RouterArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Seconds to let in-flight calls finish after SIGTERM or Ctrl-C before exiting anyway.
     #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
@@ -288,6 +292,16 @@ pub struct TransportConfig {
     pub max_connection_age: Option<Duration>,
     pub max_connection_age_grace: Option<Duration>,
     pub response_compression: ResponseCompression,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Streams one connection may have open; `None` for no limit.
+    pub max_concurrent_streams: Option<u32>,
+    /// Request bytes being received, server-wide.
+    pub max_buffered_request_bytes: u64,
+    /// A connection that has made no call by then is closed.
+    pub header_timeout: Option<Duration>,
+    /// A connection that received nothing for this long is closed.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// HTTP/2 flow-control windows, connection and stream: a 4 MiB tensor crosses in one window
@@ -315,6 +329,11 @@ impl Default for TransportConfig {
             max_connection_age: None,
             max_connection_age_grace: None,
             response_compression: ResponseCompression::None,
+            max_connections: limits::DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: Some(limits::DEFAULT_MAX_STREAMS),
+            max_buffered_request_bytes: limits::DEFAULT_BUFFERED_BYTES,
+            header_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -329,6 +348,8 @@ pub struct ServerConfig {
     /// Discovery and events (in memory by default).
     pub cluster: ClusterConfig,
     pub router: RouterOptions,
+    /// Shared memory, model-load deadline and restricted protocols.
+    pub limits: Limits,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -348,7 +369,9 @@ impl ServeArgs {
         let cluster = self.cluster.config()?;
         // A frontend of remote workers serves the built-in models only when asked to load them.
         let builtins = !cluster.is_distributed();
+        let limits = &self.limits;
         Ok(ServerConfig {
+            limits: limits.limits()?,
             llm: engine_options(&self.models),
             repository: repository_options(&self.repository, &self.models, &self.engine, builtins)?,
             router: self.router.options(cluster.lease_ttl)?,
@@ -371,6 +394,11 @@ impl ServeArgs {
                 max_connection_age: millis(grpc.grpc_max_connection_age),
                 max_connection_age_grace: millis(grpc.grpc_max_connection_age_grace),
                 response_compression: grpc.grpc_response_compression,
+                max_connections: limits.grpc_max_connections.max(1),
+                max_concurrent_streams: (limits.grpc_max_concurrent_streams > 0).then_some(limits.grpc_max_concurrent_streams),
+                max_buffered_request_bytes: limits.max_buffered_request_bytes,
+                header_timeout: millis(limits.grpc_header_timeout),
+                idle_timeout: millis(limits.grpc_idle_timeout),
             },
         })
     }

@@ -14,7 +14,7 @@ use tritium_tensor::{DataType, Tensor, TensorError, contents, element_count};
 use tritium_worker::{InferenceRequest, InferenceResponse, ParamValue, parse_version};
 
 use crate::error::ServerError;
-use crate::shm::SharedMemoryRegistry;
+use crate::shm::{RegionGuard, SharedMemoryRegistry};
 
 const SHM_REGION: &str = "shared_memory_region";
 const SHM_BYTE_SIZE: &str = "shared_memory_byte_size";
@@ -29,11 +29,19 @@ pub struct OutputRegion {
     pub byte_size: u64,
 }
 
+/// The shared memory a request uses: where its outputs go, and the regions its inputs are views
+/// of (checked before answering: a client that shrank one meanwhile gets an error, not zeros).
+#[derive(Debug, Clone, Default)]
+pub struct ShmBindings {
+    pub outputs: Vec<OutputRegion>,
+    pub inputs: Vec<RegionGuard>,
+}
+
 /// A decoded request plus what the transport must remember to answer it.
 #[derive(Debug)]
 pub struct Decoded {
     pub request: InferenceRequest,
-    pub output_regions: Vec<OutputRegion>,
+    pub shm: ShmBindings,
     pub enable_empty_final: bool,
 }
 
@@ -126,6 +134,7 @@ pub fn decode_request(
     let version = parse_version(&model_version)?;
 
     let mut raw_index = 0;
+    let mut input_regions = Vec::new();
     let mut tensors = Vec::with_capacity(inputs.len());
     for input in inputs {
         let datatype = DataType::from_kserve(&input.datatype).ok_or_else(|| {
@@ -142,7 +151,9 @@ pub fn decode_request(
                     input.name
                 )));
             }
-            shm.read(&shm_ref.region, shm_ref.offset, shm_ref.byte_size)?
+            let (view, guard) = shm.read_guarded(&shm_ref.region, shm_ref.offset, shm_ref.byte_size)?;
+            input_regions.push(guard);
+            view
         } else if let Some(typed) = typed {
             if !raw_input_contents.is_empty() {
                 return Err(invalid(format!(
@@ -213,7 +224,7 @@ pub fn decode_request(
             parameters: params,
             arrived,
         },
-        output_regions,
+        shm: ShmBindings { outputs: output_regions, inputs: input_regions },
         enable_empty_final,
     })
 }
@@ -226,10 +237,14 @@ fn bool_param(value: bool) -> InferParameter {
 /// with their metadata and an empty raw entry, as Triton does.
 pub fn encode_response(
     response: InferenceResponse,
-    output_regions: &[OutputRegion],
+    bindings: &ShmBindings,
     shm: &SharedMemoryRegistry,
     final_flag: Option<bool>,
 ) -> Result<ModelInferResponse, ServerError> {
+    for input in &bindings.inputs {
+        input.check()?;
+    }
+    let output_regions = &bindings.outputs;
     let mut outputs = Vec::with_capacity(response.outputs.len());
     let mut raw = Vec::with_capacity(response.outputs.len());
     let mut total: usize = 0;

@@ -1,10 +1,12 @@
 //! The gRPC surface: `inference.GRPCInferenceService`, `grpc.health.v1.Health` tied to
 //! readiness, and server reflection (v1 and v1alpha).
 
+pub mod budget;
 pub mod convert;
 mod dispatch;
 pub mod health;
 pub mod metadata;
+pub mod restricted;
 pub mod service;
 pub mod settings;
 pub mod stream;

@@ -30,6 +30,8 @@ pub struct GrpcState {
     /// Language and embedding models: preprocessing, the KServe text mapping, metrics.
     pub llm: Arc<crate::llm::LlmFrontend>,
     pub shm: SharedMemoryRegistry,
+    /// How long a client waits for a model load before it is answered with an error.
+    pub load_timeout: std::time::Duration,
     pub log: LogControl,
     pub trace: Mutex<settings::TraceSettings>,
     /// Cancelled when the server begins to shut down: open streams stop taking requests, finish
@@ -100,7 +102,7 @@ impl GrpcInferenceService for InferenceService {
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
         let response = super::dispatch::unary(&self.state, decoded.request).await?;
-        reply(encode_response(response, &decoded.output_regions, &self.state.shm, None)?)
+        reply(encode_response(response, &decoded.shm, &self.state.shm, None)?)
     }
 
     type ModelStreamInferStream = stream::StreamCall;
@@ -173,8 +175,17 @@ impl GrpcInferenceService for InferenceService {
         }
         let repository = Arc::clone(&self.state.repository);
         let name = request.model_name;
-        tokio::task::spawn_blocking(move || repository.load(&name, config_json.as_deref()))
+        let label = name.clone();
+        let load = tokio::task::spawn_blocking(move || repository.load(&name, config_json.as_deref()));
+        let timeout = self.state.load_timeout;
+        tokio::time::timeout(timeout, load)
             .await
+            .map_err(|_| ServerError::Unavailable {
+                reason: format!(
+                    "failed to load '{label}': the load did not finish within {} s (--model-load-timeout-secs); it goes on in the background",
+                    timeout.as_secs()
+                ),
+            })?
             .map_err(|e| ServerError::Internal(format!("model load task failed: {e}")))?
             .map_err(ServerError::from)?;
         reply(RepositoryModelLoadResponse {})

@@ -68,7 +68,7 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
         Ok(decoded) => decoded,
         Err(e) => return Answer::Now(in_band(&label, e, grpc_errors)),
     };
-    let regions = decoded.output_regions;
+    let regions = decoded.shm;
     let empty_final_wanted = decoded.enable_empty_final;
     let outcome = super::dispatch::streamed(&state, decoded.request).await;
     match outcome {

@@ -7,13 +7,20 @@
 //! more instructions than through this module (bench/README.md, "Transport").
 //! What tonic's server does that matters here is kept: the HTTP/2 settings, TCP_NODELAY and TCP
 //! keepalive, the client's `grpc-timeout`, a maximum connection age, UNIMPLEMENTED for unknown
-//! services, no limit on the streams a connection may open, and a shutdown that sends GOAWAY and
-//! lets calls in flight finish.
+//! services, and a shutdown that sends GOAWAY and lets calls in flight finish.
+//!
+//! What a client can make the server hold is bounded here, each bound from a flag
+//! ([`TransportConfig`]): connections open at once (the listener is not read past the limit),
+//! streams per connection, the server-wide budget of request bytes being received
+//! ([`super::budget`]), a handshake deadline (a connection that has sent no call by then is
+//! closed) and an idle deadline (one that sent nothing at all for that long is closed). Calls of
+//! a restricted protocol group without their header are refused before they reach a handler.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,7 +28,9 @@ use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,14 +40,16 @@ use tonic::server::NamedService;
 use tower::Service;
 use tower::util::BoxCloneSyncService;
 
+use super::budget::{BudgetedBody, ByteBudget, Encoding};
+use super::restricted::RestrictedProtocols;
 use crate::config::TransportConfig;
 
-type Boxed = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
+type Boxed = BoxCloneSyncService<Request<BudgetedBody>, Response<Body>, Infallible>;
 type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// A gRPC service as tonic's codegen makes one: infallible, named, cheap to clone, its future boxed.
 pub trait GrpcService:
-    Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send + Unpin + 'static>
+    Service<Request<BudgetedBody>, Response = Response<Body>, Error = Infallible, Future: Send + Unpin + 'static>
     + NamedService
     + Clone
     + Send
@@ -48,7 +59,7 @@ pub trait GrpcService:
 }
 
 impl<T> GrpcService for T where
-    T: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send + Unpin + 'static>
+    T: Service<Request<BudgetedBody>, Response = Response<Body>, Error = Infallible, Future: Send + Unpin + 'static>
         + NamedService
         + Clone
         + Send
@@ -62,24 +73,47 @@ impl<T> GrpcService for T where
 pub struct Routes<S> {
     main: S,
     others: Arc<[(&'static str, Boxed)]>,
+    guard: Arc<Guard>,
+    /// Calls this connection has made; a fresh one per connection.
+    calls: Arc<AtomicU64>,
+}
+
+/// What every call is checked against, shared by all connections.
+#[derive(Debug)]
+struct Guard {
+    budget: Arc<ByteBudget>,
+    max_message: usize,
+    restricted: RestrictedProtocols,
 }
 
 impl<S: Clone> Clone for Routes<S> {
     fn clone(&self) -> Self {
-        Routes { main: self.main.clone(), others: Arc::clone(&self.others) }
+        Routes { main: self.main.clone(), others: Arc::clone(&self.others), guard: Arc::clone(&self.guard), calls: Arc::clone(&self.calls) }
     }
 }
 
 impl<S: GrpcService> Routes<S> {
     pub fn new(main: S) -> Routes<S> {
-        Routes { main, others: Arc::from([]) }
+        let guard = Guard { budget: Arc::new(ByteBudget::new(u64::MAX)), max_message: i32::MAX as usize, restricted: RestrictedProtocols::default() };
+        Routes { main, others: Arc::from([]), guard: Arc::new(guard), calls: Arc::default() }
     }
 
     /// Adds a service; a name already routed keeps its first service.
     pub fn with<T: GrpcService>(self, service: T) -> Routes<S> {
         let mut others = self.others.to_vec();
         others.push((T::NAME, BoxCloneSyncService::new(service)));
-        Routes { main: self.main, others: others.into() }
+        Routes { others: others.into(), ..self }
+    }
+
+    /// Charges request bytes to `budget` and refuses restricted calls without their header.
+    pub fn guarded(self, budget: Arc<ByteBudget>, max_message: usize, restricted: RestrictedProtocols) -> Routes<S> {
+        Routes { guard: Arc::new(Guard { budget, max_message, restricted }), ..self }
+    }
+
+    /// A copy for one new connection, with its own call count.
+    fn for_connection(&self) -> (Routes<S>, Arc<AtomicU64>) {
+        let calls = Arc::new(AtomicU64::new(0));
+        (Routes { calls: Arc::clone(&calls), ..self.clone() }, calls)
     }
 }
 
@@ -119,7 +153,19 @@ impl<S: GrpcService> hyper::service::Service<Request<Incoming>> for Routes<S> {
     type Future = Call<S::Future>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let deadline = grpc_timeout(request.headers()).map(|after| Box::pin(tokio::time::sleep(after)));
+        let guard = &self.guard;
+        if !guard.restricted.is_empty() {
+            let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+            if let Err(message) = guard.restricted.check(method, request.headers()) {
+                return Call { inner: Inner::Done(Some(Status::unavailable(message).into_http())), deadline: None };
+            }
+        }
+        let (mut parts, body) = request.into_parts();
+        let encoding = Encoding::take_from(&mut parts.headers);
+        let body = BudgetedBody::new(body, Arc::clone(&guard.budget), encoding, guard.max_message);
+        let request = Request::from_parts(parts, body);
         let path = request.uri().path();
         let inner = if routes_to(path, S::NAME) {
             Inner::Main(self.main.clone().call(request))
@@ -181,9 +227,9 @@ fn http2_builder(settings: &TransportConfig) -> http2::Builder<TokioExecutor> {
         .initial_stream_window_size(settings.initial_stream_window_size)
         .adaptive_window(settings.adaptive_window)
         .max_frame_size(settings.max_frame_size)
-        // No limit on the streams one connection may have open, as with gRPC's servers and tonic's
-        // (hyper's own default is 200): a client multiplexing many calls on one channel is not refused.
-        .max_concurrent_streams(None)
+        // hyper's own default is 200; gRPC's servers have none. A bound keeps one connection from
+        // holding unbounded state, and the default is far above what one channel multiplexes.
+        .max_concurrent_streams(settings.max_concurrent_streams)
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout);
     builder
@@ -216,8 +262,15 @@ where
     let builder = http2_builder(settings);
     let connections = TaskTracker::new();
     let stopping = CancellationToken::new();
+    let slots = Arc::new(Semaphore::new(settings.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     let mut shutdown = pin!(shutdown);
     loop {
+        // At the connection limit the listener is not read: new clients wait in its queue.
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
@@ -235,8 +288,17 @@ where
             }
         };
         configure(&stream, settings.tcp_keepalive);
-        let connection = builder.serve_connection(TokioIo::new(stream), routes.clone());
-        connections.spawn(drive(connection, stopping.clone(), settings.max_connection_age, settings.max_connection_age_grace));
+        let received = Arc::new(AtomicU64::new(0));
+        let io = Counted { inner: stream, received: Arc::clone(&received) };
+        let (routes, calls) = routes.for_connection();
+        let connection = builder.serve_connection(TokioIo::new(io), routes);
+        let watch = Watch { calls, received, header_timeout: settings.header_timeout, idle_timeout: settings.idle_timeout };
+        let limits = (settings.max_connection_age, settings.max_connection_age_grace);
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            drive(connection, stopping, limits.0, limits.1, watch).await;
+            drop(slot);
+        });
     }
     // New clients are refused from here on, not left waiting on a listener nobody reads.
     drop(listener);
@@ -248,10 +310,11 @@ where
 /// Runs one connection to its end: GOAWAY at shutdown or at the maximum age, and a forced close
 /// once an age's grace period is over.
 async fn drive<S>(
-    connection: http2::Connection<TokioIo<TcpStream>, Routes<S>, TokioExecutor>,
+    connection: http2::Connection<TokioIo<Counted>, Routes<S>, TokioExecutor>,
     stopping: CancellationToken,
     max_age: Option<Duration>,
     grace: Option<Duration>,
+    watch: Watch,
 ) where
     S: GrpcService,
 {
@@ -266,6 +329,10 @@ async fn drive<S>(
         finished = connection.as_mut() => Ended::Finished(finished),
         () = stopping.cancelled() => Ended::Stopping,
         () = aged => Ended::Aged,
+        why = watch.silent() => {
+            tracing::debug!("closed a gRPC connection: {why}");
+            return;
+        }
     };
     let finished = match ended {
         Ended::Finished(finished) => finished,
@@ -296,6 +363,78 @@ enum Ended {
     Finished(hyper::Result<()>),
     Stopping,
     Aged,
+}
+
+/// What a connection has done, for the handshake and idle deadlines.
+struct Watch {
+    calls: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+    header_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+impl Watch {
+    /// Resolves when the connection should be closed: no call within the handshake deadline, or
+    /// not one byte received during a whole idle period. Never, with both deadlines off.
+    async fn silent(&self) -> &'static str {
+        if let Some(deadline) = self.header_timeout {
+            tokio::time::sleep(deadline).await;
+            if self.calls.load(Ordering::Relaxed) == 0 {
+                return "no call within the handshake deadline (--grpc-header-timeout)";
+            }
+        }
+        let Some(idle) = self.idle_timeout else { return std::future::pending().await };
+        let mut seen = self.received.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(idle).await;
+            let now = self.received.load(Ordering::Relaxed);
+            if now == seen {
+                return "nothing received for the idle deadline (--grpc-idle-timeout)";
+            }
+            seen = now;
+        }
+    }
+}
+
+/// A connection's socket, counting the bytes it receives (one relaxed add per read).
+pub(crate) struct Counted {
+    inner: TcpStream,
+    received: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            this.received.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -70,7 +70,8 @@ impl WorkerService {
         WorkerService {
             local: LocalWorker::new(Arc::clone(&repository)),
             repository,
-            shm: Arc::new(SharedMemoryRegistry::new()),
+            // The worker plane takes no shared-memory references from frontends.
+            shm: Arc::new(SharedMemoryRegistry::with_policy(crate::shm::ShmPolicy::disabled())),
             in_flight: InFlight::new(),
         }
     }
@@ -89,7 +90,7 @@ impl WorkerService {
     }
 
     fn encode(&self, response: InferenceResponse) -> Result<ModelInferResponse, Status> {
-        encode_response(response, &[], &self.shm, None).map_err(from_server)
+        encode_response(response, &Default::default(), &self.shm, None).map_err(from_server)
     }
 
     fn card_json(&self, version: &tritium_worker::ModelVersion) -> Result<Option<String>, Status> {

@@ -43,6 +43,22 @@ pub enum ShmError {
     #[error("Unable to find system shared memory region: '{name}'")]
     NotFound { name: String },
 
+    /// The client shrank the segment under a registered region (or did so while a request used
+    /// it). The region stays refused until it is unregistered and registered again.
+    #[error(
+        "shared memory region '{name}' is no longer usable: its segment '{key}' was truncated below the \
+         registered size; unregister it and register it again"
+    )]
+    Truncated { name: String, key: String },
+
+    /// System shared memory is turned off on this server, or the key is outside the allowed prefix.
+    #[error("{reason}")]
+    NotAllowed { reason: String },
+
+    /// The server already holds the most regions it may.
+    #[error("failed to register shared memory region '{name}': the server already has {limit} regions registered (--shm-max-regions)")]
+    TooManyRegions { name: String, limit: usize },
+
     /// A tensor's `[offset, offset + byte_size)` is not inside the registered region.
     #[error(
         "Invalid offset + byte size for shared memory region: '{region}' ({offset} + {byte_size} exceeds \
@@ -66,7 +82,10 @@ impl ShmError {
             | ShmError::Stat { .. }
             | ShmError::ExceedsSegment { .. }
             | ShmError::Map { .. }
-            | ShmError::OutputTooSmall { .. } => ErrorCode::Internal,
+            | ShmError::OutputTooSmall { .. }
+            | ShmError::Truncated { .. } => ErrorCode::Internal,
+            ShmError::NotAllowed { .. } => ErrorCode::Unavailable,
+            ShmError::TooManyRegions { .. } => ErrorCode::ResourceExhausted,
             ShmError::ReservedKey { .. } | ShmError::OutOfBounds { .. } => ErrorCode::InvalidArg,
             ShmError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             ShmError::NotFound { .. } => ErrorCode::NotFound,

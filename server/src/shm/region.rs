@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
 
+use super::fault_guard::Watch;
 use super::{RegionStatus, ShmError};
 
 /// A mapped region. The mapping covers `[0, offset + byte_size)` of the segment (mmap offsets must be
@@ -21,6 +22,10 @@ pub(crate) struct Region {
     offset: u64,
     byte_size: u64,
     map: MmapRaw,
+    /// The fault guard's watch on `map`; `Drop for Region` ends it before `map` unmaps.
+    watch: Option<Watch>,
+    /// The segment, kept open to check its size (`fstat`) before every use.
+    file: File,
     /// `offset` and `byte_size` as `usize`; both fit since the mapping of their sum succeeded.
     start: usize,
     len: usize,
@@ -50,13 +55,18 @@ impl Region {
             .len(map_len)
             .map_raw(&file)
             .map_err(|e| ShmError::Map { name: name.to_owned(), reason: e.to_string() })?;
-        // The fd is closed here when `file` drops; the mapping keeps the segment alive.
+        let watch = Watch::new(map.as_ptr(), map.len());
+        if watch.is_none() {
+            tracing::warn!(name, "shared memory region mapped without the SIGBUS guard");
+        }
         Ok(Region {
             name: name.to_owned(),
             key: key.to_owned(),
             offset,
             byte_size,
             map,
+            watch,
+            file,
             // Both are <= map_len, a usize.
             start: offset as usize,
             len: byte_size as usize,
@@ -78,9 +88,24 @@ impl Region {
         }
     }
 
+    /// Refuses a region whose segment the client shrank below the mapping (touching it would
+    /// fault) or whose mapping a fault already replaced with zero pages.
+    pub(crate) fn check_intact(&self) -> Result<(), ShmError> {
+        let truncated = || ShmError::Truncated { name: self.name.clone(), key: self.key.clone() };
+        if self.watch.as_ref().is_some_and(Watch::poisoned) {
+            return Err(truncated());
+        }
+        let size = self.file.metadata().map_err(|_| ShmError::Stat { key: self.key.clone() })?.len();
+        if size < self.offset.saturating_add(self.byte_size) {
+            return Err(truncated());
+        }
+        Ok(())
+    }
+
     /// Zero-copy view of `[offset, offset + byte_size)`; it keeps the mapping alive.
     pub(crate) fn read(self: &Arc<Self>, offset: u64, byte_size: u64) -> Result<Bytes, ShmError> {
         let range = self.range(offset, byte_size)?;
+        self.check_intact()?;
         Ok(Bytes::from_owner(View(Arc::clone(self))).slice(range))
     }
 
@@ -91,6 +116,7 @@ impl Region {
         if needed > byte_size {
             return Err(ShmError::OutputTooSmall { region: self.name.clone(), needed, available: byte_size });
         }
+        self.check_intact()?;
         let mut dst = range.start;
         for chunk in chunks {
             // SAFETY: dst + chunk.len() <= range.end <= self.len (checked above), so the destination is
@@ -102,13 +128,21 @@ impl Region {
             unsafe { std::ptr::copy(chunk.as_ptr(), self.base().add(dst), chunk.len()) };
             dst += chunk.len();
         }
-        Ok(())
+        // A shrink during the copy was absorbed by the fault guard; the output did not arrive.
+        self.check_intact()
     }
 
     /// Start of the exposed part of the mapping.
     fn base(&self) -> *mut u8 {
         // SAFETY: start <= map.len(), so the result stays inside (or one past) the mapping.
         unsafe { self.map.as_mut_ptr().add(self.start) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // Stop watching before `map` unmaps, so the fault handler never sees a range that is gone.
+        self.watch.take();
     }
 }
 

@@ -251,3 +251,55 @@ fn zero_sized_region() {
     let err = registry.write("empty", 0, 0, &[&[1]]).expect_err("no room");
     assert_eq!(err.code(), ErrorCode::Internal);
 }
+
+#[test]
+fn a_view_of_a_segment_shrunk_under_it_reads_zeros_and_the_region_is_refused_from_then_on() {
+    let segment = Segment::new(1 << 16);
+    segment.fill_with_counter();
+    let registry = SharedMemoryRegistry::new();
+    registry.register("r", &segment.key, 0, 1 << 16).expect("registers");
+    let (view, guard) = registry.read_guarded("r", 0, 1 << 16).expect("reads");
+    assert_eq!(view[1000], (1000 % 256) as u8);
+    guard.check().expect("intact so far");
+
+    // The client shrinks the segment while the view is in use: touching the view used to raise
+    // SIGBUS and kill the process; the fault guard swaps in zero pages instead.
+    let file = open_segment(&segment.key);
+    file.set_len(0).expect("truncates");
+    assert_eq!(view[40_000], 0);
+    assert_eq!(guard.check().expect_err("poisoned").code(), ErrorCode::Internal);
+    let refused = registry.read("r", 0, 16).expect_err("refused from then on");
+    assert!(matches!(refused, ShmError::Truncated { .. }), "{refused:?}");
+    let written = registry.write("r", 0, 16, &[&[1; 16]]).expect_err("writes refused too");
+    assert!(matches!(written, ShmError::Truncated { .. }), "{written:?}");
+    // Unregistering and registering again (after the client grows it back) works.
+    registry.unregister("r").expect("unregisters");
+    drop(view);
+    file.set_len(1 << 16).expect("grows");
+    registry.register("r", &segment.key, 0, 1 << 16).expect("registers again");
+    registry.read("r", 0, 16).expect("reads again");
+}
+
+#[test]
+fn a_region_is_refused_when_its_segment_shrank_between_requests() {
+    let segment = Segment::new(8192);
+    let registry = SharedMemoryRegistry::new();
+    registry.register("r", &segment.key, 4096, 4096).expect("registers");
+    open_segment(&segment.key).set_len(4096).expect("truncates");
+    assert!(matches!(registry.read("r", 0, 16), Err(ShmError::Truncated { .. })));
+    assert!(matches!(registry.write("r", 0, 16, &[&[0; 16]]), Err(ShmError::Truncated { .. })));
+}
+
+#[test]
+fn a_policy_limits_keys_and_the_number_of_regions() {
+    let segment = Segment::new(4096);
+    let off = SharedMemoryRegistry::with_policy(ShmPolicy::disabled());
+    assert!(matches!(off.register("r", &segment.key, 0, 64), Err(ShmError::NotAllowed { .. })));
+    let prefixed = SharedMemoryRegistry::with_policy(ShmPolicy { key_prefix: Some("tritium_shm_test_".into()), ..ShmPolicy::any_key() });
+    prefixed.register("r", &segment.key, 0, 64).expect("the prefix matches without the leading '/'");
+    let elsewhere = SharedMemoryRegistry::with_policy(ShmPolicy { key_prefix: Some("other_".into()), ..ShmPolicy::any_key() });
+    assert!(matches!(elsewhere.register("r", &segment.key, 0, 64), Err(ShmError::NotAllowed { .. })));
+    let one = SharedMemoryRegistry::with_policy(ShmPolicy { max_regions: 1, ..ShmPolicy::any_key() });
+    one.register("a", &segment.key, 0, 64).expect("first");
+    assert!(matches!(one.register("b", &segment.key, 0, 64), Err(ShmError::TooManyRegions { limit: 1, .. })));
+}

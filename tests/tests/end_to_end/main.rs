@@ -14,3 +14,5 @@ mod shared_memory;
 mod statistics;
 mod streaming;
 mod transport;
+mod trust_boundary;
+mod trust_limits;

@@ -68,7 +68,7 @@ fn le_values(bytes: &[u8]) -> Vec<i32> {
 
 #[tokio::test]
 async fn register_status_and_unregister() {
-    let server = TestServer::builtin().await;
+    let server = TestServer::with_shared_memory().await;
     let mut client = server.client().await;
     let segment = Segment::create("status", 256);
     let key = segment.key();
@@ -97,7 +97,7 @@ async fn register_status_and_unregister() {
 
 #[tokio::test]
 async fn bad_registrations_get_tritons_codes() {
-    let server = TestServer::builtin().await;
+    let server = TestServer::with_shared_memory().await;
     let mut client = server.client().await;
     let segment = Segment::create("bad", 128);
     let key = segment.key();
@@ -127,7 +127,7 @@ async fn bad_registrations_get_tritons_codes() {
 
 #[tokio::test]
 async fn add_sub_reads_inputs_and_writes_outputs_at_offsets() {
-    let server = TestServer::builtin().await;
+    let server = TestServer::with_shared_memory().await;
     let mut client = server.client().await;
     let inputs = Segment::create("in", 512);
     let outputs = Segment::create("out", 512);
@@ -164,7 +164,7 @@ async fn add_sub_reads_inputs_and_writes_outputs_at_offsets() {
 
 #[tokio::test]
 async fn shared_memory_and_raw_inputs_mix() {
-    let server = TestServer::builtin().await;
+    let server = TestServer::with_shared_memory().await;
     let mut client = server.client().await;
     let segment = Segment::create("mixed", 64);
     let a = vec![7i32; 16];
@@ -183,7 +183,7 @@ async fn shared_memory_and_raw_inputs_mix() {
 
 #[tokio::test]
 async fn an_output_region_too_small_is_internal() {
-    let server = TestServer::builtin().await;
+    let server = TestServer::with_shared_memory().await;
     let mut client = server.client().await;
     let segment = Segment::create("small", 256);
     register(&mut client, "small", &segment.key(), 0, 256).await.expect("register");
@@ -209,7 +209,7 @@ async fn an_output_region_too_small_is_internal() {
 
 #[tokio::test]
 async fn cuda_shared_memory_is_unimplemented() {
-    let server = TestServer::builtin().await;
+    let server = TestServer::with_shared_memory().await;
     let mut client = server.client().await;
     let message = "CUDA shared memory is not supported by this server";
     let raw = client.raw();
@@ -226,7 +226,7 @@ async fn cuda_shared_memory_is_unimplemented() {
 
 #[tokio::test]
 async fn an_output_may_overlap_its_input_in_one_region() {
-    let server = TestServer::builtin().await;
+    let server = TestServer::with_shared_memory().await;
     let mut client = server.client().await;
     let segment = Segment::create("overlap", 64);
     let values = [1.5f32, 2.5, 3.5, 4.5];

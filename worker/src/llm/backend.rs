@@ -76,15 +76,7 @@ pub fn model_path(config: &ModelConfig, model_dir: Option<&Path>) -> Result<Path
     let Some(path) = config_parameter(config, MODEL_PATH_PARAMETER).filter(|p| !p.is_empty()) else {
         return Err(format!("the config has no '{MODEL_PATH_PARAMETER}' parameter naming the weights"));
     };
-    let path = Path::new(path);
-    let path = match model_dir {
-        Some(dir) if path.is_relative() => dir.join(path),
-        _ => path.to_path_buf(),
-    };
-    if !path.exists() {
-        return Err(format!("{MODEL_PATH_PARAMETER} '{}' does not exist", path.display()));
-    }
-    Ok(path)
+    crate::repository::model_files::resolve_model_file(model_dir, path).map_err(|why| format!("{MODEL_PATH_PARAMETER} {why}"))
 }
 
 fn engine_options(config: &ModelConfig, defaults: &EngineOptions) -> Result<EngineOptions, String> {

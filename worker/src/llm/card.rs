@@ -97,7 +97,10 @@ impl ModelCard {
     /// Reads the metadata of the GGUF file at `path` (not its tensors) and builds the card.
     pub fn from_gguf_file(path: &Path) -> Result<ModelCard, String> {
         let mut file = fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let content = Content::read(&mut file).map_err(|e| format!("{} is not a GGUF file: {e}", path.display()))?;
+        let content = Content::read(&mut file).map_err(|e| {
+            tracing::debug!(path = %path.display(), "not a GGUF file: {e}");
+            format!("{} is not a GGUF file", path.display())
+        })?;
         ModelCard::from_gguf(&content, &path.display().to_string())
     }
 

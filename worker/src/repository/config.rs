@@ -10,7 +10,7 @@ use tritium_proto::inference::model_version_policy::{Latest, PolicyChoice};
 use tritium_proto::inference::{DataType, ModelConfig, ModelVersionPolicy};
 
 use super::RepositoryError;
-use super::pbtxt::insert_list_colons;
+use super::pbtxt::{check_nesting, insert_list_colons};
 
 const MODEL_CONFIG: &str = "inference.ModelConfig";
 
@@ -43,9 +43,12 @@ fn to_model_config(message: &DynamicMessage) -> Result<ModelConfig, RepositoryEr
 /// Accepts the colon-less message lists Triton's examples use (`input [ { ... } ]`), which the
 /// text-format spec allows and `prost-reflect` alone does not (see `pbtxt.rs`).
 ///
+/// Nesting deeper than 100 levels is a parse error rather than a stack overflow (see `pbtxt.rs`).
+///
 /// Errors leave the model name empty; callers that know it add it with
 /// [`RepositoryError::with_model`].
 pub fn parse_config_text(text: &str) -> Result<ModelConfig, RepositoryError> {
+    check_nesting(text).map_err(parse_error)?;
     let text = insert_list_colons(text);
     let message = DynamicMessage::parse_text_format(model_config_descriptor()?, &text).map_err(parse_error)?;
     to_model_config(&message)

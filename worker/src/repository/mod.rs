@@ -23,7 +23,10 @@
 
 mod config;
 mod error;
+pub mod model_files;
 mod pbtxt;
+#[cfg(test)]
+mod proptests;
 mod scan;
 mod versions;
 

@@ -6,6 +6,11 @@
 //! write `input [ ... ]` almost everywhere. `prost-reflect` 0.16 accepts `input { ... }` but
 //! requires `input: [ ... ]`, so we insert the colon. Everything else (strings, comments, values)
 //! passes through byte for byte, and the real parser still does all the parsing.
+//!
+//! It also bounds nesting before that parser runs: `prost-reflect` recurses once per nested
+//! message and has no depth limit, and an `Any` expansion (`[x/inference.ModelConfig] { ... }`)
+//! can nest without end: 2,000 of them (53 KB of text) overflowed a 2 MiB thread stack in a debug
+//! build and aborted the process instead of failing the load.
 
 use std::borrow::Cow;
 
@@ -89,6 +94,41 @@ pub(crate) fn insert_list_colons(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Deepest nesting of `{`, `<` and `[` a config may use. `ModelConfig` itself needs about six
+/// levels; protobuf's own text parser stops at 100 nested messages.
+pub(crate) const MAX_NESTING: usize = 100;
+
+/// Fails when brackets outside strings and comments nest deeper than [`MAX_NESTING`].
+pub(crate) fn check_nesting(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' | b'\'' => {
+                i = skip_string(bytes, i);
+                continue;
+            }
+            b'{' | b'<' | b'[' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!("nesting deeper than {MAX_NESTING} levels at byte {i}"));
+                }
+            }
+            b'}' | b'>' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
@@ -111,7 +151,7 @@ fn skip_string(bytes: &[u8], start: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::insert_list_colons;
+    use super::{MAX_NESTING, check_nesting, insert_list_colons};
 
     #[test]
     fn inserts_a_colon_only_where_a_list_follows_a_field_name() {
@@ -141,5 +181,18 @@ mod tests {
         ] {
             assert_eq!(insert_list_colons(text), text, "{text:?}");
         }
+    }
+
+    #[test]
+    fn bounds_nesting_outside_strings_and_comments() {
+        let nested = |depth: usize| format!("{}{}", "a {".repeat(depth), "}".repeat(depth));
+        assert_eq!(check_nesting(&nested(MAX_NESTING)), Ok(()));
+        let too_deep = check_nesting(&nested(MAX_NESTING + 1));
+        assert_eq!(too_deep, Err("nesting deeper than 100 levels at byte 302".to_string()));
+        // Siblings do not add up; brackets in strings and comments do not count.
+        assert_eq!(check_nesting(&nested(60).repeat(2)), Ok(()));
+        assert_eq!(check_nesting("input [ { dims: [1] } ] s: \"[[[[{\" # <<<<{{{{"), Ok(()));
+        assert_eq!(check_nesting(&format!("s: \"{}\"", "{".repeat(1000))), Ok(()));
+        assert!(check_nesting(&"<[".repeat(51)).is_err());
     }
 }

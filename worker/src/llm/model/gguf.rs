@@ -19,7 +19,12 @@ const GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
 /// Reads a GGUF file's header and metadata.
 pub(crate) fn read_content(path: &Path) -> Result<(Content, File), String> {
     let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let content = Content::read(&mut file).map_err(|e| format!("{}: not a readable GGUF file: {e}", path.display()))?;
+    // candle's error quotes the file's first bytes ("unknown magic ..."): logged, never returned,
+    // since a load error reaches the client that asked for the load.
+    let content = Content::read(&mut file).map_err(|e| {
+        tracing::debug!(path = %path.display(), "not a GGUF file: {e}");
+        format!("{}: not a readable GGUF file", path.display())
+    })?;
     Ok((content, file))
 }
 

@@ -1,0 +1,89 @@
+//! The bounds on what a client can make the server hold, and the doors a client may open:
+//! connections, streams, buffered request bytes, timeouts, shared memory, model loads and the
+//! restricted protocols. Each has a flag, an environment variable and a default that keeps a
+//! small box (2 cores, 2 GiB) serving under abuse; SECURITY.md lists them.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::grpc::restricted::RestrictedProtocols;
+use crate::shm::{DEFAULT_MAX_REGIONS, MAX_REGIONS_LIMIT, ShmPolicy};
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits and access")]
+pub struct LimitArgs {
+    /// Serve system shared memory (SystemSharedMemoryRegister maps a client-named /dev/shm key).
+    /// Off by default: any client could otherwise map any segment the server's user can open.
+    #[arg(long, env = "TRITIUM_ALLOW_SHARED_MEMORY")]
+    pub allow_shared_memory: bool,
+    /// Allow only shared-memory keys that start with this prefix (turns shared memory on).
+    #[arg(long, env = "TRITIUM_SHM_KEY_PREFIX")]
+    pub shm_key_prefix: Option<String>,
+    /// Shared-memory regions registered at once, at most (each holds a mapping and a descriptor).
+    #[arg(long, env = "TRITIUM_SHM_MAX_REGIONS", default_value_t = DEFAULT_MAX_REGIONS)]
+    pub shm_max_regions: usize,
+    /// gRPC connections open at once; further ones wait in the listen queue.
+    #[arg(long, env = "TRITIUM_GRPC_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub grpc_max_connections: usize,
+    /// Streams (calls) one HTTP/2 connection may have open at once; 0 for no limit.
+    #[arg(long, env = "TRITIUM_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_STREAMS)]
+    pub grpc_max_concurrent_streams: u32,
+    /// Bytes of request messages the whole server may hold while they arrive (counted from each
+    /// message's declared length, and after decompression); beyond it a call gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TRITIUM_MAX_BUFFERED_REQUEST_BYTES", default_value_t = DEFAULT_BUFFERED_BYTES)]
+    pub max_buffered_request_bytes: u64,
+    /// Milliseconds a new connection has to finish the HTTP/2 handshake and send its first request
+    /// headers; 0 disables.
+    #[arg(long, env = "TRITIUM_GRPC_HEADER_TIMEOUT", default_value_t = 10_000)]
+    pub grpc_header_timeout: u64,
+    /// Milliseconds a connection with no open call is kept before the server closes it; 0 disables.
+    #[arg(long, env = "TRITIUM_GRPC_IDLE_TIMEOUT", default_value_t = 300_000)]
+    pub grpc_idle_timeout: u64,
+    /// Seconds a model load may take before the client is answered with an error (the load goes on
+    /// in the background, and its model's next load waits for it).
+    #[arg(long, env = "TRITIUM_MODEL_LOAD_TIMEOUT_SECS", default_value_t = 600)]
+    pub model_load_timeout_secs: u64,
+    /// Triton's `<protocols>:<header>=<value>`: calls of these protocol groups (comma-separated:
+    /// health, metadata, inference, shared-memory, model-config, model-repository, statistics,
+    /// trace, logging) must carry the header; repeatable.
+    #[arg(long = "grpc-restricted-protocol", env = "TRITIUM_GRPC_RESTRICTED_PROTOCOL", value_delimiter = ';')]
+    pub grpc_restricted_protocol: Vec<String>,
+}
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_MAX_STREAMS: u32 = 1024;
+/// Half of a 2 GiB box: room for the models and the responses beside the requests.
+pub const DEFAULT_BUFFERED_BYTES: u64 = 1 << 30;
+
+/// What the limit flags resolve to.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub shm: ShmPolicy,
+    pub model_load_timeout: Duration,
+    pub restricted: RestrictedProtocols,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { shm: ShmPolicy::disabled(), model_load_timeout: Duration::from_secs(600), restricted: RestrictedProtocols::default() }
+    }
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Result<Limits, String> {
+        if self.shm_max_regions > MAX_REGIONS_LIMIT {
+            return Err(format!("--shm-max-regions is at most {MAX_REGIONS_LIMIT}"));
+        }
+        let shm = ShmPolicy {
+            enabled: self.allow_shared_memory || self.shm_key_prefix.is_some(),
+            key_prefix: self.shm_key_prefix.clone().filter(|p| !p.is_empty()),
+            max_regions: self.shm_max_regions,
+        };
+        Ok(Limits {
+            shm,
+            model_load_timeout: Duration::from_secs(self.model_load_timeout_secs.max(1)),
+            restricted: RestrictedProtocols::parse(&self.grpc_restricted_protocol)?,
+        })
+    }
+}
