@@ -103,6 +103,13 @@ async fn worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = args.worker_config()?;
     let listener = listener(args.listen.worker_listen_fd, args.listen.addr()).await?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && config.worker_token.is_none() {
+        return Err(format!(
+            "the worker plane listens on {addr}, which is not loopback: give --worker-token (TRITIUM_WORKER_TOKEN), \
+             and the same to the frontends, so only they are served"
+        )
+        .into());
+    }
     let advertised = args.listen.advertised_uri(addr);
     let id = args.listen.worker_id.clone().unwrap_or_else(default_worker_id);
     let process = tokio::task::spawn_blocking(move || WorkerProcess::new(config)).await??;

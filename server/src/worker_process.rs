@@ -92,7 +92,7 @@ impl WorkerProcess {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = Server::builder()
             .add_service(health)
-            .add_service(service.into_server(self.config.max_message_size))
+            .add_service(service.into_server_with_token(self.config.max_message_size, self.config.worker_token.as_deref()))
             .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
         let mut server = Box::pin(server);
         let mut shutdown = Box::pin(shutdown.fuse());

@@ -49,6 +49,7 @@ BOMB_MIB = int(os.environ.get("SOAK_BOMB_MIB", "256"))
 SKIP = {name.strip() for name in os.environ.get("SOAK_SKIP", "").split(",") if name.strip()}
 ABUSE_SHARE = 0.10
 WARMUP = min(20.0, SOAK_SECONDS / 3)
+QUIET = min(5.0, WARMUP / 2)
 RSS_LIMIT = 0.10
 SHM_FLAG = "--allow-shared-memory"
 # The server's default message limit is Triton's 2 GiB, so a 256 MiB message is legal there. The soak
@@ -143,7 +144,8 @@ class Soak:
         self.recent: list[tuple[float, str]] = []  # abusive calls started lately, to name suspects of a crash
         self.stop = threading.Event()
         self.death: tuple[int, list[str]] | None = None
-        self.rss_warm = self.rss_peak = 0
+        self.rss_warm = self.rss_end = self.rss_peak = 0
+        self.quiet = threading.Event()  # set during the RSS windows: no compression bombs then
         self.stuck: list[str] = []
 
     def record(self, kind: str, verdict: str, detail: str) -> None:
@@ -156,7 +158,7 @@ class Soak:
 
     def client_loop(self, index: int, end: float) -> None:
         rng = np.random.default_rng(SEED + index)
-        c = Client(self.server.url, self.server.port, self.repo, rng, self.bombs, self.gates)
+        c = Client(self.server.url, self.server.port, self.repo, rng, self.bombs, self.gates, self.quiet)
         me = threading.get_ident()
         try:
             while not self.stop.is_set() and time.monotonic() < end:
@@ -193,6 +195,7 @@ class Soak:
 
     def monitor(self, start: float, end: float) -> None:
         pid, next_report = self.server.proc.pid, start + 15
+        floor, warm_reported = 1 << 60, False
         while not self.stop.wait(0.2):
             now = time.monotonic()
             if self.server.proc.poll() is not None:
@@ -202,16 +205,27 @@ class Soak:
                 self.stop.set()
                 return
             rss = read_rss_kib(pid)
-            self.rss_peak = max(self.rss_peak, rss)
-            if not self.rss_warm and now >= start + WARMUP:
-                self.rss_warm = rss
-                print(f"soak: warm-up over after {WARMUP:.0f}s, RSS {rss / 1024:.1f} MiB", flush=True)
+            self.rss_peak, floor = max(self.rss_peak, rss), min(floor, rss)
+            # RSS is compared between two quiet windows (no compression bomb, whose inflated buffer the
+            # allocator may hold for a while) at the end of the warm-up and at the end, by their lowest
+            # samples: a leak raises that floor, a bomb in flight only makes a peak.
+            warm_window = start + WARMUP - QUIET <= now < start + WARMUP
+            end_window = now >= end - QUIET
+            (self.quiet.set if warm_window or end_window else self.quiet.clear)()
+            if warm_window:
+                self.rss_warm = min(self.rss_warm or rss, rss)
+            if end_window:
+                self.rss_end = min(self.rss_end or rss, rss)
+            if not warm_reported and now >= start + WARMUP:
+                warm_reported = True
+                print(f"soak: warm-up over after {WARMUP:.0f}s, RSS floor {self.rss_warm / 1024:.1f} MiB", flush=True)
             if now >= next_report:
                 with self.lock:
                     done = sum(sum(v) for v in self.counts.values())
                     bad = sum(v[2] for v in self.counts.values())
-                print(f"soak: {now - start:5.0f}s  {done} calls, {bad} unexpected, RSS {rss / 1024:.1f} MiB", flush=True)
-                next_report += 15
+                print(f"soak: {now - start:5.0f}s  {done} calls, {bad} unexpected, "
+                      f"RSS {rss / 1024:.1f} MiB (lowest {floor / 1024:.1f} since the last line)", flush=True)
+                next_report, floor = next_report + 15, rss
             if now >= end:
                 return
 
@@ -288,7 +302,6 @@ def main() -> int:
         try:
             soak.run()
             alive = server.proc.poll() is None
-            rss_end = read_rss_kib(server.proc.pid) if alive else 0
             final = final_request(server.url) if alive else "server not running"
         finally:
             unblock = attacks.unblock_fifo(repo / attacks.FIFO_VICTIM / attacks.FIFO_NAME)
@@ -320,10 +333,10 @@ def main() -> int:
         check(alive, "the server kept running" if alive else f"the server kept running (exit status {status})")
     check(not soak.stuck, "client threads ended within their timeouts" + (f"; stuck: {soak.stuck}" if soak.stuck else ""))
     check(final is None, "a final identity + add_sub request succeeds" + (f": {final}" if final else ""))
-    if soak.rss_warm and rss_end:
-        growth = (rss_end - soak.rss_warm) / soak.rss_warm
-        check(growth < RSS_LIMIT, f"RSS growth after warm-up {growth:+.1%} < {RSS_LIMIT:.0%} "
-              f"({soak.rss_warm / 1024:.1f} -> {rss_end / 1024:.1f} MiB, peak {soak.rss_peak / 1024:.1f})")
+    if soak.rss_warm and soak.rss_end:
+        growth = (soak.rss_end - soak.rss_warm) / soak.rss_warm
+        check(growth < RSS_LIMIT, f"RSS growth after warm-up {growth:+.1%} < {RSS_LIMIT:.0%} (floors "
+              f"{soak.rss_warm / 1024:.1f} -> {soak.rss_end / 1024:.1f} MiB, peak {soak.rss_peak / 1024:.1f})")
     else:
         check(False, "RSS measured after warm-up and at the end")
     panics = [line for line in log.splitlines() if "panicked" in line]

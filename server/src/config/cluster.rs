@@ -111,6 +111,9 @@ impl ClusterArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Routing")]
 pub struct RouterArgs {
+    /// Token sent to remote workers on the worker plane (they must be started with the same).
+    #[arg(long = "worker-token", env = "TRITIUM_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
     /// How a request's worker is chosen among those serving its model.
     #[arg(long, env = "TRITIUM_ROUTER_MODE", value_enum, default_value = "round-robin")]
     pub router_mode: RouterMode,
@@ -146,6 +149,7 @@ impl RouterArgs {
             kv_block_size: self.kv_block_size,
             migration_limit: self.migration_limit,
             suspect_for: lease_ttl,
+            worker_token: self.worker_token.clone().filter(|t| !t.is_empty()),
         })
     }
 }
@@ -199,8 +203,13 @@ impl EngineArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Worker request plane")]
 pub struct WorkerListenArgs {
-    #[arg(long, env = "TRITIUM_WORKER_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Address the worker plane binds: loopback unless told otherwise. Any other address needs
+    /// --worker-token, so only frontends that hold it are served.
+    #[arg(long, env = "TRITIUM_WORKER_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub worker_address: IpAddr,
+    /// Token frontends must send on every worker-plane call (`authorization: Bearer <token>`).
+    #[arg(long = "worker-token", env = "TRITIUM_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
     #[arg(long, env = "TRITIUM_WORKER_PORT", default_value_t = 8011)]
     pub worker_port: u16,
     /// Serve on an inherited, already listening socket (file descriptor) instead of binding.

@@ -63,6 +63,8 @@ pub struct WorkerConfig {
     pub llm: EngineOptions,
     pub cluster: ClusterConfig,
     pub max_message_size: usize,
+    /// Token frontends must send (`--worker-token`).
+    pub worker_token: Option<String>,
 }
 
 impl WorkerArgs {
@@ -72,6 +74,7 @@ impl WorkerArgs {
             llm: engine_options(&self.models),
             cluster: self.cluster.config()?,
             max_message_size: self.worker_max_message_size,
+            worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
         })
     }
 }

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::{ModelConfig, ModelInferResponse};
@@ -59,7 +60,7 @@ pub struct RemoteModel {
 pub struct RemoteWorker {
     id: String,
     uri: String,
-    client: WorkerRpc<Channel>,
+    client: WorkerRpc<InterceptedService<Channel, super::auth::BearerToken>>,
 }
 
 impl std::fmt::Debug for RemoteWorker {
@@ -122,6 +123,13 @@ impl RemoteWorker {
     /// A client of the worker at `uri` (`http://host:port`), known as `id`. Connects on first use,
     /// and again after the connection breaks. Needs a Tokio runtime.
     pub fn new(id: &str, uri: &str, max_message_size: usize) -> Result<RemoteWorker, WorkerError> {
+        RemoteWorker::with_token(id, uri, max_message_size, None)
+    }
+
+    /// [`RemoteWorker::new`], sending the worker-plane `token` on every call.
+    pub fn with_token(id: &str, uri: &str, max_message_size: usize, token: Option<&str>) -> Result<RemoteWorker, WorkerError> {
+        let token = super::auth::BearerToken::new(token)
+            .map_err(|message| WorkerError::Failed { code: ErrorCode::InvalidArg, message })?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(WorkerError::Failed {
                 code: ErrorCode::Internal,
@@ -139,7 +147,7 @@ impl RemoteWorker {
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let client = WorkerRpc::new(channel)
+        let client = WorkerRpc::with_interceptor(channel, token)
             .max_decoding_message_size(max_message_size)
             .max_encoding_message_size(max_message_size);
         Ok(RemoteWorker { id: id.to_string(), uri: uri.to_string(), client })

@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 mod client;
 pub mod convert;
 mod drain;

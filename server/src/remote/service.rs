@@ -85,6 +85,15 @@ impl WorkerService {
         WorkerServer::new(self).max_decoding_message_size(max_message_size).max_encoding_message_size(max_message_size)
     }
 
+    /// [`WorkerService::into_server`], refusing calls without the worker-plane `token` when set.
+    pub fn into_server_with_token(
+        self,
+        max_message_size: usize,
+        token: Option<&str>,
+    ) -> tonic::service::interceptor::InterceptedService<WorkerServer<WorkerService>, super::auth::RequireToken> {
+        tonic::service::interceptor::InterceptedService::new(self.into_server(max_message_size), super::auth::RequireToken::new(token))
+    }
+
     fn admit(&self) -> Result<InFlightGuard, Status> {
         self.in_flight.enter().ok_or_else(|| worker_status(ErrorCode::Unavailable, DRAINING_MESSAGE))
     }

@@ -31,6 +31,11 @@ pub(super) struct TestWorker {
 
 impl TestWorker {
     pub fn start(repository: Arc<ModelRepository>) -> TestWorker {
+        TestWorker::start_with_token(repository, None)
+    }
+
+    /// A worker that refuses calls without `token` (when given).
+    pub fn start_with_token(repository: Arc<ModelRepository>, token: Option<&'static str>) -> TestWorker {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds an ephemeral port");
         listener.set_nonblocking(true).expect("non-blocking listener");
         let uri = format!("http://{}", listener.local_addr().expect("bound address"));
@@ -41,7 +46,7 @@ impl TestWorker {
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("registers the listener");
             let served = Server::builder()
-                .add_service(service.into_server(MAX_MESSAGE))
+                .add_service(service.into_server_with_token(MAX_MESSAGE, token))
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
             if let Err(e) = served {
@@ -288,4 +293,16 @@ async fn describe_models_lists_the_built_in_models_with_their_configs() {
     assert!(repeat.config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled));
     let inputs: Vec<&str> = repeat.config.input.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(inputs, ["IN", "DELAY_MS"]);
+}
+
+#[tokio::test]
+async fn a_worker_with_a_token_serves_only_frontends_that_send_it() {
+    let worker = TestWorker::start_with_token(builtin(), Some("s3cret"));
+    let request = || InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![1], &[1.0f32])]);
+    let refused = worker.client().infer(request()).await.expect_err("no token, no service");
+    assert!(refused.to_string().contains("worker-plane token"), "{refused}");
+    let wrong = RemoteWorker::with_token("w1", &worker.uri, MAX_MESSAGE, Some("guess")).expect("a client");
+    assert!(wrong.infer(request()).await.is_err(), "a wrong token is refused");
+    let right = RemoteWorker::with_token("w1", &worker.uri, MAX_MESSAGE, Some("s3cret")).expect("a client");
+    right.infer(request()).await.expect("the token opens the door");
 }

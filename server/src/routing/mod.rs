@@ -202,7 +202,7 @@ impl Router {
                     member.clone()
                 }
                 (None, WorkerAddress::Grpc(uri)) => {
-                    let remote = match crate::remote::RemoteWorker::new(&instance.id, uri, self.max_message_size) {
+                    let remote = match crate::remote::RemoteWorker::with_token(&instance.id, uri, self.max_message_size, self.options.worker_token.as_deref()) {
                         Ok(remote) => Arc::new(remote),
                         Err(e) => {
                             tracing::warn!(worker = %instance.id, %uri, "cannot reach this worker: {e}");

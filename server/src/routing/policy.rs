@@ -51,6 +51,8 @@ pub struct RouterOptions {
     pub migration_limit: u32,
     /// How long a worker that could not be reached is passed over (unless it is the only one).
     pub suspect_for: std::time::Duration,
+    /// Sent to remote workers on every call (`--worker-token`).
+    pub worker_token: Option<String>,
 }
 
 impl Default for RouterOptions {
@@ -61,6 +63,7 @@ impl Default for RouterOptions {
             kv_block_size: tritium_worker::kv::DEFAULT_KV_BLOCK_SIZE,
             migration_limit: 3,
             suspect_for: std::time::Duration::from_secs(5),
+            worker_token: None,
         }
     }
 }
