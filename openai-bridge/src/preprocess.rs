@@ -22,7 +22,7 @@ use minijinja::Environment;
 use minijinja::value::{Serde, Value};
 use serde_json::{Map, Value as Json};
 use tokenizers::Tokenizer;
-use tritium_worker::llm::ModelCard;
+use tritium_worker::llm::{ModelCard, ModelKind};
 
 use crate::detokenize::Detokenizer;
 use crate::error::BridgeError;
@@ -56,6 +56,9 @@ pub struct Preprocessor {
     byte_level: HashMap<char, u8>,
     /// Added tokens are raw text, in no alphabet.
     added: HashSet<u32>,
+    /// Text longer than this cannot fit the context of a generating model whatever it says: its
+    /// longest vocabulary entry times the context length. Checked before tokenizing.
+    max_prompt_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -92,7 +95,11 @@ impl Preprocessor {
             _ => tokenizer.encode("a", false).map(|e| e.get_ids().to_vec()).unwrap_or_default(),
         };
         let added = tokenizer_added_ids(&tokenizer);
+        let longest_token = tokenizer.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
+        let max_prompt_bytes = (card.kind == ModelKind::Generate && card.context_length > 0)
+            .then(|| longest_token.saturating_mul(card.context_length));
         Ok(Preprocessor {
+            max_prompt_bytes,
             card,
             tokenizer: Arc::new(tokenizer),
             env,
@@ -139,7 +146,33 @@ impl Preprocessor {
 
     /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor runs (BERT's
     /// `[CLS] … [SEP]`) and BOS is put in front when the card says so and it is not there yet.
+    /// [`Preprocessor::encode`] on the blocking pool when `text` is long enough that tokenizing it
+    /// would hold a runtime thread for long (short texts are encoded in place: a hop costs more).
+    pub async fn encode_off_runtime(self: &Arc<Self>, text: String, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
+        const INLINE_BYTES: usize = 16 << 10;
+        if text.len() <= INLINE_BYTES {
+            return self.encode(&text, add_special_tokens);
+        }
+        let pre = Arc::clone(self);
+        tokio::task::spawn_blocking(move || pre.encode(&text, add_special_tokens))
+            .await
+            .map_err(|e| BridgeError::Internal(format!("the tokenizing task failed: {e}")))?
+    }
+
+    /// Text that could not fit the model's context is refused before the tokenizer sees it.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
+        if let Some(limit) = self.max_prompt_bytes
+            && text.len() > limit
+        {
+            return Err(BridgeError::field(
+                "prompt",
+                format!(
+                    "the prompt is {} bytes, more than any prompt of at most {} tokens (the model's context) can be",
+                    text.len(),
+                    self.card.context_length
+                ),
+            ));
+        }
         let encoding =
             self.tokenizer.encode(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?;
         let mut ids = encoding.get_ids().to_vec();
@@ -270,6 +303,17 @@ pub(crate) mod tests {
         let mut card = (**smollm2().card()).clone();
         card.chat_template = Some(template.to_owned());
         Preprocessor::new(Arc::new(card)).unwrap()
+    }
+
+    #[test]
+    fn a_prompt_too_long_for_any_context_is_refused_before_tokenizing() {
+        let pre = smollm2();
+        let limit = pre.max_prompt_bytes.expect("a generating model has a bound");
+        assert!(limit >= pre.card.context_length, "{limit}");
+        let error = pre.encode(&"a".repeat(limit + 1), true).expect_err("too long");
+        assert!(error.to_string().starts_with("prompt: the prompt is"), "{error}");
+        // Within the bound the tokenizer runs (and the engine checks the real token count).
+        assert!(pre.encode("Hello", true).is_ok());
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::BridgeError;
 
 /// OpenAI allows 4 stop strings; vLLM allows any number. 16 keeps the per-token matching cheap.
 pub const MAX_STOP_STRINGS: usize = 16;
+/// `stop_token_ids` are checked on every generated token.
+pub const MAX_STOP_TOKEN_IDS: usize = 64;
 /// OpenAI's limit on `logprobs` / `top_logprobs`.
 pub const MAX_LOGPROBS: u32 = 20;
 
@@ -72,6 +74,12 @@ impl CompletionOptions {
             return Err(BridgeError::field(
                 "stop",
                 format!("at most {MAX_STOP_STRINGS} stop strings are allowed, got {}", self.stop.len()),
+            ));
+        }
+        if self.stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
+            return Err(BridgeError::field(
+                "stop_token_ids",
+                format!("at most {MAX_STOP_TOKEN_IDS} stop token ids are allowed, got {}", self.stop_token_ids.len()),
             ));
         }
         // An empty stop string would match before the first token.
@@ -313,6 +321,7 @@ mod tests {
             (CompletionOptions { repetition_penalty: Some(0.0), ..Default::default() }, "repetition_penalty"),
             (CompletionOptions { stop: vec!["x".into(); 17], ..Default::default() }, "stop"),
             (CompletionOptions { stop: vec![String::new()], ..Default::default() }, "stop"),
+            (CompletionOptions { stop_token_ids: vec![1; 65], ..Default::default() }, "stop_token_ids"),
             (CompletionOptions { logprobs: Some(21), ..Default::default() }, "logprobs"),
             (CompletionOptions { min_tokens: Some(5), max_tokens: Some(4), ..Default::default() }, "min_tokens"),
         ];

@@ -20,14 +20,15 @@ pub(super) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/chat/completions")?;
     let mut observer = state.metrics.observer(&request.model, PROTOCOL);
-    let prepared = request.options().and_then(|options| {
+    let rendered = request.options().and_then(|options| {
         let messages = request.template_messages()?;
         let extra = request.template_extra();
         let text = pre.render_chat(&messages, request.add_generation_prompt.unwrap_or(true), extra.as_ref())?;
-        // The template writes the special tokens (BOS included) itself.
-        Ok((options, pre.encode(&text, false)?))
+        Ok((options, text))
     });
-    let (options, prompt) = prepared.map_err(|error| failed(&mut observer, error))?;
+    let (options, text) = rendered.map_err(|error| failed(&mut observer, error))?;
+    // The template writes the special tokens (BOS included) itself.
+    let prompt = pre.encode_off_runtime(text, false).await.map_err(|error| failed(&mut observer, error))?;
     let stream = state.start(&pre, &request.model, &options, prompt, None, observer).await?;
     let mut writer = ChatWriter {
         id: new_id("chatcmpl"),

@@ -20,17 +20,12 @@ pub(super) async fn completions(
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions")?;
     let mut observer = state.metrics.observer(&request.model, PROTOCOL);
-    let prepared = request.options().and_then(|options| {
-        let prompt = match &request.prompt {
-            Prompt::Text(text) => pre.encode(text, true)?,
-            Prompt::Tokens(ids) => {
-                check_token_ids(&pre, "prompt", ids)?;
-                ids.clone()
-            }
-        };
-        Ok((options, prompt))
-    });
-    let (options, prompt) = prepared.map_err(|error| failed(&mut observer, error))?;
+    let options = request.options().map_err(|error| failed(&mut observer, error))?;
+    let prompt = match &request.prompt {
+        Prompt::Text(text) => pre.encode_off_runtime(text.clone(), true).await,
+        Prompt::Tokens(ids) => check_token_ids(&pre, "prompt", ids).map(|()| ids.clone()),
+    };
+    let prompt = prompt.map_err(|error| failed(&mut observer, error))?;
     // Like OpenAI, /v1/completions defaults to 16 tokens.
     let stream = state.start(&pre, &request.model, &options, prompt, Some(DEFAULT_MAX_TOKENS), observer).await?;
     let mut writer = CompletionWriter {

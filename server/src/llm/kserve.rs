@@ -102,7 +102,7 @@ impl LlmFrontend {
             .preprocessor_for_card(model, Arc::clone(engine.card()))
             .map_err(|e| failed(request_error(&request.id, e)))?;
         let mut observer = self.metrics.observer(model, "grpc");
-        let prompt = match pre.encode(&parsed.prompt, true) {
+        let prompt = match pre.encode_off_runtime(parsed.prompt.clone(), true).await {
             Ok(prompt) => prompt,
             Err(e) => {
                 observer.failed(&e);
