@@ -48,7 +48,8 @@ SEED = int(os.environ.get("SOAK_SEED", str(int(time.time()))))
 BOMB_MIB = int(os.environ.get("SOAK_BOMB_MIB", "256"))
 SKIP = {name.strip() for name in os.environ.get("SOAK_SKIP", "").split(",") if name.strip()}
 ABUSE_SHARE = 0.10
-WARMUP = min(20.0, SOAK_SECONDS / 3)
+# The allocator keeps growing its pools for the first minute of load; growth is measured after that.
+WARMUP = min(60.0, SOAK_SECONDS / 3)
 QUIET = min(5.0, WARMUP / 2)
 RSS_LIMIT = 0.10
 SHM_FLAG = "--allow-shared-memory"
