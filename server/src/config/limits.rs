@@ -29,15 +29,17 @@ pub struct LimitArgs {
     /// Streams (calls) one HTTP/2 connection may have open at once; 0 for no limit.
     #[arg(long, env = "TRITIUM_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_STREAMS)]
     pub grpc_max_concurrent_streams: u32,
-    /// Bytes of request messages the whole server may hold while they arrive (counted from each
-    /// message's declared length, and after decompression); beyond it a call gets RESOURCE_EXHAUSTED.
+    /// Bytes of request messages the whole server may hold while they arrive (the bytes received of
+    /// each message not yet complete, and inflated bytes of compressed ones); beyond it a call gets
+    /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "TRITIUM_MAX_BUFFERED_REQUEST_BYTES", default_value_t = DEFAULT_BUFFERED_BYTES)]
     pub max_buffered_request_bytes: u64,
     /// Milliseconds a new connection has to finish the HTTP/2 handshake and send its first request
     /// headers; 0 disables.
     #[arg(long, env = "TRITIUM_GRPC_HEADER_TIMEOUT", default_value_t = 10_000)]
     pub grpc_header_timeout: u64,
-    /// Milliseconds a connection with no open call is kept before the server closes it; 0 disables.
+    /// Milliseconds a connection may go without a byte in either direction while no unary call is
+    /// running on it, before the server closes it; 0 disables.
     #[arg(long, env = "TRITIUM_GRPC_IDLE_TIMEOUT", default_value_t = 300_000)]
     pub grpc_idle_timeout: u64,
     /// Seconds a model load may take before the client is answered with an error (the load goes on

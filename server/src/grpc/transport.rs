@@ -13,7 +13,8 @@
 //! ([`TransportConfig`]): connections open at once (the listener is not read past the limit),
 //! streams per connection, the server-wide budget of request bytes being received
 //! ([`super::budget`]), a handshake deadline (a connection that has sent no call by then is
-//! closed) and an idle deadline (one that sent nothing at all for that long is closed). Calls of
+//! closed) and an idle deadline (one that moved no byte for that long, with no unary call running,
+//! is closed). Calls of
 //! a restricted protocol group without their header are refused before they reach a handler.
 
 use std::convert::Infallible;
@@ -76,6 +77,8 @@ pub struct Routes<S> {
     guard: Arc<Guard>,
     /// Calls this connection has made; a fresh one per connection.
     calls: Arc<AtomicU64>,
+    /// Calls whose response has not been produced yet (a running unary call), per connection.
+    open: Arc<AtomicU64>,
 }
 
 /// What every call is checked against, shared by all connections.
@@ -88,14 +91,20 @@ struct Guard {
 
 impl<S: Clone> Clone for Routes<S> {
     fn clone(&self) -> Self {
-        Routes { main: self.main.clone(), others: Arc::clone(&self.others), guard: Arc::clone(&self.guard), calls: Arc::clone(&self.calls) }
+        Routes {
+            main: self.main.clone(),
+            others: Arc::clone(&self.others),
+            guard: Arc::clone(&self.guard),
+            calls: Arc::clone(&self.calls),
+            open: Arc::clone(&self.open),
+        }
     }
 }
 
 impl<S: GrpcService> Routes<S> {
     pub fn new(main: S) -> Routes<S> {
         let guard = Guard { budget: Arc::new(ByteBudget::new(u64::MAX)), max_message: i32::MAX as usize, restricted: RestrictedProtocols::default() };
-        Routes { main, others: Arc::from([]), guard: Arc::new(guard), calls: Arc::default() }
+        Routes { main, others: Arc::from([]), guard: Arc::new(guard), calls: Arc::default(), open: Arc::default() }
     }
 
     /// Adds a service; a name already routed keeps its first service.
@@ -110,10 +119,11 @@ impl<S: GrpcService> Routes<S> {
         Routes { guard: Arc::new(Guard { budget, max_message, restricted }), ..self }
     }
 
-    /// A copy for one new connection, with its own call count.
-    fn for_connection(&self) -> (Routes<S>, Arc<AtomicU64>) {
+    /// A copy for one new connection, with its own call counts (made, and running).
+    fn for_connection(&self) -> (Routes<S>, Arc<AtomicU64>, Arc<AtomicU64>) {
         let calls = Arc::new(AtomicU64::new(0));
-        (Routes { calls: Arc::clone(&calls), ..self.clone() }, calls)
+        let open = Arc::new(AtomicU64::new(0));
+        (Routes { calls: Arc::clone(&calls), open: Arc::clone(&open), ..self.clone() }, calls, open)
     }
 }
 
@@ -159,7 +169,7 @@ impl<S: GrpcService> hyper::service::Service<Request<Incoming>> for Routes<S> {
         if !guard.restricted.is_empty() {
             let method = request.uri().path().rsplit('/').next().unwrap_or_default();
             if let Err(message) = guard.restricted.check(method, request.headers()) {
-                return Call { inner: Inner::Done(Some(Status::unavailable(message).into_http())), deadline: None };
+                return Call { inner: Inner::Done(Some(Status::unavailable(message).into_http())), deadline: None, open: None };
             }
         }
         let (mut parts, body) = request.into_parts();
@@ -174,7 +184,8 @@ impl<S: GrpcService> hyper::service::Service<Request<Incoming>> for Routes<S> {
         } else {
             Inner::Done(Some(Status::unimplemented("").into_http()))
         };
-        Call { inner, deadline }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Call { inner, deadline, open: Some(Arc::clone(&self.open)) }
     }
 }
 
@@ -189,6 +200,16 @@ enum Inner<F> {
 pub struct Call<F> {
     inner: Inner<F>,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The connection's running-call count, given back when the call is answered or dropped.
+    open: Option<Arc<AtomicU64>>,
+}
+
+impl<F> Drop for Call<F> {
+    fn drop(&mut self) {
+        if let Some(open) = self.open.take() {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<F> Future for Call<F>
@@ -288,11 +309,12 @@ where
             }
         };
         configure(&stream, settings.tcp_keepalive);
-        let received = Arc::new(AtomicU64::new(0));
-        let io = Counted { inner: stream, received: Arc::clone(&received) };
-        let (routes, calls) = routes.for_connection();
+        let moved = Arc::new(AtomicU64::new(0));
+        let io = Counted { inner: stream, moved: Arc::clone(&moved) };
+        let (routes, calls, open) = routes.for_connection();
         let connection = builder.serve_connection(TokioIo::new(io), routes);
-        let watch = Watch { calls, received, header_timeout: settings.header_timeout, idle_timeout: settings.idle_timeout };
+        let watch =
+            Watch { calls, open, activity: moved, header_timeout: settings.header_timeout, idle_timeout: settings.idle_timeout };
         let limits = (settings.max_connection_age, settings.max_connection_age_grace);
         let stopping = stopping.clone();
         connections.spawn(async move {
@@ -368,14 +390,17 @@ enum Ended {
 /// What a connection has done, for the handshake and idle deadlines.
 struct Watch {
     calls: Arc<AtomicU64>,
-    received: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
+    /// Bytes received and sent.
+    activity: Arc<AtomicU64>,
     header_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
 }
 
 impl Watch {
     /// Resolves when the connection should be closed: no call within the handshake deadline, or
-    /// not one byte received during a whole idle period. Never, with both deadlines off.
+    /// not one byte in either direction during a whole idle period with no unary call running
+    /// (a slow model is not an idle client). Never, with both deadlines off.
     async fn silent(&self) -> &'static str {
         if let Some(deadline) = self.header_timeout {
             tokio::time::sleep(deadline).await;
@@ -384,22 +409,22 @@ impl Watch {
             }
         }
         let Some(idle) = self.idle_timeout else { return std::future::pending().await };
-        let mut seen = self.received.load(Ordering::Relaxed);
+        let mut seen = self.activity.load(Ordering::Relaxed);
         loop {
             tokio::time::sleep(idle).await;
-            let now = self.received.load(Ordering::Relaxed);
-            if now == seen {
-                return "nothing received for the idle deadline (--grpc-idle-timeout)";
+            let now = self.activity.load(Ordering::Relaxed);
+            if now == seen && self.open.load(Ordering::Relaxed) == 0 {
+                return "nothing sent or received for the idle deadline (--grpc-idle-timeout)";
             }
             seen = now;
         }
     }
 }
 
-/// A connection's socket, counting the bytes it receives (one relaxed add per read).
+/// A connection's socket, counting the bytes it moves (one relaxed add per read or write).
 pub(crate) struct Counted {
     inner: TcpStream,
-    received: Arc<AtomicU64>,
+    moved: Arc<AtomicU64>,
 }
 
 impl AsyncRead for Counted {
@@ -409,19 +434,35 @@ impl AsyncRead for Counted {
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         let read = buf.filled().len() - before;
         if read > 0 {
-            this.received.fetch_add(read as u64, Ordering::Relaxed);
+            this.moved.fetch_add(read as u64, Ordering::Relaxed);
         }
         polled
     }
 }
 
+impl Counted {
+    fn count(&self, written: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written
+            && *n > 0
+        {
+            self.moved.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 impl AsyncWrite for Counted {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.count(&written);
+        written
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.count(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

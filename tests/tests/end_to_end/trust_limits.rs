@@ -181,3 +181,21 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_handshake_deadline() {
     read.expect("reads to the end");
     identity_still_answers(&server).await;
 }
+
+#[tokio::test]
+async fn a_connection_that_goes_quiet_after_a_call_is_closed_at_the_idle_deadline() {
+    let mut config = ServerConfig::default();
+    config.transport.idle_timeout = Some(Duration::from_millis(300));
+    let server = TestServer::start(config, None).await;
+    let tcp = TcpStream::connect(server.handle.grpc_addr()).await.expect("connects");
+    let (send, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    let driven = tokio::spawn(connection);
+    let mut send = send.ready().await.expect("ready");
+    let (response, mut body) = send.send_request(model_infer(&server, None), false).expect("opens");
+    let request = identity_request("identity", vec![1], &[7.0]).encode_to_vec();
+    body.send_data(framed(false, request.len() as u32, &request), true).expect("sends");
+    assert_eq!(grpc_status(response).await.0, "0");
+    // Then nothing in either direction: the server closes the connection, which ends the driver.
+    let ended = tokio::time::timeout(Duration::from_secs(30), driven).await.expect("closed in time");
+    drop(ended);
+}
