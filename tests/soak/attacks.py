@@ -22,7 +22,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from rawgrpc import RawGrpc, STATUS_NAMES, grpc_frame
+from rawgrpc import RawGrpc, grpc_frame
 
 CALL_TIMEOUT = 30.0  # seconds; a debug build on two busy cores is slow, a hang is far slower
 LOAD_TIMEOUT = 20.0

@@ -13,8 +13,8 @@ The server runs with --allow-shared-memory, explicit model control over a tempor
 64 MiB message limit (see MAX_MESSAGE).
 
 Environment: SOAK_SECONDS, SOAK_CLIENTS, SOAK_SEED, SOAK_BOMB_MIB (inflated size of the compression bomb,
-256, over the 64 MiB limit), SOAK_SKIP (comma-separated attack names to leave out, e.g. `shm_truncated,load_fifo` against a server
-known to die of them), TRITIUM_BIN (as in tests/python).
+256, over the 64 MiB limit), SOAK_SKIP (comma-separated attack names to leave out, e.g.
+`shm_truncated,load_fifo` against a server known to die of them), TRITIUM_BIN (as in tests/python).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "python")]
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402  (helpers report a failed start with pytest.fail)
-import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import attacks  # noqa: E402
@@ -141,8 +140,9 @@ class Soak:
         self.counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # ok, expected, unexpected
         self.samples: dict[str, list[str]] = defaultdict(list)  # unexpected outcomes, a few per kind
         self.refusals: dict[str, str] = {}  # one expected refusal per kind, to show how the server said no
-        self.in_flight: dict[int, str] = {}
-        self.recent: list[tuple[float, str]] = []  # abusive calls started lately, to name suspects of a crash
+        self.in_flight: dict[int, tuple[str, float]] = {}  # thread -> (kind, start) of the call it is making
+        self.ended: list[tuple[float, float, str]] = []  # (start, end, kind) of the latest abusive calls
+        self.cut_off = 0  # calls that failed because the server had exited (not counted per kind)
         self.stop = threading.Event()
         self.death: tuple[int, list[str]] | None = None
         self.rss_warm = self.rss_end = self.rss_peak = 0
@@ -169,17 +169,20 @@ class Soak:
                 else:
                     kind = list(NORMAL)[rng.integers(len(NORMAL))]
                     call = NORMAL[kind]
+                started = time.monotonic()
                 with self.lock:
-                    self.in_flight[me] = kind
-                    if kind not in NORMAL:
-                        self.recent = [*self.recent[-63:], (time.monotonic(), kind)]
+                    self.in_flight[me] = (kind, started)
                 verdict, detail = self.run_one(kind, call, c)
                 with self.lock:
                     self.in_flight.pop(me, None)
+                    if kind not in NORMAL:
+                        self.ended = [*self.ended[-63:], (started, time.monotonic(), kind)]
                 if verdict == "skipped":
                     continue
                 if verdict == "unexpected" and self.server.proc.poll() is not None:
-                    detail = f"server exited during this call ({detail})"
+                    with self.lock:  # the exit itself is reported once, with its suspects
+                        self.cut_off += 1
+                    return
                 self.record(kind, verdict, detail)
         finally:
             c.close()
@@ -197,14 +200,19 @@ class Soak:
     def monitor(self, start: float, end: float) -> None:
         pid, next_report = self.server.proc.pid, start + 15
         floor, warm_reported = 1 << 60, False
-        while not self.stop.wait(0.2):
+        alive_at = start
+        while not self.stop.wait(0.05):
             now = time.monotonic()
             if self.server.proc.poll() is not None:
+                # Suspects: the calls running since the server was last seen alive, 50 ms ago at most (the
+                # one that killed it may have ended since, on its dropped connection); abusive ones first.
                 with self.lock:
-                    lately = {kind for at, kind in self.recent if at > now - 3}
-                    self.death = (self.server.proc.returncode, sorted(lately | set(self.in_flight.values())))
+                    running = {k for k, _ in self.in_flight.values()} | {k for _, e, k in self.ended if e >= alive_at}
+                    suspects = {k for k in running if k not in NORMAL} or running
+                    self.death = (self.server.proc.returncode, sorted(suspects))
                 self.stop.set()
                 return
+            alive_at = now
             rss = read_rss_kib(pid)
             self.rss_peak, floor = max(self.rss_peak, rss), min(floor, rss)
             # RSS is compared between two quiet windows (no compression bomb, whose inflated buffer the
@@ -244,7 +252,7 @@ class Soak:
         for t in threads:
             t.join(timeout=max(0.0, join_by - time.monotonic()))
         with self.lock:
-            self.stuck = [f"{t.name} in {self.in_flight.get(t.ident, '?')}" for t in threads if t.is_alive()]
+            self.stuck = [f"{t.name} in {self.in_flight.get(t.ident, ('?',))[0]}" for t in threads if t.is_alive()]
 
 
 def read_rss_kib(pid: int) -> int:
@@ -329,12 +337,15 @@ def main() -> int:
     if soak.death:
         code, kinds = soak.death
         why = f"signal {-code}" if code < 0 else f"status {code}"
-        check(False, f"the server kept running: it exited with {why}; in flight or started in the 3 s before: {', '.join(kinds) or 'nothing'}")
+        check(False, f"the server kept running: it exited with {why} (suspects: the {', '.join(kinds) or '?'} "
+              f"calls in flight then; {soak.cut_off} calls cut off)")
     else:
         check(alive, "the server kept running" if alive else f"the server kept running (exit status {status})")
     check(not soak.stuck, "client threads ended within their timeouts" + (f"; stuck: {soak.stuck}" if soak.stuck else ""))
     check(final is None, "a final identity + add_sub request succeeds" + (f": {final}" if final else ""))
-    if soak.rss_warm and soak.rss_end:
+    if soak.death:
+        pass  # no end measurement; the exit is the finding
+    elif soak.rss_warm and soak.rss_end:
         growth = (soak.rss_end - soak.rss_warm) / soak.rss_warm
         check(growth < RSS_LIMIT, f"RSS growth after warm-up {growth:+.1%} < {RSS_LIMIT:.0%} (floors "
               f"{soak.rss_warm / 1024:.1f} -> {soak.rss_end / 1024:.1f} MiB, peak {soak.rss_peak / 1024:.1f})")
