@@ -235,6 +235,7 @@ impl BackendFactory for EmbedFactory {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::path::PathBuf;
     use std::time::Instant;
 
     use tokenizers::Tokenizer;
