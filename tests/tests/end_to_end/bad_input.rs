@@ -412,7 +412,10 @@ async fn server_with_models() -> (TestServer, Segment) {
     write_model(root, "add_sub", ADD_SUB, &[1]);
     write_model(root, "add_sub_batch", ADD_SUB_BATCH, &[1]);
     write_model(root, "repeat", REPEAT, &[1]);
-    let server = TestServer::with_repository(repository, RepositoryOptions::default()).await;
+    let mut config = tritium_server::ServerConfig::default();
+    config.repository = RepositoryOptions { paths: vec![repository.path().to_path_buf()], ..RepositoryOptions::default() };
+    config.limits.shm = tritium_server::shm::ShmPolicy::any_key();
+    let server = TestServer::start(config, Some(repository)).await;
     let segment = Segment::create(64);
     let mut client = server.client().await;
     client
