@@ -70,7 +70,7 @@ impl Server {
     async fn infer(&self, request: ModelInferRequest) -> Vec<u8> {
         let decoded = decode_request(request, &self.shm, Instant::now()).expect("a valid request");
         let response = self.worker.infer(decoded.request).await.expect("inference succeeds");
-        encode_response(response, &decoded.output_regions, &self.shm, None).expect("encodes").encode_to_vec()
+        encode_response(response, &decoded.shm, &self.shm, None).expect("encodes").encode_to_vec()
     }
 }
 
@@ -103,7 +103,7 @@ fn stages(c: &mut Criterion) {
         server.worker.infer(decoded.request).await.expect("inference succeeds")
     };
     let response = rt.block_on(infer(decode()));
-    let encoded = encode_response(response.clone(), &[], &server.shm, None).expect("encodes");
+    let encoded = encode_response(response.clone(), &Default::default(), &server.shm, None).expect("encodes");
 
     let mut group = c.benchmark_group("stages");
     group.throughput(Throughput::Elements(1));
@@ -112,7 +112,7 @@ fn stages(c: &mut Criterion) {
     });
     group.bench_function("worker_infer", |b| b.to_async(&rt).iter_batched(decode, infer, BatchSize::SmallInput));
     group.bench_function("encode_response", |b| {
-        b.iter_batched(|| response.clone(), |r| encode_response(r, &[], &server.shm, None), BatchSize::SmallInput)
+        b.iter_batched(|| response.clone(), |r| encode_response(r, &Default::default(), &server.shm, None), BatchSize::SmallInput)
     });
     group.bench_function("encode_to_vec", |b| b.iter(|| black_box(&encoded).encode_to_vec()));
     group.finish();
