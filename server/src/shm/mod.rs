@@ -120,14 +120,14 @@ impl Default for SharedMemoryRegistry {
     }
 }
 
-/// A region an input was read from; [`RegionGuard::check`] tells whether it stayed intact while the
-/// request used it.
+/// A region an input was read from; [`RegionGuard::check`] tells whether a fault spoiled it while
+/// the request used it (its size was checked when the view was taken).
 #[derive(Debug, Clone)]
 pub struct RegionGuard(Arc<Region>);
 
 impl RegionGuard {
     pub fn check(&self) -> Result<(), ShmError> {
-        self.0.check_intact()
+        self.0.check_unpoisoned()
     }
 }
 

@@ -88,18 +88,28 @@ impl Region {
         }
     }
 
-    /// Refuses a region whose segment the client shrank below the mapping (touching it would
-    /// fault) or whose mapping a fault already replaced with zero pages.
+    /// Before a use: refuses a region whose segment the client shrank below the mapping (touching
+    /// it would fault) or whose mapping a fault already replaced with zero pages.
     pub(crate) fn check_intact(&self) -> Result<(), ShmError> {
-        let truncated = || ShmError::Truncated { name: self.name.clone(), key: self.key.clone() };
-        if self.watch.as_ref().is_some_and(Watch::poisoned) {
-            return Err(truncated());
-        }
+        self.check_unpoisoned()?;
         let size = self.file.metadata().map_err(|_| ShmError::Stat { key: self.key.clone() })?.len();
         if size < self.offset.saturating_add(self.byte_size) {
-            return Err(truncated());
+            return Err(self.truncated());
         }
         Ok(())
+    }
+
+    /// After a use: only a fault during it can have spoiled it, and the fault guard records that,
+    /// so no second `fstat` is needed.
+    pub(crate) fn check_unpoisoned(&self) -> Result<(), ShmError> {
+        match self.watch.as_ref().is_some_and(Watch::poisoned) {
+            true => Err(self.truncated()),
+            false => Ok(()),
+        }
+    }
+
+    fn truncated(&self) -> ShmError {
+        ShmError::Truncated { name: self.name.clone(), key: self.key.clone() }
     }
 
     /// Zero-copy view of `[offset, offset + byte_size)`; it keeps the mapping alive.
@@ -129,7 +139,7 @@ impl Region {
             dst += chunk.len();
         }
         // A shrink during the copy was absorbed by the fault guard; the output did not arrive.
-        self.check_intact()
+        self.check_unpoisoned()
     }
 
     /// Start of the exposed part of the mapping.

@@ -95,7 +95,7 @@ async fn a_call_past_the_clients_deadline_ends_deadline_exceeded() {
     identity_still_answers(&server).await;
 }
 
-fn grpc_request(server: &TestServer, method: &str) -> http::request::Builder {
+pub(super) fn grpc_request(server: &TestServer, method: &str) -> http::request::Builder {
     http::Request::builder()
         .method("POST")
         .uri(format!("{}/inference.GRPCInferenceService/{method}", server.uri()))

@@ -23,11 +23,7 @@ async fn connect(server: &TestServer) -> h2::client::SendRequest<Bytes> {
 }
 
 fn model_infer(server: &TestServer, encoding: Option<&str>) -> http::Request<()> {
-    let mut builder = http::Request::builder()
-        .method("POST")
-        .uri(format!("{}/inference.GRPCInferenceService/ModelInfer", server.uri()))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
+    let mut builder = super::transport::grpc_request(server, "ModelInfer");
     if let Some(encoding) = encoding {
         builder = builder.header("grpc-encoding", encoding);
     }
@@ -57,6 +53,13 @@ async fn grpc_status(response: h2::client::ResponseFuture) -> (String, String) {
     }
     let trailers = body.trailers().await.expect("trailers").expect("has trailers");
     (text(&trailers, "grpc-status").unwrap_or_default(), decoded(text(&trailers, "grpc-message")))
+}
+
+/// One whole ModelInfer call: `message` sent as one frame, compressed with `encoding` if given.
+async fn call(send: &mut h2::client::SendRequest<Bytes>, server: &TestServer, encoding: Option<&str>, message: &[u8]) -> (String, String) {
+    let (response, mut body) = send.send_request(model_infer(server, encoding), false).expect("opens");
+    body.send_data(framed(encoding.is_some(), message.len() as u32, message), true).expect("sends");
+    grpc_status(response).await
 }
 
 async fn identity_still_answers(server: &TestServer) {
@@ -100,10 +103,8 @@ async fn half_sent_messages_are_charged_their_declared_length_and_refused_past_t
     for mut body in bodies.into_iter().chain(held.into_iter().map(|(_, body)| body)) {
         body.send_reset(h2::Reason::CANCEL);
     }
-    let (response, mut body) = send.send_request(model_infer(&server, None), false).expect("opens");
     let request = identity_request("identity", vec![1], &[7.0]).encode_to_vec();
-    body.send_data(framed(false, request.len() as u32, &request), true).expect("sends");
-    let (code, message) = grpc_status(response).await;
+    let (code, message) = call(&mut send, &server, None, &request).await;
     assert_eq!(code, "0", "{message}");
 }
 
@@ -123,15 +124,11 @@ async fn a_compressed_bomb_stops_at_the_limit_and_a_real_compressed_call_is_serv
     // 64 MiB of zeros in about 64 KiB: before the fix it inflated up to the 2 GiB message limit.
     let bomb = gzip(&vec![0; 64 << 20]);
     assert!(bomb.len() < 1 << 20);
-    let (response, mut body) = send.send_request(model_infer(&server, Some("gzip")), false).expect("opens");
-    body.send_data(framed(true, bomb.len() as u32, &bomb), true).expect("sends");
-    let (code, message) = grpc_status(response).await;
+    let (code, message) = call(&mut send, &server, Some("gzip"), &bomb).await;
     assert_eq!(code, "8", "RESOURCE_EXHAUSTED: {message}");
 
     let request = gzip(&identity_request("identity", vec![3], &[1.0, 2.0, 3.0]).encode_to_vec());
-    let (response, mut body) = send.send_request(model_infer(&server, Some("gzip")), false).expect("opens");
-    body.send_data(framed(true, request.len() as u32, &request), true).expect("sends");
-    let (code, message) = grpc_status(response).await;
+    let (code, message) = call(&mut send, &server, Some("gzip"), &request).await;
     assert_eq!(code, "0", "{message}");
 }
 
@@ -142,9 +139,7 @@ async fn a_compressed_message_inflates_only_up_to_the_message_limit() {
     let server = TestServer::start(config, None).await;
     let mut send = connect(&server).await;
     let bomb = gzip(&vec![0; 4 << 20]);
-    let (response, mut body) = send.send_request(model_infer(&server, Some("gzip")), false).expect("opens");
-    body.send_data(framed(true, bomb.len() as u32, &bomb), true).expect("sends");
-    let (code, message) = grpc_status(response).await;
+    let (code, message) = call(&mut send, &server, Some("gzip"), &bomb).await;
     assert_eq!((code.as_str(), message.contains("size limit")), ("8", true), "{message}");
 }
 
@@ -191,10 +186,8 @@ async fn a_connection_that_goes_quiet_after_a_call_is_closed_at_the_idle_deadlin
     let (send, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
     let driven = tokio::spawn(connection);
     let mut send = send.ready().await.expect("ready");
-    let (response, mut body) = send.send_request(model_infer(&server, None), false).expect("opens");
     let request = identity_request("identity", vec![1], &[7.0]).encode_to_vec();
-    body.send_data(framed(false, request.len() as u32, &request), true).expect("sends");
-    assert_eq!(grpc_status(response).await.0, "0");
+    assert_eq!(call(&mut send, &server, None, &request).await.0, "0");
     // Then nothing in either direction: the server closes the connection, which ends the driver.
     let ended = tokio::time::timeout(Duration::from_secs(30), driven).await.expect("closed in time");
     drop(ended);

@@ -37,9 +37,7 @@ pub(crate) fn insert_list_colons(text: &str) -> Cow<'_, str> {
         let b = bytes[i];
         match b {
             b'#' => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
+                i = skip_comment(bytes, i);
                 continue;
             }
             b'"' | b'\'' => {
@@ -94,6 +92,11 @@ pub(crate) fn insert_list_colons(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The index of the newline that ends the `#` comment starting at `i` (or the end of the text).
+fn skip_comment(bytes: &[u8], i: usize) -> usize {
+    bytes[i..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |n| i + n)
+}
+
 /// Deepest nesting of `{`, `<` and `[` a config may use. `ModelConfig` itself needs about six
 /// levels; protobuf's own text parser stops at 100 nested messages.
 pub(crate) const MAX_NESTING: usize = 100;
@@ -106,9 +109,7 @@ pub(crate) fn check_nesting(text: &str) -> Result<(), String> {
     while i < bytes.len() {
         match bytes[i] {
             b'#' => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
+                i = skip_comment(bytes, i);
                 continue;
             }
             b'"' | b'\'' => {
