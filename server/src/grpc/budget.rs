@@ -184,12 +184,10 @@ impl BudgetedBody {
                     let complete = message.len() == *len;
                     data.advance(n);
                     self.charge(n)?;
-                    if complete {
-                        let State::Compressed { message, .. } =
+                    if complete
+                        && let State::Compressed { message, .. } =
                             std::mem::replace(&mut self.state, State::Prefix { prefix: [0; PREFIX], have: 0 })
-                        else {
-                            unreachable!("matched above")
-                        };
+                    {
                         self.inflate(&message)?;
                     }
                 }
