@@ -11,6 +11,7 @@
 //! `cargo bench -p tritium-bench --bench request_path` (add `-- --quick` for a fast pass).
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use tritium_bench::{limit, requests};
 use tritium_proto::inference::ModelInferRequest;
 use tritium_server::grpc::convert::{decode_request, encode_response};
 use tritium_server::shm::SharedMemoryRegistry;
-use tritium_worker::{BackendRegistry, LocalWorker, ModelRepository, RepositoryOptions, WorkerClient};
+use tritium_worker::{BackendRegistry, InferenceRequest, InferenceResponse, LocalWorker, ModelRepository, RepositoryOptions, WorkerClient};
 
 /// A request to time, with the throughput to report for it.
 struct Case {
@@ -55,6 +56,7 @@ fn cases() -> Vec<Case> {
 /// What a Tritium server holds for the path: the built-in repository behind the in-process
 /// worker, and an (empty) shared-memory registry.
 struct Server {
+    repository: Arc<ModelRepository>,
     worker: LocalWorker,
     shm: SharedMemoryRegistry,
 }
@@ -63,13 +65,19 @@ impl Server {
     fn new() -> Server {
         let repository = ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins())
             .expect("the built-in repository loads");
-        Server { worker: LocalWorker::new(repository), shm: SharedMemoryRegistry::new() }
+        Server { worker: LocalWorker::new(Arc::clone(&repository)), repository, shm: SharedMemoryRegistry::new() }
+    }
+
+    /// Validation (version resolution included) and the run, as the dispatcher does them.
+    async fn run(&self, request: InferenceRequest) -> InferenceResponse {
+        let valid = self.repository.validate(request).expect("a valid request");
+        self.worker.infer(valid).await.expect("inference succeeds")
     }
 
     /// ModelInfer as the gRPC handler runs it, plus the serialization tonic does afterwards.
     async fn infer(&self, request: ModelInferRequest) -> Vec<u8> {
         let decoded = decode_request(request, &self.shm, Instant::now()).expect("a valid request");
-        let response = self.worker.infer(decoded.request).await.expect("inference succeeds");
+        let response = self.run(decoded.request).await;
         encode_response(response, &decoded.shm, &self.shm, None).expect("encodes").encode_to_vec()
     }
 }
@@ -100,7 +108,7 @@ fn stages(c: &mut Criterion) {
     let request = requests::infer_request("identity", &[requests::fp32_input("INPUT0", 16)], &["OUTPUT0"]);
     let decode = || decode_request(request.clone(), &server.shm, Instant::now()).expect("a valid request");
     let infer = |decoded: tritium_server::grpc::convert::Decoded| async move {
-        server.worker.infer(decoded.request).await.expect("inference succeeds")
+        server.run(decoded.request).await
     };
     let response = rt.block_on(infer(decode()));
     let encoded = encode_response(response.clone(), &Default::default(), &server.shm, None).expect("encodes");

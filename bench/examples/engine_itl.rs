@@ -122,6 +122,7 @@ impl Bench {
                 sampling: SamplingOptions { temperature: 0.0, ..Default::default() },
                 stop: StopOptions { max_tokens: Some(self.max_tokens), ignore_eos: true, ..Default::default() },
                 logprobs: None,
+                model_version: None,
             };
             let sent = start.elapsed().as_secs_f64();
             let mut tokens = self.engine.generate(request)?;

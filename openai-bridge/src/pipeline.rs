@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::{Stream, StreamExt};
-use tritium_worker::llm::{FinishReason, GenerateEvent, GeneratedToken, TokenStream};
+use tritium_worker::llm::{FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, TokenStream};
 
 use crate::BridgeError;
 use crate::detokenize::Detokenizer;
@@ -200,13 +200,27 @@ impl Stream for TextStream {
     }
 }
 
+/// A model to generate with: its name and version (`None`: the latest ready one, as the OpenAI
+/// routes always ask; a KServe request may name one).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelRef<'a> {
+    pub name: &'a str,
+    pub version: Option<i64>,
+}
+
+impl<'a> ModelRef<'a> {
+    pub fn latest(name: &'a str) -> ModelRef<'a> {
+        ModelRef { name, version: None }
+    }
+}
+
 /// Builds the engine request from `options`, starts generation on `model` through `hub` and
 /// wraps the tokens in a text stream: the one way gRPC and HTTP start a generation. Failures are
 /// recorded on `observer`.
 pub async fn generate_text(
     hub: &dyn LlmHub,
     pre: &Arc<Preprocessor>,
-    model: &str,
+    model: ModelRef<'_>,
     options: &CompletionOptions,
     prompt: Vec<u32>,
     default_max_tokens: Option<u32>,
@@ -215,8 +229,9 @@ pub async fn generate_text(
     let prompt_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
     let started = match options.to_generate_request(prompt, pre.card(), default_max_tokens) {
         Ok(request) => {
+            let request = GenerateRequest { model_version: model.version, ..request };
             observer.prompt_tokens(prompt_tokens);
-            hub.generate(model, request).await
+            hub.generate(model.name, request).await
         }
         Err(error) => Err(error),
     };

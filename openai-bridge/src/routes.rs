@@ -30,7 +30,7 @@ use tritium_worker::llm::{GenerateRequest, ModelKind, TokenStream};
 
 use crate::BridgeError;
 use crate::metrics::{LlmMetrics, RequestObserver};
-use crate::pipeline::{TextStream, generate_text};
+use crate::pipeline::{ModelRef, TextStream, generate_text};
 use crate::preprocess::Preprocessor;
 use crate::protocol::{ErrorBody, ModelList, ModelObject, parse_json};
 use crate::sampling::CompletionOptions;
@@ -100,7 +100,7 @@ impl AppState {
         default_max_tokens: Option<u32>,
         observer: RequestObserver,
     ) -> Result<TextStream, BridgeError> {
-        generate_text(self.hub.as_ref(), pre, model, options, prompt, default_max_tokens, observer).await
+        generate_text(self.hub.as_ref(), pre, ModelRef::latest(model), options, prompt, default_max_tokens, observer).await
     }
 }
 

@@ -140,7 +140,7 @@ impl CompletionOptions {
             ignore_eos: self.ignore_eos,
             min_tokens: self.min_tokens.unwrap_or(0).min(max_tokens),
         };
-        Ok(GenerateRequest { prompt, sampling, stop, logprobs: self.logprobs })
+        Ok(GenerateRequest { model_version: None, prompt, sampling, stop, logprobs: self.logprobs })
     }
 
     /// Reads the options from KServe request parameters (the names of the OpenAI fields).

@@ -1,15 +1,16 @@
 //! The HTTP surface (axum): the OpenAI `/v1/*` routes of the bridge over the same registry,
-//! router and workers as gRPC, plus `/health` (ready), `/live` and `/metrics` (Prometheus).
+//! router and workers as gRPC, plus `/health` (ready), `/live` and `/metrics` (Prometheus),
+//! served within the port's limits by [`serve_limited`].
 
-use std::future::Future;
+mod serve;
+
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::net::TcpListener;
 use tritium_openai_bridge::metrics::CONTENT_TYPE;
 use tritium_openai_bridge::routes::{LlmHub, openai_routes};
 use tritium_worker::ModelRepository;
@@ -17,14 +18,16 @@ use tritium_worker::ModelRepository;
 use crate::llm::LlmFrontend;
 use crate::routing::{WORKER_HINT, WORKER_ID_HEADER};
 
+pub use serve::{BudgetExhausted, serve_limited};
+
 #[derive(Clone)]
 struct HttpState {
     repository: Arc<ModelRepository>,
     llm: Arc<LlmFrontend>,
 }
 
-/// Every HTTP route, ready to serve.
-pub fn router(repository: Arc<ModelRepository>, llm: Arc<LlmFrontend>) -> Router {
+/// Every HTTP route, ready to serve; request bodies over `max_body_bytes` are refused with 413.
+pub fn router(repository: Arc<ModelRepository>, llm: Arc<LlmFrontend>, max_body_bytes: usize) -> Router {
     let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;
     let state = HttpState { repository, llm: Arc::clone(&llm) };
     let operational = Router::new()
@@ -35,6 +38,7 @@ pub fn router(repository: Arc<ModelRepository>, llm: Arc<LlmFrontend>) -> Router
     openai_routes(hub, Arc::clone(llm.metrics()))
         .layer(axum::middleware::from_fn(worker_hint))
         .merge(operational)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
 }
 
 /// Runs the request with the worker named by the `x-tritium-worker` header as the routing hint
@@ -61,7 +65,3 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], state.llm.render_metrics())
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
-}

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod config;
+mod connection;
 pub mod discovery;
 pub mod error;
 pub mod events;
@@ -166,17 +167,20 @@ impl Tritium {
             inference = inference.send_compressed(encoding);
         }
 
+        // One budget for request bytes being received, on both ports.
+        let budget = Arc::new(grpc::budget::ByteBudget::new(transport.max_buffered_request_bytes));
         let http_task = http.map(|http_listener| {
-            let routes = http::router(Arc::clone(&self.state.repository), Arc::clone(&self.state.llm));
+            let limits = self.config.http_limits.clone();
+            let routes = http::router(Arc::clone(&self.state.repository), Arc::clone(&self.state.llm), limits.max_body_bytes);
             let stopping = self.state.stopping.clone();
-            tokio::spawn(http::serve(http_listener, routes, async move { stopping.cancelled().await }))
+            let budget = Arc::clone(&budget);
+            tokio::spawn(http::serve_limited(http_listener, routes, limits, budget, async move { stopping.cancelled().await }))
         });
         let stopping = self.state.stopping.clone();
         let shutdown = async move {
             shutdown.await;
             stopping.cancel();
         };
-        let budget = Arc::new(grpc::budget::ByteBudget::new(transport.max_buffered_request_bytes));
         let routes = grpc::transport::Routes::new(inference)
             .with(health)
             .with(reflection_v1)

@@ -5,6 +5,8 @@
 //! - [`registry::ModelRepository`]: Triton's model repository layout, version policies and
 //!   control modes, with a built-in repository (`identity`, `identity_batch`, `add_sub`,
 //!   `repeat`) when no folder is given.
+//! - [`valid::ValidInferRequest`]: a request checked once against the version it resolved to;
+//!   everything after the transport takes it.
 //! - [`worker::WorkerClient`]: the dispatch seam; [`worker::LocalWorker`] runs requests in
 //!   process.
 //!
@@ -15,9 +17,11 @@
 //! use tritium_worker::{BackendRegistry, InferenceRequest, LocalWorker, ModelRepository, RepositoryOptions, WorkerClient};
 //!
 //! let repository = ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins()).unwrap();
-//! let worker = LocalWorker::new(repository);
+//! let worker = LocalWorker::new(Arc::clone(&repository));
 //! let input = Tensor::from_slice("INPUT0", vec![3], &[1.0f32, 2.0, 3.0]);
-//! let response = worker.infer(InferenceRequest::new("identity", vec![input])).await.unwrap();
+//! // Checked once against the model's contract, then trusted by whatever runs it.
+//! let request = repository.validate(InferenceRequest::new("identity", vec![input])).unwrap();
+//! let response = worker.infer(request).await.unwrap();
 //! assert_eq!(response.outputs[0].to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
 //! # });
 //! # fn tokio_test_block<F: std::future::Future>(f: F) -> F::Output {
@@ -40,6 +44,7 @@ pub mod request;
 pub mod schema;
 pub mod stats;
 pub mod test_models;
+pub mod valid;
 pub mod worker;
 
 pub use backend::{Backend, BackendContext, BackendError, BackendRegistry, BackendRequest, Responder};
@@ -48,4 +53,5 @@ pub use model::ModelVersion;
 pub use registry::{ByName, ControlMode, DeclaredModel, IndexEntry, ModelRepository, ModelState, RepositoryOptions, ServedModel};
 pub use request::{InferenceRequest, InferenceResponse, ParamValue, Parameters, parse_version};
 pub use stats::{PhaseTimes, StatsSnapshot};
+pub use valid::ValidInferRequest;
 pub use worker::{InferOutcome, LocalWorker, ResponseStream, StreamItem, WorkerClient};

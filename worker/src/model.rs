@@ -9,10 +9,10 @@ use tritium_proto::inference::ModelConfig;
 
 use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamTarget, select_outputs};
 use crate::error::WorkerError;
-use crate::params::parse_request_options;
 use crate::request::{InferenceRequest, InferenceResponse};
 use crate::schema::ModelSchema;
 use crate::stats::{ModelStats, PhaseTimes};
+use crate::valid::{Timing, ValidInferRequest};
 use crate::worker::{InferOutcome, ResponseStream, StreamItem};
 
 /// Responses a decoupled request may have queued before its backend waits for the client.
@@ -33,13 +33,6 @@ impl std::fmt::Debug for ModelVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModelVersion").field("name", &self.name).field("version", &self.version).finish()
     }
-}
-
-/// Timestamps of one request, turned into statistics once it has succeeded.
-struct Timing {
-    arrived: Instant,
-    started: Instant,
-    validated: Instant,
 }
 
 impl ModelVersion {
@@ -73,20 +66,6 @@ impl ModelVersion {
         self.schema.decoupled
     }
 
-    fn prepare(&self, request: &mut InferenceRequest) -> Result<Timing, WorkerError> {
-        let started = Instant::now();
-        self.schema.validate(request)?;
-        parse_request_options(&self.name, &request.parameters).map_err(|reason| WorkerError::invalid(&request.id, reason))?;
-        Ok(Timing { arrived: request.arrived, started, validated: Instant::now() })
-    }
-
-    fn batch_size(&self, request: &InferenceRequest) -> u64 {
-        match request.inputs.first() {
-            Some(input) if self.schema.batched() => input.shape.first().map_or(1, |&b| u64::try_from(b).unwrap_or(0)),
-            _ => 1,
-        }
-    }
-
     fn record_success(&self, timing: &Timing, inferred: Instant, batch: u64) {
         let done = Instant::now();
         let phases = PhaseTimes {
@@ -102,72 +81,84 @@ impl ModelVersion {
         WorkerError::Backend { model: self.name.to_string(), version: self.version, source }
     }
 
-    /// A unary call: plain models only (decoupled ones answer [`WorkerError::DecoupledUnary`]).
-    pub async fn infer_unary(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
-        if self.decoupled() {
-            return Err(WorkerError::DecoupledUnary { model: request.model_name });
+    /// Validates and runs a unary call (see [`ModelVersion::run_unary`]).
+    pub async fn infer_unary(self: &Arc<Self>, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
+        Self::run_unary(self.validate(request)?).await
+    }
+
+    /// Validates and runs a streaming call (see [`ModelVersion::run_any`]).
+    pub async fn infer_any(self: &Arc<Self>, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
+        Self::run_any(self.validate(request)?).await
+    }
+
+    /// A unary call on the version `request` was validated against: plain models only
+    /// (decoupled ones answer [`WorkerError::DecoupledUnary`]).
+    pub async fn run_unary(request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
+        if request.model().decoupled() {
+            return Err(WorkerError::DecoupledUnary { model: request.model_name().to_string() });
         }
-        self.infer_single(request).await
+        Self::run_single(request).await
     }
 
     /// A streaming call: plain models answer once, decoupled ones any number of times.
-    pub async fn infer_any(self: &Arc<Self>, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
-        if self.decoupled() {
-            self.infer_decoupled(request).map(InferOutcome::Stream)
+    pub async fn run_any(request: ValidInferRequest) -> Result<InferOutcome, WorkerError> {
+        if request.model().decoupled() {
+            Self::run_decoupled(request).map(InferOutcome::Stream)
         } else {
-            self.infer_single(request).await.map(InferOutcome::Single)
+            Self::run_single(request).await.map(InferOutcome::Single)
         }
     }
 
+    /// The backend's view of a validated request: its inputs in the shapes the config gives.
+    fn backend_request(&self, request: &mut InferenceRequest, cancel: Option<CancellationToken>) -> BackendRequest {
+        let mut inputs = std::mem::take(&mut request.inputs);
+        self.schema.reshape(&mut inputs);
+        BackendRequest { inputs, parameters: std::mem::take(&mut request.parameters), cancel }
+    }
+
     /// Runs a request that gets exactly one response.
-    pub async fn infer_single(&self, mut request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
-        let timing = self.prepare(&mut request)?;
-        let batch = self.batch_size(&request);
+    async fn run_single(request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
+        let batch = request.batch_size();
+        let (model, mut request, timing) = request.into_parts();
         let mut responder = Responder::single();
-        let backend_request = BackendRequest {
-            inputs: std::mem::take(&mut request.inputs),
-            parameters: std::mem::take(&mut request.parameters),
-            cancel: None,
-        };
-        let result = self.backend.execute(backend_request, &mut responder).await;
+        let backend_request = model.backend_request(&mut request, None);
+        let result = model.backend.execute(backend_request, &mut responder).await;
         let inferred = Instant::now();
         let outputs = result.and_then(|()| responder.take_single().ok_or(BackendError::NoResponse));
         let outputs = match outputs {
             Ok(outputs) => outputs,
             Err(e) => {
-                self.stats.fail.record(timing.arrived.elapsed());
-                return Err(self.backend_error(e));
+                model.stats.fail.record(timing.arrived.elapsed());
+                return Err(model.backend_error(e));
             }
         };
         let response = InferenceResponse {
-            model_name: Arc::clone(&self.name),
-            model_version: self.version,
+            model_name: Arc::clone(&model.name),
+            model_version: model.version,
             id: request.id,
             outputs: select_outputs(outputs, &request.requested_outputs),
             is_final: true,
         };
-        self.record_success(&timing, inferred, batch);
+        model.record_success(&timing, inferred, batch);
         Ok(response)
     }
 
     /// Runs a request of a decoupled model on its own task; its responses arrive on the stream,
     /// which ends with [`StreamItem::Complete`] or one [`StreamItem::Error`]. Dropping the stream
     /// cancels the request.
-    pub fn infer_decoupled(self: &Arc<Self>, mut request: InferenceRequest) -> Result<ResponseStream, WorkerError> {
-        let timing = self.prepare(&mut request)?;
-        let batch = self.batch_size(&request);
+    fn run_decoupled(request: ValidInferRequest) -> Result<ResponseStream, WorkerError> {
+        let batch = request.batch_size();
+        let (model, mut request, timing) = request.into_parts();
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let cancel = CancellationToken::new();
-        let backend_request =
-            BackendRequest { inputs: std::mem::take(&mut request.inputs), parameters: std::mem::take(&mut request.parameters), cancel: Some(cancel.clone()) };
+        let backend_request = model.backend_request(&mut request, Some(cancel.clone()));
         let mut responder = Responder::stream(StreamTarget {
             sender: sender.clone(),
-            model_name: Arc::clone(&self.name),
-            model_version: self.version,
+            model_name: Arc::clone(&model.name),
+            model_version: model.version,
             id: request.id,
             requested_outputs: request.requested_outputs,
         });
-        let model = Arc::clone(self);
         tokio::spawn(async move {
             let result = model.backend.execute(backend_request, &mut responder).await;
             let inferred = Instant::now();

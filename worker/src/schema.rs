@@ -2,7 +2,7 @@
 //! request against it (Triton's `Normalize`/`ValidateRequestInputs` rules and messages).
 
 use tritium_proto::inference::ModelConfig;
-use tritium_tensor::DataType;
+use tritium_tensor::{DataType, Tensor};
 
 use crate::error::{WorkerError, datatype_reason, shape_text, tensor_reason};
 use crate::request::InferenceRequest;
@@ -58,6 +58,9 @@ pub struct ModelSchema {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub decoupled: bool,
+    /// Whether any input has a `reshape`: most models have none, and then the backend gets the
+    /// client's shapes as they are.
+    reshapes: bool,
 }
 
 impl ModelSchema {
@@ -77,7 +80,9 @@ impl ModelSchema {
             .iter()
             .map(|o| spec(&o.name, o.data_type, &o.dims, false, o.reshape.as_ref().map(|r| r.shape.clone())))
             .collect::<Result<Vec<_>, _>>()?;
+        let reshapes = inputs.iter().any(|i| i.reshape.is_some());
         Ok(ModelSchema {
+            reshapes,
             model: config.name.clone(),
             max_batch_size: i64::from(config.max_batch_size),
             inputs,
@@ -95,9 +100,10 @@ impl ModelSchema {
         if self.batched() { std::iter::once(-1).chain(spec.dims.iter().copied()).collect() } else { spec.dims.clone() }
     }
 
-    /// Checks a request against the contract; on success the inputs are ready for the backend
-    /// (reshaped where the config says so).
-    pub fn validate(&self, request: &mut InferenceRequest) -> Result<(), WorkerError> {
+    /// Checks a request against the contract. The request is left as the client sent it (so it
+    /// can travel to a worker process and be checked there again); [`ModelSchema::reshape`]
+    /// gives the backend its shapes.
+    pub fn validate(&self, request: &InferenceRequest) -> Result<(), WorkerError> {
         let model = self.model.as_str();
         let invalid = |reason: String| WorkerError::invalid(&request.id, reason);
 
@@ -138,7 +144,7 @@ impl ModelSchema {
         }
 
         let mut batch: Option<i64> = None;
-        for input in &mut request.inputs {
+        for input in &request.inputs {
             // Every name was found above.
             let Some(spec) = self.inputs.iter().find(|s| s.name == input.name) else { continue };
             if input.datatype != spec.datatype {
@@ -193,10 +199,6 @@ impl ModelSchema {
                 )));
             }
             input.validate().map_err(|e| invalid(tensor_reason(model, &input.name, &e)))?;
-            if let Some(reshape) = &spec.reshape {
-                let batch_dims = if self.batched() { &input.shape[..1] } else { &[][..] };
-                input.shape = batch_dims.iter().chain(reshape).copied().collect();
-            }
         }
 
         for name in &request.requested_outputs {
@@ -206,13 +208,27 @@ impl ModelSchema {
         }
         Ok(())
     }
+
+    /// Gives validated inputs the shapes the backend sees: a config `reshape` replaces the dims
+    /// after the batch dimension.
+    pub fn reshape(&self, inputs: &mut [Tensor]) {
+        if !self.reshapes {
+            return;
+        }
+        for input in inputs {
+            let Some(reshape) = self.inputs.iter().find(|s| s.name == input.name).and_then(|s| s.reshape.as_ref()) else {
+                continue;
+            };
+            let batch_dims = if self.batched() { &input.shape[..1.min(input.shape.len())] } else { &[][..] };
+            input.shape = batch_dims.iter().chain(reshape).copied().collect();
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tritium_proto::inference::{ModelInput, ModelOutput, ModelTensorReshape};
-    use tritium_tensor::Tensor;
 
     fn config(max_batch_size: i32) -> ModelConfig {
         let input = |name: &str, dims: Vec<i64>, optional: bool| ModelInput {
@@ -242,7 +258,9 @@ mod tests {
     fn optional_inputs_may_be_left_out_and_reshape_applies_after_the_batch_dimension() {
         let schema = ModelSchema::from_config(&config(4)).expect("schema");
         let mut ok = request(vec![Tensor::from_slice("A", vec![2, 4], &[0f32; 8])]);
-        schema.validate(&mut ok).expect("valid without the optional input");
+        schema.validate(&ok).expect("valid without the optional input");
+        assert_eq!(ok.inputs[0].shape, vec![2, 4], "validation leaves the client's shape");
+        schema.reshape(&mut ok.inputs);
         assert_eq!(ok.inputs[0].shape, vec![2, 2, 2], "batch kept, then the reshape");
         assert_eq!(schema.public_shape(&schema.inputs[1]), vec![-1, -1]);
     }
@@ -250,8 +268,8 @@ mod tests {
     #[test]
     fn a_missing_required_input_names_the_range_when_some_are_optional() {
         let schema = ModelSchema::from_config(&config(0)).expect("schema");
-        let mut missing = request(vec![Tensor::from_slice("B", vec![1], &[0f32])]);
-        let message = schema.validate(&mut missing).expect_err("A is required").to_string();
+        let missing = request(vec![Tensor::from_slice("B", vec![1], &[0f32])]);
+        let message = schema.validate(&missing).expect_err("A is required").to_string();
         assert!(message.contains("expected number of inputs between 1 and 2 but got 1 inputs for model 'm'"), "{message}");
         assert!(message.contains("missing required input(s) ['A']"), "{message}");
         assert!(message.starts_with("[request id: <id_unknown>] "), "{message}");
@@ -260,8 +278,8 @@ mod tests {
     #[test]
     fn zero_element_tensors_are_valid() {
         let schema = ModelSchema::from_config(&config(0)).expect("schema");
-        let mut empty = request(vec![Tensor::from_slice("A", vec![4], &[0f32; 4]), Tensor::from_slice::<f32>("B", vec![0], &[])]);
-        schema.validate(&mut empty).expect("a zero-element optional input is fine");
+        let empty = request(vec![Tensor::from_slice("A", vec![4], &[0f32; 4]), Tensor::from_slice::<f32>("B", vec![0], &[])]);
+        schema.validate(&empty).expect("a zero-element optional input is fine");
     }
 
     /// Past 64 inputs the seen set is a vector instead of a bit mask: both must find duplicates
@@ -279,16 +297,16 @@ mod tests {
             let schema = ModelSchema::from_config(&config).expect("schema");
             let tensor = |i: usize| Tensor::from_slice(format!("I{i}"), vec![1], &[0f32]);
 
-            let mut all = request((0..count).rev().map(tensor).collect());
-            schema.validate(&mut all).expect("every input once, in any order");
+            let all = request((0..count).rev().map(tensor).collect());
+            schema.validate(&all).expect("every input once, in any order");
 
             let last = count - 1;
-            let mut twice = request((0..count).map(tensor).chain([tensor(last)]).collect());
-            let message = schema.validate(&mut twice).expect_err("a duplicate").to_string();
+            let twice = request((0..count).map(tensor).chain([tensor(last)]).collect());
+            let message = schema.validate(&twice).expect_err("a duplicate").to_string();
             assert!(message.contains(&format!("input 'I{last}' was specified more than once")), "{count}: {message}");
 
-            let mut short = request((0..last).map(tensor).collect());
-            let message = schema.validate(&mut short).expect_err("one missing").to_string();
+            let short = request((0..last).map(tensor).collect());
+            let message = schema.validate(&short).expect_err("one missing").to_string();
             assert!(message.contains(&format!("missing required input(s) ['I{last}']")), "{count}: {message}");
         }
     }

@@ -13,7 +13,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::error::WorkerError;
 use crate::llm::{GenerateRequest, TokenStream};
 use crate::registry::ModelRepository;
-use crate::request::{InferenceRequest, InferenceResponse};
+use crate::model::ModelVersion;
+use crate::request::InferenceResponse;
+use crate::valid::ValidInferRequest;
 
 /// One event of a streamed request.
 #[derive(Debug)]
@@ -67,9 +69,9 @@ pub enum InferOutcome {
 #[async_trait]
 pub trait WorkerClient: Send + Sync + std::fmt::Debug + 'static {
     /// A unary call: plain models only (decoupled ones answer [`WorkerError::DecoupledUnary`]).
-    async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError>;
+    async fn infer(&self, request: ValidInferRequest) -> Result<InferenceResponse, WorkerError>;
     /// A streaming call: plain models answer once, decoupled ones any number of times.
-    async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError>;
+    async fn infer_stream(&self, request: ValidInferRequest) -> Result<InferOutcome, WorkerError>;
 
     /// Starts a generation on a language model (token ids in, token ids out).
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
@@ -104,12 +106,12 @@ impl LocalWorker {
 
 #[async_trait]
 impl WorkerClient for LocalWorker {
-    async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
-        self.repository.resolve(&request.model_name, request.model_version)?.infer_unary(request).await
+    async fn infer(&self, request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
+        ModelVersion::run_unary(self.repository.adopt(request)?).await
     }
 
-    async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
-        self.repository.resolve(&request.model_name, request.model_version)?.infer_any(request).await
+    async fn infer_stream(&self, request: ValidInferRequest) -> Result<InferOutcome, WorkerError> {
+        ModelVersion::run_any(self.repository.adopt(request)?).await
     }
 
     fn local_repository(&self) -> Option<&Arc<ModelRepository>> {
@@ -117,7 +119,7 @@ impl WorkerClient for LocalWorker {
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
-        let version = self.repository.resolve(model, None)?;
+        let version = self.repository.resolve(model, request.model_version)?;
         let engine = version.language_model().ok_or_else(|| WorkerError::NotLanguageModel { model: model.to_string() })?;
         engine.generate(request).map_err(|source| WorkerError::Generate { model: model.to_string(), source })
     }

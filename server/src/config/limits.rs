@@ -51,10 +51,53 @@ pub struct LimitArgs {
     /// trace, logging) must carry the header; repeatable.
     #[arg(long = "grpc-restricted-protocol", env = "TRITIUM_GRPC_RESTRICTED_PROTOCOL", value_delimiter = ';')]
     pub grpc_restricted_protocol: Vec<String>,
+    /// HTTP connections open at once; further ones wait in the listen queue.
+    #[arg(long, env = "TRITIUM_HTTP_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub http_max_connections: usize,
+    /// Bytes of one HTTP request body, at most (413 beyond). Bodies being received are also
+    /// charged to --max-buffered-request-bytes.
+    #[arg(long, env = "TRITIUM_HTTP_MAX_BODY_BYTES", default_value_t = DEFAULT_HTTP_BODY_BYTES)]
+    pub http_max_body_bytes: usize,
+    /// Milliseconds a new HTTP connection has to send its first request headers; 0 disables.
+    #[arg(long, env = "TRITIUM_HTTP_HEADER_TIMEOUT", default_value_t = 10_000)]
+    pub http_header_timeout: u64,
+    /// Milliseconds an HTTP connection may go without a byte in either direction while no request
+    /// on it is being answered, before the server closes it; 0 disables.
+    #[arg(long, env = "TRITIUM_HTTP_IDLE_TIMEOUT", default_value_t = 300_000)]
+    pub http_idle_timeout: u64,
+}
+
+/// The limits of the HTTP port.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub max_body_bytes: usize,
+    pub header_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    /// Requests one h2c connection may have open at once.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_body_bytes: DEFAULT_HTTP_BODY_BYTES,
+            header_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(300)),
+            max_concurrent_streams: DEFAULT_MAX_STREAMS,
+        }
+    }
+}
+
+fn millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_STREAMS: u32 = 1024;
+/// axum's own default: an OpenAI request with a long prompt is far below it.
+pub const DEFAULT_HTTP_BODY_BYTES: usize = 2 << 20;
 /// Half of a 2 GiB box: room for the models and the responses beside the requests.
 pub const DEFAULT_BUFFERED_BYTES: u64 = 1 << 30;
 
@@ -73,6 +116,16 @@ impl Default for Limits {
 }
 
 impl LimitArgs {
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self.http_max_connections,
+            max_body_bytes: self.http_max_body_bytes,
+            header_timeout: millis(self.http_header_timeout),
+            idle_timeout: millis(self.http_idle_timeout),
+            max_concurrent_streams: if self.grpc_max_concurrent_streams == 0 { u32::MAX } else { self.grpc_max_concurrent_streams },
+        }
+    }
+
     pub fn limits(&self) -> Result<Limits, String> {
         if self.shm_max_regions > MAX_REGIONS_LIMIT {
             return Err(format!("--shm-max-regions is at most {MAX_REGIONS_LIMIT}"));

@@ -15,7 +15,7 @@ use tritium_worker::llm::{EngineOptions, LLM_BACKEND, ModelKind, detect_kind};
 use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions};
 
 pub use cluster::{ClusterArgs, ClusterConfig, EngineArgs, RouterArgs, WorkerListenArgs};
-pub use limits::{LimitArgs, Limits};
+pub use limits::{HttpLimits, LimitArgs, Limits};
 use crate::routing::RouterOptions;
 
 #[derive(Debug, Parser)]
@@ -353,6 +353,8 @@ pub struct ServerConfig {
     pub router: RouterOptions,
     /// Shared memory, model-load deadline and restricted protocols.
     pub limits: Limits,
+    /// Connections, deadlines and body size of the HTTP port.
+    pub http_limits: HttpLimits,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -374,6 +376,7 @@ impl ServeArgs {
         let builtins = !cluster.is_distributed();
         let limits = &self.limits;
         Ok(ServerConfig {
+            http_limits: limits.http_limits(),
             limits: limits.limits()?,
             llm: engine_options(&self.models),
             repository: repository_options(&self.repository, &self.models, &self.engine, builtins)?,

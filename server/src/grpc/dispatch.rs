@@ -1,41 +1,54 @@
-//! Where a decoded KServe request runs, shared by ModelInfer and ModelStreamInfer: a language
-//! model goes through the LLM frontend, anything else to the router. In the single-process
-//! default the model is resolved once, here, and run directly: no routing, no second lookup.
+//! Where a decoded KServe request runs, shared by ModelInfer and ModelStreamInfer. The request is
+//! validated here, once, against the version it resolves to (a local model's, or a remote
+//! model's stand-in); then a language model goes through the LLM frontend and anything else to
+//! the router. In the single-process default the validated version is run directly: no routing,
+//! no second lookup.
 //! The routed and language-model futures are boxed: they are large, and inline they would double
 //! the size of every in-process request's future, which tonic moves and boxes per request.
 
-use std::sync::Arc;
-
-use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ModelVersion, WorkerClient};
+use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ModelVersion, ValidInferRequest, WorkerClient};
 
 use super::service::GrpcState;
 use crate::error::ServerError;
 
+/// A request that passed validation, and where it runs.
+pub(crate) struct Admitted {
+    request: ValidInferRequest,
+    target: Target,
+}
+
 enum Target {
-    /// The in-process worker alone serves the model; this is the version to run.
-    Local(Arc<ModelVersion>),
+    /// The in-process worker alone serves the model: run it on the version it was checked against.
+    Local,
     Language,
     Routed,
 }
 
-fn target(state: &GrpcState, request: &InferenceRequest) -> Result<Target, ServerError> {
-    // The same lookup, and so the same error, as the in-process worker would make.
-    if let Some(resolved) = state.router.resolve_sole_local(&request.model_name, request.model_version) {
-        let model = resolved?;
-        return Ok(if model.is_language_model() { Target::Language } else { Target::Local(model) });
-    }
-    Ok(if state.llm.is_language_model(&request.model_name, request.model_version) { Target::Language } else { Target::Routed })
+/// Validates a request (version resolution included) and picks where it runs. Its errors are the
+/// request's own (unknown model, wrong inputs), which a stream reports in-band even in
+/// `triton_grpc_error` mode, as Triton does.
+pub(crate) fn admit(state: &GrpcState, request: InferenceRequest) -> Result<Admitted, ServerError> {
+    let valid = state.repository.validate(request)?;
+    let target = if valid.model().is_language_model() {
+        Target::Language
+    } else if state.router.serves_only_locally(valid.model_name(), state.repository.as_ref()) {
+        Target::Local
+    } else {
+        Target::Routed
+    };
+    Ok(Admitted { request: valid, target })
 }
 
-async fn language(state: &GrpcState, request: InferenceRequest, stream_call: bool) -> Result<InferOutcome, ServerError> {
-    let hint = crate::routing::hint_of(&request.parameters);
+async fn language(state: &GrpcState, request: ValidInferRequest, stream_call: bool) -> Result<InferOutcome, ServerError> {
+    let hint = crate::routing::hint_of(&request.request().parameters);
     crate::routing::WORKER_HINT.scope(hint, state.llm.infer_kserve(request, stream_call)).await
 }
 
 /// A ModelInfer request: exactly one response.
 pub async fn unary(state: &GrpcState, request: InferenceRequest) -> Result<InferenceResponse, ServerError> {
-    match target(state, &request)? {
-        Target::Local(model) => Ok(model.infer_unary(request).await?),
+    let Admitted { request, target } = admit(state, request)?;
+    match target {
+        Target::Local => Ok(ModelVersion::run_unary(request).await?),
         Target::Routed => Ok(Box::pin(state.router.infer(request)).await?),
         Target::Language => match Box::pin(language(state, request, false)).await? {
             InferOutcome::Single(response) => Ok(response),
@@ -44,10 +57,11 @@ pub async fn unary(state: &GrpcState, request: InferenceRequest) -> Result<Infer
     }
 }
 
-/// A ModelStreamInfer request: one response, or a stream of them from a decoupled model.
-pub async fn streamed(state: &GrpcState, request: InferenceRequest) -> Result<InferOutcome, ServerError> {
-    match target(state, &request)? {
-        Target::Local(model) => Ok(model.infer_any(request).await?),
+/// A ModelStreamInfer request, admitted: one response, or a stream of them from a decoupled model.
+pub(crate) async fn streamed(state: &GrpcState, admitted: Admitted) -> Result<InferOutcome, ServerError> {
+    let Admitted { request, target } = admitted;
+    match target {
+        Target::Local => Ok(ModelVersion::run_any(request).await?),
         Target::Routed => Ok(Box::pin(state.router.infer_stream(request)).await?),
         Target::Language => Box::pin(language(state, request, true)).await,
     }

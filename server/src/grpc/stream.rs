@@ -1,7 +1,9 @@
 //! ModelStreamInfer: requests on one stream run concurrently; plain models answer in request
 //! order, decoupled ones interleave as their responses are ready. Errors go in-band with the
-//! request id and the stream stays open, unless the client opened it with the
-//! `triton_grpc_error: true` header: then the first error ends the call with its real status.
+//! request id and the stream stays open. With the `triton_grpc_error: true` header, as in Triton
+//! 2.51, a request's own errors (unknown model or version, malformed or invalid inputs) still go
+//! in-band, while the first error of a request that was running (its model failed, its outputs
+//! could not be written) ends the call with its real status.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -64,13 +66,16 @@ fn ok(response: ModelInferResponse) -> Reply {
 async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: bool) -> Answer {
     let arrived = Instant::now();
     let label = Label { model: request.model_name.clone(), version: request.model_version.clone(), id: request.id.clone() };
-    let decoded = match decode_request(request, &state.shm, arrived) {
-        Ok(decoded) => decoded,
-        Err(e) => return Answer::Now(in_band(&label, e, grpc_errors)),
+    // The request's own errors: in-band in both modes.
+    let admitted = decode_request(request, &state.shm, arrived).and_then(|decoded| {
+        let admitted = super::dispatch::admit(&state, decoded.request)?;
+        Ok((admitted, decoded.shm, decoded.enable_empty_final))
+    });
+    let (admitted, regions, empty_final_wanted) = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => return Answer::Now(in_band(&label, e, false)),
     };
-    let regions = decoded.shm;
-    let empty_final_wanted = decoded.enable_empty_final;
-    let outcome = super::dispatch::streamed(&state, decoded.request).await;
+    let outcome = super::dispatch::streamed(&state, admitted).await;
     match outcome {
         Err(e) => Answer::Now(in_band(&label, e, grpc_errors)),
         Ok(InferOutcome::Single(response)) => Answer::Now(

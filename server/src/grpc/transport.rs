@@ -29,8 +29,7 @@ use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +43,7 @@ use tower::util::BoxCloneSyncService;
 use super::budget::{BudgetedBody, ByteBudget, Encoding};
 use super::restricted::RestrictedProtocols;
 use crate::config::TransportConfig;
+use crate::connection::{Counted, Watch, configure, out_of_resources};
 
 type Boxed = BoxCloneSyncService<Request<BudgetedBody>, Response<Body>, Infallible>;
 type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -256,24 +256,6 @@ fn http2_builder(settings: &TransportConfig) -> http2::Builder<TokioExecutor> {
     builder
 }
 
-fn configure(stream: &TcpStream, tcp_keepalive: Option<Duration>) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("TCP_NODELAY on an accepted connection: {e}");
-    }
-    if let Some(idle) = tcp_keepalive {
-        let keepalive = socket2::TcpKeepalive::new().with_time(idle);
-        if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
-            tracing::debug!("TCP keepalive on an accepted connection: {e}");
-        }
-    }
-}
-
-/// Whether an accept error means the process is out of something (descriptors, memory), so that
-/// accepting again at once would only spin.
-fn out_of_resources(error: &std::io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
-}
-
 /// Serves `routes` on `listener` until `shutdown` completes; then stops accepting, asks every
 /// connection to go away, and returns once the calls in flight have finished.
 pub async fn serve<S>(listener: TcpListener, routes: Routes<S>, settings: &TransportConfig, shutdown: impl Future<Output = ()>)
@@ -310,11 +292,17 @@ where
         };
         configure(&stream, settings.tcp_keepalive);
         let moved = Arc::new(AtomicU64::new(0));
-        let io = Counted { inner: stream, moved: Arc::clone(&moved) };
+        let io = Counted::new(stream, Arc::clone(&moved));
         let (routes, calls, open) = routes.for_connection();
         let connection = builder.serve_connection(TokioIo::new(io), routes);
-        let watch =
-            Watch { calls, open, activity: moved, header_timeout: settings.header_timeout, idle_timeout: settings.idle_timeout };
+        let watch = Watch {
+            calls,
+            open,
+            activity: moved,
+            header_timeout: settings.header_timeout,
+            idle_timeout: settings.idle_timeout,
+            flags: ("--grpc-header-timeout", "--grpc-idle-timeout"),
+        };
         let limits = (settings.max_connection_age, settings.max_connection_age_grace);
         let stopping = stopping.clone();
         connections.spawn(async move {
@@ -385,97 +373,6 @@ enum Ended {
     Finished(hyper::Result<()>),
     Stopping,
     Aged,
-}
-
-/// What a connection has done, for the handshake and idle deadlines.
-struct Watch {
-    calls: Arc<AtomicU64>,
-    open: Arc<AtomicU64>,
-    /// Bytes received and sent.
-    activity: Arc<AtomicU64>,
-    header_timeout: Option<Duration>,
-    idle_timeout: Option<Duration>,
-}
-
-impl Watch {
-    /// Resolves when the connection should be closed: no call within the handshake deadline, or
-    /// not one byte in either direction during a whole idle period with no unary call running
-    /// (a slow model is not an idle client). Never, with both deadlines off.
-    async fn silent(&self) -> &'static str {
-        if let Some(deadline) = self.header_timeout {
-            tokio::time::sleep(deadline).await;
-            if self.calls.load(Ordering::Relaxed) == 0 {
-                return "no call within the handshake deadline (--grpc-header-timeout)";
-            }
-        }
-        let Some(idle) = self.idle_timeout else { return std::future::pending().await };
-        let mut seen = self.activity.load(Ordering::Relaxed);
-        loop {
-            tokio::time::sleep(idle).await;
-            let now = self.activity.load(Ordering::Relaxed);
-            if now == seen && self.open.load(Ordering::Relaxed) == 0 {
-                return "nothing sent or received for the idle deadline (--grpc-idle-timeout)";
-            }
-            seen = now;
-        }
-    }
-}
-
-/// A connection's socket, counting the bytes it moves (one relaxed add per read or write).
-pub(crate) struct Counted {
-    inner: TcpStream,
-    moved: Arc<AtomicU64>,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            this.moved.fetch_add(read as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl Counted {
-    fn count(&self, written: &Poll<std::io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = written
-            && *n > 0
-        {
-            self.moved.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.count(&written);
-        written
-    }
-
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.count(&written);
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::kserve::{DEFAULT_MAX_TOKENS, parse_infer_request, response_outputs};
-use tritium_openai_bridge::pipeline::{TextEvent, TextStream, collect, generate_text};
+use tritium_openai_bridge::pipeline::{ModelRef, TextEvent, TextStream, collect, generate_text};
 use tritium_tensor::Tensor;
 use tritium_worker::llm::FinishReason;
-use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ModelVersion, PhaseTimes, ResponseStream, StreamItem, WorkerError};
+use tritium_worker::{InferOutcome, InferenceResponse, ModelVersion, PhaseTimes, ResponseStream, StreamItem, ValidInferRequest, WorkerError};
 
 use super::LlmFrontend;
 use crate::error::ServerError;
@@ -82,16 +82,17 @@ fn request_error(id: &str, error: BridgeError) -> ServerError {
 }
 
 impl LlmFrontend {
-    /// Runs a KServe request on a language model. `stream_call` says whether it came on
-    /// ModelStreamInfer, where `streaming` may ask for one response per delta.
-    pub async fn infer_kserve(&self, mut request: InferenceRequest, stream_call: bool) -> Result<InferOutcome, ServerError> {
-        let version = self.repository.resolve(&request.model_name, request.model_version)?;
+    /// Runs a KServe request on a language model, on the version it was validated against.
+    /// `stream_call` says whether it came on ModelStreamInfer, where `streaming` may ask for one
+    /// response per delta.
+    pub async fn infer_kserve(&self, request: ValidInferRequest, stream_call: bool) -> Result<InferOutcome, ServerError> {
+        let version = Arc::clone(request.model());
+        let request = request.into_request();
         let arrived = request.arrived;
         let failed = |e: ServerError| {
             version.stats.fail.record(arrived.elapsed());
             e
         };
-        version.schema.validate(&mut request).map_err(|e| failed(e.into()))?;
         let model = request.model_name.as_str();
         let parsed = parse_infer_request(model, &request.inputs, &request.parameters)
             .map_err(|e| failed(request_error(&request.id, e)))?;
@@ -109,7 +110,8 @@ impl LlmFrontend {
                 return Err(failed(request_error(&request.id, e)));
             }
         };
-        let text = generate_text(self, &pre, model, &parsed.options, prompt, Some(DEFAULT_MAX_TOKENS), observer)
+        let target = ModelRef { name: model, version: Some(version.version) };
+        let text = generate_text(self, &pre, target, &parsed.options, prompt, Some(DEFAULT_MAX_TOKENS), observer)
             .await
             .map_err(|e| failed(request_error(&request.id, e)))?;
         let statistics = Statistics { version: Arc::clone(&version), arrived, started: Instant::now() };

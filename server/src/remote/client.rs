@@ -21,7 +21,7 @@ use tritium_proto::worker::worker_client::WorkerClient as WorkerRpc;
 use tritium_proto::worker::{DescribeModelsRequest, EmbedRequest, InferStreamResponse, TokenIds};
 use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, ModelCard, TokenStream};
 use tritium_worker::{
-    InferOutcome, InferenceRequest, InferenceResponse, ResponseStream, StreamItem, WorkerClient, WorkerError,
+    InferOutcome, InferenceResponse, ResponseStream, StreamItem, ValidInferRequest, WorkerClient, WorkerError,
 };
 
 use super::convert::{error_code, event_from_proto, generate_request_to_proto, request_to_proto, response_from_proto};
@@ -189,15 +189,15 @@ impl RemoteWorker {
 
 #[async_trait]
 impl WorkerClient for RemoteWorker {
-    async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
+    async fn infer(&self, request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
         let mut client = self.client.clone();
-        let response = client.infer(request_to_proto(request)).await.map_err(|s| status_error(&self.id, s))?;
+        let response = client.infer(request_to_proto(request.into_request())).await.map_err(|s| status_error(&self.id, s))?;
         response_from_proto(response.into_inner(), true).map_err(|problem| protocol_error(&self.id, problem))
     }
 
-    async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
+    async fn infer_stream(&self, request: ValidInferRequest) -> Result<InferOutcome, WorkerError> {
         let mut client = self.client.clone();
-        let response = client.infer_stream(request_to_proto(request)).await.map_err(|s| status_error(&self.id, s))?;
+        let response = client.infer_stream(request_to_proto(request.into_request())).await.map_err(|s| status_error(&self.id, s))?;
         let single = response.metadata().get(OUTCOME_KEY).is_some_and(|v| v == OUTCOME_SINGLE);
         let mut replies = response.into_inner();
         if single {
@@ -238,7 +238,7 @@ impl WorkerClient for RemoteWorker {
         // Awaiting the response headers means a worker that cannot be reached, or refuses, fails
         // here rather than in the stream.
         let response = client
-            .generate(generate_request_to_proto(model, 0, request))
+            .generate(generate_request_to_proto(model, request))
             .await
             .map_err(|s| status_error(&self.id, s))?;
         let mut events = response.into_inner();

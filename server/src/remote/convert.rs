@@ -95,11 +95,11 @@ pub fn response_from_proto(response: ModelInferResponse, is_final: bool) -> Resu
     Ok(InferenceResponse { model_name: Arc::from(model_name), model_version, id, outputs: tensors, is_final })
 }
 
-pub fn generate_request_to_proto(model: &str, version: i64, request: GenerateRequest) -> pb::GenerateRequest {
-    let GenerateRequest { prompt, sampling, stop, logprobs } = request;
+pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::GenerateRequest {
+    let GenerateRequest { model_version, prompt, sampling, stop, logprobs } = request;
     pb::GenerateRequest {
         model: model.to_string(),
-        version,
+        version: model_version,
         prompt,
         sampling: Some(pb::Sampling {
             temperature: sampling.temperature,
@@ -137,7 +137,7 @@ pub fn generate_request_from_proto(request: pb::GenerateRequest) -> GenerateRequ
         ignore_eos: s.ignore_eos,
         min_tokens: s.min_tokens,
     });
-    GenerateRequest { prompt: request.prompt, sampling, stop, logprobs: request.logprobs }
+    GenerateRequest { model_version: request.version, prompt: request.prompt, sampling, stop, logprobs: request.logprobs }
 }
 
 pub fn event_to_proto(event: GenerateEvent) -> pb::GenerateEvent {
@@ -213,9 +213,10 @@ mod tests {
             sampling: SamplingOptions { temperature: 0.5, top_k: 7, seed: Some(9), ..Default::default() },
             stop: StopOptions { max_tokens: Some(4), stop_token_ids: vec![2], ignore_eos: true, min_tokens: 1 },
             logprobs: Some(2),
+            model_version: Some(3),
         };
-        let wire = generate_request_to_proto("m", 3, request.clone());
-        assert_eq!((wire.model.as_str(), wire.version), ("m", 3));
+        let wire = generate_request_to_proto("m", request.clone());
+        assert_eq!((wire.model.as_str(), wire.version), ("m", Some(3)));
         assert_eq!(generate_request_from_proto(wire), request);
 
         let events = [

@@ -32,6 +32,7 @@ fn greedy(max_tokens: u32, ignore_eos: bool) -> GenerateRequest {
         sampling: SamplingOptions { temperature: 0.0, ..Default::default() },
         stop: StopOptions { max_tokens: Some(max_tokens), ignore_eos, ..Default::default() },
         logprobs: None,
+        ..Default::default()
     }
 }
 
@@ -71,16 +72,19 @@ async fn a_remote_generation_matches_the_local_one_and_dropping_it_cancels_the_s
     assert_eq!(ids, local_ids, "greedy remote and in-process generations agree");
     assert_eq!((reason, prompt_tokens, completion_tokens), (FinishReason::Length, 5, 4));
 
-    // A version on the wire resolves through the repository.
+    // A version on the wire resolves through the repository, through the raw RPC and the client.
     let channel =
         tonic::transport::Endpoint::from_shared(worker.uri.clone()).expect("a uri").connect().await.expect("connects");
     let mut rpc = WorkerRpc::new(channel);
-    let request = super::convert::generate_request_to_proto("smollm2", 7, greedy(1, false));
+    let versioned = |version| GenerateRequest { model_version: Some(version), ..greedy(1, false) };
+    let request = super::convert::generate_request_to_proto("smollm2", versioned(7));
     let status = rpc.generate(request).await.expect_err("no version 7");
     assert_eq!(status.code(), ErrorCode::NotFound.grpc_code());
     assert!(status.metadata().get(ORIGIN_KEY).is_some(), "marked as the worker's");
-    let request = super::convert::generate_request_to_proto("smollm2", 1, greedy(1, false));
+    let request = super::convert::generate_request_to_proto("smollm2", versioned(1));
     assert!(rpc.generate(request).await.is_ok(), "version 1 is served");
+    let error = remote.generate("smollm2", versioned(7)).await.expect_err("the client sends the version it is given");
+    assert_eq!(error.to_string(), "Request for unknown model: 'smollm2' version 7 is not found");
 
     let engine = repository.resolve("smollm2", None).expect("served").language_model().expect("a language model");
     let cancelled_before = engine.stats().sequences_cancelled;

@@ -18,7 +18,7 @@ use tritium_proto::worker::{
     GenerateEvent, GenerateRequest, InferStreamResponse,
 };
 use tritium_worker::{
-    InferOutcome, InferenceResponse, LocalWorker, ModelRepository, StreamItem, WorkerClient, WorkerError,
+    InferOutcome, InferenceResponse, LocalWorker, ModelRepository, StreamItem, ValidInferRequest, WorkerClient, WorkerError,
 };
 
 use super::convert::{event_to_proto, generate_request_from_proto};
@@ -98,6 +98,13 @@ impl WorkerService {
         self.in_flight.enter().ok_or_else(|| worker_status(ErrorCode::Unavailable, DRAINING_MESSAGE))
     }
 
+    /// What a frontend sends, decoded and validated here again: the frontend checked it too, but
+    /// the worker plane is a process boundary, and the check is one pass over the inputs.
+    fn validate(&self, request: ModelInferRequest) -> Result<ValidInferRequest, Status> {
+        let decoded = decode_request(request, &self.shm, Instant::now()).map_err(from_server)?;
+        self.repository.validate(decoded.request).map_err(from_worker)
+    }
+
     fn encode(&self, response: InferenceResponse) -> Result<ModelInferResponse, Status> {
         encode_response(response, &Default::default(), &self.shm, None).map_err(from_server)
     }
@@ -118,8 +125,8 @@ impl WorkerService {
 impl Worker for WorkerService {
     async fn infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let _counted = self.admit()?;
-        let decoded = decode_request(request.into_inner(), &self.shm, Instant::now()).map_err(from_server)?;
-        let response = self.local.infer(decoded.request).await.map_err(from_worker)?;
+        let request = self.validate(request.into_inner())?;
+        let response = self.local.infer(request).await.map_err(from_worker)?;
         Ok(Response::new(self.encode(response)?))
     }
 
@@ -130,8 +137,8 @@ impl Worker for WorkerService {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<Self::InferStreamStream>, Status> {
         let counted = self.admit()?;
-        let decoded = decode_request(request.into_inner(), &self.shm, Instant::now()).map_err(from_server)?;
-        let (replies, outcome): (Self::InferStreamStream, _) = match self.local.infer_stream(decoded.request).await {
+        let request = self.validate(request.into_inner())?;
+        let (replies, outcome): (Self::InferStreamStream, _) = match self.local.infer_stream(request).await {
             Err(e) => return Err(from_worker(e)),
             Ok(InferOutcome::Single(response)) => {
                 let reply = self.encode(response).map(|r| InferStreamResponse { response: Some(r), r#final: true });
@@ -178,9 +185,8 @@ impl Worker for WorkerService {
         let request = request.into_inner();
         let name = request.model.clone();
         let version = match request.version {
-            0 => None,
-            v if v > 0 => Some(v),
-            v => return Err(from_worker(WorkerError::InvalidVersion { version: v.to_string() })),
+            Some(v) if v < 0 => return Err(from_worker(WorkerError::InvalidVersion { version: v.to_string() })),
+            version => version,
         };
         let model = self.repository.resolve(&name, version).map_err(from_worker)?;
         let engine =

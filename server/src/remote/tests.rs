@@ -13,7 +13,7 @@ use tritium_proto::ErrorCode;
 use tritium_tensor::{DataType, Tensor};
 use tritium_worker::{
     BackendRegistry, DeclaredModel, InferOutcome, InferenceRequest, LocalWorker, ModelRepository, RepositoryOptions,
-    StreamItem, WorkerClient, WorkerError,
+    StreamItem, ValidInferRequest, WorkerClient, WorkerError,
 };
 
 use super::{InFlight, RemoteWorker, WorkerService};
@@ -86,14 +86,19 @@ pub(super) fn declared(models: &[(&str, String)]) -> Arc<ModelRepository> {
         .expect("the declared models load")
 }
 
-fn repeat(count: i32, delay_ms: u32) -> InferenceRequest {
+/// A request validated as the frontend does before sending it, against the built-in models.
+fn valid(request: InferenceRequest) -> ValidInferRequest {
+    builtin().validate(request).expect("valid for the built-in models")
+}
+
+fn repeat(count: i32, delay_ms: u32) -> ValidInferRequest {
     let mut inputs = vec![Tensor::from_slice("IN", vec![1], &[count])];
     if delay_ms > 0 {
         inputs.push(Tensor::from_slice("DELAY_MS", vec![1], &[delay_ms]));
     }
     let mut request = InferenceRequest::new("repeat", inputs);
     request.id = "r".into();
-    request
+    valid(request)
 }
 
 async fn next<S: futures::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
@@ -110,7 +115,7 @@ async fn identity_and_add_sub_answer_through_the_worker() {
         InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![3], &[1.5f32, -2.0, 3.25])]);
     request.id = "id-1".into();
     request.model_version = Some(1);
-    let response = remote.infer(request).await.expect("identity answers");
+    let response = remote.infer(valid(request)).await.expect("identity answers");
     assert_eq!((&*response.model_name, response.model_version, response.id.as_str()), ("identity", 1, "id-1"));
     assert!(response.is_final);
     assert_eq!(response.outputs.len(), 1);
@@ -125,7 +130,7 @@ async fn identity_and_add_sub_answer_through_the_worker() {
         vec![Tensor::from_slice("INPUT0", vec![16], &a), Tensor::from_slice("INPUT1", vec![16], &b)],
     );
     request.requested_outputs = vec!["OUTPUT1".into()];
-    let response = remote.infer(request).await.expect("add_sub answers");
+    let response = remote.infer(valid(request)).await.expect("add_sub answers");
     let names: Vec<&str> = response.outputs.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["OUTPUT1"], "only the requested output comes back");
     let difference: Vec<i32> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
@@ -135,7 +140,7 @@ async fn identity_and_add_sub_answer_through_the_worker() {
         "add_sub",
         vec![Tensor::from_slice("INPUT0", vec![16], &a), Tensor::from_slice("INPUT1", vec![16], &b)],
     );
-    let response = remote.infer(request).await.expect("add_sub answers");
+    let response = remote.infer(valid(request)).await.expect("add_sub answers");
     let sum: Vec<i32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
     assert_eq!(response.outputs[0].to_vec::<i32>().expect("INT32"), sum);
 }
@@ -144,11 +149,12 @@ async fn identity_and_add_sub_answer_through_the_worker() {
 async fn bytes_tensors_and_parameters_round_trip() {
     let config = "backend: \"identity\"\ninput [ { name: \"IN\", data_type: TYPE_STRING, dims: [ -1 ] } ]\n\
                   output [ { name: \"OUT\", data_type: TYPE_STRING, dims: [ -1 ] } ]\n";
-    let worker = TestWorker::start(declared(&[("echo", format!("name: \"echo\"\n{config}"))]));
+    let repository = declared(&[("echo", format!("name: \"echo\"\n{config}"))]);
+    let worker = TestWorker::start(Arc::clone(&repository));
     let items: [&[u8]; 3] = [b"hello", b"", b"\x00\xffbinary"];
     let mut request = InferenceRequest::new("echo", vec![Tensor::from_byte_strings("IN", vec![3], items)]);
     request.parameters = vec![("custom".into(), tritium_worker::ParamValue::String("x".into()))];
-    let response = worker.client().infer(request).await.expect("echo answers");
+    let response = worker.client().infer(repository.validate(request).expect("valid")).await.expect("echo answers");
     assert_eq!(response.outputs[0].datatype, DataType::Bytes);
     assert_eq!(response.outputs[0].byte_strings().expect("BYTES"), items);
 }
@@ -170,15 +176,22 @@ async fn a_decoupled_model_streams_and_a_plain_one_answers_once() {
     assert!(next(&mut responses).await.is_none(), "nothing follows Complete");
 
     let request = InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![1], &[7.0f32])]);
-    let Ok(InferOutcome::Single(response)) = remote.infer_stream(request).await else {
+    let Ok(InferOutcome::Single(response)) = remote.infer_stream(valid(request)).await else {
         panic!("identity is a plain model: one answer");
     };
     assert!(response.is_final);
     assert_eq!(response.outputs[0].to_vec::<f32>().expect("FP32"), [7.0]);
 }
 
+/// The frontend validates against its stand-in of the worker's model; the worker validates what
+/// arrives again (a process boundary is a trust boundary). A stand-in that no longer matches the
+/// worker's model (say the worker reloaded it) is caught there, with the worker's exact error.
 #[tokio::test]
-async fn the_workers_errors_come_back_with_their_class_and_exact_message() {
+async fn the_worker_validates_again_and_its_errors_come_back_with_their_class_and_exact_message() {
+    let stale = "name: \"identity\"\nbackend: \"identity\"\n\
+                 input [ { name: \"INPUT0\", data_type: TYPE_INT32, dims: [ -1 ] } ]\n\
+                 output [ { name: \"OUTPUT0\", data_type: TYPE_INT32, dims: [ -1 ] } ]\n";
+    let frontend = declared(&[("identity", stale.to_string())]);
     let repository = builtin();
     let worker = TestWorker::start(Arc::clone(&repository));
     let bad = || {
@@ -186,16 +199,24 @@ async fn the_workers_errors_come_back_with_their_class_and_exact_message() {
         request.id = "bad-1".into();
         request
     };
-    let local = LocalWorker::new(repository).infer(bad()).await.expect_err("INT32 is the wrong datatype");
-    let remote = worker.client().infer(bad()).await.expect_err("INT32 is the wrong datatype");
+    let local = repository.validate(bad()).expect_err("INT32 is the wrong datatype for the worker's identity");
+    let sent = frontend.validate(bad()).expect("INT32 is right for the stale stand-in");
+    let remote = worker.client().infer(sent).await.expect_err("the worker checks again");
     let WorkerError::Failed { code, message } = remote else { panic!("the worker's own error, got {remote:?}") };
     assert_eq!(code, ErrorCode::InvalidArg);
     assert_eq!(message, local.to_string());
     assert!(message.contains("data-type is 'INT32'"), "{message}");
+    let in_process = LocalWorker::new(Arc::clone(&repository))
+        .infer(frontend.validate(bad()).expect("valid for the stand-in"))
+        .await
+        .expect_err("the in-process worker adopts it against its own version, and refuses");
+    assert_eq!(in_process.to_string(), local.to_string());
 
-    let error = worker.client().infer(InferenceRequest::new("nope", Vec::new())).await.expect_err("unknown model");
+    let unknown = declared(&[("nope", "name: \"nope\"\nbackend: \"identity\"\n".to_string())]);
+    let gone = unknown.validate(InferenceRequest::new("nope", Vec::new())).expect("valid at the frontend");
+    let error = worker.client().infer(gone).await.expect_err("unknown to the worker");
     assert!(matches!(&error, WorkerError::Failed { code: ErrorCode::NotFound, .. }), "{error:?}");
-    assert_eq!(error.to_string(), "Request for unknown model: 'nope' is not found");
+    assert_eq!(error.to_string(), "Request for unknown model: 'nope' version 1 is not found");
 
     // Unary calls on a decoupled model are refused by the worker, as in process.
     let error = worker.client().infer(repeat(1, 0)).await.expect_err("decoupled");
@@ -212,7 +233,7 @@ async fn a_worker_nobody_serves_is_unreachable() {
         listener.local_addr().expect("address").port()
     };
     let remote = RemoteWorker::new("gone", &format!("http://127.0.0.1:{port}"), MAX_MESSAGE).expect("a lazy client");
-    let request = InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![1], &[1.0f32])]);
+    let request = valid(InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![1], &[1.0f32])]));
     let error = tokio::time::timeout(DEADLINE, remote.infer(request))
         .await
         .expect("fails in time")
@@ -267,7 +288,7 @@ async fn dropping_a_stream_ends_the_call_on_the_worker_and_draining_refuses_new_
     tokio::time::timeout(DEADLINE, worker.in_flight.drained()).await.expect("the dropped stream ends on the worker");
 
     worker.in_flight.drain();
-    let request = InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![1], &[1.0f32])]);
+    let request = valid(InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![1], &[1.0f32])]));
     let error = remote.infer(request).await.expect_err("a draining worker takes no new calls");
     let WorkerError::Failed { code, message } = error else { panic!("the worker's own refusal, got {error:?}") };
     assert_eq!((code, message.as_str()), (ErrorCode::Unavailable, super::DRAINING_MESSAGE));
@@ -298,7 +319,7 @@ async fn describe_models_lists_the_built_in_models_with_their_configs() {
 #[tokio::test]
 async fn a_worker_with_a_token_serves_only_frontends_that_send_it() {
     let worker = TestWorker::start_with_token(builtin(), Some("s3cret"));
-    let request = || InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![1], &[1.0f32])]);
+    let request = || valid(InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![1], &[1.0f32])]));
     let refused = worker.client().infer(request()).await.expect_err("no token, no service");
     assert!(refused.to_string().contains("worker-plane token"), "{refused}");
     let wrong = RemoteWorker::with_token("w1", &worker.uri, MAX_MESSAGE, Some("guess")).expect("a client");

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, TokenStream};
-use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ParamValue, PhaseTimes, WorkerClient, WorkerError};
+use tritium_worker::{InferOutcome, InferenceResponse, ModelVersion, ParamValue, PhaseTimes, ValidInferRequest, WorkerClient, WorkerError};
 
 use super::policy::current_hint;
 use super::{Member, Router, WORKER_ID_PARAMETER};
@@ -69,14 +69,13 @@ impl Router {
     }
 
     /// Records Triton statistics on the frontend's stand-in for a remote model.
-    fn record_remote(&self, model: &str, version: Option<i64>, arrived: Instant, ok: bool) {
-        if let Ok(proxy) = self.repository.resolve(model, version) {
-            let elapsed = arrived.elapsed();
-            if ok {
-                proxy.stats.record_success(PhaseTimes { compute_infer: elapsed, ..PhaseTimes::default() }, 1);
-            } else {
-                proxy.stats.fail.record(elapsed);
-            }
+    /// Statistics of a remote request, on the version (stand-in) it was validated against.
+    fn record_remote(version: &ModelVersion, arrived: Instant, ok: bool) {
+        let elapsed = arrived.elapsed();
+        if ok {
+            version.stats.record_success(PhaseTimes { compute_infer: elapsed, ..PhaseTimes::default() }, 1);
+        } else {
+            version.stats.fail.record(elapsed);
         }
     }
 
@@ -210,12 +209,12 @@ impl Migration {
 
 #[async_trait]
 impl WorkerClient for Router {
-    async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
-        if let Some(local) = self.sole_local(&request.model_name) {
+    async fn infer(&self, request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
+        if let Some(local) = self.sole_local(request.model_name()) {
             return local.infer(request).await;
         }
-        let (model, version, arrived) = (request.model_name.clone(), request.model_version, request.arrived);
-        let hint = hint_of(&request.parameters);
+        let (model, version, arrived) = (request.model_name().to_string(), Arc::clone(request.model()), request.request().arrived);
+        let hint = hint_of(&request.request().parameters);
         let mut request = Some(request);
         let mut remote = false;
         let result = self
@@ -232,17 +231,17 @@ impl WorkerClient for Router {
             })
             .await;
         if remote {
-            self.record_remote(&model, version, arrived, result.is_ok());
+            Router::record_remote(&version, arrived, result.is_ok());
         }
         result
     }
 
-    async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
-        if let Some(local) = self.sole_local(&request.model_name) {
+    async fn infer_stream(&self, request: ValidInferRequest) -> Result<InferOutcome, WorkerError> {
+        if let Some(local) = self.sole_local(request.model_name()) {
             return local.infer_stream(request).await;
         }
-        let model = request.model_name.clone();
-        let hint = hint_of(&request.parameters);
+        let model = request.model_name().to_string();
+        let hint = hint_of(&request.request().parameters);
         let mut request = Some(request);
         self.with_failover(&model, None, hint.as_deref(), |client, local| {
             let this_try = if local { request.take() } else { request.clone() };

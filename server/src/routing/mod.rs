@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tritium_worker::kv::block_hashes;
-use tritium_worker::{ByName, ModelRepository, ModelVersion, WorkerClient, WorkerError};
+use tritium_worker::{ByName, ModelRepository, WorkerClient, WorkerError};
 
 pub use failover::hint_of;
 pub use follow::{follow_discovery, follow_events, publish_worker};
@@ -329,10 +329,12 @@ impl Router {
         self.with_sole_local(model, |client| Arc::clone(client))
     }
 
-    /// The version of `model` the in-process worker would run, with its errors, when that worker
-    /// alone can take the model's requests (see [`Router::sole_local`]); `None` otherwise.
-    pub(crate) fn resolve_sole_local(&self, model: &str, version: Option<i64>) -> Option<Result<Arc<ModelVersion>, WorkerError>> {
-        self.with_sole_local(model, |client| client.local_repository().map(|r| r.resolve(model, version))).flatten()
+    /// Whether the in-process worker alone takes `model`'s requests and runs them on `repository`
+    /// (see [`Router::sole_local`]): then a request validated against that repository runs on
+    /// the version it was checked against, with no routing.
+    pub(crate) fn serves_only_locally(&self, model: &str, repository: &ModelRepository) -> bool {
+        self.with_sole_local(model, |client| client.local_repository().is_some_and(|r| std::ptr::eq(r.as_ref(), repository)))
+            .unwrap_or(false)
     }
 
     fn with_sole_local<T>(&self, model: &str, f: impl FnOnce(&Arc<dyn WorkerClient>) -> T) -> Option<T> {

@@ -3,7 +3,7 @@ use std::sync::atomic::AtomicUsize;
 use async_trait::async_trait;
 use futures::StreamExt;
 use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, FinishReason, TokenStream};
-use tritium_worker::{BackendRegistry, InferOutcome, InferenceRequest, InferenceResponse, RepositoryOptions, WorkerError};
+use tritium_worker::{BackendRegistry, DeclaredModel, InferOutcome, InferenceRequest, InferenceResponse, RepositoryOptions, ValidInferRequest, WorkerError};
 
 use super::*;
 
@@ -42,13 +42,13 @@ fn token(id: u32) -> Result<GenerateEvent, GenerateError> {
 
 #[async_trait]
 impl WorkerClient for Fake {
-    async fn infer(&self, request: InferenceRequest) -> Result<InferenceResponse, WorkerError> {
+    async fn infer(&self, request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if self.unreachable {
             return Err(self.gone());
         }
         Ok(InferenceResponse {
-            model_name: Arc::from(request.model_name.as_str()),
+            model_name: Arc::from(request.model_name()),
             model_version: 1,
             id: self.name.to_string(),
             outputs: Vec::new(),
@@ -56,7 +56,7 @@ impl WorkerClient for Fake {
         })
     }
 
-    async fn infer_stream(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
+    async fn infer_stream(&self, request: ValidInferRequest) -> Result<InferOutcome, WorkerError> {
         self.infer(request).await.map(InferOutcome::Single)
     }
 
@@ -85,8 +85,19 @@ impl WorkerClient for Fake {
     }
 }
 
+/// The frontend's repository: models without inputs, so a request is valid with none.
 fn repository() -> Arc<ModelRepository> {
-    ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins()).expect("built-in repository")
+    let declared = ["identity", "add_sub", "m", "x"]
+        .iter()
+        .map(|name| DeclaredModel { name: name.to_string(), config_text: format!("name: \"{name}\"\nbackend: \"identity\"\n") })
+        .collect();
+    ModelRepository::open(RepositoryOptions { declared, ..Default::default() }, BackendRegistry::with_builtins())
+        .expect("the declared models load")
+}
+
+/// A request validated against the router's repository, as the frontend hands it over.
+fn valid(router: &Router, request: InferenceRequest) -> ValidInferRequest {
+    router.repository.validate(request).expect("a valid request")
 }
 
 fn router(mode: RouterMode, local: Arc<dyn WorkerClient>) -> Arc<Router> {
@@ -99,7 +110,11 @@ fn instance(id: &str, models: &[&str]) -> WorkerInstance {
 }
 
 async fn who(router: &Router, model: &str) -> String {
-    match router.infer(InferenceRequest::new(model, Vec::new())).await {
+    let request = match router.repository.validate(InferenceRequest::new(model, Vec::new())) {
+        Ok(request) => request,
+        Err(e) => return format!("invalid: {e}"),
+    };
+    match router.infer(request).await {
         Ok(response) => response.id,
         Err(e) => format!("error: {e}"),
     }
@@ -113,7 +128,7 @@ async fn routes_by_model_round_robin_and_falls_back_to_the_local_worker() {
     assert_eq!(who(&router, "identity").await, "local");
     let turns = [who(&router, "add_sub").await, who(&router, "add_sub").await];
     assert!(turns.contains(&"local".to_string()) && turns.contains(&"other".to_string()), "{turns:?}");
-    assert_eq!(who(&router, "unknown").await, "local", "unclaimed models fall back to the local registry");
+    assert!(who(&router, "unknown").await.contains("'unknown' is not found"), "an unknown model fails its validation");
     assert_eq!(who(&router, "x").await, "local", "a worker without a client is not routed to");
 }
 
@@ -138,7 +153,7 @@ async fn all_workers_unreachable_is_an_unavailable_error_not_a_hang() {
     router.add_member_for_test("a", Fake::unreachable("a"), false);
     router.add_member_for_test("b", Fake::unreachable("b"), false);
     router.apply(&[instance("a", &["m"]), instance("b", &["m"])]).await;
-    let error = router.infer(InferenceRequest::new("m", Vec::new())).await.expect_err("no worker");
+    let error = router.infer(valid(&router, InferenceRequest::new("m", Vec::new()))).await.expect_err("no worker");
     assert!(matches!(error, WorkerError::Unreachable { .. }), "{error:?}");
     assert_eq!(error.code(), tritium_proto::ErrorCode::Unavailable);
 }
@@ -151,13 +166,13 @@ async fn direct_mode_takes_the_named_worker_and_refuses_without_a_name() {
     router.apply(&[instance("a", &["m"]), instance("b", &["m"])]).await;
     let mut request = InferenceRequest::new("m", Vec::new());
     request.parameters.push((WORKER_ID_PARAMETER.to_string(), tritium_worker::ParamValue::String("b".into())));
-    assert_eq!(router.infer(request).await.expect("routed").id, "b");
-    let error = router.infer(InferenceRequest::new("m", Vec::new())).await.expect_err("no worker named");
+    assert_eq!(router.infer(valid(&router, request)).await.expect("routed").id, "b");
+    let error = router.infer(valid(&router, InferenceRequest::new("m", Vec::new()))).await.expect_err("no worker named");
     assert_eq!(error.code(), tritium_proto::ErrorCode::InvalidArg);
     assert!(error.to_string().contains(WORKER_ID_PARAMETER), "{error}");
     let mut request = InferenceRequest::new("m", Vec::new());
     request.parameters.push((WORKER_ID_PARAMETER.to_string(), tritium_worker::ParamValue::String("zzz".into())));
-    let error = router.infer(request).await.expect_err("unknown worker");
+    let error = router.infer(valid(&router, request)).await.expect_err("unknown worker");
     assert_eq!(error.code(), tritium_proto::ErrorCode::NotFound);
 }
 

@@ -493,17 +493,42 @@ async fn on_a_stream_errors_come_in_band_and_the_stream_stays_open() {
     assert_eq!(output_tensor(&response, "OUTPUT0").expect("OUTPUT0").to_vec::<f32>().expect("fp32"), vec![1., 2., 3., 4.]);
 }
 
+/// As Triton 2.51 does (checked on its own server): with `triton_grpc_error: true`, a request's
+/// own errors (bad version, unknown model, wrong inputs) are still answered in-band and the stream
+/// goes on; the first failure of a model that was running the request ends the stream with its
+/// status.
 #[tokio::test]
-async fn triton_grpc_error_header_ends_the_stream_with_the_real_status() {
+async fn triton_grpc_error_header_keeps_request_errors_in_band_and_ends_the_stream_on_a_model_failure() {
     let (server, _segment) = server_with_models().await;
     let mut client = server.client().await;
     let mut metadata = tonic::metadata::MetadataMap::new();
     metadata.insert("triton_grpc_error", "true".parse().expect("ascii"));
     let (sender, mut responses) = client.stream_with(metadata).await.expect("stream opens");
-    sender.send(identity_ok().version("abc").build()).await.expect("send");
+    let bad_requests = [
+        (identity_ok().version("abc").id("bad-version").build(), "version string 'abc'"),
+        (InferRequestBuilder::new("nope").id("bad-model").build(), "'nope' is not found"),
+        (
+            InferRequestBuilder::new("identity").id("bad-type").input(Tensor::from_slice("INPUT0", vec![4], &[1i32, 2, 3, 4])).build(),
+            "data-type is 'INT32'",
+        ),
+    ];
+    for (request, needle) in bad_requests {
+        let id = request.id.clone();
+        sender.send(request).await.expect("send");
+        let reply = responses.next().await.expect("an item").expect("in-band, not a status");
+        assert!(reply.error_message.contains(needle), "{id}: {:?} lacks {needle:?}", reply.error_message);
+        assert_eq!(reply.infer_response.map(|r| r.id).as_deref(), Some(id.as_str()));
+    }
+    sender.send(identity_ok().id("good").build()).await.expect("send");
+    let reply = responses.next().await.expect("an item").expect("the stream is still open");
+    assert_eq!(reply.error_message, "");
+
+    // repeat refuses a negative count while it runs: a model failure, which ends the stream.
+    let failing = InferRequestBuilder::new("repeat").id("fails").input(Tensor::from_slice("IN", vec![1], &[-1i32])).build();
+    sender.send(failing).await.expect("send");
     let status = responses.next().await.expect("an item").expect_err("a status, not an in-band error");
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("version string 'abc'"), "{}", status.message());
+    assert!(status.message().contains("IN must be >= 0, got -1"), "{}", status.message());
     assert!(responses.next().await.is_none(), "the stream ends after the error");
     assert_still_serving(&mut client).await;
 }

@@ -26,6 +26,7 @@ fn greedy(tokenizer: &tokenizers::Tokenizer, prompt: &str, max_tokens: u32) -> G
         sampling: SamplingOptions { temperature: 0.0, ..SamplingOptions::default() },
         stop: StopOptions { max_tokens: Some(max_tokens), ignore_eos: true, ..StopOptions::default() },
         logprobs: None,
+        model_version: None,
     }
 }
 

@@ -59,6 +59,8 @@ pub struct StopOptions {
 /// One generation request: the prompt already tokenized.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GenerateRequest {
+    /// The model version to run (`None`: the latest ready one).
+    pub model_version: Option<i64>,
     pub prompt: Vec<u32>,
     pub sampling: SamplingOptions,
     pub stop: StopOptions,

@@ -39,6 +39,7 @@ async fn rate(engine: &LlmEngine, prompts: &[Vec<u32>]) -> f64 {
                 sampling: SamplingOptions { temperature: 0.0, ..SamplingOptions::default() },
                 stop: StopOptions { max_tokens: Some(TOKENS), ignore_eos: true, ..StopOptions::default() },
                 logprobs: None,
+                ..GenerateRequest::default()
             };
             engine.generate(request).expect("the engine takes the request")
         })

@@ -1,0 +1,194 @@
+//! The HTTP port's connections (HTTP/1.1 with keep-alive, and h2c), with the same bounds as the
+//! gRPC port: connections open at once (the listener is not read past the limit), a handshake
+//! deadline (no request by then: closed), an idle deadline (no byte either way and no request
+//! running: closed), streams per HTTP/2 connection, and request bodies charged, as they arrive,
+//! to the server-wide byte budget the gRPC port uses, next to the per-request body limit.
+//! axum's own `serve` has none of these.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::HttpLimits;
+use crate::connection::{Counted, Watch, configure, out_of_resources};
+use crate::grpc::budget::ByteBudget;
+
+/// Serves `router` on `listener` within `limits`, charging request bodies to `budget`, until
+/// `shutdown` completes; then stops accepting and lets the requests in flight finish.
+pub async fn serve_limited(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: HttpLimits,
+    budget: Arc<ByteBudget>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(limits.max_concurrent_streams);
+    let builder = Arc::new(builder);
+    let connections = TaskTracker::new();
+    let stopping = CancellationToken::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) if out_of_resources(&e) => {
+                tracing::warn!("cannot accept an HTTP connection: {e}; trying again in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!("accepting an HTTP connection: {e}");
+                continue;
+            }
+        };
+        configure(&stream, None);
+        let watch = Watch {
+            calls: Arc::default(),
+            open: Arc::default(),
+            activity: Arc::default(),
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            flags: ("--http-header-timeout", "--http-idle-timeout"),
+        };
+        let io = TokioIo::new(Counted::new(stream, Arc::clone(&watch.activity)));
+        let service = Requests { router: router.clone(), budget: Arc::clone(&budget), calls: Arc::clone(&watch.calls), open: Arc::clone(&watch.open) };
+        let (builder, stopping) = (Arc::clone(&builder), stopping.clone());
+        connections.spawn(async move {
+            let connection = builder.serve_connection(io, service);
+            let mut connection = pin!(connection);
+            tokio::select! {
+                finished = connection.as_mut() => {
+                    if let Err(e) = finished {
+                        tracing::debug!("HTTP connection: {e}");
+                    }
+                }
+                () = stopping.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+                why = watch.silent() => tracing::debug!("closed an HTTP connection: {why}"),
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    stopping.cancel();
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// One connection's requests, into the axum router, with their bodies charged to the budget.
+#[derive(Clone)]
+struct Requests {
+    router: axum::Router,
+    budget: Arc<ByteBudget>,
+    calls: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Requests {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let running = Running(Arc::clone(&self.open));
+        let request = request.map(|body| Body::new(ChargedBody { inner: body, budget: Arc::clone(&self.budget), charged: 0 }));
+        let router = self.router.clone();
+        Box::pin(async move {
+            let response = router.oneshot(request).await;
+            drop(running);
+            response
+        })
+    }
+}
+
+/// Counts a request as running (for the idle deadline) until its response is produced.
+struct Running(Arc<AtomicU64>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a request body over the server-wide budget ends with (the handler reading it answers
+/// with a client error that carries this text).
+#[derive(Debug, thiserror::Error)]
+#[error("the server is holding too many request bytes (--max-buffered-request-bytes); try again later")]
+pub struct BudgetExhausted;
+
+/// A request body whose bytes are charged to the budget as they arrive and given back when the
+/// body is dropped (once the handler has read it).
+struct ChargedBody {
+    inner: Incoming,
+    budget: Arc<ByteBudget>,
+    charged: u64,
+}
+
+impl http_body::Body for ChargedBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let bytes = data.len() as u64;
+                    if !this.budget.take(bytes) {
+                        return Poll::Ready(Some(Err(Box::new(BudgetExhausted))));
+                    }
+                    this.charged += bytes;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            other => other.map(|_| None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ChargedBody {
+    fn drop(&mut self) {
+        self.budget.give_back(self.charged);
+    }
+}
