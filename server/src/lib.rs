@@ -212,6 +212,7 @@ pub struct ServerHandle {
     http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), StartError>>>,
+    repository: Arc<ModelRepository>,
 }
 
 impl ServerHandle {
@@ -222,6 +223,11 @@ impl ServerHandle {
     /// The HTTP address, when the server was given an HTTP listener.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The models the server serves (for embedding and tests: their engines and statistics).
+    pub fn repository(&self) -> &Arc<ModelRepository> {
+        &self.repository
     }
 
     /// Stops accepting, finishes in-flight calls, and waits for the server to end.
@@ -268,6 +274,7 @@ pub async fn spawn_with_listeners(
     let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
+    let repository = Arc::clone(tritium.repository());
     let task = tokio::spawn(tritium.serve_with_listeners(grpc, http, async move { stop.cancelled().await }));
-    Ok(ServerHandle { grpc_addr, http_addr, shutdown, task: Some(task) })
+    Ok(ServerHandle { grpc_addr, http_addr, shutdown, task: Some(task), repository })
 }

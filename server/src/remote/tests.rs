@@ -216,7 +216,7 @@ async fn the_worker_validates_again_and_its_errors_come_back_with_their_class_an
     let gone = unknown.validate(InferenceRequest::new("nope", Vec::new())).expect("valid at the frontend");
     let error = worker.client().infer(gone).await.expect_err("unknown to the worker");
     assert!(matches!(&error, WorkerError::Failed { code: ErrorCode::NotFound, .. }), "{error:?}");
-    assert_eq!(error.to_string(), "Request for unknown model: 'nope' version 1 is not found");
+    assert_eq!(error.to_string(), "Request for unknown model: 'nope' is not found");
 
     // Unary calls on a decoupled model are refused by the worker, as in process.
     let error = worker.client().infer(repeat(1, 0)).await.expect_err("decoupled");

@@ -15,4 +15,5 @@ mod statistics;
 mod streaming;
 mod transport;
 mod trust_boundary;
+mod trust_http;
 mod trust_limits;

@@ -18,6 +18,8 @@ use tritium_tests::{
     Segment, TestServer, assert_status, assert_status_contains, identity_config, identity_request, load_model, temp_repository,
     write_model,
 };
+use tritium_grpc_clients::InferRequestBuilder;
+use tritium_tensor::Tensor;
 use tritium_worker::{ControlMode, RepositoryOptions};
 
 async fn identity_still_answers(server: &TestServer) {
@@ -186,4 +188,35 @@ async fn restricted_protocols_need_their_header_and_inference_stays_open() {
     request.metadata_mut().insert("admin-key", MetadataValue::from_static("s3cret"));
     client.raw().log_settings(request).await.expect("with the header, the call is served");
     identity_still_answers(&server).await;
+}
+
+/// A KServe request on a language model runs on the version it names: it once ran on the latest,
+/// whatever it asked for (and the worker plane always sent "latest").
+#[tokio::test]
+async fn a_language_model_request_runs_on_the_version_it_names() {
+    let repository = temp_repository();
+    let config = "backend: \"tritium_mock_llm\"\nversion_policy: { all: {} }\n\
+                  parameters { key: \"decode_ms_per_step\" value { string_value: \"0\" } }\n";
+    write_model(repository.path(), "mock", config, &[1, 2]);
+    let server = TestServer::with_repository(repository, RepositoryOptions::default()).await;
+    let mut client = server.client().await;
+    let request = |version: &str| {
+        InferRequestBuilder::new("mock")
+            .version(version)
+            .input(Tensor::from_byte_strings("text_input", vec![1], ["hi"]))
+            .parameter("max_tokens", ParameterChoice::Int64Param(2))
+            .build()
+    };
+    let finished = |version: i64| {
+        let model = server.handle.repository().resolve("mock", Some(version)).expect("served");
+        model.language_model().expect("a language model").stats().sequences_finished
+    };
+    let response = client.infer(request("1")).await.expect("version 1 answers");
+    assert_eq!(response.model_version, "1");
+    assert_eq!((finished(1), finished(2)), (1, 0), "version 1's engine ran it, not the latest's");
+    let response = client.infer(request("")).await.expect("the latest answers");
+    assert_eq!(response.model_version, "2");
+    assert_eq!((finished(1), finished(2)), (1, 1));
+    let missing = client.infer(request("3")).await.expect_err("no version 3").to_string();
+    assert!(missing.contains("'mock' version 3 is not found"), "{missing}");
 }
