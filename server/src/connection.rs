@@ -2,6 +2,7 @@
 //! and the handshake and idle deadlines, which need a count of the bytes a socket moves and of
 //! the calls a connection makes and has running.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub(crate) fn configure(stream: &TcpStream, tcp_keepalive: Option<Duration>) {
     if let Err(e) = stream.set_nodelay(true) {
@@ -23,9 +25,39 @@ pub(crate) fn configure(stream: &TcpStream, tcp_keepalive: Option<Duration>) {
     }
 }
 
+/// The next connection, once a slot is free (at the connection limit the listener is not read:
+/// new clients wait in its queue), with the slot it holds; `None` once `shutdown` completes or
+/// the slots are closed. Accept errors are logged and retried, after a pause when the process
+/// is out of descriptors or memory.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    kind: &str,
+) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    loop {
+        let slot = tokio::select! {
+            () = shutdown.as_mut() => return None,
+            slot = Arc::clone(slots).acquire_owned() => slot.ok()?,
+        };
+        let accepted = tokio::select! {
+            () = shutdown.as_mut() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => return Some((stream, slot)),
+            Err(e) if out_of_resources(&e) => {
+                tracing::warn!("cannot accept a {kind} connection: {e}; trying again in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => tracing::debug!("accepting a {kind} connection: {e}"),
+        }
+    }
+}
+
 /// Whether an accept error means the process is out of something (descriptors, memory), so that
 /// accepting again at once would only spin.
-pub(crate) fn out_of_resources(error: &std::io::Error) -> bool {
+fn out_of_resources(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 

@@ -43,7 +43,7 @@ use tower::util::BoxCloneSyncService;
 use super::budget::{BudgetedBody, ByteBudget, Encoding};
 use super::restricted::RestrictedProtocols;
 use crate::config::TransportConfig;
-use crate::connection::{Counted, Watch, configure, out_of_resources};
+use crate::connection::{Counted, Watch, accept, configure};
 
 type Boxed = BoxCloneSyncService<Request<BudgetedBody>, Response<Body>, Infallible>;
 type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -269,27 +269,7 @@ where
     let mut shutdown = pin!(shutdown);
     loop {
         // At the connection limit the listener is not read: new clients wait in its queue.
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = Arc::clone(&slots).acquire_owned() => slot,
-        };
-        let Ok(slot) = slot else { break };
-        let accepted = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) if out_of_resources(&e) => {
-                tracing::warn!("cannot accept a gRPC connection: {e}; trying again in 100 ms");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) => {
-                tracing::debug!("accepting a gRPC connection: {e}");
-                continue;
-            }
-        };
+        let Some((stream, slot)) = accept(&listener, &slots, &mut shutdown, "gRPC").await else { break };
         configure(&stream, settings.tcp_keepalive);
         let moved = Arc::new(AtomicU64::new(0));
         let io = Counted::new(stream, Arc::clone(&moved));

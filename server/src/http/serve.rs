@@ -10,7 +10,6 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -26,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::config::HttpLimits;
-use crate::connection::{Counted, Watch, configure, out_of_resources};
+use crate::connection::{Counted, Watch, accept, configure};
 use crate::grpc::budget::ByteBudget;
 
 /// Serves `router` on `listener` within `limits`, charging request bodies to `budget`, until
@@ -47,27 +46,7 @@ pub async fn serve_limited(
     let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     let mut shutdown = pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = Arc::clone(&slots).acquire_owned() => slot,
-        };
-        let Ok(slot) = slot else { break };
-        let accepted = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) if out_of_resources(&e) => {
-                tracing::warn!("cannot accept an HTTP connection: {e}; trying again in 100 ms");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) => {
-                tracing::debug!("accepting an HTTP connection: {e}");
-                continue;
-            }
-        };
+        let Some((stream, slot)) = accept(&listener, &slots, &mut shutdown, "HTTP").await else { break };
         configure(&stream, None);
         let watch = Watch {
             calls: Arc::default(),
