@@ -22,7 +22,9 @@ use tritium_bench::{limit, requests};
 use tritium_proto::inference::ModelInferRequest;
 use tritium_server::grpc::convert::{decode_request, encode_response};
 use tritium_server::shm::SharedMemoryRegistry;
-use tritium_worker::{BackendRegistry, InferenceRequest, InferenceResponse, LocalWorker, ModelRepository, RepositoryOptions, WorkerClient};
+use tritium_worker::{
+    BackendRegistry, InferenceRequest, InferenceResponse, LocalWorker, ModelRepository, RepositoryOptions, WorkerClient,
+};
 
 /// A request to time, with the throughput to report for it.
 struct Case {
@@ -107,9 +109,7 @@ fn stages(c: &mut Criterion) {
     let server = &Server::new();
     let request = requests::infer_request("identity", &[requests::fp32_input("INPUT0", 16)], &["OUTPUT0"]);
     let decode = || decode_request(request.clone(), &server.shm, Instant::now()).expect("a valid request");
-    let infer = |decoded: tritium_server::grpc::convert::Decoded| async move {
-        server.run(decoded.request).await
-    };
+    let infer = |decoded: tritium_server::grpc::convert::Decoded| async move { server.run(decoded.request).await };
     let response = rt.block_on(infer(decode()));
     let encoded = encode_response(response.clone(), &Default::default(), &server.shm, None).expect("encodes");
 

@@ -77,9 +77,7 @@ fn typed_views(c: &mut Criterion) {
             b.iter(|| Tensor::from_slice("x", shape.clone(), black_box(values)))
         });
         let tensor = Tensor::from_slice("x", shape.clone(), &values);
-        group.bench_with_input(BenchmarkId::new("to_vec_f32", label), &tensor, |b, t| {
-            b.iter(|| black_box(t).to_vec::<f32>())
-        });
+        group.bench_with_input(BenchmarkId::new("to_vec_f32", label), &tensor, |b, t| b.iter(|| black_box(t).to_vec::<f32>()));
     }
     group.finish();
 }

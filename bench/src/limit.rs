@@ -8,8 +8,8 @@ use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_proto::inference::model_infer_response::InferOutputTensor;
 use tritium_proto::inference::model_metadata_response::TensorMetadata;
 use tritium_proto::inference::{
-    DataType, InferParameter, ModelConfig, ModelInferRequest, ModelInferResponse, ModelInput, ModelMetadataResponse,
-    ModelOutput, ModelStreamInferResponse,
+    DataType, InferParameter, ModelConfig, ModelInferRequest, ModelInferResponse, ModelInput, ModelMetadataResponse, ModelOutput,
+    ModelStreamInferResponse,
 };
 
 /// The model every name stands for.
@@ -91,10 +91,20 @@ pub fn config(name: &str) -> ModelConfig {
         backend: MODEL.to_string(),
         max_batch_size: 0,
         input: (0..count)
-            .map(|i| ModelInput { name: format!("INPUT{i}"), data_type: datatype as i32, dims: dims.clone(), ..Default::default() })
+            .map(|i| ModelInput {
+                name: format!("INPUT{i}"),
+                data_type: datatype as i32,
+                dims: dims.clone(),
+                ..Default::default()
+            })
             .collect(),
         output: (0..count)
-            .map(|i| ModelOutput { name: format!("OUTPUT{i}"), data_type: datatype as i32, dims: dims.clone(), ..Default::default() })
+            .map(|i| ModelOutput {
+                name: format!("OUTPUT{i}"),
+                data_type: datatype as i32,
+                dims: dims.clone(),
+                ..Default::default()
+            })
             .collect(),
         ..Default::default()
     }

@@ -174,11 +174,8 @@ impl InferRequestBuilder {
 
 /// The output called `name` as a tensor, read from `raw_output_contents`.
 pub fn output_tensor(response: &ModelInferResponse, name: &str) -> Result<Tensor, ClientError> {
-    let index = response
-        .outputs
-        .iter()
-        .position(|o| o.name == name)
-        .ok_or_else(|| ClientError::MissingOutput(name.to_string()))?;
+    let index =
+        response.outputs.iter().position(|o| o.name == name).ok_or_else(|| ClientError::MissingOutput(name.to_string()))?;
     let output = &response.outputs[index];
     let datatype = DataType::from_kserve(&output.datatype)
         .ok_or_else(|| ClientError::UnknownDatatype { name: name.to_string(), datatype: output.datatype.clone() })?;

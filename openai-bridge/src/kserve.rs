@@ -20,7 +20,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-
 use tritium_tensor::{DataType, Tensor};
 use tritium_worker::Parameters;
 use tritium_worker::llm::FinishReason;

@@ -207,9 +207,12 @@ fn engine_registry(engines: &[(String, EngineStats)]) -> Registry {
     };
     counter(&mut registry, "tritium_llm_engine_generated_tokens", "Tokens the engine generated", |s| s.tokens_generated);
     counter(&mut registry, "tritium_llm_engine_prompt_tokens", "Prompt tokens the engine prefilled", |s| s.prompt_tokens);
-    counter(&mut registry, "tritium_llm_engine_prompt_tokens_cached", "Prompt tokens found in the KV cache and not recomputed", |s| {
-        s.prompt_tokens_cached
-    });
+    counter(
+        &mut registry,
+        "tritium_llm_engine_prompt_tokens_cached",
+        "Prompt tokens found in the KV cache and not recomputed",
+        |s| s.prompt_tokens_cached,
+    );
     counter(&mut registry, "tritium_llm_engine_finished_sequences", "Sequences finished", |s| s.sequences_finished);
     counter(&mut registry, "tritium_llm_engine_cancelled_sequences", "Sequences stopped because their client went away", |s| {
         s.sequences_cancelled

@@ -82,8 +82,7 @@ impl Preprocessor {
         let mut env = template::environment();
         let has_template = match &card.chat_template {
             Some(source) => {
-                env.add_template_owned(TEMPLATE, source.clone())
-                    .map_err(|e| BridgeError::Template(template::describe(&e)))?;
+                env.add_template_owned(TEMPLATE, source.clone()).map_err(|e| BridgeError::Template(template::describe(&e)))?;
                 true
             }
             None => false,
@@ -173,8 +172,7 @@ impl Preprocessor {
                 ),
             ));
         }
-        let encoding =
-            self.tokenizer.encode(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?;
+        let encoding = self.tokenizer.encode(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?;
         let mut ids = encoding.get_ids().to_vec();
         if let (true, true, Some(bos)) = (add_special_tokens, self.card.add_bos_token, self.bos_id)
             && ids.first() != Some(&bos)
@@ -244,9 +242,10 @@ fn token_form(tokenizer: &Tokenizer) -> TokenForm {
         None => decoder.get("type").and_then(Json::as_str).map(str::to_owned).into_iter().collect(),
     };
     let has = |name: &str| types.iter().any(|t| t == name);
-    let replaces_metaspace = decoder.get("decoders").and_then(Json::as_array).is_some_and(|list| {
-        list.iter().any(|d| d.pointer("/pattern/String").and_then(Json::as_str) == Some("\u{2581}"))
-    });
+    let replaces_metaspace = decoder
+        .get("decoders")
+        .and_then(Json::as_array)
+        .is_some_and(|list| list.iter().any(|d| d.pointer("/pattern/String").and_then(Json::as_str) == Some("\u{2581}")));
     if has("ByteLevel") {
         TokenForm::ByteLevel
     } else if has("Metaspace") || has("ByteFallback") || replaces_metaspace {
@@ -351,10 +350,7 @@ pub(crate) mod tests {
         let mut card = (**pre.card()).clone();
         card.chat_template = None;
         let err = Preprocessor::new(Arc::new(card)).unwrap().render_chat(&[], true, None).unwrap_err();
-        assert!(
-            matches!(&err, BridgeError::Unsupported { what, .. } if what == "chat (it has no chat template)"),
-            "{err:?}"
-        );
+        assert!(matches!(&err, BridgeError::Unsupported { what, .. } if what == "chat (it has no chat template)"), "{err:?}");
     }
 
     #[test]
@@ -376,17 +372,15 @@ pub(crate) mod tests {
         let sorted = [json!({"content": "  hi <b> \n", "role": "user"})];
         let indented = with_template("{{ messages[0] | tojson(indent=2) }}").render_chat(&sorted, true, None).unwrap();
         assert_eq!(indented, "{\n  \"content\": \"  hi <b> \\n\",\n  \"role\": \"user\"\n}");
-        let err =
-            Preprocessor::new(Arc::new(ModelCard { chat_template: Some("{% if %}".into()), ..(**pre.card()).clone() }))
-                .unwrap_err();
+        let err = Preprocessor::new(Arc::new(ModelCard { chat_template: Some("{% if %}".into()), ..(**pre.card()).clone() }))
+            .unwrap_err();
         assert!(matches!(err, BridgeError::Template(_)), "{err:?}");
     }
 
     #[test]
     fn trims_blocks_like_hugging_face() {
         let pre = with_template("{% for m in messages %}\n  {% if true %}\n{{ m.role }}\n  {% endif %}\n{% endfor %}");
-        let out =
-            pre.render_chat(&[json!({"role": "user", "content": ""}), json!({"role": "a", "content": ""})], true, None);
+        let out = pre.render_chat(&[json!({"role": "user", "content": ""}), json!({"role": "a", "content": ""})], true, None);
         assert_eq!(out.unwrap(), "user\na\n");
     }
 

@@ -363,7 +363,8 @@ fn check_generate(options: &CompletionOptions, prompt: Vec<u32>) -> Result<(), T
         prop_assert!(matches!(&built, Err(BridgeError::InvalidField { field, .. }) if field == "prompt"), "{built:?}");
         return Ok(());
     }
-    let GenerateRequest { prompt: sent, sampling, stop, logprobs, model_version } = built.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let GenerateRequest { prompt: sent, sampling, stop, logprobs, model_version } =
+        built.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let room = (CONTEXT_LENGTH - prompt.len()) as u32;
     let max = options.max_tokens.unwrap_or(16).min(room);
     prop_assert_eq!(sent, prompt);

@@ -31,8 +31,7 @@ impl StopMatcher {
         }
         self.held.push_str(text);
         // The stop string that ends first wins: generation would have stopped right there.
-        let first =
-            self.stops.iter().filter_map(|stop| self.held.find(stop.as_str()).map(|at| (at + stop.len(), at))).min();
+        let first = self.stops.iter().filter_map(|stop| self.held.find(stop.as_str()).map(|at| (at + stop.len(), at))).min();
         if let Some((_, at)) = first {
             self.held.truncate(at);
             self.stopped = true;

@@ -142,7 +142,11 @@ impl AsyncWrite for Counted {
         written
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.count(&written);
@@ -161,4 +165,3 @@ impl AsyncWrite for Counted {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
-

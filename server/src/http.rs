@@ -30,11 +30,8 @@ struct HttpState {
 pub fn router(repository: Arc<ModelRepository>, llm: Arc<LlmFrontend>, max_body_bytes: usize) -> Router {
     let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;
     let state = HttpState { repository, llm: Arc::clone(&llm) };
-    let operational = Router::new()
-        .route("/health", get(health))
-        .route("/live", get(live))
-        .route("/metrics", get(metrics))
-        .with_state(state);
+    let operational =
+        Router::new().route("/health", get(health)).route("/live", get(live)).route("/metrics", get(metrics)).with_state(state);
     openai_routes(hub, Arc::clone(llm.metrics()))
         .layer(axum::middleware::from_fn(worker_hint))
         .merge(operational)
@@ -64,4 +61,3 @@ async fn live() -> impl IntoResponse {
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], state.llm.render_metrics())
 }
-

@@ -41,13 +41,13 @@ use tritium_worker::llm::{LLM_BACKEND, LlmFactory};
 use tritium_worker::{BackendRegistry, LocalWorker, ModelRepository, WorkerClient};
 
 pub use config::{ResponseCompression, ServerConfig, TransportConfig};
-pub use error::ServerError;
 use discovery::Discovery;
+pub use error::ServerError;
 use events::EventBus;
 use grpc::{GrpcState, InferenceService};
 use llm::LlmFrontend;
-use routing::Router;
 use logging::{LogControl, LogState};
+use routing::Router;
 use shm::SharedMemoryRegistry;
 
 /// Errors that stop the server from starting or serving.
@@ -95,8 +95,13 @@ impl Tritium {
         backends.register(LLM_BACKEND, LlmFactory { defaults: config.llm.clone() });
         let repository = ModelRepository::open(config.repository.clone(), backends)?;
         let worker: Arc<dyn WorkerClient> = Arc::new(LocalWorker::new(Arc::clone(&repository)));
-        let router =
-            Router::new(config.router.clone(), Arc::clone(&repository), LOCAL_WORKER_ID, worker, config.transport.max_message_size);
+        let router = Router::new(
+            config.router.clone(),
+            Arc::clone(&repository),
+            LOCAL_WORKER_ID,
+            worker,
+            config.transport.max_message_size,
+        );
         let llm = Arc::new(LlmFrontend::new(Arc::clone(&repository), Arc::clone(&router)));
         let state = Arc::new(GrpcState {
             repository,
@@ -139,7 +144,8 @@ impl Tritium {
 
         let (reporter, health) = tonic_health::server::health_reporter();
         grpc::health::publish(&reporter, &self.state.repository, &mut HashSet::new()).await;
-        let health_task = tokio::spawn(grpc::health::follow_repository(reporter, Arc::clone(&self.state.repository), stop.clone()));
+        let health_task =
+            tokio::spawn(grpc::health::follow_repository(reporter, Arc::clone(&self.state.repository), stop.clone()));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tritium_proto::FILE_DESCRIPTOR_SET)
@@ -181,11 +187,11 @@ impl Tritium {
             shutdown.await;
             stopping.cancel();
         };
-        let routes = grpc::transport::Routes::new(inference)
-            .with(health)
-            .with(reflection_v1)
-            .with(reflection_v1alpha)
-            .guarded(budget, transport.max_message_size, self.config.limits.restricted.clone());
+        let routes = grpc::transport::Routes::new(inference).with(health).with(reflection_v1).with(reflection_v1alpha).guarded(
+            budget,
+            transport.max_message_size,
+            self.config.limits.restricted.clone(),
+        );
         grpc::transport::serve(listener, routes, transport, shutdown).await;
         stop.cancel();
         if let Some(http_task) = http_task {
@@ -266,7 +272,8 @@ pub async fn spawn_with_listeners(
     http: Option<TcpListener>,
     backends: BackendRegistry,
 ) -> Result<ServerHandle, StartError> {
-    let log = LogControl::detached(LogState { info: true, warning: true, error: true, verbose_level: 0, format: "default".into() });
+    let log =
+        LogControl::detached(LogState { info: true, warning: true, error: true, verbose_level: 0, format: "default".into() });
     let tritium = tokio::task::spawn_blocking(move || Tritium::with_backends(config, log, backends))
         .await
         .map_err(|e| std::io::Error::other(format!("start-up task failed: {e}")))??;

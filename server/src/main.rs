@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tritium_server::Tritium;
 use tritium_server::config::{Cli, Command, ServeArgs, WorkerArgs};
-use tritium_server::worker_process::{WorkerProcess, default_worker_id};
 use tritium_server::logging::LogControl;
+use tritium_server::worker_process::{WorkerProcess, default_worker_id};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -148,7 +148,11 @@ mod tests {
             (DataType::Uint8, InferTensorContents { uint_contents: vec![1, 255], ..Default::default() }, vec![1, 255]),
             (DataType::Uint16, InferTensorContents { uint_contents: vec![0x0102], ..Default::default() }, vec![2, 1]),
             (DataType::Uint32, InferTensorContents { uint_contents: vec![0x0102_0304], ..Default::default() }, vec![4, 3, 2, 1]),
-            (DataType::Bytes, InferTensorContents { bytes_contents: vec![Bytes::from_static(b"hi")], ..Default::default() }, b"\x02\0\0\0hi".to_vec()),
+            (
+                DataType::Bytes,
+                InferTensorContents { bytes_contents: vec![Bytes::from_static(b"hi")], ..Default::default() },
+                b"\x02\0\0\0hi".to_vec(),
+            ),
         ];
         for (datatype, contents, expected) in cases {
             assert_eq!(raw(datatype, contents).as_deref(), Ok(&expected[..]), "{datatype}");
@@ -252,7 +256,8 @@ mod tests {
         }
         let zero = Tensor::new("z", DataType::Fp32, vec![0], raw(DataType::Fp32, InferTensorContents::default()).expect("empty"));
         assert_eq!(zero.validate(), Ok(()));
-        let zero = Tensor::new("z", DataType::Bytes, vec![0], raw(DataType::Bytes, InferTensorContents::default()).expect("empty"));
+        let zero =
+            Tensor::new("z", DataType::Bytes, vec![0], raw(DataType::Bytes, InferTensorContents::default()).expect("empty"));
         assert_eq!(zero.validate(), Ok(()));
     }
 

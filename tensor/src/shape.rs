@@ -31,11 +31,7 @@ pub fn expected_byte_size(datatype: DataType, shape: &[i64]) -> Result<Option<us
     let Some(size) = datatype.element_size() else {
         return Ok(None);
     };
-    count
-        .checked_mul(size)
-        .filter(|&bytes| i64::try_from(bytes).is_ok())
-        .map(Some)
-        .ok_or_else(|| overflow(shape))
+    count.checked_mul(size).filter(|&bytes| i64::try_from(bytes).is_ok()).map(Some).ok_or_else(|| overflow(shape))
 }
 
 /// Formats a shape the way Triton's messages do: `[-1,16]`.
@@ -76,10 +72,7 @@ mod tests {
         // The negative dimension wins over an overflow or a zero elsewhere.
         assert_eq!(element_count(&[i64::MAX, i64::MAX, -2]), Err(TensorError::NegativeDimension { dim: -2 }));
         assert_eq!(element_count(&[0, i64::MIN]), Err(TensorError::NegativeDimension { dim: i64::MIN }));
-        assert_eq!(
-            expected_byte_size(DataType::Fp32, &[-1, 4]),
-            Err(TensorError::NegativeDimension { dim: -1 })
-        );
+        assert_eq!(expected_byte_size(DataType::Fp32, &[-1, 4]), Err(TensorError::NegativeDimension { dim: -1 }));
         assert_eq!(expected_byte_size(DataType::Bytes, &[-1]), Err(TensorError::NegativeDimension { dim: -1 }));
     }
 

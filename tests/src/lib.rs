@@ -195,8 +195,10 @@ pub fn index_row(name: &str, version: &str, state: &str, reason: &str) -> (Strin
 pub async fn load_model(client: &mut InferClient, name: &str, config_json: Option<&str>) -> Result<(), tonic::Status> {
     let mut parameters = HashMap::new();
     if let Some(json) = config_json {
-        parameters
-            .insert("config".to_string(), ModelRepositoryParameter { parameter_choice: Some(RepoParam::StringParam(json.to_string())) });
+        parameters.insert(
+            "config".to_string(),
+            ModelRepositoryParameter { parameter_choice: Some(RepoParam::StringParam(json.to_string())) },
+        );
     }
     let request = RepositoryModelLoadRequest { repository_name: String::new(), model_name: name.to_string(), parameters };
     client.raw().repository_model_load(request).await.map(|_| ())
@@ -204,7 +206,8 @@ pub async fn load_model(client: &mut InferClient, name: &str, config_json: Optio
 
 /// RepositoryModelUnload.
 pub async fn unload_model(client: &mut InferClient, name: &str) -> Result<(), tonic::Status> {
-    let request = RepositoryModelUnloadRequest { repository_name: String::new(), model_name: name.to_string(), parameters: HashMap::new() };
+    let request =
+        RepositoryModelUnloadRequest { repository_name: String::new(), model_name: name.to_string(), parameters: HashMap::new() };
     client.raw().repository_model_unload(request).await.map(|_| ())
 }
 

@@ -78,10 +78,7 @@ impl BackendRequest {
 
     /// The input called `name`; optional inputs may be absent.
     pub fn input(&self, name: &str) -> Result<&Tensor, BackendError> {
-        self.inputs
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| BackendError::MissingInput { name: name.to_string() })
+        self.inputs.iter().find(|t| t.name == name).ok_or_else(|| BackendError::MissingInput { name: name.to_string() })
     }
 
     pub fn optional_input(&self, name: &str) -> Option<&Tensor> {
@@ -241,7 +238,7 @@ impl std::fmt::Debug for BackendRegistry {
 
 impl BackendRegistry {
     /// A registry holding the built-in backends: `identity`, `add_sub`, `repeat`, and the model
-/// backends `tritium_llm` (language models) and `tritium_embed` (sentence embedders).
+    /// backends `tritium_llm` (language models) and `tritium_embed` (sentence embedders).
     pub fn with_builtins() -> BackendRegistry {
         let mut registry = BackendRegistry::default();
         crate::backends::register_builtins(&mut registry);

@@ -51,8 +51,7 @@ impl std::fmt::Debug for BertEmbedder {
 /// the card needs. Tensor names may carry a `bert.` prefix or not.
 pub fn load(dir: &Path) -> Result<BertEmbedder, String> {
     let config_path = dir.join("config.json");
-    let text =
-        std::fs::read_to_string(&config_path).map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
+    let text = std::fs::read_to_string(&config_path).map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
     let config: Config =
         serde_json::from_str(&text).map_err(|e| format!("{} is not a BERT config: {e}", config_path.display()))?;
     let weights = dir.join("model.safetensors");
@@ -216,9 +215,10 @@ struct EmbedFactory;
 
 impl BackendFactory for EmbedFactory {
     fn create(&self, context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
-        let path = context.parameter("model_path").filter(|p| !p.is_empty()).ok_or_else(|| {
-            format!("the model '{}' needs the parameter 'model_path' (a BERT folder)", context.model_name)
-        })?;
+        let path = context
+            .parameter("model_path")
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| format!("the model '{}' needs the parameter 'model_path' (a BERT folder)", context.model_name))?;
         let dir = crate::repository::model_files::resolve_model_file(context.model_dir, path)
             .map_err(|why| format!("model_path {why}"))?;
         let embedder = load(&dir)?.with_name(context.model_name);
@@ -365,13 +365,8 @@ mod tests {
         factory.complete_config(&mut config, Some(&models)).unwrap();
         assert_eq!(config.max_batch_size, 0);
         assert!(config.input.is_empty() && config.output.is_empty());
-        let context = BackendContext {
-            model_name: "minilm",
-            version: 1,
-            config: &config,
-            version_dir: None,
-            model_dir: Some(&models),
-        };
+        let context =
+            BackendContext { model_name: "minilm", version: 1, config: &config, version_dir: None, model_dir: Some(&models) };
         let backend = factory.create(&context).unwrap();
         let embedder = backend.embedding_model().unwrap();
         assert_eq!(embedder.card().kind, ModelKind::Embed);
@@ -383,13 +378,8 @@ mod tests {
         assert_eq!(error.to_string(), "the model 'minilm' is an embedding model; use /v1/embeddings");
 
         config.parameters.clear();
-        let context = BackendContext {
-            model_name: "minilm",
-            version: 1,
-            config: &config,
-            version_dir: None,
-            model_dir: Some(&models),
-        };
+        let context =
+            BackendContext { model_name: "minilm", version: 1, config: &config, version_dir: None, model_dir: Some(&models) };
         let missing = factory.create(&context).err().unwrap();
         assert_eq!(missing, "the model 'minilm' needs the parameter 'model_path' (a BERT folder)");
     }

@@ -55,9 +55,9 @@ pub enum WorkerError {
 impl WorkerError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            WorkerError::ModelNotFound { .. }
-            | WorkerError::VersionNotFound { .. }
-            | WorkerError::NoAvailableVersions { .. } => ErrorCode::NotFound,
+            WorkerError::ModelNotFound { .. } | WorkerError::VersionNotFound { .. } | WorkerError::NoAvailableVersions { .. } => {
+                ErrorCode::NotFound
+            }
             WorkerError::VersionNotReady { .. } | WorkerError::ModelControlDisabled => ErrorCode::Unavailable,
             WorkerError::InvalidVersion { .. } | WorkerError::InvalidRequest { .. } => ErrorCode::InvalidArg,
             WorkerError::DecoupledUnary { .. } => ErrorCode::Unsupported,

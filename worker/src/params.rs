@@ -47,9 +47,7 @@ pub fn parse_request_options(model: &str, parameters: &Parameters) -> Result<Req
             ("priority", ParamValue::Uint64(p)) => options.priority = *p,
             ("priority", ParamValue::Int64(p)) if *p >= 0 => options.priority = *p as u64,
             ("priority", ParamValue::Int64(p)) => {
-                return Err(format!(
-                    "invalid value {p} for 'priority' parameter for model '{model}', expected a value >= 0"
-                ));
+                return Err(format!("invalid value {p} for 'priority' parameter for model '{model}', expected a value >= 0"));
             }
             ("priority", other) => {
                 return Err(format!(

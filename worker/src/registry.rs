@@ -269,11 +269,9 @@ impl ModelRepository {
         // Looked up inside the maps' guards: the request path clones only the version's `Arc`.
         let pick = |model: &ServedModel| match version {
             None => model.latest().cloned().ok_or_else(|| WorkerError::NoAvailableVersions { name: name.to_string() }),
-            Some(v) => model
-                .versions
-                .get(&v)
-                .cloned()
-                .ok_or_else(|| WorkerError::VersionNotFound { name: name.to_string(), version: v }),
+            Some(v) => {
+                model.versions.get(&v).cloned().ok_or_else(|| WorkerError::VersionNotFound { name: name.to_string(), version: v })
+            }
         };
         if let Some(local) = self.served.load().get(name) {
             return pick(local);
@@ -516,10 +514,7 @@ impl ModelRepository {
             .config_with_override(config_json)?
             .ok_or_else(|| failed("the model folder has no config.pbtxt".to_string()))?;
         let backend_name = if config.backend.is_empty() { config.platform.clone() } else { config.backend.clone() };
-        let factory = self
-            .backends
-            .get(&backend_name)
-            .ok_or_else(|| failed(format!("unknown backend '{backend_name}'")))?;
+        let factory = self.backends.get(&backend_name).ok_or_else(|| failed(format!("unknown backend '{backend_name}'")))?;
         let model_dir = (!source.dir.as_os_str().is_empty()).then_some(source.dir.as_path());
         factory.complete_config(&mut config, model_dir).map_err(failed)?;
         let config = Arc::new(config);

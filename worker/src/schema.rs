@@ -113,10 +113,7 @@ impl ModelSchema {
                 return Err(invalid(format!("unexpected inference input '{}' for model '{model}'", input.name)));
             };
             if !seen.insert(index) {
-                return Err(invalid(format!(
-                    "input '{}' was specified more than once for model '{model}'",
-                    input.name
-                )));
+                return Err(invalid(format!("input '{}' was specified more than once for model '{model}'", input.name)));
             }
         }
         let missing: Vec<&str> = self
@@ -245,7 +242,12 @@ mod tests {
                 ModelInput { reshape: Some(ModelTensorReshape { shape: vec![2, 2] }), ..input("A", vec![4], false) },
                 input("B", vec![-1], true),
             ],
-            output: vec![ModelOutput { name: "Y".into(), data_type: DataType::Fp32.to_config() as i32, dims: vec![4], ..Default::default() }],
+            output: vec![ModelOutput {
+                name: "Y".into(),
+                data_type: DataType::Fp32.to_config() as i32,
+                dims: vec![4],
+                ..Default::default()
+            }],
             ..Default::default()
         }
     }

@@ -124,7 +124,10 @@ mod tests {
         let s = stats.snapshot();
         let ns = |ms: u64| ms * 1_000_000;
         assert_eq!(s.success, (2, ns(15)));
-        assert_eq!((s.queue, s.compute_input, s.compute_infer, s.compute_output), ((2, ns(1)), (2, ns(2)), (2, ns(8)), (2, ns(4))));
+        assert_eq!(
+            (s.queue, s.compute_input, s.compute_infer, s.compute_output),
+            ((2, ns(1)), (2, ns(2)), (2, ns(8)), (2, ns(4)))
+        );
         assert_eq!(s.fail, (1, ns(7)));
         assert_eq!((s.inference_count, s.execution_count), (5, 2));
         assert!(s.last_inference_ms > 0);

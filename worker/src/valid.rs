@@ -39,8 +39,8 @@ impl ModelVersion {
     pub fn validate(self: &Arc<Self>, mut request: InferenceRequest) -> Result<ValidInferRequest, WorkerError> {
         let started = Instant::now();
         self.schema.validate(&request)?;
-        let options = parse_request_options(&self.name, &request.parameters)
-            .map_err(|reason| WorkerError::invalid(&request.id, reason))?;
+        let options =
+            parse_request_options(&self.name, &request.parameters).map_err(|reason| WorkerError::invalid(&request.id, reason))?;
         let batch_size = match request.inputs.first() {
             Some(input) if self.schema.batched() => input.shape.first().map_or(1, |&b| u64::try_from(b).unwrap_or(0)),
             _ => 1,

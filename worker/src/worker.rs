@@ -12,8 +12,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::WorkerError;
 use crate::llm::{GenerateRequest, TokenStream};
-use crate::registry::ModelRepository;
 use crate::model::ModelVersion;
+use crate::registry::ModelRepository;
 use crate::request::InferenceResponse;
 use crate::valid::ValidInferRequest;
 

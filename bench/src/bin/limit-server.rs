@@ -5,10 +5,10 @@
 //! unless `--transport tritium` puts it on the one `tritium serve` uses, to compare the two
 //! servers' request handling alone.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::FromRawFd;
-use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
 

@@ -62,10 +62,8 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     let written = match indent {
         Some(n) => {
             let spaces = vec![b' '; n];
-            let mut ser = serde_json::Serializer::with_formatter(
-                &mut out,
-                serde_json::ser::PrettyFormatter::with_indent(&spaces),
-            );
+            let mut ser =
+                serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(&spaces));
             value.serialize(&mut ser)
         }
         None => value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)),
@@ -122,8 +120,8 @@ pub(super) fn normalize_messages(messages: &[Json]) -> Result<Vec<Json>, BridgeE
             };
             let mut fields = fields.clone();
             if let Some(Json::Array(parts)) = fields.get("content") {
-                let text = join_text_parts(parts)
-                    .map_err(|reason| BridgeError::field(format!("messages[{i}].content"), reason))?;
+                let text =
+                    join_text_parts(parts).map_err(|reason| BridgeError::field(format!("messages[{i}].content"), reason))?;
                 fields.insert("content".into(), Json::String(text));
             }
             Ok(Json::Object(fields))
@@ -244,10 +242,7 @@ mod tests {
         // 2024-02-29 13:05:09 UTC, a Thursday.
         let t = 1_709_211_909;
         assert_eq!(strftime("%d %b %Y", t), "29 Feb 2024");
-        assert_eq!(
-            strftime("%A %B %e %j %H:%M:%S %I%p %y %F %%", t),
-            "Thursday February 29 060 13:05:09 01PM 24 2024-02-29 %"
-        );
+        assert_eq!(strftime("%A %B %e %j %H:%M:%S %I%p %y %F %%", t), "Thursday February 29 060 13:05:09 01PM 24 2024-02-29 %");
         assert_eq!(strftime("%Y-%m-%d %a", 0), "1970-01-01 Thu");
         let env = environment();
         let year = env.render_str("{{ strftime_now('%Y') }}", ()).unwrap();

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use tritium_worker::llm::mock::{MockOptions, mock_declared_model};
 use tritium_worker::DeclaredModel;
+use tritium_worker::llm::mock::{MockOptions, mock_declared_model};
 
 use crate::discovery::DiscoveryConfig;
 use crate::events::EventsConfig;
@@ -90,9 +90,9 @@ impl ClusterArgs {
     pub fn config(&self) -> Result<ClusterConfig, String> {
         let discovery = match self.discovery {
             DiscoveryKind::Mem => DiscoveryConfig::Memory,
-            DiscoveryKind::File => DiscoveryConfig::File {
-                dir: self.discovery_dir.clone().ok_or("--discovery file needs --discovery-dir")?,
-            },
+            DiscoveryKind::File => {
+                DiscoveryConfig::File { dir: self.discovery_dir.clone().ok_or("--discovery file needs --discovery-dir")? }
+            }
             DiscoveryKind::Etcd if self.etcd_endpoints.is_empty() => return Err("--discovery etcd needs --etcd-endpoints".into()),
             DiscoveryKind::Etcd => DiscoveryConfig::Etcd { endpoints: self.etcd_endpoints.clone() },
         };
@@ -104,7 +104,12 @@ impl ClusterArgs {
         if self.lease_ttl_secs == 0 {
             return Err("--lease-ttl-secs must be at least 1".into());
         }
-        Ok(ClusterConfig { discovery, namespace: self.namespace.clone(), lease_ttl: Duration::from_secs(self.lease_ttl_secs), events })
+        Ok(ClusterConfig {
+            discovery,
+            namespace: self.namespace.clone(),
+            lease_ttl: Duration::from_secs(self.lease_ttl_secs),
+            events,
+        })
     }
 }
 
@@ -145,7 +150,11 @@ impl RouterArgs {
         }
         Ok(RouterOptions {
             mode: self.router_mode,
-            kv: KvScoring { overlap_weight: self.kv_overlap_weight, load_weight: self.kv_load_weight, temperature: self.kv_temperature },
+            kv: KvScoring {
+                overlap_weight: self.kv_overlap_weight,
+                load_weight: self.kv_load_weight,
+                temperature: self.kv_temperature,
+            },
             kv_block_size: self.kv_block_size,
             migration_limit: self.migration_limit,
             suspect_for: lease_ttl,

@@ -111,7 +111,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { shm: ShmPolicy::disabled(), model_load_timeout: Duration::from_secs(600), restricted: RestrictedProtocols::default() }
+        Limits {
+            shm: ShmPolicy::disabled(),
+            model_load_timeout: Duration::from_secs(600),
+            restricted: RestrictedProtocols::default(),
+        }
     }
 }
 
@@ -122,7 +126,11 @@ impl LimitArgs {
             max_body_bytes: self.http_max_body_bytes,
             header_timeout: millis(self.http_header_timeout),
             idle_timeout: millis(self.http_idle_timeout),
-            max_concurrent_streams: if self.grpc_max_concurrent_streams == 0 { u32::MAX } else { self.grpc_max_concurrent_streams },
+            max_concurrent_streams: if self.grpc_max_concurrent_streams == 0 {
+                u32::MAX
+            } else {
+                self.grpc_max_concurrent_streams
+            },
         }
     }
 

@@ -14,9 +14,9 @@ use tritium_worker::embed::EMBED_BACKEND;
 use tritium_worker::llm::{EngineOptions, LLM_BACKEND, ModelKind, detect_kind};
 use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions};
 
+use crate::routing::RouterOptions;
 pub use cluster::{ClusterArgs, ClusterConfig, EngineArgs, RouterArgs, WorkerListenArgs};
 pub use limits::{HttpLimits, LimitArgs, Limits};
-use crate::routing::RouterOptions;
 
 #[derive(Debug, Parser)]
 #[command(name = "tritium", version, about = "A KServe v2 / Triton-compatible inference server")]
@@ -89,7 +89,12 @@ fn engine_options(models: &ModelArgs) -> EngineOptions {
 }
 
 /// The repository options of `--model-repository`, `--model-path` and `--engine mock`.
-fn repository_options(repository: &RepositoryArgs, models: &ModelArgs, engine: &EngineArgs, builtins: bool) -> Result<RepositoryOptions, String> {
+fn repository_options(
+    repository: &RepositoryArgs,
+    models: &ModelArgs,
+    engine: &EngineArgs,
+    builtins: bool,
+) -> Result<RepositoryOptions, String> {
     let control_mode = match repository.model_control_mode {
         ModelControlMode::None => ControlMode::None,
         ModelControlMode::Explicit => ControlMode::Explicit,
@@ -500,12 +505,8 @@ mod tests {
 
     #[test]
     fn window_sizes_from_flags() {
-        let serve = parse(&[
-            "serve",
-            "--grpc-initial-connection-window-size",
-            "16777216",
-            "--grpc-initial-stream-window-size=1048576",
-        ]);
+        let serve =
+            parse(&["serve", "--grpc-initial-connection-window-size", "16777216", "--grpc-initial-stream-window-size=1048576"]);
         let config = serve.server_config().unwrap();
         assert_eq!(config.transport.initial_connection_window_size, Some(16 << 20));
         assert_eq!(config.transport.initial_stream_window_size, Some(1 << 20));

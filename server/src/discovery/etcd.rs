@@ -75,11 +75,7 @@ impl From<Failure> for DiscoveryError {
 
 impl EtcdDiscovery {
     /// Connects to etcd and starts watching `/{namespace}/workers/`; fails if etcd does not answer.
-    pub async fn connect(
-        endpoints: &[String],
-        namespace: &str,
-        lease_ttl: Duration,
-    ) -> Result<EtcdDiscovery, DiscoveryError> {
+    pub async fn connect(endpoints: &[String], namespace: &str, lease_ttl: Duration) -> Result<EtcdDiscovery, DiscoveryError> {
         check_segment("namespace", namespace)?;
         check_ttl(lease_ttl)?;
         let joined = endpoints.join(",");
@@ -186,11 +182,7 @@ impl Discovery for EtcdDiscovery {
 
 impl Shared {
     /// Runs one etcd call under [`CALL_TIMEOUT`], naming the endpoints and what was tried on failure.
-    async fn call<T>(
-        &self,
-        what: &str,
-        call: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, Failure> {
+    async fn call<T>(&self, what: &str, call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, Failure> {
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
@@ -282,9 +274,7 @@ impl Shared {
                 self.endpoints,
                 response.cancel_reason()
             ))),
-            None => {
-                Err(DiscoveryError::Unavailable(format!("etcd at {}: watch workers: stream closed", self.endpoints)))
-            }
+            None => Err(DiscoveryError::Unavailable(format!("etcd at {}: watch workers: stream closed", self.endpoints))),
         }
     }
 

@@ -140,8 +140,8 @@ impl Shared {
     /// Writes the record to a temporary file beside it, then renames it over the old one, so
     /// readers see the old record or the new one, never half of one.
     async fn write(&self, record: &WorkerInstance) -> Result<(), DiscoveryError> {
-        let json = serde_json::to_vec(record)
-            .map_err(|e| DiscoveryError::Unavailable(format!("encoding worker {}: {e}", record.id)))?;
+        let json =
+            serde_json::to_vec(record).map_err(|e| DiscoveryError::Unavailable(format!("encoding worker {}: {e}", record.id)))?;
         tokio::fs::create_dir_all(&self.folder).await.map_err(|e| unavailable(&self.folder, "create", e))?;
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         // A leading dot keeps listings from taking it for a record.

@@ -125,11 +125,7 @@ pub(crate) fn check_segment(what: &'static str, value: &str) -> Result<(), Disco
 
 pub(crate) fn check_ttl(ttl: Duration) -> Result<(), DiscoveryError> {
     if ttl.is_zero() {
-        return Err(DiscoveryError::Invalid {
-            what: "lease TTL",
-            value: format!("{ttl:?}"),
-            reason: "must be positive",
-        });
+        return Err(DiscoveryError::Invalid { what: "lease TTL", value: format!("{ttl:?}"), reason: "must be positive" });
     }
     Ok(())
 }

@@ -124,12 +124,7 @@ async fn etcd_worker_that_stops_renewing_disappears_within_the_ttl() {
 async fn etcd_namespaces_share_within_and_not_across() {
     let server = TestEtcd::start().await;
     let ttl = Duration::from_secs(5);
-    namespaces(
-        &etcd(&server, "alpha", ttl).await,
-        &etcd(&server, "alpha", ttl).await,
-        &etcd(&server, "beta", ttl).await,
-    )
-    .await;
+    namespaces(&etcd(&server, "alpha", ttl).await, &etcd(&server, "alpha", ttl).await, &etcd(&server, "beta", ttl).await).await;
 }
 
 #[tokio::test]
@@ -240,9 +235,7 @@ async fn connect_builds_each_backend() {
     files.register(worker("a", &[])).await.expect("register");
     assert!(dir.path().join("ns").join("a.json").is_file());
     let server = TestEtcd::start().await;
-    let etcd = connect(&DiscoveryConfig::Etcd { endpoints: vec![server.endpoint().to_string()] }, "ns", ttl)
-        .await
-        .expect("etcd");
+    let etcd = connect(&DiscoveryConfig::Etcd { endpoints: vec![server.endpoint().to_string()] }, "ns", ttl).await.expect("etcd");
     etcd.register(worker("a", &[])).await.expect("register");
     assert_eq!(etcd.instances().await.expect("list"), vec![worker("a", &[])]);
 }

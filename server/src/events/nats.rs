@@ -148,9 +148,7 @@ fn token(name: &str) -> String {
     if name.is_empty() {
         return "_".to_string();
     }
-    name.chars()
-        .map(|c| if matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control() { '_' } else { c })
-        .collect()
+    name.chars().map(|c| if matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control() { '_' } else { c }).collect()
 }
 
 /// A real `nats-server` for tests, on a port it picks itself; killed when dropped.

@@ -39,7 +39,9 @@ impl ByteBudget {
     /// Takes `bytes` from the budget, or refuses without taking anything.
     pub(crate) fn take(&self, bytes: u64) -> bool {
         self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(bytes).filter(|&total| total <= self.limit))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
             .is_ok()
     }
 

@@ -85,15 +85,15 @@ fn shm_ref(
     let offset = int(SHM_OFFSET)?;
     match (region, byte_size) {
         (Some(region), Some(byte_size)) => Ok(Some(ShmRef { region, offset: offset.unwrap_or(0), byte_size })),
-        (Some(_), None) => Err(invalid(format!(
-            "'{SHM_BYTE_SIZE}' is required with '{SHM_REGION}' for {kind} '{tensor}' for model '{model}'"
-        ))),
-        (None, Some(_)) => Err(invalid(format!(
-            "'{SHM_BYTE_SIZE}' given without '{SHM_REGION}' for {kind} '{tensor}' for model '{model}'"
-        ))),
-        (None, None) if offset.is_some() => Err(invalid(format!(
-            "'{SHM_OFFSET}' given without '{SHM_REGION}' for {kind} '{tensor}' for model '{model}'"
-        ))),
+        (Some(_), None) => {
+            Err(invalid(format!("'{SHM_BYTE_SIZE}' is required with '{SHM_REGION}' for {kind} '{tensor}' for model '{model}'")))
+        }
+        (None, Some(_)) => {
+            Err(invalid(format!("'{SHM_BYTE_SIZE}' given without '{SHM_REGION}' for {kind} '{tensor}' for model '{model}'")))
+        }
+        (None, None) if offset.is_some() => {
+            Err(invalid(format!("'{SHM_OFFSET}' given without '{SHM_REGION}' for {kind} '{tensor}' for model '{model}'")))
+        }
         (None, None) => Ok(None),
     }
 }
@@ -123,11 +123,7 @@ fn typed_reason(model: &str, input: &InferInputTensor, datatype: DataType, err: 
 }
 
 /// Decodes a request, resolving every input to one payload without copying raw data.
-pub fn decode_request(
-    request: ModelInferRequest,
-    shm: &SharedMemoryRegistry,
-    arrived: Instant,
-) -> Result<Decoded, ServerError> {
+pub fn decode_request(request: ModelInferRequest, shm: &SharedMemoryRegistry, arrived: Instant) -> Result<Decoded, ServerError> {
     let ModelInferRequest { model_name, model_version, id, parameters, inputs, outputs, mut raw_input_contents } = request;
     let model = model_name.as_str();
     let invalid = |reason: String| ServerError::invalid(&id, reason);
@@ -252,13 +248,10 @@ pub fn encode_response(
         let mut parameters = HashMap::new();
         let data = match output_regions.iter().find(|r| r.output == tensor.name) {
             Some(region) => {
-                shm.write(&region.region, region.offset, region.byte_size, &[&tensor.data])
-                    .map_err(|e| match e {
-                        crate::shm::ShmError::OutputTooSmall { .. } => {
-                            ServerError::Internal(e.message_for_output(&tensor.name))
-                        }
-                        other => ServerError::Shm(other),
-                    })?;
+                shm.write(&region.region, region.offset, region.byte_size, &[&tensor.data]).map_err(|e| match e {
+                    crate::shm::ShmError::OutputTooSmall { .. } => ServerError::Internal(e.message_for_output(&tensor.name)),
+                    other => ServerError::Shm(other),
+                })?;
                 parameters.insert(
                     SHM_REGION.to_string(),
                     InferParameter { parameter_choice: Some(ParameterChoice::StringParam(region.region.clone())) },

@@ -19,11 +19,8 @@ pub fn model_metadata(model: &ServedModel, version: &ModelVersion, version_was_a
             })
             .collect()
     };
-    let versions = if version_was_asked {
-        vec![version.version.to_string()]
-    } else {
-        model.versions.keys().map(i64::to_string).collect()
-    };
+    let versions =
+        if version_was_asked { vec![version.version.to_string()] } else { model.versions.keys().map(i64::to_string).collect() };
     let config = &version.config;
     ModelMetadataResponse {
         name: model.name.clone(),

@@ -124,7 +124,8 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_statistics(&self, request: Request<ModelStatisticsRequest>) -> RpcResult<ModelStatisticsResponse> {
         let request = request.into_inner();
-        let unavailable = |what: String| ServerError::InvalidArgument { reason: format!("requested model {what} is not available") };
+        let unavailable =
+            |what: String| ServerError::InvalidArgument { reason: format!("requested model {what} is not available") };
         let version = parse_version(&request.version).map_err(ServerError::from)?;
         let models = if request.name.is_empty() {
             self.state.repository.served_models()
@@ -136,10 +137,7 @@ impl GrpcInferenceService for InferenceService {
         for model in models {
             match version {
                 Some(v) => {
-                    let found = model
-                        .versions
-                        .get(&v)
-                        .ok_or_else(|| unavailable(format!("'{}' version {v}", model.name)))?;
+                    let found = model.versions.get(&v).ok_or_else(|| unavailable(format!("'{}' version {v}", model.name)))?;
                     model_stats.push(metadata::model_statistics(found));
                 }
                 None => model_stats.extend(model.versions.values().map(|v| metadata::model_statistics(v))),
@@ -164,10 +162,16 @@ impl GrpcInferenceService for InferenceService {
             match (key.as_str(), value.parameter_choice) {
                 ("config", Some(RepoParam::StringParam(json))) => config_json = Some(json),
                 ("config", _) => {
-                    return Err(ServerError::InvalidArgument { reason: "the 'config' load parameter must be a string_param holding JSON".into() }.into());
+                    return Err(ServerError::InvalidArgument {
+                        reason: "the 'config' load parameter must be a string_param holding JSON".into(),
+                    }
+                    .into());
                 }
                 (k, _) if k.starts_with("file:") => {
-                    return Err(ServerError::Unsupported { what: format!("load parameter '{k}': file overrides are not supported") }.into());
+                    return Err(ServerError::Unsupported {
+                        what: format!("load parameter '{k}': file overrides are not supported"),
+                    }
+                    .into());
                 }
                 // Unknown parameters are ignored, as Triton does.
                 _ => {}
@@ -208,9 +212,7 @@ impl GrpcInferenceService for InferenceService {
         reply(SystemSharedMemoryStatusResponse {
             regions: regions
                 .into_iter()
-                .map(|r| {
-                    (r.name.clone(), RegionStatus { name: r.name, key: r.key, offset: r.offset, byte_size: r.byte_size })
-                })
+                .map(|r| (r.name.clone(), RegionStatus { name: r.name, key: r.key, offset: r.offset, byte_size: r.byte_size }))
                 .collect(),
         })
     }

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use tritium_proto::inference::log_settings_request::setting_value::ParameterChoice as LogIn;
 use tritium_proto::inference::log_settings_request::SettingValue as LogInValue;
+use tritium_proto::inference::log_settings_request::setting_value::ParameterChoice as LogIn;
 use tritium_proto::inference::log_settings_response::SettingValue as LogOutValue;
 use tritium_proto::inference::log_settings_response::setting_value::ParameterChoice as LogOut;
 use tritium_proto::inference::trace_setting_request::SettingValue as TraceInValue;
@@ -81,9 +81,7 @@ pub struct TraceSettings {
 
 impl Default for TraceSettings {
     fn default() -> Self {
-        TraceSettings {
-            values: TRACE_DEFAULTS.iter().map(|(k, v)| (k.to_string(), vec![v.to_string()])).collect(),
-        }
+        TraceSettings { values: TRACE_DEFAULTS.iter().map(|(k, v)| (k.to_string(), vec![v.to_string()])).collect() }
     }
 }
 

@@ -79,8 +79,7 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
     match outcome {
         Err(e) => Answer::Now(in_band(&label, e, grpc_errors)),
         Ok(InferOutcome::Single(response)) => Answer::Now(
-            encode_response(response, &regions, &state.shm, Some(true))
-                .map_or_else(|e| in_band(&label, e, grpc_errors), ok),
+            encode_response(response, &regions, &state.shm, Some(true)).map_or_else(|e| in_band(&label, e, grpc_errors), ok),
         ),
         Ok(InferOutcome::Stream(responses)) => {
             let replies = responses.filter_map(move |item| {
@@ -234,9 +233,5 @@ impl Stream for StreamCall {
 
 /// Whether the client asked for real status codes on stream errors.
 pub fn wants_grpc_errors(metadata: &tonic::metadata::MetadataMap) -> bool {
-    metadata
-        .get("triton_grpc_error")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    metadata.get("triton_grpc_error").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
-

@@ -103,7 +103,11 @@ impl<S: Clone> Clone for Routes<S> {
 
 impl<S: GrpcService> Routes<S> {
     pub fn new(main: S) -> Routes<S> {
-        let guard = Guard { budget: Arc::new(ByteBudget::new(u64::MAX)), max_message: i32::MAX as usize, restricted: RestrictedProtocols::default() };
+        let guard = Guard {
+            budget: Arc::new(ByteBudget::new(u64::MAX)),
+            max_message: i32::MAX as usize,
+            restricted: RestrictedProtocols::default(),
+        };
         Routes { main, others: Arc::from([]), guard: Arc::new(guard), calls: Arc::default(), open: Arc::default() }
     }
 

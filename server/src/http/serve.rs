@@ -57,7 +57,12 @@ pub async fn serve_limited(
             flags: ("--http-header-timeout", "--http-idle-timeout"),
         };
         let io = TokioIo::new(Counted::new(stream, Arc::clone(&watch.activity)));
-        let service = Requests { router: router.clone(), budget: Arc::clone(&budget), calls: Arc::clone(&watch.calls), open: Arc::clone(&watch.open) };
+        let service = Requests {
+            router: router.clone(),
+            budget: Arc::clone(&budget),
+            calls: Arc::clone(&watch.calls),
+            open: Arc::clone(&watch.open),
+        };
         let (builder, stopping) = (Arc::clone(&builder), stopping.clone());
         connections.spawn(async move {
             let connection = builder.serve_connection(io, service);

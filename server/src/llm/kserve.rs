@@ -14,7 +14,9 @@ use tritium_openai_bridge::kserve::{DEFAULT_MAX_TOKENS, parse_infer_request, res
 use tritium_openai_bridge::pipeline::{ModelRef, TextEvent, TextStream, collect, generate_text};
 use tritium_tensor::Tensor;
 use tritium_worker::llm::FinishReason;
-use tritium_worker::{InferOutcome, InferenceResponse, ModelVersion, PhaseTimes, ResponseStream, StreamItem, ValidInferRequest, WorkerError};
+use tritium_worker::{
+    InferOutcome, InferenceResponse, ModelVersion, PhaseTimes, ResponseStream, StreamItem, ValidInferRequest, WorkerError,
+};
 
 use super::LlmFrontend;
 use crate::error::ServerError;
@@ -96,12 +98,11 @@ impl LlmFrontend {
         let model = request.model_name.as_str();
         let parsed = parse_infer_request(model, &request.inputs, &request.parameters)
             .map_err(|e| failed(request_error(&request.id, e)))?;
-        let engine = version.language_model().ok_or_else(|| {
-            failed(ServerError::from(WorkerError::NotLanguageModel { model: model.to_string() }))
-        })?;
-        let pre = self
-            .preprocessor_for_card(model, Arc::clone(engine.card()))
-            .map_err(|e| failed(request_error(&request.id, e)))?;
+        let engine = version
+            .language_model()
+            .ok_or_else(|| failed(ServerError::from(WorkerError::NotLanguageModel { model: model.to_string() })))?;
+        let pre =
+            self.preprocessor_for_card(model, Arc::clone(engine.card())).map_err(|e| failed(request_error(&request.id, e)))?;
         let mut observer = self.metrics.observer(model, "grpc");
         let prompt = match pre.encode_off_runtime(parsed.prompt.clone(), true).await {
             Ok(prompt) => prompt,

@@ -20,9 +20,7 @@ use tritium_proto::inference::{ModelConfig, ModelInferResponse};
 use tritium_proto::worker::worker_client::WorkerClient as WorkerRpc;
 use tritium_proto::worker::{DescribeModelsRequest, EmbedRequest, InferStreamResponse, TokenIds};
 use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, ModelCard, TokenStream};
-use tritium_worker::{
-    InferOutcome, InferenceResponse, ResponseStream, StreamItem, ValidInferRequest, WorkerClient, WorkerError,
-};
+use tritium_worker::{InferOutcome, InferenceResponse, ResponseStream, StreamItem, ValidInferRequest, WorkerClient, WorkerError};
 
 use super::convert::{error_code, event_from_proto, generate_request_to_proto, request_to_proto, response_from_proto};
 use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE};
@@ -164,18 +162,14 @@ impl RemoteWorker {
         let answer = client.describe_models(DescribeModelsRequest {}).await.map_err(|s| status_error(&self.id, s))?;
         let mut models = Vec::new();
         for model in answer.into_inner().models {
-            let card = match model.card_json {
-                None => None,
-                Some(json) => Some(Arc::new(serde_json::from_str::<ModelCard>(&json).map_err(|e| {
-                    protocol_error(&self.id, format!("the card of model '{}' does not parse: {e}", model.name))
-                })?)),
-            };
-            models.push(RemoteModel {
-                name: model.name,
-                version: model.version,
-                config: model.config.unwrap_or_default(),
-                card,
-            });
+            let card =
+                match model.card_json {
+                    None => None,
+                    Some(json) => Some(Arc::new(serde_json::from_str::<ModelCard>(&json).map_err(|e| {
+                        protocol_error(&self.id, format!("the card of model '{}' does not parse: {e}", model.name))
+                    })?)),
+                };
+            models.push(RemoteModel { name: model.name, version: model.version, config: model.config.unwrap_or_default(), card });
         }
         Ok(models)
     }
@@ -197,13 +191,14 @@ impl WorkerClient for RemoteWorker {
 
     async fn infer_stream(&self, request: ValidInferRequest) -> Result<InferOutcome, WorkerError> {
         let mut client = self.client.clone();
-        let response = client.infer_stream(request_to_proto(request.into_request())).await.map_err(|s| status_error(&self.id, s))?;
+        let response =
+            client.infer_stream(request_to_proto(request.into_request())).await.map_err(|s| status_error(&self.id, s))?;
         let single = response.metadata().get(OUTCOME_KEY).is_some_and(|v| v == OUTCOME_SINGLE);
         let mut replies = response.into_inner();
         if single {
             let reply = replies.message().await.map_err(|s| status_error(&self.id, s))?;
-            let reply = reply
-                .ok_or_else(|| protocol_error(&self.id, "a plain model's stream ended without its answer".into()))?;
+            let reply =
+                reply.ok_or_else(|| protocol_error(&self.id, "a plain model's stream ended without its answer".into()))?;
             return RemoteWorker::stream_response(&self.id, reply).map(InferOutcome::Single);
         }
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
@@ -237,10 +232,7 @@ impl WorkerClient for RemoteWorker {
         let mut client = self.client.clone();
         // Awaiting the response headers means a worker that cannot be reached, or refuses, fails
         // here rather than in the stream.
-        let response = client
-            .generate(generate_request_to_proto(model, request))
-            .await
-            .map_err(|s| status_error(&self.id, s))?;
+        let response = client.generate(generate_request_to_proto(model, request)).await.map_err(|s| status_error(&self.id, s))?;
         let mut events = response.into_inner();
         let (sender, receiver) = mpsc::unbounded_channel();
         let (worker, model) = (self.id.clone(), model.to_string());
@@ -260,9 +252,7 @@ impl WorkerClient for RemoteWorker {
                     // Finished always comes last; a stream ending without it lost its worker.
                     Ok(None) => Err(GenerateError::Engine {
                         model: model.clone(),
-                        message: format!(
-                            "{UNREACHABLE_PREFIX}worker '{worker}' ended the stream before the sequence finished"
-                        ),
+                        message: format!("{UNREACHABLE_PREFIX}worker '{worker}' ended the stream before the sequence finished"),
                     }),
                     Err(status) => Err(generate_error(&worker, &model, status)),
                 };
@@ -277,8 +267,7 @@ impl WorkerClient for RemoteWorker {
 
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
         let mut client = self.client.clone();
-        let request =
-            EmbedRequest { model: model.to_string(), inputs: inputs.into_iter().map(|ids| TokenIds { ids }).collect() };
+        let request = EmbedRequest { model: model.to_string(), inputs: inputs.into_iter().map(|ids| TokenIds { ids }).collect() };
         let response = client.embed(request).await.map_err(|s| status_error(&self.id, s))?;
         Ok(response.into_inner().embeddings.into_iter().map(|e| e.values).collect())
     }

@@ -82,14 +82,9 @@ pub fn response_from_proto(response: ModelInferResponse, is_final: bool) -> Resu
     let mut tensors = Vec::with_capacity(outputs.len());
     for output in outputs {
         let datatype = DataType::from_kserve(&output.datatype).ok_or_else(|| {
-            format!(
-                "output '{}' of model '{model_name}' has datatype '{}', not a KServe datatype",
-                output.name, output.datatype
-            )
+            format!("output '{}' of model '{model_name}' has datatype '{}', not a KServe datatype", output.name, output.datatype)
         })?;
-        let data = raw
-            .next()
-            .ok_or_else(|| format!("output '{}' of model '{model_name}' has no raw contents", output.name))?;
+        let data = raw.next().ok_or_else(|| format!("output '{}' of model '{model_name}' has no raw contents", output.name))?;
         tensors.push(Tensor::new(output.name, datatype, output.shape, data));
     }
     Ok(InferenceResponse { model_name: Arc::from(model_name), model_version, id, outputs: tensors, is_final })
@@ -220,11 +215,7 @@ mod tests {
         assert_eq!(generate_request_from_proto(wire), request);
 
         let events = [
-            GenerateEvent::Token(GeneratedToken {
-                id: 5,
-                logprob: Some(-0.5),
-                top_logprobs: vec![(5, -0.5), (6, -1.5)],
-            }),
+            GenerateEvent::Token(GeneratedToken { id: 5, logprob: Some(-0.5), top_logprobs: vec![(5, -0.5), (6, -1.5)] }),
             GenerateEvent::Finished {
                 reason: FinishReason::Length,
                 prompt_tokens: 3,

@@ -21,9 +21,7 @@ const PROMPT: [u32; 5] = [504, 3575, 282, 4649, 314];
 
 fn config(name: &str, backend: &str, path: &std::path::Path) -> String {
     let quoted = serde_json::to_string(&path.display().to_string()).expect("a path quotes");
-    format!(
-        "name: \"{name}\"\nbackend: \"{backend}\"\nparameters {{ key: \"model_path\" value {{ string_value: {quoted} }} }}\n"
-    )
+    format!("name: \"{name}\"\nbackend: \"{backend}\"\nparameters {{ key: \"model_path\" value {{ string_value: {quoted} }} }}\n")
 }
 
 fn greedy(max_tokens: u32, ignore_eos: bool) -> GenerateRequest {
@@ -60,8 +58,7 @@ async fn a_remote_generation_matches_the_local_one_and_dropping_it_cancels_the_s
     let remote = worker.client();
 
     let models = remote.describe_models().await.expect("describes");
-    let card =
-        models.iter().find(|m| m.name == "smollm2").and_then(|m| m.card.clone()).expect("a language model's card");
+    let card = models.iter().find(|m| m.name == "smollm2").and_then(|m| m.card.clone()).expect("a language model's card");
     assert_eq!(card.kind, ModelKind::Generate);
 
     let (ids, reason, prompt_tokens, completion_tokens) =
@@ -73,8 +70,7 @@ async fn a_remote_generation_matches_the_local_one_and_dropping_it_cancels_the_s
     assert_eq!((reason, prompt_tokens, completion_tokens), (FinishReason::Length, 5, 4));
 
     // A version on the wire resolves through the repository, through the raw RPC and the client.
-    let channel =
-        tonic::transport::Endpoint::from_shared(worker.uri.clone()).expect("a uri").connect().await.expect("connects");
+    let channel = tonic::transport::Endpoint::from_shared(worker.uri.clone()).expect("a uri").connect().await.expect("connects");
     let mut rpc = WorkerRpc::new(channel);
     let versioned = |version| GenerateRequest { model_version: Some(version), ..greedy(1, false) };
     let request = super::convert::generate_request_to_proto("smollm2", versioned(7));

@@ -14,8 +14,8 @@ use tritium_proto::ErrorCode;
 use tritium_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tritium_proto::worker::worker_server::{Worker, WorkerServer};
 use tritium_proto::worker::{
-    DescribeModelsRequest, DescribeModelsResponse, DescribedModel, EmbedRequest, EmbedResponse, Embedding,
-    GenerateEvent, GenerateRequest, InferStreamResponse,
+    DescribeModelsRequest, DescribeModelsResponse, DescribedModel, EmbedRequest, EmbedResponse, Embedding, GenerateEvent,
+    GenerateRequest, InferStreamResponse,
 };
 use tritium_worker::{
     InferOutcome, InferenceResponse, LocalWorker, ModelRepository, StreamItem, ValidInferRequest, WorkerClient, WorkerError,
@@ -91,7 +91,10 @@ impl WorkerService {
         max_message_size: usize,
         token: Option<&str>,
     ) -> tonic::service::interceptor::InterceptedService<WorkerServer<WorkerService>, super::auth::RequireToken> {
-        tonic::service::interceptor::InterceptedService::new(self.into_server(max_message_size), super::auth::RequireToken::new(token))
+        tonic::service::interceptor::InterceptedService::new(
+            self.into_server(max_message_size),
+            super::auth::RequireToken::new(token),
+        )
     }
 
     fn admit(&self) -> Result<InFlightGuard, Status> {
@@ -132,10 +135,7 @@ impl Worker for WorkerService {
 
     type InferStreamStream = Replies<InferStreamResponse>;
 
-    async fn infer_stream(
-        &self,
-        request: Request<ModelInferRequest>,
-    ) -> Result<Response<Self::InferStreamStream>, Status> {
+    async fn infer_stream(&self, request: Request<ModelInferRequest>) -> Result<Response<Self::InferStreamStream>, Status> {
         let counted = self.admit()?;
         let request = self.validate(request.into_inner())?;
         let (replies, outcome): (Self::InferStreamStream, _) = match self.local.infer_stream(request).await {
@@ -189,8 +189,7 @@ impl Worker for WorkerService {
             version => version,
         };
         let model = self.repository.resolve(&name, version).map_err(from_worker)?;
-        let engine =
-            model.language_model().ok_or_else(|| from_worker(WorkerError::NotLanguageModel { model: name.clone() }))?;
+        let engine = model.language_model().ok_or_else(|| from_worker(WorkerError::NotLanguageModel { model: name.clone() }))?;
         let tokens = engine
             .generate(generate_request_from_proto(request))
             .map_err(|source| from_worker(WorkerError::Generate { model: name, source }))?;
@@ -211,10 +210,7 @@ impl Worker for WorkerService {
         Ok(Response::new(EmbedResponse { embeddings }))
     }
 
-    async fn describe_models(
-        &self,
-        _: Request<DescribeModelsRequest>,
-    ) -> Result<Response<DescribeModelsResponse>, Status> {
+    async fn describe_models(&self, _: Request<DescribeModelsRequest>) -> Result<Response<DescribeModelsResponse>, Status> {
         let mut models = Vec::new();
         for served in self.repository.local_models() {
             for version in served.versions.values() {

@@ -12,8 +12,8 @@ use tonic::transport::Server;
 use tritium_proto::ErrorCode;
 use tritium_tensor::{DataType, Tensor};
 use tritium_worker::{
-    BackendRegistry, DeclaredModel, InferOutcome, InferenceRequest, LocalWorker, ModelRepository, RepositoryOptions,
-    StreamItem, ValidInferRequest, WorkerClient, WorkerError,
+    BackendRegistry, DeclaredModel, InferOutcome, InferenceRequest, LocalWorker, ModelRepository, RepositoryOptions, StreamItem,
+    ValidInferRequest, WorkerClient, WorkerError,
 };
 
 use super::{InFlight, RemoteWorker, WorkerService};
@@ -41,8 +41,7 @@ impl TestWorker {
         let uri = format!("http://{}", listener.local_addr().expect("bound address"));
         let service = WorkerService::new(repository);
         let in_flight = service.in_flight();
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("registers the listener");
             let served = Server::builder()
@@ -75,8 +74,7 @@ impl Drop for TestWorker {
 }
 
 fn builtin() -> Arc<ModelRepository> {
-    ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins())
-        .expect("the built-in repository")
+    ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins()).expect("the built-in repository")
 }
 
 pub(super) fn declared(models: &[(&str, String)]) -> Arc<ModelRepository> {
@@ -111,8 +109,7 @@ async fn identity_and_add_sub_answer_through_the_worker() {
     let remote = worker.client();
     assert_eq!(remote.id(), "w1");
 
-    let mut request =
-        InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![3], &[1.5f32, -2.0, 3.25])]);
+    let mut request = InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![3], &[1.5f32, -2.0, 3.25])]);
     request.id = "id-1".into();
     request.model_version = Some(1);
     let response = remote.infer(valid(request)).await.expect("identity answers");
@@ -234,10 +231,7 @@ async fn a_worker_nobody_serves_is_unreachable() {
     };
     let remote = RemoteWorker::new("gone", &format!("http://127.0.0.1:{port}"), MAX_MESSAGE).expect("a lazy client");
     let request = valid(InferenceRequest::new("identity", vec![Tensor::from_slice("INPUT0", vec![1], &[1.0f32])]));
-    let error = tokio::time::timeout(DEADLINE, remote.infer(request))
-        .await
-        .expect("fails in time")
-        .expect_err("nobody listens");
+    let error = tokio::time::timeout(DEADLINE, remote.infer(request)).await.expect("fails in time").expect_err("nobody listens");
     assert!(matches!(&error, WorkerError::Unreachable { worker, .. } if worker == "gone"), "{error:?}");
     assert_eq!(error.code(), ErrorCode::Unavailable);
     let error = tokio::time::timeout(DEADLINE, remote.generate("llm", Default::default()))
@@ -245,8 +239,7 @@ async fn a_worker_nobody_serves_is_unreachable() {
         .expect("fails in time")
         .expect_err("nobody listens");
     assert!(matches!(error, WorkerError::Unreachable { .. }), "{error:?}");
-    let error =
-        tokio::time::timeout(DEADLINE, remote.infer_stream(repeat(1, 0))).await.expect("in time").expect_err("nobody");
+    let error = tokio::time::timeout(DEADLINE, remote.infer_stream(repeat(1, 0))).await.expect("in time").expect_err("nobody");
     assert!(matches!(error, WorkerError::Unreachable { .. }), "{error:?}");
     let error = remote.describe_models().await.expect_err("nobody listens");
     assert!(matches!(error, WorkerError::Unreachable { .. }), "{error:?}");

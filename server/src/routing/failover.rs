@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, TokenStream};
-use tritium_worker::{InferOutcome, InferenceResponse, ModelVersion, ParamValue, PhaseTimes, ValidInferRequest, WorkerClient, WorkerError};
+use tritium_worker::{
+    InferOutcome, InferenceResponse, ModelVersion, ParamValue, PhaseTimes, ValidInferRequest, WorkerClient, WorkerError,
+};
 
 use super::policy::current_hint;
 use super::{Member, Router, WORKER_ID_PARAMETER};
@@ -39,7 +41,13 @@ fn retryable(error: &WorkerError) -> bool {
 impl Router {
     /// Runs `call` on the chosen worker, and again on another one while workers cannot be
     /// reached. `None` from `pick` on the first try means no instance serves the model.
-    async fn with_failover<T, F, Fut>(&self, model: &str, tokens: Option<&[u32]>, hint: Option<&str>, mut call: F) -> Result<T, WorkerError>
+    async fn with_failover<T, F, Fut>(
+        &self,
+        model: &str,
+        tokens: Option<&[u32]>,
+        hint: Option<&str>,
+        mut call: F,
+    ) -> Result<T, WorkerError>
     where
         F: FnMut(Arc<dyn WorkerClient>, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, WorkerError>>,
@@ -79,7 +87,12 @@ impl Router {
         }
     }
 
-    async fn generate_routed(&self, model: &str, request: GenerateRequest, hint: Option<String>) -> Result<TokenStream, WorkerError> {
+    async fn generate_routed(
+        &self,
+        model: &str,
+        request: GenerateRequest,
+        hint: Option<String>,
+    ) -> Result<TokenStream, WorkerError> {
         let mut tried: Vec<Arc<str>> = Vec::new();
         loop {
             let Some(member) = self.pick(model, Some(&request.prompt), hint.as_deref(), &tried, false)? else {
@@ -88,7 +101,10 @@ impl Router {
                 }
                 return Err(WorkerError::Generate {
                     model: model.to_string(),
-                    source: GenerateError::Unavailable { model: model.to_string(), message: "no worker serving it could be reached".into() },
+                    source: GenerateError::Unavailable {
+                        model: model.to_string(),
+                        message: "no worker serving it could be reached".into(),
+                    },
                 });
             };
             if member.local {
@@ -161,7 +177,10 @@ impl Migration {
                     let Some(router) = router.as_ref() else { return self.fail(&sender, why) };
                     router.mark_suspect(&member);
                     if migrations >= router.options.migration_limit {
-                        return self.fail(&sender, format!("{why}, and the migration limit ({}) is reached", router.options.migration_limit));
+                        return self.fail(
+                            &sender,
+                            format!("{why}, and the migration limit ({}) is reached", router.options.migration_limit),
+                        );
                     }
                     migrations += 1;
                     self.tried.push(Arc::clone(&member.id));
@@ -213,7 +232,8 @@ impl WorkerClient for Router {
         if let Some(local) = self.sole_local(request.model_name()) {
             return local.infer(request).await;
         }
-        let (model, version, arrived) = (request.model_name().to_string(), Arc::clone(request.model()), request.request().arrived);
+        let (model, version, arrived) =
+            (request.model_name().to_string(), Arc::clone(request.model()), request.request().arrived);
         let hint = hint_of(&request.request().parameters);
         let mut request = Some(request);
         let mut remote = false;
@@ -225,7 +245,10 @@ impl WorkerClient for Router {
                 async move {
                     match this_try {
                         Some(request) => client.infer(request).await,
-                        None => Err(WorkerError::Failed { code: tritium_proto::ErrorCode::Internal, message: "request already consumed".into() }),
+                        None => Err(WorkerError::Failed {
+                            code: tritium_proto::ErrorCode::Internal,
+                            message: "request already consumed".into(),
+                        }),
                     }
                 }
             })
@@ -248,7 +271,10 @@ impl WorkerClient for Router {
             async move {
                 match this_try {
                     Some(request) => client.infer_stream(request).await,
-                    None => Err(WorkerError::Failed { code: tritium_proto::ErrorCode::Internal, message: "request already consumed".into() }),
+                    None => Err(WorkerError::Failed {
+                        code: tritium_proto::ErrorCode::Internal,
+                        message: "request already consumed".into(),
+                    }),
                 }
             }
         })

@@ -28,7 +28,11 @@ pub async fn follow_discovery(router: Arc<Router>, discovery: Arc<dyn Discovery>
             Ok(mut instances) => {
                 instances.retain(|i| *i.id != *router.local_id);
                 let local = router.repository.local_models().iter().map(|m| m.name.clone()).collect();
-                instances.push(WorkerInstance { id: router.local_id.to_string(), address: WorkerAddress::InProcess, models: local });
+                instances.push(WorkerInstance {
+                    id: router.local_id.to_string(),
+                    address: WorkerAddress::InProcess,
+                    models: local,
+                });
                 router.apply(&instances).await;
             }
             Err(e) => tracing::warn!("discovery listing failed: {e}"),
@@ -58,7 +62,10 @@ pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop:
             }
             Ok(WorkerEvent::ModelsChanged { .. }) => {}
             Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "the router fell behind the event bus; its KV index may miss blocks until workers report again");
+                tracing::warn!(
+                    missed,
+                    "the router fell behind the event bus; its KV index may miss blocks until workers report again"
+                );
             }
             Err(RecvError::Closed) => return,
         }

@@ -282,8 +282,7 @@ fn argmax(logits: &[f64], rng: &mut impl Rng) -> usize {
 fn sample(logits: &[f64], temperature: f64, rng: &mut impl Rng) -> usize {
     let best = logits.iter().copied().filter(|l| !l.is_nan()).fold(f64::NEG_INFINITY, f64::max);
     // Shifting by the best logit keeps exp() from overflowing; NaNs get no weight.
-    let weights: Vec<f64> =
-        logits.iter().map(|&l| if l.is_nan() { 0.0 } else { ((l - best) / temperature).exp() }).collect();
+    let weights: Vec<f64> = logits.iter().map(|&l| if l.is_nan() { 0.0 } else { ((l - best) / temperature).exp() }).collect();
     let total: f64 = weights.iter().sum();
     if !(total > 0.0 && total.is_finite()) {
         return argmax(logits, rng);

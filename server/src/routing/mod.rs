@@ -202,7 +202,12 @@ impl Router {
                     member.clone()
                 }
                 (None, WorkerAddress::Grpc(uri)) => {
-                    let remote = match crate::remote::RemoteWorker::with_token(&instance.id, uri, self.max_message_size, self.options.worker_token.as_deref()) {
+                    let remote = match crate::remote::RemoteWorker::with_token(
+                        &instance.id,
+                        uri,
+                        self.max_message_size,
+                        self.options.worker_token.as_deref(),
+                    ) {
                         Ok(remote) => Arc::new(remote),
                         Err(e) => {
                             tracing::warn!(worker = %instance.id, %uri, "cannot reach this worker: {e}");
@@ -274,7 +279,10 @@ impl Router {
                 Some(_) => Ok(None),
                 None => Err(WorkerError::Failed {
                     code: tritium_proto::ErrorCode::NotFound,
-                    message: format!("worker '{wanted}' does not serve model '{model}' (workers serving it: {})", self.workers_of(model).join(", ")),
+                    message: format!(
+                        "worker '{wanted}' does not serve model '{model}' (workers serving it: {})",
+                        self.workers_of(model).join(", ")
+                    ),
                 }),
             };
         }
@@ -360,8 +368,16 @@ impl Router {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {value}\n"));
         };
         counter("tritium_router_requests", "Requests routed to a worker.", c.routed.load(Ordering::Relaxed));
-        counter("tritium_router_retries", "Requests sent again to another worker after theirs could not be reached.", c.retried.load(Ordering::Relaxed));
-        counter("tritium_router_migrations", "Language-model streams continued on another worker.", c.migrated.load(Ordering::Relaxed));
+        counter(
+            "tritium_router_retries",
+            "Requests sent again to another worker after theirs could not be reached.",
+            c.retried.load(Ordering::Relaxed),
+        );
+        counter(
+            "tritium_router_migrations",
+            "Language-model streams continued on another worker.",
+            c.migrated.load(Ordering::Relaxed),
+        );
         counter("tritium_router_prompt_blocks", "KV blocks of routed prompts.", c.prompt_blocks.load(Ordering::Relaxed));
         counter(
             "tritium_router_prompt_blocks_cached",

@@ -91,7 +91,13 @@ pub struct PickContext<'a> {
 }
 
 /// The index in `choices` of the worker to use; `None` only when `choices` is empty.
-pub fn pick(mode: RouterMode, choices: &[Choice], context: &PickContext<'_>, kv: &KvScoring, rng: &mut impl Rng) -> Option<usize> {
+pub fn pick(
+    mode: RouterMode,
+    choices: &[Choice],
+    context: &PickContext<'_>,
+    kv: &KvScoring,
+    rng: &mut impl Rng,
+) -> Option<usize> {
     if choices.is_empty() {
         return None;
     }

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tritium_worker::llm::{EmbeddingModel, EngineStats, GenerateError, GenerateRequest, LanguageModel, ModelCard, ModelKind, TokenStream};
+use tritium_worker::llm::{
+    EmbeddingModel, EngineStats, GenerateError, GenerateRequest, LanguageModel, ModelCard, ModelKind, TokenStream,
+};
 use tritium_worker::schema::ModelSchema;
 use tritium_worker::{Backend, BackendError, BackendRequest, ModelVersion, Responder, ServedModel};
 

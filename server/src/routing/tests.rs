@@ -2,8 +2,11 @@ use std::sync::atomic::AtomicUsize;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, FinishReason, TokenStream};
-use tritium_worker::{BackendRegistry, DeclaredModel, InferOutcome, InferenceRequest, InferenceResponse, RepositoryOptions, ValidInferRequest, WorkerError};
+use tritium_worker::llm::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, TokenStream};
+use tritium_worker::{
+    BackendRegistry, DeclaredModel, InferOutcome, InferenceRequest, InferenceResponse, RepositoryOptions, ValidInferRequest,
+    WorkerError,
+};
 
 use super::*;
 
@@ -106,7 +109,11 @@ fn router(mode: RouterMode, local: Arc<dyn WorkerClient>) -> Arc<Router> {
 }
 
 fn instance(id: &str, models: &[&str]) -> WorkerInstance {
-    WorkerInstance { id: id.to_string(), address: WorkerAddress::InProcess, models: models.iter().map(|m| m.to_string()).collect() }
+    WorkerInstance {
+        id: id.to_string(),
+        address: WorkerAddress::InProcess,
+        models: models.iter().map(|m| m.to_string()).collect(),
+    }
 }
 
 async fn who(router: &Router, model: &str) -> String {
@@ -124,7 +131,9 @@ async fn who(router: &Router, model: &str) -> String {
 async fn routes_by_model_round_robin_and_falls_back_to_the_local_worker() {
     let router = router(RouterMode::RoundRobin, Fake::new("local"));
     router.add_member_for_test("other", Fake::new("other"), true);
-    router.apply(&[instance("local", &["identity", "add_sub"]), instance("other", &["add_sub"]), instance("ghost", &["x"])]).await;
+    router
+        .apply(&[instance("local", &["identity", "add_sub"]), instance("other", &["add_sub"]), instance("ghost", &["x"])])
+        .await;
     assert_eq!(who(&router, "identity").await, "local");
     let turns = [who(&router, "add_sub").await, who(&router, "add_sub").await];
     assert!(turns.contains(&"local".to_string()) && turns.contains(&"other".to_string()), "{turns:?}");

@@ -56,7 +56,9 @@ pub enum ShmError {
     NotAllowed { reason: String },
 
     /// The server already holds the most regions it may.
-    #[error("failed to register shared memory region '{name}': the server already has {limit} regions registered (--shm-max-regions)")]
+    #[error(
+        "failed to register shared memory region '{name}': the server already has {limit} regions registered (--shm-max-regions)"
+    )]
     TooManyRegions { name: String, limit: usize },
 
     /// A tensor's `[offset, offset + byte_size)` is not inside the registered region.

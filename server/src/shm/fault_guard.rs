@@ -31,8 +31,12 @@ struct Slot {
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const EMPTY: Slot =
-    Slot { claimed: AtomicBool::new(false), start: AtomicUsize::new(0), len: AtomicUsize::new(0), poisoned: AtomicBool::new(false) };
+const EMPTY: Slot = Slot {
+    claimed: AtomicBool::new(false),
+    start: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+    poisoned: AtomicBool::new(false),
+};
 static SLOTS: [Slot; MAX_WATCHED] = [EMPTY; MAX_WATCHED];
 /// Handlers running now; an unwatch waits for 0 before its mapping may be unmapped.
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);

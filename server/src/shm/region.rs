@@ -47,8 +47,7 @@ impl Region {
     pub(crate) fn open(name: &str, key: &str, offset: u64, byte_size: u64) -> Result<Region, ShmError> {
         let file = shm_open(key)?;
         let segment_size = file.metadata().map_err(|_| ShmError::Stat { key: key.to_owned() })?.len();
-        let exceeds =
-            || ShmError::ExceedsSegment { name: name.to_owned(), key: key.to_owned(), offset, byte_size, segment_size };
+        let exceeds = || ShmError::ExceedsSegment { name: name.to_owned(), key: key.to_owned(), offset, byte_size, segment_size };
         let end = offset.checked_add(byte_size).filter(|&end| end <= segment_size).ok_or_else(exceeds)?;
         let map_len = usize::try_from(end).map_err(|_| exceeds())?;
         let map = MmapOptions::new()
@@ -82,9 +81,7 @@ impl Region {
         match offset.checked_add(byte_size) {
             // end <= self.byte_size == self.len, so both casts are lossless.
             Some(end) if end <= self.byte_size => Ok(offset as usize..end as usize),
-            _ => {
-                Err(ShmError::OutOfBounds { region: self.name.clone(), offset, byte_size, region_size: self.byte_size })
-            }
+            _ => Err(ShmError::OutOfBounds { region: self.name.clone(), offset, byte_size, region_size: self.byte_size }),
         }
     }
 

@@ -295,7 +295,8 @@ fn a_policy_limits_keys_and_the_number_of_regions() {
     let segment = Segment::new(4096);
     let off = SharedMemoryRegistry::with_policy(ShmPolicy::disabled());
     assert!(matches!(off.register("r", &segment.key, 0, 64), Err(ShmError::NotAllowed { .. })));
-    let prefixed = SharedMemoryRegistry::with_policy(ShmPolicy { key_prefix: Some("tritium_shm_test_".into()), ..ShmPolicy::any_key() });
+    let prefixed =
+        SharedMemoryRegistry::with_policy(ShmPolicy { key_prefix: Some("tritium_shm_test_".into()), ..ShmPolicy::any_key() });
     prefixed.register("r", &segment.key, 0, 64).expect("the prefix matches without the leading '/'");
     let elsewhere = SharedMemoryRegistry::with_policy(ShmPolicy { key_prefix: Some("other_".into()), ..ShmPolicy::any_key() });
     assert!(matches!(elsewhere.register("r", &segment.key, 0, 64), Err(ShmError::NotAllowed { .. })));

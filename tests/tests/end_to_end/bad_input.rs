@@ -60,8 +60,18 @@ fn cases() -> Vec<Case> {
         InferRequestBuilder::new("identity").input_tensor(with_params(input("INPUT0", "FP32", &[4]), params)).build()
     };
     vec![
-        case("unknown model", InferRequestBuilder::new("nope").build(), Code::NotFound, &["Request for unknown model: 'nope' is not found"]),
-        case("unknown version", identity_ok().version("7").build(), Code::NotFound, &["Request for unknown model: 'identity' version 7 is not found"]),
+        case(
+            "unknown model",
+            InferRequestBuilder::new("nope").build(),
+            Code::NotFound,
+            &["Request for unknown model: 'nope' is not found"],
+        ),
+        case(
+            "unknown version",
+            identity_ok().version("7").build(),
+            Code::NotFound,
+            &["Request for unknown model: 'identity' version 7 is not found"],
+        ),
         case("non-numeric version", identity_ok().version("abc").build(), Code::InvalidArgument, &["version string 'abc'"]),
         case("negative version", identity_ok().version("-1").build(), Code::InvalidArgument, &["version string '-1'"]),
         case(
@@ -78,7 +88,10 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "shape mismatch",
-            InferRequestBuilder::new("add_sub").input(add_sub_input("INPUT0", vec![8])).input(add_sub_input("INPUT1", vec![16])).build(),
+            InferRequestBuilder::new("add_sub")
+                .input(add_sub_input("INPUT0", vec![8]))
+                .input(add_sub_input("INPUT1", vec![16]))
+                .build(),
             Code::InvalidArgument,
             &["unexpected shape for input 'INPUT0' for model 'add_sub'. Expected [16], got [8]"],
         ),
@@ -105,7 +118,10 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "truncated BYTES length prefix",
-            InferRequestBuilder::new("identity_bytes").input_tensor(input("INPUT0", "BYTES", &[1])).raw(Bytes::from_static(&[1, 0])).build(),
+            InferRequestBuilder::new("identity_bytes")
+                .input_tensor(input("INPUT0", "BYTES", &[1]))
+                .raw(Bytes::from_static(&[1, 0]))
+                .build(),
             Code::InvalidArgument,
             &["'INPUT0'", "'identity_bytes'"],
         ),
@@ -210,11 +226,19 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "batched shape without the batch dimension",
-            InferRequestBuilder::new("add_sub_batch").input(add_sub_input("INPUT0", vec![2])).input(add_sub_input("INPUT1", vec![2])).build(),
+            InferRequestBuilder::new("add_sub_batch")
+                .input(add_sub_input("INPUT0", vec![2]))
+                .input(add_sub_input("INPUT1", vec![2]))
+                .build(),
             Code::InvalidArgument,
             &["unexpected shape for input 'INPUT0' for model 'add_sub_batch'. Expected [-1,16], got [2]", "NOTE"],
         ),
-        case("unknown requested output", identity_ok().output("NOPE").build(), Code::InvalidArgument, &["unexpected inference output 'NOPE' for model 'identity'"]),
+        case(
+            "unknown requested output",
+            identity_ok().output("NOPE").build(),
+            Code::InvalidArgument,
+            &["unexpected inference output 'NOPE' for model 'identity'"],
+        ),
         case(
             "reserved triton_ parameter",
             identity_ok().parameter("triton_secret", BoolParam(true)).build(),
@@ -329,7 +353,11 @@ fn cases() -> Vec<Case> {
             {
                 let mut r = identity_ok().build();
                 let mut output = InferRequestedOutputTensor { name: "OUTPUT0".into(), parameters: HashMap::new() };
-                for (k, v) in [("classification", Int64Param(1)), ("shared_memory_region", StringParam("region64".into())), ("shared_memory_byte_size", Int64Param(16))] {
+                for (k, v) in [
+                    ("classification", Int64Param(1)),
+                    ("shared_memory_region", StringParam("region64".into())),
+                    ("shared_memory_byte_size", Int64Param(16)),
+                ] {
                     output.parameters.insert(k.into(), InferParameter { parameter_choice: Some(v) });
                 }
                 r.outputs.push(output);
@@ -449,7 +477,13 @@ async fn each_malformed_request_gets_tritons_code_and_a_precise_message() {
             Ok(_) => failures.push(format!("{}: succeeded", case.name)),
             Err(status) => {
                 if status.code() != case.code {
-                    failures.push(format!("{}: code {:?}, expected {:?} ({})", case.name, status.code(), case.code, status.message()));
+                    failures.push(format!(
+                        "{}: code {:?}, expected {:?} ({})",
+                        case.name,
+                        status.code(),
+                        case.code,
+                        status.message()
+                    ));
                 }
                 for needle in case.says {
                     if !status.message().contains(needle) {
@@ -508,7 +542,10 @@ async fn triton_grpc_error_header_keeps_request_errors_in_band_and_ends_the_stre
         (identity_ok().version("abc").id("bad-version").build(), "version string 'abc'"),
         (InferRequestBuilder::new("nope").id("bad-model").build(), "'nope' is not found"),
         (
-            InferRequestBuilder::new("identity").id("bad-type").input(Tensor::from_slice("INPUT0", vec![4], &[1i32, 2, 3, 4])).build(),
+            InferRequestBuilder::new("identity")
+                .id("bad-type")
+                .input(Tensor::from_slice("INPUT0", vec![4], &[1i32, 2, 3, 4]))
+                .build(),
             "data-type is 'INT32'",
         ),
     ];

@@ -158,7 +158,10 @@ async fn typed_contents_come_back_in_the_raw_layout() {
         (
             DataType::Bytes,
             3,
-            InferTensorContents { bytes_contents: vec![Bytes::from_static(b"a"), Bytes::new(), Bytes::from_static(b"\xff\x00")], ..c() },
+            InferTensorContents {
+                bytes_contents: vec![Bytes::from_static(b"a"), Bytes::new(), Bytes::from_static(b"\xff\x00")],
+                ..c()
+            },
             Bytes::from_static(b"\x01\x00\x00\x00a\x00\x00\x00\x00\x02\x00\x00\x00\xff\x00"),
         ),
     ];
@@ -176,8 +179,12 @@ async fn zero_element_tensors_succeed() {
     // With no raw entry at all, a zero-element input still has its (empty) data.
     for datatype in [DataType::Fp32, DataType::Bytes] {
         let model = identity_model(datatype);
-        let input =
-            InferInputTensor { name: "INPUT0".into(), datatype: datatype.kserve_name().into(), shape: vec![0], ..Default::default() };
+        let input = InferInputTensor {
+            name: "INPUT0".into(),
+            datatype: datatype.kserve_name().into(),
+            shape: vec![0],
+            ..Default::default()
+        };
         let response = client.infer(InferRequestBuilder::new(&model).input_tensor(input).build()).await.expect(&model);
         assert_raw_outputs(&response, &["OUTPUT0"]);
         assert_eq!(response.outputs[0].shape, [0]);
@@ -211,7 +218,8 @@ async fn check_add_sub<T: Element + PartialEq + std::fmt::Debug>(
 
 macro_rules! unsigned {
     ($client:expr, $t:ty) => {
-        check_add_sub::<$t>($client, [<$t>::MAX, 3, 0, 100], [1, 2, 1, 50], [0, 5, 1, 150], [<$t>::MAX - 1, 1, <$t>::MAX, 50]).await
+        check_add_sub::<$t>($client, [<$t>::MAX, 3, 0, 100], [1, 2, 1, 50], [0, 5, 1, 150], [<$t>::MAX - 1, 1, <$t>::MAX, 50])
+            .await
     };
 }
 macro_rules! signed {

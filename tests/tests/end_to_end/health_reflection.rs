@@ -75,8 +75,9 @@ async fn an_unloaded_model_stops_serving_and_watchers_see_it() {
 async fn reflect(server: &TestServer, requests: Vec<MessageRequest>) -> Vec<ServerReflectionResponse> {
     let mut client = ServerReflectionClient::new(channel(server).await);
     let count = requests.len();
-    let outbound =
-        futures::stream::iter(requests.into_iter().map(|r| ServerReflectionRequest { host: String::new(), message_request: Some(r) }));
+    let outbound = futures::stream::iter(
+        requests.into_iter().map(|r| ServerReflectionRequest { host: String::new(), message_request: Some(r) }),
+    );
     let mut inbound = client.server_reflection_info(outbound).await.expect("ServerReflectionInfo").into_inner();
     let mut responses = Vec::new();
     while responses.len() < count {

@@ -86,8 +86,11 @@ async fn a_configured_limit_refuses_bigger_messages_and_keeps_serving() {
     let server = TestServer::start(ServerConfig { transport, ..ServerConfig::default() }, None).await;
     let mut client = server.client().await;
     let two_mib = vec![0.5f32; (2 << 20) / 4];
-    let status =
-        client.raw().model_infer(identity_request("identity", vec![two_mib.len() as i64], &two_mib)).await.expect_err("over the limit");
+    let status = client
+        .raw()
+        .model_infer(identity_request("identity", vec![two_mib.len() as i64], &two_mib))
+        .await
+        .expect_err("over the limit");
     assert_eq!(status.code(), Code::OutOfRange, "{}", status.message());
     let fits = vec![0.5f32; (512 << 10) / 4];
     let response = client.infer(identity_request("identity", vec![fits.len() as i64], &fits)).await.expect("under the limit");

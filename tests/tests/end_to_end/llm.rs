@@ -14,8 +14,14 @@ use tritium_worker::{ControlMode, RepositoryOptions};
 async fn server() -> TestServer {
     let repository = temp_repository();
     write_model(repository.path(), "identity", &identity_config("identity", "TYPE_FP32", 0), &[1]);
-    let llm_dir = write_model(repository.path(), "smollm2", "backend: \"tritium_llm\"\nparameters { key: \"model_path\" value { string_value: \"weights.gguf\" } }\n", &[1]);
-    std::os::unix::fs::symlink(installed_model(SMOLLM2_GGUF), llm_dir.join("weights.gguf")).expect("links the weights into the model folder");
+    let llm_dir = write_model(
+        repository.path(),
+        "smollm2",
+        "backend: \"tritium_llm\"\nparameters { key: \"model_path\" value { string_value: \"weights.gguf\" } }\n",
+        &[1],
+    );
+    std::os::unix::fs::symlink(installed_model(SMOLLM2_GGUF), llm_dir.join("weights.gguf"))
+        .expect("links the weights into the model folder");
     TestServer::with_repository(repository, RepositoryOptions { control_mode: ControlMode::None, ..Default::default() }).await
 }
 

@@ -6,8 +6,8 @@ use tonic::Code;
 use tritium_proto::inference::model_metadata_response::TensorMetadata;
 use tritium_proto::inference::model_version_policy::{Latest, PolicyChoice};
 use tritium_proto::inference::{
-    DataType, ModelConfigRequest, ModelMetadataRequest, ModelReadyRequest, ModelVersionPolicy, ServerLiveRequest, ServerMetadataRequest,
-    ServerReadyRequest,
+    DataType, ModelConfigRequest, ModelMetadataRequest, ModelReadyRequest, ModelVersionPolicy, ServerLiveRequest,
+    ServerMetadataRequest, ServerReadyRequest,
 };
 use tritium_server::grpc::EXTENSIONS;
 use tritium_tests::{TestServer, assert_status};
@@ -35,7 +35,10 @@ async fn server_metadata_advertises_exactly_what_is_implemented() {
     assert_eq!(metadata.version, env!("CARGO_PKG_VERSION"));
     let advertised: Vec<&str> = metadata.extensions.iter().map(String::as_str).collect();
     assert_eq!(advertised, EXTENSIONS, "exactly the list in service.rs, in its order");
-    assert_eq!(advertised, ["model_repository", "model_configuration", "system_shared_memory", "parameters", "statistics", "logging"]);
+    assert_eq!(
+        advertised,
+        ["model_repository", "model_configuration", "system_shared_memory", "parameters", "statistics", "logging"]
+    );
     // perf_analyzer turns server statistics on only when this is advertised.
     assert!(advertised.contains(&"statistics"));
     // Not implemented here, so never advertised.
@@ -105,7 +108,11 @@ async fn model_metadata_errors_name_the_model_and_version() {
         Code::NotFound,
         "Request for unknown model: 'identity' version 2 is not found",
     );
-    assert_status(client.raw().model_metadata(ask("nope", "")).await, Code::NotFound, "Request for unknown model: 'nope' is not found");
+    assert_status(
+        client.raw().model_metadata(ask("nope", "")).await,
+        Code::NotFound,
+        "Request for unknown model: 'nope' is not found",
+    );
     assert_status(
         client.raw().model_metadata(ask("identity", "abc")).await,
         Code::InvalidArgument,
@@ -140,9 +147,11 @@ async fn model_config_is_the_full_normalized_config() {
 
     let add_sub = client.model_config("add_sub", "").await.expect("add_sub config");
     assert_eq!(add_sub.backend, "add_sub");
-    let inputs: Vec<(&str, i32, &[i64])> = add_sub.input.iter().map(|t| (t.name.as_str(), t.data_type, t.dims.as_slice())).collect();
+    let inputs: Vec<(&str, i32, &[i64])> =
+        add_sub.input.iter().map(|t| (t.name.as_str(), t.data_type, t.dims.as_slice())).collect();
     assert_eq!(inputs, [("INPUT0", 8, &[16][..]), ("INPUT1", 8, &[16])]);
-    let outputs: Vec<(&str, i32, &[i64])> = add_sub.output.iter().map(|t| (t.name.as_str(), t.data_type, t.dims.as_slice())).collect();
+    let outputs: Vec<(&str, i32, &[i64])> =
+        add_sub.output.iter().map(|t| (t.name.as_str(), t.data_type, t.dims.as_slice())).collect();
     assert_eq!(outputs, [("OUTPUT0", 8, &[16][..]), ("OUTPUT1", 8, &[16])]);
     assert_eq!(DataType::TypeInt32 as i32, 8);
 
@@ -156,7 +165,11 @@ async fn model_config_is_the_full_normalized_config() {
     assert!(!repeat.input[0].optional);
 
     let ask = |name: &str, version: &str| ModelConfigRequest { name: name.into(), version: version.into() };
-    assert_status(client.raw().model_config(ask("nope", "")).await, Code::NotFound, "Request for unknown model: 'nope' is not found");
+    assert_status(
+        client.raw().model_config(ask("nope", "")).await,
+        Code::NotFound,
+        "Request for unknown model: 'nope' is not found",
+    );
     assert_status(
         client.raw().model_config(ask("identity", "2")).await,
         Code::NotFound,

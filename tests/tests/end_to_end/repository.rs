@@ -11,8 +11,8 @@ use tritium_proto::inference::{ModelMetadataRequest, ServerReadyRequest};
 use tritium_server::ServerConfig;
 use tritium_tensor::Tensor;
 use tritium_tests::{
-    TestServer, add_sub_config, assert_status, eventually, identity_config, identity_request, index_row, load_model, repository_index,
-    temp_repository, unload_model, write_model,
+    TestServer, add_sub_config, assert_status, eventually, identity_config, identity_request, index_row, load_model,
+    repository_index, temp_repository, unload_model, write_model,
 };
 use tritium_worker::{ControlMode, RepositoryOptions};
 
@@ -109,7 +109,11 @@ async fn load_with_a_config_override_uses_it() {
     load_model(&mut client, "identity_batch", Some(config)).await.expect("load with override");
     assert_eq!(client.model_config("identity_batch", "").await.expect("ModelConfig").max_batch_size, 4);
     let five = client.raw().model_infer(identity_request("identity_batch", vec![5, 1], &[0.0; 5])).await;
-    assert_status(five, Code::InvalidArgument, "[request id: <id_unknown>] inference request batch-size must be <= 4 for 'identity_batch'");
+    assert_status(
+        five,
+        Code::InvalidArgument,
+        "[request id: <id_unknown>] inference request batch-size must be <= 4 for 'identity_batch'",
+    );
     client.infer(identity_request("identity_batch", vec![4, 1], &[0.0; 4])).await.expect("a batch of 4");
 
     // Without the override, a reload reads config.pbtxt again.
@@ -156,7 +160,11 @@ async fn a_star_loads_every_model_at_start() {
     let mut client = server.client().await;
     assert_eq!(
         repository_index(&mut client, false).await,
-        [index_row("add_sub", "1", "READY", ""), index_row("identity", "1", "READY", ""), index_row("identity_batch", "1", "READY", "")]
+        [
+            index_row("add_sub", "1", "READY", ""),
+            index_row("identity", "1", "READY", ""),
+            index_row("identity_batch", "1", "READY", "")
+        ]
     );
 }
 
@@ -192,7 +200,9 @@ async fn version_policies_choose_the_served_versions() {
     let server = TestServer::with_repository(repository, RepositoryOptions::default()).await;
     let mut client = server.client().await;
 
-    for (model, served) in [("default", &["3"][..]), ("all", &["1", "2", "3"]), ("specific", &["1", "3"]), ("latest_two", &["2", "3"])] {
+    for (model, served) in
+        [("default", &["3"][..]), ("all", &["1", "2", "3"]), ("specific", &["1", "3"]), ("latest_two", &["2", "3"])]
+    {
         let metadata = client.model_metadata(model, "").await.expect("metadata");
         assert_eq!(metadata.versions, served, "{model}");
         for version in ["1", "2", "3"] {
@@ -206,12 +216,15 @@ async fn version_policies_choose_the_served_versions() {
         let versions: Vec<&str> = stats.iter().map(|s| s.version.as_str()).collect();
         assert_eq!(versions, served, "{model}: statistics per served version");
     }
-    let two =
-        client.infer(InferRequestBuilder::new("all").version("2").input(Tensor::from_slice("INPUT0", vec![1], &[2f32])).build()).await;
+    let two = client
+        .infer(InferRequestBuilder::new("all").version("2").input(Tensor::from_slice("INPUT0", vec![1], &[2f32])).build())
+        .await;
     assert_eq!(two.expect("version 2 of all").model_version, "2");
     let missing = client
         .raw()
-        .model_infer(InferRequestBuilder::new("specific").version("2").input(Tensor::from_slice("INPUT0", vec![1], &[2f32])).build())
+        .model_infer(
+            InferRequestBuilder::new("specific").version("2").input(Tensor::from_slice("INPUT0", vec![1], &[2f32])).build(),
+        )
         .await;
     assert_status(missing, Code::NotFound, "Request for unknown model: 'specific' version 2 is not found");
     let index = repository_index(&mut client, true).await;
@@ -234,8 +247,11 @@ async fn version_policies_choose_the_served_versions() {
 async fn poll_server(root_models: impl FnOnce(&Path)) -> TestServer {
     let repository = temp_repository();
     root_models(repository.path());
-    let options =
-        RepositoryOptions { control_mode: ControlMode::Poll, poll_interval: Duration::from_millis(100), ..RepositoryOptions::default() };
+    let options = RepositoryOptions {
+        control_mode: ControlMode::Poll,
+        poll_interval: Duration::from_millis(100),
+        ..RepositoryOptions::default()
+    };
     TestServer::with_repository(repository, options).await
 }
 

@@ -23,7 +23,8 @@ async fn trace_settings(
     model: &str,
     settings: &[(&str, &[&str])],
 ) -> Result<HashMap<String, Vec<String>>, tonic::Status> {
-    let settings = settings.iter().map(|(k, v)| (k.to_string(), TraceIn { value: v.iter().map(|s| s.to_string()).collect() })).collect();
+    let settings =
+        settings.iter().map(|(k, v)| (k.to_string(), TraceIn { value: v.iter().map(|s| s.to_string()).collect() })).collect();
     let request = TraceSettingRequest { settings, model_name: model.into() };
     let response = client.raw().trace_setting(request).await?.into_inner();
     Ok(response.settings.into_iter().map(|(k, v)| (k, v.value)).collect())
@@ -139,7 +140,11 @@ async fn bad_trace_settings_are_rejected() {
         Code::InvalidArgument,
         "unknown trace setting 'trace_nope'",
     );
-    assert_status(trace_settings(&mut client, "nope", &[]).await, Code::NotFound, "Request for unknown model: 'nope' is not found");
+    assert_status(
+        trace_settings(&mut client, "nope", &[]).await,
+        Code::NotFound,
+        "Request for unknown model: 'nope' is not found",
+    );
     assert_eq!(trace_settings(&mut client, "", &[]).await.expect("get"), default_trace(), "nothing changed");
 }
 
@@ -158,6 +163,10 @@ async fn a_rejected_trace_update_changes_nothing() {
     for _ in 0..10 {
         let status = trace_settings(&mut client, "", &update).await.expect_err("a bad trace_level");
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert_eq!(trace_settings(&mut client, "", &[]).await.expect("get"), default_trace(), "a rejected update applies nothing");
+        assert_eq!(
+            trace_settings(&mut client, "", &[]).await.expect("get"),
+            default_trace(),
+            "a rejected update applies nothing"
+        );
     }
 }

@@ -10,8 +10,8 @@ use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use tritium_proto::inference::system_shared_memory_status_response::RegionStatus;
 use tritium_proto::inference::{
-    CudaSharedMemoryRegisterRequest, CudaSharedMemoryStatusRequest, CudaSharedMemoryUnregisterRequest, InferParameter, ModelInferRequest,
-    SystemSharedMemoryRegisterRequest, SystemSharedMemoryStatusRequest, SystemSharedMemoryUnregisterRequest,
+    CudaSharedMemoryRegisterRequest, CudaSharedMemoryStatusRequest, CudaSharedMemoryUnregisterRequest, InferParameter,
+    ModelInferRequest, SystemSharedMemoryRegisterRequest, SystemSharedMemoryStatusRequest, SystemSharedMemoryUnregisterRequest,
 };
 use tritium_tensor::Tensor;
 use tritium_tests::{Segment, TestServer, assert_status};
@@ -213,7 +213,11 @@ async fn cuda_shared_memory_is_unimplemented() {
     let mut client = server.client().await;
     let message = "CUDA shared memory is not supported by this server";
     let raw = client.raw();
-    assert_status(raw.cuda_shared_memory_status(CudaSharedMemoryStatusRequest { name: String::new() }).await, Code::Unimplemented, message);
+    assert_status(
+        raw.cuda_shared_memory_status(CudaSharedMemoryStatusRequest { name: String::new() }).await,
+        Code::Unimplemented,
+        message,
+    );
     let register = CudaSharedMemoryRegisterRequest { name: "gpu".into(), raw_handle: vec![0; 64], device_id: 0, byte_size: 64 };
     assert_status(raw.cuda_shared_memory_register(register).await, Code::Unimplemented, message);
     // perf_analyzer calls this at start and ignores the answer.

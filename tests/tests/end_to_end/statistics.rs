@@ -122,7 +122,11 @@ async fn unknown_models_and_versions_are_invalid_arguments() {
     let server = TestServer::builtin().await;
     let mut client = server.client().await;
     let ask = |name: &str, version: &str| ModelStatisticsRequest { name: name.into(), version: version.into() };
-    assert_status(client.raw().model_statistics(ask("nope", "")).await, Code::InvalidArgument, "requested model 'nope' is not available");
+    assert_status(
+        client.raw().model_statistics(ask("nope", "")).await,
+        Code::InvalidArgument,
+        "requested model 'nope' is not available",
+    );
     assert_status(
         client.raw().model_statistics(ask("identity", "2")).await,
         Code::InvalidArgument,

@@ -224,7 +224,8 @@ async fn a_model_error_comes_in_band_without_a_final_flag() {
     let (sender, mut responses) = client.stream().await.expect("stream opens");
     // The repeat model itself rejects a negative count.
     sender.send(repeat_request("negative", -1, None, true)).await.expect("send");
-    let reply = tokio::time::timeout(Duration::from_secs(10), responses.next()).await.expect("in time").expect("open").expect("in-band");
+    let reply =
+        tokio::time::timeout(Duration::from_secs(10), responses.next()).await.expect("in time").expect("open").expect("in-band");
     assert!(reply.error_message.contains("IN must be >= 0, got -1"), "{:?}", reply.error_message);
     let failed = reply.infer_response.expect("the failed request is identified");
     assert_eq!((failed.id.as_str(), failed.model_name.as_str()), ("negative", "repeat"));

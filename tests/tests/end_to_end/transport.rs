@@ -25,11 +25,8 @@ async fn server_with_slow_model(ms_per_token: u64, config: ServerConfig) -> Test
         "backend: \"tritium_mock_llm\"\nparameters {{ key: \"decode_ms_per_step\" value {{ string_value: \"{ms_per_token}\" }} }}\n"
     );
     write_model(repository.path(), "slow", &slow, &[1]);
-    let options = RepositoryOptions {
-        control_mode: ControlMode::None,
-        paths: vec![repository.path().to_path_buf()],
-        ..Default::default()
-    };
+    let options =
+        RepositoryOptions { control_mode: ControlMode::None, paths: vec![repository.path().to_path_buf()], ..Default::default() };
     TestServer::start(ServerConfig { repository: options, ..config }, Some(repository)).await
 }
 
@@ -50,7 +47,8 @@ async fn identity_still_answers(server: &TestServer) {
 async fn an_unknown_service_or_method_is_unimplemented_and_the_server_goes_on() {
     let server = TestServer::builtin().await;
     let channel = tonic::transport::Endpoint::from_shared(server.uri()).expect("uri").connect().await.expect("connects");
-    for path in ["/no.such.Service/ServerLive", "/inference.GRPCInferenceService/NoSuchMethod", "/inference.GRPCInferenceService"] {
+    for path in ["/no.such.Service/ServerLive", "/inference.GRPCInferenceService/NoSuchMethod", "/inference.GRPCInferenceService"]
+    {
         let mut grpc = tonic::client::Grpc::new(channel.clone());
         grpc.ready().await.expect("ready");
         let called = grpc

@@ -8,18 +8,18 @@ use std::time::Duration;
 
 use tonic::Code;
 use tonic::metadata::MetadataValue;
+use tritium_grpc_clients::InferRequestBuilder;
 use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_proto::inference::model_infer_request::InferInputTensor;
 use tritium_proto::inference::{InferParameter, LogSettingsRequest, ModelInferRequest, SystemSharedMemoryRegisterRequest};
 use tritium_server::ServerConfig;
 use tritium_server::grpc::restricted::RestrictedProtocols;
 use tritium_server::shm::ShmPolicy;
+use tritium_tensor::Tensor;
 use tritium_tests::{
     Segment, TestServer, assert_status, assert_status_contains, identity_config, identity_request, load_model, temp_repository,
     write_model,
 };
-use tritium_grpc_clients::InferRequestBuilder;
-use tritium_tensor::Tensor;
 use tritium_worker::{ControlMode, RepositoryOptions};
 
 async fn identity_still_answers(server: &TestServer) {
@@ -62,7 +62,8 @@ async fn a_segment_shrunk_by_its_client_is_refused_instead_of_crashing_the_serve
 
     // Before the fix the next read of the mapping raised SIGBUS and killed the server.
     segment.resize(0);
-    let status = client.raw().model_infer(shm_identity_request("shrunk", 1 << 16)).await.expect_err("a truncated region is refused");
+    let status =
+        client.raw().model_infer(shm_identity_request("shrunk", 1 << 16)).await.expect_err("a truncated region is refused");
     assert_eq!(status.code(), Code::Internal, "{}", status.message());
     assert!(status.message().contains("'shrunk' is no longer usable"), "{}", status.message());
     identity_still_answers(&server).await;
@@ -113,7 +114,8 @@ fn explicit_repository() -> tempfile::TempDir {
 }
 
 async fn explicit_server() -> TestServer {
-    let options = RepositoryOptions { control_mode: ControlMode::Explicit, startup_models: vec!["identity".into()], ..Default::default() };
+    let options =
+        RepositoryOptions { control_mode: ControlMode::Explicit, startup_models: vec!["identity".into()], ..Default::default() };
     TestServer::with_repository(explicit_repository(), options).await
 }
 
@@ -127,7 +129,8 @@ async fn a_fifo_as_model_file_fails_the_load_at_once_and_other_loads_go_on() {
     let mut client = server.client().await;
     let config = r#"{"backend": "tritium_llm", "parameters": {"model_path": {"string_value": "pipe"}}}"#;
     // Before the fix, opening the FIFO blocked the load forever while it held the repository lock.
-    let loaded = tokio::time::timeout(Duration::from_secs(60), load_model(&mut client, "llm", Some(config))).await.expect("answers");
+    let loaded =
+        tokio::time::timeout(Duration::from_secs(60), load_model(&mut client, "llm", Some(config))).await.expect("answers");
     assert_status_contains(loaded, Code::Internal, &["model_path 'pipe' is not a regular file or a folder"]);
     let again = tokio::time::timeout(Duration::from_secs(60), load_model(&mut client, "identity", None)).await.expect("answers");
     again.expect("another load goes through");
@@ -161,7 +164,8 @@ async fn an_override_may_not_change_the_backend_nor_touch_a_built_in_model() {
         &["a config override may not change the model's backend ('identity' to 'tritium_llm')"],
     );
 
-    let options = RepositoryOptions { control_mode: ControlMode::Explicit, startup_models: vec!["*".into()], ..Default::default() };
+    let options =
+        RepositoryOptions { control_mode: ControlMode::Explicit, startup_models: vec!["*".into()], ..Default::default() };
     let builtin = TestServer::start(ServerConfig { repository: options, ..ServerConfig::default() }, None).await;
     let mut client = builtin.client().await;
     assert_status_contains(

@@ -56,7 +56,12 @@ async fn grpc_status(response: h2::client::ResponseFuture) -> (String, String) {
 }
 
 /// One whole ModelInfer call: `message` sent as one frame, compressed with `encoding` if given.
-async fn call(send: &mut h2::client::SendRequest<Bytes>, server: &TestServer, encoding: Option<&str>, message: &[u8]) -> (String, String) {
+async fn call(
+    send: &mut h2::client::SendRequest<Bytes>,
+    server: &TestServer,
+    encoding: Option<&str>,
+    message: &[u8],
+) -> (String, String) {
     let (response, mut body) = send.send_request(model_infer(server, encoding), false).expect("opens");
     body.send_data(framed(encoding.is_some(), message.len() as u32, message), true).expect("sends");
     grpc_status(response).await

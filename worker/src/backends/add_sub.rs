@@ -35,10 +35,7 @@ impl AddSub {
         if i0.data_type != i1.data_type {
             return Err("the add_sub backend needs both inputs of one datatype".to_string());
         }
-        Ok(Arc::new(AddSub {
-            inputs: [i0.name.clone(), i1.name.clone()],
-            outputs: [o0.name.clone(), o1.name.clone()],
-        }))
+        Ok(Arc::new(AddSub { inputs: [i0.name.clone(), i1.name.clone()], outputs: [o0.name.clone(), o1.name.clone()] }))
     }
 }
 

@@ -52,7 +52,9 @@ impl Backend for Repeat {
 }
 
 fn first<T: tritium_tensor::Element>(tensor: &Tensor) -> Result<T, BackendError> {
-    tensor.to_vec::<T>()?.first().copied().ok_or_else(|| {
-        BackendError::failed(ErrorCode::InvalidArg, format!("input '{}' must hold one element", tensor.name))
-    })
+    tensor
+        .to_vec::<T>()?
+        .first()
+        .copied()
+        .ok_or_else(|| BackendError::failed(ErrorCode::InvalidArg, format!("input '{}' must hold one element", tensor.name)))
 }

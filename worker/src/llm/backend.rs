@@ -16,8 +16,8 @@ use tritium_proto::ErrorCode;
 use tritium_proto::inference::DataType as ConfigDataType;
 use tritium_proto::inference::{ModelConfig, ModelInput, ModelOutput, ModelTransactionPolicy};
 
-use super::engine::{EngineOptions, LlmEngine};
 use super::LanguageModel;
+use super::engine::{EngineOptions, LlmEngine};
 use crate::backend::{Backend, BackendContext, BackendError, BackendFactory, BackendRequest, Responder, config_parameter};
 
 /// The backend name a `config.pbtxt` gives for a language model.

@@ -68,16 +68,12 @@ impl ModelCard {
                 push_unique(&mut eos_token_ids, id);
             }
         }
-        let add_bos_token =
-            meta_bool(md, "tokenizer.ggml.add_bos_token").map_err(fail)?.unwrap_or(tokenizer.default_add_bos);
+        let add_bos_token = meta_bool(md, "tokenizer.ggml.add_bos_token").map_err(fail)?.unwrap_or(tokenizer.default_add_bos);
         if add_bos_token && bos.is_none() {
-            return Err(fail(
-                "tokenizer.ggml.add_bos_token is true, but tokenizer.ggml.bos_token_id is not set".into(),
-            ));
+            return Err(fail("tokenizer.ggml.add_bos_token is true, but tokenizer.ggml.bos_token_id is not set".into()));
         }
-        let arch = meta_str(md, "general.architecture")
-            .map_err(fail)?
-            .ok_or_else(|| fail("general.architecture is missing".into()))?;
+        let arch =
+            meta_str(md, "general.architecture").map_err(fail)?.ok_or_else(|| fail("general.architecture is missing".into()))?;
         let key = format!("{arch}.context_length");
         let context_length = meta_u64(md, &key).map_err(fail)?.ok_or_else(|| fail(format!("{key} is missing")))?;
         Ok(ModelCard {
@@ -112,9 +108,8 @@ impl ModelCard {
     pub fn from_hf_dir(dir: &Path, kind: ModelKind) -> Result<ModelCard, String> {
         let source = dir.display().to_string();
         let fail = |e: String| format!("{source}: {e}");
-        let text = fs::read_to_string(dir.join("tokenizer.json")).map_err(|e| {
-            fail(format!("cannot read tokenizer.json ({e}); only models with a tokenizer.json are supported"))
-        })?;
+        let text = fs::read_to_string(dir.join("tokenizer.json"))
+            .map_err(|e| fail(format!("cannot read tokenizer.json ({e}); only models with a tokenizer.json are supported")))?;
         let mut tokenizer: Json =
             serde_json::from_str(&text).map_err(|e| fail(format!("tokenizer.json is not valid JSON: {e}")))?;
         let tokenizer_config = read_json(dir, "tokenizer_config.json")?.unwrap_or(Json::Null);
@@ -201,9 +196,8 @@ pub fn detect_kind(path: &Path) -> Result<ModelKind, String> {
         .map(|list| list.iter().filter_map(Json::as_str).collect())
         .unwrap_or_default();
     let model_type = config.get("model_type").and_then(Json::as_str).unwrap_or("");
-    let generates = |name: &&str| {
-        ["ForCausalLM", "LMHeadModel", "ForConditionalGeneration"].iter().any(|suffix| name.ends_with(suffix))
-    };
+    let generates =
+        |name: &&str| ["ForCausalLM", "LMHeadModel", "ForConditionalGeneration"].iter().any(|suffix| name.ends_with(suffix));
     let encoder = |name: &&str| {
         ["Bert", "Roberta"].iter().any(|family| name.contains(family))
             && !name.ends_with("ForMaskedLM")
@@ -252,9 +246,7 @@ const GENERATOR_TYPES: &[&str] = &[
 fn read_json(dir: &Path, name: &str) -> Result<Option<Json>, String> {
     let path = dir.join(name);
     match fs::read_to_string(&path) {
-        Ok(text) => {
-            serde_json::from_str(&text).map(Some).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
-        }
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| format!("{} is not valid JSON: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
@@ -321,15 +313,14 @@ fn json_usize(value: &Json) -> Option<usize> {
 }
 
 fn token_id(tokenizer: &Json, text: &str) -> Option<u32> {
-    let added = tokenizer.get("added_tokens").and_then(Json::as_array).and_then(|tokens| {
-        tokens.iter().find(|t| t.get("content").and_then(Json::as_str) == Some(text))?.get("id")?.as_u64()
-    });
+    let added = tokenizer
+        .get("added_tokens")
+        .and_then(Json::as_array)
+        .and_then(|tokens| tokens.iter().find(|t| t.get("content").and_then(Json::as_str) == Some(text))?.get("id")?.as_u64());
     let id = added.or_else(|| match tokenizer.get("model")?.get("vocab")? {
         Json::Object(vocab) => vocab.get(text)?.as_u64(),
         // Unigram: a list of `[piece, score]`, the id being the index.
-        Json::Array(pieces) => {
-            pieces.iter().position(|p| p.get(0).and_then(Json::as_str) == Some(text)).map(|i| i as u64)
-        }
+        Json::Array(pieces) => pieces.iter().position(|p| p.get(0).and_then(Json::as_str) == Some(text)).map(|i| i as u64),
         _ => None,
     })?;
     u32::try_from(id).ok()
@@ -337,9 +328,10 @@ fn token_id(tokenizer: &Json, text: &str) -> Option<u32> {
 
 fn token_text(tokenizer: &Json, id: u32) -> Option<String> {
     let id = u64::from(id);
-    let added = tokenizer.get("added_tokens").and_then(Json::as_array).and_then(|tokens| {
-        tokens.iter().find(|t| t.get("id").and_then(Json::as_u64) == Some(id))?.get("content")?.as_str()
-    });
+    let added = tokenizer
+        .get("added_tokens")
+        .and_then(Json::as_array)
+        .and_then(|tokens| tokens.iter().find(|t| t.get("id").and_then(Json::as_u64) == Some(id))?.get("content")?.as_str());
     let text = added.or_else(|| match tokenizer.get("model")?.get("vocab")? {
         Json::Object(vocab) => vocab.iter().find(|(_, v)| v.as_u64() == Some(id)).map(|(k, _)| k.as_str()),
         Json::Array(pieces) => pieces.get(usize::try_from(id).ok()?)?.get(0)?.as_str(),

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::LanguageModel;
 use super::card::ModelCard;
 use super::model::{DecoderModel, SequenceCache, SequenceInput};
 use super::sampler::Sampler;
 use super::types::{EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, TokenStream};
-use super::LanguageModel;
 
 /// Bounds on what one engine holds at once.
 #[derive(Debug, Clone, PartialEq, Eq)]

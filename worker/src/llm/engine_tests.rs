@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use futures::StreamExt;
 
+use super::LanguageModel;
 use super::engine::{EngineOptions, LlmEngine};
 use super::types::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingOptions, StopOptions, TokenStream};
-use super::LanguageModel;
 
 fn smollm2() -> PathBuf {
     crate::test_models::installed_model(crate::test_models::SMOLLM2_GGUF)

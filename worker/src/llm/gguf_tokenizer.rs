@@ -24,10 +24,12 @@ const TYPE_CONTROL: i32 = 3;
 const TYPE_USER_DEFINED: i32 = 4;
 
 // Splits llama.cpp applies before BPE (GPT-2's own is built into `ByteLevel` with `use_regex`).
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN35_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN35_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The tokenizer of a GGUF file, as `tokenizer.json` text plus what the card needs besides.
 #[derive(Debug)]
@@ -40,8 +42,7 @@ pub(super) struct GgufTokenizer {
 }
 
 pub(super) fn build(md: &HashMap<String, Value>) -> Result<GgufTokenizer, String> {
-    let model =
-        meta_str(md, "tokenizer.ggml.model")?.ok_or("the GGUF has no tokenizer (tokenizer.ggml.model is missing)")?;
+    let model = meta_str(md, "tokenizer.ggml.model")?.ok_or("the GGUF has no tokenizer (tokenizer.ggml.model is missing)")?;
     let tokens = string_array(md, "tokenizer.ggml.tokens")?.ok_or("the GGUF has no tokenizer.ggml.tokens")?;
     let types = match md.get("tokenizer.ggml.token_type") {
         Some(value) => int_array(value, "tokenizer.ggml.token_type")?,
@@ -91,7 +92,8 @@ fn byte_level_bpe(md: &HashMap<String, Value>, tokens: &[String], added: Vec<Jso
 /// The pre-tokenizer for a llama.cpp `tokenizer.ggml.pre` name, whether BPE looks a whole word up
 /// in the vocab before merging (`ignore_merges`), and llama.cpp's default for adding BOS.
 fn byte_level_pre_tokenizer(pre: &str) -> Result<(Json, bool, bool), String> {
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let byte_level =
+        |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let split = |regex: &str| {
         json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
@@ -119,12 +121,7 @@ fn byte_level_pre_tokenizer(pre: &str) -> Result<(Json, bool, bool), String> {
     })
 }
 
-fn sentencepiece_bpe(
-    md: &HashMap<String, Value>,
-    tokens: &[String],
-    types: &[i32],
-    added: Vec<Json>,
-) -> Result<Json, String> {
+fn sentencepiece_bpe(md: &HashMap<String, Value>, tokens: &[String], types: &[i32], added: Vec<Json>) -> Result<Json, String> {
     let scores = match md.get("tokenizer.ggml.scores") {
         Some(Value::Array(values)) => values
             .iter()
@@ -138,11 +135,7 @@ fn sentencepiece_bpe(
         None => return Err("the GGUF's SentencePiece tokenizer has no tokenizer.ggml.scores".into()),
     };
     if scores.len() != tokens.len() {
-        return Err(format!(
-            "tokenizer.ggml.scores has {} entries but there are {} tokens",
-            scores.len(),
-            tokens.len()
-        ));
+        return Err(format!("tokenizer.ggml.scores has {} entries but there are {} tokens", scores.len(), tokens.len()));
     }
     let add_space_prefix = meta_bool(md, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
     let unk_token = match meta_u64(md, "tokenizer.ggml.unknown_token_id")? {
@@ -306,9 +299,7 @@ fn int_array(value: &Value, key: &str) -> Result<Vec<i32>, String> {
     };
     values
         .iter()
-        .map(|v| {
-            value_i64(v).and_then(|x| i32::try_from(x).ok()).ok_or_else(|| format!("{key} holds {v:?}, not an integer"))
-        })
+        .map(|v| value_i64(v).and_then(|x| i32::try_from(x).ok()).ok_or_else(|| format!("{key} holds {v:?}, not an integer")))
         .collect()
 }
 
@@ -412,8 +403,7 @@ mod tests {
         let dir = std::env::var_os("TRITIUM_LLAMA_VOCAB_DIR")
             .map(std::path::PathBuf::from)
             .expect("set TRITIUM_LLAMA_VOCAB_DIR to llama.cpp's models/ folder (with ggml-vocab-*.gguf)");
-        let names =
-            ["gpt-2", "llama-bpe", "llama-spm", "phi-3", "qwen2", "qwen35", "starcoder", "refact", "command-r", "mpt"];
+        let names = ["gpt-2", "llama-bpe", "llama-spm", "phi-3", "qwen2", "qwen35", "starcoder", "refact", "command-r", "mpt"];
         let mut failures = Vec::new();
         for name in names {
             let path = dir.join(format!("ggml-vocab-{name}.gguf"));

@@ -20,18 +20,14 @@ fn model_config_descriptor() -> Result<MessageDescriptor, RepositoryError> {
     DESCRIPTOR
         .get_or_init(|| {
             let pool = DescriptorPool::decode(tritium_proto::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
-            pool.get_message_by_name(MODEL_CONFIG)
-                .ok_or_else(|| format!("message '{MODEL_CONFIG}' missing"))
+            pool.get_message_by_name(MODEL_CONFIG).ok_or_else(|| format!("message '{MODEL_CONFIG}' missing"))
         })
         .clone()
         .map_err(|reason| RepositoryError::Schema { reason })
 }
 
 fn parse_error(reason: impl std::fmt::Display) -> RepositoryError {
-    RepositoryError::ConfigParse {
-        model: String::new(),
-        reason: reason.to_string(),
-    }
+    RepositoryError::ConfigParse { model: String::new(), reason: reason.to_string() }
 }
 
 fn to_model_config(message: &DynamicMessage) -> Result<ModelConfig, RepositoryError> {
@@ -61,12 +57,9 @@ pub fn parse_config_text(text: &str) -> Result<ModelConfig, RepositoryError> {
 /// rejected, as Triton's parser does.
 pub fn parse_config_json(json: &str) -> Result<ModelConfig, RepositoryError> {
     let mut deserializer = serde_json::Deserializer::from_str(json);
-    let message = DynamicMessage::deserialize_with_options(
-        model_config_descriptor()?,
-        &mut deserializer,
-        &DeserializeOptions::new(),
-    )
-    .map_err(parse_error)?;
+    let message =
+        DynamicMessage::deserialize_with_options(model_config_descriptor()?, &mut deserializer, &DeserializeOptions::new())
+            .map_err(parse_error)?;
     deserializer.end().map_err(parse_error)?;
     to_model_config(&message)
 }
@@ -75,13 +68,8 @@ pub fn parse_config_json(json: &str) -> Result<ModelConfig, RepositoryError> {
 /// every scalar and list printed even when default, 64-bit integers as JSON numbers.
 pub fn config_to_json(config: &ModelConfig) -> Result<serde_json::Value, RepositoryError> {
     let mut message = DynamicMessage::new(model_config_descriptor()?);
-    message
-        .transcode_from(config)
-        .map_err(|e| RepositoryError::Schema { reason: e.to_string() })?;
-    let options = SerializeOptions::new()
-        .use_proto_field_name(true)
-        .skip_default_fields(false)
-        .stringify_64_bit_integers(false);
+    message.transcode_from(config).map_err(|e| RepositoryError::Schema { reason: e.to_string() })?;
+    let options = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false).stringify_64_bit_integers(false);
     message
         .serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(|e| RepositoryError::Schema { reason: e.to_string() })
@@ -102,46 +90,28 @@ pub fn normalize_config(name: &str, mut config: ModelConfig) -> Result<ModelConf
     if config.name.is_empty() {
         config.name = name.to_string();
     } else if config.name != name {
-        return Err(RepositoryError::NameMismatch {
-            dir: name.to_string(),
-            name: config.name,
-        });
+        return Err(RepositoryError::NameMismatch { dir: name.to_string(), name: config.name });
     }
-    let invalid = |reason: String| RepositoryError::InvalidConfig {
-        model: name.to_string(),
-        reason,
-    };
+    let invalid = |reason: String| RepositoryError::InvalidConfig { model: name.to_string(), reason };
 
     if config.max_batch_size < 0 {
-        return Err(invalid(format!(
-            "'max_batch_size' must be non-negative value, got {}",
-            config.max_batch_size
-        )));
+        return Err(invalid(format!("'max_batch_size' must be non-negative value, got {}", config.max_batch_size)));
     }
 
     match config.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()) {
         None => {
-            config.version_policy = Some(ModelVersionPolicy {
-                policy_choice: Some(PolicyChoice::Latest(Latest { num_versions: 1 })),
-            });
+            config.version_policy =
+                Some(ModelVersionPolicy { policy_choice: Some(PolicyChoice::Latest(Latest { num_versions: 1 })) });
         }
         Some(PolicyChoice::Latest(latest)) if latest.num_versions == 0 => {
-            return Err(invalid(
-                "'version_policy.latest.num_versions' must be at least 1".to_string(),
-            ));
+            return Err(invalid("'version_policy.latest.num_versions' must be at least 1".to_string()));
         }
         Some(_) => {}
     }
 
-    let inputs = config
-        .input
-        .iter()
-        .map(|i| (i.name.as_str(), i.data_type, i.dims.as_slice()));
+    let inputs = config.input.iter().map(|i| (i.name.as_str(), i.data_type, i.dims.as_slice()));
     check_tensors("model input", inputs).map_err(invalid)?;
-    let outputs = config
-        .output
-        .iter()
-        .map(|o| (o.name.as_str(), o.data_type, o.dims.as_slice()));
+    let outputs = config.output.iter().map(|o| (o.name.as_str(), o.data_type, o.dims.as_slice()));
     check_tensors("model output", outputs).map_err(invalid)?;
     Ok(config)
 }
@@ -223,10 +193,7 @@ parameters: { key: "z", value: { string_value: "w" } }
         assert_eq!(config.output[1].data_type, DataType::TypeInt64 as i32);
         assert_eq!(config.instance_group.len(), 1);
         assert_eq!(config.instance_group[0].count, 2);
-        assert!(matches!(
-            config.scheduling_choice,
-            Some(SchedulingChoice::DynamicBatching(_))
-        ));
+        assert!(matches!(config.scheduling_choice, Some(SchedulingChoice::DynamicBatching(_))));
         let policy = config.version_policy.as_ref().and_then(|p| p.policy_choice.clone());
         assert_eq!(policy, Some(PolicyChoice::Specific(Specific { versions: vec![1, 3] })));
         assert_eq!(config.model_transaction_policy.map(|p| p.decoupled), Some(true));
@@ -238,15 +205,10 @@ parameters: { key: "z", value: { string_value: "w" } }
 
     #[test]
     fn rejects_garbage_text_with_a_clear_error() {
-        let err = parse_config_text("name: \"m\"\nthis is { not a config")
-            .expect_err("fails")
-            .with_model("m");
+        let err = parse_config_text("name: \"m\"\nthis is { not a config").expect_err("fails").with_model("m");
         assert!(matches!(err, RepositoryError::ConfigParse { .. }), "{err:?}");
         let message = err.to_string();
-        assert!(
-            message.starts_with("failed to parse the configuration of model 'm': "),
-            "{message}"
-        );
+        assert!(message.starts_with("failed to parse the configuration of model 'm': "), "{message}");
         let err = parse_config_text("max_batch_size: \"eight\"").expect_err("fails");
         assert_eq!(err.code(), tritium_proto::ErrorCode::InvalidArg);
         let err = parse_config_text("no_such_field: 1").expect_err("fails");
@@ -269,19 +231,11 @@ parameters: { key: "z", value: { string_value: "w" } }
         assert_eq!(config.input[0].data_type, DataType::TypeFp32 as i32);
         assert_eq!(config.output[0].dims, [16, -1]);
         assert_eq!(config.output[0].data_type, DataType::TypeFp32 as i32);
-        assert!(matches!(
-            config.scheduling_choice,
-            Some(SchedulingChoice::DynamicBatching(_))
-        ));
+        assert!(matches!(config.scheduling_choice, Some(SchedulingChoice::DynamicBatching(_))));
         let policy = config.version_policy.and_then(|p| p.policy_choice);
         assert_eq!(policy, Some(PolicyChoice::Latest(Latest { num_versions: 2 })));
 
-        for bad in [
-            "{",
-            r#"{"bogus":1}"#,
-            r#"{"input":[{"data_type":"TYPE_NOPE"}]}"#,
-            "{} trailing",
-        ] {
+        for bad in ["{", r#"{"bogus":1}"#, r#"{"input":[{"data_type":"TYPE_NOPE"}]}"#, "{} trailing"] {
             let err = parse_config_json(bad).expect_err("fails");
             assert!(matches!(err, RepositoryError::ConfigParse { .. }), "{bad}: {err:?}");
         }
@@ -310,15 +264,10 @@ parameters: { key: "z", value: { string_value: "w" } }
         let policy = config.version_policy.and_then(|p| p.policy_choice);
         assert_eq!(policy, Some(PolicyChoice::Latest(Latest { num_versions: 1 })));
         let all = ModelConfig {
-            version_policy: Some(ModelVersionPolicy {
-                policy_choice: Some(PolicyChoice::All(All {})),
-            }),
+            version_policy: Some(ModelVersionPolicy { policy_choice: Some(PolicyChoice::All(All {})) }),
             ..Default::default()
         };
-        let kept = normalize_config("m", all)
-            .expect("valid")
-            .version_policy
-            .and_then(|p| p.policy_choice);
+        let kept = normalize_config("m", all).expect("valid").version_policy.and_then(|p| p.policy_choice);
         assert_eq!(kept, Some(PolicyChoice::All(All {})));
     }
 
@@ -344,8 +293,7 @@ parameters: { key: "z", value: { string_value: "w" } }
             "invalid configuration of model 'm': model input 0 must specify 'name'"
         );
         assert!(invalid("output { name: \"\" data_type: TYPE_FP32 dims: 1 }").contains("output 0 must specify 'name'"));
-        let dup =
-            "input { name: \"A\" data_type: TYPE_FP32 dims: 1 } input { name: \"A\" data_type: TYPE_FP32 dims: 1 }";
+        let dup = "input { name: \"A\" data_type: TYPE_FP32 dims: 1 } input { name: \"A\" data_type: TYPE_FP32 dims: 1 }";
         assert!(invalid(dup).contains("input 'A' is specified more than once"));
         assert!(invalid("output { name: \"O\" dims: 1 }").contains("model output 'O' must specify 'data_type'"));
         assert!(invalid("output { name: \"O\" data_type: 99 dims: 1 }").contains("unknown 'data_type' 99"));

@@ -25,17 +25,11 @@ pub enum RepositoryError {
     NameMismatch { dir: String, name: String },
 
     /// A `specific` version policy lists a version with no folder on disk.
-    #[error(
-        "version {version} is specified for {} but the version directory is not present",
-        subject(model)
-    )]
+    #[error("version {version} is specified for {} but the version directory is not present", subject(model))]
     VersionNotOnDisk { model: String, version: i64 },
 
     /// The version policy selects nothing from what is on disk (Triton's wording).
-    #[error(
-        "at least one version must be available under the version policy of {}",
-        subject(model)
-    )]
+    #[error("at least one version must be available under the version policy of {}", subject(model))]
     NoVersionAvailable { model: String },
 
     /// Two repositories hold a folder with the same model name.
@@ -44,11 +38,7 @@ pub enum RepositoryError {
         first.display(),
         second.display()
     )]
-    DuplicateModel {
-        name: String,
-        first: PathBuf,
-        second: PathBuf,
-    },
+    DuplicateModel { name: String, first: PathBuf, second: PathBuf },
 
     /// A configured repository path does not exist or is not a directory.
     #[error("model repository '{}' does not exist or is not a directory", path.display())]
@@ -100,20 +90,13 @@ impl RepositoryError {
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        RepositoryError::Io {
-            path: path.into(),
-            source,
-        }
+        RepositoryError::Io { path: path.into(), source }
     }
 }
 
 /// "model 'x'", or a neutral phrase while the name is not known yet.
 fn subject(model: &str) -> String {
-    if model.is_empty() {
-        "the model".to_string()
-    } else {
-        format!("model '{model}'")
-    }
+    if model.is_empty() { "the model".to_string() } else { format!("model '{model}'") }
 }
 
 #[cfg(test)]
@@ -122,28 +105,18 @@ mod tests {
 
     #[test]
     fn messages_name_the_model_once_known() {
-        let err = RepositoryError::ConfigParse {
-            model: String::new(),
-            reason: "bad".into(),
-        };
+        let err = RepositoryError::ConfigParse { model: String::new(), reason: "bad".into() };
         assert_eq!(err.to_string(), "failed to parse the configuration of the model: bad");
         let err = err.with_model("m");
         assert_eq!(err.to_string(), "failed to parse the configuration of model 'm': bad");
         assert_eq!(err.code(), ErrorCode::InvalidArg);
         let err = RepositoryError::NoVersionAvailable { model: "a".into() }.with_model("b");
-        assert_eq!(
-            err.to_string(),
-            "at least one version must be available under the version policy of model 'a'"
-        );
+        assert_eq!(err.to_string(), "at least one version must be available under the version policy of model 'a'");
     }
 
     #[test]
     fn codes_follow_the_class() {
-        let dup = RepositoryError::DuplicateModel {
-            name: "m".into(),
-            first: "/a".into(),
-            second: "/b".into(),
-        };
+        let dup = RepositoryError::DuplicateModel { name: "m".into(), first: "/a".into(), second: "/b".into() };
         assert_eq!(dup.code(), ErrorCode::Internal);
         let io = RepositoryError::io("/x", std::io::Error::other("boom"));
         assert_eq!(io.code(), ErrorCode::Internal);

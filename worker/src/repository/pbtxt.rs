@@ -50,11 +50,7 @@ pub(crate) fn insert_list_colons(text: &str) -> Cow<'_, str> {
                     i += 1;
                 }
                 let after_value_intro = last == Last::ValueIntro;
-                last = if after_value_intro {
-                    Last::Value
-                } else {
-                    Last::FieldName
-                };
+                last = if after_value_intro { Last::Value } else { Last::FieldName };
                 continue;
             }
             b'0'..=b'9' | b'.' => {

@@ -82,38 +82,25 @@ fn config_spec() -> impl Strategy<Value = ConfigSpec> {
     ]);
     let style = proptest::sample::select(vec![ListStyle::Bare, ListStyle::Colon, ListStyle::Repeated]);
     let max_batch_size = prop_oneof![4 => 0i32..16, 1 => any::<i32>()];
-    (
-        name,
-        "[a-z_]{0,8}",
-        max_batch_size,
-        vec(tensor_spec(), 0..3),
-        vec(tensor_spec(), 0..3),
-        policy,
-        style,
+    (name, "[a-z_]{0,8}", max_batch_size, vec(tensor_spec(), 0..3), vec(tensor_spec(), 0..3), policy, style).prop_map(
+        |(name, backend, max_batch_size, inputs, outputs, policy, style)| ConfigSpec {
+            name,
+            backend,
+            max_batch_size,
+            inputs,
+            outputs,
+            policy,
+            style,
+        },
     )
-        .prop_map(
-            |(name, backend, max_batch_size, inputs, outputs, policy, style)| ConfigSpec {
-                name,
-                backend,
-                max_batch_size,
-                inputs,
-                outputs,
-                policy,
-                style,
-            },
-        )
 }
 
 impl ConfigSpec {
     fn to_config(&self) -> ModelConfig {
         let policy_choice = self.policy.as_ref().map(|policy| match policy {
-            PolicySpec::Latest(num_versions) => PolicyChoice::Latest(Latest {
-                num_versions: *num_versions,
-            }),
+            PolicySpec::Latest(num_versions) => PolicyChoice::Latest(Latest { num_versions: *num_versions }),
             PolicySpec::All => PolicyChoice::All(All {}),
-            PolicySpec::Specific(versions) => PolicyChoice::Specific(Specific {
-                versions: versions.clone(),
-            }),
+            PolicySpec::Specific(versions) => PolicyChoice::Specific(Specific { versions: versions.clone() }),
         });
         ModelConfig {
             name: self.name.clone(),
@@ -122,26 +109,14 @@ impl ConfigSpec {
             input: self
                 .inputs
                 .iter()
-                .map(|t| ModelInput {
-                    name: t.name.clone(),
-                    data_type: t.data_type,
-                    dims: t.dims.clone(),
-                    ..Default::default()
-                })
+                .map(|t| ModelInput { name: t.name.clone(), data_type: t.data_type, dims: t.dims.clone(), ..Default::default() })
                 .collect(),
             output: self
                 .outputs
                 .iter()
-                .map(|t| ModelOutput {
-                    name: t.name.clone(),
-                    data_type: t.data_type,
-                    dims: t.dims.clone(),
-                    ..Default::default()
-                })
+                .map(|t| ModelOutput { name: t.name.clone(), data_type: t.data_type, dims: t.dims.clone(), ..Default::default() })
                 .collect(),
-            version_policy: policy_choice.map(|choice| ModelVersionPolicy {
-                policy_choice: Some(choice),
-            }),
+            version_policy: policy_choice.map(|choice| ModelVersionPolicy { policy_choice: Some(choice) }),
             ..Default::default()
         }
     }
@@ -497,20 +472,11 @@ fn deeply_nested_json_is_an_error() {
 fn deeply_nested_any_expansions_are_an_error() {
     for depth in [2_000, 100_000] {
         let text = "[x/inference.ModelConfig] {".repeat(depth);
-        let error = parse_config_text(&text)
-            .map(|_| ())
-            .expect_err("deeply nested Any expansions");
+        let error = parse_config_text(&text).map(|_| ()).expect_err("deeply nested Any expansions");
         assert_eq!(variant(&error), "ConfigParse", "{error}");
-        assert!(
-            error
-                .to_string()
-                .ends_with("nesting deeper than 100 levels at byte 2700"),
-            "{error}"
-        );
+        assert!(error.to_string().ends_with("nesting deeper than 100 levels at byte 2700"), "{error}");
     }
     // One level is still the parser's own error.
-    let error = parse_config_text("[x/inference.ModelConfig] { }")
-        .map(|_| ())
-        .expect_err("not an Any");
+    let error = parse_config_text("[x/inference.ModelConfig] { }").map(|_| ()).expect_err("not an Any");
     assert!(!error.to_string().contains("nesting"), "{error}");
 }

@@ -116,23 +116,15 @@ pub fn find_model(paths: &[PathBuf], name: &str) -> Result<Option<ModelSource>, 
 fn check_repository(path: &Path) -> Result<(), RepositoryError> {
     match fs::metadata(path) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(RepositoryError::RepositoryNotFound {
-            path: path.to_path_buf(),
-        }),
-        Err(e) if e.kind() == ErrorKind::NotFound => Err(RepositoryError::RepositoryNotFound {
-            path: path.to_path_buf(),
-        }),
+        Ok(_) => Err(RepositoryError::RepositoryNotFound { path: path.to_path_buf() }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(RepositoryError::RepositoryNotFound { path: path.to_path_buf() }),
         Err(e) => Err(RepositoryError::io(path, e)),
     }
 }
 
 fn insert_unique(models: &mut BTreeMap<String, ModelSource>, model: ModelSource) -> Result<(), RepositoryError> {
     if let Some(first) = models.get(&model.name) {
-        return Err(RepositoryError::DuplicateModel {
-            name: model.name,
-            first: first.dir.clone(),
-            second: model.dir,
-        });
+        return Err(RepositoryError::DuplicateModel { name: model.name, first: first.dir.clone(), second: model.dir });
     }
     models.insert(model.name.clone(), model);
     Ok(())
@@ -153,8 +145,7 @@ fn visible_name(name: &std::ffi::OsStr) -> Option<String> {
 
 /// Triton's version folder names: decimal, no sign, no leading zeros.
 fn parse_version(name: &str) -> Option<i64> {
-    let canonical =
-        !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) && (name == "0" || !name.starts_with('0'));
+    let canonical = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) && (name == "0" || !name.starts_with('0'));
     if canonical { name.parse().ok() } else { None }
 }
 

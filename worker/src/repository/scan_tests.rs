@@ -76,10 +76,7 @@ fn scans_two_repositories() {
 #[test]
 fn scanning_twice_gives_the_same_result() {
     let (_root, paths) = two_repositories();
-    assert_eq!(
-        scan_repositories(&paths).expect("scan"),
-        scan_repositories(&paths).expect("scan")
-    );
+    assert_eq!(scan_repositories(&paths).expect("scan"), scan_repositories(&paths).expect("scan"));
 }
 
 #[test]
@@ -96,10 +93,7 @@ fn duplicate_names_across_repositories_fail() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(err.code(), tritium_proto::ErrorCode::Internal);
-    assert!(matches!(
-        find_model(&paths, "identity"),
-        Err(RepositoryError::DuplicateModel { .. })
-    ));
+    assert!(matches!(find_model(&paths, "identity"), Err(RepositoryError::DuplicateModel { .. })));
 }
 
 #[test]
@@ -108,10 +102,7 @@ fn a_missing_repository_is_named() {
     let missing = root.path().join("nope");
     paths.push(missing.clone());
     let err = scan_repositories(&paths).expect_err("fails");
-    assert!(
-        matches!(&err, RepositoryError::RepositoryNotFound { path } if path == &missing),
-        "{err:?}"
-    );
+    assert!(matches!(&err, RepositoryError::RepositoryNotFound { path } if path == &missing), "{err:?}");
     assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
     let file = paths[0].join("README.md");
     let err = scan_repositories(&[file]).expect_err("fails");
@@ -126,16 +117,7 @@ fn finds_one_model_by_name() {
     assert_eq!(other.dir, paths[1].join("other"));
     let scanned = scan_repositories(&paths).expect("scan");
     assert_eq!(Some(&other), scanned.iter().find(|m| m.name == "other"));
-    for absent in [
-        "missing",
-        "README.md",
-        "",
-        ".git",
-        "..",
-        "../a/identity",
-        "identity/1",
-        ".",
-    ] {
+    for absent in ["missing", "README.md", "", ".git", "..", "../a/identity", "identity/1", "."] {
         assert_eq!(find_model(&paths, absent).expect("find"), None, "{absent:?}");
     }
 }
@@ -144,18 +126,13 @@ fn finds_one_model_by_name() {
 fn config_override_replaces_the_file() {
     let (_root, paths) = two_repositories();
     let bare = find_model(&paths, "bare").expect("find").expect("present");
-    let json =
-        r#"{"backend":"identity","max_batch_size":2,"input":[{"name":"I","data_type":"TYPE_INT32","dims":[1]}]}"#;
+    let json = r#"{"backend":"identity","max_batch_size":2,"input":[{"name":"I","data_type":"TYPE_INT32","dims":[1]}]}"#;
     let config = bare.config_with_override(Some(json)).expect("valid").expect("present");
     assert_eq!((config.name.as_str(), config.max_batch_size), ("bare", 2));
     let err = bare.config_with_override(Some(r#"{"name":"x"}"#)).expect_err("fails");
     assert!(matches!(err, RepositoryError::NameMismatch { .. }), "{err:?}");
     let err = bare.config_with_override(Some("{nope")).expect_err("fails");
-    assert!(
-        err.to_string()
-            .starts_with("failed to parse the configuration of model 'bare': "),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("failed to parse the configuration of model 'bare': "), "{err}");
     assert_eq!(bare.config_with_override(None).expect("no file"), None);
 }
 
@@ -166,19 +143,13 @@ fn a_bad_config_file_fails_only_at_parse_time() {
     let models = scan_repositories(&paths).expect("scanning does not parse");
     let broken = models.iter().find(|m| m.name == "broken").expect("listed");
     let err = broken.config().expect_err("fails");
-    assert!(
-        matches!(&err, RepositoryError::ConfigParse { model, .. } if model == "broken"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, RepositoryError::ConfigParse { model, .. } if model == "broken"), "{err:?}");
     let err = broken.select_versions(&ModelConfig::default()).expect_err("fails");
     assert!(matches!(err, RepositoryError::NoVersionAvailable { .. }), "{err:?}");
 }
 
 fn fingerprint(paths: &[PathBuf]) -> u64 {
-    find_model(paths, "identity")
-        .expect("find")
-        .expect("present")
-        .fingerprint
+    find_model(paths, "identity").expect("find").expect("present").fingerprint
 }
 
 #[test]
@@ -192,10 +163,7 @@ fn fingerprint_follows_versions_config_and_files() {
     let added_version = fingerprint(&paths);
     assert_ne!(added_version, start, "a new version folder");
 
-    write(
-        &model.join(CONFIG_FILE),
-        &IDENTITY.replace("max_batch_size: 4", "max_batch_size: 5"),
-    );
+    write(&model.join(CONFIG_FILE), &IDENTITY.replace("max_batch_size: 4", "max_batch_size: 5"));
     let edited_config = fingerprint(&paths);
     assert_ne!(edited_config, added_version, "an edited config.pbtxt");
 
@@ -217,15 +185,8 @@ fn fingerprint_follows_versions_config_and_files() {
     mkdir(&model.join("3").join("nested").join("deeper"));
     let after_noise = fingerprint(&paths);
     mkdir(&model.join(".more"));
-    write(
-        &model.join("3").join("nested").join("deeper").join("f"),
-        "deep changes are not tracked",
-    );
-    assert_eq!(
-        fingerprint(&paths),
-        after_noise,
-        "hidden entries and deep files are ignored"
-    );
+    write(&model.join("3").join("nested").join("deeper").join("f"), "deep changes are not tracked");
+    assert_eq!(fingerprint(&paths), after_noise, "hidden entries and deep files are ignored");
 }
 
 #[test]

@@ -24,10 +24,7 @@ pub fn select_versions(policy: Option<&ModelVersionPolicy>, available: &[i64]) -
         Some(PolicyChoice::Specific(specific)) => {
             let mut wanted = specific.versions.clone();
             if let Some(&version) = wanted.iter().find(|v| on_disk.binary_search(v).is_err()) {
-                return Err(RepositoryError::VersionNotOnDisk {
-                    model: String::new(),
-                    version,
-                });
+                return Err(RepositoryError::VersionNotOnDisk { model: String::new(), version });
             }
             wanted.sort_unstable();
             wanted.dedup();
@@ -60,9 +57,7 @@ mod tests {
     use tritium_proto::inference::model_version_policy::{All, Latest, Specific};
 
     fn policy(choice: PolicyChoice) -> ModelVersionPolicy {
-        ModelVersionPolicy {
-            policy_choice: Some(choice),
-        }
+        ModelVersionPolicy { policy_choice: Some(choice) }
     }
 
     #[test]
@@ -71,10 +66,7 @@ mod tests {
         assert_eq!(select_versions(Some(&latest(1)), &[3, 1, 10, 2]).expect("ok"), [10]);
         assert_eq!(select_versions(Some(&latest(2)), &[3, 1, 10, 2]).expect("ok"), [3, 10]);
         assert_eq!(select_versions(Some(&latest(9)), &[2, 1]).expect("ok"), [1, 2]);
-        assert!(matches!(
-            select_versions(Some(&latest(0)), &[1]),
-            Err(RepositoryError::NoVersionAvailable { .. })
-        ));
+        assert!(matches!(select_versions(Some(&latest(0)), &[1]), Err(RepositoryError::NoVersionAvailable { .. })));
     }
 
     #[test]
@@ -93,25 +85,13 @@ mod tests {
     #[test]
     fn specific_takes_those_listed_and_names_a_missing_one() {
         let specific = |v: &[i64]| policy(PolicyChoice::Specific(Specific { versions: v.to_vec() }));
-        assert_eq!(
-            select_versions(Some(&specific(&[3, 1])), &[1, 2, 3]).expect("ok"),
-            [1, 3]
-        );
+        assert_eq!(select_versions(Some(&specific(&[3, 1])), &[1, 2, 3]).expect("ok"), [1, 3]);
         let err = select_model_versions("m", Some(&specific(&[1, 3])), &[1, 2]).expect_err("fails");
-        assert!(
-            matches!(err, RepositoryError::VersionNotOnDisk { version: 3, .. }),
-            "{err:?}"
-        );
-        assert_eq!(
-            err.to_string(),
-            "version 3 is specified for model 'm' but the version directory is not present"
-        );
+        assert!(matches!(err, RepositoryError::VersionNotOnDisk { version: 3, .. }), "{err:?}");
+        assert_eq!(err.to_string(), "version 3 is specified for model 'm' but the version directory is not present");
         assert_eq!(err.code(), tritium_proto::ErrorCode::InvalidArg);
         let err = select_model_versions("m", Some(&specific(&[])), &[1]).expect_err("fails");
-        assert_eq!(
-            err.to_string(),
-            "at least one version must be available under the version policy of model 'm'"
-        );
+        assert_eq!(err.to_string(), "at least one version must be available under the version policy of model 'm'");
     }
 
     #[test]

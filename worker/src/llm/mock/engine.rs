@@ -300,8 +300,7 @@ impl Scheduler {
                         // Unreachable while every finished sequence releases its blocks.
                         if let Some(waiting) = queue.waiting.pop_front() {
                             let message = format!("the KV cache is stuck: {no_room}");
-                            let _ =
-                                waiting.sender.send(Err(GenerateError::Engine { model: shared.name.clone(), message }));
+                            let _ = waiting.sender.send(Err(GenerateError::Engine { model: shared.name.clone(), message }));
                         }
                         continue;
                     }
@@ -337,11 +336,8 @@ impl Scheduler {
     /// Sleeps for the simulated cost of a step; false when the engine is shutting down.
     fn pause(&self, cost: Duration) -> bool {
         let queue = self.shared.lock();
-        let (queue, _) = self
-            .shared
-            .wake
-            .wait_timeout_while(queue, cost, |q| !q.shutdown)
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (queue, _) =
+            self.shared.wake.wait_timeout_while(queue, cost, |q| !q.shutdown).unwrap_or_else(|poisoned| poisoned.into_inner());
         !queue.shutdown
     }
 

@@ -53,15 +53,8 @@ pub enum MockError {
 
 impl MockOptions {
     /// The parameter keys, in the order [`values`](Self::values) gives them.
-    const KEYS: [&'static str; 7] = [
-        "prefill_us_per_token",
-        "decode_ms_per_step",
-        "block_size",
-        "kv_blocks",
-        "max_sequences",
-        "max_queue",
-        "context_length",
-    ];
+    const KEYS: [&'static str; 7] =
+        ["prefill_us_per_token", "decode_ms_per_step", "block_size", "kv_blocks", "max_sequences", "max_queue", "context_length"];
 
     fn values(&self) -> [u64; 7] {
         let n = |v: usize| v as u64;
@@ -91,16 +84,14 @@ impl MockOptions {
         let number = |key: &'static str, default: u64| -> Result<u64, MockError> {
             match config_parameter(config, key).map(str::trim) {
                 None | Some("") => Ok(default),
-                Some(text) => text.parse().map_err(|_| MockError::InvalidOption {
-                    key,
-                    reason: format!("must be a whole number, not '{text}'"),
-                }),
+                Some(text) => text
+                    .parse()
+                    .map_err(|_| MockError::InvalidOption { key, reason: format!("must be a whole number, not '{text}'") }),
             }
         };
         let size = |key: &'static str, default: usize| -> Result<usize, MockError> {
             let value = number(key, default as u64)?;
-            usize::try_from(value)
-                .map_err(|_| MockError::InvalidOption { key, reason: format!("{value} is too large") })
+            usize::try_from(value).map_err(|_| MockError::InvalidOption { key, reason: format!("{value} is too large") })
         };
         let options = MockOptions {
             prefill_us_per_token: number("prefill_us_per_token", defaults.prefill_us_per_token)?,

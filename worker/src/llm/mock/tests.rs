@@ -21,11 +21,7 @@ fn fast() -> MockOptions {
 }
 
 fn request(prompt: Vec<u32>, max_tokens: u32) -> GenerateRequest {
-    GenerateRequest {
-        prompt,
-        stop: StopOptions { max_tokens: Some(max_tokens), ..Default::default() },
-        ..Default::default()
-    }
+    GenerateRequest { prompt, stop: StopOptions { max_tokens: Some(max_tokens), ..Default::default() }, ..Default::default() }
 }
 
 /// The tokens of a stream and how it finished.
@@ -42,9 +38,7 @@ async fn collect(mut stream: TokenStream) -> (Vec<u32>, GenerateEvent) {
 
 fn reason(finished: &GenerateEvent) -> (FinishReason, u32, u32) {
     match finished {
-        GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, .. } => {
-            (*reason, *prompt_tokens, *completion_tokens)
-        }
+        GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, .. } => (*reason, *prompt_tokens, *completion_tokens),
         GenerateEvent::Token(_) => panic!("not finished: {finished:?}"),
     }
 }
@@ -142,10 +136,8 @@ async fn tokens_are_printable_text_and_max_tokens_ends_with_length() {
     assert_eq!(reason(&finished), (FinishReason::Length, 3, 11));
     assert_eq!(String::from_utf8(tokens.iter().map(|&t| t as u8).collect()).unwrap(), "Lorem ipsum");
 
-    let seeded = GenerateRequest {
-        sampling: crate::llm::SamplingOptions { seed: Some(6), ..Default::default() },
-        ..request(vec![1], 5)
-    };
+    let seeded =
+        GenerateRequest { sampling: crate::llm::SamplingOptions { seed: Some(6), ..Default::default() }, ..request(vec![1], 5) };
     let (tokens, _) = collect(engine.generate(seeded).unwrap()).await;
     assert_eq!(tokens, b"ipsum".map(u32::from));
 
@@ -284,8 +276,7 @@ fn a_bad_parameter_fails_the_load_naming_the_key() {
     assert!(entry.reason.contains("parameter 'kv_blocks' must be a whole number, not 'lots'"), "{}", entry.reason);
 
     let config =
-        crate::repository::parse_config_text("parameters { key: \"max_sequences\" value { string_value: \"0\" } }")
-            .unwrap();
+        crate::repository::parse_config_text("parameters { key: \"max_sequences\" value { string_value: \"0\" } }").unwrap();
     let err = MockOptions::from_config(&config, &MockOptions::default()).unwrap_err();
     assert_eq!(err.to_string(), "parameter 'max_sequences' must be at least 1");
     assert_eq!(

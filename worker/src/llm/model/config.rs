@@ -177,13 +177,17 @@ mod tests {
 
     #[test]
     fn refuses_unknown_architectures_and_rope_scalings_by_name() {
-        let err = DecoderConfig::from_hf_json(r#"{"model_type":"gpt2","hidden_size":8,"intermediate_size":8,
-            "num_hidden_layers":1,"num_attention_heads":2,"rms_norm_eps":1e-5,"vocab_size":10}"#)
+        let err = DecoderConfig::from_hf_json(
+            r#"{"model_type":"gpt2","hidden_size":8,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":2,"rms_norm_eps":1e-5,"vocab_size":10}"#,
+        )
         .unwrap_err();
         assert!(err.contains("'gpt2' is not supported"), "{err}");
-        let err = DecoderConfig::from_hf_json(r#"{"model_type":"llama","hidden_size":8,"intermediate_size":8,
+        let err = DecoderConfig::from_hf_json(
+            r#"{"model_type":"llama","hidden_size":8,"intermediate_size":8,
             "num_hidden_layers":1,"num_attention_heads":2,"rms_norm_eps":1e-5,"vocab_size":10,
-            "rope_scaling":{"type":"yarn","factor":4.0}}"#)
+            "rope_scaling":{"type":"yarn","factor":4.0}}"#,
+        )
         .unwrap_err();
         assert!(err.contains("'yarn'"), "{err}");
     }

@@ -82,7 +82,11 @@ pub(crate) struct DecoderModel {
 impl DecoderModel {
     pub(crate) fn new(config: DecoderConfig, weights: Weights, device: Device) -> Result<DecoderModel> {
         if config.rope_dim != config.head_dim {
-            candle_core::bail!("partial rotary embeddings (rope_dim {} < head_dim {}) are not supported", config.rope_dim, config.head_dim);
+            candle_core::bail!(
+                "partial rotary embeddings (rope_dim {} < head_dim {}) are not supported",
+                config.rope_dim,
+                config.head_dim
+            );
         }
         let inverse = rope_inverse_frequencies(&config);
         let half = inverse.len();
@@ -172,8 +176,7 @@ impl DecoderModel {
         for input in batch.iter_mut() {
             let n = input.tokens.len();
             let start = input.cache.len();
-            let (keys, values) =
-                input.cache.append(layer_index, &k.narrow(1, offset, n)?, &v.narrow(1, offset, n)?)?;
+            let (keys, values) = input.cache.append(layer_index, &k.narrow(1, offset, n)?, &v.narrow(1, offset, n)?)?;
             let rows_out = offset * width..(offset + n) * width;
             match buffer.as_mut() {
                 Some(buffer) if cpu_attention::applies(&q, n) => {

@@ -43,10 +43,8 @@ fn metadata_usize(content: &Content, key: &str) -> Result<usize, String> {
 }
 
 pub(crate) fn config_from_gguf(content: &Content) -> Result<DecoderConfig, String> {
-    let architecture = metadata(content, "general.architecture")?
-        .to_string()
-        .map_err(|e| format!("general.architecture: {e}"))?
-        .clone();
+    let architecture =
+        metadata(content, "general.architecture")?.to_string().map_err(|e| format!("general.architecture: {e}"))?.clone();
     if !GGUF_ARCHITECTURES.contains(&architecture.as_str()) {
         return Err(format!(
             "GGUF architecture '{architecture}' is not supported (supported: {})",
@@ -68,9 +66,8 @@ pub(crate) fn config_from_gguf(content: &Content) -> Result<DecoderConfig, Strin
         Some(info) => info.shape.dims().first().copied().unwrap_or(0),
         None => return Err("GGUF has no token_embd.weight".to_string()),
     };
-    let rms_norm_eps = metadata(content, &key("attention.layer_norm_rms_epsilon"))?
-        .to_f32()
-        .map_err(|e| format!("rms epsilon: {e}"))? as f64;
+    let rms_norm_eps =
+        metadata(content, &key("attention.layer_norm_rms_epsilon"))?.to_f32().map_err(|e| format!("rms epsilon: {e}"))? as f64;
     Ok(DecoderConfig {
         rope_style: if architecture == "llama" { RopeStyle::Interleaved } else { RopeStyle::Halves },
         attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),

@@ -36,10 +36,7 @@ pub(crate) fn load_weights(dir: &Path, config: &DecoderConfig, device: &Device) 
     // loading could give wrong weights, the same as reading it would.
     let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| format!("{}: {e}", dir.display()))?;
     let load = |name: &str| -> Result<Tensor, String> {
-        tensors
-            .load(name, device)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(|e| format!("safetensors tensor '{name}': {e}"))
+        tensors.load(name, device).and_then(|t| t.to_dtype(DType::F32)).map_err(|e| format!("safetensors tensor '{name}': {e}"))
     };
     let linear = |prefix: &str, bias: bool| -> Result<Linear, String> {
         let weight = load(&format!("{prefix}.weight"))?;

@@ -217,14 +217,19 @@ fn chunked_prefill_and_late_joiners_match_sequences_run_alone() {
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); 3];
     let [c0, c1, c2] = &mut caches[..] else { unreachable!() };
     // Sequence 0 prefills whole while sequence 1 prefills in chunks of 5 beside its decoding.
-    let logits = model.forward(&mut [SequenceInput { tokens: &prompts[0], cache: c0 }, SequenceInput { tokens: &prompts[1][..5], cache: c1 }]).unwrap();
+    let logits = model
+        .forward(&mut [SequenceInput { tokens: &prompts[0], cache: c0 }, SequenceInput { tokens: &prompts[1][..5], cache: c1 }])
+        .unwrap();
     outputs[0].push(argmax_rows(&logits).unwrap()[0]);
     let mut fed = 5;
     while fed < prompts[1].len() {
         let n = 5.min(prompts[1].len() - fed);
         let last0 = *outputs[0].last().unwrap();
         let logits = model
-            .forward(&mut [SequenceInput { tokens: &[last0], cache: c0 }, SequenceInput { tokens: &prompts[1][fed..fed + n], cache: c1 }])
+            .forward(&mut [
+                SequenceInput { tokens: &[last0], cache: c0 },
+                SequenceInput { tokens: &prompts[1][fed..fed + n], cache: c1 },
+            ])
             .unwrap();
         let rows = argmax_rows(&logits).unwrap();
         outputs[0].push(rows[0]);
@@ -359,8 +364,7 @@ fn write_random_hf(dir: &Path, config: &serde_json::Value, bias: bool, tied: boo
     candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     // A byte-level tokenizer, enough for the card.
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        (0..vocab).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..vocab).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
     let tokenizer = serde_json::json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
         "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
@@ -370,10 +374,7 @@ fn write_random_hf(dir: &Path, config: &serde_json::Value, bias: bool, tied: boo
     std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "t1"}"#).unwrap();
 }
 
-fn compare_with_reference(
-    dir: &Path,
-    mut reference: impl FnMut(&Tensor, usize) -> Tensor,
-) {
+fn compare_with_reference(dir: &Path, mut reference: impl FnMut(&Tensor, usize) -> Tensor) {
     let (model, _) = load(dir, &Device::Cpu).unwrap();
     let prompt: Vec<u32> = vec![3, 17, 42, 5, 99, 7, 11];
     let (mut cache, mut ours) = prefill(&model, &prompt);
@@ -427,5 +428,3 @@ fn mistral_matches_candles_reference_on_random_weights() {
     let mut reference = candle_transformers::models::mistral::Model::new(&reference_config, vb).unwrap();
     compare_with_reference(dir.path(), |input, offset| reference.forward(input, offset).unwrap());
 }
-
-
