@@ -184,7 +184,9 @@ mod tests {
             inputs,
             [
                 (TEXT_INPUT, ConfigDataType::TypeString as i32, vec![1], false),
-                (STREAMING, ConfigDataType::TypeBool as i32, vec![1], true)
+                (STREAMING, ConfigDataType::TypeBool as i32, vec![1], true),
+                (SAMPLING_PARAMETERS, ConfigDataType::TypeString as i32, vec![1], true),
+                (EXCLUDE_INPUT_IN_OUTPUT, ConfigDataType::TypeBool as i32, vec![1], true)
             ]
         );
         let outputs: Vec<_> = config.output.iter().map(|o| (o.name.as_str(), o.data_type, o.dims.clone())).collect();

@@ -26,6 +26,7 @@ use tritium_worker::llm::{ModelCard, ModelKind};
 
 use crate::detokenize::Detokenizer;
 use crate::error::BridgeError;
+use crate::sampling::CompletionLimits;
 
 const TEMPLATE: &str = "chat";
 
@@ -59,6 +60,8 @@ pub struct Preprocessor {
     /// Text longer than this cannot fit the context of a generating model whatever it says: its
     /// longest vocabulary entry times the context length. Checked before tokenizing.
     max_prompt_bytes: Option<usize>,
+    /// The server's bounds on a completion's stopping conditions.
+    limits: CompletionLimits,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -99,6 +102,7 @@ impl Preprocessor {
             .then(|| longest_token.saturating_mul(card.context_length));
         Ok(Preprocessor {
             max_prompt_bytes,
+            limits: CompletionLimits::default(),
             card,
             tokenizer: Arc::new(tokenizer),
             env,
@@ -109,6 +113,15 @@ impl Preprocessor {
             byte_level: byte_level_inverse(),
             added,
         })
+    }
+
+    /// The same preprocessor, holding completions to `limits` instead of the defaults.
+    pub fn with_limits(self, limits: CompletionLimits) -> Preprocessor {
+        Preprocessor { limits, ..self }
+    }
+
+    pub fn limits(&self) -> &CompletionLimits {
+        &self.limits
     }
 
     pub fn card(&self) -> &Arc<ModelCard> {

@@ -153,6 +153,9 @@ pub struct SamplingFields {
     pub min_tokens: Option<u32>,
     pub ignore_eos: Option<bool>,
     pub stop_token_ids: Option<Vec<u32>>,
+    /// Accepted only empty: the sampler has no per-token bias, and silently ignoring one would
+    /// change what the client asked for.
+    pub logit_bias: Option<Map<String, Value>>,
 }
 
 impl SamplingFields {
@@ -161,6 +164,9 @@ impl SamplingFields {
             && n != 1
         {
             return Err(BridgeError::field("n", format!("only n=1 is supported, got {n}")));
+        }
+        if self.logit_bias.as_ref().is_some_and(|bias| !bias.is_empty()) {
+            return Err(BridgeError::field("logit_bias", "logit_bias is not supported"));
         }
         let options = CompletionOptions {
             max_tokens,
@@ -254,6 +260,9 @@ impl ChatCompletionRequest {
             && top > MAX_LOGPROBS
         {
             return Err(BridgeError::field("top_logprobs", format!("must be between 0 and {MAX_LOGPROBS}, got {top}")));
+        }
+        if self.max_completion_tokens == Some(0) {
+            return Err(BridgeError::field("max_completion_tokens", "must be at least 1"));
         }
         self.sampling.options(self.max_completion_tokens.or(self.max_tokens), logprobs)
     }

@@ -16,11 +16,33 @@ use tritium_worker::{ParamValue, Parameters};
 use crate::BridgeError;
 
 /// OpenAI allows 4 stop strings; vLLM allows any number. 16 keeps the per-token matching cheap.
-pub const MAX_STOP_STRINGS: usize = 16;
+pub const DEFAULT_MAX_STOP_STRINGS: usize = 16;
+/// The text stream holds back as many bytes as the longest stop string, and matches each one
+/// against every token's text.
+pub const DEFAULT_MAX_STOP_STRING_BYTES: usize = 1024;
 /// `stop_token_ids` are checked on every generated token.
-pub const MAX_STOP_TOKEN_IDS: usize = 64;
+pub const DEFAULT_MAX_STOP_TOKEN_IDS: usize = 64;
 /// OpenAI's limit on `logprobs` / `top_logprobs`.
 pub const MAX_LOGPROBS: u32 = 20;
+
+/// The server's bounds on the stopping conditions of one completion (flags of `tritium serve`):
+/// each costs work on every generated token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletionLimits {
+    pub max_stop_strings: usize,
+    pub max_stop_string_bytes: usize,
+    pub max_stop_token_ids: usize,
+}
+
+impl Default for CompletionLimits {
+    fn default() -> Self {
+        CompletionLimits {
+            max_stop_strings: DEFAULT_MAX_STOP_STRINGS,
+            max_stop_string_bytes: DEFAULT_MAX_STOP_STRING_BYTES,
+            max_stop_token_ids: DEFAULT_MAX_STOP_TOKEN_IDS,
+        }
+    }
+}
 
 /// What a client may ask of one completion, before it is checked. `None` means the default.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -45,7 +67,7 @@ pub struct CompletionOptions {
 
 impl CompletionOptions {
     /// Checks every field against OpenAI's (and vLLM's, for the extras) ranges; the error names
-    /// the field.
+    /// the field. The server's own bounds are [`CompletionOptions::check_limits`].
     pub fn validate(&self) -> Result<(), BridgeError> {
         if let Some(max_tokens) = self.max_tokens
             && max_tokens < 1
@@ -70,18 +92,6 @@ impl CompletionOptions {
         {
             return Err(BridgeError::field("repetition_penalty", format!("must be greater than 0, got {penalty}")));
         }
-        if self.stop.len() > MAX_STOP_STRINGS {
-            return Err(BridgeError::field(
-                "stop",
-                format!("at most {MAX_STOP_STRINGS} stop strings are allowed, got {}", self.stop.len()),
-            ));
-        }
-        if self.stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
-            return Err(BridgeError::field(
-                "stop_token_ids",
-                format!("at most {MAX_STOP_TOKEN_IDS} stop token ids are allowed, got {}", self.stop_token_ids.len()),
-            ));
-        }
         // An empty stop string would match before the first token.
         if self.stop.iter().any(String::is_empty) {
             return Err(BridgeError::field("stop", "stop strings must not be empty"));
@@ -99,6 +109,29 @@ impl CompletionOptions {
         Ok(())
     }
 
+    /// Checks the stopping conditions against the server's bounds.
+    pub fn check_limits(&self, limits: &CompletionLimits) -> Result<(), BridgeError> {
+        if self.stop.len() > limits.max_stop_strings {
+            return Err(BridgeError::field(
+                "stop",
+                format!("at most {} stop strings are allowed, got {}", limits.max_stop_strings, self.stop.len()),
+            ));
+        }
+        if let Some(long) = self.stop.iter().find(|stop| stop.len() > limits.max_stop_string_bytes) {
+            return Err(BridgeError::field(
+                "stop",
+                format!("a stop string may be at most {} bytes long, got one of {}", limits.max_stop_string_bytes, long.len()),
+            ));
+        }
+        if self.stop_token_ids.len() > limits.max_stop_token_ids {
+            return Err(BridgeError::field(
+                "stop_token_ids",
+                format!("at most {} stop token ids are allowed, got {}", limits.max_stop_token_ids, self.stop_token_ids.len()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Validates and builds the engine's request for an already tokenized prompt.
     ///
     /// `max_tokens` defaults to `default_max_tokens`, else to the room the context leaves, and is
@@ -108,8 +141,10 @@ impl CompletionOptions {
         prompt: Vec<u32>,
         card: &ModelCard,
         default_max_tokens: Option<u32>,
+        limits: &CompletionLimits,
     ) -> Result<GenerateRequest, BridgeError> {
         self.validate()?;
+        self.check_limits(limits)?;
         if prompt.is_empty() {
             return Err(BridgeError::field("prompt", "the prompt is empty"));
         }
@@ -319,9 +354,7 @@ mod tests {
             (CompletionOptions { presence_penalty: Some(-2.1), ..Default::default() }, "presence_penalty"),
             (CompletionOptions { frequency_penalty: Some(2.1), ..Default::default() }, "frequency_penalty"),
             (CompletionOptions { repetition_penalty: Some(0.0), ..Default::default() }, "repetition_penalty"),
-            (CompletionOptions { stop: vec!["x".into(); 17], ..Default::default() }, "stop"),
             (CompletionOptions { stop: vec![String::new()], ..Default::default() }, "stop"),
-            (CompletionOptions { stop_token_ids: vec![1; 65], ..Default::default() }, "stop_token_ids"),
             (CompletionOptions { logprobs: Some(21), ..Default::default() }, "logprobs"),
             (CompletionOptions { min_tokens: Some(5), max_tokens: Some(4), ..Default::default() }, "min_tokens"),
         ];
@@ -341,21 +374,45 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(fine.validate(), Ok(()));
+        assert_eq!(fine.check_limits(&CompletionLimits::default()), Ok(()));
+    }
+
+    #[test]
+    fn the_servers_bounds_on_stopping_conditions_are_its_own() {
+        let limits = CompletionLimits { max_stop_strings: 2, max_stop_string_bytes: 4, max_stop_token_ids: 3 };
+        let cases = [
+            (CompletionOptions { stop: vec!["x".into(); 3], ..Default::default() }, "stop"),
+            (CompletionOptions { stop: vec!["12345".into()], ..Default::default() }, "stop"),
+            (CompletionOptions { stop_token_ids: vec![1; 4], ..Default::default() }, "stop_token_ids"),
+        ];
+        for (options, field) in cases {
+            assert_eq!(options.validate(), Ok(()), "{field} is within OpenAI's ranges");
+            assert_eq!(field_of(options.check_limits(&limits).expect_err(field)), field);
+            let error = options.to_generate_request(vec![1], &card(10), None, &limits).expect_err(field);
+            assert_eq!(field_of(error), field);
+        }
+        let at_the_bounds = CompletionOptions { stop: vec!["1234".into(); 2], stop_token_ids: vec![1; 3], ..Default::default() };
+        assert_eq!(at_the_bounds.check_limits(&limits), Ok(()));
+        let defaults = CompletionLimits::default();
+        assert!(CompletionOptions { stop: vec!["x".into(); 17], ..Default::default() }.check_limits(&defaults).is_err());
+        assert!(CompletionOptions { stop_token_ids: vec![1; 65], ..Default::default() }.check_limits(&defaults).is_err());
     }
 
     #[test]
     fn generate_request_fills_defaults_and_caps_max_tokens() {
         let options = CompletionOptions { top_k: Some(-1), stop_token_ids: vec![7], ..Default::default() };
-        let request = options.to_generate_request(vec![1, 2, 3], &card(10), None).expect("valid");
+        let request = options.to_generate_request(vec![1, 2, 3], &card(10), None, &CompletionLimits::default()).expect("valid");
         assert_eq!(request.prompt, vec![1, 2, 3]);
         assert_eq!(request.sampling, SamplingOptions::default());
         assert_eq!(request.stop.max_tokens, Some(7));
         assert_eq!(request.stop.stop_token_ids, vec![7]);
         assert_eq!(request.logprobs, None);
 
-        let request = options.to_generate_request(vec![1, 2, 3], &card(10), Some(16)).expect("valid");
+        let request =
+            options.to_generate_request(vec![1, 2, 3], &card(10), Some(16), &CompletionLimits::default()).expect("valid");
         assert_eq!(request.stop.max_tokens, Some(7));
-        let request = options.to_generate_request(vec![1, 2, 3], &card(100), Some(16)).expect("valid");
+        let request =
+            options.to_generate_request(vec![1, 2, 3], &card(100), Some(16), &CompletionLimits::default()).expect("valid");
         assert_eq!(request.stop.max_tokens, Some(16));
 
         let options = CompletionOptions {
@@ -368,7 +425,7 @@ mod tests {
             ignore_eos: true,
             ..Default::default()
         };
-        let request = options.to_generate_request(vec![1], &card(100), Some(16)).expect("valid");
+        let request = options.to_generate_request(vec![1], &card(100), Some(16), &CompletionLimits::default()).expect("valid");
         assert_eq!(request.stop.max_tokens, Some(5));
         assert_eq!(request.stop.min_tokens, 2);
         assert!(request.stop.ignore_eos);
@@ -381,9 +438,10 @@ mod tests {
     #[test]
     fn prompts_must_fit() {
         let options = CompletionOptions::default();
-        let error = options.to_generate_request(vec![], &card(10), None).expect_err("empty");
+        let error = options.to_generate_request(vec![], &card(10), None, &CompletionLimits::default()).expect_err("empty");
         assert_eq!(field_of(error), "prompt");
-        let error = options.to_generate_request(vec![0; 10], &card(10), None).expect_err("too long");
+        let error =
+            options.to_generate_request(vec![0; 10], &card(10), None, &CompletionLimits::default()).expect_err("too long");
         assert_eq!(error.to_string(), "prompt: the prompt has 10 tokens; the model's context length is 10");
     }
 

@@ -102,7 +102,7 @@ impl Tritium {
             worker,
             config.transport.max_message_size,
         );
-        let llm = Arc::new(LlmFrontend::new(Arc::clone(&repository), Arc::clone(&router)));
+        let llm = Arc::new(LlmFrontend::new(Arc::clone(&repository), Arc::clone(&router), config.limits.completion));
         let state = Arc::new(GrpcState {
             repository,
             router,

@@ -232,6 +232,8 @@ def test_model_metadata(llm_client):
     assert {t.name: (t.datatype, list(t.shape)) for t in md.inputs} == {
         "text_input": ("BYTES", [1]),
         "streaming": ("BOOL", [1]),
+        "sampling_parameters": ("BYTES", [1]),
+        "exclude_input_in_output": ("BOOL", [1]),
     }
     assert {t.name: (t.datatype, list(t.shape)) for t in md.outputs} == {
         "text_output": ("BYTES", [-1]),
@@ -248,6 +250,8 @@ def test_model_config(llm_client):
     assert {i.name: (i.data_type, list(i.dims), i.optional) for i in config.input} == {
         "text_input": (model_config_pb2.TYPE_STRING, [1], False),
         "streaming": (model_config_pb2.TYPE_BOOL, [1], True),
+        "sampling_parameters": (model_config_pb2.TYPE_STRING, [1], True),
+        "exclude_input_in_output": (model_config_pb2.TYPE_BOOL, [1], True),
     }
     assert {o.name: (o.data_type, list(o.dims)) for o in config.output} == {
         "text_output": (model_config_pb2.TYPE_STRING, [-1]),

@@ -6,6 +6,9 @@
 use std::time::Duration;
 
 use clap::Args;
+use tritium_openai_bridge::sampling::{
+    CompletionLimits, DEFAULT_MAX_STOP_STRING_BYTES, DEFAULT_MAX_STOP_STRINGS, DEFAULT_MAX_STOP_TOKEN_IDS,
+};
 
 use crate::grpc::restricted::RestrictedProtocols;
 use crate::shm::{DEFAULT_MAX_REGIONS, MAX_REGIONS_LIMIT, ShmPolicy};
@@ -65,6 +68,15 @@ pub struct LimitArgs {
     /// on it is being answered, before the server closes it; 0 disables.
     #[arg(long, env = "TRITIUM_HTTP_IDLE_TIMEOUT", default_value_t = 300_000)]
     pub http_idle_timeout: u64,
+    /// Stop strings one completion may give, at most (each is matched on every generated token).
+    #[arg(long, env = "TRITIUM_LLM_MAX_STOP_STRINGS", default_value_t = DEFAULT_MAX_STOP_STRINGS)]
+    pub llm_max_stop_strings: usize,
+    /// Bytes of one stop string, at most (the text stream holds back as many).
+    #[arg(long, env = "TRITIUM_LLM_MAX_STOP_STRING_BYTES", default_value_t = DEFAULT_MAX_STOP_STRING_BYTES)]
+    pub llm_max_stop_string_bytes: usize,
+    /// Stop token ids one completion may give, at most.
+    #[arg(long, env = "TRITIUM_LLM_MAX_STOP_TOKEN_IDS", default_value_t = DEFAULT_MAX_STOP_TOKEN_IDS)]
+    pub llm_max_stop_token_ids: usize,
 }
 
 /// The limits of the HTTP port.
@@ -107,6 +119,7 @@ pub struct Limits {
     pub shm: ShmPolicy,
     pub model_load_timeout: Duration,
     pub restricted: RestrictedProtocols,
+    pub completion: CompletionLimits,
 }
 
 impl Default for Limits {
@@ -115,6 +128,7 @@ impl Default for Limits {
             shm: ShmPolicy::disabled(),
             model_load_timeout: Duration::from_secs(600),
             restricted: RestrictedProtocols::default(),
+            completion: CompletionLimits::default(),
         }
     }
 }
@@ -147,6 +161,11 @@ impl LimitArgs {
             shm,
             model_load_timeout: Duration::from_secs(self.model_load_timeout_secs.max(1)),
             restricted: RestrictedProtocols::parse(&self.grpc_restricted_protocol)?,
+            completion: CompletionLimits {
+                max_stop_strings: self.llm_max_stop_strings,
+                max_stop_string_bytes: self.llm_max_stop_string_bytes,
+                max_stop_token_ids: self.llm_max_stop_token_ids,
+            },
         })
     }
 }

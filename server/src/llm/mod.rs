@@ -14,6 +14,7 @@ use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::metrics::LlmMetrics;
 use tritium_openai_bridge::preprocess::Preprocessor;
 use tritium_openai_bridge::routes::{HubModel, LlmHub};
+use tritium_openai_bridge::sampling::CompletionLimits;
 use tritium_worker::llm::{EngineStats, GenerateRequest, ModelCard, ModelKind, TokenStream};
 use tritium_worker::{ModelRepository, WorkerClient, WorkerError};
 
@@ -27,6 +28,7 @@ pub struct LlmFrontend {
     router: Arc<Router>,
     metrics: Arc<LlmMetrics>,
     preprocessors: Mutex<PreprocessorCache>,
+    limits: CompletionLimits,
     started: u64,
 }
 
@@ -37,13 +39,14 @@ impl std::fmt::Debug for LlmFrontend {
 }
 
 impl LlmFrontend {
-    pub fn new(repository: Arc<ModelRepository>, router: Arc<Router>) -> LlmFrontend {
+    pub fn new(repository: Arc<ModelRepository>, router: Arc<Router>, limits: CompletionLimits) -> LlmFrontend {
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         LlmFrontend {
             repository,
             router,
             metrics: Arc::new(LlmMetrics::new()),
             preprocessors: Mutex::new(HashMap::new()),
+            limits,
             started,
         }
     }
@@ -104,7 +107,7 @@ impl LlmFrontend {
             return Ok(Arc::clone(pre));
         }
         // Built outside the lock: a large tokenizer takes a moment to parse.
-        let pre = Arc::new(Preprocessor::new(Arc::clone(&card))?);
+        let pre = Arc::new(Preprocessor::new(Arc::clone(&card))?.with_limits(self.limits));
         self.lock_preprocessors().insert(model.to_string(), (card, Arc::clone(&pre)));
         Ok(pre)
     }

@@ -46,7 +46,10 @@ async fn a_repository_llm_serves_text_beside_a_tensor_model() {
 
     let metadata = client.model_metadata("smollm2", "").await.expect("metadata");
     let inputs: Vec<(&str, &str)> = metadata.inputs.iter().map(|t| (t.name.as_str(), t.datatype.as_str())).collect();
-    assert_eq!(inputs, [("text_input", "BYTES"), ("streaming", "BOOL")]);
+    assert_eq!(
+        inputs,
+        [("text_input", "BYTES"), ("streaming", "BOOL"), ("sampling_parameters", "BYTES"), ("exclude_input_in_output", "BOOL")]
+    );
     let outputs: Vec<&str> = metadata.outputs.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(outputs, ["text_output", "finish_reason"]);
     let config = client.model_config("smollm2", "").await.expect("config");

@@ -224,3 +224,35 @@ async fn a_language_model_request_runs_on_the_version_it_names() {
     let missing = client.infer(request("3")).await.expect_err("no version 3").to_string();
     assert!(missing.contains("'mock' version 3 is not found"), "{missing}");
 }
+
+/// The stopping-condition bounds come from the server's flags: a completion within the lowered
+/// bounds runs, one past them gets INVALID_ARGUMENT naming `stop`, and the server goes on.
+#[tokio::test]
+async fn a_language_models_stop_bounds_are_the_servers_flags() {
+    let repository = temp_repository();
+    let config = "backend: \"tritium_mock_llm\"\n\
+                  parameters { key: \"decode_ms_per_step\" value { string_value: \"0\" } }\n";
+    write_model(repository.path(), "mock", config, &[1]);
+    let mut config = ServerConfig {
+        repository: RepositoryOptions { paths: vec![repository.path().to_path_buf()], ..RepositoryOptions::default() },
+        ..ServerConfig::default()
+    };
+    config.limits.completion.max_stop_strings = 2;
+    config.limits.completion.max_stop_string_bytes = 4;
+    let server = TestServer::start(config, Some(repository)).await;
+    let mut client = server.client().await;
+    let request = |stops: &[&str]| {
+        let quoted: Vec<String> = stops.iter().map(|s| format!("\"{s}\"")).collect();
+        let stops = format!("{{\"stop\": [{}], \"max_tokens\": 2}}", quoted.join(","));
+        InferRequestBuilder::new("mock")
+            .input(Tensor::from_byte_strings("text_input", vec![1], ["hi"]))
+            .input(Tensor::from_byte_strings("sampling_parameters", vec![1], [stops.as_str()]))
+            .build()
+    };
+    client.infer(request(&["abcd", "z"])).await.expect("two stop strings of at most 4 bytes are within the bounds");
+    for (stops, wording) in [(&["a", "b", "c"][..], "at most 2 stop strings"), (&["abcde"][..], "at most 4 bytes")] {
+        let error = client.infer(request(stops)).await.expect_err("past a bound").to_string();
+        assert!(error.contains("invalid argument") && error.contains("stop: ") && error.contains(wording), "{error}");
+    }
+    client.infer(request(&[])).await.expect("the server goes on");
+}

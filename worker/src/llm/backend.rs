@@ -95,22 +95,26 @@ fn engine_options(config: &ModelConfig, defaults: &EngineOptions) -> Result<Engi
 }
 
 /// Gives a language model's config its KServe face when the config declares no inputs and no
-/// outputs: inputs `text_input` BYTES [1] and optional `streaming` BOOL [1], outputs
+/// outputs: inputs `text_input` BYTES [1] and the optional `streaming` BOOL [1],
+/// `sampling_parameters` BYTES [1] (a JSON object) and `exclude_input_in_output` BOOL [1], outputs
 /// `text_output` and `finish_reason` BYTES [-1], no batching dimension. A language model always
 /// answers with a stream, so it is always decoupled.
 pub fn complete_llm_config(config: &mut ModelConfig) {
     let bytes = ConfigDataType::TypeString as i32;
     if config.input.is_empty() && config.output.is_empty() {
         config.max_batch_size = 0;
+        let optional = |name: &str, data_type: ConfigDataType| ModelInput {
+            name: name.into(),
+            data_type: data_type as i32,
+            dims: vec![1],
+            optional: true,
+            ..Default::default()
+        };
         config.input = vec![
             ModelInput { name: "text_input".into(), data_type: bytes, dims: vec![1], ..Default::default() },
-            ModelInput {
-                name: "streaming".into(),
-                data_type: ConfigDataType::TypeBool as i32,
-                dims: vec![1],
-                optional: true,
-                ..Default::default()
-            },
+            optional("streaming", ConfigDataType::TypeBool),
+            optional("sampling_parameters", ConfigDataType::TypeString),
+            optional("exclude_input_in_output", ConfigDataType::TypeBool),
         ];
         config.output = vec![
             ModelOutput { name: "text_output".into(), data_type: bytes, dims: vec![-1], ..Default::default() },
