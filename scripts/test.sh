@@ -22,6 +22,11 @@ bash scripts/setup-python.sh
 step "perf_analyzer (.tools)"
 bash scripts/install-perf-analyzer.sh
 
+step "onnxruntime library (.tools/onnxruntime)"
+# The C library of the pinned onnxruntime wheel, for the onnxruntime backend (tritium also reads ORT_DYLIB_PATH).
+ORT_DYLIB_PATH="$(bash scripts/install-onnxruntime.sh)"
+export ORT_DYLIB_PATH
+
 step "etcd and NATS (Debian etcd-server, nats-server) for the distributed tests"
 bash scripts/install-services.sh
 export PATH="$repo/.tools/services/bin:$PATH"

@@ -93,6 +93,7 @@ impl Tritium {
     pub fn with_backends(config: ServerConfig, log: LogControl, backends: BackendRegistry) -> Result<Tritium, StartError> {
         let mut backends = backends;
         backends.register(LLM_BACKEND, LlmFactory { defaults: config.llm.clone() });
+        tritium_onnxruntime::register(&mut backends, config.onnxruntime.clone());
         let repository = ModelRepository::open(config.repository.clone(), backends)?;
         let worker: Arc<dyn WorkerClient> = Arc::new(LocalWorker::new(Arc::clone(&repository)));
         let router = Router::new(

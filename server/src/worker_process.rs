@@ -49,6 +49,7 @@ impl WorkerProcess {
     pub fn new(config: WorkerConfig) -> Result<WorkerProcess, StartError> {
         let mut backends = BackendRegistry::with_builtins();
         backends.register(LLM_BACKEND, LlmFactory { defaults: config.llm.clone() });
+        tritium_onnxruntime::register(&mut backends, config.onnxruntime.clone());
         let repository = ModelRepository::open(config.repository.clone(), backends)?;
         Ok(WorkerProcess { config, repository })
     }

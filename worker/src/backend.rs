@@ -211,6 +211,20 @@ pub trait BackendFactory: Send + Sync + 'static {
         let _ = (config, model_dir);
         Ok(())
     }
+
+    /// Triton's auto-complete, run before [`BackendFactory::complete_config`] unless
+    /// `--disable-auto-complete-config`: fills the inputs, outputs, batching and defaults the
+    /// config leaves out from the model file itself, and fails when they contradict it.
+    fn auto_complete_config(&self, config: &mut ModelConfig, model_dir: Option<&Path>) -> Result<(), String> {
+        let _ = (config, model_dir);
+        Ok(())
+    }
+
+    /// The file (in a version folder) that marks a model of this backend, such as `model.onnx`:
+    /// a folder without `config.pbtxt` is served by the backend whose file it holds.
+    fn model_filename(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 impl<F> BackendFactory for F
@@ -258,6 +272,17 @@ impl BackendRegistry {
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn BackendFactory>> {
         self.factories.get(name)
+    }
+
+    /// The backend whose model file `version_dir` holds; of names sharing one factory (a
+    /// backend and its Triton platform name), the first in order.
+    pub fn recognize(&self, version_dir: &Path) -> Option<String> {
+        let mut names: Vec<&String> = self.factories.keys().collect();
+        names.sort();
+        names.into_iter().find_map(|name| {
+            let file = self.factories[name].model_filename()?;
+            version_dir.join(file).exists().then(|| name.clone())
+        })
     }
 }
 

@@ -45,6 +45,7 @@ pub mod schema;
 pub mod stats;
 pub mod test_models;
 pub mod valid;
+mod warmup;
 pub mod worker;
 
 pub use backend::{Backend, BackendContext, BackendError, BackendRegistry, BackendRequest, Responder};

@@ -125,13 +125,14 @@ impl ModelVersion {
         let result = model.backend.execute(backend_request, &mut responder).await;
         let inferred = Instant::now();
         let outputs = result.and_then(|()| responder.take_single().ok_or(BackendError::NoResponse));
-        let outputs = match outputs {
+        let mut outputs = match outputs {
             Ok(outputs) => outputs,
             Err(e) => {
                 model.stats.fail.record(timing.arrived.elapsed());
                 return Err(model.backend_error(e));
             }
         };
+        model.schema.reshape_outputs(&mut outputs);
         let response = InferenceResponse {
             model_name: Arc::clone(&model.name),
             model_version: model.version,

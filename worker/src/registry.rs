@@ -19,6 +19,7 @@ use crate::error::WorkerError;
 use crate::model::ModelVersion;
 use crate::repository::{self, ModelSource};
 use crate::schema::ModelSchema;
+use crate::warmup;
 
 /// Triton's `--model-control-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,6 +48,10 @@ pub struct RepositoryOptions {
     /// Serve the built-in repository when there are no paths and no declared models. A frontend
     /// that only fronts remote workers turns this off.
     pub builtins: bool,
+    /// Triton's auto-complete: a backend fills in what `config.pbtxt` leaves out from the model
+    /// file, and a folder with no `config.pbtxt` is served by the backend whose model file it
+    /// holds. `--disable-auto-complete-config` turns it off.
+    pub auto_complete_config: bool,
 }
 
 /// A model given by its config alone, with no repository folder.
@@ -65,6 +70,7 @@ impl Default for RepositoryOptions {
             poll_interval: Duration::from_secs(15),
             declared: Vec::new(),
             builtins: true,
+            auto_complete_config: true,
         }
     }
 }
@@ -510,12 +516,19 @@ impl ModelRepository {
     fn build(&self, source: &ModelSource, config_json: Option<&str>) -> Result<ServedModel, WorkerError> {
         let name = source.name.as_str();
         let failed = |reason: String| WorkerError::LoadFailed { name: name.to_string(), reason };
-        let mut config = source
-            .config_with_override(config_json)?
-            .ok_or_else(|| failed("the model folder has no config.pbtxt".to_string()))?;
+        let model_dir = (!source.dir.as_os_str().is_empty()).then_some(source.dir.as_path());
+        let auto_complete = self.options.auto_complete_config;
+        let mut config = match source.config_with_override(config_json)? {
+            Some(config) => config,
+            None if auto_complete => self.config_from_model_files(source).map_err(failed)?,
+            None => return Err(failed("the model folder has no config.pbtxt".to_string())),
+        };
         let backend_name = if config.backend.is_empty() { config.platform.clone() } else { config.backend.clone() };
         let factory = self.backends.get(&backend_name).ok_or_else(|| failed(format!("unknown backend '{backend_name}'")))?;
-        let model_dir = (!source.dir.as_os_str().is_empty()).then_some(source.dir.as_path());
+        if auto_complete {
+            factory.auto_complete_config(&mut config, model_dir).map_err(failed)?;
+            config = repository::normalize_config(name, config)?;
+        }
         factory.complete_config(&mut config, model_dir).map_err(failed)?;
         let config = Arc::new(config);
         let versions = source.select_versions(&config)?;
@@ -531,9 +544,25 @@ impl ModelRepository {
                 model_dir,
             };
             let backend = factory.create(&context).map_err(failed)?;
+            warmup::run(&config, model_dir, backend.as_ref()).map_err(failed)?;
             served.insert(version, Arc::new(ModelVersion::new(Arc::clone(&config), version, schema.clone(), backend)));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
+    }
+
+    /// The config of a folder without `config.pbtxt`: the backend whose model file one of its
+    /// version folders holds (the newest first), everything else left to auto-complete.
+    fn config_from_model_files(&self, source: &ModelSource) -> Result<ModelConfig, String> {
+        let found = source.versions.iter().rev().find_map(|version| {
+            let version_dir = source.dir.join(version.to_string());
+            self.backends.recognize(&version_dir)
+        });
+        let backend = found.ok_or_else(|| {
+            "the model folder has no config.pbtxt, and none of its version folders holds a model file a backend \
+             recognizes (such as 1/model.onnx)"
+                .to_string()
+        })?;
+        Ok(ModelConfig { name: source.name.clone(), backend, ..ModelConfig::default() })
     }
 
     fn remove_served(&self, name: &str, reason: &str) {

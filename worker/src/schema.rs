@@ -61,6 +61,8 @@ pub struct ModelSchema {
     /// Whether any input has a `reshape`: most models have none, and then the backend gets the
     /// client's shapes as they are.
     reshapes: bool,
+    /// Whether any output has a `reshape`.
+    reshapes_outputs: bool,
 }
 
 impl ModelSchema {
@@ -81,8 +83,10 @@ impl ModelSchema {
             .map(|o| spec(&o.name, o.data_type, &o.dims, false, o.reshape.as_ref().map(|r| r.shape.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         let reshapes = inputs.iter().any(|i| i.reshape.is_some());
+        let reshapes_outputs = outputs.iter().any(|o| o.reshape.is_some());
         Ok(ModelSchema {
             reshapes,
+            reshapes_outputs,
             model: config.name.clone(),
             max_batch_size: i64::from(config.max_batch_size),
             inputs,
@@ -220,6 +224,25 @@ impl ModelSchema {
             input.shape = batch_dims.iter().chain(reshape).copied().collect();
         }
     }
+
+    /// Gives a backend's outputs the shapes clients see: an output with a config `reshape` comes
+    /// back in the config's `dims` (after the batch dimension), as Triton reports it.
+    pub fn reshape_outputs(&self, outputs: &mut [Tensor]) {
+        if !self.reshapes_outputs {
+            return;
+        }
+        for output in outputs {
+            let Some(spec) = self.outputs.iter().find(|s| s.name == output.name && s.reshape.is_some()) else { continue };
+            if spec.dims.iter().any(|&d| d < 0) {
+                continue;
+            }
+            let batch_dims = if self.batched() { &output.shape[..1.min(output.shape.len())] } else { &[][..] };
+            let shape: Vec<i64> = batch_dims.iter().chain(&spec.dims).copied().collect();
+            if shape.iter().product::<i64>() == output.shape.iter().product::<i64>() {
+                output.shape = shape;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -254,6 +277,26 @@ mod tests {
 
     fn request(inputs: Vec<Tensor>) -> InferenceRequest {
         InferenceRequest::new("m", inputs)
+    }
+
+    #[test]
+    fn an_output_with_a_reshape_comes_back_in_the_configs_dims() {
+        let config = ModelConfig {
+            name: "m".into(),
+            max_batch_size: 4,
+            output: vec![ModelOutput {
+                name: "label".into(),
+                data_type: tritium_proto::inference::DataType::TypeInt64 as i32,
+                dims: vec![1],
+                reshape: Some(ModelTensorReshape { shape: vec![] }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let schema = ModelSchema::from_config(&config).unwrap();
+        let mut outputs = [Tensor::from_slice("label", vec![3], &[1i64, 2, 3])];
+        schema.reshape_outputs(&mut outputs);
+        assert_eq!(outputs[0].shape, [3, 1]);
     }
 
     #[test]

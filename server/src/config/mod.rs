@@ -2,6 +2,7 @@
 //! Triton's flag names and default ports are kept where Triton has them. This is the only module
 //! that reads the environment.
 
+pub mod backend_config;
 pub mod cluster;
 pub mod limits;
 
@@ -10,9 +11,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tritium_onnxruntime::OrtSettings;
 use tritium_worker::embed::EMBED_BACKEND;
 use tritium_worker::llm::{EngineOptions, LLM_BACKEND, ModelKind, detect_kind};
 use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions};
+
+use crate::config::backend_config::BackendConfigs;
 
 use crate::routing::RouterOptions;
 pub use cluster::{ClusterArgs, ClusterConfig, EngineArgs, RouterArgs, WorkerListenArgs};
@@ -65,6 +69,7 @@ pub struct WorkerConfig {
     pub max_message_size: usize,
     /// Token frontends must send (`--worker-token`).
     pub worker_token: Option<String>,
+    pub onnxruntime: OrtSettings,
 }
 
 impl WorkerArgs {
@@ -75,6 +80,7 @@ impl WorkerArgs {
             cluster: self.cluster.config()?,
             max_message_size: self.worker_max_message_size,
             worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
+            onnxruntime: self.repository.onnxruntime()?,
         })
     }
 }
@@ -113,6 +119,7 @@ fn repository_options(
         poll_interval: Duration::from_secs(repository.repository_poll_secs.max(1)),
         declared,
         builtins,
+        auto_complete_config: !repository.disable_auto_complete_config,
     })
 }
 
@@ -165,6 +172,30 @@ pub struct RepositoryArgs {
     /// Seconds between repository polls in poll mode.
     #[arg(long, env = "TRITIUM_REPOSITORY_POLL_SECS", default_value_t = 15)]
     pub repository_poll_secs: u64,
+    /// Serve configs exactly as written: no backend fills in what `config.pbtxt` leaves out, and
+    /// a model folder without one does not load.
+    #[arg(long, env = "TRITIUM_DISABLE_AUTO_COMPLETE_CONFIG")]
+    pub disable_auto_complete_config: bool,
+    /// Triton's `<backend>,<setting>=<value>` or `<setting>=<value>` (every backend); repeatable.
+    /// onnxruntime reads `default-max-batch-size` (4).
+    #[arg(long = "backend-config", env = "TRITIUM_BACKEND_CONFIG", value_delimiter = ';')]
+    pub backend_config: Vec<String>,
+    /// The ONNX Runtime library (libonnxruntime.so, 1.31); default: $ORT_DYLIB_PATH, else what
+    /// `scripts/install-onnxruntime.sh` installed.
+    #[arg(long, env = "TRITIUM_ONNXRUNTIME_LIBRARY")]
+    pub onnxruntime_library: Option<PathBuf>,
+}
+
+impl RepositoryArgs {
+    /// The ONNX Runtime backend's settings from `--backend-config` and `--onnxruntime-library`.
+    pub fn onnxruntime(&self) -> Result<OrtSettings, String> {
+        let configs = BackendConfigs::parse(&self.backend_config)?;
+        let default_max_batch_size = match configs.get(tritium_onnxruntime::BACKEND, "default-max-batch-size") {
+            None => tritium_onnxruntime::DEFAULT_MAX_BATCH_SIZE,
+            Some(value) => value.trim().parse().map_err(|_| format!("failed to convert '{value}' to integral number"))?,
+        };
+        Ok(OrtSettings { library: self.onnxruntime_library.clone(), default_max_batch_size })
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -360,6 +391,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Connections, deadlines and body size of the HTTP port.
     pub http_limits: HttpLimits,
+    /// The ONNX Runtime backend's library and defaults.
+    pub onnxruntime: OrtSettings,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -381,6 +414,7 @@ impl ServeArgs {
         let builtins = !cluster.is_distributed();
         let limits = &self.limits;
         Ok(ServerConfig {
+            onnxruntime: self.repository.onnxruntime()?,
             http_limits: limits.http_limits(),
             limits: limits.limits()?,
             llm: engine_options(&self.models),

@@ -9,6 +9,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use tritium_proto::inference::model_warmup::input::InputDataType;
+
 /// Config parameters that name files.
 fn names_a_file(key: &str) -> bool {
     key == "model_path" || key.ends_with("_path") || key.ends_with("_file") || key.ends_with("_dir")
@@ -22,6 +24,13 @@ pub fn check_override_paths(config: &tritium_proto::inference::ModelConfig) -> R
     for (key, parameter) in &config.parameters {
         if names_a_file(key) && !parameter.string_value.is_empty() {
             confined(&parameter.string_value).map_err(|why| format!("parameter '{key}' {why}"))?;
+        }
+    }
+    for sample in &config.model_warmup {
+        for input in sample.inputs.values() {
+            if let Some(InputDataType::InputDataFile(file)) = &input.input_data_type {
+                confined(file).map_err(|why| format!("model_warmup input_data_file {why}"))?;
+            }
         }
     }
     Ok(())

@@ -1,0 +1,101 @@
+//! Finding and loading `libonnxruntime.so` once per process. Nothing of ONNX Runtime is touched
+//! before the first ONNX model loads, so a server without ONNX models needs no library; a missing
+//! one is an error naming the install script, never a panic (every `ort` call panics when no
+//! library is loaded, so none is made before this succeeds).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+
+/// Where `scripts/install-onnxruntime.sh` puts the library, relative to the project folder.
+pub const INSTALLED_LIBRARY: &str = ".tools/onnxruntime/lib/libonnxruntime.so";
+/// The environment variable `ort` itself reads.
+pub const LIBRARY_ENV: &str = "ORT_DYLIB_PATH";
+
+static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+/// Serializes first loads: ONNX Runtime allows one environment per process, ever.
+static LOADING: Mutex<()> = Mutex::new(());
+
+/// The process's ONNX Runtime environment, loading the library on first use: `explicit`
+/// (`--onnxruntime-library`) if given, else `$ORT_DYLIB_PATH`, else the installed default. A
+/// failed load is not remembered, so installing the library and loading the model again works.
+pub fn environment(explicit: Option<&Path>) -> Result<Environment, String> {
+    if let Some(environment) = ENVIRONMENT.get() {
+        return Ok(environment.clone());
+    }
+    let _loading = LOADING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(environment) = ENVIRONMENT.get() {
+        return Ok(environment.clone());
+    }
+    let candidates = candidates(explicit, std::env::var_os(LIBRARY_ENV).map(PathBuf::from));
+    let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| missing(&candidates))?;
+    let builder =
+        ort::init_from(path).map_err(|e| format!("cannot load ONNX Runtime from '{}': {}", path.display(), describe(&e)))?;
+    let environment = builder
+        .with_name("tritium")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| format!("cannot start ONNX Runtime from '{}': {}", path.display(), e.message()))?;
+    // ONNX Runtime prints its own errors in colour to stderr; ours carry them to the client.
+    environment.set_log_level(ort::logging::LogLevel::Fatal);
+    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    Ok(ENVIRONMENT.get_or_init(|| environment).clone())
+}
+
+/// The paths tried, in order: the flag, the environment variable, then the installed library
+/// beside the working folder and beside the binary (`target/<profile>/tritium` in a checkout).
+fn candidates(explicit: Option<&Path>, from_env: Option<PathBuf>) -> Vec<PathBuf> {
+    if let Some(path) = explicit.map(Path::to_path_buf).or(from_env) {
+        return vec![path];
+    }
+    let mut candidates = vec![PathBuf::from(INSTALLED_LIBRARY)];
+    if let Ok(binary) = std::env::current_exe() {
+        candidates.extend(binary.ancestors().skip(1).take(3).map(|dir| dir.join(INSTALLED_LIBRARY)));
+    }
+    candidates
+}
+
+fn missing(candidates: &[PathBuf]) -> String {
+    let tried: Vec<String> = candidates.iter().map(|p| format!("'{}'", p.display())).collect();
+    format!(
+        "the ONNX Runtime library was not found (tried {}); install it with `bash scripts/install-onnxruntime.sh`, or give \
+         its path with --onnxruntime-library or {LIBRARY_ENV}",
+        tried.join(", ")
+    )
+}
+
+/// `LoadDynamicError`'s own text says only "dlopen failed"; the loader's reason is its source.
+fn describe(error: &ort::LoadDynamicError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_wins_then_the_environment_then_the_installed_places() {
+        let flag = PathBuf::from("/opt/ort/libonnxruntime.so");
+        let env = PathBuf::from("/env/libonnxruntime.so");
+        assert_eq!(candidates(Some(&flag), Some(env.clone())), [flag]);
+        assert_eq!(candidates(None, Some(env.clone())), [env]);
+        let defaults = candidates(None, None);
+        assert_eq!(defaults[0], PathBuf::from(INSTALLED_LIBRARY));
+        assert!(defaults[1..].iter().all(|p| p.ends_with(INSTALLED_LIBRARY)));
+    }
+
+    #[test]
+    fn a_missing_library_names_the_install_script_and_what_was_tried() {
+        let message = missing(&[PathBuf::from("/nowhere/libonnxruntime.so")]);
+        assert!(message.contains("bash scripts/install-onnxruntime.sh"), "{message}");
+        assert!(message.contains("'/nowhere/libonnxruntime.so'"), "{message}");
+        assert!(message.contains("--onnxruntime-library"), "{message}");
+    }
+}
