@@ -5,7 +5,7 @@
 //! size), so it can index them without checks of its own.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -274,15 +274,24 @@ impl BackendRegistry {
         self.factories.get(name)
     }
 
-    /// The backend whose model file `version_dir` holds; of names sharing one factory (a
-    /// backend and its Triton platform name), the first in order.
-    pub fn recognize(&self, version_dir: &Path) -> Option<String> {
+    /// The config of a model folder without `config.pbtxt`: the backend whose model file one of
+    /// its version folders holds (the newest first), everything else left to auto-complete. Of
+    /// names sharing one factory (a backend and its Triton platform name), the first in order.
+    pub fn config_from_model_files(&self, name: &str, dir: &Path, versions: &[i64]) -> Result<ModelConfig, String> {
         let mut names: Vec<&String> = self.factories.keys().collect();
         names.sort();
-        names.into_iter().find_map(|name| {
-            let file = self.factories[name].model_filename()?;
-            version_dir.join(file).exists().then(|| name.clone())
-        })
+        let recognize = |version_dir: PathBuf| {
+            names.iter().find_map(|backend| {
+                let file = self.factories[*backend].model_filename()?;
+                version_dir.join(file).exists().then(|| backend.to_string())
+            })
+        };
+        let backend = versions.iter().rev().find_map(|version| recognize(dir.join(version.to_string()))).ok_or_else(|| {
+            "the model folder has no config.pbtxt, and none of its version folders holds a model file a backend \
+             recognizes (such as 1/model.onnx)"
+                .to_string()
+        })?;
+        Ok(ModelConfig { name: name.to_string(), backend, ..ModelConfig::default() })
     }
 }
 

@@ -31,6 +31,8 @@
 
 pub mod backend;
 pub mod backends;
+mod batch_tensors;
+pub mod dynamic_batcher;
 pub mod embed;
 pub mod error;
 pub mod kv;

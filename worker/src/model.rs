@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tritium_proto::inference::ModelConfig;
 
 use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamTarget, select_outputs};
+use crate::dynamic_batcher::DynamicBatcher;
 use crate::error::WorkerError;
 use crate::request::{InferenceRequest, InferenceResponse};
 use crate::schema::ModelSchema;
@@ -25,6 +26,8 @@ pub struct ModelVersion {
     pub schema: ModelSchema,
     pub stats: ModelStats,
     backend: Arc<dyn Backend>,
+    /// Set when the config asks for `dynamic_batching` on a model that batches.
+    batcher: Option<DynamicBatcher>,
     /// Whether the backend is a language model, asked once: every request asks again.
     is_language_model: bool,
 }
@@ -37,6 +40,7 @@ impl std::fmt::Debug for ModelVersion {
 
 impl ModelVersion {
     pub fn new(config: Arc<ModelConfig>, version: i64, schema: ModelSchema, backend: Arc<dyn Backend>) -> ModelVersion {
+        let batcher = DynamicBatcher::for_config(&config, &backend);
         ModelVersion {
             name: Arc::from(config.name.as_str()),
             version,
@@ -44,6 +48,7 @@ impl ModelVersion {
             schema,
             stats: ModelStats::default(),
             is_language_model: backend.language_model().is_some(),
+            batcher,
             backend,
         }
     }
@@ -66,7 +71,7 @@ impl ModelVersion {
         self.schema.decoupled
     }
 
-    fn record_success(&self, timing: &Timing, inferred: Instant, batch: u64) {
+    fn record_success(&self, timing: &Timing, inferred: Instant, batch: u64, executions: u64) {
         let done = Instant::now();
         let phases = PhaseTimes {
             queue: timing.started.saturating_duration_since(timing.arrived),
@@ -74,7 +79,7 @@ impl ModelVersion {
             compute_infer: inferred.saturating_duration_since(timing.validated),
             compute_output: done.saturating_duration_since(inferred),
         };
-        self.stats.record_success(phases, batch);
+        self.stats.record_success(phases, batch, executions);
     }
 
     fn backend_error(&self, source: BackendError) -> WorkerError {
@@ -120,11 +125,19 @@ impl ModelVersion {
     async fn run_single(request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
         let batch = request.batch_size();
         let (model, mut request, timing) = request.into_parts();
-        let mut responder = Responder::single();
         let backend_request = model.backend_request(&mut request, None);
-        let result = model.backend.execute(backend_request, &mut responder).await;
+        let (outputs, executions) = match &model.batcher {
+            Some(batcher) => match batcher.submit(backend_request, i64::try_from(batch).unwrap_or(i64::MAX)).await {
+                Ok((outputs, carried_the_call)) => (Ok(outputs), u64::from(carried_the_call)),
+                Err(error) => (Err(error), 0),
+            },
+            None => {
+                let mut responder = Responder::single();
+                let result = model.backend.execute(backend_request, &mut responder).await;
+                (result.and_then(|()| responder.take_single().ok_or(BackendError::NoResponse)), 1)
+            }
+        };
         let inferred = Instant::now();
-        let outputs = result.and_then(|()| responder.take_single().ok_or(BackendError::NoResponse));
         let mut outputs = match outputs {
             Ok(outputs) => outputs,
             Err(e) => {
@@ -140,7 +153,7 @@ impl ModelVersion {
             outputs: select_outputs(outputs, &request.requested_outputs),
             is_final: true,
         };
-        model.record_success(&timing, inferred, batch);
+        model.record_success(&timing, inferred, batch, executions);
         Ok(response)
     }
 
@@ -165,7 +178,7 @@ impl ModelVersion {
             let inferred = Instant::now();
             let last = match result {
                 Ok(()) => {
-                    model.record_success(&timing, inferred, batch);
+                    model.record_success(&timing, inferred, batch, 1);
                     StreamItem::Complete
                 }
                 Err(BackendError::Cancelled) => return,

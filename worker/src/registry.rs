@@ -520,7 +520,9 @@ impl ModelRepository {
         let auto_complete = self.options.auto_complete_config;
         let mut config = match source.config_with_override(config_json)? {
             Some(config) => config,
-            None if auto_complete => self.config_from_model_files(source).map_err(failed)?,
+            None if auto_complete => {
+                self.backends.config_from_model_files(name, &source.dir, &source.versions).map_err(failed)?
+            }
             None => return Err(failed("the model folder has no config.pbtxt".to_string())),
         };
         let backend_name = if config.backend.is_empty() { config.platform.clone() } else { config.backend.clone() };
@@ -548,21 +550,6 @@ impl ModelRepository {
             served.insert(version, Arc::new(ModelVersion::new(Arc::clone(&config), version, schema.clone(), backend)));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
-    }
-
-    /// The config of a folder without `config.pbtxt`: the backend whose model file one of its
-    /// version folders holds (the newest first), everything else left to auto-complete.
-    fn config_from_model_files(&self, source: &ModelSource) -> Result<ModelConfig, String> {
-        let found = source.versions.iter().rev().find_map(|version| {
-            let version_dir = source.dir.join(version.to_string());
-            self.backends.recognize(&version_dir)
-        });
-        let backend = found.ok_or_else(|| {
-            "the model folder has no config.pbtxt, and none of its version folders holds a model file a backend \
-             recognizes (such as 1/model.onnx)"
-                .to_string()
-        })?;
-        Ok(ModelConfig { name: source.name.clone(), backend, ..ModelConfig::default() })
     }
 
     fn remove_served(&self, name: &str, reason: &str) {

@@ -79,7 +79,9 @@ pub struct StatsSnapshot {
 impl ModelStats {
     /// One successful request: its phases, their sum as `success`, and one backend execution of
     /// `batch` inferences.
-    pub fn record_success(&self, phases: PhaseTimes, batch: u64) {
+    /// One request that succeeded with `batch` rows; `executions` is 1 for the request that
+    /// carries its batch's backend call and 0 for the others batched with it.
+    pub fn record_success(&self, phases: PhaseTimes, batch: u64, executions: u64) {
         let PhaseTimes { queue, compute_input, compute_infer, compute_output } = phases;
         self.succeeded.fetch_add(1, Ordering::Relaxed);
         add_nanos(&self.success_ns, queue + compute_input + compute_infer + compute_output);
@@ -88,7 +90,7 @@ impl ModelStats {
         add_nanos(&self.compute_infer_ns, compute_infer);
         add_nanos(&self.compute_output_ns, compute_output);
         self.inference_count.fetch_add(batch, Ordering::Relaxed);
-        self.execution_count.fetch_add(1, Ordering::Relaxed);
+        self.execution_count.fetch_add(executions, Ordering::Relaxed);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         self.last_inference_ms.store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
@@ -118,8 +120,12 @@ mod tests {
     fn a_success_counts_once_in_every_phase_and_fails_apart() {
         let stats = ModelStats::default();
         let ms = Duration::from_millis;
-        stats.record_success(PhaseTimes { queue: ms(1), compute_input: ms(2), compute_infer: ms(3), compute_output: ms(4) }, 4);
-        stats.record_success(PhaseTimes { compute_infer: ms(5), ..Default::default() }, 1);
+        stats.record_success(
+            PhaseTimes { queue: ms(1), compute_input: ms(2), compute_infer: ms(3), compute_output: ms(4) },
+            4,
+            1,
+        );
+        stats.record_success(PhaseTimes { compute_infer: ms(5), ..Default::default() }, 1, 1);
         stats.fail.record(ms(7));
         let s = stats.snapshot();
         let ns = |ms: u64| ms * 1_000_000;

@@ -48,6 +48,11 @@ pub fn input_value<'t>(tensor: &'t Tensor) -> Result<(Cow<'t, str>, SessionInput
                 })?;
             OrtTensor::from_string_array((tensor.shape.clone(), strings.as_slice())).map_err(fail)?.into()
         }
+        // A byte other than 0 or 1 is no valid C++ bool: such tensors are copied as true/false.
+        DataType::Bool if tensor.data.iter().any(|&b| b > 1) => {
+            let values: Vec<bool> = tensor.data.iter().map(|&b| b != 0).collect();
+            OrtTensor::from_array((tensor.shape.clone(), values)).map_err(fail)?.into()
+        }
         DataType::Bool => view::<bool>(tensor).map_err(fail)?,
         DataType::Uint8 => view::<u8>(tensor).map_err(fail)?,
         DataType::Uint16 => view::<u16>(tensor).map_err(fail)?,

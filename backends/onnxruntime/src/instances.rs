@@ -1,32 +1,39 @@
-//! A model version's instances: one thread per `instance_group` instance, each owning its own
-//! ONNX Runtime session, taking requests from one bounded queue. Inference never runs on the async
-//! runtime, at most `count` requests of a model run at once, and a request whose client has gone
-//! is dropped before it runs.
+//! A model version's instances: one ONNX Runtime session per `instance_group` instance, each
+//! running at most one request at a time on the blocking pool, never on the async runtime. A
+//! request takes the instance that finished last: the others' ONNX Runtime threads may still be
+//! spinning after their last run, and on a small machine handing work round the instances in
+//! turn made those spins compete with the run (half the throughput at one client,
+//! bench/results/onnx-2026-11-23-vm.md). A request whose client has gone while it waited is
+//! dropped before it runs.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tritium_proto::ErrorCode;
 use tritium_tensor::Tensor;
 use tritium_worker::backend::BackendError;
 
 use crate::convert::{input_value, output_tensor};
 
-/// Requests waiting for an instance, per model version; a full queue makes callers wait.
-const QUEUE_DEPTH: usize = 1024;
-
 type Reply = oneshot::Sender<Result<Vec<Tensor>, BackendError>>;
 
-struct Job {
-    inputs: Vec<Tensor>,
-    reply: Reply,
+/// One instance: its session and the run options it is used with.
+struct Instance {
+    session: Session,
+    options: RunOptions<HasSelectedOutputs>,
 }
 
-/// The instances of one model version. Dropping it ends their threads once they finish the
-/// request in hand.
+/// The instances of one model version.
 pub struct Instances {
-    queue: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Idle instances; the last one pushed is the next one used.
+    idle: Mutex<Vec<Instance>>,
+    /// One permit per idle instance: requests wait here, in arrival order.
+    free: Arc<Semaphore>,
 }
 
 /// What every instance of a version runs with.
@@ -37,27 +44,49 @@ pub struct RunSettings {
 }
 
 impl Instances {
-    /// Starts one thread per session, named after the model.
-    pub fn start(model: &str, version: i64, sessions: Vec<Session>, settings: &RunSettings) -> Result<Instances, String> {
-        let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
-        let jobs = Arc::new(Mutex::new(jobs));
-        for (index, session) in sessions.into_iter().enumerate() {
-            let options = run_options(settings).map_err(|e| format!("cannot set the run options: {}", e.message()))?;
-            let jobs = Arc::clone(&jobs);
-            std::thread::Builder::new()
-                .name(format!("ort-{model}-{version}-{index}"))
-                .spawn(move || serve(session, &jobs, &options))
-                .map_err(|e| format!("cannot start an instance thread: {e}"))?;
-        }
-        Ok(Instances { queue })
+    pub fn start(sessions: Vec<Session>, settings: &RunSettings) -> Result<Instances, String> {
+        let count = sessions.len();
+        let idle = sessions
+            .into_iter()
+            .map(|session| {
+                let options = run_options(settings).map_err(|e| format!("cannot set the run options: {}", e.message()))?;
+                Ok(Instance { session, options })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Instances { shared: Arc::new(Shared { idle: Mutex::new(idle), free: Arc::new(Semaphore::new(count)) }) })
     }
 
-    /// Runs `inputs` on the next free instance.
+    /// Runs `inputs` on the most recently idle instance, waiting for one when all are busy.
     pub async fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
-        let (reply, answer) = oneshot::channel();
         let stopped = || BackendError::failed(ErrorCode::Unavailable, "the model's instances have stopped");
-        self.queue.send(Job { inputs, reply }).await.map_err(|_| stopped())?;
+        let permit = Arc::clone(&self.shared.free).acquire_owned().await.map_err(|_| stopped())?;
+        let (reply, answer) = oneshot::channel();
+        let shared = Arc::clone(&self.shared);
+        // The blocking task puts the instance back itself, so a client that goes away mid-run
+        // cannot lose it.
+        tokio::task::spawn_blocking(move || shared.run_on_idle(permit, &inputs, reply));
         answer.await.map_err(|_| stopped())?
+    }
+}
+
+impl Shared {
+    fn run_on_idle(&self, permit: OwnedSemaphorePermit, inputs: &[Tensor], reply: Reply) {
+        if reply.is_closed() {
+            return;
+        }
+        let Some(mut instance) = self.lock_idle().pop() else {
+            let _ = reply.send(Err(BackendError::failed(ErrorCode::Internal, "no idle instance for a free permit")));
+            return;
+        };
+        let answer = infer(&mut instance.session, inputs, &instance.options);
+        self.lock_idle().push(instance);
+        drop(permit);
+        // The client may have gone meanwhile; nothing waits for the answer then.
+        let _ = reply.send(answer);
+    }
+
+    fn lock_idle(&self) -> MutexGuard<'_, Vec<Instance>> {
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -68,22 +97,6 @@ fn run_options(settings: &RunSettings) -> ort::Result<RunOptions<HasSelectedOutp
     }
     let selector = settings.outputs.iter().fold(OutputSelector::no_default(), |selector, name| selector.with(name.as_str()));
     Ok(options.with_outputs(selector))
-}
-
-fn serve(mut session: Session, jobs: &Mutex<mpsc::Receiver<Job>>, options: &RunOptions<HasSelectedOutputs>) {
-    loop {
-        let job = {
-            let mut jobs = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            jobs.blocking_recv()
-        };
-        let Some(job) = job else { return };
-        if job.reply.is_closed() {
-            continue;
-        }
-        let answer = infer(&mut session, &job.inputs, options);
-        // The client may have gone meanwhile; nothing waits for the answer then.
-        let _ = job.reply.send(answer);
-    }
 }
 
 fn infer(

@@ -4,8 +4,8 @@
 //! PyPI wheel).
 //!
 //! - Config auto-complete from the model's signature, Triton's load-time checks and wording.
-//! - `instance_group`: each instance a thread with its own session (2 CPU instances by default,
-//!   as in Triton); requests wait in one bounded queue and never run on the async runtime.
+//! - `instance_group`: each instance its own session running one request at a time on the
+//!   blocking pool (2 CPU instances by default, as in Triton), the most recently idle first.
 //! - Triton's model parameters (threads, execution mode, arena, graph optimization level).
 //! - Inputs are views over the request's bytes; outputs keep ONNX Runtime's buffers.
 //!
@@ -115,7 +115,7 @@ impl BackendFactory for OnnxRuntimeFactory {
             outputs: config.output.iter().map(|o| o.name.clone()).collect(),
             arena_shrinkage: settings.arena_shrinkage.clone(),
         };
-        let instances = Instances::start(context.model_name, context.version, sessions, &run)?;
+        let instances = Instances::start(sessions, &run)?;
         Ok(Arc::new(OnnxModel { instances }))
     }
 }

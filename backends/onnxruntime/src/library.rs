@@ -10,7 +10,7 @@ use ort::environment::Environment;
 
 /// Where `scripts/install-onnxruntime.sh` puts the library, relative to the project folder.
 pub const INSTALLED_LIBRARY: &str = ".tools/onnxruntime/lib/libonnxruntime.so";
-/// The environment variable `ort` itself reads.
+/// The environment variable `ort` itself reads, which the server's config reads too.
 pub const LIBRARY_ENV: &str = "ORT_DYLIB_PATH";
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
@@ -18,8 +18,9 @@ static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
 static LOADING: Mutex<()> = Mutex::new(());
 
 /// The process's ONNX Runtime environment, loading the library on first use: `explicit`
-/// (`--onnxruntime-library`) if given, else `$ORT_DYLIB_PATH`, else the installed default. A
-/// failed load is not remembered, so installing the library and loading the model again works.
+/// (`--onnxruntime-library`, or `$ORT_DYLIB_PATH` as the server's config reads it) if given, else
+/// the installed default. A failed load is not remembered, so installing the library and loading
+/// the model again works.
 pub fn environment(explicit: Option<&Path>) -> Result<Environment, String> {
     if let Some(environment) = ENVIRONMENT.get() {
         return Ok(environment.clone());
@@ -28,7 +29,7 @@ pub fn environment(explicit: Option<&Path>) -> Result<Environment, String> {
     if let Some(environment) = ENVIRONMENT.get() {
         return Ok(environment.clone());
     }
-    let candidates = candidates(explicit, std::env::var_os(LIBRARY_ENV).map(PathBuf::from));
+    let candidates = candidates(explicit);
     let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| missing(&candidates))?;
     let builder =
         ort::init_from(path).map_err(|e| format!("cannot load ONNX Runtime from '{}': {}", path.display(), describe(&e)))?;
@@ -43,11 +44,11 @@ pub fn environment(explicit: Option<&Path>) -> Result<Environment, String> {
     Ok(ENVIRONMENT.get_or_init(|| environment).clone())
 }
 
-/// The paths tried, in order: the flag, the environment variable, then the installed library
-/// beside the working folder and beside the binary (`target/<profile>/tritium` in a checkout).
-fn candidates(explicit: Option<&Path>, from_env: Option<PathBuf>) -> Vec<PathBuf> {
-    if let Some(path) = explicit.map(Path::to_path_buf).or(from_env) {
-        return vec![path];
+/// The paths tried, in order: the one given, else the installed library beside the working
+/// folder and beside the binary (`target/<profile>/tritium` in a checkout).
+fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(path) = explicit {
+        return vec![path.to_path_buf()];
     }
     let mut candidates = vec![PathBuf::from(INSTALLED_LIBRARY)];
     if let Ok(binary) = std::env::current_exe() {
@@ -81,12 +82,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_flag_wins_then_the_environment_then_the_installed_places() {
+    fn a_given_path_is_the_only_one_tried_else_the_installed_places() {
         let flag = PathBuf::from("/opt/ort/libonnxruntime.so");
-        let env = PathBuf::from("/env/libonnxruntime.so");
-        assert_eq!(candidates(Some(&flag), Some(env.clone())), [flag]);
-        assert_eq!(candidates(None, Some(env.clone())), [env]);
-        let defaults = candidates(None, None);
+        assert_eq!(candidates(Some(&flag)), [flag]);
+        let defaults = candidates(None);
         assert_eq!(defaults[0], PathBuf::from(INSTALLED_LIBRARY));
         assert!(defaults[1..].iter().all(|p| p.ends_with(INSTALLED_LIBRARY)));
     }

@@ -17,7 +17,6 @@ use tritium_worker::llm::{EngineOptions, LLM_BACKEND, ModelKind, detect_kind};
 use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions};
 
 use crate::config::backend_config::BackendConfigs;
-
 use crate::routing::RouterOptions;
 pub use cluster::{ClusterArgs, ClusterConfig, EngineArgs, RouterArgs, WorkerListenArgs};
 pub use limits::{HttpLimits, LimitArgs, Limits};
@@ -180,8 +179,8 @@ pub struct RepositoryArgs {
     /// onnxruntime reads `default-max-batch-size` (4).
     #[arg(long = "backend-config", env = "TRITIUM_BACKEND_CONFIG", value_delimiter = ';')]
     pub backend_config: Vec<String>,
-    /// The ONNX Runtime library (libonnxruntime.so, 1.31); default: $ORT_DYLIB_PATH, else what
-    /// `scripts/install-onnxruntime.sh` installed.
+    /// The ONNX Runtime library (libonnxruntime.so, 1.31); default: $ORT_DYLIB_PATH (the variable
+    /// the `ort` crate reads), else what `scripts/install-onnxruntime.sh` installed.
     #[arg(long, env = "TRITIUM_ONNXRUNTIME_LIBRARY")]
     pub onnxruntime_library: Option<PathBuf>,
 }
@@ -194,7 +193,9 @@ impl RepositoryArgs {
             None => tritium_onnxruntime::DEFAULT_MAX_BATCH_SIZE,
             Some(value) => value.trim().parse().map_err(|_| format!("failed to convert '{value}' to integral number"))?,
         };
-        Ok(OrtSettings { library: self.onnxruntime_library.clone(), default_max_batch_size })
+        let library =
+            self.onnxruntime_library.clone().or_else(|| std::env::var_os(tritium_onnxruntime::LIBRARY_ENV).map(PathBuf::from));
+        Ok(OrtSettings { library, default_max_batch_size })
     }
 }
 

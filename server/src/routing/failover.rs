@@ -81,7 +81,7 @@ impl Router {
     fn record_remote(version: &ModelVersion, arrived: Instant, ok: bool) {
         let elapsed = arrived.elapsed();
         if ok {
-            version.stats.record_success(PhaseTimes { compute_infer: elapsed, ..PhaseTimes::default() }, 1);
+            version.stats.record_success(PhaseTimes { compute_infer: elapsed, ..PhaseTimes::default() }, 1, 1);
         } else {
             version.stats.fail.record(elapsed);
         }

@@ -2,6 +2,7 @@
 //! through grpc-clients. One binary rather than one per file, because each links the whole
 //! server, and eleven of them cost gigabytes of disk and minutes of linking on a CI machine.
 
+mod auto_complete;
 mod bad_input;
 mod datatypes;
 mod health_reflection;

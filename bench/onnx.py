@@ -1,0 +1,780 @@
+"""ONNX rows: Tritium's onnxruntime backend against Triton 2.51 serving the same model through its python backend,
+and against ONNX Runtime called in-process from Python (the engine's limit), for two real models from
+tests/python/onnx_models.py: `cnn` (SqueezeNet 1.1 from the onnx wheel with seeded weights, FP32 [3, 224, 224] per
+request) and `sklearn` (StandardScaler + LogisticRegression through skl2onnx, FP32 [6] per request).
+
+    .venv/bin/python bench/onnx.py           # about 10 minutes on a 2-core machine once built (3 rounds)
+    QUICK=1 .venv/bin/python bench/onnx.py   # smoke run: 1 round, 1 s windows, about 2 minutes
+
+Rows, for each model: perf_analyzer over gRPC, `sync` c=1 and `--async` c=16, against
+- Tritium: `tritium serve --model-repository` with the model as tests/python/test_onnxruntime.py writes it
+  (`platform: "onnxruntime_onnx"`, max_batch_size 8, no dynamic_batching, instance_group and parameters left to
+  their defaults: 2 CPU instances, ONNX Runtime's own thread count), ORT_DYLIB_PATH = the library that
+  scripts/install-onnxruntime.sh installs;
+- Triton 2.51.0 (bench/lib/install-triton.sh): the same config with `backend: "python"` and a model.py that opens an
+  onnxruntime.InferenceSession in initialize() and runs it in execute(); the Triton in nvidia-pytriton has no
+  onnxruntime backend. onnxruntime is installed into .tools/triton-venv (its pip, pinned versions);
+- in-process ONNX Runtime: a Python process that calls session.run on one fixed input in a loop for as long as a
+  perf_analyzer run lasts (three windows), from 1 thread for the c=1 row and from 16 threads sharing the session for
+  the c=16 row; session options are ONNX Runtime's defaults, as Tritium's are.
+For the CNN, three more Tritium servers give the "defaults" table: instance_group count 1 or 2 (2 being Triton's
+default for CPU and Tritium's) crossed with the parameter intra_op_thread_count 1 or 0 (0: ONNX Runtime chooses).
+
+Every server and the in-process process start once and stay up; every round runs each row against each of them in
+turn, in reversed order every other round; perf_analyzer's runs are exactly three fixed windows (`-s 1000`, as
+bench/lib/bench.py). The report gives medians over rounds and ratios paired within a round (median over rounds),
+and writes bench/results/onnx-<UTC date>-<host>.md with every run's figures in the .json beside it
+(`.venv/bin/python bench/onnx.py --render X.json` rewrites the markdown).
+
+Installs what it needs first (idempotent): perf_analyzer (scripts/install-perf-analyzer.sh), Triton
+(bench/lib/install-triton.sh), the ONNX Runtime library (scripts/install-onnxruntime.sh), onnxruntime in
+.tools/triton-venv; and builds the release `tritium` (cargo build --release -j2; a no-op when fresh).
+Environment: ROUNDS (3; QUICK: 1), QUICK, WINDOW_MS (3000; QUICK: 1000), MODELS (cnn,sklearn), DEFAULTS (1; 0 skips
+the defaults servers), TRITIUM_BIN (default target/release/tritium, not built when set), NO_BUILD, STARTUP_TIMEOUT
+(120 s), PA_TIMEOUT (120 s), PA_MEM_CAP_GIB (12), MAX_STEAL_PCT (10), STEAL_TRIES (2), BENCH_OUT (the report's path).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import os
+import pathlib
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# This file is named onnx.py: its folder must not be on the path, or `import onnx` (onnx_models.py) finds it.
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != REPO / "bench"]
+sys.path.insert(0, str(REPO / "bench" / "lib"))
+
+from bench import machine, steal_share  # noqa: E402
+from servers import Processes, Server, cpu_ticks, session_cpu_seconds  # noqa: E402
+
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release"
+ORT_LIBRARY = REPO / ".tools" / "onnxruntime" / "lib" / "libonnxruntime.so"
+PERF_ANALYZER = REPO / "scripts" / "perf_analyzer"
+TRITON_VENV = REPO / ".tools" / "triton-venv"
+TRITON_ORT_STAMP = REPO / ".tools" / "triton-onnxruntime.stamp"
+REQUIREMENTS = REPO / "tests" / "python" / "requirements.txt"
+# onnxruntime and its dependencies in Triton's venv, at tests/python/requirements.txt's pins, except numpy:
+# nvidia-pytriton 0.7.0 requires numpy<2, and with numpy 2 Triton 2.51's python backend answers with empty output
+# tensors (seen here with bench/triton-models/identity), so numpy stays at the last 1.x release there.
+TRITON_ORT_PACKAGES = ("onnxruntime", "flatbuffers", "packaging", "protobuf")
+TRITON_NUMPY = "numpy==1.26.4"
+
+MODELS = {"cnn": "SqueezeNet 1.1 CNN, FP32 [1, 3, 224, 224]", "sklearn": "sklearn pipeline, FP32 [1, 6]"}
+MODES = {"c1": ("sync, c=1", [], 1), "c16": ("--async, c=16", ["--async"], 16)}
+# Tritium variants for the defaults table (CNN only): key -> (instance count, intra_op_thread_count).
+VARIANTS = {"tritium-i1-t0": (1, 0), "tritium-i1-t1": (1, 1), "tritium-i2-t1": (2, 1)}
+DEFAULT_SHAPE = (2, 0)  # what "tritium" runs with: no instance_group (2 CPU instances), no parameters
+LABELS = {
+    "tritium": "Tritium (onnxruntime backend)",
+    "triton": "Triton 2.51 (python backend + onnxruntime)",
+    "ort": "ONNX Runtime in-process (Python)",
+    **{k: f"Tritium, {n} instance{'s' if n > 1 else ''}, intra_op_thread_count {t}" for k, (n, t) in VARIANTS.items()},
+}
+
+
+def setting(name: str, default: str) -> str:
+    value = os.environ.get(name, "")
+    return value.strip() if value.strip() else default
+
+
+QUICK = setting("QUICK", "0") not in ("", "0")
+ROUNDS = max(1, int(setting("ROUNDS", "1" if QUICK else "3")))
+WINDOW_MS = int(setting("WINDOW_MS", "1000" if QUICK else "3000"))
+WANTED_MODELS = [m for m in setting("MODELS", ",".join(MODELS)).split(",") if m in MODELS]
+DEFAULTS = setting("DEFAULTS", "1") != "0" and "cnn" in WANTED_MODELS
+STARTUP_TIMEOUT = float(setting("STARTUP_TIMEOUT", "120"))
+PA_TIMEOUT = float(setting("PA_TIMEOUT", "120"))
+PA_MEM_CAP = int(setting("PA_MEM_CAP_GIB", "12")) << 30
+MAX_STEAL = int(setting("MAX_STEAL_PCT", "10")) / 100
+STEAL_TRIES = max(1, int(setting("STEAL_TRIES", "2")))
+
+
+def say(text: str) -> None:
+    print(f"onnx: {text}", flush=True)
+
+
+@dataclass
+class Run:
+    model: str
+    mode: str
+    server: str
+    round: int
+    ok: bool
+    infer_s: float = 0.0
+    p50_us: float = 0.0
+    p99_us: float = 0.0
+    requests: int = 0
+    cpu_s: float = 0.0  # the server's (or the in-process process's) CPU seconds over the run
+    wall_s: float = 0.0
+    steal: float = 0.0
+    tries: int = 1
+    error: str = ""
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.cpu_s / self.requests * 1e3 if self.ok and self.requests else math.nan
+
+
+# ---- in-process ONNX Runtime ------------------------------------------------------------------------------------
+
+
+def ort_worker(paths: list[str]) -> None:
+    """`--ort-worker name=path ...`: opens one session per model with default options and prints `ready`; then for
+    every line `model threads seconds` on stdin runs session.run on one fixed input from `threads` threads sharing
+    the session for `seconds`, and prints {count, elapsed, p50_us, p99_us} as one JSON line."""
+    import numpy as np
+    import onnxruntime as ort
+
+    sessions, feeds = {}, {}
+    for item in paths:
+        name, path = item.split("=", 1)
+        session = ort.InferenceSession(path, ort.SessionOptions(), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        sessions[name] = session
+        feeds[name] = {
+            i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+            for i in session.get_inputs()
+        }  # both models take FP32 only
+    print("ready", flush=True)
+    for line in sys.stdin:
+        name, threads, seconds = line.split()
+        session, feed, n = sessions[name], feeds[name], int(threads)
+        barrier = threading.Barrier(n + 1)
+        latencies: list[list[float]] = [[] for _ in range(n)]
+        ends = [0.0] * n
+        deadline = [0.0]
+
+        def loop(i: int) -> None:
+            barrier.wait()
+            own, stop = latencies[i], deadline[0]
+            now = time.perf_counter()
+            while now < stop:
+                session.run(None, feed)
+                done = time.perf_counter()
+                own.append(done - now)
+                now = done
+            ends[i] = now
+
+        workers = [threading.Thread(target=loop, args=(i,)) for i in range(n)]
+        for w in workers:
+            w.start()
+        start = time.perf_counter()
+        deadline[0] = start + float(seconds)
+        barrier.wait()
+        for w in workers:
+            w.join()
+        every = np.array([x for own in latencies for x in own])
+        print(json.dumps({
+            "count": int(every.size),
+            "elapsed": max(ends) - start,
+            "p50_us": float(np.percentile(every, 50)) * 1e6 if every.size else 0.0,
+            "p99_us": float(np.percentile(every, 99)) * 1e6 if every.size else 0.0,
+        }), flush=True)  # fmt: skip
+
+
+class InProcess:
+    """The `--ort-worker` process, driven line by line."""
+
+    def __init__(self, procs: Processes, models: dict[str, pathlib.Path], log: pathlib.Path) -> None:
+        argv = [sys.executable, str(pathlib.Path(__file__).resolve()), "--ort-worker", *(f"{k}={v}" for k, v in models.items())]
+        with open(log, "wb") as stderr:
+            self.proc = procs.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1)
+        self.log = log
+        self.lines: list[str] = []
+        self.ready = threading.Condition()
+        threading.Thread(target=self._pump, daemon=True).start()
+        if self._line(STARTUP_TIMEOUT) != "ready":
+            raise RuntimeError(f"the in-process ONNX Runtime process did not start (log: {log})")
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.ready:
+                self.lines.append(line.strip())
+                self.ready.notify()
+        with self.ready:
+            self.lines.append("")
+            self.ready.notify()
+
+    def _line(self, timeout: float) -> str:
+        with self.ready:
+            if not self.ready.wait_for(lambda: self.lines, timeout):
+                raise RuntimeError(f"the in-process ONNX Runtime process gave no answer in {timeout:.0f} s (log: {self.log})")
+            line = self.lines.pop(0)
+        if not line:
+            raise RuntimeError(f"the in-process ONNX Runtime process exited with {self.proc.wait()} (log: {self.log})")
+        return line
+
+    def run(self, model: str, threads: int, seconds: float) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{model} {threads} {seconds}\n")
+        self.proc.stdin.flush()
+        return json.loads(self._line(seconds + PA_TIMEOUT))
+
+
+# ---- models and repositories ------------------------------------------------------------------------------------
+
+TRITON_MODEL_PY = '''"""Triton python backend: an ONNX model through onnxruntime (bench/onnx.py writes this file)."""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        # ONNX Runtime's default session options, as Tritium's onnxruntime backend uses when the config sets none.
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.inputs = [tensor["name"] for tensor in config["input"]]
+        self.outputs = [tensor["name"] for tensor in config["output"]]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            feeds = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
+            values = self.session.run(self.outputs, feeds)
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in zip(self.outputs, values)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+'''
+
+
+def variant_config(count: int, threads: int) -> str:
+    return (
+        f"instance_group [ {{ count: {count} kind: KIND_CPU }} ]\n"
+        f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{threads}" }} }}\n'
+    )
+
+
+def write_repositories(work: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Model repositories under `work`: `tritium` (the wanted models, default settings), `triton` (the same through
+    the python backend) and one per variant (the CNN alone). Returns them with each model's .onnx file
+    (`onnx:<model>`)."""
+    sys.path.insert(0, str(REPO / "tests" / "python"))
+    import onnx_models
+
+    builders = {"cnn": onnx_models.cnn, "sklearn": onnx_models.sklearn_pipeline}
+    repos = {"tritium": work / "tritium-models", "triton": work / "triton-models"}
+    for name in WANTED_MODELS:
+        model = builders[name](repos["tritium"], name)
+        config = model.config()  # as test_onnxruntime.py writes it: max_batch_size 8, every tensor listed
+        model.write_config(config)
+        repos[f"onnx:{name}"] = model.path
+        triton = builders[name](repos["triton"], name)
+        triton.write_config(config.replace('platform: "onnxruntime_onnx"', 'backend: "python"'))
+        (triton.path.parent / "model.py").write_text(TRITON_MODEL_PY)
+        if name == "cnn" and DEFAULTS:
+            for key, (count, threads) in VARIANTS.items():
+                repos[key] = work / f"{key}-models"
+                variant = builders[name](repos[key], name)
+                variant.write_config(variant.config(extra=variant_config(count, threads)))
+    return repos
+
+
+# ---- setup ------------------------------------------------------------------------------------------------------
+
+
+def step(name: str, argv: list[str]) -> str:
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"onnx: {name} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    return done.stdout
+
+
+def pins() -> list[str]:
+    """TRITON_ORT_PACKAGES at tests/python/requirements.txt's pins, and TRITON_NUMPY."""
+    found = {}
+    for line in REQUIREMENTS.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line.strip())
+        if m and m.group(1).lower() in TRITON_ORT_PACKAGES:
+            found[m.group(1).lower()] = f"{m.group(1)}=={m.group(2)}"
+    missing = [p for p in TRITON_ORT_PACKAGES if p not in found]
+    if missing:
+        sys.exit(f"onnx: {REQUIREMENTS} pins none of {', '.join(missing)}")
+    return [found[p] for p in TRITON_ORT_PACKAGES] + [TRITON_NUMPY]
+
+
+def triton_venv_versions() -> str:
+    python = TRITON_VENV / "bin" / "python"
+    code = "import numpy, onnxruntime; print(f'onnxruntime=={onnxruntime.__version__} numpy=={numpy.__version__}')"
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def install_triton_onnxruntime() -> None:
+    """onnxruntime (and numpy) importable by Triton's embedded interpreter: pip-installed into .tools/triton-venv at
+    pinned versions; stamped, and checked by importing both."""
+    want = " ".join(pins())
+    expect = " ".join(p for p in want.split() if p.startswith(("onnxruntime==", "numpy==")))
+    if TRITON_ORT_STAMP.is_file() and TRITON_ORT_STAMP.read_text().strip() == want and triton_venv_versions() == expect:
+        return
+    say(f"installing {want} into {TRITON_VENV.relative_to(REPO)}")
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    argv = [str(TRITON_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--no-input", *want.split()]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if done.returncode != 0 or triton_venv_versions() != expect:
+        sys.exit(f"onnx: installing onnxruntime into {TRITON_VENV} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    TRITON_ORT_STAMP.write_text(want + "\n")
+
+
+def install() -> None:
+    say("installing pinned tools (perf_analyzer, Triton 2.51.0, the ONNX Runtime library; idempotent)")
+    step("scripts/install-perf-analyzer.sh", ["bash", "scripts/install-perf-analyzer.sh"])
+    step("bench/lib/install-triton.sh", ["bash", "bench/lib/install-triton.sh"])
+    step("scripts/install-onnxruntime.sh", ["bash", "scripts/install-onnxruntime.sh"])
+    install_triton_onnxruntime()
+
+
+def tritium_binary() -> pathlib.Path:
+    if os.environ.get("TRITIUM_BIN"):
+        return pathlib.Path(os.environ["TRITIUM_BIN"]).resolve()
+    binary = TARGET / "tritium"
+    if os.environ.get("NO_BUILD"):
+        if not binary.is_file():
+            sys.exit(f"onnx: {binary} missing: run cargo build --release -j2 -p tritium-server --bin tritium")
+        return binary
+    say("building release tritium (cargo build --release -j2)")
+    step("cargo build", ["cargo", "build", "--release", "--quiet", "-j2", "-p", "tritium-server", "--bin", "tritium"])
+    return binary
+
+
+def triton_env() -> dict[str, str]:
+    """What bench/lib/triton-env.sh exports."""
+    names = ("TRITONSERVER", "TRITON_BACKENDS", "TRITON_LD_LIBRARY_PATH", "TRITON_PATH")
+    script = "source bench/lib/triton-env.sh && " + " && ".join(f'printf "%s\\n" "${n}"' for n in names)
+    return dict(zip(names, step("bench/lib/triton-env.sh", ["bash", "-c", script]).splitlines()))
+
+
+def version_of(python: pathlib.Path, package: str) -> str:
+    code = f"import importlib.metadata as m; print(m.version('{package}'))"
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    return done.stdout.strip() or "?"
+
+
+def rev() -> str:
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, env=env).stdout.strip()  # noqa: E731
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return head + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+# ---- runs -------------------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, work: pathlib.Path) -> None:
+        self.work = work
+        self.procs = Processes()
+        self.servers: dict[str, Server] = {}
+        self.ort: InProcess | None = None
+        self.runs: list[Run] = []
+        self.triton_version = "?"
+
+    def start(self, tritium: pathlib.Path, repos: dict[str, pathlib.Path]) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TRITIUM_", "DYN_GRPC_"))}
+        env["ORT_DYLIB_PATH"] = str(ORT_LIBRARY)
+        for key in ["tritium", *(VARIANTS if DEFAULTS else [])]:
+            server = Server(key, LABELS[key], self.procs, self.work / f"{key}.log")
+            argv = [str(tritium), "serve", "--allow-http=false", "--model-repository", str(repos[key])]
+            server.start_with_ready_line(argv, "tritium ready grpc=", STARTUP_TIMEOUT, env=env)
+            self.servers[key] = server
+        tenv = triton_env()
+        triton = Server("triton", LABELS["triton"], self.procs, self.work / "triton.log")
+        env = dict(os.environ, LD_LIBRARY_PATH=tenv["TRITON_LD_LIBRARY_PATH"], PATH=tenv["TRITON_PATH"])
+        triton.start_triton(tenv["TRITONSERVER"], tenv["TRITON_BACKENDS"], repos["triton"], env, STARTUP_TIMEOUT)
+        self.servers["triton"] = triton
+        self.triton_version = triton_version(triton)
+        models = {m: repos[f"onnx:{m}"] for m in WANTED_MODELS}
+        self.ort = InProcess(self.procs, models, self.work / "ort.log")
+        for s in self.servers.values():
+            say(f"  {s.label} ready on {s.address}")
+
+    def targets(self, model: str) -> list[str]:
+        keys = ["triton", "tritium", "ort"]
+        if model == "cnn" and DEFAULTS:
+            keys += list(VARIANTS)
+        return keys
+
+    def perf_analyzer(self, server: Server, model: str, mode: str, window_ms: int, tag: str) -> Run:
+        _, args, concurrency = MODES[mode]
+        csv_path, out_path = self.work / f"{tag}.csv", self.work / f"{tag}.out"
+        argv = ["prlimit", f"--as={PA_MEM_CAP}", "--", str(PERF_ANALYZER), "-i", "grpc", "-u", server.address, "-m", model]
+        # -s 1000: "stable" after the first three windows, so every run is exactly three windows (bench/lib/bench.py).
+        argv += ["--concurrency-range", str(concurrency), *args, "-p", str(window_ms), "-s", "1000", "-f", str(csv_path)]
+        run = Run(model, mode, server.key, 0, False)
+        if not server.alive():
+            run.error = server.failed or "server is not running"
+            return run
+        with open(out_path, "wb") as out:
+            cpu0, t0 = server.cpu_seconds(), time.monotonic()
+            proc = self.procs.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.work)
+            try:
+                rc = proc.wait(timeout=PA_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                rc = None
+            run.wall_s = time.monotonic() - t0
+            run.cpu_s = server.cpu_seconds() - cpu0 if server.alive() else 0.0
+            self.procs.stop(proc, grace=2)
+        text = out_path.read_text(errors="replace")
+        if not server.alive():
+            server.failed = f"server exited with {server.proc.returncode if server.proc else '?'} (log: {server.log_path})"
+            run.error = server.failed
+        elif rc is None:
+            run.error = f"timed out after {PA_TIMEOUT:.0f} s"
+        elif rc != 0 or not csv_path.exists():
+            last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
+            run.error = f"perf_analyzer exit {rc}: {last[0][:160]}"
+        else:
+            with open(csv_path, newline="") as f:
+                first = next(csv.DictReader(f))
+            run.infer_s = float(first["Inferences/Second"])
+            run.p50_us = float(first["p50 latency"])
+            run.p99_us = float(first["p99 latency"])
+            counts = re.findall(r"Request count: (\d+)", text)
+            run.requests = int(counts[0]) if counts else 0
+            run.ok = True
+        return run
+
+    def in_process(self, model: str, mode: str, seconds: float) -> Run:
+        assert self.ort is not None
+        run = Run(model, mode, "ort", 0, False)
+        cpu0, t0 = session_cpu_seconds(self.ort.proc.pid), time.monotonic()
+        try:
+            result = self.ort.run(model, MODES[mode][2], seconds)
+        except RuntimeError as e:
+            run.error = str(e)
+            return run
+        run.wall_s = time.monotonic() - t0
+        run.cpu_s = session_cpu_seconds(self.ort.proc.pid) - cpu0
+        run.requests = result["count"]
+        run.infer_s = result["count"] / result["elapsed"] if result["elapsed"] > 0 else 0.0
+        run.p50_us, run.p99_us = result["p50_us"], result["p99_us"]
+        run.ok = run.requests > 0
+        return run
+
+    def once(self, key: str, model: str, mode: str, rnd: int, window_ms: int) -> Run:
+        ticks = cpu_ticks()
+        if key == "ort":
+            run = self.in_process(model, mode, 3 * window_ms / 1000)  # as long as perf_analyzer's three windows
+        else:
+            run = self.perf_analyzer(self.servers[key], model, mode, window_ms, f"{model}-{mode}-{key}-r{rnd}")
+        run.round = rnd
+        run.steal = steal_share(ticks, cpu_ticks())
+        return run
+
+    def warm_up(self) -> None:
+        """A short sync run per model and target, so no measurement pays for first runs and lazy setup."""
+        for model in WANTED_MODELS:
+            for key in self.targets(model):
+                run = self.once(key, model, "c1", 0, 300)
+                if not run.ok:
+                    raise RuntimeError(f"warm-up of {LABELS[key]} on {model} failed: {run.error}")
+
+    def measure(self) -> None:
+        plan = []
+        for rnd in range(1, ROUNDS + 1):
+            for model in WANTED_MODELS:
+                for mode in MODES:
+                    keys = self.targets(model)
+                    plan += [(rnd, model, mode, key) for key in (keys if rnd % 2 else keys[::-1])]
+        width = len(str(len(plan)))
+        for i, (rnd, model, mode, key) in enumerate(plan, 1):
+            for tries in range(1, STEAL_TRIES + 1):
+                run = self.once(key, model, mode, rnd, WINDOW_MS)
+                run.tries = tries
+                if not run.ok or run.steal <= MAX_STEAL or tries == STEAL_TRIES:
+                    break
+                say(f"{model} {mode} r{rnd} {LABELS[key]}: {run.steal:.0%} of the CPU time was stolen; again")
+            self.runs.append(run)
+            if run.ok:
+                result = f"{run.infer_s:>9,.1f} infer/s  p50 {run.p50_us:>8,.0f} µs  p99 {run.p99_us:>8,.0f} µs"
+            else:
+                result = f"FAILED: {run.error}"
+            say(f"[{i:>{width}}/{len(plan)}] r{rnd} {model:<7} {mode:<3} {LABELS[key][:44]:<44} {result}")
+
+
+def triton_version(server: Server) -> str:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{server.http}/v2", timeout=5) as r:
+            return json.load(r).get("version", "?")
+    except (OSError, ValueError):
+        return "?"
+
+
+# ---- report -----------------------------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def fmt(x: float, digits: int = 0) -> str:
+    if math.isnan(x):
+        return "–"
+    if digits == 0 and abs(x) < 100:
+        digits = 1
+    return f"{x:,.{digits}f}"
+
+
+class Table:
+    def __init__(self, runs: list[Run]) -> None:
+        self.by: dict[tuple[str, str, str], list[Run]] = {}
+        for r in runs:
+            self.by.setdefault((r.model, r.mode, r.server), []).append(r)
+
+    def runs(self, model: str, mode: str, server: str) -> list[Run]:
+        return self.by.get((model, mode, server), [])
+
+    def med(self, model: str, mode: str, server: str, attr: str) -> float:
+        runs = [r for r in self.runs(model, mode, server) if r.ok]
+        return median([getattr(r, attr) for r in runs])
+
+    def ratio(self, model: str, mode: str, server: str, other: str, attr: str = "infer_s") -> float:
+        """Median over rounds of server/other within each round."""
+        theirs = {r.round: getattr(r, attr) for r in self.runs(model, mode, other) if r.ok}
+        ours = [getattr(r, attr) / theirs[r.round] for r in self.runs(model, mode, server) if r.ok and theirs.get(r.round)]
+        return median(ours)
+
+    def has(self, model: str, server: str) -> bool:
+        return any(self.runs(model, mode, server) for mode in MODES)
+
+
+def x(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.2f}x"
+
+
+def verdict(value: float, target: float) -> str:
+    return "" if math.isnan(value) else (" (met)" if value >= target else " (**missed**)")
+
+
+def render(meta: dict, runs: list[Run]) -> str:
+    t = Table(runs)
+    models = [m for m in meta["models"] if any(t.runs(m, mode, s) for mode in MODES for s in LABELS)]
+    m, v = meta["machine"], meta["versions"]
+    out: list[str] = []
+    w = out.append
+    w("# ONNX Runtime backend: Tritium vs Triton 2.51 (python backend + onnxruntime) vs ONNX Runtime in-process\n")
+    w(f"- **Date:** {meta['date']}; the whole run took {meta['duration_s'] / 60:.1f} min")
+    w(f"- **Machine:** {m['cpu']}, {m['cores']} cores, {m['memory']} memory, Linux {m['kernel']} "
+      f"(load average at start: {m['load']})")  # fmt: skip
+    w(f"- **Versions:** Tritium {v['tritium']}; Triton {meta['triton_version']} (nvidia-pytriton {v['pytriton']}); "
+      f"ONNX Runtime {v['onnxruntime']} everywhere (Tritium: the C library of the wheel; Triton's stubs and the "
+      f"in-process loop: the Python package); perf_analyzer {v['perf_analyzer']}")  # fmt: skip
+    w(f"- **Command:** `{meta['command']}`; {meta['rounds']} round(s), perf_analyzer windows of {meta['window_ms']} ms "
+      f"(three per run, `-s 1000`), in-process runs as long as three windows; servers in reversed order every other "
+      f"round; a run with more than {meta['max_steal']:.0%} CPU steal is run again ({meta['steal_tries']} tries at most)")
+    w("- **Models** (tests/python/onnx_models.py): " + "; ".join(f"`{k}`: {MODELS[k]}" for k in models) +
+      "; max_batch_size 8 with no dynamic_batching (each request runs alone), every request of batch 1, "
+      "perf_analyzer's random input data")  # fmt: skip
+    w("")
+    w("Servers:\n")
+    w("- **Tritium:** `tritium serve --model-repository`, `platform: \"onnxruntime_onnx\"`, instance_group and "
+      "parameters at their defaults (2 CPU instances, each its own session; ONNX Runtime picks its thread count).")
+    w("- **Triton:** the Triton in nvidia-pytriton has no onnxruntime backend, only the python backend, so Triton serves "
+      "the same model.onnx and config (`backend: \"python\"`) through a model.py that opens an "
+      "`onnxruntime.InferenceSession` (default options) in initialize() and runs it in execute(); 2 CPU instances "
+      "(Triton's default), each a stub process with its own session; shared-memory IPC per request.")
+    w("- **ONNX Runtime in-process:** `session.run` on one fixed input in a Python loop, default session options (what "
+      "Tritium uses): 1 thread for the c=1 rows, 16 threads sharing one session for the c=16 rows. No gRPC, no "
+      "serialization, no client: the engine's limit. Its latency is one `session.run` call.")
+    w("")
+    w("**Caveat:** server and client share the machine's 2 cores. perf_analyzer's own CPU (about 100 µs per small "
+      "request, more per CNN input of 588 KiB) is taken from the server, and the in-process loop has no client at "
+      "all; at c=16 ONNX Runtime's threads and the server's contend for the same 2 cores. The machine may be shared "
+      "with other work (steal and load are recorded). Compare only within one report.\n")
+
+    w("## Summary\n")
+    w("Ratios are medians over rounds of the ratio within each round (infer/s).\n")
+    w("| model | Tritium / in-process ORT, c=1 | Tritium / Triton, c=16 | Tritium / in-process ORT, c=16 | Tritium / Triton, c=1 |")
+    w("|---|---:|---:|---:|---:|")
+    for model in models:
+        c1_ort = t.ratio(model, "c1", "tritium", "ort")
+        c16_triton = t.ratio(model, "c16", "tritium", "triton")
+        target_c1 = verdict(c1_ort, 0.7) if model == "cnn" else ""
+        w(f"| {model} | {x(c1_ort)}{target_c1} | {x(c16_triton)}{verdict(c16_triton, 2.0)} | "
+          f"{x(t.ratio(model, 'c16', 'tritium', 'ort'))} | {x(t.ratio(model, 'c1', 'tritium', 'triton'))} |")  # fmt: skip
+    w("\nTargets: Tritium / in-process ORT at c=1 >= 0.7x for the CNN; Tritium / Triton at c=16 >= 2x.\n")
+    if meta.get("notes"):
+        w("## Notes (written after the run)\n")
+        for note in meta["notes"]:
+            w(f"- {note}")
+        w("")
+
+    for model in models:
+        w(f"## {model}: {MODELS[model]}\n")
+        w("Medians over rounds. CPU: the server's whole process session (Triton: tritonserver and its stubs; "
+          "in-process: the Python process) per request, utime + stime from /proc.\n")  # fmt: skip
+        w("| row | server | infer/s | p50 µs | p99 µs | CPU ms / request | vs Tritium (infer/s) | ok |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|")
+        for mode, (title, _, _) in MODES.items():
+            for key in ("tritium", "triton", "ort"):
+                cell = t.runs(model, mode, key)
+                if not cell:
+                    continue
+                ok = sum(r.ok for r in cell)
+                vs = "" if key == "tritium" else x(t.ratio(model, mode, "tritium", key))
+                w(f"| {title} | {LABELS[key]} | {fmt(t.med(model, mode, key, 'infer_s'))} | "
+                  f"{fmt(t.med(model, mode, key, 'p50_us'))} | {fmt(t.med(model, mode, key, 'p99_us'))} | "
+                  f"{fmt(t.med(model, mode, key, 'cpu_ms_per_request'), 2)} | {vs} | {ok}/{len(cell)} |")  # fmt: skip
+        w("")
+
+    if "cnn" in models and any(t.has("cnn", k) for k in VARIANTS):
+        w("## Defaults: Tritium's instance_group count and intra_op_thread_count (CNN)\n")
+        w("config.pbtxt variants of the CNN on Tritium; `2 / 0` is the Tritium server above (no instance_group, no "
+          "parameters: 2 CPU instances as in Triton, and 0 = ONNX Runtime's own choice, one thread per physical core). "
+          "Ratios: infer/s against that default within each round, median over rounds.\n")  # fmt: skip
+        w("| instances / intra_op threads | c=1 infer/s | c=1 p50 µs | c=1 p99 µs | c=1 vs default | c=1 / in-process ORT | "
+          "c=16 infer/s | c=16 p50 µs | c=16 p99 µs | c=16 vs default | c=16 / Triton | CPU ms / request c=1, c=16 |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        shapes = {"tritium": DEFAULT_SHAPE, **VARIANTS}
+        best = {}
+        for key, (count, threads) in sorted(shapes.items(), key=lambda kv: kv[1]):
+            cells = []
+            for mode in MODES:
+                vs = "(default)" if key == "tritium" else x(t.ratio("cnn", mode, key, "tritium"))
+                against = "ort" if mode == "c1" else "triton"  # the targets' comparisons, paired within rounds
+                cells += [fmt(t.med("cnn", mode, key, "infer_s")), fmt(t.med("cnn", mode, key, "p50_us")),
+                          fmt(t.med("cnn", mode, key, "p99_us")), vs, x(t.ratio("cnn", mode, key, against))]  # fmt: skip
+                best.setdefault(mode, []).append((t.med("cnn", mode, key, "infer_s"), f"{count} / {threads}"))
+            cpu_cells = ", ".join(fmt(t.med("cnn", mode, key, "cpu_ms_per_request"), 2) for mode in MODES)
+            w(f"| {count} / {threads}{' (default)' if key == 'tritium' else ''} | {' | '.join(cells)} | {cpu_cells} |")
+        w("")
+        for mode, (title, _, _) in MODES.items():
+            ranked = sorted((b for b in best[mode] if not math.isnan(b[0])), reverse=True)
+            if ranked:
+                w(f"- Highest median infer/s at {title}: {ranked[0][1]} ({fmt(ranked[0][0])} infer/s)")
+        w("")
+
+    w("## Every run\n")
+    w("| round | model | row | server | infer/s | p50 µs | p99 µs | requests | CPU s | steal | tries | error |")
+    w("|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in sorted(runs, key=lambda r: (r.model, list(MODES).index(r.mode), list(LABELS).index(r.server), r.round)):
+        w(f"| {r.round} | {r.model} | {MODES[r.mode][0]} | {LABELS[r.server]} | {fmt(r.infer_s) if r.ok else '–'} | "
+          f"{fmt(r.p50_us) if r.ok else '–'} | {fmt(r.p99_us) if r.ok else '–'} | {r.requests} | {r.cpu_s:.2f} | "
+          f"{r.steal:.0%} | {r.tries} | {r.error} |")  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def write_report(out: pathlib.Path, meta: dict, runs: list[Run]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    raw = out.with_suffix(".json")
+    raw.write_text(json.dumps({"meta": meta, "runs": [asdict(r) for r in runs]}, indent=1) + "\n")
+    out.write_text(render(meta, runs))
+
+
+def report_path() -> pathlib.Path:
+    if os.environ.get("BENCH_OUT"):
+        return pathlib.Path(os.environ["BENCH_OUT"]).resolve()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", os.uname().nodename) or "host"
+    return REPO / "bench" / "results" / f"onnx-{date}-{host}{'-quick' if QUICK else ''}.md"
+
+
+# ---- driver -----------------------------------------------------------------------------------------------------
+
+
+def interrupted(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--ort-worker"]:
+        ort_worker(sys.argv[2:])
+        return 0
+    if sys.argv[1:2] == ["--render"]:
+        raw = pathlib.Path(sys.argv[2])
+        data = json.loads(raw.read_text())
+        write_report(raw.with_suffix(".md"), data["meta"], [Run(**r) for r in data["runs"]])
+        print(raw.with_suffix(".md"))
+        return 0
+    if not WANTED_MODELS:
+        sys.exit(f"onnx: MODELS={os.environ.get('MODELS')!r} names none of {', '.join(MODELS)}")
+    install()
+    tritium = tritium_binary()
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+    info = machine()  # the load average before this run's own servers start
+    started = time.monotonic()
+    start_utc = datetime.datetime.now(datetime.timezone.utc)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="tritium-onnx-bench-"))
+    bench = Bench(work)
+    failed = True
+    try:
+        say(f"building the models ({', '.join(WANTED_MODELS)}) in {work}")
+        repos = write_repositories(work)
+        say("starting Tritium" + (f" (and {len(VARIANTS)} variants)" if DEFAULTS else "") + ", Triton, in-process ONNX Runtime")
+        bench.start(tritium, repos)
+        say(f"warming up; then {ROUNDS} round(s)")
+        bench.warm_up()
+        bench.measure()
+        failed = False
+    except KeyboardInterrupt:
+        say("interrupted; stopping every server")
+        return 130
+    except RuntimeError as e:
+        say(f"error: {e}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        bench.procs.stop_all()
+        if failed:
+            say(f"logs kept in {work}")
+    knobs = ("ROUNDS", "QUICK", "WINDOW_MS", "MODELS", "DEFAULTS", "MAX_STEAL_PCT", "STEAL_TRIES")
+    envs = " ".join(f"{k}={os.environ[k]}" for k in knobs if os.environ.get(k))
+    meta = {
+        "date": start_utc.strftime("%Y-%m-%d %H:%M UTC"),
+        "duration_s": time.monotonic() - started,
+        "machine": info,
+        "command": (envs + " " if envs else "") + ".venv/bin/python bench/onnx.py",
+        "rounds": ROUNDS,
+        "window_ms": WINDOW_MS,
+        "max_steal": MAX_STEAL,
+        "steal_tries": STEAL_TRIES,
+        "models": WANTED_MODELS,
+        "triton_version": bench.triton_version,
+        "versions": {
+            "tritium": rev(),
+            "pytriton": version_of(TRITON_VENV / "bin" / "python", "nvidia-pytriton"),
+            "onnxruntime": version_of(pathlib.Path(sys.executable), "onnxruntime"),
+            "perf_analyzer": version_of(pathlib.Path(sys.executable), "perf-analyzer"),
+            "triton_venv": triton_venv_versions(),
+        },
+        "tritium_bin": str(tritium),
+        # Findings added by hand after the run (rendered under the summary; --render keeps them).
+        "notes": [],
+    }
+    out = report_path()
+    write_report(out, meta, bench.runs)
+    failures = sum(not r.ok for r in bench.runs)
+    if failures:
+        say(f"{failures} run(s) failed; perf_analyzer output and server logs kept in {work}")
+    else:
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+    say(f"done in {meta['duration_s'] / 60:.1f} min")
+    say(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
