@@ -3,10 +3,10 @@ and against ONNX Runtime called in-process from Python (the engine's limit), for
 tests/python/onnx_models.py: `cnn` (SqueezeNet 1.1 from the onnx wheel with seeded weights, FP32 [3, 224, 224] per
 request) and `sklearn` (StandardScaler + LogisticRegression through skl2onnx, FP32 [6] per request).
 
-    .venv/bin/python bench/onnx.py           # about 10 minutes on a 2-core machine once built (3 rounds)
+    .venv/bin/python bench/onnx.py           # about 18 minutes on a 2-core machine once built (3 rounds)
     QUICK=1 .venv/bin/python bench/onnx.py   # smoke run: 1 round, 1 s windows, about 2 minutes
 
-Rows, for each model: perf_analyzer over gRPC, `sync` c=1 and `--async` c=16, against
+Rows, for each model: perf_analyzer over gRPC, `sync` c=1, `--async` c=16 and `--async` c=64, against
 - Tritium: `tritium serve --model-repository` with the model as tests/python/test_onnxruntime.py writes it
   (`platform: "onnxruntime_onnx"`, max_batch_size 8, no dynamic_batching, instance_group and parameters left to
   their defaults: 2 CPU instances, ONNX Runtime's own thread count), ORT_DYLIB_PATH = the library that
@@ -14,11 +14,17 @@ Rows, for each model: perf_analyzer over gRPC, `sync` c=1 and `--async` c=16, ag
 - Triton 2.51.0 (bench/lib/install-triton.sh): the same config with `backend: "python"` and a model.py that opens an
   onnxruntime.InferenceSession in initialize() and runs it in execute(); the Triton in nvidia-pytriton has no
   onnxruntime backend. onnxruntime is installed into .tools/triton-venv (its pip, pinned versions);
-- in-process ONNX Runtime: a Python process that calls session.run on one fixed input in a loop for as long as a
-  perf_analyzer run lasts (three windows), from 1 thread for the c=1 row and from 16 threads sharing the session for
-  the c=16 row; session options are ONNX Runtime's defaults, as Tritium's are.
-For the CNN, three more Tritium servers give the "defaults" table: instance_group count 1 or 2 (2 being Triton's
-default for CPU and Tritium's) crossed with the parameter intra_op_thread_count 1 or 0 (0: ONNX Runtime chooses).
+- in-process ONNX Runtime (c=1 and c=16 only): a Python process that calls session.run on one fixed input in a loop
+  for as long as a perf_analyzer run lasts (three windows), from 1 thread for the c=1 row and from 16 threads sharing
+  the session for the c=16 row; session options are ONNX Runtime's defaults, as Tritium's are;
+- with dynamic batching (c=16 and c=64 only; BATCHING=0 skips them): a second Tritium and a second Triton with the
+  same configs plus `dynamic_batching { }` (no queue delay, no preferred size). Triton's python backend then hands
+  execute() several requests at once and batches nothing itself, so that model.py stacks the requests' inputs along
+  the batch dim, runs the session once and splits every output back by request, as a python-backend user would.
+The c=64 rows (C64=0 skips them) run against these four servers only.
+For the CNN, three more Tritium servers give the "defaults" table (c=1 and c=16): instance_group count 1 or 2 (2 being
+Triton's default for CPU and Tritium's) crossed with the parameter intra_op_thread_count 1 or 0 (0: ONNX Runtime
+chooses).
 
 Every server and the in-process process start once and stay up; every round runs each row against each of them in
 turn, in reversed order every other round; perf_analyzer's runs are exactly three fixed windows (`-s 1000`, as
@@ -30,8 +36,9 @@ Installs what it needs first (idempotent): perf_analyzer (scripts/install-perf-a
 (bench/lib/install-triton.sh), the ONNX Runtime library (scripts/install-onnxruntime.sh), onnxruntime in
 .tools/triton-venv; and builds the release `tritium` (cargo build --release -j2; a no-op when fresh).
 Environment: ROUNDS (3; QUICK: 1), QUICK, WINDOW_MS (3000; QUICK: 1000), MODELS (cnn,sklearn), DEFAULTS (1; 0 skips
-the defaults servers), TRITIUM_BIN (default target/release/tritium, not built when set), NO_BUILD, STARTUP_TIMEOUT
-(120 s), PA_TIMEOUT (120 s), PA_MEM_CAP_GIB (12), MAX_STEAL_PCT (10), STEAL_TRIES (2), BENCH_OUT (the report's path).
+the defaults servers), BATCHING (1; 0 skips the dynamic-batching servers), C64 (1; 0 skips the c=64 rows),
+TRITIUM_BIN (default target/release/tritium, not built when set), NO_BUILD, STARTUP_TIMEOUT (120 s), PA_TIMEOUT
+(120 s), PA_MEM_CAP_GIB (12), MAX_STEAL_PCT (10), STEAL_TRIES (2), BENCH_OUT (the report's path).
 """
 
 from __future__ import annotations
@@ -73,7 +80,9 @@ TRITON_ORT_PACKAGES = ("onnxruntime", "flatbuffers", "packaging", "protobuf")
 TRITON_NUMPY = "numpy==1.26.4"
 
 MODELS = {"cnn": "SqueezeNet 1.1 CNN, FP32 [1, 3, 224, 224]", "sklearn": "sklearn pipeline, FP32 [1, 6]"}
-MODES = {"c1": ("sync, c=1", [], 1), "c16": ("--async, c=16", ["--async"], 16)}
+MODES = {"c1": ("sync, c=1", [], 1), "c16": ("--async, c=16", ["--async"], 16), "c64": ("--async, c=64", ["--async"], 64)}
+# The servers with `dynamic_batching { }` added to the same config, and the server each is compared with.
+BATCHED = {"tritium-db": "tritium", "triton-db": "triton"}
 # Tritium variants for the defaults table (CNN only): key -> (instance count, intra_op_thread_count).
 VARIANTS = {"tritium-i1-t0": (1, 0), "tritium-i1-t1": (1, 1), "tritium-i2-t1": (2, 1)}
 DEFAULT_SHAPE = (2, 0)  # what "tritium" runs with: no instance_group (2 CPU instances), no parameters
@@ -81,6 +90,8 @@ LABELS = {
     "tritium": "Tritium (onnxruntime backend)",
     "triton": "Triton 2.51 (python backend + onnxruntime)",
     "ort": "ONNX Runtime in-process (Python)",
+    "tritium-db": "Tritium, dynamic_batching",
+    "triton-db": "Triton 2.51, dynamic_batching (model.py batches)",
     **{k: f"Tritium, {n} instance{'s' if n > 1 else ''}, intra_op_thread_count {t}" for k, (n, t) in VARIANTS.items()},
 }
 
@@ -95,6 +106,8 @@ ROUNDS = max(1, int(setting("ROUNDS", "1" if QUICK else "3")))
 WINDOW_MS = int(setting("WINDOW_MS", "1000" if QUICK else "3000"))
 WANTED_MODELS = [m for m in setting("MODELS", ",".join(MODELS)).split(",") if m in MODELS]
 DEFAULTS = setting("DEFAULTS", "1") != "0" and "cnn" in WANTED_MODELS
+BATCHING = setting("BATCHING", "1") != "0"
+C64 = setting("C64", "1") != "0"
 STARTUP_TIMEOUT = float(setting("STARTUP_TIMEOUT", "120"))
 PA_TIMEOUT = float(setting("PA_TIMEOUT", "120"))
 PA_MEM_CAP = int(setting("PA_MEM_CAP_GIB", "12")) << 30
@@ -122,6 +135,14 @@ class Run:
     steal: float = 0.0
     tries: int = 1
     error: str = ""
+    # The server's own statistics over the run, as perf_analyzer prints them: rows inferred and backend executions
+    # (inferences / executions = the average batch the dynamic batcher formed).
+    inferences: int = 0
+    executions: int = 0
+
+    @property
+    def rows_per_execution(self) -> float:
+        return self.inferences / self.executions if self.ok and self.executions else math.nan
 
     @property
     def cpu_ms_per_request(self) -> float:
@@ -257,6 +278,44 @@ class TritonPythonModel:
 '''
 
 
+TRITON_MODEL_PY_BATCHED = '''"""Triton python backend with dynamic_batching: an ONNX model through onnxruntime (bench/onnx.py writes this
+file). Triton's dynamic batcher hands execute() several requests; the python backend does not stack them, so this
+model does: inputs concatenated along the batch dim, one session.run, every output split back by request."""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        # ONNX Runtime's default session options, as Tritium's onnxruntime backend uses when the config sets none.
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.inputs = [tensor["name"] for tensor in config["input"]]
+        self.outputs = [tensor["name"] for tensor in config["output"]]
+
+    def execute(self, requests):
+        arrays = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self.inputs}
+        feeds = {name: a[0] if len(a) == 1 else np.concatenate(a) for name, a in arrays.items()}
+        rows = [a.shape[0] for a in arrays[self.inputs[0]]]
+        values = self.session.run(self.outputs, feeds)
+        bounds = np.cumsum(rows)[:-1]
+        parts = [np.split(value, bounds) for value in values]
+        responses = []
+        for i in range(len(requests)):
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(p[i])) for name, p in zip(self.outputs, parts)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+'''
+
+DYNAMIC_BATCHING = "dynamic_batching { }\n"
+
+
 def variant_config(count: int, threads: int) -> str:
     return (
         f"instance_group [ {{ count: {count} kind: KIND_CPU }} ]\n"
@@ -266,13 +325,13 @@ def variant_config(count: int, threads: int) -> str:
 
 def write_repositories(work: pathlib.Path) -> dict[str, pathlib.Path]:
     """Model repositories under `work`: `tritium` (the wanted models, default settings), `triton` (the same through
-    the python backend) and one per variant (the CNN alone). Returns them with each model's .onnx file
-    (`onnx:<model>`)."""
+    the python backend), `tritium-db` and `triton-db` (both with dynamic_batching) and one per variant (the CNN
+    alone). Returns them with each model's .onnx file (`onnx:<model>`)."""
     sys.path.insert(0, str(REPO / "tests" / "python"))
     import onnx_models
 
     builders = {"cnn": onnx_models.cnn, "sklearn": onnx_models.sklearn_pipeline}
-    repos = {"tritium": work / "tritium-models", "triton": work / "triton-models"}
+    repos = {key: work / f"{key}-models" for key in ["tritium", "triton", *(BATCHED if BATCHING else [])]}
     for name in WANTED_MODELS:
         model = builders[name](repos["tritium"], name)
         config = model.config()  # as test_onnxruntime.py writes it: max_batch_size 8, every tensor listed
@@ -281,6 +340,12 @@ def write_repositories(work: pathlib.Path) -> dict[str, pathlib.Path]:
         triton = builders[name](repos["triton"], name)
         triton.write_config(config.replace('platform: "onnxruntime_onnx"', 'backend: "python"'))
         (triton.path.parent / "model.py").write_text(TRITON_MODEL_PY)
+        if BATCHING:
+            batched = builders[name](repos["tritium-db"], name)
+            batched.write_config(config + DYNAMIC_BATCHING)
+            triton = builders[name](repos["triton-db"], name)
+            triton.write_config(config.replace('platform: "onnxruntime_onnx"', 'backend: "python"') + DYNAMIC_BATCHING)
+            (triton.path.parent / "model.py").write_text(TRITON_MODEL_PY_BATCHED)
         if name == "cnn" and DEFAULTS:
             for key, (count, threads) in VARIANTS.items():
                 repos[key] = work / f"{key}-models"
@@ -391,27 +456,36 @@ class Bench:
     def start(self, tritium: pathlib.Path, repos: dict[str, pathlib.Path]) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TRITIUM_", "DYN_GRPC_"))}
         env["ORT_DYLIB_PATH"] = str(ORT_LIBRARY)
-        for key in ["tritium", *(VARIANTS if DEFAULTS else [])]:
+        for key in ["tritium", *(["tritium-db"] if BATCHING else []), *(VARIANTS if DEFAULTS else [])]:
             server = Server(key, LABELS[key], self.procs, self.work / f"{key}.log")
             argv = [str(tritium), "serve", "--allow-http=false", "--model-repository", str(repos[key])]
             server.start_with_ready_line(argv, "tritium ready grpc=", STARTUP_TIMEOUT, env=env)
             self.servers[key] = server
         tenv = triton_env()
-        triton = Server("triton", LABELS["triton"], self.procs, self.work / "triton.log")
         env = dict(os.environ, LD_LIBRARY_PATH=tenv["TRITON_LD_LIBRARY_PATH"], PATH=tenv["TRITON_PATH"])
-        triton.start_triton(tenv["TRITONSERVER"], tenv["TRITON_BACKENDS"], repos["triton"], env, STARTUP_TIMEOUT)
-        self.servers["triton"] = triton
-        self.triton_version = triton_version(triton)
+        for key in ["triton", *(["triton-db"] if BATCHING else [])]:
+            triton = Server(key, LABELS[key], self.procs, self.work / f"{key}.log")
+            triton.start_triton(tenv["TRITONSERVER"], tenv["TRITON_BACKENDS"], repos[key], env, STARTUP_TIMEOUT)
+            self.servers[key] = triton
+        self.triton_version = triton_version(self.servers["triton"])
         models = {m: repos[f"onnx:{m}"] for m in WANTED_MODELS}
         self.ort = InProcess(self.procs, models, self.work / "ort.log")
         for s in self.servers.values():
             say(f"  {s.label} ready on {s.address}")
 
-    def targets(self, model: str) -> list[str]:
-        keys = ["triton", "tritium", "ort"]
-        if model == "cnn" and DEFAULTS:
+    def targets(self, model: str, mode: str) -> list[str]:
+        """What runs `mode` on `model`: c=1 without the batching servers, c=64 with only the four servers."""
+        keys = ["triton", "tritium"]
+        if mode != "c64":
+            keys.append("ort")
+        if mode != "c1" and BATCHING:
+            keys += ["triton-db", "tritium-db"]
+        if model == "cnn" and DEFAULTS and mode != "c64":
             keys += list(VARIANTS)
         return keys
+
+    def modes(self) -> list[str]:
+        return [m for m in MODES if m != "c64" or C64]
 
     def perf_analyzer(self, server: Server, model: str, mode: str, window_ms: int, tag: str) -> Run:
         _, args, concurrency = MODES[mode]
@@ -450,6 +524,9 @@ class Bench:
             run.p99_us = float(first["p99 latency"])
             counts = re.findall(r"Request count: (\d+)", text)
             run.requests = int(counts[0]) if counts else 0
+            server_side = re.search(r"Inference count: (\d+)\s+Execution count: (\d+)", text)
+            if server_side:
+                run.inferences, run.executions = int(server_side.group(1)), int(server_side.group(2))
             run.ok = True
         return run
 
@@ -483,17 +560,23 @@ class Bench:
     def warm_up(self) -> None:
         """A short sync run per model and target, so no measurement pays for first runs and lazy setup."""
         for model in WANTED_MODELS:
-            for key in self.targets(model):
+            for key in self.targets(model, "c1"):
                 run = self.once(key, model, "c1", 0, 300)
                 if not run.ok:
                     raise RuntimeError(f"warm-up of {LABELS[key]} on {model} failed: {run.error}")
+            # The batching servers also run batches of every size once (ONNX Runtime plans memory per shape).
+            for key in (BATCHED if BATCHING else []):
+                for mode in ("c1", "c16"):
+                    run = self.once(key, model, mode, 0, 300)
+                    if not run.ok:
+                        raise RuntimeError(f"warm-up of {LABELS[key]} on {model} failed: {run.error}")
 
     def measure(self) -> None:
         plan = []
         for rnd in range(1, ROUNDS + 1):
             for model in WANTED_MODELS:
-                for mode in MODES:
-                    keys = self.targets(model)
+                for mode in self.modes():
+                    keys = self.targets(model, mode)
                     plan += [(rnd, model, mode, key) for key in (keys if rnd % 2 else keys[::-1])]
         width = len(str(len(plan)))
         for i, (rnd, model, mode, key) in enumerate(plan, 1):
@@ -565,7 +648,12 @@ def x(value: float) -> str:
 
 
 def verdict(value: float, target: float) -> str:
-    return "" if math.isnan(value) else (" (met)" if value >= target else " (**missed**)")
+    if math.isnan(value):
+        return ""
+    if value >= target:
+        return " (met)"
+    # A miss that x() rounds up to the target itself shows its third digit.
+    return f" (**missed**: {value:.3f}x)" if f"{value:.2f}" == f"{target:.2f}" else " (**missed**)"
 
 
 def render(meta: dict, runs: list[Run]) -> str:
@@ -584,13 +672,16 @@ def render(meta: dict, runs: list[Run]) -> str:
     w(f"- **Command:** `{meta['command']}`; {meta['rounds']} round(s), perf_analyzer windows of {meta['window_ms']} ms "
       f"(three per run, `-s 1000`), in-process runs as long as three windows; servers in reversed order every other "
       f"round; a run with more than {meta['max_steal']:.0%} CPU steal is run again ({meta['steal_tries']} tries at most)")
+    batching = any(t.runs(mo, mode, k) for mo in models for mode in MODES for k in BATCHED)
     w("- **Models** (tests/python/onnx_models.py): " + "; ".join(f"`{k}`: {MODELS[k]}" for k in models) +
-      "; max_batch_size 8 with no dynamic_batching (each request runs alone), every request of batch 1, "
-      "perf_analyzer's random input data")  # fmt: skip
+      "; max_batch_size 8 with no dynamic_batching (each request runs alone)" +
+      (" except on the dynamic_batching servers" if batching else "") +
+      ", every request of batch 1, perf_analyzer's random input data")  # fmt: skip
     w("")
     w("Servers:\n")
     w("- **Tritium:** `tritium serve --model-repository`, `platform: \"onnxruntime_onnx\"`, instance_group and "
-      "parameters at their defaults (2 CPU instances, each its own session; ONNX Runtime picks its thread count).")
+      "parameters at their defaults (2 CPU instances, each its own session; ONNX Runtime picks its thread count"
+      + ("; the most recently idle instance takes the next request" if meta.get("lifo") else "") + ").")
     w("- **Triton:** the Triton in nvidia-pytriton has no onnxruntime backend, only the python backend, so Triton serves "
       "the same model.onnx and config (`backend: \"python\"`) through a model.py that opens an "
       "`onnxruntime.InferenceSession` (default options) in initialize() and runs it in execute(); 2 CPU instances "
@@ -598,6 +689,14 @@ def render(meta: dict, runs: list[Run]) -> str:
     w("- **ONNX Runtime in-process:** `session.run` on one fixed input in a Python loop, default session options (what "
       "Tritium uses): 1 thread for the c=1 rows, 16 threads sharing one session for the c=16 rows. No gRPC, no "
       "serialization, no client: the engine's limit. Its latency is one `session.run` call.")
+    if batching:
+        w("- **With dynamic batching** (c=16 and c=64 rows): a second Tritium and a second Triton, the same configs plus "
+          "`dynamic_batching { }` (no queue delay, no preferred batch size; batches of up to max_batch_size 8 while an "
+          "instance is busy). Triton's python backend hands `execute()` the batch as a list of requests and stacks "
+          "nothing itself, so that Triton's model.py concatenates the requests' inputs along the batch dim, runs the "
+          "session once and splits every output back by request (what a python-backend user writes).")
+    if any(t.runs(mo, "c64", k) for mo in models for k in LABELS):
+        w("- **c=64** rows: the four servers above only (no in-process loop, no defaults variants).")
     w("")
     w("**Caveat:** server and client share the machine's 2 cores. perf_analyzer's own CPU (about 100 µs per small "
       "request, more per CNN input of 588 KiB) is taken from the server, and the in-process loop has no client at "
@@ -606,15 +705,24 @@ def render(meta: dict, runs: list[Run]) -> str:
 
     w("## Summary\n")
     w("Ratios are medians over rounds of the ratio within each round (infer/s).\n")
-    w("| model | Tritium / in-process ORT, c=1 | Tritium / Triton, c=16 | Tritium / in-process ORT, c=16 | Tritium / Triton, c=1 |")
-    w("|---|---:|---:|---:|---:|")
+    head = "| model | Tritium / in-process ORT, c=1 | Tritium / Triton, c=16 | Tritium / in-process ORT, c=16 | Tritium / Triton, c=1 |"
+    rule = "|---|---:|---:|---:|---:|"
+    if batching:
+        head += " both with dynamic_batching: Tritium / Triton, c=16 | Tritium with / without dynamic_batching, c=16 |"
+        rule += "---:|---:|"
+    w(head)
+    w(rule)
     for model in models:
         c1_ort = t.ratio(model, "c1", "tritium", "ort")
         c16_triton = t.ratio(model, "c16", "tritium", "triton")
         target_c1 = verdict(c1_ort, 0.7) if model == "cnn" else ""
-        w(f"| {model} | {x(c1_ort)}{target_c1} | {x(c16_triton)}{verdict(c16_triton, 2.0)} | "
-          f"{x(t.ratio(model, 'c16', 'tritium', 'ort'))} | {x(t.ratio(model, 'c1', 'tritium', 'triton'))} |")  # fmt: skip
-    w("\nTargets: Tritium / in-process ORT at c=1 >= 0.7x for the CNN; Tritium / Triton at c=16 >= 2x.\n")
+        line = (f"| {model} | {x(c1_ort)}{target_c1} | {x(c16_triton)}{verdict(c16_triton, 2.0)} | "
+                f"{x(t.ratio(model, 'c16', 'tritium', 'ort'))} | {x(t.ratio(model, 'c1', 'tritium', 'triton'))} |")  # fmt: skip
+        if batching:
+            line += f" {x(t.ratio(model, 'c16', 'tritium-db', 'triton-db'))} | {x(t.ratio(model, 'c16', 'tritium-db', 'tritium'))} |"
+        w(line)
+    w("\nTargets: Tritium / in-process ORT at c=1 >= 0.7x for the CNN; Tritium / Triton at c=16 >= 2x (the servers as "
+      "configured above, without dynamic_batching).\n")
     if meta.get("notes"):
         w("## Notes (written after the run)\n")
         for note in meta["notes"]:
@@ -625,18 +733,44 @@ def render(meta: dict, runs: list[Run]) -> str:
         w(f"## {model}: {MODELS[model]}\n")
         w("Medians over rounds. CPU: the server's whole process session (Triton: tritonserver and its stubs; "
           "in-process: the Python process) per request, utime + stime from /proc.\n")  # fmt: skip
-        w("| row | server | infer/s | p50 µs | p99 µs | CPU ms / request | vs Tritium (infer/s) | ok |")
+        w("`Tritium / this`: infer/s of the Tritium row with the same batching (no dynamic_batching for Triton and the "
+          "in-process loop, dynamic_batching for Triton's dynamic_batching row), paired within rounds.\n")
+        w("| row | server | infer/s | p50 µs | p99 µs | CPU ms / request | Tritium / this (infer/s) | ok |")
         w("|---|---|---:|---:|---:|---:|---:|---:|")
         for mode, (title, _, _) in MODES.items():
-            for key in ("tritium", "triton", "ort"):
+            for key in ("tritium", "triton", "ort", "tritium-db", "triton-db"):
                 cell = t.runs(model, mode, key)
                 if not cell:
                     continue
                 ok = sum(r.ok for r in cell)
-                vs = "" if key == "tritium" else x(t.ratio(model, mode, "tritium", key))
+                ours = "tritium-db" if key in BATCHED else "tritium"
+                vs = "" if key == ours else x(t.ratio(model, mode, ours, key))
                 w(f"| {title} | {LABELS[key]} | {fmt(t.med(model, mode, key, 'infer_s'))} | "
                   f"{fmt(t.med(model, mode, key, 'p50_us'))} | {fmt(t.med(model, mode, key, 'p99_us'))} | "
                   f"{fmt(t.med(model, mode, key, 'cpu_ms_per_request'), 2)} | {vs} | {ok}/{len(cell)} |")  # fmt: skip
+        w("")
+
+    if batching:
+        w("## Dynamic batching: with and without\n")
+        w("The same servers' configs with and without `dynamic_batching { }`. Ratios of infer/s paired within rounds, "
+          "median over rounds; p99 in µs.\n")
+        w("Rows / execution: the server's inference count over its execution count (perf_analyzer's server-side "
+          "statistics), the average batch the batcher formed.\n")
+        w("| model | row | Tritium | Tritium + db | Triton | Triton + db | Tritium: db / without | Triton: db / without | "
+          "Tritium + db / Triton + db | Tritium + db / Triton | p99 Tritium, + db | p99 Triton, + db | "
+          "rows / execution Tritium + db, Triton + db |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for model in models:
+            for mode, (title, _, _) in MODES.items():
+                if not any(t.runs(model, mode, k) for k in BATCHED):
+                    continue
+                ips = [fmt(t.med(model, mode, k, "infer_s")) for k in ("tritium", "tritium-db", "triton", "triton-db")]
+                ratios = [x(t.ratio(model, mode, "tritium-db", "tritium")), x(t.ratio(model, mode, "triton-db", "triton")),
+                          x(t.ratio(model, mode, "tritium-db", "triton-db")), x(t.ratio(model, mode, "tritium-db", "triton"))]  # fmt: skip
+                p99 = [f"{fmt(t.med(model, mode, a, 'p99_us'))}, {fmt(t.med(model, mode, b, 'p99_us'))}"
+                       for a, b in (("tritium", "tritium-db"), ("triton", "triton-db"))]  # fmt: skip
+                rows = ", ".join(fmt(t.med(model, mode, k, "rows_per_execution"), 2) for k in BATCHED)
+                w(f"| {model} | {title} | {' | '.join(ips)} | {' | '.join(ratios)} | {' | '.join(p99)} | {rows} |")
         w("")
 
     if "cnn" in models and any(t.has("cnn", k) for k in VARIANTS):
@@ -649,29 +783,32 @@ def render(meta: dict, runs: list[Run]) -> str:
         w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         shapes = {"tritium": DEFAULT_SHAPE, **VARIANTS}
         best = {}
+        table_modes = ("c1", "c16")
         for key, (count, threads) in sorted(shapes.items(), key=lambda kv: kv[1]):
             cells = []
-            for mode in MODES:
+            for mode in table_modes:
                 vs = "(default)" if key == "tritium" else x(t.ratio("cnn", mode, key, "tritium"))
                 against = "ort" if mode == "c1" else "triton"  # the targets' comparisons, paired within rounds
                 cells += [fmt(t.med("cnn", mode, key, "infer_s")), fmt(t.med("cnn", mode, key, "p50_us")),
                           fmt(t.med("cnn", mode, key, "p99_us")), vs, x(t.ratio("cnn", mode, key, against))]  # fmt: skip
                 best.setdefault(mode, []).append((t.med("cnn", mode, key, "infer_s"), f"{count} / {threads}"))
-            cpu_cells = ", ".join(fmt(t.med("cnn", mode, key, "cpu_ms_per_request"), 2) for mode in MODES)
+            cpu_cells = ", ".join(fmt(t.med("cnn", mode, key, "cpu_ms_per_request"), 2) for mode in table_modes)
             w(f"| {count} / {threads}{' (default)' if key == 'tritium' else ''} | {' | '.join(cells)} | {cpu_cells} |")
         w("")
-        for mode, (title, _, _) in MODES.items():
+        for mode in table_modes:
+            title = MODES[mode][0]
             ranked = sorted((b for b in best[mode] if not math.isnan(b[0])), reverse=True)
             if ranked:
                 w(f"- Highest median infer/s at {title}: {ranked[0][1]} ({fmt(ranked[0][0])} infer/s)")
         w("")
 
     w("## Every run\n")
-    w("| round | model | row | server | infer/s | p50 µs | p99 µs | requests | CPU s | steal | tries | error |")
-    w("|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("| round | model | row | server | infer/s | p50 µs | p99 µs | requests | rows / execution | CPU s | steal | tries | error |")
+    w("|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in sorted(runs, key=lambda r: (r.model, list(MODES).index(r.mode), list(LABELS).index(r.server), r.round)):
         w(f"| {r.round} | {r.model} | {MODES[r.mode][0]} | {LABELS[r.server]} | {fmt(r.infer_s) if r.ok else '–'} | "
-          f"{fmt(r.p50_us) if r.ok else '–'} | {fmt(r.p99_us) if r.ok else '–'} | {r.requests} | {r.cpu_s:.2f} | "
+          f"{fmt(r.p50_us) if r.ok else '–'} | {fmt(r.p99_us) if r.ok else '–'} | {r.requests} | "
+          f"{fmt(r.rows_per_execution, 2) if r.server != 'ort' else ''} | {r.cpu_s:.2f} | "
           f"{r.steal:.0%} | {r.tries} | {r.error} |")  # fmt: skip
     return "\n".join(out) + "\n"
 
@@ -740,7 +877,7 @@ def main() -> int:
         bench.procs.stop_all()
         if failed:
             say(f"logs kept in {work}")
-    knobs = ("ROUNDS", "QUICK", "WINDOW_MS", "MODELS", "DEFAULTS", "MAX_STEAL_PCT", "STEAL_TRIES")
+    knobs = ("ROUNDS", "QUICK", "WINDOW_MS", "MODELS", "DEFAULTS", "BATCHING", "C64", "NO_BUILD", "MAX_STEAL_PCT", "STEAL_TRIES")
     envs = " ".join(f"{k}={os.environ[k]}" for k in knobs if os.environ.get(k))
     meta = {
         "date": start_utc.strftime("%Y-%m-%d %H:%M UTC"),
@@ -761,6 +898,7 @@ def main() -> int:
             "triton_venv": triton_venv_versions(),
         },
         "tritium_bin": str(tritium),
+        "lifo": True,  # ONNX instances: the most recently idle one takes the next request (since d5f472b)
         # Findings added by hand after the run (rendered under the summary; --render keeps them).
         "notes": [],
     }

@@ -2,8 +2,9 @@
 //! for one model version wait in a queue and are stacked along the batch dimension, up to
 //! `max_batch_size`, so that one backend call answers many. A batch is formed when an instance is
 //! free; it takes the oldest request and the compatible ones queued behind it (same input names,
-//! types and per-row shapes), executes at once when it is full or of a preferred size, and
-//! otherwise waits for more up to `max_queue_delay_microseconds` after its oldest request came.
+//! types and per-row shapes), executes at once when it is full, of a preferred size, or followed
+//! by a request that cannot join it, and otherwise waits for more up to
+//! `max_queue_delay_microseconds` after its oldest request came.
 //! At most the model's instance count of batches run at once.
 //!
 //! Not yet: priority levels and per-request queue timeouts.
@@ -133,8 +134,12 @@ impl Scheduler {
                 waiting.retain(|p| !p.reply.is_closed());
                 self.release(before - waiting.len());
                 let Some(oldest) = waiting.front() else { break };
-                let rows = self.batch_rows(&waiting);
-                let ready = rows >= self.policy.max_batch_size || self.policy.preferred.contains(&rows);
+                let count = self.batch_len(&waiting);
+                let rows: i64 = waiting.iter().take(count).map(|p| p.rows).sum();
+                // A request behind the batch that cannot join it (another shape, or no room) means
+                // waiting cannot make this batch bigger: it goes now, as Triton's does.
+                let blocked = count < waiting.len();
+                let ready = blocked || rows >= self.policy.max_batch_size || self.policy.preferred.contains(&rows);
                 let deadline = oldest.arrived + self.policy.max_delay;
                 if ready || !open || Instant::now() >= deadline {
                     break;
@@ -164,11 +169,6 @@ impl Scheduler {
     /// Gives back the queue places of requests that left the queue.
     fn release(&self, count: usize) {
         self.queued.fetch_sub(count, Ordering::AcqRel);
-    }
-
-    /// The rows of the batch the queue's head would form now.
-    fn batch_rows(&self, waiting: &VecDeque<Pending>) -> i64 {
-        waiting.iter().take(self.batch_len(waiting)).map(|p| p.rows).sum()
     }
 
     /// How many requests from the head share one batch: compatible with the head, in order, within
