@@ -28,9 +28,18 @@ use crate::request::Parameters;
 /// Requests a batcher holds when the config sets no `max_queue_size`: beyond it, UNAVAILABLE.
 pub const DEFAULT_MAX_QUEUE: usize = 4096;
 
-/// A request's outputs, and whether its batch counts as an execution here (the first request
-/// of each batch carries it, so executions are counted once per batch).
-pub type BatchAnswer = Result<(Vec<Tensor>, bool), BackendError>;
+/// A request's share of its batch.
+#[derive(Debug)]
+pub struct BatchShare {
+    pub outputs: Vec<Tensor>,
+    /// Whether this request carries its batch's execution (the first of each batch does), so
+    /// executions are counted once per batch.
+    pub carried_the_call: bool,
+    /// How long it waited in the batcher's queue before its batch started.
+    pub waited: Duration,
+}
+
+pub type BatchAnswer = Result<BatchShare, BackendError>;
 
 struct Pending {
     inputs: Vec<Tensor>,
@@ -192,7 +201,9 @@ impl Scheduler {
 
 /// Runs one batch and gives every request its rows of the outputs, or the batch's error.
 async fn execute(backend: &dyn Backend, batch: Vec<Pending>) {
+    let started = Instant::now();
     let rows: Vec<i64> = batch.iter().map(|p| p.rows).collect();
+    let waited: Vec<Duration> = batch.iter().map(|p| started.saturating_duration_since(p.arrived)).collect();
     let mut replies = Vec::with_capacity(batch.len());
     let mut inputs = Vec::with_capacity(batch.len());
     let mut parameters = Parameters::default();
@@ -215,8 +226,8 @@ async fn execute(backend: &dyn Backend, batch: Vec<Pending>) {
     });
     match parts {
         Ok(parts) => {
-            for (index, (reply, part)) in replies.into_iter().zip(parts).enumerate() {
-                let _ = reply.send(Ok((part, index == 0)));
+            for (index, ((reply, outputs), waited)) in replies.into_iter().zip(parts).zip(waited).enumerate() {
+                let _ = reply.send(Ok(BatchShare { outputs, carried_the_call: index == 0, waited }));
             }
         }
         Err(error) => {
@@ -293,7 +304,7 @@ mod tests {
             .collect();
         let mut carried = 0;
         for (i, task) in tasks.into_iter().enumerate() {
-            let (outputs, first) = task.await.unwrap().unwrap();
+            let BatchShare { outputs, carried_the_call: first, .. } = task.await.unwrap().unwrap();
             let i = i as i32;
             assert_eq!(outputs[0].shape, [2, 2]);
             assert_eq!(outputs[0].to_vec::<i32>().unwrap(), [i * 10 + 1, i * 10 + 2, i * 10 + 3, i * 10 + 4]);
@@ -316,8 +327,8 @@ mod tests {
             let b = Arc::clone(&batcher);
             tokio::spawn(async move { b.submit(request(&[7, 8], 2), 1).await })
         };
-        assert_eq!(wide.await.unwrap().unwrap().0[0].to_vec::<i32>().unwrap(), [2, 3, 4]);
-        assert_eq!(narrow.await.unwrap().unwrap().0[0].to_vec::<i32>().unwrap(), [8, 9]);
+        assert_eq!(wide.await.unwrap().unwrap().outputs[0].to_vec::<i32>().unwrap(), [2, 3, 4]);
+        assert_eq!(narrow.await.unwrap().unwrap().outputs[0].to_vec::<i32>().unwrap(), [8, 9]);
         assert_eq!(*backend.calls.lock().unwrap(), [1, 1]);
     }
 
@@ -340,9 +351,9 @@ mod tests {
         let refused = batcher.submit(request(&[3], 1), 1).await.unwrap_err();
         assert_eq!((refused.code(), refused.to_string().as_str()), (ErrorCode::Unavailable, "Exceeds maximum queue size"));
         permits.add_permits(3);
-        assert_eq!(running.await.unwrap().unwrap().0[0].to_vec::<i32>().unwrap(), [1]);
+        assert_eq!(running.await.unwrap().unwrap().outputs[0].to_vec::<i32>().unwrap(), [1]);
         for (value, task) in (2..).zip(queued) {
-            assert_eq!(task.await.unwrap().unwrap().0[0].to_vec::<i32>().unwrap(), [value]);
+            assert_eq!(task.await.unwrap().unwrap().outputs[0].to_vec::<i32>().unwrap(), [value]);
         }
         assert_eq!(*backend.calls.lock().unwrap(), [1, 1, 1]);
     }

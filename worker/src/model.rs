@@ -1,7 +1,7 @@
 //! A loaded model version and how one request runs on it, with statistics recorded on the way.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -71,12 +71,14 @@ impl ModelVersion {
         self.schema.decoupled
     }
 
-    fn record_success(&self, timing: &Timing, inferred: Instant, batch: u64, executions: u64) {
+    /// `batched` is the time the request waited in the dynamic batcher's queue: queue time, as
+    /// Triton counts it, not compute.
+    fn record_success(&self, timing: &Timing, inferred: Instant, batch: u64, executions: u64, batched: Duration) {
         let done = Instant::now();
         let phases = PhaseTimes {
-            queue: timing.started.saturating_duration_since(timing.arrived),
+            queue: timing.started.saturating_duration_since(timing.arrived) + batched,
             compute_input: timing.validated.saturating_duration_since(timing.started),
-            compute_infer: inferred.saturating_duration_since(timing.validated),
+            compute_infer: inferred.saturating_duration_since(timing.validated).saturating_sub(batched),
             compute_output: done.saturating_duration_since(inferred),
         };
         self.stats.record_success(phases, batch, executions);
@@ -126,15 +128,15 @@ impl ModelVersion {
         let batch = request.batch_size();
         let (model, mut request, timing) = request.into_parts();
         let backend_request = model.backend_request(&mut request, None);
-        let (outputs, executions) = match &model.batcher {
+        let (outputs, executions, batched) = match &model.batcher {
             Some(batcher) => match batcher.submit(backend_request, i64::try_from(batch).unwrap_or(i64::MAX)).await {
-                Ok((outputs, carried_the_call)) => (Ok(outputs), u64::from(carried_the_call)),
-                Err(error) => (Err(error), 0),
+                Ok(share) => (Ok(share.outputs), u64::from(share.carried_the_call), share.waited),
+                Err(error) => (Err(error), 0, Duration::ZERO),
             },
             None => {
                 let mut responder = Responder::single();
                 let result = model.backend.execute(backend_request, &mut responder).await;
-                (result.and_then(|()| responder.take_single().ok_or(BackendError::NoResponse)), 1)
+                (result.and_then(|()| responder.take_single().ok_or(BackendError::NoResponse)), 1, Duration::ZERO)
             }
         };
         let inferred = Instant::now();
@@ -153,7 +155,7 @@ impl ModelVersion {
             outputs: select_outputs(outputs, &request.requested_outputs),
             is_final: true,
         };
-        model.record_success(&timing, inferred, batch, executions);
+        model.record_success(&timing, inferred, batch, executions, batched);
         Ok(response)
     }
 
@@ -178,7 +180,7 @@ impl ModelVersion {
             let inferred = Instant::now();
             let last = match result {
                 Ok(()) => {
-                    model.record_success(&timing, inferred, batch, 1);
+                    model.record_success(&timing, inferred, batch, 1, Duration::ZERO);
                     StreamItem::Complete
                 }
                 Err(BackendError::Cancelled) => return,
