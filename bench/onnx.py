@@ -43,7 +43,6 @@ TRITIUM_BIN (default target/release/tritium, not built when set), NO_BUILD, STAR
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import os
@@ -61,7 +60,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO / "bench" / "lib"))
 
-from bench import machine, steal_share  # noqa: E402
+from bench import machine, run_perf_analyzer, steal_share  # noqa: E402
 from onnx_report import BATCHED, LABELS, MODELS, MODES, VARIANTS, Run, write_report  # noqa: E402
 from onnx_triton_model import TRITON_MODEL_PY, TRITON_MODEL_PY_BATCHED  # noqa: E402
 from servers import Processes, Server, cpu_ticks, session_cpu_seconds  # noqa: E402
@@ -385,37 +384,10 @@ class Bench:
         if not server.alive():
             run.error = server.failed or "server is not running"
             return run
-        with open(out_path, "wb") as out:
-            cpu0, t0 = server.cpu_seconds(), time.monotonic()
-            proc = self.procs.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.work)
-            try:
-                rc = proc.wait(timeout=PA_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                rc = None
-            run.wall_s = time.monotonic() - t0
-            run.cpu_s = server.cpu_seconds() - cpu0 if server.alive() else 0.0
-            self.procs.stop(proc, grace=2)
-        text = out_path.read_text(errors="replace")
-        if not server.alive():
-            server.failed = f"server exited with {server.proc.returncode if server.proc else '?'} (log: {server.log_path})"
-            run.error = server.failed
-        elif rc is None:
-            run.error = f"timed out after {PA_TIMEOUT:.0f} s"
-        elif rc != 0 or not csv_path.exists():
-            last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
-            run.error = f"perf_analyzer exit {rc}: {last[0][:160]}"
-        else:
-            with open(csv_path, newline="") as f:
-                first = next(csv.DictReader(f))
-            run.infer_s = float(first["Inferences/Second"])
-            run.p50_us = float(first["p50 latency"])
-            run.p99_us = float(first["p99 latency"])
-            counts = re.findall(r"Request count: (\d+)", text)
-            run.requests = int(counts[0]) if counts else 0
-            server_side = re.search(r"Inference count: (\d+)\s+Execution count: (\d+)", text)
-            if server_side:
-                run.inferences, run.executions = int(server_side.group(1)), int(server_side.group(2))
-            run.ok = True
+        text = run_perf_analyzer(self.procs, self.work, argv, PA_TIMEOUT, server, run, csv_path, out_path)
+        server_side = re.search(r"Inference count: (\d+)\s+Execution count: (\d+)", text)
+        if run.ok and server_side:
+            run.inferences, run.executions = int(server_side.group(1)), int(server_side.group(2))
         return run
 
     def in_process(self, model: str, mode: str, seconds: float) -> Run:

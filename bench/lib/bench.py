@@ -129,6 +129,43 @@ def steal_share(before: list[int], after: list[int]) -> float:
     return delta[7] / sum(delta) if sum(delta) > 0 else 0.0
 
 
+def run_perf_analyzer(procs: Processes, work: Path, argv: list[str], timeout: float, server: Server, run, csv_path: Path,
+                      out_path: Path) -> str:
+    """Runs perf_analyzer (`argv`) against `server` and fills `run`: wall time, the server's CPU seconds and the
+    steal over the run, then perf_analyzer's infer/s, p50, p99 and request count with `ok`, or `error`. Returns
+    perf_analyzer's output for callers that read more of it."""
+    with open(out_path, "wb") as out:
+        cpu0, t0, ticks0 = server.cpu_seconds(), time.monotonic(), cpu_ticks()
+        proc = procs.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=work)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        run.wall_s = time.monotonic() - t0
+        run.cpu_s = server.cpu_seconds() - cpu0 if server.alive() else 0.0
+        run.steal = steal_share(ticks0, cpu_ticks())
+        procs.stop(proc, grace=2)
+    text = out_path.read_text(errors="replace")
+    if not server.alive():
+        server.failed = f"server exited with {server.proc.returncode if server.proc else '?'} (log: {server.log_path})"
+        run.error = server.failed
+    elif rc is None:
+        run.error = f"timed out after {timeout:.0f} s"
+    elif rc != 0 or not csv_path.exists():
+        last = [line for line in text.splitlines() if line.strip()][-1:] or ["no output"]
+        run.error = f"perf_analyzer exit {rc}: {last[0][:160]}"
+    else:
+        with open(csv_path, newline="") as f:
+            first = next(csv.DictReader(f))
+        run.infer_s = float(first["Inferences/Second"])
+        run.p50_us = float(first["p50 latency"])
+        run.p99_us = float(first["p99 latency"])
+        counts = re.findall(r"Request count: (\d+)", text)
+        run.requests = int(counts[0]) if counts else 0
+        run.ok = True
+    return text
+
+
 @dataclass
 class Settings:
     rounds: int
@@ -275,35 +312,7 @@ class Bench:
         if not server.alive():
             run.error = server.failed or "server is not running"
             return run
-        with open(out_path, "wb") as out:
-            cpu0, t0, ticks0 = server.cpu_seconds(), time.monotonic(), cpu_ticks()
-            proc = self.procs.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.work)
-            try:
-                rc = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                rc = None
-            run.wall_s = time.monotonic() - t0
-            run.cpu_s = server.cpu_seconds() - cpu0 if server.alive() else 0.0
-            run.steal = steal_share(ticks0, cpu_ticks())
-            self.procs.stop(proc, grace=2)
-        text = out_path.read_text(errors="replace")
-        if not server.alive():
-            server.failed = f"server exited with {server.proc.returncode if server.proc else '?'} (log: {server.log_path})"
-            run.error = server.failed
-        elif rc is None:
-            run.error = f"timed out after {timeout:.0f} s"
-        elif rc != 0 or not csv_path.exists():
-            last = [l for l in text.splitlines() if l.strip()][-1:] or ["no output"]
-            run.error = f"perf_analyzer exit {rc}: {last[0][:160]}"
-        else:
-            with open(csv_path, newline="") as f:
-                first = next(csv.DictReader(f))
-            run.infer_s = float(first["Inferences/Second"])
-            run.p50_us = float(first["p50 latency"])
-            run.p99_us = float(first["p99 latency"])
-            counts = re.findall(r"Request count: (\d+)", text)
-            run.requests = int(counts[0]) if counts else 0
-            run.ok = True
+        run_perf_analyzer(self.procs, self.work, argv, timeout, server, run, csv_path, out_path)
         return run
 
     def warm_up(self) -> None:
