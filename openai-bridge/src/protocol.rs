@@ -508,4 +508,13 @@ mod tests {
         let error = parse_json::<EmbeddingRequest>(br#"{"model":"m","input":"a","encoding_format":"int8"}"#);
         assert_eq!(field_of(error.expect_err("format")), "encoding_format");
     }
+
+    /// Found by the proptest `arbitrary_chat_bodies`: `options()` validated
+    /// `max_completion_tokens` under the name `max_tokens`, a field the client did not send.
+    #[test]
+    fn chat_max_completion_tokens_error_names_its_field() {
+        let request =
+            parse_json::<ChatCompletionRequest>(br#"{"model":"m","messages":[],"max_completion_tokens":0}"#).expect("parses");
+        assert_eq!(field_of(request.options().expect_err("zero tokens")), "max_completion_tokens");
+    }
 }

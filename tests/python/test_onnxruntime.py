@@ -3,10 +3,9 @@ scikit-learn pipeline, every datatype, a model ONNX Runtime fails on) served by 
 onnxruntime.InferenceSession on the same inputs (integers, booleans and strings exactly, floats to 1e-5).
 
 Covers full config.pbtxt files; Triton's auto-complete (no config at all, or only `backend` and `max_batch_size`);
-`--backend-config=onnxruntime,default-max-batch-size=N` and `--disable-auto-complete-config`; a batch against the
-same samples sent one by one; system shared memory; Triton's INVALID_ARGUMENT wording for bad inputs; an error
-raised inside ONNX Runtime as INTERNAL; two CPU instances under 8 concurrent clients; KIND_GPU refused at load;
-model_warmup with zero and random data.
+a batch against the same samples sent one by one; system shared memory; Triton's INVALID_ARGUMENT wording for bad
+inputs; an error raised inside ONNX Runtime as INTERNAL; two CPU instances under 8 concurrent clients; model_warmup
+with zero and random data. Server-wide settings and failed loads are in test_onnxruntime_loading.py.
 
 Expected behaviour is Triton 2.51's with its onnxruntime backend (AutoCompleteConfig in src/onnxruntime.cc): a model
 whose every input and output has a dynamic dim 0 gets max_batch_size = default-max-batch-size (4 unless set) and an
@@ -54,9 +53,6 @@ ORT_RESHAPE_ERROR = "The input tensor cannot be reshaped to the requested shape.
 
 PAIR = """
 instance_group [ { count: 2 kind: KIND_CPU } ]
-"""
-GPU = """
-instance_group [ { count: 1 kind: KIND_GPU } ]
 """
 WARMUP = """
 model_warmup [
@@ -392,51 +388,6 @@ def test_partial_config_is_completed_from_the_model(auto, aclient):
     check_against_reference(aclient, model, {"data_0": images(5, seed=31)})
 
 
-# --- (d) backend settings --------------------------------------------------------------------------------
-
-
-def test_backend_config_default_max_batch_size(start_tritium, tmp_path):
-    model = onnx_models.sklearn_pipeline(tmp_path, "sklearn")
-    client = serve(start_tritium, tmp_path, "--backend-config=onnxruntime,default-max-batch-size=2")
-    try:
-        config = client.get_model_config("sklearn").config
-        assert config.max_batch_size == 2
-        assert config.HasField("dynamic_batching")
-        assert [list(t.shape) for t in client.get_model_metadata("sklearn").inputs] == [[-1, onnx_models.SKLEARN_FEATURES]]
-        check_against_reference(client, model, {"X": features(2, seed=41)})
-        expect_error(
-            "INVALID_ARGUMENT",
-            "inference request batch-size must be <= 2 for 'sklearn'",
-            client.infer,
-            "sklearn",
-            infer_inputs(model, {"X": features(3, seed=41)}),
-        )
-    finally:
-        client.close()
-
-
-def test_disable_auto_complete_config(start_tritium, tmp_path):
-    # Model names that say nothing of configs or GPUs, so the reasons checked below cannot pass by naming the model.
-    complete = onnx_models.sklearn_pipeline(tmp_path, "complete")
-    complete.write_config(complete.config())
-    onnx_models.sklearn_pipeline(tmp_path, "bare")
-    onnx_models.sklearn_pipeline(tmp_path, "partial", config=PARTIAL)
-    client = serve(start_tritium, tmp_path, "--disable-auto-complete-config")
-    try:
-        # A complete config needs no auto-complete and still loads.
-        assert index_entry(client, "complete").state == "READY"
-        check_against_reference(client, complete, {"X": features(3, seed=43)})
-        # No config, or one without inputs and outputs, cannot load when nothing may fill it in.
-        for name in ("bare", "partial"):
-            entry = index_entry(client, name)
-            assert entry.state == "UNAVAILABLE", entry
-            assert entry.reason, f"{name}: UNAVAILABLE without a reason"
-            assert client.is_model_ready(name) is False
-        assert "config" in index_entry(client, "bare").reason.lower()
-    finally:
-        client.close()
-
-
 # --- (e) a batch equals its samples one by one --------------------------------------------------------------
 
 
@@ -582,23 +533,6 @@ def test_two_cpu_instances_serve_concurrent_clients(full, fclient):
         np.testing.assert_allclose(got, want[i : i + 1], rtol=RTOL, atol=ATOL, err_msg=f"request {i}")
     stats = fclient.get_inference_statistics("cnn_pair").model_stats
     assert [s.inference_stats.success.count for s in stats] == [2 * CLIENTS]
-
-
-def test_kind_gpu_is_refused_at_load(start_tritium, tmp_path):
-    gpu = onnx_models.cnn(tmp_path, "squeezenet")  # a name without "gpu": the reason must say it
-    gpu.write_config(gpu.config(extra=GPU))
-    cpu = onnx_models.sklearn_pipeline(tmp_path, "sklearn")
-    cpu.write_config(cpu.config())
-    client = serve(start_tritium, tmp_path)
-    try:
-        entry = index_entry(client, "squeezenet")
-        assert entry.state == "UNAVAILABLE", entry
-        assert "gpu" in entry.reason.lower(), entry.reason
-        assert client.is_model_ready("squeezenet") is False
-        expect_error("NOT_FOUND", "Request for unknown model", client.infer, "squeezenet", fp32("data_0", images(1, seed=95)))
-        check_against_reference(client, cpu, {"X": features(2, seed=95)})
-    finally:
-        client.close()
 
 
 # --- (j) model_warmup -------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Loading ONNX models when something is wrong: the ONNX Runtime library missing, and a model_warmup sample that
-fails inside ONNX Runtime. Either way the model is UNAVAILABLE with a reason that says what to do, and the rest of
-the repository is served.
+"""Loading ONNX models under server-wide settings and when something is wrong: `--backend-config` and
+`--disable-auto-complete-config`, a KIND_GPU instance group without GPU support, the ONNX Runtime library missing,
+and a model_warmup sample that fails inside ONNX Runtime. A model that cannot load is UNAVAILABLE with a reason that
+says what to do, and the rest of the repository is served.
 
 Triton's wording for a failed warmup (core backend_model_instance.cc): "failed to run warmup sample '<name>': <error>; ".
 """
@@ -15,8 +16,22 @@ pytest.importorskip("onnx", reason="the onnx package is missing: run scripts/set
 import tritonclient.grpc as grpcclient  # noqa: E402
 
 import onnx_models  # noqa: E402
-from test_onnxruntime import features, index_entry, ort_args  # noqa: E402
+from helpers import expect_error  # noqa: E402
+from test_onnxruntime import (  # noqa: E402
+    PARTIAL,
+    check_against_reference,
+    features,
+    fp32,
+    images,
+    index_entry,
+    infer_inputs,
+    ort_args,
+    serve,
+)
 
+GPU = """
+instance_group [ { count: 1 kind: KIND_GPU } ]
+"""
 FAILING_WARMUP = """
 model_warmup [
   {
@@ -72,5 +87,70 @@ def test_a_failing_warmup_sample_fails_the_load_in_tritons_words(start_tritium, 
         x = grpcclient.InferInput("X", [2, onnx_models.SKLEARN_FEATURES], "FP32")
         x.set_data_from_numpy(features(2, seed=7))
         assert client.infer("classifier", [x]).as_numpy("label").shape[0] == 2
+    finally:
+        client.close()
+
+
+# --- (d) backend settings --------------------------------------------------------------------------------
+
+
+def test_backend_config_default_max_batch_size(start_tritium, tmp_path):
+    model = onnx_models.sklearn_pipeline(tmp_path, "sklearn")
+    client = serve(start_tritium, tmp_path, "--backend-config=onnxruntime,default-max-batch-size=2")
+    try:
+        config = client.get_model_config("sklearn").config
+        assert config.max_batch_size == 2
+        assert config.HasField("dynamic_batching")
+        assert [list(t.shape) for t in client.get_model_metadata("sklearn").inputs] == [[-1, onnx_models.SKLEARN_FEATURES]]
+        check_against_reference(client, model, {"X": features(2, seed=41)})
+        expect_error(
+            "INVALID_ARGUMENT",
+            "inference request batch-size must be <= 2 for 'sklearn'",
+            client.infer,
+            "sklearn",
+            infer_inputs(model, {"X": features(3, seed=41)}),
+        )
+    finally:
+        client.close()
+
+
+def test_disable_auto_complete_config(start_tritium, tmp_path):
+    # Model names that say nothing of configs or GPUs, so the reasons checked below cannot pass by naming the model.
+    complete = onnx_models.sklearn_pipeline(tmp_path, "complete")
+    complete.write_config(complete.config())
+    onnx_models.sklearn_pipeline(tmp_path, "bare")
+    onnx_models.sklearn_pipeline(tmp_path, "partial", config=PARTIAL)
+    client = serve(start_tritium, tmp_path, "--disable-auto-complete-config")
+    try:
+        # A complete config needs no auto-complete and still loads.
+        assert index_entry(client, "complete").state == "READY"
+        check_against_reference(client, complete, {"X": features(3, seed=43)})
+        # No config, or one without inputs and outputs, cannot load when nothing may fill it in.
+        for name in ("bare", "partial"):
+            entry = index_entry(client, name)
+            assert entry.state == "UNAVAILABLE", entry
+            assert entry.reason, f"{name}: UNAVAILABLE without a reason"
+            assert client.is_model_ready(name) is False
+        assert "config" in index_entry(client, "bare").reason.lower()
+    finally:
+        client.close()
+
+
+# --- instance groups --------------------------------------------------------------------------------------
+
+
+def test_kind_gpu_is_refused_at_load(start_tritium, tmp_path):
+    gpu = onnx_models.cnn(tmp_path, "squeezenet")  # a name without "gpu": the reason must say it
+    gpu.write_config(gpu.config(extra=GPU))
+    cpu = onnx_models.sklearn_pipeline(tmp_path, "sklearn")
+    cpu.write_config(cpu.config())
+    client = serve(start_tritium, tmp_path)
+    try:
+        entry = index_entry(client, "squeezenet")
+        assert entry.state == "UNAVAILABLE", entry
+        assert "gpu" in entry.reason.lower(), entry.reason
+        assert client.is_model_ready("squeezenet") is False
+        expect_error("NOT_FOUND", "Request for unknown model", client.infer, "squeezenet", fp32("data_0", images(1, seed=95)))
+        check_against_reference(client, cpu, {"X": features(2, seed=95)})
     finally:
         client.close()

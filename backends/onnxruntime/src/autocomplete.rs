@@ -3,7 +3,9 @@
 //! what it states must agree with it.
 
 use tritium_proto::inference::model_config::SchedulingChoice;
-use tritium_proto::inference::{ModelConfig, ModelDynamicBatching, ModelInput, ModelOutput, ModelTensorReshape};
+use tritium_proto::inference::{
+    DataType as ConfigDataType, ModelConfig, ModelDynamicBatching, ModelInput, ModelOutput, ModelTensorReshape,
+};
 use tritium_tensor::DataType;
 
 /// One input or output as the ONNX graph declares it. A dimension the graph leaves symbolic or
@@ -137,8 +139,9 @@ fn check_tensor(
     if DataType::from_config(data_type) != Some(spec.datatype) {
         return Err(format!(
             "unable to load model '{model}', configuration expects datatype {} for {kind} '{name}', model provides {}",
-            type_name(data_type),
-            type_name(config_type(spec.datatype))
+            ConfigDataType::try_from(data_type).map_or("TYPE_INVALID", |t| t.as_str_name()),
+            // The model side in the server's names, as Triton prints it: strings are TYPE_BYTES.
+            format!("TYPE_{}", spec.datatype.kserve_name())
         ));
     }
     let shape = |dims: &[i64]| format!("[{}]", dims.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
@@ -175,20 +178,9 @@ fn check_tensor(
     Ok(())
 }
 
-/// A config datatype as Triton prints it (`TYPE_FP32`; strings are `TYPE_BYTES` on the model side).
-fn type_name(data_type: i32) -> String {
-    match DataType::from_config(data_type) {
-        Some(DataType::Bytes) => "TYPE_BYTES".to_string(),
-        Some(datatype) => format!("TYPE_{}", datatype.kserve_name()),
-        None => "TYPE_INVALID".to_string(),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use tritium_proto::inference::DataType as ConfigDataType;
-
     use super::*;
 
     fn spec(name: &str, datatype: DataType, dims: &[i64]) -> TensorSpec {
