@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tritium_proto::inference::ModelConfig;
 
 use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamTarget, select_outputs};
-use crate::dynamic_batcher::DynamicBatcher;
+use crate::dynamic_batcher::{DynamicBatcher, Execution};
 use crate::error::WorkerError;
 use crate::request::{InferenceRequest, InferenceResponse};
 use crate::schema::ModelSchema;
@@ -39,18 +39,25 @@ impl std::fmt::Debug for ModelVersion {
 }
 
 impl ModelVersion {
-    pub fn new(config: Arc<ModelConfig>, version: i64, schema: ModelSchema, backend: Arc<dyn Backend>) -> ModelVersion {
-        let batcher = DynamicBatcher::for_config(&config, &backend);
-        ModelVersion {
+    /// A version serving `config` with `backend`; fails when the config's scheduler cannot be
+    /// served as written.
+    pub fn new(
+        config: Arc<ModelConfig>,
+        version: i64,
+        schema: ModelSchema,
+        backend: Arc<dyn Backend>,
+    ) -> Result<ModelVersion, String> {
+        let batcher = DynamicBatcher::for_config(&config, &backend)?;
+        Ok(ModelVersion {
             name: Arc::from(config.name.as_str()),
             version,
+            stats: ModelStats::new(u64::try_from(config.max_batch_size).unwrap_or(0)),
             config,
             schema,
-            stats: ModelStats::default(),
             is_language_model: backend.language_model().is_some(),
             batcher,
             backend,
-        }
+        })
     }
 
     /// The engine behind this version when it is a language model.
@@ -72,8 +79,9 @@ impl ModelVersion {
     }
 
     /// `batched` is the time the request waited in the dynamic batcher's queue: queue time, as
-    /// Triton counts it, not compute.
-    fn record_success(&self, timing: &Timing, inferred: Instant, batch: u64, executions: u64, batched: Duration) {
+    /// Triton counts it, not compute. `execution` is the batch this request carried, if any;
+    /// without a batcher every request is its own execution.
+    fn record_success(&self, timing: &Timing, inferred: Instant, batch: u64, execution: Option<Execution>, batched: Duration) {
         let done = Instant::now();
         let phases = PhaseTimes {
             queue: timing.started.saturating_duration_since(timing.arrived) + batched,
@@ -81,7 +89,20 @@ impl ModelVersion {
             compute_infer: inferred.saturating_duration_since(timing.validated).saturating_sub(batched),
             compute_output: done.saturating_duration_since(inferred),
         };
-        self.stats.record_success(phases, batch, executions);
+        self.stats.record_success(phases, batch);
+        match execution {
+            Some(e) => self.stats.record_execution(
+                e.batch_size,
+                PhaseTimes {
+                    queue: Duration::ZERO,
+                    compute_input: e.compute_input,
+                    compute_infer: e.compute_infer,
+                    compute_output: e.compute_output,
+                },
+            ),
+            None if self.batcher.is_none() => self.stats.record_execution(batch, phases),
+            None => {}
+        }
     }
 
     fn backend_error(&self, source: BackendError) -> WorkerError {
@@ -126,17 +147,17 @@ impl ModelVersion {
     /// Runs a request that gets exactly one response.
     async fn run_single(request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
         let batch = request.batch_size();
-        let (model, mut request, timing) = request.into_parts();
+        let (model, mut request, timing, options) = request.into_parts();
         let backend_request = model.backend_request(&mut request, None);
-        let (outputs, executions, batched) = match &model.batcher {
-            Some(batcher) => match batcher.submit(backend_request, i64::try_from(batch).unwrap_or(i64::MAX)).await {
-                Ok(share) => (Ok(share.outputs), u64::from(share.carried_the_call), share.waited),
-                Err(error) => (Err(error), 0, Duration::ZERO),
+        let (outputs, execution, batched) = match &model.batcher {
+            Some(batcher) => match batcher.submit(backend_request, i64::try_from(batch).unwrap_or(i64::MAX), &options).await {
+                Ok(share) => (Ok(share.outputs), share.execution, share.waited),
+                Err(error) => (Err(error), None, Duration::ZERO),
             },
             None => {
                 let mut responder = Responder::single();
                 let result = model.backend.execute(backend_request, &mut responder).await;
-                (result.and_then(|()| responder.take_single().ok_or(BackendError::NoResponse)), 1, Duration::ZERO)
+                (result.and_then(|()| responder.take_single().ok_or(BackendError::NoResponse)), None, Duration::ZERO)
             }
         };
         let inferred = Instant::now();
@@ -155,7 +176,7 @@ impl ModelVersion {
             outputs: select_outputs(outputs, &request.requested_outputs),
             is_final: true,
         };
-        model.record_success(&timing, inferred, batch, executions, batched);
+        model.record_success(&timing, inferred, batch, execution, batched);
         Ok(response)
     }
 
@@ -164,7 +185,7 @@ impl ModelVersion {
     /// cancels the request.
     fn run_decoupled(request: ValidInferRequest) -> Result<ResponseStream, WorkerError> {
         let batch = request.batch_size();
-        let (model, mut request, timing) = request.into_parts();
+        let (model, mut request, timing, _) = request.into_parts();
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let cancel = CancellationToken::new();
         let backend_request = model.backend_request(&mut request, Some(cancel.clone()));
@@ -180,7 +201,7 @@ impl ModelVersion {
             let inferred = Instant::now();
             let last = match result {
                 Ok(()) => {
-                    model.record_success(&timing, inferred, batch, 1, Duration::ZERO);
+                    model.record_success(&timing, inferred, batch, None, Duration::ZERO);
                     StreamItem::Complete
                 }
                 Err(BackendError::Cancelled) => return,

@@ -20,6 +20,13 @@ pub enum SequenceId {
     Text(String),
 }
 
+/// Whether `key` is one of Triton's request parameters (the scheduler's, the protocol's, or any
+/// `triton_` key), as opposed to one the model reads.
+pub fn is_reserved(key: &str) -> bool {
+    matches!(key, "sequence_id" | "sequence_start" | "sequence_end" | "priority" | "timeout" | "headers" | "binary_data_output")
+        || key.starts_with("triton_")
+}
+
 /// Validates reserved keys and value types; returns the parsed options or the reason a client
 /// sees (without the request-id prefix).
 pub fn parse_request_options(model: &str, parameters: &Parameters) -> Result<RequestOptions, String> {

@@ -547,7 +547,8 @@ impl ModelRepository {
             };
             let backend = factory.create(&context).map_err(failed)?;
             warmup::run(&config, model_dir, backend.as_ref()).map_err(failed)?;
-            served.insert(version, Arc::new(ModelVersion::new(Arc::clone(&config), version, schema.clone(), backend)));
+            let model = ModelVersion::new(Arc::clone(&config), version, schema.clone(), backend).map_err(failed)?;
+            served.insert(version, Arc::new(model));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
     }

@@ -1,5 +1,6 @@
 //! Per-model-version statistics with Triton's meaning: cumulative counts and nanoseconds for
-//! success, fail, queue, compute_input, compute_infer and compute_output.
+//! success, fail, queue, compute_input, compute_infer and compute_output per request, and per
+//! executed batch size (`batch_stats`) for the backend's executions.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,7 +35,7 @@ pub struct PhaseTimes {
 /// Triton's statistics of one model version. A successful request adds one to `success` and to
 /// every phase alike, so they share one count: fewer atomic updates on the request path, and a
 /// snapshot never shows the phases' counts apart.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ModelStats {
     succeeded: AtomicU64,
     success_ns: AtomicU64,
@@ -49,6 +50,28 @@ pub struct ModelStats {
     execution_count: AtomicU64,
     /// Milliseconds since the epoch of the last inference; 0 before the first.
     last_inference_ms: AtomicU64,
+    /// Executions by batch size (index 0 holds sizes beyond the model's `max_batch_size`, which
+    /// a backend never sees).
+    batches: Box<[BatchSlot]>,
+}
+
+/// The executions of one batch size: their count and compute phases.
+#[derive(Debug, Default)]
+struct BatchSlot {
+    count: AtomicU64,
+    compute_input_ns: AtomicU64,
+    compute_infer_ns: AtomicU64,
+    compute_output_ns: AtomicU64,
+}
+
+/// One line of `batch_stats`: a batch size, how often the backend executed it, and the compute
+/// phases of those executions as (count, ns).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStat {
+    pub batch_size: u64,
+    pub compute_input: (u64, u64),
+    pub compute_infer: (u64, u64),
+    pub compute_output: (u64, u64),
 }
 
 fn nanos(elapsed: Duration) -> u64 {
@@ -63,7 +86,7 @@ fn add_nanos(total: &AtomicU64, elapsed: Duration) {
 }
 
 /// A consistent-enough copy of [`ModelStats`] for reporting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub success: (u64, u64),
     pub fail: (u64, u64),
@@ -74,14 +97,49 @@ pub struct StatsSnapshot {
     pub inference_count: u64,
     pub execution_count: u64,
     pub last_inference_ms: u64,
+    /// The batch sizes executed at least once, smallest first.
+    pub batch_stats: Vec<BatchStat>,
+}
+
+impl Default for ModelStats {
+    fn default() -> Self {
+        ModelStats::new(1)
+    }
 }
 
 impl ModelStats {
-    /// One successful request: its phases, their sum as `success`, and one backend execution of
-    /// `batch` inferences.
-    /// One request that succeeded with `batch` rows; `executions` is 1 for the request that
-    /// carries its batch's backend call and 0 for the others batched with it.
-    pub fn record_success(&self, phases: PhaseTimes, batch: u64, executions: u64) {
+    /// Statistics of a model whose backend executes batches of up to `max_batch_size` (at least 1).
+    pub fn new(max_batch_size: u64) -> ModelStats {
+        let sizes = usize::try_from(max_batch_size.clamp(1, 1 << 16)).unwrap_or(1);
+        ModelStats {
+            succeeded: AtomicU64::default(),
+            success_ns: AtomicU64::default(),
+            queue_ns: AtomicU64::default(),
+            compute_input_ns: AtomicU64::default(),
+            compute_infer_ns: AtomicU64::default(),
+            compute_output_ns: AtomicU64::default(),
+            fail: DurationStat::default(),
+            inference_count: AtomicU64::default(),
+            execution_count: AtomicU64::default(),
+            last_inference_ms: AtomicU64::default(),
+            batches: (0..=sizes).map(|_| BatchSlot::default()).collect(),
+        }
+    }
+
+    /// One backend execution of a batch of `batch_size` inferences, with its compute phases
+    /// (`queue` is not an execution's).
+    pub fn record_execution(&self, batch_size: u64, phases: PhaseTimes) {
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
+        let slot = usize::try_from(batch_size).ok().and_then(|size| self.batches.get(size)).unwrap_or(&self.batches[0]);
+        slot.count.fetch_add(1, Ordering::Relaxed);
+        add_nanos(&slot.compute_input_ns, phases.compute_input);
+        add_nanos(&slot.compute_infer_ns, phases.compute_infer);
+        add_nanos(&slot.compute_output_ns, phases.compute_output);
+    }
+
+    /// One request that succeeded with `batch` rows (its backend execution, shared with the
+    /// requests batched with it, is [`ModelStats::record_execution`]'s).
+    pub fn record_success(&self, phases: PhaseTimes, batch: u64) {
         let PhaseTimes { queue, compute_input, compute_infer, compute_output } = phases;
         self.succeeded.fetch_add(1, Ordering::Relaxed);
         add_nanos(&self.success_ns, queue + compute_input + compute_infer + compute_output);
@@ -90,7 +148,6 @@ impl ModelStats {
         add_nanos(&self.compute_infer_ns, compute_infer);
         add_nanos(&self.compute_output_ns, compute_output);
         self.inference_count.fetch_add(batch, Ordering::Relaxed);
-        self.execution_count.fetch_add(executions, Ordering::Relaxed);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         self.last_inference_ms.store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
@@ -108,7 +165,26 @@ impl ModelStats {
             inference_count: self.inference_count.load(Ordering::Relaxed),
             execution_count: self.execution_count.load(Ordering::Relaxed),
             last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
+            batch_stats: self.batch_stats(),
         }
+    }
+
+    fn batch_stats(&self) -> Vec<BatchStat> {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.batches
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter_map(|(size, slot)| {
+                let count = load(&slot.count);
+                (count > 0).then(|| BatchStat {
+                    batch_size: size as u64,
+                    compute_input: (count, load(&slot.compute_input_ns)),
+                    compute_infer: (count, load(&slot.compute_infer_ns)),
+                    compute_output: (count, load(&slot.compute_output_ns)),
+                })
+            })
+            .collect()
     }
 }
 
@@ -118,24 +194,32 @@ mod tests {
 
     #[test]
     fn a_success_counts_once_in_every_phase_and_fails_apart() {
-        let stats = ModelStats::default();
+        let stats = ModelStats::new(4);
         let ms = Duration::from_millis;
-        stats.record_success(
-            PhaseTimes { queue: ms(1), compute_input: ms(2), compute_infer: ms(3), compute_output: ms(4) },
-            4,
-            1,
-        );
-        stats.record_success(PhaseTimes { compute_infer: ms(5), ..Default::default() }, 1, 1);
+        let first = PhaseTimes { queue: ms(1), compute_input: ms(2), compute_infer: ms(3), compute_output: ms(4) };
+        stats.record_success(first, 4);
+        stats.record_execution(4, first);
+        let second = PhaseTimes { compute_infer: ms(5), ..Default::default() };
+        stats.record_success(second, 1);
+        stats.record_success(second, 1);
+        stats.record_execution(2, second);
         stats.fail.record(ms(7));
         let s = stats.snapshot();
         let ns = |ms: u64| ms * 1_000_000;
-        assert_eq!(s.success, (2, ns(15)));
+        assert_eq!(s.success, (3, ns(20)));
         assert_eq!(
             (s.queue, s.compute_input, s.compute_infer, s.compute_output),
-            ((2, ns(1)), (2, ns(2)), (2, ns(8)), (2, ns(4)))
+            ((3, ns(1)), (3, ns(2)), (3, ns(13)), (3, ns(4)))
         );
         assert_eq!(s.fail, (1, ns(7)));
-        assert_eq!((s.inference_count, s.execution_count), (5, 2));
+        assert_eq!((s.inference_count, s.execution_count), (6, 2));
+        let batch = |batch_size, count, [input, infer, output]: [u64; 3]| BatchStat {
+            batch_size,
+            compute_input: (count, ns(input)),
+            compute_infer: (count, ns(infer)),
+            compute_output: (count, ns(output)),
+        };
+        assert_eq!(s.batch_stats, [batch(2, 1, [0, 5, 0]), batch(4, 1, [2, 3, 4])]);
         assert!(s.last_inference_ms > 0);
     }
 }

@@ -101,9 +101,9 @@ impl ValidInferRequest {
         self.request
     }
 
-    pub(crate) fn into_parts(self) -> (Arc<ModelVersion>, InferenceRequest, Timing) {
+    pub(crate) fn into_parts(self) -> (Arc<ModelVersion>, InferenceRequest, Timing, RequestOptions) {
         let timing = Timing { arrived: self.request.arrived, started: self.started, validated: self.validated };
-        (self.model, self.request, timing)
+        (self.model, self.request, timing, self.options)
     }
 }
 

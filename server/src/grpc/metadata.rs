@@ -3,7 +3,9 @@
 
 use tritium_proto::inference::model_metadata_response::TensorMetadata;
 use tritium_proto::inference::repository_index_response::ModelIndex;
-use tritium_proto::inference::{InferStatistics, ModelMetadataResponse, ModelStatistics, StatisticDuration};
+use tritium_proto::inference::{
+    InferBatchStatistics, InferStatistics, ModelMetadataResponse, ModelStatistics, StatisticDuration,
+};
 use tritium_worker::{IndexEntry, ModelVersion, ServedModel};
 
 /// ModelMetadata: KServe datatype strings, and a leading -1 on every shape of a batching model.
@@ -53,6 +55,16 @@ pub fn model_statistics(version: &ModelVersion) -> ModelStatistics {
             cache_hit: duration((0, 0)),
             cache_miss: duration((0, 0)),
         }),
+        batch_stats: s
+            .batch_stats
+            .iter()
+            .map(|b| InferBatchStatistics {
+                batch_size: b.batch_size,
+                compute_input: duration(b.compute_input),
+                compute_infer: duration(b.compute_infer),
+                compute_output: duration(b.compute_output),
+            })
+            .collect(),
         ..Default::default()
     }
 }

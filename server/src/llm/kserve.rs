@@ -47,7 +47,8 @@ impl Statistics {
             compute_infer: now.saturating_duration_since(self.started),
             ..PhaseTimes::default()
         };
-        stats.record_success(phases, 1, 1);
+        stats.record_success(phases, 1);
+        stats.record_execution(1, phases);
     }
 }
 

@@ -76,12 +76,13 @@ impl Router {
         }
     }
 
-    /// Records Triton statistics on the frontend's stand-in for a remote model.
     /// Statistics of a remote request, on the version (stand-in) it was validated against.
     fn record_remote(version: &ModelVersion, arrived: Instant, ok: bool) {
         let elapsed = arrived.elapsed();
         if ok {
-            version.stats.record_success(PhaseTimes { compute_infer: elapsed, ..PhaseTimes::default() }, 1, 1);
+            let phases = PhaseTimes { compute_infer: elapsed, ..PhaseTimes::default() };
+            version.stats.record_success(phases, 1);
+            version.stats.record_execution(1, phases);
         } else {
             version.stats.fail.record(elapsed);
         }
