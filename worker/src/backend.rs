@@ -100,6 +100,13 @@ pub enum BackendError {
     Cancelled,
     #[error("{message}")]
     Failed { code: ErrorCode, message: String },
+    /// Refused by the model's scheduler before any backend ran (a timeout in the queue, a
+    /// sequence's rules): the client sees `message` as it is, worded as Triton words it.
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
+    /// The scheduler's queue is full (UNAVAILABLE).
+    #[error("Exceeds maximum queue size")]
+    QueueFull,
 }
 
 impl BackendError {
@@ -108,12 +115,17 @@ impl BackendError {
             BackendError::MissingInput { .. } | BackendError::Tensor(_) => ErrorCode::InvalidArg,
             BackendError::ExtraResponse | BackendError::NoResponse => ErrorCode::Internal,
             BackendError::Cancelled => ErrorCode::Cancelled,
-            BackendError::Failed { code, .. } => *code,
+            BackendError::Failed { code, .. } | BackendError::Refused { code, .. } => *code,
+            BackendError::QueueFull => ErrorCode::Unavailable,
         }
     }
 
     pub fn failed(code: ErrorCode, message: impl Into<String>) -> BackendError {
         BackendError::Failed { code, message: message.into() }
+    }
+
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> BackendError {
+        BackendError::Refused { code, message: message.into() }
     }
 }
 

@@ -28,8 +28,6 @@ use crate::params::{RequestOptions, is_reserved};
 use crate::priority_queue::{Levels, PriorityQueue, Queued};
 use crate::request::Parameters;
 
-pub use crate::priority_queue::DEFAULT_MAX_QUEUE;
-
 /// How long the backend took over one batch, in Triton's three compute phases.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Execution {
@@ -93,13 +91,18 @@ pub struct DynamicBatcher {
 impl DynamicBatcher {
     /// A batcher when `config` asks for one and the model batches; an error when its
     /// `dynamic_batching` cannot be served as written.
-    pub fn for_config(config: &ModelConfig, backend: &Arc<dyn Backend>) -> Result<Option<DynamicBatcher>, String> {
+    /// `default_max_queue` bounds a priority level whose policy sets no `max_queue_size`.
+    pub fn for_config(
+        config: &ModelConfig,
+        backend: &Arc<dyn Backend>,
+        default_max_queue: usize,
+    ) -> Result<Option<DynamicBatcher>, String> {
         let Some(SchedulingChoice::DynamicBatching(batching)) = &config.scheduling_choice else { return Ok(None) };
         if config.max_batch_size <= 0 {
             return Ok(None);
         }
         let instances: i32 = config.instance_group.iter().map(|g| g.count.max(1)).sum();
-        let levels = Levels::from_config(batching, DEFAULT_MAX_QUEUE)?;
+        let levels = Levels::from_config(batching, default_max_queue)?;
         let queued = levels.policies.iter().map(|_| AtomicUsize::new(0)).collect();
         let policy = Policy {
             max_batch_size: i64::from(config.max_batch_size),
@@ -119,7 +122,7 @@ impl DynamicBatcher {
         let policy = &self.policy.levels.policies[level];
         if self.queued[level].fetch_add(1, Ordering::AcqRel) >= policy.max_size {
             self.queued[level].fetch_sub(1, Ordering::AcqRel);
-            return Err(BackendError::failed(ErrorCode::Unavailable, "Exceeds maximum queue size"));
+            return Err(BackendError::QueueFull);
         }
         let (reply, answer) = oneshot::channel();
         let arrived = Instant::now();
@@ -240,7 +243,7 @@ impl Scheduler {
         });
         for pending in waiting.expire(Instant::now()) {
             gone[pending.level] += 1;
-            let _ = pending.reply.send(Err(BackendError::failed(ErrorCode::Unavailable, "Request timeout expired")));
+            let _ = pending.reply.send(Err(BackendError::refused(ErrorCode::Unavailable, "Request timeout expired")));
         }
         for (level, count) in gone.into_iter().enumerate() {
             self.queued[level].fetch_sub(count, Ordering::AcqRel);

@@ -71,7 +71,7 @@ fn config_with(max_batch_size: i32, instances: i32, batching: ModelDynamicBatchi
 
 fn batcher(config: ModelConfig, backend: &Arc<Counter>) -> Arc<DynamicBatcher> {
     let dynamic: Arc<dyn Backend> = backend.clone();
-    Arc::new(DynamicBatcher::for_config(&config, &dynamic).unwrap().unwrap())
+    Arc::new(DynamicBatcher::for_config(&config, &dynamic, 4096).unwrap().unwrap())
 }
 
 fn request(values: &[i32], width: i64) -> BackendRequest {
@@ -147,6 +147,7 @@ async fn a_full_queue_answers_unavailable_and_the_queued_requests_still_run() {
 }
 
 fn two_priority_levels(low_action: TimeoutAction, low_timeout_us: u64) -> ModelDynamicBatching {
+    // Level 2 (the default) allows overrides of its timeout; level 1 has none.
     let policy = |action: TimeoutAction, timeout_us, allow_timeout_override| ModelQueuePolicy {
         timeout_action: action as i32,
         default_timeout_microseconds: timeout_us,
@@ -183,7 +184,7 @@ async fn a_higher_priority_request_overtakes_the_queue() {
 #[tokio::test]
 async fn a_request_whose_timeout_passes_in_the_queue_is_rejected_and_the_others_run() {
     let backend = Counter::gated();
-    let batcher = batcher(config_with(1, 1, two_priority_levels(TimeoutAction::Reject, 0)), &backend);
+    let batcher = batcher(config_with(1, 1, two_priority_levels(TimeoutAction::Reject, 60_000_000)), &backend);
     let running = submit(&batcher, vec![0], 1);
     backend.started().await;
     let hurried = submit_with(&batcher, vec![1], 1, RequestOptions { timeout_us: Some(1000), ..Default::default() });
@@ -240,7 +241,7 @@ async fn with_preserve_ordering_a_later_batch_answers_after_an_earlier_one() {
     let backend = Arc::new(SlowFirst::default());
     let dynamic: Arc<dyn Backend> = backend.clone();
     let config = config_with(1, 2, ModelDynamicBatching { preserve_ordering: true, ..batching(0, 0) });
-    let batcher = Arc::new(DynamicBatcher::for_config(&config, &dynamic).unwrap().unwrap());
+    let batcher = Arc::new(DynamicBatcher::for_config(&config, &dynamic, 4096).unwrap().unwrap());
     let first = submit(&batcher, vec![0], 1);
     let second = submit(&batcher, vec![1], 1);
     backend.other_answered.notified().await;
@@ -271,11 +272,13 @@ async fn requests_with_other_custom_parameters_are_not_batched_together() {
 #[test]
 fn no_batcher_without_dynamic_batching_or_a_batch_dimension() {
     let backend: Arc<dyn Backend> = Arc::new(Counter::default());
-    assert!(DynamicBatcher::for_config(&ModelConfig { max_batch_size: 8, ..Default::default() }, &backend).unwrap().is_none());
-    assert!(DynamicBatcher::for_config(&config_with(0, 1, batching(0, 0)), &backend).unwrap().is_none());
-    let batcher = DynamicBatcher::for_config(&config_with(8, 1, batching(100, 0)), &backend).unwrap().unwrap();
-    assert_eq!(batcher.policy.levels.policies[0].max_size, DEFAULT_MAX_QUEUE);
+    assert!(
+        DynamicBatcher::for_config(&ModelConfig { max_batch_size: 8, ..Default::default() }, &backend, 4096).unwrap().is_none()
+    );
+    assert!(DynamicBatcher::for_config(&config_with(0, 1, batching(0, 0)), &backend, 4096).unwrap().is_none());
+    let batcher = DynamicBatcher::for_config(&config_with(8, 1, batching(100, 0)), &backend, 4096).unwrap().unwrap();
+    assert_eq!(batcher.policy.levels.policies[0].max_size, 4096);
     assert_eq!(batcher.policy.instances, 1);
     let bad = config_with(8, 1, ModelDynamicBatching { priority_levels: 2, ..Default::default() });
-    assert!(DynamicBatcher::for_config(&bad, &backend).is_err());
+    assert!(DynamicBatcher::for_config(&bad, &backend, 4096).is_err());
 }

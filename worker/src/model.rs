@@ -5,12 +5,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
 
 use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamTarget, select_outputs};
-use crate::dynamic_batcher::{DynamicBatcher, Execution};
+use crate::dynamic_batcher::Execution;
 use crate::error::WorkerError;
 use crate::request::{InferenceRequest, InferenceResponse};
+use crate::scheduler::Scheduler;
 use crate::schema::ModelSchema;
 use crate::stats::{ModelStats, PhaseTimes};
 use crate::valid::{Timing, ValidInferRequest};
@@ -26,8 +28,8 @@ pub struct ModelVersion {
     pub schema: ModelSchema,
     pub stats: ModelStats,
     backend: Arc<dyn Backend>,
-    /// Set when the config asks for `dynamic_batching` on a model that batches.
-    batcher: Option<DynamicBatcher>,
+    /// What runs its requests: each on its own, or the dynamic or sequence batcher.
+    scheduler: Scheduler,
     /// Whether the backend is a language model, asked once: every request asks again.
     is_language_model: bool,
 }
@@ -39,25 +41,29 @@ impl std::fmt::Debug for ModelVersion {
 }
 
 impl ModelVersion {
-    /// A version serving `config` with `backend`; fails when the config's scheduler cannot be
-    /// served as written.
-    pub fn new(
+    /// A version serving `config` with `backend`, each request its own backend call (a remote
+    /// model's stand-in: its worker schedules).
+    pub fn new(config: Arc<ModelConfig>, version: i64, schema: ModelSchema, backend: Arc<dyn Backend>) -> ModelVersion {
+        ModelVersion::scheduled(config, version, schema, backend, Scheduler::Direct)
+    }
+
+    pub(crate) fn scheduled(
         config: Arc<ModelConfig>,
         version: i64,
         schema: ModelSchema,
         backend: Arc<dyn Backend>,
-    ) -> Result<ModelVersion, String> {
-        let batcher = DynamicBatcher::for_config(&config, &backend)?;
-        Ok(ModelVersion {
+        scheduler: Scheduler,
+    ) -> ModelVersion {
+        ModelVersion {
             name: Arc::from(config.name.as_str()),
             version,
             stats: ModelStats::new(u64::try_from(config.max_batch_size).unwrap_or(0)),
             config,
             schema,
             is_language_model: backend.language_model().is_some(),
-            batcher,
+            scheduler,
             backend,
-        })
+        }
     }
 
     /// The engine behind this version when it is a language model.
@@ -100,13 +106,20 @@ impl ModelVersion {
                     compute_output: e.compute_output,
                 },
             ),
-            None if self.batcher.is_none() => self.stats.record_execution(batch, phases),
+            None if self.scheduler.is_direct() => self.stats.record_execution(batch, phases),
             None => {}
         }
     }
 
-    fn backend_error(&self, source: BackendError) -> WorkerError {
-        WorkerError::Backend { model: self.name.to_string(), version: self.version, source }
+    fn backend_error(&self, source: BackendError, request_id: &str) -> WorkerError {
+        match source {
+            BackendError::Refused { code, message } => WorkerError::Failed { code, message },
+            BackendError::QueueFull => {
+                let id = if request_id.is_empty() { "<id_unknown>" } else { request_id };
+                WorkerError::Failed { code: ErrorCode::Unavailable, message: format!("[request id: {id}] {source}") }
+            }
+            source => WorkerError::Backend { model: self.name.to_string(), version: self.version, source },
+        }
     }
 
     /// Validates and runs a unary call (see [`ModelVersion::run_unary`]).
@@ -149,23 +162,18 @@ impl ModelVersion {
         let batch = request.batch_size();
         let (model, mut request, timing, options) = request.into_parts();
         let backend_request = model.backend_request(&mut request, None);
-        let (outputs, execution, batched) = match &model.batcher {
-            Some(batcher) => match batcher.submit(backend_request, i64::try_from(batch).unwrap_or(i64::MAX), &options).await {
+        let rows = i64::try_from(batch).unwrap_or(i64::MAX);
+        let (outputs, execution, batched) =
+            match model.scheduler.run(model.backend.as_ref(), backend_request, rows, &options).await {
                 Ok(share) => (Ok(share.outputs), share.execution, share.waited),
                 Err(error) => (Err(error), None, Duration::ZERO),
-            },
-            None => {
-                let mut responder = Responder::single();
-                let result = model.backend.execute(backend_request, &mut responder).await;
-                (result.and_then(|()| responder.take_single().ok_or(BackendError::NoResponse)), None, Duration::ZERO)
-            }
-        };
+            };
         let inferred = Instant::now();
         let mut outputs = match outputs {
             Ok(outputs) => outputs,
             Err(e) => {
                 model.stats.fail.record(timing.arrived.elapsed());
-                return Err(model.backend_error(e));
+                return Err(model.backend_error(e, &request.id));
             }
         };
         model.schema.reshape_outputs(&mut outputs);
@@ -207,7 +215,7 @@ impl ModelVersion {
                 Err(BackendError::Cancelled) => return,
                 Err(e) => {
                     model.stats.fail.record(timing.arrived.elapsed());
-                    StreamItem::Error(model.backend_error(e))
+                    StreamItem::Error(model.backend_error(e, ""))
                 }
             };
             // The client may have gone; then nobody needs the ending.

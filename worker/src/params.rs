@@ -14,10 +14,21 @@ pub struct RequestOptions {
     pub enable_empty_final_response: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A sequence's correlation id: a number (Triton's uint64; an int64 parameter is read as its
+/// bits) or a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SequenceId {
-    Number(i64),
+    Number(u64),
     Text(String),
+}
+
+impl std::fmt::Display for SequenceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SequenceId::Number(n) => write!(f, "{n}"),
+            SequenceId::Text(s) => f.write_str(s),
+        }
+    }
 }
 
 /// Whether `key` is one of Triton's request parameters (the scheduler's, the protocol's, or any
@@ -34,7 +45,7 @@ pub fn parse_request_options(model: &str, parameters: &Parameters) -> Result<Req
     for (key, value) in parameters {
         match (key.as_str(), value) {
             ("sequence_id", ParamValue::Int64(0)) => {}
-            ("sequence_id", ParamValue::Int64(n)) => options.sequence_id = Some(SequenceId::Number(*n)),
+            ("sequence_id", ParamValue::Int64(n)) => options.sequence_id = Some(SequenceId::Number(*n as u64)),
             ("sequence_id", ParamValue::String(s)) if s.is_empty() => {}
             ("sequence_id", ParamValue::String(s)) => options.sequence_id = Some(SequenceId::Text(s.clone())),
             ("sequence_id", other) => {

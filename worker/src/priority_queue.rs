@@ -11,10 +11,6 @@ use tokio::time::Instant;
 use tritium_proto::inference::model_queue_policy::TimeoutAction;
 use tritium_proto::inference::{ModelDynamicBatching, ModelQueuePolicy};
 
-/// Requests one priority level holds when its policy sets no `max_queue_size` (Triton's
-/// "unbounded"): a client flooding the queue gets UNAVAILABLE instead of exhausting memory.
-pub const DEFAULT_MAX_QUEUE: usize = 4096;
-
 /// What one priority level does with its requests.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct QueuePolicy {
@@ -36,16 +32,14 @@ impl QueuePolicy {
         }
     }
 
-    /// When a request that arrived at `arrived` times out: the request's own `timeout` (in
-    /// microseconds) where the policy allows it to override the default, the default otherwise;
-    /// never for a timeout of zero.
+    /// When a request that arrived at `arrived` times out: after the policy's default timeout,
+    /// or the request's own `timeout` (in microseconds) where the policy allows an override and
+    /// it is shorter (as Triton's, an override only ever shortens); never without a default.
     pub(crate) fn deadline(&self, arrived: Instant, requested_us: Option<i64>) -> Option<Instant> {
-        let requested = requested_us.filter(|&us| us > 0 && self.allow_override);
-        let timeout = match requested {
-            Some(us) => Some(Duration::from_micros(us.unsigned_abs())),
-            None => self.timeout,
-        };
-        timeout.and_then(|t| arrived.checked_add(t))
+        let default = self.timeout?;
+        let requested =
+            requested_us.filter(|&us| us > 0 && self.allow_override).map(|us| Duration::from_micros(us.unsigned_abs()));
+        arrived.checked_add(requested.map_or(default, |r| r.min(default)))
     }
 }
 
@@ -226,7 +220,7 @@ mod tests {
                 priority_queue_policy: HashMap::from([(1, policy(TimeoutAction::Delay, 1000, 8, false))]),
                 ..Default::default()
             },
-            DEFAULT_MAX_QUEUE,
+            4096,
         )
         .unwrap()
     }
@@ -260,6 +254,7 @@ mod tests {
         assert_eq!(delaying.deadline(now, Some(50)), Some(now + Duration::from_micros(1000)), "override not allowed");
         assert_eq!(rejecting.deadline(now, Some(50)), Some(now + Duration::from_micros(50)));
         assert_eq!(rejecting.deadline(now, Some(0)), Some(now + Duration::from_micros(1000)));
+        assert_eq!(rejecting.deadline(now, Some(5000)), Some(now + Duration::from_micros(1000)), "an override only shortens");
         assert_eq!(QueuePolicy::from_config(None, 1).deadline(now, Some(50)), None);
     }
 

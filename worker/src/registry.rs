@@ -5,8 +5,8 @@
 //! inference; lifecycle changes are serialized by one mutex.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -14,12 +14,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tritium_proto::inference::ModelConfig;
 
-use crate::backend::{BackendContext, BackendRegistry};
+mod build;
+
+use crate::backend::BackendRegistry;
 use crate::error::WorkerError;
 use crate::model::ModelVersion;
 use crate::repository::{self, ModelSource};
-use crate::schema::ModelSchema;
-use crate::warmup;
+use crate::scheduler::SchedulerLimits;
+use build::load_order;
 
 /// Triton's `--model-control-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,6 +54,8 @@ pub struct RepositoryOptions {
     /// file, and a folder with no `config.pbtxt` is served by the backend whose model file it
     /// holds. `--disable-auto-complete-config` turns it off.
     pub auto_complete_config: bool,
+    /// Bounds of every model's dynamic and sequence batcher.
+    pub scheduler_limits: SchedulerLimits,
 }
 
 /// A model given by its config alone, with no repository folder.
@@ -71,6 +75,7 @@ impl Default for RepositoryOptions {
             declared: Vec::new(),
             builtins: true,
             auto_complete_config: true,
+            scheduler_limits: SchedulerLimits::default(),
         }
     }
 }
@@ -150,6 +155,9 @@ const BUILTIN_MODELS: &[(&str, &str)] = &[
     ("identity_batch", include_str!("../models/identity_batch.pbtxt")),
     ("add_sub", include_str!("../models/add_sub.pbtxt")),
     ("repeat", include_str!("../models/repeat.pbtxt")),
+    ("dense", include_str!("../models/dense.pbtxt")),
+    ("accumulate", include_str!("../models/accumulate.pbtxt")),
+    ("add_sub_twice", include_str!("../models/add_sub_twice.pbtxt")),
 ];
 
 /// A map looked up by model name on every request: foldhash, not SipHash, since its keys are the
@@ -170,13 +178,16 @@ pub struct ModelRepository {
     lifecycle: Mutex<()>,
     loading: crate::load_gate::LoadGate,
     changes: watch::Sender<u64>,
+    /// This repository, for the ensembles it serves (they run their steps on it).
+    me: Weak<ModelRepository>,
 }
 
 impl ModelRepository {
     /// Opens the repository and loads the models its control mode asks for at start. Models that
     /// fail to load are reported in the index with their reason; the others are served.
     pub fn open(options: RepositoryOptions, backends: BackendRegistry) -> Result<Arc<ModelRepository>, WorkerError> {
-        let repository = Arc::new(ModelRepository {
+        let repository = Arc::new_cyclic(|me| ModelRepository {
+            me: me.clone(),
             options,
             backends,
             served: ArcSwap::from_pointee(ByName::default()),
@@ -187,7 +198,7 @@ impl ModelRepository {
             loading: Default::default(),
             changes: watch::channel(0).0,
         });
-        let sources = repository.sources()?;
+        let sources = load_order(repository.sources()?);
         let load_all = repository.options.control_mode != ControlMode::Explicit
             || repository.options.startup_models.iter().any(|m| m == "*");
         let guard = repository.lock_lifecycle();
@@ -315,6 +326,7 @@ impl ModelRepository {
         if let Some(json) = config_json {
             self.check_override(&source, json)?;
         }
+        self.load_composing_models(&source, config_json, 0)?;
         let _loading = self.loading.enter(name);
         let built = self.build(&source, config_json);
         let _guard = self.lock_lifecycle();
@@ -399,7 +411,7 @@ impl ModelRepository {
     /// Brings the served models in line with the repository folders (poll mode).
     pub fn poll(&self) -> Result<(), WorkerError> {
         let _guard = self.lock_lifecycle();
-        let sources = self.sources()?;
+        let sources = load_order(self.sources()?);
         for source in &sources {
             let current = self.model(&source.name).map(|m| m.fingerprint);
             let failed = self.lock_unserved().get(&source.name).and_then(|u| u.fingerprint);
@@ -511,46 +523,6 @@ impl ModelRepository {
                 Err(e)
             }
         }
-    }
-
-    fn build(&self, source: &ModelSource, config_json: Option<&str>) -> Result<ServedModel, WorkerError> {
-        let name = source.name.as_str();
-        let failed = |reason: String| WorkerError::LoadFailed { name: name.to_string(), reason };
-        let model_dir = (!source.dir.as_os_str().is_empty()).then_some(source.dir.as_path());
-        let auto_complete = self.options.auto_complete_config;
-        let mut config = match source.config_with_override(config_json)? {
-            Some(config) => config,
-            None if auto_complete => {
-                self.backends.config_from_model_files(name, &source.dir, &source.versions).map_err(failed)?
-            }
-            None => return Err(failed("the model folder has no config.pbtxt".to_string())),
-        };
-        let backend_name = if config.backend.is_empty() { config.platform.clone() } else { config.backend.clone() };
-        let factory = self.backends.get(&backend_name).ok_or_else(|| failed(format!("unknown backend '{backend_name}'")))?;
-        if auto_complete {
-            factory.auto_complete_config(&mut config, model_dir).map_err(failed)?;
-            config = repository::normalize_config(name, config)?;
-        }
-        factory.complete_config(&mut config, model_dir).map_err(failed)?;
-        let config = Arc::new(config);
-        let versions = source.select_versions(&config)?;
-        let schema = ModelSchema::from_config(&config).map_err(failed)?;
-        let mut served = BTreeMap::new();
-        for version in versions {
-            let version_dir = (!source.dir.as_os_str().is_empty()).then(|| source.dir.join(version.to_string()));
-            let context = BackendContext {
-                model_name: name,
-                version,
-                config: &config,
-                version_dir: version_dir.as_deref().filter(|p: &&Path| p.exists()),
-                model_dir,
-            };
-            let backend = factory.create(&context).map_err(failed)?;
-            warmup::run(&config, model_dir, backend.as_ref()).map_err(failed)?;
-            let model = ModelVersion::new(Arc::clone(&config), version, schema.clone(), backend).map_err(failed)?;
-            served.insert(version, Arc::new(model));
-        }
-        Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
     }
 
     fn remove_served(&self, name: &str, reason: &str) {

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tritium_onnxruntime::OrtSettings;
 use tritium_worker::embed::EMBED_BACKEND;
 use tritium_worker::llm::{EngineOptions, LLM_BACKEND, ModelKind, detect_kind};
-use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions};
+use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions, SchedulerLimits};
 
 use crate::config::backend_config::BackendConfigs;
 use crate::routing::RouterOptions;
@@ -119,6 +119,10 @@ fn repository_options(
         declared,
         builtins,
         auto_complete_config: !repository.disable_auto_complete_config,
+        scheduler_limits: SchedulerLimits {
+            max_queue_size: repository.scheduler_max_queue_size.max(1),
+            max_sequences: repository.max_sequences_per_model.max(1),
+        },
     })
 }
 
@@ -158,7 +162,7 @@ pub enum ModelControlMode {
 #[command(next_help_heading = "Model repository")]
 pub struct RepositoryArgs {
     /// Model repository folder (Triton layout); repeatable. Without one, the built-in repository
-    /// (identity, identity_batch, add_sub, repeat) is served.
+    /// (identity, identity_batch, add_sub, repeat, dense, accumulate, add_sub_twice) is served.
     #[arg(long = "model-repository", env = "TRITIUM_MODEL_REPOSITORY", value_delimiter = ',')]
     pub model_repository: Vec<PathBuf>,
     /// none: load all at start; explicit: load what --load-model names and what clients ask for;
@@ -175,6 +179,14 @@ pub struct RepositoryArgs {
     /// a model folder without one does not load.
     #[arg(long, env = "TRITIUM_DISABLE_AUTO_COMPLETE_CONFIG")]
     pub disable_auto_complete_config: bool,
+    /// Requests a dynamic batcher's priority level, or a sequence batcher, holds when the config
+    /// sets no `max_queue_size` (Triton: unbounded); beyond it, UNAVAILABLE.
+    #[arg(long, env = "TRITIUM_SCHEDULER_MAX_QUEUE_SIZE", default_value_t = SchedulerLimits::default().max_queue_size)]
+    pub scheduler_max_queue_size: usize,
+    /// Sequences one stateful model keeps at once (each holds its state); a new sequence beyond
+    /// it is refused UNAVAILABLE.
+    #[arg(long, env = "TRITIUM_MAX_SEQUENCES_PER_MODEL", default_value_t = SchedulerLimits::default().max_sequences)]
+    pub max_sequences_per_model: usize,
     /// Triton's `<backend>,<setting>=<value>` or `<setting>=<value>` (every backend); repeatable.
     /// onnxruntime reads `default-max-batch-size` (4).
     #[arg(long = "backend-config", env = "TRITIUM_BACKEND_CONFIG", value_delimiter = ';')]

@@ -111,7 +111,7 @@ impl RemoteModels {
         let config = Arc::new(model.config.clone());
         let schema = ModelSchema::from_config(&config)?;
         let backend = StandIn { name: model.name.clone(), card: model.card.clone(), loads: Arc::clone(&self.loads) };
-        Ok(Arc::new(ModelVersion::new(config, model.version, schema, Arc::new(backend))?))
+        Ok(Arc::new(ModelVersion::new(config, model.version, schema, Arc::new(backend))))
     }
 }
 

@@ -1,0 +1,167 @@
+//! Triton's ensembles (`platform: "ensemble"`): a graph of models run as one. An ensemble is a
+//! backend like any other; its `execute` runs every step whose input tensors exist, all such
+//! steps at once, through the composing models' own schedulers (their batching, their
+//! statistics), and passes tensors between steps without copying them. A decoupled step's
+//! responses each flow on through the steps after it. A step's error reaches the client as
+//! `in ensemble '<name>', <the step's error>`.
+
+mod graph;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::future::{BoxFuture, join_all};
+use tritium_proto::ErrorCode;
+use tritium_proto::inference::ModelConfig;
+use tritium_tensor::Tensor;
+
+use crate::backend::{Backend, BackendError, BackendRequest, Responder};
+use crate::error::WorkerError;
+use crate::model::ModelVersion;
+use crate::registry::ModelRepository;
+use crate::request::{InferenceRequest, Parameters};
+use crate::worker::StreamItem;
+pub use graph::composing_models;
+use graph::{Graph, Step};
+
+/// The platform name that marks an ensemble's config.
+pub const ENSEMBLE_PLATFORM: &str = "ensemble";
+
+pub struct EnsembleBackend {
+    graph: Graph,
+    repository: Weak<ModelRepository>,
+}
+
+impl EnsembleBackend {
+    /// Checks `config`'s steps against the models `repository` serves now.
+    pub(crate) fn new(config: &ModelConfig, repository: &ModelRepository, me: Weak<ModelRepository>) -> Result<Self, String> {
+        let lookup = |name: &str, version: Option<i64>| repository.resolve(name, version).ok();
+        Ok(EnsembleBackend { graph: Graph::from_config(config, &lookup)?, repository: me })
+    }
+
+    fn step_error(&self, error: WorkerError) -> BackendError {
+        BackendError::refused(error.code(), format!("in ensemble '{}', {error}", self.graph.name))
+    }
+
+    /// The composing model's request: the step's input tensors under the model's names.
+    fn step_request(&self, step: &Step, tensors: &HashMap<String, Tensor>, parameters: &Parameters) -> InferenceRequest {
+        let inputs = step
+            .inputs
+            .iter()
+            .filter_map(|(model_input, tensor)| {
+                let mut input = tensors.get(tensor)?.clone();
+                input.name.clone_from(model_input);
+                Some(input)
+            })
+            .collect();
+        let mut request = InferenceRequest::new(step.model.clone(), inputs);
+        request.model_version = step.version;
+        request.requested_outputs = step.outputs.iter().map(|(model_output, _)| model_output.clone()).collect();
+        request.parameters = parameters.clone();
+        request
+    }
+
+    fn resolve(&self, repository: &ModelRepository, step: &Step) -> Result<Arc<ModelVersion>, BackendError> {
+        repository.resolve(&step.model, step.version).map_err(|e| self.step_error(e))
+    }
+
+    /// Puts a step's outputs into the ensemble's tensors under their ensemble names.
+    fn take_outputs(step: &Step, outputs: Vec<Tensor>, tensors: &mut HashMap<String, Tensor>) {
+        for mut output in outputs {
+            if let Some((_, tensor)) = step.outputs.iter().find(|(model_output, _)| *model_output == output.name) {
+                output.name.clone_from(tensor);
+                tensors.insert(tensor.clone(), output);
+            }
+        }
+    }
+
+    /// Runs the steps not yet `done` as their inputs appear, then answers with the ensemble's
+    /// outputs. A decoupled step forks the rest of the run once per response.
+    fn flow<'a>(
+        &'a self,
+        repository: &'a ModelRepository,
+        mut tensors: HashMap<String, Tensor>,
+        mut done: Vec<bool>,
+        parameters: &'a Parameters,
+        responder: &'a mut Responder,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            loop {
+                let steps = &self.graph.steps;
+                let ready: Vec<usize> = (0..steps.len())
+                    .filter(|&i| !done[i] && steps[i].inputs.iter().all(|(_, tensor)| tensors.contains_key(tensor)))
+                    .collect();
+                if ready.is_empty() {
+                    break;
+                }
+                let models = ready.iter().map(|&i| self.resolve(repository, &steps[i])).collect::<Result<Vec<_>, _>>()?;
+                if let Some(position) = models.iter().position(|m| m.decoupled()) {
+                    let index = ready[position];
+                    done[index] = true;
+                    let request = self.step_request(&steps[index], &tensors, parameters);
+                    let valid = repository.validate(request).map_err(|e| self.step_error(e))?;
+                    let mut stream = match ModelVersion::run_any(valid).await.map_err(|e| self.step_error(e))? {
+                        crate::worker::InferOutcome::Stream(stream) => stream,
+                        crate::worker::InferOutcome::Single(response) => {
+                            Self::take_outputs(&steps[index], response.outputs, &mut tensors);
+                            continue;
+                        }
+                    };
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            StreamItem::Response(response) => {
+                                let mut forked = tensors.clone();
+                                Self::take_outputs(&steps[index], response.outputs, &mut forked);
+                                self.flow(repository, forked, done.clone(), parameters, responder).await?;
+                            }
+                            StreamItem::Complete => break,
+                            StreamItem::Error(error) => return Err(self.step_error(error)),
+                        }
+                    }
+                    return Ok(());
+                }
+                let runs = ready.iter().map(|&i| {
+                    let request = self.step_request(&steps[i], &tensors, parameters);
+                    async move {
+                        let valid = repository.validate(request)?;
+                        ModelVersion::run_unary(valid).await
+                    }
+                });
+                let results = join_all(runs).await;
+                for (&index, result) in ready.iter().zip(results) {
+                    done[index] = true;
+                    let response = result.map_err(|e| self.step_error(e))?;
+                    Self::take_outputs(&steps[index], response.outputs, &mut tensors);
+                }
+            }
+            let outputs: Option<Vec<Tensor>> = self.graph.outputs.iter().map(|name| tensors.remove(name)).collect();
+            match outputs {
+                Some(outputs) => responder.send(outputs).await,
+                // A decoupled step's response without every tensor (an empty final one) ends its
+                // branch of the run without an answer.
+                None if done.iter().all(|&d| d) => Ok(()),
+                None => Err(BackendError::failed(
+                    ErrorCode::Internal,
+                    format!("in ensemble '{}', a step did not produce every output", self.graph.name),
+                )),
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for EnsembleBackend {
+    async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
+        let repository = self.repository.upgrade().ok_or_else(|| {
+            BackendError::failed(
+                ErrorCode::Unavailable,
+                format!("ensemble '{}': the model repository is closing", self.graph.name),
+            )
+        })?;
+        let tensors: HashMap<String, Tensor> = request.inputs.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let done = vec![false; self.graph.steps.len()];
+        self.flow(&repository, tensors, done, &request.parameters, responder).await
+    }
+}

@@ -1,0 +1,124 @@
+//! Building a model version from its source: the backend its config names (or an ensemble of
+//! served models), its scheduler and warmup; and the order a repository loads its models in.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tritium_proto::inference::ModelConfig;
+
+use super::{LoadCause, ModelRepository, ServedModel};
+use crate::backend::{Backend, BackendContext};
+use crate::ensemble::{ENSEMBLE_PLATFORM, EnsembleBackend, composing_models};
+use crate::error::WorkerError;
+use crate::model::ModelVersion;
+use crate::repository::{self, ModelSource};
+use crate::scheduler::Scheduler;
+use crate::schema::ModelSchema;
+use crate::warmup;
+
+impl ModelRepository {
+    /// Loads the composing models of an ensemble that are not served yet (as Triton does when a
+    /// client loads an ensemble), ensembles within it too, up to a nesting bound.
+    pub(super) fn load_composing_models(
+        &self,
+        source: &ModelSource,
+        config_json: Option<&str>,
+        depth: usize,
+    ) -> Result<(), WorkerError> {
+        const MAX_NESTING: usize = 8;
+        let Ok(Some(config)) = source.config_with_override(config_json) else { return Ok(()) };
+        for composing in composing_models(&config) {
+            if composing == source.name || self.is_served(&composing) || depth >= MAX_NESTING {
+                continue;
+            }
+            let Some(inner) = self.find_source(&composing)? else { continue };
+            self.load_composing_models(&inner, None, depth + 1)?;
+            let _loading = self.loading.enter(&composing);
+            let built = self.build(&inner, None);
+            let _guard = self.lock_lifecycle();
+            // A composing model that fails is reported by its own index entry; the ensemble's
+            // load then names it as not available.
+            let _ = self.settle(&inner, built, LoadCause::Client);
+        }
+        Ok(())
+    }
+
+    pub(super) fn build(&self, source: &ModelSource, config_json: Option<&str>) -> Result<ServedModel, WorkerError> {
+        let name = source.name.as_str();
+        let failed = |reason: String| WorkerError::LoadFailed { name: name.to_string(), reason };
+        let model_dir = (!source.dir.as_os_str().is_empty()).then_some(source.dir.as_path());
+        let auto_complete = self.options.auto_complete_config;
+        let mut config = match source.config_with_override(config_json)? {
+            Some(config) => config,
+            None if auto_complete => {
+                self.backends.config_from_model_files(name, &source.dir, &source.versions).map_err(failed)?
+            }
+            None => return Err(failed("the model folder has no config.pbtxt".to_string())),
+        };
+        if config.platform == ENSEMBLE_PLATFORM {
+            return self.build_ensemble(source, config);
+        }
+        let backend_name = if config.backend.is_empty() { config.platform.clone() } else { config.backend.clone() };
+        let factory = self.backends.get(&backend_name).ok_or_else(|| failed(format!("unknown backend '{backend_name}'")))?;
+        if auto_complete {
+            factory.auto_complete_config(&mut config, model_dir).map_err(failed)?;
+            config = repository::normalize_config(name, config)?;
+        }
+        factory.complete_config(&mut config, model_dir).map_err(failed)?;
+        let config = Arc::new(config);
+        let versions = source.select_versions(&config)?;
+        let schema = ModelSchema::from_config(&config).map_err(failed)?;
+        let mut served = BTreeMap::new();
+        for version in versions {
+            let version_dir = (!source.dir.as_os_str().is_empty()).then(|| source.dir.join(version.to_string()));
+            let context = BackendContext {
+                model_name: name,
+                version,
+                config: &config,
+                version_dir: version_dir.as_deref().filter(|p: &&Path| p.exists()),
+                model_dir,
+            };
+            let backend = factory.create(&context).map_err(failed)?;
+            warmup::run(&config, model_dir, backend.as_ref()).map_err(failed)?;
+            let scheduler = Scheduler::for_config(&config, &backend, model_dir, self.options.scheduler_limits).map_err(failed)?;
+            let model = ModelVersion::scheduled(Arc::clone(&config), version, schema.clone(), backend, scheduler);
+            served.insert(version, Arc::new(model));
+        }
+        Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
+    }
+
+    /// An ensemble: its steps checked against the models served now, one backend per version.
+    fn build_ensemble(&self, source: &ModelSource, config: ModelConfig) -> Result<ServedModel, WorkerError> {
+        let name = source.name.as_str();
+        let failed = |reason: String| WorkerError::LoadFailed { name: name.to_string(), reason };
+        let config = Arc::new(config);
+        let schema = ModelSchema::from_config(&config).map_err(failed)?;
+        let mut served = BTreeMap::new();
+        for version in source.select_versions(&config)? {
+            let backend: Arc<dyn Backend> = Arc::new(EnsembleBackend::new(&config, self, self.me.clone()).map_err(failed)?);
+            served.insert(version, Arc::new(ModelVersion::new(Arc::clone(&config), version, schema.clone(), backend)));
+        }
+        Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
+    }
+}
+
+/// `sources` in the order to load them: plain models first, then each ensemble after the
+/// ensembles it is made of.
+pub(super) fn load_order(sources: Vec<ModelSource>) -> Vec<ModelSource> {
+    let composing = |source: &ModelSource| match source.config() {
+        Ok(Some(config)) if config.platform == ENSEMBLE_PLATFORM => Some(composing_models(&config)),
+        _ => None,
+    };
+    let (mut ensembles, plain): (Vec<_>, Vec<_>) =
+        sources.into_iter().map(|s| (composing(&s), s)).partition(|(steps, _)| steps.is_some());
+    let mut ordered: Vec<ModelSource> = plain.into_iter().map(|(_, s)| s).collect();
+    while !ensembles.is_empty() {
+        let waits_for = |steps: &Option<Vec<String>>, pending: &[(Option<Vec<String>>, ModelSource)]| {
+            steps.iter().flatten().any(|step| pending.iter().any(|(_, other)| &other.name == step))
+        };
+        let next = (0..ensembles.len()).find(|&i| !waits_for(&ensembles[i].0, &ensembles)).unwrap_or(0);
+        ordered.push(ensembles.remove(next).1);
+    }
+    ordered
+}

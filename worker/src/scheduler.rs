@@ -1,0 +1,105 @@
+//! Which of Triton's schedulers runs a model version's requests: none (each request is its own
+//! backend call), the dynamic batcher, or the sequence batcher. Written once, used by every
+//! backend; the backend only ever sees the batches.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tritium_proto::inference::ModelConfig;
+use tritium_proto::inference::model_config::SchedulingChoice;
+
+use crate::backend::{Backend, BackendError, BackendRequest, Responder};
+use crate::dynamic_batcher::{BatchAnswer, BatchShare, DynamicBatcher};
+use crate::params::RequestOptions;
+use crate::sequence::SequenceBatcher;
+
+/// The server-wide bounds of every model's scheduler queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerLimits {
+    /// Requests one priority level of a dynamic batcher, or one sequence batcher, holds when the
+    /// config sets no `max_queue_size` (Triton's unbounded); beyond it, UNAVAILABLE.
+    pub max_queue_size: usize,
+    /// Sequences one model keeps at once (in a slot or waiting for one); beyond it, a new
+    /// sequence's START is refused UNAVAILABLE.
+    pub max_sequences: usize,
+}
+
+impl Default for SchedulerLimits {
+    fn default() -> Self {
+        SchedulerLimits { max_queue_size: 4096, max_sequences: 16_384 }
+    }
+}
+
+pub(crate) enum Scheduler {
+    /// Every request is its own backend call.
+    Direct,
+    Dynamic(DynamicBatcher),
+    Sequence(SequenceBatcher),
+}
+
+impl Scheduler {
+    /// The scheduler `config` asks for; an error when it cannot be served as written.
+    /// `model_dir` holds the `initial_state` files of a sequence model's states.
+    pub(crate) fn for_config(
+        config: &ModelConfig,
+        backend: &Arc<dyn Backend>,
+        model_dir: Option<&Path>,
+        limits: SchedulerLimits,
+    ) -> Result<Scheduler, String> {
+        match &config.scheduling_choice {
+            Some(SchedulingChoice::DynamicBatching(_)) => {
+                Ok(DynamicBatcher::for_config(config, backend, limits.max_queue_size)?
+                    .map_or(Scheduler::Direct, Scheduler::Dynamic))
+            }
+            Some(SchedulingChoice::SequenceBatching(batching)) => {
+                let read = |file: &str, size: usize| read_initial_state(model_dir, file, size);
+                Ok(Scheduler::Sequence(SequenceBatcher::for_config(config, batching, backend, limits, &read)?))
+            }
+            _ => Ok(Scheduler::Direct),
+        }
+    }
+
+    pub(crate) fn is_direct(&self) -> bool {
+        matches!(self, Scheduler::Direct)
+    }
+
+    /// Runs one request of `rows` rows through the scheduler.
+    pub(crate) async fn run(
+        &self,
+        backend: &dyn Backend,
+        request: BackendRequest,
+        rows: i64,
+        options: &RequestOptions,
+    ) -> BatchAnswer {
+        match self {
+            Scheduler::Direct => {
+                let mut responder = Responder::single();
+                backend.execute(request, &mut responder).await?;
+                let outputs = responder.take_single().ok_or(BackendError::NoResponse)?;
+                Ok(BatchShare { outputs, execution: None, waited: std::time::Duration::ZERO })
+            }
+            Scheduler::Dynamic(batcher) => batcher.submit(request, rows, options).await,
+            Scheduler::Sequence(batcher) => batcher.submit(request, rows, options).await,
+        }
+    }
+}
+
+/// Reads `initial_state/<file>` of the model folder: a plain name (no folder, no `..`), at most
+/// `size` bytes beyond what its dims need (BYTES states have no fixed size; they get 1 MiB more).
+fn read_initial_state(model_dir: Option<&Path>, file: &str, size: usize) -> Result<Bytes, String> {
+    let Some(model_dir) = model_dir else {
+        return Err(format!("initial_state data_file '{file}' needs a model folder"));
+    };
+    let plain = Path::new(file).file_name().is_some_and(|name| name == file) && file != "..";
+    if !plain {
+        return Err(format!("initial_state data_file '{file}' must be a file name inside the model's initial_state folder"));
+    }
+    let path = model_dir.join("initial_state").join(file);
+    let limit = size.saturating_add(1 << 20);
+    let metadata = std::fs::metadata(&path).map_err(|e| format!("initial_state data_file '{file}': {}", e.kind()))?;
+    if !metadata.is_file() || metadata.len() > limit as u64 {
+        return Err(format!("initial_state data_file '{file}' is not a file of at most {limit} bytes"));
+    }
+    std::fs::read(&path).map(Bytes::from).map_err(|e| format!("initial_state data_file '{file}': {}", e.kind()))
+}

@@ -1,0 +1,418 @@
+//! Triton's sequence batcher (`sequence_batching { }`) for stateful models, written once for
+//! every backend.
+//!
+//! A request names its sequence with the `sequence_id` parameter and marks the first and last
+//! with `sequence_start` / `sequence_end`. The requests of one sequence run one at a time, in the
+//! order they came; those of different sequences share batches. A sequence holds a slot from its
+//! first request until its end or until it has been idle `max_sequence_idle_microseconds`; more
+//! sequences than slots wait in a backlog. With `direct`, a slot is one row of one instance's
+//! batches for the sequence's lifetime, and a batch carries a not-READY row for each slot before
+//! the last with work; with `oldest`, a batch takes the oldest requests of up to
+//! `max_batch_size` sequences among `max_candidate_sequences`.
+//!
+//! The batcher fills the control inputs (START, END, READY, CORRID) of every row, and keeps each
+//! sequence's implicit state: the backend reads it as the state's input, writes the next value
+//! as its output, and the client sees neither.
+//!
+//! One task per model owns every sequence, so nothing is locked: requests arrive on a channel in
+//! the order the transport read them, and finished batches come back on another.
+
+mod rows;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tritium_proto::ErrorCode;
+use tritium_proto::inference::{ModelConfig, ModelSequenceBatching};
+use tritium_tensor::Tensor;
+
+use crate::backend::{Backend, BackendError, BackendRequest};
+use crate::dynamic_batcher::BatchAnswer;
+use crate::params::{RequestOptions, SequenceId};
+use crate::request::Parameters;
+use crate::scheduler::SchedulerLimits;
+use rows::{Batch, Finished, Row};
+use settings::{SequenceSettings, Strategy};
+
+pub struct SequenceBatcher {
+    settings: Arc<SequenceSettings>,
+    backend: Arc<dyn Backend>,
+    limits: SchedulerLimits,
+    queued: Arc<AtomicUsize>,
+    /// Started by the first request, on the runtime that serves it.
+    sender: OnceLock<mpsc::UnboundedSender<Pending>>,
+}
+
+/// One request waiting for its turn in its sequence.
+struct Pending {
+    id: SequenceId,
+    start: bool,
+    end: bool,
+    inputs: Vec<Tensor>,
+    parameters: Parameters,
+    arrived: Instant,
+    reply: oneshot::Sender<BatchAnswer>,
+}
+
+impl SequenceBatcher {
+    pub(crate) fn for_config(
+        config: &ModelConfig,
+        batching: &ModelSequenceBatching,
+        backend: &Arc<dyn Backend>,
+        limits: SchedulerLimits,
+        read_initial_state: &dyn Fn(&str, usize) -> Result<bytes::Bytes, String>,
+    ) -> Result<SequenceBatcher, String> {
+        let settings = SequenceSettings::from_config(config, batching, read_initial_state)?;
+        Ok(SequenceBatcher {
+            settings: Arc::new(settings),
+            backend: Arc::clone(backend),
+            limits,
+            queued: Arc::new(AtomicUsize::new(0)),
+            sender: OnceLock::new(),
+        })
+    }
+
+    /// Queues one request behind the earlier requests of its sequence and waits for its answer.
+    /// The request joins the queue before the first await, so requests read in order from one
+    /// stream keep that order.
+    pub async fn submit(&self, request: BackendRequest, rows: i64, options: &RequestOptions) -> BatchAnswer {
+        let model = &self.settings.model;
+        let invalid = |message: String| Err(BackendError::refused(ErrorCode::InvalidArg, message));
+        if rows > 1 {
+            return invalid(format!(
+                "inference request to model '{model}' must specify batch-size 1 due to requirements of sequence batcher"
+            ));
+        }
+        let Some(id) = options.sequence_id.clone() else {
+            return invalid(format!("inference request to model '{model}' must specify a non-zero or non-empty correlation ID"));
+        };
+        self.settings.check_correlation_id(&id).map_err(|message| BackendError::refused(ErrorCode::InvalidArg, message))?;
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limits.max_queue_size {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(BackendError::QueueFull);
+        }
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            id,
+            start: options.sequence_start,
+            end: options.sequence_end,
+            inputs: request.inputs,
+            parameters: request.parameters,
+            arrived: Instant::now(),
+            reply,
+        };
+        let sender = self.sender.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(Scheduler::new(self).run(receiver));
+            sender
+        });
+        let stopped = || BackendError::refused(ErrorCode::Unavailable, "the model's sequence batcher has stopped");
+        if sender.send(pending).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(stopped());
+        }
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// One live sequence.
+struct Sequence {
+    queue: VecDeque<Pending>,
+    /// The state its next request reads (replaced by the initial state when that request starts
+    /// the sequence).
+    state: Vec<Tensor>,
+    slot: Option<usize>,
+    running: bool,
+    /// False once its END request has come: a later request must start it again.
+    accepting: bool,
+    idle_since: Instant,
+}
+
+struct Scheduler {
+    settings: Arc<SequenceSettings>,
+    backend: Arc<dyn Backend>,
+    queued: Arc<AtomicUsize>,
+    max_sequences: usize,
+    sequences: HashMap<SequenceId, Sequence>,
+    slots: Vec<Option<SequenceId>>,
+    backlog: VecDeque<SequenceId>,
+    /// Per instance: whether a batch of it is running.
+    busy: Vec<bool>,
+    finished: (mpsc::UnboundedSender<Finished>, mpsc::UnboundedReceiver<Finished>),
+}
+
+impl Scheduler {
+    fn new(batcher: &SequenceBatcher) -> Scheduler {
+        let settings = Arc::clone(&batcher.settings);
+        Scheduler {
+            backend: Arc::clone(&batcher.backend),
+            queued: Arc::clone(&batcher.queued),
+            max_sequences: batcher.limits.max_sequences,
+            sequences: HashMap::new(),
+            slots: vec![None; settings.slots],
+            backlog: VecDeque::new(),
+            busy: vec![false; settings.instances],
+            finished: mpsc::unbounded_channel(),
+            settings,
+        }
+    }
+
+    /// Runs until every sender is gone (the model version was unloaded) and nothing is left.
+    async fn run(mut self, mut arrivals: mpsc::UnboundedReceiver<Pending>) {
+        let mut open = true;
+        loop {
+            // Everything that has come goes in before batches form, so a batch sees all of it.
+            while let Ok(finished) = self.finished.1.try_recv() {
+                self.finish(finished);
+            }
+            while let Ok(pending) = arrivals.try_recv() {
+                self.arrive(pending);
+            }
+            let now = Instant::now();
+            self.release_idle(now);
+            let delayed = self.start_batches(now);
+            if !open && self.sequences.values().all(|s| s.queue.is_empty()) && !self.busy.contains(&true) {
+                return;
+            }
+            let wake = [delayed, self.next_idle()].into_iter().flatten().min();
+            let sleep = async move {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(finished) = self.finished.1.recv() => self.finish(finished),
+                arrival = arrivals.recv(), if open => match arrival {
+                    Some(pending) => self.arrive(pending),
+                    None => open = false,
+                },
+                () = sleep => {}
+            }
+        }
+    }
+
+    fn refuse(&self, pending: Pending, code: ErrorCode, message: String) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        let _ = pending.reply.send(Err(BackendError::refused(code, message)));
+    }
+
+    fn arrive(&mut self, pending: Pending) {
+        let accepting = self.sequences.get(&pending.id).is_some_and(|s| s.accepting);
+        if !pending.start && !accepting {
+            let message = format!(
+                "inference request for sequence {} to model '{}' must specify the START flag on the first request of the sequence",
+                pending.id, self.settings.model
+            );
+            return self.refuse(pending, ErrorCode::InvalidArg, message);
+        }
+        if !self.sequences.contains_key(&pending.id) && self.sequences.len() >= self.max_sequences {
+            let message = format!("model '{}' already holds its limit of {} sequences", self.settings.model, self.max_sequences);
+            return self.refuse(pending, ErrorCode::Unavailable, message);
+        }
+        let id = pending.id.clone();
+        let sequence = self.sequences.entry(id.clone()).or_insert_with(|| Sequence {
+            queue: VecDeque::new(),
+            state: Vec::new(),
+            slot: None,
+            running: false,
+            accepting: true,
+            idle_since: pending.arrived,
+        });
+        sequence.accepting = !pending.end;
+        sequence.queue.push_back(pending);
+        if sequence.slot.is_none() && !self.backlog.contains(&id) {
+            match self.slots.iter().position(Option::is_none) {
+                Some(free) => self.occupy(free, id),
+                None => self.backlog.push_back(id),
+            }
+        }
+    }
+
+    fn occupy(&mut self, slot: usize, id: SequenceId) {
+        if let Some(sequence) = self.sequences.get_mut(&id) {
+            sequence.slot = Some(slot);
+            self.slots[slot] = Some(id);
+        }
+    }
+
+    /// Ends a sequence and gives its slot to the first sequence of the backlog.
+    fn release(&mut self, id: &SequenceId) {
+        let Some(sequence) = self.sequences.remove(id) else { return };
+        for pending in sequence.queue {
+            self.refuse(pending, ErrorCode::Unavailable, "the sequence was released".to_string());
+        }
+        let Some(slot) = sequence.slot else {
+            self.backlog.retain(|waiting| waiting != id);
+            return;
+        };
+        self.slots[slot] = None;
+        if let Some(next) = self.backlog.pop_front() {
+            self.occupy(slot, next);
+        }
+    }
+
+    /// Releases the sequences idle for longer than `max_sequence_idle_microseconds`.
+    fn release_idle(&mut self, now: Instant) {
+        let idle = self.settings.idle;
+        let expired: Vec<SequenceId> = self
+            .sequences
+            .iter()
+            .filter(|(_, s)| s.queue.is_empty() && !s.running && s.idle_since + idle <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            tracing::debug!(model = %self.settings.model, sequence = %id, "idle sequence released");
+            self.release(&id);
+        }
+    }
+
+    fn next_idle(&self) -> Option<Instant> {
+        let idle = self.settings.idle;
+        self.sequences.values().filter(|s| s.queue.is_empty() && !s.running).map(|s| s.idle_since + idle).min()
+    }
+
+    /// Starts a batch on every free instance that has work; returns when to look again for a
+    /// batch waiting out its `max_queue_delay_microseconds`.
+    fn start_batches(&mut self, now: Instant) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        for instance in 0..self.busy.len() {
+            if self.busy[instance] {
+                continue;
+            }
+            let rows = match self.settings.strategy {
+                Strategy::Direct => self.direct_rows(instance),
+                Strategy::Oldest => self.oldest_rows(),
+            };
+            let real: Vec<&SequenceId> = rows.iter().flatten().collect();
+            if real.is_empty() {
+                continue;
+            }
+            let settings = &self.settings;
+            let full = match settings.strategy {
+                Strategy::Direct => real.len() as f32 >= settings.minimum_utilization * settings.max_rows as f32,
+                Strategy::Oldest => real.len() >= settings.max_rows || settings.preferred.contains(&real.len()),
+            };
+            let first_arrived = real.iter().filter_map(|id| self.head(id)).map(|p| p.arrived).min().unwrap_or(now);
+            let go_at = first_arrived + settings.max_delay;
+            if !full && go_at > now {
+                wake = Some(wake.map_or(go_at, |w| w.min(go_at)));
+                continue;
+            }
+            self.dispatch(instance, rows);
+        }
+        wake
+    }
+
+    fn head(&self, id: &SequenceId) -> Option<&Pending> {
+        self.sequences.get(id).and_then(|s| s.queue.front())
+    }
+
+    /// Whether a sequence has a request that can run now.
+    fn ready(&self, id: &SequenceId) -> bool {
+        self.sequences.get(id).is_some_and(|s| !s.running && !s.queue.is_empty())
+    }
+
+    /// `direct`: one row per slot of `instance`, up to the last slot with work; `None` where a
+    /// slot has none (or a request that cannot share this batch).
+    fn direct_rows(&self, instance: usize) -> Vec<Option<SequenceId>> {
+        let per_instance = self.settings.max_rows;
+        let lane = &self.slots[instance * per_instance..(instance + 1) * per_instance];
+        let mut first: Option<&Pending> = None;
+        let mut rows: Vec<Option<SequenceId>> = lane
+            .iter()
+            .map(|slot| {
+                let id = slot.as_ref().filter(|id| self.ready(id))?;
+                let head = self.head(id)?;
+                match first {
+                    Some(first) if !rows::shareable(&first.inputs, &head.inputs) => None,
+                    _ => {
+                        first.get_or_insert(head);
+                        Some(id.clone())
+                    }
+                }
+            })
+            .collect();
+        while rows.last().is_some_and(Option::is_none) {
+            rows.pop();
+        }
+        rows
+    }
+
+    /// `oldest`: the ready candidates whose requests came first, up to a batch, that can share it.
+    fn oldest_rows(&self) -> Vec<Option<SequenceId>> {
+        let mut ready: Vec<(&Pending, &SequenceId)> =
+            self.slots.iter().flatten().filter(|id| self.ready(id)).filter_map(|id| Some((self.head(id)?, id))).collect();
+        ready.sort_by_key(|(head, _)| head.arrived);
+        let Some(&(first, _)) = ready.first() else { return Vec::new() };
+        ready
+            .into_iter()
+            .filter(|(head, _)| rows::shareable(&first.inputs, &head.inputs))
+            .take(self.settings.max_rows)
+            .map(|(_, id)| Some(id.clone()))
+            .collect()
+    }
+
+    /// Takes the head request of every sequence in `rows` and runs them as one batch.
+    fn dispatch(&mut self, instance: usize, rows: Vec<Option<SequenceId>>) {
+        let initial = self.settings.initial_states();
+        let mut batch_rows = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Some(sequence) = row.as_ref().and_then(|id| self.sequences.get_mut(id)) else {
+                batch_rows.push(Row::Empty);
+                continue;
+            };
+            let Some(pending) = sequence.queue.pop_front() else {
+                batch_rows.push(Row::Empty);
+                continue;
+            };
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            sequence.running = true;
+            let state = if pending.start || sequence.state.is_empty() { initial.clone() } else { sequence.state.clone() };
+            batch_rows.push(Row::Request { id: pending.id.clone(), state, pending: rows::Request::from(pending) });
+        }
+        self.busy[instance] = true;
+        let batch = Batch { instance, rows: batch_rows };
+        let (settings, backend, finished) = (Arc::clone(&self.settings), Arc::clone(&self.backend), self.finished.0.clone());
+        tokio::spawn(async move {
+            let done = batch.execute(&settings, backend.as_ref()).await;
+            let _ = finished.send(done);
+        });
+    }
+
+    fn finish(&mut self, finished: Finished) {
+        self.busy[finished.instance] = false;
+        let now = Instant::now();
+        for (id, state, ended) in finished.sequences {
+            let Some(sequence) = self.sequences.get_mut(&id) else { continue };
+            sequence.running = false;
+            sequence.idle_since = now;
+            if let Some(state) = state {
+                sequence.state = state;
+            }
+            if ended && sequence.queue.is_empty() && !sequence.accepting {
+                self.release(&id);
+            }
+        }
+    }
+}
+
+impl From<Pending> for rows::Request {
+    fn from(pending: Pending) -> Self {
+        rows::Request {
+            start: pending.start,
+            end: pending.end,
+            inputs: pending.inputs,
+            parameters: pending.parameters,
+            waited: pending.arrived.elapsed(),
+            reply: pending.reply,
+        }
+    }
+}
