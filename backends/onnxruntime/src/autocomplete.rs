@@ -61,10 +61,12 @@ pub fn complete(config: &mut ModelConfig, signature: &Signature, default_max_bat
             (false, _) => (dims, None),
         }
     };
+    let (server_inputs, server_outputs) = sequence_tensors(config);
     if config.input.is_empty() {
         config.input = signature
             .inputs
             .iter()
+            .filter(|spec| !server_inputs.contains(&spec.name))
             .map(|spec| {
                 let (dims, reshape) = config_dims(spec);
                 ModelInput { name: spec.name.clone(), data_type: config_type(spec.datatype), dims, reshape, ..Default::default() }
@@ -75,6 +77,7 @@ pub fn complete(config: &mut ModelConfig, signature: &Signature, default_max_bat
         config.output = signature
             .outputs
             .iter()
+            .filter(|spec| !server_outputs.contains(&spec.name))
             .map(|spec| {
                 let (dims, reshape) = config_dims(spec);
                 ModelOutput {
@@ -90,6 +93,15 @@ pub fn complete(config: &mut ModelConfig, signature: &Signature, default_max_bat
     Ok(())
 }
 
+/// The tensors the sequence batcher fills in (control inputs, state inputs) and takes back (state
+/// outputs): model tensors that are not the client's, so not the config's inputs and outputs.
+fn sequence_tensors(config: &ModelConfig) -> (Vec<String>, Vec<String>) {
+    let Some(SchedulingChoice::SequenceBatching(batching)) = &config.scheduling_choice else { return Default::default() };
+    let controls = batching.control_input.iter().map(|c| c.name.clone());
+    let inputs = controls.chain(batching.state.iter().map(|s| s.input_name.clone())).collect();
+    (inputs, batching.state.iter().map(|s| s.output_name.clone()).collect())
+}
+
 fn config_type(datatype: DataType) -> i32 {
     datatype.to_config() as i32
 }
@@ -99,12 +111,16 @@ fn config_type(datatype: DataType) -> i32 {
 pub fn check(config: &ModelConfig, signature: &Signature) -> Result<(), String> {
     let model = &config.name;
     let optional = config.input.iter().filter(|i| i.optional).count();
-    if config.input.len() - optional != signature.inputs.len() {
+    let (server_inputs, _) = sequence_tensors(config);
+    let expected = config.input.len() + server_inputs.len();
+    if expected - optional != signature.inputs.len() {
         return Err(format!(
-            "unable to load model '{model}', configuration expects {} inputs, model provides {}",
-            config.input.len(),
+            "unable to load model '{model}', configuration expects {expected} inputs, model provides {}",
             signature.inputs.len()
         ));
+    }
+    for name in &server_inputs {
+        find(&signature.inputs, name, "input")?;
     }
     let batching = config.max_batch_size > 0;
     for input in &config.input {

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tritium_proto::inference::ModelConfig;
+use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_proto::inference::model_instance_group::Kind;
 use tritium_worker::backend::{BackendContext, BackendFactory};
 use tritium_worker::{Backend, BackendError, BackendRegistry, BackendRequest, Responder};
@@ -111,8 +112,13 @@ impl BackendFactory for OnnxRuntimeFactory {
         }
         let first = sessions.first().ok_or_else(|| format!("model '{}' has no instances", context.model_name))?;
         autocomplete::check(config, &session::signature(first)?)?;
+        // The sequence batcher's state outputs are fetched too: it keeps them for the next request.
+        let state_outputs = match &config.scheduling_choice {
+            Some(SchedulingChoice::SequenceBatching(batching)) => batching.state.iter().map(|s| s.output_name.clone()).collect(),
+            _ => Vec::new(),
+        };
         let run = RunSettings {
-            outputs: config.output.iter().map(|o| o.name.clone()).collect(),
+            outputs: config.output.iter().map(|o| o.name.clone()).chain(state_outputs).collect(),
             arena_shrinkage: settings.arena_shrinkage.clone(),
         };
         let instances = Instances::start(sessions, &run)?;

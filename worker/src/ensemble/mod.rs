@@ -6,6 +6,8 @@
 //! `in ensemble '<name>', <the step's error>`.
 
 mod graph;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
