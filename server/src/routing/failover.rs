@@ -19,6 +19,7 @@ use super::policy::current_hint;
 use super::{Member, Router, WORKER_ID_PARAMETER};
 use crate::remote::{DRAINING_MESSAGE, is_unreachable};
 use tritium_proto::ErrorCode;
+use tritium_proto::inference::model_config::SchedulingChoice;
 
 /// The worker a request names with the `worker_id` parameter, for `direct` mode.
 pub fn hint_of(parameters: &tritium_worker::Parameters) -> Option<String> {
@@ -26,6 +27,17 @@ pub fn hint_of(parameters: &tritium_worker::Parameters) -> Option<String> {
         ParamValue::String(id) => Some(id.clone()),
         _ => None,
     })
+}
+
+/// A request of a stateful model's sequence: the key that keeps every request of the sequence on
+/// one worker (its state lives there).
+fn sequence_key(request: &ValidInferRequest) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let stateful = matches!(request.model().config.scheduling_choice, Some(SchedulingChoice::SequenceBatching(_)));
+    let id = request.options().sequence_id.as_ref().filter(|_| stateful)?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    id.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Whether a request that failed this way did not run, so another worker may take it: the
@@ -46,6 +58,7 @@ impl Router {
         model: &str,
         tokens: Option<&[u32]>,
         hint: Option<&str>,
+        sticky: Option<u64>,
         mut call: F,
     ) -> Result<T, WorkerError>
     where
@@ -55,7 +68,7 @@ impl Router {
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last_error = None;
         loop {
-            let member = match self.pick(model, tokens, hint, &tried, false)? {
+            let member = match self.pick(model, tokens, hint, sticky, &tried, false)? {
                 Some(member) => member,
                 None => match last_error {
                     Some(error) => return Err(error),
@@ -96,7 +109,7 @@ impl Router {
     ) -> Result<TokenStream, WorkerError> {
         let mut tried: Vec<Arc<str>> = Vec::new();
         loop {
-            let Some(member) = self.pick(model, Some(&request.prompt), hint.as_deref(), &tried, false)? else {
+            let Some(member) = self.pick(model, Some(&request.prompt), hint.as_deref(), None, &tried, false)? else {
                 if tried.is_empty() {
                     return self.fallback.generate(model, request).await;
                 }
@@ -207,7 +220,7 @@ impl Migration {
         next.stop.max_tokens = next.stop.max_tokens.map(|max| max.saturating_sub(done));
         next.stop.min_tokens = next.stop.min_tokens.saturating_sub(done);
         loop {
-            let member = router.pick(&self.model, Some(&next.prompt), None, &self.tried, true).ok()??;
+            let member = router.pick(&self.model, Some(&next.prompt), None, None, &self.tried, true).ok()??;
             match member.client.generate(&self.model, next.clone()).await {
                 Ok(stream) => return Some((member, stream)),
                 Err(error) if retryable(&error) => {
@@ -236,10 +249,11 @@ impl WorkerClient for Router {
         let (model, version, arrived) =
             (request.model_name().to_string(), Arc::clone(request.model()), request.request().arrived);
         let hint = hint_of(&request.request().parameters);
+        let sticky = sequence_key(&request);
         let mut request = Some(request);
         let mut remote = false;
         let result = self
-            .with_failover(&model, None, hint.as_deref(), |client, local| {
+            .with_failover(&model, None, hint.as_deref(), sticky, |client, local| {
                 remote |= !local;
                 // Only a remote call can need a second try, so only then is the request copied.
                 let this_try = if local { request.take() } else { request.clone() };
@@ -266,8 +280,9 @@ impl WorkerClient for Router {
         }
         let model = request.model_name().to_string();
         let hint = hint_of(&request.request().parameters);
+        let sticky = sequence_key(&request);
         let mut request = Some(request);
-        self.with_failover(&model, None, hint.as_deref(), |client, local| {
+        self.with_failover(&model, None, hint.as_deref(), sticky, |client, local| {
             let this_try = if local { request.take() } else { request.clone() };
             async move {
                 match this_try {
@@ -288,7 +303,7 @@ impl WorkerClient for Router {
 
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
         let hint = current_hint();
-        self.with_failover(model, inputs.first().map(Vec::as_slice), hint.as_deref(), |client, _| {
+        self.with_failover(model, inputs.first().map(Vec::as_slice), hint.as_deref(), None, |client, _| {
             let inputs = inputs.clone();
             async move { client.embed(model, inputs).await }
         })

@@ -251,11 +251,15 @@ impl Router {
     /// The worker for a request to `model`, or `None` when no instance serves it (the caller
     /// uses the in-process fallback). `tried` are passed over; so are suspects, unless only
     /// suspects are left. A stream being migrated may go to any worker, even in `direct` mode.
+    /// A `sticky` request (one sequence of a stateful model) goes to the same worker every time
+    /// while the workers stay the same: rendezvous hashing, so a worker joining or leaving moves
+    /// only the sequences that must move.
     fn pick(
         &self,
         model: &str,
         tokens: Option<&[u32]>,
         hint: Option<&str>,
+        sticky: Option<u64>,
         tried: &[Arc<str>],
         migrating: bool,
     ) -> Result<Option<Member>, WorkerError> {
@@ -292,6 +296,16 @@ impl Router {
         let candidates = if healthy.is_empty() { untried } else { healthy };
         if candidates.is_empty() {
             return Ok(None);
+        }
+        if let Some(key) = sticky {
+            let score = |member: &&&Member| {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::hash::DefaultHasher::new();
+                (key, member.id.as_ref()).hash(&mut hasher);
+                hasher.finish()
+            };
+            self.counters.routed.fetch_add(1, Ordering::Relaxed);
+            return Ok(candidates.iter().max_by_key(score).map(|member| Member::clone(member)));
         }
         // One worker and nothing to learn from the prompt: no scoring.
         if candidates.len() == 1 && (tokens.is_none() || candidates[0].local) {

@@ -93,10 +93,20 @@ fn repository() -> Arc<ModelRepository> {
     let declared = ["identity", "add_sub", "m", "x"]
         .iter()
         .map(|name| DeclaredModel { name: name.to_string(), config_text: format!("name: \"{name}\"\nbackend: \"identity\"\n") })
+        .chain([DeclaredModel { name: "seq".into(), config_text: SEQUENCE_MODEL.into() }])
         .collect();
     ModelRepository::open(RepositoryOptions { declared, ..Default::default() }, BackendRegistry::with_builtins())
         .expect("the declared models load")
 }
+
+/// A stateful model: its sequences must stay on one worker.
+const SEQUENCE_MODEL: &str = r#"
+backend: "accumulate"
+max_batch_size: 0
+input [ { name: "INPUT", data_type: TYPE_INT32, dims: [ 1 ] } ]
+output [ { name: "OUTPUT", data_type: TYPE_INT32, dims: [ 1 ] } ]
+sequence_batching { state [ { input_name: "S_IN" output_name: "S_OUT" data_type: TYPE_INT32 dims: [ 1 ] } ] }
+"#;
 
 /// A request validated against the router's repository, as the frontend hands it over.
 fn valid(router: &Router, request: InferenceRequest) -> ValidInferRequest {
@@ -239,4 +249,28 @@ async fn a_stream_that_cannot_migrate_ends_with_unavailable() {
         }
         other => panic!("expected an error, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn the_requests_of_one_sequence_stay_on_one_worker() {
+    let router = router(RouterMode::RoundRobin, Fake::new("local"));
+    router.add_member_for_test("a", Fake::new("a"), true);
+    router.add_member_for_test("b", Fake::new("b"), true);
+    router.apply(&[instance("local", &["seq"]), instance("a", &["seq"]), instance("b", &["seq"])]).await;
+    let send = |sequence: i64| {
+        let mut request = InferenceRequest::new("seq", vec![tritium_tensor::Tensor::from_slice("INPUT", vec![1], &[1i32])]);
+        request.parameters.push(("sequence_id".into(), tritium_worker::ParamValue::Int64(sequence)));
+        let request = valid(&router, request);
+        let router = Arc::clone(&router);
+        async move { router.infer(request).await.map(|r| r.id).unwrap_or_else(|e| format!("error: {e}")) }
+    };
+    let mut workers_used = std::collections::BTreeSet::new();
+    for sequence in 1..=12 {
+        let first = send(sequence).await;
+        for _ in 0..3 {
+            assert_eq!(send(sequence).await, first, "sequence {sequence} moved");
+        }
+        workers_used.insert(first);
+    }
+    assert!(workers_used.len() > 1, "sequences spread over the workers: {workers_used:?}");
 }
