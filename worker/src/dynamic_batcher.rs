@@ -265,7 +265,8 @@ impl Scheduler {
         };
         let backend = Arc::clone(&self.backend);
         tokio::spawn(async move {
-            let answers = execute(backend.as_ref(), &batch).await;
+            let mut batch = batch;
+            let answers = execute(backend.as_ref(), &mut batch).await;
             drop(instance);
             if let Some(previous) = after {
                 // An earlier batch whose task ended without answering still releases this one.
@@ -309,11 +310,11 @@ fn same_custom_parameters(a: &Parameters, b: &Parameters) -> bool {
 }
 
 /// Runs one batch: every request's share of the outputs, or the batch's error for each.
-async fn execute(backend: &dyn Backend, batch: &[Pending]) -> Vec<BatchAnswer> {
+async fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<BatchAnswer> {
     let started = Instant::now();
     let rows: Vec<i64> = batch.iter().map(|p| p.rows).collect();
-    let inputs = stack(batch.iter().map(|p| p.inputs.clone()).collect());
-    let parameters = batch.last().map(|p| p.parameters.clone()).unwrap_or_default();
+    let inputs = stack(batch.iter_mut().map(|p| std::mem::take(&mut p.inputs)).collect());
+    let parameters = batch.last_mut().map(|p| std::mem::take(&mut p.parameters)).unwrap_or_default();
     let request = BackendRequest { inputs, parameters, cancel: None };
     let stacked = Instant::now();
     let mut responder = Responder::single();
@@ -337,7 +338,7 @@ async fn execute(backend: &dyn Backend, batch: &[Pending]) -> Vec<BatchAnswer> {
     match parts {
         Ok(parts) => parts
             .into_iter()
-            .zip(batch)
+            .zip(batch.iter())
             .enumerate()
             .map(|(index, (outputs, pending))| {
                 let waited = started.saturating_duration_since(pending.arrived);

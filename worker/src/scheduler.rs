@@ -48,6 +48,13 @@ impl Scheduler {
         limits: SchedulerLimits,
     ) -> Result<Scheduler, String> {
         match &config.scheduling_choice {
+            Some(SchedulingChoice::SequenceBatching(_) | SchedulingChoice::DynamicBatching(_))
+                if config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled) =>
+            {
+                // A decoupled model's requests stream their responses; neither batcher forwards
+                // streams yet, and serving the config without its scheduler would be wrong.
+                Err("dynamic or sequence batching of a decoupled model is not supported yet".to_string())
+            }
             Some(SchedulingChoice::DynamicBatching(_)) => {
                 Ok(DynamicBatcher::for_config(config, backend, limits.max_queue_size)?
                     .map_or(Scheduler::Direct, Scheduler::Dynamic))

@@ -73,19 +73,20 @@ fn zeroed(template: &Tensor) -> Tensor {
 
 impl Batch {
     /// Runs the batch, answers every request, and says what became of each sequence.
-    pub(super) async fn execute(self, settings: &SequenceSettings, backend: &dyn Backend) -> Finished {
+    pub(super) async fn execute(mut self, settings: &SequenceSettings, backend: &dyn Backend) -> Finished {
         let started = Instant::now();
-        let template: Option<Vec<Tensor>> = self.rows.iter().find_map(|row| match row {
+        let has_empty_rows = self.rows.iter().any(|row| matches!(row, Row::Empty));
+        let template: Option<Vec<Tensor>> = self.rows.iter().filter(|_| has_empty_rows).find_map(|row| match row {
             Row::Request { pending, .. } => Some(sorted(pending.inputs.clone())),
             Row::Empty => None,
         });
         let mut inputs = Vec::with_capacity(self.rows.len());
         let mut failure = None;
-        for row in &self.rows {
+        for row in &mut self.rows {
             let (mut row_inputs, flags, id, state) = match row {
                 Row::Request { id, state, pending } => {
                     let flags = RowFlags { start: pending.start, end: pending.end, ready: true };
-                    (sorted(pending.inputs.clone()), flags, Some(id), state.clone())
+                    (sorted(std::mem::take(&mut pending.inputs)), flags, Some(&*id), state.clone())
                 }
                 Row::Empty => {
                     let zeros = template.iter().flatten().map(zeroed).collect();
