@@ -80,9 +80,9 @@ sequence_batching {
 }
 """
 
-ACCUMULATE_MODEL_PY = '''"""Triton python backend: each request of a sequence answers the running sum of its INPUTs, as Tritium's built-in
-`accumulate` (bench/schedulers.py writes this file). Triton 2.51's python backend does not keep implicit state, so
-the sums live here, keyed by the CORRID control input: reset on START, dropped on END."""
+ACCUMULATE_MODEL_PY = '''"""Triton python backend: each request of a sequence answers the running sum of its INPUTs, as
+Tritium's built-in `accumulate` (bench/schedulers.py writes this file). Triton 2.51's python backend does not keep
+implicit state, so the sums live here, keyed by the CORRID control input: reset on START, dropped on END."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils

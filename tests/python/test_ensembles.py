@@ -31,7 +31,9 @@ REPEAT_CONFIG = (REPO / "worker" / "models" / "repeat.pbtxt").read_text()
 STREAM_TIMEOUT_S = 30
 
 
-def ensemble_config(name: str, steps: list[tuple[str, dict, dict]], inputs=("IN0", "IN1"), outputs=("OUT0", "OUT1"), extra: str = "") -> str:
+def ensemble_config(
+    name: str, steps: list[tuple[str, dict, dict]], inputs=("IN0", "IN1"), outputs=("OUT0", "OUT1"), extra: str = ""
+) -> str:
     """An INT32 [-1] ensemble; each step is (model, {model input: tensor}, {model output: tensor})."""
     tensors = lambda names: ", ".join(f'{{ name: "{n}" data_type: TYPE_INT32 dims: [ -1 ] }}' for n in names)  # noqa: E731
     maps = lambda kind, pairs: " ".join(f'{kind} {{ key: "{k}" value: "{v}" }}' for k, v in pairs.items())  # noqa: E731
@@ -64,7 +66,8 @@ BROKEN = {
         "in ensemble ens_badinput, ensemble tensor IN0 is mapping to non-existing input WRONG in model adder",
     ),
     "ens_noproducer": (
-        [("adder", {"INPUT0": "IN0", "INPUT1": "nothing_makes_this"}, {"OUTPUT0": "OUT0", "OUTPUT1": "OUT1"})], ("IN0",), ("OUT0", "OUT1"),
+        [("adder", {"INPUT0": "IN0", "INPUT1": "nothing_makes_this"}, {"OUTPUT0": "OUT0", "OUTPUT1": "OUT1"})],
+        ("IN0",), ("OUT0", "OUT1"),
         "in ensemble 'ens_noproducer', step 'adder' reads ensemble tensor 'nothing_makes_this', which no input or step writes",
     ),
     # Step 1 needs t2 from step 2, which needs t1 from step 1.
@@ -183,8 +186,9 @@ def test_add_sub_twice_integers_wrap_like_add_sub(client):
 def test_add_sub_twice_metadata_and_config_say_ensemble(client):
     metadata = client.get_model_metadata("add_sub_twice")
     assert metadata.platform == "ensemble"
-    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("INPUT0", "INT32", [16]), ("INPUT1", "INT32", [16])]
-    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [("DOUBLE0", "INT32", [16]), ("DOUBLE1", "INT32", [16])]
+    described = lambda tensors: [(t.name, t.datatype, list(t.shape)) for t in tensors]  # noqa: E731
+    assert described(metadata.inputs) == [("INPUT0", "INT32", [16]), ("INPUT1", "INT32", [16])]
+    assert described(metadata.outputs) == [("DOUBLE0", "INT32", [16]), ("DOUBLE1", "INT32", [16])]
     config = client.get_model_config("add_sub_twice").config
     assert config.platform == "ensemble"
     assert [s.model_name for s in config.ensemble_scheduling.step] == ["add_sub", "add_sub"]
@@ -245,8 +249,9 @@ def test_step_error_reaches_the_client_with_the_ensemble_named(ens_client):
     """adder refuses inputs of different shapes at run time; through the ensemble the same error comes back,
     with the same status, behind `in ensemble 'ens_pair', `."""
     a, b = np.arange(3, dtype=np.int32), np.arange(4, dtype=np.int32)
-    direct = expect_error("INVALID_ARGUMENT", "must have the same shape", ens_client.infer, "adder", int32_inputs(("INPUT0", "INPUT1"), a, b))
-    err = expect_error("INVALID_ARGUMENT", "must have the same shape", ens_client.infer, "ens_pair", int32_inputs(("IN0", "IN1"), a, b))
+    fragment = "must have the same shape"
+    direct = expect_error("INVALID_ARGUMENT", fragment, ens_client.infer, "adder", int32_inputs(("INPUT0", "INPUT1"), a, b))
+    err = expect_error("INVALID_ARGUMENT", fragment, ens_client.infer, "ens_pair", int32_inputs(("IN0", "IN1"), a, b))
     assert err.message() == f"in ensemble 'ens_pair', {direct.message()}"
     # The ensemble goes on serving.
     result = ens_client.infer("ens_pair", int32_inputs(("IN0", "IN1"), a, a))
@@ -305,7 +310,8 @@ def test_broken_ensemble_is_unavailable_with_its_reason(ens_client, name):
 
 def test_broken_ensemble_answers_not_found(ens_client):
     a = np.arange(4, dtype=np.int32)
-    expect_error("NOT_FOUND", "Request for unknown model: 'ens_unknown'", ens_client.infer, "ens_unknown", int32_inputs(("IN0", "IN1"), a, a))
+    inputs = int32_inputs(("IN0", "IN1"), a, a)
+    expect_error("NOT_FOUND", "Request for unknown model: 'ens_unknown'", ens_client.infer, "ens_unknown", inputs)
     expect_error("NOT_FOUND", "Request for unknown model: 'ens_cycle'", ens_client.get_model_metadata, "ens_cycle")
 
 

@@ -48,7 +48,17 @@ def new_id() -> int:
     return next(_ids)
 
 
-def sequence_config(name: str, strategy: str, corrid_type: str | None = "TYPE_UINT64", idle_us: int = 10_000_000, max_batch_size: int = 4) -> str:
+def needs_start(sequence_id, model: str = "accumulate") -> str:
+    """Triton's refusal of a request that does not start its sequence when it must."""
+    return (
+        f"inference request for sequence {sequence_id} to model '{model}' must specify the START flag "
+        "on the first request of the sequence"
+    )
+
+
+def sequence_config(
+    name: str, strategy: str, corrid_type: str | None = "TYPE_UINT64", idle_us: int = 10_000_000, max_batch_size: int = 4
+) -> str:
     """An `accumulate` model with START/END/READY controls, an optional CORRID control and one INT32 state."""
     corrid = (
         f'{{ name: "CORRID", control [ {{ kind: CONTROL_SEQUENCE_CORRID, data_type: {corrid_type} }} ] }},'
@@ -84,9 +94,10 @@ def seq_server(tmp_path_factory):
     """A server over a repository of written sequence models."""
     repo = tmp_path_factory.mktemp("sequence") / "models"
     repo.mkdir()
+    oldest = "oldest { max_candidate_sequences: 16 }"
     write_model(repo, "seq_direct", sequence_config("seq_direct", "direct { }"))
-    write_model(repo, "seq_u64", sequence_config("seq_u64", "oldest { max_candidate_sequences: 16 }"))
-    write_model(repo, "seq_string", sequence_config("seq_string", "oldest { max_candidate_sequences: 16 }", corrid_type="TYPE_STRING"))
+    write_model(repo, "seq_u64", sequence_config("seq_u64", oldest))
+    write_model(repo, "seq_string", sequence_config("seq_string", oldest, corrid_type="TYPE_STRING"))
     write_model(repo, "seq_idle", sequence_config("seq_idle", "direct { }", corrid_type=None, idle_us=IDLE_US))
     server = start_server("--model-repository", str(repo))
     yield server
@@ -107,7 +118,9 @@ def value_input(value: int, rows: int = 1) -> list[grpcclient.InferInput]:
 
 
 def step(client, model: str, sequence_id, value: int, start: bool = False, end: bool = False, **kwargs) -> int:
-    result = client.infer(model, value_input(value), sequence_id=sequence_id, sequence_start=start, sequence_end=end, **kwargs)
+    result = client.infer(
+        model, value_input(value), sequence_id=sequence_id, sequence_start=start, sequence_end=end, **kwargs
+    )
     out = result.as_numpy("OUTPUT")
     assert out.shape == (1, 1) and out.dtype == np.int32, out
     return int(out[0, 0])
@@ -134,9 +147,11 @@ class Stream:
     def __init__(self, url: str):
         self.client = grpcclient.InferenceServerClient(url=url)
         self.events: queue.Queue = queue.Queue()
-        self.client.start_stream(callback=lambda result, error: self.events.put((result, error)), stream_timeout=STREAM_TIMEOUT_S)
+        self.client.start_stream(
+            callback=lambda result, error: self.events.put((result, error)), stream_timeout=STREAM_TIMEOUT_S
+        )
 
-    def send(self, model: str, sequence_id, value: int, start: bool = False, end: bool = False, request_id: str = "") -> None:
+    def send(self, model: str, sequence_id, value: int, start=False, end=False, request_id: str = "") -> None:
         self.client.async_stream_infer(
             model, value_input(value), request_id=request_id, sequence_id=sequence_id, sequence_start=start, sequence_end=end
         )
@@ -171,11 +186,7 @@ def test_state_outputs_never_reach_the_client(client):
 def test_start_and_end_in_one_request_is_a_whole_sequence(client):
     sequence_id = new_id()
     assert step(client, "accumulate", sequence_id, 9, start=True, end=True) == 9
-    expect_error(
-        "INVALID_ARGUMENT",
-        f"inference request for sequence {sequence_id} to model 'accumulate' must specify the START flag on the first request of the sequence",
-        step, client, "accumulate", sequence_id, 1,
-    )
+    expect_error("INVALID_ARGUMENT", needs_start(sequence_id), step, client, "accumulate", sequence_id, 1)
 
 
 def test_start_on_a_live_sequence_restarts_it_from_zero(client):
@@ -220,9 +231,7 @@ def test_zero_or_empty_sequence_id_counts_as_none(client, sequence_id):
 
 
 def test_first_request_without_start_is_refused(client):
-    message = (
-        "inference request for sequence 42 to model 'accumulate' must specify the START flag on the first request of the sequence"
-    )
+    message = needs_start(42)
     err = expect_error("INVALID_ARGUMENT", message, step, client, "accumulate", 42, 1)
     assert err.message() == message
     # END alone on an unknown sequence is refused the same way.
@@ -233,9 +242,7 @@ def test_first_request_without_start_is_refused(client):
 def test_request_after_the_end_is_refused(client):
     sequence_id = new_id()
     run_sequence(client, "accumulate", sequence_id, [1, 2, 3])
-    message = (
-        f"inference request for sequence {sequence_id} to model 'accumulate' must specify the START flag on the first request of the sequence"
-    )
+    message = needs_start(sequence_id)
     err = expect_error("INVALID_ARGUMENT", message, step, client, "accumulate", sequence_id, 1)
     assert err.message() == message
 
@@ -289,9 +296,7 @@ def test_stream_refusal_is_in_band_and_the_stream_goes_on(tritium):
     errors = [error for _, error in events if error is not None]
     assert len(errors) == 1, [e.message() for e in errors]
     assert errors[0].status() is None, "in-band stream errors carry no gRPC status"
-    assert errors[0].message() == (
-        f"inference request for sequence {orphan} to model 'accumulate' must specify the START flag on the first request of the sequence"
-    )
+    assert errors[0].message() == needs_start(orphan)
     sums = [int(r.as_numpy("OUTPUT")[0, 0]) for r, error in events if error is None]
     assert sums == [4, 8]
 
@@ -302,7 +307,8 @@ def test_sequences_interleaved_on_several_streams(tritium):
     plans = {}
     for s, stream in enumerate(streams):
         ids = [f"stream{s}-{new_id()}" if s % 2 else new_id() for _ in range(3)]
-        values = {sequence_id: [int(v) for v in np.random.default_rng(s * 10 + k).integers(-50, 50, 5)] for k, sequence_id in enumerate(ids)}
+        rngs = [np.random.default_rng(s * 10 + k) for k in range(3)]
+        values = {sequence_id: [int(v) for v in rng.integers(-50, 50, 5)] for rng, sequence_id in zip(rngs, ids)}
         plans[s] = values
         for position in range(5):
             for sequence_id in ids:
@@ -325,7 +331,8 @@ def test_asyncio_sequences_run_concurrently(tritium):
         sums = []
         for i, value in enumerate(values):
             result = await client.infer(
-                "accumulate", value_input(value), sequence_id=sequence_id, sequence_start=i == 0, sequence_end=i == len(values) - 1
+                "accumulate", value_input(value),
+                sequence_id=sequence_id, sequence_start=i == 0, sequence_end=i == len(values) - 1,
             )
             sums.append(int(result.as_numpy("OUTPUT")[0, 0]))
         return sums
@@ -350,9 +357,7 @@ def test_asyncio_refusal_has_triton_status(tritium):
 
     err = asyncio.run(main())
     assert err.status() == "StatusCode.INVALID_ARGUMENT"
-    assert err.message() == (
-        "inference request for sequence 77 to model 'accumulate' must specify the START flag on the first request of the sequence"
-    )
+    assert err.message() == needs_start(77)
 
 
 def test_twelve_sequences_from_threads_share_batches_and_keep_their_sums(tritium, client):
@@ -436,11 +441,7 @@ def test_direct_strategy_refusals_name_the_model(seq_client):
         "inference request to model 'seq_direct' must specify a non-zero or non-empty correlation ID",
         seq_client.infer, "seq_direct", value_input(1),
     )
-    expect_error(
-        "INVALID_ARGUMENT",
-        "inference request for sequence 5 to model 'seq_direct' must specify the START flag on the first request of the sequence",
-        step, seq_client, "seq_direct", 5, 1,
-    )
+    expect_error("INVALID_ARGUMENT", needs_start(5, "seq_direct"), step, seq_client, "seq_direct", 5, 1)
 
 
 def test_string_corrid_model_takes_string_and_numeric_ids(seq_client):
@@ -472,7 +473,5 @@ def test_idle_sequence_is_released(seq_client):
     assert step(seq_client, "seq_idle", sequence_id, 2) == 42
     time.sleep(IDLE_WAIT_S)
     err = expect_error("INVALID_ARGUMENT", "must specify the START flag", step, seq_client, "seq_idle", sequence_id, 1)
-    assert err.message() == (
-        f"inference request for sequence {sequence_id} to model 'seq_idle' must specify the START flag on the first request of the sequence"
-    )
+    assert err.message() == needs_start(sequence_id, "seq_idle")
     assert step(seq_client, "seq_idle", sequence_id, 1, start=True) == 1

@@ -296,7 +296,18 @@ async fn describe_models_lists_the_built_in_models_with_their_configs() {
     let mut models = worker.client().describe_models().await.expect("describes");
     models.sort_by(|a, b| a.name.cmp(&b.name));
     let listed: Vec<(&str, i64)> = models.iter().map(|m| (m.name.as_str(), m.version)).collect();
-    assert_eq!(listed, [("add_sub", 1), ("identity", 1), ("identity_batch", 1), ("repeat", 1)]);
+    assert_eq!(
+        listed,
+        [
+            ("accumulate", 1),
+            ("add_sub", 1),
+            ("add_sub_twice", 1),
+            ("dense", 1),
+            ("identity", 1),
+            ("identity_batch", 1),
+            ("repeat", 1)
+        ]
+    );
     for model in &models {
         assert_eq!(model.config.name, model.name);
         assert!(model.card.is_none(), "{} is a tensor model", model.name);
