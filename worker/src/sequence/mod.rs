@@ -144,6 +144,10 @@ struct Scheduler {
     backlog: VecDeque<SequenceId>,
     /// Per instance: whether a batch of it is running.
     busy: Vec<bool>,
+    /// When the first idle sequence may be due for release. Every model's sequences share one
+    /// idle timeout, so a sequence that goes idle is due after every one idle before it: the
+    /// sequences are scanned only when this passes, not on every request.
+    idle_check: Option<Instant>,
     finished: (mpsc::UnboundedSender<Finished>, mpsc::UnboundedReceiver<Finished>),
 }
 
@@ -158,6 +162,7 @@ impl Scheduler {
             slots: vec![None; settings.slots],
             backlog: VecDeque::new(),
             busy: vec![false; settings.instances],
+            idle_check: None,
             finished: mpsc::unbounded_channel(),
             settings,
         }
@@ -175,12 +180,15 @@ impl Scheduler {
                 self.arrive(pending);
             }
             let now = Instant::now();
-            self.release_idle(now);
+            if self.idle_check.is_some_and(|at| at <= now) {
+                self.release_idle(now);
+                self.idle_check = self.next_idle();
+            }
             let delayed = self.start_batches(now);
             if !open && self.sequences.values().all(|s| s.queue.is_empty()) && !self.busy.contains(&true) {
                 return;
             }
-            let wake = [delayed, self.next_idle()].into_iter().flatten().min();
+            let wake = [delayed, self.idle_check].into_iter().flatten().min();
             let sleep = async move {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -394,6 +402,7 @@ impl Scheduler {
             let Some(sequence) = self.sequences.get_mut(&id) else { continue };
             sequence.running = false;
             sequence.idle_since = now;
+            self.idle_check.get_or_insert(now + self.settings.idle);
             if let Some(state) = state {
                 sequence.state = state;
             }
