@@ -21,7 +21,7 @@ use crate::error::WorkerError;
 use crate::model::ModelVersion;
 use crate::repository::{self, ModelSource};
 use crate::scheduler::SchedulerLimits;
-use build::load_order;
+use build::{load_order, with_composing_models};
 
 /// Triton's `--model-control-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -201,9 +201,10 @@ impl ModelRepository {
         let sources = load_order(repository.sources()?);
         let load_all = repository.options.control_mode != ControlMode::Explicit
             || repository.options.startup_models.iter().any(|m| m == "*");
+        let startup = with_composing_models(&sources, repository.options.startup_models.clone());
         let guard = repository.lock_lifecycle();
         for source in sources {
-            let wanted = load_all || repository.options.startup_models.contains(&source.name);
+            let wanted = load_all || startup.contains(&source.name);
             if wanted {
                 if let Err(e) = repository.load_source(&source, None, LoadCause::Configuration) {
                     tracing::error!(model = %source.name, "failed to load: {e}");

@@ -86,7 +86,7 @@ fn broken_graphs_fail_the_load_with_a_reason() {
     let unknown = step("nope", ["A", "B"], ["X", "Y"]);
     assert_eq!(
         load_error(&ensemble(&unknown)),
-        "failed to load 'ens': ensemble ens contains models that are not available or ambiguous: nope"
+        "load failed for model 'ens': ensemble ens contains models that are not available or ambiguous: nope"
     );
     let wrong_input = step("add_sub", ["A", "B"], ["X", "Y"]).replace(r#"key: "INPUT1""#, r#"key: "WRONG""#);
     assert!(

@@ -96,11 +96,32 @@ impl ModelRepository {
         let schema = ModelSchema::from_config(&config).map_err(failed)?;
         let mut served = BTreeMap::new();
         for version in source.select_versions(&config)? {
-            let backend: Arc<dyn Backend> = Arc::new(EnsembleBackend::new(&config, self, self.me.clone()).map_err(failed)?);
+            // Triton's class and wording for an ensemble whose graph cannot be served.
+            let refused = |reason: String| WorkerError::Failed {
+                code: tritium_proto::ErrorCode::InvalidArg,
+                message: format!("load failed for model '{name}': {reason}"),
+            };
+            let backend: Arc<dyn Backend> = Arc::new(EnsembleBackend::new(&config, self, self.me.clone()).map_err(refused)?);
             served.insert(version, Arc::new(ModelVersion::new(Arc::clone(&config), version, schema.clone(), backend)));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
     }
+}
+
+/// The models `wanted` names and, for each ensemble among them, its composing models (and
+/// theirs, for ensembles of ensembles): what an explicit start loads.
+pub(super) fn with_composing_models(sources: &[ModelSource], mut wanted: Vec<String>) -> Vec<String> {
+    let mut next = 0;
+    while next < wanted.len() {
+        let config = sources.iter().find(|s| s.name == wanted[next]).and_then(|s| s.config().ok().flatten());
+        for composing in config.as_ref().map(composing_models).unwrap_or_default() {
+            if !wanted.contains(&composing) {
+                wanted.push(composing);
+            }
+        }
+        next += 1;
+    }
+    wanted
 }
 
 /// `sources` in the order to load them: plain models first, then each ensemble after the
