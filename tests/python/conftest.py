@@ -1,6 +1,7 @@
 """Fixtures for the end-to-end suite (see helpers.py for how the server is started).
 
-- `tritium`: one module-scoped server over the built-in repository (identity, identity_batch, add_sub, repeat).
+- `tritium`: one module-scoped server over the built-in repository (identity, identity_batch, add_sub, repeat, dense,
+  accumulate, add_sub_twice).
 - `client`: a tritonclient.grpc client for `tritium`, closed after each test.
 - `start_tritium`: factory `start_tritium(*args, timeout=60)` -> TritiumServer; every server it starts is
   stopped at the end of the test. Pass e.g. `"--model-repository", str(repo)`.

@@ -9,17 +9,18 @@ What is proven:
 - the built-in `dense` (2048 x 2048, fixed weights) answers 32 concurrent clients exactly what numpy computes, in
   shared batches;
 - priority levels and queue policies, on written `dense` models with one instance, where the requests a test
-  watches queue up behind "fillers" (requests sent before and after them at the first level, each in a batch of
-  its own): queued high-priority requests run before queued low-priority ones, priority 0 and priorities beyond
-  the last level go to the default level, a full level answers UNAVAILABLE `[request id: <id>] Exceeds maximum
-  queue size` while other levels still take requests, a REJECT timeout answers UNAVAILABLE `Request timeout
-  expired`, the request's `timeout` can shorten the level's default but not lengthen it, and a DELAY timeout moves
-  a request behind the punctual ones (also those that came after it).
+  watches queue up behind "fillers" (requests at level 1, each in a batch of its own):
+  queued high-priority requests run before queued low-priority ones, priority 0 and priorities beyond the last
+  level go to the default level, a full level answers UNAVAILABLE `[request id: <id>] Exceeds maximum queue size`
+  while other levels still take requests, a REJECT timeout answers UNAVAILABLE `Request timeout expired`, the
+  request's `timeout` can shorten the level's default but not lengthen it, and a DELAY timeout moves a request
+  behind its level's punctual ones (also those that came after it).
 
 The priority tests check the order in which responses come back, never how long anything took. They rely on one
-thing only: that a test's requests reach the server before the ten fillers ahead of them have run (and, for the
-timeouts, that ten more fillers take longer than 2 ms). They need nothing about the order in which requests sent
-one after another are admitted, which the server does not promise (it handles each call on its own task).
+thing only: that their requests reach the server before the fillers ahead of them (about a second of work) have run
+(and, for the timeouts, that those take longer than 2 ms). They need nothing about the order in which requests sent
+one after another are admitted, which the server does not promise (it runs each call on its own task, and requests
+read together from the connection can reach the batcher in any order).
 
 The batcher executes a batch as soon as it holds max_batch_size rows, so the long max_queue_delay only matters to
 requests that find no partners: the test does not wait for it unless the clients are very slow.
@@ -28,7 +29,9 @@ requests that find no partners: the test does not wait for it unless the clients
 from __future__ import annotations
 
 import functools
+import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,15 +39,16 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from helpers import expect_error, finish_server, start_server, write_model
+from helpers import finish_server, start_server, write_model
 
 CLIENTS = 16
 MAX_BATCH = 8
 DENSE_K = 2048
 # The priority models: as much work per row as the built-in dense (4 M multiply-adds), with small requests.
 PRIO_K, PRIO_N = 256, 16384
-# Fillers sent before and after the requests a priority test watches (see Completions).
-FILLERS = 10
+# Fillers are sized to queue about this much work for the one instance (see filler_count), within these bounds.
+FILLER_QUEUE_S = 1.0
+FILLERS_MIN, FILLERS_MAX = 8, 400
 WAIT_S = 120
 
 BATCHED = f"""
@@ -70,21 +74,23 @@ dynamic_batching {{ {batching} }}
 """
 
 
+# Every priority model keeps level 1 (no policy) for fillers (see Completions).
 PRIORITY_MODELS = {
-    # Levels 1 (first) to 3; 2 is the default.
-    "prio": "priority_levels: 3 default_priority_level: 2",
-    # Level 2 (the default) holds at most 2 waiting requests; level 1 is bounded only by the server's default.
-    "prio_full": """priority_levels: 2 default_priority_level: 2
-        priority_queue_policy { key: 2 value: { max_queue_size: 2 } }""",
-    # Level 1 has no timeout; level 2 rejects after 60 s, level 3 after 2 ms; both let a request shorten that.
+    # Levels 2 to 4 for the tests; 3 is the default.
+    "prio": "priority_levels: 4 default_priority_level: 3",
+    # Level 3 (the default) holds at most 2 waiting requests; the other levels only the server's default.
+    "prio_full": """priority_levels: 3 default_priority_level: 3
+        priority_queue_policy { key: 3 value: { max_queue_size: 2 } }""",
+    # Level 2 (the default) rejects after 60 s, level 3 after 2 ms; both let a request shorten that.
     "prio_timeout": """priority_levels: 3 default_priority_level: 2
         priority_queue_policy { key: 2 value: {
             timeout_action: REJECT default_timeout_microseconds: 60000000 allow_timeout_override: true } }
         priority_queue_policy { key: 3 value: {
             timeout_action: REJECT default_timeout_microseconds: 2000 allow_timeout_override: true } }""",
-    # No levels: one queue whose late requests are delayed, not rejected.
-    "prio_delay": """default_queue_policy {
-        timeout_action: DELAY default_timeout_microseconds: 60000000 allow_timeout_override: true }""",
+    # Level 2 (the default) delays its late requests instead of rejecting them.
+    "prio_delay": """priority_levels: 2 default_priority_level: 2
+        priority_queue_policy { key: 2 value: {
+            timeout_action: DELAY default_timeout_microseconds: 60000000 allow_timeout_override: true } }""",
 }
 
 
@@ -113,6 +119,23 @@ def prio_client(prio_server):
     c = grpcclient.InferenceServerClient(url=prio_server.url)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="module")
+def filler_count(prio_server) -> int:
+    """How many fillers queue about FILLER_QUEUE_S of work. A call of the priority models takes from about 1 ms to
+    80 ms depending on the build and the dense kernel, so the count is sized from the fastest of three calls. This
+    only sizes the test; nothing is asserted on time."""
+    c = grpcclient.InferenceServerClient(url=prio_server.url)
+    try:
+        fastest = float("inf")
+        for seed in range(3):
+            started = time.perf_counter()
+            c.infer("prio", dense_input(dense_rows(seed, 1, PRIO_K)), priority=1)
+            fastest = min(fastest, time.perf_counter() - started)
+    finally:
+        c.close()
+    return max(FILLERS_MIN, min(FILLERS_MAX, math.ceil(FILLER_QUEUE_S / fastest)))
 
 
 def infer(client, values: np.ndarray) -> np.ndarray:
@@ -228,12 +251,14 @@ def test_dense_answers_32_concurrent_clients_exactly(start_tritium):
 class Completions:
     """Requests sent with async_infer; their labels in the order their responses (or errors) came back.
 
-    Fillers keep the one instance busy: they are sent first, at the first priority level, so every request a test
-    sends after them waits in the queue until they have run, and the batcher then picks among all of them at once.
+    `occupy` keeps the one instance busy: it sends `filler_count` requests at level 1 (about a second of work), waits
+    for the first answer, so the server has them. Every request the test sends next waits behind them (a
+    batch takes level 1 first), and once they have run the batcher picks among all of the test's requests at once.
     """
 
-    def __init__(self, client):
+    def __init__(self, client, fillers: int):
         self.client = client
+        self.filler_count = fillers
         self.order: list[str] = []
         self.results: dict[str, object] = {}
         self.errors: dict[str, InferenceServerException] = {}
@@ -259,25 +284,30 @@ class Completions:
             model, dense_input(values), callback, request_id=request_id, parameters={"tag": label}, **kwargs
         )
 
-    def fill(self, model: str, count: int, **kwargs) -> None:
-        start = sum(label.startswith("filler") for label in self.inputs)
-        for i in range(start, start + count):
-            self.send(model, f"filler{i}", **kwargs)
+    def fillers(self) -> list[str]:
+        return [label for label in self.inputs if label.startswith("filler")]
 
-    def wait_for_an_error(self) -> None:
+    def occupy(self, model: str) -> None:
+        for i in range(self.filler_count):
+            self.send(model, f"filler{i}", priority=1)
         with self.lock:
-            assert self.done.wait_for(lambda: self.errors, timeout=WAIT_S), self.order
+            assert self.done.wait_for(lambda: self.order, timeout=WAIT_S)
 
     def wait(self) -> list[str]:
-        """Waits for every answer, checks the outputs, and returns the order of the requests other than fillers."""
+        """Waits for every answer and checks them; returns the order of the answers other than fillers'."""
         with self.lock:
             assert self.done.wait_for(lambda: len(self.order) == len(self.inputs), timeout=WAIT_S), self.order
+        assert not [label for label in self.fillers() if label in self.errors], self.errors
         weights = dense_weights(PRIO_K, PRIO_N)
         for label, result in self.results.items():
-            expected = self.inputs[label].astype(np.float64) @ weights
-            np.testing.assert_allclose(result.as_numpy("OUTPUT0"), expected, rtol=1e-4)
-        assert not [label for label in self.errors if label.startswith("filler")], self.errors
+            if not label.startswith("filler"):
+                expected = self.inputs[label].astype(np.float64) @ weights
+                np.testing.assert_allclose(result.as_numpy("OUTPUT0"), expected, rtol=1e-4)
         return [label for label in self.order if not label.startswith("filler")]
+
+    def refused(self) -> list[str]:
+        """The requests other than fillers that got an error, sorted."""
+        return sorted(label for label in self.errors if not label.startswith("filler"))
 
     def unavailable(self, label: str) -> str:
         err = self.errors[label]
@@ -285,102 +315,89 @@ class Completions:
         return err.message()
 
 
-def test_high_priority_requests_overtake_queued_low_ones(prio_client):
-    calls = Completions(prio_client)
-    calls.fill("prio", FILLERS, priority=1)
+def test_high_priority_requests_overtake_queued_low_ones(prio_client, filler_count):
+    calls = Completions(prio_client, filler_count)
+    calls.occupy("prio")
     for i in range(4):
-        calls.send("prio", f"low{i}", priority=3)
+        calls.send("prio", f"low{i}", priority=4)
     for i in range(4):
-        calls.send("prio", f"high{i}", priority=1)
-    calls.fill("prio", FILLERS, priority=1)
+        calls.send("prio", f"high{i}", priority=2)
     order = calls.wait()
-    assert calls.errors == {}
+    assert calls.refused() == []
     assert sorted(order[:4]) == [f"high{i}" for i in range(4)], order
     assert sorted(order[4:]) == [f"low{i}" for i in range(4)], order
 
 
-def test_priority_zero_and_beyond_the_last_level_use_the_default_level(prio_client):
-    """Levels 1..3, default 2: priorities 0 and 99 wait with level 2, after level 1 and before level 3."""
-    calls = Completions(prio_client)
-    calls.fill("prio", FILLERS, priority=1)
+def test_priority_zero_and_beyond_the_last_level_use_the_default_level(prio_client, filler_count):
+    """Levels 1..4, default 3: priorities 0 and 99 wait with level 3, after level 2 and before level 4."""
+    calls = Completions(prio_client, filler_count)
+    calls.occupy("prio")
     level_of = {}
-    for label, priority, level in [("p3a", 3, 3), ("p3b", 3, 3), ("p0", 0, 2), ("p99", 99, 2), ("p2", 2, 2), ("p1", 1, 1)]:
+    for label, priority, level in [("p4a", 4, 4), ("p4b", 4, 4), ("p0", 0, 3), ("p99", 99, 3), ("p3", 3, 3), ("p2", 2, 2)]:
         calls.send("prio", label, priority=priority)
         level_of[label] = level
-    calls.fill("prio", FILLERS, priority=1)
     order = calls.wait()
-    assert calls.errors == {}
-    levels = [level_of[label] for label in order]
-    assert levels == [1, 2, 2, 2, 3, 3], order
+    assert calls.refused() == []
+    assert [level_of[label] for label in order] == [2, 3, 3, 3, 4, 4], order
 
 
-def test_full_level_answers_unavailable_while_other_levels_take_requests(prio_client):
-    calls = Completions(prio_client)
-    calls.fill("prio_full", FILLERS, priority=1)
-    for i in range(5):
-        calls.send("prio_full", f"fill{i}", request_id=f"rid-{i}", priority=2)
-    calls.fill("prio_full", FILLERS, priority=1)
-    # Level 2 stays full while level 1 has fillers waiting: a third request there is refused at once, with or
-    # without a request id (priority 0 is level 2, the default).
-    calls.wait_for_an_error()
-    no_id = dense_input(dense_rows(1, 1, PRIO_K))
-    err = expect_error("UNAVAILABLE", "Exceeds maximum queue size", prio_client.infer, "prio_full", no_id)
-    assert err.message() == "[request id: <id_unknown>] Exceeds maximum queue size"
-    err = expect_error(
-        "UNAVAILABLE", "Exceeds maximum queue size",
-        prio_client.infer, "prio_full", dense_input(dense_rows(2, 1, PRIO_K)), request_id="rid-D", priority=2,
-    )
-    assert err.message() == "[request id: rid-D] Exceeds maximum queue size"
-    # Level 1 is not full: a request there waits its turn and is answered.
-    values = dense_rows(3, 1, PRIO_K)
-    got = prio_client.infer("prio_full", dense_input(values), priority=1).as_numpy("OUTPUT0")
-    np.testing.assert_allclose(got, values.astype(np.float64) @ dense_weights(PRIO_K, PRIO_N), rtol=1e-4)
+def test_full_level_answers_unavailable_while_other_levels_take_requests(prio_client, filler_count):
+    """Level 3 holds at most 2 waiting requests, whatever waits at the other levels: of 6 requests at level 3,
+    exactly 2 are answered and 4 refused at once, each naming its own request id or <id_unknown> (priority 0 is
+    level 3, the default); a request at level 2 sent meanwhile is answered."""
+    calls = Completions(prio_client, filler_count)
+    calls.occupy("prio_full")
+    for i in range(3):
+        calls.send("prio_full", f"fill{i}", request_id=f"rid-{i}", priority=3)
+    for i in range(3, 6):
+        calls.send("prio_full", f"fill{i}")
+    calls.send("prio_full", "level2", priority=2)
     calls.wait()
-    assert len(calls.errors) == 3 and len(calls.results) == 2 + 2 * FILLERS, calls.order
-    for label in calls.errors:
-        assert calls.unavailable(label) == f"[request id: rid-{label[4:]}] Exceeds maximum queue size"
+    refused = calls.refused()
+    assert len(refused) == 4 and "level2" in calls.results, (calls.order, refused)
+    messages = {label: calls.unavailable(label) for label in refused}
+    for label, message in messages.items():
+        request_id = f"rid-{label[4:]}" if int(label[4:]) < 3 else "<id_unknown>"
+        assert message == f"[request id: {request_id}] Exceeds maximum queue size"
+    # With 3 requests of each kind and 4 refusals, both kinds were refused.
+    assert {"<id_unknown>" in message for message in messages.values()} == {True, False}
 
 
-def test_reject_timeout_answers_request_timeout_expired(prio_client):
+def test_reject_timeout_answers_request_timeout_expired(prio_client, filler_count):
     """Level 3 rejects a request that waited 2 ms. A request id does not change the message (Triton adds none)."""
-    calls = Completions(prio_client)
-    calls.fill("prio_timeout", FILLERS, priority=1)
+    calls = Completions(prio_client, filler_count)
+    calls.occupy("prio_timeout")
     for i in range(3):
         calls.send("prio_timeout", f"late{i}", priority=3, request_id=f"id-{i}")
-    calls.fill("prio_timeout", FILLERS, priority=1)
     calls.wait()
-    assert sorted(calls.errors) == ["late0", "late1", "late2"]
-    for label in calls.errors:
+    assert calls.refused() == ["late0", "late1", "late2"], calls.order
+    for label in calls.refused():
         assert calls.unavailable(label) == "Request timeout expired"
 
 
-def test_timeout_override_shortens_but_does_not_lengthen(prio_client):
-    calls = Completions(prio_client)
-    calls.fill("prio_timeout", FILLERS, priority=1)
+def test_timeout_override_shortens_but_does_not_lengthen(prio_client, filler_count):
+    calls = Completions(prio_client, filler_count)
+    calls.occupy("prio_timeout")
     # Level 2 (60 s): a 1 ms override expires while the fillers run; without one the request is answered.
     calls.send("prio_timeout", "short", priority=2, timeout=1000)
     calls.send("prio_timeout", "default", priority=2)
     # Level 3 (2 ms): a 10 s override does not extend the level's timeout.
     calls.send("prio_timeout", "long", priority=3, timeout=10_000_000)
-    calls.fill("prio_timeout", FILLERS, priority=1)
     calls.wait()
-    assert sorted(calls.errors) == ["long", "short"]
+    assert calls.refused() == ["long", "short"], calls.order
     assert calls.unavailable("short") == calls.unavailable("long") == "Request timeout expired"
     assert "default" in calls.results
 
 
-def test_delay_timeout_moves_the_request_behind_punctual_ones(prio_client):
-    """Without priority levels the queue is first come, first served; two requests whose 1 ms override expires
-    while the fillers run are not rejected but wait behind every request still in time, also those that came
-    after them."""
-    calls = Completions(prio_client)
-    calls.fill("prio_delay", FILLERS)
+def test_delay_timeout_moves_the_request_behind_punctual_ones(prio_client, filler_count):
+    """Two requests whose 1 ms override expires while the fillers run are not rejected but wait behind every
+    request of their level still in time, also those that came after them."""
+    calls = Completions(prio_client, filler_count)
+    calls.occupy("prio_delay")
     calls.send("prio_delay", "late0", timeout=1000)
     calls.send("prio_delay", "late1", timeout=1000)
     calls.send("prio_delay", "punctual0")
     calls.send("prio_delay", "punctual1")
-    calls.fill("prio_delay", FILLERS)
-    calls.wait()
-    assert calls.errors == {}
-    assert sorted(calls.order[-2:]) == ["late0", "late1"], calls.order
-    assert max(calls.order.index(f"filler{i}") for i in range(2 * FILLERS)) < calls.order.index("late0"), calls.order
+    order = calls.wait()
+    assert calls.refused() == []
+    assert sorted(order[:2]) == ["punctual0", "punctual1"] and sorted(order[2:]) == ["late0", "late1"], order
