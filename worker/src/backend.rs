@@ -100,8 +100,9 @@ pub enum BackendError {
     Cancelled,
     #[error("{message}")]
     Failed { code: ErrorCode, message: String },
-    /// Refused by the model's scheduler before any backend ran (a timeout in the queue, a
-    /// sequence's rules): the client sees `message` as it is, worded as Triton words it.
+    /// An error whose message is whole as it is, not prefixed with the model: a scheduler's
+    /// refusal before any backend ran (a timeout in the queue, a sequence's rules), worded as
+    /// Triton words it, or an ensemble step's error, which names the ensemble itself.
     #[error("{message}")]
     Refused { code: ErrorCode, message: String },
     /// The scheduler's queue is full (UNAVAILABLE).
