@@ -32,6 +32,9 @@ pub(crate) struct Graph {
     pub(crate) outputs: Vec<String>,
 }
 
+/// Finds a served model version by name and version (`None`: the latest).
+pub(crate) type Lookup<'a> = dyn Fn(&str, Option<i64>) -> Option<Arc<ModelVersion>> + 'a;
+
 /// The composing models an ensemble config names (for loading them first).
 pub fn composing_models(config: &ModelConfig) -> Vec<String> {
     match &config.scheduling_choice {
@@ -43,10 +46,7 @@ pub fn composing_models(config: &ModelConfig) -> Vec<String> {
 impl Graph {
     /// Checks `config`'s `ensemble_scheduling` against the models `lookup` finds (by name and
     /// version).
-    pub(crate) fn from_config(
-        config: &ModelConfig,
-        lookup: &dyn Fn(&str, Option<i64>) -> Option<Arc<ModelVersion>>,
-    ) -> Result<Graph, String> {
+    pub(crate) fn from_config(config: &ModelConfig, lookup: &Lookup<'_>) -> Result<Graph, String> {
         let name = config.name.as_str();
         let Some(SchedulingChoice::EnsembleScheduling(ensemble)) = &config.scheduling_choice else {
             return Err(format!("ensemble '{name}' must have ensemble_scheduling"));
