@@ -12,6 +12,7 @@ use tritium_proto::inference::model_config::SchedulingChoice;
 use crate::backend::{Backend, BackendError, BackendRequest, Responder};
 use crate::dynamic_batcher::{BatchAnswer, BatchShare, DynamicBatcher};
 use crate::params::RequestOptions;
+use crate::repository::model_files::read_model_file;
 use crate::sequence::SequenceBatcher;
 
 /// The server-wide bounds of every model's scheduler queue.
@@ -95,18 +96,10 @@ impl Scheduler {
 /// Reads `initial_state/<file>` of the model folder: a plain name (no folder, no `..`), at most
 /// `size` bytes beyond what its dims need (BYTES states have no fixed size; they get 1 MiB more).
 fn read_initial_state(model_dir: Option<&Path>, file: &str, size: usize) -> Result<Bytes, String> {
-    let Some(model_dir) = model_dir else {
-        return Err(format!("initial_state data_file '{file}' needs a model folder"));
-    };
     let plain = Path::new(file).file_name().is_some_and(|name| name == file) && file != "..";
     if !plain {
         return Err(format!("initial_state data_file '{file}' must be a file name inside the model's initial_state folder"));
     }
-    let path = model_dir.join("initial_state").join(file);
-    let limit = size.saturating_add(1 << 20);
-    let metadata = std::fs::metadata(&path).map_err(|e| format!("initial_state data_file '{file}': {}", e.kind()))?;
-    if !metadata.is_file() || metadata.len() > limit as u64 {
-        return Err(format!("initial_state data_file '{file}' is not a file of at most {limit} bytes"));
-    }
-    std::fs::read(&path).map(Bytes::from).map_err(|e| format!("initial_state data_file '{file}': {}", e.kind()))
+    read_model_file(model_dir, "initial_state", file, size.saturating_add(1 << 20))
+        .map_err(|e| format!("initial_state data_file: {e}"))
 }

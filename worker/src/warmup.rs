@@ -3,7 +3,6 @@
 //! first client does not pay for lazy initialisation. A failing sample fails the load.
 
 use std::future::Future;
-use std::io::Read;
 use std::path::Path;
 use std::pin::pin;
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use tritium_proto::inference::{ModelConfig, ModelWarmup, model_warmup};
 use tritium_tensor::{DataType, Tensor};
 
 use crate::backend::{Backend, BackendError, BackendRequest, Responder};
-use crate::repository::model_files::resolve_model_file;
+use crate::repository::model_files::read_model_file;
 
 /// Largest sample tensor a warmup may build: a typo in `dims` must not exhaust memory at load.
 const MAX_SAMPLE_BYTES: usize = 256 << 20;
@@ -110,15 +109,8 @@ fn fill_random(data: &mut [u8], datatype: DataType) {
 /// `warmup/<file>` of the model folder, which must hold exactly the tensor's bytes (for BYTES,
 /// the length-prefixed elements); read with a bound, never echoed in errors.
 fn read_sample_file(model_dir: Option<&Path>, file: &str, datatype: DataType, elements: usize) -> Result<Bytes, String> {
-    let dir = model_dir.ok_or_else(|| format!("input_data_file '{file}' needs a model folder"))?;
-    let path = resolve_model_file(Some(&dir.join("warmup")), file)?;
-    let opened = std::fs::File::open(&path).map_err(|_| format!("'{file}' cannot be read"))?;
-    let mut data = Vec::new();
-    opened.take(MAX_SAMPLE_BYTES as u64 + 1).read_to_end(&mut data).map_err(|_| format!("'{file}' cannot be read"))?;
-    if data.len() > MAX_SAMPLE_BYTES {
-        return Err(format!("'{file}' is larger than {MAX_SAMPLE_BYTES} bytes"));
-    }
-    let tensor = Tensor::new("sample", datatype, vec![elements as i64], Bytes::from(data));
+    let data = read_model_file(model_dir, "warmup", file, MAX_SAMPLE_BYTES)?;
+    let tensor = Tensor::new("sample", datatype, vec![elements as i64], data);
     tensor.validate().map_err(|e| format!("'{file}' does not hold the input's {elements} elements: {e}"))?;
     Ok(tensor.data)
 }

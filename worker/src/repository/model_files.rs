@@ -62,6 +62,22 @@ pub fn resolve_model_file(model_dir: Option<&Path>, named: &str) -> Result<PathB
     }
 }
 
+/// Reads `<model folder>/<folder>/<file>` (a warmup sample, an initial state): at most `limit`
+/// bytes, checked as [`resolve_model_file`] checks, read with the bound (a file that grows while
+/// it is read is cut, not followed). Errors name the file, never its contents.
+pub fn read_model_file(model_dir: Option<&Path>, folder: &str, file: &str, limit: usize) -> Result<bytes::Bytes, String> {
+    use std::io::Read;
+    let dir = model_dir.ok_or_else(|| format!("'{file}' needs a model folder"))?;
+    let path = resolve_model_file(Some(&dir.join(folder)), file)?;
+    let opened = std::fs::File::open(&path).map_err(|_| format!("'{file}' cannot be read"))?;
+    let mut data = Vec::new();
+    opened.take(limit as u64 + 1).read_to_end(&mut data).map_err(|_| format!("'{file}' cannot be read"))?;
+    if data.len() > limit {
+        return Err(format!("'{file}' is larger than {limit} bytes"));
+    }
+    Ok(bytes::Bytes::from(data))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
