@@ -1,7 +1,8 @@
-//! The HTTP surface (axum): the OpenAI `/v1/*` routes of the bridge over the same registry,
-//! router and workers as gRPC, plus `/health` (ready), `/live` and `/metrics` (Prometheus),
-//! served within the port's limits by [`serve_limited`].
+//! The HTTP surface (axum): Triton's KServe v2 REST API (`/v2/*`) and the OpenAI `/v1/*` routes
+//! of the bridge, over the same registry, router and workers as gRPC, plus `/health` (ready),
+//! `/live` and `/metrics` (Prometheus), served within the port's limits by [`serve_limited`].
 
+pub mod kserve;
 mod serve;
 
 use std::sync::Arc;
@@ -27,7 +28,9 @@ struct HttpState {
 }
 
 /// Every HTTP route, ready to serve; request bodies over `max_body_bytes` are refused with 413.
-pub fn router(repository: Arc<ModelRepository>, llm: Arc<LlmFrontend>, max_body_bytes: usize) -> Router {
+pub fn router(kserve: kserve::KserveState, max_body_bytes: usize) -> Router {
+    let repository = Arc::clone(&kserve.grpc.repository);
+    let llm = Arc::clone(&kserve.grpc.llm);
     let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;
     let state = HttpState { repository, llm: Arc::clone(&llm) };
     let operational =
@@ -36,6 +39,7 @@ pub fn router(repository: Arc<ModelRepository>, llm: Arc<LlmFrontend>, max_body_
         .layer(axum::middleware::from_fn(worker_hint))
         .merge(operational)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .merge(kserve::routes(kserve))
 }
 
 /// Runs the request with the worker named by the `x-tritium-worker` header as the routing hint

@@ -178,7 +178,13 @@ impl Tritium {
         let budget = Arc::new(grpc::budget::ByteBudget::new(transport.max_buffered_request_bytes));
         let http_task = http.map(|http_listener| {
             let limits = self.config.http_limits.clone();
-            let routes = http::router(Arc::clone(&self.state.repository), Arc::clone(&self.state.llm), limits.max_body_bytes);
+            let kserve = http::kserve::KserveState::new(
+                Arc::clone(&self.state),
+                Arc::clone(&budget),
+                limits.max_body_bytes,
+                self.config.limits.http_restricted.clone(),
+            );
+            let routes = http::router(kserve, limits.max_body_bytes);
             let stopping = self.state.stopping.clone();
             let budget = Arc::clone(&budget);
             tokio::spawn(http::serve_limited(http_listener, routes, limits, budget, async move { stopping.cancelled().await }))

@@ -54,12 +54,17 @@ pub struct LimitArgs {
     /// trace, logging) must carry the header; repeatable.
     #[arg(long = "grpc-restricted-protocol", env = "TRITIUM_GRPC_RESTRICTED_PROTOCOL", value_delimiter = ';')]
     pub grpc_restricted_protocol: Vec<String>,
+    /// Triton's `<apis>:<header>=<value>` for the HTTP port: requests of these API groups (the
+    /// same names as --grpc-restricted-protocol) must carry the header; repeatable.
+    #[arg(long = "http-restricted-api", env = "TRITIUM_HTTP_RESTRICTED_API", value_delimiter = ';')]
+    pub http_restricted_api: Vec<String>,
     /// HTTP connections open at once; further ones wait in the listen queue.
     #[arg(long, env = "TRITIUM_HTTP_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub http_max_connections: usize,
-    /// Bytes of one HTTP request body, at most (413 beyond). Bodies being received are also
-    /// charged to --max-buffered-request-bytes.
-    #[arg(long, env = "TRITIUM_HTTP_MAX_BODY_BYTES", default_value_t = DEFAULT_HTTP_BODY_BYTES)]
+    /// Bytes of one HTTP request body, at most, as sent and once inflated (413 beyond); Triton's
+    /// --http-max-input-size. Bodies being received are also charged to
+    /// --max-buffered-request-bytes.
+    #[arg(long, visible_alias = "http-max-input-size", env = "TRITIUM_HTTP_MAX_BODY_BYTES", default_value_t = DEFAULT_HTTP_BODY_BYTES)]
     pub http_max_body_bytes: usize,
     /// Milliseconds a new HTTP connection has to send its first request headers; 0 disables.
     #[arg(long, env = "TRITIUM_HTTP_HEADER_TIMEOUT", default_value_t = 10_000)]
@@ -108,8 +113,9 @@ fn millis(ms: u64) -> Option<Duration> {
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_STREAMS: u32 = 1024;
-/// axum's own default: an OpenAI request with a long prompt is far below it.
-pub const DEFAULT_HTTP_BODY_BYTES: usize = 2 << 20;
+/// Triton's HTTP default (64 MiB): tensors travel in these bodies. The request-byte budget bounds
+/// what all of them hold at once.
+pub const DEFAULT_HTTP_BODY_BYTES: usize = 64 << 20;
 /// Half of a 2 GiB box: room for the models and the responses beside the requests.
 pub const DEFAULT_BUFFERED_BYTES: u64 = 1 << 30;
 
@@ -119,6 +125,8 @@ pub struct Limits {
     pub shm: ShmPolicy,
     pub model_load_timeout: Duration,
     pub restricted: RestrictedProtocols,
+    /// The HTTP port's restricted API groups.
+    pub http_restricted: RestrictedProtocols,
     pub completion: CompletionLimits,
 }
 
@@ -128,6 +136,7 @@ impl Default for Limits {
             shm: ShmPolicy::disabled(),
             model_load_timeout: Duration::from_secs(600),
             restricted: RestrictedProtocols::default(),
+            http_restricted: RestrictedProtocols::default(),
             completion: CompletionLimits::default(),
         }
     }
@@ -160,7 +169,8 @@ impl LimitArgs {
         Ok(Limits {
             shm,
             model_load_timeout: Duration::from_secs(self.model_load_timeout_secs.max(1)),
-            restricted: RestrictedProtocols::parse(&self.grpc_restricted_protocol)?,
+            restricted: RestrictedProtocols::parse("--grpc-restricted-protocol", &self.grpc_restricted_protocol)?,
+            http_restricted: RestrictedProtocols::parse("--http-restricted-api", &self.http_restricted_api)?,
             completion: CompletionLimits {
                 max_stop_strings: self.llm_max_stop_strings,
                 max_stop_string_bytes: self.llm_max_stop_string_bytes,

@@ -3,7 +3,7 @@
 
 pub mod budget;
 pub mod convert;
-mod dispatch;
+pub(crate) mod dispatch;
 pub mod health;
 pub mod metadata;
 pub mod restricted;

@@ -1,0 +1,205 @@
+//! Reading a KServe request body within its bounds: at most the port's body limit as sent, and,
+//! when the client compressed it (`Content-Encoding: gzip` or `deflate`), at most the same limit
+//! once inflated, the inflated bytes charged to the server-wide request-byte budget while the
+//! request holds them.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+use super::reply::HttpError;
+use crate::grpc::budget::ByteBudget;
+use crate::http::BudgetExhausted;
+
+/// Inflating more than this is done off the async runtime.
+const INLINE_INFLATE_BYTES: usize = 256 << 10;
+
+/// A request body, and the budget charge of its inflated bytes (given back on drop).
+#[derive(Debug)]
+pub struct RequestBody {
+    pub bytes: Bytes,
+    charge: Option<(Arc<ByteBudget>, u64)>,
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some((budget, bytes)) = self.charge.take() {
+            budget.give_back(bytes);
+        }
+    }
+}
+
+fn too_large(limit: usize) -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body exceeds the server's limit of {limit} bytes (--http-max-input-size)"),
+    )
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+pub async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, HttpError> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let mut body = body;
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if is_budget_error(&e) {
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, BudgetExhausted.to_string())
+            } else {
+                HttpError::bad_request(format!("failed to read the request body: {e}"))
+            }
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(too_large(limit));
+        }
+        // The usual single-frame body is kept as it came, without a copy.
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            Some(previous) => {
+                joined.reserve(declared.map_or(0, |n| n as usize).min(limit));
+                joined.extend_from_slice(&previous);
+                joined.extend_from_slice(&data);
+            }
+            None => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(match first {
+        Some(only) => only,
+        None => Bytes::from(joined),
+    })
+}
+
+fn is_budget_error(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<BudgetExhausted>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Gzip,
+    Deflate,
+}
+
+/// Reads the body and inflates it as its `Content-Encoding` says.
+pub async fn read_request(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    budget: &Arc<ByteBudget>,
+) -> Result<RequestBody, HttpError> {
+    let encoding = match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase()) {
+        None => None,
+        Some(e) if e.is_empty() || e == "identity" => None,
+        Some(e) if e == "gzip" => Some(Encoding::Gzip),
+        Some(e) if e == "deflate" => Some(Encoding::Deflate),
+        Some(e) => {
+            return Err(HttpError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported Content-Encoding '{e}': the server accepts gzip and deflate"),
+            ));
+        }
+    };
+    let sent = read(body, headers, limit).await?;
+    let Some(encoding) = encoding else { return Ok(RequestBody { bytes: sent, charge: None }) };
+    let inflated = if sent.len() <= INLINE_INFLATE_BYTES {
+        inflate(&sent, encoding, limit, budget)?
+    } else {
+        let budget = Arc::clone(budget);
+        tokio::task::spawn_blocking(move || inflate(&sent, encoding, limit, &budget))
+            .await
+            .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inflating the request failed: {e}")))??
+    };
+    Ok(inflated)
+}
+
+/// Inflates `compressed` in steps, charging the budget as the output grows; more than `limit`
+/// bytes out is refused with 413 (a small body that inflates to gigabytes stops there).
+fn inflate(compressed: &[u8], encoding: Encoding, limit: usize, budget: &Arc<ByteBudget>) -> Result<RequestBody, HttpError> {
+    let mut reader: Box<dyn Read + '_> = match encoding {
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
+        Encoding::Deflate => Box::new(flate2::read::ZlibDecoder::new(compressed)),
+    };
+    let mut out = RequestBody { bytes: Bytes::new(), charge: Some((Arc::clone(budget), 0)) };
+    let mut buffer: Vec<u8> = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit).max(64));
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let read = reader.read(&mut chunk).map_err(|e| {
+            let name = if encoding == Encoding::Gzip { "gzip" } else { "deflate" };
+            HttpError::bad_request(format!("failed to decompress the {name} request body: {e}"))
+        })?;
+        if read == 0 {
+            break;
+        }
+        if buffer.len() + read > limit {
+            return Err(too_large(limit));
+        }
+        if let Some((budget, charged)) = out.charge.as_mut() {
+            if !budget.take(read as u64) {
+                return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, BudgetExhausted.to_string()));
+            }
+            *charged += read as u64;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    out.bytes = Bytes::from(buffer);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(data).expect("write");
+        encoder.finish().expect("finish")
+    }
+
+    #[test]
+    fn inflates_within_the_limit_and_gives_the_charge_back() {
+        let budget = Arc::new(ByteBudget::new(1 << 20));
+        let body = inflate(&gzip(b"hello"), Encoding::Gzip, 100, &budget).expect("inflates");
+        assert_eq!(&body.bytes[..], b"hello");
+        assert_eq!(budget.used(), 5);
+        drop(body);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_limit() {
+        let budget = Arc::new(ByteBudget::new(1 << 30));
+        let bomb = gzip(&vec![0u8; 50 << 20]);
+        assert!(bomb.len() < 100 << 10);
+        let error = inflate(&bomb, Encoding::Gzip, 1 << 20, &budget).expect_err("refused");
+        assert_eq!(error.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn garbage_is_a_bad_request() {
+        let budget = Arc::new(ByteBudget::new(1 << 20));
+        let error = inflate(b"not gzip at all", Encoding::Gzip, 100, &budget).expect_err("refused");
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        let error = inflate(b"not zlib", Encoding::Deflate, 100, &budget).expect_err("refused");
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+    }
+}

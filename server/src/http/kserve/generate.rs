@@ -1,0 +1,215 @@
+//! Triton's generate extension: `POST /v2/models/{m}[/versions/{v}]/generate` takes a flat JSON
+//! object whose members are the model's inputs by name (plus `id` and `parameters`) and answers
+//! one JSON object with the outputs as members; `/generate_stream` answers every response of the
+//! request (several from a decoupled or language model) as a server-sent event. Any model can be
+//! called this way, tensor models and language models alike.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde_json::{Map, Value};
+use tritium_proto::inference::model_infer_request::InferInputTensor;
+use tritium_proto::inference::{InferParameter, ModelInferRequest, ModelInferResponse};
+use tritium_tensor::DataType;
+use tritium_worker::{InferOutcome, StreamItem};
+
+use super::reply::{self, HttpError, HttpResult};
+use super::{KserveState, ModelPath, body, json_tensor, model_path};
+use crate::error::ServerError;
+use crate::grpc::convert::{decode_request, encode_response};
+
+/// The generate request as a KServe request: each model input from the member of its name.
+fn request_of(state: &KserveState, path: &ModelPath, body: &[u8]) -> Result<ModelInferRequest, HttpError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| HttpError::bad_request(format!("failed to parse the request JSON buffer: {e}")))?;
+    let Value::Object(mut members) = value else {
+        return Err(HttpError::bad_request("the generate request must be a JSON object"));
+    };
+    let version = path.version();
+    let number = tritium_worker::parse_version(&version).map_err(ServerError::from)?;
+    let resolved = state.grpc.repository.resolve(&path.model, number).map_err(ServerError::from)?;
+    let id = match members.remove("id") {
+        None => String::new(),
+        Some(Value::String(id)) => id,
+        Some(_) => return Err(HttpError::bad_request("the generate request's 'id' must be a string")),
+    };
+    let mut parameters: HashMap<String, InferParameter> = HashMap::new();
+    if let Some(params) = members.remove("parameters") {
+        let Value::Object(params) = params else {
+            return Err(HttpError::bad_request("the generate request's 'parameters' must be a JSON object"));
+        };
+        for (key, value) in params {
+            parameters.insert(key.clone(), super::infer::parameter(&key, value)?);
+        }
+    }
+    let schema = &resolved.schema;
+    let mut inputs = Vec::new();
+    let mut raw = Vec::new();
+    for spec in &schema.inputs {
+        let Some(value) = members.remove(&spec.name) else {
+            if spec.optional {
+                continue;
+            }
+            return Err(HttpError::bad_request(format!(
+                "the generate request for model '{}' has no member for input '{}'",
+                path.model, spec.name
+            )));
+        };
+        let mut shape = shape_of(&value);
+        if schema.max_batch_size > 0 {
+            shape.insert(0, 1);
+        }
+        let expected = tritium_tensor::element_count(&shape).unwrap_or(0);
+        let (data, _) = json_tensor::to_raw(spec.datatype, &value, expected).map_err(|e| {
+            HttpError::bad_request(format!(
+                "member '{}' of the generate request for model '{}' is not {} data: {e:?}",
+                spec.name, path.model, spec.datatype
+            ))
+        })?;
+        inputs.push(InferInputTensor {
+            name: spec.name.clone(),
+            datatype: spec.datatype.kserve_name().to_string(),
+            shape,
+            ..Default::default()
+        });
+        raw.push(Bytes::from(data));
+    }
+    // Members that name no input are request parameters, as Triton takes them.
+    for (key, value) in members {
+        if matches!(value, Value::Bool(_) | Value::Number(_) | Value::String(_)) {
+            parameters.insert(key.clone(), super::infer::parameter(&key, value)?);
+        } else {
+            return Err(HttpError::bad_request(format!(
+                "member '{key}' of the generate request for model '{}' is neither an input nor a parameter value",
+                path.model
+            )));
+        }
+    }
+    Ok(ModelInferRequest {
+        model_name: path.model.clone(),
+        model_version: version,
+        id,
+        parameters,
+        inputs,
+        outputs: Vec::new(),
+        raw_input_contents: raw,
+    })
+}
+
+/// A scalar is shape `[1]`; arrays give their nesting.
+fn shape_of(value: &Value) -> Vec<i64> {
+    let mut shape = Vec::new();
+    let mut level = value;
+    while let Value::Array(items) = level {
+        shape.push(items.len() as i64);
+        match items.first() {
+            Some(first) => level = first,
+            None => break,
+        }
+    }
+    if shape.is_empty() {
+        shape.push(1);
+    }
+    shape
+}
+
+/// One response as the generate JSON: outputs by name, one element as a scalar.
+fn response_json(response: ModelInferResponse) -> Result<Value, HttpError> {
+    let mut out = Map::new();
+    out.insert("model_name".into(), Value::from(response.model_name));
+    out.insert("model_version".into(), Value::from(response.model_version));
+    if !response.id.is_empty() {
+        out.insert("id".into(), Value::from(response.id));
+    }
+    for (output, raw) in response.outputs.into_iter().zip(response.raw_output_contents) {
+        let datatype = DataType::from_kserve(&output.datatype)
+            .ok_or_else(|| HttpError::bad_request(format!("output '{}' has datatype '{}'", output.name, output.datatype)))?;
+        let mut text = Vec::new();
+        json_tensor::write_json(datatype, &raw, &mut text)
+            .ok_or_else(|| HttpError::bad_request(format!("output '{}' of datatype {datatype} has no JSON form", output.name)))?;
+        let value: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+        let value = match value {
+            Value::Array(mut items) if items.len() == 1 => items.remove(0),
+            other => other,
+        };
+        out.insert(output.name, value);
+    }
+    Ok(Value::Object(out))
+}
+
+async fn read_request(
+    state: &KserveState,
+    path: &ModelPath,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ModelInferRequest, HttpError> {
+    let body = body::read_request(body, headers, state.max_body_bytes, &state.budget).await?;
+    request_of(state, path, &body.bytes)
+}
+
+pub(super) async fn generate(
+    State(state): State<KserveState>,
+    path: Result<Path<ModelPath>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> HttpResult {
+    let arrived = Instant::now();
+    let path = model_path(path)?;
+    let request = read_request(&state, &path, &headers, body).await?;
+    let response = super::run_infer(&state, request, arrived).await?;
+    let json = response_json(response)?;
+    Ok(reply::body_response(
+        Bytes::from(json.to_string()),
+        &[(header::CONTENT_TYPE, HeaderValue::from_static(reply::JSON))],
+        reply::Compression::accepted(&headers),
+    ))
+}
+
+fn event(result: Result<Value, HttpError>) -> Result<Event, Infallible> {
+    let value = result.unwrap_or_else(|e| serde_json::json!({ "error": e.message }));
+    Ok(Event::default().data(value.to_string()))
+}
+
+pub(super) async fn generate_stream(
+    State(state): State<KserveState>,
+    path: Result<Path<ModelPath>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> HttpResult {
+    let arrived = Instant::now();
+    let path = model_path(path)?;
+    let request = read_request(&state, &path, &headers, body).await?;
+    let decoded = decode_request(request, &state.grpc.shm, arrived)?;
+    let admitted = crate::grpc::dispatch::admit(&state.grpc, decoded.request)?;
+    let outcome = crate::grpc::dispatch::streamed(&state.grpc, admitted).await?;
+    let grpc = std::sync::Arc::clone(&state.grpc);
+    let regions = decoded.shm;
+    let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = match outcome {
+        InferOutcome::Single(response) => {
+            let json = encode_response(response, &regions, &grpc.shm, None).map_err(HttpError::from).and_then(response_json);
+            Box::pin(futures::stream::once(async move { event(json) }))
+        }
+        InferOutcome::Stream(responses) => Box::pin(responses.filter_map(move |item| {
+            let json = match item {
+                StreamItem::Response(response) => {
+                    Some(encode_response(response, &regions, &grpc.shm, None).map_err(HttpError::from).and_then(response_json))
+                }
+                StreamItem::Complete => None,
+                StreamItem::Error(e) => Some(Err(HttpError::from(ServerError::from(e)))),
+            };
+            std::future::ready(json.map(event))
+        })),
+    };
+    let mut response: Response = Sse::new(events).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    Ok(response)
+}

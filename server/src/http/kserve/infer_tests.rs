@@ -1,0 +1,91 @@
+use serde_json::json;
+
+use super::*;
+
+fn parse_json(value: serde_json::Value) -> Result<HttpInfer, HttpError> {
+    parse("m", "", Bytes::from(value.to_string()), None)
+}
+
+#[test]
+fn json_inputs_become_raw_contents_in_order() {
+    let parsed = parse_json(json!({
+        "id": "r1",
+        "parameters": {"priority": 2, "binary_data_output": true, "flag": false},
+        "inputs": [
+            {"name": "A", "datatype": "INT32", "shape": [2], "data": [1, 2]},
+            {"name": "B", "datatype": "BYTES", "shape": [1], "data": ["hi"]}
+        ],
+        "outputs": [{"name": "X", "parameters": {"binary_data": false}}, {"name": "Y"}]
+    }))
+    .expect("parses");
+    let request = &parsed.request;
+    assert_eq!(request.id, "r1");
+    assert_eq!(request.raw_input_contents.len(), 2);
+    assert_eq!(&request.raw_input_contents[0][..], &[1, 0, 0, 0, 2, 0, 0, 0]);
+    assert_eq!(&request.raw_input_contents[1][..], &[2, 0, 0, 0, b'h', b'i']);
+    assert!(!request.parameters.contains_key("binary_data_output"));
+    assert_eq!(request.parameters["priority"].parameter_choice, Some(ParameterChoice::Int64Param(2)));
+    assert!(!parsed.binary_outputs.binary("X"));
+    assert!(parsed.binary_outputs.binary("Y"));
+}
+
+#[test]
+fn binary_inputs_are_slices_of_the_body() {
+    let header = json!({"inputs": [
+        {"name": "A", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}},
+        {"name": "B", "datatype": "FP32", "shape": [1], "data": [2.0]}
+    ]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&1.5f32.to_le_bytes());
+    let parsed = parse("m", "", Bytes::from(body), Some(header.len())).expect("parses");
+    assert_eq!(&parsed.request.raw_input_contents[0][..], &1.5f32.to_le_bytes());
+    assert!(!parsed.request.inputs[0].parameters.contains_key("binary_data_size"));
+
+    let short = parse("m", "", Bytes::from(header.clone()), Some(header.len())).expect_err("no binary bytes");
+    assert_eq!(short.status, axum::http::StatusCode::BAD_REQUEST);
+    let beyond = parse("m", "", Bytes::from(header.clone()), Some(header.len() + 1)).expect_err("header past the body");
+    assert!(beyond.message.contains("Inference-Header-Content-Length"), "{}", beyond.message);
+}
+
+#[test]
+fn malformed_requests_are_bad_requests() {
+    for body in ["", "{", "[]", r#"{"inputs": 3}"#, r#"{"inputs": [{"name": "A"}]}"#, r#"{"id": 5, "inputs": []}"#] {
+        let error = parse("m", "", Bytes::from(body), None).expect_err(body);
+        assert_eq!(error.status, axum::http::StatusCode::BAD_REQUEST, "{body}");
+    }
+    let wrong_count = parse_json(json!({"inputs": [{"name": "A", "datatype": "INT32", "shape": [3], "data": [1, 2]}]}));
+    assert!(wrong_count.expect_err("count").message.contains("unexpected number of elements"));
+}
+
+#[test]
+fn outputs_are_json_or_binary_as_asked() {
+    let response = ModelInferResponse {
+        model_name: "m".into(),
+        model_version: "1".into(),
+        id: String::new(),
+        parameters: HashMap::new(),
+        outputs: vec![
+            tritium_proto::inference::model_infer_response::InferOutputTensor {
+                name: "J".into(),
+                datatype: "INT32".into(),
+                shape: vec![2],
+                ..Default::default()
+            },
+            tritium_proto::inference::model_infer_response::InferOutputTensor {
+                name: "B".into(),
+                datatype: "INT32".into(),
+                shape: vec![1],
+                ..Default::default()
+            },
+        ],
+        raw_output_contents: vec![Bytes::from_static(&[1, 0, 0, 0, 2, 0, 0, 0]), Bytes::from_static(&[7, 0, 0, 0])],
+    };
+    let binary = BinaryOutputs { default: false, by_name: HashMap::from([("B".to_string(), true)]) };
+    let (body, header) = encode(response, &binary).expect("encodes");
+    let header = header.expect("a binary part");
+    let json: serde_json::Value = serde_json::from_slice(&body[..header]).expect("json header");
+    assert_eq!(json["outputs"][0]["data"], json!([1, 2]));
+    assert_eq!(json["outputs"][1]["parameters"]["binary_data_size"], json!(4));
+    assert_eq!(&body[header..], &[7, 0, 0, 0]);
+}

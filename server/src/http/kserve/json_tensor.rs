@@ -1,0 +1,177 @@
+//! Tensor data in the JSON form of the KServe REST protocol: `data` as a flat or nested row-major
+//! array of numbers, booleans (BOOL) or strings (BYTES), turned into the raw little-endian layout
+//! the rest of the server uses, and raw outputs written back as flat JSON arrays.
+
+use serde_json::Value;
+use tritium_tensor::DataType;
+
+/// Why a JSON `data` array could not be read, with the element at fault.
+#[derive(Debug, PartialEq)]
+pub enum DataError {
+    /// An element is not of the JSON kind the datatype needs.
+    WrongKind {
+        expected: &'static str,
+    },
+    /// A number is outside the datatype's range or not an integer where one is needed.
+    OutOfRange,
+    /// FP16 and BF16 have no JSON form.
+    NoJsonForm,
+    TooDeep,
+}
+
+/// Nested arrays deeper than this are refused (each level is a recursion).
+const MAX_DEPTH: usize = 64;
+
+/// Flattens `data` (nested arrays allowed) into the raw layout of `datatype`.
+pub fn to_raw(datatype: DataType, data: &Value, expected_elements: usize) -> Result<(Vec<u8>, usize), DataError> {
+    let mut out = Vec::with_capacity(expected_elements.saturating_mul(datatype.element_size().unwrap_or(8)).min(64 << 20));
+    let mut count = 0usize;
+    append(datatype, data, 0, &mut out, &mut count)?;
+    Ok((out, count))
+}
+
+fn append(datatype: DataType, value: &Value, depth: usize, out: &mut Vec<u8>, count: &mut usize) -> Result<(), DataError> {
+    if let Value::Array(items) = value {
+        if depth >= MAX_DEPTH {
+            return Err(DataError::TooDeep);
+        }
+        for item in items {
+            append(datatype, item, depth + 1, out, count)?;
+        }
+        return Ok(());
+    }
+    *count += 1;
+    match datatype {
+        DataType::Bool => {
+            let b = value.as_bool().ok_or(DataError::WrongKind { expected: "boolean" })?;
+            out.push(u8::from(b));
+        }
+        DataType::Bytes => {
+            let s = value.as_str().ok_or(DataError::WrongKind { expected: "string" })?;
+            let len = u32::try_from(s.len()).map_err(|_| DataError::OutOfRange)?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        DataType::Fp16 | DataType::Bf16 => return Err(DataError::NoJsonForm),
+        DataType::Fp32 => out.extend_from_slice(&(number(value)? as f32).to_le_bytes()),
+        DataType::Fp64 => out.extend_from_slice(&number(value)?.to_le_bytes()),
+        DataType::Int8 => out.extend_from_slice(&signed::<i8>(value)?.to_le_bytes()),
+        DataType::Int16 => out.extend_from_slice(&signed::<i16>(value)?.to_le_bytes()),
+        DataType::Int32 => out.extend_from_slice(&signed::<i32>(value)?.to_le_bytes()),
+        DataType::Int64 => out.extend_from_slice(&signed::<i64>(value)?.to_le_bytes()),
+        DataType::Uint8 => out.extend_from_slice(&unsigned::<u8>(value)?.to_le_bytes()),
+        DataType::Uint16 => out.extend_from_slice(&unsigned::<u16>(value)?.to_le_bytes()),
+        DataType::Uint32 => out.extend_from_slice(&unsigned::<u32>(value)?.to_le_bytes()),
+        DataType::Uint64 => out.extend_from_slice(&unsigned::<u64>(value)?.to_le_bytes()),
+    }
+    Ok(())
+}
+
+fn number(value: &Value) -> Result<f64, DataError> {
+    value.as_f64().ok_or(DataError::WrongKind { expected: "number" })
+}
+
+fn signed<T: TryFrom<i64>>(value: &Value) -> Result<T, DataError> {
+    let n = value.as_i64().ok_or(if value.is_number() {
+        DataError::OutOfRange
+    } else {
+        DataError::WrongKind { expected: "integer" }
+    })?;
+    T::try_from(n).map_err(|_| DataError::OutOfRange)
+}
+
+fn unsigned<T: TryFrom<u64>>(value: &Value) -> Result<T, DataError> {
+    let n = value.as_u64().ok_or(if value.is_number() {
+        DataError::OutOfRange
+    } else {
+        DataError::WrongKind { expected: "integer" }
+    })?;
+    T::try_from(n).map_err(|_| DataError::OutOfRange)
+}
+
+/// Appends `raw` (the layout of `datatype`) to `out` as a flat JSON array; `None` when the
+/// datatype has no JSON form (FP16, BF16) or the bytes do not hold whole elements.
+pub fn write_json(datatype: DataType, raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    fn items<const N: usize, T: serde::Serialize>(raw: &[u8], out: &mut Vec<u8>, read: fn([u8; N]) -> T) -> Option<()> {
+        if raw.len() % N != 0 {
+            return None;
+        }
+        let values: Vec<T> = raw.chunks_exact(N).map(|c| read(c.try_into().unwrap_or([0; N]))).collect();
+        serde_json::to_writer(out, &values).ok()
+    }
+    match datatype {
+        DataType::Bool => items::<1, bool>(raw, out, |b| b[0] != 0),
+        DataType::Int8 => items(raw, out, i8::from_le_bytes),
+        DataType::Int16 => items(raw, out, i16::from_le_bytes),
+        DataType::Int32 => items(raw, out, i32::from_le_bytes),
+        DataType::Int64 => items(raw, out, i64::from_le_bytes),
+        DataType::Uint8 => items(raw, out, u8::from_le_bytes),
+        DataType::Uint16 => items(raw, out, u16::from_le_bytes),
+        DataType::Uint32 => items(raw, out, u32::from_le_bytes),
+        DataType::Uint64 => items(raw, out, u64::from_le_bytes),
+        DataType::Fp32 => items(raw, out, f32::from_le_bytes),
+        DataType::Fp64 => items(raw, out, f64::from_le_bytes),
+        DataType::Fp16 | DataType::Bf16 => None,
+        DataType::Bytes => {
+            let mut strings = Vec::new();
+            let mut rest = raw;
+            while !rest.is_empty() {
+                let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                let item = rest.get(4..4 + len)?;
+                strings.push(String::from_utf8_lossy(item));
+                rest = &rest[4 + len..];
+            }
+            serde_json::to_writer(out, &strings).ok()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn nested_and_flat_arrays_give_the_same_bytes() {
+        let flat = to_raw(DataType::Int32, &json!([1, 2, 3, 4]), 4).expect("flat");
+        let nested = to_raw(DataType::Int32, &json!([[1, 2], [3, 4]]), 4).expect("nested");
+        assert_eq!(flat, nested);
+        assert_eq!(flat.1, 4);
+        assert_eq!(&flat.0[..4], &1i32.to_le_bytes());
+    }
+
+    #[test]
+    fn kinds_and_ranges_are_checked() {
+        assert_eq!(to_raw(DataType::Int32, &json!(["a"]), 1).unwrap_err(), DataError::WrongKind { expected: "integer" });
+        assert_eq!(to_raw(DataType::Int8, &json!([300]), 1).unwrap_err(), DataError::OutOfRange);
+        assert_eq!(to_raw(DataType::Uint8, &json!([-1]), 1).unwrap_err(), DataError::OutOfRange);
+        assert_eq!(to_raw(DataType::Int32, &json!([1.5]), 1).unwrap_err(), DataError::OutOfRange);
+        assert_eq!(to_raw(DataType::Fp16, &json!([1.0]), 1).unwrap_err(), DataError::NoJsonForm);
+        assert_eq!(to_raw(DataType::Bool, &json!([1]), 1).unwrap_err(), DataError::WrongKind { expected: "boolean" });
+        let mut deep = json!(1);
+        for _ in 0..100 {
+            deep = json!([deep]);
+        }
+        assert_eq!(to_raw(DataType::Int32, &deep, 1).unwrap_err(), DataError::TooDeep);
+    }
+
+    #[test]
+    fn bytes_round_trip_through_the_length_prefixed_layout() {
+        let (raw, count) = to_raw(DataType::Bytes, &json!(["ab", ""]), 2).expect("bytes");
+        assert_eq!(count, 2);
+        let mut out = Vec::new();
+        write_json(DataType::Bytes, &raw, &mut out).expect("writes");
+        assert_eq!(String::from_utf8(out).expect("utf8"), r#"["ab",""]"#);
+    }
+
+    #[test]
+    fn outputs_are_flat_json_arrays() {
+        let raw: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = Vec::new();
+        write_json(DataType::Fp32, &raw, &mut out).expect("writes");
+        assert_eq!(String::from_utf8(out).expect("utf8"), "[1.5,-2.0]");
+        assert!(write_json(DataType::Int32, &[1, 2, 3], &mut Vec::new()).is_none());
+        assert!(write_json(DataType::Bytes, &[9, 0, 0, 0, 1], &mut Vec::new()).is_none());
+    }
+}
