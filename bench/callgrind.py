@@ -42,7 +42,7 @@ STARTUP_TIMEOUT = float(os.environ.get("STARTUP_TIMEOUT", "300"))
 
 LIMIT = [str(TARGET / "limit-server"), "--grpc-address", "127.0.0.1", "--grpc-port", "0"]
 SERVERS = {
-    "Tritium": [str(TARGET / "tritium"), "serve", "--grpc-address", "127.0.0.1", "--grpc-port", "0"],
+    "Tritium": [str(TARGET / "tritium"), "serve", "--grpc-address", "127.0.0.1", "--grpc-port", "0", "--allow-metrics=false"],
     # The limit as bench/run.sh runs it: the echo over tonic's stock transport.
     "limit": LIMIT,
     # The same echo over Tritium's transport: Tritium / this is what Tritium's request handling costs alone.

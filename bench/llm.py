@@ -404,7 +404,7 @@ def engine_run(engine: LineProcess, n: int) -> tuple[list[Stream], dict[str, flo
 def start_processes(procs: Processes, server: Server, prompts_file: pathlib.Path, work: pathlib.Path):
     """Starts (and warms up) the server, the engine alone and the Rust clients; returns the engine and the clients."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRITIUM_")}
-    argv = [str(TRITIUM), "serve", "--model-path", str(GGUF), "--model-name", MODEL]
+    argv = [str(TRITIUM), "serve", "--allow-metrics=false", "--model-path", str(GGUF), "--model-name", MODEL]
     server.start_with_ready_line(argv, "tritium ready grpc=", STARTUP_TIMEOUT, env=env, http=True)
     for kind in ("grpc", "http"):  # warm-up: connections, first-use allocations
         server_run(kind, server, 1, 8)

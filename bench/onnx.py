@@ -345,7 +345,7 @@ class Bench:
         env["ORT_DYLIB_PATH"] = str(ORT_LIBRARY)
         for key in ["tritium", *(["tritium-db"] if BATCHING else []), *(VARIANTS if DEFAULTS else [])]:
             server = Server(key, LABELS[key], self.procs, self.work / f"{key}.log")
-            argv = [str(tritium), "serve", "--allow-http=false", "--model-repository", str(repos[key])]
+            argv = [str(tritium), "serve", "--allow-http=false", "--allow-metrics=false", "--model-repository", str(repos[key])]
             server.start_with_ready_line(argv, "tritium ready grpc=", STARTUP_TIMEOUT, env=env)
             self.servers[key] = server
         tenv = triton_env()

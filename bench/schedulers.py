@@ -171,7 +171,7 @@ class Bench:
         for key in self.keys():
             server = Server(key, SERVERS[key], self.procs, self.work / f"{key}.log")
             if key.startswith("tritium"):
-                argv = [str(tritium), "serve", "--allow-http=false", "--model-repository", str(repos[key])]
+                argv = [str(tritium), "serve", "--allow-http=false", "--allow-metrics=false", "--model-repository", str(repos[key])]
                 server.start_with_ready_line(argv, "tritium ready grpc=", STARTUP_TIMEOUT, env=env)
             else:
                 server.start_triton(tenv["TRITONSERVER"], tenv["TRITON_BACKENDS"], repos[key], triton, STARTUP_TIMEOUT)

@@ -251,7 +251,7 @@ class Bench:
         self.triton_version = triton_version(triton)
 
         server = Server("tritium", "Tritium", self.procs, self.work / "tritium.log")
-        server.start_with_ready_line([tritium, "serve", "--allow-http=false", "--allow-shared-memory"], "tritium ready grpc=", self.cfg.startup_timeout)
+        server.start_with_ready_line([tritium, "serve", "--allow-http=false", "--allow-metrics=false", "--allow-shared-memory"], "tritium ready grpc=", self.cfg.startup_timeout)
         self.servers["tritium"] = server
 
         limit = env.get("LIMIT_BIN", "")
@@ -265,7 +265,7 @@ class Bench:
         if any(r.large for r in self.cfg.rows):
             for key, (label, _, flags) in WINDOW_VARIANTS.items():
                 server = Server(key, label, self.procs, self.work / f"{key}.log")
-                server.start_with_ready_line([tritium, "serve", "--allow-http=false", "--allow-shared-memory", *flags], "tritium ready grpc=", self.cfg.startup_timeout)
+                server.start_with_ready_line([tritium, "serve", "--allow-http=false", "--allow-metrics=false", "--allow-shared-memory", *flags], "tritium ready grpc=", self.cfg.startup_timeout)
                 self.servers[key] = server
         for s in self.servers.values():
             progress(f"  {s.label} ready on {s.address}")

@@ -23,6 +23,7 @@ pub mod grpc;
 pub mod http;
 pub mod llm;
 pub mod logging;
+pub mod metrics;
 pub mod remote;
 pub mod routing;
 pub mod shm;
@@ -126,12 +127,23 @@ impl Tritium {
         self.serve_with_listeners(listener, None, shutdown).await
     }
 
-    /// Serves gRPC on `grpc` and, when given, HTTP (OpenAI `/v1`, health, metrics) on `http`,
-    /// until `shutdown` completes; then both drain what is in flight.
+    /// Serves gRPC on `grpc` and, when given, HTTP (KServe `/v2`, OpenAI `/v1`, health, metrics)
+    /// on `http`, until `shutdown` completes; then both drain what is in flight.
     pub async fn serve_with_listeners(
         self,
         listener: TcpListener,
         http: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
+        self.serve_all(listener, http, None, shutdown).await
+    }
+
+    /// [`Tritium::serve_with_listeners`], with Triton's metrics on `metrics` when given.
+    pub async fn serve_all(
+        self,
+        listener: TcpListener,
+        http: Option<TcpListener>,
+        metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
         let transport = &self.config.transport;
@@ -189,6 +201,19 @@ impl Tritium {
             let budget = Arc::clone(&budget);
             tokio::spawn(http::serve_limited(http_listener, routes, limits, budget, async move { stopping.cancelled().await }))
         });
+        let metrics_task = metrics.map(|metrics_listener| {
+            let cpu = Arc::new(metrics::CpuSampler::new());
+            let sampler = metrics::spawn_sampler(Arc::clone(&cpu), self.config.metrics.interval, stop.clone());
+            let state = metrics::MetricsState::new(Arc::clone(&self.state.repository), Arc::clone(&self.state.llm), cpu);
+            let limits = self.config.http_limits.clone();
+            let stopping = self.state.stopping.clone();
+            let budget = Arc::clone(&budget);
+            let server =
+                tokio::spawn(http::serve_limited(metrics_listener, metrics::router(state), limits, budget, async move {
+                    stopping.cancelled().await
+                }));
+            (server, sampler)
+        });
         let stopping = self.state.stopping.clone();
         let shutdown = async move {
             shutdown.await;
@@ -207,6 +232,12 @@ impl Tritium {
                 Err(e) => tracing::error!("HTTP server task: {e}"),
                 Ok(Ok(())) => {}
             }
+        }
+        if let Some((server, sampler)) = metrics_task {
+            if let Ok(Err(e)) = server.await {
+                tracing::error!("metrics server: {e}");
+            }
+            let _ = sampler.await;
         }
         let _ = health_task.await;
         let _ = follower.await;

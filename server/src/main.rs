@@ -64,6 +64,10 @@ async fn listener(fd: Option<i32>, addr: std::net::SocketAddr) -> std::io::Resul
 
 async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::error::Error>> {
     let config = args.server_config()?;
+    let metrics = match args.metrics.allow_metrics {
+        true => Some(listener(args.metrics.metrics_listen_fd, args.metrics.addr()).await?),
+        false => None,
+    };
     let listener = listener(args.grpc.grpc_listen_fd, args.grpc_addr()).await?;
     let http = match args.http.allow_http {
         true => Some(listener_for_http(&args).await?),
@@ -75,13 +79,16 @@ async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::erro
     let http_addr = http.as_ref().map(|h| h.local_addr()).transpose()?;
     tracing::info!("serving gRPC on {addr}");
     // One line on stdout once models are loaded, for scripts and test harnesses to wait on.
-    match http_addr {
-        Some(http_addr) => {
-            tracing::info!("serving HTTP on {http_addr}");
-            println!("tritium ready grpc={addr} http={http_addr}");
-        }
-        None => println!("tritium ready grpc={addr}"),
+    let mut ready = format!("tritium ready grpc={addr}");
+    if let Some(http_addr) = http_addr {
+        tracing::info!("serving HTTP on {http_addr}");
+        ready.push_str(&format!(" http={http_addr}"));
     }
+    if let Some(metrics_addr) = metrics.as_ref().map(|m| m.local_addr()).transpose()? {
+        tracing::info!("serving metrics on {metrics_addr}");
+        ready.push_str(&format!(" metrics={metrics_addr}"));
+    }
+    println!("{ready}");
     std::io::stdout().flush()?;
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = std::sync::Arc::clone(&stopping);
@@ -91,7 +98,7 @@ async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::erro
     };
     let exit_timeout = std::time::Duration::from_secs(args_exit);
     tokio::select! {
-        served = tritium.serve_with_listeners(listener, http, signal) => served?,
+        served = tritium.serve_all(listener, http, metrics, signal) => served?,
         () = async { stopping.notified().await; tokio::time::sleep(exit_timeout).await } => {
             tracing::warn!("calls still in flight after {exit_timeout:?}; exiting anyway");
         }

@@ -44,6 +44,7 @@ class TritiumServer:
     ready_line: str
     stderr_path: pathlib.Path
     stdout_lines: list[str] = field(default_factory=list)
+    metrics_port: int = 0
 
     @property
     def url(self) -> str:
@@ -52,6 +53,10 @@ class TritiumServer:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def stderr(self) -> str:
         try:
@@ -85,12 +90,11 @@ def bound_listener() -> socket.socket:
 
 
 def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumServer:
-    """Start `tritium serve` on gRPC and HTTP sockets bound here and wait for its ready line."""
-    listener = bound_listener()
-    http_listener = bound_listener()
-    fd, http_fd = listener.fileno(), http_listener.fileno()
-    argv = ["serve", "--grpc-listen-fd", str(fd), "--http-listen-fd", str(http_fd), *args]
-    return launch(argv, [listener, http_listener], READY_PREFIX, timeout)
+    """Start `tritium serve` on gRPC, HTTP and metrics sockets bound here and wait for its ready line."""
+    listeners = [bound_listener() for _ in range(3)]
+    grpc_fd, http_fd, metrics_fd = (listener.fileno() for listener in listeners)
+    argv = ["serve", "--grpc-listen-fd", str(grpc_fd), "--http-listen-fd", str(http_fd), "--metrics-listen-fd", str(metrics_fd), *args]
+    return launch(argv, listeners, READY_PREFIX, timeout)
 
 
 def start_worker(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumServer:
@@ -101,11 +105,12 @@ def start_worker(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumS
 
 
 def launch(argv: list[str], listeners: list[socket.socket], ready_prefix: str, timeout: float) -> TritiumServer:
-    """Run `tritium ARGV` holding `listeners` (the first is the gRPC one; a second is HTTP) and
-    wait until it prints `ready_prefix` announcing the first listener's address."""
+    """Run `tritium ARGV` holding `listeners` (the first is the gRPC one; a second is HTTP, a third
+    metrics) and wait until it prints `ready_prefix` announcing the first listener's address."""
     binary = tritium_bin()
     port = listeners[0].getsockname()[1]
     http_port = listeners[1].getsockname()[1] if len(listeners) > 1 else 0
+    metrics_port = listeners[2].getsockname()[1] if len(listeners) > 2 else 0
     fds = [listener.fileno() for listener in listeners]
     err = tempfile.NamedTemporaryFile(prefix="tritium-stderr-", suffix=".log", delete=False)
     stderr_path = pathlib.Path(err.name)
@@ -145,7 +150,9 @@ def launch(argv: list[str], listeners: list[socket.socket], ready_prefix: str, t
 
     threading.Thread(target=pump, name=f"tritium-stdout-{port}", daemon=True).start()
 
-    server = TritiumServer(proc=proc, port=port, http_port=http_port, ready_line="", stderr_path=stderr_path, stdout_lines=seen)
+    server = TritiumServer(
+        proc=proc, port=port, http_port=http_port, ready_line="", stderr_path=stderr_path, stdout_lines=seen, metrics_port=metrics_port
+    )
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()

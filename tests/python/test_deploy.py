@@ -50,6 +50,7 @@ CONFIG_KEYS: dict[str, frozenset[str] | None] = {
 CONFIG_MAP = "tritium-config"
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_HTTP_PORT = 8000
+DEFAULT_METRICS_PORT = 8002
 DEFAULT_WORKER_PORT = 8011
 # `tritium` drains for up to TRITIUM_EXIT_TIMEOUT_SECS (default 30) after SIGTERM; the pod must allow more.
 EXIT_TIMEOUT_SECS = 30
@@ -317,10 +318,12 @@ def test_frontend_probes_and_ports():
     assert args[0] == "serve"
     grpc_port = int(_option(args, "--grpc-port") or DEFAULT_GRPC_PORT)
     http_port = int(_option(args, "--http-port") or DEFAULT_HTTP_PORT)
+    metrics_port = int(_option(args, "--metrics-port") or DEFAULT_METRICS_PORT)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": grpc_port, "http": http_port}
+    assert ports == {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
     by_name = {p["name"]: p for p in service["spec"]["ports"]}
-    assert set(by_name) == {"grpc", "http"}
+    assert set(by_name) == {"grpc", "http", "metrics"}
+    assert by_name["metrics"]["port"] == DEFAULT_METRICS_PORT and ports[by_name["metrics"]["targetPort"]] == metrics_port
     assert by_name["grpc"]["port"] == DEFAULT_GRPC_PORT and ports[by_name["grpc"]["targetPort"]] == grpc_port
     assert by_name["http"]["port"] == DEFAULT_HTTP_PORT and ports[by_name["http"]["targetPort"]] == http_port
     _assert_grpc_probes(container, grpc_port)
@@ -450,7 +453,7 @@ def test_dockerfile_builds_tritium_and_runs_it_as_non_root():
     assert json.loads(last(final, "ENTRYPOINT")) == ["tritium"]
     assert json.loads(last(final, "CMD")) == ["serve"]
     exposed = {int(p.split("/")[0]) for kw, rest in final["instructions"] if kw == "EXPOSE" for p in rest.split()}
-    assert {8000, 8001, 8011} <= exposed
+    assert {8000, 8001, 8002, 8011} <= exposed
     copies = [rest for kw, rest in final["instructions"] if kw == "COPY"]
     assert any(c.startswith("--from=builder ") and c.endswith(" /usr/local/bin/tritium") for c in copies), copies
     assert "ca-certificates" in " ".join(rest for kw, rest in final["instructions"] if kw == "RUN")

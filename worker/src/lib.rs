@@ -60,6 +60,6 @@ pub use model::ModelVersion;
 pub use registry::{ByName, ControlMode, DeclaredModel, IndexEntry, ModelRepository, ModelState, RepositoryOptions, ServedModel};
 pub use request::{InferenceRequest, InferenceResponse, ParamValue, Parameters, parse_version};
 pub use scheduler::SchedulerLimits;
-pub use stats::{BatchStat, PhaseTimes, StatsSnapshot};
+pub use stats::{BatchStat, FailureReason, PhaseTimes, StatsSnapshot};
 pub use valid::ValidInferRequest;
 pub use worker::{InferOutcome, LocalWorker, ResponseStream, StreamItem, WorkerClient};

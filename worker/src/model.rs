@@ -14,7 +14,7 @@ use crate::error::WorkerError;
 use crate::request::{InferenceRequest, InferenceResponse};
 use crate::scheduler::Scheduler;
 use crate::schema::ModelSchema;
-use crate::stats::{ModelStats, PhaseTimes};
+use crate::stats::{FailureReason, ModelStats, PhaseTimes};
 use crate::valid::{Timing, ValidInferRequest};
 use crate::worker::{InferOutcome, ResponseStream, StreamItem};
 
@@ -111,6 +111,16 @@ impl ModelVersion {
         }
     }
 
+    /// Counts the failure of a request that arrived at `arrived` with `source`'s reason.
+    fn record_failure(&self, arrived: Instant, source: &BackendError) {
+        let reason = match source {
+            BackendError::QueueFull | BackendError::Refused { code: ErrorCode::Unavailable, .. } => FailureReason::Rejected,
+            BackendError::Cancelled => FailureReason::Canceled,
+            _ => FailureReason::Backend,
+        };
+        self.stats.record_failure(arrived.elapsed(), reason);
+    }
+
     fn backend_error(&self, source: BackendError, request_id: &str) -> WorkerError {
         match source {
             BackendError::Refused { code, message } => WorkerError::Failed { code, message },
@@ -161,6 +171,7 @@ impl ModelVersion {
     async fn run_single(request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
         let batch = request.batch_size();
         let (model, mut request, timing, options) = request.into_parts();
+        let pending = model.stats.pending();
         let backend_request = model.backend_request(&mut request, None);
         let rows = i64::try_from(batch).unwrap_or(i64::MAX);
         let (outputs, execution, batched) =
@@ -169,10 +180,11 @@ impl ModelVersion {
                 Err(error) => (Err(error), None, Duration::ZERO),
             };
         let inferred = Instant::now();
+        drop(pending);
         let mut outputs = match outputs {
             Ok(outputs) => outputs,
             Err(e) => {
-                model.stats.fail.record(timing.arrived.elapsed());
+                model.record_failure(timing.arrived, &e);
                 return Err(model.backend_error(e, &request.id));
             }
         };
@@ -205,7 +217,9 @@ impl ModelVersion {
             requested_outputs: request.requested_outputs,
         });
         tokio::spawn(async move {
+            let pending = model.stats.pending();
             let result = model.backend.execute(backend_request, &mut responder).await;
+            drop(pending);
             let inferred = Instant::now();
             let last = match result {
                 Ok(()) => {
@@ -214,7 +228,7 @@ impl ModelVersion {
                 }
                 Err(BackendError::Cancelled) => return,
                 Err(e) => {
-                    model.stats.fail.record(timing.arrived.elapsed());
+                    model.record_failure(timing.arrived, &e);
                     StreamItem::Error(model.backend_error(e, ""))
                 }
             };

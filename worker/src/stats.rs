@@ -23,6 +23,41 @@ impl DurationStat {
     }
 }
 
+/// Why a request failed, as Triton's `nv_inference_request_failure{reason}` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Refused by the scheduler: its queue was full, or the request timed out in it.
+    Rejected,
+    Canceled,
+    /// The backend (or an ensemble step) failed.
+    Backend,
+    Other,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 4] =
+        [FailureReason::Rejected, FailureReason::Canceled, FailureReason::Backend, FailureReason::Other];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Rejected => "REJECTED",
+            FailureReason::Canceled => "CANCELED",
+            FailureReason::Backend => "BACKEND",
+            FailureReason::Other => "OTHER",
+        }
+    }
+}
+
+/// Counts a request as pending (queued or running) while it lives.
+#[derive(Debug)]
+pub struct Pending<'a>(&'a AtomicU64);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How long each phase of one successful request took.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PhaseTimes {
@@ -43,7 +78,11 @@ pub struct ModelStats {
     compute_input_ns: AtomicU64,
     compute_infer_ns: AtomicU64,
     compute_output_ns: AtomicU64,
-    pub fail: DurationStat,
+    fail: DurationStat,
+    /// Failures by [`FailureReason`], in its `ALL` order.
+    fail_reasons: [AtomicU64; 4],
+    /// Requests queued or running now.
+    pending: AtomicU64,
     /// Inferences performed, counting each batch element.
     inference_count: AtomicU64,
     /// Backend executions.
@@ -119,11 +158,39 @@ impl ModelStats {
             compute_infer_ns: AtomicU64::default(),
             compute_output_ns: AtomicU64::default(),
             fail: DurationStat::default(),
+            fail_reasons: Default::default(),
+            pending: AtomicU64::default(),
             inference_count: AtomicU64::default(),
             execution_count: AtomicU64::default(),
             last_inference_ms: AtomicU64::default(),
             batches: (0..=sizes).map(|_| BatchSlot::default()).collect(),
         }
+    }
+
+    /// One request that failed after `elapsed`.
+    pub fn record_failure(&self, elapsed: Duration, reason: FailureReason) {
+        self.fail.record(elapsed);
+        let index = FailureReason::ALL.iter().position(|r| *r == reason).unwrap_or(3);
+        self.fail_reasons[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failures by reason, in [`FailureReason::ALL`]'s order.
+    pub fn failures_by_reason(&self) -> [(FailureReason, u64); 4] {
+        FailureReason::ALL.map(|reason| {
+            let index = FailureReason::ALL.iter().position(|r| *r == reason).unwrap_or(3);
+            (reason, self.fail_reasons[index].load(Ordering::Relaxed))
+        })
+    }
+
+    /// Counts a request as pending until the guard drops.
+    pub fn pending(&self) -> Pending<'_> {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        Pending(&self.pending)
+    }
+
+    /// Requests queued or running now.
+    pub fn pending_count(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// One backend execution of a batch of `batch_size` inferences, with its compute phases
@@ -203,7 +270,7 @@ mod tests {
         stats.record_success(second, 1);
         stats.record_success(second, 1);
         stats.record_execution(2, second);
-        stats.fail.record(ms(7));
+        stats.record_failure(ms(7), FailureReason::Backend);
         let s = stats.snapshot();
         let ns = |ms: u64| ms * 1_000_000;
         assert_eq!(s.success, (3, ns(20)));

@@ -5,6 +5,7 @@
 pub mod backend_config;
 pub mod cluster;
 pub mod limits;
+pub mod metrics;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use crate::config::backend_config::BackendConfigs;
 use crate::routing::RouterOptions;
 pub use cluster::{ClusterArgs, ClusterConfig, EngineArgs, RouterArgs, WorkerListenArgs};
 pub use limits::{HttpLimits, LimitArgs, Limits};
+pub use metrics::MetricsArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "tritium", version, about = "A KServe v2 / Triton-compatible inference server")]
@@ -136,6 +138,8 @@ pub struct ServeArgs {
     pub grpc: GrpcArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub logging: LoggingArgs,
     #[command(flatten)]
@@ -406,6 +410,8 @@ pub struct ServerConfig {
     pub http_limits: HttpLimits,
     /// The ONNX Runtime backend's library and defaults.
     pub onnxruntime: OrtSettings,
+    /// What the metrics port reports, and how often it samples the host.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -427,6 +433,7 @@ impl ServeArgs {
         let builtins = !cluster.is_distributed();
         let limits = &self.limits;
         Ok(ServerConfig {
+            metrics: self.metrics.config()?,
             onnxruntime: self.repository.onnxruntime()?,
             http_limits: limits.http_limits(),
             limits: limits.limits()?,

@@ -13,12 +13,14 @@ use tritium_proto::inference::{InferParameter, ModelInferRequest, ModelInferResp
 use tritium_tensor::{DataType, Tensor, TensorError, contents, element_count};
 use tritium_worker::{InferenceRequest, InferenceResponse, ParamValue, parse_version};
 
+use super::classification::{Classification, classify};
 use crate::error::ServerError;
 use crate::shm::{RegionGuard, SharedMemoryRegistry};
 
 const SHM_REGION: &str = "shared_memory_region";
 const SHM_BYTE_SIZE: &str = "shared_memory_byte_size";
 const SHM_OFFSET: &str = "shared_memory_offset";
+const CLASSIFICATION: &str = "classification";
 
 /// Where the client wants an output written instead of the response.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,12 +31,14 @@ pub struct OutputRegion {
     pub byte_size: u64,
 }
 
-/// The shared memory a request uses: where its outputs go, and the regions its inputs are views
-/// of (checked before answering: a client that shrank one meanwhile gets an error, not zeros).
+/// What answering a request needs beside its response: the shared memory it uses (where its
+/// outputs go, and the regions its inputs are views of, checked before answering: a client that
+/// shrank one meanwhile gets an error, not zeros), and the outputs it wants classified.
 #[derive(Debug, Clone, Default)]
 pub struct ShmBindings {
     pub outputs: Vec<OutputRegion>,
     pub inputs: Vec<RegionGuard>,
+    pub classifications: Vec<Classification>,
 }
 
 /// A decoded request plus what the transport must remember to answer it.
@@ -174,8 +178,9 @@ pub fn decode_request(request: ModelInferRequest, shm: &SharedMemoryRegistry, ar
 
     let mut requested_outputs = Vec::with_capacity(outputs.len());
     let mut output_regions = Vec::new();
+    let mut classifications = Vec::new();
     for output in outputs {
-        let classification = output.parameters.contains_key("classification");
+        let classification = output.parameters.contains_key(CLASSIFICATION);
         if let Some(shm_ref) = shm_ref(&id, model, "output", &output.name, &output.parameters)? {
             if classification {
                 return Err(invalid(format!(
@@ -190,9 +195,17 @@ pub fn decode_request(request: ModelInferRequest, shm: &SharedMemoryRegistry, ar
                 byte_size: shm_ref.byte_size,
             });
         } else if classification {
-            return Err(ServerError::Unsupported {
-                what: format!("classification of output '{}' for model '{model}' is not supported", output.name),
-            });
+            let count = match output.parameters.get(CLASSIFICATION).and_then(|p| p.parameter_choice.as_ref()) {
+                Some(ParameterChoice::Int64Param(n)) if *n > 0 => *n as usize,
+                Some(ParameterChoice::Uint64Param(n)) if *n > 0 => usize::try_from(*n).unwrap_or(usize::MAX),
+                _ => {
+                    return Err(invalid(format!(
+                        "'{CLASSIFICATION}' of output '{}' for model '{model}' must be a positive int64_param",
+                        output.name
+                    )));
+                }
+            };
+            classifications.push(Classification { output: output.name.clone(), count, batched: false });
         }
         requested_outputs.push(output.name);
     }
@@ -220,7 +233,7 @@ pub fn decode_request(request: ModelInferRequest, shm: &SharedMemoryRegistry, ar
             parameters: params,
             arrived,
         },
-        shm: ShmBindings { outputs: output_regions, inputs: input_regions },
+        shm: ShmBindings { outputs: output_regions, inputs: input_regions, classifications },
         enable_empty_final,
     })
 }
@@ -245,6 +258,10 @@ pub fn encode_response(
     let mut raw = Vec::with_capacity(response.outputs.len());
     let mut total: usize = 0;
     for tensor in response.outputs {
+        let tensor = match bindings.classifications.iter().find(|c| c.output == tensor.name) {
+            Some(wanted) => classify(tensor, wanted)?,
+            None => tensor,
+        };
         let mut parameters = HashMap::new();
         let data = match output_regions.iter().find(|r| r.output == tensor.name) {
             Some(region) => {
@@ -292,6 +309,26 @@ pub fn encode_response(
         outputs,
         raw_output_contents: raw,
     })
+}
+
+/// [`decode_request`], with each classified output told whether its model batches (its first
+/// dimension is then kept as the batch).
+pub fn decode_for_model(
+    request: ModelInferRequest,
+    shm: &SharedMemoryRegistry,
+    repository: &tritium_worker::ModelRepository,
+    arrived: Instant,
+) -> Result<Decoded, ServerError> {
+    let mut decoded = decode_request(request, shm, arrived)?;
+    if !decoded.shm.classifications.is_empty() {
+        let request = &decoded.request;
+        let version = repository.resolve(&request.model_name, request.model_version)?;
+        let batched = version.schema.max_batch_size > 0;
+        for wanted in &mut decoded.shm.classifications {
+            wanted.batched = batched;
+        }
+    }
+    Ok(decoded)
 }
 
 /// The empty final response of a stream request (`triton_enable_empty_final_response`).

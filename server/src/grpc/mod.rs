@@ -2,6 +2,7 @@
 //! readiness, and server reflection (v1 and v1alpha).
 
 pub mod budget;
+pub mod classification;
 pub mod convert;
 pub(crate) mod dispatch;
 pub mod health;

@@ -12,15 +12,25 @@ use tritium_proto::inference::system_shared_memory_status_response::RegionStatus
 use tritium_proto::inference::*;
 use tritium_worker::{ModelRepository, WorkerError, parse_version};
 
-use super::convert::{decode_request, encode_response};
+use super::convert::{decode_for_model, encode_response};
 use super::{metadata, settings, stream};
 use crate::error::ServerError;
 use crate::logging::LogControl;
 use crate::shm::SharedMemoryRegistry;
 
 /// Extensions of Triton's protocol this server really implements.
-pub const EXTENSIONS: &[&str] =
-    &["model_repository", "model_configuration", "system_shared_memory", "parameters", "statistics", "logging"];
+pub const EXTENSIONS: &[&str] = &[
+    "classification",
+    "sequence",
+    "model_repository",
+    "schedule_policy",
+    "model_configuration",
+    "system_shared_memory",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "logging",
+];
 
 /// What the gRPC handlers share.
 #[derive(Debug)]
@@ -98,7 +108,7 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> RpcResult<ModelInferResponse> {
         let arrived = Instant::now();
-        let decoded = decode_request(request.into_inner(), &self.state.shm, arrived)?;
+        let decoded = decode_for_model(request.into_inner(), &self.state.shm, &self.state.repository, arrived)?;
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
         let response = super::dispatch::unary(&self.state, decoded.request).await?;

@@ -18,7 +18,7 @@ use tonic::{Status, Streaming};
 use tritium_proto::inference::{ModelInferRequest, ModelInferResponse, ModelStreamInferResponse};
 use tritium_worker::{InferOutcome, StreamItem};
 
-use super::convert::{decode_request, empty_final, encode_response};
+use super::convert::{decode_for_model, empty_final, encode_response};
 use super::service::GrpcState;
 
 use crate::error::ServerError;
@@ -67,7 +67,7 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
     let arrived = Instant::now();
     let label = Label { model: request.model_name.clone(), version: request.model_version.clone(), id: request.id.clone() };
     // The request's own errors: in-band in both modes.
-    let admitted = decode_request(request, &state.shm, arrived).and_then(|decoded| {
+    let admitted = decode_for_model(request, &state.shm, &state.repository, arrived).and_then(|decoded| {
         let admitted = super::dispatch::admit(&state, decoded.request)?;
         Ok((admitted, decoded.shm, decoded.enable_empty_final))
     });

@@ -38,7 +38,7 @@ impl Statistics {
     fn record(&self, succeeded: bool) {
         let stats = &self.version.stats;
         if !succeeded {
-            stats.fail.record(self.arrived.elapsed());
+            stats.record_failure(self.arrived.elapsed(), tritium_worker::FailureReason::Backend);
             return;
         }
         let now = Instant::now();
@@ -93,7 +93,7 @@ impl LlmFrontend {
         let request = request.into_request();
         let arrived = request.arrived;
         let failed = |e: ServerError| {
-            version.stats.fail.record(arrived.elapsed());
+            version.stats.record_failure(arrived.elapsed(), tritium_worker::FailureReason::Other);
             e
         };
         let model = request.model_name.as_str();

@@ -97,7 +97,7 @@ impl Router {
             version.stats.record_success(phases, 1);
             version.stats.record_execution(1, phases);
         } else {
-            version.stats.fail.record(elapsed);
+            version.stats.record_failure(elapsed, tritium_worker::FailureReason::Other);
         }
     }
 

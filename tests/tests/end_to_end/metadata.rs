@@ -37,12 +37,23 @@ async fn server_metadata_advertises_exactly_what_is_implemented() {
     assert_eq!(advertised, EXTENSIONS, "exactly the list in service.rs, in its order");
     assert_eq!(
         advertised,
-        ["model_repository", "model_configuration", "system_shared_memory", "parameters", "statistics", "logging"]
+        [
+            "classification",
+            "sequence",
+            "model_repository",
+            "schedule_policy",
+            "model_configuration",
+            "system_shared_memory",
+            "binary_tensor_data",
+            "parameters",
+            "statistics",
+            "logging"
+        ]
     );
     // perf_analyzer turns server statistics on only when this is advertised.
     assert!(advertised.contains(&"statistics"));
     // Not implemented here, so never advertised.
-    for absent in ["cuda_shared_memory", "trace", "classification", "sequence", "binary_tensor_data"] {
+    for absent in ["cuda_shared_memory", "trace"] {
         assert!(!advertised.contains(&absent), "{absent} must not be advertised");
     }
 }

@@ -25,7 +25,7 @@ use tritium_worker::{InferOutcome, StreamItem};
 use super::reply::{self, HttpError, HttpResult};
 use super::{KserveState, ModelPath, body, json_tensor, model_path};
 use crate::error::ServerError;
-use crate::grpc::convert::{decode_request, encode_response};
+use crate::grpc::convert::{decode_for_model, encode_response};
 
 /// The generate request as a KServe request: each model input from the member of its name.
 fn request_of(state: &KserveState, path: &ModelPath, body: &[u8]) -> Result<ModelInferRequest, HttpError> {
@@ -188,7 +188,7 @@ pub(super) async fn generate_stream(
     let arrived = Instant::now();
     let path = model_path(path)?;
     let request = read_request(&state, &path, &headers, body).await?;
-    let decoded = decode_request(request, &state.grpc.shm, arrived)?;
+    let decoded = decode_for_model(request, &state.grpc.shm, &state.grpc.repository, arrived)?;
     let admitted = crate::grpc::dispatch::admit(&state.grpc, decoded.request)?;
     let outcome = crate::grpc::dispatch::streamed(&state.grpc, admitted).await?;
     let grpc = std::sync::Arc::clone(&state.grpc);

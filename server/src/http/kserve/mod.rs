@@ -200,7 +200,7 @@ pub(crate) async fn run_infer(
     arrived: Instant,
 ) -> Result<tritium_proto::inference::ModelInferResponse, HttpError> {
     let grpc = &state.grpc;
-    let decoded = crate::grpc::convert::decode_request(request, &grpc.shm, arrived)?;
+    let decoded = crate::grpc::convert::decode_for_model(request, &grpc.shm, &grpc.repository, arrived)?;
     tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "HTTP infer");
     let response = crate::grpc::dispatch::unary(grpc, decoded.request).await?;
     Ok(crate::grpc::convert::encode_response(response, &decoded.shm, &grpc.shm, None)?)

@@ -1,0 +1,107 @@
+//! Triton's metrics on the metrics port (8002, `GET /metrics`), in the Prometheus text format with
+//! Triton's names and labels (`model`, `version`): per model version, the request, inference and
+//! execution counters and the cumulative durations of each phase, read at scrape time from the
+//! same statistics ModelStatistics reports (so the two always agree), the pending requests, the
+//! failures by reason; the host's CPU utilization and memory, sampled every
+//! `--metrics-interval-ms`; and the language-model and router metrics of the HTTP port.
+
+mod cpu;
+mod triton;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tritium_worker::ModelRepository;
+
+pub use cpu::CpuSampler;
+
+use crate::llm::LlmFrontend;
+
+/// The content type of the metrics port's answer.
+pub const TEXT_FORMAT: &str = prometheus::TEXT_FORMAT;
+
+/// What `--metrics-interval-ms` and `--metrics-config` set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// How often the CPU and memory gauges are sampled.
+    pub interval: Duration,
+    /// Latency summaries (quantiles over a recent window) per model.
+    pub summary_latencies: bool,
+    /// Latency histograms per model.
+    pub histogram_latencies: bool,
+}
+
+impl MetricsConfig {
+    pub fn new(interval_ms: u64) -> MetricsConfig {
+        MetricsConfig {
+            interval: Duration::from_millis(interval_ms.max(1)),
+            summary_latencies: false,
+            histogram_latencies: false,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig::new(2000)
+    }
+}
+
+/// What a scrape reads.
+#[derive(Clone)]
+pub struct MetricsState {
+    repository: Arc<ModelRepository>,
+    llm: Arc<LlmFrontend>,
+    cpu: Arc<CpuSampler>,
+}
+
+impl MetricsState {
+    pub fn new(repository: Arc<ModelRepository>, llm: Arc<LlmFrontend>, cpu: Arc<CpuSampler>) -> MetricsState {
+        MetricsState { repository, llm, cpu }
+    }
+
+    /// Every metric, as the text the port serves.
+    pub fn render(&self) -> String {
+        let mut families = triton::model_families(&self.repository);
+        families.extend(self.cpu.families());
+        let mut text = String::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut text) {
+            tracing::warn!("encoding the metrics failed: {e}");
+        }
+        // The language-model metrics are OpenMetrics text; without their end marker they read
+        // as Prometheus text too.
+        let llm = self.llm.render_metrics();
+        text.push_str(llm.strip_suffix("# EOF\n").unwrap_or(&llm));
+        text
+    }
+}
+
+/// `GET /metrics` on the metrics port.
+pub fn router(state: MetricsState) -> Router {
+    Router::new().route("/metrics", get(scrape)).with_state(state)
+}
+
+async fn scrape(State(state): State<MetricsState>) -> impl IntoResponse {
+    let text = tokio::task::spawn_blocking(move || state.render()).await.unwrap_or_default();
+    ([(header::CONTENT_TYPE, TEXT_FORMAT)], text)
+}
+
+/// Samples the CPU and memory gauges every `interval` until `stop`.
+pub fn spawn_sampler(cpu: Arc<CpuSampler>, interval: Duration, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => cpu.sample(),
+                () = stop.cancelled() => return,
+            }
+        }
+    })
+}

@@ -1,0 +1,137 @@
+//! The per-model families with Triton's names, built from each version's statistics at scrape
+//! time. Counters of durations are in microseconds, as Triton's are.
+
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use tritium_worker::{ModelRepository, ModelVersion};
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut pair = LabelPair::default();
+    pair.set_name(name.to_string());
+    pair.set_value(value.to_string());
+    pair
+}
+
+pub(super) fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+fn counter(labels: Vec<LabelPair>, value: f64) -> Metric {
+    let mut counter = Counter::default();
+    counter.set_value(value);
+    let mut metric = Metric::from_label(labels);
+    metric.set_counter(counter);
+    metric
+}
+
+pub(super) fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
+    let mut gauge = Gauge::default();
+    gauge.set_value(value);
+    let mut metric = Metric::from_label(labels);
+    metric.set_gauge(gauge);
+    metric
+}
+
+/// One family's name, help and how to read its value from a version.
+struct CounterSpec {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&tritium_worker::StatsSnapshot) -> f64,
+}
+
+fn micros(ns: u64) -> f64 {
+    (ns / 1000) as f64
+}
+
+const COUNTERS: &[CounterSpec] = &[
+    CounterSpec {
+        name: "nv_inference_request_success",
+        help: "Inference requests that succeeded, whatever their batch size",
+        value: |s| s.success.0 as f64,
+    },
+    CounterSpec {
+        name: "nv_inference_count",
+        help: "Inferences performed (a batch of n requests counts n)",
+        value: |s| s.inference_count as f64,
+    },
+    CounterSpec {
+        name: "nv_inference_exec_count",
+        help: "Model executions performed (a batch counts once)",
+        value: |s| s.execution_count as f64,
+    },
+    CounterSpec {
+        name: "nv_inference_request_duration_us",
+        help: "Cumulative time successful requests took, end to end, in microseconds",
+        value: |s| micros(s.success.1),
+    },
+    CounterSpec {
+        name: "nv_inference_queue_duration_us",
+        help: "Cumulative time successful requests waited in the queue, in microseconds",
+        value: |s| micros(s.queue.1),
+    },
+    CounterSpec {
+        name: "nv_inference_compute_input_duration_us",
+        help: "Cumulative time spent preparing the inputs of successful requests, in microseconds",
+        value: |s| micros(s.compute_input.1),
+    },
+    CounterSpec {
+        name: "nv_inference_compute_infer_duration_us",
+        help: "Cumulative time the model ran for successful requests, in microseconds",
+        value: |s| micros(s.compute_infer.1),
+    },
+    CounterSpec {
+        name: "nv_inference_compute_output_duration_us",
+        help: "Cumulative time spent producing the outputs of successful requests, in microseconds",
+        value: |s| micros(s.compute_output.1),
+    },
+];
+
+/// Every served model version, ordered by model name then version.
+fn versions(repository: &ModelRepository) -> Vec<std::sync::Arc<ModelVersion>> {
+    let mut models = repository.served_models();
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    models.iter().flat_map(|m| m.versions.values().cloned().collect::<Vec<_>>()).collect()
+}
+
+/// The per-model families.
+pub fn model_families(repository: &ModelRepository) -> Vec<MetricFamily> {
+    let versions = versions(repository);
+    let rows: Vec<(String, String, &ModelVersion, tritium_worker::StatsSnapshot)> =
+        versions.iter().map(|v| (v.name.to_string(), v.version.to_string(), v.as_ref(), v.stats.snapshot())).collect();
+    let labels = |model: &str, version: &str| vec![label("model", model), label("version", version)];
+    let mut families = Vec::with_capacity(COUNTERS.len() + 2);
+    let mut failures = Vec::new();
+    for (model, version, served, _) in &rows {
+        for (reason, count) in served.stats.failures_by_reason() {
+            let pairs = vec![label("model", model), label("reason", reason.as_str()), label("version", version)];
+            failures.push(counter(pairs, count as f64));
+        }
+    }
+    for spec in COUNTERS {
+        let metrics = rows.iter().map(|(model, version, _, snapshot)| counter(labels(model, version), (spec.value)(snapshot)));
+        families.push(family(spec.name, spec.help, MetricType::COUNTER, metrics.collect()));
+        if spec.name == "nv_inference_request_success" {
+            families.push(family(
+                "nv_inference_request_failure",
+                "Inference requests that failed, by reason (REJECTED, CANCELED, BACKEND, OTHER)",
+                MetricType::COUNTER,
+                std::mem::take(&mut failures),
+            ));
+        }
+    }
+    let pending =
+        rows.iter().map(|(model, version, served, _)| gauge(labels(model, version), served.stats.pending_count() as f64));
+    families.push(family(
+        "nv_inference_pending_request_count",
+        "Requests queued or running in the model now",
+        MetricType::GAUGE,
+        pending.collect(),
+    ));
+    // A family without samples is not printed at all, as Triton prints none before a model loads.
+    families.retain(|f| !f.get_metric().is_empty());
+    families
+}
