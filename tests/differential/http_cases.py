@@ -4,7 +4,7 @@ tests/python/test_http_differential.py).
 A case is a dict:
     id        unique name (the recording's key and the pytest id)
     method    GET, POST, PUT, ...; the pseudo-method SHM_READ reads `size` bytes at `offset` of the system
-              shared-memory segment `key` (no HTTP; checks what an output written to shared memory holds)
+              shared-memory segment named by `path` (no HTTP; shows what an output written there holds)
     path      request target
     headers   extra request headers (optional)
     body      None, bytes, or a JSON-able value (sent compact); with `binary: True` it is
@@ -19,14 +19,16 @@ A case is a dict:
 
 The cases run in list order on one fresh server each, because some change state (stats counters, trace and
 log settings, registered regions, loaded models). Keep every case that changes state followed by one that
-restores it. A literal "@BACKEND@" in a body is replaced by the backend of the model named in the path: "python"
-on Triton, the built-in backend on Tritium.
+restores it. In a case with `backend_model: m`, a literal "@BACKEND@" in the body becomes m's backend: "python" on
+Triton, the built-in backend on Tritium (config overrides must name one).
 """
 
 from __future__ import annotations
 
 import contextlib
 from multiprocessing import shared_memory
+
+import numpy as np
 
 from http_cases_admin import ADMIN_CASES, NONE_MODE_CASES
 from http_cases_infer import GENERATE_CASES, INFER_CASES
@@ -40,10 +42,8 @@ assert len(_ids) == len(set(_ids)), sorted({i for i in _ids if _ids.count(i) > 1
 # System shared-memory segments the cases use (created before a run, removed after). Their contents:
 # "in": INPUT0 = 0..15 and INPUT1 = 16 x 1 as INT32 at offsets 0 and 64; "out": zeros; "extra": zeros, for
 # the registration quirks. Triton mmaps with the region offset, so offsets into a segment must be page-aligned.
-import numpy as _np  # noqa: E402
-
 SHM_SEGMENTS: dict[str, bytes] = {
-    "tritium_httpdiff_in": _np.arange(16, dtype=_np.int32).tobytes() + _np.ones(16, dtype=_np.int32).tobytes() + bytes(4096 - 128),
+    "tritium_httpdiff_in": np.arange(16, dtype=np.int32).tobytes() + np.ones(16, dtype=np.int32).tobytes() + bytes(4096 - 128),
     "tritium_httpdiff_out": bytes(4096),
     "tritium_httpdiff_extra": bytes(8192),
 }

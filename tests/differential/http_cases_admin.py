@@ -78,7 +78,9 @@ SHM_CASES: list[dict] = [
     _reg("shm_register_in", "in", {"key": "/tritium_httpdiff_in", "offset": 0, "byte_size": 128}),
     _reg("shm_register_out", "out", {"key": "/tritium_httpdiff_out", "offset": 0, "byte_size": 128}),
     _reg("shm_register_duplicate_name", "in", {"key": "/tritium_httpdiff_in", "offset": 0, "byte_size": 128}),
-    _reg("shm_register_key_already_registered", "in2", {"key": "/tritium_httpdiff_in", "offset": 0, "byte_size": 64}),
+    # Not a case: a second region over a key that is already registered fails on Triton 2.51 either with 500
+    # "Invalid shared memory region: '<key>'" or with 400 "failed to register shared memory region '<name>':
+    # invalid args", varying from one attempt to the next.
     _reg("shm_register_unaligned_offset", "extra", {"key": "/tritium_httpdiff_extra", "offset": 64, "byte_size": 64}),
     _reg("shm_register_past_end", "extra", {"key": "/tritium_httpdiff_extra", "offset": 4096, "byte_size": 8192}),
     _reg("shm_register_page_offset", "extra", {"key": "/tritium_httpdiff_extra", "offset": 4096, "byte_size": 64}),
