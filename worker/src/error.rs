@@ -30,7 +30,7 @@ pub enum WorkerError {
     InvalidRequest { id: String, reason: String },
     #[error("model '{model}' version {version}: {source}")]
     Backend { model: String, version: i64, source: BackendError },
-    #[error("failed to load '{name}': {reason}")]
+    #[error("failed to load '{name}', {reason}")]
     LoadFailed { name: String, reason: String },
     #[error("{0}")]
     Repository(#[from] RepositoryError),

@@ -110,14 +110,16 @@ impl ModelSchema {
     pub fn validate(&self, request: &InferenceRequest) -> Result<(), WorkerError> {
         let model = self.model.as_str();
         let invalid = |reason: String| WorkerError::invalid(&request.id, reason);
+        let unprefixed = |message: String| WorkerError::Failed { code: tritium_proto::ErrorCode::InvalidArg, message };
 
         let mut seen = SeenInputs::new(self.inputs.len());
         for input in &request.inputs {
+            // Triton words an unknown input or output without the request id.
             let Some(index) = self.inputs.iter().position(|s| s.name == input.name) else {
-                return Err(invalid(format!("unexpected inference input '{}' for model '{model}'", input.name)));
+                return Err(unprefixed(format!("unexpected inference input '{}' for model '{model}'", input.name)));
             };
             if !seen.insert(index) {
-                return Err(invalid(format!("input '{}' was specified more than once for model '{model}'", input.name)));
+                return Err(invalid(format!("input '{}' already exists in request", input.name)));
             }
         }
         let missing: Vec<&str> = self
@@ -190,7 +192,7 @@ impl ModelSchema {
                 let note = if self.batched() {
                     ". NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each input shape. If you want to specify the full shape including the batch dim in your input dims config, try setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size."
                 } else {
-                    ""
+                    ". "
                 };
                 return Err(invalid(format!(
                     "unexpected shape for input '{}' for model '{model}'. Expected {}, got {}{note}",
@@ -204,7 +206,7 @@ impl ModelSchema {
 
         for name in &request.requested_outputs {
             if !self.outputs.iter().any(|s| &s.name == name) {
-                return Err(invalid(format!("unexpected inference output '{name}' for model '{model}'")));
+                return Err(unprefixed(format!("unexpected inference output '{name}' for model '{model}'")));
             }
         }
         Ok(())
@@ -348,7 +350,7 @@ mod tests {
             let last = count - 1;
             let twice = request((0..count).map(tensor).chain([tensor(last)]).collect());
             let message = schema.validate(&twice).expect_err("a duplicate").to_string();
-            assert!(message.contains(&format!("input 'I{last}' was specified more than once")), "{count}: {message}");
+            assert!(message.contains(&format!("input 'I{last}' already exists in request")), "{count}: {message}");
 
             let short = request((0..last).map(tensor).collect());
             let message = schema.validate(&short).expect_err("one missing").to_string();

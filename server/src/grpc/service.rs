@@ -271,7 +271,7 @@ impl GrpcInferenceService for InferenceService {
             return Err(ServerError::from(WorkerError::ModelNotFound { name: request.model_name }).into());
         }
         let mut trace = self.state.trace.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        reply(TraceSettingResponse { settings: trace.update(request.settings)? })
+        reply(TraceSettingResponse { settings: trace.update(&request.model_name, request.settings)? })
     }
 
     async fn log_settings(&self, request: Request<LogSettingsRequest>) -> RpcResult<LogSettingsResponse> {

@@ -73,26 +73,37 @@ const TRACE_DEFAULTS: &[(&str, &str)] = &[
     ("trace_mode", "triton"),
 ];
 
-/// Trace settings: global values, updated by keys; an empty value list restores the default.
+/// Trace settings: global values, and per model the values set for it alone (the rest follow
+/// the global ones). An update sets keys; an empty value list clears a model's own value, or
+/// restores a global one's default.
 #[derive(Debug)]
 pub struct TraceSettings {
     values: HashMap<String, Vec<String>>,
+    models: HashMap<String, HashMap<String, Vec<String>>>,
 }
 
 impl Default for TraceSettings {
     fn default() -> Self {
-        TraceSettings { values: TRACE_DEFAULTS.iter().map(|(k, v)| (k.to_string(), vec![v.to_string()])).collect() }
+        TraceSettings {
+            values: TRACE_DEFAULTS.iter().map(|(k, v)| (k.to_string(), vec![v.to_string()])).collect(),
+            models: HashMap::new(),
+        }
     }
 }
 
 impl TraceSettings {
-    pub fn update(&mut self, settings: HashMap<String, TraceInValue>) -> Result<HashMap<String, TraceOutValue>, ServerError> {
+    /// Applies `settings` to `model`'s settings (`""`: the global ones) and returns that
+    /// model's settings now in force.
+    pub fn update(
+        &mut self,
+        model: &str,
+        settings: HashMap<String, TraceInValue>,
+    ) -> Result<HashMap<String, TraceOutValue>, ServerError> {
         // Validate everything first: a rejected update changes nothing.
-        let mut next = self.values.clone();
         for (key, value) in &settings {
-            let Some((_, default)) = TRACE_DEFAULTS.iter().find(|(k, _)| k == key) else {
+            if !TRACE_DEFAULTS.iter().any(|(k, _)| k == key) {
                 return Err(invalid(format!("unknown trace setting '{key}'")));
-            };
+            }
             if key == "trace_level" {
                 for level in &value.value {
                     if !matches!(level.as_str(), "OFF" | "TIMESTAMPS" | "TENSORS") {
@@ -103,14 +114,29 @@ impl TraceSettings {
             if matches!(key.as_str(), "trace_rate" | "trace_count" | "log_frequency") {
                 for number in &value.value {
                     if number.parse::<i64>().is_err() {
-                        return Err(invalid(format!("trace setting '{key}' expects an integer, got '{number}'")));
+                        return Err(invalid(format!("Unable to parse '{key}', got: {number}")));
                     }
                 }
             }
-            let values = if value.value.is_empty() { vec![default.to_string()] } else { value.value.clone() };
-            next.insert(key.clone(), values);
         }
-        self.values = next;
-        Ok(self.values.iter().map(|(k, v)| (k.clone(), TraceOutValue { value: v.clone() })).collect())
+        for (key, value) in settings {
+            if model.is_empty() {
+                let default = TRACE_DEFAULTS.iter().find(|(k, _)| *k == key).map_or("", |(_, v)| v);
+                let values = if value.value.is_empty() { vec![default.to_string()] } else { value.value };
+                self.values.insert(key, values);
+            } else {
+                let own = self.models.entry(model.to_string()).or_default();
+                if value.value.is_empty() {
+                    own.remove(&key);
+                } else {
+                    own.insert(key, value.value);
+                }
+            }
+        }
+        let mut current = self.values.clone();
+        if let Some(own) = self.models.get(model) {
+            current.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        Ok(current.into_iter().map(|(k, value)| (k, TraceOutValue { value })).collect())
     }
 }

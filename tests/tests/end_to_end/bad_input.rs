@@ -195,7 +195,7 @@ fn cases() -> Vec<Case> {
             "same input twice",
             identity_ok().input(Tensor::from_slice("INPUT0", vec![1], &[1f32])).build(),
             Code::InvalidArgument,
-            &["input 'INPUT0' was specified more than once for model 'identity'"],
+            &["input 'INPUT0' already exists in request"],
         ),
         case(
             "no data for an input",

@@ -133,7 +133,7 @@ async fn bad_trace_settings_are_rejected() {
     assert_status(
         trace_settings(&mut client, "", &[("trace_rate", &["often"])]).await,
         Code::InvalidArgument,
-        "trace setting 'trace_rate' expects an integer, got 'often'",
+        "Unable to parse 'trace_rate', got: often",
     );
     assert_status(
         trace_settings(&mut client, "", &[("trace_nope", &["1"])]).await,

@@ -20,6 +20,7 @@ use super::reply::HttpError;
 const BINARY_DATA_SIZE: &str = "binary_data_size";
 const BINARY_DATA: &str = "binary_data";
 const BINARY_DATA_OUTPUT: &str = "binary_data_output";
+const CLASSIFICATION: &str = "classification";
 
 /// Which outputs go back as binary: those named, else the request-level default.
 #[derive(Debug, Default)]
@@ -50,49 +51,42 @@ pub struct RawInput {
     pub shape: Vec<i64>,
 }
 
-fn parse_error(what: impl std::fmt::Display) -> HttpError {
-    HttpError::bad_request(format!("failed to parse the request JSON buffer: {what}"))
-}
-
 /// Parses the body: JSON alone, or (`header_length` given) the JSON header followed by binary
-/// tensor data.
+/// tensor data. Errors are Triton's, word for word.
 pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usize>) -> Result<HttpInfer, HttpError> {
     let (json, binary) = match header_length {
         None => (body.clone(), Bytes::new()),
-        Some(n) if n > body.len() => {
-            return Err(HttpError::bad_request(format!(
-                "Inference-Header-Content-Length ({n}) is larger than the request body ({} bytes)",
-                body.len()
-            )));
-        }
-        Some(n) => (body.slice(..n), body.slice(n..)),
+        Some(n) => (body.slice(..n.min(body.len())), body.slice(n.min(body.len())..)),
     };
-    let value: Value = serde_json::from_slice(&json).map_err(parse_error)?;
-    let Value::Object(mut root) = value else { return Err(parse_error("the request is not a JSON object")) };
+    let value: Value = serde_json::from_slice(&json).map_err(|e| HttpError::bad_json(&json, &e))?;
+    let Value::Object(mut root) = value else { return Err(HttpError::missing_member("inputs")) };
 
     let id = match root.remove("id") {
         None => String::new(),
         Some(Value::String(id)) => id,
-        Some(_) => return Err(HttpError::bad_request("the request's 'id' must be a string")),
+        Some(_) => return Err(HttpError::wrong_kind(Some("id"), "string")),
     };
     let mut binary_outputs = BinaryOutputs::default();
     let mut parameters = HashMap::new();
     if let Some(params) = root.remove("parameters") {
-        for (key, value) in object(params, "the request's 'parameters'")? {
+        let Value::Object(params) = params else {
+            return Err(HttpError::unparsable("failed to get request params.: attempt to get members for non-object"));
+        };
+        for (key, value) in params {
             if key == BINARY_DATA_OUTPUT {
-                binary_outputs.default = value
-                    .as_bool()
-                    .ok_or_else(|| HttpError::bad_request(format!("parameter '{BINARY_DATA_OUTPUT}' must be a boolean")))?;
+                binary_outputs.default =
+                    value.as_bool().ok_or_else(|| HttpError::wrong_kind(Some(BINARY_DATA_OUTPUT), "boolean"))?;
                 continue;
             }
+            check_reserved(&key, &value)?;
             parameters.insert(key.clone(), parameter(&key, value)?);
         }
     }
 
     let inputs = match root.remove("inputs") {
         Some(Value::Array(inputs)) => inputs,
-        Some(_) => return Err(HttpError::bad_request("the request's 'inputs' must be an array")),
-        None => return Err(HttpError::bad_request("the request has no 'inputs'")),
+        Some(_) => return Err(HttpError::wrong_kind(Some("inputs"), "array")),
+        None => return Err(HttpError::missing_member("inputs")),
     };
     let mut cursor = 0usize;
     let mut tensors = Vec::with_capacity(inputs.len());
@@ -105,17 +99,12 @@ pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usiz
         }
     }
     if cursor != binary.len() {
-        return Err(HttpError::bad_request(format!(
-            "unexpected additional input data for model '{model}': the request carries {} bytes of binary data, its inputs name {cursor}",
-            binary.len()
-        )));
+        return Err(HttpError::bad_request(format!("unexpected additional input data for model '{model}'")));
     }
 
     let mut outputs = Vec::new();
     if let Some(requested) = root.remove("outputs") {
-        let Value::Array(requested) = requested else {
-            return Err(HttpError::bad_request("the request's 'outputs' must be an array"));
-        };
+        let Value::Array(requested) = requested else { return Err(HttpError::wrong_kind(Some("outputs"), "array")) };
         for output in requested {
             outputs.push(output_tensor(output, &mut binary_outputs)?);
         }
@@ -132,6 +121,26 @@ pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usiz
         },
         binary_outputs,
     })
+}
+
+/// The reserved parameters Triton reads with a type: `sequence_id` an unsigned integer or a
+/// string, `sequence_start` and `sequence_end` booleans, `priority` and `timeout` unsigned.
+fn check_reserved(key: &str, value: &Value) -> Result<(), HttpError> {
+    let fits = match key {
+        "sequence_id" => value.is_u64() || value.is_string(),
+        "sequence_start" | "sequence_end" => value.is_boolean(),
+        "priority" | "timeout" => value.is_u64(),
+        _ => return Ok(()),
+    };
+    if fits {
+        return Ok(());
+    }
+    let kind = match key {
+        "sequence_id" => "string",
+        "sequence_start" | "sequence_end" => "boolean",
+        _ => "unsigned-integer",
+    };
+    Err(HttpError::wrong_kind(Some(key), kind))
 }
 
 /// A raw binary request: the whole body is the one input's data, every output comes back binary.
@@ -162,18 +171,11 @@ pub fn parse_raw(model: &str, version: &str, body: Bytes, input: RawInput) -> Ht
     }
 }
 
-fn object(value: Value, what: &str) -> Result<Map<String, Value>, HttpError> {
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => Err(HttpError::bad_request(format!("{what} must be a JSON object"))),
-    }
-}
-
-fn string(map: &mut Map<String, Value>, key: &str, what: &str) -> Result<String, HttpError> {
+fn string(map: &mut Map<String, Value>, key: &str) -> Result<String, HttpError> {
     match map.remove(key) {
         Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(HttpError::bad_request(format!("{what}'s '{key}' must be a string"))),
-        None => Err(HttpError::bad_request(format!("{what} has no '{key}'"))),
+        Some(_) => Err(HttpError::wrong_kind(Some(key), "string")),
+        None => Err(HttpError::missing_member(key)),
     }
 }
 
@@ -196,6 +198,8 @@ pub(super) fn parameter(key: &str, value: Value) -> Result<InferParameter, HttpE
     Ok(InferParameter { parameter_choice: Some(choice) })
 }
 
+const ONE_OF: &str = "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', 'shared_memory_region' in 'parameters'.";
+
 /// One input: its tensor, and its data (`None` for an input in shared memory).
 fn input_tensor(
     model: &str,
@@ -203,27 +207,33 @@ fn input_tensor(
     binary: &Bytes,
     cursor: &mut usize,
 ) -> Result<(InferInputTensor, Option<Bytes>), HttpError> {
-    let mut input = object(input, "an input")?;
-    let name = string(&mut input, "name", "an input")?;
-    let what = format!("input '{name}'");
-    let datatype_name = string(&mut input, "datatype", &what)?;
+    let Value::Object(mut input) = input else { return Err(HttpError::missing_member("name")) };
+    let name = string(&mut input, "name")?;
+    let datatype_name = string(&mut input, "datatype")?;
     let shape = match input.remove("shape") {
         Some(Value::Array(dims)) => dims
             .iter()
-            .map(|d| d.as_i64().ok_or_else(|| HttpError::bad_request(format!("{what}'s 'shape' must hold integers"))))
+            .map(|d| {
+                d.as_u64()
+                    .and_then(|d| i64::try_from(d).ok())
+                    .ok_or_else(|| HttpError::wrong_kind(Some("shape"), "unsigned-integer"))
+            })
             .collect::<Result<Vec<i64>, _>>()?,
-        Some(_) => return Err(HttpError::bad_request(format!("{what}'s 'shape' must be an array of integers"))),
-        None => return Err(HttpError::bad_request(format!("{what} has no 'shape'"))),
+        Some(_) => return Err(HttpError::wrong_kind(Some("shape"), "array")),
+        None => return Err(HttpError::missing_member("shape")),
     };
+    let datatype = DataType::from_kserve(&datatype_name)
+        .ok_or_else(|| HttpError::bad_request(format!("invalid datatype for input {name}")))?;
     let mut binary_size = None;
     let mut in_shm = false;
     let mut parameters = HashMap::new();
     if let Some(params) = input.remove("parameters") {
-        for (key, value) in object(params, &format!("{what}'s 'parameters'"))? {
+        let Value::Object(params) = params else {
+            return Err(HttpError::unparsable("failed to get input params.: attempt to get members for non-object"));
+        };
+        for (key, value) in params {
             if key == BINARY_DATA_SIZE {
-                let size = value.as_u64().ok_or_else(|| {
-                    HttpError::bad_request(format!("{what}'s '{BINARY_DATA_SIZE}' must be a non-negative integer"))
-                })?;
+                let size = value.as_u64().ok_or_else(|| HttpError::wrong_kind(Some(BINARY_DATA_SIZE), "unsigned-integer"))?;
                 binary_size = Some(size);
                 continue;
             }
@@ -232,71 +242,97 @@ fn input_tensor(
         }
     }
     let data = input.remove("data");
-    let tensor = InferInputTensor { name: name.clone(), datatype: datatype_name.clone(), shape, parameters, contents: None };
-    let bytes = match (binary_size, data) {
-        (Some(_), Some(_)) => {
+    let set: Vec<&str> =
+        [("'data'", data.is_some()), ("'binary_data_size'", binary_size.is_some()), ("'shared_memory_region'", in_shm)]
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(name, _)| *name)
+            .collect();
+    if set.len() != 1 {
+        let which = if set.is_empty() { "But no field is set".to_string() } else { format!("But set {}", set.join(" ")) };
+        return Err(HttpError::bad_request(format!("{ONE_OF} {which}")));
+    }
+    let tensor = InferInputTensor { name: name.clone(), datatype: datatype_name, shape, parameters, contents: None };
+    let bytes = if let Some(size) = binary_size {
+        let left = binary.len() - *cursor;
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        if size > left {
             return Err(HttpError::bad_request(format!(
-                "{what} for model '{model}' has both 'data' and the '{BINARY_DATA_SIZE}' parameter"
+                "unexpected size for input '{name}', expecting {} additional bytes for model '{model}'",
+                size - left
             )));
         }
-        (Some(size), None) => {
-            let end = usize::try_from(size).ok().and_then(|s| cursor.checked_add(s)).filter(|end| *end <= binary.len());
-            let Some(end) = end else {
-                return Err(HttpError::bad_request(format!(
-                    "{what} for model '{model}' declares {size} bytes of binary data, beyond the {} bytes sent",
-                    binary.len() - *cursor
-                )));
-            };
-            let slice = binary.slice(*cursor..end);
-            *cursor = end;
-            Some(slice)
+        let slice = binary.slice(*cursor..*cursor + size);
+        *cursor += size;
+        Some(slice)
+    } else if let Some(data) = data {
+        let expected = tritium_tensor::element_count(&tensor.shape).unwrap_or(usize::MAX);
+        let (raw, count) = json_tensor::to_raw(datatype, &data, expected).map_err(|e| data_error(&name, datatype, e))?;
+        if count != expected {
+            return Err(HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field"));
         }
-        (None, Some(data)) => {
-            let Some(datatype) = DataType::from_kserve(&datatype_name) else {
-                // The gRPC decoder names the datatype in its error.
-                return Ok((tensor, Some(Bytes::new())));
-            };
-            let expected = tritium_tensor::element_count(&tensor.shape).unwrap_or(0);
-            let (raw, count) =
-                json_tensor::to_raw(datatype, &data, expected).map_err(|e| data_error(model, &name, datatype, e))?;
-            if count != expected {
-                return Err(HttpError::bad_request(format!(
-                    "unexpected number of elements for input '{name}' for model '{model}': shape {:?} holds {expected}, 'data' has {count}",
-                    tensor.shape
-                )));
-            }
-            Some(Bytes::from(raw))
-        }
-        (None, None) if in_shm => None,
-        (None, None) => Some(Bytes::new()),
+        Some(Bytes::from(raw))
+    } else {
+        None
     };
     Ok((tensor, bytes))
 }
 
-fn data_error(model: &str, input: &str, datatype: DataType, error: DataError) -> HttpError {
-    let reason = match error {
-        DataError::WrongKind { expected } => format!("expected {expected} elements for datatype {datatype}"),
-        DataError::OutOfRange => format!("a value does not fit datatype {datatype}"),
-        DataError::NoJsonForm => format!("datatype {datatype} has no JSON form; send it as binary data"),
-        DataError::TooDeep => "its arrays are nested too deep".to_string(),
+fn data_error(input: &str, datatype: DataType, error: DataError) -> HttpError {
+    let kind = match datatype {
+        DataType::Bool => "boolean",
+        DataType::Fp32 | DataType::Fp64 => "double",
+        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 | DataType::Uint64 => "unsigned-integer",
+        _ => "signed-integer",
     };
-    HttpError::bad_request(format!("unable to parse 'data' of input '{input}' for model '{model}': {reason}"))
+    match error {
+        DataError::WrongKind { .. } if datatype == DataType::Bytes => {
+            HttpError::unparsable("Unable to parse JSON bytes array: attempt to access JSON non-string as string")
+        }
+        DataError::WrongKind { .. } => HttpError::wrong_kind(Some("data"), kind),
+        // Triton narrows such a value silently; refusing it is kept on purpose.
+        DataError::OutOfRange if matches!(datatype, DataType::Fp32 | DataType::Fp64) => HttpError::wrong_kind(Some("data"), kind),
+        DataError::OutOfRange => HttpError::bad_request(format!(
+            "Unable to parse 'data': a value of input '{input}' is not a {datatype} (an integer out of its range, or a fraction)"
+        )),
+        DataError::NoJsonForm => HttpError::bad_request(format!(
+            "receiving {datatype} data via JSON is not supported. Please use the binary data format for input {input}"
+        )),
+        DataError::TooDeep => HttpError::unparsable("Unable to parse 'data': the arrays are nested too deep"),
+    }
 }
 
 fn output_tensor(output: Value, binary: &mut BinaryOutputs) -> Result<InferRequestedOutputTensor, HttpError> {
-    let mut output = object(output, "an output")?;
-    let name = string(&mut output, "name", "an output")?;
+    let Value::Object(mut output) = output else { return Err(HttpError::missing_member("name")) };
+    let name = string(&mut output, "name")?;
+    // A listed output is binary only when it says so.
+    binary.by_name.insert(name.clone(), false);
     let mut parameters = HashMap::new();
     if let Some(params) = output.remove("parameters") {
-        for (key, value) in object(params, &format!("output '{name}''s 'parameters'"))? {
-            if key == BINARY_DATA {
-                let wanted = value
-                    .as_bool()
-                    .ok_or_else(|| HttpError::bad_request(format!("output '{name}''s '{BINARY_DATA}' must be a boolean")))?;
-                binary.by_name.insert(name.clone(), wanted);
-                continue;
+        let Value::Object(params) = params else {
+            return Err(HttpError::unparsable("failed to get output params.: attempt to get members for non-object"));
+        };
+        for (key, value) in params {
+            match key.as_str() {
+                BINARY_DATA => {
+                    let wanted = value.as_bool().ok_or_else(|| HttpError::wrong_kind(Some(BINARY_DATA), "boolean"))?;
+                    binary.by_name.insert(name.clone(), wanted);
+                }
+                CLASSIFICATION => {
+                    let count = value.as_u64().ok_or_else(|| {
+                        HttpError::unparsable(
+                            "Unable to set 'classification': attempt to access JSON non-unsigned-integer as unsigned-integer",
+                        )
+                    })?;
+                    // Zero asks for no classification.
+                    if count > 0 {
+                        parameters.insert(key.clone(), parameter(&key, value)?);
+                    }
+                }
+                _ => {
+                    parameters.insert(key.clone(), parameter(&key, value)?);
+                }
             }
-            parameters.insert(key.clone(), parameter(&key, value)?);
         }
     }
     Ok(InferRequestedOutputTensor { name, parameters })
@@ -331,8 +367,10 @@ pub fn encode(response: ModelInferResponse, binary: &BinaryOutputs) -> Result<(V
         push_json(&mut out, &output.datatype);
         out.extend_from_slice(b",\"shape\":");
         push_json(&mut out, &output.shape);
-        let mut params = parameters_json(&output.parameters);
         let in_shm = output.parameters.contains_key("shared_memory_region");
+        // Triton's HTTP answer does not repeat where an output in shared memory went.
+        let mut params = parameters_json(&output.parameters);
+        params.retain(|key, _| !key.starts_with("shared_memory_"));
         if !in_shm && binary.binary(&output.name) {
             params.insert(BINARY_DATA_SIZE.to_string(), Value::from(raw.len()));
             tail.push(raw);
@@ -350,9 +388,9 @@ pub fn encode(response: ModelInferResponse, binary: &BinaryOutputs) -> Result<(V
                 out.extend_from_slice(b",\"data\":");
                 json_tensor::write_json(datatype, &raw, &mut out).ok_or_else(|| {
                     HttpError::bad_request(format!(
-                        "output '{}' of datatype {datatype} cannot be returned as JSON; request it as binary data",
-                        output.name
+                        "sending {datatype} data via JSON is not supported. Please use the binary data format for output"
                     ))
+                    .plain()
                 })?;
             }
         }

@@ -109,7 +109,8 @@ pub fn write_json(datatype: DataType, raw: &[u8], out: &mut Vec<u8>) -> Option<(
         DataType::Uint16 => items(raw, out, u16::from_le_bytes),
         DataType::Uint32 => items(raw, out, u32::from_le_bytes),
         DataType::Uint64 => items(raw, out, u64::from_le_bytes),
-        DataType::Fp32 => items(raw, out, f32::from_le_bytes),
+        // As Triton prints them: the double of each float (0.1f32 is 0.10000000149011612).
+        DataType::Fp32 => items(raw, out, |b| f64::from(f32::from_le_bytes(b))),
         DataType::Fp64 => items(raw, out, f64::from_le_bytes),
         DataType::Fp16 | DataType::Bf16 => None,
         DataType::Bytes => {
@@ -171,6 +172,9 @@ mod tests {
         let mut out = Vec::new();
         write_json(DataType::Fp32, &raw, &mut out).expect("writes");
         assert_eq!(String::from_utf8(out).expect("utf8"), "[1.5,-2.0]");
+        let mut out = Vec::new();
+        write_json(DataType::Fp32, &0.1f32.to_le_bytes(), &mut out).expect("writes");
+        assert_eq!(String::from_utf8(out).expect("utf8"), "[0.10000000149011612]");
         assert!(write_json(DataType::Int32, &[1, 2, 3], &mut Vec::new()).is_none());
         assert!(write_json(DataType::Bytes, &[9, 0, 0, 0, 1], &mut Vec::new()).is_none());
     }

@@ -5,10 +5,12 @@
 
 mod admin;
 pub mod body;
+mod cuda_shm;
 mod generate;
 mod infer;
 pub mod json_tensor;
 pub mod reply;
+mod settings;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +22,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde::Deserialize;
 
 use self::reply::{Compression, HttpError, HttpResult};
@@ -67,12 +69,29 @@ impl ModelPath {
     }
 }
 
+/// The model and version of a path; Triton's routes take only digits as a version, so any other
+/// is a path it does not serve.
 fn model_path(path: Result<Path<ModelPath>, PathRejection>) -> Result<ModelPath, HttpError> {
-    path.map(|Path(p)| p).map_err(|e| HttpError::bad_request(e.body_text()))
+    let path = path.map(|Path(p)| p).map_err(|_| reply::not_found())?;
+    match &path.version {
+        Some(v) if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) => Err(reply::not_found()),
+        _ => Ok(path),
+    }
+}
+
+/// A method router that answers other methods with 405, labelled as Triton labels them on that
+/// path (plain text on health, readiness and inference, JSON elsewhere).
+fn methods(route: MethodRouter<KserveState>, plain: bool) -> MethodRouter<KserveState> {
+    route.fallback(move || async move {
+        let error = reply::method_not_allowed();
+        if plain { error.plain() } else { error }
+    })
 }
 
 /// Routes `path` and `path` under `/versions/{version}`.
-fn versioned(router: Router<KserveState>, tail: &str, route: axum::routing::MethodRouter<KserveState>) -> Router<KserveState> {
+fn versioned(router: Router<KserveState>, tail: &str, route: MethodRouter<KserveState>) -> Router<KserveState> {
+    let plain = matches!(tail, "/ready" | "/infer");
+    let route = methods(route, plain);
     router
         .route(&format!("/v2/models/{{model}}{tail}"), route.clone())
         .route(&format!("/v2/models/{{model}}/versions/{{version}}{tail}"), route)
@@ -80,35 +99,41 @@ fn versioned(router: Router<KserveState>, tail: &str, route: axum::routing::Meth
 
 /// Every KServe path, under the restricted-API check.
 pub fn routes(state: KserveState) -> Router {
+    let json = |route| methods(route, false);
     let mut router = Router::new()
-        .route("/v2", get(admin::server_metadata))
-        .route("/v2/health/live", get(admin::live))
-        .route("/v2/health/ready", get(admin::ready))
-        .route("/v2/models/stats", get(admin::statistics_all))
-        .route("/v2/repository/index", post(admin::repository_index))
-        .route("/v2/repository/models/{model}/load", post(admin::load))
-        .route("/v2/repository/models/{model}/unload", post(admin::unload))
-        .route("/v2/systemsharedmemory/status", get(admin::shm_status_all))
-        .route("/v2/systemsharedmemory/region/{region}/status", get(admin::shm_status))
-        .route("/v2/systemsharedmemory/region/{region}/register", post(admin::shm_register))
-        .route("/v2/systemsharedmemory/region/{region}/unregister", post(admin::shm_unregister))
-        .route("/v2/systemsharedmemory/unregister", post(admin::shm_unregister_all))
-        .route("/v2/cudasharedmemory/status", get(admin::cuda_shm))
-        .route("/v2/cudasharedmemory/region/{region}/status", get(admin::cuda_shm))
-        .route("/v2/cudasharedmemory/region/{region}/register", post(admin::cuda_shm))
-        .route("/v2/cudasharedmemory/region/{region}/unregister", post(admin::cuda_shm))
-        .route("/v2/cudasharedmemory/unregister", post(admin::cuda_shm))
-        .route("/v2/trace/setting", get(admin::trace_get).post(admin::trace_update))
-        .route("/v2/logging", get(admin::logging_get).post(admin::logging_update));
+        .route("/v2", json(get(admin::server_metadata)))
+        .route("/v2/health/live", methods(get(admin::live), true))
+        .route("/v2/health/ready", methods(get(admin::ready), true))
+        .route("/v2/models/stats", json(get(admin::statistics_all)))
+        .route("/v2/repository/index", json(post(admin::repository_index)))
+        .route("/v2/repository/{repository}/index", json(post(admin::repository_index)))
+        .route("/v2/repository/models/{model}/load", json(post(admin::load)))
+        .route("/v2/repository/models/{model}/unload", json(post(admin::unload)))
+        .route("/v2/systemsharedmemory/status", json(get(admin::shm_status_all)))
+        .route("/v2/systemsharedmemory/region/{region}/status", json(get(admin::shm_status)))
+        .route("/v2/systemsharedmemory/register", json(post(admin::shm_register_unnamed)))
+        .route("/v2/systemsharedmemory/region/{region}/register", json(post(admin::shm_register)))
+        .route("/v2/systemsharedmemory/region/{region}/unregister", json(post(admin::shm_unregister)))
+        .route("/v2/systemsharedmemory/unregister", json(post(admin::shm_unregister_all)))
+        .route("/v2/cudasharedmemory/status", json(get(cuda_shm::status_all)))
+        .route("/v2/cudasharedmemory/region/{region}/status", json(get(cuda_shm::status)))
+        .route("/v2/cudasharedmemory/region/{region}/register", json(post(cuda_shm::register)))
+        .route("/v2/cudasharedmemory/region/{region}/unregister", json(post(cuda_shm::unregister)))
+        .route("/v2/cudasharedmemory/unregister", json(post(cuda_shm::unregister)))
+        .route("/v2/trace/setting", json(get(settings::trace_get).post(settings::trace_update)))
+        .route("/v2/models/{model}/trace/setting", json(get(settings::model_trace_get).post(settings::model_trace_update)))
+        .route("/v2/logging", json(get(settings::logging_get).post(settings::logging_update)));
     router = versioned(router, "", get(admin::model_metadata));
     router = versioned(router, "/ready", get(admin::model_ready));
     router = versioned(router, "/config", get(admin::model_config));
     router = versioned(router, "/stats", get(admin::model_statistics));
-    router = versioned(router, "/trace/setting", get(admin::model_trace_get).post(admin::model_trace_update));
     router = versioned(router, "/infer", post(infer_route));
     router = versioned(router, "/generate", post(generate::generate));
     router = versioned(router, "/generate_stream", post(generate::generate_stream));
-    router.layer(axum::middleware::from_fn_with_state(state.clone(), restricted)).with_state(state)
+    router
+        .fallback(|| async { reply::not_found() })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), restricted))
+        .with_state(state)
 }
 
 /// The API group of a `/v2` path, for `--http-restricted-api`.
@@ -142,6 +167,11 @@ fn api_group(path: &str) -> Option<&'static str> {
 }
 
 async fn restricted(State(state): State<KserveState>, request: Request, next: Next) -> Response {
+    // axum answers HEAD on every GET route; Triton's routes take no HEAD.
+    if request.method() == axum::http::Method::HEAD && request.uri().path().starts_with("/v2") {
+        let error = reply::method_not_allowed();
+        return if request.uri().path().starts_with("/v2/health") { error.plain() } else { error }.into_response();
+    }
     if !state.restricted.is_empty()
         && let Some(group) = api_group(request.uri().path())
         && let Some(header) = state.restricted.missing_header(group, request.headers())
@@ -152,15 +182,17 @@ async fn restricted(State(state): State<KserveState>, request: Request, next: Ne
     next.run(request).await
 }
 
-fn header_length(headers: &HeaderMap) -> Result<Option<usize>, HttpError> {
-    match headers.get(HEADER_LENGTH) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .map(Some)
-            .ok_or_else(|| HttpError::bad_request("Inference-Header-Content-Length must be a non-negative integer")),
+/// `Inference-Header-Content-Length`: what is not a number counts as 0 (a raw binary request),
+/// as Triton reads it; a length outside the body is refused.
+fn header_length(headers: &HeaderMap, body_length: usize) -> Result<Option<usize>, HttpError> {
+    let Some(value) = headers.get(HEADER_LENGTH) else { return Ok(None) };
+    let length = value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).unwrap_or(0);
+    match usize::try_from(length) {
+        Ok(n) if n <= body_length => Ok(Some(n)),
+        _ => {
+            Err(HttpError::bad_request(format!("inference header size should be in range (0, {body_length}), got: {length}"))
+                .plain())
+        }
     }
 }
 
@@ -173,12 +205,19 @@ async fn infer_route(
     let arrived = Instant::now();
     let path = model_path(path)?;
     let version = path.version();
-    let header_length = header_length(&headers)?;
+    // The model first, as Triton looks it up before it reads the request.
+    let number = tritium_worker::parse_version(&version).map_err(|e| HttpError::from(crate::ServerError::from(e)).plain())?;
+    let resolved =
+        state.grpc.repository.resolve(&path.model, number).map_err(|e| HttpError::from(crate::ServerError::from(e)).plain())?;
     let body = body::read_request(body, &headers, state.max_body_bytes, &state.budget).await?;
+    let header_length = header_length(&headers, body.bytes.len())?;
     let parsed = match header_length {
-        Some(0) => infer::parse_raw(&path.model, &version, body.bytes.clone(), raw_input(&state, &path.model, &version)?),
+        // An empty body without the header is a raw request too.
+        Some(0) => infer::parse_raw(&path.model, &version, body.bytes.clone(), raw_input(&resolved)?),
+        None if body.bytes.is_empty() => infer::parse_raw(&path.model, &version, body.bytes.clone(), raw_input(&resolved)?),
         other => infer::parse(&path.model, &version, body.bytes.clone(), other)?,
     };
+    drop(resolved);
     let response = run_infer(&state, parsed.request, arrived).await?;
     drop(body);
     let (bytes, json_length) = infer::encode(response, &parsed.binary_outputs)?;
@@ -206,24 +245,30 @@ pub(crate) async fn run_infer(
     Ok(crate::grpc::convert::encode_response(response, &decoded.shm, &grpc.shm, None)?)
 }
 
-/// The one input a raw binary request may feed: the model must have exactly one.
-fn raw_input(state: &KserveState, model: &str, version: &str) -> Result<infer::RawInput, HttpError> {
-    let version_number = tritium_worker::parse_version(version).map_err(crate::ServerError::from)?;
-    let resolved = state.grpc.repository.resolve(model, version_number).map_err(crate::ServerError::from)?;
+/// The one input a raw binary request may feed: the model must have exactly one, with at most
+/// one variable dimension, and a BYTES one must be of shape `[1]`.
+fn raw_input(resolved: &tritium_worker::ModelVersion) -> Result<infer::RawInput, HttpError> {
     let schema = &resolved.schema;
+    let model = &schema.model;
     let [spec] = schema.inputs.as_slice() else {
         return Err(HttpError::bad_request(format!(
-            "raw binary request (Inference-Header-Content-Length: 0) needs a model with exactly one input; '{model}' has {}",
+            "[request id: <id_unknown>] Raw request must only have 1 input (found 1) to be deduced but got {} inputs in '{model}' model configuration",
             schema.inputs.len()
         )));
     };
+    if spec.datatype == tritium_tensor::DataType::Bytes && spec.dims != [1] {
+        return Err(HttpError::bad_request(format!(
+            "[request id: <id_unknown>] For BYTE datatype raw input '{}', the model must have input shape [1]",
+            spec.name
+        )));
+    }
     let mut shape = spec.dims.clone();
     if schema.max_batch_size > 0 {
         shape.insert(0, 1);
     }
     if shape.iter().filter(|d| **d < 0).count() > 1 {
         return Err(HttpError::bad_request(format!(
-            "raw binary request (Inference-Header-Content-Length: 0) needs an input with at most one variable dimension; '{}' of model '{model}' has more",
+            "[request id: <id_unknown>] Raw request must have at most one variable dimension, input '{}' of model '{model}' has more",
             spec.name
         )));
     }

@@ -14,17 +14,68 @@ use tritium_proto::ErrorCode;
 use crate::error::ServerError;
 
 pub const JSON: &str = "application/json";
+pub const PLAIN: &str = "text/plain";
 
-/// An error answered as Triton's HTTP server does: the class's status and `{"error": message}`.
+/// An error answered as Triton's HTTP server does: the class's status and `{"error": message}`,
+/// labelled JSON, or plain text where Triton labels it so (routing errors, health, and the
+/// inference route's errors before the request is parsed).
 #[derive(Debug)]
 pub struct HttpError {
     pub status: StatusCode,
     pub message: String,
+    pub plain: bool,
 }
 
 impl HttpError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> HttpError {
-        HttpError { status, message: message.into() }
+        HttpError { status, message: message.into(), plain: false }
+    }
+
+    /// The same error labelled `text/plain`.
+    pub fn plain(mut self) -> HttpError {
+        self.plain = true;
+        self
+    }
+
+    /// Triton's answer to a request its JSON reader could not take: 500, with the reader's words.
+    pub fn unparsable(message: impl Into<String>) -> HttpError {
+        HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    /// A member missing from a JSON object, in Triton's words.
+    pub fn missing_member(field: &str) -> HttpError {
+        HttpError::unparsable(format!("Unable to parse '{field}': attempt to access non-existing object member '{field}'"))
+    }
+
+    /// A JSON value of the wrong kind (`string`, `array`, `boolean`, `unsigned-integer`,
+    /// `signed-integer`, `double`), in Triton's words, naming the field when given.
+    pub fn wrong_kind(field: Option<&str>, kind: &str) -> HttpError {
+        let what = if kind == "double" {
+            "attempt to access JSON non-number as double".to_string()
+        } else {
+            format!("attempt to access JSON non-{kind} as {kind}")
+        };
+        match field {
+            Some(field) => HttpError::unparsable(format!("Unable to parse '{field}': {what}")),
+            None => HttpError::unparsable(what),
+        }
+    }
+
+    /// A body that is not JSON: Triton's wording, with the byte offset of the fault.
+    pub fn bad_json(body: &[u8], error: &serde_json::Error) -> HttpError {
+        let offset = byte_offset(body, error.line(), error.column());
+        let what = if body.iter().all(u8::is_ascii_whitespace) {
+            "The document is empty."
+        } else if error.to_string().starts_with("trailing characters") {
+            "The document root must not be followed by other values."
+        } else if error.to_string().starts_with("EOF while parsing an object")
+            || error.to_string().starts_with("key must be a string")
+        {
+            "Missing a name for object member."
+        } else {
+            "Invalid value."
+        };
+        HttpError::unparsable(format!("failed to parse the request JSON buffer: {what} at {offset}"))
     }
 
     pub fn bad_request(message: impl Into<String>) -> HttpError {
@@ -33,8 +84,17 @@ impl HttpError {
 
     fn of_code(code: ErrorCode, message: String) -> HttpError {
         let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-        HttpError { status, message }
+        HttpError::new(status, message)
     }
+}
+
+/// The byte offset of serde's 1-based line and column (0 when unknown).
+fn byte_offset(body: &[u8], line: usize, column: usize) -> usize {
+    if line == 0 {
+        return 0;
+    }
+    let start: usize = body.split(|b| *b == b'\n').take(line - 1).map(|l| l.len() + 1).sum();
+    (start + column.saturating_sub(1)).min(body.len())
 }
 
 impl From<ServerError> for HttpError {
@@ -63,7 +123,7 @@ impl From<tonic::Status> for HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message }).to_string();
-        (self.status, [(header::CONTENT_TYPE, JSON)], body).into_response()
+        (self.status, [(header::CONTENT_TYPE, if self.plain { PLAIN } else { JSON })], body).into_response()
     }
 }
 
@@ -74,9 +134,24 @@ pub fn json(value: &serde_json::Value) -> Response {
     ([(header::CONTENT_TYPE, JSON)], value.to_string()).into_response()
 }
 
-/// A 200 with no body, as Triton answers health checks and control calls.
+/// A 200 with no body, as Triton answers control calls (labelled JSON).
 pub fn empty() -> Response {
-    StatusCode::OK.into_response()
+    ([(header::CONTENT_TYPE, JSON)], "").into_response()
+}
+
+/// A 200 with no body, as Triton answers health checks (labelled plain text).
+pub fn empty_plain() -> Response {
+    ([(header::CONTENT_TYPE, PLAIN)], "").into_response()
+}
+
+/// Triton's answer to a path it does not serve.
+pub fn not_found() -> HttpError {
+    HttpError::new(StatusCode::NOT_FOUND, "Not Found").plain()
+}
+
+/// Triton's answer to a method a path does not take.
+pub fn method_not_allowed() -> HttpError {
+    HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
 }
 
 fn pool() -> Option<&'static DescriptorPool> {
