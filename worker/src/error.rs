@@ -89,6 +89,9 @@ pub(crate) fn tensor_reason(model: &str, input: &str, err: &TensorError) -> Stri
         TensorError::ByteSizeMismatch { expected, actual } => {
             format!("input byte size mismatch for input '{input}' for model '{model}'. Expected {expected}, got {actual}")
         }
+        TensorError::ElementCountMismatch { expected, actual } => {
+            format!("expected {expected} string elements for inference input '{input}' for model '{model}', got {actual}")
+        }
         TensorError::NegativeDimension { .. } => {
             format!("All input dimensions should be specified for input '{input}' for model '{model}'")
         }

@@ -43,11 +43,15 @@ pub(super) async fn server_metadata(State(state): State<KserveState>) -> HttpRes
 }
 
 pub(super) async fn live() -> HttpResult {
-    Ok(reply::empty())
+    Ok(reply::empty_plain())
 }
 
 pub(super) async fn ready(State(state): State<KserveState>) -> HttpResult {
-    if state.grpc.repository.all_ready() { Ok(reply::empty()) } else { Err(HttpError::bad_request("Server not ready")) }
+    if state.grpc.repository.all_ready() {
+        Ok(reply::empty_plain())
+    } else {
+        Err(HttpError::bad_request("Server not ready").plain())
+    }
 }
 
 pub(super) async fn model_ready(State(state): State<KserveState>, path: Result<Path<ModelPath>, PathRejection>) -> HttpResult {

@@ -29,10 +29,9 @@ use crate::grpc::convert::{decode_for_model, encode_response};
 
 /// The generate request as a KServe request: each model input from the member of its name.
 fn request_of(state: &KserveState, path: &ModelPath, body: &[u8]) -> Result<ModelInferRequest, HttpError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| HttpError::bad_request(format!("failed to parse the request JSON buffer: {e}")))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| HttpError::bad_json(body, &e))?;
     let Value::Object(mut members) = value else {
-        return Err(HttpError::bad_request("the generate request must be a JSON object"));
+        return Err(HttpError::unparsable("attempt to get members for non-object"));
     };
     let version = path.version();
     let number = tritium_worker::parse_version(&version).map_err(ServerError::from)?;
@@ -55,26 +54,20 @@ fn request_of(state: &KserveState, path: &ModelPath, body: &[u8]) -> Result<Mode
     let mut inputs = Vec::new();
     let mut raw = Vec::new();
     for spec in &schema.inputs {
-        let Some(value) = members.remove(&spec.name) else {
-            if spec.optional {
-                continue;
-            }
-            return Err(HttpError::bad_request(format!(
-                "the generate request for model '{}' has no member for input '{}'",
-                path.model, spec.name
-            )));
+        // A missing input is left to the validation, which names every one missing.
+        let Some(value) = members.remove(&spec.name) else { continue };
+        let elements = match value {
+            Value::Array(items) => items,
+            scalar => vec![scalar],
         };
-        let mut shape = shape_of(&value);
-        if schema.max_batch_size > 0 {
-            shape.insert(0, 1);
+        if elements.iter().any(Value::is_array) {
+            return Err(HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field"));
         }
-        let expected = tritium_tensor::element_count(&shape).unwrap_or(0);
-        let (data, _) = json_tensor::to_raw(spec.datatype, &value, expected).map_err(|e| {
-            HttpError::bad_request(format!(
-                "member '{}' of the generate request for model '{}' is not {} data: {e:?}",
-                spec.name, path.model, spec.datatype
-            ))
+        let shape = shape_for(&spec.dims, elements.len(), schema.max_batch_size > 0).ok_or_else(|| {
+            HttpError::bad_request(format!("The schema can not convert input '{}' to tensor with proper shape", spec.name))
         })?;
+        let (data, _) = json_tensor::to_raw(spec.datatype, &Value::Array(elements), 0)
+            .map_err(|e| super::infer::data_error(&spec.name, spec.datatype, e))?;
         inputs.push(InferInputTensor {
             name: spec.name.clone(),
             datatype: spec.datatype.kserve_name().to_string(),
@@ -105,21 +98,25 @@ fn request_of(state: &KserveState, path: &ModelPath, body: &[u8]) -> Result<Mode
     })
 }
 
-/// A scalar is shape `[1]`; arrays give their nesting.
-fn shape_of(value: &Value) -> Vec<i64> {
-    let mut shape = Vec::new();
-    let mut level = value;
-    while let Value::Array(items) = level {
-        shape.push(items.len() as i64);
-        match items.first() {
-            Some(first) => level = first,
-            None => break,
+/// The config's dims holding `count` elements (a variable dimension takes what is left), with
+/// a batch dimension of 1 for a batching model; `None` when they cannot.
+fn shape_for(dims: &[i64], count: usize, batched: bool) -> Option<Vec<i64>> {
+    let known: i64 = dims.iter().filter(|d| **d >= 0).product();
+    let count = i64::try_from(count).ok()?;
+    let mut shape = dims.to_vec();
+    match shape.iter().filter(|d| **d < 0).count() {
+        0 if known == count => {}
+        1 if known > 0 && count % known == 0 => {
+            for dim in shape.iter_mut().filter(|d| **d < 0) {
+                *dim = count / known;
+            }
         }
+        _ => return None,
     }
-    if shape.is_empty() {
-        shape.push(1);
+    if batched {
+        shape.insert(0, 1);
     }
-    shape
+    Some(shape)
 }
 
 /// One response as the generate JSON: outputs by name, one element as a scalar.
@@ -167,10 +164,11 @@ pub(super) async fn generate(
     let request = read_request(&state, &path, &headers, body).await?;
     let response = super::run_infer(&state, request, arrived).await?;
     let json = response_json(response)?;
+    // Triton does not compress generate answers.
     Ok(reply::body_response(
         Bytes::from(json.to_string()),
         &[(header::CONTENT_TYPE, HeaderValue::from_static(reply::JSON))],
-        reply::Compression::accepted(&headers),
+        None,
     ))
 }
 
@@ -212,4 +210,19 @@ pub(super) async fn generate_stream(
     let mut response: Response = Sse::new(events).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shape_for;
+
+    #[test]
+    fn shapes_come_from_the_config() {
+        assert_eq!(shape_for(&[16], 16, false), Some(vec![16]));
+        assert_eq!(shape_for(&[16], 3, false), None);
+        assert_eq!(shape_for(&[-1], 3, true), Some(vec![1, 3]));
+        assert_eq!(shape_for(&[2, -1], 6, false), Some(vec![2, 3]));
+        assert_eq!(shape_for(&[2, -1], 5, false), None);
+        assert_eq!(shape_for(&[-1, -1], 4, false), None);
+    }
 }

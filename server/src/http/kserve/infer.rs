@@ -192,7 +192,9 @@ pub(super) fn parameter(key: &str, value: Value) -> Result<InferParameter, HttpE
             _ => return Err(HttpError::bad_request(format!("parameter '{key}' is not a representable number"))),
         },
         _ => {
-            return Err(HttpError::bad_request(format!("parameter '{key}' must be a boolean, a number or a string")));
+            return Err(HttpError::bad_request(format!(
+                "parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'."
+            )));
         }
     };
     Ok(InferParameter { parameter_choice: Some(choice) })
@@ -278,7 +280,7 @@ fn input_tensor(
     Ok((tensor, bytes))
 }
 
-fn data_error(input: &str, datatype: DataType, error: DataError) -> HttpError {
+pub(super) fn data_error(input: &str, datatype: DataType, error: DataError) -> HttpError {
     let kind = match datatype {
         DataType::Bool => "boolean",
         DataType::Fp32 | DataType::Fp64 => "double",

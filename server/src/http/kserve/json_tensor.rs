@@ -71,21 +71,19 @@ fn number(value: &Value) -> Result<f64, DataError> {
     value.as_f64().ok_or(DataError::WrongKind { expected: "number" })
 }
 
+/// A fraction (or anything not a number) is the wrong kind; an integer beyond the type's range
+/// is out of range.
+fn integer_error(value: &Value) -> DataError {
+    if value.is_number() && !value.is_f64() { DataError::OutOfRange } else { DataError::WrongKind { expected: "integer" } }
+}
+
 fn signed<T: TryFrom<i64>>(value: &Value) -> Result<T, DataError> {
-    let n = value.as_i64().ok_or(if value.is_number() {
-        DataError::OutOfRange
-    } else {
-        DataError::WrongKind { expected: "integer" }
-    })?;
+    let n = value.as_i64().ok_or_else(|| integer_error(value))?;
     T::try_from(n).map_err(|_| DataError::OutOfRange)
 }
 
 fn unsigned<T: TryFrom<u64>>(value: &Value) -> Result<T, DataError> {
-    let n = value.as_u64().ok_or(if value.is_number() {
-        DataError::OutOfRange
-    } else {
-        DataError::WrongKind { expected: "integer" }
-    })?;
+    let n = value.as_u64().ok_or_else(|| integer_error(value))?;
     T::try_from(n).map_err(|_| DataError::OutOfRange)
 }
 
@@ -147,7 +145,8 @@ mod tests {
         assert_eq!(to_raw(DataType::Int32, &json!(["a"]), 1).unwrap_err(), DataError::WrongKind { expected: "integer" });
         assert_eq!(to_raw(DataType::Int8, &json!([300]), 1).unwrap_err(), DataError::OutOfRange);
         assert_eq!(to_raw(DataType::Uint8, &json!([-1]), 1).unwrap_err(), DataError::OutOfRange);
-        assert_eq!(to_raw(DataType::Int32, &json!([1.5]), 1).unwrap_err(), DataError::OutOfRange);
+        assert_eq!(to_raw(DataType::Int32, &json!([1.5]), 1).unwrap_err(), DataError::WrongKind { expected: "integer" });
+        assert_eq!(to_raw(DataType::Int32, &json!([1u64 << 40]), 1).unwrap_err(), DataError::OutOfRange);
         assert_eq!(to_raw(DataType::Fp16, &json!([1.0]), 1).unwrap_err(), DataError::NoJsonForm);
         assert_eq!(to_raw(DataType::Bool, &json!([1]), 1).unwrap_err(), DataError::WrongKind { expected: "boolean" });
         let mut deep = json!(1);

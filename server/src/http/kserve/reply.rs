@@ -63,7 +63,12 @@ impl HttpError {
 
     /// A body that is not JSON: Triton's wording, with the byte offset of the fault.
     pub fn bad_json(body: &[u8], error: &serde_json::Error) -> HttpError {
-        let offset = byte_offset(body, error.line(), error.column());
+        // At the end of the input the reader's offset is the body's length.
+        let offset = if error.classify() == serde_json::error::Category::Eof {
+            body.len()
+        } else {
+            byte_offset(body, error.line(), error.column())
+        };
         let what = if body.iter().all(u8::is_ascii_whitespace) {
             "The document is empty."
         } else if error.to_string().starts_with("trailing characters") {
