@@ -104,6 +104,26 @@ impl ModelSchema {
         if self.batched() { std::iter::once(-1).chain(spec.dims.iter().copied()).collect() } else { spec.dims.clone() }
     }
 
+    /// Triton's sentence for a request with the wrong number of inputs (with an empty `missing`
+    /// list it prints a lone `]`, as Triton does).
+    fn input_count_message(&self, request: &InferenceRequest, missing: &[&str]) -> String {
+        let required = self.inputs.iter().filter(|s| !s.optional).count();
+        let expected = if required == self.inputs.len() {
+            format!("expected {required} inputs")
+        } else {
+            format!("expected number of inputs between {required} and {}", self.inputs.len())
+        };
+        let got: Vec<String> = request.inputs.iter().map(|t| format!("'{}'", t.name)).collect();
+        let missing: Vec<String> = missing.iter().map(|n| format!("'{n}'")).collect();
+        let missing = if missing.is_empty() { "]".to_string() } else { format!("[{}]", missing.join(",")) };
+        format!(
+            "{expected} but got {} inputs for model '{}'. Got input(s) [{}], but missing required input(s) {missing}. Please provide all required input(s).",
+            request.inputs.len(),
+            self.model,
+            got.join(",")
+        )
+    }
+
     /// Checks a request against the contract. The request is left as the client sent it (so it
     /// can travel to a worker process and be checked there again); [`ModelSchema::reshape`]
     /// gives the backend its shapes.
@@ -112,6 +132,15 @@ impl ModelSchema {
         let invalid = |reason: String| WorkerError::invalid(&request.id, reason);
         let unprefixed = |message: String| WorkerError::Failed { code: tritium_proto::ErrorCode::InvalidArg, message };
 
+        // More inputs than the model has: Triton counts before it looks at names.
+        if request.inputs.len() > self.inputs.len() {
+            // ...but after a name given twice.
+            let inputs = &request.inputs;
+            if let Some(twice) = inputs.iter().enumerate().find(|(i, t)| inputs[..*i].iter().any(|u| u.name == t.name)) {
+                return Err(invalid(format!("input '{}' already exists in request", twice.1.name)));
+            }
+            return Err(invalid(self.input_count_message(request, &[])));
+        }
         let mut seen = SeenInputs::new(self.inputs.len());
         for input in &request.inputs {
             // Triton words an unknown input or output without the request id.
@@ -130,20 +159,7 @@ impl ModelSchema {
             .map(|(_, s)| s.name.as_str())
             .collect();
         if !missing.is_empty() {
-            let required = self.inputs.iter().filter(|s| !s.optional).count();
-            let expected = if required == self.inputs.len() {
-                format!("expected {required} inputs")
-            } else {
-                format!("expected number of inputs between {required} and {}", self.inputs.len())
-            };
-            let got: Vec<String> = request.inputs.iter().map(|t| format!("'{}'", t.name)).collect();
-            let missing: Vec<String> = missing.iter().map(|n| format!("'{n}'")).collect();
-            return Err(invalid(format!(
-                "{expected} but got {} inputs for model '{model}'. Got input(s) [{}], but missing required input(s) [{}]. Please provide all required input(s).",
-                request.inputs.len(),
-                got.join(","),
-                missing.join(",")
-            )));
+            return Err(invalid(self.input_count_message(request, &missing)));
         }
 
         let mut batch: Option<i64> = None;

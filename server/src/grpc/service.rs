@@ -147,7 +147,9 @@ impl GrpcInferenceService for InferenceService {
         for model in models {
             match version {
                 Some(v) => {
-                    let found = model.versions.get(&v).ok_or_else(|| unavailable(format!("'{}' version {v}", model.name)))?;
+                    let found = model.versions.get(&v).ok_or_else(|| ServerError::InvalidArgument {
+                        reason: format!("requested model version is not available for model '{}'", model.name),
+                    })?;
                     model_stats.push(metadata::model_statistics(found));
                 }
                 None => model_stats.extend(model.versions.values().map(|v| metadata::model_statistics(v))),

@@ -131,7 +131,7 @@ async fn unknown_models_and_versions_are_invalid_arguments() {
     assert_status(
         client.raw().model_statistics(ask("identity", "2")).await,
         Code::InvalidArgument,
-        "requested model 'identity' version 2 is not available",
+        "requested model version is not available for model 'identity'",
     );
     let bad_version = client.raw().model_statistics(ask("identity", "abc")).await;
     assert_eq!(bad_version.expect_err("not a version").code(), Code::InvalidArgument);

@@ -66,6 +66,7 @@ impl ModelRepository {
             config = repository::normalize_config(name, config)?;
         }
         factory.complete_config(&mut config, model_dir).map_err(failed)?;
+        repository::fill_core_defaults(&mut config);
         let config = Arc::new(config);
         let versions = source.select_versions(&config)?;
         let schema = ModelSchema::from_config(&config).map_err(failed)?;

@@ -80,6 +80,38 @@ pub fn render_config_json(config: &ModelConfig) -> Result<String, RepositoryErro
     Ok(config_to_json(config)?.to_string())
 }
 
+/// What Triton's core fills into every non-ensemble config once its backend has completed it:
+/// one CPU instance group named after the model when there is none (a group without a name
+/// gets `<model>_<index>`, without a count 1, AUTO becomes CPU), and the default optimization
+/// policy (pinned input and output memory on).
+pub fn fill_core_defaults(config: &mut ModelConfig) {
+    use tritium_proto::inference::model_instance_group::Kind;
+    use tritium_proto::inference::model_optimization_policy::PinnedMemoryBuffer;
+    use tritium_proto::inference::{ModelInstanceGroup, ModelOptimizationPolicy};
+    if config.instance_group.is_empty() {
+        config.instance_group.push(ModelInstanceGroup { name: config.name.clone(), ..Default::default() });
+    }
+    let model = config.name.clone();
+    for (index, group) in config.instance_group.iter_mut().enumerate() {
+        if group.name.is_empty() {
+            group.name = format!("{model}_{index}");
+        }
+        if group.kind == Kind::Auto as i32 {
+            group.kind = Kind::Cpu as i32;
+        }
+        if group.count < 1 {
+            group.count = 1;
+        }
+    }
+    if config.optimization.is_none() {
+        config.optimization = Some(ModelOptimizationPolicy {
+            input_pinned_memory: Some(PinnedMemoryBuffer { enable: true }),
+            output_pinned_memory: Some(PinnedMemoryBuffer { enable: true }),
+            ..Default::default()
+        });
+    }
+}
+
 /// Normalizes and validates the config of the model in folder `name`.
 ///
 /// Fills an empty `name` and a missing `version_policy` (latest 1, Triton's default); rejects a

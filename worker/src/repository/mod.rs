@@ -30,7 +30,9 @@ mod proptests;
 mod scan;
 mod versions;
 
-pub use config::{config_to_json, normalize_config, parse_config_json, parse_config_text, render_config_json};
+pub use config::{
+    config_to_json, fill_core_defaults, normalize_config, parse_config_json, parse_config_text, render_config_json,
+};
 pub use error::RepositoryError;
 pub use scan::{CONFIG_FILE, ModelSource, find_model, scan_repositories};
 pub use versions::{select_model_versions, select_versions};

@@ -149,6 +149,11 @@ async fn read_request(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<ModelInferRequest, HttpError> {
+    // Triton's generate routes take no compressed body.
+    let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
+    if encoding.is_some_and(|e| !e.is_empty() && e != "identity") {
+        return Err(HttpError::bad_request("Unsupported content-encoding, only 'identity' is supported."));
+    }
     let body = body::read_request(body, headers, state.max_body_bytes, &state.budget).await?;
     request_of(state, path, &body.bytes)
 }

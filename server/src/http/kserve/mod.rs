@@ -242,7 +242,8 @@ pub(crate) async fn run_infer(
     let decoded = crate::grpc::convert::decode_for_model(request, &grpc.shm, &grpc.repository, arrived)?;
     tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "HTTP infer");
     let response = crate::grpc::dispatch::unary(grpc, decoded.request).await?;
-    Ok(crate::grpc::convert::encode_response(response, &decoded.shm, &grpc.shm, None)?)
+    // Triton labels the errors of writing the answer (an output region too small) plain text.
+    crate::grpc::convert::encode_response(response, &decoded.shm, &grpc.shm, None).map_err(|e| HttpError::from(e).plain())
 }
 
 /// The one input a raw binary request may feed: the model must have exactly one, with at most
