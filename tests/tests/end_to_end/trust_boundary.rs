@@ -179,8 +179,11 @@ async fn an_override_may_not_change_the_backend_nor_touch_a_built_in_model() {
 #[tokio::test]
 async fn restricted_protocols_need_their_header_and_inference_stays_open() {
     let mut config = ServerConfig::default();
-    config.limits.restricted =
-        RestrictedProtocols::parse(&["model-repository,logging,shared-memory:admin-key=s3cret".into()]).expect("parses");
+    config.limits.restricted = RestrictedProtocols::parse(
+        "--grpc-restricted-protocol",
+        &["model-repository,logging,shared-memory:admin-key=s3cret".into()],
+    )
+    .expect("parses");
     let server = TestServer::start(config, None).await;
     let mut client = server.client().await;
     assert_status(

@@ -209,6 +209,12 @@ async fn infer_route(
     let number = tritium_worker::parse_version(&version).map_err(|e| HttpError::from(crate::ServerError::from(e)).plain())?;
     let resolved =
         state.grpc.repository.resolve(&path.model, number).map_err(|e| HttpError::from(crate::ServerError::from(e)).plain())?;
+    if resolved.schema.decoupled {
+        return Err(HttpError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "HTTP end point doesn't support models with decoupled transaction policy",
+        ));
+    }
     let body = body::read_request(body, &headers, state.max_body_bytes, &state.budget).await?;
     let header_length = header_length(&headers, body.bytes.len())?;
     let parsed = match header_length {
