@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod remote;
 pub mod routing;
 pub mod shm;
+pub mod tls;
 pub mod worker_process;
 
 use std::collections::HashSet;
@@ -66,6 +67,8 @@ pub enum StartError {
     Discovery(#[from] discovery::DiscoveryError),
     #[error("{0}")]
     Events(#[from] events::EventError),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The in-process worker's id in the router (it is not registered in a shared discovery).
@@ -147,6 +150,16 @@ impl Tritium {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
         let transport = &self.config.transport;
+        let grpc_tls =
+            self.config.tls.grpc.as_ref().map(|files| tls::acceptor(files, &[b"h2"])).transpose().map_err(StartError::Tls)?;
+        let http_tls = self
+            .config
+            .tls
+            .http
+            .as_ref()
+            .map(|files| tls::acceptor(files, &[b"h2", b"http/1.1"]))
+            .transpose()
+            .map_err(StartError::Tls)?;
         let stop = CancellationToken::new();
         let cluster = &self.config.cluster;
         let discovery: Arc<dyn Discovery> = discovery::connect(&cluster.discovery, &cluster.namespace, cluster.lease_ttl).await?;
@@ -199,7 +212,9 @@ impl Tritium {
             let routes = http::router(kserve, limits.max_body_bytes);
             let stopping = self.state.stopping.clone();
             let budget = Arc::clone(&budget);
-            tokio::spawn(http::serve_limited(http_listener, routes, limits, budget, async move { stopping.cancelled().await }))
+            tokio::spawn(http::serve_limited(http_listener, routes, limits, budget, http_tls, async move {
+                stopping.cancelled().await
+            }))
         });
         let metrics_task = metrics.map(|metrics_listener| {
             let cpu = Arc::new(metrics::CpuSampler::new());
@@ -209,7 +224,7 @@ impl Tritium {
             let stopping = self.state.stopping.clone();
             let budget = Arc::clone(&budget);
             let server =
-                tokio::spawn(http::serve_limited(metrics_listener, metrics::router(state), limits, budget, async move {
+                tokio::spawn(http::serve_limited(metrics_listener, metrics::router(state), limits, budget, None, async move {
                     stopping.cancelled().await
                 }));
             (server, sampler)
@@ -224,7 +239,7 @@ impl Tritium {
             transport.max_message_size,
             self.config.limits.restricted.clone(),
         );
-        grpc::transport::serve(listener, routes, transport, shutdown).await;
+        grpc::transport::serve(listener, routes, transport, grpc_tls, shutdown).await;
         stop.cancel();
         if let Some(http_task) = http_task {
             match http_task.await {

@@ -191,7 +191,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             tcp_keepalive: None,
             ..TransportConfig::default()
         };
-        transport::serve(listener, transport::Routes::new(service), &settings, std::future::pending()).await;
+        transport::serve(listener, transport::Routes::new(service), &settings, None, std::future::pending()).await;
         return Ok(());
     }
     let mut builder = Server::builder()

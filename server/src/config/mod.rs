@@ -6,6 +6,7 @@ pub mod backend_config;
 pub mod cluster;
 pub mod limits;
 pub mod metrics;
+pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use crate::routing::RouterOptions;
 pub use cluster::{ClusterArgs, ClusterConfig, EngineArgs, RouterArgs, WorkerListenArgs};
 pub use limits::{HttpLimits, LimitArgs, Limits};
 pub use metrics::MetricsArgs;
+pub use tls::{TlsArgs, TlsConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "tritium", version, about = "A KServe v2 / Triton-compatible inference server")]
@@ -140,6 +142,8 @@ pub struct ServeArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub logging: LoggingArgs,
     #[command(flatten)]
@@ -412,6 +416,8 @@ pub struct ServerConfig {
     pub onnxruntime: OrtSettings,
     /// What the metrics port reports, and how often it samples the host.
     pub metrics: crate::metrics::MetricsConfig,
+    /// TLS of the gRPC and HTTP ports (off by default).
+    pub tls: TlsConfig,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -433,6 +439,7 @@ impl ServeArgs {
         let builtins = !cluster.is_distributed();
         let limits = &self.limits;
         Ok(ServerConfig {
+            tls: self.tls.config(&env)?,
             metrics: self.metrics.config()?,
             onnxruntime: self.repository.onnxruntime()?,
             http_limits: limits.http_limits(),

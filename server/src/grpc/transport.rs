@@ -262,8 +262,14 @@ fn http2_builder(settings: &TransportConfig) -> http2::Builder<TokioExecutor> {
 
 /// Serves `routes` on `listener` until `shutdown` completes; then stops accepting, asks every
 /// connection to go away, and returns once the calls in flight have finished.
-pub async fn serve<S>(listener: TcpListener, routes: Routes<S>, settings: &TransportConfig, shutdown: impl Future<Output = ()>)
-where
+/// With `tls`, each connection's TLS handshake runs in its own task, within the header deadline.
+pub async fn serve<S>(
+    listener: TcpListener,
+    routes: Routes<S>,
+    settings: &TransportConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) where
     S: GrpcService,
 {
     let builder = http2_builder(settings);
@@ -276,21 +282,23 @@ where
         let Some((stream, slot)) = accept(&listener, &slots, &mut shutdown, "gRPC").await else { break };
         configure(&stream, settings.tcp_keepalive);
         let moved = Arc::new(AtomicU64::new(0));
-        let io = Counted::new(stream, Arc::clone(&moved));
         let (routes, calls, open) = routes.for_connection();
-        let connection = builder.serve_connection(TokioIo::new(io), routes);
         let watch = Watch {
             calls,
             open,
-            activity: moved,
+            activity: Arc::clone(&moved),
             header_timeout: settings.header_timeout,
             idle_timeout: settings.idle_timeout,
             flags: ("--grpc-header-timeout", "--grpc-idle-timeout"),
         };
         let limits = (settings.max_connection_age, settings.max_connection_age_grace);
         let stopping = stopping.clone();
+        let (builder, tls) = (builder.clone(), tls.clone());
         connections.spawn(async move {
-            drive(connection, stopping, limits.0, limits.1, watch).await;
+            if let Some(socket) = crate::tls::handshake(stream, tls.as_ref(), watch.header_timeout, "gRPC").await {
+                let connection = builder.serve_connection(TokioIo::new(Counted::new(socket, moved)), routes);
+                drive(connection, stopping, limits.0, limits.1, watch).await;
+            }
             drop(slot);
         });
     }

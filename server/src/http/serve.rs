@@ -30,11 +30,13 @@ use crate::grpc::budget::ByteBudget;
 
 /// Serves `router` on `listener` within `limits`, charging request bodies to `budget`, until
 /// `shutdown` completes; then stops accepting and lets the requests in flight finish.
+/// With `tls`, each connection's TLS handshake runs in its own task, within the header deadline.
 pub async fn serve_limited(
     listener: TcpListener,
     router: axum::Router,
     limits: HttpLimits,
     budget: Arc<ByteBudget>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -56,15 +58,20 @@ pub async fn serve_limited(
             idle_timeout: limits.idle_timeout,
             flags: ("--http-header-timeout", "--http-idle-timeout"),
         };
-        let io = TokioIo::new(Counted::new(stream, Arc::clone(&watch.activity)));
+        let activity = Arc::clone(&watch.activity);
         let service = Requests {
             router: router.clone(),
             budget: Arc::clone(&budget),
             calls: Arc::clone(&watch.calls),
             open: Arc::clone(&watch.open),
         };
-        let (builder, stopping) = (Arc::clone(&builder), stopping.clone());
+        let (builder, stopping, tls) = (Arc::clone(&builder), stopping.clone(), tls.clone());
         connections.spawn(async move {
+            let Some(socket) = crate::tls::handshake(stream, tls.as_ref(), watch.header_timeout, "HTTP").await else {
+                drop(slot);
+                return;
+            };
+            let io = TokioIo::new(Counted::new(socket, activity));
             let connection = builder.serve_connection(io, service);
             let mut connection = pin!(connection);
             tokio::select! {

@@ -26,24 +26,16 @@ use crate::llm::LlmFrontend;
 /// The content type of the metrics port's answer.
 pub const TEXT_FORMAT: &str = prometheus::TEXT_FORMAT;
 
-/// What `--metrics-interval-ms` and `--metrics-config` set.
+/// What `--metrics-interval-ms` sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// How often the CPU and memory gauges are sampled.
     pub interval: Duration,
-    /// Latency summaries (quantiles over a recent window) per model.
-    pub summary_latencies: bool,
-    /// Latency histograms per model.
-    pub histogram_latencies: bool,
 }
 
 impl MetricsConfig {
     pub fn new(interval_ms: u64) -> MetricsConfig {
-        MetricsConfig {
-            interval: Duration::from_millis(interval_ms.max(1)),
-            summary_latencies: false,
-            histogram_latencies: false,
-        }
+        MetricsConfig { interval: Duration::from_millis(interval_ms.max(1)) }
     }
 }
 
