@@ -45,6 +45,9 @@ class Row:
     # metadata crosses gRPC, so the server is measured rather than the client's serialization. Triton and
     # Tritium only: the limit server has no shared memory.
     shm: bool = False
+    # perf_analyzer's -i: "http" rows go to each server's HTTP port (Triton's and Tritium's; the limit server has
+    # none). perf_analyzer sends binary tensors over HTTP unless told otherwise.
+    protocol: str = "grpc"
 
 
 def _shm(output_bytes: int) -> list[str]:
@@ -59,6 +62,12 @@ ROWS = [
     Row("add_sub-sync-c1", "add_sub INT32[16]", "add_sub INT32[16] x2, sync, c=1", "add_sub", [], 1),
     Row("add_sub-async-c16", "add_sub INT32[16]", "add_sub INT32[16] x2, --async, c=16", "add_sub", ["--async"], 16),
     Row("identity-stream-c4", "streaming", "identity FP32[16], --async --streaming, c=4", "identity", ["--async", "--streaming"], 4, shape="INPUT0:16"),
+    Row("identity-http-sync-c1", "HTTP", "identity FP32[16], HTTP binary, sync, c=1", "identity", [], 1, shape="INPUT0:16", protocol="http"),
+    Row("identity-http-async-c16", "HTTP", "identity FP32[16], HTTP binary, --async, c=16", "identity", ["--async"], 16, shape="INPUT0:16", protocol="http"),
+    # perf_analyzer 2.60's --input-tensor-format json sends only the first element of each tensor (both servers refuse
+    # it), so the JSON rows send binary inputs and ask for JSON outputs.
+    Row("identity-http-json-sync-c1", "HTTP", "identity FP32[16], HTTP JSON outputs, sync, c=1", "identity", ["--output-tensor-format", "json"], 1, shape="INPUT0:16", protocol="http"),
+    Row("identity-http-json-async-c16", "HTTP", "identity FP32[16], HTTP JSON outputs, --async, c=16", "identity", ["--async", "--output-tensor-format", "json"], 16, shape="INPUT0:16", protocol="http"),
     Row("identity-4MiB", "large tensors", "identity FP32 4 MiB (1,048,576 floats), sync, c=1", "identity", [], 1, True, "INPUT0:1048576"),
     Row("identity-64MiB", "large tensors", "identity FP32 64 MiB (16,777,216 floats), sync, c=1", "identity", [], 1, True, "INPUT0:16777216"),
     Row("identity-4MiB-shm", "large tensors in shared memory", "identity FP32 4 MiB in system shared memory, sync, c=1", "identity", _shm(4 << 20), 1, shape="INPUT0:1048576", shm=True),
@@ -251,7 +260,7 @@ class Bench:
         self.triton_version = triton_version(triton)
 
         server = Server("tritium", "Tritium", self.procs, self.work / "tritium.log")
-        server.start_with_ready_line([tritium, "serve", "--allow-http=false", "--allow-metrics=false", "--allow-shared-memory"], "tritium ready grpc=", self.cfg.startup_timeout)
+        server.start_with_ready_line([tritium, "serve", "--allow-metrics=false", "--allow-shared-memory"], "tritium ready grpc=", self.cfg.startup_timeout, http=True)
         self.servers["tritium"] = server
 
         limit = env.get("LIMIT_BIN", "")
@@ -273,7 +282,7 @@ class Bench:
     def server_order(self, row: Row, rnd: int) -> list[str]:
         # Tritium and the limit swap places every other round, so that whatever a place in the order does to a run
         # (following Triton's run, or another one) falls on both alike.
-        if row.shm:
+        if row.shm or row.protocol == "http":
             order = ["triton", "tritium"]
         else:
             order = ["triton", "tritium", "limit"] if rnd % 2 else ["triton", "limit", "tritium"]
@@ -284,7 +293,8 @@ class Bench:
     # ---- perf_analyzer -------------------------------------------------------------------------------------
 
     def pa_argv(self, row: Row, server: Server, csv_path: Path) -> tuple[list[str], float, str]:
-        argv = [self.pa, "-i", "grpc", "-u", server.address, "-m", row.model, "--concurrency-range", str(row.concurrency)]
+        address = server.http if row.protocol == "http" else server.address
+        argv = [self.pa, "-i", row.protocol, "-u", address, "-m", row.model, "--concurrency-range", str(row.concurrency)]
         argv += row.args
         note = ""
         shape = row.shape
