@@ -64,9 +64,15 @@ async fn listener(fd: Option<i32>, addr: std::net::SocketAddr) -> std::io::Resul
 
 async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::error::Error>> {
     let config = args.server_config()?;
-    let metrics = match args.metrics.allow_metrics {
-        true => Some(listener(args.metrics.metrics_listen_fd, args.metrics.addr()).await?),
-        false => None,
+    let metrics = match (args.metrics.allow_metrics, args.metrics.metrics_listen_fd) {
+        (true, fd) => Some(listener(fd, args.metrics.addr()).await?),
+        // A socket handed over for metrics that are off is closed, so scrapers are refused rather
+        // than left waiting on a listener nobody reads.
+        (false, Some(fd)) => {
+            drop(listener(Some(fd), args.metrics.addr()).await?);
+            None
+        }
+        (false, None) => None,
     };
     let listener = listener(args.grpc.grpc_listen_fd, args.grpc_addr()).await?;
     let http = match args.http.allow_http {

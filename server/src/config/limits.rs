@@ -169,8 +169,12 @@ impl LimitArgs {
         Ok(Limits {
             shm,
             model_load_timeout: Duration::from_secs(self.model_load_timeout_secs.max(1)),
-            restricted: RestrictedProtocols::parse("--grpc-restricted-protocol", &self.grpc_restricted_protocol)?,
-            http_restricted: RestrictedProtocols::parse("--http-restricted-api", &self.http_restricted_api)?,
+            restricted: RestrictedProtocols::parse(
+                "--grpc-restricted-protocol",
+                &self.grpc_restricted_protocol,
+                crate::grpc::restricted::GRPC_HEADER_PREFIX,
+            )?,
+            http_restricted: RestrictedProtocols::parse("--http-restricted-api", &self.http_restricted_api, "")?,
             completion: CompletionLimits {
                 max_stop_strings: self.llm_max_stop_strings,
                 max_stop_string_bytes: self.llm_max_stop_string_bytes,

@@ -1,7 +1,9 @@
-//! Triton's `--grpc-restricted-protocol=<protocols>:<header>=<value>`: the RPCs of the named
-//! protocol groups answer only calls that carry the header with that value, so repository
-//! control, log settings and shared memory can be kept for an operator's tools while inference
-//! stays open. Checked in the transport, before the call reaches its handler.
+//! Triton's `--grpc-restricted-protocol=<protocols>:<key>=<value>` and
+//! `--http-restricted-api=<apis>:<header>=<value>`: the calls of the named groups are answered
+//! only when they carry the header with that value, so repository control, log settings and
+//! shared memory can be kept for an operator's tools while inference stays open. On gRPC the
+//! header is `triton-grpc-protocol-<key>`, as Triton names it. Checked before the call reaches
+//! its handler.
 
 use http::HeaderMap;
 
@@ -34,8 +36,13 @@ struct Rule {
     groups: Vec<&'static str>,
     methods: Vec<&'static str>,
     header: http::HeaderName,
+    /// The header as the flag wrote it, for the refusal's message.
+    written: String,
     value: String,
 }
+
+/// The gRPC header of a restricted protocol's key, as Triton names it.
+pub const GRPC_HEADER_PREFIX: &str = "triton-grpc-protocol-";
 
 /// Every restriction of the server; empty (the default) restricts nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,13 +53,15 @@ pub struct RestrictedProtocols {
 impl RestrictedProtocols {
     /// Parses Triton's flag values, e.g. `model-repository,logging:admin-key=s3cret`, given to
     /// `flag` (named in errors).
-    pub fn parse(flag: &str, values: &[String]) -> Result<RestrictedProtocols, String> {
+    /// `prefix` goes before the key to make the header (gRPC: [`GRPC_HEADER_PREFIX`]).
+    pub fn parse(flag: &str, values: &[String], prefix: &str) -> Result<RestrictedProtocols, String> {
         let mut rules = Vec::new();
         for value in values.iter().filter(|v| !v.is_empty()) {
             let bad = |why: &str| format!("{flag} '{value}': {why}");
             let (groups, pair) = value.split_once(':').ok_or_else(|| bad("expected <protocols>:<header>=<value>"))?;
             let (header, expected) = pair.split_once('=').ok_or_else(|| bad("expected <header>=<value> after ':'"))?;
-            let header = http::HeaderName::from_bytes(header.trim().to_ascii_lowercase().as_bytes())
+            let written = format!("{prefix}{}", header.trim());
+            let header = http::HeaderName::from_bytes(written.to_ascii_lowercase().as_bytes())
                 .map_err(|_| bad("the header name is not a valid HTTP header name"))?;
             let mut methods = Vec::new();
             let mut names = Vec::new();
@@ -65,7 +74,7 @@ impl RestrictedProtocols {
             if rules.iter().any(|rule: &Rule| rule.methods.iter().any(|m| methods.contains(m))) {
                 return Err(bad("a protocol is restricted twice"));
             }
-            rules.push(Rule { groups: names, methods, header, value: expected.to_owned() });
+            rules.push(Rule { groups: names, methods, header, written, value: expected.to_owned() });
         }
         Ok(RestrictedProtocols { rules })
     }
@@ -80,19 +89,19 @@ impl RestrictedProtocols {
             if rule.methods.contains(&method) {
                 let given = headers.get(&rule.header).and_then(|v| v.to_str().ok());
                 if given != Some(rule.value.as_str()) {
-                    return Err(format!("This protocol is restricted, expecting header '{}'", rule.header));
+                    return Err(format!("This protocol is restricted, expecting header '{}'", rule.written));
                 }
             }
         }
         Ok(())
     }
 
-    /// For the HTTP port: the header a request of `group` lacks (or carries with another value)
-    /// when the group is restricted.
-    pub fn missing_header(&self, group: &str, headers: &HeaderMap) -> Option<&http::HeaderName> {
+    /// For the HTTP port: the header (as the flag wrote it) a request of `group` lacks, or
+    /// carries with another value, when the group is restricted.
+    pub fn missing_header(&self, group: &str, headers: &HeaderMap) -> Option<&str> {
         let rule = self.rules.iter().find(|rule| rule.groups.contains(&group))?;
         let given = headers.get(&rule.header).and_then(|v| v.to_str().ok());
-        (given != Some(rule.value.as_str())).then_some(&rule.header)
+        (given != Some(rule.value.as_str())).then_some(rule.written.as_str())
     }
 }
 
@@ -110,27 +119,32 @@ mod tests {
 
     #[test]
     fn a_restricted_group_needs_its_header_and_others_do_not() {
-        let restricted =
-            RestrictedProtocols::parse("--grpc-restricted-protocol", &["model-repository,logging:Admin-Key=s3cret".into()])
-                .expect("parses");
+        let flag = "--grpc-restricted-protocol";
+        let grpc = RestrictedProtocols::parse(flag, &["model-repository,logging:Admin-Key=s3cret".into()], GRPC_HEADER_PREFIX)
+            .expect("parses");
         assert_eq!(
-            restricted.check("RepositoryModelLoad", &HeaderMap::new()),
-            Err("This protocol is restricted, expecting header 'admin-key'".into())
+            grpc.check("RepositoryModelLoad", &HeaderMap::new()),
+            Err("This protocol is restricted, expecting header 'triton-grpc-protocol-Admin-Key'".into())
         );
-        assert!(restricted.check("LogSettings", &headers(&[("admin-key", "wrong")])).is_err());
-        assert!(restricted.check("LogSettings", &headers(&[("admin-key", "s3cret")])).is_ok());
-        assert!(restricted.check("ModelInfer", &HeaderMap::new()).is_ok());
-        assert_eq!(restricted.missing_header("logging", &HeaderMap::new()).map(|h| h.as_str()), Some("admin-key"));
-        assert_eq!(restricted.missing_header("logging", &headers(&[("admin-key", "s3cret")])), None);
-        assert_eq!(restricted.missing_header("inference", &HeaderMap::new()), None);
+        assert!(grpc.check("LogSettings", &headers(&[("triton-grpc-protocol-admin-key", "wrong")])).is_err());
+        assert!(grpc.check("LogSettings", &headers(&[("admin-key", "s3cret")])).is_err(), "the bare key is not the header");
+        assert!(grpc.check("LogSettings", &headers(&[("triton-grpc-protocol-admin-key", "s3cret")])).is_ok());
+        assert!(grpc.check("ModelInfer", &HeaderMap::new()).is_ok());
+
+        let http = RestrictedProtocols::parse("--http-restricted-api", &["model-repository,logging:Admin-Key=s3cret".into()], "")
+            .expect("parses");
+        assert_eq!(http.missing_header("logging", &HeaderMap::new()), Some("Admin-Key"));
+        assert_eq!(http.missing_header("logging", &headers(&[("admin-key", "s3cret")])), None);
+        assert_eq!(http.missing_header("inference", &HeaderMap::new()), None);
     }
 
     #[test]
     fn bad_values_are_refused() {
+        let parse = |values: &[String]| RestrictedProtocols::parse("--grpc-restricted-protocol", values, GRPC_HEADER_PREFIX);
         for bad in ["model-repository", "model-repository:key", "nonsense:k=v", "logging:bad header=v"] {
-            assert!(RestrictedProtocols::parse("--grpc-restricted-protocol", &[bad.into()]).is_err(), "{bad}");
+            assert!(parse(&[bad.into()]).is_err(), "{bad}");
         }
-        assert!(RestrictedProtocols::parse("--grpc-restricted-protocol", &["logging:a=1".into(), "logging:b=2".into()]).is_err());
-        assert!(RestrictedProtocols::parse("--grpc-restricted-protocol", &[]).expect("empty").is_empty());
+        assert!(parse(&["logging:a=1".into(), "logging:b=2".into()]).is_err());
+        assert!(parse(&[]).expect("empty").is_empty());
     }
 }

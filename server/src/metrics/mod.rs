@@ -23,8 +23,8 @@ pub use cpu::CpuSampler;
 
 use crate::llm::LlmFrontend;
 
-/// The content type of the metrics port's answer.
-pub const TEXT_FORMAT: &str = prometheus::TEXT_FORMAT;
+/// The content type of the metrics port's answer: Triton's (the Prometheus text format 0.0.4).
+pub const TEXT_FORMAT: &str = "text/plain; charset=utf-8";
 
 /// What `--metrics-interval-ms` sets.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -182,6 +182,7 @@ async fn restricted_protocols_need_their_header_and_inference_stays_open() {
     config.limits.restricted = RestrictedProtocols::parse(
         "--grpc-restricted-protocol",
         &["model-repository,logging,shared-memory:admin-key=s3cret".into()],
+        tritium_server::grpc::restricted::GRPC_HEADER_PREFIX,
     )
     .expect("parses");
     let server = TestServer::start(config, None).await;
@@ -189,10 +190,14 @@ async fn restricted_protocols_need_their_header_and_inference_stays_open() {
     assert_status(
         client.raw().log_settings(LogSettingsRequest::default()).await,
         Code::Unavailable,
-        "This protocol is restricted, expecting header 'admin-key'",
+        "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'",
     );
+    // The bare key is not the header Triton reads.
+    let mut bare = tonic::Request::new(LogSettingsRequest::default());
+    bare.metadata_mut().insert("admin-key", MetadataValue::from_static("s3cret"));
+    assert_status(client.raw().log_settings(bare).await, Code::Unavailable, "expecting header");
     let mut request = tonic::Request::new(LogSettingsRequest::default());
-    request.metadata_mut().insert("admin-key", MetadataValue::from_static("s3cret"));
+    request.metadata_mut().insert("triton-grpc-protocol-admin-key", MetadataValue::from_static("s3cret"));
     client.raw().log_settings(request).await.expect("with the header, the call is served");
     identity_still_answers(&server).await;
 }

@@ -131,8 +131,8 @@ pub fn routes(state: KserveState) -> Router {
     router = versioned(router, "/generate", post(generate::generate));
     router = versioned(router, "/generate_stream", post(generate::generate_stream));
     router
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), restricted))
         .fallback(|| async { reply::not_found() })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), restricted))
         .with_state(state)
 }
 
@@ -166,18 +166,21 @@ fn api_group(path: &str) -> Option<&'static str> {
     Some(group)
 }
 
+/// Runs on routes that exist (an unknown path is 404 first, as Triton routes before it checks):
+/// the restricted-API check, then Triton's 405 for HEAD.
 async fn restricted(State(state): State<KserveState>, request: Request, next: Next) -> Response {
-    // axum answers HEAD on every GET route; Triton's routes take no HEAD.
-    if request.method() == axum::http::Method::HEAD && request.uri().path().starts_with("/v2") {
-        let error = reply::method_not_allowed();
-        return if request.uri().path().starts_with("/v2/health") { error.plain() } else { error }.into_response();
-    }
     if !state.restricted.is_empty()
         && let Some(group) = api_group(request.uri().path())
         && let Some(header) = state.restricted.missing_header(group, request.headers())
     {
         return HttpError::new(StatusCode::FORBIDDEN, format!("This API is restricted, expecting header '{header}'"))
+            .plain()
             .into_response();
+    }
+    // axum answers HEAD on every GET route; Triton's routes take no HEAD.
+    if request.method() == axum::http::Method::HEAD {
+        let error = reply::method_not_allowed();
+        return if request.uri().path().starts_with("/v2/health") { error.plain() } else { error }.into_response();
     }
     next.run(request).await
 }

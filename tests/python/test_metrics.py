@@ -1,0 +1,477 @@
+"""Triton's metrics port (`GET /metrics`, Prometheus text) with the real clients.
+
+What is proven:
+- the answer is Prometheus text (`text/plain`, format 0.0.4), every family has HELP and TYPE lines, and every
+  `nv_*` family Tritium serves has Triton 2.51's name, TYPE and label names (TRITON_2_51 below, recorded from a real
+  Triton) with one sample per built-in model version (four per version for the failures, one per reason);
+- after N infers on add_sub over gRPC and over HTTP, nv_inference_request_success / nv_inference_count /
+  nv_inference_exec_count moved by N and equal ModelStatistics exactly, and every *_duration_us equals the
+  statistics' nanoseconds // 1000; identity_batch with 4 rows per request counts 4 inferences but 1 execution;
+- a request refused by a full dynamic-batcher queue (`Exceeds maximum queue size`) and one rejected by its queue
+  timeout (`Request timeout expired`) count as nv_inference_request_failure{reason="REJECTED"}, as the statistics'
+  fail count does; the pending gauge shows the request waiting in the queue; a request that fails validation is
+  not an inference failure (Triton 2.51 counts it nowhere either);
+- the host gauges: memory total is /proc/meminfo's MemTotal, used <= total, 0 <= utilization <= 1;
+- `--metrics-config summary_latencies=true` (or histogram_latencies=true) stops the server at start-up with a
+  non-zero status; `--allow-metrics=false` opens no metrics listener.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import threading
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from helpers import READY_PREFIX, bound_listener, finish_server, launch, start_server, write_model
+from http_helpers import add_sub_data, http_address, tensor
+
+BUILT_IN = ["accumulate", "add_sub", "add_sub_twice", "dense", "identity", "identity_batch", "repeat"]
+REASONS = {"REJECTED", "CANCELED", "BACKEND", "OTHER"}
+# Counters with one sample per model version, and the statistics field each is read from (None: not a duration).
+PER_MODEL_COUNTERS = {
+    "nv_inference_request_success": None,
+    "nv_inference_count": None,
+    "nv_inference_exec_count": None,
+    "nv_inference_request_duration_us": "success",
+    "nv_inference_queue_duration_us": "queue",
+    "nv_inference_compute_input_duration_us": "compute_input",
+    "nv_inference_compute_infer_duration_us": "compute_infer",
+    "nv_inference_compute_output_duration_us": "compute_output",
+}
+HOST_GAUGES = ["nv_cpu_utilization", "nv_cpu_memory_total_bytes", "nv_cpu_memory_used_bytes"]
+
+# Recorded from the real Triton 2.51.0 (nvidia-pytriton 0.7.0, CPU only, python-backend add_sub from
+# bench/triton-models) on 2026-11-23: `GET /metrics` after a few infers; name -> (TYPE, label names).
+# Default settings serve the first 15; the five *_summary_us families appear only with
+# `--metrics-config summary_latencies=true` (with it, `histogram_latencies=true` added nothing for a
+# non-decoupled model). Triton answered `Content-Type: text/plain; charset=utf-8` and printed the failure
+# reasons in the order OTHER, BACKEND, CANCELED, REJECTED, each with a 0 sample from the model's load on.
+_MV = ("model", "version")
+TRITON_2_51 = {
+    "nv_inference_request_success": ("counter", _MV),
+    "nv_inference_request_failure": ("counter", ("model", "reason", "version")),
+    "nv_inference_count": ("counter", _MV),
+    "nv_inference_exec_count": ("counter", _MV),
+    "nv_inference_request_duration_us": ("counter", _MV),
+    "nv_inference_queue_duration_us": ("counter", _MV),
+    "nv_inference_compute_input_duration_us": ("counter", _MV),
+    "nv_inference_compute_infer_duration_us": ("counter", _MV),
+    "nv_inference_compute_output_duration_us": ("counter", _MV),
+    "nv_inference_pending_request_count": ("gauge", _MV),
+    "nv_pinned_memory_pool_total_bytes": ("gauge", ()),
+    "nv_pinned_memory_pool_used_bytes": ("gauge", ()),
+    "nv_cpu_utilization": ("gauge", ()),
+    "nv_cpu_memory_total_bytes": ("gauge", ()),
+    "nv_cpu_memory_used_bytes": ("gauge", ()),
+    # Only with --metrics-config summary_latencies=true (samples also carry `quantile`, plus _count and _sum).
+    "nv_inference_request_summary_us": ("summary", _MV),
+    "nv_inference_queue_summary_us": ("summary", _MV),
+    "nv_inference_compute_input_summary_us": ("summary", _MV),
+    "nv_inference_compute_infer_summary_us": ("summary", _MV),
+    "nv_inference_compute_output_summary_us": ("summary", _MV),
+}
+# Triton families (default settings) Tritium does not serve: the pinned-memory pool is CUDA host memory.
+NOT_SERVED = {"nv_pinned_memory_pool_total_bytes", "nv_pinned_memory_pool_used_bytes"}
+
+
+# --- a small parser of the Prometheus text format (0.0.4) --------------------------------------------------
+
+
+@dataclass
+class Family:
+    name: str
+    help: str | None = None
+    type: str | None = None
+    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
+
+    def value(self, **labels: str) -> float:
+        """The one sample whose labels include `labels`."""
+        found = [v for _, lbl, v in self.samples if all(lbl.get(k) == want for k, want in labels.items())]
+        assert len(found) == 1, f"{self.name}{labels}: {len(found)} samples in {self.samples}"
+        return found[0]
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)(\s+-?\d+)?$")
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|$)')
+_SUFFIXES = ("_total", "_count", "_sum", "_bucket", "_created")
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), text)
+
+
+def _labels(text: str) -> dict[str, str]:
+    body, labels, pos = text[1:-1], {}, 0
+    while pos < len(body):
+        m = _LABEL.match(body, pos)
+        assert m, f"bad labels {text!r}"
+        assert m.group(1) not in labels, f"label {m.group(1)} twice in {text!r}"
+        labels[m.group(1)] = _unescape(m.group(2))
+        pos = m.end()
+    return labels
+
+
+def parse(text: str) -> dict[str, Family]:
+    """Families by name. A sample belongs to the family of its name, or of its name less a _total/_count/_sum/
+    _bucket/_created suffix when that family was declared; a sample of no declared family fails the parse."""
+    families: dict[str, Family] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                family = families.setdefault(parts[2], Family(parts[2]))
+                rest = parts[3] if len(parts) > 3 else ""
+                if parts[1] == "HELP":
+                    assert family.help is None, f"line {number}: second HELP for {parts[2]}"
+                    family.help = _unescape(rest)
+                else:
+                    assert family.type is None, f"line {number}: second TYPE for {parts[2]}"
+                    assert not family.samples, f"line {number}: TYPE after samples of {parts[2]}"
+                    family.type = rest.strip()
+            continue
+        m = _SAMPLE.match(line)
+        assert m, f"line {number} is not a sample: {line!r}"
+        name = m.group(1)
+        owner = name if name in families else next(
+            (name[: -len(s)] for s in _SUFFIXES if name.endswith(s) and name[: -len(s)] in families), None
+        )
+        assert owner is not None, f"line {number}: sample {name} of no declared family"
+        families[owner].samples.append((name, _labels(m.group(2)) if m.group(2) else {}, float(m.group(3))))
+    return families
+
+
+def scrape_raw(server) -> tuple[str, str]:
+    with urllib.request.urlopen(server.metrics_url, timeout=30) as answer:
+        assert answer.status == 200
+        return answer.headers.get("Content-Type", ""), answer.read().decode("utf-8")
+
+
+def scrape(server) -> dict[str, Family]:
+    return parse(scrape_raw(server)[1])
+
+
+def model_value(families: dict[str, Family], name: str, model: str, **labels: str) -> float:
+    return families[name].value(model=model, version="1", **labels)
+
+
+def model_stats(client, model: str):
+    stats = client.get_inference_statistics(model).model_stats
+    assert len(stats) == 1, stats
+    return stats[0]
+
+
+def assert_metrics_equal_statistics(families: dict[str, Family], stats, model: str) -> None:
+    """Every per-model counter equals what ModelStatistics says (durations: ns // 1000)."""
+    assert model_value(families, "nv_inference_request_success", model) == stats.inference_stats.success.count
+    assert model_value(families, "nv_inference_count", model) == stats.inference_count
+    assert model_value(families, "nv_inference_exec_count", model) == stats.execution_count
+    for name, phase in PER_MODEL_COUNTERS.items():
+        if phase is not None:
+            want = getattr(stats.inference_stats, phase).ns // 1000
+            assert model_value(families, name, model) == want, (name, want)
+    failures = sum(model_value(families, "nv_inference_request_failure", model, reason=r) for r in REASONS)
+    assert failures == stats.inference_stats.fail.count
+
+
+def test_parser_reads_escapes_suffixes_and_refuses_strays():
+    text = (
+        '# HELP a_total A "help" with \\\\ and \\n.\n# TYPE a_total counter\n'
+        'a_total{x="q\\"uote",y="back\\\\slash\\n"} 3 1700000000\n'
+        "# HELP s S.\n# TYPE s summary\ns_count 2\ns_sum 1.5\ns{quantile=\"0.5\"} 0.25\n"
+    )
+    families = parse(text)
+    assert families["a_total"].help == 'A "help" with \\ and \n.'
+    assert families["a_total"].samples == [("a_total", {"x": 'q"uote', "y": "back\\slash\n"}, 3.0)]
+    assert [s[0] for s in families["s"].samples] == ["s_count", "s_sum", "s"]
+    with pytest.raises(AssertionError):
+        parse("stray 1\n")
+
+
+# --- the default server ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = start_server()
+    yield s
+    finish_server(s)
+
+
+@pytest.fixture
+def gclient(server):
+    c = grpcclient.InferenceServerClient(url=server.url)
+    yield c
+    c.close()
+
+
+def test_the_metrics_port_is_announced_and_answers_prometheus_text(server):
+    assert f"metrics=127.0.0.1:{server.metrics_port}" in server.ready_line.split()
+    content_type, text = scrape_raw(server)
+    # Prometheus reads `text/plain` as its text format 0.0.4 (Triton 2.51 answers `text/plain; charset=utf-8`).
+    media, *params = [p.strip() for p in content_type.split(";")]
+    assert media == "text/plain", content_type
+    assert all(p in ("version=0.0.4", "charset=utf-8") for p in params), content_type
+    assert text.endswith("\n")
+    families = parse(text)
+    for family in families.values():
+        assert family.help, f"{family.name} has no HELP line"
+        assert family.type in ("counter", "gauge", "summary", "histogram", "untyped"), (family.name, family.type)
+
+
+def test_every_nv_family_has_one_sample_per_built_in_model(server):
+    families = scrape(server)
+    for name in [*PER_MODEL_COUNTERS, "nv_inference_pending_request_count"]:
+        family = families[name]
+        assert family.type == TRITON_2_51[name][0], (name, family.type)
+        # Triton's nv_* samples carry the family's own name (no _total suffix).
+        assert {s[0] for s in family.samples} == {name}
+        assert sorted((lbl["model"], lbl["version"]) for _, lbl, _ in family.samples) == [(m, "1") for m in BUILT_IN]
+        assert all(set(lbl) == {"model", "version"} for _, lbl, _ in family.samples), family.samples
+    failure = families["nv_inference_request_failure"]
+    assert failure.type == "counter"
+    assert {s[0] for s in failure.samples} == {"nv_inference_request_failure"}
+    assert sorted((lbl["model"], lbl["reason"]) for _, lbl, _ in failure.samples) == sorted(
+        (m, r) for m in BUILT_IN for r in REASONS
+    )
+    for name in HOST_GAUGES:
+        assert families[name].type == "gauge"
+        assert [(s[0], s[1]) for s in families[name].samples] == [(name, {})], families[name].samples
+
+
+def test_names_types_and_labels_match_triton_2_51(server):
+    families = scrape(server)
+    ours = {name: f for name, f in families.items() if name.startswith("nv_")}
+    invented = sorted(set(ours) - set(TRITON_2_51))
+    assert not invented, f"nv_* families Triton 2.51 does not have: {invented}"
+    for name, family in ours.items():
+        kind, labels = TRITON_2_51[name]
+        assert family.type == kind, (name, family.type, kind)
+        for _, lbl, _ in family.samples:
+            assert tuple(sorted(set(lbl) - {"quantile"})) == labels, (name, lbl)
+    defaults = {name for name, (kind, _) in TRITON_2_51.items() if kind != "summary"}
+    assert defaults - set(ours) == NOT_SERVED
+
+
+def test_host_gauges(server):
+    families = scrape(server)
+    total = families["nv_cpu_memory_total_bytes"].value()
+    used = families["nv_cpu_memory_used_bytes"].value()
+    utilization = families["nv_cpu_utilization"].value()
+    meminfo = pathlib.Path("/proc/meminfo").read_text()
+    mem_total_kib = int(re.search(r"^MemTotal:\s+(\d+) kB$", meminfo, re.M).group(1))
+    assert total == mem_total_kib * 1024
+    assert 0 < used <= total
+    assert 0.0 <= utilization <= 1.0
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_add_sub_counters_equal_model_statistics(server, gclient, protocol):
+    n = 7
+    a, b = add_sub_data()
+    before = scrape(server)
+    if protocol == "grpc":
+        inputs = [tensor("INPUT0", a, "INT32", module=grpcclient), tensor("INPUT1", b, "INT32", module=grpcclient)]
+        for _ in range(n):
+            result = gclient.infer("add_sub", inputs)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    else:
+        hclient = httpclient.InferenceServerClient(url=http_address(server))
+        try:
+            for _ in range(n):
+                result = hclient.infer("add_sub", [tensor("INPUT0", a, "INT32"), tensor("INPUT1", b, "INT32")])
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+        finally:
+            hclient.close()
+    after = scrape(server)
+    stats = model_stats(gclient, "add_sub")
+    for name in ("nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count"):
+        assert model_value(after, name, "add_sub") - model_value(before, name, "add_sub") == n, name
+    assert_metrics_equal_statistics(after, stats, "add_sub")
+    for name in PER_MODEL_COUNTERS:
+        if name.endswith("_duration_us"):
+            assert model_value(after, name, "add_sub") >= model_value(before, name, "add_sub"), name
+    assert model_value(after, "nv_inference_request_duration_us", "add_sub") > 0
+    assert model_value(after, "nv_inference_pending_request_count", "add_sub") == 0
+    for reason in REASONS:
+        assert model_value(after, "nv_inference_request_failure", "add_sub", reason=reason) == 0
+
+
+def test_identity_batch_counts_rows_as_inferences_and_calls_as_executions(server, gclient):
+    requests, rows = 3, 4
+    before = scrape(server)
+    for i in range(requests):
+        values = np.arange(rows * 5, dtype=np.float32).reshape(rows, 5) + i
+        got = gclient.infer("identity_batch", [tensor("INPUT0", values, "FP32", module=grpcclient)]).as_numpy("OUTPUT0")
+        np.testing.assert_array_equal(got, values)
+    after = scrape(server)
+    stats = model_stats(gclient, "identity_batch")
+
+    def delta(name: str) -> float:
+        return model_value(after, name, "identity_batch") - model_value(before, name, "identity_batch")
+
+    assert delta("nv_inference_request_success") == requests
+    assert delta("nv_inference_count") == requests * rows
+    assert delta("nv_inference_exec_count") == requests
+    assert_metrics_equal_statistics(after, stats, "identity_batch")
+
+
+def test_a_request_that_fails_validation_is_no_inference_failure(server, gclient):
+    """Triton 2.51 answers add_sub without INPUT1 with INVALID_ARGUMENT and counts it in no failure (nor fail)."""
+    a, _ = add_sub_data()
+    before = scrape(server)
+    with pytest.raises(Exception, match="INPUT1"):
+        gclient.infer("add_sub", [tensor("INPUT0", a, "INT32", module=grpcclient)])
+    after = scrape(server)
+    for reason in REASONS:
+        assert model_value(after, "nv_inference_request_failure", "add_sub", reason=reason) == model_value(
+            before, "nv_inference_request_failure", "add_sub", reason=reason
+        ), reason
+    assert_metrics_equal_statistics(after, model_stats(gclient, "add_sub"), "add_sub")
+
+
+# --- a full queue: REJECTED -------------------------------------------------------------------------------
+
+# One waiting request fills the queue; it waits for partners (60 s) until its queue timeout (2 s) rejects it.
+TINY_QUEUE = """
+name: "tiny_queue"
+backend: "identity"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+dynamic_batching {
+  max_queue_delay_microseconds: 60000000
+  default_queue_policy { max_queue_size: 1 timeout_action: REJECT default_timeout_microseconds: 2000000 }
+}
+"""
+
+
+def wait_for(predicate, what: str, seconds: float = 30.0):
+    """Polls `predicate` until it returns something true, or fails after `seconds`."""
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    try:
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if stop.wait(0.01):
+                pytest.fail(f"{what} within {seconds:.0f}s")
+    finally:
+        timer.cancel()
+
+
+def test_a_full_queue_and_a_queue_timeout_count_as_rejected(start_tritium, model_repo):
+    write_model(model_repo, "tiny_queue", TINY_QUEUE)
+    server = start_tritium("--model-repository", str(model_repo))
+    client = grpcclient.InferenceServerClient(url=server.url)
+    try:
+        values = np.ones((1, 4), dtype=np.float32)
+        first: dict[str, object] = {}
+        done = threading.Event()
+
+        def callback(result, error):
+            first["result"], first["error"] = result, error
+            done.set()
+
+        client.async_infer("tiny_queue", [tensor("INPUT0", values, "FP32", module=grpcclient)], callback)
+        # The first request waits in the queue: the pending gauge shows it.
+        wait_for(
+            lambda: model_value(scrape(server), "nv_inference_pending_request_count", "tiny_queue") == 1,
+            "the first request never showed as pending",
+        )
+        with pytest.raises(Exception) as refused:
+            client.infer("tiny_queue", [tensor("INPUT0", values, "FP32", module=grpcclient)], request_id="second")
+        assert refused.value.status() == "StatusCode.UNAVAILABLE", refused.value
+        assert refused.value.message() == "[request id: second] Exceeds maximum queue size"
+        assert done.wait(60), "the waiting request was never answered"
+        assert first["result"] is None and first["error"] is not None, first
+        assert first["error"].status() == "StatusCode.UNAVAILABLE"
+        assert first["error"].message() == "Request timeout expired"
+
+        families = scrape(server)
+        stats = model_stats(client, "tiny_queue")
+        assert model_value(families, "nv_inference_request_failure", "tiny_queue", reason="REJECTED") == 2
+        for reason in REASONS - {"REJECTED"}:
+            assert model_value(families, "nv_inference_request_failure", "tiny_queue", reason=reason) == 0
+        assert model_value(families, "nv_inference_request_success", "tiny_queue") == 0
+        assert model_value(families, "nv_inference_pending_request_count", "tiny_queue") == 0
+        assert stats.inference_stats.fail.count == 2
+        assert_metrics_equal_statistics(families, stats, "tiny_queue")
+    finally:
+        client.close()
+
+
+# --- start-up flags -------------------------------------------------------------------------------------------
+
+
+def start_failure(*args: str) -> str:
+    """Starts a server that must exit before it is ready; returns helpers' failure text (with its stderr)."""
+    try:
+        server = start_server(*args, timeout=60)
+    except pytest.fail.Exception as failed:
+        return str(failed)
+    finish_server(server)
+    pytest.fail(f"the server started with {args}: {server.ready_line}")
+
+
+@pytest.mark.parametrize("setting", ["summary_latencies=true", "histogram_latencies=true"])
+def test_latency_summaries_and_histograms_are_refused_at_start(setting):
+    text = start_failure("--metrics-config", setting)
+    status = re.search(r"exited with status (-?\d+) before it was ready", text)
+    assert status and int(status.group(1)) != 0, text
+    assert "not supported yet" in text and setting in text, text
+
+
+def test_latency_settings_set_to_false_are_accepted(start_tritium):
+    server = start_tritium(
+        "--metrics-config", "summary_latencies=false", "--metrics-config", "histogram_latencies=false"
+    )
+    families = scrape(server)
+    assert "nv_inference_count" in families
+    assert not [name for name in families if "summary" in name or "histogram" in name]
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on (its socket inodes in /proc/net/tcp{,6} in state LISTEN)."""
+    inodes = set()
+    for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in pathlib.Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_allow_metrics_false_serves_no_metrics_port():
+    listeners = [bound_listener() for _ in range(2)]
+    grpc_fd, http_fd = (listener.fileno() for listener in listeners)
+    argv = ["serve", "--grpc-listen-fd", str(grpc_fd), "--http-listen-fd", str(http_fd), "--allow-metrics=false"]
+    server = launch(argv, listeners, READY_PREFIX, 60)
+    try:
+        assert not [w for w in server.ready_line.split() if w.startswith("metrics=")], server.ready_line
+        assert listening_ports(server.proc.pid) == {server.port, server.http_port}
+    finally:
+        finish_server(server)
+
+
+def test_the_default_server_listens_on_its_metrics_port(server):
+    assert server.metrics_port in listening_ports(server.proc.pid)
