@@ -195,7 +195,11 @@ async fn restricted_protocols_need_their_header_and_inference_stays_open() {
     // The bare key is not the header Triton reads.
     let mut bare = tonic::Request::new(LogSettingsRequest::default());
     bare.metadata_mut().insert("admin-key", MetadataValue::from_static("s3cret"));
-    assert_status(client.raw().log_settings(bare).await, Code::Unavailable, "expecting header");
+    assert_status(
+        client.raw().log_settings(bare).await,
+        Code::Unavailable,
+        "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'",
+    );
     let mut request = tonic::Request::new(LogSettingsRequest::default());
     request.metadata_mut().insert("triton-grpc-protocol-admin-key", MetadataValue::from_static("s3cret"));
     client.raw().log_settings(request).await.expect("with the header, the call is served");
