@@ -27,8 +27,13 @@ use super::{KserveState, ModelPath, body, json_tensor, model_path};
 use crate::error::ServerError;
 use crate::grpc::convert::{decode_for_model, encode_response};
 
+/// The optional BOOL inputs a model reads as "stream the answer" (`streaming` for Tritium's
+/// language models, `stream` for Triton's vLLM-style ones): `/generate_stream` sets it when the
+/// request does not.
+const STREAM_INPUTS: &[&str] = &["streaming", "stream"];
+
 /// The generate request as a KServe request: each model input from the member of its name.
-fn request_of(state: &KserveState, path: &ModelPath, body: &[u8]) -> Result<ModelInferRequest, HttpError> {
+fn request_of(state: &KserveState, path: &ModelPath, body: &[u8], stream: bool) -> Result<ModelInferRequest, HttpError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| HttpError::bad_json(body, &e))?;
     let Value::Object(mut members) = value else {
         return Err(HttpError::unparsable("attempt to get members for non-object"));
@@ -54,8 +59,9 @@ fn request_of(state: &KserveState, path: &ModelPath, body: &[u8]) -> Result<Mode
     let mut inputs = Vec::new();
     let mut raw = Vec::new();
     for spec in &schema.inputs {
+        let streams = stream && spec.optional && spec.datatype == DataType::Bool && STREAM_INPUTS.contains(&spec.name.as_str());
         // A missing input is left to the validation, which names every one missing.
-        let Some(value) = members.remove(&spec.name) else { continue };
+        let Some(value) = members.remove(&spec.name).or_else(|| streams.then_some(Value::Bool(true))) else { continue };
         let elements = match value {
             Value::Array(items) => items,
             scalar => vec![scalar],
@@ -148,6 +154,7 @@ async fn read_request(
     path: &ModelPath,
     headers: &HeaderMap,
     body: Body,
+    stream: bool,
 ) -> Result<ModelInferRequest, HttpError> {
     // Triton's generate routes take no compressed body.
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
@@ -155,7 +162,7 @@ async fn read_request(
         return Err(HttpError::bad_request("Unsupported content-encoding, only 'identity' is supported."));
     }
     let body = body::read_request(body, headers, state.max_body_bytes, &state.budget).await?;
-    request_of(state, path, &body.bytes)
+    request_of(state, path, &body.bytes, stream)
 }
 
 pub(super) async fn generate(
@@ -166,7 +173,7 @@ pub(super) async fn generate(
 ) -> HttpResult {
     let arrived = Instant::now();
     let path = model_path(path)?;
-    let request = read_request(&state, &path, &headers, body).await?;
+    let request = read_request(&state, &path, &headers, body, false).await?;
     let response = super::run_infer(&state, request, arrived).await?;
     let json = response_json(response)?;
     // Triton does not compress generate answers.
@@ -190,7 +197,7 @@ pub(super) async fn generate_stream(
 ) -> HttpResult {
     let arrived = Instant::now();
     let path = model_path(path)?;
-    let request = read_request(&state, &path, &headers, body).await?;
+    let request = read_request(&state, &path, &headers, body, true).await?;
     let decoded = decode_for_model(request, &state.grpc.shm, &state.grpc.repository, arrived)?;
     let admitted = crate::grpc::dispatch::admit(&state.grpc, decoded.request)?;
     let outcome = crate::grpc::dispatch::streamed(&state.grpc, admitted).await?;
