@@ -124,9 +124,9 @@ mod tests {
         assert_eq!(on.grpc.expect("grpc").client_roots, None);
         let also = config(&["--grpc-use-ssl=true", "--grpc-server-cert=c", "--grpc-server-key=k"], &[]).expect("=true");
         assert!(also.grpc.is_some());
-        assert!(config(&["--grpc-use-ssl"], &[]).unwrap_err().contains("--grpc-server-cert"));
+        assert!(config(&["--grpc-use-ssl"], &[]).expect_err("refused").contains("--grpc-server-cert"));
         let mutual = ["--grpc-use-ssl-mutual", "--grpc-server-cert", "c", "--grpc-server-key", "k"];
-        assert!(config(&mutual, &[]).unwrap_err().contains("--grpc-root-cert"));
+        assert!(config(&mutual, &[]).expect_err("refused").contains("--grpc-root-cert"));
         let with_roots = [&mutual[..], &["--grpc-root-cert", "ca.pem"]].concat();
         assert_eq!(config(&with_roots, &[]).expect("mutual").grpc.expect("grpc").client_roots, Some("ca.pem".into()));
         let dynamo = config(&[], &[("DYN_TLS_CERT_PATH", "c"), ("DYN_TLS_KEY_PATH", "k")]).expect("dynamo");

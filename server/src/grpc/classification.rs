@@ -64,7 +64,7 @@ pub fn classify(tensor: Tensor, wanted: &Classification) -> Result<Tensor, Serve
     let size = tensor.datatype.element_size().filter(|_| !matches!(tensor.datatype, DataType::Bool)).ok_or_else(unsupported)?;
     let total = tensor.data.len() / size;
     let rows = if wanted.batched { tensor.shape.first().copied().unwrap_or(1).max(1) as usize } else { 1 };
-    let per_row = if rows == 0 { 0 } else { total / rows };
+    let per_row = total.checked_div(rows).unwrap_or(0);
     let count = wanted.count.min(per_row);
     let mut data = Vec::new();
     for row in 0..rows {

@@ -29,7 +29,7 @@ pub(super) async fn unregister() -> HttpResult {
 /// The length `text` decodes to when it is standard base64, else `None`.
 fn base64_length(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return None;
     }
     let padding = bytes.iter().rev().take_while(|b| **b == b'=').count();
@@ -77,7 +77,7 @@ mod tests {
     fn base64_lengths() {
         assert_eq!(base64_length("AAAA"), Some(3));
         assert_eq!(base64_length("AA=="), Some(1));
-        assert_eq!(base64_length(&"A".repeat(88).replace("AA", "AA")), Some(66));
+        assert_eq!(base64_length(&"A".repeat(88)), Some(66));
         assert_eq!(base64_length("A*AA"), None);
         assert_eq!(base64_length("AAA"), None);
         assert_eq!(base64_length(""), None);

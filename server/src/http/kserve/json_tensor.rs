@@ -91,7 +91,7 @@ fn unsigned<T: TryFrom<u64>>(value: &Value) -> Result<T, DataError> {
 /// datatype has no JSON form (FP16, BF16) or the bytes do not hold whole elements.
 pub fn write_json(datatype: DataType, raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
     fn items<const N: usize, T: serde::Serialize>(raw: &[u8], out: &mut Vec<u8>, read: fn([u8; N]) -> T) -> Option<()> {
-        if raw.len() % N != 0 {
+        if !raw.len().is_multiple_of(N) {
             return None;
         }
         let values: Vec<T> = raw.chunks_exact(N).map(|c| read(c.try_into().unwrap_or([0; N]))).collect();
@@ -142,18 +142,18 @@ mod tests {
 
     #[test]
     fn kinds_and_ranges_are_checked() {
-        assert_eq!(to_raw(DataType::Int32, &json!(["a"]), 1).unwrap_err(), DataError::WrongKind { expected: "integer" });
-        assert_eq!(to_raw(DataType::Int8, &json!([300]), 1).unwrap_err(), DataError::OutOfRange);
-        assert_eq!(to_raw(DataType::Uint8, &json!([-1]), 1).unwrap_err(), DataError::OutOfRange);
-        assert_eq!(to_raw(DataType::Int32, &json!([1.5]), 1).unwrap_err(), DataError::WrongKind { expected: "integer" });
-        assert_eq!(to_raw(DataType::Int32, &json!([1u64 << 40]), 1).unwrap_err(), DataError::OutOfRange);
-        assert_eq!(to_raw(DataType::Fp16, &json!([1.0]), 1).unwrap_err(), DataError::NoJsonForm);
-        assert_eq!(to_raw(DataType::Bool, &json!([1]), 1).unwrap_err(), DataError::WrongKind { expected: "boolean" });
+        assert_eq!(to_raw(DataType::Int32, &json!(["a"]), 1).expect_err("refused"), DataError::WrongKind { expected: "integer" });
+        assert_eq!(to_raw(DataType::Int8, &json!([300]), 1).expect_err("refused"), DataError::OutOfRange);
+        assert_eq!(to_raw(DataType::Uint8, &json!([-1]), 1).expect_err("refused"), DataError::OutOfRange);
+        assert_eq!(to_raw(DataType::Int32, &json!([1.5]), 1).expect_err("refused"), DataError::WrongKind { expected: "integer" });
+        assert_eq!(to_raw(DataType::Int32, &json!([1u64 << 40]), 1).expect_err("refused"), DataError::OutOfRange);
+        assert_eq!(to_raw(DataType::Fp16, &json!([1.0]), 1).expect_err("refused"), DataError::NoJsonForm);
+        assert_eq!(to_raw(DataType::Bool, &json!([1]), 1).expect_err("refused"), DataError::WrongKind { expected: "boolean" });
         let mut deep = json!(1);
         for _ in 0..100 {
             deep = json!([deep]);
         }
-        assert_eq!(to_raw(DataType::Int32, &deep, 1).unwrap_err(), DataError::TooDeep);
+        assert_eq!(to_raw(DataType::Int32, &deep, 1).expect_err("refused"), DataError::TooDeep);
     }
 
     #[test]
