@@ -219,7 +219,12 @@ impl Tritium {
         let metrics_task = metrics.map(|metrics_listener| {
             let cpu = Arc::new(metrics::CpuSampler::new());
             let sampler = metrics::spawn_sampler(Arc::clone(&cpu), self.config.metrics.interval, stop.clone());
-            let state = metrics::MetricsState::new(Arc::clone(&self.state.repository), Arc::clone(&self.state.llm), cpu);
+            let state = metrics::MetricsState::new(
+                Arc::clone(&self.state.repository),
+                Arc::clone(&self.state.llm),
+                cpu,
+                &self.config.metrics,
+            );
             let limits = self.config.http_limits.clone();
             let stopping = self.state.stopping.clone();
             let budget = Arc::clone(&budget);

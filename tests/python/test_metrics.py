@@ -12,8 +12,10 @@ What is proven:
   fail count does; the pending gauge shows the request waiting in the queue; a request that fails validation is
   not an inference failure (Triton 2.51 counts it nowhere either);
 - the host gauges: memory total is /proc/meminfo's MemTotal, used <= total, 0 <= utilization <= 1;
-- `--metrics-config summary_latencies=true` (or histogram_latencies=true) stops the server at start-up with a
-  non-zero status; `--allow-metrics=false` opens no metrics listener.
+- `--metrics-config summary_latencies=true` serves Triton's five `*_summary_us` families (quantiles over recent
+  requests, `_count` equal to the successes, `_sum` to the statistics' microseconds; `summary_quantiles` picks the
+  quantiles); `histogram_latencies=true` stops the server at start-up with a non-zero status; `--allow-metrics=false`
+  opens no metrics listener.
 """
 
 from __future__ import annotations
@@ -425,12 +427,55 @@ def start_failure(*args: str) -> str:
     pytest.fail(f"the server started with {args}: {server.ready_line}")
 
 
-@pytest.mark.parametrize("setting", ["summary_latencies=true", "histogram_latencies=true"])
-def test_latency_summaries_and_histograms_are_refused_at_start(setting):
-    text = start_failure("--metrics-config", setting)
+def test_latency_histograms_are_refused_at_start():
+    text = start_failure("--metrics-config", "histogram_latencies=true")
     status = re.search(r"exited with status (-?\d+) before it was ready", text)
     assert status and int(status.group(1)) != 0, text
-    assert "not supported yet" in text and setting in text, text
+    assert "not supported yet" in text and "histogram_latencies=true" in text, text
+
+
+SUMMARIES = [name for name, (kind, _) in TRITON_2_51.items() if kind == "summary"]
+
+
+def test_latency_summaries(start_tritium):
+    server = start_tritium(
+        "--metrics-config", "summary_latencies=true", "--metrics-config", "summary_quantiles=0.5:0.05,0.9:0.01,0.99:0.001"
+    )
+    client = grpcclient.InferenceServerClient(server.url)
+    try:
+        a, b = add_sub_data()
+        inputs = [tensor("INPUT0", a, "INT32", module=grpcclient), tensor("INPUT1", b, "INT32", module=grpcclient)]
+        for _ in range(20):
+            client.infer("add_sub", inputs)
+        families = scrape(server)
+        stats = model_stats(client, "add_sub")
+    finally:
+        client.close()
+    inference = stats.inference_stats
+    phase_ns = {
+        "nv_inference_request_summary_us": inference.success.ns,
+        "nv_inference_queue_summary_us": inference.queue.ns,
+        "nv_inference_compute_input_summary_us": inference.compute_input.ns,
+        "nv_inference_compute_infer_summary_us": inference.compute_infer.ns,
+        "nv_inference_compute_output_summary_us": inference.compute_output.ns,
+    }
+    assert sorted(SUMMARIES) == sorted(phase_ns)
+    for name in SUMMARIES:
+        family = families[name]
+        assert family.type == "summary", name
+        samples = [(sample, labels, value) for sample, labels, value in family.samples if labels.get("model") == "add_sub"]
+        count = [v for sample, _, v in samples if sample == name + "_count"]
+        total = [v for sample, _, v in samples if sample == name + "_sum"]
+        quantiles = {float(labels["quantile"]): v for sample, labels, v in samples if sample == name}
+        assert count == [20], (name, samples)
+        assert total == [int(phase_ns[name]) // 1000], (name, total, phase_ns[name])
+        assert sorted(quantiles) == [0.5, 0.9, 0.99], (name, quantiles)
+        values = [quantiles[q] for q in sorted(quantiles)]
+        assert values == sorted(values) and all(v >= 0 for v in values), (name, values)
+    # The median end-to-end latency lies within the spread of the requests (sum / count is their mean).
+    request = families["nv_inference_request_summary_us"]
+    median = [v for s, lbl, v in request.samples if lbl.get("model") == "add_sub" and lbl.get("quantile") == "0.5"][0]
+    assert 0 < median <= phase_ns["nv_inference_request_summary_us"] // 1000
 
 
 def test_latency_settings_set_to_false_are_accepted(start_tritium):

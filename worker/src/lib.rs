@@ -37,6 +37,7 @@ pub mod embed;
 pub mod ensemble;
 pub mod error;
 pub mod kv;
+pub mod latency;
 pub mod llm;
 mod load_gate;
 pub mod model;

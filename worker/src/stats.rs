@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::latency::LatencyWindow;
+
 /// A count and a total duration.
 #[derive(Debug, Default)]
 pub struct DurationStat {
@@ -83,6 +85,8 @@ pub struct ModelStats {
     fail_reasons: [AtomicU64; 4],
     /// Requests queued or running now.
     pending: AtomicU64,
+    /// Recent successful requests' phases, for latency summaries (when turned on).
+    pub latencies: LatencyWindow,
     /// Inferences performed, counting each batch element.
     inference_count: AtomicU64,
     /// Backend executions.
@@ -160,6 +164,7 @@ impl ModelStats {
             fail: DurationStat::default(),
             fail_reasons: Default::default(),
             pending: AtomicU64::default(),
+            latencies: LatencyWindow::default(),
             inference_count: AtomicU64::default(),
             execution_count: AtomicU64::default(),
             last_inference_ms: AtomicU64::default(),
@@ -207,6 +212,7 @@ impl ModelStats {
     /// One request that succeeded with `batch` rows (its backend execution, shared with the
     /// requests batched with it, is [`ModelStats::record_execution`]'s).
     pub fn record_success(&self, phases: PhaseTimes, batch: u64) {
+        self.latencies.record(&phases);
         let PhaseTimes { queue, compute_input, compute_infer, compute_output } = phases;
         self.succeeded.fetch_add(1, Ordering::Relaxed);
         add_nanos(&self.success_ns, queue + compute_input + compute_infer + compute_output);

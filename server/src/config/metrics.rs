@@ -24,8 +24,9 @@ pub struct MetricsArgs {
     /// each scrape).
     #[arg(long, env = "TRITIUM_METRICS_INTERVAL_MS", default_value_t = 2000)]
     pub metrics_interval_ms: u64,
-    /// Triton's `<key>=<value>` metrics settings; repeatable. `summary_latencies` and
-    /// `histogram_latencies` take false (true is refused: not supported yet).
+    /// Triton's `<key>=<value>` metrics settings; repeatable: `summary_latencies=true` (latency
+    /// quantiles per model), `summary_quantiles=0.5:0.05,0.9:0.01,...`; `histogram_latencies`
+    /// takes false (true is refused: not supported yet).
     #[arg(long, env = "TRITIUM_METRICS_CONFIG", value_delimiter = ';')]
     pub metrics_config: Vec<String>,
 }
@@ -36,25 +37,45 @@ impl MetricsArgs {
     }
 
     pub fn config(&self) -> Result<MetricsConfig, String> {
-        let config = MetricsConfig::new(self.metrics_interval_ms);
+        let mut config = MetricsConfig::new(self.metrics_interval_ms);
+        let mut summaries = false;
         for setting in self.metrics_config.iter().filter(|s| !s.is_empty()) {
             let bad = |why: &str| format!("--metrics-config '{setting}': {why}");
             let (key, value) = setting.split_once('=').ok_or_else(|| bad("expected <key>=<value>"))?;
-            let flag = match value.trim() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => return Err(bad("expected true or false")),
+            let flag = || match value.trim() {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(bad("expected true or false")),
             };
             match key.trim() {
-                // Latency summaries and histograms are not served yet: asking for them is refused
-                // rather than ignored.
-                "summary_latencies" | "histogram_latencies" if flag => {
-                    return Err(bad("latency summaries and histograms are not supported yet; the nv_* counters are"));
+                "summary_latencies" => summaries = flag()?,
+                // Triton's `<quantile>:<error>,...`; the quantiles are computed exactly, so the
+                // error is read and not needed.
+                "summary_quantiles" => {
+                    let mut quantiles = Vec::new();
+                    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                        let quantile = pair.split(':').next().unwrap_or("").trim();
+                        match quantile.parse::<f64>() {
+                            Ok(q) if (0.0..=1.0).contains(&q) => quantiles.push(q),
+                            _ => return Err(bad("expected <quantile>:<error>,... with quantiles between 0 and 1")),
+                        }
+                    }
+                    config.summary_quantiles = quantiles;
                 }
-                "summary_latencies" | "histogram_latencies" => {}
-                other => return Err(bad(&format!("unknown setting '{other}' (summary_latencies, histogram_latencies)"))),
+                // Histograms (Triton's first-response histogram of decoupled models) are not
+                // served yet: asking for them is refused rather than ignored.
+                "histogram_latencies" if flag()? => {
+                    return Err(bad("latency histograms are not supported yet; summaries (summary_latencies=true) are"));
+                }
+                "histogram_latencies" => {}
+                other => {
+                    return Err(bad(&format!(
+                        "unknown setting '{other}' (summary_latencies, summary_quantiles, histogram_latencies)"
+                    )));
+                }
             }
         }
+        config.summary_latencies = summaries;
         Ok(config)
     }
 }
@@ -79,8 +100,14 @@ mod tests {
     fn metrics_flags() {
         assert_eq!(config(&[]).expect("defaults").interval, std::time::Duration::from_millis(2000));
         assert_eq!(config(&["--metrics-interval-ms", "500"]).expect("interval").interval.as_millis(), 500);
-        assert!(config(&["--metrics-config", "summary_latencies=false"]).is_ok());
-        assert!(config(&["--metrics-config", "summary_latencies=true"]).expect_err("refused").contains("not supported yet"));
+        assert!(!config(&["--metrics-config", "summary_latencies=false"]).expect("off").summary_latencies);
+        let on =
+            config(&["--metrics-config", "summary_latencies=true", "--metrics-config", "summary_quantiles=0.5:0.05,0.99:0.001"])
+                .expect("on");
+        assert!(on.summary_latencies);
+        assert_eq!(on.summary_quantiles, vec![0.5, 0.99]);
+        assert!(config(&["--metrics-config", "summary_quantiles=2:0.1"]).expect_err("refused").contains("between 0 and 1"));
+        assert!(config(&["--metrics-config", "histogram_latencies=true"]).expect_err("refused").contains("not supported yet"));
         assert!(config(&["--metrics-config", "nonsense=1"]).expect_err("refused").contains("unknown setting"));
         assert!(config(&["--metrics-config", "summary_latencies"]).expect_err("refused").contains("<key>=<value>"));
     }

@@ -26,16 +26,26 @@ use crate::llm::LlmFrontend;
 /// The content type of the metrics port's answer: Triton's (the Prometheus text format 0.0.4).
 pub const TEXT_FORMAT: &str = "text/plain; charset=utf-8";
 
-/// What `--metrics-interval-ms` sets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Triton's default summary quantiles.
+pub const DEFAULT_QUANTILES: [f64; 5] = [0.5, 0.9, 0.95, 0.99, 0.999];
+
+/// What `--metrics-interval-ms` and `--metrics-config` set.
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricsConfig {
     /// How often the CPU and memory gauges are sampled.
     pub interval: Duration,
+    /// Latency summaries per model version (`summary_latencies=true`).
+    pub summary_latencies: bool,
+    pub summary_quantiles: Vec<f64>,
 }
 
 impl MetricsConfig {
     pub fn new(interval_ms: u64) -> MetricsConfig {
-        MetricsConfig { interval: Duration::from_millis(interval_ms.max(1)) }
+        MetricsConfig {
+            interval: Duration::from_millis(interval_ms.max(1)),
+            summary_latencies: false,
+            summary_quantiles: DEFAULT_QUANTILES.to_vec(),
+        }
     }
 }
 
@@ -51,16 +61,31 @@ pub struct MetricsState {
     repository: Arc<ModelRepository>,
     llm: Arc<LlmFrontend>,
     cpu: Arc<CpuSampler>,
+    /// The quantiles of the latency summaries, when they are on.
+    quantiles: Option<Arc<[f64]>>,
 }
 
 impl MetricsState {
-    pub fn new(repository: Arc<ModelRepository>, llm: Arc<LlmFrontend>, cpu: Arc<CpuSampler>) -> MetricsState {
-        MetricsState { repository, llm, cpu }
+    /// Also turns on the models' latency recording when `config` asks for summaries.
+    pub fn new(
+        repository: Arc<ModelRepository>,
+        llm: Arc<LlmFrontend>,
+        cpu: Arc<CpuSampler>,
+        config: &MetricsConfig,
+    ) -> MetricsState {
+        let quantiles = config.summary_latencies.then(|| Arc::from(config.summary_quantiles.as_slice()));
+        if quantiles.is_some() {
+            tritium_worker::latency::enable();
+        }
+        MetricsState { repository, llm, cpu, quantiles }
     }
 
     /// Every metric, as the text the port serves.
     pub fn render(&self) -> String {
         let mut families = triton::model_families(&self.repository);
+        if let Some(quantiles) = &self.quantiles {
+            families.extend(triton::summary_families(&self.repository, quantiles));
+        }
         families.extend(self.cpu.families());
         let mut text = String::new();
         if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut text) {

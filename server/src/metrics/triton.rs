@@ -1,7 +1,7 @@
 //! The per-model families with Triton's names, built from each version's statistics at scrape
 //! time. Counters of durations are in microseconds, as Triton's are.
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
 use tritium_worker::{ModelRepository, ModelVersion};
 
 fn label(name: &str, value: &str) -> LabelPair {
@@ -134,4 +134,51 @@ pub fn model_families(repository: &ModelRepository) -> Vec<MetricFamily> {
     // A family without samples is not printed at all, as Triton prints none before a model loads.
     families.retain(|f| !f.get_metric().is_empty());
     families
+}
+
+/// The latency summaries Triton serves with `summary_latencies=true`, per phase: the quantiles
+/// over the model's recent requests (NaN when it had none lately), the count and the sum in
+/// microseconds over every successful request.
+pub fn summary_families(repository: &ModelRepository, quantiles: &[f64]) -> Vec<MetricFamily> {
+    const SUMMARIES: [(&str, &str); 5] = [
+        ("nv_inference_request_summary_us", "Latencies of successful requests, end to end, in microseconds"),
+        ("nv_inference_queue_summary_us", "Time successful requests waited in the queue, in microseconds"),
+        ("nv_inference_compute_input_summary_us", "Time spent preparing the inputs of successful requests, in microseconds"),
+        ("nv_inference_compute_infer_summary_us", "Time the model ran for successful requests, in microseconds"),
+        ("nv_inference_compute_output_summary_us", "Time spent producing the outputs of successful requests, in microseconds"),
+    ];
+    let mut metrics: [Vec<Metric>; 5] = Default::default();
+    for version in versions(repository) {
+        let (model, number) = (version.name.to_string(), version.version.to_string());
+        let snapshot = version.stats.snapshot();
+        let sums = [snapshot.success, snapshot.queue, snapshot.compute_input, snapshot.compute_infer, snapshot.compute_output];
+        let recent = version.stats.latencies.quantiles(quantiles);
+        for (phase, out) in metrics.iter_mut().enumerate() {
+            let mut summary = Summary::default();
+            summary.set_sample_count(sums[phase].0);
+            summary.set_sample_sum(micros(sums[phase].1));
+            let values = recent.as_ref().map(|r| r[phase].clone()).unwrap_or_else(|| vec![f64::NAN; quantiles.len()]);
+            summary.set_quantile(
+                quantiles
+                    .iter()
+                    .zip(values)
+                    .map(|(q, v)| {
+                        let mut quantile = Quantile::default();
+                        quantile.set_quantile(*q);
+                        quantile.set_value(v);
+                        quantile
+                    })
+                    .collect(),
+            );
+            let mut metric = Metric::from_label(vec![label("model", &model), label("version", &number)]);
+            metric.set_summary(summary);
+            out.push(metric);
+        }
+    }
+    SUMMARIES
+        .iter()
+        .zip(metrics)
+        .filter(|(_, metrics)| !metrics.is_empty())
+        .map(|((name, help), metrics)| family(name, help, MetricType::SUMMARY, metrics))
+        .collect()
 }
