@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
@@ -58,8 +59,12 @@ pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usiz
         None => (body.clone(), Bytes::new()),
         Some(n) => (body.slice(..n.min(body.len())), body.slice(n.min(body.len())..)),
     };
-    let value: Value = serde_json::from_slice(&json).map_err(|e| HttpError::bad_json(&json, &e))?;
-    let Value::Object(mut root) = value else { return Err(HttpError::missing_member("inputs")) };
+    // The members as JSON text: each is read on its own, so tensor data never becomes a tree.
+    let members: HashMap<String, Box<RawValue>> = serde_json::from_slice(&json).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => HttpError::missing_member("inputs"),
+        _ => HttpError::bad_json(&json, &e),
+    })?;
+    let (mut root, inputs) = split_raw(members, "inputs");
 
     let id = match root.remove("id") {
         None => String::new(),
@@ -83,9 +88,8 @@ pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usiz
         }
     }
 
-    let inputs = match root.remove("inputs") {
-        Some(Value::Array(inputs)) => inputs,
-        Some(_) => return Err(HttpError::wrong_kind(Some("inputs"), "array")),
+    let inputs: Vec<Box<RawValue>> = match inputs {
+        Some(inputs) => serde_json::from_str(inputs.get()).map_err(|_| HttpError::wrong_kind(Some("inputs"), "array"))?,
         None => return Err(HttpError::missing_member("inputs")),
     };
     let mut cursor = 0usize;
@@ -121,6 +125,21 @@ pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usiz
         },
         binary_outputs,
     })
+}
+
+/// `members` as JSON values, but for the one named `keep`, left as text.
+fn split_raw(members: HashMap<String, Box<RawValue>>, keep: &str) -> (Map<String, Value>, Option<Box<RawValue>>) {
+    let mut kept = None;
+    let mut values = Map::new();
+    for (key, raw) in members {
+        if key == keep {
+            kept = Some(raw);
+        } else {
+            // Text the parser has just accepted parses again.
+            values.insert(key, serde_json::from_str(raw.get()).unwrap_or(Value::Null));
+        }
+    }
+    (values, kept)
 }
 
 /// The reserved parameters Triton reads with a type: `sequence_id` an unsigned integer or a
@@ -205,11 +224,13 @@ const ONE_OF: &str = "Input must set only one of the following fields: 'data', '
 /// One input: its tensor, and its data (`None` for an input in shared memory).
 fn input_tensor(
     model: &str,
-    input: Value,
+    input: Box<RawValue>,
     binary: &Bytes,
     cursor: &mut usize,
 ) -> Result<(InferInputTensor, Option<Bytes>), HttpError> {
-    let Value::Object(mut input) = input else { return Err(HttpError::missing_member("name")) };
+    let input: HashMap<String, Box<RawValue>> =
+        serde_json::from_str(input.get()).map_err(|_| HttpError::missing_member("name"))?;
+    let (mut input, data) = split_raw(input, "data");
     let name = string(&mut input, "name")?;
     let datatype_name = string(&mut input, "datatype")?;
     let shape = match input.remove("shape") {
@@ -243,7 +264,6 @@ fn input_tensor(
             parameters.insert(key.clone(), parameter(&key, value)?);
         }
     }
-    let data = input.remove("data");
     let set: Vec<&str> =
         [("'data'", data.is_some()), ("'binary_data_size'", binary_size.is_some()), ("'shared_memory_region'", in_shm)]
             .iter()
@@ -269,7 +289,8 @@ fn input_tensor(
         Some(slice)
     } else if let Some(data) = data {
         let expected = tritium_tensor::element_count(&tensor.shape).unwrap_or(usize::MAX);
-        let (raw, count) = json_tensor::to_raw(datatype, &data, expected).map_err(|e| data_error(&name, datatype, e))?;
+        let (raw, count) =
+            json_tensor::to_raw_streaming(datatype, &data, expected).map_err(|e| data_error(&name, datatype, e))?;
         if count != expected {
             return Err(HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field"));
         }
@@ -301,6 +322,7 @@ pub(super) fn data_error(input: &str, datatype: DataType, error: DataError) -> H
             "receiving {datatype} data via JSON is not supported. Please use the binary data format for input {input}"
         )),
         DataError::TooDeep => HttpError::unparsable("Unable to parse 'data': the arrays are nested too deep"),
+        DataError::TooMany => HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field"),
     }
 }
 

@@ -17,6 +17,8 @@ pub enum DataError {
     /// FP16 and BF16 have no JSON form.
     NoJsonForm,
     TooDeep,
+    /// More elements than the shape holds.
+    TooMany,
 }
 
 /// Nested arrays deeper than this are refused (each level is a recursion).
@@ -87,6 +89,102 @@ fn unsigned<T: TryFrom<u64>>(value: &Value) -> Result<T, DataError> {
     T::try_from(n).map_err(|_| DataError::OutOfRange)
 }
 
+/// Like [`to_raw`], reading the JSON text of `data` as it goes, without building a JSON tree of
+/// it (a tree costs tens of bytes per number, the raw layout at most 8): each element is
+/// written as it is read, and reading stops as soon as there are more than `expected`.
+pub fn to_raw_streaming(
+    datatype: DataType,
+    data: &serde_json::value::RawValue,
+    expected: usize,
+) -> Result<(Vec<u8>, usize), DataError> {
+    let mut state = Stream {
+        datatype,
+        out: Vec::with_capacity(expected.saturating_mul(datatype.element_size().unwrap_or(8)).min(data.get().len() * 4)),
+        count: 0,
+        expected,
+        error: None,
+    };
+    let mut reader = serde_json::Deserializer::from_str(data.get());
+    let read = serde::de::DeserializeSeed::deserialize(Elements { state: &mut state, depth: 0 }, &mut reader);
+    match (read, state.error) {
+        (_, Some(error)) => Err(error),
+        (Err(_), None) => Err(DataError::TooDeep),
+        (Ok(()), None) => Ok((state.out, state.count)),
+    }
+}
+
+struct Stream {
+    datatype: DataType,
+    out: Vec<u8>,
+    count: usize,
+    expected: usize,
+    error: Option<DataError>,
+}
+
+impl Stream {
+    /// Appends one scalar; `Err` (with the reason kept in `error`) stops the reading.
+    fn push(&mut self, value: Value) -> Result<(), ()> {
+        if self.count >= self.expected {
+            self.error = Some(DataError::TooMany);
+            return Err(());
+        }
+        append(self.datatype, &value, 0, &mut self.out, &mut self.count).map_err(|e| self.error = Some(e))
+    }
+}
+
+/// An element of `data` at `depth`: a scalar, or an array of elements.
+struct Elements<'a> {
+    state: &'a mut Stream,
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Elements<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+macro_rules! scalar {
+    ($name:ident, $t:ty, $make:expr) => {
+        fn $name<E: serde::de::Error>(self, v: $t) -> Result<(), E> {
+            self.state.push($make(v)).map_err(|()| E::custom("stop"))
+        }
+    };
+}
+
+impl<'de> serde::de::Visitor<'de> for Elements<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("tensor data")
+    }
+
+    scalar!(visit_bool, bool, Value::Bool);
+    scalar!(visit_i64, i64, Value::from);
+    scalar!(visit_u64, u64, Value::from);
+    scalar!(visit_f64, f64, Value::from);
+    scalar!(visit_str, &str, Value::from);
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.state.push(Value::Null).map_err(|()| E::custom("stop"))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.state.push(Value::Object(Default::default())).map_err(|()| serde::de::Error::custom("stop"))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        if self.depth >= MAX_DEPTH {
+            self.state.error = Some(DataError::TooDeep);
+            return Err(serde::de::Error::custom("stop"));
+        }
+        while items.next_element_seed(Elements { state: &mut *self.state, depth: self.depth + 1 })?.is_some() {}
+        Ok(())
+    }
+}
+
 /// Appends `raw` (the layout of `datatype`) to `out` as a flat JSON array; `None` when the
 /// datatype has no JSON form (FP16, BF16) or the bytes do not hold whole elements.
 pub fn write_json(datatype: DataType, raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
@@ -154,6 +252,30 @@ mod tests {
             deep = json!([deep]);
         }
         assert_eq!(to_raw(DataType::Int32, &deep, 1).expect_err("refused"), DataError::TooDeep);
+    }
+
+    #[test]
+    fn streaming_reads_the_same_as_the_tree() {
+        use serde_json::value::RawValue;
+        let raw = |text: &str| RawValue::from_string(text.to_string()).expect("raw");
+        for (datatype, text, expected) in [
+            (DataType::Int32, "[[1, 2], [3, 4]]", 4),
+            (DataType::Fp32, "[0.5, -1, 2e3]", 3),
+            (DataType::Bool, "[true, false]", 2),
+            (DataType::Bytes, r#"["ab", ""]"#, 2),
+            (DataType::Uint8, "7", 1),
+        ] {
+            let tree: Value = serde_json::from_str(text).expect("json");
+            assert_eq!(to_raw_streaming(datatype, &raw(text), expected), to_raw(datatype, &tree, expected), "{text}");
+        }
+        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[1, 2, 3]"), 2).expect_err("too many"), DataError::TooMany);
+        assert_eq!(
+            to_raw_streaming(DataType::Int32, &raw(r#"[1, "a"]"#), 2).expect_err("kind"),
+            DataError::WrongKind { expected: "integer" }
+        );
+        assert_eq!(to_raw_streaming(DataType::Fp16, &raw("[1]"), 1).expect_err("fp16"), DataError::NoJsonForm);
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(to_raw_streaming(DataType::Int32, &raw(&deep), 1).expect_err("deep"), DataError::TooDeep);
     }
 
     #[test]
