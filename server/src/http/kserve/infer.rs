@@ -96,7 +96,7 @@ pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usiz
     let mut tensors = Vec::with_capacity(inputs.len());
     let mut raw = Vec::with_capacity(inputs.len());
     for input in inputs {
-        let (tensor, data) = input_tensor(model, input, &binary, &mut cursor)?;
+        let (tensor, data) = input_tensor(model, &input, &binary, &mut cursor)?;
         tensors.push(tensor);
         if let Some(data) = data {
             raw.push(data);
@@ -224,7 +224,7 @@ const ONE_OF: &str = "Input must set only one of the following fields: 'data', '
 /// One input: its tensor, and its data (`None` for an input in shared memory).
 fn input_tensor(
     model: &str,
-    input: Box<RawValue>,
+    input: &RawValue,
     binary: &Bytes,
     cursor: &mut usize,
 ) -> Result<(InferInputTensor, Option<Bytes>), HttpError> {
