@@ -67,7 +67,8 @@ pub async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes
         match first.take() {
             None if joined.is_empty() => first = Some(data),
             Some(previous) => {
-                joined.reserve(declared.map_or(0, |n| n as usize).min(limit));
+                // Grown as bytes arrive, never reserved from the declared length: a client that
+                // declares 64 MiB and sends slowly holds only what it sent.
                 joined.extend_from_slice(&previous);
                 joined.extend_from_slice(&data);
             }
