@@ -16,6 +16,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tritium_proto::inference::model_infer_request::InferInputTensor;
 use tritium_proto::inference::{InferParameter, ModelInferRequest, ModelInferResponse};
@@ -34,20 +35,22 @@ const STREAM_INPUTS: &[&str] = &["streaming", "stream"];
 
 /// The generate request as a KServe request: each model input from the member of its name.
 fn request_of(state: &KserveState, path: &ModelPath, body: &[u8], stream: bool) -> Result<ModelInferRequest, HttpError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| HttpError::bad_json(body, &e))?;
-    let Value::Object(mut members) = value else {
-        return Err(HttpError::unparsable("attempt to get members for non-object"));
-    };
+    // The members as JSON text: inputs are read straight into their tensors, never as a tree.
+    let mut members: HashMap<String, Box<RawValue>> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => HttpError::unparsable("attempt to get members for non-object"),
+        _ => HttpError::bad_json(body, &e),
+    })?;
+    let small = |raw: Box<RawValue>| serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Null);
     let version = path.version();
     let number = tritium_worker::parse_version(&version).map_err(ServerError::from)?;
     let resolved = state.grpc.repository.resolve(&path.model, number).map_err(ServerError::from)?;
-    let id = match members.remove("id") {
+    let id = match members.remove("id").map(small) {
         None => String::new(),
         Some(Value::String(id)) => id,
         Some(_) => return Err(HttpError::bad_request("the generate request's 'id' must be a string")),
     };
     let mut parameters: HashMap<String, InferParameter> = HashMap::new();
-    if let Some(params) = members.remove("parameters") {
+    if let Some(params) = members.remove("parameters").map(small) {
         let Value::Object(params) = params else {
             return Err(HttpError::bad_request("the generate request's 'parameters' must be a JSON object"));
         };
@@ -60,20 +63,19 @@ fn request_of(state: &KserveState, path: &ModelPath, body: &[u8], stream: bool) 
     let mut raw = Vec::new();
     for spec in &schema.inputs {
         let streams = stream && spec.optional && spec.datatype == DataType::Bool && STREAM_INPUTS.contains(&spec.name.as_str());
+        let fallback = || streams.then(|| RawValue::from_string("true".to_string()).ok()).flatten();
         // A missing input is left to the validation, which names every one missing.
-        let Some(value) = members.remove(&spec.name).or_else(|| streams.then_some(Value::Bool(true))) else { continue };
-        let elements = match value {
-            Value::Array(items) => items,
-            scalar => vec![scalar],
-        };
-        if elements.iter().any(Value::is_array) {
-            return Err(HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field"));
-        }
-        let shape = shape_for(&spec.dims, elements.len(), schema.max_batch_size > 0).ok_or_else(|| {
+        let Some(value) = members.remove(&spec.name).or_else(fallback) else { continue };
+        // A scalar or a flat array, as Triton reads them.
+        let (data, count) = json_tensor::to_raw_streaming(spec.datatype, &value, usize::MAX, 1).map_err(|e| match e {
+            json_tensor::DataError::TooDeep => {
+                HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field")
+            }
+            e => super::infer::data_error(&spec.name, spec.datatype, e),
+        })?;
+        let shape = shape_for(&spec.dims, count, schema.max_batch_size > 0).ok_or_else(|| {
             HttpError::bad_request(format!("The schema can not convert input '{}' to tensor with proper shape", spec.name))
         })?;
-        let (data, _) = json_tensor::to_raw(spec.datatype, &Value::Array(elements), 0)
-            .map_err(|e| super::infer::data_error(&spec.name, spec.datatype, e))?;
         inputs.push(InferInputTensor {
             name: spec.name.clone(),
             datatype: spec.datatype.kserve_name().to_string(),
@@ -83,7 +85,7 @@ fn request_of(state: &KserveState, path: &ModelPath, body: &[u8], stream: bool) 
         raw.push(Bytes::from(data));
     }
     // Members that name no input are request parameters, as Triton takes them.
-    for (key, value) in members {
+    for (key, value) in members.into_iter().map(|(key, raw)| (key, small(raw))) {
         if matches!(value, Value::Bool(_) | Value::Number(_) | Value::String(_)) {
             parameters.insert(key.clone(), super::infer::parameter(&key, value)?);
         } else {

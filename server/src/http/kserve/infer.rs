@@ -289,8 +289,8 @@ fn input_tensor(
         Some(slice)
     } else if let Some(data) = data {
         let expected = tritium_tensor::element_count(&tensor.shape).unwrap_or(usize::MAX);
-        let (raw, count) =
-            json_tensor::to_raw_streaming(datatype, &data, expected).map_err(|e| data_error(&name, datatype, e))?;
+        let (raw, count) = json_tensor::to_raw_streaming(datatype, &data, expected, json_tensor::MAX_DEPTH)
+            .map_err(|e| data_error(&name, datatype, e))?;
         if count != expected {
             return Err(HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field"));
         }

@@ -22,27 +22,10 @@ pub enum DataError {
 }
 
 /// Nested arrays deeper than this are refused (each level is a recursion).
-const MAX_DEPTH: usize = 64;
+pub const MAX_DEPTH: usize = 64;
 
-/// Flattens `data` (nested arrays allowed) into the raw layout of `datatype`.
-pub fn to_raw(datatype: DataType, data: &Value, expected_elements: usize) -> Result<(Vec<u8>, usize), DataError> {
-    let mut out = Vec::with_capacity(expected_elements.saturating_mul(datatype.element_size().unwrap_or(8)).min(64 << 20));
-    let mut count = 0usize;
-    append(datatype, data, 0, &mut out, &mut count)?;
-    Ok((out, count))
-}
-
-fn append(datatype: DataType, value: &Value, depth: usize, out: &mut Vec<u8>, count: &mut usize) -> Result<(), DataError> {
-    if let Value::Array(items) = value {
-        if depth >= MAX_DEPTH {
-            return Err(DataError::TooDeep);
-        }
-        for item in items {
-            append(datatype, item, depth + 1, out, count)?;
-        }
-        return Ok(());
-    }
-    *count += 1;
+/// Appends one element (a JSON scalar, or anything else to refuse) in the layout of `datatype`.
+fn append(datatype: DataType, value: &Value, out: &mut Vec<u8>) -> Result<(), DataError> {
     match datatype {
         DataType::Bool => {
             let b = value.as_bool().ok_or(DataError::WrongKind { expected: "boolean" })?;
@@ -89,19 +72,23 @@ fn unsigned<T: TryFrom<u64>>(value: &Value) -> Result<T, DataError> {
     T::try_from(n).map_err(|_| DataError::OutOfRange)
 }
 
-/// Like [`to_raw`], reading the JSON text of `data` as it goes, without building a JSON tree of
-/// it (a tree costs tens of bytes per number, the raw layout at most 8): each element is
-/// written as it is read, and reading stops as soon as there are more than `expected`.
+/// Flattens `data` (the JSON text of a scalar or of nested arrays) into the raw layout of
+/// `datatype`, with the element count. It is read as it goes, without a JSON tree of it (a tree
+/// costs tens of bytes per number, the raw layout at most 8), and reading stops as soon as there
+/// are more than `expected` elements.
+/// Arrays nest at most `max_depth` deep (1: a scalar or a flat array).
 pub fn to_raw_streaming(
     datatype: DataType,
     data: &serde_json::value::RawValue,
     expected: usize,
+    max_depth: usize,
 ) -> Result<(Vec<u8>, usize), DataError> {
     let mut state = Stream {
         datatype,
         out: Vec::with_capacity(expected.saturating_mul(datatype.element_size().unwrap_or(8)).min(data.get().len() * 4)),
         count: 0,
         expected,
+        max_depth: max_depth.min(MAX_DEPTH),
         error: None,
     };
     let mut reader = serde_json::Deserializer::from_str(data.get());
@@ -118,6 +105,7 @@ struct Stream {
     out: Vec<u8>,
     count: usize,
     expected: usize,
+    max_depth: usize,
     error: Option<DataError>,
 }
 
@@ -128,7 +116,9 @@ impl Stream {
             self.error = Some(DataError::TooMany);
             return Err(());
         }
-        append(self.datatype, &value, 0, &mut self.out, &mut self.count).map_err(|e| self.error = Some(e))
+        append(self.datatype, &value, &mut self.out).map_err(|e| self.error = Some(e))?;
+        self.count += 1;
+        Ok(())
     }
 }
 
@@ -176,7 +166,7 @@ impl<'de> serde::de::Visitor<'de> for Elements<'_> {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
-        if self.depth >= MAX_DEPTH {
+        if self.depth >= self.state.max_depth {
             self.state.error = Some(DataError::TooDeep);
             return Err(serde::de::Error::custom("stop"));
         }
@@ -229,6 +219,11 @@ mod tests {
 
     use super::*;
 
+    fn to_raw(datatype: DataType, data: &Value, expected: usize) -> Result<(Vec<u8>, usize), DataError> {
+        let text = serde_json::value::RawValue::from_string(data.to_string()).expect("json");
+        to_raw_streaming(datatype, &text, expected, MAX_DEPTH)
+    }
+
     #[test]
     fn nested_and_flat_arrays_give_the_same_bytes() {
         let flat = to_raw(DataType::Int32, &json!([1, 2, 3, 4]), 4).expect("flat");
@@ -255,27 +250,20 @@ mod tests {
     }
 
     #[test]
-    fn streaming_reads_the_same_as_the_tree() {
+    fn streaming_reads_elements_and_stops_early() {
         use serde_json::value::RawValue;
         let raw = |text: &str| RawValue::from_string(text.to_string()).expect("raw");
-        for (datatype, text, expected) in [
-            (DataType::Int32, "[[1, 2], [3, 4]]", 4),
-            (DataType::Fp32, "[0.5, -1, 2e3]", 3),
-            (DataType::Bool, "[true, false]", 2),
-            (DataType::Bytes, r#"["ab", ""]"#, 2),
-            (DataType::Uint8, "7", 1),
-        ] {
-            let tree: Value = serde_json::from_str(text).expect("json");
-            assert_eq!(to_raw_streaming(datatype, &raw(text), expected), to_raw(datatype, &tree, expected), "{text}");
-        }
-        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[1, 2, 3]"), 2).expect_err("too many"), DataError::TooMany);
+        let (bytes, count) = to_raw_streaming(DataType::Fp32, &raw("[0.5, -1, 2e3]"), 3, MAX_DEPTH).expect("floats");
+        assert_eq!(count, 3);
+        assert_eq!(&bytes[..4], &0.5f32.to_le_bytes());
+        assert_eq!(to_raw_streaming(DataType::Uint8, &raw("7"), 1, MAX_DEPTH).expect("scalar"), (vec![7], 1));
+        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[1, 2, 3]"), 2, MAX_DEPTH).expect_err("too many"), DataError::TooMany);
         assert_eq!(
-            to_raw_streaming(DataType::Int32, &raw(r#"[1, "a"]"#), 2).expect_err("kind"),
+            to_raw_streaming(DataType::Int32, &raw(r#"[1, {"a": 1}]"#), 2, MAX_DEPTH).expect_err("object"),
             DataError::WrongKind { expected: "integer" }
         );
-        assert_eq!(to_raw_streaming(DataType::Fp16, &raw("[1]"), 1).expect_err("fp16"), DataError::NoJsonForm);
-        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
-        assert_eq!(to_raw_streaming(DataType::Int32, &raw(&deep), 1).expect_err("deep"), DataError::TooDeep);
+        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[[1]]"), 1, 1).expect_err("flat only"), DataError::TooDeep);
+        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[1, 2]"), usize::MAX, 1).expect("flat").1, 2);
     }
 
     #[test]
