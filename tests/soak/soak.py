@@ -50,6 +50,10 @@ ABUSE_SHARE = 0.10
 # The allocator keeps growing its pools for the first minute of load; growth is measured after that.
 WARMUP = min(60.0, SOAK_SECONDS / 3)
 QUIET = min(5.0, WARMUP / 2)
+# RSS floors are the lowest samples over this long before the warm-up ends and before the soak ends: the
+# allocator gives memory back unevenly, so a few seconds' floor swings by several MiB either way (one run
+# measured +10.0 %, the next -8.1 %, with no trend between), while a leak raises every sample.
+MEASURE = min(20.0, WARMUP / 2)
 RSS_LIMIT = 0.10
 SHM_FLAG = "--allow-shared-memory"
 # The server's default message limit is Triton's 2 GiB, so a 256 MiB message is legal there. The soak
@@ -215,15 +219,16 @@ class Soak:
             alive_at = now
             rss = read_rss_kib(pid)
             self.rss_peak, floor = max(self.rss_peak, rss), min(floor, rss)
-            # RSS is compared between two quiet windows (no compression bomb, whose inflated buffer the
-            # allocator may hold for a while) at the end of the warm-up and at the end, by their lowest
-            # samples: a leak raises that floor, a bomb in flight only makes a peak.
+            # RSS is compared between the end of the warm-up and the end, by the lowest samples of the
+            # MEASURE seconds before each (the last QUIET seconds of them send no compression bomb,
+            # whose inflated buffer the allocator may hold for a while): a leak raises that floor, a
+            # bomb in flight only makes a peak.
             warm_window = start + WARMUP - QUIET <= now < start + WARMUP
             end_window = now >= end - QUIET
             (self.quiet.set if warm_window or end_window else self.quiet.clear)()
-            if warm_window:
+            if start + WARMUP - MEASURE <= now < start + WARMUP:
                 self.rss_warm = min(self.rss_warm or rss, rss)
-            if end_window:
+            if now >= end - MEASURE:
                 self.rss_end = min(self.rss_end or rss, rss)
             if not warm_reported and now >= start + WARMUP:
                 warm_reported = True
