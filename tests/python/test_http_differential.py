@@ -73,7 +73,7 @@ def replies(tmp_path_factory) -> dict:
     return results
 
 
-# Differences kept on purpose (README.md, "Differences from Triton's HTTP API"): case id -> (how the reply is still
+# Differences kept on purpose (README.md, "Protocol", the differences kept on purpose): case id -> (how the reply is still
 # checked, why). "error": both answers are errors with an {"error": "..."} body; "prefix": the same status, and
 # Triton's message begins ours (ours adds the detail); "shape": the same status and the same JSON members and
 # kinds (counters differ because an earlier kept difference succeeded on one side only); "ours": a behaviour of our
