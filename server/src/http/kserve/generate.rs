@@ -42,8 +42,7 @@ fn request_of(state: &KserveState, path: &ModelPath, body: &[u8], stream: bool) 
     })?;
     let small = |raw: Box<RawValue>| serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Null);
     let version = path.version();
-    let number = tritium_worker::parse_version(&version).map_err(ServerError::from)?;
-    let resolved = state.grpc.repository.resolve(&path.model, number).map_err(ServerError::from)?;
+    let resolved = super::resolve(state, path)?;
     let id = match members.remove("id").map(small) {
         None => String::new(),
         Some(Value::String(id)) => id,

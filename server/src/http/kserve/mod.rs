@@ -209,9 +209,7 @@ async fn infer_route(
     let path = model_path(path)?;
     let version = path.version();
     // The model first, as Triton looks it up before it reads the request.
-    let number = tritium_worker::parse_version(&version).map_err(|e| HttpError::from(crate::ServerError::from(e)).plain())?;
-    let resolved =
-        state.grpc.repository.resolve(&path.model, number).map_err(|e| HttpError::from(crate::ServerError::from(e)).plain())?;
+    let resolved = resolve(&state, &path).map_err(HttpError::plain)?;
     if resolved.schema.decoupled {
         return Err(HttpError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -239,6 +237,12 @@ async fn infer_route(
         None => response_headers.push((header::CONTENT_TYPE, HeaderValue::from_static(reply::JSON))),
     }
     Ok(reply::body_response(bytes.into(), &response_headers, Compression::accepted(&headers)))
+}
+
+/// The model version a path names.
+pub(crate) fn resolve(state: &KserveState, path: &ModelPath) -> Result<Arc<tritium_worker::ModelVersion>, HttpError> {
+    let number = tritium_worker::parse_version(&path.version()).map_err(crate::ServerError::from)?;
+    Ok(state.grpc.repository.resolve(&path.model, number).map_err(crate::ServerError::from)?)
 }
 
 /// Runs one KServe request through the gRPC path's decoder, dispatch and encoder.
