@@ -105,7 +105,14 @@ fn load(args: &Args) -> Result<Arc<dyn LanguageModel>, Error> {
     let mut config = ModelConfig { name: "smollm2".into(), backend: LLM_BACKEND.into(), ..Default::default() };
     config.parameters.insert("model_path".into(), ModelParameter { string_value: path.to_string_lossy().into_owned() });
     let factory = LlmFactory { defaults: EngineOptions { max_sequences: args.max_sequences, ..Default::default() } };
-    let context = BackendContext { model_name: "smollm2", version: 1, config: &config, version_dir: None, model_dir: None };
+    let context = BackendContext {
+        model_name: "smollm2",
+        version: 1,
+        config: &config,
+        version_dir: None,
+        model_dir: None,
+        repository: std::sync::Weak::new(),
+    };
     let backend = factory.create(&context)?;
     backend.language_model().ok_or_else(|| "the tritium_llm backend gave no language model".into())
 }

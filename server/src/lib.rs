@@ -98,6 +98,7 @@ impl Tritium {
         let mut backends = backends;
         backends.register(LLM_BACKEND, LlmFactory { defaults: config.llm.clone() });
         tritium_onnxruntime::register(&mut backends, config.onnxruntime.clone());
+        tritium_python::register(&mut backends, config.python.clone());
         let repository = ModelRepository::open(config.repository.clone(), backends)?;
         let worker: Arc<dyn WorkerClient> = Arc::new(LocalWorker::new(Arc::clone(&repository)));
         let router = Router::new(

@@ -50,6 +50,7 @@ impl WorkerProcess {
         let mut backends = BackendRegistry::with_builtins();
         backends.register(LLM_BACKEND, LlmFactory { defaults: config.llm.clone() });
         tritium_onnxruntime::register(&mut backends, config.onnxruntime.clone());
+        tritium_python::register(&mut backends, config.python.clone());
         let repository = ModelRepository::open(config.repository.clone(), backends)?;
         Ok(WorkerProcess { config, repository })
     }

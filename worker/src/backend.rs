@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -16,6 +16,7 @@ use tritium_proto::inference::ModelConfig;
 use tritium_tensor::{Tensor, TensorError};
 
 use crate::llm::{EmbeddingModel, LanguageModel};
+use crate::registry::ModelRepository;
 use crate::request::{InferenceResponse, Parameters};
 use crate::worker::StreamItem;
 
@@ -54,6 +55,28 @@ pub trait Backend: Send + Sync + 'static {
     fn embedding_model(&self) -> Option<Arc<dyn EmbeddingModel>> {
         None
     }
+
+    /// Whether the dynamic batcher hands this backend its batches as lists of requests
+    /// ([`Backend::execute_list`]) instead of stacking them along the batch dimension into one
+    /// request: Triton's python backend gives a model's `execute` the requests one by one.
+    fn takes_request_lists(&self) -> bool {
+        false
+    }
+
+    /// Answers the requests of one batch, each with its own outputs or error, in order. The
+    /// default runs them one after another.
+    async fn execute_list(&self, requests: Vec<BackendRequest>) -> Vec<Result<Vec<Tensor>, BackendError>> {
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
+            let mut responder = Responder::single();
+            let answer = match self.execute(request, &mut responder).await {
+                Ok(()) => responder.take_single().ok_or(BackendError::NoResponse),
+                Err(error) => Err(error),
+            };
+            answers.push(answer);
+        }
+        answers
+    }
 }
 
 /// A validated request as a backend sees it.
@@ -65,6 +88,11 @@ pub struct BackendRequest {
     /// [`BackendRequest::cancelled`]. `None` where only dropping the call cancels it (a plain
     /// model's request, whose future is dropped with the call): that saves a token per request.
     pub cancel: Option<CancellationToken>,
+    /// The client's request id (empty when it gave none).
+    pub id: String,
+    /// The outputs the client asked for (empty: all of them); the worker keeps only those, so
+    /// most backends compute every output and ignore this.
+    pub requested_outputs: Vec<String>,
 }
 
 impl BackendRequest {
@@ -212,6 +240,9 @@ pub struct BackendContext<'a> {
     /// The model folder, when the model came from a repository on disk (relative paths in the
     /// config's parameters are relative to it).
     pub model_dir: Option<&'a Path>,
+    /// The repository that serves the model, for backends that call other models (Triton's
+    /// business-logic scripting) or load them.
+    pub repository: Weak<ModelRepository>,
 }
 
 /// Builds a backend instance for a model version.

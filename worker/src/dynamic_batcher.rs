@@ -53,6 +53,8 @@ pub type BatchAnswer = Result<BatchShare, BackendError>;
 struct Pending {
     inputs: Vec<Tensor>,
     parameters: Parameters,
+    id: String,
+    requested_outputs: Vec<String>,
     rows: i64,
     level: usize,
     arrived: Instant,
@@ -129,6 +131,8 @@ impl DynamicBatcher {
         let pending = Pending {
             inputs: request.inputs,
             parameters: request.parameters,
+            id: request.id,
+            requested_outputs: request.requested_outputs,
             rows,
             level,
             arrived,
@@ -311,11 +315,14 @@ fn same_custom_parameters(a: &Parameters, b: &Parameters) -> bool {
 
 /// Runs one batch: every request's share of the outputs, or the batch's error for each.
 async fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<BatchAnswer> {
+    if backend.takes_request_lists() {
+        return execute_list(backend, batch).await;
+    }
     let started = Instant::now();
     let rows: Vec<i64> = batch.iter().map(|p| p.rows).collect();
     let inputs = stack(batch.iter_mut().map(|p| std::mem::take(&mut p.inputs)).collect());
     let parameters = batch.last_mut().map(|p| std::mem::take(&mut p.parameters)).unwrap_or_default();
-    let request = BackendRequest { inputs, parameters, cancel: None };
+    let request = BackendRequest { inputs, parameters, cancel: None, id: String::new(), requested_outputs: Vec::new() };
     let stacked = Instant::now();
     let mut responder = Responder::single();
     let outputs = match backend.execute(request, &mut responder).await {
@@ -350,6 +357,38 @@ async fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<BatchAnswe
             batch.iter().map(|_| Err(BackendError::failed(code, message.clone()))).collect()
         }
     }
+}
+
+/// Runs one batch as a list of requests, each answered on its own.
+async fn execute_list(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<BatchAnswer> {
+    let started = Instant::now();
+    let requests = batch
+        .iter_mut()
+        .map(|p| BackendRequest {
+            inputs: std::mem::take(&mut p.inputs),
+            parameters: std::mem::take(&mut p.parameters),
+            cancel: None,
+            id: std::mem::take(&mut p.id),
+            requested_outputs: std::mem::take(&mut p.requested_outputs),
+        })
+        .collect();
+    let answers = backend.execute_list(requests).await;
+    let execution = Execution {
+        batch_size: batch.iter().map(|p| u64::try_from(p.rows).unwrap_or(0)).sum(),
+        compute_input: Duration::ZERO,
+        compute_infer: started.elapsed(),
+        compute_output: Duration::ZERO,
+    };
+    let mut answers = answers.into_iter();
+    batch
+        .iter()
+        .enumerate()
+        .map(|(index, pending)| {
+            let outputs = answers.next().unwrap_or(Err(BackendError::NoResponse))?;
+            let waited = started.saturating_duration_since(pending.arrived);
+            Ok(BatchShare { outputs, execution: (index == 0).then_some(execution), waited })
+        })
+        .collect()
 }
 
 #[cfg(test)]

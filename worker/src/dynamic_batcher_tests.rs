@@ -76,7 +76,13 @@ fn batcher(config: ModelConfig, backend: &Arc<Counter>) -> Arc<DynamicBatcher> {
 
 fn request(values: &[i32], width: i64) -> BackendRequest {
     let rows = values.len() as i64 / width;
-    BackendRequest { inputs: vec![Tensor::from_slice("INPUT", vec![rows, width], values)], parameters: vec![], cancel: None }
+    BackendRequest {
+        inputs: vec![Tensor::from_slice("INPUT", vec![rows, width], values)],
+        parameters: vec![],
+        cancel: None,
+        id: String::new(),
+        requested_outputs: Vec::new(),
+    }
 }
 
 fn submit_with(batcher: &Arc<DynamicBatcher>, values: Vec<i32>, width: i64, options: RequestOptions) -> JoinHandle<BatchAnswer> {

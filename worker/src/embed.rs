@@ -365,21 +365,39 @@ mod tests {
         factory.complete_config(&mut config, Some(&models)).unwrap();
         assert_eq!(config.max_batch_size, 0);
         assert!(config.input.is_empty() && config.output.is_empty());
-        let context =
-            BackendContext { model_name: "minilm", version: 1, config: &config, version_dir: None, model_dir: Some(&models) };
+        let context = BackendContext {
+            model_name: "minilm",
+            version: 1,
+            config: &config,
+            version_dir: None,
+            model_dir: Some(&models),
+            repository: std::sync::Weak::new(),
+        };
         let backend = factory.create(&context).unwrap();
         let embedder = backend.embedding_model().unwrap();
         assert_eq!(embedder.card().kind, ModelKind::Embed);
         assert!(backend.language_model().is_none());
 
-        let request = BackendRequest { inputs: Vec::new(), parameters: Vec::new(), cancel: None };
+        let request = BackendRequest {
+            inputs: Vec::new(),
+            parameters: Vec::new(),
+            cancel: None,
+            id: String::new(),
+            requested_outputs: Vec::new(),
+        };
         let error = backend.execute(request, &mut Responder::single()).await.unwrap_err();
         assert_eq!(error.code(), ErrorCode::Unsupported);
         assert_eq!(error.to_string(), "the model 'minilm' is an embedding model; use /v1/embeddings");
 
         config.parameters.clear();
-        let context =
-            BackendContext { model_name: "minilm", version: 1, config: &config, version_dir: None, model_dir: Some(&models) };
+        let context = BackendContext {
+            model_name: "minilm",
+            version: 1,
+            config: &config,
+            version_dir: None,
+            model_dir: Some(&models),
+            repository: std::sync::Weak::new(),
+        };
         let missing = factory.create(&context).err().unwrap();
         assert_eq!(missing, "the model 'minilm' needs the parameter 'model_path' (a BERT folder)");
     }

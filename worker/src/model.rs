@@ -164,7 +164,13 @@ impl ModelVersion {
     fn backend_request(&self, request: &mut InferenceRequest, cancel: Option<CancellationToken>) -> BackendRequest {
         let mut inputs = std::mem::take(&mut request.inputs);
         self.schema.reshape(&mut inputs);
-        BackendRequest { inputs, parameters: std::mem::take(&mut request.parameters), cancel }
+        BackendRequest {
+            inputs,
+            parameters: std::mem::take(&mut request.parameters),
+            cancel,
+            id: request.id.clone(),
+            requested_outputs: request.requested_outputs.clone(),
+        }
     }
 
     /// Runs a request that gets exactly one response.

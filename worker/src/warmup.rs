@@ -28,7 +28,13 @@ pub fn run(config: &ModelConfig, model_dir: Option<&Path>, backend: &dyn Backend
         // A batching model gets the sample as one batch; any other gets batch_size requests.
         let requests = if config.max_batch_size > 0 { 1 } else { sample.batch_size };
         for _ in 0..sample.count.max(1) * requests {
-            let request = BackendRequest { inputs: inputs.clone(), parameters: Default::default(), cancel: None };
+            let request = BackendRequest {
+                inputs: inputs.clone(),
+                parameters: Default::default(),
+                cancel: None,
+                id: String::new(),
+                requested_outputs: Vec::new(),
+            };
             let mut responder = Responder::single();
             match block_on(backend.execute(request, &mut responder)) {
                 // A decoupled model answering more than once has run; only the first answer is kept.

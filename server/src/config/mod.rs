@@ -6,6 +6,7 @@ pub mod backend_config;
 pub mod cluster;
 pub mod limits;
 pub mod metrics;
+pub mod python;
 pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -73,6 +74,7 @@ pub struct WorkerConfig {
     /// Token frontends must send (`--worker-token`).
     pub worker_token: Option<String>,
     pub onnxruntime: OrtSettings,
+    pub python: tritium_python::PythonSettings,
 }
 
 impl WorkerArgs {
@@ -84,6 +86,7 @@ impl WorkerArgs {
             max_message_size: self.worker_max_message_size,
             worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
             onnxruntime: self.repository.onnxruntime()?,
+            python: self.repository.python()?,
         })
     }
 }
@@ -203,6 +206,10 @@ pub struct RepositoryArgs {
     /// the `ort` crate reads), else what `scripts/install-onnxruntime.sh` installed.
     #[arg(long, env = "TRITIUM_ONNXRUNTIME_LIBRARY")]
     pub onnxruntime_library: Option<PathBuf>,
+    /// The Python interpreter of python-backend models (numpy required) unless a model's
+    /// EXECUTION_ENV_PATH names its own; default: `python3` on PATH.
+    #[arg(long, env = "TRITIUM_PYTHON_INTERPRETER")]
+    pub python_interpreter: Option<PathBuf>,
 }
 
 impl RepositoryArgs {
@@ -414,6 +421,8 @@ pub struct ServerConfig {
     pub http_limits: HttpLimits,
     /// The ONNX Runtime backend's library and defaults.
     pub onnxruntime: OrtSettings,
+    /// The Python backend's interpreter and bounds.
+    pub python: tritium_python::PythonSettings,
     /// What the metrics port reports, and how often it samples the host.
     pub metrics: crate::metrics::MetricsConfig,
     /// TLS of the gRPC and HTTP ports (off by default).
@@ -442,6 +451,7 @@ impl ServeArgs {
             tls: self.tls.config(&env)?,
             metrics: self.metrics.config()?,
             onnxruntime: self.repository.onnxruntime()?,
+            python: self.repository.python()?,
             http_limits: limits.http_limits(),
             limits: limits.limits()?,
             llm: engine_options(&self.models),

@@ -78,7 +78,13 @@ mod tests {
 
     async fn run(inputs: Vec<Tensor>) -> Vec<(String, Bytes)> {
         let mut responder = Responder::single();
-        let request = BackendRequest { inputs, parameters: Default::default(), cancel: None };
+        let request = BackendRequest {
+            inputs,
+            parameters: Default::default(),
+            cancel: None,
+            id: String::new(),
+            requested_outputs: Vec::new(),
+        };
         identity().execute(request, &mut responder).await.expect("identity answers");
         responder.take_single().expect("one response").into_iter().map(|t| (t.name, t.data)).collect()
     }

@@ -79,6 +79,7 @@ impl ModelRepository {
                 config: &config,
                 version_dir: version_dir.as_deref().filter(|p: &&Path| p.exists()),
                 model_dir,
+                repository: self.me.clone(),
             };
             let backend = factory.create(&context).map_err(failed)?;
             warmup::run(&config, model_dir, backend.as_ref()).map_err(failed)?;

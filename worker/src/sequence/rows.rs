@@ -111,7 +111,13 @@ impl Batch {
                     Row::Request { pending, .. } => Some(pending.parameters.clone()),
                     Row::Empty => None,
                 });
-                let request = BackendRequest { inputs: stack(inputs), parameters: parameters.unwrap_or_default(), cancel: None };
+                let request = BackendRequest {
+                    inputs: stack(inputs),
+                    parameters: parameters.unwrap_or_default(),
+                    cancel: None,
+                    id: String::new(),
+                    requested_outputs: Vec::new(),
+                };
                 run(backend, request, &rows, settings.batched).await
             }
         };

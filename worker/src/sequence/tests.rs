@@ -157,8 +157,13 @@ impl Step {
 fn send(batcher: &Arc<SequenceBatcher>, step: Step) -> JoinHandle<BatchAnswer> {
     let batcher = Arc::clone(batcher);
     let shape = if batcher.settings.batched { vec![1, 1] } else { vec![1] };
-    let request =
-        BackendRequest { inputs: vec![Tensor::from_slice("INPUT", shape, &[step.value])], parameters: vec![], cancel: None };
+    let request = BackendRequest {
+        inputs: vec![Tensor::from_slice("INPUT", shape, &[step.value])],
+        parameters: vec![],
+        cancel: None,
+        id: String::new(),
+        requested_outputs: Vec::new(),
+    };
     let options = RequestOptions {
         sequence_id: (step.id != 0).then_some(SequenceId::Number(step.id)),
         sequence_start: step.start,
@@ -218,15 +223,26 @@ async fn requests_the_sequence_rules_refuse_get_tritons_words() {
         refusal(send(&batcher, step(0, 1).start())).await,
         (ErrorCode::InvalidArg, "inference request to model 'acc' must specify a non-zero or non-empty correlation ID".into())
     );
-    let two_rows =
-        BackendRequest { inputs: vec![Tensor::from_slice("INPUT", vec![2, 1], &[1, 2])], parameters: vec![], cancel: None };
+    let two_rows = BackendRequest {
+        inputs: vec![Tensor::from_slice("INPUT", vec![2, 1], &[1, 2])],
+        parameters: vec![],
+        cancel: None,
+        id: String::new(),
+        requested_outputs: Vec::new(),
+    };
     let error = batcher.submit(two_rows, 2, &RequestOptions::default()).await.unwrap_err();
     assert_eq!(
         error.to_string(),
         "inference request to model 'acc' must specify batch-size 1 due to requirements of sequence batcher"
     );
     let text = RequestOptions { sequence_id: Some(SequenceId::Text("abc".into())), sequence_start: true, ..Default::default() };
-    let one = BackendRequest { inputs: vec![Tensor::from_slice("INPUT", vec![1, 1], &[1])], parameters: vec![], cancel: None };
+    let one = BackendRequest {
+        inputs: vec![Tensor::from_slice("INPUT", vec![1, 1], &[1])],
+        parameters: vec![],
+        cancel: None,
+        id: String::new(),
+        requested_outputs: Vec::new(),
+    };
     let error = batcher.submit(one, 1, &text).await.unwrap_err();
     assert!(error.to_string().contains("string sequence id 'abc'"), "{error}");
     assert!(backend.calls().is_empty(), "nothing refused reached the backend");

@@ -1,0 +1,419 @@
+"""Tritium's python-backend stub: one process per model instance, running the user's model.py.
+
+Started by the server as `python tritium_python_stub.py <socket fd> <region fd> <region bytes> <input bytes>`.
+Control messages travel on the socket as frames: `<u32 header length><u32 payload length><JSON header>
+<payload>`. Tensor bytes live in the shared-memory region: its first `<input bytes>` are the server's (request
+inputs, which stay valid until the request is done), the rest is this process's (outputs and BLS inputs, a ring
+freed when the server acknowledges the frames that named them). A tensor that does not fit travels inline in the
+frame's payload. A reader thread takes every frame; `execute`, `init`, `auto_complete` and `finalize` run on the
+main thread, one at a time, as in Triton.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import importlib.util
+import inspect
+import json
+import mmap
+import os
+import queue
+import socket
+import struct
+import sys
+import threading
+import traceback
+
+PREFIX = struct.Struct("<II")
+ALIGN = 64
+
+
+class Ring:
+    """Allocations in [base, end), freed oldest first once the server has read the frames naming them."""
+
+    def __init__(self, base, end):
+        self.base, self.end = base, end
+        self.blocks = collections.deque()  # [start, stop, frame sequence]
+
+    def alloc(self, size):
+        size = (size + ALIGN - 1) & ~(ALIGN - 1)
+        if not self.blocks:
+            return self.base if size <= self.end - self.base else None
+        head, tail = self.blocks[0][0], self.blocks[-1][1]
+        if tail > head:
+            if self.end - tail >= size:
+                return tail
+            if head - self.base >= size:
+                return self.base
+            return None
+        return tail if head - tail >= size else None
+
+    def record(self, start, size, sequence):
+        self.blocks.append([start, start + ((size + ALIGN - 1) & ~(ALIGN - 1)), sequence])
+
+    def release(self, acknowledged):
+        while self.blocks and self.blocks[0][2] <= acknowledged:
+            self.blocks.popleft()
+
+
+class Connection:
+    """The socket, the region, and the frames both carry."""
+
+    def __init__(self, sock, region_fd, region_size, input_size):
+        self.sock = sock
+        self.reader = sock.makefile("rb", buffering=1 << 16)
+        self.region = mmap.mmap(region_fd, region_size)
+        self.view = memoryview(self.region)
+        self.ring = Ring(input_size, region_size)
+        self.lock = threading.Lock()
+        self.sequence = 0
+
+    def read(self):
+        prefix = self.reader.read(PREFIX.size)
+        if len(prefix) < PREFIX.size:
+            return None, None
+        header_size, payload_size = PREFIX.unpack(prefix)
+        header = json.loads(self.reader.read(header_size))
+        payload = self.reader.read(payload_size) if payload_size else b""
+        if "ack" in header:
+            with self.lock:
+                self.ring.release(header["ack"])
+        return header, payload
+
+    def tensor(self, desc, payload):
+        """A view of a tensor's bytes a frame names: in the region, or in the frame's payload."""
+        size = desc["size"]
+        if "shm" in desc:
+            return self.view[desc["shm"] : desc["shm"] + size]
+        return memoryview(payload)[desc["inline"] : desc["inline"] + size]
+
+    def send(self, header, tensors=()):
+        """Sends a frame; `tensors` are (descriptor dict, bytes view) pairs, placed in the ring or inline."""
+        with self.lock:
+            self.sequence += 1
+            inline, inline_size = [], 0
+            for desc, data in tensors:
+                size = data.nbytes
+                desc["size"] = size
+                start = self.ring.alloc(size) if size else None
+                if start is None:
+                    desc["inline"] = inline_size
+                    inline.append(data)
+                    inline_size += size
+                    continue
+                self.view[start : start + size] = data
+                self.ring.record(start, size, self.sequence)
+                desc["shm"] = start
+            body = json.dumps(header, separators=(",", ":")).encode()
+            self.sock.sendall(b"".join([PREFIX.pack(len(body), inline_size), body, *inline]))
+
+
+def tensor_desc(tensor):
+    return {"name": tensor.name(), "datatype": tensor._datatype, "shape": tensor.shape()}, tensor._wire_bytes()
+
+
+def error_json(error):
+    return {"message": error.message(), "code": error.code()}
+
+
+class Runtime:
+    """`pb_utils._runtime`: what model code reaches the server through."""
+
+    def __init__(self, conn, utils):
+        self.conn = conn
+        self.utils = utils
+        self.waiters = {}
+        self.next_id = 0
+        self.cancelled = set()
+        self.ids = threading.Lock()
+        self.loop = None
+
+    def _new_id(self, waiter):
+        with self.ids:
+            self.next_id += 1
+            self.waiters[self.next_id] = waiter
+            return self.next_id
+
+    def response_json(self, response):
+        if response is None:
+            return {"outputs": []}, []
+        if response.has_error():
+            return {"outputs": [], "error": error_json(response.error())}, []
+        descs = [tensor_desc(t) for t in response.output_tensors()]
+        return {"outputs": [d for d, _ in descs], "parameters": response.parameters()}, descs
+
+    def send_response(self, key, response, final):
+        header, tensors = self.response_json(response)
+        header.update(op="response", request=key, final=final, empty=response is None)
+        self.conn.send(header, tensors)
+
+    def is_cancelled(self, key):
+        return key in self.cancelled
+
+    def _bls_frame(self, request, decoupled, waiter):
+        descs = [tensor_desc(t) for t in request.inputs()]
+        header = {
+            "op": "bls", "id": self._new_id(waiter), "model": request.model_name(), "version": request.model_version(),
+            "inputs": [d for d, _ in descs], "outputs": request.requested_output_names(),
+            "request_id": request.request_id(), "correlation_id": request.correlation_id(), "flags": request.flags(),
+            "timeout": request.timeout(), "parameters": request.parameters(), "decoupled": bool(decoupled),
+        }  # fmt: skip
+        self.conn.send(header, descs)
+
+    def infer(self, request, decoupled):
+        answers = queue.SimpleQueue()
+        self._bls_frame(request, decoupled, answers.put)
+        if decoupled:
+            return self._stream(answers)
+        return answers.get()[0]
+
+    def _stream(self, answers):
+        while True:
+            response, final = answers.get()
+            yield response
+            if final:
+                return
+
+    def async_infer(self, request, decoupled):
+        loop = asyncio.get_running_loop()
+        if decoupled:
+            answers = asyncio.Queue()
+
+            def put(item):
+                loop.call_soon_threadsafe(answers.put_nowait, item)
+
+            self._bls_frame(request, True, put)
+            return self._async_stream(answers)
+        future = loop.create_future()
+
+        def settle(item):
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(item[0]))
+
+        self._bls_frame(request, False, settle)
+        return future
+
+    async def _async_stream_collect(self, answers):
+        responses = []
+        while True:
+            response, final = await answers.get()
+            responses.append(response)
+            if final:
+                return iter(responses)
+
+    def _async_stream(self, answers):
+        return self._async_stream_collect(answers)
+
+    def bls_answer(self, header, payload):
+        """A `bls_response` frame: one response (or error) of a BLS request."""
+        utils = self.utils
+        error = header.get("error")
+        if error:
+            response = utils.InferenceResponse(error=utils.TritonError(error["message"], error["code"]))
+        else:
+            outputs = [utils.Tensor._from_buffer(d["name"], d["datatype"], d["shape"], bytes(self.conn.tensor(d, payload)))
+                       for d in header.get("outputs", [])]  # fmt: skip
+            response = utils.InferenceResponse(output_tensors=outputs)
+            response._parameters = header.get("parameters", "{}")
+        final = header.get("final", True)
+        with self.ids:
+            waiter = self.waiters.pop(header["id"], None) if final else self.waiters.get(header["id"])
+        if waiter is not None:
+            waiter((response, final))
+
+    def control(self, action, model, version="", config=""):
+        answers = queue.SimpleQueue()
+        self.conn.send({"op": "control", "id": self._new_id(answers.put), "action": action, "model": model,
+                        "version": version, "config": config})  # fmt: skip
+        header = answers.get()
+        if header.get("error"):
+            raise self.utils.TritonModelException(header["error"])
+        return header.get("ready", False)
+
+    def control_answer(self, header):
+        with self.ids:
+            waiter = self.waiters.pop(header["id"], None)
+        if waiter is not None:
+            waiter(header)
+
+    def log(self, level, message, file, line):
+        self.conn.send({"op": "log", "level": level, "message": message, "file": file, "line": line})
+
+
+class ModelHost:
+    """The user's model: loaded, initialized, executed and finalized on the main thread."""
+
+    def __init__(self, conn, runtime, utils):
+        self.conn, self.runtime, self.utils = conn, runtime, utils
+        self.model = None
+        self.decoupled = False
+        self.name, self.version = "", 1
+        self.loop = None
+
+    def load_module(self, model_file):
+        folder = os.path.dirname(model_file)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        spec = importlib.util.spec_from_file_location("model", model_file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["model"] = module
+        spec.loader.exec_module(module)
+        return module.TritonPythonModel
+
+    def auto_complete(self, header):
+        cls = self.load_module(header["model_file"])
+        config = self.utils.ModelConfig(header["config"])
+        if hasattr(cls, "auto_complete_config"):
+            returned = cls.auto_complete_config(config)
+            config = returned if returned is not None else config
+        return {"op": "auto_completed", "config": config.as_dict()}
+
+    def init(self, header):
+        cls = self.load_module(header["model_file"])
+        args = header["args"]
+        self.name, self.version = args["model_name"], int(args["model_version"])
+        self.decoupled = bool(header.get("decoupled"))
+        self.model = cls()
+        if hasattr(self.model, "initialize"):
+            self.run(self.model.initialize(args))
+        return {"op": "initialized"}
+
+    def run(self, result):
+        """The value of a call that may be a coroutine (an `async def` method)."""
+        if not inspect.isawaitable(result):
+            return result
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+        return self.loop.run_until_complete(result)
+
+    def requests(self, header, payload):
+        made = []
+        for message in header["requests"]:
+            inputs = [self.utils.Tensor._from_buffer(d["name"], d["datatype"], d["shape"], self.conn.tensor(d, payload))
+                      for d in message["inputs"]]  # fmt: skip
+            made.append(self.utils.InferenceRequest._from_server(
+                message["key"], message, inputs, self.decoupled, self.name, self.version))  # fmt: skip
+        return made
+
+    def execute(self, header, payload):
+        requests = self.requests(header, payload)
+        reply = {"op": "executed", "id": header["id"]}
+        try:
+            result = self.run(self.model.execute(requests))
+        except Exception as error:  # noqa: BLE001 - model code may raise anything; the server words it
+            reply["error"] = exception_text(error)
+            self.conn.send(reply)
+            return
+        if self.decoupled:
+            if result is not None:
+                reply["error"] = "the model is decoupled; execute must return None and send its responses " \
+                                 "through each request's response sender"  # fmt: skip
+            self.conn.send(reply)
+            return
+        problem = check_responses(result, len(requests), self.utils)
+        if problem is not None:
+            reply["error"] = problem
+            self.conn.send(reply)
+            return
+        responses, tensors = [], []
+        for response in result:
+            entry, descs = self.runtime.response_json(response)
+            responses.append(entry)
+            tensors.extend(descs)
+        reply["responses"] = responses
+        self.conn.send(reply, tensors)
+
+    def finalize(self):
+        if self.model is not None and hasattr(self.model, "finalize"):
+            self.run(self.model.finalize())
+
+
+def check_responses(result, count, utils):
+    if result is None:
+        return "Expected a list in the execute return, got None"
+    if not isinstance(result, (list, tuple)):
+        return f"Expected a list in the execute return, got {type(result).__name__}"
+    if len(result) != count:
+        return (f"Number of InferenceResponse objects do not match the number of InferenceRequest objects. "
+                f"InferenceRequest(s) size is:{count}, and InferenceResponse(s) size is:{len(result)}")  # fmt: skip
+    for response in result:
+        if response is not None and not isinstance(response, utils.InferenceResponse):
+            return f"Expected an InferenceResponse in the execute return, got {type(response).__name__}"
+    return None
+
+
+def exception_text(error):
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def reader_loop(conn, runtime, work):
+    """Takes every frame; what runs model code goes to the main thread, the rest is answered here."""
+    while True:
+        try:
+            header, payload = conn.read()
+        except (OSError, ValueError):
+            header = None
+        if header is None:
+            # The server has gone: nobody waits for anything this process does.
+            os._exit(0)
+        op = header["op"]
+        if op == "bls_response":
+            runtime.bls_answer(header, payload)
+        elif op == "control_response":
+            runtime.control_answer(header)
+        elif op == "cancel":
+            runtime.cancelled.add(header["request"])
+        elif op == "done":
+            for key in header.get("requests", []):
+                runtime.cancelled.discard(key)
+        elif op != "ack":
+            work.put((header, payload))
+
+
+def main():
+    socket_fd, region_fd, region_size, input_size = (int(a) for a in sys.argv[1:5])
+    sock = socket.socket(fileno=socket_fd)
+    try:
+        import numpy  # noqa: F401 - checked here so that a missing numpy is one clear load error
+
+        import triton_python_backend_utils as utils
+    except ImportError as error:
+        body = json.dumps({"op": "fatal", "message": f"the python backend needs numpy in the model's Python "
+                           f"environment ({sys.executable}): {error}"}).encode()  # fmt: skip
+        sock.sendall(PREFIX.pack(len(body), 0) + body)
+        return 1
+    conn = Connection(sock, region_fd, region_size, input_size)
+    runtime = Runtime(conn, utils)
+    utils._runtime = runtime
+    host = ModelHost(conn, runtime, utils)
+    work = queue.SimpleQueue()
+    threading.Thread(target=reader_loop, args=(conn, runtime, work), name="tritium-reader", daemon=True).start()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+    conn.send({"op": "hello", "python": version, "numpy": numpy.__version__, "pid": os.getpid()})
+    while True:
+        header, payload = work.get()
+        op = header["op"]
+        if op == "execute":
+            host.execute(header, payload)
+            continue
+        try:
+            if op == "init":
+                conn.send(host.init(header))
+            elif op == "auto_complete":
+                conn.send(host.auto_complete(header))
+            elif op == "finalize":
+                host.finalize()
+                conn.send({"op": "finalized"})
+                break
+        except Exception as error:  # noqa: BLE001 - model code may raise anything
+            conn.send({"op": "error", "message": exception_text(error), "traceback": traceback.format_exc()})
+            if op == "finalize":
+                break
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

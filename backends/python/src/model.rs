@@ -1,0 +1,182 @@
+//! A loaded Python model version as the worker sees it: requests go to an instance's stub as one
+//! `execute` (a list when the dynamic batcher grouped them), answers come back checked against
+//! the config; a decoupled request's responses stream as the model sends them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tritium_proto::ErrorCode;
+use tritium_proto::inference::ModelConfig;
+use tritium_tensor::{DataType, Tensor};
+use tritium_worker::params::is_reserved;
+use tritium_worker::{Backend, BackendError, BackendRequest, ParamValue, Responder};
+
+use crate::pool::Instances;
+use crate::stub::{Answer, StreamEvent, StubRequest};
+use crate::wire::Reply;
+
+pub struct PythonModel {
+    name: String,
+    decoupled: bool,
+    /// The config's outputs: (name, datatype), for checking what the model returns.
+    outputs: Vec<(String, Option<DataType>)>,
+    instances: Instances,
+    next_key: AtomicU64,
+}
+
+impl PythonModel {
+    pub fn new(config: &ModelConfig, decoupled: bool, instances: Instances) -> PythonModel {
+        let outputs = config.output.iter().map(|o| (o.name.clone(), DataType::from_config(o.data_type))).collect();
+        PythonModel { name: config.name.clone(), decoupled, outputs, instances, next_key: AtomicU64::new(1) }
+    }
+
+    /// What the stub's `InferenceRequest` shows of a request.
+    fn stub_request(&self, request: BackendRequest) -> StubRequest {
+        let mut correlation_id = json!(0);
+        let mut flags = 0u32;
+        let mut timeout = 0u64;
+        let mut custom = serde_json::Map::new();
+        for (key, value) in &request.parameters {
+            match (key.as_str(), value) {
+                ("sequence_id", ParamValue::Int64(n)) => correlation_id = json!(u64::from_ne_bytes(n.to_ne_bytes())),
+                ("sequence_id", ParamValue::Uint64(n)) => correlation_id = json!(n),
+                ("sequence_id", ParamValue::String(s)) => correlation_id = json!(s),
+                ("sequence_start", ParamValue::Bool(true)) => flags |= 1,
+                ("sequence_end", ParamValue::Bool(true)) => flags |= 2,
+                ("timeout", ParamValue::Int64(t)) => timeout = u64::try_from(*t).unwrap_or(0),
+                (key, _) if is_reserved(key) => {}
+                (key, ParamValue::Bool(b)) => drop(custom.insert(key.to_string(), json!(b))),
+                (key, ParamValue::Int64(n)) => drop(custom.insert(key.to_string(), json!(n))),
+                (key, ParamValue::Uint64(n)) => drop(custom.insert(key.to_string(), json!(n))),
+                (key, ParamValue::Double(d)) => drop(custom.insert(key.to_string(), json!(d))),
+                (key, ParamValue::String(s)) => drop(custom.insert(key.to_string(), json!(s))),
+            }
+        }
+        let outputs: Vec<&str> = if request.requested_outputs.is_empty() {
+            self.outputs.iter().map(|(name, _)| name.as_str()).collect()
+        } else {
+            request.requested_outputs.iter().map(String::as_str).collect()
+        };
+        let header = json!({
+            "request_id": request.id,
+            "correlation_id": correlation_id,
+            "flags": flags,
+            "timeout": timeout,
+            "outputs": outputs,
+            "parameters": Value::Object(custom).to_string(),
+        });
+        StubRequest { key: self.next_key.fetch_add(1, Ordering::Relaxed), header, inputs: request.inputs }
+    }
+
+    /// Runs plain requests as one `execute`; one answer per request.
+    async fn run(&self, requests: Vec<BackendRequest>) -> Result<Vec<Answer>, BackendError> {
+        let count = requests.len();
+        let lease = self.instances.acquire().await?;
+        let stub = lease.stub().cloned().ok_or_else(|| BackendError::failed(ErrorCode::Internal, "the instance has no stub"))?;
+        let requests = requests.into_iter().map(|r| self.stub_request(r)).collect();
+        let (reply, answer) = oneshot::channel();
+        stub.execute(requests, Vec::new(), reply, Box::new(move || drop(lease)));
+        let executed = answer.await.map_err(|_| BackendError::failed(ErrorCode::Internal, "the Python stub went away"))??;
+        if executed.answers.len() != count {
+            return Err(BackendError::failed(ErrorCode::Internal, "the Python stub answered a different number of requests"));
+        }
+        Ok(executed.answers)
+    }
+
+    /// The outputs of one reply, checked against the config.
+    fn checked(&self, reply: Reply) -> Result<Vec<Tensor>, BackendError> {
+        for output in &reply.outputs {
+            let Some((_, expected)) = self.outputs.iter().find(|(name, _)| *name == output.name) else {
+                return Err(BackendError::failed(
+                    ErrorCode::InvalidArg,
+                    format!("unexpected inference output '{}' for model '{}'", output.name, self.name),
+                ));
+            };
+            if let Some(expected) = expected
+                && *expected != output.datatype
+            {
+                return Err(BackendError::failed(
+                    ErrorCode::InvalidArg,
+                    format!(
+                        "unexpected datatype {} for inference output '{}', expecting {}",
+                        output.datatype.kserve_name(),
+                        output.name,
+                        expected.kserve_name()
+                    ),
+                ));
+            }
+            output.validate()?;
+        }
+        Ok(reply.outputs)
+    }
+
+    async fn execute_decoupled(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
+        let cancel = request.cancel.clone();
+        let lease = self.instances.acquire().await?;
+        let stub = lease.stub().cloned().ok_or_else(|| BackendError::failed(ErrorCode::Internal, "the instance has no stub"))?;
+        let request = self.stub_request(request);
+        let key = request.key;
+        let (sender, mut events) = mpsc::unbounded_channel::<StreamEvent>();
+        let (reply, _executed) = oneshot::channel();
+        stub.execute(vec![request], vec![sender], reply, Box::new(move || drop(lease)));
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = cancelled(cancel.as_ref()) => {
+                    stub.cancel(key);
+                    return Err(BackendError::Cancelled);
+                }
+            };
+            let Some(StreamEvent { answer, last }) = event else { return Ok(()) };
+            if let Some(reply) = answer? {
+                let outputs = self.checked(reply)?;
+                if let Err(error) = responder.send(outputs).await {
+                    stub.cancel(key);
+                    return Err(error);
+                }
+            }
+            if last {
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn cancelled(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[async_trait]
+impl Backend for PythonModel {
+    async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
+        if self.decoupled {
+            return self.execute_decoupled(request, responder).await;
+        }
+        let answer = self.run(vec![request]).await?.pop().ok_or(BackendError::NoResponse)?;
+        responder.send(self.checked(answer?)?).await
+    }
+
+    fn takes_request_lists(&self) -> bool {
+        !self.decoupled
+    }
+
+    async fn execute_list(&self, requests: Vec<BackendRequest>) -> Vec<Result<Vec<Tensor>, BackendError>> {
+        let count = requests.len();
+        match self.run(requests).await {
+            Ok(answers) => answers.into_iter().map(|a| a.and_then(|reply| self.checked(reply))).collect(),
+            Err(error) => (0..count).map(|_| Err(BackendError::failed(error.code(), error.to_string()))).collect(),
+        }
+    }
+}
+
+impl Drop for PythonModel {
+    fn drop(&mut self) {
+        self.instances.stop();
+    }
+}

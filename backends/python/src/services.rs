@@ -1,0 +1,192 @@
+//! What a stub asks of the server: business-logic scripting (BLS: a model.py running requests on
+//! other models, through their own schedulers), model control (`is_model_ready`, `load_model`,
+//! `unload_model`) and log lines. Requests run as tasks on the server's runtime; answers go back
+//! as frames, their tensors inline.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::runtime::Handle;
+use tritium_proto::ErrorCode;
+use tritium_worker::{InferOutcome, InferenceRequest, ModelRepository, ModelVersion, ParamValue, StreamItem, WorkerError};
+
+use crate::frame::Frame;
+use crate::stub::Conn;
+use crate::wire::{error_number, inline_descriptors, tensors_of};
+
+#[derive(Clone)]
+pub struct Services {
+    runtime: Option<Handle>,
+    repository: Weak<ModelRepository>,
+}
+
+impl Services {
+    pub fn new(repository: Weak<ModelRepository>) -> Services {
+        Services { runtime: Handle::try_current().ok(), repository }
+    }
+
+    /// Starts a BLS request; its inputs are copied out of the region before this returns.
+    pub fn bls(&self, conn: &Arc<Conn>, frame: &Frame) {
+        let header = &frame.header;
+        let id = header.get("id").cloned().unwrap_or(Value::Null);
+        let inputs = match tensors_of(header.get("inputs"), &conn.region, &frame.payload) {
+            Ok(inputs) => inputs,
+            Err(why) => return answer_error(conn, &id, ErrorCode::InvalidArg, &format!("malformed BLS request: {why}")),
+        };
+        let request = match bls_request(header, inputs) {
+            Ok(request) => request,
+            Err(why) => return answer_error(conn, &id, ErrorCode::InvalidArg, &why),
+        };
+        let (Some(runtime), Some(repository)) = (&self.runtime, self.repository.upgrade()) else {
+            return answer_error(conn, &id, ErrorCode::Unavailable, "the server is stopping");
+        };
+        let decoupled = header.get("decoupled").and_then(Value::as_bool).unwrap_or(false);
+        let timeout = header.get("timeout").and_then(Value::as_u64).filter(|&t| t > 0).map(Duration::from_micros);
+        let conn = Arc::clone(conn);
+        runtime.spawn(async move {
+            let run = run_bls(&repository, request, decoupled, &conn, &id);
+            let outcome = match timeout {
+                Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                    Err(WorkerError::Failed { code: ErrorCode::Unavailable, message: "Request timeout expired".to_string() })
+                }),
+                None => run.await,
+            };
+            if let Err(error) = outcome {
+                answer_error(&conn, &id, error.code(), &error.to_string());
+            }
+        });
+    }
+
+    pub fn control(&self, conn: &Arc<Conn>, frame: &Frame) {
+        let header = frame.header.clone();
+        let conn = Arc::clone(conn);
+        let (Some(runtime), Some(repository)) = (&self.runtime, self.repository.upgrade()) else {
+            let _ = conn.send(json!({"op": "control_response", "id": header["id"], "error": "the server is stopping"}), &[]);
+            return;
+        };
+        // Loading builds a model (its stubs, its initialize): never on the reader thread.
+        runtime.spawn_blocking(move || {
+            let model = header.get("model").and_then(Value::as_str).unwrap_or("");
+            let mut answer = json!({"op": "control_response", "id": header["id"]});
+            match header.get("action").and_then(Value::as_str) {
+                Some("ready") => {
+                    let version = header.get("version").and_then(Value::as_str).and_then(|v| v.parse().ok());
+                    answer["ready"] = json!(repository.is_ready(model, version));
+                }
+                Some(action @ ("load" | "unload")) => {
+                    let config = header.get("config").and_then(Value::as_str).filter(|c| !c.is_empty());
+                    let result = if action == "load" { repository.load(model, config) } else { repository.unload(model) };
+                    if let Err(error) = result {
+                        answer["error"] = json!(error.to_string());
+                    }
+                }
+                _ => answer["error"] = json!("unknown model control action"),
+            }
+            let _ = conn.send(answer, &[]);
+        });
+    }
+
+    pub fn log(&self, instance: &str, header: &Value) {
+        let message = header.get("message").and_then(Value::as_str).unwrap_or("");
+        let file = header.get("file").and_then(Value::as_str).unwrap_or("");
+        let line = header.get("line").and_then(Value::as_u64).unwrap_or(0);
+        match header.get("level").and_then(Value::as_u64) {
+            Some(1) => tracing::warn!(target: "python_model", instance, file, line, "{message}"),
+            Some(2) => tracing::error!(target: "python_model", instance, file, line, "{message}"),
+            Some(3) => tracing::debug!(target: "python_model", instance, file, line, "{message}"),
+            _ => tracing::info!(target: "python_model", instance, file, line, "{message}"),
+        }
+    }
+}
+
+/// The request a `bls` frame describes.
+fn bls_request(header: &Value, inputs: Vec<tritium_tensor::Tensor>) -> Result<InferenceRequest, String> {
+    let model = header.get("model").and_then(Value::as_str).ok_or("a BLS request without a model")?;
+    let mut request = InferenceRequest::new(model, inputs);
+    request.model_version = header.get("version").and_then(Value::as_i64).filter(|&v| v > 0);
+    request.id = header.get("request_id").and_then(Value::as_str).unwrap_or("").to_string();
+    request.requested_outputs = header
+        .get("outputs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.as_str().map(String::from))
+        .collect();
+    let parameters = header.get("parameters").and_then(Value::as_str).unwrap_or("{}");
+    let parameters: serde_json::Map<String, Value> =
+        serde_json::from_str(parameters).map_err(|e| format!("BLS request parameters are not a JSON object: {e}"))?;
+    for (key, value) in parameters {
+        let value = match value {
+            Value::Bool(b) => ParamValue::Bool(b),
+            Value::String(s) => ParamValue::String(s),
+            Value::Number(n) if n.is_i64() => ParamValue::Int64(n.as_i64().unwrap_or_default()),
+            _ => return Err(format!("BLS request parameter '{key}' must be a bool, an integer or a string")),
+        };
+        request.parameters.push((key, value));
+    }
+    match header.get("correlation_id") {
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => {
+            let id = n.as_u64().unwrap_or_default();
+            request.parameters.push(("sequence_id".into(), ParamValue::Int64(i64::from_ne_bytes(id.to_ne_bytes()))));
+        }
+        Some(Value::String(s)) if !s.is_empty() => request.parameters.push(("sequence_id".into(), ParamValue::String(s.clone()))),
+        _ => {}
+    }
+    let flags = header.get("flags").and_then(Value::as_u64).unwrap_or(0);
+    if flags & 1 != 0 {
+        request.parameters.push(("sequence_start".into(), ParamValue::Bool(true)));
+    }
+    if flags & 2 != 0 {
+        request.parameters.push(("sequence_end".into(), ParamValue::Bool(true)));
+    }
+    Ok(request)
+}
+
+async fn run_bls(
+    repository: &ModelRepository,
+    request: InferenceRequest,
+    decoupled: bool,
+    conn: &Conn,
+    id: &Value,
+) -> Result<(), WorkerError> {
+    let model = request.model_name.clone();
+    let valid = repository.validate(request)?;
+    match ModelVersion::run_any(valid).await? {
+        InferOutcome::Single(response) => answer(conn, id, &response.outputs, true),
+        InferOutcome::Stream(_) if !decoupled => Err(WorkerError::Failed {
+            code: ErrorCode::InvalidArg,
+            message: format!("model '{model}' is decoupled: run its BLS requests with exec(decoupled=True)"),
+        }),
+        InferOutcome::Stream(mut stream) => {
+            while let Some(item) = stream.next().await {
+                match item {
+                    StreamItem::Response(response) => {
+                        answer(conn, id, &response.outputs, response.is_final)?;
+                        if response.is_final {
+                            return Ok(());
+                        }
+                    }
+                    StreamItem::Complete => return answer(conn, id, &[], true),
+                    StreamItem::Error(error) => return Err(error),
+                }
+            }
+            answer(conn, id, &[], true)
+        }
+    }
+}
+
+fn answer(conn: &Conn, id: &Value, outputs: &[tritium_tensor::Tensor], last: bool) -> Result<(), WorkerError> {
+    let (descriptors, parts) = inline_descriptors(outputs);
+    let header = json!({"op": "bls_response", "id": id, "outputs": descriptors, "final": last});
+    // A stub that has gone needs no answer.
+    let _ = conn.send(header, &parts);
+    Ok(())
+}
+
+fn answer_error(conn: &Conn, id: &Value, code: ErrorCode, message: &str) {
+    let header =
+        json!({"op": "bls_response", "id": id, "final": true, "error": {"message": message, "code": error_number(code)}});
+    let _ = conn.send(header, &[]);
+}

@@ -1,0 +1,493 @@
+//! One stub process: a Python interpreter running `tritium_python_stub.py` for one model instance,
+//! its control socket and its shared-memory region. A reader thread takes every frame the stub
+//! sends and settles what waits for it; when the stub dies, everything in flight fails at once
+//! with one clear error, and the instance pool starts a new stub for the next request.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc as sync_mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tritium_proto::ErrorCode;
+use tritium_tensor::Tensor;
+use tritium_worker::BackendError;
+
+use crate::frame::{Frame, read_frame, write_frame};
+use crate::region::{Block, Region};
+use crate::services::Services;
+use crate::wire::{Reply, request_error, tensors_of};
+
+/// How a stub is started.
+#[derive(Debug, Clone)]
+pub struct StubSpec {
+    pub interpreter: PathBuf,
+    /// The folder holding `tritium_python_stub.py` and `triton_python_backend_utils.py`.
+    pub stub_dir: PathBuf,
+    pub region_bytes: usize,
+    /// Bounds the stub's start-up (up to its hello) and its `finalize`.
+    pub timeout: Duration,
+    /// The instance's name, in logs and errors.
+    pub name: String,
+}
+
+/// One answer of a request: its outputs, or its error.
+pub type Answer = Result<Reply, BackendError>;
+
+/// What an `executed` frame settles.
+pub struct Executed {
+    /// One answer per request for a plain model; empty for a decoupled one (its answers stream).
+    pub answers: Vec<Answer>,
+}
+
+/// A decoupled request's responses as they come; `None` ends the stream.
+pub struct StreamEvent {
+    pub answer: Result<Option<Reply>, BackendError>,
+    pub last: bool,
+}
+
+/// Something held until an execute's `executed` frame arrives (the instance's lease).
+pub type OnExecuted = Box<dyn FnOnce() + Send>;
+
+struct PendingExecute {
+    reply: oneshot::Sender<Result<Executed, BackendError>>,
+    inputs: Vec<Block>,
+    /// A decoupled execute's requests, whose streams end with its error if it raises.
+    streams: Vec<u64>,
+    release: Option<OnExecuted>,
+}
+
+struct PendingStream {
+    sender: mpsc::UnboundedSender<StreamEvent>,
+    inputs: Vec<Block>,
+}
+
+#[derive(Default)]
+struct State {
+    executes: HashMap<u64, PendingExecute>,
+    streams: HashMap<u64, PendingStream>,
+    /// The reply to `init`, `auto_complete` or `finalize`, which run one at a time.
+    op_reply: Option<sync_mpsc::SyncSender<Frame>>,
+    /// Why the stub stopped, once it has.
+    death: Option<String>,
+}
+
+pub(crate) struct Conn {
+    pub(crate) name: String,
+    writer: Mutex<UnixStream>,
+    pub(crate) region: Region,
+    state: Mutex<State>,
+    /// Frames read from the stub; every frame sent back acknowledges them.
+    received: AtomicU64,
+    unacknowledged_bytes: AtomicUsize,
+    next_id: AtomicU64,
+    alive: AtomicBool,
+}
+
+pub struct Stub {
+    conn: Arc<Conn>,
+    child: Mutex<Child>,
+    timeout: Duration,
+}
+
+/// A request as `execute` sends it.
+pub struct StubRequest {
+    pub key: u64,
+    pub header: Value,
+    pub inputs: Vec<Tensor>,
+}
+
+impl Stub {
+    /// Starts a stub and waits for its hello.
+    pub fn start(spec: &StubSpec, services: Services) -> Result<Stub, String> {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| format!("cannot create the stub's socket: {e}"))?;
+        let region = Region::create(spec.region_bytes, spec.region_bytes / 2)?;
+        let script = spec.stub_dir.join("tritium_python_stub.py");
+        let mut command = Command::new(&spec.interpreter);
+        command
+            .arg(&script)
+            .args(["3", "4", &region.size().to_string(), &region.input_size().to_string()])
+            .env("PYTHONPATH", python_path(&spec.stub_dir))
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            // Its own process group: a terminal's Ctrl-C reaches the server, which stops stubs itself.
+            .process_group(0);
+        let (socket_fd, region_fd) = (theirs.as_raw_fd(), region.fd());
+        // SAFETY: the closure runs in the forked child before exec and calls only fcntl and dup2,
+        // which are async-signal-safe. Both descriptors are first copied above 10 so that neither
+        // target (3, 4) can clobber the other's source; the copies close on exec, 3 and 4 stay.
+        unsafe {
+            command.pre_exec(move || {
+                let socket = libc::fcntl(socket_fd, libc::F_DUPFD_CLOEXEC, 10);
+                let region = libc::fcntl(region_fd, libc::F_DUPFD_CLOEXEC, 10);
+                if socket < 0 || region < 0 || libc::dup2(socket, 3) < 0 || libc::dup2(region, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let child = command.spawn().map_err(|e| {
+            format!("cannot start the Python interpreter '{}' for the python backend: {e}", spec.interpreter.display())
+        })?;
+        drop(theirs);
+        let stub = Stub {
+            conn: Arc::new(Conn {
+                name: spec.name.clone(),
+                writer: Mutex::new(ours.try_clone().map_err(|e| format!("cannot clone the stub's socket: {e}"))?),
+                region,
+                state: Mutex::new(State::default()),
+                received: AtomicU64::new(0),
+                unacknowledged_bytes: AtomicUsize::new(0),
+                next_id: AtomicU64::new(1),
+                alive: AtomicBool::new(true),
+            }),
+            child: Mutex::new(child),
+            timeout: spec.timeout,
+        };
+        stub.hello(ours, services)?;
+        Ok(stub)
+    }
+
+    /// Reads the stub's first frame within the timeout, then hands the socket to the reader thread.
+    fn hello(&self, mut socket: UnixStream, services: Services) -> Result<(), String> {
+        let limit = self.conn.region.size();
+        socket.set_read_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
+        let first = read_frame(&mut socket, limit);
+        let frame = match first {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(self.exit_reason("the Python stub exited before it started")),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                self.kill();
+                return Err(format!("the Python stub did not start within {} s", self.timeout.as_secs()));
+            }
+            Err(e) => return Err(self.exit_reason(&format!("the Python stub's socket failed: {e}"))),
+        };
+        match frame.op() {
+            "hello" => {}
+            "fatal" => return Err(text(&frame.header, "message")),
+            other => return Err(format!("the Python stub sent '{other}' before its hello")),
+        }
+        socket.set_read_timeout(None).map_err(|e| e.to_string())?;
+        let writer = self.conn.writer_lock();
+        writer.set_write_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
+        drop(writer);
+        let conn = Arc::clone(&self.conn);
+        std::thread::Builder::new()
+            .name(format!("python-{}", self.conn.name))
+            .spawn(move || read_loop(conn, socket, services, limit))
+            .map_err(|e| format!("cannot start the stub's reader thread: {e}"))?;
+        Ok(())
+    }
+
+    fn exit_reason(&self, what: &str) -> String {
+        let status = self.lock_child().wait().map(|s| format!(" ({s})")).unwrap_or_default();
+        format!("{what}{status}")
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.conn.alive.load(Ordering::Acquire)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.conn.name
+    }
+
+    /// Runs `init` or `auto_complete` (or `finalize`) on the stub's main thread and waits for its
+    /// reply, up to `timeout` when one is given.
+    pub fn call(&self, header: Value, timeout: Option<Duration>) -> Result<Value, String> {
+        let (sender, receiver) = sync_mpsc::sync_channel(1);
+        {
+            let mut state = self.conn.lock_state();
+            if let Some(death) = &state.death {
+                return Err(death.clone());
+            }
+            state.op_reply = Some(sender);
+        }
+        self.conn.send(header, &[]).map_err(|e| e.to_string())?;
+        let frame = match timeout {
+            Some(limit) => receiver.recv_timeout(limit).map_err(|_| self.conn.death_or("the Python stub did not answer in time")),
+            None => receiver.recv().map_err(|_| self.conn.death_or("the Python stub stopped")),
+        }?;
+        match frame.op() {
+            "error" => Err(text(&frame.header, "message")),
+            _ => Ok(frame.header),
+        }
+    }
+
+    /// Sends one `execute` of `requests`; `reply` gets the `executed` frame's answers. For a
+    /// decoupled model each request's responses go to its stream in `streams`.
+    pub fn execute(
+        &self,
+        requests: Vec<StubRequest>,
+        streams: Vec<mpsc::UnboundedSender<StreamEvent>>,
+        reply: oneshot::Sender<Result<Executed, BackendError>>,
+        release: OnExecuted,
+    ) {
+        let id = self.conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut blocks = Vec::new();
+        let mut inline: Vec<bytes::Bytes> = Vec::new();
+        let mut inline_size = 0usize;
+        let mut headers = Vec::with_capacity(requests.len());
+        let decoupled = !streams.is_empty();
+        let mut per_request_blocks = Vec::with_capacity(requests.len());
+        for mut request in requests {
+            let mut own = Vec::new();
+            let mut descriptors = Vec::with_capacity(request.inputs.len());
+            for tensor in request.inputs {
+                let mut desc = json!({
+                    "name": tensor.name, "datatype": tensor.datatype.kserve_name(), "shape": tensor.shape, "size": tensor.data.len(),
+                });
+                match self.conn.region.write_input(&tensor.data) {
+                    Some(block) => {
+                        desc["shm"] = json!(block.offset);
+                        own.push(block);
+                    }
+                    None => {
+                        desc["inline"] = json!(inline_size);
+                        inline_size += tensor.data.len();
+                        inline.push(tensor.data);
+                    }
+                }
+                descriptors.push(desc);
+            }
+            request.header["key"] = json!(request.key);
+            request.header["inputs"] = Value::Array(descriptors);
+            headers.push(request.header);
+            per_request_blocks.push((request.key, own));
+        }
+        {
+            let mut state = self.conn.lock_state();
+            if let Some(death) = &state.death {
+                let death = death.clone();
+                drop(state);
+                per_request_blocks.into_iter().flat_map(|(_, b)| b).for_each(|b| self.conn.region.free_input(b));
+                release();
+                let _ = reply.send(Err(stub_failed(&self.conn.name, &death)));
+                return;
+            }
+            let mut keys = Vec::new();
+            if decoupled {
+                for ((key, own), sender) in per_request_blocks.into_iter().zip(streams) {
+                    state.streams.insert(key, PendingStream { sender, inputs: own });
+                    keys.push(key);
+                }
+            } else {
+                blocks = per_request_blocks.into_iter().flat_map(|(_, b)| b).collect();
+            }
+            state.executes.insert(id, PendingExecute { reply, inputs: blocks, streams: keys, release: Some(release) });
+        }
+        let header = json!({"op": "execute", "id": id, "requests": headers});
+        let parts: Vec<&[u8]> = inline.iter().map(|b| b.as_ref()).collect();
+        if let Err(e) = self.conn.send(header, &parts) {
+            // The reader thread sees the socket fail too and settles everything in flight.
+            tracing::warn!(instance = %self.conn.name, "cannot send to the Python stub: {e}");
+            self.kill();
+        }
+    }
+
+    /// Tells the stub a decoupled request's client has gone (`is_cancelled()` turns true).
+    pub fn cancel(&self, key: u64) {
+        let _ = self.conn.send(json!({"op": "cancel", "request": key}), &[]);
+    }
+
+    /// Runs the model's `finalize` (within the timeout), then ends the process.
+    pub fn stop(&self) {
+        if self.is_alive()
+            && let Err(e) = self.call(json!({"op": "finalize"}), Some(self.timeout))
+        {
+            tracing::warn!(instance = %self.conn.name, "the model's finalize failed: {e}");
+        }
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match self.lock_child().try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() >= deadline => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        self.kill();
+    }
+
+    pub fn kill(&self) {
+        let mut child = self.lock_child();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn lock_child(&self) -> MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Conn {
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn writer_lock(&self) -> MutexGuard<'_, UnixStream> {
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends a frame, acknowledging every frame read so far (the stub may reuse their blocks).
+    pub(crate) fn send(&self, mut header: Value, payload: &[&[u8]]) -> std::io::Result<()> {
+        let mut writer = self.writer_lock();
+        header["ack"] = json!(self.received.load(Ordering::Acquire));
+        self.unacknowledged_bytes.store(0, Ordering::Release);
+        write_frame(&mut *writer, &header, payload)
+    }
+
+    fn death_or(&self, otherwise: &str) -> String {
+        self.lock_state().death.clone().unwrap_or_else(|| otherwise.to_string())
+    }
+
+    /// Settles everything in flight with the stub's death.
+    fn die(&self, why: String) {
+        self.alive.store(false, Ordering::Release);
+        let (executes, streams) = {
+            let mut state = self.lock_state();
+            state.death = Some(why.clone());
+            state.op_reply = None;
+            (std::mem::take(&mut state.executes), std::mem::take(&mut state.streams))
+        };
+        for (_, pending) in executes {
+            pending.inputs.into_iter().for_each(|b| self.region.free_input(b));
+            let _ = pending.reply.send(Err(stub_failed(&self.name, &why)));
+            if let Some(release) = pending.release {
+                release();
+            }
+        }
+        for (_, stream) in streams {
+            stream.inputs.into_iter().for_each(|b| self.region.free_input(b));
+            let _ = stream.sender.send(StreamEvent { answer: Err(stub_failed(&self.name, &why)), last: true });
+        }
+    }
+
+    fn settle_executed(&self, frame: &Frame) {
+        let Some(id) = frame.header.get("id").and_then(Value::as_u64) else { return };
+        let Some(pending) = self.lock_state().executes.remove(&id) else { return };
+        pending.inputs.into_iter().for_each(|b| self.region.free_input(b));
+        let result = match frame.header.get("error").and_then(Value::as_str) {
+            Some(message) => Err(BackendError::failed(ErrorCode::Internal, message.to_string())),
+            None => {
+                let answers = frame.header.get("responses").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                Ok(Executed { answers: answers.iter().map(|r| self.reply_of(r, &frame.payload)).collect() })
+            }
+        };
+        if let Err(error) = &result {
+            // A decoupled execute that raised: each of its requests ends with the error.
+            for &key in &pending.streams {
+                self.end_stream(key, Err(BackendError::failed(error.code(), error.to_string())));
+            }
+        }
+        let _ = pending.reply.send(result);
+        if let Some(release) = pending.release {
+            release();
+        }
+    }
+
+    fn end_stream(&self, key: u64, answer: Result<Option<Reply>, BackendError>) {
+        if let Some(stream) = self.lock_state().streams.remove(&key) {
+            stream.inputs.into_iter().for_each(|b| self.region.free_input(b));
+            let _ = stream.sender.send(StreamEvent { answer, last: true });
+        }
+    }
+
+    fn settle_response(&self, frame: &Frame) {
+        let Some(key) = frame.header.get("request").and_then(Value::as_u64) else { return };
+        let last = frame.header.get("final").and_then(Value::as_bool).unwrap_or(false);
+        let empty = frame.header.get("empty").and_then(Value::as_bool).unwrap_or(false);
+        let answer = if empty { Ok(None) } else { self.reply_of(&frame.header, &frame.payload).map(Some) };
+        if last {
+            self.end_stream(key, answer);
+        } else if let Some(stream) = self.lock_state().streams.get(&key) {
+            let _ = stream.sender.send(StreamEvent { answer, last: false });
+        }
+    }
+
+    /// A response's outputs (copied out of the region) or its error.
+    fn reply_of(&self, response: &Value, payload: &bytes::Bytes) -> Answer {
+        if let Some(error) = response.get("error").filter(|e| !e.is_null()) {
+            return Err(request_error(error));
+        }
+        let outputs = tensors_of(response.get("outputs"), &self.region, payload).map_err(|why| {
+            BackendError::failed(ErrorCode::Internal, format!("the python model's response is malformed: {why}"))
+        })?;
+        let parameters = response.get("parameters").and_then(Value::as_str).unwrap_or("{}").to_string();
+        Ok(Reply { outputs, parameters })
+    }
+
+    fn note_output_bytes(&self, frame: &Frame) {
+        let bytes = crate::wire::shm_bytes(&frame.header);
+        if bytes == 0 {
+            return;
+        }
+        let total = self.unacknowledged_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        // Without frames going back, the stub's ring would fill: acknowledge once a quarter is used.
+        if total > (self.region.size() - self.region.input_size()) / 4 {
+            let _ = self.send(json!({"op": "ack"}), &[]);
+        }
+    }
+}
+
+fn read_loop(conn: Arc<Conn>, mut socket: UnixStream, services: Services, limit: usize) {
+    let why = loop {
+        let frame = match read_frame(&mut socket, limit) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break "the stub process exited".to_string(),
+            Err(e) => break format!("the stub's socket failed: {e}"),
+        };
+        match frame.op() {
+            "executed" => conn.settle_executed(&frame),
+            "response" => conn.settle_response(&frame),
+            "bls" => services.bls(&conn, &frame),
+            "control" => services.control(&conn, &frame),
+            "log" => services.log(&conn.name, &frame.header),
+            _ => {
+                if let Some(sender) = conn.lock_state().op_reply.take() {
+                    let _ = sender.send(frame);
+                    conn.received.fetch_add(1, Ordering::AcqRel);
+                    continue;
+                }
+            }
+        }
+        conn.received.fetch_add(1, Ordering::AcqRel);
+        conn.note_output_bytes(&frame);
+    };
+    conn.die(why);
+}
+
+/// The error every request in flight gets when its stub dies.
+pub fn stub_failed(instance: &str, why: &str) -> BackendError {
+    BackendError::failed(
+        ErrorCode::Internal,
+        format!(
+            "Failed to process the request(s) for model instance '{instance}', message: Stub process '{instance}' is not healthy: {why}"
+        ),
+    )
+}
+
+fn text(header: &Value, key: &str) -> String {
+    header.get(key).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+/// The stub's own folder first, then whatever the server was started with.
+fn python_path(stub_dir: &std::path::Path) -> std::ffi::OsString {
+    let mut path = stub_dir.as_os_str().to_owned();
+    if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+        path.push(":");
+        path.push(existing);
+    }
+    path
+}

@@ -1,0 +1,114 @@
+//! Tensors and errors as frames describe them: `{"name", "datatype", "shape", "size"}` with the
+//! bytes at `"shm"` (a region offset) or `"inline"` (an offset in the frame's payload).
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tritium_proto::ErrorCode;
+use tritium_tensor::{DataType, Tensor};
+use tritium_worker::BackendError;
+
+use crate::region::Region;
+
+/// One response of a model: its outputs and its parameters (a JSON object, as the model gave them).
+#[derive(Debug)]
+pub struct Reply {
+    pub outputs: Vec<Tensor>,
+    pub parameters: String,
+}
+
+/// The tensors a frame names, their bytes copied out of the stub's part of the region or sliced
+/// from the payload. Every offset and size is checked: the stub runs a user's code.
+pub fn tensors_of(descriptors: Option<&Value>, region: &Region, payload: &Bytes) -> Result<Vec<Tensor>, String> {
+    let Some(descriptors) = descriptors else { return Ok(Vec::new()) };
+    let descriptors = descriptors.as_array().ok_or("outputs is not a list")?;
+    descriptors.iter().map(|d| tensor_of(d, region, payload)).collect()
+}
+
+fn tensor_of(desc: &Value, region: &Region, payload: &Bytes) -> Result<Tensor, String> {
+    let name = desc.get("name").and_then(Value::as_str).ok_or("a tensor without a name")?;
+    let datatype = desc.get("datatype").and_then(Value::as_str).ok_or("a tensor without a datatype")?;
+    let datatype = DataType::from_kserve(datatype).ok_or_else(|| format!("tensor '{name}' has unknown datatype '{datatype}'"))?;
+    let shape = desc
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("tensor '{name}' has no shape"))?
+        .iter()
+        .map(Value::as_i64)
+        .collect::<Option<Vec<i64>>>()
+        .ok_or_else(|| format!("tensor '{name}' has a shape that is not a list of integers"))?;
+    let size = desc.get("size").and_then(Value::as_u64).and_then(|s| usize::try_from(s).ok()).ok_or("a tensor without a size")?;
+    let data = if let Some(offset) = desc.get("shm").and_then(Value::as_u64) {
+        let offset = usize::try_from(offset).map_err(|_| "offset out of range")?;
+        Bytes::from(region.read_output(offset, size).ok_or_else(|| format!("tensor '{name}' lies outside the stub's region"))?)
+    } else {
+        let offset = desc.get("inline").and_then(Value::as_u64).and_then(|o| usize::try_from(o).ok()).unwrap_or(usize::MAX);
+        let end = offset.checked_add(size).filter(|&end| end <= payload.len());
+        let end = end.ok_or_else(|| format!("tensor '{name}' lies outside its frame"))?;
+        payload.slice(offset..end)
+    };
+    Ok(Tensor::new(name, datatype, shape, data))
+}
+
+/// Bytes of the stub's region a frame named: what the server has copied out by now.
+pub fn shm_bytes(header: &Value) -> usize {
+    let sum = |list: Option<&Value>| {
+        list.and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|d| d.get("shm").is_some())
+            .filter_map(|d| d.get("size").and_then(Value::as_u64))
+            .map(|s| usize::try_from(s).unwrap_or(0))
+            .sum::<usize>()
+    };
+    let responses: usize =
+        header.get("responses").and_then(Value::as_array).into_iter().flatten().map(|r| sum(r.get("outputs"))).sum();
+    responses + sum(header.get("outputs")) + sum(header.get("inputs"))
+}
+
+/// A `TritonError` a response carried: its message, with the gRPC class its code names.
+pub fn request_error(error: &Value) -> BackendError {
+    let message = error.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+    let code = match error.get("code").and_then(Value::as_i64) {
+        Some(0) => ErrorCode::Unknown,
+        Some(2) => ErrorCode::NotFound,
+        Some(3) => ErrorCode::InvalidArg,
+        Some(4) => ErrorCode::Unavailable,
+        Some(5) => ErrorCode::Unsupported,
+        Some(6) => ErrorCode::AlreadyExists,
+        Some(7) => ErrorCode::Cancelled,
+        _ => ErrorCode::Internal,
+    };
+    BackendError::refused(code, message)
+}
+
+/// pb_utils' number of an error class.
+pub fn error_number(code: ErrorCode) -> i64 {
+    match code {
+        ErrorCode::Unknown => 0,
+        ErrorCode::Internal | ErrorCode::ResourceExhausted => 1,
+        ErrorCode::NotFound => 2,
+        ErrorCode::InvalidArg => 3,
+        ErrorCode::Unavailable => 4,
+        ErrorCode::Unsupported => 5,
+        ErrorCode::AlreadyExists => 6,
+        ErrorCode::Cancelled => 7,
+    }
+}
+
+/// Descriptors of tensors sent inline (BLS answers), with the payload parts they point into.
+pub fn inline_descriptors(tensors: &[Tensor]) -> (Vec<Value>, Vec<&[u8]>) {
+    let mut offset = 0usize;
+    let mut parts = Vec::with_capacity(tensors.len());
+    let descriptors = tensors
+        .iter()
+        .map(|t| {
+            let desc = json!({
+                "name": t.name, "datatype": t.datatype.kserve_name(), "shape": t.shape, "size": t.data.len(), "inline": offset,
+            });
+            offset += t.data.len();
+            parts.push(t.data.as_ref());
+            desc
+        })
+        .collect();
+    (descriptors, parts)
+}

@@ -1,0 +1,38 @@
+//! The Python backend's server-wide settings: `--python-interpreter` and Triton's
+//! `--backend-config=python,<setting>=<value>` keys `stub-timeout-seconds` (30) and our
+//! `shm-region-byte-size` (64 MiB per instance, half for inputs, half for outputs).
+
+use std::time::Duration;
+
+use tritium_python::PythonSettings;
+
+use super::RepositoryArgs;
+use super::backend_config::BackendConfigs;
+
+/// The smallest region: room for a few small tensors each way.
+const MIN_REGION_BYTES: usize = 64 << 10;
+
+impl RepositoryArgs {
+    pub fn python(&self) -> Result<PythonSettings, String> {
+        let configs = BackendConfigs::parse(&self.backend_config)?;
+        let defaults = PythonSettings::default();
+        let number = |key: &str| -> Result<Option<u64>, String> {
+            configs
+                .get(tritium_python::BACKEND, key)
+                .map(|value| value.trim().parse::<u64>().map_err(|_| format!("failed to convert '{value}' to integral number")))
+                .transpose()
+        };
+        let stub_timeout = number("stub-timeout-seconds")?.map_or(defaults.stub_timeout, Duration::from_secs);
+        if stub_timeout.is_zero() {
+            return Err("--backend-config=python,stub-timeout-seconds must be at least 1".to_string());
+        }
+        let region_bytes = match number("shm-region-byte-size")? {
+            None => defaults.region_bytes,
+            Some(bytes) => usize::try_from(bytes)
+                .ok()
+                .filter(|&b| b >= MIN_REGION_BYTES)
+                .ok_or_else(|| format!("--backend-config=python,shm-region-byte-size must be at least {MIN_REGION_BYTES}"))?,
+        };
+        Ok(PythonSettings { interpreter: self.python_interpreter.clone(), region_bytes, stub_timeout })
+    }
+}
