@@ -33,6 +33,7 @@ use tritium_worker::repository::{config_to_json, parse_config_json};
 use tritium_worker::{Backend, BackendRegistry};
 
 use crate::model::PythonModel;
+pub use crate::pool::stop_all;
 use crate::pool::{Instances, Launcher};
 use crate::services::Services;
 use crate::stub::{Stub, StubSpec};

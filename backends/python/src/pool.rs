@@ -2,7 +2,7 @@
 //! `execute` at a time, the most recently idle first. A stub that died is started again (with its
 //! model's `initialize`) by the next request that takes its instance.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -32,12 +32,15 @@ impl Launcher {
 }
 
 struct Slot {
+    index: usize,
     name: String,
     stub: Option<Arc<Stub>>,
 }
 
 struct Shared {
     idle: Mutex<Vec<Slot>>,
+    /// Every instance's current stub, idle or busy: stopping the model ends them all.
+    stubs: Mutex<Vec<Option<Arc<Stub>>>>,
     free: Arc<Semaphore>,
     launcher: Launcher,
 }
@@ -71,14 +74,20 @@ impl Instances {
     /// Starts every instance (named `<group>_<index>`), failing the load if any fails.
     pub fn start(names: Vec<String>, launcher: Launcher) -> Result<Instances, String> {
         let mut slots = Vec::with_capacity(names.len());
-        for name in names {
-            let stub = launcher.launch(&name)?;
-            slots.push(Slot { name, stub: Some(Arc::new(stub)) });
+        let mut stubs = Vec::with_capacity(names.len());
+        for (index, name) in names.into_iter().enumerate() {
+            let stub = Arc::new(launcher.launch(&name)?);
+            stubs.push(Some(Arc::clone(&stub)));
+            slots.push(Slot { index, name, stub: Some(stub) });
         }
         // The first instance is used first.
         slots.reverse();
         let free = Arc::new(Semaphore::new(slots.len()));
-        Ok(Instances { shared: Arc::new(Shared { idle: Mutex::new(slots), free, launcher }) })
+        let shared = Arc::new(Shared { idle: Mutex::new(slots), stubs: Mutex::new(stubs), free, launcher });
+        let mut live = lock(&LIVE);
+        live.retain(|weak| weak.strong_count() > 0);
+        live.push(Arc::downgrade(&shared));
+        Ok(Instances { shared })
     }
 
     /// Takes the most recently idle instance, waiting while all are busy; one whose stub died is
@@ -100,20 +109,49 @@ impl Instances {
         let stub = launched.map_err(|why| {
             BackendError::failed(ErrorCode::Internal, format!("the Python stub could not be started again: {why}"))
         })?;
+        let stub = Arc::new(stub);
         if let Some(slot) = lease.slot.as_mut() {
-            slot.stub = Some(Arc::new(stub));
+            if self.shared.free.is_closed() {
+                stub.kill();
+                return Err(stopped());
+            }
+            if let Some(entry) = lock(&self.shared.stubs).get_mut(slot.index) {
+                *entry = Some(Arc::clone(&stub));
+            }
+            slot.stub = Some(stub);
         }
         Ok(lease)
     }
 
-    /// Finalizes every idle instance's model and ends its stub (unload, shutdown).
+    /// Finalizes every instance's model and ends its stub (unload, shutdown); a stub still busy
+    /// with an `execute` is ended once the timeout for its `finalize` has passed.
     pub fn stop(&self) {
-        self.shared.free.close();
-        let stubs: Vec<Arc<Stub>> = std::mem::take(&mut *lock(&self.shared.idle)).into_iter().filter_map(|s| s.stub).collect();
         // Each finalize may take up to the stub timeout: off the caller's thread, all at once.
-        for stub in stubs {
+        for stub in self.shared.take_stubs() {
             let _ = std::thread::Builder::new().name("python-stop".into()).spawn(move || stub.stop());
         }
+    }
+}
+
+impl Shared {
+    fn take_stubs(&self) -> Vec<Arc<Stub>> {
+        self.free.close();
+        lock(&self.idle).clear();
+        std::mem::take(&mut *lock(&self.stubs)).into_iter().flatten().collect()
+    }
+}
+
+/// Every model version's instances, for [`stop_all`].
+static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+
+/// Finalizes the models of every python-backend instance and ends their stubs, waiting for all
+/// (each bounded by the stub timeout): the server's last step before it exits.
+pub fn stop_all() {
+    let stubs: Vec<Arc<Stub>> =
+        std::mem::take(&mut *lock(&LIVE)).iter().filter_map(Weak::upgrade).flat_map(|s| s.take_stubs()).collect();
+    let stopping: Vec<_> = stubs.into_iter().map(|stub| std::thread::spawn(move || stub.stop())).collect();
+    for handle in stopping {
+        let _ = handle.join();
     }
 }
 

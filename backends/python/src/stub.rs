@@ -24,6 +24,10 @@ use crate::region::{Block, Region};
 use crate::services::Services;
 use crate::wire::{Reply, request_error, tensors_of};
 
+/// The most tensor bytes one frame from a stub may carry outside the region (what does not fit
+/// in it travels in the frame): 2 GiB, above any tensor the server's message limit lets a client send.
+const MAX_INLINE_BYTES: usize = 2 << 30;
+
 /// How a stub is started.
 #[derive(Debug, Clone)]
 pub struct StubSpec {
@@ -156,7 +160,7 @@ impl Stub {
 
     /// Reads the stub's first frame within the timeout, then hands the socket to the reader thread.
     fn hello(&self, mut socket: UnixStream, services: Services) -> Result<(), String> {
-        let limit = self.conn.region.size();
+        let limit = MAX_INLINE_BYTES;
         socket.set_read_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
         let first = read_frame(&mut socket, limit);
         let frame = match first {
@@ -192,10 +196,6 @@ impl Stub {
 
     pub fn is_alive(&self) -> bool {
         self.conn.alive.load(Ordering::Acquire)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.conn.name
     }
 
     /// Runs `init` or `auto_complete` (or `finalize`) on the stub's main thread and waits for its
