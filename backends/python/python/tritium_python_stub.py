@@ -66,7 +66,10 @@ class Connection:
         self.region = mmap.mmap(region_fd, region_size)
         self.view = memoryview(self.region)
         self.ring = Ring(input_size, region_size)
+        # `lock` orders whole frames; `ring_lock` guards only the ring, so the reader thread can take
+        # acknowledgements while a sender waits on a full socket.
         self.lock = threading.Lock()
+        self.ring_lock = threading.Lock()
         self.sequence = 0
 
     def read(self):
@@ -77,7 +80,7 @@ class Connection:
         header = json.loads(self.reader.read(header_size))
         payload = self.reader.read(payload_size) if payload_size else b""
         if "ack" in header:
-            with self.lock:
+            with self.ring_lock:
                 self.ring.release(header["ack"])
         return header, payload
 
@@ -96,14 +99,16 @@ class Connection:
             for desc, data in tensors:
                 size = data.nbytes
                 desc["size"] = size
-                start = self.ring.alloc(size) if size else None
+                with self.ring_lock:
+                    start = self.ring.alloc(size) if size else None
+                    if start is not None:
+                        self.ring.record(start, size, self.sequence)
                 if start is None:
                     desc["inline"] = inline_size
                     inline.append(data)
                     inline_size += size
                     continue
                 self.view[start : start + size] = data
-                self.ring.record(start, size, self.sequence)
                 desc["shm"] = start
             body = json.dumps(header, separators=(",", ":")).encode()
             self.sock.sendall(b"".join([PREFIX.pack(len(body), inline_size), body, *inline]))

@@ -172,6 +172,7 @@ impl Stub {
             }
             Err(e) => return Err(self.exit_reason(&format!("the Python stub's socket failed: {e}"))),
         };
+        self.conn.received.fetch_add(1, Ordering::AcqRel);
         match frame.op() {
             "hello" => {}
             "fatal" => return Err(text(&frame.header, "message")),
@@ -345,7 +346,13 @@ impl Conn {
         let mut writer = self.writer_lock();
         header["ack"] = json!(self.received.load(Ordering::Acquire));
         self.unacknowledged_bytes.store(0, Ordering::Release);
-        write_frame(&mut *writer, &header, payload)
+        let written = write_frame(&mut *writer, &header, payload);
+        if written.is_err() {
+            // A frame cut short (a write timeout) leaves nothing sound to send after it: end the
+            // connection, and the reader thread settles what was in flight.
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+        }
+        written
     }
 
     fn death_or(&self, otherwise: &str) -> String {
