@@ -5,8 +5,11 @@ Control messages travel on the socket as frames: `<u32 header length><u32 payloa
 <payload>`. Tensor bytes live in the shared-memory region: its first `<input bytes>` are the server's (request
 inputs, which stay valid until the request is done), the rest is this process's (outputs and BLS inputs, a ring
 freed when the server acknowledges the frames that named them). A tensor that does not fit travels inline in the
-frame's payload. A reader thread takes every frame; `execute`, `init`, `auto_complete` and `finalize` run on the
-main thread, one at a time, as in Triton.
+frame's payload. `execute`, `init`, `auto_complete` and `finalize` run on the main thread, one at a time, as in
+Triton. The main thread also reads the socket (a request costs no hand-over between threads); while model code
+waits for a BLS or model-control answer on the main thread, that wait reads the socket itself, and other threads'
+answers are handed to them as frames come. A model whose `execute` is `async def` runs an event loop on the main
+thread; a reader thread then takes every frame instead.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import traceback
 
 PREFIX = struct.Struct("<II")
 ALIGN = 64
+# One encoder for every frame: json.dumps with options builds a new one per call.
+ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Ring:
@@ -110,7 +115,7 @@ class Connection:
                     continue
                 self.view[start : start + size] = data
                 desc["shm"] = start
-            body = json.dumps(header, separators=(",", ":")).encode()
+            body = ENCODE(header).encode()
             self.sock.sendall(b"".join([PREFIX.pack(len(body), inline_size), body, *inline]))
 
 
@@ -132,7 +137,7 @@ class Runtime:
         self.next_id = 0
         self.cancelled = set()
         self.ids = threading.Lock()
-        self.loop = None
+        self.frames = None
 
     def _new_id(self, waiter):
         with self.ids:
@@ -171,17 +176,20 @@ class Runtime:
         self._bls_frame(request, decoupled, answers.put)
         if decoupled:
             return self._stream(answers)
-        return answers.get()[0]
+        return self.frames.wait(answers)[0]
 
     def _stream(self, answers):
         while True:
-            response, final = answers.get()
+            response, final = self.frames.wait(answers)
             yield response
             if final:
                 return
 
     def async_infer(self, request, decoupled):
         loop = asyncio.get_running_loop()
+        if self.frames.work is None:
+            # The main thread runs the event loop now, so it cannot read the answer itself.
+            self.frames.start_reader()
         if decoupled:
             answers = asyncio.Queue()
 
@@ -230,7 +238,7 @@ class Runtime:
         answers = queue.SimpleQueue()
         self.conn.send({"op": "control", "id": self._new_id(answers.put), "action": action, "model": model,
                         "version": version, "config": config})  # fmt: skip
-        header = answers.get()
+        header = self.frames.wait(answers)
         if header.get("error"):
             raise self.utils.TritonModelException(header["error"])
         return header.get("ready", False)
@@ -352,28 +360,67 @@ def exception_text(error):
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def reader_loop(conn, runtime, work):
-    """Takes every frame; what runs model code goes to the main thread, the rest is answered here."""
-    while True:
+class Frames:
+    """Who reads the socket: the main thread between and during its waits, or a reader thread once started.
+    Answers to waiting threads are settled as they are read; frames that run model code are the main thread's."""
+
+    def __init__(self, conn, runtime):
+        self.conn, self.runtime = conn, runtime
+        self.main = threading.main_thread()
+        self.work = None  # the reader thread's queue of main-thread frames, once it runs
+        self.deferred = collections.deque()
+
+    def read(self):
         try:
-            header, payload = conn.read()
+            header, payload = self.conn.read()
         except (OSError, ValueError):
             header = None
         if header is None:
             # The server has gone: nobody waits for anything this process does.
             os._exit(0)
+        return header, payload
+
+    def settle(self, header, payload):
+        """Handles a frame that answers someone; False for one the main thread must run."""
         op = header["op"]
         if op == "bls_response":
-            runtime.bls_answer(header, payload)
+            self.runtime.bls_answer(header, payload)
         elif op == "control_response":
-            runtime.control_answer(header)
+            self.runtime.control_answer(header)
         elif op == "cancel":
-            runtime.cancelled.add(header["request"])
-        elif op == "done":
-            for key in header.get("requests", []):
-                runtime.cancelled.discard(key)
+            self.runtime.cancelled.add(header["request"])
         elif op != "ack":
-            work.put((header, payload))
+            return False
+        return True
+
+    def next_work(self):
+        if self.deferred:
+            return self.deferred.popleft()
+        if self.work is not None:
+            return self.work.get()
+        while True:
+            header, payload = self.read()
+            if not self.settle(header, payload):
+                return header, payload
+
+    def wait(self, answers):
+        """The next item of `answers`, reading frames meanwhile when this is the main thread and nobody else reads."""
+        if self.work is None and threading.current_thread() is self.main:
+            while answers.empty():
+                header, payload = self.read()
+                if not self.settle(header, payload):
+                    self.deferred.append((header, payload))
+        return answers.get()
+
+    def start_reader(self):
+        self.work = queue.SimpleQueue()
+        threading.Thread(target=self._reader, name="tritium-reader", daemon=True).start()
+
+    def _reader(self):
+        while True:
+            header, payload = self.read()
+            if not self.settle(header, payload):
+                self.work.put((header, payload))
 
 
 def main():
@@ -390,14 +437,13 @@ def main():
         return 1
     conn = Connection(sock, region_fd, region_size, input_size)
     runtime = Runtime(conn, utils)
+    frames = runtime.frames = Frames(conn, runtime)
     utils._runtime = runtime
     host = ModelHost(conn, runtime, utils)
-    work = queue.SimpleQueue()
-    threading.Thread(target=reader_loop, args=(conn, runtime, work), name="tritium-reader", daemon=True).start()
     version = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     conn.send({"op": "hello", "python": version, "numpy": numpy.__version__, "pid": os.getpid()})
     while True:
-        header, payload = work.get()
+        header, payload = frames.next_work()
         op = header["op"]
         if op == "execute":
             host.execute(header, payload)
@@ -405,6 +451,9 @@ def main():
         try:
             if op == "init":
                 conn.send(host.init(header))
+                # An event loop on the main thread cannot also read the socket: a reader thread does.
+                if inspect.iscoroutinefunction(getattr(host.model, "execute", None)) and frames.work is None:
+                    frames.start_reader()
             elif op == "auto_complete":
                 conn.send(host.auto_complete(header))
             elif op == "finalize":

@@ -44,6 +44,9 @@ _KSERVE_OF_NUMBER = {
     9: "INT64", 10: "FP16", 11: "FP32", 12: "FP64", 13: "BYTES", 14: "BF16",
 }  # fmt: skip
 _NUMBER_OF_KSERVE = {name: number for number, name in _KSERVE_OF_NUMBER.items()}
+# Looked up on every tensor: by dtype object, not by comparing against each type in turn.
+_KSERVE_OF_DTYPE = {np.dtype(t): _KSERVE_OF_NUMBER[n] for n, t in _NUMPY_OF_NUMBER.items() if t is not np.object_}
+_NUMPY_OF_KSERVE = {_KSERVE_OF_NUMBER[n]: t for n, t in _NUMPY_OF_NUMBER.items()}
 _CONFIG_NAMES = {
     "TYPE_BOOL": 1, "TYPE_UINT8": 2, "TYPE_UINT16": 3, "TYPE_UINT32": 4, "TYPE_UINT64": 5, "TYPE_INT8": 6,
     "TYPE_INT16": 7, "TYPE_INT32": 8, "TYPE_INT64": 9, "TYPE_FP16": 10, "TYPE_FP32": 11, "TYPE_FP64": 12,
@@ -73,10 +76,12 @@ def triton_string_to_numpy(triton_type_string):
 
 
 def _kserve_datatype(array):
-    number = numpy_to_triton_type(array.dtype)
-    if number is None:
-        raise TritonModelException(f"unsupported numpy data type {array.dtype} for a tensor")
-    return _KSERVE_OF_NUMBER[number]
+    name = _KSERVE_OF_DTYPE.get(array.dtype)
+    if name is not None:
+        return name
+    if array.dtype.kind in ("O", "S", "U"):
+        return "BYTES"
+    raise TritonModelException(f"unsupported numpy data type {array.dtype} for a tensor")
 
 
 def serialize_byte_tensor(input_tensor):
@@ -205,8 +210,7 @@ class Tensor:
             return deserialize_bytes_tensor(self._buffer).reshape(self._shape)
         if self._datatype == "BF16":
             raise TritonModelException("BF16 tensors have no numpy type; use to_dlpack")
-        numpy_type = _NUMPY_OF_NUMBER[_NUMBER_OF_KSERVE[self._datatype]]
-        return np.frombuffer(self._buffer, dtype=numpy_type).reshape(self._shape)
+        return np.frombuffer(self._buffer, dtype=_NUMPY_OF_KSERVE[self._datatype]).reshape(self._shape)
 
     def to_dlpack(self):
         return self.as_numpy().__dlpack__()
