@@ -260,7 +260,7 @@ class ModelHost:
         self.conn, self.runtime, self.utils = conn, runtime, utils
         self.model = None
         self.decoupled = False
-        self.name, self.version = "", 1
+        self.name, self.version, self.instance = "", 1, ""
         self.loop = None
 
     def load_module(self, model_file):
@@ -285,6 +285,7 @@ class ModelHost:
         cls = self.load_module(header["model_file"])
         args = header["args"]
         self.name, self.version = args["model_name"], int(args["model_version"])
+        self.instance = args["model_instance_name"]
         self.decoupled = bool(header.get("decoupled"))
         self.model = cls()
         if hasattr(self.model, "initialize"):
@@ -314,19 +315,19 @@ class ModelHost:
         reply = {"op": "executed", "id": header["id"]}
         try:
             result = self.run(self.model.execute(requests))
-        except Exception as error:  # noqa: BLE001 - model code may raise anything; the server words it
-            reply["error"] = exception_text(error)
+        except Exception as error:  # noqa: BLE001 - model code may raise anything; Triton's wording follows
+            reply["error"] = self.failed(exception_text(error))
             self.conn.send(reply)
             return
         if self.decoupled:
             if result is not None:
-                reply["error"] = "the model is decoupled; execute must return None and send its responses " \
-                                 "through each request's response sender"  # fmt: skip
+                reply["error"] = self.failed(f"Python model '{self.instance}' is using the decoupled mode and the "
+                                             "execute function must return None.")  # fmt: skip
             self.conn.send(reply)
             return
         problem = check_responses(result, len(requests), self.utils)
         if problem is not None:
-            reply["error"] = problem
+            reply["error"] = self.failed(problem)
             self.conn.send(reply)
             return
         responses, tensors = [], []
@@ -337,27 +338,41 @@ class ModelHost:
         reply["responses"] = responses
         self.conn.send(reply, tensors)
 
+    def failed(self, text):
+        return f"Failed to process the request(s) for model '{self.instance}', message: {text}"
+
     def finalize(self):
         if self.model is not None and hasattr(self.model, "finalize"):
             self.run(self.model.finalize())
 
 
 def check_responses(result, count, utils):
+    """Triton's wording for an `execute` return it cannot use (None, where Triton never answers, included)."""
     if result is None:
-        return "Expected a list in the execute return, got None"
-    if not isinstance(result, (list, tuple)):
-        return f"Expected a list in the execute return, got {type(result).__name__}"
+        return "Expected a list in the execute return, found type '<class 'NoneType'>'."
+    if not isinstance(result, list):
+        return f"Expected a list in the execute return, found type '{type(result)}'."
     if len(result) != count:
         return (f"Number of InferenceResponse objects do not match the number of InferenceRequest objects. "
-                f"InferenceRequest(s) size is:{count}, and InferenceResponse(s) size is:{len(result)}")  # fmt: skip
+                f"InferenceRequest(s) size is:{count}, and InferenceResponse(s) size is:{len(result)}\n")  # fmt: skip
     for response in result:
-        if response is not None and not isinstance(response, utils.InferenceResponse):
-            return f"Expected an InferenceResponse in the execute return, got {type(response).__name__}"
+        if not isinstance(response, utils.InferenceResponse):
+            return (f"Expected an 'InferenceResponse' object in the execute function return list, found type "
+                    f"'{type(response)}'.")  # fmt: skip
     return None
 
 
+OUR_FILES = (os.path.abspath(__file__), os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                     "triton_python_backend_utils.py"))  # fmt: skip
+
+
 def exception_text(error):
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    """An exception as Triton words it: `Type: message`, then the model's own frames, innermost first."""
+    text = f"{type(error).__name__}: {error}"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) not in OUR_FILES]
+    if frames:
+        text += "\n\nAt:\n" + "".join(f"  {f.filename}({f.lineno}): {f.name}\n" for f in reversed(frames))
+    return text
 
 
 class Frames:

@@ -161,6 +161,9 @@ impl BackendFactory for PythonFactory {
         if config.backend.is_empty() {
             config.backend = BACKEND.to_string();
         }
+        if config.default_model_filename.is_empty() {
+            config.default_model_filename = MODEL_FILE.to_string();
+        }
         for group in &config.instance_group {
             if group.kind == Kind::Gpu as i32 {
                 return Err(format!(

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
-use tritium_tensor::{DataType, Tensor};
+use tritium_tensor::Tensor;
 use tritium_worker::params::is_reserved;
 use tritium_worker::{Backend, BackendError, BackendRequest, ParamValue, Responder};
 
@@ -19,18 +19,17 @@ use crate::stub::{Answer, StreamEvent, StubRequest};
 use crate::wire::Reply;
 
 pub struct PythonModel {
-    name: String,
     decoupled: bool,
-    /// The config's outputs: (name, datatype), for checking what the model returns.
-    outputs: Vec<(String, Option<DataType>)>,
+    /// The config's output names.
+    outputs: Vec<String>,
     instances: Instances,
     next_key: AtomicU64,
 }
 
 impl PythonModel {
     pub fn new(config: &ModelConfig, decoupled: bool, instances: Instances) -> PythonModel {
-        let outputs = config.output.iter().map(|o| (o.name.clone(), DataType::from_config(o.data_type))).collect();
-        PythonModel { name: config.name.clone(), decoupled, outputs, instances, next_key: AtomicU64::new(1) }
+        let outputs = config.output.iter().map(|o| o.name.clone()).collect();
+        PythonModel { decoupled, outputs, instances, next_key: AtomicU64::new(1) }
     }
 
     /// What the stub's `InferenceRequest` shows of a request.
@@ -56,7 +55,7 @@ impl PythonModel {
             }
         }
         let outputs: Vec<&str> = if request.requested_outputs.is_empty() {
-            self.outputs.iter().map(|(name, _)| name.as_str()).collect()
+            self.outputs.iter().map(String::as_str).collect()
         } else {
             request.requested_outputs.iter().map(String::as_str).collect()
         };
@@ -86,31 +85,15 @@ impl PythonModel {
         Ok(executed.answers)
     }
 
-    /// The outputs of one reply, checked against the config.
+    /// The outputs of one reply the config names (Triton drops the others, and passes a datatype or
+    /// shape other than the config's through as the model made it), each checked to be whole.
     fn checked(&self, reply: Reply) -> Result<Vec<Tensor>, BackendError> {
-        for output in &reply.outputs {
-            let Some((_, expected)) = self.outputs.iter().find(|(name, _)| *name == output.name) else {
-                return Err(BackendError::failed(
-                    ErrorCode::InvalidArg,
-                    format!("unexpected inference output '{}' for model '{}'", output.name, self.name),
-                ));
-            };
-            if let Some(expected) = expected
-                && *expected != output.datatype
-            {
-                return Err(BackendError::failed(
-                    ErrorCode::InvalidArg,
-                    format!(
-                        "unexpected datatype {} for inference output '{}', expecting {}",
-                        output.datatype.kserve_name(),
-                        output.name,
-                        expected.kserve_name()
-                    ),
-                ));
-            }
+        let mut outputs = reply.outputs;
+        outputs.retain(|output| self.outputs.contains(&output.name));
+        for output in &outputs {
             output.validate()?;
         }
-        Ok(reply.outputs)
+        Ok(outputs)
     }
 
     async fn execute_decoupled(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {

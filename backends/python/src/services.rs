@@ -45,6 +45,7 @@ impl Services {
         let decoupled = header.get("decoupled").and_then(Value::as_bool).unwrap_or(false);
         let timeout = header.get("timeout").and_then(Value::as_u64).filter(|&t| t > 0).map(Duration::from_micros);
         let conn = Arc::clone(conn);
+        let model = request.model_name.clone();
         runtime.spawn(async move {
             let run = run_bls(&repository, request, decoupled, &conn, &id);
             let outcome = match timeout {
@@ -54,7 +55,7 @@ impl Services {
                 None => run.await,
             };
             if let Err(error) = outcome {
-                answer_error(&conn, &id, error.code(), &error.to_string());
+                answer_error(&conn, &id, ErrorCode::Internal, &bls_error(&model, &error));
             }
         });
     }
@@ -157,7 +158,11 @@ async fn run_bls(
         InferOutcome::Single(response) => answer(conn, id, &response.outputs, true),
         InferOutcome::Stream(_) if !decoupled => Err(WorkerError::Failed {
             code: ErrorCode::InvalidArg,
-            message: format!("model '{model}' is decoupled: run its BLS requests with exec(decoupled=True)"),
+            message: format!(
+                "Model {model} is using the decoupled. The current BLS request call doesn't support models using the \
+                 decoupled transaction policy. Please use 'decoupled=True' argument to the 'exec' or 'async_exec' calls \
+                 for decoupled models.'"
+            ),
         }),
         InferOutcome::Stream(mut stream) => {
             while let Some(item) = stream.next().await {
@@ -175,6 +180,17 @@ async fn run_bls(
             answer(conn, id, &[], true)
         }
     }
+}
+
+/// A failed BLS request's error, in Triton's words.
+fn bls_error(model: &str, error: &WorkerError) -> String {
+    let cause = match error {
+        WorkerError::ModelNotFound { .. } | WorkerError::NoAvailableVersions { .. } | WorkerError::VersionNotFound { .. } => {
+            format!("Failed for execute the inference request. Model '{model}' is not ready.")
+        }
+        other => other.to_string(),
+    };
+    format!("Model {model} - Error when running inference: {cause}")
 }
 
 fn answer(conn: &Conn, id: &Value, outputs: &[tritium_tensor::Tensor], last: bool) -> Result<(), WorkerError> {

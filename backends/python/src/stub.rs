@@ -386,7 +386,7 @@ impl Conn {
         let Some(pending) = self.lock_state().executes.remove(&id) else { return };
         pending.inputs.into_iter().for_each(|b| self.region.free_input(b));
         let result = match frame.header.get("error").and_then(Value::as_str) {
-            Some(message) => Err(BackendError::failed(ErrorCode::Internal, message.to_string())),
+            Some(message) => Err(BackendError::refused(ErrorCode::Internal, message.to_string())),
             None => {
                 let answers = frame.header.get("responses").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
                 Ok(Executed { answers: answers.iter().map(|r| self.reply_of(r, &frame.payload)).collect() })
@@ -395,7 +395,7 @@ impl Conn {
         if let Err(error) = &result {
             // A decoupled execute that raised: each of its requests ends with the error.
             for &key in &pending.streams {
-                self.end_stream(key, Err(BackendError::failed(error.code(), error.to_string())));
+                self.end_stream(key, Err(BackendError::refused(error.code(), error.to_string())));
             }
         }
         let _ = pending.reply.send(result);
@@ -431,8 +431,7 @@ impl Conn {
         let outputs = tensors_of(response.get("outputs"), &self.region, payload).map_err(|why| {
             BackendError::failed(ErrorCode::Internal, format!("the python model's response is malformed: {why}"))
         })?;
-        let parameters = response.get("parameters").and_then(Value::as_str).unwrap_or("{}").to_string();
-        Ok(Reply { outputs, parameters })
+        Ok(Reply { outputs })
     }
 
     fn note_output_bytes(&self, frame: &Frame) {
@@ -475,14 +474,11 @@ fn read_loop(conn: Arc<Conn>, mut socket: UnixStream, services: Services, limit:
     conn.die(why);
 }
 
-/// The error every request in flight gets when its stub dies.
+/// The error every request in flight gets when its stub dies, in Triton's words (the cause goes
+/// to the log).
 pub fn stub_failed(instance: &str, why: &str) -> BackendError {
-    BackendError::failed(
-        ErrorCode::Internal,
-        format!(
-            "Failed to process the request(s) for model instance '{instance}', message: Stub process '{instance}' is not healthy: {why}"
-        ),
-    )
+    tracing::warn!(instance, "the Python stub stopped: {why}");
+    BackendError::refused(ErrorCode::Internal, format!("Stub process '{instance}' is not healthy."))
 }
 
 fn text(header: &Value, key: &str) -> String {

@@ -9,11 +9,11 @@ use tritium_worker::BackendError;
 
 use crate::region::Region;
 
-/// One response of a model: its outputs and its parameters (a JSON object, as the model gave them).
+/// One response of a model: its outputs. (Triton 2.51's `InferenceResponse` takes no parameters;
+/// those a model of a later version's API sets are not forwarded.)
 #[derive(Debug)]
 pub struct Reply {
     pub outputs: Vec<Tensor>,
-    pub parameters: String,
 }
 
 /// The tensors a frame names, their bytes copied out of the stub's part of the region or sliced
