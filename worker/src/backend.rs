@@ -178,6 +178,8 @@ pub(crate) struct StreamTarget {
     pub(crate) model_version: i64,
     pub(crate) id: String,
     pub(crate) requested_outputs: Vec<String>,
+    /// A response marked final has gone: nothing may follow it.
+    pub(crate) finished: bool,
 }
 
 impl Responder {
@@ -192,6 +194,22 @@ impl Responder {
     /// Sends one response. For a decoupled model this waits while the client is slow to read,
     /// and fails with [`BackendError::Cancelled`] once it has gone.
     pub async fn send(&mut self, outputs: Vec<Tensor>) -> Result<(), BackendError> {
+        self.send_marked(outputs, false).await
+    }
+
+    /// Sends a decoupled request's last response, marked final itself (Triton's
+    /// `send(response, flags=FINAL)`): no empty final response follows it. For a plain model,
+    /// the same as [`Responder::send`].
+    pub async fn send_final(&mut self, outputs: Vec<Tensor>) -> Result<(), BackendError> {
+        self.send_marked(outputs, true).await
+    }
+
+    /// Whether the last response has been sent with [`Responder::send_final`].
+    pub(crate) fn sent_final(&self) -> bool {
+        matches!(&self.inner, ResponderKind::Stream(target) if target.finished)
+    }
+
+    async fn send_marked(&mut self, outputs: Vec<Tensor>, is_final: bool) -> Result<(), BackendError> {
         match &mut self.inner {
             ResponderKind::Single(slot @ None) => {
                 *slot = Some(outputs);
@@ -204,8 +222,9 @@ impl Responder {
                     model_version: target.model_version,
                     id: target.id.clone(),
                     outputs: select_outputs(outputs, &target.requested_outputs),
-                    is_final: false,
+                    is_final,
                 };
+                target.finished |= is_final;
                 target.sender.send(StreamItem::Response(response)).await.map_err(|_| BackendError::Cancelled)
             }
         }

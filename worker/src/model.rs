@@ -221,6 +221,7 @@ impl ModelVersion {
             model_version: model.version,
             id: request.id,
             requested_outputs: request.requested_outputs,
+            finished: false,
         });
         tokio::spawn(async move {
             let pending = model.stats.pending();
@@ -230,6 +231,10 @@ impl ModelVersion {
             let last = match result {
                 Ok(()) => {
                     model.record_success(&timing, inferred, batch, None, Duration::ZERO);
+                    if responder.sent_final() {
+                        // The last response was marked final itself; the stream ends as it closes.
+                        return;
+                    }
                     StreamItem::Complete
                 }
                 Err(BackendError::Cancelled) => return,

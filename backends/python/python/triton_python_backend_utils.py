@@ -79,7 +79,7 @@ def _kserve_datatype(array):
     name = _KSERVE_OF_DTYPE.get(array.dtype)
     if name is not None:
         return name
-    if array.dtype.kind in ("O", "S", "U"):
+    if array.dtype.kind in ("O", "S"):
         return "BYTES"
     raise TritonModelException(f"unsupported numpy data type {array.dtype} for a tensor")
 
@@ -171,7 +171,7 @@ class Tensor:
         if not isinstance(data, np.ndarray):
             data = np.asarray(data)
         if data.dtype.kind == "U":
-            data = np.vectorize(lambda s: s.encode("utf-8"), otypes=[np.object_])(data)
+            raise TritonModelException("NumPy dtype is not supported.")
         self._name = str(name)
         self._array = data
         self._datatype = _kserve_datatype(data)

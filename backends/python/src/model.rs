@@ -116,7 +116,8 @@ impl PythonModel {
             let Some(StreamEvent { answer, last }) = event else { return Ok(()) };
             if let Some(reply) = answer? {
                 let outputs = self.checked(reply)?;
-                if let Err(error) = responder.send(outputs).await {
+                let sent = if last { responder.send_final(outputs).await } else { responder.send(outputs).await };
+                if let Err(error) = sent {
                     stub.cancel(key);
                     return Err(error);
                 }
