@@ -1,0 +1,523 @@
+"""The python-backend differential cases, as data, and how to run one against a server's gRPC endpoint.
+
+Every case is a dict with an `id`, a `kind`, and the fields of that kind; `run_case(grpc_url, case)` sends it and
+returns a JSON-able observation (no timings in it). The cases are sent in the order of CASES: some change state
+(unload/load, a crashed stub) for the cases after them. The models are in ./repo.
+
+Request spec (kinds infer, stream, concurrent, overlap):
+    {"model": str, "inputs": [(name, datatype, shape, flat values)], "outputs": [names] (requested),
+     "request_id": str, "sequence_id": int | str, "sequence_start": bool, "sequence_end": bool,
+     "timeout_us": int (the request's own timeout), "parameters": {name: bool | int | str | float},
+     "client_timeout": seconds (default 30), "json": [output names whose BYTES elements are JSON, parsed],
+     "mask": [output names whose values vary from run to run (a pid), replaced by "<masked>"]}
+BYTES values are str (sent as UTF-8) or bytes.
+
+Kinds:
+- infer: one ModelInfer through tritonclient.grpc. Observation: a response or {"error": {"code", "message"}}.
+- stream: `requests` sent on one ModelStreamInfer stream (raw stub: error messages and parameters of every stream
+  message are visible). Each request carries triton_enable_empty_final_response unless `empty_final` is false. The
+  stream is read until every request saw triton_final_response=true (then `settle_s` more), or nothing came for
+  `idle_s`. Observation: {"responses": {request id: [messages]}, "complete": {request id: bool}, "ended": how}.
+- concurrent: `requests` sent at once from threads; the list of their observations.
+- overlap: `first` runs in the background; after `after_s`, the `during` requests run one by one; then, once
+  `first` has answered, the `then` requests. With `check_order`, also whether every `during` answer came before
+  `first`'s.
+- load / unload (`model`), ready (`model`), config (`model`), metadata (`model`), index (`models`: the entries of
+  the repository index for those names).
+- kill_stub: asks `model` (crasher) for its process id, SIGKILLs that process and waits until it is gone.
+
+A case with `may_abort_triton` may kill tritonserver 2.51 itself (see record_triton.py).
+
+Messages are normalized: the repository's absolute path becomes <REPO>, object addresses `0x...` become 0x?.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+from google.protobuf.json_format import MessageToDict
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor, triton_to_np_dtype
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE / "repo"
+
+
+def t(name: str, datatype: str, values: list, shape: list[int] | None = None) -> tuple:
+    return (name, datatype, [len(values)] if shape is None else shape, values)
+
+
+def mode(model: str, value: str, **extra) -> dict:
+    """A request to a model that switches on its MODE input."""
+    return {"model": model, "inputs": [t("MODE", "BYTES", [value])], **extra}
+
+
+FP = [t("INPUT0", "FP32", [1.5, -2.0, 0.25])]
+REPEAT = [t("IN", "INT32", [4, 5, 6]), t("DELAY", "UINT32", [10, 10, 10]), t("WAIT", "UINT32", [0])]
+ERROR_CODES = ["UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "ALREADY_EXISTS",
+               "CANCELLED"]  # fmt: skip
+ERROR_MODES = ["raise", "raise_value_error", "model_exception", "error_response", "error_and_outputs",
+               "empty_message", "fewer", "more", "single", "tuple", "not_a_response", "unknown_output", "wrong_dtype",
+               "wrong_shape", "wrong_rank", "no_outputs", "duplicate_output", "bytes_from_object",
+               "bytes_from_bytes_", "bytes_from_str_", "int_as_bytes_output"]  # fmt: skip
+DECOUPLED_MODES = ["two_then_final", "with_final", "zero", "error_then_final", "error_with_final",
+                   "value_error_value_final", "params", "raise", "raise_after_send", "raise_after_final",
+                   "return_list", "return_list_after_final", "send_after_final", "send_after_final_caught",
+                   "last_error", "unknown_output", "wrong_dtype"]  # fmt: skip
+INFO = {"model": "request_info", "inputs": [t("INPUT0", "INT32", [1])],
+        "json": ["CORRELATION_ID", "PARAMETERS", "REQUESTED_OUTPUTS", "ARGS", "CONFIG_KEYS", "INPUT_CONFIG",
+                 "OUTPUT_CONFIG"]}  # fmt: skip
+
+
+def bls_error(target: str, how: str) -> dict:
+    return {"model": "bls_errors", "inputs": [t("TARGET", "BYTES", [target]), t("MODE", "BYTES", [how])],
+            "json": ["TEXT"]}  # fmt: skip
+
+
+def bls_decoupled(how: str) -> dict:
+    return {"model": "bls_decoupled", "inputs": [t("IN", "INT32", [5, 6, 7]), t("MODE", "BYTES", [how])],
+            "json": ["TEXT"]}  # fmt: skip
+
+
+def bls_timeout(target: str, ms: int, timeout_us: int) -> dict:
+    inputs = [t("TARGET", "BYTES", [target]), t("MS", "UINT32", [ms]), t("TIMEOUT_US", "UINT64", [timeout_us])]
+    return {"model": "bls_timeout", "inputs": inputs, "json": ["TEXT"]}
+
+
+def control(action: str, name: str) -> dict:
+    return {"model": "model_control", "inputs": [t("ACTION", "BYTES", [action]), t("NAME", "BYTES", [name])]}
+
+
+def sleep(model: str, ms: int, **extra) -> dict:
+    shape = [1, 1] if model == "sleeper_queued" else [1]
+    return {"model": model, "inputs": [t("MS", "UINT32", [ms], shape)], **extra}
+
+
+CRASH_PID = mode("crasher", "pid", mask=["PID"])
+
+CASES: list[dict] = [
+    # Plain models.
+    {"id": "identity_fp32", "kind": "infer", **{"model": "identity_fp32", "inputs": FP}},
+    {"id": "identity_fp32_request_id", "kind": "infer", "model": "identity_fp32", "inputs": FP, "request_id": "r-7"},
+    {"id": "identity_fp32_empty", "kind": "infer", "model": "identity_fp32", "inputs": [t("INPUT0", "FP32", [])]},
+    {"id": "add_sub", "kind": "infer", "model": "add_sub",
+     "inputs": [t("INPUT0", "INT32", list(range(16))), t("INPUT1", "INT32", [2] * 16)]},
+    {"id": "add_sub_only_output1", "kind": "infer", "model": "add_sub", "outputs": ["OUTPUT1"],
+     "inputs": [t("INPUT0", "INT32", list(range(16))), t("INPUT1", "INT32", [2] * 16)]},
+    {"id": "add_sub_wrong_dtype", "kind": "infer", "model": "add_sub",
+     "inputs": [t("INPUT0", "FP32", [0.0] * 16), t("INPUT1", "INT32", [2] * 16)]},
+    {"id": "add_sub_missing_input", "kind": "infer", "model": "add_sub", "inputs": [t("INPUT0", "INT32", [0] * 16)]},
+    {"id": "add_sub_wrong_shape", "kind": "infer", "model": "add_sub",
+     "inputs": [t("INPUT0", "INT32", [0] * 8), t("INPUT1", "INT32", [2] * 8)]},
+    {"id": "metadata_identity_fp32", "kind": "metadata", "model": "identity_fp32"},
+    {"id": "config_identity_fp32", "kind": "config", "model": "identity_fp32"},
+    {"id": "metadata_batcher", "kind": "metadata", "model": "batcher"},
+    {"id": "config_batcher", "kind": "config", "model": "batcher"},
+    {"id": "config_repeat_int32", "kind": "config", "model": "repeat_int32"},
+    # Request and model information as the model sees it.
+    {"id": "request_info_plain", "kind": "infer", **INFO},
+    {"id": "request_info_everything", "kind": "infer", **INFO, "request_id": "req-1", "sequence_id": 42,
+     "sequence_start": True, "timeout_us": 5000, "parameters": {"a": 1, "b": "x", "c": True, "d": 1.5}},
+    {"id": "request_info_string_sequence", "kind": "infer", **INFO, "sequence_id": "seq-a", "sequence_end": True},
+    {"id": "request_info_some_outputs", "kind": "infer", **INFO,
+     "outputs": ["REQUEST_ID", "REQUESTED_OUTPUTS", "FLAGS"], "request_id": "only-3"},
+    {"id": "request_info_start_end", "kind": "infer", **INFO, "sequence_id": 7, "sequence_start": True,
+     "sequence_end": True},
+    {"id": "response_params_plain", "kind": "infer", **mode("response_params", "plain")},
+    {"id": "response_params_empty", "kind": "infer", **mode("response_params", "empty")},
+    # Dynamic batching: four requests inside the 100 ms window run in one execute call.
+    {"id": "batcher_single", "kind": "infer", "model": "batcher",
+     "inputs": [t("INPUT0", "FP32", [1, 2, 3, 4, 5, 6], [2, 3])]},
+    {"id": "batcher_four_at_once", "kind": "concurrent", "requests": [
+        {"model": "batcher", "inputs": [t("INPUT0", "FP32", [i, i + 0.5], [1, 2])]} for i in range(4)]},
+    {"id": "batcher_too_big", "kind": "infer", "model": "batcher", "inputs": [t("INPUT0", "FP32", [0.0] * 9, [9, 1])]},
+    # Non-decoupled errors and misbehaviour.
+    {"id": "errors_ok", "kind": "infer", **mode("errors", "ok")},
+    *({"id": f"errors_{m}", "kind": "infer", **mode("errors", m)} for m in ERROR_MODES),
+    *({"id": f"errors_code_{c}", "kind": "infer", **mode("errors", f"code_{c}")} for c in ERROR_CODES),
+    {"id": "errors_none", "kind": "infer", **mode("errors", "none", client_timeout=2)},
+    {"id": "errors_none_in_list", "kind": "infer", **mode("errors", "none_in_list", client_timeout=2)},
+    {"id": "errors_ok_after_hangs", "kind": "infer", **mode("errors", "ok")},
+    {"id": "errors_raise_on_stream", "kind": "stream", "requests": [mode("errors", "raise")]},
+    {"id": "errors_code_on_stream", "kind": "stream", "requests": [mode("errors", "code_NOT_FOUND")]},
+    # Decoupled.
+    {"id": "repeat_stream", "kind": "stream", "requests": [{"model": "repeat_int32", "inputs": REPEAT}]},
+    {"id": "repeat_stream_no_empty_final", "kind": "stream", "idle_s": 1.5,
+     "requests": [{"model": "repeat_int32", "inputs": REPEAT, "empty_final": False}]},
+    {"id": "repeat_stream_zero", "kind": "stream", "requests": [{"model": "repeat_int32", "inputs": [
+        t("IN", "INT32", []), t("DELAY", "UINT32", []), t("WAIT", "UINT32", [0])]}]},
+    {"id": "repeat_stream_sent_during_execute", "kind": "stream", "requests": [{"model": "repeat_int32", "inputs": [
+        t("IN", "INT32", [1, 2]), t("DELAY", "UINT32", [0, 0]), t("WAIT", "UINT32", [300])]}]},
+    {"id": "repeat_stream_two_requests", "kind": "stream", "requests": [
+        {"model": "repeat_int32", "inputs": REPEAT, "request_id": "a"},
+        {"model": "repeat_int32", "inputs": [t("IN", "INT32", [9]), t("DELAY", "UINT32", [0]),
+                                             t("WAIT", "UINT32", [0])], "request_id": "b"}]},
+    {"id": "repeat_unary", "kind": "infer", "model": "repeat_int32", "inputs": REPEAT},
+    {"id": "repeat_stream_bad_input", "kind": "stream", "requests": [
+        {"model": "repeat_int32", "inputs": [t("IN", "FP32", [1.0]), t("DELAY", "UINT32", [0]),
+                                             t("WAIT", "UINT32", [0])]}]},
+    *({"id": f"decoupled_{m}", "kind": "stream", "requests": [mode("decoupled_errors", m)]} for m in DECOUPLED_MODES),
+    {"id": "decoupled_no_final", "kind": "stream", "idle_s": 1.5, "requests": [mode("decoupled_errors", "no_final")]},
+    {"id": "decoupled_after_no_final", "kind": "stream", "requests": [mode("decoupled_errors", "two_then_final")]},
+    {"id": "identity_on_stream", "kind": "stream", "requests": [{"model": "identity_fp32", "inputs": FP}]},
+    {"id": "identity_on_stream_no_empty_final", "kind": "stream", "idle_s": 1.0,
+     "requests": [{"model": "identity_fp32", "inputs": FP, "empty_final": False}]},
+    # BLS.
+    {"id": "bls_sync", "kind": "infer", "model": "bls_sync", "inputs": FP},
+    {"id": "bls_async", "kind": "infer", "model": "bls_async", "inputs": FP},
+    *({"id": f"bls_{target}_{how}", "kind": "infer", **bls_error(target, how)}
+      for target in ("missing", "not_ready", "bad_input", "wrong_dtype", "bad_output")
+      for how in ("report", "raise", "return_error")),
+    *({"id": f"bls_decoupled_{how}", "kind": "infer", **bls_decoupled(how)}
+      for how in ("decoupled", "not_decoupled", "decoupled_on_plain")),
+    {"id": "bls_timeout_running", "kind": "infer", **bls_timeout("sleeper", 300, 100000)},
+    {"id": "bls_timeout_queued", "kind": "overlap", "first": sleep("sleeper_queued", 1000), "after_s": 0.3,
+     "during": [bls_timeout("sleeper_queued", 10, 100000)], "then": []},
+    # Timeouts and slow models.
+    {"id": "sleeper_client_timeout", "kind": "overlap", "first": sleep("sleeper", 1500, client_timeout=0.3),
+     "after_s": 0.0, "during": [], "then": [{"model": "identity_fp32", "inputs": FP}, sleep("sleeper", 0)]},
+    {"id": "sleeper_other_model_answers", "kind": "overlap", "first": sleep("sleeper", 1500), "after_s": 0.3,
+     "check_order": True,
+     "during": [{"model": "identity_fp32", "inputs": FP}, sleep("sleeper_queued", 0)], "then": [sleep("sleeper", 0)]},
+    {"id": "sleeper_queued_request_timeout", "kind": "overlap", "first": sleep("sleeper_queued", 1000),
+     "after_s": 0.3, "during": [sleep("sleeper_queued", 10, timeout_us=100000)], "then": []},
+    {"id": "sleeper_request_timeout_not_queued", "kind": "infer", **sleep("sleeper", 300, timeout_us=100000)},
+    # auto_complete_config.
+    {"id": "config_auto_complete", "kind": "config", "model": "auto_complete"},
+    {"id": "config_auto_complete_decoupled", "kind": "config", "model": "auto_complete_decoupled"},
+    {"id": "auto_complete_infer", "kind": "infer", "model": "auto_complete",
+     "inputs": [t("INPUT0", "FP32", [1, 2, 3, 4, 5, 6], [2, 3])]},
+    {"id": "auto_complete_decoupled_stream", "kind": "stream",
+     "requests": [{"model": "auto_complete_decoupled", "inputs": [t("N", "INT32", [2])]}]},
+    # Logging, BYTES, DLPack.
+    {"id": "logger", "kind": "infer", "model": "logger", "inputs": FP},
+    {"id": "bytes_io", "kind": "infer", "model": "bytes_io", "json": ["INFO"],
+     "inputs": [t("TEXT", "BYTES", ["abc", "", "h\u00e9llo", b"\x00\xff"]), t("NUM", "FP32", [1.5, -2.0])]},
+    {"id": "bytes_io_empty", "kind": "infer", "model": "bytes_io", "json": ["INFO"],
+     "inputs": [t("TEXT", "BYTES", []), t("NUM", "FP32", [])]},
+    # Model control from inside a model, and initialize failing.
+    *({"id": f"control_{action}_{name}", "kind": "infer", **control(action, name)} for action, name in [
+        ("ready", "identity_fp32"), ("ready_v1", "identity_fp32"), ("ready_v2", "identity_fp32"), ("ready", "nope"),
+        ("ready", "init_fails"), ("unload", "spare")]),
+    {"id": "spare_unloaded_ready", "kind": "ready", "model": "spare"},
+    {"id": "spare_unloaded_infer", "kind": "infer", "model": "spare", "inputs": FP},
+    {"id": "control_load_spare", "kind": "infer", **control("load", "spare")},
+    {"id": "spare_reloaded_infer", "kind": "infer", "model": "spare", "inputs": FP},
+    {"id": "control_unload_nope", "kind": "infer", **control("unload", "nope")},
+    {"id": "init_fails_index", "kind": "index", "models": ["init_fails", "spare", "crasher"]},
+    {"id": "init_fails_ready", "kind": "ready", "model": "init_fails"},
+    {"id": "init_fails_infer", "kind": "infer", "model": "init_fails", "inputs": FP},
+    {"id": "init_fails_config", "kind": "config", "model": "init_fails"},
+    {"id": "init_fails_load", "kind": "load", "model": "init_fails"},
+    {"id": "init_fails_index_after_load", "kind": "index", "models": ["init_fails"]},
+    # pb_utils.load_model of a model that cannot load sometimes aborts tritonserver 2.51 (an uncaught
+    # boost::interprocess::lock_exception); record_triton.py records again when the server did not survive.
+    {"id": "control_load_init_fails", "kind": "infer", **control("load", "init_fails"), "may_abort_triton": True},
+    {"id": "control_load_nope", "kind": "infer", **control("load", "nope"), "may_abort_triton": True},
+    {"id": "control_after_failed_loads", "kind": "infer", **control("ready", "identity_fp32")},
+    # A stub that dies: os._exit inside execute, then SIGKILL from outside. Last: Triton does not restart a stub.
+    {"id": "crash_before", "kind": "infer", **CRASH_PID},
+    {"id": "crash_exit_in_execute", "kind": "infer", **mode("crasher", "exit")},
+    {"id": "crash_next_request", "kind": "infer", **CRASH_PID},
+    {"id": "crash_ready", "kind": "ready", "model": "crasher"},
+    {"id": "crash_index", "kind": "index", "models": ["crasher"]},
+    {"id": "crash_load_again", "kind": "load", "model": "crasher"},
+    {"id": "crash_after_load_again", "kind": "infer", **CRASH_PID},
+    {"id": "crash_unload", "kind": "unload", "model": "crasher"},
+    {"id": "crash_load", "kind": "load", "model": "crasher"},
+    {"id": "crash_after_reload", "kind": "infer", **CRASH_PID},
+    {"id": "kill_stub", "kind": "kill_stub", "model": "crasher"},
+    {"id": "kill_next_request", "kind": "infer", **CRASH_PID},
+    {"id": "kill_ready", "kind": "ready", "model": "crasher"},
+    {"id": "kill_unload", "kind": "unload", "model": "crasher"},
+    {"id": "kill_load", "kind": "load", "model": "crasher"},
+    {"id": "kill_after_reload", "kind": "infer", **CRASH_PID},
+    {"id": "others_still_answer", "kind": "infer", "model": "identity_fp32", "inputs": FP},
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running a case.
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+
+
+def clean_pycache() -> None:
+    """Remove the __pycache__ folders the stubs wrote into the repository: a model whose folder changed after its
+    load is loaded again by a load request (crash_load_again), one that did not is left as it is."""
+    for cache in REPO.rglob("__pycache__"):
+        shutil.rmtree(cache)
+
+
+def normalize(text: str) -> str:
+    return _ADDRESS.sub("0x?", text.replace(str(REPO), "<REPO>"))
+
+
+def _normalize_json(value):
+    if isinstance(value, str):
+        return normalize(value)
+    if isinstance(value, list):
+        return [_normalize_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normalize_json(v) for k, v in value.items()}
+    return value
+
+
+def _array(datatype: str, shape: list[int], values: list) -> np.ndarray:
+    if datatype == "BYTES":
+        items = [v.encode() if isinstance(v, str) else bytes(v) for v in values]
+        return np.array(items, dtype=np.object_).reshape(shape)
+    return np.array(values, dtype=triton_to_np_dtype(datatype)).reshape(shape)
+
+
+def _bytes_value(item: bytes):
+    try:
+        return item.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(item).decode()}
+
+
+def _decode(datatype: str, shape: list[int], raw: bytes) -> list:
+    """A tensor's raw contents as a flat list (BYTES elements as str, or {"base64"} when not UTF-8)."""
+    if datatype == "BYTES":
+        items, pos = [], 0
+        while pos + 4 <= len(raw):
+            size = int.from_bytes(raw[pos : pos + 4], "little")
+            items.append(_bytes_value(raw[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+        return items
+    dtype = triton_to_np_dtype(datatype)
+    if dtype is None:
+        return {"base64": base64.b64encode(raw).decode()}
+    return np.frombuffer(raw, dtype=dtype).tolist()
+
+
+def _param_value(param) -> dict:
+    kind = param.WhichOneof("parameter_choice")
+    return {kind: getattr(param, kind)} if kind else {}
+
+
+def response_observation(resp, spec: dict | None = None) -> dict:
+    """A ModelInferResponse as JSON: outputs sorted by name, response parameters with their protobuf kind."""
+    spec = spec or {}
+    outputs = []
+    for i, out in enumerate(resp.outputs):
+        raw = resp.raw_output_contents[i] if i < len(resp.raw_output_contents) else b""
+        data = _decode(out.datatype, list(out.shape), raw)
+        if out.name in spec.get("json", ()) and out.datatype == "BYTES":
+            data = [json.loads(v) if isinstance(v, str) else v for v in data]
+        if out.name in spec.get("mask", ()):
+            data = "<masked>"
+        entry = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape), "data": _normalize_json(data)}
+        if out.parameters:
+            entry["parameters"] = {k: _param_value(v) for k, v in sorted(out.parameters.items())}
+        outputs.append(entry)
+    outputs.sort(key=lambda o: o["name"])
+    return {
+        "model_name": resp.model_name,
+        "model_version": resp.model_version,
+        "id": resp.id,
+        "parameters": {k: _param_value(v) for k, v in sorted(resp.parameters.items())},
+        "outputs": outputs,
+    }
+
+
+def _error(code_name: str, message: str) -> dict:
+    return {"error": {"code": code_name, "message": normalize(message)}}
+
+
+def _exception(e: InferenceServerException) -> dict:
+    status = e.status() or ""
+    return _error(status.removeprefix("StatusCode."), e.message() or "")
+
+
+def run_infer(url: str, spec: dict) -> dict:
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        inputs = []
+        for name, datatype, shape, values in spec["inputs"]:
+            tensor = grpcclient.InferInput(name, shape, datatype)
+            tensor.set_data_from_numpy(_array(datatype, shape, values))
+            inputs.append(tensor)
+        outputs = [grpcclient.InferRequestedOutput(n) for n in spec["outputs"]] if "outputs" in spec else None
+        result = client.infer(
+            spec["model"], inputs, outputs=outputs, request_id=spec.get("request_id", ""),
+            sequence_id=spec.get("sequence_id", 0), sequence_start=spec.get("sequence_start", False),
+            sequence_end=spec.get("sequence_end", False), timeout=spec.get("timeout_us"),
+            client_timeout=spec.get("client_timeout", 30), parameters=spec.get("parameters"),
+        )  # fmt: skip
+        return response_observation(result.get_response(), spec)
+    except InferenceServerException as e:
+        return _exception(e)
+    finally:
+        client.close()
+
+
+def _stream_request(spec: dict, default_id: str) -> service_pb2.ModelInferRequest:
+    req = service_pb2.ModelInferRequest(model_name=spec["model"], id=spec.get("request_id", default_id))
+    for name, datatype, shape, values in spec["inputs"]:
+        req.inputs.add(name=name, datatype=datatype, shape=shape)
+        array = _array(datatype, shape, values)
+        req.raw_input_contents.append(serialize_byte_tensor(array).item() if datatype == "BYTES" else array.tobytes())
+    for name in spec.get("outputs", ()):
+        req.outputs.add(name=name)
+    if spec.get("empty_final", True):
+        req.parameters["triton_enable_empty_final_response"].bool_param = True
+    return req
+
+
+def run_stream(url: str, case: dict) -> dict:
+    specs = case["requests"]
+    requests = [_stream_request(spec, f"r{i}") for i, spec in enumerate(specs)]
+    ids = [r.id for r in requests]
+    release = threading.Event()
+    messages: queue.Queue = queue.Queue()
+
+    def send():
+        yield from requests
+        release.wait()  # keep our side open: closing it could end the stream before the server is done
+
+    channel = grpc.insecure_channel(url)
+    call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(send())
+
+    def read():
+        try:
+            for message in call:
+                messages.put(message)
+            messages.put(("closed", None))
+        except grpc.RpcError as e:
+            messages.put(("rpc_error", e))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    responses: dict[str, list] = {i: [] for i in ids}
+    complete = {i: False for i in ids}
+    ended, wait = "idle", case.get("idle_s", 3.0)
+    spec_of = dict(zip(ids, specs))
+    while True:
+        try:
+            message = messages.get(timeout=wait)
+        except queue.Empty:
+            break
+        if isinstance(message, tuple):
+            how, err = message
+            ended = "closed" if err is None else f"rpc_error {err.code().name}: {normalize(err.details() or '')}"
+            break
+        rid = message.infer_response.id
+        entry = response_observation(message.infer_response, spec_of.get(rid))
+        if message.error_message:
+            entry["error"] = normalize(message.error_message)
+        responses.setdefault(rid, []).append(entry)
+        if entry["parameters"].get("triton_final_response") == {"bool_param": True}:
+            complete[rid] = True
+        if all(complete.values()):
+            ended, wait = "complete", case.get("settle_s", 0.5)
+    release.set()
+    call.cancel()
+    channel.close()
+    return {"responses": responses, "complete": complete, "ended": ended}
+
+
+def run_concurrent(url: str, specs: list[dict]) -> list[dict]:
+    barrier = threading.Barrier(len(specs))
+
+    def one(spec):
+        barrier.wait()
+        return run_infer(url, spec)
+
+    with concurrent.futures.ThreadPoolExecutor(len(specs)) as pool:
+        return list(pool.map(one, specs))
+
+
+def run_overlap(url: str, case: dict) -> dict:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(run_infer, url, case["first"])
+        time.sleep(case.get("after_s", 0.3))
+        during = [run_infer(url, spec) for spec in case["during"]]
+        during_first = not first.done()
+        first_obs = first.result()
+    then = [run_infer(url, spec) for spec in case["then"]]
+    obs = {"first": first_obs, "during": during, "then": then}
+    if case.get("check_order"):
+        obs["during_answered_before_first"] = during_first
+    return obs
+
+
+def _admin(url: str, call) -> dict:
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return call(client)
+    except InferenceServerException as e:
+        return _exception(e)
+    finally:
+        client.close()
+
+
+def _as_dict(message) -> dict:
+    return _normalize_json(MessageToDict(message, preserving_proto_field_name=True))
+
+
+def _index(client, names: list[str]) -> dict:
+    entries = client.get_model_repository_index().models
+    return {"models": [_as_dict(m) for m in entries if m.name in names]}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def run_kill_stub(url: str, case: dict) -> dict:
+    """SIGKILL the process that runs `model` (it answers MODE pid with its own pid) and wait until it is gone."""
+    spec = mode(case["model"], "pid")
+    obs = run_infer(url, spec)
+    if "error" in obs:
+        return {"pid_request": obs}
+    pid = obs["outputs"][0]["data"][0]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"killed": not _pid_alive(pid)}
+
+
+def run_case(url: str, case: dict) -> dict:
+    """Send one case to the gRPC endpoint `url` (host:port) and return its observation."""
+    kind = case["kind"]
+    if kind == "infer":
+        return run_infer(url, case)
+    if kind == "stream":
+        return run_stream(url, case)
+    if kind == "concurrent":
+        return {"answers": run_concurrent(url, case["requests"])}
+    if kind == "overlap":
+        return run_overlap(url, case)
+    if kind == "kill_stub":
+        return run_kill_stub(url, case)
+    model = case.get("model", "")
+    calls = {
+        "load": lambda c: (c.load_model(model), {"ok": True})[1],
+        "unload": lambda c: (c.unload_model(model, unload_dependents=case.get("unload_dependents", False)),
+                             {"ok": True})[1],  # fmt: skip
+        "ready": lambda c: {"ready": c.is_model_ready(model)},
+        "config": lambda c: _as_dict(c.get_model_config(model)),
+        "metadata": lambda c: _as_dict(c.get_model_metadata(model)),
+        "index": lambda c: _index(c, case["models"]),
+    }
+    return _admin(url, calls[kind])

@@ -1,0 +1,15 @@
+"""sleeper behind a dynamic batcher (batches of one), so a request can wait in a queue and time out there."""
+
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            ms = pb_utils.get_input_tensor_by_name(request, "MS").as_numpy()
+            time.sleep(int(ms.reshape(-1)[0]) / 1000.0)
+            out.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("MS_OUT", ms)]))
+        return out
