@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tritium_proto::inference::ModelConfig;
+use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_proto::inference::model_instance_group::Kind;
 use tritium_worker::backend::{BackendContext, BackendFactory};
 use tritium_worker::repository::{config_to_json, parse_config_json};
@@ -163,6 +164,13 @@ impl BackendFactory for PythonFactory {
         }
         if config.default_model_filename.is_empty() {
             config.default_model_filename = MODEL_FILE.to_string();
+        }
+        // Triton's python backend gives a dynamic batcher without preferred sizes the largest one.
+        if let Some(SchedulingChoice::DynamicBatching(batching)) = &mut config.scheduling_choice
+            && batching.preferred_batch_size.is_empty()
+            && config.max_batch_size > 0
+        {
+            batching.preferred_batch_size.push(config.max_batch_size);
         }
         for group in &config.instance_group {
             if group.kind == Kind::Gpu as i32 {

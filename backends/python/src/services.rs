@@ -3,11 +3,9 @@
 //! `unload_model`) and log lines. Requests run as tasks on the server's runtime; answers go back
 //! as frames, their tensors inline.
 
-use std::sync::{Arc, Weak};
-use std::time::Duration;
-
 use futures::StreamExt;
 use serde_json::{Value, json};
+use std::sync::{Arc, Weak};
 use tokio::runtime::Handle;
 use tritium_proto::ErrorCode;
 use tritium_worker::{InferOutcome, InferenceRequest, ModelRepository, ModelVersion, ParamValue, StreamItem, WorkerError};
@@ -43,17 +41,11 @@ impl Services {
             return answer_error(conn, &id, ErrorCode::Unavailable, "the server is stopping");
         };
         let decoupled = header.get("decoupled").and_then(Value::as_bool).unwrap_or(false);
-        let timeout = header.get("timeout").and_then(Value::as_u64).filter(|&t| t > 0).map(Duration::from_micros);
         let conn = Arc::clone(conn);
         let model = request.model_name.clone();
         runtime.spawn(async move {
-            let run = run_bls(&repository, request, decoupled, &conn, &id);
-            let outcome = match timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
-                    Err(WorkerError::Failed { code: ErrorCode::Unavailable, message: "Request timeout expired".to_string() })
-                }),
-                None => run.await,
-            };
+            // A timeout is the request's own: its scheduler's queue enforces it, as in Triton.
+            let outcome = run_bls(&repository, request, decoupled, &conn, &id).await;
             if let Err(error) = outcome {
                 answer_error(&conn, &id, ErrorCode::Internal, &bls_error(&model, &error));
             }
@@ -135,6 +127,9 @@ fn bls_request(header: &Value, inputs: Vec<tritium_tensor::Tensor>) -> Result<In
         Some(Value::String(s)) if !s.is_empty() => request.parameters.push(("sequence_id".into(), ParamValue::String(s.clone()))),
         _ => {}
     }
+    if let Some(timeout) = header.get("timeout").and_then(Value::as_i64).filter(|&t| t > 0) {
+        request.parameters.push(("timeout".into(), ParamValue::Int64(timeout)));
+    }
     let flags = header.get("flags").and_then(Value::as_u64).unwrap_or(0);
     if flags & 1 != 0 {
         request.parameters.push(("sequence_start".into(), ParamValue::Bool(true)));
@@ -188,6 +183,8 @@ fn bls_error(model: &str, error: &WorkerError) -> String {
         WorkerError::ModelNotFound { .. } | WorkerError::NoAvailableVersions { .. } | WorkerError::VersionNotFound { .. } => {
             format!("Failed for execute the inference request. Model '{model}' is not ready.")
         }
+        // A queue timeout reaches the model unprefixed, as Triton sends it.
+        other if other.to_string() == "Request timeout expired" => return other.to_string(),
         other => other.to_string(),
     };
     format!("Model {model} - Error when running inference: {cause}")
