@@ -126,9 +126,14 @@ impl Instances {
     /// Finalizes every instance's model and ends its stub (unload, shutdown); a stub still busy
     /// with an `execute` is ended once the timeout for its `finalize` has passed.
     pub fn stop(&self) {
-        // Each finalize may take up to the stub timeout: off the caller's thread, all at once.
+        // Each finalize may take up to the stub timeout: off the caller's thread, all at once;
+        // `stop_all` waits for them before the process exits.
         for stub in self.shared.take_stubs() {
-            let _ = std::thread::Builder::new().name("python-stop".into()).spawn(move || stub.stop());
+            if let Ok(handle) = std::thread::Builder::new().name("python-stop".into()).spawn(move || stub.stop()) {
+                let mut stopping = lock(&STOPPING);
+                stopping.retain(|h| !h.is_finished());
+                stopping.push(handle);
+            }
         }
     }
 }
@@ -143,6 +148,8 @@ impl Shared {
 
 /// Every model version's instances, for [`stop_all`].
 static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+/// Stubs being stopped after an unload, for [`stop_all`] to wait for.
+static STOPPING: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new());
 
 /// Finalizes the models of every python-backend instance and ends their stubs, waiting for all
 /// (each bounded by the stub timeout): the server's last step before it exits.
@@ -150,7 +157,7 @@ pub fn stop_all() {
     let stubs: Vec<Arc<Stub>> =
         std::mem::take(&mut *lock(&LIVE)).iter().filter_map(Weak::upgrade).flat_map(|s| s.take_stubs()).collect();
     let stopping: Vec<_> = stubs.into_iter().map(|stub| std::thread::spawn(move || stub.stop())).collect();
-    for handle in stopping {
+    for handle in stopping.into_iter().chain(std::mem::take(&mut *lock(&STOPPING))) {
         let _ = handle.join();
     }
 }

@@ -447,7 +447,9 @@ impl Conn {
     }
 }
 
-fn read_loop(conn: Arc<Conn>, mut socket: UnixStream, services: Services, limit: usize) {
+fn read_loop(conn: Arc<Conn>, socket: UnixStream, services: Services, limit: usize) {
+    // Buffered: a frame's prefix, header and small payload usually come in one read.
+    let mut socket = std::io::BufReader::with_capacity(64 << 10, socket);
     let why = loop {
         let frame = match read_frame(&mut socket, limit) {
             Ok(Some(frame)) => frame,
