@@ -59,14 +59,24 @@ impl PythonModel {
         } else {
             request.requested_outputs.iter().map(String::as_str).collect()
         };
-        let header = json!({
-            "request_id": request.id,
-            "correlation_id": correlation_id,
-            "flags": flags,
-            "timeout": timeout,
-            "outputs": outputs,
-            "parameters": Value::Object(custom).to_string(),
-        });
+        // Only what differs from the stub's defaults (empty id, 0, no parameters): fewer bytes to
+        // encode and decode on every request.
+        let mut header = json!({ "outputs": outputs });
+        if !request.id.is_empty() {
+            header["request_id"] = json!(request.id);
+        }
+        if correlation_id != json!(0) {
+            header["correlation_id"] = correlation_id;
+        }
+        if flags != 0 {
+            header["flags"] = json!(flags);
+        }
+        if timeout != 0 {
+            header["timeout"] = json!(timeout);
+        }
+        if !custom.is_empty() {
+            header["parameters"] = json!(Value::Object(custom).to_string());
+        }
         StubRequest { key: self.next_key.fetch_add(1, Ordering::Relaxed), header, inputs: request.inputs }
     }
 

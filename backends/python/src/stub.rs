@@ -297,12 +297,15 @@ impl Stub {
         let _ = self.conn.send(json!({"op": "cancel", "request": key}), &[]);
     }
 
-    /// Runs the model's `finalize` (within the timeout), then ends the process.
+    /// Runs the model's `finalize` (within the timeout), then ends the process: at once when
+    /// finalize failed or never answered (a stub hung in `execute`).
     pub fn stop(&self) {
         if self.is_alive()
             && let Err(e) = self.call(json!({"op": "finalize"}), Some(self.timeout))
         {
             tracing::warn!(instance = %self.conn.name, "the model's finalize failed: {e}");
+            self.kill();
+            return;
         }
         let deadline = Instant::now() + self.timeout;
         loop {
