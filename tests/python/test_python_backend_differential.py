@@ -36,7 +36,6 @@ AGAINST = os.environ.get("TRITIUM_PB_DIFF_AGAINST_URL")
 # "code": the same shape of answer and the same status codes; error message texts are free.
 # "error": where Triton answered an error, we answer an error too (any code, any text); successes must match.
 # "ours": a behaviour of our own; only checked to be an observation at all (the server answered).
-_STREAM_FINAL = "an error on a stream carries no triton_final_response parameter (Triton 2.51 marks a model's error final)"
 _ERROR_ENDS = "an error response ends a decoupled request here; Triton 2.51 keeps the stream open for later sends"
 _PARAMS = "InferenceResponse takes `parameters` (the later python-backend API) instead of 2.51's TypeError; not forwarded"
 _LOAD = ("a failed initialize is `failed to load '<m>', <Type>: <message>` + the model's frames (INTERNAL), where 2.51 says "
@@ -51,12 +50,7 @@ KEPT: dict[str, tuple[str, str]] = {
     "errors_duplicate_output": ("ours", "two outputs of one name: Triton 2.51 sends a malformed reply; we send both as made"),
     "errors_none": ("ours", "execute returning None: an INTERNAL error in Triton's wording, where Triton 2.51 never answers"),
     "errors_none_in_list": ("ours", "None in the list: an INTERNAL error in Triton's wording, where Triton 2.51 never answers"),
-    "errors_raise_on_stream": ("ours", _STREAM_FINAL),
-    "errors_code_on_stream": ("ours", _STREAM_FINAL),
-    "repeat_stream_bad_input": ("ours", _STREAM_FINAL),
-    "decoupled_raise": ("ours", _STREAM_FINAL),
-    "decoupled_return_list": ("ours", _STREAM_FINAL),
-    "decoupled_error_with_final": ("ours", _STREAM_FINAL),
+    "repeat_stream_bad_input": ("ours", "a request refused on a stream names its model; Triton 2.51 leaves model_name empty"),
     "decoupled_error_then_final": ("ours", _ERROR_ENDS),
     "decoupled_value_error_value_final": ("ours", _ERROR_ENDS),
     "decoupled_raise_after_send": ("ours", _ERROR_ENDS),

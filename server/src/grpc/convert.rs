@@ -238,7 +238,7 @@ pub fn decode_request(request: ModelInferRequest, shm: &SharedMemoryRegistry, ar
     })
 }
 
-fn bool_param(value: bool) -> InferParameter {
+pub(crate) fn bool_param(value: bool) -> InferParameter {
     InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(value)) }
 }
 

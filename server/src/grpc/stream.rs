@@ -45,18 +45,30 @@ struct Label {
 }
 
 fn in_band(label: &Label, error: ServerError, grpc_errors: bool) -> Reply {
+    in_band_marked(label, error, grpc_errors, false)
+}
+
+/// An error the model's run ended with: as Triton sends it, it ends the request, so it carries
+/// `triton_final_response: true` (an error in the request itself, found before it ran, carries no
+/// parameters).
+fn in_band_final(label: &Label, error: ServerError, grpc_errors: bool) -> Reply {
+    in_band_marked(label, error, grpc_errors, true)
+}
+
+fn in_band_marked(label: &Label, error: ServerError, grpc_errors: bool, last: bool) -> Reply {
     if grpc_errors {
         return Err(error.into());
     }
-    Ok(ModelStreamInferResponse {
-        error_message: error.to_string(),
-        infer_response: Some(ModelInferResponse {
-            model_name: label.model.clone(),
-            model_version: label.version.clone(),
-            id: label.id.clone(),
-            ..Default::default()
-        }),
-    })
+    let mut response = ModelInferResponse {
+        model_name: label.model.clone(),
+        model_version: label.version.clone(),
+        id: label.id.clone(),
+        ..Default::default()
+    };
+    if last {
+        response.parameters.insert("triton_final_response".to_string(), super::convert::bool_param(true));
+    }
+    Ok(ModelStreamInferResponse { error_message: error.to_string(), infer_response: Some(response) })
 }
 
 fn ok(response: ModelInferResponse) -> Reply {
@@ -77,7 +89,7 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
     };
     let outcome = super::dispatch::streamed(&state, admitted).await;
     match outcome {
-        Err(e) => Answer::Now(in_band(&label, e, grpc_errors)),
+        Err(e) => Answer::Now(in_band_final(&label, e, grpc_errors)),
         Ok(InferOutcome::Single(response)) => Answer::Now(
             encode_response(response, &regions, &state.shm, Some(true)).map_or_else(|e| in_band(&label, e, grpc_errors), ok),
         ),
@@ -94,7 +106,7 @@ async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: 
                         )
                     }
                     StreamItem::Complete => empty_final_wanted.then(|| ok(empty_final(&label.model, &label.id))),
-                    StreamItem::Error(e) => Some(in_band(&label, e.into(), grpc_errors)),
+                    StreamItem::Error(e) => Some(in_band_final(&label, e.into(), grpc_errors)),
                 };
                 std::future::ready(reply)
             });
