@@ -197,7 +197,7 @@ class Runtime:
                 loop.call_soon_threadsafe(answers.put_nowait, item)
 
             self._bls_frame(request, True, put)
-            return self._async_stream(answers)
+            return self._async_stream_collect(answers)
         future = loop.create_future()
 
         def settle(item):
@@ -214,8 +214,6 @@ class Runtime:
             if final:
                 return iter(responses)
 
-    def _async_stream(self, answers):
-        return self._async_stream_collect(answers)
 
     def bls_answer(self, header, payload):
         """A `bls_response` frame: one response (or error) of a BLS request."""

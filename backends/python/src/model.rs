@@ -34,15 +34,15 @@ impl PythonModel {
 
     /// What the stub's `InferenceRequest` shows of a request.
     fn stub_request(&self, request: BackendRequest) -> StubRequest {
-        let mut correlation_id = json!(0);
+        let mut correlation_id = None;
         let mut flags = 0u32;
         let mut timeout = 0u64;
         let mut custom = serde_json::Map::new();
         for (key, value) in &request.parameters {
             match (key.as_str(), value) {
-                ("sequence_id", ParamValue::Int64(n)) => correlation_id = json!(u64::from_ne_bytes(n.to_ne_bytes())),
-                ("sequence_id", ParamValue::Uint64(n)) => correlation_id = json!(n),
-                ("sequence_id", ParamValue::String(s)) => correlation_id = json!(s),
+                ("sequence_id", ParamValue::Int64(n)) => correlation_id = Some(json!(u64::from_ne_bytes(n.to_ne_bytes()))),
+                ("sequence_id", ParamValue::Uint64(n)) => correlation_id = Some(json!(n)),
+                ("sequence_id", ParamValue::String(s)) => correlation_id = Some(json!(s)),
                 ("sequence_start", ParamValue::Bool(true)) => flags |= 1,
                 ("sequence_end", ParamValue::Bool(true)) => flags |= 2,
                 ("timeout", ParamValue::Int64(t)) => timeout = u64::try_from(*t).unwrap_or(0),
@@ -65,7 +65,7 @@ impl PythonModel {
         if !request.id.is_empty() {
             header["request_id"] = json!(request.id);
         }
-        if correlation_id != json!(0) {
+        if let Some(correlation_id) = correlation_id {
             header["correlation_id"] = correlation_id;
         }
         if flags != 0 {
