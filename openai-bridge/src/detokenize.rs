@@ -19,6 +19,8 @@ pub struct Detokenizer {
     /// The window: ids before `read` were emitted already and are there as context.
     ids: Vec<u32>,
     read: usize,
+    /// Special tokens shown as their text (a tool-call parser's markers), sorted.
+    shown: Vec<u32>,
 }
 
 impl Detokenizer {
@@ -27,7 +29,15 @@ impl Detokenizer {
     /// generated token (a completion continues its prompt).
     pub(crate) fn new(tokenizer: Arc<Tokenizer>, context: Vec<u32>) -> Detokenizer {
         let read = context.len();
-        Detokenizer { tokenizer, ids: context, read }
+        Detokenizer { tokenizer, ids: context, read, shown: Vec::new() }
+    }
+
+    /// Shows these special tokens as their text instead of skipping them (the markers an
+    /// output parser looks for, such as Mistral's `[TOOL_CALLS]`).
+    pub fn show_special(&mut self, mut ids: Vec<u32>) {
+        ids.sort_unstable();
+        ids.dedup();
+        self.shown = ids;
     }
 
     /// Adds one generated token; returns the text it completes (often empty for a piece of a
@@ -63,8 +73,22 @@ impl Detokenizer {
         if ids.is_empty() {
             return String::new();
         }
-        // Decoding fails only for ids the tokenizer does not know; they add no text.
-        self.tokenizer.decode(ids, true).unwrap_or_default()
+        if self.shown.is_empty() || !ids.iter().any(|id| self.shown.binary_search(id).is_ok()) {
+            // Decoding fails only for ids the tokenizer does not know; they add no text.
+            return self.tokenizer.decode(ids, true).unwrap_or_default();
+        }
+        let mut text = String::new();
+        for piece in ids.split_inclusive(|id| self.shown.binary_search(id).is_ok()) {
+            let (last, before) = piece.split_last().map_or((None, piece), |(last, before)| (Some(*last), before));
+            match last.filter(|id| self.shown.binary_search(id).is_ok()) {
+                Some(marker) => {
+                    text.push_str(&self.tokenizer.decode(before, true).unwrap_or_default());
+                    text.push_str(&self.tokenizer.decode(&[marker], false).unwrap_or_default());
+                }
+                None => text.push_str(&self.tokenizer.decode(piece, true).unwrap_or_default()),
+            }
+        }
+        text
     }
 }
 

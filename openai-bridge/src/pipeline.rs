@@ -47,8 +47,9 @@ pub enum TextEvent {
     /// New text and the tokens that made it. `text` may be empty at the end when held-back
     /// tokens decode to nothing.
     Delta { text: String, tokens: Vec<TokenInfo> },
-    /// Always the last event of a stream that did not fail.
-    Finished { reason: FinishReason, usage: Usage },
+    /// Always the last event of a stream that did not fail. `stop_string`: the stop string
+    /// that ended it, if one did.
+    Finished { reason: FinishReason, usage: Usage, stop_string: Option<String> },
 }
 
 /// Text deltas of one generation; see the module docs.
@@ -96,6 +97,19 @@ pub fn text_stream(
 }
 
 impl TextStream {
+    /// The prompt's length in tokens, once known.
+    pub fn prompt_tokens(&self) -> Option<u32> {
+        self.observer.known_prompt_tokens()
+    }
+
+    /// Shows these special tokens in the text (the markers of the response's output parser).
+    pub fn show_special(mut self, ids: Vec<u32>) -> TextStream {
+        if !ids.is_empty() {
+            self.detokenizer.show_special(ids);
+        }
+        self
+    }
+
     fn token_info(&self, token: GeneratedToken) -> TokenInfo {
         TokenInfo {
             id: token.id,
@@ -124,7 +138,7 @@ impl TextStream {
                 prompt_tokens: self.observer.known_prompt_tokens().unwrap_or(0),
                 completion_tokens: self.completion_tokens,
             };
-            self.finish(outcome.emit, FinishReason::Stop, usage);
+            self.finish(outcome.emit, FinishReason::Stop, usage, outcome.matched);
             return None;
         }
         if outcome.emit.is_empty() {
@@ -145,16 +159,16 @@ impl TextStream {
             true => (outcome.emit, FinishReason::Stop),
             false => (outcome.emit + &self.stop.finish(), reason),
         };
-        self.finish(text, reason, Usage { prompt_tokens, completion_tokens });
+        self.finish(text, reason, Usage { prompt_tokens, completion_tokens }, outcome.matched);
     }
 
     /// Queues the last delta (when there is one) and `Finished`, and ends the sequence.
-    fn finish(&mut self, text: String, reason: FinishReason, usage: Usage) {
+    fn finish(&mut self, text: String, reason: FinishReason, usage: Usage, stop_string: Option<String>) {
         self.tokens = None;
         if !text.is_empty() || !self.held_tokens.is_empty() {
             self.ready.push_back(Ok(TextEvent::Delta { text, tokens: std::mem::take(&mut self.held_tokens) }));
         }
-        self.ready.push_back(Ok(TextEvent::Finished { reason, usage }));
+        self.ready.push_back(Ok(TextEvent::Finished { reason, usage, stop_string }));
         self.observer.finished(reason);
     }
 
@@ -244,8 +258,19 @@ pub async fn generate_text(
     }
 }
 
+/// A whole generation, for unary calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub text: String,
+    pub tokens: Vec<TokenInfo>,
+    pub reason: FinishReason,
+    pub usage: Usage,
+    /// The stop string that ended it, if one did.
+    pub stop_string: Option<String>,
+}
+
 /// Folds a stream into the whole text, its tokens, the finish reason and usage, for unary calls.
-pub async fn collect(mut stream: TextStream) -> Result<(String, Vec<TokenInfo>, FinishReason, Usage), BridgeError> {
+pub async fn collect(mut stream: TextStream) -> Result<Generated, BridgeError> {
     let mut text = String::new();
     let mut tokens = Vec::new();
     while let Some(event) = stream.next().await {
@@ -254,7 +279,9 @@ pub async fn collect(mut stream: TextStream) -> Result<(String, Vec<TokenInfo>, 
                 text.push_str(&delta);
                 tokens.extend(more);
             }
-            TextEvent::Finished { reason, usage } => return Ok((text, tokens, reason, usage)),
+            TextEvent::Finished { reason, usage, stop_string } => {
+                return Ok(Generated { text, tokens, reason, usage, stop_string });
+            }
         }
     }
     Err(BridgeError::Internal("the text stream ended without finishing".into()))

@@ -26,6 +26,7 @@ use tritium_worker::llm::{ModelCard, ModelKind};
 
 use crate::detokenize::Detokenizer;
 use crate::error::BridgeError;
+use crate::parsers::OutputFormats;
 use crate::sampling::CompletionLimits;
 
 const TEMPLATE: &str = "chat";
@@ -62,6 +63,8 @@ pub struct Preprocessor {
     max_prompt_bytes: Option<usize>,
     /// The server's bounds on a completion's stopping conditions.
     limits: CompletionLimits,
+    /// How the server splits reasoning and tool calls out of this model's output.
+    formats: OutputFormats,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -103,6 +106,7 @@ impl Preprocessor {
         Ok(Preprocessor {
             max_prompt_bytes,
             limits: CompletionLimits::default(),
+            formats: OutputFormats::default(),
             card,
             tokenizer: Arc::new(tokenizer),
             env,
@@ -122,6 +126,21 @@ impl Preprocessor {
 
     pub fn limits(&self) -> &CompletionLimits {
         &self.limits
+    }
+
+    /// The same preprocessor, parsing reasoning and tool calls in `formats`.
+    pub fn with_output_formats(self, formats: OutputFormats) -> Preprocessor {
+        Preprocessor { formats, ..self }
+    }
+
+    pub fn output_formats(&self) -> &OutputFormats {
+        &self.formats
+    }
+
+    /// The special tokens a response's detokenizer must show for its parser to see their
+    /// markers (`with_tools`: the request offered tools).
+    pub fn marker_tokens(&self, with_tools: bool) -> Vec<u32> {
+        self.formats.markers(with_tools).into_iter().filter_map(|marker| self.tokenizer.token_to_id(marker)).collect()
     }
 
     pub fn card(&self) -> &Arc<ModelCard> {

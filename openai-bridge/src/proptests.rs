@@ -408,7 +408,7 @@ fn check_chat(request: &ChatCompletionRequest) -> Result<(), TestCaseError> {
     prop_assert!(messages.iter().all(|m| m.get("role").is_some_and(Value::is_string)));
     prop_assert!(messages.iter().all(|m| !m.get("content").is_some_and(Value::is_array)));
     let add = request.add_generation_prompt.unwrap_or(true);
-    let extra = request.template_extra();
+    let extra = request.template_extra(&request.tools().unwrap_or_default());
     let rendered = preprocessor().render_chat(&messages, add, extra.as_ref());
     let texts: Option<String> =
         messages.iter().map(|m| Some(format!("<{}>{}", m.get("role")?.as_str()?, m.get("content")?.as_str()?))).collect();

@@ -17,13 +17,19 @@
 //! # Ok::<(), tritium_openai_bridge::BridgeError>(())
 //! ```
 
+mod anthropic;
 mod responses;
+mod responses_api;
+mod tools;
 
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
+pub use self::anthropic::*;
 pub use self::responses::*;
+pub use self::responses_api::*;
+pub use self::tools::{MAX_TOOLS, ToolChoice, ToolSpec, Tools};
 use crate::BridgeError;
 use crate::sampling::{CompletionOptions, MAX_LOGPROBS};
 
@@ -295,15 +301,15 @@ impl ChatCompletionRequest {
             .collect()
     }
 
+    /// The request's tools, checked.
+    pub fn tools(&self) -> Result<Tools, BridgeError> {
+        Tools::from_chat(self.tools.as_deref(), self.tool_choice.as_ref())
+    }
+
     /// Template variables beyond `messages`: `tools`, `tool_choice` and `chat_template_kwargs`.
-    pub fn template_extra(&self) -> Option<Map<String, Value>> {
+    pub fn template_extra(&self, tools: &Tools) -> Option<Map<String, Value>> {
         let mut extra = self.chat_template_kwargs.clone().unwrap_or_default();
-        if let Some(tools) = &self.tools {
-            extra.insert("tools".into(), Value::Array(tools.clone()));
-        }
-        if let Some(choice) = &self.tool_choice {
-            extra.insert("tool_choice".into(), choice.clone());
-        }
+        tools.template_variables(&mut extra);
         (!extra.is_empty()).then_some(extra)
     }
 }
@@ -474,9 +480,11 @@ mod tests {
         assert_eq!(options.max_tokens, Some(7));
         assert_eq!(options.logprobs, Some(2));
         assert_eq!(request.template_messages().expect("valid"), vec![serde_json::json!({"role":"user","content":"ab"})]);
-        let extra = request.template_extra().expect("extra");
+        let error = request.tools().expect_err("a function tool needs its function");
+        assert_eq!(field_of(error), "tools[0]");
+        let extra = request.template_extra(&Tools::default()).expect("extra");
         assert_eq!(extra.get("x"), Some(&serde_json::json!(1)));
-        assert_eq!(extra.get("tools"), Some(&serde_json::json!([{"type":"function"}])));
+        assert_eq!(extra.get("tools"), None);
 
         let chat = |body: &str| parse_json::<ChatCompletionRequest>(body.as_bytes());
         let error = chat(r#"{"model":"m","messages":[{"role":"user"}],"top_logprobs":2}"#).and_then(|r| r.options());

@@ -4,6 +4,9 @@
 //!
 //! - `POST /v1/completions`, `POST /v1/chat/completions`: JSON, or SSE with `"stream": true`
 //!   (`data: {chunk}\n\n` … `data: [DONE]\n\n`).
+//! - `POST /v1/responses` (OpenAI's Responses API, with `GET`/`DELETE /v1/responses/{id}`).
+//! - `POST /v1/messages`, `POST /v1/messages/count_tokens` (Anthropic's Messages API, when the
+//!   server enables it).
 //! - `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{model}`.
 //!
 //! Errors are OpenAI's body with the HTTP status of the error's code; an error after a stream
@@ -13,6 +16,8 @@
 mod chat;
 mod completions;
 mod embeddings;
+mod messages;
+mod responses;
 mod sse;
 
 use std::sync::Arc;
@@ -26,6 +31,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 use tritium_worker::llm::{GenerateRequest, ModelKind, TokenStream};
 
 use crate::BridgeError;
@@ -33,6 +39,7 @@ use crate::metrics::{LlmMetrics, RequestObserver};
 use crate::pipeline::{ModelRef, TextStream, generate_text};
 use crate::preprocess::Preprocessor;
 use crate::protocol::{ErrorBody, ModelList, ModelObject, parse_json};
+use crate::response_store::{ResponseStore, StoreLimits};
 use crate::sampling::CompletionOptions;
 
 /// A model the hub serves.
@@ -55,16 +62,34 @@ pub trait LlmHub: Send + Sync + 'static {
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError>;
 }
 
+/// What the server chose for the routes (flags of `tritium serve`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiSettings {
+    /// Serve Anthropic's `/v1/messages` and `/v1/messages/count_tokens`.
+    pub anthropic: bool,
+    /// The Responses API's store of past responses.
+    pub store: StoreLimits,
+}
+
 /// The `/v1` routes, ready to merge into the server's router.
-pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>) -> Router {
-    Router::new()
+pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: ApiSettings) -> Router {
+    let store = Arc::new(ResponseStore::new(settings.store));
+    let mut router = Router::new();
+    if settings.anthropic {
+        router = router
+            .route("/v1/messages", post(messages::messages))
+            .route("/v1/messages/count_tokens", post(messages::count_tokens));
+    }
+    router
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::get).delete(responses::delete))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(list_models))
         // A catch-all, so that names with slashes (`org/model`) work.
         .route("/v1/models/{*model}", get(get_model))
-        .with_state(AppState { hub, metrics })
+        .with_state(AppState { hub, metrics, store })
 }
 
 /// The protocol label of HTTP requests in the metrics.
@@ -74,6 +99,7 @@ const PROTOCOL: &str = "http";
 struct AppState {
     hub: Arc<dyn LlmHub>,
     metrics: Arc<LlmMetrics>,
+    store: Arc<ResponseStore>,
 }
 
 impl AppState {
@@ -101,6 +127,36 @@ impl AppState {
         observer: RequestObserver,
     ) -> Result<TextStream, BridgeError> {
         generate_text(self.hub.as_ref(), pre, ModelRef::latest(model), options, prompt, default_max_tokens, observer).await
+    }
+}
+
+/// A chat to render into a prompt.
+struct ChatPrompt<'a> {
+    messages: &'a [Value],
+    add_generation_prompt: bool,
+    /// Template variables beyond the messages (`tools`, `chat_template_kwargs`).
+    extra: Option<&'a Map<String, Value>>,
+    /// The request offered tools: the parser's markers must show in the text.
+    with_tools: bool,
+}
+
+impl AppState {
+    /// Renders the chat, tokenizes it and starts generating: the start of every chat-shaped
+    /// API (chat completions, responses, messages).
+    async fn start_chat(
+        &self,
+        pre: &Arc<Preprocessor>,
+        model: &str,
+        options: &CompletionOptions,
+        chat: ChatPrompt<'_>,
+        mut observer: RequestObserver,
+    ) -> Result<TextStream, BridgeError> {
+        let text =
+            pre.render_chat(chat.messages, chat.add_generation_prompt, chat.extra).map_err(|e| failed(&mut observer, e))?;
+        // The template writes the special tokens (BOS included) itself.
+        let prompt = pre.encode_off_runtime(text, false).await.map_err(|e| failed(&mut observer, e))?;
+        let stream = self.start(pre, model, options, prompt, None, observer).await?;
+        Ok(stream.show_special(pre.marker_tokens(chat.with_tools)))
     }
 }
 

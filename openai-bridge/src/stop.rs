@@ -8,6 +8,8 @@ pub struct StopOutcome {
     pub emit: String,
     /// A stop string appeared: the sequence is over (later pushes emit nothing).
     pub stopped: bool,
+    /// Which stop string it was (Anthropic's `stop_sequence`).
+    pub matched: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -27,19 +29,24 @@ impl StopMatcher {
 
     pub fn push(&mut self, text: &str) -> StopOutcome {
         if self.stopped {
-            return StopOutcome { emit: String::new(), stopped: true };
+            return StopOutcome { emit: String::new(), stopped: true, matched: None };
         }
         self.held.push_str(text);
         // The stop string that ends first wins: generation would have stopped right there.
-        let first = self.stops.iter().filter_map(|stop| self.held.find(stop.as_str()).map(|at| (at + stop.len(), at))).min();
-        if let Some((_, at)) = first {
+        let first = self
+            .stops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, stop)| self.held.find(stop.as_str()).map(|at| (at + stop.len(), at, i)))
+            .min();
+        if let Some((_, at, i)) = first {
             self.held.truncate(at);
             self.stopped = true;
-            return StopOutcome { emit: std::mem::take(&mut self.held), stopped: true };
+            return StopOutcome { emit: std::mem::take(&mut self.held), stopped: true, matched: Some(self.stops[i].clone()) };
         }
         let keep = self.stops.iter().map(|stop| partial_match(&self.held, stop)).max().unwrap_or(0);
         let rest = self.held.split_off(self.held.len() - keep);
-        StopOutcome { emit: std::mem::replace(&mut self.held, rest), stopped: false }
+        StopOutcome { emit: std::mem::replace(&mut self.held, rest), stopped: false, matched: None }
     }
 
     /// The end of the text: releases what was held back (nothing after a stop).
@@ -49,7 +56,7 @@ impl StopMatcher {
 }
 
 /// The length of the longest end of `text` that `stop` starts with (a proper prefix of `stop`).
-fn partial_match(text: &str, stop: &str) -> usize {
+pub(crate) fn partial_match(text: &str, stop: &str) -> usize {
     stop.char_indices().rev().map(|(at, _)| at).find(|&at| at > 0 && text.ends_with(&stop[..at])).unwrap_or(0)
 }
 
@@ -95,8 +102,9 @@ mod tests {
     #[test]
     fn stop_at_the_very_start_and_nothing_after() {
         let mut matcher = StopMatcher::new(vec!["\n\n".into()]);
-        assert_eq!(matcher.push("\n\nrest"), StopOutcome { emit: String::new(), stopped: true });
-        assert_eq!(matcher.push("more"), StopOutcome { emit: String::new(), stopped: true });
+        let stopped = StopOutcome { emit: String::new(), stopped: true, matched: Some("\n\n".into()) };
+        assert_eq!(matcher.push("\n\nrest"), stopped);
+        assert_eq!(matcher.push("more"), StopOutcome { emit: String::new(), stopped: true, matched: None });
         assert_eq!(matcher.finish(), "");
     }
 

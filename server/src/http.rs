@@ -13,7 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tritium_openai_bridge::metrics::CONTENT_TYPE;
-use tritium_openai_bridge::routes::{LlmHub, openai_routes};
+use tritium_openai_bridge::routes::{ApiSettings, LlmHub, openai_routes};
 use tritium_worker::ModelRepository;
 
 use crate::llm::LlmFrontend;
@@ -28,14 +28,14 @@ struct HttpState {
 }
 
 /// Every HTTP route, ready to serve; request bodies over `max_body_bytes` are refused with 413.
-pub fn router(kserve: kserve::KserveState, max_body_bytes: usize) -> Router {
+pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, api: ApiSettings) -> Router {
     let repository = Arc::clone(&kserve.grpc.repository);
     let llm = Arc::clone(&kserve.grpc.llm);
     let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;
     let state = HttpState { repository, llm: Arc::clone(&llm) };
     let operational =
         Router::new().route("/health", get(health)).route("/live", get(live)).route("/metrics", get(metrics)).with_state(state);
-    openai_routes(hub, Arc::clone(llm.metrics()))
+    openai_routes(hub, Arc::clone(llm.metrics()), api)
         .layer(axum::middleware::from_fn(worker_hint))
         .merge(operational)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -108,7 +108,12 @@ impl Tritium {
             worker,
             config.transport.max_message_size,
         );
-        let llm = Arc::new(LlmFrontend::new(Arc::clone(&repository), Arc::clone(&router), config.limits.completion));
+        let llm = Arc::new(LlmFrontend::new(
+            Arc::clone(&repository),
+            Arc::clone(&router),
+            config.limits.completion,
+            config.openai.formats,
+        ));
         let state = Arc::new(GrpcState {
             repository,
             router,
@@ -210,7 +215,7 @@ impl Tritium {
                 limits.max_body_bytes,
                 self.config.limits.http_restricted.clone(),
             );
-            let routes = http::router(kserve, limits.max_body_bytes);
+            let routes = http::router(kserve, limits.max_body_bytes, self.config.openai.api.clone());
             let stopping = self.state.stopping.clone();
             let budget = Arc::clone(&budget);
             tokio::spawn(http::serve_limited(http_listener, routes, limits, budget, http_tls, async move {

@@ -124,9 +124,23 @@ pub(super) fn normalize_messages(messages: &[Json]) -> Result<Vec<Json>, BridgeE
                     join_text_parts(parts).map_err(|reason| BridgeError::field(format!("messages[{i}].content"), reason))?;
                 fields.insert("content".into(), Json::String(text));
             }
+            if let Some(Json::Array(calls)) = fields.get_mut("tool_calls") {
+                calls.iter_mut().for_each(arguments_as_object);
+            }
             Ok(Json::Object(fields))
         })
         .collect()
+}
+
+/// OpenAI sends a call's arguments as JSON text; templates (Qwen's, Llama's, Hermes') expect the
+/// object, as Hugging Face documents.
+fn arguments_as_object(call: &mut Json) {
+    let Some(arguments) = call.get_mut("function").and_then(|function| function.get_mut("arguments")) else {
+        return;
+    };
+    if let Some(object @ Json::Object(_)) = arguments.as_str().and_then(|text| serde_json::from_str(text).ok()) {
+        *arguments = object;
+    }
 }
 
 fn join_text_parts(parts: &[Json]) -> Result<String, String> {

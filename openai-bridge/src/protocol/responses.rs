@@ -18,6 +18,13 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{nanos:016x}{n:08x}")
 }
 
+/// An item id in the Responses and Messages APIs' style: `prefix`, `_` and a unique suffix
+/// (`resp_…`, `msg_…`, `fc_…`).
+pub fn new_item_id(prefix: &str) -> String {
+    let id = new_id(prefix);
+    id.replacen('-', "_", 1)
+}
+
 /// Seconds since the Unix epoch, for `created`.
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -130,7 +137,43 @@ pub struct ChatChoice {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the model only called tools.
+    pub content: Option<String>,
+    /// The model's reasoning, when a reasoning parser split it off (vLLM's and Dynamo's field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ChatToolCall>,
+}
+
+/// A tool call in a chat message, or (with `index`) in a streamed delta, where it always comes
+/// whole.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatToolCall {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: ChatFunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatFunctionCall {
+    pub name: String,
+    /// JSON text.
+    pub arguments: String,
+}
+
+impl ChatToolCall {
+    pub fn new(call: crate::parsers::ToolCall, index: Option<u32>) -> ChatToolCall {
+        ChatToolCall {
+            index,
+            id: call.id,
+            kind: "function",
+            function: ChatFunctionCall { name: call.name, arguments: call.arguments },
+        }
+    }
 }
 
 /// A `chat.completion.chunk`.
@@ -159,6 +202,10 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ChatToolCall>,
 }
 
 /// Chat logprobs: one entry per token, with its bytes (a token may hold part of a character).

@@ -1,17 +1,20 @@
 //! `POST /v1/chat/completions`.
 
+use std::collections::VecDeque;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
 use tritium_worker::llm::{FinishReason, ModelKind};
 
-use super::sse::{self, ChunkWriter};
-use super::{ApiError, AppState, OpenAiJson, PROTOCOL, failed, json_response};
-use crate::pipeline::{TokenInfo, Usage, collect};
+use super::sse::{self, ChunkWriter, End};
+use super::{ApiError, AppState, OpenAiJson, PROTOCOL, json_response};
+use crate::parsers::{OutputParser, ParsedDelta};
+use crate::pipeline::{TokenInfo, collect};
 use crate::protocol::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatDelta, ChatLogprobs,
-    ChatMessage, UsageBody, new_id, unix_now,
+    ChatMessage, ChatToolCall, UsageBody, new_id, unix_now,
 };
 
 pub(super) async fn chat_completions(
@@ -20,27 +23,36 @@ pub(super) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/chat/completions")?;
     let mut observer = state.metrics.observer(&request.model, PROTOCOL);
-    let rendered = request.options().and_then(|options| {
+    let prepared = request.options().and_then(|options| {
+        let tools = request.tools()?;
         let messages = request.template_messages()?;
-        let extra = request.template_extra();
-        let text = pre.render_chat(&messages, request.add_generation_prompt.unwrap_or(true), extra.as_ref())?;
-        Ok((options, text))
+        let extra = request.template_extra(&tools);
+        Ok((options, tools, messages, extra))
     });
-    let (options, text) = rendered.map_err(|error| failed(&mut observer, error))?;
-    // The template writes the special tokens (BOS included) itself.
-    let prompt = pre.encode_off_runtime(text, false).await.map_err(|error| failed(&mut observer, error))?;
-    let stream = state.start(&pre, &request.model, &options, prompt, None, observer).await?;
+    let (options, tools, messages, extra) = prepared.map_err(|error| super::failed(&mut observer, error))?;
+    let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
+    let chat =
+        super::ChatPrompt { messages: &messages, add_generation_prompt, extra: extra.as_ref(), with_tools: tools.offered() };
+    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
+    let parser = pre.output_formats().parser(tools.offered());
     let mut writer = ChatWriter {
         id: new_id("chatcmpl"),
         created: unix_now(),
         model: request.model.clone(),
         logprobs: options.logprobs.is_some(),
         include_usage: request.include_usage(),
+        parser,
+        calls: 0,
     };
     if request.stream {
-        return Ok(sse::respond(writer, stream, request.include_usage()));
+        return Ok(sse::respond(writer, stream));
     }
-    let (text, tokens, reason, usage) = collect(stream).await?;
+    let generated = collect(stream).await?;
+    let parsed = match writer.parser.take() {
+        Some(parser) => parser.parse_all(&generated.text),
+        None => ParsedDelta { content: generated.text, ..Default::default() },
+    };
+    let finish_reason = if parsed.tool_calls.is_empty() { generated.reason.as_str() } else { "tool_calls" };
     let response = ChatCompletionResponse {
         id: std::mem::take(&mut writer.id),
         object: "chat.completion",
@@ -48,13 +60,28 @@ pub(super) async fn chat_completions(
         model: request.model,
         choices: vec![ChatChoice {
             index: 0,
-            message: ChatMessage { role: "assistant", content: text },
-            logprobs: writer.logprobs.then(|| ChatLogprobs::from_tokens(&tokens)),
-            finish_reason: Some(reason.as_str()),
+            message: message(parsed),
+            logprobs: writer.logprobs.then(|| ChatLogprobs::from_tokens(&generated.tokens)),
+            finish_reason: Some(finish_reason),
         }],
-        usage: UsageBody::from(usage),
+        usage: UsageBody::from(generated.usage),
     };
     Ok(json_response(StatusCode::OK, &response))
+}
+
+/// The assistant's message: its text (`null` when it only called tools), reasoning and calls.
+fn message(parsed: ParsedDelta) -> ChatMessage {
+    let content = match (parsed.content.trim().is_empty(), parsed.tool_calls.is_empty()) {
+        (true, false) => None,
+        _ => Some(parsed.content),
+    };
+    let reasoning = parsed.reasoning.trim();
+    ChatMessage {
+        role: "assistant",
+        content,
+        reasoning_content: (!reasoning.is_empty()).then(|| reasoning.to_owned()),
+        tool_calls: parsed.tool_calls.into_iter().map(|call| ChatToolCall::new(call, None)).collect(),
+    }
 }
 
 /// Builds `chat.completion.chunk`s.
@@ -64,6 +91,10 @@ struct ChatWriter {
     model: String,
     logprobs: bool,
     include_usage: bool,
+    /// Splits reasoning and tool calls out of the text, when the server parses them.
+    parser: Option<OutputParser>,
+    /// Tool calls sent so far: the next one's `index`.
+    calls: u32,
 }
 
 impl ChatWriter {
@@ -81,26 +112,53 @@ impl ChatWriter {
 
 impl ChunkWriter for ChatWriter {
     fn start(&mut self) -> Vec<Bytes> {
-        let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
+        let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
         vec![sse::frame(&self.chunk(vec![ChatChunkChoice { index: 0, delta, logprobs: None, finish_reason: None }]))]
     }
 
-    fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>) -> Bytes {
+    fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
+        let parsed = match &mut self.parser {
+            Some(parser) => {
+                let mut parsed = parser.push(&text);
+                if finish.is_some() {
+                    parsed.extend(parser.finish());
+                }
+                parsed
+            }
+            None => ParsedDelta { content: text, ..Default::default() },
+        };
+        let logprobs = (self.logprobs && !tokens.is_empty()).then(|| ChatLogprobs::from_tokens(tokens));
+        // Text held back by the parser sends nothing now; its tokens' logprobs still go.
+        if parsed.is_empty() && finish.is_none() && logprobs.is_none() && self.parser.is_some() {
+            return;
+        }
+        let tool_calls: Vec<ChatToolCall> = parsed
+            .tool_calls
+            .into_iter()
+            .map(|call| {
+                self.calls += 1;
+                ChatToolCall::new(call, Some(self.calls - 1))
+            })
+            .collect();
         // OpenAI's closing chunk has an empty delta; a text-less chunk mid-stream still carries
         // its tokens' logprobs.
-        let content = (!text.is_empty() || finish.is_none()).then_some(text);
-        let choice = ChatChunkChoice {
-            index: 0,
-            delta: ChatDelta { role: None, content },
-            logprobs: (self.logprobs && !tokens.is_empty()).then(|| ChatLogprobs::from_tokens(tokens)),
-            finish_reason: finish.map(FinishReason::as_str),
+        let content = (!parsed.content.is_empty() || (finish.is_none() && self.parser.is_none())).then_some(parsed.content);
+        let delta = ChatDelta {
+            role: None,
+            content,
+            reasoning_content: (!parsed.reasoning.is_empty()).then_some(parsed.reasoning),
+            tool_calls,
         };
-        sse::frame(&self.chunk(vec![choice]))
+        let finish_reason = finish.map(|reason| if self.calls > 0 { "tool_calls" } else { reason.as_str() });
+        out.push_back(sse::frame(&self.chunk(vec![ChatChunkChoice { index: 0, delta, logprobs, finish_reason }])));
     }
 
-    fn usage(&mut self, usage: Usage) -> Bytes {
-        let mut chunk = self.chunk(Vec::new());
-        chunk.usage = Some(Some(UsageBody::from(usage)));
-        sse::frame(&chunk)
+    fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {
+        if self.include_usage {
+            let mut chunk = self.chunk(Vec::new());
+            chunk.usage = Some(Some(UsageBody::from(end.usage)));
+            out.push_back(sse::frame(&chunk));
+        }
+        out.push_back(sse::done());
     }
 }

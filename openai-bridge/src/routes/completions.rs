@@ -1,15 +1,17 @@
 //! `POST /v1/completions`.
 
+use std::collections::VecDeque;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
 use tritium_worker::llm::{FinishReason, ModelKind};
 
-use super::sse::{self, ChunkWriter};
+use super::sse::{self, ChunkWriter, End};
 use super::{ApiError, AppState, OpenAiJson, PROTOCOL, check_token_ids, failed, json_response};
 use crate::kserve::DEFAULT_MAX_TOKENS;
-use crate::pipeline::{TokenInfo, Usage, collect};
+use crate::pipeline::{TokenInfo, collect};
 use crate::protocol::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt, UsageBody, new_id, unix_now,
 };
@@ -37,11 +39,11 @@ pub(super) async fn completions(
         include_usage: request.include_usage(),
     };
     if request.stream {
-        return Ok(sse::respond(writer, stream, request.include_usage()));
+        return Ok(sse::respond(writer, stream));
     }
-    let (text, tokens, reason, usage) = collect(stream).await?;
-    let mut response = writer.chunk(text, &tokens, Some(reason));
-    response.usage = Some(Some(UsageBody::from(usage)));
+    let generated = collect(stream).await?;
+    let mut response = writer.chunk(generated.text, &generated.tokens, Some(generated.reason));
+    response.usage = Some(Some(UsageBody::from(generated.usage)));
     Ok(json_response(StatusCode::OK, &response))
 }
 
@@ -71,14 +73,17 @@ impl CompletionWriter {
 }
 
 impl ChunkWriter for CompletionWriter {
-    fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>) -> Bytes {
-        sse::frame(&self.chunk(text, tokens, finish))
+    fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
+        out.push_back(sse::frame(&self.chunk(text, tokens, finish)));
     }
 
-    fn usage(&mut self, usage: Usage) -> Bytes {
-        let mut chunk = self.chunk(String::new(), &[], None);
-        chunk.choices.clear();
-        chunk.usage = Some(Some(UsageBody::from(usage)));
-        sse::frame(&chunk)
+    fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {
+        if self.include_usage {
+            let mut chunk = self.chunk(String::new(), &[], None);
+            chunk.choices.clear();
+            chunk.usage = Some(Some(UsageBody::from(end.usage)));
+            out.push_back(sse::frame(&chunk));
+        }
+        out.push_back(sse::done());
     }
 }

@@ -1,5 +1,6 @@
-//! Server-sent events for streaming completions: `data: {chunk}\n\n` per chunk, then
-//! `data: [DONE]\n\n`. The body owns the [`TextStream`], so when hyper drops the body of a client
+//! Server-sent events for streamed generations: OpenAI's chunks (`data: {chunk}\n\n` per chunk,
+//! then `data: [DONE]\n\n`) or named events (`event: …\ndata: {…}\n\n`, the Responses and
+//! Messages APIs), written by each endpoint's [`ChunkWriter`]. The body owns the [`TextStream`], so when hyper drops the body of a client
 //! that went away, the sequence is cancelled.
 
 use std::collections::VecDeque;
@@ -17,16 +18,47 @@ use crate::BridgeError;
 use crate::pipeline::{TextEvent, TextStream, TokenInfo, Usage};
 use crate::protocol::ErrorBody;
 
-/// Turns text events into the chunks of one endpoint.
+/// How one generation ended, for [`ChunkWriter::end`].
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct End {
+    pub reason: FinishReason,
+    pub usage: Usage,
+    pub stop_string: Option<String>,
+}
+
+/// Turns text events into the frames of one endpoint.
 pub(super) trait ChunkWriter: Send + 'static {
-    /// Chunks sent before any text (chat's `role` chunk).
+    /// Frames sent before any text (chat's `role` chunk, the Responses API's `response.created`).
     fn start(&mut self) -> Vec<Bytes> {
         Vec::new()
     }
-    /// A chunk of text; `finish` is set on the last one.
-    fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>) -> Bytes;
-    /// The usage chunk after the last one, when the client asked for it.
-    fn usage(&mut self, usage: Usage) -> Bytes;
+    /// A piece of text and its tokens; `finish` is set on the last piece.
+    fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>);
+    /// The frames after the last piece.
+    fn end(&mut self, end: End, out: &mut VecDeque<Bytes>);
+    /// The frames of a failure after the stream began.
+    fn error(&mut self, error: &BridgeError, out: &mut VecDeque<Bytes>) {
+        let (_, body) = ErrorBody::from_error(error);
+        out.push_back(frame(&body));
+        out.push_back(done());
+    }
+}
+
+/// OpenAI's last frame of a chunk stream.
+pub(super) fn done() -> Bytes {
+    Bytes::from_static(DONE)
+}
+
+/// One `event:` and `data:` frame (the Responses and Messages APIs name their events).
+pub(super) fn named_frame<T: Serialize>(event: &str, data: &T) -> Bytes {
+    let json = serde_json::to_vec(data).unwrap_or_else(|error| format!(r#"{{"type":"error","message":"{error}"}}"#).into_bytes());
+    let mut out = Vec::with_capacity(json.len() + event.len() + 16);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(&json);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 /// One `data:` frame.
@@ -43,9 +75,9 @@ pub(super) fn frame<T: Serialize>(chunk: &T) -> Bytes {
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// The SSE response of a stream.
-pub(super) fn respond<W: ChunkWriter>(mut writer: W, stream: TextStream, include_usage: bool) -> Response {
+pub(super) fn respond<W: ChunkWriter>(mut writer: W, stream: TextStream) -> Response {
     let frames = writer.start().into();
-    let state = SseState { stream: Some(stream), writer, include_usage, frames, peeked: None, done: false };
+    let state = SseState { stream: Some(stream), writer, frames, peeked: None, done: false };
     let body = Body::from_stream(futures::stream::unfold(state, next_frame));
     let headers = [
         (header::CONTENT_TYPE, "text/event-stream"),
@@ -60,7 +92,6 @@ struct SseState<W> {
     /// Dropped as soon as the stream ends, so its observer records the end at once.
     stream: Option<TextStream>,
     writer: W,
-    include_usage: bool,
     frames: VecDeque<Bytes>,
     /// An event read ahead while looking for a `Finished` to fold into the last delta.
     peeked: Option<Option<Result<TextEvent, BridgeError>>>,
@@ -68,15 +99,12 @@ struct SseState<W> {
 }
 
 impl<W: ChunkWriter> SseState<W> {
-    fn finish(&mut self, usage: Usage) {
-        if self.include_usage {
-            self.frames.push_back(self.writer.usage(usage));
-        }
+    fn finish(&mut self, end: End) {
+        self.writer.end(end, &mut self.frames);
         self.end();
     }
 
     fn end(&mut self) {
-        self.frames.push_back(Bytes::from_static(DONE));
         self.done = true;
         self.stream = None;
     }
@@ -103,30 +131,30 @@ async fn next_frame<W: ChunkWriter>(mut state: SseState<W>) -> Option<(Result<By
                 // string): then the delta carries the finish reason, as OpenAI's last chunk does.
                 let ahead = state.stream.as_mut().and_then(|stream| stream.next().now_or_never());
                 match ahead {
-                    Some(Some(Ok(TextEvent::Finished { reason, usage }))) => {
-                        let chunk = state.writer.delta(text, &tokens, Some(reason));
-                        state.frames.push_back(chunk);
-                        state.finish(usage);
+                    Some(Some(Ok(TextEvent::Finished { reason, usage, stop_string }))) => {
+                        state.writer.delta(text, &tokens, Some(reason), &mut state.frames);
+                        state.finish(End { reason, usage, stop_string });
                     }
                     other => {
-                        let chunk = state.writer.delta(text, &tokens, None);
-                        state.frames.push_back(chunk);
+                        state.writer.delta(text, &tokens, None, &mut state.frames);
                         state.peeked = other;
                     }
                 }
             }
-            Some(Ok(TextEvent::Finished { reason, usage })) => {
-                let chunk = state.writer.delta(String::new(), &[], Some(reason));
-                state.frames.push_back(chunk);
-                state.finish(usage);
+            Some(Ok(TextEvent::Finished { reason, usage, stop_string })) => {
+                state.writer.delta(String::new(), &[], Some(reason), &mut state.frames);
+                state.finish(End { reason, usage, stop_string });
             }
             Some(Err(error)) => {
-                let (_, body) = ErrorBody::from_error(&error);
-                state.frames.push_back(frame(&body));
+                state.writer.error(&error, &mut state.frames);
                 state.end();
             }
             // The pipeline always ends with `Finished` or an error; this is a guard.
-            None => state.end(),
+            None => {
+                let error = BridgeError::Internal("the text stream ended without finishing".into());
+                state.writer.error(&error, &mut state.frames);
+                state.end();
+            }
         }
     }
 }

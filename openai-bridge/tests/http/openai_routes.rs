@@ -5,63 +5,14 @@ use crate::support;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tritium_openai_bridge::metrics::LlmMetrics;
 use tritium_worker::llm::{FinishReason, GenerateError, GenerateEvent};
 
-use support::{FakeHub, Script, app, ids, token_events};
-
-struct Reply {
-    status: StatusCode,
-    content_type: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-
-    /// The SSE frames' payloads, checking the framing on the way.
-    fn events(&self) -> Vec<String> {
-        assert_eq!(self.content_type, "text/event-stream");
-        assert!(self.body.ends_with("data: [DONE]\n\n"), "{:?}", self.body);
-        let events: Vec<String> = self
-            .body
-            .split_terminator("\n\n")
-            .map(|frame| frame.strip_prefix("data: ").unwrap_or_else(|| panic!("bad frame {frame:?}")).to_string())
-            .collect();
-        assert_eq!(events.iter().filter(|e| *e == "[DONE]").count(), 1);
-        events
-    }
-
-    /// The JSON chunks of an SSE reply (without `[DONE]`).
-    fn chunks(&self) -> Vec<Value> {
-        let events = self.events();
-        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}"))).collect()
-    }
-}
-
-async fn send(router: axum::Router, method: &str, uri: &str, body: &str) -> Reply {
-    let request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
-        .expect("request");
-    let response = router.oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
-    Reply { status, content_type, body: String::from_utf8(bytes.to_vec()).expect("utf-8") }
-}
-
-async fn post(hub: &Arc<FakeHub>, uri: &str, body: Value) -> Reply {
-    send(app(hub, &Arc::new(LlmMetrics::new())), "POST", uri, &body.to_string()).await
-}
+use support::{FakeHub, Script, app, ids, post, send, token_events};
 
 fn hello_world(hub: &FakeHub) -> Vec<u32> {
     ids(&hub.llm, "Hello world")

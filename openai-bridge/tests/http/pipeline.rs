@@ -49,7 +49,11 @@ async fn deltas_then_finished() {
     assert_eq!(first[0].top, vec![(pre.token_text(tokens[0]), b"Hello".to_vec(), -0.5)]);
     assert_eq!(
         events.last(),
-        Some(&Ok(TextEvent::Finished { reason: FinishReason::Length, usage: Usage { prompt_tokens: 3, completion_tokens: 2 } }))
+        Some(&Ok(TextEvent::Finished {
+            reason: FinishReason::Length,
+            usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
+            stop_string: None
+        }))
     );
     let text = metrics.render(&[]);
     assert!(text.contains(r#"tritium_llm_generated_tokens_total{model="tiny",protocol="grpc"} 2"#), "{text}");
@@ -75,7 +79,11 @@ async fn a_stop_string_across_tokens_ends_the_sequence_at_once() {
     assert_eq!(texts(&events).concat(), "Hel");
     assert_eq!(
         events.last(),
-        Some(&Ok(TextEvent::Finished { reason: FinishReason::Stop, usage: Usage { prompt_tokens: 4, completion_tokens: 2 } }))
+        Some(&Ok(TextEvent::Finished {
+            reason: FinishReason::Stop,
+            usage: Usage { prompt_tokens: 4, completion_tokens: 2 },
+            stop_string: Some("lo w".into())
+        }))
     );
     // The token stream is gone while the text stream is still alive: the engine sees the cancel.
     assert!(sender.is_closed());
@@ -154,9 +162,10 @@ async fn collect_folds_the_stream() {
     let mut events = token_events(&ids(&pre, "Hello world"), None);
     events.push(finished(FinishReason::Stop, 5, 2));
     let stream = text_stream(Arc::clone(&pre), TokenStream::from_events(events), vec![], LlmMetrics::new().observer("m", "http"));
-    let (text, tokens, reason, usage) = collect(stream).await.expect("finishes");
-    assert_eq!(text, "Hello world");
-    assert_eq!(tokens.len(), 2);
-    assert_eq!(reason, FinishReason::Stop);
-    assert_eq!(usage, Usage { prompt_tokens: 5, completion_tokens: 2 });
+    let generated = collect(stream).await.expect("finishes");
+    assert_eq!(generated.text, "Hello world");
+    assert_eq!(generated.tokens.len(), 2);
+    assert_eq!(generated.reason, FinishReason::Stop);
+    assert_eq!(generated.usage, Usage { prompt_tokens: 5, completion_tokens: 2 });
+    assert_eq!(generated.stop_string, None);
 }

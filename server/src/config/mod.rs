@@ -6,6 +6,7 @@ pub mod backend_config;
 pub mod cluster;
 pub mod limits;
 pub mod metrics;
+pub mod openai;
 pub mod python;
 pub mod tls;
 
@@ -24,6 +25,7 @@ use crate::routing::RouterOptions;
 pub use cluster::{ClusterArgs, ClusterConfig, EngineArgs, RouterArgs, WorkerListenArgs};
 pub use limits::{HttpLimits, LimitArgs, Limits};
 pub use metrics::MetricsArgs;
+pub use openai::{OpenAiArgs, OpenAiSettings};
 pub use tls::{TlsArgs, TlsConfig};
 
 #[derive(Debug, Parser)]
@@ -157,6 +159,8 @@ pub struct ServeArgs {
     pub router: RouterArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub openai: OpenAiArgs,
     /// Seconds to let in-flight calls finish after SIGTERM or Ctrl-C before exiting anyway.
     #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
@@ -427,6 +431,8 @@ pub struct ServerConfig {
     pub metrics: crate::metrics::MetricsConfig,
     /// TLS of the gRPC and HTTP ports (off by default).
     pub tls: TlsConfig,
+    /// Output parsers, the Anthropic API and the Responses store.
+    pub openai: OpenAiSettings,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -448,6 +454,7 @@ impl ServeArgs {
         let builtins = !cluster.is_distributed();
         let limits = &self.limits;
         Ok(ServerConfig {
+            openai: self.openai.settings()?,
             tls: self.tls.config(&env)?,
             metrics: self.metrics.config()?,
             onnxruntime: self.repository.onnxruntime()?,

@@ -128,8 +128,8 @@ impl LlmFrontend {
         }
         let collected = collect(text).await;
         statistics.record(collected.is_ok());
-        let (completion, _, reason, _) = collected.map_err(|e| request_error(&label.id, e))?;
-        Ok(InferOutcome::Single(label.response(&completion, Some(reason))))
+        let generated = collected.map_err(|e| request_error(&label.id, e))?;
+        Ok(InferOutcome::Single(label.response(&generated.text, Some(generated.reason))))
     }
 }
 

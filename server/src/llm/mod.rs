@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::metrics::LlmMetrics;
+use tritium_openai_bridge::parsers::OutputFormats;
 use tritium_openai_bridge::preprocess::Preprocessor;
 use tritium_openai_bridge::routes::{HubModel, LlmHub};
 use tritium_openai_bridge::sampling::CompletionLimits;
@@ -29,6 +30,7 @@ pub struct LlmFrontend {
     metrics: Arc<LlmMetrics>,
     preprocessors: Mutex<PreprocessorCache>,
     limits: CompletionLimits,
+    formats: OutputFormats,
     started: u64,
 }
 
@@ -39,7 +41,12 @@ impl std::fmt::Debug for LlmFrontend {
 }
 
 impl LlmFrontend {
-    pub fn new(repository: Arc<ModelRepository>, router: Arc<Router>, limits: CompletionLimits) -> LlmFrontend {
+    pub fn new(
+        repository: Arc<ModelRepository>,
+        router: Arc<Router>,
+        limits: CompletionLimits,
+        formats: OutputFormats,
+    ) -> LlmFrontend {
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         LlmFrontend {
             repository,
@@ -47,6 +54,7 @@ impl LlmFrontend {
             metrics: Arc::new(LlmMetrics::new()),
             preprocessors: Mutex::new(HashMap::new()),
             limits,
+            formats,
             started,
         }
     }
@@ -107,7 +115,7 @@ impl LlmFrontend {
             return Ok(Arc::clone(pre));
         }
         // Built outside the lock: a large tokenizer takes a moment to parse.
-        let pre = Arc::new(Preprocessor::new(Arc::clone(&card))?.with_limits(self.limits));
+        let pre = Arc::new(Preprocessor::new(Arc::clone(&card))?.with_limits(self.limits).with_output_formats(self.formats));
         self.lock_preprocessors().insert(model.to_string(), (card, Arc::clone(&pre)));
         Ok(pre)
     }

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+mod reply;
+
+pub use reply::{post, send};
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +16,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::metrics::LlmMetrics;
+use tritium_openai_bridge::parsers::OutputFormats;
 use tritium_openai_bridge::preprocess::Preprocessor;
-use tritium_openai_bridge::routes::{HubModel, LlmHub, openai_routes};
+use tritium_openai_bridge::routes::{ApiSettings, HubModel, LlmHub, openai_routes};
 use tritium_worker::llm::{
     FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, ModelCard, ModelKind, TokenStream,
 };
@@ -139,6 +144,26 @@ impl FakeHub {
         })
     }
 
+    /// A hub whose language model's output is parsed in `formats`.
+    pub fn with_formats(formats: OutputFormats) -> Arc<FakeHub> {
+        // Byte tokens: room for tool calls spelled out one byte at a time.
+        let card = ModelCard { context_length: 4096, max_input_tokens: None, ..card(ModelKind::Generate) };
+        let llm = Preprocessor::new(Arc::new(card)).expect("loads").with_output_formats(formats);
+        Arc::new(FakeHub {
+            llm: Arc::new(llm),
+            embedder: preprocessor(ModelKind::Embed),
+            scripts: Mutex::new(VecDeque::new()),
+            requests: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
+            embedded: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The text of the last prompt the engine was given.
+    pub fn last_prompt(&self) -> String {
+        self.llm.decode(&self.last_request().prompt).expect("decodes")
+    }
+
     pub fn script(&self, script: Script) {
         self.scripts.lock().expect("lock").push_back(script);
     }
@@ -214,5 +239,6 @@ impl LlmHub for FakeHub {
 }
 
 pub fn app(hub: &Arc<FakeHub>, metrics: &Arc<LlmMetrics>) -> axum::Router {
-    openai_routes(Arc::clone(hub) as Arc<dyn LlmHub>, Arc::clone(metrics))
+    let settings = ApiSettings { anthropic: true, ..ApiSettings::default() };
+    openai_routes(Arc::clone(hub) as Arc<dyn LlmHub>, Arc::clone(metrics), settings)
 }

@@ -1,0 +1,235 @@
+//! A model's raw output split into what the APIs return apart: reasoning, the answer's text and
+//! tool calls. Models write all three into one token stream in their family's format
+//! (`<think>…</think>`, hermes `<tool_call>{…}</tool_call>`, llama3 JSON, mistral
+//! `[TOOL_CALLS]`, pythonic `[f(a=1)]`); the server is told which format with
+//! `--dyn-reasoning-parser` / `--dyn-tool-call-parser`.
+//!
+//! [`OutputParser`] works on streamed text: each [`OutputParser::push`] returns what is certain
+//! so far. Text that may begin a marker is held back until it is ruled out, and a tool call is
+//! returned once, complete, when its last character has arrived (never a half call). Output that
+//! looks like a call but does not parse is given back as text, so nothing the model said is lost.
+//!
+//! ```
+//! use tritium_openai_bridge::parsers::{OutputParser, ReasoningFormat, ToolCallFormat};
+//!
+//! let mut parser = OutputParser::new(Some(ReasoningFormat::Think), Some(ToolCallFormat::Hermes));
+//! let mut calls = Vec::new();
+//! let mut reasoning = String::new();
+//! for piece in ["<thi", "nk>Weather needed.</think>\n<tool_", "call>\n{\"name\": \"get_weather\", ",
+//!               "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"] {
+//!     let delta = parser.push(piece);
+//!     reasoning += &delta.reasoning;
+//!     calls.extend(delta.tool_calls);
+//! }
+//! calls.extend(parser.finish().tool_calls);
+//! assert_eq!(reasoning, "Weather needed.");
+//! assert_eq!(calls[0].name, "get_weather");
+//! assert_eq!(calls[0].arguments, r#"{"city":"Paris"}"#);
+//! ```
+
+mod balance;
+mod pythonic;
+mod reasoning;
+mod tool_calls;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::Value;
+
+use self::reasoning::ReasoningSplitter;
+use self::tool_calls::ToolCallSplitter;
+
+/// How a model family writes tool calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolCallFormat {
+    /// `<tool_call>{"name": …, "arguments": {…}}</tool_call>` blocks (Hermes, Qwen 2.5/3, …).
+    Hermes,
+    /// The whole output a JSON object `{"name": …, "parameters": {…}}` (several joined by `;`),
+    /// maybe after `<|python_tag|>` (Llama 3.1-3.3).
+    Llama3Json,
+    /// `[TOOL_CALLS]` then a JSON array of calls, or `name[ARGS]{…}` (Mistral).
+    Mistral,
+    /// A Python list of calls with keyword arguments, `[f(a=1), g()]` (Llama 3.2 / 4).
+    Pythonic,
+}
+
+impl ToolCallFormat {
+    pub const NAMES: [&'static str; 4] = ["hermes", "llama3_json", "mistral", "pythonic"];
+
+    pub fn from_name(name: &str) -> Option<ToolCallFormat> {
+        match name {
+            "hermes" => Some(ToolCallFormat::Hermes),
+            "llama3_json" => Some(ToolCallFormat::Llama3Json),
+            "mistral" => Some(ToolCallFormat::Mistral),
+            "pythonic" => Some(ToolCallFormat::Pythonic),
+            _ => None,
+        }
+    }
+
+    /// Marker strings that tokenizers often hold as special tokens, which detokenizing would
+    /// otherwise drop.
+    fn markers(self) -> &'static [&'static str] {
+        match self {
+            ToolCallFormat::Hermes => &["<tool_call>", "</tool_call>"],
+            ToolCallFormat::Llama3Json => &["<|python_tag|>"],
+            ToolCallFormat::Mistral => &["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"],
+            // Llama 4's `<|python_start|>` / `<|python_end|>` may go: the list's brackets suffice.
+            ToolCallFormat::Pythonic => &[],
+        }
+    }
+}
+
+/// How a model family marks its reasoning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningFormat {
+    /// Reasoning is what the model writes between `<think>` and `</think>` (Qwen3, …).
+    Think,
+    /// The chat template opens `<think>`: the output starts as reasoning until `</think>`
+    /// (DeepSeek-R1 and its distillations).
+    DeepseekR1,
+}
+
+impl ReasoningFormat {
+    pub const NAMES: [&'static str; 2] = ["think", "deepseek_r1"];
+
+    pub fn from_name(name: &str) -> Option<ReasoningFormat> {
+        match name {
+            "think" | "qwen3" => Some(ReasoningFormat::Think),
+            "deepseek_r1" => Some(ReasoningFormat::DeepseekR1),
+            _ => None,
+        }
+    }
+}
+
+/// The server's choice of output formats (the same for every model it serves).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutputFormats {
+    pub tool_calls: Option<ToolCallFormat>,
+    pub reasoning: Option<ReasoningFormat>,
+}
+
+impl OutputFormats {
+    /// The marker strings the detokenizer must keep when these formats are parsed.
+    pub fn markers(&self, with_tools: bool) -> Vec<&'static str> {
+        let mut markers = Vec::new();
+        if let (true, Some(format)) = (with_tools, self.tool_calls) {
+            markers.extend_from_slice(format.markers());
+        }
+        if self.reasoning.is_some() {
+            markers.extend_from_slice(&["<think>", "</think>"]);
+        }
+        markers
+    }
+
+    /// A parser for one response; tool calls are looked for only when the request offered tools.
+    pub fn parser(&self, with_tools: bool) -> Option<OutputParser> {
+        let tools = self.tool_calls.filter(|_| with_tools);
+        (tools.is_some() || self.reasoning.is_some()).then(|| OutputParser::new(self.reasoning, tools))
+    }
+}
+
+/// One complete tool call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// `call_…`, unique in this process (Mistral's own call id when it wrote one).
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text (an object, as OpenAI sends them).
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// A call from a parsed name and arguments: an object is serialized, a string (some models
+    /// write the arguments as a JSON string) is kept as it is.
+    fn new(name: String, arguments: Value) -> ToolCall {
+        let arguments = match arguments {
+            Value::String(text) => text,
+            Value::Null => "{}".to_owned(),
+            other => other.to_string(),
+        };
+        ToolCall { id: new_call_id(), name, arguments }
+    }
+}
+
+/// `call_` and 24 hex digits, unique in this process and unlikely to repeat across restarts.
+pub fn new_call_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    format!("call_{nanos:016x}{:08x}", n as u32)
+}
+
+/// What one push made certain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParsedDelta {
+    pub reasoning: String,
+    pub content: String,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl ParsedDelta {
+    pub fn is_empty(&self) -> bool {
+        self.reasoning.is_empty() && self.content.is_empty() && self.tool_calls.is_empty()
+    }
+
+    pub fn extend(&mut self, other: ParsedDelta) {
+        self.reasoning.push_str(&other.reasoning);
+        self.content.push_str(&other.content);
+        self.tool_calls.extend(other.tool_calls);
+    }
+}
+
+/// The parse of one response's streamed text; see the module docs.
+#[derive(Debug)]
+pub struct OutputParser {
+    reasoning: Option<ReasoningSplitter>,
+    tools: Option<ToolCallSplitter>,
+}
+
+impl OutputParser {
+    pub fn new(reasoning: Option<ReasoningFormat>, tools: Option<ToolCallFormat>) -> OutputParser {
+        OutputParser { reasoning: reasoning.map(ReasoningSplitter::new), tools: tools.map(ToolCallSplitter::new) }
+    }
+
+    pub fn push(&mut self, text: &str) -> ParsedDelta {
+        let (reasoning, content) = match &mut self.reasoning {
+            Some(splitter) => splitter.push(text),
+            None => (String::new(), text.to_owned()),
+        };
+        let mut delta = self.tools_push(&content);
+        delta.reasoning = reasoning;
+        delta
+    }
+
+    /// The end of the output: everything held back, as text when it never became a marker.
+    pub fn finish(&mut self) -> ParsedDelta {
+        let (reasoning, content) = match &mut self.reasoning {
+            Some(splitter) => splitter.finish(),
+            None => (String::new(), String::new()),
+        };
+        let mut delta = self.tools_push(&content);
+        delta.reasoning = reasoning;
+        if let Some(tools) = &mut self.tools {
+            delta.extend(tools.finish());
+        }
+        delta
+    }
+
+    fn tools_push(&mut self, content: &str) -> ParsedDelta {
+        match &mut self.tools {
+            Some(tools) if !content.is_empty() => tools.push(content),
+            Some(_) => ParsedDelta::default(),
+            None => ParsedDelta { content: content.to_owned(), ..Default::default() },
+        }
+    }
+
+    /// The whole output at once: the unary responses' path.
+    pub fn parse_all(mut self, text: &str) -> ParsedDelta {
+        let mut delta = self.push(text);
+        delta.extend(self.finish());
+        delta
+    }
+}
+
+#[cfg(test)]
+mod tests;

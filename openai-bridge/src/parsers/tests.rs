@@ -1,0 +1,164 @@
+//! The parsers on recorded outputs of several model families (tests/fixtures/model_outputs.json),
+//! fed whole, one character at a time, and in pseudo-random pieces: a token boundary may fall
+//! anywhere, so every split must give the same result.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+struct Case {
+    family: String,
+    tool_parser: Option<String>,
+    reasoning_parser: Option<String>,
+    text: String,
+    expected: Expected,
+}
+
+#[derive(Debug, Deserialize)]
+struct Expected {
+    content: Option<String>,
+    reasoning: Option<String>,
+    tool_calls: Vec<ExpectedCall>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+struct ExpectedCall {
+    name: String,
+    arguments: Value,
+}
+
+fn cases() -> Vec<Case> {
+    serde_json::from_str(include_str!("../../tests/fixtures/model_outputs.json")).expect("the fixture parses")
+}
+
+/// Runs the parser over `pieces`: (content, reasoning, calls).
+fn run(case: &Case, pieces: &[&str]) -> (String, String, Vec<ToolCall>) {
+    let tools = case.tool_parser.as_deref().map(|name| ToolCallFormat::from_name(name).expect("known tool parser"));
+    let reasoning = case.reasoning_parser.as_deref().map(|name| ReasoningFormat::from_name(name).expect("known parser"));
+    let mut parser = OutputParser::new(reasoning, tools);
+    let mut all = ParsedDelta::default();
+    for piece in pieces {
+        all.extend(parser.push(piece));
+    }
+    all.extend(parser.finish());
+    (all.content, all.reasoning, all.tool_calls)
+}
+
+/// Splits at char boundaries: every `n`th, or pseudo-randomly from `seed`.
+fn split(text: &str, seed: u64) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut rest = text;
+    while !rest.is_empty() {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let want = if seed == 0 { 1 } else { 1 + (state >> 33) as usize % 9 };
+        let mut at = want.min(rest.len());
+        while !rest.is_char_boundary(at) {
+            at += 1;
+        }
+        let (piece, tail) = rest.split_at(at);
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces
+}
+
+fn check(case: &Case, how: &str, (content, reasoning, calls): (String, String, Vec<ToolCall>)) {
+    let what = format!("{} ({how}): {:?}", case.family, case.text);
+    let trimmed = content.trim();
+    assert_eq!((!trimmed.is_empty()).then_some(trimmed), case.expected.content.as_deref().map(str::trim), "content of {what}");
+    let reasoning = reasoning.trim();
+    assert_eq!(
+        (!reasoning.is_empty()).then_some(reasoning),
+        case.expected.reasoning.as_deref().map(str::trim).filter(|r| !r.is_empty()),
+        "reasoning of {what}"
+    );
+    let got: Vec<ExpectedCall> = calls
+        .iter()
+        .map(|call| ExpectedCall {
+            name: call.name.clone(),
+            arguments: serde_json::from_str(&call.arguments).unwrap_or_else(|e| panic!("arguments of {what}: {e}")),
+        })
+        .collect();
+    assert_eq!(got, case.expected.tool_calls, "tool calls of {what}");
+    for call in &calls {
+        assert!(call.id.starts_with("call_") || case.tool_parser.as_deref() == Some("mistral"), "{what}: id {}", call.id);
+    }
+}
+
+#[test]
+fn recorded_outputs_parse_the_same_however_they_are_split() {
+    let cases = cases();
+    assert!(cases.len() >= 8, "the fixture has {} cases", cases.len());
+    for case in &cases {
+        check(case, "whole", run(case, &[&case.text]));
+        check(case, "one character at a time", run(case, &split(&case.text, 0)));
+        for seed in 1..=8 {
+            check(case, &format!("pieces from seed {seed}"), run(case, &split(&case.text, seed)));
+        }
+    }
+}
+
+#[test]
+fn a_call_is_given_out_once_when_it_is_complete() {
+    let mut parser = OutputParser::new(None, Some(ToolCallFormat::Hermes));
+    let text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": \"}</tool\"}}\n</tool_call>";
+    let mut seen = Vec::new();
+    for (i, c) in text.char_indices() {
+        let delta = parser.push(&c.to_string());
+        assert!(delta.content.is_empty(), "no text leaks from a call: {delta:?}");
+        if !delta.tool_calls.is_empty() {
+            seen.push(i);
+        }
+    }
+    assert_eq!(seen, vec![text.len() - 1], "the call comes with its last character");
+    assert!(parser.finish().is_empty());
+}
+
+#[test]
+fn text_that_only_looks_like_a_marker_is_given_back() {
+    for (format, text) in [
+        (ToolCallFormat::Hermes, "a <tool_cal b <tool_call>not json</tool_call> c"),
+        (ToolCallFormat::Mistral, "x [TOOL_CALLS] no call here"),
+        (ToolCallFormat::Llama3Json, "{\"answer\": 42}"),
+        (ToolCallFormat::Llama3Json, "{\"name\": \"f\", \"parameters\": {"),
+        (ToolCallFormat::Pythonic, "[1, 2, 3] are numbers"),
+        (ToolCallFormat::Pythonic, "[f(a="),
+    ] {
+        let parsed = OutputParser::new(None, Some(format)).parse_all(text);
+        assert_eq!((parsed.content.as_str(), parsed.tool_calls.len()), (text, 0), "{format:?}");
+        let mut parser = OutputParser::new(None, Some(format));
+        let mut content: String = text.chars().map(|c| parser.push(&c.to_string()).content).collect();
+        content.push_str(&parser.finish().content);
+        assert_eq!(content, text, "{format:?} streamed");
+    }
+}
+
+#[test]
+fn reasoning_without_its_markers() {
+    let parsed = OutputParser::new(Some(ReasoningFormat::DeepseekR1), None).parse_all("  <think>\nsteps</think>answer");
+    assert_eq!((parsed.reasoning.trim(), parsed.content.as_str()), ("steps", "answer"));
+    let parsed = OutputParser::new(Some(ReasoningFormat::DeepseekR1), None).parse_all("still thinking");
+    assert_eq!((parsed.reasoning.as_str(), parsed.content.as_str()), ("still thinking", ""));
+    let parsed = OutputParser::new(Some(ReasoningFormat::Think), None).parse_all("no markers </think>");
+    assert_eq!((parsed.reasoning.as_str(), parsed.content.as_str()), ("", "no markers </think>"));
+}
+
+#[test]
+fn formats_by_name() {
+    for name in ToolCallFormat::NAMES {
+        assert!(ToolCallFormat::from_name(name).is_some(), "{name}");
+    }
+    for name in ReasoningFormat::NAMES {
+        assert!(ReasoningFormat::from_name(name).is_some(), "{name}");
+    }
+    assert_eq!(ToolCallFormat::from_name("json"), None);
+    let formats = OutputFormats { tool_calls: Some(ToolCallFormat::Mistral), reasoning: Some(ReasoningFormat::Think) };
+    assert_eq!(formats.markers(false), vec!["<think>", "</think>"]);
+    assert!(formats.markers(true).contains(&"[TOOL_CALLS]"));
+    assert!(OutputFormats::default().parser(true).is_none());
+}

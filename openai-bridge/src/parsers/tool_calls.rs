@@ -1,0 +1,361 @@
+//! Tool calls split from the answer's text, over streamed text, in each family's format.
+
+use serde_json::{Map, Value};
+
+use super::balance::{Balance, Scan};
+use super::{ParsedDelta, ToolCall, ToolCallFormat, pythonic};
+use crate::stop::partial_match;
+
+const HERMES_OPEN: &str = "<tool_call>";
+const HERMES_CLOSE: &str = "</tool_call>";
+const PYTHON_TAG: &str = "<|python_tag|>";
+const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
+const MISTRAL_ARGS: &str = "[ARGS]";
+const MISTRAL_CALL_ID: &str = "[CALL_ID]";
+const PYTHON_START: &str = "<|python_start|>";
+const PYTHON_END: &str = "<|python_end|>";
+/// A Mistral call's name comes before its arguments; longer than this it is not a name.
+const MAX_NAME_BYTES: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Only whitespace so far (formats whose calls must start the output).
+    Start,
+    /// Plain text, watching for the opening marker.
+    Text,
+    /// Inside a call (or list of calls) whose end has not arrived.
+    Call,
+}
+
+#[derive(Debug)]
+pub(super) struct ToolCallSplitter {
+    format: ToolCallFormat,
+    state: State,
+    /// Text not yet given out: a possible marker, or the call being read.
+    held: String,
+    /// Where the search for the closing marker in `held` goes on from.
+    searched: usize,
+    balance: Balance,
+    /// Everything since the call began, given back as text when it does not parse.
+    raw: String,
+    /// Whitespace at the end of the text so far, given out only when more text follows, so the
+    /// blank lines around calls do not become content.
+    trailing_space: String,
+    calls_seen: bool,
+}
+
+impl ToolCallSplitter {
+    pub(super) fn new(format: ToolCallFormat) -> ToolCallSplitter {
+        let state = match format {
+            ToolCallFormat::Llama3Json | ToolCallFormat::Pythonic => State::Start,
+            ToolCallFormat::Hermes | ToolCallFormat::Mistral => State::Text,
+        };
+        ToolCallSplitter {
+            format,
+            state,
+            held: String::new(),
+            searched: 0,
+            balance: Balance::default(),
+            raw: String::new(),
+            trailing_space: String::new(),
+            calls_seen: false,
+        }
+    }
+
+    pub(super) fn push(&mut self, text: &str) -> ParsedDelta {
+        let mut out = ParsedDelta::default();
+        self.held.push_str(text);
+        if self.state != State::Text {
+            self.raw.push_str(text);
+        }
+        while self.step(&mut out) {}
+        out
+    }
+
+    pub(super) fn finish(&mut self) -> ParsedDelta {
+        let mut out = ParsedDelta::default();
+        let held = std::mem::take(&mut self.held);
+        match self.state {
+            State::Text => self.emit(&held, &mut out),
+            // A hermes block the end of the output cut before its closing tag: often still whole.
+            State::Call if self.format == ToolCallFormat::Hermes => match hermes_call(&held) {
+                Some(call) => self.call(call, &mut out),
+                None => {
+                    self.fall_back(&mut out);
+                }
+            },
+            State::Start | State::Call => {
+                self.fall_back(&mut out);
+            }
+        }
+        if !self.calls_seen {
+            out.content.push_str(&std::mem::take(&mut self.trailing_space));
+        }
+        out
+    }
+
+    /// One step of the state machine; false when it needs more text.
+    fn step(&mut self, out: &mut ParsedDelta) -> bool {
+        match (self.state, self.format) {
+            (State::Start, _) => self.start(),
+            (State::Text, ToolCallFormat::Hermes) => self.text_until(HERMES_OPEN, out),
+            (State::Text, ToolCallFormat::Mistral) => self.text_until(MISTRAL_CALLS, out),
+            (State::Text, _) => {
+                let held = std::mem::take(&mut self.held);
+                self.emit(&held, out);
+                false
+            }
+            (State::Call, ToolCallFormat::Hermes) => self.hermes_block(out),
+            (State::Call, ToolCallFormat::Llama3Json) => self.json_calls(out),
+            (State::Call, ToolCallFormat::Mistral) => self.mistral_calls(out),
+            (State::Call, ToolCallFormat::Pythonic) => self.python_calls(out),
+        }
+    }
+
+    /// Formats whose calls begin the output: an optional tag, then the opening bracket.
+    fn start(&mut self) -> bool {
+        let (tag, bracket) = match self.format {
+            ToolCallFormat::Pythonic => (PYTHON_START, '['),
+            _ => (PYTHON_TAG, '{'),
+        };
+        let rest = self.held.trim_start();
+        if rest.is_empty() || (tag.starts_with(rest) && rest.len() < tag.len()) {
+            return false;
+        }
+        if let Some(after) = rest.strip_prefix(tag) {
+            self.held = after.trim_start().to_owned();
+            self.begin_call();
+        } else if rest.starts_with(bracket) {
+            self.held = rest.to_owned();
+            self.begin_call();
+        } else {
+            self.state = State::Text;
+            self.raw.clear();
+        }
+        true
+    }
+
+    fn begin_call(&mut self) {
+        self.state = State::Call;
+        self.balance = Balance::default();
+        self.searched = 0;
+    }
+
+    /// Text up to `marker`, which opens a call.
+    fn text_until(&mut self, marker: &str, out: &mut ParsedDelta) -> bool {
+        match self.held.find(marker) {
+            Some(at) => {
+                let before: String = self.held.drain(..at + marker.len()).collect();
+                self.emit(&before[..at], out);
+                self.raw = marker.to_owned();
+                self.raw.push_str(&self.held);
+                self.begin_call();
+                true
+            }
+            None => {
+                let keep = partial_match(&self.held, marker);
+                let text: String = self.held.drain(..self.held.len() - keep).collect();
+                self.emit(&text, out);
+                false
+            }
+        }
+    }
+
+    fn hermes_block(&mut self, out: &mut ParsedDelta) -> bool {
+        let from = self.searched.min(self.held.len());
+        let from = (0..=from).rev().find(|&i| self.held.is_char_boundary(i)).unwrap_or(0);
+        let Some(at) = self.held[from..].find(HERMES_CLOSE).map(|at| from + at) else {
+            self.searched = self.held.len().saturating_sub(HERMES_CLOSE.len());
+            return false;
+        };
+        match hermes_call(&self.held[..at]) {
+            Some(call) => self.call(call, out),
+            None => {
+                let block = format!("{HERMES_OPEN}{}{HERMES_CLOSE}", &self.held[..at]);
+                self.emit(&block, out);
+            }
+        }
+        self.held.drain(..at + HERMES_CLOSE.len());
+        self.state = State::Text;
+        true
+    }
+
+    /// Llama 3: JSON objects, joined by `;`, each one call.
+    fn json_calls(&mut self, out: &mut ParsedDelta) -> bool {
+        if !self.skip_separators() {
+            return false;
+        }
+        if !self.held.starts_with('{') {
+            return self.after_calls(out);
+        }
+        match self.balance.scan(&self.held, &['"']) {
+            Scan::Open => false,
+            Scan::NotAValue => self.fall_back(out),
+            Scan::Closed(end) => match serde_json::from_str::<Value>(&self.held[..end]).ok().and_then(json_call) {
+                Some(call) => {
+                    self.held.drain(..end);
+                    self.call(call, out);
+                    self.balance = Balance::default();
+                    true
+                }
+                None => self.fall_back(out),
+            },
+        }
+    }
+
+    /// Mistral: a JSON array of calls, or `name[ARGS]{…}` (maybe with `[CALL_ID]id`).
+    fn mistral_calls(&mut self, out: &mut ParsedDelta) -> bool {
+        let rest = self.held.trim_start();
+        if rest.is_empty() {
+            return false;
+        }
+        if rest.len() != self.held.len() {
+            self.held = rest.to_owned();
+            self.balance = Balance::default();
+        }
+        if self.held.starts_with(['[', '{']) {
+            return match self.balance.scan(&self.held, &['"']) {
+                Scan::Open => false,
+                Scan::NotAValue => self.fall_back(out),
+                Scan::Closed(end) => match serde_json::from_str::<Value>(&self.held[..end]).ok().and_then(json_calls) {
+                    Some(calls) => {
+                        self.held.drain(..end);
+                        calls.into_iter().for_each(|call| self.call(call, out));
+                        self.state = State::Text;
+                        true
+                    }
+                    None => self.fall_back(out),
+                },
+            };
+        }
+        let Some(brace) = self.held.find('{') else {
+            return self.held.len() > MAX_NAME_BYTES && self.fall_back(out);
+        };
+        let head = &self.held[..brace];
+        let (name, id) = match head.split_once(MISTRAL_CALL_ID) {
+            Some((name, rest)) => (name, Some(rest.trim_end_matches(MISTRAL_ARGS).trim())),
+            None => (head.trim_end_matches(MISTRAL_ARGS), None),
+        };
+        let name = name.trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || "_-.".contains(c)) {
+            return self.fall_back(out);
+        }
+        let (name, id) = (name.to_owned(), id.filter(|id| !id.is_empty()).map(str::to_owned));
+        let arguments = self.held[brace..].to_owned();
+        let mut balance = std::mem::take(&mut self.balance);
+        let scan = balance.scan(&arguments, &['"']);
+        self.balance = balance;
+        match scan {
+            Scan::Open => false,
+            Scan::NotAValue => self.fall_back(out),
+            Scan::Closed(end) => match serde_json::from_str::<Value>(&arguments[..end]) {
+                Ok(value) => {
+                    self.held.drain(..brace + end);
+                    let mut call = ToolCall::new(name, value);
+                    if let Some(id) = id {
+                        call.id = id;
+                    }
+                    self.call(call, out);
+                    self.state = State::Text;
+                    true
+                }
+                Err(_) => self.fall_back(out),
+            },
+        }
+    }
+
+    /// Pythonic: one bracketed list of calls.
+    fn python_calls(&mut self, out: &mut ParsedDelta) -> bool {
+        match self.balance.scan(&self.held, &['"', '\'']) {
+            Scan::Open => false,
+            Scan::NotAValue => self.fall_back(out),
+            Scan::Closed(end) => match pythonic::parse_calls(&self.held[..end]) {
+                Some(calls) => {
+                    self.held.drain(..end);
+                    calls.into_iter().for_each(|(name, arguments)| self.call(ToolCall::new(name, arguments), out));
+                    let rest = self.held.trim_start();
+                    self.held = rest.strip_prefix(PYTHON_END).unwrap_or(rest).to_owned();
+                    self.state = State::Text;
+                    true
+                }
+                None => self.fall_back(out),
+            },
+        }
+    }
+
+    /// Drops whitespace and `;` between Llama calls; false when nothing else is left yet.
+    fn skip_separators(&mut self) -> bool {
+        let rest = self.held.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        if rest.len() != self.held.len() {
+            self.held = rest.to_owned();
+            self.balance = Balance::default();
+        }
+        !self.held.is_empty()
+    }
+
+    /// Text after the last call: the rest is the answer's text.
+    fn after_calls(&mut self, out: &mut ParsedDelta) -> bool {
+        if !self.calls_seen {
+            return self.fall_back(out);
+        }
+        self.state = State::Text;
+        true
+    }
+
+    /// What looked like a call is not one: everything since it began is text again (given out
+    /// as it is: scanning it again would find the same marker).
+    fn fall_back(&mut self, out: &mut ParsedDelta) -> bool {
+        let raw = std::mem::take(&mut self.raw);
+        self.held.clear();
+        self.state = State::Text;
+        self.emit(&raw, out);
+        true
+    }
+
+    fn call(&mut self, call: ToolCall, out: &mut ParsedDelta) {
+        self.calls_seen = true;
+        self.trailing_space.clear();
+        self.raw.clear();
+        out.tool_calls.push(call);
+    }
+
+    fn emit(&mut self, text: &str, out: &mut ParsedDelta) {
+        if text.is_empty() {
+            return;
+        }
+        let trimmed = text.trim_end();
+        if trimmed.is_empty() {
+            self.trailing_space.push_str(text);
+            return;
+        }
+        out.content.push_str(&std::mem::take(&mut self.trailing_space));
+        out.content.push_str(trimmed);
+        self.trailing_space.push_str(&text[trimmed.len()..]);
+    }
+}
+
+/// A hermes block's body: `{"name": …, "arguments": …}`.
+fn hermes_call(body: &str) -> Option<ToolCall> {
+    serde_json::from_str::<Value>(body.trim()).ok().and_then(json_call)
+}
+
+/// `{"name": …, "arguments" | "parameters": …}` as a call.
+fn json_call(value: Value) -> Option<ToolCall> {
+    let Value::Object(mut fields) = value else {
+        return None;
+    };
+    let Some(Value::String(name)) = fields.remove("name") else {
+        return None;
+    };
+    let arguments = fields.remove("arguments").or_else(|| fields.remove("parameters")).unwrap_or(Value::Object(Map::new()));
+    matches!(arguments, Value::Object(_) | Value::String(_)).then(|| ToolCall::new(name, arguments))
+}
+
+/// One call or a non-empty array of calls.
+fn json_calls(value: Value) -> Option<Vec<ToolCall>> {
+    match value {
+        Value::Array(items) if !items.is_empty() => items.into_iter().map(json_call).collect(),
+        object @ Value::Object(_) => json_call(object).map(|call| vec![call]),
+        _ => None,
+    }
+}

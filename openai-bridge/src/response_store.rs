@@ -1,0 +1,203 @@
+//! Stored responses of the Responses API, for `previous_response_id` and
+//! `GET /v1/responses/{id}`: bounded in count and bytes, each kept for a time to live, the
+//! oldest dropped first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const DEFAULT_STORE_ENTRIES: usize = 10_000;
+pub const DEFAULT_STORE_BYTES: usize = 256 << 20;
+pub const DEFAULT_STORE_TTL: Duration = Duration::from_secs(3600);
+
+/// The store's bounds (flags of `tritium serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    pub max_entries: usize,
+    /// The JSON bytes of every stored conversation and response together.
+    pub max_bytes: usize,
+    pub ttl: Duration,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits { max_entries: DEFAULT_STORE_ENTRIES, max_bytes: DEFAULT_STORE_BYTES, ttl: DEFAULT_STORE_TTL }
+    }
+}
+
+/// One stored response.
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    /// The chat messages of the conversation so far, this response's turn included.
+    pub conversation: Arc<Vec<Value>>,
+    /// The response object as it was returned.
+    pub response: Arc<Value>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    stored: StoredResponse,
+    bytes: usize,
+    expires: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    /// Ids in the order they were stored (which is also the order they expire in).
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct ResponseStore {
+    limits: StoreLimits,
+    inner: Mutex<Inner>,
+}
+
+impl ResponseStore {
+    pub fn new(limits: StoreLimits) -> ResponseStore {
+        ResponseStore { limits, inner: Mutex::new(Inner::default()) }
+    }
+
+    /// Stores a response; one larger than the whole store is not kept (false).
+    pub fn insert(&self, id: String, conversation: Vec<Value>, response: Value) -> bool {
+        let bytes = json_len(&response) + conversation.iter().map(json_len).sum::<usize>() + id.len();
+        if bytes > self.limits.max_bytes || self.limits.max_entries == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.expire(now);
+        while inner.order.len() >= self.limits.max_entries || inner.bytes + bytes > self.limits.max_bytes {
+            if !inner.pop_oldest() {
+                break;
+            }
+        }
+        let stored = StoredResponse { conversation: Arc::new(conversation), response: Arc::new(response) };
+        if let Some(old) = inner.entries.insert(id.clone(), Entry { stored, bytes, expires: now + self.limits.ttl }) {
+            inner.bytes -= old.bytes;
+            inner.order.retain(|other| other != &id);
+        }
+        inner.bytes += bytes;
+        inner.order.push_back(id);
+        true
+    }
+
+    pub fn get(&self, id: &str) -> Option<StoredResponse> {
+        let mut inner = self.lock();
+        inner.expire(Instant::now());
+        inner.entries.get(id).map(|entry| entry.stored.clone())
+    }
+
+    pub fn remove(&self, id: &str) -> bool {
+        let mut inner = self.lock();
+        match inner.entries.remove(id) {
+            Some(entry) => {
+                inner.bytes -= entry.bytes;
+                inner.order.retain(|other| other != id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data: every update is one step.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    fn expire(&mut self, now: Instant) {
+        while let Some(id) = self.order.front() {
+            match self.entries.get(id) {
+                Some(entry) if entry.expires > now => return,
+                _ => {
+                    self.pop_oldest();
+                }
+            }
+        }
+    }
+
+    fn pop_oldest(&mut self) -> bool {
+        let Some(id) = self.order.pop_front() else {
+            return false;
+        };
+        if let Some(entry) = self.entries.remove(&id) {
+            self.bytes -= entry.bytes;
+        }
+        true
+    }
+}
+
+fn json_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn store(max_entries: usize, max_bytes: usize, ttl: Duration) -> ResponseStore {
+        ResponseStore::new(StoreLimits { max_entries, max_bytes, ttl })
+    }
+
+    #[test]
+    fn the_oldest_go_first_when_a_bound_is_reached() {
+        let store = store(2, 1 << 20, DEFAULT_STORE_TTL);
+        for id in ["a", "b", "c"] {
+            assert!(store.insert(id.into(), vec![json!({"role": "user", "content": id})], json!({"id": id})));
+        }
+        assert_eq!(store.len(), 2);
+        assert!(store.get("a").is_none());
+        assert_eq!(store.get("c").unwrap().response["id"], "c");
+
+        let store = store_with_bytes(150);
+        let big = "x".repeat(80);
+        assert!(store.insert("a".into(), vec![json!(big)], json!({})));
+        assert!(store.insert("b".into(), vec![json!(big)], json!({})));
+        assert!(store.get("a").is_none(), "a went to make room for b");
+        assert!(!store.insert("huge".into(), vec![json!("x".repeat(300))], json!({})), "larger than the store");
+        assert!(store.get("b").is_some());
+        assert!(store.remove("b") && !store.remove("b"));
+        assert!(store.is_empty());
+    }
+
+    fn store_with_bytes(bytes: usize) -> ResponseStore {
+        store(100, bytes, DEFAULT_STORE_TTL)
+    }
+
+    #[test]
+    fn entries_expire() {
+        let store = store(10, 1 << 20, Duration::from_millis(0));
+        assert!(store.insert("a".into(), Vec::new(), json!({})));
+        assert!(store.get("a").is_none());
+        assert!(store.is_empty());
+    }
+}

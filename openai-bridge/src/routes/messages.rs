@@ -1,0 +1,259 @@
+//! `POST /v1/messages` and `/v1/messages/count_tokens`: Anthropic's Messages API over the chat
+//! path (served with `--enable-anthropic-api`). Errors use Anthropic's body and statuses; a
+//! stream sends `message_start`, a `content_block_start` / `_delta` / `_stop` series per block,
+//! `message_delta` and `message_stop`.
+
+use std::collections::VecDeque;
+
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tritium_worker::llm::{FinishReason, ModelKind};
+
+use super::sse::{self, ChunkWriter, End};
+use super::{AppState, ChatPrompt, PROTOCOL, failed, json_response};
+use crate::BridgeError;
+use crate::parsers::{OutputParser, ParsedDelta, ToolCall};
+use crate::pipeline::{TokenInfo, collect};
+use crate::protocol::{
+    AnthropicUsage, ContentBlock, CountTokensRequest, MessageObject, MessagesRequest, anthropic_error, new_item_id, parse_json,
+};
+
+pub(super) async fn messages(
+    State(state): State<AppState>,
+    AnthropicJson(request): AnthropicJson<MessagesRequest>,
+) -> Result<Response, AnthropicError> {
+    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/messages")?;
+    let mut observer = state.metrics.observer(&request.model, PROTOCOL);
+    let prepared = request.options().and_then(|options| {
+        let tools = request.tools()?;
+        let messages = request.chat_messages()?;
+        let extra = request.template_extra(&tools);
+        Ok((options, tools, messages, extra))
+    });
+    let (options, tools, messages, extra) = prepared.map_err(|error| failed(&mut observer, error))?;
+    let chat = ChatPrompt { messages: &messages, add_generation_prompt: true, extra: Some(&extra), with_tools: tools.offered() };
+    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
+    let parser = pre.output_formats().parser(tools.offered());
+    let id = new_item_id("msg");
+    if request.stream {
+        let input_tokens = stream.prompt_tokens().unwrap_or(0);
+        let writer = MessagesWriter { id, model: request.model, input_tokens, parser, open: Block::None, next: 0, calls: 0 };
+        return Ok(sse::respond(writer, stream));
+    }
+    let generated = collect(stream).await?;
+    let parsed = match parser {
+        Some(parser) => parser.parse_all(&generated.text),
+        None => ParsedDelta { content: generated.text, ..Default::default() },
+    };
+    let (stop_reason, stop_sequence) = stop_reason(generated.reason, generated.stop_string, !parsed.tool_calls.is_empty());
+    let message = MessageObject {
+        id,
+        kind: "message",
+        role: "assistant",
+        model: request.model,
+        content: ContentBlock::from_parsed(&parsed),
+        stop_reason: Some(stop_reason),
+        stop_sequence,
+        usage: AnthropicUsage::new(generated.usage.prompt_tokens, generated.usage.completion_tokens),
+    };
+    Ok(json_response(StatusCode::OK, &message))
+}
+
+pub(super) async fn count_tokens(
+    State(state): State<AppState>,
+    AnthropicJson(request): AnthropicJson<CountTokensRequest>,
+) -> Result<Response, AnthropicError> {
+    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/messages/count_tokens")?;
+    let tools = request.tools()?;
+    let messages = request.chat_messages()?;
+    let text = pre.render_chat(&messages, true, Some(&request.template_extra(&tools)))?;
+    let ids = pre.encode_off_runtime(text, false).await?;
+    Ok(json_response(StatusCode::OK, &json!({"input_tokens": ids.len()})))
+}
+
+/// Anthropic's `stop_reason` and `stop_sequence`.
+fn stop_reason(reason: FinishReason, stop_string: Option<String>, called: bool) -> (&'static str, Option<String>) {
+    match (reason, stop_string) {
+        _ if called => ("tool_use", None),
+        (FinishReason::Stop, Some(stop)) => ("stop_sequence", Some(stop)),
+        (FinishReason::Length, _) => ("max_tokens", None),
+        _ => ("end_turn", None),
+    }
+}
+
+/// An error in Anthropic's shape.
+#[derive(Debug)]
+pub(super) struct AnthropicError(BridgeError);
+
+impl From<BridgeError> for AnthropicError {
+    fn from(error: BridgeError) -> AnthropicError {
+        AnthropicError(error)
+    }
+}
+
+impl IntoResponse for AnthropicError {
+    fn into_response(self) -> Response {
+        let (status, body) = anthropic_error(&self.0);
+        if status >= 500 {
+            tracing::warn!(error = %self.0, "Anthropic request failed");
+        }
+        json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body)
+    }
+}
+
+/// A JSON body whose errors are Anthropic error bodies.
+pub(super) struct AnthropicJson<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AnthropicJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<AnthropicJson<T>, Response> {
+        let body = match Bytes::from_request(request, state).await {
+            Ok(body) => body,
+            Err(rejection) => {
+                let status = rejection.status();
+                let kind = if status == StatusCode::PAYLOAD_TOO_LARGE { "request_too_large" } else { "invalid_request_error" };
+                let body = json!({"type": "error", "error": {"type": kind, "message": rejection.body_text()}});
+                return Err(json_response(status, &body));
+            }
+        };
+        parse_json(&body).map(AnthropicJson).map_err(|error| AnthropicError(error).into_response())
+    }
+}
+
+/// The content block being streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    None,
+    Text(usize),
+    Thinking(usize),
+}
+
+/// Writes the Messages API's stream events.
+struct MessagesWriter {
+    id: String,
+    model: String,
+    input_tokens: u32,
+    parser: Option<OutputParser>,
+    open: Block,
+    /// The next block's index.
+    next: usize,
+    calls: usize,
+}
+
+impl MessagesWriter {
+    fn event(kind: &str, mut fields: Value, out: &mut VecDeque<Bytes>) {
+        if let Value::Object(object) = &mut fields {
+            object.insert("type".into(), Value::String(kind.to_owned()));
+        }
+        out.push_back(sse::named_frame(kind, &fields));
+    }
+
+    /// Opens a block of `kind` unless one is open; returns its index.
+    fn open(&mut self, kind: Block, start: Value, out: &mut VecDeque<Bytes>) -> usize {
+        match (self.open, kind) {
+            (Block::Text(index), Block::Text(_)) | (Block::Thinking(index), Block::Thinking(_)) => return index,
+            _ => {}
+        }
+        self.close(out);
+        let index = self.next;
+        self.next += 1;
+        Self::event("content_block_start", json!({"index": index, "content_block": start}), out);
+        self.open = match kind {
+            Block::Thinking(_) => Block::Thinking(index),
+            _ => Block::Text(index),
+        };
+        index
+    }
+
+    fn close(&mut self, out: &mut VecDeque<Bytes>) {
+        match std::mem::replace(&mut self.open, Block::None) {
+            Block::None => {}
+            Block::Thinking(index) => {
+                Self::event(
+                    "content_block_delta",
+                    json!({"index": index, "delta": {"type": "signature_delta", "signature": ""}}),
+                    out,
+                );
+                Self::event("content_block_stop", json!({"index": index}), out);
+            }
+            Block::Text(index) => Self::event("content_block_stop", json!({"index": index}), out),
+        }
+    }
+
+    fn tool_use(&mut self, call: &ToolCall, out: &mut VecDeque<Bytes>) {
+        self.close(out);
+        let index = self.next;
+        self.next += 1;
+        self.calls += 1;
+        let ContentBlock::ToolUse { id, name, .. } = ContentBlock::tool_use(call) else {
+            return;
+        };
+        let start = json!({"type": "tool_use", "id": id, "name": name, "input": {}});
+        Self::event("content_block_start", json!({"index": index, "content_block": start}), out);
+        let delta = json!({"type": "input_json_delta", "partial_json": call.arguments});
+        Self::event("content_block_delta", json!({"index": index, "delta": delta}), out);
+        Self::event("content_block_stop", json!({"index": index}), out);
+    }
+}
+
+impl ChunkWriter for MessagesWriter {
+    fn start(&mut self) -> Vec<Bytes> {
+        let mut out = VecDeque::new();
+        let message = json!({
+            "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+            "stop_reason": null, "stop_sequence": null, "usage": AnthropicUsage::new(self.input_tokens, 0),
+        });
+        Self::event("message_start", json!({"message": message}), &mut out);
+        Self::event("ping", json!({}), &mut out);
+        out.into()
+    }
+
+    fn delta(&mut self, text: String, _tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
+        let parsed = match &mut self.parser {
+            Some(parser) => {
+                let mut parsed = parser.push(&text);
+                if finish.is_some() {
+                    parsed.extend(parser.finish());
+                }
+                parsed
+            }
+            None => ParsedDelta { content: text, ..Default::default() },
+        };
+        if !parsed.reasoning.is_empty() {
+            let index = self.open(Block::Thinking(0), json!({"type": "thinking", "thinking": "", "signature": ""}), out);
+            let delta = json!({"type": "thinking_delta", "thinking": parsed.reasoning});
+            Self::event("content_block_delta", json!({"index": index, "delta": delta}), out);
+        }
+        if !parsed.content.is_empty() {
+            let index = self.open(Block::Text(0), json!({"type": "text", "text": ""}), out);
+            let delta = json!({"type": "text_delta", "text": parsed.content});
+            Self::event("content_block_delta", json!({"index": index, "delta": delta}), out);
+        }
+        for call in &parsed.tool_calls {
+            self.tool_use(call, out);
+        }
+    }
+
+    fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {
+        if self.next == 0 {
+            // An empty answer is still one (empty) text block, as in the unary response.
+            self.open(Block::Text(0), json!({"type": "text", "text": ""}), out);
+        }
+        self.close(out);
+        let (stop_reason, stop_sequence) = stop_reason(end.reason, end.stop_string, self.calls > 0);
+        let delta = json!({"stop_reason": stop_reason, "stop_sequence": stop_sequence});
+        let usage = json!({"output_tokens": end.usage.completion_tokens});
+        Self::event("message_delta", json!({"delta": delta, "usage": usage}), out);
+        Self::event("message_stop", json!({}), out);
+    }
+
+    fn error(&mut self, error: &BridgeError, out: &mut VecDeque<Bytes>) {
+        let (_, body) = anthropic_error(error);
+        out.push_back(sse::named_frame("error", &body));
+    }
+}

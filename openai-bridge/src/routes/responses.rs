@@ -1,0 +1,331 @@
+//! `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`: OpenAI's Responses API over the
+//! chat path. Input items become chat messages, `previous_response_id` continues a stored
+//! conversation, and the output is split into reasoning, message and function-call items. With
+//! `"stream": true` the typed events go out as the text arrives (`response.created`, …,
+//! `response.output_text.delta`, …, `response.completed`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use tritium_worker::llm::{FinishReason, ModelKind};
+
+use super::sse::{self, ChunkWriter, End};
+use super::{ApiError, AppState, ChatPrompt, OpenAiJson, PROTOCOL, failed, json_response};
+use crate::BridgeError;
+use crate::parsers::{OutputParser, ParsedDelta, ToolCall};
+use crate::pipeline::{TokenInfo, Usage, collect};
+use crate::protocol::{
+    IncompleteDetails, OutputItem, OutputText, ReasoningText, ResponseError, ResponseObject, ResponseUsage, ResponsesRequest,
+    UsageBody, assistant_message, new_item_id, unix_now,
+};
+use crate::response_store::ResponseStore;
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<ResponsesRequest>,
+) -> Result<Response, ApiError> {
+    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/responses")?;
+    let mut observer = state.metrics.observer(&request.model, PROTOCOL);
+    let prepared = prepare(&state.store, &request).map_err(|error| failed(&mut observer, error))?;
+    let Prepared { options, tools, conversation, messages, extra } = prepared;
+    let chat = ChatPrompt { messages: &messages, add_generation_prompt: true, extra: Some(&extra), with_tools: tools.offered() };
+    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
+    let turn = Turn {
+        response: ResponseObject::new(new_item_id("resp"), unix_now(), &request),
+        conversation,
+        store: request.store.unwrap_or(true).then(|| Arc::clone(&state.store)),
+    };
+    let parser = pre.output_formats().parser(tools.offered());
+    if request.stream {
+        let writer = ResponsesWriter {
+            turn: Some(turn),
+            parser,
+            sequence: 0,
+            output: Vec::new(),
+            open: Open::None,
+            all: ParsedDelta::default(),
+        };
+        return Ok(sse::respond(writer, stream));
+    }
+    let generated = collect(stream).await?;
+    let parsed = match parser {
+        Some(parser) => parser.parse_all(&generated.text),
+        None => ParsedDelta { content: generated.text, ..Default::default() },
+    };
+    let output = output_items(&parsed);
+    Ok(json_response(StatusCode::OK, &turn.finish(output, &parsed, generated.reason, generated.usage)))
+}
+
+pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.store.get(&id) {
+        Some(stored) => json_response(StatusCode::OK, stored.response.as_ref()),
+        None => not_found(&id),
+    }
+}
+
+pub(super) async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.store.remove(&id) {
+        true => json_response(StatusCode::OK, &json!({"id": id, "object": "response", "deleted": true})),
+        false => not_found(&id),
+    }
+}
+
+fn not_found(id: &str) -> Response {
+    let message = format!("Response with id '{id}' not found.");
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}});
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
+struct Prepared {
+    options: crate::sampling::CompletionOptions,
+    tools: crate::protocol::Tools,
+    /// The conversation without `instructions`: what the next turn continues.
+    conversation: Vec<Value>,
+    /// What the template renders: the instructions first.
+    messages: Vec<Value>,
+    extra: Map<String, Value>,
+}
+
+fn prepare(store: &ResponseStore, request: &ResponsesRequest) -> Result<Prepared, BridgeError> {
+    let options = request.options()?;
+    let tools = request.tools()?;
+    let mut conversation = match &request.previous_response_id {
+        Some(id) => match store.get(id) {
+            Some(stored) => stored.conversation.as_ref().clone(),
+            None => {
+                return Err(BridgeError::field("previous_response_id", format!("Previous response with id '{id}' not found.")));
+            }
+        },
+        None => Vec::new(),
+    };
+    conversation.extend(request.input_messages()?);
+    let mut messages = Vec::with_capacity(conversation.len() + 1);
+    if let Some(instructions) = &request.instructions {
+        messages.push(json!({"role": "system", "content": instructions}));
+    }
+    messages.extend(conversation.iter().cloned());
+    let mut extra = Map::new();
+    tools.template_variables(&mut extra);
+    Ok(Prepared { options, tools, conversation, messages, extra })
+}
+
+/// The output items of a whole answer: reasoning, the message, then each call.
+fn output_items(parsed: &ParsedDelta) -> Vec<OutputItem> {
+    let mut items = Vec::new();
+    let reasoning = parsed.reasoning.trim();
+    if !reasoning.is_empty() {
+        items.push(OutputItem::reasoning(new_item_id("rs"), reasoning.to_owned()));
+    }
+    if !parsed.content.trim().is_empty() || parsed.tool_calls.is_empty() {
+        items.push(OutputItem::message(new_item_id("msg"), parsed.content.clone(), "completed"));
+    }
+    for call in &parsed.tool_calls {
+        items.push(OutputItem::function_call(new_item_id("fc"), call, call.arguments.clone(), "completed"));
+    }
+    items
+}
+
+/// One turn of a conversation: the response being built and what to store when it is done.
+struct Turn {
+    response: ResponseObject,
+    conversation: Vec<Value>,
+    store: Option<Arc<ResponseStore>>,
+}
+
+impl Turn {
+    fn finish(self, output: Vec<OutputItem>, parsed: &ParsedDelta, reason: FinishReason, usage: Usage) -> ResponseObject {
+        let Turn { mut response, mut conversation, store } = self;
+        match reason {
+            FinishReason::Length => {
+                response.status = "incomplete";
+                response.incomplete_details = Some(IncompleteDetails { reason: "max_output_tokens" });
+            }
+            _ => response.status = "completed",
+        }
+        response.output = output;
+        response.usage = Some(ResponseUsage::from(UsageBody::from(usage)));
+        if let Some(store) = store {
+            conversation.push(assistant_message(parsed));
+            let kept =
+                serde_json::to_value(&response).is_ok_and(|stored| store.insert(response.id.clone(), conversation, stored));
+            if !kept {
+                tracing::warn!(id = %response.id, "the response is larger than the response store; it is not kept");
+            }
+        }
+        response
+    }
+}
+
+/// The output item being streamed.
+enum Open {
+    None,
+    Message { id: String, index: usize, text: String },
+    Reasoning { id: String, index: usize, text: String },
+}
+
+/// Writes the Responses API's typed events.
+struct ResponsesWriter {
+    /// Taken when the response ends.
+    turn: Option<Turn>,
+    parser: Option<OutputParser>,
+    sequence: u64,
+    /// Finished output items.
+    output: Vec<OutputItem>,
+    open: Open,
+    /// Everything parsed so far, for the stored conversation.
+    all: ParsedDelta,
+}
+
+impl ResponsesWriter {
+    fn event(&mut self, kind: &str, mut fields: Value, out: &mut VecDeque<Bytes>) {
+        if let Value::Object(object) = &mut fields {
+            object.insert("type".into(), Value::String(kind.to_owned()));
+            object.insert("sequence_number".into(), json!(self.sequence));
+        }
+        self.sequence += 1;
+        out.push_back(sse::named_frame(kind, &fields));
+    }
+
+    fn snapshot(&self) -> Value {
+        self.turn.as_ref().map_or(Value::Null, |turn| serde_json::to_value(&turn.response).unwrap_or(Value::Null))
+    }
+
+    fn text(&mut self, delta: &str, out: &mut VecDeque<Bytes>) {
+        if !matches!(self.open, Open::Message { .. }) {
+            self.close(out);
+            let (id, index) = (new_item_id("msg"), self.output.len());
+            let item = OutputItem::message(id.clone(), String::new(), "in_progress");
+            self.event("response.output_item.added", json!({"output_index": index, "item": item}), out);
+            let part = OutputText::new(String::new());
+            let fields = json!({"item_id": id, "output_index": index, "content_index": 0, "part": part});
+            self.event("response.content_part.added", fields, out);
+            self.open = Open::Message { id, index, text: String::new() };
+        }
+        if let Open::Message { id, index, text } = &mut self.open
+            && !delta.is_empty()
+        {
+            text.push_str(delta);
+            let fields = json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta, "logprobs": []});
+            self.event("response.output_text.delta", fields, out);
+        }
+    }
+
+    fn reasoning(&mut self, delta: &str, out: &mut VecDeque<Bytes>) {
+        if !matches!(self.open, Open::Reasoning { .. }) {
+            self.close(out);
+            let (id, index) = (new_item_id("rs"), self.output.len());
+            let item = OutputItem::reasoning(id.clone(), String::new());
+            self.event("response.output_item.added", json!({"output_index": index, "item": item}), out);
+            self.open = Open::Reasoning { id, index, text: String::new() };
+        }
+        if let Open::Reasoning { id, index, text } = &mut self.open {
+            text.push_str(delta);
+            let fields = json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta});
+            self.event("response.reasoning_text.delta", fields, out);
+        }
+    }
+
+    fn call(&mut self, call: &ToolCall, out: &mut VecDeque<Bytes>) {
+        self.close(out);
+        let (id, index) = (new_item_id("fc"), self.output.len());
+        let added = OutputItem::function_call(id.clone(), call, String::new(), "in_progress");
+        self.event("response.output_item.added", json!({"output_index": index, "item": added}), out);
+        let fields = json!({"item_id": id, "output_index": index, "delta": call.arguments});
+        self.event("response.function_call_arguments.delta", fields, out);
+        let fields = json!({"item_id": id, "output_index": index, "name": call.name, "arguments": call.arguments});
+        self.event("response.function_call_arguments.done", fields, out);
+        let item = OutputItem::function_call(id, call, call.arguments.clone(), "completed");
+        self.event("response.output_item.done", json!({"output_index": index, "item": item}), out);
+        self.output.push(item);
+    }
+
+    /// Ends the open item with its `done` events.
+    fn close(&mut self, out: &mut VecDeque<Bytes>) {
+        match std::mem::replace(&mut self.open, Open::None) {
+            Open::None => {}
+            Open::Message { id, index, text } => {
+                let fields = json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []});
+                self.event("response.output_text.done", fields, out);
+                let part = OutputText::new(text.clone());
+                let fields = json!({"item_id": id, "output_index": index, "content_index": 0, "part": part});
+                self.event("response.content_part.done", fields, out);
+                let item = OutputItem::message(id, text, "completed");
+                self.event("response.output_item.done", json!({"output_index": index, "item": item}), out);
+                self.output.push(item);
+            }
+            Open::Reasoning { id, index, text } => {
+                let fields = json!({"item_id": id, "output_index": index, "content_index": 0, "text": text});
+                self.event("response.reasoning_text.done", fields, out);
+                let item = OutputItem::Reasoning { id, summary: Vec::new(), content: vec![ReasoningText::new(text)] };
+                self.event("response.output_item.done", json!({"output_index": index, "item": item}), out);
+                self.output.push(item);
+            }
+        }
+    }
+}
+
+impl ChunkWriter for ResponsesWriter {
+    fn start(&mut self) -> Vec<Bytes> {
+        let mut out = VecDeque::new();
+        let response = self.snapshot();
+        self.event("response.created", json!({"response": response}), &mut out);
+        self.event("response.in_progress", json!({"response": response}), &mut out);
+        out.into()
+    }
+
+    fn delta(&mut self, text: String, _tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
+        let parsed = match &mut self.parser {
+            Some(parser) => {
+                let mut parsed = parser.push(&text);
+                if finish.is_some() {
+                    parsed.extend(parser.finish());
+                }
+                parsed
+            }
+            None => ParsedDelta { content: text, ..Default::default() },
+        };
+        if !parsed.reasoning.is_empty() {
+            self.reasoning(&parsed.reasoning, out);
+        }
+        if !parsed.content.is_empty() {
+            self.text(&parsed.content, out);
+        }
+        for call in &parsed.tool_calls {
+            self.call(call, out);
+        }
+        self.all.extend(parsed);
+    }
+
+    fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {
+        if self.output.is_empty() && matches!(self.open, Open::None) {
+            // An empty answer is still one message, as in the unary response.
+            self.text("", out);
+        }
+        self.close(out);
+        let Some(turn) = self.turn.take() else {
+            return;
+        };
+        let all = std::mem::take(&mut self.all);
+        let response = turn.finish(std::mem::take(&mut self.output), &all, end.reason, end.usage);
+        let kind = if response.status == "incomplete" { "response.incomplete" } else { "response.completed" };
+        self.event(kind, json!({"response": response}), out);
+    }
+
+    fn error(&mut self, error: &BridgeError, out: &mut VecDeque<Bytes>) {
+        self.close(out);
+        let Some(turn) = self.turn.take() else {
+            return;
+        };
+        let mut response = turn.response;
+        response.status = "failed";
+        response.output = std::mem::take(&mut self.output);
+        let code = if error.code() == tritium_proto::ErrorCode::InvalidArg { "invalid_prompt" } else { "server_error" };
+        response.error = Some(ResponseError { code, message: error.to_string() });
+        self.event("response.failed", json!({"response": response}), out);
+    }
+}
