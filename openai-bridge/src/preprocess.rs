@@ -15,14 +15,13 @@
 
 mod template;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use minijinja::Environment;
 use minijinja::value::{Serde, Value};
 use serde_json::{Map, Value as Json};
 use tokenizers::Tokenizer;
-use tritium_worker::llm::{ModelCard, ModelKind};
+use tritium_worker::llm::{ModelCard, ModelKind, Vocabulary};
 
 use crate::detokenize::Detokenizer;
 use crate::error::BridgeError;
@@ -31,19 +30,6 @@ use crate::sampling::CompletionLimits;
 
 const TEMPLATE: &str = "chat";
 
-/// How the tokenizer writes a token's bytes in its vocab, for [`Preprocessor::token_bytes`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TokenForm {
-    /// GPT-2 byte-level BPE: every byte is one printable char (`Ġ` is the space).
-    ByteLevel,
-    /// SentencePiece: `▁` is the space and `<0xAB>` a raw byte.
-    SentencePiece,
-    /// WordPiece: `##` marks a word's continuation.
-    WordPiece,
-    /// Anything else: the decoder is asked, one token at a time.
-    Other,
-}
-
 pub struct Preprocessor {
     card: Arc<ModelCard>,
     tokenizer: Arc<Tokenizer>,
@@ -51,13 +37,10 @@ pub struct Preprocessor {
     env: Environment<'static>,
     has_template: bool,
     bos_id: Option<u32>,
-    form: TokenForm,
+    /// How token ids map back to bytes.
+    vocabulary: Vocabulary,
     /// Ids a [`Detokenizer`] starts with as already-emitted context (see [`Self::detokenizer`]).
     detokenizer_context: Vec<u32>,
-    /// Byte-level BPE's alphabet, char to byte.
-    byte_level: HashMap<char, u8>,
-    /// Added tokens are raw text, in no alphabet.
-    added: HashSet<u32>,
     /// Text longer than this cannot fit the context of a generating model whatever it says: its
     /// longest vocabulary entry times the context length. Checked before tokenizing.
     max_prompt_bytes: Option<usize>,
@@ -72,7 +55,7 @@ impl std::fmt::Debug for Preprocessor {
         f.debug_struct("Preprocessor")
             .field("source", &self.card.source)
             .field("has_template", &self.has_template)
-            .field("form", &self.form)
+            .field("byte_level", &self.vocabulary.is_byte_level())
             .finish_non_exhaustive()
     }
 }
@@ -94,12 +77,11 @@ impl Preprocessor {
             None => false,
         };
         let bos_id = card.bos_token.as_deref().and_then(|text| tokenizer.token_to_id(text));
-        let form = token_form(&tokenizer);
-        let detokenizer_context = match form {
-            TokenForm::ByteLevel => Vec::new(),
-            _ => tokenizer.encode("a", false).map(|e| e.get_ids().to_vec()).unwrap_or_default(),
+        let vocabulary = Vocabulary::new(&tokenizer);
+        let detokenizer_context = match vocabulary.is_byte_level() {
+            true => Vec::new(),
+            false => tokenizer.encode("a", false).map(|e| e.get_ids().to_vec()).unwrap_or_default(),
         };
-        let added = tokenizer_added_ids(&tokenizer);
         let longest_token = tokenizer.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
         let max_prompt_bytes = (card.kind == ModelKind::Generate && card.context_length > 0)
             .then(|| longest_token.saturating_mul(card.context_length));
@@ -112,10 +94,8 @@ impl Preprocessor {
             env,
             has_template,
             bos_id,
-            form,
+            vocabulary,
             detokenizer_context,
-            byte_level: byte_level_inverse(),
-            added,
         })
     }
 
@@ -224,33 +204,9 @@ impl Preprocessor {
         String::from_utf8_lossy(&self.token_bytes(id)).into_owned()
     }
 
-    /// The bytes one token stands for: byte-level and SentencePiece byte tokens are mapped back
-    /// to their raw bytes. Unknown ids give no bytes.
+    /// The bytes one token stands for (see [`Vocabulary::token_bytes`]).
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
-        let Some(token) = self.tokenizer.id_to_token(id) else {
-            return Vec::new();
-        };
-        if self.added.contains(&id) {
-            return token.into_bytes();
-        }
-        match self.form {
-            TokenForm::ByteLevel => {
-                let mut bytes = Vec::with_capacity(token.len());
-                for c in token.chars() {
-                    match self.byte_level.get(&c) {
-                        Some(&b) => bytes.push(b),
-                        None => bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-                    }
-                }
-                bytes
-            }
-            TokenForm::SentencePiece => match sentencepiece_byte(&token) {
-                Some(b) => vec![b],
-                None => token.replace('\u{2581}', " ").into_bytes(),
-            },
-            TokenForm::WordPiece => token.strip_prefix("##").unwrap_or(&token).as_bytes().to_vec(),
-            TokenForm::Other => self.tokenizer.decode(&[id], false).unwrap_or(token).into_bytes(),
-        }
+        self.vocabulary.token_bytes(&self.tokenizer, id)
     }
 
     /// A fresh incremental decoder for one generated sequence. Its text continues the prompt:
@@ -259,57 +215,6 @@ impl Preprocessor {
     pub fn detokenizer(&self) -> Detokenizer {
         Detokenizer::new(Arc::clone(&self.tokenizer), self.detokenizer_context.clone())
     }
-}
-
-fn tokenizer_added_ids(tokenizer: &Tokenizer) -> HashSet<u32> {
-    tokenizer.get_added_tokens_decoder().keys().copied().collect()
-}
-
-fn token_form(tokenizer: &Tokenizer) -> TokenForm {
-    let Some(decoder) = tokenizer.get_decoder().and_then(|d| serde_json::to_value(d).ok()) else {
-        return TokenForm::Other;
-    };
-    let types: Vec<String> = match decoder.get("decoders").and_then(Json::as_array) {
-        Some(list) => list.iter().filter_map(|d| d.get("type")?.as_str().map(str::to_owned)).collect(),
-        None => decoder.get("type").and_then(Json::as_str).map(str::to_owned).into_iter().collect(),
-    };
-    let has = |name: &str| types.iter().any(|t| t == name);
-    let replaces_metaspace = decoder
-        .get("decoders")
-        .and_then(Json::as_array)
-        .is_some_and(|list| list.iter().any(|d| d.pointer("/pattern/String").and_then(Json::as_str) == Some("\u{2581}")));
-    if has("ByteLevel") {
-        TokenForm::ByteLevel
-    } else if has("Metaspace") || has("ByteFallback") || replaces_metaspace {
-        TokenForm::SentencePiece
-    } else if has("WordPiece") {
-        TokenForm::WordPiece
-    } else {
-        TokenForm::Other
-    }
-}
-
-fn sentencepiece_byte(token: &str) -> Option<u8> {
-    let hex = token.strip_prefix("<0x")?.strip_suffix('>')?;
-    if hex.len() == 2 { u8::from_str_radix(hex, 16).ok() } else { None }
-}
-
-/// GPT-2's `bytes_to_unicode`, inverted: printable bytes stand for themselves, the rest are
-/// shifted to U+0100 and up in byte order.
-fn byte_level_inverse() -> HashMap<char, u8> {
-    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    let mut shifted = 0u32;
-    let mut map = HashMap::with_capacity(256);
-    for b in 0..=255u8 {
-        let c = if printable(b) {
-            char::from(b)
-        } else {
-            shifted += 1;
-            char::from_u32(255 + shifted).unwrap_or(char::REPLACEMENT_CHARACTER)
-        };
-        map.insert(c, b);
-    }
-    map
 }
 
 #[cfg(test)]
@@ -431,7 +336,7 @@ pub(crate) mod tests {
     #[test]
     fn token_bytes_undo_the_byte_level_alphabet() {
         let pre = smollm2();
-        assert_eq!(pre.form, TokenForm::ByteLevel);
+        assert!(pre.vocabulary.is_byte_level());
         let ids = pre.encode(" world é🙂", false).unwrap();
         let bytes: Vec<u8> = ids.iter().flat_map(|&id| pre.token_bytes(id)).collect();
         assert_eq!(String::from_utf8(bytes).unwrap(), " world é🙂");
@@ -483,7 +388,7 @@ pub(crate) mod tests {
     #[test]
     fn sentencepiece_tokens_and_continuations() {
         let pre = sentencepiece();
-        assert_eq!(pre.form, TokenForm::SentencePiece);
+        assert!(!pre.vocabulary.is_byte_level());
         let ids = pre.encode("hi hi é", true).unwrap();
         assert_eq!(ids, vec![1, 8, 8, 4, 2, 3]);
         assert_eq!(pre.decode(&ids).unwrap(), "hi hi é");
@@ -495,14 +400,5 @@ pub(crate) mod tests {
         let pieces: Vec<String> = ids[1..].iter().map(|&id| detok.push(id)).collect();
         assert_eq!(pieces, [" hi", " hi", " ", "", "é"]);
         assert_eq!(detok.finish(), "");
-    }
-
-    #[test]
-    fn sentencepiece_bytes() {
-        assert_eq!(sentencepiece_byte("<0x0A>"), Some(b'\n'));
-        assert_eq!(sentencepiece_byte("<0xZZ>"), None);
-        assert_eq!(sentencepiece_byte("<0x0AB>"), None);
-        assert_eq!(byte_level_inverse().get(&'\u{120}'), Some(&b' '));
-        assert_eq!(byte_level_inverse().len(), 256);
     }
 }

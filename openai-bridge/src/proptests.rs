@@ -207,6 +207,7 @@ fn sampling_spec() -> impl Strategy<Value = (Map<String, Value>, CompletionOptio
                 ignore_eos: ignore_eos.unwrap_or(false),
                 min_tokens,
                 logprobs,
+                constraint: None,
             };
             (body, options)
         },
@@ -368,7 +369,7 @@ fn check_generate(options: &CompletionOptions, prompt: Vec<u32>) -> Result<(), T
         prop_assert!(matches!(&built, Err(BridgeError::InvalidField { field, .. }) if field == "prompt"), "{built:?}");
         return Ok(());
     }
-    let GenerateRequest { prompt: sent, sampling, stop, logprobs, model_version } =
+    let GenerateRequest { prompt: sent, sampling, stop, logprobs, model_version, constraint } =
         built.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let room = (CONTEXT_LENGTH - prompt.len()) as u32;
     let max = options.max_tokens.unwrap_or(16).min(room);
@@ -379,6 +380,7 @@ fn check_generate(options: &CompletionOptions, prompt: Vec<u32>) -> Result<(), T
     prop_assert_eq!(stop.ignore_eos, options.ignore_eos);
     prop_assert_eq!(logprobs, options.logprobs);
     prop_assert_eq!(model_version, None, "the OpenAI options name no version: the latest runs");
+    prop_assert_eq!(constraint, None);
     let defaults = SamplingOptions::default();
     prop_assert_eq!(sampling.temperature, options.temperature.unwrap_or(defaults.temperature));
     prop_assert_eq!(sampling.top_p, options.top_p.unwrap_or(defaults.top_p));

@@ -20,6 +20,7 @@
 mod anthropic;
 mod responses;
 mod responses_api;
+mod structured;
 mod tools;
 
 use serde::de::{DeserializeOwned, Error as _};
@@ -29,6 +30,7 @@ use serde_json::{Map, Value};
 pub use self::anthropic::*;
 pub use self::responses::*;
 pub use self::responses_api::*;
+pub use self::structured::{Guided, MAX_CHOICES, forced_calls, format_constraint};
 pub use self::tools::{MAX_TOOLS, ToolChoice, ToolSpec, Tools};
 use crate::BridgeError;
 use crate::sampling::{CompletionOptions, MAX_LOGPROBS};
@@ -188,6 +190,7 @@ impl SamplingFields {
             ignore_eos: self.ignore_eos.unwrap_or(false),
             min_tokens: self.min_tokens,
             logprobs,
+            constraint: None,
         };
         options.validate()?;
         Ok(options)
@@ -252,11 +255,6 @@ pub struct ChatCompletionRequest {
 
 impl ChatCompletionRequest {
     pub fn options(&self) -> Result<CompletionOptions, BridgeError> {
-        if let Some(format) = &self.response_format
-            && format.get("type").and_then(Value::as_str) != Some("text")
-        {
-            return Err(BridgeError::field("response_format", "only {\"type\": \"text\"} is supported"));
-        }
         let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (true, top) => Some(top.unwrap_or(0)),
             (false, Some(_)) => return Err(BridgeError::field("top_logprobs", "requires logprobs to be true")),
@@ -270,7 +268,9 @@ impl ChatCompletionRequest {
         if self.max_completion_tokens == Some(0) {
             return Err(BridgeError::field("max_completion_tokens", "must be at least 1"));
         }
-        self.sampling.options(self.max_completion_tokens.or(self.max_tokens), logprobs)
+        let mut options = self.sampling.options(self.max_completion_tokens.or(self.max_tokens), logprobs)?;
+        options.constraint = format_constraint(self.response_format.as_ref(), "response_format")?;
+        Ok(options)
     }
 
     pub fn include_usage(&self) -> bool {
@@ -489,8 +489,10 @@ mod tests {
         let chat = |body: &str| parse_json::<ChatCompletionRequest>(body.as_bytes());
         let error = chat(r#"{"model":"m","messages":[{"role":"user"}],"top_logprobs":2}"#).and_then(|r| r.options());
         assert_eq!(field_of(error.expect_err("top_logprobs")), "top_logprobs");
-        let error = chat(r#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#).and_then(|r| r.options());
+        let error = chat(r#"{"model":"m","messages":[],"response_format":{"type":"xml"}}"#).and_then(|r| r.options());
         assert_eq!(field_of(error.expect_err("format")), "response_format");
+        let options = chat(r#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#).and_then(|r| r.options());
+        assert_eq!(options.expect("valid").constraint, Some(tritium_worker::llm::Constraint::JsonObject));
         let error = chat(r#"{"model":"m","messages":[{"content":"x"}]}"#).and_then(|r| r.template_messages());
         assert_eq!(field_of(error.expect_err("role")), "messages[0].role");
         let error = chat(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#)

@@ -36,9 +36,10 @@ use tritium_worker::llm::{GenerateRequest, ModelKind, TokenStream};
 
 use crate::BridgeError;
 use crate::metrics::{LlmMetrics, RequestObserver};
+use crate::parsers::{ForcedCalls, OutputFormats, OutputParser};
 use crate::pipeline::{ModelRef, TextStream, generate_text};
 use crate::preprocess::Preprocessor;
-use crate::protocol::{ErrorBody, ModelList, ModelObject, parse_json};
+use crate::protocol::{ErrorBody, ModelList, ModelObject, ToolChoice, Tools, forced_calls, parse_json};
 use crate::response_store::{ResponseStore, StoreLimits};
 use crate::sampling::CompletionOptions;
 
@@ -158,6 +159,35 @@ impl AppState {
         let stream = self.start(pre, model, options, prompt, None, observer).await?;
         Ok(stream.show_special(pre.marker_tokens(chat.with_tools)))
     }
+}
+
+/// The parser of a chat-shaped response's output, and the grammar its tools force: with
+/// `tool_choice` required or named, the calls are written by a grammar (whatever the model's own
+/// call format) and parsed as JSON at the end. A grammar leaves no room for reasoning, so the
+/// reasoning parser is off whenever the output is constrained.
+fn output_parser(
+    pre: &Preprocessor,
+    tools: &Tools,
+    options: &mut CompletionOptions,
+) -> Result<Option<OutputParser>, BridgeError> {
+    let formats = pre.output_formats();
+    if let Some(forced) = forced_calls(tools) {
+        if options.constraint.is_some() {
+            let reason = "a required tool call cannot be combined with another structured output format";
+            return Err(BridgeError::field("tool_choice", reason));
+        }
+        options.constraint = Some(forced);
+        let calls = match &tools.choice {
+            ToolChoice::Named(name) => ForcedCalls::Named(name.clone()),
+            _ => ForcedCalls::Any,
+        };
+        return Ok(Some(OutputParser::forced(None, calls)));
+    }
+    let formats = match options.constraint {
+        Some(_) => OutputFormats { reasoning: None, ..*formats },
+        None => *formats,
+    };
+    Ok(formats.parser(tools.offered()))
 }
 
 fn failed(observer: &mut RequestObserver, error: BridgeError) -> BridgeError {

@@ -10,7 +10,7 @@
 //! assert!(error.to_string().starts_with("temperature:"));
 //! ```
 
-use tritium_worker::llm::{GenerateRequest, ModelCard, SamplingOptions, StopOptions};
+use tritium_worker::llm::{Constraint, GenerateRequest, ModelCard, SamplingOptions, StopOptions};
 use tritium_worker::{ParamValue, Parameters};
 
 use crate::BridgeError;
@@ -63,6 +63,8 @@ pub struct CompletionOptions {
     pub min_tokens: Option<u32>,
     /// Report each token's log-probability and this many alternatives.
     pub logprobs: Option<u32>,
+    /// A grammar the output must follow (`response_format`, guided decoding, forced tool calls).
+    pub constraint: Option<Constraint>,
 }
 
 impl CompletionOptions {
@@ -175,7 +177,14 @@ impl CompletionOptions {
             ignore_eos: self.ignore_eos,
             min_tokens: self.min_tokens.unwrap_or(0).min(max_tokens),
         };
-        Ok(GenerateRequest { model_version: None, prompt, sampling, stop, logprobs: self.logprobs })
+        Ok(GenerateRequest {
+            model_version: None,
+            prompt,
+            sampling,
+            stop,
+            logprobs: self.logprobs,
+            constraint: self.constraint.clone(),
+        })
     }
 
     /// Reads the options from KServe request parameters (the names of the OpenAI fields).
@@ -485,6 +494,7 @@ mod tests {
                 ignore_eos: true,
                 min_tokens: Some(4),
                 logprobs: Some(2),
+                constraint: None,
             }
         );
         let single = CompletionOptions::from_kserve_parameters(&params(&[("stop", ParamValue::String("###".into()))]));

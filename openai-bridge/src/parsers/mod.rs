@@ -179,16 +179,32 @@ impl ParsedDelta {
     }
 }
 
+/// Calls a grammar wrote (`tool_choice` made one mandatory): the whole output is JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForcedCalls {
+    /// The output is this tool's arguments.
+    Named(String),
+    /// The output is an array of `{"name": …, "arguments": {…}}`.
+    Any,
+}
+
 /// The parse of one response's streamed text; see the module docs.
 #[derive(Debug)]
 pub struct OutputParser {
     reasoning: Option<ReasoningSplitter>,
     tools: Option<ToolCallSplitter>,
+    /// With forced calls: what they are, and the output so far.
+    forced: Option<(ForcedCalls, String)>,
 }
 
 impl OutputParser {
     pub fn new(reasoning: Option<ReasoningFormat>, tools: Option<ToolCallFormat>) -> OutputParser {
-        OutputParser { reasoning: reasoning.map(ReasoningSplitter::new), tools: tools.map(ToolCallSplitter::new) }
+        OutputParser { reasoning: reasoning.map(ReasoningSplitter::new), tools: tools.map(ToolCallSplitter::new), forced: None }
+    }
+
+    /// A parser for output whose calls a grammar forced: they come whole at the end.
+    pub fn forced(reasoning: Option<ReasoningFormat>, calls: ForcedCalls) -> OutputParser {
+        OutputParser { reasoning: reasoning.map(ReasoningSplitter::new), tools: None, forced: Some((calls, String::new())) }
     }
 
     pub fn push(&mut self, text: &str) -> ParsedDelta {
@@ -212,10 +228,17 @@ impl OutputParser {
         if let Some(tools) = &mut self.tools {
             delta.extend(tools.finish());
         }
+        if let Some((calls, text)) = self.forced.take() {
+            delta.extend(forced_calls(calls, text));
+        }
         delta
     }
 
     fn tools_push(&mut self, content: &str) -> ParsedDelta {
+        if let Some((_, text)) = &mut self.forced {
+            text.push_str(content);
+            return ParsedDelta::default();
+        }
         match &mut self.tools {
             Some(tools) if !content.is_empty() => tools.push(content),
             Some(_) => ParsedDelta::default(),
@@ -228,6 +251,20 @@ impl OutputParser {
         let mut delta = self.push(text);
         delta.extend(self.finish());
         delta
+    }
+}
+
+/// The calls in a forced output; text that is not them stays text.
+fn forced_calls(calls: ForcedCalls, text: String) -> ParsedDelta {
+    let parsed = serde_json::from_str::<Value>(text.trim()).ok();
+    let tool_calls = match (calls, parsed) {
+        (ForcedCalls::Named(name), Some(arguments @ Value::Object(_))) => Some(vec![ToolCall::new(name, arguments)]),
+        (ForcedCalls::Any, Some(value)) => tool_calls::json_calls(value),
+        _ => None,
+    };
+    match tool_calls {
+        Some(tool_calls) => ParsedDelta { tool_calls, ..Default::default() },
+        None => ParsedDelta { content: text, ..Default::default() },
     }
 }
 

@@ -162,3 +162,17 @@ fn formats_by_name() {
     assert!(formats.markers(true).contains(&"[TOOL_CALLS]"));
     assert!(OutputFormats::default().parser(true).is_none());
 }
+
+#[test]
+fn forced_calls_come_whole_at_the_end() {
+    let mut parser = OutputParser::forced(None, ForcedCalls::Named("get_weather".into()));
+    assert!(parser.push("{\"city\": ").is_empty());
+    assert!(parser.push("\"Paris\"}").is_empty());
+    let calls = parser.finish().tool_calls;
+    assert_eq!((calls[0].name.as_str(), calls[0].arguments.as_str()), ("get_weather", r#"{"city":"Paris"}"#));
+    let any = OutputParser::forced(None, ForcedCalls::Any)
+        .parse_all(r#"[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": 1}}]"#);
+    assert_eq!(any.tool_calls.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    let cut = OutputParser::forced(None, ForcedCalls::Any).parse_all(r#"[{"name": "a", "argu"#);
+    assert_eq!((cut.content.as_str(), cut.tool_calls.len()), (r#"[{"name": "a", "argu"#, 0));
+}

@@ -352,7 +352,7 @@ fn json_call(value: Value) -> Option<ToolCall> {
 }
 
 /// One call or a non-empty array of calls.
-fn json_calls(value: Value) -> Option<Vec<ToolCall>> {
+pub(super) fn json_calls(value: Value) -> Option<Vec<ToolCall>> {
     match value {
         Value::Array(items) if !items.is_empty() => items.into_iter().map(json_call).collect(),
         object @ Value::Object(_) => json_call(object).map(|call| vec![call]),

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{StreamOptions, Tools, UsageBody};
+use super::{StreamOptions, Tools, UsageBody, format_constraint};
 use crate::BridgeError;
 use crate::parsers::{ParsedDelta, ToolCall};
 use crate::sampling::{CompletionOptions, MAX_LOGPROBS};
@@ -56,11 +56,6 @@ impl ResponsesRequest {
         if self.background == Some(true) {
             return Err(BridgeError::field("background", "background responses are not supported"));
         }
-        if let Some(format) = self.text.as_ref().and_then(|text| text.format.as_ref())
-            && format.get("type").and_then(Value::as_str) != Some("text")
-        {
-            return Err(BridgeError::field("text.format", "only {\"type\": \"text\"} is supported"));
-        }
         if let Some(truncation) = self.truncation.as_deref()
             && truncation != "disabled"
             && truncation != "auto"
@@ -80,6 +75,7 @@ impl ResponsesRequest {
             temperature: self.temperature,
             top_p: self.top_p,
             logprobs: self.top_logprobs,
+            constraint: format_constraint(self.text.as_ref().and_then(|text| text.format.as_ref()), "text.format")?,
             ..Default::default()
         };
         options.validate()?;
@@ -234,7 +230,7 @@ impl ResponseObject {
             reasoning: request.reasoning.clone().unwrap_or_else(|| json!({"effort": null, "summary": null})),
             store: request.store.unwrap_or(true),
             temperature: request.temperature.unwrap_or(1.0),
-            text: json!({"format": {"type": "text"}}),
+            text: json!({"format": request.text.as_ref().and_then(|t| t.format.clone()).map_or(json!({"type": "text"}), Value::Object)}),
             tool_choice: request.tool_choice.clone().unwrap_or_else(|| json!("auto")),
             tools: request.tools.clone().unwrap_or_default(),
             top_p: request.top_p.unwrap_or(1.0),
@@ -388,8 +384,7 @@ mod tests {
                 other => panic!("{body}: {other:?}"),
             }
         }
-        let request: ResponsesRequest =
-            parse_json(br#"{"model":"m","input":"x","text":{"format":{"type":"json_object"}}}"#).unwrap();
+        let request: ResponsesRequest = parse_json(br#"{"model":"m","input":"x","text":{"format":{"type":"json"}}}"#).unwrap();
         assert!(request.options().is_err());
         let request: ResponsesRequest = parse_json(br#"{"model":"m","input":"x","max_output_tokens":0}"#).unwrap();
         assert!(request.options().is_err());

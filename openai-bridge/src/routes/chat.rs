@@ -29,12 +29,12 @@ pub(super) async fn chat_completions(
         let extra = request.template_extra(&tools);
         Ok((options, tools, messages, extra))
     });
-    let (options, tools, messages, extra) = prepared.map_err(|error| super::failed(&mut observer, error))?;
+    let (mut options, tools, messages, extra) = prepared.map_err(|error| super::failed(&mut observer, error))?;
+    let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| super::failed(&mut observer, error))?;
     let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
     let chat =
         super::ChatPrompt { messages: &messages, add_generation_prompt, extra: extra.as_ref(), with_tools: tools.offered() };
     let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
-    let parser = pre.output_formats().parser(tools.offered());
     let mut writer = ChatWriter {
         id: new_id("chatcmpl"),
         created: unix_now(),

@@ -32,7 +32,8 @@ pub(super) async fn create(
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/responses")?;
     let mut observer = state.metrics.observer(&request.model, PROTOCOL);
     let prepared = prepare(&state.store, &request).map_err(|error| failed(&mut observer, error))?;
-    let Prepared { options, tools, conversation, messages, extra } = prepared;
+    let Prepared { mut options, tools, conversation, messages, extra } = prepared;
+    let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| failed(&mut observer, error))?;
     let chat = ChatPrompt { messages: &messages, add_generation_prompt: true, extra: Some(&extra), with_tools: tools.offered() };
     let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
     let turn = Turn {
@@ -40,7 +41,6 @@ pub(super) async fn create(
         conversation,
         store: request.store.unwrap_or(true).then(|| Arc::clone(&state.store)),
     };
-    let parser = pre.output_formats().parser(tools.offered());
     if request.stream {
         let writer = ResponsesWriter {
             turn: Some(turn),

@@ -14,7 +14,9 @@ use tritium_proto::inference::model_infer_request::{InferInputTensor, InferReque
 use tritium_proto::inference::{InferParameter, ModelInferRequest, ModelInferResponse};
 use tritium_proto::worker as pb;
 use tritium_tensor::{DataType, Tensor};
-use tritium_worker::llm::{FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, SamplingOptions, StopOptions};
+use tritium_worker::llm::{
+    Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, SamplingOptions, StopOptions,
+};
 use tritium_worker::{InferenceRequest, InferenceResponse, ParamValue};
 
 /// The ErrorCode whose `grpc_code()` is `code`; codes no class maps to are `Unknown`.
@@ -91,7 +93,7 @@ pub fn response_from_proto(response: ModelInferResponse, is_final: bool) -> Resu
 }
 
 pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::GenerateRequest {
-    let GenerateRequest { model_version, prompt, sampling, stop, logprobs } = request;
+    let GenerateRequest { model_version, prompt, sampling, stop, logprobs, constraint } = request;
     pb::GenerateRequest {
         model: model.to_string(),
         version: model_version,
@@ -112,7 +114,31 @@ pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::G
             min_tokens: stop.min_tokens,
         }),
         logprobs,
+        constraint: constraint.map(constraint_to_proto),
     }
+}
+
+fn constraint_to_proto(constraint: Constraint) -> pb::Constraint {
+    use pb::constraint::Kind;
+    let kind = match constraint {
+        Constraint::JsonObject => Kind::JsonObject(true),
+        Constraint::JsonSchema(schema) => Kind::JsonSchema(schema),
+        Constraint::Regex(regex) => Kind::Regex(regex),
+        Constraint::Choice(items) => Kind::Choice(pb::Choices { items }),
+        Constraint::Lark(grammar) => Kind::Lark(grammar),
+    };
+    pb::Constraint { kind: Some(kind) }
+}
+
+fn constraint_from_proto(constraint: pb::Constraint) -> Option<Constraint> {
+    use pb::constraint::Kind;
+    Some(match constraint.kind? {
+        Kind::JsonObject(_) => Constraint::JsonObject,
+        Kind::JsonSchema(schema) => Constraint::JsonSchema(schema),
+        Kind::Regex(regex) => Constraint::Regex(regex),
+        Kind::Choice(choices) => Constraint::Choice(choices.items),
+        Kind::Lark(grammar) => Constraint::Lark(grammar),
+    })
 }
 
 /// The engine's request; absent sampling or stop options mean the engine's defaults.
@@ -132,7 +158,14 @@ pub fn generate_request_from_proto(request: pb::GenerateRequest) -> GenerateRequ
         ignore_eos: s.ignore_eos,
         min_tokens: s.min_tokens,
     });
-    GenerateRequest { model_version: request.version, prompt: request.prompt, sampling, stop, logprobs: request.logprobs }
+    GenerateRequest {
+        model_version: request.version,
+        prompt: request.prompt,
+        sampling,
+        stop,
+        logprobs: request.logprobs,
+        constraint: request.constraint.and_then(constraint_from_proto),
+    }
 }
 
 pub fn event_to_proto(event: GenerateEvent) -> pb::GenerateEvent {
@@ -209,6 +242,7 @@ mod tests {
             stop: StopOptions { max_tokens: Some(4), stop_token_ids: vec![2], ignore_eos: true, min_tokens: 1 },
             logprobs: Some(2),
             model_version: Some(3),
+            constraint: Some(Constraint::Choice(vec!["yes".into(), "no".into()])),
         };
         let wire = generate_request_to_proto("m", request.clone());
         assert_eq!((wire.model.as_str(), wire.version), ("m", Some(3)));

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::LanguageModel;
 use super::card::ModelCard;
+use super::constraint::{Constrained, Constraint, Grammars};
 use super::model::{DecoderModel, SequenceCache, SequenceInput};
 use super::sampler::Sampler;
 use super::types::{EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, TokenStream};
@@ -44,6 +45,8 @@ type EventSender = mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>>;
 /// A request waiting for a place in the batch.
 struct Waiting {
     request: GenerateRequest,
+    /// The compiled grammar, when the request has one.
+    constraint: Option<Constrained>,
     sender: EventSender,
     submitted: Instant,
     /// Tokens this sequence may generate, and the KV positions it reserves.
@@ -62,6 +65,7 @@ struct Running {
     reservation: usize,
     cache: SequenceCache,
     sampler: Sampler,
+    constraint: Option<Constrained>,
     stop_token_ids: Vec<u32>,
     ignore_eos: bool,
     min_tokens: usize,
@@ -117,6 +121,8 @@ pub struct LlmEngine {
     card: Arc<ModelCard>,
     shared: Arc<Shared>,
     vocab_size: usize,
+    /// Built at the first constrained request (a trie over the whole vocabulary).
+    grammars: OnceLock<Result<Grammars, String>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -148,7 +154,16 @@ impl LlmEngine {
                 move || Scheduler { model, card, shared, running: Vec::new(), kv_used: 0 }.run()
             })
             .map_err(|e| format!("starting the engine thread: {e}"))?;
-        Ok(LlmEngine { card, shared, vocab_size, thread: Some(thread) })
+        Ok(LlmEngine { card, shared, vocab_size, grammars: OnceLock::new(), thread: Some(thread) })
+    }
+}
+
+impl LlmEngine {
+    /// A matcher for `constraint` (the model's grammars are built on first use).
+    fn compile(&self, constraint: &Constraint) -> Result<llguidance::Matcher, GenerateError> {
+        let grammars = self.grammars.get_or_init(|| Grammars::new(&self.card, self.vocab_size));
+        let grammars = grammars.as_ref().map_err(|message| self.shared.engine_error(message.clone()))?;
+        grammars.matcher(constraint).map_err(GenerateError::InvalidRequest)
     }
 }
 
@@ -181,6 +196,10 @@ impl LanguageModel for LlmEngine {
         if max_new == 0 {
             return Err(GenerateError::InvalidRequest("max_tokens must be at least 1".to_string()));
         }
+        let constraint = match &request.constraint {
+            Some(constraint) => Some(Constrained::new(self.compile(constraint)?)),
+            None => None,
+        };
         let (sender, receiver) = mpsc::unbounded_channel();
         let mut queue = self.shared.lock();
         if queue.shutdown {
@@ -195,7 +214,7 @@ impl LanguageModel for LlmEngine {
                 limit: options.max_queue,
             });
         }
-        queue.waiting.push_back(Waiting { request, sender, submitted: Instant::now(), max_new });
+        queue.waiting.push_back(Waiting { request, constraint, sender, submitted: Instant::now(), max_new });
         self.shared.counters.waiting.store(queue.waiting.len(), Ordering::Relaxed);
         drop(queue);
         self.shared.wake.notify_one();
@@ -292,9 +311,10 @@ impl Scheduler {
     }
 
     fn begin(&self, waiting: Waiting, reservation: usize) -> Running {
-        let Waiting { request, sender, submitted, max_new } = waiting;
+        let Waiting { request, constraint, sender, submitted, max_new } = waiting;
         Running {
             sampler: Sampler::new(&request.sampling, request.logprobs, &request.prompt),
+            constraint,
             cache: self.model.new_cache(),
             fed: 0,
             last: 0,
@@ -426,7 +446,8 @@ impl Scheduler {
 }
 
 /// Samples a sequence's next token from its logits and sends it. Returns `Some(Some(reason))`
-/// when the sequence is finished, `Some(None)` when its client has gone, `None` to go on.
+/// when the sequence is finished, `Some(None)` when it ends otherwise (its client has gone, or its
+/// grammar failed and the client was told), `None` to go on.
 fn next_token(
     sequence: &mut Running,
     logits: &[f32],
@@ -434,21 +455,43 @@ fn next_token(
     context_length: usize,
     counters: &Counters,
 ) -> Option<Option<FinishReason>> {
-    let token = sequence.sampler.sample(logits);
+    let token = match &mut sequence.constraint {
+        Some(constraint) => match constraint.mask() {
+            Ok(allowed) => sequence.sampler.sample_among(logits, &allowed),
+            Err(message) => return Some(constraint_failed(sequence, message)),
+        },
+        None => sequence.sampler.sample(logits),
+    };
     sequence.generated += 1;
     counters.tokens.fetch_add(1, Ordering::Relaxed);
     let id = token.id;
-    let eos = !sequence.ignore_eos && sequence.generated > sequence.min_tokens && card.eos_token_ids.contains(&id);
+    let eos = card.eos_token_ids.contains(&id)
+        && (sequence.constraint.as_mut().is_some_and(Constrained::accepting)
+            || (!sequence.ignore_eos && sequence.generated > sequence.min_tokens));
     if eos || sequence.stop_token_ids.contains(&id) {
         return Some(Some(FinishReason::Stop));
     }
+    let complete = match sequence.constraint.as_mut().map(|constraint| constraint.advance(id)) {
+        Some(Err(message)) => return Some(constraint_failed(sequence, message)),
+        Some(Ok(complete)) => complete,
+        None => false,
+    };
     if sequence.sender.send(Ok(GenerateEvent::Token(token))).is_err() {
         return Some(None);
+    }
+    if complete {
+        return Some(Some(FinishReason::Stop));
     }
     sequence.last = id;
     let full = sequence.cache.len() + 1 > context_length;
     if sequence.generated >= sequence.max_new || full {
         return Some(Some(FinishReason::Length));
     }
+    None
+}
+
+/// Ends a sequence whose grammar failed: the client gets the error, the batch goes on.
+fn constraint_failed(sequence: &Running, message: String) -> Option<FinishReason> {
+    let _ = sequence.sender.send(Err(GenerateError::InvalidRequest(message)));
     None
 }

@@ -7,6 +7,7 @@ use candle_core::Device;
 use futures::StreamExt;
 
 use super::LanguageModel;
+use super::constraint::Constraint;
 use super::engine::{EngineOptions, LlmEngine};
 use super::types::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingOptions, StopOptions, TokenStream};
 
@@ -27,21 +28,26 @@ fn greedy(tokenizer: &tokenizers::Tokenizer, prompt: &str, max_tokens: u32) -> G
         stop: StopOptions { max_tokens: Some(max_tokens), ignore_eos: true, ..StopOptions::default() },
         logprobs: None,
         model_version: None,
+        constraint: None,
     }
 }
 
 /// Every token of a stream, and how it finished.
-async fn drain(mut stream: TokenStream) -> (Vec<u32>, FinishReason) {
+async fn drain(stream: TokenStream) -> (Vec<u32>, FinishReason) {
+    let (tokens, reason, completion_tokens) = drain_counted(stream).await;
+    // A stop token counts as generated (as in OpenAI's usage) but is not sent.
+    let unsent = usize::from(reason == FinishReason::Stop);
+    assert_eq!(completion_tokens as usize, tokens.len() + unsent);
+    (tokens, reason)
+}
+
+/// Every token of a stream, how it finished, and the tokens it counted.
+async fn drain_counted(mut stream: TokenStream) -> (Vec<u32>, FinishReason, u32) {
     let mut tokens = Vec::new();
     while let Some(event) = stream.next().await {
         match event.unwrap() {
             GenerateEvent::Token(token) => tokens.push(token.id),
-            GenerateEvent::Finished { reason, completion_tokens, .. } => {
-                // A stop token counts as generated (as in OpenAI's usage) but is not sent.
-                let unsent = usize::from(reason == FinishReason::Stop);
-                assert_eq!(completion_tokens as usize, tokens.len() + unsent);
-                return (tokens, reason);
-            }
+            GenerateEvent::Finished { reason, completion_tokens, .. } => return (tokens, reason, completion_tokens),
         }
     }
     panic!("the stream ended without Finished");
@@ -123,4 +129,61 @@ async fn concurrent_sequences_share_decode_steps_and_match_their_solo_runs() {
         // where two tokens are near-tied; these prompts have clear winners for 8 tokens.
         assert_eq!(tokens, alone);
     }
+}
+
+/// The text a constrained request generates, and how it finished.
+async fn constrained(
+    engine: &LlmEngine,
+    tokenizer: &tokenizers::Tokenizer,
+    prompt: &str,
+    constraint: Constraint,
+) -> (String, FinishReason) {
+    let mut request = greedy(tokenizer, prompt, 80);
+    request.constraint = Some(constraint);
+    let (tokens, reason, counted) = drain_counted(engine.generate(request).unwrap()).await;
+    // A grammar's last token is sent (no stop token is held back), or else the EOS it allowed is not.
+    assert!(counted as usize == tokens.len() || counted as usize == tokens.len() + 1, "{counted} for {}", tokens.len());
+    (tokenizer.decode(&tokens, false).unwrap(), reason)
+}
+
+#[tokio::test]
+async fn structured_output_follows_its_grammar_and_ends_with_it() {
+    let (engine, tokenizer) = engine(EngineOptions::default());
+    let schema = r#"{"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150}}, "required": ["name", "age"], "additionalProperties": false}"#;
+    let (text, reason) = constrained(&engine, &tokenizer, "A person, as JSON:", Constraint::JsonSchema(schema.into())).await;
+    let person: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert!(person["name"].is_string() && person["age"].is_u64(), "{person}");
+    assert_eq!(person.as_object().map(|o| o.len()), Some(2), "{person}");
+    assert_eq!(reason, FinishReason::Stop, "the grammar's end ends the sequence");
+
+    let choice = Constraint::Choice(vec!["yes".into(), "no".into()]);
+    let (text, reason) = constrained(&engine, &tokenizer, "Is Paris in France? Answer:", choice).await;
+    assert!(text == "yes" || text == "no", "{text:?}");
+    assert_eq!(reason, FinishReason::Stop);
+
+    let (text, _) = constrained(&engine, &tokenizer, "Three digits:", Constraint::Regex("[0-9]{3}".into())).await;
+    assert!(text.len() == 3 && text.bytes().all(|b| b.is_ascii_digit()), "{text:?}");
+
+    let prompt = "Alice as JSON: {\"name\": \"Alice\", \"age\": 30}\nBob as JSON:";
+    let (text, _) = constrained(&engine, &tokenizer, prompt, Constraint::JsonObject).await;
+    assert!(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).is_ok(), "{text:?}");
+}
+
+#[tokio::test]
+async fn a_bad_grammar_is_refused_before_it_runs() {
+    let (engine, tokenizer) = engine(EngineOptions::default());
+    for constraint in [
+        Constraint::Regex("(unclosed".into()),
+        Constraint::JsonSchema("{not json".into()),
+        Constraint::JsonSchema("[1, 2]".into()),
+        Constraint::Choice(Vec::new()),
+        Constraint::Lark("start: undefined_rule".into()),
+    ] {
+        let mut request = greedy(&tokenizer, "hi", 4);
+        request.constraint = Some(constraint.clone());
+        let outcome = engine.generate(request);
+        assert!(matches!(outcome, Err(GenerateError::InvalidRequest(_))), "{constraint:?}: {outcome:?}");
+    }
+    assert_eq!(engine.stats().sequences_rejected, 0);
 }

@@ -4,6 +4,7 @@
 
 pub mod backend;
 mod card;
+mod constraint;
 mod engine;
 #[cfg(test)]
 mod engine_tests;
@@ -12,6 +13,7 @@ pub mod mock;
 mod model;
 mod sampler;
 mod types;
+mod vocab;
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ use async_trait::async_trait;
 
 pub use backend::{LLM_BACKEND, LlmBackend, LlmFactory, complete_llm_config};
 pub use card::{ModelCard, ModelKind, detect_kind};
+pub use constraint::Constraint;
 pub use engine::{EngineOptions, LlmEngine};
 pub use mock::{MOCK_LLM_BACKEND, MockEngine, MockFactory, MockOptions, mock_declared_model};
 pub use model::default_device;
@@ -26,6 +29,7 @@ pub use types::{
     EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, SamplingOptions, StopOptions,
     TokenStream,
 };
+pub use vocab::Vocabulary;
 
 /// A causal language model as the frontend sees it: token ids in, token ids out.
 pub trait LanguageModel: Send + Sync + 'static {

@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use toktrie::SimpleVob;
 
 use super::types::{GeneratedToken, SamplingOptions};
 
@@ -73,10 +74,27 @@ impl Sampler {
     /// Picks the next token from the logits of the last position (vocabulary-sized) and
     /// records it for the penalties. NaN logits count as -inf. Empty logits give token 0.
     pub(crate) fn sample(&mut self, logits: &[f32]) -> GeneratedToken {
+        self.sample_masked(logits, None)
+    }
+
+    /// [`Sampler::sample`] among the `allowed` tokens only (a grammar's next tokens); the
+    /// log-probabilities are those of the distribution over them.
+    pub(crate) fn sample_among(&mut self, logits: &[f32], allowed: &SimpleVob) -> GeneratedToken {
+        self.sample_masked(logits, Some(allowed))
+    }
+
+    fn sample_masked(&mut self, logits: &[f32], allowed: Option<&SimpleVob>) -> GeneratedToken {
         if logits.is_empty() {
             return GeneratedToken { id: 0, logprob: None, top_logprobs: Vec::new() };
         }
         self.load_penalised(logits);
+        if let Some(allowed) = allowed {
+            for (id, logit) in self.logits.iter_mut().enumerate() {
+                if !u32::try_from(id).is_ok_and(|id| allowed.is_allowed(id)) {
+                    *logit = f32::NEG_INFINITY;
+                }
+            }
+        }
         let random = self.temperature.is_finite() && self.temperature > 0.0 && self.top_k != 1;
         let id = if random { self.draw() } else { argmax(&self.logits) };
         let (logprob, top_logprobs) = match self.logprobs {

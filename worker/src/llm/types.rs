@@ -9,6 +9,8 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tritium_proto::ErrorCode;
 
+use super::constraint::Constraint;
+
 /// How the next token is drawn from the logits, as OpenAI defines the options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingOptions {
@@ -66,6 +68,8 @@ pub struct GenerateRequest {
     pub stop: StopOptions,
     /// `Some(n)`: report each token's log-probability and the `n` most likely alternatives.
     pub logprobs: Option<u32>,
+    /// A grammar the output must follow (structured output).
+    pub constraint: Option<Constraint>,
 }
 
 /// Why a sequence ended, in OpenAI's words.

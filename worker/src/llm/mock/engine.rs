@@ -163,6 +163,10 @@ impl LanguageModel for MockEngine {
         if prompt_len == 0 {
             return Err(GenerateError::InvalidRequest("the prompt is empty".to_string()));
         }
+        if request.constraint.is_some() {
+            // Its tokens are simulated: no grammar could hold them.
+            return Err(GenerateError::InvalidRequest("the mock engine does not support structured output".to_string()));
+        }
         let context = options.context_length;
         if prompt_len >= context {
             return Err(GenerateError::InvalidRequest(format!(
