@@ -11,6 +11,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tritium_worker::llm::{FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, TokenStream};
@@ -56,6 +57,12 @@ pub enum TextEvent {
 pub struct TextStream {
     /// `None` once the sequence ended or was stopped: dropping it is what cancels the sequence.
     tokens: Option<TokenStream>,
+    /// The worker the router chose.
+    worker: Option<String>,
+    started: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    queued_for: Duration,
     pre: Arc<Preprocessor>,
     detokenizer: Detokenizer,
     stop: StopMatcher,
@@ -85,6 +92,11 @@ pub fn text_stream(
     observer: RequestObserver,
 ) -> TextStream {
     TextStream {
+        worker: tokens.worker().map(str::to_owned),
+        started: Instant::now(),
+        first_token: None,
+        last_token: None,
+        queued_for: Duration::ZERO,
         tokens: Some(tokens),
         detokenizer: pre.detokenizer(),
         pre,
@@ -124,8 +136,30 @@ impl TextStream {
         }
     }
 
+    /// Where and how fast the generation ran, so far.
+    pub fn meta(&self) -> StreamMeta {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let gaps = self.completion_tokens.saturating_sub(1);
+        let itl = match (self.first_token, self.last_token) {
+            (Some(first), Some(last)) if gaps > 0 => Some(ms(last - first) / f64::from(gaps)),
+            _ => None,
+        };
+        StreamMeta {
+            worker: self.worker.clone(),
+            timing: Timing {
+                ttft_ms: self.first_token.map(|first| ms(first - self.started)),
+                itl_ms: itl,
+                queue_ms: ms(self.queued_for),
+                total_ms: ms(self.last_token.unwrap_or_else(Instant::now) - self.started),
+            },
+        }
+    }
+
     /// Handles one token; returns the delta to yield now, if any.
     fn on_token(&mut self, token: GeneratedToken) -> Option<TextEvent> {
+        let now = Instant::now();
+        self.first_token.get_or_insert(now);
+        self.last_token = Some(now);
         self.observer.token();
         self.completion_tokens += 1;
         let id = token.id;
@@ -150,7 +184,8 @@ impl TextStream {
     }
 
     /// Handles the engine's end of sequence: flushes what was held back, then `Finished`.
-    fn on_finished(&mut self, reason: FinishReason, prompt_tokens: u32, completion_tokens: u32, queued_for: std::time::Duration) {
+    fn on_finished(&mut self, reason: FinishReason, prompt_tokens: u32, completion_tokens: u32, queued_for: Duration) {
+        self.queued_for = queued_for;
         self.observer.queued(queued_for);
         self.observer.prompt_tokens(prompt_tokens);
         let tail = self.detokenizer.finish();
@@ -220,11 +255,13 @@ impl Stream for TextStream {
 pub struct ModelRef<'a> {
     pub name: &'a str,
     pub version: Option<i64>,
+    /// The worker to run on (`None`: the router picks one).
+    pub worker: Option<&'a str>,
 }
 
 impl<'a> ModelRef<'a> {
     pub fn latest(name: &'a str) -> ModelRef<'a> {
-        ModelRef { name, version: None }
+        ModelRef { name, version: None, worker: None }
     }
 }
 
@@ -245,7 +282,10 @@ pub async fn generate_text(
         Ok(request) => {
             let request = GenerateRequest { model_version: model.version, ..request };
             observer.prompt_tokens(prompt_tokens);
-            hub.generate(model.name, request).await
+            match model.worker {
+                Some(worker) => hub.generate_on(model.name, worker, request).await,
+                None => hub.generate(model.name, request).await,
+            }
         }
         Err(error) => Err(error),
     };
@@ -267,6 +307,26 @@ pub struct Generated {
     pub usage: Usage,
     /// The stop string that ended it, if one did.
     pub stop_string: Option<String>,
+    pub meta: StreamMeta,
+}
+
+/// Where a generation ran and how fast (Dynamo's `nvext` response fields).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StreamMeta {
+    pub worker: Option<String>,
+    pub timing: Timing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Timing {
+    /// Time to the first token, from when the request reached the engine's router.
+    pub ttft_ms: Option<f64>,
+    /// Mean gap between tokens.
+    pub itl_ms: Option<f64>,
+    /// Time waiting for a place in the engine's batch.
+    pub queue_ms: f64,
+    /// Start to the last token.
+    pub total_ms: f64,
 }
 
 /// Folds a stream into the whole text, its tokens, the finish reason and usage, for unary calls.
@@ -280,7 +340,7 @@ pub async fn collect(mut stream: TextStream) -> Result<Generated, BridgeError> {
                 tokens.extend(more);
             }
             TextEvent::Finished { reason, usage, stop_string } => {
-                return Ok(Generated { text, tokens, reason, usage, stop_string });
+                return Ok(Generated { text, tokens, reason, usage, stop_string, meta: stream.meta() });
             }
         }
     }

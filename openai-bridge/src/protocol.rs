@@ -18,6 +18,7 @@
 //! ```
 
 mod anthropic;
+mod nvext;
 mod responses;
 mod responses_api;
 mod structured;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 pub use self::anthropic::*;
+pub use self::nvext::{ANNOTATIONS, EXTRA_FIELDS, NvExt};
 pub use self::responses::*;
 pub use self::responses_api::*;
 pub use self::structured::{Guided, MAX_CHOICES, forced_calls, format_constraint};
@@ -210,6 +212,7 @@ pub struct CompletionRequest {
     pub logprobs: Option<u32>,
     pub echo: Option<bool>,
     pub user: Option<String>,
+    pub nvext: Option<NvExt>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -219,7 +222,11 @@ impl CompletionRequest {
         if self.echo == Some(true) {
             return Err(BridgeError::field("echo", "echo is not supported"));
         }
-        self.sampling.options(self.max_tokens, self.logprobs)
+        let mut options = self.sampling.options(self.max_tokens, self.logprobs)?;
+        if let Some(nvext) = &self.nvext {
+            nvext.apply(&mut options)?;
+        }
+        Ok(options)
     }
 
     pub fn include_usage(&self) -> bool {
@@ -249,6 +256,7 @@ pub struct ChatCompletionRequest {
     /// vLLM's switch; on by default.
     pub add_generation_prompt: Option<bool>,
     pub user: Option<String>,
+    pub nvext: Option<NvExt>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -270,6 +278,9 @@ impl ChatCompletionRequest {
         }
         let mut options = self.sampling.options(self.max_completion_tokens.or(self.max_tokens), logprobs)?;
         options.constraint = format_constraint(self.response_format.as_ref(), "response_format")?;
+        if let Some(nvext) = &self.nvext {
+            nvext.apply(&mut options)?;
+        }
         Ok(options)
     }
 

@@ -37,9 +37,9 @@ use tritium_worker::llm::{GenerateRequest, ModelKind, TokenStream};
 use crate::BridgeError;
 use crate::metrics::{LlmMetrics, RequestObserver};
 use crate::parsers::{ForcedCalls, OutputFormats, OutputParser};
-use crate::pipeline::{ModelRef, TextStream, generate_text};
+use crate::pipeline::{ModelRef, StreamMeta, TextStream, generate_text};
 use crate::preprocess::Preprocessor;
-use crate::protocol::{ErrorBody, ModelList, ModelObject, ToolChoice, Tools, forced_calls, parse_json};
+use crate::protocol::{ErrorBody, ModelList, ModelObject, NvExt, ToolChoice, Tools, forced_calls, parse_json};
 use crate::response_store::{ResponseStore, StoreLimits};
 use crate::sampling::CompletionOptions;
 
@@ -60,6 +60,11 @@ pub trait LlmHub: Send + Sync + 'static {
     /// [`BridgeError::ModelNotFound`] when the model is not served.
     fn preprocessor(&self, model: &str) -> Result<Arc<Preprocessor>, BridgeError>;
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError>;
+    /// Generates on the worker named `worker` (`nvext.backend_instance_id`).
+    async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
+        let _ = request;
+        Err(BridgeError::Unsupported { model: model.to_owned(), what: format!("routing to the named worker '{worker}'") })
+    }
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError>;
 }
 
@@ -113,21 +118,9 @@ impl AppState {
         }
         let (is, serves) = match pre.card().kind {
             ModelKind::Embed => ("an embedding model", "/v1/embeddings"),
-            ModelKind::Generate => ("a language model", "/v1/completions and /v1/chat/completions"),
+            ModelKind::Generate => ("a language model", "/v1/completions, /v1/chat/completions, /v1/responses and /v1/messages"),
         };
         Err(BridgeError::field("model", format!("the model '{model}' is {is}; it serves {serves}, not {endpoint}")))
-    }
-
-    async fn start(
-        &self,
-        pre: &Arc<Preprocessor>,
-        model: &str,
-        options: &CompletionOptions,
-        prompt: Vec<u32>,
-        default_max_tokens: Option<u32>,
-        observer: RequestObserver,
-    ) -> Result<TextStream, BridgeError> {
-        generate_text(self.hub.as_ref(), pre, ModelRef::latest(model), options, prompt, default_max_tokens, observer).await
     }
 }
 
@@ -139,11 +132,19 @@ struct ChatPrompt<'a> {
     extra: Option<&'a Map<String, Value>>,
     /// The request offered tools: the parser's markers must show in the text.
     with_tools: bool,
+    nvext: Option<&'a NvExt>,
+}
+
+/// A generation under way, and the annotation events its stream starts with.
+struct Started {
+    stream: TextStream,
+    annotations: Vec<Bytes>,
 }
 
 impl AppState {
-    /// Renders the chat, tokenizes it and starts generating: the start of every chat-shaped
-    /// API (chat completions, responses, messages).
+    /// Renders the chat (or takes `nvext.token_data`, or the raw contents with
+    /// `nvext.use_raw_prompt`), tokenizes it and starts generating on the worker `nvext` names,
+    /// if any: the start of every chat-shaped API (chat completions, responses, messages).
     async fn start_chat(
         &self,
         pre: &Arc<Preprocessor>,
@@ -151,14 +152,69 @@ impl AppState {
         options: &CompletionOptions,
         chat: ChatPrompt<'_>,
         mut observer: RequestObserver,
-    ) -> Result<TextStream, BridgeError> {
-        let text =
-            pre.render_chat(chat.messages, chat.add_generation_prompt, chat.extra).map_err(|e| failed(&mut observer, e))?;
-        // The template writes the special tokens (BOS included) itself.
-        let prompt = pre.encode_off_runtime(text, false).await.map_err(|e| failed(&mut observer, e))?;
-        let stream = self.start(pre, model, options, prompt, None, observer).await?;
-        Ok(stream.show_special(pre.marker_tokens(chat.with_tools)))
+    ) -> Result<Started, BridgeError> {
+        let nvext = chat.nvext;
+        let (text, prompt) = match nvext.and_then(|n| n.token_data.clone()) {
+            Some(ids) => {
+                check_token_ids(pre, "nvext.token_data", &ids).map_err(|e| failed(&mut observer, e))?;
+                (None, ids)
+            }
+            None => {
+                let raw = nvext.is_some_and(|n| n.use_raw_prompt == Some(true));
+                let text = match raw {
+                    true => raw_prompt(chat.messages),
+                    false => pre.render_chat(chat.messages, chat.add_generation_prompt, chat.extra),
+                };
+                let text = text.map_err(|e| failed(&mut observer, e))?;
+                let kept = nvext.is_some_and(|n| n.annotates("formatted_prompt")).then(|| text.clone());
+                // A template writes the special tokens (BOS included) itself; raw text gets them here.
+                (kept, pre.encode_off_runtime(text, raw).await.map_err(|e| failed(&mut observer, e))?)
+            }
+        };
+        let annotations = annotation_frames(nvext, pre, text, &prompt);
+        let target = ModelRef { name: model, version: None, worker: nvext.and_then(|n| n.backend_instance_id.as_deref()) };
+        let stream = generate_text(self.hub.as_ref(), pre, target, options, prompt, None, observer).await?;
+        Ok(Started { stream: stream.show_special(pre.marker_tokens(chat.with_tools)), annotations })
     }
+}
+
+/// `nvext.use_raw_prompt`: the messages' text, in order, one per line.
+fn raw_prompt(messages: &[Value]) -> Result<String, BridgeError> {
+    let texts: Vec<&str> = messages.iter().filter_map(|m| m.get("content").and_then(Value::as_str)).collect();
+    match texts.is_empty() {
+        true => Err(BridgeError::field("messages", "use_raw_prompt needs messages with text content")),
+        false => Ok(texts.join("\n")),
+    }
+}
+
+/// The `nvext.annotations` events: `formatted_prompt` (the prompt text, decoded when the client
+/// sent ids) and `token_ids`.
+fn annotation_frames(nvext: Option<&NvExt>, pre: &Preprocessor, text: Option<String>, prompt: &[u32]) -> Vec<Bytes> {
+    let Some(nvext) = nvext else {
+        return Vec::new();
+    };
+    let mut frames = Vec::new();
+    if nvext.annotates("formatted_prompt") {
+        let text = text.or_else(|| pre.decode(prompt).ok()).unwrap_or_default();
+        frames.push(sse::named_frame("formatted_prompt", &text));
+    }
+    if nvext.annotates("token_ids") {
+        frames.push(sse::named_frame("token_ids", &prompt));
+    }
+    frames
+}
+
+/// The response's `nvext` object: what `nvext.extra_fields` asked for.
+fn nvext_fields(nvext: Option<&NvExt>, meta: &StreamMeta) -> Option<Value> {
+    let nvext = nvext?;
+    let mut fields = Map::new();
+    if nvext.wants("worker_id") {
+        fields.insert("worker_id".into(), serde_json::json!({"decode_worker_id": meta.worker}));
+    }
+    if nvext.wants("timing") {
+        fields.insert("timing".into(), serde_json::to_value(meta.timing).unwrap_or(Value::Null));
+    }
+    (!fields.is_empty()).then_some(Value::Object(fields))
 }
 
 /// The parser of a chat-shaped response's output, and the grammar its tools force: with

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{StreamOptions, Tools, UsageBody, format_constraint};
+use super::{NvExt, StreamOptions, Tools, UsageBody, format_constraint};
 use crate::BridgeError;
 use crate::parsers::{ParsedDelta, ToolCall};
 use crate::sampling::{CompletionOptions, MAX_LOGPROBS};
@@ -49,6 +49,7 @@ pub struct ResponsesRequest {
     pub reasoning: Option<Value>,
     pub truncation: Option<String>,
     pub background: Option<bool>,
+    pub nvext: Option<NvExt>,
 }
 
 impl ResponsesRequest {
@@ -70,7 +71,7 @@ impl ResponsesRequest {
         {
             return Err(BridgeError::field("top_logprobs", format!("must be between 0 and {MAX_LOGPROBS}, got {top}")));
         }
-        let options = CompletionOptions {
+        let mut options = CompletionOptions {
             max_tokens: self.max_output_tokens,
             temperature: self.temperature,
             top_p: self.top_p,
@@ -79,6 +80,9 @@ impl ResponsesRequest {
             ..Default::default()
         };
         options.validate()?;
+        if let Some(nvext) = &self.nvext {
+            nvext.apply(&mut options)?;
+        }
         Ok(options)
     }
 

@@ -14,7 +14,7 @@ use crate::parsers::{OutputParser, ParsedDelta};
 use crate::pipeline::{TokenInfo, collect};
 use crate::protocol::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatDelta, ChatLogprobs,
-    ChatMessage, ChatToolCall, UsageBody, new_id, unix_now,
+    ChatMessage, ChatToolCall, NvExt, UsageBody, new_id, unix_now,
 };
 
 pub(super) async fn chat_completions(
@@ -32,10 +32,17 @@ pub(super) async fn chat_completions(
     let (mut options, tools, messages, extra) = prepared.map_err(|error| super::failed(&mut observer, error))?;
     let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| super::failed(&mut observer, error))?;
     let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
-    let chat =
-        super::ChatPrompt { messages: &messages, add_generation_prompt, extra: extra.as_ref(), with_tools: tools.offered() };
-    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
+    let chat = super::ChatPrompt {
+        messages: &messages,
+        add_generation_prompt,
+        extra: extra.as_ref(),
+        with_tools: tools.offered(),
+        nvext: request.nvext.as_ref(),
+    };
+    let super::Started { stream, annotations } = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
     let mut writer = ChatWriter {
+        annotations,
+        nvext: request.nvext.clone(),
         id: new_id("chatcmpl"),
         created: unix_now(),
         model: request.model.clone(),
@@ -65,6 +72,7 @@ pub(super) async fn chat_completions(
             finish_reason: Some(finish_reason),
         }],
         usage: UsageBody::from(generated.usage),
+        nvext: super::nvext_fields(request.nvext.as_ref(), &generated.meta),
     };
     Ok(json_response(StatusCode::OK, &response))
 }
@@ -86,6 +94,9 @@ fn message(parsed: ParsedDelta) -> ChatMessage {
 
 /// Builds `chat.completion.chunk`s.
 struct ChatWriter {
+    /// `nvext.annotations` events, sent first.
+    annotations: Vec<Bytes>,
+    nvext: Option<NvExt>,
     id: String,
     created: u64,
     model: String,
@@ -106,6 +117,7 @@ impl ChatWriter {
             model: self.model.clone(),
             choices,
             usage: self.include_usage.then_some(None),
+            nvext: None,
         }
     }
 }
@@ -113,7 +125,9 @@ impl ChatWriter {
 impl ChunkWriter for ChatWriter {
     fn start(&mut self) -> Vec<Bytes> {
         let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
-        vec![sse::frame(&self.chunk(vec![ChatChunkChoice { index: 0, delta, logprobs: None, finish_reason: None }]))]
+        let mut frames = std::mem::take(&mut self.annotations);
+        frames.push(sse::frame(&self.chunk(vec![ChatChunkChoice { index: 0, delta, logprobs: None, finish_reason: None }])));
+        frames
     }
 
     fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
@@ -154,9 +168,11 @@ impl ChunkWriter for ChatWriter {
     }
 
     fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {
-        if self.include_usage {
+        let nvext = super::nvext_fields(self.nvext.as_ref(), &end.meta);
+        if self.include_usage || nvext.is_some() {
             let mut chunk = self.chunk(Vec::new());
-            chunk.usage = Some(Some(UsageBody::from(end.usage)));
+            chunk.usage = self.include_usage.then_some(Some(UsageBody::from(end.usage)));
+            chunk.nvext = nvext;
             out.push_back(sse::frame(&chunk));
         }
         out.push_back(sse::done());

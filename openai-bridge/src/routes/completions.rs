@@ -11,9 +11,9 @@ use tritium_worker::llm::{FinishReason, ModelKind};
 use super::sse::{self, ChunkWriter, End};
 use super::{ApiError, AppState, OpenAiJson, PROTOCOL, check_token_ids, failed, json_response};
 use crate::kserve::DEFAULT_MAX_TOKENS;
-use crate::pipeline::{TokenInfo, collect};
+use crate::pipeline::{ModelRef, TokenInfo, collect, generate_text};
 use crate::protocol::{
-    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt, UsageBody, new_id, unix_now,
+    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, NvExt, Prompt, UsageBody, new_id, unix_now,
 };
 
 pub(super) async fn completions(
@@ -23,14 +23,21 @@ pub(super) async fn completions(
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions")?;
     let mut observer = state.metrics.observer(&request.model, PROTOCOL);
     let options = request.options().map_err(|error| failed(&mut observer, error))?;
-    let prompt = match &request.prompt {
-        Prompt::Text(text) => pre.encode_off_runtime(text.clone(), true).await,
-        Prompt::Tokens(ids) => check_token_ids(&pre, "prompt", ids).map(|()| ids.clone()),
+    let nvext = request.nvext.as_ref();
+    let (text, prompt) = match (nvext.and_then(|n| n.token_data.as_ref()), &request.prompt) {
+        (Some(ids), _) => (None, check_token_ids(&pre, "nvext.token_data", ids).map(|()| ids.clone())),
+        (None, Prompt::Text(text)) => (Some(text.clone()), pre.encode_off_runtime(text.clone(), true).await),
+        (None, Prompt::Tokens(ids)) => (None, check_token_ids(&pre, "prompt", ids).map(|()| ids.clone())),
     };
     let prompt = prompt.map_err(|error| failed(&mut observer, error))?;
+    let annotations = super::annotation_frames(nvext, &pre, text, &prompt);
+    let target = ModelRef { name: &request.model, version: None, worker: nvext.and_then(|n| n.backend_instance_id.as_deref()) };
     // Like OpenAI, /v1/completions defaults to 16 tokens.
-    let stream = state.start(&pre, &request.model, &options, prompt, Some(DEFAULT_MAX_TOKENS), observer).await?;
+    let started = generate_text(state.hub.as_ref(), &pre, target, &options, prompt, Some(DEFAULT_MAX_TOKENS), observer).await;
+    let stream = started?;
     let mut writer = CompletionWriter {
+        annotations,
+        nvext: request.nvext.clone(),
         id: new_id("cmpl"),
         created: unix_now(),
         model: request.model.clone(),
@@ -44,11 +51,15 @@ pub(super) async fn completions(
     let generated = collect(stream).await?;
     let mut response = writer.chunk(generated.text, &generated.tokens, Some(generated.reason));
     response.usage = Some(Some(UsageBody::from(generated.usage)));
+    response.nvext = super::nvext_fields(writer.nvext.as_ref(), &generated.meta);
     Ok(json_response(StatusCode::OK, &response))
 }
 
 /// Builds completion responses and chunks (the same shape, `object: "text_completion"`).
 struct CompletionWriter {
+    /// `nvext.annotations` events, sent first.
+    annotations: Vec<Bytes>,
+    nvext: Option<NvExt>,
     id: String,
     created: u64,
     model: String,
@@ -68,20 +79,27 @@ impl CompletionWriter {
             model: self.model.clone(),
             choices: vec![CompletionChoice { index: 0, text, logprobs, finish_reason: finish.map(FinishReason::as_str) }],
             usage: self.include_usage.then_some(None),
+            nvext: None,
         }
     }
 }
 
 impl ChunkWriter for CompletionWriter {
+    fn start(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.annotations)
+    }
+
     fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
         out.push_back(sse::frame(&self.chunk(text, tokens, finish)));
     }
 
     fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {
-        if self.include_usage {
+        let nvext = super::nvext_fields(self.nvext.as_ref(), &end.meta);
+        if self.include_usage || nvext.is_some() {
             let mut chunk = self.chunk(String::new(), &[], None);
             chunk.choices.clear();
-            chunk.usage = Some(Some(UsageBody::from(end.usage)));
+            chunk.usage = self.include_usage.then_some(Some(UsageBody::from(end.usage)));
+            chunk.nvext = nvext;
             out.push_back(sse::frame(&chunk));
         }
         out.push_back(sse::done());

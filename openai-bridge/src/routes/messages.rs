@@ -36,8 +36,14 @@ pub(super) async fn messages(
     });
     let (mut options, tools, messages, extra) = prepared.map_err(|error| failed(&mut observer, error))?;
     let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| failed(&mut observer, error))?;
-    let chat = ChatPrompt { messages: &messages, add_generation_prompt: true, extra: Some(&extra), with_tools: tools.offered() };
-    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
+    let chat = ChatPrompt {
+        messages: &messages,
+        add_generation_prompt: true,
+        extra: Some(&extra),
+        with_tools: tools.offered(),
+        nvext: None,
+    };
+    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?.stream;
     let id = new_item_id("msg");
     if request.stream {
         let input_tokens = stream.prompt_tokens().unwrap_or(0);

@@ -34,8 +34,14 @@ pub(super) async fn create(
     let prepared = prepare(&state.store, &request).map_err(|error| failed(&mut observer, error))?;
     let Prepared { mut options, tools, conversation, messages, extra } = prepared;
     let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| failed(&mut observer, error))?;
-    let chat = ChatPrompt { messages: &messages, add_generation_prompt: true, extra: Some(&extra), with_tools: tools.offered() };
-    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
+    let chat = ChatPrompt {
+        messages: &messages,
+        add_generation_prompt: true,
+        extra: Some(&extra),
+        with_tools: tools.offered(),
+        nvext: request.nvext.as_ref(),
+    };
+    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?.stream;
     let turn = Turn {
         response: ResponseObject::new(new_item_id("resp"), unix_now(), &request),
         conversation,

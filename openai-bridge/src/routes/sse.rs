@@ -15,7 +15,7 @@ use serde::Serialize;
 use tritium_worker::llm::FinishReason;
 
 use crate::BridgeError;
-use crate::pipeline::{TextEvent, TextStream, TokenInfo, Usage};
+use crate::pipeline::{StreamMeta, TextEvent, TextStream, TokenInfo, Usage};
 use crate::protocol::ErrorBody;
 
 /// How one generation ended, for [`ChunkWriter::end`].
@@ -24,6 +24,7 @@ pub(super) struct End {
     pub reason: FinishReason,
     pub usage: Usage,
     pub stop_string: Option<String>,
+    pub meta: StreamMeta,
 }
 
 /// Turns text events into the frames of one endpoint.
@@ -108,6 +109,10 @@ impl<W: ChunkWriter> SseState<W> {
         self.done = true;
         self.stream = None;
     }
+
+    fn meta(&self) -> StreamMeta {
+        self.stream.as_ref().map(TextStream::meta).unwrap_or_default()
+    }
 }
 
 async fn next_frame<W: ChunkWriter>(mut state: SseState<W>) -> Option<(Result<Bytes, Infallible>, SseState<W>)> {
@@ -133,7 +138,8 @@ async fn next_frame<W: ChunkWriter>(mut state: SseState<W>) -> Option<(Result<By
                 match ahead {
                     Some(Some(Ok(TextEvent::Finished { reason, usage, stop_string }))) => {
                         state.writer.delta(text, &tokens, Some(reason), &mut state.frames);
-                        state.finish(End { reason, usage, stop_string });
+                        let meta = state.meta();
+                        state.finish(End { reason, usage, stop_string, meta });
                     }
                     other => {
                         state.writer.delta(text, &tokens, None, &mut state.frames);
@@ -143,7 +149,8 @@ async fn next_frame<W: ChunkWriter>(mut state: SseState<W>) -> Option<(Result<By
             }
             Some(Ok(TextEvent::Finished { reason, usage, stop_string })) => {
                 state.writer.delta(String::new(), &[], Some(reason), &mut state.frames);
-                state.finish(End { reason, usage, stop_string });
+                let meta = state.meta();
+                state.finish(End { reason, usage, stop_string, meta });
             }
             Some(Err(error)) => {
                 state.writer.error(&error, &mut state.frames);

@@ -112,7 +112,7 @@ impl LlmFrontend {
                 return Err(failed(request_error(&request.id, e)));
             }
         };
-        let target = ModelRef { name: model, version: Some(version.version) };
+        let target = ModelRef { name: model, version: Some(version.version), worker: None };
         let text = generate_text(self, &pre, target, &parsed.options, prompt, Some(DEFAULT_MAX_TOKENS), observer)
             .await
             .map_err(|e| failed(request_error(&request.id, e)))?;

@@ -122,7 +122,7 @@ impl Router {
                 });
             };
             if member.local {
-                return member.client.generate(model, request).await;
+                return member.client.generate(model, request).await.map(|stream| stream.served_by(Arc::clone(&member.id)));
             }
             let outstanding = member.begin();
             match member.client.generate(model, request.clone()).await {
@@ -134,6 +134,7 @@ impl Router {
                 }
                 Err(other) => return Err(other),
                 Ok(stream) => {
+                    let worker = Arc::clone(&member.id);
                     let (sender, receiver) = mpsc::unbounded_channel();
                     let migration = Migration { model: model.to_string(), request, tried, generated: Vec::new() };
                     let router = self.this.upgrade();
@@ -141,7 +142,7 @@ impl Router {
                         let _outstanding = outstanding;
                         migration.forward(router, member, stream, sender).await;
                     });
-                    return Ok(TokenStream::new(receiver));
+                    return Ok(TokenStream::new(receiver).served_by(worker));
                 }
             }
         }

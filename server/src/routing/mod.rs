@@ -269,7 +269,9 @@ impl Router {
             RouterMode::Direct if migrating => RouterMode::LeastLoaded,
             mode => mode,
         };
-        if mode == RouterMode::Direct {
+        // A request that names its worker goes there in every mode (Dynamo's
+        // `backend_instance_id`); in `direct` mode it must name one.
+        if mode == RouterMode::Direct || (hint.is_some() && !migrating) {
             let Some(wanted) = hint else {
                 return Err(WorkerError::Failed {
                     code: tritium_proto::ErrorCode::InvalidArg,

@@ -176,11 +176,22 @@ impl GenerateError {
 #[derive(Debug)]
 pub struct TokenStream {
     receiver: mpsc::UnboundedReceiver<Result<GenerateEvent, GenerateError>>,
+    /// The worker the router sent the sequence to (the first one, when it migrated).
+    worker: Option<std::sync::Arc<str>>,
 }
 
 impl TokenStream {
     pub fn new(receiver: mpsc::UnboundedReceiver<Result<GenerateEvent, GenerateError>>) -> TokenStream {
-        TokenStream { receiver }
+        TokenStream { receiver, worker: None }
+    }
+
+    /// The same stream, marked as served by `worker`.
+    pub fn served_by(self, worker: std::sync::Arc<str>) -> TokenStream {
+        TokenStream { worker: Some(worker), ..self }
+    }
+
+    pub fn worker(&self) -> Option<&str> {
+        self.worker.as_deref()
     }
 
     /// A stream of events given up front; for tests and for engines that answer at once.
@@ -189,7 +200,7 @@ impl TokenStream {
         for event in events {
             let _ = sender.send(event);
         }
-        TokenStream { receiver }
+        TokenStream::new(receiver)
     }
 }
 

@@ -130,6 +130,8 @@ pub struct FakeHub {
     pub requests: Mutex<Vec<GenerateRequest>>,
     pub held: Mutex<Vec<mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>>>>,
     pub embedded: Mutex<Vec<Vec<Vec<u32>>>>,
+    /// The workers `generate_on` was asked for.
+    pub workers: Mutex<Vec<String>>,
 }
 
 impl FakeHub {
@@ -141,6 +143,7 @@ impl FakeHub {
             requests: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
             embedded: Mutex::new(Vec::new()),
+            workers: Mutex::new(Vec::new()),
         })
     }
 
@@ -156,6 +159,7 @@ impl FakeHub {
             requests: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
             embedded: Mutex::new(Vec::new()),
+            workers: Mutex::new(Vec::new()),
         })
     }
 
@@ -230,6 +234,12 @@ impl LlmHub for FakeHub {
                 Ok(TokenStream::new(receiver))
             }
         }
+    }
+
+    async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
+        self.workers.lock().expect("lock").push(worker.to_string());
+        let stream = self.generate(model, request).await?;
+        Ok(stream.served_by(std::sync::Arc::from(worker)))
     }
 
     async fn embed(&self, _model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {
