@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -68,33 +68,82 @@ pub trait LlmHub: Send + Sync + 'static {
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError>;
 }
 
+/// Dynamo's default body limit of the OpenAI routes (`DYN_HTTP_BODY_LIMIT_MB`).
+pub const DEFAULT_BODY_LIMIT_BYTES: usize = 192 << 20;
+
 /// What the server chose for the routes (flags of `tritium serve`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiSettings {
     /// Serve Anthropic's `/v1/messages` and `/v1/messages/count_tokens`.
     pub anthropic: bool,
     /// The Responses API's store of past responses.
     pub store: StoreLimits,
+    /// Bytes of one request body, at most (413 beyond).
+    pub max_body_bytes: usize,
+    pub paths: ApiPaths,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            anthropic: false,
+            store: StoreLimits::default(),
+            max_body_bytes: DEFAULT_BODY_LIMIT_BYTES,
+            paths: ApiPaths::default(),
+        }
+    }
+}
+
+/// Where each endpoint is mounted (Dynamo's `DYN_HTTP_SVC_*_PATH` overrides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiPaths {
+    pub chat: String,
+    pub completions: String,
+    pub embeddings: String,
+    pub responses: String,
+    pub models: String,
+    /// Anthropic's messages; `count_tokens` hangs below it.
+    pub messages: String,
+}
+
+impl Default for ApiPaths {
+    fn default() -> Self {
+        ApiPaths {
+            chat: "/v1/chat/completions".into(),
+            completions: "/v1/completions".into(),
+            embeddings: "/v1/embeddings".into(),
+            responses: "/v1/responses".into(),
+            models: "/v1/models".into(),
+            messages: "/v1/messages".into(),
+        }
+    }
+}
+
+/// A path a route can be mounted at: absolute, no route syntax (`{`, `}`, `*`), no trailing `/`.
+pub fn valid_route_path(path: &str) -> bool {
+    path.len() > 1 && path.starts_with('/') && !path.ends_with('/') && !path.contains(['{', '}', '*', ' ', '?', '#'])
 }
 
 /// The `/v1` routes, ready to merge into the server's router.
 pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: ApiSettings) -> Router {
     let store = Arc::new(ResponseStore::new(settings.store));
+    let paths = &settings.paths;
     let mut router = Router::new();
     if settings.anthropic {
         router = router
-            .route("/v1/messages", post(messages::messages))
-            .route("/v1/messages/count_tokens", post(messages::count_tokens));
+            .route(&paths.messages, post(messages::messages))
+            .route(&format!("{}/count_tokens", paths.messages), post(messages::count_tokens));
     }
     router
-        .route("/v1/completions", post(completions::completions))
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/responses", post(responses::create))
-        .route("/v1/responses/{id}", get(responses::get).delete(responses::delete))
-        .route("/v1/embeddings", post(embeddings::embeddings))
-        .route("/v1/models", get(list_models))
+        .route(&paths.completions, post(completions::completions))
+        .route(&paths.chat, post(chat::chat_completions))
+        .route(&paths.responses, post(responses::create))
+        .route(&format!("{}/{{id}}", paths.responses), get(responses::get).delete(responses::delete))
+        .route(&paths.embeddings, post(embeddings::embeddings))
+        .route(&paths.models, get(list_models))
         // A catch-all, so that names with slashes (`org/model`) work.
-        .route("/v1/models/{*model}", get(get_model))
+        .route(&format!("{}/{{*model}}", paths.models), get(get_model))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .with_state(AppState { hub, metrics, store })
 }
 

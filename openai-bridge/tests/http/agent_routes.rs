@@ -303,3 +303,30 @@ async fn the_anthropic_api_is_off_unless_enabled() {
     let body = json!({"model": "tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}).to_string();
     assert_eq!(send(router, "POST", "/v1/messages", &body).await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn paths_move_and_bodies_are_bounded() {
+    let hub = hermes_and_think();
+    let paths =
+        tritium_openai_bridge::routes::ApiPaths { responses: "/r".into(), messages: "/anthropic".into(), ..Default::default() };
+    let settings = ApiSettings { anthropic: true, max_body_bytes: 256, paths, ..ApiSettings::default() };
+    let router = openai_routes(hub.clone(), Arc::new(LlmMetrics::new()), settings);
+    plays(&hub, "Hi", FinishReason::Stop);
+    assert_eq!(send(router.clone(), "POST", "/r", r#"{"model": "tiny", "input": "x"}"#).await.status, StatusCode::OK);
+    assert_eq!(
+        send(router.clone(), "POST", "/v1/responses", r#"{"model": "tiny", "input": "x"}"#).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let count = r#"{"model": "tiny", "messages": [{"role": "user", "content": "x"}]}"#;
+    assert_eq!(send(router.clone(), "POST", "/anthropic/count_tokens", count).await.status, StatusCode::OK);
+    let big = json!({"model": "tiny", "input": "x".repeat(300)}).to_string();
+    let reply = send(router.clone(), "POST", "/r", &big).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(reply.json()["error"]["message"].is_string(), "{}", reply.body);
+    let big = json!({"model": "tiny", "max_tokens": 1, "messages": [{"role": "user", "content": "x".repeat(300)}]}).to_string();
+    let reply = send(router, "POST", "/anthropic", &big).await;
+    assert_eq!(
+        (reply.status, reply.json()["error"]["type"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("request_too_large"))
+    );
+}

@@ -456,7 +456,7 @@ impl ServeArgs {
         let builtins = !cluster.is_distributed();
         let limits = &self.limits;
         Ok(ServerConfig {
-            openai: self.openai.settings()?,
+            openai: self.openai.settings(&env)?,
             tls: self.tls.config(&env)?,
             metrics: self.metrics.config()?,
             onnxruntime: self.repository.onnxruntime()?,

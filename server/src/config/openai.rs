@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use tritium_openai_bridge::parsers::{OutputFormats, ReasoningFormat, ToolCallFormat};
 use tritium_openai_bridge::response_store::{DEFAULT_STORE_BYTES, DEFAULT_STORE_ENTRIES, StoreLimits};
-use tritium_openai_bridge::routes::ApiSettings;
+use tritium_openai_bridge::routes::{ApiPaths, ApiSettings, DEFAULT_BODY_LIMIT_BYTES, valid_route_path};
 
 #[derive(Debug, Clone, Args)]
 pub struct OpenAiArgs {
@@ -31,6 +31,43 @@ pub struct OpenAiArgs {
     /// Seconds a stored response is kept.
     #[arg(long, env = "TRITIUM_RESPONSES_STORE_TTL_SECS", default_value_t = 3600)]
     pub responses_store_ttl_secs: u64,
+    /// Megabytes of one request body on the OpenAI and Anthropic routes, at most (413 beyond).
+    #[arg(long, env = "DYN_HTTP_BODY_LIMIT_MB", default_value_t = DEFAULT_BODY_LIMIT_BYTES >> 20)]
+    pub http_body_limit_mb: usize,
+}
+
+/// Dynamo's path overrides: the variable names its code reads, and the `_ENV`-suffixed ones its
+/// documentation gives.
+const PATH_VARIABLES: [(&str, fn(&mut ApiPaths) -> &mut String); 6] = [
+    ("DYN_HTTP_SVC_CHAT_PATH", |p| &mut p.chat),
+    ("DYN_HTTP_SVC_CMP_PATH", |p| &mut p.completions),
+    ("DYN_HTTP_SVC_EMB_PATH", |p| &mut p.embeddings),
+    ("DYN_HTTP_SVC_RESPONSES_PATH", |p| &mut p.responses),
+    ("DYN_HTTP_SVC_MODELS_PATH", |p| &mut p.models),
+    ("DYN_HTTP_SVC_ANTHROPIC_PATH", |p| &mut p.messages),
+];
+
+/// The routes' paths from the environment (`env` reads a variable).
+pub fn api_paths(env: &impl Fn(&str) -> Option<String>) -> Result<ApiPaths, String> {
+    let mut paths = ApiPaths::default();
+    for (name, field) in PATH_VARIABLES {
+        let suffixed = format!("{name}_ENV");
+        let Some((variable, path)) = env(name).map(|p| (name.to_string(), p)).or_else(|| env(&suffixed).map(|p| (suffixed, p)))
+        else {
+            continue;
+        };
+        if !valid_route_path(&path) {
+            return Err(format!(
+                "{variable}={path:?} is not a route path (it must start with '/' and hold no '{{', '}}' or '*')"
+            ));
+        }
+        *field(&mut paths) = path;
+    }
+    let all = [&paths.chat, &paths.completions, &paths.embeddings, &paths.responses, &paths.models, &paths.messages];
+    if let Some(twice) = all.iter().enumerate().find_map(|(i, p)| all[i + 1..].contains(p).then_some(p)) {
+        return Err(format!("two OpenAI routes would be mounted at {twice}"));
+    }
+    Ok(paths)
 }
 
 /// What the flags resolve to.
@@ -41,7 +78,7 @@ pub struct OpenAiSettings {
 }
 
 impl OpenAiArgs {
-    pub fn settings(&self) -> Result<OpenAiSettings, String> {
+    pub fn settings(&self, env: &impl Fn(&str) -> Option<String>) -> Result<OpenAiSettings, String> {
         let tool_calls = self
             .dyn_tool_call_parser
             .as_deref()
@@ -59,7 +96,32 @@ impl OpenAiArgs {
         };
         Ok(OpenAiSettings {
             formats: OutputFormats { tool_calls, reasoning },
-            api: ApiSettings { anthropic: self.enable_anthropic_api, store },
+            api: ApiSettings {
+                anthropic: self.enable_anthropic_api,
+                store,
+                max_body_bytes: self.http_body_limit_mb.max(1).saturating_mul(1 << 20),
+                paths: api_paths(env)?,
+            },
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_come_from_either_name_and_are_checked() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+        };
+        let paths = api_paths(&env(&[("DYN_HTTP_SVC_CHAT_PATH", "/chat"), ("DYN_HTTP_SVC_RESPONSES_PATH_ENV", "/r")])).unwrap();
+        assert_eq!((paths.chat.as_str(), paths.responses.as_str(), paths.models.as_str()), ("/chat", "/r", "/v1/models"));
+        for bad in ["chat", "/v1/{x}", "/a/*b", "/"] {
+            let vars: &'static [(&'static str, &'static str)] = Box::leak(Box::new([("DYN_HTTP_SVC_CHAT_PATH", bad)]));
+            assert!(api_paths(&env(vars)).is_err(), "{bad}");
+        }
+        assert!(api_paths(&env(&[("DYN_HTTP_SVC_CHAT_PATH", "/v1/models")])).unwrap_err().contains("two"));
     }
 }
