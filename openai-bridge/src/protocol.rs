@@ -84,7 +84,7 @@ fn culprit<T: DeserializeOwned>(mut value: Value, error: &str) -> Option<String>
     required
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
@@ -148,11 +148,13 @@ impl<'de> Deserialize<'de> for Stop {
 }
 
 /// The sampling fields `/v1/completions` and `/v1/chat/completions` share.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct SamplingFields {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub n: Option<u32>,
+    /// A string or a list of strings.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub stop: Option<Stop>,
     pub seed: Option<u64>,
     pub presence_penalty: Option<f32>,
@@ -165,6 +167,7 @@ pub struct SamplingFields {
     pub stop_token_ids: Option<Vec<u32>>,
     /// Accepted only empty: the sampler has no per-token bias, and silently ignoring one would
     /// change what the client asked for.
+    #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<Map<String, Value>>,
 }
 
@@ -200,9 +203,11 @@ impl SamplingFields {
 }
 
 /// `POST /v1/completions`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     pub model: String,
+    /// A string, a list of one string, token ids, or a list of one token-id list.
+    #[schema(value_type = serde_json::Value)]
     pub prompt: Prompt,
     pub max_tokens: Option<u32>,
     #[serde(default)]
@@ -235,9 +240,10 @@ impl CompletionRequest {
 }
 
 /// `POST /v1/chat/completions`. Messages stay JSON: the chat template reads them.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequest {
     pub model: String,
+    #[schema(value_type = Vec<Object>)]
     pub messages: Vec<Map<String, Value>>,
     pub max_tokens: Option<u32>,
     /// OpenAI's newer name for `max_tokens`; it wins when both are given.
@@ -247,11 +253,13 @@ pub struct ChatCompletionRequest {
     pub stream_options: Option<StreamOptions>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u32>,
+    #[schema(value_type = Option<Object>)]
     pub response_format: Option<Map<String, Value>>,
     /// Passed to the chat template.
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
     /// vLLM's extra template variables.
+    #[schema(value_type = Option<Object>)]
     pub chat_template_kwargs: Option<Map<String, Value>>,
     /// vLLM's switch; on by default.
     pub add_generation_prompt: Option<bool>,
@@ -378,7 +386,7 @@ impl<'de> Deserialize<'de> for EmbeddingInput {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EncodingFormat {
     #[default]
@@ -387,9 +395,11 @@ pub enum EncodingFormat {
 }
 
 /// `POST /v1/embeddings`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
     pub model: String,
+    /// A string, a list of strings, token ids, or a list of token-id lists.
+    #[schema(value_type = serde_json::Value)]
     pub input: EmbeddingInput,
     pub encoding_format: Option<EncodingFormat>,
     pub dimensions: Option<u32>,

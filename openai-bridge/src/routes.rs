@@ -8,6 +8,7 @@
 //! - `POST /v1/messages`, `POST /v1/messages/count_tokens` (Anthropic's Messages API, when the
 //!   server enables it).
 //! - `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{model}`.
+//! - `GET /openapi.json` (generated from the handlers' types) and Swagger UI at `/docs`.
 //!
 //! Errors are OpenAI's body with the HTTP status of the error's code; an error after a stream
 //! started is a `data: {"error": …}` event followed by `data: [DONE]`. A client that goes away
@@ -15,6 +16,7 @@
 
 mod chat;
 mod completions;
+mod docs;
 mod embeddings;
 mod messages;
 mod responses;
@@ -145,6 +147,7 @@ pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: A
         .route(&format!("{}/{{*model}}", paths.models), get(get_model))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .with_state(AppState { hub, metrics, store })
+        .merge(docs::routes(&settings))
 }
 
 /// The protocol label of HTTP requests in the metrics.
@@ -355,11 +358,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJson<T> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, description = "The models served", body = ModelList)))]
 async fn list_models(State(state): State<AppState>) -> Response {
     let data = state.hub.models().into_iter().map(|m| ModelObject::new(m.name, m.created)).collect();
     json_response(StatusCode::OK, &ModelList { object: "list", data })
 }
 
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "openai", params(("model" = String, Path, description = "A model's name (may hold '/')")),
+    responses((status = 200, description = "The model", body = ModelObject), (status = 404, description = "No such model", body = ErrorBody)))]
 async fn get_model(State(state): State<AppState>, Path(model): Path<String>) -> Response {
     match state.hub.models().into_iter().find(|m| m.name == model) {
         Some(m) => json_response(StatusCode::OK, &ModelObject::new(m.name, m.created)),

@@ -11,12 +11,13 @@ use crate::parsers::ParsedDelta;
 use crate::sampling::CompletionOptions;
 
 /// `POST /v1/messages`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct MessagesRequest {
     pub model: String,
     pub max_tokens: u32,
     pub messages: Vec<Value>,
     pub system: Option<Value>,
+    #[schema(value_type = Option<Vec<String>>)]
     pub stop_sequences: Option<Stop>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -32,7 +33,7 @@ pub struct MessagesRequest {
 }
 
 /// `POST /v1/messages/count_tokens`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct CountTokensRequest {
     pub model: String,
     pub messages: Vec<Value>,
@@ -195,7 +196,7 @@ fn blocks_text(blocks: &[Value], field: &str) -> Result<String, BridgeError> {
 }
 
 /// A content block of the answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentBlock {
     Text { text: String },
@@ -232,7 +233,7 @@ pub fn tool_use_id(call_id: &str) -> String {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AnthropicUsage {
     pub input_tokens: u32,
     pub output_tokens: u32,
@@ -247,7 +248,7 @@ impl AnthropicUsage {
 }
 
 /// The message object (`type: "message"`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MessageObject {
     pub id: String,
     #[serde(rename = "type")]

@@ -25,7 +25,7 @@ pub const ANNOTATIONS: [&str; 2] = ["formatted_prompt", "token_ids"];
 /// The response fields `extra_fields` can ask for.
 pub const EXTRA_FIELDS: [&str; 2] = ["worker_id", "timing"];
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NvExt {
     pub greed_sampling: Option<bool>,

@@ -35,7 +35,7 @@ fn finite(logprob: f32) -> f32 {
     if logprob.is_finite() { logprob } else { -9999.0 }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageBody {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -53,7 +53,7 @@ impl From<Usage> for UsageBody {
 }
 
 /// A `/v1/completions` response, and (with `object` the same) each streaming chunk.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CompletionResponse {
     pub id: String,
     pub object: &'static str,
@@ -68,7 +68,7 @@ pub struct CompletionResponse {
     pub nvext: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
@@ -77,10 +77,12 @@ pub struct CompletionChoice {
 }
 
 /// `/v1/completions` logprobs: parallel lists, one entry per token.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f32>>,
+    /// One object per token: alternative text to log-probability.
+    #[schema(value_type = Vec<Object>)]
     pub top_logprobs: Vec<TopLogprobMap>,
     /// Character offset of each token in the completion.
     pub text_offset: Vec<u32>,
@@ -119,7 +121,7 @@ impl Serialize for TopLogprobMap {
 }
 
 /// A `/v1/chat/completions` response.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatCompletionResponse {
     pub id: String,
     pub object: &'static str,
@@ -132,7 +134,7 @@ pub struct ChatCompletionResponse {
     pub nvext: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatChoice {
     pub index: u32,
     pub message: ChatMessage,
@@ -140,7 +142,7 @@ pub struct ChatChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatMessage {
     pub role: &'static str,
     /// `null` when the model only called tools.
@@ -154,7 +156,7 @@ pub struct ChatMessage {
 
 /// A tool call in a chat message, or (with `index`) in a streamed delta, where it always comes
 /// whole.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatToolCall {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
@@ -164,7 +166,7 @@ pub struct ChatToolCall {
     pub function: ChatFunctionCall,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatFunctionCall {
     pub name: String,
     /// JSON text.
@@ -183,7 +185,7 @@ impl ChatToolCall {
 }
 
 /// A `chat.completion.chunk`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatCompletionChunk {
     pub id: String,
     pub object: &'static str,
@@ -197,7 +199,7 @@ pub struct ChatCompletionChunk {
     pub nvext: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatChunkChoice {
     pub index: u32,
     pub delta: ChatDelta,
@@ -205,7 +207,7 @@ pub struct ChatChunkChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
@@ -218,12 +220,12 @@ pub struct ChatDelta {
 }
 
 /// Chat logprobs: one entry per token, with its bytes (a token may hold part of a character).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatLogprobs {
     pub content: Vec<ChatTokenLogprob>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatTokenLogprob {
     pub token: String,
     pub logprob: f32,
@@ -231,7 +233,7 @@ pub struct ChatTokenLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
@@ -258,7 +260,7 @@ impl ChatLogprobs {
 }
 
 /// `/v1/embeddings` response.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EmbeddingResponse {
     pub object: &'static str,
     pub data: Vec<EmbeddingData>,
@@ -266,10 +268,12 @@ pub struct EmbeddingResponse {
     pub usage: EmbeddingUsage,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EmbeddingData {
     pub object: &'static str,
     pub index: u32,
+    /// Floats, or base64 of little-endian f32s.
+    #[schema(value_type = serde_json::Value)]
     pub embedding: EmbeddingVector,
 }
 
@@ -288,7 +292,7 @@ impl EmbeddingVector {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EmbeddingUsage {
     pub prompt_tokens: u32,
     pub total_tokens: u32,
@@ -312,14 +316,14 @@ pub fn base64_encode(bytes: &[u8]) -> String {
 }
 
 /// `GET /v1/models`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelObject>,
 }
 
 /// One model, as `GET /v1/models/{model}` answers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelObject {
     pub id: String,
     pub object: &'static str,
@@ -334,12 +338,12 @@ impl ModelObject {
 }
 
 /// OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub message: String,
     #[serde(rename = "type")]

@@ -10,7 +10,7 @@ use crate::parsers::{ParsedDelta, ToolCall};
 use crate::sampling::{CompletionOptions, MAX_LOGPROBS};
 
 /// `input`: a string (one user message) or a list of items.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ResponsesInput {
     Text(String),
@@ -18,13 +18,14 @@ pub enum ResponsesInput {
 }
 
 /// `text`: only its `format` is read.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, utoipa::ToSchema)]
 pub struct TextConfig {
+    #[schema(value_type = Option<Object>)]
     pub format: Option<Map<String, Value>>,
 }
 
 /// `POST /v1/responses`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct ResponsesRequest {
     pub model: String,
     pub input: ResponsesInput,
@@ -43,6 +44,7 @@ pub struct ResponsesRequest {
     pub stream_options: Option<StreamOptions>,
     /// Keep the response for `previous_response_id` and `GET /v1/responses/{id}` (default true).
     pub store: Option<bool>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
     pub user: Option<String>,
     /// Accepted and echoed; reasoning models are told apart by the server's reasoning parser.
@@ -187,7 +189,7 @@ pub fn assistant_message(parsed: &ParsedDelta) -> Value {
 }
 
 /// The response object (`object: "response"`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ResponseObject {
     pub id: String,
     pub object: &'static str,
@@ -212,6 +214,7 @@ pub struct ResponseObject {
     pub truncation: String,
     pub usage: Option<ResponseUsage>,
     pub user: Option<String>,
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
 }
 
@@ -246,18 +249,18 @@ impl ResponseObject {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ResponseError {
     pub code: &'static str,
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct IncompleteDetails {
     pub reason: &'static str,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ResponseUsage {
     pub input_tokens: u32,
     pub input_tokens_details: CachedTokens,
@@ -266,12 +269,12 @@ pub struct ResponseUsage {
     pub total_tokens: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CachedTokens {
     pub cached_tokens: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReasoningTokens {
     pub reasoning_tokens: u32,
 }
@@ -289,7 +292,7 @@ impl From<UsageBody> for ResponseUsage {
 }
 
 /// One output item.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputItem {
     Message { id: String, status: &'static str, role: &'static str, content: Vec<OutputText> },
@@ -314,7 +317,7 @@ impl OutputItem {
 }
 
 /// An `output_text` content part.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct OutputText {
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -330,7 +333,7 @@ impl OutputText {
 }
 
 /// A `reasoning_text` content part.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ReasoningText {
     #[serde(rename = "type")]
     pub kind: &'static str,

@@ -14,9 +14,12 @@ use crate::parsers::{OutputParser, ParsedDelta};
 use crate::pipeline::{TokenInfo, collect};
 use crate::protocol::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatDelta, ChatLogprobs,
-    ChatMessage, ChatToolCall, NvExt, UsageBody, new_id, unix_now,
+    ChatMessage, ChatToolCall, ErrorBody, NvExt, UsageBody, new_id, unix_now,
 };
 
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatCompletionRequest,
+    responses((status = 200, description = "The completion, or with `stream` its chunks as server-sent events ending in `data: [DONE]`",
+        content((ChatCompletionResponse = "application/json"), (ChatCompletionChunk = "text/event-stream"))), (status = 400, description = "A malformed request; `param` names the field", body = ErrorBody), (status = 404, description = "No such model", body = ErrorBody), (status = 429, description = "The model's queue is full", body = ErrorBody), (status = 500, description = "The engine failed", body = ErrorBody)))]
 pub(super) async fn chat_completions(
     State(state): State<AppState>,
     OpenAiJson(request): OpenAiJson<ChatCompletionRequest>,

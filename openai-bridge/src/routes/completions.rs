@@ -13,9 +13,13 @@ use super::{ApiError, AppState, OpenAiJson, PROTOCOL, check_token_ids, failed, j
 use crate::kserve::DEFAULT_MAX_TOKENS;
 use crate::pipeline::{ModelRef, TokenInfo, collect, generate_text};
 use crate::protocol::{
-    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, NvExt, Prompt, UsageBody, new_id, unix_now,
+    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, ErrorBody, NvExt, Prompt, UsageBody, new_id,
+    unix_now,
 };
 
+#[utoipa::path(post, path = "/v1/completions", tag = "openai", request_body = CompletionRequest,
+    responses((status = 200, description = "The completion, or with `stream` its chunks as server-sent events ending in `data: [DONE]`",
+        content((CompletionResponse = "application/json"), (CompletionResponse = "text/event-stream"))), (status = 400, description = "A malformed request; `param` names the field", body = ErrorBody), (status = 404, description = "No such model", body = ErrorBody), (status = 429, description = "The model's queue is full", body = ErrorBody), (status = 500, description = "The engine failed", body = ErrorBody)))]
 pub(super) async fn completions(
     State(state): State<AppState>,
     OpenAiJson(request): OpenAiJson<CompletionRequest>,

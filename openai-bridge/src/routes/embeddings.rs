@@ -10,8 +10,11 @@ use crate::BridgeError;
 use crate::preprocess::Preprocessor;
 use crate::protocol::{
     EmbeddingData, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, EncodingFormat,
+    ErrorBody,
 };
 
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbeddingRequest,
+    responses((status = 200, description = "One vector per input", body = EmbeddingResponse), (status = 400, description = "A malformed request; `param` names the field", body = ErrorBody), (status = 404, description = "No such model", body = ErrorBody), (status = 429, description = "The model's queue is full", body = ErrorBody), (status = 500, description = "The engine failed", body = ErrorBody)))]
 pub(super) async fn embeddings(
     State(state): State<AppState>,
     OpenAiJson(request): OpenAiJson<EmbeddingRequest>,

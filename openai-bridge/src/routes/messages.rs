@@ -22,6 +22,9 @@ use crate::protocol::{
     AnthropicUsage, ContentBlock, CountTokensRequest, MessageObject, MessagesRequest, anthropic_error, new_item_id, parse_json,
 };
 
+#[utoipa::path(post, path = "/v1/messages", tag = "anthropic", request_body = MessagesRequest,
+    responses((status = 200, description = "The message, or with `stream` its events (`message_start` ... `message_stop`)",
+        content((MessageObject = "application/json"), (serde_json::Value = "text/event-stream"))), (status = 400, description = "A malformed request", body = serde_json::Value), (status = 404, description = "No such model", body = serde_json::Value), (status = 529, description = "Overloaded", body = serde_json::Value)))]
 pub(super) async fn messages(
     State(state): State<AppState>,
     AnthropicJson(request): AnthropicJson<MessagesRequest>,
@@ -69,6 +72,8 @@ pub(super) async fn messages(
     Ok(json_response(StatusCode::OK, &message))
 }
 
+#[utoipa::path(post, path = "/v1/messages/count_tokens", tag = "anthropic", request_body = CountTokensRequest,
+    responses((status = 200, description = "`{\"input_tokens\": n}`: the prompt's length in tokens", body = serde_json::Value), (status = 400, description = "A malformed request", body = serde_json::Value), (status = 404, description = "No such model", body = serde_json::Value), (status = 529, description = "Overloaded", body = serde_json::Value)))]
 pub(super) async fn count_tokens(
     State(state): State<AppState>,
     AnthropicJson(request): AnthropicJson<CountTokensRequest>,

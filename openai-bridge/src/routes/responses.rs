@@ -20,11 +20,14 @@ use crate::BridgeError;
 use crate::parsers::{OutputParser, ParsedDelta, ToolCall};
 use crate::pipeline::{TokenInfo, Usage, collect};
 use crate::protocol::{
-    IncompleteDetails, OutputItem, OutputText, ReasoningText, ResponseError, ResponseObject, ResponseUsage, ResponsesRequest,
-    UsageBody, assistant_message, new_item_id, unix_now,
+    ErrorBody, IncompleteDetails, OutputItem, OutputText, ReasoningText, ResponseError, ResponseObject, ResponseUsage,
+    ResponsesRequest, UsageBody, assistant_message, new_item_id, unix_now,
 };
 use crate::response_store::ResponseStore;
 
+#[utoipa::path(post, path = "/v1/responses", tag = "openai", request_body = ResponsesRequest,
+    responses((status = 200, description = "The response, or with `stream` its typed events (`event: response.created` ... `response.completed`)",
+        content((ResponseObject = "application/json"), (serde_json::Value = "text/event-stream"))), (status = 400, description = "A malformed request; `param` names the field", body = ErrorBody), (status = 404, description = "No such model", body = ErrorBody), (status = 429, description = "The model's queue is full", body = ErrorBody), (status = 500, description = "The engine failed", body = ErrorBody)))]
 pub(super) async fn create(
     State(state): State<AppState>,
     OpenAiJson(request): OpenAiJson<ResponsesRequest>,
@@ -67,6 +70,8 @@ pub(super) async fn create(
     Ok(json_response(StatusCode::OK, &turn.finish(output, &parsed, generated.reason, generated.usage)))
 }
 
+#[utoipa::path(get, path = "/v1/responses/{id}", tag = "openai", params(("id" = String, Path, description = "A stored response's id")),
+    responses((status = 200, description = "The stored response", body = ResponseObject), (status = 404, description = "Not stored (or expired)", body = ErrorBody)))]
 pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.store.get(&id) {
         Some(stored) => json_response(StatusCode::OK, stored.response.as_ref()),
@@ -74,6 +79,8 @@ pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -
     }
 }
 
+#[utoipa::path(delete, path = "/v1/responses/{id}", tag = "openai", params(("id" = String, Path, description = "A stored response's id")),
+    responses((status = 200, description = "Deleted", body = serde_json::Value), (status = 404, description = "Not stored (or expired)", body = ErrorBody)))]
 pub(super) async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.store.remove(&id) {
         true => json_response(StatusCode::OK, &json!({"id": id, "object": "response", "deleted": true})),

@@ -330,3 +330,34 @@ async fn paths_move_and_bodies_are_bounded() {
         (StatusCode::PAYLOAD_TOO_LARGE, Some("request_too_large"))
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_and_swagger_ui_are_served() {
+    let hub = hermes_and_think();
+    let router = support::app(&hub, &Arc::new(LlmMetrics::new()));
+    let reply = send(router.clone(), "GET", "/openapi.json", "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let document = reply.json();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."), "{}", document["openapi"]);
+    let paths = document["paths"].as_object().unwrap();
+    for path in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/responses/{id}",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+    ] {
+        assert!(paths.contains_key(path), "{path} in {:?}", paths.keys().collect::<Vec<_>>());
+    }
+    let schemas = document["components"]["schemas"].as_object().unwrap();
+    for schema in ["ChatCompletionRequest", "ResponsesRequest", "MessagesRequest", "NvExt", "ResponseObject", "ErrorBody"] {
+        assert!(schemas.contains_key(schema), "{schema}");
+    }
+    let ui = send(router.clone(), "GET", "/docs/", "").await;
+    assert_eq!(ui.status, StatusCode::OK);
+    assert!(ui.body.contains("swagger-ui"), "{}", &ui.body[..ui.body.len().min(300)]);
+    let without = openai_routes(hub, Arc::new(LlmMetrics::new()), ApiSettings::default());
+    let document = send(without, "GET", "/openapi.json", "").await.json();
+    assert!(document["paths"].get("/v1/messages").is_none(), "the Anthropic routes are documented only when served");
+}
