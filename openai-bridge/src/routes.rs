@@ -328,7 +328,16 @@ impl IntoResponse for ApiError {
         if status >= 500 {
             tracing::warn!(error = %self.0, "OpenAI request failed");
         }
-        json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body)
+        let mut response = json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body);
+        retry_later(&mut response);
+        response
+    }
+}
+
+/// A 503 (every worker busy, a model shutting down) tells the client when to come back.
+fn retry_later(response: &mut Response) {
+    if matches!(response.status().as_u16(), 503 | 529) {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
 }
 

@@ -33,8 +33,12 @@ pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, api: ApiSettin
     let llm = Arc::clone(&kserve.grpc.llm);
     let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;
     let state = HttpState { repository, llm: Arc::clone(&llm) };
-    let operational =
-        Router::new().route("/health", get(health)).route("/live", get(live)).route("/metrics", get(metrics)).with_state(state);
+    let operational = Router::new()
+        .route("/health", get(health))
+        .route("/live", get(live))
+        .route("/metrics", get(metrics))
+        .route("/busy_threshold", get(busy_thresholds).post(set_busy_threshold))
+        .with_state(state);
     openai_routes(hub, Arc::clone(llm.metrics()), api)
         .layer(axum::middleware::from_fn(worker_hint))
         .merge(operational)
@@ -55,6 +59,36 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
         (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"})))
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "not ready"})))
+    }
+}
+
+/// `GET /busy_threshold`: the default and per-model busy thresholds.
+async fn busy_thresholds(State(state): State<HttpState>) -> impl IntoResponse {
+    let (default, per_model) = state.llm.router().busy_thresholds().all();
+    let thresholds: Vec<serde_json::Value> = per_model
+        .into_iter()
+        .map(|(model, threshold)| serde_json::json!({"model": model, "active_decode_blocks_threshold": threshold}))
+        .collect();
+    axum::Json(serde_json::json!({"default_active_decode_blocks_threshold": default, "thresholds": thresholds}))
+}
+
+/// `POST /busy_threshold` `{"model": …, "active_decode_blocks_threshold": 0.85 | null}`: sets (or
+/// with `null` clears) the model's own threshold; answers the threshold now in force.
+async fn set_busy_threshold(State(state): State<HttpState>, body: axum::body::Bytes) -> axum::response::Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Setting {
+        model: String,
+        active_decode_blocks_threshold: Option<f64>,
+    }
+    let bad = |message: String| (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"error": message}))).into_response();
+    let setting: Setting = match serde_json::from_slice(&body) {
+        Ok(setting) => setting,
+        Err(error) => return bad(format!("expected {{\"model\": …, \"active_decode_blocks_threshold\": …}}: {error}")),
+    };
+    match state.llm.router().busy_thresholds().set(&setting.model, setting.active_decode_blocks_threshold) {
+        Ok(now) => axum::Json(serde_json::json!({"model": setting.model, "active_decode_blocks_threshold": now})).into_response(),
+        Err(message) => bad(message),
     }
 }
 

@@ -112,7 +112,9 @@ impl IntoResponse for AnthropicError {
         if status >= 500 {
             tracing::warn!(error = %self.0, "Anthropic request failed");
         }
-        json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body)
+        let mut response = json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &body);
+        super::retry_later(&mut response);
+        response
     }
 }
 

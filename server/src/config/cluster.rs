@@ -138,6 +138,11 @@ pub struct RouterArgs {
     /// kv mode: 0 picks the best score; higher values sample from softmax(score / temperature).
     #[arg(long, env = "TRITIUM_KV_TEMPERATURE", default_value_t = 0.0)]
     pub kv_temperature: f64,
+    /// A language-model worker whose KV cache is fuller than this fraction (0..1] is busy: the
+    /// router passes it over, and refuses requests (503, Retry-After) when all are. Per model:
+    /// `POST /busy_threshold`. Unset: workers are never busy.
+    #[arg(long, env = "DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD")]
+    pub active_decode_blocks_threshold: Option<f64>,
 }
 
 impl RouterArgs {
@@ -159,6 +164,11 @@ impl RouterArgs {
             migration_limit: self.migration_limit,
             suspect_for: lease_ttl,
             worker_token: self.worker_token.clone().filter(|t| !t.is_empty()),
+            busy_threshold: self
+                .active_decode_blocks_threshold
+                .map(crate::routing::busy::BusyThresholds::check)
+                .transpose()
+                .map_err(|e| format!("--active-decode-blocks-threshold: {e}"))?,
         })
     }
 }

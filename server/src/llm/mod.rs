@@ -63,6 +63,10 @@ impl LlmFrontend {
         &self.metrics
     }
 
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
     /// The card of a served language or embedding model (its latest ready version).
     fn card(&self, model: &str) -> Option<Arc<ModelCard>> {
         let version = self.repository.resolve(model, None).ok()?;

@@ -111,6 +111,7 @@ impl Router {
         loop {
             let Some(member) = self.pick(model, Some(&request.prompt), hint.as_deref(), None, &tried, false)? else {
                 if tried.is_empty() {
+                    self.admit_local(model)?;
                     return self.fallback.generate(model, request).await;
                 }
                 return Err(WorkerError::Generate {

@@ -5,6 +5,7 @@
 //! and the models it serves. The in-process worker is a client handed over directly; workers in
 //! other processes are reached with [`crate::remote::RemoteWorker`].
 
+pub mod busy;
 mod failover;
 mod follow;
 pub mod kv_index;
@@ -18,6 +19,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tritium_worker::kv::block_hashes;
+use tritium_worker::llm::GenerateError;
 use tritium_worker::{ByName, ModelRepository, WorkerClient, WorkerError};
 
 pub use failover::hint_of;
@@ -26,6 +28,7 @@ pub use policy::{RouterMode, RouterOptions, WORKER_HINT, WORKER_ID_HEADER, WORKE
 
 use crate::discovery::{WorkerAddress, WorkerInstance};
 use crate::events::LoadReport;
+use busy::BusyThresholds;
 use kv_index::KvIndex;
 use policy::{Choice, PickContext};
 use remote_models::RemoteModels;
@@ -76,6 +79,8 @@ pub struct RouterCounters {
     /// KV blocks of routed prompts, and how many of them the chosen worker held (from its events).
     pub prompt_blocks: AtomicU64,
     pub prompt_blocks_cached: AtomicU64,
+    /// Requests refused because every worker of their model was over its busy threshold.
+    pub rejected_busy: AtomicU64,
 }
 
 pub struct Router {
@@ -97,6 +102,7 @@ pub struct Router {
     remote_models: RemoteModels,
     turn: AtomicUsize,
     counters: RouterCounters,
+    busy: Arc<BusyThresholds>,
 }
 
 impl std::fmt::Debug for Router {
@@ -127,7 +133,9 @@ impl Router {
             suspect_until: Arc::default(),
         };
         let loads = Arc::new(Mutex::new(HashMap::new()));
+        let busy = Arc::new(BusyThresholds::new(options.busy_threshold));
         Arc::new_cyclic(|this| Router {
+            busy,
             this: this.clone(),
             options,
             remote_models: RemoteModels::new(Arc::clone(&loads)),
@@ -299,6 +307,7 @@ impl Router {
         if candidates.is_empty() {
             return Ok(None);
         }
+        let candidates = self.not_busy(model, candidates, migrating)?;
         if let Some(key) = sticky {
             let score = |member: &&&Member| {
                 use std::hash::{Hash, Hasher};
@@ -372,6 +381,49 @@ impl Router {
         }
     }
 
+    /// The thresholds that make workers busy, shared with the HTTP admin routes.
+    pub fn busy_thresholds(&self) -> &Arc<BusyThresholds> {
+        &self.busy
+    }
+
+    /// `candidates` without the busy ones; an error when all are busy (a migrating stream is
+    /// let through: it was admitted already).
+    fn not_busy<'m>(&self, model: &str, candidates: Vec<&'m Member>, migrating: bool) -> Result<Vec<&'m Member>, WorkerError> {
+        let Some(threshold) = self.busy.get(model).filter(|_| !migrating) else {
+            return Ok(candidates);
+        };
+        let loads = lock(&self.loads);
+        let kv = |member: &Member| match member.local {
+            true => local_kv(&self.repository, model),
+            false => loads.get(&(member.id.to_string(), model.to_string())).map_or((0, 0), |r| (r.kv_used, r.kv_capacity)),
+        };
+        let free: Vec<&Member> = candidates.iter().copied().filter(|m| !busy::over_pair(kv(m), threshold)).collect();
+        drop(loads);
+        match free.is_empty() {
+            true => Err(self.refuse_busy(model, threshold)),
+            false => Ok(free),
+        }
+    }
+
+    /// The in-process worker, answering alone: refused when over its threshold.
+    pub(crate) fn admit_local(&self, model: &str) -> Result<(), WorkerError> {
+        match self.busy.get(model) {
+            Some(threshold) if busy::over_pair(local_kv(&self.repository, model), threshold) => {
+                Err(self.refuse_busy(model, threshold))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn refuse_busy(&self, model: &str, threshold: f64) -> WorkerError {
+        self.counters.rejected_busy.fetch_add(1, Ordering::Relaxed);
+        let message = format!("every worker serving it is busy (KV cache over {:.0} %); retry later", threshold * 100.0);
+        WorkerError::Generate {
+            model: model.to_string(),
+            source: GenerateError::Unavailable { model: model.to_string(), message },
+        }
+    }
+
     fn mark_suspect(&self, member: &Member) {
         *lock(&member.suspect_until) = Some(Instant::now() + self.options.suspect_for);
     }
@@ -396,6 +448,11 @@ impl Router {
         );
         counter("tritium_router_prompt_blocks", "KV blocks of routed prompts.", c.prompt_blocks.load(Ordering::Relaxed));
         counter(
+            "tritium_router_rejected_busy",
+            "Requests refused because every worker of their model was over its busy threshold.",
+            c.rejected_busy.load(Ordering::Relaxed),
+        );
+        counter(
             "tritium_router_prompt_blocks_cached",
             "KV blocks of routed prompts the chosen worker already held, as its KV events reported.",
             c.prompt_blocks_cached.load(Ordering::Relaxed),
@@ -410,6 +467,12 @@ impl Router {
         }
         out
     }
+}
+
+/// KV use and capacity of the in-process engine of `model` (0 and 0 without one).
+fn local_kv(repository: &ModelRepository, model: &str) -> (u64, u64) {
+    let stats = repository.resolve(model, None).ok().and_then(|version| version.language_model()).map(|engine| engine.stats());
+    stats.map_or((0, 0), |s| (s.kv_tokens_used as u64, s.kv_tokens_capacity as u64))
 }
 
 #[cfg(test)]

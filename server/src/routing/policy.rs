@@ -53,6 +53,9 @@ pub struct RouterOptions {
     pub suspect_for: std::time::Duration,
     /// Sent to remote workers on every call (`--worker-token`).
     pub worker_token: Option<String>,
+    /// A language-model worker whose KV cache is fuller than this fraction is busy (passed over;
+    /// all busy: refused). `None`: never busy. Per-model values are set over HTTP.
+    pub busy_threshold: Option<f64>,
 }
 
 impl Default for RouterOptions {
@@ -64,6 +67,7 @@ impl Default for RouterOptions {
             migration_limit: 3,
             suspect_for: std::time::Duration::from_secs(5),
             worker_token: None,
+            busy_threshold: None,
         }
     }
 }
