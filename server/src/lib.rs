@@ -131,6 +131,11 @@ impl Tritium {
         &self.state.repository
     }
 
+    /// The language-model frontend (the OpenAI routes' hub), for the interactive chat.
+    pub fn llm(&self) -> Arc<LlmFrontend> {
+        Arc::clone(&self.state.llm)
+    }
+
     /// Serves gRPC on `listener` until `shutdown` completes, then drains in-flight calls.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
         self.serve_with_listeners(listener, None, shutdown).await

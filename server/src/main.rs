@@ -98,8 +98,22 @@ async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::erro
     std::io::stdout().flush()?;
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = std::sync::Arc::clone(&stopping);
+    let interactive = args.openai.interactive.then(|| tritium.llm());
     let signal = async move {
-        shutdown_signal().await;
+        match interactive {
+            // The session's end stops the server, as a signal does.
+            Some(llm) => {
+                tokio::select! {
+                    () = shutdown_signal() => {}
+                    ended = tritium_server::llm::interactive::chat(llm) => {
+                        if let Err(error) = ended {
+                            tracing::warn!("the interactive chat ended: {error}");
+                        }
+                    }
+                }
+            }
+            None => shutdown_signal().await,
+        }
         notify.notify_one();
     };
     let exit_timeout = std::time::Duration::from_secs(args_exit);

@@ -89,12 +89,13 @@ def bound_listener() -> socket.socket:
     return listener
 
 
-def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumServer:
-    """Start `tritium serve` on gRPC, HTTP and metrics sockets bound here and wait for its ready line."""
+def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT, stdin: int = subprocess.DEVNULL) -> TritiumServer:
+    """Start `tritium serve` on gRPC, HTTP and metrics sockets bound here and wait for its ready line
+    (`stdin=subprocess.PIPE` gives the test the server's stdin, for `-i`)."""
     listeners = [bound_listener() for _ in range(3)]
     grpc_fd, http_fd, metrics_fd = (listener.fileno() for listener in listeners)
     argv = ["serve", "--grpc-listen-fd", str(grpc_fd), "--http-listen-fd", str(http_fd), "--metrics-listen-fd", str(metrics_fd), *args]
-    return launch(argv, listeners, READY_PREFIX, timeout)
+    return launch(argv, listeners, READY_PREFIX, timeout, stdin=stdin)
 
 
 def start_worker(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumServer:
@@ -104,7 +105,9 @@ def start_worker(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumS
     return launch(argv, [listener], WORKER_READY_PREFIX, timeout)
 
 
-def launch(argv: list[str], listeners: list[socket.socket], ready_prefix: str, timeout: float) -> TritiumServer:
+def launch(
+    argv: list[str], listeners: list[socket.socket], ready_prefix: str, timeout: float, stdin: int = subprocess.DEVNULL
+) -> TritiumServer:
     """Run `tritium ARGV` holding `listeners` (the first is the gRPC one; a second is HTTP, a third
     metrics) and wait until it prints `ready_prefix` announcing the first listener's address."""
     binary = tritium_bin()
@@ -118,7 +121,7 @@ def launch(argv: list[str], listeners: list[socket.socket], ready_prefix: str, t
     try:
         proc = subprocess.Popen(
             cmd,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=err,
             pass_fds=fds,

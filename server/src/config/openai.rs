@@ -31,6 +31,10 @@ pub struct OpenAiArgs {
     /// Seconds a stored response is kept.
     #[arg(long, env = "TRITIUM_RESPONSES_STORE_TTL_SECS", default_value_t = 3600)]
     pub responses_store_ttl_secs: u64,
+    /// Chat with the first language model in the terminal (stdin and stdout); the end of input
+    /// (or `/quit`) stops the server.
+    #[arg(short = 'i', long, env = "DYN_INTERACTIVE")]
+    pub interactive: bool,
     /// Megabytes of one request body on the OpenAI and Anthropic routes, at most (413 beyond).
     #[arg(long, env = "DYN_HTTP_BODY_LIMIT_MB", default_value_t = DEFAULT_BODY_LIMIT_BYTES >> 20)]
     pub http_body_limit_mb: usize,

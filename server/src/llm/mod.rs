@@ -5,6 +5,8 @@
 
 mod kserve;
 
+pub mod interactive;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
