@@ -42,7 +42,9 @@ pub struct OpenAiArgs {
 
 /// Dynamo's path overrides: the variable names its code reads, and the `_ENV`-suffixed ones its
 /// documentation gives.
-const PATH_VARIABLES: [(&str, fn(&mut ApiPaths) -> &mut String); 6] = [
+type PathField = fn(&mut ApiPaths) -> &mut String;
+
+const PATH_VARIABLES: [(&str, PathField); 6] = [
     ("DYN_HTTP_SVC_CHAT_PATH", |p| &mut p.chat),
     ("DYN_HTTP_SVC_CMP_PATH", |p| &mut p.completions),
     ("DYN_HTTP_SVC_EMB_PATH", |p| &mut p.embeddings),
