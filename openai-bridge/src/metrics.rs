@@ -89,6 +89,7 @@ struct Families {
 pub struct LlmMetrics {
     families: Arc<Families>,
     registry: Registry,
+    prefix: String,
 }
 
 impl Default for LlmMetrics {
@@ -97,8 +98,25 @@ impl Default for LlmMetrics {
     }
 }
 
+/// The metric names' default prefix (`--metrics-prefix` changes it).
+pub const DEFAULT_PREFIX: &str = "tritium_llm";
+
+/// A Prometheus metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+pub fn valid_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
 impl LlmMetrics {
     pub fn new() -> LlmMetrics {
+        LlmMetrics::with_prefix(DEFAULT_PREFIX)
+    }
+
+    /// Metrics named `{prefix}_requests_total`, … (a prefix that is not a valid metric name
+    /// falls back to the default).
+    pub fn with_prefix(prefix: &str) -> LlmMetrics {
+        let prefix = if valid_metric_name(prefix) { prefix } else { DEFAULT_PREFIX };
         let families = Families {
             requests: Family::default(),
             errors: Family::default(),
@@ -109,40 +127,36 @@ impl LlmMetrics {
             generated_tokens: Family::default(),
             prompt_tokens: Family::default(),
         };
-        let mut registry = Registry::default();
+        let mut registry = Registry::with_prefix(prefix);
         // Counters get their `_total` suffix from the encoder.
-        registry.register("tritium_llm_requests", "Language model requests received", families.requests.clone());
+        registry.register("requests", "Language model requests received", families.requests.clone());
+        registry.register("request_errors", "Language model requests that failed, by error code", families.errors.clone());
         registry.register(
-            "tritium_llm_request_errors",
-            "Language model requests that failed, by error code",
-            families.errors.clone(),
-        );
-        registry.register(
-            "tritium_llm_requests_cancelled",
+            "requests_cancelled",
             "Language model requests whose client went away before the end",
             families.cancelled.clone(),
         );
         registry.register_with_unit(
-            "tritium_llm_queue_time",
+            "queue_time",
             "Time sequences waited for a place in the running batch",
             Unit::Seconds,
             families.queue_time.clone(),
         );
         registry.register_with_unit(
-            "tritium_llm_time_to_first_token",
+            "time_to_first_token",
             "Time from a request's arrival to its first generated token",
             Unit::Seconds,
             families.ttft.clone(),
         );
         registry.register_with_unit(
-            "tritium_llm_inter_token_latency",
+            "inter_token_latency",
             "Time between consecutive generated tokens of a request",
             Unit::Seconds,
             families.itl.clone(),
         );
-        registry.register("tritium_llm_generated_tokens", "Tokens generated", families.generated_tokens.clone());
-        registry.register("tritium_llm_prompt_tokens", "Prompt tokens received", families.prompt_tokens.clone());
-        LlmMetrics { families: Arc::new(families), registry }
+        registry.register("generated_tokens", "Tokens generated", families.generated_tokens.clone());
+        registry.register("prompt_tokens", "Prompt tokens received", families.prompt_tokens.clone());
+        LlmMetrics { families: Arc::new(families), registry, prefix: prefix.to_owned() }
     }
 
     /// Starts observing one request (counted at once). `protocol` is `"grpc"` or `"http"`.
@@ -179,12 +193,12 @@ impl LlmMetrics {
     /// Like [`LlmMetrics::render`] without the `# EOF` marker, for a caller that appends more.
     pub fn encode(&self, out: &mut String, engines: &[(String, EngineStats)]) {
         let _ = encode_registry(out, &self.registry);
-        let _ = encode_registry(out, &engine_registry(engines));
+        let _ = encode_registry(out, &engine_registry(&self.prefix, engines));
     }
 }
 
-fn engine_registry(engines: &[(String, EngineStats)]) -> Registry {
-    let mut registry = Registry::default();
+fn engine_registry(prefix: &str, engines: &[(String, EngineStats)]) -> Registry {
+    let mut registry = Registry::with_prefix(prefix);
     let gauge = |registry: &mut Registry, name: &str, help: &str, value: fn(&EngineStats) -> usize| {
         let family = Family::<EngineLabels, Gauge>::default();
         for (model, stats) in engines {
@@ -192,12 +206,10 @@ fn engine_registry(engines: &[(String, EngineStats)]) -> Registry {
         }
         registry.register(name, help, family);
     };
-    gauge(&mut registry, "tritium_llm_engine_running_sequences", "Sequences in the running batch", |s| s.running);
-    gauge(&mut registry, "tritium_llm_engine_waiting_sequences", "Sequences waiting for a place in the batch", |s| s.waiting);
-    gauge(&mut registry, "tritium_llm_engine_kv_tokens_used", "KV-cache tokens reserved by running sequences", |s| {
-        s.kv_tokens_used
-    });
-    gauge(&mut registry, "tritium_llm_engine_kv_tokens_capacity", "KV-cache token budget", |s| s.kv_tokens_capacity);
+    gauge(&mut registry, "engine_running_sequences", "Sequences in the running batch", |s| s.running);
+    gauge(&mut registry, "engine_waiting_sequences", "Sequences waiting for a place in the batch", |s| s.waiting);
+    gauge(&mut registry, "engine_kv_tokens_used", "KV-cache tokens reserved by running sequences", |s| s.kv_tokens_used);
+    gauge(&mut registry, "engine_kv_tokens_capacity", "KV-cache token budget", |s| s.kv_tokens_capacity);
     let counter = |registry: &mut Registry, name: &str, help: &str, value: fn(&EngineStats) -> u64| {
         let family = Family::<EngineLabels, Counter>::default();
         for (model, stats) in engines {
@@ -205,23 +217,18 @@ fn engine_registry(engines: &[(String, EngineStats)]) -> Registry {
         }
         registry.register(name, help, family);
     };
-    counter(&mut registry, "tritium_llm_engine_generated_tokens", "Tokens the engine generated", |s| s.tokens_generated);
-    counter(&mut registry, "tritium_llm_engine_prompt_tokens", "Prompt tokens the engine prefilled", |s| s.prompt_tokens);
-    counter(
-        &mut registry,
-        "tritium_llm_engine_prompt_tokens_cached",
-        "Prompt tokens found in the KV cache and not recomputed",
-        |s| s.prompt_tokens_cached,
-    );
-    counter(&mut registry, "tritium_llm_engine_finished_sequences", "Sequences finished", |s| s.sequences_finished);
-    counter(&mut registry, "tritium_llm_engine_cancelled_sequences", "Sequences stopped because their client went away", |s| {
+    counter(&mut registry, "engine_generated_tokens", "Tokens the engine generated", |s| s.tokens_generated);
+    counter(&mut registry, "engine_prompt_tokens", "Prompt tokens the engine prefilled", |s| s.prompt_tokens);
+    counter(&mut registry, "engine_prompt_tokens_cached", "Prompt tokens found in the KV cache and not recomputed", |s| {
+        s.prompt_tokens_cached
+    });
+    counter(&mut registry, "engine_finished_sequences", "Sequences finished", |s| s.sequences_finished);
+    counter(&mut registry, "engine_cancelled_sequences", "Sequences stopped because their client went away", |s| {
         s.sequences_cancelled
     });
-    counter(&mut registry, "tritium_llm_engine_rejected_sequences", "Requests refused because the queue was full", |s| {
-        s.sequences_rejected
-    });
-    counter(&mut registry, "tritium_llm_engine_decode_steps", "Decode steps run", |s| s.decode_steps);
-    counter(&mut registry, "tritium_llm_engine_decode_rows", "Sequences carried by decode steps, in total", |s| s.decode_rows);
+    counter(&mut registry, "engine_rejected_sequences", "Requests refused because the queue was full", |s| s.sequences_rejected);
+    counter(&mut registry, "engine_decode_steps", "Decode steps run", |s| s.decode_steps);
+    counter(&mut registry, "engine_decode_rows", "Sequences carried by decode steps, in total", |s| s.decode_rows);
     registry
 }
 
@@ -435,5 +442,19 @@ pub(crate) mod tests {
         }
         assert!(text.contains("# TYPE tritium_llm_time_to_first_token_seconds histogram\n"));
         assert!(text.contains("# TYPE tritium_llm_engine_kv_tokens_used gauge\n"));
+    }
+
+    #[test]
+    fn the_prefix_names_every_series() {
+        let metrics = LlmMetrics::with_prefix("dynamo_frontend");
+        metrics.observer("m", "http").finished(tritium_worker::llm::FinishReason::Stop);
+        let text = metrics.render(&[("m".to_string(), EngineStats::default())]);
+        assert!(text.contains(r#"dynamo_frontend_requests_total{model="m",protocol="http"} 1"#), "{text}");
+        assert!(text.contains("dynamo_frontend_engine_running_sequences"), "{text}");
+        assert!(!text.contains("tritium_llm"), "{text}");
+        assert!(!valid_metric_name("9lives") && !valid_metric_name("a-b") && valid_metric_name("a:b_c"));
+        let fallback = LlmMetrics::with_prefix("bad name");
+        fallback.observer("m", "http").finished(tritium_worker::llm::FinishReason::Stop);
+        assert!(fallback.render(&[]).contains("tritium_llm_requests_total"));
     }
 }

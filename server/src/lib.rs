@@ -113,6 +113,7 @@ impl Tritium {
             Arc::clone(&router),
             config.limits.completion,
             config.openai.formats,
+            &config.openai.metrics_prefix,
         ));
         let state = Arc::new(GrpcState {
             repository,

@@ -31,6 +31,10 @@ pub struct OpenAiArgs {
     /// Seconds a stored response is kept.
     #[arg(long, env = "TRITIUM_RESPONSES_STORE_TTL_SECS", default_value_t = 3600)]
     pub responses_store_ttl_secs: u64,
+    /// Prefix of the language-model metrics' names (`{prefix}_requests_total`, …); Dynamo's
+    /// frontend uses `dynamo_frontend`.
+    #[arg(long, env = "DYN_METRICS_PREFIX", default_value = tritium_openai_bridge::metrics::DEFAULT_PREFIX)]
+    pub metrics_prefix: String,
     /// Chat with the first language model in the terminal (stdin and stdout); the end of input
     /// (or `/quit`) stops the server.
     #[arg(short = 'i', long, env = "DYN_INTERACTIVE")]
@@ -77,10 +81,21 @@ pub fn api_paths(env: &impl Fn(&str) -> Option<String>) -> Result<ApiPaths, Stri
 }
 
 /// What the flags resolve to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenAiSettings {
     pub formats: OutputFormats,
     pub api: ApiSettings,
+    pub metrics_prefix: String,
+}
+
+impl Default for OpenAiSettings {
+    fn default() -> Self {
+        OpenAiSettings {
+            formats: OutputFormats::default(),
+            api: ApiSettings::default(),
+            metrics_prefix: tritium_openai_bridge::metrics::DEFAULT_PREFIX.to_owned(),
+        }
+    }
 }
 
 impl OpenAiArgs {
@@ -100,7 +115,11 @@ impl OpenAiArgs {
             max_bytes: self.responses_store_bytes,
             ttl: Duration::from_secs(self.responses_store_ttl_secs),
         };
+        if !tritium_openai_bridge::metrics::valid_metric_name(&self.metrics_prefix) {
+            return Err(format!("--metrics-prefix '{}' is not a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)", self.metrics_prefix));
+        }
         Ok(OpenAiSettings {
+            metrics_prefix: self.metrics_prefix.clone(),
             formats: OutputFormats { tool_calls, reasoning },
             api: ApiSettings {
                 anthropic: self.enable_anthropic_api,

@@ -48,12 +48,13 @@ impl LlmFrontend {
         router: Arc<Router>,
         limits: CompletionLimits,
         formats: OutputFormats,
+        metrics_prefix: &str,
     ) -> LlmFrontend {
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         LlmFrontend {
             repository,
             router,
-            metrics: Arc::new(LlmMetrics::new()),
+            metrics: Arc::new(LlmMetrics::with_prefix(metrics_prefix)),
             preprocessors: Mutex::new(HashMap::new()),
             limits,
             formats,
