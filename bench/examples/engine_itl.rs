@@ -129,6 +129,7 @@ impl Bench {
                 stop: StopOptions { max_tokens: Some(self.max_tokens), ignore_eos: true, ..Default::default() },
                 logprobs: None,
                 model_version: None,
+                constraint: None,
             };
             let sent = start.elapsed().as_secs_f64();
             let mut tokens = self.engine.generate(request)?;
