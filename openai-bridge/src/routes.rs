@@ -38,7 +38,7 @@ use tritium_worker::llm::{GenerateRequest, ModelKind, TokenStream};
 
 use crate::BridgeError;
 use crate::metrics::{LlmMetrics, RequestObserver};
-use crate::parsers::{ForcedCalls, OutputFormats, OutputParser};
+use crate::parsers::{ForcedCalls, OutputFormats, OutputParser, ParsedDelta};
 use crate::pipeline::{ModelRef, StreamMeta, TextStream, generate_text};
 use crate::preprocess::Preprocessor;
 use crate::protocol::{ErrorBody, ModelList, ModelObject, NvExt, ToolChoice, Tools, forced_calls, parse_json};
@@ -296,6 +296,26 @@ fn output_parser(
         None => *formats,
     };
     Ok(formats.parser(tools.offered()))
+}
+
+/// A whole answer split by its parser (all text without one).
+fn parse_whole(parser: Option<OutputParser>, text: String) -> ParsedDelta {
+    match parser {
+        Some(parser) => parser.parse_all(&text),
+        None => ParsedDelta { content: text, ..Default::default() },
+    }
+}
+
+/// One streamed piece split by the parser; `last` flushes what it held back.
+fn parse_piece(parser: &mut Option<OutputParser>, text: String, last: bool) -> ParsedDelta {
+    let Some(parser) = parser else {
+        return ParsedDelta { content: text, ..Default::default() };
+    };
+    let mut parsed = parser.push(&text);
+    if last {
+        parsed.extend(parser.finish());
+    }
+    parsed
 }
 
 fn failed(observer: &mut RequestObserver, error: BridgeError) -> BridgeError {

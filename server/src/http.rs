@@ -28,7 +28,9 @@ struct HttpState {
 }
 
 /// Every HTTP route, ready to serve; request bodies over `max_body_bytes` are refused with 413.
-pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, api: ApiSettings) -> Router {
+/// The OpenAI routes keep their own limit (`--http-body-limit-mb`) within that one.
+pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, mut api: ApiSettings) -> Router {
+    api.max_body_bytes = api.max_body_bytes.min(max_body_bytes);
     let repository = Arc::clone(&kserve.grpc.repository);
     let llm = Arc::clone(&kserve.grpc.llm);
     let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;

@@ -58,10 +58,7 @@ pub(super) async fn chat_completions(
         return Ok(sse::respond(writer, stream));
     }
     let generated = collect(stream).await?;
-    let parsed = match writer.parser.take() {
-        Some(parser) => parser.parse_all(&generated.text),
-        None => ParsedDelta { content: generated.text, ..Default::default() },
-    };
+    let parsed = super::parse_whole(writer.parser.take(), generated.text);
     let finish_reason = if parsed.tool_calls.is_empty() { generated.reason.as_str() } else { "tool_calls" };
     let response = ChatCompletionResponse {
         id: std::mem::take(&mut writer.id),
@@ -134,16 +131,7 @@ impl ChunkWriter for ChatWriter {
     }
 
     fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
-        let parsed = match &mut self.parser {
-            Some(parser) => {
-                let mut parsed = parser.push(&text);
-                if finish.is_some() {
-                    parsed.extend(parser.finish());
-                }
-                parsed
-            }
-            None => ParsedDelta { content: text, ..Default::default() },
-        };
+        let parsed = super::parse_piece(&mut self.parser, text, finish.is_some());
         let logprobs = (self.logprobs && !tokens.is_empty()).then(|| ChatLogprobs::from_tokens(tokens));
         // Text held back by the parser sends nothing now; its tokens' logprobs still go.
         if parsed.is_empty() && finish.is_none() && logprobs.is_none() && self.parser.is_some() {

@@ -16,7 +16,7 @@ use tritium_worker::llm::{FinishReason, ModelKind};
 use super::sse::{self, ChunkWriter, End};
 use super::{AppState, ChatPrompt, PROTOCOL, failed, json_response};
 use crate::BridgeError;
-use crate::parsers::{OutputParser, ParsedDelta, ToolCall};
+use crate::parsers::{OutputParser, ToolCall};
 use crate::pipeline::{TokenInfo, collect};
 use crate::protocol::{
     AnthropicUsage, ContentBlock, CountTokensRequest, MessageObject, MessagesRequest, anthropic_error, new_item_id, parse_json,
@@ -54,10 +54,7 @@ pub(super) async fn messages(
         return Ok(sse::respond(writer, stream));
     }
     let generated = collect(stream).await?;
-    let parsed = match parser {
-        Some(parser) => parser.parse_all(&generated.text),
-        None => ParsedDelta { content: generated.text, ..Default::default() },
-    };
+    let parsed = super::parse_whole(parser, generated.text);
     let (stop_reason, stop_sequence) = stop_reason(generated.reason, generated.stop_string, !parsed.tool_calls.is_empty());
     let message = MessageObject {
         id,
@@ -227,16 +224,7 @@ impl ChunkWriter for MessagesWriter {
     }
 
     fn delta(&mut self, text: String, _tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
-        let parsed = match &mut self.parser {
-            Some(parser) => {
-                let mut parsed = parser.push(&text);
-                if finish.is_some() {
-                    parsed.extend(parser.finish());
-                }
-                parsed
-            }
-            None => ParsedDelta { content: text, ..Default::default() },
-        };
+        let parsed = super::parse_piece(&mut self.parser, text, finish.is_some());
         if !parsed.reasoning.is_empty() {
             let index = self.open(Block::Thinking(0), json!({"type": "thinking", "thinking": "", "signature": ""}), out);
             let delta = json!({"type": "thinking_delta", "thinking": parsed.reasoning});

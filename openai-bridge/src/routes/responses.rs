@@ -62,10 +62,7 @@ pub(super) async fn create(
         return Ok(sse::respond(writer, stream));
     }
     let generated = collect(stream).await?;
-    let parsed = match parser {
-        Some(parser) => parser.parse_all(&generated.text),
-        None => ParsedDelta { content: generated.text, ..Default::default() },
-    };
+    let parsed = super::parse_whole(parser, generated.text);
     let output = output_items(&parsed);
     Ok(json_response(StatusCode::OK, &turn.finish(output, &parsed, generated.reason, generated.usage)))
 }
@@ -292,16 +289,7 @@ impl ChunkWriter for ResponsesWriter {
     }
 
     fn delta(&mut self, text: String, _tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
-        let parsed = match &mut self.parser {
-            Some(parser) => {
-                let mut parsed = parser.push(&text);
-                if finish.is_some() {
-                    parsed.extend(parser.finish());
-                }
-                parsed
-            }
-            None => ParsedDelta { content: text, ..Default::default() },
-        };
+        let parsed = super::parse_piece(&mut self.parser, text, finish.is_some());
         if !parsed.reasoning.is_empty() {
             self.reasoning(&parsed.reasoning, out);
         }

@@ -39,7 +39,8 @@ pub struct OpenAiArgs {
     /// (or `/quit`) stops the server.
     #[arg(short = 'i', long, env = "DYN_INTERACTIVE")]
     pub interactive: bool,
-    /// Megabytes of one request body on the OpenAI and Anthropic routes, at most (413 beyond).
+    /// Megabytes of one request body on the OpenAI and Anthropic routes, at most (413 beyond);
+    /// --http-max-body-bytes caps it.
     #[arg(long, env = "DYN_HTTP_BODY_LIMIT_MB", default_value_t = DEFAULT_BODY_LIMIT_BYTES >> 20)]
     pub http_body_limit_mb: usize,
 }
