@@ -25,7 +25,7 @@ use tritium_worker::llm::{ModelCard, ModelKind, Vocabulary};
 
 use crate::detokenize::Detokenizer;
 use crate::error::BridgeError;
-use crate::parsers::OutputFormats;
+use crate::parsers::{OutputFormats, ToolCallFormat};
 use crate::sampling::CompletionLimits;
 
 const TEMPLATE: &str = "chat";
@@ -36,6 +36,8 @@ pub struct Preprocessor {
     /// Holds the chat template under [`TEMPLATE`] when the model has one.
     env: Environment<'static>,
     has_template: bool,
+    /// Whether the chat template reads `tool_calls`; if not, calls are written into the text.
+    template_reads_tool_calls: bool,
     bos_id: Option<u32>,
     /// How token ids map back to bytes.
     vocabulary: Vocabulary,
@@ -69,6 +71,7 @@ impl Preprocessor {
             .parse()
             .map_err(|e| BridgeError::Tokenizer(format!("cannot load the tokenizer of {}: {e}", card.source)))?;
         let mut env = template::environment();
+        let template_reads_tool_calls = card.chat_template.as_deref().is_some_and(|source| source.contains("tool_calls"));
         let has_template = match &card.chat_template {
             Some(source) => {
                 env.add_template_owned(TEMPLATE, source.clone()).map_err(|e| BridgeError::Template(template::describe(&e)))?;
@@ -93,6 +96,7 @@ impl Preprocessor {
             tokenizer: Arc::new(tokenizer),
             env,
             has_template,
+            template_reads_tool_calls,
             bos_id,
             vocabulary,
             detokenizer_context,
@@ -146,7 +150,10 @@ impl Preprocessor {
             });
         }
         let mut context = extra.cloned().unwrap_or_default();
-        context.insert("messages".into(), Json::Array(template::normalize_messages(messages)?));
+        // A template that never reads `tool_calls` sees earlier calls as text, in the format the
+        // server parses (hermes when none is set: the commonest).
+        let calls_as_text = (!self.template_reads_tool_calls).then(|| self.formats.tool_calls.unwrap_or(ToolCallFormat::Hermes));
+        context.insert("messages".into(), Json::Array(template::normalize_messages(messages, calls_as_text)?));
         context.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
         for (key, token) in [("bos_token", &self.card.bos_token), ("eos_token", &self.card.eos_token)] {
             context.insert(key.into(), token.clone().map_or(Json::String(String::new()), Json::String));
@@ -271,6 +278,30 @@ pub(crate) mod tests {
 
         let ids = pre.encode("<|im_start|>user\nHi<|im_end|>", false).unwrap();
         assert_eq!((ids[0], ids[ids.len() - 1]), (1, 2));
+    }
+
+    #[test]
+    fn a_template_without_tool_calls_sees_an_earlier_call_as_text() {
+        let call = json!({"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}});
+        let messages = [
+            json!({"role": "user", "content": "Weather in Paris?"}),
+            json!({"role": "assistant", "content": null, "tool_calls": [call]}),
+            json!({"role": "tool", "tool_call_id": "call_1", "content": "Sunny"}),
+        ];
+        let pre = smollm2();
+        let prompt = pre.render_chat(&messages, true, None).expect("a null content with calls renders");
+        let turn = "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call><|im_end|>";
+        assert!(prompt.contains(turn), "{prompt}");
+        assert!(prompt.contains("<|im_start|>tool\nSunny<|im_end|>"), "{prompt}");
+
+        // In the configured format; text the assistant wrote stays in front of its calls.
+        let mistral = OutputFormats { tool_calls: Some(ToolCallFormat::Mistral), reasoning: None };
+        let pre = Preprocessor::new(Arc::clone(smollm2().card())).expect("preprocessor").with_output_formats(mistral);
+        let mut messages = messages;
+        messages[1]["content"] = json!("Let me look.");
+        let prompt = pre.render_chat(&messages, true, None).expect("renders");
+        let turn = "<|im_start|>assistant\nLet me look.\n[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}]<|im_end|>";
+        assert!(prompt.contains(turn), "{prompt}");
     }
 
     #[test]

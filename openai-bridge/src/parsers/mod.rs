@@ -31,6 +31,7 @@ mod balance;
 mod pythonic;
 mod reasoning;
 mod tool_calls;
+mod write;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

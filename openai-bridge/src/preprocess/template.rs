@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::error::BridgeError;
+use crate::parsers::ToolCallFormat;
 
 pub(super) fn environment() -> Environment<'static> {
     let mut env = Environment::new();
@@ -109,8 +110,10 @@ fn escape_non_ascii(json: &str) -> String {
 }
 
 /// Messages as templates expect them: `content` a string (text parts joined by newlines) or
-/// null; every other field passed through.
-pub(super) fn normalize_messages(messages: &[Json]) -> Result<Vec<Json>, BridgeError> {
+/// null; every other field passed through. With `calls_as_text` (a template that never reads
+/// `tool_calls`), an assistant turn's calls are appended to its text in that format and a null
+/// `content` becomes a string, so the template neither fails on it nor hides the calls.
+pub(super) fn normalize_messages(messages: &[Json], calls_as_text: Option<ToolCallFormat>) -> Result<Vec<Json>, BridgeError> {
     messages
         .iter()
         .enumerate()
@@ -127,9 +130,35 @@ pub(super) fn normalize_messages(messages: &[Json]) -> Result<Vec<Json>, BridgeE
             if let Some(Json::Array(calls)) = fields.get_mut("tool_calls") {
                 calls.iter_mut().for_each(arguments_as_object);
             }
+            if let Some(format) = calls_as_text {
+                write_calls_into_content(&mut fields, format);
+            }
             Ok(Json::Object(fields))
         })
         .collect()
+}
+
+fn write_calls_into_content(fields: &mut serde_json::Map<String, Json>, format: ToolCallFormat) {
+    let mut text = match fields.get("content") {
+        Some(Json::String(text)) => text.clone(),
+        _ => String::new(),
+    };
+    if let Some(Json::Array(calls)) = fields.get("tool_calls") {
+        let calls: Vec<(&str, &Json)> = calls
+            .iter()
+            .filter_map(|call| {
+                let function = call.get("function")?;
+                Some((function.get("name")?.as_str()?, function.get("arguments").unwrap_or(&Json::Null)))
+            })
+            .collect();
+        if !calls.is_empty() {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&format.write_calls(&calls));
+        }
+    }
+    fields.insert("content".into(), Json::String(text));
 }
 
 /// OpenAI sends a call's arguments as JSON text; templates (Qwen's, Llama's, Hermes') expect the
