@@ -4,7 +4,7 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tritium_server::Tritium;
 use tritium_server::config::{Cli, Command, ServeArgs, WorkerArgs};
 use tritium_server::logging::LogControl;
@@ -14,7 +14,18 @@ use tritium_server::worker_process::{WorkerProcess, default_worker_id};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = Cli::command();
+    let matches = command.clone().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some(path) = &cli.dump_config_to {
+        if let Err(e) = tritium_server::config::dump::dump(&command, &matches, path) {
+            eprintln!("tritium: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let logging = match &cli.command {
         Command::Serve(args) => &args.logging,
         Command::Worker(args) => &args.logging,

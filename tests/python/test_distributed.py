@@ -5,8 +5,10 @@ prefixes that round-robin misses."""
 
 from __future__ import annotations
 
+import json
 import random
 import string
+import subprocess
 import threading
 import time
 import urllib.request
@@ -19,7 +21,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from cluster import metric, start_etcd, start_nats, wait_until
-from helpers import TritiumServer, start_server, start_worker
+from helpers import TritiumServer, start_server, start_worker, tritium_bin
 
 LEASE_TTL = 2
 
@@ -141,6 +143,53 @@ def test_file_discovery_needs_no_service(tmp_path):
         for process in (worker, frontend):
             process.stop()
             process.stderr_path.unlink(missing_ok=True)
+
+
+def test_a_namespace_prefix_serves_the_workers_of_every_namespace_starting_with_it(services, tmp_path):
+    """Dynamo's `--namespace-prefix`: a frontend sees the worker sets of a rolling update (`{base}-blue`,
+    `{base}-green`) together, in etcd and on NATS, and not a namespace that only shares the letters."""
+    etcd, nats = services
+    base = f"roll-{uuid.uuid4().hex[:8]}"
+    common = ["--discovery", "etcd", "--etcd-endpoints", etcd.address, "--events", "nats", "--nats-url", nats.address,
+              "--lease-ttl-secs", str(LEASE_TTL)]  # fmt: skip
+    started = [
+        start_worker(*common, "--namespace", f"{base}-blue", "--worker-id", f"{base}-b"),
+        start_worker(*common, "--namespace", f"{base}-green", "--worker-id", f"{base}-g", "--engine", "mock", "--model-name", "mock-llm"),
+        start_worker(*common, "--namespace", f"{base}x", "--worker-id", f"{base}-x"),
+    ]
+    dump = tmp_path / "frontend.json"
+    try:
+        frontend = start_server(*common, "--namespace", base, "--namespace-prefix", f"{base}-", "--router-mode", "kv", "--dump-config-to", str(dump))
+        started.append(frontend)
+        client = grpcclient.InferenceServerClient(frontend.url)
+        wait_until(lambda: client.is_model_ready("identity"), 10, "identity from the blue worker")
+        identity_ok(client, 3)
+        llm = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="unused")
+        wait_until(lambda: "mock-llm" in [m.id for m in llm.models.list().data], 10, "mock-llm from the green worker")
+        assert llm.completions.create(model="mock-llm", prompt="Hello", max_tokens=3).usage.completion_tokens == 3
+        # `{base}x` also serves identity, but it does not start with `{base}-`.
+        assert workers_serving(frontend, "identity") == 1
+        # KV events travel on NATS in the green namespace; the kv router hears them through the prefix
+        # and finds the repeated prompt's blocks cached on the green worker.
+        prompt = "a prompt long enough to fill several KV blocks " * 8
+
+        def repeat_is_cached() -> bool:
+            llm.completions.create(model="mock-llm", prompt=prompt, max_tokens=1)
+            return metric(metrics(frontend), "tritium_router_prompt_blocks_cached_total") > 0
+
+        wait_until(repeat_is_cached, 10, "a cached prefix seen through KV events", every=0.2)
+        options = json.loads(dump.read_text())["options"]
+        assert options["namespace-prefix"] == {"value": f"{base}-", "source": "command_line", "env": "TRITIUM_NAMESPACE_PREFIX"}
+    finally:
+        for process in reversed(started):
+            process.stop()
+            process.stderr_path.unlink(missing_ok=True)
+
+
+def test_a_worker_refuses_a_namespace_prefix():
+    out = subprocess.run([str(tritium_bin()), "worker", "--namespace-prefix", "x"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "--namespace-prefix scopes what a frontend watches" in out.stderr, out.stderr
 
 
 def test_a_worker_killed_under_load_costs_no_request(cluster):

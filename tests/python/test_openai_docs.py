@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from openapi_spec_validator import validate
 
-from helpers import finish_server, start_server
+from helpers import finish_server, start_server, tritium_bin
 
 CURL = shutil.which("curl")
 MOVED_VARIABLE = "DYN_HTTP_SVC_RESPONSES_PATH"
@@ -100,3 +100,27 @@ def test_swagger_ui_is_served_from_the_binary(anthropic_server):
     assert status == 200 and "/openapi.json" in config, config[:500]
     status, content_type, css = curl(anthropic_server.http_url + "/docs/swagger-ui.css")
     assert status == 200 and content_type.startswith("text/css") and len(css) > 10_000, (status, content_type, len(css))
+
+
+def test_dump_config_to_writes_each_option_with_its_source_and_redacts_secrets(tmp_path, monkeypatch):
+    """Dynamo's `--dump-config-to`: the resolved options as JSON, where each came from, secrets hidden."""
+    dump = tmp_path / "config.json"
+    monkeypatch.setenv("DYN_HTTP_BODY_LIMIT_MB", "7")
+    server = start_server("--dump-config-to", str(dump), "--worker-token", "do-not-print-me", "--metrics-prefix", "edge")
+    try:
+        text = dump.read_text()
+        document = json.loads(text)
+        options = document["options"]
+        assert document["tritium"]["command"] == "serve"
+        assert options["http-body-limit-mb"] == {"value": "7", "source": "environment", "env": "DYN_HTTP_BODY_LIMIT_MB"}
+        assert options["metrics-prefix"]["value"] == "edge" and options["metrics-prefix"]["source"] == "command_line"
+        assert options["grpc-port"]["source"] == "default"
+        assert options["worker-token"]["value"] == "<redacted>"
+        assert "do-not-print-me" not in text
+    finally:
+        finish_server(server)
+    unwritable = subprocess.run(
+        [str(tritium_bin()), "serve", "--dump-config-to", str(tmp_path / "missing" / "config.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unwritable.returncode != 0 and "--dump-config-to: cannot write" in unwritable.stderr, unwritable.stderr

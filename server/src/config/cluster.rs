@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use tritium_worker::DeclaredModel;
 use tritium_worker::llm::mock::{MockOptions, mock_declared_model};
 
-use crate::discovery::DiscoveryConfig;
+use crate::discovery::{DiscoveryConfig, NamespaceScope};
 use crate::events::EventsConfig;
 use crate::routing::kv_index::KvScoring;
 use crate::routing::{RouterMode, RouterOptions};
@@ -41,6 +41,11 @@ pub struct ClusterArgs {
     /// Keeps deployments sharing an etcd, a folder or a NATS server apart.
     #[arg(long, env = "TRITIUM_NAMESPACE", default_value = "tritium")]
     pub namespace: String,
+    /// A frontend's discovery scope: the workers and events of every namespace whose name starts
+    /// with this (e.g. `prod-` for `prod-blue` and `prod-green` during a rolling update; empty for
+    /// all namespaces) instead of --namespace alone. Workers always register in --namespace.
+    #[arg(long, env = "TRITIUM_NAMESPACE_PREFIX")]
+    pub namespace_prefix: Option<String>,
     /// etcd client URLs, for --discovery etcd.
     #[arg(long, env = "TRITIUM_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
@@ -64,6 +69,8 @@ pub struct ClusterArgs {
 pub struct ClusterConfig {
     pub discovery: DiscoveryConfig,
     pub namespace: String,
+    /// Watch every namespace starting with this instead of `namespace` alone (frontends only).
+    pub namespace_prefix: Option<String>,
     pub lease_ttl: Duration,
     pub events: EventsConfig,
 }
@@ -73,6 +80,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             discovery: DiscoveryConfig::Memory,
             namespace: "tritium".into(),
+            namespace_prefix: None,
             lease_ttl: Duration::from_secs(10),
             events: EventsConfig::None,
         }
@@ -83,6 +91,11 @@ impl ClusterConfig {
     /// Whether workers may live in other processes.
     pub fn is_distributed(&self) -> bool {
         !matches!(self.discovery, DiscoveryConfig::Memory)
+    }
+
+    /// The namespace this process registers and publishes in, and those it watches.
+    pub fn scope(&self) -> NamespaceScope {
+        NamespaceScope { own: self.namespace.clone(), watch_prefix: self.namespace_prefix.clone() }
     }
 }
 
@@ -107,6 +120,7 @@ impl ClusterArgs {
         Ok(ClusterConfig {
             discovery,
             namespace: self.namespace.clone(),
+            namespace_prefix: self.namespace_prefix.clone(),
             lease_ttl: Duration::from_secs(self.lease_ttl_secs),
             events,
         })

@@ -4,6 +4,7 @@
 
 pub mod backend_config;
 pub mod cluster;
+pub mod dump;
 pub mod limits;
 pub mod metrics;
 pub mod openai;
@@ -33,6 +34,10 @@ pub use tls::{TlsArgs, TlsConfig};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Write every option's resolved value and its source (command line, environment, default)
+    /// as JSON to this file at start; secrets are redacted.
+    #[arg(long, global = true, env = "DYN_DUMP_CONFIG_TO")]
+    pub dump_config_to: Option<PathBuf>,
 }
 
 // Parsed once at start: the size of the serve variant costs nothing.
@@ -83,6 +88,9 @@ pub struct WorkerConfig {
 
 impl WorkerArgs {
     pub fn worker_config(&self) -> Result<WorkerConfig, String> {
+        if self.cluster.namespace_prefix.is_some() {
+            return Err("--namespace-prefix scopes what a frontend watches; a worker registers in --namespace alone".into());
+        }
         Ok(WorkerConfig {
             repository: repository_options(&self.repository, &self.models, &self.engine, true)?,
             llm: engine_options(&self.models),

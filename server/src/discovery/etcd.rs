@@ -1,6 +1,7 @@
 //! Discovery in etcd. Each worker is one key, `/{namespace}/workers/{id}`, holding its JSON
 //! record and attached to a lease the registering process keeps alive. A process that dies stops
-//! renewing, etcd deletes the key when the lease runs out, and watchers see the delete.
+//! renewing, etcd deletes the key when the lease runs out, and watchers see the delete. A watch
+//! on a namespace prefix covers `/{prefix}` and keeps the keys whose namespace starts with it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,7 +15,7 @@ use tokio::sync::{Mutex, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Discovery, DiscoveryError, DiscoveryEvent, WorkerInstance, check_segment, check_ttl};
+use super::{Discovery, DiscoveryError, DiscoveryEvent, NamespaceScope, WorkerInstance, check_segment, check_ttl};
 
 /// Events a watcher may fall behind by before it must list again.
 const WATCH_BUFFER: usize = 256;
@@ -39,8 +40,11 @@ pub struct EtcdDiscovery {
 struct Shared {
     client: Client,
     endpoints: String,
-    /// `/{namespace}/workers/`
+    /// `/{namespace}/workers/`, where this process's records go.
     prefix: String,
+    /// The keys listed and watched: `prefix`, or `/{namespace prefix}`.
+    watched: String,
+    scope: NamespaceScope,
     ttl: Duration,
     events: broadcast::Sender<DiscoveryEvent>,
     registrations: Mutex<HashMap<String, Registration>>,
@@ -74,9 +78,13 @@ impl From<Failure> for DiscoveryError {
 }
 
 impl EtcdDiscovery {
-    /// Connects to etcd and starts watching `/{namespace}/workers/`; fails if etcd does not answer.
-    pub async fn connect(endpoints: &[String], namespace: &str, lease_ttl: Duration) -> Result<EtcdDiscovery, DiscoveryError> {
-        check_segment("namespace", namespace)?;
+    /// Connects to etcd and starts watching the scope's workers; fails if etcd does not answer.
+    pub async fn connect(
+        endpoints: &[String],
+        scope: &NamespaceScope,
+        lease_ttl: Duration,
+    ) -> Result<EtcdDiscovery, DiscoveryError> {
+        scope.check()?;
         check_ttl(lease_ttl)?;
         let joined = endpoints.join(",");
         if endpoints.is_empty() {
@@ -94,7 +102,12 @@ impl EtcdDiscovery {
         let shared = Arc::new(Shared {
             client,
             endpoints: joined,
-            prefix: format!("/{namespace}/workers/"),
+            prefix: format!("/{}/workers/", scope.own),
+            watched: match &scope.watch_prefix {
+                Some(prefix) => format!("/{prefix}"),
+                None => format!("/{}/workers/", scope.own),
+            },
+            scope: scope.clone(),
             ttl: lease_ttl,
             events: broadcast::channel(WATCH_BUFFER).0,
             registrations: Mutex::new(HashMap::new()),
@@ -120,6 +133,7 @@ impl fmt::Debug for EtcdDiscovery {
         f.debug_struct("EtcdDiscovery")
             .field("endpoints", &self.shared.endpoints)
             .field("prefix", &self.shared.prefix)
+            .field("watched", &self.shared.watched)
             .field("ttl", &self.shared.ttl)
             .finish_non_exhaustive()
     }
@@ -170,7 +184,7 @@ impl Discovery for EtcdDiscovery {
 
     async fn instances(&self) -> Result<Vec<WorkerInstance>, DiscoveryError> {
         let mut client = self.shared.client.clone();
-        let listing = client.get(self.shared.prefix.as_str(), Some(GetOptions::new().with_prefix()));
+        let listing = client.get(self.shared.watched.as_str(), Some(GetOptions::new().with_prefix()));
         let response = self.shared.call("list workers", listing).await?;
         Ok(response.kvs().iter().filter_map(|kv| self.shared.parse(kv.key(), kv.value())).collect())
     }
@@ -205,11 +219,20 @@ impl Shared {
         format!("{}{id}", self.prefix)
     }
 
-    /// The record under `key`, if it is well formed and matches its key.
+    /// The worker id of a watched key `/{namespace}/workers/{id}`; `None` for other keys (another
+    /// namespace past the prefix, or not a worker record).
+    fn worker_id<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let (namespace, rest) = key.strip_prefix('/')?.split_once('/')?;
+        let id = rest.strip_prefix("workers/")?;
+        (self.scope.watches(namespace) && check_segment("worker id", id).is_ok()).then_some(id)
+    }
+
+    /// The record under `key`, if it is a watched worker key, well formed and matching its key.
     fn parse(&self, key: &[u8], value: &[u8]) -> Option<WorkerInstance> {
         let key = String::from_utf8_lossy(key);
+        let id = self.worker_id(&key)?;
         match serde_json::from_slice::<WorkerInstance>(value) {
-            Ok(instance) if self.key(&instance.id) == key => Some(instance),
+            Ok(instance) if instance.id == id => Some(instance),
             Ok(instance) => {
                 tracing::warn!(%key, id = %instance.id, "skipping a worker record whose id does not match its key");
                 None
@@ -266,7 +289,7 @@ impl Shared {
     async fn open_watch(&self) -> Result<WatchStream, DiscoveryError> {
         let mut client = self.client.clone();
         let options = WatchOptions::new().with_prefix();
-        let mut stream = self.call("watch workers", client.watch(self.prefix.as_str(), Some(options))).await?;
+        let mut stream = self.call("watch workers", client.watch(self.watched.as_str(), Some(options))).await?;
         match self.call("watch workers", stream.message()).await? {
             Some(response) if response.created() && !response.canceled() => Ok(stream),
             Some(response) => Err(DiscoveryError::Unavailable(format!(
@@ -298,7 +321,7 @@ impl Shared {
                     },
                     EventType::Delete => {
                         let key = String::from_utf8_lossy(kv.key());
-                        let Some(id) = key.strip_prefix(self.prefix.as_str()) else { continue };
+                        let Some(id) = self.worker_id(&key) else { continue };
                         DiscoveryEvent::Down { id: id.to_string() }
                     }
                 };

@@ -1,7 +1,8 @@
 //! Discovery through a shared folder, for several processes on one machine and no service to run.
 //! Each worker is a file `{dir}/{namespace}/{id}.json` that its process rewrites every TTL/3; a
 //! file not rewritten for a whole TTL belongs to a process that died and is ignored. Watchers
-//! poll the folder and diff what they see.
+//! poll the folder (with a namespace prefix, every namespace folder starting with it) and diff
+//! what they see.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::ErrorKind;
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use super::{Discovery, DiscoveryError, DiscoveryEvent, WorkerInstance, check_segment, check_ttl};
+use super::{Discovery, DiscoveryError, DiscoveryEvent, NamespaceScope, WorkerInstance, check_segment, check_ttl};
 
 /// Events a watcher may fall behind by before it must list again.
 const WATCH_BUFFER: usize = 256;
@@ -35,8 +36,11 @@ pub struct FileDiscovery {
 
 #[derive(Debug)]
 struct Shared {
-    /// `{dir}/{namespace}`
+    /// Holds one folder per namespace.
+    dir: PathBuf,
+    /// `{dir}/{namespace}`, where this process's records go.
     folder: PathBuf,
+    scope: NamespaceScope,
     ttl: Duration,
     events: broadcast::Sender<DiscoveryEvent>,
     /// This process's workers, by id. Held while writing or removing their files, so a refresher
@@ -58,11 +62,13 @@ struct Listing {
 
 impl FileDiscovery {
     /// Records go in `{dir}/{namespace}/`, created on first registration.
-    pub fn new(dir: PathBuf, namespace: &str, lease_ttl: Duration) -> Result<FileDiscovery, DiscoveryError> {
-        check_segment("namespace", namespace)?;
+    pub fn new(dir: PathBuf, scope: &NamespaceScope, lease_ttl: Duration) -> Result<FileDiscovery, DiscoveryError> {
+        scope.check()?;
         check_ttl(lease_ttl)?;
         let shared = Shared {
-            folder: dir.join(namespace),
+            folder: dir.join(&scope.own),
+            dir,
+            scope: scope.clone(),
             ttl: lease_ttl,
             events: broadcast::channel(WATCH_BUFFER).0,
             registrations: Mutex::new(HashMap::new()),
@@ -158,17 +164,38 @@ impl Shared {
         Ok(())
     }
 
-    /// Every record rewritten within the TTL.
+    /// Every record of the watched namespaces rewritten within the TTL.
     async fn list(&self) -> Result<Listing, DiscoveryError> {
         let mut listing = Listing { live: BTreeMap::new(), unreadable: Vec::new() };
-        let mut entries = match tokio::fs::read_dir(&self.folder).await {
+        if self.scope.watch_prefix.is_none() {
+            self.list_folder(&self.folder, &mut listing).await?;
+            return Ok(listing);
+        }
+        let mut namespaces = match tokio::fs::read_dir(&self.dir).await {
             Ok(entries) => entries,
-            // Nobody has registered yet.
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(listing),
-            Err(e) => return Err(unavailable(&self.folder, "list", e)),
+            Err(e) => return Err(unavailable(&self.dir, "list", e)),
+        };
+        while let Some(entry) = namespaces.next_entry().await.map_err(|e| unavailable(&self.dir, "list", e))? {
+            let name = entry.file_name();
+            let Some(namespace) = name.to_str() else { continue };
+            if check_segment("namespace", namespace).is_ok() && self.scope.watches(namespace) {
+                self.list_folder(&entry.path(), &mut listing).await?;
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Adds the records in one namespace's folder to `listing`.
+    async fn list_folder(&self, folder: &Path, listing: &mut Listing) -> Result<(), DiscoveryError> {
+        let mut entries = match tokio::fs::read_dir(folder).await {
+            Ok(entries) => entries,
+            // Nobody has registered yet, or the namespace's last worker just left.
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => return Ok(()),
+            Err(e) => return Err(unavailable(folder, "list", e)),
         };
         let now = SystemTime::now();
-        while let Some(entry) = entries.next_entry().await.map_err(|e| unavailable(&self.folder, "list", e))? {
+        while let Some(entry) = entries.next_entry().await.map_err(|e| unavailable(folder, "list", e))? {
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(|name| name.strip_suffix(RECORD_SUFFIX)) else { continue };
             if check_segment("worker id", id).is_err() {
@@ -204,7 +231,7 @@ impl Shared {
                 Err(e) => listing.unreadable.push((path, e.to_string())),
             }
         }
-        Ok(listing)
+        Ok(())
     }
 }
 

@@ -80,6 +80,41 @@ pub trait Discovery: Send + Sync + std::fmt::Debug + 'static {
     fn watch(&self) -> broadcast::Receiver<DiscoveryEvent>;
 }
 
+/// The namespaces a process watches. A process registers in its own namespace and, by default,
+/// watches only that one; a frontend given a prefix (`--namespace-prefix`) watches every namespace
+/// whose name starts with it, such as the old and new worker sets of a rolling update
+/// (`prod-a1f3`, `prod-b72c`). An empty prefix watches every namespace. Worker ids must then be
+/// unique across the watched namespaces (the default ids are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceScope {
+    pub own: String,
+    pub watch_prefix: Option<String>,
+}
+
+impl NamespaceScope {
+    /// Only `namespace`, registered in and watched.
+    pub fn own(namespace: impl Into<String>) -> NamespaceScope {
+        NamespaceScope { own: namespace.into(), watch_prefix: None }
+    }
+
+    /// Whether workers of `namespace` are seen.
+    pub fn watches(&self, namespace: &str) -> bool {
+        match &self.watch_prefix {
+            Some(prefix) => namespace.starts_with(prefix.as_str()),
+            None => namespace == self.own,
+        }
+    }
+
+    /// Both names as [`check_segment`] wants them (an empty prefix is allowed: every namespace).
+    pub(crate) fn check(&self) -> Result<(), DiscoveryError> {
+        check_segment("namespace", &self.own)?;
+        match self.watch_prefix.as_deref() {
+            Some(prefix) if !prefix.is_empty() => check_segment("namespace prefix", prefix),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Which discovery backend to use.
 #[derive(Debug, Clone)]
 pub enum DiscoveryConfig {
@@ -92,16 +127,16 @@ pub enum DiscoveryConfig {
 }
 
 /// Builds the backend `config` names. Workers' records live `lease_ttl` after their last renewal
-/// (the in-memory backend has no leases and ignores it, and the namespace).
+/// (the in-memory backend has no leases and ignores it, and the namespaces).
 pub async fn connect(
     config: &DiscoveryConfig,
-    namespace: &str,
+    scope: &NamespaceScope,
     lease_ttl: Duration,
 ) -> Result<Arc<dyn Discovery>, DiscoveryError> {
     Ok(match config {
         DiscoveryConfig::Memory => Arc::new(MemoryDiscovery::new()),
-        DiscoveryConfig::File { dir } => Arc::new(FileDiscovery::new(dir.clone(), namespace, lease_ttl)?),
-        DiscoveryConfig::Etcd { endpoints } => Arc::new(EtcdDiscovery::connect(endpoints, namespace, lease_ttl).await?),
+        DiscoveryConfig::File { dir } => Arc::new(FileDiscovery::new(dir.clone(), scope, lease_ttl)?),
+        DiscoveryConfig::Etcd { endpoints } => Arc::new(EtcdDiscovery::connect(endpoints, scope, lease_ttl).await?),
     })
 }
 

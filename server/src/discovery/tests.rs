@@ -33,7 +33,35 @@ async fn next_event(watch: &mut broadcast::Receiver<DiscoveryEvent>) -> Discover
 }
 
 async fn etcd(server: &TestEtcd, namespace: &str, ttl: Duration) -> EtcdDiscovery {
-    EtcdDiscovery::connect(&[server.endpoint().to_string()], namespace, ttl).await.expect("connect to etcd")
+    etcd_scoped(server, &NamespaceScope::own(namespace), ttl).await
+}
+
+async fn etcd_scoped(server: &TestEtcd, scope: &NamespaceScope, ttl: Duration) -> EtcdDiscovery {
+    EtcdDiscovery::connect(&[server.endpoint().to_string()], scope, ttl).await.expect("connect to etcd")
+}
+
+/// A frontend's scope: registers in `prod`, watches every namespace starting with `prod-`.
+fn prod_prefix() -> NamespaceScope {
+    NamespaceScope { own: "prod".into(), watch_prefix: Some("prod-".into()) }
+}
+
+/// The frontend (scope [`prod_prefix`]) sees the workers of `prod-blue` and `prod-green`, not
+/// those of `production`; workers keep seeing only their own namespace.
+async fn prefix_scope(frontend: &dyn Discovery, blue: &dyn Discovery, green: &dyn Discovery, production: &dyn Discovery) {
+    let mut watch = frontend.watch();
+    production.register(worker("p", &["identity"])).await.expect("register");
+    blue.register(worker("b", &["identity"])).await.expect("register");
+    assert_eq!(next_event(&mut watch).await, DiscoveryEvent::Up(worker("b", &["identity"])));
+    green.register(worker("g", &["add_sub"])).await.expect("register");
+    assert_eq!(next_event(&mut watch).await, DiscoveryEvent::Up(worker("g", &["add_sub"])));
+    let mut listed = frontend.instances().await.expect("list");
+    listed.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(listed, vec![worker("b", &["identity"]), worker("g", &["add_sub"])]);
+    assert_eq!(blue.instances().await.expect("list"), vec![worker("b", &["identity"])]);
+
+    blue.deregister("b").await.expect("deregister");
+    assert_eq!(next_event(&mut watch).await, down("b"));
+    assert_eq!(frontend.instances().await.expect("list"), vec![worker("g", &["add_sub"])]);
 }
 
 /// register, re-register with other models, deregister: each listed and watched.
@@ -128,6 +156,15 @@ async fn etcd_namespaces_share_within_and_not_across() {
 }
 
 #[tokio::test]
+async fn etcd_namespace_prefix_watches_every_namespace_starting_with_it() {
+    let server = TestEtcd::start().await;
+    let ttl = Duration::from_secs(5);
+    let frontend = etcd_scoped(&server, &prod_prefix(), ttl).await;
+    let (blue, green) = (etcd(&server, "prod-blue", ttl).await, etcd(&server, "prod-green", ttl).await);
+    prefix_scope(&frontend, &blue, &green, &etcd(&server, "production", ttl).await).await;
+}
+
+#[tokio::test]
 async fn etcd_refuses_unsafe_ids() {
     let server = TestEtcd::start().await;
     refuses_unsafe_ids(&etcd(&server, "ids", Duration::from_secs(5)).await).await;
@@ -174,14 +211,18 @@ async fn etcd_that_does_not_answer_is_unavailable() {
     // A port nobody listens on: bound by us, then released.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    match EtcdDiscovery::connect(std::slice::from_ref(&endpoint), "nothing", Duration::from_secs(2)).await {
+    match EtcdDiscovery::connect(std::slice::from_ref(&endpoint), &NamespaceScope::own("nothing"), Duration::from_secs(2)).await {
         Err(DiscoveryError::Unavailable(message)) => assert!(message.contains(&endpoint), "{message}"),
         other => panic!("connecting to nothing gave {other:?}"),
     }
 }
 
 fn file(dir: &tempfile::TempDir, namespace: &str, ttl: Duration) -> FileDiscovery {
-    FileDiscovery::new(dir.path().to_path_buf(), namespace, ttl).expect("file discovery")
+    file_scoped(dir, &NamespaceScope::own(namespace), ttl)
+}
+
+fn file_scoped(dir: &tempfile::TempDir, scope: &NamespaceScope, ttl: Duration) -> FileDiscovery {
+    FileDiscovery::new(dir.path().to_path_buf(), scope, ttl).expect("file discovery")
 }
 
 #[tokio::test]
@@ -205,12 +246,26 @@ async fn file_namespaces_share_within_and_not_across() {
 }
 
 #[tokio::test]
+async fn file_namespace_prefix_watches_every_namespace_starting_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ttl = Duration::from_secs(5);
+    let frontend = file_scoped(&dir, &prod_prefix(), ttl);
+    let (blue, green) = (file(&dir, "prod-blue", ttl), file(&dir, "prod-green", ttl));
+    prefix_scope(&frontend, &blue, &green, &file(&dir, "production", ttl)).await;
+}
+
+#[tokio::test]
 async fn file_refuses_unsafe_ids() {
     let dir = tempfile::tempdir().expect("tempdir");
     refuses_unsafe_ids(&file(&dir, "ids", Duration::from_secs(5))).await;
     assert!(matches!(
-        FileDiscovery::new(dir.path().to_path_buf(), "../up", Duration::from_secs(5)),
+        FileDiscovery::new(dir.path().to_path_buf(), &NamespaceScope::own("../up"), Duration::from_secs(5)),
         Err(DiscoveryError::Invalid { what: "namespace", .. })
+    ));
+    let escaping = NamespaceScope { own: "ok".into(), watch_prefix: Some("../".into()) };
+    assert!(matches!(
+        FileDiscovery::new(dir.path().to_path_buf(), &escaping, Duration::from_secs(5)),
+        Err(DiscoveryError::Invalid { what: "namespace prefix", .. })
     ));
 }
 
@@ -229,13 +284,14 @@ async fn file_skips_records_that_do_not_parse() {
 async fn connect_builds_each_backend() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ttl = Duration::from_secs(5);
-    let memory = connect(&DiscoveryConfig::Memory, "ns", ttl).await.expect("memory");
+    let ns = NamespaceScope::own("ns");
+    let memory = connect(&DiscoveryConfig::Memory, &ns, ttl).await.expect("memory");
     lifecycle(memory.as_ref()).await;
-    let files = connect(&DiscoveryConfig::File { dir: dir.path().to_path_buf() }, "ns", ttl).await.expect("file");
+    let files = connect(&DiscoveryConfig::File { dir: dir.path().to_path_buf() }, &ns, ttl).await.expect("file");
     files.register(worker("a", &[])).await.expect("register");
     assert!(dir.path().join("ns").join("a.json").is_file());
     let server = TestEtcd::start().await;
-    let etcd = connect(&DiscoveryConfig::Etcd { endpoints: vec![server.endpoint().to_string()] }, "ns", ttl).await.expect("etcd");
+    let etcd = connect(&DiscoveryConfig::Etcd { endpoints: vec![server.endpoint().to_string()] }, &ns, ttl).await.expect("etcd");
     etcd.register(worker("a", &[])).await.expect("register");
     assert_eq!(etcd.instances().await.expect("list"), vec![worker("a", &[])]);
 }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tritium_worker::kv::KvEvent;
 
+use crate::discovery::NamespaceScope;
+
 pub use nats::NatsEventBus;
 
 /// Events a subscriber may fall behind by before it sees `Lagged`.
@@ -86,11 +88,12 @@ pub enum EventsConfig {
     Nats { url: String },
 }
 
-/// The event bus `config` names, for the processes of `namespace`.
-pub async fn connect(config: &EventsConfig, namespace: &str) -> Result<Arc<dyn EventBus>, EventError> {
+/// The event bus `config` names, publishing in the scope's own namespace and hearing the
+/// namespaces it watches.
+pub async fn connect(config: &EventsConfig, scope: &NamespaceScope) -> Result<Arc<dyn EventBus>, EventError> {
     Ok(match config {
         EventsConfig::None => Arc::new(MemoryEventBus::default()),
-        EventsConfig::Nats { url } => Arc::new(NatsEventBus::connect(url, namespace).await?),
+        EventsConfig::Nats { url } => Arc::new(NatsEventBus::connect(url, scope).await?),
     })
 }
 
@@ -138,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_events_config_gives_a_memory_bus() {
-        let bus = connect(&EventsConfig::None, "any").await.expect("memory bus");
+        let bus = connect(&EventsConfig::None, &NamespaceScope::own("any")).await.expect("memory bus");
         let mut events = bus.subscribe();
         let event = WorkerEvent::ModelsChanged { worker: "w".into(), models: Vec::new() };
         bus.publish(event.clone()).await.expect("publish");

@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::{EventBus, EventError, WorkerEvent};
+use crate::discovery::NamespaceScope;
 
 /// Events a subscriber may fall behind by before it sees `Lagged`. Larger than the memory bus's:
 /// KV events from a whole fleet arrive here.
@@ -35,21 +36,28 @@ pub struct NatsEventBus {
 }
 
 impl NatsEventBus {
-    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`) and subscribes to the namespace's events
-    /// before returning, so nothing published after this returns is missed.
-    pub async fn connect(url: &str, namespace: &str) -> Result<NatsEventBus, EventError> {
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`) and subscribes to the events of the
+    /// scope's namespaces before returning, so nothing published after this returns is missed.
+    /// Events are published in the scope's own namespace.
+    pub async fn connect(url: &str, scope: &NamespaceScope) -> Result<NatsEventBus, EventError> {
         let connect_error = |e: &dyn std::fmt::Display| EventError::Connect { url: url.to_string(), reason: e.to_string() };
         let client = ConnectOptions::new()
-            .name(format!("tritium/{namespace}"))
+            .name(format!("tritium/{}", scope.own))
             .event_callback(|event| async move { log_connection_event(event) })
             .connect(url)
             .await
             .map_err(|e| connect_error(&e))?;
-        let prefix = format!("tritium.{}.events", token(namespace));
-        let subscriber = client.subscribe(format!("{prefix}.>")).await.map_err(|e| connect_error(&e))?;
+        let prefix = format!("tritium.{}.events", token(&scope.own));
+        // NATS wildcards match whole tokens, so a namespace prefix subscribes to every namespace
+        // and keeps those whose token starts with it.
+        let (subject, namespace_prefix) = match &scope.watch_prefix {
+            None => (format!("{prefix}.>"), None),
+            Some(watched) => ("tritium.*.events.>".to_string(), Some(sanitized(watched))),
+        };
+        let subscriber = client.subscribe(subject).await.map_err(|e| connect_error(&e))?;
         round_trip(&client).await.map_err(|e| connect_error(&e))?;
         let sender = broadcast::channel(NATS_BUS_BUFFER).0;
-        let forward = tokio::spawn(forward(subscriber, sender.clone()));
+        let forward = tokio::spawn(forward(subscriber, namespace_prefix, sender.clone()));
         tracing::info!(%url, %prefix, "event bus connected to NATS");
         Ok(NatsEventBus { client, prefix, sender, forward })
     }
@@ -120,9 +128,16 @@ async fn round_trip(client: &Client) -> Result<(), String> {
     }
 }
 
-/// Feeds the namespace's messages into the broadcast channel until the subscription ends.
-async fn forward(mut subscriber: Subscriber, sender: broadcast::Sender<WorkerEvent>) {
+/// Feeds the watched namespaces' messages into the broadcast channel until the subscription
+/// ends; with a `namespace_prefix`, the subject's namespace token must start with it.
+async fn forward(mut subscriber: Subscriber, namespace_prefix: Option<String>, sender: broadcast::Sender<WorkerEvent>) {
     while let Some(message) = subscriber.next().await {
+        if let Some(prefix) = &namespace_prefix {
+            let namespace = message.subject.split('.').nth(1).unwrap_or_default();
+            if !namespace.starts_with(prefix.as_str()) {
+                continue;
+            }
+        }
         match serde_json::from_slice::<WorkerEvent>(&message.payload) {
             // Nobody subscribed is normal.
             Ok(event) => drop(sender.send(event)),
@@ -148,6 +163,11 @@ fn token(name: &str) -> String {
     if name.is_empty() {
         return "_".to_string();
     }
+    sanitized(name)
+}
+
+/// `name` with the characters [`token`] replaces replaced (an empty name stays empty).
+fn sanitized(name: &str) -> String {
     name.chars().map(|c| if matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control() { '_' } else { c }).collect()
 }
 
@@ -273,9 +293,9 @@ mod tests {
     #[tokio::test]
     async fn buses_of_one_namespace_see_each_others_events_and_other_namespaces_do_not() {
         let server = NatsServer::start();
-        let a = NatsEventBus::connect(server.url(), "prod").await.expect("a");
-        let b = connect(&EventsConfig::Nats { url: server.url().to_string() }, "prod").await.expect("b");
-        let elsewhere = NatsEventBus::connect(server.url(), "staging").await.expect("elsewhere");
+        let a = NatsEventBus::connect(server.url(), &NamespaceScope::own("prod")).await.expect("a");
+        let b = connect(&EventsConfig::Nats { url: server.url().to_string() }, &NamespaceScope::own("prod")).await.expect("b");
+        let elsewhere = NatsEventBus::connect(server.url(), &NamespaceScope::own("staging")).await.expect("elsewhere");
         let (mut at_a, mut at_b, mut at_elsewhere) = (a.subscribe(), b.subscribe(), elsewhere.subscribe());
 
         for event in one_of_each("worker-a") {
@@ -301,14 +321,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_namespace_prefix_hears_every_namespace_starting_with_it_and_publishes_in_its_own() {
+        let server = NatsServer::start();
+        let frontend = NamespaceScope { own: "prod".into(), watch_prefix: Some("prod-".into()) };
+        let frontend = NatsEventBus::connect(server.url(), &frontend).await.expect("frontend");
+        let blue = NatsEventBus::connect(server.url(), &NamespaceScope::own("prod-blue")).await.expect("blue");
+        let green = NatsEventBus::connect(server.url(), &NamespaceScope::own("prod-green")).await.expect("green");
+        let other = NatsEventBus::connect(server.url(), &NamespaceScope::own("production")).await.expect("other");
+        let (mut at_frontend, mut at_blue) = (frontend.subscribe(), blue.subscribe());
+
+        let event = |worker: &str| WorkerEvent::ModelsChanged { worker: worker.into(), models: Vec::new() };
+        other.publish(event("production-worker")).await.expect("publish");
+        other.flush().await.expect("flush");
+        blue.publish(event("blue-worker")).await.expect("publish");
+        blue.flush().await.expect("flush");
+        green.publish(event("green-worker")).await.expect("publish");
+        assert_eq!(next(&mut at_frontend).await, event("blue-worker"), "'production' does not start with 'prod-'");
+        assert_eq!(next(&mut at_frontend).await, event("green-worker"));
+
+        // The frontend's own events go to its own namespace, which `prod-blue` does not hear.
+        assert_eq!(next(&mut at_blue).await, event("blue-worker"));
+        frontend.publish(event("frontend")).await.expect("publish");
+        frontend.flush().await.expect("flush");
+        blue.publish(event("marker")).await.expect("publish");
+        assert_eq!(next(&mut at_blue).await, event("marker"), "the frontend's event did not reach prod-blue");
+    }
+
+    #[tokio::test]
     async fn subject_characters_in_a_worker_id_are_replaced_in_the_subject_and_kept_in_the_payload() {
         let server = NatsServer::start();
         let raw = async_nats::connect(server.url()).await.expect("raw client");
         let mut on_subject = raw.subscribe("tritium.prod.events.kv.node_1_gpu_0_x_").await.expect("subscribe");
         round_trip(&raw).await.expect("subscribed");
         let (a, b) = (
-            NatsEventBus::connect(server.url(), "prod").await.expect("a"),
-            NatsEventBus::connect(server.url(), "prod").await.expect("b"),
+            NatsEventBus::connect(server.url(), &NamespaceScope::own("prod")).await.expect("a"),
+            NatsEventBus::connect(server.url(), &NamespaceScope::own("prod")).await.expect("b"),
         );
         let mut at_b = b.subscribe();
 
@@ -329,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn messages_that_do_not_decode_are_skipped() {
         let server = NatsServer::start();
-        let bus = NatsEventBus::connect(server.url(), "prod").await.expect("bus");
+        let bus = NatsEventBus::connect(server.url(), &NamespaceScope::own("prod")).await.expect("bus");
         let mut events = bus.subscribe();
         let raw = async_nats::connect(server.url()).await.expect("raw client");
         raw.publish("tritium.prod.events.kv.w", "not json".into()).await.expect("publish");
@@ -344,11 +391,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_published_before_a_flush_are_delivered() {
         let server = NatsServer::start();
-        let receiver = NatsEventBus::connect(server.url(), "prod").await.expect("receiver");
+        let receiver = NatsEventBus::connect(server.url(), &NamespaceScope::own("prod")).await.expect("receiver");
         let mut events = receiver.subscribe();
         let load = |active| WorkerEvent::Load(LoadReport { worker: "w".into(), active, ..Default::default() });
         {
-            let flushed = NatsEventBus::connect(server.url(), "prod").await.expect("flushed");
+            let flushed = NatsEventBus::connect(server.url(), &NamespaceScope::own("prod")).await.expect("flushed");
             for active in 0..500 {
                 flushed.publish(load(active)).await.expect("publish");
             }
