@@ -15,6 +15,7 @@ use axum::routing::get;
 use tritium_openai_bridge::metrics::CONTENT_TYPE;
 use tritium_openai_bridge::routes::{ApiSettings, LlmHub, openai_routes};
 use tritium_worker::ModelRepository;
+use tritium_worker::llm::ModelKind;
 
 use crate::llm::LlmFrontend;
 use crate::routing::{WORKER_HINT, WORKER_ID_HEADER};
@@ -88,6 +89,12 @@ async fn set_busy_threshold(State(state): State<HttpState>, body: axum::body::By
         Ok(setting) => setting,
         Err(error) => return bad(format!("expected {{\"model\": …, \"active_decode_blocks_threshold\": …}}: {error}")),
     };
+    // Only served language models have a threshold, so the table stays as small as the repository.
+    let served = state.llm.models().into_iter().any(|m| m.name == setting.model && m.kind == ModelKind::Generate);
+    if !served {
+        let error = serde_json::json!({"error": format!("the model '{}' is not a language model served here", setting.model)});
+        return (StatusCode::NOT_FOUND, axum::Json(error)).into_response();
+    }
     match state.llm.router().busy_thresholds().set(&setting.model, setting.active_decode_blocks_threshold) {
         Ok(now) => axum::Json(serde_json::json!({"model": setting.model, "active_decode_blocks_threshold": now})).into_response(),
         Err(message) => bad(message),

@@ -20,11 +20,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    if let Some(path) = &cli.dump_config_to {
-        if let Err(e) = tritium_server::config::dump::dump(&command, &matches, path) {
-            eprintln!("tritium: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &cli.dump_config_to
+        && let Err(e) = tritium_server::config::dump::dump(&command, &matches, path)
+    {
+        eprintln!("tritium: {e}");
+        return ExitCode::FAILURE;
     }
     let logging = match &cli.command {
         Command::Serve(args) => &args.logging,

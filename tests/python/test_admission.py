@@ -95,3 +95,14 @@ def test_a_busy_model_refuses_with_503_and_retry_after_until_its_threshold_rises
     for bad in ({"model": LLM_NAME, "active_decode_blocks_threshold": 2}, {"model": LLM_NAME, "threshold": 0.5}, {"nope": 1}):
         status, _, body = request(busy_server, "POST", "/busy_threshold", bad)
         assert status == 400 and "error" in body, (bad, status, body)
+    # Only served language models take a threshold: the table cannot grow with made-up names.
+    for model in ("no-such-model", "identity"):
+        status, _, body = request(busy_server, "POST", "/busy_threshold", {"model": model, "active_decode_blocks_threshold": 0.5})
+        assert status == 404 and "is not a language model served here" in body["error"], (model, status, body)
+    status, _, thresholds = request(busy_server, "GET", "/busy_threshold")
+    assert [t["model"] for t in thresholds["thresholds"]] == [], thresholds
+
+    # A worker the request names must serve the model; the others are not listed.
+    body = {**completion(2), "nvext": {"backend_instance_id": "no-such-worker"}}
+    status, _, reply = request(busy_server, "POST", "/v1/completions", body)
+    assert status == 400 and "does not serve model" in reply["error"]["message"], (status, reply)

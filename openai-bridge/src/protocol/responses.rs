@@ -1,6 +1,9 @@
 //! The response side of the OpenAI API: completions, chat completions and their streaming
 //! chunks, logprobs in both of OpenAI's shapes, embeddings, models, and the error body.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,12 +13,17 @@ use serde::ser::SerializeMap;
 use crate::BridgeError;
 use crate::pipeline::{TokenInfo, Usage};
 
-/// A response id: `prefix` and a process-unique suffix (`cmpl-…`, `chatcmpl-…`).
+/// A response id: `prefix` and a unique, unguessable suffix (`cmpl-…`, `chatcmpl-…`). Stored
+/// responses are fetched, continued and deleted by id alone, so one client must not be able to
+/// work out another's from its own: the suffix is 128 bits of a keyed hash (SipHash under two
+/// keys the process draws from the OS at start) of a process-wide counter.
 pub fn new_id(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static KEYS: OnceLock<[RandomState; 2]> = OnceLock::new();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    format!("{prefix}-{nanos:016x}{n:08x}")
+    let keys = KEYS.get_or_init(|| [RandomState::new(), RandomState::new()]);
+    let [high, low] = keys.each_ref().map(|key| key.hash_one(n));
+    format!("{prefix}-{high:016x}{low:016x}")
 }
 
 /// An item id in the Responses and Messages APIs' style: `prefix`, `_` and a unique suffix
@@ -425,5 +433,17 @@ mod tests {
             Some(serde_json::json!({"tokens": ["!"], "token_logprobs": [-1.0], "top_logprobs": [{"!": -1.0, "z": -9999.0}],
                 "text_offset": [5]}))
         );
+    }
+
+    #[test]
+    fn ids_are_unique_and_neighbours_share_no_visible_sequence() {
+        let ids: Vec<String> = (0..1000).map(|_| new_item_id("resp")).collect();
+        assert!(ids.iter().all(|id| id.len() == "resp_".len() + 32 && id.starts_with("resp_")), "{}", ids[0]);
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        // A counter or a clock would leave a long common prefix between neighbours.
+        let shared = |a: &str, b: &str| a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+        let longest = ids.windows(2).map(|pair| shared(&pair[0], &pair[1])).max().unwrap_or(0);
+        assert!(longest < "resp_".len() + 8, "neighbouring ids share {longest} characters");
     }
 }

@@ -109,6 +109,7 @@ fn engine_options(models: &ModelArgs) -> EngineOptions {
         max_kv_tokens: models.llm_max_kv_tokens,
         max_queue: models.llm_max_queue,
         prefill_chunk: models.llm_prefill_chunk,
+        max_constraint_bytes: models.llm_max_constraint_bytes,
     }
 }
 
@@ -262,6 +263,10 @@ pub struct ModelArgs {
     /// RESOURCE_EXHAUSTED (HTTP 429).
     #[arg(long, env = "TRITIUM_LLM_MAX_QUEUE", default_value_t = EngineOptions::default().max_queue)]
     pub llm_max_queue: usize,
+    /// Bytes of one request's output grammar (response_format JSON schema, guided regex, choices
+    /// or Lark grammar, forced tool calls' schemas), at most; beyond it the request is refused.
+    #[arg(long, env = "TRITIUM_LLM_MAX_CONSTRAINT_BYTES", default_value_t = EngineOptions::default().max_constraint_bytes)]
+    pub llm_max_constraint_bytes: usize,
     /// Prompt tokens fed per decode step over all new sequences (chunked prefill).
     #[arg(long, env = "TRITIUM_LLM_PREFILL_CHUNK", default_value_t = EngineOptions::default().prefill_chunk)]
     pub llm_prefill_chunk: usize,
@@ -567,6 +572,14 @@ mod tests {
         assert_eq!(config.transport.max_message_size, i32::MAX as usize);
         assert!(config.repository.paths.is_empty());
         assert_eq!(config.repository.control_mode, ControlMode::None);
+    }
+
+    #[test]
+    fn a_responses_store_ttl_past_a_year_is_refused() {
+        assert!(Cli::try_parse_from(["tritium", "serve", "--responses-store-ttl-secs", "31536000"]).is_ok());
+        for bad in ["31536001", "18446744073709551615", "0"] {
+            assert!(Cli::try_parse_from(["tritium", "serve", "--responses-store-ttl-secs", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -28,8 +28,9 @@ pub struct OpenAiArgs {
     /// JSON bytes of all stored responses and their conversations, at most.
     #[arg(long, env = "TRITIUM_RESPONSES_STORE_BYTES", default_value_t = DEFAULT_STORE_BYTES)]
     pub responses_store_bytes: usize,
-    /// Seconds a stored response is kept.
-    #[arg(long, env = "TRITIUM_RESPONSES_STORE_TTL_SECS", default_value_t = 3600)]
+    /// Seconds a stored response is kept (at most a year).
+    #[arg(long, env = "TRITIUM_RESPONSES_STORE_TTL_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_STORE_TTL_SECS))]
     pub responses_store_ttl_secs: u64,
     /// Prefix of the language-model metrics' names (`{prefix}_requests_total`, …); Dynamo's
     /// frontend uses `dynamo_frontend`.
@@ -98,6 +99,9 @@ impl Default for OpenAiSettings {
         }
     }
 }
+
+/// A year: `Instant` arithmetic past this could overflow, and nothing needs longer.
+const MAX_STORE_TTL_SECS: u64 = 365 * 24 * 3600;
 
 impl OpenAiArgs {
     pub fn settings(&self, env: &impl Fn(&str) -> Option<String>) -> Result<OpenAiSettings, String> {

@@ -140,6 +140,10 @@ fn bridge_error(model: &str, error: WorkerError) -> BridgeError {
         WorkerError::NotEmbeddingModel { .. } => {
             BridgeError::Unsupported { model: model.to_string(), what: "embeddings".to_string() }
         }
+        // The request named a worker that does not serve the model, or none in `direct` mode.
+        WorkerError::Failed { code: tritium_proto::ErrorCode::InvalidArg | tritium_proto::ErrorCode::NotFound, message } => {
+            BridgeError::InvalidBody(message)
+        }
         other => BridgeError::Internal(other.to_string()),
     }
 }

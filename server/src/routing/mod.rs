@@ -289,14 +289,15 @@ impl Router {
                 });
             };
             return match route.iter().find(|m| &*m.id == wanted) {
-                Some(member) if !tried.contains(&member.id) => Ok(Some(member.clone())),
+                // A named worker is still held to its busy threshold.
+                Some(member) if !tried.contains(&member.id) => {
+                    Ok(self.not_busy(model, vec![member], migrating)?.first().map(|member| Member::clone(member)))
+                }
                 Some(_) => Ok(None),
+                // The other workers' names are not told: a client learns only what it named.
                 None => Err(WorkerError::Failed {
                     code: tritium_proto::ErrorCode::NotFound,
-                    message: format!(
-                        "worker '{wanted}' does not serve model '{model}' (workers serving it: {})",
-                        self.workers_of(model).join(", ")
-                    ),
+                    message: format!("worker '{wanted}' does not serve model '{model}'"),
                 }),
             };
         }

@@ -91,6 +91,7 @@ fn engine_options(config: &ModelConfig, defaults: &EngineOptions) -> Result<Engi
         max_kv_tokens: number("max_kv_tokens", defaults.max_kv_tokens)?,
         max_queue: number("max_queue", defaults.max_queue)?,
         prefill_chunk: number("prefill_chunk", defaults.prefill_chunk)?,
+        max_constraint_bytes: number("max_constraint_bytes", defaults.max_constraint_bytes)?,
     })
 }
 

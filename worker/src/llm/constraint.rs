@@ -32,6 +32,21 @@ pub enum Constraint {
     Lark(String),
 }
 
+impl Constraint {
+    /// The grammar's size as the client wrote it.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Constraint::JsonObject => 0,
+            Constraint::JsonSchema(text) | Constraint::Regex(text) | Constraint::Lark(text) => text.len(),
+            Constraint::Choice(choices) => choices.iter().map(|choice| choice.len() + 1).sum(),
+        }
+    }
+}
+
+/// Lexer states one grammar may build (llguidance's default is 250,000 at 1-2 kB each): a
+/// bound on the memory one constrained sequence can take.
+const MAX_LEXER_STATES: usize = 50_000;
+
 /// Compiles constraints for one model.
 pub(crate) struct Grammars {
     factory: ParserFactory,
@@ -74,6 +89,7 @@ impl Grammars {
         let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| format!("constrained decoding: {e}"))?;
         factory.quiet();
+        factory.limits_mut().max_lexer_states = MAX_LEXER_STATES;
         Ok(Grammars { factory })
     }
 

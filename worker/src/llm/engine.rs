@@ -32,11 +32,14 @@ pub struct EngineOptions {
     pub max_queue: usize,
     /// Prompt tokens fed per step, over all sequences being prefilled.
     pub prefill_chunk: usize,
+    /// Bytes of one request's grammar (JSON schema, regex, choices, Lark), at most: compiling
+    /// one costs CPU and memory in proportion.
+    pub max_constraint_bytes: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> EngineOptions {
-        EngineOptions { max_sequences: 8, max_kv_tokens: 16_384, max_queue: 64, prefill_chunk: 256 }
+        EngineOptions { max_sequences: 8, max_kv_tokens: 16_384, max_queue: 64, prefill_chunk: 256, max_constraint_bytes: 64 << 10 }
     }
 }
 
@@ -123,6 +126,9 @@ pub struct LlmEngine {
     vocab_size: usize,
     /// Built at the first constrained request (a trie over the whole vocabulary).
     grammars: OnceLock<Result<Grammars, String>>,
+    /// Held while a grammar compiles: one compile at a time per model, so constrained requests
+    /// can take at most one core from everything else.
+    compiling: Mutex<()>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -154,16 +160,55 @@ impl LlmEngine {
                 move || Scheduler { model, card, shared, running: Vec::new(), kv_used: 0 }.run()
             })
             .map_err(|e| format!("starting the engine thread: {e}"))?;
-        Ok(LlmEngine { card, shared, vocab_size, grammars: OnceLock::new(), thread: Some(thread) })
+        Ok(LlmEngine { card, shared, vocab_size, grammars: OnceLock::new(), compiling: Mutex::new(()), thread: Some(thread) })
     }
 }
 
 impl LlmEngine {
-    /// A matcher for `constraint` (the model's grammars are built on first use).
+    /// A matcher for `constraint` (the model's grammars are built on first use). Compiling can
+    /// take a while, so on a tokio runtime the calling thread first hands its other tasks off.
     fn compile(&self, constraint: &Constraint) -> Result<llguidance::Matcher, GenerateError> {
-        let grammars = self.grammars.get_or_init(|| Grammars::new(&self.card, self.vocab_size));
-        let grammars = grammars.as_ref().map_err(|message| self.shared.engine_error(message.clone()))?;
-        grammars.matcher(constraint).map_err(GenerateError::InvalidRequest)
+        let limit = self.shared.options.max_constraint_bytes;
+        if constraint.byte_len() > limit {
+            return Err(GenerateError::InvalidRequest(format!(
+                "the output constraint is {} bytes; at most {limit} are accepted",
+                constraint.byte_len()
+            )));
+        }
+        off_runtime(|| {
+            let _one_at_a_time = self.compiling.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let grammars = self.grammars.get_or_init(|| Grammars::new(&self.card, self.vocab_size));
+            let grammars = grammars.as_ref().map_err(|message| self.shared.engine_error(message.clone()))?;
+            grammars.matcher(constraint).map_err(GenerateError::InvalidRequest)
+        })
+    }
+
+    /// The refusal a request gets now, before any work is spent on it: the engine stopping, or
+    /// its queue full.
+    fn refusal(&self, queue: &Queue) -> Option<GenerateError> {
+        if queue.shutdown {
+            return Some(GenerateError::ShuttingDown(self.shared.name.clone()));
+        }
+        let limit = self.shared.options.max_queue;
+        if queue.waiting.len() >= limit {
+            self.shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return Some(GenerateError::Overloaded {
+                model: self.shared.name.clone(),
+                running: self.shared.counters.running.load(Ordering::Relaxed),
+                waiting: queue.waiting.len(),
+                limit,
+            });
+        }
+        None
+    }
+}
+
+/// Runs `work`, which may hold its thread for long, without stalling other tasks: on a
+/// multi-thread tokio runtime the thread hands its queued tasks to another first.
+fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
@@ -197,22 +242,19 @@ impl LanguageModel for LlmEngine {
             return Err(GenerateError::InvalidRequest("max_tokens must be at least 1".to_string()));
         }
         let constraint = match &request.constraint {
-            Some(constraint) => Some(Constrained::new(self.compile(constraint)?)),
+            Some(constraint) => {
+                // A request that would be refused anyway costs no compile.
+                if let Some(refused) = self.refusal(&self.shared.lock()) {
+                    return Err(refused);
+                }
+                Some(Constrained::new(self.compile(constraint)?))
+            }
             None => None,
         };
         let (sender, receiver) = mpsc::unbounded_channel();
         let mut queue = self.shared.lock();
-        if queue.shutdown {
-            return Err(GenerateError::ShuttingDown(self.shared.name.clone()));
-        }
-        if queue.waiting.len() >= options.max_queue {
-            self.shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(GenerateError::Overloaded {
-                model: self.shared.name.clone(),
-                running: self.shared.counters.running.load(Ordering::Relaxed),
-                waiting: queue.waiting.len(),
-                limit: options.max_queue,
-            });
+        if let Some(refused) = self.refusal(&queue) {
+            return Err(refused);
         }
         queue.waiting.push_back(Waiting { request, constraint, sender, submitted: Instant::now(), max_new });
         self.shared.counters.waiting.store(queue.waiting.len(), Ordering::Relaxed);

@@ -187,3 +187,18 @@ async fn a_bad_grammar_is_refused_before_it_runs() {
     }
     assert_eq!(engine.stats().sequences_rejected, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grammar_over_the_byte_limit_is_refused_and_one_within_it_compiles_on_a_runtime_thread() {
+    let (engine, tokenizer) = engine(EngineOptions { max_constraint_bytes: 64, ..EngineOptions::default() });
+    let mut request = greedy(&tokenizer, "hi", 2);
+    request.constraint = Some(Constraint::Regex(format!("({})", "a|".repeat(40))));
+    match engine.generate(request) {
+        Err(GenerateError::InvalidRequest(message)) => assert!(message.contains("at most 64"), "{message}"),
+        other => panic!("an 82-byte regex over a 64-byte limit: {other:?}"),
+    }
+    // Within the limit it compiles (block_in_place on this multi-thread runtime) and runs.
+    let choice = Constraint::Choice(vec!["yes".into(), "no".into()]);
+    let (text, _) = constrained(&engine, &tokenizer, "Is the sky blue?", choice).await;
+    assert!(text == "yes" || text == "no", "{text:?}");
+}
