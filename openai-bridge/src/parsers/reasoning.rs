@@ -13,12 +13,14 @@ pub(super) struct ReasoningSplitter {
     leading: bool,
     /// Text that may be the start of the marker looked for.
     held: String,
+    /// While `leading`: how much of `held` is known to be whitespace (not scanned again).
+    blank: usize,
 }
 
 impl ReasoningSplitter {
     pub(super) fn new(format: ReasoningFormat) -> ReasoningSplitter {
         let starts_inside = format == ReasoningFormat::DeepseekR1;
-        ReasoningSplitter { in_reasoning: starts_inside, leading: starts_inside, held: String::new() }
+        ReasoningSplitter { in_reasoning: starts_inside, leading: starts_inside, held: String::new(), blank: 0 }
     }
 
     /// Returns (reasoning, content) that are certain now.
@@ -26,7 +28,8 @@ impl ReasoningSplitter {
         self.held.push_str(text);
         let (mut reasoning, mut content) = (String::new(), String::new());
         if self.leading {
-            let rest = self.held.trim_start();
+            let rest = self.held[self.blank.min(self.held.len())..].trim_start();
+            self.blank = self.held.len() - rest.len();
             if rest.is_empty() || (OPEN.starts_with(rest) && rest.len() < OPEN.len()) {
                 return (reasoning, content);
             }

@@ -176,3 +176,34 @@ fn forced_calls_come_whole_at_the_end() {
     let cut = OutputParser::forced(None, ForcedCalls::Any).parse_all(r#"[{"name": "a", "argu"#);
     assert_eq!((cut.content.as_str(), cut.tool_calls.len()), (r#"[{"name": "a", "argu"#, 0));
 }
+
+/// Whitespace before a call or a reasoning block, fed one character at a time, is scanned once:
+/// the result is the same as for the text fed whole (and long runs stay linear).
+#[test]
+fn long_leading_whitespace_gives_the_same_parse_piece_by_piece() {
+    let blank = " \n\t".repeat(20_000);
+    let outputs = [
+        ("pythonic", None, format!("{blank}[get_weather(city=\"Paris\")]")),
+        ("llama3_json", None, format!("{blank}{{\"name\": \"get_weather\", \"parameters\": {{\"city\": \"Paris\"}}}}")),
+        ("mistral", None, format!("[TOOL_CALLS]{blank}get_weather[ARGS]{{\"city\": \"{}\"}}", "P".repeat(20_000))),
+        ("hermes", Some("deepseek_r1"), format!("{blank}<think>why</think>The answer.")),
+        ("pythonic", None, format!("{blank}Just text.")),
+    ];
+    for (tools, reasoning, text) in outputs {
+        let case = Case {
+            family: tools.into(),
+            tool_parser: Some(tools.into()),
+            reasoning_parser: reasoning.map(str::to_string),
+            text: text.clone(),
+            expected: Expected { content: None, reasoning: None, tool_calls: Vec::new() },
+        };
+        // Call ids are unique per call; the rest must match.
+        let without_ids = |(content, reasoning, calls): (String, String, Vec<ToolCall>)| {
+            (content, reasoning, calls.into_iter().map(|call| (call.name, call.arguments)).collect::<Vec<_>>())
+        };
+        let whole = without_ids(run(&case, &[&text]));
+        let by_char = without_ids(run(&case, &split(&text, 0)));
+        assert_eq!(by_char, whole, "{tools}");
+        assert!(!whole.2.is_empty() || !whole.0.trim().is_empty() || !whole.1.is_empty(), "{tools}: nothing parsed");
+    }
+}

@@ -33,7 +33,8 @@ pub(super) struct ToolCallSplitter {
     state: State,
     /// Text not yet given out: a possible marker, or the call being read.
     held: String,
-    /// Where the search for the closing marker in `held` goes on from.
+    /// Where the search for the closing marker in `held` goes on from (before a call: how much
+    /// of `held` is known to be whitespace).
     searched: usize,
     balance: Balance,
     /// Everything since the call began, given back as text when it does not parse.
@@ -118,7 +119,10 @@ impl ToolCallSplitter {
             ToolCallFormat::Pythonic => (PYTHON_START, '['),
             _ => (PYTHON_TAG, '{'),
         };
-        let rest = self.held.trim_start();
+        // `held[..searched]` is whitespace seen on earlier pushes: not scanned again.
+        let known = self.searched.min(self.held.len());
+        let rest = self.held[known..].trim_start();
+        self.searched = self.held.len() - rest.len();
         if rest.is_empty() || (tag.starts_with(rest) && rest.len() < tag.len()) {
             return false;
         }
@@ -130,6 +134,7 @@ impl ToolCallSplitter {
             self.begin_call();
         } else {
             self.state = State::Text;
+            self.searched = 0;
             self.raw.clear();
         }
         true
@@ -207,6 +212,8 @@ impl ToolCallSplitter {
     fn mistral_calls(&mut self, out: &mut ParsedDelta) -> bool {
         let rest = self.held.trim_start();
         if rest.is_empty() {
+            // Whitespace before the calls is dropped anyway; holding it would make every push rescan it.
+            self.held.clear();
             return false;
         }
         if rest.len() != self.held.len() {
@@ -241,14 +248,14 @@ impl ToolCallSplitter {
             return self.fall_back(out);
         }
         let (name, id) = (name.to_owned(), id.filter(|id| !id.is_empty()).map(str::to_owned));
-        let arguments = self.held[brace..].to_owned();
+        // The scan goes on from where the last push left it; the arguments are not copied.
         let mut balance = std::mem::take(&mut self.balance);
-        let scan = balance.scan(&arguments, &['"']);
+        let scan = balance.scan(&self.held[brace..], &['"']);
         self.balance = balance;
         match scan {
             Scan::Open => false,
             Scan::NotAValue => self.fall_back(out),
-            Scan::Closed(end) => match serde_json::from_str::<Value>(&arguments[..end]) {
+            Scan::Closed(end) => match serde_json::from_str::<Value>(&self.held[brace..brace + end]) {
                 Ok(value) => {
                     self.held.drain(..brace + end);
                     let mut call = ToolCall::new(name, value);
