@@ -17,6 +17,7 @@ use tritium_openai_bridge::routes::{ApiSettings, LlmHub, openai_routes};
 use tritium_worker::ModelRepository;
 use tritium_worker::llm::ModelKind;
 
+use crate::grpc::restricted::RestrictedProtocols;
 use crate::llm::LlmFrontend;
 use crate::routing::{WORKER_HINT, WORKER_ID_HEADER};
 
@@ -26,6 +27,8 @@ pub use serve::{BudgetExhausted, serve_limited};
 struct HttpState {
     repository: Arc<ModelRepository>,
     llm: Arc<LlmFrontend>,
+    /// `--http-restricted-api`: its `admission` group guards `POST /busy_threshold`.
+    restricted: Arc<RestrictedProtocols>,
 }
 
 /// Every HTTP route, ready to serve; request bodies over `max_body_bytes` are refused with 413.
@@ -35,7 +38,7 @@ pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, mut api: ApiSe
     let repository = Arc::clone(&kserve.grpc.repository);
     let llm = Arc::clone(&kserve.grpc.llm);
     let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;
-    let state = HttpState { repository, llm: Arc::clone(&llm) };
+    let state = HttpState { repository, llm: Arc::clone(&llm), restricted: Arc::clone(&kserve.restricted) };
     let operational = Router::new()
         .route("/health", get(health))
         .route("/live", get(live))
@@ -77,7 +80,15 @@ async fn busy_thresholds(State(state): State<HttpState>) -> impl IntoResponse {
 
 /// `POST /busy_threshold` `{"model": …, "active_decode_blocks_threshold": 0.85 | null}`: sets (or
 /// with `null` clears) the model's own threshold; answers the threshold now in force.
-async fn set_busy_threshold(State(state): State<HttpState>, body: axum::body::Bytes) -> axum::response::Response {
+async fn set_busy_threshold(
+    State(state): State<HttpState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    if let Some(header) = state.restricted.missing_header("admission", &headers) {
+        let error = serde_json::json!({"error": format!("This API is restricted, expecting header '{header}'")});
+        return (StatusCode::FORBIDDEN, axum::Json(error)).into_response();
+    }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Setting {

@@ -231,3 +231,16 @@ def test_two_flags_restrict_two_groups_with_their_own_headers(two_flags):
         assert client.get_model_config("m_add_sub", headers={"other-key": "V2"})["name"] == "m_add_sub"
     finally:
         client.close()
+
+
+def test_the_admission_group_guards_post_busy_threshold(start_tritium, repo):
+    """Tritium's own group: `admission` restricts `POST /busy_threshold`; reading the thresholds stays open."""
+    server = start_tritium(*explicit(repo), "--http-restricted-api", f"admission:{KEY}={SECRET}")
+    setting = json.dumps({"model": "m_add_sub", "active_decode_blocks_threshold": 0.5}).encode()
+    status, _, body = request(server, "POST", "/busy_threshold", {"Content-Type": "application/json"}, setting)
+    assert (status, json.loads(body)) == (403, {"error": f"This API is restricted, expecting header '{KEY}'"}), body
+    # With the key the request is judged on its merits: m_add_sub is no language model.
+    status, _, body = request(server, "POST", "/busy_threshold", {"Content-Type": "application/json", KEY: SECRET}, setting)
+    assert status == 404 and "is not a language model served here" in json.loads(body)["error"], body
+    assert request(server, "GET", "/busy_threshold")[0] == 200
+    assert request(server, "GET", "/v2/logging")[0] == 200, "only the named group is restricted"

@@ -28,6 +28,8 @@ const GROUPS: &[(&str, &[&str])] = &[
     ("statistics", &["ModelStatistics"]),
     ("trace", &["TraceSetting"]),
     ("logging", &["LogSettings"]),
+    // Tritium's own: `POST /busy_threshold` (admission control) on the HTTP port; no gRPC call.
+    ("admission", &["BusyThreshold"]),
 ];
 
 /// One restriction: these protocol groups (and their methods) need `header: value`.
