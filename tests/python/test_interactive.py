@@ -21,6 +21,14 @@ def wait_for(server, predicate, what: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def running_sequences(server) -> float:
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    lines = [line for line in text.splitlines() if line.startswith("tritium_llm_engine_running_sequences")]
+    assert lines, "no running-sequences gauge in /metrics"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
 def test_a_terminal_chat_then_end_of_input_stops_the_server():
     gguf, _ = model_paths()
     server = start_server("--model-path", str(gguf), "--model-name", LLM_NAME, "-i", timeout=LLM_START_TIMEOUT, stdin=subprocess.PIPE)
@@ -39,6 +47,9 @@ def test_a_terminal_chat_then_end_of_input_stops_the_server():
         with urllib.request.urlopen(server.http_url + "/v1/models", timeout=30) as reply:
             assert LLM_NAME in [m["id"] for m in json.load(reply)["data"]]
 
+        # The answer is sampled, so its length varies (up to the context): the session reads its next
+        # line only once the answer is complete, so wait for the engine to finish it first.
+        wait_for(server, lambda: running_sequences(server) == 0, "the answer never ended", timeout=900)
         server.proc.stdin.write("/reset\n")
         server.proc.stdin.close()
         assert server.proc.wait(timeout=60) == 0, server.stderr()
