@@ -19,7 +19,8 @@ impl ToolCallFormat {
                 calls.iter().map(|(name, arguments)| named_object(name, "parameters", arguments)).collect::<Vec<_>>().join("; ")
             }
             ToolCallFormat::Mistral => {
-                let calls: Vec<String> = calls.iter().map(|(name, arguments)| named_object(name, "arguments", arguments)).collect();
+                let calls: Vec<String> =
+                    calls.iter().map(|(name, arguments)| named_object(name, "arguments", arguments)).collect();
                 format!("[TOOL_CALLS][{}]", calls.join(", "))
             }
             ToolCallFormat::Pythonic => {
@@ -112,7 +113,11 @@ mod tests {
                 .into_iter()
                 .map(|call| (call.name, serde_json::from_str(&call.arguments).expect("arguments are JSON")))
                 .collect();
-            assert_eq!(read, vec![("get_weather".to_string(), weather.clone()), ("get_time".to_string(), time.clone())], "{format:?}: {text}");
+            assert_eq!(
+                read,
+                vec![("get_weather".to_string(), weather.clone()), ("get_time".to_string(), time.clone())],
+                "{format:?}: {text}"
+            );
         }
     }
 

@@ -98,7 +98,8 @@ async fn nvext_shapes_the_prompt_the_sampling_and_the_worker() {
     assert_eq!(post(&hub, "/v1/completions", body).await.json()["error"]["param"], "nvext.token_data");
     // A prompt longer than the context (4096) is refused before its ids are decoded for annotations.
     let long = vec![72; 4096];
-    let body = json!({"model": "tiny", "messages": user("x"), "nvext": {"token_data": long, "annotations": ["formatted_prompt"]}});
+    let body =
+        json!({"model": "tiny", "messages": user("x"), "nvext": {"token_data": long, "annotations": ["formatted_prompt"]}});
     let reply = post(&hub, "/v1/chat/completions", body).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
     assert!(reply.json()["error"]["message"].as_str().unwrap().contains("context length is 4096"), "{}", reply.body);

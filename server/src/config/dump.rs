@@ -82,7 +82,8 @@ mod tests {
 
     #[test]
     fn each_option_has_its_value_and_where_it_came_from() {
-        let document = options(&["tritium", "serve", "--grpc-port", "9001", "--worker-token", "s3cret", "--etcd-endpoints", "a,b"]);
+        let document =
+            options(&["tritium", "serve", "--grpc-port", "9001", "--worker-token", "s3cret", "--etcd-endpoints", "a,b"]);
         assert_eq!(document["tritium"]["command"], "serve");
         let options = &document["options"];
         assert_eq!(options["grpc-port"], json!({"value": "9001", "source": "command_line", "env": "TRITIUM_GRPC_PORT"}));

@@ -39,7 +39,13 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> EngineOptions {
-        EngineOptions { max_sequences: 8, max_kv_tokens: 16_384, max_queue: 64, prefill_chunk: 256, max_constraint_bytes: 64 << 10 }
+        EngineOptions {
+            max_sequences: 8,
+            max_kv_tokens: 16_384,
+            max_queue: 64,
+            prefill_chunk: 256,
+            max_constraint_bytes: 64 << 10,
+        }
     }
 }
 

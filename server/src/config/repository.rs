@@ -1,0 +1,189 @@
+//! The model repository's options: `--model-repository` and its control mode, `--model-path`
+//! for language and embedding models with their engine bounds, and the repository options they
+//! make.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tritium_onnxruntime::OrtSettings;
+use tritium_worker::embed::EMBED_BACKEND;
+use tritium_worker::llm::{EngineOptions, LLM_BACKEND, ModelKind, detect_kind};
+use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions, SchedulerLimits};
+
+use super::EngineArgs;
+use super::backend_config::BackendConfigs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelControlMode {
+    None,
+    Explicit,
+    Poll,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Model repository")]
+pub struct RepositoryArgs {
+    /// Model repository folder (Triton layout); repeatable. Without one, the built-in repository
+    /// (identity, identity_batch, add_sub, repeat, dense, accumulate, add_sub_twice) is served.
+    #[arg(long = "model-repository", env = "TRITIUM_MODEL_REPOSITORY", value_delimiter = ',')]
+    pub model_repository: Vec<PathBuf>,
+    /// none: load all at start; explicit: load what --load-model names and what clients ask for;
+    /// poll: load all and follow changes.
+    #[arg(long, env = "TRITIUM_MODEL_CONTROL_MODE", value_enum, default_value = "none")]
+    pub model_control_mode: ModelControlMode,
+    /// Model to load at start in explicit mode; repeatable; `*` loads every model.
+    #[arg(long = "load-model", env = "TRITIUM_LOAD_MODEL", value_delimiter = ',')]
+    pub load_model: Vec<String>,
+    /// Seconds between repository polls in poll mode.
+    #[arg(long, env = "TRITIUM_REPOSITORY_POLL_SECS", default_value_t = 15)]
+    pub repository_poll_secs: u64,
+    /// Serve configs exactly as written: no backend fills in what `config.pbtxt` leaves out, and
+    /// a model folder without one does not load.
+    #[arg(long, env = "TRITIUM_DISABLE_AUTO_COMPLETE_CONFIG")]
+    pub disable_auto_complete_config: bool,
+    /// Requests a dynamic batcher's priority level, or a sequence batcher, holds when the config
+    /// sets no `max_queue_size` (Triton: unbounded); beyond it, UNAVAILABLE.
+    #[arg(long, env = "TRITIUM_SCHEDULER_MAX_QUEUE_SIZE", default_value_t = SchedulerLimits::default().max_queue_size)]
+    pub scheduler_max_queue_size: usize,
+    /// Sequences one stateful model keeps at once (each holds its state); a new sequence beyond
+    /// it is refused UNAVAILABLE.
+    #[arg(long, env = "TRITIUM_MAX_SEQUENCES_PER_MODEL", default_value_t = SchedulerLimits::default().max_sequences)]
+    pub max_sequences_per_model: usize,
+    /// Triton's `<backend>,<setting>=<value>` or `<setting>=<value>` (every backend); repeatable.
+    /// onnxruntime reads `default-max-batch-size` (4).
+    #[arg(long = "backend-config", env = "TRITIUM_BACKEND_CONFIG", value_delimiter = ';')]
+    pub backend_config: Vec<String>,
+    /// The ONNX Runtime library (libonnxruntime.so, 1.31); default: $ORT_DYLIB_PATH (the variable
+    /// the `ort` crate reads), else what `scripts/install-onnxruntime.sh` installed.
+    #[arg(long, env = "TRITIUM_ONNXRUNTIME_LIBRARY")]
+    pub onnxruntime_library: Option<PathBuf>,
+    /// The Python interpreter of python-backend models (numpy required) unless a model's
+    /// EXECUTION_ENV_PATH names its own; default: `python3` on PATH.
+    #[arg(long, env = "TRITIUM_PYTHON_INTERPRETER")]
+    pub python_interpreter: Option<PathBuf>,
+}
+
+impl RepositoryArgs {
+    /// The ONNX Runtime backend's settings from `--backend-config` and `--onnxruntime-library`.
+    pub fn onnxruntime(&self) -> Result<OrtSettings, String> {
+        let configs = BackendConfigs::parse(&self.backend_config)?;
+        let default_max_batch_size = match configs.get(tritium_onnxruntime::BACKEND, "default-max-batch-size") {
+            None => tritium_onnxruntime::DEFAULT_MAX_BATCH_SIZE,
+            Some(value) => value.trim().parse().map_err(|_| format!("failed to convert '{value}' to integral number"))?,
+        };
+        let library =
+            self.onnxruntime_library.clone().or_else(|| std::env::var_os(tritium_onnxruntime::LIBRARY_ENV).map(PathBuf::from));
+        Ok(OrtSettings { library, default_max_batch_size })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Language and embedding models")]
+pub struct ModelArgs {
+    /// Serve the model at PATH: a GGUF file or a Hugging Face folder (a causal LM, or a sentence
+    /// embedder, told apart from its files); repeatable. Without --model-repository, only these
+    /// are served.
+    #[arg(long = "model-path", env = "TRITIUM_MODEL_PATH", value_delimiter = ',')]
+    pub model_path: Vec<PathBuf>,
+    /// The name of the --model-path at the same position (default: the file stem or folder name).
+    #[arg(long = "model-name", env = "TRITIUM_MODEL_NAME", value_delimiter = ',')]
+    pub model_name: Vec<String>,
+    /// Sequences a language model decodes together in one batch.
+    #[arg(long, env = "TRITIUM_LLM_MAX_SEQUENCES", default_value_t = EngineOptions::default().max_sequences)]
+    pub llm_max_sequences: usize,
+    /// KV-cache positions the running sequences of one model may reserve together (prompt plus
+    /// max_tokens each); a request waits until its reservation fits.
+    #[arg(long, env = "TRITIUM_LLM_MAX_KV_TOKENS", default_value_t = EngineOptions::default().max_kv_tokens)]
+    pub llm_max_kv_tokens: usize,
+    /// Requests that may wait for a place in the batch; beyond it they are refused with
+    /// RESOURCE_EXHAUSTED (HTTP 429).
+    #[arg(long, env = "TRITIUM_LLM_MAX_QUEUE", default_value_t = EngineOptions::default().max_queue)]
+    pub llm_max_queue: usize,
+    /// Bytes of one request's output grammar (response_format JSON schema, guided regex, choices
+    /// or Lark grammar, forced tool calls' schemas), at most; beyond it the request is refused.
+    #[arg(long, env = "TRITIUM_LLM_MAX_CONSTRAINT_BYTES", default_value_t = EngineOptions::default().max_constraint_bytes)]
+    pub llm_max_constraint_bytes: usize,
+    /// Prompt tokens fed per decode step over all new sequences (chunked prefill).
+    #[arg(long, env = "TRITIUM_LLM_PREFILL_CHUNK", default_value_t = EngineOptions::default().prefill_chunk)]
+    pub llm_prefill_chunk: usize,
+}
+
+pub(super) fn engine_options(models: &ModelArgs) -> EngineOptions {
+    EngineOptions {
+        max_sequences: models.llm_max_sequences,
+        max_kv_tokens: models.llm_max_kv_tokens,
+        max_queue: models.llm_max_queue,
+        prefill_chunk: models.llm_prefill_chunk,
+        max_constraint_bytes: models.llm_max_constraint_bytes,
+    }
+}
+
+/// The repository options of `--model-repository`, `--model-path` and `--engine mock`.
+pub(super) fn repository_options(
+    repository: &RepositoryArgs,
+    models: &ModelArgs,
+    engine: &EngineArgs,
+    builtins: bool,
+) -> Result<RepositoryOptions, String> {
+    let control_mode = match repository.model_control_mode {
+        ModelControlMode::None => ControlMode::None,
+        ModelControlMode::Explicit => ControlMode::Explicit,
+        ModelControlMode::Poll => ControlMode::Poll,
+    };
+    let mut declared = engine.mock_models(&models.model_name);
+    if declared.is_empty() {
+        declared = declared_models(&models.model_path, &models.model_name)?;
+    } else if !models.model_path.is_empty() {
+        return Err("--engine mock simulates its models: give them --model-name, not --model-path".into());
+    }
+    Ok(RepositoryOptions {
+        paths: repository.model_repository.clone(),
+        control_mode,
+        startup_models: repository.load_model.clone(),
+        poll_interval: Duration::from_secs(repository.repository_poll_secs.max(1)),
+        declared,
+        builtins,
+        auto_complete_config: !repository.disable_auto_complete_config,
+        scheduler_limits: SchedulerLimits {
+            max_queue_size: repository.scheduler_max_queue_size.max(1),
+            max_sequences: repository.max_sequences_per_model.max(1),
+        },
+    })
+}
+
+/// One `config.pbtxt` per `--model-path`: `tritium_llm` for a causal LM, `tritium_embed` for an
+/// embedder, pointing at the path (made absolute).
+fn declared_models(paths: &[PathBuf], names: &[String]) -> Result<Vec<DeclaredModel>, String> {
+    if names.len() > paths.len() {
+        return Err(format!("{} --model-name values for {} --model-path values", names.len(), paths.len()));
+    }
+    let mut declared = Vec::with_capacity(paths.len());
+    for (index, path) in paths.iter().enumerate() {
+        let path = std::path::absolute(path).map_err(|e| format!("--model-path {}: {e}", path.display()))?;
+        let kind = detect_kind(&path).map_err(|e| format!("--model-path {}: {e}", path.display()))?;
+        let name = match names.get(index) {
+            Some(name) => name.clone(),
+            None => default_model_name(&path),
+        };
+        if name.is_empty() || name.contains('/') {
+            return Err(format!("--model-name '{name}' is not a usable model name"));
+        }
+        let backend = match kind {
+            ModelKind::Generate => LLM_BACKEND,
+            ModelKind::Embed => EMBED_BACKEND,
+        };
+        let quoted = serde_json::to_string(&path.display().to_string()).map_err(|e| e.to_string())?;
+        let config_text = format!(
+            "name: \"{name}\"\nbackend: \"{backend}\"\nparameters {{ key: \"model_path\" value {{ string_value: {quoted} }} }}\n"
+        );
+        declared.push(DeclaredModel { name, config_text });
+    }
+    Ok(declared)
+}
+
+/// `SmolLM2-135M-Instruct.Q4_1.gguf` -> `SmolLM2-135M-Instruct.Q4_1`; a folder gives its name.
+fn default_model_name(path: &std::path::Path) -> String {
+    let name = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_string())
+}
