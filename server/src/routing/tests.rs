@@ -177,31 +177,37 @@ async fn all_workers_unreachable_is_an_unavailable_error_not_a_hang() {
     assert_eq!(error.code(), tritium_proto::ErrorCode::Unavailable);
 }
 
-#[tokio::test]
-async fn direct_mode_takes_the_named_worker_and_refuses_without_a_name() {
-    let router = router(RouterMode::Direct, Fake::new("local"));
+/// A router whose remote workers `a` and `b` both serve `m`.
+async fn workers_a_and_b(mode: RouterMode) -> Arc<Router> {
+    let router = router(mode, Fake::new("local"));
     router.add_member_for_test("a", Fake::new("a"), false);
     router.add_member_for_test("b", Fake::new("b"), false);
     router.apply(&[instance("a", &["m"]), instance("b", &["m"])]).await;
+    router
+}
+
+/// A request for `m` that names its worker.
+fn named(router: &Router, worker: &str) -> ValidInferRequest {
     let mut request = InferenceRequest::new("m", Vec::new());
-    request.parameters.push((WORKER_ID_PARAMETER.to_string(), tritium_worker::ParamValue::String("b".into())));
-    assert_eq!(router.infer(valid(&router, request)).await.expect("routed").id, "b");
+    request.parameters.push((WORKER_ID_PARAMETER.to_string(), tritium_worker::ParamValue::String(worker.into())));
+    valid(router, request)
+}
+
+#[tokio::test]
+async fn direct_mode_takes_the_named_worker_and_refuses_without_a_name() {
+    let router = workers_a_and_b(RouterMode::Direct).await;
+    assert_eq!(router.infer(named(&router, "b")).await.expect("routed").id, "b");
     let error = router.infer(valid(&router, InferenceRequest::new("m", Vec::new()))).await.expect_err("no worker named");
     assert_eq!(error.code(), tritium_proto::ErrorCode::InvalidArg);
     assert!(error.to_string().contains(WORKER_ID_PARAMETER), "{error}");
-    let mut request = InferenceRequest::new("m", Vec::new());
-    request.parameters.push((WORKER_ID_PARAMETER.to_string(), tritium_worker::ParamValue::String("zzz".into())));
-    let error = router.infer(valid(&router, request)).await.expect_err("unknown worker");
+    let error = router.infer(named(&router, "zzz")).await.expect_err("unknown worker");
     assert_eq!(error.code(), tritium_proto::ErrorCode::NotFound);
     assert!(!error.to_string().contains("'a'") && !error.to_string().contains(", b"), "the other workers are not named: {error}");
 }
 
 #[tokio::test]
 async fn a_named_worker_over_its_busy_threshold_is_refused_like_any_other() {
-    let router = router(RouterMode::RoundRobin, Fake::new("local"));
-    router.add_member_for_test("a", Fake::new("a"), false);
-    router.add_member_for_test("b", Fake::new("b"), false);
-    router.apply(&[instance("a", &["m"]), instance("b", &["m"])]).await;
+    let router = workers_a_and_b(RouterMode::RoundRobin).await;
     router.busy_thresholds().set("m", Some(0.5)).expect("a valid threshold");
     let report = |worker: &str, kv_used| crate::events::LoadReport {
         worker: worker.into(),
@@ -212,13 +218,8 @@ async fn a_named_worker_over_its_busy_threshold_is_refused_like_any_other() {
     };
     lock(&router.loads).insert(("a".into(), "m".into()), report("a", 90));
     lock(&router.loads).insert(("b".into(), "m".into()), report("b", 10));
-    let named = |worker: &str| {
-        let mut request = InferenceRequest::new("m", Vec::new());
-        request.parameters.push((WORKER_ID_PARAMETER.to_string(), tritium_worker::ParamValue::String(worker.into())));
-        valid(&router, request)
-    };
-    assert_eq!(router.infer(named("b")).await.expect("b is not busy").id, "b");
-    let error = router.infer(named("a")).await.expect_err("a is busy");
+    assert_eq!(router.infer(named(&router, "b")).await.expect("b is not busy").id, "b");
+    let error = router.infer(named(&router, "a")).await.expect_err("a is busy");
     assert_eq!(error.code(), tritium_proto::ErrorCode::Unavailable, "{error}");
     assert!(error.to_string().contains("busy"), "{error}");
 }
