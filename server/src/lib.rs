@@ -174,8 +174,8 @@ impl Tritium {
             .map_err(StartError::Tls)?;
         let stop = CancellationToken::new();
         let cluster = &self.config.cluster;
-        let discovery: Arc<dyn Discovery> = discovery::connect(&cluster.discovery, &cluster.scope(), cluster.lease_ttl).await?;
-        let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.scope()).await?;
+        let discovery: Arc<dyn Discovery> = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
+        let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.scope).await?;
         let poller = self.state.repository.spawn_poller(stop.clone());
         let follower = tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), discovery, stop.clone()));
         let event_follower = tokio::spawn(routing::follow_events(Arc::clone(&self.state.router), events, stop.clone()));

@@ -70,8 +70,8 @@ impl WorkerProcess {
         drain_timeout: Duration,
     ) -> Result<(), StartError> {
         let cluster = &self.config.cluster;
-        let discovery = discovery::connect(&cluster.discovery, &cluster.scope(), cluster.lease_ttl).await?;
-        let events = events::connect(&cluster.events, &cluster.scope()).await?;
+        let discovery = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
+        let events = events::connect(&cluster.events, &cluster.scope).await?;
         let service = WorkerService::new(Arc::clone(&self.repository));
         let in_flight = service.in_flight();
         let (reporter, health) = tonic_health::server::health_reporter();

@@ -139,6 +139,11 @@ pub(super) fn normalize_messages(messages: &[Json], calls_as_text: Option<ToolCa
 }
 
 fn write_calls_into_content(fields: &mut serde_json::Map<String, Json>, format: ToolCallFormat) {
+    let has_calls = matches!(fields.get("tool_calls"), Some(Json::Array(calls)) if !calls.is_empty());
+    // The common turn (text, no calls) is left as it is: nothing to copy.
+    if !has_calls && matches!(fields.get("content"), Some(Json::String(_))) {
+        return;
+    }
     let mut text = match fields.get("content") {
         Some(Json::String(text)) => text.clone(),
         _ => String::new(),

@@ -68,9 +68,8 @@ pub struct ClusterArgs {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub discovery: DiscoveryConfig,
-    pub namespace: String,
-    /// Watch every namespace starting with this instead of `namespace` alone (frontends only).
-    pub namespace_prefix: Option<String>,
+    /// The namespace this process registers and publishes in, and those it watches.
+    pub scope: NamespaceScope,
     pub lease_ttl: Duration,
     pub events: EventsConfig,
 }
@@ -79,8 +78,7 @@ impl Default for ClusterConfig {
     fn default() -> ClusterConfig {
         ClusterConfig {
             discovery: DiscoveryConfig::Memory,
-            namespace: "tritium".into(),
-            namespace_prefix: None,
+            scope: NamespaceScope::own("tritium"),
             lease_ttl: Duration::from_secs(10),
             events: EventsConfig::None,
         }
@@ -91,11 +89,6 @@ impl ClusterConfig {
     /// Whether workers may live in other processes.
     pub fn is_distributed(&self) -> bool {
         !matches!(self.discovery, DiscoveryConfig::Memory)
-    }
-
-    /// The namespace this process registers and publishes in, and those it watches.
-    pub fn scope(&self) -> NamespaceScope {
-        NamespaceScope { own: self.namespace.clone(), watch_prefix: self.namespace_prefix.clone() }
     }
 }
 
@@ -119,8 +112,7 @@ impl ClusterArgs {
         }
         Ok(ClusterConfig {
             discovery,
-            namespace: self.namespace.clone(),
-            namespace_prefix: self.namespace_prefix.clone(),
+            scope: NamespaceScope { own: self.namespace.clone(), watch_prefix: self.namespace_prefix.clone() },
             lease_ttl: Duration::from_secs(self.lease_ttl_secs),
             events,
         })
