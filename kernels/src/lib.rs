@@ -44,7 +44,7 @@ mod tests_attention;
 #[cfg(test)]
 mod tests_pool;
 
-pub use attention::{AttentionDims, Heads, causal_attention};
+pub use attention::{AttentionDims, Heads, PagedHeads, causal_attention, paged_causal_attention};
 pub use matmul::{Q8_0Matrix, matmul_q8_0};
 pub use parallel::{Parallel, ScopedThreads, Serial};
 pub use pool::ThreadPool;

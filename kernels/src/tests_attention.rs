@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use crate::{AttentionDims, Heads, causal_attention};
+use crate::{AttentionDims, Heads, PagedHeads, causal_attention, paged_causal_attention};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect()
@@ -58,4 +58,49 @@ fn refuses_buffers_too_small() {
     assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv), heads(&kv), dims, 1.0, &mut out[1..]).is_err());
     let bad = AttentionDims { heads: 3, ..dims };
     assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv), heads(&kv), bad, 1.0, &mut out).is_err());
+}
+
+/// The same cache laid out in scattered blocks gives bit-for-bit the same output as the
+/// contiguous one, and a block table pointing past the buffers is refused.
+#[test]
+fn a_paged_cache_gives_the_contiguous_result_and_a_bad_table_is_refused() {
+    let (heads, kv_heads, head_dim, block) = (6, 2, 16, 4usize);
+    for (cached, new) in [(0usize, 1usize), (9, 1), (13, 3), (31, 1)] {
+        let total = cached + new;
+        let blocks = total.div_ceil(block);
+        let capacity = (blocks + 3) * block;
+        let q = values(heads * new * head_dim, 4);
+        let k = values(kv_heads * total * head_dim, 5);
+        let v = values(kv_heads * total * head_dim, 6);
+        // Logical block b in physical block (blocks + 2 - b): reversed, with a gap.
+        let physical = |b: usize| blocks + 2 - b;
+        let rows: Vec<u32> = (0..total).map(|j| (physical(j / block) * block + j % block) as u32).collect();
+        let scatter = |src: &[f32]| {
+            let mut paged = vec![f32::NAN; kv_heads * capacity * head_dim];
+            for g in 0..kv_heads {
+                for j in 0..total {
+                    let to = g * capacity * head_dim + rows[j] as usize * head_dim;
+                    paged[to..to + head_dim].copy_from_slice(&src[(g * total + j) * head_dim..][..head_dim]);
+                }
+            }
+            paged
+        };
+        let (paged_k, paged_v) = (scatter(&k), scatter(&v));
+        let dims = AttentionDims { heads, kv_heads, head_dim, cached, new };
+        let query = Heads { data: &q, head_stride: new * head_dim };
+        let mut contiguous = vec![0f32; new * heads * head_dim];
+        let flat = |data| Heads { data, head_stride: total * head_dim };
+        causal_attention(query, flat(&k), flat(&v), dims, 0.25, &mut contiguous).unwrap();
+        let mut paged = vec![0f32; new * heads * head_dim];
+        let table = |data| PagedHeads { data, head_stride: capacity * head_dim, rows: &rows };
+        paged_causal_attention(query, table(&paged_k), table(&paged_v), dims, 0.25, &mut paged).unwrap();
+        assert_eq!(paged, contiguous, "cached {cached} new {new}");
+
+        let mut past_the_end = rows.clone();
+        past_the_end[0] = capacity as u32;
+        let bad = PagedHeads { data: &paged_k, head_stride: capacity * head_dim, rows: &past_the_end };
+        assert!(paged_causal_attention(query, bad, table(&paged_v), dims, 0.25, &mut paged).is_err());
+        let short = PagedHeads { rows: &rows[..total - 1], ..table(&paged_k) };
+        assert!(paged_causal_attention(query, short, table(&paged_v), dims, 0.25, &mut paged).is_err());
+    }
 }

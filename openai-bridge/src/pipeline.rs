@@ -41,6 +41,9 @@ pub struct TokenInfo {
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens the engine found in its prefix cache (0 when a stop string ended the
+    /// sequence before the engine reported).
+    pub cached_tokens: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +174,7 @@ impl TextStream {
             let usage = Usage {
                 prompt_tokens: self.observer.known_prompt_tokens().unwrap_or(0),
                 completion_tokens: self.completion_tokens,
+                cached_tokens: 0,
             };
             self.finish(outcome.emit, FinishReason::Stop, usage, outcome.matched);
             return None;
@@ -184,17 +188,17 @@ impl TextStream {
     }
 
     /// Handles the engine's end of sequence: flushes what was held back, then `Finished`.
-    fn on_finished(&mut self, reason: FinishReason, prompt_tokens: u32, completion_tokens: u32, queued_for: Duration) {
+    fn on_finished(&mut self, reason: FinishReason, usage: Usage, queued_for: Duration) {
         self.queued_for = queued_for;
         self.observer.queued(queued_for);
-        self.observer.prompt_tokens(prompt_tokens);
+        self.observer.prompt_tokens(usage.prompt_tokens);
         let tail = self.detokenizer.finish();
         let outcome = self.stop.push(&tail);
         let (text, reason) = match outcome.stopped {
             true => (outcome.emit, FinishReason::Stop),
             false => (outcome.emit + &self.stop.finish(), reason),
         };
-        self.finish(text, reason, Usage { prompt_tokens, completion_tokens }, outcome.matched);
+        self.finish(text, reason, usage, outcome.matched);
     }
 
     /// Queues the last delta (when there is one) and `Finished`, and ends the sequence.
@@ -236,8 +240,9 @@ impl Stream for TextStream {
                         return Poll::Ready(Some(Ok(delta)));
                     }
                 }
-                Some(Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, queued_for })) => {
-                    this.on_finished(reason, prompt_tokens, completion_tokens, queued_for);
+                Some(Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens, queued_for })) => {
+                    let usage = Usage { prompt_tokens, completion_tokens, cached_tokens };
+                    this.on_finished(reason, usage, queued_for);
                 }
                 Some(Err(error)) => return Poll::Ready(Some(this.fail(BridgeError::Generate(error)))),
                 None => {

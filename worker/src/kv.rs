@@ -37,9 +37,11 @@ pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
         .collect()
 }
 
-/// FNV-1a over the parent hash and the block's tokens, little-endian: the same in every process
-/// and on every platform (std's hasher is seeded per process, so it cannot be shared).
-fn chain_hash(parent: BlockHash, block: &[u32]) -> BlockHash {
+/// The hash of `block` following the block hashed `parent` (0 at the start of a sequence): FNV-1a
+/// over the parent hash and the block's tokens, little-endian, the same in every process and on
+/// every platform (std's hasher is seeded per process, so it cannot be shared). It is no defence
+/// against crafted collisions: engines compare tokens before they reuse a block.
+pub fn chain_hash(parent: BlockHash, block: &[u32]) -> BlockHash {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut hash = OFFSET;

@@ -242,8 +242,16 @@ pub struct AnthropicUsage {
 }
 
 impl AnthropicUsage {
-    pub fn new(input_tokens: u32, output_tokens: u32) -> AnthropicUsage {
-        AnthropicUsage { input_tokens, output_tokens, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 }
+    /// Anthropic counts cache reads apart: `input_tokens` are the prompt tokens computed, and
+    /// `cache_read_input_tokens` those read from the cache (the prompt is their sum).
+    pub fn new(prompt_tokens: u32, output_tokens: u32, cached_tokens: u32) -> AnthropicUsage {
+        let cache_read_input_tokens = cached_tokens.min(prompt_tokens);
+        AnthropicUsage {
+            input_tokens: prompt_tokens - cache_read_input_tokens,
+            output_tokens,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens,
+        }
     }
 }
 

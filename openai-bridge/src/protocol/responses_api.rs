@@ -283,7 +283,7 @@ impl From<UsageBody> for ResponseUsage {
     fn from(usage: UsageBody) -> ResponseUsage {
         ResponseUsage {
             input_tokens: usage.prompt_tokens,
-            input_tokens_details: CachedTokens { cached_tokens: 0 },
+            input_tokens_details: CachedTokens { cached_tokens: usage.prompt_tokens_details.cached_tokens },
             output_tokens: usage.completion_tokens,
             output_tokens_details: ReasoningTokens { reasoning_tokens: 0 },
             total_tokens: usage.total_tokens,

@@ -64,7 +64,7 @@ pub(super) async fn messages(
         content: ContentBlock::from_parsed(&parsed),
         stop_reason: Some(stop_reason),
         stop_sequence,
-        usage: AnthropicUsage::new(generated.usage.prompt_tokens, generated.usage.completion_tokens),
+        usage: AnthropicUsage::new(generated.usage.prompt_tokens, generated.usage.completion_tokens, generated.usage.cached_tokens),
     };
     Ok(json_response(StatusCode::OK, &message))
 }
@@ -216,7 +216,7 @@ impl ChunkWriter for MessagesWriter {
         let mut out = VecDeque::new();
         let message = json!({
             "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-            "stop_reason": null, "stop_sequence": null, "usage": AnthropicUsage::new(self.input_tokens, 0),
+            "stop_reason": null, "stop_sequence": null, "usage": AnthropicUsage::new(self.input_tokens, 0, 0),
         });
         Self::event("message_start", json!({"message": message}), &mut out);
         Self::event("ping", json!({}), &mut out);

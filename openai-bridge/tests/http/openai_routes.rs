@@ -368,6 +368,7 @@ async fn held_streams_finish_normally_too() {
         reason: FinishReason::Stop,
         prompt_tokens: 2,
         completion_tokens: 1,
+        cached_tokens: 0,
         queued_for: std::time::Duration::ZERO,
     }));
     hub.script(Script::Held(events));

@@ -16,7 +16,7 @@ use tritium_worker::llm::{FinishReason, GenerateError, GenerateEvent, ModelKind,
 use support::{ids, preprocessor, token_events};
 
 fn finished(reason: FinishReason, prompt_tokens: u32, completion_tokens: u32) -> Result<GenerateEvent, GenerateError> {
-    Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, queued_for: Duration::from_millis(1) })
+    Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens: 0, queued_for: Duration::from_millis(1) })
 }
 
 fn texts(events: &[Result<TextEvent, BridgeError>]) -> Vec<String> {
@@ -51,7 +51,7 @@ async fn deltas_then_finished() {
         events.last(),
         Some(&Ok(TextEvent::Finished {
             reason: FinishReason::Length,
-            usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
+            usage: Usage { prompt_tokens: 3, completion_tokens: 2, cached_tokens: 0 },
             stop_string: None
         }))
     );
@@ -81,7 +81,7 @@ async fn a_stop_string_across_tokens_ends_the_sequence_at_once() {
         events.last(),
         Some(&Ok(TextEvent::Finished {
             reason: FinishReason::Stop,
-            usage: Usage { prompt_tokens: 4, completion_tokens: 2 },
+            usage: Usage { prompt_tokens: 4, completion_tokens: 2, cached_tokens: 0 },
             stop_string: Some("lo w".into())
         }))
     );
@@ -166,6 +166,6 @@ async fn collect_folds_the_stream() {
     assert_eq!(generated.text, "Hello world");
     assert_eq!(generated.tokens.len(), 2);
     assert_eq!(generated.reason, FinishReason::Stop);
-    assert_eq!(generated.usage, Usage { prompt_tokens: 5, completion_tokens: 2 });
+    assert_eq!(generated.usage, Usage { prompt_tokens: 5, completion_tokens: 2, cached_tokens: 0 });
     assert_eq!(generated.stop_string, None);
 }

@@ -92,10 +92,18 @@ pub struct ModelArgs {
     /// Sequences a language model decodes together in one batch.
     #[arg(long, env = "TRITIUM_LLM_MAX_SEQUENCES", default_value_t = EngineOptions::default().max_sequences)]
     pub llm_max_sequences: usize,
-    /// KV-cache positions the running sequences of one model may reserve together (prompt plus
-    /// max_tokens each); a request waits until its reservation fits.
+    /// KV-cache positions of one model's block pool, shared by the running sequences and the
+    /// prefix cache. Sequences take blocks as they grow; when none is left the newest sequence is
+    /// preempted (and resumes later from the prefix cache).
     #[arg(long, env = "TRITIUM_LLM_MAX_KV_TOKENS", default_value_t = EngineOptions::default().max_kv_tokens)]
     pub llm_max_kv_tokens: usize,
+    /// Positions per KV-cache block: the unit of allocation, of prefix reuse and of KV events.
+    /// Keep it equal to the router's --kv-block-size for KV-aware routing.
+    #[arg(long, env = "TRITIUM_LLM_KV_BLOCK_SIZE", default_value_t = EngineOptions::default().kv_block_size)]
+    pub llm_kv_block_size: usize,
+    /// Turns the prefix cache off: every prompt is computed in full and no KV events are sent.
+    #[arg(long, env = "TRITIUM_LLM_NO_PREFIX_CACHE")]
+    pub llm_no_prefix_cache: bool,
     /// Requests that may wait for a place in the batch; beyond it they are refused with
     /// RESOURCE_EXHAUSTED (HTTP 429).
     #[arg(long, env = "TRITIUM_LLM_MAX_QUEUE", default_value_t = EngineOptions::default().max_queue)]
@@ -116,6 +124,8 @@ pub(super) fn engine_options(models: &ModelArgs) -> EngineOptions {
         max_queue: models.llm_max_queue,
         prefill_chunk: models.llm_prefill_chunk,
         max_constraint_bytes: models.llm_max_constraint_bytes,
+        kv_block_size: models.llm_kv_block_size,
+        prefix_caching: !models.llm_no_prefix_cache,
     }
 }
 

@@ -175,11 +175,12 @@ pub fn event_to_proto(event: GenerateEvent) -> pb::GenerateEvent {
             logprob: token.logprob,
             top_logprobs: token.top_logprobs.into_iter().map(|(id, logprob)| pb::TopLogprob { id, logprob }).collect(),
         }),
-        GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, queued_for } => {
+        GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens, queued_for } => {
             pb::generate_event::Event::Finished(pb::Finished {
                 reason: reason.as_str().to_string(),
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens,
                 queued_us: u64::try_from(queued_for.as_micros()).unwrap_or(u64::MAX),
             })
         }
@@ -206,6 +207,8 @@ pub fn event_from_proto(event: pb::GenerateEvent) -> Result<GenerateEvent, Strin
                 reason,
                 prompt_tokens: finished.prompt_tokens,
                 completion_tokens: finished.completion_tokens,
+                // A worker cannot have cached more of the prompt than there is.
+                cached_tokens: finished.cached_tokens.min(finished.prompt_tokens),
                 queued_for: Duration::from_micros(finished.queued_us),
             })
         }
@@ -254,6 +257,7 @@ mod tests {
                 reason: FinishReason::Length,
                 prompt_tokens: 3,
                 completion_tokens: 1,
+                cached_tokens: 2,
                 queued_for: Duration::from_micros(42),
             },
         ];

@@ -179,9 +179,12 @@ impl Migration {
                         return;
                     }
                 }
-                Some(Ok(GenerateEvent::Finished { reason, queued_for, .. })) => {
+                Some(Ok(GenerateEvent::Finished { reason, queued_for, cached_tokens, .. })) => {
                     let completion_tokens = u32::try_from(self.generated.len()).unwrap_or(u32::MAX);
-                    let _ = sender.send(Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, queued_for }));
+                    // After a failover the last worker saw the prompt plus what was generated.
+                    let cached_tokens = cached_tokens.min(prompt_tokens);
+                    let finished = GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens, queued_for };
+                    let _ = sender.send(Ok(finished));
                     return;
                 }
                 Some(Err(error)) if !is_unreachable(&error) => {

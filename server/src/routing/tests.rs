@@ -81,6 +81,7 @@ impl WorkerClient for Fake {
                 reason: FinishReason::Length,
                 prompt_tokens: request.prompt.len() as u32,
                 completion_tokens: max as u32,
+                cached_tokens: 0,
                 queued_for: std::time::Duration::ZERO,
             }));
         }

@@ -92,6 +92,13 @@ fn engine_options(config: &ModelConfig, defaults: &EngineOptions) -> Result<Engi
         max_queue: number("max_queue", defaults.max_queue)?,
         prefill_chunk: number("prefill_chunk", defaults.prefill_chunk)?,
         max_constraint_bytes: number("max_constraint_bytes", defaults.max_constraint_bytes)?,
+        kv_block_size: number("kv_block_size", defaults.kv_block_size)?,
+        prefix_caching: match config_parameter(config, "prefix_caching").map(str::trim) {
+            None | Some("") => defaults.prefix_caching,
+            Some("true") => true,
+            Some("false") => false,
+            Some(text) => return Err(format!("parameter 'prefix_caching' must be true or false, not '{text}'")),
+        },
     })
 }
 

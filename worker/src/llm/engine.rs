@@ -1,32 +1,39 @@
-//! The engine: one thread per model runs decode steps over a batch of sequences. Between steps
-//! it drops sequences whose client went away, finishes those that stopped, and admits waiting
-//! ones while the batch has room and their KV reservation fits the budget (continuous
-//! batching). A new sequence's prompt is fed in chunks inside the same steps, so a long prompt
-//! does not stall the others' decoding.
+//! The engine: one thread per model runs decode steps over a batch of sequences
+//! ([`engine_loop`](super::engine_loop)), with the KV cache in blocks and a prefix cache over
+//! them. Between steps it drops sequences whose client went away, finishes those that stopped,
+//! and admits waiting ones while the batch has a place and the block pool has room (continuous
+//! batching). This module is the engine's front: options, validation, the queue, the counters.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::LanguageModel;
+use super::block_pool::BlockPool;
 use super::card::ModelCard;
 use super::constraint::{Constrained, Constraint, Grammars};
-use super::model::{DecoderModel, SequenceCache, SequenceInput};
-use super::sampler::Sampler;
-use super::types::{EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, TokenStream};
+use super::engine_loop::EngineLoop;
+use super::model::DecoderModel;
+use super::types::{EngineStats, GenerateError, GenerateEvent, GenerateRequest, TokenStream};
+use crate::kv::{BlockHash, DEFAULT_KV_BLOCK_SIZE, KvEvent, block_hashes};
 
 /// Bounds on what one engine holds at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineOptions {
     /// Sequences in the running batch.
     pub max_sequences: usize,
-    /// KV-cache positions all running sequences may reserve together (prompt plus `max_tokens`
-    /// each). A sequence is admitted only when its reservation fits, so none is evicted later.
+    /// KV-cache positions in the model's block pool, shared by running sequences and the prefix
+    /// cache. A sequence takes blocks as it grows; when none is left the newest is preempted.
     pub max_kv_tokens: usize,
+    /// Positions per KV block: the unit of allocation, of prefix reuse and of KV events (the
+    /// router hashes prompts with the same size).
+    pub kv_block_size: usize,
+    /// Keep full blocks of finished sequences and reuse them for prompts that start the same.
+    pub prefix_caching: bool,
     /// Requests that may wait for a place; beyond it requests are refused (RESOURCE_EXHAUSTED,
     /// HTTP 429).
     pub max_queue: usize,
@@ -40,8 +47,10 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> EngineOptions {
         EngineOptions {
-            max_sequences: 8,
+            max_sequences: 32,
             max_kv_tokens: 16_384,
+            kv_block_size: DEFAULT_KV_BLOCK_SIZE,
+            prefix_caching: true,
             max_queue: 64,
             prefill_chunk: 256,
             max_constraint_bytes: 64 << 10,
@@ -49,78 +58,57 @@ impl Default for EngineOptions {
     }
 }
 
-type EventSender = mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>>;
+pub(super) type EventSender = mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>>;
 
 /// A request waiting for a place in the batch.
-struct Waiting {
-    request: GenerateRequest,
+pub(super) struct Waiting {
+    pub request: GenerateRequest,
+    /// The chained hashes of the prompt's full blocks, worked out on the caller's thread.
+    pub hashes: Vec<BlockHash>,
     /// The compiled grammar, when the request has one.
-    constraint: Option<Constrained>,
-    sender: EventSender,
-    submitted: Instant,
-    /// Tokens this sequence may generate, and the KV positions it reserves.
-    max_new: usize,
-}
-
-/// A sequence in the running batch.
-struct Running {
-    prompt: Vec<u32>,
-    /// Prompt tokens already in the cache.
-    fed: usize,
-    /// The last generated token, fed in the next step.
-    last: u32,
-    generated: usize,
-    max_new: usize,
-    reservation: usize,
-    cache: SequenceCache,
-    sampler: Sampler,
-    constraint: Option<Constrained>,
-    stop_token_ids: Vec<u32>,
-    ignore_eos: bool,
-    min_tokens: usize,
-    queued_for: Duration,
-    sender: EventSender,
-}
-
-impl Running {
-    fn prefilling(&self) -> bool {
-        self.fed < self.prompt.len()
-    }
+    pub constraint: Option<Constrained>,
+    pub sender: EventSender,
+    pub submitted: Instant,
+    /// Tokens this sequence may generate.
+    pub max_new: usize,
 }
 
 #[derive(Default)]
-struct Counters {
-    running: AtomicUsize,
-    waiting: AtomicUsize,
-    kv_used: AtomicUsize,
-    tokens: AtomicU64,
-    prompt_tokens: AtomicU64,
-    finished: AtomicU64,
-    cancelled: AtomicU64,
-    rejected: AtomicU64,
-    steps: AtomicU64,
-    rows: AtomicU64,
+pub(super) struct Counters {
+    pub running: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub kv_used: AtomicUsize,
+    pub kv_cached_blocks: AtomicUsize,
+    pub tokens: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub prompt_tokens_cached: AtomicU64,
+    pub finished: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub rejected: AtomicU64,
+    pub preempted: AtomicU64,
+    pub steps: AtomicU64,
+    pub rows: AtomicU64,
 }
 
-struct Queue {
-    waiting: VecDeque<Waiting>,
-    shutdown: bool,
+pub(super) struct Queue {
+    pub waiting: VecDeque<Waiting>,
+    pub shutdown: bool,
 }
 
-struct Shared {
-    name: String,
-    options: EngineOptions,
-    queue: Mutex<Queue>,
-    wake: Condvar,
-    counters: Counters,
+pub(super) struct Shared {
+    pub name: String,
+    pub options: EngineOptions,
+    pub queue: Mutex<Queue>,
+    pub wake: Condvar,
+    pub counters: Counters,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn engine_error(&self, message: impl Into<String>) -> GenerateError {
+    pub(super) fn engine_error(&self, message: impl Into<String>) -> GenerateError {
         GenerateError::Engine { model: self.name.clone(), message: message.into() }
     }
 }
@@ -130,6 +118,9 @@ pub struct LlmEngine {
     card: Arc<ModelCard>,
     shared: Arc<Shared>,
     vocab_size: usize,
+    /// Positions the block pool holds.
+    kv_capacity: usize,
+    kv_events: broadcast::Sender<KvEvent>,
     /// Built at the first constrained request (a trie over the whole vocabulary).
     grammars: OnceLock<Result<Grammars, String>>,
     /// Held while a grammar compiles: one compile at a time per model, so constrained requests
@@ -146,9 +137,24 @@ impl std::fmt::Debug for LlmEngine {
 
 impl LlmEngine {
     pub(crate) fn start(name: &str, model: DecoderModel, card: ModelCard, options: EngineOptions) -> Result<LlmEngine, String> {
-        if options.max_sequences == 0 || options.max_kv_tokens == 0 || options.prefill_chunk == 0 {
-            return Err("max_sequences, max_kv_tokens and prefill_chunk must be at least 1".to_string());
+        if options.max_sequences == 0 || options.max_kv_tokens == 0 || options.prefill_chunk == 0 || options.kv_block_size == 0 {
+            return Err("max_sequences, max_kv_tokens, prefill_chunk and kv_block_size must be at least 1".to_string());
         }
+        let block_size = options.kv_block_size;
+        let blocks = options.max_kv_tokens.div_ceil(block_size);
+        let kv = model
+            .new_kv_store(blocks, block_size)
+            .map_err(|e| format!("a KV store of {blocks} blocks of {block_size} positions: {e}"))?;
+        let pool = BlockPool::new(blocks, block_size, options.prefix_caching);
+        let kv_events = pool.event_sender();
+        tracing::info!(
+            model = name,
+            blocks,
+            block_size,
+            mib = blocks * block_size * model.kv_bytes_per_token() >> 20,
+            prefix_caching = options.prefix_caching,
+            "KV cache"
+        );
         let shared = Arc::new(Shared {
             name: name.to_string(),
             options,
@@ -163,10 +169,22 @@ impl LlmEngine {
             .spawn({
                 let shared = Arc::clone(&shared);
                 let card = Arc::clone(&card);
-                move || Scheduler { model, card, shared, running: Vec::new(), kv_used: 0 }.run()
+                move || {
+                    let preempted = VecDeque::new();
+                    EngineLoop { model, kv, pool, card, shared, running: Vec::new(), preempted, admitted: 0 }.run()
+                }
             })
             .map_err(|e| format!("starting the engine thread: {e}"))?;
-        Ok(LlmEngine { card, shared, vocab_size, grammars: OnceLock::new(), compiling: Mutex::new(()), thread: Some(thread) })
+        Ok(LlmEngine {
+            card,
+            shared,
+            vocab_size,
+            kv_capacity: blocks * block_size,
+            kv_events,
+            grammars: OnceLock::new(),
+            compiling: Mutex::new(()),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -236,11 +254,11 @@ impl LanguageModel for LlmEngine {
                 self.vocab_size
             )));
         }
-        let room = context.min(options.max_kv_tokens).saturating_sub(prompt_len);
+        let positions = context.min(self.kv_capacity);
+        let room = positions.saturating_sub(prompt_len);
         if room == 0 {
             return Err(GenerateError::InvalidRequest(format!(
-                "the prompt has {prompt_len} tokens, which leaves no room to generate within {} positions",
-                context.min(options.max_kv_tokens)
+                "the prompt has {prompt_len} tokens, which leaves no room to generate within {positions} positions"
             )));
         }
         let max_new = request.stop.max_tokens.map_or(room, |m| (m as usize).min(room));
@@ -257,12 +275,13 @@ impl LanguageModel for LlmEngine {
             }
             None => None,
         };
+        let hashes = block_hashes(&request.prompt, options.kv_block_size);
         let (sender, receiver) = mpsc::unbounded_channel();
         let mut queue = self.shared.lock();
         if let Some(refused) = self.refusal(&queue) {
             return Err(refused);
         }
-        queue.waiting.push_back(Waiting { request, constraint, sender, submitted: Instant::now(), max_new });
+        queue.waiting.push_back(Waiting { request, hashes, constraint, sender, submitted: Instant::now(), max_new });
         self.shared.counters.waiting.store(queue.waiting.len(), Ordering::Relaxed);
         drop(queue);
         self.shared.wake.notify_one();
@@ -275,17 +294,20 @@ impl LanguageModel for LlmEngine {
             running: c.running.load(Ordering::Relaxed),
             waiting: c.waiting.load(Ordering::Relaxed),
             kv_tokens_used: c.kv_used.load(Ordering::Relaxed),
-            kv_tokens_capacity: self.shared.options.max_kv_tokens,
+            kv_tokens_capacity: self.kv_capacity,
             tokens_generated: c.tokens.load(Ordering::Relaxed),
             prompt_tokens: c.prompt_tokens.load(Ordering::Relaxed),
-            // No prefix cache: every prompt token is computed.
-            prompt_tokens_cached: 0,
+            prompt_tokens_cached: c.prompt_tokens_cached.load(Ordering::Relaxed),
             sequences_finished: c.finished.load(Ordering::Relaxed),
             sequences_cancelled: c.cancelled.load(Ordering::Relaxed),
             sequences_rejected: c.rejected.load(Ordering::Relaxed),
             decode_steps: c.steps.load(Ordering::Relaxed),
             decode_rows: c.rows.load(Ordering::Relaxed),
         }
+    }
+
+    fn kv_events(&self) -> Option<broadcast::Receiver<KvEvent>> {
+        Some(self.kv_events.subscribe())
     }
 }
 
@@ -297,249 +319,4 @@ impl Drop for LlmEngine {
             let _ = thread.join();
         }
     }
-}
-
-/// The engine thread's state.
-struct Scheduler {
-    model: DecoderModel,
-    card: Arc<ModelCard>,
-    shared: Arc<Shared>,
-    running: Vec<Running>,
-    kv_used: usize,
-}
-
-impl Scheduler {
-    fn run(mut self) {
-        while self.admit() {
-            self.drop_cancelled();
-            if !self.running.is_empty() {
-                self.step();
-            }
-            self.publish_gauges();
-        }
-        let error = GenerateError::ShuttingDown(self.shared.name.clone());
-        for sequence in self.running.drain(..) {
-            let _ = sequence.sender.send(Err(error.clone()));
-        }
-        for waiting in self.shared.lock().waiting.drain(..) {
-            let _ = waiting.sender.send(Err(error.clone()));
-        }
-    }
-
-    /// Moves waiting requests into the batch while they fit, in arrival order; blocks while
-    /// there is nothing to do. Returns false at shutdown.
-    fn admit(&mut self) -> bool {
-        let options = self.shared.options.clone();
-        let mut queue = self.shared.lock();
-        loop {
-            if queue.shutdown {
-                return false;
-            }
-            while self.running.len() < options.max_sequences {
-                let Some(front) = queue.waiting.front() else { break };
-                let reservation = front.request.prompt.len() + front.max_new;
-                if self.kv_used + reservation > options.max_kv_tokens && !self.running.is_empty() {
-                    break;
-                }
-                let Some(waiting) = queue.waiting.pop_front() else { break };
-                if waiting.sender.is_closed() {
-                    self.shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                self.kv_used += reservation;
-                self.running.push(self.begin(waiting, reservation));
-            }
-            self.shared.counters.waiting.store(queue.waiting.len(), Ordering::Relaxed);
-            if !self.running.is_empty() {
-                return true;
-            }
-            self.publish_gauges();
-            queue = self.shared.wake.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-    }
-
-    fn begin(&self, waiting: Waiting, reservation: usize) -> Running {
-        let Waiting { request, constraint, sender, submitted, max_new } = waiting;
-        Running {
-            sampler: Sampler::new(&request.sampling, request.logprobs, &request.prompt),
-            constraint,
-            cache: self.model.new_cache(),
-            fed: 0,
-            last: 0,
-            generated: 0,
-            max_new,
-            reservation,
-            stop_token_ids: request.stop.stop_token_ids,
-            ignore_eos: request.stop.ignore_eos,
-            min_tokens: request.stop.min_tokens as usize,
-            queued_for: submitted.elapsed(),
-            prompt: request.prompt,
-            sender,
-        }
-    }
-
-    /// Stops sequences whose client went away: within one step of the client leaving.
-    fn drop_cancelled(&mut self) {
-        let mut freed = 0;
-        let counters = &self.shared.counters;
-        self.running.retain(|s| {
-            let gone = s.sender.is_closed();
-            if gone {
-                freed += s.reservation;
-                counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            }
-            !gone
-        });
-        self.kv_used -= freed;
-    }
-
-    /// One forward pass over the batch, then a token for every sequence past its prompt.
-    fn step(&mut self) {
-        let mut prefill_budget = self.shared.options.prefill_chunk;
-        // Which running sequences take part, and how many tokens each feeds.
-        let mut feeds: Vec<(usize, usize)> = Vec::with_capacity(self.running.len());
-        for (index, sequence) in self.running.iter().enumerate() {
-            if sequence.prefilling() {
-                let n = (sequence.prompt.len() - sequence.fed).min(prefill_budget);
-                if n > 0 {
-                    prefill_budget -= n;
-                    feeds.push((index, n));
-                }
-            } else {
-                feeds.push((index, 1));
-            }
-        }
-        let shared = Arc::clone(&self.shared);
-        let counters = &shared.counters;
-        let logits = {
-            let mut feed_iter = feeds.iter().peekable();
-            let mut inputs = Vec::with_capacity(feeds.len());
-            for (index, sequence) in self.running.iter_mut().enumerate() {
-                let Some(&&(wanted, n)) = feed_iter.peek() else { break };
-                if wanted != index {
-                    continue;
-                }
-                feed_iter.next();
-                let Running { prompt, fed, last, cache, .. } = sequence;
-                let tokens = if *fed < prompt.len() { &prompt[*fed..*fed + n] } else { std::slice::from_ref(&*last) };
-                inputs.push(SequenceInput { tokens, cache });
-            }
-            self.model.forward(&mut inputs).and_then(|l| l.to_vec2::<f32>())
-        };
-        counters.steps.fetch_add(1, Ordering::Relaxed);
-        counters.rows.fetch_add(feeds.len() as u64, Ordering::Relaxed);
-        let logits = match logits {
-            Ok(logits) => logits,
-            Err(e) => {
-                tracing::error!(model = %self.shared.name, "forward pass failed: {e}");
-                let error = self.shared.engine_error(format!("forward pass failed: {e}"));
-                let failed: Vec<usize> = feeds.iter().map(|&(i, _)| i).collect();
-                for sequence in self.remove_many(&failed) {
-                    let _ = sequence.sender.send(Err(error.clone()));
-                }
-                return;
-            }
-        };
-        let mut done = Vec::new();
-        for (&(index, n), row) in feeds.iter().zip(&logits) {
-            let sequence = &mut self.running[index];
-            if sequence.prefilling() {
-                sequence.fed += n;
-                counters.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
-                if sequence.prefilling() {
-                    continue;
-                }
-            }
-            if let Some(finish) = next_token(sequence, row, &self.card, self.model.config().context_length, counters) {
-                done.push((index, finish));
-            }
-        }
-        let finished: Vec<usize> = done.iter().map(|&(i, _)| i).collect();
-        for (sequence, (_, reason)) in self.remove_many(&finished).into_iter().zip(done) {
-            match reason {
-                Some(reason) => {
-                    counters.finished.fetch_add(1, Ordering::Relaxed);
-                    let _ = sequence.sender.send(Ok(GenerateEvent::Finished {
-                        reason,
-                        prompt_tokens: sequence.prompt.len() as u32,
-                        completion_tokens: sequence.generated as u32,
-                        queued_for: sequence.queued_for,
-                    }));
-                }
-                None => {
-                    counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    /// Takes the sequences at `indices` (ascending) out of the batch, in that order, and frees
-    /// their reservations.
-    fn remove_many(&mut self, indices: &[usize]) -> Vec<Running> {
-        let mut removed = Vec::with_capacity(indices.len());
-        for &index in indices.iter().rev() {
-            let sequence = self.running.remove(index);
-            self.kv_used -= sequence.reservation;
-            removed.push(sequence);
-        }
-        removed.reverse();
-        removed
-    }
-
-    fn publish_gauges(&self) {
-        let counters = &self.shared.counters;
-        counters.running.store(self.running.len(), Ordering::Relaxed);
-        counters.kv_used.store(self.kv_used, Ordering::Relaxed);
-    }
-}
-
-/// Samples a sequence's next token from its logits and sends it. Returns `Some(Some(reason))`
-/// when the sequence is finished, `Some(None)` when it ends otherwise (its client has gone, or its
-/// grammar failed and the client was told), `None` to go on.
-fn next_token(
-    sequence: &mut Running,
-    logits: &[f32],
-    card: &ModelCard,
-    context_length: usize,
-    counters: &Counters,
-) -> Option<Option<FinishReason>> {
-    let token = match &mut sequence.constraint {
-        Some(constraint) => match constraint.mask() {
-            Ok(allowed) => sequence.sampler.sample_among(logits, &allowed),
-            Err(message) => return Some(constraint_failed(sequence, message)),
-        },
-        None => sequence.sampler.sample(logits),
-    };
-    sequence.generated += 1;
-    counters.tokens.fetch_add(1, Ordering::Relaxed);
-    let id = token.id;
-    let eos = card.eos_token_ids.contains(&id)
-        && (sequence.constraint.as_mut().is_some_and(Constrained::accepting)
-            || (!sequence.ignore_eos && sequence.generated > sequence.min_tokens));
-    if eos || sequence.stop_token_ids.contains(&id) {
-        return Some(Some(FinishReason::Stop));
-    }
-    let complete = match sequence.constraint.as_mut().map(|constraint| constraint.advance(id)) {
-        Some(Err(message)) => return Some(constraint_failed(sequence, message)),
-        Some(Ok(complete)) => complete,
-        None => false,
-    };
-    if sequence.sender.send(Ok(GenerateEvent::Token(token))).is_err() {
-        return Some(None);
-    }
-    if complete {
-        return Some(Some(FinishReason::Stop));
-    }
-    sequence.last = id;
-    let full = sequence.cache.len() + 1 > context_length;
-    if sequence.generated >= sequence.max_new || full {
-        return Some(Some(FinishReason::Length));
-    }
-    None
-}
-
-/// Ends a sequence whose grammar failed: the client gets the error, the batch goes on.
-fn constraint_failed(sequence: &Running, message: String) -> Option<FinishReason> {
-    let _ = sequence.sender.send(Err(GenerateError::InvalidRequest(message)));
-    None
 }

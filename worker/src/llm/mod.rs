@@ -3,15 +3,20 @@
 //! engine over candle with continuous batching.
 
 pub mod backend;
+pub mod block_pool;
+#[cfg(test)]
+mod block_pool_tests;
 mod card;
 mod constraint;
 mod engine;
+mod engine_loop;
 #[cfg(test)]
 mod engine_tests;
 mod gguf_tokenizer;
 pub mod mock;
 mod model;
 mod sampler;
+mod sequence;
 mod types;
 mod vocab;
 

@@ -112,6 +112,8 @@ pub enum GenerateEvent {
         reason: FinishReason,
         prompt_tokens: u32,
         completion_tokens: u32,
+        /// Prompt tokens whose keys and values came from the prefix cache, not computed.
+        cached_tokens: u32,
         /// How long the sequence waited for a place in the running batch.
         queued_for: std::time::Duration,
     },

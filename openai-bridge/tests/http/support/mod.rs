@@ -221,6 +221,7 @@ impl LlmHub for FakeHub {
                     reason,
                     prompt_tokens: request.prompt.len() as u32,
                     completion_tokens: tokens.len() as u32,
+                    cached_tokens: 0,
                     queued_for: Duration::from_millis(2),
                 }));
                 Ok(TokenStream::from_events(events))

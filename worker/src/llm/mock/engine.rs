@@ -50,6 +50,8 @@ struct Running {
     /// Prompt and generated tokens.
     tokens: Vec<u32>,
     prompt_len: usize,
+    /// Prompt tokens found in the cache at admission.
+    cached_tokens: usize,
     /// The blocks this sequence holds a reference on, in order.
     held: Vec<BlockHash>,
     /// Cleared when a generated block found no room: later blocks would have no parent.
@@ -315,7 +317,7 @@ impl Scheduler {
                 prefill_tokens += prompt_len - cached;
                 counters.prompt_tokens.fetch_add(prompt_len as u64, Ordering::Relaxed);
                 counters.prompt_tokens_cached.fetch_add(cached as u64, Ordering::Relaxed);
-                self.running.push(begin(waiting));
+                self.running.push(begin(waiting, cached));
             }
             counters.waiting.store(queue.waiting.len(), Ordering::Relaxed);
             if !self.running.is_empty() {
@@ -371,6 +373,7 @@ impl Scheduler {
                 reason,
                 prompt_tokens: u32::try_from(sequence.prompt_len).unwrap_or(u32::MAX),
                 completion_tokens: u32::try_from(sequence.generated).unwrap_or(u32::MAX),
+                cached_tokens: u32::try_from(sequence.cached_tokens).unwrap_or(u32::MAX),
                 queued_for: sequence.queued_for,
             }));
         }
@@ -383,13 +386,14 @@ impl Scheduler {
     }
 }
 
-fn begin(waiting: Waiting) -> Running {
+fn begin(waiting: Waiting, cached_tokens: usize) -> Running {
     let Waiting { request, hashes, sender, submitted, max_new } = waiting;
     let text_offset = request.sampling.seed.map_or(0, |seed| (seed % TEXT.len() as u64) as usize);
     let mut tokens = request.prompt;
     tokens.reserve(max_new);
     Running {
         prompt_len: tokens.len(),
+        cached_tokens,
         tokens,
         held: hashes,
         caching: true,

@@ -2,14 +2,16 @@
 //! the rows of every sequence in the batch (a whole prompt chunk for a new one, one token for a
 //! running one) go through each weight matrix together, and only attention runs per sequence,
 //! against that sequence's own KV cache. Decoding is bound by reading the weights, so one
-//! batched step costs little more than a step of a single sequence.
+//! batched step costs little more than a step of a single sequence. Keys and values live in a
+//! paged [`KvStore`]; each sequence brings its block table.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::config::{DecoderConfig, RopeStyle, rope_inverse_frequencies};
 use super::cpu_attention;
-use super::kv_cache::SequenceCache;
+use super::paged_kv::{KvLayout, KvStore};
+use crate::llm::block_pool::BlockId;
 use super::q8_0::Q8_0Linear;
 
 /// A projection: quantized (GGUF) or dense (safetensors) weights, with an optional bias.
@@ -62,11 +64,22 @@ pub(crate) struct Weights {
     pub lm_head: Linear,
 }
 
-/// One sequence's part of a batched forward pass: the tokens to feed, after what its cache holds.
-#[derive(Debug)]
+/// One sequence's part of a batched forward pass: the tokens to feed at positions `cached..`,
+/// after the `cached` positions its blocks already hold. `blocks` must cover every position up to
+/// the last new one; the new keys and values are written into them.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct SequenceInput<'a> {
     pub tokens: &'a [u32],
-    pub cache: &'a mut SequenceCache,
+    pub cached: usize,
+    pub blocks: &'a [BlockId],
+}
+
+/// A sequence's rows in the store, worked out once per forward pass for every layer.
+struct Placement {
+    /// Physical rows of positions `0..cached + n`.
+    rows: Vec<u32>,
+    /// The same as a tensor, for gathering (prompt chunks and non-CPU devices).
+    index: Option<Tensor>,
 }
 
 #[derive(Debug)]
@@ -103,28 +116,46 @@ impl DecoderModel {
         &self.config
     }
 
-    pub(crate) fn new_cache(&self) -> SequenceCache {
-        SequenceCache::new(self.config.num_layers)
+    /// A KV store of `blocks` blocks of `block_size` positions for this model.
+    pub(crate) fn new_kv_store(&self, blocks: usize, block_size: usize) -> Result<KvStore> {
+        let c = &self.config;
+        let layout =
+            KvLayout { layers: c.num_layers, kv_heads: c.num_kv_heads, head_dim: c.head_dim, dtype: self.weights.embeddings.dtype() };
+        KvStore::new(layout, blocks, block_size, &self.device)
     }
 
-    /// Runs every sequence's tokens through the model, appends them to the sequences' caches, and
-    /// returns the logits after each sequence's last token: `[sequences, vocab]`, F32.
-    pub(crate) fn forward(&self, batch: &mut [SequenceInput<'_>]) -> Result<Tensor> {
+    /// Bytes one position of KV cache takes over all layers.
+    pub(crate) fn kv_bytes_per_token(&self) -> usize {
+        let c = &self.config;
+        2 * c.num_layers * c.num_kv_heads * c.head_dim * self.weights.embeddings.dtype().size_in_bytes()
+    }
+
+    /// Runs every sequence's tokens through the model, writes their keys and values into the
+    /// sequences' blocks of `kv`, and returns the logits after each sequence's last token:
+    /// `[sequences, vocab]`, F32.
+    pub(crate) fn forward(&self, kv: &KvStore, batch: &[SequenceInput<'_>]) -> Result<Tensor> {
         let c = &self.config;
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
         let mut last_rows = Vec::with_capacity(batch.len());
-        for input in batch.iter() {
+        let mut placements = Vec::with_capacity(batch.len());
+        for input in batch {
             if input.tokens.is_empty() {
                 candle_core::bail!("a sequence in the batch has no tokens to feed");
             }
-            let start = input.cache.len();
-            if start + input.tokens.len() > c.context_length {
+            let start = input.cached;
+            let total = start + input.tokens.len();
+            if total > c.context_length {
                 candle_core::bail!("the sequence would pass the context length {}", c.context_length);
             }
             tokens.extend_from_slice(input.tokens);
-            positions.extend((start..start + input.tokens.len()).map(|p| p as u32));
+            positions.extend((start..total).map(|p| p as u32));
             last_rows.push((tokens.len() - 1) as u32);
+            let rows = kv.rows(input.blocks, total)?;
+            // Decode rows on the CPU read the store in place; everything else gathers.
+            let in_place = input.tokens.len() == 1 && self.device.is_cpu() && self.weights.embeddings.dtype() == DType::F32;
+            let index = if in_place { None } else { Some(Tensor::new(rows.as_slice(), &self.device)?) };
+            placements.push(Placement { rows, index });
         }
         let rows = tokens.len();
         let tokens = Tensor::from_vec(tokens, rows, &self.device)?;
@@ -134,14 +165,11 @@ impl DecoderModel {
         let mut x = self.weights.embeddings.index_select(&tokens, 0)?;
         for (index, layer) in self.weights.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attention_norm, c.rms_norm_eps as f32)?;
-            let attention = self.attention(index, layer, &h, &cos, &sin, batch)?;
+            let attention = self.attention(kv, index, layer, &h, &cos, &sin, batch, &placements)?;
             x = (x + layer.o.forward(&attention)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, c.rms_norm_eps as f32)?;
             let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
             x = (x + layer.down.forward(&gated)?)?;
-        }
-        for input in batch.iter_mut() {
-            input.cache.advance(input.tokens.len());
         }
         let last_rows = Tensor::from_vec(last_rows, batch.len(), &self.device)?;
         let last = x.index_select(&last_rows, 0)?;
@@ -150,14 +178,17 @@ impl DecoderModel {
     }
 
     /// Self-attention of one layer for every sequence in the batch: `[rows, heads * head_dim]`.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
+        kv: &KvStore,
         layer_index: usize,
         layer: &Layer,
         h: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        batch: &mut [SequenceInput<'_>],
+        batch: &[SequenceInput<'_>],
+        placements: &[Placement],
     ) -> Result<Tensor> {
         let c = &self.config;
         let rows = h.dims()[0];
@@ -173,16 +204,20 @@ impl DecoderModel {
         let mut buffer = (self.device.is_cpu() && q.dtype() == DType::F32).then(|| vec![0f32; rows * width]);
         let mut outputs = Vec::with_capacity(batch.len());
         let mut offset = 0;
-        for input in batch.iter_mut() {
+        for (input, placement) in batch.iter().zip(placements) {
             let n = input.tokens.len();
-            let start = input.cache.len();
-            let (keys, values) = input.cache.append(layer_index, &k.narrow(1, offset, n)?, &v.narrow(1, offset, n)?)?;
+            let start = input.cached;
+            kv.write(layer_index, &placement.rows[start..], &k.narrow(1, offset, n)?, &v.narrow(1, offset, n)?)?;
             let rows_out = offset * width..(offset + n) * width;
-            match buffer.as_mut() {
-                Some(buffer) if cpu_attention::applies(&q, n) => {
-                    cpu_attention::attend(&q, offset, &keys, &values, start, scale as f32, &mut buffer[rows_out])?;
+            match (buffer.as_mut(), &placement.index) {
+                (Some(buffer), None) if cpu_attention::applies(&q, n) => {
+                    let (keys, values) = kv.layer(layer_index)?;
+                    let paged = cpu_attention::Paged { keys, values, rows: &placement.rows };
+                    cpu_attention::attend(&q, offset, paged, start, scale as f32, &mut buffer[rows_out])?;
                 }
-                _ => {
+                (_, index) => {
+                    let Some(index) = index else { candle_core::bail!("no gather index for a prompt chunk") };
+                    let (keys, values) = kv.gather(layer_index, index)?;
                     // Query heads that share a KV head sit next to each other: fold them into
                     // rows so one matmul per KV head serves the whole group, with no copies of
                     // K and V.

@@ -1,16 +1,18 @@
 //! The language model itself: a llama-family decoder loaded from a GGUF file or a Hugging Face
-//! folder, with a batched forward pass over per-sequence KV caches.
+//! folder, with a batched forward pass over a paged KV store.
 
 mod config;
 mod cpu_attention;
 mod decoder;
 mod gguf;
 mod hf;
-mod kv_cache;
+mod paged_kv;
 mod q8_0;
 #[cfg(test)]
 mod throughput;
 
+#[cfg(test)]
+mod test_kv;
 #[cfg(test)]
 mod tests;
 
@@ -22,7 +24,7 @@ pub(crate) use decoder::{DecoderModel, SequenceInput};
 pub(crate) use gguf::WeightPolicy;
 #[cfg(test)]
 pub(crate) use gguf::{Q8_0Kernel, Requantize};
-pub(crate) use kv_cache::SequenceCache;
+pub(crate) use paged_kv::KvStore;
 
 use super::card::{ModelCard, ModelKind};
 

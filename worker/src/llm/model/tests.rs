@@ -8,6 +8,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 
 use super::decoder::argmax_rows;
+use super::test_kv::{Sequence, TestKv};
 use super::*;
 
 fn smollm2() -> PathBuf {
@@ -26,20 +27,21 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
-fn prefill(model: &DecoderModel, tokens: &[u32]) -> (SequenceCache, Tensor) {
-    let mut cache = model.new_cache();
-    let logits = model.forward(&mut [SequenceInput { tokens, cache: &mut cache }]).unwrap();
-    (cache, logits)
+fn prefill(model: &DecoderModel, tokens: &[u32]) -> (TestKv, Sequence, Tensor) {
+    let mut kv = TestKv::new(model);
+    let mut sequence = Sequence::default();
+    let logits = kv.feed(model, tokens, &mut sequence);
+    (kv, sequence, logits)
 }
 
 /// Greedy continuation of one sequence, alone.
 fn greedy_alone(model: &DecoderModel, prompt: &[u32], steps: usize) -> Vec<u32> {
-    let (mut cache, mut logits) = prefill(model, prompt);
+    let (mut kv, mut sequence, mut logits) = prefill(model, prompt);
     let mut out = Vec::new();
     for _ in 0..steps {
         let next = argmax_rows(&logits).unwrap()[0];
         out.push(next);
-        logits = model.forward(&mut [SequenceInput { tokens: &[next], cache: &mut cache }]).unwrap();
+        logits = kv.feed(model, &[next], &mut sequence);
     }
     out
 }
@@ -50,7 +52,7 @@ fn gguf_logits_match_candles_quantized_llama_and_france_gives_paris() {
     // Exactly the GGUF's own block types, as candle's reference runs them.
     let (model, card) = load_with(&path, &Device::Cpu, WeightPolicy::AS_CANDLE).unwrap();
     let prompt = encode(&card, "The capital of France is");
-    let (_, ours) = prefill(&model, &prompt);
+    let (_, _, ours) = prefill(&model, &prompt);
 
     let mut file = std::fs::File::open(&path).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
@@ -66,7 +68,7 @@ fn gguf_logits_match_candles_quantized_llama_and_france_gives_paris() {
 
     // Re-quantized to Q8_0 (the default on x86): the same answer, logits within rounding.
     let (requantized, _) = load(&path, &Device::Cpu).unwrap();
-    let (_, logits) = prefill(&requantized, &prompt);
+    let (_, _, logits) = prefill(&requantized, &prompt);
     let diff = max_abs_diff(&ours, &logits);
     assert!(diff < 2.0, "re-quantized logits moved by {diff}");
     assert_eq!(argmax_rows(&logits).unwrap()[0], next);
@@ -151,16 +153,16 @@ fn the_tiled_kernel_and_cpu_attention_give_candles_tokens() {
     let (ours, _) = load(&path, &Device::Cpu).unwrap();
     for text in ["Once upon a time, there was a little girl named Lily. She loved to", "The capital of France is"] {
         let prompt = encode(&card, text);
-        let (mut their_cache, mut their_logits) = prefill(&theirs, &prompt);
-        let (mut our_cache, mut our_logits) = prefill(&ours, &prompt);
+        let (mut their_kv, mut their_sequence, mut their_logits) = prefill(&theirs, &prompt);
+        let (mut our_kv, mut our_sequence, mut our_logits) = prefill(&ours, &prompt);
         for step in 0..12 {
             let diff = max_abs_diff(&our_logits, &their_logits);
             eprintln!("{text:?} step {step}: logits differ by {diff}");
             assert!(diff < 1.5, "{text:?} step {step}: logits differ from candle's by {diff}");
             let next = argmax_rows(&their_logits).unwrap()[0];
             assert_eq!(argmax_rows(&our_logits).unwrap()[0], next, "{text:?} step {step}");
-            their_logits = theirs.forward(&mut [SequenceInput { tokens: &[next], cache: &mut their_cache }]).unwrap();
-            our_logits = ours.forward(&mut [SequenceInput { tokens: &[next], cache: &mut our_cache }]).unwrap();
+            their_logits = their_kv.feed(&theirs, &[next], &mut their_sequence);
+            our_logits = our_kv.feed(&ours, &[next], &mut our_sequence);
         }
     }
 }
@@ -170,24 +172,18 @@ fn batched_steps_give_each_sequence_the_logits_it_gets_alone() {
     let (model, card) = load(&smollm2(), &Device::Cpu).unwrap();
     let a = encode(&card, "The capital of France is");
     let b = encode(&card, "Once upon a time, there was a little girl named Lily. She loved to");
-    let (mut alone_a, logits_a) = prefill(&model, &a);
-    let (mut alone_b, logits_b) = prefill(&model, &b);
-    let (mut batch_a, mut batch_b) = (model.new_cache(), model.new_cache());
-    let both = model
-        .forward(&mut [SequenceInput { tokens: &a, cache: &mut batch_a }, SequenceInput { tokens: &b, cache: &mut batch_b }])
-        .unwrap();
+    let (mut kv_a, mut alone_a, logits_a) = prefill(&model, &a);
+    let (mut kv_b, mut alone_b, logits_b) = prefill(&model, &b);
+    let mut kv = TestKv::new(&model);
+    let (mut batch_a, mut batch_b) = (Sequence::default(), Sequence::default());
+    let both = kv.forward(&model, &mut [(&a, &mut batch_a), (&b, &mut batch_b)]);
     assert!(max_abs_diff(&both.i(0).unwrap(), &logits_a.i(0).unwrap()) < 1e-4);
     assert!(max_abs_diff(&both.i(1).unwrap(), &logits_b.i(0).unwrap()) < 1e-4);
     let (mut next_a, mut next_b) = (argmax_rows(&logits_a).unwrap()[0], argmax_rows(&logits_b).unwrap()[0]);
     for step in 0..4 {
-        let alone_a_logits = model.forward(&mut [SequenceInput { tokens: &[next_a], cache: &mut alone_a }]).unwrap();
-        let alone_b_logits = model.forward(&mut [SequenceInput { tokens: &[next_b], cache: &mut alone_b }]).unwrap();
-        let both = model
-            .forward(&mut [
-                SequenceInput { tokens: &[next_a], cache: &mut batch_a },
-                SequenceInput { tokens: &[next_b], cache: &mut batch_b },
-            ])
-            .unwrap();
+        let alone_a_logits = kv_a.feed(&model, &[next_a], &mut alone_a);
+        let alone_b_logits = kv_b.feed(&model, &[next_b], &mut alone_b);
+        let both = kv.forward(&model, &mut [(&[next_a], &mut batch_a), (&[next_b], &mut batch_b)]);
         let diff_a = max_abs_diff(&both.i(0).unwrap(), &alone_a_logits.i(0).unwrap());
         let diff_b = max_abs_diff(&both.i(1).unwrap(), &alone_b_logits.i(0).unwrap());
         assert!(diff_a < 1e-4 && diff_b < 1e-4, "step {step}: batched logits differ by {diff_a} and {diff_b}");
@@ -213,24 +209,18 @@ fn chunked_prefill_and_late_joiners_match_sequences_run_alone() {
     let steps = 6;
     let alone: Vec<Vec<u32>> = prompts.iter().map(|p| greedy_alone(&model, p, steps)).collect();
 
-    let mut caches: Vec<SequenceCache> = (0..3).map(|_| model.new_cache()).collect();
+    let mut kv = TestKv::new(&model);
+    let mut sequences: Vec<Sequence> = (0..3).map(|_| Sequence::default()).collect();
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); 3];
-    let [c0, c1, c2] = &mut caches[..] else { unreachable!() };
+    let [c0, c1, c2] = &mut sequences[..] else { unreachable!() };
     // Sequence 0 prefills whole while sequence 1 prefills in chunks of 5 beside its decoding.
-    let logits = model
-        .forward(&mut [SequenceInput { tokens: &prompts[0], cache: c0 }, SequenceInput { tokens: &prompts[1][..5], cache: c1 }])
-        .unwrap();
+    let logits = kv.forward(&model, &mut [(&prompts[0], &mut *c0), (&prompts[1][..5], &mut *c1)]);
     outputs[0].push(argmax_rows(&logits).unwrap()[0]);
     let mut fed = 5;
     while fed < prompts[1].len() {
         let n = 5.min(prompts[1].len() - fed);
         let last0 = *outputs[0].last().unwrap();
-        let logits = model
-            .forward(&mut [
-                SequenceInput { tokens: &[last0], cache: c0 },
-                SequenceInput { tokens: &prompts[1][fed..fed + n], cache: c1 },
-            ])
-            .unwrap();
+        let logits = kv.forward(&model, &mut [(&[last0], &mut *c0), (&prompts[1][fed..fed + n], &mut *c1)]);
         let rows = argmax_rows(&logits).unwrap();
         outputs[0].push(rows[0]);
         fed += n;
@@ -239,16 +229,16 @@ fn chunked_prefill_and_late_joiners_match_sequences_run_alone() {
         }
     }
     // Sequence 2 joins late.
-    let logits = model.forward(&mut [SequenceInput { tokens: &prompts[2], cache: c2 }]).unwrap();
+    let logits = kv.feed(&model, &prompts[2], c2);
     outputs[2].push(argmax_rows(&logits).unwrap()[0]);
     while outputs.iter().any(|o| o.len() < steps) {
         let lasts: Vec<u32> = outputs.iter().map(|o| *o.last().unwrap()).collect();
-        let mut inputs = vec![
-            SequenceInput { tokens: std::slice::from_ref(&lasts[0]), cache: &mut *c0 },
-            SequenceInput { tokens: std::slice::from_ref(&lasts[1]), cache: &mut *c1 },
-            SequenceInput { tokens: std::slice::from_ref(&lasts[2]), cache: &mut *c2 },
+        let mut inputs = [
+            (std::slice::from_ref(&lasts[0]), &mut *c0),
+            (std::slice::from_ref(&lasts[1]), &mut *c1),
+            (std::slice::from_ref(&lasts[2]), &mut *c2),
         ];
-        let rows = argmax_rows(&model.forward(&mut inputs).unwrap()).unwrap();
+        let rows = argmax_rows(&kv.forward(&model, &mut inputs)).unwrap();
         for (output, token) in outputs.iter_mut().zip(rows) {
             output.push(token);
         }
@@ -269,8 +259,8 @@ fn a_hugging_face_folder_of_the_same_weights_gives_the_same_answer() {
     let (hf_model, hf_card) = load(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(hf_card.eos_token_ids, card.eos_token_ids);
     let prompt = encode(&card, "The capital of France is");
-    let (_, gguf_logits) = prefill(&gguf_model, &prompt);
-    let (_, hf_logits) = prefill(&hf_model, &prompt);
+    let (_, _, gguf_logits) = prefill(&gguf_model, &prompt);
+    let (_, _, hf_logits) = prefill(&hf_model, &prompt);
     // The quantized path rounds activations to 8 bits; the dense path does not.
     let diff = max_abs_diff(&gguf_logits, &hf_logits);
     assert!(diff < 2.0, "logits differ by {diff}");
@@ -377,7 +367,7 @@ fn write_random_hf(dir: &Path, config: &serde_json::Value, bias: bool, tied: boo
 fn compare_with_reference(dir: &Path, mut reference: impl FnMut(&Tensor, usize) -> Tensor) {
     let (model, _) = load(dir, &Device::Cpu).unwrap();
     let prompt: Vec<u32> = vec![3, 17, 42, 5, 99, 7, 11];
-    let (mut cache, mut ours) = prefill(&model, &prompt);
+    let (mut kv, mut sequence, mut ours) = prefill(&model, &prompt);
     let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let mut theirs = reference(&input, 0);
     let mut position = prompt.len();
@@ -389,7 +379,7 @@ fn compare_with_reference(dir: &Path, mut reference: impl FnMut(&Tensor, usize) 
         let diff = max_abs_diff(&ours.i(0).unwrap(), &theirs_row);
         assert!(diff < 1e-4, "step {step}: logits differ from candle's reference by {diff}");
         let next = argmax_rows(&ours).unwrap()[0];
-        ours = model.forward(&mut [SequenceInput { tokens: &[next], cache: &mut cache }]).unwrap();
+        ours = kv.feed(&model, &[next], &mut sequence);
         theirs = reference(&Tensor::new(&[[next]], &Device::Cpu).unwrap(), position);
         position += 1;
     }

@@ -95,7 +95,7 @@ async fn one_stream_against_eight() {
 #[test]
 #[ignore = "a measurement: run with --ignored --nocapture"]
 fn decode_step_times() {
-    use super::{SequenceCache, SequenceInput};
+    use super::test_kv::{Sequence, TestKv};
     let path = crate::test_models::installed_model(crate::test_models::SMOLLM2_GGUF);
     // TRITIUM_STEP_KERNEL=candle|tiled and TRITIUM_STEP_BATCH=n narrow it down (for perf).
     let only_kernel = std::env::var("TRITIUM_STEP_KERNEL").ok();
@@ -107,21 +107,19 @@ fn decode_step_times() {
         let policy = WeightPolicy { requantize: Requantize::SlowTypesOnCpu, q8_0 };
         let (model, _) = load_with(&path, &Device::Cpu, policy).expect("the model loads");
         for batch in [1usize, 8].into_iter().filter(|b| only_batch.is_none_or(|o| o == *b)) {
-            let mut caches: Vec<SequenceCache> = (0..batch).map(|_| model.new_cache()).collect();
+            let mut kv = TestKv::new(&model);
+            let mut sequences: Vec<Sequence> = (0..batch).map(|_| Sequence::default()).collect();
             let prompt: Vec<u32> = (100..116).collect();
-            for cache in &mut caches {
-                model.forward(&mut [SequenceInput { tokens: &prompt, cache }]).expect("prefill");
+            for sequence in &mut sequences {
+                kv.feed(&model, &prompt, sequence);
             }
             let mut times = Vec::new();
             for step in 0..60u32 {
                 let tokens: Vec<u32> = (0..batch as u32).map(|i| 200 + step + i).collect();
-                let mut inputs: Vec<SequenceInput<'_>> = caches
-                    .iter_mut()
-                    .zip(&tokens)
-                    .map(|(cache, token)| SequenceInput { tokens: std::slice::from_ref(token), cache })
-                    .collect();
+                let mut inputs: Vec<(&[u32], &mut Sequence)> =
+                    sequences.iter_mut().zip(&tokens).map(|(sequence, token)| (std::slice::from_ref(token), sequence)).collect();
                 let start = Instant::now();
-                model.forward(&mut inputs).expect("a decode step").to_vec2::<f32>().expect("logits");
+                kv.forward(&model, &mut inputs).to_vec2::<f32>().expect("logits");
                 times.push(start.elapsed().as_secs_f64() * 1e3);
             }
             println!("{name}: decode step of {batch}: {:.2} ms", median(times));

@@ -1,0 +1,307 @@
+//! The engine thread: decode steps over the running batch, with the KV cache in blocks.
+//!
+//! Each step, every decoding sequence feeds its last token, and sequences still reading their
+//! prompt feed chunks out of a shared budget (chunked prefill: a long prompt never stalls the
+//! others' decoding). A sequence takes blocks as it grows, not its whole reservation up front;
+//! when the pool runs dry the newest sequence is preempted: its blocks go back (its full ones stay
+//! in the prefix cache) and it resumes later by recomputing what was lost, usually from the cache.
+//! Waiting requests are admitted in arrival order while the batch has a place and the pool has
+//! the blocks to finish their prompts, after the blocks already promised to running prompts.
+//! A new sequence starts from the longest cached prefix of its prompt.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::block_pool::{BlockId, BlockPool};
+use super::card::ModelCard;
+use super::engine::{Counters, Shared};
+use super::model::{DecoderModel, KvStore, SequenceInput};
+use super::sequence::{Running, Sampled, sample_next};
+use super::types::{GenerateError, GenerateEvent};
+use crate::kv::{BlockHash, block_hashes};
+
+/// The engine thread's state.
+pub(super) struct EngineLoop {
+    pub model: DecoderModel,
+    pub kv: KvStore,
+    pub pool: BlockPool,
+    pub card: Arc<ModelCard>,
+    pub shared: Arc<Shared>,
+    pub running: Vec<Running>,
+    /// Sequences preempted for room, to resume before new requests are admitted.
+    pub preempted: VecDeque<Running>,
+    /// Admission order, so preemption takes the newest.
+    pub admitted: u64,
+}
+
+impl EngineLoop {
+    pub(super) fn run(mut self) {
+        while self.admit() {
+            self.drop_cancelled();
+            if !self.running.is_empty() {
+                self.step();
+            }
+            self.pool.flush_events();
+            self.publish_gauges();
+        }
+        let error = GenerateError::ShuttingDown(self.shared.name.clone());
+        for sequence in self.running.drain(..).chain(self.preempted.drain(..)) {
+            let _ = sequence.sender.send(Err(error.clone()));
+        }
+        for waiting in self.shared.lock().waiting.drain(..) {
+            let _ = waiting.sender.send(Err(error.clone()));
+        }
+    }
+
+    fn block_size(&self) -> usize {
+        self.pool.block_size()
+    }
+
+    /// Blocks the running sequences still need to finish their prompts.
+    fn promised(&self) -> usize {
+        let size = self.block_size();
+        self.running.iter().map(|s| s.tokens.len().div_ceil(size).saturating_sub(s.blocks.len())).sum()
+    }
+
+    /// The cached blocks a sequence over `tokens` can start from (never its whole prompt: the
+    /// last position is always computed, for its logits), and the blocks it needs beyond them.
+    fn plan(&self, tokens: &[u32], hashes: &[BlockHash]) -> (Vec<BlockId>, usize) {
+        let mut reused = self.pool.longest_prefix(tokens, hashes);
+        reused.truncate((tokens.len() - 1) / self.block_size());
+        let needed = tokens.len().div_ceil(self.block_size()) - reused.len();
+        (reused, needed)
+    }
+
+    /// Whether `needed` more blocks, after taking `reused`, fit beside what is promised.
+    fn fits(&self, reused: &[BlockId], needed: usize) -> bool {
+        let idle_taken = reused.iter().filter(|&&id| self.pool.refs(id) == 0).count();
+        let available = self.pool.available() - idle_taken;
+        self.running.is_empty() || needed + self.promised() <= available
+    }
+
+    /// Resumes preempted sequences, then moves waiting requests into the batch while they fit,
+    /// in arrival order; blocks while there is nothing to do. Returns false at shutdown.
+    fn admit(&mut self) -> bool {
+        let max_sequences = self.shared.options.max_sequences;
+        let shared = Arc::clone(&self.shared);
+        let mut queue = shared.lock();
+        loop {
+            if queue.shutdown {
+                return false;
+            }
+            while self.running.len() < max_sequences {
+                let Some(front) = self.preempted.front() else { break };
+                if front.sender.is_closed() {
+                    self.preempted.pop_front();
+                    shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let hashes = block_hashes(&front.tokens, self.block_size());
+                let (reused, needed) = self.plan(&front.tokens, &hashes);
+                if !self.fits(&reused, needed) {
+                    break;
+                }
+                let Some(sequence) = self.preempted.pop_front() else { break };
+                self.start(sequence, &reused, &hashes);
+            }
+            while self.running.len() < max_sequences && self.preempted.is_empty() {
+                let Some(front) = queue.waiting.front() else { break };
+                let (reused, needed) = self.plan(&front.request.prompt, &front.hashes);
+                if !self.fits(&reused, needed) {
+                    break;
+                }
+                let Some(waiting) = queue.waiting.pop_front() else { break };
+                if waiting.sender.is_closed() {
+                    shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let cached = reused.len() * self.block_size();
+                shared.counters.prompt_tokens_cached.fetch_add(cached as u64, Ordering::Relaxed);
+                let hashes = waiting.hashes.clone();
+                let sequence = Running::new(waiting, cached);
+                self.start(sequence, &reused, &hashes);
+            }
+            shared.counters.waiting.store(queue.waiting.len() + self.preempted.len(), Ordering::Relaxed);
+            if !self.running.is_empty() {
+                return true;
+            }
+            self.pool.flush_events();
+            self.publish_gauges();
+            queue = shared.wake.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Puts a sequence in the batch on top of its cached prefix.
+    fn start(&mut self, mut sequence: Running, reused: &[BlockId], hashes: &[BlockHash]) {
+        self.pool.share(reused);
+        sequence.resume_from(reused, &hashes[..reused.len()], self.block_size());
+        self.admitted += 1;
+        sequence.admitted = self.admitted;
+        self.running.push(sequence);
+    }
+
+    /// Stops sequences whose client went away: within one step of the client leaving.
+    fn drop_cancelled(&mut self) {
+        let counters = &self.shared.counters;
+        let pool = &mut self.pool;
+        self.running.retain(|s| {
+            let gone = s.sender.is_closed();
+            if gone {
+                pool.release(&s.blocks);
+                counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            !gone
+        });
+    }
+
+    /// Takes the newest running sequence out of the batch, frees its blocks and queues it to
+    /// resume. Returns its admission number.
+    fn preempt_newest(&mut self) -> Option<u64> {
+        let index = self.running.iter().enumerate().max_by_key(|(_, s)| s.admitted).map(|(i, _)| i)?;
+        let mut sequence = self.running.remove(index);
+        self.pool.release(&sequence.blocks);
+        sequence.preempted();
+        self.shared.counters.preempted.fetch_add(1, Ordering::Relaxed);
+        let admitted = sequence.admitted;
+        self.preempted.push_front(sequence);
+        Some(admitted)
+    }
+
+    /// Gives every decoding sequence the block its next position needs, oldest first, preempting
+    /// the newest sequences when the pool is dry.
+    fn grow_decoders(&mut self) {
+        let size = self.block_size();
+        let mut order: Vec<u64> = self.running.iter().filter(|s| s.decoding() && s.fed == s.blocks.len() * size).map(|s| s.admitted).collect();
+        order.sort_unstable();
+        for admitted in order {
+            loop {
+                let Some(index) = self.running.iter().position(|s| s.admitted == admitted) else { break };
+                if let Some(id) = self.pool.allocate() {
+                    self.running[index].blocks.push(id);
+                    break;
+                }
+                if self.preempt_newest() == Some(admitted) || self.running.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One forward pass over the batch, then a token for every sequence past its prompt.
+    fn step(&mut self) {
+        self.grow_decoders();
+        let size = self.block_size();
+        let mut prefill_budget = self.shared.options.prefill_chunk;
+        // Which running sequences take part, and how many tokens each feeds.
+        let mut feeds: Vec<(usize, usize)> = Vec::with_capacity(self.running.len());
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_unstable_by_key(|&i| self.running[i].admitted);
+        for index in order {
+            let sequence = &mut self.running[index];
+            let pending = sequence.tokens.len() - sequence.fed;
+            if sequence.decoding() {
+                feeds.push((index, 1));
+                continue;
+            }
+            let mut n = pending.min(prefill_budget);
+            while n > 0 && sequence.blocks.len() * size < sequence.fed + n {
+                match self.pool.allocate() {
+                    Some(id) => sequence.blocks.push(id),
+                    None => n = (sequence.blocks.len() * size).saturating_sub(sequence.fed),
+                }
+            }
+            if n > 0 {
+                prefill_budget -= n;
+                feeds.push((index, n));
+            }
+        }
+        feeds.sort_unstable();
+        if feeds.is_empty() {
+            // Every prompt is waiting for blocks the others hold: let the oldest go on.
+            self.preempt_newest();
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let counters = &shared.counters;
+        let logits = {
+            let inputs: Vec<SequenceInput<'_>> = feeds
+                .iter()
+                .map(|&(index, n)| {
+                    let s = &self.running[index];
+                    SequenceInput { tokens: &s.tokens[s.fed..s.fed + n], cached: s.fed, blocks: &s.blocks }
+                })
+                .collect();
+            self.model.forward(&self.kv, &inputs).and_then(|l| l.to_vec2::<f32>())
+        };
+        counters.steps.fetch_add(1, Ordering::Relaxed);
+        counters.rows.fetch_add(feeds.len() as u64, Ordering::Relaxed);
+        let logits = match logits {
+            Ok(logits) => logits,
+            Err(e) => {
+                tracing::error!(model = %self.shared.name, "forward pass failed: {e}");
+                let error = self.shared.engine_error(format!("forward pass failed: {e}"));
+                let failed: Vec<usize> = feeds.iter().map(|&(i, _)| i).collect();
+                for sequence in self.remove_many(&failed) {
+                    let _ = sequence.sender.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        let context_length = self.model.config().context_length;
+        let mut done = Vec::new();
+        for (&(index, n), row) in feeds.iter().zip(&logits) {
+            let sequence = &mut self.running[index];
+            let prompt_fed = sequence.prompt_len.saturating_sub(sequence.fed).min(n);
+            counters.prompt_tokens.fetch_add(prompt_fed as u64, Ordering::Relaxed);
+            sequence.fed += n;
+            sequence.commit_full_blocks(&mut self.pool);
+            if sequence.fed < sequence.tokens.len() {
+                continue;
+            }
+            match sample_next(sequence, row, &self.card, context_length, counters) {
+                Sampled::GoOn => {}
+                finished => done.push((index, finished)),
+            }
+        }
+        done.sort_unstable_by_key(|&(index, _)| index);
+        let finished: Vec<usize> = done.iter().map(|&(i, _)| i).collect();
+        for (sequence, (_, outcome)) in self.remove_many(&finished).into_iter().zip(done) {
+            match outcome {
+                Sampled::Finished(reason) => {
+                    counters.finished.fetch_add(1, Ordering::Relaxed);
+                    let _ = sequence.sender.send(Ok(GenerateEvent::Finished {
+                        reason,
+                        prompt_tokens: sequence.prompt_len as u32,
+                        completion_tokens: sequence.generated() as u32,
+                        cached_tokens: sequence.cached_tokens as u32,
+                        queued_for: sequence.queued_for,
+                    }));
+                }
+                Sampled::Ended | Sampled::GoOn => {
+                    counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Takes the sequences at `indices` (ascending) out of the batch, in that order, and releases
+    /// their blocks.
+    fn remove_many(&mut self, indices: &[usize]) -> Vec<Running> {
+        let mut removed = Vec::with_capacity(indices.len());
+        for &index in indices.iter().rev() {
+            let sequence = self.running.remove(index);
+            self.pool.release(&sequence.blocks);
+            removed.push(sequence);
+        }
+        removed.reverse();
+        removed
+    }
+
+    fn publish_gauges(&self) {
+        let counters: &Counters = &self.shared.counters;
+        counters.running.store(self.running.len(), Ordering::Relaxed);
+        counters.kv_used.store(self.pool.in_use() * self.block_size(), Ordering::Relaxed);
+        counters.kv_cached_blocks.store(self.pool.cached(), Ordering::Relaxed);
+    }
+}
