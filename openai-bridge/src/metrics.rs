@@ -208,7 +208,8 @@ fn engine_registry(prefix: &str, engines: &[(String, EngineStats)]) -> Registry 
     };
     gauge(&mut registry, "engine_running_sequences", "Sequences in the running batch", |s| s.running);
     gauge(&mut registry, "engine_waiting_sequences", "Sequences waiting for a place in the batch", |s| s.waiting);
-    gauge(&mut registry, "engine_kv_tokens_used", "KV-cache tokens reserved by running sequences", |s| s.kv_tokens_used);
+    gauge(&mut registry, "engine_kv_tokens_used", "KV-cache tokens in blocks held by running sequences", |s| s.kv_tokens_used);
+    gauge(&mut registry, "engine_kv_blocks_cached", "KV-cache blocks in the prefix cache, in use or idle", |s| s.kv_blocks_cached);
     gauge(&mut registry, "engine_kv_tokens_capacity", "KV-cache token budget", |s| s.kv_tokens_capacity);
     let counter = |registry: &mut Registry, name: &str, help: &str, value: fn(&EngineStats) -> u64| {
         let family = Family::<EngineLabels, Counter>::default();
@@ -227,6 +228,9 @@ fn engine_registry(prefix: &str, engines: &[(String, EngineStats)]) -> Registry 
         s.sequences_cancelled
     });
     counter(&mut registry, "engine_rejected_sequences", "Requests refused because the queue was full", |s| s.sequences_rejected);
+    counter(&mut registry, "engine_preempted_sequences", "Sequences that gave their KV blocks up and waited to resume", |s| {
+        s.sequences_preempted
+    });
     counter(&mut registry, "engine_decode_steps", "Decode steps run", |s| s.decode_steps);
     counter(&mut registry, "engine_decode_rows", "Sequences carried by decode steps, in total", |s| s.decode_rows);
     registry

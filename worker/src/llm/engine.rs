@@ -301,6 +301,8 @@ impl LanguageModel for LlmEngine {
             sequences_finished: c.finished.load(Ordering::Relaxed),
             sequences_cancelled: c.cancelled.load(Ordering::Relaxed),
             sequences_rejected: c.rejected.load(Ordering::Relaxed),
+            sequences_preempted: c.preempted.load(Ordering::Relaxed),
+            kv_blocks_cached: c.kv_cached_blocks.load(Ordering::Relaxed),
             decode_steps: c.steps.load(Ordering::Relaxed),
             decode_rows: c.rows.load(Ordering::Relaxed),
         }

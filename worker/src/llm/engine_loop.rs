@@ -264,6 +264,8 @@ impl EngineLoop {
                 finished => done.push((index, finished)),
             }
         }
+        // Announced before any client hears its sequence finished.
+        self.pool.flush_events();
         done.sort_unstable_by_key(|&(index, _)| index);
         let finished: Vec<usize> = done.iter().map(|&(i, _)| i).collect();
         for (sequence, (_, outcome)) in self.remove_many(&finished).into_iter().zip(done) {

@@ -9,6 +9,8 @@ mod block_pool_tests;
 mod card;
 mod constraint;
 mod engine;
+#[cfg(test)]
+mod engine_cache_tests;
 mod engine_loop;
 #[cfg(test)]
 mod engine_tests;

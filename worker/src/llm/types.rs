@@ -140,6 +140,10 @@ pub struct EngineStats {
     pub sequences_cancelled: u64,
     /// Requests refused because the queue was full.
     pub sequences_rejected: u64,
+    /// Sequences that gave their KV blocks up to older ones and waited to resume.
+    pub sequences_preempted: u64,
+    /// KV blocks held by the prefix cache (in use or idle).
+    pub kv_blocks_cached: usize,
     /// Decode steps run, and the sequences they carried in total (their ratio is the mean batch).
     pub decode_steps: u64,
     pub decode_rows: u64,

@@ -72,6 +72,7 @@ struct Counters {
     running: AtomicUsize,
     waiting: AtomicUsize,
     kv_blocks_used: AtomicUsize,
+    kv_blocks_cached: AtomicUsize,
     tokens: AtomicU64,
     prompt_tokens: AtomicU64,
     prompt_tokens_cached: AtomicU64,
@@ -225,6 +226,9 @@ impl LanguageModel for MockEngine {
             sequences_rejected: c.rejected.load(Ordering::Relaxed),
             decode_steps: c.steps.load(Ordering::Relaxed),
             decode_rows: c.rows.load(Ordering::Relaxed),
+            // The mock admits only what fits and never preempts.
+            sequences_preempted: 0,
+            kv_blocks_cached: c.kv_blocks_cached.load(Ordering::Relaxed),
         }
     }
 
@@ -383,6 +387,7 @@ impl Scheduler {
         let counters = &self.shared.counters;
         counters.running.store(self.running.len(), Ordering::Relaxed);
         counters.kv_blocks_used.store(self.cache.referenced(), Ordering::Relaxed);
+        counters.kv_blocks_cached.store(self.cache.len(), Ordering::Relaxed);
     }
 }
 

@@ -16,6 +16,15 @@ pub(crate) struct Sequence {
     len: usize,
 }
 
+impl Sequence {
+    /// A new sequence whose first `blocks` blocks are this one's (full ones, as the prefix cache
+    /// would hand them out).
+    pub(crate) fn sharing(&self, blocks: usize) -> Sequence {
+        assert!(blocks * BLOCK <= self.len, "only full blocks are shared");
+        Sequence { blocks: self.blocks[..blocks].to_vec(), len: blocks * BLOCK }
+    }
+}
+
 pub(crate) struct TestKv {
     store: KvStore,
     next: BlockId,

@@ -364,6 +364,40 @@ fn write_random_hf(dir: &Path, config: &serde_json::Value, bias: bool, tied: boo
     std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "t1"}"#).unwrap();
 }
 
+/// A sequence that starts on another's blocks (a prefix-cache hit) gets bit for bit the logits
+/// of computing its prompt itself with the same chunks, and so does every later step.
+#[test]
+fn reused_prefix_blocks_give_the_logits_of_computing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 256,
+        "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "vocab_size": 128, "tie_word_embeddings": true
+    });
+    write_random_hf(dir.path(), &config, false, true);
+    let (model, _) = load(dir.path(), &Device::Cpu).unwrap();
+    let shared: Vec<u32> = (1..17).collect(); // four blocks of four
+    let (first_tail, second_tail): (Vec<u32>, Vec<u32>) = ((40..47).collect(), (90..95).collect());
+
+    let mut kv = TestKv::new(&model);
+    let mut first = Sequence::default();
+    kv.feed(&model, &shared, &mut first);
+    kv.feed(&model, &first_tail, &mut first);
+    // The second sequence's table starts with the first's four blocks.
+    let mut reusing = first.sharing(4);
+    let mut reused_logits = kv.feed(&model, &second_tail, &mut reusing);
+
+    let mut fresh = Sequence::default();
+    kv.feed(&model, &shared, &mut fresh);
+    let mut fresh_logits = kv.feed(&model, &second_tail, &mut fresh);
+    for step in 0..5 {
+        assert_eq!(reused_logits.to_vec2::<f32>().unwrap(), fresh_logits.to_vec2::<f32>().unwrap(), "step {step}");
+        let next = argmax_rows(&fresh_logits).unwrap()[0];
+        reused_logits = kv.feed(&model, &[next], &mut reusing);
+        fresh_logits = kv.feed(&model, &[next], &mut fresh);
+    }
+}
+
 fn compare_with_reference(dir: &Path, mut reference: impl FnMut(&Tensor, usize) -> Tensor) {
     let (model, _) = load(dir, &Device::Cpu).unwrap();
     let prompt: Vec<u32> = vec![3, 17, 42, 5, 99, 7, 11];
