@@ -223,6 +223,7 @@ impl Responder {
                     id: target.id.clone(),
                     outputs: select_outputs(outputs, &target.requested_outputs),
                     is_final,
+                    parameters: Vec::new(),
                 };
                 target.finished |= is_final;
                 target.sender.send(StreamItem::Response(response)).await.map_err(|_| BackendError::Cancelled)

@@ -201,6 +201,7 @@ impl ModelVersion {
             id: request.id,
             outputs: select_outputs(outputs, &request.requested_outputs),
             is_final: true,
+            parameters: Vec::new(),
         };
         model.record_success(&timing, inferred, batch, execution, batched);
         Ok(response)

@@ -73,6 +73,8 @@ pub struct InferenceResponse {
     pub outputs: Vec<Tensor>,
     /// True on the last response of the request.
     pub is_final: bool,
+    /// Integer response parameters (a language model's `cached_tokens` on its last response).
+    pub parameters: Vec<(String, i64)>,
 }
 
 /// Parses a KServe version string: `""` means the latest ready version.

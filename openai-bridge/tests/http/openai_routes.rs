@@ -32,7 +32,7 @@ async fn completion() {
     assert!(body["created"].as_u64().is_some());
     assert_eq!(body["choices"], json!([{"index": 0, "text": "Hello world", "logprobs": null, "finish_reason": "stop"}]));
     let prompt_tokens = ids(&hub.llm, "Hi there").len();
-    assert_eq!(body["usage"], json!({"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": prompt_tokens + 2}));
+    assert_eq!(body["usage"], json!({"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": prompt_tokens + 2, "prompt_tokens_details": {"cached_tokens": 0}}));
 
     let request = hub.last_request();
     assert_eq!(request.prompt, ids(&hub.llm, "Hi there"));
@@ -81,7 +81,7 @@ async fn streaming_completion_frames() {
     let prompt_tokens = ids(&hub.llm, "Hi").len();
     assert_eq!(
         chunks[2]["usage"],
-        json!({"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": prompt_tokens + 2})
+        json!({"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": prompt_tokens + 2, "prompt_tokens_details": {"cached_tokens": 0}})
     );
 }
 

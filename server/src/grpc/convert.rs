@@ -242,6 +242,10 @@ pub(crate) fn bool_param(value: bool) -> InferParameter {
     InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(value)) }
 }
 
+fn int64_param(value: i64) -> InferParameter {
+    InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(value)) }
+}
+
 /// Encodes a response; outputs the client placed in shared memory are written there and answered
 /// with their metadata and an empty raw entry, as Triton does.
 pub fn encode_response(
@@ -300,6 +304,9 @@ pub fn encode_response(
     let mut parameters = HashMap::new();
     if let Some(is_final) = final_flag {
         parameters.insert("triton_final_response".to_string(), bool_param(is_final));
+    }
+    for (key, value) in response.parameters {
+        parameters.insert(key, int64_param(value));
     }
     Ok(ModelInferResponse {
         model_name: response.model_name.to_string(),

@@ -62,7 +62,14 @@ struct Label {
 }
 
 impl Label {
-    fn response(&self, text: &str, finish: Option<FinishReason>) -> InferenceResponse {
+    /// A response carrying `text`; the last one (with `finish`) also carries the prompt tokens
+    /// found in the prefix cache as the `cached_tokens` parameter.
+    fn response(&self, text: &str, finish: Option<(FinishReason, u32)>) -> InferenceResponse {
+        let parameters = match finish {
+            Some((_, cached_tokens)) => vec![("cached_tokens".to_string(), i64::from(cached_tokens))],
+            None => Vec::new(),
+        };
+        let finish = finish.map(|(reason, _)| reason);
         let mut outputs: Vec<Tensor> = response_outputs(text, finish);
         if !self.requested_outputs.is_empty() {
             outputs.retain(|o| self.requested_outputs.contains(&o.name));
@@ -73,6 +80,7 @@ impl Label {
             id: self.id.clone(),
             outputs,
             is_final: finish.is_some(),
+            parameters,
         }
     }
 }
@@ -129,7 +137,8 @@ impl LlmFrontend {
         let collected = collect(text).await;
         statistics.record(collected.is_ok());
         let generated = collected.map_err(|e| request_error(&label.id, e))?;
-        Ok(InferOutcome::Single(label.response(&generated.text, Some(generated.reason))))
+        let finish = (generated.reason, generated.usage.cached_tokens);
+        Ok(InferOutcome::Single(label.response(&generated.text, Some(finish))))
     }
 }
 
@@ -148,9 +157,9 @@ fn stream_deltas(label: Label, mut text: TextStream, statistics: Statistics) -> 
             let item = match event {
                 Some(Ok(TextEvent::Delta { text, .. })) if text.is_empty() => continue,
                 Some(Ok(TextEvent::Delta { text, .. })) => StreamItem::Response(label.response(&text, None)),
-                Some(Ok(TextEvent::Finished { reason, .. })) => {
+                Some(Ok(TextEvent::Finished { reason, usage, .. })) => {
                     statistics.record(true);
-                    StreamItem::Response(label.response("", Some(reason)))
+                    StreamItem::Response(label.response("", Some((reason, usage.cached_tokens))))
                 }
                 Some(Err(e)) => {
                     statistics.record(false);

@@ -89,7 +89,7 @@ pub fn response_from_proto(response: ModelInferResponse, is_final: bool) -> Resu
         let data = raw.next().ok_or_else(|| format!("output '{}' of model '{model_name}' has no raw contents", output.name))?;
         tensors.push(Tensor::new(output.name, datatype, output.shape, data));
     }
-    Ok(InferenceResponse { model_name: Arc::from(model_name), model_version, id, outputs: tensors, is_final })
+    Ok(InferenceResponse { model_name: Arc::from(model_name), model_version, id, outputs: tensors, is_final, parameters: Vec::new() })
 }
 
 pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::GenerateRequest {

@@ -56,6 +56,7 @@ impl WorkerClient for Fake {
             id: self.name.to_string(),
             outputs: Vec::new(),
             is_final: true,
+            parameters: Vec::new(),
         })
     }
 
