@@ -222,8 +222,21 @@ def test_messages_create(capital_message, oai):
         temperature=0,
     )
     assert chat.choices[0].message.content == text
-    assert chat.usage.prompt_tokens == m.usage.input_tokens
+    assert chat.usage.prompt_tokens == prompt_tokens(m.usage)
     assert chat.usage.completion_tokens == m.usage.output_tokens
+
+
+def test_messages_count_prefix_cache_reads_apart(claude):
+    """A repeated conversation is read from the prefix cache: Anthropic counts those tokens in
+    `cache_read_input_tokens`, apart from `input_tokens` (the ones computed)."""
+    system = SYSTEM + " Keep every answer to one short sentence, and never list more than three items at once."
+    messages = user_text("Which three rivers flow through Paris, Lyon and Bordeaux?")
+    first = claude.messages.create(model=LLM, system=system, messages=messages, max_tokens=2, extra_body=GREEDY)
+    again = claude.messages.create(model=LLM, system=system, messages=messages, max_tokens=2, extra_body=GREEDY)
+    prompt = prompt_tokens(first.usage)
+    assert prompt_tokens(again.usage) == prompt
+    assert again.usage.cache_read_input_tokens == (prompt - 1) // 16 * 16 > 0, again.usage
+    assert again.usage.cache_creation_input_tokens == 0
 
 
 def test_messages_max_tokens(claude, capital_message):
@@ -282,7 +295,7 @@ def test_messages_stream_helper(claude, capital_message):
     assert text == capital_message.content[0].text
     assert final.id.startswith("msg_")
     assert final.stop_reason == capital_message.stop_reason
-    assert final.usage.input_tokens == capital_message.usage.input_tokens
+    assert prompt_tokens(final.usage) == prompt_tokens(capital_message.usage)
     assert final.usage.output_tokens == capital_message.usage.output_tokens
 
 
@@ -299,7 +312,7 @@ def test_messages_stream_raw_events(claude, capital_message):
     assert types == expected
     start = events[0]
     assert start.message.id.startswith("msg_") and start.message.content == [] and start.message.role == "assistant"
-    assert start.message.usage.input_tokens == capital_message.usage.input_tokens
+    assert start.message.usage.input_tokens == prompt_tokens(capital_message.usage)
     block_start = next(e for e in events if e.type == "content_block_start")
     assert block_start.index == 0 and block_start.content_block.type == "text"
     assert all(d.index == 0 and d.delta.type == "text_delta" for d in deltas)
@@ -309,15 +322,20 @@ def test_messages_stream_raw_events(claude, capital_message):
     assert message_delta.usage.output_tokens == capital_message.usage.output_tokens
 
 
+def prompt_tokens(usage) -> int:
+    """The whole prompt: Anthropic counts the tokens read from the prefix cache apart."""
+    return usage.input_tokens + usage.cache_read_input_tokens
+
+
 def test_messages_count_tokens(claude, capital_message):
     counted = claude.messages.count_tokens(model=LLM, system=SYSTEM, messages=user_text(QUESTION))
-    assert counted.input_tokens == capital_message.usage.input_tokens
+    assert counted.input_tokens == prompt_tokens(capital_message.usage)
     # With tools as well: count_tokens sees the same prompt as create.
     with_tools = claude.messages.count_tokens(model=LLM, messages=user_text(WEATHER_QUESTION), tools=ANTHROPIC_TOOLS)
     created = claude.messages.create(
         model=LLM, messages=user_text(WEATHER_QUESTION), tools=ANTHROPIC_TOOLS, max_tokens=1, extra_body=GREEDY
     )
-    assert with_tools.input_tokens == created.usage.input_tokens
+    assert with_tools.input_tokens == prompt_tokens(created.usage)
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +402,7 @@ def test_messages_tool_result_continues(claude, tool_use_message):
     assert [b.type for b in m.content] == ["text"], m.content
     assert m.content[0].text.strip(), m
     assert m.stop_reason in ("end_turn", "max_tokens"), m
-    assert m.usage.input_tokens > tool_use_message.usage.input_tokens
+    assert prompt_tokens(m.usage) > prompt_tokens(tool_use_message.usage)
 
 
 def test_messages_unknown_model_is_404(claude):

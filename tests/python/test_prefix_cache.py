@@ -1,7 +1,7 @@
 """The prefix cache as clients see it, with the real SmolLM2: a long shared system prompt is computed once,
 and every later request that starts with it reports the reused tokens: OpenAI `usage.prompt_tokens_details.
-cached_tokens` (chat, completions, streaming usage chunks, Responses), Anthropic `usage.cache_read_input_tokens`,
-the `cached_tokens` parameter on the final KServe gRPC response, and the engine's metrics.
+cached_tokens` (chat, completions, streaming usage chunks, Responses), the `cached_tokens` parameter on the final
+KServe gRPC response, and the engine's metrics. (Anthropic's `cache_read_input_tokens`: test_openai_agents.py.)
 
 Greedy decoding keeps the repeated answers comparable; the prompts are unique to this module so the other
 modules sharing nothing with it cannot warm the cache first.
@@ -9,7 +9,6 @@ modules sharing nothing with it cannot warm the cache first.
 
 from __future__ import annotations
 
-import json
 import urllib.request
 
 import numpy as np
@@ -80,32 +79,10 @@ def test_completions_and_responses_report_cached_tokens(oai):
     assert response.usage.input_tokens_details.cached_tokens >= 3 * BLOCK, response.usage
 
 
-def post_json(server, path: str, body: dict) -> dict:
-    request = urllib.request.Request(
-        server.http_url + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
-        return json.load(response)
-
-
-def test_anthropic_messages_count_cache_reads_apart(llm_server):
-    body = {
-        "model": LLM,
-        "max_tokens": 4,
-        "temperature": 0,
-        "system": SYSTEM,
-        "messages": [{"role": "user", "content": "Can I bring my dog to the telescope evening?"}],
-    }
-    post_json(llm_server, "/v1/messages", body)
-    usage = post_json(llm_server, "/v1/messages", body)["usage"]
-    prompt = usage["input_tokens"] + usage["cache_read_input_tokens"]
-    assert usage["cache_read_input_tokens"] == reusable(prompt), usage
-
-
 def test_kserve_final_response_carries_cached_tokens_and_metrics_count_them(llm_server):
     client = grpcclient.InferenceServerClient(llm_server.url)
     text = grpcclient.InferInput("text_input", [1], "BYTES")
-    text.set_data_from_numpy(np.array([(SYSTEM + " Where can I park?").encode()], dtype=np.object_))
+    text.set_data_from_numpy(np.array([("Over KServe. " + SYSTEM + " Where can I park?").encode()], dtype=np.object_))
     parameters = {"max_tokens": 4, "temperature": 0.0}
     first = client.infer(LLM, [text], parameters=parameters)
     assert first.get_response().parameters["cached_tokens"].int64_param == 0

@@ -248,7 +248,15 @@ impl ChunkWriter for MessagesWriter {
         self.close(out);
         let (stop_reason, stop_sequence) = stop_reason(end.reason, end.stop_string, self.calls > 0);
         let delta = json!({"stop_reason": stop_reason, "stop_sequence": stop_sequence});
-        let usage = json!({"output_tokens": end.usage.completion_tokens});
+        // The prefix cache is known only now: the final counts replace message_start's, as
+        // Anthropic's own message_delta does.
+        let final_usage = AnthropicUsage::new(end.usage.prompt_tokens, end.usage.completion_tokens, end.usage.cached_tokens);
+        let usage = json!({
+            "output_tokens": final_usage.output_tokens,
+            "input_tokens": final_usage.input_tokens,
+            "cache_read_input_tokens": final_usage.cache_read_input_tokens,
+            "cache_creation_input_tokens": 0,
+        });
         Self::event("message_delta", json!({"delta": delta, "usage": usage}), out);
         Self::event("message_stop", json!({}), out);
     }

@@ -458,6 +458,9 @@ impl Router {
             "KV blocks of routed prompts the chosen worker already held, as its KV events reported.",
             c.prompt_blocks_cached.load(Ordering::Relaxed),
         );
+        let indexed = lock(&self.kv).block_count();
+        out.push_str("# HELP tritium_router_kv_blocks_indexed KV blocks the workers' KV events say they hold (each counted once).\n");
+        out.push_str(&format!("# TYPE tritium_router_kv_blocks_indexed gauge\ntritium_router_kv_blocks_indexed {indexed}\n"));
         let table = self.table.load();
         let mut models: Vec<(&String, &Route)> = table.iter().collect();
         models.sort_by(|a, b| a.0.cmp(b.0));
