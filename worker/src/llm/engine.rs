@@ -141,7 +141,24 @@ impl LlmEngine {
             return Err("max_sequences, max_kv_tokens, prefill_chunk and kv_block_size must be at least 1".to_string());
         }
         let block_size = options.kv_block_size;
+        if block_size > MAX_KV_BLOCK_SIZE || block_size > options.max_kv_tokens {
+            return Err(format!(
+                "a KV block of {block_size} positions is more than {} (the largest block) or than the pool of {}",
+                MAX_KV_BLOCK_SIZE, options.max_kv_tokens
+            ));
+        }
         let blocks = options.max_kv_tokens.div_ceil(block_size);
+        let bytes = (blocks * block_size).saturating_mul(model.kv_bytes_per_token());
+        if let Some(memory) = physical_memory_bytes()
+            && bytes > memory
+        {
+            return Err(format!(
+                "a KV cache of {} positions takes {} MiB, more than this machine's {} MiB: lower --llm-max-kv-tokens",
+                blocks * block_size,
+                bytes >> 20,
+                memory >> 20
+            ));
+        }
         let kv = model
             .new_kv_store(blocks, block_size)
             .map_err(|e| format!("a KV store of {blocks} blocks of {block_size} positions: {e}"))?;
@@ -225,6 +242,17 @@ impl LlmEngine {
         }
         None
     }
+}
+
+/// The largest `kv_block_size` accepted.
+const MAX_KV_BLOCK_SIZE: usize = 1024;
+
+/// The machine's memory, where the system says (Linux: `/proc/meminfo`'s `MemTotal`).
+fn physical_memory_bytes() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Runs `work`, which may hold its thread for long, without stalling other tasks: on a

@@ -182,3 +182,19 @@ async fn kv_events_announce_exactly_the_blocks_the_cache_holds() {
     assert!(!expected.is_subset(&now), "some of the first sequence's blocks were evicted and announced as removed");
     assert_eq!(engine.stats().kv_blocks_cached, now.len(), "the announcements match the cache");
 }
+
+#[test]
+fn a_pool_larger_than_the_machine_or_a_block_larger_than_the_pool_is_refused_at_start() {
+    let path = crate::test_models::installed_model(crate::test_models::SMOLLM2_GGUF);
+    for (options, expected) in [
+        (EngineOptions { max_kv_tokens: 1 << 40, ..EngineOptions::default() }, "lower --llm-max-kv-tokens"),
+        (EngineOptions { kv_block_size: 4096, ..EngineOptions::default() }, "the largest block"),
+        (EngineOptions { kv_block_size: 64, max_kv_tokens: 32, ..EngineOptions::default() }, "than the pool"),
+    ] {
+        let (model, card) = super::model::load(&path, &Device::Cpu).unwrap();
+        match LlmEngine::start("smollm2", model, card, options) {
+            Err(message) => assert!(message.contains(expected), "{message}"),
+            Ok(_) => panic!("started with {expected:?} expected"),
+        }
+    }
+}
