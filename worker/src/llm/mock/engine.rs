@@ -1,6 +1,8 @@
 //! The mock engine: the real engine's scheduling (a queue, continuous batching, one thread
-//! running decode steps) over a real block-level KV cache, with sleeps in place of arithmetic.
-//! A sequence is admitted when the batch and the cache have room for its prompt's full blocks;
+//! running decode steps) over the real engine's block pool ([`BlockPool`]: allocation, prefix
+//! cache, LRU eviction, KV events), with sleeps in place of arithmetic. A sequence is admitted when
+//! the batch has a place and the pool has room for its prompt's blocks (every full block of the
+//! prompt found in the cache is reused: the mock needs no logits of the last prompt token);
 //! its prefill costs `prefill_us_per_token` for each prompt token *not* found in the cache;
 //! every step costs `decode_ms_per_step` and gives each running sequence one token.
 //!
@@ -17,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
 
-use super::block_cache::BlockCache;
 use super::card::mock_card;
 use super::options::{MockError, MockOptions};
-use crate::kv::{BlockHash, KvEvent, block_hashes};
+use crate::kv::{BlockHash, KvEvent, block_hashes, chain_hash};
+use crate::llm::block_pool::{BlockId, BlockPool};
 use crate::llm::{
     EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, LanguageModel, ModelCard,
     TokenStream,
@@ -52,9 +54,12 @@ struct Running {
     prompt_len: usize,
     /// Prompt tokens found in the cache at admission.
     cached_tokens: usize,
-    /// The blocks this sequence holds a reference on, in order.
-    held: Vec<BlockHash>,
-    /// Cleared when a generated block found no room: later blocks would have no parent.
+    /// The blocks under its tokens, in order.
+    blocks: Vec<BlockId>,
+    /// Chained hashes of the leading full blocks, committed to the prefix cache.
+    hashes: Vec<BlockHash>,
+    /// Cleared when a generated token found no block: the mock does not preempt, it stops
+    /// holding (and caching) the rest.
     caching: bool,
     generated: usize,
     max_new: usize,
@@ -128,7 +133,7 @@ impl MockEngine {
 
     pub fn try_new(name: &str, options: MockOptions) -> Result<Arc<MockEngine>, MockError> {
         options.validate()?;
-        let cache = BlockCache::new(options.kv_blocks);
+        let cache = BlockPool::new(options.kv_blocks, options.block_size, true);
         let kv_events = cache.event_sender();
         let card = Arc::new(mock_card(options.context_length));
         let shared = Arc::new(Shared {
@@ -176,7 +181,7 @@ impl LanguageModel for MockEngine {
                 "the prompt has {prompt_len} tokens, which leaves no room to generate within the context length of {context}"
             )));
         }
-        let blocks = prompt_len / options.block_size;
+        let blocks = prompt_len.div_ceil(options.block_size);
         if blocks > options.kv_blocks {
             return Err(GenerateError::InvalidRequest(format!(
                 "the prompt has {prompt_len} tokens, {blocks} blocks of {}: more than the whole KV cache of {} blocks",
@@ -251,7 +256,7 @@ impl Drop for MockEngine {
 struct Scheduler {
     shared: Arc<Shared>,
     eos_token_ids: Vec<u32>,
-    cache: BlockCache,
+    cache: BlockPool,
     running: Vec<Running>,
 }
 
@@ -273,7 +278,7 @@ impl Scheduler {
         }
         let error = GenerateError::ShuttingDown(self.shared.name.clone());
         for sequence in std::mem::take(&mut self.running) {
-            self.cache.release(&sequence.held);
+            self.cache.release(&sequence.blocks);
             let _ = sequence.sender.send(Err(error.clone()));
         }
         for waiting in self.shared.lock().waiting.drain(..) {
@@ -302,28 +307,36 @@ impl Scheduler {
                     counters.cancelled.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let acquired = match self.cache.acquire(&front.hashes) {
-                    Ok(acquired) => acquired,
-                    // Running sequences will free blocks as they finish.
-                    Err(_) if !self.running.is_empty() => break,
-                    Err(no_room) => {
-                        // Unreachable while every finished sequence releases its blocks.
-                        if let Some(waiting) = queue.waiting.pop_front() {
-                            let message = format!("the KV cache is stuck: {no_room}");
-                            let _ = waiting.sender.send(Err(GenerateError::Engine { model: shared.name.clone(), message }));
-                        }
-                        continue;
+                let reused = self.cache.longest_prefix(&front.request.prompt, &front.hashes);
+                let needed = front.request.prompt.len().div_ceil(block_size) - reused.len();
+                let idle_taken = reused.iter().filter(|&&id| self.cache.refs(id) == 0).count();
+                if needed > self.cache.available() - idle_taken {
+                    if !self.running.is_empty() {
+                        // Running sequences will free blocks as they finish.
+                        break;
                     }
-                };
+                    // Unreachable: an empty batch leaves the whole pool, and longer prompts are refused.
+                    if let Some(waiting) = queue.waiting.pop_front() {
+                        let message = format!("the KV cache is stuck: {needed} blocks needed, {} free", self.cache.available());
+                        let _ = waiting.sender.send(Err(GenerateError::Engine { model: shared.name.clone(), message }));
+                    }
+                    continue;
+                }
                 let Some(waiting) = queue.waiting.pop_front() else { break };
                 let prompt_len = waiting.request.prompt.len();
-                let cached = acquired.cached_blocks * block_size;
+                let cached = reused.len() * block_size;
                 prefill_tokens += prompt_len - cached;
                 counters.prompt_tokens.fetch_add(prompt_len as u64, Ordering::Relaxed);
                 counters.prompt_tokens_cached.fetch_add(cached as u64, Ordering::Relaxed);
-                self.running.push(begin(waiting, cached));
+                self.cache.share(&reused);
+                let mut sequence = begin(waiting, cached);
+                sequence.hashes = sequence.hashes[..reused.len()].to_vec();
+                sequence.blocks = reused;
+                hold_blocks(&mut self.cache, &mut sequence, block_size);
+                self.running.push(sequence);
             }
             counters.waiting.store(queue.waiting.len(), Ordering::Relaxed);
+            self.cache.flush_events();
             if !self.running.is_empty() {
                 return Some(prefill_tokens);
             }
@@ -338,7 +351,7 @@ impl Scheduler {
             std::mem::take(&mut self.running).into_iter().partition(|s| s.sender.is_closed());
         self.running = kept;
         for sequence in gone {
-            self.cache.release(&sequence.held);
+            self.cache.release(&sequence.blocks);
             self.shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -362,12 +375,14 @@ impl Scheduler {
             if let Some(reason) = next_token(sequence, &self.eos_token_ids, counters) {
                 done.push((index, reason));
             } else {
-                cache_filled_block(&mut self.cache, sequence, block_size);
+                hold_blocks(&mut self.cache, sequence, block_size);
             }
         }
+        // Announced before any client hears its sequence finished.
+        self.cache.flush_events();
         for &(index, reason) in done.iter().rev() {
             let sequence = self.running.remove(index);
-            self.cache.release(&sequence.held);
+            self.cache.release(&sequence.blocks);
             let Some(reason) = reason else {
                 counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -386,8 +401,8 @@ impl Scheduler {
     fn publish_gauges(&self) {
         let counters = &self.shared.counters;
         counters.running.store(self.running.len(), Ordering::Relaxed);
-        counters.kv_blocks_used.store(self.cache.referenced(), Ordering::Relaxed);
-        counters.kv_blocks_cached.store(self.cache.len(), Ordering::Relaxed);
+        counters.kv_blocks_used.store(self.cache.in_use(), Ordering::Relaxed);
+        counters.kv_blocks_cached.store(self.cache.cached(), Ordering::Relaxed);
     }
 }
 
@@ -400,7 +415,8 @@ fn begin(waiting: Waiting, cached_tokens: usize) -> Running {
         prompt_len: tokens.len(),
         cached_tokens,
         tokens,
-        held: hashes,
+        blocks: Vec::new(),
+        hashes,
         caching: true,
         generated: 0,
         max_new,
@@ -446,21 +462,27 @@ fn synthetic_top_logprobs(id: u32, n: u32) -> Vec<(u32, f32)> {
     (0..n.min(PRINTABLE_COUNT)).map(|k| (PRINTABLE_FIRST + (start + k) % PRINTABLE_COUNT, -(k as f32))).collect()
 }
 
-/// When the last token completed a block, stores it (chained on the blocks before) so that a
-/// later prompt carrying this sequence's output, such as the next turn of a chat, finds it.
-/// The mock does not preempt: a block that finds no room is simply not cached.
-fn cache_filled_block(cache: &mut BlockCache, sequence: &mut Running, block_size: usize) {
-    if !sequence.caching || !sequence.tokens.len().is_multiple_of(block_size) {
+/// Gives a sequence the blocks its tokens need and commits the full ones to the prefix cache
+/// (chained on the blocks before), so a later prompt carrying this sequence's output, such as the
+/// next turn of a chat, finds them. With no block left the sequence stops holding more.
+fn hold_blocks(cache: &mut BlockPool, sequence: &mut Running, block_size: usize) {
+    if !sequence.caching {
         return;
     }
-    // Hashing the whole sequence again costs O(length) per block, small next to the simulated step.
-    let hashes = block_hashes(&sequence.tokens, block_size);
-    let (Some(&hash), true) = (hashes.last(), hashes.len() == sequence.held.len() + 1) else {
-        sequence.caching = false;
-        return;
-    };
-    match cache.acquire_after(sequence.held.last().copied(), &[hash]) {
-        Ok(_) => sequence.held.push(hash),
-        Err(_) => sequence.caching = false,
+    while sequence.blocks.len() * block_size < sequence.tokens.len() {
+        match cache.allocate() {
+            Some(id) => sequence.blocks.push(id),
+            None => {
+                sequence.caching = false;
+                return;
+            }
+        }
+    }
+    while sequence.hashes.len() < sequence.tokens.len() / block_size {
+        let i = sequence.hashes.len();
+        let block = &sequence.tokens[i * block_size..(i + 1) * block_size];
+        let hash = chain_hash(sequence.hashes.last().copied().unwrap_or(0), block);
+        cache.commit(sequence.blocks[i], i.checked_sub(1).map(|p| sequence.blocks[p]), hash, block);
+        sequence.hashes.push(hash);
     }
 }

@@ -20,7 +20,6 @@
 //! assert!(stream.is_ok());
 //! ```
 
-mod block_cache;
 mod card;
 mod engine;
 mod options;
@@ -34,7 +33,6 @@ use async_trait::async_trait;
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
 
-pub use block_cache::{Acquired, BlockCache, NoRoom};
 pub use card::{ENDOFTEXT_ID, IM_END_ID, IM_START_ID, MOCK_VOCAB_SIZE, mock_card};
 pub use engine::MockEngine;
 pub use options::{MockError, MockOptions, mock_declared_model};
