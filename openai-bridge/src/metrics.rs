@@ -228,6 +228,10 @@ fn engine_registry(prefix: &str, engines: &[(String, EngineStats)]) -> Registry 
         s.sequences_cancelled
     });
     counter(&mut registry, "engine_rejected_sequences", "Requests refused because the queue was full", |s| s.sequences_rejected);
+    counter(&mut registry, "engine_kv_blocks_offloaded", "KV blocks written to the offload tier", |s| s.kv_blocks_offloaded);
+    counter(&mut registry, "engine_kv_blocks_restored", "KV blocks read back from the offload tier instead of computed", |s| {
+        s.kv_blocks_restored
+    });
     counter(&mut registry, "engine_preempted_sequences", "Sequences that gave their KV blocks up and waited to resume", |s| {
         s.sequences_preempted
     });

@@ -22,6 +22,12 @@ pub enum KvEvent {
     Removed { blocks: Vec<BlockHash> },
     /// Everything dropped (the engine restarted or cleared its cache).
     Cleared,
+    /// Blocks now kept in the engine's offload tier (on disk): a hit there is read back rather
+    /// than computed, slower than a resident block. The engine announces their removal from
+    /// memory apart (`Removed`).
+    Offloaded { blocks: Vec<BlockHash> },
+    /// Blocks no longer in the offload tier.
+    OffloadRemoved { blocks: Vec<BlockHash> },
 }
 
 /// The chained hashes of the full blocks of `tokens` (a trailing partial block has none).

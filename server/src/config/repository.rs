@@ -104,6 +104,13 @@ pub struct ModelArgs {
     /// Turns the prefix cache off: every prompt is computed in full and no KV events are sent.
     #[arg(long, env = "TRITIUM_LLM_NO_PREFIX_CACHE")]
     pub llm_no_prefix_cache: bool,
+    /// A folder for the KV cache's offload tier: blocks evicted from memory are written there and
+    /// read back instead of computed. Each model gets a subfolder, emptied at start-up.
+    #[arg(long, env = "TRITIUM_LLM_KV_OFFLOAD_DIR")]
+    pub llm_kv_offload_dir: Option<PathBuf>,
+    /// Bytes of block files the offload tier keeps per model (least recently used go first).
+    #[arg(long, env = "TRITIUM_LLM_KV_OFFLOAD_BYTES", default_value_t = 1 << 30)]
+    pub llm_kv_offload_bytes: u64,
     /// Requests that may wait for a place in the batch; beyond it they are refused with
     /// RESOURCE_EXHAUSTED (HTTP 429).
     #[arg(long, env = "TRITIUM_LLM_MAX_QUEUE", default_value_t = EngineOptions::default().max_queue)]
@@ -126,6 +133,10 @@ pub(super) fn engine_options(models: &ModelArgs) -> EngineOptions {
         max_constraint_bytes: models.llm_max_constraint_bytes,
         kv_block_size: models.llm_kv_block_size,
         prefix_caching: !models.llm_no_prefix_cache,
+        offload: models
+            .llm_kv_offload_dir
+            .clone()
+            .map(|dir| tritium_worker::llm::OffloadOptions { dir, max_bytes: models.llm_kv_offload_bytes }),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The KV-aware router's index and scoring: which workers hold which KV-cache blocks of each
 //! model (built from the workers' [`KvEvent`]s), how many leading blocks of a new prompt each one
 //! already holds, and the choice among workers that weighs that overlap against their load.
+//! Blocks a worker keeps in its offload tier (on disk) count half as much as resident ones: a hit
+//! there is read back, cheaper than computing it but dearer than finding it in memory.
 //!
 //! ```
 //! use tritium_server::routing::kv_index::KvIndex;
@@ -38,10 +40,13 @@ pub struct KvIndex {
 
 #[derive(Debug, Default)]
 struct ModelIndex {
-    /// Block -> the workers holding it (tens at most, so a list beats a set).
+    /// Block -> the workers holding it in memory (tens at most, so a list beats a set).
     holders: HashMap<BlockHash, Vec<WorkerId>>,
     /// Worker -> its blocks: the reverse map, for `Cleared`, departures and the cap.
     held: HashMap<WorkerId, HashSet<BlockHash>>,
+    /// The same two for blocks in the workers' offload tiers.
+    offloaded: HashMap<BlockHash, Vec<WorkerId>>,
+    held_offloaded: HashMap<WorkerId, HashSet<BlockHash>>,
 }
 
 impl Default for KvIndex {
@@ -64,6 +69,32 @@ impl KvIndex {
     /// Records what `worker`'s engine did to its cache of `model`.
     pub fn apply(&mut self, worker: &str, model: &str, event: &KvEvent) {
         match event {
+            KvEvent::Offloaded { blocks } => {
+                let id = self.intern(worker);
+                let index = self.models.entry(model.to_string()).or_default();
+                let held = index.held_offloaded.entry(id).or_default();
+                for &block in blocks {
+                    if held.insert(block) {
+                        index.offloaded.entry(block).or_default().push(id);
+                    }
+                }
+                if held.len() > self.max_blocks_per_worker {
+                    index.drop_offloaded(id);
+                }
+            }
+            KvEvent::OffloadRemoved { blocks } => {
+                let Some(&id) = self.ids.get(worker) else { return };
+                let Some(index) = self.models.get_mut(model) else { return };
+                let Some(held) = index.held_offloaded.get_mut(&id) else { return };
+                for block in blocks {
+                    if held.remove(block) {
+                        remove_holder(&mut index.offloaded, *block, id);
+                    }
+                }
+                if held.is_empty() {
+                    index.held_offloaded.remove(&id);
+                }
+            }
             KvEvent::Stored { blocks, .. } => {
                 let id = self.intern(worker);
                 let index = self.models.entry(model.to_string()).or_default();
@@ -104,7 +135,7 @@ impl KvIndex {
                 }
             }
         }
-        self.models.retain(|_, index| !index.held.is_empty());
+        self.models.retain(|_, index| !index.is_empty());
     }
 
     /// Forgets everything `worker` held, of every model (it left).
@@ -113,39 +144,44 @@ impl KvIndex {
         for index in self.models.values_mut() {
             index.drop_worker(id);
         }
-        self.models.retain(|_, index| !index.held.is_empty());
+        self.models.retain(|_, index| !index.is_empty());
         self.names[id as usize].clear();
         self.free.push(id);
     }
 
     /// For each worker holding at least the first block of `hashes` (a prompt's chained block
     /// hashes, in order), how many leading blocks it holds: counting stops at its first missing
-    /// block, since a later block can only be reused after every block before it. Workers holding
-    /// none are left out.
+    /// block, since a later block can only be reused after every block before it. A block in the
+    /// worker's offload tier counts half (the sum is rounded down). Workers holding none are left
+    /// out.
     pub fn overlaps(&self, model: &str, hashes: &[BlockHash]) -> HashMap<String, usize> {
         let mut overlaps = HashMap::new();
         let Some(index) = self.models.get(model) else { return overlaps };
-        let Some(mut matching) = hashes.first().and_then(|first| index.holders.get(first)).cloned() else {
-            return overlaps;
+        let Some(first) = hashes.first() else { return overlaps };
+        let holding = |map: &HashMap<BlockHash, Vec<WorkerId>>, hash: &BlockHash, id: WorkerId| {
+            map.get(hash).is_some_and(|holders| holders.contains(&id))
         };
-        // Invariant: every worker in `matching` holds the first `depth` blocks.
-        let mut depth = 1;
-        for hash in &hashes[1..] {
-            let holders = index.holders.get(hash).map(Vec::as_slice).unwrap_or_default();
-            matching.retain(|id| {
-                let still = holders.contains(id);
-                if !still {
-                    overlaps.insert(self.names[*id as usize].clone(), depth);
-                }
-                still
-            });
-            if matching.is_empty() {
-                return overlaps;
+        let mut candidates: Vec<WorkerId> = index.holders.get(first).cloned().unwrap_or_default();
+        for &id in index.offloaded.get(first).map(Vec::as_slice).unwrap_or_default() {
+            if !candidates.contains(&id) {
+                candidates.push(id);
             }
-            depth += 1;
         }
-        for id in matching {
-            overlaps.insert(self.names[id as usize].clone(), depth);
+        for id in candidates {
+            let (mut resident, mut offloaded) = (0, 0);
+            for hash in hashes {
+                if holding(&index.holders, hash, id) {
+                    resident += 1;
+                } else if holding(&index.offloaded, hash, id) {
+                    offloaded += 1;
+                } else {
+                    break;
+                }
+            }
+            let score = resident + offloaded / 2;
+            if score > 0 {
+                overlaps.insert(self.names[id as usize].clone(), score);
+            }
         }
         overlaps
     }
@@ -181,6 +217,17 @@ impl ModelIndex {
         for block in self.held.remove(&id).unwrap_or_default() {
             remove_holder(&mut self.holders, block, id);
         }
+        self.drop_offloaded(id);
+    }
+
+    fn drop_offloaded(&mut self, id: WorkerId) {
+        for block in self.held_offloaded.remove(&id).unwrap_or_default() {
+            remove_holder(&mut self.offloaded, block, id);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.held_offloaded.is_empty()
     }
 }
 
@@ -317,6 +364,30 @@ mod tests {
 
     fn pairs(expected: &[(&str, usize)]) -> Vec<(String, usize)> {
         expected.iter().map(|(w, n)| (w.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn offloaded_blocks_count_half_and_follow_their_events() {
+        let mut index = KvIndex::new();
+        index.apply("a", "llm", &stored(&[1, 2]));
+        index.apply("b", "llm", &stored(&[1, 2]));
+        // b's second block went to disk, with two more after it.
+        index.apply("b", "llm", &KvEvent::Removed { blocks: vec![2] });
+        index.apply("b", "llm", &KvEvent::Offloaded { blocks: vec![2, 3, 4] });
+        assert_eq!(overlaps(&index, "llm", &[1, 2, 3, 4]), pairs(&[("a", 2), ("b", 2)]), "1 resident + 3 offloaded / 2");
+        index.apply("b", "llm", &KvEvent::OffloadRemoved { blocks: vec![3] });
+        assert_eq!(overlaps(&index, "llm", &[1, 2, 3, 4]), pairs(&[("a", 2), ("b", 1)]));
+        index.apply("c", "llm", &KvEvent::Offloaded { blocks: vec![1, 2] });
+        assert_eq!(overlaps(&index, "llm", &[1, 2]), pairs(&[("a", 2), ("b", 1), ("c", 1)]));
+        // Restored to memory, a block counts whole again; Cleared forgets both tiers.
+        index.apply("c", "llm", &stored(&[1, 2]));
+        assert_eq!(overlaps(&index, "llm", &[1, 2]), pairs(&[("a", 2), ("b", 1), ("c", 2)]));
+        index.apply("b", "llm", &KvEvent::Cleared);
+        assert_eq!(overlaps(&index, "llm", &[1, 2, 3, 4]), pairs(&[("a", 2), ("c", 2)]));
+        index.remove_worker("c");
+        index.remove_worker("a");
+        assert_eq!(index.block_count(), 0);
+        assert!(index.models.is_empty(), "nothing left of any tier");
     }
 
     #[test]

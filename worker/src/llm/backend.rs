@@ -93,6 +93,7 @@ fn engine_options(config: &ModelConfig, defaults: &EngineOptions) -> Result<Engi
         prefill_chunk: number("prefill_chunk", defaults.prefill_chunk)?,
         max_constraint_bytes: number("max_constraint_bytes", defaults.max_constraint_bytes)?,
         kv_block_size: number("kv_block_size", defaults.kv_block_size)?,
+        offload: defaults.offload.clone(),
         prefix_caching: match config_parameter(config, "prefix_caching").map(str::trim) {
             None | Some("") => defaults.prefix_caching,
             Some("true") => true,

@@ -14,6 +14,7 @@
 //! it commits and evicts as [`KvEvent`]s, batched per call to [`flush_events`](BlockPool::flush_events).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 
 use tokio::sync::broadcast;
 
@@ -29,6 +30,8 @@ const EVENT_CAPACITY: usize = 4096;
 #[derive(Debug)]
 struct Committed {
     hash: BlockHash,
+    /// A keyed hash of its tokens and of every block before it (see [`BlockPool::strong_hashes`]).
+    strong: u128,
     /// The block before it, with that block's generation at the time; `None` at a sequence's start.
     parent: Option<(BlockId, u32)>,
     tokens: Box<[u32]>,
@@ -58,6 +61,20 @@ pub struct BlockPool {
     prefix_caching: bool,
     events: broadcast::Sender<KvEvent>,
     pending: Vec<KvEvent>,
+    /// Keys of the strong hashes: random per process, so nobody outside can craft a collision.
+    strong_keys: (RandomState, RandomState),
+    /// Committed blocks evicted since the last [`take_evicted`](Self::take_evicted), when an
+    /// offload tier wants them.
+    evicted: Option<Vec<Evicted>>,
+}
+
+/// A committed block that was just evicted: its data is still in the store until the block is
+/// written again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evicted {
+    pub id: BlockId,
+    pub hash: BlockHash,
+    pub strong: u128,
 }
 
 impl BlockPool {
@@ -74,7 +91,45 @@ impl BlockPool {
             prefix_caching,
             events: broadcast::channel(EVENT_CAPACITY).0,
             pending: Vec::new(),
+            strong_keys: (RandomState::new(), RandomState::new()),
+            evicted: None,
         }
+    }
+
+    /// Keeps the committed blocks it evicts for [`take_evicted`](Self::take_evicted) (an offload
+    /// tier spills them before their blocks are written again).
+    pub fn record_evictions(&mut self) {
+        self.evicted.get_or_insert_with(Vec::new);
+    }
+
+    /// The committed blocks evicted since the last call.
+    pub fn take_evicted(&mut self) -> Vec<Evicted> {
+        self.evicted.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn strong(&self, parent: u128, block: &[u32]) -> u128 {
+        let half = |state: &RandomState| {
+            let mut hasher = state.build_hasher();
+            std::hash::Hasher::write_u128(&mut hasher, parent);
+            for &token in block {
+                std::hash::Hasher::write_u32(&mut hasher, token);
+            }
+            std::hash::Hasher::finish(&hasher)
+        };
+        (u128::from(half(&self.strong_keys.0)) << 64) | u128::from(half(&self.strong_keys.1))
+    }
+
+    /// The strong hashes of the full blocks of `tokens`: a keyed 128-bit hash of each block's
+    /// tokens and all before it, valid in this process only. The offload tier keys on them.
+    pub fn strong_hashes(&self, tokens: &[u32]) -> Vec<u128> {
+        let mut parent = 0;
+        tokens
+            .chunks_exact(self.block_size)
+            .map(|block| {
+                parent = self.strong(parent, block);
+                parent
+            })
+            .collect()
     }
 
     pub fn block_size(&self) -> usize {
@@ -167,6 +222,9 @@ impl BlockPool {
         meta.generation = meta.generation.wrapping_add(1);
         if let Some(committed) = meta.committed.take() {
             self.by_hash.remove(&committed.hash);
+            if let Some(evicted) = self.evicted.as_mut() {
+                evicted.push(Evicted { id, hash: committed.hash, strong: committed.strong });
+            }
             match self.pending.last_mut() {
                 Some(KvEvent::Removed { blocks }) => blocks.push(committed.hash),
                 _ => self.pending.push(KvEvent::Removed { blocks: vec![committed.hash] }),
@@ -184,19 +242,24 @@ impl BlockPool {
         let parent = match parent {
             Some(p) => match &self.meta[p as usize].committed {
                 // The chain is only reusable through committed parents.
-                Some(committed) => Some((p, self.meta[p as usize].generation, committed.hash)),
+                Some(committed) => Some((p, self.meta[p as usize].generation, committed.hash, committed.strong)),
                 None => return,
             },
             None => None,
         };
+        let strong = self.strong(parent.map_or(0, |(_, _, _, strong)| strong), tokens);
         let meta = &mut self.meta[id as usize];
         if meta.committed.is_some() || meta.refs == 0 {
             return;
         }
-        meta.committed =
-            Some(Committed { hash, parent: parent.map(|(p, generation, _)| (p, generation)), tokens: tokens.into() });
+        meta.committed = Some(Committed {
+            hash,
+            strong,
+            parent: parent.map(|(p, generation, _, _)| (p, generation)),
+            tokens: tokens.into(),
+        });
         self.by_hash.insert(hash, id);
-        let parent_hash = parent.map(|(_, _, hash)| hash);
+        let parent_hash = parent.map(|(_, _, hash, _)| hash);
         match self.pending.last_mut() {
             Some(KvEvent::Stored { blocks, .. }) if parent_hash.is_some() && blocks.last() == parent_hash.as_ref() => {
                 blocks.push(hash);

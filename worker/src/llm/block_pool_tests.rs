@@ -85,6 +85,7 @@ fn replay(held: &mut HashSet<BlockHash>, events: &mut tokio::sync::broadcast::Re
                 held.remove(b);
             }),
             Ok(KvEvent::Cleared) => held.clear(),
+            Ok(KvEvent::Offloaded { .. } | KvEvent::OffloadRemoved { .. }) => {}
             Err(TryRecvError::Empty) => return,
             Err(e) => panic!("{e}"),
         }

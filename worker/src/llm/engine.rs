@@ -18,6 +18,7 @@ use super::card::ModelCard;
 use super::constraint::{Constrained, Constraint, Grammars};
 use super::engine_loop::EngineLoop;
 use super::model::DecoderModel;
+use super::offload::{BlockLayout, OffloadCounters, OffloadOptions, OffloadTier};
 use super::types::{EngineStats, GenerateError, GenerateEvent, GenerateRequest, TokenStream};
 use crate::kv::{BlockHash, DEFAULT_KV_BLOCK_SIZE, KvEvent, block_hashes};
 
@@ -34,6 +35,8 @@ pub struct EngineOptions {
     pub kv_block_size: usize,
     /// Keep full blocks of finished sequences and reuse them for prompts that start the same.
     pub prefix_caching: bool,
+    /// A second tier on disk for blocks evicted from the pool (needs `prefix_caching`).
+    pub offload: Option<OffloadOptions>,
     /// Requests that may wait for a place; beyond it requests are refused (RESOURCE_EXHAUSTED,
     /// HTTP 429).
     pub max_queue: usize,
@@ -51,6 +54,7 @@ impl Default for EngineOptions {
             max_kv_tokens: 16_384,
             kv_block_size: DEFAULT_KV_BLOCK_SIZE,
             prefix_caching: true,
+            offload: None,
             max_queue: 64,
             prefill_chunk: 256,
             max_constraint_bytes: 64 << 10,
@@ -121,6 +125,7 @@ pub struct LlmEngine {
     /// Positions the block pool holds.
     kv_capacity: usize,
     kv_events: broadcast::Sender<KvEvent>,
+    offload_counters: Option<Arc<OffloadCounters>>,
     /// Built at the first constrained request (a trie over the whole vocabulary).
     grammars: OnceLock<Result<Grammars, String>>,
     /// Held while a grammar compiles: one compile at a time per model, so constrained requests
@@ -162,8 +167,27 @@ impl LlmEngine {
         let kv = model
             .new_kv_store(blocks, block_size)
             .map_err(|e| format!("a KV store of {blocks} blocks of {block_size} positions: {e}"))?;
-        let pool = BlockPool::new(blocks, block_size, options.prefix_caching);
+        let mut pool = BlockPool::new(blocks, block_size, options.prefix_caching);
         let kv_events = pool.event_sender();
+        let offload = match &options.offload {
+            Some(_) if !options.prefix_caching => {
+                return Err("the KV offload tier needs the prefix cache (drop --llm-no-prefix-cache)".to_string());
+            }
+            Some(offload) => {
+                let c = model.config();
+                let words = |n: usize| u32::try_from(n).map_err(|_| format!("a KV layout dimension of {n}"));
+                let layout = BlockLayout {
+                    layers: words(c.num_layers)?,
+                    kv_heads: words(c.num_kv_heads)?,
+                    head_dim: words(c.head_dim)?,
+                    block_size: words(block_size)?,
+                };
+                pool.record_evictions();
+                Some(OffloadTier::open(offload, name, layout, kv_events.clone())?)
+            }
+            None => None,
+        };
+        let offload_counters = offload.as_ref().map(|tier| Arc::clone(&tier.counters));
         tracing::info!(
             model = name,
             blocks,
@@ -188,7 +212,7 @@ impl LlmEngine {
                 let card = Arc::clone(&card);
                 move || {
                     let preempted = VecDeque::new();
-                    EngineLoop { model, kv, pool, card, shared, running: Vec::new(), preempted, admitted: 0 }.run()
+                    EngineLoop { model, kv, pool, offload, card, shared, running: Vec::new(), preempted, admitted: 0 }.run()
                 }
             })
             .map_err(|e| format!("starting the engine thread: {e}"))?;
@@ -198,6 +222,7 @@ impl LlmEngine {
             vocab_size,
             kv_capacity: blocks * block_size,
             kv_events,
+            offload_counters,
             grammars: OnceLock::new(),
             compiling: Mutex::new(()),
             thread: Some(thread),
@@ -331,6 +356,8 @@ impl LanguageModel for LlmEngine {
             sequences_rejected: c.rejected.load(Ordering::Relaxed),
             sequences_preempted: c.preempted.load(Ordering::Relaxed),
             kv_blocks_cached: c.kv_cached_blocks.load(Ordering::Relaxed),
+            kv_blocks_offloaded: self.offload_counters.as_ref().map_or(0, |o| o.written.load(Ordering::Relaxed)),
+            kv_blocks_restored: self.offload_counters.as_ref().map_or(0, |o| o.restored.load(Ordering::Relaxed)),
             decode_steps: c.steps.load(Ordering::Relaxed),
             decode_rows: c.rows.load(Ordering::Relaxed),
         }

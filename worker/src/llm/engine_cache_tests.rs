@@ -158,6 +158,7 @@ async fn kv_events_announce_exactly_the_blocks_the_cache_holds() {
                 held.remove(b);
             }),
             Ok(KvEvent::Cleared) => held.clear(),
+            Ok(KvEvent::Offloaded { .. } | KvEvent::OffloadRemoved { .. }) => {}
             Err(TryRecvError::Empty) => return held.clone(),
             Err(e) => panic!("{e}"),
         }
@@ -197,4 +198,31 @@ fn a_pool_larger_than_the_machine_or_a_block_larger_than_the_pool_is_refused_at_
             Ok(_) => panic!("started with {expected:?} expected"),
         }
     }
+}
+
+#[tokio::test]
+async fn an_evicted_prefix_comes_back_from_the_offload_tier_with_the_logits_computed_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let offload = Some(super::offload::OffloadOptions { dir: dir.path().to_path_buf(), max_bytes: 64 << 20 });
+    // Eight blocks: the second prompt cannot leave the first one's blocks in memory.
+    let (engine, tokenizer) = engine(EngineOptions { max_kv_tokens: 128, offload, ..EngineOptions::default() });
+    let mut events = engine.kv_events().unwrap();
+    let first = format!("{SYSTEM}Question: may I renew a book twice? Answer:");
+    let (cold, _, _) = run(engine.generate(request(&tokenizer, &first, 6)).unwrap()).await;
+    let other = "A completely different text about rivers, mountains and the sea, long enough to fill the pool \
+        of this small engine with blocks of its own, so that the first prompt's blocks must leave memory.";
+    run(engine.generate(request(&tokenizer, &other.repeat(2), 6)).unwrap()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Its last two full blocks went (a sequence's tail is evicted first); its first two stayed.
+    while engine.stats().kv_blocks_offloaded < 2 {
+        assert!(std::time::Instant::now() < deadline, "never written: {:?}", engine.stats());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (again, cached, _) = run(engine.generate(request(&tokenizer, &first, 6)).unwrap()).await;
+    let stats = engine.stats();
+    assert!(stats.kv_blocks_restored >= 2, "{stats:?}");
+    assert_eq!(cached, 64, "two blocks in memory and two read back from disk");
+    assert_same_logits(&again, &cold);
+    let seen: Vec<KvEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(seen.iter().any(|e| matches!(e, KvEvent::Offloaded { .. })), "the router hears of offloaded blocks");
 }

@@ -7,7 +7,8 @@
 //! in the prefix cache) and it resumes later by recomputing what was lost, usually from the cache.
 //! Waiting requests are admitted in arrival order while the batch has a place and the pool has
 //! the blocks to finish their prompts, after the blocks already promised to running prompts.
-//! A new sequence starts from the longest cached prefix of its prompt.
+//! A new sequence starts from the longest cached prefix of its prompt: blocks in the pool, then
+//! blocks read back from the offload tier, which also receives what the pool evicts.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use super::block_pool::{BlockId, BlockPool};
 use super::card::ModelCard;
 use super::engine::{Counters, Shared};
 use super::model::{DecoderModel, KvStore, SequenceInput};
+use super::offload::OffloadTier;
 use super::sequence::{Running, Sampled, sample_next};
 use super::types::{GenerateError, GenerateEvent};
 use crate::kv::{BlockHash, block_hashes};
@@ -26,6 +28,7 @@ pub(super) struct EngineLoop {
     pub model: DecoderModel,
     pub kv: KvStore,
     pub pool: BlockPool,
+    pub offload: Option<OffloadTier>,
     pub card: Arc<ModelCard>,
     pub shared: Arc<Shared>,
     pub running: Vec<Running>,
@@ -64,20 +67,29 @@ impl EngineLoop {
         self.running.iter().map(|s| s.tokens.len().div_ceil(size).saturating_sub(s.blocks.len())).sum()
     }
 
-    /// The cached blocks a sequence over `tokens` can start from (never its whole prompt: the
-    /// last position is always computed, for its logits), and the blocks it needs beyond them.
-    fn plan(&self, tokens: &[u32], hashes: &[BlockHash]) -> (Vec<BlockId>, usize) {
+    /// Where a sequence over `tokens` can start: the cached blocks in the pool, then the blocks
+    /// after them in the offload tier (never its whole prompt: the last position is always
+    /// computed, for its logits); and the blocks it needs beyond those in the pool.
+    fn plan(&self, tokens: &[u32], hashes: &[BlockHash]) -> Plan {
+        let limit = (tokens.len() - 1) / self.block_size();
         let mut reused = self.pool.longest_prefix(tokens, hashes);
-        reused.truncate((tokens.len() - 1) / self.block_size());
+        reused.truncate(limit);
+        let (restore, strongs) = match &self.offload {
+            Some(tier) if reused.len() < limit => {
+                let strongs = self.pool.strong_hashes(&tokens[..limit * self.block_size()]);
+                (tier.matching(&hashes[reused.len()..limit], &strongs[reused.len()..]), strongs)
+            }
+            _ => (0, Vec::new()),
+        };
         let needed = tokens.len().div_ceil(self.block_size()) - reused.len();
-        (reused, needed)
+        Plan { reused, restore, strongs, needed }
     }
 
-    /// Whether `needed` more blocks, after taking `reused`, fit beside what is promised.
-    fn fits(&self, reused: &[BlockId], needed: usize) -> bool {
-        let idle_taken = reused.iter().filter(|&&id| self.pool.refs(id) == 0).count();
+    /// Whether a plan's blocks fit beside what is promised.
+    fn fits(&self, plan: &Plan) -> bool {
+        let idle_taken = plan.reused.iter().filter(|&&id| self.pool.refs(id) == 0).count();
         let available = self.pool.available() - idle_taken;
-        self.running.is_empty() || needed + self.promised() <= available
+        self.running.is_empty() || plan.needed + self.promised() <= available
     }
 
     /// Resumes preempted sequences, then moves waiting requests into the batch while they fit,
@@ -98,29 +110,30 @@ impl EngineLoop {
                     continue;
                 }
                 let hashes = block_hashes(&front.tokens, self.block_size());
-                let (reused, needed) = self.plan(&front.tokens, &hashes);
-                if !self.fits(&reused, needed) {
+                let plan = self.plan(&front.tokens, &hashes);
+                if !self.fits(&plan) {
                     break;
                 }
                 let Some(sequence) = self.preempted.pop_front() else { break };
-                self.start(sequence, &reused, &hashes);
+                self.start(sequence, plan, &hashes);
             }
             while self.running.len() < max_sequences && self.preempted.is_empty() {
                 let Some(front) = queue.waiting.front() else { break };
-                let (reused, needed) = self.plan(&front.request.prompt, &front.hashes);
-                if !self.fits(&reused, needed) {
+                let plan = self.plan(&front.request.prompt, &front.hashes);
+                if !self.fits(&plan) {
                     break;
                 }
-                let Some(waiting) = queue.waiting.pop_front() else { break };
+                let Some(mut waiting) = queue.waiting.pop_front() else { break };
                 if waiting.sender.is_closed() {
                     shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let cached = reused.len() * self.block_size();
+                let hashes = std::mem::take(&mut waiting.hashes);
+                let cached = self.start(Running::new(waiting, 0), plan, &hashes);
                 shared.counters.prompt_tokens_cached.fetch_add(cached as u64, Ordering::Relaxed);
-                let hashes = waiting.hashes.clone();
-                let sequence = Running::new(waiting, cached);
-                self.start(sequence, &reused, &hashes);
+                if let Some(sequence) = self.running.last_mut() {
+                    sequence.cached_tokens = cached;
+                }
             }
             shared.counters.waiting.store(queue.waiting.len() + self.preempted.len(), Ordering::Relaxed);
             if !self.running.is_empty() {
@@ -132,13 +145,47 @@ impl EngineLoop {
         }
     }
 
-    /// Puts a sequence in the batch on top of its cached prefix.
-    fn start(&mut self, mut sequence: Running, reused: &[BlockId], hashes: &[BlockHash]) {
-        self.pool.share(reused);
-        sequence.resume_from(reused, &hashes[..reused.len()], self.block_size());
+    /// Puts a sequence in the batch on top of its cached prefix, reading back what the plan found
+    /// in the offload tier (up to the first block that does not check out). Returns the positions
+    /// it starts with.
+    fn start(&mut self, mut sequence: Running, plan: Plan, hashes: &[BlockHash]) -> usize {
+        let size = self.block_size();
+        self.pool.share(&plan.reused);
+        let mut blocks = plan.reused;
+        for i in blocks.len()..blocks.len() + plan.restore {
+            let Some(id) = self.pool.allocate() else { break };
+            // The block may have been evicted just now: its data goes to disk before it is overwritten.
+            self.spill_evicted();
+            let restored = self.offload.as_mut().and_then(|tier| tier.read(hashes[i], plan.strongs[i]));
+            let written = restored.map(|data| self.kv.write_block(id, &data));
+            if !matches!(written, Some(Ok(()))) {
+                self.pool.release(&[id]);
+                break;
+            }
+            self.pool.commit(id, blocks.last().copied(), hashes[i], &sequence.tokens[i * size..(i + 1) * size]);
+            blocks.push(id);
+        }
+        sequence.resume_from(&blocks, &hashes[..blocks.len()], size);
         self.admitted += 1;
         sequence.admitted = self.admitted;
         self.running.push(sequence);
+        blocks.len() * size
+    }
+
+    /// Writes the committed blocks the pool just evicted to the offload tier, while their data
+    /// is still in the store.
+    fn spill_evicted(&mut self) {
+        let evicted = self.pool.take_evicted();
+        let Some(tier) = self.offload.as_mut() else { return };
+        for block in evicted {
+            if tier.contains(block.hash) {
+                continue;
+            }
+            match self.kv.read_block(block.id) {
+                Ok(data) => tier.spill(block.hash, block.strong, &data),
+                Err(e) => tracing::warn!(model = %self.shared.name, "copying an evicted KV block out: {e}"),
+            }
+        }
     }
 
     /// Stops sequences whose client went away: within one step of the client leaving.
@@ -222,6 +269,7 @@ impl EngineLoop {
             self.preempt_newest();
             return;
         }
+        self.spill_evicted();
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;
         let logits = {
@@ -306,4 +354,16 @@ impl EngineLoop {
         counters.kv_used.store(self.pool.in_use() * self.block_size(), Ordering::Relaxed);
         counters.kv_cached_blocks.store(self.pool.cached(), Ordering::Relaxed);
     }
+}
+
+/// Where a sequence starts: see [`EngineLoop::plan`].
+struct Plan {
+    /// Cached blocks in the pool holding its first positions.
+    reused: Vec<BlockId>,
+    /// Blocks after those to read back from the offload tier.
+    restore: usize,
+    /// The strong hashes of its full blocks (when the offload tier was asked).
+    strongs: Vec<u128>,
+    /// Blocks it needs from the pool beyond `reused`.
+    needed: usize,
 }

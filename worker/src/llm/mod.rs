@@ -17,6 +17,7 @@ mod engine_tests;
 mod gguf_tokenizer;
 pub mod mock;
 mod model;
+mod offload;
 mod sampler;
 mod sequence;
 mod types;
@@ -30,6 +31,7 @@ pub use backend::{LLM_BACKEND, LlmBackend, LlmFactory, complete_llm_config};
 pub use card::{ModelCard, ModelKind, detect_kind};
 pub use constraint::Constraint;
 pub use engine::{EngineOptions, LlmEngine};
+pub use offload::OffloadOptions;
 pub use mock::{MOCK_LLM_BACKEND, MockEngine, MockFactory, MockOptions, mock_declared_model};
 pub use model::default_device;
 pub use types::{

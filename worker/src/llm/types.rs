@@ -144,6 +144,9 @@ pub struct EngineStats {
     pub sequences_preempted: u64,
     /// KV blocks held by the prefix cache (in use or idle).
     pub kv_blocks_cached: usize,
+    /// KV blocks written to the offload tier, and read back from it, since start.
+    pub kv_blocks_offloaded: u64,
+    pub kv_blocks_restored: u64,
     /// Decode steps run, and the sequences they carried in total (their ratio is the mean batch).
     pub decode_steps: u64,
     pub decode_rows: u64,

@@ -234,6 +234,9 @@ impl LanguageModel for MockEngine {
             // The mock admits only what fits and never preempts.
             sequences_preempted: 0,
             kv_blocks_cached: c.kv_blocks_cached.load(Ordering::Relaxed),
+            // Nor does it offload.
+            kv_blocks_offloaded: 0,
+            kv_blocks_restored: 0,
         }
     }
 

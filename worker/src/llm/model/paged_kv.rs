@@ -80,6 +80,47 @@ impl KvStore {
         Ok(())
     }
 
+    /// Block `id`'s keys and values of every layer (keys then values, `[kv_heads, block_size,
+    /// head_dim]` each), as f32: what the offload tier writes to disk.
+    pub(crate) fn read_block(&self, id: BlockId) -> Result<Vec<f32>> {
+        let start = self.block_start(id)?;
+        let mut out = Vec::new();
+        for (keys, values) in &self.layers {
+            for tensor in [keys, values] {
+                let block = tensor.narrow(1, start, self.block_size)?.to_dtype(DType::F32)?;
+                out.extend(block.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes what [`read_block`](Self::read_block) gave back into block `id`.
+    pub(crate) fn write_block(&self, id: BlockId, data: &[f32]) -> Result<()> {
+        let start = self.block_start(id)?;
+        let Some((first, _)) = self.layers.first() else { return Ok(()) };
+        let (kv_heads, _, head_dim) = first.dims3()?;
+        let per_tensor = kv_heads * self.block_size * head_dim;
+        if data.len() != per_tensor * 2 * self.layers.len() {
+            candle_core::bail!("a block of {} values for a store that takes {}", data.len(), per_tensor * 2 * self.layers.len());
+        }
+        let mut chunks = data.chunks_exact(per_tensor);
+        for (keys, values) in &self.layers {
+            for tensor in [keys, values] {
+                let Some(chunk) = chunks.next() else { candle_core::bail!("the block ran short") };
+                let block = Tensor::from_slice(chunk, (kv_heads, self.block_size, head_dim), tensor.device())?.to_dtype(tensor.dtype())?;
+                tensor.slice_set(&block, 1, start)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn block_start(&self, id: BlockId) -> Result<usize> {
+        if id as usize >= self.blocks {
+            candle_core::bail!("block {id} is outside the KV store of {} blocks", self.blocks);
+        }
+        Ok(id as usize * self.block_size)
+    }
+
     /// Layer `layer`'s keys and values at `rows` (a `u32` index tensor), gathered contiguous:
     /// `[kv_heads, rows, head_dim]` each.
     pub(crate) fn gather(&self, layer: usize, rows: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -115,6 +156,25 @@ mod tests {
         assert_eq!(v.to_vec3::<f32>().unwrap(), values.to_vec3::<f32>().unwrap());
         let (other, _) = store.gather(0, &index).unwrap();
         assert_eq!(other.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "layer 0 untouched");
+    }
+
+    #[test]
+    fn a_block_read_out_writes_back_into_another() {
+        let device = Device::Cpu;
+        let layout = KvLayout { layers: 2, kv_heads: 2, head_dim: 3, dtype: DType::F32 };
+        let store = KvStore::new(layout, 4, 2, &device).unwrap();
+        let rows = store.rows(&[1], 2).unwrap();
+        for layer in 0..2 {
+            let keys = Tensor::arange(0f32, 12.0, &device).unwrap().reshape((2, 2, 3)).unwrap();
+            let keys = (keys + (layer * 100) as f64).unwrap();
+            store.write(layer, &rows, &keys, &(&keys * -1.0).unwrap()).unwrap();
+        }
+        let block = store.read_block(1).unwrap();
+        assert_eq!(block.len(), 2 * 2 * 2 * 2 * 3);
+        store.write_block(3, &block).unwrap();
+        assert_eq!(store.read_block(3).unwrap(), block);
+        assert!(store.write_block(3, &block[1..]).is_err());
+        assert!(store.read_block(4).is_err());
     }
 
     #[test]
