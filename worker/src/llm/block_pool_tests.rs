@@ -77,7 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// Replays `events` into the set of hashes a router would believe the engine holds.
-fn replay(held: &mut HashSet<BlockHash>, events: &mut tokio::sync::broadcast::Receiver<KvEvent>) {
+pub(super) fn replay(held: &mut HashSet<BlockHash>, events: &mut tokio::sync::broadcast::Receiver<KvEvent>) {
     loop {
         match events.try_recv() {
             Ok(KvEvent::Stored { blocks, .. }) => held.extend(blocks),

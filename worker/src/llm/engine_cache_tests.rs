@@ -7,7 +7,6 @@ use std::collections::HashSet;
 
 use candle_core::Device;
 use futures::StreamExt;
-use tokio::sync::broadcast::error::TryRecvError;
 
 use super::LanguageModel;
 use super::engine::{EngineOptions, LlmEngine};
@@ -151,17 +150,9 @@ async fn kv_events_announce_exactly_the_blocks_the_cache_holds() {
     let (engine, tokenizer) = engine(EngineOptions { max_kv_tokens: 256, ..EngineOptions::default() });
     let mut events = engine.kv_events().unwrap();
     let mut held: HashSet<u64> = HashSet::new();
-    let mut replay = |events: &mut tokio::sync::broadcast::Receiver<KvEvent>| loop {
-        match events.try_recv() {
-            Ok(KvEvent::Stored { blocks, .. }) => held.extend(blocks),
-            Ok(KvEvent::Removed { blocks }) => blocks.iter().for_each(|b| {
-                held.remove(b);
-            }),
-            Ok(KvEvent::Cleared) => held.clear(),
-            Ok(KvEvent::Offloaded { .. } | KvEvent::OffloadRemoved { .. }) => {}
-            Err(TryRecvError::Empty) => return held.clone(),
-            Err(e) => panic!("{e}"),
-        }
+    let mut replay = |events: &mut tokio::sync::broadcast::Receiver<KvEvent>| {
+        super::block_pool_tests::replay(&mut held, events);
+        held.clone()
     };
     let first = request(&tokenizer, SYSTEM, 20);
     let (tokens, _, _) = run(engine.generate(first.clone()).unwrap()).await;

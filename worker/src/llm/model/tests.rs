@@ -192,11 +192,8 @@ fn batched_steps_give_each_sequence_the_logits_it_gets_alone() {
     }
 }
 
-/// Chunked prefill and a sequence joining mid-decode, on dense weights. (The quantized CPU
-/// kernels pick their algorithm by row count, so chunking a prompt moves quantized logits by
-/// rounding; dense weights show the arithmetic is the same.)
-#[test]
-fn chunked_prefill_and_late_joiners_match_sequences_run_alone() {
+/// A two-layer llama with random dense weights (its folder lives as long as the first value).
+fn tiny_dense_llama() -> (tempfile::TempDir, DecoderModel) {
     let dir = tempfile::tempdir().unwrap();
     let config = serde_json::json!({
         "model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -205,6 +202,15 @@ fn chunked_prefill_and_late_joiners_match_sequences_run_alone() {
     });
     write_random_hf(dir.path(), &config, false, true);
     let (model, _) = load(dir.path(), &Device::Cpu).unwrap();
+    (dir, model)
+}
+
+/// Chunked prefill and a sequence joining mid-decode, on dense weights. (The quantized CPU
+/// kernels pick their algorithm by row count, so chunking a prompt moves quantized logits by
+/// rounding; dense weights show the arithmetic is the same.)
+#[test]
+fn chunked_prefill_and_late_joiners_match_sequences_run_alone() {
+    let (_dir, model) = tiny_dense_llama();
     let prompts: [Vec<u32>; 3] = [vec![5, 9, 2, 77, 31], (10..33).collect(), vec![100, 3]];
     let steps = 6;
     let alone: Vec<Vec<u32>> = prompts.iter().map(|p| greedy_alone(&model, p, steps)).collect();
@@ -368,14 +374,7 @@ fn write_random_hf(dir: &Path, config: &serde_json::Value, bias: bool, tied: boo
 /// of computing its prompt itself with the same chunks, and so does every later step.
 #[test]
 fn reused_prefix_blocks_give_the_logits_of_computing_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = serde_json::json!({
-        "model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-        "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 256,
-        "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "vocab_size": 128, "tie_word_embeddings": true
-    });
-    write_random_hf(dir.path(), &config, false, true);
-    let (model, _) = load(dir.path(), &Device::Cpu).unwrap();
+    let (_dir, model) = tiny_dense_llama();
     let shared: Vec<u32> = (1..17).collect(); // four blocks of four
     let (first_tail, second_tail): (Vec<u32>, Vec<u32>) = ((40..47).collect(), (90..95).collect());
 
