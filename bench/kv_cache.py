@@ -9,6 +9,9 @@
 3. Sequences held at one `--llm-max-kv-tokens`: 24 streams of 64-token prompts and 256 new tokens against a pool
    of 2,048 positions; the most sequences the engine ran at once (its running-sequences gauge, sampled every
    20 ms), against the 6 a reservation of prompt + max_tokens per sequence admits.
+4. Mixed load, aggregated: 8 streams decode 160 tokens each while a ~1,500-token prompt arrives every second; the
+   decoding streams' inter-token latency p50 and p99, with the default prefill chunk (256) and with 64. (Item 6
+   compares this with disaggregated prefill/decode, which is not built yet.)
 
 With BEFORE=path/to/old/tritium, rows 2 and 3 also run that binary (the engine before paging) in the same run.
 
@@ -160,6 +163,42 @@ def concurrent_streams(server: Server, n: int, max_tokens: int) -> dict[str, flo
     }
 
 
+def mixed_load(server: Server) -> dict[str, float]:
+    """8 decoding streams' inter-token gaps while long prompts arrive every second."""
+    llm = client(server)
+    gaps: list[float] = []
+    done = threading.Event()
+
+    def decode(i: int) -> None:
+        stream = llm.completions.create(
+            model=MODEL, prompt=prompt_of(i), max_tokens=160, temperature=0, stream=True, extra_body={"ignore_eos": True}
+        )
+        last = None
+        for _ in stream:
+            now = time.monotonic()
+            if last is not None:
+                gaps.append(now - last)
+            last = now
+
+    def arrivals() -> None:
+        n = 0
+        while not done.wait(1.0):
+            n += 1
+            threading.Thread(
+                target=lambda k=n: llm.completions.create(model=MODEL, prompt=f"Arrival {k}: " + SENTENCE * 33, max_tokens=1),
+                daemon=True,
+            ).start()
+
+    feeder = threading.Thread(target=arrivals, daemon=True)
+    with ThreadPoolExecutor(8) as pool:
+        feeder.start()
+        list(pool.map(decode, range(8)))
+    done.set()
+    llm.close()
+    array = np.array(gaps) * 1e3
+    return {"itl_p50": float(np.percentile(array, 50)), "itl_p99": float(np.percentile(array, 99))}
+
+
 def running_gauge(server: Server) -> int:
     with urllib.request.urlopen(f"http://{server.http}/metrics", timeout=10) as response:
         for line in response.read().decode().splitlines():
@@ -230,6 +269,17 @@ def main() -> None:
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         lines.append(f"| {name} | {med['ttft_p50']:.3f} | {med['ttft_p99']:.3f} | {med['tok_s']:.1f} |")
         say(f"{name}: {med}")
+
+    say("mixed load")
+    lines += ["", "## Mixed load: 8 decoding streams, a ~1,500-token prompt every second (aggregated, median of rounds)", ""]
+    lines += ["| prefill chunk | ITL p50 (ms) | ITL p99 (ms) | p99 / p50 |", "|---|---|---|---|"]
+    for chunk in ("256", "64"):
+        server = start(str(TRITIUM), work, "tritium", "--llm-prefill-chunk", chunk)
+        runs = [mixed_load(server) for _ in range(ROUNDS)]
+        server.stop()
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        lines.append(f"| {chunk} | {med['itl_p50']:.1f} | {med['itl_p99']:.1f} | {med['itl_p99'] / med['itl_p50']:.1f}x |")
+        say(f"chunk {chunk}: {med}")
 
     say("sequences held at --llm-max-kv-tokens 2048")
     lines += ["", "## Sequences run at once with --llm-max-kv-tokens 2048 (24 streams, 64-token prompts, 256 new tokens)", ""]
