@@ -22,9 +22,9 @@ from helpers import finish_server, start_server
 @pytest.fixture(scope="module")
 def busy_server():
     gguf, _ = model_paths()
-    # 2048 KV positions and a 5 % threshold: one request reserving its prompt and 200 new tokens is over it.
+    # 256 KV positions (16 blocks) and a 5 % threshold: a running sequence's first block is over it.
     server = start_server(
-        "--model-path", str(gguf), "--model-name", LLM_NAME, "--llm-max-kv-tokens", "2048",
+        "--model-path", str(gguf), "--model-name", LLM_NAME, "--llm-max-kv-tokens", "256",
         "--active-decode-blocks-threshold", "0.05", timeout=LLM_START_TIMEOUT,
     )
     yield server

@@ -126,7 +126,7 @@ pub struct EngineStats {
     pub running: usize,
     /// Sequences waiting for a place in it.
     pub waiting: usize,
-    /// KV-cache tokens reserved by running sequences, and the budget.
+    /// KV-cache positions in blocks held by running sequences, and the pool's size.
     pub kv_tokens_used: usize,
     pub kv_tokens_capacity: usize,
     /// Tokens generated since start (cancelled sequences included, up to where they stopped).
