@@ -41,8 +41,7 @@ pub struct TokenInfo {
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
-    /// Prompt tokens the engine found in its prefix cache (0 when a stop string ended the
-    /// sequence before the engine reported).
+    /// Prompt tokens the engine found in its prefix cache.
     pub cached_tokens: u32,
 }
 
@@ -73,6 +72,8 @@ pub struct TextStream {
     /// Tokens whose text is still held back by the detokenizer or the stop matcher.
     held_tokens: Vec<TokenInfo>,
     completion_tokens: u32,
+    /// Prompt tokens the engine found cached, from its first token (for a stop string's usage).
+    cached_tokens: u32,
     /// Events decided but not yet yielded (a last delta before `Finished`).
     ready: std::collections::VecDeque<Result<TextEvent, BridgeError>>,
 }
@@ -106,6 +107,7 @@ pub fn text_stream(
         stop: StopMatcher::new(stop_strings),
         observer,
         held_tokens: Vec::new(),
+        cached_tokens: 0,
         completion_tokens: 0,
         ready: std::collections::VecDeque::new(),
     }
@@ -165,16 +167,20 @@ impl TextStream {
         self.last_token = Some(now);
         self.observer.token();
         self.completion_tokens += 1;
+        if let Some(cached) = token.prompt_cached {
+            self.cached_tokens = cached;
+        }
         let id = token.id;
         let info = self.token_info(token);
         self.held_tokens.push(info);
         let text = self.detokenizer.push(id);
         let outcome = self.stop.push(&text);
         if outcome.stopped {
+            let prompt_tokens = self.observer.known_prompt_tokens().unwrap_or(0);
             let usage = Usage {
-                prompt_tokens: self.observer.known_prompt_tokens().unwrap_or(0),
+                prompt_tokens,
                 completion_tokens: self.completion_tokens,
-                cached_tokens: 0,
+                cached_tokens: self.cached_tokens.min(prompt_tokens),
             };
             self.finish(outcome.emit, FinishReason::Stop, usage, outcome.matched);
             return None;

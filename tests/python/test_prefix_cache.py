@@ -84,6 +84,16 @@ def test_completions_and_responses_report_cached_tokens(oai):
     assert response.usage.input_tokens_details.cached_tokens >= 3 * BLOCK, response.usage
 
 
+def test_a_stop_string_still_reports_cached_tokens(oai):
+    """A stop string ends the sequence in the frontend, before the engine's own count: the first token
+    carries it."""
+    prompt = SYSTEM + "\nQuestion: what do students pay?\nAnswer:"
+    oai.completions.create(model=LLM, prompt=prompt, max_tokens=2, temperature=0)
+    stopped = oai.completions.create(model=LLM, prompt=prompt, max_tokens=16, temperature=0, stop=[" ", "."])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.usage.prompt_tokens_details.cached_tokens == reusable(stopped.usage.prompt_tokens), stopped.usage
+
+
 def test_kserve_final_response_carries_cached_tokens_and_metrics_count_them(llm_server):
     client = grpcclient.InferenceServerClient(llm_server.url)
     text = grpcclient.InferInput("text_input", [1], "BYTES")

@@ -174,6 +174,7 @@ pub fn event_to_proto(event: GenerateEvent) -> pb::GenerateEvent {
             id: token.id,
             logprob: token.logprob,
             top_logprobs: token.top_logprobs.into_iter().map(|(id, logprob)| pb::TopLogprob { id, logprob }).collect(),
+            prompt_cached: token.prompt_cached,
         }),
         GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens, queued_for } => {
             pb::generate_event::Event::Finished(pb::Finished {
@@ -195,6 +196,7 @@ pub fn event_from_proto(event: pb::GenerateEvent) -> Result<GenerateEvent, Strin
             id: token.id,
             logprob: token.logprob,
             top_logprobs: token.top_logprobs.into_iter().map(|t| (t.id, t.logprob)).collect(),
+            prompt_cached: token.prompt_cached,
         })),
         Some(pb::generate_event::Event::Finished(finished)) => {
             let reason = match finished.reason.as_str() {
@@ -252,7 +254,7 @@ mod tests {
         assert_eq!(generate_request_from_proto(wire), request);
 
         let events = [
-            GenerateEvent::Token(GeneratedToken { id: 5, logprob: Some(-0.5), top_logprobs: vec![(5, -0.5), (6, -1.5)] }),
+            GenerateEvent::Token(GeneratedToken { id: 5, logprob: Some(-0.5), top_logprobs: vec![(5, -0.5), (6, -1.5)], prompt_cached: Some(2) }),
             GenerateEvent::Finished {
                 reason: FinishReason::Length,
                 prompt_tokens: 3,

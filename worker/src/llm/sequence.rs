@@ -121,6 +121,10 @@ pub(super) fn sample_next(
         None => sequence.sampler.sample(logits),
     };
     let generated = sequence.generated() + 1;
+    let mut token = token;
+    if generated == 1 {
+        token.prompt_cached = Some(sequence.cached_tokens as u32);
+    }
     counters.tokens.fetch_add(1, Ordering::Relaxed);
     let id = token.id;
     let eos = card.eos_token_ids.contains(&id)

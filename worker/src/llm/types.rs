@@ -102,6 +102,9 @@ pub struct GeneratedToken {
     pub logprob: Option<f32>,
     /// The most likely alternatives at this position, most likely first (when asked for).
     pub top_logprobs: Vec<(u32, f32)>,
+    /// On a sequence's first token only: the prompt tokens found in the prefix cache, so that a
+    /// frontend that stops the sequence early (a stop string) can still report them.
+    pub prompt_cached: Option<u32>,
 }
 
 /// What a generation stream yields: tokens as they are made, then exactly one `Finished`.

@@ -107,7 +107,7 @@ pub fn token_events(tokens: &[u32], logprobs: Option<u32>) -> Vec<Result<Generat
                 Some(n) => [(id, -0.5), (0, -1.5)].into_iter().take(n as usize).collect(),
                 None => Vec::new(),
             };
-            Ok(GenerateEvent::Token(GeneratedToken { id, logprob: logprobs.map(|_| -0.5), top_logprobs: top }))
+            Ok(GenerateEvent::Token(GeneratedToken { id, logprob: logprobs.map(|_| -0.5), top_logprobs: top, prompt_cached: None }))
         })
         .collect()
 }

@@ -448,6 +448,7 @@ fn next_token(sequence: &mut Running, eos_token_ids: &[u32], counters: &Counters
         id,
         logprob: sequence.logprobs.map(|_| 0.0),
         top_logprobs: sequence.logprobs.map_or_else(Vec::new, |n| synthetic_top_logprobs(id, n)),
+        prompt_cached: (sequence.generated == 1).then(|| u32::try_from(sequence.cached_tokens).unwrap_or(u32::MAX)),
     };
     if sequence.sender.send(Ok(GenerateEvent::Token(token))).is_err() {
         return Some(None);
