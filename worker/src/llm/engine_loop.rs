@@ -115,7 +115,7 @@ impl EngineLoop {
                     break;
                 }
                 let Some(sequence) = self.preempted.pop_front() else { break };
-                self.start(sequence, plan, &hashes);
+                self.start(sequence, plan, &hashes, false);
             }
             while self.running.len() < max_sequences && self.preempted.is_empty() {
                 let Some(front) = queue.waiting.front() else { break };
@@ -129,11 +129,8 @@ impl EngineLoop {
                     continue;
                 }
                 let hashes = std::mem::take(&mut waiting.hashes);
-                let cached = self.start(Running::new(waiting, 0), plan, &hashes);
+                let cached = self.start(Running::new(waiting), plan, &hashes, true);
                 shared.counters.prompt_tokens_cached.fetch_add(cached as u64, Ordering::Relaxed);
-                if let Some(sequence) = self.running.last_mut() {
-                    sequence.cached_tokens = cached;
-                }
             }
             shared.counters.waiting.store(queue.waiting.len() + self.preempted.len(), Ordering::Relaxed);
             if !self.running.is_empty() {
@@ -147,8 +144,8 @@ impl EngineLoop {
 
     /// Puts a sequence in the batch on top of its cached prefix, reading back what the plan found
     /// in the offload tier (up to the first block that does not check out). Returns the positions
-    /// it starts with.
-    fn start(&mut self, mut sequence: Running, plan: Plan, hashes: &[BlockHash]) -> usize {
+    /// it starts with, which are its cached prompt tokens when this is its `first` admission.
+    fn start(&mut self, mut sequence: Running, plan: Plan, hashes: &[BlockHash], first: bool) -> usize {
         let size = self.block_size();
         self.pool.share(&plan.reused);
         let mut blocks = plan.reused;
@@ -166,6 +163,9 @@ impl EngineLoop {
             blocks.push(id);
         }
         sequence.resume_from(&blocks, &hashes[..blocks.len()], size);
+        if first {
+            sequence.cached_tokens = blocks.len() * size;
+        }
         self.admitted += 1;
         sequence.admitted = self.admitted;
         self.running.push(sequence);

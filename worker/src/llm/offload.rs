@@ -370,9 +370,15 @@ mod tests {
         assert_eq!(tier.read(9, 9), None);
         assert!(!tier.contains(9));
         assert_eq!(tier.counters.rejected.load(Ordering::Relaxed), 1);
-        // Another layout's file under the right name is refused too.
+        // A sound file of another layout, or of another block, is refused too.
         let other = BlockLayout { head_dim: 8, ..LAYOUT };
-        assert!(read_checked(&path, other, 9, 9).is_err() || !path.exists());
+        let elsewhere = dir.path().join("other.kvb");
+        std::fs::write(&elsewhere, encode(other, 9, 9, &vec![0.0; other.floats()])).unwrap();
+        assert!(read_checked(&elsewhere, LAYOUT, 9, 9).is_err());
+        std::fs::write(&elsewhere, encode(LAYOUT, 9, 9, &payload(2.0))).unwrap();
+        assert_eq!(read_checked(&elsewhere, LAYOUT, 9, 9), Ok(payload(2.0)));
+        assert!(read_checked(&elsewhere, LAYOUT, 10, 9).is_err());
+        assert!(read_checked(&elsewhere, LAYOUT, 9, 10).is_err());
     }
 
     #[test]

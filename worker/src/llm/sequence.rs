@@ -37,7 +37,7 @@ pub(super) struct Running {
 }
 
 impl Running {
-    pub(super) fn new(waiting: Waiting, cached_tokens: usize) -> Running {
+    pub(super) fn new(waiting: Waiting) -> Running {
         let Waiting { request, constraint, sender, submitted, max_new, .. } = waiting;
         Running {
             sampler: Sampler::new(&request.sampling, request.logprobs, &request.prompt),
@@ -45,7 +45,7 @@ impl Running {
             fed: 0,
             blocks: Vec::new(),
             hashes: Vec::new(),
-            cached_tokens,
+            cached_tokens: 0,
             max_new,
             stop_token_ids: request.stop.stop_token_ids,
             ignore_eos: request.stop.ignore_eos,
@@ -113,7 +113,7 @@ pub(super) fn sample_next(
     context_length: usize,
     counters: &Counters,
 ) -> Sampled {
-    let token = match &mut sequence.constraint {
+    let mut token = match &mut sequence.constraint {
         Some(constraint) => match constraint.mask() {
             Ok(allowed) => sequence.sampler.sample_among(logits, &allowed),
             Err(message) => return constraint_failed(sequence, message),
@@ -121,7 +121,6 @@ pub(super) fn sample_next(
         None => sequence.sampler.sample(logits),
     };
     let generated = sequence.generated() + 1;
-    let mut token = token;
     if generated == 1 {
         token.prompt_cached = Some(sequence.cached_tokens as u32);
     }

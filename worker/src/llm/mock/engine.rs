@@ -333,7 +333,7 @@ impl Scheduler {
                 counters.prompt_tokens_cached.fetch_add(cached as u64, Ordering::Relaxed);
                 self.cache.share(&reused);
                 let mut sequence = begin(waiting, cached);
-                sequence.hashes = sequence.hashes[..reused.len()].to_vec();
+                sequence.hashes.truncate(reused.len());
                 sequence.blocks = reused;
                 hold_blocks(&mut self.cache, &mut sequence, block_size);
                 self.running.push(sequence);
