@@ -7,6 +7,7 @@ request found its prefix. A round-robin frontend over the same workers is the ba
 
 from __future__ import annotations
 
+import json
 import random
 import urllib.request
 import uuid
@@ -44,6 +45,8 @@ def cluster():
         started += frontends.values()
         for frontend in frontends.values():
             wait_until(lambda f=frontend: workers_serving(f) == 2, 30, "both workers serving smollm2")
+            # The OpenAI routes know the model once its card has come from a worker, a moment later.
+            wait_until(lambda f=frontend: LLM in listed_models(f), 30, "smollm2 on /v1/models")
         yield frontends
     finally:
         for process in reversed(started):
@@ -60,6 +63,11 @@ def scrape(frontend) -> str:
 
 def workers_serving(frontend) -> int:
     return int(metric(scrape(frontend), "tritium_router_workers", f'model="{LLM}"'))
+
+
+def listed_models(frontend) -> list[str]:
+    with urllib.request.urlopen(f"{frontend.http_url}/v1/models", timeout=10) as response:
+        return [model["id"] for model in json.load(response)["data"]]
 
 
 def blocks_indexed(frontend) -> int:
