@@ -17,6 +17,7 @@ use super::block_pool::BlockPool;
 use super::card::ModelCard;
 use super::constraint::{Constrained, Constraint, Grammars};
 use super::engine_loop::EngineLoop;
+use super::kv_transfer::{ExportSink, ImportedBlocks, KvExport, TransferLayout};
 use super::model::DecoderModel;
 use super::offload::{BlockLayout, OffloadCounters, OffloadOptions, OffloadTier};
 use super::types::{EngineStats, GenerateError, GenerateEvent, GenerateRequest, TokenStream};
@@ -75,6 +76,10 @@ pub(super) struct Waiting {
     pub submitted: Instant,
     /// Tokens this sequence may generate.
     pub max_new: usize,
+    /// Blocks of its prompt computed by another engine.
+    pub imported: Option<ImportedBlocks>,
+    /// Where its prompt's blocks go as they are written, for another engine.
+    pub export: Option<ExportSink>,
 }
 
 #[derive(Default)]
@@ -125,6 +130,7 @@ pub struct LlmEngine {
     /// Positions the block pool holds.
     kv_capacity: usize,
     kv_events: broadcast::Sender<KvEvent>,
+    transfer_layout: TransferLayout,
     offload_counters: Option<Arc<OffloadCounters>>,
     /// Built at the first constrained request (a trie over the whole vocabulary).
     grammars: OnceLock<Result<Grammars, String>>,
@@ -205,6 +211,18 @@ impl LlmEngine {
         });
         let card = Arc::new(card);
         let vocab_size = model.config().vocab_size;
+        let transfer_layout = {
+            let c = model.config();
+            let word = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            TransferLayout {
+                model: name.to_string(),
+                block_size: word(block_size),
+                dtype: format!("{:?}", model.kv_dtype()).to_lowercase(),
+                layers: word(c.num_layers),
+                kv_heads: word(c.num_kv_heads),
+                head_dim: word(c.head_dim),
+            }
+        };
         let thread = std::thread::Builder::new()
             .name(format!("llm-{name}"))
             .spawn({
@@ -222,6 +240,7 @@ impl LlmEngine {
             vocab_size,
             kv_capacity: blocks * block_size,
             kv_events,
+            transfer_layout,
             offload_counters,
             grammars: OnceLock::new(),
             compiling: Mutex::new(()),
@@ -289,12 +308,14 @@ fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
-impl LanguageModel for LlmEngine {
-    fn card(&self) -> &Arc<ModelCard> {
-        &self.card
-    }
-
-    fn generate(&self, request: GenerateRequest) -> Result<TokenStream, GenerateError> {
+impl LlmEngine {
+    /// Validates and queues a sequence, with blocks from another engine or for one.
+    fn submit(
+        &self,
+        request: GenerateRequest,
+        imported: Option<ImportedBlocks>,
+        export: Option<ExportSink>,
+    ) -> Result<TokenStream, GenerateError> {
         let options = &self.shared.options;
         let context = self.card.context_length;
         let prompt_len = request.prompt.len();
@@ -334,13 +355,58 @@ impl LanguageModel for LlmEngine {
         if let Some(refused) = self.refusal(&queue) {
             return Err(refused);
         }
-        queue.waiting.push_back(Waiting { request, hashes, constraint, sender, submitted: Instant::now(), max_new });
+        queue.waiting.push_back(Waiting {
+            request,
+            hashes,
+            constraint,
+            sender,
+            submitted: Instant::now(),
+            max_new,
+            imported,
+            export,
+        });
         self.shared.counters.waiting.store(queue.waiting.len(), Ordering::Relaxed);
         drop(queue);
         self.shared.wake.notify_one();
         Ok(TokenStream::new(receiver))
     }
+}
 
+impl LanguageModel for LlmEngine {
+    fn card(&self) -> &Arc<ModelCard> {
+        &self.card
+    }
+
+    fn generate(&self, request: GenerateRequest) -> Result<TokenStream, GenerateError> {
+        self.submit(request, None, None)
+    }
+
+    fn kv_layout(&self) -> Option<TransferLayout> {
+        Some(self.transfer_layout.clone())
+    }
+
+    fn generate_with_prefix(&self, request: GenerateRequest, prefix: ImportedBlocks) -> Result<TokenStream, GenerateError> {
+        self.submit(request, Some(prefix), None)
+    }
+
+    fn export_prefix(&self, prompt: Vec<u32>, first_block: usize) -> Result<KvExport, GenerateError> {
+        let size = self.shared.options.kv_block_size;
+        // The blocks a decode engine can take: every full one before the prompt's last token.
+        let until = prompt.len().saturating_sub(1) / size;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        if first_block >= until {
+            return Ok(KvExport::new(self.transfer_layout.clone(), first_block, first_block, receiver, None));
+        }
+        let request = GenerateRequest {
+            prompt: prompt[..until * size].to_vec(),
+            sampling: super::SamplingOptions { temperature: 0.0, ..Default::default() },
+            stop: super::StopOptions { max_tokens: Some(1), ignore_eos: true, ..Default::default() },
+            ..GenerateRequest::default()
+        };
+        let sink = ExportSink { sender, next: first_block, until };
+        let sequence = self.submit(request, None, Some(sink))?;
+        Ok(KvExport::new(self.transfer_layout.clone(), first_block, until, receiver, Some(sequence)))
+    }
     fn stats(&self) -> EngineStats {
         let c = &self.shared.counters;
         EngineStats {

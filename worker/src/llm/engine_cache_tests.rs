@@ -13,18 +13,18 @@ use super::engine::{EngineOptions, LlmEngine};
 use super::types::{FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, SamplingOptions, StopOptions, TokenStream};
 use crate::kv::{KvEvent, block_hashes};
 
-fn engine(options: EngineOptions) -> (LlmEngine, tokenizers::Tokenizer) {
+pub(super) fn engine(options: EngineOptions) -> (LlmEngine, tokenizers::Tokenizer) {
     let path = crate::test_models::installed_model(crate::test_models::SMOLLM2_GGUF);
     let (model, card) = super::model::load(&path, &Device::Cpu).unwrap();
     let tokenizer: tokenizers::Tokenizer = card.tokenizer_json.parse().unwrap();
     (LlmEngine::start("smollm2", model, card, options).unwrap(), tokenizer)
 }
 
-const SYSTEM: &str = "You are a careful assistant for a library. You answer questions about opening hours, \
+pub(super) const SYSTEM: &str = "You are a careful assistant for a library. You answer questions about opening hours, \
 borrowing rules and events. The library opens at nine in the morning and closes at six in the evening on \
 weekdays; on Saturdays it closes at one. Books may be borrowed for three weeks and renewed twice. ";
 
-fn request(tokenizer: &tokenizers::Tokenizer, text: &str, max_tokens: u32) -> GenerateRequest {
+pub(super) fn request(tokenizer: &tokenizers::Tokenizer, text: &str, max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
         prompt: tokenizer.encode(text, false).unwrap().get_ids().to_vec(),
         sampling: SamplingOptions { temperature: 0.0, ..SamplingOptions::default() },
@@ -36,7 +36,7 @@ fn request(tokenizer: &tokenizers::Tokenizer, text: &str, max_tokens: u32) -> Ge
 }
 
 /// The tokens of a stream and the prompt tokens it found cached.
-async fn run(stream: TokenStream) -> (Vec<GeneratedToken>, u32, FinishReason) {
+pub(super) async fn run(stream: TokenStream) -> (Vec<GeneratedToken>, u32, FinishReason) {
     let mut stream = stream;
     let mut tokens = Vec::new();
     while let Some(event) = stream.next().await {
@@ -48,7 +48,7 @@ async fn run(stream: TokenStream) -> (Vec<GeneratedToken>, u32, FinishReason) {
     panic!("the stream ended without Finished");
 }
 
-fn ids(tokens: &[GeneratedToken]) -> Vec<u32> {
+pub(super) fn ids(tokens: &[GeneratedToken]) -> Vec<u32> {
     tokens.iter().map(|t| t.id).collect()
 }
 
@@ -56,7 +56,7 @@ fn ids(tokens: &[GeneratedToken]) -> Vec<u32> {
 /// the prefix cache. Reused blocks were computed in one chunk of the first prompt and the rest
 /// in a short one, so the quantized kernels may round differently: the logits agree closely, not
 /// bit for bit (the dense-weight model test checks bit equality).
-fn assert_same_logits(cached: &[GeneratedToken], computed: &[GeneratedToken]) {
+pub(super) fn assert_same_logits(cached: &[GeneratedToken], computed: &[GeneratedToken]) {
     assert_eq!(ids(cached), ids(computed), "greedy tokens differ");
     for (index, (a, b)) in cached.iter().zip(computed).enumerate() {
         let (la, lb) = (a.logprob.unwrap(), b.logprob.unwrap());

@@ -8,7 +8,9 @@
 //! Waiting requests are admitted in arrival order while the batch has a place and the pool has
 //! the blocks to finish their prompts, after the blocks already promised to running prompts.
 //! A new sequence starts from the longest cached prefix of its prompt: blocks in the pool, then
-//! blocks read back from the offload tier, which also receives what the pool evicts.
+//! blocks read back from the offload tier, which also receives what the pool evicts, then blocks
+//! another engine computed for it (disaggregated prefill); a sequence prefilling for another
+//! engine hands each block out as soon as it is written.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use std::sync::atomic::Ordering;
 use super::block_pool::{BlockId, BlockPool};
 use super::card::ModelCard;
 use super::engine::{Counters, Shared};
+use super::kv_transfer::ImportedBlocks;
 use super::model::{DecoderModel, KvStore, SequenceInput};
 use super::offload::OffloadTier;
 use super::sequence::{Running, Sampled, sample_next};
@@ -70,7 +73,7 @@ impl EngineLoop {
     /// Where a sequence over `tokens` can start: the cached blocks in the pool, then the blocks
     /// after them in the offload tier (never its whole prompt: the last position is always
     /// computed, for its logits); and the blocks it needs beyond those in the pool.
-    fn plan(&self, tokens: &[u32], hashes: &[BlockHash]) -> Plan {
+    fn plan(&self, tokens: &[u32], hashes: &[BlockHash], imported: Option<&ImportedBlocks>) -> Plan {
         let limit = (tokens.len() - 1) / self.block_size();
         let mut reused = self.pool.longest_prefix(tokens, hashes);
         reused.truncate(limit);
@@ -81,8 +84,9 @@ impl EngineLoop {
             }
             _ => (0, Vec::new()),
         };
+        let import = imported.map_or(0, |blocks| blocks.usable_from(reused.len() + restore, limit));
         let needed = tokens.len().div_ceil(self.block_size()) - reused.len();
-        Plan { reused, restore, strongs, needed }
+        Plan { reused, restore, import, strongs, needed }
     }
 
     /// Whether a plan's blocks fit beside what is promised.
@@ -110,16 +114,16 @@ impl EngineLoop {
                     continue;
                 }
                 let hashes = block_hashes(&front.tokens, self.block_size());
-                let plan = self.plan(&front.tokens, &hashes);
+                let plan = self.plan(&front.tokens, &hashes, None);
                 if !self.fits(&plan) {
                     break;
                 }
                 let Some(sequence) = self.preempted.pop_front() else { break };
-                self.start(sequence, plan, &hashes, false);
+                self.start(sequence, plan, &hashes, None);
             }
             while self.running.len() < max_sequences && self.preempted.is_empty() {
                 let Some(front) = queue.waiting.front() else { break };
-                let plan = self.plan(&front.request.prompt, &front.hashes);
+                let plan = self.plan(&front.request.prompt, &front.hashes, front.imported.as_ref());
                 if !self.fits(&plan) {
                     break;
                 }
@@ -129,7 +133,8 @@ impl EngineLoop {
                     continue;
                 }
                 let hashes = std::mem::take(&mut waiting.hashes);
-                let cached = self.start(Running::new(waiting), plan, &hashes, true);
+                let imported = waiting.imported.take().unwrap_or_default();
+                let cached = self.start(Running::new(waiting), plan, &hashes, Some(imported));
                 shared.counters.prompt_tokens_cached.fetch_add(cached as u64, Ordering::Relaxed);
             }
             shared.counters.waiting.store(queue.waiting.len() + self.preempted.len(), Ordering::Relaxed);
@@ -143,33 +148,56 @@ impl EngineLoop {
     }
 
     /// Puts a sequence in the batch on top of its cached prefix, reading back what the plan found
-    /// in the offload tier (up to the first block that does not check out). Returns the positions
-    /// it starts with, which are its cached prompt tokens when this is its `first` admission.
-    fn start(&mut self, mut sequence: Running, plan: Plan, hashes: &[BlockHash], first: bool) -> usize {
+    /// in the offload tier (up to the first block that does not check out), then writing what
+    /// another engine computed. `imported` is given at its first admission (empty when nothing
+    /// came from elsewhere). Returns the prompt tokens it found cached.
+    fn start(&mut self, mut sequence: Running, plan: Plan, hashes: &[BlockHash], imported: Option<ImportedBlocks>) -> usize {
         let size = self.block_size();
         self.pool.share(&plan.reused);
         let mut blocks = plan.reused;
-        for i in blocks.len()..blocks.len() + plan.restore {
-            let Some(id) = self.pool.allocate() else { break };
-            // The block may have been evicted just now: its data goes to disk before it is overwritten.
-            self.spill_evicted();
+        let cached_end = blocks.len() + plan.restore;
+        for i in blocks.len()..cached_end {
             let restored = self.offload.as_mut().and_then(|tier| tier.read(hashes[i], plan.strongs[i]));
-            let written = restored.map(|data| self.kv.write_block(id, &data));
-            if !matches!(written, Some(Ok(()))) {
-                self.pool.release(&[id]);
+            if !self.place(&mut blocks, restored.as_deref(), hashes[i], &sequence.tokens[i * size..(i + 1) * size]) {
                 break;
             }
-            self.pool.commit(id, blocks.last().copied(), hashes[i], &sequence.tokens[i * size..(i + 1) * size]);
-            blocks.push(id);
+        }
+        let cached = blocks.len();
+        if cached == cached_end
+            && let Some(imported) = &imported
+        {
+            for i in cached..cached + plan.import {
+                let data = imported.blocks.get(i - imported.first).map(Vec::as_slice);
+                if !self.place(&mut blocks, data, hashes[i], &sequence.tokens[i * size..(i + 1) * size]) {
+                    tracing::warn!(model = %self.shared.name, block = i, "a KV block from another worker does not fit this store; computing it");
+                    break;
+                }
+            }
         }
         sequence.resume_from(&blocks, &hashes[..blocks.len()], size);
-        if first {
-            sequence.cached_tokens = blocks.len() * size;
+        if imported.is_some() {
+            sequence.cached_tokens = cached * size;
         }
         self.admitted += 1;
         sequence.admitted = self.admitted;
         self.running.push(sequence);
-        blocks.len() * size
+        cached * size
+    }
+
+    /// Writes `data` into a fresh block and commits it as the block after `blocks`, under `hash`
+    /// over `tokens`. False when there is no data, no block, or the data does not fit.
+    fn place(&mut self, blocks: &mut Vec<BlockId>, data: Option<&[f32]>, hash: BlockHash, tokens: &[u32]) -> bool {
+        let Some(data) = data else { return false };
+        let Some(id) = self.pool.allocate() else { return false };
+        // The block may have been evicted just now: its data goes to disk before it is overwritten.
+        self.spill_evicted();
+        if self.kv.write_block(id, data).is_err() {
+            self.pool.release(&[id]);
+            return false;
+        }
+        self.pool.commit(id, blocks.last().copied(), hash, tokens);
+        blocks.push(id);
+        true
     }
 
     /// Writes the committed blocks the pool just evicted to the offload tier, while their data
@@ -304,6 +332,9 @@ impl EngineLoop {
             counters.prompt_tokens.fetch_add(prompt_fed as u64, Ordering::Relaxed);
             sequence.fed += n;
             sequence.commit_full_blocks(&mut self.pool);
+            if let Err(e) = sequence.export_written(&self.kv, size) {
+                tracing::warn!(model = %self.shared.name, "reading KV blocks out for another worker: {e}");
+            }
             if sequence.fed < sequence.tokens.len() {
                 continue;
             }
@@ -362,6 +393,8 @@ struct Plan {
     reused: Vec<BlockId>,
     /// Blocks after those to read back from the offload tier.
     restore: usize,
+    /// Blocks after those to take from another engine's computation.
+    import: usize,
     /// The strong hashes of its full blocks (when the offload tier was asked).
     strongs: Vec<u128>,
     /// Blocks it needs from the pool beyond `reused`.

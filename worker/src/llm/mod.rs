@@ -15,6 +15,9 @@ mod engine_loop;
 #[cfg(test)]
 mod engine_tests;
 mod gguf_tokenizer;
+mod kv_transfer;
+#[cfg(test)]
+mod kv_transfer_tests;
 pub mod mock;
 mod model;
 mod offload;
@@ -31,6 +34,7 @@ pub use backend::{LLM_BACKEND, LlmBackend, LlmFactory, complete_llm_config};
 pub use card::{ModelCard, ModelKind, detect_kind};
 pub use constraint::Constraint;
 pub use engine::{EngineOptions, LlmEngine};
+pub use kv_transfer::{ExportedBlock, ImportedBlocks, KvExport, TransferLayout};
 pub use offload::OffloadOptions;
 pub use mock::{MOCK_LLM_BACKEND, MockEngine, MockFactory, MockOptions, mock_declared_model};
 pub use model::default_device;
@@ -51,6 +55,26 @@ pub trait LanguageModel: Send + Sync + 'static {
     /// (a KV-aware router indexes them); `None` for engines that do not.
     fn kv_events(&self) -> Option<tokio::sync::broadcast::Receiver<crate::kv::KvEvent>> {
         None
+    }
+
+    /// How the engine's KV blocks are laid out, for engines that can move blocks to and from
+    /// another (disaggregated prefill and decode); `None` for engines that cannot.
+    fn kv_layout(&self) -> Option<TransferLayout> {
+        None
+    }
+
+    /// Computes the full blocks of `prompt` from `first_block` on (all but the block holding its
+    /// last token) and hands each out as it is written.
+    fn export_prefix(&self, prompt: Vec<u32>, first_block: usize) -> Result<KvExport, GenerateError> {
+        let _ = (prompt, first_block);
+        Err(GenerateError::InvalidRequest("this model's engine cannot prefill for another worker".to_string()))
+    }
+
+    /// [`generate`](LanguageModel::generate), starting from blocks another engine computed
+    /// (engines that cannot take them compute everything).
+    fn generate_with_prefix(&self, request: GenerateRequest, prefix: ImportedBlocks) -> Result<TokenStream, GenerateError> {
+        let _ = prefix;
+        self.generate(request)
     }
 }
 

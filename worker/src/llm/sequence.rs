@@ -8,6 +8,8 @@ use super::block_pool::{BlockId, BlockPool};
 use super::card::ModelCard;
 use super::constraint::Constrained;
 use super::engine::{Counters, EventSender, Waiting};
+use super::kv_transfer::{ExportSink, ExportedBlock};
+use super::model::KvStore;
 use super::sampler::Sampler;
 use super::types::{FinishReason, GenerateError, GenerateEvent};
 use crate::kv::{BlockHash, chain_hash};
@@ -34,11 +36,13 @@ pub(super) struct Running {
     pub sender: EventSender,
     /// When it (last) joined the batch: the newest is preempted first.
     pub admitted: u64,
+    /// Where its prompt's blocks go, when another engine asked for them.
+    export: Option<ExportSink>,
 }
 
 impl Running {
     pub(super) fn new(waiting: Waiting) -> Running {
-        let Waiting { request, constraint, sender, submitted, max_new, .. } = waiting;
+        let Waiting { request, constraint, sender, submitted, max_new, export, .. } = waiting;
         Running {
             sampler: Sampler::new(&request.sampling, request.logprobs, &request.prompt),
             constraint,
@@ -55,7 +59,30 @@ impl Running {
             tokens: request.prompt,
             sender,
             admitted: 0,
+            export,
         }
+    }
+
+    /// Sends the blocks asked for that are now written in full; an export whose receiver has
+    /// gone is dropped (the sequence itself ends when its own client goes).
+    pub(super) fn export_written(&mut self, kv: &KvStore, block_size: usize) -> Result<(), candle_core::Error> {
+        let Some(export) = self.export.as_mut() else { return Ok(()) };
+        let written = (self.fed / block_size).min(export.until);
+        while export.next < written {
+            let data = match kv.read_block(self.blocks[export.next]) {
+                Ok(data) => data,
+                Err(e) => {
+                    self.export = None;
+                    return Err(e);
+                }
+            };
+            if export.sender.send(ExportedBlock { index: export.next, data }).is_err() {
+                self.export = None;
+                return Ok(());
+            }
+            export.next += 1;
+        }
+        Ok(())
     }
 
     pub(super) fn generated(&self) -> usize {

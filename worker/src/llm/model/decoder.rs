@@ -124,6 +124,11 @@ impl DecoderModel {
         KvStore::new(layout, blocks, block_size, &self.device)
     }
 
+    /// The element type of the KV store.
+    pub(crate) fn kv_dtype(&self) -> candle_core::DType {
+        self.weights.embeddings.dtype()
+    }
+
     /// Bytes one position of KV cache takes over all layers.
     pub(crate) fn kv_bytes_per_token(&self) -> usize {
         let c = &self.config;
