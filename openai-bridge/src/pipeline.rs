@@ -61,6 +61,8 @@ pub struct TextStream {
     tokens: Option<TokenStream>,
     /// The worker the router chose.
     worker: Option<String>,
+    /// The worker that prefilled the prompt, when another one did.
+    prefill_worker: Option<String>,
     started: Instant,
     first_token: Option<Instant>,
     last_token: Option<Instant>,
@@ -97,6 +99,7 @@ pub fn text_stream(
 ) -> TextStream {
     TextStream {
         worker: tokens.worker().map(str::to_owned),
+        prefill_worker: tokens.prefill_worker().map(str::to_owned),
         started: Instant::now(),
         first_token: None,
         last_token: None,
@@ -151,6 +154,7 @@ impl TextStream {
         };
         StreamMeta {
             worker: self.worker.clone(),
+            prefill_worker: self.prefill_worker.clone(),
             timing: Timing {
                 ttft_ms: self.first_token.map(|first| ms(first - self.started)),
                 itl_ms: itl,
@@ -325,6 +329,8 @@ pub struct Generated {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StreamMeta {
     pub worker: Option<String>,
+    /// Set when another worker than `worker` prefilled the prompt.
+    pub prefill_worker: Option<String>,
     pub timing: Timing,
 }
 

@@ -261,7 +261,9 @@ fn nvext_fields(nvext: Option<&NvExt>, meta: &StreamMeta) -> Option<Value> {
     let nvext = nvext?;
     let mut fields = Map::new();
     if nvext.wants("worker_id") {
-        fields.insert("worker_id".into(), serde_json::json!({"decode_worker_id": meta.worker}));
+        // One worker that did both is named twice, as Dynamo does.
+        let prefill = meta.prefill_worker.as_ref().or(meta.worker.as_ref());
+        fields.insert("worker_id".into(), serde_json::json!({"prefill_worker_id": prefill, "decode_worker_id": meta.worker}));
     }
     if nvext.wants("timing") {
         fields.insert("timing".into(), serde_json::to_value(meta.timing).unwrap_or(Value::Null));

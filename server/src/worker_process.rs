@@ -72,7 +72,7 @@ impl WorkerProcess {
         let cluster = &self.config.cluster;
         let discovery = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
         let events = events::connect(&cluster.events, &cluster.scope).await?;
-        let service = WorkerService::new(Arc::clone(&self.repository));
+        let service = WorkerService::new(Arc::clone(&self.repository)).with_transfers(self.config.transfers.clone());
         let in_flight = service.in_flight();
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
@@ -83,6 +83,7 @@ impl WorkerProcess {
         let publisher = tokio::spawn(publish_worker(
             id.clone(),
             WorkerAddress::Grpc(advertised),
+            self.config.disaggregation,
             Arc::clone(&self.repository),
             discovery,
             Arc::clone(&events),

@@ -79,6 +79,18 @@ pub trait WorkerClient: Send + Sync + std::fmt::Debug + 'static {
         Err(WorkerError::NotLanguageModel { model: model.to_string() })
     }
 
+    /// [`generate`](WorkerClient::generate) on a decode worker that takes the prompt's KV blocks
+    /// from `prefill` (disaggregated serving); clients that cannot pass it on run a plain generate.
+    async fn generate_with_prefill(
+        &self,
+        model: &str,
+        request: GenerateRequest,
+        prefill: crate::llm::PrefillSource,
+    ) -> Result<TokenStream, WorkerError> {
+        let _ = prefill;
+        self.generate(model, request).await
+    }
+
     /// Embeds tokenized inputs with an embedding model.
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
         let _ = inputs;

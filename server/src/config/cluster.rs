@@ -9,7 +9,8 @@ use clap::{Args, ValueEnum};
 use tritium_worker::DeclaredModel;
 use tritium_worker::llm::mock::{MockOptions, mock_declared_model};
 
-use crate::discovery::{DiscoveryConfig, NamespaceScope};
+use crate::discovery::{DisaggregationMode, DiscoveryConfig, NamespaceScope};
+use crate::remote::TransferOptions;
 use crate::events::EventsConfig;
 use crate::routing::kv_index::KvScoring;
 use crate::routing::{RouterMode, RouterOptions};
@@ -149,6 +150,11 @@ pub struct RouterArgs {
     /// `POST /busy_threshold`. Unset: workers are never busy.
     #[arg(long, env = "DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD")]
     pub active_decode_blocks_threshold: Option<f64>,
+    /// With prefill workers (`tritium worker --disaggregation-mode prefill`) serving a model: a
+    /// prompt whose part the chosen decode worker lacks is longer than this many tokens is
+    /// prefilled on a prefill worker; shorter ones are prefilled where they decode.
+    #[arg(long, env = "TRITIUM_MAX_LOCAL_PREFILL_LENGTH", default_value_t = crate::routing::policy::DEFAULT_MAX_LOCAL_PREFILL_LENGTH)]
+    pub max_local_prefill_length: usize,
 }
 
 impl RouterArgs {
@@ -175,6 +181,7 @@ impl RouterArgs {
                 .map(crate::routing::busy::BusyThresholds::check)
                 .transpose()
                 .map_err(|e| format!("--active-decode-blocks-threshold: {e}"))?,
+            max_local_prefill_length: self.max_local_prefill_length,
         })
     }
 }
@@ -261,5 +268,36 @@ impl WorkerListenArgs {
             None if bound.ip().is_unspecified() => format!("http://127.0.0.1:{}", bound.port()),
             None => format!("http://{bound}"),
         }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Disaggregated prefill and decode")]
+pub struct DisaggregationArgs {
+    /// This worker's part: `agg` prefills and decodes; `prefill` computes prompts' KV blocks for
+    /// decode workers; `decode` generates, taking long prompts' blocks from a prefill worker.
+    #[arg(long, env = "TRITIUM_DISAGGREGATION_MODE", value_enum, default_value = "agg")]
+    pub disaggregation_mode: DisaggregationMode,
+    /// Prefills for other workers this worker runs at once; beyond it they are refused and the
+    /// decode worker computes the prompt itself.
+    #[arg(long, env = "TRITIUM_MAX_REMOTE_PREFILLS", default_value_t = TransferOptions::default().max_prefills)]
+    pub max_remote_prefills: usize,
+    /// Seconds a decode worker waits for a prompt's KV blocks before computing the rest itself.
+    #[arg(long, env = "TRITIUM_KV_TRANSFER_TIMEOUT_SECS", default_value_t = TransferOptions::default().timeout.as_secs())]
+    pub kv_transfer_timeout_secs: u64,
+}
+
+impl DisaggregationArgs {
+    /// The transfer bounds, with the worker-plane `token` sent to prefill workers.
+    pub fn transfer_options(&self, token: Option<String>, max_message_size: usize) -> Result<TransferOptions, String> {
+        if self.max_remote_prefills == 0 || self.kv_transfer_timeout_secs == 0 {
+            return Err("--max-remote-prefills and --kv-transfer-timeout-secs must be at least 1".into());
+        }
+        Ok(TransferOptions {
+            max_prefills: self.max_remote_prefills,
+            timeout: Duration::from_secs(self.kv_transfer_timeout_secs),
+            token,
+            max_message_size,
+        })
     }
 }

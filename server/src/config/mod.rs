@@ -23,7 +23,7 @@ use tritium_worker::llm::EngineOptions;
 
 use crate::config::repository::{engine_options, repository_options};
 use crate::routing::RouterOptions;
-pub use cluster::{ClusterArgs, ClusterConfig, EngineArgs, RouterArgs, WorkerListenArgs};
+pub use cluster::{ClusterArgs, ClusterConfig, DisaggregationArgs, EngineArgs, RouterArgs, WorkerListenArgs};
 pub use limits::{HttpLimits, LimitArgs, Limits};
 pub use metrics::MetricsArgs;
 pub use openai::{OpenAiArgs, OpenAiSettings};
@@ -63,6 +63,8 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub listen: WorkerListenArgs,
     #[command(flatten)]
+    pub disaggregation: DisaggregationArgs,
+    #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub logging: LoggingArgs,
@@ -83,6 +85,8 @@ pub struct WorkerConfig {
     pub max_message_size: usize,
     /// Token frontends must send (`--worker-token`).
     pub worker_token: Option<String>,
+    pub disaggregation: crate::discovery::DisaggregationMode,
+    pub transfers: crate::remote::TransferOptions,
     pub onnxruntime: OrtSettings,
     pub python: tritium_python::PythonSettings,
 }
@@ -98,6 +102,11 @@ impl WorkerArgs {
             cluster: self.cluster.config()?,
             max_message_size: self.worker_max_message_size,
             worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
+            disaggregation: self.disaggregation.disaggregation_mode,
+            transfers: self.disaggregation.transfer_options(
+                self.listen.worker_token.clone().filter(|t| !t.is_empty()),
+                self.worker_max_message_size,
+            )?,
             onnxruntime: self.repository.onnxruntime()?,
             python: self.repository.python()?,
         })

@@ -68,6 +68,7 @@ mod tests {
             id: id.to_string(),
             address: WorkerAddress::Grpc(format!("http://{id}")),
             models: models.iter().map(|m| m.to_string()).collect(),
+            mode: Default::default(),
         }
     }
 

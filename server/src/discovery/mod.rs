@@ -32,12 +32,28 @@ pub enum WorkerAddress {
     Grpc(String),
 }
 
+/// A worker's part in disaggregated serving (Dynamo's `--disaggregation-mode` and values).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DisaggregationMode {
+    /// Prefill and decode (every worker before disaggregation).
+    #[default]
+    Agg,
+    /// Prefill only: computes prompts' KV blocks for decode workers.
+    Prefill,
+    /// Generates, taking long prompts' KV blocks from a prefill worker.
+    Decode,
+}
+
 /// One worker and the models it serves now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerInstance {
     pub id: String,
     pub address: WorkerAddress,
     pub models: Vec<String>,
+    /// Absent in records of workers from before disaggregation: aggregated.
+    #[serde(default)]
+    pub mode: DisaggregationMode,
 }
 
 /// A change seen by watchers.

@@ -19,11 +19,13 @@ use tritium_proto::ErrorCode;
 use tritium_proto::inference::{ModelConfig, ModelInferResponse};
 use tritium_proto::worker::worker_client::WorkerClient as WorkerRpc;
 use tritium_proto::worker::{DescribeModelsRequest, EmbedRequest, InferStreamResponse, TokenIds};
-use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, ModelCard, TokenStream};
+use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, ModelCard, PrefillSource, TokenStream};
 use tritium_worker::{InferOutcome, InferenceResponse, ResponseStream, StreamItem, ValidInferRequest, WorkerClient, WorkerError};
 
-use super::convert::{error_code, event_from_proto, generate_request_to_proto, request_to_proto, response_from_proto};
-use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE};
+use super::convert::{
+    error_code, event_from_proto, generate_request_to_proto, prefill_source_to_proto, request_to_proto, response_from_proto,
+};
+use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE, PREFILL_WORKER_KEY};
 
 /// How long connecting may take before the worker counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -155,6 +157,54 @@ impl RemoteWorker {
         &self.id
     }
 
+    /// The worker's prefill of a prompt for another worker: its layout, then the blocks.
+    pub(crate) async fn prefill(
+        &self,
+        request: tritium_proto::worker::PrefillRequest,
+    ) -> Result<tonic::Streaming<tritium_proto::worker::KvTransfer>, WorkerError> {
+        let mut client = self.client.clone();
+        Ok(client.prefill(request).await.map_err(|s| status_error(&self.id, s))?.into_inner())
+    }
+
+    async fn start_generation(&self, model: &str, request: tritium_proto::worker::GenerateRequest) -> Result<TokenStream, WorkerError> {
+        let mut client = self.client.clone();
+        // Awaiting the response headers means a worker that cannot be reached, or refuses, fails
+        // here rather than in the stream.
+        let response = client.generate(request).await.map_err(|s| status_error(&self.id, s))?;
+        let prefill_worker =
+            response.metadata().get(PREFILL_WORKER_KEY).and_then(|v| v.to_str().ok()).map(Arc::<str>::from);
+        let mut events = response.into_inner();
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let (worker, model) = (self.id.clone(), model.to_string());
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = events.message() => next,
+                    // The TokenStream was dropped: dropping `events` cancels the RPC, and the
+                    // worker's engine cancels the sequence.
+                    () = sender.closed() => return,
+                };
+                let item = match next {
+                    Ok(Some(event)) => event_from_proto(event).map_err(|problem| GenerateError::Engine {
+                        model: model.clone(),
+                        message: format!("worker '{worker}' answered badly: {problem}"),
+                    }),
+                    // Finished always comes last; a stream ending without it lost its worker.
+                    Ok(None) => Err(GenerateError::Engine {
+                        model: model.clone(),
+                        message: format!("{UNREACHABLE_PREFIX}worker '{worker}' ended the stream before the sequence finished"),
+                    }),
+                    Err(status) => Err(generate_error(&worker, &model, status)),
+                };
+                let last = !matches!(item, Ok(GenerateEvent::Token(_)));
+                if sender.send(item).is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(TokenStream::new(receiver).prefilled_by(prefill_worker))
+    }
+
     /// Every ready model version the worker serves, with its config and (for language and
     /// embedding models) its card.
     pub async fn describe_models(&self) -> Result<Vec<RemoteModel>, WorkerError> {
@@ -229,40 +279,18 @@ impl WorkerClient for RemoteWorker {
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
-        let mut client = self.client.clone();
-        // Awaiting the response headers means a worker that cannot be reached, or refuses, fails
-        // here rather than in the stream.
-        let response = client.generate(generate_request_to_proto(model, request)).await.map_err(|s| status_error(&self.id, s))?;
-        let mut events = response.into_inner();
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let (worker, model) = (self.id.clone(), model.to_string());
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    next = events.message() => next,
-                    // The TokenStream was dropped: dropping `events` cancels the RPC, and the
-                    // worker's engine cancels the sequence.
-                    () = sender.closed() => return,
-                };
-                let item = match next {
-                    Ok(Some(event)) => event_from_proto(event).map_err(|problem| GenerateError::Engine {
-                        model: model.clone(),
-                        message: format!("worker '{worker}' answered badly: {problem}"),
-                    }),
-                    // Finished always comes last; a stream ending without it lost its worker.
-                    Ok(None) => Err(GenerateError::Engine {
-                        model: model.clone(),
-                        message: format!("{UNREACHABLE_PREFIX}worker '{worker}' ended the stream before the sequence finished"),
-                    }),
-                    Err(status) => Err(generate_error(&worker, &model, status)),
-                };
-                let last = !matches!(item, Ok(GenerateEvent::Token(_)));
-                if sender.send(item).is_err() || last {
-                    return;
-                }
-            }
-        });
-        Ok(TokenStream::new(receiver))
+        self.start_generation(model, generate_request_to_proto(model, request)).await
+    }
+
+    async fn generate_with_prefill(
+        &self,
+        model: &str,
+        request: GenerateRequest,
+        prefill: PrefillSource,
+    ) -> Result<TokenStream, WorkerError> {
+        let mut request = generate_request_to_proto(model, request);
+        request.prefill = Some(prefill_source_to_proto(prefill));
+        self.start_generation(model, request).await
     }
 
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {

@@ -15,7 +15,8 @@ use tritium_proto::inference::{InferParameter, ModelInferRequest, ModelInferResp
 use tritium_proto::worker as pb;
 use tritium_tensor::{DataType, Tensor};
 use tritium_worker::llm::{
-    Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, SamplingOptions, StopOptions,
+    Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, SamplingOptions, StopOptions,
+    TransferLayout,
 };
 use tritium_worker::{InferenceRequest, InferenceResponse, ParamValue};
 
@@ -115,6 +116,33 @@ pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::G
         }),
         logprobs,
         constraint: constraint.map(constraint_to_proto),
+        prefill: None,
+    }
+}
+
+pub fn prefill_source_to_proto(source: PrefillSource) -> pb::PrefillSource {
+    pb::PrefillSource { worker_id: source.worker_id, uri: source.uri, first_block: source.first_block }
+}
+
+pub fn layout_to_proto(layout: &TransferLayout) -> pb::KvLayout {
+    pb::KvLayout {
+        model: layout.model.clone(),
+        block_size: layout.block_size,
+        dtype: layout.dtype.clone(),
+        layers: layout.layers,
+        kv_heads: layout.kv_heads,
+        head_dim: layout.head_dim,
+    }
+}
+
+pub fn layout_from_proto(layout: pb::KvLayout) -> TransferLayout {
+    TransferLayout {
+        model: layout.model,
+        block_size: layout.block_size,
+        dtype: layout.dtype,
+        layers: layout.layers,
+        kv_heads: layout.kv_heads,
+        head_dim: layout.head_dim,
     }
 }
 

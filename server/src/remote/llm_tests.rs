@@ -19,7 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(120);
 /// "The capital of France is" in SmolLM2's vocabulary; any valid ids would do.
 const PROMPT: [u32; 5] = [504, 3575, 282, 4649, 314];
 
-fn config(name: &str, backend: &str, path: &std::path::Path) -> String {
+pub(super) fn config(name: &str, backend: &str, path: &std::path::Path) -> String {
     let quoted = serde_json::to_string(&path.display().to_string()).expect("a path quotes");
     format!("name: \"{name}\"\nbackend: \"{backend}\"\nparameters {{ key: \"model_path\" value {{ string_value: {quoted} }} }}\n")
 }
@@ -39,7 +39,7 @@ async fn next(tokens: &mut TokenStream) -> Option<Result<GenerateEvent, Generate
 }
 
 /// Token ids until Finished, and Finished's reason and counts.
-async fn collect(mut tokens: TokenStream) -> (Vec<u32>, FinishReason, u32, u32) {
+pub(super) async fn collect(mut tokens: TokenStream) -> (Vec<u32>, FinishReason, u32, u32) {
     let mut ids = Vec::new();
     loop {
         match next(&mut tokens).await.expect("events until Finished").expect("no error") {

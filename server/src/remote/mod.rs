@@ -35,6 +35,9 @@ pub mod auth;
 mod client;
 pub mod convert;
 mod drain;
+mod kv_pull;
+#[cfg(test)]
+mod disagg_tests;
 #[cfg(test)]
 mod llm_tests;
 mod service;
@@ -43,6 +46,7 @@ mod tests;
 
 pub use client::{RemoteModel, RemoteWorker, UNREACHABLE_PREFIX, is_unreachable};
 pub use drain::{InFlight, InFlightGuard};
+pub use kv_pull::TransferOptions;
 pub use service::{DRAINING_MESSAGE, WorkerService, worker_service};
 
 /// The metadata key that marks a status as the worker's own answer.
@@ -56,3 +60,6 @@ pub const OUTCOME_KEY: &str = "tritium-outcome";
 pub const OUTCOME_SINGLE: &str = "single";
 /// A decoupled model: any number of messages follow.
 pub const OUTCOME_STREAM: &str = "stream";
+
+/// The Generate response header naming the worker a decode worker's prompt blocks came from.
+pub const PREFILL_WORKER_KEY: &str = "tritium-prefill-worker";

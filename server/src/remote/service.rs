@@ -15,15 +15,17 @@ use tritium_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tritium_proto::worker::worker_server::{Worker, WorkerServer};
 use tritium_proto::worker::{
     DescribeModelsRequest, DescribeModelsResponse, DescribedModel, EmbedRequest, EmbedResponse, Embedding, GenerateEvent,
-    GenerateRequest, InferStreamResponse,
+    GenerateRequest, InferStreamResponse, KvTransfer, PrefillRequest,
 };
+use tritium_worker::llm::LanguageModel;
 use tritium_worker::{
     InferOutcome, InferenceResponse, LocalWorker, ModelRepository, StreamItem, ValidInferRequest, WorkerClient, WorkerError,
 };
 
-use super::convert::{event_to_proto, generate_request_from_proto};
+use super::convert::{event_to_proto, generate_request_from_proto, layout_from_proto};
 use super::drain::{InFlight, InFlightGuard};
-use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE, OUTCOME_STREAM};
+use super::kv_pull::{KvTransfers, TransferOptions, transfer_stream};
+use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE, OUTCOME_STREAM, PREFILL_WORKER_KEY};
 use crate::error::ServerError;
 use crate::grpc::convert::{decode_request, encode_response};
 use crate::shm::SharedMemoryRegistry;
@@ -57,6 +59,7 @@ pub struct WorkerService {
     /// Always empty: the frontend resolves shared memory and sends tensors raw.
     shm: Arc<SharedMemoryRegistry>,
     in_flight: InFlight,
+    transfers: Arc<KvTransfers>,
 }
 
 /// The service over `repository`, ready to add to a tonic server, taking and sending messages up
@@ -73,7 +76,24 @@ impl WorkerService {
             // The worker plane takes no shared-memory references from frontends.
             shm: Arc::new(SharedMemoryRegistry::with_policy(crate::shm::ShmPolicy::disabled())),
             in_flight: InFlight::new(),
+            transfers: Arc::new(KvTransfers::new(TransferOptions::default())),
         }
+    }
+
+    /// The same service with these KV-transfer bounds and peer token (disaggregated serving).
+    pub fn with_transfers(self, options: TransferOptions) -> WorkerService {
+        WorkerService { transfers: Arc::new(KvTransfers::new(options)), ..self }
+    }
+
+    /// The language model a generation or prefill names.
+    fn engine(&self, name: &str, version: Option<i64>) -> Result<Arc<dyn LanguageModel>, Status> {
+        let version = match version {
+            Some(v) if v < 0 => return Err(from_worker(WorkerError::InvalidVersion { version: v.to_string() })),
+            version => version,
+        };
+        let model = self.repository.resolve(name, version).map_err(from_worker)?;
+        let engine = model.language_model().ok_or_else(|| from_worker(WorkerError::NotLanguageModel { model: name.to_string() }))?;
+        Ok(engine.clone())
     }
 
     /// The counter and draining switch of this service's calls (shared, not a copy).
@@ -182,23 +202,57 @@ impl Worker for WorkerService {
 
     async fn generate(&self, request: Request<GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
         let counted = self.admit()?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         let name = request.model.clone();
-        let version = match request.version {
-            Some(v) if v < 0 => return Err(from_worker(WorkerError::InvalidVersion { version: v.to_string() })),
-            version => version,
+        let engine = self.engine(&name, request.version)?;
+        let prefill = request.prefill.take();
+        let request = generate_request_from_proto(request);
+        let (tokens, prefilled_by) = match (prefill, engine.kv_layout()) {
+            (Some(source), Some(layout)) => {
+                let pulled = self.transfers.pull(&source, request.model_version, &request.prompt, &layout).await;
+                (engine.generate_with_prefix(request, pulled.blocks), pulled.from)
+            }
+            _ => (engine.generate(request), None),
         };
-        let model = self.repository.resolve(&name, version).map_err(from_worker)?;
-        let engine = model.language_model().ok_or_else(|| from_worker(WorkerError::NotLanguageModel { model: name.clone() }))?;
-        let tokens = engine
-            .generate(generate_request_from_proto(request))
-            .map_err(|source| from_worker(WorkerError::Generate { model: name, source }))?;
+        let tokens = tokens.map_err(|source| from_worker(WorkerError::Generate { model: name, source }))?;
         // The TokenStream lives inside this stream: when tonic drops it, the sequence is cancelled.
         let events = tokens.map(move |event| {
             let _ = &counted;
             event.map(event_to_proto).map_err(|e| worker_status(e.code(), e.to_string()))
         });
-        Ok(Response::new(Box::pin(events)))
+        let mut response = Response::new(Box::pin(events) as Self::GenerateStream);
+        if let Some(value) = prefilled_by.and_then(|id| MetadataValue::try_from(id).ok()) {
+            response.metadata_mut().insert(PREFILL_WORKER_KEY, value);
+        }
+        Ok(response)
+    }
+
+    type PrefillStream = Replies<KvTransfer>;
+
+    async fn prefill(&self, request: Request<PrefillRequest>) -> Result<Response<Self::PrefillStream>, Status> {
+        let counted = self.admit()?;
+        let request = request.into_inner();
+        let engine = self.engine(&request.model, request.version)?;
+        let Some(layout) = engine.kv_layout() else {
+            return Err(worker_status(ErrorCode::InvalidArg, format!("model '{}' cannot prefill for another worker", request.model)));
+        };
+        if let Some(mismatch) = request.layout.map(layout_from_proto).and_then(|theirs| layout.mismatch(&theirs)) {
+            return Err(worker_status(ErrorCode::InvalidArg, format!("the caller's KV blocks do not fit this worker's: {mismatch}")));
+        }
+        let Some(slot) = self.transfers.prefill_slot() else {
+            return Err(worker_status(
+                ErrorCode::ResourceExhausted,
+                format!("this worker is running its limit of {} prefills for other workers", self.transfers.max_prefills()),
+            ));
+        };
+        let export = engine
+            .export_prefix(request.prompt, request.first_block as usize)
+            .map_err(|source| from_worker(WorkerError::Generate { model: request.model, source }))?;
+        let messages = transfer_stream(export, slot).map(move |message| {
+            let _ = &counted;
+            message.map_err(|e| worker_status(e.code(), e.to_string()))
+        });
+        Ok(Response::new(Box::pin(messages)))
     }
 
     async fn embed(&self, request: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {

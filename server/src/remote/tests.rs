@@ -36,10 +36,14 @@ impl TestWorker {
 
     /// A worker that refuses calls without `token` (when given).
     pub fn start_with_token(repository: Arc<ModelRepository>, token: Option<&'static str>) -> TestWorker {
+        TestWorker::serve(WorkerService::new(repository), token)
+    }
+
+    /// A worker serving `service`.
+    pub fn serve(service: WorkerService, token: Option<&'static str>) -> TestWorker {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds an ephemeral port");
         listener.set_nonblocking(true).expect("non-blocking listener");
         let uri = format!("http://{}", listener.local_addr().expect("bound address"));
-        let service = WorkerService::new(repository);
         let in_flight = service.in_flight();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
         runtime.spawn(async move {

@@ -108,8 +108,11 @@ impl Router {
         hint: Option<String>,
     ) -> Result<TokenStream, WorkerError> {
         let mut tried: Vec<Arc<str>> = Vec::new();
+        let split = self.split(model);
         loop {
-            let Some(member) = self.pick(model, Some(&request.prompt), hint.as_deref(), None, &tried, false)? else {
+            // Prefill workers do not decode while the model has workers that do.
+            let passed_over: Vec<Arc<str>> = tried.iter().chain(&split.prefill).cloned().collect();
+            let Some(member) = self.pick(model, Some(&request.prompt), hint.as_deref(), None, &passed_over, false)? else {
                 if tried.is_empty() {
                     self.admit_local(model)?;
                     return self.fallback.generate(model, request).await;
@@ -126,7 +129,15 @@ impl Router {
                 return member.client.generate(model, request).await.map(|stream| stream.served_by(Arc::clone(&member.id)));
             }
             let outstanding = member.begin();
-            match member.client.generate(model, request.clone()).await {
+            let started = match self.prefill_for(model, &request.prompt, &member, &split) {
+                Some((prefill, source)) => {
+                    // Counted on the prefill worker until the decode worker has its blocks.
+                    let _prefilling = prefill.begin();
+                    member.client.generate_with_prefill(model, request.clone(), source).await
+                }
+                None => member.client.generate(model, request.clone()).await,
+            };
+            match started {
                 Err(error) if retryable(&error) => {
                     tracing::warn!(worker = %member.id, model, "{error}; trying another worker");
                     self.mark_suspect(&member);
@@ -136,14 +147,15 @@ impl Router {
                 Err(other) => return Err(other),
                 Ok(stream) => {
                     let worker = Arc::clone(&member.id);
+                    let prefill_worker = stream.prefill_worker().map(Arc::<str>::from);
                     let (sender, receiver) = mpsc::unbounded_channel();
-                    let migration = Migration { model: model.to_string(), request, tried, generated: Vec::new() };
+                    let migration = Migration { model: model.to_string(), request, tried, generated: Vec::new(), split };
                     let router = self.this.upgrade();
                     tokio::spawn(async move {
                         let _outstanding = outstanding;
                         migration.forward(router, member, stream, sender).await;
                     });
-                    return Ok(TokenStream::new(receiver).served_by(worker));
+                    return Ok(TokenStream::new(receiver).served_by(worker).prefilled_by(prefill_worker));
                 }
             }
         }
@@ -156,6 +168,8 @@ struct Migration {
     request: GenerateRequest,
     tried: Vec<Arc<str>>,
     generated: Vec<u32>,
+    /// The model's prefill and decode workers when it started: a stream continues on a decoder.
+    split: super::disagg::Split,
 }
 
 type EventSender = mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>>;
@@ -225,7 +239,8 @@ impl Migration {
         next.stop.max_tokens = next.stop.max_tokens.map(|max| max.saturating_sub(done));
         next.stop.min_tokens = next.stop.min_tokens.saturating_sub(done);
         loop {
-            let member = router.pick(&self.model, Some(&next.prompt), None, None, &self.tried, true).ok()??;
+            let passed_over: Vec<Arc<str>> = self.tried.iter().chain(&self.split.prefill).cloned().collect();
+            let member = router.pick(&self.model, Some(&next.prompt), None, None, &passed_over, true).ok()??;
             match member.client.generate(&self.model, next.clone()).await {
                 Ok(stream) => return Some((member, stream)),
                 Err(error) if retryable(&error) => {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tritium_worker::ModelRepository;
 
 use super::{Router, lock};
-use crate::discovery::{Discovery, WorkerAddress, WorkerInstance};
+use crate::discovery::{DisaggregationMode, Discovery, WorkerAddress, WorkerInstance};
 use crate::events::{EventBus, WorkerEvent};
 
 /// Re-lists this often even without a watch event, so a worker whose description failed is
@@ -32,6 +32,7 @@ pub async fn follow_discovery(router: Arc<Router>, discovery: Arc<dyn Discovery>
                     id: router.local_id.to_string(),
                     address: WorkerAddress::InProcess,
                     models: local,
+                    mode: DisaggregationMode::Agg,
                 });
                 router.apply(&instances).await;
             }
@@ -72,12 +73,13 @@ pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop:
     }
 }
 
-/// Registers a worker (in this process or serving the worker plane at an address) with the
-/// models its repository loaded, re-registering on every change, until `stop` is cancelled;
+/// Registers a worker (in this process or serving the worker plane at an address, in its
+/// disaggregation `mode`) with the models its repository loaded, re-registering on every change, until `stop` is cancelled;
 /// then deregisters.
 pub async fn publish_worker(
     id: String,
     address: WorkerAddress,
+    mode: DisaggregationMode,
     repository: Arc<ModelRepository>,
     discovery: Arc<dyn Discovery>,
     events: Arc<dyn EventBus>,
@@ -86,7 +88,7 @@ pub async fn publish_worker(
     let mut changes = repository.subscribe();
     loop {
         let models: Vec<String> = repository.local_models().iter().map(|m| m.name.clone()).collect();
-        let instance = WorkerInstance { id: id.clone(), address: address.clone(), models: models.clone() };
+        let instance = WorkerInstance { id: id.clone(), address: address.clone(), models: models.clone(), mode };
         if let Err(e) = discovery.register(instance).await {
             tracing::warn!(worker = %id, "registering in discovery failed: {e}");
         }

@@ -6,6 +6,7 @@
 //! other processes are reached with [`crate::remote::RemoteWorker`].
 
 pub mod busy;
+mod disagg;
 mod failover;
 mod follow;
 pub mod kv_index;
@@ -26,7 +27,7 @@ pub use failover::hint_of;
 pub use follow::{follow_discovery, follow_events, publish_worker};
 pub use policy::{RouterMode, RouterOptions, WORKER_HINT, WORKER_ID_HEADER, WORKER_ID_PARAMETER};
 
-use crate::discovery::{WorkerAddress, WorkerInstance};
+use crate::discovery::{DisaggregationMode, WorkerAddress, WorkerInstance};
 use crate::events::LoadReport;
 use busy::BusyThresholds;
 use kv_index::KvIndex;
@@ -43,6 +44,8 @@ struct Member {
     outstanding: Arc<AtomicU64>,
     /// Until when a worker that could not be reached is passed over.
     suspect_until: Arc<Mutex<Option<Instant>>>,
+    /// Its part in disaggregated serving.
+    mode: DisaggregationMode,
 }
 
 impl Member {
@@ -131,6 +134,7 @@ impl Router {
             local: true,
             outstanding: Arc::default(),
             suspect_until: Arc::default(),
+            mode: DisaggregationMode::Agg,
         };
         let loads = Arc::new(Mutex::new(HashMap::new()));
         let busy = Arc::new(BusyThresholds::new(options.busy_threshold));
@@ -157,7 +161,14 @@ impl Router {
     #[cfg(test)]
     fn add_member_for_test(&self, id: &str, client: Arc<dyn WorkerClient>, local: bool) {
         let id: Arc<str> = Arc::from(id);
-        let member = Member { id: Arc::clone(&id), client, local, outstanding: Arc::default(), suspect_until: Arc::default() };
+        let member = Member {
+            id: Arc::clone(&id),
+            client,
+            local,
+            outstanding: Arc::default(),
+            suspect_until: Arc::default(),
+            mode: DisaggregationMode::Agg,
+        };
         lock(&self.members).insert(id, (member, WorkerAddress::InProcess));
     }
 
@@ -198,7 +209,9 @@ impl Router {
         let mut listed: Vec<Arc<str>> = Vec::new();
         let mut table: HashMap<String, Vec<Member>> = HashMap::new();
         for instance in instances {
-            let existing = members.get(instance.id.as_str()).filter(|(_, address)| *address == instance.address);
+            let existing = members
+                .get(instance.id.as_str())
+                .filter(|(member, address)| *address == instance.address && member.mode == instance.mode);
             let member = match (existing, &instance.address) {
                 (Some((member, _)), address) => {
                     if let WorkerAddress::Grpc(_) = address
@@ -229,6 +242,7 @@ impl Router {
                         local: false,
                         outstanding: Arc::default(),
                         suspect_until: Arc::default(),
+                        mode: instance.mode,
                     };
                     self.remote_models.connected(&id, Arc::clone(&remote));
                     to_describe.push((Arc::clone(&id), remote));

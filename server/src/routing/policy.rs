@@ -56,6 +56,9 @@ pub struct RouterOptions {
     /// A language-model worker whose KV cache is fuller than this fraction is busy (passed over;
     /// all busy: refused). `None`: never busy. Per-model values are set over HTTP.
     pub busy_threshold: Option<f64>,
+    /// With prefill workers about: a prompt whose part the decode worker lacks is longer than
+    /// this many tokens is prefilled on a prefill worker.
+    pub max_local_prefill_length: usize,
 }
 
 impl Default for RouterOptions {
@@ -68,9 +71,13 @@ impl Default for RouterOptions {
             suspect_for: std::time::Duration::from_secs(5),
             worker_token: None,
             busy_threshold: None,
+            max_local_prefill_length: DEFAULT_MAX_LOCAL_PREFILL_LENGTH,
         }
     }
 }
+
+/// Tokens a decode worker prefills itself by default (Dynamo's default too).
+pub const DEFAULT_MAX_LOCAL_PREFILL_LENGTH: usize = 512;
 
 /// One worker that may take the request, with what the router knows of it.
 #[derive(Debug, Clone)]

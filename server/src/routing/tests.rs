@@ -125,6 +125,7 @@ fn instance(id: &str, models: &[&str]) -> WorkerInstance {
         id: id.to_string(),
         address: WorkerAddress::InProcess,
         models: models.iter().map(|m| m.to_string()).collect(),
+        mode: Default::default(),
     }
 }
 

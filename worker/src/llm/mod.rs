@@ -39,7 +39,7 @@ pub use offload::OffloadOptions;
 pub use mock::{MOCK_LLM_BACKEND, MockEngine, MockFactory, MockOptions, mock_declared_model};
 pub use model::default_device;
 pub use types::{
-    EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, SamplingOptions, StopOptions,
+    EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, SamplingOptions, StopOptions,
     TokenStream,
 };
 pub use vocab::Vocabulary;

@@ -155,6 +155,16 @@ pub struct EngineStats {
     pub decode_rows: u64,
 }
 
+/// Where a decode worker takes a prompt's KV blocks from (disaggregated prefill and decode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefillSource {
+    /// The prefill worker's id and the URI of its worker plane.
+    pub worker_id: String,
+    pub uri: String,
+    /// Blocks before this one are in the decode worker's cache already.
+    pub first_block: u32,
+}
+
 /// Why a generation could not start or went wrong.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum GenerateError {
@@ -190,11 +200,23 @@ pub struct TokenStream {
     receiver: mpsc::UnboundedReceiver<Result<GenerateEvent, GenerateError>>,
     /// The worker the router sent the sequence to (the first one, when it migrated).
     worker: Option<std::sync::Arc<str>>,
+    /// The worker that computed its prompt's KV blocks, when another one did (disaggregated).
+    prefill_worker: Option<std::sync::Arc<str>>,
 }
 
 impl TokenStream {
     pub fn new(receiver: mpsc::UnboundedReceiver<Result<GenerateEvent, GenerateError>>) -> TokenStream {
-        TokenStream { receiver, worker: None }
+        TokenStream { receiver, worker: None, prefill_worker: None }
+    }
+
+    /// The same stream, its prompt prefilled by `worker`.
+    pub fn prefilled_by(self, worker: Option<std::sync::Arc<str>>) -> TokenStream {
+        TokenStream { prefill_worker: worker, ..self }
+    }
+
+    /// The worker that prefilled the prompt when it was not the one generating.
+    pub fn prefill_worker(&self) -> Option<&str> {
+        self.prefill_worker.as_deref()
     }
 
     /// The same stream, marked as served by `worker`.
