@@ -247,7 +247,8 @@ impl Worker for WorkerService {
         };
         let export = engine
             .export_prefix(request.prompt, request.first_block as usize)
-            .map_err(|source| from_worker(WorkerError::Generate { model: request.model, source }))?;
+            .map_err(|source| from_worker(WorkerError::Generate { model: request.model.clone(), source }))?;
+        tracing::debug!(model = %request.model, blocks = ?export.range(), "prefilling for another worker");
         let messages = transfer_stream(export, slot).map(move |message| {
             let _ = &counted;
             message.map_err(|e| worker_status(e.code(), e.to_string()))
