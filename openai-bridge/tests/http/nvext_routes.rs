@@ -128,6 +128,7 @@ data: "<|user|>Hi<|end|><|assistant|>""#
     assert_eq!(serde_json::from_str::<Vec<u32>>(ids_frame).unwrap(), ids(&hub.llm, "<|user|>Hi<|end|><|assistant|>"));
     let last: Value = serde_json::from_str(frames[frames.len() - 2].strip_prefix("data: ").unwrap()).unwrap();
     assert_eq!(last["nvext"]["worker_id"]["decode_worker_id"], "w1");
+    assert_eq!(last["nvext"]["worker_id"]["prefill_worker_id"], "w1", "one worker did both: named twice");
     assert!(last["nvext"]["timing"]["ttft_ms"].as_f64().unwrap() >= 0.0, "{last}");
 
     hub.script(Script::Tokens(ids(&hub.llm, "Hello world"), FinishReason::Stop));

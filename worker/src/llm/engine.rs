@@ -19,6 +19,7 @@ use super::constraint::{Constrained, Constraint, Grammars};
 use super::engine_loop::EngineLoop;
 use super::kv_transfer::{ExportSink, ImportedBlocks, KvExport, TransferLayout};
 use super::model::DecoderModel;
+use super::step_model::{CandleStep, ModelShape, StepModel};
 use super::offload::{BlockLayout, OffloadCounters, OffloadOptions, OffloadTier};
 use super::types::{EngineStats, GenerateError, GenerateEvent, GenerateRequest, TokenStream};
 use crate::kv::{BlockHash, DEFAULT_KV_BLOCK_SIZE, KvEvent, block_hashes};
@@ -148,6 +149,22 @@ impl std::fmt::Debug for LlmEngine {
 
 impl LlmEngine {
     pub(crate) fn start(name: &str, model: DecoderModel, card: ModelCard, options: EngineOptions) -> Result<LlmEngine, String> {
+        let shape = CandleStep::shape(&model);
+        LlmEngine::start_with(name, shape, card, options, |blocks, block_size| {
+            let kv = model.new_kv_store(blocks, block_size)?;
+            Ok(Box::new(CandleStep { model, kv }) as Box<dyn StepModel>)
+        })
+    }
+
+    /// Starts the engine thread over the model `build` makes for a pool of `blocks` blocks of
+    /// `block_size` positions.
+    pub(crate) fn start_with(
+        name: &str,
+        shape: ModelShape,
+        card: ModelCard,
+        options: EngineOptions,
+        build: impl FnOnce(usize, usize) -> candle_core::Result<Box<dyn StepModel>>,
+    ) -> Result<LlmEngine, String> {
         if options.max_sequences == 0 || options.max_kv_tokens == 0 || options.prefill_chunk == 0 || options.kv_block_size == 0 {
             return Err("max_sequences, max_kv_tokens, prefill_chunk and kv_block_size must be at least 1".to_string());
         }
@@ -159,7 +176,7 @@ impl LlmEngine {
             ));
         }
         let blocks = options.max_kv_tokens.div_ceil(block_size);
-        let bytes = (blocks * block_size).saturating_mul(model.kv_bytes_per_token());
+        let bytes = (blocks * block_size).saturating_mul(shape.kv_bytes_per_token);
         if let Some(memory) = physical_memory_bytes()
             && bytes > memory
         {
@@ -170,23 +187,20 @@ impl LlmEngine {
                 memory >> 20
             ));
         }
-        let kv = model
-            .new_kv_store(blocks, block_size)
-            .map_err(|e| format!("a KV store of {blocks} blocks of {block_size} positions: {e}"))?;
+        let model = build(blocks, block_size).map_err(|e| format!("a KV store of {blocks} blocks of {block_size} positions: {e}"))?;
         let mut pool = BlockPool::new(blocks, block_size, options.prefix_caching);
         let kv_events = pool.event_sender();
+        let word = |n: usize| u32::try_from(n).map_err(|_| format!("a KV layout dimension of {n}"));
         let offload = match &options.offload {
             Some(_) if !options.prefix_caching => {
                 return Err("the KV offload tier needs the prefix cache (drop --llm-no-prefix-cache)".to_string());
             }
             Some(offload) => {
-                let c = model.config();
-                let words = |n: usize| u32::try_from(n).map_err(|_| format!("a KV layout dimension of {n}"));
                 let layout = BlockLayout {
-                    layers: words(c.num_layers)?,
-                    kv_heads: words(c.num_kv_heads)?,
-                    head_dim: words(c.head_dim)?,
-                    block_size: words(block_size)?,
+                    layers: word(shape.layers)?,
+                    kv_heads: word(shape.kv_heads)?,
+                    head_dim: word(shape.head_dim)?,
+                    block_size: word(block_size)?,
                 };
                 pool.record_evictions();
                 Some(OffloadTier::open(offload, name, layout, kv_events.clone())?)
@@ -198,10 +212,18 @@ impl LlmEngine {
             model = name,
             blocks,
             block_size,
-            mib = blocks * block_size * model.kv_bytes_per_token() >> 20,
+            mib = bytes >> 20,
             prefix_caching = options.prefix_caching,
             "KV cache"
         );
+        let transfer_layout = TransferLayout {
+            model: name.to_string(),
+            block_size: word(block_size)?,
+            dtype: shape.kv_dtype.clone(),
+            layers: word(shape.layers)?,
+            kv_heads: word(shape.kv_heads)?,
+            head_dim: word(shape.head_dim)?,
+        };
         let shared = Arc::new(Shared {
             name: name.to_string(),
             options,
@@ -210,19 +232,6 @@ impl LlmEngine {
             counters: Counters::default(),
         });
         let card = Arc::new(card);
-        let vocab_size = model.config().vocab_size;
-        let transfer_layout = {
-            let c = model.config();
-            let word = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-            TransferLayout {
-                model: name.to_string(),
-                block_size: word(block_size),
-                dtype: format!("{:?}", model.kv_dtype()).to_lowercase(),
-                layers: word(c.num_layers),
-                kv_heads: word(c.num_kv_heads),
-                head_dim: word(c.head_dim),
-            }
-        };
         let thread = std::thread::Builder::new()
             .name(format!("llm-{name}"))
             .spawn({
@@ -230,14 +239,14 @@ impl LlmEngine {
                 let card = Arc::clone(&card);
                 move || {
                     let preempted = VecDeque::new();
-                    EngineLoop { model, kv, pool, offload, card, shared, running: Vec::new(), preempted, admitted: 0 }.run()
+                    EngineLoop { model, pool, offload, card, shared, running: Vec::new(), preempted, admitted: 0 }.run()
                 }
             })
             .map_err(|e| format!("starting the engine thread: {e}"))?;
         Ok(LlmEngine {
             card,
             shared,
-            vocab_size,
+            vocab_size: shape.vocab_size,
             kv_capacity: blocks * block_size,
             kv_events,
             transfer_layout,

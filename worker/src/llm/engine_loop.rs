@@ -20,16 +20,16 @@ use super::block_pool::{BlockId, BlockPool};
 use super::card::ModelCard;
 use super::engine::{Counters, Shared};
 use super::kv_transfer::ImportedBlocks;
-use super::model::{DecoderModel, KvStore, SequenceInput};
+use super::model::SequenceInput;
 use super::offload::OffloadTier;
 use super::sequence::{Running, Sampled, sample_next};
+use super::step_model::StepModel;
 use super::types::{GenerateError, GenerateEvent};
 use crate::kv::{BlockHash, block_hashes};
 
 /// The engine thread's state.
 pub(super) struct EngineLoop {
-    pub model: DecoderModel,
-    pub kv: KvStore,
+    pub model: Box<dyn StepModel>,
     pub pool: BlockPool,
     pub offload: Option<OffloadTier>,
     pub card: Arc<ModelCard>,
@@ -191,7 +191,7 @@ impl EngineLoop {
         let Some(id) = self.pool.allocate() else { return false };
         // The block may have been evicted just now: its data goes to disk before it is overwritten.
         self.spill_evicted();
-        if self.kv.write_block(id, data).is_err() {
+        if self.model.write_block(id, data).is_err() {
             self.pool.release(&[id]);
             return false;
         }
@@ -209,7 +209,7 @@ impl EngineLoop {
             if tier.contains(block.hash) {
                 continue;
             }
-            match self.kv.read_block(block.id) {
+            match self.model.read_block(block.id) {
                 Ok(data) => tier.spill(block.hash, block.strong, &data),
                 Err(e) => tracing::warn!(model = %self.shared.name, "copying an evicted KV block out: {e}"),
             }
@@ -308,7 +308,7 @@ impl EngineLoop {
                     SequenceInput { tokens: &s.tokens[s.fed..s.fed + n], cached: s.fed, blocks: &s.blocks }
                 })
                 .collect();
-            self.model.forward(&self.kv, &inputs).and_then(|l| l.to_vec2::<f32>())
+            self.model.forward(&inputs)
         };
         counters.steps.fetch_add(1, Ordering::Relaxed);
         counters.rows.fetch_add(feeds.len() as u64, Ordering::Relaxed);
@@ -324,7 +324,7 @@ impl EngineLoop {
                 return;
             }
         };
-        let context_length = self.model.config().context_length;
+        let context_length = self.card.context_length;
         let mut done = Vec::new();
         for (&(index, n), row) in feeds.iter().zip(&logits) {
             let sequence = &mut self.running[index];
@@ -332,7 +332,7 @@ impl EngineLoop {
             counters.prompt_tokens.fetch_add(prompt_fed as u64, Ordering::Relaxed);
             sequence.fed += n;
             sequence.commit_full_blocks(&mut self.pool);
-            if let Err(e) = sequence.export_written(&self.kv, size) {
+            if let Err(e) = sequence.export_written(self.model.as_ref(), size) {
                 tracing::warn!(model = %self.shared.name, "reading KV blocks out for another worker: {e}");
             }
             if sequence.fed < sequence.tokens.len() {

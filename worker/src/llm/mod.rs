@@ -23,6 +23,7 @@ mod model;
 mod offload;
 mod sampler;
 mod sequence;
+mod step_model;
 mod types;
 mod vocab;
 

@@ -9,7 +9,7 @@ use super::card::ModelCard;
 use super::constraint::Constrained;
 use super::engine::{Counters, EventSender, Waiting};
 use super::kv_transfer::{ExportSink, ExportedBlock};
-use super::model::KvStore;
+use super::step_model::StepModel;
 use super::sampler::Sampler;
 use super::types::{FinishReason, GenerateError, GenerateEvent};
 use crate::kv::{BlockHash, chain_hash};
@@ -65,11 +65,11 @@ impl Running {
 
     /// Sends the blocks asked for that are now written in full; an export whose receiver has
     /// gone is dropped (the sequence itself ends when its own client goes).
-    pub(super) fn export_written(&mut self, kv: &KvStore, block_size: usize) -> Result<(), candle_core::Error> {
+    pub(super) fn export_written(&mut self, model: &dyn StepModel, block_size: usize) -> Result<(), String> {
         let Some(export) = self.export.as_mut() else { return Ok(()) };
         let written = (self.fed / block_size).min(export.until);
         while export.next < written {
-            let data = match kv.read_block(self.blocks[export.next]) {
+            let data = match model.read_block(self.blocks[export.next]) {
                 Ok(data) => data,
                 Err(e) => {
                     self.export = None;

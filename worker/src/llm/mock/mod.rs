@@ -1,7 +1,7 @@
-//! A mock language model for testing and benchmarking routing with many workers on a CPU: no
-//! weights, simulated prefill and decode times, but real continuous batching and a real
-//! block-level KV cache with prefix reuse, LRU eviction and [`KvEvent`](crate::kv::KvEvent)
-//! announcements. Its card has a byte-level tokenizer (one token per UTF-8 byte) and a ChatML
+//! A mock language model for testing and benchmarking routing with many workers on a CPU: the
+//! real engine (continuous batching, the block pool with prefix reuse, LRU eviction, preemption
+//! and [`KvEvent`](crate::kv::KvEvent) announcements, KV transfers) over a simulated model with no
+//! weights, whose steps take the time the options say. Its card has a byte-level tokenizer (one token per UTF-8 byte) and a ChatML
 //! template, so the OpenAI frontend drives it like any model.
 //!
 //! As a registry entry it is the `tritium_mock_llm` backend; its options are config parameters:

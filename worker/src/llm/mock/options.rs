@@ -47,8 +47,8 @@ impl Default for MockOptions {
 pub enum MockError {
     #[error("parameter '{key}' {reason}")]
     InvalidOption { key: &'static str, reason: String },
-    #[error("starting the mock engine thread: {0}")]
-    Spawn(String),
+    #[error("starting the mock engine: {0}")]
+    Start(String),
 }
 
 impl MockOptions {

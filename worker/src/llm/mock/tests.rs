@@ -98,8 +98,9 @@ async fn a_repeated_prompt_is_served_from_the_kv_cache() {
 
     let (second, _) = collect(engine.generate(request(prompt, 4)).unwrap()).await;
     assert_eq!(first, second, "the same request gives the same tokens");
-    assert_eq!(engine.stats().prompt_tokens_cached, 64);
-    assert_eq!(engine.stats().prompt_tokens, 128);
+    // Every block but the one holding the last prompt token, whose logits are computed.
+    assert_eq!(engine.stats().prompt_tokens_cached, 48);
+    assert_eq!(engine.stats().prompt_tokens, 64 + 16);
     assert_eq!(drain(&mut events), vec![], "the second prompt stores nothing new");
     let stats = wait_for(&engine, |s| s.running == 0 && s.kv_tokens_used == 0).await;
     assert_eq!(stats.kv_tokens_capacity, 4096 * 16);
@@ -132,22 +133,23 @@ async fn generated_blocks_are_cached_for_the_next_turn() {
 #[tokio::test]
 async fn tokens_are_printable_text_and_max_tokens_ends_with_length() {
     let engine = MockEngine::new("m", fast());
+    // The text's bytes at the positions the tokens take.
     let (tokens, finished) = collect(engine.generate(request(vec![1, 2, 3], 11)).unwrap()).await;
     assert_eq!(reason(&finished), (FinishReason::Length, 3, 11));
-    assert_eq!(String::from_utf8(tokens.iter().map(|&t| t as u8).collect()).unwrap(), "Lorem ipsum");
-
-    let seeded =
-        GenerateRequest { sampling: crate::llm::SamplingOptions { seed: Some(6), ..Default::default() }, ..request(vec![1], 5) };
-    let (tokens, _) = collect(engine.generate(seeded).unwrap()).await;
+    assert_eq!(String::from_utf8(tokens.iter().map(|&t| t as u8).collect()).unwrap(), "em ipsum do");
+    let (tokens, _) = collect(engine.generate(request(vec![1; 6], 5)).unwrap()).await;
     assert_eq!(tokens, b"ipsum".map(u32::from));
+    // At any temperature.
+    let hot = GenerateRequest { sampling: crate::llm::SamplingOptions { temperature: 2.0, ..Default::default() }, ..request(vec![1; 6], 5) };
+    assert_eq!(collect(engine.generate(hot).unwrap()).await.0, b"ipsum".map(u32::from));
 
     let stop = GenerateRequest {
         stop: StopOptions { stop_token_ids: vec![u32::from(b' ')], max_tokens: Some(100), ..Default::default() },
         ..request(vec![1], 100)
     };
     let (tokens, finished) = collect(engine.generate(stop).unwrap()).await;
-    assert_eq!(tokens, b"Lorem".map(u32::from), "the stop token is not sent");
-    assert_eq!(reason(&finished), (FinishReason::Stop, 1, 6));
+    assert_eq!(tokens, b"orem".map(u32::from), "the stop token is not sent");
+    assert_eq!(reason(&finished), (FinishReason::Stop, 1, 5));
 
     // Without max_tokens a sequence runs to the context length.
     let short = MockEngine::new("short", MockOptions { context_length: 20, ..fast() });
@@ -159,12 +161,17 @@ async fn tokens_are_printable_text_and_max_tokens_ends_with_length() {
 }
 
 #[tokio::test]
-async fn logprobs_are_synthetic_and_ordered() {
+async fn logprobs_come_from_the_simulated_logits() {
     let engine = MockEngine::new("m", fast());
     let mut stream = engine.generate(GenerateRequest { logprobs: Some(3), ..request(vec![1], 2) }).unwrap();
     let Some(Ok(GenerateEvent::Token(token))) = stream.next().await else { panic!("no token") };
-    assert_eq!(token.logprob, Some(0.0));
-    assert_eq!(token.top_logprobs, vec![(u32::from(b'L'), 0.0), (u32::from(b'M'), -1.0), (u32::from(b'N'), -2.0)]);
+    assert_eq!(token.id, u32::from(b'o'));
+    assert!(token.logprob.unwrap().abs() < 1e-6, "{token:?}");
+    let ids: Vec<u32> = token.top_logprobs.iter().map(|&(id, _)| id).collect();
+    assert_eq!(ids, b"opq".map(u32::from), "the text's byte, then the printable bytes after it");
+    for ((_, logprob), expected) in token.top_logprobs.iter().zip([0.0, -31.0, -32.0]) {
+        assert!((logprob - expected).abs() < 1e-3, "{token:?}");
+    }
 }
 
 #[tokio::test]
@@ -175,8 +182,9 @@ async fn bad_requests_are_refused_with_a_reason() {
         other => panic!("accepted: {other:?}"),
     };
     assert!(refuse(request(vec![], 1)).contains("empty"));
-    assert!(refuse(request(vec![0; 64], 1)).contains("context length of 64"));
-    assert!(refuse(request(vec![0; 24], 1)).contains("3 blocks of 8: more than the whole KV cache of 2 blocks"));
+    assert!(refuse(request(vec![0; 64], 1)).contains("leaves no room to generate within 16 positions"));
+    assert!(refuse(request(vec![0; 24], 1)).contains("leaves no room to generate within 16 positions"));
+    assert!(refuse(request(vec![MOCK_VOCAB_SIZE], 1)).contains("outside the vocabulary"));
     assert!(refuse(request(vec![0; 4], 0)).contains("max_tokens"));
 }
 
