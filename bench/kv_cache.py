@@ -9,10 +9,10 @@
 3. Sequences held at one `--llm-max-kv-tokens`: 24 streams of 64-token prompts and 256 new tokens against a pool
    of 2,048 positions; the most sequences the engine ran at once (its running-sequences gauge, sampled every
    20 ms), against the 6 a reservation of prompt + max_tokens per sequence admits.
-4. Mixed load, aggregated: 8 streams decode 160 tokens each while ~1,500-token prompts arrive back to back, a second
-   apart at the least (one prefill takes longer than that here); the
-   decoding streams' inter-token latency p50 and p99, with the default prefill chunk (256) and with 64. (Item 6
-   compares this with disaggregated prefill/decode, which is not built yet.)
+4. Mixed load, aggregated: 8 streams decode while ~1,500-token prompts arrive back to back, a second apart at the
+   least (one prefill takes longer than that here), until four are answered; the decoding streams' inter-token
+   latency p50 and p99, with the default prefill chunk (256) and with 64. `bench/disagg.py` runs the same load on
+   disaggregated prefill and decode workers.
 
 With BEFORE=path/to/old/tritium, rows 2 and 3 also run that binary (the engine before paging) in the same run.
 
@@ -164,15 +164,18 @@ def concurrent_streams(server: Server, n: int, max_tokens: int) -> dict[str, flo
     }
 
 
-def mixed_load(server: Server) -> dict[str, float]:
-    """8 decoding streams' inter-token gaps while long prompts arrive every second."""
+def mixed_load(server: Server, arrivals_wanted: int = 4) -> dict[str, float]:
+    """8 decoding streams' inter-token gaps, and the long arrivals' latency, until `arrivals_wanted` long prompts
+    have been answered (one at a time, a second apart at the least)."""
     llm = client(server)
     gaps: list[float] = []
+    arrivals_s: list[float] = []
     done = threading.Event()
 
     def decode(i: int) -> None:
         stream = llm.completions.create(
-            model=MODEL, prompt=prompt_of(i), max_tokens=160, temperature=0, stream=True, extra_body={"ignore_eos": True}
+            # At most 1,500 tokens: eight of them and a long prompt fit the default pool, so no sequence is preempted.
+            model=MODEL, prompt=prompt_of(i), max_tokens=1500, temperature=0, stream=True, extra_body={"ignore_eos": True}
         )
         last = None
         for _ in stream:
@@ -180,28 +183,32 @@ def mixed_load(server: Server) -> dict[str, float]:
             if last is not None:
                 gaps.append(now - last)
             last = now
+            if done.is_set():
+                stream.close()
+                return
 
     def arrivals() -> None:
-        # One long prompt at a time, a second apart at the least: on two cores prefilling 1,500 tokens takes
-        # longer than a second, so arrivals every second regardless would only fill the queue.
         n = 0
-        while not done.is_set():
+        while len(arrivals_s) < arrivals_wanted:
             n += 1
             started = time.monotonic()
-            try:
-                llm.completions.create(model=MODEL, prompt=f"Arrival {n}: " + SENTENCE * 33, max_tokens=1)
-            except openai.APIError:
-                return  # the run is over and the server gone
-            done.wait(max(0.0, 1.0 - (time.monotonic() - started)))
+            llm.completions.create(model=MODEL, prompt=f"Arrival {n} {time.time_ns()}: " + SENTENCE * 33, max_tokens=1)
+            arrivals_s.append(time.monotonic() - started)
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+        done.set()
 
-    feeder = threading.Thread(target=arrivals, daemon=True)
-    with ThreadPoolExecutor(8) as pool:
-        feeder.start()
-        list(pool.map(decode, range(8)))
-    done.set()
+    with ThreadPoolExecutor(9) as pool:
+        decoders = [pool.submit(decode, i) for i in range(8)]
+        pool.submit(arrivals).result()
+        for decoder in decoders:
+            decoder.result()
     llm.close()
     array = np.array(gaps) * 1e3
-    return {"itl_p50": float(np.percentile(array, 50)), "itl_p99": float(np.percentile(array, 99))}
+    return {
+        "itl_p50": float(np.percentile(array, 50)),
+        "itl_p99": float(np.percentile(array, 99)),
+        "arrival_s": statistics.median(arrivals_s),
+    }
 
 
 def running_gauge(server: Server) -> int:
@@ -276,7 +283,7 @@ def main() -> None:
         say(f"{name}: {med}")
 
     say("mixed load")
-    lines += ["", "## Mixed load: 8 decoding streams, ~1,500-token prompts back to back, a second apart at the least (aggregated, median of rounds)", ""]
+    lines += ["", "## Mixed load: 8 decoding streams while four ~1,500-token prompts arrive back to back, a second apart at the least (aggregated, median of rounds)", ""]
     lines += ["| prefill chunk | ITL p50 (ms) | ITL p99 (ms) | p99 / p50 |", "|---|---|---|---|"]
     for chunk in ("256", "64"):
         server = start(str(TRITIUM), work, "tritium", "--llm-prefill-chunk", chunk)

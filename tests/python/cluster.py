@@ -132,3 +132,33 @@ def metric(text: str, name: str, labels: str = "") -> float:
         if key == wanted:
             total += float(value)
     return total
+
+
+def scrape(frontend) -> str:
+    """A frontend's /metrics text."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def workers_serving(frontend, model: str) -> int:
+    """The workers the frontend's router has for `model`."""
+    return int(metric(scrape(frontend), "tritium_router_workers", f'model="{model}"'))
+
+
+def listed_models(frontend) -> list[str]:
+    """The model ids on the frontend's /v1/models (a worker's model shows once its card has arrived)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{frontend.http_url}/v1/models", timeout=10) as response:
+        return [model["id"] for model in json.load(response)["data"]]
+
+
+def stop_cluster(processes: list, *services: Service) -> None:
+    """Stops Tritium processes (newest first, their stderr logs removed), then etcd and NATS."""
+    for process in reversed(processes):
+        process.stop()
+        process.stderr_path.unlink(missing_ok=True)
+    for service in services:
+        service.stop()

@@ -9,14 +9,12 @@ workers as Dynamo does. A prefill worker killed mid-transfer costs the client no
 from __future__ import annotations
 
 import concurrent.futures
-import json
-import urllib.request
 import uuid
 
 import openai
 import pytest
 
-from cluster import metric, start_etcd, start_nats, wait_until
+from cluster import listed_models, start_etcd, start_nats, stop_cluster, wait_until, workers_serving
 from conftest import LLM_START_TIMEOUT, model_paths
 from helpers import start_server, start_worker
 
@@ -51,25 +49,11 @@ def cluster():
         started.append(decode)
         frontend = start_server(*common, "--router-mode", "kv")
         started.append(frontend)
-        wait_until(lambda: workers_serving(frontend) == 2, 30, "both workers serving smollm2")
+        wait_until(lambda: workers_serving(frontend, LLM) == 2, 30, "both workers serving smollm2")
         wait_until(lambda: LLM in listed_models(frontend), 30, "smollm2 on /v1/models")
         yield {"aggregated": aggregated, "prefill": prefill, "decode": decode, "frontend": frontend}
     finally:
-        for process in reversed(started):
-            process.stop()
-            process.stderr_path.unlink(missing_ok=True)
-        etcd.stop()
-        nats.stop()
-
-
-def workers_serving(frontend) -> int:
-    with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
-        return int(metric(response.read().decode(), "tritium_router_workers", f'model="{LLM}"'))
-
-
-def listed_models(frontend) -> list[str]:
-    with urllib.request.urlopen(f"{frontend.http_url}/v1/models", timeout=10) as response:
-        return [model["id"] for model in json.load(response)["data"]]
+        stop_cluster(started, etcd, nats)
 
 
 def complete(server, prompt: str) -> tuple[str, dict, object]:

@@ -7,15 +7,13 @@ request found its prefix. A round-robin frontend over the same workers is the ba
 
 from __future__ import annotations
 
-import json
 import random
-import urllib.request
 import uuid
 
 import openai
 import pytest
 
-from cluster import metric, start_etcd, start_nats, wait_until
+from cluster import listed_models, metric, scrape, start_etcd, start_nats, stop_cluster, wait_until, workers_serving
 from conftest import LLM_START_TIMEOUT, model_paths
 from helpers import start_server, start_worker
 
@@ -44,30 +42,12 @@ def cluster():
         frontends = {mode: start_server(*common, "--router-mode", mode) for mode in ("kv", "round-robin")}
         started += frontends.values()
         for frontend in frontends.values():
-            wait_until(lambda f=frontend: workers_serving(f) == 2, 30, "both workers serving smollm2")
+            wait_until(lambda f=frontend: workers_serving(f, LLM) == 2, 30, "both workers serving smollm2")
             # The OpenAI routes know the model once its card has come from a worker, a moment later.
             wait_until(lambda f=frontend: LLM in listed_models(f), 30, "smollm2 on /v1/models")
         yield frontends
     finally:
-        for process in reversed(started):
-            process.stop()
-            process.stderr_path.unlink(missing_ok=True)
-        etcd.stop()
-        nats.stop()
-
-
-def scrape(frontend) -> str:
-    with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
-        return response.read().decode()
-
-
-def workers_serving(frontend) -> int:
-    return int(metric(scrape(frontend), "tritium_router_workers", f'model="{LLM}"'))
-
-
-def listed_models(frontend) -> list[str]:
-    with urllib.request.urlopen(f"{frontend.http_url}/v1/models", timeout=10) as response:
-        return [model["id"] for model in json.load(response)["data"]]
+        stop_cluster(started, etcd, nats)
 
 
 def blocks_indexed(frontend) -> int:

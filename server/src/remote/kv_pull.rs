@@ -103,7 +103,9 @@ impl KvTransfers {
     ) -> Pulled {
         let first = source.first_block as usize;
         let mut blocks = Vec::new();
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(self.options.timeout, self.receive(source, version, prompt, layout, &mut blocks)).await;
+        tracing::debug!(prefill_worker = %source.worker_id, blocks = blocks.len(), elapsed = ?started.elapsed(), "KV transfer received");
         let problem = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(problem)) => Some(problem),

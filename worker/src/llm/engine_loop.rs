@@ -164,8 +164,10 @@ impl EngineLoop {
         }
         let cached = blocks.len();
         if cached == cached_end
+            && plan.import > 0
             && let Some(imported) = &imported
         {
+            let started = std::time::Instant::now();
             for i in cached..cached + plan.import {
                 let data = imported.blocks.get(i - imported.first).map(Vec::as_slice);
                 if !self.place(&mut blocks, data, hashes[i], &sequence.tokens[i * size..(i + 1) * size]) {
@@ -173,6 +175,7 @@ impl EngineLoop {
                     break;
                 }
             }
+            tracing::debug!(model = %self.shared.name, blocks = blocks.len() - cached, elapsed = ?started.elapsed(), "KV blocks from another worker written");
         }
         sequence.resume_from(&blocks, &hashes[..blocks.len()], size);
         if imported.is_some() {
