@@ -11,6 +11,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -136,8 +138,6 @@ def metric(text: str, name: str, labels: str = "") -> float:
 
 def scrape(frontend) -> str:
     """A frontend's /metrics text."""
-    import urllib.request
-
     with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
         return response.read().decode()
 
@@ -149,8 +149,6 @@ def workers_serving(frontend, model: str) -> int:
 
 def listed_models(frontend) -> list[str]:
     """The model ids on the frontend's /v1/models (a worker's model shows once its card has arrived)."""
-    import urllib.request
-
     with urllib.request.urlopen(f"{frontend.http_url}/v1/models", timeout=10) as response:
         return [model["id"] for model in json.load(response)["data"]]
 
@@ -162,3 +160,19 @@ def stop_cluster(processes: list, *services: Service) -> None:
         process.stderr_path.unlink(missing_ok=True)
     for service in services:
         service.stop()
+
+
+# Words for long prompts that tokenize predictably (each at least one token).
+WORDS = (
+    "river mountain lantern harbour meadow violin copper orchard glacier parcel ribbon canyon pepper saddle "
+    "thunder marble falcon blanket compass velvet cinder ladder pilgrim quartz"
+).split()
+
+
+def cluster_args(etcd: Service, nats: Service, namespace: str) -> list[str]:
+    """The flags that put a frontend or worker on `etcd` and `nats`, in a fresh namespace starting with
+    `namespace`, with a 2-second lease."""
+    return [
+        "--discovery", "etcd", "--etcd-endpoints", etcd.address, "--events", "nats", "--nats-url", nats.address,
+        "--namespace", f"{namespace}-{uuid.uuid4().hex[:8]}", "--lease-ttl-secs", "2",
+    ]  # fmt: skip

@@ -9,20 +9,15 @@ workers as Dynamo does. A prefill worker killed mid-transfer costs the client no
 from __future__ import annotations
 
 import concurrent.futures
-import uuid
 
 import openai
 import pytest
 
-from cluster import listed_models, start_etcd, start_nats, stop_cluster, wait_until, workers_serving
+from cluster import WORDS, cluster_args, listed_models, start_etcd, start_nats, stop_cluster, wait_until, workers_serving
 from conftest import LLM_START_TIMEOUT, model_paths
 from helpers import start_server, start_worker
 
 LLM = "smollm2"
-WORDS = (
-    "river mountain lantern harbour meadow violin copper orchard glacier parcel ribbon canyon pepper saddle "
-    "thunder marble falcon blanket compass velvet cinder ladder pilgrim quartz"
-).split()
 
 
 def long_prompt(seed: int, words: int = 600) -> str:
@@ -33,10 +28,7 @@ def long_prompt(seed: int, words: int = 600) -> str:
 @pytest.fixture(scope="module")
 def cluster():
     etcd, nats = start_etcd(), start_nats()
-    common = [
-        "--discovery", "etcd", "--etcd-endpoints", etcd.address, "--events", "nats", "--nats-url", nats.address,
-        "--namespace", f"disagg-{uuid.uuid4().hex[:8]}", "--lease-ttl-secs", "2",
-    ]  # fmt: skip
+    common = cluster_args(etcd, nats, "disagg")
     gguf, _ = model_paths()
     model = ["--model-path", str(gguf), "--model-name", LLM]
     started = []

@@ -8,12 +8,11 @@ request found its prefix. A round-robin frontend over the same workers is the ba
 from __future__ import annotations
 
 import random
-import uuid
 
 import openai
 import pytest
 
-from cluster import listed_models, metric, scrape, start_etcd, start_nats, stop_cluster, wait_until, workers_serving
+from cluster import WORDS, cluster_args, listed_models, metric, scrape, start_etcd, start_nats, stop_cluster, wait_until, workers_serving
 from conftest import LLM_START_TIMEOUT, model_paths
 from helpers import start_server, start_worker
 
@@ -21,19 +20,12 @@ LLM = "smollm2"
 BLOCK = 16
 PREFIXES = 4
 REPEATS = 4
-WORDS = (
-    "river mountain lantern harbour meadow violin copper orchard glacier parcel ribbon canyon pepper saddle "
-    "thunder marble falcon blanket compass velvet cinder ladder pilgrim quartz"
-).split()
 
 
 @pytest.fixture(scope="module")
 def cluster():
     etcd, nats = start_etcd(), start_nats()
-    common = [
-        "--discovery", "etcd", "--etcd-endpoints", etcd.address, "--events", "nats", "--nats-url", nats.address,
-        "--namespace", f"kv-{uuid.uuid4().hex[:8]}", "--lease-ttl-secs", "2",
-    ]  # fmt: skip
+    common = cluster_args(etcd, nats, "kv")
     gguf, _ = model_paths()
     started = []
     try:

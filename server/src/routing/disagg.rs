@@ -35,6 +35,10 @@ impl Router {
     pub(super) fn split(&self, model: &str) -> Split {
         let table = self.table.load();
         let Some(route) = table.get(model) else { return Split::default() };
+        // Most models have no prefill workers: nothing to allocate for them.
+        if !route.iter().any(|m| m.mode == DisaggregationMode::Prefill) {
+            return Split::default();
+        }
         let (prefill, decode): (Vec<&Member>, Vec<&Member>) =
             route.iter().partition(|m| m.mode == DisaggregationMode::Prefill);
         if prefill.is_empty() || decode.is_empty() {

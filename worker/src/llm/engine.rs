@@ -20,7 +20,7 @@ use super::engine_loop::EngineLoop;
 use super::kv_transfer::{ExportSink, ImportedBlocks, KvExport, TransferLayout};
 use super::model::DecoderModel;
 use super::step_model::{CandleStep, ModelShape, StepModel};
-use super::offload::{BlockLayout, OffloadCounters, OffloadOptions, OffloadTier};
+use super::offload::{OffloadCounters, OffloadOptions, OffloadTier};
 use super::types::{EngineStats, GenerateError, GenerateEvent, GenerateRequest, TokenStream};
 use crate::kv::{BlockHash, DEFAULT_KV_BLOCK_SIZE, KvEvent, block_hashes};
 
@@ -191,19 +191,21 @@ impl LlmEngine {
         let mut pool = BlockPool::new(blocks, block_size, options.prefix_caching);
         let kv_events = pool.event_sender();
         let word = |n: usize| u32::try_from(n).map_err(|_| format!("a KV layout dimension of {n}"));
+        let transfer_layout = TransferLayout {
+            model: name.to_string(),
+            block_size: word(block_size)?,
+            dtype: shape.kv_dtype.clone(),
+            layers: word(shape.layers)?,
+            kv_heads: word(shape.kv_heads)?,
+            head_dim: word(shape.head_dim)?,
+        };
         let offload = match &options.offload {
             Some(_) if !options.prefix_caching => {
                 return Err("the KV offload tier needs the prefix cache (drop --llm-no-prefix-cache)".to_string());
             }
             Some(offload) => {
-                let layout = BlockLayout {
-                    layers: word(shape.layers)?,
-                    kv_heads: word(shape.kv_heads)?,
-                    head_dim: word(shape.head_dim)?,
-                    block_size: word(block_size)?,
-                };
                 pool.record_evictions();
-                Some(OffloadTier::open(offload, name, layout, kv_events.clone())?)
+                Some(OffloadTier::open(offload, name, transfer_layout.block_layout(), kv_events.clone())?)
             }
             None => None,
         };
@@ -216,14 +218,6 @@ impl LlmEngine {
             prefix_caching = options.prefix_caching,
             "KV cache"
         );
-        let transfer_layout = TransferLayout {
-            model: name.to_string(),
-            block_size: word(block_size)?,
-            dtype: shape.kv_dtype.clone(),
-            layers: word(shape.layers)?,
-            kv_heads: word(shape.kv_heads)?,
-            head_dim: word(shape.head_dim)?,
-        };
         let shared = Arc::new(Shared {
             name: name.to_string(),
             options,

@@ -11,6 +11,7 @@
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::offload::BlockLayout;
 use super::types::{GenerateError, GenerateEvent, TokenStream};
 
 /// What a block's data must match to be used by another engine.
@@ -28,7 +29,12 @@ pub struct TransferLayout {
 impl TransferLayout {
     /// f32 values in one block.
     pub fn block_values(&self) -> usize {
-        2 * self.layers as usize * self.kv_heads as usize * self.block_size as usize * self.head_dim as usize
+        self.block_layout().floats()
+    }
+
+    /// The shape of one block's values (what the offload tier checks too).
+    pub(crate) fn block_layout(&self) -> BlockLayout {
+        BlockLayout { layers: self.layers, kv_heads: self.kv_heads, head_dim: self.head_dim, block_size: self.block_size }
     }
 
     /// Why blocks laid out as `theirs` cannot be used by an engine laid out as `self`, if so.

@@ -38,7 +38,7 @@ const PRINTABLE_COUNT: u32 = 95;
 const RUNNERS_UP: u32 = 20;
 
 /// The token the mock writes after `position`.
-pub(super) fn text_after(position: usize) -> u32 {
+fn text_after(position: usize) -> u32 {
     u32::from(TEXT[(position + 1) % TEXT.len()])
 }
 
