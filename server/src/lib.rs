@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod grpc;
+mod h2_frames;
 pub mod http;
 pub mod llm;
 pub mod logging;

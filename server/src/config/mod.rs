@@ -5,6 +5,7 @@
 pub mod backend_config;
 pub mod cluster;
 pub mod dump;
+pub mod keepalive;
 pub mod limits;
 pub mod metrics;
 pub mod openai;
@@ -23,6 +24,7 @@ use tritium_worker::llm::EngineOptions;
 
 use crate::config::repository::{engine_options, repository_options};
 use crate::routing::RouterOptions;
+pub use keepalive::{KeepaliveArgs, KeepaliveConfig};
 pub use cluster::{ClusterArgs, ClusterConfig, DisaggregationArgs, EngineArgs, RouterArgs, WorkerListenArgs};
 pub use limits::{HttpLimits, LimitArgs, Limits};
 pub use metrics::MetricsArgs;
@@ -186,18 +188,12 @@ pub struct GrpcArgs {
     /// Largest HTTP/2 frame the server accepts, bytes (default 1 MiB).
     #[arg(long, env = "TRITIUM_GRPC_MAX_FRAME_SIZE")]
     pub grpc_max_frame_size: Option<u32>,
-    /// Milliseconds between HTTP/2 keepalive pings; 0 (the default) sends none. Dead peers are
-    /// found anyway by TCP keepalive (see --grpc-tcp-keepalive-time).
-    #[arg(long, env = "TRITIUM_GRPC_KEEPALIVE_TIME", default_value_t = 0)]
-    pub grpc_keepalive_time: u64,
+    #[command(flatten)]
+    pub keepalive: KeepaliveArgs,
     /// Milliseconds of silence before the kernel probes a connection (TCP keepalive); 0 disables.
     /// The default, 2 hours, is Triton's keepalive time.
     #[arg(long, env = "TRITIUM_GRPC_TCP_KEEPALIVE_TIME", default_value_t = 7_200_000)]
     pub grpc_tcp_keepalive_time: u64,
-    /// Milliseconds to wait for a keepalive ping's answer before closing the connection; only
-    /// matters when --grpc-keepalive-time turns pings on.
-    #[arg(long, env = "TRITIUM_GRPC_KEEPALIVE_TIMEOUT", default_value_t = 20_000)]
-    pub grpc_keepalive_timeout: u64,
     /// Milliseconds after which a connection is asked to go away (GOAWAY) so load balancers can
     /// rebalance; 0 disables.
     #[arg(long, env = "TRITIUM_GRPC_MAX_CONNECTION_AGE", default_value_t = 0)]
@@ -243,8 +239,8 @@ pub struct TransportConfig {
     pub initial_stream_window_size: Option<u32>,
     pub adaptive_window: bool,
     pub max_frame_size: Option<u32>,
-    pub keepalive_interval: Option<Duration>,
-    pub keepalive_timeout: Duration,
+    /// The server's keepalive pings and its policy on the client's.
+    pub keepalive: KeepaliveConfig,
     /// Idle time before the kernel probes a connection.
     pub tcp_keepalive: Option<Duration>,
     pub max_connection_age: Option<Duration>,
@@ -279,10 +275,7 @@ impl Default for TransportConfig {
             initial_stream_window_size: Some(DEFAULT_WINDOW),
             adaptive_window: false,
             max_frame_size: Some(DEFAULT_MAX_FRAME),
-            // hyper's HTTP/2 keepalive takes a lock and reads the clock on every frame it
-            // receives; TCP keepalive finds dead peers at no cost per request.
-            keepalive_interval: None,
-            keepalive_timeout: Duration::from_secs(20),
+            keepalive: KeepaliveConfig::default(),
             tcp_keepalive: Some(Duration::from_secs(7200)),
             max_connection_age: None,
             max_connection_age_grace: None,
@@ -364,8 +357,7 @@ impl ServeArgs {
                     .or(Some(DEFAULT_WINDOW)),
                 adaptive_window: grpc.grpc_adaptive_window,
                 max_frame_size: grpc.grpc_max_frame_size.or(Some(DEFAULT_MAX_FRAME)),
-                keepalive_interval: millis(grpc.grpc_keepalive_time),
-                keepalive_timeout: Duration::from_millis(grpc.grpc_keepalive_timeout),
+                keepalive: grpc.keepalive.config(),
                 tcp_keepalive: millis(grpc.grpc_tcp_keepalive_time),
                 max_connection_age: millis(grpc.grpc_max_connection_age),
                 max_connection_age_grace: millis(grpc.grpc_max_connection_age_grace),

@@ -6,6 +6,7 @@ pub mod classification;
 pub mod convert;
 pub(crate) mod dispatch;
 pub mod health;
+mod keepalive;
 pub mod metadata;
 pub mod restricted;
 pub mod service;

@@ -41,6 +41,7 @@ use tower::Service;
 use tower::util::BoxCloneSyncService;
 
 use super::budget::{BudgetedBody, ByteBudget, Encoding};
+use super::keepalive::Policed;
 use super::restricted::RestrictedProtocols;
 use crate::config::TransportConfig;
 use crate::connection::{Counted, Watch, accept, configure};
@@ -254,9 +255,8 @@ fn http2_builder(settings: &TransportConfig) -> http2::Builder<TokioExecutor> {
         .max_frame_size(settings.max_frame_size)
         // hyper's own default is 200; gRPC's servers have none. A bound keeps one connection from
         // holding unbounded state, and the default is far above what one channel multiplexes.
-        .max_concurrent_streams(settings.max_concurrent_streams)
-        .keep_alive_interval(settings.keepalive_interval)
-        .keep_alive_timeout(settings.keepalive_timeout);
+        // Pings are handled under hyper (super::keepalive), as gRPC's servers handle them.
+        .max_concurrent_streams(settings.max_concurrent_streams);
     builder
 }
 
@@ -292,11 +292,13 @@ pub async fn serve<S>(
             flags: ("--grpc-header-timeout", "--grpc-idle-timeout"),
         };
         let limits = (settings.max_connection_age, settings.max_connection_age_grace);
+        let keepalive = settings.keepalive;
         let stopping = stopping.clone();
         let (builder, tls) = (builder.clone(), tls.clone());
         connections.spawn(async move {
             if let Some(socket) = crate::tls::handshake(stream, tls.as_ref(), watch.header_timeout, "gRPC").await {
-                let connection = builder.serve_connection(TokioIo::new(Counted::new(socket, moved)), routes);
+                let socket = Policed::new(Counted::new(socket, moved), keepalive);
+                let connection = builder.serve_connection(TokioIo::new(socket), routes);
                 drive(connection, stopping, limits.0, limits.1, watch).await;
             }
             drop(slot);
@@ -312,7 +314,7 @@ pub async fn serve<S>(
 /// Runs one connection to its end: GOAWAY at shutdown or at the maximum age, and a forced close
 /// once an age's grace period is over.
 async fn drive<S>(
-    connection: http2::Connection<TokioIo<Counted>, Routes<S>, TokioExecutor>,
+    connection: http2::Connection<TokioIo<Policed<Counted>>, Routes<S>, TokioExecutor>,
     stopping: CancellationToken,
     max_age: Option<Duration>,
     grace: Option<Duration>,
