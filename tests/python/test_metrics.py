@@ -14,8 +14,8 @@ What is proven:
 - the host gauges: memory total is /proc/meminfo's MemTotal, used <= total, 0 <= utilization <= 1;
 - `--metrics-config summary_latencies=true` serves Triton's five `*_summary_us` families (quantiles over recent
   requests, `_count` equal to the successes, `_sum` to the statistics' microseconds; `summary_quantiles` picks the
-  quantiles); `histogram_latencies=true` stops the server at start-up with a non-zero status; `--allow-metrics=false`
-  opens no metrics listener.
+  quantiles); `histogram_latencies=true` serves the first-response histogram of decoupled models (the family
+  Triton 2.52 added); `--allow-metrics=false` opens no metrics listener.
 """
 
 from __future__ import annotations
@@ -427,11 +427,69 @@ def start_failure(*args: str) -> str:
     pytest.fail(f"the server started with {args}: {server.ready_line}")
 
 
-def test_latency_histograms_are_refused_at_start():
-    text = start_failure("--metrics-config", "histogram_latencies=true")
-    status = re.search(r"exited with status (-?\d+) before it was ready", text)
-    assert status and int(status.group(1)) != 0, text
-    assert "not supported yet" in text and "histogram_latencies=true" in text, text
+def _repeat(client, n: int, delay_ms: int, request_id: str) -> None:
+    count = grpcclient.InferInput("IN", [1], "INT32")
+    count.set_data_from_numpy(np.array([n], dtype=np.int32))
+    delay = grpcclient.InferInput("DELAY_MS", [1], "UINT32")
+    delay.set_data_from_numpy(np.array([delay_ms], dtype=np.uint32))
+    client.async_stream_infer("repeat", [count, delay], request_id=request_id, enable_empty_final_response=True)
+
+
+def _histogram(families: dict[str, Family], model: str) -> tuple[float, float, dict[str, float]]:
+    family = families["nv_inference_first_response_histogram_ms"]
+    samples = [(name, labels, v) for name, labels, v in family.samples if labels.get("model") == model]
+    count = [v for name, _, v in samples if name.endswith("_count")]
+    total = [v for name, _, v in samples if name.endswith("_sum")]
+    buckets = {labels["le"]: v for name, labels, v in samples if name.endswith("_bucket")}
+    assert len(count) == 1 and len(total) == 1, samples
+    return count[0], total[0], buckets
+
+
+def test_first_response_histogram_of_decoupled_models(start_tritium):
+    """`histogram_latencies=true`: one series per decoupled model version (Triton 2.52 and later; 2.51 accepts the
+    setting and serves nothing), zero from the load on; a request counts at its first response (an error first
+    response too), one that ends with no response does not; whole milliseconds, queue included."""
+    server = start_tritium("--metrics-config", "histogram_latencies=true")
+    families = scrape(server)
+    family = families["nv_inference_first_response_histogram_ms"]
+    assert family.type == "histogram" and family.help
+    assert {labels["model"] for _, labels, _ in family.samples} == {"repeat"}, "only decoupled models have a series"
+    assert _histogram(families, "repeat") == (0, 0, {"100": 0, "500": 0, "2000": 0, "5000": 0, "+Inf": 0})
+
+    client = grpcclient.InferenceServerClient(server.url)
+    events: list = []
+    done = threading.Event()
+
+    def callback(result, error):
+        events.append((result, error))
+        finals = sum(
+            1 for r, e in events
+            if e is not None or (r is not None and r.get_response().parameters["triton_final_response"].bool_param)
+        )
+        if finals == 6:
+            done.set()
+
+    client.start_stream(callback=callback)
+    try:
+        for i in range(3):
+            _repeat(client, 2, 0, f"fast{i}")
+        _repeat(client, 1, 150, "slow")
+        _repeat(client, 0, 0, "silent")
+        _repeat(client, -1, 0, "refused")
+        assert done.wait(60), events
+    finally:
+        client.stop_stream()
+        client.close()
+    errors = [e for _, e in events if e is not None]
+    assert len(errors) == 1 and "IN must be >= 0" in errors[0].message(), errors
+    count, total, buckets = _histogram(scrape(server), "repeat")
+    assert count == 5, "three fast, one slow, one error; the request with no response is not counted"
+    assert buckets["+Inf"] == 5
+    assert list(buckets) == ["100", "500", "2000", "5000", "+Inf"], "ascending bounds, printed as integers"
+    values = list(buckets.values())
+    assert values == sorted(values), buckets
+    assert buckets["100"] <= 4, "the slow request's first response came after 150 ms"
+    assert total >= 150 and total == int(total), total
 
 
 SUMMARIES = [name for name, (kind, _) in TRITON_2_51.items() if kind == "summary"]

@@ -15,6 +15,7 @@ use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
 use tritium_tensor::{Tensor, TensorError};
 
+use crate::first_response::FirstResponseClock;
 use crate::llm::{EmbeddingModel, LanguageModel};
 use crate::registry::ModelRepository;
 use crate::request::{InferenceResponse, Parameters};
@@ -180,6 +181,8 @@ pub(crate) struct StreamTarget {
     pub(crate) requested_outputs: Vec<String>,
     /// A response marked final has gone: nothing may follow it.
     pub(crate) finished: bool,
+    /// Read at the first response, when the first-response histogram is on.
+    pub(crate) first_response: Option<FirstResponseClock>,
 }
 
 impl Responder {
@@ -226,8 +229,19 @@ impl Responder {
                     parameters: Vec::new(),
                 };
                 target.finished |= is_final;
+                if let Some(clock) = target.first_response.take() {
+                    clock.stop();
+                }
                 target.sender.send(StreamItem::Response(response)).await.map_err(|_| BackendError::Cancelled)
             }
+        }
+    }
+
+    /// The first-response clock of a stream that has sent nothing yet.
+    pub(crate) fn unanswered_clock(&mut self) -> Option<FirstResponseClock> {
+        match &mut self.inner {
+            ResponderKind::Stream(target) => target.first_response.take(),
+            ResponderKind::Single(_) => None,
         }
     }
 

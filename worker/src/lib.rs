@@ -36,6 +36,7 @@ pub mod dynamic_batcher;
 pub mod embed;
 pub mod ensemble;
 pub mod error;
+pub mod first_response;
 pub mod kv;
 pub mod latency;
 pub mod llm;

@@ -11,6 +11,7 @@ use tritium_proto::inference::ModelConfig;
 use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamTarget, select_outputs};
 use crate::dynamic_batcher::Execution;
 use crate::error::WorkerError;
+use crate::first_response::{FirstResponseClock, FirstResponseHistogram};
 use crate::request::{InferenceRequest, InferenceResponse};
 use crate::scheduler::Scheduler;
 use crate::schema::ModelSchema;
@@ -32,6 +33,12 @@ pub struct ModelVersion {
     scheduler: Scheduler,
     /// Whether the backend is a language model, asked once: every request asks again.
     is_language_model: bool,
+}
+
+impl AsRef<FirstResponseHistogram> for ModelVersion {
+    fn as_ref(&self) -> &FirstResponseHistogram {
+        &self.stats.first_response
+    }
 }
 
 impl std::fmt::Debug for ModelVersion {
@@ -223,6 +230,7 @@ impl ModelVersion {
             id: request.id,
             requested_outputs: request.requested_outputs,
             finished: false,
+            first_response: FirstResponseClock::start(&model, timing.arrived),
         });
         tokio::spawn(async move {
             let pending = model.stats.pending();
@@ -240,6 +248,10 @@ impl ModelVersion {
                 }
                 Err(BackendError::Cancelled) => return,
                 Err(e) => {
+                    // An error that is the request's first response counts as one.
+                    if let Some(clock) = responder.unanswered_clock() {
+                        clock.stop();
+                    }
                     model.record_failure(timing.arrived, &e);
                     StreamItem::Error(model.backend_error(e, ""))
                 }

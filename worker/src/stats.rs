@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::first_response::FirstResponseHistogram;
 use crate::latency::LatencyWindow;
 
 /// A count and a total duration.
@@ -87,6 +88,8 @@ pub struct ModelStats {
     pending: AtomicU64,
     /// Recent successful requests' phases, for latency summaries (when turned on).
     pub latencies: LatencyWindow,
+    /// Time to the first response of a decoupled model's requests (when turned on).
+    pub first_response: FirstResponseHistogram,
     /// Inferences performed, counting each batch element.
     inference_count: AtomicU64,
     /// Backend executions.
@@ -165,6 +168,7 @@ impl ModelStats {
             fail_reasons: Default::default(),
             pending: AtomicU64::default(),
             latencies: LatencyWindow::default(),
+            first_response: FirstResponseHistogram::default(),
             inference_count: AtomicU64::default(),
             execution_count: AtomicU64::default(),
             last_inference_ms: AtomicU64::default(),

@@ -25,8 +25,8 @@ pub struct MetricsArgs {
     #[arg(long, env = "TRITIUM_METRICS_INTERVAL_MS", default_value_t = 2000)]
     pub metrics_interval_ms: u64,
     /// Triton's `<key>=<value>` metrics settings; repeatable: `summary_latencies=true` (latency
-    /// quantiles per model), `summary_quantiles=0.5:0.05,0.9:0.01,...`; `histogram_latencies`
-    /// takes false (true is refused: not supported yet).
+    /// quantiles per model), `summary_quantiles=0.5:0.05,0.9:0.01,...`, `histogram_latencies=true`
+    /// (time to the first response of decoupled models).
     #[arg(long, env = "TRITIUM_METRICS_CONFIG", value_delimiter = ';')]
     pub metrics_config: Vec<String>,
 }
@@ -62,12 +62,7 @@ impl MetricsArgs {
                     }
                     config.summary_quantiles = quantiles;
                 }
-                // Histograms (Triton's first-response histogram of decoupled models) are not
-                // served yet: asking for them is refused rather than ignored.
-                "histogram_latencies" if flag()? => {
-                    return Err(bad("latency histograms are not supported yet; summaries (summary_latencies=true) are"));
-                }
-                "histogram_latencies" => {}
+                "histogram_latencies" => config.histogram_latencies = flag()?,
                 other => {
                     return Err(bad(&format!(
                         "unknown setting '{other}' (summary_latencies, summary_quantiles, histogram_latencies)"
@@ -107,7 +102,8 @@ mod tests {
         assert!(on.summary_latencies);
         assert_eq!(on.summary_quantiles, vec![0.5, 0.99]);
         assert!(config(&["--metrics-config", "summary_quantiles=2:0.1"]).expect_err("refused").contains("between 0 and 1"));
-        assert!(config(&["--metrics-config", "histogram_latencies=true"]).expect_err("refused").contains("not supported yet"));
+        assert!(config(&["--metrics-config", "histogram_latencies=true"]).expect("on").histogram_latencies);
+        assert!(!config(&[]).expect("defaults").histogram_latencies);
         assert!(config(&["--metrics-config", "nonsense=1"]).expect_err("refused").contains("unknown setting"));
         assert!(config(&["--metrics-config", "summary_latencies"]).expect_err("refused").contains("<key>=<value>"));
     }

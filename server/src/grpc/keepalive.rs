@@ -6,8 +6,9 @@
 //! headers going both ways ([`crate::h2_frames`]; payloads are never copied):
 //! - **Client pings.** A ping that comes sooner than the allowed interval after the previous one
 //!   is a strike: the interval is `--grpc-http2-min-recv-ping-interval-without-data`, or 2 hours
-//!   on a connection with no call open unless `--grpc-keepalive-permit-without-calls`. Headers
-//!   or data sent by the server clear the strikes. One strike past
+//!   on a connection with no call open unless `--grpc-keepalive-permit-without-calls`. Headers,
+//!   data or a connection window update sent by the server clear the strikes (all as measured on
+//!   Triton 2.51: the first ping is free, GOAWAY comes at ping `strikes + 2`). One strike past
 //!   `--grpc-http2-max-ping-strikes` and the connection is sent GOAWAY ENHANCE_YOUR_CALM
 //!   `too_many_pings` and closed, which tells gRPC clients to ping less.
 //! - **Server keepalive.** Every `--grpc-keepalive-time` the server writes a PING of its own
@@ -29,7 +30,7 @@ use tokio::time::Sleep;
 use crate::config::KeepaliveConfig;
 use crate::config::keepalive::IDLE_PING_INTERVAL;
 use crate::h2_frames::{
-    ACK, DATA, END_STREAM, ENHANCE_YOUR_CALM, FrameCursor, FrameHeader, HEADERS, PING, RST_STREAM, frame, goaway,
+    ACK, DATA, END_STREAM, ENHANCE_YOUR_CALM, FrameCursor, FrameHeader, HEADERS, PING, RST_STREAM, WINDOW_UPDATE, frame, goaway,
 };
 
 /// The payload of the server's keepalive pings.
@@ -69,6 +70,8 @@ pub(crate) struct Policed<T> {
     last_stream: u32,
     strikes: u32,
     last_ping: Option<Instant>,
+    /// The client has sent data (so the server's window updates give it back).
+    data_received: bool,
     keepalive: Keepalive,
     timer: Pin<Box<Sleep>>,
     pings_without_data: u32,
@@ -97,6 +100,7 @@ impl<T> Policed<T> {
             last_stream: 0,
             strikes: 0,
             last_ping: None,
+            data_received: false,
             keepalive,
             timer: Box::pin(tokio::time::sleep(first)),
             pings_without_data: 0,
@@ -161,6 +165,7 @@ impl<T> Policed<T> {
             RST_STREAM => {
                 self.open_streams.remove(&header.stream);
             }
+            DATA if header.length > 0 => self.data_received = true,
             _ => {}
         }
         false
@@ -168,6 +173,13 @@ impl<T> Policed<T> {
 
     fn on_write_header(&mut self, header: FrameHeader) {
         match header.kind {
+            // As gRPC's servers do (measured on Triton 2.51): a connection window update that
+            // gives back what the client sent clears the strikes too. hyper's first update, which
+            // only opens the window, may go out after the first pings; it clears nothing.
+            WINDOW_UPDATE if header.stream == 0 && self.data_received => {
+                self.strikes = 0;
+                self.last_ping = None;
+            }
             DATA | HEADERS => {
                 self.strikes = 0;
                 self.last_ping = None;

@@ -37,6 +37,8 @@ pub struct MetricsConfig {
     /// Latency summaries per model version (`summary_latencies=true`).
     pub summary_latencies: bool,
     pub summary_quantiles: Vec<f64>,
+    /// The first-response histogram of decoupled models (`histogram_latencies=true`).
+    pub histogram_latencies: bool,
 }
 
 impl MetricsConfig {
@@ -45,6 +47,7 @@ impl MetricsConfig {
             interval: Duration::from_millis(interval_ms.max(1)),
             summary_latencies: false,
             summary_quantiles: DEFAULT_QUANTILES.to_vec(),
+            histogram_latencies: false,
         }
     }
 }
@@ -63,10 +66,11 @@ pub struct MetricsState {
     cpu: Arc<CpuSampler>,
     /// The quantiles of the latency summaries, when they are on.
     quantiles: Option<Arc<[f64]>>,
+    histograms: bool,
 }
 
 impl MetricsState {
-    /// Also turns on the models' latency recording when `config` asks for summaries.
+    /// Also turns on the models' latency recording when `config` asks for summaries or histograms.
     pub fn new(
         repository: Arc<ModelRepository>,
         llm: Arc<LlmFrontend>,
@@ -77,12 +81,18 @@ impl MetricsState {
         if quantiles.is_some() {
             tritium_worker::latency::enable();
         }
-        MetricsState { repository, llm, cpu, quantiles }
+        if config.histogram_latencies {
+            tritium_worker::first_response::enable();
+        }
+        MetricsState { repository, llm, cpu, quantiles, histograms: config.histogram_latencies }
     }
 
     /// Every metric, as the text the port serves.
     pub fn render(&self) -> String {
         let mut families = triton::model_families(&self.repository);
+        if self.histograms {
+            families.extend(triton::histogram_families(&self.repository));
+        }
         if let Some(quantiles) = &self.quantiles {
             families.extend(triton::summary_families(&self.repository, quantiles));
         }

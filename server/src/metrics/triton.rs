@@ -1,7 +1,8 @@
 //! The per-model families with Triton's names, built from each version's statistics at scrape
 //! time. Counters of durations are in microseconds, as Triton's are.
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
+use tritium_worker::first_response::BUCKETS_MS;
 use tritium_worker::{ModelRepository, ModelVersion};
 
 fn label(name: &str, value: &str) -> LabelPair {
@@ -181,4 +182,41 @@ pub fn summary_families(repository: &ModelRepository, quantiles: &[f64]) -> Vec<
         .filter(|(_, metrics)| !metrics.is_empty())
         .map(|((name, help), metrics)| family(name, help, MetricType::SUMMARY, metrics))
         .collect()
+}
+
+/// The first-response histogram served with `histogram_latencies=true`: one series per version of
+/// every decoupled model, from its load on (as Triton 2.52 and later serve it; 2.51 accepts the
+/// setting and serves nothing).
+pub fn histogram_families(repository: &ModelRepository) -> Vec<MetricFamily> {
+    let metrics: Vec<Metric> = versions(repository)
+        .iter()
+        .filter(|version| version.decoupled())
+        .map(|version| {
+            let snapshot = version.stats.first_response.snapshot();
+            let mut histogram = Histogram::default();
+            histogram.set_sample_count(snapshot.count);
+            histogram.set_sample_sum(snapshot.sum_ms as f64);
+            histogram.set_bucket(
+                BUCKETS_MS
+                    .iter()
+                    .zip(snapshot.cumulative)
+                    .map(|(bound, count)| {
+                        let mut bucket = Bucket::default();
+                        bucket.set_upper_bound(*bound as f64);
+                        bucket.set_cumulative_count(count);
+                        bucket
+                    })
+                    .collect(),
+            );
+            let labels = vec![label("model", &version.name), label("version", &version.version.to_string())];
+            let mut metric = Metric::from_label(labels);
+            metric.set_histogram(histogram);
+            metric
+        })
+        .collect();
+    if metrics.is_empty() {
+        return Vec::new();
+    }
+    let help = "Time from a decoupled request's arrival to its first response, in whole milliseconds";
+    vec![family("nv_inference_first_response_histogram_ms", help, MetricType::HISTOGRAM, metrics)]
 }
