@@ -15,6 +15,7 @@
 mod files;
 mod frame;
 mod model;
+mod packed_env;
 mod pool;
 mod region;
 mod services;
@@ -34,6 +35,7 @@ use tritium_worker::repository::{config_to_json, parse_config_json};
 use tritium_worker::{Backend, BackendRegistry};
 
 use crate::model::PythonModel;
+pub use crate::packed_env::EnvLimits;
 pub use crate::pool::stop_all;
 use crate::pool::{Instances, Launcher};
 use crate::services::Services;
@@ -56,11 +58,18 @@ pub struct PythonSettings {
     pub region_bytes: usize,
     /// How long a stub may take to start, and its model's `finalize`.
     pub stub_timeout: Duration,
+    /// What an `EXECUTION_ENV_PATH` archive may unpack to.
+    pub packed_env: EnvLimits,
 }
 
 impl Default for PythonSettings {
     fn default() -> Self {
-        PythonSettings { interpreter: None, region_bytes: 64 << 20, stub_timeout: Duration::from_secs(30) }
+        PythonSettings {
+            interpreter: None,
+            region_bytes: 64 << 20,
+            stub_timeout: Duration::from_secs(30),
+            packed_env: EnvLimits::default(),
+        }
     }
 }
 
@@ -87,11 +96,16 @@ impl PythonFactory {
         if !resolved.starts_with(&folder) {
             return Err(format!("EXECUTION_ENV_PATH '{env}' must lie inside the model's folder"));
         }
-        if !resolved.is_dir() {
+        let resolved = if resolved.is_dir() {
+            resolved
+        } else if packed_env::is_packed(&resolved) {
+            packed_env::unpacked(&resolved, &self.settings.packed_env)
+                .map_err(|why| format!("EXECUTION_ENV_PATH '{env}': {why}"))?
+        } else {
             return Err(format!(
-                "EXECUTION_ENV_PATH '{env}' must be a folder holding a Python environment (bin/python3); packed environments are not supported yet"
+                "EXECUTION_ENV_PATH '{env}' must be a folder holding a Python environment (bin/python3) or a .tar.gz of one"
             ));
-        }
+        };
         let python = resolved.join("bin").join("python3");
         if !python.exists() {
             return Err(format!("EXECUTION_ENV_PATH '{env}' has no bin/python3"));

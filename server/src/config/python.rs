@@ -1,10 +1,12 @@
 //! The Python backend's server-wide settings: `--python-interpreter` and Triton's
 //! `--backend-config=python,<setting>=<value>` keys `stub-timeout-seconds` (30) and our
-//! `shm-region-byte-size` (64 MiB per instance, half for inputs, half for outputs).
+//! `shm-region-byte-size` (64 MiB per instance, half for inputs, half for outputs),
+//! `packed-env-max-byte-size` (8 GiB) and `packed-env-max-entries` (200000), the bounds of what an
+//! `EXECUTION_ENV_PATH` archive may unpack to.
 
 use std::time::Duration;
 
-use tritium_python::PythonSettings;
+use tritium_python::{EnvLimits, PythonSettings};
 
 use super::RepositoryArgs;
 use super::backend_config::BackendConfigs;
@@ -33,6 +35,17 @@ impl RepositoryArgs {
                 .filter(|&b| b >= MIN_REGION_BYTES)
                 .ok_or_else(|| format!("--backend-config=python,shm-region-byte-size must be at least {MIN_REGION_BYTES}"))?,
         };
-        Ok(PythonSettings { interpreter: self.python_interpreter.clone(), region_bytes, stub_timeout })
+        let at_least_one = |key: &str, default: u64| -> Result<u64, String> {
+            match number(key)? {
+                None => Ok(default),
+                Some(0) => Err(format!("--backend-config=python,{key} must be at least 1")),
+                Some(n) => Ok(n),
+            }
+        };
+        let packed_env = EnvLimits {
+            max_bytes: at_least_one("packed-env-max-byte-size", defaults.packed_env.max_bytes)?,
+            max_entries: at_least_one("packed-env-max-entries", defaults.packed_env.max_entries)?,
+        };
+        Ok(PythonSettings { interpreter: self.python_interpreter.clone(), region_bytes, stub_timeout, packed_env })
     }
 }
