@@ -78,6 +78,27 @@ pub trait Backend: Send + Sync + 'static {
         }
         answers
     }
+
+    /// Runs a dynamic batch of a decoupled model: each request streams its responses to its own
+    /// responder and reports its end on its `done`. Returns once the model can take another
+    /// batch, which may be before every request has ended. The default runs the requests
+    /// concurrently through [`Backend::execute`] and returns when all have ended.
+    async fn execute_streams(&self, requests: Vec<StreamedRequest>) {
+        futures::future::join_all(requests.into_iter().map(|streamed| async move {
+            let StreamedRequest { request, mut responder, done } = streamed;
+            let result = self.execute(request, &mut responder).await;
+            let _ = done.send((responder, result));
+        }))
+        .await;
+    }
+}
+
+/// One decoupled request of a dynamic batch ([`Backend::execute_streams`]).
+pub struct StreamedRequest {
+    pub request: BackendRequest,
+    pub responder: Responder,
+    /// Where the request's end goes, with its responder, once its last response has been sent.
+    pub done: tokio::sync::oneshot::Sender<(Responder, Result<(), BackendError>)>,
 }
 
 /// A validated request as a backend sees it.

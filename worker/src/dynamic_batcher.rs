@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_tensor::Tensor;
 
-use crate::backend::{Backend, BackendError, BackendRequest, Responder};
+use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamedRequest};
 use crate::batch_tensors::{compatible, split, stack};
 use crate::params::{RequestOptions, is_reserved};
 use crate::priority_queue::{Levels, PriorityQueue, Queued};
@@ -59,7 +60,54 @@ struct Pending {
     level: usize,
     arrived: Instant,
     deadline: Option<Instant>,
-    reply: oneshot::Sender<BatchAnswer>,
+    cancel: Option<CancellationToken>,
+    reply: Reply,
+}
+
+/// Where a queued request's answer goes.
+enum Reply {
+    /// A plain request: its share of the batch's outputs.
+    Share(oneshot::Sender<BatchAnswer>),
+    /// A decoupled request: its responses go to its responder as the model sends them.
+    Stream(StreamReply),
+}
+
+struct StreamReply {
+    responder: Responder,
+    done: oneshot::Sender<(Responder, Result<(), BackendError>)>,
+    /// The batch's execution (on the first request of each batch) and the time waited, once the
+    /// model has taken the batch.
+    started: oneshot::Sender<(Option<Execution>, Duration)>,
+}
+
+impl Reply {
+    /// Whether nobody waits for the answer any more.
+    fn is_closed(&self, cancel: Option<&CancellationToken>) -> bool {
+        match self {
+            Reply::Share(reply) => reply.is_closed(),
+            Reply::Stream(stream) => stream.done.is_closed() || cancel.is_some_and(CancellationToken::is_cancelled),
+        }
+    }
+
+    /// Answers with `error`, before the request ran.
+    fn refuse(self, error: BackendError) {
+        match self {
+            Reply::Share(reply) => drop(reply.send(Err(error))),
+            Reply::Stream(stream) => {
+                let _ = stream.started.send((None, Duration::ZERO));
+                let _ = stream.done.send((stream.responder, Err(error)));
+            }
+        }
+    }
+}
+
+/// How a decoupled request's stream ended, after going through the batcher.
+pub struct StreamEnd {
+    /// `None` only when the batcher stopped with the request inside.
+    pub responder: Option<Responder>,
+    pub result: Result<(), BackendError>,
+    pub execution: Option<Execution>,
+    pub waited: Duration,
 }
 
 impl Queued for Pending {
@@ -120,13 +168,55 @@ impl DynamicBatcher {
     /// Queues one request of `rows` rows at the level its `priority` names, and waits for its
     /// share of a batch's outputs.
     pub async fn submit(&self, request: BackendRequest, rows: i64, options: &RequestOptions) -> BatchAnswer {
+        let (reply, answer) = oneshot::channel();
+        if let Err((error, _)) = self.enqueue(request, rows, options, Reply::Share(reply)) {
+            return Err(error);
+        }
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Queues one request of a decoupled model; its responses go to `responder` once its batch
+    /// runs. Waits for the end of its stream.
+    pub async fn submit_stream(
+        &self,
+        request: BackendRequest,
+        rows: i64,
+        options: &RequestOptions,
+        responder: Responder,
+    ) -> StreamEnd {
+        let (done, ended) = oneshot::channel();
+        let (started, began) = oneshot::channel();
+        let reply = Reply::Stream(StreamReply { responder, done, started });
+        if let Err((error, reply)) = self.enqueue(request, rows, options, reply) {
+            let responder = match reply {
+                Reply::Stream(stream) => Some(stream.responder),
+                Reply::Share(_) => None,
+            };
+            return StreamEnd { responder, result: Err(error), execution: None, waited: Duration::ZERO };
+        }
+        let (responder, result) = match ended.await {
+            Ok((responder, result)) => (Some(responder), result),
+            Err(_) => (None, Err(stopped())),
+        };
+        let (execution, waited) = began.await.unwrap_or((None, Duration::ZERO));
+        StreamEnd { responder, result, execution, waited }
+    }
+
+    /// Puts a request in its level's queue; the reply back when the queue is full or the batcher
+    /// has stopped.
+    fn enqueue(
+        &self,
+        request: BackendRequest,
+        rows: i64,
+        options: &RequestOptions,
+        reply: Reply,
+    ) -> Result<(), (BackendError, Reply)> {
         let level = self.policy.levels.level_of(options.priority);
         let policy = &self.policy.levels.policies[level];
         if self.queued[level].fetch_add(1, Ordering::AcqRel) >= policy.max_size {
             self.queued[level].fetch_sub(1, Ordering::AcqRel);
-            return Err(BackendError::QueueFull);
+            return Err((BackendError::QueueFull, reply));
         }
-        let (reply, answer) = oneshot::channel();
         let arrived = Instant::now();
         let pending = Pending {
             inputs: request.inputs,
@@ -137,6 +227,7 @@ impl DynamicBatcher {
             level,
             arrived,
             deadline: policy.deadline(arrived, options.timeout_us),
+            cancel: request.cancel,
             reply,
         };
         let sender = self.sender.get_or_init(|| {
@@ -146,13 +237,16 @@ impl DynamicBatcher {
             tokio::spawn(scheduler.run(receiver));
             sender
         });
-        let stopped = || BackendError::failed(ErrorCode::Unavailable, "the model's batcher has stopped");
-        if sender.send(pending).is_err() {
+        if let Err(unsent) = sender.send(pending) {
             self.queued[level].fetch_sub(1, Ordering::AcqRel);
-            return Err(stopped());
+            return Err((stopped(), unsent.0.reply));
         }
-        answer.await.map_err(|_| stopped())?
+        Ok(())
     }
+}
+
+fn stopped() -> BackendError {
+    BackendError::failed(ErrorCode::Unavailable, "the model's batcher has stopped")
 }
 
 struct Scheduler {
@@ -238,16 +332,13 @@ impl Scheduler {
     /// Drops requests whose clients have gone and answers those whose timeout rejects them.
     fn tidy(&self, waiting: &mut PriorityQueue<Pending>) {
         let mut gone = vec![0usize; self.queued.len()];
-        waiting.retain(|p| {
-            let closed = p.reply.is_closed();
-            if closed {
-                gone[p.level] += 1;
-            }
-            !closed
-        });
+        for pending in waiting.remove_unkept(|p| !p.reply.is_closed(p.cancel.as_ref())) {
+            gone[pending.level] += 1;
+            pending.reply.refuse(BackendError::Cancelled);
+        }
         for pending in waiting.expire(Instant::now()) {
             gone[pending.level] += 1;
-            let _ = pending.reply.send(Err(BackendError::refused(ErrorCode::Unavailable, "Request timeout expired")));
+            pending.reply.refuse(BackendError::refused(ErrorCode::Unavailable, "Request timeout expired"));
         }
         for (level, count) in gone.into_iter().enumerate() {
             self.queued[level].fetch_sub(count, Ordering::AcqRel);
@@ -270,6 +361,15 @@ impl Scheduler {
         let backend = Arc::clone(&self.backend);
         tokio::spawn(async move {
             let mut batch = batch;
+            if batch.iter().any(|p| matches!(p.reply, Reply::Stream(_))) {
+                // A decoupled model's responses go out as it sends them: there is no order to keep.
+                execute_streams(backend.as_ref(), batch).await;
+                drop(instance);
+                if let Some(answered) = answered {
+                    let _ = answered.send(());
+                }
+                return;
+            }
             let answers = execute(backend.as_ref(), &mut batch).await;
             drop(instance);
             if let Some(previous) = after {
@@ -277,7 +377,9 @@ impl Scheduler {
                 let _ = previous.await;
             }
             for (pending, answer) in batch.into_iter().zip(answers) {
-                let _ = pending.reply.send(answer);
+                if let Reply::Share(reply) = pending.reply {
+                    let _ = reply.send(answer);
+                }
             }
             if let Some(answered) = answered {
                 let _ = answered.send(());
@@ -356,6 +458,35 @@ async fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<BatchAnswe
             let (code, message) = (error.code(), error.to_string());
             batch.iter().map(|_| Err(BackendError::failed(code, message.clone()))).collect()
         }
+    }
+}
+
+/// Runs a batch of a decoupled model's requests, each streaming to its own responder.
+async fn execute_streams(backend: &dyn Backend, batch: Vec<Pending>) {
+    let started = Instant::now();
+    let batch_size = batch.iter().map(|p| u64::try_from(p.rows).unwrap_or(0)).sum();
+    let mut starts = Vec::with_capacity(batch.len());
+    let mut requests = Vec::with_capacity(batch.len());
+    for pending in batch {
+        let Reply::Stream(stream) = pending.reply else {
+            pending.reply.refuse(BackendError::failed(ErrorCode::Internal, "a plain request in a decoupled batch"));
+            continue;
+        };
+        starts.push((stream.started, started.saturating_duration_since(pending.arrived)));
+        let request = BackendRequest {
+            inputs: pending.inputs,
+            parameters: pending.parameters,
+            cancel: pending.cancel,
+            id: pending.id,
+            requested_outputs: pending.requested_outputs,
+        };
+        requests.push(StreamedRequest { request, responder: stream.responder, done: stream.done });
+    }
+    backend.execute_streams(requests).await;
+    let execution =
+        Execution { batch_size, compute_input: Duration::ZERO, compute_infer: started.elapsed(), compute_output: Duration::ZERO };
+    for (index, (start, waited)) in starts.into_iter().enumerate() {
+        let _ = start.send(((index == 0).then_some(execution), waited));
     }
 }
 

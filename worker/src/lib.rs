@@ -56,7 +56,7 @@ pub mod valid;
 mod warmup;
 pub mod worker;
 
-pub use backend::{Backend, BackendContext, BackendError, BackendRegistry, BackendRequest, Responder};
+pub use backend::{Backend, BackendContext, BackendError, BackendRegistry, BackendRequest, Responder, StreamedRequest};
 pub use error::WorkerError;
 pub use model::ModelVersion;
 pub use registry::{ByName, ControlMode, DeclaredModel, IndexEntry, ModelRepository, ModelState, RepositoryOptions, ServedModel};

@@ -219,11 +219,11 @@ impl ModelVersion {
     /// cancels the request.
     fn run_decoupled(request: ValidInferRequest) -> Result<ResponseStream, WorkerError> {
         let batch = request.batch_size();
-        let (model, mut request, timing, _) = request.into_parts();
+        let (model, mut request, timing, options) = request.into_parts();
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let cancel = CancellationToken::new();
         let backend_request = model.backend_request(&mut request, Some(cancel.clone()));
-        let mut responder = Responder::stream(StreamTarget {
+        let responder = Responder::stream(StreamTarget {
             sender: sender.clone(),
             model_name: Arc::clone(&model.name),
             model_version: model.version,
@@ -234,13 +234,15 @@ impl ModelVersion {
         });
         tokio::spawn(async move {
             let pending = model.stats.pending();
-            let result = model.backend.execute(backend_request, &mut responder).await;
+            let rows = i64::try_from(batch).unwrap_or(i64::MAX);
+            let end = model.scheduler.run_stream(model.backend.as_ref(), backend_request, responder, rows, &options).await;
             drop(pending);
             let inferred = Instant::now();
-            let last = match result {
+            let mut responder = end.responder;
+            let last = match end.result {
                 Ok(()) => {
-                    model.record_success(&timing, inferred, batch, None, Duration::ZERO);
-                    if responder.sent_final() {
+                    model.record_success(&timing, inferred, batch, end.execution, end.waited);
+                    if responder.as_ref().is_some_and(Responder::sent_final) {
                         // The last response was marked final itself; the stream ends as it closes.
                         return;
                     }
@@ -249,7 +251,7 @@ impl ModelVersion {
                 Err(BackendError::Cancelled) => return,
                 Err(e) => {
                     // An error that is the request's first response counts as one.
-                    if let Some(clock) = responder.unanswered_clock() {
+                    if let Some(clock) = responder.as_mut().and_then(Responder::unanswered_clock) {
                         clock.stop();
                     }
                     model.record_failure(timing.arrived, &e);

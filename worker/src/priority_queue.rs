@@ -147,14 +147,20 @@ impl<T: Queued> PriorityQueue<T> {
         taken
     }
 
-    /// Removes the requests `keep` refuses, returning how many went.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
-        let before = self.len();
+    /// Removes the requests `keep` refuses and returns them.
+    pub(crate) fn remove_unkept(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut removed = Vec::new();
         for level in &mut self.levels {
-            level.punctual.retain(&mut keep);
-            level.delayed.retain(&mut keep);
+            for queue in [&mut level.punctual, &mut level.delayed] {
+                if queue.iter().all(&mut keep) {
+                    continue;
+                }
+                let (kept, gone): (VecDeque<T>, VecDeque<T>) = queue.drain(..).partition(&mut keep);
+                *queue = kept;
+                removed.extend(gone);
+            }
         }
-        before - self.len()
+        removed
     }
 
     /// Applies the timeout policies at `now`: returns the requests to reject; delayed ones move
@@ -275,7 +281,7 @@ mod tests {
         assert_eq!(order, ["high", "high late", "low"], "delayed behind its level, before the next level");
         assert_eq!(queue.next_deadline(), None, "a delayed request times out no more");
         assert_eq!(queue.take(2).iter().map(|i| i.2).collect::<Vec<_>>(), ["high", "high late"]);
-        assert_eq!(queue.retain(|i| i.2 != "low"), 1);
+        assert_eq!(queue.remove_unkept(|i| i.2 != "low").len(), 1);
         assert!(queue.is_empty());
     }
 }

@@ -10,7 +10,7 @@ use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_config::SchedulingChoice;
 
 use crate::backend::{Backend, BackendError, BackendRequest, Responder};
-use crate::dynamic_batcher::{BatchAnswer, BatchShare, DynamicBatcher};
+use crate::dynamic_batcher::{BatchAnswer, BatchShare, DynamicBatcher, StreamEnd};
 use crate::params::RequestOptions;
 use crate::repository::model_files::read_model_file;
 use crate::sequence::SequenceBatcher;
@@ -49,12 +49,11 @@ impl Scheduler {
         limits: SchedulerLimits,
     ) -> Result<Scheduler, String> {
         match &config.scheduling_choice {
-            Some(SchedulingChoice::SequenceBatching(_) | SchedulingChoice::DynamicBatching(_))
+            Some(SchedulingChoice::SequenceBatching(_))
                 if config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled) =>
             {
-                // A decoupled model's requests stream their responses; neither batcher forwards
-                // streams yet, and serving the config without its scheduler would be wrong.
-                Err("dynamic or sequence batching of a decoupled model is not supported yet".to_string())
+                // Serving the config without its scheduler would be wrong.
+                Err("sequence batching of a decoupled model is not supported yet".to_string())
             }
             Some(SchedulingChoice::DynamicBatching(_)) => {
                 Ok(DynamicBatcher::for_config(config, backend, limits.max_queue_size)?
@@ -89,6 +88,26 @@ impl Scheduler {
             }
             Scheduler::Dynamic(batcher) => batcher.submit(request, rows, options).await,
             Scheduler::Sequence(batcher) => batcher.submit(request, rows, options).await,
+        }
+    }
+
+    /// Runs one request of a decoupled model, its responses going to `responder`, until its
+    /// stream ends.
+    pub(crate) async fn run_stream(
+        &self,
+        backend: &dyn Backend,
+        request: BackendRequest,
+        mut responder: Responder,
+        rows: i64,
+        options: &RequestOptions,
+    ) -> StreamEnd {
+        match self {
+            Scheduler::Dynamic(batcher) => batcher.submit_stream(request, rows, options, responder).await,
+            // A decoupled model with a sequence batcher fails its load.
+            Scheduler::Direct | Scheduler::Sequence(_) => {
+                let result = backend.execute(request, &mut responder).await;
+                StreamEnd { responder: Some(responder), result, execution: None, waited: std::time::Duration::ZERO }
+            }
         }
     }
 }

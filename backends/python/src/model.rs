@@ -2,6 +2,7 @@
 //! `execute` (a list when the dynamic batcher grouped them), answers come back checked against
 //! the config; a decoupled request's responses stream as the model sends them.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
@@ -12,10 +13,10 @@ use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
 use tritium_tensor::Tensor;
 use tritium_worker::params::is_reserved;
-use tritium_worker::{Backend, BackendError, BackendRequest, ParamValue, Responder};
+use tritium_worker::{Backend, BackendError, BackendRequest, ParamValue, Responder, StreamedRequest};
 
 use crate::pool::Instances;
-use crate::stub::{Answer, StreamEvent, StubRequest};
+use crate::stub::{Answer, StreamEvent, Stub, StubRequest};
 use crate::wire::Reply;
 
 pub struct PythonModel {
@@ -98,12 +99,7 @@ impl PythonModel {
     /// The outputs of one reply the config names (Triton drops the others, and passes a datatype or
     /// shape other than the config's through as the model made it), each checked to be whole.
     fn checked(&self, reply: Reply) -> Result<Vec<Tensor>, BackendError> {
-        let mut outputs = reply.outputs;
-        outputs.retain(|output| self.outputs.contains(&output.name));
-        for output in &outputs {
-            output.validate()?;
-        }
-        Ok(outputs)
+        checked(&self.outputs, reply)
     }
 
     async fn execute_decoupled(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
@@ -112,29 +108,94 @@ impl PythonModel {
         let stub = lease.stub().cloned().ok_or_else(|| BackendError::failed(ErrorCode::Internal, "the instance has no stub"))?;
         let request = self.stub_request(request);
         let key = request.key;
-        let (sender, mut events) = mpsc::unbounded_channel::<StreamEvent>();
+        let (sender, events) = mpsc::unbounded_channel::<StreamEvent>();
         let (reply, _executed) = oneshot::channel();
         stub.execute(vec![request], vec![sender], reply, Box::new(move || drop(lease)));
-        loop {
-            let event = tokio::select! {
-                event = events.recv() => event,
-                () = cancelled(cancel.as_ref()) => {
-                    stub.cancel(key);
-                    return Err(BackendError::Cancelled);
-                }
-            };
-            let Some(StreamEvent { answer, last }) = event else { return Ok(()) };
-            if let Some(reply) = answer? {
-                let outputs = self.checked(reply)?;
-                let sent = if last { responder.send_final(outputs).await } else { responder.send(outputs).await };
-                if let Err(error) = sent {
-                    stub.cancel(key);
-                    return Err(error);
-                }
+        stream_answers(&stub, key, events, cancel.as_ref(), &self.outputs, responder).await
+    }
+
+    /// A dynamic batch of decoupled requests as one `execute`: returns when the model's
+    /// `execute` has returned; each request's responses go on streaming to its responder.
+    async fn execute_decoupled_batch(&self, requests: Vec<StreamedRequest>) {
+        let lease = match self.instances.acquire().await {
+            Ok(lease) => lease,
+            Err(error) => return refuse_all(requests, &error),
+        };
+        let Some(stub) = lease.stub().cloned() else {
+            return refuse_all(requests, &BackendError::failed(ErrorCode::Internal, "the instance has no stub"));
+        };
+        let mut stub_requests = Vec::with_capacity(requests.len());
+        let mut senders = Vec::with_capacity(requests.len());
+        let mut streams = Vec::with_capacity(requests.len());
+        for StreamedRequest { request, responder, done } in requests {
+            let cancel = request.cancel.clone();
+            let stub_request = self.stub_request(request);
+            let (sender, events) = mpsc::unbounded_channel::<StreamEvent>();
+            streams.push((stub_request.key, events, cancel, responder, done));
+            stub_requests.push(stub_request);
+            senders.push(sender);
+        }
+        let (reply, executed) = oneshot::channel();
+        stub.execute(stub_requests, senders, reply, Box::new(move || drop(lease)));
+        let outputs: Arc<[String]> = self.outputs.iter().cloned().collect();
+        for (key, events, cancel, mut responder, done) in streams {
+            let (stub, outputs) = (stub.clone(), Arc::clone(&outputs));
+            tokio::spawn(async move {
+                let result = stream_answers(&stub, key, events, cancel.as_ref(), &outputs, &mut responder).await;
+                let _ = done.send((responder, result));
+            });
+        }
+        // The instance takes the next batch once the model's `execute` has returned.
+        let _ = executed.await;
+    }
+}
+
+fn refuse_all(requests: Vec<StreamedRequest>, error: &BackendError) {
+    for StreamedRequest { responder, done, .. } in requests {
+        let _ = done.send((responder, Err(BackendError::failed(error.code(), error.to_string()))));
+    }
+}
+
+/// The outputs of one reply the config names (Triton drops the others, and passes a datatype or
+/// shape other than the config's through as the model made it), each checked to be whole.
+fn checked(names: &[String], reply: Reply) -> Result<Vec<Tensor>, BackendError> {
+    let mut outputs = reply.outputs;
+    outputs.retain(|output| names.contains(&output.name));
+    for output in &outputs {
+        output.validate()?;
+    }
+    Ok(outputs)
+}
+
+/// Forwards a decoupled request's responses to `responder` until the model marks one final;
+/// a cancelled request or a client gone cancels it in the stub.
+async fn stream_answers(
+    stub: &Stub,
+    key: u64,
+    mut events: mpsc::UnboundedReceiver<StreamEvent>,
+    cancel: Option<&CancellationToken>,
+    outputs: &[String],
+    responder: &mut Responder,
+) -> Result<(), BackendError> {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = cancelled(cancel) => {
+                stub.cancel(key);
+                return Err(BackendError::Cancelled);
             }
-            if last {
-                return Ok(());
+        };
+        let Some(StreamEvent { answer, last }) = event else { return Ok(()) };
+        if let Some(reply) = answer? {
+            let outputs = checked(outputs, reply)?;
+            let sent = if last { responder.send_final(outputs).await } else { responder.send(outputs).await };
+            if let Err(error) = sent {
+                stub.cancel(key);
+                return Err(error);
             }
+        }
+        if last {
+            return Ok(());
         }
     }
 }
@@ -158,6 +219,10 @@ impl Backend for PythonModel {
 
     fn takes_request_lists(&self) -> bool {
         !self.decoupled
+    }
+
+    async fn execute_streams(&self, requests: Vec<StreamedRequest>) {
+        self.execute_decoupled_batch(requests).await;
     }
 
     async fn execute_list(&self, requests: Vec<BackendRequest>) -> Vec<Result<Vec<Tensor>, BackendError>> {
