@@ -4,7 +4,8 @@ environment's interpreter, unpacked once into the server's cache folder (named a
 shared by a second model holding the same archive; an archive with a `..` entry fails only its own model's load,
 and the bounds of `--backend-config=python,packed-env-max-*` are enforced.
 
-The venv reaches numpy through a `.pth` file naming the test interpreter's site-packages.
+The venv reaches numpy through a `.pth` file naming the test interpreter's site-packages, and holds two hard-linked
+files, which tarfile (as conda-pack) writes as a file and a hard-link entry: the second unpacks as a copy.
 """
 
 from __future__ import annotations
@@ -48,16 +49,26 @@ MODEL = """
 """
 
 
+LINKED = ("bin/linked_a", "bin/linked_b")
+
+
 def packed_venv(work: pathlib.Path) -> bytes:
-    """A venv without pip that imports numpy from this interpreter's site-packages, as a .tar.gz."""
+    """A venv without pip that imports numpy from this interpreter's site-packages, as a .tar.gz; LINKED share an
+    inode."""
     env = work / "venv"
     venv.EnvBuilder(symlinks=True, with_pip=False).create(env)
     site = next((env / "lib").glob("python3*/site-packages"))
     (site / "numpy_from_tests.pth").write_text(str(pathlib.Path(np.__file__).parent.parent) + "\n")
+    (env / LINKED[0]).write_text("#!/bin/sh\necho linked\n")
+    os.chmod(env / LINKED[0], 0o755)
+    os.link(env / LINKED[0], env / LINKED[1])
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w:gz") as archive:
         archive.add(env, arcname=".")
     shutil.rmtree(env)
+    with tarfile.open(fileobj=io.BytesIO(data.getvalue())) as archive:
+        links = [(m.name, m.linkname) for m in archive.getmembers() if m.islnk()]
+    assert links == [(f"./{LINKED[1]}", f"./{LINKED[0]}")], links
     return data.getvalue()
 
 
@@ -110,6 +121,10 @@ def test_a_packed_environment_is_unpacked_once_and_runs_the_stub(start_tritium, 
     assert os.path.realpath(prefix) == os.path.realpath(unpacked), prefix
     assert pathlib.Path(executable) == pathlib.Path(prefix) / "bin" / "python3", executable
     assert pathlib.Path(numpy_file) == pathlib.Path(np.__file__), "numpy through the venv's .pth file"
+    first, second = (unpacked / name for name in LINKED)
+    assert second.read_bytes() == first.read_bytes() == b"#!/bin/sh\necho linked\n"
+    assert os.access(second, os.X_OK) and not second.is_symlink(), "the hard link unpacked as a copy of the file"
+    assert second.stat().st_ino != first.stat().st_ino and second.stat().st_nlink == 1
 
     client.load_model("packed_too")
     assert where(client, "packed_too")[0] == prefix, "the same archive is unpacked once"

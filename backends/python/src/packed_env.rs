@@ -8,11 +8,15 @@
 //!   final name is always whole; partial folders of processes that died are removed. The cache
 //!   folder is used only if this user owns it and nobody else can write to it.
 //! - The archive is hostile: its entries are checked one by one before anything is written. Files,
-//!   folders and symlinks only (no hard links, devices or fifos); no absolute or `..` paths; no
+//!   folders, symlinks and hard links only (no devices or fifos); no absolute or `..` paths; no
 //!   entry under a symlink (written through it) or over one already unpacked (a symlink replaced
 //!   by a file); a relative symlink stays inside the environment. Absolute symlinks are kept (a
 //!   venv's `bin/python3 -> /usr/bin/python3.12`): the server only ever executes the interpreter
 //!   path, and never reads or writes through a link.
+//! - A hard link (tar, and so conda-pack, writes one for the second path of a shared inode) must
+//!   name a file this archive unpacked before it, by the very path it was unpacked at, and becomes
+//!   a copy of it. A copy, not a link: every path stays its own file that nothing else writes
+//!   through, and its bytes count against the byte bound like any file's.
 //! - Bounds ([`EnvLimits`]): unpacked file bytes, entry count, and header records (GNU long names,
 //!   pax records, skipped data): 1 MiB between two entries, which the tar reader holds in memory,
 //!   and 4 KiB per allowed entry in all, so no archive inflates to more than its bounds.
@@ -57,7 +61,9 @@ pub fn is_packed(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".tar.gz") || n.ends_with(".tgz"))
 }
 
-/// The folder `archive` unpacks to, unpacked now unless an earlier load did.
+/// The folder `archive` unpacks to, unpacked now unless an earlier load did. Blocks while it reads
+/// (and hashes) the whole archive: callers are model builds, which run on blocking threads
+/// (start-up, loads by clients and by BLS, and polls all build in `spawn_blocking`).
 pub fn unpacked(archive: &Path, limits: &EnvLimits) -> Result<PathBuf, String> {
     unpacked_in(&std::env::temp_dir(), archive, limits)
 }
@@ -197,6 +203,10 @@ struct Unpacking<'a> {
     bytes: u64,
     /// Folders already made or checked, relative to the root; nothing replaces one later.
     dirs: HashSet<PathBuf>,
+    /// Files and symlinks unpacked, relative to the root: what a hard link may name (a file) and
+    /// what it is told it may not. Nothing replaces either later.
+    files: HashSet<PathBuf>,
+    symlinks: HashSet<PathBuf>,
     buffer: Vec<u8>,
 }
 
@@ -207,7 +217,15 @@ fn unpack(file: fs::File, staging: &Path, limits: &EnvLimits, digest: &str) -> R
         Budgeted { inner: MultiGzDecoder::new(Hashing { inner: file, hasher: Sha256::new() }), left: Rc::clone(&budget) };
     let mut archive = tar::Archive::new(reader);
     let unreadable = |e: io::Error| format!("it is not a readable .tar.gz ({e})");
-    let mut state = Unpacking { root: staging, limits, bytes: 0, dirs: HashSet::new(), buffer: vec![0; 64 << 10] };
+    let mut state = Unpacking {
+        root: staging,
+        limits,
+        bytes: 0,
+        dirs: HashSet::new(),
+        files: HashSet::new(),
+        symlinks: HashSet::new(),
+        buffer: vec![0; 64 << 10],
+    };
     let mut count = 0u64;
     let all_headers = limits.max_entries.saturating_mul(HEADER_BYTES_PER_ENTRY);
     let mut headers_left = all_headers;
@@ -297,7 +315,9 @@ impl Unpacking<'_> {
             Err(e) => return Err(unwritable(&raw, e)),
         }
         if kind.is_file() || kind.is_contiguous() {
-            self.file(entry, &raw, &dst)
+            self.file(entry, &raw, &dst)?;
+            self.files.insert(rel);
+            Ok(())
         } else if kind.is_dir() {
             fs::DirBuilder::new().mode(0o755).create(&dst).map_err(|e| unwritable(&raw, e))?;
             self.dirs.insert(rel);
@@ -311,9 +331,16 @@ impl Unpacking<'_> {
             if !target.is_absolute() && !stays_inside(&rel, &target) {
                 return Err(refused(&raw, "is a symlink leading out of the environment's folder"));
             }
-            symlink(&target, &dst).map_err(|e| unwritable(&raw, e))
+            symlink(&target, &dst).map_err(|e| unwritable(&raw, e))?;
+            self.symlinks.insert(rel);
+            Ok(())
         } else if kind.is_hard_link() {
-            Err(refused(&raw, "is a hard link"))
+            let target =
+                entry.link_name().map_err(EntryError::Read)?.ok_or_else(|| refused(&raw, "is a hard link without a target"))?;
+            let target = self.hard_link_target(&target).map_err(|why| refused(&raw, why))?;
+            self.copy(&target, &raw, &dst)?;
+            self.files.insert(rel);
+            Ok(())
         } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
             Err(refused(&raw, "is a device file or fifo"))
         } else {
@@ -323,23 +350,11 @@ impl Unpacking<'_> {
 
     fn file<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &Path, dst: &Path) -> Result<(), EntryError> {
         let size = entry.size();
-        if size > self.limits.max_bytes - self.bytes {
-            return Err(EntryError::Refused(format!(
-                "it unpacks to more than {} bytes (--backend-config=python,packed-env-max-byte-size)",
-                self.limits.max_bytes
-            )));
-        }
-        self.bytes += size;
+        self.reserve(size)?;
         let header = entry.header();
         let mode = header.mode().unwrap_or(0o644);
         let mtime = header.mtime().ok();
-        // create_new: never through a symlink, never over a file.
-        let mut out = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644 | (mode & 0o111))
-            .open(dst)
-            .map_err(|e| unwritable(raw, e))?;
+        let mut out = create(dst, mode).map_err(|e| unwritable(raw, e))?;
         let mut copied = 0u64;
         loop {
             let n = match entry.read(&mut self.buffer) {
@@ -357,6 +372,56 @@ impl Unpacking<'_> {
         // Byte-compiled caches are valid only next to sources of the same mtime.
         if let Some(mtime) = mtime {
             out.set_modified(UNIX_EPOCH + Duration::from_secs(mtime)).map_err(|e| unwritable(raw, e))?;
+        }
+        Ok(())
+    }
+
+    /// Counts `size` more bytes against the byte bound.
+    fn reserve(&mut self, size: u64) -> Result<(), EntryError> {
+        if size > self.limits.max_bytes - self.bytes {
+            return Err(EntryError::Refused(format!(
+                "it unpacks to more than {} bytes (--backend-config=python,packed-env-max-byte-size)",
+                self.limits.max_bytes
+            )));
+        }
+        self.bytes += size;
+        Ok(())
+    }
+
+    /// A hard link's target, relative to the root: a file unpacked before it, named as it was.
+    fn hard_link_target(&self, target: &Path) -> Result<PathBuf, String> {
+        let rel = relative(target).map_err(|why| format!("is a hard link to {}, which {why}", shown(target)))?;
+        if self.files.contains(&rel) {
+            return Ok(rel);
+        }
+        let why = if rel.as_os_str().is_empty() || self.dirs.contains(&rel) {
+            "a folder".to_string()
+        } else if self.symlinks.contains(&rel) {
+            "a symlink".to_string()
+        } else if let Some(link) = rel.ancestors().skip(1).find(|a| self.symlinks.contains(*a)) {
+            format!("reached through the symlink {}", shown(link))
+        } else {
+            "not a file unpacked before it".to_string()
+        };
+        Err(format!("is a hard link to {}, which is {why}", shown(target)))
+    }
+
+    /// A hard link made a copy of the file it names (the inode's mode and mtime too).
+    fn copy(&mut self, target: &Path, raw: &Path, dst: &Path) -> Result<(), EntryError> {
+        let mut from = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.root.join(target))
+            .map_err(|e| unwritable(raw, e))?;
+        let meta = from.metadata().map_err(|e| unwritable(raw, e))?;
+        self.reserve(meta.len())?;
+        let mut out = create(dst, meta.mode()).map_err(|e| unwritable(raw, e))?;
+        let copied = io::copy(&mut Read::take(&mut from, meta.len()), &mut out).map_err(|e| unwritable(raw, e))?;
+        if copied != meta.len() {
+            return Err(unwritable(raw, io::ErrorKind::UnexpectedEof.into()));
+        }
+        if let Ok(mtime) = meta.modified() {
+            out.set_modified(mtime).map_err(|e| unwritable(raw, e))?;
         }
         Ok(())
     }
@@ -386,6 +451,11 @@ impl Unpacking<'_> {
         }
         Ok(())
     }
+}
+
+/// A new file with the execute bits of `mode`; `create_new`: never through a symlink, never over a file.
+fn create(dst: &Path, mode: u32) -> io::Result<fs::File> {
+    fs::OpenOptions::new().write(true).create_new(true).mode(0o644 | (mode & 0o111)).open(dst)
 }
 
 /// An entry's path relative to the environment's folder; `.` components dropped.

@@ -51,7 +51,9 @@ pub struct RepositoryArgs {
     #[arg(long, env = "TRITIUM_MAX_SEQUENCES_PER_MODEL", default_value_t = SchedulerLimits::default().max_sequences)]
     pub max_sequences_per_model: usize,
     /// Triton's `<backend>,<setting>=<value>` or `<setting>=<value>` (every backend); repeatable.
-    /// onnxruntime reads `default-max-batch-size` (4).
+    /// onnxruntime reads `default-max-batch-size` (4); python reads `stub-timeout-seconds` (30),
+    /// `shm-region-byte-size` (64 MiB per instance), `packed-env-max-byte-size` (8 GiB) and
+    /// `packed-env-max-entries` (200000), the last two bounding an EXECUTION_ENV_PATH archive.
     #[arg(long = "backend-config", env = "TRITIUM_BACKEND_CONFIG", value_delimiter = ';')]
     pub backend_config: Vec<String>,
     /// The ONNX Runtime library (libonnxruntime.so, 1.31); default: $ORT_DYLIB_PATH (the variable

@@ -13,6 +13,8 @@ enum Item<'a> {
     File(&'a str, &'a [u8]),
     Dir(&'a str),
     Link(&'a str, &'a str),
+    /// A hard link: name, then the earlier entry it names.
+    Hard(&'a str, &'a str),
     Other(&'a str, EntryType),
 }
 
@@ -26,17 +28,20 @@ fn header(name: &str, kind: EntryType, size: u64, mode: u32) -> Header {
     header
 }
 
+fn linked(name: &str, kind: EntryType, target: &str) -> Header {
+    let mut header = header(name, kind, 0, 0o777);
+    header.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+    header
+}
+
 fn targz(items: &[Item<'_>]) -> Vec<u8> {
     let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
     for item in items {
         let (mut header, data): (Header, &[u8]) = match *item {
             Item::File(name, data) => (header(name, EntryType::Regular, data.len() as u64, 0o755), data),
             Item::Dir(name) => (header(name, EntryType::Directory, 0, 0o755), b""),
-            Item::Link(name, target) => {
-                let mut header = header(name, EntryType::Symlink, 0, 0o777);
-                header.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
-                (header, b"")
-            }
+            Item::Link(name, target) => (linked(name, EntryType::Symlink, target), b""),
+            Item::Hard(name, target) => (linked(name, EntryType::Link, target), b""),
             Item::Other(name, kind) => (header(name, kind, 0, 0o644), b""),
         };
         header.set_cksum();
@@ -178,10 +183,74 @@ fn nothing_is_written_through_a_symlink() {
 }
 
 #[test]
-fn hard_links_devices_and_fifos_are_refused() {
+fn a_hard_link_to_a_file_unpacked_before_it_is_a_copy() {
+    let place = Place::new();
+    // Python's tarfile (so conda-pack) names the target as it named the file: `./` and all.
+    let archive = targz(&[
+        Item::Dir("./"),
+        Item::File("./lib/libz.so.1", b"elf"),
+        Item::Hard("./bin/libz-copy", "./lib/libz.so.1"),
+        Item::Hard("bin/again", "bin/libz-copy"),
+    ]);
+    let dir = place.unpack(&archive, &EnvLimits::default()).unwrap();
+    let original = fs::metadata(dir.join("lib/libz.so.1")).unwrap();
+    for copy in ["bin/libz-copy", "bin/again"] {
+        assert_eq!(fs::read(dir.join(copy)).unwrap(), b"elf", "{copy}");
+        let meta = fs::symlink_metadata(dir.join(copy)).unwrap();
+        assert!(meta.is_file() && meta.ino() != original.ino() && meta.nlink() == 1, "{copy}: a file of its own");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755, "{copy}: the file's mode");
+        assert_eq!(meta.mtime(), 1_700_000_000, "{copy}: the file's mtime");
+    }
+}
+
+#[test]
+fn a_hard_link_counts_its_bytes_and_is_an_entry() {
+    let place = Place::new();
+    let archive = targz(&[Item::File("a", &[1; 60]), Item::Hard("b", "a")]);
+    assert!(place.unpack(&archive, &EnvLimits { max_bytes: 120, max_entries: 2 }).is_ok());
+    let place = Place::new();
+    place.refused(&archive, &EnvLimits { max_bytes: 119, max_entries: 2 }, "it unpacks to more than 119 bytes");
+    place.refused(&archive, &EnvLimits { max_bytes: 120, max_entries: 1 }, "it has more than 1 entries");
+}
+
+#[test]
+fn a_hard_link_to_anything_but_an_earlier_file_is_refused() {
     let place = Place::new();
     let limits = EnvLimits::default();
-    place.refused(&targz(&[Item::File("a", b"x"), Item::Other("b", EntryType::Link)]), &limits, "is a hard link");
+    let refused = |items: &[Item<'_>], fragment: &str| place.refused(&targz(items), &limits, fragment);
+    refused(
+        &[Item::Hard("b", "a"), Item::File("a", b"x")],
+        r#"entry "b" is a hard link to "a", which is not a file unpacked before it"#,
+    );
+    refused(&[Item::Hard("b", "b")], "which is not a file unpacked before it");
+    refused(&[Item::Other("b", EntryType::Link)], "is a hard link without a target");
+    refused(&[Item::Dir("lib"), Item::Hard("b", "lib")], r#"is a hard link to "lib", which is a folder"#);
+    refused(&[Item::File("lib/a", b"x"), Item::Hard("b", "lib/")], "which is a folder");
+    refused(&[Item::File("a", b"x"), Item::Hard("b", "./")], "which is a folder");
+    refused(&[Item::File("a", b"x"), Item::Link("s", "a"), Item::Hard("b", "s")], r#"to "s", which is a symlink"#);
+    refused(
+        &[Item::File("lib/a", b"x"), Item::Link("lib64", "lib"), Item::Hard("b", "lib64/a")],
+        r#"is a hard link to "lib64/a", which is reached through the symlink "lib64""#,
+    );
+    // Outside: by '..', or by an absolute path (to a file that exists there, too).
+    refused(&[Item::File("a", b"x"), Item::Hard("b", "../a")], r#"is a hard link to "../a", which has a '..' component"#);
+    refused(&[Item::File("a", b"x"), Item::Hard("b", "lib/../a")], "which has a '..' component");
+    refused(&[Item::File("a", b"x"), Item::Hard("b", "/etc/passwd")], r#"to "/etc/passwd", which has an absolute path"#);
+    // The link's own path is checked like any entry's.
+    refused(&[Item::File("a", b"x"), Item::Hard("../b", "a")], r#"entry "../b" has a '..' component"#);
+    let outside = place.outside.to_str().unwrap();
+    refused(
+        &[Item::File("a", b"x"), Item::Link("lib", outside), Item::Hard("lib/b", "a")],
+        "would be written through the symlink",
+    );
+    refused(&[Item::File("a", b"x"), Item::File("b", b"y"), Item::Hard("b", "a")], "appears twice");
+    refused(&[Item::File("a", b"x"), Item::Link("b", "/usr/bin/python3"), Item::Hard("b", "a")], "appears twice");
+}
+
+#[test]
+fn devices_and_fifos_are_refused() {
+    let place = Place::new();
+    let limits = EnvLimits::default();
     place.refused(&targz(&[Item::Other("null", EntryType::Char)]), &limits, "is a device file or fifo");
     place.refused(&targz(&[Item::Other("pipe", EntryType::Fifo)]), &limits, "is a device file or fifo");
 }
