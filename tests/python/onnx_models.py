@@ -14,6 +14,11 @@ so a test can write a full config (`Model.config`) or none and compare what the 
 - `multi_dtype`: one input and output per Triton datatype ONNX has (FP16 .. BOOL and STRING), plus a Cast/Sum
   output over every numeric input.
 - `failing`: a Reshape whose target shape is an input, so ONNX Runtime fails at run time on a bad shape.
+- `segments`: a model for ragged batching: a ragged input concatenated into one 1-D tensor and the batch inputs
+  Triton makes (accumulated and per-request element counts, the longest request as a shape) give a per-request sum.
+- `row_sums`: the same sum over an ordinary [batch, n] input, for models that do not allow ragged batches.
+- `ragged_double`: a ragged input doubled into a ragged output that Triton scatters back by each request's shape
+  (`batch_output` BATCH_SCATTER_WITH_INPUT_SHAPE).
 
 IR version 8 and opset 17 (ai.onnx.ml 3) are supported by onnxruntime 1.31.1; the CNN keeps its opset 9.
 """
@@ -293,3 +298,124 @@ def failing(repo: pathlib.Path, name: str, config: str | None = None) -> Model:
     """`OUT` FP32 [-1, -1] = Reshape(`DATA` FP32 [-1], `SHAPE` INT64 [2]); no batching. DATA of 6 elements with
     SHAPE [4, 4] passes Triton's checks and fails in ONNX Runtime's Reshape kernel."""
     return finish(repo, name, onnx.load_from_string(failing_proto()), False, config)
+
+
+# --- ragged batching -----------------------------------------------------------------------------------
+
+# The config of `segments`: INPUT is ragged (Triton concatenates the batch's requests into one [elements] tensor) and
+# the three batch inputs say where each request's part ends, how long it is, and the longest of the batch.
+SEGMENTS_BATCH_INPUTS = """
+batch_input [
+  { kind: BATCH_ACCUMULATED_ELEMENT_COUNT target_name: "INDEX" data_type: TYPE_INT32 source_input: "INPUT" },
+  { kind: BATCH_ELEMENT_COUNT target_name: "COUNT" data_type: TYPE_FP32 source_input: "INPUT" },
+  { kind: BATCH_MAX_ELEMENT_COUNT_AS_SHAPE target_name: "LONGEST_SHAPE" data_type: TYPE_INT32 source_input: "INPUT" }
+]
+"""
+
+
+def segments_proto() -> bytes:
+    """SUM[i] = INPUT[INDEX[i-1]:INDEX[i]].sum() (INDEX[-1] = 0) by differences of a cumulative sum; LENGTH[i] =
+    COUNT[i]; LONGEST[i] = len(LONGEST_SHAPE), the same for every request of a batch. Outputs are [requests, 1]."""
+    consts = [
+        numpy_helper.from_array(np.zeros(1, np.float32), "zero_f"),
+        numpy_helper.from_array(np.zeros(1, np.int32), "zero_i"),
+        numpy_helper.from_array(np.array(0, np.int64), "axis0"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes1"),
+        numpy_helper.from_array(np.array([0], np.int64), "first"),
+        numpy_helper.from_array(np.array([-1], np.int64), "last"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array([1, 1], np.int64), "one_by_one"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("Concat", ["zero_f", "INPUT"], ["padded"], axis=0),
+        node("CumSum", ["padded", "axis0"], ["totals"]),  # totals[k] = sum of the first k elements
+        node("Gather", ["totals", "INDEX"], ["to_end"], axis=0),
+        node("Concat", ["zero_i", "INDEX"], ["bounds"], axis=0),
+        node("Slice", ["bounds", "first", "last"], ["starts"]),
+        node("Gather", ["totals", "starts"], ["to_start"], axis=0),
+        node("Sub", ["to_end", "to_start"], ["sums"]),
+        node("Unsqueeze", ["sums", "axes1"], ["SUM"]),
+        node("Unsqueeze", ["COUNT", "axes1"], ["LENGTH"]),
+        node("Shape", ["LONGEST_SHAPE"], ["longest"]),
+        node("Reshape", ["longest", "one_by_one"], ["longest_1x1"]),
+        node("Shape", ["INDEX"], ["requests"]),
+        node("Concat", ["requests", "one"], ["per_request"], axis=0),
+        node("Expand", ["longest_1x1", "per_request"], ["LONGEST"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "segments",
+        [
+            helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["elements"]),
+            helper.make_tensor_value_info("INDEX", TensorProto.INT32, ["requests"]),
+            helper.make_tensor_value_info("COUNT", TensorProto.FLOAT, ["requests"]),
+            helper.make_tensor_value_info("LONGEST_SHAPE", TensorProto.INT32, ["longest"]),
+        ],
+        [
+            helper.make_tensor_value_info("SUM", TensorProto.FLOAT, ["requests", 1]),
+            helper.make_tensor_value_info("LENGTH", TensorProto.FLOAT, ["requests", 1]),
+            helper.make_tensor_value_info("LONGEST", TensorProto.INT64, ["requests", 1]),
+        ],
+        initializer=consts,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    return model.SerializeToString()
+
+
+def segments(repo: pathlib.Path, name: str, max_batch_size: int = 8, extra: str = "") -> pathlib.Path:
+    """The ragged `segments` model with its config: INPUT FP32 dims [-1] allow_ragged_batch (the model takes
+    [elements]), SEGMENTS_BATCH_INPUTS, outputs SUM, LENGTH (FP32) and LONGEST (INT64), dims [1]. `extra` is
+    appended to the config (a dynamic_batching block, say)."""
+    model = onnx.load_from_string(segments_proto())
+    onnx.checker.check_model(model, full_check=True)
+    config = f"""
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true }} ]
+{SEGMENTS_BATCH_INPUTS}
+output [
+  {{ name: "SUM" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "LENGTH" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "LONGEST" data_type: TYPE_INT64 dims: [ 1 ] }}
+]
+{extra}
+"""
+    return write(repo, name, model.SerializeToString(), config)
+
+
+def row_sums(repo: pathlib.Path, name: str, config: str | None = None) -> Model:
+    """`SUM` FP32 [1] = the sum of `INPUT` FP32 [-1] per batch row: an ordinary batching model (no ragged input)."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["INPUT", "axes1"], ["SUM"], keepdims=1)],
+        "row_sums",
+        [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, [BATCH_DIM, "n"])],
+        [helper.make_tensor_value_info("SUM", TensorProto.FLOAT, [BATCH_DIM, 1])],
+        initializer=[numpy_helper.from_array(np.array([1], np.int64), "axes1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    return finish(repo, name, model, True, config)
+
+
+def ragged_double(repo: pathlib.Path, name: str, extra: str = "") -> pathlib.Path:
+    """OUT = 2 * INPUT over the concatenated [elements] tensor: INPUT FP32 dims [-1] allow_ragged_batch, OUT FP32
+    dims [-1] scattered back to each request in the shape of its INPUT. `extra` is appended to the config."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["INPUT", "INPUT"], ["OUT"])],
+        "ragged_double",
+        [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["elements"])],
+        [helper.make_tensor_value_info("OUT", TensorProto.FLOAT, ["elements"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model, full_check=True)
+    config = f"""
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true }} ]
+output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+batch_output [ {{ kind: BATCH_SCATTER_WITH_INPUT_SHAPE target_name: "OUT" source_input: "INPUT" }} ]
+{extra}
+"""
+    return write(repo, name, model.SerializeToString(), config)

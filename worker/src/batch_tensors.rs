@@ -6,11 +6,14 @@ use bytes::{Bytes, BytesMut};
 use tritium_tensor::{DataType, Tensor};
 
 /// Whether two requests' inputs may share a batch: the same names, datatypes and shapes after
-/// the batch dimension.
-pub fn compatible(a: &[Tensor], b: &[Tensor]) -> bool {
+/// the batch dimension; an input `ragged` names may differ in shape (not in rank).
+pub fn compatible(a: &[Tensor], b: &[Tensor], ragged: impl Fn(&str) -> bool) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| {
-            x.name == y.name && x.datatype == y.datatype && x.shape.len() == y.shape.len() && x.shape.get(1..) == y.shape.get(1..)
+            x.name == y.name
+                && x.datatype == y.datatype
+                && x.shape.len() == y.shape.len()
+                && (x.shape.get(1..) == y.shape.get(1..) || ragged(&x.name))
         })
 }
 
@@ -114,7 +117,7 @@ mod tests {
             Tensor::from_slice("X", vec![2, 2], &[3.0f32, 4.0, 5.0, 6.0]),
             Tensor::from_byte_strings("S", vec![2, 1], ["bb", ""]),
         ];
-        assert!(compatible(&a, &b));
+        assert!(compatible(&a, &b, |_| false));
         let stacked = stack(vec![a.clone(), b.clone()]);
         assert_eq!(stacked[0].shape, [3, 2]);
         assert_eq!(stacked[0].to_vec::<f32>().unwrap(), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
@@ -127,10 +130,16 @@ mod tests {
     fn different_shapes_or_names_do_not_share_a_batch() {
         let x =
             |shape: Vec<i64>| vec![Tensor::from_slice("X", shape.clone(), &vec![0.0f32; shape.iter().product::<i64>() as usize])];
-        assert!(!compatible(&x(vec![1, 2]), &x(vec![1, 3])));
-        assert!(compatible(&x(vec![1, 2]), &x(vec![4, 2])));
+        let plain = |_: &str| false;
+        assert!(!compatible(&x(vec![1, 2]), &x(vec![1, 3]), plain));
+        assert!(compatible(&x(vec![1, 2]), &x(vec![4, 2]), plain));
         let y = vec![Tensor::from_slice("Y", vec![1, 2], &[0.0f32, 0.0])];
-        assert!(!compatible(&x(vec![1, 2]), &y));
+        assert!(!compatible(&x(vec![1, 2]), &y, plain));
+        // A ragged input may differ in shape, not in rank, name or datatype.
+        let ragged = |name: &str| name == "X";
+        assert!(compatible(&x(vec![1, 2]), &x(vec![1, 3]), ragged));
+        assert!(!compatible(&x(vec![1, 2]), &x(vec![3]), ragged));
+        assert!(!compatible(&x(vec![1, 2]), &y, ragged));
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! for one model version wait in a queue and are stacked along the batch dimension, up to
 //! `max_batch_size`, so that one backend call answers many. A batch is formed when an instance is
 //! free; it takes the first waiting request (by priority level, then arrival) and the compatible
-//! ones behind it (same input names, types and per-row shapes, same custom parameters), executes
+//! ones behind it (same input names, types and per-row shapes but for ragged inputs, same custom
+//! parameters), executes
 //! at once when it is full, of a preferred size, or followed by a request that cannot join it,
 //! and otherwise waits for more up to `max_queue_delay_microseconds` after its first request came.
-//! At most the model's instance count of batches run at once.
+//! At most the model's instance count of batches run at once. The backend gets the batch's inputs
+//! as [`RaggedBatching::assemble`] lays them out (stacked; ragged inputs concatenated; batch
+//! inputs added).
 //!
 //! Priority levels and queue policies (bounds, timeouts that reject or delay) are the
 //! [`crate::priority_queue`]'s; with `preserve_ordering`, a batch's responses wait until those of
@@ -24,9 +27,9 @@ use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_tensor::Tensor;
 
 use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamedRequest};
-use crate::batch_tensors::{compatible, split, stack};
 use crate::params::{RequestOptions, is_reserved};
 use crate::priority_queue::{Levels, PriorityQueue, Queued};
+use crate::ragged::RaggedBatching;
 use crate::request::Parameters;
 
 /// How long the backend took over one batch, in Triton's three compute phases.
@@ -132,6 +135,7 @@ struct Policy {
 pub struct DynamicBatcher {
     policy: Policy,
     backend: Arc<dyn Backend>,
+    ragged: Arc<RaggedBatching>,
     /// Requests waiting at each priority level, against its `max_queue_size`.
     queued: Arc<[AtomicUsize]>,
     /// Started by the first request, on the runtime that serves it.
@@ -141,10 +145,12 @@ pub struct DynamicBatcher {
 impl DynamicBatcher {
     /// A batcher when `config` asks for one and the model batches; an error when its
     /// `dynamic_batching` cannot be served as written.
-    /// `default_max_queue` bounds a priority level whose policy sets no `max_queue_size`.
+    /// `default_max_queue` bounds a priority level whose policy sets no `max_queue_size`;
+    /// `ragged` is the model's [`RaggedBatching`].
     pub fn for_config(
         config: &ModelConfig,
         backend: &Arc<dyn Backend>,
+        ragged: &Arc<RaggedBatching>,
         default_max_queue: usize,
     ) -> Result<Option<DynamicBatcher>, String> {
         let Some(SchedulingChoice::DynamicBatching(batching)) = &config.scheduling_choice else { return Ok(None) };
@@ -162,7 +168,13 @@ impl DynamicBatcher {
             preserve_ordering: batching.preserve_ordering,
             instances: usize::try_from(instances).unwrap_or(1).max(1),
         };
-        Ok(Some(DynamicBatcher { policy, backend: Arc::clone(backend), queued, sender: OnceLock::new() }))
+        Ok(Some(DynamicBatcher {
+            policy,
+            backend: Arc::clone(backend),
+            ragged: Arc::clone(ragged),
+            queued,
+            sender: OnceLock::new(),
+        }))
     }
 
     /// Queues one request of `rows` rows at the level its `priority` names, and waits for its
@@ -232,8 +244,12 @@ impl DynamicBatcher {
         };
         let sender = self.sender.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            let scheduler =
-                Scheduler { policy: self.policy.clone(), backend: Arc::clone(&self.backend), queued: Arc::clone(&self.queued) };
+            let scheduler = Scheduler {
+                policy: self.policy.clone(),
+                backend: Arc::clone(&self.backend),
+                ragged: Arc::clone(&self.ragged),
+                queued: Arc::clone(&self.queued),
+            };
             tokio::spawn(scheduler.run(receiver));
             sender
         });
@@ -252,6 +268,7 @@ fn stopped() -> BackendError {
 struct Scheduler {
     policy: Policy,
     backend: Arc<dyn Backend>,
+    ragged: Arc<RaggedBatching>,
     queued: Arc<[AtomicUsize]>,
 }
 
@@ -359,18 +376,19 @@ impl Scheduler {
             (None, None)
         };
         let backend = Arc::clone(&self.backend);
+        let ragged = Arc::clone(&self.ragged);
         tokio::spawn(async move {
             let mut batch = batch;
             if batch.iter().any(|p| matches!(p.reply, Reply::Stream(_))) {
                 // A decoupled model's responses go out as it sends them: there is no order to keep.
-                execute_streams(backend.as_ref(), batch).await;
+                execute_streams(backend.as_ref(), &ragged, batch).await;
                 drop(instance);
                 if let Some(answered) = answered {
                     let _ = answered.send(());
                 }
                 return;
             }
-            let answers = execute(backend.as_ref(), &mut batch).await;
+            let answers = execute(backend.as_ref(), &ragged, &mut batch).await;
             drop(instance);
             if let Some(previous) = after {
                 // An earlier batch whose task ended without answering still releases this one.
@@ -396,7 +414,7 @@ impl Scheduler {
         for pending in waiting {
             let fits = rows + pending.rows <= self.policy.max_batch_size;
             if !fits
-                || !compatible(&head.inputs, &pending.inputs)
+                || !self.ragged.compatible(&head.inputs, &pending.inputs)
                 || !same_custom_parameters(&head.parameters, &pending.parameters)
             {
                 break;
@@ -416,27 +434,31 @@ fn same_custom_parameters(a: &Parameters, b: &Parameters) -> bool {
 }
 
 /// Runs one batch: every request's share of the outputs, or the batch's error for each.
-async fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<BatchAnswer> {
+async fn execute(backend: &dyn Backend, ragged: &RaggedBatching, batch: &mut [Pending]) -> Vec<BatchAnswer> {
     if backend.takes_request_lists() {
         return execute_list(backend, batch).await;
     }
     let started = Instant::now();
     let rows: Vec<i64> = batch.iter().map(|p| p.rows).collect();
-    let inputs = stack(batch.iter_mut().map(|p| std::mem::take(&mut p.inputs)).collect());
+    let requests: Vec<Vec<Tensor>> = batch.iter_mut().map(|p| std::mem::take(&mut p.inputs)).collect();
+    let scatter = ragged.scatter(&requests);
+    let inputs = ragged.assemble(requests);
     let parameters = batch.last_mut().map(|p| std::mem::take(&mut p.parameters)).unwrap_or_default();
-    let request = BackendRequest { inputs, parameters, cancel: None, id: String::new(), requested_outputs: Vec::new() };
     let stacked = Instant::now();
-    let mut responder = Responder::single();
-    let outputs = match backend.execute(request, &mut responder).await {
-        Ok(()) => responder.take_single().ok_or(BackendError::NoResponse),
-        Err(error) => Err(error),
+    let outputs = match inputs {
+        Ok(inputs) => {
+            let request = BackendRequest { inputs, parameters, cancel: None, id: String::new(), requested_outputs: Vec::new() };
+            let mut responder = Responder::single();
+            match backend.execute(request, &mut responder).await {
+                Ok(()) => responder.take_single().ok_or(BackendError::NoResponse),
+                Err(error) => Err(error),
+            }
+        }
+        Err(message) => Err(BackendError::failed(ErrorCode::InvalidArg, message)),
     };
     let inferred = Instant::now();
     let parts = outputs.and_then(|outputs| {
-        if batch.len() == 1 {
-            return Ok(vec![outputs]);
-        }
-        split(outputs, &rows).map_err(|message| BackendError::failed(ErrorCode::Internal, message))
+        ragged.split(outputs, &rows, &scatter).map_err(|message| BackendError::failed(ErrorCode::Internal, message))
     });
     let execution = Execution {
         batch_size: rows.iter().map(|&r| u64::try_from(r).unwrap_or(0)).sum(),
@@ -461,8 +483,9 @@ async fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<BatchAnswe
     }
 }
 
-/// Runs a batch of a decoupled model's requests, each streaming to its own responder.
-async fn execute_streams(backend: &dyn Backend, batch: Vec<Pending>) {
+/// Runs a batch of a decoupled model's requests, each streaming to its own responder (a backend
+/// that stacks gets each request laid out as a batch of its own).
+async fn execute_streams(backend: &dyn Backend, ragged: &RaggedBatching, batch: Vec<Pending>) {
     let started = Instant::now();
     let batch_size = batch.iter().map(|p| u64::try_from(p.rows).unwrap_or(0)).sum();
     let mut starts = Vec::with_capacity(batch.len());
@@ -472,9 +495,17 @@ async fn execute_streams(backend: &dyn Backend, batch: Vec<Pending>) {
             pending.reply.refuse(BackendError::failed(ErrorCode::Internal, "a plain request in a decoupled batch"));
             continue;
         };
+        let inputs = match ragged.for_one(backend, pending.inputs) {
+            Ok(inputs) => inputs,
+            Err(error) => {
+                let _ = stream.started.send((None, Duration::ZERO));
+                let _ = stream.done.send((stream.responder, Err(error)));
+                continue;
+            }
+        };
         starts.push((stream.started, started.saturating_duration_since(pending.arrived)));
         let request = BackendRequest {
-            inputs: pending.inputs,
+            inputs,
             parameters: pending.parameters,
             cancel: pending.cancel,
             id: pending.id,

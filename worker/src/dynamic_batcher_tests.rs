@@ -71,7 +71,7 @@ fn config_with(max_batch_size: i32, instances: i32, batching: ModelDynamicBatchi
 
 fn batcher(config: ModelConfig, backend: &Arc<Counter>) -> Arc<DynamicBatcher> {
     let dynamic: Arc<dyn Backend> = backend.clone();
-    Arc::new(DynamicBatcher::for_config(&config, &dynamic, 4096).unwrap().unwrap())
+    Arc::new(DynamicBatcher::for_config(&config, &dynamic, &Arc::default(), 4096).unwrap().unwrap())
 }
 
 fn request(values: &[i32], width: i64) -> BackendRequest {
@@ -247,7 +247,7 @@ async fn with_preserve_ordering_a_later_batch_answers_after_an_earlier_one() {
     let backend = Arc::new(SlowFirst::default());
     let dynamic: Arc<dyn Backend> = backend.clone();
     let config = config_with(1, 2, ModelDynamicBatching { preserve_ordering: true, ..batching(0, 0) });
-    let batcher = Arc::new(DynamicBatcher::for_config(&config, &dynamic, 4096).unwrap().unwrap());
+    let batcher = Arc::new(DynamicBatcher::for_config(&config, &dynamic, &Arc::default(), 4096).unwrap().unwrap());
     let first = submit(&batcher, vec![0], 1);
     let second = submit(&batcher, vec![1], 1);
     backend.other_answered.notified().await;
@@ -279,12 +279,15 @@ async fn requests_with_other_custom_parameters_are_not_batched_together() {
 fn no_batcher_without_dynamic_batching_or_a_batch_dimension() {
     let backend: Arc<dyn Backend> = Arc::new(Counter::default());
     assert!(
-        DynamicBatcher::for_config(&ModelConfig { max_batch_size: 8, ..Default::default() }, &backend, 4096).unwrap().is_none()
+        DynamicBatcher::for_config(&ModelConfig { max_batch_size: 8, ..Default::default() }, &backend, &Arc::default(), 4096)
+            .unwrap()
+            .is_none()
     );
-    assert!(DynamicBatcher::for_config(&config_with(0, 1, batching(0, 0)), &backend, 4096).unwrap().is_none());
-    let batcher = DynamicBatcher::for_config(&config_with(8, 1, batching(100, 0)), &backend, 4096).unwrap().unwrap();
+    assert!(DynamicBatcher::for_config(&config_with(0, 1, batching(0, 0)), &backend, &Arc::default(), 4096).unwrap().is_none());
+    let batcher =
+        DynamicBatcher::for_config(&config_with(8, 1, batching(100, 0)), &backend, &Arc::default(), 4096).unwrap().unwrap();
     assert_eq!(batcher.policy.levels.policies[0].max_size, 4096);
     assert_eq!(batcher.policy.instances, 1);
     let bad = config_with(8, 1, ModelDynamicBatching { priority_levels: 2, ..Default::default() });
-    assert!(DynamicBatcher::for_config(&bad, &backend, 4096).is_err());
+    assert!(DynamicBatcher::for_config(&bad, &backend, &Arc::default(), 4096).is_err());
 }

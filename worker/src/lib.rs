@@ -44,6 +44,7 @@ mod load_gate;
 pub mod model;
 pub mod params;
 mod priority_queue;
+pub mod ragged;
 pub mod registry;
 pub mod repository;
 pub mod request;

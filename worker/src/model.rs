@@ -51,7 +51,7 @@ impl ModelVersion {
     /// A version serving `config` with `backend`, each request its own backend call (a remote
     /// model's stand-in: its worker schedules).
     pub fn new(config: Arc<ModelConfig>, version: i64, schema: ModelSchema, backend: Arc<dyn Backend>) -> ModelVersion {
-        ModelVersion::scheduled(config, version, schema, backend, Scheduler::Direct)
+        ModelVersion::scheduled(config, version, schema, backend, Scheduler::Direct(Arc::default()))
     }
 
     pub(crate) fn scheduled(

@@ -9,9 +9,10 @@ use bytes::Bytes;
 use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_config::SchedulingChoice;
 
-use crate::backend::{Backend, BackendError, BackendRequest, Responder};
+use crate::backend::{Backend, BackendRequest, Responder};
 use crate::dynamic_batcher::{BatchAnswer, BatchShare, DynamicBatcher, StreamEnd};
 use crate::params::RequestOptions;
+use crate::ragged::RaggedBatching;
 use crate::repository::model_files::read_model_file;
 use crate::sequence::SequenceBatcher;
 
@@ -33,22 +34,28 @@ impl Default for SchedulerLimits {
 }
 
 pub(crate) enum Scheduler {
-    /// Every request is its own backend call.
-    Direct,
+    /// Every request is its own backend call, laid out as a batch of one when the model has
+    /// ragged or batch inputs.
+    Direct(Arc<RaggedBatching>),
     Dynamic(DynamicBatcher),
     Sequence(SequenceBatcher),
 }
 
 impl Scheduler {
     /// The scheduler `config` asks for; an error when it cannot be served as written.
-    /// `model_dir` holds the `initial_state` files of a sequence model's states.
+    /// `ragged` is the model's [`RaggedBatching`]; `model_dir` holds the `initial_state` files
+    /// of a sequence model's states.
     pub(crate) fn for_config(
         config: &ModelConfig,
         backend: &Arc<dyn Backend>,
+        ragged: &Arc<RaggedBatching>,
         model_dir: Option<&Path>,
         limits: SchedulerLimits,
     ) -> Result<Scheduler, String> {
         match &config.scheduling_choice {
+            Some(SchedulingChoice::SequenceBatching(_)) if !ragged.is_empty() => {
+                Err("allow_ragged_batch and batch_input are not supported with sequence_batching yet".to_string())
+            }
             Some(SchedulingChoice::SequenceBatching(_))
                 if config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled) =>
             {
@@ -56,19 +63,19 @@ impl Scheduler {
                 Err("sequence batching of a decoupled model is not supported yet".to_string())
             }
             Some(SchedulingChoice::DynamicBatching(_)) => {
-                Ok(DynamicBatcher::for_config(config, backend, limits.max_queue_size)?
-                    .map_or(Scheduler::Direct, Scheduler::Dynamic))
+                Ok(DynamicBatcher::for_config(config, backend, ragged, limits.max_queue_size)?
+                    .map_or_else(|| Scheduler::Direct(Arc::clone(ragged)), Scheduler::Dynamic))
             }
             Some(SchedulingChoice::SequenceBatching(batching)) => {
                 let read = |file: &str, size: usize| read_initial_state(model_dir, file, size);
                 Ok(Scheduler::Sequence(SequenceBatcher::for_config(config, batching, backend, limits, &read)?))
             }
-            _ => Ok(Scheduler::Direct),
+            _ => Ok(Scheduler::Direct(Arc::clone(ragged))),
         }
     }
 
     pub(crate) fn is_direct(&self) -> bool {
-        matches!(self, Scheduler::Direct)
+        matches!(self, Scheduler::Direct(_))
     }
 
     /// Runs one request of `rows` rows through the scheduler.
@@ -80,10 +87,8 @@ impl Scheduler {
         options: &RequestOptions,
     ) -> BatchAnswer {
         match self {
-            Scheduler::Direct => {
-                let mut responder = Responder::single();
-                backend.execute(request, &mut responder).await?;
-                let outputs = responder.take_single().ok_or(BackendError::NoResponse)?;
+            Scheduler::Direct(ragged) => {
+                let outputs = ragged.run_one(backend, request).await?;
                 Ok(BatchShare { outputs, execution: None, waited: std::time::Duration::ZERO })
             }
             Scheduler::Dynamic(batcher) => batcher.submit(request, rows, options).await,
@@ -104,7 +109,14 @@ impl Scheduler {
         match self {
             Scheduler::Dynamic(batcher) => batcher.submit_stream(request, rows, options, responder).await,
             // A decoupled model with a sequence batcher fails its load.
-            Scheduler::Direct | Scheduler::Sequence(_) => {
+            Scheduler::Direct(ragged) => {
+                let result = match ragged.for_one(backend, request.inputs) {
+                    Ok(inputs) => backend.execute(BackendRequest { inputs, ..request }, &mut responder).await,
+                    Err(error) => Err(error),
+                };
+                StreamEnd { responder: Some(responder), result, execution: None, waited: std::time::Duration::ZERO }
+            }
+            Scheduler::Sequence(_) => {
                 let result = backend.execute(request, &mut responder).await;
                 StreamEnd { responder: Some(responder), result, execution: None, waited: std::time::Duration::ZERO }
             }

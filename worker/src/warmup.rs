@@ -15,16 +15,19 @@ use tritium_proto::inference::{ModelConfig, ModelWarmup, model_warmup};
 use tritium_tensor::{DataType, Tensor};
 
 use crate::backend::{Backend, BackendError, BackendRequest, Responder};
+use crate::ragged::RaggedBatching;
 use crate::repository::model_files::read_model_file;
 
 /// Largest sample tensor a warmup may build: a typo in `dims` must not exhaust memory at load.
 const MAX_SAMPLE_BYTES: usize = 256 << 20;
 
-/// Runs every warmup sample of `config` through `backend`, `count` times each (at least once).
-pub fn run(config: &ModelConfig, model_dir: Option<&Path>, backend: &dyn Backend) -> Result<(), String> {
+/// Runs every warmup sample of `config` through `backend`, `count` times each (at least once),
+/// laid out as `ragged` lays out a request that runs on its own.
+pub fn run(config: &ModelConfig, model_dir: Option<&Path>, backend: &dyn Backend, ragged: &RaggedBatching) -> Result<(), String> {
     for sample in config.model_warmup.iter().filter(|s| s.batch_size > 0) {
         let failed = |why: String| format!("failed to run warmup sample '{}': {why}; ", sample.name);
         let inputs = sample_inputs(config, sample, model_dir).map_err(failed)?;
+        let inputs = ragged.for_one(backend, inputs).map_err(|e| failed(e.to_string()))?;
         // A batching model gets the sample as one batch; any other gets batch_size requests.
         let requests = if config.max_batch_size > 0 { 1 } else { sample.batch_size };
         for _ in 0..sample.count.max(1) * requests {
@@ -179,7 +182,7 @@ mod tests {
             inputs: [("X".to_string(), input(ConfigDataType::TypeFp32, vec![2], InputDataType::ZeroData(true)))].into(),
         };
         let backend = Recorder::default();
-        run(&config(4, sample), None, &backend).unwrap();
+        run(&config(4, sample), None, &backend, &RaggedBatching::default()).unwrap();
         let seen = backend.0.lock().unwrap();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].1, [3, 2]);
@@ -199,7 +202,7 @@ mod tests {
             .into(),
         };
         let backend = Recorder::default();
-        run(&config(0, sample), None, &backend).unwrap();
+        run(&config(0, sample), None, &backend, &RaggedBatching::default()).unwrap();
         let seen = backend.0.lock().unwrap();
         assert_eq!(seen[0].1, [64], "a model that does not batch gets the dims as they are");
         assert!(seen[0].2.iter().all(|&b| b <= 1));
@@ -218,11 +221,13 @@ mod tests {
             inputs: [("X".to_string(), input(ConfigDataType::TypeInt32, dims, InputDataType::InputDataFile(file.into())))].into(),
         };
         let backend = Recorder::default();
-        run(&config(0, sample("x.bin", vec![2])), Some(dir.path()), &backend).unwrap();
+        run(&config(0, sample("x.bin", vec![2])), Some(dir.path()), &backend, &RaggedBatching::default()).unwrap();
         assert_eq!(backend.0.lock().unwrap()[0].2, 7i32.to_le_bytes().repeat(2));
-        let short = run(&config(0, sample("x.bin", vec![3])), Some(dir.path()), &backend).unwrap_err();
+        let short =
+            run(&config(0, sample("x.bin", vec![3])), Some(dir.path()), &backend, &RaggedBatching::default()).unwrap_err();
         assert!(short.contains("does not hold the input's 3 elements"), "{short}");
-        let missing = run(&config(0, sample("none.bin", vec![2])), Some(dir.path()), &backend).unwrap_err();
+        let missing =
+            run(&config(0, sample("none.bin", vec![2])), Some(dir.path()), &backend, &RaggedBatching::default()).unwrap_err();
         assert!(missing.contains("'none.bin' does not exist"), "{missing}");
     }
 
@@ -234,14 +239,14 @@ mod tests {
             count: 1,
             inputs: [("X".to_string(), input(ConfigDataType::TypeFp32, vec![1 << 40], InputDataType::ZeroData(true)))].into(),
         };
-        let error = run(&config(0, huge), None, &Recorder::default()).unwrap_err();
+        let error = run(&config(0, huge), None, &Recorder::default(), &RaggedBatching::default()).unwrap_err();
         assert!(error.starts_with("failed to run warmup sample 'huge': input 'X'"), "{error}");
         let too_big_batch = ModelWarmup { name: "batch".into(), batch_size: 9, count: 1, inputs: Default::default() };
-        let error = run(&config(8, too_big_batch), None, &Recorder::default()).unwrap_err();
+        let error = run(&config(8, too_big_batch), None, &Recorder::default(), &RaggedBatching::default()).unwrap_err();
         assert!(error.contains("batch_size 9 is larger than max_batch_size 8"), "{error}");
         let skipped = ModelWarmup { name: "none".into(), batch_size: 0, count: 1, inputs: Default::default() };
         let backend = Recorder::default();
-        run(&config(8, skipped), None, &backend).unwrap();
+        run(&config(8, skipped), None, &backend, &RaggedBatching::default()).unwrap();
         assert!(backend.0.lock().unwrap().is_empty(), "a sample of batch size 0 is skipped, as in Triton");
     }
 }

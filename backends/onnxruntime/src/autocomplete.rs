@@ -36,7 +36,8 @@ impl Signature {
 /// lists no inputs or no outputs, and then only that side, with every tensor of the model.
 /// `default_max_batch_size` is `--backend-config=onnxruntime,default-max-batch-size=N`.
 pub fn complete(config: &mut ModelConfig, signature: &Signature, default_max_batch_size: i32) -> Result<(), String> {
-    if !config.input.is_empty() && !config.output.is_empty() {
+    // As in Triton, batch inputs count as inputs the config gives.
+    if (!config.input.is_empty() || !config.batch_input.is_empty()) && !config.output.is_empty() {
         return Ok(());
     }
     let batches = signature.batches();
@@ -61,7 +62,8 @@ pub fn complete(config: &mut ModelConfig, signature: &Signature, default_max_bat
             (false, _) => (dims, None),
         }
     };
-    let (server_inputs, server_outputs) = sequence_tensors(config);
+    let (mut server_inputs, server_outputs) = sequence_tensors(config);
+    server_inputs.extend(batch_input_targets(config));
     if config.input.is_empty() {
         config.input = signature
             .inputs
@@ -102,17 +104,24 @@ fn sequence_tensors(config: &ModelConfig) -> (Vec<String>, Vec<String>) {
     (inputs, batching.state.iter().map(|s| s.output_name.clone()).collect())
 }
 
+/// The model inputs the server makes for each batch (`batch_input` targets).
+fn batch_input_targets(config: &ModelConfig) -> impl Iterator<Item = String> + '_ {
+    config.batch_input.iter().flat_map(|b| b.target_name.iter().cloned())
+}
+
 fn config_type(datatype: DataType) -> i32 {
     datatype.to_config() as i32
 }
 
 /// Triton's load-time checks of a config against the model it names: every required model
 /// input is in the config, the config names no tensor the model lacks, and types and shapes agree.
+/// A ragged input is one flat tensor to the model (`[-1]`); each batch input target must be a
+/// model input of the batch input's datatype; a batch output target's shape is not compared.
 pub fn check(config: &ModelConfig, signature: &Signature) -> Result<(), String> {
     let model = &config.name;
     let optional = config.input.iter().filter(|i| i.optional).count();
     let (server_inputs, _) = sequence_tensors(config);
-    let expected = config.input.len() + server_inputs.len();
+    let expected = config.input.len() + server_inputs.len() + batch_input_targets(config).count();
     if expected - optional != signature.inputs.len() {
         return Err(format!(
             "unable to load model '{model}', configuration expects {expected} inputs, model provides {}",
@@ -122,13 +131,29 @@ pub fn check(config: &ModelConfig, signature: &Signature) -> Result<(), String> 
     for name in &server_inputs {
         find(&signature.inputs, name, "input")?;
     }
+    for batch_input in &config.batch_input {
+        for target in &batch_input.target_name {
+            let spec = find(&signature.inputs, target, "input")?;
+            check_datatype(model, "batch input", spec, batch_input.data_type)?;
+        }
+    }
     let batching = config.max_batch_size > 0;
     for input in &config.input {
         let spec = find(&signature.inputs, &input.name, "input")?;
+        if input.allow_ragged_batch {
+            check_datatype(model, "input", spec, input.data_type)?;
+            check_ragged(model, spec)?;
+            continue;
+        }
         check_tensor(model, "input", spec, input.data_type, &input.dims, batching, true)?;
     }
     for output in &config.output {
         let spec = find(&signature.outputs, &output.name, "output")?;
+        // A scattered batch output's shape need not match the model's, as in Triton.
+        if config.batch_output.iter().any(|b| b.target_name.contains(&output.name)) {
+            check_datatype(model, "output", spec, output.data_type)?;
+            continue;
+        }
         check_tensor(model, "output", spec, output.data_type, &output.dims, batching, false)?;
     }
     Ok(())
@@ -142,6 +167,37 @@ fn find<'s>(specs: &'s [TensorSpec], name: &str, kind: &str) -> Result<&'s Tenso
     })
 }
 
+fn shape(dims: &[i64]) -> String {
+    format!("[{}]", dims.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
+}
+
+fn check_datatype(model: &str, kind: &str, spec: &TensorSpec, data_type: i32) -> Result<(), String> {
+    if DataType::from_config(data_type) == Some(spec.datatype) {
+        return Ok(());
+    }
+    Err(format!(
+        // The model side in the server's names, as Triton prints it: strings are TYPE_BYTES.
+        "unable to load model '{model}', configuration expects datatype {} for {kind} '{}', model provides TYPE_{}",
+        ConfigDataType::try_from(data_type).map_or("TYPE_INVALID", |t| t.as_str_name()),
+        spec.name,
+        spec.datatype.kserve_name()
+    ))
+}
+
+/// Triton's onnxruntime backend concatenates a ragged input's requests into one 1-D tensor, so
+/// the model must take `[-1]`. Its words, double space too.
+fn check_ragged(model: &str, spec: &TensorSpec) -> Result<(), String> {
+    let name = &spec.name;
+    if spec.dims != [-1] {
+        return Err(format!(
+            "unable to load model '{model}', configuration expects model provides input with shape [-1]  for ragged input \
+             '{name}', model provides {}",
+            shape(&spec.dims)
+        ));
+    }
+    Ok(())
+}
+
 fn check_tensor(
     model: &str,
     kind: &str,
@@ -152,15 +208,7 @@ fn check_tensor(
     wildcard: bool,
 ) -> Result<(), String> {
     let name = &spec.name;
-    if DataType::from_config(data_type) != Some(spec.datatype) {
-        return Err(format!(
-            "unable to load model '{model}', configuration expects datatype {} for {kind} '{name}', model provides {}",
-            ConfigDataType::try_from(data_type).map_or("TYPE_INVALID", |t| t.as_str_name()),
-            // The model side in the server's names, as Triton prints it: strings are TYPE_BYTES.
-            format!("TYPE_{}", spec.datatype.kserve_name())
-        ));
-    }
-    let shape = |dims: &[i64]| format!("[{}]", dims.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+    check_datatype(model, kind, spec, data_type)?;
     if batching && spec.dims.first() != Some(&-1) {
         return Err(format!(
             "model '{model}', tensor '{name}': for the model to support batching the shape should have at least 1 dimension and \
@@ -340,5 +388,79 @@ mod tests {
         };
         let error = check(&config, &fixed).unwrap_err();
         assert!(error.ends_with("the first dimension must be -1; but shape expected by the model is [1,3]"), "{error}");
+    }
+
+    #[test]
+    fn a_ragged_input_is_flat_to_the_model_and_batch_inputs_are_model_inputs() {
+        use tritium_proto::inference::BatchInput;
+        use tritium_proto::inference::batch_input::Kind;
+        let segments = Signature {
+            inputs: vec![spec("INPUT", DataType::Fp32, &[-1]), spec("INDEX", DataType::Int32, &[-1])],
+            outputs: vec![spec("SUM", DataType::Fp32, &[-1, 1])],
+        };
+        let index = |data_type: ConfigDataType| BatchInput {
+            kind: Kind::BatchAccumulatedElementCount as i32,
+            target_name: vec!["INDEX".into()],
+            data_type: data_type as i32,
+            source_input: vec!["INPUT".into()],
+        };
+        let ragged = ModelInput { allow_ragged_batch: true, ..input("INPUT", ConfigDataType::TypeFp32, vec![-1]) };
+        let config = ModelConfig {
+            max_batch_size: 8,
+            input: vec![ragged],
+            batch_input: vec![index(ConfigDataType::TypeInt32)],
+            output: vec![ModelOutput {
+                name: "SUM".into(),
+                data_type: ConfigDataType::TypeFp32 as i32,
+                dims: vec![1],
+                ..Default::default()
+            }],
+            ..empty("m")
+        };
+        check(&config, &segments).unwrap();
+        let mut completed = ModelConfig { output: vec![], ..config.clone() };
+        complete(&mut completed, &segments, 4).unwrap();
+        assert_eq!(completed.output.len(), 1);
+        let mut inputs_only = ModelConfig { input: vec![], output: vec![], ..config.clone() };
+        complete(&mut inputs_only, &segments, 4).unwrap();
+        assert_eq!(inputs_only.input.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["INPUT"], "INDEX is the server's");
+
+        let error = |config: ModelConfig| check(&config, &segments).unwrap_err();
+        assert_eq!(
+            error(ModelConfig { batch_input: vec![], ..config.clone() }),
+            "unable to load model 'm', configuration expects 1 inputs, model provides 2"
+        );
+        assert_eq!(
+            error(ModelConfig { batch_input: vec![index(ConfigDataType::TypeFp32)], ..config.clone() }),
+            "unable to load model 'm', configuration expects datatype TYPE_FP32 for batch input 'INDEX', model provides TYPE_INT32"
+        );
+        // A scattered batch output: [-1] in the model, [-1] after the batch dimension in the config.
+        let doubling =
+            Signature { inputs: vec![spec("INPUT", DataType::Fp32, &[-1])], outputs: vec![spec("OUT", DataType::Fp32, &[-1])] };
+        let scattered = ModelConfig {
+            batch_input: vec![],
+            output: vec![ModelOutput {
+                name: "OUT".into(),
+                data_type: ConfigDataType::TypeFp32 as i32,
+                dims: vec![-1],
+                ..Default::default()
+            }],
+            batch_output: vec![tritium_proto::inference::BatchOutput {
+                target_name: vec!["OUT".into()],
+                kind: 0,
+                source_input: vec!["INPUT".into()],
+            }],
+            ..config.clone()
+        };
+        check(&scattered, &doubling).unwrap();
+        let unscattered = ModelConfig { batch_output: vec![], ..scattered };
+        assert!(check(&unscattered, &doubling).unwrap_err().contains("the model expects 1 dimensions"));
+        let two_dims =
+            Signature { inputs: vec![spec("INPUT", DataType::Fp32, &[-1, 4]), segments.inputs[1].clone()], ..segments };
+        assert_eq!(
+            check(&config, &two_dims).unwrap_err(),
+            "unable to load model 'm', configuration expects model provides input with shape [-1]  for ragged input 'INPUT', \
+             model provides [-1,4]"
+        );
     }
 }

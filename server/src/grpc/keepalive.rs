@@ -128,7 +128,7 @@ impl<T> Policed<T> {
         if !too_soon {
             return false;
         }
-        self.strikes += 1;
+        self.strikes = self.strikes.saturating_add(1);
         self.config.max_ping_strikes != 0 && self.strikes > self.config.max_ping_strikes
     }
 

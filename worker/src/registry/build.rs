@@ -12,6 +12,7 @@ use crate::backend::{Backend, BackendContext};
 use crate::ensemble::{ENSEMBLE_PLATFORM, EnsembleBackend, composing_models};
 use crate::error::WorkerError;
 use crate::model::ModelVersion;
+use crate::ragged::RaggedBatching;
 use crate::repository::{self, ModelSource};
 use crate::scheduler::Scheduler;
 use crate::schema::ModelSchema;
@@ -70,6 +71,7 @@ impl ModelRepository {
         let config = Arc::new(config);
         let versions = source.select_versions(&config)?;
         let schema = ModelSchema::from_config(&config).map_err(failed)?;
+        let ragged = Arc::new(RaggedBatching::from_config(&config).map_err(failed)?);
         let mut served = BTreeMap::new();
         for version in versions {
             let version_dir = (!source.dir.as_os_str().is_empty()).then(|| source.dir.join(version.to_string()));
@@ -82,8 +84,9 @@ impl ModelRepository {
                 repository: self.me.clone(),
             };
             let backend = factory.create(&context).map_err(failed)?;
-            warmup::run(&config, model_dir, backend.as_ref()).map_err(failed)?;
-            let scheduler = Scheduler::for_config(&config, &backend, model_dir, self.options.scheduler_limits).map_err(failed)?;
+            warmup::run(&config, model_dir, backend.as_ref(), &ragged).map_err(failed)?;
+            let scheduler =
+                Scheduler::for_config(&config, &backend, &ragged, model_dir, self.options.scheduler_limits).map_err(failed)?;
             let model = ModelVersion::scheduled(Arc::clone(&config), version, schema.clone(), backend, scheduler);
             served.insert(version, Arc::new(model));
         }
