@@ -18,8 +18,8 @@ What is proven:
 
 The priority tests check the order in which responses come back, never how long anything took. They rely on one
 thing only: that their requests reach the server before the fillers ahead of them (about 2.5 s of work, so that a
-loaded CI machine still sends them in time) have run (and, for the timeouts, that those take longer than 2 ms). They need nothing about the order in which requests sent
-one after another are admitted, which the server does not promise (it runs each call on its own task, and requests
+loaded CI machine still sends them in time) have run (and, for the timeouts, that those take longer than 2 ms).
+They need nothing about the order in which requests sent one after another are admitted, which the server does not promise (it runs each call on its own task, and requests
 read together from the connection can reach the batcher in any order).
 
 The batcher executes a batch as soon as it holds max_batch_size rows, so the long max_queue_delay only matters to
