@@ -1,11 +1,8 @@
 """Tritium's python-backend stub: one process per model instance, running the user's model.py.
 
 Started by the server as `python tritium_python_stub.py <socket fd> <region fd> <region bytes> <input bytes>`.
-Control messages travel on the socket as frames: `<u32 header length><u32 payload length><JSON header>
-<payload>`. Tensor bytes live in the shared-memory region: its first `<input bytes>` are the server's (request
-inputs, which stay valid until the request is done), the rest is this process's (outputs and BLS inputs, a ring
-freed when the server acknowledges the frames that named them). A tensor that does not fit travels inline in the
-frame's payload. `execute`, `init`, `auto_complete` and `finalize` run on the main thread, one at a time, as in
+Control messages travel on the socket as frames, tensor bytes through a shared-memory region
+(`tritium_python_wire.py`). `execute`, `init`, `auto_complete` and `finalize` run on the main thread, one at a time, as in
 Triton. The main thread also reads the socket (a request costs no hand-over between threads); while model code
 waits for a BLS or model-control answer on the main thread, that wait reads the socket itself, and other threads'
 answers are handed to them as frames come. A model whose `execute` is `async def` runs an event loop on the main
@@ -19,7 +16,6 @@ import collections
 import importlib.util
 import inspect
 import json
-import mmap
 import os
 import queue
 import socket
@@ -28,103 +24,14 @@ import sys
 import threading
 import traceback
 
-PREFIX = struct.Struct("<II")
-ALIGN = 64
-# One encoder for every frame: json.dumps with options builds a new one per call.
-ENCODE = json.JSONEncoder(separators=(",", ":")).encode
-
-
-class Ring:
-    """Allocations in [base, end), freed oldest first once the server has read the frames naming them."""
-
-    def __init__(self, base, end):
-        self.base, self.end = base, end
-        self.blocks = collections.deque()  # [start, stop, frame sequence]
-
-    def alloc(self, size):
-        size = (size + ALIGN - 1) & ~(ALIGN - 1)
-        if not self.blocks:
-            return self.base if size <= self.end - self.base else None
-        head, tail = self.blocks[0][0], self.blocks[-1][1]
-        if tail > head:
-            if self.end - tail >= size:
-                return tail
-            if head - self.base >= size:
-                return self.base
-            return None
-        return tail if head - tail >= size else None
-
-    def record(self, start, size, sequence):
-        self.blocks.append([start, start + ((size + ALIGN - 1) & ~(ALIGN - 1)), sequence])
-
-    def release(self, acknowledged):
-        while self.blocks and self.blocks[0][2] <= acknowledged:
-            self.blocks.popleft()
-
-
-class Connection:
-    """The socket, the region, and the frames both carry."""
-
-    def __init__(self, sock, region_fd, region_size, input_size):
-        self.sock = sock
-        self.reader = sock.makefile("rb", buffering=1 << 16)
-        self.region = mmap.mmap(region_fd, region_size)
-        self.view = memoryview(self.region)
-        self.ring = Ring(input_size, region_size)
-        # `lock` orders whole frames; `ring_lock` guards only the ring, so the reader thread can take
-        # acknowledgements while a sender waits on a full socket.
-        self.lock = threading.Lock()
-        self.ring_lock = threading.Lock()
-        self.sequence = 0
-
-    def read(self):
-        prefix = self.reader.read(PREFIX.size)
-        if len(prefix) < PREFIX.size:
-            return None, None
-        header_size, payload_size = PREFIX.unpack(prefix)
-        header = json.loads(self.reader.read(header_size))
-        payload = self.reader.read(payload_size) if payload_size else b""
-        if "ack" in header:
-            with self.ring_lock:
-                self.ring.release(header["ack"])
-        return header, payload
-
-    def tensor(self, desc, payload):
-        """A view of a tensor's bytes a frame names: in the region, or in the frame's payload."""
-        size = desc["size"]
-        if "shm" in desc:
-            return self.view[desc["shm"] : desc["shm"] + size]
-        return memoryview(payload)[desc["inline"] : desc["inline"] + size]
-
-    def send(self, header, tensors=()):
-        """Sends a frame; `tensors` are (descriptor dict, bytes view) pairs, placed in the ring or inline."""
-        with self.lock:
-            self.sequence += 1
-            inline, inline_size = [], 0
-            for desc, data in tensors:
-                size = data.nbytes
-                desc["size"] = size
-                with self.ring_lock:
-                    start = self.ring.alloc(size) if size else None
-                    if start is not None:
-                        self.ring.record(start, size, self.sequence)
-                if start is None:
-                    desc["inline"] = inline_size
-                    inline.append(data)
-                    inline_size += size
-                    continue
-                self.view[start : start + size] = data
-                desc["shm"] = start
-            body = ENCODE(header).encode()
-            self.sock.sendall(b"".join([PREFIX.pack(len(body), inline_size), body, *inline]))
+from tritium_python_wire import (
+    DECODED_INPUTS, DECODED_NAMES, EMPTY, EXECUTE_HEAD, EXECUTED, FINAL, INLINE, KSERVE_OF_NUMBER, NUMBER_OF_KSERVE,
+    PREFIX, REQUEST_HEAD, RESPONSE, Connection, decode_inputs, decode_names,
+)  # fmt: skip
 
 
 def tensor_desc(tensor):
     return {"name": tensor.name(), "datatype": tensor._datatype, "shape": tensor.shape()}, tensor._wire_bytes()
-
-
-def error_json(error):
-    return {"message": error.message(), "code": error.code()}
 
 
 class Runtime:
@@ -145,18 +52,12 @@ class Runtime:
             self.waiters[self.next_id] = waiter
             return self.next_id
 
-    def response_json(self, response):
-        if response is None:
-            return {"outputs": []}, []
-        if response.has_error():
-            return {"outputs": [], "error": error_json(response.error())}, []
-        descs = [tensor_desc(t) for t in response.output_tensors()]
-        return {"outputs": [d for d, _ in descs], "parameters": response.parameters()}, descs
-
     def send_response(self, key, response, final):
-        header, tensors = self.response_json(response)
-        header.update(op="response", request=key, final=final, empty=response is None)
-        self.conn.send(header, tensors)
+        flags = FINAL if final else 0
+        if response is None:
+            self.conn.send_responses(RESPONSE, flags | EMPTY, key, ())
+        else:
+            self.conn.send_responses(RESPONSE, flags, key, (response,))
 
     def is_cancelled(self, key):
         return key in self.cancelled
@@ -300,41 +201,73 @@ class ModelHost:
         return self.loop.run_until_complete(result)
 
     def requests(self, header, payload):
+        """The `InferenceRequest`s of a binary `execute` header, and the execute's id."""
+        _, count, _, ident = EXECUTE_HEAD.unpack_from(header)
+        at = EXECUTE_HEAD.size
+        view, payload_view = self.conn.view, None
+        new_tensor, new_request = self.utils.Tensor._from_buffer, self.utils.InferenceRequest._from_server
+        decoupled, name, version = self.decoupled, self.name, self.version
         made = []
-        for message in header["requests"]:
-            inputs = [self.utils.Tensor._from_buffer(d["name"], d["datatype"], d["shape"], self.conn.tensor(d, payload))
-                      for d in message["inputs"]]  # fmt: skip
-            made.append(self.utils.InferenceRequest._from_server(
-                message["key"], message, inputs, self.decoupled, self.name, self.version))  # fmt: skip
-        return made
+        for _ in range(count):
+            key, flags, outputs_size, inputs_size, extras_size = REQUEST_HEAD.unpack_from(header, at)
+            at += REQUEST_HEAD.size
+            blob = header[at : at + outputs_size]
+            outputs = DECODED_NAMES.get(blob)
+            if outputs is None:
+                outputs = decode_names(blob)
+            at += outputs_size
+            blob = header[at : at + inputs_size]
+            described = DECODED_INPUTS.get(blob)
+            if described is None:
+                described = decode_inputs(blob)
+            at += inputs_size
+            extras = json.loads(header[at : at + extras_size]) if extras_size else None
+            at += extras_size
+            descs, locations = described
+            places = locations.unpack_from(header, at)
+            at += locations.size
+            inputs = []
+            for i, (tensor_name, datatype, shape) in enumerate(descs):
+                where, size = places[2 * i], places[2 * i + 1]
+                if where < INLINE:
+                    buffer = view[where : where + size]
+                else:
+                    if payload_view is None:
+                        # Writable even when empty (a frame without payload has `b""`), as the region is.
+                        payload_view = memoryview(payload or bytearray())
+                    where -= INLINE
+                    buffer = payload_view[where : where + size]
+                inputs.append(new_tensor(tensor_name, datatype, shape, buffer))
+            made.append(new_request(key, inputs, outputs, flags, extras, decoupled, name, version))
+        return ident, made
 
     def execute(self, header, payload):
-        requests = self.requests(header, payload)
-        reply = {"op": "executed", "id": header["id"]}
+        ident, requests = self.requests(header, payload)
         try:
-            result = self.run(self.model.execute(requests))
+            result = self.model.execute(requests)
+            if result.__class__ is not list:
+                result = self.run(result)
         except Exception as error:  # noqa: BLE001 - model code may raise anything; Triton's wording follows
-            reply["error"] = self.failed(exception_text(error))
-            self.conn.send(reply)
+            self.conn.send_failed(ident, self.failed(exception_text(error)))
             return
         if self.decoupled:
             if result is not None:
-                reply["error"] = self.failed(f"Python model '{self.instance}' is using the decoupled mode and the "
-                                             "execute function must return None.")  # fmt: skip
-            self.conn.send(reply)
+                self.conn.send_failed(ident, self.failed(
+                    f"Python model '{self.instance}' is using the decoupled mode and the execute function must "
+                    "return None."))  # fmt: skip
+                return
+            self.conn.send_responses(EXECUTED, 0, ident, ())
             return
         problem = check_responses(result, len(requests), self.utils)
         if problem is not None:
-            reply["error"] = self.failed(problem)
-            self.conn.send(reply)
+            self.conn.send_failed(ident, self.failed(problem))
             return
-        responses, tensors = [], []
-        for response in result:
-            entry, descs = self.runtime.response_json(response)
-            responses.append(entry)
-            tensors.extend(descs)
-        reply["responses"] = responses
-        self.conn.send(reply, tensors)
+        try:
+            self.conn.send_responses(EXECUTED, 0, ident, result)
+        except OSError:
+            raise
+        except Exception as error:  # noqa: BLE001 - an output of anything model code made that cannot be sent
+            self.conn.send_failed(ident, self.failed(exception_text(error)))
 
     def failed(self, text):
         return f"Failed to process the request(s) for model '{self.instance}', message: {text}"
@@ -360,8 +293,9 @@ def check_responses(result, count, utils):
     return None
 
 
-OUR_FILES = (os.path.abspath(__file__), os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                     "triton_python_backend_utils.py"))  # fmt: skip
+_HERE = os.path.dirname(os.path.abspath(__file__))
+OUR_FILES = tuple(os.path.join(_HERE, name) for name in
+                  ("tritium_python_stub.py", "tritium_python_wire.py", "triton_python_backend_utils.py"))  # fmt: skip
 
 
 def exception_text(error):
@@ -385,17 +319,18 @@ class Frames:
 
     def read(self):
         try:
-            header, payload = self.conn.read()
-        except (OSError, ValueError):
-            header = None
-        if header is None:
+            frame = self.conn.read()
+        except (OSError, ValueError, IndexError, struct.error):
+            frame = (None, None, None)
+        if frame[0] is None:
             # The server has gone: nobody waits for anything this process does.
             os._exit(0)
-        return header, payload
+        return frame
 
-    def settle(self, header, payload):
+    def settle(self, op, header, payload):
         """Handles a frame that answers someone; False for one the main thread must run."""
-        op = header["op"]
+        if op == "execute":
+            return False
         if op == "bls_response":
             self.runtime.bls_answer(header, payload)
         elif op == "control_response":
@@ -411,18 +346,19 @@ class Frames:
             return self.deferred.popleft()
         if self.work is not None:
             return self.work.get()
+        read, settle = self.read, self.settle
         while True:
-            header, payload = self.read()
-            if not self.settle(header, payload):
-                return header, payload
+            frame = read()
+            if frame[0] == "execute" or not settle(*frame):
+                return frame
 
     def wait(self, answers):
         """The next item of `answers`, reading frames meanwhile when this is the main thread and nobody else reads."""
         if self.work is None and threading.current_thread() is self.main:
             while answers.empty():
-                header, payload = self.read()
-                if not self.settle(header, payload):
-                    self.deferred.append((header, payload))
+                frame = self.read()
+                if not self.settle(*frame):
+                    self.deferred.append(frame)
         return answers.get()
 
     def start_reader(self):
@@ -431,9 +367,9 @@ class Frames:
 
     def _reader(self):
         while True:
-            header, payload = self.read()
-            if not self.settle(header, payload):
-                self.work.put((header, payload))
+            frame = self.read()
+            if not self.settle(*frame):
+                self.work.put(frame)
 
 
 def main():
@@ -448,6 +384,8 @@ def main():
                            f"environment ({sys.executable}): {error}"}).encode()  # fmt: skip
         sock.sendall(PREFIX.pack(len(body), 0) + body)
         return 1
+    NUMBER_OF_KSERVE.update(utils._NUMBER_OF_KSERVE)
+    KSERVE_OF_NUMBER.update(utils._KSERVE_OF_NUMBER)
     conn = Connection(sock, region_fd, region_size, input_size)
     runtime = Runtime(conn, utils)
     frames = runtime.frames = Frames(conn, runtime)
@@ -456,8 +394,7 @@ def main():
     version = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     conn.send({"op": "hello", "python": version, "numpy": numpy.__version__, "pid": os.getpid()})
     while True:
-        header, payload = frames.next_work()
-        op = header["op"]
+        op, header, payload = frames.next_work()
         if op == "execute":
             host.execute(header, payload)
             continue

@@ -47,6 +47,7 @@ _NUMBER_OF_KSERVE = {name: number for number, name in _KSERVE_OF_NUMBER.items()}
 # Looked up on every tensor: by dtype object, not by comparing against each type in turn.
 _KSERVE_OF_DTYPE = {np.dtype(t): _KSERVE_OF_NUMBER[n] for n, t in _NUMPY_OF_NUMBER.items() if t is not np.object_}
 _NUMPY_OF_KSERVE = {_KSERVE_OF_NUMBER[n]: t for n, t in _NUMPY_OF_NUMBER.items()}
+_FIXED_NUMPY_OF_KSERVE = {name: np.dtype(t) for name, t in _NUMPY_OF_KSERVE.items() if t is not np.object_}
 _CONFIG_NAMES = {
     "TYPE_BOOL": 1, "TYPE_UINT8": 2, "TYPE_UINT16": 3, "TYPE_UINT32": 4, "TYPE_UINT64": 5, "TYPE_INT8": 6,
     "TYPE_INT16": 7, "TYPE_INT32": 8, "TYPE_INT64": 9, "TYPE_FP16": 10, "TYPE_FP32": 11, "TYPE_FP64": 12,
@@ -170,12 +171,15 @@ class Tensor:
     def __init__(self, name, data, *args, **kwargs):
         if not isinstance(data, np.ndarray):
             data = np.asarray(data)
-        if data.dtype.kind == "U":
-            raise TritonModelException("NumPy dtype is not supported.")
-        self._name = str(name)
+        datatype = _KSERVE_OF_DTYPE.get(data.dtype)
+        if datatype is None:
+            if data.dtype.kind == "U":
+                raise TritonModelException("NumPy dtype is not supported.")
+            datatype = _kserve_datatype(data)
+        self._name = name if name.__class__ is str else str(name)
         self._array = data
-        self._datatype = _kserve_datatype(data)
-        self._shape = [int(d) for d in data.shape]
+        self._datatype = datatype
+        self._shape = list(data.shape)
         self._buffer = None
 
     @classmethod
@@ -206,11 +210,13 @@ class Tensor:
         return self._array
 
     def _decode(self):
+        numpy_type = _FIXED_NUMPY_OF_KSERVE.get(self._datatype)
+        if numpy_type is not None:
+            # A view of the bytes (writable where they are: the region, a frame's payload).
+            return np.ndarray(self._shape, numpy_type, self._buffer)
         if self._datatype == "BYTES":
             return deserialize_bytes_tensor(self._buffer).reshape(self._shape)
-        if self._datatype == "BF16":
-            raise TritonModelException("BF16 tensors have no numpy type; use to_dlpack")
-        return np.frombuffer(self._buffer, dtype=_NUMPY_OF_KSERVE[self._datatype]).reshape(self._shape)
+        raise TritonModelException("BF16 tensors have no numpy type; use to_dlpack")
 
     def to_dlpack(self):
         return self.as_numpy().__dlpack__()
@@ -262,7 +268,7 @@ class InferenceResponse:
             if not isinstance(tensor, Tensor):
                 raise TritonModelException("InferenceResponse output_tensors must be pb_utils.Tensor objects")
         self._error = error
-        self._parameters = _parameters_json(parameters)
+        self._parameters = "{}" if parameters is None else _parameters_json(parameters)
 
     def output_tensors(self):
         return list(self._outputs)
@@ -321,22 +327,30 @@ class InferenceRequest:
         self._decoupled = False
         self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
 
+    # What a request from the server has unless its `extras` say otherwise (read through the class: one object
+    # per request has fewer attributes to set).
+    _request_id = ""
+    _correlation_id = 0
+    _timeout = 0
+    _parameters = "{}"
+    _release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
+    _sender = None
+
     @classmethod
-    def _from_server(cls, key, message, inputs, decoupled, model_name, model_version):
+    def _from_server(cls, key, inputs, outputs, flags, extras, decoupled, model_name, model_version):
         request = cls.__new__(cls)
         request._model_name = model_name
         request._model_version = model_version
         request._inputs = inputs
-        request._outputs = message.get("outputs", [])
-        request._request_id = message.get("request_id", "")
-        request._correlation_id = message.get("correlation_id", 0)
-        request._flags = message.get("flags", 0)
-        request._timeout = message.get("timeout", 0)
-        request._parameters = message.get("parameters", "{}")
+        request._outputs = outputs
+        request._flags = flags
         request._key = key
         request._decoupled = decoupled
-        request._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
-        request._sender = None
+        if extras:
+            request._request_id = extras.get("request_id", "")
+            request._correlation_id = extras.get("correlation_id", 0)
+            request._timeout = extras.get("timeout", 0)
+            request._parameters = extras.get("parameters", "{}")
         return request
 
     def inputs(self):

@@ -1,5 +1,6 @@
 //! The Python half of the backend, compiled into the binary and written out once to a folder of
-//! the server's own: `tritium_python_stub.py` and our `triton_python_backend_utils.py`. The folder
+//! the server's own: `tritium_python_stub.py`, its `tritium_python_wire.py` and our
+//! `triton_python_backend_utils.py`. The folder
 //! is named after the sources' hash, so servers of one build share it and a new build never runs
 //! an old stub; one that exists is used only if this user owns it, nobody else can write to it,
 //! and its files are exactly ours.
@@ -10,8 +11,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-const SOURCES: [(&str, &str); 2] = [
+const SOURCES: [(&str, &str); 3] = [
     ("tritium_python_stub.py", include_str!("../python/tritium_python_stub.py")),
+    ("tritium_python_wire.py", include_str!("../python/tritium_python_wire.py")),
     ("triton_python_backend_utils.py", include_str!("../python/triton_python_backend_utils.py")),
 ];
 

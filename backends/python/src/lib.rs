@@ -12,6 +12,7 @@
 //!
 //! It implements the worker's [`BackendFactory`]; batching belongs to the schedulers in front.
 
+mod binary;
 mod files;
 mod frame;
 mod model;
@@ -21,6 +22,7 @@ mod region;
 mod services;
 mod stub;
 mod wire;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

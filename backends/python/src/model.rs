@@ -2,10 +2,11 @@
 //! `execute` (a list when the dynamic batcher grouped them), answers come back checked against
 //! the config; a decoupled request's responses stream as the model sends them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -15,7 +16,8 @@ use tritium_tensor::Tensor;
 use tritium_worker::params::is_reserved;
 use tritium_worker::{Backend, BackendError, BackendRequest, ParamValue, Responder, StreamedRequest};
 
-use crate::pool::Instances;
+use crate::binary;
+use crate::pool::{Instances, Job};
 use crate::stub::{Answer, StreamEvent, Stub, StubRequest};
 use crate::wire::Reply;
 
@@ -23,14 +25,17 @@ pub struct PythonModel {
     decoupled: bool,
     /// The config's output names.
     outputs: Vec<String>,
+    /// The same, as `execute` carries them: every request that asks for all outputs shares them.
+    all_outputs: Bytes,
     instances: Instances,
     next_key: AtomicU64,
 }
 
 impl PythonModel {
     pub fn new(config: &ModelConfig, decoupled: bool, instances: Instances) -> PythonModel {
-        let outputs = config.output.iter().map(|o| o.name.clone()).collect();
-        PythonModel { decoupled, outputs, instances, next_key: AtomicU64::new(1) }
+        let outputs: Vec<String> = config.output.iter().map(|o| o.name.clone()).collect();
+        let all_outputs = Bytes::from(binary::encode_names(outputs.iter().map(String::as_str)));
+        PythonModel { decoupled, outputs, all_outputs, instances, next_key: AtomicU64::new(1) }
     }
 
     /// What the stub's `InferenceRequest` shows of a request.
@@ -55,40 +60,36 @@ impl PythonModel {
                 (key, ParamValue::String(s)) => drop(custom.insert(key.to_string(), json!(s))),
             }
         }
-        let outputs: Vec<&str> = if request.requested_outputs.is_empty() {
-            self.outputs.iter().map(String::as_str).collect()
+        let outputs = if request.requested_outputs.is_empty() {
+            self.all_outputs.clone()
         } else {
-            request.requested_outputs.iter().map(String::as_str).collect()
+            Bytes::from(binary::encode_names(request.requested_outputs.iter().map(String::as_str)))
         };
-        // Only what differs from the stub's defaults (empty id, 0, no parameters): fewer bytes to
-        // encode and decode on every request.
-        let mut header = json!({ "outputs": outputs });
+        // Only what differs from the stub's defaults (empty id, 0, no parameters), and most
+        // requests have none of it: nothing to encode or decode.
+        let mut extras = serde_json::Map::new();
         if !request.id.is_empty() {
-            header["request_id"] = json!(request.id);
+            extras.insert("request_id".into(), json!(request.id));
         }
         if let Some(correlation_id) = correlation_id {
-            header["correlation_id"] = correlation_id;
-        }
-        if flags != 0 {
-            header["flags"] = json!(flags);
+            extras.insert("correlation_id".into(), correlation_id);
         }
         if timeout != 0 {
-            header["timeout"] = json!(timeout);
+            extras.insert("timeout".into(), json!(timeout));
         }
         if !custom.is_empty() {
-            header["parameters"] = json!(Value::Object(custom).to_string());
+            extras.insert("parameters".into(), json!(Value::Object(custom).to_string()));
         }
-        StubRequest { key: self.next_key.fetch_add(1, Ordering::Relaxed), header, inputs: request.inputs }
+        let extras = if extras.is_empty() { Vec::new() } else { Value::Object(extras).to_string().into_bytes() };
+        StubRequest { key: self.next_key.fetch_add(1, Ordering::Relaxed), flags, outputs, extras, inputs: request.inputs }
     }
 
     /// Runs plain requests as one `execute`; one answer per request.
     async fn run(&self, requests: Vec<BackendRequest>) -> Result<Vec<Answer>, BackendError> {
         let count = requests.len();
-        let lease = self.instances.acquire().await?;
-        let stub = lease.stub().cloned().ok_or_else(|| BackendError::failed(ErrorCode::Internal, "the instance has no stub"))?;
         let requests = requests.into_iter().map(|r| self.stub_request(r)).collect();
         let (reply, answer) = oneshot::channel();
-        stub.execute(requests, Vec::new(), reply, Box::new(move || drop(lease)));
+        self.instances.submit(Job { requests, streams: Vec::new(), reply, taken_by: None });
         let executed = answer.await.map_err(|_| BackendError::failed(ErrorCode::Internal, "the Python stub went away"))??;
         if executed.answers.len() != count {
             return Err(BackendError::failed(ErrorCode::Internal, "the Python stub answered a different number of requests"));
@@ -104,26 +105,21 @@ impl PythonModel {
 
     async fn execute_decoupled(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
         let cancel = request.cancel.clone();
-        let lease = self.instances.acquire().await?;
-        let stub = lease.stub().cloned().ok_or_else(|| BackendError::failed(ErrorCode::Internal, "the instance has no stub"))?;
         let request = self.stub_request(request);
         let key = request.key;
         let (sender, events) = mpsc::unbounded_channel::<StreamEvent>();
+        // Held until the stream ends: a request whose client went away before an instance took it
+        // is dropped from the queue.
         let (reply, _executed) = oneshot::channel();
-        stub.execute(vec![request], vec![sender], reply, Box::new(move || drop(lease)));
-        stream_answers(&stub, key, events, cancel.as_ref(), &self.outputs, responder).await
+        let taken_by = Arc::new(OnceLock::new());
+        let job = Job { requests: vec![request], streams: vec![sender], reply, taken_by: Some(Arc::clone(&taken_by)) };
+        self.instances.submit(job);
+        stream_answers(&taken_by, key, events, cancel.as_ref(), &self.outputs, responder).await
     }
 
     /// A dynamic batch of decoupled requests as one `execute`: returns when the model's
     /// `execute` has returned; each request's responses go on streaming to its responder.
     async fn execute_decoupled_batch(&self, requests: Vec<StreamedRequest>) {
-        let lease = match self.instances.acquire().await {
-            Ok(lease) => lease,
-            Err(error) => return refuse_all(requests, &error),
-        };
-        let Some(stub) = lease.stub().cloned() else {
-            return refuse_all(requests, &BackendError::failed(ErrorCode::Internal, "the instance has no stub"));
-        };
         let mut stub_requests = Vec::with_capacity(requests.len());
         let mut senders = Vec::with_capacity(requests.len());
         let mut streams = Vec::with_capacity(requests.len());
@@ -136,23 +132,19 @@ impl PythonModel {
             senders.push(sender);
         }
         let (reply, executed) = oneshot::channel();
-        stub.execute(stub_requests, senders, reply, Box::new(move || drop(lease)));
+        let taken_by = Arc::new(OnceLock::new());
+        let job = Job { requests: stub_requests, streams: senders, reply, taken_by: Some(Arc::clone(&taken_by)) };
+        self.instances.submit(job);
         let outputs: Arc<[String]> = self.outputs.iter().cloned().collect();
         for (key, events, cancel, mut responder, done) in streams {
-            let (stub, outputs) = (stub.clone(), Arc::clone(&outputs));
+            let (taken_by, outputs) = (Arc::clone(&taken_by), Arc::clone(&outputs));
             tokio::spawn(async move {
-                let result = stream_answers(&stub, key, events, cancel.as_ref(), &outputs, &mut responder).await;
+                let result = stream_answers(&taken_by, key, events, cancel.as_ref(), &outputs, &mut responder).await;
                 let _ = done.send((responder, result));
             });
         }
         // The instance takes the next batch once the model's `execute` has returned.
         let _ = executed.await;
-    }
-}
-
-fn refuse_all(requests: Vec<StreamedRequest>, error: &BackendError) {
-    for StreamedRequest { responder, done, .. } in requests {
-        let _ = done.send((responder, Err(BackendError::failed(error.code(), error.to_string()))));
     }
 }
 
@@ -170,7 +162,7 @@ fn checked(names: &[String], reply: Reply) -> Result<Vec<Tensor>, BackendError> 
 /// Forwards a decoupled request's responses to `responder` until the model marks one final;
 /// a cancelled request or a client gone cancels it in the stub.
 async fn stream_answers(
-    stub: &Stub,
+    stub: &OnceLock<Arc<Stub>>,
     key: u64,
     mut events: mpsc::UnboundedReceiver<StreamEvent>,
     cancel: Option<&CancellationToken>,
@@ -181,7 +173,7 @@ async fn stream_answers(
         let event = tokio::select! {
             event = events.recv() => event,
             () = cancelled(cancel) => {
-                stub.cancel(key);
+                stub.get().inspect(|stub| stub.cancel(key));
                 return Err(BackendError::Cancelled);
             }
         };
@@ -190,7 +182,7 @@ async fn stream_answers(
             let outputs = checked(outputs, reply)?;
             let sent = if last { responder.send_final(outputs).await } else { responder.send(outputs).await };
             if let Err(error) = sent {
-                stub.cancel(key);
+                stub.get().inspect(|stub| stub.cancel(key));
                 return Err(error);
             }
         }

@@ -1,16 +1,20 @@
 //! A model version's instances: one stub per `instance_group` instance, each running one
-//! `execute` at a time, the most recently idle first. A stub that died is started again (with its
-//! model's `initialize`) by the next request that takes its instance.
+//! `execute` at a time, the most recently idle first. Requests that find every instance busy wait
+//! in order, and the instance that finishes an `execute` takes the next of them at once, where
+//! its stub's answer is read: no task to wake between one `execute` and the next. A stub
+//! that died is started again (with its model's `initialize`) for the next request it takes.
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
 use tritium_proto::ErrorCode;
 use tritium_worker::BackendError;
 
 use crate::services::Services;
-use crate::stub::{Stub, StubSpec};
+use crate::stub::{Executed, StreamEvent, Stub, StubRequest, StubSpec};
 
 /// Starts the stub of one instance and initializes its model.
 pub struct Launcher {
@@ -37,37 +41,60 @@ struct Slot {
     stub: Option<Arc<Stub>>,
 }
 
+/// Requests for one `execute`, as they wait for an instance.
+pub struct Job {
+    pub requests: Vec<StubRequest>,
+    /// A decoupled execute's streams, one per request (empty for a plain one).
+    pub streams: Vec<mpsc::UnboundedSender<StreamEvent>>,
+    /// The `executed` frame's answers, or why there are none.
+    pub reply: oneshot::Sender<Result<Executed, BackendError>>,
+    /// Set to the stub that takes the job (through which a decoupled request is cancelled).
+    pub taken_by: Option<Arc<OnceLock<Arc<Stub>>>>,
+}
+
+impl Job {
+    /// Nobody waits for the answer any more (the client went away while the job waited).
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+
+    fn fail(self, error: BackendError) {
+        for stream in &self.streams {
+            let _ = stream.send(StreamEvent { answer: Err(copy(&error)), last: true });
+        }
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+fn copy(error: &BackendError) -> BackendError {
+    match error {
+        BackendError::Refused { code, message } => BackendError::refused(*code, message.clone()),
+        other => BackendError::failed(other.code(), other.to_string()),
+    }
+}
+
+fn stopped() -> BackendError {
+    BackendError::failed(ErrorCode::Unavailable, "the model's instances have stopped")
+}
+
+#[derive(Default)]
+struct Queue {
+    idle: Vec<Slot>,
+    waiting: VecDeque<Job>,
+    stopped: bool,
+}
+
 struct Shared {
-    idle: Mutex<Vec<Slot>>,
+    queue: Mutex<Queue>,
     /// Every instance's current stub, idle or busy: stopping the model ends them all.
     stubs: Mutex<Vec<Option<Arc<Stub>>>>,
-    free: Arc<Semaphore>,
     launcher: Launcher,
+    /// Where a stub is started again (never where a stub's frames are read, nor on a runtime worker).
+    runtime: Option<Handle>,
 }
 
 pub struct Instances {
     shared: Arc<Shared>,
-}
-
-/// An instance taken for one execute; dropping it gives the instance back.
-pub struct Lease {
-    shared: Arc<Shared>,
-    slot: Option<Slot>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Lease {
-    pub fn stub(&self) -> Option<&Arc<Stub>> {
-        self.slot.as_ref().and_then(|s| s.stub.as_ref())
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            lock(&self.shared.idle).push(slot);
-        }
-    }
 }
 
 impl Instances {
@@ -82,45 +109,30 @@ impl Instances {
         }
         // The first instance is used first.
         slots.reverse();
-        let free = Arc::new(Semaphore::new(slots.len()));
-        let shared = Arc::new(Shared { idle: Mutex::new(slots), stubs: Mutex::new(stubs), free, launcher });
+        let queue = Queue { idle: slots, ..Queue::default() };
+        let runtime = Handle::try_current().ok();
+        let shared = Arc::new(Shared { queue: Mutex::new(queue), stubs: Mutex::new(stubs), launcher, runtime });
         let mut live = lock(&LIVE);
         live.retain(|weak| weak.strong_count() > 0);
         live.push(Arc::downgrade(&shared));
         Ok(Instances { shared })
     }
 
-    /// Takes the most recently idle instance, waiting while all are busy; one whose stub died is
-    /// started again first.
-    pub async fn acquire(&self) -> Result<Lease, BackendError> {
-        let stopped = || BackendError::failed(ErrorCode::Unavailable, "the model's instances have stopped");
-        let permit = Arc::clone(&self.shared.free).acquire_owned().await.map_err(|_| stopped())?;
-        let slot = lock(&self.shared.idle).pop().ok_or_else(stopped)?;
-        let mut lease = Lease { shared: Arc::clone(&self.shared), slot: Some(slot), _permit: permit };
-        if lease.stub().is_some_and(|s| s.is_alive()) {
-            return Ok(lease);
-        }
-        let name = lease.slot.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        tracing::warn!(instance = %name, "the Python stub is not running; starting it again");
-        let shared = Arc::clone(&self.shared);
-        let launched = tokio::task::spawn_blocking(move || shared.launcher.launch(&name))
-            .await
-            .map_err(|e| BackendError::failed(ErrorCode::Internal, e.to_string()))?;
-        let stub = launched.map_err(|why| {
-            BackendError::failed(ErrorCode::Internal, format!("the Python stub could not be started again: {why}"))
-        })?;
-        let stub = Arc::new(stub);
-        if let Some(slot) = lease.slot.as_mut() {
-            if self.shared.free.is_closed() {
-                stub.kill();
-                return Err(stopped());
+    /// Runs `job` on the most recently idle instance, or queues it until one is free; its
+    /// answer comes on `job.reply` (and its streams).
+    pub fn submit(&self, job: Job) {
+        let slot = {
+            let mut queue = lock(&self.shared.queue);
+            if queue.stopped {
+                drop(queue);
+                return job.fail(stopped());
             }
-            if let Some(entry) = lock(&self.shared.stubs).get_mut(slot.index) {
-                *entry = Some(Arc::clone(&stub));
+            match queue.idle.pop() {
+                Some(slot) => slot,
+                None => return queue.waiting.push_back(job),
             }
-            slot.stub = Some(stub);
-        }
-        Ok(lease)
+        };
+        self.shared.run(slot, job);
     }
 
     /// Finalizes every instance's model and ends its stub (unload, shutdown); a stub still busy
@@ -139,9 +151,79 @@ impl Instances {
 }
 
 impl Shared {
+    fn run(self: &Arc<Self>, slot: Slot, job: Job) {
+        match slot.stub.clone().filter(|stub| stub.is_alive()) {
+            Some(stub) => self.dispatch(stub, slot, job),
+            None => self.restart(slot, job),
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, stub: Arc<Stub>, slot: Slot, job: Job) {
+        if let Some(taken_by) = &job.taken_by {
+            let _ = taken_by.set(Arc::clone(&stub));
+        }
+        let shared = Arc::clone(self);
+        stub.execute(job.requests, job.streams, job.reply, Box::new(move || shared.finished(slot)));
+    }
+
+    /// An instance's `execute` is over (or its stub died): it takes the oldest job still
+    /// wanted, or goes idle.
+    fn finished(self: &Arc<Self>, slot: Slot) {
+        let job = {
+            let mut queue = lock(&self.queue);
+            if queue.stopped {
+                return;
+            }
+            loop {
+                match queue.waiting.pop_front() {
+                    Some(job) if job.abandoned() => continue,
+                    Some(job) => break job,
+                    None => return queue.idle.push(slot),
+                }
+            }
+        };
+        self.run(slot, job);
+    }
+
+    /// Starts the slot's stub again, off this thread, then runs `job` on it.
+    fn restart(self: &Arc<Self>, mut slot: Slot, job: Job) {
+        let shared = Arc::clone(self);
+        let work = move || {
+            tracing::warn!(instance = %slot.name, "the Python stub is not running; starting it again");
+            let stub = match shared.launcher.launch(&slot.name) {
+                Ok(stub) => Arc::new(stub),
+                Err(why) => {
+                    job.fail(BackendError::failed(
+                        ErrorCode::Internal,
+                        format!("the Python stub could not be started again: {why}"),
+                    ));
+                    return shared.finished(slot);
+                }
+            };
+            if lock(&shared.queue).stopped {
+                stub.kill();
+                return job.fail(stopped());
+            }
+            if let Some(entry) = lock(&shared.stubs).get_mut(slot.index) {
+                *entry = Some(Arc::clone(&stub));
+            }
+            slot.stub = Some(Arc::clone(&stub));
+            shared.dispatch(stub, slot, job);
+        };
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn_blocking(work)),
+            None => work(),
+        }
+    }
+
     fn take_stubs(&self) -> Vec<Arc<Stub>> {
-        self.free.close();
-        lock(&self.idle).clear();
+        let waiting = {
+            let mut queue = lock(&self.queue);
+            queue.stopped = true;
+            queue.idle.clear();
+            std::mem::take(&mut queue.waiting)
+        };
+        waiting.into_iter().for_each(|job| job.fail(stopped()));
         std::mem::take(&mut *lock(&self.stubs)).into_iter().flatten().collect()
     }
 }

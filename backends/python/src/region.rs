@@ -88,6 +88,14 @@ impl Region {
         Some(copy)
     }
 
+    /// Writes into the stub's part, as a stub would.
+    #[cfg(test)]
+    pub fn write_output_for_tests(&self, offset: usize, data: &[u8]) {
+        assert!(offset >= self.input_size && offset + data.len() <= self.size);
+        // SAFETY: the range lies inside the mapping (asserted); tests have no stub writing it.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset), data.len()) };
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
         self.inputs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -1,7 +1,8 @@
 //! One stub process: a Python interpreter running `tritium_python_stub.py` for one model instance,
-//! its control socket and its shared-memory region. A reader thread takes every frame the stub
-//! sends and settles what waits for it; when the stub dies, everything in flight fails at once
-//! with one clear error, and the instance pool starts a new stub for the next request.
+//! its control socket and its shared-memory region. A reader (a task on the server's runtime, or
+//! a thread where there is none) takes every frame the stub sends and settles what waits for it;
+//! when the stub dies, everything in flight fails at once with one clear error, and the instance
+//! pool starts a new stub for the next request.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -19,10 +20,12 @@ use tritium_proto::ErrorCode;
 use tritium_tensor::Tensor;
 use tritium_worker::BackendError;
 
-use crate::frame::{Frame, read_frame, write_frame};
+use crate::binary::{self, ExecutedFrame, INLINE, ResponseFrame, SMALL};
+use crate::frame::{Frame, read_frame, read_raw, read_raw_async};
 use crate::region::{Block, Region};
 use crate::services::Services;
-use crate::wire::{Reply, request_error, tensors_of};
+use crate::wire::Reply;
+use crate::writer::Writer;
 
 /// The most tensor bytes one frame from a stub may carry outside the region (what does not fit
 /// in it travels in the frame): 2 GiB, above any tensor the server's message limit lets a client send.
@@ -32,7 +35,7 @@ const MAX_INLINE_BYTES: usize = 2 << 30;
 #[derive(Debug, Clone)]
 pub struct StubSpec {
     pub interpreter: PathBuf,
-    /// The folder holding `tritium_python_stub.py` and `triton_python_backend_utils.py`.
+    /// The folder holding `tritium_python_stub.py`, `tritium_python_wire.py` and `triton_python_backend_utils.py`.
     pub stub_dir: PathBuf,
     pub region_bytes: usize,
     /// Bounds the stub's start-up (up to its hello) and its `finalize`.
@@ -56,7 +59,8 @@ pub struct StreamEvent {
     pub last: bool,
 }
 
-/// Something held until an execute's `executed` frame arrives (the instance's lease).
+/// What runs once an execute is over (its `executed` frame, or the stub's death): the instance
+/// takes its next job.
 pub type OnExecuted = Box<dyn FnOnce() + Send>;
 
 struct PendingExecute {
@@ -84,7 +88,7 @@ struct State {
 
 pub(crate) struct Conn {
     pub(crate) name: String,
-    writer: Mutex<UnixStream>,
+    writer: Mutex<Writer>,
     pub(crate) region: Region,
     state: Mutex<State>,
     /// Frames read from the stub; every frame sent back acknowledges them.
@@ -103,7 +107,14 @@ pub struct Stub {
 /// A request as `execute` sends it.
 pub struct StubRequest {
     pub key: u64,
-    pub header: Value,
+    /// Triton's sequence flags (start 1, end 2).
+    pub flags: u32,
+    /// The names of the outputs to compute, as `binary::encode_names` made them (a model's
+    /// requests that want every output share one).
+    pub outputs: bytes::Bytes,
+    /// What differs from the stub's defaults (request id, correlation id, timeout, parameters):
+    /// a JSON object, or nothing.
+    pub extras: Vec<u8>,
     pub inputs: Vec<Tensor>,
 }
 
@@ -143,7 +154,10 @@ impl Stub {
         let stub = Stub {
             conn: Arc::new(Conn {
                 name: spec.name.clone(),
-                writer: Mutex::new(ours.try_clone().map_err(|e| format!("cannot clone the stub's socket: {e}"))?),
+                writer: Mutex::new(Writer::new(
+                    ours.try_clone().map_err(|e| format!("cannot clone the stub's socket: {e}"))?,
+                    spec.timeout,
+                )),
                 region,
                 state: Mutex::new(State::default()),
                 received: AtomicU64::new(0),
@@ -158,7 +172,9 @@ impl Stub {
         Ok(stub)
     }
 
-    /// Reads the stub's first frame within the timeout, then hands the socket to the reader thread.
+    /// Reads the stub's first frame within the timeout, then hands the socket to its reader: a
+    /// task on the server's runtime where there is one (the worker that sent a request takes its
+    /// answer, with no other thread to wake), else a thread.
     fn hello(&self, mut socket: UnixStream, services: Services) -> Result<(), String> {
         let limit = MAX_INLINE_BYTES;
         socket.set_read_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
@@ -179,14 +195,21 @@ impl Stub {
             other => return Err(format!("the Python stub sent '{other}' before its hello")),
         }
         socket.set_read_timeout(None).map_err(|e| e.to_string())?;
-        let writer = self.conn.writer_lock();
-        writer.set_write_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
-        drop(writer);
+        // Bounds a blocking write; a non-blocking socket's writer waits up to the same timeout.
+        socket.set_write_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
         let conn = Arc::clone(&self.conn);
-        std::thread::Builder::new()
-            .name(format!("python-{}", self.conn.name))
-            .spawn(move || read_loop(conn, socket, services, limit))
-            .map_err(|e| format!("cannot start the stub's reader thread: {e}"))?;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+                runtime.spawn(read_task(conn, socket, services, limit));
+            }
+            _ => {
+                std::thread::Builder::new()
+                    .name(format!("python-{}", self.conn.name))
+                    .spawn(move || read_loop(conn, socket, services, limit))
+                    .map_err(|e| format!("cannot start the stub's reader thread: {e}"))?;
+            }
+        }
         Ok(())
     }
 
@@ -231,36 +254,35 @@ impl Stub {
         release: OnExecuted,
     ) {
         let id = self.conn.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut blocks = Vec::new();
-        let mut inline: Vec<bytes::Bytes> = Vec::new();
-        let mut inline_size = 0usize;
-        let mut headers = Vec::with_capacity(requests.len());
         let decoupled = !streams.is_empty();
+        let mut inline: Vec<bytes::Bytes> = Vec::new();
+        let mut inline_size = 0u64;
+        let mut placed = Vec::with_capacity(requests.len());
         let mut per_request_blocks = Vec::with_capacity(requests.len());
-        for mut request in requests {
+        for request in requests {
             let mut own = Vec::new();
-            let mut descriptors = Vec::with_capacity(request.inputs.len());
-            for tensor in request.inputs {
-                let mut desc = json!({
-                    "name": tensor.name, "datatype": tensor.datatype.kserve_name(), "shape": tensor.shape, "size": tensor.data.len(),
-                });
-                match self.conn.region.write_input(&tensor.data) {
-                    Some(block) => {
-                        desc["shm"] = json!(block.offset);
-                        own.push(block);
-                    }
-                    None => {
-                        desc["inline"] = json!(inline_size);
-                        inline_size += tensor.data.len();
-                        inline.push(tensor.data);
-                    }
-                }
-                descriptors.push(desc);
-            }
-            request.header["key"] = json!(request.key);
-            request.header["inputs"] = Value::Array(descriptors);
-            headers.push(request.header);
+            let inputs: Vec<(Tensor, u64)> = request
+                .inputs
+                .into_iter()
+                .map(|tensor| {
+                    let in_region = tensor.data.len() > SMALL;
+                    let location = match in_region.then(|| self.conn.region.write_input(&tensor.data)).flatten() {
+                        Some(block) => {
+                            own.push(block);
+                            block.offset as u64
+                        }
+                        None => {
+                            let at = inline_size;
+                            inline_size += tensor.data.len() as u64;
+                            inline.push(tensor.data.clone());
+                            INLINE | at
+                        }
+                    };
+                    (tensor, location)
+                })
+                .collect();
             per_request_blocks.push((request.key, own));
+            placed.push((request.key, request.flags, request.outputs, request.extras, inputs));
         }
         {
             let mut state = self.conn.lock_state();
@@ -273,6 +295,7 @@ impl Stub {
                 return;
             }
             let mut keys = Vec::new();
+            let mut blocks = Vec::new();
             if decoupled {
                 for ((key, own), sender) in per_request_blocks.into_iter().zip(streams) {
                     state.streams.insert(key, PendingStream { sender, inputs: own });
@@ -283,10 +306,17 @@ impl Stub {
             }
             state.executes.insert(id, PendingExecute { reply, inputs: blocks, streams: keys, release: Some(release) });
         }
-        let header = json!({"op": "execute", "id": id, "requests": headers});
         let parts: Vec<&[u8]> = inline.iter().map(|b| b.as_ref()).collect();
-        if let Err(e) = self.conn.send(header, &parts) {
-            // The reader thread sees the socket fail too and settles everything in flight.
+        let count = u32::try_from(placed.len()).unwrap_or(u32::MAX);
+        let header = |buffer: &mut Vec<u8>, ack| {
+            binary::execute_head(buffer, count, ack, id);
+            for (key, flags, outputs, extras, inputs) in &placed {
+                binary::request(buffer, *key, *flags, outputs, extras, inputs);
+            }
+            Ok(())
+        };
+        if let Err(e) = self.conn.send_with(header, &parts) {
+            // The reader sees the socket fail too and settles everything in flight.
             tracing::warn!(instance = %self.conn.name, "cannot send to the Python stub: {e}");
             self.kill();
         }
@@ -340,22 +370,26 @@ impl Conn {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn writer_lock(&self) -> MutexGuard<'_, UnixStream> {
+    fn writer_lock(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Sends a frame, acknowledging every frame read so far (the stub may reuse their blocks).
+    /// Sends a frame with a JSON header, acknowledging every frame read so far (the stub may
+    /// reuse their blocks).
     pub(crate) fn send(&self, mut header: Value, payload: &[&[u8]]) -> std::io::Result<()> {
+        let header = |buffer: &mut Vec<u8>, ack| {
+            header["ack"] = json!(ack);
+            serde_json::to_writer(buffer, &header).map_err(std::io::Error::other)
+        };
+        self.send_with(header, payload)
+    }
+
+    /// Sends a frame whose header `header` writes, given the acknowledgement to carry, in one write.
+    fn send_with(&self, header: impl FnOnce(&mut Vec<u8>, u64) -> std::io::Result<()>, payload: &[&[u8]]) -> std::io::Result<()> {
         let mut writer = self.writer_lock();
-        header["ack"] = json!(self.received.load(Ordering::Acquire));
+        let ack = self.received.load(Ordering::Acquire);
         self.unacknowledged_bytes.store(0, Ordering::Release);
-        let written = write_frame(&mut *writer, &header, payload);
-        if written.is_err() {
-            // A frame cut short (a write timeout) leaves nothing sound to send after it: end the
-            // connection, and the reader thread settles what was in flight.
-            let _ = writer.shutdown(std::net::Shutdown::Both);
-        }
-        written
+        writer.send(|buffer| header(buffer, ack), payload)
     }
 
     fn death_or(&self, otherwise: &str) -> String {
@@ -373,10 +407,10 @@ impl Conn {
         };
         for (_, pending) in executes {
             pending.inputs.into_iter().for_each(|b| self.region.free_input(b));
-            let _ = pending.reply.send(Err(stub_failed(&self.name, &why)));
             if let Some(release) = pending.release {
                 release();
             }
+            let _ = pending.reply.send(Err(stub_failed(&self.name, &why)));
         }
         for (_, stream) in streams {
             stream.inputs.into_iter().for_each(|b| self.region.free_input(b));
@@ -384,16 +418,12 @@ impl Conn {
         }
     }
 
-    fn settle_executed(&self, frame: &Frame) {
-        let Some(id) = frame.header.get("id").and_then(Value::as_u64) else { return };
-        let Some(pending) = self.lock_state().executes.remove(&id) else { return };
+    fn settle_executed(&self, frame: ExecutedFrame) {
+        let Some(pending) = self.lock_state().executes.remove(&frame.id) else { return };
         pending.inputs.into_iter().for_each(|b| self.region.free_input(b));
-        let result = match frame.header.get("error").and_then(Value::as_str) {
-            Some(message) => Err(BackendError::refused(ErrorCode::Internal, message.to_string())),
-            None => {
-                let answers = frame.header.get("responses").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-                Ok(Executed { answers: answers.iter().map(|r| self.reply_of(r, &frame.payload)).collect() })
-            }
+        let result = match frame.outcome {
+            Err(message) => Err(BackendError::refused(ErrorCode::Internal, message)),
+            Ok(answers) => Ok(Executed { answers }),
         };
         if let Err(error) = &result {
             // A decoupled execute that raised: each of its requests ends with the error.
@@ -401,10 +431,12 @@ impl Conn {
                 self.end_stream(key, Err(BackendError::refused(error.code(), error.to_string())));
             }
         }
-        let _ = pending.reply.send(result);
+        // The instance first: it takes the next waiting job now, so the stub works on it while
+        // this answer makes its way back to the client.
         if let Some(release) = pending.release {
             release();
         }
+        let _ = pending.reply.send(result);
     }
 
     fn end_stream(&self, key: u64, answer: Result<Option<Reply>, BackendError>) {
@@ -414,31 +446,16 @@ impl Conn {
         }
     }
 
-    fn settle_response(&self, frame: &Frame) {
-        let Some(key) = frame.header.get("request").and_then(Value::as_u64) else { return };
-        let last = frame.header.get("final").and_then(Value::as_bool).unwrap_or(false);
-        let empty = frame.header.get("empty").and_then(Value::as_bool).unwrap_or(false);
-        let answer = if empty { Ok(None) } else { self.reply_of(&frame.header, &frame.payload).map(Some) };
-        if last {
-            self.end_stream(key, answer);
-        } else if let Some(stream) = self.lock_state().streams.get(&key) {
+    fn settle_response(&self, frame: ResponseFrame) {
+        let answer = frame.answer.transpose();
+        if frame.last {
+            self.end_stream(frame.key, answer);
+        } else if let Some(stream) = self.lock_state().streams.get(&frame.key) {
             let _ = stream.sender.send(StreamEvent { answer, last: false });
         }
     }
 
-    /// A response's outputs (copied out of the region) or its error.
-    fn reply_of(&self, response: &Value, payload: &bytes::Bytes) -> Answer {
-        if let Some(error) = response.get("error").filter(|e| !e.is_null()) {
-            return Err(request_error(error));
-        }
-        let outputs = tensors_of(response.get("outputs"), &self.region, payload).map_err(|why| {
-            BackendError::failed(ErrorCode::Internal, format!("the python model's response is malformed: {why}"))
-        })?;
-        Ok(Reply { outputs })
-    }
-
-    fn note_output_bytes(&self, frame: &Frame) {
-        let bytes = crate::wire::shm_bytes(&frame.header);
+    fn note_output_bytes(&self, bytes: usize) {
         if bytes == 0 {
             return;
         }
@@ -450,31 +467,80 @@ impl Conn {
     }
 }
 
+/// Takes one frame the stub sent; `Err` says why the stub is of no further use.
+fn take_frame(conn: &Arc<Conn>, services: &Services, header: &[u8], payload: bytes::Bytes) -> Result<(), String> {
+    let shm_bytes = match binary::op(header) {
+        Some(binary::EXECUTED) => {
+            let frame = binary::parse_executed(header, &conn.region, &payload)
+                .map_err(|why| format!("the stub sent a malformed executed frame: {why}"))?;
+            let bytes = frame.shm_bytes;
+            conn.settle_executed(frame);
+            bytes
+        }
+        Some(binary::RESPONSE) => {
+            let frame = binary::parse_response(header, &conn.region, &payload)
+                .map_err(|why| format!("the stub sent a malformed response frame: {why}"))?;
+            let bytes = frame.shm_bytes;
+            conn.settle_response(frame);
+            bytes
+        }
+        Some(op) => return Err(format!("the stub sent a frame of unknown op {op}")),
+        None => {
+            let frame = Frame::json(header, payload).map_err(|e| format!("the stub's socket failed: {e}"))?;
+            match frame.op() {
+                "bls" => services.bls(conn, &frame),
+                "control" => services.control(conn, &frame),
+                "log" => services.log(&conn.name, &frame.header),
+                _ => {
+                    if let Some(sender) = conn.lock_state().op_reply.take() {
+                        let _ = sender.try_send(frame);
+                        conn.received.fetch_add(1, Ordering::AcqRel);
+                        return Ok(());
+                    }
+                }
+            }
+            crate::wire::shm_bytes(&frame.header)
+        }
+    };
+    conn.received.fetch_add(1, Ordering::AcqRel);
+    conn.note_output_bytes(shm_bytes);
+    Ok(())
+}
+
 fn read_loop(conn: Arc<Conn>, socket: UnixStream, services: Services, limit: usize) {
     // Buffered: a frame's prefix, header and small payload usually come in one read.
     let mut socket = std::io::BufReader::with_capacity(64 << 10, socket);
+    let mut header = Vec::with_capacity(4 << 10);
     let why = loop {
-        let frame = match read_frame(&mut socket, limit) {
-            Ok(Some(frame)) => frame,
+        let payload = match read_raw(&mut socket, &mut header, limit) {
+            Ok(Some(payload)) => payload,
             Ok(None) => break "the stub process exited".to_string(),
             Err(e) => break format!("the stub's socket failed: {e}"),
         };
-        match frame.op() {
-            "executed" => conn.settle_executed(&frame),
-            "response" => conn.settle_response(&frame),
-            "bls" => services.bls(&conn, &frame),
-            "control" => services.control(&conn, &frame),
-            "log" => services.log(&conn.name, &frame.header),
-            _ => {
-                if let Some(sender) = conn.lock_state().op_reply.take() {
-                    let _ = sender.send(frame);
-                    conn.received.fetch_add(1, Ordering::AcqRel);
-                    continue;
+        if let Err(why) = take_frame(&conn, &services, &header, payload) {
+            break why;
+        }
+    };
+    conn.die(why);
+}
+
+async fn read_task(conn: Arc<Conn>, socket: UnixStream, services: Services, limit: usize) {
+    let why = match tokio::net::UnixStream::from_std(socket) {
+        Ok(socket) => {
+            let mut socket = tokio::io::BufReader::with_capacity(64 << 10, socket);
+            let mut header = Vec::with_capacity(4 << 10);
+            loop {
+                let payload = match read_raw_async(&mut socket, &mut header, limit).await {
+                    Ok(Some(payload)) => payload,
+                    Ok(None) => break "the stub process exited".to_string(),
+                    Err(e) => break format!("the stub's socket failed: {e}"),
+                };
+                if let Err(why) = take_frame(&conn, &services, &header, payload) {
+                    break why;
                 }
             }
         }
-        conn.received.fetch_add(1, Ordering::AcqRel);
-        conn.note_output_bytes(&frame);
+        Err(e) => format!("cannot watch the stub's socket: {e}"),
     };
     conn.die(why);
 }

@@ -1,5 +1,6 @@
-//! Tensors and errors as frames describe them: `{"name", "datatype", "shape", "size"}` with the
-//! bytes at `"shm"` (a region offset) or `"inline"` (an offset in the frame's payload).
+//! Tensors and errors as JSON frames (BLS requests and answers) describe them: `{"name",
+//! "datatype", "shape", "size"}` with the bytes at `"shm"` (a region offset) or `"inline"` (an
+//! offset in the frame's payload); the errors a response carries, in either kind of frame.
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -49,36 +50,37 @@ fn tensor_of(desc: &Value, region: &Region, payload: &Bytes) -> Result<Tensor, S
     Ok(Tensor::new(name, datatype, shape, data))
 }
 
-/// Bytes of the stub's region a frame named: what the server has copied out by now.
+/// Bytes of the stub's region a JSON frame (a BLS request) named: what the server has copied out by now.
 pub fn shm_bytes(header: &Value) -> usize {
-    let sum = |list: Option<&Value>| {
-        list.and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|d| d.get("shm").is_some())
-            .filter_map(|d| d.get("size").and_then(Value::as_u64))
-            .map(|s| usize::try_from(s).unwrap_or(0))
-            .sum::<usize>()
-    };
-    let responses: usize =
-        header.get("responses").and_then(Value::as_array).into_iter().flatten().map(|r| sum(r.get("outputs"))).sum();
-    responses + sum(header.get("outputs")) + sum(header.get("inputs"))
+    header
+        .get("inputs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|d| d.get("shm").is_some())
+        .filter_map(|d| d.get("size").and_then(Value::as_u64))
+        .map(|s| usize::try_from(s).unwrap_or(0))
+        .sum()
 }
 
 /// A `TritonError` a response carried: its message, with the gRPC class its code names.
-pub fn request_error(error: &Value) -> BackendError {
-    let message = error.get("message").and_then(Value::as_str).unwrap_or("").to_string();
-    let code = match error.get("code").and_then(Value::as_i64) {
-        Some(0) => ErrorCode::Unknown,
-        Some(2) => ErrorCode::NotFound,
-        Some(3) => ErrorCode::InvalidArg,
-        Some(4) => ErrorCode::Unavailable,
-        Some(5) => ErrorCode::Unsupported,
-        Some(6) => ErrorCode::AlreadyExists,
-        Some(7) => ErrorCode::Cancelled,
+pub fn request_error(message: &str, code: i64) -> BackendError {
+    let code = match code {
+        0 => ErrorCode::Unknown,
+        2 => ErrorCode::NotFound,
+        3 => ErrorCode::InvalidArg,
+        4 => ErrorCode::Unavailable,
+        5 => ErrorCode::Unsupported,
+        6 => ErrorCode::AlreadyExists,
+        7 => ErrorCode::Cancelled,
         _ => ErrorCode::Internal,
     };
-    BackendError::refused(code, message)
+    BackendError::refused(code, message.to_string())
+}
+
+/// A response the server cannot take apart.
+pub fn malformed(why: &str) -> BackendError {
+    BackendError::failed(ErrorCode::Internal, format!("the python model's response is malformed: {why}"))
 }
 
 /// pb_utils' number of an error class.
