@@ -33,7 +33,10 @@ class RawH2:
 
     def _read(self, n: int) -> bytes | None:
         while len(self.buffered) < n:
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None  # closed with our last frames unread: the kernel resets instead of a FIN
             if not chunk:
                 return None
             self.buffered += chunk
@@ -93,11 +96,10 @@ def served(url: str) -> bool:
 def test_a_ping_flood_gets_goaway_too_many_pings_and_only_its_connection_closes(tritium):
     bystander = RawH2(tritium.url)
     flooder = RawH2(tritium.url)
-    for n in range(20):
-        try:
-            flooder.ping(n)
-        except OSError:
-            break  # closed already
+    # The first ping is free and two strikes pass: the fourth ping is one too many. Nothing is sent after it, so
+    # the server's close cannot turn into a reset that discards the GOAWAY before it is read.
+    for n in range(4):
+        flooder.ping(n)
     goaway = flooder.until(GOAWAY)
     assert goaway is not None, "no GOAWAY before the server closed"
     _, payload = goaway
