@@ -24,7 +24,7 @@ use crate::wire::Reply;
 pub struct PythonModel {
     decoupled: bool,
     /// The config's output names.
-    outputs: Vec<String>,
+    outputs: Arc<[String]>,
     /// The same, as `execute` carries them: every request that asks for all outputs shares them.
     all_outputs: Bytes,
     instances: Instances,
@@ -33,7 +33,7 @@ pub struct PythonModel {
 
 impl PythonModel {
     pub fn new(config: &ModelConfig, decoupled: bool, instances: Instances) -> PythonModel {
-        let outputs: Vec<String> = config.output.iter().map(|o| o.name.clone()).collect();
+        let outputs: Arc<[String]> = config.output.iter().map(|o| o.name.clone()).collect();
         let all_outputs = Bytes::from(binary::encode_names(outputs.iter().map(String::as_str)));
         PythonModel { decoupled, outputs, all_outputs, instances, next_key: AtomicU64::new(1) }
     }
@@ -135,9 +135,8 @@ impl PythonModel {
         let taken_by = Arc::new(OnceLock::new());
         let job = Job { requests: stub_requests, streams: senders, reply, taken_by: Some(Arc::clone(&taken_by)) };
         self.instances.submit(job);
-        let outputs: Arc<[String]> = self.outputs.iter().cloned().collect();
         for (key, events, cancel, mut responder, done) in streams {
-            let (taken_by, outputs) = (Arc::clone(&taken_by), Arc::clone(&outputs));
+            let (taken_by, outputs) = (Arc::clone(&taken_by), Arc::clone(&self.outputs));
             tokio::spawn(async move {
                 let result = stream_answers(&taken_by, key, events, cancel.as_ref(), &outputs, &mut responder).await;
                 let _ = done.send((responder, result));
