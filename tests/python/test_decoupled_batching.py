@@ -1,7 +1,7 @@
 """The dynamic batcher in front of decoupled models, with the real tritonclient streaming over gRPC: a decoupled
 model.py gets the batch as one execute() list and answers each request through its own response sender; a
-built-in decoupled backend batched the same way; statistics count one execution per batch; sequence batching of a
-decoupled model is still refused at load with a clear reason.
+built-in decoupled backend batched the same way; statistics count one execution per batch. (Decoupled models under
+the sequence batcher: test_python_sequences.py.)
 """
 
 from __future__ import annotations
@@ -135,17 +135,3 @@ def test_a_built_in_decoupled_backend_is_batched_too(start_tritium, tmp_path):
     stats = grpcclient.InferenceServerClient(server.url).get_inference_statistics("repeat_batched").model_stats[0]
     assert stats.inference_count == 4 and stats.execution_count < 4, stats
 
-
-def test_sequence_batching_of_a_decoupled_model_is_refused_at_load(start_tritium, tmp_path):
-    python_model(tmp_path, "stateful_stream", """
-        max_batch_size: 8
-        sequence_batching { }
-        model_transaction_policy { decoupled: true }
-        input [ { name: "IN", data_type: TYPE_INT32, dims: [ 2 ] } ]
-        output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] } ]
-    """, STREAMING)  # fmt: skip
-    server = start_tritium("--model-repository", str(tmp_path), "--python-interpreter", PYTHON)
-    index = grpcclient.InferenceServerClient(server.url).get_model_repository_index(as_json=True)
-    [entry] = [m for m in index["models"] if m["name"] == "stateful_stream"]
-    assert entry["state"] == "UNAVAILABLE", entry
-    assert "sequence batching of a decoupled model is not supported yet" in entry["reason"], entry

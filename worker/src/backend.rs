@@ -184,6 +184,16 @@ impl BackendError {
 #[derive(Debug)]
 pub struct Responder {
     inner: ResponderKind,
+    /// A sequence model's implicit states, kept from the responses instead of sent.
+    states: Option<Box<StateCapture>>,
+}
+
+/// The state outputs of a decoupled sequence model's responses: each response that carries one
+/// replaces the value kept, and the client never sees it.
+#[derive(Debug)]
+struct StateCapture {
+    names: Vec<String>,
+    latest: Vec<Option<Tensor>>,
 }
 
 #[derive(Debug)]
@@ -208,11 +218,24 @@ pub(crate) struct StreamTarget {
 
 impl Responder {
     pub(crate) fn single() -> Responder {
-        Responder { inner: ResponderKind::Single(None) }
+        Responder { inner: ResponderKind::Single(None), states: None }
     }
 
     pub(crate) fn stream(target: StreamTarget) -> Responder {
-        Responder { inner: ResponderKind::Stream(target) }
+        Responder { inner: ResponderKind::Stream(target), states: None }
+    }
+
+    /// From now on, outputs named in `output_names` are kept (the latest of each) rather than
+    /// sent; [`Responder::take_states`] hands them over.
+    pub(crate) fn capture_states(&mut self, output_names: Vec<String>) {
+        let latest = output_names.iter().map(|_| None).collect();
+        self.states = Some(Box::new(StateCapture { names: output_names, latest }));
+    }
+
+    /// The latest value of each captured state output, in the order given to
+    /// [`Responder::capture_states`] (`None` where no response carried it).
+    pub(crate) fn take_states(&mut self) -> Vec<Option<Tensor>> {
+        self.states.take().map(|capture| capture.latest).unwrap_or_default()
     }
 
     /// Sends one response. For a decoupled model this waits while the client is slow to read,
@@ -233,7 +256,17 @@ impl Responder {
         matches!(&self.inner, ResponderKind::Stream(target) if target.finished)
     }
 
-    async fn send_marked(&mut self, outputs: Vec<Tensor>, is_final: bool) -> Result<(), BackendError> {
+    async fn send_marked(&mut self, mut outputs: Vec<Tensor>, is_final: bool) -> Result<(), BackendError> {
+        if let Some(capture) = &mut self.states {
+            let mut sent = Vec::with_capacity(outputs.len());
+            for output in outputs {
+                match capture.names.iter().position(|name| *name == output.name) {
+                    Some(index) => capture.latest[index] = Some(output),
+                    None => sent.push(output),
+                }
+            }
+            outputs = sent;
+        }
         match &mut self.inner {
             ResponderKind::Single(slot @ None) => {
                 *slot = Some(outputs);

@@ -30,29 +30,9 @@ use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamedR
 use crate::params::{RequestOptions, is_reserved};
 use crate::priority_queue::{Levels, PriorityQueue, Queued};
 use crate::ragged::RaggedBatching;
+pub use crate::reply::{BatchAnswer, BatchShare, Execution, StreamEnd};
+use crate::reply::{Reply, StreamWait, stopped};
 use crate::request::Parameters;
-
-/// How long the backend took over one batch, in Triton's three compute phases.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Execution {
-    pub batch_size: u64,
-    pub compute_input: Duration,
-    pub compute_infer: Duration,
-    pub compute_output: Duration,
-}
-
-/// A request's share of its batch.
-#[derive(Debug)]
-pub struct BatchShare {
-    pub outputs: Vec<Tensor>,
-    /// The batch's execution, on the share of the request that carries it (the first of each
-    /// batch), so executions are counted once per batch.
-    pub execution: Option<Execution>,
-    /// How long it waited in the batcher's queue before its batch started.
-    pub waited: Duration,
-}
-
-pub type BatchAnswer = Result<BatchShare, BackendError>;
 
 struct Pending {
     inputs: Vec<Tensor>,
@@ -65,52 +45,6 @@ struct Pending {
     deadline: Option<Instant>,
     cancel: Option<CancellationToken>,
     reply: Reply,
-}
-
-/// Where a queued request's answer goes.
-enum Reply {
-    /// A plain request: its share of the batch's outputs.
-    Share(oneshot::Sender<BatchAnswer>),
-    /// A decoupled request: its responses go to its responder as the model sends them.
-    Stream(StreamReply),
-}
-
-struct StreamReply {
-    responder: Responder,
-    done: oneshot::Sender<(Responder, Result<(), BackendError>)>,
-    /// The batch's execution (on the first request of each batch) and the time waited, once the
-    /// model has taken the batch.
-    started: oneshot::Sender<(Option<Execution>, Duration)>,
-}
-
-impl Reply {
-    /// Whether nobody waits for the answer any more.
-    fn is_closed(&self, cancel: Option<&CancellationToken>) -> bool {
-        match self {
-            Reply::Share(reply) => reply.is_closed(),
-            Reply::Stream(stream) => stream.done.is_closed() || cancel.is_some_and(CancellationToken::is_cancelled),
-        }
-    }
-
-    /// Answers with `error`, before the request ran.
-    fn refuse(self, error: BackendError) {
-        match self {
-            Reply::Share(reply) => drop(reply.send(Err(error))),
-            Reply::Stream(stream) => {
-                let _ = stream.started.send((None, Duration::ZERO));
-                let _ = stream.done.send((stream.responder, Err(error)));
-            }
-        }
-    }
-}
-
-/// How a decoupled request's stream ended, after going through the batcher.
-pub struct StreamEnd {
-    /// `None` only when the batcher stopped with the request inside.
-    pub responder: Option<Responder>,
-    pub result: Result<(), BackendError>,
-    pub execution: Option<Execution>,
-    pub waited: Duration,
 }
 
 impl Queued for Pending {
@@ -187,31 +121,21 @@ impl DynamicBatcher {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Queues one request of a decoupled model; its responses go to `responder` once its batch
-    /// runs. Waits for the end of its stream.
-    pub async fn submit_stream(
+    /// Queues one request of a decoupled model (its responses go to `responder` once it runs)
+    /// before returning, so requests started in order keep their order; what waits for the end
+    /// of its stream, or that end when the request was refused.
+    pub(crate) fn enqueue_stream(
         &self,
         request: BackendRequest,
         rows: i64,
         options: &RequestOptions,
         responder: Responder,
-    ) -> StreamEnd {
-        let (done, ended) = oneshot::channel();
-        let (started, began) = oneshot::channel();
-        let reply = Reply::Stream(StreamReply { responder, done, started });
-        if let Err((error, reply)) = self.enqueue(request, rows, options, reply) {
-            let responder = match reply {
-                Reply::Stream(stream) => Some(stream.responder),
-                Reply::Share(_) => None,
-            };
-            return StreamEnd { responder, result: Err(error), execution: None, waited: Duration::ZERO };
+    ) -> Result<StreamWait, StreamEnd> {
+        let (reply, wait) = Reply::stream(responder);
+        match self.enqueue(request, rows, options, reply) {
+            Ok(()) => Ok(wait),
+            Err((error, reply)) => Err(reply.unqueued(error)),
         }
-        let (responder, result) = match ended.await {
-            Ok((responder, result)) => (Some(responder), result),
-            Err(_) => (None, Err(stopped())),
-        };
-        let (execution, waited) = began.await.unwrap_or((None, Duration::ZERO));
-        StreamEnd { responder, result, execution, waited }
     }
 
     /// Puts a request in its level's queue; the reply back when the queue is full or the batcher
@@ -259,10 +183,6 @@ impl DynamicBatcher {
         }
         Ok(())
     }
-}
-
-fn stopped() -> BackendError {
-    BackendError::failed(ErrorCode::Unavailable, "the model's batcher has stopped")
 }
 
 struct Scheduler {

@@ -46,6 +46,7 @@ pub mod params;
 mod priority_queue;
 pub mod ragged;
 pub mod registry;
+mod reply;
 pub mod repository;
 pub mod request;
 pub mod scheduler;

@@ -232,10 +232,11 @@ impl ModelVersion {
             finished: false,
             first_response: FirstResponseClock::start(&model, timing.arrived),
         });
+        let rows = i64::try_from(batch).unwrap_or(i64::MAX);
+        let start = model.scheduler.start_stream(backend_request, responder, rows, &options);
         tokio::spawn(async move {
             let pending = model.stats.pending();
-            let rows = i64::try_from(batch).unwrap_or(i64::MAX);
-            let end = model.scheduler.run_stream(model.backend.as_ref(), backend_request, responder, rows, &options).await;
+            let end = model.scheduler.stream_end(model.backend.as_ref(), start).await;
             drop(pending);
             let inferred = Instant::now();
             let mut responder = end.responder;

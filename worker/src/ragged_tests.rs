@@ -4,12 +4,16 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tritium_proto::inference::model_config::SchedulingChoice;
-use tritium_proto::inference::{BatchInput as ConfigBatchInput, ModelDynamicBatching, ModelInput, ModelInstanceGroup};
+use tritium_proto::inference::model_sequence_batching::{StrategyChoice, StrategyOldest};
+use tritium_proto::inference::{
+    BatchInput as ConfigBatchInput, ModelDynamicBatching, ModelInput, ModelInstanceGroup, ModelSequenceBatching,
+};
 
 use super::*;
 use crate::backend::{BackendRequest, Responder};
 use crate::dynamic_batcher::DynamicBatcher;
-use crate::params::RequestOptions;
+use crate::params::{RequestOptions, SequenceId};
+use crate::scheduler::{Scheduler, SchedulerLimits};
 
 fn input(name: &str, ragged: bool) -> ModelInput {
     ModelInput {
@@ -289,17 +293,46 @@ async fn a_backend_that_takes_lists_gets_each_request_as_it_came() {
     assert_eq!(*backend.calls.lock().unwrap(), [vec![1, 3], vec![1, 1], vec![1, 5], vec![1, 2]]);
 }
 
-#[test]
-fn sequence_batching_of_a_ragged_model_is_refused_at_load() {
-    use crate::scheduler::{Scheduler, SchedulerLimits};
-    let config =
-        ModelConfig { scheduling_choice: Some(SchedulingChoice::SequenceBatching(Default::default())), ..segment_config() };
+#[tokio::test]
+async fn sequences_of_other_lengths_share_a_sequence_batch_and_get_their_own_sums() {
+    let strategy = StrategyChoice::Oldest(StrategyOldest {
+        max_candidate_sequences: 8,
+        max_queue_delay_microseconds: 60_000_000,
+        ..Default::default()
+    });
+    let batching = ModelSequenceBatching { strategy_choice: Some(strategy), ..Default::default() };
+    let config = ModelConfig { scheduling_choice: Some(SchedulingChoice::SequenceBatching(batching)), ..segment_config() };
     let ragged = Arc::new(RaggedBatching::from_config(&config).unwrap());
-    let backend: Arc<dyn Backend> = Arc::new(SegmentSum::default());
-    let Err(error) = Scheduler::for_config(&config, &backend, &ragged, None, SchedulerLimits::default()) else {
-        panic!("a ragged model with a sequence batcher loaded");
-    };
-    assert_eq!(error, "allow_ragged_batch and batch_input are not supported with sequence_batching yet");
+    let backend = Arc::new(SegmentSum::default());
+    let dynamic: Arc<dyn Backend> = backend.clone();
+    let scheduler = Arc::new(Scheduler::for_config(&config, &dynamic, &ragged, None, SchedulerLimits::default()).unwrap());
+    let tasks: Vec<_> = [3i64, 1, 5, 2]
+        .into_iter()
+        .enumerate()
+        .map(|(index, length)| {
+            let (scheduler, backend) = (Arc::clone(&scheduler), Arc::clone(&dynamic));
+            let request = BackendRequest {
+                inputs: vec![values(vec![1, length], length as f32)],
+                parameters: vec![],
+                cancel: None,
+                id: String::new(),
+                requested_outputs: Vec::new(),
+            };
+            let options = RequestOptions {
+                sequence_id: Some(SequenceId::Number(index as u64 + 1)),
+                sequence_start: true,
+                sequence_end: true,
+                ..Default::default()
+            };
+            tokio::spawn(async move { scheduler.run(backend.as_ref(), request, 1, &options).await })
+        })
+        .collect();
+    let mut sums = Vec::new();
+    for task in tasks {
+        sums.extend(task.await.unwrap().unwrap().outputs[0].to_vec::<f32>().unwrap());
+    }
+    assert_eq!(sums, [3, 1, 5, 2].map(expected_sum));
+    assert_eq!(*backend.calls.lock().unwrap(), [vec![11]], "one call: the batch of four sequences, 3 + 1 + 5 + 2 elements");
 }
 
 fn output(name: &str, data_type: ConfigDataType, dims: Vec<i64>) -> tritium_proto::inference::ModelOutput {

@@ -10,9 +10,10 @@ use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_config::SchedulingChoice;
 
 use crate::backend::{Backend, BackendRequest, Responder};
-use crate::dynamic_batcher::{BatchAnswer, BatchShare, DynamicBatcher, StreamEnd};
+use crate::dynamic_batcher::{BatchAnswer, BatchShare, DynamicBatcher};
 use crate::params::RequestOptions;
 use crate::ragged::RaggedBatching;
+use crate::reply::{StreamEnd, StreamWait};
 use crate::repository::model_files::read_model_file;
 use crate::sequence::SequenceBatcher;
 
@@ -53,22 +54,13 @@ impl Scheduler {
         limits: SchedulerLimits,
     ) -> Result<Scheduler, String> {
         match &config.scheduling_choice {
-            Some(SchedulingChoice::SequenceBatching(_)) if !ragged.is_empty() => {
-                Err("allow_ragged_batch and batch_input are not supported with sequence_batching yet".to_string())
-            }
-            Some(SchedulingChoice::SequenceBatching(_))
-                if config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled) =>
-            {
-                // Serving the config without its scheduler would be wrong.
-                Err("sequence batching of a decoupled model is not supported yet".to_string())
-            }
             Some(SchedulingChoice::DynamicBatching(_)) => {
                 Ok(DynamicBatcher::for_config(config, backend, ragged, limits.max_queue_size)?
                     .map_or_else(|| Scheduler::Direct(Arc::clone(ragged)), Scheduler::Dynamic))
             }
             Some(SchedulingChoice::SequenceBatching(batching)) => {
                 let read = |file: &str, size: usize| read_initial_state(model_dir, file, size);
-                Ok(Scheduler::Sequence(SequenceBatcher::for_config(config, batching, backend, limits, &read)?))
+                Ok(Scheduler::Sequence(SequenceBatcher::for_config(config, batching, backend, ragged, limits, &read)?))
             }
             _ => Ok(Scheduler::Direct(Arc::clone(ragged))),
         }
@@ -96,32 +88,56 @@ impl Scheduler {
         }
     }
 
-    /// Runs one request of a decoupled model, its responses going to `responder`, until its
-    /// stream ends.
-    pub(crate) async fn run_stream(
+    /// Starts one request of a decoupled model, its responses going to `responder`: a batcher
+    /// queues it before this returns, so the requests of one stream keep their order.
+    /// [`Scheduler::stream_end`] then runs it to the end of its stream.
+    pub(crate) fn start_stream(
         &self,
-        backend: &dyn Backend,
         request: BackendRequest,
-        mut responder: Responder,
+        responder: Responder,
         rows: i64,
         options: &RequestOptions,
-    ) -> StreamEnd {
-        match self {
-            Scheduler::Dynamic(batcher) => batcher.submit_stream(request, rows, options, responder).await,
-            // A decoupled model with a sequence batcher fails its load.
-            Scheduler::Direct(ragged) => {
+    ) -> StreamStart {
+        let queued = match self {
+            Scheduler::Dynamic(batcher) => batcher.enqueue_stream(request, rows, options, responder),
+            Scheduler::Sequence(batcher) => batcher.enqueue_stream(request, rows, options, responder),
+            Scheduler::Direct(_) => return StreamStart::Now(request, responder),
+        };
+        match queued {
+            Ok(wait) => StreamStart::Queued(wait),
+            Err(end) => StreamStart::Ended(end),
+        }
+    }
+
+    /// Waits for the end of a stream [`Scheduler::start_stream`] started, running it first when
+    /// no batcher does.
+    pub(crate) async fn stream_end(&self, backend: &dyn Backend, start: StreamStart) -> StreamEnd {
+        match (self, start) {
+            (_, StreamStart::Queued(wait)) => wait.end().await,
+            (_, StreamStart::Ended(end)) => end,
+            (Scheduler::Direct(ragged), StreamStart::Now(request, mut responder)) => {
                 let result = match ragged.for_one(backend, request.inputs) {
                     Ok(inputs) => backend.execute(BackendRequest { inputs, ..request }, &mut responder).await,
                     Err(error) => Err(error),
                 };
                 StreamEnd { responder: Some(responder), result, execution: None, waited: std::time::Duration::ZERO }
             }
-            Scheduler::Sequence(_) => {
+            (_, StreamStart::Now(request, mut responder)) => {
                 let result = backend.execute(request, &mut responder).await;
                 StreamEnd { responder: Some(responder), result, execution: None, waited: std::time::Duration::ZERO }
             }
         }
     }
+}
+
+/// A decoupled request as [`Scheduler::start_stream`] left it.
+pub(crate) enum StreamStart {
+    /// In a batcher's queue.
+    Queued(StreamWait),
+    /// To run now, on its own.
+    Now(BackendRequest, Responder),
+    /// Refused before it was queued.
+    Ended(StreamEnd),
 }
 
 /// Reads `initial_state/<file>` of the model folder: a plain name (no folder, no `..`), at most

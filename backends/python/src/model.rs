@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
+use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_tensor::Tensor;
 use tritium_worker::params::is_reserved;
 use tritium_worker::{Backend, BackendError, BackendRequest, ParamValue, Responder, StreamedRequest};
@@ -23,7 +24,8 @@ use crate::wire::Reply;
 
 pub struct PythonModel {
     decoupled: bool,
-    /// The config's output names.
+    /// The config's output names, then its sequence states' output names (kept for the sequence
+    /// batcher, which never shows them to the client).
     outputs: Arc<[String]>,
     /// The same, as `execute` carries them: every request that asks for all outputs shares them.
     all_outputs: Bytes,
@@ -33,7 +35,12 @@ pub struct PythonModel {
 
 impl PythonModel {
     pub fn new(config: &ModelConfig, decoupled: bool, instances: Instances) -> PythonModel {
-        let outputs: Arc<[String]> = config.output.iter().map(|o| o.name.clone()).collect();
+        let states = match &config.scheduling_choice {
+            Some(SchedulingChoice::SequenceBatching(batching)) => batching.state.as_slice(),
+            _ => &[],
+        };
+        let outputs: Arc<[String]> =
+            config.output.iter().map(|o| o.name.clone()).chain(states.iter().map(|s| s.output_name.clone())).collect();
         let all_outputs = Bytes::from(binary::encode_names(outputs.iter().map(String::as_str)));
         PythonModel { decoupled, outputs, all_outputs, instances, next_key: AtomicU64::new(1) }
     }

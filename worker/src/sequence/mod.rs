@@ -14,6 +14,13 @@
 //! sequence's implicit state: the backend reads it as the state's input, writes the next value
 //! as its output, and the client sees neither.
 //!
+//! A backend that stacks gets a batch's rows stacked (ragged inputs laid out by the model's
+//! [`RaggedBatching`]); one that takes lists (Triton's python backend) gets one request per row,
+//! not-READY rows included. A decoupled model's rows each stream to their own client: the
+//! instance takes the next batch once the model has taken this one, a sequence's next request
+//! runs once its previous stream has ended, and the state is the last value of the state output
+//! its responses carried.
+//!
 //! One task per model owns every sequence, so nothing is locked: requests arrive on a channel in
 //! the order the transport read them, and finished batches come back on another.
 
@@ -28,13 +35,15 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::{ModelConfig, ModelSequenceBatching};
 use tritium_tensor::Tensor;
 
-use crate::backend::{Backend, BackendError, BackendRequest};
-use crate::dynamic_batcher::BatchAnswer;
+use crate::backend::{Backend, BackendError, BackendRequest, Responder};
 use crate::params::{RequestOptions, SequenceId};
+use crate::ragged::RaggedBatching;
+use crate::reply::{BatchAnswer, Reply, StreamEnd, StreamWait};
 use crate::request::Parameters;
 use crate::scheduler::SchedulerLimits;
 use rows::{Batch, Finished, Row};
@@ -56,8 +65,11 @@ struct Pending {
     end: bool,
     inputs: Vec<Tensor>,
     parameters: Parameters,
+    request_id: String,
+    requested_outputs: Vec<String>,
+    cancel: Option<CancellationToken>,
     arrived: Instant,
-    reply: oneshot::Sender<BatchAnswer>,
+    reply: Reply,
 }
 
 impl SequenceBatcher {
@@ -65,10 +77,12 @@ impl SequenceBatcher {
         config: &ModelConfig,
         batching: &ModelSequenceBatching,
         backend: &Arc<dyn Backend>,
+        ragged: &Arc<RaggedBatching>,
         limits: SchedulerLimits,
         read_initial_state: &dyn Fn(&str, usize) -> Result<bytes::Bytes, String>,
     ) -> Result<SequenceBatcher, String> {
-        let settings = SequenceSettings::from_config(config, batching, read_initial_state)?;
+        let mut settings = SequenceSettings::from_config(config, batching, read_initial_state)?;
+        settings.ragged = Arc::clone(ragged);
         Ok(SequenceBatcher {
             settings: Arc::new(settings),
             backend: Arc::clone(backend),
@@ -82,28 +96,65 @@ impl SequenceBatcher {
     /// The request joins the queue before the first await, so requests read in order from one
     /// stream keep that order.
     pub async fn submit(&self, request: BackendRequest, rows: i64, options: &RequestOptions) -> BatchAnswer {
+        let (reply, answer) = oneshot::channel();
+        if let Err((error, _)) = self.enqueue(request, rows, options, Reply::Share(reply)) {
+            return Err(error);
+        }
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Queues one request of a decoupled model (its responses go to `responder` once it runs)
+    /// before returning, so requests started in order keep their order; what waits for the end
+    /// of its stream, or that end when the request was refused.
+    pub(crate) fn enqueue_stream(
+        &self,
+        request: BackendRequest,
+        rows: i64,
+        options: &RequestOptions,
+        responder: Responder,
+    ) -> Result<StreamWait, StreamEnd> {
+        let (reply, wait) = Reply::stream(responder);
+        match self.enqueue(request, rows, options, reply) {
+            Ok(()) => Ok(wait),
+            Err((error, reply)) => Err(reply.unqueued(error)),
+        }
+    }
+
+    /// Puts a request in its sequence's queue; the reply back when the request is refused.
+    fn enqueue(
+        &self,
+        request: BackendRequest,
+        rows: i64,
+        options: &RequestOptions,
+        reply: Reply,
+    ) -> Result<(), (BackendError, Reply)> {
         let model = &self.settings.model;
-        let invalid = |message: String| Err(BackendError::refused(ErrorCode::InvalidArg, message));
+        let invalid = |message: String| BackendError::refused(ErrorCode::InvalidArg, message);
         if rows > 1 {
-            return invalid(format!(
-                "inference request to model '{model}' must specify batch-size 1 due to requirements of sequence batcher"
-            ));
+            let message =
+                format!("inference request to model '{model}' must specify batch-size 1 due to requirements of sequence batcher");
+            return Err((invalid(message), reply));
         }
         let Some(id) = options.sequence_id.clone() else {
-            return invalid(format!("inference request to model '{model}' must specify a non-zero or non-empty correlation ID"));
+            let message = format!("inference request to model '{model}' must specify a non-zero or non-empty correlation ID");
+            return Err((invalid(message), reply));
         };
-        self.settings.check_correlation_id(&id).map_err(|message| BackendError::refused(ErrorCode::InvalidArg, message))?;
+        if let Err(message) = self.settings.check_correlation_id(&id) {
+            return Err((invalid(message), reply));
+        }
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limits.max_queue_size {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(BackendError::QueueFull);
+            return Err((BackendError::QueueFull, reply));
         }
-        let (reply, answer) = oneshot::channel();
         let pending = Pending {
             id,
             start: options.sequence_start,
             end: options.sequence_end,
             inputs: request.inputs,
             parameters: request.parameters,
+            request_id: request.id,
+            requested_outputs: request.requested_outputs,
+            cancel: request.cancel,
             arrived: Instant::now(),
             reply,
         };
@@ -112,12 +163,11 @@ impl SequenceBatcher {
             tokio::spawn(Scheduler::new(self).run(receiver));
             sender
         });
-        let stopped = || BackendError::refused(ErrorCode::Unavailable, "the model's sequence batcher has stopped");
-        if sender.send(pending).is_err() {
+        if let Err(unsent) = sender.send(pending) {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(stopped());
+            return Err((stopped(), unsent.0.reply));
         }
-        answer.await.map_err(|_| stopped())?
+        Ok(())
     }
 }
 
@@ -209,7 +259,7 @@ impl Scheduler {
 
     fn refuse(&self, pending: Pending, code: ErrorCode, message: String) {
         self.queued.fetch_sub(1, Ordering::AcqRel);
-        let _ = pending.reply.send(Err(BackendError::refused(code, message)));
+        pending.reply.refuse(BackendError::refused(code, message));
     }
 
     fn arrive(&mut self, pending: Pending) {
@@ -340,7 +390,7 @@ impl Scheduler {
                 let id = slot.as_ref().filter(|id| self.ready(id))?;
                 let head = self.head(id)?;
                 match first {
-                    Some(first) if !rows::shareable(&first.inputs, &head.inputs) => None,
+                    Some(first) if !self.settings.shareable(&first.inputs, &head.inputs) => None,
                     _ => {
                         first.get_or_insert(head);
                         Some(id.clone())
@@ -362,7 +412,7 @@ impl Scheduler {
         let Some(&(first, _)) = ready.first() else { return Vec::new() };
         ready
             .into_iter()
-            .filter(|(head, _)| rows::shareable(&first.inputs, &head.inputs))
+            .filter(|(head, _)| self.settings.shareable(&first.inputs, &head.inputs))
             .take(self.settings.max_rows)
             .map(|(_, id)| Some(id.clone()))
             .collect()
@@ -389,14 +439,13 @@ impl Scheduler {
         self.busy[instance] = true;
         let batch = Batch { instance, rows: batch_rows };
         let (settings, backend, finished) = (Arc::clone(&self.settings), Arc::clone(&self.backend), self.finished.0.clone());
-        tokio::spawn(async move {
-            let done = batch.execute(&settings, backend.as_ref()).await;
-            let _ = finished.send(done);
-        });
+        tokio::spawn(async move { batch.execute(&settings, backend.as_ref(), &finished).await });
     }
 
     fn finish(&mut self, finished: Finished) {
-        self.busy[finished.instance] = false;
+        if let Some(instance) = finished.instance {
+            self.busy[instance] = false;
+        }
         let now = Instant::now();
         for (id, state, ended) in finished.sequences {
             let Some(sequence) = self.sequences.get_mut(&id) else { continue };
@@ -420,8 +469,16 @@ impl From<Pending> for rows::Request {
             end: pending.end,
             inputs: pending.inputs,
             parameters: pending.parameters,
+            id: pending.request_id,
+            requested_outputs: pending.requested_outputs,
+            cancel: pending.cancel,
             waited: pending.arrived.elapsed(),
             reply: pending.reply,
         }
     }
+}
+
+/// The answer when the model's sequence batcher has gone with the request inside.
+fn stopped() -> BackendError {
+    BackendError::refused(ErrorCode::Unavailable, "the model's sequence batcher has stopped")
 }

@@ -2,6 +2,7 @@
 //! the idle timeout, the control inputs the batcher fills in for the backend, and the implicit
 //! state it keeps between requests of one sequence.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use tritium_proto::inference::{ModelConfig, ModelSequenceBatching};
 use tritium_tensor::{DataType, Tensor, bytes_codec};
 
 use crate::params::SequenceId;
+use crate::ragged::RaggedBatching;
 
 /// Triton's `max_sequence_idle_microseconds` when the config leaves it at 0: one second.
 const DEFAULT_IDLE: Duration = Duration::from_secs(1);
@@ -37,6 +39,8 @@ pub(crate) struct SequenceSettings {
     pub(crate) max_rows: usize,
     /// Whether tensors carry a leading batch dimension.
     pub(crate) batched: bool,
+    /// A decoupled model: each request streams its responses.
+    pub(crate) decoupled: bool,
     pub(crate) instances: usize,
     /// Sequences that hold a slot at once; more wait in a backlog.
     pub(crate) slots: usize,
@@ -48,6 +52,9 @@ pub(crate) struct SequenceSettings {
     pub(crate) minimum_utilization: f32,
     pub(crate) controls: Vec<ControlInput>,
     pub(crate) states: Vec<StateSpec>,
+    /// How rows are laid out for a backend that stacks them (ragged inputs, batch inputs and
+    /// outputs).
+    pub(crate) ragged: Arc<RaggedBatching>,
 }
 
 /// One control input and the values it takes.
@@ -104,6 +111,7 @@ impl SequenceSettings {
     ) -> Result<SequenceSettings, String> {
         let model = config.name.clone();
         let batched = config.max_batch_size > 0;
+        let decoupled = config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled);
         let max_rows = usize::try_from(config.max_batch_size.max(1)).unwrap_or(1);
         let instances: i32 = config.instance_group.iter().map(|g| g.count.max(1)).sum();
         let instances = usize::try_from(instances).unwrap_or(1).max(1);
@@ -138,6 +146,7 @@ impl SequenceSettings {
             strategy,
             max_rows,
             batched,
+            decoupled,
             instances,
             slots,
             idle,
@@ -146,7 +155,19 @@ impl SequenceSettings {
             minimum_utilization,
             controls,
             states,
+            ragged: Arc::default(),
         })
+    }
+
+    /// Whether two requests' inputs can be rows of one batch (taken in name order: clients list
+    /// inputs in any order); ragged inputs may differ in shape.
+    pub(crate) fn shareable(&self, a: &[Tensor], b: &[Tensor]) -> bool {
+        a.len() == b.len()
+            && a.iter().all(|x| {
+                b.iter()
+                    .find(|y| y.name == x.name)
+                    .is_some_and(|y| self.ragged.compatible(std::slice::from_ref(x), std::slice::from_ref(y)))
+            })
     }
 
     /// The control tensors of one row (shape `[1]`, or `[1, 1]` with a batch dimension).

@@ -130,7 +130,7 @@ fn batcher(config: &ModelConfig, backend: &Arc<Accumulator>, limits: SchedulerLi
     let Some(SchedulingChoice::SequenceBatching(batching)) = &config.scheduling_choice else { unreachable!() };
     let dynamic: Arc<dyn Backend> = backend.clone();
     let no_files = |_: &str, _: usize| Err("no files".to_string());
-    Arc::new(SequenceBatcher::for_config(config, batching, &dynamic, limits, &no_files).unwrap())
+    Arc::new(SequenceBatcher::for_config(config, batching, &dynamic, &Arc::default(), limits, &no_files).unwrap())
 }
 
 #[derive(Clone, Copy, Default)]
@@ -331,7 +331,8 @@ fn configs_triton_would_refuse_fail_the_load() {
     let no_files = |_: &str, _: usize| Err("no files".to_string());
     let load = |config: ModelConfig| {
         let Some(SchedulingChoice::SequenceBatching(batching)) = &config.scheduling_choice else { unreachable!() };
-        SequenceBatcher::for_config(&config, batching, &backend, SchedulerLimits::default(), &no_files).map(|_| ())
+        SequenceBatcher::for_config(&config, batching, &backend, &Arc::default(), SchedulerLimits::default(), &no_files)
+            .map(|_| ())
     };
     assert!(load(config(oldest(0), 4, 0)).unwrap_err().contains("max_candidate_sequences"));
     let mut two_controls = config(direct(), 4, 0);
