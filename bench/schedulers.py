@@ -6,7 +6,7 @@ model repositories), with perf_analyzer over gRPC, in the same run.
     QUICK=1 .venv/bin/python bench/schedulers.py   # smoke run: 1 round, 1 s windows, about 2 minutes
 
 Sections and rows (perf_analyzer, random input data, three fixed windows per run):
-- dense (`--async` c=16 and c=64): the built-in `dense` backend, OUTPUT0 = INPUT0 · W, FP32 [2048] -> [2048],
+- dense (`--async` c=16 and c=64): the built-in `dense` backend, OUTPUT0 = INPUT0 · W, FP32 [4096] -> [4096],
   W[i][j] = ((7i + 13j) mod 17) / 64 - 8 / 64, max_batch_size 16, one CPU instance; on four servers: Tritium
   without and with `dynamic_batching { max_queue_delay_microseconds: 1000 }` (two processes), Triton without and
   with it (two processes; model.py builds W once, stacks the rows of every request execute() is handed, runs one
@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO / "bench" / "lib"))
 
 from bench import machine, run_perf_analyzer, triton_version  # noqa: E402
 from schedulers_report import MODES, SECTIONS, SEQUENCE_ARGS, SERVERS, TARGETS, Run, label, write_report  # noqa: E402
-from schedulers_triton_model import write_repositories  # noqa: E402
+from schedulers_triton_model import DENSE_N, write_repositories  # noqa: E402
 from servers import Processes, Server  # noqa: E402
 
 # bench/onnx.py's setup helpers (it is a script, and `onnx` is also the ONNX package's name: load it by path).
@@ -125,8 +125,8 @@ def check(server: Server, models: set[str]) -> None:
     client = grpcclient.InferenceServerClient(server.address)
     try:
         if "dense" in models:
-            x = np.random.default_rng(0).standard_normal((1, 2048)).astype(np.float32)
-            i, j = np.arange(2048).reshape(-1, 1), np.arange(2048).reshape(1, -1)
+            x = np.random.default_rng(0).standard_normal((1, DENSE_N)).astype(np.float32)
+            i, j = np.arange(DENSE_N).reshape(-1, 1), np.arange(DENSE_N).reshape(1, -1)
             want = x.astype(np.float64) @ (((7 * i + 13 * j) % 17) / 64 - 8 / 64)
             got = client.infer("dense", [tensor("INPUT0", x, "FP32")]).as_numpy("OUTPUT0")
             if got is None or got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-2):

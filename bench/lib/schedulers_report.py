@@ -16,7 +16,7 @@ MODES = {"c1": ("sync, c=1", [], 1), "c16": ("--async, c=16", ["--async"], 16), 
 # perf_analyzer's sequence options for the sequence rows (20 requests per sequence, ±20 % by default).
 SEQUENCE_ARGS = ["--sequence-length", "20", "--sequence-id-range", "1:1000"]
 SECTIONS = {
-    "dense": ("Dynamic batching: `dense`, FP32 [2048] · W [2048 x 2048]", ("c16", "c64")),
+    "dense": ("Dynamic batching: `dense`, FP32 [4096] · W [4096 x 4096]", ("c16", "c64")),
     "sequence": ("Sequence batching: `accumulate`, INT32 [1], sequences of 20 (±20 %)", ("c1", "c16")),
     "ensemble": ("Ensemble: `add_sub_twice` (two add_sub steps) against `add_sub` alone, INT32 [16] x2", ("c1", "c16")),
 }

@@ -1,9 +1,9 @@
 """The model repositories bench/schedulers.py serves: the configs Tritium's built-in backends run, and the same models
 for Triton 2.51 through its python backend (config.pbtxt + numpy model.py; nvidia-pytriton ships no other backend).
 
-- `dense`: OUTPUT0 = INPUT0 · W, FP32 [2048] -> [2048], W[i][j] = ((7i + 13j) mod 17) / 64 - 8 / 64 (Tritium's
-  `dense` backend, worker/src/backends/dense.rs), max_batch_size 16, one CPU instance, with or without
-  `dynamic_batching { max_queue_delay_microseconds: 1000 }`. Triton's model.py builds W once in initialize(); its
+- `dense`: OUTPUT0 = INPUT0 · W, FP32 [DENSE_N] -> [DENSE_N] (4096, the built-in's size),
+  W[i][j] = ((7i + 13j) mod 17) / 64 - 8 / 64 (Tritium's `dense` backend, worker/src/backends/dense.rs),
+  max_batch_size 16, one CPU instance, with or without `dynamic_batching { max_queue_delay_microseconds: 1000 }`. Triton's model.py builds W once in initialize(); its
   execute() stacks every request's rows, runs one matmul and splits the result back by request (with no dynamic
   batching it is handed one request at a time).
 - `accumulate`: the running sum of a sequence's INPUTs. Tritium: worker/models/accumulate.pbtxt as it is (the sum is
@@ -21,6 +21,8 @@ import shutil
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BUILTIN = REPO / "worker" / "models"
+# The built-in dense layer's size (worker/models/dense.pbtxt).
+DENSE_N = 4096
 
 
 def dense_config(backend: str, batching: bool) -> str:
@@ -28,8 +30,8 @@ def dense_config(backend: str, batching: bool) -> str:
         'name: "dense"\n'
         f'backend: "{backend}"\n'
         "max_batch_size: 16\n"
-        'input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ 2048 ] } ]\n'
-        'output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 2048 ] } ]\n'
+        f'input [ {{ name: "INPUT0", data_type: TYPE_FP32, dims: [ {DENSE_N} ] }} ]\n'
+        f'output [ {{ name: "OUTPUT0", data_type: TYPE_FP32, dims: [ {DENSE_N} ] }} ]\n'
         "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
         + ("dynamic_batching { max_queue_delay_microseconds: 1000 }\n" if batching else "")
     )

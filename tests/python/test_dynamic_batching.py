@@ -6,7 +6,7 @@ What is proven:
   vs inference_count); requests whose rows have other shapes are not stacked together and still come back right;
   `batch_stats` has one entry per executed batch size, and its counts add up to execution_count and, weighted by
   the batch size, to inference_count;
-- the built-in `dense` (2048 x 2048, fixed weights) answers 32 concurrent clients exactly what numpy computes, in
+- the built-in `dense` (4096 x 4096, fixed weights) answers 32 concurrent clients exactly what numpy computes, in
   shared batches;
 - priority levels and queue policies, on written `dense` models with one instance, where the requests a test
   watches queue up behind "fillers" (requests at level 1, each in a batch of its own):
@@ -43,8 +43,8 @@ from helpers import finish_server, start_server, write_model
 
 CLIENTS = 16
 MAX_BATCH = 8
-DENSE_K = 2048
-# The priority models: as much work per row as the built-in dense (4 M multiply-adds), with small requests.
+DENSE_K = 4096
+# The priority models: 4 M multiply-adds per row (a quarter of the built-in dense's), with small requests.
 PRIO_K, PRIO_N = 256, 16384
 # Fillers are sized to queue about this much work for the one instance (see filler_count), within these bounds.
 FILLER_QUEUE_S = 2.5
@@ -154,7 +154,7 @@ def dense_weights(k: int = DENSE_K, n: int = DENSE_K) -> np.ndarray:
 
 def dense_rows(seed: int, rows: int, k: int = DENSE_K) -> np.ndarray:
     """Rows of multiples of 1/8 in [-1, 1]: every product with a weight is a multiple of 1/512 and every sum stays
-    below 2^8, so float32 computes x @ W exactly, in any order of summation."""
+    below 2^10 (4096 terms of at most 1/8), so float32 computes x @ W exactly, in any order of summation."""
     return (np.random.default_rng(seed).integers(-8, 9, (rows, k)) / 8).astype(np.float32)
 
 
