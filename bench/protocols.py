@@ -7,13 +7,14 @@ drifts between rounds by more than the differences measured. Writes bench/result
 and prints its path. Targets (issue 19): TLS at most 15 % fewer infer/s than plaintext; HTTP at least 0.8x gRPC.
 
     .venv/bin/python bench/protocols.py     # about 6 min; needs target/release/tritium (bash bench/run.sh builds it) or TRITIUM_BIN
-    ROUNDS=7 WINDOW_MS=2000 .venv/bin/python bench/protocols.py
+    ROUNDS=7 WINDOW_MS=2000 ROWS=async-c16 SUFFIX=-c16 .venv/bin/python bench/protocols.py
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import resource
 import pathlib
 import platform
 import statistics
@@ -29,7 +30,8 @@ from servers import Processes, Server  # noqa: E402
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 WINDOW_MS = int(os.environ.get("WINDOW_MS", "3000"))
-ROWS = {"sync-c1": ([], 1), "async-c16": (["--async"], 16)}
+ALL_ROWS = {"sync-c1": ([], 1), "async-c16": (["--async"], 16)}
+ROWS = {row: spec for row, spec in ALL_ROWS.items() if row in os.environ.get("ROWS", ",".join(ALL_ROWS)).split(",")}
 MODES = ("grpc", "grpc-tls", "http")
 # (mode, against, target): the ratio reported and the least it may be.
 RATIOS = (("grpc-tls", "grpc", 0.85), ("http", "grpc", 0.8))
@@ -81,7 +83,12 @@ def main() -> int:
                         csv_path = work / f"{row}.{mode}.r{rnd}.csv"
                         argv = perf_analyzer_argv(pa, mode, server, work, concurrency, csv_path, args)
                         run = Run(row, mode, rnd, False)
+                        # perf_analyzer's own CPU: what the children reaped meanwhile used (only it is reaped).
+                        before = resource.getrusage(resource.RUSAGE_CHILDREN)
                         run_perf_analyzer(procs, work, argv, 120, server, run, csv_path, work / f"{row}.{mode}.r{rnd}.out")
+                        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                        client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+                        run.note = f"{client_cpu:.3f}"
                         results.setdefault((row, mode), {})[rnd] = run
                         print(f"protocols bench: {row} {mode} round {rnd}: {run.infer_s:.0f} infer/s {run.error}", flush=True)
         finally:
@@ -93,7 +100,7 @@ def main() -> int:
 
 def write_report(results: dict[tuple[str, str], dict[int, Run]]) -> pathlib.Path:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    out = REPO / "bench" / "results" / f"protocols-{date}-{platform.node() or 'host'}.md"
+    out = REPO / "bench" / "results" / f"protocols-{date}-{platform.node() or 'host'}{os.environ.get('SUFFIX', '')}.md"
     box = machine()
     lines = [
         f"# Tritium's doors: gRPC, gRPC over TLS and HTTP ({date})",
@@ -104,13 +111,20 @@ def write_report(results: dict[tuple[str, str], dict[int, Run]]) -> pathlib.Path
         f"{WINDOW_MS} ms windows, {ROUNDS} rounds; within a round a row's three runs follow each other, in an order that",
         "rotates every round. Ratios are medians over rounds of each round's ratio; infer/s and p99 are medians.",
         "",
-        "| row | gRPC infer/s | TLS infer/s | HTTP infer/s | TLS/gRPC (target >= 0.85) | HTTP/gRPC (target >= 0.8) | p99 gRPC / TLS / HTTP us |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "CPU per request: the server's process (utime + stime from /proc) and perf_analyzer's (getrusage of the",
+        "reaped child), over the whole run (warm-up included) divided by the requests of its measured windows, medians.",
+        "",
+        "| row | gRPC infer/s | TLS infer/s | HTTP infer/s | TLS/gRPC (target >= 0.85) | HTTP/gRPC (target >= 0.8) | p99 gRPC / TLS / HTTP us | server CPU us / request gRPC / TLS / HTTP | perf_analyzer CPU us / request gRPC / TLS / HTTP |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for row in ROWS:
         runs = {mode: results.get((row, mode), {}) for mode in MODES}
         med = {m: statistics.median([r.infer_s for r in runs[m].values() if r.ok] or [0.0]) for m in MODES}
         p99 = {m: statistics.median([r.p99_us for r in runs[m].values() if r.ok] or [0.0]) for m in MODES}
+        per_request = lambda r, seconds: seconds / r.requests * 1e6 if r.requests else 0.0  # noqa: E731
+        server_cpu = {m: statistics.median([per_request(r, r.cpu_s) for r in runs[m].values() if r.ok] or [0.0]) for m in MODES}
+        client_cpu = {m: statistics.median([per_request(r, float(r.note or 0)) for r in runs[m].values() if r.ok] or [0.0])
+                      for m in MODES}
         cells = []
         for mode, against, target in RATIOS:
             per_round = [runs[mode][i].infer_s / runs[against][i].infer_s for i in runs[mode]
@@ -119,7 +133,8 @@ def write_report(results: dict[tuple[str, str], dict[int, Run]]) -> pathlib.Path
             spread = f"{min(per_round):.2f}-{max(per_round):.2f}" if per_round else "-"
             cells.append(f"{ratio:.2f} ({spread}) {'met' if ratio >= target else 'missed'}")
         lines.append(f"| {row} | {med['grpc']:.0f} | {med['grpc-tls']:.0f} | {med['http']:.0f} | {cells[0]} | {cells[1]} | "
-                     f"{p99['grpc']:.0f} / {p99['grpc-tls']:.0f} / {p99['http']:.0f} |")
+                     f"{p99['grpc']:.0f} / {p99['grpc-tls']:.0f} / {p99['http']:.0f} | "
+                     f"{' / '.join(f'{server_cpu[m]:.0f}' for m in MODES)} | {' / '.join(f'{client_cpu[m]:.0f}' for m in MODES)} |")
     out.write_text("\n".join(lines) + "\n")
     return out
 
