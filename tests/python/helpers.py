@@ -241,3 +241,45 @@ def expect_error(status: str, fragment: str, fn, *args, **kwargs) -> InferenceSe
     assert err.status() == want, f"expected status {want}, got {err.status()} ({err.message()!r})"
     assert fragment in err.message(), f"expected {fragment!r} in {err.message()!r}"
     return err
+
+
+class ResultStream:
+    """A tritonclient gRPC stream (`ModelStreamInfer`) whose results queue up for `until_finals`; subclasses send."""
+
+    def __init__(self, url: str, timeout: float = 60) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self.timeout = timeout
+        self.client = grpcclient.InferenceServerClient(url)
+        self.events: queue.Queue = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: self.events.put((result, error)))
+
+    def until_finals(self, count: int) -> dict[str, list]:
+        """Responses that carry outputs, by request id in arrival order, until `count` requests have sent their
+        final flag (requests must ask for empty final responses)."""
+        by_id: dict[str, list] = {}
+        finals = 0
+        while finals < count:
+            result, error = self.events.get(timeout=self.timeout)
+            assert error is None, f"{error.status()}: {error.message()}"
+            response = result.get_response()
+            if response.parameters["triton_final_response"].bool_param:
+                finals += 1
+            if response.outputs:
+                by_id.setdefault(response.id, []).append(result)
+        return by_id
+
+    def close(self) -> None:
+        self.client.stop_stream()
+        self.client.close()
+
+
+def write_python_model(repo: pathlib.Path, name: str, config: str, source: str) -> pathlib.Path:
+    """`repo/name` as a Python model: config.pbtxt (`backend: "python"` plus `config`, dedented) and 1/model.py."""
+    import textwrap
+
+    model_dir = repo / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\n' + textwrap.dedent(config))
+    (model_dir / "1" / "model.py").write_text(textwrap.dedent(source))
+    return model_dir

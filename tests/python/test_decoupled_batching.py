@@ -6,21 +6,15 @@ the sequence batcher: test_python_sequences.py.)
 
 from __future__ import annotations
 
-import queue
 import sys
 import textwrap
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from helpers import ResultStream, write_python_model
+
 PYTHON = sys.executable
-TIMEOUT_S = 60
-
-
-def python_model(repo, name: str, config: str, source: str) -> None:
-    (repo / name / "1").mkdir(parents=True)
-    (repo / name / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\n' + textwrap.dedent(config))
-    (repo / name / "1" / "model.py").write_text(textwrap.dedent(source))
 
 
 # Each request gets OUT = IN * 10 + k for k in 0..IN[1], then the final flag alone; BATCH says how many requests
@@ -53,32 +47,9 @@ DECOUPLED_BATCHING = """
 """
 
 
-class Stream:
-    def __init__(self, url: str) -> None:
-        self.client = grpcclient.InferenceServerClient(url)
-        self.events: queue.Queue = queue.Queue()
-        self.client.start_stream(callback=lambda result, error: self.events.put((result, error)))
-
+class Stream(ResultStream):
     def send(self, model: str, inputs, request_id: str) -> None:
         self.client.async_stream_infer(model, inputs, request_id=request_id, enable_empty_final_response=True)
-
-    def until_finals(self, count: int) -> dict[str, list]:
-        """Responses by request id until `count` requests have sent their final flag."""
-        by_id: dict[str, list] = {}
-        finals = 0
-        while finals < count:
-            result, error = self.events.get(timeout=TIMEOUT_S)
-            assert error is None, error
-            response = result.get_response()
-            if response.parameters["triton_final_response"].bool_param:
-                finals += 1
-            if response.outputs:
-                by_id.setdefault(response.id, []).append(result)
-        return by_id
-
-    def close(self) -> None:
-        self.client.stop_stream()
-        self.client.close()
 
 
 def int32(name: str, rows: list[list[int]]) -> grpcclient.InferInput:
@@ -89,7 +60,7 @@ def int32(name: str, rows: list[list[int]]) -> grpcclient.InferInput:
 
 
 def test_a_decoupled_python_model_gets_batches_and_answers_each_request_on_its_own(start_tritium, tmp_path):
-    python_model(tmp_path, "fanout", DECOUPLED_BATCHING, STREAMING)
+    write_python_model(tmp_path, "fanout", DECOUPLED_BATCHING, STREAMING)
     server = start_tritium("--model-repository", str(tmp_path), "--python-interpreter", PYTHON)
     stream = Stream(server.url)
     try:

@@ -14,7 +14,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -23,17 +22,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
 
-from helpers import expect_error, start_server, tritium_bin
+from helpers import expect_error, start_server, tritium_bin, write_python_model
 
 PYTHON = sys.executable
-
-
-def python_model(repo: pathlib.Path, name: str, config: str, source: str) -> pathlib.Path:
-    model_dir = repo / name
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\n' + textwrap.dedent(config))
-    (model_dir / "1" / "model.py").write_text(textwrap.dedent(source))
-    return model_dir
 
 
 INT32_IO = """
@@ -108,9 +99,9 @@ def wait_for(condition, timeout: float = 30.0) -> bool:
 @pytest.fixture
 def repo(tmp_path):
     marker = tmp_path / "finalized.txt"
-    python_model(tmp_path / "models", "flaky", INT32_IO + f'parameters {{ key: "MARKER" value {{ string_value: "{marker}" }} }}\n',
-                 BEHAVING_BADLY)  # fmt: skip
-    python_model(tmp_path / "models", "steady", INT32_IO, BEHAVING_BADLY)
+    marked = INT32_IO + f'parameters {{ key: "MARKER" value {{ string_value: "{marker}" }} }}\n'
+    write_python_model(tmp_path / "models", "flaky", marked, BEHAVING_BADLY)
+    write_python_model(tmp_path / "models", "steady", INT32_IO, BEHAVING_BADLY)
     return tmp_path
 
 
@@ -169,7 +160,7 @@ def test_unload_and_sigterm_run_finalize_and_end_every_stub(repo):
 
 
 def test_initialize_raising_fails_the_load_with_the_tracebacks_last_line(start_tritium, tmp_path):
-    python_model(tmp_path, "broken", INT32_IO, """
+    write_python_model(tmp_path, "broken", INT32_IO, """
         class TritonPythonModel:
             def initialize(self, args):
                 raise ValueError("initialize exploded")
@@ -187,7 +178,7 @@ def test_an_interpreter_without_numpy_is_one_clear_load_error(start_tritium, tmp
     bare = pathlib.Path("/usr/bin/python3")
     if not bare.exists() or os.system(f"{bare} -c 'import numpy' 2>/dev/null") == 0:
         pytest.skip("needs a python3 without numpy at /usr/bin/python3")
-    python_model(tmp_path, "needs_numpy", INT32_IO, BEHAVING_BADLY)
+    write_python_model(tmp_path, "needs_numpy", INT32_IO, BEHAVING_BADLY)
     server = start_tritium("--model-repository", str(tmp_path), "--python-interpreter", str(bare),
                            "--model-control-mode", "explicit")  # fmt: skip
     client = grpcclient.InferenceServerClient(server.url)
@@ -195,7 +186,7 @@ def test_an_interpreter_without_numpy_is_one_clear_load_error(start_tritium, tmp
 
 
 def test_the_dynamic_batcher_hands_execute_lists_of_requests(start_tritium, tmp_path):
-    python_model(tmp_path, "counts", """
+    write_python_model(tmp_path, "counts", """
         max_batch_size: 8
         dynamic_batching { max_queue_delay_microseconds: 200000 }
         input [ { name: "IN", data_type: TYPE_INT32, dims: [ 1 ] } ]
@@ -230,7 +221,7 @@ def test_the_dynamic_batcher_hands_execute_lists_of_requests(start_tritium, tmp_
 
 
 def test_inputs_and_outputs_in_system_shared_memory(start_tritium, tmp_path):
-    python_model(tmp_path, "ident", """
+    write_python_model(tmp_path, "ident", """
         max_batch_size: 0
         input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ -1 ] } ]
         output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ -1 ] } ]
@@ -265,7 +256,7 @@ def test_inputs_and_outputs_in_system_shared_memory(start_tritium, tmp_path):
 
 
 def test_a_tensor_larger_than_the_region_travels_through_the_socket(start_tritium, tmp_path):
-    python_model(tmp_path, "ident", INT32_IO, """
+    write_python_model(tmp_path, "ident", INT32_IO, """
         import triton_python_backend_utils as pb_utils
 
         class TritonPythonModel:
@@ -283,7 +274,7 @@ def test_a_tensor_larger_than_the_region_travels_through_the_socket(start_tritiu
 
 
 def test_model_folders_may_hold_modules_model_py_imports(start_tritium, tmp_path):
-    model_dir = python_model(tmp_path, "helper_user", INT32_IO, """
+    model_dir = write_python_model(tmp_path, "helper_user", INT32_IO, """
         import triton_python_backend_utils as pb_utils
         from helper_module import triple
 

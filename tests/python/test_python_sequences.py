@@ -16,16 +16,15 @@ What is proven:
 from __future__ import annotations
 
 import itertools
-import queue
 import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from helpers import ResultStream, write_python_model
+
 PYTHON = sys.executable
-TIMEOUT_S = 60
 _ids = itertools.count(7000)
 
 CONTROLS = """
@@ -147,12 +146,6 @@ def streaming_config(strategy: str) -> str:
     )
 
 
-def python_model(repo, name: str, config: str, source: str) -> None:
-    (repo / name / "1").mkdir(parents=True)
-    (repo / name / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\n' + textwrap.dedent(config))
-    (repo / name / "1" / "model.py").write_text(textwrap.dedent(source))
-
-
 def int32(name: str, value: int) -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(name, [1, 1], "INT32")
     tensor.set_data_from_numpy(np.array([[value]], dtype=np.int32))
@@ -160,7 +153,7 @@ def int32(name: str, value: int) -> grpcclient.InferInput:
 
 
 def test_a_plain_model_gets_one_request_per_sequence_and_keeps_each_sum(start_tritium, tmp_path):
-    python_model(tmp_path, "summing", PLAIN_CONFIG, SUMMING)
+    write_python_model(tmp_path, "summing", PLAIN_CONFIG, SUMMING)
     server = start_tritium("--model-repository", str(tmp_path), "--python-interpreter", PYTHON)
     ids = [next(_ids) for _ in range(4)]
     values = {sid: [sid % 7 + step for step in range(5)] for sid in ids}
@@ -184,12 +177,7 @@ def test_a_plain_model_gets_one_request_per_sequence_and_keeps_each_sum(start_tr
     assert max(batch for seen in answers.values() for _, _, batch in seen) > 1, "sequences shared executions"
 
 
-class Stream:
-    def __init__(self, url: str) -> None:
-        self.client = grpcclient.InferenceServerClient(url)
-        self.events: queue.Queue = queue.Queue()
-        self.client.start_stream(callback=lambda result, error: self.events.put((result, error)))
-
+class Stream(ResultStream):
     def send(self, model: str, value: int, sid: int, step: int, last: int) -> None:
         self.client.async_stream_infer(
             model,
@@ -200,24 +188,6 @@ class Stream:
             sequence_end=step == last,
             enable_empty_final_response=True,
         )
-
-    def until_finals(self, count: int) -> dict[str, list]:
-        """Responses with outputs by request id, in arrival order, until `count` requests have ended."""
-        by_id: dict[str, list] = {}
-        finals = 0
-        while finals < count:
-            result, error = self.events.get(timeout=TIMEOUT_S)
-            assert error is None, f"{error.status()}: {error.message()}"
-            response = result.get_response()
-            if response.parameters["triton_final_response"].bool_param:
-                finals += 1
-            if response.outputs:
-                by_id.setdefault(response.id, []).append(result)
-        return by_id
-
-    def close(self) -> None:
-        self.client.stop_stream()
-        self.client.close()
 
 
 def expected_outs(values: list[int]) -> list[list[int]]:
@@ -232,7 +202,7 @@ def expected_outs(values: list[int]) -> list[list[int]]:
 
 def test_a_decoupled_model_streams_each_sequence_with_state_from_its_responses(start_tritium, tmp_path):
     oldest = "oldest { max_candidate_sequences: 8, max_queue_delay_microseconds: 100000 }"
-    python_model(tmp_path, "streaming", streaming_config(oldest), STREAMING_STATE)
+    write_python_model(tmp_path, "streaming", streaming_config(oldest), STREAMING_STATE)
     server = start_tritium("--model-repository", str(tmp_path), "--python-interpreter", PYTHON)
     ids = [next(_ids) for _ in range(3)]
     values = {sid: [index + 1 + step * 3 for step in range(4)] for index, sid in enumerate(ids)}
@@ -256,7 +226,7 @@ def test_a_decoupled_model_streams_each_sequence_with_state_from_its_responses(s
 
 
 def test_direct_strategy_hands_a_decoupled_model_its_not_ready_rows(start_tritium, tmp_path):
-    python_model(tmp_path, "streaming_direct", streaming_config("direct { }"), STREAMING_STATE)
+    write_python_model(tmp_path, "streaming_direct", streaming_config("direct { }"), STREAMING_STATE)
     server = start_tritium("--model-repository", str(tmp_path), "--python-interpreter", PYTHON)
     idle, busy = next(_ids), next(_ids)
     stream = Stream(server.url)

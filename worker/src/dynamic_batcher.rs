@@ -31,7 +31,7 @@ use crate::params::{RequestOptions, is_reserved};
 use crate::priority_queue::{Levels, PriorityQueue, Queued};
 use crate::ragged::RaggedBatching;
 pub use crate::reply::{BatchAnswer, BatchShare, Execution, StreamEnd};
-use crate::reply::{Reply, StreamWait, stopped};
+use crate::reply::{Queue, Reply, stopped};
 use crate::request::Parameters;
 
 struct Pending {
@@ -114,30 +114,12 @@ impl DynamicBatcher {
     /// Queues one request of `rows` rows at the level its `priority` names, and waits for its
     /// share of a batch's outputs.
     pub async fn submit(&self, request: BackendRequest, rows: i64, options: &RequestOptions) -> BatchAnswer {
-        let (reply, answer) = oneshot::channel();
-        if let Err((error, _)) = self.enqueue(request, rows, options, Reply::Share(reply)) {
-            return Err(error);
-        }
+        let answer = self.enqueue_share(request, rows, options)?;
         answer.await.map_err(|_| stopped())?
     }
+}
 
-    /// Queues one request of a decoupled model (its responses go to `responder` once it runs)
-    /// before returning, so requests started in order keep their order; what waits for the end
-    /// of its stream, or that end when the request was refused.
-    pub(crate) fn enqueue_stream(
-        &self,
-        request: BackendRequest,
-        rows: i64,
-        options: &RequestOptions,
-        responder: Responder,
-    ) -> Result<StreamWait, StreamEnd> {
-        let (reply, wait) = Reply::stream(responder);
-        match self.enqueue(request, rows, options, reply) {
-            Ok(()) => Ok(wait),
-            Err((error, reply)) => Err(reply.unqueued(error)),
-        }
-    }
-
+impl Queue for DynamicBatcher {
     /// Puts a request in its level's queue; the reply back when the queue is full or the batcher
     /// has stopped.
     fn enqueue(

@@ -244,6 +244,17 @@ fn segment_config() -> ModelConfig {
     }
 }
 
+/// A request whose ragged INPUT holds `length` values counting up from `length`.
+fn segment_request(length: i64) -> BackendRequest {
+    BackendRequest {
+        inputs: vec![values(vec![1, length], length as f32)],
+        parameters: vec![],
+        cancel: None,
+        id: String::new(),
+        requested_outputs: Vec::new(),
+    }
+}
+
 async fn sums_through_the_batcher(backend: Arc<SegmentSum>) -> Vec<f32> {
     let config = segment_config();
     let ragged = Arc::new(RaggedBatching::from_config(&config).unwrap());
@@ -253,13 +264,7 @@ async fn sums_through_the_batcher(backend: Arc<SegmentSum>) -> Vec<f32> {
         .into_iter()
         .map(|length| {
             let batcher = Arc::clone(&batcher);
-            let request = BackendRequest {
-                inputs: vec![values(vec![1, length], length as f32)],
-                parameters: vec![],
-                cancel: None,
-                id: String::new(),
-                requested_outputs: Vec::new(),
-            };
+            let request = segment_request(length);
             tokio::spawn(async move { batcher.submit(request, 1, &RequestOptions::default()).await })
         })
         .collect();
@@ -311,13 +316,7 @@ async fn sequences_of_other_lengths_share_a_sequence_batch_and_get_their_own_sum
         .enumerate()
         .map(|(index, length)| {
             let (scheduler, backend) = (Arc::clone(&scheduler), Arc::clone(&dynamic));
-            let request = BackendRequest {
-                inputs: vec![values(vec![1, length], length as f32)],
-                parameters: vec![],
-                cancel: None,
-                id: String::new(),
-                requested_outputs: Vec::new(),
-            };
+            let request = segment_request(length);
             let options = RequestOptions {
                 sequence_id: Some(SequenceId::Number(index as u64 + 1)),
                 sequence_start: true,

@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tritium_proto::ErrorCode;
 use tritium_tensor::Tensor;
 
-use crate::backend::{BackendError, Responder};
+use crate::backend::{BackendError, BackendRequest, Responder};
+use crate::params::RequestOptions;
 
 /// How long the backend took over one batch, in Triton's three compute phases.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -108,6 +109,47 @@ impl StreamWait {
         };
         let (execution, waited) = self.began.await.unwrap_or((None, Duration::ZERO));
         StreamEnd { responder, result, execution, waited }
+    }
+}
+
+/// A batcher's queue, as its callers use it: a request goes in before the call returns (so the
+/// requests of one stream keep their order), or comes back with why not.
+pub(crate) trait Queue {
+    /// Puts a request in the queue; the reply back with the reason when it is refused.
+    fn enqueue(
+        &self,
+        request: BackendRequest,
+        rows: i64,
+        options: &RequestOptions,
+        reply: Reply,
+    ) -> Result<(), (BackendError, Reply)>;
+
+    /// Queues a plain request; where its share of a batch will come.
+    fn enqueue_share(
+        &self,
+        request: BackendRequest,
+        rows: i64,
+        options: &RequestOptions,
+    ) -> Result<oneshot::Receiver<BatchAnswer>, BackendError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(request, rows, options, Reply::Share(reply)).map_err(|(error, _)| error)?;
+        Ok(answer)
+    }
+
+    /// Queues a request of a decoupled model (its responses go to `responder` once it runs);
+    /// what waits for the end of its stream, or that end when the request was refused.
+    fn enqueue_stream(
+        &self,
+        request: BackendRequest,
+        rows: i64,
+        options: &RequestOptions,
+        responder: Responder,
+    ) -> Result<StreamWait, StreamEnd> {
+        let (reply, wait) = Reply::stream(responder);
+        match self.enqueue(request, rows, options, reply) {
+            Ok(()) => Ok(wait),
+            Err((error, reply)) => Err(reply.unqueued(error)),
+        }
     }
 }
 

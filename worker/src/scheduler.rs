@@ -13,7 +13,7 @@ use crate::backend::{Backend, BackendRequest, Responder};
 use crate::dynamic_batcher::{BatchAnswer, BatchShare, DynamicBatcher};
 use crate::params::RequestOptions;
 use crate::ragged::RaggedBatching;
-use crate::reply::{StreamEnd, StreamWait};
+use crate::reply::{Queue, StreamEnd, StreamWait};
 use crate::repository::model_files::read_model_file;
 use crate::sequence::SequenceBatcher;
 

@@ -33,17 +33,17 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::{ModelConfig, ModelSequenceBatching};
 use tritium_tensor::Tensor;
 
-use crate::backend::{Backend, BackendError, BackendRequest, Responder};
+use crate::backend::{Backend, BackendError, BackendRequest};
 use crate::params::{RequestOptions, SequenceId};
 use crate::ragged::RaggedBatching;
-use crate::reply::{BatchAnswer, Reply, StreamEnd, StreamWait};
+use crate::reply::{BatchAnswer, Queue, Reply};
 use crate::request::Parameters;
 use crate::scheduler::SchedulerLimits;
 use rows::{Batch, Finished, Row};
@@ -96,30 +96,12 @@ impl SequenceBatcher {
     /// The request joins the queue before the first await, so requests read in order from one
     /// stream keep that order.
     pub async fn submit(&self, request: BackendRequest, rows: i64, options: &RequestOptions) -> BatchAnswer {
-        let (reply, answer) = oneshot::channel();
-        if let Err((error, _)) = self.enqueue(request, rows, options, Reply::Share(reply)) {
-            return Err(error);
-        }
+        let answer = self.enqueue_share(request, rows, options)?;
         answer.await.map_err(|_| stopped())?
     }
+}
 
-    /// Queues one request of a decoupled model (its responses go to `responder` once it runs)
-    /// before returning, so requests started in order keep their order; what waits for the end
-    /// of its stream, or that end when the request was refused.
-    pub(crate) fn enqueue_stream(
-        &self,
-        request: BackendRequest,
-        rows: i64,
-        options: &RequestOptions,
-        responder: Responder,
-    ) -> Result<StreamWait, StreamEnd> {
-        let (reply, wait) = Reply::stream(responder);
-        match self.enqueue(request, rows, options, reply) {
-            Ok(()) => Ok(wait),
-            Err((error, reply)) => Err(reply.unqueued(error)),
-        }
-    }
-
+impl Queue for SequenceBatcher {
     /// Puts a request in its sequence's queue; the reply back when the request is refused.
     fn enqueue(
         &self,
