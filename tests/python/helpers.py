@@ -283,3 +283,13 @@ def write_python_model(repo: pathlib.Path, name: str, config: str, source: str) 
     (model_dir / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\n' + textwrap.dedent(config))
     (model_dir / "1" / "model.py").write_text(textwrap.dedent(source))
     return model_dir
+
+
+def start_failure(*args: str) -> str:
+    """Starts a server that must exit before it is ready; returns helpers' failure text (with its stderr)."""
+    try:
+        server = start_server(*args, timeout=60)
+    except pytest.fail.Exception as failed:
+        return str(failed)
+    finish_server(server)
+    pytest.fail(f"the server started with {args}: {server.ready_line}")

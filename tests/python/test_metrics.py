@@ -32,7 +32,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from helpers import READY_PREFIX, bound_listener, finish_server, launch, start_server, write_model
+from helpers import READY_PREFIX, bound_listener, finish_server, launch, start_failure, start_server, write_model
 from http_helpers import add_sub_data, http_address, tensor
 
 BUILT_IN = ["accumulate", "add_sub", "add_sub_twice", "dense", "identity", "identity_batch", "repeat"]
@@ -415,16 +415,6 @@ def test_a_full_queue_and_a_queue_timeout_count_as_rejected(start_tritium, model
 
 
 # --- start-up flags -------------------------------------------------------------------------------------------
-
-
-def start_failure(*args: str) -> str:
-    """Starts a server that must exit before it is ready; returns helpers' failure text (with its stderr)."""
-    try:
-        server = start_server(*args, timeout=60)
-    except pytest.fail.Exception as failed:
-        return str(failed)
-    finish_server(server)
-    pytest.fail(f"the server started with {args}: {server.ready_line}")
 
 
 def _repeat(client, n: int, delay_ms: int, request_id: str) -> None:

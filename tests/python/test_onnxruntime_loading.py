@@ -16,7 +16,7 @@ pytest.importorskip("onnx", reason="the onnx package is missing: run scripts/set
 import tritonclient.grpc as grpcclient  # noqa: E402
 
 import onnx_models  # noqa: E402
-from helpers import expect_error  # noqa: E402
+from helpers import expect_error, start_failure  # noqa: E402
 from test_onnxruntime import (  # noqa: E402
     PARTIAL,
     check_against_reference,
@@ -112,6 +112,17 @@ def test_backend_config_default_max_batch_size(start_tritium, tmp_path):
         )
     finally:
         client.close()
+
+
+def test_backend_config_thread_spinning(start_tritium, tmp_path):
+    model = onnx_models.sklearn_pipeline(tmp_path, "sklearn")
+    client = serve(start_tritium, tmp_path, "--backend-config=onnxruntime,thread-spinning=true")
+    try:
+        check_against_reference(client, model, {"X": features(3, seed=47)})
+    finally:
+        client.close()
+    failure = start_failure("--model-repository", str(tmp_path), "--backend-config=onnxruntime,thread-spinning=sometimes")
+    assert "parameter 'thread-spinning': failed to convert 'sometimes' to boolean" in failure, failure
 
 
 def test_disable_auto_complete_config(start_tritium, tmp_path):

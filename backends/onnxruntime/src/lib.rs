@@ -30,6 +30,7 @@ use tritium_worker::{Backend, BackendError, BackendRegistry, BackendRequest, Res
 
 pub use autocomplete::{Signature, TensorSpec};
 pub use library::{INSTALLED_LIBRARY, LIBRARY_ENV};
+pub use options::parse_bool;
 
 use crate::instances::{Instances, RunSettings};
 use crate::options::SessionSettings;
@@ -53,11 +54,14 @@ pub struct OrtSettings {
     pub library: Option<PathBuf>,
     /// The `max_batch_size` auto-complete gives a model that can batch.
     pub default_max_batch_size: i32,
+    /// `--backend-config=onnxruntime,thread-spinning=<bool>`: whether the shared intra-op pool's
+    /// threads spin between runs (ONNX Runtime's default) or block (ours).
+    pub thread_spinning: bool,
 }
 
 impl Default for OrtSettings {
     fn default() -> Self {
-        OrtSettings { library: None, default_max_batch_size: DEFAULT_MAX_BATCH_SIZE }
+        OrtSettings { library: None, default_max_batch_size: DEFAULT_MAX_BATCH_SIZE, thread_spinning: false }
     }
 }
 
@@ -85,7 +89,7 @@ impl BackendFactory for OnnxRuntimeFactory {
         }
         let model_dir = model_dir.ok_or_else(|| "an ONNX model needs a model folder to auto-complete its config".to_string())?;
         let path = session::newest_model_file(model_dir, config)?;
-        let environment = library::environment(self.settings.library.as_deref())?;
+        let environment = library::environment(self.settings.library.as_deref(), self.settings.thread_spinning)?;
         let probe = session::open(&environment, &path, &SessionSettings::from_config(config)?, Device::Cpu)?;
         autocomplete::complete(config, &session::signature(&probe)?, self.settings.default_max_batch_size)
     }
@@ -102,7 +106,7 @@ impl BackendFactory for OnnxRuntimeFactory {
             .ok_or_else(|| format!("unable to find the version folder {} of model '{}'", context.version, context.model_name))?;
         let path = session::model_file(version_dir, config)?;
         let settings = SessionSettings::from_config(config)?;
-        let environment = library::environment(self.settings.library.as_deref())?;
+        let environment = library::environment(self.settings.library.as_deref(), self.settings.thread_spinning)?;
         let mut sessions = Vec::new();
         for group in &config.instance_group {
             let device = device_of(config, group)?;

@@ -51,7 +51,8 @@ pub struct RepositoryArgs {
     #[arg(long, env = "TRITIUM_MAX_SEQUENCES_PER_MODEL", default_value_t = SchedulerLimits::default().max_sequences)]
     pub max_sequences_per_model: usize,
     /// Triton's `<backend>,<setting>=<value>` or `<setting>=<value>` (every backend); repeatable.
-    /// onnxruntime reads `default-max-batch-size` (4); python reads `stub-timeout-seconds` (30),
+    /// onnxruntime reads `default-max-batch-size` (4) and `thread-spinning` (false: the shared
+    /// intra-op pool's threads block between runs rather than spin); python reads `stub-timeout-seconds` (30),
     /// `shm-region-byte-size` (64 MiB per instance), `packed-env-max-byte-size` (8 GiB) and
     /// `packed-env-max-entries` (200000), the last two bounding an EXECUTION_ENV_PATH archive.
     #[arg(long = "backend-config", env = "TRITIUM_BACKEND_CONFIG", value_delimiter = ';')]
@@ -74,9 +75,13 @@ impl RepositoryArgs {
             None => tritium_onnxruntime::DEFAULT_MAX_BATCH_SIZE,
             Some(value) => value.trim().parse().map_err(|_| format!("failed to convert '{value}' to integral number"))?,
         };
+        let thread_spinning = match configs.get(tritium_onnxruntime::BACKEND, "thread-spinning") {
+            None => false,
+            Some(value) => tritium_onnxruntime::parse_bool("thread-spinning", value.trim())?,
+        };
         let library =
             self.onnxruntime_library.clone().or_else(|| std::env::var_os(tritium_onnxruntime::LIBRARY_ENV).map(PathBuf::from));
-        Ok(OrtSettings { library, default_max_batch_size })
+        Ok(OrtSettings { library, default_max_batch_size, thread_spinning })
     }
 }
 
