@@ -3,12 +3,14 @@
 //! check any answer. `k` and `n` are the config's input and output dims.
 //!
 //! A batch's product is candle's CPU matmul (the `gemm` crate's packed kernels, vectorized for
-//! the CPU it runs on). One row is a matrix-vector product the `gemm` crate serves poorly (it
-//! packs `W` first: 3.3 ms a row here against 1.8 ms for numpy's BLAS), so it is our own loop
-//! that streams `W` once, its columns split over rayon's pool. The built-in model is 4096 x 4096: its 64 MiB of weights do not fit a CPU's
-//! last-level cache, so one row costs a read of `W` from memory, and a batch of many rows reads
-//! it once and costs little more, as in a language model's decode step. (At 2048 x 2048 the
-//! 16 MiB stayed in a 32 MiB L3 and one row was already compute-bound: batching gained 1.1-1.3x.)
+//! the CPU it runs on). One row is a matrix-vector product, which the `gemm` crate serves poorly
+//! (it packs `W` first: 3.3 ms a row here), so it is our own loop that streams `W` once, its
+//! columns split over rayon's pool (1.7 ms; numpy's OpenBLAS AVX2 kernel: 1.1 ms).
+//!
+//! The built-in model is 4096 x 4096: its 64 MiB of weights do not fit a CPU's last-level cache,
+//! so one row costs a read of `W` from memory, and a batch of many rows reads it once and costs
+//! little more, as in a language model's decode step. (At 2048 x 2048 the 16 MiB stayed in a
+//! 32 MiB L3 and one row was already compute-bound: batching gained 1.1-1.3x.)
 //! That makes it the built-in model that shows what the dynamic batcher gains.
 
 use std::sync::Arc;
