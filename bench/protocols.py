@@ -87,8 +87,7 @@ def main() -> int:
                         before = resource.getrusage(resource.RUSAGE_CHILDREN)
                         run_perf_analyzer(procs, work, argv, 120, server, run, csv_path, work / f"{row}.{mode}.r{rnd}.out")
                         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                        client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-                        run.note = f"{client_cpu:.3f}"
+                        run.client_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
                         results.setdefault((row, mode), {})[rnd] = run
                         print(f"protocols bench: {row} {mode} round {rnd}: {run.infer_s:.0f} infer/s {run.error}", flush=True)
         finally:
@@ -123,7 +122,7 @@ def write_report(results: dict[tuple[str, str], dict[int, Run]]) -> pathlib.Path
         p99 = {m: statistics.median([r.p99_us for r in runs[m].values() if r.ok] or [0.0]) for m in MODES}
         per_request = lambda r, seconds: seconds / r.requests * 1e6 if r.requests else 0.0  # noqa: E731
         server_cpu = {m: statistics.median([per_request(r, r.cpu_s) for r in runs[m].values() if r.ok] or [0.0]) for m in MODES}
-        client_cpu = {m: statistics.median([per_request(r, float(r.note or 0)) for r in runs[m].values() if r.ok] or [0.0])
+        client_cpu = {m: statistics.median([per_request(r, r.client_cpu_s) for r in runs[m].values() if r.ok] or [0.0])
                       for m in MODES}
         cells = []
         for mode, against, target in RATIOS:

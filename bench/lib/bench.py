@@ -119,6 +119,8 @@ class Run:
     p99_us: float = 0.0
     requests: int = 0
     cpu_s: float = 0.0
+    # The client's CPU over the run, where the caller measures it (bench/protocols.py).
+    client_cpu_s: float = 0.0
     wall_s: float = 0.0
     error: str = ""
     note: str = ""

@@ -233,10 +233,10 @@ impl ModelVersion {
             first_response: FirstResponseClock::start(&model, timing.arrived),
         });
         let rows = i64::try_from(batch).unwrap_or(i64::MAX);
-        let start = model.scheduler.start_stream(backend_request, responder, rows, &options);
+        let start = model.scheduler.start_stream(model.backend.as_ref(), backend_request, responder, rows, &options);
         tokio::spawn(async move {
             let pending = model.stats.pending();
-            let end = model.scheduler.stream_end(model.backend.as_ref(), start).await;
+            let end = Scheduler::stream_end(model.backend.as_ref(), start).await;
             drop(pending);
             let inferred = Instant::now();
             let mut responder = end.responder;

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tritium_proto::inference::ModelConfig;
@@ -81,7 +82,7 @@ impl Scheduler {
         match self {
             Scheduler::Direct(ragged) => {
                 let outputs = ragged.run_one(backend, request).await?;
-                Ok(BatchShare { outputs, execution: None, waited: std::time::Duration::ZERO })
+                Ok(BatchShare { outputs, execution: None, waited: Duration::ZERO })
             }
             Scheduler::Dynamic(batcher) => batcher.submit(request, rows, options).await,
             Scheduler::Sequence(batcher) => batcher.submit(request, rows, options).await,
@@ -93,6 +94,7 @@ impl Scheduler {
     /// [`Scheduler::stream_end`] then runs it to the end of its stream.
     pub(crate) fn start_stream(
         &self,
+        backend: &dyn Backend,
         request: BackendRequest,
         responder: Responder,
         rows: i64,
@@ -101,7 +103,17 @@ impl Scheduler {
         let queued = match self {
             Scheduler::Dynamic(batcher) => batcher.enqueue_stream(request, rows, options, responder),
             Scheduler::Sequence(batcher) => batcher.enqueue_stream(request, rows, options, responder),
-            Scheduler::Direct(_) => return StreamStart::Now(request, responder),
+            Scheduler::Direct(ragged) => {
+                return match ragged.for_one(backend, request.inputs) {
+                    Ok(inputs) => StreamStart::Now(BackendRequest { inputs, ..request }, responder),
+                    Err(error) => StreamStart::Ended(StreamEnd {
+                        responder: Some(responder),
+                        result: Err(error),
+                        execution: None,
+                        waited: Duration::ZERO,
+                    }),
+                };
+            }
         };
         match queued {
             Ok(wait) => StreamStart::Queued(wait),
@@ -111,20 +123,13 @@ impl Scheduler {
 
     /// Waits for the end of a stream [`Scheduler::start_stream`] started, running it first when
     /// no batcher does.
-    pub(crate) async fn stream_end(&self, backend: &dyn Backend, start: StreamStart) -> StreamEnd {
-        match (self, start) {
-            (_, StreamStart::Queued(wait)) => wait.end().await,
-            (_, StreamStart::Ended(end)) => end,
-            (Scheduler::Direct(ragged), StreamStart::Now(request, mut responder)) => {
-                let result = match ragged.for_one(backend, request.inputs) {
-                    Ok(inputs) => backend.execute(BackendRequest { inputs, ..request }, &mut responder).await,
-                    Err(error) => Err(error),
-                };
-                StreamEnd { responder: Some(responder), result, execution: None, waited: std::time::Duration::ZERO }
-            }
-            (_, StreamStart::Now(request, mut responder)) => {
+    pub(crate) async fn stream_end(backend: &dyn Backend, start: StreamStart) -> StreamEnd {
+        match start {
+            StreamStart::Queued(wait) => wait.end().await,
+            StreamStart::Ended(end) => end,
+            StreamStart::Now(request, mut responder) => {
                 let result = backend.execute(request, &mut responder).await;
-                StreamEnd { responder: Some(responder), result, execution: None, waited: std::time::Duration::ZERO }
+                StreamEnd { responder: Some(responder), result, execution: None, waited: Duration::ZERO }
             }
         }
     }
@@ -134,7 +139,7 @@ impl Scheduler {
 pub(crate) enum StreamStart {
     /// In a batcher's queue.
     Queued(StreamWait),
-    /// To run now, on its own.
+    /// To run now, on its own (laid out as a batch of one where the model needs it).
     Now(BackendRequest, Responder),
     /// Refused before it was queued.
     Ended(StreamEnd),

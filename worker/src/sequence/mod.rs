@@ -43,7 +43,7 @@ use tritium_tensor::Tensor;
 use crate::backend::{Backend, BackendError, BackendRequest};
 use crate::params::{RequestOptions, SequenceId};
 use crate::ragged::RaggedBatching;
-use crate::reply::{BatchAnswer, Queue, Reply};
+use crate::reply::{BatchAnswer, Queue, Reply, stopped};
 use crate::request::Parameters;
 use crate::scheduler::SchedulerLimits;
 use rows::{Batch, Finished, Row};
@@ -81,8 +81,7 @@ impl SequenceBatcher {
         limits: SchedulerLimits,
         read_initial_state: &dyn Fn(&str, usize) -> Result<bytes::Bytes, String>,
     ) -> Result<SequenceBatcher, String> {
-        let mut settings = SequenceSettings::from_config(config, batching, read_initial_state)?;
-        settings.ragged = Arc::clone(ragged);
+        let settings = SequenceSettings::from_config(config, batching, ragged, read_initial_state)?;
         Ok(SequenceBatcher {
             settings: Arc::new(settings),
             backend: Arc::clone(backend),
@@ -458,9 +457,4 @@ impl From<Pending> for rows::Request {
             reply: pending.reply,
         }
     }
-}
-
-/// The answer when the model's sequence batcher has gone with the request inside.
-fn stopped() -> BackendError {
-    BackendError::refused(ErrorCode::Unavailable, "the model's sequence batcher has stopped")
 }

@@ -107,6 +107,7 @@ impl SequenceSettings {
     pub(crate) fn from_config(
         config: &ModelConfig,
         batching: &ModelSequenceBatching,
+        ragged: &Arc<RaggedBatching>,
         read_initial_state: &dyn Fn(&str, usize) -> Result<Bytes, String>,
     ) -> Result<SequenceSettings, String> {
         let model = config.name.clone();
@@ -155,7 +156,7 @@ impl SequenceSettings {
             minimum_utilization,
             controls,
             states,
-            ragged: Arc::default(),
+            ragged: Arc::clone(ragged),
         })
     }
 
