@@ -148,18 +148,23 @@ class Connection:
         """An `executed` frame of an execute that failed."""
         frame = failed_frame(ident, text)
         with self.lock:
+            # The server acknowledges every frame it reads, this one too.
+            self.sequence += 1
             self.sock.sendall(frame)
 
     def send_responses(self, op, flags, ident, responses):
         """An `executed` (of `responses`, InferenceResponse objects) or `response` frame (of one, or none)."""
         with self.lock:
+            # Counted once sent: a frame that cannot be built goes as send_failed's instead (ring blocks it
+            # placed are then freed one frame late, never early).
+            frame = self._responses_frame(op, flags, ident, responses, self.sequence + 1)
             self.sequence += 1
-            self.sock.sendall(self._responses_frame(op, flags, ident, responses))
+            self.sock.sendall(frame)
 
-    def _responses_frame(self, op, flags, ident, responses):
+    def _responses_frame(self, op, flags, ident, responses, sequence):
         parts = [b""]
         append = parts.append
-        inline, inline_size, sequence, place = [], 0, self.sequence, self._place
+        inline, inline_size, place = [], 0, self._place
         for response in responses:
             if response.has_error():
                 error = response.error()

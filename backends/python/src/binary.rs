@@ -22,11 +22,11 @@
 //! stub sends is checked against what is left of the header before it is used.
 
 use bytes::Bytes;
-use tritium_tensor::{DataType, Tensor};
+use tritium_tensor::{DataType, Tensor, bytes_codec};
 use tritium_worker::BackendError;
 
 use crate::region::Region;
-use crate::wire::{Reply, malformed, request_error};
+use crate::wire::{Location, Reply, malformed, request_error, tensor_data};
 
 pub const EXECUTE: u8 = 1;
 pub const EXECUTED: u8 = 2;
@@ -54,14 +54,10 @@ pub fn execute_head(buffer: &mut Vec<u8>, requests: u32, ack: u64, id: u64) {
     buffer.extend_from_slice(&id.to_le_bytes());
 }
 
-/// The names of a request's outputs as `execute` carries them.
-pub fn encode_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for name in names {
-        put_len(&mut out, name.len());
-        out.extend_from_slice(name.as_bytes());
-    }
-    out
+/// The names of a request's outputs as `execute` carries them: KServe's BYTES layout. No name
+/// reaches 4 GiB (a request is smaller); one that did would leave the list empty (every output).
+pub fn encode_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Bytes {
+    bytes_codec::try_encode(names).unwrap_or_default()
 }
 
 /// Appends one request of an `execute`; `locations` pairs each input with where its bytes are.
@@ -134,7 +130,10 @@ pub fn parse_executed(header: &[u8], region: &Region, payload: &Bytes) -> Result
 
 pub fn parse_response(header: &[u8], region: &Region, payload: &Bytes) -> Result<ResponseFrame, String> {
     let mut cursor = Cursor { bytes: header, at: 0 };
-    let (flags, _, key) = cursor.head(RESPONSE)?;
+    let (flags, count, key) = cursor.head(RESPONSE)?;
+    if count != usize::from(flags & EMPTY == 0) {
+        return Err(format!("a response frame of {count} responses (one, or none when EMPTY)"));
+    }
     let mut shm_bytes = 0;
     let answer = if flags & EMPTY != 0 { None } else { Some(cursor.response(region, payload, &mut shm_bytes)?) };
     cursor.end()?;
@@ -215,11 +214,14 @@ impl<'a> Cursor<'a> {
             let name = String::from_utf8_lossy(self.take(name_len)?).into_owned();
             let dims = self.take(rank.checked_mul(8).ok_or("a rank out of range")?)?;
             let shape = dims.chunks_exact(8).map(|d| i64::from_le_bytes(d.try_into().unwrap_or([0; 8]))).collect();
-            if location & INLINE == 0 {
-                *shm_bytes = shm_bytes.saturating_add(size);
-            }
             match tensor(name, datatype, shape, location, size, region, payload) {
-                Ok(tensor) => outputs.push(tensor),
+                Ok(tensor) => {
+                    // Only what was read from the region counts (a size the stub made up does not).
+                    if location & INLINE == 0 {
+                        *shm_bytes = shm_bytes.saturating_add(size);
+                    }
+                    outputs.push(tensor);
+                }
                 Err(why) => problem = problem.or(Some(why)),
             }
         }
@@ -244,15 +246,8 @@ fn tensor(
 ) -> Result<Tensor, String> {
     let datatype =
         DataType::from_config(i32::from(datatype)).ok_or_else(|| format!("tensor '{name}' has unknown datatype {datatype}"))?;
-    let data = if location & INLINE == 0 {
-        let offset = usize::try_from(location).map_err(|_| "offset out of range")?;
-        Bytes::from(region.read_output(offset, size).ok_or_else(|| format!("tensor '{name}' lies outside the stub's region"))?)
-    } else {
-        let offset = usize::try_from(location & !INLINE).unwrap_or(usize::MAX);
-        let end = offset.checked_add(size).filter(|&end| end <= payload.len());
-        let end = end.ok_or_else(|| format!("tensor '{name}' lies outside its frame"))?;
-        payload.slice(offset..end)
-    };
+    let location = if location & INLINE == 0 { Location::Region(location) } else { Location::Inline(location & !INLINE) };
+    let data = tensor_data(&name, location, size, region, payload)?;
     Ok(Tensor::new(name, datatype, shape, data))
 }
 

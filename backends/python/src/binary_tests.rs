@@ -92,6 +92,27 @@ fn tensors_outside_the_stubs_part_or_the_payload_fail_their_response_only() {
 }
 
 #[test]
+fn only_region_bytes_actually_read_count_as_unacknowledged() {
+    let region = region_with_output(&[0; 8]);
+    let mut frame = head(EXECUTED, 0, 2, 1);
+    frame.extend(response(&[("OUT", 8, &[2], 1024, 8)], None));
+    frame.extend(response(&[("HUGE", 8, &[2], 0, u64::MAX)], None));
+    let parsed = parse_executed(&frame, &region, &Bytes::new()).unwrap();
+    assert_eq!(parsed.shm_bytes, 8, "a size the stub made up adds nothing");
+    assert!(parsed.outcome.unwrap()[1].is_err());
+}
+
+#[test]
+fn a_response_frames_count_must_agree_with_its_empty_flag() {
+    let region = Region::create(4096, 1024).unwrap();
+    assert!(parse_response(&head(RESPONSE, EMPTY, 1, 9), &region, &Bytes::new()).is_err());
+    let mut two = head(RESPONSE, 0, 2, 9);
+    two.extend(response(&[], None));
+    let Err(why) = parse_response(&two, &region, &Bytes::new()) else { panic!("two responses in one response frame") };
+    assert!(why.contains("a response frame of 2 responses"), "{why}");
+}
+
+#[test]
 fn every_cut_short_or_garbled_header_is_an_error_never_a_panic() {
     let region = region_with_output(&[0; 8]);
     let mut frame = head(EXECUTED, 0, 2, 1);

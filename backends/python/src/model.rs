@@ -41,7 +41,7 @@ impl PythonModel {
         };
         let outputs: Arc<[String]> =
             config.output.iter().map(|o| o.name.clone()).chain(states.iter().map(|s| s.output_name.clone())).collect();
-        let all_outputs = Bytes::from(binary::encode_names(outputs.iter().map(String::as_str)));
+        let all_outputs = binary::encode_names(outputs.iter().map(String::as_str));
         PythonModel { decoupled, outputs, all_outputs, instances, next_key: AtomicU64::new(1) }
     }
 
@@ -70,7 +70,7 @@ impl PythonModel {
         let outputs = if request.requested_outputs.is_empty() {
             self.all_outputs.clone()
         } else {
-            Bytes::from(binary::encode_names(request.requested_outputs.iter().map(String::as_str)))
+            binary::encode_names(request.requested_outputs.iter().map(String::as_str))
         };
         // Only what differs from the stub's defaults (empty id, 0, no parameters), and most
         // requests have none of it: nothing to encode or decode.

@@ -459,7 +459,7 @@ impl Conn {
         if bytes == 0 {
             return;
         }
-        let total = self.unacknowledged_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        let total = self.unacknowledged_bytes.fetch_add(bytes, Ordering::AcqRel).saturating_add(bytes);
         // Without frames going back, the stub's ring would fill: acknowledge once a quarter is used.
         if total > (self.region.size() - self.region.input_size()) / 4 {
             let _ = self.send(json!({"op": "ack"}), &[]);

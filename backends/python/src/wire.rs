@@ -38,16 +38,36 @@ fn tensor_of(desc: &Value, region: &Region, payload: &Bytes) -> Result<Tensor, S
         .collect::<Option<Vec<i64>>>()
         .ok_or_else(|| format!("tensor '{name}' has a shape that is not a list of integers"))?;
     let size = desc.get("size").and_then(Value::as_u64).and_then(|s| usize::try_from(s).ok()).ok_or("a tensor without a size")?;
-    let data = if let Some(offset) = desc.get("shm").and_then(Value::as_u64) {
-        let offset = usize::try_from(offset).map_err(|_| "offset out of range")?;
-        Bytes::from(region.read_output(offset, size).ok_or_else(|| format!("tensor '{name}' lies outside the stub's region"))?)
-    } else {
-        let offset = desc.get("inline").and_then(Value::as_u64).and_then(|o| usize::try_from(o).ok()).unwrap_or(usize::MAX);
-        let end = offset.checked_add(size).filter(|&end| end <= payload.len());
-        let end = end.ok_or_else(|| format!("tensor '{name}' lies outside its frame"))?;
-        payload.slice(offset..end)
+    let location = match desc.get("shm").and_then(Value::as_u64) {
+        Some(offset) => Location::Region(offset),
+        None => Location::Inline(desc.get("inline").and_then(Value::as_u64).unwrap_or(u64::MAX)),
     };
-    Ok(Tensor::new(name, datatype, shape, data))
+    Ok(Tensor::new(name, datatype, shape, tensor_data(name, location, size, region, payload)?))
+}
+
+/// Where a tensor the stub sent has its bytes.
+pub enum Location {
+    /// At this offset of the stub's region (copied out).
+    Region(u64),
+    /// At this offset of the frame's payload (shared, no copy).
+    Inline(u64),
+}
+
+/// The `size` bytes of tensor `name` at `location`; an error when they lie outside.
+pub fn tensor_data(name: &str, location: Location, size: usize, region: &Region, payload: &Bytes) -> Result<Bytes, String> {
+    match location {
+        Location::Region(offset) => {
+            let offset = usize::try_from(offset).map_err(|_| "offset out of range")?;
+            let copied = region.read_output(offset, size).ok_or_else(|| format!("tensor '{name}' lies outside the stub's region"))?;
+            Ok(Bytes::from(copied))
+        }
+        Location::Inline(offset) => {
+            let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+            let end = offset.checked_add(size).filter(|&end| end <= payload.len());
+            let end = end.ok_or_else(|| format!("tensor '{name}' lies outside its frame"))?;
+            Ok(payload.slice(offset..end))
+        }
+    }
 }
 
 /// Bytes of the stub's region a JSON frame (a BLS request) named: what the server has copied out by now.
