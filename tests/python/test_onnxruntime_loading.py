@@ -114,15 +114,17 @@ def test_backend_config_default_max_batch_size(start_tritium, tmp_path):
         client.close()
 
 
-def test_backend_config_thread_spinning(start_tritium, tmp_path):
+def test_backend_config_thread_settings(start_tritium, tmp_path):
     model = onnx_models.sklearn_pipeline(tmp_path, "sklearn")
-    client = serve(start_tritium, tmp_path, "--backend-config=onnxruntime,thread-spinning=true")
+    args = ("--backend-config=onnxruntime,thread-spinning=true", "--backend-config=onnxruntime,solo-session=false")
+    client = serve(start_tritium, tmp_path, *args)
     try:
         check_against_reference(client, model, {"X": features(3, seed=47)})
     finally:
         client.close()
-    failure = start_failure("--model-repository", str(tmp_path), "--backend-config=onnxruntime,thread-spinning=sometimes")
-    assert "parameter 'thread-spinning': failed to convert 'sometimes' to boolean" in failure, failure
+    for setting in ("thread-spinning", "solo-session"):
+        failure = start_failure("--model-repository", str(tmp_path), f"--backend-config=onnxruntime,{setting}=sometimes")
+        assert f"parameter '{setting}': failed to convert 'sometimes' to boolean" in failure, failure
 
 
 def test_disable_auto_complete_config(start_tritium, tmp_path):

@@ -5,7 +5,15 @@
 //! turn made those spins compete with the run (half the throughput at one client,
 //! bench/results/onnx-2026-11-23-vm.md). A request whose client has gone while it waited is
 //! dropped before it runs.
+//!
+//! A version whose sessions share the process's intra-op pool (whose threads block between
+//! parallel sections) may also have a solo session with a pool of its own that spins only while
+//! a run is in progress. A request that finds no other ONNX Runtime run in flight, in any model,
+//! runs there in place of an idle instance: at one client the spin saves a futex wake-up per
+//! parallel section, and with runs side by side, spinning pools would take the cores from each
+//! other (half the CNN's throughput with two runs at once on 2 cores).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
@@ -30,10 +38,37 @@ pub struct Instances {
 }
 
 struct Shared {
-    /// Idle instances; the last one pushed is the next one used.
-    idle: Mutex<Vec<Instance>>,
+    sessions: Mutex<Sessions>,
     /// One permit per idle instance: requests wait here, in arrival order.
     free: Arc<Semaphore>,
+}
+
+struct Sessions {
+    /// Idle instances; the last one pushed is the next one used.
+    idle: Vec<Instance>,
+    /// The solo session while it is idle; taken in place of an instance, so runs never outnumber
+    /// instances.
+    solo: Option<Instance>,
+}
+
+/// ONNX Runtime runs in flight in this process, all models together.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one run in flight while it lives.
+struct Running {
+    alone: bool,
+}
+
+impl Running {
+    fn start() -> Running {
+        Running { alone: RUNNING.fetch_add(1, Ordering::SeqCst) == 0 }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What every instance of a version runs with.
@@ -44,16 +79,17 @@ pub struct RunSettings {
 }
 
 impl Instances {
-    pub fn start(sessions: Vec<Session>, settings: &RunSettings) -> Result<Instances, String> {
+    /// `sessions` are the instances; `solo`, when given, serves the requests that run alone.
+    pub fn start(sessions: Vec<Session>, solo: Option<Session>, settings: &RunSettings) -> Result<Instances, String> {
         let count = sessions.len();
-        let idle = sessions
-            .into_iter()
-            .map(|session| {
-                let options = run_options(settings).map_err(|e| format!("cannot set the run options: {}", e.message()))?;
-                Ok(Instance { session, options })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(Instances { shared: Arc::new(Shared { idle: Mutex::new(idle), free: Arc::new(Semaphore::new(count)) }) })
+        let instance = |session| -> Result<Instance, String> {
+            let options = run_options(settings).map_err(|e| format!("cannot set the run options: {}", e.message()))?;
+            Ok(Instance { session, options })
+        };
+        let idle = sessions.into_iter().map(instance).collect::<Result<Vec<_>, String>>()?;
+        let solo = solo.map(instance).transpose()?;
+        let sessions = Mutex::new(Sessions { idle, solo });
+        Ok(Instances { shared: Arc::new(Shared { sessions, free: Arc::new(Semaphore::new(count)) }) })
     }
 
     /// Runs `inputs` on the most recently idle instance, waiting for one when all are busy.
@@ -74,19 +110,32 @@ impl Shared {
         if reply.is_closed() {
             return;
         }
-        let Some(mut instance) = self.lock_idle().pop() else {
+        let (running, taken) = {
+            let mut sessions = self.lock_sessions();
+            let running = Running::start();
+            let solo = if running.alone { sessions.solo.take() } else { None };
+            (running, solo.map(|s| (s, true)).or_else(|| sessions.idle.pop().map(|i| (i, false))))
+        };
+        let Some((mut instance, solo)) = taken else {
             let _ = reply.send(Err(BackendError::failed(ErrorCode::Internal, "no idle instance for a free permit")));
             return;
         };
         let answer = infer(&mut instance.session, inputs, &instance.options);
-        self.lock_idle().push(instance);
+        drop(running);
+        let mut sessions = self.lock_sessions();
+        if solo {
+            sessions.solo = Some(instance);
+        } else {
+            sessions.idle.push(instance);
+        }
+        drop(sessions);
         drop(permit);
         // The client may have gone meanwhile; nothing waits for the answer then.
         let _ = reply.send(answer);
     }
 
-    fn lock_idle(&self) -> MutexGuard<'_, Vec<Instance>> {
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock_sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! - Config auto-complete from the model's signature, Triton's load-time checks and wording.
 //! - `instance_group`: each instance its own session running one request at a time on the
-//!   blocking pool (2 CPU instances by default, as in Triton), the most recently idle first.
+//!   blocking pool (2 CPU instances by default, as in Triton), the most recently idle first; a
+//!   request with no other run in flight may take a solo session with a spinning pool instead.
 //! - Triton's model parameters (threads, execution mode, arena, graph optimization level).
 //! - Inputs are views over the request's bytes; outputs keep ONNX Runtime's buffers.
 //!
@@ -57,11 +58,19 @@ pub struct OrtSettings {
     /// `--backend-config=onnxruntime,thread-spinning=<bool>`: whether the shared intra-op pool's
     /// threads spin between runs (ONNX Runtime's default) or block (ours).
     pub thread_spinning: bool,
+    /// `--backend-config=onnxruntime,solo-session=<bool>`: whether a CPU model on the shared pool
+    /// also opens a session of its own for requests that run alone (see `instances`).
+    pub solo_session: bool,
 }
 
 impl Default for OrtSettings {
     fn default() -> Self {
-        OrtSettings { library: None, default_max_batch_size: DEFAULT_MAX_BATCH_SIZE, thread_spinning: false }
+        OrtSettings {
+            library: None,
+            default_max_batch_size: DEFAULT_MAX_BATCH_SIZE,
+            thread_spinning: false,
+            solo_session: true,
+        }
     }
 }
 
@@ -108,12 +117,18 @@ impl BackendFactory for OnnxRuntimeFactory {
         let settings = SessionSettings::from_config(config)?;
         let environment = library::environment(self.settings.library.as_deref(), self.settings.thread_spinning)?;
         let mut sessions = Vec::new();
+        let mut all_on_cpu = true;
         for group in &config.instance_group {
             let device = device_of(config, group)?;
+            all_on_cpu &= device == Device::Cpu;
             for _ in 0..group.count {
                 sessions.push(session::open(&environment, &path, &settings, device)?);
             }
         }
+        let solo = match self.settings.solo_session && all_on_cpu && settings.shares_the_pool() {
+            true => Some(session::open_solo(&environment, &path, &settings)?),
+            false => None,
+        };
         let first = sessions.first().ok_or_else(|| format!("model '{}' has no instances", context.model_name))?;
         autocomplete::check(config, &session::signature(first)?)?;
         // The sequence batcher's state outputs are fetched too: it keeps them for the next request.
@@ -125,7 +140,7 @@ impl BackendFactory for OnnxRuntimeFactory {
             outputs: config.output.iter().map(|o| o.name.clone()).chain(state_outputs).collect(),
             arena_shrinkage: settings.arena_shrinkage.clone(),
         };
-        let instances = Instances::start(sessions, &run)?;
+        let instances = Instances::start(sessions, solo, &run)?;
         Ok(Arc::new(OnnxModel { instances }))
     }
 }

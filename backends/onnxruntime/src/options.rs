@@ -60,11 +60,16 @@ impl SessionSettings {
         })
     }
 
+    /// Whether sessions with these settings use the environment's shared intra-op pool.
+    pub fn shares_the_pool(&self) -> bool {
+        self.intra_op_threads.is_none() && self.inter_op_threads.is_none()
+    }
+
     /// Applies the settings to a session builder.
     pub fn apply(&self, builder: SessionBuilder) -> ort::Result<SessionBuilder> {
         let mut builder = builder.with_optimization_level(self.optimization)?.with_parallel_execution(self.parallel_execution)?;
         // Sessions share the environment's pool unless the config asks for threads of their own.
-        if self.intra_op_threads.is_some() || self.inter_op_threads.is_some() {
+        if !self.shares_the_pool() {
             builder = builder.with_independent_thread_pool()?;
         }
         if let Some(threads) = self.intra_op_threads {

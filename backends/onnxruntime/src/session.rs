@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use ort::environment::Environment;
 use ort::session::Session;
+use ort::session::builder::SessionBuilder;
 use ort::value::ValueType;
 use tritium_proto::inference::ModelConfig;
 use tritium_worker::repository::model_files::resolve_model_file;
@@ -60,11 +61,24 @@ pub fn open(environment: &Environment, path: &Path, settings: &SessionSettings, 
     builder.commit_from_file(path).map_err(failed)
 }
 
+/// Opens `path` on the CPU with an intra-op pool of its own whose threads spin while a run is in
+/// progress and stop when it returns (`session.force_spinning_stop`), for requests that run alone.
+pub fn open_solo(environment: &Environment, path: &Path, settings: &SessionSettings) -> Result<Session, String> {
+    let failed = |e: ort::Error| format!("onnx runtime error: cannot load '{}': {}", path.display(), e.message());
+    let builder = settings.apply(Session::builder(environment).map_err(failed)?).map_err(failed)?;
+    let mut builder = spinning_while_running(builder).map_err(failed)?;
+    builder.commit_from_file(path).map_err(failed)
+}
+
+fn spinning_while_running(builder: SessionBuilder) -> ort::Result<SessionBuilder> {
+    Ok(builder
+        .with_independent_thread_pool()?
+        .with_intra_op_spinning(true)?
+        .with_config_entry("session.force_spinning_stop", "1")?)
+}
+
 #[cfg(feature = "cuda")]
-fn with_device(
-    builder: ort::session::builder::SessionBuilder,
-    device: Device,
-) -> ort::Result<ort::session::builder::SessionBuilder> {
+fn with_device(builder: SessionBuilder, device: Device) -> ort::Result<SessionBuilder> {
     match device {
         Device::Cpu => Ok(builder),
         Device::Gpu(id) => {
@@ -74,10 +88,7 @@ fn with_device(
 }
 
 #[cfg(not(feature = "cuda"))]
-fn with_device(
-    builder: ort::session::builder::SessionBuilder,
-    _device: Device,
-) -> ort::Result<ort::session::builder::SessionBuilder> {
+fn with_device(builder: SessionBuilder, _device: Device) -> ort::Result<SessionBuilder> {
     Ok(builder)
 }
 
