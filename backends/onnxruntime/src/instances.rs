@@ -92,7 +92,8 @@ impl Instances {
         Ok(Instances { shared: Arc::new(Shared { sessions, free: Arc::new(Semaphore::new(count)) }) })
     }
 
-    /// Runs `inputs` on the most recently idle instance, waiting for one when all are busy.
+    /// Runs `inputs` on the solo session when no other run is in flight, else on the most recently
+    /// idle instance, waiting for one when all are busy.
     pub async fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
         let stopped = || BackendError::failed(ErrorCode::Unavailable, "the model's instances have stopped");
         let permit = Arc::clone(&self.shared.free).acquire_owned().await.map_err(|_| stopped())?;

@@ -125,9 +125,10 @@ impl BackendFactory for OnnxRuntimeFactory {
                 sessions.push(session::open(&environment, &path, &settings, device)?);
             }
         }
-        let solo = match self.settings.solo_session && all_on_cpu && settings.shares_the_pool() {
-            true => Some(session::open_solo(&environment, &path, &settings)?),
-            false => None,
+        let solo = if self.settings.solo_session && all_on_cpu && settings.shares_the_pool() {
+            Some(session::open_solo(&environment, &path, &settings)?)
+        } else {
+            None
         };
         let first = sessions.first().ok_or_else(|| format!("model '{}' has no instances", context.model_name))?;
         autocomplete::check(config, &session::signature(first)?)?;
