@@ -116,15 +116,33 @@ def test_backend_config_default_max_batch_size(start_tritium, tmp_path):
 
 def test_backend_config_thread_settings(start_tritium, tmp_path):
     model = onnx_models.sklearn_pipeline(tmp_path, "sklearn")
-    args = ("--backend-config=onnxruntime,thread-spinning=true", "--backend-config=onnxruntime,solo-session=false")
+    args = ("--backend-config=onnxruntime,thread-spinning=true", "--backend-config=onnxruntime,solo-session-max-byte-size=0")
     client = serve(start_tritium, tmp_path, *args)
     try:
         check_against_reference(client, model, {"X": features(3, seed=47)})
     finally:
         client.close()
-    for setting in ("thread-spinning", "solo-session"):
-        failure = start_failure("--model-repository", str(tmp_path), f"--backend-config=onnxruntime,{setting}=sometimes")
-        assert f"parameter '{setting}': failed to convert 'sometimes' to boolean" in failure, failure
+    failure = start_failure("--model-repository", str(tmp_path), "--backend-config=onnxruntime,thread-spinning=sometimes")
+    assert "parameter 'thread-spinning': failed to convert 'sometimes' to boolean" in failure, failure
+    failure = start_failure("--model-repository", str(tmp_path), "--backend-config=onnxruntime,solo-session-max-byte-size=lots")
+    assert "failed to convert 'lots' to integral number" in failure, failure
+
+
+def test_solo_session_only_for_models_within_the_bound(start_tritium, tmp_path):
+    model = onnx_models.sklearn_pipeline(tmp_path, "sklearn")
+    size = sum(f.stat().st_size for f in (tmp_path / "sklearn" / "1").iterdir() if f.is_file())
+    skipped = f"no solo session: the model's files hold {size} bytes, over solo-session-max-byte-size {size - 1}"
+    for bound, logged in ((size - 1, True), (size, False)):
+        setting = f"--backend-config=onnxruntime,solo-session-max-byte-size={bound}"
+        server = start_tritium("--model-repository", str(tmp_path), *ort_args(), setting)
+        client = grpcclient.InferenceServerClient(url=server.url)
+        try:
+            # One client at a time: with the solo session these run there, without it on an instance.
+            for seed in (53, 59):
+                check_against_reference(client, model, {"X": features(2, seed=seed)})
+        finally:
+            client.close()
+        assert (skipped in server.stderr()) is logged, server.stderr()[-2000:]
 
 
 def test_disable_auto_complete_config(start_tritium, tmp_path):

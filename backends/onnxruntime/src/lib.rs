@@ -45,6 +45,8 @@ pub const PLATFORM: &str = "onnxruntime_onnx";
 pub const MODEL_FILE: &str = "model.onnx";
 /// Triton's default for `--backend-config=onnxruntime,default-max-batch-size=N`.
 pub const DEFAULT_MAX_BATCH_SIZE: i32 = 4;
+/// The default of `--backend-config=onnxruntime,solo-session-max-byte-size=N`.
+pub const DEFAULT_SOLO_SESSION_MAX_BYTES: u64 = 256 << 20;
 /// Instances of a CPU group that gives no count, as Triton's onnxruntime backend has.
 const DEFAULT_CPU_INSTANCES: i32 = 2;
 
@@ -58,9 +60,11 @@ pub struct OrtSettings {
     /// `--backend-config=onnxruntime,thread-spinning=<bool>`: whether the shared intra-op pool's
     /// threads spin between runs (ONNX Runtime's default) or block (ours).
     pub thread_spinning: bool,
-    /// `--backend-config=onnxruntime,solo-session=<bool>`: whether a CPU model on the shared pool
-    /// also opens a session of its own for requests that run alone (see `instances`).
-    pub solo_session: bool,
+    /// `--backend-config=onnxruntime,solo-session-max-byte-size=N`: a CPU model on the shared pool
+    /// whose files (the folder of its model file, external data included) hold at most N bytes
+    /// also opens a session of its own for requests that run alone (see `instances`); 0: none. A bigger model's runs are long enough that a
+    /// thread wake-up per parallel section does not matter, and its memory would.
+    pub solo_session_max_bytes: u64,
 }
 
 impl Default for OrtSettings {
@@ -69,7 +73,7 @@ impl Default for OrtSettings {
             library: None,
             default_max_batch_size: DEFAULT_MAX_BATCH_SIZE,
             thread_spinning: false,
-            solo_session: true,
+            solo_session_max_bytes: DEFAULT_SOLO_SESSION_MAX_BYTES,
         }
     }
 }
@@ -125,7 +129,7 @@ impl BackendFactory for OnnxRuntimeFactory {
                 sessions.push(session::open(&environment, &path, &settings, device)?);
             }
         }
-        let solo = if self.settings.solo_session && all_on_cpu && settings.shares_the_pool() {
+        let solo = if all_on_cpu && settings.shares_the_pool() && self.wants_solo_session(context, &path) {
             Some(session::open_solo(&environment, &path, &settings)?)
         } else {
             None
@@ -143,6 +147,26 @@ impl BackendFactory for OnnxRuntimeFactory {
         };
         let instances = Instances::start(sessions, solo, &run)?;
         Ok(Arc::new(OnnxModel { instances }))
+    }
+}
+
+impl OnnxRuntimeFactory {
+    /// Whether the model's files (those in the folder of its model file, external data included)
+    /// fit `solo_session_max_bytes`.
+    fn wants_solo_session(&self, context: &BackendContext<'_>, path: &Path) -> bool {
+        let bound = self.settings.solo_session_max_bytes;
+        if bound == 0 {
+            return false;
+        }
+        let bytes = path.parent().map_or(0, session::folder_bytes);
+        if bytes > bound {
+            tracing::info!(
+                model = context.model_name,
+                version = context.version,
+                "no solo session: the model's files hold {bytes} bytes, over solo-session-max-byte-size {bound}"
+            );
+        }
+        bytes <= bound
     }
 }
 

@@ -70,6 +70,16 @@ pub fn open_solo(environment: &Environment, path: &Path, settings: &SessionSetti
     builder.commit_from_file(path).map_err(failed)
 }
 
+/// The bytes of the regular files directly in `folder` (unreadable entries count as empty).
+pub fn folder_bytes(folder: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(folder) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(std::fs::Metadata::is_file)
+        .fold(0u64, |total, metadata| total.saturating_add(metadata.len()))
+}
+
 fn spinning_while_running(builder: SessionBuilder) -> ort::Result<SessionBuilder> {
     Ok(builder
         .with_independent_thread_pool()?
