@@ -62,8 +62,9 @@ pub struct OrtSettings {
     pub thread_spinning: bool,
     /// `--backend-config=onnxruntime,solo-session-max-byte-size=N`: a CPU model on the shared pool
     /// whose files (the folder of its model file, external data included) hold at most N bytes
-    /// also opens a session of its own for requests that run alone (see `instances`); 0: none. A bigger model's runs are long enough that a
-    /// thread wake-up per parallel section does not matter, and its memory would.
+    /// also opens a session of its own for requests that run alone (see `instances`); 0: none.
+    /// A bigger model's runs are long enough that a thread wake-up per parallel section does not
+    /// matter, and its memory would.
     pub solo_session_max_bytes: u64,
 }
 
