@@ -434,6 +434,12 @@ impl BackendContext<'_> {
     }
 }
 
+/// The instances of a config's `instance_group`, together (a group without a count is one; at least one).
+pub fn instance_count(config: &ModelConfig) -> usize {
+    let counts = config.instance_group.iter().map(|g| usize::try_from(g.count.max(1)).unwrap_or(1));
+    counts.fold(0, usize::saturating_add).max(1)
+}
+
 /// A `parameters` entry of a model config, as text.
 pub fn config_parameter<'c>(config: &'c ModelConfig, key: &str) -> Option<&'c str> {
     config.parameters.get(key).map(|p| p.string_value.as_str())

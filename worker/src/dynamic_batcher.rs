@@ -26,7 +26,7 @@ use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_tensor::Tensor;
 
-use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamedRequest};
+use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamedRequest, instance_count};
 use crate::params::{RequestOptions, is_reserved};
 use crate::priority_queue::{Levels, PriorityQueue, Queued};
 use crate::ragged::RaggedBatching;
@@ -91,7 +91,6 @@ impl DynamicBatcher {
         if config.max_batch_size <= 0 {
             return Ok(None);
         }
-        let instances: i32 = config.instance_group.iter().map(|g| g.count.max(1)).sum();
         let levels = Levels::from_config(batching, default_max_queue)?;
         let queued = levels.policies.iter().map(|_| AtomicUsize::new(0)).collect();
         let policy = Policy {
@@ -100,7 +99,7 @@ impl DynamicBatcher {
             max_delay: Duration::from_micros(batching.max_queue_delay_microseconds),
             levels,
             preserve_ordering: batching.preserve_ordering,
-            instances: usize::try_from(instances).unwrap_or(1).max(1),
+            instances: instance_count(config),
         };
         Ok(Some(DynamicBatcher {
             policy,

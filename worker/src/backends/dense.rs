@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use tritium_proto::ErrorCode;
 use tritium_tensor::{DataType, Tensor};
 
-use crate::backend::{Backend, BackendContext, BackendError, BackendRequest, Responder};
+use crate::backend::{Backend, BackendContext, BackendError, BackendRequest, Responder, instance_count};
 
 /// Weights one layer may hold (the built-in model's 4096 x 4096 is 64 MiB).
 const MAX_WEIGHTS: usize = 64 << 20;
@@ -63,8 +63,7 @@ impl Dense {
             return Err(format!("the dense backend holds at most {MAX_WEIGHTS} weights"));
         }
         let weights = Matrix::from_vec(weights(k, n), (k, n), &Device::Cpu).map_err(|e| e.to_string())?;
-        let instances: i32 = config.instance_group.iter().map(|g| g.count.max(1)).sum();
-        let instances = tokio::sync::Semaphore::new(usize::try_from(instances).unwrap_or(1).max(1));
+        let instances = tokio::sync::Semaphore::new(instance_count(config));
         Ok(Arc::new(Dense { input: input.name.clone(), output: output.name.clone(), k, n, weights, instances }))
     }
 }

@@ -11,6 +11,7 @@ use tritium_proto::inference::model_sequence_batching::{Control, InitialState, S
 use tritium_proto::inference::{ModelConfig, ModelSequenceBatching};
 use tritium_tensor::{DataType, Tensor, bytes_codec};
 
+use crate::backend::instance_count;
 use crate::params::SequenceId;
 use crate::ragged::RaggedBatching;
 
@@ -114,8 +115,7 @@ impl SequenceSettings {
         let batched = config.max_batch_size > 0;
         let decoupled = config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled);
         let max_rows = usize::try_from(config.max_batch_size.max(1)).unwrap_or(1);
-        let instances: i32 = config.instance_group.iter().map(|g| g.count.max(1)).sum();
-        let instances = usize::try_from(instances).unwrap_or(1).max(1);
+        let instances = instance_count(config);
         let micros = |us: u64| Duration::from_micros(us);
         let (strategy, slots, max_delay, preferred, minimum_utilization) = match &batching.strategy_choice {
             Some(StrategyChoice::Oldest(oldest)) => {
