@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import datetime
 import os
-import resource
 import pathlib
 import platform
+import resource
 import statistics
 import subprocess
 import sys

@@ -52,10 +52,10 @@ pub struct RepositoryArgs {
     pub max_sequences_per_model: usize,
     /// Triton's `<backend>,<setting>=<value>` or `<setting>=<value>` (every backend); repeatable.
     /// onnxruntime reads `default-max-batch-size` (4), `thread-spinning` (false: the shared
-    /// intra-op pool's threads block between runs rather than spin) and `solo-session-max-byte-size`
-    /// (256 MiB: a CPU model on that pool whose model file's folder holds no more also opens a session
-    /// whose own pool spins while it runs, for requests that find no other run in flight; 0: none);
-    /// python reads `stub-timeout-seconds` (30),
+    /// intra-op pool's threads block between runs rather than spin) and
+    /// `solo-session-max-byte-size` (256 MiB: a CPU model on that pool whose model file's folder
+    /// holds no more also opens a session whose own pool spins while it runs, for requests that
+    /// find no other run in flight; 0: none); python reads `stub-timeout-seconds` (30),
     /// `shm-region-byte-size` (64 MiB per instance), `packed-env-max-byte-size` (8 GiB) and
     /// `packed-env-max-entries` (200000), the last two bounding an EXECUTION_ENV_PATH archive.
     #[arg(long = "backend-config", env = "TRITIUM_BACKEND_CONFIG", value_delimiter = ';')]
