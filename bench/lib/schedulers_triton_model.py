@@ -4,8 +4,8 @@ for Triton 2.51 through its python backend (config.pbtxt + numpy model.py; nvidi
 - `dense`: OUTPUT0 = INPUT0 · W, FP32 [DENSE_N] -> [DENSE_N] (4096, the built-in's size),
   W[i][j] = ((7i + 13j) mod 17) / 64 - 8 / 64 (Tritium's `dense` backend, worker/src/backends/dense.rs),
   max_batch_size 16, one CPU instance, with or without `dynamic_batching { max_queue_delay_microseconds: 1000 }`.
-  Triton's model.py builds W once in initialize(); its execute() stacks every request's rows, runs one matmul and splits the result back by request (with no dynamic
-  batching it is handed one request at a time).
+  Triton's model.py builds W once in initialize(); its execute() stacks every request's rows, runs one matmul and
+  splits the result back by request (with no dynamic batching it is handed one request at a time).
 - `accumulate`: the running sum of a sequence's INPUTs. Tritium: worker/models/accumulate.pbtxt as it is (the sum is
   implicit state the server keeps). Triton 2.51's python backend never stores implicit state
   (/tmp/triton_sched_findings.md), so its config is the same without the `state` block, with END and a TYPE_UINT64
