@@ -22,9 +22,7 @@ use tritium_bench::{limit, requests};
 use tritium_proto::inference::ModelInferRequest;
 use tritium_server::grpc::convert::{decode_request, encode_response};
 use tritium_server::shm::SharedMemoryRegistry;
-use tritium_worker::{
-    BackendRegistry, InferenceRequest, InferenceResponse, LocalWorker, ModelRepository, RepositoryOptions, WorkerClient,
-};
+use tritium_worker::{InferenceRequest, InferenceResponse, LocalWorker, ModelRepository, RepositoryOptions, WorkerClient};
 
 /// A request to time, with the throughput to report for it.
 struct Case {
@@ -65,7 +63,7 @@ struct Server {
 
 impl Server {
     fn new() -> Server {
-        let repository = ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins())
+        let repository = ModelRepository::open(RepositoryOptions::default(), tritium_worker::builtin_backends())
             .expect("the built-in repository loads");
         Server { worker: LocalWorker::new(Arc::clone(&repository)), repository, shm: SharedMemoryRegistry::new() }
     }

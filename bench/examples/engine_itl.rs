@@ -24,13 +24,11 @@ use std::time::Instant;
 use clap::Parser;
 use futures::StreamExt;
 use serde_json::{Value, json};
+use tritium_backend_api::llm::{GenerateEvent, GenerateRequest, LanguageModel, SamplingOptions, StopOptions};
+use tritium_backend_api::{BackendContext, BackendFactory, no_host};
+use tritium_llm::{EngineOptions, LLM_BACKEND, LlmFactory};
 use tritium_openai_bridge::preprocess::Preprocessor;
 use tritium_proto::inference::{ModelConfig, ModelParameter};
-use tritium_worker::BackendContext;
-use tritium_worker::backend::BackendFactory;
-use tritium_worker::llm::{
-    EngineOptions, GenerateEvent, GenerateRequest, LLM_BACKEND, LanguageModel, LlmFactory, SamplingOptions, StopOptions,
-};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -111,10 +109,10 @@ fn load(args: &Args) -> Result<Arc<dyn LanguageModel>, Error> {
         config: &config,
         version_dir: None,
         model_dir: None,
-        repository: std::sync::Weak::new(),
+        host: no_host(),
     };
-    let backend = factory.create(&context)?;
-    backend.language_model().ok_or_else(|| "the tritium_llm backend gave no language model".into())
+    let engine = factory.create(&context)?;
+    engine.language_model().cloned().ok_or_else(|| "the tritium_llm backend gave no language model".into())
 }
 
 impl Bench {

@@ -1,7 +1,7 @@
 //! The bridge's errors, each with the [`ErrorCode`] that picks its gRPC status and HTTP status.
 
+use tritium_backend_api::llm::GenerateError;
 use tritium_proto::ErrorCode;
-use tritium_worker::llm::GenerateError;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum BridgeError {

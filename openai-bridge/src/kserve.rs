@@ -7,8 +7,8 @@
 //! ```
 //! use tritium_openai_bridge::kserve::{parse_infer_request, response_outputs};
 //! use tritium_tensor::Tensor;
-//! use tritium_worker::ParamValue;
-//! use tritium_worker::llm::FinishReason;
+//! use tritium_backend_api::ParamValue;
+//! use tritium_backend_api::llm::FinishReason;
 //!
 //! let inputs = [Tensor::from_byte_strings("text_input", vec![1], ["Hello"])];
 //! let parameters = vec![("max_tokens".to_string(), ParamValue::Int64(8))];
@@ -20,9 +20,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use tritium_backend_api::Parameters;
+use tritium_backend_api::llm::FinishReason;
 use tritium_tensor::{DataType, Tensor};
-use tritium_worker::Parameters;
-use tritium_worker::llm::FinishReason;
 
 use crate::BridgeError;
 use crate::sampling::CompletionOptions;
@@ -43,7 +43,7 @@ pub const FINISH_REASON: &str = "finish_reason";
 pub const DEFAULT_MAX_TOKENS: u32 = 16;
 
 /// Fills in the KServe signature of an LLM; the worker owns it, since it loads the model.
-pub use tritium_worker::llm::complete_llm_config;
+pub use tritium_backend_api::llm::complete_llm_config;
 
 /// A KServe inference request for an LLM, parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +120,7 @@ fn single_bool(input: &Tensor) -> Result<bool, BridgeError> {
 /// Turns a `sampling_parameters` JSON object into request parameters of the same names.
 fn sampling_parameters(json: &str) -> Result<Parameters, BridgeError> {
     use serde_json::Value;
-    use tritium_worker::ParamValue;
+    use tritium_backend_api::ParamValue;
     let object: serde_json::Map<String, Value> = serde_json::from_str(json)
         .map_err(|e| BridgeError::field(SAMPLING_PARAMETERS, format!("expected a JSON object: {e}")))?;
     let mut parameters = Parameters::new();
@@ -158,7 +158,7 @@ pub fn response_outputs(text: &str, finish: Option<FinishReason>) -> Vec<Tensor>
 
 #[cfg(test)]
 mod tests {
-    use tritium_worker::ParamValue;
+    use tritium_backend_api::ParamValue;
 
     use super::*;
 

@@ -1,7 +1,7 @@
 //! The OpenAI completions bridge: how text requests reach token-level language models.
 //!
 //! - [`preprocess::Preprocessor`]: the model's chat template (rendered by minijinja) and tokenizer,
-//!   built from the worker's [`ModelCard`](tritium_worker::llm::ModelCard). Tokenization happens in
+//!   built from the worker's [`ModelCard`](tritium_backend_api::llm::ModelCard). Tokenization happens in
 //!   the frontend; workers see token ids.
 //! - [`detokenize::Detokenizer`] and [`stop::StopMatcher`]: incremental text, correct across
 //!   multi-byte UTF-8 and stop strings that span tokens.

@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use tritium_openai_bridge::metrics::LlmMetrics;
-//! use tritium_worker::llm::FinishReason;
+//! use tritium_backend_api::llm::FinishReason;
 //!
 //! let metrics = LlmMetrics::new();
 //! let mut observer = metrics.observer("tiny", "http");
@@ -29,8 +29,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use tritium_backend_api::llm::{EngineStats, FinishReason};
 use tritium_proto::ErrorCode;
-use tritium_worker::llm::{EngineStats, FinishReason};
 
 use crate::BridgeError;
 
@@ -209,7 +209,9 @@ fn engine_registry(prefix: &str, engines: &[(String, EngineStats)]) -> Registry 
     gauge(&mut registry, "engine_running_sequences", "Sequences in the running batch", |s| s.running);
     gauge(&mut registry, "engine_waiting_sequences", "Sequences waiting for a place in the batch", |s| s.waiting);
     gauge(&mut registry, "engine_kv_tokens_used", "KV-cache tokens in blocks held by running sequences", |s| s.kv_tokens_used);
-    gauge(&mut registry, "engine_kv_blocks_cached", "KV-cache blocks in the prefix cache, in use or idle", |s| s.kv_blocks_cached);
+    gauge(&mut registry, "engine_kv_blocks_cached", "KV-cache blocks in the prefix cache, in use or idle", |s| {
+        s.kv_blocks_cached
+    });
     gauge(&mut registry, "engine_kv_tokens_capacity", "KV-cache token budget", |s| s.kv_tokens_capacity);
     let counter = |registry: &mut Registry, name: &str, help: &str, value: fn(&EngineStats) -> u64| {
         let family = Family::<EngineLabels, Counter>::default();
@@ -334,7 +336,7 @@ impl Drop for RequestObserver {
 pub(crate) mod tests {
     use std::collections::{HashMap, HashSet};
 
-    use tritium_worker::llm::GenerateError;
+    use tritium_backend_api::llm::GenerateError;
 
     use super::*;
 
@@ -455,14 +457,14 @@ pub(crate) mod tests {
     #[test]
     fn the_prefix_names_every_series() {
         let metrics = LlmMetrics::with_prefix("dynamo_frontend");
-        metrics.observer("m", "http").finished(tritium_worker::llm::FinishReason::Stop);
+        metrics.observer("m", "http").finished(tritium_backend_api::llm::FinishReason::Stop);
         let text = metrics.render(&[("m".to_string(), EngineStats::default())]);
         assert!(text.contains(r#"dynamo_frontend_requests_total{model="m",protocol="http"} 1"#), "{text}");
         assert!(text.contains("dynamo_frontend_engine_running_sequences"), "{text}");
         assert!(!text.contains("tritium_llm"), "{text}");
         assert!(!valid_metric_name("9lives") && !valid_metric_name("a-b") && valid_metric_name("a:b_c"));
         let fallback = LlmMetrics::with_prefix("bad name");
-        fallback.observer("m", "http").finished(tritium_worker::llm::FinishReason::Stop);
+        fallback.observer("m", "http").finished(tritium_backend_api::llm::FinishReason::Stop);
         assert!(fallback.render(&[]).contains("tritium_llm_requests_total"));
     }
 }

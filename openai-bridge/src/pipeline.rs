@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use tritium_worker::llm::{FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, TokenStream};
+use tritium_backend_api::llm::{FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, TokenStream};
 
 use crate::BridgeError;
 use crate::detokenize::Detokenizer;

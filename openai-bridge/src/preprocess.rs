@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! # use std::sync::Arc;
-//! # use tritium_worker::llm::ModelCard;
+//! # use tritium_backend_api::llm::ModelCard;
 //! # use tritium_openai_bridge::preprocess::Preprocessor;
 //! # fn demo(card: ModelCard) -> Result<(), tritium_openai_bridge::BridgeError> {
 //! let pre = Preprocessor::new(Arc::new(card))?;
@@ -21,7 +21,7 @@ use minijinja::Environment;
 use minijinja::value::{Serde, Value};
 use serde_json::{Map, Value as Json};
 use tokenizers::Tokenizer;
-use tritium_worker::llm::{ModelCard, ModelKind, Vocabulary};
+use tritium_backend_api::llm::{ModelCard, ModelKind, Vocabulary};
 
 use crate::detokenize::Detokenizer;
 use crate::error::BridgeError;
@@ -237,8 +237,8 @@ pub(crate) mod tests {
     pub(crate) fn smollm2() -> &'static Preprocessor {
         static PRE: OnceLock<Preprocessor> = OnceLock::new();
         PRE.get_or_init(|| {
-            let path = tritium_worker::test_models::installed_model(tritium_worker::test_models::SMOLLM2_GGUF);
-            Preprocessor::new(Arc::new(ModelCard::from_gguf_file(&path).unwrap())).unwrap()
+            let path = tritium_llm::test_models::installed_model(tritium_llm::test_models::SMOLLM2_GGUF);
+            Preprocessor::new(Arc::new(tritium_llm::card_from_gguf_file(&path).unwrap())).unwrap()
         })
     }
 

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
+use tritium_backend_api::ParamValue;
+use tritium_backend_api::llm::{GenerateRequest, ModelCard, ModelKind, SamplingOptions};
 use tritium_tensor::{DataType, Tensor, bytes_codec};
-use tritium_worker::ParamValue;
-use tritium_worker::llm::{GenerateRequest, ModelCard, ModelKind, SamplingOptions};
 
 use crate::BridgeError;
 use crate::kserve::parse_infer_request;

@@ -513,7 +513,7 @@ mod tests {
         let error = chat(r#"{"model":"m","messages":[],"response_format":{"type":"xml"}}"#).and_then(|r| r.options());
         assert_eq!(field_of(error.expect_err("format")), "response_format");
         let options = chat(r#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#).and_then(|r| r.options());
-        assert_eq!(options.expect("valid").constraint, Some(tritium_worker::llm::Constraint::JsonObject));
+        assert_eq!(options.expect("valid").constraint, Some(tritium_backend_api::llm::Constraint::JsonObject));
         let error = chat(r#"{"model":"m","messages":[{"content":"x"}]}"#).and_then(|r| r.template_messages());
         assert_eq!(field_of(error.expect_err("role")), "messages[0].role");
         let error = chat(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#)

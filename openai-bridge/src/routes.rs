@@ -34,7 +34,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use tritium_worker::llm::{GenerateRequest, ModelKind, TokenStream};
+use tritium_backend_api::llm::{GenerateRequest, ModelKind, TokenStream};
 
 use crate::BridgeError;
 use crate::metrics::{LlmMetrics, RequestObserver};

@@ -10,8 +10,8 @@
 //! assert!(error.to_string().starts_with("temperature:"));
 //! ```
 
-use tritium_worker::llm::{Constraint, GenerateRequest, ModelCard, SamplingOptions, StopOptions};
-use tritium_worker::{ParamValue, Parameters};
+use tritium_backend_api::llm::{Constraint, GenerateRequest, ModelCard, SamplingOptions, StopOptions};
+use tritium_backend_api::{ParamValue, Parameters};
 
 use crate::BridgeError;
 
@@ -325,7 +325,7 @@ fn param_token_ids(name: &str, value: &ParamValue) -> Result<Vec<u32>, BridgeErr
 
 #[cfg(test)]
 mod tests {
-    use tritium_worker::llm::ModelKind;
+    use tritium_backend_api::llm::ModelKind;
 
     use super::*;
 

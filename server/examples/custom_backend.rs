@@ -4,13 +4,13 @@
 //!
 //! Run it with `cargo run -p tritium-server --example custom_backend`.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use tritium_grpc_clients::{InferClient, InferRequestBuilder, output_tensor};
 use tritium_server::{ServerConfig, spawn_with_backends};
 use tritium_tensor::Tensor;
-use tritium_worker::{Backend, BackendContext, BackendError, BackendRegistry, BackendRequest, RepositoryOptions, Responder};
+use tritium_worker::{
+    Backend, BackendContext, BackendError, BackendRegistry, BackendRequest, Engine, RepositoryOptions, Responder,
+};
 
 /// Multiplies every FP32 element of INPUT0 by a factor from the model's config.
 struct Scale {
@@ -26,15 +26,10 @@ impl Backend for Scale {
     }
 }
 
-fn scale_factory(context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
-    let factor = context
-        .config
-        .parameters
-        .get("factor")
-        .map(|p| p.string_value.parse::<f32>().map_err(|e| format!("parameter 'factor': {e}")))
-        .transpose()?
-        .unwrap_or(1.0);
-    Ok(Arc::new(Scale { factor }))
+fn scale_factory(context: &BackendContext<'_>) -> Result<Engine, String> {
+    let factor = context.params().text("factor").map(|text| text.parse::<f32>()).transpose();
+    let factor = factor.map_err(|e| format!("parameter 'factor': {e}"))?.unwrap_or(1.0);
+    Ok(Engine::tensors(Scale { factor }))
 }
 
 const CONFIG: &str = r#"
@@ -52,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(repository.path().join("scale/1"))?;
     std::fs::write(repository.path().join("scale/config.pbtxt"), CONFIG)?;
 
-    let mut backends = BackendRegistry::with_builtins();
+    let mut backends = BackendRegistry::default();
     backends.register("scale", scale_factory);
 
     let config = ServerConfig {

@@ -12,10 +12,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tritium_backend_api::llm::ModelKind;
 use tritium_openai_bridge::metrics::CONTENT_TYPE;
 use tritium_openai_bridge::routes::{ApiSettings, LlmHub, openai_routes};
 use tritium_worker::ModelRepository;
-use tritium_worker::llm::ModelKind;
 
 use crate::grpc::restricted::RestrictedProtocols;
 use crate::llm::LlmFrontend;

@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backends;
 pub mod config;
 mod connection;
 pub mod discovery;
@@ -40,7 +41,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
-use tritium_worker::llm::{LLM_BACKEND, LlmFactory};
+
 use tritium_worker::{BackendRegistry, LocalWorker, ModelRepository, WorkerClient};
 
 pub use config::{ResponseCompression, ServerConfig, TransportConfig};
@@ -89,17 +90,14 @@ impl std::fmt::Debug for Tritium {
 }
 
 impl Tritium {
-    /// Opens the model repository with the built-in backends and loads its models.
+    /// Opens the model repository with the backends built in and loads its models.
     pub fn new(config: ServerConfig, log: LogControl) -> Result<Tritium, StartError> {
-        Tritium::with_backends(config, log, BackendRegistry::with_builtins())
+        Tritium::with_backends(config, log, BackendRegistry::default())
     }
 
     /// Like [`Tritium::new`], with backends of the caller's own added to the registry.
     pub fn with_backends(config: ServerConfig, log: LogControl, backends: BackendRegistry) -> Result<Tritium, StartError> {
-        let mut backends = backends;
-        backends.register(LLM_BACKEND, LlmFactory { defaults: config.llm.clone() });
-        tritium_onnxruntime::register(&mut backends, config.onnxruntime.clone());
-        tritium_python::register(&mut backends, config.python.clone());
+        let backends = backends::backend_registry(&config.backends, backends);
         let repository = ModelRepository::open(config.repository.clone(), backends)?;
         let worker: Arc<dyn WorkerClient> = Arc::new(LocalWorker::new(Arc::clone(&repository)));
         let router = Router::new(
@@ -325,7 +323,7 @@ impl Drop for ServerHandle {
 /// Starts a server on a pre-bound listener (tests bind `127.0.0.1:0`), with the built-in backends
 /// and logging left to the caller.
 pub async fn spawn(config: ServerConfig, listener: TcpListener) -> Result<ServerHandle, StartError> {
-    spawn_with_backends(config, listener, BackendRegistry::with_builtins()).await
+    spawn_with_backends(config, listener, BackendRegistry::default()).await
 }
 
 pub async fn spawn_with_backends(

@@ -135,7 +135,7 @@ async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::erro
         }
     }
     // Python models' finalize runs before the process ends, as on an unload.
-    tokio::task::spawn_blocking(tritium_python::stop_all).await?;
+    tokio::task::spawn_blocking(tritium_server::backends::stop_all).await?;
     Ok(())
 }
 
@@ -158,7 +158,7 @@ async fn worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     std::io::stdout().flush()?;
     let drain_timeout = std::time::Duration::from_secs(args.exit_timeout_secs);
     process.serve(listener, id, advertised, shutdown_signal(), drain_timeout).await?;
-    tokio::task::spawn_blocking(tritium_python::stop_all).await?;
+    tokio::task::spawn_blocking(tritium_server::backends::stop_all).await?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tritium_worker::llm::{LLM_BACKEND, LlmFactory};
+
 use tritium_worker::{BackendRegistry, ModelRepository};
 
 use crate::StartError;
@@ -47,10 +47,7 @@ pub fn default_worker_id() -> String {
 impl WorkerProcess {
     /// Opens the repository and loads its models (blocking: call off the runtime's threads).
     pub fn new(config: WorkerConfig) -> Result<WorkerProcess, StartError> {
-        let mut backends = BackendRegistry::with_builtins();
-        backends.register(LLM_BACKEND, LlmFactory { defaults: config.llm.clone() });
-        tritium_onnxruntime::register(&mut backends, config.onnxruntime.clone());
-        tritium_python::register(&mut backends, config.python.clone());
+        let backends = crate::backends::backend_registry(&config.backends, BackendRegistry::default());
         let repository = ModelRepository::open(config.repository.clone(), backends)?;
         Ok(WorkerProcess { config, repository })
     }
@@ -142,7 +139,7 @@ async fn report_engines(worker: String, repository: Arc<ModelRepository>, events
                 let event = match event {
                     Ok(event) => event,
                     // Routers missed blocks: tell them to forget this worker's and rebuild.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => tritium_worker::kv::KvEvent::Cleared,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => tritium_backend_api::kv::KvEvent::Cleared,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
                 let message = WorkerEvent::Kv { worker: worker.clone(), model: name.clone(), event };

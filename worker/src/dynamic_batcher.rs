@@ -26,13 +26,15 @@ use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_tensor::Tensor;
 
-use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamedRequest, instance_count};
-use crate::params::{RequestOptions, is_reserved};
+use crate::params::RequestOptions;
 use crate::priority_queue::{Levels, PriorityQueue, Queued};
 use crate::ragged::RaggedBatching;
 pub use crate::reply::{BatchAnswer, BatchShare, Execution, StreamEnd};
 use crate::reply::{Queue, Reply, stopped};
-use crate::request::Parameters;
+use crate::scheduler::instance_count;
+use tritium_backend_api::is_reserved;
+use tritium_backend_api::request::Parameters;
+use tritium_backend_api::{Backend, BackendError, BackendRequest, Responder, StreamedRequest};
 
 struct Pending {
     inputs: Vec<Tensor>,

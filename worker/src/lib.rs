@@ -1,10 +1,13 @@
-//! Tritium's worker: the engines behind the frontend.
+//! Tritium's core: the model registry, the schedulers (written once, for every backend), the
+//! statistics, dispatch and the built-in backends. Backends plug in through
+//! [`tritium_backend_api`] and never import this crate.
 //!
-//! - [`backend::Backend`]: the trait a model implements (tensors in, tensors out; any number of
-//!   responses for decoupled models), and [`backend::BackendRegistry`] to add one by name.
 //! - [`registry::ModelRepository`]: Triton's model repository layout, version policies and
 //!   control modes, with a built-in repository (`identity`, `identity_batch`, `add_sub`,
-//!   `repeat`) when no folder is given.
+//!   `repeat`, ...) when no folder is given; it builds each model version through the
+//!   [`BackendRegistry`] it is given, and is the [`tritium_backend_api::Host`] backends call back.
+//! - [`scheduler::Scheduler`]: none, Triton's dynamic batcher or its sequence batcher; ensembles
+//!   in [`ensemble`].
 //! - [`valid::ValidInferRequest`]: a request checked once against the version it resolved to;
 //!   everything after the transport takes it.
 //! - [`worker::WorkerClient`]: the dispatch seam; [`worker::LocalWorker`] runs requests in
@@ -14,9 +17,9 @@
 //! # tokio_test_block(async {
 //! use std::sync::Arc;
 //! use tritium_tensor::Tensor;
-//! use tritium_worker::{BackendRegistry, InferenceRequest, LocalWorker, ModelRepository, RepositoryOptions, WorkerClient};
+//! use tritium_worker::{InferenceRequest, LocalWorker, ModelRepository, RepositoryOptions, WorkerClient, builtin_backends};
 //!
-//! let repository = ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins()).unwrap();
+//! let repository = ModelRepository::open(RepositoryOptions::default(), builtin_backends()).unwrap();
 //! let worker = LocalWorker::new(Arc::clone(&repository));
 //! let input = Tensor::from_slice("INPUT0", vec![3], &[1.0f32, 2.0, 3.0]);
 //! // Checked once against the model's contract, then trusted by whatever runs it.
@@ -29,17 +32,12 @@
 //! # }
 //! ```
 
-pub mod backend;
 pub mod backends;
 mod batch_tensors;
 pub mod dynamic_batcher;
-pub mod embed;
 pub mod ensemble;
-pub mod error;
-pub mod first_response;
-pub mod kv;
+mod host;
 pub mod latency;
-pub mod llm;
 mod load_gate;
 pub mod model;
 pub mod params;
@@ -47,23 +45,24 @@ mod priority_queue;
 pub mod ragged;
 pub mod registry;
 mod reply;
-pub mod repository;
-pub mod request;
 pub mod scheduler;
 pub mod schema;
 pub mod sequence;
 pub mod stats;
-pub mod test_models;
 pub mod valid;
 mod warmup;
 pub mod worker;
 
-pub use backend::{Backend, BackendContext, BackendError, BackendRegistry, BackendRequest, Responder, StreamedRequest};
-pub use error::WorkerError;
+pub use backends::{builtin_backends, register_builtins};
 pub use model::ModelVersion;
 pub use registry::{ByName, ControlMode, DeclaredModel, IndexEntry, ModelRepository, ModelState, RepositoryOptions, ServedModel};
-pub use request::{InferenceRequest, InferenceResponse, ParamValue, Parameters, parse_version};
 pub use scheduler::SchedulerLimits;
 pub use stats::{BatchStat, FailureReason, PhaseTimes, StatsSnapshot};
+// The seam's request, response and error types, which every caller of the core handles too.
+pub use tritium_backend_api::{
+    Backend, BackendContext, BackendError, BackendFactory, BackendRegistry, BackendRequest, Engine, InferOutcome,
+    InferenceRequest, InferenceResponse, ParamValue, Parameters, Responder, ResponseStream, StreamItem, StreamedRequest,
+    WorkerError, parse_version,
+};
 pub use valid::ValidInferRequest;
-pub use worker::{InferOutcome, LocalWorker, ResponseStream, StreamItem, WorkerClient};
+pub use worker::{LocalWorker, WorkerClient};

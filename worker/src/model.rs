@@ -8,16 +8,40 @@ use tokio_util::sync::CancellationToken;
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
 
-use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamTarget, select_outputs};
 use crate::dynamic_batcher::Execution;
-use crate::error::WorkerError;
-use crate::first_response::{FirstResponseClock, FirstResponseHistogram};
-use crate::request::{InferenceRequest, InferenceResponse};
 use crate::scheduler::Scheduler;
 use crate::schema::ModelSchema;
 use crate::stats::{FailureReason, ModelStats, PhaseTimes};
 use crate::valid::{Timing, ValidInferRequest};
-use crate::worker::{InferOutcome, ResponseStream, StreamItem};
+use tritium_backend_api::error::WorkerError;
+use tritium_backend_api::first_response::{FirstResponseClock, FirstResponseHistogram};
+use tritium_backend_api::llm::{EmbeddingModel, LanguageModel};
+use tritium_backend_api::request::{InferenceRequest, InferenceResponse};
+use tritium_backend_api::{Backend, BackendError, BackendRequest, Engine, Responder, StreamTarget, select_outputs};
+use tritium_backend_api::{InferOutcome, ResponseStream, StreamItem};
+
+/// What the schedulers run for `engine`: a tensor engine's backend, or, for an engine that takes
+/// token ids, the refusal a KServe tensor request sent to it gets.
+pub(crate) fn tensor_face(engine: &Engine, model: &str) -> Arc<dyn Backend> {
+    let (kind, hint) = match engine {
+        Engine::Tensors(backend) => return Arc::clone(backend),
+        Engine::Language(_) => ("a language model", "send text_input through the frontend"),
+        Engine::Embedding(_) => ("an embedding model", "use /v1/embeddings"),
+    };
+    Arc::new(TokenModel { message: format!("the model '{model}' is {kind}; {hint}") })
+}
+
+/// A language model's or an embedder's answer to tensors: they take token ids from the frontend.
+struct TokenModel {
+    message: String,
+}
+
+#[async_trait::async_trait]
+impl Backend for TokenModel {
+    async fn execute(&self, _: BackendRequest, _: &mut Responder) -> Result<(), BackendError> {
+        Err(BackendError::failed(ErrorCode::Unsupported, self.message.clone()))
+    }
+}
 
 /// Responses a decoupled request may have queued before its backend waits for the client.
 const STREAM_BUFFER: usize = 16;
@@ -28,11 +52,12 @@ pub struct ModelVersion {
     pub config: Arc<ModelConfig>,
     pub schema: ModelSchema,
     pub stats: ModelStats,
+    /// What its factory built; a language model's or an embedder's tensor requests meet
+    /// [`tensor_face`]'s refusal.
+    engine: Engine,
     backend: Arc<dyn Backend>,
     /// What runs its requests: each on its own, or the dynamic or sequence batcher.
     scheduler: Scheduler,
-    /// Whether the backend is a language model, asked once: every request asks again.
-    is_language_model: bool,
 }
 
 impl AsRef<FirstResponseHistogram> for ModelVersion {
@@ -48,16 +73,19 @@ impl std::fmt::Debug for ModelVersion {
 }
 
 impl ModelVersion {
-    /// A version serving `config` with `backend`, each request its own backend call (a remote
+    /// A version serving `config` with `engine`, each request its own backend call (a remote
     /// model's stand-in: its worker schedules).
-    pub fn new(config: Arc<ModelConfig>, version: i64, schema: ModelSchema, backend: Arc<dyn Backend>) -> ModelVersion {
-        ModelVersion::scheduled(config, version, schema, backend, Scheduler::Direct(Arc::default()))
+    pub fn new(config: Arc<ModelConfig>, version: i64, schema: ModelSchema, engine: Engine) -> ModelVersion {
+        let backend = tensor_face(&engine, &config.name);
+        ModelVersion::scheduled(config, version, schema, engine, backend, Scheduler::Direct(Arc::default()))
     }
 
+    /// `backend` is `engine`'s [`tensor_face`], which `scheduler` runs.
     pub(crate) fn scheduled(
         config: Arc<ModelConfig>,
         version: i64,
         schema: ModelSchema,
+        engine: Engine,
         backend: Arc<dyn Backend>,
         scheduler: Scheduler,
     ) -> ModelVersion {
@@ -67,24 +95,28 @@ impl ModelVersion {
             stats: ModelStats::new(u64::try_from(config.max_batch_size).unwrap_or(0)),
             config,
             schema,
-            is_language_model: backend.language_model().is_some(),
+            engine,
             scheduler,
             backend,
         }
     }
 
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The engine behind this version when it is a language model.
-    pub fn language_model(&self) -> Option<Arc<dyn crate::llm::LanguageModel>> {
-        self.backend.language_model()
+    pub fn language_model(&self) -> Option<Arc<dyn LanguageModel>> {
+        self.engine.language_model().cloned()
     }
 
     pub fn is_language_model(&self) -> bool {
-        self.is_language_model
+        matches!(self.engine, Engine::Language(_))
     }
 
     /// The embedder behind this version when it is an embedding model.
-    pub fn embedding_model(&self) -> Option<Arc<dyn crate::llm::EmbeddingModel>> {
-        self.backend.embedding_model()
+    pub fn embedding_model(&self) -> Option<Arc<dyn EmbeddingModel>> {
+        self.engine.embedding_model().cloned()
     }
 
     pub fn decoupled(&self) -> bool {

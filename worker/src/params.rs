@@ -1,6 +1,6 @@
 //! Triton's reserved request parameters, checked once for every transport.
 
-use crate::request::{ParamValue, Parameters};
+use tritium_backend_api::request::{ParamValue, Parameters};
 
 /// What the reserved parameters of a request ask for.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -29,13 +29,6 @@ impl std::fmt::Display for SequenceId {
             SequenceId::Text(s) => f.write_str(s),
         }
     }
-}
-
-/// Whether `key` is one of Triton's request parameters (the scheduler's, the protocol's, or any
-/// `triton_` key), as opposed to one the model reads.
-pub fn is_reserved(key: &str) -> bool {
-    matches!(key, "sequence_id" | "sequence_start" | "sequence_end" | "priority" | "timeout" | "headers" | "binary_data_output")
-        || key.starts_with("triton_")
 }
 
 /// Validates reserved keys and value types; returns the parsed options or the reason a client

@@ -23,8 +23,8 @@ use tritium_tensor::{DataType, Tensor};
 
 use tritium_proto::ErrorCode;
 
-use crate::backend::{Backend, BackendError, BackendRequest, Responder};
 use crate::batch_tensors::{compatible, split, stack};
+use tritium_backend_api::{Backend, BackendError, BackendRequest, Responder};
 
 /// A model's ragged inputs and the batch inputs the server makes for it, read once at load.
 /// The default (no ragged input, no batch input) stacks requests as they are.

@@ -10,10 +10,10 @@ use tritium_proto::inference::{
 };
 
 use super::*;
-use crate::backend::{BackendRequest, Responder};
 use crate::dynamic_batcher::DynamicBatcher;
 use crate::params::{RequestOptions, SequenceId};
 use crate::scheduler::{Scheduler, SchedulerLimits};
+use tritium_backend_api::{BackendRequest, Responder};
 
 fn input(name: &str, ragged: bool) -> ModelInput {
     ModelInput {

@@ -16,12 +16,12 @@ use tritium_proto::inference::ModelConfig;
 
 mod build;
 
-use crate::backend::BackendRegistry;
-use crate::error::WorkerError;
 use crate::model::ModelVersion;
-use crate::repository::{self, ModelSource};
 use crate::scheduler::SchedulerLimits;
 use build::{load_order, with_composing_models};
+use tritium_backend_api::BackendRegistry;
+use tritium_backend_api::error::WorkerError;
+use tritium_repository::{self as repository, ModelSource};
 
 /// Triton's `--model-control-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -344,7 +344,7 @@ impl ModelRepository {
             ));
         }
         let Some(config) = source.config_with_override(Some(json))? else { return Ok(()) };
-        crate::repository::model_files::check_override_paths(&config).map_err(failed)?;
+        tritium_repository::model_files::check_override_paths(&config).map_err(failed)?;
         let backend = |c: &ModelConfig| if c.backend.is_empty() { c.platform.clone() } else { c.backend.clone() };
         if let Some(own) = source.config()?
             && backend(&own) != backend(&config)

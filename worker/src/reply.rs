@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tritium_proto::ErrorCode;
 use tritium_tensor::Tensor;
 
-use crate::backend::{BackendError, BackendRequest, Responder};
 use crate::params::RequestOptions;
+use tritium_backend_api::{BackendError, BackendRequest, Responder};
 
 /// How long the backend took over one batch, in Triton's three compute phases.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

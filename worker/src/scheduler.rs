@@ -10,13 +10,13 @@ use bytes::Bytes;
 use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_config::SchedulingChoice;
 
-use crate::backend::{Backend, BackendRequest, Responder};
 use crate::dynamic_batcher::{BatchAnswer, BatchShare, DynamicBatcher};
 use crate::params::RequestOptions;
 use crate::ragged::RaggedBatching;
 use crate::reply::{Queue, StreamEnd, StreamWait};
-use crate::repository::model_files::read_model_file;
 use crate::sequence::SequenceBatcher;
+use tritium_backend_api::{Backend, BackendRequest, Responder};
+use tritium_repository::model_files::read_model_file;
 
 /// The server-wide bounds of every model's scheduler queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,4 +154,10 @@ fn read_initial_state(model_dir: Option<&Path>, file: &str, size: usize) -> Resu
     }
     read_model_file(model_dir, "initial_state", file, size.saturating_add(1 << 20))
         .map_err(|e| format!("initial_state data_file: {e}"))
+}
+
+/// The instances of a config's `instance_group`, together (a group without a count is one; at least one).
+pub fn instance_count(config: &ModelConfig) -> usize {
+    let counts = config.instance_group.iter().map(|g| usize::try_from(g.count.max(1)).unwrap_or(1));
+    counts.fold(0, usize::saturating_add).max(1)
 }

@@ -4,8 +4,8 @@
 use tritium_proto::inference::ModelConfig;
 use tritium_tensor::{DataType, Tensor};
 
-use crate::error::{WorkerError, datatype_reason, shape_text, tensor_reason};
-use crate::request::InferenceRequest;
+use tritium_backend_api::error::{WorkerError, datatype_reason, shape_text, tensor_reason};
+use tritium_backend_api::request::InferenceRequest;
 
 /// The config inputs a request names, by position in the config. Models have few inputs, so a
 /// scan per input and a bit mask cost less than hashing every name.

@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::first_response::FirstResponseHistogram;
 use crate::latency::LatencyWindow;
+use tritium_backend_api::first_response::FirstResponseHistogram;
 
 /// A count and a total duration.
 #[derive(Debug, Default)]

@@ -14,11 +14,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::WorkerError;
 use crate::model::ModelVersion;
 use crate::params::{RequestOptions, parse_request_options};
 use crate::registry::ModelRepository;
-use crate::request::InferenceRequest;
+use tritium_backend_api::error::WorkerError;
+use tritium_backend_api::request::InferenceRequest;
 
 /// A request that fits its model version: see the module docs.
 #[derive(Debug, Clone)]
@@ -118,11 +118,11 @@ pub(crate) struct Timing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BackendRegistry, ModelRepository, RepositoryOptions};
+    use crate::{ModelRepository, RepositoryOptions};
     use tritium_tensor::Tensor;
 
     fn repository() -> Arc<ModelRepository> {
-        ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins()).expect("built-ins")
+        ModelRepository::open(RepositoryOptions::default(), crate::builtin_backends()).expect("built-ins")
     }
 
     #[test]

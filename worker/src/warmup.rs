@@ -14,9 +14,9 @@ use tritium_proto::inference::model_warmup::input::InputDataType;
 use tritium_proto::inference::{ModelConfig, ModelWarmup, model_warmup};
 use tritium_tensor::{DataType, Tensor};
 
-use crate::backend::{Backend, BackendError, BackendRequest, Responder};
 use crate::ragged::RaggedBatching;
-use crate::repository::model_files::read_model_file;
+use tritium_backend_api::{Backend, BackendError, BackendRequest, Responder};
+use tritium_repository::model_files::read_model_file;
 
 /// Largest sample tensor a warmup may build: a typo in `dims` must not exhaust memory at load.
 const MAX_SAMPLE_BYTES: usize = 256 << 20;

@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tritium_backend_api::BackendError;
 use tritium_proto::ErrorCode;
 use tritium_tensor::Tensor;
-use tritium_worker::backend::BackendError;
 
 use crate::convert::{input_value, output_tensor};
 

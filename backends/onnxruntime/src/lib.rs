@@ -23,11 +23,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tritium_backend_api::config_params::BackendSettings;
+use tritium_backend_api::{
+    Backend, BackendContext, BackendError, BackendFactory, BackendRegistry, BackendRequest, Engine, Responder,
+};
 use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_proto::inference::model_instance_group::Kind;
-use tritium_worker::backend::{BackendContext, BackendFactory};
-use tritium_worker::{Backend, BackendError, BackendRegistry, BackendRequest, Responder};
 
 pub use autocomplete::{Signature, TensorSpec};
 pub use library::{INSTALLED_LIBRARY, LIBRARY_ENV};
@@ -66,6 +68,21 @@ pub struct OrtSettings {
     /// A bigger model's runs are long enough that a thread wake-up per parallel section does not
     /// matter, and its memory would.
     pub solo_session_max_bytes: u64,
+}
+
+impl OrtSettings {
+    /// The settings `--backend-config=onnxruntime,...` gives (Triton's keys
+    /// `default-max-batch-size`, ours `thread-spinning` and `solo-session-max-byte-size`), with
+    /// `library` from `--onnxruntime-library`, else `$ORT_DYLIB_PATH`.
+    pub fn from_backend_config(settings: &BackendSettings, library: Option<PathBuf>) -> Result<OrtSettings, String> {
+        let defaults = OrtSettings::default();
+        Ok(OrtSettings {
+            library: library.or_else(|| std::env::var_os(LIBRARY_ENV).map(PathBuf::from)),
+            default_max_batch_size: settings.number(BACKEND, "default-max-batch-size", defaults.default_max_batch_size)?,
+            thread_spinning: settings.flag(BACKEND, "thread-spinning", defaults.thread_spinning)?,
+            solo_session_max_bytes: settings.number(BACKEND, "solo-session-max-byte-size", defaults.solo_session_max_bytes)?,
+        })
+    }
 }
 
 impl Default for OrtSettings {
@@ -113,7 +130,7 @@ impl BackendFactory for OnnxRuntimeFactory {
         normalize_instance_groups(config)
     }
 
-    fn create(&self, context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
+    fn create(&self, context: &BackendContext<'_>) -> Result<Engine, String> {
         let config = context.config;
         let version_dir = context
             .version_dir
@@ -147,7 +164,7 @@ impl BackendFactory for OnnxRuntimeFactory {
             arena_shrinkage: settings.arena_shrinkage.clone(),
         };
         let instances = Instances::start(sessions, solo, &run)?;
-        Ok(Arc::new(OnnxModel { instances }))
+        Ok(Engine::tensors(OnnxModel { instances }))
     }
 }
 

@@ -6,8 +6,8 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::SessionBuilder;
 use ort::value::ValueType;
+use tritium_backend_api::model_files::resolve_model_file;
 use tritium_proto::inference::ModelConfig;
-use tritium_worker::repository::model_files::resolve_model_file;
 
 use crate::MODEL_FILE;
 use crate::autocomplete::{Signature, TensorSpec};

@@ -22,8 +22,8 @@
 //! stub sends is checked against what is left of the header before it is used.
 
 use bytes::Bytes;
+use tritium_backend_api::BackendError;
 use tritium_tensor::{DataType, Tensor, bytes_codec};
-use tritium_worker::BackendError;
 
 use crate::region::Region;
 use crate::wire::{Location, Reply, malformed, request_error, tensor_data};

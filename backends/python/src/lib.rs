@@ -12,6 +12,7 @@
 //!
 //! It implements the worker's [`BackendFactory`]; batching belongs to the schedulers in front.
 
+mod backend_config;
 mod binary;
 mod files;
 mod frame;
@@ -29,12 +30,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use tritium_backend_api::{
+    BackendContext, BackendFactory, BackendRegistry, Engine, config_parameter, config_to_json, parse_config_json,
+};
 use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_proto::inference::model_instance_group::Kind;
-use tritium_worker::backend::{BackendContext, BackendFactory};
-use tritium_worker::repository::{config_to_json, parse_config_json};
-use tritium_worker::{Backend, BackendRegistry};
 
 use crate::model::PythonModel;
 pub use crate::packed_env::EnvLimits;
@@ -86,7 +87,7 @@ pub struct PythonFactory {
 
 impl PythonFactory {
     fn interpreter(&self, config: &ModelConfig, model_dir: Option<&Path>) -> Result<PathBuf, String> {
-        let Some(env) = tritium_worker::backend::config_parameter(config, EXECUTION_ENV_PATH).filter(|p| !p.is_empty()) else {
+        let Some(env) = config_parameter(config, EXECUTION_ENV_PATH).filter(|p| !p.is_empty()) else {
             return Ok(self.settings.interpreter.clone().unwrap_or_else(|| PathBuf::from("python3")));
         };
         let model_dir = model_dir.ok_or("EXECUTION_ENV_PATH needs a model folder")?;
@@ -163,7 +164,7 @@ impl BackendFactory for PythonFactory {
             return Ok(());
         }
         let spec = self.spec(config, Some(model_dir), &format!("{}_auto_complete", config.name))?;
-        let stub = Stub::start(&spec, Services::new(std::sync::Weak::new()))?;
+        let stub = Stub::start(&spec, Services::new(tritium_backend_api::no_host()))?;
         let current = config_to_json(config).map_err(|e| e.to_string())?;
         let answer = stub.call(json!({"op": "auto_complete", "config": current, "model_file": model_file}), Some(spec.timeout));
         stub.stop();
@@ -199,7 +200,7 @@ impl BackendFactory for PythonFactory {
         Ok(())
     }
 
-    fn create(&self, context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
+    fn create(&self, context: &BackendContext<'_>) -> Result<Engine, String> {
         let config = context.config;
         let version_dir = context
             .version_dir
@@ -233,9 +234,9 @@ impl BackendFactory for PythonFactory {
         let launcher = Launcher {
             spec: self.spec(config, context.model_dir, context.model_name)?,
             init,
-            services: Services::new(context.repository.clone()),
+            services: Services::new(context.host.clone()),
         };
         let instances = Instances::start(names, launcher)?;
-        Ok(Arc::new(PythonModel::new(config, decoupled, instances)))
+        Ok(Engine::tensors(PythonModel::new(config, decoupled, instances)))
     }
 }

@@ -10,12 +10,11 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tritium_backend_api::{Backend, BackendError, BackendRequest, ParamValue, Responder, StreamedRequest, is_reserved};
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_tensor::Tensor;
-use tritium_worker::params::is_reserved;
-use tritium_worker::{Backend, BackendError, BackendRequest, ParamValue, Responder, StreamedRequest};
 
 use crate::binary;
 use crate::pool::{Instances, Job};

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use serde_json::Value;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
+use tritium_backend_api::BackendError;
 use tritium_proto::ErrorCode;
-use tritium_worker::BackendError;
 
 use crate::services::Services;
 use crate::stub::{Executed, StreamEvent, Stub, StubRequest, StubSpec};

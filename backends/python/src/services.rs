@@ -7,8 +7,8 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use std::sync::{Arc, Weak};
 use tokio::runtime::Handle;
+use tritium_backend_api::{Host, InferOutcome, InferenceRequest, ParamValue, StreamItem, WorkerError};
 use tritium_proto::ErrorCode;
-use tritium_worker::{InferOutcome, InferenceRequest, ModelRepository, ModelVersion, ParamValue, StreamItem, WorkerError};
 
 use crate::frame::Frame;
 use crate::stub::Conn;
@@ -17,12 +17,12 @@ use crate::wire::{error_number, inline_descriptors, tensors_of};
 #[derive(Clone)]
 pub struct Services {
     runtime: Option<Handle>,
-    repository: Weak<ModelRepository>,
+    host: Weak<dyn Host>,
 }
 
 impl Services {
-    pub fn new(repository: Weak<ModelRepository>) -> Services {
-        Services { runtime: Handle::try_current().ok(), repository }
+    pub fn new(host: Weak<dyn Host>) -> Services {
+        Services { runtime: Handle::try_current().ok(), host }
     }
 
     /// Starts a BLS request; its inputs are copied out of the region before this returns.
@@ -37,7 +37,7 @@ impl Services {
             Ok(request) => request,
             Err(why) => return answer_error(conn, &id, ErrorCode::InvalidArg, &why),
         };
-        let (Some(runtime), Some(repository)) = (&self.runtime, self.repository.upgrade()) else {
+        let (Some(runtime), Some(host)) = (&self.runtime, self.host.upgrade()) else {
             return answer_error(conn, &id, ErrorCode::Unavailable, "the server is stopping");
         };
         let decoupled = header.get("decoupled").and_then(Value::as_bool).unwrap_or(false);
@@ -45,7 +45,7 @@ impl Services {
         let model = request.model_name.clone();
         runtime.spawn(async move {
             // A timeout is the request's own: its scheduler's queue enforces it, as in Triton.
-            let outcome = run_bls(&repository, request, decoupled, &conn, &id).await;
+            let outcome = run_bls(host.as_ref(), request, decoupled, &conn, &id).await;
             if let Err(error) = outcome {
                 answer_error(&conn, &id, ErrorCode::Internal, &bls_error(&model, &error));
             }
@@ -55,7 +55,7 @@ impl Services {
     pub fn control(&self, conn: &Arc<Conn>, frame: &Frame) {
         let header = frame.header.clone();
         let conn = Arc::clone(conn);
-        let (Some(runtime), Some(repository)) = (&self.runtime, self.repository.upgrade()) else {
+        let (Some(runtime), Some(host)) = (&self.runtime, self.host.upgrade()) else {
             let _ = conn.send(json!({"op": "control_response", "id": header["id"], "error": "the server is stopping"}), &[]);
             return;
         };
@@ -66,11 +66,11 @@ impl Services {
             match header.get("action").and_then(Value::as_str) {
                 Some("ready") => {
                     let version = header.get("version").and_then(Value::as_str).and_then(|v| v.parse().ok());
-                    answer["ready"] = json!(repository.is_ready(model, version));
+                    answer["ready"] = json!(host.is_ready(model, version));
                 }
                 Some(action @ ("load" | "unload")) => {
                     let config = header.get("config").and_then(Value::as_str).filter(|c| !c.is_empty());
-                    let result = if action == "load" { repository.load(model, config) } else { repository.unload(model) };
+                    let result = if action == "load" { host.load(model, config) } else { host.unload(model) };
                     if let Err(error) = result {
                         answer["error"] = json!(error.to_string());
                     }
@@ -141,15 +141,14 @@ fn bls_request(header: &Value, inputs: Vec<tritium_tensor::Tensor>) -> Result<In
 }
 
 async fn run_bls(
-    repository: &ModelRepository,
+    host: &dyn Host,
     request: InferenceRequest,
     decoupled: bool,
     conn: &Conn,
     id: &Value,
 ) -> Result<(), WorkerError> {
     let model = request.model_name.clone();
-    let valid = repository.validate(request)?;
-    match ModelVersion::run_any(valid).await? {
+    match host.infer(request).await? {
         InferOutcome::Single(response) => answer(conn, id, &response.outputs, true),
         InferOutcome::Stream(_) if !decoupled => Err(WorkerError::Failed {
             code: ErrorCode::InvalidArg,

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+use tritium_backend_api::BackendError;
 use tritium_proto::ErrorCode;
 use tritium_tensor::Tensor;
-use tritium_worker::BackendError;
 
 use crate::binary::{self, ExecutedFrame, INLINE, ResponseFrame, SMALL};
 use crate::frame::{Frame, read_frame, read_raw, read_raw_async};

@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 use serde_json::{Value, json};
+use tritium_backend_api::BackendError;
 use tritium_proto::ErrorCode;
 use tritium_tensor::{DataType, Tensor};
-use tritium_worker::BackendError;
 
 use crate::region::Region;
 
@@ -58,7 +58,8 @@ pub fn tensor_data(name: &str, location: Location, size: usize, region: &Region,
     match location {
         Location::Region(offset) => {
             let offset = usize::try_from(offset).map_err(|_| "offset out of range")?;
-            let copied = region.read_output(offset, size).ok_or_else(|| format!("tensor '{name}' lies outside the stub's region"))?;
+            let copied =
+                region.read_output(offset, size).ok_or_else(|| format!("tensor '{name}' lies outside the stub's region"))?;
             Ok(Bytes::from(copied))
         }
         Location::Inline(offset) => {

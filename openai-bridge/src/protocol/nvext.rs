@@ -110,7 +110,7 @@ impl NvExt {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use serde_json::json;
-    use tritium_worker::llm::Constraint;
+    use tritium_backend_api::llm::Constraint;
 
     use super::*;
     use crate::protocol::{ChatCompletionRequest, parse_json};

@@ -4,7 +4,7 @@
 //! `tool_choice` makes mandatory.
 
 use serde_json::{Map, Value, json};
-use tritium_worker::llm::Constraint;
+use tritium_backend_api::llm::Constraint;
 
 use super::{ToolChoice, Tools};
 use crate::BridgeError;

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
-use tritium_worker::llm::{FinishReason, ModelKind};
+use tritium_backend_api::llm::{FinishReason, ModelKind};
 
 use super::sse::{self, ChunkWriter, End};
 use super::{ApiError, AppState, OpenAiJson, PROTOCOL, check_token_ids, failed, json_response};

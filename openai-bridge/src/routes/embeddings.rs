@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use tritium_worker::llm::{FinishReason, ModelKind};
+use tritium_backend_api::llm::{FinishReason, ModelKind};
 
 use super::{ApiError, AppState, OpenAiJson, PROTOCOL, check_token_ids, failed, json_response};
 use crate::BridgeError;

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tritium_worker::llm::{FinishReason, ModelKind};
+use tritium_backend_api::llm::{FinishReason, ModelKind};
 
 use super::sse::{self, ChunkWriter, End};
 use super::{AppState, ChatPrompt, PROTOCOL, failed, json_response};
@@ -64,7 +64,11 @@ pub(super) async fn messages(
         content: ContentBlock::from_parsed(&parsed),
         stop_reason: Some(stop_reason),
         stop_sequence,
-        usage: AnthropicUsage::new(generated.usage.prompt_tokens, generated.usage.completion_tokens, generated.usage.cached_tokens),
+        usage: AnthropicUsage::new(
+            generated.usage.prompt_tokens,
+            generated.usage.completion_tokens,
+            generated.usage.cached_tokens,
+        ),
     };
     Ok(json_response(StatusCode::OK, &message))
 }

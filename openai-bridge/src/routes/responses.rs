@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use tritium_worker::llm::{FinishReason, ModelKind};
+use tritium_backend_api::llm::{FinishReason, ModelKind};
 
 use super::sse::{self, ChunkWriter, End};
 use super::{ApiError, AppState, ChatPrompt, OpenAiJson, PROTOCOL, failed, json_response};

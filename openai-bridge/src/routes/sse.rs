@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
-use tritium_worker::llm::FinishReason;
+use tritium_backend_api::llm::FinishReason;
 
 use crate::BridgeError;
 use crate::pipeline::{StreamMeta, TextEvent, TextStream, TokenInfo, Usage};

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+use tritium_backend_api::llm::FinishReason;
 use tritium_openai_bridge::metrics::LlmMetrics;
 use tritium_openai_bridge::parsers::{OutputFormats, ReasoningFormat, ToolCallFormat};
 use tritium_openai_bridge::routes::{ApiSettings, openai_routes};
-use tritium_worker::llm::FinishReason;
 
 use support::{FakeHub, Script, ids, post, send};
 

@@ -7,8 +7,8 @@ use crate::support;
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+use tritium_backend_api::llm::{Constraint, FinishReason};
 use tritium_openai_bridge::parsers::OutputFormats;
-use tritium_worker::llm::{Constraint, FinishReason};
 
 use support::{FakeHub, Script, ids, post};
 

@@ -9,8 +9,8 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
+use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent};
 use tritium_openai_bridge::metrics::LlmMetrics;
-use tritium_worker::llm::{FinishReason, GenerateError, GenerateEvent};
 
 use support::{FakeHub, Script, app, ids, post, send, token_events};
 
@@ -32,7 +32,10 @@ async fn completion() {
     assert!(body["created"].as_u64().is_some());
     assert_eq!(body["choices"], json!([{"index": 0, "text": "Hello world", "logprobs": null, "finish_reason": "stop"}]));
     let prompt_tokens = ids(&hub.llm, "Hi there").len();
-    assert_eq!(body["usage"], json!({"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": prompt_tokens + 2, "prompt_tokens_details": {"cached_tokens": 0}}));
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": prompt_tokens, "completion_tokens": 2, "total_tokens": prompt_tokens + 2, "prompt_tokens_details": {"cached_tokens": 0}})
+    );
 
     let request = hub.last_request();
     assert_eq!(request.prompt, ids(&hub.llm, "Hi there"));

@@ -8,15 +8,21 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent, ModelKind, TokenStream};
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::metrics::LlmMetrics;
 use tritium_openai_bridge::pipeline::{TextEvent, Usage, collect, text_stream};
-use tritium_worker::llm::{FinishReason, GenerateError, GenerateEvent, ModelKind, TokenStream};
 
 use support::{ids, preprocessor, token_events};
 
 fn finished(reason: FinishReason, prompt_tokens: u32, completion_tokens: u32) -> Result<GenerateEvent, GenerateError> {
-    Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens: 0, queued_for: Duration::from_millis(1) })
+    Ok(GenerateEvent::Finished {
+        reason,
+        prompt_tokens,
+        completion_tokens,
+        cached_tokens: 0,
+        queued_for: Duration::from_millis(1),
+    })
 }
 
 fn texts(events: &[Result<TextEvent, BridgeError>]) -> Vec<String> {

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+#[cfg(feature = "llm")]
+use tritium_llm::MockOptions;
 use tritium_worker::DeclaredModel;
-use tritium_worker::llm::mock::{MockOptions, mock_declared_model};
 
 use crate::discovery::{DisaggregationMode, DiscoveryConfig, NamespaceScope};
-use crate::remote::TransferOptions;
 use crate::events::EventsConfig;
+use crate::remote::TransferOptions;
 use crate::routing::kv_index::KvScoring;
 use crate::routing::{RouterMode, RouterOptions};
 
@@ -134,7 +135,7 @@ pub struct RouterArgs {
     #[arg(long, env = "TRITIUM_MIGRATION_LIMIT", default_value_t = 3)]
     pub migration_limit: u32,
     /// Tokens per KV block (must match the workers' engines).
-    #[arg(long, env = "TRITIUM_KV_BLOCK_SIZE", default_value_t = tritium_worker::kv::DEFAULT_KV_BLOCK_SIZE)]
+    #[arg(long, env = "TRITIUM_KV_BLOCK_SIZE", default_value_t = tritium_backend_api::kv::DEFAULT_KV_BLOCK_SIZE)]
     pub kv_block_size: usize,
     /// kv mode: weight of the cached-prefix share in a worker's score.
     #[arg(long, env = "TRITIUM_KV_OVERLAP_WEIGHT", default_value_t = 1.0)]
@@ -200,23 +201,39 @@ pub struct EngineArgs {
     /// `mock` serves one simulated language model per --model-name (default name: mock-llm).
     #[arg(long, env = "TRITIUM_ENGINE", value_enum, default_value = "candle")]
     pub engine: EngineKind,
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_MOCK_PREFILL_US_PER_TOKEN", default_value_t = MockOptions::default().prefill_us_per_token)]
     pub mock_prefill_us_per_token: u64,
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_MOCK_DECODE_MS_PER_STEP", default_value_t = MockOptions::default().decode_ms_per_step)]
     pub mock_decode_ms_per_step: u64,
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_MOCK_KV_BLOCKS", default_value_t = MockOptions::default().kv_blocks)]
     pub mock_kv_blocks: usize,
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_MOCK_BLOCK_SIZE", default_value_t = MockOptions::default().block_size)]
     pub mock_block_size: usize,
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_MOCK_MAX_SEQUENCES", default_value_t = MockOptions::default().max_sequences)]
     pub mock_max_sequences: usize,
 }
 
 impl EngineArgs {
     /// The mock models `--engine mock` declares (none for candle).
-    pub fn mock_models(&self, names: &[String]) -> Vec<DeclaredModel> {
+    #[cfg(not(feature = "llm"))]
+    pub fn mock_models(&self, _names: &[String]) -> Result<Vec<DeclaredModel>, String> {
+        match self.engine {
+            EngineKind::Mock => Err("--engine mock: this server was built without the llm feature".to_string()),
+            EngineKind::Candle => Ok(Vec::new()),
+        }
+    }
+
+    /// The mock models `--engine mock` declares (none for candle).
+    #[cfg(feature = "llm")]
+    pub fn mock_models(&self, names: &[String]) -> Result<Vec<DeclaredModel>, String> {
+        use tritium_llm::mock_config_text;
         if self.engine != EngineKind::Mock {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let options = MockOptions {
             prefill_us_per_token: self.mock_prefill_us_per_token,
@@ -228,7 +245,8 @@ impl EngineArgs {
         };
         let default_name = ["mock-llm".to_string()];
         let names = if names.is_empty() { &default_name[..] } else { names };
-        names.iter().map(|name| mock_declared_model(name, &options)).collect()
+        let declared = |name: &String| DeclaredModel { name: name.clone(), config_text: mock_config_text(name, &options) };
+        Ok(names.iter().map(declared).collect())
     }
 }
 

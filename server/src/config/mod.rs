@@ -2,14 +2,12 @@
 //! Triton's flag names and default ports are kept where Triton has them. This is the only module
 //! that reads the environment.
 
-pub mod backend_config;
 pub mod cluster;
 pub mod dump;
 pub mod keepalive;
 pub mod limits;
 pub mod metrics;
 pub mod openai;
-pub mod python;
 pub mod repository;
 pub mod tls;
 
@@ -18,14 +16,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tritium_onnxruntime::OrtSettings;
 use tritium_worker::RepositoryOptions;
-use tritium_worker::llm::EngineOptions;
 
-use crate::config::repository::{engine_options, repository_options};
+use crate::config::repository::repository_options;
 use crate::routing::RouterOptions;
-pub use keepalive::{KeepaliveArgs, KeepaliveConfig};
 pub use cluster::{ClusterArgs, ClusterConfig, DisaggregationArgs, EngineArgs, RouterArgs, WorkerListenArgs};
+pub use keepalive::{KeepaliveArgs, KeepaliveConfig};
 pub use limits::{HttpLimits, LimitArgs, Limits};
 pub use metrics::MetricsArgs;
 pub use openai::{OpenAiArgs, OpenAiSettings};
@@ -82,15 +78,13 @@ pub struct WorkerArgs {
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub repository: RepositoryOptions,
-    pub llm: EngineOptions,
+    pub backends: crate::backends::BackendsConfig,
     pub cluster: ClusterConfig,
     pub max_message_size: usize,
     /// Token frontends must send (`--worker-token`).
     pub worker_token: Option<String>,
     pub disaggregation: crate::discovery::DisaggregationMode,
     pub transfers: crate::remote::TransferOptions,
-    pub onnxruntime: OrtSettings,
-    pub python: tritium_python::PythonSettings,
 }
 
 impl WorkerArgs {
@@ -100,17 +94,14 @@ impl WorkerArgs {
         }
         Ok(WorkerConfig {
             repository: repository_options(&self.repository, &self.models, &self.engine, true)?,
-            llm: engine_options(&self.models),
+            backends: self.repository.backends(&self.models)?,
             cluster: self.cluster.config()?,
             max_message_size: self.worker_max_message_size,
             worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
             disaggregation: self.disaggregation.disaggregation_mode,
-            transfers: self.disaggregation.transfer_options(
-                self.listen.worker_token.clone().filter(|t| !t.is_empty()),
-                self.worker_max_message_size,
-            )?,
-            onnxruntime: self.repository.onnxruntime()?,
-            python: self.repository.python()?,
+            transfers: self
+                .disaggregation
+                .transfer_options(self.listen.worker_token.clone().filter(|t| !t.is_empty()), self.worker_max_message_size)?,
         })
     }
 }
@@ -294,8 +285,8 @@ impl Default for TransportConfig {
 pub struct ServerConfig {
     pub repository: RepositoryOptions,
     pub transport: TransportConfig,
-    /// Bounds of every language model's engine (a model's config may override them).
-    pub llm: EngineOptions,
+    /// The backend crates' settings (language-model engine bounds, ONNX Runtime, Python).
+    pub backends: crate::backends::BackendsConfig,
     /// Discovery and events (in memory by default).
     pub cluster: ClusterConfig,
     pub router: RouterOptions,
@@ -303,10 +294,6 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Connections, deadlines and body size of the HTTP port.
     pub http_limits: HttpLimits,
-    /// The ONNX Runtime backend's library and defaults.
-    pub onnxruntime: OrtSettings,
-    /// The Python backend's interpreter and bounds.
-    pub python: tritium_python::PythonSettings,
     /// What the metrics port reports, and how often it samples the host.
     pub metrics: crate::metrics::MetricsConfig,
     /// TLS of the gRPC and HTTP ports (off by default).
@@ -337,11 +324,9 @@ impl ServeArgs {
             openai: self.openai.settings(&env)?,
             tls: self.tls.config(&env)?,
             metrics: self.metrics.config()?,
-            onnxruntime: self.repository.onnxruntime()?,
-            python: self.repository.python()?,
+            backends: self.repository.backends(&self.models)?,
             http_limits: limits.http_limits(),
             limits: limits.limits()?,
-            llm: engine_options(&self.models),
             repository: repository_options(&self.repository, &self.models, &self.engine, builtins)?,
             router: self.router.options(cluster.lease_ttl)?,
             cluster,

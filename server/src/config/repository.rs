@@ -6,13 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use tritium_onnxruntime::OrtSettings;
-use tritium_worker::embed::EMBED_BACKEND;
-use tritium_worker::llm::{EngineOptions, LLM_BACKEND, ModelKind, detect_kind};
+use tritium_backend_api::config_params::BackendSettings;
 use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions, SchedulerLimits};
 
 use super::EngineArgs;
-use super::backend_config::BackendConfigs;
+use crate::backends::BackendsConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModelControlMode {
@@ -71,24 +69,19 @@ pub struct RepositoryArgs {
 }
 
 impl RepositoryArgs {
-    /// The ONNX Runtime backend's settings from `--backend-config` and `--onnxruntime-library`.
-    pub fn onnxruntime(&self) -> Result<OrtSettings, String> {
-        let configs = BackendConfigs::parse(&self.backend_config)?;
-        let default_max_batch_size = match configs.get(tritium_onnxruntime::BACKEND, "default-max-batch-size") {
-            None => tritium_onnxruntime::DEFAULT_MAX_BATCH_SIZE,
-            Some(value) => value.trim().parse().map_err(|_| format!("failed to convert '{value}' to integral number"))?,
-        };
-        let thread_spinning = match configs.get(tritium_onnxruntime::BACKEND, "thread-spinning") {
-            None => false,
-            Some(value) => tritium_onnxruntime::parse_bool("thread-spinning", value.trim())?,
-        };
-        let solo_session_max_bytes = match configs.get(tritium_onnxruntime::BACKEND, "solo-session-max-byte-size") {
-            None => tritium_onnxruntime::DEFAULT_SOLO_SESSION_MAX_BYTES,
-            Some(value) => value.trim().parse().map_err(|_| format!("failed to convert '{value}' to integral number"))?,
-        };
-        let library =
-            self.onnxruntime_library.clone().or_else(|| std::env::var_os(tritium_onnxruntime::LIBRARY_ENV).map(PathBuf::from));
-        Ok(OrtSettings { library, default_max_batch_size, thread_spinning, solo_session_max_bytes })
+    /// The backend crates' settings: `--backend-config` (each backend reads its own keys), the ONNX
+    /// Runtime library and the Python interpreter, and the language-model engine's bounds.
+    pub fn backends(&self, models: &ModelArgs) -> Result<BackendsConfig, String> {
+        let settings = BackendSettings::parse(&self.backend_config)?;
+        let _ = (&settings, models);
+        Ok(BackendsConfig {
+            #[cfg(feature = "llm")]
+            llm: engine_options(models),
+            #[cfg(feature = "onnxruntime")]
+            onnxruntime: tritium_onnxruntime::OrtSettings::from_backend_config(&settings, self.onnxruntime_library.clone())?,
+            #[cfg(feature = "python")]
+            python: tritium_python::PythonSettings::from_backend_config(&settings, self.python_interpreter.clone())?,
+        })
     }
 }
 
@@ -103,42 +96,54 @@ pub struct ModelArgs {
     /// The name of the --model-path at the same position (default: the file stem or folder name).
     #[arg(long = "model-name", env = "TRITIUM_MODEL_NAME", value_delimiter = ',')]
     pub model_name: Vec<String>,
+    #[cfg(feature = "llm")]
     /// Sequences a language model decodes together in one batch.
-    #[arg(long, env = "TRITIUM_LLM_MAX_SEQUENCES", default_value_t = EngineOptions::default().max_sequences)]
+    #[arg(long, env = "TRITIUM_LLM_MAX_SEQUENCES", default_value_t = tritium_llm::EngineOptions::default().max_sequences)]
     pub llm_max_sequences: usize,
+    #[cfg(feature = "llm")]
     /// KV-cache positions of one model's block pool, shared by the running sequences and the
     /// prefix cache. Sequences take blocks as they grow; when none is left the newest sequence is
     /// preempted (and resumes later from the prefix cache).
-    #[arg(long, env = "TRITIUM_LLM_MAX_KV_TOKENS", default_value_t = EngineOptions::default().max_kv_tokens)]
+    #[arg(long, env = "TRITIUM_LLM_MAX_KV_TOKENS", default_value_t = tritium_llm::EngineOptions::default().max_kv_tokens)]
     pub llm_max_kv_tokens: usize,
+    #[cfg(feature = "llm")]
     /// Positions per KV-cache block: the unit of allocation, of prefix reuse and of KV events.
     /// Keep it equal to the router's --kv-block-size for KV-aware routing.
-    #[arg(long, env = "TRITIUM_LLM_KV_BLOCK_SIZE", default_value_t = EngineOptions::default().kv_block_size)]
+    #[arg(long, env = "TRITIUM_LLM_KV_BLOCK_SIZE", default_value_t = tritium_llm::EngineOptions::default().kv_block_size)]
     pub llm_kv_block_size: usize,
+    #[cfg(feature = "llm")]
     /// Turns the prefix cache off: every prompt is computed in full and no KV events are sent.
     #[arg(long, env = "TRITIUM_LLM_NO_PREFIX_CACHE")]
     pub llm_no_prefix_cache: bool,
+    #[cfg(feature = "llm")]
     /// A folder for the KV cache's offload tier: blocks evicted from memory are written there and
     /// read back instead of computed. Each model gets a subfolder, emptied at start-up.
     #[arg(long, env = "TRITIUM_LLM_KV_OFFLOAD_DIR")]
     pub llm_kv_offload_dir: Option<PathBuf>,
+    #[cfg(feature = "llm")]
     /// Bytes of block files the offload tier keeps per model (least recently used go first).
     #[arg(long, env = "TRITIUM_LLM_KV_OFFLOAD_BYTES", default_value_t = 1 << 30)]
     pub llm_kv_offload_bytes: u64,
+    #[cfg(feature = "llm")]
     /// Requests that may wait for a place in the batch; beyond it they are refused with
     /// RESOURCE_EXHAUSTED (HTTP 429).
-    #[arg(long, env = "TRITIUM_LLM_MAX_QUEUE", default_value_t = EngineOptions::default().max_queue)]
+    #[arg(long, env = "TRITIUM_LLM_MAX_QUEUE", default_value_t = tritium_llm::EngineOptions::default().max_queue)]
     pub llm_max_queue: usize,
+    #[cfg(feature = "llm")]
     /// Bytes of one request's output grammar (response_format JSON schema, guided regex, choices
     /// or Lark grammar, forced tool calls' schemas), at most; beyond it the request is refused.
-    #[arg(long, env = "TRITIUM_LLM_MAX_CONSTRAINT_BYTES", default_value_t = EngineOptions::default().max_constraint_bytes)]
+    #[arg(long, env = "TRITIUM_LLM_MAX_CONSTRAINT_BYTES", default_value_t = tritium_llm::EngineOptions::default().max_constraint_bytes)]
     pub llm_max_constraint_bytes: usize,
+    #[cfg(feature = "llm")]
     /// Prompt tokens fed per decode step over all new sequences (chunked prefill).
-    #[arg(long, env = "TRITIUM_LLM_PREFILL_CHUNK", default_value_t = EngineOptions::default().prefill_chunk)]
+    #[arg(long, env = "TRITIUM_LLM_PREFILL_CHUNK", default_value_t = tritium_llm::EngineOptions::default().prefill_chunk)]
     pub llm_prefill_chunk: usize,
 }
 
-pub(super) fn engine_options(models: &ModelArgs) -> EngineOptions {
+#[cfg(feature = "llm")]
+fn engine_options(models: &ModelArgs) -> tritium_llm::EngineOptions {
+    use tritium_llm::EngineOptions;
+
     EngineOptions {
         max_sequences: models.llm_max_sequences,
         max_kv_tokens: models.llm_max_kv_tokens,
@@ -150,7 +155,7 @@ pub(super) fn engine_options(models: &ModelArgs) -> EngineOptions {
         offload: models
             .llm_kv_offload_dir
             .clone()
-            .map(|dir| tritium_worker::llm::OffloadOptions { dir, max_bytes: models.llm_kv_offload_bytes }),
+            .map(|dir| tritium_llm::OffloadOptions { dir, max_bytes: models.llm_kv_offload_bytes }),
     }
 }
 
@@ -166,7 +171,7 @@ pub(super) fn repository_options(
         ModelControlMode::Explicit => ControlMode::Explicit,
         ModelControlMode::Poll => ControlMode::Poll,
     };
-    let mut declared = engine.mock_models(&models.model_name);
+    let mut declared = engine.mock_models(&models.model_name)?;
     if declared.is_empty() {
         declared = declared_models(&models.model_path, &models.model_name)?;
     } else if !models.model_path.is_empty() {
@@ -196,7 +201,7 @@ fn declared_models(paths: &[PathBuf], names: &[String]) -> Result<Vec<DeclaredMo
     let mut declared = Vec::with_capacity(paths.len());
     for (index, path) in paths.iter().enumerate() {
         let path = std::path::absolute(path).map_err(|e| format!("--model-path {}: {e}", path.display()))?;
-        let kind = detect_kind(&path).map_err(|e| format!("--model-path {}: {e}", path.display()))?;
+        let backend = model_path_backend(&path)?;
         let name = match names.get(index) {
             Some(name) => name.clone(),
             None => default_model_name(&path),
@@ -204,10 +209,6 @@ fn declared_models(paths: &[PathBuf], names: &[String]) -> Result<Vec<DeclaredMo
         if name.is_empty() || name.contains('/') {
             return Err(format!("--model-name '{name}' is not a usable model name"));
         }
-        let backend = match kind {
-            ModelKind::Generate => LLM_BACKEND,
-            ModelKind::Embed => EMBED_BACKEND,
-        };
         let quoted = serde_json::to_string(&path.display().to_string()).map_err(|e| e.to_string())?;
         let config_text = format!(
             "name: \"{name}\"\nbackend: \"{backend}\"\nparameters {{ key: \"model_path\" value {{ string_value: {quoted} }} }}\n"
@@ -215,6 +216,22 @@ fn declared_models(paths: &[PathBuf], names: &[String]) -> Result<Vec<DeclaredMo
         declared.push(DeclaredModel { name, config_text });
     }
     Ok(declared)
+}
+
+/// The backend that serves the model at `path`: `tritium_llm` for a causal LM, `tritium_embed` for
+/// an embedder.
+#[cfg(feature = "llm")]
+fn model_path_backend(path: &std::path::Path) -> Result<&'static str, String> {
+    use tritium_backend_api::llm::ModelKind;
+    match tritium_llm::detect_kind(path).map_err(|e| format!("--model-path {}: {e}", path.display()))? {
+        ModelKind::Generate => Ok(tritium_llm::LLM_BACKEND),
+        ModelKind::Embed => Ok(tritium_llm::EMBED_BACKEND),
+    }
+}
+
+#[cfg(not(feature = "llm"))]
+fn model_path_backend(path: &std::path::Path) -> Result<&'static str, String> {
+    Err(format!("--model-path {}: this server was built without the llm feature", path.display()))
 }
 
 /// `SmolLM2-135M-Instruct.Q4_1.gguf` -> `SmolLM2-135M-Instruct.Q4_1`; a folder gives its name.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use tritium_worker::kv::KvEvent;
+use tritium_backend_api::kv::KvEvent;
 
 use crate::discovery::NamespaceScope;
 

@@ -259,7 +259,7 @@ pub(crate) mod test_nats {
 
 #[cfg(test)]
 mod tests {
-    use tritium_worker::kv::KvEvent;
+    use tritium_backend_api::kv::KvEvent;
 
     use super::test_nats::NatsServer;
     use super::*;

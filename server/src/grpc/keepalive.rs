@@ -344,11 +344,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Policed<T> {
         written
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if let Poll::Ready(Err(e)) = this.before_io(cx) {
             return Poll::Ready(Err(e));

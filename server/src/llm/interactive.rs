@@ -9,10 +9,10 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tritium_backend_api::llm::ModelKind;
 use tritium_openai_bridge::pipeline::{ModelRef, TextEvent, generate_text};
 use tritium_openai_bridge::routes::LlmHub;
 use tritium_openai_bridge::sampling::CompletionOptions;
-use tritium_worker::llm::ModelKind;
 
 use super::LlmFrontend;
 

@@ -9,11 +9,11 @@ use std::time::Instant;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tritium_backend_api::llm::FinishReason;
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::kserve::{DEFAULT_MAX_TOKENS, parse_infer_request, response_outputs};
 use tritium_openai_bridge::pipeline::{ModelRef, TextEvent, TextStream, collect, generate_text};
 use tritium_tensor::Tensor;
-use tritium_worker::llm::FinishReason;
 use tritium_worker::{
     InferOutcome, InferenceResponse, ModelVersion, PhaseTimes, ResponseStream, StreamItem, ValidInferRequest, WorkerError,
 };

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use tritium_backend_api::llm::{EngineStats, GenerateRequest, ModelCard, ModelKind, TokenStream};
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::metrics::LlmMetrics;
 use tritium_openai_bridge::parsers::OutputFormats;
 use tritium_openai_bridge::preprocess::Preprocessor;
 use tritium_openai_bridge::routes::{HubModel, LlmHub};
 use tritium_openai_bridge::sampling::CompletionLimits;
-use tritium_worker::llm::{EngineStats, GenerateRequest, ModelCard, ModelKind, TokenStream};
 use tritium_worker::{ModelRepository, WorkerClient, WorkerError};
 
 use crate::routing::Router;

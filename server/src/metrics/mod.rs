@@ -82,7 +82,7 @@ impl MetricsState {
             tritium_worker::latency::enable();
         }
         if config.histogram_latencies {
-            tritium_worker::first_response::enable();
+            tritium_backend_api::first_response::enable();
         }
         MetricsState { repository, llm, cpu, quantiles, histograms: config.histogram_latencies }
     }

@@ -2,7 +2,7 @@
 //! time. Counters of durations are in microseconds, as Triton's are.
 
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
-use tritium_worker::first_response::BUCKETS_MS;
+use tritium_backend_api::first_response::BUCKETS_MS;
 use tritium_worker::{ModelRepository, ModelVersion};
 
 fn label(name: &str, value: &str) -> LabelPair {

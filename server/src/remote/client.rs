@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tritium_backend_api::llm::{GenerateError, GenerateEvent, GenerateRequest, ModelCard, PrefillSource, TokenStream};
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::{ModelConfig, ModelInferResponse};
 use tritium_proto::worker::worker_client::WorkerClient as WorkerRpc;
 use tritium_proto::worker::{DescribeModelsRequest, EmbedRequest, InferStreamResponse, TokenIds};
-use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, ModelCard, PrefillSource, TokenStream};
 use tritium_worker::{InferOutcome, InferenceResponse, ResponseStream, StreamItem, ValidInferRequest, WorkerClient, WorkerError};
 
 use super::convert::{
@@ -166,13 +166,16 @@ impl RemoteWorker {
         Ok(client.prefill(request).await.map_err(|s| status_error(&self.id, s))?.into_inner())
     }
 
-    async fn start_generation(&self, model: &str, request: tritium_proto::worker::GenerateRequest) -> Result<TokenStream, WorkerError> {
+    async fn start_generation(
+        &self,
+        model: &str,
+        request: tritium_proto::worker::GenerateRequest,
+    ) -> Result<TokenStream, WorkerError> {
         let mut client = self.client.clone();
         // Awaiting the response headers means a worker that cannot be reached, or refuses, fails
         // here rather than in the stream.
         let response = client.generate(request).await.map_err(|s| status_error(&self.id, s))?;
-        let prefill_worker =
-            response.metadata().get(PREFILL_WORKER_KEY).and_then(|v| v.to_str().ok()).map(Arc::<str>::from);
+        let prefill_worker = response.metadata().get(PREFILL_WORKER_KEY).and_then(|v| v.to_str().ok()).map(Arc::<str>::from);
         let mut events = response.into_inner();
         let (sender, receiver) = mpsc::unbounded_channel();
         let (worker, model) = (self.id.clone(), model.to_string());

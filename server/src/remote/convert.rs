@@ -8,16 +8,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tritium_backend_api::llm::{
+    Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, SamplingOptions, StopOptions,
+    TransferLayout,
+};
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use tritium_proto::inference::{InferParameter, ModelInferRequest, ModelInferResponse};
 use tritium_proto::worker as pb;
 use tritium_tensor::{DataType, Tensor};
-use tritium_worker::llm::{
-    Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, SamplingOptions, StopOptions,
-    TransferLayout,
-};
 use tritium_worker::{InferenceRequest, InferenceResponse, ParamValue};
 
 /// The ErrorCode whose `grpc_code()` is `code`; codes no class maps to are `Unknown`.
@@ -90,7 +90,14 @@ pub fn response_from_proto(response: ModelInferResponse, is_final: bool) -> Resu
         let data = raw.next().ok_or_else(|| format!("output '{}' of model '{model_name}' has no raw contents", output.name))?;
         tensors.push(Tensor::new(output.name, datatype, output.shape, data));
     }
-    Ok(InferenceResponse { model_name: Arc::from(model_name), model_version, id, outputs: tensors, is_final, parameters: Vec::new() })
+    Ok(InferenceResponse {
+        model_name: Arc::from(model_name),
+        model_version,
+        id,
+        outputs: tensors,
+        is_final,
+        parameters: Vec::new(),
+    })
 }
 
 pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::GenerateRequest {
@@ -282,7 +289,12 @@ mod tests {
         assert_eq!(generate_request_from_proto(wire), request);
 
         let events = [
-            GenerateEvent::Token(GeneratedToken { id: 5, logprob: Some(-0.5), top_logprobs: vec![(5, -0.5), (6, -1.5)], prompt_cached: Some(2) }),
+            GenerateEvent::Token(GeneratedToken {
+                id: 5,
+                logprob: Some(-0.5),
+                top_logprobs: vec![(5, -0.5), (6, -1.5)],
+                prompt_cached: Some(2),
+            }),
             GenerateEvent::Finished {
                 reason: FinishReason::Length,
                 prompt_tokens: 3,

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tritium_backend_api::llm::{GenerateRequest, LanguageModel, PrefillSource, SamplingOptions, StopOptions};
+use tritium_llm::test_models::{SMOLLM2_GGUF, installed_model};
 use tritium_proto::worker::PrefillRequest;
 use tritium_proto::worker::worker_client::WorkerClient as WorkerRpc;
-use tritium_worker::llm::{GenerateRequest, LanguageModel, PrefillSource, SamplingOptions, StopOptions};
-use tritium_worker::test_models::{SMOLLM2_GGUF, installed_model};
 use tritium_worker::{LocalWorker, ModelRepository, WorkerClient};
 
 use super::llm_tests::{collect, config};
@@ -62,7 +62,11 @@ async fn a_decode_worker_generates_from_the_prefill_workers_blocks_as_it_would_a
     assert_eq!(stream.prefill_worker(), Some("prefill-1"), "the decode worker says where its blocks came from");
     let (ids, ..) = collect(stream).await;
     assert_eq!(ids, alone().await, "greedy tokens as in aggregated serving");
-    assert_eq!(engine(&decode_repository).stats().prompt_tokens, 200 - 12 * 16, "only the last block computed on the decode worker");
+    assert_eq!(
+        engine(&decode_repository).stats().prompt_tokens,
+        200 - 12 * 16,
+        "only the last block computed on the decode worker"
+    );
     assert_eq!(engine(&prefill_repository).stats().prompt_tokens, 12 * 16, "the prefill worker computed the full blocks");
 
     // Blocks the decode worker holds are not asked for again: the prefill worker computes (from its
@@ -112,7 +116,9 @@ async fn blocks_of_another_layout_a_dead_prefill_worker_or_a_full_one_leave_the_
     assert_eq!(second.code(), tonic::Code::ResourceExhausted);
     assert!(second.message().contains("limit of 1 prefills"), "{}", second.message());
     let mut blocks = 0;
-    while let Some(message) = tokio::time::timeout(Duration::from_secs(120), first.message()).await.expect("in time").expect("no error") {
+    while let Some(message) =
+        tokio::time::timeout(Duration::from_secs(120), first.message()).await.expect("in time").expect("no error")
+    {
         blocks += usize::from(matches!(message.part, Some(tritium_proto::worker::kv_transfer::Part::Block(_))));
     }
     assert_eq!(blocks, 12, "the first one sends its twelve blocks");

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tritium_backend_api::llm::{ImportedBlocks, KvExport, TransferLayout};
 use tritium_proto::worker::{self as pb, KvTransfer, kv_transfer};
-use tritium_worker::llm::{ImportedBlocks, KvExport, TransferLayout};
 
 use super::RemoteWorker;
 use super::convert::{layout_from_proto, layout_to_proto};
@@ -104,7 +104,8 @@ impl KvTransfers {
         let first = source.first_block as usize;
         let mut blocks = Vec::new();
         let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(self.options.timeout, self.receive(source, version, prompt, layout, &mut blocks)).await;
+        let outcome =
+            tokio::time::timeout(self.options.timeout, self.receive(source, version, prompt, layout, &mut blocks)).await;
         tracing::debug!(prefill_worker = %source.worker_id, blocks = blocks.len(), elapsed = ?started.elapsed(), "KV transfer received");
         let problem = match outcome {
             Ok(Ok(())) => None,
@@ -183,7 +184,7 @@ impl KvTransfers {
 pub(crate) fn transfer_stream(
     export: KvExport,
     slot: OwnedSemaphorePermit,
-) -> impl futures::Stream<Item = Result<KvTransfer, tritium_worker::llm::GenerateError>> + Send {
+) -> impl futures::Stream<Item = Result<KvTransfer, tritium_backend_api::llm::GenerateError>> + Send {
     let header = KvTransfer { part: Some(kv_transfer::Part::Layout(layout_to_proto(export.layout()))) };
     let blocks = futures::stream::unfold(Some((export, slot)), |state| async move {
         let (mut export, slot) = state?;

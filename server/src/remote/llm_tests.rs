@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use tritium_proto::ErrorCode;
-use tritium_proto::worker::worker_client::WorkerClient as WorkerRpc;
-use tritium_worker::llm::{
+use tritium_backend_api::llm::{
     FinishReason, GenerateError, GenerateEvent, GenerateRequest, ModelKind, SamplingOptions, StopOptions, TokenStream,
 };
-use tritium_worker::test_models::{MINILM_DIR, SMOLLM2_GGUF, installed_model};
+use tritium_llm::test_models::{MINILM_DIR, SMOLLM2_GGUF, installed_model};
+use tritium_proto::ErrorCode;
+use tritium_proto::worker::worker_client::WorkerClient as WorkerRpc;
 use tritium_worker::{LocalWorker, WorkerClient};
 
 use super::tests::{TestWorker, declared};

@@ -34,10 +34,10 @@
 pub mod auth;
 mod client;
 pub mod convert;
-mod drain;
-mod kv_pull;
 #[cfg(test)]
 mod disagg_tests;
+mod drain;
+mod kv_pull;
 #[cfg(test)]
 mod llm_tests;
 mod service;

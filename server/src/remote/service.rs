@@ -10,6 +10,7 @@ use std::time::Instant;
 use futures::{Stream, StreamExt};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
+use tritium_backend_api::llm::LanguageModel;
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tritium_proto::worker::worker_server::{Worker, WorkerServer};
@@ -17,7 +18,6 @@ use tritium_proto::worker::{
     DescribeModelsRequest, DescribeModelsResponse, DescribedModel, EmbedRequest, EmbedResponse, Embedding, GenerateEvent,
     GenerateRequest, InferStreamResponse, KvTransfer, PrefillRequest,
 };
-use tritium_worker::llm::LanguageModel;
 use tritium_worker::{
     InferOutcome, InferenceResponse, LocalWorker, ModelRepository, StreamItem, ValidInferRequest, WorkerClient, WorkerError,
 };
@@ -92,7 +92,8 @@ impl WorkerService {
             version => version,
         };
         let model = self.repository.resolve(name, version).map_err(from_worker)?;
-        let engine = model.language_model().ok_or_else(|| from_worker(WorkerError::NotLanguageModel { model: name.to_string() }))?;
+        let engine =
+            model.language_model().ok_or_else(|| from_worker(WorkerError::NotLanguageModel { model: name.to_string() }))?;
         Ok(engine.clone())
     }
 
@@ -234,10 +235,16 @@ impl Worker for WorkerService {
         let request = request.into_inner();
         let engine = self.engine(&request.model, request.version)?;
         let Some(layout) = engine.kv_layout() else {
-            return Err(worker_status(ErrorCode::InvalidArg, format!("model '{}' cannot prefill for another worker", request.model)));
+            return Err(worker_status(
+                ErrorCode::InvalidArg,
+                format!("model '{}' cannot prefill for another worker", request.model),
+            ));
         };
         if let Some(mismatch) = request.layout.map(layout_from_proto).and_then(|theirs| layout.mismatch(&theirs)) {
-            return Err(worker_status(ErrorCode::InvalidArg, format!("the caller's KV blocks do not fit this worker's: {mismatch}")));
+            return Err(worker_status(
+                ErrorCode::InvalidArg,
+                format!("the caller's KV blocks do not fit this worker's: {mismatch}"),
+            ));
         }
         let Some(slot) = self.transfers.prefill_slot() else {
             return Err(worker_status(

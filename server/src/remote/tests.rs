@@ -78,14 +78,21 @@ impl Drop for TestWorker {
 }
 
 fn builtin() -> Arc<ModelRepository> {
-    ModelRepository::open(RepositoryOptions::default(), BackendRegistry::with_builtins()).expect("the built-in repository")
+    ModelRepository::open(
+        RepositoryOptions::default(),
+        crate::backends::backend_registry(&Default::default(), BackendRegistry::default()),
+    )
+    .expect("the built-in repository")
 }
 
 pub(super) fn declared(models: &[(&str, String)]) -> Arc<ModelRepository> {
     let declared =
         models.iter().map(|(name, text)| DeclaredModel { name: name.to_string(), config_text: text.clone() }).collect();
-    ModelRepository::open(RepositoryOptions { declared, ..Default::default() }, BackendRegistry::with_builtins())
-        .expect("the declared models load")
+    ModelRepository::open(
+        RepositoryOptions { declared, ..Default::default() },
+        crate::backends::backend_registry(&Default::default(), BackendRegistry::default()),
+    )
+    .expect("the declared models load")
 }
 
 /// A request validated as the frontend does before sending it, against the built-in models.

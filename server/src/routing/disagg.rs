@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use tritium_worker::kv::block_hashes;
-use tritium_worker::llm::PrefillSource;
+use tritium_backend_api::kv::block_hashes;
+use tritium_backend_api::llm::PrefillSource;
 
 use super::{Member, Router, lock};
 use crate::discovery::{DisaggregationMode, WorkerAddress};
@@ -39,8 +39,7 @@ impl Router {
         if !route.iter().any(|m| m.mode == DisaggregationMode::Prefill) {
             return Split::default();
         }
-        let (prefill, decode): (Vec<&Member>, Vec<&Member>) =
-            route.iter().partition(|m| m.mode == DisaggregationMode::Prefill);
+        let (prefill, decode): (Vec<&Member>, Vec<&Member>) = route.iter().partition(|m| m.mode == DisaggregationMode::Prefill);
         if prefill.is_empty() || decode.is_empty() {
             return Split::default();
         }
@@ -50,7 +49,13 @@ impl Router {
 
     /// The prefill worker for `prompt` on its way to `decode`, and where the decode worker finds
     /// it; `None` when the prompt is short enough, or what `decode` lacks of it is, to prefill there.
-    pub(super) fn prefill_for(&self, model: &str, prompt: &[u32], decode: &Member, split: &Split) -> Option<(Member, PrefillSource)> {
+    pub(super) fn prefill_for(
+        &self,
+        model: &str,
+        prompt: &[u32],
+        decode: &Member,
+        split: &Split,
+    ) -> Option<(Member, PrefillSource)> {
         if decode.local || !split.is_disaggregated() || prompt.len() <= self.options.max_local_prefill_length {
             return None;
         }
@@ -66,11 +71,8 @@ impl Router {
             Some((_, WorkerAddress::Grpc(uri))) => uri.clone(),
             _ => return None,
         };
-        let source = PrefillSource {
-            worker_id: prefill.id.to_string(),
-            uri,
-            first_block: u32::try_from(held).unwrap_or(u32::MAX),
-        };
+        let source =
+            PrefillSource { worker_id: prefill.id.to_string(), uri, first_block: u32::try_from(held).unwrap_or(u32::MAX) };
         Some((prefill, source))
     }
 }

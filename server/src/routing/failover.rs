@@ -10,7 +10,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tritium_worker::llm::{GenerateError, GenerateEvent, GenerateRequest, TokenStream};
+use tritium_backend_api::llm::{GenerateError, GenerateEvent, GenerateRequest, TokenStream};
 use tritium_worker::{
     InferOutcome, InferenceResponse, ModelVersion, ParamValue, PhaseTimes, ValidInferRequest, WorkerClient, WorkerError,
 };
@@ -197,7 +197,8 @@ impl Migration {
                     let completion_tokens = u32::try_from(self.generated.len()).unwrap_or(u32::MAX);
                     // After a failover the last worker saw the prompt plus what was generated.
                     let cached_tokens = cached_tokens.min(prompt_tokens);
-                    let finished = GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens, queued_for };
+                    let finished =
+                        GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens, queued_for };
                     let _ = sender.send(Ok(finished));
                     return;
                 }

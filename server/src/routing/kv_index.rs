@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use tritium_server::routing::kv_index::KvIndex;
-//! use tritium_worker::kv::{KvEvent, block_hashes};
+//! use tritium_backend_api::kv::{KvEvent, block_hashes};
 //!
 //! let prompt: Vec<u32> = (0..64).collect();
 //! let hashes = block_hashes(&prompt, 16);
@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 
 use rand::Rng;
-use tritium_worker::kv::{BlockHash, KvEvent};
+use tritium_backend_api::kv::{BlockHash, KvEvent};
 
 /// Blocks one worker may have indexed for one model before its entries are dropped wholesale:
 /// a worker that never announces evictions must not grow the index without bound.

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use tritium_worker::kv::block_hashes;
-use tritium_worker::llm::GenerateError;
+use tritium_backend_api::kv::block_hashes;
+use tritium_backend_api::llm::GenerateError;
 use tritium_worker::{ByName, ModelRepository, WorkerClient, WorkerError};
 
 pub use failover::hint_of;
@@ -473,7 +473,9 @@ impl Router {
             c.prompt_blocks_cached.load(Ordering::Relaxed),
         );
         let indexed = lock(&self.kv).block_count();
-        out.push_str("# HELP tritium_router_kv_blocks_indexed KV blocks the workers' KV events say they hold (each counted once).\n");
+        out.push_str(
+            "# HELP tritium_router_kv_blocks_indexed KV blocks the workers' KV events say they hold (each counted once).\n",
+        );
         out.push_str(&format!("# TYPE tritium_router_kv_blocks_indexed gauge\ntritium_router_kv_blocks_indexed {indexed}\n"));
         let table = self.table.load();
         let mut models: Vec<(&String, &Route)> = table.iter().collect();

@@ -66,7 +66,7 @@ impl Default for RouterOptions {
         RouterOptions {
             mode: RouterMode::RoundRobin,
             kv: KvScoring::default(),
-            kv_block_size: tritium_worker::kv::DEFAULT_KV_BLOCK_SIZE,
+            kv_block_size: tritium_backend_api::kv::DEFAULT_KV_BLOCK_SIZE,
             migration_limit: 3,
             suspect_for: std::time::Duration::from_secs(5),
             worker_token: None,

@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tritium_worker::llm::{
+use tritium_backend_api::llm::{
     EmbeddingModel, EngineStats, GenerateError, GenerateRequest, LanguageModel, ModelCard, ModelKind, TokenStream,
 };
 use tritium_worker::schema::ModelSchema;
-use tritium_worker::{Backend, BackendError, BackendRequest, ModelVersion, Responder, ServedModel};
+use tritium_worker::{Backend, BackendError, BackendRequest, Engine, ModelVersion, Responder, ServedModel};
 
 use super::lock;
 use crate::events::LoadReport;
@@ -110,17 +110,23 @@ impl RemoteModels {
     fn stand_in(&self, model: &RemoteModel) -> Result<Arc<ModelVersion>, String> {
         let config = Arc::new(model.config.clone());
         let schema = ModelSchema::from_config(&config)?;
-        let backend = StandIn { name: model.name.clone(), card: model.card.clone(), loads: Arc::clone(&self.loads) };
-        Ok(Arc::new(ModelVersion::new(config, model.version, schema, Arc::new(backend))))
+        let name = model.name.clone();
+        let engine = match &model.card {
+            Some(card) if card.kind == ModelKind::Generate => {
+                Engine::Language(Arc::new(RemoteLanguageModel { name, card: Arc::clone(card), loads: Arc::clone(&self.loads) }))
+            }
+            Some(card) => Engine::Embedding(Arc::new(RemoteEmbedder { name, card: Arc::clone(card) })),
+            None => Engine::tensors(StandIn { name }),
+        };
+        Ok(Arc::new(ModelVersion::new(config, model.version, schema, engine)))
     }
 }
 
-/// The backend of a stand-in: it holds the card (the frontend tokenizes with it) and answers
-/// only when no worker could take the request.
+/// The backend of a tensor model's stand-in: it answers only when no worker could take the
+/// request. A language model's or an embedder's stand-in holds its card instead (the frontend
+/// tokenizes with it).
 struct StandIn {
     name: String,
-    card: Option<Arc<ModelCard>>,
-    loads: Loads,
 }
 
 impl StandIn {
@@ -133,16 +139,6 @@ impl StandIn {
 impl Backend for StandIn {
     async fn execute(&self, _request: BackendRequest, _responder: &mut Responder) -> Result<(), BackendError> {
         Err(BackendError::failed(tritium_proto::ErrorCode::Unavailable, self.unavailable()))
-    }
-
-    fn language_model(&self) -> Option<Arc<dyn LanguageModel>> {
-        let card = self.card.as_ref().filter(|c| c.kind == ModelKind::Generate)?;
-        Some(Arc::new(RemoteLanguageModel { name: self.name.clone(), card: Arc::clone(card), loads: Arc::clone(&self.loads) }))
-    }
-
-    fn embedding_model(&self) -> Option<Arc<dyn EmbeddingModel>> {
-        let card = self.card.as_ref().filter(|c| c.kind == ModelKind::Embed)?;
-        Some(Arc::new(RemoteEmbedder { name: self.name.clone(), card: Arc::clone(card) }))
     }
 }
 

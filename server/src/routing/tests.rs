@@ -2,7 +2,7 @@ use std::sync::atomic::AtomicUsize;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use tritium_worker::llm::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, TokenStream};
+use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, TokenStream};
 use tritium_worker::{
     BackendRegistry, DeclaredModel, InferOutcome, InferenceRequest, InferenceResponse, RepositoryOptions, ValidInferRequest,
     WorkerError,
@@ -97,8 +97,11 @@ fn repository() -> Arc<ModelRepository> {
         .map(|name| DeclaredModel { name: name.to_string(), config_text: format!("name: \"{name}\"\nbackend: \"identity\"\n") })
         .chain([DeclaredModel { name: "seq".into(), config_text: SEQUENCE_MODEL.into() }])
         .collect();
-    ModelRepository::open(RepositoryOptions { declared, ..Default::default() }, BackendRegistry::with_builtins())
-        .expect("the declared models load")
+    ModelRepository::open(
+        RepositoryOptions { declared, ..Default::default() },
+        crate::backends::backend_registry(&Default::default(), BackendRegistry::default()),
+    )
+    .expect("the declared models load")
 }
 
 /// A stateful model: its sequences must stay on one worker.
@@ -237,7 +240,7 @@ async fn a_stream_whose_worker_dies_continues_on_another_from_the_tokens_already
     router.apply(&[instance("dying", &["m"]), instance("healthy", &["m"])]).await;
     let request = GenerateRequest {
         prompt: vec![1, 2, 3],
-        stop: tritium_worker::llm::StopOptions { max_tokens: Some(5), ..Default::default() },
+        stop: tritium_backend_api::llm::StopOptions { max_tokens: Some(5), ..Default::default() },
         ..Default::default()
     };
     // Direct mode names the first worker; migration goes wherever it can.

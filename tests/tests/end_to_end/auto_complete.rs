@@ -15,8 +15,8 @@ use tritium_proto::inference::{DataType as ConfigDataType, ModelConfig, ModelInp
 use tritium_server::ServerConfig;
 use tritium_tensor::Tensor;
 use tritium_tests::identity_request;
-use tritium_worker::backend::{BackendContext, BackendFactory};
-use tritium_worker::{Backend, BackendError, BackendRegistry, BackendRequest, RepositoryOptions, Responder};
+use tritium_worker::{Backend, BackendError, BackendRegistry, BackendRequest, Engine, RepositoryOptions, Responder};
+use tritium_worker::{BackendContext, BackendFactory};
 
 /// OUTPUT0 = 2 × INPUT0 (FP32); counts the requests it runs.
 struct Double {
@@ -39,8 +39,8 @@ struct DoubleFactory {
 }
 
 impl BackendFactory for DoubleFactory {
-    fn create(&self, _context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
-        Ok(Arc::new(Double { runs: Arc::clone(&self.runs) }))
+    fn create(&self, _context: &BackendContext<'_>) -> Result<Engine, String> {
+        Ok(Engine::tensors(Double { runs: Arc::clone(&self.runs) }))
     }
 
     fn model_filename(&self) -> Option<&'static str> {
@@ -60,7 +60,7 @@ impl BackendFactory for DoubleFactory {
 /// Serves `repository` with the `double` backend; returns the server, a client and the run count.
 async fn serve(repository: &Path, auto_complete_config: bool) -> (tritium_server::ServerHandle, InferClient, Arc<AtomicUsize>) {
     let runs = Arc::new(AtomicUsize::new(0));
-    let mut backends = BackendRegistry::with_builtins();
+    let mut backends = BackendRegistry::default();
     backends.register("double", DoubleFactory { runs: Arc::clone(&runs) });
     let config = ServerConfig {
         repository: RepositoryOptions {

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tritium_grpc_clients::{InferRequestBuilder, is_final, output_tensor};
+use tritium_llm::test_models::{SMOLLM2_GGUF, installed_model};
 use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_tensor::Tensor;
 use tritium_tests::{TestServer, identity_config, identity_request, temp_repository, write_model};
-use tritium_worker::test_models::{SMOLLM2_GGUF, installed_model};
 use tritium_worker::{ControlMode, RepositoryOptions};
 
 async fn server() -> TestServer {

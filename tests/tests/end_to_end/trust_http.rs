@@ -16,7 +16,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 async fn server(config: ServerConfig) -> ServerHandle {
     let grpc = TcpListener::bind("127.0.0.1:0").await.expect("binds gRPC");
     let http = TcpListener::bind("127.0.0.1:0").await.expect("binds HTTP");
-    tritium_server::spawn_with_listeners(config, grpc, Some(http), BackendRegistry::with_builtins()).await.expect("starts")
+    tritium_server::spawn_with_listeners(config, grpc, Some(http), BackendRegistry::default()).await.expect("starts")
 }
 
 async fn connect(server: &ServerHandle) -> TcpStream {

@@ -3,13 +3,11 @@
 //! state lives in the server (the config's implicit `state`), so the backend holds nothing
 //! between calls. Every tensor is INT32; the state's input and output names are the config's.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_tensor::{DataType, Tensor};
 
-use crate::backend::{Backend, BackendContext, BackendError, BackendRequest, Responder};
+use tritium_backend_api::{Backend, BackendContext, BackendError, BackendRequest, Engine, Responder};
 
 #[derive(Debug)]
 pub struct Accumulate {
@@ -20,7 +18,7 @@ pub struct Accumulate {
 }
 
 impl Accumulate {
-    pub fn from_context(context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
+    pub fn from_context(context: &BackendContext<'_>) -> Result<Engine, String> {
         let config = context.config;
         let ([input], [output]) = (config.input.as_slice(), config.output.as_slice()) else {
             return Err("the accumulate backend needs one input and one output".to_string());
@@ -35,7 +33,7 @@ impl Accumulate {
         if !int32(input.data_type) || !int32(output.data_type) || !int32(state.data_type) {
             return Err("the accumulate backend works on TYPE_INT32".to_string());
         }
-        Ok(Arc::new(Accumulate {
+        Ok(Engine::tensors(Accumulate {
             input: input.name.clone(),
             output: output.name.clone(),
             state_input: state.input_name.clone(),

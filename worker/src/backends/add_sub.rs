@@ -1,14 +1,12 @@
 //! `add_sub`: OUTPUT0 = INPUT0 + INPUT1 and OUTPUT1 = INPUT0 - INPUT1, element-wise, for every
 //! numeric datatype (integers wrap, as C++ backends do).
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use half::{bf16, f16};
 use tritium_tensor::{DataType, Element, Tensor};
 
-use crate::backend::{Backend, BackendContext, BackendError, BackendRequest, Responder};
+use tritium_backend_api::{Backend, BackendContext, BackendError, BackendRequest, Engine, Responder};
 
 #[derive(Debug)]
 pub struct AddSub {
@@ -17,7 +15,7 @@ pub struct AddSub {
 }
 
 impl AddSub {
-    pub fn from_context(context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
+    pub fn from_context(context: &BackendContext<'_>) -> Result<Engine, String> {
         let config = context.config;
         let (Some(i0), Some(i1), Some(o0), Some(o1)) =
             (config.input.first(), config.input.get(1), config.output.first(), config.output.get(1))
@@ -35,7 +33,7 @@ impl AddSub {
         if i0.data_type != i1.data_type {
             return Err("the add_sub backend needs both inputs of one datatype".to_string());
         }
-        Ok(Arc::new(AddSub { inputs: [i0.name.clone(), i1.name.clone()], outputs: [o0.name.clone(), o1.name.clone()] }))
+        Ok(Engine::tensors(AddSub { inputs: [i0.name.clone(), i1.name.clone()], outputs: [o0.name.clone(), o1.name.clone()] }))
     }
 }
 

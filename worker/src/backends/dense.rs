@@ -2,8 +2,8 @@
 //! `[batch, n]`), with fixed weights `W[i][j] = ((7i + 13j) mod 17 - 8) / 64`, so a client can
 //! check any answer. `k` and `n` are the config's input and output dims.
 //!
-//! A batch's product is candle's CPU matmul (the `gemm` crate's packed kernels, vectorized for
-//! the CPU it runs on). One row is a matrix-vector product, which the `gemm` crate serves poorly
+//! A batch's product is the `gemm` crate's packed kernels, vectorized for the CPU it runs on (what
+//! candle's CPU matmul calls). One row is a matrix-vector product, which the `gemm` crate serves poorly
 //! (it packs `W` first: 3.3 ms a row here), so it is our own loop that streams `W` once, its
 //! columns split over rayon's pool (1.7 ms; numpy's OpenBLAS AVX2 kernel: 1.1 ms).
 //!
@@ -16,12 +16,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use candle_core::{Device, Storage, Tensor as Matrix};
 use rayon::prelude::*;
 use tritium_proto::ErrorCode;
 use tritium_tensor::{DataType, Tensor};
 
-use crate::backend::{Backend, BackendContext, BackendError, BackendRequest, Responder, instance_count};
+use crate::scheduler::instance_count;
+use tritium_backend_api::{Backend, BackendContext, BackendError, BackendRequest, Engine, Responder};
 
 /// Weights one layer may hold (the built-in model's 4096 x 4096 is 64 MiB).
 const MAX_WEIGHTS: usize = 64 << 20;
@@ -33,7 +33,8 @@ pub struct Dense {
     k: usize,
     n: usize,
     /// `[k, n]`.
-    weights: Matrix,
+    /// `W` as `k` rows of `n`.
+    weights: Arc<[f32]>,
     /// One permit per instance of the config's `instance_group`: at most that many products run
     /// at once (each already spreads over every core), the rest wait their turn in order.
     instances: tokio::sync::Semaphore,
@@ -45,7 +46,7 @@ pub fn weight(i: usize, j: usize) -> f32 {
 }
 
 impl Dense {
-    pub fn from_context(context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
+    pub fn from_context(context: &BackendContext<'_>) -> Result<Engine, String> {
         let config = context.config;
         let ([input], [output]) = (config.input.as_slice(), config.output.as_slice()) else {
             return Err("the dense backend needs one input and one output".to_string());
@@ -62,9 +63,9 @@ impl Dense {
         if k.checked_mul(n).is_none_or(|size| size > MAX_WEIGHTS) {
             return Err(format!("the dense backend holds at most {MAX_WEIGHTS} weights"));
         }
-        let weights = Matrix::from_vec(weights(k, n), (k, n), &Device::Cpu).map_err(|e| e.to_string())?;
+        let weights: Arc<[f32]> = weights(k, n).into();
         let instances = tokio::sync::Semaphore::new(instance_count(config));
-        Ok(Arc::new(Dense { input: input.name.clone(), output: output.name.clone(), k, n, weights, instances }))
+        Ok(Engine::tensors(Dense { input: input.name.clone(), output: output.name.clone(), k, n, weights, instances }))
     }
 }
 
@@ -84,15 +85,42 @@ fn weights(k: usize, n: usize) -> Vec<f32> {
 }
 
 /// `x · W` for the `rows` rows of `x`.
-fn multiply(x: Vec<f32>, rows: usize, weights: &Matrix) -> candle_core::Result<Vec<f32>> {
-    let (k, n) = weights.dims2()?;
+fn multiply(x: &[f32], rows: usize, weights: &[f32], k: usize, n: usize) -> Vec<f32> {
+    assert!(x.len() == rows * k && weights.len() == k * n, "x is rows x k and W is k x n");
     if rows == 1 {
-        let (storage, layout) = weights.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((0, _))) = (&*storage, layout.contiguous_offsets()) {
-            return Ok(multiply_row(&x, cpu.as_slice::<f32>()?, n));
-        }
+        return multiply_row(x, weights, n);
     }
-    Matrix::from_vec(x, (rows, k), &Device::Cpu)?.matmul(weights)?.flatten_all()?.to_vec1()
+    let mut y = vec![0f32; rows * n];
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let stride = |columns: usize| isize::try_from(columns).unwrap_or(isize::MAX);
+    // SAFETY: y is rows x n, x rows x k and W k x n, all row-major and contiguous (checked above),
+    // so every offset gemm derives from these sizes and strides lies inside its slice; y is
+    // written (read_dst false) and the inputs only read.
+    unsafe {
+        gemm::gemm(
+            rows,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            stride(n),
+            false,
+            x.as_ptr(),
+            1,
+            stride(k),
+            weights.as_ptr(),
+            1,
+            stride(n),
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    y
 }
 
 /// `x · W` for one row `x` and `W` as rows of `n`: each task of rayon's pool owns a span of
@@ -149,14 +177,12 @@ impl Backend for Dense {
             let message = format!("'{}' must have {} values per row", self.input, self.k);
             return Err(BackendError::failed(ErrorCode::InvalidArg, message));
         }
-        let weights = self.weights.clone();
+        let weights = Arc::clone(&self.weights);
+        let (k, n) = (self.k, self.n);
         let failed = |e: String| BackendError::failed(ErrorCode::Internal, format!("the dense layer failed: {e}"));
         let _instance = self.instances.acquire().await.map_err(|e| failed(e.to_string()))?;
-        let y = tokio::task::spawn_blocking(move || multiply(x, rows, &weights))
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .map_err(|e| failed(e.to_string()))?;
-        let n = self.n;
+        let y =
+            tokio::task::spawn_blocking(move || multiply(&x, rows, &weights, k, n)).await.map_err(|e| failed(e.to_string()))?;
         let mut shape = input.shape.clone();
         if let Some(last) = shape.last_mut() {
             *last = i64::try_from(n).unwrap_or(i64::MAX);
@@ -181,9 +207,9 @@ mod tests {
     #[test]
     fn one_row_is_the_same_product() {
         for (k, n) in [(3, 2), (5, 300), (7, 1000), (8, 17), (21, 600)] {
-            let weights = Matrix::from_vec(weights(k, n), (k, n), &Device::Cpu).unwrap();
+            let weights = weights(k, n);
             let x: Vec<f32> = (0..k).map(|i| i as f32 / 8.0 - 0.5).collect();
-            let y = multiply(x.clone(), 1, &weights).unwrap();
+            let y = multiply(&x, 1, &weights, k, n);
             let expected: Vec<f32> = (0..n).map(|j| (0..k).map(|i| x[i] * weight(i, j)).sum()).collect();
             assert_eq!(y, expected, "{k} x {n}: multiples of 1/512, exact in any order");
         }
@@ -192,9 +218,9 @@ mod tests {
     #[test]
     fn rows_are_multiplied_independently() {
         let (k, n) = (3, 2);
-        let weights = Matrix::from_vec(weights(k, n), (k, n), &Device::Cpu).unwrap();
+        let weights = weights(k, n);
         let x = [1.0, 2.0, 3.0, 0.0, -1.0, 0.5];
-        let y = multiply(x.to_vec(), 2, &weights).unwrap();
+        let y = multiply(&x, 2, &weights, k, n);
         for r in 0..2 {
             for j in 0..n {
                 let expected: f32 = (0..k).map(|i| x[r * k + i] * weight(i, j)).sum();

@@ -1,11 +1,9 @@
 //! `identity`: output i is input i, any datatype and shape, without copying the payload.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use tritium_tensor::Tensor;
 
-use crate::backend::{Backend, BackendContext, BackendError, BackendRequest, Responder};
+use tritium_backend_api::{Backend, BackendContext, BackendError, BackendRequest, Engine, Responder};
 
 /// Returns each input under the name of the output at the same position in the config.
 #[derive(Debug)]
@@ -15,7 +13,7 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn from_context(context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
+    pub fn from_context(context: &BackendContext<'_>) -> Result<Engine, String> {
         let config = context.config;
         if config.input.len() != config.output.len() {
             return Err(format!(
@@ -25,7 +23,7 @@ impl Identity {
             ));
         }
         let pairs = config.input.iter().zip(&config.output).map(|(i, o)| (i.name.clone(), o.name.clone())).collect();
-        Ok(Arc::new(Identity { pairs }))
+        Ok(Engine::tensors(Identity { pairs }))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Built-in backends: `identity`, `add_sub` and `repeat`, useful for testing clients, measuring
-//! the server's own overhead, and as examples of [`Backend`](crate::backend::Backend); `dense`
+//! the server's own overhead, and as examples of [`Backend`](tritium_backend_api::Backend); `dense`
 //! (a layer that gains from dynamic batching) and `accumulate` (a stateful model for the
-//! sequence batcher); the registry also gets the language and embedding model backends.
+//! sequence batcher). Language, embedding, ONNX Runtime and Python models come from the backend
+//! crates, which the server registers beside these.
 
 mod accumulate;
 mod add_sub;
@@ -15,14 +16,20 @@ pub use dense::{Dense, weight as dense_weight};
 pub use identity::Identity;
 pub use repeat::Repeat;
 
-use crate::backend::BackendRegistry;
+use tritium_backend_api::BackendRegistry;
 
-pub(crate) fn register_builtins(registry: &mut BackendRegistry) {
+/// A registry holding the built-in backends, to which the server adds the backend crates'.
+pub fn builtin_backends() -> BackendRegistry {
+    let mut registry = BackendRegistry::default();
+    register_builtins(&mut registry);
+    registry
+}
+
+/// Adds the built-in backends to `registry`.
+pub fn register_builtins(registry: &mut BackendRegistry) {
     registry.register("identity", Identity::from_context);
     registry.register("add_sub", AddSub::from_context);
     registry.register("repeat", Repeat::from_context);
     registry.register("dense", Dense::from_context);
     registry.register("accumulate", Accumulate::from_context);
-    registry.register(crate::embed::EMBED_BACKEND, crate::embed::embed_factory());
-    registry.register(crate::llm::LLM_BACKEND, crate::llm::LlmFactory::default());
 }

@@ -2,14 +2,13 @@
 //! with `OUT` = 0..n-1, then the request ends; the optional `DELAY_MS` (UINT32 [1]) waits between
 //! responses, so cancellation and interleaving can be observed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tritium_proto::ErrorCode;
 use tritium_tensor::Tensor;
 
-use crate::backend::{Backend, BackendContext, BackendError, BackendRequest, Responder};
+use tritium_backend_api::{Backend, BackendContext, BackendError, BackendRequest, Engine, Responder};
 
 #[derive(Debug)]
 pub struct Repeat {
@@ -17,13 +16,13 @@ pub struct Repeat {
 }
 
 impl Repeat {
-    pub fn from_context(context: &BackendContext<'_>) -> Result<Arc<dyn Backend>, String> {
+    pub fn from_context(context: &BackendContext<'_>) -> Result<Engine, String> {
         let decoupled = context.config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled);
         if !decoupled {
             return Err("the repeat backend needs model_transaction_policy { decoupled: true }".to_string());
         }
         let output = context.config.output.first().ok_or("the repeat backend needs one output")?;
-        Ok(Arc::new(Repeat { output: output.name.clone() }))
+        Ok(Engine::tensors(Repeat { output: output.name.clone() }))
     }
 }
 

@@ -19,14 +19,14 @@ use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
 use tritium_tensor::Tensor;
 
-use crate::backend::{Backend, BackendError, BackendRequest, Responder};
-use crate::error::WorkerError;
 use crate::model::ModelVersion;
 use crate::registry::ModelRepository;
-use crate::request::{InferenceRequest, Parameters};
-use crate::worker::StreamItem;
 pub use graph::composing_models;
 use graph::{Graph, Step};
+use tritium_backend_api::StreamItem;
+use tritium_backend_api::error::WorkerError;
+use tritium_backend_api::request::{InferenceRequest, Parameters};
+use tritium_backend_api::{Backend, BackendError, BackendRequest, Responder};
 
 /// The platform name that marks an ensemble's config.
 pub const ENSEMBLE_PLATFORM: &str = "ensemble";
@@ -105,8 +105,8 @@ impl EnsembleBackend {
                     let request = self.step_request(&steps[index], &tensors, parameters);
                     let valid = repository.validate(request).map_err(|e| self.step_error(e))?;
                     let mut stream = match ModelVersion::run_any(valid).await.map_err(|e| self.step_error(e))? {
-                        crate::worker::InferOutcome::Stream(stream) => stream,
-                        crate::worker::InferOutcome::Single(response) => {
+                        tritium_backend_api::InferOutcome::Stream(stream) => stream,
+                        tritium_backend_api::InferOutcome::Single(response) => {
                             Self::take_outputs(&steps[index], response.outputs, &mut tensors);
                             continue;
                         }

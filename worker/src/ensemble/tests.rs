@@ -2,7 +2,7 @@
 
 use tritium_tensor::Tensor;
 
-use crate::{BackendRegistry, DeclaredModel, InferenceRequest, ModelRepository, RepositoryOptions};
+use crate::{DeclaredModel, InferenceRequest, ModelRepository, RepositoryOptions};
 
 const ADD_SUB: &str = r#"
 backend: "add_sub"
@@ -37,7 +37,7 @@ fn repository(ensemble_config: &str) -> std::sync::Arc<ModelRepository> {
         DeclaredModel { name: "ens".into(), config_text: ensemble_config.into() },
         DeclaredModel { name: "add_sub".into(), config_text: ADD_SUB.into() },
     ];
-    ModelRepository::open(RepositoryOptions { declared, ..Default::default() }, BackendRegistry::with_builtins()).unwrap()
+    ModelRepository::open(RepositoryOptions { declared, ..Default::default() }, crate::builtin_backends()).unwrap()
 }
 
 fn load_error(ensemble_config: &str) -> String {

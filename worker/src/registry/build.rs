@@ -8,15 +8,15 @@ use std::sync::Arc;
 use tritium_proto::inference::ModelConfig;
 
 use super::{LoadCause, ModelRepository, ServedModel};
-use crate::backend::{Backend, BackendContext};
 use crate::ensemble::{ENSEMBLE_PLATFORM, EnsembleBackend, composing_models};
-use crate::error::WorkerError;
-use crate::model::ModelVersion;
+use crate::model::{ModelVersion, tensor_face};
 use crate::ragged::RaggedBatching;
-use crate::repository::{self, ModelSource};
 use crate::scheduler::Scheduler;
 use crate::schema::ModelSchema;
 use crate::warmup;
+use tritium_backend_api::error::WorkerError;
+use tritium_backend_api::{BackendContext, Engine};
+use tritium_repository::{self as repository, ModelSource};
 
 impl ModelRepository {
     /// Loads the composing models of an ensemble that are not served yet (as Triton does when a
@@ -81,13 +81,14 @@ impl ModelRepository {
                 config: &config,
                 version_dir: version_dir.as_deref().filter(|p: &&Path| p.exists()),
                 model_dir,
-                repository: self.me.clone(),
+                host: self.me.clone(),
             };
-            let backend = factory.create(&context).map_err(failed)?;
+            let engine = factory.create(&context).map_err(failed)?;
+            let backend = tensor_face(&engine, name);
             warmup::run(&config, model_dir, backend.as_ref(), &ragged).map_err(failed)?;
             let scheduler =
                 Scheduler::for_config(&config, &backend, &ragged, model_dir, self.options.scheduler_limits).map_err(failed)?;
-            let model = ModelVersion::scheduled(Arc::clone(&config), version, schema.clone(), backend, scheduler);
+            let model = ModelVersion::scheduled(Arc::clone(&config), version, schema.clone(), engine, backend, scheduler);
             served.insert(version, Arc::new(model));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
@@ -106,8 +107,8 @@ impl ModelRepository {
                 code: tritium_proto::ErrorCode::InvalidArg,
                 message: format!("load failed for model '{name}': {reason}"),
             };
-            let backend: Arc<dyn Backend> = Arc::new(EnsembleBackend::new(&config, self, self.me.clone()).map_err(refused)?);
-            served.insert(version, Arc::new(ModelVersion::new(Arc::clone(&config), version, schema.clone(), backend)));
+            let engine = Engine::tensors(EnsembleBackend::new(&config, self, self.me.clone()).map_err(refused)?);
+            served.insert(version, Arc::new(ModelVersion::new(Arc::clone(&config), version, schema.clone(), engine)));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
     }

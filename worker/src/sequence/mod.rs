@@ -40,14 +40,14 @@ use tritium_proto::ErrorCode;
 use tritium_proto::inference::{ModelConfig, ModelSequenceBatching};
 use tritium_tensor::Tensor;
 
-use crate::backend::{Backend, BackendError, BackendRequest};
 use crate::params::{RequestOptions, SequenceId};
 use crate::ragged::RaggedBatching;
 use crate::reply::{BatchAnswer, Queue, Reply, stopped};
-use crate::request::Parameters;
 use crate::scheduler::SchedulerLimits;
 use rows::{Batch, Finished, Row};
 use settings::{SequenceSettings, Strategy};
+use tritium_backend_api::request::Parameters;
+use tritium_backend_api::{Backend, BackendError, BackendRequest};
 
 pub struct SequenceBatcher {
     settings: Arc<SequenceSettings>,

@@ -15,10 +15,10 @@ use tritium_proto::ErrorCode;
 use tritium_tensor::{DataType, Tensor, bytes_codec};
 
 use super::settings::{RowFlags, SequenceSettings};
-use crate::backend::{Backend, BackendError, BackendRequest, Responder, StreamTarget, StreamedRequest};
 use crate::params::SequenceId;
 use crate::reply::{BatchShare, Execution, Reply};
-use crate::request::Parameters;
+use tritium_backend_api::request::Parameters;
+use tritium_backend_api::{Backend, BackendError, BackendRequest, Responder, StreamTarget, StreamedRequest};
 
 /// One row's outputs, or its error.
 type RowOutputs = Result<Vec<Tensor>, BackendError>;

@@ -11,9 +11,9 @@ use tritium_proto::inference::model_sequence_batching::{Control, InitialState, S
 use tritium_proto::inference::{ModelConfig, ModelSequenceBatching};
 use tritium_tensor::{DataType, Tensor, bytes_codec};
 
-use crate::backend::instance_count;
 use crate::params::SequenceId;
 use crate::ragged::RaggedBatching;
+use crate::scheduler::instance_count;
 
 /// Triton's `max_sequence_idle_microseconds` when the config leaves it at 0: one second.
 const DEFAULT_IDLE: Duration = Duration::from_secs(1);

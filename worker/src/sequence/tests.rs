@@ -14,7 +14,7 @@ use tritium_proto::inference::model_sequence_batching::{
 use tritium_proto::inference::{DataType as ConfigType, ModelInstanceGroup};
 
 use super::*;
-use crate::backend::Responder;
+use tritium_backend_api::Responder;
 
 /// What one row of one backend call looked like.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,14 +14,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tritium_backend_api::llm::{
+    FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, ModelCard, ModelKind, TokenStream,
+};
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::metrics::LlmMetrics;
 use tritium_openai_bridge::parsers::OutputFormats;
 use tritium_openai_bridge::preprocess::Preprocessor;
 use tritium_openai_bridge::routes::{ApiSettings, HubModel, LlmHub, openai_routes};
-use tritium_worker::llm::{
-    FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, ModelCard, ModelKind, TokenStream,
-};
 
 pub const END: &str = "<|end|>";
 pub const CHAT_TEMPLATE: &str = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}\
@@ -107,7 +107,12 @@ pub fn token_events(tokens: &[u32], logprobs: Option<u32>) -> Vec<Result<Generat
                 Some(n) => [(id, -0.5), (0, -1.5)].into_iter().take(n as usize).collect(),
                 None => Vec::new(),
             };
-            Ok(GenerateEvent::Token(GeneratedToken { id, logprob: logprobs.map(|_| -0.5), top_logprobs: top, prompt_cached: None }))
+            Ok(GenerateEvent::Token(GeneratedToken {
+                id,
+                logprob: logprobs.map(|_| -0.5),
+                top_logprobs: top,
+                prompt_cached: None,
+            }))
         })
         .collect()
 }

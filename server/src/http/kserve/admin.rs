@@ -75,7 +75,7 @@ pub(super) async fn model_config(State(state): State<KserveState>, path: Result<
     let version = path.version();
     let request = ModelConfigRequest { name: path.model, version };
     let config = state.service.model_config(Request::new(request)).await?.into_inner().config.unwrap_or_default();
-    let json = tritium_worker::repository::config_to_json(&config)
+    let json = tritium_repository::config_to_json(&config)
         .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(reply::json(&json))
 }

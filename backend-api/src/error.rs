@@ -1,0 +1,105 @@
+//! The worker's errors, one structured variant per failure a client or model can cause.
+//!
+//! `Display` gives Triton's client-visible text (clients match on prefixes such as
+//! `Request for unknown model`); [`WorkerError::code`] gives the class.
+
+use tritium_proto::ErrorCode;
+use tritium_tensor::{DataType, TensorError};
+
+use tritium_repository::RepositoryError;
+
+use crate::backend::BackendError;
+use crate::llm::GenerateError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("Request for unknown model: '{name}' is not found")]
+    ModelNotFound { name: String },
+    #[error("Request for unknown model: '{name}' version {version} is not found")]
+    VersionNotFound { name: String, version: i64 },
+    #[error("Request for unknown model: '{name}' has no available versions")]
+    NoAvailableVersions { name: String },
+    #[error("Request for unknown model: '{name}' version {version} is not at ready state")]
+    VersionNotReady { name: String, version: i64 },
+    #[error("failed to get model version from specified version string '{version}', version should be an integral value >= 0")]
+    InvalidVersion { version: String },
+    #[error("ModelInfer RPC doesn't support models with decoupled transaction policy")]
+    DecoupledUnary { model: String },
+    /// A request that does not fit the model's inputs, outputs or parameters; `reason` is the
+    /// full Triton-style sentence naming the model and the tensor or parameter.
+    #[error("[request id: {id}] {reason}")]
+    InvalidRequest { id: String, reason: String },
+    #[error("model '{model}' version {version}: {source}")]
+    Backend { model: String, version: i64, source: BackendError },
+    #[error("failed to load '{name}', {reason}")]
+    LoadFailed { name: String, reason: String },
+    #[error("{0}")]
+    Repository(#[from] RepositoryError),
+    #[error("explicit model load / unload is not allowed if polling is enabled")]
+    ModelControlDisabled,
+    #[error("the model '{model}' is not a language model")]
+    NotLanguageModel { model: String },
+    #[error("the model '{model}' is not an embedding model")]
+    NotEmbeddingModel { model: String },
+    /// A failure with its class given, e.g. by the frontend's bridge or a remote worker.
+    #[error("{message}")]
+    Failed { code: ErrorCode, message: String },
+    /// A language or embedding model refused or failed a request.
+    #[error("{source}")]
+    Generate { model: String, source: GenerateError },
+    /// A remote worker could not be reached, or its connection broke before it answered: the
+    /// request may not have run (or, for a stateless one, may safely run again elsewhere).
+    #[error("worker '{worker}' is unreachable: {message}")]
+    Unreachable { worker: String, message: String },
+}
+
+impl WorkerError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WorkerError::ModelNotFound { .. } | WorkerError::VersionNotFound { .. } | WorkerError::NoAvailableVersions { .. } => {
+                ErrorCode::NotFound
+            }
+            WorkerError::VersionNotReady { .. } | WorkerError::ModelControlDisabled => ErrorCode::Unavailable,
+            WorkerError::InvalidVersion { .. } | WorkerError::InvalidRequest { .. } => ErrorCode::InvalidArg,
+            WorkerError::DecoupledUnary { .. } => ErrorCode::Unsupported,
+            WorkerError::Backend { source, .. } => source.code(),
+            WorkerError::LoadFailed { .. } => ErrorCode::Internal,
+            WorkerError::Repository(e) => e.code(),
+            WorkerError::NotLanguageModel { .. } | WorkerError::NotEmbeddingModel { .. } => ErrorCode::Unsupported,
+            WorkerError::Generate { source, .. } => source.code(),
+            WorkerError::Failed { code, .. } => *code,
+            WorkerError::Unreachable { .. } => ErrorCode::Unavailable,
+        }
+    }
+
+    pub fn invalid(id: &str, reason: impl Into<String>) -> WorkerError {
+        let id = if id.is_empty() { "<id_unknown>" } else { id };
+        WorkerError::InvalidRequest { id: id.to_string(), reason: reason.into() }
+    }
+}
+
+/// Formats a shape like Triton: `[-1,16]`.
+pub fn shape_text(shape: &[i64]) -> String {
+    let dims: Vec<String> = shape.iter().map(i64::to_string).collect();
+    format!("[{}]", dims.join(","))
+}
+
+/// A tensor-level problem with an input, phrased with the model and input named.
+pub fn tensor_reason(model: &str, input: &str, err: &TensorError) -> String {
+    match err {
+        TensorError::ByteSizeMismatch { expected, actual } => {
+            format!("input byte size mismatch for input '{input}' for model '{model}'. Expected {expected}, got {actual}")
+        }
+        TensorError::ElementCountMismatch { expected, actual } => {
+            format!("expected {expected} string elements for inference input '{input}' for model '{model}', got {actual}")
+        }
+        TensorError::NegativeDimension { .. } => {
+            format!("All input dimensions should be specified for input '{input}' for model '{model}'")
+        }
+        other => format!("input '{input}' for model '{model}': {other}"),
+    }
+}
+
+pub fn datatype_reason(model: &str, input: &str, got: DataType, expected: DataType) -> String {
+    format!("inference input '{input}' data-type is '{got}', but model '{model}' expects '{expected}'")
+}

@@ -1,0 +1,70 @@
+//! Language models in the model registry: the `tritium_llm` backend. A `config.pbtxt` names it
+//! and points at the weights; the KServe inputs and outputs (`text_input`, `streaming` ->
+//! `text_output`, `finish_reason`, decoupled) are filled in when the config leaves them out.
+//!
+//! ```text
+//! backend: "tritium_llm"
+//! parameters { key: "model_path" value { string_value: "SmolLM2-135M-Instruct.Q4_1.gguf" } }
+//! parameters { key: "max_sequences" value { string_value: "8" } }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tritium_backend_api::llm::complete_llm_config;
+use tritium_backend_api::{BackendContext, BackendFactory, ConfigParams, Engine, config_parameter};
+use tritium_proto::inference::ModelConfig;
+
+use crate::engine::{EngineOptions, LlmEngine};
+
+/// The backend name a `config.pbtxt` gives for a language model.
+pub const LLM_BACKEND: &str = "tritium_llm";
+/// The config parameter naming the weights (a GGUF file or a Hugging Face folder), relative to
+/// the model folder unless absolute.
+pub const MODEL_PATH_PARAMETER: &str = "model_path";
+
+/// Builds `tritium_llm` models: loads the weights named by `model_path` and starts an engine,
+/// with `defaults` for the options a config does not set.
+#[derive(Debug, Clone, Default)]
+pub struct LlmFactory {
+    pub defaults: EngineOptions,
+}
+
+impl BackendFactory for LlmFactory {
+    fn create(&self, context: &BackendContext<'_>) -> Result<Engine, String> {
+        let path = model_path(context.config, context.model_dir)?;
+        let options = engine_options(context.config, &self.defaults)?;
+        let device = super::model::default_device();
+        let (model, card) = super::model::load(&path, &device)?;
+        let engine = LlmEngine::start(context.model_name, model, card, options)?;
+        tracing::info!(model = %context.model_name, path = %path.display(), "language model loaded");
+        Ok(Engine::Language(Arc::new(engine)))
+    }
+
+    fn complete_config(&self, config: &mut ModelConfig, _: Option<&Path>) -> Result<(), String> {
+        complete_llm_config(config);
+        Ok(())
+    }
+}
+
+/// The weights a config points at, resolved against the model folder.
+pub fn model_path(config: &ModelConfig, model_dir: Option<&Path>) -> Result<PathBuf, String> {
+    let Some(path) = config_parameter(config, MODEL_PATH_PARAMETER).filter(|p| !p.is_empty()) else {
+        return Err(format!("the config has no '{MODEL_PATH_PARAMETER}' parameter naming the weights"));
+    };
+    tritium_backend_api::model_files::resolve_model_file(model_dir, path).map_err(|why| format!("{MODEL_PATH_PARAMETER} {why}"))
+}
+
+fn engine_options(config: &ModelConfig, defaults: &EngineOptions) -> Result<EngineOptions, String> {
+    let params = ConfigParams::of(config);
+    Ok(EngineOptions {
+        max_sequences: params.number("max_sequences", defaults.max_sequences)?,
+        max_kv_tokens: params.number("max_kv_tokens", defaults.max_kv_tokens)?,
+        max_queue: params.number("max_queue", defaults.max_queue)?,
+        prefill_chunk: params.number("prefill_chunk", defaults.prefill_chunk)?,
+        max_constraint_bytes: params.number("max_constraint_bytes", defaults.max_constraint_bytes)?,
+        kv_block_size: params.number("kv_block_size", defaults.kv_block_size)?,
+        offload: defaults.offload.clone(),
+        prefix_caching: params.flag("prefix_caching", defaults.prefix_caching)?,
+    })
+}

@@ -1,0 +1,473 @@
+//! The model card: what the frontend needs to talk to a language or embedding model without
+//! touching its weights: the tokenizer, the chat template, special tokens and limits. Workers
+//! build it when they load a model and hand it to the frontend (serialisable, so a remote worker
+//! can publish it).
+
+//!
+//! The struct itself is the seam's (`tritium_backend_api::llm::ModelCard`); this file reads it from
+//! a GGUF file's metadata or a Hugging Face folder.
+use std::fs;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Content;
+
+use serde_json::Value as Json;
+
+use tritium_backend_api::llm::{ModelCard, ModelKind};
+
+use crate::gguf_tokenizer::{self, meta_bool, meta_str, meta_u64, token_at};
+
+/// The card of a GGUF model, from its metadata alone (the tokenizer is rebuilt from
+/// `tokenizer.ggml.*`). `source` names the file in errors and on the card.
+pub fn card_from_gguf(content: &Content, source: &str) -> Result<ModelCard, String> {
+    let md = &content.metadata;
+    let fail = |e: String| format!("{source}: {e}");
+    let tokenizer = gguf_tokenizer::build(md).map_err(fail)?;
+    let token = |key: &str| -> Result<Option<(u32, String)>, String> {
+        match meta_u64(md, key).map_err(fail)? {
+            None => Ok(None),
+            Some(id) => {
+                let text = token_at(&tokenizer.tokens, id, key).map_err(fail)?;
+                let id = u32::try_from(id).map_err(|_| fail(format!("{key} is {id}, past u32")))?;
+                Ok(Some((id, text)))
+            }
+        }
+    };
+    let bos = token("tokenizer.ggml.bos_token_id")?;
+    let eos = token("tokenizer.ggml.eos_token_id")?;
+    let mut eos_token_ids = Vec::new();
+    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+        if let Some((id, _)) = token(key)? {
+            push_unique(&mut eos_token_ids, id);
+        }
+    }
+    let add_bos_token = meta_bool(md, "tokenizer.ggml.add_bos_token").map_err(fail)?.unwrap_or(tokenizer.default_add_bos);
+    if add_bos_token && bos.is_none() {
+        return Err(fail("tokenizer.ggml.add_bos_token is true, but tokenizer.ggml.bos_token_id is not set".into()));
+    }
+    let arch =
+        meta_str(md, "general.architecture").map_err(fail)?.ok_or_else(|| fail("general.architecture is missing".into()))?;
+    let key = format!("{arch}.context_length");
+    let context_length = meta_u64(md, &key).map_err(fail)?.ok_or_else(|| fail(format!("{key} is missing")))?;
+    Ok(ModelCard {
+        kind: ModelKind::Generate,
+        tokenizer_json: tokenizer.json,
+        chat_template: meta_str(md, "tokenizer.chat_template").map_err(fail)?.map(str::to_owned),
+        bos_token: bos.map(|(_, text)| text),
+        eos_token: eos.map(|(_, text)| text),
+        eos_token_ids,
+        add_bos_token,
+        context_length: usize::try_from(context_length).map_err(|_| fail(format!("{key} is too large")))?,
+        max_input_tokens: None,
+        source: source.to_owned(),
+    })
+}
+
+/// Reads the metadata of the GGUF file at `path` (not its tensors) and builds the card.
+pub fn card_from_gguf_file(path: &Path) -> Result<ModelCard, String> {
+    let mut file = fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let content = Content::read(&mut file).map_err(|e| {
+        tracing::debug!(path = %path.display(), "not a GGUF file: {e}");
+        format!("{} is not a GGUF file", path.display())
+    })?;
+    card_from_gguf(&content, &path.display().to_string())
+}
+
+/// The card of a model in the Hugging Face layout: `tokenizer.json`, `tokenizer_config.json`,
+/// `config.json`, `generation_config.json` and, for embedders, `sentence_bert_config.json`.
+///
+/// Padding and truncation are removed from the tokenizer: the engines batch and limit inputs
+/// themselves and need every encoding at its real length (MiniLM ships fixed padding to 128).
+pub fn card_from_hf_dir(dir: &Path, kind: ModelKind) -> Result<ModelCard, String> {
+    let source = dir.display().to_string();
+    let fail = |e: String| format!("{source}: {e}");
+    let text = fs::read_to_string(dir.join("tokenizer.json"))
+        .map_err(|e| fail(format!("cannot read tokenizer.json ({e}); only models with a tokenizer.json are supported")))?;
+    let mut tokenizer: Json = serde_json::from_str(&text).map_err(|e| fail(format!("tokenizer.json is not valid JSON: {e}")))?;
+    let tokenizer_config = read_json(dir, "tokenizer_config.json")?.unwrap_or(Json::Null);
+    let config = read_json(dir, "config.json")?.unwrap_or(Json::Null);
+    let generation_config = read_json(dir, "generation_config.json")?.unwrap_or(Json::Null);
+
+    let chat_template = match chat_template(&tokenizer_config) {
+        Some(template) => Some(template),
+        None => chat_template_file(dir)?,
+    };
+    let config_id = |key: &str| token_ids(config.get(key).or_else(|| text_config(&config, key)));
+    let bos_token = special_token_text(&tokenizer_config, "bos_token")
+        .or_else(|| config_id("bos_token_id").first().and_then(|&id| token_text(&tokenizer, id)));
+    let mut eos_token_ids = token_ids(generation_config.get("eos_token_id"));
+    if eos_token_ids.is_empty() {
+        eos_token_ids = config_id("eos_token_id");
+    }
+    let eos_token = special_token_text(&tokenizer_config, "eos_token")
+        .or_else(|| eos_token_ids.first().and_then(|&id| token_text(&tokenizer, id)));
+    if let Some(id) = eos_token.as_deref().and_then(|text| token_id(&tokenizer, text)) {
+        push_unique(&mut eos_token_ids, id);
+    }
+    let add_bos_token = match tokenizer_config.get("add_bos_token").and_then(Json::as_bool) {
+        Some(add) => add,
+        None => bos_token.as_deref().is_some_and(|bos| post_processor_adds(&tokenizer, bos)),
+    };
+    let context_length = context_length(&config, &tokenizer_config).ok_or_else(|| {
+        fail("config.json has no max_position_embeddings (nor n_positions, max_sequence_length, seq_length)".into())
+    })?;
+    let max_input_tokens = match kind {
+        ModelKind::Generate => None,
+        ModelKind::Embed => {
+            let sbert = read_json(dir, "sentence_bert_config.json")?.unwrap_or(Json::Null);
+            let limit = sbert.get("max_seq_length").and_then(json_usize).unwrap_or(512);
+            Some(limit.min(context_length))
+        }
+    };
+
+    let fixed = ["padding", "truncation"].iter().any(|key| tokenizer.get(*key).is_some_and(|v| !v.is_null()));
+    let tokenizer_json = if fixed {
+        if let Some(map) = tokenizer.as_object_mut() {
+            map.insert("padding".into(), Json::Null);
+            map.insert("truncation".into(), Json::Null);
+        }
+        serde_json::to_string(&tokenizer).map_err(|e| fail(format!("cannot write tokenizer.json: {e}")))?
+    } else {
+        text
+    };
+    Ok(ModelCard {
+        kind,
+        tokenizer_json,
+        chat_template,
+        bos_token,
+        eos_token,
+        eos_token_ids,
+        add_bos_token,
+        context_length,
+        max_input_tokens,
+        source,
+    })
+}
+
+/// What `path` holds: a `.gguf` file is a language model; a Hugging Face folder is told apart by
+/// its sentence-transformers files or its `config.json`.
+pub fn detect_kind(path: &Path) -> Result<ModelKind, String> {
+    let shown = path.display();
+    let meta = fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    if meta.is_file() {
+        if path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("gguf")) {
+            return Ok(ModelKind::Generate);
+        }
+        return Err(format!("{shown}: a model file must be a .gguf; other models are Hugging Face folders"));
+    }
+    if path.join("modules.json").is_file() || path.join("sentence_bert_config.json").is_file() {
+        return Ok(ModelKind::Embed);
+    }
+    let config = read_json(path, "config.json")?.ok_or_else(|| {
+        format!("{shown}: cannot tell what kind of model this is: it is not a .gguf file and has no config.json")
+    })?;
+    let architectures: Vec<&str> = config
+        .get("architectures")
+        .and_then(Json::as_array)
+        .map(|list| list.iter().filter_map(Json::as_str).collect())
+        .unwrap_or_default();
+    let model_type = config.get("model_type").and_then(Json::as_str).unwrap_or("");
+    let generates =
+        |name: &&str| ["ForCausalLM", "LMHeadModel", "ForConditionalGeneration"].iter().any(|suffix| name.ends_with(suffix));
+    let encoder = |name: &&str| {
+        ["Bert", "Roberta"].iter().any(|family| name.contains(family))
+            && !name.ends_with("ForMaskedLM")
+            && !name.ends_with("LMHeadModel")
+    };
+    if architectures.iter().any(encoder) {
+        return Ok(ModelKind::Embed);
+    }
+    if ENCODER_TYPES.contains(&model_type) && !architectures.iter().any(generates) {
+        return Ok(ModelKind::Embed);
+    }
+    if GENERATOR_TYPES.contains(&model_type) || architectures.iter().any(generates) {
+        return Ok(ModelKind::Generate);
+    }
+    Err(format!(
+        "{shown}: cannot tell what kind of model this is from config.json (model_type {model_type:?}, \
+         architectures {architectures:?}): expected a causal language model or a BERT-style sentence embedder"
+    ))
+}
+
+const ENCODER_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "distilbert", "modernbert", "nomic_bert", "mpnet"];
+const GENERATOR_TYPES: &[&str] = &[
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+    "phi",
+    "phi3",
+    "starcoder2",
+    "stablelm",
+    "olmo",
+    "olmo2",
+    "smollm3",
+    "granite",
+    "gpt2",
+    "gpt_neox",
+];
+
+fn read_json(dir: &Path, name: &str) -> Result<Option<Json>, String> {
+    let path = dir.join(name);
+    match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| format!("{} is not valid JSON: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// `chat_template` is a string, or a list of `{name, template}` of which "default" is the one.
+fn chat_template(tokenizer_config: &Json) -> Option<String> {
+    match tokenizer_config.get("chat_template")? {
+        Json::String(template) => Some(template.clone()),
+        Json::Array(named) => named
+            .iter()
+            .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str())
+            .map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Newer `transformers` write the template next to the config instead of into it.
+fn chat_template_file(dir: &Path) -> Result<Option<String>, String> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return fs::read_to_string(&jinja).map(Some).map_err(|e| format!("cannot read {}: {e}", jinja.display()));
+    }
+    Ok(read_json(dir, "chat_template.json")?.as_ref().and_then(chat_template))
+}
+
+/// `bos_token`/`eos_token`: a string or an added-token object with `content`.
+fn special_token_text(tokenizer_config: &Json, key: &str) -> Option<String> {
+    match tokenizer_config.get(key)? {
+        Json::String(text) => Some(text.clone()),
+        Json::Object(token) => token.get("content")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// An id or a list of ids.
+fn token_ids(value: Option<&Json>) -> Vec<u32> {
+    let one = |v: &Json| v.as_u64().and_then(|id| u32::try_from(id).ok());
+    match value {
+        Some(Json::Array(ids)) => ids.iter().filter_map(one).collect(),
+        Some(v) => one(v).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Multimodal configs keep the language model's settings under `text_config`.
+fn text_config<'a>(config: &'a Json, key: &str) -> Option<&'a Json> {
+    config.get("text_config")?.get(key)
+}
+
+fn context_length(config: &Json, tokenizer_config: &Json) -> Option<usize> {
+    for key in ["max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"] {
+        if let Some(n) = config.get(key).or_else(|| text_config(config, key)).and_then(json_usize) {
+            return Some(n);
+        }
+    }
+    // `model_max_length` is a huge sentinel when the tokenizer has no limit.
+    tokenizer_config.get("model_max_length").and_then(json_usize).filter(|&n| n <= 10_000_000)
+}
+
+fn json_usize(value: &Json) -> Option<usize> {
+    value.as_u64().and_then(|n| usize::try_from(n).ok())
+}
+
+fn token_id(tokenizer: &Json, text: &str) -> Option<u32> {
+    let added = tokenizer
+        .get("added_tokens")
+        .and_then(Json::as_array)
+        .and_then(|tokens| tokens.iter().find(|t| t.get("content").and_then(Json::as_str) == Some(text))?.get("id")?.as_u64());
+    let id = added.or_else(|| match tokenizer.get("model")?.get("vocab")? {
+        Json::Object(vocab) => vocab.get(text)?.as_u64(),
+        // Unigram: a list of `[piece, score]`, the id being the index.
+        Json::Array(pieces) => pieces.iter().position(|p| p.get(0).and_then(Json::as_str) == Some(text)).map(|i| i as u64),
+        _ => None,
+    })?;
+    u32::try_from(id).ok()
+}
+
+fn token_text(tokenizer: &Json, id: u32) -> Option<String> {
+    let id = u64::from(id);
+    let added = tokenizer
+        .get("added_tokens")
+        .and_then(Json::as_array)
+        .and_then(|tokens| tokens.iter().find(|t| t.get("id").and_then(Json::as_u64) == Some(id))?.get("content")?.as_str());
+    let text = added.or_else(|| match tokenizer.get("model")?.get("vocab")? {
+        Json::Object(vocab) => vocab.iter().find(|(_, v)| v.as_u64() == Some(id)).map(|(k, _)| k.as_str()),
+        Json::Array(pieces) => pieces.get(usize::try_from(id).ok()?)?.get(0)?.as_str(),
+        _ => None,
+    })?;
+    Some(text.to_owned())
+}
+
+/// Whether the tokenizer's own post-processor puts `token` first (Llama 3 adds BOS that way,
+/// with no `add_bos_token` in its config).
+fn post_processor_adds(tokenizer: &Json, token: &str) -> bool {
+    let Some(post) = tokenizer.get("post_processor") else {
+        return false;
+    };
+    let steps = match post.get("processors").and_then(Json::as_array) {
+        Some(steps) => steps.iter().collect(),
+        None => vec![post],
+    };
+    steps.iter().any(|step| {
+        step.get("type").and_then(Json::as_str) == Some("TemplateProcessing")
+            && step.pointer("/single/0/SpecialToken/id").and_then(Json::as_str) == Some(token)
+    })
+}
+
+fn push_unique(ids: &mut Vec<u32>, id: u32) {
+    if !ids.contains(&id) {
+        ids.push(id);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    use std::str::FromStr;
+
+    use tokenizers::Tokenizer;
+
+    use super::*;
+
+    pub(crate) const SMOLLM2: &str = crate::test_models::SMOLLM2_GGUF;
+    pub(crate) const MINILM: &str = crate::test_models::MINILM_DIR;
+    pub(crate) use crate::test_models::installed_model as model_path;
+
+    fn encode(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
+        tokenizer.encode(text, false).unwrap().get_ids().to_vec()
+    }
+
+    #[test]
+    fn smollm2_card_from_gguf() {
+        let card = card_from_gguf_file(&model_path(SMOLLM2)).unwrap();
+        assert_eq!(card.kind, ModelKind::Generate);
+        assert_eq!(card.bos_token.as_deref(), Some("<|im_start|>"));
+        assert_eq!(card.eos_token.as_deref(), Some("<|im_end|>"));
+        assert!(card.eos_token_ids.contains(&2), "{:?}", card.eos_token_ids);
+        assert!(!card.add_bos_token);
+        assert_eq!(card.context_length, 8192);
+        assert_eq!(card.max_input_tokens, None);
+        assert!(card.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")));
+
+        let tokenizer = Tokenizer::from_str(&card.tokenizer_json).unwrap();
+        assert_eq!(tokenizer.get_vocab_size(true), 49152);
+        // Golden ids from llama.cpp's tokenization of this model (digits are split one by one).
+        assert_eq!(encode(&tokenizer, "Hello world! 12345"), vec![19556, 905, 17, 216, 33, 34, 35, 36, 37]);
+        assert_eq!(encode(&tokenizer, "Café déjà vu."), vec![51, 1939, 2756, 32564, 90, 16739, 386, 101, 30]);
+        assert_eq!(encode(&tokenizer, "  multiple   spaces"), vec![216, 2701, 256, 5600]);
+        assert_eq!(encode(&tokenizer, "The capital of France is"), vec![504, 3575, 282, 4649, 314]);
+        let chat = encode(&tokenizer, "<|im_start|>user\nHi<|im_end|>");
+        assert_eq!((chat[0], chat[chat.len() - 1]), (1, 2));
+
+        for text in ["Hello world! 12345", "Grüße aus Köln 🙂 日本語 naïve", "  two\n\nlines\t tab"] {
+            let ids = encode(&tokenizer, text);
+            assert_eq!(tokenizer.decode(&ids, true).unwrap(), text);
+        }
+        assert_eq!(tokenizer.decode(&chat, true).unwrap(), "user\nHi");
+    }
+
+    #[test]
+    fn minilm_card_from_hf_dir() {
+        let dir = model_path(MINILM);
+        assert_eq!(detect_kind(&dir).unwrap(), ModelKind::Embed);
+        let card = card_from_hf_dir(&dir, ModelKind::Embed).unwrap();
+        assert_eq!(card.kind, ModelKind::Embed);
+        assert_eq!(card.context_length, 512);
+        assert_eq!(card.max_input_tokens, Some(256));
+        assert_eq!(card.chat_template, None);
+        let tokenizer = Tokenizer::from_str(&card.tokenizer_json).unwrap();
+        let ids = tokenizer.encode("A man is eating food.", true).unwrap().get_ids().to_vec();
+        assert!(ids.len() < 128, "{ids:?}");
+        assert_eq!((ids[0], ids[ids.len() - 1]), (101, 102));
+    }
+
+    #[test]
+    fn hf_dir_reads_templates_special_tokens_and_eos_ids() {
+        let gguf_card = card_from_gguf_file(&model_path(SMOLLM2)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| fs::write(dir.path().join(name), text).unwrap();
+        write("tokenizer.json", &gguf_card.tokenizer_json);
+        write(
+            "tokenizer_config.json",
+            r#"{"add_bos_token": true, "bos_token": "<|im_start|>",
+                "eos_token": {"content": "<|endoftext|>", "special": true},
+                "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
+        );
+        write("generation_config.json", r#"{"eos_token_id": [2, 5]}"#);
+        write(
+            "config.json",
+            r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                 "max_position_embeddings": 2048, "eos_token_id": 7}"#,
+        );
+        assert_eq!(detect_kind(dir.path()).unwrap(), ModelKind::Generate);
+        let card = card_from_hf_dir(dir.path(), ModelKind::Generate).unwrap();
+        assert_eq!(card.chat_template.as_deref(), Some("D"));
+        assert_eq!(card.bos_token.as_deref(), Some("<|im_start|>"));
+        assert_eq!(card.eos_token.as_deref(), Some("<|endoftext|>"));
+        assert_eq!(card.eos_token_ids, vec![2, 5, 0]);
+        assert!(card.add_bos_token);
+        assert_eq!(card.context_length, 2048);
+        assert_eq!(card.max_input_tokens, None);
+
+        // Without generation_config.json the ids come from config.json; a lone template file counts.
+        fs::remove_file(dir.path().join("generation_config.json")).unwrap();
+        write("tokenizer_config.json", "{}");
+        write("chat_template.jinja", "J");
+        let card = card_from_hf_dir(dir.path(), ModelKind::Generate).unwrap();
+        assert_eq!(card.eos_token_ids, vec![7]);
+        assert_eq!(card.chat_template.as_deref(), Some("J"));
+        assert_eq!(card.bos_token, None);
+        assert!(!card.add_bos_token);
+
+        // A post-processor that writes BOS first (as Llama 3's does) means BOS is added.
+        let mut tokenizer: Json = serde_json::from_str(&gguf_card.tokenizer_json).unwrap();
+        tokenizer["post_processor"] = serde_json::json!({"type": "Sequence", "processors": [
+            {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+            {"type": "TemplateProcessing",
+             "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+             "pair": [], "special_tokens": {}},
+        ]});
+        write("tokenizer.json", &tokenizer.to_string());
+        write("config.json", r#"{"max_position_embeddings": 2048, "bos_token_id": 1}"#);
+        let card = card_from_hf_dir(dir.path(), ModelKind::Generate).unwrap();
+        assert_eq!(card.bos_token.as_deref(), Some("<|im_start|>"));
+        assert!(card.add_bos_token);
+    }
+
+    #[test]
+    fn detect_kind_tells_models_apart() {
+        assert_eq!(detect_kind(&model_path(SMOLLM2)).unwrap(), ModelKind::Generate);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.json");
+        let kind = |json: &str| {
+            fs::write(&config, json).unwrap();
+            detect_kind(dir.path())
+        };
+        assert_eq!(kind(r#"{"architectures": ["XLMRobertaModel"]}"#), Ok(ModelKind::Embed));
+        assert_eq!(kind(r#"{"model_type": "bert", "architectures": ["BertForMaskedLM"]}"#), Ok(ModelKind::Embed));
+        assert_eq!(kind(r#"{"model_type": "qwen2"}"#), Ok(ModelKind::Generate));
+        assert_eq!(kind(r#"{"architectures": ["MistralForCausalLM"]}"#), Ok(ModelKind::Generate));
+        let err = kind(r#"{"model_type": "whisper"}"#).unwrap_err();
+        assert!(err.contains(&dir.path().display().to_string()) && err.contains("whisper"), "{err}");
+        fs::remove_file(&config).unwrap();
+        let err = detect_kind(dir.path()).unwrap_err();
+        assert!(err.contains("no config.json"), "{err}");
+        let other = dir.path().join("weights.bin");
+        fs::write(&other, b"x").unwrap();
+        assert!(detect_kind(&other).unwrap_err().contains(".gguf"));
+        assert!(detect_kind(&dir.path().join("absent")).is_err());
+    }
+}

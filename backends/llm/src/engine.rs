@@ -1,0 +1,444 @@
+//! The engine: one thread per model runs decode steps over a batch of sequences
+//! ([`engine_loop`](super::engine_loop)), with the KV cache in blocks and a prefix cache over
+//! them. Between steps it drops sequences whose client went away, finishes those that stopped,
+//! and admits waiting ones while the batch has a place and the block pool has room (continuous
+//! batching). This module is the engine's front: options, validation, the queue, the counters.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::{broadcast, mpsc};
+
+use super::block_pool::BlockPool;
+use super::constraint::{Constrained, Grammars};
+use super::engine_loop::EngineLoop;
+use super::model::DecoderModel;
+use super::offload::{OffloadCounters, OffloadOptions, OffloadTier};
+use super::step_model::{CandleStep, ModelShape, StepModel};
+use crate::export::ExportSink;
+use tritium_backend_api::kv::{BlockHash, DEFAULT_KV_BLOCK_SIZE, KvEvent, block_hashes};
+use tritium_backend_api::llm::Constraint;
+use tritium_backend_api::llm::LanguageModel;
+use tritium_backend_api::llm::ModelCard;
+use tritium_backend_api::llm::{EngineStats, GenerateError, GenerateEvent, GenerateRequest, TokenStream};
+use tritium_backend_api::llm::{ImportedBlocks, KvExport, TransferLayout};
+
+/// Bounds on what one engine holds at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Sequences in the running batch.
+    pub max_sequences: usize,
+    /// KV-cache positions in the model's block pool, shared by running sequences and the prefix
+    /// cache. A sequence takes blocks as it grows; when none is left the newest is preempted.
+    pub max_kv_tokens: usize,
+    /// Positions per KV block: the unit of allocation, of prefix reuse and of KV events (the
+    /// router hashes prompts with the same size).
+    pub kv_block_size: usize,
+    /// Keep full blocks of finished sequences and reuse them for prompts that start the same.
+    pub prefix_caching: bool,
+    /// A second tier on disk for blocks evicted from the pool (needs `prefix_caching`).
+    pub offload: Option<OffloadOptions>,
+    /// Requests that may wait for a place; beyond it requests are refused (RESOURCE_EXHAUSTED,
+    /// HTTP 429).
+    pub max_queue: usize,
+    /// Prompt tokens fed per step, over all sequences being prefilled.
+    pub prefill_chunk: usize,
+    /// Bytes of one request's grammar (JSON schema, regex, choices, Lark), at most: compiling
+    /// one costs CPU and memory in proportion.
+    pub max_constraint_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            max_sequences: 32,
+            max_kv_tokens: 16_384,
+            kv_block_size: DEFAULT_KV_BLOCK_SIZE,
+            prefix_caching: true,
+            offload: None,
+            max_queue: 64,
+            prefill_chunk: 256,
+            max_constraint_bytes: 64 << 10,
+        }
+    }
+}
+
+pub(super) type EventSender = mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>>;
+
+/// A request waiting for a place in the batch.
+pub(super) struct Waiting {
+    pub request: GenerateRequest,
+    /// The chained hashes of the prompt's full blocks, worked out on the caller's thread.
+    pub hashes: Vec<BlockHash>,
+    /// The compiled grammar, when the request has one.
+    pub constraint: Option<Constrained>,
+    pub sender: EventSender,
+    pub submitted: Instant,
+    /// Tokens this sequence may generate.
+    pub max_new: usize,
+    /// Blocks of its prompt computed by another engine.
+    pub imported: Option<ImportedBlocks>,
+    /// Where its prompt's blocks go as they are written, for another engine.
+    pub export: Option<ExportSink>,
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub running: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub kv_used: AtomicUsize,
+    pub kv_cached_blocks: AtomicUsize,
+    pub tokens: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub prompt_tokens_cached: AtomicU64,
+    pub finished: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub rejected: AtomicU64,
+    pub preempted: AtomicU64,
+    pub steps: AtomicU64,
+    pub rows: AtomicU64,
+}
+
+pub(super) struct Queue {
+    pub waiting: VecDeque<Waiting>,
+    pub shutdown: bool,
+}
+
+pub(super) struct Shared {
+    pub name: String,
+    pub options: EngineOptions,
+    pub queue: Mutex<Queue>,
+    pub wake: Condvar,
+    pub counters: Counters,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn engine_error(&self, message: impl Into<String>) -> GenerateError {
+        GenerateError::Engine { model: self.name.clone(), message: message.into() }
+    }
+}
+
+/// A language model with its scheduler thread.
+pub struct LlmEngine {
+    card: Arc<ModelCard>,
+    shared: Arc<Shared>,
+    vocab_size: usize,
+    /// Positions the block pool holds.
+    kv_capacity: usize,
+    kv_events: broadcast::Sender<KvEvent>,
+    transfer_layout: TransferLayout,
+    offload_counters: Option<Arc<OffloadCounters>>,
+    /// Built at the first constrained request (a trie over the whole vocabulary).
+    grammars: OnceLock<Result<Grammars, String>>,
+    /// Held while a grammar compiles: one compile at a time per model, so constrained requests
+    /// can take at most one core from everything else.
+    compiling: Mutex<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LlmEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmEngine").field("model", &self.shared.name).field("options", &self.shared.options).finish()
+    }
+}
+
+impl LlmEngine {
+    pub(crate) fn start(name: &str, model: DecoderModel, card: ModelCard, options: EngineOptions) -> Result<LlmEngine, String> {
+        let shape = CandleStep::shape(&model);
+        LlmEngine::start_with(name, shape, card, options, |blocks, block_size| {
+            let kv = model.new_kv_store(blocks, block_size)?;
+            Ok(Box::new(CandleStep { model, kv }) as Box<dyn StepModel>)
+        })
+    }
+
+    /// Starts the engine thread over the model `build` makes for a pool of `blocks` blocks of
+    /// `block_size` positions.
+    pub(crate) fn start_with(
+        name: &str,
+        shape: ModelShape,
+        card: ModelCard,
+        options: EngineOptions,
+        build: impl FnOnce(usize, usize) -> candle_core::Result<Box<dyn StepModel>>,
+    ) -> Result<LlmEngine, String> {
+        if options.max_sequences == 0 || options.max_kv_tokens == 0 || options.prefill_chunk == 0 || options.kv_block_size == 0 {
+            return Err("max_sequences, max_kv_tokens, prefill_chunk and kv_block_size must be at least 1".to_string());
+        }
+        let block_size = options.kv_block_size;
+        if block_size > MAX_KV_BLOCK_SIZE || block_size > options.max_kv_tokens {
+            return Err(format!(
+                "a KV block of {block_size} positions is more than {} (the largest block) or than the pool of {}",
+                MAX_KV_BLOCK_SIZE, options.max_kv_tokens
+            ));
+        }
+        let blocks = options.max_kv_tokens.div_ceil(block_size);
+        let bytes = (blocks * block_size).saturating_mul(shape.kv_bytes_per_token);
+        if let Some(memory) = physical_memory_bytes()
+            && bytes > memory
+        {
+            return Err(format!(
+                "a KV cache of {} positions takes {} MiB, more than this machine's {} MiB: lower --llm-max-kv-tokens",
+                blocks * block_size,
+                bytes >> 20,
+                memory >> 20
+            ));
+        }
+        let model =
+            build(blocks, block_size).map_err(|e| format!("a KV store of {blocks} blocks of {block_size} positions: {e}"))?;
+        let mut pool = BlockPool::new(blocks, block_size, options.prefix_caching);
+        let kv_events = pool.event_sender();
+        let word = |n: usize| u32::try_from(n).map_err(|_| format!("a KV layout dimension of {n}"));
+        let transfer_layout = TransferLayout {
+            model: name.to_string(),
+            block_size: word(block_size)?,
+            dtype: shape.kv_dtype.clone(),
+            layers: word(shape.layers)?,
+            kv_heads: word(shape.kv_heads)?,
+            head_dim: word(shape.head_dim)?,
+        };
+        let offload = match &options.offload {
+            Some(_) if !options.prefix_caching => {
+                return Err("the KV offload tier needs the prefix cache (drop --llm-no-prefix-cache)".to_string());
+            }
+            Some(offload) => {
+                pool.record_evictions();
+                Some(OffloadTier::open(offload, name, crate::export::block_layout(&transfer_layout), kv_events.clone())?)
+            }
+            None => None,
+        };
+        let offload_counters = offload.as_ref().map(|tier| Arc::clone(&tier.counters));
+        tracing::info!(model = name, blocks, block_size, mib = bytes >> 20, prefix_caching = options.prefix_caching, "KV cache");
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            options,
+            queue: Mutex::new(Queue { waiting: VecDeque::new(), shutdown: false }),
+            wake: Condvar::new(),
+            counters: Counters::default(),
+        });
+        let card = Arc::new(card);
+        let thread = std::thread::Builder::new()
+            .name(format!("llm-{name}"))
+            .spawn({
+                let shared = Arc::clone(&shared);
+                let card = Arc::clone(&card);
+                move || {
+                    let preempted = VecDeque::new();
+                    EngineLoop { model, pool, offload, card, shared, running: Vec::new(), preempted, admitted: 0 }.run()
+                }
+            })
+            .map_err(|e| format!("starting the engine thread: {e}"))?;
+        Ok(LlmEngine {
+            card,
+            shared,
+            vocab_size: shape.vocab_size,
+            kv_capacity: blocks * block_size,
+            kv_events,
+            transfer_layout,
+            offload_counters,
+            grammars: OnceLock::new(),
+            compiling: Mutex::new(()),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl LlmEngine {
+    /// A matcher for `constraint` (the model's grammars are built on first use). Compiling can
+    /// take a while, so on a tokio runtime the calling thread first hands its other tasks off.
+    fn compile(&self, constraint: &Constraint) -> Result<llguidance::Matcher, GenerateError> {
+        let limit = self.shared.options.max_constraint_bytes;
+        if constraint.byte_len() > limit {
+            return Err(GenerateError::InvalidRequest(format!(
+                "the output constraint is {} bytes; at most {limit} are accepted",
+                constraint.byte_len()
+            )));
+        }
+        off_runtime(|| {
+            let _one_at_a_time = self.compiling.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let grammars = self.grammars.get_or_init(|| Grammars::new(&self.card, self.vocab_size));
+            let grammars = grammars.as_ref().map_err(|message| self.shared.engine_error(message.clone()))?;
+            grammars.matcher(constraint).map_err(GenerateError::InvalidRequest)
+        })
+    }
+
+    /// The refusal a request gets now, before any work is spent on it: the engine stopping, or
+    /// its queue full.
+    fn refusal(&self, queue: &Queue) -> Option<GenerateError> {
+        if queue.shutdown {
+            return Some(GenerateError::ShuttingDown(self.shared.name.clone()));
+        }
+        let limit = self.shared.options.max_queue;
+        if queue.waiting.len() >= limit {
+            self.shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return Some(GenerateError::Overloaded {
+                model: self.shared.name.clone(),
+                running: self.shared.counters.running.load(Ordering::Relaxed),
+                waiting: queue.waiting.len(),
+                limit,
+            });
+        }
+        None
+    }
+}
+
+/// The largest `kv_block_size` accepted.
+const MAX_KV_BLOCK_SIZE: usize = 1024;
+
+/// The machine's memory, where the system says (Linux: `/proc/meminfo`'s `MemTotal`).
+fn physical_memory_bytes() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Runs `work`, which may hold its thread for long, without stalling other tasks: on a
+/// multi-thread tokio runtime the thread hands its queued tasks to another first.
+fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+impl LlmEngine {
+    /// Validates and queues a sequence, with blocks from another engine or for one.
+    fn submit(
+        &self,
+        request: GenerateRequest,
+        imported: Option<ImportedBlocks>,
+        export: Option<ExportSink>,
+    ) -> Result<TokenStream, GenerateError> {
+        let options = &self.shared.options;
+        let context = self.card.context_length;
+        let prompt_len = request.prompt.len();
+        if prompt_len == 0 {
+            return Err(GenerateError::InvalidRequest("the prompt is empty".to_string()));
+        }
+        if let Some(bad) = request.prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(GenerateError::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.vocab_size
+            )));
+        }
+        let positions = context.min(self.kv_capacity);
+        let room = positions.saturating_sub(prompt_len);
+        if room == 0 {
+            return Err(GenerateError::InvalidRequest(format!(
+                "the prompt has {prompt_len} tokens, which leaves no room to generate within {positions} positions"
+            )));
+        }
+        let max_new = request.stop.max_tokens.map_or(room, |m| (m as usize).min(room));
+        if max_new == 0 {
+            return Err(GenerateError::InvalidRequest("max_tokens must be at least 1".to_string()));
+        }
+        let constraint = match &request.constraint {
+            Some(constraint) => {
+                // A request that would be refused anyway costs no compile.
+                if let Some(refused) = self.refusal(&self.shared.lock()) {
+                    return Err(refused);
+                }
+                Some(Constrained::new(self.compile(constraint)?))
+            }
+            None => None,
+        };
+        let hashes = block_hashes(&request.prompt, options.kv_block_size);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let mut queue = self.shared.lock();
+        if let Some(refused) = self.refusal(&queue) {
+            return Err(refused);
+        }
+        queue.waiting.push_back(Waiting {
+            request,
+            hashes,
+            constraint,
+            sender,
+            submitted: Instant::now(),
+            max_new,
+            imported,
+            export,
+        });
+        self.shared.counters.waiting.store(queue.waiting.len(), Ordering::Relaxed);
+        drop(queue);
+        self.shared.wake.notify_one();
+        Ok(TokenStream::new(receiver))
+    }
+}
+
+impl LanguageModel for LlmEngine {
+    fn card(&self) -> &Arc<ModelCard> {
+        &self.card
+    }
+
+    fn generate(&self, request: GenerateRequest) -> Result<TokenStream, GenerateError> {
+        self.submit(request, None, None)
+    }
+
+    fn kv_layout(&self) -> Option<TransferLayout> {
+        Some(self.transfer_layout.clone())
+    }
+
+    fn generate_with_prefix(&self, request: GenerateRequest, prefix: ImportedBlocks) -> Result<TokenStream, GenerateError> {
+        self.submit(request, Some(prefix), None)
+    }
+
+    fn export_prefix(&self, prompt: Vec<u32>, first_block: usize) -> Result<KvExport, GenerateError> {
+        let size = self.shared.options.kv_block_size;
+        // The blocks a decode engine can take: every full one before the prompt's last token.
+        let until = prompt.len().saturating_sub(1) / size;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        if first_block >= until {
+            return Ok(KvExport::new(self.transfer_layout.clone(), first_block, first_block, receiver, None));
+        }
+        let request = GenerateRequest {
+            prompt: prompt[..until * size].to_vec(),
+            sampling: tritium_backend_api::llm::SamplingOptions { temperature: 0.0, ..Default::default() },
+            stop: tritium_backend_api::llm::StopOptions { max_tokens: Some(1), ignore_eos: true, ..Default::default() },
+            ..GenerateRequest::default()
+        };
+        let sink = ExportSink { sender, next: first_block, until };
+        let sequence = self.submit(request, None, Some(sink))?;
+        Ok(KvExport::new(self.transfer_layout.clone(), first_block, until, receiver, Some(sequence)))
+    }
+    fn stats(&self) -> EngineStats {
+        let c = &self.shared.counters;
+        EngineStats {
+            running: c.running.load(Ordering::Relaxed),
+            waiting: c.waiting.load(Ordering::Relaxed),
+            kv_tokens_used: c.kv_used.load(Ordering::Relaxed),
+            kv_tokens_capacity: self.kv_capacity,
+            tokens_generated: c.tokens.load(Ordering::Relaxed),
+            prompt_tokens: c.prompt_tokens.load(Ordering::Relaxed),
+            prompt_tokens_cached: c.prompt_tokens_cached.load(Ordering::Relaxed),
+            sequences_finished: c.finished.load(Ordering::Relaxed),
+            sequences_cancelled: c.cancelled.load(Ordering::Relaxed),
+            sequences_rejected: c.rejected.load(Ordering::Relaxed),
+            sequences_preempted: c.preempted.load(Ordering::Relaxed),
+            kv_blocks_cached: c.kv_cached_blocks.load(Ordering::Relaxed),
+            kv_blocks_offloaded: self.offload_counters.as_ref().map_or(0, |o| o.written.load(Ordering::Relaxed)),
+            kv_blocks_restored: self.offload_counters.as_ref().map_or(0, |o| o.restored.load(Ordering::Relaxed)),
+            decode_steps: c.steps.load(Ordering::Relaxed),
+            decode_rows: c.rows.load(Ordering::Relaxed),
+        }
+    }
+
+    fn kv_events(&self) -> Option<broadcast::Receiver<KvEvent>> {
+        Some(self.kv_events.subscribe())
+    }
+}
+
+impl Drop for LlmEngine {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The engine thread: decode steps over the running batch, with the KV cache in blocks.
+//!
+//! Each step, every decoding sequence feeds its last token, and sequences still reading their
+//! prompt feed chunks out of a shared budget (chunked prefill: a long prompt never stalls the
+//! others' decoding). A sequence takes blocks as it grows, not its whole reservation up front;
+//! when the pool runs dry the newest sequence is preempted: its blocks go back (its full ones stay
+//! in the prefix cache) and it resumes later by recomputing what was lost, usually from the cache.
+//! Waiting requests are admitted in arrival order while the batch has a place and the pool has
+//! the blocks to finish their prompts, after the blocks already promised to running prompts.
+//! A new sequence starts from the longest cached prefix of its prompt: blocks in the pool, then
+//! blocks read back from the offload tier, which also receives what the pool evicts, then blocks
+//! another engine computed for it (disaggregated prefill); a sequence prefilling for another
+//! engine hands each block out as soon as it is written.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::block_pool::{BlockId, BlockPool};
+use super::engine::{Counters, Shared};
+use super::model::SequenceInput;
+use super::offload::OffloadTier;
+use super::sequence::{Running, Sampled, sample_next};
+use super::step_model::StepModel;
+use tritium_backend_api::kv::{BlockHash, block_hashes};
+use tritium_backend_api::llm::ImportedBlocks;
+use tritium_backend_api::llm::ModelCard;
+use tritium_backend_api::llm::{GenerateError, GenerateEvent};
+
+/// The engine thread's state.
+pub(super) struct EngineLoop {
+    pub model: Box<dyn StepModel>,
+    pub pool: BlockPool,
+    pub offload: Option<OffloadTier>,
+    pub card: Arc<ModelCard>,
+    pub shared: Arc<Shared>,
+    pub running: Vec<Running>,
+    /// Sequences preempted for room, to resume before new requests are admitted.
+    pub preempted: VecDeque<Running>,
+    /// Admission order, so preemption takes the newest.
+    pub admitted: u64,
+}
+
+impl EngineLoop {
+    pub(super) fn run(mut self) {
+        while self.admit() {
+            self.drop_cancelled();
+            if !self.running.is_empty() {
+                self.step();
+            }
+            self.pool.flush_events();
+            self.publish_gauges();
+        }
+        let error = GenerateError::ShuttingDown(self.shared.name.clone());
+        for sequence in self.running.drain(..).chain(self.preempted.drain(..)) {
+            let _ = sequence.sender.send(Err(error.clone()));
+        }
+        for waiting in self.shared.lock().waiting.drain(..) {
+            let _ = waiting.sender.send(Err(error.clone()));
+        }
+    }
+
+    fn block_size(&self) -> usize {
+        self.pool.block_size()
+    }
+
+    /// Blocks the running sequences still need to finish their prompts.
+    fn promised(&self) -> usize {
+        let size = self.block_size();
+        self.running.iter().map(|s| s.tokens.len().div_ceil(size).saturating_sub(s.blocks.len())).sum()
+    }
+
+    /// Where a sequence over `tokens` can start: the cached blocks in the pool, then the blocks
+    /// after them in the offload tier (never its whole prompt: the last position is always
+    /// computed, for its logits); and the blocks it needs beyond those in the pool.
+    fn plan(&self, tokens: &[u32], hashes: &[BlockHash], imported: Option<&ImportedBlocks>) -> Plan {
+        let limit = (tokens.len() - 1) / self.block_size();
+        let mut reused = self.pool.longest_prefix(tokens, hashes);
+        reused.truncate(limit);
+        let (restore, strongs) = match &self.offload {
+            Some(tier) if reused.len() < limit => {
+                let strongs = self.pool.strong_hashes(&tokens[..limit * self.block_size()]);
+                (tier.matching(&hashes[reused.len()..limit], &strongs[reused.len()..]), strongs)
+            }
+            _ => (0, Vec::new()),
+        };
+        let import = imported.map_or(0, |blocks| blocks.usable_from(reused.len() + restore, limit));
+        let needed = tokens.len().div_ceil(self.block_size()) - reused.len();
+        Plan { reused, restore, import, strongs, needed }
+    }
+
+    /// Whether a plan's blocks fit beside what is promised.
+    fn fits(&self, plan: &Plan) -> bool {
+        let idle_taken = plan.reused.iter().filter(|&&id| self.pool.refs(id) == 0).count();
+        let available = self.pool.available() - idle_taken;
+        self.running.is_empty() || plan.needed + self.promised() <= available
+    }
+
+    /// Resumes preempted sequences, then moves waiting requests into the batch while they fit,
+    /// in arrival order; blocks while there is nothing to do. Returns false at shutdown.
+    fn admit(&mut self) -> bool {
+        let max_sequences = self.shared.options.max_sequences;
+        let shared = Arc::clone(&self.shared);
+        let mut queue = shared.lock();
+        loop {
+            if queue.shutdown {
+                return false;
+            }
+            while self.running.len() < max_sequences {
+                let Some(front) = self.preempted.front() else { break };
+                if front.sender.is_closed() {
+                    self.preempted.pop_front();
+                    shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let hashes = block_hashes(&front.tokens, self.block_size());
+                let plan = self.plan(&front.tokens, &hashes, None);
+                if !self.fits(&plan) {
+                    break;
+                }
+                let Some(sequence) = self.preempted.pop_front() else { break };
+                self.start(sequence, plan, &hashes, None);
+            }
+            while self.running.len() < max_sequences && self.preempted.is_empty() {
+                let Some(front) = queue.waiting.front() else { break };
+                let plan = self.plan(&front.request.prompt, &front.hashes, front.imported.as_ref());
+                if !self.fits(&plan) {
+                    break;
+                }
+                let Some(mut waiting) = queue.waiting.pop_front() else { break };
+                if waiting.sender.is_closed() {
+                    shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let hashes = std::mem::take(&mut waiting.hashes);
+                let imported = waiting.imported.take().unwrap_or_default();
+                let cached = self.start(Running::new(waiting), plan, &hashes, Some(imported));
+                shared.counters.prompt_tokens_cached.fetch_add(cached as u64, Ordering::Relaxed);
+            }
+            shared.counters.waiting.store(queue.waiting.len() + self.preempted.len(), Ordering::Relaxed);
+            if !self.running.is_empty() {
+                return true;
+            }
+            self.pool.flush_events();
+            self.publish_gauges();
+            queue = shared.wake.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Puts a sequence in the batch on top of its cached prefix, reading back what the plan found
+    /// in the offload tier (up to the first block that does not check out), then writing what
+    /// another engine computed. `imported` is given at its first admission (empty when nothing
+    /// came from elsewhere). Returns the prompt tokens it found cached.
+    fn start(&mut self, mut sequence: Running, plan: Plan, hashes: &[BlockHash], imported: Option<ImportedBlocks>) -> usize {
+        let size = self.block_size();
+        self.pool.share(&plan.reused);
+        let mut blocks = plan.reused;
+        let cached_end = blocks.len() + plan.restore;
+        for i in blocks.len()..cached_end {
+            let restored = self.offload.as_mut().and_then(|tier| tier.read(hashes[i], plan.strongs[i]));
+            if !self.place(&mut blocks, restored.as_deref(), hashes[i], &sequence.tokens[i * size..(i + 1) * size]) {
+                break;
+            }
+        }
+        let cached = blocks.len();
+        if cached == cached_end
+            && plan.import > 0
+            && let Some(imported) = &imported
+        {
+            let started = std::time::Instant::now();
+            for i in cached..cached + plan.import {
+                let data = imported.blocks.get(i - imported.first).map(Vec::as_slice);
+                if !self.place(&mut blocks, data, hashes[i], &sequence.tokens[i * size..(i + 1) * size]) {
+                    tracing::warn!(model = %self.shared.name, block = i, "a KV block from another worker does not fit this store; computing it");
+                    break;
+                }
+            }
+            tracing::debug!(model = %self.shared.name, blocks = blocks.len() - cached, elapsed = ?started.elapsed(), "KV blocks from another worker written");
+        }
+        sequence.resume_from(&blocks, &hashes[..blocks.len()], size);
+        if imported.is_some() {
+            sequence.cached_tokens = cached * size;
+        }
+        self.admitted += 1;
+        sequence.admitted = self.admitted;
+        self.running.push(sequence);
+        cached * size
+    }
+
+    /// Writes `data` into a fresh block and commits it as the block after `blocks`, under `hash`
+    /// over `tokens`. False when there is no data, no block, or the data does not fit.
+    fn place(&mut self, blocks: &mut Vec<BlockId>, data: Option<&[f32]>, hash: BlockHash, tokens: &[u32]) -> bool {
+        let Some(data) = data else { return false };
+        let Some(id) = self.pool.allocate() else { return false };
+        // The block may have been evicted just now: its data goes to disk before it is overwritten.
+        self.spill_evicted();
+        if self.model.write_block(id, data).is_err() {
+            self.pool.release(&[id]);
+            return false;
+        }
+        self.pool.commit(id, blocks.last().copied(), hash, tokens);
+        blocks.push(id);
+        true
+    }
+
+    /// Writes the committed blocks the pool just evicted to the offload tier, while their data
+    /// is still in the store.
+    fn spill_evicted(&mut self) {
+        let evicted = self.pool.take_evicted();
+        let Some(tier) = self.offload.as_mut() else { return };
+        for block in evicted {
+            if tier.contains(block.hash) {
+                continue;
+            }
+            match self.model.read_block(block.id) {
+                Ok(data) => tier.spill(block.hash, block.strong, &data),
+                Err(e) => tracing::warn!(model = %self.shared.name, "copying an evicted KV block out: {e}"),
+            }
+        }
+    }
+
+    /// Stops sequences whose client went away: within one step of the client leaving.
+    fn drop_cancelled(&mut self) {
+        let counters = &self.shared.counters;
+        let pool = &mut self.pool;
+        self.running.retain(|s| {
+            let gone = s.sender.is_closed();
+            if gone {
+                pool.release(&s.blocks);
+                counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            !gone
+        });
+    }
+
+    /// Takes the newest running sequence out of the batch, frees its blocks and queues it to
+    /// resume. Returns its admission number.
+    fn preempt_newest(&mut self) -> Option<u64> {
+        let index = self.running.iter().enumerate().max_by_key(|(_, s)| s.admitted).map(|(i, _)| i)?;
+        let mut sequence = self.running.remove(index);
+        self.pool.release(&sequence.blocks);
+        sequence.preempted();
+        self.shared.counters.preempted.fetch_add(1, Ordering::Relaxed);
+        let admitted = sequence.admitted;
+        self.preempted.push_front(sequence);
+        Some(admitted)
+    }
+
+    /// Gives every decoding sequence the block its next position needs, oldest first, preempting
+    /// the newest sequences when the pool is dry.
+    fn grow_decoders(&mut self) {
+        let size = self.block_size();
+        let mut order: Vec<u64> =
+            self.running.iter().filter(|s| s.decoding() && s.fed == s.blocks.len() * size).map(|s| s.admitted).collect();
+        order.sort_unstable();
+        for admitted in order {
+            loop {
+                let Some(index) = self.running.iter().position(|s| s.admitted == admitted) else { break };
+                if let Some(id) = self.pool.allocate() {
+                    self.running[index].blocks.push(id);
+                    break;
+                }
+                if self.preempt_newest() == Some(admitted) || self.running.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One forward pass over the batch, then a token for every sequence past its prompt.
+    fn step(&mut self) {
+        self.grow_decoders();
+        let size = self.block_size();
+        let mut prefill_budget = self.shared.options.prefill_chunk;
+        // Which running sequences take part, and how many tokens each feeds.
+        let mut feeds: Vec<(usize, usize)> = Vec::with_capacity(self.running.len());
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_unstable_by_key(|&i| self.running[i].admitted);
+        for index in order {
+            let sequence = &mut self.running[index];
+            let pending = sequence.tokens.len() - sequence.fed;
+            if sequence.decoding() {
+                feeds.push((index, 1));
+                continue;
+            }
+            let mut n = pending.min(prefill_budget);
+            while n > 0 && sequence.blocks.len() * size < sequence.fed + n {
+                match self.pool.allocate() {
+                    Some(id) => sequence.blocks.push(id),
+                    None => n = (sequence.blocks.len() * size).saturating_sub(sequence.fed),
+                }
+            }
+            if n > 0 {
+                prefill_budget -= n;
+                feeds.push((index, n));
+            }
+        }
+        feeds.sort_unstable();
+        if feeds.is_empty() {
+            // Every prompt is waiting for blocks the others hold: let the oldest go on.
+            self.preempt_newest();
+            return;
+        }
+        self.spill_evicted();
+        let shared = Arc::clone(&self.shared);
+        let counters = &shared.counters;
+        let logits = {
+            let inputs: Vec<SequenceInput<'_>> = feeds
+                .iter()
+                .map(|&(index, n)| {
+                    let s = &self.running[index];
+                    SequenceInput { tokens: &s.tokens[s.fed..s.fed + n], cached: s.fed, blocks: &s.blocks }
+                })
+                .collect();
+            self.model.forward(&inputs)
+        };
+        counters.steps.fetch_add(1, Ordering::Relaxed);
+        counters.rows.fetch_add(feeds.len() as u64, Ordering::Relaxed);
+        let logits = match logits {
+            Ok(logits) => logits,
+            Err(e) => {
+                tracing::error!(model = %self.shared.name, "forward pass failed: {e}");
+                let error = self.shared.engine_error(format!("forward pass failed: {e}"));
+                let failed: Vec<usize> = feeds.iter().map(|&(i, _)| i).collect();
+                for sequence in self.remove_many(&failed) {
+                    let _ = sequence.sender.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        let context_length = self.card.context_length;
+        let mut done = Vec::new();
+        for (&(index, n), row) in feeds.iter().zip(&logits) {
+            let sequence = &mut self.running[index];
+            let prompt_fed = sequence.prompt_len.saturating_sub(sequence.fed).min(n);
+            counters.prompt_tokens.fetch_add(prompt_fed as u64, Ordering::Relaxed);
+            sequence.fed += n;
+            sequence.commit_full_blocks(&mut self.pool);
+            if let Err(e) = sequence.export_written(self.model.as_ref(), size) {
+                tracing::warn!(model = %self.shared.name, "reading KV blocks out for another worker: {e}");
+            }
+            if sequence.fed < sequence.tokens.len() {
+                continue;
+            }
+            match sample_next(sequence, row, &self.card, context_length, counters) {
+                Sampled::GoOn => {}
+                finished => done.push((index, finished)),
+            }
+        }
+        // Announced before any client hears its sequence finished.
+        self.pool.flush_events();
+        done.sort_unstable_by_key(|&(index, _)| index);
+        let finished: Vec<usize> = done.iter().map(|&(i, _)| i).collect();
+        for (sequence, (_, outcome)) in self.remove_many(&finished).into_iter().zip(done) {
+            match outcome {
+                Sampled::Finished(reason) => {
+                    counters.finished.fetch_add(1, Ordering::Relaxed);
+                    let _ = sequence.sender.send(Ok(GenerateEvent::Finished {
+                        reason,
+                        prompt_tokens: sequence.prompt_len as u32,
+                        completion_tokens: sequence.generated() as u32,
+                        cached_tokens: sequence.cached_tokens as u32,
+                        queued_for: sequence.queued_for,
+                    }));
+                }
+                Sampled::Ended | Sampled::GoOn => {
+                    counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Takes the sequences at `indices` (ascending) out of the batch, in that order, and releases
+    /// their blocks.
+    fn remove_many(&mut self, indices: &[usize]) -> Vec<Running> {
+        let mut removed = Vec::with_capacity(indices.len());
+        for &index in indices.iter().rev() {
+            let sequence = self.running.remove(index);
+            self.pool.release(&sequence.blocks);
+            removed.push(sequence);
+        }
+        removed.reverse();
+        removed
+    }
+
+    fn publish_gauges(&self) {
+        let counters: &Counters = &self.shared.counters;
+        counters.running.store(self.running.len(), Ordering::Relaxed);
+        counters.kv_used.store(self.pool.in_use() * self.block_size(), Ordering::Relaxed);
+        counters.kv_cached_blocks.store(self.pool.cached(), Ordering::Relaxed);
+    }
+}
+
+/// Where a sequence starts: see [`EngineLoop::plan`].
+struct Plan {
+    /// Cached blocks in the pool holding its first positions.
+    reused: Vec<BlockId>,
+    /// Blocks after those to read back from the offload tier.
+    restore: usize,
+    /// Blocks after those to take from another engine's computation.
+    import: usize,
+    /// The strong hashes of its full blocks (when the offload tier was asked).
+    strongs: Vec<u128>,
+    /// Blocks it needs from the pool beyond `reused`.
+    needed: usize,
+}

@@ -1,0 +1,50 @@
+//! The Python backend's server-wide settings: `--python-interpreter` and Triton's
+//! `--backend-config=python,<setting>=<value>` keys `stub-timeout-seconds` (30) and our
+//! `shm-region-byte-size` (64 MiB per instance, half for inputs, half for outputs),
+//! `packed-env-max-byte-size` (8 GiB) and `packed-env-max-entries` (200000), the bounds of what an
+//! `EXECUTION_ENV_PATH` archive may unpack to.
+
+use std::time::Duration;
+
+use std::path::PathBuf;
+
+use tritium_backend_api::config_params::BackendSettings;
+
+use crate::{BACKEND, EnvLimits, PythonSettings};
+
+/// The smallest region: room for a few small tensors each way.
+const MIN_REGION_BYTES: usize = 64 << 10;
+
+impl PythonSettings {
+    /// The settings `--backend-config=python,...` gives, with `interpreter` from
+    /// `--python-interpreter`.
+    pub fn from_backend_config(settings: &BackendSettings, interpreter: Option<PathBuf>) -> Result<PythonSettings, String> {
+        let defaults = PythonSettings::default();
+        let number = |key: &str| -> Result<Option<u64>, String> {
+            settings.get(BACKEND, key).map(|_| settings.number(BACKEND, key, 0u64)).transpose()
+        };
+        let stub_timeout = number("stub-timeout-seconds")?.map_or(defaults.stub_timeout, Duration::from_secs);
+        if stub_timeout.is_zero() {
+            return Err("--backend-config=python,stub-timeout-seconds must be at least 1".to_string());
+        }
+        let region_bytes = match number("shm-region-byte-size")? {
+            None => defaults.region_bytes,
+            Some(bytes) => usize::try_from(bytes)
+                .ok()
+                .filter(|&b| b >= MIN_REGION_BYTES)
+                .ok_or_else(|| format!("--backend-config=python,shm-region-byte-size must be at least {MIN_REGION_BYTES}"))?,
+        };
+        let at_least_one = |key: &str, default: u64| -> Result<u64, String> {
+            match number(key)? {
+                None => Ok(default),
+                Some(0) => Err(format!("--backend-config=python,{key} must be at least 1")),
+                Some(n) => Ok(n),
+            }
+        };
+        let packed_env = EnvLimits {
+            max_bytes: at_least_one("packed-env-max-byte-size", defaults.packed_env.max_bytes)?,
+            max_entries: at_least_one("packed-env-max-entries", defaults.packed_env.max_entries)?,
+        };
+        Ok(PythonSettings { interpreter, region_bytes, stub_timeout, packed_env })
+    }
+}

@@ -1,0 +1,27 @@
+//! The model repository as the [`Host`] its backends call back into: Triton's business-logic
+//! scripting and model control from a model.
+
+use async_trait::async_trait;
+use tritium_backend_api::{Host, InferOutcome, InferenceRequest, WorkerError};
+
+use crate::model::ModelVersion;
+use crate::registry::ModelRepository;
+
+#[async_trait]
+impl Host for ModelRepository {
+    async fn infer(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError> {
+        ModelVersion::run_any(self.validate(request)?).await
+    }
+
+    fn is_ready(&self, model: &str, version: Option<i64>) -> bool {
+        ModelRepository::is_ready(self, model, version)
+    }
+
+    fn load(&self, model: &str, config_json: Option<&str>) -> Result<(), WorkerError> {
+        ModelRepository::load(self, model, config_json)
+    }
+
+    fn unload(&self, model: &str) -> Result<(), WorkerError> {
+        ModelRepository::unload(self, model)
+    }
+}
