@@ -8,9 +8,54 @@ use tritium_tensor::{DataType, TensorError};
 
 use tritium_repository::RepositoryError;
 
-use crate::backend::BackendError;
 use crate::llm::GenerateError;
 
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("input '{name}' is missing")]
+    MissingInput { name: String },
+    #[error("{0}")]
+    Tensor(#[from] TensorError),
+    #[error("a model that is not decoupled sent more than one response")]
+    ExtraResponse,
+    #[error("the model sent no response")]
+    NoResponse,
+    #[error("the request was cancelled")]
+    Cancelled,
+    #[error("{message}")]
+    Failed { code: ErrorCode, message: String },
+    /// An error whose message is whole as it is, not prefixed with the model: a scheduler's
+    /// refusal before any backend ran (a timeout in the queue, a sequence's rules), worded as
+    /// Triton words it, or an ensemble step's error, which names the ensemble itself.
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
+    /// The scheduler's queue is full (UNAVAILABLE).
+    #[error("Exceeds maximum queue size")]
+    QueueFull,
+}
+
+impl BackendError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BackendError::MissingInput { .. } | BackendError::Tensor(_) => ErrorCode::InvalidArg,
+            BackendError::ExtraResponse | BackendError::NoResponse => ErrorCode::Internal,
+            BackendError::Cancelled => ErrorCode::Cancelled,
+            BackendError::Failed { code, .. } | BackendError::Refused { code, .. } => *code,
+            BackendError::QueueFull => ErrorCode::Unavailable,
+        }
+    }
+
+    pub fn failed(code: ErrorCode, message: impl Into<String>) -> BackendError {
+        BackendError::Failed { code, message: message.into() }
+    }
+
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> BackendError {
+        BackendError::Refused { code, message: message.into() }
+    }
+}
+
+/// What a request to the core can fail with: the model's or version's state, the request's
+/// fit, a backend's or an engine's failure, the repository's, a remote worker's.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("Request for unknown model: '{name}' is not found")]

@@ -34,6 +34,7 @@ pub mod backend;
 pub mod config_params;
 pub mod engine;
 pub mod error;
+pub mod factory;
 pub mod first_response;
 pub mod host;
 pub mod kv;
@@ -41,13 +42,11 @@ pub mod llm;
 pub mod request;
 pub mod stream;
 
-pub use backend::{
-    Backend, BackendContext, BackendError, BackendFactory, BackendRegistry, BackendRequest, Responder, StreamTarget,
-    StreamedRequest, select_outputs,
-};
-pub use config_params::{ConfigParams, config_parameter};
+pub use backend::{Backend, BackendRequest, Responder, StreamTarget, StreamedRequest, select_outputs};
+pub use config_params::{BackendSettings, ConfigParams, config_parameter};
 pub use engine::Engine;
-pub use error::WorkerError;
+pub use error::{BackendError, WorkerError};
+pub use factory::{BackendContext, BackendFactory, BackendRegistry};
 pub use host::{Host, no_host};
 pub use request::{InferenceRequest, InferenceResponse, ParamValue, Parameters, is_reserved, parse_version};
 pub use stream::{InferOutcome, ResponseStream, StreamItem};

@@ -10,7 +10,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::matmul::{Operand, Output, Packed};
+use crate::operands::{Operand, Output, Packed};
 use crate::packed::{TILE, TileBlock};
 
 /// Whether the CPU runs this kernel.

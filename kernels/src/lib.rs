@@ -32,6 +32,7 @@ mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod matmul;
+mod operands;
 mod packed;
 mod parallel;
 mod pool;

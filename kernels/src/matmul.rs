@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 
+use crate::operands::{Operand, Output, Packed};
 use crate::packed::{TILE, TileBlock, pack, unpack};
 use crate::parallel::Parallel;
 use crate::pool::ThreadPool;
@@ -85,64 +86,6 @@ pub fn matmul_q8_0(
     matrix.matmul(&activations, out, ThreadPool::global())
 }
 
-/// Packed weights, shapes already checked: `rows` rows of `kb` blocks, in tiles of 8 rows.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Packed<'a> {
-    pub rows: usize,
-    pub kb: usize,
-    pub tiles: &'a [TileBlock],
-}
-
-impl<'a> Packed<'a> {
-    /// Tile `t`'s `kb` blocks.
-    pub(crate) fn tile(&self, t: usize) -> &'a [TileBlock] {
-        &self.tiles[t * self.kb..(t + 1) * self.kb]
-    }
-}
-
-/// Activation rows, shapes already checked: `rows` rows of `kb` blocks and their scales.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Operand<'a> {
-    pub rows: usize,
-    pub kb: usize,
-    pub blocks: &'a [BlockQ8_0],
-    pub scales: &'a [f32],
-}
-
-impl<'a> Operand<'a> {
-    pub(crate) fn row(&self, i: usize) -> (&'a [BlockQ8_0], &'a [f32]) {
-        let range = i * self.kb..(i + 1) * self.kb;
-        (&self.blocks[range.clone()], &self.scales[range])
-    }
-}
-
-/// The `[m, n_out]` output, shared by the chunks of one product: each chunk writes only its own
-/// columns, so no element is written twice and none is read.
-pub(crate) struct Output {
-    ptr: *mut f32,
-    len: usize,
-    n_out: usize,
-}
-
-// SAFETY: `Output` is only a pointer into a `&mut [f32]` that outlives the product (`run`
-// holds the borrow until every task has returned); tasks write disjoint elements (`set_run`).
-unsafe impl Sync for Output {}
-
-impl Output {
-    /// Writes outputs `(row, col..col + values.len())`.
-    ///
-    /// # Safety
-    /// The caller must own those columns in this product: each task of `run` owns its own
-    /// tiles' columns, and no other thread may write or read them meanwhile.
-    pub(crate) unsafe fn set_run(&self, row: usize, col: usize, values: &[f32]) {
-        let index = row * self.n_out + col;
-        let count = values.len();
-        assert!(col + count <= self.n_out && index + count <= self.len, "outputs ({row}, {col}..+{count}) outside the product");
-        // SAFETY: in bounds (checked above); the caller owns these columns (contract).
-        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(index), values.len()) };
-    }
-}
-
 /// Chunks per thread: enough to even out threads that run slower (shared cores).
 const CHUNKS_PER_THREAD: usize = 4;
 
@@ -151,7 +94,7 @@ fn run(w: &Packed<'_>, a: &Operand<'_>, out: &mut [f32], parallel: &dyn Parallel
     if m == 0 || n == 0 {
         return;
     }
-    let output = Output { ptr: out.as_mut_ptr(), len: out.len(), n_out: n };
+    let output = Output::new(out, n);
     let tiles = n.div_ceil(TILE);
     let work = m * n * w.kb;
     let threads = parallel.threads().min(work / parallel.min_work_per_thread().max(1)).max(1);
@@ -186,7 +129,7 @@ unsafe fn compute(w: &Packed<'_>, a: &Operand<'_>, tiles: Range<usize>, out: &Ou
 pub(crate) fn matmul_scalar(w: &Q8_0Matrix, a: &Q8_0Rows, out: &mut [f32]) {
     let w = w.view();
     let a = Operand { rows: a.rows, kb: w.kb, blocks: &a.blocks, scales: &a.scales };
-    let output = Output { ptr: out.as_mut_ptr(), len: out.len(), n_out: w.rows };
+    let output = Output::new(out, w.rows);
     // SAFETY: one call owns every column.
     unsafe { crate::scalar::compute(&w, &a, 0..w.rows.div_ceil(TILE), &output) };
 }

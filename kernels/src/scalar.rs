@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use crate::matmul::{Operand, Output, Packed};
+use crate::operands::{Operand, Output, Packed};
 use crate::packed::TILE;
 
 /// All activation rows against the weight rows of `tiles`.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokenizers::Tokenizer;
 
 /// The decoding state of one sequence; make one with
-/// [`Preprocessor::detokenizer`](crate::preprocess::Preprocessor::detokenizer).
+/// `Preprocessor::detokenizer`.
 #[derive(Debug)]
 pub struct Detokenizer {
     tokenizer: Arc<Tokenizer>,

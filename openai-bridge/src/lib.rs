@@ -7,13 +7,14 @@
 //!   multi-byte UTF-8 and stop strings that span tokens.
 //! - [`pipeline`]: a worker's token stream turned into text deltas, shared by gRPC and HTTP.
 //! - [`kserve`]: the KServe v2 face of an LLM (`text_input` in, `text_output` out, decoupled).
-//! - [`protocol`], [`routes`]: the OpenAI `/v1/*` HTTP API (axum) over the narrow [`routes::LlmHub`] trait.
+//! - [`protocol`], [`routes`]: the OpenAI `/v1/*` HTTP API (axum) over the narrow [`hub::LlmHub`] trait.
 //! - [`parsers`]: reasoning and tool calls split from a model's streamed output, per model family.
 //! - [`response_store`]: the Responses API's stored conversations, bounded in count, bytes and time.
 //! - [`metrics`]: Prometheus metrics per model (requests, errors, queue time, TTFT, inter-token latency, tokens).
 
 pub mod detokenize;
 pub mod error;
+pub mod hub;
 pub mod kserve;
 pub mod metrics;
 pub mod parsers;

@@ -18,9 +18,9 @@ use tritium_backend_api::llm::{FinishReason, GenerateEvent, GenerateRequest, Gen
 
 use crate::BridgeError;
 use crate::detokenize::Detokenizer;
+use crate::hub::LlmHub;
 use crate::metrics::RequestObserver;
 use crate::preprocess::Preprocessor;
-use crate::routes::LlmHub;
 use crate::sampling::CompletionOptions;
 use crate::stop::StopMatcher;
 

@@ -24,7 +24,6 @@ mod sse;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{StatusCode, header};
@@ -34,9 +33,10 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use tritium_backend_api::llm::{GenerateRequest, ModelKind, TokenStream};
+use tritium_backend_api::llm::ModelKind;
 
 use crate::BridgeError;
+pub use crate::hub::{HubModel, LlmHub};
 use crate::metrics::{LlmMetrics, RequestObserver};
 use crate::parsers::{ForcedCalls, OutputFormats, OutputParser, ParsedDelta};
 use crate::pipeline::{ModelRef, StreamMeta, TextStream, generate_text};
@@ -44,31 +44,6 @@ use crate::preprocess::Preprocessor;
 use crate::protocol::{ErrorBody, ModelList, ModelObject, NvExt, ToolChoice, Tools, forced_calls, parse_json};
 use crate::response_store::{ResponseStore, StoreLimits};
 use crate::sampling::CompletionOptions;
-
-/// A model the hub serves.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HubModel {
-    pub name: String,
-    pub kind: ModelKind,
-    /// Seconds since the Unix epoch, for `created`.
-    pub created: u64,
-}
-
-/// What the routes need from the server: its models, their preprocessors, and token-level
-/// generation and embedding.
-#[async_trait]
-pub trait LlmHub: Send + Sync + 'static {
-    fn models(&self) -> Vec<HubModel>;
-    /// [`BridgeError::ModelNotFound`] when the model is not served.
-    fn preprocessor(&self, model: &str) -> Result<Arc<Preprocessor>, BridgeError>;
-    async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError>;
-    /// Generates on the worker named `worker` (`nvext.backend_instance_id`).
-    async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
-        let _ = request;
-        Err(BridgeError::Unsupported { model: model.to_owned(), what: format!("routing to the named worker '{worker}'") })
-    }
-    async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError>;
-}
 
 /// Dynamo's default body limit of the OpenAI routes (`DYN_HTTP_BODY_LIMIT_MB`).
 pub const DEFAULT_BODY_LIMIT_BYTES: usize = 192 << 20;

@@ -18,6 +18,7 @@ pub mod backends;
 pub mod config;
 mod connection;
 pub mod discovery;
+pub(crate) mod dispatch;
 pub mod error;
 pub mod events;
 pub mod grpc;
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod remote;
 pub mod routing;
 pub mod shm;
+pub mod state;
 pub mod tls;
 pub mod worker_process;
 
@@ -48,11 +50,12 @@ pub use config::{ResponseCompression, ServerConfig, TransportConfig};
 use discovery::Discovery;
 pub use error::ServerError;
 use events::EventBus;
-use grpc::{GrpcState, InferenceService};
+use grpc::InferenceService;
 use llm::LlmFrontend;
 use logging::{LogControl, LogState};
 use routing::Router;
 use shm::SharedMemoryRegistry;
+use state::ServerState;
 
 /// Errors that stop the server from starting or serving.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +83,7 @@ const LOCAL_WORKER_ID: &str = "in-process";
 /// router, discovery and events (in memory by default), and settings.
 pub struct Tritium {
     config: ServerConfig,
-    state: Arc<GrpcState>,
+    state: Arc<ServerState>,
 }
 
 impl std::fmt::Debug for Tritium {
@@ -114,7 +117,7 @@ impl Tritium {
             config.openai.formats,
             &config.openai.metrics_prefix,
         ));
-        let state = Arc::new(GrpcState {
+        let state = Arc::new(ServerState {
             repository,
             router,
             llm,

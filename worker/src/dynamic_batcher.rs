@@ -31,7 +31,7 @@ use crate::priority_queue::{Levels, PriorityQueue, Queued};
 use crate::ragged::RaggedBatching;
 pub use crate::reply::{BatchAnswer, BatchShare, Execution, StreamEnd};
 use crate::reply::{Queue, Reply, stopped};
-use crate::scheduler::instance_count;
+use crate::scheduler_limits::instance_count;
 use tritium_backend_api::is_reserved;
 use tritium_backend_api::request::Parameters;
 use tritium_backend_api::{Backend, BackendError, BackendRequest, Responder, StreamedRequest};

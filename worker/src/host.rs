@@ -1,11 +1,20 @@
 //! The model repository as the [`Host`] its backends call back into: Triton's business-logic
-//! scripting and model control from a model.
+//! scripting and model control from a model, and the [`Steps`] its ensembles run.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tritium_backend_api::{Host, InferOutcome, InferenceRequest, WorkerError};
 
+use crate::ensemble::Steps;
 use crate::model::ModelVersion;
 use crate::registry::ModelRepository;
+
+impl Steps for ModelRepository {
+    fn resolve(&self, name: &str, version: Option<i64>) -> Result<Arc<ModelVersion>, WorkerError> {
+        ModelRepository::resolve(self, name, version)
+    }
+}
 
 #[async_trait]
 impl Host for ModelRepository {

@@ -37,7 +37,6 @@ mod batch_tensors;
 pub mod dynamic_batcher;
 pub mod ensemble;
 mod host;
-pub mod latency;
 mod load_gate;
 pub mod model;
 pub mod params;
@@ -46,23 +45,23 @@ pub mod ragged;
 pub mod registry;
 mod reply;
 pub mod scheduler;
+mod scheduler_limits;
 pub mod schema;
 pub mod sequence;
 pub mod stats;
-pub mod valid;
 mod warmup;
 pub mod worker;
 
 pub use backends::{builtin_backends, register_builtins};
 pub use model::ModelVersion;
 pub use registry::{ByName, ControlMode, DeclaredModel, IndexEntry, ModelRepository, ModelState, RepositoryOptions, ServedModel};
-pub use scheduler::SchedulerLimits;
+pub use scheduler_limits::{SchedulerLimits, instance_count};
 pub use stats::{BatchStat, FailureReason, PhaseTimes, StatsSnapshot};
 // The seam's request, response and error types, which every caller of the core handles too.
+pub use model::ValidInferRequest;
 pub use tritium_backend_api::{
     Backend, BackendContext, BackendError, BackendFactory, BackendRegistry, BackendRequest, Engine, InferOutcome,
     InferenceRequest, InferenceResponse, ParamValue, Parameters, Responder, ResponseStream, StreamItem, StreamedRequest,
     WorkerError, parse_version,
 };
-pub use valid::ValidInferRequest;
 pub use worker::{LocalWorker, WorkerClient};

@@ -12,7 +12,8 @@ use tritium_proto::inference::{
 use super::*;
 use crate::dynamic_batcher::DynamicBatcher;
 use crate::params::{RequestOptions, SequenceId};
-use crate::scheduler::{Scheduler, SchedulerLimits};
+use crate::scheduler::Scheduler;
+use crate::scheduler_limits::SchedulerLimits;
 use tritium_backend_api::{BackendRequest, Responder};
 
 fn input(name: &str, ragged: bool) -> ModelInput {

@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tritium_proto::inference::ModelConfig;
 
 mod build;
+mod requests;
 
 use crate::model::ModelVersion;
-use crate::scheduler::SchedulerLimits;
+use crate::scheduler_limits::SchedulerLimits;
 use build::{load_order, with_composing_models};
 use tritium_backend_api::BackendRegistry;
 use tritium_backend_api::error::WorkerError;

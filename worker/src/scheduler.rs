@@ -14,26 +14,10 @@ use crate::dynamic_batcher::{BatchAnswer, BatchShare, DynamicBatcher};
 use crate::params::RequestOptions;
 use crate::ragged::RaggedBatching;
 use crate::reply::{Queue, StreamEnd, StreamWait};
+use crate::scheduler_limits::SchedulerLimits;
 use crate::sequence::SequenceBatcher;
 use tritium_backend_api::{Backend, BackendRequest, Responder};
 use tritium_repository::model_files::read_model_file;
-
-/// The server-wide bounds of every model's scheduler queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SchedulerLimits {
-    /// Requests one priority level of a dynamic batcher, or one sequence batcher, holds when the
-    /// config sets no `max_queue_size` (Triton's unbounded); beyond it, UNAVAILABLE.
-    pub max_queue_size: usize,
-    /// Sequences one model keeps at once (in a slot or waiting for one); beyond it, a new
-    /// sequence's START is refused UNAVAILABLE.
-    pub max_sequences: usize,
-}
-
-impl Default for SchedulerLimits {
-    fn default() -> Self {
-        SchedulerLimits { max_queue_size: 4096, max_sequences: 16_384 }
-    }
-}
 
 pub(crate) enum Scheduler {
     /// Every request is its own backend call, laid out as a batch of one when the model has
@@ -154,10 +138,4 @@ fn read_initial_state(model_dir: Option<&Path>, file: &str, size: usize) -> Resu
     }
     read_model_file(model_dir, "initial_state", file, size.saturating_add(1 << 20))
         .map_err(|e| format!("initial_state data_file: {e}"))
-}
-
-/// The instances of a config's `instance_group`, together (a group without a count is one; at least one).
-pub fn instance_count(config: &ModelConfig) -> usize {
-    let counts = config.instance_group.iter().map(|g| usize::try_from(g.count.max(1)).unwrap_or(1));
-    counts.fold(0, usize::saturating_add).max(1)
 }

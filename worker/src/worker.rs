@@ -8,8 +8,8 @@ use tritium_backend_api::llm::{GenerateRequest, PrefillSource, TokenStream};
 use tritium_backend_api::{InferOutcome, InferenceResponse, WorkerError};
 
 use crate::model::ModelVersion;
+use crate::model::ValidInferRequest;
 use crate::registry::ModelRepository;
-use crate::valid::ValidInferRequest;
 
 /// Runs inference requests somewhere: in this process or in a worker process.
 #[async_trait]

@@ -15,7 +15,8 @@ use tritium_backend_api::llm::complete_llm_config;
 use tritium_backend_api::{BackendContext, BackendFactory, ConfigParams, Engine, config_parameter};
 use tritium_proto::inference::ModelConfig;
 
-use crate::engine::{EngineOptions, LlmEngine};
+use crate::engine::LlmEngine;
+use crate::engine_state::EngineOptions;
 
 /// The backend name a `config.pbtxt` gives for a language model.
 pub const LLM_BACKEND: &str = "tritium_llm";

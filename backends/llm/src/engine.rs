@@ -2,11 +2,12 @@
 //! ([`engine_loop`](super::engine_loop)), with the KV cache in blocks and a prefix cache over
 //! them. Between steps it drops sequences whose client went away, finishes those that stopped,
 //! and admits waiting ones while the batch has a place and the block pool has room (continuous
-//! batching). This module is the engine's front: options, validation, the queue, the counters.
+//! batching). This module is the engine's front: start, validation, admission to the queue; what
+//! it shares with the loop is in `engine_state`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -16,114 +17,16 @@ use super::block_pool::BlockPool;
 use super::constraint::{Constrained, Grammars};
 use super::engine_loop::EngineLoop;
 use super::model::DecoderModel;
-use super::offload::{OffloadCounters, OffloadOptions, OffloadTier};
+use super::offload::{OffloadCounters, OffloadTier};
 use super::step_model::{CandleStep, ModelShape, StepModel};
+use crate::engine_state::{Counters, EngineOptions, Queue, Shared, Waiting};
 use crate::export::ExportSink;
-use tritium_backend_api::kv::{BlockHash, DEFAULT_KV_BLOCK_SIZE, KvEvent, block_hashes};
+use tritium_backend_api::kv::{KvEvent, block_hashes};
 use tritium_backend_api::llm::Constraint;
 use tritium_backend_api::llm::LanguageModel;
 use tritium_backend_api::llm::ModelCard;
-use tritium_backend_api::llm::{EngineStats, GenerateError, GenerateEvent, GenerateRequest, TokenStream};
+use tritium_backend_api::llm::{EngineStats, GenerateError, GenerateRequest, TokenStream};
 use tritium_backend_api::llm::{ImportedBlocks, KvExport, TransferLayout};
-
-/// Bounds on what one engine holds at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineOptions {
-    /// Sequences in the running batch.
-    pub max_sequences: usize,
-    /// KV-cache positions in the model's block pool, shared by running sequences and the prefix
-    /// cache. A sequence takes blocks as it grows; when none is left the newest is preempted.
-    pub max_kv_tokens: usize,
-    /// Positions per KV block: the unit of allocation, of prefix reuse and of KV events (the
-    /// router hashes prompts with the same size).
-    pub kv_block_size: usize,
-    /// Keep full blocks of finished sequences and reuse them for prompts that start the same.
-    pub prefix_caching: bool,
-    /// A second tier on disk for blocks evicted from the pool (needs `prefix_caching`).
-    pub offload: Option<OffloadOptions>,
-    /// Requests that may wait for a place; beyond it requests are refused (RESOURCE_EXHAUSTED,
-    /// HTTP 429).
-    pub max_queue: usize,
-    /// Prompt tokens fed per step, over all sequences being prefilled.
-    pub prefill_chunk: usize,
-    /// Bytes of one request's grammar (JSON schema, regex, choices, Lark), at most: compiling
-    /// one costs CPU and memory in proportion.
-    pub max_constraint_bytes: usize,
-}
-
-impl Default for EngineOptions {
-    fn default() -> EngineOptions {
-        EngineOptions {
-            max_sequences: 32,
-            max_kv_tokens: 16_384,
-            kv_block_size: DEFAULT_KV_BLOCK_SIZE,
-            prefix_caching: true,
-            offload: None,
-            max_queue: 64,
-            prefill_chunk: 256,
-            max_constraint_bytes: 64 << 10,
-        }
-    }
-}
-
-pub(super) type EventSender = mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>>;
-
-/// A request waiting for a place in the batch.
-pub(super) struct Waiting {
-    pub request: GenerateRequest,
-    /// The chained hashes of the prompt's full blocks, worked out on the caller's thread.
-    pub hashes: Vec<BlockHash>,
-    /// The compiled grammar, when the request has one.
-    pub constraint: Option<Constrained>,
-    pub sender: EventSender,
-    pub submitted: Instant,
-    /// Tokens this sequence may generate.
-    pub max_new: usize,
-    /// Blocks of its prompt computed by another engine.
-    pub imported: Option<ImportedBlocks>,
-    /// Where its prompt's blocks go as they are written, for another engine.
-    pub export: Option<ExportSink>,
-}
-
-#[derive(Default)]
-pub(super) struct Counters {
-    pub running: AtomicUsize,
-    pub waiting: AtomicUsize,
-    pub kv_used: AtomicUsize,
-    pub kv_cached_blocks: AtomicUsize,
-    pub tokens: AtomicU64,
-    pub prompt_tokens: AtomicU64,
-    pub prompt_tokens_cached: AtomicU64,
-    pub finished: AtomicU64,
-    pub cancelled: AtomicU64,
-    pub rejected: AtomicU64,
-    pub preempted: AtomicU64,
-    pub steps: AtomicU64,
-    pub rows: AtomicU64,
-}
-
-pub(super) struct Queue {
-    pub waiting: VecDeque<Waiting>,
-    pub shutdown: bool,
-}
-
-pub(super) struct Shared {
-    pub name: String,
-    pub options: EngineOptions,
-    pub queue: Mutex<Queue>,
-    pub wake: Condvar,
-    pub counters: Counters,
-}
-
-impl Shared {
-    pub(super) fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(super) fn engine_error(&self, message: impl Into<String>) -> GenerateError {
-        GenerateError::Engine { model: self.name.clone(), message: message.into() }
-    }
-}
 
 /// A language model with its scheduler thread.
 pub struct LlmEngine {

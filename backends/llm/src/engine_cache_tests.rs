@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use candle_core::Device;
 use futures::StreamExt;
 
-use super::engine::{EngineOptions, LlmEngine};
+use super::engine::LlmEngine;
+use super::engine_state::EngineOptions;
 use tritium_backend_api::kv::{KvEvent, block_hashes};
 use tritium_backend_api::llm::LanguageModel;
 use tritium_backend_api::llm::{

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::block_pool::{BlockId, BlockPool};
-use super::engine::{Counters, Shared};
+use super::engine_state::{Counters, Shared};
 use super::model::SequenceInput;
 use super::offload::OffloadTier;
 use super::sequence::{Running, Sampled, sample_next};

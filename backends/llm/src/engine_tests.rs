@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use futures::StreamExt;
 
-use super::engine::{EngineOptions, LlmEngine};
+use super::engine::LlmEngine;
+use super::engine_state::EngineOptions;
 use tritium_backend_api::llm::Constraint;
 use tritium_backend_api::llm::LanguageModel;
 use tritium_backend_api::llm::{

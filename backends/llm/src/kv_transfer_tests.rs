@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use super::engine::EngineOptions;
 use super::engine_cache_tests::{SYSTEM, assert_same_logits, engine, request, run};
+use super::engine_state::EngineOptions;
 use tritium_backend_api::llm::LanguageModel;
 use tritium_backend_api::llm::{ExportedBlock, ImportedBlocks, KvExport};
 

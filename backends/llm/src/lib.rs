@@ -25,6 +25,7 @@ mod engine;
 #[cfg(test)]
 mod engine_cache_tests;
 mod engine_loop;
+mod engine_state;
 #[cfg(test)]
 mod engine_tests;
 mod export;
@@ -44,7 +45,8 @@ use tritium_backend_api::BackendRegistry;
 pub use backend::{LLM_BACKEND, LlmFactory};
 pub use card::{card_from_gguf, card_from_gguf_file, card_from_hf_dir, detect_kind};
 pub use embed::{EMBED_BACKEND, embed_factory};
-pub use engine::{EngineOptions, LlmEngine};
+pub use engine::LlmEngine;
+pub use engine_state::EngineOptions;
 pub use mock::{MOCK_LLM_BACKEND, MockEngine, MockFactory, MockOptions, mock_config_text};
 pub use model::default_device;
 pub use offload::OffloadOptions;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::block_pool::{BlockId, BlockPool};
 use super::constraint::Constrained;
-use super::engine::{Counters, EventSender, Waiting};
+use super::engine_state::{Counters, EventSender, Waiting};
 use super::sampler::Sampler;
 use super::step_model::StepModel;
 use crate::export::ExportSink;

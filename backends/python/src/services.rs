@@ -11,8 +11,16 @@ use tritium_backend_api::{Host, InferOutcome, InferenceRequest, ParamValue, Stre
 use tritium_proto::ErrorCode;
 
 use crate::frame::Frame;
-use crate::stub::Conn;
+use crate::region::Region;
 use crate::wire::{error_number, inline_descriptors, tensors_of};
+
+/// The connection of the stub that asked, as the services read its request and answer on it.
+pub(crate) trait StubLink: Send + Sync + 'static {
+    /// The stub's shared-memory region, where large tensors of its frames lie.
+    fn region(&self) -> &Region;
+    /// Sends a frame with a JSON header.
+    fn send(&self, header: Value, payload: &[&[u8]]) -> std::io::Result<()>;
+}
 
 #[derive(Clone)]
 pub struct Services {
@@ -26,33 +34,33 @@ impl Services {
     }
 
     /// Starts a BLS request; its inputs are copied out of the region before this returns.
-    pub fn bls(&self, conn: &Arc<Conn>, frame: &Frame) {
+    pub(crate) fn bls<L: StubLink>(&self, conn: &Arc<L>, frame: &Frame) {
         let header = &frame.header;
         let id = header.get("id").cloned().unwrap_or(Value::Null);
-        let inputs = match tensors_of(header.get("inputs"), &conn.region, &frame.payload) {
+        let inputs = match tensors_of(header.get("inputs"), conn.region(), &frame.payload) {
             Ok(inputs) => inputs,
-            Err(why) => return answer_error(conn, &id, ErrorCode::InvalidArg, &format!("malformed BLS request: {why}")),
+            Err(why) => return answer_error(conn.as_ref(), &id, ErrorCode::InvalidArg, &format!("malformed BLS request: {why}")),
         };
         let request = match bls_request(header, inputs) {
             Ok(request) => request,
-            Err(why) => return answer_error(conn, &id, ErrorCode::InvalidArg, &why),
+            Err(why) => return answer_error(conn.as_ref(), &id, ErrorCode::InvalidArg, &why),
         };
         let (Some(runtime), Some(host)) = (&self.runtime, self.host.upgrade()) else {
-            return answer_error(conn, &id, ErrorCode::Unavailable, "the server is stopping");
+            return answer_error(conn.as_ref(), &id, ErrorCode::Unavailable, "the server is stopping");
         };
         let decoupled = header.get("decoupled").and_then(Value::as_bool).unwrap_or(false);
         let conn = Arc::clone(conn);
         let model = request.model_name.clone();
         runtime.spawn(async move {
             // A timeout is the request's own: its scheduler's queue enforces it, as in Triton.
-            let outcome = run_bls(host.as_ref(), request, decoupled, &conn, &id).await;
+            let outcome = run_bls(host.as_ref(), request, decoupled, conn.as_ref(), &id).await;
             if let Err(error) = outcome {
-                answer_error(&conn, &id, ErrorCode::Internal, &bls_error(&model, &error));
+                answer_error(conn.as_ref(), &id, ErrorCode::Internal, &bls_error(&model, &error));
             }
         });
     }
 
-    pub fn control(&self, conn: &Arc<Conn>, frame: &Frame) {
+    pub(crate) fn control<L: StubLink>(&self, conn: &Arc<L>, frame: &Frame) {
         let header = frame.header.clone();
         let conn = Arc::clone(conn);
         let (Some(runtime), Some(host)) = (&self.runtime, self.host.upgrade()) else {
@@ -144,7 +152,7 @@ async fn run_bls(
     host: &dyn Host,
     request: InferenceRequest,
     decoupled: bool,
-    conn: &Conn,
+    conn: &impl StubLink,
     id: &Value,
 ) -> Result<(), WorkerError> {
     let model = request.model_name.clone();
@@ -189,7 +197,7 @@ fn bls_error(model: &str, error: &WorkerError) -> String {
     format!("Model {model} - Error when running inference: {cause}")
 }
 
-fn answer(conn: &Conn, id: &Value, outputs: &[tritium_tensor::Tensor], last: bool) -> Result<(), WorkerError> {
+fn answer(conn: &impl StubLink, id: &Value, outputs: &[tritium_tensor::Tensor], last: bool) -> Result<(), WorkerError> {
     let (descriptors, parts) = inline_descriptors(outputs);
     let header = json!({"op": "bls_response", "id": id, "outputs": descriptors, "final": last});
     // A stub that has gone needs no answer.
@@ -197,7 +205,7 @@ fn answer(conn: &Conn, id: &Value, outputs: &[tritium_tensor::Tensor], last: boo
     Ok(())
 }
 
-fn answer_error(conn: &Conn, id: &Value, code: ErrorCode, message: &str) {
+fn answer_error(conn: &impl StubLink, id: &Value, code: ErrorCode, message: &str) {
     let header =
         json!({"op": "bls_response", "id": id, "final": true, "error": {"message": message, "code": error_number(code)}});
     let _ = conn.send(header, &[]);

@@ -23,7 +23,7 @@ use tritium_tensor::Tensor;
 use crate::binary::{self, ExecutedFrame, INLINE, ResponseFrame, SMALL};
 use crate::frame::{Frame, read_frame, read_raw, read_raw_async};
 use crate::region::{Block, Region};
-use crate::services::Services;
+use crate::services::{Services, StubLink};
 use crate::wire::Reply;
 use crate::writer::Writer;
 
@@ -362,6 +362,16 @@ impl Stub {
 impl Drop for Stub {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+impl StubLink for Conn {
+    fn region(&self) -> &Region {
+        &self.region
+    }
+
+    fn send(&self, header: Value, payload: &[&[u8]]) -> std::io::Result<()> {
+        Conn::send(self, header, payload)
     }
 }
 

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use tritium_backend_api::config_params::BackendSettings;
 use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions, SchedulerLimits};
 
-use super::EngineArgs;
+use super::cluster::EngineArgs;
 use crate::backends::BackendsConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

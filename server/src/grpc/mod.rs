@@ -4,7 +4,6 @@
 pub mod budget;
 pub mod classification;
 pub mod convert;
-pub(crate) mod dispatch;
 pub mod health;
 mod keepalive;
 pub mod metadata;
@@ -14,4 +13,4 @@ pub mod settings;
 pub mod stream;
 pub mod transport;
 
-pub use service::{EXTENSIONS, GrpcState, InferenceService};
+pub use service::{EXTENSIONS, InferenceService};

@@ -2,7 +2,7 @@
 //! worker, shared memory and settings. Each handler decodes, calls the core, encodes; errors map
 //! to status once, through [`ServerError`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status, Streaming};
@@ -10,13 +10,12 @@ use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceServic
 use tritium_proto::inference::model_repository_parameter::ParameterChoice as RepoParam;
 use tritium_proto::inference::system_shared_memory_status_response::RegionStatus;
 use tritium_proto::inference::*;
-use tritium_worker::{ModelRepository, WorkerError, parse_version};
+use tritium_worker::{WorkerError, parse_version};
 
 use super::convert::{decode_for_model, encode_response};
 use super::{metadata, settings, stream};
 use crate::error::ServerError;
-use crate::logging::LogControl;
-use crate::shm::SharedMemoryRegistry;
+use crate::state::ServerState;
 
 /// Extensions of Triton's protocol this server really implements.
 pub const EXTENSIONS: &[&str] = &[
@@ -32,30 +31,13 @@ pub const EXTENSIONS: &[&str] = &[
     "logging",
 ];
 
-/// What the gRPC handlers share.
-#[derive(Debug)]
-pub struct GrpcState {
-    pub repository: Arc<ModelRepository>,
-    pub router: Arc<crate::routing::Router>,
-    /// Language and embedding models: preprocessing, the KServe text mapping, metrics.
-    pub llm: Arc<crate::llm::LlmFrontend>,
-    pub shm: SharedMemoryRegistry,
-    /// How long a client waits for a model load before it is answered with an error.
-    pub load_timeout: std::time::Duration,
-    pub log: LogControl,
-    pub trace: Mutex<settings::TraceSettings>,
-    /// Cancelled when the server begins to shut down: open streams stop taking requests, finish
-    /// what they have, and end, so an idle stream does not hold the shutdown up.
-    pub stopping: tokio_util::sync::CancellationToken,
-}
-
 #[derive(Debug, Clone)]
 pub struct InferenceService {
-    state: Arc<GrpcState>,
+    state: Arc<ServerState>,
 }
 
 impl InferenceService {
-    pub fn new(state: Arc<GrpcState>) -> InferenceService {
+    pub fn new(state: Arc<ServerState>) -> InferenceService {
         InferenceService { state }
     }
 }
@@ -111,7 +93,7 @@ impl GrpcInferenceService for InferenceService {
         let decoded = decode_for_model(request.into_inner(), &self.state.shm, &self.state.repository, arrived)?;
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
-        let response = super::dispatch::unary(&self.state, decoded.request).await?;
+        let response = crate::dispatch::unary(&self.state, decoded.request).await?;
         reply(encode_response(response, &decoded.shm, &self.state.shm, None)?)
     }
 

@@ -19,7 +19,7 @@ use tritium_proto::inference::{ModelInferRequest, ModelInferResponse, ModelStrea
 use tritium_worker::{InferOutcome, StreamItem};
 
 use super::convert::{decode_for_model, empty_final, encode_response};
-use super::service::GrpcState;
+use crate::state::ServerState;
 
 use crate::error::ServerError;
 
@@ -75,19 +75,19 @@ fn ok(response: ModelInferResponse) -> Reply {
     Ok(ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) })
 }
 
-async fn answer(state: Arc<GrpcState>, request: ModelInferRequest, grpc_errors: bool) -> Answer {
+async fn answer(state: Arc<ServerState>, request: ModelInferRequest, grpc_errors: bool) -> Answer {
     let arrived = Instant::now();
     let label = Label { model: request.model_name.clone(), version: request.model_version.clone(), id: request.id.clone() };
     // The request's own errors: in-band in both modes.
     let admitted = decode_for_model(request, &state.shm, &state.repository, arrived).and_then(|decoded| {
-        let admitted = super::dispatch::admit(&state, decoded.request)?;
+        let admitted = crate::dispatch::admit(&state, decoded.request)?;
         Ok((admitted, decoded.shm, decoded.enable_empty_final))
     });
     let (admitted, regions, empty_final_wanted) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => return Answer::Now(in_band(&label, e, false)),
     };
-    let outcome = super::dispatch::streamed(&state, admitted).await;
+    let outcome = crate::dispatch::streamed(&state, admitted).await;
     match outcome {
         Err(e) => Answer::Now(in_band_final(&label, e, grpc_errors)),
         Ok(InferOutcome::Single(response)) => Answer::Now(
@@ -122,7 +122,7 @@ type AnswerFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
 /// between. When the client stops reading responses, hyper stops polling, so requests stop being
 /// read too and HTTP/2 flow control pushes back on the client.
 pub struct StreamCall {
-    state: Arc<GrpcState>,
+    state: Arc<ServerState>,
     incoming: Streaming<ModelInferRequest>,
     grpc_errors: bool,
     /// Plain requests, answered in the order they came.
@@ -139,7 +139,7 @@ pub struct StreamCall {
 }
 
 /// Serves one ModelStreamInfer call.
-pub fn serve(state: Arc<GrpcState>, incoming: Streaming<ModelInferRequest>, grpc_errors: bool) -> StreamCall {
+pub fn serve(state: Arc<ServerState>, incoming: Streaming<ModelInferRequest>, grpc_errors: bool) -> StreamCall {
     let stopping = Box::pin(state.stopping.clone().cancelled_owned());
     StreamCall {
         state,

@@ -79,7 +79,7 @@ impl MetricsState {
     ) -> MetricsState {
         let quantiles = config.summary_latencies.then(|| Arc::from(config.summary_quantiles.as_slice()));
         if quantiles.is_some() {
-            tritium_worker::latency::enable();
+            tritium_worker::stats::latency::enable();
         }
         if config.histogram_latencies {
             tritium_backend_api::first_response::enable();

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use tritium_proto::ErrorCode;
 use tritium_tensor::{DataType, Tensor};
 
-use crate::scheduler::instance_count;
+use crate::scheduler_limits::instance_count;
 use tritium_backend_api::{Backend, BackendContext, BackendError, BackendRequest, Engine, Responder};
 
 /// Weights one layer may hold (the built-in model's 4096 x 4096 is 64 MiB).

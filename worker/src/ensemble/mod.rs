@@ -20,7 +20,6 @@ use tritium_proto::inference::ModelConfig;
 use tritium_tensor::Tensor;
 
 use crate::model::ModelVersion;
-use crate::registry::ModelRepository;
 pub use graph::composing_models;
 use graph::{Graph, Step};
 use tritium_backend_api::StreamItem;
@@ -31,16 +30,23 @@ use tritium_backend_api::{Backend, BackendError, BackendRequest, Responder};
 /// The platform name that marks an ensemble's config.
 pub const ENSEMBLE_PLATFORM: &str = "ensemble";
 
+/// What an ensemble needs of the server it runs in: the versions of the models it is made of
+/// (the model registry implements it).
+pub trait Steps: Send + Sync + 'static {
+    fn resolve(&self, name: &str, version: Option<i64>) -> Result<Arc<ModelVersion>, WorkerError>;
+}
+
 pub struct EnsembleBackend {
     graph: Graph,
-    repository: Weak<ModelRepository>,
+    steps: Weak<dyn Steps>,
 }
 
 impl EnsembleBackend {
-    /// Checks `config`'s steps against the models `repository` serves now.
-    pub(crate) fn new(config: &ModelConfig, repository: &ModelRepository, me: Weak<ModelRepository>) -> Result<Self, String> {
-        let lookup = |name: &str, version: Option<i64>| repository.resolve(name, version).ok();
-        Ok(EnsembleBackend { graph: Graph::from_config(config, &lookup)?, repository: me })
+    /// Checks `config`'s steps against the models `steps` serves now; `later` is the same,
+    /// held while the ensemble runs.
+    pub(crate) fn new(config: &ModelConfig, steps: &dyn Steps, later: Weak<dyn Steps>) -> Result<Self, String> {
+        let lookup = |name: &str, version: Option<i64>| steps.resolve(name, version).ok();
+        Ok(EnsembleBackend { graph: Graph::from_config(config, &lookup)?, steps: later })
     }
 
     fn step_error(&self, error: WorkerError) -> BackendError {
@@ -65,8 +71,8 @@ impl EnsembleBackend {
         request
     }
 
-    fn resolve(&self, repository: &ModelRepository, step: &Step) -> Result<Arc<ModelVersion>, BackendError> {
-        repository.resolve(&step.model, step.version).map_err(|e| self.step_error(e))
+    fn resolve(&self, steps: &dyn Steps, step: &Step) -> Result<Arc<ModelVersion>, BackendError> {
+        steps.resolve(&step.model, step.version).map_err(|e| self.step_error(e))
     }
 
     /// Puts a step's outputs into the ensemble's tensors under their ensemble names.
@@ -83,7 +89,7 @@ impl EnsembleBackend {
     /// outputs. A decoupled step forks the rest of the run once per response.
     fn flow<'a>(
         &'a self,
-        repository: &'a ModelRepository,
+        registry: &'a dyn Steps,
         mut tensors: HashMap<String, Tensor>,
         mut done: Vec<bool>,
         parameters: &'a Parameters,
@@ -98,12 +104,12 @@ impl EnsembleBackend {
                 if ready.is_empty() {
                     break;
                 }
-                let models = ready.iter().map(|&i| self.resolve(repository, &steps[i])).collect::<Result<Vec<_>, _>>()?;
+                let models = ready.iter().map(|&i| self.resolve(registry, &steps[i])).collect::<Result<Vec<_>, _>>()?;
                 if let Some(position) = models.iter().position(|m| m.decoupled()) {
                     let index = ready[position];
                     done[index] = true;
                     let request = self.step_request(&steps[index], &tensors, parameters);
-                    let valid = repository.validate(request).map_err(|e| self.step_error(e))?;
+                    let valid = models[position].validate(request).map_err(|e| self.step_error(e))?;
                     let mut stream = match ModelVersion::run_any(valid).await.map_err(|e| self.step_error(e))? {
                         tritium_backend_api::InferOutcome::Stream(stream) => stream,
                         tritium_backend_api::InferOutcome::Single(response) => {
@@ -116,7 +122,7 @@ impl EnsembleBackend {
                             StreamItem::Response(response) => {
                                 let mut forked = tensors.clone();
                                 Self::take_outputs(&steps[index], response.outputs, &mut forked);
-                                self.flow(repository, forked, done.clone(), parameters, responder).await?;
+                                self.flow(registry, forked, done.clone(), parameters, responder).await?;
                             }
                             StreamItem::Complete => break,
                             StreamItem::Error(error) => return Err(self.step_error(error)),
@@ -124,12 +130,9 @@ impl EnsembleBackend {
                     }
                     return Ok(());
                 }
-                let runs = ready.iter().map(|&i| {
+                let runs = ready.iter().zip(&models).map(|(&i, model)| {
                     let request = self.step_request(&steps[i], &tensors, parameters);
-                    async move {
-                        let valid = repository.validate(request)?;
-                        ModelVersion::run_unary(valid).await
-                    }
+                    async move { ModelVersion::run_unary(model.validate(request)?).await }
                 });
                 let results = join_all(runs).await;
                 for (&index, result) in ready.iter().zip(results) {
@@ -156,7 +159,7 @@ impl EnsembleBackend {
 #[async_trait]
 impl Backend for EnsembleBackend {
     async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
-        let repository = self.repository.upgrade().ok_or_else(|| {
+        let registry = self.steps.upgrade().ok_or_else(|| {
             BackendError::failed(
                 ErrorCode::Unavailable,
                 format!("ensemble '{}': the model repository is closing", self.graph.name),
@@ -164,6 +167,6 @@ impl Backend for EnsembleBackend {
         })?;
         let tensors: HashMap<String, Tensor> = request.inputs.into_iter().map(|t| (t.name.clone(), t)).collect();
         let done = vec![false; self.graph.steps.len()];
-        self.flow(&repository, tensors, done, &request.parameters, responder).await
+        self.flow(registry.as_ref(), tensors, done, &request.parameters, responder).await
     }
 }

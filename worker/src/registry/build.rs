@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tritium_proto::inference::ModelConfig;
 
 use super::{LoadCause, ModelRepository, ServedModel};
-use crate::ensemble::{ENSEMBLE_PLATFORM, EnsembleBackend, composing_models};
+use crate::ensemble::{ENSEMBLE_PLATFORM, EnsembleBackend, Steps, composing_models};
 use crate::model::{ModelVersion, tensor_face};
 use crate::ragged::RaggedBatching;
 use crate::scheduler::Scheduler;
@@ -107,7 +107,8 @@ impl ModelRepository {
                 code: tritium_proto::ErrorCode::InvalidArg,
                 message: format!("load failed for model '{name}': {reason}"),
             };
-            let engine = Engine::tensors(EnsembleBackend::new(&config, self, self.me.clone()).map_err(refused)?);
+            let steps: Weak<dyn Steps> = self.me.clone();
+            let engine = Engine::tensors(EnsembleBackend::new(&config, self, steps).map_err(refused)?);
             served.insert(version, Arc::new(ModelVersion::new(Arc::clone(&config), version, schema.clone(), engine)));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })

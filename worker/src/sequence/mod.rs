@@ -43,7 +43,7 @@ use tritium_tensor::Tensor;
 use crate::params::{RequestOptions, SequenceId};
 use crate::ragged::RaggedBatching;
 use crate::reply::{BatchAnswer, Queue, Reply, stopped};
-use crate::scheduler::SchedulerLimits;
+use crate::scheduler_limits::SchedulerLimits;
 use rows::{Batch, Finished, Row};
 use settings::{SequenceSettings, Strategy};
 use tritium_backend_api::request::Parameters;

@@ -13,7 +13,7 @@ use tritium_tensor::{DataType, Tensor, bytes_codec};
 
 use crate::params::SequenceId;
 use crate::ragged::RaggedBatching;
-use crate::scheduler::instance_count;
+use crate::scheduler_limits::instance_count;
 
 /// Triton's `max_sequence_idle_microseconds` when the config leaves it at 0: one second.
 const DEFAULT_IDLE: Duration = Duration::from_secs(1);

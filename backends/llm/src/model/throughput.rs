@@ -12,7 +12,8 @@ use candle_core::Device;
 use futures::StreamExt;
 
 use super::{Q8_0Kernel, Requantize, WeightPolicy, load_with};
-use crate::engine::{EngineOptions, LlmEngine};
+use crate::engine::LlmEngine;
+use crate::engine_state::EngineOptions;
 use tritium_backend_api::llm::{GenerateEvent, GenerateRequest, LanguageModel, SamplingOptions, StopOptions};
 
 const PROMPTS: [&str; 8] = [

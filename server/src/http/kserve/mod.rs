@@ -26,9 +26,10 @@ use axum::routing::{MethodRouter, get, post};
 use serde::Deserialize;
 
 use self::reply::{Compression, HttpError, HttpResult};
+use crate::grpc::InferenceService;
 use crate::grpc::budget::ByteBudget;
 use crate::grpc::restricted::RestrictedProtocols;
-use crate::grpc::{GrpcState, InferenceService};
+use crate::state::ServerState;
 
 /// The header giving the length of the JSON part of a body with binary tensor data.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -36,7 +37,7 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 /// What the KServe routes share.
 #[derive(Clone)]
 pub struct KserveState {
-    pub(crate) grpc: Arc<GrpcState>,
+    pub(crate) grpc: Arc<ServerState>,
     pub(crate) service: InferenceService,
     pub(crate) budget: Arc<ByteBudget>,
     pub(crate) max_body_bytes: usize,
@@ -45,7 +46,7 @@ pub struct KserveState {
 
 impl KserveState {
     pub fn new(
-        grpc: Arc<GrpcState>,
+        grpc: Arc<ServerState>,
         budget: Arc<ByteBudget>,
         max_body_bytes: usize,
         restricted: RestrictedProtocols,
@@ -254,7 +255,7 @@ pub(crate) async fn run_infer(
     let grpc = &state.grpc;
     let decoded = crate::grpc::convert::decode_for_model(request, &grpc.shm, &grpc.repository, arrived)?;
     tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "HTTP infer");
-    let response = crate::grpc::dispatch::unary(grpc, decoded.request).await?;
+    let response = crate::dispatch::unary(grpc, decoded.request).await?;
     // Triton labels the errors of writing the answer (an output region too small) plain text.
     crate::grpc::convert::encode_response(response, &decoded.shm, &grpc.shm, None).map_err(|e| HttpError::from(e).plain())
 }

@@ -8,8 +8,8 @@
 
 use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ModelVersion, ValidInferRequest, WorkerClient};
 
-use super::service::GrpcState;
 use crate::error::ServerError;
+use crate::state::ServerState;
 
 /// A request that passed validation, and where it runs.
 pub(crate) struct Admitted {
@@ -27,7 +27,7 @@ enum Target {
 /// Validates a request (version resolution included) and picks where it runs. Its errors are the
 /// request's own (unknown model, wrong inputs), which a stream reports in-band even in
 /// `triton_grpc_error` mode, as Triton does.
-pub(crate) fn admit(state: &GrpcState, request: InferenceRequest) -> Result<Admitted, ServerError> {
+pub(crate) fn admit(state: &ServerState, request: InferenceRequest) -> Result<Admitted, ServerError> {
     let valid = state.repository.validate(request)?;
     let target = if valid.model().is_language_model() {
         Target::Language
@@ -39,13 +39,13 @@ pub(crate) fn admit(state: &GrpcState, request: InferenceRequest) -> Result<Admi
     Ok(Admitted { request: valid, target })
 }
 
-async fn language(state: &GrpcState, request: ValidInferRequest, stream_call: bool) -> Result<InferOutcome, ServerError> {
+async fn language(state: &ServerState, request: ValidInferRequest, stream_call: bool) -> Result<InferOutcome, ServerError> {
     let hint = crate::routing::hint_of(&request.request().parameters);
     crate::routing::WORKER_HINT.scope(hint, state.llm.infer_kserve(request, stream_call)).await
 }
 
 /// A ModelInfer request: exactly one response.
-pub async fn unary(state: &GrpcState, request: InferenceRequest) -> Result<InferenceResponse, ServerError> {
+pub async fn unary(state: &ServerState, request: InferenceRequest) -> Result<InferenceResponse, ServerError> {
     let Admitted { request, target } = admit(state, request)?;
     match target {
         Target::Local => Ok(ModelVersion::run_unary(request).await?),
@@ -58,7 +58,7 @@ pub async fn unary(state: &GrpcState, request: InferenceRequest) -> Result<Infer
 }
 
 /// A ModelStreamInfer request, admitted: one response, or a stream of them from a decoupled model.
-pub(crate) async fn streamed(state: &GrpcState, admitted: Admitted) -> Result<InferOutcome, ServerError> {
+pub(crate) async fn streamed(state: &ServerState, admitted: Admitted) -> Result<InferOutcome, ServerError> {
     let Admitted { request, target } = admitted;
     match target {
         Target::Local => Ok(ModelVersion::run_any(request).await?),

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::stats::PhaseTimes;
+use super::PhaseTimes;
 
 /// How long a request's latencies count toward the quantiles (Triton's summaries age out too).
 pub const MAX_AGE: Duration = Duration::from_secs(60);

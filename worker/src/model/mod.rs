@@ -1,5 +1,7 @@
 //! A loaded model version and how one request runs on it, with statistics recorded on the way.
 
+mod valid;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,13 +14,14 @@ use crate::dynamic_batcher::Execution;
 use crate::scheduler::Scheduler;
 use crate::schema::ModelSchema;
 use crate::stats::{FailureReason, ModelStats, PhaseTimes};
-use crate::valid::{Timing, ValidInferRequest};
 use tritium_backend_api::error::WorkerError;
 use tritium_backend_api::first_response::{FirstResponseClock, FirstResponseHistogram};
 use tritium_backend_api::llm::{EmbeddingModel, LanguageModel};
 use tritium_backend_api::request::{InferenceRequest, InferenceResponse};
 use tritium_backend_api::{Backend, BackendError, BackendRequest, Engine, Responder, StreamTarget, select_outputs};
 use tritium_backend_api::{InferOutcome, ResponseStream, StreamItem};
+use valid::Timing;
+pub use valid::ValidInferRequest;
 
 /// What the schedulers run for `engine`: a tensor engine's backend, or, for an engine that takes
 /// token ids, the refusal a KServe tensor request sent to it gets.

@@ -2,10 +2,12 @@
 //! success, fail, queue, compute_input, compute_infer and compute_output per request, and per
 //! executed batch size (`batch_stats`) for the backend's executions.
 
+pub mod latency;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::latency::LatencyWindow;
+use latency::LatencyWindow;
 use tritium_backend_api::first_response::FirstResponseHistogram;
 
 /// A count and a total duration.

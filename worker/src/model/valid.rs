@@ -2,8 +2,8 @@
 //! version it resolved to. Everything after the transport takes this type (the worker seam, the
 //! router, the remote path, the language-model frontend, the backends), so none of them checks
 //! the request again, and none can run a request that was never checked: the only way to get one
-//! is [`ModelVersion::validate`] (or [`crate::ModelRepository::validate`], which resolves the
-//! version first).
+//! is [`ModelVersion::validate`] (or `ModelRepository::validate`, which resolves the version
+//! first).
 //!
 //! What is checked: the model and version exist and are ready; every input is known, given once,
 //! of the config's datatype and shape (with the batch rules of `max_batch_size`), and its bytes
@@ -14,9 +14,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::model::ModelVersion;
+use super::ModelVersion;
 use crate::params::{RequestOptions, parse_request_options};
-use crate::registry::ModelRepository;
 use tritium_backend_api::error::WorkerError;
 use tritium_backend_api::request::InferenceRequest;
 
@@ -47,22 +46,6 @@ impl ModelVersion {
         };
         request.model_version = Some(self.version);
         Ok(ValidInferRequest { model: Arc::clone(self), request, options, batch_size, started, validated: Instant::now() })
-    }
-}
-
-impl ModelRepository {
-    /// Resolves the version a request asks for and checks the request against it: the one place
-    /// a request is validated.
-    pub fn validate(&self, request: InferenceRequest) -> Result<ValidInferRequest, WorkerError> {
-        self.resolve(&request.model_name, request.model_version)?.validate(request)
-    }
-
-    /// `request` as this repository runs it: as it is when it was checked against this
-    /// repository's own version; checked again against that version otherwise (it was validated
-    /// against a remote model's stand-in, or against a version reloaded since).
-    pub fn adopt(&self, request: ValidInferRequest) -> Result<ValidInferRequest, WorkerError> {
-        let own = self.resolve(request.model_name(), Some(request.version()))?;
-        if Arc::ptr_eq(&own, request.model()) { Ok(request) } else { own.validate(request.into_request()) }
     }
 }
 

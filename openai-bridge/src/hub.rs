@@ -1,0 +1,35 @@
+//! The narrow trait the bridge runs over: what the server offers the OpenAI routes and the
+//! text pipeline (its models, their preprocessors, token-level generation and embedding).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tritium_backend_api::llm::{GenerateRequest, ModelKind, TokenStream};
+
+use crate::BridgeError;
+use crate::preprocess::Preprocessor;
+
+/// A model the hub serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubModel {
+    pub name: String,
+    pub kind: ModelKind,
+    /// Seconds since the Unix epoch, for `created`.
+    pub created: u64,
+}
+
+/// What the routes need from the server: its models, their preprocessors, and token-level
+/// generation and embedding.
+#[async_trait]
+pub trait LlmHub: Send + Sync + 'static {
+    fn models(&self) -> Vec<HubModel>;
+    /// [`BridgeError::ModelNotFound`] when the model is not served.
+    fn preprocessor(&self, model: &str) -> Result<Arc<Preprocessor>, BridgeError>;
+    async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError>;
+    /// Generates on the worker named `worker` (`nvext.backend_instance_id`).
+    async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
+        let _ = request;
+        Err(BridgeError::Unsupported { model: model.to_owned(), what: format!("routing to the named worker '{worker}'") })
+    }
+    async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError>;
+}

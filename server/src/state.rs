@@ -1,0 +1,28 @@
+//! The state every door of the server shares (gRPC, KServe REST, the OpenAI routes, metrics),
+//! built once at start.
+
+use std::sync::{Arc, Mutex};
+
+use tritium_worker::ModelRepository;
+
+use crate::grpc::settings::TraceSettings;
+use crate::logging::LogControl;
+use crate::shm::SharedMemoryRegistry;
+
+/// What the gRPC and HTTP handlers share: the model registry, the router, the language-model
+/// frontend, shared memory and the server's settings.
+#[derive(Debug)]
+pub struct ServerState {
+    pub repository: Arc<ModelRepository>,
+    pub router: Arc<crate::routing::Router>,
+    /// Language and embedding models: preprocessing, the KServe text mapping, metrics.
+    pub llm: Arc<crate::llm::LlmFrontend>,
+    pub shm: SharedMemoryRegistry,
+    /// How long a client waits for a model load before it is answered with an error.
+    pub load_timeout: std::time::Duration,
+    pub log: LogControl,
+    pub trace: Mutex<TraceSettings>,
+    /// Cancelled when the server begins to shut down: open streams stop taking requests, finish
+    /// what they have, and end, so an idle stream does not hold the shutdown up.
+    pub stopping: tokio_util::sync::CancellationToken,
+}
