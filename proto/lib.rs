@@ -68,6 +68,22 @@ impl ErrorCode {
         }
     }
 
+    /// The class of a gRPC status code, the inverse of [`ErrorCode::grpc_code`] (a remote
+    /// worker's or a called service's status); codes no class maps to are `Unknown`.
+    pub fn from_grpc(code: tonic::Code) -> ErrorCode {
+        match code {
+            tonic::Code::Internal => ErrorCode::Internal,
+            tonic::Code::NotFound => ErrorCode::NotFound,
+            tonic::Code::InvalidArgument => ErrorCode::InvalidArg,
+            tonic::Code::Unavailable => ErrorCode::Unavailable,
+            tonic::Code::Unimplemented => ErrorCode::Unsupported,
+            tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
+            tonic::Code::Cancelled => ErrorCode::Cancelled,
+            tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+            _ => ErrorCode::Unknown,
+        }
+    }
+
     /// The HTTP status Triton documents for this class.
     pub fn http_status(self) -> u16 {
         match self {
@@ -108,6 +124,23 @@ mod tests {
         };
         assert!(!names(FILE_DESCRIPTOR_SET).contains(&"worker.proto".to_string()));
         assert!(names(WORKER_FILE_DESCRIPTOR_SET).contains(&"worker.proto".to_string()));
+    }
+
+    #[test]
+    fn every_error_class_survives_the_wire() {
+        for code in [
+            ErrorCode::Unknown,
+            ErrorCode::Internal,
+            ErrorCode::NotFound,
+            ErrorCode::InvalidArg,
+            ErrorCode::Unavailable,
+            ErrorCode::Unsupported,
+            ErrorCode::AlreadyExists,
+            ErrorCode::Cancelled,
+            ErrorCode::ResourceExhausted,
+        ] {
+            assert_eq!(ErrorCode::from_grpc(code.grpc_code()), code);
+        }
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub enum WorkerError {
     DecoupledUnary { model: String },
     /// A request that does not fit the model's inputs, outputs or parameters; `reason` is the
     /// full Triton-style sentence naming the model and the tensor or parameter.
-    #[error("[request id: {id}] {reason}")]
+    #[error("{} {reason}", RequestId(id))]
     InvalidRequest { id: String, reason: String },
     #[error("model '{model}' version {version}: {source}")]
     Backend { model: String, version: i64, source: BackendError },
@@ -118,8 +118,19 @@ impl WorkerError {
     }
 
     pub fn invalid(id: &str, reason: impl Into<String>) -> WorkerError {
-        let id = if id.is_empty() { "<id_unknown>" } else { id };
         WorkerError::InvalidRequest { id: id.to_string(), reason: reason.into() }
+    }
+}
+
+/// Triton's prefix of a request's error message: `[request id: <id>]`, `<id_unknown>` when the
+/// client gave none. Every message that names the request is written through it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestId<'a>(pub &'a str);
+
+impl std::fmt::Display for RequestId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = if self.0.is_empty() { "<id_unknown>" } else { self.0 };
+        write!(f, "[request id: {id}]")
     }
 }
 

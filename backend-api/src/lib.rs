@@ -45,7 +45,7 @@ pub mod stream;
 pub use backend::{Backend, BackendRequest, Responder, StreamTarget, StreamedRequest, select_outputs};
 pub use config_params::{BackendSettings, ConfigParams, config_parameter};
 pub use engine::Engine;
-pub use error::{BackendError, WorkerError};
+pub use error::{BackendError, RequestId, WorkerError};
 pub use factory::{BackendContext, BackendFactory, BackendRegistry};
 pub use host::{Host, no_host};
 pub use request::{InferenceRequest, InferenceResponse, ParamValue, Parameters, is_reserved, parse_version};

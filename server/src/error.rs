@@ -11,10 +11,6 @@ pub enum ServerError {
     Worker(#[from] WorkerError),
     #[error(transparent)]
     Shm(#[from] ShmError),
-    /// A request the transport adapter rejects before it reaches a model; `reason` names the
-    /// model and the tensor or parameter.
-    #[error("[request id: {id}] {reason}")]
-    InvalidRequest { id: String, reason: String },
     #[error("{reason}")]
     InvalidArgument { reason: String },
     #[error("{what}")]
@@ -32,7 +28,7 @@ impl ServerError {
         match self {
             ServerError::Worker(e) => e.code(),
             ServerError::Shm(e) => e.code(),
-            ServerError::InvalidRequest { .. } | ServerError::InvalidArgument { .. } => ErrorCode::InvalidArg,
+            ServerError::InvalidArgument { .. } => ErrorCode::InvalidArg,
             ServerError::Unsupported { .. } => ErrorCode::Unsupported,
             ServerError::Unavailable { .. } => ErrorCode::Unavailable,
             ServerError::Internal(_) => ErrorCode::Internal,
@@ -40,9 +36,10 @@ impl ServerError {
         }
     }
 
+    /// A request the transport adapter rejects before it reaches a model; `reason` names the
+    /// model and the tensor or parameter.
     pub(crate) fn invalid(id: &str, reason: impl Into<String>) -> ServerError {
-        let id = if id.is_empty() { "<id_unknown>" } else { id };
-        ServerError::InvalidRequest { id: id.to_string(), reason: reason.into() }
+        ServerError::Worker(WorkerError::invalid(id, reason))
     }
 }
 

@@ -23,7 +23,7 @@ use tritium_proto::worker::{DescribeModelsRequest, EmbedRequest, InferStreamResp
 use tritium_worker::{InferOutcome, InferenceResponse, ResponseStream, StreamItem, ValidInferRequest, WorkerClient, WorkerError};
 
 use super::convert::{
-    error_code, event_from_proto, generate_request_to_proto, prefill_source_to_proto, request_to_proto, response_from_proto,
+    event_from_proto, generate_request_to_proto, prefill_source_to_proto, request_to_proto, response_from_proto,
 };
 use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE, PREFILL_WORKER_KEY};
 
@@ -72,7 +72,7 @@ impl std::fmt::Debug for RemoteWorker {
 /// The worker's own error, or the transport's.
 fn status_error(worker: &str, status: Status) -> WorkerError {
     if status.metadata().get(ORIGIN_KEY).is_some_and(|v| v == ORIGIN_WORKER) {
-        return WorkerError::Failed { code: error_code(status.code()), message: status.message().to_string() };
+        return WorkerError::Failed { code: ErrorCode::from_grpc(status.code()), message: status.message().to_string() };
     }
     WorkerError::Unreachable { worker: worker.to_string(), message: transport_message(&status) }
 }

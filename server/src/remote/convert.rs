@@ -12,28 +12,12 @@ use tritium_backend_api::llm::{
     Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, SamplingOptions, StopOptions,
     TransferLayout,
 };
-use tritium_proto::ErrorCode;
 use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use tritium_proto::inference::{InferParameter, ModelInferRequest, ModelInferResponse};
 use tritium_proto::worker as pb;
 use tritium_tensor::{DataType, Tensor};
 use tritium_worker::{InferenceRequest, InferenceResponse, ParamValue};
-
-/// The ErrorCode whose `grpc_code()` is `code`; codes no class maps to are `Unknown`.
-pub fn error_code(code: tonic::Code) -> ErrorCode {
-    match code {
-        tonic::Code::Internal => ErrorCode::Internal,
-        tonic::Code::NotFound => ErrorCode::NotFound,
-        tonic::Code::InvalidArgument => ErrorCode::InvalidArg,
-        tonic::Code::Unavailable => ErrorCode::Unavailable,
-        tonic::Code::Unimplemented => ErrorCode::Unsupported,
-        tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
-        tonic::Code::Cancelled => ErrorCode::Cancelled,
-        tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
-        _ => ErrorCode::Unknown,
-    }
-}
 
 fn parameter(value: ParamValue) -> InferParameter {
     let choice = match value {
@@ -256,23 +240,6 @@ pub fn event_from_proto(event: pb::GenerateEvent) -> Result<GenerateEvent, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_error_class_survives_the_wire() {
-        for code in [
-            ErrorCode::Unknown,
-            ErrorCode::Internal,
-            ErrorCode::NotFound,
-            ErrorCode::InvalidArg,
-            ErrorCode::Unavailable,
-            ErrorCode::Unsupported,
-            ErrorCode::AlreadyExists,
-            ErrorCode::Cancelled,
-            ErrorCode::ResourceExhausted,
-        ] {
-            assert_eq!(error_code(code.grpc_code()), code);
-        }
-    }
 
     #[test]
     fn generation_requests_and_events_round_trip() {

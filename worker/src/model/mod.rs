@@ -14,7 +14,7 @@ use crate::dynamic_batcher::Execution;
 use crate::scheduler::Scheduler;
 use crate::schema::ModelSchema;
 use crate::stats::{FailureReason, ModelStats, PhaseTimes};
-use tritium_backend_api::error::WorkerError;
+use tritium_backend_api::error::{RequestId, WorkerError};
 use tritium_backend_api::first_response::{FirstResponseClock, FirstResponseHistogram};
 use tritium_backend_api::llm::{EmbeddingModel, LanguageModel};
 use tritium_backend_api::request::{InferenceRequest, InferenceResponse};
@@ -167,8 +167,7 @@ impl ModelVersion {
         match source {
             BackendError::Refused { code, message } => WorkerError::Failed { code, message },
             BackendError::QueueFull => {
-                let id = if request_id.is_empty() { "<id_unknown>" } else { request_id };
-                WorkerError::Failed { code: ErrorCode::Unavailable, message: format!("[request id: {id}] {source}") }
+                WorkerError::Failed { code: ErrorCode::Unavailable, message: format!("{} {source}", RequestId(request_id)) }
             }
             source => WorkerError::Backend { model: self.name.to_string(), version: self.version, source },
         }

@@ -263,17 +263,20 @@ pub(crate) async fn run_infer(
 /// The one input a raw binary request may feed: the model must have exactly one, with at most
 /// one variable dimension, and a BYTES one must be of shape `[1]`.
 fn raw_input(resolved: &tritium_worker::ModelVersion) -> Result<infer::RawInput, HttpError> {
+    use tritium_backend_api::RequestId;
     let schema = &resolved.schema;
     let model = &schema.model;
     let [spec] = schema.inputs.as_slice() else {
         return Err(HttpError::bad_request(format!(
-            "[request id: <id_unknown>] Raw request must only have 1 input (found 1) to be deduced but got {} inputs in '{model}' model configuration",
+            "{} Raw request must only have 1 input (found 1) to be deduced but got {} inputs in '{model}' model configuration",
+            RequestId(""),
             schema.inputs.len()
         )));
     };
     if spec.datatype == tritium_tensor::DataType::Bytes && spec.dims != [1] {
         return Err(HttpError::bad_request(format!(
-            "[request id: <id_unknown>] For BYTE datatype raw input '{}', the model must have input shape [1]",
+            "{} For BYTE datatype raw input '{}', the model must have input shape [1]",
+            RequestId(""),
             spec.name
         )));
     }
@@ -283,7 +286,8 @@ fn raw_input(resolved: &tritium_worker::ModelVersion) -> Result<infer::RawInput,
     }
     if shape.iter().filter(|d| **d < 0).count() > 1 {
         return Err(HttpError::bad_request(format!(
-            "[request id: <id_unknown>] Raw request must have at most one variable dimension, input '{}' of model '{model}' has more",
+            "{} Raw request must have at most one variable dimension, input '{}' of model '{model}' has more",
+            RequestId(""),
             spec.name
         )));
     }

@@ -110,18 +110,7 @@ impl From<ServerError> for HttpError {
 
 impl From<tonic::Status> for HttpError {
     fn from(status: tonic::Status) -> HttpError {
-        let code = match status.code() {
-            tonic::Code::InvalidArgument => ErrorCode::InvalidArg,
-            tonic::Code::NotFound => ErrorCode::NotFound,
-            tonic::Code::Unavailable => ErrorCode::Unavailable,
-            tonic::Code::Unimplemented => ErrorCode::Unsupported,
-            tonic::Code::Internal => ErrorCode::Internal,
-            tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
-            tonic::Code::Cancelled => ErrorCode::Cancelled,
-            tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
-            _ => ErrorCode::Unknown,
-        };
-        HttpError::of_code(code, status.message().to_string())
+        HttpError::of_code(ErrorCode::from_grpc(status.code()), status.message().to_string())
     }
 }
 
