@@ -25,7 +25,7 @@ mod sse;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -58,6 +58,9 @@ pub struct ApiSettings {
     /// Bytes of one request body, at most (413 beyond).
     pub max_body_bytes: usize,
     pub paths: ApiPaths,
+    /// The HTTP header that names the worker a request runs on (the router's `direct` mode);
+    /// `nvext.backend_instance_id` wins over it.
+    pub worker_header: Option<String>,
 }
 
 impl Default for ApiSettings {
@@ -67,6 +70,7 @@ impl Default for ApiSettings {
             store: StoreLimits::default(),
             max_body_bytes: DEFAULT_BODY_LIMIT_BYTES,
             paths: ApiPaths::default(),
+            worker_header: None,
         }
     }
 }
@@ -121,7 +125,7 @@ pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: A
         // A catch-all, so that names with slashes (`org/model`) work.
         .route(&format!("{}/{{*model}}", paths.models), get(get_model))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-        .with_state(AppState { hub, metrics, store })
+        .with_state(AppState { hub, metrics, store, worker_header: settings.worker_header.clone().map(Arc::from) })
         .merge(docs::routes(&settings))
 }
 
@@ -133,6 +137,26 @@ struct AppState {
     hub: Arc<dyn LlmHub>,
     metrics: Arc<LlmMetrics>,
     store: Arc<ResponseStore>,
+    worker_header: Option<Arc<str>>,
+}
+
+/// The worker the request's header names ([`ApiSettings::worker_header`]), if any.
+struct HeaderWorker(Option<String>);
+
+impl FromRequestParts<AppState> for HeaderWorker {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let named = state.worker_header.as_deref().and_then(|header| parts.headers.get(header));
+        Ok(HeaderWorker(named.and_then(|value| value.to_str().ok()).map(str::to_owned)))
+    }
+}
+
+impl HeaderWorker {
+    /// The worker to run on: `nvext.backend_instance_id`, else the header's.
+    fn or_nvext<'a>(&'a self, nvext: Option<&'a NvExt>) -> Option<&'a str> {
+        nvext.and_then(|n| n.backend_instance_id.as_deref()).or(self.0.as_deref())
+    }
 }
 
 impl AppState {
@@ -160,6 +184,8 @@ struct ChatPrompt<'a> {
     /// The request offered tools: the parser's markers must show in the text.
     with_tools: bool,
     nvext: Option<&'a NvExt>,
+    /// The worker to run on, when the request names one.
+    worker: Option<&'a str>,
 }
 
 /// A generation under way, and the annotation events its stream starts with.
@@ -199,7 +225,7 @@ impl AppState {
             }
         };
         let annotations = annotation_frames(nvext, pre, text, &prompt);
-        let target = ModelRef { name: model, version: None, worker: nvext.and_then(|n| n.backend_instance_id.as_deref()) };
+        let target = ModelRef { name: model, version: None, worker: chat.worker };
         let stream = generate_text(self.hub.as_ref(), pre, target, options, prompt, None, observer).await?;
         Ok(Started { stream: stream.show_special(pre.marker_tokens(chat.with_tools)), annotations })
     }

@@ -40,8 +40,7 @@ pub(crate) fn admit(state: &ServerState, request: InferenceRequest) -> Result<Ad
 }
 
 async fn language(state: &ServerState, request: ValidInferRequest, stream_call: bool) -> Result<InferOutcome, ServerError> {
-    let hint = crate::routing::hint_of(&request.request().parameters);
-    crate::routing::WORKER_HINT.scope(hint, state.llm.infer_kserve(request, stream_call)).await
+    state.llm.infer_kserve(request, stream_call).await
 }
 
 /// A ModelInfer request: exactly one response.

@@ -19,7 +19,7 @@ use tritium_worker::ModelRepository;
 
 use crate::grpc::restricted::RestrictedProtocols;
 use crate::llm::LlmFrontend;
-use crate::routing::{WORKER_HINT, WORKER_ID_HEADER};
+use crate::routing::WORKER_ID_HEADER;
 
 pub use serve::{BudgetExhausted, serve_limited};
 
@@ -35,6 +35,7 @@ struct HttpState {
 /// The OpenAI routes keep their own limit (`--http-body-limit-mb`) within that one.
 pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, mut api: ApiSettings) -> Router {
     api.max_body_bytes = api.max_body_bytes.min(max_body_bytes);
+    api.worker_header = Some(WORKER_ID_HEADER.to_string());
     let repository = Arc::clone(&kserve.grpc.repository);
     let llm = Arc::clone(&kserve.grpc.llm);
     let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;
@@ -46,17 +47,9 @@ pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, mut api: ApiSe
         .route("/busy_threshold", get(busy_thresholds).post(set_busy_threshold))
         .with_state(state);
     openai_routes(hub, Arc::clone(llm.metrics()), api)
-        .layer(axum::middleware::from_fn(worker_hint))
         .merge(operational)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .merge(kserve::routes(kserve))
-}
-
-/// Runs the request with the worker named by the `x-tritium-worker` header as the routing hint
-/// (the router's `direct` mode).
-async fn worker_hint(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
-    let hint = request.headers().get(WORKER_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
-    WORKER_HINT.scope(hint, next.run(request)).await
 }
 
 /// 200 once every model that must load has loaded, 503 before (or when one failed).

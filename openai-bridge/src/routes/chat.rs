@@ -22,6 +22,7 @@ use crate::protocol::{
         content((ChatCompletionResponse = "application/json"), (ChatCompletionChunk = "text/event-stream"))), (status = 400, description = "A malformed request; `param` names the field", body = ErrorBody), (status = 404, description = "No such model", body = ErrorBody), (status = 429, description = "The model's queue is full", body = ErrorBody), (status = 500, description = "The engine failed", body = ErrorBody)))]
 pub(super) async fn chat_completions(
     State(state): State<AppState>,
+    worker: super::HeaderWorker,
     OpenAiJson(request): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/chat/completions")?;
@@ -41,6 +42,7 @@ pub(super) async fn chat_completions(
         extra: extra.as_ref(),
         with_tools: tools.offered(),
         nvext: request.nvext.as_ref(),
+        worker: worker.or_nvext(request.nvext.as_ref()),
     };
     let super::Started { stream, annotations } = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
     let mut writer = ChatWriter {

@@ -22,6 +22,7 @@ use crate::protocol::{
         content((CompletionResponse = "application/json"), (CompletionResponse = "text/event-stream"))), (status = 400, description = "A malformed request; `param` names the field", body = ErrorBody), (status = 404, description = "No such model", body = ErrorBody), (status = 429, description = "The model's queue is full", body = ErrorBody), (status = 500, description = "The engine failed", body = ErrorBody)))]
 pub(super) async fn completions(
     State(state): State<AppState>,
+    worker: super::HeaderWorker,
     OpenAiJson(request): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions")?;
@@ -35,7 +36,7 @@ pub(super) async fn completions(
     };
     let prompt = prompt.map_err(|error| failed(&mut observer, error))?;
     let annotations = super::annotation_frames(nvext, &pre, text, &prompt);
-    let target = ModelRef { name: &request.model, version: None, worker: nvext.and_then(|n| n.backend_instance_id.as_deref()) };
+    let target = ModelRef { name: &request.model, version: None, worker: worker.or_nvext(nvext) };
     // Like OpenAI, /v1/completions defaults to 16 tokens.
     let started = generate_text(state.hub.as_ref(), &pre, target, &options, prompt, Some(DEFAULT_MAX_TOKENS), observer).await;
     let stream = started?;

@@ -17,6 +17,7 @@ use crate::protocol::{
     responses((status = 200, description = "One vector per input", body = EmbeddingResponse), (status = 400, description = "A malformed request; `param` names the field", body = ErrorBody), (status = 404, description = "No such model", body = ErrorBody), (status = 429, description = "The model's queue is full", body = ErrorBody), (status = 500, description = "The engine failed", body = ErrorBody)))]
 pub(super) async fn embeddings(
     State(state): State<AppState>,
+    worker: super::HeaderWorker,
     OpenAiJson(request): OpenAiJson<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Embed, "/v1/embeddings")?;
@@ -27,7 +28,11 @@ pub(super) async fn embeddings(
     let prompt_tokens = u32::try_from(prompt_tokens).unwrap_or(u32::MAX);
     observer.prompt_tokens(prompt_tokens);
     let count = inputs.len();
-    let vectors = match state.hub.embed(&request.model, inputs).await {
+    let embedded = match worker.or_nvext(None) {
+        Some(worker) => state.hub.embed_on(&request.model, worker, inputs).await,
+        None => state.hub.embed(&request.model, inputs).await,
+    };
+    let vectors = match embedded {
         Ok(vectors) if vectors.len() == count => vectors,
         Ok(vectors) => {
             let error = BridgeError::Internal(format!("the model returned {} embeddings for {count} inputs", vectors.len()));

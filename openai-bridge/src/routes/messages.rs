@@ -27,6 +27,7 @@ use crate::protocol::{
         content((MessageObject = "application/json"), (serde_json::Value = "text/event-stream"))), (status = 400, description = "A malformed request", body = serde_json::Value), (status = 404, description = "No such model", body = serde_json::Value), (status = 529, description = "Overloaded", body = serde_json::Value)))]
 pub(super) async fn messages(
     State(state): State<AppState>,
+    worker: super::HeaderWorker,
     AnthropicJson(request): AnthropicJson<MessagesRequest>,
 ) -> Result<Response, AnthropicError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/messages")?;
@@ -45,6 +46,7 @@ pub(super) async fn messages(
         extra: Some(&extra),
         with_tools: tools.offered(),
         nvext: None,
+        worker: worker.or_nvext(None),
     };
     let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?.stream;
     let id = new_item_id("msg");

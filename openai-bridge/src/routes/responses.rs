@@ -30,6 +30,7 @@ use crate::response_store::ResponseStore;
         content((ResponseObject = "application/json"), (serde_json::Value = "text/event-stream"))), (status = 400, description = "A malformed request; `param` names the field", body = ErrorBody), (status = 404, description = "No such model", body = ErrorBody), (status = 429, description = "The model's queue is full", body = ErrorBody), (status = 500, description = "The engine failed", body = ErrorBody)))]
 pub(super) async fn create(
     State(state): State<AppState>,
+    worker: super::HeaderWorker,
     OpenAiJson(request): OpenAiJson<ResponsesRequest>,
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/responses")?;
@@ -43,6 +44,7 @@ pub(super) async fn create(
         extra: Some(&extra),
         with_tools: tools.offered(),
         nvext: request.nvext.as_ref(),
+        worker: worker.or_nvext(request.nvext.as_ref()),
     };
     let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?.stream;
     let turn = Turn {

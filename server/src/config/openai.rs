@@ -131,6 +131,8 @@ impl OpenAiArgs {
                 store,
                 max_body_bytes: self.http_body_limit_mb.max(1).saturating_mul(1 << 20),
                 paths: api_paths(env)?,
+                // The server names it at the HTTP door (`x-tritium-worker`).
+                worker_header: None,
             },
         })
     }

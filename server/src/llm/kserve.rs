@@ -120,7 +120,9 @@ impl LlmFrontend {
                 return Err(failed(request_error(&request.id, e)));
             }
         };
-        let target = ModelRef { name: model, version: Some(version.version), worker: None };
+        // The worker the request names (`worker_id`, the router's `direct` mode).
+        let worker = crate::routing::hint_of(&request.parameters);
+        let target = ModelRef { name: model, version: Some(version.version), worker: worker.as_deref() };
         let text = generate_text(self, &pre, target, &parsed.options, prompt, Some(DEFAULT_MAX_TOKENS), observer)
             .await
             .map_err(|e| failed(request_error(&request.id, e)))?;

@@ -180,8 +180,11 @@ impl LlmHub for LlmFrontend {
     }
 
     async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
-        let routed = crate::routing::WORKER_HINT.scope(Some(worker.to_owned()), self.router.generate(model, request));
-        routed.await.map_err(|e| bridge_error(model, e))
+        self.router.generate_on(model, Some(worker), request).await.map_err(|e| bridge_error(model, e))
+    }
+
+    async fn embed_on(&self, model: &str, worker: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {
+        self.router.embed_on(model, Some(worker), inputs).await.map_err(|e| bridge_error(model, e))
     }
 
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {

@@ -15,7 +15,6 @@ use tritium_worker::{
     InferOutcome, InferenceResponse, ModelVersion, ParamValue, PhaseTimes, ValidInferRequest, WorkerClient, WorkerError,
 };
 
-use super::policy::current_hint;
 use super::{Member, Router, WORKER_ID_PARAMETER};
 use crate::remote::{DRAINING_MESSAGE, is_unreachable};
 use tritium_proto::ErrorCode;
@@ -101,18 +100,29 @@ impl Router {
         }
     }
 
-    async fn generate_routed(
+    /// Embeds on the worker `hint` names, else on the worker the policy picks.
+    pub async fn embed_on(&self, model: &str, hint: Option<&str>, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
+        self.with_failover(model, inputs.first().map(Vec::as_slice), hint, None, |client, _| {
+            let inputs = inputs.clone();
+            async move { client.embed(model, inputs).await }
+        })
+        .await
+    }
+
+    /// Starts a generation on the worker `hint` names (the router's `direct` mode, or a request
+    /// that names one), else on the worker the policy picks.
+    pub async fn generate_on(
         &self,
         model: &str,
+        hint: Option<&str>,
         request: GenerateRequest,
-        hint: Option<String>,
     ) -> Result<TokenStream, WorkerError> {
         let mut tried: Vec<Arc<str>> = Vec::new();
         let split = self.split(model);
         loop {
             // Prefill workers do not decode while the model has workers that do.
             let passed_over: Vec<Arc<str>> = tried.iter().chain(&split.prefill).cloned().collect();
-            let Some(member) = self.pick(model, Some(&request.prompt), hint.as_deref(), None, &passed_over, false)? else {
+            let Some(member) = self.pick(model, Some(&request.prompt), hint, None, &passed_over, false)? else {
                 if tried.is_empty() {
                     self.admit_local(model)?;
                     return self.fallback.generate(model, request).await;
@@ -319,15 +329,10 @@ impl WorkerClient for Router {
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
-        self.generate_routed(model, request, current_hint()).await
+        self.generate_on(model, None, request).await
     }
 
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
-        let hint = current_hint();
-        self.with_failover(model, inputs.first().map(Vec::as_slice), hint.as_deref(), None, |client, _| {
-            let inputs = inputs.clone();
-            async move { client.embed(model, inputs).await }
-        })
-        .await
+        self.embed_on(model, None, inputs).await
     }
 }

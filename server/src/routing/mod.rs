@@ -25,7 +25,7 @@ use tritium_worker::{ByName, ModelRepository, WorkerClient, WorkerError};
 
 pub use failover::hint_of;
 pub use follow::{follow_discovery, follow_events, publish_worker};
-pub use policy::{RouterMode, RouterOptions, WORKER_HINT, WORKER_ID_HEADER, WORKER_ID_PARAMETER};
+pub use policy::{RouterMode, RouterOptions, WORKER_ID_HEADER, WORKER_ID_PARAMETER};
 
 use crate::discovery::{DisaggregationMode, WorkerAddress, WorkerInstance};
 use crate::events::LoadReport;

@@ -30,16 +30,6 @@ pub const WORKER_ID_PARAMETER: &str = "worker_id";
 /// The HTTP header that names the worker in `direct` mode.
 pub const WORKER_ID_HEADER: &str = "x-tritium-worker";
 
-tokio::task_local! {
-    /// The worker a request asked for, set by the transport around the call that routes it.
-    pub static WORKER_HINT: Option<String>;
-}
-
-/// The worker named by the request being handled on this task, if any.
-pub fn current_hint() -> Option<String> {
-    WORKER_HINT.try_with(Clone::clone).ok().flatten()
-}
-
 /// Router settings.
 #[derive(Debug, Clone)]
 pub struct RouterOptions {

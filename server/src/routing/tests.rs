@@ -244,7 +244,7 @@ async fn a_stream_whose_worker_dies_continues_on_another_from_the_tokens_already
         ..Default::default()
     };
     // Direct mode names the first worker; migration goes wherever it can.
-    let stream = WORKER_HINT.scope(Some("dying".to_string()), router.generate("m", request)).await.expect("started");
+    let stream = router.generate_on("m", Some("dying"), request).await.expect("started");
     let events: Vec<_> = stream.collect().await;
     let tokens: Vec<u32> = events
         .iter()
