@@ -36,8 +36,8 @@ struct HttpState {
 pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, mut api: ApiSettings) -> Router {
     api.max_body_bytes = api.max_body_bytes.min(max_body_bytes);
     api.worker_header = Some(WORKER_ID_HEADER.to_string());
-    let repository = Arc::clone(&kserve.grpc.repository);
-    let llm = Arc::clone(&kserve.grpc.llm);
+    let repository = Arc::clone(&kserve.server.repository);
+    let llm = Arc::clone(&kserve.server.llm);
     let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;
     let state = HttpState { repository, llm: Arc::clone(&llm), restricted: Arc::clone(&kserve.restricted) };
     let operational = Router::new()

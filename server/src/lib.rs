@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod backends;
 pub mod config;
 mod connection;
@@ -26,9 +27,11 @@ mod h2_frames;
 pub mod http;
 pub mod llm;
 pub mod logging;
+pub mod metadata;
 pub mod metrics;
 pub mod remote;
 pub mod routing;
+pub mod settings;
 pub mod shm;
 pub mod state;
 pub mod tls;
@@ -124,7 +127,7 @@ impl Tritium {
             shm: SharedMemoryRegistry::with_policy(config.limits.shm.clone()),
             load_timeout: config.limits.model_load_timeout,
             log,
-            trace: Mutex::new(grpc::settings::TraceSettings::default()),
+            trace: Mutex::new(settings::TraceSettings::default()),
             stopping: CancellationToken::new(),
         });
         Ok(Tritium { config, state })

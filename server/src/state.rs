@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use tritium_worker::ModelRepository;
 
-use crate::grpc::settings::TraceSettings;
 use crate::logging::LogControl;
+use crate::settings::TraceSettings;
 use crate::shm::SharedMemoryRegistry;
 
 /// What the gRPC and HTTP handlers share: the model registry, the router, the language-model

@@ -6,10 +6,8 @@ pub mod classification;
 pub mod convert;
 pub mod health;
 mod keepalive;
-pub mod metadata;
 pub mod restricted;
 pub mod service;
-pub mod settings;
 pub mod stream;
 pub mod transport;
 

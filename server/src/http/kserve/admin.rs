@@ -1,7 +1,7 @@
 //! The KServe REST routes other than inference: health, metadata, config, statistics, the
-//! repository, shared memory, trace and log settings. Each calls the gRPC handler of the same
-//! RPC (so both ports share one behaviour and one wording) and renders its answer as Triton's
-//! HTTP server does.
+//! repository, shared memory, trace and log settings. Each calls the core function the gRPC
+//! handler of the same RPC calls ([`crate::admin`], so both ports share one behaviour and one
+//! wording) and renders its answer as Triton's HTTP server does.
 
 use std::collections::HashMap;
 
@@ -10,13 +10,12 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
-use tonic::Request;
-use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use tritium_proto::inference::model_repository_parameter::ParameterChoice as RepoChoice;
 use tritium_proto::inference::*;
 
 use super::reply::{self, HttpError, HttpResult};
 use super::{KserveState, ModelPath, body, model_path};
+use crate::admin;
 
 /// A JSON request body; an empty one is `Null` where `optional` (Triton's index, load and
 /// unload take none), else the JSON reader's error.
@@ -38,7 +37,8 @@ pub(super) fn json_object(value: Value) -> Result<Map<String, Value>, HttpError>
 }
 
 pub(super) async fn server_metadata(State(state): State<KserveState>) -> HttpResult {
-    let metadata = state.service.server_metadata(Request::new(ServerMetadataRequest {})).await?.into_inner();
+    let _ = state;
+    let metadata = admin::server_metadata();
     Ok(reply::json(&reply::message_json(&metadata, "inference.ServerMetadataResponse")?))
 }
 
@@ -47,7 +47,7 @@ pub(super) async fn live() -> HttpResult {
 }
 
 pub(super) async fn ready(State(state): State<KserveState>) -> HttpResult {
-    if state.grpc.repository.all_ready() {
+    if state.server.repository.all_ready() {
         Ok(reply::empty_plain())
     } else {
         Err(HttpError::bad_request("Server not ready").plain())
@@ -58,7 +58,7 @@ pub(super) async fn model_ready(State(state): State<KserveState>, path: Result<P
     let path = model_path(path)?;
     let version = path.version();
     let request = ModelReadyRequest { name: path.model, version };
-    let ready = state.service.model_ready(Request::new(request)).await?.into_inner().ready;
+    let ready = admin::model_ready(&state.server, request)?;
     if ready { Ok(reply::empty_plain()) } else { Err(HttpError::bad_request("Model version not ready").plain()) }
 }
 
@@ -66,7 +66,7 @@ pub(super) async fn model_metadata(State(state): State<KserveState>, path: Resul
     let path = model_path(path)?;
     let version = path.version();
     let request = ModelMetadataRequest { name: path.model, version };
-    let metadata = state.service.model_metadata(Request::new(request)).await?.into_inner();
+    let metadata = admin::model_metadata(&state.server, request)?;
     Ok(reply::json(&reply::message_json(&metadata, "inference.ModelMetadataResponse")?))
 }
 
@@ -74,14 +74,14 @@ pub(super) async fn model_config(State(state): State<KserveState>, path: Result<
     let path = model_path(path)?;
     let version = path.version();
     let request = ModelConfigRequest { name: path.model, version };
-    let config = state.service.model_config(Request::new(request)).await?.into_inner().config.unwrap_or_default();
+    let config = admin::model_config(&state.server, request)?;
     let json = tritium_repository::config_to_json(&config)
         .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(reply::json(&json))
 }
 
 async fn statistics(state: &KserveState, name: String, version: String) -> HttpResult {
-    let stats = state.service.model_statistics(Request::new(ModelStatisticsRequest { name, version })).await?.into_inner();
+    let stats = admin::model_statistics(&state.server, ModelStatisticsRequest { name, version })?;
     Ok(reply::json(&reply::message_json(&stats, "inference.ModelStatisticsResponse")?))
 }
 
@@ -106,7 +106,7 @@ pub(super) async fn repository_index(State(state): State<KserveState>, headers: 
         Some(_) => return Err(HttpError::wrong_kind(None, "boolean")),
     };
     let request = RepositoryIndexRequest { repository_name: String::new(), ready };
-    let index = state.service.repository_index(Request::new(request)).await?.into_inner();
+    let index = admin::repository_index(&state.server, request)?;
     let models = index
         .models
         .into_iter()
@@ -149,7 +149,7 @@ pub(super) async fn load(
         }
     }
     let request = RepositoryModelLoadRequest { repository_name: String::new(), model_name: model, parameters };
-    state.service.repository_model_load(Request::new(request)).await?;
+    admin::load_model(&state.server, request).await?;
     Ok(reply::empty())
 }
 
@@ -161,13 +161,13 @@ pub(super) async fn unload(
 ) -> HttpResult {
     json_object(json_body(&state, &headers, body, true).await?)?;
     let request = RepositoryModelUnloadRequest { repository_name: String::new(), model_name: model, parameters: HashMap::new() };
-    state.service.repository_model_unload(Request::new(request)).await?;
+    admin::unload_model(&state.server, request)?;
     Ok(reply::empty())
 }
 
 async fn shm_status_of(state: &KserveState, name: String) -> HttpResult {
-    let status = state.service.system_shared_memory_status(Request::new(SystemSharedMemoryStatusRequest { name })).await?;
-    let mut regions: Vec<_> = status.into_inner().regions.into_values().collect();
+    let status = admin::shm_status(&state.server, &name)?;
+    let mut regions: Vec<_> = status.regions.into_values().collect();
     regions.sort_by(|a, b| a.name.cmp(&b.name));
     let rows = regions
         .into_iter()
@@ -207,7 +207,7 @@ pub(super) async fn shm_register(
         offset: number("offset", false)?,
         byte_size: number("byte_size", true)?,
     };
-    state.service.system_shared_memory_register(Request::new(request)).await?;
+    admin::shm_register(&state.server, request)?;
     Ok(reply::empty())
 }
 
@@ -216,14 +216,11 @@ pub(super) async fn shm_register_unnamed() -> HttpResult {
 }
 
 pub(super) async fn shm_unregister(State(state): State<KserveState>, Path(region): Path<String>) -> HttpResult {
-    state.service.system_shared_memory_unregister(Request::new(SystemSharedMemoryUnregisterRequest { name: region })).await?;
+    admin::shm_unregister(&state.server, &region)?;
     Ok(reply::empty())
 }
 
 pub(super) async fn shm_unregister_all(State(state): State<KserveState>) -> HttpResult {
-    state
-        .service
-        .system_shared_memory_unregister(Request::new(SystemSharedMemoryUnregisterRequest { name: String::new() }))
-        .await?;
+    admin::shm_unregister(&state.server, "")?;
     Ok(reply::empty())
 }

@@ -199,10 +199,10 @@ pub(super) async fn generate_stream(
     let arrived = Instant::now();
     let path = model_path(path)?;
     let request = read_request(&state, &path, &headers, body, true).await?;
-    let decoded = decode_for_model(request, &state.grpc.shm, &state.grpc.repository, arrived)?;
-    let admitted = crate::dispatch::admit(&state.grpc, decoded.request)?;
-    let outcome = crate::dispatch::streamed(&state.grpc, admitted).await?;
-    let grpc = std::sync::Arc::clone(&state.grpc);
+    let decoded = decode_for_model(request, &state.server.shm, &state.server.repository, arrived)?;
+    let admitted = crate::dispatch::admit(&state.server, decoded.request)?;
+    let outcome = crate::dispatch::streamed(&state.server, admitted).await?;
+    let grpc = std::sync::Arc::clone(&state.server);
     let regions = decoded.shm;
     let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = match outcome {
         InferOutcome::Single(response) => {

@@ -26,7 +26,6 @@ use axum::routing::{MethodRouter, get, post};
 use serde::Deserialize;
 
 use self::reply::{Compression, HttpError, HttpResult};
-use crate::grpc::InferenceService;
 use crate::grpc::budget::ByteBudget;
 use crate::grpc::restricted::RestrictedProtocols;
 use crate::state::ServerState;
@@ -37,8 +36,7 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 /// What the KServe routes share.
 #[derive(Clone)]
 pub struct KserveState {
-    pub(crate) grpc: Arc<ServerState>,
-    pub(crate) service: InferenceService,
+    pub(crate) server: Arc<ServerState>,
     pub(crate) budget: Arc<ByteBudget>,
     pub(crate) max_body_bytes: usize,
     pub(crate) restricted: Arc<RestrictedProtocols>,
@@ -46,13 +44,12 @@ pub struct KserveState {
 
 impl KserveState {
     pub fn new(
-        grpc: Arc<ServerState>,
+        server: Arc<ServerState>,
         budget: Arc<ByteBudget>,
         max_body_bytes: usize,
         restricted: RestrictedProtocols,
     ) -> KserveState {
-        let service = InferenceService::new(Arc::clone(&grpc));
-        KserveState { grpc, service, budget, max_body_bytes, restricted: Arc::new(restricted) }
+        KserveState { server, budget, max_body_bytes, restricted: Arc::new(restricted) }
     }
 }
 
@@ -243,7 +240,7 @@ async fn infer_route(
 /// The model version a path names.
 pub(crate) fn resolve(state: &KserveState, path: &ModelPath) -> Result<Arc<tritium_worker::ModelVersion>, HttpError> {
     let number = tritium_worker::parse_version(&path.version()).map_err(crate::ServerError::from)?;
-    Ok(state.grpc.repository.resolve(&path.model, number).map_err(crate::ServerError::from)?)
+    Ok(state.server.repository.resolve(&path.model, number).map_err(crate::ServerError::from)?)
 }
 
 /// Runs one KServe request through the gRPC path's decoder, dispatch and encoder.
@@ -252,7 +249,7 @@ pub(crate) async fn run_infer(
     request: tritium_proto::inference::ModelInferRequest,
     arrived: Instant,
 ) -> Result<tritium_proto::inference::ModelInferResponse, HttpError> {
-    let grpc = &state.grpc;
+    let grpc = &state.server;
     let decoded = crate::grpc::convert::decode_for_model(request, &grpc.shm, &grpc.repository, arrived)?;
     tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "HTTP infer");
     let response = crate::dispatch::unary(grpc, decoded.request).await?;

@@ -108,12 +108,6 @@ impl From<ServerError> for HttpError {
     }
 }
 
-impl From<tonic::Status> for HttpError {
-    fn from(status: tonic::Status) -> HttpError {
-        HttpError::of_code(ErrorCode::from_grpc(status.code()), status.message().to_string())
-    }
-}
-
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message }).to_string();
@@ -257,7 +251,7 @@ mod tests {
     fn errors_take_their_class_status() {
         let error = HttpError::from(ServerError::Unavailable { reason: "busy".into() });
         assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
-        let error = HttpError::from(tonic::Status::not_found("x"));
-        assert_eq!((error.status, error.message.as_str()), (StatusCode::NOT_FOUND, "x"));
+        let error = HttpError::from(ServerError::from(tritium_worker::WorkerError::ModelNotFound { name: "x".into() }));
+        assert_eq!(error.status, StatusCode::NOT_FOUND);
     }
 }

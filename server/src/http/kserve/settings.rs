@@ -1,7 +1,7 @@
 //! Trace and log settings over HTTP (`/v2/trace/setting`, `/v2/models/{m}/trace/setting`,
 //! `/v2/logging`): the JSON read as Triton's HTTP server reads it (unknown keys and nulls
-//! ignored where it ignores them, its type errors and refusals), then applied through the gRPC
-//! handlers of the same settings.
+//! ignored where it ignores them, its type errors and refusals), then applied through the core
+//! functions the gRPC handlers of the same settings call ([`crate::admin`]).
 
 use std::collections::HashMap;
 
@@ -9,8 +9,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
-use tonic::Request;
-use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use tritium_proto::inference::log_settings_request::SettingValue as LogValue;
 use tritium_proto::inference::log_settings_request::setting_value::ParameterChoice as LogChoice;
 use tritium_proto::inference::log_settings_response::setting_value::ParameterChoice as LogOut;
@@ -20,6 +18,7 @@ use tritium_proto::inference::{LogSettingsRequest, TraceSettingRequest};
 use super::KserveState;
 use super::admin::{json_body, json_object};
 use super::reply::{self, HttpError, HttpResult};
+use crate::admin;
 
 const TRACE_LEVELS: &[&str] = &["OFF", "TIMESTAMPS", "TENSORS"];
 
@@ -83,21 +82,19 @@ fn render_trace(settings: HashMap<String, tritium_proto::inference::trace_settin
 }
 
 async fn trace(state: &KserveState, model_name: String, update: Option<Value>) -> HttpResult {
-    if !model_name.is_empty() && state.grpc.repository.model(&model_name).is_none() {
+    if !model_name.is_empty() && state.server.repository.model(&model_name).is_none() {
         return Err(HttpError::bad_request(format!("Request for unknown model : {model_name}")));
     }
     let settings = match update {
         None => HashMap::new(),
         Some(update) => {
-            let current = state
-                .service
-                .trace_setting(Request::new(TraceSettingRequest { settings: HashMap::new(), model_name: model_name.clone() }));
-            let current = current.await?.into_inner().settings;
+            let current = TraceSettingRequest { settings: HashMap::new(), model_name: model_name.clone() };
+            let current = admin::trace_setting(&state.server, current)?.settings;
             let file = current.get("trace_file").and_then(|v| v.value.first()).cloned().unwrap_or_default();
             trace_update_of(json_object(update)?, &file)?
         }
     };
-    let answer = state.service.trace_setting(Request::new(TraceSettingRequest { settings, model_name })).await?.into_inner();
+    let answer = admin::trace_setting(&state.server, TraceSettingRequest { settings, model_name })?;
     Ok(reply::json(&render_trace(answer.settings)))
 }
 
@@ -160,7 +157,7 @@ fn log_update_of(update: Map<String, Value>) -> Result<HashMap<String, LogValue>
 }
 
 async fn logging(state: &KserveState, settings: HashMap<String, LogValue>) -> HttpResult {
-    let answer = state.service.log_settings(Request::new(LogSettingsRequest { settings })).await?.into_inner();
+    let answer = admin::log_settings(&state.server, LogSettingsRequest { settings })?;
     let rendered: Map<String, Value> = answer
         .settings
         .into_iter()

@@ -1,0 +1,140 @@
+//! The KServe RPCs other than inference, once, for both doors: health, metadata, config,
+//! statistics, the repository, system shared memory, trace and log settings. The gRPC service
+//! hands each its decoded message and encodes the answer; the HTTP routes build the same message
+//! from the URL and JSON and render the answer as Triton's HTTP server does. Errors are
+//! [`ServerError`]s, mapped to a status by each door.
+
+use std::sync::Arc;
+
+use tritium_proto::inference::model_repository_parameter::ParameterChoice as RepoParam;
+use tritium_proto::inference::system_shared_memory_status_response::RegionStatus;
+use tritium_proto::inference::*;
+use tritium_worker::{WorkerError, parse_version};
+
+use crate::error::ServerError;
+use crate::grpc::EXTENSIONS;
+use crate::state::ServerState;
+use crate::{metadata, settings};
+
+pub fn server_metadata() -> ServerMetadataResponse {
+    ServerMetadataResponse {
+        name: "tritium".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+pub fn model_ready(state: &ServerState, request: ModelReadyRequest) -> Result<bool, ServerError> {
+    let version = parse_version(&request.version)?;
+    Ok(state.repository.is_ready(&request.name, version))
+}
+
+pub fn model_metadata(state: &ServerState, request: ModelMetadataRequest) -> Result<ModelMetadataResponse, ServerError> {
+    let version = parse_version(&request.version)?;
+    let resolved = state.repository.resolve(&request.name, version)?;
+    let model = state.repository.model(&request.name).ok_or(WorkerError::ModelNotFound { name: request.name })?;
+    Ok(metadata::model_metadata(&model, &resolved, version.is_some()))
+}
+
+pub fn model_config(state: &ServerState, request: ModelConfigRequest) -> Result<ModelConfig, ServerError> {
+    let version = parse_version(&request.version)?;
+    Ok(ModelConfig::clone(&state.repository.resolve(&request.name, version)?.config))
+}
+
+pub fn model_statistics(state: &ServerState, request: ModelStatisticsRequest) -> Result<ModelStatisticsResponse, ServerError> {
+    let unavailable = |what: String| ServerError::InvalidArgument { reason: format!("requested model {what} is not available") };
+    let version = parse_version(&request.version)?;
+    let models = if request.name.is_empty() {
+        state.repository.served_models()
+    } else {
+        vec![state.repository.model(&request.name).ok_or_else(|| unavailable(format!("'{}'", request.name)))?]
+    };
+    let mut model_stats = Vec::new();
+    for model in models {
+        match version {
+            Some(v) => {
+                let found = model.versions.get(&v).ok_or_else(|| ServerError::InvalidArgument {
+                    reason: format!("requested model version is not available for model '{}'", model.name),
+                })?;
+                model_stats.push(metadata::model_statistics(found));
+            }
+            None => model_stats.extend(model.versions.values().map(|v| metadata::model_statistics(v))),
+        }
+    }
+    Ok(ModelStatisticsResponse { model_stats })
+}
+
+pub fn repository_index(state: &ServerState, request: RepositoryIndexRequest) -> Result<RepositoryIndexResponse, ServerError> {
+    let rows = state.repository.index(request.ready)?;
+    Ok(RepositoryIndexResponse { models: rows.into_iter().map(metadata::index_entry).collect() })
+}
+
+/// Loads a model, with the `config` override its parameters may hold; waits at most the load
+/// timeout, after which the load goes on in the background.
+pub async fn load_model(state: &ServerState, request: RepositoryModelLoadRequest) -> Result<(), ServerError> {
+    let mut config_json = None;
+    for (key, value) in request.parameters {
+        match (key.as_str(), value.parameter_choice) {
+            ("config", Some(RepoParam::StringParam(json))) => config_json = Some(json),
+            ("config", _) => {
+                return Err(ServerError::InvalidArgument {
+                    reason: "the 'config' load parameter must be a string_param holding JSON".into(),
+                });
+            }
+            (k, _) if k.starts_with("file:") => {
+                return Err(ServerError::Unsupported { what: format!("load parameter '{k}': file overrides are not supported") });
+            }
+            // Unknown parameters are ignored, as Triton does.
+            _ => {}
+        }
+    }
+    let repository = Arc::clone(&state.repository);
+    let name = request.model_name;
+    let label = name.clone();
+    let load = tokio::task::spawn_blocking(move || repository.load(&name, config_json.as_deref()));
+    let timeout = state.load_timeout;
+    tokio::time::timeout(timeout, load)
+        .await
+        .map_err(|_| ServerError::Unavailable {
+            reason: format!(
+                "failed to load '{label}': the load did not finish within {} s (--model-load-timeout-secs); it goes on in the background",
+                timeout.as_secs()
+            ),
+        })?
+        .map_err(|e| ServerError::Internal(format!("model load task failed: {e}")))??;
+    Ok(())
+}
+
+pub fn unload_model(state: &ServerState, request: RepositoryModelUnloadRequest) -> Result<(), ServerError> {
+    Ok(state.repository.unload(&request.model_name)?)
+}
+
+/// The registered regions (all of them for an empty name), by name.
+pub fn shm_status(state: &ServerState, name: &str) -> Result<SystemSharedMemoryStatusResponse, ServerError> {
+    let regions = state.shm.status(name)?;
+    let regions = regions
+        .into_iter()
+        .map(|r| (r.name.clone(), RegionStatus { name: r.name, key: r.key, offset: r.offset, byte_size: r.byte_size }))
+        .collect();
+    Ok(SystemSharedMemoryStatusResponse { regions })
+}
+
+pub fn shm_register(state: &ServerState, request: SystemSharedMemoryRegisterRequest) -> Result<(), ServerError> {
+    Ok(state.shm.register(&request.name, &request.key, request.offset, request.byte_size)?)
+}
+
+pub fn shm_unregister(state: &ServerState, name: &str) -> Result<(), ServerError> {
+    Ok(state.shm.unregister(name)?)
+}
+
+pub fn trace_setting(state: &ServerState, request: TraceSettingRequest) -> Result<TraceSettingResponse, ServerError> {
+    if !request.model_name.is_empty() && state.repository.model(&request.model_name).is_none() {
+        return Err(WorkerError::ModelNotFound { name: request.model_name }.into());
+    }
+    let mut trace = state.trace.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Ok(TraceSettingResponse { settings: trace.update(&request.model_name, request.settings)? })
+}
+
+pub fn log_settings(state: &ServerState, request: LogSettingsRequest) -> Result<LogSettingsResponse, ServerError> {
+    Ok(LogSettingsResponse { settings: settings::update_log_settings(&state.log, request.settings)? })
+}
