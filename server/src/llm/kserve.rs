@@ -14,9 +14,7 @@ use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::kserve::{DEFAULT_MAX_TOKENS, parse_infer_request, response_outputs};
 use tritium_openai_bridge::pipeline::{ModelRef, TextEvent, TextStream, collect, generate_text};
 use tritium_tensor::Tensor;
-use tritium_worker::{
-    InferOutcome, InferenceResponse, ModelVersion, PhaseTimes, ResponseStream, StreamItem, ValidInferRequest, WorkerError,
-};
+use tritium_worker::{InferOutcome, InferenceResponse, ModelVersion, ResponseStream, StreamItem, ValidInferRequest, WorkerError};
 
 use super::LlmFrontend;
 use crate::error::ServerError;
@@ -36,19 +34,8 @@ struct Statistics {
 
 impl Statistics {
     fn record(&self, succeeded: bool) {
-        let stats = &self.version.stats;
-        if !succeeded {
-            stats.record_failure(self.arrived.elapsed(), tritium_worker::FailureReason::Backend);
-            return;
-        }
-        let now = Instant::now();
-        let phases = PhaseTimes {
-            queue: self.started.saturating_duration_since(self.arrived),
-            compute_infer: now.saturating_duration_since(self.started),
-            ..PhaseTimes::default()
-        };
-        stats.record_success(phases, 1);
-        stats.record_execution(1, phases);
+        let outcome = if succeeded { Ok(()) } else { Err(tritium_worker::FailureReason::Backend) };
+        self.version.stats.record_request(self.arrived, self.started, outcome);
     }
 }
 

@@ -11,9 +11,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tritium_backend_api::llm::{GenerateError, GenerateEvent, GenerateRequest, TokenStream};
-use tritium_worker::{
-    InferOutcome, InferenceResponse, ModelVersion, ParamValue, PhaseTimes, ValidInferRequest, WorkerClient, WorkerError,
-};
+use tritium_worker::{InferOutcome, InferenceResponse, ModelVersion, ParamValue, ValidInferRequest, WorkerClient, WorkerError};
 
 use super::{Member, Router, WORKER_ID_PARAMETER};
 use crate::remote::{DRAINING_MESSAGE, is_unreachable};
@@ -90,14 +88,8 @@ impl Router {
 
     /// Statistics of a remote request, on the version (stand-in) it was validated against.
     fn record_remote(version: &ModelVersion, arrived: Instant, ok: bool) {
-        let elapsed = arrived.elapsed();
-        if ok {
-            let phases = PhaseTimes { compute_infer: elapsed, ..PhaseTimes::default() };
-            version.stats.record_success(phases, 1);
-            version.stats.record_execution(1, phases);
-        } else {
-            version.stats.record_failure(elapsed, tritium_worker::FailureReason::Other);
-        }
+        let outcome = if ok { Ok(()) } else { Err(tritium_worker::FailureReason::Other) };
+        version.stats.record_request(arrived, arrived, outcome);
     }
 
     /// Embeds on the worker `hint` names, else on the worker the policy picks.

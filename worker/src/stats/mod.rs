@@ -5,7 +5,7 @@
 pub mod latency;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use latency::LatencyWindow;
 use tritium_backend_api::first_response::FirstResponseHistogram;
@@ -175,6 +175,24 @@ impl ModelStats {
             execution_count: AtomicU64::default(),
             last_inference_ms: AtomicU64::default(),
             batches: (0..=sizes).map(|_| BatchSlot::default()).collect(),
+        }
+    }
+
+    /// One request that ran as an execution of its own outside this process's schedulers (on a
+    /// remote worker, or a language model's generation): `queue` from `arrived` to `started`,
+    /// `compute_infer` from there to now, or its failure.
+    pub fn record_request(&self, arrived: Instant, started: Instant, outcome: Result<(), FailureReason>) {
+        match outcome {
+            Ok(()) => {
+                let phases = PhaseTimes {
+                    queue: started.saturating_duration_since(arrived),
+                    compute_infer: started.elapsed(),
+                    ..PhaseTimes::default()
+                };
+                self.record_success(phases, 1);
+                self.record_execution(1, phases);
+            }
+            Err(reason) => self.record_failure(arrived.elapsed(), reason),
         }
     }
 
