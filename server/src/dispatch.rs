@@ -6,6 +6,8 @@
 //! The routed and language-model futures are boxed: they are large, and inline they would double
 //! the size of every in-process request's future, which tonic moves and boxes per request.
 
+use std::sync::Arc;
+
 use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ModelVersion, ValidInferRequest, WorkerClient};
 
 use crate::error::ServerError;
@@ -27,8 +29,19 @@ enum Target {
 /// Validates a request (version resolution included) and picks where it runs. Its errors are the
 /// request's own (unknown model, wrong inputs), which a stream reports in-band even in
 /// `triton_grpc_error` mode, as Triton does.
-pub(crate) fn admit(state: &ServerState, request: InferenceRequest) -> Result<Admitted, ServerError> {
-    let valid = state.repository.validate(request)?;
+///
+/// `model` is the version the request names when the door has resolved it already; otherwise it
+/// is resolved here. Either way the request is checked against the version it runs on, and no
+/// later step in this process looks the model up again.
+pub(crate) fn admit(
+    state: &ServerState,
+    request: InferenceRequest,
+    model: Option<Arc<ModelVersion>>,
+) -> Result<Admitted, ServerError> {
+    let valid = match model {
+        Some(version) => version.validate(request)?,
+        None => state.repository.validate(request)?,
+    };
     let target = if valid.model().is_language_model() {
         Target::Language
     } else if state.router.serves_only_locally(valid.model_name(), state.repository.as_ref()) {
@@ -44,8 +57,12 @@ async fn language(state: &ServerState, request: ValidInferRequest, stream_call: 
 }
 
 /// A ModelInfer request: exactly one response.
-pub async fn unary(state: &ServerState, request: InferenceRequest) -> Result<InferenceResponse, ServerError> {
-    let Admitted { request, target } = admit(state, request)?;
+pub async fn unary(
+    state: &ServerState,
+    request: InferenceRequest,
+    model: Option<Arc<ModelVersion>>,
+) -> Result<InferenceResponse, ServerError> {
+    let Admitted { request, target } = admit(state, request, model)?;
     match target {
         Target::Local => Ok(ModelVersion::run_unary(request).await?),
         Target::Routed => Ok(Box::pin(state.router.infer(request)).await?),

@@ -167,6 +167,9 @@ pub type ByName<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 #[derive(Debug)]
 pub struct ModelRepository {
+    /// Unique in the process: the versions it builds carry it, so a request checked against one
+    /// of them needs no second lookup to run here.
+    id: u64,
     options: RepositoryOptions,
     backends: BackendRegistry,
     served: ArcSwap<ByName<Arc<ServedModel>>>,
@@ -187,7 +190,9 @@ impl ModelRepository {
     /// Opens the repository and loads the models its control mode asks for at start. Models that
     /// fail to load are reported in the index with their reason; the others are served.
     pub fn open(options: RepositoryOptions, backends: BackendRegistry) -> Result<Arc<ModelRepository>, WorkerError> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let repository = Arc::new_cyclic(|me| ModelRepository {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             me: me.clone(),
             options,
             backends,

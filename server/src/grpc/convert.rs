@@ -4,6 +4,7 @@
 //! every output in `raw_output_contents`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tritium_proto::inference::infer_parameter::ParameterChoice;
@@ -45,6 +46,9 @@ pub struct ShmBindings {
 #[derive(Debug)]
 pub struct Decoded {
     pub request: InferenceRequest,
+    /// The version the request names, when it has been resolved already (by the door, or here
+    /// for classification): validation takes it rather than looking it up again.
+    pub model: Option<Arc<tritium_worker::ModelVersion>>,
     pub shm: ShmBindings,
     pub enable_empty_final: bool,
 }
@@ -224,6 +228,7 @@ pub fn decode_request(request: ModelInferRequest, shm: &SharedMemoryRegistry, ar
     }
 
     Ok(Decoded {
+        model: None,
         request: InferenceRequest {
             model_name,
             model_version: version,
@@ -324,16 +329,21 @@ pub fn decode_for_model(
     request: ModelInferRequest,
     shm: &SharedMemoryRegistry,
     repository: &tritium_worker::ModelRepository,
+    resolved: Option<Arc<tritium_worker::ModelVersion>>,
     arrived: Instant,
 ) -> Result<Decoded, ServerError> {
     let mut decoded = decode_request(request, shm, arrived)?;
+    decoded.model = resolved;
     if !decoded.shm.classifications.is_empty() {
-        let request = &decoded.request;
-        let version = repository.resolve(&request.model_name, request.model_version)?;
+        let version = match &decoded.model {
+            Some(version) => Arc::clone(version),
+            None => repository.resolve(&decoded.request.model_name, decoded.request.model_version)?,
+        };
         let batched = version.schema.max_batch_size > 0;
         for wanted in &mut decoded.shm.classifications {
             wanted.batched = batched;
         }
+        decoded.model = Some(version);
     }
     Ok(decoded)
 }

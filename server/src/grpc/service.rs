@@ -74,10 +74,10 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> RpcResult<ModelInferResponse> {
         let arrived = Instant::now();
-        let decoded = decode_for_model(request.into_inner(), &self.state.shm, &self.state.repository, arrived)?;
+        let mut decoded = decode_for_model(request.into_inner(), &self.state.shm, &self.state.repository, None, arrived)?;
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
-        let response = crate::dispatch::unary(&self.state, decoded.request).await?;
+        let response = crate::dispatch::unary(&self.state, decoded.request, decoded.model.take()).await?;
         reply(encode_response(response, &decoded.shm, &self.state.shm, None)?)
     }
 

@@ -79,8 +79,8 @@ async fn answer(state: Arc<ServerState>, request: ModelInferRequest, grpc_errors
     let arrived = Instant::now();
     let label = Label { model: request.model_name.clone(), version: request.model_version.clone(), id: request.id.clone() };
     // The request's own errors: in-band in both modes.
-    let admitted = decode_for_model(request, &state.shm, &state.repository, arrived).and_then(|decoded| {
-        let admitted = crate::dispatch::admit(&state, decoded.request)?;
+    let admitted = decode_for_model(request, &state.shm, &state.repository, None, arrived).and_then(|decoded| {
+        let admitted = crate::dispatch::admit(&state, decoded.request, decoded.model)?;
         Ok((admitted, decoded.shm, decoded.enable_empty_final))
     });
     let (admitted, regions, empty_final_wanted) = match admitted {

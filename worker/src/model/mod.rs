@@ -61,6 +61,8 @@ pub struct ModelVersion {
     backend: Arc<dyn Backend>,
     /// What runs its requests: each on its own, or the dynamic or sequence batcher.
     scheduler: Scheduler,
+    /// The id of the registry that built it (0: none, a remote model's stand-in).
+    pub(crate) owner: u64,
 }
 
 impl AsRef<FirstResponseHistogram> for ModelVersion {
@@ -80,7 +82,7 @@ impl ModelVersion {
     /// model's stand-in: its worker schedules).
     pub fn new(config: Arc<ModelConfig>, version: i64, schema: ModelSchema, engine: Engine) -> ModelVersion {
         let backend = tensor_face(&engine, &config.name);
-        ModelVersion::scheduled(config, version, schema, engine, backend, Scheduler::Direct(Arc::default()))
+        ModelVersion::scheduled(config, version, schema, engine, backend, Scheduler::Direct(Arc::default()), 0)
     }
 
     /// `backend` is `engine`'s [`tensor_face`], which `scheduler` runs.
@@ -91,6 +93,7 @@ impl ModelVersion {
         engine: Engine,
         backend: Arc<dyn Backend>,
         scheduler: Scheduler,
+        owner: u64,
     ) -> ModelVersion {
         ModelVersion {
             name: Arc::from(config.name.as_str()),
@@ -101,6 +104,7 @@ impl ModelVersion {
             engine,
             scheduler,
             backend,
+            owner,
         }
     }
 

@@ -88,7 +88,8 @@ impl ModelRepository {
             warmup::run(&config, model_dir, backend.as_ref(), &ragged).map_err(failed)?;
             let scheduler =
                 Scheduler::for_config(&config, &backend, &ragged, model_dir, self.options.scheduler_limits).map_err(failed)?;
-            let model = ModelVersion::scheduled(Arc::clone(&config), version, schema.clone(), engine, backend, scheduler);
+            let model =
+                ModelVersion::scheduled(Arc::clone(&config), version, schema.clone(), engine, backend, scheduler, self.id);
             served.insert(version, Arc::new(model));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
@@ -109,7 +110,9 @@ impl ModelRepository {
             };
             let steps: Weak<dyn Steps> = self.me.clone();
             let engine = Engine::tensors(EnsembleBackend::new(&config, self, steps).map_err(refused)?);
-            served.insert(version, Arc::new(ModelVersion::new(Arc::clone(&config), version, schema.clone(), engine)));
+            let mut model = ModelVersion::new(Arc::clone(&config), version, schema.clone(), engine);
+            model.owner = self.id;
+            served.insert(version, Arc::new(model));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
     }

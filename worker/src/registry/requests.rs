@@ -1,7 +1,5 @@
 //! Requests meeting the repository: resolved to the version they ask for and checked against it.
 
-use std::sync::Arc;
-
 use tritium_backend_api::{InferenceRequest, WorkerError};
 
 use super::ModelRepository;
@@ -14,11 +12,15 @@ impl ModelRepository {
         self.resolve(&request.model_name, request.model_version)?.validate(request)
     }
 
-    /// `request` as this repository runs it: as it is when it was checked against this
-    /// repository's own version; checked again against that version otherwise (it was validated
-    /// against a remote model's stand-in, or against a version reloaded since).
+    /// `request` as this repository runs it: as it is when it was checked against a version this
+    /// repository built (like a request the frontend runs directly, on the version it resolved
+    /// once, even if a reload replaced it since); checked again against this repository's version
+    /// otherwise (it was validated against a remote model's stand-in).
     pub fn adopt(&self, request: ValidInferRequest) -> Result<ValidInferRequest, WorkerError> {
+        if request.model().owner == self.id {
+            return Ok(request);
+        }
         let own = self.resolve(request.model_name(), Some(request.version()))?;
-        if Arc::ptr_eq(&own, request.model()) { Ok(request) } else { own.validate(request.into_request()) }
+        own.validate(request.into_request())
     }
 }

@@ -18,10 +18,12 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use tritium_proto::inference::model_infer_request::InferInputTensor;
 use tritium_proto::inference::{InferParameter, ModelInferRequest, ModelInferResponse};
 use tritium_tensor::DataType;
-use tritium_worker::{InferOutcome, StreamItem};
+
+use tritium_worker::{InferOutcome, ModelVersion, StreamItem};
 
 use super::reply::{self, HttpError, HttpResult};
 use super::{KserveState, ModelPath, body, json_tensor, model_path};
@@ -34,7 +36,12 @@ use crate::grpc::convert::{decode_for_model, encode_response};
 const STREAM_INPUTS: &[&str] = &["streaming", "stream"];
 
 /// The generate request as a KServe request: each model input from the member of its name.
-fn request_of(state: &KserveState, path: &ModelPath, body: &[u8], stream: bool) -> Result<ModelInferRequest, HttpError> {
+fn request_of(
+    state: &KserveState,
+    path: &ModelPath,
+    body: &[u8],
+    stream: bool,
+) -> Result<(ModelInferRequest, Arc<ModelVersion>), HttpError> {
     // The members as JSON text: inputs are read straight into their tensors, never as a tree.
     let mut members: HashMap<String, Box<RawValue>> = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => HttpError::unparsable("attempt to get members for non-object"),
@@ -94,7 +101,7 @@ fn request_of(state: &KserveState, path: &ModelPath, body: &[u8], stream: bool) 
             )));
         }
     }
-    Ok(ModelInferRequest {
+    let request = ModelInferRequest {
         model_name: path.model.clone(),
         model_version: version,
         id,
@@ -102,7 +109,8 @@ fn request_of(state: &KserveState, path: &ModelPath, body: &[u8], stream: bool) 
         inputs,
         outputs: Vec::new(),
         raw_input_contents: raw,
-    })
+    };
+    Ok((request, resolved))
 }
 
 /// The config's dims holding `count` elements (a variable dimension takes what is left), with
@@ -156,7 +164,7 @@ async fn read_request(
     headers: &HeaderMap,
     body: Body,
     stream: bool,
-) -> Result<ModelInferRequest, HttpError> {
+) -> Result<(ModelInferRequest, Arc<ModelVersion>), HttpError> {
     // Triton's generate routes take no compressed body.
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
     if encoding.is_some_and(|e| !e.is_empty() && e != "identity") {
@@ -174,8 +182,8 @@ pub(super) async fn generate(
 ) -> HttpResult {
     let arrived = Instant::now();
     let path = model_path(path)?;
-    let request = read_request(&state, &path, &headers, body, false).await?;
-    let response = super::run_infer(&state, request, arrived).await?;
+    let (request, resolved) = read_request(&state, &path, &headers, body, false).await?;
+    let response = super::run_infer(&state, request, resolved, arrived).await?;
     let json = response_json(response)?;
     // Triton does not compress generate answers.
     Ok(reply::body_response(
@@ -198,9 +206,9 @@ pub(super) async fn generate_stream(
 ) -> HttpResult {
     let arrived = Instant::now();
     let path = model_path(path)?;
-    let request = read_request(&state, &path, &headers, body, true).await?;
-    let decoded = decode_for_model(request, &state.server.shm, &state.server.repository, arrived)?;
-    let admitted = crate::dispatch::admit(&state.server, decoded.request)?;
+    let (request, resolved) = read_request(&state, &path, &headers, body, true).await?;
+    let decoded = decode_for_model(request, &state.server.shm, &state.server.repository, Some(resolved), arrived)?;
+    let admitted = crate::dispatch::admit(&state.server, decoded.request, decoded.model)?;
     let outcome = crate::dispatch::streamed(&state.server, admitted).await?;
     let grpc = std::sync::Arc::clone(&state.server);
     let regions = decoded.shm;

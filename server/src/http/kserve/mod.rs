@@ -222,8 +222,7 @@ async fn infer_route(
         None if body.bytes.is_empty() => infer::parse_raw(&path.model, &version, body.bytes.clone(), raw_input(&resolved)?),
         other => infer::parse(&path.model, &version, body.bytes.clone(), other)?,
     };
-    drop(resolved);
-    let response = run_infer(&state, parsed.request, arrived).await?;
+    let response = run_infer(&state, parsed.request, resolved, arrived).await?;
     drop(body);
     let (bytes, json_length) = infer::encode(response, &parsed.binary_outputs)?;
     let mut response_headers = Vec::with_capacity(2);
@@ -243,16 +242,18 @@ pub(crate) fn resolve(state: &KserveState, path: &ModelPath) -> Result<Arc<triti
     Ok(state.server.repository.resolve(&path.model, number).map_err(crate::ServerError::from)?)
 }
 
-/// Runs one KServe request through the gRPC path's decoder, dispatch and encoder.
+/// Runs one KServe request through the gRPC path's decoder, dispatch and encoder, on the version
+/// the route resolved from its path.
 pub(crate) async fn run_infer(
     state: &KserveState,
     request: tritium_proto::inference::ModelInferRequest,
+    resolved: Arc<tritium_worker::ModelVersion>,
     arrived: Instant,
 ) -> Result<tritium_proto::inference::ModelInferResponse, HttpError> {
     let grpc = &state.server;
-    let decoded = crate::grpc::convert::decode_for_model(request, &grpc.shm, &grpc.repository, arrived)?;
+    let mut decoded = crate::grpc::convert::decode_for_model(request, &grpc.shm, &grpc.repository, Some(resolved), arrived)?;
     tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "HTTP infer");
-    let response = crate::dispatch::unary(grpc, decoded.request).await?;
+    let response = crate::dispatch::unary(grpc, decoded.request, decoded.model.take()).await?;
     // Triton labels the errors of writing the answer (an output region too small) plain text.
     crate::grpc::convert::encode_response(response, &decoded.shm, &grpc.shm, None).map_err(|e| HttpError::from(e).plain())
 }
