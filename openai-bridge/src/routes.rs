@@ -330,11 +330,7 @@ fn failed(observer: &mut RequestObserver, error: BridgeError) -> BridgeError {
 fn check_token_ids(pre: &Preprocessor, field: &str, ids: &[u32]) -> Result<(), BridgeError> {
     // Before anything is done with them (decoding them for annotations, say): a prompt that
     // cannot fit the context is refused whatever its ids.
-    let card = pre.card();
-    if card.kind == ModelKind::Generate && card.context_length > 0 && ids.len() >= card.context_length {
-        let reason = format!("the prompt has {} tokens; the model's context length is {}", ids.len(), card.context_length);
-        return Err(BridgeError::field(field, reason));
-    }
+    pre.card().room_after(ids.len()).map_err(|reason| BridgeError::field(field, reason))?;
     let vocab = pre.tokenizer().get_vocab_size(true);
     match ids.iter().find(|&&id| usize::try_from(id).map_or(true, |id| id >= vocab)) {
         Some(id) => Err(BridgeError::field(field, format!("token id {id} is out of range (the vocabulary has {vocab} tokens)"))),

@@ -150,13 +150,8 @@ impl CompletionOptions {
         if prompt.is_empty() {
             return Err(BridgeError::field("prompt", "the prompt is empty"));
         }
-        if prompt.len() >= card.context_length {
-            return Err(BridgeError::field(
-                "prompt",
-                format!("the prompt has {} tokens; the model's context length is {}", prompt.len(), card.context_length),
-            ));
-        }
-        let room = u32::try_from(card.context_length - prompt.len()).unwrap_or(u32::MAX);
+        let room = card.room_after(prompt.len()).map_err(|reason| BridgeError::field("prompt", reason))?;
+        let room = u32::try_from(room).unwrap_or(u32::MAX);
         let max_tokens = self.max_tokens.or(default_max_tokens).unwrap_or(room).min(room);
         let defaults = SamplingOptions::default();
         let sampling = SamplingOptions {

@@ -35,3 +35,53 @@ pub struct ModelCard {
     /// Where the model came from (a file or folder), for `/v1/models` and logs.
     pub source: String,
 }
+
+impl ModelCard {
+    /// The tokens a language model may still generate after a prompt of `prompt_tokens`, or why
+    /// the prompt cannot fit its context (the one wording every door uses). A card without a
+    /// context length, or an embedder's, takes any prompt.
+    pub fn room_after(&self, prompt_tokens: usize) -> Result<usize, String> {
+        if self.kind != ModelKind::Generate || self.context_length == 0 {
+            return Ok(usize::MAX);
+        }
+        match self.context_length.checked_sub(prompt_tokens) {
+            Some(room) if room > 0 => Ok(room),
+            _ => Err(format!("the prompt has {prompt_tokens} tokens; the model's context length is {}", self.context_length)),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn card(kind: ModelKind, context_length: usize) -> ModelCard {
+        ModelCard {
+            kind,
+            tokenizer_json: String::new(),
+            chat_template: None,
+            bos_token: None,
+            eos_token: None,
+            eos_token_ids: Vec::new(),
+            add_bos_token: false,
+            context_length,
+            max_input_tokens: None,
+            source: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_prompt_leaves_room_or_is_refused_in_one_wording() {
+        let generate = card(ModelKind::Generate, 10);
+        assert_eq!(generate.room_after(4).unwrap(), 6);
+        assert_eq!(generate.room_after(9).unwrap(), 1);
+        for too_long in [10, 11] {
+            assert_eq!(
+                generate.room_after(too_long).unwrap_err(),
+                format!("the prompt has {too_long} tokens; the model's context length is 10")
+            );
+        }
+        assert_eq!(card(ModelKind::Embed, 10).room_after(50).unwrap(), usize::MAX);
+    }
+}
