@@ -1,5 +1,7 @@
 //! A loaded model version and how one request runs on it, with statistics recorded on the way.
 
+#[cfg(test)]
+mod tests;
 mod valid;
 
 use std::sync::Arc;
