@@ -3,8 +3,9 @@
 //! and token counts, plus the engines' own gauges and counters at scrape time.
 //!
 //! Each request gets a [`RequestObserver`]; the generate pipeline feeds it and its drop counts a
-//! request that never finished as cancelled. The output is the OpenMetrics text format (serve it
-//! with [`CONTENT_TYPE`]); Prometheus scrapes it natively.
+//! request that never finished as cancelled. The output is the Prometheus text format 0.0.4
+//! (serve it with [`CONTENT_TYPE`]), written by the `prometheus` crate, the one metrics library of
+//! the server (Triton's counters keep their names without `_total`, which OpenMetrics forbids).
 //!
 //! ```
 //! use tritium_openai_bridge::metrics::LlmMetrics;
@@ -22,73 +23,99 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::encoding::text::{encode_eof, encode_registry};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus::core::Collector;
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
 use tritium_backend_api::llm::{EngineStats, FinishReason};
 use tritium_proto::ErrorCode;
 
 use crate::BridgeError;
 
 /// The content type of [`LlmMetrics::render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    model: String,
-    protocol: String,
-}
+const REQUEST_LABELS: &[&str] = &["model", "protocol"];
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ErrorLabels {
-    model: String,
-    protocol: String,
-    code: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EngineLabels {
-    model: String,
-}
-
-type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
-
-fn queue_histogram() -> Histogram {
-    // 1 ms .. ~33 s
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
-}
-
-fn ttft_histogram() -> Histogram {
-    // 5 ms .. ~82 s
-    Histogram::new(exponential_buckets(0.005, 2.0, 15))
-}
-
-fn itl_histogram() -> Histogram {
-    // 1 ms .. ~16 s
-    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+/// `count` bucket bounds from `start`, each `factor` times the last.
+fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    std::iter::successors(Some(start), |bound| Some(bound * factor)).take(count).collect()
 }
 
 #[derive(Debug)]
 struct Families {
-    requests: Family<RequestLabels, Counter>,
-    errors: Family<ErrorLabels, Counter>,
-    cancelled: Family<RequestLabels, Counter>,
-    queue_time: HistogramFamily,
-    ttft: HistogramFamily,
-    itl: HistogramFamily,
-    generated_tokens: Family<RequestLabels, Counter>,
-    prompt_tokens: Family<RequestLabels, Counter>,
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+    cancelled: IntCounterVec,
+    queue_time: HistogramVec,
+    ttft: HistogramVec,
+    itl: HistogramVec,
+    generated_tokens: IntCounterVec,
+    prompt_tokens: IntCounterVec,
 }
 
-/// The registry of LLM request metrics; share it (`Arc`) between the gRPC and HTTP front ends.
+impl Families {
+    fn new(prefix: &str) -> Families {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(format!("{prefix}_{name}_total"), help), labels)
+                .unwrap_or_else(|e| unreachable!("a valid metric name: {e}"))
+        };
+        let histogram = |name: &str, help: &str, bounds: Vec<f64>| {
+            HistogramVec::new(HistogramOpts::new(format!("{prefix}_{name}_seconds"), help).buckets(bounds), REQUEST_LABELS)
+                .unwrap_or_else(|e| unreachable!("a valid metric name: {e}"))
+        };
+        Families {
+            requests: counter("requests", "Language model requests received", REQUEST_LABELS),
+            errors: counter(
+                "request_errors",
+                "Language model requests that failed, by error code",
+                &["model", "protocol", "code"],
+            ),
+            cancelled: counter(
+                "requests_cancelled",
+                "Language model requests whose client went away before the end",
+                REQUEST_LABELS,
+            ),
+            // 1 ms .. ~33 s
+            queue_time: histogram(
+                "queue_time",
+                "Time sequences waited for a place in the running batch",
+                buckets(0.001, 2.0, 16),
+            ),
+            // 5 ms .. ~82 s
+            ttft: histogram(
+                "time_to_first_token",
+                "Time from a request's arrival to its first generated token",
+                buckets(0.005, 2.0, 15),
+            ),
+            // 1 ms .. ~16 s
+            itl: histogram(
+                "inter_token_latency",
+                "Time between consecutive generated tokens of a request",
+                buckets(0.001, 2.0, 15),
+            ),
+            generated_tokens: counter("generated_tokens", "Tokens generated", REQUEST_LABELS),
+            prompt_tokens: counter("prompt_tokens", "Prompt tokens received", REQUEST_LABELS),
+        }
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let collectors: [&dyn Collector; 8] = [
+            &self.requests,
+            &self.errors,
+            &self.cancelled,
+            &self.queue_time,
+            &self.ttft,
+            &self.itl,
+            &self.generated_tokens,
+            &self.prompt_tokens,
+        ];
+        collectors.iter().flat_map(|collector| collector.collect()).collect()
+    }
+}
+
+/// The LLM request metrics; share it (`Arc`) between the gRPC and HTTP front ends.
 #[derive(Debug)]
 pub struct LlmMetrics {
     families: Arc<Families>,
-    registry: Registry,
     prefix: String,
 }
 
@@ -117,62 +144,24 @@ impl LlmMetrics {
     /// falls back to the default).
     pub fn with_prefix(prefix: &str) -> LlmMetrics {
         let prefix = if valid_metric_name(prefix) { prefix } else { DEFAULT_PREFIX };
-        let families = Families {
-            requests: Family::default(),
-            errors: Family::default(),
-            cancelled: Family::default(),
-            queue_time: Family::new_with_constructor(queue_histogram),
-            ttft: Family::new_with_constructor(ttft_histogram),
-            itl: Family::new_with_constructor(itl_histogram),
-            generated_tokens: Family::default(),
-            prompt_tokens: Family::default(),
-        };
-        let mut registry = Registry::with_prefix(prefix);
-        // Counters get their `_total` suffix from the encoder.
-        registry.register("requests", "Language model requests received", families.requests.clone());
-        registry.register("request_errors", "Language model requests that failed, by error code", families.errors.clone());
-        registry.register(
-            "requests_cancelled",
-            "Language model requests whose client went away before the end",
-            families.cancelled.clone(),
-        );
-        registry.register_with_unit(
-            "queue_time",
-            "Time sequences waited for a place in the running batch",
-            Unit::Seconds,
-            families.queue_time.clone(),
-        );
-        registry.register_with_unit(
-            "time_to_first_token",
-            "Time from a request's arrival to its first generated token",
-            Unit::Seconds,
-            families.ttft.clone(),
-        );
-        registry.register_with_unit(
-            "inter_token_latency",
-            "Time between consecutive generated tokens of a request",
-            Unit::Seconds,
-            families.itl.clone(),
-        );
-        registry.register("generated_tokens", "Tokens generated", families.generated_tokens.clone());
-        registry.register("prompt_tokens", "Prompt tokens received", families.prompt_tokens.clone());
-        LlmMetrics { families: Arc::new(families), registry, prefix: prefix.to_owned() }
+        LlmMetrics { families: Arc::new(Families::new(prefix)), prefix: prefix.to_owned() }
     }
 
     /// Starts observing one request (counted at once). `protocol` is `"grpc"` or `"http"`.
     ///
     /// Create it only once the model is known to exist, so unknown names never become labels.
     pub fn observer(&self, model: &str, protocol: &'static str) -> RequestObserver {
-        let labels = RequestLabels { model: model.to_string(), protocol: protocol.to_string() };
         let families = &self.families;
-        families.requests.get_or_create(&labels).inc();
-        // Cloned handles share the family's atomics, so per-token updates skip the family lock.
+        let labels = [model, protocol];
+        families.requests.with_label_values(&labels).inc();
+        // The handles share the family's atomics, so per-token updates skip the family's lock.
         RequestObserver {
-            generated_tokens: families.generated_tokens.get_or_create_owned(&labels),
-            ttft: families.ttft.get_or_create_owned(&labels),
-            itl: families.itl.get_or_create_owned(&labels),
+            generated_tokens: families.generated_tokens.with_label_values(&labels),
+            ttft: families.ttft.with_label_values(&labels),
+            itl: families.itl.with_label_values(&labels),
             families: Arc::clone(families),
-            labels,
+            model: model.to_owned(),
+            protocol,
             started: Instant::now(),
             last_token: None,
             prompt_tokens: None,
@@ -181,65 +170,67 @@ impl LlmMetrics {
     }
 
     /// The whole exposition: the request metrics, then one series per engine of `engines`
-    /// (model name, stats), then the `# EOF` marker.
+    /// (model name, stats).
     pub fn render(&self, engines: &[(String, EngineStats)]) -> String {
         let mut out = String::new();
         self.encode(&mut out, engines);
-        // Writing to a String cannot fail.
-        let _ = encode_eof(&mut out);
         out
     }
 
-    /// Like [`LlmMetrics::render`] without the `# EOF` marker, for a caller that appends more.
+    /// Appends [`LlmMetrics::render`]'s exposition to `out`.
     pub fn encode(&self, out: &mut String, engines: &[(String, EngineStats)]) {
-        let _ = encode_registry(out, &self.registry);
-        let _ = encode_registry(out, &engine_registry(&self.prefix, engines));
+        let mut families = self.families.collect();
+        families.extend(engine_families(&self.prefix, engines));
+        encode_families(&families, out);
     }
 }
 
-fn engine_registry(prefix: &str, engines: &[(String, EngineStats)]) -> Registry {
-    let mut registry = Registry::with_prefix(prefix);
-    let gauge = |registry: &mut Registry, name: &str, help: &str, value: fn(&EngineStats) -> usize| {
-        let family = Family::<EngineLabels, Gauge>::default();
+/// Appends `families` to `out` in the Prometheus text format; a family with no series yet (a
+/// labelled counter before its first increment) is left out, as the encoder refuses it.
+pub fn encode_families(families: &[prometheus::proto::MetricFamily], out: &mut String) {
+    let families: Vec<_> = families.iter().filter(|family| !family.get_metric().is_empty()).cloned().collect();
+    if let Err(e) = TextEncoder::new().encode_utf8(&families, out) {
+        tracing::warn!("encoding the metrics failed: {e}");
+    }
+}
+
+fn engine_families(prefix: &str, engines: &[(String, EngineStats)]) -> Vec<prometheus::proto::MetricFamily> {
+    let mut families = Vec::new();
+    let mut gauge = |name: &str, help: &str, value: fn(&EngineStats) -> usize| {
+        let Ok(family) = IntGaugeVec::new(Opts::new(format!("{prefix}_{name}"), help), &["model"]) else { return };
         for (model, stats) in engines {
-            family.get_or_create(&EngineLabels { model: model.clone() }).set(i64::try_from(value(stats)).unwrap_or(i64::MAX));
+            family.with_label_values(&[model.as_str()]).set(i64::try_from(value(stats)).unwrap_or(i64::MAX));
         }
-        registry.register(name, help, family);
+        families.extend(family.collect());
     };
-    gauge(&mut registry, "engine_running_sequences", "Sequences in the running batch", |s| s.running);
-    gauge(&mut registry, "engine_waiting_sequences", "Sequences waiting for a place in the batch", |s| s.waiting);
-    gauge(&mut registry, "engine_kv_tokens_used", "KV-cache tokens in blocks held by running sequences", |s| s.kv_tokens_used);
-    gauge(&mut registry, "engine_kv_blocks_cached", "KV-cache blocks in the prefix cache, in use or idle", |s| {
-        s.kv_blocks_cached
-    });
-    gauge(&mut registry, "engine_kv_tokens_capacity", "KV-cache token budget", |s| s.kv_tokens_capacity);
-    let counter = |registry: &mut Registry, name: &str, help: &str, value: fn(&EngineStats) -> u64| {
-        let family = Family::<EngineLabels, Counter>::default();
+    gauge("engine_running_sequences", "Sequences in the running batch", |s| s.running);
+    gauge("engine_waiting_sequences", "Sequences waiting for a place in the batch", |s| s.waiting);
+    gauge("engine_kv_tokens_used", "KV-cache tokens in blocks held by running sequences", |s| s.kv_tokens_used);
+    gauge("engine_kv_blocks_cached", "KV-cache blocks in the prefix cache, in use or idle", |s| s.kv_blocks_cached);
+    gauge("engine_kv_tokens_capacity", "KV-cache token budget", |s| s.kv_tokens_capacity);
+    let mut counter = |name: &str, help: &str, value: fn(&EngineStats) -> u64| {
+        let Ok(family) = IntCounterVec::new(Opts::new(format!("{prefix}_{name}_total"), help), &["model"]) else { return };
         for (model, stats) in engines {
-            family.get_or_create(&EngineLabels { model: model.clone() }).inc_by(value(stats));
+            family.with_label_values(&[model.as_str()]).inc_by(value(stats));
         }
-        registry.register(name, help, family);
+        families.extend(family.collect());
     };
-    counter(&mut registry, "engine_generated_tokens", "Tokens the engine generated", |s| s.tokens_generated);
-    counter(&mut registry, "engine_prompt_tokens", "Prompt tokens the engine prefilled", |s| s.prompt_tokens);
-    counter(&mut registry, "engine_prompt_tokens_cached", "Prompt tokens found in the KV cache and not recomputed", |s| {
-        s.prompt_tokens_cached
-    });
-    counter(&mut registry, "engine_finished_sequences", "Sequences finished", |s| s.sequences_finished);
-    counter(&mut registry, "engine_cancelled_sequences", "Sequences stopped because their client went away", |s| {
-        s.sequences_cancelled
-    });
-    counter(&mut registry, "engine_rejected_sequences", "Requests refused because the queue was full", |s| s.sequences_rejected);
-    counter(&mut registry, "engine_kv_blocks_offloaded", "KV blocks written to the offload tier", |s| s.kv_blocks_offloaded);
-    counter(&mut registry, "engine_kv_blocks_restored", "KV blocks read back from the offload tier instead of computed", |s| {
+    counter("engine_generated_tokens", "Tokens the engine generated", |s| s.tokens_generated);
+    counter("engine_prompt_tokens", "Prompt tokens the engine prefilled", |s| s.prompt_tokens);
+    counter("engine_prompt_tokens_cached", "Prompt tokens found in the KV cache and not recomputed", |s| s.prompt_tokens_cached);
+    counter("engine_finished_sequences", "Sequences finished", |s| s.sequences_finished);
+    counter("engine_cancelled_sequences", "Sequences stopped because their client went away", |s| s.sequences_cancelled);
+    counter("engine_rejected_sequences", "Requests refused because the queue was full", |s| s.sequences_rejected);
+    counter("engine_kv_blocks_offloaded", "KV blocks written to the offload tier", |s| s.kv_blocks_offloaded);
+    counter("engine_kv_blocks_restored", "KV blocks read back from the offload tier instead of computed", |s| {
         s.kv_blocks_restored
     });
-    counter(&mut registry, "engine_preempted_sequences", "Sequences that gave their KV blocks up and waited to resume", |s| {
+    counter("engine_preempted_sequences", "Sequences that gave their KV blocks up and waited to resume", |s| {
         s.sequences_preempted
     });
-    counter(&mut registry, "engine_decode_steps", "Decode steps run", |s| s.decode_steps);
-    counter(&mut registry, "engine_decode_rows", "Sequences carried by decode steps, in total", |s| s.decode_rows);
-    registry
+    counter("engine_decode_steps", "Decode steps run", |s| s.decode_steps);
+    counter("engine_decode_rows", "Sequences carried by decode steps, in total", |s| s.decode_rows);
+    families
 }
 
 /// The label value of an error code.
@@ -262,8 +253,9 @@ pub fn code_label(code: ErrorCode) -> &'static str {
 #[derive(Debug)]
 pub struct RequestObserver {
     families: Arc<Families>,
-    labels: RequestLabels,
-    generated_tokens: Counter,
+    model: String,
+    protocol: &'static str,
+    generated_tokens: IntCounter,
     ttft: Histogram,
     itl: Histogram,
     started: Instant,
@@ -273,12 +265,16 @@ pub struct RequestObserver {
 }
 
 impl RequestObserver {
+    fn labels(&self) -> [&str; 2] {
+        [&self.model, self.protocol]
+    }
+
     /// Records the prompt's length; the first call counts, later ones are ignored. The pipeline
     /// also reports it for usage when a stop string ends the request before the engine does.
     pub fn prompt_tokens(&mut self, tokens: u32) {
         if self.prompt_tokens.is_none() {
             self.prompt_tokens = Some(tokens);
-            self.families.prompt_tokens.get_or_create(&self.labels).inc_by(u64::from(tokens));
+            self.families.prompt_tokens.with_label_values(&self.labels()).inc_by(u64::from(tokens));
         }
     }
 
@@ -301,25 +297,21 @@ impl RequestObserver {
 
     /// How long the engine queued the sequence.
     pub fn queued(&mut self, queued_for: Duration) {
-        self.families.queue_time.get_or_create(&self.labels).observe(queued_for.as_secs_f64());
+        self.families.queue_time.with_label_values(&self.labels()).observe(queued_for.as_secs_f64());
     }
 
     /// The request ended normally (a finish reason of `Cancelled` counts as cancelled).
     pub fn finished(&mut self, reason: FinishReason) {
         if std::mem::replace(&mut self.open, false) && reason == FinishReason::Cancelled {
-            self.families.cancelled.get_or_create(&self.labels).inc();
+            self.families.cancelled.with_label_values(&self.labels()).inc();
         }
     }
 
     /// The request failed; counted once, by the error's code.
     pub fn failed(&mut self, error: &BridgeError) {
         if std::mem::replace(&mut self.open, false) {
-            let labels = ErrorLabels {
-                model: self.labels.model.clone(),
-                protocol: self.labels.protocol.clone(),
-                code: code_label(error.code()).to_string(),
-            };
-            self.families.errors.get_or_create(&labels).inc();
+            let labels = [self.model.as_str(), self.protocol, code_label(error.code())];
+            self.families.errors.with_label_values(&labels).inc();
         }
     }
 }
@@ -327,7 +319,7 @@ impl RequestObserver {
 impl Drop for RequestObserver {
     fn drop(&mut self) {
         if self.open {
-            self.families.cancelled.get_or_create(&self.labels).inc();
+            self.families.cancelled.with_label_values(&self.labels()).inc();
         }
     }
 }
@@ -340,14 +332,12 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// A small OpenMetrics text parser: checks the framing and returns `sample line -> value`.
+    /// A small Prometheus text (0.0.4) parser: checks the framing and returns `sample line -> value`.
     pub(crate) fn parse_exposition(text: &str) -> HashMap<String, f64> {
         let mut types: HashMap<String, String> = HashMap::new();
         let mut helps: HashSet<String> = HashSet::new();
         let mut samples = HashMap::new();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.last(), Some(&"# EOF"), "the exposition ends with # EOF");
-        for line in &lines[..lines.len() - 1] {
+        for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# HELP ") {
                 let (name, help) = rest.split_once(' ').expect("HELP name text");
                 assert!(!help.is_empty(), "{line}");
@@ -357,8 +347,6 @@ pub(crate) mod tests {
                 assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
                 assert!(helps.contains(name), "TYPE before HELP: {line}");
                 types.insert(name.to_string(), kind.to_string());
-            } else if let Some(rest) = line.strip_prefix("# UNIT ") {
-                assert!(rest.ends_with(" seconds"), "{line}");
             } else {
                 assert!(!line.starts_with('#'), "unexpected comment {line}");
                 let (series, value) = line.rsplit_once(' ').expect("sample value");
@@ -382,9 +370,8 @@ pub(crate) mod tests {
                     .unwrap_or_else(|| panic!("sample without TYPE: {line}"));
                 let suffix = &name[family.len()..];
                 let allowed: &[&str] = match types[family].as_str() {
-                    "counter" => &["_total", "_created"],
-                    "gauge" => &[""],
-                    _ => &["_bucket", "_sum", "_count", "_created"],
+                    "counter" | "gauge" => &[""],
+                    _ => &["_bucket", "_sum", "_count"],
                 };
                 assert!(allowed.contains(&suffix), "{line}");
                 samples.insert(series.to_string(), value);
@@ -432,22 +419,22 @@ pub(crate) mod tests {
         let get = |series: &str| samples.get(series).copied().unwrap_or_else(|| panic!("{series} missing in\n{text}"));
         assert_eq!(get(r#"tritium_llm_requests_total{model="m",protocol="http"}"#), 2.0);
         assert_eq!(get(r#"tritium_llm_requests_total{model="m",protocol="grpc"}"#), 2.0);
-        assert_eq!(get(r#"tritium_llm_request_errors_total{model="m",protocol="grpc",code="resource_exhausted"}"#), 1.0);
-        assert_eq!(get(r#"tritium_llm_request_errors_total{model="m",protocol="grpc",code="invalid_argument"}"#), 1.0);
+        assert_eq!(get(r#"tritium_llm_request_errors_total{code="resource_exhausted",model="m",protocol="grpc"}"#), 1.0);
+        assert_eq!(get(r#"tritium_llm_request_errors_total{code="invalid_argument",model="m",protocol="grpc"}"#), 1.0);
         assert_eq!(get(r#"tritium_llm_requests_cancelled_total{model="m",protocol="http"}"#), 1.0);
         assert_eq!(get(r#"tritium_llm_generated_tokens_total{model="m",protocol="http"}"#), 4.0);
         assert_eq!(get(r#"tritium_llm_prompt_tokens_total{model="m",protocol="http"}"#), 7.0);
         assert_eq!(get(r#"tritium_llm_time_to_first_token_seconds_count{model="m",protocol="http"}"#), 2.0);
         assert_eq!(get(r#"tritium_llm_inter_token_latency_seconds_count{model="m",protocol="http"}"#), 2.0);
         assert_eq!(get(r#"tritium_llm_queue_time_seconds_count{model="m",protocol="http"}"#), 1.0);
-        assert_eq!(get(r#"tritium_llm_queue_time_seconds_bucket{le="+Inf",model="m",protocol="http"}"#), 1.0);
+        assert_eq!(get(r#"tritium_llm_queue_time_seconds_bucket{model="m",protocol="http",le="+Inf"}"#), 1.0);
         assert_eq!(get(r#"tritium_llm_engine_running_sequences{model="m"}"#), 2.0);
         assert_eq!(get(r#"tritium_llm_engine_waiting_sequences{model="m"}"#), 1.0);
         assert_eq!(get(r#"tritium_llm_engine_kv_tokens_used{model="m"}"#), 300.0);
         assert_eq!(get(r#"tritium_llm_engine_kv_tokens_capacity{model="m"}"#), 4096.0);
         assert_eq!(get(r#"tritium_llm_engine_decode_steps_total{model="m"}"#), 9.0);
         assert_eq!(get(r#"tritium_llm_engine_cancelled_sequences_total{model="m"}"#), 0.0);
-        for family in ["tritium_llm_requests", "tritium_llm_engine_decode_rows"] {
+        for family in ["tritium_llm_requests_total", "tritium_llm_engine_decode_rows_total"] {
             assert!(text.contains(&format!("# TYPE {family} counter\n")), "{family}");
         }
         assert!(text.contains("# TYPE tritium_llm_time_to_first_token_seconds histogram\n"));

@@ -12,9 +12,22 @@ use tritium_proto::inference::*;
 use tritium_worker::{WorkerError, parse_version};
 
 use crate::error::ServerError;
-use crate::grpc::EXTENSIONS;
 use crate::state::ServerState;
 use crate::{metadata, settings};
+
+/// Extensions of Triton's protocol this server really implements.
+pub const EXTENSIONS: &[&str] = &[
+    "classification",
+    "sequence",
+    "model_repository",
+    "schedule_policy",
+    "model_configuration",
+    "system_shared_memory",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "logging",
+];
 
 pub fn server_metadata() -> ServerMetadataResponse {
     ServerMetadataResponse {

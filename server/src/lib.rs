@@ -34,6 +34,7 @@ pub mod routing;
 pub mod settings;
 pub mod shm;
 pub mod state;
+mod sync;
 pub mod tls;
 pub mod worker_process;
 

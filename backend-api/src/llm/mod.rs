@@ -8,6 +8,7 @@ mod card;
 mod constraint;
 mod kv_transfer;
 mod types;
+#[cfg(feature = "vocabulary")]
 mod vocab;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub use types::{
     EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, SamplingOptions,
     StopOptions, TokenStream,
 };
+#[cfg(feature = "vocabulary")]
 pub use vocab::Vocabulary;
 
 /// A causal language model as the frontend sees it: token ids in, token ids out.

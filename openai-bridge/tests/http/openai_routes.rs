@@ -221,7 +221,7 @@ async fn overload_is_429() {
     assert!(error["message"].as_str().is_some_and(|m| m.contains("overloaded")), "{error}");
     let text = metrics.render(&[]);
     assert!(
-        text.contains(r#"tritium_llm_request_errors_total{model="tiny",protocol="http",code="resource_exhausted"} 1"#),
+        text.contains(r#"tritium_llm_request_errors_total{code="resource_exhausted",model="tiny",protocol="http"} 1"#),
         "{text}"
     );
 }

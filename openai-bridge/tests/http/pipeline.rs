@@ -154,7 +154,7 @@ async fn engine_errors_end_the_stream() {
     let error = collect(stream).await.expect_err("the engine failed");
     assert_eq!(error.to_string(), "the model 'tiny' failed: out of memory");
     let text = metrics.render(&[]);
-    assert!(text.contains(r#"tritium_llm_request_errors_total{model="tiny",protocol="http",code="internal"} 1"#), "{text}");
+    assert!(text.contains(r#"tritium_llm_request_errors_total{code="internal",model="tiny",protocol="http"} 1"#), "{text}");
     assert!(!text.contains("tritium_llm_requests_cancelled_total{"), "{text}");
 
     // A stream that ends without `Finished` is an error too, not a silent success.

@@ -11,4 +11,5 @@ pub mod service;
 pub mod stream;
 pub mod transport;
 
-pub use service::{EXTENSIONS, InferenceService};
+pub use crate::admin::EXTENSIONS;
+pub use service::InferenceService;

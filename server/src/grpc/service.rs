@@ -15,20 +15,6 @@ use crate::admin;
 use crate::error::ServerError;
 use crate::state::ServerState;
 
-/// Extensions of Triton's protocol this server really implements.
-pub const EXTENSIONS: &[&str] = &[
-    "classification",
-    "sequence",
-    "model_repository",
-    "schedule_policy",
-    "model_configuration",
-    "system_shared_memory",
-    "binary_tensor_data",
-    "parameters",
-    "statistics",
-    "logging",
-];
-
 #[derive(Debug, Clone)]
 pub struct InferenceService {
     state: Arc<ServerState>,

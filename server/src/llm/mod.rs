@@ -101,7 +101,6 @@ impl LlmFrontend {
         let mut text = String::new();
         self.metrics.encode(&mut text, &self.engine_stats());
         text.push_str(&self.router.render_metrics());
-        text.push_str("# EOF\n");
         text
     }
 

@@ -101,35 +101,9 @@ impl MetricsState {
         if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut text) {
             tracing::warn!("encoding the metrics failed: {e}");
         }
-        text.push_str(&openmetrics_as_prometheus(&self.llm.render_metrics()));
+        text.push_str(&self.llm.render_metrics());
         text
     }
-}
-
-/// The language-model and router metrics (OpenMetrics text) in the Prometheus text format the
-/// port serves: a counter family `x` whose samples are `x_total` is declared as `x_total`, and
-/// the `# UNIT` and `# EOF` lines, which 0.0.4 does not have, are left out.
-fn openmetrics_as_prometheus(text: &str) -> String {
-    let mut counters = std::collections::HashSet::new();
-    for line in text.lines() {
-        if let Some(name) = line.strip_prefix("# TYPE ").and_then(|rest| rest.strip_suffix(" counter")) {
-            counters.insert(name);
-        }
-    }
-    let mut out = String::with_capacity(text.len() + counters.len() * 16);
-    for line in text.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
 }
 
 /// `GET /metrics` on the metrics port.
@@ -154,20 +128,4 @@ pub fn spawn_sampler(cpu: Arc<CpuSampler>, interval: Duration, stop: Cancellatio
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::openmetrics_as_prometheus;
-
-    #[test]
-    fn openmetrics_counters_are_declared_by_their_sample_names() {
-        let text = "# HELP a_requests Requests.\n# TYPE a_requests counter\n# UNIT a_requests requests\n\
-                    a_requests_total{model=\"m\"} 3\n# HELP a_queue Queue.\n# TYPE a_queue gauge\na_queue 1\n# EOF\n";
-        assert_eq!(
-            openmetrics_as_prometheus(text),
-            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{model=\"m\"} 3\n\
-             # HELP a_queue Queue.\n# TYPE a_queue gauge\na_queue 1\n"
-        );
-    }
 }

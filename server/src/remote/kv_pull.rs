@@ -75,7 +75,7 @@ impl KvTransfers {
     }
 
     fn peer(&self, source: &pb::PrefillSource) -> Result<RemoteWorker, String> {
-        let mut peers = crate::routing::lock(&self.peers);
+        let mut peers = crate::sync::lock(&self.peers);
         if let Some(peer) = peers.get(&source.uri) {
             return Ok(peer.clone());
         }

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use tritium_backend_api::kv::block_hashes;
 use tritium_backend_api::llm::PrefillSource;
 
-use super::{Member, Router, lock};
+use super::{Member, Router};
 use crate::discovery::{DisaggregationMode, WorkerAddress};
+use crate::sync::lock;
 
 /// How a model's workers split between prefill and decode.
 #[derive(Debug, Default)]

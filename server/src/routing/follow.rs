@@ -9,9 +9,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tritium_worker::ModelRepository;
 
-use super::{Router, lock};
+use super::Router;
 use crate::discovery::{DisaggregationMode, Discovery, WorkerAddress, WorkerInstance};
 use crate::events::{EventBus, WorkerEvent};
+use crate::sync::lock;
 
 /// Re-lists this often even without a watch event, so a worker whose description failed is
 /// described again.

@@ -15,7 +15,7 @@ mod remote_models;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -29,6 +29,7 @@ pub use policy::{RouterMode, RouterOptions, WORKER_ID_HEADER, WORKER_ID_PARAMETE
 
 use crate::discovery::{DisaggregationMode, WorkerAddress, WorkerInstance};
 use crate::events::LoadReport;
+use crate::sync::lock;
 use busy::BusyThresholds;
 use kv_index::KvIndex;
 use policy::{Choice, PickContext};
@@ -112,10 +113,6 @@ impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router").field("mode", &self.options.mode).finish_non_exhaustive()
     }
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Router {
@@ -445,10 +442,21 @@ impl Router {
 
     /// Prometheus text for the router's counters.
     pub fn render_metrics(&self) -> String {
-        let c = &self.counters;
         let mut out = String::new();
+        tritium_openai_bridge::metrics::encode_families(&self.metric_families(), &mut out);
+        out
+    }
+
+    /// The router's counters and gauges, read now.
+    fn metric_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::core::Collector;
+        let c = &self.counters;
+        let mut families = Vec::new();
         let mut counter = |name: &str, help: &str, value: u64| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {value}\n"));
+            if let Ok(counter) = prometheus::IntCounter::new(format!("{name}_total"), help) {
+                counter.inc_by(value);
+                families.extend(counter.collect());
+            }
         };
         counter("tritium_router_requests", "Requests routed to a worker.", c.routed.load(Ordering::Relaxed));
         counter(
@@ -473,19 +481,21 @@ impl Router {
             c.prompt_blocks_cached.load(Ordering::Relaxed),
         );
         let indexed = lock(&self.kv).block_count();
-        out.push_str(
-            "# HELP tritium_router_kv_blocks_indexed KV blocks the workers' KV events say they hold (each counted once).\n",
-        );
-        out.push_str(&format!("# TYPE tritium_router_kv_blocks_indexed gauge\ntritium_router_kv_blocks_indexed {indexed}\n"));
-        let table = self.table.load();
-        let mut models: Vec<(&String, &Route)> = table.iter().collect();
-        models.sort_by(|a, b| a.0.cmp(b.0));
-        out.push_str("# HELP tritium_router_workers Workers serving each model.\n# TYPE tritium_router_workers gauge\n");
-        for (model, route) in models {
-            let label = model.replace('\\', "\\\\").replace('"', "\\\"");
-            out.push_str(&format!("tritium_router_workers{{model=\"{label}\"}} {}\n", route.len()));
+        let help = "KV blocks the workers' KV events say they hold (each counted once).";
+        if let Ok(gauge) = prometheus::IntGauge::new("tritium_router_kv_blocks_indexed", help) {
+            gauge.set(i64::try_from(indexed).unwrap_or(i64::MAX));
+            families.extend(gauge.collect());
         }
-        out
+        if let Ok(workers) = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("tritium_router_workers", "Workers serving each model."),
+            &["model"],
+        ) {
+            for (model, route) in self.table.load().iter() {
+                workers.with_label_values(&[model.as_str()]).set(i64::try_from(route.len()).unwrap_or(i64::MAX));
+            }
+            families.extend(workers.collect());
+        }
+        families
     }
 }
 

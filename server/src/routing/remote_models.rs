@@ -14,9 +14,9 @@ use tritium_backend_api::llm::{
 use tritium_worker::schema::ModelSchema;
 use tritium_worker::{Backend, BackendError, BackendRequest, Engine, ModelVersion, Responder, ServedModel};
 
-use super::lock;
 use crate::events::LoadReport;
 use crate::remote::{RemoteModel, RemoteWorker};
+use crate::sync::lock;
 
 type Loads = Arc<Mutex<HashMap<(String, String), LoadReport>>>;
 
