@@ -31,8 +31,11 @@ enum Target {
 /// `triton_grpc_error` mode, as Triton does.
 ///
 /// `model` is the version the request names when the door has resolved it already; otherwise it
-/// is resolved here. Either way the request is checked against the version it runs on, and no
-/// later step in this process looks the model up again.
+/// is resolved here. Either way a tensor request is checked against the version it runs on and
+/// is not looked up again in this process (a worker process checks again what it receives: a
+/// process boundary is a trust boundary). A language model's generation is routed by name and
+/// version, token ids only, and the worker that runs it, in this process or another, resolves it
+/// there.
 pub(crate) fn admit(
     state: &ServerState,
     request: InferenceRequest,
