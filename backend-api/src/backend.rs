@@ -157,16 +157,19 @@ pub struct StreamTarget {
 }
 
 impl Responder {
+    #[doc(hidden)] // the core's schedulers' side of the responder
     pub fn single() -> Responder {
         Responder { inner: ResponderKind::Single(None), states: None }
     }
 
+    #[doc(hidden)] // the core's schedulers' side of the responder
     pub fn stream(target: StreamTarget) -> Responder {
         Responder { inner: ResponderKind::Stream(target), states: None }
     }
 
     /// From now on, outputs named in `output_names` are kept (the latest of each) rather than
     /// sent; [`Responder::take_states`] hands them over.
+    #[doc(hidden)] // the core's schedulers' side of the responder
     pub fn capture_states(&mut self, output_names: Vec<String>) {
         let latest = output_names.iter().map(|_| None).collect();
         self.states = Some(Box::new(StateCapture { names: output_names, latest }));
@@ -174,6 +177,7 @@ impl Responder {
 
     /// The latest value of each captured state output, in the order given to
     /// [`Responder::capture_states`] (`None` where no response carried it).
+    #[doc(hidden)] // the core's schedulers' side of the responder
     pub fn take_states(&mut self) -> Vec<Option<Tensor>> {
         self.states.take().map(|capture| capture.latest).unwrap_or_default()
     }
@@ -192,6 +196,7 @@ impl Responder {
     }
 
     /// Whether the last response has been sent with [`Responder::send_final`].
+    #[doc(hidden)] // the core's schedulers' side of the responder
     pub fn sent_final(&self) -> bool {
         matches!(&self.inner, ResponderKind::Stream(target) if target.finished)
     }
@@ -232,6 +237,7 @@ impl Responder {
     }
 
     /// The first-response clock of a stream that has sent nothing yet.
+    #[doc(hidden)] // the core's schedulers' side of the responder
     pub fn unanswered_clock(&mut self) -> Option<FirstResponseClock> {
         match &mut self.inner {
             ResponderKind::Stream(target) => target.first_response.take(),
@@ -239,6 +245,7 @@ impl Responder {
         }
     }
 
+    #[doc(hidden)] // the core's schedulers' side of the responder
     pub fn take_single(&mut self) -> Option<Vec<Tensor>> {
         match &mut self.inner {
             ResponderKind::Single(slot) => slot.take(),
