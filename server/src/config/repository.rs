@@ -96,46 +96,46 @@ pub struct ModelArgs {
     /// The name of the --model-path at the same position (default: the file stem or folder name).
     #[arg(long = "model-name", env = "TRITIUM_MODEL_NAME", value_delimiter = ',')]
     pub model_name: Vec<String>,
-    #[cfg(feature = "llm")]
     /// Sequences a language model decodes together in one batch.
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_LLM_MAX_SEQUENCES", default_value_t = tritium_llm::EngineOptions::default().max_sequences)]
     pub llm_max_sequences: usize,
-    #[cfg(feature = "llm")]
     /// KV-cache positions of one model's block pool, shared by the running sequences and the
     /// prefix cache. Sequences take blocks as they grow; when none is left the newest sequence is
     /// preempted (and resumes later from the prefix cache).
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_LLM_MAX_KV_TOKENS", default_value_t = tritium_llm::EngineOptions::default().max_kv_tokens)]
     pub llm_max_kv_tokens: usize,
-    #[cfg(feature = "llm")]
     /// Positions per KV-cache block: the unit of allocation, of prefix reuse and of KV events.
     /// Keep it equal to the router's --kv-block-size for KV-aware routing.
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_LLM_KV_BLOCK_SIZE", default_value_t = tritium_llm::EngineOptions::default().kv_block_size)]
     pub llm_kv_block_size: usize,
-    #[cfg(feature = "llm")]
     /// Turns the prefix cache off: every prompt is computed in full and no KV events are sent.
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_LLM_NO_PREFIX_CACHE")]
     pub llm_no_prefix_cache: bool,
-    #[cfg(feature = "llm")]
     /// A folder for the KV cache's offload tier: blocks evicted from memory are written there and
     /// read back instead of computed. Each model gets a subfolder, emptied at start-up.
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_LLM_KV_OFFLOAD_DIR")]
     pub llm_kv_offload_dir: Option<PathBuf>,
-    #[cfg(feature = "llm")]
     /// Bytes of block files the offload tier keeps per model (least recently used go first).
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_LLM_KV_OFFLOAD_BYTES", default_value_t = 1 << 30)]
     pub llm_kv_offload_bytes: u64,
-    #[cfg(feature = "llm")]
     /// Requests that may wait for a place in the batch; beyond it they are refused with
     /// RESOURCE_EXHAUSTED (HTTP 429).
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_LLM_MAX_QUEUE", default_value_t = tritium_llm::EngineOptions::default().max_queue)]
     pub llm_max_queue: usize,
-    #[cfg(feature = "llm")]
     /// Bytes of one request's output grammar (response_format JSON schema, guided regex, choices
     /// or Lark grammar, forced tool calls' schemas), at most; beyond it the request is refused.
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_LLM_MAX_CONSTRAINT_BYTES", default_value_t = tritium_llm::EngineOptions::default().max_constraint_bytes)]
     pub llm_max_constraint_bytes: usize,
-    #[cfg(feature = "llm")]
     /// Prompt tokens fed per decode step over all new sequences (chunked prefill).
+    #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_LLM_PREFILL_CHUNK", default_value_t = tritium_llm::EngineOptions::default().prefill_chunk)]
     pub llm_prefill_chunk: usize,
 }
