@@ -9,6 +9,7 @@ mod health_reflection;
 mod large_messages;
 mod llm;
 mod metadata;
+mod mock_llm;
 mod repository;
 mod settings;
 mod shared_memory;

@@ -1,5 +1,6 @@
 //! The mock engine end to end: its tokenizer, prefix reuse seen in stats and KV events,
-//! limits, cancellation, batching, and loading through a model repository.
+//! limits, cancellation and batching (loading through a model repository is
+//! `tests/tests/end_to_end/mock_llm.rs`).
 #![allow(clippy::unwrap_used)]
 
 use std::str::FromStr;
@@ -11,12 +12,10 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::TryRecvError;
 
 use super::*;
-use tritium_backend_api::BackendRegistry;
 use tritium_backend_api::kv::{KvEvent, block_hashes};
 use tritium_backend_api::llm::{
     EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, LanguageModel, StopOptions, TokenStream,
 };
-use tritium_worker::registry::{DeclaredModel, ModelRepository, RepositoryOptions};
 
 fn fast() -> MockOptions {
     MockOptions { prefill_us_per_token: 0, decode_ms_per_step: 1, ..MockOptions::default() }
@@ -251,37 +250,8 @@ async fn dropping_the_engine_ends_its_streams() {
     assert!(matches!(last, Some(Err(GenerateError::ShuttingDown(_)))), "{last:?}");
 }
 
-#[tokio::test]
-async fn the_backend_loads_through_a_repository() {
-    let options = MockOptions { kv_blocks: 64, ..fast() };
-    let declared = declared("mock-\"q\"", &options);
-    assert!(declared.config_text.contains("parameters { key: \"kv_blocks\" value { string_value: \"64\" } }"));
-    let repository =
-        ModelRepository::open(RepositoryOptions { declared: vec![declared], ..Default::default() }, backends()).unwrap();
-    let version = repository.resolve("mock-\"q\"", None).unwrap();
-    assert!(version.decoupled());
-    let model = version.language_model().unwrap();
-    assert_eq!(model.stats().kv_tokens_capacity, 64 * 16);
-    let (tokens, _) = collect(model.generate(request(vec![1, 2], 3)).unwrap()).await;
-    assert_eq!(tokens.len(), 3);
-    assert!(model.kv_events().is_some());
-    let config = &repository.model("mock-\"q\"").unwrap().config;
-    assert!(config.input.iter().any(|i| i.name == "text_input"));
-}
-
 #[test]
-fn a_bad_parameter_fails_the_load_naming_the_key() {
-    let mut declared = declared("m", &MockOptions::default());
-    declared.config_text = declared
-        .config_text
-        .replace("\"kv_blocks\" value { string_value: \"4096\"", "\"kv_blocks\" value { string_value: \"lots\"");
-    let repository =
-        ModelRepository::open(RepositoryOptions { declared: vec![declared], ..Default::default() }, backends()).unwrap();
-    assert!(repository.resolve("m", None).is_err());
-    let index = repository.index(false).unwrap();
-    let entry = index.iter().find(|e| e.name == "m").unwrap();
-    assert!(entry.reason.contains("parameter 'kv_blocks' must be a whole number, not 'lots'"), "{}", entry.reason);
-
+fn options_out_of_range_are_refused_naming_the_key() {
     let config =
         tritium_repository::parse_config_text("parameters { key: \"max_sequences\" value { string_value: \"0\" } }").unwrap();
     let err = MockOptions::from_config(&config, &MockOptions::default()).unwrap_err();
@@ -308,14 +278,4 @@ fn options_round_trip_through_a_config() {
     assert_eq!(config.backend, MOCK_LLM_BACKEND);
     assert_eq!(MockOptions::from_config(&config, &MockOptions::default()).unwrap(), options);
     let _: Arc<MockEngine> = MockEngine::new("m", options);
-}
-
-fn declared(name: &str, options: &MockOptions) -> DeclaredModel {
-    DeclaredModel { name: name.to_string(), config_text: mock_config_text(name, options) }
-}
-
-fn backends() -> BackendRegistry {
-    let mut registry = BackendRegistry::default();
-    crate::register(&mut registry, crate::EngineOptions::default());
-    registry
 }
