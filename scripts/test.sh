@@ -43,6 +43,11 @@ step "cargo test --workspace"
 cargo test -q -j2 --workspace
 echo "cargo test: ok"
 
+step "cargo test -p tritium-server --no-default-features (the built-in backends only)"
+# The server without its backend crates builds, and refuses their flags by name (config tests).
+cargo test -q -j2 -p tritium-server --no-default-features --lib config::
+echo "cargo test (no default features): ok"
+
 step "cargo check -p tritium-bench --all-targets"
 # The criterion benches are not run here (no test asserts on timing); this keeps them compiling.
 cargo check -q -j2 -p tritium-bench --all-targets

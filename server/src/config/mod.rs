@@ -397,6 +397,30 @@ mod tests {
         }
     }
 
+    /// A backend's own flags, on a server built without that backend (`--no-default-features`,
+    /// which CI tests too), are refused by name rather than ignored.
+    #[test]
+    #[cfg(not(any(feature = "llm", feature = "onnxruntime", feature = "python")))]
+    fn a_backend_flag_without_its_backend_is_refused() {
+        let refused = |args: &[&str]| parse(args).server_config().expect_err("refused").to_string();
+        assert_eq!(
+            refused(&["serve", "--onnxruntime-library", "/lib/libonnxruntime.so"]),
+            "--onnxruntime-library: this server was built without the onnxruntime feature"
+        );
+        assert_eq!(
+            refused(&["serve", "--python-interpreter", "/usr/bin/python3"]),
+            "--python-interpreter: this server was built without the python feature"
+        );
+        assert_eq!(refused(&["serve", "--engine", "mock"]), "--engine mock: this server was built without the llm feature");
+        let model = std::env::temp_dir();
+        let model = model.to_string_lossy();
+        assert_eq!(
+            refused(&["serve", "--model-path", &model]),
+            format!("--model-path {model}: this server was built without the llm feature")
+        );
+        assert!(parse(&["serve"]).server_config().is_ok(), "the built-in repository alone serves");
+    }
+
     #[test]
     fn explicit_mode_with_load_all() {
         let serve = parse(&["serve", "--model-control-mode=explicit", "--load-model=*", "--load-model", "a"]);

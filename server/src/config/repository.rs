@@ -71,9 +71,20 @@ pub struct RepositoryArgs {
 impl RepositoryArgs {
     /// The backend crates' settings: `--backend-config` (each backend reads its own keys), the ONNX
     /// Runtime library and the Python interpreter, and the language-model engine's bounds.
+    /// A backend's own flag given to a server built without that backend is refused, not ignored.
     pub fn backends(&self, models: &ModelArgs) -> Result<BackendsConfig, String> {
+        // Parsed whatever backends are built in: a malformed value is refused either way.
         let settings = BackendSettings::parse(&self.backend_config)?;
-        let _ = (&settings, models);
+        let without = |flag: &str, feature: &str| format!("{flag}: this server was built without the {feature} feature");
+        #[cfg(not(feature = "onnxruntime"))]
+        if self.onnxruntime_library.is_some() {
+            return Err(without("--onnxruntime-library", "onnxruntime"));
+        }
+        #[cfg(not(feature = "python"))]
+        if self.python_interpreter.is_some() {
+            return Err(without("--python-interpreter", "python"));
+        }
+        let _ = (&settings, models, without);
         Ok(BackendsConfig {
             #[cfg(feature = "llm")]
             llm: engine_options(models),

@@ -34,11 +34,12 @@
 pub mod auth;
 mod client;
 pub mod convert;
-#[cfg(test)]
+// The real engine on both sides of the worker plane.
+#[cfg(all(test, feature = "llm"))]
 mod disagg_tests;
 mod drain;
 mod kv_pull;
-#[cfg(test)]
+#[cfg(all(test, feature = "llm"))]
 mod llm_tests;
 mod service;
 #[cfg(test)]
