@@ -99,10 +99,15 @@ impl BackendSettings {
 
     /// `backend`'s `key` as a whole number, `default` when unset; Triton's wording when it is not one.
     pub fn number<T: FromStr>(&self, backend: &str, key: &str, default: T) -> Result<T, String> {
-        match self.get(backend, key) {
-            None => Ok(default),
-            Some(value) => value.trim().parse().map_err(|_| format!("failed to convert '{value}' to integral number")),
-        }
+        Ok(self.optional_number(backend, key)?.unwrap_or(default))
+    }
+
+    /// `backend`'s `key` as a whole number, `None` when unset, for a backend whose bounds depend on
+    /// whether it was given.
+    pub fn optional_number<T: FromStr>(&self, backend: &str, key: &str) -> Result<Option<T>, String> {
+        self.get(backend, key)
+            .map(|value| value.trim().parse().map_err(|_| format!("failed to convert '{value}' to integral number")))
+            .transpose()
     }
 
     /// `backend`'s `key` as a flag, `default` when unset; Triton's wording when it is not one.

@@ -4,9 +4,8 @@
 //! `packed-env-max-byte-size` (8 GiB) and `packed-env-max-entries` (200000), the bounds of what an
 //! `EXECUTION_ENV_PATH` archive may unpack to.
 
-use std::time::Duration;
-
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tritium_backend_api::config_params::BackendSettings;
 
@@ -20,9 +19,7 @@ impl PythonSettings {
     /// `--python-interpreter`.
     pub fn from_backend_config(settings: &BackendSettings, interpreter: Option<PathBuf>) -> Result<PythonSettings, String> {
         let defaults = PythonSettings::default();
-        let number = |key: &str| -> Result<Option<u64>, String> {
-            settings.get(BACKEND, key).map(|_| settings.number(BACKEND, key, 0u64)).transpose()
-        };
+        let number = |key: &str| settings.optional_number::<u64>(BACKEND, key);
         let stub_timeout = number("stub-timeout-seconds")?.map_or(defaults.stub_timeout, Duration::from_secs);
         if stub_timeout.is_zero() {
             return Err("--backend-config=python,stub-timeout-seconds must be at least 1".to_string());
