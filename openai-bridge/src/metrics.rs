@@ -181,14 +181,14 @@ impl LlmMetrics {
     pub fn encode(&self, out: &mut String, engines: &[(String, EngineStats)]) {
         let mut families = self.families.collect();
         families.extend(engine_families(&self.prefix, engines));
-        encode_families(&families, out);
+        encode_families(families, out);
     }
 }
 
 /// Appends `families` to `out` in the Prometheus text format; a family with no series yet (a
 /// labelled counter before its first increment) is left out, as the encoder refuses it.
-pub fn encode_families(families: &[prometheus::proto::MetricFamily], out: &mut String) {
-    let families: Vec<_> = families.iter().filter(|family| !family.get_metric().is_empty()).cloned().collect();
+pub fn encode_families(mut families: Vec<prometheus::proto::MetricFamily>, out: &mut String) {
+    families.retain(|family| !family.get_metric().is_empty());
     if let Err(e) = TextEncoder::new().encode_utf8(&families, out) {
         tracing::warn!("encoding the metrics failed: {e}");
     }

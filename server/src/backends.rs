@@ -18,16 +18,6 @@ pub struct BackendsConfig {
     pub python: tritium_python::PythonSettings,
 }
 
-/// The names of the backend crates built in, for logs and `--help`.
-pub const BUILT_WITH: &[&str] = &[
-    #[cfg(feature = "llm")]
-    "llm",
-    #[cfg(feature = "onnxruntime")]
-    "onnxruntime",
-    #[cfg(feature = "python")]
-    "python",
-];
-
 /// The built-ins and every backend crate built in, then `extra` (a caller's own backends, which win
 /// over a built-in of the same name).
 pub fn backend_registry(config: &BackendsConfig, extra: BackendRegistry) -> BackendRegistry {

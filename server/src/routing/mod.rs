@@ -443,7 +443,7 @@ impl Router {
     /// Prometheus text for the router's counters.
     pub fn render_metrics(&self) -> String {
         let mut out = String::new();
-        tritium_openai_bridge::metrics::encode_families(&self.metric_families(), &mut out);
+        tritium_openai_bridge::metrics::encode_families(self.metric_families(), &mut out);
         out
     }
 

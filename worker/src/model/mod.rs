@@ -110,10 +110,6 @@ impl ModelVersion {
         }
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// The engine behind this version when it is a language model.
     pub fn language_model(&self) -> Option<Arc<dyn LanguageModel>> {
         self.engine.language_model().cloned()

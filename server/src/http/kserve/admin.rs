@@ -36,8 +36,7 @@ pub(super) fn json_object(value: Value) -> Result<Map<String, Value>, HttpError>
     }
 }
 
-pub(super) async fn server_metadata(State(state): State<KserveState>) -> HttpResult {
-    let _ = state;
+pub(super) async fn server_metadata() -> HttpResult {
     let metadata = admin::server_metadata();
     Ok(reply::json(&reply::message_json(&metadata, "inference.ServerMetadataResponse")?))
 }
