@@ -41,6 +41,12 @@ pub trait Backend: Send + Sync + 'static {
     /// times for a decoupled one. Returning ends the request.
     async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError>;
 
+    /// Whether the backend can take requests now (ModelReady): false, for instance, while a
+    /// crashed instance's process is started again. Called on every readiness check: cheap.
+    fn is_ready(&self) -> bool {
+        true
+    }
+
     /// Whether the dynamic batcher hands this backend its batches as lists of requests
     /// ([`Backend::execute_list`]) instead of stacking them along the batch dimension into one
     /// request: Triton's python backend gives a model's `execute` the requests one by one.

@@ -315,7 +315,7 @@ impl ModelRepository {
 
     /// Whether a model (and version) can take requests; unknown ones are simply not ready.
     pub fn is_ready(&self, name: &str, version: Option<i64>) -> bool {
-        self.resolve(name, version).is_ok()
+        self.resolve(name, version).is_ok_and(|model| model.is_ready())
     }
 
     /// Loads or reloads a model (explicit mode). `config_json` replaces the model's

@@ -20,6 +20,7 @@ import os
 import queue
 import socket
 import struct
+import signal
 import sys
 import threading
 import traceback
@@ -372,8 +373,22 @@ class Frames:
                 self.work.put(frame)
 
 
+def watch_lifeline(fd):
+    """Ends this stub's whole process group once the server is gone, however it went: the server alone holds
+    the pipe's write end, so the read sees end-of-file when it exits."""
+    try:
+        while os.read(fd, 1):
+            pass
+    except OSError:
+        pass
+    os.killpg(0, signal.SIGKILL)
+
+
 def main():
     socket_fd, region_fd, region_size, input_size = (int(a) for a in sys.argv[1:5])
+    lifeline_fd = int(sys.argv[5]) if len(sys.argv) > 5 else -1
+    if lifeline_fd >= 0:
+        threading.Thread(target=watch_lifeline, args=(lifeline_fd,), name="tritium-lifeline", daemon=True).start()
     sock = socket.socket(fileno=socket_fd)
     try:
         import numpy  # noqa: F401 - checked here so that a missing numpy is one clear load error

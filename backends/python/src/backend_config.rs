@@ -2,7 +2,9 @@
 //! `--backend-config=python,<setting>=<value>` keys `stub-timeout-seconds` (30) and our
 //! `shm-region-byte-size` (64 MiB per instance, half for inputs, half for outputs),
 //! `packed-env-max-byte-size` (8 GiB) and `packed-env-max-entries` (200000), the bounds of what an
-//! `EXECUTION_ENV_PATH` archive may unpack to.
+//! `EXECUTION_ENV_PATH` archive may unpack to, and `execute-timeout-seconds` (0: none), how long
+//! one `execute` may run before its stub is ended and started again (a model's
+//! `execute_timeout_seconds` parameter overrides it).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +44,17 @@ impl PythonSettings {
             max_bytes: at_least_one("packed-env-max-byte-size", defaults.packed_env.max_bytes)?,
             max_entries: at_least_one("packed-env-max-entries", defaults.packed_env.max_entries)?,
         };
-        Ok(PythonSettings { interpreter, region_bytes, stub_timeout, packed_env })
+        let execute_timeout = execute_timeout(settings.optional_number::<f64>(BACKEND, "execute-timeout-seconds")?)
+            .map_err(|why| format!("--backend-config=python,execute-timeout-seconds {why}"))?;
+        Ok(PythonSettings { interpreter, region_bytes, stub_timeout, packed_env, execute_timeout })
+    }
+}
+
+/// An execute timeout in seconds (decimals allowed; 0 for none).
+pub(crate) fn execute_timeout(seconds: Option<f64>) -> Result<Option<Duration>, String> {
+    match seconds {
+        None => Ok(None),
+        Some(0.0) => Ok(None),
+        Some(s) => Duration::try_from_secs_f64(s).map(Some).map_err(|_| format!("must be a number of seconds, not {s}")),
     }
 }

@@ -19,6 +19,7 @@ mod frame;
 mod model;
 mod packed_env;
 mod pool;
+mod process;
 mod region;
 mod services;
 mod stub;
@@ -50,6 +51,9 @@ pub const BACKEND: &str = "python";
 pub const MODEL_FILE: &str = "model.py";
 /// The config parameter naming a model's own Python environment (Triton's).
 pub const EXECUTION_ENV_PATH: &str = "EXECUTION_ENV_PATH";
+/// The config parameter bounding one `execute` of this model, in seconds (0: none), over
+/// `--backend-config=python,execute-timeout-seconds`.
+pub const EXECUTE_TIMEOUT_SECONDS: &str = "execute_timeout_seconds";
 
 /// The server-wide settings of the backend.
 #[derive(Debug, Clone)]
@@ -63,6 +67,8 @@ pub struct PythonSettings {
     pub stub_timeout: Duration,
     /// What an `EXECUTION_ENV_PATH` archive may unpack to.
     pub packed_env: EnvLimits,
+    /// How long one `execute` may run before its stub is ended and started again (`None`: no limit).
+    pub execute_timeout: Option<Duration>,
 }
 
 impl Default for PythonSettings {
@@ -72,6 +78,7 @@ impl Default for PythonSettings {
             region_bytes: 64 << 20,
             stub_timeout: Duration::from_secs(30),
             packed_env: EnvLimits::default(),
+            execute_timeout: None,
         }
     }
 }
@@ -236,7 +243,20 @@ impl BackendFactory for PythonFactory {
             init,
             services: Services::new(context.host.clone()),
         };
+        let execute_timeout = match config_parameter(config, EXECUTE_TIMEOUT_SECONDS).filter(|p| !p.trim().is_empty()) {
+            None => self.settings.execute_timeout,
+            Some(value) => {
+                let seconds = value.trim().parse::<f64>().map_err(|_| {
+                    format!(
+                        "parameter '{EXECUTE_TIMEOUT_SECONDS}' of model '{}': '{value}' is not a number of seconds",
+                        context.model_name
+                    )
+                })?;
+                backend_config::execute_timeout(Some(seconds))
+                    .map_err(|why| format!("parameter '{EXECUTE_TIMEOUT_SECONDS}' of model '{}' {why}", context.model_name))?
+            }
+        };
         let instances = Instances::start(names, launcher)?;
-        Ok(Engine::tensors(PythonModel::new(config, decoupled, instances)))
+        Ok(Engine::tensors(PythonModel::new(config, decoupled, instances, execute_timeout)))
     }
 }

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use tritium_tensor::Tensor;
 
 use crate::binary;
 use crate::pool::{Instances, Job};
-use crate::stub::{Answer, StreamEvent, Stub, StubRequest};
+use crate::stub::{Answer, Deadline, StreamEvent, Stub, StubRequest};
 use crate::wire::Reply;
 
 pub struct PythonModel {
@@ -30,10 +31,13 @@ pub struct PythonModel {
     all_outputs: Bytes,
     instances: Instances,
     next_key: AtomicU64,
+    /// How long one `execute` may run before its stub is ended (`execute-timeout-seconds`).
+    execute_timeout: Option<Duration>,
+    name: String,
 }
 
 impl PythonModel {
-    pub fn new(config: &ModelConfig, decoupled: bool, instances: Instances) -> PythonModel {
+    pub fn new(config: &ModelConfig, decoupled: bool, instances: Instances, execute_timeout: Option<Duration>) -> PythonModel {
         let states = match &config.scheduling_choice {
             Some(SchedulingChoice::SequenceBatching(batching)) => batching.state.as_slice(),
             _ => &[],
@@ -41,7 +45,29 @@ impl PythonModel {
         let outputs: Arc<[String]> =
             config.output.iter().map(|o| o.name.clone()).chain(states.iter().map(|s| s.output_name.clone())).collect();
         let all_outputs = binary::encode_names(outputs.iter().map(String::as_str));
-        PythonModel { decoupled, outputs, all_outputs, instances, next_key: AtomicU64::new(1) }
+        PythonModel {
+            decoupled,
+            outputs,
+            all_outputs,
+            instances,
+            next_key: AtomicU64::new(1),
+            execute_timeout,
+            name: config.name.clone(),
+        }
+    }
+
+    /// How long an `execute` of this model may run (Triton's per-request `timeout` only bounds
+    /// the dynamic batcher's queue, before the model runs, as in Triton).
+    fn deadline(&self) -> Option<Deadline> {
+        self.execute_timeout.map(|limit| Deadline {
+            limit,
+            code: ErrorCode::Unavailable,
+            message: format!(
+                "the model '{}' did not return from execute within {} s (execute_timeout_seconds); its stub is started again",
+                self.name,
+                limit.as_secs_f64()
+            ),
+        })
     }
 
     /// What the stub's `InferenceRequest` shows of a request.
@@ -58,6 +84,7 @@ impl PythonModel {
                 ("sequence_start", ParamValue::Bool(true)) => flags |= 1,
                 ("sequence_end", ParamValue::Bool(true)) => flags |= 2,
                 ("timeout", ParamValue::Int64(t)) => timeout = u64::try_from(*t).unwrap_or(0),
+                ("timeout", ParamValue::Uint64(t)) => timeout = *t,
                 (key, _) if is_reserved(key) => {}
                 (key, ParamValue::Bool(b)) => drop(custom.insert(key.to_string(), json!(b))),
                 (key, ParamValue::Int64(n)) => drop(custom.insert(key.to_string(), json!(n))),
@@ -93,9 +120,10 @@ impl PythonModel {
     /// Runs plain requests as one `execute`; one answer per request.
     async fn run(&self, requests: Vec<BackendRequest>) -> Result<Vec<Answer>, BackendError> {
         let count = requests.len();
-        let requests = requests.into_iter().map(|r| self.stub_request(r)).collect();
+        let requests: Vec<StubRequest> = requests.into_iter().map(|r| self.stub_request(r)).collect();
+        let deadline = self.deadline();
         let (reply, answer) = oneshot::channel();
-        self.instances.submit(Job { requests, streams: Vec::new(), reply, taken_by: None });
+        self.instances.submit(Job { requests, streams: Vec::new(), reply, taken_by: None, deadline });
         let executed = answer.await.map_err(|_| BackendError::failed(ErrorCode::Internal, "the Python stub went away"))??;
         if executed.answers.len() != count {
             return Err(BackendError::failed(ErrorCode::Internal, "the Python stub answered a different number of requests"));
@@ -118,7 +146,8 @@ impl PythonModel {
         // is dropped from the queue.
         let (reply, _executed) = oneshot::channel();
         let taken_by = Arc::new(OnceLock::new());
-        let job = Job { requests: vec![request], streams: vec![sender], reply, taken_by: Some(Arc::clone(&taken_by)) };
+        let deadline = self.deadline();
+        let job = Job { requests: vec![request], streams: vec![sender], reply, taken_by: Some(Arc::clone(&taken_by)), deadline };
         self.instances.submit(job);
         stream_answers(&taken_by, key, events, cancel.as_ref(), &self.outputs, responder).await
     }
@@ -139,7 +168,8 @@ impl PythonModel {
         }
         let (reply, executed) = oneshot::channel();
         let taken_by = Arc::new(OnceLock::new());
-        let job = Job { requests: stub_requests, streams: senders, reply, taken_by: Some(Arc::clone(&taken_by)) };
+        let deadline = self.deadline();
+        let job = Job { requests: stub_requests, streams: senders, reply, taken_by: Some(Arc::clone(&taken_by)), deadline };
         self.instances.submit(job);
         for (key, events, cancel, mut responder, done) in streams {
             let (taken_by, outputs) = (Arc::clone(&taken_by), Arc::clone(&self.outputs));
@@ -206,6 +236,10 @@ async fn cancelled(token: Option<&CancellationToken>) {
 
 #[async_trait]
 impl Backend for PythonModel {
+    fn is_ready(&self) -> bool {
+        self.instances.is_ready()
+    }
+
     async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
         if self.decoupled {
             return self.execute_decoupled(request, responder).await;

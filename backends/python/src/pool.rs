@@ -2,7 +2,8 @@
 //! `execute` at a time, the most recently idle first. Requests that find every instance busy wait
 //! in order, and the instance that finishes an `execute` takes the next of them at once, where
 //! its stub's answer is read: no task to wake between one `execute` and the next. A stub
-//! that died is started again (with its model's `initialize`) for the next request it takes.
+//! that dies is started again (with its model's `initialize`) at once, or by the next request
+//! where that failed; the model is not ready while any instance has no live stub.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -14,7 +15,7 @@ use tritium_backend_api::BackendError;
 use tritium_proto::ErrorCode;
 
 use crate::services::Services;
-use crate::stub::{Executed, StreamEvent, Stub, StubRequest, StubSpec};
+use crate::stub::{Deadline, Executed, StreamEvent, Stub, StubRequest, StubSpec};
 
 /// Starts the stub of one instance and initializes its model.
 pub struct Launcher {
@@ -50,6 +51,8 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Executed, BackendError>>,
     /// Set to the stub that takes the job (through which a decoupled request is cancelled).
     pub taken_by: Option<Arc<OnceLock<Arc<Stub>>>>,
+    /// How long the job's `execute` may run (the model's execute timeout).
+    pub deadline: Option<Deadline>,
 }
 
 impl Job {
@@ -112,10 +115,20 @@ impl Instances {
         let queue = Queue { idle: slots, ..Queue::default() };
         let runtime = Handle::try_current().ok();
         let shared = Arc::new(Shared { queue: Mutex::new(queue), stubs: Mutex::new(stubs), launcher, runtime });
+        for (index, stub) in lock(&shared.stubs).iter().enumerate() {
+            if let Some(stub) = stub {
+                shared.watch(index, stub);
+            }
+        }
         let mut live = lock(&LIVE);
         live.retain(|weak| weak.strong_count() > 0);
         live.push(Arc::downgrade(&shared));
         Ok(Instances { shared })
+    }
+
+    /// Whether every instance has a live stub (false while one is being started again).
+    pub fn is_ready(&self) -> bool {
+        !lock(&self.shared.queue).stopped && lock(&self.shared.stubs).iter().all(|s| s.as_ref().is_some_and(|s| s.is_alive()))
     }
 
     /// Runs `job` on the most recently idle instance, or queues it until one is free; its
@@ -154,7 +167,7 @@ impl Shared {
     fn run(self: &Arc<Self>, slot: Slot, job: Job) {
         match slot.stub.clone().filter(|stub| stub.is_alive()) {
             Some(stub) => self.dispatch(stub, slot, job),
-            None => self.restart(slot, job),
+            None => self.restart(slot, Some(job)),
         }
     }
 
@@ -163,11 +176,11 @@ impl Shared {
             let _ = taken_by.set(Arc::clone(&stub));
         }
         let shared = Arc::clone(self);
-        stub.execute(job.requests, job.streams, job.reply, Box::new(move || shared.finished(slot)));
+        stub.execute(job.requests, job.streams, job.reply, Box::new(move || shared.finished(slot)), job.deadline);
     }
 
     /// An instance's `execute` is over (or its stub died): it takes the oldest job still
-    /// wanted, or goes idle.
+    /// wanted, or goes idle (starting its stub again first if it died).
     fn finished(self: &Arc<Self>, slot: Slot) {
         let job = {
             let mut queue = lock(&self.queue);
@@ -178,6 +191,10 @@ impl Shared {
                 match queue.waiting.pop_front() {
                     Some(job) if job.abandoned() => continue,
                     Some(job) => break job,
+                    None if slot.stub.as_ref().is_some_and(|s| !s.is_alive()) => {
+                        drop(queue);
+                        return self.restart(slot, None);
+                    }
                     None => return queue.idle.push(slot),
                 }
             }
@@ -185,14 +202,49 @@ impl Shared {
         self.run(slot, job);
     }
 
-    /// Starts the slot's stub again, off this thread, then runs `job` on it.
-    fn restart(self: &Arc<Self>, mut slot: Slot, job: Job) {
+    /// Calls [`Shared::exited`] when the stub of instance `index` exits.
+    fn watch(self: &Arc<Self>, index: usize, stub: &Stub) {
+        let shared = Arc::downgrade(self);
+        stub.on_exit(Box::new(move || {
+            if let Some(shared) = shared.upgrade() {
+                shared.exited(index);
+            }
+        }));
+    }
+
+    /// The stub of instance `index` exited: an idle instance starts another at once (a busy one
+    /// does when its `execute` is settled, in [`Shared::finished`]).
+    fn exited(self: &Arc<Self>, index: usize) {
+        let slot = {
+            let mut queue = lock(&self.queue);
+            let found =
+                queue.idle.iter().position(|slot| slot.index == index && slot.stub.as_ref().is_some_and(|s| !s.is_alive()));
+            match found {
+                Some(at) if !queue.stopped => queue.idle.remove(at),
+                _ => return,
+            }
+        };
+        self.restart(slot, None);
+    }
+
+    /// Starts the slot's stub again, off this thread, then runs `job` on it (or the next job
+    /// waiting). Where the start fails the instance goes idle without a stub: the next job tries again.
+    fn restart(self: &Arc<Self>, mut slot: Slot, job: Option<Job>) {
         let shared = Arc::clone(self);
         let work = move || {
             tracing::warn!(instance = %slot.name, "the Python stub is not running; starting it again");
             let stub = match shared.launcher.launch(&slot.name) {
                 Ok(stub) => Arc::new(stub),
                 Err(why) => {
+                    tracing::warn!(instance = %slot.name, "the Python stub could not be started again: {why}");
+                    slot.stub = None;
+                    let Some(job) = job else {
+                        let mut queue = lock(&shared.queue);
+                        if !queue.stopped {
+                            queue.idle.push(slot);
+                        }
+                        return;
+                    };
                     job.fail(BackendError::failed(
                         ErrorCode::Internal,
                         format!("the Python stub could not be started again: {why}"),
@@ -202,13 +254,17 @@ impl Shared {
             };
             if lock(&shared.queue).stopped {
                 stub.kill();
-                return job.fail(stopped());
+                return job.into_iter().for_each(|job| job.fail(stopped()));
             }
             if let Some(entry) = lock(&shared.stubs).get_mut(slot.index) {
                 *entry = Some(Arc::clone(&stub));
             }
+            shared.watch(slot.index, &stub);
             slot.stub = Some(Arc::clone(&stub));
-            shared.dispatch(stub, slot, job);
+            match job {
+                Some(job) => shared.dispatch(stub, slot, job),
+                None => shared.finished(slot),
+            }
         };
         match &self.runtime {
             Some(runtime) => drop(runtime.spawn_blocking(work)),
@@ -241,6 +297,12 @@ pub fn stop_all() {
     let stopping: Vec<_> = stubs.into_iter().map(|stub| std::thread::spawn(move || stub.stop())).collect();
     for handle in stopping.into_iter().chain(std::mem::take(&mut *lock(&STOPPING))) {
         let _ = handle.join();
+    }
+    // What no model owns any more: stubs still in `initialize` (a load that timed out goes on
+    // in the background), and every descendant of a stub that left its process group.
+    let ended = crate::process::end_all();
+    if ended > 0 {
+        tracing::warn!("ended {ended} process(es) left by Python stubs");
     }
 }
 

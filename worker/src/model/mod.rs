@@ -124,6 +124,11 @@ impl ModelVersion {
         self.engine.embedding_model().cloned()
     }
 
+    /// Whether the backend can take requests now (see [`Backend::is_ready`]).
+    pub fn is_ready(&self) -> bool {
+        self.backend.is_ready()
+    }
+
     pub fn decoupled(&self) -> bool {
         self.schema.decoupled
     }

@@ -9,9 +9,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc as sync_mpsc};
+use std::sync::{Arc, Mutex, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -20,12 +20,16 @@ use tritium_backend_api::BackendError;
 use tritium_proto::ErrorCode;
 use tritium_tensor::Tensor;
 
-use crate::binary::{self, ExecutedFrame, INLINE, ResponseFrame, SMALL};
-use crate::frame::{Frame, read_frame, read_raw, read_raw_async};
+use crate::binary::{self, INLINE, SMALL};
+use crate::frame::{Frame, read_frame};
+use crate::process::{StubProcess, lifeline};
 use crate::region::{Block, Region};
 use crate::services::{Services, StubLink};
 use crate::wire::Reply;
 use crate::writer::Writer;
+
+mod conn;
+use conn::{read_loop, read_task};
 
 /// The most tensor bytes one frame from a stub may carry outside the region (what does not fit
 /// in it travels in the frame): 2 GiB, above any tensor the server's message limit lets a client send.
@@ -63,6 +67,15 @@ pub struct StreamEvent {
 /// takes its next job.
 pub type OnExecuted = Box<dyn FnOnce() + Send>;
 
+/// How long an execute may run, and what its requests get if it runs longer: its stub is then
+/// ended (a model's `execute` cannot be interrupted) and started again.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    pub limit: Duration,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
 struct PendingExecute {
     reply: oneshot::Sender<Result<Executed, BackendError>>,
     inputs: Vec<Block>,
@@ -84,6 +97,10 @@ struct State {
     op_reply: Option<sync_mpsc::SyncSender<Frame>>,
     /// Why the stub stopped, once it has.
     death: Option<String>,
+    /// Runs once the stub process has exited (the instance pool starts another).
+    on_exit: Option<Box<dyn FnOnce() + Send>>,
+    /// The process has exited and `on_exit` has been taken.
+    exited: bool,
 }
 
 pub(crate) struct Conn {
@@ -100,7 +117,7 @@ pub(crate) struct Conn {
 
 pub struct Stub {
     conn: Arc<Conn>,
-    child: Mutex<Child>,
+    process: Arc<StubProcess>,
     timeout: Duration,
 }
 
@@ -124,19 +141,19 @@ impl Stub {
         let (ours, theirs) = UnixStream::pair().map_err(|e| format!("cannot create the stub's socket: {e}"))?;
         let region = Region::create(spec.region_bytes, spec.region_bytes / 2)?;
         let script = spec.stub_dir.join("tritium_python_stub.py");
+        let lifeline = lifeline();
         let mut command = Command::new(&spec.interpreter);
         command
             .arg(&script)
             .args(["3", "4", &region.size().to_string(), &region.input_size().to_string()])
+            .arg(if lifeline.is_some() { "5" } else { "-1" })
             .env("PYTHONPATH", python_path(&spec.stub_dir))
             .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            // Its own process group: a terminal's Ctrl-C reaches the server, which stops stubs itself.
-            .process_group(0);
-        let (socket_fd, region_fd) = (theirs.as_raw_fd(), region.fd());
+            .stdin(Stdio::null());
+        let (socket_fd, region_fd, lifeline_fd) = (theirs.as_raw_fd(), region.fd(), lifeline.unwrap_or(-1));
         // SAFETY: the closure runs in the forked child before exec and calls only fcntl and dup2,
-        // which are async-signal-safe. Both descriptors are first copied above 10 so that neither
-        // target (3, 4) can clobber the other's source; the copies close on exec, 3 and 4 stay.
+        // which are async-signal-safe. The descriptors are first copied above 10 so that no
+        // target (3, 4, 5) can clobber another's source; the copies close on exec, 3 to 5 stay.
         unsafe {
             command.pre_exec(move || {
                 let socket = libc::fcntl(socket_fd, libc::F_DUPFD_CLOEXEC, 10);
@@ -144,10 +161,15 @@ impl Stub {
                 if socket < 0 || region < 0 || libc::dup2(socket, 3) < 0 || libc::dup2(region, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                if lifeline_fd >= 0 && libc::dup2(lifeline_fd, 5) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             })
         };
-        let child = command.spawn().map_err(|e| {
+        // Its own process group (a terminal's Ctrl-C reaches the server, which stops stubs
+        // itself), ended as a whole.
+        let process = StubProcess::spawn(&mut command).map_err(|e| {
             format!("cannot start the Python interpreter '{}' for the python backend: {e}", spec.interpreter.display())
         })?;
         drop(theirs);
@@ -165,11 +187,48 @@ impl Stub {
                 next_id: AtomicU64::new(1),
                 alive: AtomicBool::new(true),
             }),
-            child: Mutex::new(child),
+            process: Arc::new(process),
             timeout: spec.timeout,
         };
+        stub.watch()?;
         stub.hello(ours, services)?;
         Ok(stub)
+    }
+
+    /// Watches the process itself, not only its socket: a stub that died while a forked helper
+    /// still holds its socket is seen at once; what is left of its group is ended with it.
+    fn watch(&self) -> Result<(), String> {
+        let (conn, process) = (Arc::clone(&self.conn), Arc::clone(&self.process));
+        std::thread::Builder::new()
+            .name(format!("python-watch-{}", self.conn.name))
+            .stack_size(64 << 10)
+            .spawn(move || {
+                if !process.wait_exit() {
+                    return;
+                }
+                let status = process.try_reap().filter(|s| !s.is_empty()).map(|s| format!(" ({s})")).unwrap_or_default();
+                conn.die(format!("the stub process exited{status}"));
+                let on_exit = {
+                    let mut state = conn.lock_state();
+                    state.exited = true;
+                    state.on_exit.take()
+                };
+                if let Some(on_exit) = on_exit {
+                    on_exit();
+                }
+            })
+            .map(drop)
+            .map_err(|e| format!("cannot watch the stub process: {e}"))
+    }
+
+    /// Runs `on_exit` once the stub process has exited (at once if it has).
+    pub fn on_exit(&self, on_exit: Box<dyn FnOnce() + Send>) {
+        let mut state = self.conn.lock_state();
+        if state.exited {
+            drop(state);
+            return on_exit();
+        }
+        state.on_exit = Some(on_exit);
     }
 
     /// Reads the stub's first frame within the timeout, then hands the socket to its reader: a
@@ -197,16 +256,23 @@ impl Stub {
         socket.set_read_timeout(None).map_err(|e| e.to_string())?;
         // Bounds a blocking write; a non-blocking socket's writer waits up to the same timeout.
         socket.set_write_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
-        let conn = Arc::clone(&self.conn);
+        let (conn, process) = (Arc::clone(&self.conn), Arc::clone(&self.process));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 socket.set_nonblocking(true).map_err(|e| e.to_string())?;
-                runtime.spawn(read_task(conn, socket, services, limit));
+                runtime.spawn(async move {
+                    read_task(conn, socket, services, limit).await;
+                    // A stub that closed its socket is of no further use, even if it still runs.
+                    drop(tokio::task::spawn_blocking(move || process.kill()));
+                });
             }
             _ => {
                 std::thread::Builder::new()
                     .name(format!("python-{}", self.conn.name))
-                    .spawn(move || read_loop(conn, socket, services, limit))
+                    .spawn(move || {
+                        read_loop(conn, socket, services, limit);
+                        process.kill();
+                    })
                     .map_err(|e| format!("cannot start the stub's reader thread: {e}"))?;
             }
         }
@@ -214,7 +280,7 @@ impl Stub {
     }
 
     fn exit_reason(&self, what: &str) -> String {
-        let status = self.lock_child().wait().map(|s| format!(" ({s})")).unwrap_or_default();
+        let status = self.process.kill().filter(|s| !s.is_empty()).map(|s| format!(" ({s})")).unwrap_or_default();
         format!("{what}{status}")
     }
 
@@ -252,6 +318,7 @@ impl Stub {
         streams: Vec<mpsc::UnboundedSender<StreamEvent>>,
         reply: oneshot::Sender<Result<Executed, BackendError>>,
         release: OnExecuted,
+        deadline: Option<Deadline>,
     ) {
         let id = self.conn.next_id.fetch_add(1, Ordering::Relaxed);
         let decoupled = !streams.is_empty();
@@ -319,6 +386,38 @@ impl Stub {
             // The reader sees the socket fail too and settles everything in flight.
             tracing::warn!(instance = %self.conn.name, "cannot send to the Python stub: {e}");
             self.kill();
+            return;
+        }
+        if let Some(deadline) = deadline {
+            self.expire_at(id, deadline);
+        }
+    }
+
+    /// Ends execute `id` with the deadline's error if it is still running then, and its stub with
+    /// it (the next job starts a new one).
+    fn expire_at(&self, id: u64, deadline: Deadline) {
+        let (conn, process) = (Arc::clone(&self.conn), Arc::clone(&self.process));
+        let at = Instant::now() + deadline.limit;
+        let expire = move || {
+            if conn.expire(id, deadline) {
+                // Killing waits for the process and scans for its descendants: off the runtime.
+                process.kill();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let handle = runtime.clone();
+                drop(runtime.spawn(async move {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                    drop(handle.spawn_blocking(expire));
+                }));
+            }
+            Err(_) => {
+                let _ = std::thread::Builder::new().name("python-deadline".into()).spawn(move || {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    expire();
+                });
+            }
         }
     }
 
@@ -327,35 +426,27 @@ impl Stub {
         let _ = self.conn.send(json!({"op": "cancel", "request": key}), &[]);
     }
 
-    /// Runs the model's `finalize` (within the timeout), then ends the process: at once when
-    /// finalize failed or never answered (a stub hung in `execute`).
+    /// Runs the model's `finalize` (within the timeout), then ends the process: at once when an
+    /// `execute` is still running (finalize would only wait behind it), when finalize failed or
+    /// never answered.
     pub fn stop(&self) {
-        if self.is_alive()
-            && let Err(e) = self.call(json!({"op": "finalize"}), Some(self.timeout))
-        {
+        if !self.is_alive() {
+            return self.kill();
+        }
+        if !self.conn.lock_state().executes.is_empty() {
+            tracing::warn!(instance = %self.conn.name, "the model is still in execute; its stub is ended without finalize");
+            return self.kill();
+        }
+        if let Err(e) = self.call(json!({"op": "finalize"}), Some(self.timeout)) {
             tracing::warn!(instance = %self.conn.name, "the model's finalize failed: {e}");
-            self.kill();
-            return;
+            return self.kill();
         }
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            match self.lock_child().try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) if Instant::now() >= deadline => break,
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-        self.kill();
+        self.process.wait_or_kill(self.timeout);
     }
 
+    /// Ends the stub process and its process group (its helpers) at once.
     pub fn kill(&self) {
-        let mut child = self.lock_child();
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    fn lock_child(&self) -> MutexGuard<'_, Child> {
-        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.process.kill();
     }
 }
 
@@ -373,186 +464,6 @@ impl StubLink for Conn {
     fn send(&self, header: Value, payload: &[&[u8]]) -> std::io::Result<()> {
         Conn::send(self, header, payload)
     }
-}
-
-impl Conn {
-    fn lock_state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn writer_lock(&self) -> MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Sends a frame with a JSON header, acknowledging every frame read so far (the stub may
-    /// reuse their blocks).
-    pub(crate) fn send(&self, mut header: Value, payload: &[&[u8]]) -> std::io::Result<()> {
-        let header = |buffer: &mut Vec<u8>, ack| {
-            header["ack"] = json!(ack);
-            serde_json::to_writer(buffer, &header).map_err(std::io::Error::other)
-        };
-        self.send_with(header, payload)
-    }
-
-    /// Sends a frame whose header `header` writes, given the acknowledgement to carry, in one write.
-    fn send_with(&self, header: impl FnOnce(&mut Vec<u8>, u64) -> std::io::Result<()>, payload: &[&[u8]]) -> std::io::Result<()> {
-        let mut writer = self.writer_lock();
-        let ack = self.received.load(Ordering::Acquire);
-        self.unacknowledged_bytes.store(0, Ordering::Release);
-        writer.send(|buffer| header(buffer, ack), payload)
-    }
-
-    fn death_or(&self, otherwise: &str) -> String {
-        self.lock_state().death.clone().unwrap_or_else(|| otherwise.to_string())
-    }
-
-    /// Settles everything in flight with the stub's death.
-    fn die(&self, why: String) {
-        self.alive.store(false, Ordering::Release);
-        let (executes, streams) = {
-            let mut state = self.lock_state();
-            state.death = Some(why.clone());
-            state.op_reply = None;
-            (std::mem::take(&mut state.executes), std::mem::take(&mut state.streams))
-        };
-        for (_, pending) in executes {
-            pending.inputs.into_iter().for_each(|b| self.region.free_input(b));
-            if let Some(release) = pending.release {
-                release();
-            }
-            let _ = pending.reply.send(Err(stub_failed(&self.name, &why)));
-        }
-        for (_, stream) in streams {
-            stream.inputs.into_iter().for_each(|b| self.region.free_input(b));
-            let _ = stream.sender.send(StreamEvent { answer: Err(stub_failed(&self.name, &why)), last: true });
-        }
-    }
-
-    fn settle_executed(&self, frame: ExecutedFrame) {
-        let Some(pending) = self.lock_state().executes.remove(&frame.id) else { return };
-        pending.inputs.into_iter().for_each(|b| self.region.free_input(b));
-        let result = match frame.outcome {
-            Err(message) => Err(BackendError::refused(ErrorCode::Internal, message)),
-            Ok(answers) => Ok(Executed { answers }),
-        };
-        if let Err(error) = &result {
-            // A decoupled execute that raised: each of its requests ends with the error.
-            for &key in &pending.streams {
-                self.end_stream(key, Err(BackendError::refused(error.code(), error.to_string())));
-            }
-        }
-        // The instance first: it takes the next waiting job now, so the stub works on it while
-        // this answer makes its way back to the client.
-        if let Some(release) = pending.release {
-            release();
-        }
-        let _ = pending.reply.send(result);
-    }
-
-    fn end_stream(&self, key: u64, answer: Result<Option<Reply>, BackendError>) {
-        if let Some(stream) = self.lock_state().streams.remove(&key) {
-            stream.inputs.into_iter().for_each(|b| self.region.free_input(b));
-            let _ = stream.sender.send(StreamEvent { answer, last: true });
-        }
-    }
-
-    fn settle_response(&self, frame: ResponseFrame) {
-        let answer = frame.answer.transpose();
-        if frame.last {
-            self.end_stream(frame.key, answer);
-        } else if let Some(stream) = self.lock_state().streams.get(&frame.key) {
-            let _ = stream.sender.send(StreamEvent { answer, last: false });
-        }
-    }
-
-    fn note_output_bytes(&self, bytes: usize) {
-        if bytes == 0 {
-            return;
-        }
-        let total = self.unacknowledged_bytes.fetch_add(bytes, Ordering::AcqRel).saturating_add(bytes);
-        // Without frames going back, the stub's ring would fill: acknowledge once a quarter is used.
-        if total > (self.region.size() - self.region.input_size()) / 4 {
-            let _ = self.send(json!({"op": "ack"}), &[]);
-        }
-    }
-}
-
-/// Takes one frame the stub sent; `Err` says why the stub is of no further use.
-fn take_frame(conn: &Arc<Conn>, services: &Services, header: &[u8], payload: bytes::Bytes) -> Result<(), String> {
-    let shm_bytes = match binary::op(header) {
-        Some(binary::EXECUTED) => {
-            let frame = binary::parse_executed(header, &conn.region, &payload)
-                .map_err(|why| format!("the stub sent a malformed executed frame: {why}"))?;
-            let bytes = frame.shm_bytes;
-            conn.settle_executed(frame);
-            bytes
-        }
-        Some(binary::RESPONSE) => {
-            let frame = binary::parse_response(header, &conn.region, &payload)
-                .map_err(|why| format!("the stub sent a malformed response frame: {why}"))?;
-            let bytes = frame.shm_bytes;
-            conn.settle_response(frame);
-            bytes
-        }
-        Some(op) => return Err(format!("the stub sent a frame of unknown op {op}")),
-        None => {
-            let frame = Frame::json(header, payload).map_err(|e| format!("the stub's socket failed: {e}"))?;
-            match frame.op() {
-                "bls" => services.bls(conn, &frame),
-                "control" => services.control(conn, &frame),
-                "log" => services.log(&conn.name, &frame.header),
-                _ => {
-                    if let Some(sender) = conn.lock_state().op_reply.take() {
-                        let _ = sender.try_send(frame);
-                        conn.received.fetch_add(1, Ordering::AcqRel);
-                        return Ok(());
-                    }
-                }
-            }
-            crate::wire::shm_bytes(&frame.header)
-        }
-    };
-    conn.received.fetch_add(1, Ordering::AcqRel);
-    conn.note_output_bytes(shm_bytes);
-    Ok(())
-}
-
-fn read_loop(conn: Arc<Conn>, socket: UnixStream, services: Services, limit: usize) {
-    // Buffered: a frame's prefix, header and small payload usually come in one read.
-    let mut socket = std::io::BufReader::with_capacity(64 << 10, socket);
-    let mut header = Vec::with_capacity(4 << 10);
-    let why = loop {
-        let payload = match read_raw(&mut socket, &mut header, limit) {
-            Ok(Some(payload)) => payload,
-            Ok(None) => break "the stub process exited".to_string(),
-            Err(e) => break format!("the stub's socket failed: {e}"),
-        };
-        if let Err(why) = take_frame(&conn, &services, &header, payload) {
-            break why;
-        }
-    };
-    conn.die(why);
-}
-
-async fn read_task(conn: Arc<Conn>, socket: UnixStream, services: Services, limit: usize) {
-    let why = match tokio::net::UnixStream::from_std(socket) {
-        Ok(socket) => {
-            let mut socket = tokio::io::BufReader::with_capacity(64 << 10, socket);
-            let mut header = Vec::with_capacity(4 << 10);
-            loop {
-                let payload = match read_raw_async(&mut socket, &mut header, limit).await {
-                    Ok(Some(payload)) => payload,
-                    Ok(None) => break "the stub process exited".to_string(),
-                    Err(e) => break format!("the stub's socket failed: {e}"),
-                };
-                if let Err(why) = take_frame(&conn, &services, &header, payload) {
-                    break why;
-                }
-            }
-        }
-        Err(e) => format!("cannot watch the stub's socket: {e}"),
-    };
-    conn.die(why);
 }
 
 /// The error every request in flight gets when its stub dies, in Triton's words (the cause goes

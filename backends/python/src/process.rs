@@ -1,0 +1,264 @@
+//! The stub processes as the operating system sees them: each stub leads its own process group,
+//! is watched through a pidfd (its exit is seen even while a forked helper still holds its socket),
+//! and is ended together with its group. Descendants that left the group (a daemon's double fork
+//! and `setsid`) are re-parented to the server, which makes itself a child subreaper, and carry
+//! [`STUB_TAG`] in their environment (the server's pid and the stub's number): ending a stub
+//! finds and ends them too.
+//!
+//! A lifeline pipe ends stubs even when the server dies without cleaning up (a crash, SIGKILL):
+//! every stub inherits its read end, the server alone holds the write end, and the stub kills
+//! its own group when the read sees end-of-file.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Set in every stub's environment to `<server pid>.<stub number>`; its descendants inherit it.
+pub const STUB_TAG: &str = "TRITIUM_PYTHON_STUB_OF";
+
+static NEXT_STUB: AtomicU64 = AtomicU64::new(1);
+
+/// The process groups of the stubs not yet reaped.
+static GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// A stub process: its `Child` (for reaping and its status) and a pidfd naming exactly it.
+pub struct StubProcess {
+    child: Mutex<Child>,
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    /// The value of [`STUB_TAG`] in its environment.
+    tag: String,
+    reaped: Mutex<bool>,
+}
+
+impl StubProcess {
+    /// Starts `command` tagged, in a process group of its own, and tracks it.
+    pub fn spawn(command: &mut Command) -> std::io::Result<StubProcess> {
+        use std::os::unix::process::CommandExt;
+        become_subreaper();
+        let tag = format!("{}.{}", std::process::id(), NEXT_STUB.fetch_add(1, Ordering::Relaxed));
+        let child = command.env(STUB_TAG, &tag).process_group(0).spawn()?;
+        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        lock(&GROUPS).insert(pid);
+        Ok(StubProcess { child: Mutex::new(child), pid, pidfd: pidfd_open(pid), tag, reaped: Mutex::new(false) })
+    }
+
+    /// Waits (on this thread) until the stub has exited, whoever reaps it; `false` where this
+    /// kernel has no pidfd (the socket's end-of-file is then the only sign).
+    pub fn wait_exit(&self) -> bool {
+        let Some(fd) = &self.pidfd else { return false };
+        let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        loop {
+            // SAFETY: one valid pollfd for the duration of the call.
+            let ready = unsafe { libc::poll(&mut poll, 1, -1) };
+            if ready > 0 {
+                return true;
+            }
+            if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return false;
+            }
+        }
+    }
+
+    /// Ends the stub and everything still in its process group, then reaps it; the exit status
+    /// in words, when this call reaped it.
+    pub fn kill(&self) -> Option<String> {
+        let mut reaped = lock(&self.reaped);
+        if *reaped {
+            return None;
+        }
+        // The leader is not reaped yet, so its pid (the group's id) cannot have been reused.
+        // SAFETY: killpg has no memory effects.
+        unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+        let status = lock(&self.child).wait().ok().map(|s| s.to_string());
+        *reaped = true;
+        lock(&GROUPS).remove(&self.pid);
+        drop(reaped);
+        sweep(&format!("{STUB_TAG}={}", self.tag));
+        status
+    }
+
+    /// Reaps the stub if it has exited (killing what is left of its group); `None` while it runs.
+    pub fn try_reap(&self) -> Option<String> {
+        if *lock(&self.reaped) {
+            return Some(String::new());
+        }
+        match lock(&self.child).try_wait() {
+            Ok(Some(status)) => {
+                // `try_wait` reaped the leader: what is left of the group goes with it. The group
+                // id stays reserved while any member lives.
+                // SAFETY: killpg has no memory effects.
+                unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+                *lock(&self.reaped) = true;
+                lock(&GROUPS).remove(&self.pid);
+                sweep(&format!("{STUB_TAG}={}", self.tag));
+                Some(status.to_string())
+            }
+            Ok(None) => None,
+            Err(_) => Some(String::new()),
+        }
+    }
+
+    /// Waits up to `limit` for the stub to exit by itself (after `finalize`), then kills it.
+    pub fn wait_or_kill(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.try_reap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for StubProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: the descriptor was just created and nobody else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Called once before the first stub starts: orphaned descendants of stubs come to the server
+/// (not to init), where [`sweep`] can reap and end them.
+pub fn become_subreaper() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        // SAFETY: prctl with these arguments only sets a flag on this process.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    });
+}
+
+/// The read end of the lifeline every stub inherits (as fd 5); the write end stays in this
+/// process (close-on-exec) until it exits.
+pub fn lifeline() -> Option<RawFd> {
+    static LIFELINE: OnceLock<Option<(OwnedFd, OwnedFd)>> = OnceLock::new();
+    LIFELINE
+        .get_or_init(|| {
+            let mut fds = [0 as RawFd; 2];
+            // SAFETY: pipe2 fills two descriptors, both close-on-exec.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return None;
+            }
+            // SAFETY: both descriptors were just created and are owned here alone.
+            Some(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+        })
+        .as_ref()
+        .map(|(read, _)| read.as_raw_fd())
+}
+
+/// Ends every stub still running (a load still in `initialize`, a stub stuck in `execute`) with
+/// its group, then every descendant of a stub that left its group: the last step before the
+/// server exits. Returns how many processes it ended.
+pub fn end_all() -> usize {
+    let groups: Vec<i32> = lock(&GROUPS).iter().copied().collect();
+    for group in &groups {
+        // SAFETY: killpg has no memory effects; the group's leader is not reaped yet.
+        unsafe { libc::killpg(*group, libc::SIGKILL) };
+    }
+    groups.len() + sweep(&format!("{STUB_TAG}={}.", std::process::id()))
+}
+
+/// Ends the processes whose environment holds an entry starting with `tag` (other than the
+/// stubs still tracked), reaping those that are the server's children, and reaps the server's
+/// untracked zombie children (descendants re-parented here that have died). Returns how many it
+/// ended.
+fn sweep(tag: &str) -> usize {
+    let me = std::process::id();
+    let mut ended = 0;
+    // Descendants of a killed process re-parent one level at a time: a few rounds find them all.
+    for _ in 0..8 {
+        let found = tagged_processes(me, tag);
+        if found.is_empty() {
+            break;
+        }
+        for (pid, parent) in found {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            if parent == me {
+                let mut status = 0;
+                // SAFETY: reaps this one child of ours; the pointer is valid.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+            }
+            ended += 1;
+        }
+    }
+    ended
+}
+
+/// Processes (pid, parent pid) with an environment entry starting with `tag`, other than the
+/// stubs the server still tracks; and the server's untracked children that are zombies (whose
+/// environment can no longer be read).
+fn tagged_processes(me: u32, tag: &str) -> Vec<(i32, u32)> {
+    let tracked = lock(&GROUPS).clone();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if tracked.contains(&pid) || u32::try_from(pid).ok() == Some(me) {
+            continue;
+        }
+        let Some((state, parent)) = state_and_parent(pid) else { continue };
+        if state == 'Z' {
+            if parent == me {
+                found.push((pid, parent));
+            }
+            continue;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if environ.split(|&b| b == 0).any(|entry| entry.starts_with(tag.as_bytes())) {
+            found.push((pid, parent));
+        }
+    }
+    found
+}
+
+/// A process's state letter and parent pid, from `/proc/PID/stat` (the fields after the
+/// command's closing paren).
+fn state_and_parent(pid: i32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tagged(process: &StubProcess) -> usize {
+        tagged_processes(std::process::id(), &format!("{STUB_TAG}={}", process.tag)).len()
+    }
+
+    #[test]
+    fn a_stubs_group_and_its_escaped_descendants_are_ended_with_it() {
+        // A leader that forks a helper in its group and a daemon that leaves it (setsid), then waits.
+        let mut command = Command::new("sh");
+        command.args(["-c", "sleep 300 & setsid sh -c 'sleep 300' & wait"]);
+        let process = StubProcess::spawn(&mut command).expect("sh runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tagged(&process) < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(tagged(&process) >= 3, "the helper, the daemon and its sh are running");
+        assert!(lock(&GROUPS).contains(&process.pid));
+        assert!(process.kill().is_some());
+        assert!(!lock(&GROUPS).contains(&process.pid));
+        assert_eq!(tagged(&process), 0, "nothing of the stub's is left");
+        assert!(process.wait_exit(), "the pidfd reports the exit");
+    }
+}
