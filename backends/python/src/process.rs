@@ -77,7 +77,7 @@ impl StubProcess {
         *reaped = true;
         lock(&GROUPS).remove(&self.pid);
         drop(reaped);
-        sweep(&format!("{STUB_TAG}={}", self.tag));
+        sweep(&self.tag_entry(), Match::Exact);
         status
     }
 
@@ -94,12 +94,17 @@ impl StubProcess {
                 unsafe { libc::killpg(self.pid, libc::SIGKILL) };
                 *lock(&self.reaped) = true;
                 lock(&GROUPS).remove(&self.pid);
-                sweep(&format!("{STUB_TAG}={}", self.tag));
+                sweep(&self.tag_entry(), Match::Exact);
                 Some(status.to_string())
             }
             Ok(None) => None,
             Err(_) => Some(String::new()),
         }
+    }
+
+    /// The environment entry that marks this stub's descendants.
+    fn tag_entry(&self) -> String {
+        format!("{STUB_TAG}={}", self.tag)
     }
 
     /// Waits up to `limit` for the stub to exit by itself (after `finalize`), then kills it.
@@ -166,19 +171,27 @@ pub fn end_all() -> usize {
         // SAFETY: killpg has no memory effects; the group's leader is not reaped yet.
         unsafe { libc::killpg(*group, libc::SIGKILL) };
     }
-    groups.len() + sweep(&format!("{STUB_TAG}={}.", std::process::id()))
+    groups.len() + sweep(&format!("{STUB_TAG}={}.", std::process::id()), Match::Prefix)
 }
 
-/// Ends the processes whose environment holds an entry starting with `tag` (other than the
-/// stubs still tracked), reaping those that are the server's children, and reaps the server's
+/// How an environment entry is compared with a tag: one stub's (exactly), or every stub's of
+/// this server (the `<server pid>.` prefix).
+#[derive(Clone, Copy)]
+enum Match {
+    Exact,
+    Prefix,
+}
+
+/// Ends the processes whose environment holds `tag` (as `how` compares; other than the stubs
+/// still tracked), reaping those that are the server's children, and reaps the server's
 /// untracked zombie children (descendants re-parented here that have died). Returns how many it
 /// ended.
-fn sweep(tag: &str) -> usize {
+fn sweep(tag: &str, how: Match) -> usize {
     let me = std::process::id();
     let mut ended = 0;
     // Descendants of a killed process re-parent one level at a time: a few rounds find them all.
     for _ in 0..8 {
-        let found = tagged_processes(me, tag);
+        let found = tagged_processes(me, tag, how);
         if found.is_empty() {
             break;
         }
@@ -196,10 +209,10 @@ fn sweep(tag: &str) -> usize {
     ended
 }
 
-/// Processes (pid, parent pid) with an environment entry starting with `tag`, other than the
-/// stubs the server still tracks; and the server's untracked children that are zombies (whose
+/// Processes (pid, parent pid) with `tag` in their environment, other than the stubs the server
+/// still tracks; and the server's untracked children that are zombies (whose
 /// environment can no longer be read).
-fn tagged_processes(me: u32, tag: &str) -> Vec<(i32, u32)> {
+fn tagged_processes(me: u32, tag: &str, how: Match) -> Vec<(i32, u32)> {
     let tracked = lock(&GROUPS).clone();
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut found = Vec::new();
@@ -216,7 +229,11 @@ fn tagged_processes(me: u32, tag: &str) -> Vec<(i32, u32)> {
             continue;
         }
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        if environ.split(|&b| b == 0).any(|entry| entry.starts_with(tag.as_bytes())) {
+        let tagged = |entry: &[u8]| match how {
+            Match::Exact => entry == tag.as_bytes(),
+            Match::Prefix => entry.starts_with(tag.as_bytes()),
+        };
+        if environ.split(|&b| b == 0).any(tagged) {
             found.push((pid, parent));
         }
     }
@@ -241,7 +258,7 @@ mod tests {
     use super::*;
 
     fn tagged(process: &StubProcess) -> usize {
-        tagged_processes(std::process::id(), &format!("{STUB_TAG}={}", process.tag)).len()
+        tagged_processes(std::process::id(), &process.tag_entry(), Match::Exact).len()
     }
 
     #[test]
@@ -260,5 +277,18 @@ mod tests {
         assert!(!lock(&GROUPS).contains(&process.pid));
         assert_eq!(tagged(&process), 0, "nothing of the stub's is left");
         assert!(process.wait_exit(), "the pidfd reports the exit");
+    }
+
+    #[test]
+    fn ending_one_stub_spares_a_stub_whose_number_it_prefixes() {
+        let me = std::process::id();
+        let spawn = |number: &str| Command::new("sleep").arg("300").env(STUB_TAG, format!("{me}.{number}")).spawn().unwrap();
+        let (mut one, mut ten) = (spawn("900001"), spawn("9000010"));
+        let ended = sweep(&format!("{STUB_TAG}={me}.900001"), Match::Exact);
+        assert_eq!(ended, 1);
+        assert!(one.try_wait().is_err() || one.try_wait().unwrap().is_some(), "stub 900001's process is ended");
+        assert!(ten.try_wait().unwrap().is_none(), "stub 9000010's process still runs");
+        let _ = ten.kill();
+        let _ = ten.wait();
     }
 }
