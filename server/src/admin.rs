@@ -122,6 +122,23 @@ pub fn unload_model(state: &ServerState, request: RepositoryModelUnloadRequest) 
     Ok(state.repository.unload(&request.model_name)?)
 }
 
+/// CUDA shared memory on a server without a GPU, as Triton 2.51 answers on a machine without
+/// one: nothing is ever registered, so the status lists no region (a named one is not found),
+/// unregistering is a no-op, and a registration fails.
+pub fn cuda_shm_status(name: &str) -> Result<CudaSharedMemoryStatusResponse, ServerError> {
+    if name.is_empty() {
+        return Ok(CudaSharedMemoryStatusResponse::default());
+    }
+    Err(ServerError::NotFound { reason: format!("Unable to find cuda shared memory region: '{name}'") })
+}
+
+/// See [`cuda_shm_status`]; Triton's words for a registration it cannot make.
+pub const CUDA_SHM_REGISTER_FAILED: &str = "failed to register shared memory region: invalid args";
+
+pub fn cuda_shm_register() -> Result<(), ServerError> {
+    Err(ServerError::InvalidArgument { reason: CUDA_SHM_REGISTER_FAILED.to_string() })
+}
+
 /// The registered regions (all of them for an empty name), by name.
 pub fn shm_status(state: &ServerState, name: &str) -> Result<SystemSharedMemoryStatusResponse, ServerError> {
     let regions = state.shm.status(name)?;

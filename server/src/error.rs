@@ -13,6 +13,8 @@ pub enum ServerError {
     Shm(#[from] ShmError),
     #[error("{reason}")]
     InvalidArgument { reason: String },
+    #[error("{reason}")]
+    NotFound { reason: String },
     #[error("{what}")]
     Unsupported { what: String },
     #[error("{reason}")]
@@ -29,6 +31,7 @@ impl ServerError {
             ServerError::Worker(e) => e.code(),
             ServerError::Shm(e) => e.code(),
             ServerError::InvalidArgument { .. } => ErrorCode::InvalidArg,
+            ServerError::NotFound { .. } => ErrorCode::NotFound,
             ServerError::Unsupported { .. } => ErrorCode::Unsupported,
             ServerError::Unavailable { .. } => ErrorCode::Unavailable,
             ServerError::Internal(_) => ErrorCode::Internal,

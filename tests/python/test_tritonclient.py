@@ -418,20 +418,37 @@ def test_trace_settings(client):
     assert len(per_model.settings) > 0
 
 
-# --- CUDA shared memory: not available in a CPU build ---------------------------------------------------
+# --- CUDA shared memory on a machine without a GPU: Triton 2.51's answers there --------------------------
 
 
-def test_cuda_shared_memory_status_unimplemented(client):
-    expect_error("UNIMPLEMENTED", "", client.get_cuda_shared_memory_status)
+def test_cuda_shared_memory_status_is_empty_as_on_triton_without_a_gpu(client):
+    assert list(client.get_cuda_shared_memory_status().regions) == []
+    expect_error("NOT_FOUND", "Unable to find cuda shared memory region: 'cuda0'", client.get_cuda_shared_memory_status, "cuda0")
 
 
-def test_cuda_shared_memory_register_unimplemented(client):
+def test_cuda_shared_memory_register_fails_with_tritons_words(client):
     handle = base64.b64encode(b"\0" * 64)
-    expect_error("UNIMPLEMENTED", "", client.register_cuda_shared_memory, "cuda0", handle, 0, 64)
+    expect_error("INVALID_ARGUMENT", "failed to register shared memory region: invalid args",
+                 client.register_cuda_shared_memory, "cuda0", handle, 0, 64)  # fmt: skip
+    assert list(client.get_cuda_shared_memory_status().regions) == []
 
 
-def test_cuda_shared_memory_unregister_unimplemented(client):
-    expect_error("UNIMPLEMENTED", "", client.unregister_cuda_shared_memory)
+def test_cuda_shared_memory_unregister_is_a_no_op(client):
+    # Triton's own gRPC shm examples call this cleanup first (simple_grpc_shm_client.py).
+    client.unregister_cuda_shared_memory()
+    client.unregister_cuda_shared_memory("cuda0")
+
+
+def test_cuda_shared_memory_answers_agree_over_http(tritium):
+    import tritonclient.http as httpclient
+
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{tritium.http_port}")
+    assert http.get_cuda_shared_memory_status() == []
+    http.unregister_cuda_shared_memory()
+    with pytest.raises(InferenceServerException) as info:
+        http.register_cuda_shared_memory("cuda0", base64.b64encode(b"\0" * 64), 0, 64)
+    assert info.value.status() == "400"
+    assert info.value.message() == "failed to register shared memory region: invalid args"
 
 
 def test_log_settings_really_change_the_level(start_tritium):

@@ -1,6 +1,6 @@
 //! `inference.GRPCInferenceService`: a thin adapter from the 20 RPCs to the model registry, the
 //! worker, shared memory and settings. Each handler decodes, calls the core, encodes; errors map
-//! to status once, through [`ServerError`].
+//! to status once, through [`crate::error::ServerError`].
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +12,6 @@ use tritium_proto::inference::*;
 use super::convert::{decode_for_model, encode_response};
 use super::stream;
 use crate::admin;
-use crate::error::ServerError;
 use crate::state::ServerState;
 
 #[derive(Debug, Clone)]
@@ -30,10 +29,6 @@ type RpcResult<T> = Result<Response<T>, Status>;
 
 fn reply<T>(value: T) -> RpcResult<T> {
     Ok(Response::new(value))
-}
-
-fn cuda_unsupported() -> Status {
-    ServerError::Unsupported { what: "CUDA shared memory is not supported by this server".to_string() }.into()
 }
 
 #[tonic::async_trait]
@@ -130,23 +125,24 @@ impl GrpcInferenceService for InferenceService {
 
     async fn cuda_shared_memory_status(
         &self,
-        _: Request<CudaSharedMemoryStatusRequest>,
+        request: Request<CudaSharedMemoryStatusRequest>,
     ) -> RpcResult<CudaSharedMemoryStatusResponse> {
-        Err(cuda_unsupported())
+        reply(admin::cuda_shm_status(&request.into_inner().name)?)
     }
 
     async fn cuda_shared_memory_register(
         &self,
         _: Request<CudaSharedMemoryRegisterRequest>,
     ) -> RpcResult<CudaSharedMemoryRegisterResponse> {
-        Err(cuda_unsupported())
+        admin::cuda_shm_register()?;
+        reply(CudaSharedMemoryRegisterResponse {})
     }
 
     async fn cuda_shared_memory_unregister(
         &self,
         _: Request<CudaSharedMemoryUnregisterRequest>,
     ) -> RpcResult<CudaSharedMemoryUnregisterResponse> {
-        Err(cuda_unsupported())
+        reply(CudaSharedMemoryUnregisterResponse {})
     }
 
     async fn trace_setting(&self, request: Request<TraceSettingRequest>) -> RpcResult<TraceSettingResponse> {

@@ -1,10 +1,11 @@
 //! `/v2/cudasharedmemory/...` on a server without CUDA: no region is ever registered, so status
 //! lists none and unregistering is a no-op, as on Triton; a register request is read and checked
-//! as Triton checks it, and a well-formed one is refused because this build has no GPU.
+//! as Triton checks it, and a well-formed one fails with Triton's words on a machine without a GPU
+//! (the gRPC door shares them: `crate::admin::cuda_shm_*`).
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use serde_json::Value;
 
 use super::KserveState;
@@ -19,7 +20,8 @@ pub(super) async fn status_all() -> HttpResult {
 }
 
 pub(super) async fn status(Path(region): Path<String>) -> HttpResult {
-    Err(HttpError::new(StatusCode::NOT_FOUND, format!("Unable to find cuda shared memory region: '{region}'")))
+    crate::admin::cuda_shm_status(&region)?;
+    Ok(reply::json(&Value::Array(Vec::new())))
 }
 
 pub(super) async fn unregister() -> HttpResult {
@@ -42,7 +44,7 @@ fn base64_length(text: &str) -> Option<usize> {
 
 pub(super) async fn register(
     State(state): State<KserveState>,
-    Path(region): Path<String>,
+    Path(_region): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> HttpResult {
@@ -63,10 +65,8 @@ pub(super) async fn register(
     if base64_length(encoded) != Some(IPC_HANDLE_BYTES) {
         return Err(HttpError::bad_request("'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t"));
     }
-    Err(HttpError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        format!("failed to register CUDA shared memory region '{region}': CUDA shared memory is not supported by this server"),
-    ))
+    crate::admin::cuda_shm_register()?;
+    Ok(reply::empty())
 }
 
 #[cfg(test)]
