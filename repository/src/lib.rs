@@ -34,5 +34,5 @@ pub use config::{
     config_to_json, fill_core_defaults, normalize_config, parse_config_json, parse_config_text, render_config_json,
 };
 pub use error::RepositoryError;
-pub use scan::{CONFIG_FILE, ModelSource, find_model, scan_repositories};
+pub use scan::{CONFIG_FILE, ModelSource, find_model, is_plain_name, scan_repositories};
 pub use versions::{select_model_versions, select_versions};

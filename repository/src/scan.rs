@@ -130,7 +130,8 @@ fn insert_unique(models: &mut BTreeMap<String, ModelSource>, model: ModelSource)
     Ok(())
 }
 
-fn is_plain_name(name: &str) -> bool {
+/// Whether `name` can be a model folder's name: one plain, visible path component.
+pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\']) && Path::new(name).file_name().is_some()
 }
 

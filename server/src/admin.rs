@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tritium_proto::inference::model_repository_parameter::ParameterChoice as RepoParam;
 use tritium_proto::inference::system_shared_memory_status_response::RegionStatus;
 use tritium_proto::inference::*;
-use tritium_worker::{WorkerError, parse_version};
+use tritium_worker::{FileOverride, WorkerError, parse_version};
 
 use crate::error::ServerError;
 use crate::state::ServerState;
@@ -86,6 +86,7 @@ pub fn repository_index(state: &ServerState, request: RepositoryIndexRequest) ->
 /// timeout, after which the load goes on in the background.
 pub async fn load_model(state: &ServerState, request: RepositoryModelLoadRequest) -> Result<(), ServerError> {
     let mut config_json = None;
+    let mut files = Vec::new();
     for (key, value) in request.parameters {
         match (key.as_str(), value.parameter_choice) {
             ("config", Some(RepoParam::StringParam(json))) => config_json = Some(json),
@@ -94,8 +95,11 @@ pub async fn load_model(state: &ServerState, request: RepositoryModelLoadRequest
                     reason: "the 'config' load parameter must be a string_param holding JSON".into(),
                 });
             }
+            (k, Some(RepoParam::BytesParam(content))) if k.starts_with("file:") => {
+                files.push(FileOverride { path: k["file:".len()..].to_string(), content: content.into() });
+            }
             (k, _) if k.starts_with("file:") => {
-                return Err(ServerError::Unsupported { what: format!("load parameter '{k}': file overrides are not supported") });
+                return Err(ServerError::InvalidArgument { reason: format!("load parameter '{k}' must be a bytes_param") });
             }
             // Unknown parameters are ignored, as Triton does.
             _ => {}
@@ -104,7 +108,7 @@ pub async fn load_model(state: &ServerState, request: RepositoryModelLoadRequest
     let repository = Arc::clone(&state.repository);
     let name = request.model_name;
     let label = name.clone();
-    let load = tokio::task::spawn_blocking(move || repository.load(&name, config_json.as_deref()));
+    let load = tokio::task::spawn_blocking(move || repository.load_files(&name, config_json.as_deref(), &files));
     let timeout = state.load_timeout;
     tokio::time::timeout(timeout, load)
         .await

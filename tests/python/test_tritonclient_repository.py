@@ -152,6 +152,87 @@ def test_load_with_config_override(rclient):
     np.testing.assert_array_equal(rclient.infer("m_other", fp32(data)).as_numpy("OUTPUT0"), data)
 
 
+def test_a_malformed_override_answers_as_triton_does(rclient):
+    # Triton 2.51: INTERNAL "failed to load 'M', failed to poll from model repository" (the model-control examples check it).
+    expect_error("INTERNAL", "failed to load 'm_other', failed to poll from model repository",
+                 rclient.load_model, "m_other", config="not json")  # fmt: skip
+    assert rclient.is_model_ready("m_identity")
+
+
+def test_an_override_without_a_backend_keeps_the_models_own(rclient):
+    override = {"max_batch_size": 0, "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [-1]}],
+                "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [-1]}]}  # fmt: skip
+    rclient.load_model("m_other", config=json.dumps(override))
+    assert rclient.get_model_config("m_other").config.backend == "identity"
+    data = np.arange(3, dtype=np.float32)
+    np.testing.assert_array_equal(rclient.infer("m_other", fp32(data)).as_numpy("OUTPUT0"), data)
+
+
+DOUBLER = b"""
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0",
+                pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() * 2)]) for r in requests]
+"""
+
+PYTHON_FP32 = json.dumps({"backend": "python", "max_batch_size": 0,
+                          "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [-1]}],
+                          "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [-1]}]})  # fmt: skip
+
+
+@pytest.fixture
+def python_explicit_server(start_tritium, model_repo):
+    import sys
+
+    write_model(model_repo, "m_identity", identity_config("m_identity", "TYPE_FP32"))
+    return start_tritium("--model-repository", str(model_repo), "--model-control-mode", "explicit",
+                         "--python-interpreter", sys.executable)  # fmt: skip
+
+
+def override_folders() -> set[str]:
+    import tempfile
+    import pathlib
+
+    return {p.name for p in pathlib.Path(tempfile.gettempdir()).glob("tritium-override-*")}
+
+
+def test_file_overrides_load_a_model_from_the_files_sent(python_explicit_server):
+    client = grpcclient.InferenceServerClient(url=python_explicit_server.url)
+    before = override_folders()
+    # Like Triton, a model that is not in the repository can be loaded from files alone.
+    client.load_model("doubler", config=PYTHON_FP32, files={"file:1/model.py": DOUBLER})
+    data = np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(client.infer("doubler", fp32(data)).as_numpy("OUTPUT0"), data * 2)
+    assert len(override_folders() - before) == 1, "a private copy holds the files"
+    client.unload_model("doubler")
+    assert override_folders() == before, "the copy goes with the model"
+    # Without files it is looked for in the repository again, where it is not.
+    expect_error("INTERNAL", "failed to poll from model repository", client.load_model, "doubler")
+
+
+def test_file_overrides_need_a_config_and_stay_in_the_model(python_explicit_server):
+    client = grpcclient.InferenceServerClient(url=python_explicit_server.url)
+    expect_error("INTERNAL", "failed to load 'doubler', failed to poll from model repository",
+                 client.load_model, "doubler", files={"file:1/model.py": DOUBLER})  # fmt: skip
+    for path in ("file:../evil.py", "file:/tmp/evil.py", "file:1/../../evil.py"):
+        expect_error("INTERNAL", "failed to poll from model repository",
+                     client.load_model, "doubler", config=PYTHON_FP32, files={path: b"x = 1"})  # fmt: skip
+    assert client.is_server_live()
+
+
+def test_file_overrides_over_http(python_explicit_server):
+    import tritonclient.http as httpclient
+
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{python_explicit_server.http_port}")
+    http.load_model("doubler", config=PYTHON_FP32, files={"file:1/model.py": DOUBLER})
+    tensor = httpclient.InferInput("INPUT0", [2], "FP32")
+    tensor.set_data_from_numpy(np.array([1.5, 2.0], dtype=np.float32))
+    np.testing.assert_array_equal(http.infer("doubler", [tensor]).as_numpy("OUTPUT0"), [3.0, 4.0])
+    http.unload_model("doubler")
+
+
 def test_statistics_of_loaded_models(rclient):
     rclient.infer("m_identity", fp32(np.ones(2, dtype=np.float32)))
     stats = {s.name: s for s in rclient.get_inference_statistics().model_stats}

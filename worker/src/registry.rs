@@ -15,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tritium_proto::inference::ModelConfig;
 
 mod build;
+mod overrides;
 mod requests;
+
+pub use overrides::{FileOverride, MAX_OVERRIDE_BYTES, MAX_OVERRIDE_FILES, OverrideFolder};
 
 use crate::model::ModelVersion;
 use crate::scheduler_limits::SchedulerLimits;
@@ -89,13 +92,20 @@ pub struct ServedModel {
     /// Ready versions, ascending.
     pub versions: BTreeMap<i64, Arc<ModelVersion>>,
     fingerprint: u64,
+    /// The private copy of the model's files a load sent (`file:` overrides), kept while served.
+    files: Option<Arc<OverrideFolder>>,
 }
 
 impl ServedModel {
     /// A model assembled by hand rather than loaded from a repository folder: e.g. the frontend's
     /// stand-in for a model that workers in other processes serve.
     pub fn new(name: String, config: Arc<ModelConfig>, versions: BTreeMap<i64, Arc<ModelVersion>>) -> ServedModel {
-        ServedModel { name, config, versions, fingerprint: 0 }
+        ServedModel { name, config, versions, fingerprint: 0, files: None }
+    }
+
+    fn with_files(mut self, files: Arc<OverrideFolder>) -> ServedModel {
+        self.files = Some(files);
+        self
     }
 
     pub fn latest(&self) -> Option<&Arc<ModelVersion>> {
@@ -326,11 +336,12 @@ impl ModelRepository {
         if self.options.control_mode != ControlMode::Explicit {
             return Err(WorkerError::ModelControlDisabled);
         }
-        let source = self.find_source(name)?.ok_or_else(|| WorkerError::LoadFailed {
-            name: name.to_string(),
-            reason: "failed to poll from model repository".to_string(),
-        })?;
+        let not_polled =
+            || WorkerError::LoadFailed { name: name.to_string(), reason: "failed to poll from model repository".to_string() };
+        let source = self.find_source(name)?.ok_or_else(not_polled)?;
         if let Some(json) = config_json {
+            // Triton's answer to an override that is not JSON: the model cannot be polled.
+            repository::parse_config_json(json).map_err(|_| not_polled())?;
             self.check_override(&source, json)?;
         }
         self.load_composing_models(&source, config_json, 0)?;
@@ -341,7 +352,8 @@ impl ModelRepository {
     }
 
     /// A client's config override may only describe the model folder it loads: not a built-in or
-    /// command-line model (they have no folder), no file outside the folder, no other backend.
+    /// command-line model (they have no folder), no file outside the folder, no other backend (an
+    /// override that names none keeps the model's own, as Triton works it out from the folder).
     fn check_override(&self, source: &ModelSource, json: &str) -> Result<(), WorkerError> {
         let failed = |reason: String| WorkerError::LoadFailed { name: source.name.clone(), reason };
         if source.dir.as_os_str().is_empty() {
@@ -353,6 +365,7 @@ impl ModelRepository {
         tritium_repository::model_files::check_override_paths(&config).map_err(failed)?;
         let backend = |c: &ModelConfig| if c.backend.is_empty() { c.platform.clone() } else { c.backend.clone() };
         if let Some(own) = source.config()?
+            && !backend(&config).is_empty()
             && backend(&own) != backend(&config)
         {
             return Err(failed(format!(

@@ -57,6 +57,17 @@ impl ModelRepository {
             }
             None => return Err(failed("the model folder has no config.pbtxt".to_string())),
         };
+        if config_json.is_some() && config.backend.is_empty() && config.platform.is_empty() {
+            // An override that names no backend keeps the model's own, or the one its files show.
+            let own = match source.config()? {
+                Some(own) => Some(own),
+                None => self.backends.config_from_model_files(name, &source.dir, &source.versions).ok(),
+            };
+            if let Some(own) = own {
+                config.backend = own.backend;
+                config.platform = own.platform;
+            }
+        }
         if config.platform == ENSEMBLE_PLATFORM {
             return self.build_ensemble(source, config);
         }
@@ -92,7 +103,7 @@ impl ModelRepository {
                 ModelVersion::scheduled(Arc::clone(&config), version, schema.clone(), engine, backend, scheduler, self.id);
             served.insert(version, Arc::new(model));
         }
-        Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
+        Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint, files: None })
     }
 
     /// An ensemble: its steps checked against the models served now, one backend per version.
@@ -114,7 +125,7 @@ impl ModelRepository {
             model.owner = self.id;
             served.insert(version, Arc::new(model));
         }
-        Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint })
+        Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint, files: None })
     }
 }
 

@@ -135,6 +135,7 @@ pub(super) async fn load(
         let Value::Object(params) = params else { return Err(HttpError::unparsable("attempt to get members for non-object")) };
         for (key, value) in params {
             let choice = match value {
+                Value::String(s) if key.starts_with("file:") => RepoChoice::BytesParam(decode_file(key, s)?),
                 Value::String(s) => RepoChoice::StringParam(s.clone()),
                 _ if key == "config" || key.starts_with("file:") => return Err(HttpError::wrong_kind(None, "string")),
                 Value::Bool(b) => RepoChoice::BoolParam(*b),
@@ -150,6 +151,14 @@ pub(super) async fn load(
     let request = RepositoryModelLoadRequest { repository_name: String::new(), model_name: model, parameters };
     admin::load_model(&state.server, request).await?;
     Ok(reply::empty())
+}
+
+/// A `file:` load parameter's content, which HTTP carries as base64.
+fn decode_file(key: &str, text: &str) -> Result<Vec<u8>, HttpError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| HttpError::bad_request(format!("unable to decode the base64 content of load parameter '{key}'")))
 }
 
 pub(super) async fn unload(
