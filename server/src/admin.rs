@@ -29,9 +29,9 @@ pub const EXTENSIONS: &[&str] = &[
     "logging",
 ];
 
-pub fn server_metadata() -> ServerMetadataResponse {
+pub fn server_metadata(state: &ServerState) -> ServerMetadataResponse {
     ServerMetadataResponse {
-        name: "tritium".to_string(),
+        name: state.server_name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
     }

@@ -121,7 +121,12 @@ impl Tritium {
             config.openai.formats,
             &config.openai.metrics_prefix,
         ));
+        let server_name = match config.server_name.as_str() {
+            "" => config::DEFAULT_SERVER_NAME.to_string(),
+            name => name.to_string(),
+        };
         let state = Arc::new(ServerState {
+            server_name,
             repository,
             router,
             llm,

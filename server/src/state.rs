@@ -13,6 +13,8 @@ use crate::shm::SharedMemoryRegistry;
 /// frontend, shared memory and the server's settings.
 #[derive(Debug)]
 pub struct ServerState {
+    /// ServerMetadata's name.
+    pub server_name: String,
     pub repository: Arc<ModelRepository>,
     pub router: Arc<crate::routing::Router>,
     /// Language and embedding models: preprocessing, the KServe text mapping, metrics.

@@ -477,3 +477,20 @@ def test_log_settings_really_change_the_level(start_tritium):
         assert len(debug_lines()) == 1, "back at level 0 the line stops"
     finally:
         c.close()
+
+
+# --- ServerMetadata's name ------------------------------------------------------------------------------------
+
+
+def test_server_metadata_is_named_triton_as_triton_clients_expect(client, tritium):
+    import tritonclient.http as httpclient
+
+    # Triton's simple_grpc_health_metadata.py / simple_http_health_metadata.py check this name.
+    assert client.get_server_metadata().name == "triton"
+    assert httpclient.InferenceServerClient(f"127.0.0.1:{tritium.http_port}").get_server_metadata()["name"] == "triton"
+
+
+def test_server_name_and_tritons_id_flag_rename_it(start_tritium):
+    for flag in ("--server-name", "--id"):
+        server = start_tritium(flag, "edge-7")
+        assert grpcclient.InferenceServerClient(server.url).get_server_metadata().name == "edge-7"

@@ -135,7 +135,14 @@ pub struct ServeArgs {
     /// Seconds to let in-flight calls finish after SIGTERM or Ctrl-C before exiting anyway.
     #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
+    /// The name ServerMetadata answers with. Triton's clients (its health/metadata examples)
+    /// check for "triton"; the version and extensions stay Tritium's. Triton's `--id` is an alias.
+    #[arg(long, alias = "id", env = "TRITIUM_SERVER_NAME", default_value = DEFAULT_SERVER_NAME)]
+    pub server_name: String,
 }
+
+/// What ServerMetadata names the server unless `--server-name` says otherwise: Triton's default.
+pub const DEFAULT_SERVER_NAME: &str = "triton";
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "HTTP (OpenAI /v1, health, metrics)")]
@@ -298,6 +305,8 @@ pub struct ServerConfig {
     pub metrics: crate::metrics::MetricsConfig,
     /// TLS of the gRPC and HTTP ports (off by default).
     pub tls: TlsConfig,
+    /// ServerMetadata's name (`--server-name`); empty: [`DEFAULT_SERVER_NAME`].
+    pub server_name: String,
     /// Output parsers, the Anthropic API and the Responses store.
     pub openai: OpenAiSettings,
 }
@@ -321,6 +330,7 @@ impl ServeArgs {
         let builtins = !cluster.is_distributed();
         let limits = &self.limits;
         Ok(ServerConfig {
+            server_name: self.server_name.clone(),
             openai: self.openai.settings(&env)?,
             tls: self.tls.config(&env)?,
             metrics: self.metrics.config()?,

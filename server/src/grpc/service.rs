@@ -46,7 +46,7 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> RpcResult<ServerMetadataResponse> {
-        reply(admin::server_metadata())
+        reply(admin::server_metadata(&self.state))
     }
 
     async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> RpcResult<ModelMetadataResponse> {

@@ -31,7 +31,8 @@ async fn server_metadata_advertises_exactly_what_is_implemented() {
     let server = TestServer::builtin().await;
     let mut client = server.client().await;
     let metadata = client.raw().server_metadata(ServerMetadataRequest {}).await.expect("ServerMetadata").into_inner();
-    assert_eq!(metadata.name, "tritium");
+    // Triton's clients check the name (simple_grpc_health_metadata.py); version and extensions are ours.
+    assert_eq!(metadata.name, "triton");
     assert_eq!(metadata.version, env!("CARGO_PKG_VERSION"));
     let advertised: Vec<&str> = metadata.extensions.iter().map(String::as_str).collect();
     assert_eq!(advertised, EXTENSIONS, "exactly the list in service.rs, in its order");

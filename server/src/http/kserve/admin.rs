@@ -36,8 +36,8 @@ pub(super) fn json_object(value: Value) -> Result<Map<String, Value>, HttpError>
     }
 }
 
-pub(super) async fn server_metadata() -> HttpResult {
-    let metadata = admin::server_metadata();
+pub(super) async fn server_metadata(State(state): State<KserveState>) -> HttpResult {
+    let metadata = admin::server_metadata(&state.server);
     Ok(reply::json(&reply::message_json(&metadata, "inference.ServerMetadataResponse")?))
 }
 
