@@ -24,6 +24,12 @@ pub enum BridgeError {
     Generate(#[from] GenerateError),
     #[error("{0}")]
     Internal(String),
+    /// The request is too large for the server to take on (HTTP 413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The server's grace period for in-flight requests ended before this one did.
+    #[error("the server is shutting down: its grace period for requests in flight has ended")]
+    ShuttingDown,
 }
 
 impl BridgeError {
@@ -39,6 +45,17 @@ impl BridgeError {
             BridgeError::Unsupported { .. } => ErrorCode::Unsupported,
             BridgeError::Generate(e) => e.code(),
             BridgeError::Internal(_) => ErrorCode::Internal,
+            // gRPC has no status of its own for it; Triton answers too-large inputs so.
+            BridgeError::TooLarge(_) => ErrorCode::InvalidArg,
+            BridgeError::ShuttingDown => ErrorCode::Unavailable,
+        }
+    }
+
+    /// The HTTP status: its code's, except 413 for [`BridgeError::TooLarge`] (no code maps to it).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            BridgeError::TooLarge(_) => 413,
+            _ => self.code().http_status(),
         }
     }
 }

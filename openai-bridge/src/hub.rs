@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 use tritium_backend_api::llm::{GenerateRequest, ModelKind, TokenStream};
 
 use crate::BridgeError;
@@ -32,6 +33,12 @@ pub trait LlmHub: Send + Sync + 'static {
         Err(BridgeError::Unsupported { model: model.to_owned(), what: format!("routing to the named worker '{worker}'") })
     }
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError>;
+    /// Cancelled when the server's grace period for requests in flight ends: every request still
+    /// running then ends with [`BridgeError::ShuttingDown`] (an error event on a stream, 503
+    /// otherwise), so that none is cut without a word when the process exits.
+    fn hard_stop(&self) -> Option<&CancellationToken> {
+        None
+    }
     /// Embeds on the worker named `worker`.
     async fn embed_on(&self, model: &str, worker: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {
         let _ = inputs;

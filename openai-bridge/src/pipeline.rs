@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{Future, Stream, StreamExt};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tritium_backend_api::llm::{FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, TokenStream};
 
 use crate::BridgeError;
@@ -78,6 +79,9 @@ pub struct TextStream {
     cached_tokens: u32,
     /// Events decided but not yet yielded (a last delta before `Finished`).
     ready: std::collections::VecDeque<Result<TextEvent, BridgeError>>,
+    /// The server's hard stop (see [`TextStream::until`]): a token of this stream's own, a child
+    /// of the server's, so that polling it takes no lock every stream shares.
+    hard_stop: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl std::fmt::Debug for TextStream {
@@ -113,6 +117,7 @@ pub fn text_stream(
         cached_tokens: 0,
         completion_tokens: 0,
         ready: std::collections::VecDeque::new(),
+        hard_stop: None,
     }
 }
 
@@ -120,6 +125,13 @@ impl TextStream {
     /// The prompt's length in tokens, once known.
     pub fn prompt_tokens(&self) -> Option<u32> {
         self.observer.known_prompt_tokens()
+    }
+
+    /// Ends the stream with [`BridgeError::ShuttingDown`] (and cancels the sequence) when `stop`
+    /// is cancelled before the stream finished; a stream that finished ends as it would have.
+    pub fn until(mut self, stop: &CancellationToken) -> TextStream {
+        self.hard_stop = Some(Box::pin(stop.child_token().cancelled_owned()));
+        self
     }
 
     /// Shows these special tokens in the text (the markers of the response's output parser).
@@ -237,6 +249,15 @@ impl Stream for TextStream {
             if let Some(event) = this.ready.pop_front() {
                 return Poll::Ready(Some(event));
             }
+            if this.tokens.is_none() {
+                return Poll::Ready(None);
+            }
+            if let Some(stop) = this.hard_stop.as_mut()
+                && stop.as_mut().poll(cx).is_ready()
+            {
+                this.hard_stop = None;
+                return Poll::Ready(Some(this.fail(BridgeError::ShuttingDown)));
+            }
             let Some(tokens) = this.tokens.as_mut() else {
                 return Poll::Ready(None);
             };
@@ -305,7 +326,13 @@ pub async fn generate_text(
         Err(error) => Err(error),
     };
     match started {
-        Ok(tokens) => Ok(text_stream(Arc::clone(pre), tokens, options.stop.clone(), observer)),
+        Ok(tokens) => {
+            let stream = text_stream(Arc::clone(pre), tokens, options.stop.clone(), observer);
+            Ok(match hub.hard_stop() {
+                Some(stop) => stream.until(stop),
+                None => stream,
+            })
+        }
         Err(error) => {
             observer.failed(&error);
             Err(error)

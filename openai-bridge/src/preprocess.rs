@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+mod budget;
 mod template;
 
 use std::sync::Arc;
@@ -27,6 +28,11 @@ use crate::detokenize::Detokenizer;
 use crate::error::BridgeError;
 use crate::parsers::{OutputFormats, ToolCallFormat};
 use crate::sampling::CompletionLimits;
+
+pub use budget::{
+    DEFAULT_MAX_TOKENIZING_BYTES, INLINE_BYTES, PreprocessBudget, PreprocessLimits, PreprocessPermit,
+    RENDER_BYTES_PER_INPUT_BYTE, TOKENIZE_BYTES_PER_INPUT_BYTE, set_reclaim,
+};
 
 const TEMPLATE: &str = "chat";
 
@@ -50,6 +56,8 @@ pub struct Preprocessor {
     limits: CompletionLimits,
     /// How the server splits reasoning and tool calls out of this model's output.
     formats: OutputFormats,
+    /// What rendering and tokenizing may hold at once, shared with the server's other models.
+    budget: Arc<PreprocessBudget>,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -92,6 +100,7 @@ impl Preprocessor {
             max_prompt_bytes,
             limits: CompletionLimits::default(),
             formats: OutputFormats::default(),
+            budget: Arc::new(PreprocessBudget::default()),
             card,
             tokenizer: Arc::new(tokenizer),
             env,
@@ -119,6 +128,16 @@ impl Preprocessor {
 
     pub fn output_formats(&self) -> &OutputFormats {
         &self.formats
+    }
+
+    /// The same preprocessor, rendering and tokenizing within `budget` (the server shares one
+    /// among its models) instead of a budget of its own.
+    pub fn with_budget(self, budget: Arc<PreprocessBudget>) -> Preprocessor {
+        Preprocessor { budget, ..self }
+    }
+
+    pub fn budget(&self) -> &Arc<PreprocessBudget> {
+        &self.budget
     }
 
     /// The special tokens a response's detokenizer must show for its parser to see their
@@ -162,37 +181,84 @@ impl Preprocessor {
         chat.render(Value::from(Serde(&context))).map_err(|e| BridgeError::Template(template::describe(&e)))
     }
 
-    /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor runs (BERT's
-    /// `[CLS] … [SEP]`) and BOS is put in front when the card says so and it is not there yet.
-    /// [`Preprocessor::encode`] on the blocking pool when `text` is long enough that tokenizing it
-    /// would hold a runtime thread for long (short texts are encoded in place: a hop costs more).
-    pub async fn encode_off_runtime(self: &Arc<Self>, text: String, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
-        const INLINE_BYTES: usize = 16 << 10;
-        if text.len() <= INLINE_BYTES {
-            return self.encode(&text, add_special_tokens);
-        }
-        let pre = Arc::clone(self);
-        tokio::task::spawn_blocking(move || pre.encode(&text, add_special_tokens))
-            .await
-            .map_err(|e| BridgeError::Internal(format!("the tokenizing task failed: {e}")))?
+    /// [`Preprocessor::render_chat`] once the budget has room for it (see [`PreprocessBudget`]).
+    pub async fn render_chat_bounded(
+        &self,
+        messages: &[Json],
+        add_generation_prompt: bool,
+        extra: Option<&Map<String, Json>>,
+    ) -> Result<String, BridgeError> {
+        let bytes = messages.iter().chain(extra.into_iter().flat_map(Map::values)).map(text_bytes).sum();
+        let _permit = self.budget.admit("chat", bytes, RENDER_BYTES_PER_INPUT_BYTE).await?;
+        self.render_chat(messages, add_generation_prompt, extra)
     }
 
-    /// Text that could not fit the model's context is refused before the tokenizer sees it.
+    /// [`Preprocessor::encode`] once the budget has room for it (see [`PreprocessBudget`]): in
+    /// place for a short text, else on the blocking pool, where tokenizing a long one does not
+    /// hold a runtime thread (a hop costs more than a short text).
+    pub async fn encode_off_runtime(self: &Arc<Self>, text: String, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
+        self.fits_context(&text)?;
+        self.tokenize_bounded(text, add_special_tokens, |ids| ids).await
+    }
+
+    /// The number of tokens of `text` (Anthropic's `count_tokens`): like
+    /// [`Preprocessor::encode_off_runtime`], but a text too long for the model's context is
+    /// counted all the same.
+    pub async fn count_tokens(self: &Arc<Self>, text: String, add_special_tokens: bool) -> Result<usize, BridgeError> {
+        // The ids are dropped where they were made: a blocking thread's memory is handed back there.
+        self.tokenize_bounded(text, add_special_tokens, |ids| ids.len()).await
+    }
+
+    async fn tokenize_bounded<T: Send + 'static>(
+        self: &Arc<Self>,
+        text: String,
+        add_special_tokens: bool,
+        keep: fn(Vec<u32>) -> T,
+    ) -> Result<T, BridgeError> {
+        let permit = self.budget.admit("prompt", text.len(), TOKENIZE_BYTES_PER_INPUT_BYTE).await?;
+        if text.len() <= INLINE_BYTES {
+            return self.tokenize(&text, add_special_tokens).map(keep);
+        }
+        let pre = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let kept = pre.tokenize(&text, add_special_tokens).map(keep);
+            drop(text);
+            permit.reclaim();
+            kept
+        })
+        .await
+        .map_err(|e| BridgeError::Internal(format!("the tokenizing task failed: {e}")))?
+    }
+
+    /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor runs (BERT's
+    /// `[CLS] … [SEP]`) and BOS is put in front when the card says so and it is not there yet.
+    /// Text that could not fit the model's context is refused before the tokenizer sees it. It
+    /// runs at once, outside the budget: for short texts and tests.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
-        if let Some(limit) = self.max_prompt_bytes
-            && text.len() > limit
-        {
-            return Err(BridgeError::field(
+        self.fits_context(text)?;
+        self.tokenize(text, add_special_tokens)
+    }
+
+    /// Refuses a text longer than any prompt that fits the model's context can be.
+    fn fits_context(&self, text: &str) -> Result<(), BridgeError> {
+        match self.max_prompt_bytes {
+            Some(limit) if text.len() > limit => Err(BridgeError::field(
                 "prompt",
                 format!(
                     "the prompt is {} bytes, more than any prompt of at most {} tokens (the model's context) can be",
                     text.len(),
                     self.card.context_length
                 ),
-            ));
+            )),
+            _ => Ok(()),
         }
-        let encoding = self.tokenizer.encode(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?;
+    }
+
+    fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
+        // Without offsets: the same ids, and the encoding holds less (see `budget`).
+        let encoding = self.tokenizer.encode_fast(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?;
         let mut ids = encoding.get_ids().to_vec();
+        drop(encoding);
         if let (true, true, Some(bos)) = (add_special_tokens, self.card.add_bos_token, self.bos_id)
             && ids.first() != Some(&bos)
         {
@@ -221,6 +287,16 @@ impl Preprocessor {
     /// generated token keeps it (`"▁Paris"` after a prompt is `" Paris"`).
     pub fn detokenizer(&self) -> Detokenizer {
         Detokenizer::new(Arc::clone(&self.tokenizer), self.detokenizer_context.clone())
+    }
+}
+
+/// Bytes of the text in a JSON value (its strings and keys): what a template renders from it.
+fn text_bytes(value: &Json) -> usize {
+    match value {
+        Json::String(text) => text.len(),
+        Json::Array(items) => items.iter().map(text_bytes).sum(),
+        Json::Object(fields) => fields.iter().map(|(key, value)| key.len() + text_bytes(value)).sum(),
+        Json::Null | Json::Bool(_) | Json::Number(_) => 8,
     }
 }
 
@@ -257,6 +333,32 @@ pub(crate) mod tests {
         assert!(error.to_string().starts_with("prompt: the prompt is"), "{error}");
         // Within the bound the tokenizer runs (and the engine checks the real token count).
         assert!(pre.encode("Hello", true).is_ok());
+    }
+
+    #[tokio::test]
+    async fn count_tokens_counts_what_the_context_cannot_hold_and_the_budget_bounds_both() {
+        let card = ModelCard { context_length: 16, ..(**smollm2().card()).clone() };
+        let pre = Arc::new(Preprocessor::new(Arc::new(card)).unwrap());
+        let limit = pre.max_prompt_bytes.expect("a generating model has a bound");
+        let text = "1".repeat((limit + 1).max(INLINE_BYTES + 1));
+        // Past the inline size: tokenized on the blocking pool, within the budget.
+        let error = pre.encode_off_runtime(text.clone(), false).await.unwrap_err();
+        assert!(error.to_string().starts_with("prompt: the prompt is"), "{error}");
+        assert_eq!(pre.count_tokens(text.clone(), false).await.unwrap(), text.len());
+        assert_eq!(pre.budget().available_bytes(), DEFAULT_MAX_TOKENIZING_BYTES);
+
+        // A budget too small for the text refuses it before tokenizing; a short text still goes.
+        let small = PreprocessBudget::new(PreprocessLimits {
+            max_bytes: text.len() * TOKENIZE_BYTES_PER_INPUT_BYTE - 1,
+            max_concurrent: 1,
+        });
+        let pre = Arc::new(Preprocessor::new(Arc::clone(smollm2().card())).unwrap().with_budget(Arc::new(small)));
+        let error = pre.count_tokens(text, false).await.unwrap_err();
+        assert!(matches!(&error, BridgeError::TooLarge(message) if message.starts_with("the prompt is")), "{error}");
+        assert_eq!(pre.encode_off_runtime("Hello".into(), false).await.unwrap(), vec![19556]);
+        let messages = [json!({"role": "user", "content": "2".repeat(INLINE_BYTES * 128)})];
+        let error = pre.render_chat_bounded(&messages, true, None).await.unwrap_err();
+        assert!(matches!(&error, BridgeError::TooLarge(message) if message.starts_with("the chat is")), "{error}");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!
 //! Errors are OpenAI's body with the HTTP status of the error's code; an error after a stream
 //! started is a `data: {"error": …}` event followed by `data: [DONE]`. A client that goes away
-//! drops the response, which drops the text stream and cancels the sequence.
+//! drops the response, which drops the text stream and cancels the sequence. When the server's
+//! grace period ends ([`LlmHub::hard_stop`]), a request still running ends the same way: 503 (529
+//! on Anthropic's routes) before its response started, the error event after.
 
 mod chat;
 mod completions;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -109,13 +112,8 @@ pub fn valid_route_path(path: &str) -> bool {
 pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: ApiSettings) -> Router {
     let store = Arc::new(ResponseStore::new(settings.store));
     let paths = &settings.paths;
-    let mut router = Router::new();
-    if settings.anthropic {
-        router = router
-            .route(&paths.messages, post(messages::messages))
-            .route(&format!("{}/count_tokens", paths.messages), post(messages::count_tokens));
-    }
-    router
+    let state = AppState { hub, metrics, store, worker_header: settings.worker_header.clone().map(Arc::from) };
+    let mut router = Router::new()
         .route(&paths.completions, post(completions::completions))
         .route(&paths.chat, post(chat::chat_completions))
         .route(&paths.responses, post(responses::create))
@@ -124,9 +122,34 @@ pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: A
         .route(&paths.models, get(list_models))
         // A catch-all, so that names with slashes (`org/model`) work.
         .route(&format!("{}/{{*model}}", paths.models), get(get_model))
-        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-        .with_state(AppState { hub, metrics, store, worker_header: settings.worker_header.clone().map(Arc::from) })
-        .merge(docs::routes(&settings))
+        .route_layer(middleware::from_fn_with_state(state.clone(), until_hard_stop::<ApiError>));
+    if settings.anthropic {
+        let anthropic = Router::new()
+            .route(&paths.messages, post(messages::messages))
+            .route(&format!("{}/count_tokens", paths.messages), post(messages::count_tokens))
+            .route_layer(middleware::from_fn_with_state(state.clone(), until_hard_stop::<messages::AnthropicError>));
+        router = router.merge(anthropic);
+    }
+    router.layer(DefaultBodyLimit::max(settings.max_body_bytes)).with_state(state).merge(docs::routes(&settings))
+}
+
+/// Answers a request whose response has not started when the server's hard stop comes with
+/// [`BridgeError::ShuttingDown`] in the door's format `E` (a started stream ends through its
+/// text stream, see [`crate::pipeline::TextStream::until`]).
+async fn until_hard_stop<E: From<BridgeError> + IntoResponse>(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(stop) = state.hub.hard_stop() else {
+        return next.run(request).await;
+    };
+    // A token of the request's own: polling it takes no lock every request shares.
+    let stop = stop.child_token();
+    tokio::select! {
+        response = next.run(request) => response,
+        () = stop.cancelled() => E::from(BridgeError::ShuttingDown).into_response(),
+    }
 }
 
 /// The protocol label of HTTP requests in the metrics.
@@ -216,7 +239,7 @@ impl AppState {
                 let raw = nvext.is_some_and(|n| n.use_raw_prompt == Some(true));
                 let text = match raw {
                     true => raw_prompt(chat.messages),
-                    false => pre.render_chat(chat.messages, chat.add_generation_prompt, chat.extra),
+                    false => pre.render_chat_bounded(chat.messages, chat.add_generation_prompt, chat.extra).await,
                 };
                 let text = text.map_err(|e| failed(&mut observer, e))?;
                 let kept = nvext.is_some_and(|n| n.annotates("formatted_prompt")).then(|| text.clone());

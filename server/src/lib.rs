@@ -114,12 +114,15 @@ impl Tritium {
             worker,
             config.transport.max_message_size,
         );
+        let hard_stop = CancellationToken::new();
         let llm = Arc::new(LlmFrontend::new(
             Arc::clone(&repository),
             Arc::clone(&router),
             config.limits.completion,
             config.openai.formats,
             &config.openai.metrics_prefix,
+            config.limits.preprocess,
+            hard_stop.clone(),
         ));
         let server_name = match config.server_name.as_str() {
             "" => config::DEFAULT_SERVER_NAME.to_string(),
@@ -135,12 +138,20 @@ impl Tritium {
             log,
             trace: Mutex::new(settings::TraceSettings::default()),
             stopping: CancellationToken::new(),
+            hard_stop,
         });
         Ok(Tritium { config, state })
     }
 
     pub fn repository(&self) -> &Arc<ModelRepository> {
         &self.state.repository
+    }
+
+    /// Cancel it when the grace period after shutdown began is over: the calls still running end
+    /// at once with UNAVAILABLE (an error event on a stream, a 503), and [`Tritium::serve_all`]
+    /// returns once their endings are sent.
+    pub fn hard_stop(&self) -> CancellationToken {
+        self.state.hard_stop.clone()
     }
 
     /// The language-model frontend (the OpenAI routes' hub), for the interactive chat.

@@ -13,6 +13,18 @@ use tritium_server::worker_process::{WorkerProcess, default_worker_id};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How long the calls a hard stop ended have to send their endings (error events, 503s,
+/// UNAVAILABLE) before the process exits anyway.
+const HARD_STOP_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Hands the memory this thread freed back to the system. mimalloc keeps a thread's freed pages
+/// for that thread until it allocates again; a blocking-pool thread that tokenized a long prompt
+/// may then idle for seconds (tokio ends it after 10), holding hundreds of megabytes.
+fn reclaim_freed_memory() {
+    // SAFETY: mi_collect only walks and releases mimalloc's own free lists; any thread may call it.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 fn main() -> ExitCode {
     let command = Cli::command();
     let matches = command.clone().get_matches();
@@ -75,6 +87,7 @@ async fn listener(fd: Option<i32>, addr: std::net::SocketAddr) -> std::io::Resul
 
 async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::error::Error>> {
     let config = args.server_config()?;
+    tritium_openai_bridge::preprocess::set_reclaim(reclaim_freed_memory);
     let metrics = match (args.metrics.allow_metrics, args.metrics.metrics_listen_fd) {
         (true, fd) => Some(listener(fd, args.metrics.addr()).await?),
         // A socket handed over for metrics that are off is closed, so scrapers are refused rather
@@ -128,10 +141,20 @@ async fn serve(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::erro
         notify.notify_one();
     };
     let exit_timeout = std::time::Duration::from_secs(args_exit);
+    let hard_stop = tritium.hard_stop();
+    let served = tritium.serve_all(listener, http, metrics, signal);
+    tokio::pin!(served);
     tokio::select! {
-        served = tritium.serve_all(listener, http, metrics, signal) => served?,
+        served = &mut served => served?,
         () = async { stopping.notified().await; tokio::time::sleep(exit_timeout).await } => {
-            tracing::warn!("calls still in flight after {exit_timeout:?}; exiting anyway");
+            // Every call still running ends now with an error of its protocol, so that no client
+            // is cut off without a word; the process exits once they are sent, or soon anyway.
+            tracing::warn!("calls still in flight after {exit_timeout:?}; ending them");
+            hard_stop.cancel();
+            match tokio::time::timeout(HARD_STOP_FLUSH, &mut served).await {
+                Ok(served) => served?,
+                Err(_) => tracing::warn!("calls still open {HARD_STOP_FLUSH:?} after they were ended; exiting anyway"),
+            }
         }
     }
     // Python models' finalize runs before the process ends, as on an unload.

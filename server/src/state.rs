@@ -27,4 +27,8 @@ pub struct ServerState {
     /// Cancelled when the server begins to shut down: open streams stop taking requests, finish
     /// what they have, and end, so an idle stream does not hold the shutdown up.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Cancelled when the grace period after `stopping` ends (`--exit-timeout-secs`): every call
+    /// still running ends at once with UNAVAILABLE (an error event, a 503), so that the process
+    /// exits with none cut off without a word.
+    pub hard_stop: tokio_util::sync::CancellationToken,
 }

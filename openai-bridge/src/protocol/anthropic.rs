@@ -271,7 +271,7 @@ pub struct MessageObject {
 
 /// Anthropic's error body, `{"type": "error", "error": {"type": …, "message": …}}`, and its status.
 pub fn anthropic_error(error: &BridgeError) -> (u16, Value) {
-    let status = error.code().http_status();
+    let status = error.http_status();
     let (status, kind) = match status {
         401 => (401, "authentication_error"),
         403 => (403, "permission_error"),

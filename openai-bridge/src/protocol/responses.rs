@@ -371,7 +371,7 @@ pub struct ErrorDetail {
 impl ErrorBody {
     /// The body and HTTP status of an error.
     pub fn from_error(error: &BridgeError) -> (u16, ErrorBody) {
-        let status = error.code().http_status();
+        let status = error.http_status();
         let kind = match status {
             429 => "rate_limit_error",
             500.. => "server_error",

@@ -1,5 +1,7 @@
 //! `POST /v1/embeddings`.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -22,8 +24,11 @@ pub(super) async fn embeddings(
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Embed, "/v1/embeddings")?;
     let mut observer = state.metrics.observer(&request.model, PROTOCOL);
-    let inputs =
-        request.validate().and_then(|()| tokenize(&pre, &request.input)).map_err(|error| failed(&mut observer, error))?;
+    let inputs = match request.validate() {
+        Ok(()) => tokenize(&pre, &request.input).await,
+        Err(error) => Err(error),
+    };
+    let inputs = inputs.map_err(|error| failed(&mut observer, error))?;
     let prompt_tokens = inputs.iter().map(Vec::len).sum::<usize>();
     let prompt_tokens = u32::try_from(prompt_tokens).unwrap_or(u32::MAX);
     observer.prompt_tokens(prompt_tokens);
@@ -63,10 +68,17 @@ pub(super) async fn embeddings(
     Ok(json_response(StatusCode::OK, &response))
 }
 
-/// Token ids of each input, cut to the model's input limit (the card promises truncation).
-fn tokenize(pre: &Preprocessor, input: &EmbeddingInput) -> Result<Vec<Vec<u32>>, BridgeError> {
+/// Token ids of each input, cut to the model's input limit (the card promises truncation). Each
+/// text is tokenized within the preprocessing budget, one after the other.
+async fn tokenize(pre: &Arc<Preprocessor>, input: &EmbeddingInput) -> Result<Vec<Vec<u32>>, BridgeError> {
     let mut inputs = match input {
-        EmbeddingInput::Texts(texts) => texts.iter().map(|text| pre.encode(text, true)).collect::<Result<Vec<_>, _>>()?,
+        EmbeddingInput::Texts(texts) => {
+            let mut inputs = Vec::with_capacity(texts.len());
+            for text in texts {
+                inputs.push(pre.encode_off_runtime(text.clone(), true).await?);
+            }
+            inputs
+        }
         EmbeddingInput::Tokens(tokens) => {
             for ids in tokens {
                 check_token_ids(pre, "input", ids)?;

@@ -84,9 +84,10 @@ pub(super) async fn count_tokens(
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/messages/count_tokens")?;
     let tools = request.tools()?;
     let messages = request.chat_messages()?;
-    let text = pre.render_chat(&messages, true, Some(&request.template_extra(&tools)))?;
-    let ids = pre.encode_off_runtime(text, false).await?;
-    Ok(json_response(StatusCode::OK, &json!({"input_tokens": ids.len()})))
+    let text = pre.render_chat_bounded(&messages, true, Some(&request.template_extra(&tools))).await?;
+    // Counted whatever its length: a prompt too long for the context is what a client counts to find.
+    let count = pre.count_tokens(text, false).await?;
+    Ok(json_response(StatusCode::OK, &json!({"input_tokens": count})))
 }
 
 /// Anthropic's `stop_reason` and `stop_sequence`.

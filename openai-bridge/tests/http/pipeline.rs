@@ -145,6 +145,39 @@ async fn dropping_the_text_stream_cancels_the_sequence() {
 }
 
 #[tokio::test]
+async fn the_hard_stop_ends_a_running_stream_but_not_a_finished_one() {
+    let pre = preprocessor(ModelKind::Generate);
+    let metrics = LlmMetrics::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (sender, receiver) = mpsc::unbounded_channel();
+    for event in token_events(&ids(&pre, "Hello"), None) {
+        sender.send(event).expect("open");
+    }
+    let mut running =
+        text_stream(Arc::clone(&pre), TokenStream::new(receiver), vec![], metrics.observer("tiny", "http")).until(&stop);
+    let first = running.next().await;
+    assert!(matches!(first, Some(Ok(TextEvent::Delta { ref text, .. })) if text == "Hello"), "{first:?}");
+
+    // A stop string ends this one at its first token: its end is decided before the stop comes.
+    let events = token_events(&ids(&pre, "Hello"), None);
+    let mut done =
+        text_stream(Arc::clone(&pre), TokenStream::from_events(events), vec!["llo".into()], metrics.observer("tiny", "http"))
+            .until(&stop);
+    assert!(matches!(done.next().await, Some(Ok(TextEvent::Delta { ref text, .. })) if text == "He"));
+
+    // The engine is still generating when the stop comes: the stream ends with the error, and the
+    // sequence is cancelled.
+    stop.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(5), running.next()).await.expect("woken by the stop");
+    assert_eq!(ended, Some(Err(BridgeError::ShuttingDown)));
+    assert!(running.next().await.is_none());
+    assert!(sender.is_closed(), "the engine's sender sees the receiver gone");
+    // The finished one ends as it would have.
+    let rest: Vec<_> = done.collect().await;
+    assert!(matches!(rest.as_slice(), [Ok(TextEvent::Finished { reason: FinishReason::Stop, .. })]), "{rest:?}");
+}
+
+#[tokio::test]
 async fn engine_errors_end_the_stream() {
     let pre = preprocessor(ModelKind::Generate);
     let metrics = LlmMetrics::new();

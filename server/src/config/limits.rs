@@ -6,6 +6,9 @@
 use std::time::Duration;
 
 use clap::Args;
+use tritium_openai_bridge::preprocess::{
+    DEFAULT_MAX_TOKENIZING_BYTES, INLINE_BYTES, PreprocessLimits, TOKENIZE_BYTES_PER_INPUT_BYTE,
+};
 use tritium_openai_bridge::sampling::{
     CompletionLimits, DEFAULT_MAX_STOP_STRING_BYTES, DEFAULT_MAX_STOP_STRINGS, DEFAULT_MAX_STOP_TOKEN_IDS,
 };
@@ -85,6 +88,17 @@ pub struct LimitArgs {
 }
 
 /// The limits of the HTTP port.
+    /// Bytes of memory all prompts being tokenized (and chats being rendered) may take at once:
+    /// each is charged its length times what tokenizing costs per byte at worst (512), and waits
+    /// for room; a prompt whose charge is more than all of it is refused (413). The default (1 GiB)
+    /// takes a 2 MiB prompt.
+    #[arg(long, env = "TRITIUM_MAX_TOKENIZING_BYTES", default_value_t = DEFAULT_MAX_TOKENIZING_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(MIN_TOKENIZING_BYTES..))]
+    pub max_tokenizing_bytes: u64,
+    /// Prompts tokenized (or chats rendered) at once, at most [default: the number of cores].
+    /// Prompts of up to 16 KiB are tokenized in place and do not count.
+    #[arg(long, env = "TRITIUM_MAX_CONCURRENT_TOKENIZATIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_tokenizations: Option<u32>,
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub max_connections: usize,
@@ -119,6 +133,8 @@ pub const DEFAULT_HTTP_BODY_BYTES: usize = 64 << 20;
 /// Half of a 2 GiB box: room for the models and the responses beside the requests.
 pub const DEFAULT_BUFFERED_BYTES: u64 = 1 << 30;
 
+/// The smallest tokenizing budget: a prompt of the 16 KiB tokenized in place, charged as a longer one.
+const MIN_TOKENIZING_BYTES: u64 = (INLINE_BYTES * TOKENIZE_BYTES_PER_INPUT_BYTE) as u64;
 /// What the limit flags resolve to.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -131,6 +147,8 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// What rendering chats and tokenizing prompts may hold at once.
+    pub preprocess: PreprocessLimits,
     fn default() -> Self {
         Limits {
             shm: ShmPolicy::disabled(),
@@ -141,6 +159,7 @@ impl Default for Limits {
         }
     }
 }
+            preprocess: PreprocessLimits::default(),
 
 impl LimitArgs {
     pub fn http_limits(&self) -> HttpLimits {
@@ -183,3 +202,9 @@ impl LimitArgs {
         })
     }
 }
+            preprocess: PreprocessLimits {
+                max_bytes: usize::try_from(self.max_tokenizing_bytes).unwrap_or(usize::MAX),
+                max_concurrent: self
+                    .max_concurrent_tokenizations
+                    .map_or(PreprocessLimits::default().max_concurrent, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            },

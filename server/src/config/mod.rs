@@ -461,4 +461,18 @@ mod tests {
         assert_eq!(config.transport.initial_connection_window_size, Some(16 << 20));
         assert_eq!(config.transport.initial_stream_window_size, Some(1 << 20));
     }
+
+    #[test]
+    fn the_tokenizing_budget_has_defaults_and_bounds() {
+        use tritium_openai_bridge::preprocess::{DEFAULT_MAX_TOKENIZING_BYTES, PreprocessLimits};
+        let config = parse(&["serve"]).server_config().unwrap();
+        assert_eq!(config.limits.preprocess, PreprocessLimits::default());
+        assert_eq!(config.limits.preprocess.max_bytes, DEFAULT_MAX_TOKENIZING_BYTES);
+        let serve = parse(&["serve", "--max-tokenizing-bytes", "536870912", "--max-concurrent-tokenizations", "3"]);
+        let limits = serve.server_config().unwrap().limits.preprocess;
+        assert_eq!(limits, PreprocessLimits { max_bytes: 512 << 20, max_concurrent: 3 });
+        for bad in [&["serve", "--max-concurrent-tokenizations", "0"][..], &["serve", "--max-tokenizing-bytes", "1024"]] {
+            assert!(Cli::try_parse_from(std::iter::once("tritium").chain(bad.iter().copied())).is_err(), "{bad:?}");
+        }
+    }
 }

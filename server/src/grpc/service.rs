@@ -23,6 +23,16 @@ impl InferenceService {
     pub fn new(state: Arc<ServerState>) -> InferenceService {
         InferenceService { state }
     }
+
+    /// ModelInfer, until the server's hard stop.
+    async fn infer(&self, request: Request<ModelInferRequest>) -> RpcResult<ModelInferResponse> {
+        let arrived = Instant::now();
+        let mut decoded = decode_for_model(request.into_inner(), &self.state.shm, &self.state.repository, None, arrived)?;
+        // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
+        tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
+        let response = crate::dispatch::unary(&self.state, decoded.request, decoded.model.take()).await?;
+        reply(encode_response(response, &decoded.shm, &self.state.shm, None)?)
+    }
 }
 
 type RpcResult<T> = Result<Response<T>, Status>;
@@ -54,12 +64,12 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> RpcResult<ModelInferResponse> {
-        let arrived = Instant::now();
-        let mut decoded = decode_for_model(request.into_inner(), &self.state.shm, &self.state.repository, None, arrived)?;
-        // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
-        tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
-        let response = crate::dispatch::unary(&self.state, decoded.request, decoded.model.take()).await?;
-        reply(encode_response(response, &decoded.shm, &self.state.shm, None)?)
+        // A token of the call's own: polling it takes no lock every call shares.
+        let hard_stop = self.state.hard_stop.child_token();
+        tokio::select! {
+            reply = self.infer(request) => reply,
+            () = hard_stop.cancelled() => Err(stream::shutting_down()),
+        }
     }
 
     type ModelStreamInferStream = stream::StreamCall;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use futures::stream::{FuturesOrdered, SelectAll};
 use futures::{Stream, StreamExt};
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Status, Streaming};
 use tritium_proto::inference::{ModelInferRequest, ModelInferResponse, ModelStreamInferResponse};
 use tritium_worker::{InferOutcome, StreamItem};
@@ -135,12 +135,23 @@ pub struct StreamCall {
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The waker `stopping` was last polled with.
     stop_waker: Option<Waker>,
+    /// The server's hard stop, through a token of the call's own (no lock every call shares).
+    hard_stop: CancellationToken,
+    hard_stopped: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker `hard_stop` was last polled with.
+    hard_stop_waker: Option<Waker>,
     interleaved_first: bool,
+}
+
+/// The status a call still running when the server's grace period ends is ended with.
+pub fn shutting_down() -> Status {
+    ServerError::Bridge(tritium_openai_bridge::BridgeError::ShuttingDown).into()
 }
 
 /// Serves one ModelStreamInfer call.
 pub fn serve(state: Arc<ServerState>, incoming: Streaming<ModelInferRequest>, grpc_errors: bool) -> StreamCall {
     let stopping = Box::pin(state.stopping.clone().cancelled_owned());
+    let hard_stop = state.hard_stop.child_token();
     StreamCall {
         state,
         incoming,
@@ -151,6 +162,9 @@ pub fn serve(state: Arc<ServerState>, incoming: Streaming<ModelInferRequest>, gr
         ended: false,
         stopping,
         stop_waker: None,
+        hard_stopped: Box::pin(hard_stop.clone().cancelled_owned()),
+        hard_stop,
+        hard_stop_waker: None,
         interleaved_first: false,
     }
 }
@@ -158,6 +172,16 @@ pub fn serve(state: Arc<ServerState>, incoming: Streaming<ModelInferRequest>, gr
 impl StreamCall {
     fn in_flight(&self) -> usize {
         self.in_order.len() + self.interleaved.len()
+    }
+
+    /// Whether the server's hard stop came, watching for it with `cx`'s waker.
+    fn hard_stopped(&mut self, cx: &mut Context<'_>) -> bool {
+        // As for `stopping`: the future is polled only when the waker changes.
+        if self.hard_stop_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return self.hard_stop.is_cancelled();
+        }
+        self.hard_stop_waker = Some(cx.waker().clone());
+        self.hard_stopped.as_mut().poll(cx).is_ready()
     }
 
     fn end_with(&mut self, reply: Reply) -> Poll<Option<Reply>> {
@@ -180,6 +204,11 @@ impl Stream for StreamCall {
         // that future on every call costs more than the check).
         if this.reading && this.state.stopping.is_cancelled() {
             this.reading = false;
+        }
+        // At the end of the grace period, requests still running end the call with UNAVAILABLE
+        // (dropping them cancels their work).
+        if this.in_flight() > 0 && this.hard_stopped(cx) {
+            return this.end_with(Err(shutting_down()));
         }
         // Every other poll, decoupled responses go first, so that a flood of requests answered
         // at once cannot hold them back.

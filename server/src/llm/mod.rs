@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 use tritium_backend_api::llm::{EngineStats, GenerateRequest, ModelCard, ModelKind, TokenStream};
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::metrics::LlmMetrics;
 use tritium_openai_bridge::parsers::OutputFormats;
-use tritium_openai_bridge::preprocess::Preprocessor;
+use tritium_openai_bridge::preprocess::{PreprocessBudget, PreprocessLimits, Preprocessor};
 use tritium_openai_bridge::routes::{HubModel, LlmHub};
 use tritium_openai_bridge::sampling::CompletionLimits;
 use tritium_worker::{ModelRepository, WorkerClient, WorkerError};
@@ -33,6 +34,10 @@ pub struct LlmFrontend {
     preprocessors: Mutex<PreprocessorCache>,
     limits: CompletionLimits,
     formats: OutputFormats,
+    /// What rendering and tokenizing may hold at once, across all models.
+    budget: Arc<PreprocessBudget>,
+    /// The server's hard stop (see [`LlmHub::hard_stop`]).
+    hard_stop: CancellationToken,
     started: u64,
 }
 
@@ -49,6 +54,8 @@ impl LlmFrontend {
         limits: CompletionLimits,
         formats: OutputFormats,
         metrics_prefix: &str,
+        preprocess: PreprocessLimits,
+        hard_stop: CancellationToken,
     ) -> LlmFrontend {
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         LlmFrontend {
@@ -58,6 +65,8 @@ impl LlmFrontend {
             preprocessors: Mutex::new(HashMap::new()),
             limits,
             formats,
+            budget: Arc::new(PreprocessBudget::new(preprocess)),
+            hard_stop,
             started,
         }
     }
@@ -121,7 +130,8 @@ impl LlmFrontend {
             return Ok(Arc::clone(pre));
         }
         // Built outside the lock: a large tokenizer takes a moment to parse.
-        let pre = Arc::new(Preprocessor::new(Arc::clone(&card))?.with_limits(self.limits).with_output_formats(self.formats));
+        let pre = Preprocessor::new(Arc::clone(&card))?.with_limits(self.limits).with_output_formats(self.formats);
+        let pre = Arc::new(pre.with_budget(Arc::clone(&self.budget)));
         self.lock_preprocessors().insert(model.to_string(), (card, Arc::clone(&pre)));
         Ok(pre)
     }
@@ -188,5 +198,9 @@ impl LlmHub for LlmFrontend {
 
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {
         self.router.embed(model, inputs).await.map_err(|e| bridge_error(model, e))
+    }
+
+    fn hard_stop(&self) -> Option<&CancellationToken> {
+        Some(&self.hard_stop)
     }
 }
