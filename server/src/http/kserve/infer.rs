@@ -64,7 +64,7 @@ pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usiz
         serde_json::error::Category::Data => HttpError::missing_member("inputs"),
         _ => HttpError::bad_json(&json, &e),
     })?;
-    let (mut root, inputs) = split_raw(members, "inputs");
+    let (mut root, inputs) = split_raw(members, "inputs")?;
 
     let id = match root.remove("id") {
         None => String::new(),
@@ -127,19 +127,25 @@ pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usiz
     })
 }
 
+/// An object's members as values, but for one kept as raw text.
+type Split = (Map<String, Value>, Option<Box<RawValue>>);
+
 /// `members` as JSON values, but for the one named `keep`, left as text.
-fn split_raw(members: HashMap<String, Box<RawValue>>, keep: &str) -> (Map<String, Value>, Option<Box<RawValue>>) {
+fn split_raw(members: HashMap<String, Box<RawValue>>, keep: &str) -> Result<Split, HttpError> {
     let mut kept = None;
     let mut values = Map::new();
     for (key, raw) in members {
         if key == keep {
             kept = Some(raw);
         } else {
-            // Text the parser has just accepted parses again.
-            values.insert(key, serde_json::from_str(raw.get()).unwrap_or(Value::Null));
+            // The text the parser has just accepted as a raw value may still be beyond a tree of
+            // values: a number an f64 cannot hold (1e400), arrays nested past serde_json's limit.
+            let value = serde_json::from_str(raw.get())
+                .map_err(|e| HttpError::bad_request(format!("Unable to parse '{key}': {}", json_tensor::without_position(&e))))?;
+            values.insert(key, value);
         }
     }
-    (values, kept)
+    Ok((values, kept))
 }
 
 /// The reserved parameters Triton reads with a type: `sequence_id` an unsigned integer or a
@@ -230,7 +236,7 @@ fn input_tensor(
 ) -> Result<(InferInputTensor, Option<Bytes>), HttpError> {
     let input: HashMap<String, Box<RawValue>> =
         serde_json::from_str(input.get()).map_err(|_| HttpError::missing_member("name"))?;
-    let (mut input, data) = split_raw(input, "data");
+    let (mut input, data) = split_raw(input, "data")?;
     let name = string(&mut input, "name")?;
     let datatype_name = string(&mut input, "datatype")?;
     let shape = match input.remove("shape") {
@@ -321,6 +327,16 @@ pub(super) fn data_error(input: &str, datatype: DataType, error: DataError) -> H
         DataError::NoJsonForm => HttpError::bad_request(format!(
             "receiving {datatype} data via JSON is not supported. Please use the binary data format for input {input}"
         )),
+        // A number where a boolean or a string belongs is the wrong kind however large it is.
+        DataError::NumberOutOfRange { .. } if matches!(datatype, DataType::Bool | DataType::Bytes) => {
+            data_error(input, datatype, DataError::WrongKind { expected: kind })
+        }
+        DataError::NumberOutOfRange { number } => HttpError::bad_request(format!(
+            "Unable to parse 'data' of input '{input}': the number {number} is out of range for {datatype}"
+        )),
+        DataError::Unparsable { reason } => {
+            HttpError::bad_request(format!("Unable to parse 'data' of input '{input}': {reason}"))
+        }
         DataError::TooDeep => HttpError::unparsable("Unable to parse 'data': the arrays are nested too deep"),
         DataError::TooMany => HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field"),
     }

@@ -130,3 +130,33 @@ fn outputs_are_json_or_binary_as_asked() {
     assert_eq!(json["outputs"][1]["parameters"]["binary_data_size"], json!(4));
     assert_eq!(&body[header..], &[7, 0, 0, 0]);
 }
+
+#[test]
+fn numbers_beyond_an_f64_are_a_bad_request_that_names_where() {
+    use axum::http::StatusCode;
+    let digits = "9".repeat(10_000);
+    for (body, message) in [
+        (
+            r#"{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1],"data":[1e400]}]}"#.to_string(),
+            "Unable to parse 'data' of input 'INPUT0': the number 1e400 is out of range for FP32".to_string(),
+        ),
+        (
+            format!(r#"{{"inputs":[{{"name":"IN","datatype":"INT64","shape":[1],"data":[{digits}]}}]}}"#),
+            format!(
+                "Unable to parse 'data' of input 'IN': the number {}… (10000 characters) is out of range for INT64",
+                &digits[..24]
+            ),
+        ),
+        (
+            r#"{"parameters":{"a":1e400},"inputs":[]}"#.to_string(),
+            "Unable to parse 'parameters': number out of range".to_string(),
+        ),
+        (
+            r#"{"inputs":[{"name":"A","datatype":"FP32","shape":1e400,"data":[1]}]}"#.to_string(),
+            "Unable to parse 'shape': number out of range".to_string(),
+        ),
+    ] {
+        let error = parse("m", "", Bytes::from(body), None).expect_err("refused");
+        assert_eq!((error.status, error.message), (StatusCode::BAD_REQUEST, message));
+    }
+}

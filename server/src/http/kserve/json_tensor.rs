@@ -16,6 +16,15 @@ pub enum DataError {
     OutOfRange,
     /// FP16 and BF16 have no JSON form.
     NoJsonForm,
+    /// A number JSON allows but an f64 cannot hold (`1e400`, an integer of hundreds of digits):
+    /// its text, cut short when long.
+    NumberOutOfRange {
+        number: String,
+    },
+    /// Any other reason the JSON parser gave up (a string escape it refuses, as a lone surrogate).
+    Unparsable {
+        reason: String,
+    },
     TooDeep,
     /// More elements than the shape holds.
     TooMany,
@@ -95,9 +104,55 @@ pub fn to_raw_streaming(
     let read = serde::de::DeserializeSeed::deserialize(Elements { state: &mut state, depth: 0 }, &mut reader);
     match (read, state.error) {
         (_, Some(error)) => Err(error),
-        (Err(_), None) => Err(DataError::TooDeep),
+        (Err(error), None) => Err(parser_error(data.get(), &error)),
         (Ok(()), None) => Ok((state.out, state.count)),
     }
+}
+
+/// Digits of a refused number shown in its error, at most.
+const NUMBER_SHOWN: usize = 24;
+
+/// An error of the JSON parser itself, not of the reading (which keeps its own in `Stream`): the
+/// request's parser has already checked `data` as JSON, so what is left is a number an f64 cannot
+/// hold or a string escape serde_json refuses, each told as what it is.
+fn parser_error(text: &str, error: &serde_json::Error) -> DataError {
+    let reason = without_position(error);
+    if reason != "number out of range" {
+        return DataError::Unparsable { reason };
+    }
+    let number = number_at(text, error.line(), error.column()).unwrap_or("");
+    let number = if number.len() > NUMBER_SHOWN {
+        format!("{}… ({} characters)", &number[..NUMBER_SHOWN], number.len())
+    } else {
+        number.to_string()
+    };
+    DataError::NumberOutOfRange { number }
+}
+
+/// serde_json's message without the position it ends with (a position within one member of the
+/// request, of no use to the client).
+pub fn without_position(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    match message.rsplit_once(" at line ") {
+        Some((reason, _)) => reason.to_string(),
+        None => message,
+    }
+}
+
+/// The number in `text` around serde_json's error position (`line` and `column` from 1, the
+/// column in bytes, on a character of the number).
+fn number_at(text: &str, line: usize, column: usize) -> Option<&str> {
+    let is_number = |b: &u8| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
+    let start_of_line: usize = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
+    let at = start_of_line + column.saturating_sub(1);
+    let bytes = text.as_bytes();
+    if !bytes.get(at).is_some_and(is_number) {
+        return None;
+    }
+    let start = bytes[..at].iter().rposition(|b| !is_number(b)).map_or(0, |i| i + 1);
+    let end = bytes[at..].iter().position(|b| !is_number(b)).map_or(bytes.len(), |i| at + i);
+    // Only ASCII bytes were taken, so both ends are character boundaries.
+    text.get(start..end)
 }
 
 struct Stream {
@@ -264,6 +319,37 @@ mod tests {
         );
         assert_eq!(to_raw_streaming(DataType::Int32, &raw("[[1]]"), 1, 1).expect_err("flat only"), DataError::TooDeep);
         assert_eq!(to_raw_streaming(DataType::Int32, &raw("[1, 2]"), usize::MAX, 1).expect("flat").1, 2);
+    }
+
+    #[test]
+    fn numbers_beyond_an_f64_are_out_of_range_not_too_deep() {
+        use serde_json::value::RawValue;
+        let read = |datatype, text: &str| {
+            let raw = RawValue::from_string(text.to_string()).expect("raw");
+            to_raw_streaming(datatype, &raw, 8, MAX_DEPTH)
+        };
+        let out_of_range = |number: &str| DataError::NumberOutOfRange { number: number.to_string() };
+        assert_eq!(read(DataType::Fp32, "[1e400]").expect_err("refused"), out_of_range("1e400"));
+        assert_eq!(read(DataType::Fp64, "[1, 2,\n  -1.5e400 ]").expect_err("refused"), out_of_range("-1.5e400"));
+        assert_eq!(
+            read(DataType::Int32, "[[1e99999999999999999999]]").expect_err("refused"),
+            out_of_range("1e99999999999999999999")
+        );
+        let digits = "9".repeat(10_000);
+        assert_eq!(
+            read(DataType::Fp32, &format!("[{digits}]")).expect_err("refused"),
+            out_of_range(&format!("{}… (10000 characters)", &digits[..NUMBER_SHOWN]))
+        );
+        // What an f64 holds is read as before: a long fraction, an underflow to zero, 1e39 (an
+        // FP32 infinity, as a cast gives it).
+        assert_eq!(read(DataType::Fp64, &format!("[0.{digits}]")).expect("long fraction").0, 1.0f64.to_le_bytes());
+        assert_eq!(read(DataType::Fp32, "[1e-400]").expect("underflow").0, 0.0f32.to_le_bytes());
+        assert_eq!(read(DataType::Fp32, "[1e39]").expect("wide").0, f32::INFINITY.to_le_bytes());
+        // Another parser refusal keeps serde_json's reason, without its position.
+        assert_eq!(
+            read(DataType::Bytes, r#"["\ud800"]"#).expect_err("refused"),
+            DataError::Unparsable { reason: "unexpected end of hex escape".to_string() }
+        );
     }
 
     #[test]
