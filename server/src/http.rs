@@ -4,6 +4,7 @@
 
 pub mod kserve;
 mod serve;
+mod unread;
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::llm::LlmFrontend;
 use crate::routing::WORKER_ID_HEADER;
 
 pub use serve::{BudgetExhausted, serve_limited};
+pub use unread::BodyStalled;
 
 #[derive(Clone)]
 struct HttpState {

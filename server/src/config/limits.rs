@@ -69,11 +69,14 @@ pub struct LimitArgs {
     /// --max-buffered-request-bytes.
     #[arg(long, visible_alias = "http-max-input-size", env = "TRITIUM_HTTP_MAX_BODY_BYTES", default_value_t = DEFAULT_HTTP_BODY_BYTES)]
     pub http_max_body_bytes: usize,
-    /// Milliseconds a new HTTP connection has to send its first request headers; 0 disables.
+    /// Milliseconds an HTTP connection has to send a request's headers: the first after it opens,
+    /// and on HTTP/1.1 each next one from when the previous response was sent (so an idle
+    /// keep-alive connection is closed after it too); 0 disables.
     #[arg(long, env = "TRITIUM_HTTP_HEADER_TIMEOUT", default_value_t = 10_000)]
     pub http_header_timeout: u64,
     /// Milliseconds an HTTP connection may go without a byte in either direction while no request
-    /// on it is being answered, before the server closes it; 0 disables.
+    /// on it is being answered, before the server closes it, and a request body may go without a
+    /// byte arriving before the request fails (408); 0 disables.
     #[arg(long, env = "TRITIUM_HTTP_IDLE_TIMEOUT", default_value_t = 300_000)]
     pub http_idle_timeout: u64,
     /// Stop strings one completion may give, at most (each is matched on every generated token).

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::unread;
 use crate::config::HttpLimits;
 use crate::connection::{Counted, Watch, accept, configure};
 use crate::grpc::budget::ByteBudget;
@@ -40,7 +41,10 @@ pub async fn serve_limited(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    // The header deadline bounds each request's head, not only the first (the handshake deadline
+    // below): hyper starts it whenever the connection waits for a request, so an idle keep-alive
+    // connection is closed after it too. Left unset, hyper would apply its own 30 s.
+    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(limits.header_timeout);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(limits.max_concurrent_streams);
     let builder = Arc::new(builder);
     let connections = TaskTracker::new();
@@ -62,6 +66,7 @@ pub async fn serve_limited(
         let service = Requests {
             router: router.clone(),
             budget: Arc::clone(&budget),
+            idle_timeout: limits.idle_timeout,
             calls: Arc::clone(&watch.calls),
             open: Arc::clone(&watch.open),
         };
@@ -96,11 +101,14 @@ pub async fn serve_limited(
     Ok(())
 }
 
-/// One connection's requests, into the axum router, with their bodies charged to the budget.
+/// One connection's requests, into the axum router, with their bodies charged to the budget and
+/// watched (`unread`): a body that stops arriving fails after the idle deadline, and one the
+/// response leaves unread is drained or closes the connection cleanly.
 #[derive(Clone)]
 struct Requests {
     router: axum::Router,
     budget: Arc<ByteBudget>,
+    idle_timeout: Option<std::time::Duration>,
     calls: Arc<AtomicU64>,
     open: Arc<AtomicU64>,
 }
@@ -115,9 +123,13 @@ impl hyper::service::Service<Request<Incoming>> for Requests {
         self.open.fetch_add(1, Ordering::Relaxed);
         let running = Running(Arc::clone(&self.open));
         let request = request.map(|body| Body::new(ChargedBody { inner: body, budget: Arc::clone(&self.budget), charged: 0 }));
+        let (request, settle) = unread::watch(request, self.idle_timeout);
         let router = self.router.clone();
         Box::pin(async move {
-            let response = router.oneshot(request).await;
+            let mut response = router.oneshot(request).await;
+            if let (Some(settle), Ok(response)) = (settle, response.as_mut()) {
+                settle.settle(response);
+            }
             drop(running);
             response
         })

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 
 use super::reply::HttpError;
 use crate::grpc::budget::ByteBudget;
-use crate::http::BudgetExhausted;
+use crate::http::{BodyStalled, BudgetExhausted};
 
 /// Inflating more than this is done off the async runtime.
 const INLINE_INFLATE_BYTES: usize = 256 << 10;
@@ -52,8 +52,10 @@ pub async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
-            if is_budget_error(&e) {
+            if caused_by::<BudgetExhausted>(&e) {
                 HttpError::new(StatusCode::SERVICE_UNAVAILABLE, BudgetExhausted.to_string())
+            } else if caused_by::<BodyStalled>(&e) {
+                HttpError::new(StatusCode::REQUEST_TIMEOUT, format!("failed to read the request body: {e}"))
             } else {
                 HttpError::bad_request(format!("failed to read the request body: {e}"))
             }
@@ -81,10 +83,10 @@ pub async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes
     })
 }
 
-fn is_budget_error(error: &axum::Error) -> bool {
+fn caused_by<E: std::error::Error + 'static>(error: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
-        if e.is::<BudgetExhausted>() {
+        if e.is::<E>() {
             return true;
         }
         source = e.source();
