@@ -85,7 +85,7 @@ def test_a_built_in_decoupled_backend_is_batched_too(start_tritium, tmp_path):
     (tmp_path / "repeat_batched" / "1").mkdir(parents=True)
     (tmp_path / "repeat_batched" / "config.pbtxt").write_text(textwrap.dedent("""
         name: "repeat_batched"
-        backend: "repeat"
+        backend: "tritium_repeat"
         max_batch_size: 4
         dynamic_batching { max_queue_delay_microseconds: 300000 }
         model_transaction_policy { decoupled: true }

@@ -112,7 +112,7 @@ pub fn add_sub_config(name: &str, config_type: &str, dims: &[i64], max_batch_siz
 
 /// The `repeat` model config of the built-in repository, for repositories written by tests.
 pub const REPEAT_CONFIG: &str = r#"
-backend: "repeat"
+backend: "tritium_repeat"
 max_batch_size: 0
 model_transaction_policy { decoupled: true }
 input [

@@ -395,7 +395,7 @@ input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ -1, -1 ] } ]
 output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ -1, -1 ] } ]
 "#;
 const REPEAT: &str = r#"
-backend: "repeat"
+backend: "tritium_repeat"
 model_transaction_policy { decoupled: true }
 input [ { name: "IN", data_type: TYPE_INT32, dims: [ 1 ] } ]
 output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] } ]

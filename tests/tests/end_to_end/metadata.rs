@@ -168,7 +168,7 @@ async fn model_config_is_the_full_normalized_config() {
     assert_eq!(DataType::TypeInt32 as i32, 8);
 
     let repeat = client.model_config("repeat", "").await.expect("repeat config");
-    assert_eq!(repeat.backend, "repeat");
+    assert_eq!(repeat.backend, "tritium_repeat");
     assert!(repeat.model_transaction_policy.expect("transaction policy").decoupled, "perf_analyzer reads this");
     assert_eq!(repeat.input[1].name, "DELAY_MS");
     assert_eq!(repeat.input[1].data_type, DataType::TypeUint32 as i32);

@@ -208,24 +208,25 @@ async fn an_output_region_too_small_is_internal() {
 }
 
 #[tokio::test]
-async fn cuda_shared_memory_is_unimplemented() {
+async fn cuda_shared_memory_answers_as_triton_without_a_gpu() {
     let server = TestServer::with_shared_memory().await;
     let mut client = server.client().await;
-    let message = "CUDA shared memory is not supported by this server";
     let raw = client.raw();
+    let status = raw.cuda_shared_memory_status(CudaSharedMemoryStatusRequest { name: String::new() }).await.expect("status");
+    assert!(status.into_inner().regions.is_empty());
     assert_status(
-        raw.cuda_shared_memory_status(CudaSharedMemoryStatusRequest { name: String::new() }).await,
-        Code::Unimplemented,
-        message,
+        raw.cuda_shared_memory_status(CudaSharedMemoryStatusRequest { name: "gpu".into() }).await,
+        Code::NotFound,
+        "Unable to find cuda shared memory region: 'gpu'",
     );
     let register = CudaSharedMemoryRegisterRequest { name: "gpu".into(), raw_handle: vec![0; 64], device_id: 0, byte_size: 64 };
-    assert_status(raw.cuda_shared_memory_register(register).await, Code::Unimplemented, message);
-    // perf_analyzer calls this at start and ignores the answer.
     assert_status(
-        raw.cuda_shared_memory_unregister(CudaSharedMemoryUnregisterRequest { name: String::new() }).await,
-        Code::Unimplemented,
-        message,
+        raw.cuda_shared_memory_register(register).await,
+        Code::InvalidArgument,
+        "failed to register shared memory region: invalid args",
     );
+    // perf_analyzer and Triton's shm examples call this first.
+    raw.cuda_shared_memory_unregister(CudaSharedMemoryUnregisterRequest { name: String::new() }).await.expect("unregister");
 }
 
 #[tokio::test]

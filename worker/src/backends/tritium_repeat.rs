@@ -1,6 +1,7 @@
-//! `repeat`: a decoupled model for testing streams. Input `IN` (INT32 [1]) = n gives n responses
-//! with `OUT` = 0..n-1, then the request ends; the optional `DELAY_MS` (UINT32 [1]) waits between
-//! responses, so cancellation and interleaving can be observed.
+//! `tritium_repeat`: a decoupled model for testing streams. Input `IN` (INT32 [1]) = n gives n
+//! responses with `OUT` = 0..n-1, then the request ends; the optional `DELAY_MS` (UINT32 [1]) waits
+//! between responses, so cancellation and interleaving can be observed. (Triton's own `repeat`
+//! backend, with other inputs and meaning, is [`super::repeat`].)
 
 use std::time::Duration;
 
@@ -11,23 +12,23 @@ use tritium_tensor::Tensor;
 use tritium_backend_api::{Backend, BackendContext, BackendError, BackendRequest, Engine, Responder};
 
 #[derive(Debug)]
-pub struct Repeat {
+pub struct TritiumRepeat {
     output: String,
 }
 
-impl Repeat {
+impl TritiumRepeat {
     pub fn from_context(context: &BackendContext<'_>) -> Result<Engine, String> {
         let decoupled = context.config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled);
         if !decoupled {
-            return Err("the repeat backend needs model_transaction_policy { decoupled: true }".to_string());
+            return Err("the tritium_repeat backend needs model_transaction_policy { decoupled: true }".to_string());
         }
-        let output = context.config.output.first().ok_or("the repeat backend needs one output")?;
-        Ok(Engine::tensors(Repeat { output: output.name.clone() }))
+        let output = context.config.output.first().ok_or("the tritium_repeat backend needs one output")?;
+        Ok(Engine::tensors(TritiumRepeat { output: output.name.clone() }))
     }
 }
 
 #[async_trait]
-impl Backend for Repeat {
+impl Backend for TritiumRepeat {
     async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
         let count = first::<i32>(request.input("IN")?)?;
         let count = u32::try_from(count)
@@ -50,7 +51,7 @@ impl Backend for Repeat {
     }
 }
 
-fn first<T: tritium_tensor::Element>(tensor: &Tensor) -> Result<T, BackendError> {
+pub(super) fn first<T: tritium_tensor::Element>(tensor: &Tensor) -> Result<T, BackendError> {
     tensor
         .to_vec::<T>()?
         .first()
