@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
 use tritium_proto::inference::model_version_policy::{Latest, PolicyChoice};
-use tritium_proto::inference::{DataType, ModelConfig, ModelVersionPolicy};
+use tritium_proto::inference::{DataType, ModelConfig, ModelTensorReshape, ModelVersionPolicy};
 
 use super::RepositoryError;
 use super::pbtxt::{check_nesting, insert_list_colons};
@@ -116,8 +116,9 @@ pub fn fill_core_defaults(config: &mut ModelConfig) {
 ///
 /// Fills an empty `name` and a missing `version_policy` (latest 1, Triton's default); rejects a
 /// different name, a negative `max_batch_size`, a `latest` policy of zero versions, and inputs or
-/// outputs without a name, with a repeated name, without a valid `data_type`, without `dims`, or
-/// with a dimension other than -1 or a positive size.
+/// outputs without a name, with a repeated name, without a valid `data_type`, without `dims`, with
+/// a dimension other than -1 or a positive size, or with a `reshape` that cannot hold what `dims`
+/// holds.
 pub fn normalize_config(name: &str, mut config: ModelConfig) -> Result<ModelConfig, RepositoryError> {
     if config.name.is_empty() {
         config.name = name.to_string();
@@ -141,17 +142,22 @@ pub fn normalize_config(name: &str, mut config: ModelConfig) -> Result<ModelConf
         Some(_) => {}
     }
 
-    let inputs = config.input.iter().map(|i| (i.name.as_str(), i.data_type, i.dims.as_slice()));
+    fn reshape(r: &Option<ModelTensorReshape>) -> Option<&[i64]> {
+        r.as_ref().map(|r| r.shape.as_slice())
+    }
+    let inputs = config.input.iter().map(|i| (i.name.as_str(), i.data_type, i.dims.as_slice(), reshape(&i.reshape)));
     check_tensors("model input", inputs).map_err(invalid)?;
-    let outputs = config.output.iter().map(|o| (o.name.as_str(), o.data_type, o.dims.as_slice()));
+    let outputs = config.output.iter().map(|o| (o.name.as_str(), o.data_type, o.dims.as_slice(), reshape(&o.reshape)));
     check_tensors("model output", outputs).map_err(invalid)?;
     Ok(config)
 }
 
 /// Triton's `ValidateIOShape` for one side (inputs or outputs); the error names the tensor and field.
-fn check_tensors<'a>(kind: &str, tensors: impl Iterator<Item = (&'a str, i32, &'a [i64])>) -> Result<(), String> {
+type TensorShape<'a> = (&'a str, i32, &'a [i64], Option<&'a [i64]>);
+
+fn check_tensors<'a>(kind: &str, tensors: impl Iterator<Item = TensorShape<'a>>) -> Result<(), String> {
     let mut seen = HashSet::new();
-    for (index, (name, data_type, dims)) in tensors.enumerate() {
+    for (index, (name, data_type, dims, reshape)) in tensors.enumerate() {
         if name.is_empty() {
             return Err(format!("{kind} {index} must specify 'name'"));
         }
@@ -171,6 +177,45 @@ fn check_tensors<'a>(kind: &str, tensors: impl Iterator<Item = (&'a str, i32, &'
                 "{kind} '{name}' dimension must be integer >= 1, or -1 to indicate a variable-size \
                  dimension, got {dim} in 'dims'"
             ));
+        }
+        if let Some(reshape) = reshape {
+            check_reshape(dims, reshape).map_err(|why| format!("{kind} '{name}' {why}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Triton's rules for `reshape`: positive sizes or -1; as many elements as `dims` (an empty
+/// reshape, a scalar, for dims of one element); with variable-size dimensions, the same number of
+/// them, and the fixed stretches between them of the same sizes (`[2,4,-1,6]` -> `[8,-1,1,6]`).
+fn check_reshape(dims: &[i64], reshape: &[i64]) -> Result<(), String> {
+    if reshape.iter().any(|&d| d != -1 && d < 1) {
+        return Err("reshape dimensions must be integer >= 1, or -1 to indicate a variable-size dimension".to_string());
+    }
+    // Triton's element count: -1 when any dimension is variable, 0 for no dimensions.
+    let count = |shape: &[i64]| -> i64 {
+        if shape.contains(&-1) {
+            -1
+        } else if shape.is_empty() {
+            0
+        } else {
+            shape.iter().fold(1i64, |n, &d| n.saturating_mul(d))
+        }
+    };
+    let (dims_size, reshape_size) = (count(dims), count(reshape));
+    if dims_size != reshape_size && (reshape_size != 0 || dims_size != 1) {
+        return Err("has different size for dims and reshape".to_string());
+    }
+    if dims_size == -1 {
+        let stretches = |shape: &[i64]| -> Vec<i64> {
+            shape.split(|&d| d == -1).map(|run| run.iter().fold(1i64, |n, &d| n.saturating_mul(d))).collect()
+        };
+        let (from, to) = (stretches(dims), stretches(reshape));
+        if from.len() != to.len() {
+            return Err("has different number of variable-size dimensions for dims and reshape".to_string());
+        }
+        if from != to {
+            return Err("has different size for dims and reshape".to_string());
         }
     }
     Ok(())
@@ -338,5 +383,29 @@ parameters: { key: "z", value: { string_value: "w" } }
         let same_name_both_sides =
             "input { name: \"T\" data_type: TYPE_FP32 dims: -1 } output { name: \"T\" data_type: TYPE_FP32 dims: -1 }";
         assert!(normalize_config("m", parse_config_text(same_name_both_sides).expect("parses")).is_ok());
+    }
+
+    #[test]
+    fn a_reshape_must_hold_what_dims_hold() {
+        let with = |dims: &str, reshape: &str| {
+            let text = format!("input {{ name: \"I\" data_type: TYPE_FP32 dims: {dims} reshape {{ shape: {reshape} }} }}");
+            normalize_config("m", parse_config_text(&text).expect("parses")).map(|_| ()).map_err(|e| e.to_string())
+        };
+        // Triton's quickstart densenet_onnx, a scalar, variable stretches that agree.
+        for (dims, reshape) in [("[3,224,224]", "[1,3,224,224]"), ("[1]", "[]"), ("[2,4,-1,6]", "[8,-1,1,6]"), ("[-1]", "[-1,1]")]
+        {
+            assert_eq!(with(dims, reshape), Ok(()), "{dims} -> {reshape}");
+        }
+        let prefix = "invalid configuration of model 'm': model input 'I' ";
+        for (dims, reshape, why) in [
+            ("[3,224,224]", "[1,3,224]", "has different size for dims and reshape"),
+            ("[2]", "[]", "has different size for dims and reshape"),
+            ("[4,-1]", "[2,-1]", "has different size for dims and reshape"),
+            ("[4,-1]", "[4]", "has different size for dims and reshape"),
+            ("[-1,-1]", "[-1]", "has different number of variable-size dimensions for dims and reshape"),
+            ("[4]", "[4,0]", "reshape dimensions must be integer >= 1, or -1 to indicate a variable-size dimension"),
+        ] {
+            assert_eq!(with(dims, reshape), Err(format!("{prefix}{why}")), "{dims} -> {reshape}");
+        }
     }
 }

@@ -229,38 +229,51 @@ impl ModelSchema {
     }
 
     /// Gives validated inputs the shapes the backend sees: a config `reshape` replaces the dims
-    /// after the batch dimension.
+    /// after the batch dimension, its variable-size dimensions taking, in order, the sizes the
+    /// request gave the variable-size dimensions of `dims` (Triton's `Normalize`).
     pub fn reshape(&self, inputs: &mut [Tensor]) {
         if !self.reshapes {
             return;
         }
         for input in inputs {
-            let Some(reshape) = self.inputs.iter().find(|s| s.name == input.name).and_then(|s| s.reshape.as_ref()) else {
-                continue;
-            };
-            let batch_dims = if self.batched() { &input.shape[..1.min(input.shape.len())] } else { &[][..] };
-            input.shape = batch_dims.iter().chain(reshape).copied().collect();
+            let Some(spec) = self.inputs.iter().find(|s| s.name == input.name) else { continue };
+            let Some(reshape) = &spec.reshape else { continue };
+            let batch = usize::from(self.batched()).min(input.shape.len());
+            if let Some(shape) = map_variable_dims(&input.shape[batch..], &spec.dims, reshape) {
+                input.shape = input.shape[..batch].iter().copied().chain(shape).collect();
+            }
         }
     }
 
     /// Gives a backend's outputs the shapes clients see: an output with a config `reshape` comes
-    /// back in the config's `dims` (after the batch dimension), as Triton reports it.
+    /// back in the config's `dims` (after the batch dimension), its variable-size dimensions
+    /// taking the sizes the backend gave the variable-size dimensions of the reshape, as Triton
+    /// reports it. An output that does not fit the reshape is left as the backend made it.
     pub fn reshape_outputs(&self, outputs: &mut [Tensor]) {
         if !self.reshapes_outputs {
             return;
         }
         for output in outputs {
-            let Some(spec) = self.outputs.iter().find(|s| s.name == output.name && s.reshape.is_some()) else { continue };
-            if spec.dims.iter().any(|&d| d < 0) {
-                continue;
-            }
-            let batch_dims = if self.batched() { &output.shape[..1.min(output.shape.len())] } else { &[][..] };
-            let shape: Vec<i64> = batch_dims.iter().chain(&spec.dims).copied().collect();
-            if shape.iter().product::<i64>() == output.shape.iter().product::<i64>() {
-                output.shape = shape;
+            let Some(spec) = self.outputs.iter().find(|s| s.name == output.name) else { continue };
+            let Some(reshape) = &spec.reshape else { continue };
+            let batch = usize::from(self.batched()).min(output.shape.len());
+            let Some(shape) = map_variable_dims(&output.shape[batch..], reshape, &spec.dims) else { continue };
+            if shape.iter().product::<i64>() == output.shape[batch..].iter().product::<i64>() {
+                output.shape = output.shape[..batch].iter().copied().chain(shape).collect();
             }
         }
     }
+}
+
+/// `to` with each -1 replaced, in order, by the size `actual` has where `from` has a -1; None when
+/// `actual` is not of `from`'s rank or `from` has fewer variable-size dimensions than `to` (then
+/// the tensor is not one the config describes, and is left alone).
+fn map_variable_dims(actual: &[i64], from: &[i64], to: &[i64]) -> Option<Vec<i64>> {
+    if actual.len() != from.len() {
+        return None;
+    }
+    let mut sizes = from.iter().zip(actual).filter(|(d, _)| **d == -1).map(|(_, &size)| size);
+    to.iter().map(|&d| if d == -1 { sizes.next() } else { Some(d) }).collect()
 }
 
 #[cfg(test)]
@@ -315,6 +328,83 @@ mod tests {
         let mut outputs = [Tensor::from_slice("label", vec![3], &[1i64, 2, 3])];
         schema.reshape_outputs(&mut outputs);
         assert_eq!(outputs[0].shape, [3, 1]);
+    }
+
+    #[test]
+    fn reshapes_map_variable_size_dimensions_both_ways_batched_or_not() {
+        let tensor = |name: &str, dims: Vec<i64>, reshape: Vec<i64>| (name.to_string(), dims, reshape);
+        let config = |max_batch_size: i32, inputs: &[(String, Vec<i64>, Vec<i64>)], outputs: &[(String, Vec<i64>, Vec<i64>)]| {
+            ModelConfig {
+                name: "m".into(),
+                max_batch_size,
+                input: inputs
+                    .iter()
+                    .map(|(name, dims, shape)| ModelInput {
+                        name: name.clone(),
+                        data_type: DataType::Fp32.to_config() as i32,
+                        dims: dims.clone(),
+                        reshape: Some(ModelTensorReshape { shape: shape.clone() }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                output: outputs
+                    .iter()
+                    .map(|(name, dims, shape)| ModelOutput {
+                        name: name.clone(),
+                        data_type: DataType::Fp32.to_config() as i32,
+                        dims: dims.clone(),
+                        reshape: Some(ModelTensorReshape { shape: shape.clone() }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+        };
+        // Triton's quickstart densenet_onnx: no batching, [3,224,224] <-> [1,3,224,224], [1000] <-> [1,1000,1,1].
+        let densenet = config(
+            0,
+            &[tensor("data_0", vec![3, 224, 224], vec![1, 3, 224, 224])],
+            &[tensor("fc6_1", vec![1000], vec![1, 1000, 1, 1])],
+        );
+        let schema = ModelSchema::from_config(&densenet).expect("schema");
+        let mut inputs = [Tensor::from_slice("data_0", vec![3, 224, 224], &vec![0f32; 3 * 224 * 224])];
+        schema.validate(&request(inputs.to_vec())).expect("the client sends the config's dims");
+        schema.reshape(&mut inputs);
+        assert_eq!(inputs[0].shape, [1, 3, 224, 224]);
+        let mut outputs = [Tensor::from_slice("fc6_1", vec![1, 1000, 1, 1], &[0f32; 1000])];
+        schema.reshape_outputs(&mut outputs);
+        assert_eq!(outputs[0].shape, [1000]);
+
+        // Batched, with variable-size dimensions: [2,-1] <-> [-1,2] and a stretch [4,-1] <-> [2,2,-1].
+        let variable = config(
+            8,
+            &[tensor("A", vec![2, -1], vec![-1, 2]), tensor("B", vec![4, -1], vec![2, 2, -1])],
+            &[tensor("Y", vec![-1, 3], vec![3, -1])],
+        );
+        let schema = ModelSchema::from_config(&variable).expect("schema");
+        let mut inputs =
+            [Tensor::from_slice("A", vec![5, 2, 3], &[0f32; 30]), Tensor::from_slice("B", vec![5, 4, 7], &[0f32; 140])];
+        schema.reshape(&mut inputs);
+        assert_eq!(inputs[0].shape, [5, 3, 2], "the batch stays, -1 takes the client's 3");
+        assert_eq!(inputs[1].shape, [5, 2, 2, 7]);
+        let mut outputs = [Tensor::from_slice("Y", vec![5, 3, 6], &[0f32; 90])];
+        schema.reshape_outputs(&mut outputs);
+        assert_eq!(outputs[0].shape, [5, 6, 3]);
+        // An output the backend made in another shape is left as it is.
+        let mut odd = [Tensor::from_slice("Y", vec![5, 90], &[0f32; 450])];
+        schema.reshape_outputs(&mut odd);
+        assert_eq!(odd[0].shape, [5, 90]);
+
+        // An empty reshape is a scalar: [1] to the client, [] (after the batch) to the backend.
+        let scalar = config(4, &[tensor("S", vec![1], vec![])], &[tensor("T", vec![1], vec![])]);
+        let schema = ModelSchema::from_config(&scalar).expect("schema");
+        let mut inputs = [Tensor::from_slice("S", vec![3, 1], &[0f32; 3])];
+        schema.reshape(&mut inputs);
+        assert_eq!(inputs[0].shape, [3]);
+        let unbatched = config(0, &[tensor("S", vec![1], vec![])], &[]);
+        let mut inputs = [Tensor::from_slice("S", vec![1], &[0f32; 1])];
+        ModelSchema::from_config(&unbatched).expect("schema").reshape(&mut inputs);
+        assert!(inputs[0].shape.is_empty());
     }
 
     #[test]

@@ -115,8 +115,10 @@ fn config_type(datatype: DataType) -> i32 {
 
 /// Triton's load-time checks of a config against the model it names: every required model
 /// input is in the config, the config names no tensor the model lacks, and types and shapes agree.
-/// A ragged input is one flat tensor to the model (`[-1]`); each batch input target must be a
-/// model input of the batch input's datatype; a batch output target's shape is not compared.
+/// A tensor with a `reshape` is compared by that shape (what the model sees; the core reshapes
+/// requests from `dims` and outputs back to it). A ragged input is one flat tensor to the model
+/// (`[-1]`); each batch input target must be a model input of the batch input's datatype; a batch
+/// output target's shape is not compared.
 pub fn check(config: &ModelConfig, signature: &Signature) -> Result<(), String> {
     let model = &config.name;
     let optional = config.input.iter().filter(|i| i.optional).count();
@@ -145,7 +147,7 @@ pub fn check(config: &ModelConfig, signature: &Signature) -> Result<(), String> 
             check_ragged(model, spec)?;
             continue;
         }
-        check_tensor(model, "input", spec, input.data_type, &input.dims, batching, true)?;
+        check_tensor(model, "input", spec, input.data_type, model_shape(&input.dims, &input.reshape), batching, true)?;
     }
     for output in &config.output {
         let spec = find(&signature.outputs, &output.name, "output")?;
@@ -154,9 +156,14 @@ pub fn check(config: &ModelConfig, signature: &Signature) -> Result<(), String> 
             check_datatype(model, "output", spec, output.data_type)?;
             continue;
         }
-        check_tensor(model, "output", spec, output.data_type, &output.dims, batching, false)?;
+        check_tensor(model, "output", spec, output.data_type, model_shape(&output.dims, &output.reshape), batching, false)?;
     }
     Ok(())
+}
+
+/// The shape the model sees of a config tensor: its `reshape` if it has one (empty: a scalar).
+fn model_shape<'c>(dims: &'c [i64], reshape: &'c Option<ModelTensorReshape>) -> &'c [i64] {
+    reshape.as_ref().map_or(dims, |r| &r.shape)
 }
 
 fn find<'s>(specs: &'s [TensorSpec], name: &str, kind: &str) -> Result<&'s TensorSpec, String> {
@@ -316,6 +323,54 @@ mod tests {
         assert_eq!(config.output[0].dims, [1]);
         assert_eq!(config.output[0].reshape, Some(ModelTensorReshape { shape: vec![] }));
         check(&config, &labels).unwrap();
+    }
+
+    #[test]
+    fn a_reshape_is_what_the_model_is_compared_with_batched_or_not() {
+        let reshaped = |dims: Vec<i64>, shape: Vec<i64>| (dims, ModelTensorReshape { shape });
+        let config =
+            |max_batch_size: i32, given: (Vec<i64>, ModelTensorReshape), output: (Vec<i64>, ModelTensorReshape)| ModelConfig {
+                max_batch_size,
+                input: vec![ModelInput { reshape: Some(given.1), ..input("data_0", ConfigDataType::TypeFp32, given.0) }],
+                output: vec![ModelOutput {
+                    name: "fc6_1".into(),
+                    data_type: ConfigDataType::TypeFp32 as i32,
+                    dims: output.0,
+                    reshape: Some(output.1),
+                    ..Default::default()
+                }],
+                ..empty("densenet_onnx")
+            };
+        // Triton's quickstart densenet_onnx: a fixed batch of one inside the model.
+        let densenet = Signature {
+            inputs: vec![spec("data_0", DataType::Fp32, &[1, 3, 224, 224])],
+            outputs: vec![spec("fc6_1", DataType::Fp32, &[1, 1000, 1, 1])],
+        };
+        let quickstart = config(0, reshaped(vec![3, 224, 224], vec![1, 3, 224, 224]), reshaped(vec![1000], vec![1, 1000, 1, 1]));
+        check(&quickstart, &densenet).unwrap();
+        let mut unreshaped = quickstart.clone();
+        unreshaped.input[0].reshape = None;
+        assert!(check(&unreshaped, &densenet).unwrap_err().contains("the model expects 4 dimensions (shape [1,3,224,224])"));
+        let mut wrong_output = quickstart.clone();
+        wrong_output.output[0].reshape = Some(ModelTensorReshape { shape: vec![1, 1000] });
+        assert_eq!(
+            check(&wrong_output, &densenet).unwrap_err(),
+            "model 'densenet_onnx', tensor 'fc6_1': the model expects 4 dimensions (shape [1,1000,1,1]) but the model \
+             configuration specifies 2 dimensions (shape [1,1000])"
+        );
+        // Batched: the batch dimension, then the reshape.
+        let batched = Signature {
+            inputs: vec![spec("data_0", DataType::Fp32, &[-1, 3, 224, 224])],
+            outputs: vec![spec("fc6_1", DataType::Fp32, &[-1, 1000, 1, 1])],
+        };
+        let config8 = config(8, reshaped(vec![3 * 224 * 224], vec![3, 224, 224]), reshaped(vec![1000], vec![1000, 1, 1]));
+        check(&config8, &batched).unwrap();
+        // An empty reshape is a scalar per batch row.
+        let rows = Signature {
+            inputs: vec![spec("data_0", DataType::Fp32, &[-1])],
+            outputs: vec![spec("fc6_1", DataType::Fp32, &[-1])],
+        };
+        check(&config(4, reshaped(vec![1], vec![]), reshaped(vec![1], vec![])), &rows).unwrap();
     }
 
     #[test]
