@@ -1,5 +1,5 @@
-//! The files a model's config names (`model_path`, `default_model_filename`), checked before any
-//! loader opens them.
+//! The files a model's config names (`model_path`, `default_model_filename`, `label_filename`),
+//! checked before any loader opens them.
 //!
 //! A client's `config` override on RepositoryModelLoad may name files too, so what it names is held
 //! to the model's own folder: a relative path of plain names only, no `..`, no root. Links the
@@ -26,6 +26,11 @@ pub fn check_override_paths(config: &tritium_proto::inference::ModelConfig) -> R
             confined(&parameter.string_value).map_err(|why| format!("parameter '{key}' {why}"))?;
         }
     }
+    for output in &config.output {
+        if !output.label_filename.is_empty() {
+            confined(&output.label_filename).map_err(|why| format!("label_filename {why}"))?;
+        }
+    }
     for sample in &config.model_warmup {
         for input in sample.inputs.values() {
             if let Some(InputDataType::InputDataFile(file)) = &input.input_data_type {
@@ -37,7 +42,7 @@ pub fn check_override_paths(config: &tritium_proto::inference::ModelConfig) -> R
 }
 
 /// `named` as a path inside the model folder, or why not.
-fn confined(named: &str) -> Result<(), String> {
+pub(crate) fn confined(named: &str) -> Result<(), String> {
     let path = Path::new(named);
     if path.components().all(|c| matches!(c, Component::Normal(_))) && !named.is_empty() {
         Ok(())

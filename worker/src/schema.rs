@@ -1,7 +1,11 @@
 //! A model's tensor contract, computed once at load from its config, and the validation of every
 //! request against it (Triton's `Normalize`/`ValidateRequestInputs` rules and messages).
 
+use std::path::Path;
+use std::sync::Arc;
+
 use tritium_proto::inference::ModelConfig;
+use tritium_repository::Labels;
 use tritium_tensor::{DataType, Tensor};
 
 use tritium_backend_api::error::{WorkerError, datatype_reason, shape_text, tensor_reason};
@@ -49,6 +53,8 @@ pub struct TensorSpec {
     pub optional: bool,
     /// `reshape` from the config: the shape the backend sees (after the batch dimension).
     pub reshape: Option<Vec<i64>>,
+    /// An output's `label_filename`, read at load ([`ModelSchema::with_labels`]), for classification.
+    pub labels: Option<Arc<Labels>>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,7 +76,7 @@ impl ModelSchema {
         let spec = |name: &str, data_type: i32, dims: &[i64], optional: bool, reshape: Option<Vec<i64>>| {
             let datatype = DataType::from_config(data_type)
                 .ok_or_else(|| format!("tensor '{name}' has an invalid data_type {data_type}"))?;
-            Ok::<_, String>(TensorSpec { name: name.to_string(), datatype, dims: dims.to_vec(), optional, reshape })
+            Ok::<_, String>(TensorSpec { name: name.to_string(), datatype, dims: dims.to_vec(), optional, reshape, labels: None })
         };
         let inputs = config
             .input
@@ -93,6 +99,24 @@ impl ModelSchema {
             outputs,
             decoupled: config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled),
         })
+    }
+
+    /// Reads the label file each output of `config` names, from the model folder, once: the
+    /// model does not load when one is missing, outside the folder or over its bounds.
+    pub fn with_labels(mut self, config: &ModelConfig, model_dir: Option<&Path>) -> Result<ModelSchema, String> {
+        for output in config.output.iter().filter(|o| !o.label_filename.is_empty()) {
+            let labels =
+                Labels::read(model_dir, &output.label_filename).map_err(|why| format!("output '{}': {why}", output.name))?;
+            if let Some(spec) = self.outputs.iter_mut().find(|s| s.name == output.name) {
+                spec.labels = Some(Arc::new(labels));
+            }
+        }
+        Ok(self)
+    }
+
+    /// The labels of output `name`, if its config names a label file.
+    pub fn labels(&self, name: &str) -> Option<&Arc<Labels>> {
+        self.outputs.iter().find(|s| s.name == name).and_then(|s| s.labels.as_ref())
     }
 
     pub fn batched(&self) -> bool {

@@ -1,10 +1,15 @@
 //! Triton's `classification` output parameter: instead of an output's values, the top `count`
 //! of them per batch row as BYTES strings `"<value>:<index>"`, highest first (equal values in
-//! index order). A batching model's output keeps its batch dimension: `[batch, count]`; others
-//! give `[count]`. Values print as C++'s `std::to_string` prints them (`0.500000`, `42`).
+//! index order), `"<value>:<index>:<label>"` when the output's config names a `label_filename`
+//! whose line of that index is not empty. A batching model's output keeps its batch dimension:
+//! `[batch, count]`; others give `[count]`. Values print as C++'s `std::to_string` prints them
+//! (`0.500000`, `42`).
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use half::{bf16, f16};
+use tritium_repository::Labels;
 use tritium_tensor::{DataType, Tensor};
 
 use crate::error::ServerError;
@@ -16,6 +21,8 @@ pub struct Classification {
     pub count: usize,
     /// Whether the output's first dimension is the batch (the model batches).
     pub batched: bool,
+    /// The output's labels, read when the model loaded.
+    pub labels: Option<Arc<Labels>>,
 }
 
 /// One element: its sort key and how it prints.
@@ -78,8 +85,14 @@ pub fn classify(tensor: Tensor, wanted: &Classification) -> Result<Tensor, Serve
         entries.sort_by(|a, b| b.1.0.partial_cmp(&a.1.0).unwrap_or(std::cmp::Ordering::Equal));
         for (index, (_, printed)) in entries.into_iter().take(count) {
             let text = format!("{printed}:{index}");
-            data.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            let label = wanted.labels.as_ref().and_then(|labels| labels.get(index)).filter(|label| !label.is_empty());
+            let len = text.len() + label.map_or(0, |label| 1 + label.len());
+            data.extend_from_slice(&(len as u32).to_le_bytes());
             data.extend_from_slice(text.as_bytes());
+            if let Some(label) = label {
+                data.push(b':');
+                data.extend_from_slice(label);
+            }
         }
     }
     let shape = if wanted.batched { vec![rows as i64, count as i64] } else { vec![count as i64] };
@@ -105,7 +118,7 @@ mod tests {
     fn top_values_per_row_highest_first() {
         let values: Vec<u8> = [3i32, 9, 9, 1, 5, 7].iter().flat_map(|v| v.to_le_bytes()).collect();
         let tensor = Tensor::new("OUT", DataType::Int32, vec![2, 3], Bytes::from(values));
-        let wanted = Classification { output: "OUT".into(), count: 2, batched: true };
+        let wanted = Classification { output: "OUT".into(), count: 2, batched: true, labels: None };
         let classified = classify(tensor, &wanted).expect("classifies");
         assert_eq!(classified.shape, vec![2, 2]);
         assert_eq!(strings(&classified), ["9:1", "9:2", "7:2", "5:1"]);
@@ -115,15 +128,32 @@ mod tests {
     fn floats_print_like_std_to_string_and_count_is_capped() {
         let values: Vec<u8> = [0.25f32, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect();
         let tensor = Tensor::new("P", DataType::Fp32, vec![2], Bytes::from(values));
-        let classified = classify(tensor, &Classification { output: "P".into(), count: 5, batched: false }).expect("ok");
+        let classified =
+            classify(tensor, &Classification { output: "P".into(), count: 5, batched: false, labels: None }).expect("ok");
         assert_eq!(classified.shape, vec![2]);
         assert_eq!(strings(&classified), ["0.500000:1", "0.250000:0"]);
     }
 
     #[test]
+    fn labels_follow_the_index_as_triton_prints_them() {
+        let values: Vec<u8> = [0.1f32, 0.7, 0.2, 0.9, 0.3, 0.4].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let tensor = Tensor::new("P", DataType::Fp32, vec![2, 3], Bytes::from(values));
+        // Class 2 has an empty line, which Triton leaves out; class 5 is past the file's end.
+        let labels = Labels::parse(Bytes::from_static(b"TENCH\nGOLDFISH\n\nSHARK\nHEN\n")).expect("labels");
+        let wanted = Classification { output: "P".into(), count: 3, batched: true, labels: Some(Arc::new(labels)) };
+        let classified = classify(tensor, &wanted).expect("classifies");
+        assert_eq!(classified.shape, vec![2, 3]);
+        assert_eq!(
+            strings(&classified),
+            ["0.700000:1:GOLDFISH", "0.200000:2", "0.100000:0:TENCH", "0.900000:0:SHARK", "0.400000:2", "0.300000:1:HEN"]
+        );
+    }
+
+    #[test]
     fn strings_cannot_be_classified() {
         let tensor = Tensor::new("S", DataType::Bytes, vec![1], Bytes::from_static(&[1, 0, 0, 0, b'a']));
-        let error = classify(tensor, &Classification { output: "S".into(), count: 1, batched: false }).expect_err("refused");
+        let error = classify(tensor, &Classification { output: "S".into(), count: 1, batched: false, labels: None })
+            .expect_err("refused");
         assert!(error.to_string().contains("unsupported type 'BYTES'"), "{error}");
     }
 }

@@ -209,7 +209,7 @@ pub fn decode_request(request: ModelInferRequest, shm: &SharedMemoryRegistry, ar
                     )));
                 }
             };
-            classifications.push(Classification { output: output.name.clone(), count, batched: false });
+            classifications.push(Classification { output: output.name.clone(), count, batched: false, labels: None });
         }
         requested_outputs.push(output.name);
     }
@@ -324,7 +324,7 @@ pub fn encode_response(
 }
 
 /// [`decode_request`], with each classified output told whether its model batches (its first
-/// dimension is then kept as the batch).
+/// dimension is then kept as the batch) and given its labels.
 pub fn decode_for_model(
     request: ModelInferRequest,
     shm: &SharedMemoryRegistry,
@@ -342,6 +342,7 @@ pub fn decode_for_model(
         let batched = version.schema.max_batch_size > 0;
         for wanted in &mut decoded.shm.classifications {
             wanted.batched = batched;
+            wanted.labels = version.schema.labels(&wanted.output).cloned();
         }
         decoded.model = Some(version);
     }

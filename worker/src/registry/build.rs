@@ -81,7 +81,7 @@ impl ModelRepository {
         repository::fill_core_defaults(&mut config);
         let config = Arc::new(config);
         let versions = source.select_versions(&config)?;
-        let schema = ModelSchema::from_config(&config).map_err(failed)?;
+        let schema = ModelSchema::from_config(&config).and_then(|s| s.with_labels(&config, model_dir)).map_err(failed)?;
         let ragged = Arc::new(RaggedBatching::from_config(&config).map_err(failed)?);
         let mut served = BTreeMap::new();
         for version in versions {
@@ -111,7 +111,8 @@ impl ModelRepository {
         let name = source.name.as_str();
         let failed = |reason: String| WorkerError::LoadFailed { name: name.to_string(), reason };
         let config = Arc::new(config);
-        let schema = ModelSchema::from_config(&config).map_err(failed)?;
+        let model_dir = (!source.dir.as_os_str().is_empty()).then_some(source.dir.as_path());
+        let schema = ModelSchema::from_config(&config).and_then(|s| s.with_labels(&config, model_dir)).map_err(failed)?;
         let mut served = BTreeMap::new();
         for version in source.select_versions(&config)? {
             // Triton's class and wording for an ensemble whose graph cannot be served.
