@@ -11,8 +11,8 @@
   each one properly before the process exits with status 0: an SSE error event in its API's format (OpenAI's
   `data: {"error": ...}` then `data: [DONE]`, Anthropic's `event: error`, the Responses API's `response.failed`),
   503 for a non-streaming request (529 `overloaded_error` on Anthropic's door, which answers every 503 so), and
-  gRPC UNAVAILABLE for ModelInfer (the LLM) and ModelStreamInfer (the built-in `repeat` model with DELAY_MS). A
-  stream that finished before the deadline ended normally.
+  gRPC UNAVAILABLE for ModelInfer and ModelStreamInfer (the LLM through KServe's `text_input`, streaming on the
+  stream). A stream that finished before the deadline ended normally.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import LLM_START_TIMEOUT, model_paths
-from helpers import start_server, tail, write_model
+from helpers import start_server, tail
 
 LLM = "smollm2"
 MIB = 1 << 20
@@ -145,19 +145,6 @@ EXIT_TIMEOUT_S = 3
 EXIT_MARGIN_S = 6
 LONG = 4000
 STORY = "Write a very long story about a dragon who learns to count."
-REPEAT_CONFIG = """
-name: "repeat"
-backend: "repeat"
-max_batch_size: 0
-model_transaction_policy { decoupled: true }
-input [
-  { name: "IN", data_type: TYPE_INT32, dims: [ 1 ] },
-  { name: "DELAY_MS", data_type: TYPE_UINT32, dims: [ 1 ], optional: true }
-]
-output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 1 ] } ]
-"""
-
-
 class SseReader(threading.Thread):
     """One streamed request over raw HTTP/1.1; its server-sent events as (event name, data) pairs."""
 
@@ -210,6 +197,14 @@ class Call(threading.Thread):
             self.failure = error
 
 
+def kserve_inputs(streaming: bool) -> list[grpcclient.InferInput]:
+    text = grpcclient.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([STORY.encode()], dtype=np.object_))
+    flag = grpcclient.InferInput("streaming", [1], "BOOL")
+    flag.set_data_from_numpy(np.array([streaming], dtype=bool))
+    return [text, flag]
+
+
 def chunk_error(reader: SseReader) -> dict:
     """OpenAI's ending of a failed stream: an error chunk, then [DONE]."""
     assert reader.failure is None and reader.status == 200, (reader.failure, reader.status, reader.events[-3:])
@@ -219,12 +214,10 @@ def chunk_error(reader: SseReader) -> dict:
     return body["error"]
 
 
-def test_the_end_of_the_grace_period_ends_every_request_properly(model_repo):
-    write_model(model_repo, "repeat", REPEAT_CONFIG)
+def test_the_end_of_the_grace_period_ends_every_request_properly():
     gguf, _ = model_paths()
     server = start_server(
-        "--model-path", str(gguf), "--model-name", LLM, "--model-repository", str(model_repo),
-        "--enable-anthropic-api", "--exit-timeout-secs", str(EXIT_TIMEOUT_S),
+        "--model-path", str(gguf), "--model-name", LLM, "--enable-anthropic-api", "--exit-timeout-secs", str(EXIT_TIMEOUT_S),
         timeout=LLM_START_TIMEOUT,
     )
     try:
@@ -260,19 +253,14 @@ def run_the_shutdown(server) -> None:
         "messages": Call(lambda: claude.messages.create(model=LLM, messages=chat_messages, max_tokens=LONG)),
     }
 
-    # gRPC: the LLM on unary ModelInfer, and the built-in repeat model answering every 50 ms on ModelStreamInfer.
+    # gRPC: the LLM through KServe's text_input, on unary ModelInfer and streaming on ModelStreamInfer.
+    parameters = {"max_tokens": LONG, "ignore_eos": True}
     grpc_unary_client = grpcclient.InferenceServerClient(server.url)
-    text_input = grpcclient.InferInput("text_input", [1], "BYTES")
-    text_input.set_data_from_numpy(np.array([STORY.encode()], dtype=np.object_))
-    grpc_unary = Call(lambda: grpc_unary_client.infer(LLM, [text_input], parameters={"max_tokens": LONG, "ignore_eos": True}))
+    grpc_unary = Call(lambda: grpc_unary_client.infer(LLM, kserve_inputs(streaming=False), parameters=parameters))
     stream_client = grpcclient.InferenceServerClient(server.url)
     replies: queue.Queue = queue.Queue()
     stream_client.start_stream(callback=lambda result, error: replies.put((result, error)))
-    count = grpcclient.InferInput("IN", [1], "INT32")
-    count.set_data_from_numpy(np.array([100_000], dtype=np.int32))
-    delay = grpcclient.InferInput("DELAY_MS", [1], "UINT32")
-    delay.set_data_from_numpy(np.array([50], dtype=np.uint32))
-    stream_client.async_stream_infer("repeat", [count, delay], request_id="long")
+    stream_client.async_stream_infer(LLM, kserve_inputs(streaming=True), request_id="long", parameters=parameters)
 
     try:
         for call in [short, *streams.values(), *unary.values(), grpc_unary]:
