@@ -88,9 +88,6 @@ pub struct LimitArgs {
     /// Stop token ids one completion may give, at most.
     #[arg(long, env = "TRITIUM_LLM_MAX_STOP_TOKEN_IDS", default_value_t = DEFAULT_MAX_STOP_TOKEN_IDS)]
     pub llm_max_stop_token_ids: usize,
-}
-
-/// The limits of the HTTP port.
     /// Bytes of memory all prompts being tokenized (and chats being rendered) may take at once:
     /// each is charged its length times what tokenizing costs per byte at worst (512), and waits
     /// for room; a prompt whose charge is more than all of it is refused (413). The default (1 GiB)
@@ -102,6 +99,9 @@ pub struct LimitArgs {
     /// Prompts of up to 16 KiB are tokenized in place and do not count.
     #[arg(long, env = "TRITIUM_MAX_CONCURRENT_TOKENIZATIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_tokenizations: Option<u32>,
+}
+
+/// The limits of the HTTP port.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub max_connections: usize,
@@ -133,11 +133,11 @@ pub const DEFAULT_MAX_STREAMS: u32 = 1024;
 /// Triton's HTTP default (64 MiB): tensors travel in these bodies. The request-byte budget bounds
 /// what all of them hold at once.
 pub const DEFAULT_HTTP_BODY_BYTES: usize = 64 << 20;
+/// The smallest tokenizing budget: a prompt of the 16 KiB tokenized in place, charged as a longer one.
+const MIN_TOKENIZING_BYTES: u64 = (INLINE_BYTES * TOKENIZE_BYTES_PER_INPUT_BYTE) as u64;
 /// Half of a 2 GiB box: room for the models and the responses beside the requests.
 pub const DEFAULT_BUFFERED_BYTES: u64 = 1 << 30;
 
-/// The smallest tokenizing budget: a prompt of the 16 KiB tokenized in place, charged as a longer one.
-const MIN_TOKENIZING_BYTES: u64 = (INLINE_BYTES * TOKENIZE_BYTES_PER_INPUT_BYTE) as u64;
 /// What the limit flags resolve to.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -147,11 +147,11 @@ pub struct Limits {
     /// The HTTP port's restricted API groups.
     pub http_restricted: RestrictedProtocols,
     pub completion: CompletionLimits,
+    /// What rendering chats and tokenizing prompts may hold at once.
+    pub preprocess: PreprocessLimits,
 }
 
 impl Default for Limits {
-    /// What rendering chats and tokenizing prompts may hold at once.
-    pub preprocess: PreprocessLimits,
     fn default() -> Self {
         Limits {
             shm: ShmPolicy::disabled(),
@@ -159,10 +159,10 @@ impl Default for Limits {
             restricted: RestrictedProtocols::default(),
             http_restricted: RestrictedProtocols::default(),
             completion: CompletionLimits::default(),
+            preprocess: PreprocessLimits::default(),
         }
     }
 }
-            preprocess: PreprocessLimits::default(),
 
 impl LimitArgs {
     pub fn http_limits(&self) -> HttpLimits {
@@ -202,12 +202,12 @@ impl LimitArgs {
                 max_stop_string_bytes: self.llm_max_stop_string_bytes,
                 max_stop_token_ids: self.llm_max_stop_token_ids,
             },
-        })
-    }
-}
             preprocess: PreprocessLimits {
                 max_bytes: usize::try_from(self.max_tokenizing_bytes).unwrap_or(usize::MAX),
                 max_concurrent: self
                     .max_concurrent_tokenizations
                     .map_or(PreprocessLimits::default().max_concurrent, |n| usize::try_from(n).unwrap_or(usize::MAX)),
             },
+        })
+    }
+}
