@@ -136,17 +136,21 @@ mod tests {
 
     #[test]
     fn labels_follow_the_index_as_triton_prints_them() {
-        let values: Vec<u8> = [0.1f32, 0.7, 0.2, 0.9, 0.3, 0.4].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let tensor = Tensor::new("P", DataType::Fp32, vec![2, 3], Bytes::from(values));
+        let floats = |values: &[f32]| Bytes::from(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
         // Class 2 has an empty line, which Triton leaves out; class 5 is past the file's end.
-        let labels = Labels::parse(Bytes::from_static(b"TENCH\nGOLDFISH\n\nSHARK\nHEN\n")).expect("labels");
-        let wanted = Classification { output: "P".into(), count: 3, batched: true, labels: Some(Arc::new(labels)) };
-        let classified = classify(tensor, &wanted).expect("classifies");
+        let labels = Some(Arc::new(Labels::parse(Bytes::from_static(b"TENCH\nGOLDFISH\n\nSHARK\nHEN\n")).expect("labels")));
+        // Each batch row's classes are indexed from 0.
+        let rows = Tensor::new("P", DataType::Fp32, vec![2, 3], floats(&[0.1, 0.7, 0.2, 0.9, 0.3, 0.4]));
+        let wanted = Classification { output: "P".into(), count: 3, batched: true, labels: labels.clone() };
+        let classified = classify(rows, &wanted).expect("classifies");
         assert_eq!(classified.shape, vec![2, 3]);
         assert_eq!(
             strings(&classified),
-            ["0.700000:1:GOLDFISH", "0.200000:2", "0.100000:0:TENCH", "0.900000:0:SHARK", "0.400000:2", "0.300000:1:HEN"]
+            ["0.700000:1:GOLDFISH", "0.200000:2", "0.100000:0:TENCH", "0.900000:0:TENCH", "0.400000:2", "0.300000:1:GOLDFISH"]
         );
+        let one = Tensor::new("P", DataType::Fp32, vec![6], floats(&[0.0, 0.1, 0.0, 0.3, 0.2, 0.9]));
+        let wanted = Classification { output: "P".into(), count: 3, batched: false, labels };
+        assert_eq!(strings(&classify(one, &wanted).expect("classifies")), ["0.900000:5", "0.300000:3:SHARK", "0.200000:4:HEN"]);
     }
 
     #[test]
