@@ -85,8 +85,9 @@ enum State {
     Prefix { prefix: [u8; PREFIX], have: usize },
     /// Holding a plain message (its prefix first) until `remaining` more bytes have arrived.
     Plain { remaining: usize, held: Vec<Bytes> },
-    /// Collecting a compressed message of `len` bytes to inflate it.
-    Compressed { len: usize, message: BytesMut },
+    /// Collecting a compressed message of `len` bytes (`have` so far, in the pieces they came in,
+    /// never copied) to inflate it.
+    Compressed { len: usize, have: usize, pieces: Vec<Bytes> },
     /// A message larger than the limit: passed through untouched for tonic to refuse it.
     Oversized,
 }
@@ -180,17 +181,17 @@ impl BudgetedBody {
                     self.charge(n)?;
                     self.hold(data.split_to(n), remaining, held);
                 }
-                State::Compressed { len, message } => {
-                    let n = (*len - message.len()).min(data.len());
-                    message.extend_from_slice(&data[..n]);
-                    let complete = message.len() == *len;
-                    data.advance(n);
+                State::Compressed { len, have, pieces } => {
+                    let n = (*len - *have).min(data.len());
+                    pieces.push(data.split_to(n));
+                    *have += n;
+                    let complete = *have == *len;
                     self.charge(n)?;
                     if complete
-                        && let State::Compressed { message, .. } =
+                        && let State::Compressed { pieces, .. } =
                             std::mem::replace(&mut self.state, State::Prefix { prefix: [0; PREFIX], have: 0 })
                     {
-                        self.inflate(&message)?;
+                        self.inflate(Pieces { pieces: pieces.into() })?;
                     }
                 }
             }
@@ -227,18 +228,18 @@ impl BudgetedBody {
             return Ok(Some(len));
         }
         self.charge(PREFIX)?;
-        self.state = State::Compressed { len, message: BytesMut::new() };
+        self.state = State::Compressed { len, have: 0, pieces: Vec::new() };
         if len == 0 {
-            self.inflate(&[])?;
+            self.inflate(Pieces { pieces: VecDeque::new() })?;
             self.state = State::Prefix { prefix: [0; PREFIX], have: 0 };
         }
         Ok(None)
     }
 
     /// Inflates one message into a plain one, bounded by the message limit and the budget.
-    fn inflate(&mut self, compressed: &[u8]) -> Result<(), Status> {
+    fn inflate(&mut self, compressed: Pieces) -> Result<(), Status> {
         let Some(encoding) = self.encoding else { return Ok(()) };
-        let mut sink = BoundedSink { out: BytesMut::new(), body: self, limit_hit: None };
+        let mut sink = BoundedSink { chunks: Vec::new(), current: BytesMut::new(), len: 0, body: self, limit_hit: None };
         let outcome = match encoding {
             Encoding::Gzip => std::io::copy(&mut flate2::read::GzDecoder::new(compressed), &mut sink),
             Encoding::Deflate => std::io::copy(&mut flate2::read::ZlibDecoder::new(compressed), &mut sink),
@@ -247,25 +248,56 @@ impl BudgetedBody {
                 Err(e) => Err(e),
             },
         };
-        let BoundedSink { out, limit_hit, .. } = sink;
+        let BoundedSink { mut chunks, current, len, limit_hit, .. } = sink;
         if let Some(status) = limit_hit {
             return Err(status);
         }
         if let Err(e) = outcome {
             return Err(Status::internal(format!("Error decompressing: {e}, while sending request")));
         }
+        chunks.push(current.freeze());
         let mut plain = BytesMut::with_capacity(PREFIX);
         plain.put_u8(0);
-        plain.put_u32(out.len() as u32);
+        plain.put_u32(len as u32);
         self.ready.push_back(plain.freeze());
-        self.ready.push_back(out.freeze());
+        self.ready.extend(chunks.into_iter().filter(|c| !c.is_empty()));
         Ok(())
     }
 }
 
-/// Where inflated bytes go: refuses to grow past the message limit or the budget.
+/// A compressed message as it arrived, read as one stream.
+struct Pieces {
+    pieces: VecDeque<Bytes>,
+}
+
+impl std::io::Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(front) = self.pieces.front_mut() {
+            if front.is_empty() {
+                self.pieces.pop_front();
+                continue;
+            }
+            let n = front.len().min(buf.len());
+            buf[..n].copy_from_slice(&front[..n]);
+            front.advance(n);
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+/// The first chunk an inflated message is written to, and the largest: chunks double from one to
+/// the other, so a small message allocates little and a large one is never copied to grow.
+const FIRST_CHUNK: usize = 64 << 10;
+const LARGEST_CHUNK: usize = 4 << 20;
+
+/// Where inflated bytes go: chunks charged to the budget by their capacity as each is allocated
+/// (what the server holds, not what was filled); refuses to grow past the message limit or the
+/// budget.
 struct BoundedSink<'a> {
-    out: BytesMut,
+    chunks: Vec<Bytes>,
+    current: BytesMut,
+    len: usize,
     body: &'a mut BudgetedBody,
     limit_hit: Option<Status>,
 }
@@ -273,18 +305,32 @@ struct BoundedSink<'a> {
 impl Write for BoundedSink<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let limit = self.body.max_message;
-        if self.out.len() + buf.len() > limit {
+        if self.len + buf.len() > limit {
             self.limit_hit = Some(Status::resource_exhausted(format!(
                 "Error decompressing: size limit, of {limit} bytes, exceeded while decompressing message"
             )));
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        if let Err(status) = self.body.charge(buf.len()) {
-            self.limit_hit = Some(status);
-            return Err(std::io::ErrorKind::WriteZero.into());
+        if self.current.len() == self.current.capacity() {
+            let size = match self.chunks.last() {
+                None if self.current.capacity() == 0 => FIRST_CHUNK,
+                _ => (self.current.capacity() * 2).clamp(FIRST_CHUNK, LARGEST_CHUNK),
+            };
+            // Never more than the message may still hold.
+            let size = size.min(limit - self.len).max(1);
+            if let Err(status) = self.body.charge(size) {
+                self.limit_hit = Some(status);
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            let full = std::mem::replace(&mut self.current, BytesMut::with_capacity(size));
+            if !full.is_empty() {
+                self.chunks.push(full.freeze());
+            }
         }
-        self.out.extend_from_slice(buf);
-        Ok(buf.len())
+        let n = buf.len().min(self.current.capacity() - self.current.len());
+        self.current.extend_from_slice(&buf[..n]);
+        self.len += n;
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -47,8 +47,7 @@ pub async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes
         return Err(too_large(limit));
     }
     let mut body = body;
-    let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
+    let mut frames: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
@@ -65,21 +64,20 @@ pub async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes
         if total > limit {
             return Err(too_large(limit));
         }
-        // The usual single-frame body is kept as it came, without a copy.
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            Some(previous) => {
-                // Grown as bytes arrive, never reserved from the declared length: a client that
-                // declares 64 MiB and sends slowly holds only what it sent.
-                joined.extend_from_slice(&previous);
-                joined.extend_from_slice(&data);
-            }
-            None => joined.extend_from_slice(&data),
-        }
+        // Kept as they came, never reserved from the declared length: a client that declares
+        // 64 MiB and sends slowly holds only what it sent.
+        frames.push(data);
     }
-    Ok(match first {
-        Some(only) => only,
-        None => Bytes::from(joined),
+    // The usual single-frame body is kept without a copy; several are joined once, into exactly
+    // their size (a buffer grown as they came would hold up to twice that, and copy on the way).
+    Ok(match frames.len() {
+        0 => Bytes::new(),
+        1 => frames.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = Vec::with_capacity(total);
+            frames.drain(..).for_each(|frame| joined.extend_from_slice(&frame));
+            Bytes::from(joined)
+        }
     })
 }
 
@@ -127,15 +125,34 @@ pub async fn read_request(
     Ok(inflated)
 }
 
-/// Inflates `compressed` in steps, charging the budget as the output grows; more than `limit`
-/// bytes out is refused with 413 (a small body that inflates to gigabytes stops there).
+/// Inflates `compressed` in steps, charging the budget for the output buffer by its capacity as
+/// it grows (while it grows, the old buffer and the new are both held, and both are charged);
+/// more than `limit` bytes out is refused with 413 (a small body that inflates to gigabytes stops
+/// there), more than the budget with 503.
 fn inflate(compressed: &[u8], encoding: Encoding, limit: usize, budget: &Arc<ByteBudget>) -> Result<RequestBody, HttpError> {
     let mut reader: Box<dyn Read + '_> = match encoding {
         Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
         Encoding::Deflate => Box::new(flate2::read::ZlibDecoder::new(compressed)),
     };
     let mut out = RequestBody { bytes: Bytes::new(), charge: Some((Arc::clone(budget), 0)) };
-    let mut buffer: Vec<u8> = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit).max(64));
+    let charge = |bytes: usize, out: &mut RequestBody| -> Result<(), HttpError> {
+        if let Some((budget, charged)) = out.charge.as_mut() {
+            if !budget.take(bytes as u64) {
+                return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, BudgetExhausted.to_string()));
+            }
+            *charged += bytes as u64;
+        }
+        Ok(())
+    };
+    let give_back = |bytes: usize, out: &mut RequestBody| {
+        if let Some((budget, charged)) = out.charge.as_mut() {
+            budget.give_back(bytes as u64);
+            *charged -= bytes as u64;
+        }
+    };
+    let first = compressed.len().saturating_mul(4).min(limit).max(64);
+    charge(first, &mut out)?;
+    let mut buffer: Vec<u8> = Vec::with_capacity(first);
     let mut chunk = vec![0u8; 64 << 10];
     loop {
         let read = reader.read(&mut chunk).map_err(|e| {
@@ -148,11 +165,14 @@ fn inflate(compressed: &[u8], encoding: Encoding, limit: usize, budget: &Arc<Byt
         if buffer.len() + read > limit {
             return Err(too_large(limit));
         }
-        if let Some((budget, charged)) = out.charge.as_mut() {
-            if !budget.take(read as u64) {
-                return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, BudgetExhausted.to_string()));
-            }
-            *charged += read as u64;
+        if buffer.len() + read > buffer.capacity() {
+            let old = buffer.capacity();
+            let grown = (old.saturating_mul(2)).max(buffer.len() + read).min(limit);
+            charge(grown, &mut out)?;
+            let mut bigger = Vec::with_capacity(grown);
+            bigger.extend_from_slice(&buffer);
+            buffer = bigger;
+            give_back(old, &mut out);
         }
         buffer.extend_from_slice(&chunk[..read]);
     }
@@ -177,7 +197,9 @@ mod tests {
         let budget = Arc::new(ByteBudget::new(1 << 20));
         let body = inflate(&gzip(b"hello"), Encoding::Gzip, 100, &budget).expect("inflates");
         assert_eq!(&body.bytes[..], b"hello");
-        assert_eq!(budget.used(), 5);
+        // Charged by what was allocated (the first buffer: four times the compressed size, at
+        // most the limit), not by the five bytes filled.
+        assert_eq!(budget.used(), 100);
         drop(body);
         assert_eq!(budget.used(), 0);
     }
@@ -190,6 +212,20 @@ mod tests {
         let error = inflate(&bomb, Encoding::Gzip, 1 << 20, &budget).expect_err("refused");
         assert_eq!(error.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_budget_counted_by_capacity() {
+        let budget = Arc::new(ByteBudget::new(4 << 20));
+        let bomb = gzip(&vec![0u8; 50 << 20]);
+        let error = inflate(&bomb, Encoding::Gzip, 64 << 20, &budget).expect_err("refused");
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(budget.used(), 0, "everything given back");
+        // Just under the budget fits, growth included: 1 MiB out needs 2 MiB + 1 MiB while growing.
+        let fits = gzip(&vec![7u8; 1 << 20]);
+        let body = inflate(&fits, Encoding::Gzip, 64 << 20, &budget).expect("fits");
+        assert_eq!(body.bytes.len(), 1 << 20);
+        assert!(budget.used() >= 1 << 20 && budget.used() <= 2 << 20, "{}", budget.used());
     }
 
     #[test]
