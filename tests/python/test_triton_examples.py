@@ -11,9 +11,10 @@ What cannot be copied is made here:
 - `densenet_onnx` and `inception_onnx` are real downloads in Triton (`fetch_models.sh`); their stand-ins are ONNX
   graphs with the real tensor names, types and shapes whose output favours the VULTURE class, so the image clients
   print that label.
-- Triton's C++ test backends get Python-backend stand-ins with the same semantics: `repeat_int32` (the `repeat`
-  backend, decoupled) and `simple_string_dyna_sequence` (the `dyna_sequence` backend with a string correlation id,
-  built from `simple_dyna_sequence` as `qa/L0_grpc/test.sh` builds it).
+- Triton's test model `repeat_int32` runs on our built-in `repeat` backend (Triton's repeat backend, same config
+  and meaning); the `dyna_sequence` test backend gets a Python-backend stand-in with the same semantics
+  (`simple_string_dyna_sequence`: a string correlation id, built from `simple_dyna_sequence` as
+  `qa/L0_grpc/test.sh` builds it).
 - The model-control examples count the models of the repository (gRPC 8, HTTP 7: the two disagree upstream), so
   each gets a server of its own in explicit mode over Triton's example models alone (without `inception_onnx`
   for HTTP), as Triton's qa starts a server of its own for them.
@@ -54,13 +55,7 @@ INCEPTION_VULTURE = 24
 EXAMPLE_TIMEOUT = 120
 
 # Known defects of issue 40, by case id, with the line that says why.
-EXPECTED_TO_FAIL: dict[str, str] = {
-    "grpc:simple_grpc_model_control.py": (
-        "model control: a file: override whose path has a component longer than NAME_MAX answers "
-        "\"failed to load 'simple', cannot write the model's override files (...)\" where the example expects Triton's "
-        "INTERNAL 'failed to poll from model repository'"
-    ),
-}
+EXPECTED_TO_FAIL: dict[str, str] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +185,7 @@ def classifier(input_name: str, input_shape: list[int], output_name: str, output
 
 REPEAT_CONFIG = """
 name: "repeat_int32"
-backend: "python"
+backend: "repeat"
 max_batch_size: 0
 model_transaction_policy { decoupled: True }
 input [
@@ -203,37 +198,6 @@ output [
   { name: "IDX" data_type: TYPE_UINT32 dims: [ 1 ] }
 ]
 instance_group [ { kind: KIND_CPU } ]
-"""
-
-# Triton's repeat backend: one response per element of IN (OUT = IN[i], IDX = i), each after DELAY[i] ms, then the
-# final flag after WAIT ms.
-REPEAT_MODEL = """
-import time
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        for request in requests:
-            sender = request.get_response_sender()
-            values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
-            delays = pb_utils.get_input_tensor_by_name(request, "DELAY").as_numpy()
-            wait = pb_utils.get_input_tensor_by_name(request, "WAIT").as_numpy()
-            for index, value in enumerate(values):
-                time.sleep(float(delays[index]) / 1000.0)
-                sender.send(
-                    pb_utils.InferenceResponse(
-                        [
-                            pb_utils.Tensor("OUT", np.array([value], dtype=np.int32)),
-                            pb_utils.Tensor("IDX", np.array([index], dtype=np.uint32)),
-                        ]
-                    )
-                )
-            time.sleep(float(wait[0]) / 1000.0)
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        return None
 """
 
 # Triton's dyna_sequence test backend (src/test/dyna_sequence): an accumulator per correlation id (a string that
@@ -302,7 +266,8 @@ def prepare_repository(repo: pathlib.Path, test_backends: bool = True, leave_out
         shutil.rmtree(repo / name)
     if not test_backends:
         return
-    python_model(repo, "repeat_int32", REPEAT_CONFIG, REPEAT_MODEL)
+    (repo / "repeat_int32" / "1").mkdir(parents=True)
+    (repo / "repeat_int32" / "config.pbtxt").write_text(REPEAT_CONFIG)
     # As qa/L0_grpc/test.sh makes it: simple_dyna_sequence renamed, another backend, a string CORRID.
     config = (repo / "simple_dyna_sequence" / "config.pbtxt").read_text()
     config = config.replace("simple_dyna_sequence", "simple_string_dyna_sequence")

@@ -62,9 +62,10 @@ pub(super) fn write(name: &str, files: &[FileOverride]) -> Result<(Arc<OverrideF
     if !repository::is_plain_name(name) || files.iter().any(|f| !confined(&f.path)) {
         return Err(not_polled(name));
     }
-    let io = |what: &str, e: std::io::Error| WorkerError::LoadFailed {
-        name: name.to_string(),
-        reason: format!("cannot write the model's override files ({what}): {e}"),
+    // Triton answers a file it cannot write as a model it cannot poll; the cause goes to the log.
+    let io = |what: &str, e: std::io::Error| {
+        tracing::warn!(model = name, "cannot write the model's override files ({what}): {e}");
+        not_polled(name)
     };
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new()
@@ -76,9 +77,9 @@ pub(super) fn write(name: &str, files: &[FileOverride]) -> Result<(Arc<OverrideF
     for file in files {
         let target = model_dir.join(&file.path);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io(&file.path, e))?;
+            std::fs::create_dir_all(parent).map_err(|e| io("a folder", e))?;
         }
-        std::fs::write(&target, &file.content).map_err(|e| io(&file.path, e))?;
+        std::fs::write(&target, &file.content).map_err(|e| io("a file", e))?;
     }
     let folder = Arc::new(OverrideFolder { dir });
     let source = repository::find_model(&[folder.path().to_path_buf()], name)?.ok_or_else(|| not_polled(name))?;
@@ -138,6 +139,13 @@ mod tests {
             assert_eq!(error.to_string(), "failed to load 'm', failed to poll from model repository", "{path}");
         }
         assert!(write("../m", &[file("1/model.py", "x")]).is_err());
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_written_is_answered_as_triton_does() {
+        let long = format!("1/{}", "A".repeat(300));
+        let error = write("m", &[file(&long, "x")]).expect_err("name too long");
+        assert_eq!(error.to_string(), "failed to load 'm', failed to poll from model repository");
     }
 
     #[test]
