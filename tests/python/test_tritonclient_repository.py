@@ -206,8 +206,11 @@ def test_file_overrides_load_a_model_from_the_files_sent(python_explicit_server)
     data = np.arange(4, dtype=np.float32)
     np.testing.assert_array_equal(client.infer("doubler", fp32(data)).as_numpy("OUTPUT0"), data * 2)
     assert len(override_folders() - before) == 1, "a private copy holds the files"
+    # As in Triton 2.51, the index lists the repository: a model of files alone is served but not listed.
+    assert "doubler" not in index_by_name(client)
     client.unload_model("doubler")
     assert override_folders() == before, "the copy goes with the model"
+    assert "doubler" not in index_by_name(client), "and leaves nothing behind in the index"
     # Without files it is looked for in the repository again, where it is not.
     expect_error("INTERNAL", "failed to poll from model repository", client.load_model, "doubler")
 

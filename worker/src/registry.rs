@@ -391,6 +391,11 @@ impl ModelRepository {
     pub fn index(&self, ready_only: bool) -> Result<Vec<IndexEntry>, WorkerError> {
         let mut rows = Vec::new();
         for model in self.served_models() {
+            // As in Triton, the index lists the repository: a model loaded from a load's files
+            // alone is served but not listed.
+            if model.files.is_some() && !self.in_repository(&model.name) {
+                continue;
+            }
             for &version in model.versions.keys() {
                 rows.push(IndexEntry {
                     name: model.name.clone(),
@@ -553,11 +558,18 @@ impl ModelRepository {
         next.remove(name);
         self.served.store(Arc::new(next));
         self.lock_rejected().remove(name);
-        if !reason.is_empty() {
+        // A model that came from a load's files alone leaves nothing behind in the index.
+        let files_only = model.files.is_some() && !self.in_repository(name);
+        if !reason.is_empty() && !files_only {
             self.mark_unserved(name, versions, reason.to_string(), None, false);
         }
         self.changes.send_modify(|n| *n += 1);
         tracing::info!(model = %name, "unloaded");
+    }
+
+    /// Whether the repository (or the built-in set) holds a model of this name.
+    fn in_repository(&self, name: &str) -> bool {
+        self.find_source(name).ok().flatten().is_some()
     }
 
     fn mark_unserved(&self, name: &str, versions: Vec<i64>, reason: String, fingerprint: Option<u64>, blocks_readiness: bool) {
