@@ -26,12 +26,18 @@ static GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
 /// A stub process: its `Child` (for reaping and its status) and a pidfd naming exactly it.
 pub struct StubProcess {
-    child: Mutex<Child>,
+    /// The child and whether it has been reaped, under one lock: reaping and killing exclude
+    /// each other.
+    inner: Mutex<Inner>,
     pid: i32,
     pidfd: Option<OwnedFd>,
     /// The value of [`STUB_TAG`] in its environment.
     tag: String,
-    reaped: Mutex<bool>,
+}
+
+struct Inner {
+    child: Child,
+    reaped: bool,
 }
 
 impl StubProcess {
@@ -43,7 +49,7 @@ impl StubProcess {
         let child = command.env(STUB_TAG, &tag).process_group(0).spawn()?;
         let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
         lock(&GROUPS).insert(pid);
-        Ok(StubProcess { child: Mutex::new(child), pid, pidfd: pidfd_open(pid), tag, reaped: Mutex::new(false) })
+        Ok(StubProcess { inner: Mutex::new(Inner { child, reaped: false }), pid, pidfd: pidfd_open(pid), tag })
     }
 
     /// Waits (on this thread) until the stub has exited, whoever reaps it; `false` where this
@@ -66,40 +72,59 @@ impl StubProcess {
     /// Ends the stub and everything still in its process group, then reaps it; the exit status
     /// in words, when this call reaped it.
     pub fn kill(&self) -> Option<String> {
-        let mut reaped = lock(&self.reaped);
-        if *reaped {
-            return None;
-        }
-        // The leader is not reaped yet, so its pid (the group's id) cannot have been reused.
-        // SAFETY: killpg has no memory effects.
-        unsafe { libc::killpg(self.pid, libc::SIGKILL) };
-        let status = lock(&self.child).wait().ok().map(|s| s.to_string());
-        *reaped = true;
-        lock(&GROUPS).remove(&self.pid);
-        drop(reaped);
-        sweep(&self.tag_entry(), Match::Exact);
+        let status = {
+            let mut inner = lock(&self.inner);
+            if inner.reaped {
+                return None;
+            }
+            // The leader is not reaped yet, so its pid (the group's id) cannot have been reused.
+            // SAFETY: killpg has no memory effects.
+            unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+            let status = inner.child.wait().ok().map(|s| s.to_string());
+            inner.reaped = true;
+            status
+        };
+        self.forget();
         status
     }
 
-    /// Reaps the stub if it has exited (killing what is left of its group); `None` while it runs.
+    /// Reaps the stub if it has exited (killing what is left of its group first); `None` while
+    /// it runs.
     pub fn try_reap(&self) -> Option<String> {
-        if *lock(&self.reaped) {
-            return Some(String::new());
-        }
-        match lock(&self.child).try_wait() {
-            Ok(Some(status)) => {
-                // `try_wait` reaped the leader: what is left of the group goes with it. The group
-                // id stays reserved while any member lives.
-                // SAFETY: killpg has no memory effects.
-                unsafe { libc::killpg(self.pid, libc::SIGKILL) };
-                *lock(&self.reaped) = true;
-                lock(&GROUPS).remove(&self.pid);
-                sweep(&self.tag_entry(), Match::Exact);
-                Some(status.to_string())
+        let status = {
+            let mut inner = lock(&self.inner);
+            if inner.reaped {
+                return Some(String::new());
             }
-            Ok(None) => None,
-            Err(_) => Some(String::new()),
+            if !self.exited() {
+                return None;
+            }
+            // Exited but not reaped: the zombie still holds the pid, so the group id is safe.
+            // SAFETY: killpg has no memory effects.
+            unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+            let status = inner.child.wait().map(|s| s.to_string()).unwrap_or_default();
+            inner.reaped = true;
+            status
+        };
+        self.forget();
+        Some(status)
+    }
+
+    /// Whether the stub has exited (without reaping it).
+    fn exited(&self) -> bool {
+        // SAFETY: waitid fills the zeroed siginfo; WNOWAIT leaves the child to be reaped.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+            let id = libc::id_t::try_from(self.pid).unwrap_or(0);
+            libc::waitid(libc::P_PID, id, &mut info, flags) != 0 || info.si_pid() != 0
         }
+    }
+
+    /// After reaping: no longer tracked; its descendants outside the group are ended.
+    fn forget(&self) {
+        lock(&GROUPS).remove(&self.pid);
+        sweep(&self.tag_entry(), Match::Exact);
     }
 
     /// The environment entry that marks this stub's descendants.
