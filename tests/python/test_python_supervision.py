@@ -328,13 +328,20 @@ def test_sigterm_leaves_no_process_behind(tmp_path):
 
         in_flight = threading.Thread(target=stuck_call)
         in_flight.start()
+        # The same over HTTP: at the end of the grace period it is answered 503, not cut off.
+        http_answers: list[Reply] = []
+        http_in_flight = threading.Thread(target=lambda: http_answers.append(http_infer(server, "stuck_exec", [2])))
+        http_in_flight.start()
         all_pids = [pid for path in files.values() for pid in noted(path)]
         assert len(all_pids) == 5 and all(running(pid) for pid in all_pids), all_pids
         time.sleep(0.3)  # the stuck request reaches its stub
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=30) == 0
         in_flight.join(timeout=30)
+        http_in_flight.join(timeout=30)
         assert outcome, "the stuck call ended with an error"
+        assert http_answers and http_answers[0].status_code == 503, http_answers and http_answers[0].text
+        assert "grace period" in http_answers[0].json()["error"]
         assert wait_for(lambda: not leftovers(server.proc.pid, sid, all_pids), 10), leftovers(server.proc.pid, sid, all_pids)
     finally:
         server.stop()

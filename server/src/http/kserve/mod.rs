@@ -253,7 +253,14 @@ pub(crate) async fn run_infer(
     let grpc = &state.server;
     let mut decoded = crate::grpc::convert::decode_for_model(request, &grpc.shm, &grpc.repository, Some(resolved), arrived)?;
     tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "HTTP infer");
-    let response = crate::dispatch::unary(grpc, decoded.request, decoded.model.take()).await?;
+    // At the end of the shutdown grace period a request still running is answered 503, not cut off.
+    let hard_stop = grpc.hard_stop.child_token();
+    let response = tokio::select! {
+        response = crate::dispatch::unary(grpc, decoded.request, decoded.model.take()) => response?,
+        () = hard_stop.cancelled() => {
+            return Err(crate::ServerError::Bridge(tritium_openai_bridge::BridgeError::ShuttingDown).into());
+        }
+    };
     // Triton labels the errors of writing the answer (an output region too small) plain text.
     crate::grpc::convert::encode_response(response, &decoded.shm, &grpc.shm, None).map_err(|e| HttpError::from(e).plain())
 }
