@@ -77,9 +77,27 @@ DECOUPLED_MODES = ["two_then_final", "with_final", "zero", "error_then_final", "
                    "value_error_value_final", "params", "raise", "raise_after_send", "raise_after_final",
                    "return_list", "return_list_after_final", "send_after_final", "send_after_final_caught",
                    "last_error", "unknown_output", "wrong_dtype"]  # fmt: skip
+# The groups of questions api_probe asks of the documented pb_utils API (its model.py).
+API_GROUPS = ["names", "model_dir", "types", "bytes", "tensor", "dlpack", "triton_dtype", "errors", "request_api",
+              "response_api", "config_api", "logger"]  # fmt: skip
 INFO = {"model": "request_info", "inputs": [t("INPUT0", "INT32", [1])],
         "json": ["CORRELATION_ID", "PARAMETERS", "REQUESTED_OUTPUTS", "ARGS", "CONFIG_KEYS", "INPUT_CONFIG",
                  "OUTPUT_CONFIG"]}  # fmt: skip
+
+
+def tensor_io(bf16=None, fp32=None, strings=None, bools=None, fp32_shape=None) -> dict:
+    """A request to tensor_io with the inputs given (all are optional)."""
+    inputs = []
+    if bf16 is not None:
+        inputs.append(t("IN_BF16", "BF16", bf16))
+    if fp32 is not None:
+        shape = fp32_shape or [len(fp32), len(fp32[0]) if fp32 else 0]
+        inputs.append(t("IN_FP32", "FP32", [v for row in fp32 for v in row], shape))
+    if strings is not None:
+        inputs.append(t("IN_BYTES", "BYTES", strings))
+    if bools is not None:
+        inputs.append(t("IN_BOOL", "BOOL", bools))
+    return {"model": "tensor_io", "inputs": inputs, "json": ["INFO"]}
 
 
 def bls_error(target: str, how: str) -> dict:
@@ -208,6 +226,19 @@ CASES: list[dict] = [
      "inputs": [t("TEXT", "BYTES", ["abc", "", "h\u00e9llo", b"\x00\xff"]), t("NUM", "FP32", [1.5, -2.0])]},
     {"id": "bytes_io_empty", "kind": "infer", "model": "bytes_io", "json": ["INFO"],
      "inputs": [t("TEXT", "BYTES", []), t("NUM", "FP32", [])]},
+    # The documented pb_utils API, asked from inside a model; get_model_dir() in auto_complete_config names an output.
+    *({"id": f"api_{group}", "kind": "infer", **mode("api_probe", group, json=["TEXT"])} for group in API_GROUPS),
+    {"id": "config_api_probe", "kind": "config", "model": "api_probe"},
+    # Optional inputs, empty tensors and BF16 (through DLPack: as_numpy() has no BF16).
+    {"id": "tensor_io_all", "kind": "infer", **tensor_io(bf16=[1.5, -2.0, 0.25], fp32=[[1, 2], [3, 4]],
+                                                          strings=["a", "bc"], bools=[True, False])},
+    {"id": "tensor_io_none", "kind": "infer", **tensor_io()},
+    {"id": "tensor_io_bf16_only", "kind": "infer", **tensor_io(bf16=[3.0, 1e30, -0.0])},
+    {"id": "tensor_io_fp32_only", "kind": "infer", **tensor_io(fp32=[[0.5]])},
+    {"id": "tensor_io_empty", "kind": "infer", **tensor_io(bf16=[], fp32=[[], []], strings=[], bools=[])},
+    {"id": "tensor_io_empty_rows", "kind": "infer", **tensor_io(fp32=np.zeros((0, 3)).tolist(), fp32_shape=[0, 3])},
+    {"id": "tensor_io_bf16_wrong_type", "kind": "infer", "model": "tensor_io", "json": ["INFO"],
+     "inputs": [t("IN_BF16", "FP16", [1.0])]},
     # Model control from inside a model, and initialize failing.
     *({"id": f"control_{action}_{name}", "kind": "infer", **control(action, name)} for action, name in [
         ("ready", "identity_fp32"), ("ready_v1", "identity_fp32"), ("ready_v2", "identity_fp32"), ("ready", "nope"),
@@ -299,6 +330,9 @@ def _decode(datatype: str, shape: list[int], raw: bytes) -> list:
             items.append(_bytes_value(raw[pos + 4 : pos + 4 + size]))
             pos += 4 + size
         return items
+    if datatype == "BF16":
+        # Each BF16 value as the float32 it is the top half of (exact).
+        return (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32).tolist()
     dtype = triton_to_np_dtype(datatype)
     if dtype is None:
         return {"base64": base64.b64encode(raw).decode()}

@@ -67,7 +67,7 @@ class Runtime:
         descs = [tensor_desc(t) for t in request.inputs()]
         header = {
             "op": "bls", "id": self._new_id(waiter), "model": request.model_name(), "version": request.model_version(),
-            "inputs": [d for d, _ in descs], "outputs": request.requested_output_names(),
+            "inputs": [d for d, _ in descs], "outputs": sorted(request.requested_output_names()),
             "request_id": request.request_id(), "correlation_id": request.correlation_id(), "flags": request.flags(),
             "timeout": request.timeout(), "parameters": request.parameters(), "decoupled": bool(decoupled),
         }  # fmt: skip
@@ -174,14 +174,16 @@ class ModelHost:
         return module.TritonPythonModel
 
     def auto_complete(self, header):
+        self.utils._model_dir = os.path.dirname(header["model_file"])
         cls = self.load_module(header["model_file"])
-        config = self.utils.ModelConfig(header["config"])
+        config = self.utils.ModelConfig(json.dumps(header["config"]))
         if hasattr(cls, "auto_complete_config"):
             returned = cls.auto_complete_config(config)
             config = returned if returned is not None else config
         return {"op": "auto_completed", "config": config.as_dict()}
 
     def init(self, header):
+        self.utils._model_dir = os.path.dirname(header["model_file"])
         cls = self.load_module(header["model_file"])
         args = header["args"]
         self.name, self.version = args["model_name"], int(args["model_version"])

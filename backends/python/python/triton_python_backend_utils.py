@@ -8,6 +8,8 @@ live in a shared-memory region the server maps too; `Tensor.as_numpy()` of an in
 
 from __future__ import annotations
 
+import ctypes
+import enum
 import json
 import struct
 import sys
@@ -22,6 +24,15 @@ TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
 
 # The stub's connection to the server; None outside a stub (the module still imports, for tests).
 _runtime = None
+# The version folder of the model this stub runs (set before auto_complete_config and initialize run).
+_model_dir = None
+
+
+def get_model_dir():
+    """The folder of the model's version (the one holding its model.py)."""
+    if _model_dir is None:
+        raise TritonModelException("get_model_dir() is only available inside a model's stub")
+    return _model_dir
 
 # Triton's data type numbers (model config TYPE_* and TRITONSERVER_DataType share them).
 _NUMPY_OF_NUMBER = {
@@ -55,25 +66,34 @@ _CONFIG_NAMES = {
 }  # fmt: skip
 
 
+# The config's data type names and their numpy types (TYPE_BOOL is Python's bool; BF16 has none).
+TRITON_STRING_TO_NUMPY = {
+    "TYPE_BOOL": bool, "TYPE_UINT8": np.uint8, "TYPE_UINT16": np.uint16, "TYPE_UINT32": np.uint32,
+    "TYPE_UINT64": np.uint64, "TYPE_INT8": np.int8, "TYPE_INT16": np.int16, "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64, "TYPE_FP16": np.float16, "TYPE_FP32": np.float32, "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+}  # fmt: skip
+# The numpy types numpy_to_triton_type knows, in the order it compares them (`==`, so numpy dtypes match too).
+_NUMBER_OF_NUMPY = [(t, n) for n, t in _NUMPY_OF_NUMBER.items()] + [(np.bytes_, 13)]
+
+
 def triton_to_numpy_type(data_type):
-    """The numpy type of a Triton data type number (13, BYTES, is `np.object_`)."""
+    """The numpy type of a Triton data type number (13, BYTES, is `np.object_`); None for others (BF16 too)."""
     return _NUMPY_OF_NUMBER.get(data_type)
 
 
 def numpy_to_triton_type(data_type):
-    """The Triton data type number of a numpy type; object and bytes arrays are BYTES (13)."""
-    kind = np.dtype(data_type)
-    if kind.kind in ("O", "S", "U"):
-        return 13
-    for number, numpy_type in _NUMPY_OF_NUMBER.items():
-        if numpy_type is not np.object_ and kind == np.dtype(numpy_type):
+    """The Triton data type number of a numpy type or dtype; object and `np.bytes_` are BYTES (13); None for any
+    other (`np.str_`, Python's own types)."""
+    for numpy_type, number in _NUMBER_OF_NUMPY:
+        if data_type == numpy_type:
             return number
     return None
 
 
 def triton_string_to_numpy(triton_type_string):
-    """The numpy type of a config data type name such as `TYPE_FP32`."""
-    return _NUMPY_OF_NUMBER.get(_CONFIG_NAMES.get(triton_type_string))
+    """The numpy type of a config data type name such as `TYPE_FP32` (KeyError for one without, e.g. TYPE_BF16)."""
+    return TRITON_STRING_TO_NUMPY[triton_type_string]
 
 
 def _kserve_datatype(array):
@@ -85,45 +105,55 @@ def _kserve_datatype(array):
     raise TritonModelException(f"unsupported numpy data type {array.dtype} for a tensor")
 
 
-def serialize_byte_tensor(input_tensor):
-    """Triton's BYTES layout of an object/bytes/str array: each element as a 4-byte little-endian length
-    then its bytes, in C order. Returns a 1-D uint8 array (empty input: an empty array)."""
-    if input_tensor.size == 0:
-        return np.empty([0], dtype=np.uint8)
+def _element_bytes(value, object_array):
+    """One BYTES element: `bytes` as they are, anything else in an object array as its `str` in UTF-8."""
+    if not object_array or value.__class__ is bytes:
+        return value
+    return str(value).encode("utf-8")
+
+
+def _byte_tensor_bytes(array):
+    """Triton's BYTES layout of an object or `np.bytes_` array: each element (C order) as a 4-byte little-endian
+    length, then its bytes."""
+    if array.size == 0:
+        return b""
+    object_array = array.dtype == np.object_
     parts = []
-    for item in np.nditer(input_tensor, flags=["refs_ok"], order="C"):
-        value = item.item()
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        elif not isinstance(value, (bytes, bytearray)):
-            value = str(value).encode("utf-8")
+    for item in np.nditer(array, flags=["refs_ok"], order="C"):
+        value = _element_bytes(item.item(), object_array)
         parts.append(struct.pack("<I", len(value)))
-        parts.append(bytes(value))
-    return np.frombuffer(b"".join(parts), dtype=np.uint8)
+        parts.append(value)
+    return b"".join(parts)
+
+
+def serialize_byte_tensor(input_tensor):
+    """The BYTES layout of an object or `np.bytes_` array, as `bytes` (an empty array: an empty tuple; an array of
+    another dtype: None), as Triton's utils return it."""
+    if input_tensor.size == 0:
+        return ()
+    if input_tensor.dtype == np.object_ or input_tensor.dtype.type == np.bytes_:
+        return _byte_tensor_bytes(input_tensor)
+    return None
 
 
 def deserialize_bytes_tensor(encoded_tensor):
-    """The elements of a BYTES buffer as a 1-D object array of `bytes`."""
-    data = memoryview(encoded_tensor).cast("B") if not isinstance(encoded_tensor, bytes) else encoded_tensor
+    """The elements of a BYTES buffer as a 1-D object array of `bytes` (`struct.error` when it is cut short)."""
     items = []
-    offset, end = 0, len(data)
+    offset, end = 0, len(encoded_tensor)
     while offset < end:
-        if end - offset < 4:
-            raise TritonModelException("malformed BYTES tensor: a length prefix is cut short")
-        (length,) = struct.unpack_from("<I", data, offset)
+        (length,) = struct.unpack_from("<I", encoded_tensor, offset)
         offset += 4
         if length > end - offset:
-            raise TritonModelException("malformed BYTES tensor: an element runs past the end")
-        items.append(bytes(data[offset : offset + length]))
+            raise struct.error(f"unpack_from requires a buffer of at least {offset + length} bytes for unpacking "
+                               f"{length} bytes at offset {offset} (actual buffer size is {end})")  # fmt: skip
+        items.append(bytes(encoded_tensor[offset : offset + length]))
         offset += length
     array = np.empty([len(items)], dtype=np.object_)
     array[:] = items
     return array
 
 
-class TritonError:
-    """An error a response carries (not raised): a message and one of Triton's codes."""
-
+class _ErrorCode(enum.IntEnum):
     UNKNOWN = 0
     INTERNAL = 1
     NOT_FOUND = 2
@@ -133,9 +163,29 @@ class TritonError:
     ALREADY_EXISTS = 6
     CANCELLED = 7
 
-    def __init__(self, message, code=INTERNAL):
-        self._message = str(message)
-        self._code = int(code)
+
+class TritonError:
+    """An error a response carries (not raised): a message and one of Triton's codes."""
+
+    UNKNOWN = _ErrorCode.UNKNOWN
+    INTERNAL = _ErrorCode.INTERNAL
+    NOT_FOUND = _ErrorCode.NOT_FOUND
+    INVALID_ARG = _ErrorCode.INVALID_ARG
+    UNAVAILABLE = _ErrorCode.UNAVAILABLE
+    UNSUPPORTED = _ErrorCode.UNSUPPORTED
+    ALREADY_EXISTS = _ErrorCode.ALREADY_EXISTS
+    CANCELLED = _ErrorCode.CANCELLED
+
+    def __init__(self, message, code=_ErrorCode.INTERNAL):
+        if not isinstance(message, str):
+            raise TypeError(f"TritonError(): the message must be a str, not {type(message).__name__}")
+        if code is None:
+            raise TypeError("TritonError(): the code must be one of TritonError's codes, not None")
+        self._message = message
+        try:
+            self._code = _ErrorCode(int(code))
+        except ValueError:
+            self._code = int(code)
 
     def message(self):
         return self._message
@@ -152,31 +202,150 @@ class TritonModelException(Exception):
     its response carries it)."""
 
 
-class _DLPackCapsule:
-    """Lets `np.from_dlpack` take a bare DLPack capsule, as `Tensor.from_dlpack` accepts one."""
+# DLPack (https://dmlc.github.io/dlpack/latest/c_api.html), spoken through ctypes: numpy exports neither BF16 nor
+# read-only arrays and cannot refuse a non-C-contiguous tensor, all of which a python-backend model meets.
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
 
-    def __init__(self, capsule):
-        self._capsule = capsule
 
-    def __dlpack__(self, *args, **kwargs):
-        return self._capsule
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
 
-    def __dlpack_device__(self):
-        return (1, 0)
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32), ("dtype", _DLDataType),
+        ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("byte_offset", ctypes.c_uint64),
+    ]  # fmt: skip
+
+
+class _DLManagedTensor(ctypes.Structure):
+    pass
+
+
+_DL_DELETER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_DLManagedTensor._fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+_DL_CPU, _DL_CUDA_HOST = 1, 3
+_DLPACK_NAME, _DLPACK_USED = b"dltensor", b"used_dltensor"
+# (DLPack type code, bits) of each fixed-size datatype: 0 int, 1 uint, 2 float, 4 bfloat, 6 bool.
+_DL_TYPE_OF_KSERVE = {
+    "BOOL": (6, 8), "UINT8": (1, 8), "UINT16": (1, 16), "UINT32": (1, 32), "UINT64": (1, 64), "INT8": (0, 8),
+    "INT16": (0, 16), "INT32": (0, 32), "INT64": (0, 64), "FP16": (2, 16), "FP32": (2, 32), "FP64": (2, 64),
+    "BF16": (4, 16),
+}  # fmt: skip
+_KSERVE_OF_DL_TYPE = {code: name for name, code in _DL_TYPE_OF_KSERVE.items()}
+_ITEM_BYTES = {name: bits // 8 for name, (_, bits) in _DL_TYPE_OF_KSERVE.items()}
+
+_capsule_new = ctypes.pythonapi.PyCapsule_New
+_capsule_new.restype = ctypes.py_object
+_capsule_new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+_capsule_is_valid = ctypes.pythonapi.PyCapsule_IsValid
+_capsule_is_valid.restype = ctypes.c_int
+_capsule_is_valid.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = ctypes.c_void_p
+_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_capsule_set_name = ctypes.pythonapi.PyCapsule_SetName
+_capsule_set_name.restype = ctypes.c_int
+_capsule_set_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
+# The capsule destructor gets the dying capsule as a bare pointer: these take it as one (no reference taken).
+_raw_is_valid = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p)(("PyCapsule_IsValid", ctypes.pythonapi))
+_raw_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)(("PyCapsule_GetPointer", ctypes.pythonapi))
+
+# What each exported DLManagedTensor keeps alive (the struct, its shape, the array), by the struct's address.
+_exported = {}
+
+
+@_DL_DELETER
+def _dl_delete(address):
+    _exported.pop(address, None)
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def _dl_capsule_gone(capsule):
+    # A capsule nobody consumed still owns its tensor (a consumer renames it and calls the deleter itself).
+    if _raw_is_valid(capsule, _DLPACK_NAME):
+        _exported.pop(_raw_pointer(capsule, _DLPACK_NAME), None)
+
+
+_DL_DELETE_ADDRESS = ctypes.cast(_dl_delete, ctypes.c_void_p).value
+_DL_CAPSULE_GONE_ADDRESS = ctypes.cast(_dl_capsule_gone, ctypes.c_void_p).value
+
+
+def _to_dlpack(array, datatype):
+    """A DLPack capsule over `array`'s memory (C-contiguous), typed `datatype`; the array lives as long as the
+    capsule or, once consumed, until its consumer calls the deleter."""
+    code, bits = _DL_TYPE_OF_KSERVE[datatype]
+    managed = _DLManagedTensor()
+    shape = (ctypes.c_int64 * max(array.ndim, 1))(*array.shape)
+    tensor = managed.dl_tensor
+    tensor.data = array.ctypes.data
+    tensor.device = _DLDevice(_DL_CPU, 0)
+    tensor.ndim = array.ndim
+    tensor.dtype = _DLDataType(code, bits, 1)
+    tensor.shape = shape
+    tensor.strides = None
+    tensor.byte_offset = 0
+    managed.deleter = _DL_DELETE_ADDRESS
+    address = ctypes.addressof(managed)
+    _exported[address] = (managed, shape, array)
+    return _capsule_new(address, _DLPACK_NAME, _DL_CAPSULE_GONE_ADDRESS)
+
+
+def _from_dlpack_capsule(capsule):
+    """(datatype, shape, array) of a DLPack capsule's tensor, consuming the capsule: our own tensors' arrays as they
+    are, anything else copied (and its producer told it is free)."""
+    if capsule.__class__.__name__ != "PyCapsule" or not _capsule_is_valid(capsule, _DLPACK_NAME):
+        raise TritonModelException("from_dlpack takes a DLPack capsule or an object with __dlpack__ and "
+                                   "__dlpack_device__ (an unused 'dltensor' capsule)")  # fmt: skip
+    address = _capsule_pointer(capsule, _DLPACK_NAME)
+    managed = _DLManagedTensor.from_address(address)
+    tensor = managed.dl_tensor
+    device = tensor.device.device_type
+    if device not in (_DL_CPU, _DL_CUDA_HOST):
+        raise TritonModelException(f"DLDevice type {device} is not support by Python backend.")
+    datatype = _KSERVE_OF_DL_TYPE.get((tensor.dtype.code, tensor.dtype.bits))
+    if datatype is None or tensor.dtype.lanes != 1:
+        raise TritonModelException(f"DLDataType code {tensor.dtype.code}, bits {tensor.dtype.bits}, lanes "
+                                   f"{tensor.dtype.lanes} is not supported by the python backend.")  # fmt: skip
+    shape = [tensor.shape[i] for i in range(tensor.ndim)]
+    if tensor.strides and 0 not in shape:
+        expected = 1
+        for i in reversed(range(tensor.ndim)):
+            if shape[i] != 1 and tensor.strides[i] != expected:
+                raise TritonModelException("DLPack tensor is not contiguous. Only contiguous DLPack tensors that are "
+                                           "stored in C-Order are supported.")  # fmt: skip
+            expected *= shape[i]
+    _capsule_set_name(capsule, _DLPACK_USED)
+    own = _exported.pop(address, None)
+    if own is not None:
+        return datatype, shape, own[2]
+    size = _ITEM_BYTES[datatype]
+    for dim in shape:
+        size *= dim
+    data = ctypes.string_at(tensor.data + tensor.byte_offset, size) if size else b""
+    if managed.deleter:
+        _DL_DELETER(managed.deleter)(address)
+    return datatype, shape, data
 
 
 class Tensor:
     """A named tensor: `Tensor(name, numpy_array)`, or an input the server sent (a view over shared memory)."""
 
     def __init__(self, name, data, *args, **kwargs):
+        if name.__class__ is not str:
+            if not isinstance(name, str):
+                raise TypeError(f"Tensor(): the name must be a str, not {type(name).__name__}")
+            name = str(name)
         if not isinstance(data, np.ndarray):
-            data = np.asarray(data)
+            raise TypeError(f"Tensor(): the data must be a numpy array, not {type(data).__name__}")
         datatype = _KSERVE_OF_DTYPE.get(data.dtype)
         if datatype is None:
-            if data.dtype.kind == "U":
+            if data.dtype.kind not in ("O", "S"):
                 raise TritonModelException("NumPy dtype is not supported.")
-            datatype = _kserve_datatype(data)
-        self._name = name if name.__class__ is str else str(name)
+            datatype = "BYTES"
+        self._name = name
         self._array = data
         self._datatype = datatype
         self._shape = list(data.shape)
@@ -216,33 +385,121 @@ class Tensor:
             return np.ndarray(self._shape, numpy_type, self._buffer)
         if self._datatype == "BYTES":
             return deserialize_bytes_tensor(self._buffer).reshape(self._shape)
-        raise TritonModelException("BF16 tensors have no numpy type; use to_dlpack")
+        raise TritonModelException("Tensor dtype is BF16 and cannot be converted to NumPy. Use to_dlpack() and "
+                                   "from_dlpack() instead.")  # fmt: skip
+
+    def _dlpack_array(self):
+        """The tensor's elements as a C-contiguous array DLPack can point at (BF16 as its 16-bit words)."""
+        if self._datatype == "BYTES":
+            raise TritonModelException("DLPack does not support BYTES (string) tensors; use as_numpy()")
+        if self._datatype == "BF16":
+            array = self._array if self._array is not None else np.ndarray(self._shape, np.uint16, self._buffer)
+        else:
+            array = self.as_numpy()
+        # Not np.ascontiguousarray: it makes a 0-d array 1-d.
+        return array if array.flags.c_contiguous else array.copy(order="C")
 
     def to_dlpack(self):
-        return self.as_numpy().__dlpack__()
+        return _to_dlpack(self._dlpack_array(), self._datatype)
 
     def __dlpack__(self, *args, **kwargs):
-        return self.as_numpy().__dlpack__(*args, **kwargs)
+        return self.to_dlpack()
 
     def __dlpack_device__(self):
-        return (1, 0)
+        return (_DL_CPU, 0)
 
     @staticmethod
     def from_dlpack(name, capsule):
-        source = capsule if hasattr(capsule, "__dlpack__") else _DLPackCapsule(capsule)
-        return Tensor(name, np.from_dlpack(source))
+        if isinstance(capsule, Tensor):
+            if capsule._datatype == "BYTES":
+                raise TritonModelException("DLPack does not support BYTES (string) tensors")
+            return Tensor._from_array(name, capsule._datatype, capsule._dlpack_array())
+        if isinstance(capsule, np.ndarray):
+            if capsule.size and not capsule.flags.c_contiguous:
+                raise TritonModelException("DLPack tensor is not contiguous. Only contiguous DLPack tensors that are "
+                                           "stored in C-Order are supported.")  # fmt: skip
+            if capsule.dtype not in _KSERVE_OF_DTYPE:
+                raise TritonModelException("NumPy dtype is not supported.")
+            return Tensor(name, capsule)
+        if hasattr(capsule, "__dlpack__"):
+            if hasattr(capsule, "__dlpack_device__"):
+                device = capsule.__dlpack_device__()[0]
+                if device not in (_DL_CPU, _DL_CUDA_HOST):
+                    raise TritonModelException(f"DLDevice type {int(device)} is not support by Python backend.")
+            capsule = capsule.__dlpack__()
+        datatype, shape, data = _from_dlpack_capsule(capsule)
+        if isinstance(data, np.ndarray):
+            return Tensor._from_array(name, datatype, data.reshape(shape))
+        return Tensor._from_buffer(name, datatype, shape, data)
+
+    @classmethod
+    def _from_array(cls, name, datatype, array):
+        if datatype == "BF16":
+            return cls._from_buffer(name, datatype, array.shape, array)
+        tensor = cls(name, array)
+        return tensor
 
     def _wire_bytes(self):
         """The tensor's bytes as the server takes them: C-order element bytes, or BYTES' layout."""
-        if self._buffer is not None and self._array is None:
-            return memoryview(self._buffer).cast("B")
-        array = self._array
-        if self._datatype == "BYTES":
-            return memoryview(serialize_byte_tensor(array))
-        return memoryview(np.ascontiguousarray(array)).cast("B")
+        if self._array is None:
+            buffer = memoryview(self._buffer)
+        else:
+            array = self._array
+            if self._datatype == "BYTES":
+                return memoryview(_byte_tensor_bytes(array))
+            buffer = memoryview(np.ascontiguousarray(array))
+        # memoryview cannot cast a view with a zero in its shape.
+        return buffer.cast("B") if buffer.nbytes else memoryview(b"")
 
     def __repr__(self):
         return f"Tensor(name={self._name!r}, datatype={self._datatype}, shape={self._shape})"
+
+
+_REQUIRED = object()
+
+
+def _request_parameters(parameters):
+    """A BLS request's parameters as the JSON text `parameters()` returns: a dict of str keys and bool, int or str
+    values (None: none)."""
+    if parameters is None:
+        return "{}"
+    if not isinstance(parameters, dict):
+        raise TritonModelException(f"Expect parameters to be a dict, found type {type(parameters)}")
+    for key, value in parameters.items():
+        if not isinstance(key, str):
+            raise TritonModelException(f"Expect parameters keys to have type str, found type {type(key)}")
+        if not isinstance(value, (bool, int, str)):
+            raise TritonModelException(f"Expect parameters values to have type bool/int/str, found type {type(value)}")
+    return json.dumps(parameters)
+
+
+class InferenceTrace:
+    """The trace of a request; Tritium's python backend has no tracing context to give."""
+
+    def get_context(self):
+        return None
+
+
+_NO_TRACE = InferenceTrace()
+
+
+class MemoryType(enum.IntEnum):
+    TRITONSERVER_MEMORY_GPU = 0
+    TRITONSERVER_MEMORY_CPU = 1
+
+
+TRITONSERVER_MEMORY_GPU = MemoryType.TRITONSERVER_MEMORY_GPU
+TRITONSERVER_MEMORY_CPU = MemoryType.TRITONSERVER_MEMORY_CPU
+
+
+class PreferredMemory:
+    """Where a BLS request would like its outputs; every tensor is in CPU memory here."""
+
+    def __init__(self, preferred_memory_type, preferred_device_id=0):
+        if preferred_memory_type is None or preferred_device_id is None:
+            raise TypeError("PreferredMemory(): arguments must not be None")
+        self.preferred_memory_type = MemoryType(int(preferred_memory_type))
+        self.preferred_device_id = int(preferred_device_id)
 
 
 def _parameters_json(parameters):
@@ -266,7 +523,10 @@ class InferenceResponse:
         self._outputs = list(output_tensors or [])
         for tensor in self._outputs:
             if not isinstance(tensor, Tensor):
-                raise TritonModelException("InferenceResponse output_tensors must be pb_utils.Tensor objects")
+                raise TypeError(f"InferenceResponse(): output_tensors must be pb_utils.Tensor objects, not "
+                                f"{type(tensor).__name__}")  # fmt: skip
+        if error is not None and not isinstance(error, TritonError):
+            raise TypeError(f"InferenceResponse(): error must be a pb_utils.TritonError, not {type(error).__name__}")
         self._error = error
         self._parameters = "{}" if parameters is None else _parameters_json(parameters)
 
@@ -312,17 +572,27 @@ class InferenceRequest:
     """A request: one the server passed to `execute`, or a BLS request a model builds and runs with
     `exec()` / `async_exec()`."""
 
-    def __init__(self, model_name="", inputs=None, requested_output_names=None, request_id="", correlation_id=0,
-                 flags=0, timeout=0, preferred_memory=None, trace=None, parameters=None, model_version=-1):  # fmt: skip
+    def __init__(self, request_id="", correlation_id=0, inputs=_REQUIRED, requested_output_names=_REQUIRED,
+                 model_name=_REQUIRED, model_version=-1, flags=0, timeout=0, preferred_memory=None, trace=None,
+                 parameters=None):  # fmt: skip
+        # Triton's order of arguments: its positional callers work too.
+        missing = [n for n, v in (("inputs", inputs), ("requested_output_names", requested_output_names),
+                                  ("model_name", model_name)) if v is _REQUIRED]  # fmt: skip
+        if missing:
+            raise TypeError(f"InferenceRequest(): missing required argument(s) {', '.join(missing)}")
+        if not isinstance(correlation_id, (int, str)) or isinstance(correlation_id, bool):
+            raise TritonModelException("Correlation ID must be integer or string")
         self._model_name = str(model_name)
         self._model_version = int(model_version)
-        self._inputs = list(inputs or [])
-        self._outputs = [str(n) for n in (requested_output_names or [])]
+        self._inputs = list(inputs)
+        self._outputs = {str(n) for n in requested_output_names}
         self._request_id = str(request_id)
         self._correlation_id = correlation_id
         self._flags = int(flags)
         self._timeout = int(timeout)
-        self._parameters = _parameters_json(parameters)
+        self._parameters = _request_parameters(parameters)
+        self._preferred_memory = preferred_memory
+        self._trace = trace if trace is not None else InferenceTrace()
         self._key = None
         self._decoupled = False
         self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
@@ -335,6 +605,7 @@ class InferenceRequest:
     _parameters = "{}"
     _release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
     _sender = None
+    _trace = _NO_TRACE
 
     @classmethod
     def _from_server(cls, key, inputs, outputs, flags, extras, decoupled, model_name, model_version):
@@ -357,7 +628,7 @@ class InferenceRequest:
         return list(self._inputs)
 
     def requested_output_names(self):
-        return list(self._outputs)
+        return set(self._outputs)
 
     def request_id(self):
         return self._request_id
@@ -367,6 +638,9 @@ class InferenceRequest:
 
     def flags(self):
         return self._flags
+
+    def set_flags(self, flags):
+        self._flags = int(flags)
 
     def timeout(self):
         return self._timeout
@@ -381,7 +655,7 @@ class InferenceRequest:
         return self._model_version
 
     def trace(self):
-        return None
+        return self._trace
 
     def set_release_flags(self, flags):
         if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
@@ -465,7 +739,7 @@ def unload_model(model_name, unload_dependents=False):
     _runtime.control("unload", model_name)
 
 
-class LogLevel:
+class LogLevel(enum.IntEnum):
     INFO = 0
     WARNING = 1
     ERROR = 2
@@ -473,16 +747,25 @@ class LogLevel:
 
 
 class Logger:
-    """Log lines from model code, written to the server's log with the model's name."""
+    """Log lines from model code, written to the server's log with the model's name. The levels are
+    `Logger.INFO` ... (also `Logger.LogLevel.INFO`); a plain int is not one."""
+
+    LogLevel = LogLevel
+    INFO = LogLevel.INFO
+    WARNING = LogLevel.WARNING
+    ERROR = LogLevel.ERROR
+    VERBOSE = LogLevel.VERBOSE
 
     @staticmethod
     def log(message, level=LogLevel.INFO):
+        if not isinstance(level, LogLevel):
+            raise TypeError(f"log(): the level must be a Logger.LogLevel (Logger.INFO, ...), not {type(level).__name__}")
         frame = sys._getframe(1)
         while frame is not None and frame.f_code.co_filename == __file__:
             frame = frame.f_back
         where = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else ("", 0)
         if _runtime is not None:
-            _runtime.log(level, str(message), where[0], where[1])
+            _runtime.log(int(level), str(message), where[0], where[1])
         else:
             print(str(message), file=sys.stderr)
 
@@ -504,71 +787,82 @@ class Logger:
 
 
 class ModelConfig:
-    """The config `auto_complete_config` receives and returns: the model's config as a dict with helpers
-    that fill what it leaves out and refuse what contradicts it."""
+    """The config `auto_complete_config` receives (built from the config's JSON text) and returns: the model's
+    config as a dict, with helpers that fill what it leaves out and refuse what contradicts it, in Triton's words."""
 
     def __init__(self, model_config):
-        self._model_config = model_config if isinstance(model_config, dict) else json.loads(model_config)
+        self._model_config = json.loads(model_config)
 
     def as_dict(self):
         return self._model_config
 
-    def max_batch_size(self):
-        return int(self._model_config.get("max_batch_size", 0))
+    def _name(self):
+        return self._model_config.get("name", "")
 
     def set_max_batch_size(self, max_batch_size):
-        if not isinstance(max_batch_size, int) or max_batch_size < 0:
-            raise ValueError("max_batch_size must be a non-negative integer")
-        current = self.max_batch_size()
-        if current != 0 and current != max_batch_size:
-            raise ValueError(f"configuration specified max_batch_size {current}, but in auto-complete-config "
-                             f"function for model '{self._model_config.get('name', '')}' specified "
-                             f"max_batch_size {max_batch_size}")  # fmt: skip
+        current = self._model_config.get("max_batch_size", 0)
+        if current > max_batch_size:
+            raise ValueError(f"configuration specified max_batch_size {current}, but in auto-complete-config function "
+                             f"for model '{self._name()}' specified max_batch_size {max_batch_size}")  # fmt: skip
         self._model_config["max_batch_size"] = max_batch_size
 
     def set_dynamic_batching(self):
-        if "sequence_batching" in self._model_config:
-            raise ValueError("the configuration has sequence_batching; dynamic_batching cannot be added")
+        for scheduler in ("sequence_batching", "ensemble_scheduling"):
+            if scheduler in self._model_config:
+                raise ValueError(f"Configuration specified scheduling_choice as '{scheduler}', but auto-complete-config "
+                                 f"function for model '{self._name()}' tries to set scheduling_choice as "
+                                 "'dynamic_batching'")  # fmt: skip
         self._model_config.setdefault("dynamic_batching", {})
 
-    def set_model_transaction_policy(self, transaction_policy_dict):
-        if not isinstance(transaction_policy_dict, dict):
-            raise ValueError("set_model_transaction_policy takes a dict")
-        policy = self._model_config.setdefault("model_transaction_policy", {})
-        for key, value in transaction_policy_dict.items():
-            if key != "decoupled":
-                raise ValueError(f"unknown model_transaction_policy field '{key}'")
-            if key in policy and bool(policy[key]) != bool(value):
-                raise ValueError(f"model_transaction_policy decoupled is {policy[key]} in the configuration, but "
-                                 f"auto-complete-config set it to {value}")  # fmt: skip
-            policy[key] = bool(value)
-
     def add_input(self, input):
-        self._add_tensor("input", input)
+        self._add_tensor("input", input, ("name", "data_type", "dims", "optional"), "'name', 'data_type', 'dims' and 'optional'")
 
     def add_output(self, output):
-        self._add_tensor("output", output)
+        self._add_tensor("output", output, ("name", "data_type", "dims"), "'name', 'data_type' and 'dims'")
 
-    def _add_tensor(self, kind, tensor):
-        if not isinstance(tensor, dict) or "name" not in tensor:
-            raise ValueError(f"model {kind} must be a dict with a 'name'")
-        allowed = {"name", "data_type", "dims", "optional", "label_filename", "format", "reshape", "is_shape_tensor"}
-        unknown = set(tensor) - allowed
-        if unknown:
-            raise ValueError(f"model {kind} '{tensor['name']}' has unknown fields {sorted(unknown)}")
+    def _add_tensor(self, kind, tensor, allowed, allowed_words):
+        model = self._name()
+        for key in tensor:
+            if key not in allowed:
+                raise ValueError(f"{kind} '{tensor['name']}' in auto-complete-config function for model '{model}' "
+                                 f"contains property other than {allowed_words}.")  # fmt: skip
+        if "name" not in tensor:
+            raise ValueError(f"{kind} in auto-complete-config function for model '{model}' is missing 'name' property.")
+        for key in ("data_type", "dims"):
+            if key not in tensor:
+                raise ValueError(f"{kind} '{tensor['name']}' in auto-complete-config function for model '{model}' is "
+                                 f"missing '{key}' property.")  # fmt: skip
         entries = self._model_config.setdefault(kind, [])
         for entry in entries:
             if entry.get("name") != tensor["name"]:
                 continue
-            for key, value in tensor.items():
-                present = entry.get(key)
-                if key == "dims" and present not in (None, []) and [int(d) for d in present] != [int(d) for d in value]:
-                    raise ValueError(f"model {kind} '{tensor['name']}' has dims {present} in the configuration, "
-                                     f"but auto-complete-config gave {value}")  # fmt: skip
-                if key == "data_type" and present not in (None, "", "TYPE_INVALID") and present != value:
-                    raise ValueError(f"model {kind} '{tensor['name']}' has data_type {present} in the "
-                                     f"configuration, but auto-complete-config gave {value}")  # fmt: skip
-                if present in (None, "", [], "TYPE_INVALID"):
-                    entry[key] = value
+            present = entry.get("data_type", "TYPE_INVALID")
+            if present != "TYPE_INVALID" and present != tensor["data_type"]:
+                raise ValueError(f"unable to load model '{model}', configuration expects datatype {present} for "
+                                 f"{kind} '{tensor['name']}', model provides {tensor['data_type']}")  # fmt: skip
+            if entry.get("dims") and entry["dims"] != tensor["dims"]:
+                raise ValueError(f"model '{model}', tensor '{tensor['name']}': the model expects dims "
+                                 f"{tensor['dims']} but the model configuration specifies dims {entry['dims']}")  # fmt: skip
+            if "optional" in entry and "optional" in tensor and entry["optional"] != tensor["optional"]:
+                raise ValueError(f"model '{model}', tensor '{tensor['name']}': the model expects optional "
+                                 f"{tensor['optional']} but the model configuration specifies optional "
+                                 f"{entry['optional']}")  # fmt: skip
+            entry["data_type"] = tensor["data_type"]
+            entry["dims"] = tensor["dims"]
+            if "optional" in tensor:
+                entry["optional"] = tensor["optional"]
             return
-        entries.append(dict(tensor))
+        entries.append(tensor)
+
+    def set_model_transaction_policy(self, transaction_policy_dict):
+        model = self._name()
+        for key in transaction_policy_dict:
+            if key != "decoupled":
+                raise ValueError(f"model transaction property in auto-complete-config function for model '{model}' "
+                                 "contains property other than 'decoupled'.")  # fmt: skip
+        policy = self._model_config.setdefault("model_transaction_policy", {})
+        if "decoupled" in transaction_policy_dict:
+            if "decoupled" in policy and policy["decoupled"] != transaction_policy_dict["decoupled"]:
+                raise ValueError(f"trying to change decoupled property in auto-complete-config for model '{model}', "
+                                 f"which is already set to '{policy['decoupled']}'.")  # fmt: skip
+            policy["decoupled"] = transaction_policy_dict["decoupled"]
