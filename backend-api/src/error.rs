@@ -29,6 +29,11 @@ pub enum BackendError {
     /// Triton words it, or an ensemble step's error, which names the ensemble itself.
     #[error("{message}")]
     Refused { code: ErrorCode, message: String },
+    /// The model ran the request and answered it with this error, whole as it is (Triton's python
+    /// backend's `TritonError` responses): the request counts as executed and successful in the
+    /// statistics, as it got its response.
+    #[error("{message}")]
+    Answered { code: ErrorCode, message: String },
     /// The scheduler's queue is full (UNAVAILABLE).
     #[error("Exceeds maximum queue size")]
     QueueFull,
@@ -40,7 +45,9 @@ impl BackendError {
             BackendError::MissingInput { .. } | BackendError::Tensor(_) => ErrorCode::InvalidArg,
             BackendError::ExtraResponse | BackendError::NoResponse => ErrorCode::Internal,
             BackendError::Cancelled => ErrorCode::Cancelled,
-            BackendError::Failed { code, .. } | BackendError::Refused { code, .. } => *code,
+            BackendError::Failed { code, .. } | BackendError::Refused { code, .. } | BackendError::Answered { code, .. } => {
+                *code
+            }
             BackendError::QueueFull => ErrorCode::Unavailable,
         }
     }
@@ -146,9 +153,17 @@ pub fn tensor_reason(model: &str, input: &str, err: &TensorError) -> String {
         TensorError::ByteSizeMismatch { expected, actual } => {
             format!("input byte size mismatch for input '{input}' for model '{model}'. Expected {expected}, got {actual}")
         }
+        // Triton stops at the first element past the shape and names it.
+        TensorError::ElementCountMismatch { expected, actual } if actual > expected => format!(
+            "unexpected number of string elements {actual} for inference input '{input}' for model '{model}', expecting {expected}"
+        ),
         TensorError::ElementCountMismatch { expected, actual } => {
             format!("expected {expected} string elements for inference input '{input}' for model '{model}', got {actual}")
         }
+        TensorError::TruncatedBytesPrefix { available, .. } => format!(
+            "incomplete string length indicator for inference input '{input}' for model '{model}', expecting 4 bytes but \
+             only {available} bytes available. Please make sure the string length indicator is in one buffer."
+        ),
         TensorError::NegativeDimension { .. } => {
             format!("All input dimensions should be specified for input '{input}' for model '{model}'")
         }
@@ -158,4 +173,31 @@ pub fn tensor_reason(model: &str, input: &str, err: &TensorError) -> String {
 
 pub fn datatype_reason(model: &str, input: &str, got: DataType, expected: DataType) -> String {
     format!("inference input '{input}' data-type is '{got}', but model '{model}' expects '{expected}'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_errors_are_worded_as_triton_words_them() {
+        let reason = |err: TensorError| tensor_reason("m", "IN", &err);
+        assert_eq!(
+            reason(TensorError::ElementCountMismatch { expected: 3, actual: 2 }),
+            "expected 3 string elements for inference input 'IN' for model 'm', got 2"
+        );
+        assert_eq!(
+            reason(TensorError::ElementCountMismatch { expected: 1, actual: 2 }),
+            "unexpected number of string elements 2 for inference input 'IN' for model 'm', expecting 1"
+        );
+        assert_eq!(
+            reason(TensorError::TruncatedBytesPrefix { offset: 6, available: 3 }),
+            "incomplete string length indicator for inference input 'IN' for model 'm', expecting 4 bytes but only 3 \
+             bytes available. Please make sure the string length indicator is in one buffer."
+        );
+        assert_eq!(
+            reason(TensorError::TruncatedBytes { offset: 0 }),
+            "input 'IN' for model 'm': BYTES data truncated in the element starting at byte 0"
+        );
+    }
 }

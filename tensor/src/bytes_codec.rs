@@ -63,6 +63,34 @@ pub fn count(data: &[u8]) -> Result<usize, TensorError> {
     Ok(n)
 }
 
+/// Checks that `data` holds exactly `expected` elements, walking them in order as Triton does:
+/// a length prefix cut short is [`TensorError::TruncatedBytesPrefix`]; the first element past
+/// `expected` ends the walk with an [`TensorError::ElementCountMismatch`] counting it; a body cut
+/// short is [`TensorError::TruncatedBytes`] (Triton takes that one); fewer elements is the
+/// mismatch at the end.
+pub fn check_count(data: &[u8], expected: usize) -> Result<(), TensorError> {
+    let mut offset = 0;
+    let mut seen = 0usize;
+    while let Some(rest) = data.get(offset..).filter(|rest| !rest.is_empty()) {
+        let Some((prefix, body)) = rest.split_first_chunk::<PREFIX>() else {
+            return Err(TensorError::TruncatedBytesPrefix { offset, available: rest.len() });
+        };
+        seen += 1;
+        if seen > expected {
+            return Err(TensorError::ElementCountMismatch { expected, actual: seen });
+        }
+        let len = usize::try_from(u32::from_le_bytes(*prefix)).unwrap_or(usize::MAX);
+        if len > body.len() {
+            return Err(TensorError::TruncatedBytes { offset });
+        }
+        offset += PREFIX + len;
+    }
+    match seen == expected {
+        true => Ok(()),
+        false => Err(TensorError::ElementCountMismatch { expected, actual: seen }),
+    }
+}
+
 /// Iterates over the elements of `data`. A truncated element yields one
 /// [`TensorError::TruncatedBytes`] and ends the iteration.
 pub fn iter(data: &[u8]) -> BytesIter<'_> {

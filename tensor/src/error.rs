@@ -26,6 +26,11 @@ pub enum TensorError {
     /// A BYTES payload ends inside the length prefix or the body of the element starting at `offset`.
     #[error("BYTES data truncated in the element starting at byte {offset}")]
     TruncatedBytes { offset: usize },
+    /// A BYTES payload ends inside the 4-byte length prefix of the element starting at `offset`,
+    /// `available` bytes of it there ([`Tensor::validate`](crate::Tensor::validate) tells this
+    /// from a cut body, as Triton does).
+    #[error("BYTES data ends {available} bytes into the 4-byte length prefix of the element starting at byte {offset}")]
+    TruncatedBytesPrefix { offset: usize, available: usize },
     /// The tensor's datatype is not the one the caller asked for.
     #[error("expected datatype {expected}, got {actual}")]
     DatatypeMismatch { expected: DataType, actual: DataType },
@@ -59,6 +64,10 @@ mod tests {
             (TensorError::ByteSizeMismatch { expected: 16, actual: 12 }, "expected 16 bytes, got 12"),
             (TensorError::ElementCountMismatch { expected: 2, actual: 3 }, "expected 2 BYTES elements, got 3"),
             (TensorError::TruncatedBytes { offset: 9 }, "BYTES data truncated in the element starting at byte 9"),
+            (
+                TensorError::TruncatedBytesPrefix { offset: 9, available: 2 },
+                "BYTES data ends 2 bytes into the 4-byte length prefix of the element starting at byte 9",
+            ),
             (
                 TensorError::DatatypeMismatch { expected: DataType::Fp32, actual: DataType::Int32 },
                 "expected datatype FP32, got INT32",

@@ -104,17 +104,34 @@ fn model_elements(data: &[u8]) -> Result<Vec<&[u8]>, usize> {
     Ok(elements)
 }
 
-/// What [`Tensor::validate`] should answer.
+/// What [`Tensor::validate`] should answer: BYTES elements walked in order, as Triton walks
+/// them (a cut prefix, one element past the count, a cut body), then the count.
 fn model_validate(tensor: &Tensor) -> Result<(), TensorError> {
     let (count, bytes) = model_shape(tensor.datatype, &tensor.shape)?;
-    let actual = match bytes {
+    match bytes {
         Some(expected) if expected == tensor.data.len() => return Ok(()),
         Some(expected) => return Err(TensorError::ByteSizeMismatch { expected, actual: tensor.data.len() }),
-        None => model_elements(&tensor.data).map_err(|offset| TensorError::TruncatedBytes { offset })?.len(),
-    };
-    match actual == count {
+        None => {}
+    }
+    let data = &tensor.data[..];
+    let (mut at, mut seen) = (0, 0);
+    while at < data.len() {
+        let Some(&[a, b, c, d]) = data.get(at..at + 4) else {
+            return Err(TensorError::TruncatedBytesPrefix { offset: at, available: data.len() - at });
+        };
+        seen += 1;
+        if seen > count {
+            return Err(TensorError::ElementCountMismatch { expected: count, actual: seen });
+        }
+        let len = u32::from_le_bytes([a, b, c, d]) as usize;
+        if data.get(at + 4..at + 4 + len).is_none() {
+            return Err(TensorError::TruncatedBytes { offset: at });
+        }
+        at += 4 + len;
+    }
+    match seen == count {
         true => Ok(()),
-        false => Err(TensorError::ElementCountMismatch { expected: count, actual }),
+        false => Err(TensorError::ElementCountMismatch { expected: count, actual: seen }),
     }
 }
 

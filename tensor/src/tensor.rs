@@ -50,18 +50,12 @@ impl Tensor {
     }
 
     /// Checks the payload against datatype and shape: fixed-size types need
-    /// `data.len() == count * size`; BYTES must parse completely into exactly `count` elements.
+    /// `data.len() == count * size`; BYTES must parse completely into exactly `count` elements
+    /// (checked in Triton's order, see [`bytes_codec::check_count`]).
     pub fn validate(&self) -> Result<(), TensorError> {
         match expected_byte_size(self.datatype, &self.shape)? {
             Some(expected) => check_byte_size(expected, self.data.len()),
-            None => {
-                let expected = self.element_count()?;
-                let actual = bytes_codec::count(&self.data)?;
-                match actual == expected {
-                    true => Ok(()),
-                    false => Err(TensorError::ElementCountMismatch { expected, actual }),
-                }
-            }
+            None => bytes_codec::check_count(&self.data, self.element_count()?),
         }
     }
 
@@ -249,9 +243,12 @@ mod tests {
         assert_eq!(t.validate(), Err(TensorError::ElementCountMismatch { expected: 3, actual: 2 }));
         let t = Tensor::new("s", DataType::Bytes, vec![1], ok.data.clone());
         assert_eq!(t.validate(), Err(TensorError::ElementCountMismatch { expected: 1, actual: 2 }));
+        // One element past the shape ends the check, whatever follows.
+        let t = Tensor::new("s", DataType::Bytes, vec![1], ok.data.slice(..10));
+        assert_eq!(t.validate(), Err(TensorError::ElementCountMismatch { expected: 1, actual: 2 }));
         // Short prefix after the first element, then a short body.
         let t = Tensor::new("s", DataType::Bytes, vec![2], ok.data.slice(..7));
-        assert_eq!(t.validate(), Err(TensorError::TruncatedBytes { offset: 5 }));
+        assert_eq!(t.validate(), Err(TensorError::TruncatedBytesPrefix { offset: 5, available: 2 }));
         assert_eq!(t.byte_strings(), Err(TensorError::TruncatedBytes { offset: 5 }));
         let t = Tensor::new("s", DataType::Bytes, vec![2], ok.data.slice(..10));
         assert_eq!(t.validate(), Err(TensorError::TruncatedBytes { offset: 5 }));
@@ -260,7 +257,7 @@ mod tests {
         let mut extra = ok.data.to_vec();
         extra.push(0);
         let t = Tensor::new("s", DataType::Bytes, vec![2], Bytes::from(extra));
-        assert_eq!(t.validate(), Err(TensorError::TruncatedBytes { offset: 11 }));
+        assert_eq!(t.validate(), Err(TensorError::TruncatedBytesPrefix { offset: 11, available: 1 }));
     }
 
     #[test]

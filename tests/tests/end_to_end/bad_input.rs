@@ -123,7 +123,7 @@ fn cases() -> Vec<Case> {
                 .raw(Bytes::from_static(&[1, 0]))
                 .build(),
             Code::InvalidArgument,
-            &["'INPUT0'", "'identity_bytes'"],
+            &["incomplete string length indicator for inference input 'INPUT0' for model 'identity_bytes'", "only 2 bytes"],
         ),
         case(
             "BYTES element count below the shape",
