@@ -119,11 +119,12 @@ def test_shm_errors_match_grpc(hclient, client, regions):
         hclient, lambda: hclient.register_system_shared_memory("bad_key", missing, 64),
         lambda: client.register_system_shared_memory("bad_key", missing, 64), 500, "Unable to open shared memory region",
     )
-    # Larger than the segment: Triton 2.51 says INVALID_ARGUMENT (HTTP 400) "...: invalid args"; only agreement is checked.
+    # Larger than the segment: INVALID_ARGUMENT (HTTP 400) "...: invalid args", as Triton 2.51, then why.
     big, big_key, _ = regions(64)
     same_error_both_ways(
         hclient, lambda: hclient.register_system_shared_memory(big, big_key, 4096),
-        lambda: client.register_system_shared_memory(big, big_key, 4096), None, big,
+        lambda: client.register_system_shared_memory(big, big_key, 4096), 400,
+        f"failed to register shared memory region '{big}': invalid args",
     )
 
     def both(make_input, make_output=None):

@@ -18,10 +18,11 @@ pub enum ShmError {
     #[error("Invalid shared memory region: '{key}'")]
     Stat { key: String },
 
-    /// `[offset, offset + byte_size)` does not fit in the segment the key names.
+    /// `[offset, offset + byte_size)` does not fit in the segment the key names: Triton's words
+    /// ("invalid args"), then why.
     #[error(
-        "failed to register shared memory region '{name}': offset {offset} + byte_size {byte_size} \
-         exceeds the size of shared memory key '{key}' ({segment_size} bytes)"
+        "failed to register shared memory region '{name}': invalid args (offset {offset} + byte_size {byte_size} \
+         exceeds the size of shared memory key '{key}', {segment_size} bytes)"
     )]
     ExceedsSegment { name: String, key: String, offset: u64, byte_size: u64, segment_size: u64 },
 
@@ -82,13 +83,14 @@ impl ShmError {
         match self {
             ShmError::Open { .. }
             | ShmError::Stat { .. }
-            | ShmError::ExceedsSegment { .. }
             | ShmError::Map { .. }
             | ShmError::OutputTooSmall { .. }
             | ShmError::Truncated { .. } => ErrorCode::Internal,
             ShmError::NotAllowed { .. } => ErrorCode::Unavailable,
             ShmError::TooManyRegions { .. } => ErrorCode::ResourceExhausted,
-            ShmError::ReservedKey { .. } | ShmError::OutOfBounds { .. } => ErrorCode::InvalidArg,
+            ShmError::ReservedKey { .. } | ShmError::ExceedsSegment { .. } | ShmError::OutOfBounds { .. } => {
+                ErrorCode::InvalidArg
+            }
             ShmError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             ShmError::NotFound { .. } => ErrorCode::NotFound,
         }

@@ -144,18 +144,18 @@ fn reserved_key_prefix_is_invalid_arg() {
 }
 
 #[test]
-fn region_larger_than_segment_is_internal() {
+fn region_larger_than_segment_is_invalid_args() {
     let seg = Segment::new(64);
     let registry = SharedMemoryRegistry::new();
     registry.register("exact", &seg.key, 32, 32).expect("region ending at the segment end");
     for (offset, byte_size) in [(0, 65), (64, 1), (u64::MAX, 1), (1, u64::MAX), (u64::MAX, u64::MAX)] {
         let err = registry.register("big", &seg.key, offset, byte_size).expect_err("too large");
-        assert_eq!(err.code(), ErrorCode::Internal);
+        assert_eq!(err.code(), ErrorCode::InvalidArg);
         assert_eq!(
             err.to_string(),
             format!(
-                "failed to register shared memory region 'big': offset {offset} + byte_size {byte_size} \
-                 exceeds the size of shared memory key '{}' (64 bytes)",
+                "failed to register shared memory region 'big': invalid args (offset {offset} + byte_size {byte_size} \
+                 exceeds the size of shared memory key '{}', 64 bytes)",
                 seg.key
             )
         );

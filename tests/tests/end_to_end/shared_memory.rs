@@ -116,8 +116,12 @@ async fn bad_registrations_get_tritons_codes() {
     );
     for (offset, byte_size) in [(0, 129), (64, 65), (128, 1), (u64::MAX, 2)] {
         let status = register(&mut client, "too_big", &key, offset, byte_size).await.expect_err("larger than the segment");
-        assert_eq!(status.code(), Code::Internal, "{offset}+{byte_size}: {}", status.message());
-        assert!(status.message().contains("'too_big'"), "{}", status.message());
+        assert_eq!(status.code(), Code::InvalidArgument, "{offset}+{byte_size}: {}", status.message());
+        assert!(
+            status.message().starts_with("failed to register shared memory region 'too_big': invalid args"),
+            "{}",
+            status.message()
+        );
     }
     let reserved = register(&mut client, "reserved", "/triton_python_backend_shm_region_x", 0, 8).await;
     assert_eq!(reserved.expect_err("reserved prefix").code(), Code::InvalidArgument);
