@@ -77,7 +77,18 @@ pub fn model_statistics(state: &ServerState, request: ModelStatisticsRequest) ->
     Ok(ModelStatisticsResponse { model_stats })
 }
 
+/// Triton serves no repository by name: a request naming one is refused, before anything else.
+pub const REPOSITORY_NAME_UNSUPPORTED: &str = "'repository_name' specification is not supported";
+
+fn no_repository_name(repository_name: &str) -> Result<(), ServerError> {
+    if repository_name.is_empty() {
+        return Ok(());
+    }
+    Err(ServerError::Unsupported { what: REPOSITORY_NAME_UNSUPPORTED.to_string() })
+}
+
 pub fn repository_index(state: &ServerState, request: RepositoryIndexRequest) -> Result<RepositoryIndexResponse, ServerError> {
+    no_repository_name(&request.repository_name)?;
     let rows = state.repository.index(request.ready)?;
     Ok(RepositoryIndexResponse { models: rows.into_iter().map(metadata::index_entry).collect() })
 }
@@ -85,6 +96,7 @@ pub fn repository_index(state: &ServerState, request: RepositoryIndexRequest) ->
 /// Loads a model, with the `config` override its parameters may hold; waits at most the load
 /// timeout, after which the load goes on in the background.
 pub async fn load_model(state: &ServerState, request: RepositoryModelLoadRequest) -> Result<(), ServerError> {
+    no_repository_name(&request.repository_name)?;
     let mut config_json = None;
     let mut files = Vec::new();
     for (key, value) in request.parameters {
@@ -123,6 +135,7 @@ pub async fn load_model(state: &ServerState, request: RepositoryModelLoadRequest
 }
 
 pub fn unload_model(state: &ServerState, request: RepositoryModelUnloadRequest) -> Result<(), ServerError> {
+    no_repository_name(&request.repository_name)?;
     Ok(state.repository.unload(&request.model_name)?)
 }
 
@@ -171,4 +184,19 @@ pub fn trace_setting(state: &ServerState, request: TraceSettingRequest) -> Resul
 
 pub fn log_settings(state: &ServerState, request: LogSettingsRequest) -> Result<LogSettingsResponse, ServerError> {
     Ok(LogSettingsResponse { settings: settings::update_log_settings(&state.log, request.settings)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use tritium_proto::ErrorCode;
+
+    use super::*;
+
+    #[test]
+    fn a_named_repository_is_refused_as_triton_refuses_it() {
+        assert!(no_repository_name("").is_ok());
+        let error = no_repository_name("myrepo").expect_err("refused");
+        assert_eq!(error.code(), ErrorCode::Unsupported);
+        assert_eq!(error.to_string(), "'repository_name' specification is not supported");
+    }
 }

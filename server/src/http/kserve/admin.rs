@@ -153,6 +153,26 @@ pub(super) async fn load(
     Ok(reply::empty())
 }
 
+/// A load or unload under `/v2/repository/{repository}/...`: the core refuses a named repository
+/// before anything else, so the body is not read (Triton answers a malformed one the same).
+pub(super) async fn load_named(
+    State(state): State<KserveState>,
+    Path((repository_name, model_name)): Path<(String, String)>,
+) -> HttpResult {
+    let request = RepositoryModelLoadRequest { repository_name, model_name, parameters: HashMap::new() };
+    admin::load_model(&state.server, request).await?;
+    Ok(reply::empty())
+}
+
+pub(super) async fn unload_named(
+    State(state): State<KserveState>,
+    Path((repository_name, model_name)): Path<(String, String)>,
+) -> HttpResult {
+    let request = RepositoryModelUnloadRequest { repository_name, model_name, parameters: HashMap::new() };
+    admin::unload_model(&state.server, request)?;
+    Ok(reply::empty())
+}
+
 /// A `file:` load parameter's content, which HTTP carries as base64.
 fn decode_file(key: &str, text: &str) -> Result<Vec<u8>, HttpError> {
     use base64::Engine;

@@ -42,6 +42,11 @@ fn base64_length(text: &str) -> Option<usize> {
     Some(bytes.len() / 4 * 3 - padding)
 }
 
+/// A registration without a region name in the path is refused before the body is read.
+pub(super) async fn register_unnamed() -> HttpResult {
+    Err(HttpError::bad_request("'region name' is necessary to register cuda shared memory region"))
+}
+
 pub(super) async fn register(
     State(state): State<KserveState>,
     Path(_region): Path<String>,
