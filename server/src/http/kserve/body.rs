@@ -98,6 +98,19 @@ enum Encoding {
     Deflate,
 }
 
+/// The body's `Content-Encoding`, named as Triton takes it: `gzip`, `deflate` or `identity` in
+/// lower case (HTTP calls codings case-insensitive, but Triton answers `GZIP` with 501, and
+/// clients send lower case).
+fn encoding(headers: &HeaderMap) -> Result<Option<Encoding>, HttpError> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else { return Ok(None) };
+    match value.to_str().unwrap_or("").trim() {
+        "" | "identity" => Ok(None),
+        "gzip" => Ok(Some(Encoding::Gzip)),
+        "deflate" => Ok(Some(Encoding::Deflate)),
+        _ => Err(HttpError::new(StatusCode::NOT_IMPLEMENTED, "Unsupported compression type").plain()),
+    }
+}
+
 /// Reads the body and inflates it as its `Content-Encoding` says.
 pub async fn read_request(
     body: Body,
@@ -105,13 +118,7 @@ pub async fn read_request(
     limit: usize,
     budget: &Arc<ByteBudget>,
 ) -> Result<RequestBody, HttpError> {
-    let encoding = match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase()) {
-        None => None,
-        Some(e) if e.is_empty() || e == "identity" => None,
-        Some(e) if e == "gzip" => Some(Encoding::Gzip),
-        Some(e) if e == "deflate" => Some(Encoding::Deflate),
-        Some(_) => return Err(HttpError::new(StatusCode::NOT_IMPLEMENTED, "Unsupported compression type").plain()),
-    };
+    let encoding = encoding(headers)?;
     let sent = read(body, headers, limit).await?;
     let Some(encoding) = encoding else { return Ok(RequestBody { bytes: sent, charge: None }) };
     let inflated = if sent.len() <= INLINE_INFLATE_BYTES {
@@ -226,6 +233,25 @@ mod tests {
         let body = inflate(&fits, Encoding::Gzip, 64 << 20, &budget).expect("fits");
         assert_eq!(body.bytes.len(), 1 << 20);
         assert!(budget.used() >= 1 << 20 && budget.used() <= 2 << 20, "{}", budget.used());
+    }
+
+    #[test]
+    fn codings_are_named_in_lower_case_as_triton_takes_them() {
+        let headers = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_ENCODING, axum::http::HeaderValue::from_static(value));
+            headers
+        };
+        assert_eq!(encoding(&HeaderMap::new()).expect("none"), None);
+        for (value, expected) in
+            [("gzip", Some(Encoding::Gzip)), (" deflate ", Some(Encoding::Deflate)), ("identity", None), ("", None)]
+        {
+            assert_eq!(encoding(&headers(value)).expect(value), expected, "{value}");
+        }
+        for value in ["GZIP", "Gzip", "DEFLATE", "IDENTITY", "br", "gzip, deflate"] {
+            let error = encoding(&headers(value)).expect_err(value);
+            assert_eq!(error.status, StatusCode::NOT_IMPLEMENTED, "{value}");
+        }
     }
 
     #[test]

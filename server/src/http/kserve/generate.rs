@@ -146,7 +146,7 @@ fn response_json(response: ModelInferResponse) -> Result<Value, HttpError> {
         let datatype = DataType::from_kserve(&output.datatype)
             .ok_or_else(|| HttpError::bad_request(format!("output '{}' has datatype '{}'", output.name, output.datatype)))?;
         let mut text = Vec::new();
-        json_tensor::write_json(datatype, &raw, &mut text)
+        json_tensor::write_json(datatype, &raw, json_tensor::JsonFlavor::Strict, &mut text)
             .ok_or_else(|| HttpError::bad_request(format!("output '{}' of datatype {datatype} has no JSON form", output.name)))?;
         let value: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
         let value = match value {

@@ -22,6 +22,7 @@ const BINARY_DATA_SIZE: &str = "binary_data_size";
 const BINARY_DATA: &str = "binary_data";
 const BINARY_DATA_OUTPUT: &str = "binary_data_output";
 const CLASSIFICATION: &str = "classification";
+const SHARED_MEMORY_REGION: &str = "shared_memory_region";
 
 /// Which outputs go back as binary: those named, else the request-level default.
 #[derive(Debug, Default)]
@@ -266,7 +267,7 @@ fn input_tensor(
                 binary_size = Some(size);
                 continue;
             }
-            in_shm |= key == "shared_memory_region";
+            in_shm |= key == SHARED_MEMORY_REGION;
             parameters.insert(key.clone(), parameter(&key, value)?);
         }
     }
@@ -294,12 +295,25 @@ fn input_tensor(
         *cursor += size;
         Some(slice)
     } else if let Some(data) = data {
-        let expected = tritium_tensor::element_count(&tensor.shape).unwrap_or(usize::MAX);
-        let (raw, count) = json_tensor::to_raw_streaming(datatype, &data, expected, json_tensor::MAX_DEPTH)
-            .map_err(|e| data_error(&name, datatype, e))?;
-        if count != expected {
-            return Err(HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field"));
+        // Triton reads `data` as an array, however many elements the shape has.
+        if !data.get().trim_start().starts_with('[') {
+            return Err(HttpError::wrong_kind(Some("data"), "array"));
         }
+        let expected = tritium_tensor::element_count(&tensor.shape).unwrap_or(usize::MAX);
+        let raw = if datatype == DataType::Bytes {
+            // Triton counts strings when it validates the request (after the shape), naming how
+            // many came: one more than the shape holds is enough to tell.
+            json_tensor::to_raw_up_to(datatype, &data, expected.saturating_add(1), json_tensor::MAX_DEPTH)
+                .map_err(|e| data_error(&name, datatype, e))?
+                .0
+        } else {
+            let (raw, count) = json_tensor::to_raw_streaming(datatype, &data, expected, json_tensor::MAX_DEPTH)
+                .map_err(|e| data_error(&name, datatype, e))?;
+            if count != expected {
+                return Err(HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field"));
+            }
+            raw
+        };
         Some(Bytes::from(raw))
     } else {
         None
@@ -348,6 +362,7 @@ fn output_tensor(output: Value, binary: &mut BinaryOutputs) -> Result<InferReque
     // A listed output is binary only when it says so.
     binary.by_name.insert(name.clone(), false);
     let mut parameters = HashMap::new();
+    let mut binary_asked = false;
     if let Some(params) = output.remove("parameters") {
         let Value::Object(params) = params else {
             return Err(HttpError::unparsable("failed to get output params.: attempt to get members for non-object"));
@@ -357,6 +372,7 @@ fn output_tensor(output: Value, binary: &mut BinaryOutputs) -> Result<InferReque
                 BINARY_DATA => {
                     let wanted = value.as_bool().ok_or_else(|| HttpError::wrong_kind(Some(BINARY_DATA), "boolean"))?;
                     binary.by_name.insert(name.clone(), wanted);
+                    binary_asked = wanted;
                 }
                 CLASSIFICATION => {
                     let count = value.as_u64().ok_or_else(|| {
@@ -374,6 +390,9 @@ fn output_tensor(output: Value, binary: &mut BinaryOutputs) -> Result<InferReque
                 }
             }
         }
+    }
+    if binary_asked && parameters.contains_key(SHARED_MEMORY_REGION) {
+        return Err(HttpError::bad_request("Output can't set both 'shared_memory_region' and 'binary_data'"));
     }
     Ok(InferRequestedOutputTensor { name, parameters })
 }
@@ -407,7 +426,7 @@ pub fn encode(response: ModelInferResponse, binary: &BinaryOutputs) -> Result<(V
         push_json(&mut out, &output.datatype);
         out.extend_from_slice(b",\"shape\":");
         push_json(&mut out, &output.shape);
-        let in_shm = output.parameters.contains_key("shared_memory_region");
+        let in_shm = output.parameters.contains_key(SHARED_MEMORY_REGION);
         // Triton's HTTP answer does not repeat where an output in shared memory went.
         let mut params = parameters_json(&output.parameters);
         params.retain(|key, _| !key.starts_with("shared_memory_"));
@@ -426,7 +445,7 @@ pub fn encode(response: ModelInferResponse, binary: &BinaryOutputs) -> Result<(V
                     HttpError::bad_request(format!("output '{}' has datatype '{}'", output.name, output.datatype))
                 })?;
                 out.extend_from_slice(b",\"data\":");
-                json_tensor::write_json(datatype, &raw, &mut out).ok_or_else(|| {
+                json_tensor::write_json(datatype, &raw, json_tensor::JsonFlavor::Triton, &mut out).ok_or_else(|| {
                     HttpError::bad_request(format!(
                         "sending {datatype} data via JSON is not supported. Please use the binary data format for output"
                     ))

@@ -160,3 +160,97 @@ fn numbers_beyond_an_f64_are_a_bad_request_that_names_where() {
         assert_eq!((error.status, error.message), (StatusCode::BAD_REQUEST, message));
     }
 }
+
+#[test]
+fn data_must_be_an_array_and_integers_read_as_triton_reads_them() {
+    use axum::http::StatusCode;
+    let input = |datatype: &str, data: serde_json::Value| {
+        parse_json(json!({"inputs": [{"name": "A", "datatype": datatype, "shape": [1], "data": data}]}))
+    };
+    for data in [json!(1.5), json!("x"), json!(null), json!({"a": 1})] {
+        let error = input("FP32", data.clone()).expect_err("not an array");
+        assert_eq!(
+            (error.status, error.message.as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "Unable to parse 'data': attempt to access JSON non-array as array"),
+            "{data}"
+        );
+    }
+    let negative = input("UINT8", json!([-1])).expect_err("negative");
+    assert_eq!(
+        (negative.status, negative.message.as_str()),
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Unable to parse 'data': attempt to access JSON non-unsigned-integer as unsigned-integer"
+        )
+    );
+    let past_int64 = input("INT32", json!([1u64 << 63])).expect_err("past int64");
+    assert_eq!(past_int64.message, "Unable to parse 'data': attempt to access JSON non-signed-integer as signed-integer");
+    // Narrowing would lose the value: refused, where Triton narrows.
+    assert_eq!(input("UINT8", json!([256])).expect_err("narrowing").status, StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn bytes_strings_are_counted_by_the_validation_not_the_reader() {
+    let bytes = |shape: serde_json::Value, data: serde_json::Value| {
+        parse_json(json!({"inputs": [{"name": "A", "datatype": "BYTES", "shape": shape, "data": data}]}))
+            .expect("left to the validation")
+            .request
+            .raw_input_contents
+    };
+    // Fewer than the shape: all of them, for the validation to count.
+    assert_eq!(&bytes(json!([3]), json!(["a", "b"]))[0][..], b"\x01\0\0\0a\x01\0\0\0b");
+    // More: one past the shape is enough to tell, and the reading stops there.
+    assert_eq!(&bytes(json!([1]), json!(["a", "b", "c", "d"]))[0][..], b"\x01\0\0\0a\x01\0\0\0b");
+    assert_eq!(&bytes(json!([2, 2]), json!([["a"], ["b"]]))[0][..], b"\x01\0\0\0a\x01\0\0\0b");
+}
+
+#[test]
+fn an_output_asks_for_shared_memory_or_binary_data_not_both() {
+    use axum::http::StatusCode;
+    let output = |parameters: serde_json::Value| {
+        parse_json(json!({
+            "inputs": [{"name": "A", "datatype": "INT32", "shape": [1], "data": [1]}],
+            "outputs": [{"name": "X", "parameters": parameters}]
+        }))
+    };
+    for parameters in [
+        json!({"shared_memory_region": "r", "shared_memory_byte_size": 4, "binary_data": true}),
+        json!({"binary_data": true, "shared_memory_region": "r", "shared_memory_byte_size": 4}),
+    ] {
+        let error = output(parameters).expect_err("both");
+        assert_eq!(
+            (error.status, error.message.as_str()),
+            (StatusCode::BAD_REQUEST, "Output can't set both 'shared_memory_region' and 'binary_data'")
+        );
+    }
+    output(json!({"shared_memory_region": "r", "shared_memory_byte_size": 4, "binary_data": false})).expect("not binary");
+    let parsed = parse_json(json!({
+        "parameters": {"binary_data_output": true},
+        "inputs": [{"name": "A", "datatype": "INT32", "shape": [1], "data": [1]}],
+        "outputs": [{"name": "X", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4}}]
+    }));
+    parsed.expect("the request-level default is not the output asking");
+}
+
+#[test]
+fn json_outputs_lose_nothing_as_triton_writes_them() {
+    let output = |datatype: &str, raw: Vec<u8>| ModelInferResponse {
+        model_name: "m".into(),
+        model_version: "1".into(),
+        outputs: vec![tritium_proto::inference::model_infer_response::InferOutputTensor {
+            name: "O".into(),
+            datatype: datatype.into(),
+            shape: vec![2],
+            ..Default::default()
+        }],
+        raw_output_contents: vec![Bytes::from(raw)],
+        ..Default::default()
+    };
+    let floats = [f32::INFINITY, f32::NEG_INFINITY].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (body, header) = encode(output("FP32", floats), &BinaryOutputs::default()).expect("encodes");
+    assert_eq!(header, None);
+    assert!(body.ends_with(br#""data":[Infinity,-Infinity]}]}"#), "{}", String::from_utf8_lossy(&body));
+    let strings = b"\x02\0\0\0\xff\xfe\x01\0\0\0\"".to_vec();
+    let (body, _) = encode(output("BYTES", strings), &BinaryOutputs::default()).expect("encodes");
+    assert!(body.ends_with(b"\"data\":[\"\xff\xfe\",\"\\\"\"]}]}"), "{}", String::from_utf8_lossy(&body));
+}

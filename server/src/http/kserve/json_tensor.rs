@@ -65,19 +65,17 @@ fn number(value: &Value) -> Result<f64, DataError> {
     value.as_f64().ok_or(DataError::WrongKind { expected: "number" })
 }
 
-/// A fraction (or anything not a number) is the wrong kind; an integer beyond the type's range
-/// is out of range.
-fn integer_error(value: &Value) -> DataError {
-    if value.is_number() && !value.is_f64() { DataError::OutOfRange } else { DataError::WrongKind { expected: "integer" } }
-}
-
+/// As Triton's reader takes an integer: a signed type reads an int64 and an unsigned one a
+/// uint64, so a fraction, a negative number for an unsigned type or one past int64 for a signed
+/// type is the wrong kind. A 64-bit integer beyond the type's own range is out of range (Triton
+/// narrows it).
 fn signed<T: TryFrom<i64>>(value: &Value) -> Result<T, DataError> {
-    let n = value.as_i64().ok_or_else(|| integer_error(value))?;
+    let n = value.as_i64().ok_or(DataError::WrongKind { expected: "integer" })?;
     T::try_from(n).map_err(|_| DataError::OutOfRange)
 }
 
 fn unsigned<T: TryFrom<u64>>(value: &Value) -> Result<T, DataError> {
-    let n = value.as_u64().ok_or_else(|| integer_error(value))?;
+    let n = value.as_u64().ok_or(DataError::WrongKind { expected: "integer" })?;
     T::try_from(n).map_err(|_| DataError::OutOfRange)
 }
 
@@ -92,6 +90,28 @@ pub fn to_raw_streaming(
     expected: usize,
     max_depth: usize,
 ) -> Result<(Vec<u8>, usize), DataError> {
+    read(datatype, data, expected, max_depth, false)
+}
+
+/// As [`to_raw_streaming`], but more than `limit` elements is no error: the reading stops quietly
+/// after `limit` of them, and those are returned (for BYTES, whose count Triton checks after the
+/// JSON is read, naming how many it found).
+pub fn to_raw_up_to(
+    datatype: DataType,
+    data: &serde_json::value::RawValue,
+    limit: usize,
+    max_depth: usize,
+) -> Result<(Vec<u8>, usize), DataError> {
+    read(datatype, data, limit, max_depth, true)
+}
+
+fn read(
+    datatype: DataType,
+    data: &serde_json::value::RawValue,
+    expected: usize,
+    max_depth: usize,
+    stop_quietly: bool,
+) -> Result<(Vec<u8>, usize), DataError> {
     let mut state = Stream {
         datatype,
         out: Vec::with_capacity(expected.saturating_mul(datatype.element_size().unwrap_or(8)).min(data.get().len() * 4)),
@@ -99,11 +119,14 @@ pub fn to_raw_streaming(
         expected,
         max_depth: max_depth.min(MAX_DEPTH),
         error: None,
+        stop_quietly,
+        stopped: false,
     };
     let mut reader = serde_json::Deserializer::from_str(data.get());
     let read = serde::de::DeserializeSeed::deserialize(Elements { state: &mut state, depth: 0 }, &mut reader);
     match (read, state.error) {
         (_, Some(error)) => Err(error),
+        (Err(_), None) if state.stopped => Ok((state.out, state.count)),
         (Err(error), None) => Err(parser_error(data.get(), &error)),
         (Ok(()), None) => Ok((state.out, state.count)),
     }
@@ -162,13 +185,21 @@ struct Stream {
     expected: usize,
     max_depth: usize,
     error: Option<DataError>,
+    /// More than `expected` elements ends the reading without an error.
+    stop_quietly: bool,
+    stopped: bool,
 }
 
 impl Stream {
-    /// Appends one scalar; `Err` (with the reason kept in `error`) stops the reading.
+    /// Appends one scalar; `Err` (with the reason kept in `error`, or `stopped` set) stops the
+    /// reading.
     fn push(&mut self, value: Value) -> Result<(), ()> {
         if self.count >= self.expected {
-            self.error = Some(DataError::TooMany);
+            if self.stop_quietly {
+                self.stopped = true;
+            } else {
+                self.error = Some(DataError::TooMany);
+            }
             return Err(());
         }
         append(self.datatype, &value, &mut self.out).map_err(|e| self.error = Some(e))?;
@@ -230,42 +261,123 @@ impl<'de> serde::de::Visitor<'de> for Elements<'_> {
     }
 }
 
-/// Appends `raw` (the layout of `datatype`) to `out` as a flat JSON array; `None` when the
-/// datatype has no JSON form (FP16, BF16) or the bytes do not hold whole elements.
-pub fn write_json(datatype: DataType, raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
-    fn items<const N: usize, T: serde::Serialize>(raw: &[u8], out: &mut Vec<u8>, read: fn([u8; N]) -> T) -> Option<()> {
+/// How outputs are written as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonFlavor {
+    /// As Triton writes them, losing nothing: a float that is not finite as `Infinity`,
+    /// `-Infinity` or `NaN` (not JSON, but what Triton's clients read: Python's json, rapidjson),
+    /// and a BYTES element's bytes as they are, escaped where JSON escapes text but never
+    /// replaced, so an element that is not UTF-8 comes back whole (tritonclient then asks for
+    /// `binary_data`, as it does of Triton).
+    Triton,
+    /// Strict JSON, for an answer that is read back as a JSON tree: a float that is not finite
+    /// as `null`, a BYTES element as text (sequences that are not UTF-8 replaced).
+    Strict,
+}
+
+/// Appends `raw` (the layout of `datatype`) to `out` as a flat JSON array; `None` (and `out` as
+/// it was) when the datatype has no JSON form (FP16, BF16) or the bytes do not hold whole
+/// elements. Each element is written as it is read, with no list of them in between.
+pub fn write_json(datatype: DataType, raw: &[u8], flavor: JsonFlavor, out: &mut Vec<u8>) -> Option<()> {
+    let start = out.len();
+    let written = write_array(datatype, raw, flavor, out);
+    if written.is_none() {
+        out.truncate(start);
+    }
+    written
+}
+
+fn write_array(datatype: DataType, raw: &[u8], flavor: JsonFlavor, out: &mut Vec<u8>) -> Option<()> {
+    fn items<const N: usize>(raw: &[u8], out: &mut Vec<u8>, mut write: impl FnMut([u8; N], &mut Vec<u8>)) -> Option<()> {
         if !raw.len().is_multiple_of(N) {
             return None;
         }
-        let values: Vec<T> = raw.chunks_exact(N).map(|c| read(c.try_into().unwrap_or([0; N]))).collect();
-        serde_json::to_writer(out, &values).ok()
+        out.push(b'[');
+        for (index, chunk) in raw.chunks_exact(N).enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            write(chunk.try_into().unwrap_or([0; N]), out);
+        }
+        out.push(b']');
+        Some(())
     }
+    // A number or a boolean always serializes.
+    fn scalar<T: serde::Serialize>(out: &mut Vec<u8>, value: T) {
+        let _ = serde_json::to_writer(out, &value);
+    }
+    // As Triton prints floats: the double of each (0.1f32 is 0.10000000149011612).
+    let float = |value: f64, out: &mut Vec<u8>| match flavor {
+        JsonFlavor::Triton if value.is_nan() => out.extend_from_slice(b"NaN"),
+        JsonFlavor::Triton if value == f64::INFINITY => out.extend_from_slice(b"Infinity"),
+        JsonFlavor::Triton if value == f64::NEG_INFINITY => out.extend_from_slice(b"-Infinity"),
+        // serde_json writes what is not finite as null.
+        _ => scalar(out, value),
+    };
     match datatype {
-        DataType::Bool => items::<1, bool>(raw, out, |b| b[0] != 0),
-        DataType::Int8 => items(raw, out, i8::from_le_bytes),
-        DataType::Int16 => items(raw, out, i16::from_le_bytes),
-        DataType::Int32 => items(raw, out, i32::from_le_bytes),
-        DataType::Int64 => items(raw, out, i64::from_le_bytes),
-        DataType::Uint8 => items(raw, out, u8::from_le_bytes),
-        DataType::Uint16 => items(raw, out, u16::from_le_bytes),
-        DataType::Uint32 => items(raw, out, u32::from_le_bytes),
-        DataType::Uint64 => items(raw, out, u64::from_le_bytes),
-        // As Triton prints them: the double of each float (0.1f32 is 0.10000000149011612).
-        DataType::Fp32 => items(raw, out, |b| f64::from(f32::from_le_bytes(b))),
-        DataType::Fp64 => items(raw, out, f64::from_le_bytes),
+        DataType::Bool => items::<1>(raw, out, |b, out| scalar(out, b[0] != 0)),
+        DataType::Int8 => items(raw, out, |b, out| scalar(out, i8::from_le_bytes(b))),
+        DataType::Int16 => items(raw, out, |b, out| scalar(out, i16::from_le_bytes(b))),
+        DataType::Int32 => items(raw, out, |b, out| scalar(out, i32::from_le_bytes(b))),
+        DataType::Int64 => items(raw, out, |b, out| scalar(out, i64::from_le_bytes(b))),
+        DataType::Uint8 => items(raw, out, |b, out| scalar(out, u8::from_le_bytes(b))),
+        DataType::Uint16 => items(raw, out, |b, out| scalar(out, u16::from_le_bytes(b))),
+        DataType::Uint32 => items(raw, out, |b, out| scalar(out, u32::from_le_bytes(b))),
+        DataType::Uint64 => items(raw, out, |b, out| scalar(out, u64::from_le_bytes(b))),
+        DataType::Fp32 => items(raw, out, |b, out| float(f64::from(f32::from_le_bytes(b)), out)),
+        DataType::Fp64 => items(raw, out, |b, out| float(f64::from_le_bytes(b), out)),
         DataType::Fp16 | DataType::Bf16 => None,
         DataType::Bytes => {
-            let mut strings = Vec::new();
+            out.push(b'[');
             let mut rest = raw;
+            let mut first = true;
             while !rest.is_empty() {
                 let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
                 let item = rest.get(4..4 + len)?;
-                strings.push(String::from_utf8_lossy(item));
+                if !std::mem::take(&mut first) {
+                    out.push(b',');
+                }
+                match flavor {
+                    JsonFlavor::Triton => push_string(out, item),
+                    JsonFlavor::Strict => scalar(out, String::from_utf8_lossy(item)),
+                }
                 rest = &rest[4 + len..];
             }
-            serde_json::to_writer(out, &strings).ok()
+            out.push(b']');
+            Some(())
         }
     }
+}
+
+/// Writes `bytes` as a JSON string, escaped as serde_json escapes text (`"`, `\`, and control
+/// characters), every other byte as it is.
+fn push_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut plain = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let short = match byte {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x08 => b'b',
+            0x0c => b'f',
+            0..0x20 => 0,
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..at]);
+        plain = at + 1;
+        if short == 0 {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
+        } else {
+            out.extend_from_slice(&[b'\\', short]);
+        }
+    }
+    out.extend_from_slice(&bytes[plain..]);
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -292,9 +404,23 @@ mod tests {
     fn kinds_and_ranges_are_checked() {
         assert_eq!(to_raw(DataType::Int32, &json!(["a"]), 1).expect_err("refused"), DataError::WrongKind { expected: "integer" });
         assert_eq!(to_raw(DataType::Int8, &json!([300]), 1).expect_err("refused"), DataError::OutOfRange);
-        assert_eq!(to_raw(DataType::Uint8, &json!([-1]), 1).expect_err("refused"), DataError::OutOfRange);
+        assert_eq!(to_raw(DataType::Uint8, &json!([256]), 1).expect_err("refused"), DataError::OutOfRange);
         assert_eq!(to_raw(DataType::Int32, &json!([1.5]), 1).expect_err("refused"), DataError::WrongKind { expected: "integer" });
         assert_eq!(to_raw(DataType::Int32, &json!([1u64 << 40]), 1).expect_err("refused"), DataError::OutOfRange);
+        assert_eq!(to_raw(DataType::Int32, &json!([-(1i64 << 40)]), 1).expect_err("refused"), DataError::OutOfRange);
+        // What a 64-bit reading of the type's sign cannot take is the wrong kind, as Triton says.
+        assert_eq!(to_raw(DataType::Uint8, &json!([-1]), 1).expect_err("refused"), DataError::WrongKind { expected: "integer" });
+        assert_eq!(to_raw(DataType::Uint64, &json!([-1]), 1).expect_err("refused"), DataError::WrongKind { expected: "integer" });
+        assert_eq!(
+            to_raw(DataType::Int32, &json!([1u64 << 63]), 1).expect_err("refused"),
+            DataError::WrongKind { expected: "integer" }
+        );
+        assert_eq!(
+            to_raw(DataType::Int64, &json!([u64::MAX]), 1).expect_err("refused"),
+            DataError::WrongKind { expected: "integer" }
+        );
+        assert_eq!(to_raw(DataType::Uint64, &json!([u64::MAX]), 1).expect("fits").0, u64::MAX.to_le_bytes());
+        assert_eq!(to_raw(DataType::Int64, &json!([i64::MIN]), 1).expect("fits").0, i64::MIN.to_le_bytes());
         assert_eq!(to_raw(DataType::Fp16, &json!([1.0]), 1).expect_err("refused"), DataError::NoJsonForm);
         assert_eq!(to_raw(DataType::Bool, &json!([1]), 1).expect_err("refused"), DataError::WrongKind { expected: "boolean" });
         let mut deep = json!(1);
@@ -319,6 +445,21 @@ mod tests {
         );
         assert_eq!(to_raw_streaming(DataType::Int32, &raw("[[1]]"), 1, 1).expect_err("flat only"), DataError::TooDeep);
         assert_eq!(to_raw_streaming(DataType::Int32, &raw("[1, 2]"), usize::MAX, 1).expect("flat").1, 2);
+    }
+
+    #[test]
+    fn reading_up_to_a_limit_stops_quietly_after_it() {
+        use serde_json::value::RawValue;
+        let raw = |text: &str| RawValue::from_string(text.to_string()).expect("raw");
+        let (bytes, count) = to_raw_up_to(DataType::Bytes, &raw(r#"["a", "b", "c", "d"]"#), 2, MAX_DEPTH).expect("two");
+        assert_eq!(count, 2);
+        assert_eq!(bytes, b"\x01\0\0\0a\x01\0\0\0b");
+        assert_eq!(to_raw_up_to(DataType::Bytes, &raw(r#"[["a"], ["b"]]"#), 3, MAX_DEPTH).expect("fewer").1, 2);
+        // What is read before the limit is still checked.
+        assert_eq!(
+            to_raw_up_to(DataType::Bytes, &raw(r#"["a", 1, "c"]"#), 2, MAX_DEPTH).expect_err("a number"),
+            DataError::WrongKind { expected: "string" }
+        );
     }
 
     #[test]
@@ -356,21 +497,61 @@ mod tests {
     fn bytes_round_trip_through_the_length_prefixed_layout() {
         let (raw, count) = to_raw(DataType::Bytes, &json!(["ab", ""]), 2).expect("bytes");
         assert_eq!(count, 2);
+        for flavor in [JsonFlavor::Triton, JsonFlavor::Strict] {
+            let mut out = Vec::new();
+            write_json(DataType::Bytes, &raw, flavor, &mut out).expect("writes");
+            assert_eq!(String::from_utf8(out).expect("utf8"), r#"["ab",""]"#);
+        }
+    }
+
+    fn written(datatype: DataType, raw: &[u8], flavor: JsonFlavor) -> Vec<u8> {
         let mut out = Vec::new();
-        write_json(DataType::Bytes, &raw, &mut out).expect("writes");
-        assert_eq!(String::from_utf8(out).expect("utf8"), r#"["ab",""]"#);
+        write_json(datatype, raw, flavor, &mut out).expect("writes");
+        out
     }
 
     #[test]
     fn outputs_are_flat_json_arrays() {
         let raw: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let mut out = Vec::new();
-        write_json(DataType::Fp32, &raw, &mut out).expect("writes");
-        assert_eq!(String::from_utf8(out).expect("utf8"), "[1.5,-2.0]");
-        let mut out = Vec::new();
-        write_json(DataType::Fp32, &0.1f32.to_le_bytes(), &mut out).expect("writes");
-        assert_eq!(String::from_utf8(out).expect("utf8"), "[0.10000000149011612]");
-        assert!(write_json(DataType::Int32, &[1, 2, 3], &mut Vec::new()).is_none());
-        assert!(write_json(DataType::Bytes, &[9, 0, 0, 0, 1], &mut Vec::new()).is_none());
+        assert_eq!(written(DataType::Fp32, &raw, JsonFlavor::Triton), b"[1.5,-2.0]");
+        assert_eq!(written(DataType::Fp32, &0.1f32.to_le_bytes(), JsonFlavor::Triton), b"[0.10000000149011612]");
+        assert_eq!(written(DataType::Fp32, &[], JsonFlavor::Triton), b"[]");
+        let raw: Vec<u8> = [-1i64, i64::MAX].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(written(DataType::Int64, &raw, JsonFlavor::Triton), b"[-1,9223372036854775807]");
+        assert_eq!(written(DataType::Uint8, &[0, 255], JsonFlavor::Triton), b"[0,255]");
+        assert_eq!(written(DataType::Bool, &[1, 0], JsonFlavor::Triton), b"[true,false]");
+        // Nothing is left behind when the bytes do not hold whole elements.
+        let mut out = b"kept".to_vec();
+        assert!(write_json(DataType::Int32, &[1, 2, 3], JsonFlavor::Triton, &mut out).is_none());
+        assert!(write_json(DataType::Bytes, &[1, 0, 0, 0, b'a', 9, 0, 0, 0, 1], JsonFlavor::Triton, &mut out).is_none());
+        assert!(write_json(DataType::Fp16, &[0, 0], JsonFlavor::Triton, &mut out).is_none());
+        assert_eq!(out, b"kept");
+    }
+
+    #[test]
+    fn floats_that_are_not_finite_are_written_as_triton_writes_them() {
+        let raw: Vec<u8> = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(written(DataType::Fp32, &raw, JsonFlavor::Triton), b"[Infinity,-Infinity,NaN,1.0]");
+        assert_eq!(written(DataType::Fp32, &raw, JsonFlavor::Strict), b"[null,null,null,1.0]");
+        let raw: Vec<u8> = [f64::NEG_INFINITY, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(written(DataType::Fp64, &raw, JsonFlavor::Triton), b"[-Infinity,0.5]");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_come_back_whole_in_triton_s_flavor() {
+        let raw = b"\x03\0\0\0\xff\xfeA\x02\0\0\0\"\n";
+        assert_eq!(written(DataType::Bytes, raw, JsonFlavor::Triton), b"[\"\xff\xfeA\",\"\\\"\\n\"]");
+        assert_eq!(written(DataType::Bytes, raw, JsonFlavor::Strict), "[\"\u{fffd}\u{fffd}A\",\"\\\"\\n\"]".as_bytes());
+    }
+
+    #[test]
+    fn text_is_escaped_as_serde_json_escapes_it() {
+        let mut every: String = (0u8..0x80).map(char::from).collect();
+        every.push_str("w\u{f6}rld \u{1f600} \u{2028}");
+        for text in [every.as_str(), "", "plain", "\"\\", "a\u{0}b\u{1f}\u{7f}"] {
+            let mut ours = Vec::new();
+            push_string(&mut ours, text.as_bytes());
+            assert_eq!(ours, serde_json::to_vec(text).expect("serializes"), "{text:?}");
+        }
     }
 }
