@@ -41,11 +41,13 @@ assert len(_ids) == len(set(_ids)), sorted({i for i in _ids if _ids.count(i) > 1
 
 # System shared-memory segments the cases use (created before a run, removed after). Their contents:
 # "in": INPUT0 = 0..15 and INPUT1 = 16 x 1 as INT32 at offsets 0 and 64; "out": zeros; "extra": zeros, for
-# the registration quirks. Triton mmaps with the region offset, so offsets into a segment must be page-aligned.
+# the registration quirks; "small": one page no region ever fits in (a key already registered fails otherwise on
+# Triton). Triton mmaps with the region offset, so offsets into a segment must be page-aligned.
 SHM_SEGMENTS: dict[str, bytes] = {
     "tritium_httpdiff_in": np.arange(16, dtype=np.int32).tobytes() + np.ones(16, dtype=np.int32).tobytes() + bytes(4096 - 128),
     "tritium_httpdiff_out": bytes(4096),
     "tritium_httpdiff_extra": bytes(8192),
+    "tritium_httpdiff_small": bytes(4096),
 }
 
 

@@ -84,12 +84,19 @@ SHM_CASES: list[dict] = [
     _reg("shm_register_unaligned_offset", "extra", {"key": "/tritium_httpdiff_extra", "offset": 64, "byte_size": 64}),
     _reg("shm_register_past_end", "extra", {"key": "/tritium_httpdiff_extra", "offset": 4096, "byte_size": 8192}),
     _reg("shm_register_page_offset", "extra", {"key": "/tritium_httpdiff_extra", "offset": 4096, "byte_size": 64}),
+    _reg("shm_register_beyond_segment", "beyond", {"key": "/tritium_httpdiff_small", "offset": 0, "byte_size": 8192},
+         allow=[("error", ("prefix", "failed to register shared memory region 'beyond': invalid args"),
+                 "Triton's words, then the offset, size and segment size")]),  # fmt: skip
     get("shm_status_all", f"{_SHM}/status"),
     get("shm_status_region", f"{_SHM}/region/in/status"),
     infer("shm_infer_inputs", "add_sub", {"inputs": [_shm_in("INPUT0", 0), _shm_in("INPUT1", 64)]}),
     infer("shm_infer_output", "add_sub", {"inputs": [_shm_in("INPUT0", 0), _shm_in("INPUT1", 64)], "outputs": [
         {"name": "OUTPUT0", "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": 64}}, {"name": "OUTPUT1"}]}),  # fmt: skip
     {"id": "shm_read_output", "method": "SHM_READ", "path": "tritium_httpdiff_out", "offset": 0, "size": 128},
+    infer("shm_infer_output_shm_and_binary", "add_sub", {"inputs": add_sub_body()["inputs"], "outputs": [
+        {"name": "OUTPUT0", "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": 64, "binary_data": True}}]}),  # fmt: skip
+    infer("shm_infer_output_shm_and_binary_false", "add_sub", {"inputs": add_sub_body()["inputs"], "outputs": [
+        {"name": "OUTPUT0", "parameters": {"binary_data": False, "shared_memory_region": "out", "shared_memory_byte_size": 64}}]}),  # fmt: skip
     infer("shm_infer_output_offset_binary", "add_sub", {"inputs": [_shm_in("INPUT0", 0), _shm_in("INPUT1", 64)],
         "parameters": {"binary_data_output": True}, "outputs": [
         {"name": "OUTPUT1", "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": 64, "shared_memory_offset": 64}},
@@ -117,6 +124,8 @@ SHM_CASES: list[dict] = [
     post("cuda_shm_register_missing_handle", "/v2/cudasharedmemory/region/r1/register", {"device_id": 0, "byte_size": 64}),
     post("cuda_shm_register_missing_device", "/v2/cudasharedmemory/region/r1/register", {"raw_handle": {"b64": "AAAA"}, "byte_size": 64}),
     post("cuda_shm_register_empty_body", "/v2/cudasharedmemory/region/r1/register", b""),
+    post("cuda_shm_register_without_region", "/v2/cudasharedmemory/register", {"raw_handle": {"b64": "AAAA"}, "device_id": 0, "byte_size": 64}),
+    get("cuda_shm_register_without_region_get", "/v2/cudasharedmemory/register"),
     post("cuda_shm_unregister_region", "/v2/cudasharedmemory/region/r1/unregister", b""),
     post("cuda_shm_unregister_all", "/v2/cudasharedmemory/unregister", b""),
 ]
@@ -143,6 +152,10 @@ REPOSITORY_CASES: list[dict] = [
     post("repo_index_ready_string", f"{_REPO}/index", {"ready": "yes"}),
     post("repo_index_malformed", f"{_REPO}/index", b"{"),
     post("repo_index_named_repository", f"{_REPO}/myrepo/index", b""),
+    post("repo_load_named_repository", f"{_REPO}/myrepo/models/identity/load", b""),
+    post("repo_load_named_repository_malformed", f"{_REPO}/myrepo/models/identity/load", b"{"),
+    post("repo_unload_named_repository", f"{_REPO}/myrepo/models/identity/unload", b""),
+    get("repo_load_named_repository_get", f"{_REPO}/myrepo/models/identity/load"),
     get("repo_index_get", f"{_REPO}/index"),
     _unload("repo_unload_unknown", "nope"),
     _load("repo_load_unknown", "nope"),

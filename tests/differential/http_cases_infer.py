@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 
 import numpy as np
 
@@ -13,6 +15,8 @@ from http_cases_common import (
 _BIN_INPUTS = [tensor("INPUT0", "INT32", [16], binary_data_size=64), tensor("INPUT1", "INT32", [16], binary_data_size=64)]
 _FP16 = np.array([1.0, 2.5], dtype=np.float16).tobytes()
 _ADD_SUB_JSON = json.dumps({"inputs": add_sub_inputs()}, separators=(",", ":")).encode()
+_ADD_SUB_GZIP = gzip.compress(_ADD_SUB_JSON, mtime=0)
+_NOT_FINITE = np.array([np.inf, -np.inf, np.nan, 1.5], dtype=np.float32).tobytes()
 
 
 def _out(name: str, **params) -> dict:
@@ -46,6 +50,41 @@ INFER_CASES: list[dict] = [
     infer("infer_batch_2x3", "identity_batch", one_input("FP32", [2, 3], [1, 2, 3, 4, 5, 6])),
     infer("infer_int32_overflow", "add_sub", {"inputs": add_sub_inputs(a=[2**40] * 16)},
           note="Triton narrows an out-of-range JSON integer"),  # fmt: skip
+    infer("infer_int8_json", "identity_int8", one_input("INT8", [3], [-128, 0, 127])),
+    infer("infer_uint8_json", "identity_uint8", one_input("UINT8", [2], [0, 255])),
+    infer("infer_int8_out_of_range", "identity_int8", one_input("INT8", [4], [200, -200, 1000, 127]),
+          note="Triton narrows: -56, 56, -24, 127"),  # fmt: skip
+    infer("infer_uint8_out_of_range", "identity_uint8", one_input("UINT8", [3], [256, 300, 255]),
+          note="Triton narrows: 0, 44, 255"),  # fmt: skip
+    infer("infer_uint8_negative", "identity_uint8", one_input("UINT8", [1], [-1]),
+          note="Triton reads an unsigned type as uint64: a negative number is the wrong kind"),  # fmt: skip
+    infer("infer_int32_beyond_int64", "add_sub", {"inputs": add_sub_inputs(a=[2**63] * 16)},
+          note="Triton reads a signed type as int64: a number past it is the wrong kind"),  # fmt: skip
+    # --- data that is not an array; floats that are not finite
+    infer("infer_data_scalar", "identity", one_input("FP32", [1], 1.5)),
+    infer("infer_data_scalar_bytes", "identity_bytes", one_input("BYTES", [1], "x")),
+    infer("infer_data_null", "identity", {"inputs": [tensor("INPUT0", "FP32", [1]) | {"data": None}]}),
+    infer("infer_fp32_overflow_inf", "identity", one_input("FP32", [2], [1e39, 3.4e38]),
+          note="1e39 is an FP32 infinity; Triton writes it Infinity"),  # fmt: skip
+    infer("infer_fp32_overflow_neg_inf", "identity", one_input("FP32", [1], [-1e39])),
+    binary_infer("infer_fp32_not_finite_json_out", "identity", {"inputs": [tensor("INPUT0", "FP32", [4], binary_data_size=16)]},
+                 [_NOT_FINITE], note="Infinity, -Infinity, NaN"),  # fmt: skip
+    # --- BYTES: how many strings, length indicators, bytes that are not UTF-8
+    infer("infer_bytes_fewer_strings", "identity_bytes", one_input("BYTES", [3], ["a", "b"]),
+          note="Triton counts strings when it validates the request"),  # fmt: skip
+    infer("infer_bytes_more_strings", "identity_bytes", one_input("BYTES", [1], ["a", "b", "c"])),
+    infer("infer_bytes_fewer_strings_wrong_shape", "identity_bytes", one_input("BYTES", [2, 2], [["a"], ["b"]]),
+          note="the shape is checked before the count"),  # fmt: skip
+    binary_infer("infer_binary_bytes_length_partial", "identity_bytes", {"inputs": [tensor("INPUT0", "BYTES", [1], binary_data_size=9)]},
+                 [b"\x02\x00\x00\x00hiXYZ"], note="a 4-byte length indicator covers 2 bytes; 3 are left, too few for the next"),  # fmt: skip
+    binary_infer("infer_binary_bytes_length_missing", "identity_bytes", {"inputs": [tensor("INPUT0", "BYTES", [1], binary_data_size=2)]},
+                 [b"hi"], note="no length indicator at all"),  # fmt: skip
+    infer("infer_bytes_not_utf8_json", "identity_bytes",
+          b'{"inputs":[{"name":"INPUT0","datatype":"BYTES","shape":[1],"data":["a\xff\xfeb"]}]}',
+          note="a JSON string holding bytes that are not UTF-8"),  # fmt: skip
+    binary_infer("infer_binary_bytes_not_utf8_json_out", "identity_bytes",
+                 {"inputs": [tensor("INPUT0", "BYTES", [1], binary_data_size=7)]}, [b"\x03\x00\x00\x00\xff\xfeA"],
+                 note="Triton writes the bytes as they are into the JSON answer"),  # fmt: skip
     # --- classification
     infer("infer_classification", "add_sub", add_sub_body(outputs=[_out("OUTPUT0", classification=3)])),
     infer("infer_classification_more_than_elements", "add_sub", add_sub_body(outputs=[_out("OUTPUT0", classification=100)])),
@@ -100,6 +139,13 @@ INFER_CASES: list[dict] = [
     infer("infer_deflate_body", "add_sub", add_sub_body(), encode="deflate"),
     binary_infer("infer_gzip_binary_body", "add_sub", {"inputs": [_BIN_INPUTS[0], add_sub_inputs()[1]]}, [A_BYTES], encode="gzip"),
     infer("infer_gzip_corrupt_body", "add_sub", b"not gzip at all", headers={"Content-Encoding": "gzip"}),
+    infer("infer_gzip_corrupt_body_one_input", "identity", b"not gzip at all", headers={"Content-Encoding": "gzip"},
+          note="Triton reads it as an empty raw request and runs the model on no data"),  # fmt: skip
+    infer("infer_gzip_truncated_body", "add_sub", _ADD_SUB_GZIP[:40], headers={"Content-Encoding": "gzip"}),
+    infer("infer_gzip_without_trailer", "add_sub", _ADD_SUB_GZIP[:-8], headers={"Content-Encoding": "gzip"},
+          note="the deflate data whole, the CRC and length trailer cut off"),  # fmt: skip
+    infer("infer_content_encoding_gzip_upper", "add_sub", _ADD_SUB_GZIP, headers={"Content-Encoding": "GZIP"}),
+    infer("infer_content_encoding_deflate_upper", "add_sub", zlib.compress(_ADD_SUB_JSON), headers={"Content-Encoding": "DEFLATE"}),
     infer("infer_content_encoding_br", "add_sub", add_sub_body(), headers={"Content-Encoding": "br"}),
     infer("infer_content_encoding_identity", "add_sub", add_sub_body(), headers={"Content-Encoding": "identity"}),
     infer("infer_accept_gzip", "add_sub", add_sub_body(), headers={"Accept-Encoding": "gzip"}),

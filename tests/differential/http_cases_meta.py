@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from http_cases_common import CONFIG_ALLOW, META_ALLOW, STATS_ALLOW, V2_ALLOW, get, post
 
-MODELS = ["add_sub", "identity", "identity_batch", "identity_bytes", "identity_bool", "identity_fp16", "identity_int64"]
+MODELS = ["add_sub", "identity", "identity_batch", "identity_bytes", "identity_bool", "identity_fp16", "identity_int64",
+          "identity_int8", "identity_uint8"]  # fmt: skip
 
 META_CASES: list[dict] = [
     # --- server metadata and health

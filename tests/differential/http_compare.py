@@ -4,9 +4,9 @@ What must match:
 - the status code, exactly;
 - the Content-Type and Content-Encoding headers, exactly (absent on one side = a difference);
 - whether Inference-Header-Content-Length is present (its value is checked through the split body);
-- the body, exactly and type-strict (1 vs 1.0 vs true differ; dict key order does not matter), except where a
-  case's `allow` list says otherwise: (path, rule, why), path segments joined by "/", "*" matching any key or
-  index; rules: "ignore" (must be present, value free), "subset" (a list whose items all appear in Triton's),
+- the body, exactly and type-strict (1 vs 1.0 vs true differ; dict key order does not matter; NaN equals NaN),
+  except where a case's `allow` list says otherwise: (path, rule, why), path segments joined by "/", "*" matching
+  any key or index; rules: "ignore" (must be present, value free), "subset" (a list whose items all appear in Triton's),
   ("prefix", text) (a string starting with text).
 Not compared: Content-Length (chunked vs fixed framing, compressed sizes).
 
@@ -17,6 +17,7 @@ compared with the names of each ['...'] list sorted.
 from __future__ import annotations
 
 import json
+import math
 import re
 
 _NAME_LIST = re.compile(r"\[('[^']*'(?:,\s*'[^']*')*)\]")
@@ -96,7 +97,7 @@ def compare_json(expected, actual, allow=None, path: tuple = ()) -> list[str]:
         for i, (e, a) in enumerate(zip(expected, actual)):
             diffs += compare_json(e, a, allow, path + (i,))
         return diffs
-    if expected != actual:
+    if expected != actual and not (_kind(expected) == "float" and math.isnan(expected) and math.isnan(actual)):
         return [f"{where}: Triton has {expected!r}, got {actual!r}"]
     return []
 

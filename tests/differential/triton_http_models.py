@@ -9,6 +9,7 @@ Models (all version 1):
 - identity_batch  FP32 [-1], max_batch_size 8
 - identity_bytes  TYPE_STRING [-1]; identity_bool TYPE_BOOL; identity_fp16 TYPE_FP16; identity_int64 TYPE_INT64
   (all [-1], max_batch_size 0)
+- identity_int8   TYPE_INT8; identity_uint8 TYPE_UINT8 (both [-1], max_batch_size 0; JSON integers out of range)
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ MODELS: dict[str, tuple[str, str]] = {
     "identity_bool": ("identity", _identity("identity_bool", "TYPE_BOOL")),
     "identity_fp16": ("identity", _identity("identity_fp16", "TYPE_FP16")),
     "identity_int64": ("identity", _identity("identity_int64", "TYPE_INT64")),
+    "identity_int8": ("identity", _identity("identity_int8", "TYPE_INT8")),
+    "identity_uint8": ("identity", _identity("identity_uint8", "TYPE_UINT8")),
 }
 
 # The python-backend model.py files (Triton only). Written by us; they only mirror the built-ins' arithmetic.

@@ -81,14 +81,30 @@ def replies(tmp_path_factory) -> dict:
 KEPT = {
     "unknown_path_v1": ("ours", "/v1/* is the OpenAI API on the same port"),
     "infer_int32_overflow": ("ours", "an integer out of the datatype's range is refused, not narrowed silently (400)"),
+    "infer_int8_out_of_range": ("refused", "an integer out of the datatype's range is refused (400): Triton narrows it "
+                                "silently (200 -> -56), losing the value"),
+    "infer_uint8_out_of_range": ("refused", "an integer out of the datatype's range is refused (400): Triton narrows "
+                                 "it silently (256 -> 0), losing the value"),
+    "infer_bytes_not_utf8_json": ("refused", "a body that is not UTF-8 is not JSON (RFC 8259) and is refused as malformed "
+                                  "(500); Triton takes it and answers with a body that is not JSON either, which "
+                                  "tritonclient cannot read; bytes that are not text go as binary data"),
+    "infer_gzip_corrupt_body_one_input": ("refused", "a corrupt gzip body is refused as such; Triton reads it as an empty "
+                                          "raw request and runs the model on no data (200)"),
+    "infer_gzip_truncated_body": ("error", "a truncated gzip body is refused as such (400), not read as far as it goes"),
+    "infer_gzip_without_trailer": ("refused", "a gzip body cut before its CRC and length is refused (400): nothing shows "
+                                   "it arrived whole; Triton runs what it inflated"),
     "infer_raw_wrong_size": ("error", "a raw binary request's errors name the model's input, not 'raw_input'"),
     "infer_raw_json_body": ("error", "a raw binary request's errors name the model's input, not 'raw_input'"),
     "infer_gzip_corrupt_body": ("error", "a corrupt gzip body is refused as such, not read as an empty body"),
     "infer_huge_shape_product": ("error", "a shape whose element count overflows is refused while the JSON is read"),
     "infer_batch_zero": ("ours", "a batch of zero rows is answered with zero rows"),
-    "stats_after_add_sub": ("shape", "counts follow infer_int32_overflow"),
+    "stats_after_add_sub": ("shape", "counts follow infer_int32_overflow and infer_gzip_without_trailer"),
+    "stats_after_identity": ("shape", "counts follow infer_gzip_corrupt_body_one_input"),
     "stats_after_identity_batch": ("shape", "counts follow infer_batch_zero"),
-    "stats_after_all": ("shape", "counts follow infer_int32_overflow and infer_batch_zero"),
+    "stats_after_identity_bytes": ("shape", "counts follow infer_bytes_not_utf8_json"),
+    "stats_after_identity_int8": ("shape", "counts follow infer_int8_out_of_range"),
+    "stats_after_identity_uint8": ("shape", "counts follow infer_uint8_out_of_range"),
+    "stats_after_all": ("shape", "counts follow the kept differences of the infer cases above"),
     "shm_register_unaligned_offset": ("ours", "a region may start at any offset of its segment, not only a page boundary"),
     "shm_register_past_end": ("error", "follows shm_register_unaligned_offset (the region is already registered)"),
     "shm_register_page_offset": ("refused", "follows shm_register_unaligned_offset (the region is already registered)"),
