@@ -116,9 +116,6 @@ KEPT = {
     "shm_infer_no_byte_size": ("error", "a region without 'shared_memory_byte_size' is refused as such"),
     "repo_load_bad_config_json": ("error", "the config's own parse error is reported (400), not a generic 500"),
     "repo_load_file_without_config": ("error", "'file:' load overrides are not supported"),
-    "repo_load_with_file": ("refused", "'file:' load overrides are not supported"),
-    "repo_metadata_file_model": ("refused", "follows repo_load_with_file"),
-    "repo_infer_file_model": ("refused", "follows repo_load_with_file"),
     "repo_config_after_plain_load": ("ours", "a load without a config override reads config.pbtxt again"),
 }
 
