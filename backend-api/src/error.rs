@@ -45,9 +45,7 @@ impl BackendError {
             BackendError::MissingInput { .. } | BackendError::Tensor(_) => ErrorCode::InvalidArg,
             BackendError::ExtraResponse | BackendError::NoResponse => ErrorCode::Internal,
             BackendError::Cancelled => ErrorCode::Cancelled,
-            BackendError::Failed { code, .. } | BackendError::Refused { code, .. } | BackendError::Answered { code, .. } => {
-                *code
-            }
+            BackendError::Failed { code, .. } | BackendError::Refused { code, .. } | BackendError::Answered { code, .. } => *code,
             BackendError::QueueFull => ErrorCode::Unavailable,
         }
     }

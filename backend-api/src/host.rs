@@ -14,6 +14,13 @@ pub trait Host: Send + Sync + 'static {
     /// Checks `request` against the model it names and runs it through that model's scheduler.
     async fn infer(&self, request: InferenceRequest) -> Result<InferOutcome, WorkerError>;
 
+    /// Runs `request` as [`Host::infer`] does, telling apart a request refused before it ran (the
+    /// outer error: no such model, a malformed request) from one whose run failed (the inner
+    /// error: the model's execution, its scheduler's queue), as Triton's BLS words them apart.
+    async fn infer_run(&self, request: InferenceRequest) -> Result<Result<InferOutcome, WorkerError>, WorkerError> {
+        self.infer(request).await.map(Ok)
+    }
+
     /// Whether `model` (at `version`, or its latest) is loaded and ready.
     fn is_ready(&self, model: &str, version: Option<i64>) -> bool;
 

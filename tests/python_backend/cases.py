@@ -14,6 +14,8 @@ BYTES values are str (sent as UTF-8) or bytes.
 
 Kinds:
 - infer: one ModelInfer through tritonclient.grpc. Observation: a response or {"error": {"code", "message"}}.
+- http_infer: the same request through tritonclient.http on the server's HTTP port (`binary_inputs`,
+  `binary_outputs`: the client's binary_data flags, default true; `priority`). Observation: the response JSON.
 - stream: `requests` sent on one ModelStreamInfer stream (raw stub: error messages and parameters of every stream
   message are visible). Each request carries triton_enable_empty_final_response unless `empty_final` is false. The
   stream is read until every request saw triton_final_response=true (then `settle_s` more), or nothing came for
@@ -23,7 +25,7 @@ Kinds:
   `first` has answered, the `then` requests. With `check_order`, also whether every `during` answer came before
   `first`'s.
 - load / unload (`model`), ready (`model`), config (`model`), metadata (`model`), index (`models`: the entries of
-  the repository index for those names).
+  the repository index for those names), stats (`model`: its ModelStatistics, counts only, see _counts).
 - kill_stub: asks `model` (crasher) for its process id, SIGKILLs that process and waits until it is gone.
 
 A case with `may_abort_triton` may kill tritonserver 2.51 itself (see record_triton.py).
@@ -100,6 +102,11 @@ def tensor_io(bf16=None, fp32=None, strings=None, bools=None, fp32_shape=None) -
     return {"model": "tensor_io", "inputs": inputs, "json": ["INFO"]}
 
 
+def batched(value: str) -> dict:
+    """A one-row request to stats_batched."""
+    return {"model": "stats_batched", "inputs": [t("MODE", "BYTES", [value], [1, 1])]}
+
+
 def bls_error(target: str, how: str) -> dict:
     return {"model": "bls_errors", "inputs": [t("TARGET", "BYTES", [target]), t("MODE", "BYTES", [how])],
             "json": ["TEXT"]}  # fmt: skip
@@ -154,6 +161,15 @@ CASES: list[dict] = [
      "outputs": ["REQUEST_ID", "REQUESTED_OUTPUTS", "FLAGS"], "request_id": "only-3"},
     {"id": "request_info_start_end", "kind": "infer", **INFO, "sequence_id": 7, "sequence_start": True,
      "sequence_end": True},
+    # The same through tritonclient.http, which adds request parameters of its own (binary_data_output when no
+    # outputs are named; `binary_data` on each output it names, which is not a request parameter).
+    {"id": "http_request_info_plain", "kind": "http_infer", **INFO},
+    {"id": "http_request_info_outputs", "kind": "http_infer", **INFO, "outputs": ["PARAMETERS", "REQUESTED_OUTPUTS"]},
+    {"id": "http_request_info_json_outputs", "kind": "http_infer", **INFO, "binary_outputs": False,
+     "binary_inputs": False, "outputs": ["PARAMETERS", "TIMEOUT", "FLAGS"]},
+    {"id": "http_request_info_everything", "kind": "http_infer", **INFO, "request_id": "h-1", "sequence_id": 9,
+     "sequence_start": True, "timeout_us": 7000, "priority": 2, "parameters": {"a": 1, "b": "x", "c": False}},
+    {"id": "http_request_info_string_sequence", "kind": "http_infer", **INFO, "sequence_id": "s-1", "sequence_end": True},
     {"id": "response_params_plain", "kind": "infer", **mode("response_params", "plain")},
     {"id": "response_params_empty", "kind": "infer", **mode("response_params", "empty")},
     # Dynamic batching: four requests inside the 100 ms window run in one execute call.
@@ -190,17 +206,31 @@ CASES: list[dict] = [
     *({"id": f"decoupled_{m}", "kind": "stream", "requests": [mode("decoupled_errors", m)]} for m in DECOUPLED_MODES),
     {"id": "decoupled_no_final", "kind": "stream", "idle_s": 1.5, "requests": [mode("decoupled_errors", "no_final")]},
     {"id": "decoupled_after_no_final", "kind": "stream", "requests": [mode("decoupled_errors", "two_then_final")]},
+    # async def execute in a decoupled model: a request that waits runs alongside the next one.
+    {"id": "async_decoupled_overlap", "kind": "stream", "requests": [
+        {"model": "async_decoupled", "inputs": [t("MS", "UINT32", [600])], "request_id": "slow"},
+        {"model": "async_decoupled", "inputs": [t("MS", "UINT32", [0])], "request_id": "quick"}]},
     {"id": "identity_on_stream", "kind": "stream", "requests": [{"model": "identity_fp32", "inputs": FP}]},
     {"id": "identity_on_stream_no_empty_final", "kind": "stream", "idle_s": 1.0,
      "requests": [{"model": "identity_fp32", "inputs": FP, "empty_final": False}]},
+    # A model that is not decoupled answering through response senders (allowed since 24.06).
+    *({"id": f"default_sender_{m}", "kind": "infer", **mode("default_sender", m, client_timeout=3)}
+      for m in ("send_final", "send_then_final", "final_only", "send_and_return", "send_twice", "return_list_of_none",
+                "is_cancelled", "send_from_thread")),
+    {"id": "default_sender_after", "kind": "infer", **mode("default_sender", "send_final")},
+    {"id": "default_sender_on_stream", "kind": "stream", "requests": [mode("default_sender", "send_then_final")]},
     # BLS.
     {"id": "bls_sync", "kind": "infer", "model": "bls_sync", "inputs": FP},
     {"id": "bls_async", "kind": "infer", "model": "bls_async", "inputs": FP},
     *({"id": f"bls_{target}_{how}", "kind": "infer", **bls_error(target, how)}
-      for target in ("missing", "not_ready", "bad_input", "wrong_dtype", "bad_output")
+      for target in ("missing", "not_ready", "bad_input", "wrong_dtype", "bad_output", "child_raise", "child_error",
+                     "child_code", "child_fewer")
       for how in ("report", "raise", "return_error")),
     *({"id": f"bls_decoupled_{how}", "kind": "infer", **bls_decoupled(how)}
       for how in ("decoupled", "not_decoupled", "decoupled_on_plain")),
+    # BLS with a stateful model: correlation ids (int and str) and the sequence flags reach it.
+    *({"id": f"bls_seq_{m}", "kind": "infer", **mode("bls_seq", m, json=["TEXT"])}
+      for m in ("int", "str", "both", "no_start", "zero_id")),
     {"id": "bls_timeout_running", "kind": "infer", **bls_timeout("sleeper", 300, 100000)},
     {"id": "bls_timeout_queued", "kind": "overlap", "first": sleep("sleeper_queued", 1000), "after_s": 0.3,
      "during": [bls_timeout("sleeper_queued", 10, 100000)], "then": []},
@@ -239,6 +269,19 @@ CASES: list[dict] = [
     {"id": "tensor_io_empty_rows", "kind": "infer", **tensor_io(fp32=np.zeros((0, 3)).tolist(), fp32_shape=[0, 3])},
     {"id": "tensor_io_bf16_wrong_type", "kind": "infer", "model": "tensor_io", "json": ["INFO"],
      "inputs": [t("IN_BF16", "FP16", [1.0])]},
+    # ModelStatistics (counts; durations and timestamps left out) after executions that succeed, raise or return
+    # errors, alone, batched, and as BLS children.
+    {"id": "stats_plain_fresh", "kind": "stats", "model": "stats_plain"},
+    *({"id": f"stats_plain_{m}", "kind": "infer", **mode("stats_plain", m)} for m in ("ok", "raise", "error", "fewer")),
+    {"id": "stats_plain_ok_again", "kind": "infer", **mode("stats_plain", "ok")},
+    {"id": "stats_plain", "kind": "stats", "model": "stats_plain"},
+    {"id": "stats_batched_mixed", "kind": "concurrent", "requests": [batched(m) for m in ("ok", "error", "ok")]},
+    {"id": "stats_batched_raise", "kind": "concurrent", "requests": [batched(m) for m in ("ok", "raise")]},
+    {"id": "stats_batched", "kind": "stats", "model": "stats_batched"},
+    {"id": "stats_bls_mixed", "kind": "infer", "model": "stats_bls", "json": ["TEXT"],
+     "inputs": [t("MODE", "BYTES", ["ok", "raise", "error", "fewer", "ok"])]},
+    {"id": "stats_bls_parent", "kind": "stats", "model": "stats_bls"},
+    {"id": "stats_bls_child", "kind": "stats", "model": "stats_child"},
     # Model control from inside a model, and initialize failing.
     *({"id": f"control_{action}_{name}", "kind": "infer", **control(action, name)} for action, name in [
         ("ready", "identity_fp32"), ("ready_v1", "identity_fp32"), ("ready_v2", "identity_fp32"), ("ready", "nope"),
@@ -400,6 +443,42 @@ def run_infer(url: str, spec: dict) -> dict:
         client.close()
 
 
+def run_http_infer(http_url: str, spec: dict) -> dict:
+    """One inference through tritonclient.http (it adds request parameters of its own, e.g. binary_data_output when
+    no outputs are named). Observation: the response's JSON with each output's values (BYTES as text, JSON-parsed
+    for the names in `json`), or {"error": {"status": None, "message"}}."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(http_url.removeprefix("http://"))
+    try:
+        inputs = []
+        for name, datatype, shape, values in spec["inputs"]:
+            tensor = httpclient.InferInput(name, shape, datatype)
+            tensor.set_data_from_numpy(_array(datatype, shape, values), binary_data=spec.get("binary_inputs", True))
+            inputs.append(tensor)
+        binary = spec.get("binary_outputs", True)
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in spec["outputs"]] if "outputs" in spec else None
+        result = client.infer(
+            spec["model"], inputs, outputs=outputs, request_id=spec.get("request_id", ""),
+            sequence_id=spec.get("sequence_id", 0), sequence_start=spec.get("sequence_start", False),
+            sequence_end=spec.get("sequence_end", False), priority=spec.get("priority", 0),
+            timeout=spec.get("timeout_us"), parameters=spec.get("parameters"),
+        )  # fmt: skip
+    except InferenceServerException as e:
+        return {"error": {"status": e.status(), "message": normalize(e.message() or "")}}
+    finally:
+        client.close()
+    response = result.get_response()
+    outputs = []
+    for out in sorted(response.get("outputs", []), key=lambda o: o["name"]):
+        data = result.as_numpy(out["name"])
+        values = [v.decode() if isinstance(v, bytes) else v for v in data.reshape(-1).tolist()]
+        if out["name"] in spec.get("json", ()):
+            values = [json.loads(v) for v in values]
+        outputs.append({**out, "data": _normalize_json(values)})
+    return {**{k: v for k, v in response.items() if k != "outputs"}, "outputs": outputs}
+
+
 def _stream_request(spec: dict, default_id: str) -> service_pb2.ModelInferRequest:
     req = service_pb2.ModelInferRequest(model_name=spec["model"], id=spec.get("request_id", default_id))
     for name, datatype, shape, values in spec["inputs"]:
@@ -504,6 +583,15 @@ def _as_dict(message) -> dict:
     return _normalize_json(MessageToDict(message, preserving_proto_field_name=True))
 
 
+def _counts(value):
+    """A statistics message without its durations (`ns`); a timestamp only as whether it is set."""
+    if isinstance(value, dict):
+        return {k: (bool(int(v)) if k == "last_inference" else _counts(v)) for k, v in value.items() if k != "ns"}
+    if isinstance(value, list):
+        return [_counts(v) for v in value]
+    return value
+
+
 def _index(client, names: list[str]) -> dict:
     entries = client.get_model_repository_index().models
     return {"models": [_as_dict(m) for m in entries if m.name in names]}
@@ -531,11 +619,16 @@ def run_kill_stub(url: str, case: dict) -> dict:
     return {"killed": not _pid_alive(pid)}
 
 
-def run_case(url: str, case: dict) -> dict:
-    """Send one case to the gRPC endpoint `url` (host:port) and return its observation."""
+def run_case(url: str, case: dict, http_url: str | None = None) -> dict:
+    """Send one case to the gRPC endpoint `url` (host:port; `http_url` the same server's HTTP port, for the
+    http_infer cases) and return its observation."""
     kind = case["kind"]
     if kind == "infer":
         return run_infer(url, case)
+    if kind == "http_infer":
+        if http_url is None:
+            return {"runner_exception": "no HTTP endpoint given for an http_infer case"}
+        return run_http_infer(http_url, case)
     if kind == "stream":
         return run_stream(url, case)
     if kind == "concurrent":
@@ -553,5 +646,6 @@ def run_case(url: str, case: dict) -> dict:
         "config": lambda c: _as_dict(c.get_model_config(model)),
         "metadata": lambda c: _as_dict(c.get_model_metadata(model)),
         "index": lambda c: _index(c, case["models"]),
+        "stats": lambda c: _counts(_as_dict(c.get_inference_statistics(model))),
     }
     return _admin(url, calls[kind])

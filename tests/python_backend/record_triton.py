@@ -49,7 +49,7 @@ def record(log: Path, only: set[str] | None, attempts: int = 6) -> dict:
                 if only and case["id"] not in only:
                     continue
                 start = time.monotonic()
-                results[case["id"]] = run_case(grpc_url, case)
+                results[case["id"]] = run_case(grpc_url, case, http_url)
                 print(f"{time.monotonic() - start:7.3f}s  {case['id']}", flush=True)
             alive = server_alive(http_url)
         if alive:
@@ -72,7 +72,7 @@ def self_check(log: Path, pytest_args: list[str], attempts: int = 6) -> int:
     for attempt in range(1, attempts + 1):
         clean_pycache()
         with triton_grpc_server(REPO, log=log) as (grpc_url, http_url):
-            env = dict(os.environ, TRITIUM_PB_DIFF_AGAINST_URL=grpc_url)
+            env = dict(os.environ, TRITIUM_PB_DIFF_AGAINST_URL=grpc_url, TRITIUM_PB_DIFF_AGAINST_HTTP_URL=http_url)
             code = subprocess.run([sys.executable, "-m", "pytest", str(test), "-q", *pytest_args],
                                   env=env, cwd=test.parent).returncode  # fmt: skip
             alive = server_alive(http_url)

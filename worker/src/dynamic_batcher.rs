@@ -30,6 +30,14 @@ use crate::params::RequestOptions;
 use crate::priority_queue::{Levels, PriorityQueue, Queued};
 use crate::ragged::RaggedBatching;
 pub use crate::reply::{BatchAnswer, BatchShare, Execution, StreamEnd};
+
+/// What a request whose timeout passed in the queue is answered (Triton's words).
+const QUEUE_TIMEOUT: &str = "Request timeout expired";
+
+/// Whether `error` is the answer of a request whose timeout passed in the queue.
+pub(crate) fn is_queue_timeout(error: &BackendError) -> bool {
+    matches!(error, BackendError::Refused { code: ErrorCode::Unavailable, message } if message == QUEUE_TIMEOUT)
+}
 use crate::reply::{Queue, Reply, stopped};
 use crate::scheduler_limits::instance_count;
 use tritium_backend_api::is_reserved;
@@ -258,7 +266,7 @@ impl Scheduler {
         }
         for pending in waiting.expire(Instant::now()) {
             gone[pending.level] += 1;
-            pending.reply.refuse(BackendError::refused(ErrorCode::Unavailable, "Request timeout expired"));
+            pending.reply.refuse(BackendError::refused(ErrorCode::Unavailable, QUEUE_TIMEOUT));
         }
         for (level, count) in gone.into_iter().enumerate() {
             self.queued[level].fetch_sub(count, Ordering::AcqRel);
@@ -369,19 +377,15 @@ async fn execute(backend: &dyn Backend, ragged: &RaggedBatching, batch: &mut [Pe
         compute_infer: inferred - stacked,
         compute_output: inferred.elapsed(),
     };
+    let share = |index: usize, pending: &Pending, outputs| {
+        let waited = started.saturating_duration_since(pending.arrived);
+        Ok(BatchShare { outputs, execution: (index == 0).then_some(execution), waited })
+    };
     match parts {
-        Ok(parts) => parts
-            .into_iter()
-            .zip(batch.iter())
-            .enumerate()
-            .map(|(index, (outputs, pending))| {
-                let waited = started.saturating_duration_since(pending.arrived);
-                Ok(BatchShare { outputs, execution: (index == 0).then_some(execution), waited })
-            })
-            .collect(),
+        Ok(parts) => parts.into_iter().zip(batch.iter()).enumerate().map(|(i, (outputs, p))| share(i, p, Ok(outputs))).collect(),
         Err(error) => {
             let (code, message) = (error.code(), error.to_string());
-            batch.iter().map(|_| Err(BackendError::failed(code, message.clone()))).collect()
+            batch.iter().enumerate().map(|(i, p)| share(i, p, Err(BackendError::failed(code, message.clone())))).collect()
         }
     }
 }
@@ -449,7 +453,7 @@ async fn execute_list(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Batch
         .iter()
         .enumerate()
         .map(|(index, pending)| {
-            let outputs = answers.next().unwrap_or(Err(BackendError::NoResponse))?;
+            let outputs = answers.next().unwrap_or(Err(BackendError::NoResponse));
             let waited = started.saturating_duration_since(pending.arrived);
             Ok(BatchShare { outputs, execution: (index == 0).then_some(execution), waited })
         })

@@ -96,7 +96,7 @@ fn submit(batcher: &Arc<DynamicBatcher>, values: Vec<i32>, width: i64) -> JoinHa
 }
 
 async fn values(task: JoinHandle<BatchAnswer>) -> Vec<i32> {
-    task.await.unwrap().unwrap().outputs[0].to_vec::<i32>().unwrap()
+    task.await.unwrap().unwrap().outputs.unwrap()[0].to_vec::<i32>().unwrap()
 }
 
 async fn queued_at_least(batcher: &DynamicBatcher, level: usize, count: usize) {
@@ -113,6 +113,7 @@ async fn concurrent_requests_share_one_backend_call_and_get_their_own_rows() {
     let mut executions = Vec::new();
     for (i, task) in tasks.into_iter().enumerate() {
         let BatchShare { outputs, execution, .. } = task.await.unwrap().unwrap();
+        let outputs = outputs.unwrap();
         let i = i as i32;
         assert_eq!(outputs[0].shape, [2, 2]);
         assert_eq!(outputs[0].to_vec::<i32>().unwrap(), [i * 10 + 1, i * 10 + 2, i * 10 + 3, i * 10 + 4]);

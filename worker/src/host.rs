@@ -22,6 +22,10 @@ impl Host for ModelRepository {
         ModelVersion::run_any(self.validate(request)?).await
     }
 
+    async fn infer_run(&self, request: InferenceRequest) -> Result<Result<InferOutcome, WorkerError>, WorkerError> {
+        ModelVersion::run_any_split(self.validate(request)?).await
+    }
+
     fn is_ready(&self, model: &str, version: Option<i64>) -> bool {
         ModelRepository::is_ready(self, model, version)
     }

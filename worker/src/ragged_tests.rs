@@ -271,7 +271,7 @@ async fn sums_through_the_batcher(backend: Arc<SegmentSum>) -> Vec<f32> {
         .collect();
     let mut sums = Vec::new();
     for task in tasks {
-        let outputs = task.await.unwrap().unwrap().outputs;
+        let outputs = task.await.unwrap().unwrap().outputs.unwrap();
         assert_eq!(outputs[0].shape, [1, 1]);
         sums.extend(outputs[0].to_vec::<f32>().unwrap());
     }
@@ -329,7 +329,7 @@ async fn sequences_of_other_lengths_share_a_sequence_batch_and_get_their_own_sum
         .collect();
     let mut sums = Vec::new();
     for task in tasks {
-        sums.extend(task.await.unwrap().unwrap().outputs[0].to_vec::<f32>().unwrap());
+        sums.extend(task.await.unwrap().unwrap().outputs.unwrap()[0].to_vec::<f32>().unwrap());
     }
     assert_eq!(sums, [3, 1, 5, 2].map(expected_sum));
     assert_eq!(*backend.calls.lock().unwrap(), [vec![11]], "one call: the batch of four sequences, 3 + 1 + 5 + 2 elements");

@@ -20,10 +20,11 @@ pub struct Execution {
     pub compute_output: Duration,
 }
 
-/// A request's share of its batch.
+/// A request's share of a batch the backend ran: its outputs, or the error the execution ended
+/// with for it (an execution that failed is still counted, as Triton counts it).
 #[derive(Debug)]
 pub struct BatchShare {
-    pub outputs: Vec<Tensor>,
+    pub outputs: Result<Vec<Tensor>, BackendError>,
     /// The batch's execution, on the share of the request that carries it (the first of each
     /// batch), so executions are counted once per batch.
     pub execution: Option<Execution>,

@@ -65,7 +65,7 @@ impl Scheduler {
     ) -> BatchAnswer {
         match self {
             Scheduler::Direct(ragged) => {
-                let outputs = ragged.run_one(backend, request).await?;
+                let outputs = ragged.run_one(backend, request).await;
                 Ok(BatchShare { outputs, execution: None, waited: Duration::ZERO })
             }
             Scheduler::Dynamic(batcher) => batcher.submit(request, rows, options).await,

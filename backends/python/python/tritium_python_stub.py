@@ -46,6 +46,7 @@ class Runtime:
         self.cancelled = set()
         self.ids = threading.Lock()
         self.frames = None
+        self.host = None
 
     def _new_id(self, waiter):
         with self.ids:
@@ -152,16 +153,92 @@ class Runtime:
     def log(self, level, message, file, line):
         self.conn.send({"op": "log", "level": level, "message": message, "file": file, "line": line})
 
+    def default_sender(self, request):
+        """Where the response sender of a request to a model that is not decoupled sends its one response."""
+        return self.host.sender_answers().collector(request)
+
+
+class SenderAnswers:
+    """The answers of one `execute` of a model that is not decoupled whose requests answer through their response
+    senders (one response each, with the final flag or before it), from any thread: the `executed` frame goes once
+    `execute` has returned and every request has its answer."""
+
+    def __init__(self, host, ident, requests):
+        self.host, self.ident, self.requests = host, ident, requests
+        self.lock = threading.Lock()
+        self.answers = [None] * len(requests)
+        self.counts = [0] * len(requests)
+        self.done = [False] * len(requests)
+        self.senders = set()
+        self.returned = False
+        self.finished = False
+
+    def collector(self, request):
+        index = next(i for i, r in enumerate(self.requests) if r is request)
+        self.senders.add(index)
+        return lambda response, final: self.collect(index, response, final)
+
+    def collect(self, index, response, final):
+        utils = self.host.utils
+        with self.lock:
+            if self.finished:
+                return
+            if response is not None:
+                self.counts[index] += 1
+                count = self.counts[index]
+                # A second response is an error for the request, in the words of Triton's gRPC port.
+                self.answers[index] = response if count == 1 else utils.InferenceResponse(
+                    error=utils.TritonError(f"expected a single response, got {count}"))  # fmt: skip
+            self.done[index] = self.done[index] or final
+            ready = self._ready()
+        if ready:
+            self.host.conn.send_responses(EXECUTED, 0, self.ident, self.answers)
+
+    def returned_from_execute(self, result):
+        """What `execute` returned: the answers of the requests that did not answer through a sender that sent."""
+        utils = self.host.utils
+        with self.lock:
+            if result is not None and not isinstance(result, list):
+                self.finished = True
+                return self.host.failed(f"Expected a list in the execute return, found type '{type(result)}'.")
+            for index in range(len(self.requests)):
+                if self.counts[index] or (result is None and index in self.senders):
+                    continue
+                returned = result[index] if result is not None and index < len(result) else None
+                if not isinstance(returned, utils.InferenceResponse):
+                    self.finished = True
+                    return self.host.failed(f"Expected an 'InferenceResponse' object in the execute function return "
+                                            f"list, found type '{type(returned)}'.")  # fmt: skip
+                self.answers[index], self.done[index] = returned, True
+            self.returned = True
+            ready = self._ready()
+        if ready:
+            self.host.conn.send_responses(EXECUTED, 0, self.ident, self.answers)
+        return None
+
+    def abandon(self):
+        with self.lock:
+            self.finished = True
+
+    def _ready(self):
+        if self.finished or not self.returned or not all(self.done):
+            return False
+        self.finished = True
+        return True
+
 
 class ModelHost:
     """The user's model: loaded, initialized, executed and finalized on the main thread."""
 
     def __init__(self, conn, runtime, utils):
         self.conn, self.runtime, self.utils = conn, runtime, utils
+        self.current = None  # (execute id, its requests) while `execute` runs
+        self.answers = None  # their SenderAnswers, once one of them asked for its response sender
         self.model = None
         self.decoupled = False
         self.name, self.version, self.instance = "", 1, ""
         self.loop = None
+        self.background = None  # the event loop of a decoupled model's `async def execute`, on its own thread
 
     def load_module(self, model_file):
         folder = os.path.dirname(model_file)
@@ -193,6 +270,21 @@ class ModelHost:
         if hasattr(self.model, "initialize"):
             self.run(self.model.initialize(args))
         return {"op": "initialized"}
+
+    def run_background(self, coroutine):
+        """Runs a decoupled model's `async def execute` on an event loop of its own thread, as Triton does: the
+        next request's execute starts while this one waits. An exception is logged (its responses are the model's
+        to send)."""
+        if self.background is None:
+            self.background = asyncio.new_event_loop()
+            threading.Thread(target=self.background.run_forever, name="tritium-async-execute", daemon=True).start()
+        asyncio.run_coroutine_threadsafe(coroutine, self.background).add_done_callback(self._background_done)
+
+    def _background_done(self, future):
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            text = f"Failed to finish the async execute of model '{self.instance}': {exception_text(error)}"
+            self.runtime.log(2, text, "", 0)
 
     def run(self, result):
         """The value of a call that may be a coroutine (an `async def` method)."""
@@ -244,14 +336,36 @@ class ModelHost:
             made.append(new_request(key, inputs, outputs, flags, extras, decoupled, name, version))
         return ident, made
 
+    def sender_answers(self):
+        if self.answers is None:
+            if self.current is None:
+                raise self.utils.TritonModelException("a response sender of a model that is not decoupled is only "
+                                                      "available while its execute runs")  # fmt: skip
+            self.answers = SenderAnswers(self, *self.current)
+        return self.answers
+
     def execute(self, header, payload):
         ident, requests = self.requests(header, payload)
+        self.current, self.answers = (ident, requests), None
         try:
             result = self.model.execute(requests)
             if result.__class__ is not list:
-                result = self.run(result)
+                if self.decoupled and inspect.iscoroutine(result):
+                    self.run_background(result)
+                    result = None
+                else:
+                    result = self.run(result)
         except Exception as error:  # noqa: BLE001 - model code may raise anything; Triton's wording follows
+            if self.answers is not None:
+                self.answers.abandon()
+            self.current = self.answers = None
             self.conn.send_failed(ident, self.failed(exception_text(error)))
+            return
+        answers, self.current, self.answers = self.answers, None, None
+        if answers is not None and not self.decoupled:
+            problem = answers.returned_from_execute(result)
+            if problem is not None:
+                self.conn.send_failed(ident, problem)
             return
         if self.decoupled:
             if result is not None:
@@ -407,7 +521,7 @@ def main():
     runtime = Runtime(conn, utils)
     frames = runtime.frames = Frames(conn, runtime)
     utils._runtime = runtime
-    host = ModelHost(conn, runtime, utils)
+    host = runtime.host = ModelHost(conn, runtime, utils)
     version = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     conn.send({"op": "hello", "python": version, "numpy": numpy.__version__, "pid": os.getpid()})
     while True:

@@ -544,12 +544,15 @@ class InferenceResponse:
 
 
 class InferenceResponseSender:
-    """Sends the responses of one request of a decoupled model, from any thread."""
+    """Sends the responses of one request, from any thread: any number of a decoupled model's, or the one response
+    of a model that is not decoupled (then `collect` takes it to the stub's answer of its execute)."""
 
-    def __init__(self, key, decoupled):
+    def __init__(self, key, decoupled, collect=None):
         self._key = key
         self._decoupled = decoupled
+        self._collect = collect
         self._closed = False
+        self._sent = False
 
     def send(self, response=None, flags=0):
         if self._closed:
@@ -560,6 +563,15 @@ class InferenceResponseSender:
         if response is not None and not isinstance(response, InferenceResponse):
             raise TritonModelException("send() takes a pb_utils.InferenceResponse")
         final = bool(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if self._collect is not None:
+            if response is None and not self._sent:
+                raise TritonModelException("Unable to send response. Non-decoupled model cannot send complete final "
+                                           "before sending a response.")  # fmt: skip
+            self._sent = self._sent or response is not None
+            if final:
+                self._closed = True
+            self._collect(response, final)
+            return
         if final:
             self._closed = True
         _runtime.send_response(self._key, response, final)
@@ -665,11 +677,9 @@ class InferenceRequest:
     def get_response_sender(self):
         if self._key is None:
             raise TritonModelException("a BLS request has no response sender")
-        if not self._decoupled:
-            raise TritonModelException("Unable to get response sender for a model that is not decoupled; set "
-                                       "model_transaction_policy { decoupled: true } in the model config")  # fmt: skip
         if self._sender is None:
-            self._sender = InferenceResponseSender(self._key, self._decoupled)
+            collect = None if self._decoupled else _runtime.default_sender(self)
+            self._sender = InferenceResponseSender(self._key, self._decoupled, collect)
         return self._sender
 
     def is_cancelled(self):

@@ -260,7 +260,7 @@ impl Backend for PythonModel {
         let count = requests.len();
         match self.run(requests).await {
             Ok(answers) => answers.into_iter().map(|a| a.and_then(|reply| self.checked(reply))).collect(),
-            Err(error) => (0..count).map(|_| Err(BackendError::failed(error.code(), error.to_string()))).collect(),
+            Err(error) => (0..count).map(|_| Err(crate::pool::copy(&error))).collect(),
         }
     }
 }

@@ -69,9 +69,11 @@ impl Job {
     }
 }
 
-fn copy(error: &BackendError) -> BackendError {
+/// The same error again (one for each request it fails), its kind kept.
+pub(crate) fn copy(error: &BackendError) -> BackendError {
     match error {
         BackendError::Refused { code, message } => BackendError::refused(*code, message.clone()),
+        BackendError::Answered { code, message } => BackendError::Answered { code: *code, message: message.clone() },
         other => BackendError::failed(other.code(), other.to_string()),
     }
 }

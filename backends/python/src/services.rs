@@ -148,61 +148,72 @@ fn bls_request(header: &Value, inputs: Vec<tritium_tensor::Tensor>) -> Result<In
     Ok(request)
 }
 
+/// Why a BLS request failed: refused before it ran, or its run failed.
+enum BlsError {
+    Refused(WorkerError),
+    Ran(WorkerError),
+}
+
 async fn run_bls(
     host: &dyn Host,
     request: InferenceRequest,
     decoupled: bool,
     conn: &impl StubLink,
     id: &Value,
-) -> Result<(), WorkerError> {
+) -> Result<(), BlsError> {
     let model = request.model_name.clone();
-    match host.infer(request).await? {
-        InferOutcome::Single(response) => answer(conn, id, &response.outputs, true),
-        InferOutcome::Stream(_) if !decoupled => Err(WorkerError::Failed {
+    match host.infer_run(request).await.map_err(BlsError::Refused)?.map_err(BlsError::Ran)? {
+        InferOutcome::Single(response) => {
+            answer(conn, id, &response.outputs, true);
+            Ok(())
+        }
+        InferOutcome::Stream(_) if !decoupled => Err(BlsError::Refused(WorkerError::Failed {
             code: ErrorCode::InvalidArg,
             message: format!(
                 "Model {model} is using the decoupled. The current BLS request call doesn't support models using the \
                  decoupled transaction policy. Please use 'decoupled=True' argument to the 'exec' or 'async_exec' calls \
                  for decoupled models.'"
             ),
-        }),
+        })),
         InferOutcome::Stream(mut stream) => {
             while let Some(item) = stream.next().await {
                 match item {
                     StreamItem::Response(response) => {
-                        answer(conn, id, &response.outputs, response.is_final)?;
+                        answer(conn, id, &response.outputs, response.is_final);
                         if response.is_final {
                             return Ok(());
                         }
                     }
-                    StreamItem::Complete => return answer(conn, id, &[], true),
-                    StreamItem::Error(error) => return Err(error),
+                    StreamItem::Complete => break,
+                    StreamItem::Error(error) => return Err(BlsError::Ran(error)),
                 }
             }
-            answer(conn, id, &[], true)
+            answer(conn, id, &[], true);
+            Ok(())
         }
     }
 }
 
-/// A failed BLS request's error, in Triton's words.
-fn bls_error(model: &str, error: &WorkerError) -> String {
+/// A failed BLS request's error, in Triton's words: a request the server refused before it ran
+/// is prefixed with the model's name; what its run answered (the child model's execution, its
+/// scheduler's queue) reaches the caller as it is, the child's own message.
+fn bls_error(model: &str, error: &BlsError) -> String {
     let cause = match error {
-        WorkerError::ModelNotFound { .. } | WorkerError::NoAvailableVersions { .. } | WorkerError::VersionNotFound { .. } => {
-            format!("Failed for execute the inference request. Model '{model}' is not ready.")
-        }
-        // A queue timeout reaches the model unprefixed, as Triton sends it.
-        other if other.to_string() == "Request timeout expired" => return other.to_string(),
-        other => other.to_string(),
+        BlsError::Ran(WorkerError::Backend { source, .. }) => return source.to_string(),
+        BlsError::Ran(other) => return other.to_string(),
+        BlsError::Refused(
+            WorkerError::ModelNotFound { .. } | WorkerError::NoAvailableVersions { .. } | WorkerError::VersionNotFound { .. },
+        ) => format!("Failed for execute the inference request. Model '{model}' is not ready."),
+        BlsError::Refused(other) => other.to_string(),
     };
     format!("Model {model} - Error when running inference: {cause}")
 }
 
-fn answer(conn: &impl StubLink, id: &Value, outputs: &[tritium_tensor::Tensor], last: bool) -> Result<(), WorkerError> {
+fn answer(conn: &impl StubLink, id: &Value, outputs: &[tritium_tensor::Tensor], last: bool) {
     let (descriptors, parts) = inline_descriptors(outputs);
     let header = json!({"op": "bls_response", "id": id, "outputs": descriptors, "final": last});
     // A stub that has gone needs no answer.
     let _ = conn.send(header, &parts);
-    Ok(())
 }
 
 fn answer_error(conn: &impl StubLink, id: &Value, code: ErrorCode, message: &str) {

@@ -84,7 +84,8 @@ pub fn shm_bytes(header: &Value) -> usize {
         .sum()
 }
 
-/// A `TritonError` a response carried: its message, with the gRPC class its code names.
+/// A `TritonError` a response carried: its message, with the gRPC class its code names (the
+/// request got its response: it counts as a success, as in Triton's statistics).
 pub fn request_error(message: &str, code: i64) -> BackendError {
     let code = match code {
         0 => ErrorCode::Unknown,
@@ -96,7 +97,7 @@ pub fn request_error(message: &str, code: i64) -> BackendError {
         7 => ErrorCode::Cancelled,
         _ => ErrorCode::Internal,
     };
-    BackendError::refused(code, message.to_string())
+    BackendError::Answered { code, message: message.to_string() }
 }
 
 /// A response the server cannot take apart.

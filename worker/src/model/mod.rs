@@ -51,6 +51,13 @@ impl Backend for TokenModel {
 /// Responses a decoupled request may have queued before its backend waits for the client.
 const STREAM_BUFFER: usize = 16;
 
+/// Where a request's run failed: its scheduler refused it as it came, or its run failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Admission,
+    Run,
+}
+
 pub struct ModelVersion {
     pub name: Arc<str>,
     pub version: i64,
@@ -145,6 +152,12 @@ impl ModelVersion {
             compute_output: done.saturating_duration_since(inferred),
         };
         self.stats.record_success(phases, batch);
+        self.record_execution(batch, execution, phases);
+    }
+
+    /// Counts the backend's execution of a request's batch (succeeded or not): `execution` on the
+    /// request that carries its batch's, or the request's own without a batcher.
+    fn record_execution(&self, batch: u64, execution: Option<Execution>, phases: PhaseTimes) {
         match execution {
             Some(e) => self.stats.record_execution(
                 e.batch_size,
@@ -160,6 +173,29 @@ impl ModelVersion {
         }
     }
 
+    /// Counts a request whose execution ended in `error`: a response the model answered with an
+    /// error counts as a success (Triton counts a request that got its response), any other
+    /// failure as a failure; either way the execution counts.
+    fn record_executed_error(
+        &self,
+        timing: &Timing,
+        inferred: Instant,
+        batch: u64,
+        execution: Option<Execution>,
+        batched: Duration,
+        error: &BackendError,
+    ) {
+        if matches!(error, BackendError::Answered { .. }) {
+            return self.record_success(timing, inferred, batch, execution, batched);
+        }
+        self.record_failure(timing.arrived, error);
+        let phases = PhaseTimes {
+            compute_infer: inferred.saturating_duration_since(timing.validated).saturating_sub(batched),
+            ..PhaseTimes::default()
+        };
+        self.record_execution(batch, execution, phases);
+    }
+
     /// Counts the failure of a request that arrived at `arrived` with `source`'s reason.
     fn record_failure(&self, arrived: Instant, source: &BackendError) {
         let reason = match source {
@@ -172,7 +208,9 @@ impl ModelVersion {
 
     fn backend_error(&self, source: BackendError, request_id: &str) -> WorkerError {
         match source {
-            BackendError::Refused { code, message } => WorkerError::Failed { code, message },
+            BackendError::Refused { code, message } | BackendError::Answered { code, message } => {
+                WorkerError::Failed { code, message }
+            }
             BackendError::QueueFull => {
                 WorkerError::Failed { code: ErrorCode::Unavailable, message: format!("{} {source}", RequestId(request_id)) }
             }
@@ -221,25 +259,52 @@ impl ModelVersion {
         }
     }
 
+    /// As [`ModelVersion::run_any`], telling apart (as the outer error) a request its scheduler
+    /// refused as it came (a sequence's rules, a full queue) from the errors of its run (the inner
+    /// one: the backend's, a timeout in the queue), as Triton's business-logic scripting does.
+    pub async fn run_any_split(request: ValidInferRequest) -> Result<Result<InferOutcome, WorkerError>, WorkerError> {
+        if request.model().decoupled() {
+            return Self::run_decoupled(request).map(|stream| Ok(InferOutcome::Stream(stream)));
+        }
+        match Self::run_single_split(request).await {
+            Ok(response) => Ok(Ok(InferOutcome::Single(response))),
+            Err((error, Stage::Admission)) => Err(error),
+            Err((error, Stage::Run)) => Ok(Err(error)),
+        }
+    }
+
     /// Runs a request that gets exactly one response.
     async fn run_single(request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
+        Self::run_single_split(request).await.map_err(|(error, _)| error)
+    }
+
+    /// [`ModelVersion::run_single`], its error with the stage that failed.
+    async fn run_single_split(request: ValidInferRequest) -> Result<InferenceResponse, (WorkerError, Stage)> {
         let batch = request.batch_size();
         let (model, mut request, timing, options) = request.into_parts();
         let pending = model.stats.pending();
         let backend_request = model.backend_request(&mut request, None);
         let rows = i64::try_from(batch).unwrap_or(i64::MAX);
-        let (outputs, execution, batched) =
+        // An error without a share: refused before the backend ran it.
+        let (outputs, execution, batched, ran) =
             match model.scheduler.run(model.backend.as_ref(), backend_request, rows, &options).await {
-                Ok(share) => (Ok(share.outputs), share.execution, share.waited),
-                Err(error) => (Err(error), None, Duration::ZERO),
+                Ok(share) => (share.outputs, share.execution, share.waited, true),
+                Err(error) => (Err(error), None, Duration::ZERO, false),
             };
         let inferred = Instant::now();
         drop(pending);
         let mut outputs = match outputs {
             Ok(outputs) => outputs,
             Err(e) => {
-                model.record_failure(timing.arrived, &e);
-                return Err(model.backend_error(e, &request.id));
+                let stage = if ran {
+                    model.record_executed_error(&timing, inferred, batch, execution, batched, &e);
+                    Stage::Run
+                } else {
+                    model.record_failure(timing.arrived, &e);
+                    // A timeout in the queue is the request's answer after it waited, not a refusal.
+                    if crate::dynamic_batcher::is_queue_timeout(&e) { Stage::Run } else { Stage::Admission }
+                };
+                return Err((model.backend_error(e, &request.id), stage));
             }
         };
         model.schema.reshape_outputs(&mut outputs);

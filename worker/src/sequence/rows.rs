@@ -281,16 +281,17 @@ impl Batch {
                 Some(Ok(mut outputs)) => {
                     let captured = settings.states.iter().map(|spec| take_output(&mut outputs, &spec.output_name)).collect();
                     sequences.push((id, Some(next_states(settings, state, captured)), pending.end));
-                    Ok(BatchShare { outputs, execution: execution.take(), waited: pending.waited })
+                    Ok(BatchShare { outputs: Ok(outputs), execution: execution.take(), waited: pending.waited })
                 }
                 Some(Err(error)) => {
                     sequences.push((id, None, pending.end));
-                    Err(error)
+                    Ok(BatchShare { outputs: Err(error), execution: execution.take(), waited: pending.waited })
                 }
                 None => {
                     let (code, message) = failed.clone().unwrap_or((ErrorCode::Internal, "the batch has no output".to_string()));
                     sequences.push((id, None, pending.end));
-                    Err(BackendError::failed(code, message))
+                    let error = BackendError::failed(code, message);
+                    Ok(BatchShare { outputs: Err(error), execution: execution.take(), waited: pending.waited })
                 }
             };
             let _ = reply.send(answer);

@@ -174,7 +174,7 @@ fn send(batcher: &Arc<SequenceBatcher>, step: Step) -> JoinHandle<BatchAnswer> {
 }
 
 async fn output(task: JoinHandle<BatchAnswer>) -> Vec<Tensor> {
-    task.await.unwrap().unwrap().outputs
+    task.await.unwrap().unwrap().outputs.unwrap()
 }
 
 async fn value(task: JoinHandle<BatchAnswer>) -> i32 {
@@ -183,8 +183,12 @@ async fn value(task: JoinHandle<BatchAnswer>) -> i32 {
     outputs[0].to_vec::<i32>().unwrap()[0]
 }
 
+/// The error of a request refused before it ran, or of a run that failed.
 async fn refusal(task: JoinHandle<BatchAnswer>) -> (ErrorCode, String) {
-    let error = task.await.unwrap().unwrap_err();
+    let error = match task.await.unwrap() {
+        Err(error) => error,
+        Ok(share) => share.outputs.unwrap_err(),
+    };
     (error.code(), error.to_string())
 }
 

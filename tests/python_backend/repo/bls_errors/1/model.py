@@ -1,6 +1,7 @@
 """BLS calls that fail. TARGET: missing (a model that does not exist), not_ready (init_fails), bad_input (identity_fp32
 given an input it does not have), wrong_dtype (identity_fp32 given INT32), bad_output (asks identity_fp32 for an
-output it does not have). MODE: report (TEXT = JSON of has_error, the error's message and code name), raise
+output it does not have), child_raise / child_error / child_code / child_fewer (the errors model raising, answering
+an error, one with a code, or no response). MODE: report (TEXT = JSON of has_error, the error's message and code name), raise
 (raise TritonModelException(message)), return_error (answer with the inner response's error object)."""
 
 import json
@@ -15,6 +16,11 @@ TARGETS = {
     "bad_input": ("identity_fp32", "WRONG", FP32, ["OUTPUT0"]),
     "wrong_dtype": ("identity_fp32", "INPUT0", np.array([1, 2], dtype=np.int32), ["OUTPUT0"]),
     "bad_output": ("identity_fp32", "INPUT0", FP32, ["NOPE"]),
+    # A python child that fails in its own way (the errors model, by its MODE).
+    "child_raise": ("errors", "MODE", np.array([b"raise"], dtype=np.object_), ["OUT"]),
+    "child_error": ("errors", "MODE", np.array([b"error_response"], dtype=np.object_), ["OUT"]),
+    "child_code": ("errors", "MODE", np.array([b"code_NOT_FOUND"], dtype=np.object_), ["OUT"]),
+    "child_fewer": ("errors", "MODE", np.array([b"fewer"], dtype=np.object_), ["OUT"]),
 }
 
 
