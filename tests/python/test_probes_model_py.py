@@ -20,7 +20,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from helpers import start_server, write_python_model
-from test_python_supervision import config, int32_input, leftovers, noted, running, wait_for
+from test_python_supervision import config, end_leftovers, int32_input, leftovers, noted, running, wait_for
 
 PYTHON = sys.executable
 
@@ -87,7 +87,9 @@ def hostile_server(tmp_path):
     write_python_model(repo, "healthy", config(tmp_path / "healthy.pids"), HOSTILE + "\ndef probe():\n    pass\n")
     server = start_server("--model-repository", str(repo), "--python-interpreter", PYTHON,
                           "--backend-config", "python,stub-timeout-seconds=5", "--exit-timeout-secs", "2")  # fmt: skip
+    sid = os.getsid(server.proc.pid)
     yield server, tmp_path
+    end_leftovers(server, sid, [pid for name in [*PROBES, "healthy"] for pid in noted(tmp_path / f"{name}.pids")])
     server.stop()
     server.stderr_path.unlink(missing_ok=True)
 

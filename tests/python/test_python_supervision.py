@@ -162,6 +162,15 @@ def leftovers(server_pid: int, sid: int, pids: list[int]) -> list[int]:
     return sorted(left)
 
 
+def end_leftovers(server, sid: int, pids: list[int]) -> None:
+    """Kills what a failed test left (before `server.stop()`, which would wait on a stdout pipe they hold)."""
+    for pid in leftovers(server.proc.pid, sid, pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def wait_for(condition, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -344,6 +353,7 @@ def test_sigterm_leaves_no_process_behind(tmp_path):
         assert "grace period" in http_answers[0].json()["error"]
         assert wait_for(lambda: not leftovers(server.proc.pid, sid, all_pids), 10), leftovers(server.proc.pid, sid, all_pids)
     finally:
+        end_leftovers(server, sid, [pid for path in files.values() for pid in noted(path)])
         server.stop()
         server.stderr_path.unlink(missing_ok=True)
 
@@ -360,6 +370,7 @@ def test_a_server_killed_outright_takes_its_stubs_with_it(tmp_path):
         # The stub's lifeline reads end-of-file; it ends its own process group (the helper with it).
         assert wait_for(lambda: not leftovers(server.proc.pid, sid, [helper, stub]), 20), leftovers(server.proc.pid, sid, [helper, stub])
     finally:
+        end_leftovers(server, sid, noted(pids))
         server.stop()
         server.stderr_path.unlink(missing_ok=True)
 

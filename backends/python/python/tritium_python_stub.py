@@ -440,7 +440,10 @@ class Frames:
         except (OSError, ValueError, IndexError, struct.error):
             frame = (None, None, None)
         if frame[0] is None:
-            # The server has gone: nobody waits for anything this process does.
+            # The server has gone (or dropped this stub): nobody waits for anything this process or its
+            # helpers do. The whole group goes, this process with it: exiting alone would race the lifeline
+            # thread and could leave a forked helper running.
+            os.killpg(0, signal.SIGKILL)
             os._exit(0)
         return frame
 
