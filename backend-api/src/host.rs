@@ -28,6 +28,18 @@ pub trait Host: Send + Sync + 'static {
     fn load(&self, model: &str, config_json: Option<&str>) -> Result<(), WorkerError>;
 
     fn unload(&self, model: &str) -> Result<(), WorkerError>;
+
+    /// Loads `model` made of `files` (Triton's `file:` load parameters: a path inside the model's
+    /// folder and its bytes) with `config_json`, which they need; without files, as [`Host::load`].
+    fn load_files(&self, model: &str, config_json: Option<&str>, files: Vec<(String, Vec<u8>)>) -> Result<(), WorkerError> {
+        if files.is_empty() {
+            return self.load(model, config_json);
+        }
+        Err(WorkerError::Failed {
+            code: tritium_proto::ErrorCode::Unsupported,
+            message: format!("failed to load '{model}': this server cannot load a model from files"),
+        })
+    }
 }
 
 /// A host reference that never upgrades, for a backend built outside a server (tests, tools).

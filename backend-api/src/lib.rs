@@ -32,6 +32,7 @@
 
 pub mod backend;
 pub mod config_params;
+pub mod custom_metrics;
 pub mod engine;
 pub mod error;
 pub mod factory;

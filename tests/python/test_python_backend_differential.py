@@ -10,8 +10,9 @@ test.
 Environment:
 - TRITIUM_PB_DIFF_AGAINST_URL=host:port   replay against that gRPC endpoint instead (e.g. a live Triton on the same
   repository, to check this comparison itself: `record_triton.py --self-check` does that; it must pass 100 %). The
-  kept differences are then compared exactly too. TRITIUM_PB_DIFF_AGAINST_HTTP_URL=http://host:port: that server's
-  HTTP port, for the http_infer cases.
+  kept differences are then compared exactly too. TRITIUM_PB_DIFF_AGAINST_HTTP_URL=http://host:port and
+  TRITIUM_PB_DIFF_AGAINST_METRICS_URL=http://host:port/metrics: that server's HTTP port and metrics page, for the
+  http_infer and metrics cases.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from cases import CASES, REPO as MODEL_REPO, clean_pycache, run_case  # noqa: E4
 RECORDING = PB_DIR / "triton_2.51.json"
 AGAINST = os.environ.get("TRITIUM_PB_DIFF_AGAINST_URL")
 AGAINST_HTTP = os.environ.get("TRITIUM_PB_DIFF_AGAINST_HTTP_URL")
+AGAINST_METRICS = os.environ.get("TRITIUM_PB_DIFF_AGAINST_METRICS_URL")
 
 # Differences kept on purpose: case id -> (how the observation is still checked, why).
 # "code": the same shape of answer and the same status codes; error message texts are free.
@@ -64,12 +66,12 @@ KEPT: dict[str, tuple[str, str]] = {
     "init_fails_index": ("ours", _LOAD),
     "init_fails_index_after_load": ("ours", _LOAD),
     "control_load_init_fails": ("ours", _LOAD),
-    "control_load_nope": ("ours", "load_model's error is the repository's own message, without 2.51's 'Failed to load model: ...' wrapping"),
     "crash_next_request": ("ours", _RESTART),
+    "from_files_unloaded_infer": ("code", "a model loaded from a load's files alone, once unloaded, is unknown here "
+                                          "('is not found'); Triton 2.51 says it 'has no available versions'"),
     "default_sender_on_stream": ("ours", "a model that is not decoupled answering through its response sender on a stream: "
                                          "we mark its one response final; Triton 2.51 sends it with final false and "
                                          "never ends the request"),
-    "api_names": ("ours", "pb_utils.MetricFamily (custom metrics) is not there yet"),
     "api_triton_dtype": ("ours", "Tensor.triton_dtype() answers the data type's number; 2.51's binding cannot convert "
                                  "its own enum and raises TypeError for every tensor"),
     "kill_next_request": ("ours", _RESTART),
@@ -85,22 +87,24 @@ def recorded() -> dict:
 def observed() -> dict:
     """Every case's observation from the server under test, sent in order."""
     if AGAINST:
-        return {case["id"]: _observe(AGAINST, case, AGAINST_HTTP) for case in CASES}
+        # The own_server cases kill Triton 2.51 more often than not: recorded apart, not replayed on it.
+        return {case["id"]: _observe(AGAINST, case, AGAINST_HTTP, AGAINST_METRICS) for case in CASES
+                if not case.get("own_server")}  # fmt: skip
     clean_pycache()
     tritium = start_server(
         "--model-repository", str(MODEL_REPO), "--model-control-mode", "explicit", "--load-model", "*",
         "--python-interpreter", sys.executable,
     )  # fmt: skip
     try:
-        return {case["id"]: _observe(tritium.url, case, tritium.http_url) for case in CASES}
+        return {case["id"]: _observe(tritium.url, case, tritium.http_url, tritium.metrics_url) for case in CASES}
     finally:
         finish_server(tritium)
 
 
-def _observe(url: str, case: dict, http_url: str | None) -> dict:
+def _observe(url: str, case: dict, http_url: str | None, metrics_url: str | None) -> dict:
     """run_case, with a client-side failure (a case the runner could not finish) kept as the observation."""
     try:
-        return run_case(url, case, http_url)
+        return run_case(url, case, http_url, metrics_url)
     except Exception as e:  # one broken case must not hide the others
         return {"runner_exception": f"{type(e).__name__}: {e}"}
 
@@ -166,6 +170,8 @@ def test_recording_has_every_case(recorded: dict) -> None:
 def test_python_backend_matches_triton(case: dict, recorded: dict, observed: dict) -> None:
     if case["id"] not in recorded:
         pytest.fail(f"case {case['id']} is not in {RECORDING.name}: run tests/python_backend/record_triton.py")
+    if AGAINST and case.get("own_server"):
+        pytest.skip("recorded on a Triton of its own (record_triton.py): Triton 2.51 often dies of it")
     expected, actual = recorded[case["id"]], observed[case["id"]]
     if case["id"] in KEPT and not AGAINST:
         _check_kept(case, expected, actual)

@@ -26,9 +26,11 @@ Kinds:
   `first`'s.
 - load / unload (`model`), ready (`model`), config (`model`), metadata (`model`), index (`models`: the entries of
   the repository index for those names), stats (`model`: its ModelStatistics, counts only, see _counts).
+- metrics: the lines of the server's metrics page for the families whose names start with `prefix`.
 - kill_stub: asks `model` (crasher) for its process id, SIGKILLs that process and waits until it is gone.
 
-A case with `may_abort_triton` may kill tritonserver 2.51 itself (see record_triton.py).
+A case with `may_abort_triton` may kill tritonserver 2.51 itself (see record_triton.py); one with `own_server` kills
+it so often that it is recorded apart, on a fresh server of its own, and must not depend on the cases before it.
 
 Messages are normalized: the repository's absolute path becomes <REPO>, object addresses `0x...` become 0x?.
 """
@@ -81,7 +83,7 @@ DECOUPLED_MODES = ["two_then_final", "with_final", "zero", "error_then_final", "
                    "last_error", "unknown_output", "wrong_dtype"]  # fmt: skip
 # The groups of questions api_probe asks of the documented pb_utils API (its model.py).
 API_GROUPS = ["names", "model_dir", "types", "bytes", "tensor", "dlpack", "triton_dtype", "errors", "request_api",
-              "response_api", "config_api", "logger"]  # fmt: skip
+              "bls_request_info", "response_api", "config_api", "logger"]  # fmt: skip
 INFO = {"model": "request_info", "inputs": [t("INPUT0", "INT32", [1])],
         "json": ["CORRELATION_ID", "PARAMETERS", "REQUESTED_OUTPUTS", "ARGS", "CONFIG_KEYS", "INPUT_CONFIG",
                  "OUTPUT_CONFIG"]}  # fmt: skip
@@ -282,6 +284,17 @@ CASES: list[dict] = [
      "inputs": [t("MODE", "BYTES", ["ok", "raise", "error", "fewer", "ok"])]},
     {"id": "stats_bls_parent", "kind": "stats", "model": "stats_bls"},
     {"id": "stats_bls_child", "kind": "stats", "model": "stats_child"},
+    # Custom metrics (pb_utils.MetricFamily): what the model sees, and the metrics page.
+    {"id": "metrics_before", "kind": "metrics", "prefix": "pb_custom_"},
+    *({"id": f"custom_metrics_{m}", "kind": "infer", **mode("custom_metrics", m, json=["TEXT"])}
+      for m in ("touch", "families", "temporary")),
+    # What the metrics API refuses: Triton 2.51 often dies of these (lock_exception after an error answer from the
+    # server): recorded on a server of its own (record_triton.py tries again until one survives).
+    {"id": "custom_metrics_errors", "kind": "infer", **mode("custom_metrics", "errors", json=["TEXT"]),
+     "own_server": True},
+    {"id": "metrics_after", "kind": "metrics", "prefix": "pb_custom_"},
+    {"id": "custom_metrics_unload", "kind": "unload", "model": "custom_metrics"},
+    {"id": "metrics_after_unload", "kind": "metrics", "prefix": "pb_custom_"},
     # Model control from inside a model, and initialize failing.
     *({"id": f"control_{action}_{name}", "kind": "infer", **control(action, name)} for action, name in [
         ("ready", "identity_fp32"), ("ready_v1", "identity_fp32"), ("ready_v2", "identity_fp32"), ("ready", "nope"),
@@ -291,6 +304,18 @@ CASES: list[dict] = [
     {"id": "control_load_spare", "kind": "infer", **control("load", "spare")},
     {"id": "spare_reloaded_infer", "kind": "infer", "model": "spare", "inputs": FP},
     {"id": "control_unload_nope", "kind": "infer", **control("unload", "nope")},
+    # load_model with files: a model that is in no repository, made of the files the call sends.
+    {"id": "control_load_files", "kind": "infer", **control("load_files", "from_files")},
+    {"id": "from_files_infer", "kind": "infer", "model": "from_files", "inputs": FP},
+    {"id": "from_files_index", "kind": "index", "models": ["from_files"]},
+    {"id": "control_unload_from_files", "kind": "infer", **control("unload", "from_files")},
+    {"id": "from_files_unloaded_infer", "kind": "infer", "model": "from_files", "inputs": FP},
+    {"id": "control_load_files_no_config", "kind": "infer", **control("load_files_no_config", "from_files"),
+     "may_abort_triton": True},
+    {"id": "control_load_files_not_a_dict", "kind": "infer", **control("load_files_not_a_dict", "from_files")},
+    {"id": "control_load_config", "kind": "infer", **control("load_config", "spare")},
+    {"id": "spare_config_after_load_config", "kind": "config", "model": "spare"},
+    {"id": "spare_infer_after_load_config", "kind": "infer", "model": "spare", "inputs": FP},
     {"id": "init_fails_index", "kind": "index", "models": ["init_fails", "spare", "crasher"]},
     {"id": "init_fails_ready", "kind": "ready", "model": "init_fails"},
     {"id": "init_fails_infer", "kind": "infer", "model": "init_fails", "inputs": FP},
@@ -619,10 +644,36 @@ def run_kill_stub(url: str, case: dict) -> dict:
     return {"killed": not _pid_alive(pid)}
 
 
-def run_case(url: str, case: dict, http_url: str | None = None) -> dict:
+def run_metrics(metrics_url: str, case: dict) -> dict:
+    """The families of the metrics page whose names start with `prefix`: each one's HELP and TYPE text and its
+    sample lines, sorted (the exposition's order of samples within a family is the registry's own)."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    prefix, families = case["prefix"], {}
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            _, kind, name, *rest = line.split(" ", 3)
+            if name.startswith(prefix):
+                families.setdefault(name, {"samples": []})[kind.lower()] = rest[0] if rest else ""
+        elif line.startswith(prefix):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            family = next((f for f in families if name == f or name.startswith(f + "_")), name)
+            families.setdefault(family, {"samples": []})["samples"].append(line)
+    for family in families.values():
+        family["samples"].sort()
+    return {"families": families}
+
+
+def run_case(url: str, case: dict, http_url: str | None = None, metrics_url: str | None = None) -> dict:
     """Send one case to the gRPC endpoint `url` (host:port; `http_url` the same server's HTTP port, for the
-    http_infer cases) and return its observation."""
+    http_infer cases, `metrics_url` its metrics page) and return its observation."""
     kind = case["kind"]
+    if kind == "metrics":
+        if metrics_url is None:
+            return {"runner_exception": "no metrics endpoint given for a metrics case"}
+        return run_metrics(metrics_url, case)
     if kind == "infer":
         return run_infer(url, case)
     if kind == "http_infer":

@@ -1,8 +1,9 @@
 """Start the real Triton 2.51 on a python-backend repository and yield both of its URLs.
 
-    with triton_grpc_server(repo, log=path) as (grpc_url, http_url): ...
+    with triton_grpc_server(repo, log=path) as (grpc_url, http_url, metrics_url): ...
 
-grpc_url is "127.0.0.1:PORT" (what tritonclient.grpc takes), http_url "http://127.0.0.1:PORT". Triton runs with
+grpc_url is "127.0.0.1:PORT" (what tritonclient.grpc takes), http_url "http://127.0.0.1:PORT", metrics_url
+"http://127.0.0.1:PORT/metrics". Triton runs with
 `--model-control-mode explicit --load-model '*'` and, because the repository holds a model whose initialize raises
 on purpose, `--exit-on-error false` and `--strict-readiness false` (the server starts and reports ready with that
 one model failed). Triton runs in its own session; stopping it signals the whole group, its stubs included.
@@ -25,7 +26,7 @@ from triton_proc import _stop_group, free_port, triton_env  # noqa: E402
 
 @contextlib.contextmanager
 def triton_grpc_server(repo: Path, log: Path | None = None, timeout: float = 300.0, extra: tuple[str, ...] = ()):
-    """Run tritonserver on `repo` (explicit mode, every model loaded); yield (grpc_url, http_url)."""
+    """Run tritonserver on `repo` (explicit mode, every model loaded); yield (grpc_url, http_url, metrics_url)."""
     tenv = triton_env()
     http, grpc, metrics = free_port(), free_port(), free_port()
     argv = [
@@ -54,7 +55,7 @@ def triton_grpc_server(repo: Path, log: Path | None = None, timeout: float = 300
             if time.monotonic() > deadline:
                 raise RuntimeError(f"tritonserver not ready after {timeout:.0f}s (log: {log})")
             time.sleep(0.2)
-        yield f"127.0.0.1:{grpc}", http_url
+        yield f"127.0.0.1:{grpc}", http_url, f"http://127.0.0.1:{metrics}/metrics"
     finally:
         _stop_group(proc)
         if log:

@@ -8,7 +8,7 @@ use tritium_backend_api::{Host, InferOutcome, InferenceRequest, WorkerError};
 
 use crate::ensemble::Steps;
 use crate::model::ModelVersion;
-use crate::registry::ModelRepository;
+use crate::registry::{FileOverride, ModelRepository};
 
 impl Steps for ModelRepository {
     fn resolve(&self, name: &str, version: Option<i64>) -> Result<Arc<ModelVersion>, WorkerError> {
@@ -36,5 +36,11 @@ impl Host for ModelRepository {
 
     fn unload(&self, model: &str) -> Result<(), WorkerError> {
         ModelRepository::unload(self, model)
+    }
+
+    fn load_files(&self, model: &str, config_json: Option<&str>, files: Vec<(String, Vec<u8>)>) -> Result<(), WorkerError> {
+        let files: Vec<FileOverride> =
+            files.into_iter().map(|(path, content)| FileOverride { path, content: content.into() }).collect();
+        ModelRepository::load_files(self, model, config_json, &files)
     }
 }

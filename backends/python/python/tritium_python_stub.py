@@ -135,14 +135,35 @@ class Runtime:
         if waiter is not None:
             waiter((response, final))
 
-    def control(self, action, model, version="", config=""):
+    def control(self, action, model, version="", config="", files=()):
         answers = queue.SimpleQueue()
-        self.conn.send({"op": "control", "id": self._new_id(answers.put), "action": action, "model": model,
-                        "version": version, "config": config})  # fmt: skip
-        header = self.frames.wait(answers)
-        if header.get("error"):
-            raise self.utils.TritonModelException(header["error"])
-        return header.get("ready", False)
+        blobs = [({"name": path, "datatype": "UINT8", "shape": [len(content)]}, memoryview(content))
+                 for path, content in files]  # fmt: skip
+        header = {"op": "control", "id": self._new_id(answers.put), "action": action, "model": model,
+                  "version": version, "config": config}  # fmt: skip
+        if blobs:
+            header["files"] = [desc for desc, _ in blobs]
+        self.conn.send(header, blobs)
+        answer = self.frames.wait(answers)
+        if answer.get("error"):
+            error = answer["error"]
+            if action == "load":
+                # Triton's words around the server's own.
+                error = (f"Failed to load model: Failed to process the request for model '{self.host.instance}', "
+                         f"message: {error}")  # fmt: skip
+            raise self.utils.TritonModelException(error)
+        return answer.get("ready", False)
+
+    def metric(self, words, action, family, **fields):
+        """A custom-metrics call (pb_utils.MetricFamily and Metric): the series' value, or the error in Triton's words
+        (`words` first)."""
+        answers = queue.SimpleQueue()
+        self.conn.send({"op": "metric", "id": self._new_id(answers.put), "action": action, "family": family, **fields})
+        answer = self.frames.wait(answers)
+        if answer.get("error"):
+            raise self.utils.TritonModelException(f"{words}: Failed to process the request for model "
+                                                  f"'{self.host.instance}', message: {answer['error']}")  # fmt: skip
+        return answer.get("value", 0.0)
 
     def control_answer(self, header):
         with self.ids:

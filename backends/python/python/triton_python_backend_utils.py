@@ -13,6 +13,7 @@ import enum
 import json
 import struct
 import sys
+import weakref
 
 import numpy as np
 
@@ -740,9 +741,19 @@ def is_model_ready(model_name, model_version=""):
 
 
 def load_model(model_name, config="", files=None):
-    if files:
-        raise TritonModelException("load_model with files is not supported by Tritium's python backend")
-    _runtime.control("load", model_name, config=config)
+    """Loads (or reloads) a model: with `config` (JSON) in place of its config, and made of `files` when given
+    ({"file:<path in the model's folder>": bytes}; other keys are ignored, as Triton does)."""
+    blobs = []
+    if files is not None:
+        if not isinstance(files, dict):
+            raise TritonModelException(f"failed to load model '{model_name}', files should be a dictionary of file "
+                                       "paths and file contents")  # fmt: skip
+        for key, content in files.items():
+            if not isinstance(key, str) or not isinstance(content, bytes):
+                raise TypeError("load_model(): files maps str paths to bytes contents")
+            if key.startswith("file:"):
+                blobs.append((key[len("file:"):], content))
+    _runtime.control("load", model_name, config=config, files=blobs)
 
 
 def unload_model(model_name, unload_dependents=False):
@@ -794,6 +805,73 @@ class Logger:
     @staticmethod
     def log_verbose(message):
         Logger.log(message, LogLevel.VERBOSE)
+
+
+class MetricKind(enum.IntEnum):
+    COUNTER = 0
+    GAUGE = 1
+    HISTOGRAM = 2
+
+
+_FAMILY_GONE = ("Invalid metric operation as the corresponding 'MetricFamily' has been deleted. The 'MetricFamily' "
+                "object should be deleted AFTER its corresponding 'Metric' objects have been deleted.")  # fmt: skip
+
+
+class MetricFamily:
+    """A family of custom metrics, shown on the server's metrics page: `MetricFamily(name, description, kind)` with
+    kind `MetricFamily.COUNTER`, `GAUGE` or `HISTOGRAM`; its metrics (one per label set) from `Metric(...)`."""
+
+    COUNTER = MetricKind.COUNTER
+    GAUGE = MetricKind.GAUGE
+    HISTOGRAM = MetricKind.HISTOGRAM
+
+    def __init__(self, name, description, kind):
+        if not isinstance(name, str) or not isinstance(description, str) or not isinstance(kind, MetricKind):
+            raise TypeError("MetricFamily(): takes name: str, description: str, kind: MetricFamily.COUNTER, GAUGE or "
+                            "HISTOGRAM")  # fmt: skip
+        self._name = name
+        self._kind = kind
+        _runtime.metric("Error when creating MetricFamily", "family", name, description=description, kind=int(kind))
+
+    def Metric(self, labels=None, buckets=None):  # noqa: N802 - Triton's name
+        """The metric of this family with `labels` (a dict of str; the same labels: the same metric, its value
+        kept); a histogram's needs `buckets`, its upper bounds."""
+        if self._kind == MetricKind.HISTOGRAM and buckets is None:
+            raise TritonModelException("Failed to create metric. Missing required buckets.")
+        if self._kind != MetricKind.HISTOGRAM and buckets is not None:
+            raise TritonModelException("Failed to create metric. Unexpected buckets found.")
+        labels = dict(labels or {})
+        if buckets is not None:
+            buckets = [float(b) for b in buckets]
+        _runtime.metric("Error when creating Metric", "metric", self._name, labels=labels, buckets=buckets)
+        return Metric(self, labels)
+
+
+class Metric:
+    """One metric of a MetricFamily (made by `MetricFamily.Metric`). It does not keep its family alive: delete the
+    family after its metrics."""
+
+    def __init__(self, family, labels):
+        self._family = weakref.ref(family)
+        self._name = family._name
+        self._labels = labels
+
+    def _call(self, words, action, value=None):
+        if self._family() is None:
+            raise TritonModelException(f"{words}: {_FAMILY_GONE}")
+        return _runtime.metric(words, action, self._name, labels=self._labels, value=value)
+
+    def increment(self, value):
+        self._call("Failed to increment metric value", "increment", float(value))
+
+    def set(self, value):
+        self._call("Failed to set metric value", "set", float(value))
+
+    def observe(self, value):
+        self._call("Failed to observe metric value", "observe", float(value))
+
+    def value(self):
+        return float(self._call("Failed to get metric value", "value"))
 
 
 class ModelConfig:

@@ -62,6 +62,15 @@ impl Services {
 
     pub(crate) fn control<L: StubLink>(&self, conn: &Arc<L>, frame: &Frame) {
         let header = frame.header.clone();
+        // A load's files (`file:` parameters) are copied out of the region before this returns.
+        let files = match tensors_of(header.get("files"), conn.region(), &frame.payload) {
+            Ok(files) => files.into_iter().map(|file| (file.name, file.data.to_vec())).collect::<Vec<_>>(),
+            Err(why) => {
+                let answer = json!({"op": "control_response", "id": header["id"], "error": format!("malformed load: {why}")});
+                let _ = conn.send(answer, &[]);
+                return;
+            }
+        };
         let conn = Arc::clone(conn);
         let (Some(runtime), Some(host)) = (&self.runtime, self.host.upgrade()) else {
             let _ = conn.send(json!({"op": "control_response", "id": header["id"], "error": "the server is stopping"}), &[]);
@@ -78,7 +87,7 @@ impl Services {
                 }
                 Some(action @ ("load" | "unload")) => {
                     let config = header.get("config").and_then(Value::as_str).filter(|c| !c.is_empty());
-                    let result = if action == "load" { host.load(model, config) } else { host.unload(model) };
+                    let result = if action == "load" { host.load_files(model, config, files) } else { host.unload(model) };
                     if let Err(error) = result {
                         answer["error"] = json!(error.to_string());
                     }
@@ -87,6 +96,17 @@ impl Services {
             }
             let _ = conn.send(answer, &[]);
         });
+    }
+
+    /// A custom-metrics call (pb_utils.MetricFamily and Metric): answered at once, with the
+    /// series' value or the error in Triton's words.
+    pub(crate) fn metric<L: StubLink>(&self, conn: &L, header: &Value) {
+        let mut answer = json!({"op": "control_response", "id": header["id"]});
+        match metric_call(header) {
+            Ok(value) => answer["value"] = json!(value),
+            Err(why) => answer["error"] = json!(why),
+        }
+        let _ = conn.send(answer, &[]);
     }
 
     pub fn log(&self, instance: &str, header: &Value) {
@@ -99,6 +119,49 @@ impl Services {
             Some(3) => tracing::debug!(target: "python_model", instance, file, line, "{message}"),
             _ => tracing::info!(target: "python_model", instance, file, line, "{message}"),
         }
+    }
+}
+
+/// Runs the custom-metrics call a `metric` frame describes.
+fn metric_call(header: &Value) -> Result<f64, String> {
+    use tritium_backend_api::custom_metrics::{self, MetricKind, Operation};
+    let family = header.get("family").and_then(Value::as_str).ok_or("a metric call without a family")?;
+    let number = |key: &str| header.get(key).and_then(Value::as_f64).ok_or_else(|| format!("a metric call without a {key}"));
+    let labels = || -> Result<custom_metrics::Labels, String> {
+        let Some(labels) = header.get("labels").and_then(Value::as_object) else { return Ok(Vec::new()) };
+        let mut labels = labels
+            .iter()
+            .map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())).ok_or("attempt to access JSON non-string as string"))
+            .collect::<Result<custom_metrics::Labels, _>>()?;
+        labels.sort();
+        Ok(labels)
+    };
+    match header.get("action").and_then(Value::as_str) {
+        Some("family") => {
+            let description = header.get("description").and_then(Value::as_str).unwrap_or("");
+            let kind =
+                header.get("kind").and_then(Value::as_i64).and_then(MetricKind::from_number).ok_or("unknown metric kind")?;
+            custom_metrics::declare_family(family, description, kind).map(|()| 0.0)
+        }
+        Some("metric") => {
+            let buckets = match header.get("buckets") {
+                None | Some(Value::Null) => None,
+                Some(list) => Some(
+                    list.as_array()
+                        .ok_or("buckets must be a list of numbers")?
+                        .iter()
+                        .map(Value::as_f64)
+                        .collect::<Option<Vec<f64>>>()
+                        .ok_or("buckets must be a list of numbers")?,
+                ),
+            };
+            custom_metrics::declare_metric(family, labels()?, buckets).map(|()| 0.0)
+        }
+        Some("increment") => custom_metrics::apply(family, &labels()?, Operation::Increment(number("value")?)),
+        Some("set") => custom_metrics::apply(family, &labels()?, Operation::Set(number("value")?)),
+        Some("observe") => custom_metrics::apply(family, &labels()?, Operation::Observe(number("value")?)),
+        Some("value") => custom_metrics::apply(family, &labels()?, Operation::Value),
+        _ => Err("unknown metric call".to_string()),
     }
 }
 

@@ -3,7 +3,8 @@
 //! execution counters and the cumulative durations of each phase, read at scrape time from the
 //! same statistics ModelStatistics reports (so the two always agree), the pending requests, the
 //! failures by reason; the host's CPU utilization and memory, sampled every
-//! `--metrics-interval-ms`; and the language-model and router metrics of the HTTP port.
+//! `--metrics-interval-ms`; the language-model and router metrics of the HTTP port; and the
+//! custom metrics models declare (`tritium_backend_api::custom_metrics`).
 
 mod cpu;
 mod triton;
@@ -102,6 +103,8 @@ impl MetricsState {
             tracing::warn!("encoding the metrics failed: {e}");
         }
         text.push_str(&self.llm.render_metrics());
+        // The families models declared (the python backend's pb_utils.MetricFamily).
+        text.push_str(&tritium_backend_api::custom_metrics::render());
         text
     }
 }

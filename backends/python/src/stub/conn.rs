@@ -169,6 +169,7 @@ pub(super) fn take_frame(conn: &Arc<Conn>, services: &Services, header: &[u8], p
             match frame.op() {
                 "bls" => services.bls(conn, &frame),
                 "control" => services.control(conn, &frame),
+                "metric" => services.metric(conn.as_ref(), &frame.header),
                 "log" => services.log(&conn.name, &frame.header),
                 _ => {
                     if let Some(sender) = conn.lock_state().op_reply.take() {

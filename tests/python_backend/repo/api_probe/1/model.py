@@ -323,6 +323,31 @@ class TritonPythonModel:
                                       preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)).exec()))
         return answers  # fmt: skip
 
+    def probe_bls_request_info(self, request):
+        """What a BLS child (request_info) sees of a request made with every argument."""
+
+        def child_view(**kwargs):
+            inner = pb_utils.InferenceRequest(
+                model_name="request_info", inputs=[pb_utils.Tensor("INPUT0", np.array([1], np.int32))],
+                requested_output_names=["REQUEST_ID", "CORRELATION_ID", "FLAGS", "TIMEOUT", "PARAMETERS",
+                                        "REQUESTED_OUTPUTS"], **kwargs).exec()  # fmt: skip
+            if inner.has_error():
+                return {"error": inner.error().message()}
+            view = {}
+            for tensor in inner.output_tensors():
+                value = tensor.as_numpy()[0]
+                view[tensor.name()] = value.decode() if isinstance(value, bytes) else value.item()
+            return view
+
+        return {
+            "plain": ask(lambda: child_view()),
+            "everything": ask(lambda: child_view(request_id="bls-1", correlation_id=12, flags=0, timeout=100000,
+                                                 parameters={"s": "x", "i": 7, "b": True})),  # fmt: skip
+            "string_correlation": ask(lambda: child_view(correlation_id="c-1")),
+            "model_version": ask(lambda: child_view(model_version=1)),
+            "missing_version": ask(lambda: child_view(model_version=3)),
+        }
+
     def probe_response_api(self, request):
         empty = pb_utils.InferenceResponse()
         tensor = pb_utils.Tensor("A", np.ones(1, np.int8))
