@@ -78,6 +78,12 @@ async fn listener(fd: Option<i32>, addr: std::net::SocketAddr) -> std::io::Resul
         // SAFETY: the caller handed this descriptor over for us to own (systemd-style socket passing).
         Some(fd) => {
             let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            // A descriptor handed over arrives inheritable: close it on exec, or every process the
+            // server starts (a Python model's stub and its helpers) would hold the port open.
+            // SAFETY: fcntl on a descriptor this function owns.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             listener.set_nonblocking(true)?;
             tokio::net::TcpListener::from_std(listener)
         }
