@@ -193,6 +193,16 @@ def finish_server(server: TritiumServer) -> None:
         pytest.fail(f"tritium exited on its own during the tests (status {died})\nstderr:\n{tail(text)}")
 
 
+def wait_for(condition, timeout: float = 30.0) -> bool:
+    """Polls `condition` until it holds or `timeout` seconds pass; whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
 def write_model(repo: pathlib.Path, name: str, config: str, versions: tuple[int, ...] = (1,)) -> pathlib.Path:
     """Write `<repo>/<name>/config.pbtxt` and an empty folder per version (enough for built-in backends)."""
     model_dir = repo / name

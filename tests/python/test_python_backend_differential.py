@@ -29,7 +29,8 @@ from helpers import REPO, finish_server, start_server
 PB_DIR = REPO / "tests" / "python_backend"
 sys.path.insert(0, str(PB_DIR))
 
-from cases import CASES, REPO as MODEL_REPO, clean_pycache, run_case  # noqa: E402
+from cases import CASES, REPO as MODEL_REPO  # noqa: E402
+from run_case import clean_pycache, run_case  # noqa: E402
 
 RECORDING = PB_DIR / "triton_2.51.json"
 AGAINST = os.environ.get("TRITIUM_PB_DIFF_AGAINST_URL")

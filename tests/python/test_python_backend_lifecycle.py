@@ -15,14 +15,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
 
-from helpers import expect_error, start_server, tritium_bin, write_python_model
+from helpers import expect_error, start_server, tritium_bin, wait_for, write_python_model
 
 PYTHON = sys.executable
 
@@ -85,15 +84,6 @@ def stub_pids(server) -> list[int]:
         except (OSError, ProcessLookupError):
             continue
     return sorted(pids)
-
-
-def wait_for(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture

@@ -28,10 +28,9 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import tritonclient.grpc as grpcclient
 
-from helpers import expect_error, start_server, write_python_model
+from helpers import expect_error, start_server, wait_for, write_python_model
 
 PYTHON = sys.executable
 
@@ -169,15 +168,6 @@ def end_leftovers(server, sid: int, pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-
-
-def wait_for(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def int32_input(values) -> grpcclient.InferInput:

@@ -35,7 +35,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cases import CASES, REPO, clean_pycache, run_case  # noqa: E402
+from cases import CASES, REPO  # noqa: E402
+from run_case import clean_pycache, run_case  # noqa: E402
 from triton_run import triton_grpc_server  # noqa: E402
 
 

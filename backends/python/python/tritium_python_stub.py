@@ -272,7 +272,7 @@ class ModelHost:
         return module.TritonPythonModel
 
     def auto_complete(self, header):
-        self.utils._model_dir = os.path.dirname(header["model_file"])
+        self.utils._state.model_dir = os.path.dirname(header["model_file"])
         cls = self.load_module(header["model_file"])
         config = self.utils.ModelConfig(json.dumps(header["config"]))
         if hasattr(cls, "auto_complete_config"):
@@ -281,7 +281,7 @@ class ModelHost:
         return {"op": "auto_completed", "config": config.as_dict()}
 
     def init(self, header):
-        self.utils._model_dir = os.path.dirname(header["model_file"])
+        self.utils._state.model_dir = os.path.dirname(header["model_file"])
         cls = self.load_module(header["model_file"])
         args = header["args"]
         self.name, self.version = args["model_name"], int(args["model_version"])
@@ -432,8 +432,8 @@ def check_responses(result, count, utils):
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-OUR_FILES = tuple(os.path.join(_HERE, name) for name in
-                  ("tritium_python_stub.py", "tritium_python_wire.py", "triton_python_backend_utils.py"))  # fmt: skip
+# The stub's own files and the modules of triton_python_backend_utils (tritium_pb_*.py).
+OUR_FILES = tuple(os.path.join(_HERE, name) for name in os.listdir(_HERE) if name.endswith(".py"))
 
 
 def exception_text(error):
@@ -544,7 +544,7 @@ def main():
     conn = Connection(sock, region_fd, region_size, input_size)
     runtime = Runtime(conn, utils)
     frames = runtime.frames = Frames(conn, runtime)
-    utils._runtime = runtime
+    utils._state.runtime = runtime
     host = runtime.host = ModelHost(conn, runtime, utils)
     version = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     conn.send({"op": "hello", "python": version, "numpy": numpy.__version__, "pid": os.getpid()})

@@ -1,6 +1,6 @@
 //! The Python half of the backend, compiled into the binary and written out once to a folder of
 //! the server's own: `tritium_python_stub.py`, its `tritium_python_wire.py` and our
-//! `triton_python_backend_utils.py`. The folder
+//! `triton_python_backend_utils.py` with its `tritium_pb_*.py` modules. The folder
 //! is named after the sources' hash, so servers of one build share it and a new build never runs
 //! an old stub; one that exists is used only if this user owns it, nobody else can write to it,
 //! and its files are exactly ours.
@@ -11,10 +11,16 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-const SOURCES: [(&str, &str); 3] = [
+const SOURCES: [(&str, &str); 9] = [
     ("tritium_python_stub.py", include_str!("../python/tritium_python_stub.py")),
     ("tritium_python_wire.py", include_str!("../python/tritium_python_wire.py")),
     ("triton_python_backend_utils.py", include_str!("../python/triton_python_backend_utils.py")),
+    ("tritium_pb_state.py", include_str!("../python/tritium_pb_state.py")),
+    ("tritium_pb_types.py", include_str!("../python/tritium_pb_types.py")),
+    ("tritium_pb_tensor.py", include_str!("../python/tritium_pb_tensor.py")),
+    ("tritium_pb_requests.py", include_str!("../python/tritium_pb_requests.py")),
+    ("tritium_pb_observe.py", include_str!("../python/tritium_pb_observe.py")),
+    ("tritium_pb_config.py", include_str!("../python/tritium_pb_config.py")),
 ];
 
 /// The folder holding the stub's sources, written on first use.
