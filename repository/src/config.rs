@@ -15,7 +15,7 @@ use super::pbtxt::{check_nesting, insert_list_colons};
 const MODEL_CONFIG: &str = "inference.ModelConfig";
 
 /// The `inference.ModelConfig` descriptor, decoded once from [`tritium_proto::FILE_DESCRIPTOR_SET`].
-fn model_config_descriptor() -> Result<MessageDescriptor, RepositoryError> {
+pub(crate) fn model_config_descriptor() -> Result<MessageDescriptor, RepositoryError> {
     static DESCRIPTOR: OnceLock<Result<MessageDescriptor, String>> = OnceLock::new();
     DESCRIPTOR
         .get_or_init(|| {

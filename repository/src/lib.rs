@@ -23,6 +23,7 @@
 
 mod config;
 mod error;
+pub mod fields;
 pub mod labels;
 pub mod model_files;
 mod pbtxt;
@@ -35,6 +36,7 @@ pub use config::{
     config_to_json, fill_core_defaults, normalize_config, parse_config_json, parse_config_text, render_config_json,
 };
 pub use error::RepositoryError;
+pub use fields::{audit_fields, check_fields};
 pub use labels::Labels;
 pub use scan::{CONFIG_FILE, ModelSource, find_model, is_plain_name, scan_repositories};
 pub use versions::{select_model_versions, select_versions};
