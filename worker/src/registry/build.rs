@@ -68,6 +68,8 @@ impl ModelRepository {
                 config.platform = own.platform;
             }
         }
+        // The config as written: a field Tritium would ignore fails the load, or a warning names it.
+        repository::audit_fields(name, &config)?;
         if config.platform == ENSEMBLE_PLATFORM {
             return self.build_ensemble(source, config);
         }
