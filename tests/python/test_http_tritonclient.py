@@ -238,6 +238,15 @@ def test_infer_identity_batch_and_version(hclient):
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data[0])
 
 
+def test_nan_and_infinities_in_json_data_round_trip_as_in_triton(hclient):
+    # tritonclient.http writes these as NaN / Infinity / -Infinity (not JSON); Triton's reader takes them.
+    data = np.array([[np.nan, np.inf, -np.inf, 1.5, -0.0]], dtype=np.float32)
+    for binary_out in (False, True):
+        result = hclient.infer("identity_batch", [tensor("INPUT0", data, "FP32", binary=False)],
+                               outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary_out)])
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+
+
 def test_infer_with_parameters(hclient):
     data = np.ones(2, dtype=np.float32)
     result = hclient.infer(

@@ -29,6 +29,7 @@ use tritium_tensor::Tensor;
 use crate::params::RequestOptions;
 use crate::priority_queue::{Levels, PriorityQueue, Queued};
 use crate::ragged::RaggedBatching;
+use crate::rate_limiter::ModelRates;
 pub use crate::reply::{BatchAnswer, BatchShare, Execution, StreamEnd};
 
 /// What a request whose timeout passed in the queue is answered (Triton's words).
@@ -82,6 +83,8 @@ pub struct DynamicBatcher {
     ragged: Arc<RaggedBatching>,
     /// Requests waiting at each priority level, against its `max_queue_size`.
     queued: Arc<[AtomicUsize]>,
+    /// The model's instances in the server's rate limiter, when it is on.
+    rates: Option<ModelRates>,
     /// Started by the first request, on the runtime that serves it.
     sender: OnceLock<mpsc::UnboundedSender<Pending>>,
 }
@@ -116,8 +119,14 @@ impl DynamicBatcher {
             backend: Arc::clone(backend),
             ragged: Arc::clone(ragged),
             queued,
+            rates: None,
             sender: OnceLock::new(),
         }))
+    }
+
+    /// Each batch waits for its instance's resources in the rate limiter before it executes.
+    pub(crate) fn with_rates(self, rates: Option<ModelRates>) -> DynamicBatcher {
+        DynamicBatcher { rates, ..self }
     }
 
     /// Queues one request of `rows` rows at the level its `priority` names, and waits for its
@@ -164,6 +173,7 @@ impl Queue for DynamicBatcher {
                 backend: Arc::clone(&self.backend),
                 ragged: Arc::clone(&self.ragged),
                 queued: Arc::clone(&self.queued),
+                rates: self.rates.clone(),
             };
             tokio::spawn(scheduler.run(receiver));
             sender
@@ -181,6 +191,7 @@ struct Scheduler {
     backend: Arc<dyn Backend>,
     ragged: Arc<RaggedBatching>,
     queued: Arc<[AtomicUsize]>,
+    rates: Option<ModelRates>,
 }
 
 /// Where the scheduler's loop stands.
@@ -288,11 +299,17 @@ impl Scheduler {
         };
         let backend = Arc::clone(&self.backend);
         let ragged = Arc::clone(&self.ragged);
+        let rates = self.rates.clone();
         tokio::spawn(async move {
             let mut batch = batch;
+            let resources = match &rates {
+                Some(rates) => Some(rates.acquire(None).await),
+                None => None,
+            };
             if batch.iter().any(|p| matches!(p.reply, Reply::Stream(_))) {
                 // A decoupled model's responses go out as it sends them: there is no order to keep.
                 execute_streams(backend.as_ref(), &ragged, batch).await;
+                drop(resources);
                 drop(instance);
                 if let Some(answered) = answered {
                     let _ = answered.send(());
@@ -300,6 +317,7 @@ impl Scheduler {
                 return;
             }
             let answers = execute(backend.as_ref(), &ragged, &mut batch).await;
+            drop(resources);
             drop(instance);
             if let Some(previous) = after {
                 // An earlier batch whose task ended without answering still releases this one.

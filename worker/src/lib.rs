@@ -7,7 +7,8 @@
 //!   `repeat`, ...) when no folder is given; it builds each model version through the
 //!   [`BackendRegistry`] it is given, and is the [`tritium_backend_api::Host`] backends call back.
 //! - [`scheduler::Scheduler`]: none, Triton's dynamic batcher or its sequence batcher; ensembles
-//!   in [`ensemble`].
+//!   in [`ensemble`]; every execution they start waits for its resources in the server's
+//!   [`rate_limiter::RateLimiter`] (`--rate-limit execution_count`).
 //! - [`valid::ValidInferRequest`]: a request checked once against the version it resolved to;
 //!   everything after the transport takes it.
 //! - [`worker::WorkerClient`]: the dispatch seam; [`worker::LocalWorker`] runs requests in
@@ -42,6 +43,7 @@ pub mod model;
 pub mod params;
 mod priority_queue;
 pub mod ragged;
+pub mod rate_limiter;
 pub mod registry;
 mod reply;
 pub mod scheduler;
@@ -58,6 +60,7 @@ pub use registry::{
     ByName, ControlMode, DeclaredModel, FileOverride, IndexEntry, MAX_OVERRIDE_BYTES, MAX_OVERRIDE_FILES, ModelRepository,
     ModelState, OverrideFolder, RepositoryOptions, ServedModel,
 };
+pub use rate_limiter::{RateLimitMode, RateLimiter, ResourceLimit};
 pub use scheduler_limits::{SchedulerLimits, instance_count};
 pub use stats::{BatchStat, FailureReason, PhaseTimes, StatsSnapshot};
 // The seam's request, response and error types, which every caller of the core handles too.

@@ -54,6 +54,8 @@ pub struct RepositoryOptions {
     /// Serve the built-in repository when there are no paths and no declared models. A frontend
     /// that only fronts remote workers turns this off.
     pub builtins: bool,
+    /// The server's rate limiter, shared by every model's executions (off by default).
+    pub rate_limiter: Arc<crate::rate_limiter::RateLimiter>,
     /// Triton's auto-complete: a backend fills in what `config.pbtxt` leaves out from the model
     /// file, and a folder with no `config.pbtxt` is served by the backend whose model file it
     /// holds. `--disable-auto-complete-config` turns it off.
@@ -78,6 +80,7 @@ impl Default for RepositoryOptions {
             poll_interval: Duration::from_secs(15),
             declared: Vec::new(),
             builtins: true,
+            rate_limiter: Arc::default(),
             auto_complete_config: true,
             scheduler_limits: SchedulerLimits::default(),
         }

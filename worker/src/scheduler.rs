@@ -13,6 +13,7 @@ use tritium_proto::inference::model_config::SchedulingChoice;
 use crate::dynamic_batcher::{BatchAnswer, BatchShare, DynamicBatcher};
 use crate::params::RequestOptions;
 use crate::ragged::RaggedBatching;
+use crate::rate_limiter::ModelRates;
 use crate::reply::{Queue, StreamEnd, StreamWait};
 use crate::scheduler_limits::SchedulerLimits;
 use crate::sequence::SequenceBatcher;
@@ -23,6 +24,9 @@ pub(crate) enum Scheduler {
     /// Every request is its own backend call, laid out as a batch of one when the model has
     /// ragged or batch inputs.
     Direct(Arc<RaggedBatching>),
+    /// [`Scheduler::Direct`] with the rate limiter on: each call first waits for an instance
+    /// whose resources are free.
+    Limited(Arc<RaggedBatching>, ModelRates),
     Dynamic(DynamicBatcher),
     Sequence(SequenceBatcher),
 }
@@ -51,8 +55,18 @@ impl Scheduler {
         }
     }
 
+    /// Every execution waits for its instance's resources in the rate limiter (`None`: off).
+    pub(crate) fn with_rates(self, rates: Option<ModelRates>) -> Scheduler {
+        match (self, rates) {
+            (Scheduler::Direct(ragged), Some(rates)) => Scheduler::Limited(ragged, rates),
+            (Scheduler::Dynamic(batcher), rates) => Scheduler::Dynamic(batcher.with_rates(rates)),
+            (Scheduler::Sequence(batcher), rates) => Scheduler::Sequence(batcher.with_rates(rates)),
+            (scheduler, _) => scheduler,
+        }
+    }
+
     pub(crate) fn is_direct(&self) -> bool {
-        matches!(self, Scheduler::Direct(_))
+        matches!(self, Scheduler::Direct(_) | Scheduler::Limited(..))
     }
 
     /// Runs one request of `rows` rows through the scheduler.
@@ -66,6 +80,12 @@ impl Scheduler {
         match self {
             Scheduler::Direct(ragged) => {
                 let outputs = ragged.run_one(backend, request).await;
+                Ok(BatchShare { outputs, execution: None, waited: Duration::ZERO })
+            }
+            Scheduler::Limited(ragged, rates) => {
+                let resources = rates.acquire(None).await;
+                let outputs = ragged.run_one(backend, request).await;
+                drop(resources);
                 Ok(BatchShare { outputs, execution: None, waited: Duration::ZERO })
             }
             Scheduler::Dynamic(batcher) => batcher.submit(request, rows, options).await,
@@ -87,9 +107,13 @@ impl Scheduler {
         let queued = match self {
             Scheduler::Dynamic(batcher) => batcher.enqueue_stream(request, rows, options, responder),
             Scheduler::Sequence(batcher) => batcher.enqueue_stream(request, rows, options, responder),
-            Scheduler::Direct(ragged) => {
+            Scheduler::Direct(ragged) | Scheduler::Limited(ragged, _) => {
+                let rates = match self {
+                    Scheduler::Limited(_, rates) => Some(rates.clone()),
+                    _ => None,
+                };
                 return match ragged.for_one(backend, request.inputs) {
-                    Ok(inputs) => StreamStart::Now(BackendRequest { inputs, ..request }, responder),
+                    Ok(inputs) => StreamStart::Now(BackendRequest { inputs, ..request }, responder, rates),
                     Err(error) => StreamStart::Ended(StreamEnd {
                         responder: Some(responder),
                         result: Err(error),
@@ -111,8 +135,13 @@ impl Scheduler {
         match start {
             StreamStart::Queued(wait) => wait.end().await,
             StreamStart::Ended(end) => end,
-            StreamStart::Now(request, mut responder) => {
+            StreamStart::Now(request, mut responder, rates) => {
+                let resources = match &rates {
+                    Some(rates) => Some(rates.acquire(None).await),
+                    None => None,
+                };
                 let result = backend.execute(request, &mut responder).await;
+                drop(resources);
                 StreamEnd { responder: Some(responder), result, execution: None, waited: Duration::ZERO }
             }
         }
@@ -123,8 +152,9 @@ impl Scheduler {
 pub(crate) enum StreamStart {
     /// In a batcher's queue.
     Queued(StreamWait),
-    /// To run now, on its own (laid out as a batch of one where the model needs it).
-    Now(BackendRequest, Responder),
+    /// To run now, on its own (laid out as a batch of one where the model needs it), once the
+    /// rate limiter, when on, gives it an instance.
+    Now(BackendRequest, Responder, Option<ModelRates>),
     /// Refused before it was queued.
     Ended(StreamEnd),
 }

@@ -4,6 +4,10 @@
 //! statistics), and passes tensors between steps without copying them. A decoupled step's
 //! responses each flow on through the steps after it. A step's error reaches the client as
 //! `in ensemble '<name>', <the step's error>`.
+//!
+//! `max_inflight_requests` (0: no bound) bounds, per step and across all the ensemble's requests,
+//! how many of that step's requests are in flight at once (a decoupled step's until its last
+//! response), as Triton does: a fast step before a slow one waits instead of piling requests up.
 
 mod graph;
 #[cfg(test)]
@@ -15,8 +19,10 @@ use std::sync::{Arc, Weak};
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::future::{BoxFuture, join_all};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
+use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_tensor::Tensor;
 
 use crate::model::ModelVersion;
@@ -39,6 +45,8 @@ pub trait Steps: Send + Sync + 'static {
 pub struct EnsembleBackend {
     graph: Graph,
     steps: Weak<dyn Steps>,
+    /// One bound per step of `graph` (none without `max_inflight_requests`).
+    inflight: Vec<Arc<Semaphore>>,
 }
 
 impl EnsembleBackend {
@@ -46,7 +54,23 @@ impl EnsembleBackend {
     /// held while the ensemble runs.
     pub(crate) fn new(config: &ModelConfig, steps: &dyn Steps, later: Weak<dyn Steps>) -> Result<Self, String> {
         let lookup = |name: &str, version: Option<i64>| steps.resolve(name, version).ok();
-        Ok(EnsembleBackend { graph: Graph::from_config(config, &lookup)?, steps: later })
+        let graph = Graph::from_config(config, &lookup)?;
+        let max_inflight = match &config.scheduling_choice {
+            Some(SchedulingChoice::EnsembleScheduling(ensemble)) => ensemble.max_inflight_requests,
+            _ => 0,
+        };
+        let max_inflight = usize::try_from(max_inflight).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        let inflight = match max_inflight {
+            0 => Vec::new(),
+            n => graph.steps.iter().map(|_| Arc::new(Semaphore::new(n))).collect(),
+        };
+        Ok(EnsembleBackend { graph, steps: later, inflight })
+    }
+
+    /// A place among the requests in flight at step `index`, held until its last response.
+    async fn enter_step(&self, index: usize) -> Option<OwnedSemaphorePermit> {
+        // The semaphores are never closed.
+        Arc::clone(self.inflight.get(index)?).acquire_owned().await.ok()
     }
 
     fn step_error(&self, error: WorkerError) -> BackendError {
@@ -110,6 +134,7 @@ impl EnsembleBackend {
                     done[index] = true;
                     let request = self.step_request(&steps[index], &tensors, parameters);
                     let valid = models[position].validate(request).map_err(|e| self.step_error(e))?;
+                    let _in_flight = self.enter_step(index).await;
                     let mut stream = match ModelVersion::run_any(valid).await.map_err(|e| self.step_error(e))? {
                         tritium_backend_api::InferOutcome::Stream(stream) => stream,
                         tritium_backend_api::InferOutcome::Single(response) => {
@@ -132,7 +157,11 @@ impl EnsembleBackend {
                 }
                 let runs = ready.iter().zip(&models).map(|(&i, model)| {
                     let request = self.step_request(&steps[i], &tensors, parameters);
-                    async move { ModelVersion::run_unary(model.validate(request)?).await }
+                    async move {
+                        let valid = model.validate(request)?;
+                        let _in_flight = self.enter_step(i).await;
+                        ModelVersion::run_unary(valid).await
+                    }
                 });
                 let results = join_all(runs).await;
                 for (&index, result) in ready.iter().zip(results) {

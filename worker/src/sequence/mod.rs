@@ -42,6 +42,7 @@ use tritium_tensor::Tensor;
 
 use crate::params::{RequestOptions, SequenceId};
 use crate::ragged::RaggedBatching;
+use crate::rate_limiter::ModelRates;
 use crate::reply::{BatchAnswer, Queue, Reply, stopped};
 use crate::scheduler_limits::SchedulerLimits;
 use rows::{Batch, Finished, Row};
@@ -54,6 +55,8 @@ pub struct SequenceBatcher {
     backend: Arc<dyn Backend>,
     limits: SchedulerLimits,
     queued: Arc<AtomicUsize>,
+    /// The model's instances in the server's rate limiter, when it is on.
+    rates: Option<ModelRates>,
     /// Started by the first request, on the runtime that serves it.
     sender: OnceLock<mpsc::UnboundedSender<Pending>>,
 }
@@ -87,8 +90,14 @@ impl SequenceBatcher {
             backend: Arc::clone(backend),
             limits,
             queued: Arc::new(AtomicUsize::new(0)),
+            rates: None,
             sender: OnceLock::new(),
         })
+    }
+
+    /// Each batch waits for its instance's resources in the rate limiter before it executes.
+    pub(crate) fn with_rates(self, rates: Option<ModelRates>) -> SequenceBatcher {
+        SequenceBatcher { rates, ..self }
     }
 
     /// Queues one request behind the earlier requests of its sequence and waits for its answer.
@@ -169,6 +178,7 @@ struct Scheduler {
     settings: Arc<SequenceSettings>,
     backend: Arc<dyn Backend>,
     queued: Arc<AtomicUsize>,
+    rates: Option<ModelRates>,
     max_sequences: usize,
     sequences: HashMap<SequenceId, Sequence>,
     slots: Vec<Option<SequenceId>>,
@@ -188,6 +198,7 @@ impl Scheduler {
         Scheduler {
             backend: Arc::clone(&batcher.backend),
             queued: Arc::clone(&batcher.queued),
+            rates: batcher.rates.clone(),
             max_sequences: batcher.limits.max_sequences,
             sequences: HashMap::new(),
             slots: vec![None; settings.slots],
@@ -420,7 +431,15 @@ impl Scheduler {
         self.busy[instance] = true;
         let batch = Batch { instance, rows: batch_rows };
         let (settings, backend, finished) = (Arc::clone(&self.settings), Arc::clone(&self.backend), self.finished.0.clone());
-        tokio::spawn(async move { batch.execute(&settings, backend.as_ref(), &finished).await });
+        let rates = self.rates.clone();
+        tokio::spawn(async move {
+            let resources = match &rates {
+                Some(rates) => Some(rates.acquire(Some(instance)).await),
+                None => None,
+            };
+            batch.execute(&settings, backend.as_ref(), &finished).await;
+            drop(resources);
+        });
     }
 
     fn finish(&mut self, finished: Finished) {

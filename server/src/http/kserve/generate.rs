@@ -73,7 +73,7 @@ fn request_of(
         // A missing input is left to the validation, which names every one missing.
         let Some(value) = members.remove(&spec.name).or_else(fallback) else { continue };
         // A scalar or a flat array, as Triton reads them.
-        let (data, count) = json_tensor::to_raw_streaming(spec.datatype, &value, usize::MAX, 1).map_err(|e| match e {
+        let (data, count) = json_tensor::to_raw_streaming(spec.datatype, &value, usize::MAX, 1, false).map_err(|e| match e {
             json_tensor::DataError::TooDeep => {
                 HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field")
             }

@@ -16,6 +16,7 @@ use tritium_proto::inference::{InferParameter, ModelInferRequest, ModelInferResp
 use tritium_tensor::DataType;
 
 use super::json_tensor::{self, DataError};
+use super::non_finite;
 use super::reply::HttpError;
 
 const BINARY_DATA_SIZE: &str = "binary_data_size";
@@ -61,10 +62,20 @@ pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usiz
         Some(n) => (body.slice(..n.min(body.len())), body.slice(n.min(body.len())..)),
     };
     // The members as JSON text: each is read on its own, so tensor data never becomes a tree.
-    let members: HashMap<String, Box<RawValue>> = serde_json::from_slice(&json).map_err(|e| match e.classify() {
+    let members_error = |json: &[u8], e: &serde_json::Error| match e.classify() {
         serde_json::error::Category::Data => HttpError::missing_member("inputs"),
-        _ => HttpError::bad_json(&json, &e),
-    })?;
+        _ => HttpError::bad_json(json, e),
+    };
+    let (members, non_finite): (HashMap<String, Box<RawValue>>, bool) = match serde_json::from_slice(&json) {
+        Ok(members) => (members, false),
+        // Read again only when it failed: a body with NaN or an infinity is rare, its copy bounded by the body limit.
+        Err(e) => match (e.classify(), non_finite::rewrite(&json)) {
+            (serde_json::error::Category::Syntax, Some(rewritten)) => {
+                (serde_json::from_slice(&rewritten).map_err(|e| members_error(&rewritten, &e))?, true)
+            }
+            _ => return Err(members_error(&json, &e)),
+        },
+    };
     let (mut root, inputs) = split_raw(members, "inputs")?;
 
     let id = match root.remove("id") {
@@ -85,7 +96,7 @@ pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usiz
                 continue;
             }
             check_reserved(&key, &value)?;
-            parameters.insert(key.clone(), parameter(&key, value)?);
+            parameters.insert(key.clone(), non_finite_parameter(parameter(&key, value)?, non_finite));
         }
     }
 
@@ -97,7 +108,7 @@ pub fn parse(model: &str, version: &str, body: Bytes, header_length: Option<usiz
     let mut tensors = Vec::with_capacity(inputs.len());
     let mut raw = Vec::with_capacity(inputs.len());
     for input in inputs {
-        let (tensor, data) = input_tensor(model, &input, &binary, &mut cursor)?;
+        let (tensor, data) = input_tensor(model, &input, &binary, &mut cursor, non_finite)?;
         tensors.push(tensor);
         if let Some(data) = data {
             raw.push(data);
@@ -226,6 +237,18 @@ pub(super) fn parameter(key: &str, value: Value) -> Result<InferParameter, HttpE
     Ok(InferParameter { parameter_choice: Some(choice) })
 }
 
+/// A parameter of a body read with `non_finite::rewrite`: the stand-in of `NaN` or an infinity is
+/// the double it stood for, as Triton reads it.
+fn non_finite_parameter(parameter: InferParameter, non_finite: bool) -> InferParameter {
+    match &parameter.parameter_choice {
+        Some(ParameterChoice::StringParam(text)) if non_finite => match non_finite::sentinel_value(text) {
+            Some(value) => InferParameter { parameter_choice: Some(ParameterChoice::DoubleParam(value)) },
+            None => parameter,
+        },
+        _ => parameter,
+    }
+}
+
 const ONE_OF: &str = "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', 'shared_memory_region' in 'parameters'.";
 
 /// One input: its tensor, and its data (`None` for an input in shared memory).
@@ -234,6 +257,7 @@ fn input_tensor(
     input: &RawValue,
     binary: &Bytes,
     cursor: &mut usize,
+    non_finite: bool,
 ) -> Result<(InferInputTensor, Option<Bytes>), HttpError> {
     let input: HashMap<String, Box<RawValue>> =
         serde_json::from_str(input.get()).map_err(|_| HttpError::missing_member("name"))?;
@@ -268,7 +292,7 @@ fn input_tensor(
                 continue;
             }
             in_shm |= key == SHARED_MEMORY_REGION;
-            parameters.insert(key.clone(), parameter(&key, value)?);
+            parameters.insert(key.clone(), non_finite_parameter(parameter(&key, value)?, non_finite));
         }
     }
     let set: Vec<&str> =
@@ -307,7 +331,7 @@ fn input_tensor(
                 .map_err(|e| data_error(&name, datatype, e))?
                 .0
         } else {
-            let (raw, count) = json_tensor::to_raw_streaming(datatype, &data, expected, json_tensor::MAX_DEPTH)
+            let (raw, count) = json_tensor::to_raw_streaming(datatype, &data, expected, json_tensor::MAX_DEPTH, non_finite)
                 .map_err(|e| data_error(&name, datatype, e))?;
             if count != expected {
                 return Err(HttpError::unparsable("Unable to parse 'data': Shape does not match true shape of 'data' field"));

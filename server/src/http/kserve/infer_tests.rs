@@ -254,3 +254,42 @@ fn json_outputs_lose_nothing_as_triton_writes_them() {
     let (body, _) = encode(output("BYTES", strings), &BinaryOutputs::default()).expect("encodes");
     assert!(body.ends_with(b"\"data\":[\"\xff\xfe\",\"\\\"\"]}]}"), "{}", String::from_utf8_lossy(&body));
 }
+
+#[test]
+fn nan_and_the_infinities_are_numbers_as_triton_reads_them() {
+    let body = r#"{"parameters": {"p": -Inf, "q": "N"}, "inputs": [
+        {"name": "A", "datatype": "FP32", "shape": [6], "data": [NaN, -NaN, Inf, -Inf, Infinity, -Infinity]},
+        {"name": "B", "datatype": "FP64", "shape": [2], "data": [[1.5], [Infinity]]},
+        {"name": "S", "datatype": "BYTES", "shape": [1], "data": ["NaN"]}]}"#;
+    let parsed = parse("m", "", Bytes::from(body), None).expect("parses");
+    let floats: Vec<f32> =
+        parsed.request.raw_input_contents[0].chunks(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+    assert!(floats[0].is_nan() && floats[1].is_nan());
+    assert_eq!(&floats[2..], &[f32::INFINITY, f32::NEG_INFINITY, f32::INFINITY, f32::NEG_INFINITY]);
+    let doubles: Vec<f64> =
+        parsed.request.raw_input_contents[1].chunks(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+    assert_eq!(doubles, [1.5, f64::INFINITY]);
+    assert_eq!(&parsed.request.raw_input_contents[2][4..], b"NaN", "a string stays a string");
+    let parameters = &parsed.request.parameters;
+    assert_eq!(parameters["p"].parameter_choice, Some(ParameterChoice::DoubleParam(f64::NEG_INFINITY)));
+
+    // Integers take none of them, a string stand-in is no number in a plain body, and what
+    // rapidjson refuses stays refused with its words.
+    for (body, message) in [
+        (
+            r#"{"inputs": [{"name": "A", "datatype": "INT32", "shape": [1], "data": [NaN]}]}"#,
+            "Unable to parse 'data': attempt to access JSON non-signed-integer as signed-integer",
+        ),
+        (
+            r#"{"inputs": [{"name": "A", "datatype": "FP32", "shape": [1], "data": ["N"]}]}"#,
+            "Unable to parse 'data': attempt to access JSON non-number as double",
+        ),
+        (
+            r#"{"inputs": [{"name": "A", "datatype": "FP32", "shape": [1], "data": [nan]}]}"#,
+            "failed to parse the request JSON buffer: Invalid value. at 70",
+        ),
+    ] {
+        let error = parse("m", "", Bytes::from(body), None).expect_err(body);
+        assert_eq!(error.message, message, "{body}");
+    }
+}

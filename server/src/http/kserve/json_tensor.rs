@@ -34,7 +34,9 @@ pub enum DataError {
 pub const MAX_DEPTH: usize = 64;
 
 /// Appends one element (a JSON scalar, or anything else to refuse) in the layout of `datatype`.
-fn append(datatype: DataType, value: &Value, out: &mut Vec<u8>) -> Result<(), DataError> {
+/// With `non_finite`, a float type also takes the string stand-ins of `NaN` and the infinities
+/// (see `non_finite.rs`).
+fn append(datatype: DataType, value: &Value, non_finite: bool, out: &mut Vec<u8>) -> Result<(), DataError> {
     match datatype {
         DataType::Bool => {
             let b = value.as_bool().ok_or(DataError::WrongKind { expected: "boolean" })?;
@@ -47,8 +49,8 @@ fn append(datatype: DataType, value: &Value, out: &mut Vec<u8>) -> Result<(), Da
             out.extend_from_slice(s.as_bytes());
         }
         DataType::Fp16 | DataType::Bf16 => return Err(DataError::NoJsonForm),
-        DataType::Fp32 => out.extend_from_slice(&(number(value)? as f32).to_le_bytes()),
-        DataType::Fp64 => out.extend_from_slice(&number(value)?.to_le_bytes()),
+        DataType::Fp32 => out.extend_from_slice(&(number(value, non_finite)? as f32).to_le_bytes()),
+        DataType::Fp64 => out.extend_from_slice(&number(value, non_finite)?.to_le_bytes()),
         DataType::Int8 => out.extend_from_slice(&signed::<i8>(value)?.to_le_bytes()),
         DataType::Int16 => out.extend_from_slice(&signed::<i16>(value)?.to_le_bytes()),
         DataType::Int32 => out.extend_from_slice(&signed::<i32>(value)?.to_le_bytes()),
@@ -61,8 +63,9 @@ fn append(datatype: DataType, value: &Value, out: &mut Vec<u8>) -> Result<(), Da
     Ok(())
 }
 
-fn number(value: &Value) -> Result<f64, DataError> {
-    value.as_f64().ok_or(DataError::WrongKind { expected: "number" })
+fn number(value: &Value, non_finite: bool) -> Result<f64, DataError> {
+    let stand_in = || value.as_str().filter(|_| non_finite).and_then(super::non_finite::sentinel_value);
+    value.as_f64().or_else(stand_in).ok_or(DataError::WrongKind { expected: "number" })
 }
 
 /// As Triton's reader takes an integer: a signed type reads an int64 and an unsigned one a
@@ -83,14 +86,16 @@ fn unsigned<T: TryFrom<u64>>(value: &Value) -> Result<T, DataError> {
 /// `datatype`, with the element count. It is read as it goes, without a JSON tree of it (a tree
 /// costs tens of bytes per number, the raw layout at most 8), and reading stops as soon as there
 /// are more than `expected` elements.
-/// Arrays nest at most `max_depth` deep (1: a scalar or a flat array).
+/// Arrays nest at most `max_depth` deep (1: a scalar or a flat array). `non_finite`: the body was
+/// rewritten by `non_finite::rewrite`, whose stand-ins the float types take back.
 pub fn to_raw_streaming(
     datatype: DataType,
     data: &serde_json::value::RawValue,
     expected: usize,
     max_depth: usize,
+    non_finite: bool,
 ) -> Result<(Vec<u8>, usize), DataError> {
-    read(datatype, data, expected, max_depth, false)
+    read(datatype, data, expected, max_depth, false, non_finite)
 }
 
 /// As [`to_raw_streaming`], but more than `limit` elements is no error: the reading stops quietly
@@ -102,7 +107,7 @@ pub fn to_raw_up_to(
     limit: usize,
     max_depth: usize,
 ) -> Result<(Vec<u8>, usize), DataError> {
-    read(datatype, data, limit, max_depth, true)
+    read(datatype, data, limit, max_depth, true, false)
 }
 
 fn read(
@@ -111,6 +116,7 @@ fn read(
     expected: usize,
     max_depth: usize,
     stop_quietly: bool,
+    non_finite: bool,
 ) -> Result<(Vec<u8>, usize), DataError> {
     let mut state = Stream {
         datatype,
@@ -121,6 +127,7 @@ fn read(
         error: None,
         stop_quietly,
         stopped: false,
+        non_finite,
     };
     let mut reader = serde_json::Deserializer::from_str(data.get());
     let read = serde::de::DeserializeSeed::deserialize(Elements { state: &mut state, depth: 0 }, &mut reader);
@@ -188,6 +195,8 @@ struct Stream {
     /// More than `expected` elements ends the reading without an error.
     stop_quietly: bool,
     stopped: bool,
+    /// Float types take `NaN`'s and the infinities' stand-ins.
+    non_finite: bool,
 }
 
 impl Stream {
@@ -202,7 +211,7 @@ impl Stream {
             }
             return Err(());
         }
-        append(self.datatype, &value, &mut self.out).map_err(|e| self.error = Some(e))?;
+        append(self.datatype, &value, self.non_finite, &mut self.out).map_err(|e| self.error = Some(e))?;
         self.count += 1;
         Ok(())
     }
@@ -388,7 +397,7 @@ mod tests {
 
     fn to_raw(datatype: DataType, data: &Value, expected: usize) -> Result<(Vec<u8>, usize), DataError> {
         let text = serde_json::value::RawValue::from_string(data.to_string()).expect("json");
-        to_raw_streaming(datatype, &text, expected, MAX_DEPTH)
+        to_raw_streaming(datatype, &text, expected, MAX_DEPTH, false)
     }
 
     #[test]
@@ -434,17 +443,17 @@ mod tests {
     fn streaming_reads_elements_and_stops_early() {
         use serde_json::value::RawValue;
         let raw = |text: &str| RawValue::from_string(text.to_string()).expect("raw");
-        let (bytes, count) = to_raw_streaming(DataType::Fp32, &raw("[0.5, -1, 2e3]"), 3, MAX_DEPTH).expect("floats");
+        let (bytes, count) = to_raw_streaming(DataType::Fp32, &raw("[0.5, -1, 2e3]"), 3, MAX_DEPTH, false).expect("floats");
         assert_eq!(count, 3);
         assert_eq!(&bytes[..4], &0.5f32.to_le_bytes());
-        assert_eq!(to_raw_streaming(DataType::Uint8, &raw("7"), 1, MAX_DEPTH).expect("scalar"), (vec![7], 1));
-        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[1, 2, 3]"), 2, MAX_DEPTH).expect_err("too many"), DataError::TooMany);
+        assert_eq!(to_raw_streaming(DataType::Uint8, &raw("7"), 1, MAX_DEPTH, false).expect("scalar"), (vec![7], 1));
+        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[1, 2, 3]"), 2, MAX_DEPTH, false).expect_err("too many"), DataError::TooMany);
         assert_eq!(
-            to_raw_streaming(DataType::Int32, &raw(r#"[1, {"a": 1}]"#), 2, MAX_DEPTH).expect_err("object"),
+            to_raw_streaming(DataType::Int32, &raw(r#"[1, {"a": 1}]"#), 2, MAX_DEPTH, false).expect_err("object"),
             DataError::WrongKind { expected: "integer" }
         );
-        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[[1]]"), 1, 1).expect_err("flat only"), DataError::TooDeep);
-        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[1, 2]"), usize::MAX, 1).expect("flat").1, 2);
+        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[[1]]"), 1, 1, false).expect_err("flat only"), DataError::TooDeep);
+        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[1, 2]"), usize::MAX, 1, false).expect("flat").1, 2);
     }
 
     #[test]
@@ -467,7 +476,7 @@ mod tests {
         use serde_json::value::RawValue;
         let read = |datatype, text: &str| {
             let raw = RawValue::from_string(text.to_string()).expect("raw");
-            to_raw_streaming(datatype, &raw, 8, MAX_DEPTH)
+            to_raw_streaming(datatype, &raw, 8, MAX_DEPTH, false)
         };
         let out_of_range = |number: &str| DataError::NumberOutOfRange { number: number.to_string() };
         assert_eq!(read(DataType::Fp32, "[1e400]").expect_err("refused"), out_of_range("1e400"));

@@ -9,6 +9,7 @@ mod cuda_shm;
 mod generate;
 mod infer;
 pub mod json_tensor;
+mod non_finite;
 pub mod reply;
 mod settings;
 
