@@ -8,6 +8,7 @@ pub mod keepalive;
 pub mod limits;
 pub mod metrics;
 pub mod openai;
+pub mod rate_limit;
 pub mod repository;
 pub mod tls;
 
@@ -25,6 +26,7 @@ pub use keepalive::{KeepaliveArgs, KeepaliveConfig};
 pub use limits::{HttpLimits, LimitArgs, Limits};
 pub use metrics::MetricsArgs;
 pub use openai::{OpenAiArgs, OpenAiSettings};
+pub use rate_limit::RateLimitArgs;
 pub use repository::{ModelArgs, ModelControlMode, RepositoryArgs};
 pub use tls::{TlsArgs, TlsConfig};
 
@@ -66,6 +68,8 @@ pub struct WorkerArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub logging: LoggingArgs,
+    #[command(flatten)]
+    pub rate_limit: RateLimitArgs,
     /// Largest message accepted or sent on the worker plane, in bytes.
     #[arg(long, env = "TRITIUM_WORKER_MAX_MESSAGE_SIZE", default_value_t = i32::MAX as usize)]
     pub worker_max_message_size: usize,
@@ -93,7 +97,10 @@ impl WorkerArgs {
             return Err("--namespace-prefix scopes what a frontend watches; a worker registers in --namespace alone".into());
         }
         Ok(WorkerConfig {
-            repository: repository_options(&self.repository, &self.models, &self.engine, true)?,
+            repository: RepositoryOptions {
+                rate_limiter: self.rate_limit.limiter()?,
+                ..repository_options(&self.repository, &self.models, &self.engine, true)?
+            },
             backends: self.repository.backends(&self.models)?,
             cluster: self.cluster.config()?,
             max_message_size: self.worker_max_message_size,
@@ -132,6 +139,8 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub openai: OpenAiArgs,
+    #[command(flatten)]
+    pub rate_limit: RateLimitArgs,
     /// Seconds to let in-flight calls finish after SIGTERM or Ctrl-C before exiting anyway.
     #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
@@ -337,7 +346,10 @@ impl ServeArgs {
             backends: self.repository.backends(&self.models)?,
             http_limits: limits.http_limits(),
             limits: limits.limits()?,
-            repository: repository_options(&self.repository, &self.models, &self.engine, builtins)?,
+            repository: RepositoryOptions {
+                rate_limiter: self.rate_limit.limiter()?,
+                ..repository_options(&self.repository, &self.models, &self.engine, builtins)?
+            },
             router: self.router.options(cluster.lease_ttl)?,
             cluster,
             transport: TransportConfig {

@@ -195,6 +195,8 @@ pub(super) fn repository_options(
         poll_interval: Duration::from_secs(repository.repository_poll_secs.max(1)),
         declared,
         builtins,
+        // Set by the `--rate-limit` flags (config/rate_limit.rs).
+        rate_limiter: Default::default(),
         auto_complete_config: !repository.disable_auto_complete_config,
         scheduler_limits: SchedulerLimits {
             max_queue_size: repository.scheduler_max_queue_size.max(1),

@@ -87,6 +87,8 @@ impl ModelRepository {
         let ragged = Arc::new(RaggedBatching::from_config(&config).map_err(failed)?);
         let mut served = BTreeMap::new();
         for version in versions {
+            // Before the engine starts: an instance the limiter can never run fails the load.
+            let rates = self.options.rate_limiter.register(&config).map_err(failed)?;
             let version_dir = (!source.dir.as_os_str().is_empty()).then(|| source.dir.join(version.to_string()));
             let context = BackendContext {
                 model_name: name,
@@ -99,8 +101,9 @@ impl ModelRepository {
             let engine = factory.create(&context).map_err(failed)?;
             let backend = tensor_face(&engine, name);
             warmup::run(&config, model_dir, backend.as_ref(), &ragged).map_err(failed)?;
-            let scheduler =
-                Scheduler::for_config(&config, &backend, &ragged, model_dir, self.options.scheduler_limits).map_err(failed)?;
+            let scheduler = Scheduler::for_config(&config, &backend, &ragged, model_dir, self.options.scheduler_limits)
+                .map_err(failed)?
+                .with_rates(rates);
             let model =
                 ModelVersion::scheduled(Arc::clone(&config), version, schema.clone(), engine, backend, scheduler, self.id);
             served.insert(version, Arc::new(model));
