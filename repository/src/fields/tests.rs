@@ -253,3 +253,13 @@ fn the_readme_lists_every_field_as_the_table_does() {
     );
     assert_eq!(table.lines().count(), FIELDS.len() + 2);
 }
+
+#[test]
+fn a_config_rendered_by_the_server_loads_back_without_a_word() {
+    let text = format!("name: \"m\" backend: \"identity\"\n{IO}\ndynamic_batching {{ }}");
+    let mut config = crate::normalize_config("m", parse_config_text(&text).expect("parses")).expect("valid");
+    crate::fill_core_defaults(&mut config);
+    let json = crate::render_config_json(&config).expect("renders");
+    let back = crate::parse_config_json(&json).expect("parses back");
+    assert_eq!(check_fields("m", &back).map_err(|e| e.to_string()), Ok(vec![]), "{json}");
+}
