@@ -46,6 +46,7 @@ pub mod ragged;
 pub mod rate_limiter;
 pub mod registry;
 mod reply;
+pub mod response_cache;
 pub mod scheduler;
 mod scheduler_limits;
 pub mod schema;

@@ -62,6 +62,8 @@ pub struct RepositoryOptions {
     pub auto_complete_config: bool,
     /// Bounds of every model's dynamic and sequence batcher.
     pub scheduler_limits: SchedulerLimits,
+    /// The response cache (`--cache-config`), for the models whose config enables it.
+    pub response_cache: Option<Arc<dyn crate::response_cache::ResponseCache>>,
 }
 
 /// A model given by its config alone, with no repository folder.
@@ -83,6 +85,7 @@ impl Default for RepositoryOptions {
             rate_limiter: Arc::default(),
             auto_complete_config: true,
             scheduler_limits: SchedulerLimits::default(),
+            response_cache: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! Triton's flag names and default ports are kept where Triton has them. This is the only module
 //! that reads the environment.
 
+pub mod cache;
 pub mod cluster;
 pub mod dump;
 pub mod keepalive;
@@ -21,6 +22,7 @@ use tritium_worker::RepositoryOptions;
 
 use crate::config::repository::repository_options;
 use crate::routing::RouterOptions;
+pub use cache::CacheArgs;
 pub use cluster::{ClusterArgs, ClusterConfig, DisaggregationArgs, EngineArgs, RouterArgs, WorkerListenArgs};
 pub use keepalive::{KeepaliveArgs, KeepaliveConfig};
 pub use limits::{HttpLimits, LimitArgs, Limits};
@@ -70,6 +72,8 @@ pub struct WorkerArgs {
     pub logging: LoggingArgs,
     #[command(flatten)]
     pub rate_limit: RateLimitArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Largest message accepted or sent on the worker plane, in bytes.
     #[arg(long, env = "TRITIUM_WORKER_MAX_MESSAGE_SIZE", default_value_t = i32::MAX as usize)]
     pub worker_max_message_size: usize,
@@ -99,6 +103,7 @@ impl WorkerArgs {
         Ok(WorkerConfig {
             repository: RepositoryOptions {
                 rate_limiter: self.rate_limit.limiter()?,
+                response_cache: self.cache.build()?,
                 ..repository_options(&self.repository, &self.models, &self.engine, true)?
             },
             backends: self.repository.backends(&self.models)?,
@@ -141,6 +146,8 @@ pub struct ServeArgs {
     pub openai: OpenAiArgs,
     #[command(flatten)]
     pub rate_limit: RateLimitArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Seconds to let in-flight calls finish after SIGTERM or Ctrl-C before exiting anyway.
     #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
@@ -348,6 +355,7 @@ impl ServeArgs {
             limits: limits.limits()?,
             repository: RepositoryOptions {
                 rate_limiter: self.rate_limit.limiter()?,
+                response_cache: self.cache.build()?,
                 ..repository_options(&self.repository, &self.models, &self.engine, builtins)?
             },
             router: self.router.options(cluster.lease_ttl)?,

@@ -197,6 +197,8 @@ pub(super) fn repository_options(
         builtins,
         // Set by the `--rate-limit` flags (config/rate_limit.rs).
         rate_limiter: Default::default(),
+        // Set by `--cache-config` (config/cache.rs).
+        response_cache: None,
         auto_complete_config: !repository.disable_auto_complete_config,
         scheduler_limits: SchedulerLimits {
             max_queue_size: repository.scheduler_max_queue_size.max(1),

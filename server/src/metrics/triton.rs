@@ -132,9 +132,53 @@ pub fn model_families(repository: &ModelRepository) -> Vec<MetricFamily> {
         MetricType::GAUGE,
         pending.collect(),
     ));
+    families.extend(cache_families(&rows));
+    families.extend(cache_gauges(repository));
     // A family without samples is not printed at all, as Triton prints none before a model loads.
     families.retain(|f| !f.get_metric().is_empty());
     families
+}
+
+/// The response cache's per-model counters, for the versions that cache their responses (as
+/// Triton, which has them only for models with `response_cache` enabled).
+fn cache_families(rows: &[(String, String, &ModelVersion, tritium_worker::StatsSnapshot)]) -> Vec<MetricFamily> {
+    type Read = fn(&tritium_worker::StatsSnapshot) -> f64;
+    const CACHE: [(&str, &str, Read); 4] = [
+        ("nv_cache_num_hits_per_model", "Number of cache hits per model", |s| s.cache_hit.0 as f64),
+        ("nv_cache_num_misses_per_model", "Number of cache misses per model", |s| s.cache_miss.0 as f64),
+        ("nv_cache_hit_duration_per_model", "Total cache hit duration per model, in microseconds", |s| micros(s.cache_hit.1)),
+        ("nv_cache_miss_duration_per_model", "Total cache miss (insert+lookup) duration per model, in microseconds", |s| {
+            micros(s.cache_miss.1)
+        }),
+    ];
+    let cached: Vec<_> = rows.iter().filter(|(_, _, served, _)| served.caches_responses()).collect();
+    CACHE
+        .iter()
+        .map(|(name, help, read)| {
+            let metrics = cached
+                .iter()
+                .map(|(model, version, _, snapshot)| {
+                    counter(vec![label("model", model), label("version", version)], read(snapshot))
+                })
+                .collect();
+            family(name, help, MetricType::COUNTER, metrics)
+        })
+        .collect()
+}
+
+/// The gauges of a response cache kept in this process (`--cache-config local`), as Triton's
+/// local cache reports them.
+fn cache_gauges(repository: &ModelRepository) -> Vec<MetricFamily> {
+    let Some(g) = repository.response_cache().and_then(|cache| cache.gauges()) else { return Vec::new() };
+    let one = |name: &str, help: &str, value: f64| family(name, help, MetricType::GAUGE, vec![gauge(Vec::new(), value)]);
+    vec![
+        one("nv_cache_util", "Cache utilization [0.0 - 1.0]", g.utilization),
+        one("nv_cache_num_entries", "Number of responses stored in response cache", g.entries as f64),
+        one("nv_cache_num_hits", "Number of cache hits in response cache", g.hits as f64),
+        one("nv_cache_num_misses", "Number of cache misses in response cache", g.misses as f64),
+        one("nv_cache_num_lookups", "Number of cache lookups in response cache", (g.hits + g.misses) as f64),
+        one("nv_cache_num_evictions", "Number of cache evictions in response cache", g.evictions as f64),
+    ]
 }
 
 /// The latency summaries Triton serves with `summary_latencies=true`, per phase: the quantiles

@@ -13,6 +13,7 @@ use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
 
 use crate::dynamic_batcher::Execution;
+use crate::response_cache::{self, CacheKey, ResponseCache};
 use crate::scheduler::Scheduler;
 use crate::schema::ModelSchema;
 use crate::stats::{FailureReason, ModelStats, PhaseTimes};
@@ -51,6 +52,12 @@ impl Backend for TokenModel {
 /// Responses a decoupled request may have queued before its backend waits for the client.
 const STREAM_BUFFER: usize = 16;
 
+/// What the response cache had for a request: its answer, or its key and how long looking took.
+enum Lookup {
+    Hit(InferenceResponse),
+    Miss(CacheKey, Duration),
+}
+
 /// Where a request's run failed: its scheduler refused it as it came, or its run failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -72,6 +79,8 @@ pub struct ModelVersion {
     scheduler: Scheduler,
     /// The id of the registry that built it (0: none, a remote model's stand-in).
     pub(crate) owner: u64,
+    /// Where its responses are cached, when its config enables the response cache.
+    pub(crate) cache: Option<Arc<dyn ResponseCache>>,
 }
 
 impl AsRef<FirstResponseHistogram> for ModelVersion {
@@ -114,7 +123,13 @@ impl ModelVersion {
             scheduler,
             backend,
             owner,
+            cache: None,
         }
+    }
+
+    /// Whether its responses are cached (its config enables the cache and the server has one).
+    pub fn caches_responses(&self) -> bool {
+        self.cache.is_some()
     }
 
     /// The engine behind this version when it is a language model.
@@ -282,6 +297,13 @@ impl ModelVersion {
     async fn run_single_split(request: ValidInferRequest) -> Result<InferenceResponse, (WorkerError, Stage)> {
         let batch = request.batch_size();
         let (model, mut request, timing, options) = request.into_parts();
+        let cached = match &model.cache {
+            Some(cache) if response_cache::is_cacheable(&options) => match model.cache_lookup(cache, &request, &timing).await {
+                Lookup::Hit(response) => return Ok(response),
+                Lookup::Miss(key, lookup) => Some((key, lookup)),
+            },
+            _ => None,
+        };
         let pending = model.stats.pending();
         let backend_request = model.backend_request(&mut request, None);
         let rows = i64::try_from(batch).unwrap_or(i64::MAX);
@@ -308,6 +330,11 @@ impl ModelVersion {
             }
         };
         model.schema.reshape_outputs(&mut outputs);
+        if let (Some(cache), Some((key, lookup))) = (&model.cache, cached) {
+            let started = Instant::now();
+            cache.insert(&key, &outputs).await;
+            model.stats.record_cache_miss(lookup + started.elapsed());
+        }
         let response = InferenceResponse {
             model_name: Arc::clone(&model.name),
             model_version: model.version,
@@ -318,6 +345,36 @@ impl ModelVersion {
         };
         model.record_success(&timing, inferred, batch, execution, batched);
         Ok(response)
+    }
+
+    /// Looks `request` up in `cache`, counting a hit in the statistics (a miss counts once its
+    /// response is stored).
+    async fn cache_lookup(&self, cache: &Arc<dyn ResponseCache>, request: &InferenceRequest, timing: &Timing) -> Lookup {
+        let start = Instant::now();
+        // No selection asks for every output: the same answer as naming them all (an ensemble's
+        // step names them; a client often does not).
+        let every: Vec<String>;
+        let outputs = if request.requested_outputs.is_empty() {
+            every = self.schema.outputs.iter().map(|o| o.name.clone()).collect();
+            &every
+        } else {
+            &request.requested_outputs
+        };
+        let key = response_cache::request_key(&self.name, self.version, &request.inputs, &request.parameters, outputs);
+        let found = cache.lookup(&key).await;
+        let lookup = start.elapsed();
+        let Some(outputs) = found else { return Lookup::Miss(key, lookup) };
+        let response = InferenceResponse {
+            model_name: Arc::clone(&self.name),
+            model_version: self.version,
+            id: request.id.clone(),
+            outputs: select_outputs(outputs.to_vec(), &request.requested_outputs),
+            is_final: true,
+            parameters: Vec::new(),
+        };
+        let queue = timing.started.saturating_duration_since(timing.arrived) + start.saturating_duration_since(timing.validated);
+        self.stats.record_cache_hit(timing.arrived.elapsed(), queue, lookup);
+        Lookup::Hit(response)
     }
 
     /// Runs a request of a decoupled model on its own task; its responses arrive on the stream,

@@ -81,6 +81,9 @@ impl ModelRepository {
         }
         factory.complete_config(&mut config, model_dir).map_err(failed)?;
         repository::fill_core_defaults(&mut config);
+        if let Some(reason) = crate::response_cache::refusal(&config) {
+            return Err(failed(reason));
+        }
         let config = Arc::new(config);
         let versions = source.select_versions(&config)?;
         let schema = ModelSchema::from_config(&config).and_then(|s| s.with_labels(&config, model_dir)).map_err(failed)?;
@@ -104,8 +107,9 @@ impl ModelRepository {
             let scheduler = Scheduler::for_config(&config, &backend, &ragged, model_dir, self.options.scheduler_limits)
                 .map_err(failed)?
                 .with_rates(rates);
-            let model =
+            let mut model =
                 ModelVersion::scheduled(Arc::clone(&config), version, schema.clone(), engine, backend, scheduler, self.id);
+            model.cache = self.response_cache_for(&config);
             served.insert(version, Arc::new(model));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint, files: None })
@@ -115,6 +119,9 @@ impl ModelRepository {
     fn build_ensemble(&self, source: &ModelSource, config: ModelConfig) -> Result<ServedModel, WorkerError> {
         let name = source.name.as_str();
         let failed = |reason: String| WorkerError::LoadFailed { name: name.to_string(), reason };
+        if let Some(reason) = crate::response_cache::refusal(&config) {
+            return Err(failed(reason));
+        }
         let config = Arc::new(config);
         let model_dir = (!source.dir.as_os_str().is_empty()).then_some(source.dir.as_path());
         let schema = ModelSchema::from_config(&config).and_then(|s| s.with_labels(&config, model_dir)).map_err(failed)?;
@@ -129,9 +136,27 @@ impl ModelRepository {
             let engine = Engine::tensors(EnsembleBackend::new(&config, self, steps).map_err(refused)?);
             let mut model = ModelVersion::new(Arc::clone(&config), version, schema.clone(), engine);
             model.owner = self.id;
+            model.cache = self.response_cache_for(&config);
             served.insert(version, Arc::new(model));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint, files: None })
+    }
+}
+
+impl ModelRepository {
+    /// The server's response cache (`--cache-config`), if it has one.
+    pub fn response_cache(&self) -> Option<&Arc<dyn crate::response_cache::ResponseCache>> {
+        self.options.response_cache.as_ref()
+    }
+
+    /// The server's response cache when `config` enables it (a model that enables it on a server
+    /// without one runs uncached, as in Triton).
+    fn response_cache_for(&self, config: &ModelConfig) -> Option<Arc<dyn crate::response_cache::ResponseCache>> {
+        let enabled = config.response_cache.as_ref().is_some_and(|c| c.enable);
+        if enabled && self.options.response_cache.is_none() {
+            tracing::info!(model = %config.name, "response_cache is enabled but the server has no --cache-config; responses are not cached");
+        }
+        self.options.response_cache.clone().filter(|_| enabled)
     }
 }
 

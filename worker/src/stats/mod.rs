@@ -101,6 +101,9 @@ pub struct ModelStats {
     /// Executions by batch size (index 0 holds sizes beyond the model's `max_batch_size`, which
     /// a backend never sees).
     batches: Box<[BatchSlot]>,
+    /// Response-cache lookups that hit (the lookup's time) and misses (lookup and insertion).
+    cache_hit: DurationStat,
+    cache_miss: DurationStat,
 }
 
 /// The executions of one batch size: their count and compute phases.
@@ -147,6 +150,8 @@ pub struct StatsSnapshot {
     pub last_inference_ms: u64,
     /// The batch sizes executed at least once, smallest first.
     pub batch_stats: Vec<BatchStat>,
+    pub cache_hit: (u64, u64),
+    pub cache_miss: (u64, u64),
 }
 
 impl Default for ModelStats {
@@ -175,6 +180,8 @@ impl ModelStats {
             execution_count: AtomicU64::default(),
             last_inference_ms: AtomicU64::default(),
             batches: (0..=sizes).map(|_| BatchSlot::default()).collect(),
+            cache_hit: DurationStat::default(),
+            cache_miss: DurationStat::default(),
         }
     }
 
@@ -249,20 +256,42 @@ impl ModelStats {
         self.last_inference_ms.store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
+    /// A request answered from the response cache: a success that took `request` in all, of
+    /// which `queue` before its lookup and `lookup` in it, with no compute and no execution (as
+    /// Triton counts a hit: not in the compute phases, the inference count or the last
+    /// inference).
+    pub fn record_cache_hit(&self, request: Duration, queue: Duration, lookup: Duration) {
+        self.cache_hit.record(lookup);
+        self.succeeded.fetch_add(1, Ordering::Relaxed);
+        add_nanos(&self.success_ns, request);
+        add_nanos(&self.queue_ns, queue);
+    }
+
+    /// A request the response cache did not have, whose response was then stored: `elapsed` is
+    /// the lookup and the insertion together.
+    pub fn record_cache_miss(&self, elapsed: Duration) {
+        self.cache_miss.record(elapsed);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
+        let cache_hit = self.cache_hit.snapshot();
         let succeeded = self.succeeded.load(Ordering::Relaxed);
         let with_count = |ns: &AtomicU64| (succeeded, ns.load(Ordering::Relaxed));
+        // Triton counts the compute phases of the requests that ran: hits have none.
+        let computed = |ns: &AtomicU64| (succeeded.saturating_sub(cache_hit.0), ns.load(Ordering::Relaxed));
         StatsSnapshot {
             success: with_count(&self.success_ns),
             fail: self.fail.snapshot(),
             queue: with_count(&self.queue_ns),
-            compute_input: with_count(&self.compute_input_ns),
-            compute_infer: with_count(&self.compute_infer_ns),
-            compute_output: with_count(&self.compute_output_ns),
+            compute_input: computed(&self.compute_input_ns),
+            compute_infer: computed(&self.compute_infer_ns),
+            compute_output: computed(&self.compute_output_ns),
             inference_count: self.inference_count.load(Ordering::Relaxed),
             execution_count: self.execution_count.load(Ordering::Relaxed),
             last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
             batch_stats: self.batch_stats(),
+            cache_hit,
+            cache_miss: self.cache_miss.snapshot(),
         }
     }
 
@@ -318,5 +347,21 @@ mod tests {
         };
         assert_eq!(s.batch_stats, [batch(2, 1, [0, 5, 0]), batch(4, 1, [2, 3, 4])]);
         assert!(s.last_inference_ms > 0);
+    }
+
+    #[test]
+    fn a_cache_hit_is_a_success_without_compute_or_execution() {
+        let stats = ModelStats::new(1);
+        let ms = Duration::from_millis;
+        stats.record_success(PhaseTimes { queue: ms(1), compute_infer: ms(4), ..Default::default() }, 1);
+        stats.record_execution(1, PhaseTimes { compute_infer: ms(4), ..Default::default() });
+        stats.record_cache_miss(ms(1));
+        stats.record_cache_hit(ms(3), ms(2), ms(1));
+        let s = stats.snapshot();
+        let ns = |ms: u64| ms * 1_000_000;
+        assert_eq!((s.success, s.queue), ((2, ns(8)), (2, ns(3))));
+        assert_eq!((s.compute_infer, s.compute_input), ((1, ns(4)), (1, 0)));
+        assert_eq!((s.cache_hit, s.cache_miss), ((1, ns(1)), (1, ns(1))));
+        assert_eq!((s.inference_count, s.execution_count), (1, 1));
     }
 }
