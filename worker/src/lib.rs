@@ -59,7 +59,7 @@ pub use backends::{builtin_backends, register_builtins};
 pub use model::ModelVersion;
 pub use registry::{
     ByName, ControlMode, DeclaredModel, FileOverride, IndexEntry, MAX_OVERRIDE_BYTES, MAX_OVERRIDE_FILES, ModelRepository,
-    ModelState, OverrideFolder, RepositoryOptions, ServedModel,
+    ModelState, OverrideFolder, RemoteModel, RemoteRepository, RepositoryOptions, ServedModel, SyncedModel,
 };
 pub use rate_limiter::{RateLimitMode, RateLimiter, ResourceLimit};
 pub use scheduler_limits::{SchedulerLimits, instance_count};
