@@ -37,20 +37,25 @@ pub fn server_metadata(state: &ServerState) -> ServerMetadataResponse {
     }
 }
 
-pub fn model_ready(state: &ServerState, request: ModelReadyRequest) -> Result<bool, ServerError> {
+/// In on-demand mode a model's readiness, metadata and config load it first, as its inference
+/// does (a Triton client asks for them before it infers); a model that fails to load is not ready.
+pub async fn model_ready(state: &ServerState, request: ModelReadyRequest) -> Result<bool, ServerError> {
     let version = parse_version(&request.version)?;
+    let Ok(_in_use) = crate::dispatch::load_on_demand(state, &request.name).await else { return Ok(false) };
     Ok(state.repository.is_ready(&request.name, version))
 }
 
-pub fn model_metadata(state: &ServerState, request: ModelMetadataRequest) -> Result<ModelMetadataResponse, ServerError> {
+pub async fn model_metadata(state: &ServerState, request: ModelMetadataRequest) -> Result<ModelMetadataResponse, ServerError> {
     let version = parse_version(&request.version)?;
+    let _in_use = crate::dispatch::load_on_demand(state, &request.name).await?;
     let resolved = state.repository.resolve(&request.name, version)?;
     let model = state.repository.model(&request.name).ok_or(WorkerError::ModelNotFound { name: request.name })?;
     Ok(metadata::model_metadata(&model, &resolved, version.is_some()))
 }
 
-pub fn model_config(state: &ServerState, request: ModelConfigRequest) -> Result<ModelConfig, ServerError> {
+pub async fn model_config(state: &ServerState, request: ModelConfigRequest) -> Result<ModelConfig, ServerError> {
     let version = parse_version(&request.version)?;
+    let _in_use = crate::dispatch::load_on_demand(state, &request.name).await?;
     Ok(ModelConfig::clone(&state.repository.resolve(&request.name, version)?.config))
 }
 

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use tritium_worker::registry::on_demand::InUse;
 use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ModelVersion, ValidInferRequest, WorkerClient};
 
 use crate::error::ServerError;
@@ -53,6 +54,14 @@ pub(crate) fn admit(
         Target::Routed
     };
     Ok(Admitted { request: valid, target })
+}
+
+/// In on-demand mode, loads the model a request names before it is resolved: one load shared with
+/// every concurrent request for it, waited on at most `--model-load-timeout-secs`, run on a
+/// blocking thread. Nothing in the other modes. Hold what it returns until the request is done:
+/// the model is not evicted meanwhile.
+pub(crate) async fn load_on_demand(state: &ServerState, name: &str) -> Result<Option<InUse>, ServerError> {
+    Ok(state.repository.ensure_loaded(name, state.load_timeout).await?)
 }
 
 async fn language(state: &ServerState, request: ValidInferRequest, stream_call: bool) -> Result<InferOutcome, ServerError> {

@@ -1,5 +1,6 @@
 //! The model registry: which models and versions are served, their lifecycle under Triton's
-//! model control modes (`none`, `explicit`, `poll`), and the repository index.
+//! model control modes (`none`, `explicit`, `poll`, and `on-demand`: see [`on_demand`]), and the
+//! repository index.
 //!
 //! The request path reads an immutable snapshot (`ArcSwap`), so loads and unloads never block
 //! inference; lifecycle changes are serialized by one mutex.
@@ -15,12 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tritium_proto::inference::ModelConfig;
 
 mod build;
+pub mod on_demand;
 mod overrides;
-mod remote;
 mod requests;
 
 pub use overrides::{FileOverride, MAX_OVERRIDE_BYTES, MAX_OVERRIDE_FILES, OverrideFolder};
-pub use remote::{RemoteModel, RemoteRepository, SyncedModel};
 
 use crate::model::ModelVersion;
 use crate::scheduler_limits::SchedulerLimits;
@@ -39,14 +39,15 @@ pub enum ControlMode {
     Explicit,
     /// Load everything and follow changes to the repository.
     Poll,
+    /// Load each model at its first request, within limits (see [`on_demand`]); clients load and
+    /// unload as in explicit mode.
+    OnDemand,
 }
 
 #[derive(Debug, Clone)]
 pub struct RepositoryOptions {
-    /// Repository folders; empty (and no `remote`) means the built-in repository.
+    /// Repository folders; empty means the built-in repository.
     pub paths: Vec<PathBuf>,
-    /// Repositories in object stores, read through a local copy of each model.
-    pub remote: Vec<Arc<dyn RemoteRepository>>,
     pub control_mode: ControlMode,
     /// Models to load at start in explicit mode; `*` loads all.
     pub startup_models: Vec<String>,
@@ -68,6 +69,8 @@ pub struct RepositoryOptions {
     pub scheduler_limits: SchedulerLimits,
     /// The response cache (`--cache-config`), for the models whose config enables it.
     pub response_cache: Option<Arc<dyn crate::response_cache::ResponseCache>>,
+    /// The limits and pins of on-demand mode.
+    pub on_demand: on_demand::OnDemandOptions,
 }
 
 /// A model given by its config alone, with no repository folder.
@@ -81,7 +84,6 @@ impl Default for RepositoryOptions {
     fn default() -> Self {
         RepositoryOptions {
             paths: Vec::new(),
-            remote: Vec::new(),
             control_mode: ControlMode::None,
             startup_models: Vec::new(),
             poll_interval: Duration::from_secs(15),
@@ -91,6 +93,7 @@ impl Default for RepositoryOptions {
             auto_complete_config: true,
             scheduler_limits: SchedulerLimits::default(),
             response_cache: None,
+            on_demand: on_demand::OnDemandOptions::default(),
         }
     }
 }
@@ -203,6 +206,7 @@ pub struct ModelRepository {
     lifecycle: Mutex<()>,
     loading: crate::load_gate::LoadGate,
     changes: watch::Sender<u64>,
+    on_demand: on_demand::OnDemand,
     /// This repository, for the ensembles it serves (they run their steps on it).
     me: Weak<ModelRepository>,
 }
@@ -215,6 +219,7 @@ impl ModelRepository {
         let repository = Arc::new_cyclic(|me| ModelRepository {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             me: me.clone(),
+            on_demand: on_demand::OnDemand::new(options.on_demand.clone()),
             options,
             backends,
             served: ArcSwap::from_pointee(ByName::default()),
@@ -226,9 +231,12 @@ impl ModelRepository {
             changes: watch::channel(0).0,
         });
         let sources = load_order(repository.sources()?);
-        let load_all = repository.options.control_mode != ControlMode::Explicit
+        let on_demand = repository.options.control_mode == ControlMode::OnDemand;
+        let load_all = !(repository.options.control_mode == ControlMode::Explicit || on_demand)
             || repository.options.startup_models.iter().any(|m| m == "*");
-        let startup = with_composing_models(&sources, repository.options.startup_models.clone());
+        let mut wanted = repository.options.startup_models.clone();
+        wanted.extend(repository.options.on_demand.pinned.iter().cloned());
+        let startup = with_composing_models(&sources, wanted.clone());
         let guard = repository.lock_lifecycle();
         for source in sources {
             let wanted = load_all || startup.contains(&source.name);
@@ -240,8 +248,8 @@ impl ModelRepository {
                 repository.mark_unserved(&source.name, source.versions.clone(), String::new(), None, false);
             }
         }
-        if repository.options.control_mode == ControlMode::Explicit {
-            for name in &repository.options.startup_models {
+        if repository.options.control_mode == ControlMode::Explicit || on_demand {
+            for name in &wanted {
                 if name != "*" && !repository.is_served(name) && !repository.lock_unserved().contains_key(name) {
                     return Err(WorkerError::LoadFailed {
                         name: name.clone(),
@@ -306,7 +314,7 @@ impl ModelRepository {
 
     /// True when every model the repository was asked to serve is ready.
     pub fn all_ready(&self) -> bool {
-        !self.lock_unserved().values().any(|u| u.blocks_readiness) && self.remotes_healthy()
+        !self.lock_unserved().values().any(|u| u.blocks_readiness)
     }
 
     /// The version a request asks for (`None`: the latest ready one), with Triton's errors.
@@ -344,7 +352,7 @@ impl ModelRepository {
     /// [`ModelRepository::check_override`]. The model is built outside the lifecycle lock, so a
     /// slow load holds up neither other loads nor unloads; loads of one model follow each other.
     pub fn load(&self, name: &str, config_json: Option<&str>) -> Result<(), WorkerError> {
-        if self.options.control_mode != ControlMode::Explicit {
+        if !self.clients_control() {
             return Err(WorkerError::ModelControlDisabled);
         }
         let not_polled =
@@ -390,11 +398,11 @@ impl ModelRepository {
 
     /// Unloads a model (explicit mode); unknown names are fine, as in Triton.
     pub fn unload(&self, name: &str) -> Result<(), WorkerError> {
-        if self.options.control_mode != ControlMode::Explicit {
+        if !self.clients_control() {
             return Err(WorkerError::ModelControlDisabled);
         }
         let _guard = self.lock_lifecycle();
-        self.remove_served(name, "unloaded");
+        self.remove_served(name, "unloaded", on_demand::UnloadCause::Explicit);
         Ok(())
     }
 
@@ -459,7 +467,7 @@ impl ModelRepository {
         }
         for model in self.served_models() {
             if !sources.iter().any(|s| s.name == model.name) {
-                self.remove_served(&model.name, "removed from the model repository");
+                self.remove_served(&model.name, "removed from the model repository", on_demand::UnloadCause::Poll);
             }
         }
         Ok(())
@@ -490,10 +498,8 @@ impl ModelRepository {
 
     fn sources(&self) -> Result<Vec<ModelSource>, WorkerError> {
         let options = &self.options;
-        let mut sources = if !options.paths.is_empty() || !options.remote.is_empty() {
-            let mut sources = repository::scan_repositories(&options.paths)?;
-            self.add_remote_sources(&mut sources)?;
-            sources
+        let mut sources = if !options.paths.is_empty() {
+            repository::scan_repositories(&options.paths)?
         } else if options.declared.is_empty() && options.builtins {
             BUILTIN_MODELS.iter().map(|(name, text)| builtin_source(name, text)).collect()
         } else {
@@ -516,16 +522,13 @@ impl ModelRepository {
         if let Some(declared) = options.declared.iter().find(|d| d.name == name) {
             return Ok(Some(builtin_source(&declared.name, &declared.config_text)));
         }
-        if options.paths.is_empty() && options.remote.is_empty() {
+        if options.paths.is_empty() {
             if !options.declared.is_empty() || !options.builtins {
                 return Ok(None);
             }
             return Ok(BUILTIN_MODELS.iter().find(|(n, _)| *n == name).map(|(n, text)| builtin_source(n, text)));
         }
-        match repository::find_model(&options.paths, name)? {
-            Some(source) => Ok(Some(source)),
-            None => self.find_remote_source(name),
-        }
+        Ok(repository::find_model(&options.paths, name)?)
     }
 
     /// Builds every selected version of a model and swaps it in. Call with the lifecycle lock.
@@ -544,6 +547,7 @@ impl ModelRepository {
                 self.lock_rejected().remove(&source.name);
                 self.changes.send_modify(|n| *n += 1);
                 tracing::info!(model = %source.name, "loaded");
+                self.on_loaded(&source.name, &source.dir);
                 Ok(())
             }
             Err(e) if self.is_served(&source.name) => {
@@ -566,21 +570,28 @@ impl ModelRepository {
         }
     }
 
-    fn remove_served(&self, name: &str, reason: &str) {
+    fn remove_served(&self, name: &str, reason: &str, cause: on_demand::UnloadCause) {
         let current = self.served.load();
         let Some(model) = current.get(name) else { return };
         let versions: Vec<i64> = model.versions.keys().copied().collect();
-        let mut next = ByName::clone(&current);
-        next.remove(name);
-        self.served.store(Arc::new(next));
-        self.lock_rejected().remove(name);
-        // A model that came from a load's files alone leaves nothing behind in the index.
+        // A model that came from a load's files alone leaves nothing behind in the index. Marked
+        // before it leaves `served`, so a lookup always finds it in one or the other.
         let files_only = model.files.is_some() && !self.in_repository(name);
         if !reason.is_empty() && !files_only {
             self.mark_unserved(name, versions, reason.to_string(), None, false);
         }
+        let mut next = ByName::clone(&current);
+        next.remove(name);
+        self.served.store(Arc::new(next));
+        self.lock_rejected().remove(name);
         self.changes.send_modify(|n| *n += 1);
+        self.on_unloaded(name, cause);
         tracing::info!(model = %name, "unloaded");
+    }
+
+    /// Whether clients load and unload models (explicit and on-demand modes).
+    fn clients_control(&self) -> bool {
+        matches!(self.options.control_mode, ControlMode::Explicit | ControlMode::OnDemand)
     }
 
     /// Whether the repository (or the built-in set) holds a model of this name.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use tritium_backend_api::config_params::BackendSettings;
+use tritium_worker::registry::on_demand::OnDemandOptions;
 use tritium_worker::{ControlMode, DeclaredModel, RepositoryOptions, SchedulerLimits};
 
 use super::cluster::EngineArgs;
@@ -17,32 +18,33 @@ pub enum ModelControlMode {
     None,
     Explicit,
     Poll,
+    OnDemand,
 }
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Model repository")]
 pub struct RepositoryArgs {
-    /// Model repository (Triton layout): a folder, or an object store's `s3://bucket/path`,
-    /// `s3://http://HOST:PORT/bucket/path` (or https), `gs://bucket/path`,
-    /// `as://account/container/path`; repeatable, mixable. Without one, the built-in repository
+    /// Model repository folder (Triton layout); repeatable. Without one, the built-in repository
     /// (identity, identity_batch, add_sub, repeat, dense, accumulate, add_sub_twice) is served.
     #[arg(long = "model-repository", env = "TRITIUM_MODEL_REPOSITORY", value_delimiter = ',')]
-    pub model_repository: Vec<String>,
-    /// Where models of object-store repositories are copied before they load (created 0700 if
-    /// missing, kept at exit); default: a private temporary folder removed at exit.
-    #[arg(long, env = "TRITIUM_CLOUD_CACHE_DIR")]
-    pub cloud_cache_dir: Option<PathBuf>,
-    /// Bytes one model of an object-store repository may hold (all its objects); a larger model
-    /// does not load.
-    #[arg(long, env = "TRITIUM_CLOUD_MAX_MODEL_BYTES", default_value_t = 64 << 30)]
-    pub cloud_max_model_bytes: u64,
-    /// Objects one model of an object-store repository may hold; more and it does not load.
-    #[arg(long, env = "TRITIUM_CLOUD_MAX_MODEL_OBJECTS", default_value_t = 10_000)]
-    pub cloud_max_model_objects: usize,
+    pub model_repository: Vec<PathBuf>,
     /// none: load all at start; explicit: load what --load-model names and what clients ask for;
-    /// poll: load all and follow changes.
+    /// poll: load all and follow changes; on-demand: list every model and load each at its first
+    /// request (inference, metadata, config or readiness), unloading the least recently used idle
+    /// model past --max-loaded-models / --model-memory-budget; clients load and unload too.
     #[arg(long, env = "TRITIUM_MODEL_CONTROL_MODE", value_enum, default_value = "none")]
     pub model_control_mode: ModelControlMode,
+    /// On-demand mode: the most models loaded at once (at least 1; default: no limit).
+    #[arg(long, env = "TRITIUM_MAX_LOADED_MODELS")]
+    pub max_loaded_models: Option<usize>,
+    /// On-demand mode: the most bytes of models loaded at once, a model counting as the total size
+    /// of its files on disk (its folder in the repository; 0 for built-in models); a model larger
+    /// than the budget does not load. Default: no limit.
+    #[arg(long, env = "TRITIUM_MODEL_MEMORY_BUDGET")]
+    pub model_memory_budget: Option<u64>,
+    /// On-demand mode: a model loaded at start and never evicted; repeatable.
+    #[arg(long = "pin-model", env = "TRITIUM_PIN_MODEL", value_delimiter = ',')]
+    pub pin_model: Vec<String>,
     /// Model to load at start in explicit mode; repeatable; `*` loads every model.
     #[arg(long = "load-model", env = "TRITIUM_LOAD_MODEL", value_delimiter = ',')]
     pub load_model: Vec<String>,
@@ -194,7 +196,9 @@ pub(super) fn repository_options(
         ModelControlMode::None => ControlMode::None,
         ModelControlMode::Explicit => ControlMode::Explicit,
         ModelControlMode::Poll => ControlMode::Poll,
+        ModelControlMode::OnDemand => ControlMode::OnDemand,
     };
+    let on_demand = on_demand_options(repository)?;
     let mut declared = engine.mock_models(&models.model_name)?;
     if declared.is_empty() {
         declared = declared_models(&models.model_path, &models.model_name)?;
@@ -202,8 +206,7 @@ pub(super) fn repository_options(
         return Err("--engine mock simulates its models: give them --model-name, not --model-path".into());
     }
     Ok(RepositoryOptions {
-        paths: repository.model_repository.iter().filter(|r| !is_url(r)).map(PathBuf::from).collect(),
-        remote: cloud_repositories(repository)?,
+        paths: repository.model_repository.clone(),
         control_mode,
         startup_models: repository.load_model.clone(),
         poll_interval: Duration::from_secs(repository.repository_poll_secs.max(1)),
@@ -218,7 +221,38 @@ pub(super) fn repository_options(
             max_queue_size: repository.scheduler_max_queue_size.max(1),
             max_sequences: repository.max_sequences_per_model.max(1),
         },
+        on_demand,
     })
+}
+
+/// `--max-loaded-models`, `--model-memory-budget` and `--pin-model`, which only on-demand mode reads.
+fn on_demand_options(repository: &RepositoryArgs) -> Result<OnDemandOptions, String> {
+    let options = OnDemandOptions {
+        max_loaded_models: repository.max_loaded_models,
+        memory_budget: repository.model_memory_budget,
+        pinned: repository.pin_model.clone(),
+    };
+    if repository.model_control_mode != ModelControlMode::OnDemand {
+        if options != OnDemandOptions::default() {
+            return Err("--max-loaded-models, --model-memory-budget and --pin-model need --model-control-mode on-demand".into());
+        }
+        return Ok(options);
+    }
+    if options.max_loaded_models == Some(0) {
+        return Err("--max-loaded-models must be at least 1".into());
+    }
+    if options.memory_budget == Some(0) {
+        return Err("--model-memory-budget must be at least 1 byte".into());
+    }
+    if let Some(pin) = options.pinned.iter().find(|p| p.is_empty() || *p == "*") {
+        return Err(format!("--pin-model '{pin}' does not name a model"));
+    }
+    if let Some(max) = options.max_loaded_models
+        && options.pinned.len() > max
+    {
+        return Err(format!("{} models pinned with --pin-model, more than --max-loaded-models {max}", options.pinned.len()));
+    }
+    Ok(options)
 }
 
 /// One `config.pbtxt` per `--model-path`: `tritium_llm` for a causal LM, `tritium_embed` for an
@@ -267,37 +301,4 @@ fn model_path_backend(path: &std::path::Path) -> Result<&'static str, String> {
 fn default_model_name(path: &std::path::Path) -> String {
     let name = if path.is_dir() { path.file_name() } else { path.file_stem() };
     name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_string())
-}
-
-/// `scheme://...`: an object store's location rather than a folder.
-fn is_url(text: &str) -> bool {
-    text.split_once("://").is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric()))
-}
-
-/// The object-store repositories among `--model-repository` (the `cloud` feature).
-fn cloud_repositories(repository: &RepositoryArgs) -> Result<Vec<std::sync::Arc<dyn tritium_worker::RemoteRepository>>, String> {
-    let urls: Vec<String> = repository.model_repository.iter().filter(|r| is_url(r)).cloned().collect();
-    #[cfg(feature = "cloud")]
-    {
-        use tritium_cloud_repository::{CloudEnvironment, CloudOptions, Limits};
-        let options = CloudOptions {
-            cache_dir: repository.cloud_cache_dir.clone(),
-            limits: Limits {
-                max_bytes: repository.cloud_max_model_bytes.max(1),
-                max_objects: repository.cloud_max_model_objects.max(1),
-            },
-        };
-        tritium_cloud_repository::open_repositories(&urls, &options, &CloudEnvironment::from_process())
-    }
-    #[cfg(not(feature = "cloud"))]
-    {
-        let without = "this server was built without the cloud feature";
-        if let Some(url) = urls.first() {
-            return Err(format!("--model-repository {url}: {without}"));
-        }
-        if repository.cloud_cache_dir.is_some() {
-            return Err(format!("--cloud-cache-dir: {without}"));
-        }
-        Ok(Vec::new())
-    }
 }

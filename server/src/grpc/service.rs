@@ -27,7 +27,9 @@ impl InferenceService {
     /// ModelInfer, until the server's hard stop.
     async fn infer(&self, request: Request<ModelInferRequest>) -> RpcResult<ModelInferResponse> {
         let arrived = Instant::now();
-        let mut decoded = decode_for_model(request.into_inner(), &self.state.shm, &self.state.repository, None, arrived)?;
+        let request = request.into_inner();
+        let _in_use = crate::dispatch::load_on_demand(&self.state, &request.model_name).await?;
+        let mut decoded = decode_for_model(request, &self.state.shm, &self.state.repository, None, arrived)?;
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
         let response = crate::dispatch::unary(&self.state, decoded.request, decoded.model.take()).await?;
@@ -52,7 +54,7 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> RpcResult<ModelReadyResponse> {
-        reply(ModelReadyResponse { ready: admin::model_ready(&self.state, request.into_inner())? })
+        reply(ModelReadyResponse { ready: admin::model_ready(&self.state, request.into_inner()).await? })
     }
 
     async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> RpcResult<ServerMetadataResponse> {
@@ -60,7 +62,7 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> RpcResult<ModelMetadataResponse> {
-        reply(admin::model_metadata(&self.state, request.into_inner())?)
+        reply(admin::model_metadata(&self.state, request.into_inner()).await?)
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> RpcResult<ModelInferResponse> {
@@ -83,7 +85,7 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_config(&self, request: Request<ModelConfigRequest>) -> RpcResult<ModelConfigResponse> {
-        reply(ModelConfigResponse { config: Some(admin::model_config(&self.state, request.into_inner())?) })
+        reply(ModelConfigResponse { config: Some(admin::model_config(&self.state, request.into_inner()).await?) })
     }
 
     async fn model_statistics(&self, request: Request<ModelStatisticsRequest>) -> RpcResult<ModelStatisticsResponse> {

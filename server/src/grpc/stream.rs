@@ -79,6 +79,10 @@ async fn answer(state: Arc<ServerState>, request: ModelInferRequest, grpc_errors
     let arrived = Instant::now();
     let label = Label { model: request.model_name.clone(), version: request.model_version.clone(), id: request.id.clone() };
     // The request's own errors: in-band in both modes.
+    let _in_use = match crate::dispatch::load_on_demand(&state, &request.model_name).await {
+        Ok(in_use) => in_use,
+        Err(e) => return Answer::Now(in_band(&label, e, false)),
+    };
     let admitted = decode_for_model(request, &state.shm, &state.repository, None, arrived).and_then(|decoded| {
         let admitted = crate::dispatch::admit(&state, decoded.request, decoded.model)?;
         Ok((admitted, decoded.shm, decoded.enable_empty_final))

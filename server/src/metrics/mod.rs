@@ -7,6 +7,7 @@
 //! custom metrics models declare (`tritium_backend_api::custom_metrics`).
 
 mod cpu;
+mod lifecycle;
 mod triton;
 
 use std::sync::Arc;
@@ -98,6 +99,7 @@ impl MetricsState {
             families.extend(triton::summary_families(&self.repository, quantiles));
         }
         families.extend(self.cpu.families());
+        families.extend(lifecycle::families(&self.repository));
         let mut text = String::new();
         if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut text) {
             tracing::warn!("encoding the metrics failed: {e}");

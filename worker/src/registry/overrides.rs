@@ -94,7 +94,7 @@ impl ModelRepository {
         if files.is_empty() {
             return self.load(name, config_json);
         }
-        if self.options.control_mode != crate::ControlMode::Explicit {
+        if !self.clients_control() {
             return Err(WorkerError::ModelControlDisabled);
         }
         let json = config_json.ok_or_else(|| not_polled(name))?;

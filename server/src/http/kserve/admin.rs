@@ -57,7 +57,7 @@ pub(super) async fn model_ready(State(state): State<KserveState>, path: Result<P
     let path = model_path(path)?;
     let version = path.version();
     let request = ModelReadyRequest { name: path.model, version };
-    let ready = admin::model_ready(&state.server, request)?;
+    let ready = admin::model_ready(&state.server, request).await?;
     if ready { Ok(reply::empty_plain()) } else { Err(HttpError::bad_request("Model version not ready").plain()) }
 }
 
@@ -65,7 +65,7 @@ pub(super) async fn model_metadata(State(state): State<KserveState>, path: Resul
     let path = model_path(path)?;
     let version = path.version();
     let request = ModelMetadataRequest { name: path.model, version };
-    let metadata = admin::model_metadata(&state.server, request)?;
+    let metadata = admin::model_metadata(&state.server, request).await?;
     Ok(reply::json(&reply::message_json(&metadata, "inference.ModelMetadataResponse")?))
 }
 
@@ -73,7 +73,7 @@ pub(super) async fn model_config(State(state): State<KserveState>, path: Result<
     let path = model_path(path)?;
     let version = path.version();
     let request = ModelConfigRequest { name: path.model, version };
-    let config = admin::model_config(&state.server, request)?;
+    let config = admin::model_config(&state.server, request).await?;
     let json = tritium_repository::config_to_json(&config)
         .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(reply::json(&json))

@@ -182,6 +182,7 @@ pub(super) async fn generate(
 ) -> HttpResult {
     let arrived = Instant::now();
     let path = model_path(path)?;
+    let _in_use = crate::dispatch::load_on_demand(&state.server, &path.model).await?;
     let (request, resolved) = read_request(&state, &path, &headers, body, false).await?;
     let response = super::run_infer(&state, request, resolved, arrived).await?;
     let json = response_json(response)?;
@@ -206,6 +207,7 @@ pub(super) async fn generate_stream(
 ) -> HttpResult {
     let arrived = Instant::now();
     let path = model_path(path)?;
+    let _in_use = crate::dispatch::load_on_demand(&state.server, &path.model).await?;
     let (request, resolved) = read_request(&state, &path, &headers, body, true).await?;
     let decoded = decode_for_model(request, &state.server.shm, &state.server.repository, Some(resolved), arrived)?;
     let admitted = crate::dispatch::admit(&state.server, decoded.request, decoded.model)?;

@@ -211,6 +211,7 @@ async fn infer_route(
     let path = model_path(path)?;
     let version = path.version();
     // The model first, as Triton looks it up before it reads the request.
+    let _in_use = crate::dispatch::load_on_demand(&state.server, &path.model).await.map_err(|e| HttpError::from(e).plain())?;
     let resolved = resolve(&state, &path).map_err(HttpError::plain)?;
     if resolved.schema.decoupled {
         return Err(HttpError::new(
