@@ -18,9 +18,11 @@ use tritium_proto::inference::ModelConfig;
 mod build;
 pub mod on_demand;
 mod overrides;
+mod remote;
 mod requests;
 
 pub use overrides::{FileOverride, MAX_OVERRIDE_BYTES, MAX_OVERRIDE_FILES, OverrideFolder};
+pub use remote::{RemoteModel, RemoteRepository, SyncedModel};
 
 use crate::model::ModelVersion;
 use crate::scheduler_limits::SchedulerLimits;
@@ -46,8 +48,10 @@ pub enum ControlMode {
 
 #[derive(Debug, Clone)]
 pub struct RepositoryOptions {
-    /// Repository folders; empty means the built-in repository.
+    /// Repository folders; empty (and no `remote`) means the built-in repository.
     pub paths: Vec<PathBuf>,
+    /// Repositories in object stores, read through a local copy of each model.
+    pub remote: Vec<Arc<dyn RemoteRepository>>,
     pub control_mode: ControlMode,
     /// Models to load at start in explicit mode; `*` loads all.
     pub startup_models: Vec<String>,
@@ -84,6 +88,7 @@ impl Default for RepositoryOptions {
     fn default() -> Self {
         RepositoryOptions {
             paths: Vec::new(),
+            remote: Vec::new(),
             control_mode: ControlMode::None,
             startup_models: Vec::new(),
             poll_interval: Duration::from_secs(15),
@@ -314,7 +319,7 @@ impl ModelRepository {
 
     /// True when every model the repository was asked to serve is ready.
     pub fn all_ready(&self) -> bool {
-        !self.lock_unserved().values().any(|u| u.blocks_readiness)
+        !self.lock_unserved().values().any(|u| u.blocks_readiness) && self.remotes_healthy()
     }
 
     /// The version a request asks for (`None`: the latest ready one), with Triton's errors.
@@ -498,8 +503,10 @@ impl ModelRepository {
 
     fn sources(&self) -> Result<Vec<ModelSource>, WorkerError> {
         let options = &self.options;
-        let mut sources = if !options.paths.is_empty() {
-            repository::scan_repositories(&options.paths)?
+        let mut sources = if !options.paths.is_empty() || !options.remote.is_empty() {
+            let mut sources = repository::scan_repositories(&options.paths)?;
+            self.add_remote_sources(&mut sources)?;
+            sources
         } else if options.declared.is_empty() && options.builtins {
             BUILTIN_MODELS.iter().map(|(name, text)| builtin_source(name, text)).collect()
         } else {
@@ -522,13 +529,16 @@ impl ModelRepository {
         if let Some(declared) = options.declared.iter().find(|d| d.name == name) {
             return Ok(Some(builtin_source(&declared.name, &declared.config_text)));
         }
-        if options.paths.is_empty() {
+        if options.paths.is_empty() && options.remote.is_empty() {
             if !options.declared.is_empty() || !options.builtins {
                 return Ok(None);
             }
             return Ok(BUILTIN_MODELS.iter().find(|(n, _)| *n == name).map(|(n, text)| builtin_source(n, text)));
         }
-        Ok(repository::find_model(&options.paths, name)?)
+        match repository::find_model(&options.paths, name)? {
+            Some(source) => Ok(Some(source)),
+            None => self.find_remote_source(name),
+        }
     }
 
     /// Builds every selected version of a model and swaps it in. Call with the lifecycle lock.

@@ -24,10 +24,23 @@ pub enum ModelControlMode {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Model repository")]
 pub struct RepositoryArgs {
-    /// Model repository folder (Triton layout); repeatable. Without one, the built-in repository
+    /// Model repository (Triton layout): a folder, or an object store's `s3://bucket/path`,
+    /// `s3://http://HOST:PORT/bucket/path` (or https), `gs://bucket/path`,
+    /// `as://account/container/path`; repeatable, mixable. Without one, the built-in repository
     /// (identity, identity_batch, add_sub, repeat, dense, accumulate, add_sub_twice) is served.
     #[arg(long = "model-repository", env = "TRITIUM_MODEL_REPOSITORY", value_delimiter = ',')]
-    pub model_repository: Vec<PathBuf>,
+    pub model_repository: Vec<String>,
+    /// Where models of object-store repositories are copied before they load (created 0700 if
+    /// missing, kept at exit); default: a private temporary folder removed at exit.
+    #[arg(long, env = "TRITIUM_CLOUD_CACHE_DIR")]
+    pub cloud_cache_dir: Option<PathBuf>,
+    /// Bytes one model of an object-store repository may hold (all its objects); a larger model
+    /// does not load.
+    #[arg(long, env = "TRITIUM_CLOUD_MAX_MODEL_BYTES", default_value_t = 64 << 30)]
+    pub cloud_max_model_bytes: u64,
+    /// Objects one model of an object-store repository may hold; more and it does not load.
+    #[arg(long, env = "TRITIUM_CLOUD_MAX_MODEL_OBJECTS", default_value_t = 10_000)]
+    pub cloud_max_model_objects: usize,
     /// none: load all at start; explicit: load what --load-model names and what clients ask for;
     /// poll: load all and follow changes; on-demand: list every model and load each at its first
     /// request (inference, metadata, config or readiness), unloading the least recently used idle
@@ -206,7 +219,8 @@ pub(super) fn repository_options(
         return Err("--engine mock simulates its models: give them --model-name, not --model-path".into());
     }
     Ok(RepositoryOptions {
-        paths: repository.model_repository.clone(),
+        paths: repository.model_repository.iter().filter(|r| !is_url(r)).map(PathBuf::from).collect(),
+        remote: cloud_repositories(repository)?,
         control_mode,
         startup_models: repository.load_model.clone(),
         poll_interval: Duration::from_secs(repository.repository_poll_secs.max(1)),
@@ -301,4 +315,37 @@ fn model_path_backend(path: &std::path::Path) -> Result<&'static str, String> {
 fn default_model_name(path: &std::path::Path) -> String {
     let name = if path.is_dir() { path.file_name() } else { path.file_stem() };
     name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_string())
+}
+
+/// `scheme://...`: an object store's location rather than a folder.
+fn is_url(text: &str) -> bool {
+    text.split_once("://").is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// The object-store repositories among `--model-repository` (the `cloud` feature).
+fn cloud_repositories(repository: &RepositoryArgs) -> Result<Vec<std::sync::Arc<dyn tritium_worker::RemoteRepository>>, String> {
+    let urls: Vec<String> = repository.model_repository.iter().filter(|r| is_url(r)).cloned().collect();
+    #[cfg(feature = "cloud")]
+    {
+        use tritium_cloud_repository::{CloudEnvironment, CloudOptions, Limits};
+        let options = CloudOptions {
+            cache_dir: repository.cloud_cache_dir.clone(),
+            limits: Limits {
+                max_bytes: repository.cloud_max_model_bytes.max(1),
+                max_objects: repository.cloud_max_model_objects.max(1),
+            },
+        };
+        tritium_cloud_repository::open_repositories(&urls, &options, &CloudEnvironment::from_process())
+    }
+    #[cfg(not(feature = "cloud"))]
+    {
+        let without = "this server was built without the cloud feature";
+        if let Some(url) = urls.first() {
+            return Err(format!("--model-repository {url}: {without}"));
+        }
+        if repository.cloud_cache_dir.is_some() {
+            return Err(format!("--cloud-cache-dir: {without}"));
+        }
+        Ok(Vec::new())
+    }
 }
