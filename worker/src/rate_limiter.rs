@@ -21,6 +21,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
+use tritium_backend_api::error::WorkerError;
+use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_instance_group::Kind;
 
@@ -306,6 +308,16 @@ fn fits(state: &State, instance: u64) -> bool {
         let held = state.allocated.get(key).copied().unwrap_or(0);
         held.saturating_add(*count) <= state.available.get(key).copied().unwrap_or(0)
     })
+}
+
+/// A load [`RateLimiter::register`] refused, in Triton's words and class.
+pub(crate) fn load_refused(model: &str, version: i64, reason: String) -> WorkerError {
+    WorkerError::Failed {
+        code: ErrorCode::InvalidArg,
+        message: format!(
+            "load failed for model '{model}': version {version} is at UNAVAILABLE state: Invalid argument: {reason}"
+        ),
+    }
 }
 
 /// One model version's instances in the limiter; unregistered when the last clone goes.

@@ -91,7 +91,8 @@ impl ModelRepository {
         let mut served = BTreeMap::new();
         for version in versions {
             // Before the engine starts: an instance the limiter can never run fails the load.
-            let rates = self.options.rate_limiter.register(&config).map_err(failed)?;
+            let rates =
+                self.options.rate_limiter.register(&config).map_err(|e| crate::rate_limiter::load_refused(name, version, e))?;
             let version_dir = (!source.dir.as_os_str().is_empty()).then(|| source.dir.join(version.to_string()));
             let context = BackendContext {
                 model_name: name,
