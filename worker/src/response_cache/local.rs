@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use tritium_tensor::Tensor;
@@ -105,7 +106,13 @@ impl ResponseCache for LocalCache {
         if bytes > self.size {
             return;
         }
-        self.entries.insert(*key, Entry { outputs: Arc::from(outputs), bytes });
+        // Owned copies: an output may be a slice of a larger buffer (a batch's output, the request
+        // message an identity model echoes), which the entry would keep alive uncharged.
+        let owned: Vec<Tensor> = outputs
+            .iter()
+            .map(|t| Tensor::new(t.name.clone(), t.datatype, t.shape.clone(), Bytes::copy_from_slice(&t.data)))
+            .collect();
+        self.entries.insert(*key, Entry { outputs: Arc::from(owned), bytes });
     }
 
     fn gauges(&self) -> Option<CacheGauges> {

@@ -188,3 +188,18 @@ fn a_redis_that_is_down_is_a_miss() {
         assert!(cache.lookup(&key).await.is_none());
     });
 }
+
+#[test]
+fn the_local_cache_keeps_its_own_copy_of_an_output_sliced_from_a_larger_buffer() {
+    block_on(async {
+        let buffer = Bytes::from(vec![7u8; 1 << 20]);
+        let slice = [Tensor::new("OUT", DataType::Uint8, vec![4], buffer.slice(100..104))];
+        let cache = LocalCache::new(4096);
+        let key = key_of(&[input("A", &[1.0])], &Vec::new(), &[]);
+        cache.insert(&key, &slice).await;
+        let stored = cache.lookup(&key).await.expect("stored");
+        assert_eq!(stored[0].data, slice[0].data);
+        // Not a view into the 1 MiB buffer, which the entry would otherwise keep alive uncharged.
+        assert_ne!(stored[0].data.as_ptr(), slice[0].data.as_ptr());
+    });
+}
