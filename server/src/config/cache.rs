@@ -215,6 +215,17 @@ mod tests {
     }
 
     #[test]
+    fn dump_config_to_does_not_write_the_redis_password() {
+        use clap::CommandFactory;
+        let cli = crate::config::Cli::command();
+        let args = ["tritium", "serve", "--cache-config", "redis,host=h,port=1,password=hunter2"];
+        let matches = cli.clone().try_get_matches_from(args).expect("parses");
+        let document = crate::config::dump::resolved_options(&cli, &matches);
+        assert!(!document.to_string().contains("hunter2"), "{document}");
+        assert_eq!(document["options"]["cache-config"]["source"], "command_line");
+    }
+
+    #[test]
     fn malformed_flags_get_tritons_words_and_hide_passwords() {
         let error = settings(&["local"]).expect_err("no setting");
         assert_eq!(error, "--cache-config option format is '<cache name>,<setting>=<value>'. Got local");
