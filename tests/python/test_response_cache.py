@@ -325,3 +325,17 @@ def test_a_redis_that_is_down_or_goes_away_leaves_requests_answered(start_tritiu
         assert infer(client, "cached", value).as_numpy("OUTPUT0").tolist() == [9]
     assert stats(client, "cached")["success"] == 7 and stats(client, "cached")["hit"] == 1
     client.close()
+
+
+def test_counts_match_triton_2_51(start_tritium, model_repo):
+    """response_cache_scenario.run against Tritium gives what Triton 2.51 gave (response_cache_triton.json,
+    recorded by record_response_cache_triton.py): every statistic count, batch_stats and the cache metrics."""
+    import json
+
+    import response_cache_scenario as scenario
+
+    recorded = json.loads((pathlib.Path(__file__).parent / "response_cache_triton.json").read_text())
+    recorded.pop("triton")
+    scenario.write_repository(model_repo, "identity")
+    server = start_tritium("--model-repository", str(model_repo), *LOCAL)
+    assert scenario.run(server.url, server.metrics_url) == recorded
