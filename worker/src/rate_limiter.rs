@@ -173,7 +173,7 @@ impl RateLimiter {
                 *entry = (*entry).max(*count);
             }
         }
-        for ((place, name), _) in &most {
+        for (place, name) in most.keys() {
             if *place == Place::Global && most.keys().any(|(p, n)| n == name && *p != Place::Global) {
                 return Err(format!(
                     "Resource \"{name}\" is present as both global and device-specific resource in the model configuration."

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 use std::pin::pin;
 use std::task::Poll;
 

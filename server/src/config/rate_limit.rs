@@ -81,6 +81,7 @@ fn parse_resource(text: &str) -> Result<ResourceLimit, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use clap::Parser;
 
