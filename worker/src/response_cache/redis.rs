@@ -18,6 +18,8 @@ use super::{CacheKey, ResponseCache, decode_outputs, encode_outputs};
 
 /// Redis keys are this prefix and the request key's hex digest.
 const KEY_PREFIX: &str = "tritium:response-cache:v1:";
+/// Redis's largest value (`proto-max-bulk-len`'s default): a response larger is not stored.
+const MAX_VALUE: usize = 512 << 20;
 /// How long after a failure requests skip Redis before one tries to connect again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -125,10 +127,11 @@ impl RedisCache {
         }
     }
 
-    /// Forgets the connection after `error`, so the next request after [`RETRY_AFTER`] makes a
-    /// new one.
+    /// After `error`: a broken or slow connection is forgotten, so the next request after
+    /// [`RETRY_AFTER`] makes a new one; an error Redis answered (out of memory, say) leaves it.
     fn drop_connection(&self, what: &str, error: &redis::RedisError) {
-        if let Ok(mut state) = self.state.lock() {
+        let broken = error.is_unrecoverable_error() || error.is_io_error() || error.is_timeout();
+        if let Some(mut state) = self.state.lock().ok().filter(|_| broken) {
             state.connection = None;
             state.retry_at = Some(Instant::now() + RETRY_AFTER);
         }
@@ -173,8 +176,12 @@ impl ResponseCache for RedisCache {
 
     async fn insert(&self, key: &CacheKey, outputs: &[Tensor]) {
         let Some(mut connection) = self.connection().await else { return };
+        let value = encode_outputs(outputs);
+        if value.len() > MAX_VALUE {
+            return;
+        }
         let name = format!("{KEY_PREFIX}{}", key.hex());
-        let stored: Result<(), _> = redis::cmd("SET").arg(&name).arg(encode_outputs(outputs)).query_async(&mut connection).await;
+        let stored: Result<(), _> = redis::cmd("SET").arg(&name).arg(value).query_async(&mut connection).await;
         match stored {
             Ok(()) => self.answered(),
             Err(error) => self.drop_connection("SET", &error),
