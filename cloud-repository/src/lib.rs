@@ -229,11 +229,14 @@ impl Cache {
                 builder.create(dir).map_err(|e| failed(&dir.display().to_string(), e))?;
                 Ok(Cache::Given(dir.to_path_buf()))
             }
-            None => tempfile::Builder::new()
-                .prefix("tritium-cloud-")
-                .tempdir()
-                .map(Cache::Temporary)
-                .map_err(|e| failed("a temporary folder", e)),
+            None => {
+                let mut builder = tempfile::Builder::new();
+                builder.prefix("tritium-cloud-");
+                // Owner only: the copies may be private models.
+                #[cfg(unix)]
+                builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+                builder.tempdir().map(Cache::Temporary).map_err(|e| failed("a temporary folder", e))
+            }
         }
     }
 

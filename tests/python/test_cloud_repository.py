@@ -272,14 +272,26 @@ def test_s3_repository_serves_beside_a_folder(moto, cloud_env, serve, tmp_path, 
     assert S3_SECRET not in logs(server)
 
 
-def test_gcs_repository_serves(gcs, cloud_env, serve):
+def test_gcs_repository_serves(gcs, cloud_env, tmp_path):
     """gs://bucket/path with the emulator named by STORAGE_EMULATOR_HOST (no credentials, as the SDKs)."""
     gcs_put(gcs, "models-gcs", identity_files("deep/repo", "ident_gcs"))
     cloud_env.setenv("STORAGE_EMULATOR_HOST", gcs)
-    server = serve("--model-repository", "gs://models-gcs/deep/repo")
-    client = grpcclient.InferenceServerClient(server.url)
-    check_identity(client, "ident_gcs")
-    assert list(index(client)) == ["ident_gcs"]
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    cloud_env.setenv("TMPDIR", str(temp))
+    # Stopped here, not by the fixture: what it leaves at exit is checked.
+    server = start_server("--model-repository", "gs://models-gcs/deep/repo")
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        check_identity(client, "ident_gcs")
+        assert list(index(client)) == ["ident_gcs"]
+        # Without --cloud-cache-dir the copies go to a private temporary folder, removed at exit.
+        (cache,) = temp.glob("tritium-cloud-*")
+        assert (cache.stat().st_mode & 0o777) == 0o700 and list(cache.rglob("ident_gcs/config.pbtxt"))
+    finally:
+        status = server.stop()
+        server.stderr_path.unlink(missing_ok=True)
+    assert status == 0 and not cache.exists()
 
 
 def test_azure_repository_serves(azurite, cloud_env, serve):
