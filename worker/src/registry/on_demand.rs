@@ -238,6 +238,10 @@ impl ModelRepository {
                 let _ = tokio::task::spawn_blocking(move || drop(repository.lock_lifecycle())).await;
                 continue;
             }
+            // A worker behind the router holds it already: it is served there, not loaded here.
+            if self.remote.load().contains_key(name) {
+                return Ok(None);
+            }
             match self.lock_unserved().get(name) {
                 None => return Ok(None),
                 // A failed load is not retried by requests (each would pay for it again); an
@@ -434,7 +438,80 @@ impl ModelRepository {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::{DeclaredModel, RepositoryOptions, ServedModel};
+
+    /// Identity models a..=e, declared (no folder: 0 bytes each), none loaded at start.
+    fn on_demand(max_loaded_models: usize, pinned: &[&str]) -> Arc<ModelRepository> {
+        let declared = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|n| DeclaredModel { name: n.to_string(), config_text: format!("name: \"{n}\"\nbackend: \"identity\"\n") })
+            .collect();
+        let options = RepositoryOptions {
+            declared,
+            control_mode: ControlMode::OnDemand,
+            on_demand: OnDemandOptions {
+                max_loaded_models: Some(max_loaded_models),
+                memory_budget: None,
+                pinned: pinned.iter().map(|p| p.to_string()).collect(),
+            },
+            ..RepositoryOptions::default()
+        };
+        ModelRepository::open(options, crate::builtin_backends()).expect("opens")
+    }
+
+    fn loaded(repository: &ModelRepository) -> Vec<String> {
+        repository.local_models().iter().map(|m| m.name.clone()).collect()
+    }
+
+    const WAIT: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn models_load_at_first_use_and_the_least_recently_used_idle_one_goes() {
+        let repository = on_demand(2, &["a"]);
+        assert_eq!(loaded(&repository), ["a"]);
+        assert!(repository.index(false).expect("index").iter().any(|row| row.name == "e" && row.state.is_none()));
+        drop(repository.ensure_loaded("b", WAIT).await.expect("loads"));
+        assert_eq!(loaded(&repository), ["a", "b"]);
+        // "b" is held by a request: loading "c" cannot evict it (nor the pinned "a"), so it goes over.
+        let held = repository.ensure_loaded("b", WAIT).await.expect("loaded").expect("held");
+        drop(repository.ensure_loaded("c", WAIT).await.expect("loads"));
+        assert_eq!(loaded(&repository), ["a", "b", "c"]);
+        // The last hold on "b" going evicts what is over the limit: "b", used before "c".
+        drop(held);
+        for _ in 0..600 {
+            if loaded(&repository).len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(loaded(&repository), ["a", "c"]);
+        let counts = repository.lifecycle_counts();
+        assert_eq!((counts.loads, counts.unloads, counts.loaded), (3, [0, 0, 1], 2));
+        // Unknown names are left to resolve, which refuses them.
+        assert!(repository.ensure_loaded("nope", WAIT).await.expect("nothing to load").is_none());
+        assert!(matches!(repository.resolve("nope", None), Err(WorkerError::ModelNotFound { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_model_a_worker_already_holds_is_not_loaded_here() {
+        let repository = on_demand(2, &[]);
+        let config = Arc::new(tritium_proto::inference::ModelConfig { name: "d".into(), ..Default::default() });
+        repository.set_remote_models(vec![Arc::new(ServedModel::new("d".into(), config, BTreeMap::new()))]);
+        assert!(repository.ensure_loaded("d", WAIT).await.expect("served remotely").is_none());
+        assert!(loaded(&repository).is_empty());
+        assert_eq!(repository.lifecycle_counts().loads, 0);
+    }
+
+    #[tokio::test]
+    async fn other_modes_load_nothing_on_demand() {
+        let options = RepositoryOptions { control_mode: ControlMode::Explicit, ..RepositoryOptions::default() };
+        let repository = ModelRepository::open(options, crate::builtin_backends()).expect("opens");
+        assert!(repository.ensure_loaded("identity", WAIT).await.expect("nothing").is_none());
+        assert!(loaded(&repository).is_empty());
+    }
 
     fn resident(name: &str, bytes: u64, last_used: u64) -> Resident {
         Resident { name: name.to_string(), bytes, last_used, busy: false, protected: false }
