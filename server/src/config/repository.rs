@@ -349,3 +349,53 @@ fn cloud_repositories(repository: &RepositoryArgs) -> Result<Vec<std::sync::Arc<
         Ok(Vec::new())
     }
 }
+
+#[cfg(test)]
+mod cloud_tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+    }
+
+    fn repositories(args: &[&str]) -> Result<(Vec<PathBuf>, usize), String> {
+        let flags = Flags::try_parse_from([&["tritium"], args].concat()).map_err(|e| e.to_string())?;
+        let paths = flags.repository.model_repository.iter().filter(|r| !is_url(r)).map(PathBuf::from).collect();
+        Ok((paths, cloud_repositories(&flags.repository)?.len()))
+    }
+
+    #[test]
+    fn folders_and_urls_are_told_apart() {
+        assert!(is_url("s3://bucket/models") && is_url("gs://b") && is_url("as://a/c") && is_url("ftp://x"));
+        assert!(!is_url("/models") && !is_url("models") && !is_url("./odd://name"));
+        assert_eq!(repositories(&["--model-repository", "/a,/b"]).unwrap(), (vec![PathBuf::from("/a"), PathBuf::from("/b")], 0));
+    }
+
+    #[test]
+    #[cfg(feature = "cloud")]
+    fn cloud_locations_mix_with_folders() {
+        // No credentials is not an error here: the repository fails to list, and the others serve.
+        let (paths, remote) = repositories(&["--model-repository", "/a", "--model-repository", "s3://bucket/models"]).unwrap();
+        assert_eq!((paths, remote), (vec![PathBuf::from("/a")], 1));
+        let error = repositories(&["--model-repository", "hdfs://cluster/models"]).unwrap_err();
+        assert!(error.contains("unknown scheme 'hdfs'"), "{error}");
+    }
+
+    /// `--no-default-features` (CI runs these tests so): a URL repository is refused by name.
+    #[test]
+    #[cfg(not(feature = "cloud"))]
+    fn a_cloud_location_without_the_feature_is_refused() {
+        assert_eq!(
+            repositories(&["--model-repository", "s3://bucket/models"]).unwrap_err(),
+            "--model-repository s3://bucket/models: this server was built without the cloud feature"
+        );
+        assert_eq!(
+            repositories(&["--cloud-cache-dir", "/tmp/cache"]).unwrap_err(),
+            "--cloud-cache-dir: this server was built without the cloud feature"
+        );
+    }
+}
