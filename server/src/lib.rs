@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod backends;
+pub mod cli;
 pub mod config;
 mod connection;
 pub mod discovery;

@@ -1,0 +1,255 @@
+//! The `tritium` command line as a library function: the binary and the Python package
+//! (`python -m tritium`, `tritium.Server`) parse and serve through the same code.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::FromRawFd;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+use tritium_worker::BackendRegistry;
+
+use crate::config::{Cli, Command, ServeArgs, WorkerArgs};
+use crate::logging::LogControl;
+use crate::worker_process::{WorkerProcess, default_worker_id};
+use crate::{ServerConfig, Tritium};
+
+/// Runs the command line `args` (the program name first) to its end, as the `tritium` binary.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let command = Cli::command();
+    let matches = command.clone().get_matches_from(args);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some(path) = &cli.dump_config_to
+        && let Err(e) = crate::config::dump::dump(&command, &matches, path)
+    {
+        eprintln!("tritium: {e}");
+        return ExitCode::FAILURE;
+    }
+    let logging = match &cli.command {
+        Command::Serve(args) => &args.logging,
+        Command::Worker(args) => &args.logging,
+    };
+    let log = LogControl::install(logging);
+    // One worker thread per available core: more only adds contention (measured by grpc_bench).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tritium: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let run = async move {
+        match cli.command {
+            Command::Serve(args) => serve_cli(args, log).await,
+            Command::Worker(args) => worker(args).await,
+        }
+    };
+    let outcome = runtime.block_on(run);
+    // A blocking task can be stuck in a system call (a model load reading a slow disk); dropping
+    // the runtime would wait for it forever, so SIGTERM would not end the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tritium: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where a server started by [`serve`] listens, once its models are loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    pub grpc: SocketAddr,
+    pub http: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// How long the calls a hard stop ended have to send their endings (error events, 503s,
+/// UNAVAILABLE) before the process exits anyway.
+const HARD_STOP_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A listener handed over as a file descriptor, or bound at `addr`.
+async fn listener(fd: Option<i32>, addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    match fd {
+        // SAFETY: the caller handed this descriptor over for us to own (systemd-style socket passing).
+        Some(fd) => {
+            let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            // A descriptor handed over arrives inheritable: close it on exec, or every process the
+            // server starts (a Python model's stub and its helpers) would hold the port open.
+            // SAFETY: fcntl on a descriptor this function owns.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)
+        }
+        None => tokio::net::TcpListener::bind(addr).await,
+    }
+}
+
+/// `tritium serve`: the ready line on stdout, stopped by SIGINT/SIGTERM (or the interactive chat's end).
+async fn serve_cli(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::error::Error>> {
+    let config = args.server_config()?;
+    let announce = |at: Listening| {
+        // One line on stdout once models are loaded, for scripts and test harnesses to wait on.
+        let mut ready = format!("tritium ready grpc={}", at.grpc);
+        if let Some(http_addr) = at.http {
+            ready.push_str(&format!(" http={http_addr}"));
+        }
+        if let Some(metrics_addr) = at.metrics {
+            ready.push_str(&format!(" metrics={metrics_addr}"));
+        }
+        println!("{ready}");
+        let _ = std::io::stdout().flush();
+    };
+    let interactive = args.openai.interactive;
+    let stop = move |tritium: &Tritium| {
+        let llm = interactive.then(|| tritium.llm());
+        async move {
+            match llm {
+                // The session's end stops the server, as a signal does.
+                Some(llm) => {
+                    tokio::select! {
+                        () = shutdown_signal() => {}
+                        ended = crate::llm::interactive::chat(llm) => {
+                            if let Err(error) = ended {
+                                tracing::warn!("the interactive chat ended: {error}");
+                            }
+                        }
+                    }
+                }
+                None => shutdown_signal().await,
+            }
+        }
+    };
+    serve(&args, config, log, BackendRegistry::default(), announce, stop).await
+}
+
+/// Serves `args` with `config` (built from them, perhaps amended) and `backends` beside the
+/// built-in ones; `ready` is told the addresses once the models are loaded; the server stops
+/// when the future `shutdown` makes completes, draining for `--exit-timeout-secs`.
+pub async fn serve<F>(
+    args: &ServeArgs,
+    config: ServerConfig,
+    log: LogControl,
+    backends: BackendRegistry,
+    ready: impl FnOnce(Listening),
+    shutdown: impl FnOnce(&Tritium) -> F,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let metrics = match (args.metrics.allow_metrics, args.metrics.metrics_listen_fd) {
+        (true, fd) => Some(listener(fd, args.metrics.addr()).await?),
+        // A socket handed over for metrics that are off is closed, so scrapers are refused rather
+        // than left waiting on a listener nobody reads.
+        (false, Some(fd)) => {
+            drop(listener(Some(fd), args.metrics.addr()).await?);
+            None
+        }
+        (false, None) => None,
+    };
+    let listener = listener(args.grpc.grpc_listen_fd, args.grpc_addr()).await?;
+    let http = match args.http.allow_http {
+        true => Some(listener_for_http(args).await?),
+        false => None,
+    };
+    let tritium = tokio::task::spawn_blocking(move || Tritium::with_backends(config, log, backends)).await??;
+    let at = Listening {
+        grpc: listener.local_addr()?,
+        http: http.as_ref().map(|h| h.local_addr()).transpose()?,
+        metrics: metrics.as_ref().map(|m| m.local_addr()).transpose()?,
+    };
+    tracing::info!("serving gRPC on {}", at.grpc);
+    if let Some(http_addr) = at.http {
+        tracing::info!("serving HTTP on {http_addr}");
+    }
+    if let Some(metrics_addr) = at.metrics {
+        tracing::info!("serving metrics on {metrics_addr}");
+    }
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = std::sync::Arc::clone(&stopping);
+    let stop = shutdown(&tritium);
+    let signal = async move {
+        stop.await;
+        notify.notify_one();
+    };
+    let exit_timeout = std::time::Duration::from_secs(args.exit_timeout_secs);
+    let hard_stop = tritium.hard_stop();
+    let served = tritium.serve_all(listener, http, metrics, signal);
+    ready(at);
+    tokio::pin!(served);
+    tokio::select! {
+        served = &mut served => served?,
+        () = async { stopping.notified().await; tokio::time::sleep(exit_timeout).await } => {
+            // Every call still running ends now with an error of its protocol, so that no client
+            // is cut off without a word; the process exits once they are sent, or soon anyway.
+            tracing::warn!("calls still in flight after {exit_timeout:?}; ending them");
+            hard_stop.cancel();
+            match tokio::time::timeout(HARD_STOP_FLUSH, &mut served).await {
+                Ok(served) => served?,
+                Err(_) => tracing::warn!("calls still open {HARD_STOP_FLUSH:?} after they were ended; exiting anyway"),
+            }
+        }
+    }
+    // Python models' finalize runs before the process ends, as on an unload.
+    tokio::task::spawn_blocking(crate::backends::stop_all).await?;
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let config = args.worker_config()?;
+    let listener = listener(args.listen.worker_listen_fd, args.listen.addr()).await?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && config.worker_token.is_none() {
+        return Err(format!(
+            "the worker plane listens on {addr}, which is not loopback: give --worker-token (TRITIUM_WORKER_TOKEN), \
+             and the same to the frontends, so only they are served"
+        )
+        .into());
+    }
+    let advertised = args.listen.advertised_uri(addr);
+    let id = args.listen.worker_id.clone().unwrap_or_else(default_worker_id);
+    let process = tokio::task::spawn_blocking(move || WorkerProcess::new(config)).await??;
+    tracing::info!(worker = %id, %advertised, "serving the worker plane on {addr}");
+    println!("tritium worker ready grpc={addr} id={id}");
+    std::io::stdout().flush()?;
+    let drain_timeout = std::time::Duration::from_secs(args.exit_timeout_secs);
+    process.serve(listener, id, advertised, shutdown_signal(), drain_timeout).await?;
+    tokio::task::spawn_blocking(crate::backends::stop_all).await?;
+    Ok(())
+}
+
+async fn listener_for_http(args: &ServeArgs) -> std::io::Result<tokio::net::TcpListener> {
+    listener(args.http.http_listen_fd, args.http_addr()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
