@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tritium_proto::inference::ModelConfig;
@@ -83,10 +83,13 @@ impl Scheduler {
                 Ok(BatchShare { outputs, execution: None, waited: Duration::ZERO })
             }
             Scheduler::Limited(ragged, rates) => {
+                let asked = Instant::now();
                 let resources = rates.acquire(None).await;
+                // Waiting for resources is waiting in the queue.
+                let waited = asked.elapsed();
                 let outputs = ragged.run_one(backend, request).await;
                 drop(resources);
-                Ok(BatchShare { outputs, execution: None, waited: Duration::ZERO })
+                Ok(BatchShare { outputs, execution: None, waited })
             }
             Scheduler::Dynamic(batcher) => batcher.submit(request, rows, options).await,
             Scheduler::Sequence(batcher) => batcher.submit(request, rows, options).await,
@@ -136,13 +139,15 @@ impl Scheduler {
             StreamStart::Queued(wait) => wait.end().await,
             StreamStart::Ended(end) => end,
             StreamStart::Now(request, mut responder, rates) => {
+                let asked = Instant::now();
                 let resources = match &rates {
                     Some(rates) => Some(rates.acquire(None).await),
                     None => None,
                 };
+                let waited = asked.elapsed();
                 let result = backend.execute(request, &mut responder).await;
                 drop(resources);
-                StreamEnd { responder: Some(responder), result, execution: None, waited: Duration::ZERO }
+                StreamEnd { responder: Some(responder), result, execution: None, waited }
             }
         }
     }

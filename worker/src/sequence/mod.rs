@@ -433,8 +433,19 @@ impl Scheduler {
         let (settings, backend, finished) = (Arc::clone(&self.settings), Arc::clone(&self.backend), self.finished.0.clone());
         let rates = self.rates.clone();
         tokio::spawn(async move {
+            let mut batch = batch;
             let resources = match &rates {
-                Some(rates) => Some(rates.acquire(Some(instance)).await),
+                Some(rates) => {
+                    let asked = Instant::now();
+                    let grant = rates.acquire(Some(instance)).await;
+                    // Waiting for resources is waiting in the queue.
+                    for row in &mut batch.rows {
+                        if let Row::Request { pending, .. } = row {
+                            pending.waited += asked.elapsed();
+                        }
+                    }
+                    Some(grant)
+                }
                 None => None,
             };
             batch.execute(&settings, backend.as_ref(), &finished).await;
