@@ -56,10 +56,24 @@ impl ModelRepository {
         let wanted: Vec<String> = options.startup_models.clone();
         let mut remote_sources: Vec<ModelSource> = Vec::new();
         let mut listed: Vec<(usize, RemoteModel)> = Vec::new();
+        let mut unlisted = false;
         for (index, remote) in options.remote.iter().enumerate() {
             match remote.list() {
                 Ok(models) => listed.extend(models.into_iter().map(|m| (index, m))),
-                Err(e) => tracing::error!("model repository {}: {e}", remote.location()),
+                Err(e) => {
+                    tracing::error!("model repository {}: {e}", remote.location());
+                    unlisted = true;
+                }
+            }
+        }
+        if unlisted {
+            // A repository that cannot be listed now (a network failure) keeps its models: what
+            // is served and listed nowhere else stays as it is, unchanged for poll.
+            for model in self.local_models() {
+                let elsewhere = sources.iter().any(|s| s.name == model.name) || listed.iter().any(|(_, m)| m.name == model.name);
+                if !elsewhere {
+                    remote_sources.push(unfetched(&model.name, model.fingerprint));
+                }
             }
         }
         let mut seen = BTreeSet::new();
@@ -154,4 +168,141 @@ impl ModelRepository {
 /// A remote model known by name only: not copied yet, or served and unchanged.
 fn unfetched(name: &str, fingerprint: u64) -> ModelSource {
     ModelSource { name: name.to_string(), dir: PathBuf::new(), config_text: None, versions: Vec::new(), fingerprint }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::registry::{ModelState, RepositoryOptions};
+
+    const IDENTITY: &str = "backend: \"identity\"\nmax_batch_size: 0\n\
+        input [ { name: \"INPUT0\", data_type: TYPE_FP32, dims: [ -1 ] } ]\n\
+        output [ { name: \"OUTPUT0\", data_type: TYPE_FP32, dims: [ -1 ] } ]\n";
+
+    /// An in-memory object store: each model is its versions (or the error its copy fails with).
+    #[derive(Debug, Default)]
+    struct Fake {
+        models: Mutex<BTreeMap<String, Result<Vec<i64>, String>>>,
+        list_error: Mutex<Option<String>>,
+        healthy: AtomicBool,
+        root: Option<tempfile::TempDir>,
+    }
+
+    impl Fake {
+        fn new(models: &[(&str, Result<Vec<i64>, String>)]) -> Arc<Fake> {
+            let fake = Fake { root: Some(tempfile::tempdir().unwrap()), healthy: AtomicBool::new(true), ..Fake::default() };
+            fake.models.lock().unwrap().extend(models.iter().map(|(n, v)| (n.to_string(), v.clone())));
+            Arc::new(fake)
+        }
+
+        fn fingerprint(versions: &Result<Vec<i64>, String>) -> u64 {
+            match versions {
+                Ok(v) => v.iter().map(|v| *v as u64 + 1).product::<u64>() + v.len() as u64,
+                Err(e) => e.len() as u64 + 1000,
+            }
+        }
+    }
+
+    impl RemoteRepository for Fake {
+        fn location(&self) -> &str {
+            "fake://bucket/models"
+        }
+
+        fn list(&self) -> Result<Vec<RemoteModel>, String> {
+            let error = self.list_error.lock().unwrap().clone();
+            self.healthy.store(error.is_none(), Ordering::Relaxed);
+            if let Some(error) = error {
+                return Err(error);
+            }
+            let models = self.models.lock().unwrap();
+            Ok(models.iter().map(|(name, v)| RemoteModel { name: name.clone(), fingerprint: Fake::fingerprint(v) }).collect())
+        }
+
+        fn sync(&self, name: &str) -> Result<Option<SyncedModel>, String> {
+            let Some(versions) = self.models.lock().unwrap().get(name).cloned() else { return Ok(None) };
+            let fingerprint = Fake::fingerprint(&versions);
+            let versions = versions.map_err(|e| format!("fake://bucket/models: {e}"))?;
+            let dir = self.root.as_ref().unwrap().path().join(name).join(fingerprint.to_string()).join(name);
+            for version in &versions {
+                std::fs::create_dir_all(dir.join(version.to_string())).unwrap();
+            }
+            std::fs::write(dir.join("config.pbtxt"), IDENTITY).unwrap();
+            Ok(Some(SyncedModel { dir, fingerprint }))
+        }
+
+        fn healthy(&self) -> bool {
+            self.healthy.load(Ordering::Relaxed)
+        }
+    }
+
+    fn open(fake: &Arc<Fake>, control_mode: ControlMode, startup: &[&str]) -> Arc<ModelRepository> {
+        let options = RepositoryOptions {
+            remote: vec![Arc::clone(fake) as Arc<dyn RemoteRepository>],
+            control_mode,
+            startup_models: startup.iter().map(|s| s.to_string()).collect(),
+            ..RepositoryOptions::default()
+        };
+        ModelRepository::open(options, crate::builtin_backends()).unwrap()
+    }
+
+    fn state(repository: &ModelRepository, name: &str) -> Vec<(Option<i64>, Option<ModelState>, String)> {
+        let rows = repository.index(false).unwrap().into_iter().filter(|r| r.name == name);
+        rows.map(|r| (r.version, r.state, r.reason)).collect()
+    }
+
+    #[test]
+    fn none_mode_loads_the_copies_and_reports_failed_ones() {
+        let fake = Fake::new(&[("good", Ok(vec![1])), ("bad", Err("object 'x' is too large".into()))]);
+        let repository = open(&fake, ControlMode::None, &[]);
+        assert!(repository.is_ready("good", Some(1)));
+        let bad = state(&repository, "bad");
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!(bad[0].1, Some(ModelState::Unavailable));
+        assert!(bad[0].2.contains("fake://bucket/models: object 'x' is too large"), "{bad:?}");
+        assert!(!repository.all_ready(), "a model the server was asked to serve failed");
+        assert!(repository.model("builtin").is_none() && repository.model("identity").is_none(), "no built-ins");
+    }
+
+    #[test]
+    fn poll_follows_changes_and_a_failed_listing_keeps_what_is_served() {
+        let fake = Fake::new(&[("changing", Ok(vec![1])), ("leaving", Ok(vec![1]))]);
+        let repository = open(&fake, ControlMode::Poll, &[]);
+        assert!(repository.is_ready("changing", Some(1)) && repository.is_ready("leaving", None));
+        {
+            let mut models = fake.models.lock().unwrap();
+            models.insert("changing".into(), Ok(vec![1, 2]));
+            models.remove("leaving");
+            models.insert("arriving".into(), Ok(vec![3]));
+        }
+        repository.poll().unwrap();
+        assert!(repository.is_ready("changing", Some(2)) && !repository.is_ready("changing", Some(1)));
+        assert!(repository.is_ready("arriving", Some(3)) && !repository.is_ready("leaving", None));
+        assert!(repository.all_ready());
+        *fake.list_error.lock().unwrap() = Some("the endpoint is unreachable".into());
+        repository.poll().unwrap();
+        assert!(!repository.all_ready(), "a repository that cannot be listed makes the server not ready");
+        assert!(repository.is_ready("changing", Some(2)) && repository.is_ready("arriving", None), "and keeps its models");
+        *fake.list_error.lock().unwrap() = None;
+        repository.poll().unwrap();
+        assert!(repository.all_ready() && repository.is_ready("changing", Some(2)));
+    }
+
+    #[test]
+    fn explicit_mode_copies_at_load() {
+        let fake = Fake::new(&[("first", Ok(vec![1])), ("second", Ok(vec![1]))]);
+        let repository = open(&fake, ControlMode::Explicit, &["first"]);
+        assert!(repository.is_ready("first", None) && !repository.is_ready("second", None));
+        let root = fake.root.as_ref().unwrap().path();
+        assert!(root.join("first").exists() && !root.join("second").exists(), "only what is loaded is copied");
+        assert_eq!(state(&repository, "second"), vec![(None, None, String::new())]);
+        repository.load("second", None).unwrap();
+        assert!(repository.is_ready("second", Some(1)));
+        repository.unload("second").unwrap();
+        assert!(!repository.is_ready("second", None));
+        assert!(repository.load("absent", None).is_err());
+    }
 }
