@@ -279,6 +279,63 @@ def test_an_instance_needing_more_than_the_count_fails_to_load_and_the_rest_serv
     client.close()
 
 
+STREAMER = """
+    import json
+    import os
+    import time
+    import triton_python_backend_utils as pb_utils
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.log = json.loads(args["model_config"])["parameters"]["LOG"]["string_value"]
+            self.name = args["model_name"]
+
+        def execute(self, requests):
+            for request in requests:
+                start = time.monotonic()
+                values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+                fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                os.write(fd, f"{self.name} {int(values.flatten()[2])} {start} {time.monotonic()}\\n".encode())
+                os.close(fd)
+                request.get_response_sender().send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", values.copy())]),
+                                                   flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return None
+"""
+
+
+def test_a_stream_cancelled_while_it_waits_for_resources_never_runs(start_tritium, tmp_path):
+    log = tmp_path / "log"
+    write_python_model(tmp_path, "holder", config(log, 1, one_r()), RECORDER)
+    decoupled = config(log, 1, one_r()) + "model_transaction_policy { decoupled: true }\n"
+    write_python_model(tmp_path, "streamer", decoupled, STREAMER)
+    server = serve(start_tritium, tmp_path, "--rate-limit", "execution_count")
+    holder = threading.Thread(target=lambda: infer(grpcclient.InferenceServerClient(server.url), "holder", 2, 0, 1))
+    holder.start()
+    assert wait_for(lambda: (tmp_path / "holding-1").exists()), "holder holds R"
+
+    def stream_request(tag: int) -> grpcclient.InferInput:
+        tensor = grpcclient.InferInput("IN", [3], "INT32")
+        tensor.set_data_from_numpy(np.array([0, 0, tag], dtype=np.int32))
+        return tensor
+
+    cancelled = grpcclient.InferenceServerClient(server.url)
+    cancelled.start_stream(callback=lambda result, error: None)
+    cancelled.async_stream_infer("streamer", [stream_request(2)])
+    assert wait_for(lambda: pending(server, "streamer") == 1), "the stream waits for R"
+    cancelled.stop_stream(cancel_requests=True)
+    assert wait_for(lambda: pending(server, "streamer") == 0), "the cancelled stream left the queue"
+    (tmp_path / "release").touch()
+    holder.join(timeout=90)
+    answers: list = []
+    again = grpcclient.InferenceServerClient(server.url)
+    again.start_stream(callback=lambda result, error: answers.append(error or result.as_numpy("OUT").tolist()))
+    again.async_stream_infer("streamer", [stream_request(3)])
+    assert wait_for(lambda: len(answers) == 1), answers
+    again.stop_stream()
+    assert answers == [[0, 0, 3]]
+    assert [tag for model, tag, _, _ in executions(log) if model == "streamer"] == [3], "the cancelled request never ran"
+
+
 @pytest.mark.parametrize(
     ("flags", "says"),
     [

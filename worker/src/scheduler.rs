@@ -17,7 +17,7 @@ use crate::rate_limiter::ModelRates;
 use crate::reply::{Queue, StreamEnd, StreamWait};
 use crate::scheduler_limits::SchedulerLimits;
 use crate::sequence::SequenceBatcher;
-use tritium_backend_api::{Backend, BackendRequest, Responder};
+use tritium_backend_api::{Backend, BackendError, BackendRequest, Responder};
 use tritium_repository::model_files::read_model_file;
 
 pub(crate) enum Scheduler {
@@ -140,9 +140,18 @@ impl Scheduler {
             StreamStart::Ended(end) => end,
             StreamStart::Now(request, mut responder, rates) => {
                 let asked = Instant::now();
-                let resources = match &rates {
-                    Some(rates) => Some(rates.acquire(None).await),
-                    None => None,
+                let resources = match (&rates, request.cancel.clone()) {
+                    (Some(rates), Some(cancel)) => tokio::select! {
+                        grant = rates.acquire(None) => Some(grant),
+                        // A client that goes away while its stream waits for resources leaves the queue.
+                        () = cancel.cancelled() => {
+                            let waited = asked.elapsed();
+                            let result = Err(BackendError::Cancelled);
+                            return StreamEnd { responder: Some(responder), result, execution: None, waited };
+                        }
+                    },
+                    (Some(rates), None) => Some(rates.acquire(None).await),
+                    (None, _) => None,
                 };
                 let waited = asked.elapsed();
                 let result = backend.execute(request, &mut responder).await;
