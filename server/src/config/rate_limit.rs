@@ -139,6 +139,23 @@ mod tests {
     }
 
     #[test]
+    fn serve_and_worker_hand_the_limiter_to_their_repository() {
+        use crate::config::{Cli, Command};
+        let args = ["--rate-limit", "execution_count", "--rate-limit-resource", "R:2"];
+        for command in ["serve", "worker"] {
+            let cli = Cli::try_parse_from(["tritium", command].into_iter().chain(args)).unwrap();
+            let repository = match cli.command {
+                Command::Serve(serve) => serve.server_config().unwrap().repository,
+                Command::Worker(worker) => worker.worker_config().unwrap().repository,
+            };
+            assert_eq!(repository.rate_limiter.mode(), RateLimitMode::ExecutionCount, "{command}");
+        }
+        let serve = Cli::try_parse_from(["tritium", "serve"]).unwrap();
+        let Command::Serve(serve) = serve.command else { panic!("serve") };
+        assert_eq!(serve.server_config().unwrap().repository.rate_limiter.mode(), RateLimitMode::Off);
+    }
+
+    #[test]
     fn resources_with_the_limiter_off_are_refused() {
         let error = parse(&["--rate-limit-resource", "R:1"]).unwrap().limiter().unwrap_err();
         assert!(error.contains("the rate limiter is off"), "{error}");
