@@ -1,5 +1,5 @@
-//! `--model-repository` URLs in Triton's forms: `s3://bucket/path`, `s3://http://HOST:PORT/bucket/path`
-//! (and `https://`), `gs://bucket/path` and `as://account/container/path`.
+//! `--model-repository` URLs in Triton's forms: `s3://bucket/path`, `s3://HOST:PORT/bucket/path` and
+//! `s3://http://HOST:PORT/bucket/path` (and `https://`), `gs://bucket/path` and `as://account/container/path`.
 
 use std::fmt;
 
@@ -88,9 +88,17 @@ pub fn parse(text: &str) -> Result<Location, LocationError> {
     Ok(Location { url: text.to_string(), store, bucket: bucket.to_string(), prefix: prefix.to_string() })
 }
 
-/// `http://HOST[:PORT]/rest` -> the endpoint and the rest; anything else is a plain bucket path.
+/// `http://HOST[:PORT]/rest` -> the endpoint and the rest; Triton's `HOST:PORT/rest` is
+/// `http://HOST:PORT` (a bucket name holds no `:`); anything else is a plain bucket path.
 fn split_endpoint(rest: &str) -> Result<(Option<String>, &str), String> {
-    let Some((scheme, after)) = rest.split_once("://") else { return Ok((None, rest)) };
+    let Some((scheme, after)) = rest.split_once("://") else {
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.contains(':') {
+            let (endpoint, _) = split_endpoint(&format!("http://{authority}"))?;
+            return Ok((endpoint, path));
+        }
+        return Ok((None, rest));
+    };
     if scheme != "http" && scheme != "https" {
         return Err(format!("unknown endpoint scheme '{}' (http:// or https://)", printable(scheme)));
     }
@@ -144,6 +152,9 @@ mod tests {
         let minio = parse("s3://http://127.0.0.1:9000/bucket/repo").unwrap();
         assert_eq!(minio.store, Store::S3 { endpoint: Some("http://127.0.0.1:9000".into()) });
         assert_eq!((minio.bucket.as_str(), minio.prefix.as_str()), ("bucket", "repo"));
+        let bare = parse("s3://127.0.0.1:9000/bucket/repo").unwrap();
+        assert_eq!(bare.store, Store::S3 { endpoint: Some("http://127.0.0.1:9000".into()) });
+        assert_eq!((bare.bucket.as_str(), bare.prefix.as_str()), ("bucket", "repo"));
         let https = parse("s3://https://s3.example.com/bucket").unwrap();
         assert_eq!((https.store, https.prefix.as_str()), (Store::S3 { endpoint: Some("https://s3.example.com".into()) }, ""));
         let gs = parse("gs://my_bucket/models").unwrap();
@@ -176,6 +187,8 @@ mod tests {
             "s3://http://user:pw@host:9000/bucket",
             "s3://http://host:notaport/bucket",
             "s3://http://host:0/bucket",
+            "s3://host:99999/bucket",
+            "s3://:9000/bucket",
             "s3://ftp://host/bucket",
             "s3://http:///bucket",
             "s3://bucket/a?x=1",

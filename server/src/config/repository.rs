@@ -25,7 +25,7 @@ pub enum ModelControlMode {
 #[command(next_help_heading = "Model repository")]
 pub struct RepositoryArgs {
     /// Model repository (Triton layout): a folder, or an object store's `s3://bucket/path`,
-    /// `s3://http://HOST:PORT/bucket/path` (or https), `gs://bucket/path`,
+    /// `s3://[http://|https://]HOST:PORT/bucket/path`, `gs://bucket/path`,
     /// `as://account/container/path`; repeatable, mixable. Without one, the built-in repository
     /// (identity, identity_batch, add_sub, repeat, dense, accumulate, add_sub_twice) is served.
     #[arg(long = "model-repository", env = "TRITIUM_MODEL_REPOSITORY", value_delimiter = ',')]
