@@ -327,7 +327,9 @@ def test_poll_mode_follows_the_bucket(moto, cloud_env, serve):
     s3_put(moto, "models-poll", identity_files("repo", "changing") | identity_files("repo", "leaving"))
     cloud_env.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
     cloud_env.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
-    server = serve("--model-repository", f"s3://{moto}/models-poll/repo", "--model-control-mode", "poll",
+    # Triton's s3://HOST:PORT/bucket/path form: the endpoint over HTTP.
+    bare = moto.removeprefix("http://")
+    server = serve("--model-repository", f"s3://{bare}/models-poll/repo", "--model-control-mode", "poll",
                    "--repository-poll-secs", "1")
     client = grpcclient.InferenceServerClient(server.url)
     assert client.is_model_ready("changing", "1") and not client.is_model_ready("changing", "2")
