@@ -19,6 +19,7 @@ import pathlib
 import queue
 import re
 import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -29,7 +30,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 import onnx_models
-from helpers import REPO, finish_server, identity_config, start_server, tail, tritium_bin, wait_for
+from helpers import REPO, finish_server, identity_config, start_server, tail, tritium_bin, wait_for, write_python_model
 
 AZURITE = REPO / ".tools" / "emulators" / "node_modules" / ".bin" / "azurite-blob"
 # Azurite's documented development account and key (public, the same in every installation).
@@ -242,12 +243,28 @@ def logs(server) -> str:
 
 
 def test_s3_repository_serves_beside_a_folder(moto, cloud_env, serve, tmp_path, model_repo):
-    """s3://http://HOST:PORT/bucket/path (a custom endpoint) mixed with a local folder: an identity model and an
-    ONNX model from the bucket, a model from the folder, all listed and answering."""
+    """s3://http://HOST:PORT/bucket/path (a custom endpoint) mixed with a local folder: an identity model, an
+    ONNX model and a Python model from the bucket, a model from the folder, all listed and answering."""
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()
     onnx_models.row_sums(onnx_dir, "rows_s3")
+    write_python_model(onnx_dir, "doubler_s3", """
+        max_batch_size: 0
+        input [ { name: "IN", data_type: TYPE_INT32, dims: [ -1 ] } ]
+        output [ { name: "OUT", data_type: TYPE_INT32, dims: [ -1 ] } ]
+    """, """
+        import triton_python_backend_utils as pb_utils
+
+        class TritonPythonModel:
+            def execute(self, requests):
+                replies = []
+                for request in requests:
+                    data = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+                    replies.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", data * 2)]))
+                return replies
+    """)
     files = identity_files("repo", "ident_s3") | folder_files("repo", onnx_dir / "rows_s3")
+    files |= folder_files("repo", onnx_dir / "doubler_s3")
     s3_put(moto, "models-s3", files)
     (model_repo / "local_ident").mkdir()
     (model_repo / "local_ident" / "config.pbtxt").write_text(identity_config("local_ident", "TYPE_FP32"))
@@ -256,15 +273,18 @@ def test_s3_repository_serves_beside_a_folder(moto, cloud_env, serve, tmp_path, 
     cloud_env.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
     cache = tmp_path / "cache"
     server = serve("--model-repository", f"s3://{moto}/models-s3/repo", "--model-repository", str(model_repo),
-                   "--cloud-cache-dir", str(cache))
+                   "--cloud-cache-dir", str(cache), "--python-interpreter", sys.executable)
     client = grpcclient.InferenceServerClient(server.url)
     check_identity(client, "ident_s3")
     check_identity(client, "local_ident")
     assert client.is_model_ready("rows_s3"), tail(logs(server))
     assert client.get_model_metadata("rows_s3").platform == "onnxruntime_onnx"
+    tensor = grpcclient.InferInput("IN", [3], "INT32")
+    tensor.set_data_from_numpy(np.array([1, 2, 3], dtype=np.int32))
+    np.testing.assert_array_equal(client.infer("doubler_s3", [tensor]).as_numpy("OUT"), [2, 4, 6])
     assert client.is_server_ready()
     assert {n: [r[1] for r in rows] for n, rows in index(client).items()} == {
-        "ident_s3": ["READY"], "local_ident": ["READY"], "rows_s3": ["READY"]
+        "doubler_s3": ["READY"], "ident_s3": ["READY"], "local_ident": ["READY"], "rows_s3": ["READY"]
     }
     # The copy is where --cloud-cache-dir says, private to the server's user.
     copied = list(cache.rglob("ident_s3/config.pbtxt"))
