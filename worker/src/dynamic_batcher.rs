@@ -303,9 +303,28 @@ impl Scheduler {
         tokio::spawn(async move {
             let mut batch = batch;
             let resources = match &rates {
-                Some(rates) => Some(rates.acquire(None).await),
+                Some(rates) => {
+                    let grant = rates.acquire(None).await;
+                    // Requests whose clients went away while the batch waited for resources do not run.
+                    let (gone, kept): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.reply.is_closed(p.cancel.as_ref()));
+                    for pending in gone {
+                        pending.reply.refuse(BackendError::Cancelled);
+                    }
+                    batch = kept;
+                    Some(grant)
+                }
                 None => None,
             };
+            if batch.is_empty() {
+                drop((resources, instance));
+                if let Some(previous) = after {
+                    let _ = previous.await;
+                }
+                if let Some(answered) = answered {
+                    let _ = answered.send(());
+                }
+                return;
+            }
             if batch.iter().any(|p| matches!(p.reply, Reply::Stream(_))) {
                 // A decoupled model's responses go out as it sends them: there is no order to keep.
                 execute_streams(backend.as_ref(), &ragged, batch).await;

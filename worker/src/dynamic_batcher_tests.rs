@@ -292,3 +292,41 @@ fn no_batcher_without_dynamic_batching_or_a_batch_dimension() {
     let bad = config_with(8, 1, ModelDynamicBatching { priority_levels: 2, ..Default::default() });
     assert!(DynamicBatcher::for_config(&bad, &backend, &Arc::default(), 4096).is_err());
 }
+
+#[tokio::test]
+async fn a_batch_waits_for_its_resources_and_requests_gone_meanwhile_do_not_run() {
+    use tritium_proto::inference::ModelRateLimiter;
+    use tritium_proto::inference::model_rate_limiter::Resource;
+
+    use crate::rate_limiter::{RateLimitMode, RateLimiter};
+
+    let limiter = RateLimiter::new(RateLimitMode::ExecutionCount, Vec::new());
+    let needs_r = |config: ModelConfig| ModelConfig {
+        instance_group: vec![ModelInstanceGroup {
+            count: 1,
+            rate_limiter: Some(ModelRateLimiter {
+                resources: vec![Resource { name: "R".into(), count: 1, global: false }],
+                priority: 0,
+            }),
+            ..Default::default()
+        }],
+        ..config
+    };
+    let other = limiter.register(&needs_r(ModelConfig::default())).unwrap().unwrap();
+    let config = needs_r(config_with(8, 1, batching(0, 0)));
+    let backend = Arc::new(Counter::default());
+    let dynamic: Arc<dyn Backend> = backend.clone();
+    let rates = limiter.register(&config).unwrap();
+    let batcher =
+        Arc::new(DynamicBatcher::for_config(&config, &dynamic, &Arc::default(), 4096).unwrap().unwrap().with_rates(rates));
+    let held = other.acquire(None).await;
+    let gone = submit(&batcher, vec![1], 1);
+    while limiter.waiting() == 0 {
+        tokio::task::yield_now().await;
+    }
+    gone.abort();
+    let _ = gone.await;
+    drop(held);
+    assert_eq!(values(submit(&batcher, vec![5], 1)).await, [6]);
+    assert_eq!(backend.calls(), [vec![5]], "the request whose client went away never ran");
+}

@@ -107,6 +107,12 @@ impl RateLimiter {
         self.mode
     }
 
+    /// Executions waiting now.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.lock().waiters.values().filter(|w| !w.grant.is_closed()).count()
+    }
+
     /// Registers the instances of one model version; `None` when the limiter is off. An error,
     /// in Triton's words, when the resources cannot be served (an instance needs more than a
     /// resource's count, or one resource is both global and per device); nothing is registered then.
