@@ -1,0 +1,169 @@
+//! Python callables served as models: the `python_function` backend. A model bound with
+//! `Server.bind` is declared to the core by its config text (backend `python_function`); the
+//! factory finds its callable by model name in the server's [`Functions`]. The core's scheduler
+//! batches requests as for any backend; each execution takes the GIL on a blocking thread, never
+//! on a tokio worker, and hands the callable numpy views of the input bytes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use tritium_backend_api::{
+    Backend, BackendContext, BackendError, BackendFactory, BackendRegistry, BackendRequest, Engine, Responder,
+};
+use tritium_proto::ErrorCode;
+use tritium_tensor::{DataType, Tensor};
+
+use crate::buffer::Buffer;
+
+/// The backend name a bound function's config names.
+pub const BACKEND_NAME: &str = "python_function";
+
+/// The callables bound on one server, by model name.
+pub type Functions = Arc<Mutex<HashMap<String, Arc<Py<PyAny>>>>>;
+
+/// Registers the `python_function` backend, serving the callables in `functions`.
+pub fn register(registry: &mut BackendRegistry, functions: Functions) {
+    registry.register(BACKEND_NAME, FunctionFactory { functions });
+}
+
+struct FunctionFactory {
+    functions: Functions,
+}
+
+impl BackendFactory for FunctionFactory {
+    fn create(&self, context: &BackendContext<'_>) -> Result<Engine, String> {
+        let functions = self.functions.lock().unwrap_or_else(PoisonError::into_inner);
+        let function = functions
+            .get(context.model_name)
+            .ok_or_else(|| format!("no Python function is bound as model '{}'", context.model_name))?;
+        let mut outputs = Vec::with_capacity(context.config.output.len());
+        for output in &context.config.output {
+            let datatype = DataType::from_config(output.data_type)
+                .ok_or_else(|| format!("output '{}' has an unknown data type", output.name))?;
+            outputs.push((output.name.clone(), datatype));
+        }
+        let call = Call {
+            model: context.model_name.to_string(),
+            function: Arc::clone(function),
+            outputs,
+            batched: context.config.max_batch_size > 0,
+        };
+        Ok(Engine::Tensors(Arc::new(FunctionBackend { call: Arc::new(call) })))
+    }
+}
+
+struct FunctionBackend {
+    call: Arc<Call>,
+}
+
+/// What one execution needs, shared with the blocking thread that runs it.
+struct Call {
+    model: String,
+    function: Arc<Py<PyAny>>,
+    /// The config's outputs: every one must come back, with this datatype.
+    outputs: Vec<(String, DataType)>,
+    batched: bool,
+}
+
+#[async_trait]
+impl Backend for FunctionBackend {
+    async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
+        let call = Arc::clone(&self.call);
+        let outputs = tokio::task::spawn_blocking(move || Python::attach(|py| call.run(py, request)))
+            .await
+            .map_err(|e| BackendError::failed(ErrorCode::Internal, format!("the Python call did not finish: {e}")))??;
+        responder.send(outputs).await
+    }
+}
+
+impl Call {
+    fn run(&self, py: Python<'_>, request: BackendRequest) -> Result<Vec<Tensor>, BackendError> {
+        let batch = match (self.batched, request.inputs.first()) {
+            (true, Some(first)) => first.shape.first().copied(),
+            _ => None,
+        };
+        let answer = self.invoke(py, request).map_err(|error| {
+            let kind = error.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
+            self.failed(format!("{kind}: {}", error.value(py)))
+        })?;
+        self.outputs(py, answer, batch)
+    }
+
+    /// Calls `tritium._runtime.invoke(function, [inputs])`: the inputs as numpy arrays, the
+    /// answer as `[(name, datatype, shape, bytes or list of bytes)]` for the one request.
+    fn invoke<'py>(&self, py: Python<'py>, request: BackendRequest) -> PyResult<Bound<'py, PyAny>> {
+        let inputs = PyList::empty(py);
+        for tensor in request.inputs {
+            let payload: Bound<'py, PyAny> = if tensor.datatype == DataType::Bytes {
+                let items = tensor.byte_strings().map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+                PyList::new(py, items.into_iter().map(|item| PyBytes::new(py, item)))?.into_any()
+            } else {
+                let Tensor { datatype, shape, data, .. } = &tensor;
+                match Buffer::new(*datatype, shape, data.clone()) {
+                    Some(buffer) => Bound::new(py, buffer)?.into_any(),
+                    None => {
+                        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                            "input '{}': {} tensors have no numpy type",
+                            tensor.name,
+                            tensor.datatype.kserve_name()
+                        )));
+                    }
+                }
+            };
+            let shape = PyTuple::new(py, &tensor.shape)?;
+            inputs.append((tensor.name.as_str(), tensor.datatype.kserve_name(), shape, payload))?;
+        }
+        let runtime = py.import("tritium._runtime")?;
+        runtime.getattr("invoke")?.call1((self.function.bind(py), &self.model, inputs))
+    }
+
+    /// The tensors of the answer, checked against the config: every output once, its datatype,
+    /// its byte count against its shape, and its batch size against the request's.
+    fn outputs(&self, py: Python<'_>, answer: Bound<'_, PyAny>, batch: Option<i64>) -> Result<Vec<Tensor>, BackendError> {
+        let answer = answer
+            .extract::<Vec<(String, String, Vec<i64>, Bound<'_, PyAny>)>>()
+            .map_err(|e: PyErr| self.failed(format!("the answer could not be read: {}", e.value(py))))?;
+        let mut tensors = Vec::with_capacity(answer.len());
+        for (name, datatype, shape, payload) in answer {
+            let Some(&(_, expected)) = self.outputs.iter().find(|(n, _)| *n == name) else {
+                return Err(self.failed(format!("the function returned '{name}', which is not an output of the model")));
+            };
+            let datatype = DataType::from_kserve(&datatype).filter(|d| *d == expected).ok_or_else(|| {
+                self.failed(format!("output '{name}' is {datatype}; the model declares {}", expected.kserve_name()))
+            })?;
+            if tensors.iter().any(|t: &Tensor| t.name == name) {
+                return Err(self.failed(format!("output '{name}' was returned twice")));
+            }
+            if let (Some(batch), Some(first)) = (batch, shape.first())
+                && *first != batch
+            {
+                return Err(self.failed(format!("output '{name}' has batch size {first}; the request's is {batch}")));
+            }
+            let tensor = if datatype == DataType::Bytes {
+                let items: Vec<Vec<u8>> = payload.extract().map_err(|_| self.failed(format!("output '{name}': not bytes")))?;
+                Tensor::from_byte_strings(name, shape, items)
+            } else {
+                let bytes: Bound<'_, PyBytes> =
+                    payload.extract().map_err(|_| self.failed(format!("output '{name}': not a bytes buffer")))?;
+                Tensor::new(name, datatype, shape, Bytes::copy_from_slice(bytes.as_bytes()))
+            };
+            tensor.validate().map_err(|e| self.failed(format!("output '{}': {e}", tensor.name)))?;
+            tensors.push(tensor);
+        }
+        if let Some((missing, _)) = self.outputs.iter().find(|(n, _)| !tensors.iter().any(|t| t.name == *n)) {
+            return Err(self.failed(format!("the function returned no '{missing}' output")));
+        }
+        Ok(tensors)
+    }
+
+    fn failed(&self, reason: String) -> BackendError {
+        BackendError::failed(
+            ErrorCode::Internal,
+            format!("Failed to process the request(s) for model '{}': {reason}", self.model),
+        )
+    }
+}

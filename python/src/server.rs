@@ -1,0 +1,216 @@
+//! `tritium._tritium.Server`: a server in this process. Its options are the `tritium serve`
+//! command line, parsed by the binary's own parser; it serves on a tokio runtime of its own, on
+//! its own threads, so Python keeps running (and the GIL stays free) while it serves.
+
+use std::sync::mpsc;
+use std::sync::{Arc, PoisonError};
+use std::thread::JoinHandle;
+
+use clap_free::parse_serve_args;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use tokio_util::sync::CancellationToken;
+use tritium_backend_api::BackendRegistry;
+use tritium_server::cli::Listening;
+use tritium_server::config::ServeArgs;
+use tritium_server::logging::LogControl;
+use tritium_worker::DeclaredModel;
+
+use crate::function::{self, Functions};
+
+/// How long `start` waits for the models to load before it gives up.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+#[pyclass(module = "tritium._tritium", name = "_Server")]
+pub struct Server {
+    args: ServeArgs,
+    /// The process that made the server: a forked child holds a copy without its threads.
+    pid: u32,
+    functions: Functions,
+    declared: Vec<DeclaredModel>,
+    running: Option<Running>,
+}
+
+struct Running {
+    stop: CancellationToken,
+    thread: JoinHandle<Result<(), String>>,
+    at: Listening,
+}
+
+mod clap_free {
+    use clap::{CommandFactory, Parser};
+    use tritium_server::config::{Cli, Command, ServeArgs};
+
+    /// `tritium serve ARGV...`, parsed as the binary parses it.
+    pub fn parse_serve_args(argv: Vec<String>) -> Result<ServeArgs, String> {
+        let args = ["tritium".to_string(), "serve".to_string()].into_iter().chain(argv);
+        match Cli::try_parse_from(args) {
+            Ok(Cli { command: Command::Serve(args), .. }) => Ok(args),
+            Ok(_) => Err("not a serve command".into()),
+            Err(e) => Err(e.render().to_string()),
+        }
+    }
+
+    /// Whether `tritium serve --LONG` takes a value (`None`: there is no such option).
+    pub fn takes_value(long: &str) -> Option<bool> {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve")?;
+        let arg = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long) || a.get_all_aliases().is_some_and(|v| v.contains(&long)))?;
+        Some(arg.get_action().takes_values())
+    }
+}
+
+/// Whether `tritium serve --LONG` takes a value; `None` when it has no such option.
+#[pyfunction]
+pub fn option_takes_value(long: &str) -> Option<bool> {
+    clap_free::takes_value(long)
+}
+
+#[pymethods]
+impl Server {
+    /// `argv`: the options of `tritium serve`, as on its command line.
+    #[new]
+    fn new(argv: Vec<String>) -> PyResult<Server> {
+        let args = parse_serve_args(argv).map_err(PyValueError::new_err)?;
+        Ok(Server { args, pid: std::process::id(), functions: Functions::default(), declared: Vec::new(), running: None })
+    }
+
+    /// Declares `function` as model `name` with the config text `config_text` (backend
+    /// `python_function`); before `start`.
+    fn bind(&mut self, name: String, function: Py<PyAny>, config_text: String) -> PyResult<()> {
+        self.check_pid()?;
+        if self.running.is_some() {
+            return Err(PyRuntimeError::new_err("bind models before the server starts"));
+        }
+        let mut functions = self.functions.lock().unwrap_or_else(PoisonError::into_inner);
+        if functions.contains_key(&name) {
+            return Err(PyValueError::new_err(format!("a function is already bound as model '{name}'")));
+        }
+        functions.insert(name.clone(), Arc::new(function));
+        self.declared.push(DeclaredModel { name, config_text });
+        Ok(())
+    }
+
+    /// Starts serving; returns once the models are loaded and the ports listen.
+    fn start(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.check_pid()?;
+        if self.running.is_some() {
+            return Err(PyRuntimeError::new_err("the server is already running"));
+        }
+        let mut config = self.args.server_config().map_err(PyValueError::new_err)?;
+        config.repository.declared.extend(self.declared.iter().cloned());
+        let mut backends = BackendRegistry::default();
+        function::register(&mut backends, Arc::clone(&self.functions));
+        let args = self.args.clone();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Listening, String>>(1);
+        let failed_tx = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name("tritium-server".into())
+            .spawn(move || {
+                let result = serve(args, config, backends, ready_tx, stopped);
+                if let Err(e) = &result {
+                    let _ = failed_tx.try_send(Err(e.clone()));
+                }
+                result
+            })
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the server's thread: {e}")))?;
+        // The GIL is free while the models load: a Python model's loader may need it.
+        let ready = py.detach(move || ready_rx.recv_timeout(START_TIMEOUT));
+        match ready {
+            Ok(Ok(at)) => {
+                self.running = Some(Running { stop, thread, at });
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                let _ = py.detach(move || thread.join());
+                Err(PyRuntimeError::new_err(format!("the server did not start: {e}")))
+            }
+            Err(_) => {
+                stop.cancel();
+                Err(PyRuntimeError::new_err("the server did not become ready in time"))
+            }
+        }
+    }
+
+    /// Stops accepting, lets in-flight calls finish (within `--exit-timeout-secs`) and returns
+    /// once the server has ended. Nothing happens when it is not running.
+    fn stop(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.check_pid()?;
+        let Some(running) = self.running.take() else { return Ok(()) };
+        running.stop.cancel();
+        // Calls still running need the GIL to finish.
+        let thread = running.thread;
+        match py.detach(move || thread.join()) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PyRuntimeError::new_err(format!("the server ended with an error: {e}"))),
+            Err(_) => Err(PyRuntimeError::new_err("the server's thread panicked")),
+        }
+    }
+
+    #[getter]
+    fn running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// The gRPC port it listens on (the one bound, when 0 was asked), once started.
+    #[getter]
+    fn grpc_port(&self) -> Option<u16> {
+        self.running.as_ref().map(|r| r.at.grpc.port())
+    }
+
+    #[getter]
+    fn http_port(&self) -> Option<u16> {
+        self.running.as_ref().and_then(|r| r.at.http).map(|a| a.port())
+    }
+
+    #[getter]
+    fn metrics_port(&self) -> Option<u16> {
+        self.running.as_ref().and_then(|r| r.at.metrics).map(|a| a.port())
+    }
+
+    #[getter]
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl Server {
+    fn check_pid(&self) -> PyResult<()> {
+        if std::process::id() != self.pid {
+            return Err(PyRuntimeError::new_err(
+                "this tritium.Server was created in another process (before a fork); its threads are not here: create a new one",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The server thread: a runtime of its own, serving until `stop` is cancelled.
+fn serve(
+    args: ServeArgs,
+    config: tritium_server::ServerConfig,
+    backends: BackendRegistry,
+    ready: mpsc::SyncSender<Result<Listening, String>>,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let log = LogControl::install(&args.logging);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("tritium-runtime")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let announce = move |at: Listening| {
+        let _ = ready.try_send(Ok(at));
+    };
+    let shutdown = move |_: &tritium_server::Tritium| async move { stop.cancelled().await };
+    let outcome =
+        runtime.block_on(tritium_server::cli::serve(&args, config, log, backends, announce, shutdown)).map_err(|e| e.to_string());
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    outcome
+}
