@@ -249,3 +249,21 @@ async fn a_model_runs_at_most_its_instances_at_once() {
     drop(first);
     assert!(poll!(&mut third).is_ready());
 }
+
+#[tokio::test]
+async fn the_config_text_of_tritons_docs_registers() {
+    // Triton's rate limiter docs write `global: True`.
+    let text = r#"
+        name: "m"
+        instance_group [ { count: 2 kind: KIND_CPU rate_limiter {
+            resources [ { name: "R1" count: 2 }, { name: "R3" global: True count: 1 } ] priority: 2 } } ]
+    "#;
+    let config = tritium_repository::parse_config_text(text).unwrap();
+    let limiter = on();
+    let model = register(&limiter, &config);
+    let first = model.acquire(None).await;
+    let mut second = pin!(model.acquire(None));
+    assert!(poll!(&mut second).is_pending(), "the one global R3 is held");
+    drop(first);
+    assert!(poll!(&mut second).is_ready());
+}
