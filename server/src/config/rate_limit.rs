@@ -156,6 +156,19 @@ mod tests {
     }
 
     #[test]
+    fn the_config_dump_shows_both_flags() {
+        use clap::CommandFactory;
+        let cli = crate::config::Cli::command();
+        let args = ["tritium", "serve", "--rate-limit", "execution_count", "--rate-limit-resource", "R:1;S:2:0"];
+        let matches = cli.clone().try_get_matches_from(args).unwrap();
+        let document = crate::config::dump::resolved_options(&cli, &matches);
+        let options = &document["options"];
+        assert_eq!(options["rate-limit"]["value"], "execution_count");
+        assert_eq!(options["rate-limit"]["env"], "TRITIUM_RATE_LIMIT");
+        assert_eq!(options["rate-limit-resource"]["value"], serde_json::json!(["R:1", "S:2:0"]));
+    }
+
+    #[test]
     fn resources_with_the_limiter_off_are_refused() {
         let error = parse(&["--rate-limit-resource", "R:1"]).unwrap().limiter().unwrap_err();
         assert!(error.contains("the rate limiter is off"), "{error}");
