@@ -309,3 +309,29 @@ async fn the_requests_of_one_sequence_stay_on_one_worker() {
     }
     assert!(workers_used.len() > 1, "sequences spread over the workers: {workers_used:?}");
 }
+
+#[tokio::test]
+async fn an_on_demand_frontend_sends_a_model_a_worker_holds_there_instead_of_loading_it() {
+    let text = "name: \"m\"\nbackend: \"identity\"\n";
+    let declared = vec![DeclaredModel { name: "m".into(), config_text: text.into() }];
+    let options = RepositoryOptions { declared, control_mode: tritium_worker::ControlMode::OnDemand, ..Default::default() };
+    let backends = crate::backends::backend_registry(&Default::default(), BackendRegistry::default());
+    let repository = ModelRepository::open(options, backends).expect("opens");
+    let router = Router::new(RouterOptions::default(), Arc::clone(&repository), "local", Fake::new("local"), 64 << 20);
+    router.add_member_for_test("a", Fake::new("a"), false);
+    router.apply(&[instance("a", &["m"])]).await;
+    let config = tritium_repository::parse_config_text(text).expect("config");
+    router
+        .remote_models
+        .described(&Arc::from("a"), vec![crate::remote::RemoteModel { name: "m".into(), version: 1, config, card: None }]);
+    repository.set_remote_models(router.remote_models.served_models());
+    let wait = std::time::Duration::from_secs(60);
+    assert!(repository.ensure_loaded("m", wait).await.expect("held by a").is_none());
+    assert_eq!(who(&router, "m").await, "a");
+    assert!(repository.local_models().is_empty(), "the frontend did not load it");
+    // With no worker holding it, the frontend loads it itself and runs it here.
+    router.apply(&[]).await;
+    assert!(repository.ensure_loaded("m", wait).await.expect("loads").is_some());
+    assert_eq!(repository.local_models().iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["m"]);
+    assert_eq!(who(&router, "m").await, "local");
+}
