@@ -47,9 +47,10 @@ pub trait RemoteRepository: Send + Sync + fmt::Debug {
 
 impl ModelRepository {
     /// The models of the remote repositories, appended to `sources` (a name in two repositories
-    /// is an error, as for folders). A repository that cannot be listed is logged and left out,
-    /// so the others still serve. In explicit mode only the models asked for at start (and the
-    /// models their ensembles are made of) are copied; the others are listed by name.
+    /// is an error, as for folders). A repository that cannot be listed is logged and adds
+    /// nothing new (what it served stays), so the others still serve. In explicit mode only the
+    /// models asked for at start (and the models their ensembles are made of) are copied; the
+    /// others are listed by name.
     pub(super) fn add_remote_sources(&self, sources: &mut Vec<ModelSource>) -> Result<(), WorkerError> {
         let options = &self.options;
         let copy_all = options.control_mode != ControlMode::Explicit || options.startup_models.iter().any(|m| m == "*");
