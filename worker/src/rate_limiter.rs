@@ -129,7 +129,8 @@ impl RateLimiter {
             let gpus: &[i32] = if group.kind == Kind::Cpu as i32 { &[] } else { &group.gpus };
             for k in 0..usize::try_from(group.count.max(1)).unwrap_or(1) {
                 let device = if gpus.is_empty() { 0 } else { gpus[k % gpus.len()] };
-                let needs = limits
+                // A resource named twice counts once, its last count (Triton keeps them by name).
+                let needs: BTreeMap<Key, u64> = limits
                     .resources
                     .iter()
                     .map(|r| {
@@ -137,6 +138,7 @@ impl RateLimiter {
                         ((place, r.name.clone()), u64::from(r.count))
                     })
                     .collect();
+                let needs = needs.into_iter().collect();
                 let id = state.next_id;
                 state.next_id += 1;
                 let priority = u64::from(limits.priority);
@@ -161,7 +163,10 @@ impl RateLimiter {
             let _ = self.recompute(&mut state);
             return Err(message);
         }
+        // Counts that grew may let waiting executions go.
+        let unwanted = self.schedule(&mut state);
         drop(state);
+        drop(unwanted);
         Ok(Some(ModelRates(Arc::new(Registration { limiter: Arc::clone(self), model, instances: ids }))))
     }
 

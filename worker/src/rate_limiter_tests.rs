@@ -267,3 +267,23 @@ async fn the_config_text_of_tritons_docs_registers() {
     drop(first);
     assert!(poll!(&mut second).is_ready());
 }
+
+#[tokio::test]
+async fn a_model_loaded_with_a_larger_need_lets_waiting_executions_go() {
+    let limiter = on();
+    let small = register(&limiter, &model(2, &[], vec![resource("R", 1, false)], 0));
+    let held = small.acquire(None).await;
+    let mut second = pin!(small.acquire(None));
+    assert!(poll!(&mut second).is_pending(), "R has one copy");
+    // R now has two copies: the waiting execution goes without another release.
+    let _big = register(&limiter, &model(1, &[], vec![resource("R", 2, false)], 0));
+    assert!(poll!(&mut second).is_ready());
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_resource_named_twice_in_one_instance_counts_once() {
+    let limiter = RateLimiter::new(RateLimitMode::ExecutionCount, vec![flag("R", 1, None)]);
+    let twice = register(&limiter, &model(1, &[], vec![resource("R", 1, false), resource("R", 1, false)], 0));
+    drop(twice.acquire(None).await);
+}
