@@ -371,7 +371,9 @@ def test_explicit_mode_loads_and_unloads(moto, cloud_env, serve):
     s3_put(moto, "models-explicit", identity_files("repo", "first") | identity_files("repo", "second"))
     cloud_env.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
     cloud_env.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
-    server = serve("--model-repository", f"s3://{moto}/models-explicit/repo", "--model-control-mode", "explicit",
+    # A plain s3://bucket/path with the endpoint from AWS_ENDPOINT_URL, as the AWS SDKs read it.
+    cloud_env.setenv("AWS_ENDPOINT_URL", moto)
+    server = serve("--model-repository", "s3://models-explicit/repo", "--model-control-mode", "explicit",
                    "--load-model", "first")
     client = grpcclient.InferenceServerClient(server.url)
     check_identity(client, "first")
