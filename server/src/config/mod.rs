@@ -97,6 +97,10 @@ pub struct WorkerConfig {
 
 impl WorkerArgs {
     pub fn worker_config(&self) -> Result<WorkerConfig, String> {
+        if self.repository.model_control_mode == ModelControlMode::OnDemand {
+            // A worker advertises the models it has loaded, so none would ever reach it to load.
+            return Err("--model-control-mode on-demand: a worker serves only the models it has loaded; use it on serve".into());
+        }
         if self.cluster.namespace_prefix.is_some() {
             return Err("--namespace-prefix scopes what a frontend watches; a worker registers in --namespace alone".into());
         }
@@ -457,6 +461,19 @@ mod tests {
         let config = serve.server_config().unwrap();
         assert_eq!(config.repository.control_mode, ControlMode::Explicit);
         assert_eq!(config.repository.startup_models, vec!["*".to_string(), "a".to_string()]);
+    }
+
+    #[test]
+    fn on_demand_mode_with_its_limits_and_pins() {
+        let serve = parse(&["serve", "--model-control-mode=on-demand", "--max-loaded-models=2", "--pin-model=a,b"]);
+        let config = serve.server_config().unwrap();
+        assert_eq!(config.repository.control_mode, ControlMode::OnDemand);
+        assert_eq!(config.repository.on_demand.max_loaded_models, Some(2));
+        assert_eq!(config.repository.on_demand.memory_budget, None);
+        assert_eq!(config.repository.on_demand.pinned, ["a", "b"]);
+        let cli = Cli::try_parse_from(["tritium", "worker", "--model-control-mode", "on-demand"]).expect("parses");
+        let Command::Worker(worker) = cli.command else { panic!("expected worker") };
+        assert!(worker.worker_config().expect_err("refused").contains("a worker serves only the models it has loaded"));
     }
 
     #[test]
