@@ -54,6 +54,10 @@ enum Place {
 
 type Key = (Place, String);
 
+/// The most instances one model version may register: each is a record here, and a config (which
+/// a client's load may send) could ask for billions.
+pub const MAX_INSTANCES: usize = 65_536;
+
 #[derive(Debug)]
 struct Instance {
     model: u64,
@@ -119,6 +123,13 @@ impl RateLimiter {
     pub fn register(self: &Arc<Self>, config: &ModelConfig) -> Result<Option<ModelRates>, String> {
         if self.mode == RateLimitMode::Off {
             return Ok(None);
+        }
+        let total =
+            config.instance_group.iter().map(|g| usize::try_from(g.count.max(1)).unwrap_or(1)).fold(0, usize::saturating_add);
+        if total > MAX_INSTANCES {
+            return Err(format!(
+                "the rate limiter serves at most {MAX_INSTANCES} instances of one model; the config asks for {total}"
+            ));
         }
         let mut state = self.lock();
         let model = state.next_id;

@@ -287,3 +287,13 @@ async fn a_resource_named_twice_in_one_instance_counts_once() {
     let twice = register(&limiter, &model(1, &[], vec![resource("R", 1, false), resource("R", 1, false)], 0));
     drop(twice.acquire(None).await);
 }
+
+#[tokio::test]
+async fn a_model_of_too_many_instances_is_refused() {
+    let error = on().register(&model(i32::MAX, &[], Vec::new(), 0)).unwrap_err();
+    assert_eq!(
+        error,
+        format!("the rate limiter serves at most {MAX_INSTANCES} instances of one model; the config asks for 2147483647")
+    );
+    assert!(on().register(&model(MAX_INSTANCES as i32, &[], Vec::new(), 0)).is_ok());
+}
