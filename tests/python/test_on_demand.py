@@ -302,6 +302,9 @@ def test_the_memory_budget_counts_model_files(start_tritium, model_repo):
     # The failure is reported, and not retried by every request; the others are unaffected.
     expect_error("UNAVAILABLE", "load it explicitly to try again", infer, client, "big", 1)
     assert index_states(client)["big"] == "UNAVAILABLE"
+    # An explicit load of it is refused alike, and leaves the loaded models be.
+    expect_error("INTERNAL", "more than --model-memory-budget (25000 bytes)", client.load_model, "big")
+    assert loaded(client) == {"m1", "m2"}
     infer(client, "m1", 5)
     client.close()
 

@@ -363,6 +363,7 @@ impl ModelRepository {
         let not_polled =
             || WorkerError::LoadFailed { name: name.to_string(), reason: "failed to poll from model repository".to_string() };
         let source = self.find_source(name)?.ok_or_else(not_polled)?;
+        self.check_budget(&source)?;
         if let Some(json) = config_json {
             // Triton's answer to an override that is not JSON: the model cannot be polled.
             repository::parse_config_json(json).map_err(|_| not_polled())?;

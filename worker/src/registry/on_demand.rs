@@ -314,15 +314,11 @@ impl ModelRepository {
     /// Loads one model for a request, first making room for it.
     fn load_on_demand(&self, name: &str) -> Result<Option<Arc<InUse>>, WorkerError> {
         let source = self.find_source(name)?.ok_or_else(|| WorkerError::ModelNotFound { name: name.to_string() })?;
-        let bytes = files_bytes(&source.dir);
-        if let Some(budget) = self.on_demand.options.memory_budget
-            && bytes > budget
-        {
-            let reason = format!("its files hold {bytes} bytes, more than --model-memory-budget ({budget} bytes)");
-            let error = WorkerError::LoadFailed { name: name.to_string(), reason };
+        if let Err(error) = self.check_budget(&source) {
             let _guard = self.lock_lifecycle();
             return self.settle(&source, Err(error), LoadCause::Client).map(|()| None);
         }
+        let bytes = files_bytes(&source.dir);
         {
             let _guard = self.lock_lifecycle();
             self.evict_over_limits(Some(bytes), None);
@@ -337,6 +333,20 @@ impl ModelRepository {
         self.settle(&source, built, LoadCause::Client)?;
         // Held from under the lifecycle lock: no eviction between the load and its requests.
         Ok(self.on_demand.touch(name, &self.me).map(Arc::new))
+    }
+
+    /// In on-demand mode with a memory budget, refuses a model whose files alone exceed it.
+    pub(super) fn check_budget(&self, source: &tritium_repository::ModelSource) -> Result<(), WorkerError> {
+        let Some(budget) = self.on_demand.options.memory_budget else { return Ok(()) };
+        if self.options.control_mode != ControlMode::OnDemand {
+            return Ok(());
+        }
+        let bytes = files_bytes(&source.dir);
+        if bytes <= budget {
+            return Ok(());
+        }
+        let reason = format!("its files hold {bytes} bytes, more than --model-memory-budget ({budget} bytes)");
+        Err(WorkerError::LoadFailed { name: source.name.clone(), reason })
     }
 
     /// Counts a load that was swapped in and, in on-demand mode, records its size and makes room

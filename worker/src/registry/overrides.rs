@@ -102,6 +102,7 @@ impl ModelRepository {
             return Err(not_polled(name));
         }
         let (folder, source) = write(name, files)?;
+        self.check_budget(&source)?;
         self.check_override(&source, json)?;
         self.load_composing_models(&source, Some(json), 0)?;
         let _loading = self.loading.enter(name);
