@@ -329,3 +329,19 @@ def test_on_demand_flags_need_on_demand_mode(model_repo):
     identity_repo(model_repo, NAMES[:2])
     failure = start_failure("--model-repository", str(model_repo), "--max-loaded-models", "2")
     assert "need --model-control-mode on-demand" in failure, failure
+
+
+def test_perf_analyzer_loads_the_model_it_measures(start_tritium, model_repo):
+    from test_perf_analyzer import perf_analyzer
+
+    identity_repo(model_repo, NAMES[:3])
+    server, client = serve(start_tritium, model_repo, "--max-loaded-models", "2")
+    infer(client, "m0", 1)
+    infer(client, "m1", 1)
+    # perf_analyzer asks for m2's metadata and config (which load it, evicting m0), then infers.
+    perf_analyzer(server.url, "-m", "m2", "--shape", "INPUT0:16", "--async", "--concurrency-range", "4", request_count=100)
+    assert loaded(client) == {"m1", "m2"}
+    perf_analyzer(server.http_url.removeprefix("http://"), "-m", "m0", "--shape", "INPUT0:16", request_count=100,
+                  protocol="http")
+    assert loaded(client) == {"m2", "m0"}
+    client.close()
