@@ -1,0 +1,346 @@
+"""The `tritium` Python package (python/): built by maturin and installed with `pip install ./python`
+into a fresh virtual environment (the workspace's debug profile, so CI reuses its debug build), then
+driven as a user would: `python -m tritium serve` answering tritonclient, `tritium.Server` in a
+`with` block on ports 0 serving Python functions bound as models (gRPC and HTTP, `@tritium.batch`
+under concurrent load, BYTES), errors of the function reaching the client while the server goes on
+serving, use after fork refused, bad keyword options refused; and `maturin build` of a wheel.
+
+The servers run in the fresh environment's interpreter; the clients are this process's tritonclient.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from helpers import REPO
+
+PACKAGE = REPO / "python"
+# Building the package links the whole server once more (a cdylib): minutes on 2 cores.
+BUILD_TIMEOUT = 1500
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 300)
+
+
+def _pin(text: str, name: str) -> str:
+    match = re.search(rf"^{re.escape(name)}==([\w.]+)", text, re.MULTILINE)
+    assert match, f"no {name} pin"
+    return match.group(1)
+
+
+def _build_env(venv: pathlib.Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRITIUM_", "VIRTUAL_ENV", "PYTHONPATH"))}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    # The workspace's debug profile and target folder: the package reuses what `cargo build` built.
+    env["MATURIN_PEP517_ARGS"] = "--profile dev"
+    env["CARGO_BUILD_JOBS"] = "2"
+    return env
+
+
+def _run(cmd: list, env: dict, timeout: float, cwd=REPO) -> str:
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        pytest.fail(f"`{' '.join(map(str, cmd))}` failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}")
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory) -> pathlib.Path:
+    """A fresh virtual environment with numpy and the package installed from ./python."""
+    root = tmp_path_factory.mktemp("package-venv")
+    python = shutil.which("python3.11") or sys.executable
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH"))}
+    _run([python, "-m", "venv", str(root)], base_env, 300)
+    env = _build_env(root)
+    numpy_pin = _pin((REPO / "tests/python/requirements.txt").read_text(), "numpy")
+    maturin_pin = re.search(r'"maturin==([\w.]+)"', (PACKAGE / "pyproject.toml").read_text()).group(1)
+    pip = [str(root / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    _run([*pip, f"numpy=={numpy_pin}", f"maturin=={maturin_pin}"], env, 600)
+    # No build isolation: the maturin just installed (the pyproject's pin) builds it.
+    _run([*pip, "--no-build-isolation", str(PACKAGE)], env, BUILD_TIMEOUT)
+    return root
+
+
+def _python(venv: pathlib.Path) -> str:
+    return str(venv / "bin/python")
+
+
+def _clean_env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("TRITIUM_", "DYN_GRPC_", "PYTHONPATH"))}
+
+
+def test_import_from_the_fresh_environment(venv):
+    out = _run([_python(venv), "-c", "import tritium, tritium._tritium as n; print(tritium.__file__); print(n.BACKEND_NAME)"], _clean_env(), 120, cwd=venv)
+    path, backend = out.split()
+    assert pathlib.Path(path).is_relative_to(venv), path
+    assert backend == "python_function"
+
+
+def _bound() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+def test_python_m_tritium_serve_is_the_cli(venv):
+    listeners = [_bound() for _ in range(3)]
+    fds = [s.fileno() for s in listeners]
+    grpc_port = listeners[0].getsockname()[1]
+    cmd = [_python(venv), "-m", "tritium", "serve", "--grpc-listen-fd", str(fds[0]), "--http-listen-fd", str(fds[1]), "--metrics-listen-fd", str(fds[2])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=fds, env=_clean_env(), cwd=venv)
+    for s in listeners:
+        s.close()
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("tritium ready grpc="), (line, proc.stderr.read() if proc.poll() is not None else "")
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert client.is_server_ready()
+        assert client.get_server_metadata().name == "triton"
+        assert "dense" in [m.name for m in client.get_model_repository_index().models]
+        client.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # The same parser as the binary's: its usage, its errors.
+    bad = subprocess.run([_python(venv), "-m", "tritium", "serve", "--no-such-flag"], capture_output=True, text=True, env=_clean_env(), cwd=venv, timeout=60)
+    assert bad.returncode != 0 and "--no-such-flag" in bad.stderr
+
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, threading
+    import numpy as np
+    import tritium
+
+    @tritium.batch
+    def double(x):
+        return {"y": x * 2}
+
+    def fail(requests):
+        raise ValueError("the function says no")
+
+    def wrong_dtype(requests):
+        return [{"y": r["x"].astype(np.float64)} for r in requests]
+
+    def missing(requests):
+        return [{} for r in requests]
+
+    def upper(requests):
+        return [{"out": np.array([s.upper() for s in r["text"].reshape(-1)], dtype=object).reshape(r["text"].shape)}
+                for r in requests]
+
+    def views(requests):
+        x = requests[0]["x"]
+        return [{"y": np.array([x.flags.writeable, x.base is not None], dtype=np.bool_).reshape(1, 2)}]
+
+    x = [tritium.Tensor(name="x", dtype=np.float32, shape=(-1,))]
+    y = [tritium.Tensor(name="y", dtype=np.float32, shape=(-1,))]
+    server = tritium.Server(grpc_port=0, http_port=0, metrics_port=0, grpc_address="127.0.0.1",
+                            http_address="127.0.0.1", metrics_address="127.0.0.1")
+    batcher = tritium.DynamicBatcher(max_queue_delay_microseconds=2_000_000, preferred_batch_size=[8])
+    server.bind("double", double, inputs=x, outputs=y,
+                config=tritium.ModelConfig(max_batch_size=8, batcher=batcher))
+    server.bind("fail", fail, inputs=x, outputs=y)
+    server.bind("wrong_dtype", wrong_dtype, inputs=x, outputs=y)
+    server.bind("missing", missing, inputs=x, outputs=y)
+    server.bind("upper", upper, inputs=[tritium.Tensor(name="text", dtype=bytes, shape=(-1,))],
+                outputs=[tritium.Tensor(name="out", dtype=bytes, shape=(-1,))], config=tritium.ModelConfig(batching=False))
+    server.bind("views", views, inputs=x, outputs=[tritium.Tensor(name="y", dtype=np.bool_, shape=(2,))])
+    try:
+        server.bind("double", double, inputs=x, outputs=y)
+    except ValueError as e:
+        twice = str(e)
+    try:
+        tritium.Server(no_such_option=1)
+    except TypeError as e:
+        unknown = str(e)
+    with server:
+        assert server.running
+        print(json.dumps({"grpc": server.grpc_port, "http": server.http_port, "metrics": server.metrics_port,
+                          "twice": twice, "unknown": unknown}), flush=True)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                server.stop()
+                os._exit(3)
+            except RuntimeError as e:
+                os._exit(0 if "another process" in str(e) else 4)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"fork": os.waitstatus_to_exitcode(status)}), flush=True)
+        sys.stdin.readline()
+    print(json.dumps({"stopped": not server.running, "grpc": server.grpc_port}), flush=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def served(venv, tmp_path_factory):
+    script = tmp_path_factory.mktemp("script") / "serve_functions.py"
+    script.write_text(SERVER_SCRIPT)
+    proc = subprocess.Popen([_python(venv), str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(), cwd=script.parent)
+    lines: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+
+    def next_json():
+        line = lines.get(timeout=120)
+        if line is None:
+            proc.wait(timeout=30)
+            pytest.fail(f"the script ended ({proc.returncode}):\n{proc.stderr.read()[-6000:]}")
+        return json.loads(line)
+
+    info = next_json()
+    info.update(next_json())
+    info["next"] = next_json
+    yield info, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_server_with_block_ports_and_options(served):
+    info, _ = served
+    assert all(isinstance(info[k], int) and info[k] > 0 for k in ("grpc", "http", "metrics"))
+    assert len({info["grpc"], info["http"], info["metrics"]}) == 3
+    assert "already bound as model 'double'" in info["twice"]
+    assert "--no-such-option" in info["unknown"]
+    # A forked child's use of the parent's server is refused with a clear error.
+    assert info["fork"] == 0
+
+
+def _grpc(info):
+    return grpcclient.InferenceServerClient(f"127.0.0.1:{info['grpc']}")
+
+
+def _x(module, values):
+    tensor = module.InferInput("x", list(values.shape), "FP32")
+    tensor.set_data_from_numpy(values)
+    return tensor
+
+
+def test_bound_function_over_grpc_and_http(served):
+    info, _ = served
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    client = _grpc(info)
+    assert client.is_model_ready("double")
+    np.testing.assert_array_equal(client.infer("double", [_x(grpcclient, values)]).as_numpy("y"), values * 2)
+    config = client.get_model_config("double").config
+    assert config.backend == "python_function" and config.max_batch_size == 8
+    client.close()
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{info['http']}")
+    np.testing.assert_array_equal(http.infer("double", [_x(httpclient, values[:1])]).as_numpy("y"), values[:1] * 2)
+    http.close()
+
+
+def test_inputs_are_read_only_views(served):
+    info, _ = served
+    client = _grpc(info)
+    got = client.infer("views", [_x(grpcclient, np.ones((1, 4), dtype=np.float32))]).as_numpy("y")
+    client.close()
+    # Not writeable, and backed by the request's buffer (a base object): no copy.
+    assert got.tolist() == [[False, True]]
+
+
+def test_bytes_tensors_are_object_arrays(served):
+    info, _ = served
+    client = _grpc(info)
+    text = grpcclient.InferInput("text", [2], "BYTES")
+    text.set_data_from_numpy(np.array([b"abc", b"tritium"], dtype=object))
+    out = client.infer("upper", [text]).as_numpy("out")
+    client.close()
+    assert out.tolist() == [b"ABC", b"TRITIUM"]
+
+
+def test_batch_function_gets_dynamic_batches_under_load(served):
+    info, _ = served
+    rows = [np.full((1, 4), i, dtype=np.float32) for i in range(16)]
+
+    def call(values):
+        own = _grpc(info)
+        try:
+            return own.infer("double", [_x(grpcclient, values)]).as_numpy("y")
+        finally:
+            own.close()
+
+    with ThreadPoolExecutor(len(rows)) as pool:
+        answers = list(pool.map(call, rows))
+    for sent, got in zip(rows, answers):
+        np.testing.assert_array_equal(got, sent * 2)
+    client = _grpc(info)
+    stats = client.get_inference_statistics("double").model_stats[0]
+    client.close()
+    assert max(b.batch_size for b in stats.batch_stats) > 1, stats.batch_stats
+    assert stats.execution_count < stats.inference_count
+
+
+@pytest.mark.parametrize(
+    "model, fragments",
+    [
+        ("fail", ["model 'fail'", "ValueError: the function says no"]),
+        ("wrong_dtype", ["output 'y' is FP64; the model declares FP32"]),
+        ("missing", ["returned no 'y' output"]),
+    ],
+)
+def test_function_errors_reach_the_client_and_serving_goes_on(served, model, fragments):
+    info, _ = served
+    values = np.ones((1, 2), dtype=np.float32)
+    client = _grpc(info)
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(model, [_x(grpcclient, values)])
+    assert error.value.status() == "StatusCode.INTERNAL"
+    for fragment in fragments:
+        assert fragment in error.value.message(), error.value.message()
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{info['http']}")
+    with pytest.raises(InferenceServerException) as http_error:
+        http.infer(model, [_x(httpclient, values)])
+    assert http_error.value.status() == "500" and fragments[-1] in http_error.value.message()
+    np.testing.assert_array_equal(http.infer("double", [_x(httpclient, values)]).as_numpy("y"), values * 2)
+    http.close()
+    client.close()
+
+
+def test_stop_ends_the_server(served):
+    info, proc = served
+    proc.stdin.write("stop\n")
+    proc.stdin.flush()
+    assert info["next"]() == {"stopped": True, "grpc": None}
+    assert proc.wait(timeout=60) == 0
+    with pytest.raises(InferenceServerException):
+        grpcclient.InferenceServerClient(f"127.0.0.1:{info['grpc']}").is_server_live()
+
+
+def test_maturin_builds_a_wheel(venv, tmp_path):
+    """`maturin build` (the wheel CI builds; nothing is published), from the same target folder."""
+    out = tmp_path / "wheels"
+    _run([str(venv / "bin/maturin"), "build", "--profile", "dev", "-m", str(PACKAGE / "Cargo.toml"), "-i", _python(venv), "-o", str(out)], _build_env(venv), BUILD_TIMEOUT)
+    wheels = list(out.glob("tritium-*-cp39-abi3-*.whl"))
+    assert len(wheels) == 1, list(out.iterdir())
+    import zipfile
+
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    assert "tritium/__init__.py" in names and any(n.startswith("tritium/_tritium") and n.endswith(".so") for n in names)
