@@ -48,13 +48,15 @@ pub trait RemoteRepository: Send + Sync + fmt::Debug {
 impl ModelRepository {
     /// The models of the remote repositories, appended to `sources` (a name in two repositories
     /// is an error, as for folders). A repository that cannot be listed is logged and adds
-    /// nothing new (what it served stays), so the others still serve. In explicit mode only the
-    /// models asked for at start (and the models their ensembles are made of) are copied; the
-    /// others are listed by name.
+    /// nothing new (what it served stays), so the others still serve. In explicit and on-demand
+    /// mode only the models asked for at start or pinned (and the models their ensembles are made
+    /// of) are copied; the others are listed by name and copied when they load.
     pub(super) fn add_remote_sources(&self, sources: &mut Vec<ModelSource>) -> Result<(), WorkerError> {
         let options = &self.options;
-        let copy_all = options.control_mode != ControlMode::Explicit || options.startup_models.iter().any(|m| m == "*");
-        let wanted: Vec<String> = options.startup_models.clone();
+        let lazy = matches!(options.control_mode, ControlMode::Explicit | ControlMode::OnDemand);
+        let copy_all = !lazy || options.startup_models.iter().any(|m| m == "*");
+        let mut wanted: Vec<String> = options.startup_models.clone();
+        wanted.extend(options.on_demand.pinned.iter().cloned());
         let mut remote_sources: Vec<ModelSource> = Vec::new();
         let mut listed: Vec<(usize, RemoteModel)> = Vec::new();
         let mut unlisted = false;
@@ -305,5 +307,29 @@ mod tests {
         repository.unload("second").unwrap();
         assert!(!repository.is_ready("second", None));
         assert!(repository.load("absent", None).is_err());
+    }
+
+    #[tokio::test]
+    async fn on_demand_mode_copies_pinned_models_at_start_and_the_others_at_first_use() {
+        let fake = Fake::new(&[("pinned", Ok(vec![1])), ("later", Ok(vec![1])), ("never", Ok(vec![1]))]);
+        let options = RepositoryOptions {
+            remote: vec![Arc::clone(&fake) as Arc<dyn RemoteRepository>],
+            control_mode: ControlMode::OnDemand,
+            on_demand: crate::registry::on_demand::OnDemandOptions {
+                max_loaded_models: Some(2),
+                pinned: vec!["pinned".into()],
+                ..Default::default()
+            },
+            ..RepositoryOptions::default()
+        };
+        let repository = ModelRepository::open(options, crate::builtin_backends()).unwrap();
+        let root = fake.root.as_ref().unwrap().path();
+        assert!(repository.is_ready("pinned", None));
+        assert!(!root.join("later").exists() && !root.join("never").exists(), "nothing else is copied at start");
+        let names: Vec<String> = repository.index(false).unwrap().into_iter().map(|r| r.name).collect();
+        assert!(names.contains(&"later".to_string()) && names.contains(&"never".to_string()), "{names:?}");
+        let held = repository.ensure_loaded("later", std::time::Duration::from_secs(30)).await.unwrap();
+        assert!(held.is_some() && repository.is_ready("later", Some(1)));
+        assert!(root.join("later").exists() && !root.join("never").exists());
     }
 }
