@@ -51,6 +51,7 @@ impl BackendFactory for FunctionFactory {
             function: Arc::clone(function),
             outputs,
             batched: context.config.max_batch_size > 0,
+            decoupled: context.config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled),
         };
         Ok(Engine::Tensors(Arc::new(FunctionBackend { call: Arc::new(call) })))
     }
@@ -67,34 +68,78 @@ struct Call {
     /// The config's outputs: every one must come back, with this datatype.
     outputs: Vec<(String, DataType)>,
     batched: bool,
+    /// A generator function: each item it yields is one response.
+    decoupled: bool,
 }
+
+/// Responses of a decoupled call in flight from the Python thread to the responder.
+const STREAM_DEPTH: usize = 4;
 
 #[async_trait]
 impl Backend for FunctionBackend {
     async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
         let call = Arc::clone(&self.call);
-        let outputs = tokio::task::spawn_blocking(move || Python::attach(|py| call.run(py, request)))
-            .await
-            .map_err(|e| BackendError::failed(ErrorCode::Internal, format!("the Python call did not finish: {e}")))??;
-        responder.send(outputs).await
+        let unfinished =
+            |e: tokio::task::JoinError| BackendError::failed(ErrorCode::Internal, format!("the Python call did not finish: {e}"));
+        if !call.decoupled {
+            let outputs =
+                tokio::task::spawn_blocking(move || Python::attach(|py| call.run(py, request))).await.map_err(unfinished)??;
+            return responder.send(outputs).await;
+        }
+        let (sender, mut responses) = tokio::sync::mpsc::channel(STREAM_DEPTH);
+        let task = tokio::task::spawn_blocking(move || Python::attach(|py| call.stream(py, request, sender)));
+        // Dropping this future (the client went away) drops `responses`, which ends the generator.
+        while let Some(outputs) = responses.recv().await {
+            responder.send(outputs).await?;
+        }
+        task.await.map_err(unfinished)?
     }
 }
 
 impl Call {
     fn run(&self, py: Python<'_>, request: BackendRequest) -> Result<Vec<Tensor>, BackendError> {
-        let batch = match (self.batched, request.inputs.first()) {
-            (true, Some(first)) => first.shape.first().copied(),
-            _ => None,
-        };
-        let answer = self.invoke(py, request).map_err(|error| {
-            let kind = error.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
-            self.failed(format!("{kind}: {}", error.value(py)))
-        })?;
+        let batch = self.batch_size(&request);
+        let answer = self.invoke(py, request).map_err(|error| self.raised(py, error))?;
         self.outputs(py, answer, batch)
     }
 
-    /// Calls `tritium._runtime.invoke(function, [inputs])`: the inputs as numpy arrays, the
-    /// answer as `[(name, datatype, shape, bytes or list of bytes)]` for the one request.
+    /// Runs a generator function, sending each response it yields until it ends or the
+    /// receiver is gone.
+    fn stream(
+        &self,
+        py: Python<'_>,
+        request: BackendRequest,
+        sender: tokio::sync::mpsc::Sender<Vec<Tensor>>,
+    ) -> Result<(), BackendError> {
+        let batch = self.batch_size(&request);
+        let raised = |py: Python<'_>, error: PyErr| self.raised(py, error);
+        let answers = self.invoke(py, request).map_err(|e| raised(py, e))?;
+        let answers = answers.try_iter().map_err(|e| raised(py, e))?;
+        for answer in answers {
+            let outputs = self.outputs(py, answer.map_err(|e| raised(py, e))?, batch)?;
+            // The GIL is free while the responder catches up.
+            if py.detach(|| sender.blocking_send(outputs)).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn batch_size(&self, request: &BackendRequest) -> Option<i64> {
+        match (self.batched, request.inputs.first()) {
+            (true, Some(first)) => first.shape.first().copied(),
+            _ => None,
+        }
+    }
+
+    fn raised(&self, py: Python<'_>, error: PyErr) -> BackendError {
+        let kind = error.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
+        self.failed(format!("{kind}: {}", error.value(py)))
+    }
+
+    /// Calls `tritium._runtime.invoke(binding, inputs, decoupled)`: the inputs as numpy arrays,
+    /// the answer as `[(name, datatype, shape, bytes or list of bytes)]` for the one request (an
+    /// iterator of those for a decoupled model).
     fn invoke<'py>(&self, py: Python<'py>, request: BackendRequest) -> PyResult<Bound<'py, PyAny>> {
         let inputs = PyList::empty(py);
         for tensor in request.inputs {
@@ -118,7 +163,7 @@ impl Call {
             inputs.append((tensor.name.as_str(), tensor.datatype.kserve_name(), shape, payload))?;
         }
         let runtime = py.import("tritium._runtime")?;
-        runtime.getattr("invoke")?.call1((self.function.bind(py), &self.model, inputs))
+        runtime.getattr("invoke")?.call1((self.function.bind(py), inputs, self.decoupled))
     }
 
     /// The tensors of the answer, checked against the config: every output once, its datatype,

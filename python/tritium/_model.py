@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -79,6 +80,8 @@ class ModelConfig:
     max_batch_size: int = 4
     batcher: DynamicBatcher = dataclasses.field(default_factory=DynamicBatcher)
     instance_count: int = 1
+    # A generator (or async generator) function: several responses per request.
+    decoupled: bool = False
 
 
 def _tensor_text(kind: str, tensor: Tensor) -> str:
@@ -104,6 +107,8 @@ def config_text(name: str, backend: str, inputs: List[Tensor], outputs: List[Ten
             f"dynamic_batching {{ max_queue_delay_microseconds: {int(batcher.max_queue_delay_microseconds)}{preferred}{ordering} }}"
         )
     lines.append(f"instance_group {{ count: {int(config.instance_count)} kind: KIND_CPU }}")
+    if config.decoupled:
+        lines.append("model_transaction_policy { decoupled: true }")
     return "\n".join(lines) + "\n"
 
 
@@ -119,20 +124,60 @@ class Request(dict):
         return self
 
 
+def _stack(requests):
+    if len(requests) == 1:
+        return dict(requests[0]), None
+    names = list(requests[0].keys())
+    sizes = np.cumsum([len(next(iter(r.values()))) for r in requests])[:-1]
+    return {name: np.concatenate([r[name] for r in requests]) for name in names}, sizes
+
+
+def _unstack(outputs, sizes, count):
+    if sizes is None:
+        return [outputs]
+    split = {name: np.split(value, sizes) for name, value in outputs.items()}
+    return [{name: parts[i] for name, parts in split.items()} for i in range(count)]
+
+
 def batch(func):
     """Hands ``func`` the batch as keyword arguments (one stacked array per input) and expects one
-    dict of stacked outputs back, as PyTriton's ``@batch``; the dynamic batcher forms the batches."""
+    dict of stacked outputs back, as PyTriton's ``@batch``; the dynamic batcher forms the batches.
+    Async functions, generators and async generators (decoupled models) are wrapped alike."""
+
+    if inspect.isasyncgenfunction(func):
+
+        @functools.wraps(func)
+        async def agen_wrapper(*args, **kwargs):
+            *leading, requests = args
+            inputs, sizes = _stack(requests)
+            async for outputs in func(*leading, **inputs, **kwargs):
+                yield _unstack(outputs, sizes, len(requests))
+
+        return agen_wrapper
+    if inspect.isgeneratorfunction(func):
+
+        @functools.wraps(func)
+        def gen_wrapper(*args, **kwargs):
+            *leading, requests = args
+            inputs, sizes = _stack(requests)
+            for outputs in func(*leading, **inputs, **kwargs):
+                yield _unstack(outputs, sizes, len(requests))
+
+        return gen_wrapper
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def async_wrapper(*args, **kwargs):
+            *leading, requests = args
+            inputs, sizes = _stack(requests)
+            return _unstack(await func(*leading, **inputs, **kwargs), sizes, len(requests))
+
+        return async_wrapper
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         *leading, requests = args
-        if len(requests) == 1:
-            return [func(*leading, **dict(requests[0]), **kwargs)]
-        names = list(requests[0].keys())
-        stacked = {name: np.concatenate([r[name] for r in requests]) for name in names}
-        outputs = func(*leading, **stacked, **kwargs)
-        sizes = np.cumsum([len(next(iter(r.values()))) for r in requests])[:-1]
-        split = {name: np.split(value, sizes) for name, value in outputs.items()}
-        return [{name: parts[i] for name, parts in split.items()} for i in range(len(requests))]
+        inputs, sizes = _stack(requests)
+        return _unstack(func(*leading, **inputs, **kwargs), sizes, len(requests))
 
     return wrapper

@@ -3,6 +3,9 @@ function's answer checked and turned back into (name, datatype, shape, bytes) fo
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -48,9 +51,32 @@ def _tensor(name, value, binding):
     return (name, datatype, list(array.shape), np.ascontiguousarray(array).tobytes())
 
 
-def invoke(binding: Binding, model: str, inputs):
-    request = Request({name: _array(datatype, shape, payload) for name, datatype, shape, payload in inputs})
-    answers = binding.func([request])
+_local = threading.local()
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    """This thread's event loop for async functions (the server's blocking threads are reused)."""
+    loop = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _local.loop = asyncio.new_event_loop()
+    return loop
+
+
+def _iterate(answers):
+    if inspect.isasyncgen(answers):
+        loop = _loop()
+        while True:
+            try:
+                yield loop.run_until_complete(answers.__anext__())
+            except StopAsyncIteration:
+                return
+    elif inspect.isgenerator(answers):
+        yield from answers
+    else:
+        yield answers
+
+
+def _answer(binding: Binding, answers):
     if isinstance(answers, Mapping):
         answers = [answers]
     answers = list(answers)
@@ -60,3 +86,16 @@ def invoke(binding: Binding, model: str, inputs):
     if not isinstance(answer, Mapping):
         raise TypeError(f"the function returned {type(answer).__name__}, not a dict of output arrays")
     return [_tensor(str(name), value, binding) for name, value in answer.items()]
+
+
+def invoke(binding: Binding, inputs, decoupled: bool):
+    """One execution: the answer's tensors, or for a decoupled model an iterator of them."""
+    request = Request({name: _array(datatype, shape, payload) for name, datatype, shape, payload in inputs})
+    answers = binding.func([request])
+    if inspect.isawaitable(answers):
+        answers = _loop().run_until_complete(answers)
+    if decoupled:
+        return (_answer(binding, item) for item in _iterate(answers))
+    if inspect.isgenerator(answers) or inspect.isasyncgen(answers):
+        raise TypeError("a generator function answers several times: bind it with ModelConfig(decoupled=True)")
+    return _answer(binding, answers)

@@ -30,7 +30,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from helpers import REPO
+from helpers import REPO, identity_config, write_model
 
 PACKAGE = REPO / "python"
 # Building the package links the whole server once more (a cdylib): minutes on 2 cores.
@@ -128,7 +128,7 @@ def test_python_m_tritium_serve_is_the_cli(venv):
 
 SERVER_SCRIPT = textwrap.dedent(
     """
-    import json, os, sys, threading
+    import asyncio, json, os, sys
     import numpy as np
     import tritium
 
@@ -149,13 +149,28 @@ SERVER_SCRIPT = textwrap.dedent(
         return [{"out": np.array([s.upper() for s in r["text"].reshape(-1)], dtype=object).reshape(r["text"].shape)}
                 for r in requests]
 
+    async def async_double(requests):
+        await asyncio.sleep(0)
+        return [{"y": r["x"] * 2} for r in requests]
+
+    @tritium.batch
+    def count(x):
+        for i in range(3):
+            yield {"y": x + i}
+
+    @tritium.batch
+    async def acount(x):
+        for i in range(2):
+            await asyncio.sleep(0)
+            yield {"y": x * 10 + i}
+
     def views(requests):
         x = requests[0]["x"]
         return [{"y": np.array([x.flags.writeable, x.base is not None], dtype=np.bool_).reshape(1, 2)}]
 
     x = [tritium.Tensor(name="x", dtype=np.float32, shape=(-1,))]
     y = [tritium.Tensor(name="y", dtype=np.float32, shape=(-1,))]
-    server = tritium.Server(grpc_port=0, http_port=0, metrics_port=0, grpc_address="127.0.0.1",
+    server = tritium.Server(model_repository=sys.argv[1], grpc_port=0, http_port=0, metrics_port=0, grpc_address="127.0.0.1",
                             http_address="127.0.0.1", metrics_address="127.0.0.1")
     batcher = tritium.DynamicBatcher(max_queue_delay_microseconds=2_000_000, preferred_batch_size=[8])
     server.bind("double", double, inputs=x, outputs=y,
@@ -165,6 +180,10 @@ SERVER_SCRIPT = textwrap.dedent(
     server.bind("missing", missing, inputs=x, outputs=y)
     server.bind("upper", upper, inputs=[tritium.Tensor(name="text", dtype=bytes, shape=(-1,))],
                 outputs=[tritium.Tensor(name="out", dtype=bytes, shape=(-1,))], config=tritium.ModelConfig(batching=False))
+    server.bind("async_double", async_double, inputs=x, outputs=y)
+    streaming = tritium.ModelConfig(batching=False, decoupled=True)
+    server.bind("count", count, inputs=x, outputs=y, config=streaming)
+    server.bind("acount", acount, inputs=x, outputs=y, config=streaming)
     server.bind("views", views, inputs=x, outputs=[tritium.Tensor(name="y", dtype=np.bool_, shape=(2,))])
     try:
         server.bind("double", double, inputs=x, outputs=y)
@@ -197,7 +216,9 @@ SERVER_SCRIPT = textwrap.dedent(
 def served(venv, tmp_path_factory):
     script = tmp_path_factory.mktemp("script") / "serve_functions.py"
     script.write_text(SERVER_SCRIPT)
-    proc = subprocess.Popen([_python(venv), str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(), cwd=script.parent)
+    repository = script.parent / "models"
+    write_model(repository, "ident", identity_config("ident", "TYPE_FP32"))
+    proc = subprocess.Popen([_python(venv), str(script), str(repository)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(), cwd=script.parent)
     lines: queue.Queue = queue.Queue()
 
     def pump():
@@ -255,6 +276,39 @@ def test_bound_function_over_grpc_and_http(served):
     http = httpclient.InferenceServerClient(f"127.0.0.1:{info['http']}")
     np.testing.assert_array_equal(http.infer("double", [_x(httpclient, values[:1])]).as_numpy("y"), values[:1] * 2)
     http.close()
+
+
+def test_async_function_and_a_repository_beside_the_bound_models(served):
+    info, _ = served
+    values = np.arange(4, dtype=np.float32).reshape(1, 4)
+    client = _grpc(info)
+    np.testing.assert_array_equal(client.infer("async_double", [_x(grpcclient, values)]).as_numpy("y"), values * 2)
+    ident = grpcclient.InferInput("INPUT0", [3], "FP32")
+    ident.set_data_from_numpy(np.array([1, 2, 3], dtype=np.float32))
+    assert client.infer("ident", [ident]).as_numpy("OUTPUT0").tolist() == [1, 2, 3]
+    client.close()
+
+
+@pytest.mark.parametrize("model, expected", [("count", [[5, 6], [6, 7], [7, 8]]), ("acount", [[50, 60], [51, 61]])])
+def test_generator_functions_are_decoupled(served, model, expected):
+    info, _ = served
+    client = _grpc(info)
+    assert client.get_model_config(model).config.model_transaction_policy.decoupled
+    got: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: got.put((result, error)))
+    x = grpcclient.InferInput("x", [2], "FP32")
+    x.set_data_from_numpy(np.array([5, 6], dtype=np.float32))
+    client.async_stream_infer(model, [x], enable_empty_final_response=True)
+    responses = []
+    while True:
+        result, error = got.get(timeout=60)
+        assert error is None, error
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            break
+        responses.append(result.as_numpy("y").tolist())
+    client.stop_stream()
+    client.close()
+    assert responses == expected
 
 
 def test_inputs_are_read_only_views(served):
