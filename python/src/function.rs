@@ -134,7 +134,7 @@ impl Call {
 
     fn raised(&self, py: Python<'_>, error: PyErr) -> BackendError {
         let kind = error.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
-        self.failed(format!("{kind}: {}", error.value(py)))
+        self.failed(format!("the Python function raised {kind}: {}", error.value(py)))
     }
 
     /// Calls `tritium._runtime.invoke(binding, inputs, decoupled)`: the inputs as numpy arrays,

@@ -128,7 +128,7 @@ def test_python_m_tritium_serve_is_the_cli(venv):
 
 SERVER_SCRIPT = textwrap.dedent(
     """
-    import asyncio, json, os, sys
+    import asyncio, json, os, sys, threading
     import numpy as np
     import tritium
 
@@ -164,6 +164,13 @@ SERVER_SCRIPT = textwrap.dedent(
             await asyncio.sleep(0)
             yield {"y": x * 10 + i}
 
+    both = threading.Barrier(2, timeout=60)
+
+    def meet(requests):
+        # Returns only once two calls are in the function at the same time.
+        both.wait()
+        return [{"y": r["x"]} for r in requests]
+
     def views(requests):
         x = requests[0]["x"]
         return [{"y": np.array([x.flags.writeable, x.base is not None], dtype=np.bool_).reshape(1, 2)}]
@@ -184,6 +191,7 @@ SERVER_SCRIPT = textwrap.dedent(
     streaming = tritium.ModelConfig(batching=False, decoupled=True)
     server.bind("count", count, inputs=x, outputs=y, config=streaming)
     server.bind("acount", acount, inputs=x, outputs=y, config=streaming)
+    server.bind("meet", meet, inputs=x, outputs=y, config=tritium.ModelConfig(batching=False, instance_count=2))
     server.bind("views", views, inputs=x, outputs=[tritium.Tensor(name="y", dtype=np.bool_, shape=(2,))])
     try:
         server.bind("double", double, inputs=x, outputs=y)
@@ -311,6 +319,23 @@ def test_generator_functions_are_decoupled(served, model, expected):
     assert responses == expected
 
 
+def test_instances_run_at_the_same_time(served):
+    info, _ = served
+
+    def call(value):
+        own = _grpc(info)
+        try:
+            x = grpcclient.InferInput("x", [1], "FP32")
+            x.set_data_from_numpy(np.array([value], dtype=np.float32))
+            return own.infer("meet", [x]).as_numpy("y").tolist()
+        finally:
+            own.close()
+
+    # Each call waits for the other inside the function: two instances, both running.
+    with ThreadPoolExecutor(2) as pool:
+        assert sorted(pool.map(call, [1.0, 2.0])) == [[1.0], [2.0]]
+
+
 def test_inputs_are_read_only_views(served):
     info, _ = served
     client = _grpc(info)
@@ -355,9 +380,9 @@ def test_batch_function_gets_dynamic_batches_under_load(served):
 @pytest.mark.parametrize(
     "model, fragments",
     [
-        ("fail", ["model 'fail'", "ValueError: the function says no"]),
-        ("wrong_dtype", ["output 'y' is FP64; the model declares FP32"]),
-        ("missing", ["returned no 'y' output"]),
+        ("fail", ["model 'fail'", "the Python function raised ValueError: the function says no"]),
+        ("wrong_dtype", ["model 'wrong_dtype'", "output 'y' is FP64; the model declares FP32"]),
+        ("missing", ["model 'missing'", "returned no 'y' output"]),
     ],
 )
 def test_function_errors_reach_the_client_and_serving_goes_on(served, model, fragments):
