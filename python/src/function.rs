@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use tritium_backend_api::{
     Backend, BackendContext, BackendError, BackendFactory, BackendRegistry, BackendRequest, Engine, Responder,
@@ -194,7 +195,8 @@ impl Call {
             } else {
                 let bytes: Bound<'_, PyBytes> =
                     payload.extract().map_err(|_| self.failed(format!("output '{name}': not a bytes buffer")))?;
-                Tensor::new(name, datatype, shape, Bytes::copy_from_slice(bytes.as_bytes()))
+                // The response holds the immutable `bytes` object itself: no copy.
+                Tensor::new(name, datatype, shape, Bytes::from_owner(PyBackedBytes::from(bytes)))
             };
             tensor.validate().map_err(|e| self.failed(format!("output '{}': {e}", tensor.name)))?;
             tensors.push(tensor);

@@ -423,3 +423,44 @@ def test_maturin_builds_a_wheel(venv, tmp_path):
 
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert "tritium/__init__.py" in names and any(n.startswith("tritium/_tritium") and n.endswith(".so") for n in names)
+
+
+RUN_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    import tritium
+
+    server = tritium.Server(grpc_port=0, http_port=0, metrics_port=0, grpc_address="127.0.0.1",
+                            http_address="127.0.0.1", metrics_address="127.0.0.1")
+    server.bind("echo", lambda requests: [{"y": r["x"]} for r in requests],
+                inputs=[tritium.Tensor(name="x", dtype=np.int32, shape=(-1,))],
+                outputs=[tritium.Tensor(name="y", dtype=np.int32, shape=(-1,))])
+    server.start()
+    print(json.dumps({"grpc": server.grpc_port}), flush=True)
+    server.run()
+    print(json.dumps({"stopped": not server.running}), flush=True)
+    """
+)
+
+
+def test_run_serves_until_sigint(venv, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RUN_SCRIPT)
+    proc = subprocess.Popen([_python(venv), str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(), cwd=tmp_path)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()[-4000:]
+        port = json.loads(line)["grpc"]
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = grpcclient.InferInput("x", [1, 2], "INT32")
+        x.set_data_from_numpy(np.array([[7, 8]], dtype=np.int32))
+        assert client.infer("echo", [x]).as_numpy("y").tolist() == [[7, 8]]
+        client.close()
+        proc.send_signal(signal.SIGINT)
+        assert json.loads(proc.stdout.readline()) == {"stopped": True}
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
