@@ -178,6 +178,15 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A started server nobody can reach any more stops (without waiting for it).
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.stop.cancel();
+        }
+    }
+}
+
 impl Server {
     fn check_pid(&self) -> PyResult<()> {
         if std::process::id() != self.pid {
