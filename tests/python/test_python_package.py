@@ -191,6 +191,8 @@ SERVER_SCRIPT = textwrap.dedent(
     streaming = tritium.ModelConfig(batching=False, decoupled=True)
     server.bind("count", count, inputs=x, outputs=y, config=streaming)
     server.bind("acount", acount, inputs=x, outputs=y, config=streaming)
+    server.bind("strict", lambda requests: [{"y": np.zeros((1, 3), dtype=np.float32)}], inputs=x,
+                outputs=[tritium.Tensor(name="y", dtype=np.float32, shape=(2,))], strict=True)
     server.bind("meet", meet, inputs=x, outputs=y, config=tritium.ModelConfig(batching=False, instance_count=2))
     server.bind("views", views, inputs=x, outputs=[tritium.Tensor(name="y", dtype=np.bool_, shape=(2,))])
     try:
@@ -375,6 +377,13 @@ def test_batch_function_gets_dynamic_batches_under_load(served):
     client.close()
     assert max(b.batch_size for b in stats.batch_stats) > 1, stats.batch_stats
     assert stats.execution_count < stats.inference_count
+    # Triton's metrics count the bound model as any other.
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{info['metrics']}/metrics", timeout=30) as response:
+        metrics = response.read().decode()
+    success = re.search(r'^nv_inference_request_success\{model="double",version="1"\} (\d+)', metrics, re.MULTILINE)
+    assert success and int(success.group(1)) == stats.inference_stats.success.count, metrics[:2000]
 
 
 @pytest.mark.parametrize(
@@ -383,6 +392,7 @@ def test_batch_function_gets_dynamic_batches_under_load(served):
         ("fail", ["model 'fail'", "the Python function raised ValueError: the function says no"]),
         ("wrong_dtype", ["model 'wrong_dtype'", "output 'y' is FP64; the model declares FP32"]),
         ("missing", ["model 'missing'", "returned no 'y' output"]),
+        ("strict", ["model 'strict'", "output 'y' has shape (1, 3); the model declares (2,)"]),
     ],
 )
 def test_function_errors_reach_the_client_and_serving_goes_on(served, model, fragments):
