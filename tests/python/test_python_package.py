@@ -386,6 +386,19 @@ def test_batch_function_gets_dynamic_batches_under_load(served):
     assert success and int(success.group(1)) == stats.inference_stats.success.count, metrics[:2000]
 
 
+def test_perf_analyzer_on_a_bound_function(served):
+    from test_perf_analyzer import perf_analyzer
+
+    info, _ = served
+    client = _grpc(info)
+    before = client.get_inference_statistics("double").model_stats[0].inference_stats.success.count
+    perf_analyzer(f"127.0.0.1:{info['grpc']}", "-m", "double", "--shape", "x:4", "--async", "--concurrency-range", "8")
+    stats = client.get_inference_statistics("double").model_stats[0]
+    client.close()
+    assert stats.inference_stats.success.count >= before + 200
+    assert max(b.batch_size for b in stats.batch_stats) > 1
+
+
 @pytest.mark.parametrize(
     "model, fragments",
     [
