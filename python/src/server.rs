@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 
-use clap_free::parse_serve_args;
+use command_line::parse_serve_args;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,7 @@ struct Running {
     at: Listening,
 }
 
-mod clap_free {
+mod command_line {
     use clap::{CommandFactory, Parser};
     use tritium_server::config::{Cli, Command, ServeArgs};
 
@@ -65,7 +65,7 @@ mod clap_free {
 /// Whether `tritium serve --LONG` takes a value; `None` when it has no such option.
 #[pyfunction]
 pub fn option_takes_value(long: &str) -> Option<bool> {
-    clap_free::takes_value(long)
+    command_line::takes_value(long)
 }
 
 #[pymethods]
