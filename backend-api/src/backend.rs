@@ -148,6 +148,12 @@ enum ResponderKind {
     Stream(StreamTarget),
 }
 
+/// Gives a response's outputs the shapes the model's config names (Triton's output `reshape`):
+/// the core applies it to the responses a stream sends, which it does not see go out.
+pub trait OutputShapes: Send + Sync + std::fmt::Debug {
+    fn reshape(&self, outputs: &mut [Tensor]);
+}
+
 /// Where the responses of one decoupled request go, and what they are labelled with.
 #[derive(Debug)]
 pub struct StreamTarget {
@@ -160,6 +166,8 @@ pub struct StreamTarget {
     pub finished: bool,
     /// Read at the first response, when the first-response histogram is on.
     pub first_response: Option<FirstResponseClock>,
+    /// The model's output reshapes, when it has any.
+    pub output_shapes: Option<Arc<dyn OutputShapes>>,
 }
 
 impl Responder {
@@ -225,6 +233,9 @@ impl Responder {
             }
             ResponderKind::Single(Some(_)) => Err(BackendError::ExtraResponse),
             ResponderKind::Stream(target) => {
+                if let Some(shapes) = &target.output_shapes {
+                    shapes.reshape(&mut outputs);
+                }
                 let response = InferenceResponse {
                     model_name: Arc::clone(&target.model_name),
                     model_version: target.model_version,

@@ -43,7 +43,7 @@ pub mod llm;
 pub mod request;
 pub mod stream;
 
-pub use backend::{Backend, BackendRequest, Responder, StreamTarget, StreamedRequest, select_outputs};
+pub use backend::{Backend, BackendRequest, OutputShapes, Responder, StreamTarget, StreamedRequest, select_outputs};
 pub use config_params::{BackendSettings, ConfigParams, config_parameter};
 pub use engine::Engine;
 pub use error::{BackendError, RequestId, WorkerError};

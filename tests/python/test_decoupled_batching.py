@@ -106,3 +106,47 @@ def test_a_built_in_decoupled_backend_is_batched_too(start_tritium, tmp_path):
     stats = grpcclient.InferenceServerClient(server.url).get_inference_statistics("repeat_batched").model_stats[0]
     assert stats.inference_count == 4 and stats.execution_count < 4, stats
 
+
+
+# The model sends OUT in the shape it computes ([4], or [n, 4] batched); the config's reshape names that shape and
+# dims the one clients see ([2, 2]). Triton 2.51 reshapes every response of a decoupled model (checked by hand:
+# a python model answered ((2, 2), [[0, 1], [2, 3]]) then ((2, 2), [[1, 2], [3, 4]])).
+RESHAPED = """
+    import triton_python_backend_utils as pb_utils
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            for request in requests:
+                values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+                sender = request.get_response_sender()
+                for step in range(2):
+                    sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", values + step)]))
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return None
+"""
+
+
+def test_every_response_of_a_decoupled_model_gets_its_output_reshape(start_tritium, tmp_path):
+    io = """
+        model_transaction_policy { decoupled: true }
+        input [ { name: "IN", data_type: TYPE_INT32, dims: [ 4 ] } ]
+        output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 2, 2 ], reshape: { shape: [ 4 ] } } ]
+    """
+    write_python_model(tmp_path, "plain", "max_batch_size: 0\n" + io, RESHAPED)
+    batched = "max_batch_size: 4\ndynamic_batching { max_queue_delay_microseconds: 100000 }\n"
+    write_python_model(tmp_path, "batched", batched + io, RESHAPED)
+    server = start_tritium("--model-repository", str(tmp_path), "--python-interpreter", PYTHON)
+    stream = Stream(server.url)
+    try:
+        plain = grpcclient.InferInput("IN", [4], "INT32")
+        plain.set_data_from_numpy(np.arange(4, dtype=np.int32))
+        stream.send("plain", [plain], "p")
+        for n in range(3):
+            stream.send("batched", [int32("IN", [[n, n + 1, n + 2, n + 3]])], f"b{n}")
+        by_id = stream.until_finals(4)
+    finally:
+        stream.close()
+    assert [r.as_numpy("OUT").tolist() for r in by_id["p"]] == [[[0, 1], [2, 3]], [[1, 2], [3, 4]]]
+    for n in range(3):
+        got = [r.as_numpy("OUT").tolist() for r in by_id[f"b{n}"]]
+        assert got == [[[[n + s, n + 1 + s], [n + 2 + s, n + 3 + s]]] for s in range(2)], (n, got)

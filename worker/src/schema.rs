@@ -273,6 +273,11 @@ impl ModelSchema {
     /// back in the config's `dims` (after the batch dimension), its variable-size dimensions
     /// taking the sizes the backend gave the variable-size dimensions of the reshape, as Triton
     /// reports it. An output that does not fit the reshape is left as the backend made it.
+    /// Whether any output has a `reshape` (else [`ModelSchema::reshape_outputs`] does nothing).
+    pub fn reshapes_outputs(&self) -> bool {
+        self.reshapes_outputs
+    }
+
     pub fn reshape_outputs(&self, outputs: &mut [Tensor]) {
         if !self.reshapes_outputs {
             return;

@@ -21,8 +21,9 @@ use tritium_backend_api::error::{RequestId, WorkerError};
 use tritium_backend_api::first_response::{FirstResponseClock, FirstResponseHistogram};
 use tritium_backend_api::llm::{EmbeddingModel, LanguageModel};
 use tritium_backend_api::request::{InferenceRequest, InferenceResponse};
-use tritium_backend_api::{Backend, BackendError, BackendRequest, Engine, Responder, StreamTarget, select_outputs};
+use tritium_backend_api::{Backend, BackendError, BackendRequest, Engine, OutputShapes, Responder, StreamTarget, select_outputs};
 use tritium_backend_api::{InferOutcome, ResponseStream, StreamItem};
+use tritium_tensor::Tensor;
 use valid::Timing;
 pub use valid::ValidInferRequest;
 
@@ -86,6 +87,12 @@ pub struct ModelVersion {
 impl AsRef<FirstResponseHistogram> for ModelVersion {
     fn as_ref(&self) -> &FirstResponseHistogram {
         &self.stats.first_response
+    }
+}
+
+impl OutputShapes for ModelVersion {
+    fn reshape(&self, outputs: &mut [Tensor]) {
+        self.schema.reshape_outputs(outputs);
     }
 }
 
@@ -394,6 +401,7 @@ impl ModelVersion {
             requested_outputs: request.requested_outputs,
             finished: false,
             first_response: FirstResponseClock::start(&model, timing.arrived),
+            output_shapes: model.schema.reshapes_outputs().then(|| Arc::clone(&model) as Arc<dyn OutputShapes>),
         });
         let rows = i64::try_from(batch).unwrap_or(i64::MAX);
         let start = model.scheduler.start_stream(model.backend.as_ref(), backend_request, responder, rows, &options);

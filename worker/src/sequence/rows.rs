@@ -365,6 +365,7 @@ fn null_stream(settings: &SequenceSettings, request: BackendRequest) -> Streamed
         requested_outputs: Vec::new(),
         finished: false,
         first_response: None,
+        output_shapes: None,
     });
     let (done, _) = oneshot::channel();
     StreamedRequest { request, responder, done }
