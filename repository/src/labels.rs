@@ -40,6 +40,11 @@ impl Labels {
         Labels::parse(text).map_err(|why| format!("'{named}' {why}"))
     }
 
+    /// The label file as read (what [`Labels::parse`] takes back).
+    pub fn text(&self) -> &Bytes {
+        &self.text
+    }
+
     /// Splits `text` into lines as `std::getline` does (a final line without `\n` counts, an
     /// empty tail after the last `\n` does not).
     pub fn parse(text: Bytes) -> Result<Labels, String> {

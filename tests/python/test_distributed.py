@@ -326,3 +326,31 @@ def test_kv_routing_finds_cached_prefixes_that_round_robin_misses(cluster):
     print(f"  round-robin: prefix-hit rate {rr_hits:.1%}, mean time to first token {rr_ttft * 1000:.1f} ms")
     print(f"  kv:          prefix-hit rate {kv_hits:.1%}, mean time to first token {kv_ttft * 1000:.1f} ms")
     assert kv_hits > rr_hits
+
+
+def test_a_worker_models_labels_reach_the_frontends_classification(tmp_path):
+    """A model served by a worker process classifies with its `label_filename` through the frontend, as a local
+    one does (the worker describes its labels with the model)."""
+    repo = tmp_path / "repo"
+    (repo / "labelled" / "1").mkdir(parents=True)
+    (repo / "labelled" / "config.pbtxt").write_text(
+        'name: "labelled"\nbackend: "identity"\nmax_batch_size: 0\n'
+        'input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]\n'
+        'output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 4 ], label_filename: "labels.txt" } ]\n'
+    )
+    (repo / "labelled" / "labels.txt").write_text("CAT\nDOG\nBIRD\nFISH\n")
+    discovery = tmp_path / "discovery"
+    common = ["--discovery", "file", "--discovery-dir", str(discovery), "--lease-ttl-secs", str(LEASE_TTL)]
+    frontend = start_server(*common)
+    worker = start_worker(*common, "--worker-id", "labels", "--model-repository", str(repo))
+    try:
+        client = grpcclient.InferenceServerClient(frontend.url)
+        wait_until(lambda: client.is_model_ready("labelled"), 10, "the worker's model served through the frontend")
+        data = grpcclient.InferInput("INPUT0", [4], "FP32")
+        data.set_data_from_numpy(np.array([0.1, 0.7, 0.05, 0.15], dtype=np.float32))
+        result = client.infer("labelled", [data], outputs=[grpcclient.InferRequestedOutput("OUTPUT0", class_count=2)])
+        assert [v.decode() for v in result.as_numpy("OUTPUT0")] == ["0.700000:1:DOG", "0.150000:3:FISH"]
+    finally:
+        for process in (worker, frontend):
+            process.stop()
+            process.stderr_path.unlink(missing_ok=True)

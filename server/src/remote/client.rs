@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -20,6 +21,7 @@ use tritium_proto::ErrorCode;
 use tritium_proto::inference::{ModelConfig, ModelInferResponse};
 use tritium_proto::worker::worker_client::WorkerClient as WorkerRpc;
 use tritium_proto::worker::{DescribeModelsRequest, EmbedRequest, InferStreamResponse, TokenIds};
+use tritium_repository::labels::Labels;
 use tritium_worker::{InferOutcome, InferenceResponse, ResponseStream, StreamItem, ValidInferRequest, WorkerClient, WorkerError};
 
 use super::convert::{
@@ -53,6 +55,8 @@ pub struct RemoteModel {
     pub config: ModelConfig,
     /// For language and embedding models: what the frontend tokenizes with.
     pub card: Option<Arc<ModelCard>>,
+    /// The labels of the outputs that have a `label_filename`, by output name.
+    pub labels: Vec<(String, Arc<Labels>)>,
 }
 
 /// A worker process reached over gRPC.
@@ -222,7 +226,20 @@ impl RemoteWorker {
                         protocol_error(&self.id, format!("the card of model '{}' does not parse: {e}", model.name))
                     })?)),
                 };
-            models.push(RemoteModel { name: model.name, version: model.version, config: model.config.unwrap_or_default(), card });
+            let mut labels = Vec::with_capacity(model.output_labels.len());
+            for (output, text) in model.output_labels {
+                let parsed = Labels::parse(Bytes::from(text)).map_err(|why| {
+                    protocol_error(&self.id, format!("the labels of output '{output}' of model '{}' {why}", model.name))
+                })?;
+                labels.push((output, Arc::new(parsed)));
+            }
+            models.push(RemoteModel {
+                name: model.name,
+                version: model.version,
+                config: model.config.unwrap_or_default(),
+                card,
+                labels,
+            });
         }
         Ok(models)
     }

@@ -281,6 +281,12 @@ impl Worker for WorkerService {
                     version: version.version,
                     config: Some(version.config.as_ref().clone()),
                     card_json: self.card_json(version)?,
+                    output_labels: version
+                        .schema
+                        .outputs
+                        .iter()
+                        .filter_map(|spec| Some((spec.name.clone(), spec.labels.as_ref()?.text().to_vec())))
+                        .collect(),
                 });
             }
         }

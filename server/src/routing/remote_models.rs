@@ -109,7 +109,12 @@ impl RemoteModels {
 
     fn stand_in(&self, model: &RemoteModel) -> Result<Arc<ModelVersion>, String> {
         let config = Arc::new(model.config.clone());
-        let schema = ModelSchema::from_config(&config)?;
+        let mut schema = ModelSchema::from_config(&config)?;
+        for (output, labels) in &model.labels {
+            if let Some(spec) = schema.outputs.iter_mut().find(|spec| spec.name == *output) {
+                spec.labels = Some(Arc::clone(labels));
+            }
+        }
         let name = model.name.clone();
         let engine = match &model.card {
             Some(card) if card.kind == ModelKind::Generate => {
