@@ -18,6 +18,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+import response_cache_scenario as scenario
 from helpers import add_sub_config, identity_config, start_failure, wait_for, write_model
 
 CACHE = "response_cache { enable: true }\n"
@@ -186,20 +187,8 @@ def test_sequence_requests_are_not_cached(start_tritium, model_repo):
 
 def test_an_ensemble_caches_at_the_top_and_per_step(start_tritium, model_repo):
     cached_identity(model_repo, "step")
-    write_model(
-        model_repo,
-        "ens",
-        """
-name: "ens"
-platform: "ensemble"
-max_batch_size: 0
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-ensemble_scheduling { step [ { model_name: "step" model_version: -1
-  input_map { key: "INPUT0" value: "INPUT0" } output_map { key: "OUTPUT0" value: "OUTPUT0" } } ] }
-"""
-        + CACHE,
-    )
+    # The ensemble of the recorded scenario: over "step", with the response cache on.
+    write_model(model_repo, "ens", scenario.ENSEMBLE)
     server = start_tritium("--model-repository", str(model_repo), *LOCAL)
     client = grpcclient.InferenceServerClient(server.url)
     for _ in range(3):
@@ -332,7 +321,6 @@ def test_counts_match_triton_2_51(start_tritium, model_repo):
     recorded by record_response_cache_triton.py): every statistic count, batch_stats and the cache metrics."""
     import json
 
-    import response_cache_scenario as scenario
 
     recorded = json.loads((pathlib.Path(__file__).parent / "response_cache_triton.json").read_text())
     recorded.pop("triton")
