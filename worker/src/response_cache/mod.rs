@@ -17,7 +17,7 @@
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! let cache = LocalCache::new(1 << 20);
 //! let input = Tensor::from_slice("INPUT0", vec![2], &[1f32, 2.0]);
-//! let key = request_key("identity", 1, std::slice::from_ref(&input), &[], &[]);
+//! let key = request_key("identity", 1, std::slice::from_ref(&input), &Default::default(), &[]);
 //! assert!(cache.lookup(&key).await.is_none());
 //! cache.insert(&key, &[input.clone()]).await;
 //! assert_eq!(cache.lookup(&key).await.unwrap()[0].data, input.data);
