@@ -14,7 +14,7 @@ use tritium_backend_api::BackendRegistry;
 use tritium_server::cli::Listening;
 use tritium_server::config::ServeArgs;
 use tritium_server::logging::LogControl;
-use tritium_worker::DeclaredModel;
+use tritium_worker::{DeclaredModel, ModelRepository};
 
 use crate::function::{self, Functions};
 
@@ -35,6 +35,9 @@ struct Running {
     stop: CancellationToken,
     thread: JoinHandle<Result<(), String>>,
     at: Listening,
+    /// The running server's registry and runtime: a function bound now is loaded there.
+    repository: Arc<ModelRepository>,
+    runtime: tokio::runtime::Handle,
 }
 
 mod command_line {
@@ -78,18 +81,38 @@ impl Server {
     }
 
     /// Declares `function` as model `name` with the config text `config_text` (backend
-    /// `python_function`); before `start`.
-    fn bind(&mut self, name: String, function: Py<PyAny>, config_text: String) -> PyResult<()> {
+    /// `python_function`). On a running server the model is loaded before this returns.
+    fn bind(&mut self, py: Python<'_>, name: String, function: Py<PyAny>, config_text: String) -> PyResult<()> {
         self.check_pid()?;
-        if self.running.is_some() {
-            return Err(PyRuntimeError::new_err("bind models before the server starts"));
+        {
+            let mut functions = self.functions.lock().unwrap_or_else(PoisonError::into_inner);
+            if functions.contains_key(&name) {
+                return Err(PyValueError::new_err(format!("a function is already bound as model '{name}'")));
+            }
+            functions.insert(name.clone(), Arc::new(function));
         }
-        let mut functions = self.functions.lock().unwrap_or_else(PoisonError::into_inner);
-        if functions.contains_key(&name) {
-            return Err(PyValueError::new_err(format!("a function is already bound as model '{name}'")));
+        let declared = DeclaredModel { name: name.clone(), config_text };
+        if let Some(running) = &self.running {
+            let repository = Arc::clone(&running.repository);
+            let model = declared.clone();
+            let (done_tx, done_rx) = mpsc::sync_channel(1);
+            // Loaded on the server's runtime, as a client's load is; the GIL is free meanwhile,
+            // for the backend may need it.
+            running.runtime.spawn_blocking(move || {
+                let _ = done_tx.send(repository.declare(model));
+            });
+            let loaded = py.detach(move || done_rx.recv());
+            let refused = match loaded {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("the server stopped while the model loaded".to_string()),
+            };
+            if let Some(reason) = refused {
+                self.functions.lock().unwrap_or_else(PoisonError::into_inner).remove(&name);
+                return Err(PyValueError::new_err(format!("model '{name}' did not load: {reason}")));
+            }
         }
-        functions.insert(name.clone(), Arc::new(function));
-        self.declared.push(DeclaredModel { name, config_text });
+        self.declared.push(declared);
         Ok(())
     }
 
@@ -107,11 +130,12 @@ impl Server {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Listening, String>>(1);
+        let (handles_tx, handles_rx) = mpsc::sync_channel(1);
         let failed_tx = ready_tx.clone();
         let thread = std::thread::Builder::new()
             .name("tritium-server".into())
             .spawn(move || {
-                let result = serve(args, config, backends, ready_tx, stopped);
+                let result = serve(args, config, backends, ready_tx, handles_tx, stopped);
                 if let Err(e) = &result {
                     let _ = failed_tx.try_send(Err(e.clone()));
                 }
@@ -122,7 +146,9 @@ impl Server {
         let ready = py.detach(move || ready_rx.recv_timeout(START_TIMEOUT));
         match ready {
             Ok(Ok(at)) => {
-                self.running = Some(Running { stop, thread, at });
+                let (repository, runtime) =
+                    handles_rx.try_recv().map_err(|_| PyRuntimeError::new_err("the server started without its registry"))?;
+                self.running = Some(Running { stop, thread, at, repository, runtime });
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -204,6 +230,7 @@ fn serve(
     config: tritium_server::ServerConfig,
     backends: BackendRegistry,
     ready: mpsc::SyncSender<Result<Listening, String>>,
+    handles: mpsc::SyncSender<(Arc<ModelRepository>, tokio::runtime::Handle)>,
     stop: CancellationToken,
 ) -> Result<(), String> {
     let log = LogControl::install(&args.logging);
@@ -217,7 +244,11 @@ fn serve(
     let announce = move |at: Listening| {
         let _ = ready.try_send(Ok(at));
     };
-    let shutdown = move |_: &tritium_server::Tritium| async move { stop.cancelled().await };
+    let handle = runtime.handle().clone();
+    let shutdown = move |tritium: &tritium_server::Tritium| {
+        let _ = handles.try_send((Arc::clone(tritium.repository()), handle));
+        async move { stop.cancelled().await }
+    };
     let outcome =
         runtime.block_on(tritium_server::cli::serve(&args, config, log, backends, announce, shutdown)).map_err(|e| e.to_string());
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

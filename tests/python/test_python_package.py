@@ -205,8 +205,14 @@ SERVER_SCRIPT = textwrap.dedent(
         unknown = str(e)
     with server:
         assert server.running
+        # Bound while serving: loaded there and then; a name the repository has is refused.
+        server.bind("late", lambda requests: [{"y": r["x"] + 1} for r in requests], inputs=x, outputs=y)
+        try:
+            server.bind("ident", double, inputs=x, outputs=y)
+        except ValueError as e:
+            late_taken = str(e)
         print(json.dumps({"grpc": server.grpc_port, "http": server.http_port, "metrics": server.metrics_port,
-                          "twice": twice, "unknown": unknown}), flush=True)
+                          "twice": twice, "unknown": unknown, "late_taken": late_taken}), flush=True)
         pid = os.fork()
         if pid == 0:
             try:
@@ -286,6 +292,18 @@ def test_bound_function_over_grpc_and_http(served):
     http = httpclient.InferenceServerClient(f"127.0.0.1:{info['http']}")
     np.testing.assert_array_equal(http.infer("double", [_x(httpclient, values[:1])]).as_numpy("y"), values[:1] * 2)
     http.close()
+
+
+def test_bind_on_a_running_server_loads_the_model(served):
+    info, _ = served
+    values = np.arange(4, dtype=np.float32).reshape(2, 2)
+    client = _grpc(info)
+    assert client.is_model_ready("late")
+    np.testing.assert_array_equal(client.infer("late", [_x(grpcclient, values)]).as_numpy("y"), values + 1)
+    assert "late" in [m.name for m in client.get_model_repository_index().models]
+    client.close()
+    # The repository's model of that name stays; the refused function is not bound.
+    assert "model 'ident' did not load" in info["late_taken"] and "already in the repository" in info["late_taken"]
 
 
 def test_async_function_and_a_repository_beside_the_bound_models(served):

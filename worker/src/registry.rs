@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tritium_proto::inference::ModelConfig;
 
 mod build;
+mod declare;
 pub mod on_demand;
 mod options;
 mod overrides;
@@ -140,6 +141,8 @@ pub struct ModelRepository {
     loading: crate::load_gate::LoadGate,
     changes: watch::Sender<u64>,
     on_demand: on_demand::OnDemand,
+    /// Models declared after start ([`ModelRepository::declare`]), beside `options.declared`.
+    declared_later: Mutex<Vec<DeclaredModel>>,
     /// This repository, for the ensembles it serves (they run their steps on it).
     me: Weak<ModelRepository>,
 }
@@ -153,6 +156,7 @@ impl ModelRepository {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             me: me.clone(),
             on_demand: on_demand::OnDemand::new(options.on_demand.clone()),
+            declared_later: Mutex::new(Vec::new()),
             options,
             backends,
             served: ArcSwap::from_pointee(ByName::default()),
@@ -450,12 +454,16 @@ impl ModelRepository {
             }
             sources.push(builtin_source(&declared.name, &declared.config_text));
         }
+        sources.extend(self.lock_declared_later().iter().map(|d| builtin_source(&d.name, &d.config_text)));
         Ok(sources)
     }
 
     fn find_source(&self, name: &str) -> Result<Option<ModelSource>, WorkerError> {
         let options = &self.options;
         if let Some(declared) = options.declared.iter().find(|d| d.name == name) {
+            return Ok(Some(builtin_source(&declared.name, &declared.config_text)));
+        }
+        if let Some(declared) = self.lock_declared_later().iter().find(|d| d.name == name) {
             return Ok(Some(builtin_source(&declared.name, &declared.config_text)));
         }
         if options.paths.is_empty() && options.remote.is_empty() {
@@ -548,6 +556,10 @@ impl ModelRepository {
 
     fn lock_rejected(&self) -> MutexGuard<'_, HashMap<String, u64>> {
         self.rejected.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_declared_later(&self) -> MutexGuard<'_, Vec<DeclaredModel>> {
+        self.declared_later.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock_lifecycle(&self) -> MutexGuard<'_, ()> {
