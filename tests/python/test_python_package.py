@@ -505,3 +505,74 @@ def test_run_serves_until_sigint(venv, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# PyTriton's own examples (tests/pytriton_examples/, only their import prefix changed) against the
+# answers PyTriton 0.7 gave them (pytriton_outputs.json, recorded by record_pytriton_outputs.py).
+PYTRITON_EXAMPLES = REPO / "tests/pytriton_examples"
+PYTRITON_RECORDED = json.loads((PYTRITON_EXAMPLES / "pytriton_outputs.json").read_text())["outputs"]
+_LOGGED = re.compile(r" - INFO - examples\.[\w.]+\.client: (\S+): (\[.*\])$")
+_SERVING = re.compile(r"Tritium serving: grpc port (\d+), http port (\d+)")
+
+
+@pytest.fixture(scope="module")
+def client_venv(venv, tmp_path_factory) -> pathlib.Path:
+    """The fresh environment with tritonclient too (the examples' clients need it), at the suite's pins."""
+    text = (REPO / "tests/python/requirements.txt").read_text()
+    pin = _pin(text, "tritonclient[grpc,http]")
+    # pip's constraints take no extras: the pins alone.
+    constraints = tmp_path_factory.mktemp("constraints") / "constraints.txt"
+    constraints.write_text(re.sub(r"^([\w.-]+)\[[^\]]*\]==", r"\1==", text, flags=re.MULTILINE))
+    pip = [_python(venv), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", str(constraints)]
+    _run([*pip, f"tritonclient[grpc,http]=={pin}"], _build_env(venv), 600)
+    return venv
+
+
+def _example_server(venv, example):
+    """Starts the example's server.py on ports 0 and 127.0.0.1 (PyTriton's PYTRITON_TRITON_CONFIG_*
+    variables); returns the process and its (grpc, http) ports, read from its log."""
+    env = _clean_env()
+    for name in ("GRPC", "HTTP", "METRICS"):
+        env[f"PYTRITON_TRITON_CONFIG_{name}_PORT"] = "0"
+        env[f"PYTRITON_TRITON_CONFIG_{name}_ADDRESS"] = "127.0.0.1"
+    proc = subprocess.Popen([_python(venv), str(PYTRITON_EXAMPLES / example / "server.py")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=venv)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr] + [lines.put(None)], daemon=True).start()
+    seen = []
+    while True:
+        line = lines.get(timeout=120)
+        if line is None:
+            proc.wait(timeout=30)
+            pytest.fail(f"{example}/server.py ended ({proc.returncode}):\n{''.join(seen)[-6000:]}")
+        seen.append(line)
+        match = _SERVING.search(line)
+        if match:
+            return proc, int(match.group(1)), int(match.group(2))
+
+
+@pytest.mark.parametrize("example", sorted(PYTRITON_RECORDED))
+def test_pytriton_examples_give_pytritons_outputs(client_venv, example):
+    proc, grpc_port, http_port = _example_server(client_venv, example)
+    try:
+        # The client connects to "localhost" (HTTP 8000): run_client.py points it at this server.
+        client = subprocess.run(
+            [_python(client_venv), str(PYTRITON_EXAMPLES / "run_client.py"), "tritium.pytriton.client", str(http_port),
+             str(grpc_port), str(PYTRITON_EXAMPLES / example / "client.py")],
+            capture_output=True, text=True, timeout=300, env=_clean_env(), cwd=client_venv,
+        )
+        assert client.returncode == 0, client.stderr[-6000:]
+        logged = [[m.group(1), m.group(2)] for m in map(_LOGGED.search, client.stderr.splitlines()) if m]
+        recorded = PYTRITON_RECORDED[example]
+        # identity_python sends random numbers: what PyTriton answered with its inputs, this run
+        # must answer with this run's.
+        inputs = {value: now for (name, value), (_, now) in zip(recorded, logged) if name.startswith("INPUT_")}
+        expected = [[name, inputs.get(value, value)] for name, value in recorded]
+        assert logged == expected
+        # Ctrl-C ends serve(); the `with Triton()` block stops the server and the script exits cleanly.
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
