@@ -576,3 +576,96 @@ def test_pytriton_examples_give_pytritons_outputs(client_venv, example):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+PYTRITON_API_SCRIPT = """
+import asyncio, json, sys
+import numpy as np
+from tritium.pytriton.decorators import batch, sample, group_by_keys, group_by_values, first_value
+from tritium.pytriton.model_config import ModelConfig, Tensor
+from tritium.pytriton.triton import Triton, TritonConfig
+from tritium.pytriton.client import ModelClient, AsyncioModelClient, DecoupledModelClient
+from tritium.pytriton.exceptions import PyTritonBadParameterError
+
+out = {}
+try:
+    Triton(config=TritonConfig(http_header_forward_pattern="x.*"))
+except PyTritonBadParameterError as e:
+    out["refused"] = str(e)
+
+@batch
+def stream(x):
+    for i in range(3):
+        yield {"y": x + i}
+
+@sample
+def one(x):
+    return {"y": x * 3}
+
+@batch
+@first_value("k")
+def scaled(x, k):
+    return {"y": x * k}
+
+@batch
+@group_by_values("k")
+def by_value(x, k):
+    return {"y": x * 0 + len(x)}
+
+@group_by_keys
+@batch
+def by_keys(x, **rest):
+    return {"y": x + len(rest)}
+
+x = [Tensor(name="x", dtype=np.float32, shape=(-1,))]
+y = [Tensor(name="y", dtype=np.float32, shape=(-1,))]
+cfg = TritonConfig(grpc_port=0, http_port=0, metrics_port=0, grpc_address="127.0.0.1", http_address="127.0.0.1", metrics_address="127.0.0.1", http_thread_count=4)
+with Triton(config=cfg) as triton:
+    triton.bind("stream", stream, x, y, config=ModelConfig(batching=False, decoupled=True))
+    triton.bind("one", one, x, y, config=ModelConfig(batching=False))
+    triton.bind("scaled", scaled, x + [Tensor(name="k", dtype=np.float32, shape=(1,))], y, config=ModelConfig(max_batch_size=8))
+    triton.bind("by_value", by_value, x + [Tensor(name="k", dtype=np.int32, shape=(1,))], y, config=ModelConfig(max_batch_size=8))
+    triton.bind("by_keys", by_keys, x + [Tensor(name="o", dtype=np.float32, shape=(-1,), optional=True)], y, config=ModelConfig(max_batch_size=8))
+    g, h = triton.grpc_port, triton.http_port
+    with DecoupledModelClient(f"grpc://127.0.0.1:{g}", "stream") as c:
+        out["stream"] = [r["y"].tolist() for r in c.infer_sample(np.array([1.0], dtype=np.float32))]
+    with ModelClient(f"127.0.0.1:{h}", "one") as c:
+        out["one"] = c.infer_sample(np.array([2.0], dtype=np.float32))["y"].tolist()
+    with ModelClient(f"grpc://127.0.0.1:{g}", "scaled") as c:
+        out["scaled"] = c.infer_batch(np.ones((2, 1), np.float32), np.full((2, 1), 3, np.float32))["y"].tolist()
+        try:
+            c.infer_batch(np.ones((2, 1), np.float32), np.array([[1], [2]], np.float32))
+        except Exception as e:
+            out["unequal"] = type(e).__name__ + ": " + str(e)[:300]
+    with ModelClient(f"127.0.0.1:{h}", "by_value") as c:
+        out["by_value"] = c.infer_batch(x=np.ones((3, 1), np.float32), k=np.array([[1], [2], [1]], np.int32))["y"].tolist()
+    with ModelClient(f"127.0.0.1:{h}", "by_keys") as c:
+        out["by_keys"] = c.infer_batch(x=np.ones((2, 1), np.float32))["y"].tolist()
+
+    async def aio():
+        async with AsyncioModelClient(f"grpc://127.0.0.1:{g}", "one") as c:
+            return (await c.infer_sample(x=np.array([5.0], dtype=np.float32)))["y"].tolist()
+    out["aio"] = asyncio.run(aio())
+print(json.dumps(out))
+"""
+
+
+def test_pytriton_decorators_and_clients(client_venv, tmp_path):
+    """The decorators and clients the vendored examples do not use: a decoupled model through
+    DecoupledModelClient, @sample, @first_value (and its refusal of unequal values), @group_by_values,
+    @group_by_keys with an optional input, AsyncioModelClient over gRPC; a TritonConfig field Tritium
+    has not is refused by name, one that only tunes Triton (http_thread_count) is accepted."""
+    script = tmp_path / "pytriton_api.py"
+    script.write_text(PYTRITON_API_SCRIPT)
+    done = subprocess.run([_python(client_venv), str(script)], capture_output=True, text=True, timeout=300, env=_clean_env(), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-6000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["refused"] == "TritonConfig.http_header_forward_pattern is not supported by Tritium"
+    assert out["stream"] == [[1.0], [2.0], [3.0]]
+    assert out["one"] == [6.0]
+    assert out["scaled"] == [[3.0], [3.0]]
+    assert "PyTritonClientInferenceServerError" in out["unequal"] and "The values on the 'k' input are not equal" in out["unequal"]
+    # Rows 0 and 2 share k=1: one call with two rows; row 1 alone.
+    assert out["by_value"] == [[2.0], [1.0], [2.0]]
+    assert out["by_keys"] == [[1.0], [1.0]]
+    assert out["aio"] == [15.0]
