@@ -583,7 +583,7 @@ import asyncio, json, sys
 import numpy as np
 from tritium.pytriton.decorators import batch, sample, group_by_keys, group_by_values, first_value
 from tritium.pytriton.model_config import ModelConfig, Tensor
-from tritium.pytriton.triton import Triton, TritonConfig
+from tritium.pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 from tritium.pytriton.client import ModelClient, AsyncioModelClient, DecoupledModelClient
 from tritium.pytriton.exceptions import PyTritonBadParameterError
 
@@ -592,6 +592,10 @@ try:
     Triton(config=TritonConfig(http_header_forward_pattern="x.*"))
 except PyTritonBadParameterError as e:
     out["refused"] = str(e)
+try:
+    Triton(security_config=TritonSecurityConfig(restricted_endpoints=["model-repository"]))
+except PyTritonBadParameterError as e:
+    out["token"] = str(e)
 
 @batch
 def stream(x):
@@ -654,13 +658,15 @@ def test_pytriton_decorators_and_clients(client_venv, tmp_path):
     """The decorators and clients the vendored examples do not use: a decoupled model through
     DecoupledModelClient, @sample, @first_value (and its refusal of unequal values), @group_by_values,
     @group_by_keys with an optional input, AsyncioModelClient over gRPC; a TritonConfig field Tritium
-    has not is refused by name, one that only tunes Triton (http_thread_count) is accepted."""
+    has not is refused by name, one that only tunes Triton (http_thread_count) is accepted; endpoints
+    restricted by a token are refused."""
     script = tmp_path / "pytriton_api.py"
     script.write_text(PYTRITON_API_SCRIPT)
     done = subprocess.run([_python(client_venv), str(script)], capture_output=True, text=True, timeout=300, env=_clean_env(), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-6000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["refused"] == "TritonConfig.http_header_forward_pattern is not supported by Tritium"
+    assert "endpoints restricted by an access token are not supported" in out["token"]
     assert out["stream"] == [[1.0], [2.0], [3.0]]
     assert out["one"] == [6.0]
     assert out["scaled"] == [[3.0], [3.0]]

@@ -179,6 +179,15 @@ def _model_option_exists(name: str) -> bool:
     return _tritium.option_takes_value(name.replace("_", "-")) is not None
 
 
+@dataclasses.dataclass
+class TritonSecurityConfig:
+    """PyTriton's access-token protection of endpoints. Tritium has no such tokens: only
+    ``restricted_endpoints=[]`` (nothing protected) is accepted."""
+
+    access_token: Optional[str] = None
+    restricted_endpoints: Optional[List[str]] = None
+
+
 class _Binding:
     """One bound model: its functions (one per instance), tensors and config."""
 
@@ -231,8 +240,10 @@ class Triton:
             merged.update({k: v for k, v in config.to_dict().items() if v is not None})
         self._config = TritonConfig(**merged)
         self._launch = getattr(triton_lifecycle_policy, "launch_triton_on_startup", True)
-        if security_config is not None:
-            raise PyTritonBadParameterError("security_config (restricted endpoints by access token) is not supported by Tritium")
+        if security_config is not None and (security_config.restricted_endpoints != [] or security_config.access_token):
+            raise PyTritonBadParameterError(
+                "security_config: endpoints restricted by an access token are not supported by Tritium (restricted_endpoints=[] is)"
+            )
         options = server_options(self._config)
         # PyTriton's server starts with no model: an empty repository of its own (in the
         # workspace, when one is given), as PyTriton's workspace holds its models' folders.
