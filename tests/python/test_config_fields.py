@@ -30,7 +30,7 @@ REFUSED = [
      'output [ { name: "S" data_type: TYPE_FP32 dims: [ 1 ] is_non_linear_format_io: true } ]'),
     ("iterative", "config field 'sequence_batching.iterative_sequence'", "sequence_batching { iterative_sequence: true }"),
     ("passive", "config field 'instance_group.passive'", "instance_group [ { count: 1 kind: KIND_CPU passive: true } ]"),
-    ("tags", "config field 'metric_tags'", 'metric_tags { key: "team" value: "search" }'),
+    ("tags", "config field 'metric_tags'", 'metric_tags { key: "team-a" value: "search" }'),
     ("ops", "config field 'model_operations'", 'model_operations { op_library_filename: "libcustom.so" }'),
     ("agents", "config field 'model_repository_agents'", 'model_repository_agents { agents [ { name: "checksum" } ] }'),
     ("metrics_control", "config field 'model_metrics'",
@@ -122,7 +122,7 @@ def test_explicit_loads_refuse_and_warn_once_per_load(start_tritium, model_repo)
         assert not client.is_model_ready("agents")
 
         # A JSON override is checked as a config.pbtxt is.
-        override = {"backend": "identity", "max_batch_size": 0, "metric_tags": {"team": "search"},
+        override = {"backend": "identity", "max_batch_size": 0, "metric_tags": {"_team": "search"},
                     "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
                     "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}]}  # fmt: skip
         with pytest.raises(InferenceServerException) as refused:

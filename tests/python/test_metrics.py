@@ -32,7 +32,16 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from helpers import READY_PREFIX, bound_listener, finish_server, launch, start_failure, start_server, write_model
+from helpers import (
+    READY_PREFIX,
+    bound_listener,
+    finish_server,
+    identity_config,
+    launch,
+    start_failure,
+    start_server,
+    write_model,
+)
 from http_helpers import add_sub_data, http_address, tensor
 
 BUILT_IN = ["accumulate", "add_sub", "add_sub_twice", "dense", "identity", "identity_batch", "repeat"]
@@ -568,3 +577,28 @@ def test_allow_metrics_false_serves_no_metrics_port():
 
 def test_the_default_server_listens_on_its_metrics_port(server):
     assert server.metrics_port in listening_ports(server.proc.pid)
+
+
+def test_metric_tags_label_every_per_model_sample_as_triton_does(tmp_path):
+    # Recorded from Triton 2.51 (a python model with these two tags, summary latencies on):
+    # nv_inference_request_success{_Tier="gold \"1\"",_team="vision",model="ident",version="1"} 1
+    # and the same labels, sorted by name, on every per-model family (failure reasons and quantiles included).
+    tags = 'metric_tags { key: "team" value: "vision" }\nmetric_tags { key: "Tier" value: "gold \\"1\\"" }\n'
+    write_model(tmp_path, "tagged", identity_config("tagged", "TYPE_FP32", "[ 4 ]") + tags)
+    write_model(tmp_path, "plain", identity_config("plain", "TYPE_FP32", "[ 4 ]"))
+    server = start_server("--model-repository", str(tmp_path), "--metrics-config", "summary_latencies=true")
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        data = grpcclient.InferInput("INPUT0", [4], "FP32")
+        data.set_data_from_numpy(np.ones(4, dtype=np.float32))
+        client.infer("tagged", [data])
+        _, raw = scrape_raw(server)
+        tagged = '_Tier="gold \\"1\\"",_team="vision",model="tagged",version="1"'
+        assert f"nv_inference_request_success{{{tagged}}} 1" in raw, raw
+        assert f'nv_inference_request_failure{{{tagged[:-12]},reason="BACKEND",version="1"}} 0' in raw, raw
+        assert f'nv_inference_request_summary_us{{{tagged},quantile="0.5"}}' in raw, raw
+        assert 'nv_inference_request_success{model="plain",version="1"} 0' in raw, "an untagged model has no tags"
+        family = scrape(server)["nv_inference_count"]
+        assert any(labels.get("_Tier") == 'gold "1"' for _, labels, _ in family.samples), family
+    finally:
+        finish_server(server)

@@ -198,7 +198,13 @@ pub static FIELDS: &[Field] = &[
         "cc_model_filenames",
         Warned("it picks a file by GPU compute capability; without a GPU `default_model_filename` is used, as Triton does"),
     ),
-    f("metric_tags", Refused("Triton labels the model's metrics with them (`_<key>=\"<value>\"`); Tritium does not")),
+    f(
+        "metric_tags",
+        Rule {
+            rule: metric_tags,
+            doc: "supported: each tag labels the model's metrics `_<key>=\"<value>\"`, as Triton; a key that is not letters, digits and `_` (or starts with `_`) is **refused**",
+        },
+    ),
     f("parameters", Supported),
     f("parameters.string_value", Supported),
     f("model_warmup", Supported),
@@ -236,6 +242,27 @@ fn runtime(seen: &Seen<'_>) -> Option<Verdict> {
             &format!("'{runtime}' is not this backend's own library ('{own}'); Tritium's backends are built in"),
         ))
     })
+}
+
+/// A tag becomes the Prometheus label `_<key>`: the key must make a label name Prometheus takes
+/// and does not reserve (`__...`).
+fn metric_tags(seen: &Seen<'_>) -> Option<Verdict> {
+    let Value::Map(tags) = seen.value else { return None };
+    let bad = tags.keys().find_map(|key| match key {
+        prost_reflect::MapKey::String(key) if valid_tag(key) => None,
+        prost_reflect::MapKey::String(key) => Some(key.clone()),
+        _ => Some(String::new()),
+    })?;
+    let shown: String = bad.chars().take(64).collect();
+    Some(Verdict::Refuse(not_supported(
+        "metric_tags",
+        &format!("the key '{shown}' cannot name a metric label (letters, digits and '_', not starting with '_')"),
+    )))
+}
+
+/// Whether `key` makes the metric label `_<key>`.
+pub fn valid_tag(key: &str) -> bool {
+    !key.is_empty() && !key.starts_with('_') && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn input_format(seen: &Seen<'_>) -> Option<Verdict> {

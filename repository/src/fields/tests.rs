@@ -35,7 +35,6 @@ const REFUSED: &[(&str, &str)] = &[
         r#"ensemble_scheduling { step [ { model_name: "a" model_version: -1 model_namespace: "ns" } ] }"#,
     ),
     ("instance_group.passive", "instance_group [ { count: 1 kind: KIND_CPU passive: true } ]"),
-    ("metric_tags", r#"metric_tags { key: "team" value: "search" }"#),
     ("model_operations", r#"model_operations { op_library_filename: "libcustom.so" }"#),
     ("model_repository_agents", r#"model_repository_agents { agents [ { name: "checksum" } ] }"#),
     ("model_metrics", r#"model_metrics { metric_control [ { metric_identifier { family: "x" } } ] }"#),
@@ -188,6 +187,16 @@ fn kind_gpu_and_gpus_are_refused_in_tritons_words_unless_onnxruntime_decides() {
     assert!(!error.contains("specifies"), "named once, by its kind: {error}");
     // The onnxruntime backend runs GPU groups when built with `cuda`, and refuses them itself otherwise.
     assert_eq!(check("onnxruntime", "instance_group [ { kind: KIND_GPU gpus: [ 0 ] } ]"), Ok(vec![]));
+}
+
+#[test]
+fn metric_tags_name_labels_prometheus_takes() {
+    let tags = r#"metric_tags { key: "team" value: "search \"a\"" } metric_tags { key: "Tier_2" value: "" }"#;
+    assert_eq!(check("identity", tags), Ok(vec![]));
+    for key in ["team-a", "_team", "", "tié"] {
+        let error = check("identity", &format!(r#"metric_tags {{ key: "{key}" value: "x" }}"#)).expect_err(key);
+        assert!(error.contains("config field 'metric_tags' is not supported by Tritium: the key"), "{key}: {error}");
+    }
 }
 
 #[test]

@@ -98,22 +98,32 @@ fn versions(repository: &ModelRepository) -> Vec<std::sync::Arc<ModelVersion>> {
     models.iter().flat_map(|m| m.versions.values().cloned().collect::<Vec<_>>()).collect()
 }
 
+/// A version's labels: `model`, `version`, `extra`, and one `_<key>` per `metric_tags` entry of
+/// its config (as Triton labels them), sorted by name as Triton prints them.
+fn version_labels(version: &ModelVersion, extra: &[(&str, &str)]) -> Vec<LabelPair> {
+    let number = version.version.to_string();
+    let mut labels = vec![label("model", &version.name), label("version", &number)];
+    labels.extend(extra.iter().map(|(name, value)| label(name, value)));
+    labels.extend(version.config.metric_tags.iter().map(|(key, value)| label(&format!("_{key}"), value)));
+    labels.sort_by(|a, b| a.name().cmp(b.name()));
+    labels
+}
+
 /// The per-model families.
 pub fn model_families(repository: &ModelRepository) -> Vec<MetricFamily> {
     let versions = versions(repository);
-    let rows: Vec<(String, String, &ModelVersion, tritium_worker::StatsSnapshot)> =
-        versions.iter().map(|v| (v.name.to_string(), v.version.to_string(), v.as_ref(), v.stats.snapshot())).collect();
-    let labels = |model: &str, version: &str| vec![label("model", model), label("version", version)];
+    let rows: Vec<(&ModelVersion, tritium_worker::StatsSnapshot)> =
+        versions.iter().map(|v| (v.as_ref(), v.stats.snapshot())).collect();
+    let labels = |served: &ModelVersion| version_labels(served, &[]);
     let mut families = Vec::with_capacity(COUNTERS.len() + 2);
     let mut failures = Vec::new();
-    for (model, version, served, _) in &rows {
+    for (served, _) in &rows {
         for (reason, count) in served.stats.failures_by_reason() {
-            let pairs = vec![label("model", model), label("reason", reason.as_str()), label("version", version)];
-            failures.push(counter(pairs, count as f64));
+            failures.push(counter(version_labels(served, &[("reason", reason.as_str())]), count as f64));
         }
     }
     for spec in COUNTERS {
-        let metrics = rows.iter().map(|(model, version, _, snapshot)| counter(labels(model, version), (spec.value)(snapshot)));
+        let metrics = rows.iter().map(|(served, snapshot)| counter(labels(served), (spec.value)(snapshot)));
         families.push(family(spec.name, spec.help, MetricType::COUNTER, metrics.collect()));
         if spec.name == "nv_inference_request_success" {
             families.push(family(
@@ -124,8 +134,7 @@ pub fn model_families(repository: &ModelRepository) -> Vec<MetricFamily> {
             ));
         }
     }
-    let pending =
-        rows.iter().map(|(model, version, served, _)| gauge(labels(model, version), served.stats.pending_count() as f64));
+    let pending = rows.iter().map(|(served, _)| gauge(labels(served), served.stats.pending_count() as f64));
     families.push(family(
         "nv_inference_pending_request_count",
         "Requests queued or running in the model now",
@@ -141,7 +150,7 @@ pub fn model_families(repository: &ModelRepository) -> Vec<MetricFamily> {
 
 /// The response cache's per-model counters, for the versions that cache their responses (as
 /// Triton, which has them only for models with `response_cache` enabled).
-fn cache_families(rows: &[(String, String, &ModelVersion, tritium_worker::StatsSnapshot)]) -> Vec<MetricFamily> {
+fn cache_families(rows: &[(&ModelVersion, tritium_worker::StatsSnapshot)]) -> Vec<MetricFamily> {
     type Read = fn(&tritium_worker::StatsSnapshot) -> f64;
     const CACHE: [(&str, &str, Read); 4] = [
         ("nv_cache_num_hits_per_model", "Number of cache hits per model", |s| s.cache_hit.0 as f64),
@@ -151,16 +160,11 @@ fn cache_families(rows: &[(String, String, &ModelVersion, tritium_worker::StatsS
             micros(s.cache_miss.1)
         }),
     ];
-    let cached: Vec<_> = rows.iter().filter(|(_, _, served, _)| served.caches_responses()).collect();
+    let cached: Vec<_> = rows.iter().filter(|(served, _)| served.caches_responses()).collect();
     CACHE
         .iter()
         .map(|(name, help, read)| {
-            let metrics = cached
-                .iter()
-                .map(|(model, version, _, snapshot)| {
-                    counter(vec![label("model", model), label("version", version)], read(snapshot))
-                })
-                .collect();
+            let metrics = cached.iter().map(|(served, snapshot)| counter(version_labels(served, &[]), read(snapshot))).collect();
             family(name, help, MetricType::COUNTER, metrics)
         })
         .collect()
@@ -194,7 +198,6 @@ pub fn summary_families(repository: &ModelRepository, quantiles: &[f64]) -> Vec<
     ];
     let mut metrics: [Vec<Metric>; 5] = Default::default();
     for version in versions(repository) {
-        let (model, number) = (version.name.to_string(), version.version.to_string());
         let snapshot = version.stats.snapshot();
         let sums = [snapshot.success, snapshot.queue, snapshot.compute_input, snapshot.compute_infer, snapshot.compute_output];
         let recent = version.stats.latencies.quantiles(quantiles);
@@ -215,7 +218,7 @@ pub fn summary_families(repository: &ModelRepository, quantiles: &[f64]) -> Vec<
                     })
                     .collect(),
             );
-            let mut metric = Metric::from_label(vec![label("model", &model), label("version", &number)]);
+            let mut metric = Metric::from_label(version_labels(&version, &[]));
             metric.set_summary(summary);
             out.push(metric);
         }
@@ -252,8 +255,7 @@ pub fn histogram_families(repository: &ModelRepository) -> Vec<MetricFamily> {
                     })
                     .collect(),
             );
-            let labels = vec![label("model", &version.name), label("version", &version.version.to_string())];
-            let mut metric = Metric::from_label(labels);
+            let mut metric = Metric::from_label(version_labels(version, &[]));
             metric.set_histogram(histogram);
             metric
         })
