@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Dict, Optional, Sequence, Type, Union
+from typing import Dict, Optional, Sequence, Type, Union
 
 import numpy as np
 
@@ -104,4 +104,4 @@ def named(tensors: Sequence[Tensor], prefix: str) -> list:
     return [t if t.name else dataclasses.replace(t, name=f"{prefix}_{i}") for i, t in enumerate(tensors, start=1)]
 
 
-__all__: Any = ["ModelConfig", "Tensor", "DynamicBatcher", "QueuePolicy", "TimeoutAction"]
+__all__ = ["ModelConfig", "Tensor", "DynamicBatcher", "QueuePolicy", "TimeoutAction"]
