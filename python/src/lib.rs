@@ -1,7 +1,8 @@
 //! `tritium._tritium`: the native half of the `tritium` Python package. It runs the `tritium`
 //! command line ([`cli`]), serves in-process on the server's own tokio threads ([`server::Server`],
-//! the GIL released while it serves), and serves Python callables as models through a backend
-//! of the package's own ([`function`]), which the core schedules and batches like any other.
+//! the GIL released while it serves), joins a cluster as a worker ([`worker::Worker`]), and
+//! serves Python callables as models through a backend of the package's own ([`function`]),
+//! which the core schedules and batches like any other.
 //!
 //! ```python
 //! import numpy as np, tritium
@@ -17,6 +18,7 @@
 mod buffer;
 mod function;
 mod server;
+mod worker;
 
 use pyo3::prelude::*;
 
@@ -34,6 +36,8 @@ fn _tritium(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cli, m)?)?;
     m.add_class::<server::Server>()?;
     m.add_function(wrap_pyfunction!(server::option_takes_value, m)?)?;
+    m.add_class::<worker::Worker>()?;
+    m.add_function(wrap_pyfunction!(worker::worker_option_takes_value, m)?)?;
     m.add_class::<buffer::Buffer>()?;
     m.add("BACKEND_NAME", function::BACKEND_NAME)?;
     Ok(())

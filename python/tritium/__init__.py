@@ -38,15 +38,16 @@ __all__ = ["Server", "Tensor", "ModelConfig", "DynamicBatcher", "Request", "batc
 _running: "weakref.WeakSet[Server]" = weakref.WeakSet()
 
 
-def _options(options: dict) -> List[str]:
-    """``tritium serve`` arguments from keyword options: ``grpc_address="127.0.0.1"`` is
-    ``--grpc-address 127.0.0.1``; a list repeats the option; ``True`` alone is a flag."""
+def _options(options: dict, command: str = "serve") -> List[str]:
+    """``tritium serve`` (or ``worker``) arguments from keyword options: ``grpc_address="127.0.0.1"``
+    is ``--grpc-address 127.0.0.1``; a list repeats the option; ``True`` alone is a flag."""
+    lookup = _tritium.option_takes_value if command == "serve" else _tritium.worker_option_takes_value
     argv: List[str] = []
     for key, value in options.items():
         long = key.replace("_", "-")
-        takes_value = _tritium.option_takes_value(long)
+        takes_value = lookup(long)
         if takes_value is None:
-            raise TypeError(f"tritium serve has no option --{long} (keyword '{key}')")
+            raise TypeError(f"tritium {command} has no option --{long} (keyword '{key}')")
         values = value if isinstance(value, (list, tuple)) else [value]
         for item in values:
             if item is None:
@@ -61,6 +62,16 @@ def _options(options: dict) -> List[str]:
             else:
                 argv += [f"--{long}", os.fspath(item) if isinstance(item, os.PathLike) else str(item)]
     return argv
+
+
+def _binding(model_name, infer_func, inputs, outputs, config, strict):
+    """What the native side binds: the function with its checks, and the model's config text."""
+    if not callable(infer_func):
+        raise TypeError("infer_func must be callable")
+    if not model_name or "/" in model_name:
+        raise ValueError(f"'{model_name}' is not a usable model name")
+    text = config_text(model_name, _tritium.BACKEND_NAME, list(inputs), list(outputs), config or ModelConfig())
+    return Binding(infer_func, list(outputs), strict), text
 
 
 class Server:
@@ -105,12 +116,7 @@ class Server:
         decorated with ``@tritium.batch`` it takes stacked inputs as keyword arguments instead.
         ``strict`` also checks each output's shape against its declared one (the datatype and
         the batch size are always checked)."""
-        if not callable(infer_func):
-            raise TypeError("infer_func must be callable")
-        if not model_name or "/" in model_name:
-            raise ValueError(f"'{model_name}' is not a usable model name")
-        text = config_text(model_name, _tritium.BACKEND_NAME, list(inputs), list(outputs), config or ModelConfig())
-        self._native.bind(model_name, Binding(infer_func, list(outputs), strict), text)
+        self._native.bind(model_name, *_binding(model_name, infer_func, inputs, outputs, config, strict))
 
     def start(self) -> "Server":
         """Starts serving; returns once every model is loaded and the ports listen."""

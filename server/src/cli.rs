@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use tritium_worker::BackendRegistry;
 
-use crate::config::{Cli, Command, ServeArgs, WorkerArgs};
+use crate::config::{Cli, Command, ServeArgs, WorkerArgs, WorkerConfig};
 use crate::logging::LogControl;
 use crate::worker_process::{WorkerProcess, default_worker_id};
 use crate::{ServerConfig, Tritium};
@@ -211,6 +211,30 @@ where
 
 async fn worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = args.worker_config()?;
+    let announce = |at: WorkerListening| {
+        println!("tritium worker ready grpc={} id={}", at.addr, at.id);
+        let _ = std::io::stdout().flush();
+    };
+    serve_worker(&args, config, BackendRegistry::default(), announce, shutdown_signal()).await
+}
+
+/// Where a worker started by [`serve_worker`] serves, once its models are loaded.
+#[derive(Debug, Clone)]
+pub struct WorkerListening {
+    pub addr: SocketAddr,
+    pub id: String,
+}
+
+/// `tritium worker` as a library function: serves `args` with `config` (built from them, perhaps
+/// amended) and `backends` beside the built-in ones, registered in discovery; `ready` is told the
+/// address and id once the models are loaded; `shutdown` completing deregisters and drains.
+pub async fn serve_worker(
+    args: &WorkerArgs,
+    config: WorkerConfig,
+    backends: BackendRegistry,
+    ready: impl FnOnce(WorkerListening),
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Box<dyn std::error::Error>> {
     let listener = listener(args.listen.worker_listen_fd, args.listen.addr()).await?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() && config.worker_token.is_none() {
@@ -222,12 +246,11 @@ async fn worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let advertised = args.listen.advertised_uri(addr);
     let id = args.listen.worker_id.clone().unwrap_or_else(default_worker_id);
-    let process = tokio::task::spawn_blocking(move || WorkerProcess::new(config)).await??;
+    let process = tokio::task::spawn_blocking(move || WorkerProcess::with_backends(config, backends)).await??;
     tracing::info!(worker = %id, %advertised, "serving the worker plane on {addr}");
-    println!("tritium worker ready grpc={addr} id={id}");
-    std::io::stdout().flush()?;
+    ready(WorkerListening { addr, id: id.clone() });
     let drain_timeout = std::time::Duration::from_secs(args.exit_timeout_secs);
-    process.serve(listener, id, advertised, shutdown_signal(), drain_timeout).await?;
+    process.serve(listener, id, advertised, shutdown, drain_timeout).await?;
     tokio::task::spawn_blocking(crate::backends::stop_all).await?;
     Ok(())
 }

@@ -47,7 +47,12 @@ pub fn default_worker_id() -> String {
 impl WorkerProcess {
     /// Opens the repository and loads its models (blocking: call off the runtime's threads).
     pub fn new(config: WorkerConfig) -> Result<WorkerProcess, StartError> {
-        let backends = crate::backends::backend_registry(&config.backends, BackendRegistry::default());
+        WorkerProcess::with_backends(config, BackendRegistry::default())
+    }
+
+    /// As [`WorkerProcess::new`], with `extra` backends beside the built-in ones.
+    pub fn with_backends(config: WorkerConfig, extra: BackendRegistry) -> Result<WorkerProcess, StartError> {
+        let backends = crate::backends::backend_registry(&config.backends, extra);
         let repository = ModelRepository::open(config.repository.clone(), backends)?;
         Ok(WorkerProcess { config, repository })
     }

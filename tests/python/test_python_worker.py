@@ -1,0 +1,216 @@
+"""`tritium.worker.Worker`: a Python process joins a Tritium cluster as a worker. A frontend (the real
+`tritium serve --discovery file`) and Python workers (scripts run in the fresh environment that
+test_python_package.py's fixture builds from ./python) share a discovery folder: a numpy function
+bound on the worker answers tritonclient gRPC and HTTP requests sent to the frontend, a function's
+error reaches the client through it, a killed worker's model disappears once its lease runs out and
+a second Python worker takes over, and a stopped one deregisters at once."""
+
+from __future__ import annotations
+
+import pathlib
+import queue
+import signal
+import subprocess
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from cluster import wait_until
+from helpers import start_server
+from test_python_package import BUILD_TIMEOUT, _clean_env, _python, _run, venv  # noqa: F401 - venv is the fixture
+
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 300)
+
+LEASE_TTL = 2
+READY_TIMEOUT = 120
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import numpy as np
+    import tritium
+    from tritium.worker import Worker
+
+    discovery_dir, worker_id, factor = sys.argv[1], sys.argv[2], float(sys.argv[3])
+
+    @tritium.batch
+    def scale(x):
+        return {"y": x * np.float32(factor)}
+
+    def fail(requests):
+        raise ValueError("the worker's function refused: x is unlucky")
+
+    worker = Worker(discovery="file", discovery_dir=discovery_dir, worker_id=worker_id, lease_ttl_secs=%d)
+    tensor = lambda name: tritium.Tensor(name=name, dtype=np.float32, shape=(-1,))
+    worker.bind("scale", scale, inputs=[tensor("x")], outputs=[tensor("y")], config=tritium.ModelConfig(max_batch_size=8))
+    worker.bind("fail", fail, inputs=[tensor("x")], outputs=[tensor("y")])
+    worker.start()
+    print("ready", worker.port, worker.worker_id, flush=True)
+    worker.run()
+    print("stopped", flush=True)
+    """
+    % LEASE_TTL
+)
+
+
+class PythonWorker:
+    """A worker script running in the fresh environment; its stdout lines arrive on a queue."""
+
+    def __init__(self, venv: pathlib.Path, script: pathlib.Path, discovery: pathlib.Path, worker_id: str, factor: float):
+        self.proc = subprocess.Popen(
+            [_python(venv), str(script), str(discovery), worker_id, str(factor)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_clean_env(),
+            cwd=venv,
+        )
+        self.lines: queue.Queue = queue.Queue()
+        self.stderr: list = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, put) -> None:
+        for line in stream:
+            put(line.rstrip("\n"))
+        put(None)
+
+    def line(self) -> str:
+        try:
+            line = self.lines.get(timeout=READY_TIMEOUT)
+        except queue.Empty:
+            line = None
+        if line is None:
+            self.kill()
+            pytest.fail("the Python worker printed nothing more; stderr:\n" + "\n".join(self.stderr[-40:]))
+        return line
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def frontend(tmp_path):
+    discovery = tmp_path / "discovery"
+    discovery.mkdir()
+    server = start_server("--discovery", "file", "--discovery-dir", str(discovery), "--lease-ttl-secs", str(LEASE_TTL))
+    yield server, discovery
+    server.stop()
+    server.stderr_path.unlink(missing_ok=True)
+
+
+def _x(module, values: np.ndarray):
+    tensor = module.InferInput("x", list(values.shape), "FP32")
+    tensor.set_data_from_numpy(values)
+    return tensor
+
+
+def _scaled(client, module, values: np.ndarray) -> np.ndarray:
+    return client.infer("scale", [_x(module, values)]).as_numpy("y")
+
+
+def test_a_python_worker_serves_through_the_frontend_and_its_death_is_handled(venv, frontend, tmp_path):  # noqa: F811
+    server, discovery = frontend
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    grpc = grpcclient.InferenceServerClient(server.url)
+    http = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    assert not grpc.is_model_ready("scale"), "the frontend serves nothing before a worker registers"
+    workers = []
+    try:
+        first = PythonWorker(venv, script, discovery, "py-one", 2.0)
+        workers.append(first)
+        ready = first.line().split()
+        assert ready[0] == "ready" and int(ready[1]) > 0 and ready[2] == "py-one", ready
+        wait_until(lambda: grpc.is_model_ready("scale"), 10, "scale served through the frontend")
+
+        metadata = grpc.get_model_metadata("scale")
+        assert (metadata.inputs[0].name, metadata.inputs[0].datatype, metadata.outputs[0].name) == ("x", "FP32", "y")
+        values = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32)
+        np.testing.assert_array_equal(_scaled(grpc, grpcclient, values), values * 2)
+        np.testing.assert_array_equal(_scaled(http, httpclient, values), values * 2)
+
+        # The function's error reaches the client through the frontend; the worker goes on serving.
+        with pytest.raises(InferenceServerException) as raised:
+            grpc.infer("fail", [_x(grpcclient, np.ones((1, 3), dtype=np.float32))])
+        assert "x is unlucky" in raised.value.message(), raised.value.message()
+        with pytest.raises(InferenceServerException) as raised:
+            http.infer("fail", [_x(httpclient, np.ones((1, 3), dtype=np.float32))])
+        assert "x is unlucky" in raised.value.message(), raised.value.message()
+        np.testing.assert_array_equal(_scaled(grpc, grpcclient, values), values * 2)
+
+        # SIGKILL: nothing deregisters; the model goes when the lease runs out.
+        first.kill()
+        wait_until(lambda: not grpc.is_model_ready("scale"), LEASE_TTL + 3, "scale gone after its worker was killed")
+        assert "scale" not in [m["name"] for m in http.get_model_repository_index()]
+
+        # A second Python worker takes over (it scales by 3: the answers are its own).
+        second = PythonWorker(venv, script, discovery, "py-two", 3.0)
+        workers.append(second)
+        assert second.line().split()[:1] == ["ready"]
+        wait_until(lambda: grpc.is_model_ready("scale"), 10, "scale served by the second worker")
+        np.testing.assert_array_equal(_scaled(grpc, grpcclient, values), values * 3)
+        np.testing.assert_array_equal(_scaled(http, httpclient, values), values * 3)
+
+        # SIGINT: the worker deregisters on its way out, so the model goes before any lease expiry.
+        second.proc.send_signal(signal.SIGINT)
+        assert second.proc.wait(timeout=60) == 0, "\n".join(second.stderr[-40:])
+        assert second.line() == "stopped"
+        wait_until(lambda: not grpc.is_model_ready("scale"), 1, "scale gone once its worker deregistered")
+    finally:
+        for worker in workers:
+            worker.kill()
+        grpc.close()
+        http.close()
+
+
+def test_worker_options_are_checked(venv, tmp_path):  # noqa: F811
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, tritium
+        from tritium.worker import Worker
+
+        def refused(make):
+            try:
+                make()
+            except (TypeError, ValueError, RuntimeError) as error:
+                print(type(error).__name__, error)
+            else:
+                print("accepted")
+
+        refused(lambda: Worker(discovery="mem", discovery_dir="x"))
+        refused(lambda: Worker(discovery="file"))
+        refused(lambda: Worker(discovery="etcd"))
+        refused(lambda: Worker(discovery="file", discovery_dir="x", events="tcp://nats"))
+        refused(lambda: Worker(discovery="file", discovery_dir="x", no_such_option=1))
+        refused(lambda: Worker(discovery="file", discovery_dir="x", model_control_mode="on-demand"))
+        worker = Worker(discovery="file", discovery_dir={str(tmp_path)!r})
+        t = tritium.Tensor(name="x", dtype=np.float32, shape=(-1,))
+        worker.bind("f", lambda requests: [dict(x=r["x"]) for r in requests], inputs=[t], outputs=[t])
+        refused(lambda: worker.bind("f", lambda r: r, inputs=[t], outputs=[t]))
+        with worker:
+            refused(lambda: worker.bind("g", lambda r: r, inputs=[t], outputs=[t]))
+            print("registered", sorted(p.name for p in __import__("pathlib").Path({str(tmp_path)!r}).rglob("*") if p.is_file()) != [])
+        print("running", worker.running)
+        """
+    )
+    out = _run([_python(venv), "-c", script], _clean_env(), 120, cwd=venv).splitlines()
+    assert out[0].startswith("ValueError discovery must be one of 'file', 'etcd'"), out
+    assert out[1].startswith("ValueError discovery='file' needs discovery_dir"), out
+    assert out[2].startswith("ValueError discovery='etcd' needs etcd_endpoints"), out
+    assert out[3].startswith("ValueError events must be None or a NATS URL"), out
+    assert out[4] == "TypeError tritium worker has no option --no-such-option (keyword 'no_such_option')", out
+    assert out[5].startswith("ValueError") and "on-demand" in out[5], out
+    assert out[6] == "ValueError a function is already bound as model 'f'", out
+    assert out[7].startswith("RuntimeError bind functions before the worker starts"), out
+    assert out[8] == "registered True", out
+    assert out[9] == "running False", out
