@@ -17,6 +17,7 @@
 
 mod buffer;
 mod function;
+mod llm;
 mod server;
 mod worker;
 
@@ -40,5 +41,6 @@ fn _tritium(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(worker::worker_option_takes_value, m)?)?;
     m.add_class::<buffer::Buffer>()?;
     m.add("BACKEND_NAME", function::BACKEND_NAME)?;
+    m.add("LLM_BACKEND_NAME", llm::LLM_BACKEND_NAME)?;
     Ok(())
 }

@@ -18,6 +18,7 @@ use tritium_server::logging::LogControl;
 use tritium_worker::DeclaredModel;
 
 use crate::function::{self, Functions};
+use crate::llm::{self, Handler, Handlers};
 
 /// How long `start` waits for the models to load before it gives up.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -28,6 +29,7 @@ pub struct Worker {
     /// The process that made the worker: a forked child holds a copy without its threads.
     pid: u32,
     functions: Functions,
+    handlers: Handlers,
     declared: Vec<DeclaredModel>,
     running: Option<Running>,
 }
@@ -77,7 +79,14 @@ impl Worker {
         let args = command_line::parse_worker_args(argv).map_err(PyValueError::new_err)?;
         // Refused now rather than at start: the same checks the binary makes on its options.
         args.worker_config().map_err(PyValueError::new_err)?;
-        Ok(Worker { args, pid: std::process::id(), functions: Functions::default(), declared: Vec::new(), running: None })
+        Ok(Worker {
+            args,
+            pid: std::process::id(),
+            functions: Functions::default(),
+            handlers: Handlers::default(),
+            declared: Vec::new(),
+            running: None,
+        })
     }
 
     /// Declares `function` as model `name` with the config text `config_text` (backend
@@ -89,10 +98,31 @@ impl Worker {
             return Err(PyRuntimeError::new_err("bind functions before the worker starts: it is already registered"));
         }
         let mut functions = self.functions.lock().unwrap_or_else(PoisonError::into_inner);
-        if functions.contains_key(&name) {
+        if functions.contains_key(&name) || self.declared.iter().any(|d| d.name == name) {
             return Err(PyValueError::new_err(format!("a function is already bound as model '{name}'")));
         }
         functions.insert(name.clone(), Arc::new(function));
+        self.declared.push(DeclaredModel { name, config_text });
+        Ok(())
+    }
+
+    /// Declares the language model `name`, its tokens made by `function` (an async generator)
+    /// and its card (tokenizer, chat template) read from `model_path`, a GGUF file or a Hugging
+    /// Face folder; it is registered with the frontends when the worker starts.
+    fn bind_llm(&mut self, name: String, function: Py<PyAny>, model_path: std::path::PathBuf) -> PyResult<()> {
+        self.check_pid()?;
+        if self.running.is_some() {
+            return Err(PyRuntimeError::new_err("bind functions before the worker starts: it is already registered"));
+        }
+        if self.declared.iter().any(|d| d.name == name) {
+            return Err(PyValueError::new_err(format!("a function is already bound as model '{name}'")));
+        }
+        // Read now, so a path that is no model is refused here rather than at start.
+        llm::read_card(&model_path).map_err(|e| PyValueError::new_err(format!("model '{name}': {e}")))?;
+        let quoted = name.replace('\\', "\\\\").replace('"', "\\\"");
+        let config_text = format!("name: \"{quoted}\"\nbackend: \"{}\"\n", llm::LLM_BACKEND_NAME);
+        let handler = Handler { function: Arc::new(function), model_path };
+        self.handlers.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone(), handler);
         self.declared.push(DeclaredModel { name, config_text });
         Ok(())
     }
@@ -108,6 +138,7 @@ impl Worker {
         config.repository.declared.extend(self.declared.iter().cloned());
         let mut backends = BackendRegistry::default();
         function::register(&mut backends, Arc::clone(&self.functions));
+        llm::register(&mut backends, Arc::clone(&self.handlers));
         let args = self.args.clone();
         let stop = CancellationToken::new();
         let stopped = stop.clone();

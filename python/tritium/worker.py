@@ -30,9 +30,10 @@ import weakref
 from typing import Any, Iterable, List, Optional, Union
 
 from . import _binding, _options, _tritium
+from ._llm import GenerateRequest
 from ._model import ModelConfig, Tensor
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "GenerateRequest"]
 
 _running: "weakref.WeakSet[Worker]" = weakref.WeakSet()
 
@@ -102,6 +103,19 @@ class Worker:
         """Serves ``infer_func`` as model ``model_name``, as ``tritium.Server.bind`` does; bind
         before ``start``: the frontends learn the worker's models when it registers."""
         self._native.bind(model_name, *_binding(model_name, infer_func, inputs, outputs, config, strict))
+
+    def bind_llm(self, model_name: str, handler, model_path: Union[str, os.PathLike]) -> None:
+        """Serves a language model whose tokens ``handler`` makes: an async generator function
+        taking a ``tritium.worker.GenerateRequest`` (``token_ids``, ``sampling``, ``stop``,
+        ``cancelled``) and yielding token ids (ints or lists of them). The frontend tokenizes,
+        applies the chat template and detokenizes with the card read from ``model_path`` (a GGUF
+        file or a Hugging Face folder), as Dynamo's ``register_llm``; the worker stops the
+        handler at ``max_tokens``, a stop token or end of sequence, and when the client goes."""
+        if not callable(handler):
+            raise TypeError("handler must be callable (an async generator function)")
+        if not model_name or "/" in model_name:
+            raise ValueError(f"'{model_name}' is not a usable model name")
+        self._native.bind_llm(model_name, handler, os.fspath(model_path))
 
     def start(self) -> "Worker":
         """Loads the models and registers; returns once frontends can find the worker."""

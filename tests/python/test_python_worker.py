@@ -214,3 +214,110 @@ def test_worker_options_are_checked(venv, tmp_path):  # noqa: F811
     assert out[7].startswith("RuntimeError bind functions before the worker starts"), out
     assert out[8] == "registered True", out
     assert out[9] == "running False", out
+
+
+LLM_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    from tritium.worker import Worker
+
+    discovery_dir, gguf, cancelled_marker = sys.argv[1], sys.argv[2], sys.argv[3]
+
+    async def echo(request):
+        # Echoes the prompt, as the frontend tokenized it: the engine stops it at max_tokens or at
+        # the first end-of-sequence token (the chat template's <|im_end|>).
+        assert isinstance(request.sampling["temperature"], float) and "max_tokens" in request.stop
+        for token in request.token_ids:
+            if request.cancelled:
+                return
+            yield token
+
+    async def forever(request):
+        # Never ends on its own: only the client going away stops it, which it records.
+        import asyncio, pathlib
+        while not request.cancelled:
+            yield request.token_ids[0]
+            await asyncio.sleep(0.01)
+        pathlib.Path(cancelled_marker).write_text("cancelled")
+
+    async def broken(request):
+        yield request.token_ids[0]
+        raise RuntimeError("the handler broke down")
+
+    worker = Worker(discovery="file", discovery_dir=discovery_dir, worker_id="py-llm", lease_ttl_secs=%d)
+    worker.bind_llm("echo-llm", echo, gguf)
+    worker.bind_llm("broken-llm", broken, gguf)
+    worker.bind_llm("forever-llm", forever, gguf)
+    worker.start()
+    print("ready", worker.port, worker.worker_id, flush=True)
+    worker.run()
+    """
+    % LEASE_TTL
+)
+
+
+def test_a_python_language_model_worker_answers_openai_through_the_frontend(venv, frontend, tmp_path):  # noqa: F811
+    import openai
+
+    from conftest import model_paths
+
+    gguf, _ = model_paths()
+    server, discovery = frontend
+    script = tmp_path / "llm_worker.py"
+    marker = tmp_path / "cancelled"
+    script.write_text(LLM_SCRIPT)
+    worker = PythonWorker.__new__(PythonWorker)
+    worker.proc = subprocess.Popen(
+        [_python(venv), str(script), str(discovery), str(gguf), str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(), cwd=venv
+    )
+    worker.lines, worker.stderr = queue.Queue(), []
+    threading.Thread(target=worker._pump, args=(worker.proc.stdout, worker.lines.put), daemon=True).start()
+    threading.Thread(target=worker._pump, args=(worker.proc.stderr, worker.stderr.append), daemon=True).start()
+    try:
+        assert worker.line().split()[:1] == ["ready"]
+        llm = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key="unused")
+        wait_until(lambda: "echo-llm" in [m.id for m in llm.models.list().data], 10, "echo-llm in /v1/models")
+
+        # A raw prompt comes back as it went in: tokenized and detokenized by the frontend.
+        completion = llm.completions.create(model="echo-llm", prompt="Hello from Python", max_tokens=50)
+        assert completion.choices[0].text == "Hello from Python", completion
+        assert completion.choices[0].finish_reason == "stop"
+        truncated = llm.completions.create(model="echo-llm", prompt="Hello from Python", max_tokens=1)
+        assert truncated.choices[0].finish_reason == "length" and truncated.usage.completion_tokens == 1
+        assert "Hello from Python".startswith(truncated.choices[0].text) and truncated.choices[0].text
+
+        # Chat: the frontend applies the GGUF's chat template; the echo ends at its first <|im_end|>.
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+        chat = llm.chat.completions.create(model="echo-llm", messages=messages, max_tokens=100)
+        text = chat.choices[0].message.content
+        assert text.strip() == "system\nBe brief.", repr(text)
+        assert chat.choices[0].finish_reason == "stop"
+        streamed = llm.chat.completions.create(model="echo-llm", messages=messages, max_tokens=100, stream=True)
+        pieces = [c.choices[0].delta.content or "" for c in streamed if c.choices]
+        assert len([p for p in pieces if p]) > 1 and "".join(pieces) == text, pieces
+
+        # KServe through the frontend: it tokenizes with the card the worker sent.
+        grpc = grpcclient.InferenceServerClient(server.url)
+        text_input = grpcclient.InferInput("text_input", [1], "BYTES")
+        text_input.set_data_from_numpy(np.array([b"Hello from Python"], dtype=np.object_))
+        result = grpc.infer("echo-llm", [text_input], parameters={"max_tokens": 50})
+        assert result.as_numpy("text_output")[0].decode() == "Hello from Python"
+        grpc.close()
+
+        # A client that goes away mid-stream ends the handler (its cancellation flag turns true).
+        stream = llm.completions.create(model="forever-llm", prompt="Hello", max_tokens=100000, stream=True)
+        for received, _ in enumerate(stream):
+            if received == 3:
+                break
+        stream.close()
+        wait_until(marker.exists, 30, "the handler saw its request cancelled")
+
+        # A handler that raises: the client gets an error, the worker goes on serving.
+        with pytest.raises(openai.APIError) as raised:
+            llm.completions.create(model="broken-llm", prompt="Hello", max_tokens=10)
+        assert "the handler broke down" in str(raised.value), raised.value
+        again = llm.completions.create(model="echo-llm", prompt="Hello from Python", max_tokens=50)
+        assert again.choices[0].text == "Hello from Python"
+    finally:
+        worker.kill()
