@@ -3,7 +3,10 @@
 test_python_package.py's fixture builds from ./python) share a discovery folder: a numpy function
 bound on the worker answers tritonclient gRPC and HTTP requests sent to the frontend, a function's
 error reaches the client through it, a killed worker's model disappears once its lease runs out and
-a second Python worker takes over, and a stopped one deregisters at once."""
+a second Python worker takes over, and a stopped one deregisters at once. Language-model workers
+(`bind_llm`, the SmolLM2 GGUF's card for the frontend's tokenizer) answer openai completions and
+chat, streaming too, and KServe; a client going away ends the handler; and over etcd and NATS a
+stream moves to a second Python worker when its worker is killed."""
 
 from __future__ import annotations
 
@@ -13,14 +16,18 @@ import signal
 import subprocess
 import textwrap
 import threading
+import urllib.request
+import uuid
 
 import numpy as np
+import openai
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from cluster import wait_until
+from cluster import metric, start_etcd, start_nats, wait_until
+from conftest import model_paths
 from helpers import start_server
 from test_python_package import BUILD_TIMEOUT, _clean_env, _python, _run, venv  # noqa: F401 - venv is the fixture
 
@@ -62,9 +69,9 @@ WORKER_SCRIPT = textwrap.dedent(
 class PythonWorker:
     """A worker script running in the fresh environment; its stdout lines arrive on a queue."""
 
-    def __init__(self, venv: pathlib.Path, script: pathlib.Path, discovery: pathlib.Path, worker_id: str, factor: float):
+    def __init__(self, venv: pathlib.Path, script: pathlib.Path, *args):
         self.proc = subprocess.Popen(
-            [_python(venv), str(script), str(discovery), worker_id, str(factor)],
+            [_python(venv), str(script), *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -161,11 +168,14 @@ def test_a_python_worker_serves_through_the_frontend_and_its_death_is_handled(ve
         np.testing.assert_array_equal(_scaled(grpc, grpcclient, values), values * 3)
         np.testing.assert_array_equal(_scaled(http, httpclient, values), values * 3)
 
-        # SIGINT: the worker deregisters on its way out, so the model goes before any lease expiry.
+        # SIGINT: the worker deregisters on its way out (its record is removed, where the killed
+        # worker's was left to go stale).
         second.proc.send_signal(signal.SIGINT)
         assert second.proc.wait(timeout=60) == 0, "\n".join(second.stderr[-40:])
         assert second.line() == "stopped"
-        wait_until(lambda: not grpc.is_model_ready("scale"), 1, "scale gone once its worker deregistered")
+        records = " ".join(p.name for p in discovery.rglob("*") if p.is_file())
+        assert "py-one" in records and "py-two" not in records, records
+        wait_until(lambda: not grpc.is_model_ready("scale"), LEASE_TTL + 3, "scale gone once its worker deregistered")
     finally:
         for worker in workers:
             worker.kill()
@@ -258,22 +268,12 @@ LLM_SCRIPT = textwrap.dedent(
 
 
 def test_a_python_language_model_worker_answers_openai_through_the_frontend(venv, frontend, tmp_path):  # noqa: F811
-    import openai
-
-    from conftest import model_paths
-
     gguf, _ = model_paths()
     server, discovery = frontend
     script = tmp_path / "llm_worker.py"
     marker = tmp_path / "cancelled"
     script.write_text(LLM_SCRIPT)
-    worker = PythonWorker.__new__(PythonWorker)
-    worker.proc = subprocess.Popen(
-        [_python(venv), str(script), str(discovery), str(gguf), str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(), cwd=venv
-    )
-    worker.lines, worker.stderr = queue.Queue(), []
-    threading.Thread(target=worker._pump, args=(worker.proc.stdout, worker.lines.put), daemon=True).start()
-    threading.Thread(target=worker._pump, args=(worker.proc.stderr, worker.stderr.append), daemon=True).start()
+    worker = PythonWorker(venv, script, discovery, gguf, marker)
     try:
         assert worker.line().split()[:1] == ["ready"]
         llm = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key="unused")
@@ -321,3 +321,70 @@ def test_a_python_language_model_worker_answers_openai_through_the_frontend(venv
         assert again.choices[0].text == "Hello from Python"
     finally:
         worker.kill()
+
+
+MIGRATION_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+
+    from tritium.worker import Worker
+
+    etcd, nats, namespace, gguf, worker_id = sys.argv[1:6]
+
+    async def repeat(request):
+        # The prompt's last token over and over, slowly enough for the test to kill a worker mid-stream.
+        while not request.cancelled:
+            yield request.token_ids[-1]
+            await asyncio.sleep(0.02)
+
+    worker = Worker(discovery="etcd", etcd_endpoints=etcd, namespace=namespace, events=nats, worker_id=worker_id, lease_ttl_secs=%d)
+    worker.bind_llm("repeat-llm", repeat, gguf)
+    worker.start()
+    print("ready", worker.port, worker.worker_id, flush=True)
+    worker.run()
+    """
+    % LEASE_TTL
+)
+
+
+def test_python_workers_over_etcd_and_nats_migrate_a_stream_when_one_dies(venv, tmp_path):  # noqa: F811
+    gguf, _ = model_paths()
+    etcd, nats = start_etcd(), start_nats()
+    namespace = f"pyworker-{uuid.uuid4().hex[:8]}"
+    common = ["--discovery", "etcd", "--etcd-endpoints", etcd.address, "--events", "nats", "--nats-url", nats.address]
+    frontend = start_server(*common, "--namespace", namespace, "--lease-ttl-secs", str(LEASE_TTL), "--router-mode", "direct")
+    script = tmp_path / "repeat_worker.py"
+    script.write_text(MIGRATION_SCRIPT)
+    workers = {}
+    try:
+        for worker_id in ("first", "second"):
+            worker = workers[worker_id] = PythonWorker(venv, script, etcd.address, nats.address, namespace, gguf, worker_id)
+            assert worker.line().split()[:1] == ["ready"]
+
+        def serving() -> float:
+            with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
+                return metric(response.read().decode(), "tritium_router_workers", 'model="repeat-llm"')
+
+        wait_until(lambda: serving() == 2, 10, "two Python workers serving repeat-llm")
+        llm = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="unused")
+        stream = llm.completions.create(
+            model="repeat-llm", prompt="Hello", max_tokens=40, stream=True, extra_headers={"x-tritium-worker": "first"}
+        )
+        text, finish, chunks = "", None, 0
+        for chunk in stream:
+            chunks += 1
+            text += chunk.choices[0].text
+            if chunks == 5:
+                workers["first"].kill()
+            finish = chunk.choices[0].finish_reason or finish
+        assert finish == "length"
+        assert text == "Hello" * 40, f"every token arrives once, before and after the migration: {text!r}"
+        with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
+            assert metric(response.read().decode(), "tritium_router_migrations_total") >= 1
+    finally:
+        for worker in workers.values():
+            worker.kill()
+        frontend.stop()
+        frontend.stderr_path.unlink(missing_ok=True)
+        etcd.stop()
+        nats.stop()
