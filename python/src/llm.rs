@@ -206,6 +206,10 @@ impl Sink {
             if state.finished.is_some() || state.sender.is_closed() {
                 return false;
             }
+            if state.generated >= state.max_tokens {
+                state.finished = Some(FinishReason::Length);
+                return false;
+            }
             let past_min = state.generated >= state.min_tokens;
             if state.stop_ids.binary_search(&id).is_ok() || (past_min && state.eos_ids.contains(&id)) {
                 state.finished = Some(FinishReason::Stop);
