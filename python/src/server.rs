@@ -145,12 +145,18 @@ impl Server {
         // The GIL is free while the models load: a Python model's loader may need it.
         let ready = py.detach(move || ready_rx.recv_timeout(START_TIMEOUT));
         match ready {
-            Ok(Ok(at)) => {
-                let (repository, runtime) =
-                    handles_rx.try_recv().map_err(|_| PyRuntimeError::new_err("the server started without its registry"))?;
-                self.running = Some(Running { stop, thread, at, repository, runtime });
-                Ok(())
-            }
+            // The registry is handed over before the ready call, so it is there once ready.
+            Ok(Ok(at)) => match handles_rx.try_recv() {
+                Ok((repository, runtime)) => {
+                    self.running = Some(Running { stop, thread, at, repository, runtime });
+                    Ok(())
+                }
+                Err(_) => {
+                    stop.cancel();
+                    let _ = py.detach(move || thread.join());
+                    Err(PyRuntimeError::new_err("the server started without handing over its registry"))
+                }
+            },
             Ok(Err(e)) => {
                 let _ = py.detach(move || thread.join());
                 Err(PyRuntimeError::new_err(format!("the server did not start: {e}")))
