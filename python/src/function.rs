@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use tritium_backend_api::{
-    Backend, BackendContext, BackendError, BackendFactory, BackendRegistry, BackendRequest, Engine, Responder,
+    Backend, BackendContext, BackendError, BackendFactory, BackendRegistry, BackendRequest, Engine, ParamValue, Responder,
 };
 use tritium_proto::ErrorCode;
 use tritium_tensor::{DataType, Tensor};
@@ -138,7 +138,7 @@ impl Call {
         self.failed(format!("the Python function raised {kind}: {}", error.value(py)))
     }
 
-    /// Calls `tritium._runtime.invoke(binding, inputs, decoupled)`: the inputs as numpy arrays,
+    /// Calls `tritium._runtime.invoke(binding, inputs, decoupled, parameters)`: the inputs as numpy arrays,
     /// the answer as `[(name, datatype, shape, bytes or list of bytes)]` for the one request (an
     /// iterator of those for a decoupled model).
     fn invoke<'py>(&self, py: Python<'py>, request: BackendRequest) -> PyResult<Bound<'py, PyAny>> {
@@ -163,8 +163,18 @@ impl Call {
             let shape = PyTuple::new(py, &tensor.shape)?;
             inputs.append((tensor.name.as_str(), tensor.datatype.kserve_name(), shape, payload))?;
         }
+        let parameters = PyDict::new(py);
+        for (name, value) in &request.parameters {
+            match value {
+                ParamValue::Bool(v) => parameters.set_item(name, v)?,
+                ParamValue::Int64(v) => parameters.set_item(name, v)?,
+                ParamValue::String(v) => parameters.set_item(name, v)?,
+                ParamValue::Double(v) => parameters.set_item(name, v)?,
+                ParamValue::Uint64(v) => parameters.set_item(name, v)?,
+            }
+        }
         let runtime = py.import("tritium._runtime")?;
-        runtime.getattr("invoke")?.call1((self.function.bind(py), inputs, self.decoupled))
+        runtime.getattr("invoke")?.call1((self.function.bind(py), inputs, self.decoupled, parameters))
     }
 
     /// The tensors of the answer, checked against the config: every output once, its datatype,

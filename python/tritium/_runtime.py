@@ -88,9 +88,11 @@ def _answer(binding: Binding, answers):
     return [_tensor(str(name), value, binding) for name, value in answer.items()]
 
 
-def invoke(binding: Binding, inputs, decoupled: bool):
-    """One execution: the answer's tensors, or for a decoupled model an iterator of them."""
-    request = Request({name: _array(datatype, shape, payload) for name, datatype, shape, payload in inputs})
+def invoke(binding: Binding, inputs, decoupled: bool, parameters=None):
+    """One execution: the answer's tensors, or for a decoupled model an iterator of them. The
+    request's parameters are ``request.parameters`` (the dynamic batcher merges only requests
+    whose parameters are the same)."""
+    request = Request({name: _array(datatype, shape, payload) for name, datatype, shape, payload in inputs}, parameters)
     answers = binding.func([request])
     if inspect.isawaitable(answers):
         answers = _loop().run_until_complete(answers)

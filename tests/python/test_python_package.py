@@ -629,6 +629,8 @@ with Triton(config=cfg) as triton:
     triton.bind("one", one, x, y, config=ModelConfig(batching=False))
     triton.bind("scaled", scaled, x + [Tensor(name="k", dtype=np.float32, shape=(1,))], y, config=ModelConfig(max_batch_size=8))
     triton.bind("by_value", by_value, x + [Tensor(name="k", dtype=np.int32, shape=(1,))], y, config=ModelConfig(max_batch_size=8))
+    triton.bind("scaled_by_parameter", lambda requests: [{"y": r["x"] * r.parameters["factor"]} for r in requests], x, y,
+                config=ModelConfig(batching=False))
     triton.bind("by_keys", by_keys, x + [Tensor(name="o", dtype=np.float32, shape=(-1,), optional=True)], y, config=ModelConfig(max_batch_size=8))
     g, h = triton.grpc_port, triton.http_port
     with DecoupledModelClient(f"grpc://127.0.0.1:{g}", "stream") as c:
@@ -643,6 +645,8 @@ with Triton(config=cfg) as triton:
             out["unequal"] = type(e).__name__ + ": " + str(e)[:300]
     with ModelClient(f"127.0.0.1:{h}", "by_value") as c:
         out["by_value"] = c.infer_batch(x=np.ones((3, 1), np.float32), k=np.array([[1], [2], [1]], np.int32))["y"].tolist()
+    with ModelClient(f"grpc://127.0.0.1:{g}", "scaled_by_parameter") as c:
+        out["parameter"] = c.infer_sample(np.array([2.0], dtype=np.float32), parameters={"factor": 5})["y"].tolist()
     with ModelClient(f"127.0.0.1:{h}", "by_keys") as c:
         out["by_keys"] = c.infer_batch(x=np.ones((2, 1), np.float32))["y"].tolist()
 
@@ -657,7 +661,8 @@ print(json.dumps(out))
 def test_pytriton_decorators_and_clients(client_venv, tmp_path):
     """The decorators and clients the vendored examples do not use: a decoupled model through
     DecoupledModelClient, @sample, @first_value (and its refusal of unequal values), @group_by_values,
-    @group_by_keys with an optional input, AsyncioModelClient over gRPC; a TritonConfig field Tritium
+    @group_by_keys with an optional input, AsyncioModelClient over gRPC, a request's parameters as
+    request.parameters; a TritonConfig field Tritium
     has not is refused by name, one that only tunes Triton (http_thread_count) is accepted; endpoints
     restricted by a token are refused."""
     script = tmp_path / "pytriton_api.py"
@@ -675,3 +680,5 @@ def test_pytriton_decorators_and_clients(client_venv, tmp_path):
     assert out["by_value"] == [[2.0], [1.0], [2.0]]
     assert out["by_keys"] == [[1.0], [1.0]]
     assert out["aio"] == [15.0]
+    # A request's parameters reach the function as request.parameters.
+    assert out["parameter"] == [10.0]
