@@ -5,7 +5,9 @@
 //! on a tokio worker, and hands the callable numpy views of the input bytes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -47,12 +49,20 @@ impl BackendFactory for FunctionFactory {
                 .ok_or_else(|| format!("output '{}' has an unknown data type", output.name))?;
             outputs.push((output.name.clone(), datatype));
         }
+        let timeout = match context.config.parameters.get(TIMEOUT_PARAMETER) {
+            None => None,
+            Some(value) => match value.string_value.trim().parse::<f64>() {
+                Ok(seconds) if seconds > 0.0 && seconds.is_finite() => Some(Duration::from_secs_f64(seconds)),
+                _ => return Err(format!("parameter '{TIMEOUT_PARAMETER}' must be a positive number of seconds")),
+            },
+        };
         let call = Call {
             model: context.model_name.to_string(),
             function: Arc::clone(function),
             outputs,
             batched: context.config.max_batch_size > 0,
             decoupled: context.config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled),
+            timeout,
         };
         Ok(Engine::Tensors(Arc::new(FunctionBackend { call: Arc::new(call) })))
     }
@@ -71,7 +81,12 @@ struct Call {
     batched: bool,
     /// A generator function: each item it yields is one response.
     decoupled: bool,
+    /// How long one call may take (`ModelConfig(timeout_s=...)`).
+    timeout: Option<Duration>,
 }
+
+/// The model-config parameter a bound model's `timeout_s` becomes.
+const TIMEOUT_PARAMETER: &str = "execute_timeout_seconds";
 
 /// Responses of a decoupled call in flight from the Python thread to the responder.
 const STREAM_DEPTH: usize = 4;
@@ -83,8 +98,38 @@ impl Backend for FunctionBackend {
         let unfinished =
             |e: tokio::task::JoinError| BackendError::failed(ErrorCode::Internal, format!("the Python call did not finish: {e}"));
         if !call.decoupled {
-            let outputs =
-                tokio::task::spawn_blocking(move || Python::attach(|py| call.run(py, request))).await.map_err(unfinished)??;
+            let (timeout, model) = (call.timeout, call.model.clone());
+            let running = Arc::new(Running::default());
+            let this_call = Arc::clone(&running);
+            let mut task = tokio::task::spawn_blocking(move || {
+                Python::attach(|py| {
+                    // SAFETY: no precondition; the id of the thread that runs the call.
+                    let thread = u64::from(unsafe { pyo3::ffi::PyThread_get_thread_ident() });
+                    this_call.thread.store(thread, Ordering::Release);
+                    let outputs = call.run(py, request);
+                    // Under the GIL, as `interrupt` looks: a TimeoutError sent too late never reaches
+                    // the next call this pool thread runs.
+                    this_call.done.store(true, Ordering::Release);
+                    clear_interrupt(thread);
+                    outputs
+                })
+            });
+            let outputs = match timeout {
+                None => task.await.map_err(unfinished)??,
+                Some(limit) => match tokio::time::timeout(limit, &mut task).await {
+                    Ok(joined) => joined.map_err(unfinished)??,
+                    Err(_) => {
+                        interrupt(running);
+                        return Err(BackendError::failed(
+                            ErrorCode::Unavailable,
+                            format!(
+                                "the model '{model}' did not return from its Python function within {} s",
+                                limit.as_secs_f64()
+                            ),
+                        ));
+                    }
+                },
+            };
             return responder.send(outputs).await;
         }
         let (sender, mut responses) = tokio::sync::mpsc::channel(STREAM_DEPTH);
@@ -94,6 +139,39 @@ impl Backend for FunctionBackend {
             responder.send(outputs).await?;
         }
         task.await.map_err(unfinished)?
+    }
+}
+
+/// A call on its blocking thread: the Python thread's id (0 until it starts) and whether it has
+/// returned, both written under the GIL.
+#[derive(Default)]
+struct Running {
+    thread: AtomicU64,
+    done: AtomicBool,
+}
+
+/// Raises TimeoutError in the thread of a call that is still running, at its next Python line,
+/// from a thread of its own: taking the GIL may wait for the stuck call to yield it.
+fn interrupt(running: Arc<Running>) {
+    std::thread::spawn(move || {
+        Python::attach(|_| {
+            let thread = running.thread.load(Ordering::Acquire);
+            if thread == 0 || running.done.load(Ordering::Acquire) {
+                return;
+            }
+            let Ok(id) = std::os::raw::c_long::try_from(thread) else { return };
+            // SAFETY: the GIL is held; the exception type is a static of the interpreter.
+            unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(id, pyo3::ffi::PyExc_TimeoutError) };
+        });
+    });
+}
+
+/// Drops a TimeoutError [`interrupt`] sent to `thread` that has not been raised yet. The GIL must
+/// be held.
+fn clear_interrupt(thread: u64) {
+    if let Ok(id) = std::os::raw::c_long::try_from(thread) {
+        // SAFETY: the caller holds the GIL; a null exception clears the pending one.
+        unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(id, std::ptr::null_mut()) };
     }
 }
 

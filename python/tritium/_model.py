@@ -82,6 +82,9 @@ class ModelConfig:
     instance_count: int = 1
     # A generator (or async generator) function: several responses per request.
     decoupled: bool = False
+    # Seconds one call may take: past it the client gets UNAVAILABLE and the call is sent TimeoutError
+    # (it lands at the function's next Python line; a call blocked in C code keeps its thread until it returns).
+    timeout_s: Optional[float] = None
 
 
 def _tensor_text(kind: str, tensor: Tensor) -> str:
@@ -109,6 +112,11 @@ def config_text(name: str, backend: str, inputs: List[Tensor], outputs: List[Ten
     lines.append(f"instance_group {{ count: {int(config.instance_count)} kind: KIND_CPU }}")
     if config.decoupled:
         lines.append("model_transaction_policy { decoupled: true }")
+    if config.timeout_s is not None:
+        if not config.timeout_s > 0:
+            raise ValueError("timeout_s must be a positive number of seconds")
+        seconds = json.dumps(repr(float(config.timeout_s)))
+        lines.append(f'parameters {{ key: "execute_timeout_seconds" value {{ string_value: {seconds} }} }}')
     return "\n".join(lines) + "\n"
 
 

@@ -128,7 +128,7 @@ def test_python_m_tritium_serve_is_the_cli(venv):
 
 SERVER_SCRIPT = textwrap.dedent(
     """
-    import asyncio, json, os, sys, threading
+    import asyncio, json, os, sys, threading, time
     import numpy as np
     import tritium
 
@@ -195,6 +195,27 @@ SERVER_SCRIPT = textwrap.dedent(
                 outputs=[tritium.Tensor(name="y", dtype=np.float32, shape=(2,))], strict=True)
     server.bind("meet", meet, inputs=x, outputs=y, config=tritium.ModelConfig(batching=False, instance_count=2))
     server.bind("views", views, inputs=x, outputs=[tritium.Tensor(name="y", dtype=np.bool_, shape=(2,))])
+    spins = {"started": 0}
+
+    def spin(requests):
+        # Pure Python forever (until the TimeoutError the timeout sends), then normal again.
+        spins["started"] += 1
+        if requests[0]["x"][0][0] > 0:
+            while True:
+                pass
+        return [{"y": r["x"]} for r in requests]
+
+    def sleepy(requests):
+        time.sleep(3)  # in C: the call keeps its thread until it returns
+        return [{"y": r["x"]} for r in requests]
+
+    quick = tritium.ModelConfig(timeout_s=0.5)
+    server.bind("spin", spin, inputs=x, outputs=y, config=quick)
+    server.bind("sleepy", sleepy, inputs=x, outputs=y, config=quick)
+    try:
+        server.bind("bad_timeout", spin, inputs=x, outputs=y, config=tritium.ModelConfig(timeout_s=0))
+    except ValueError as e:
+        bad_timeout = str(e)
     try:
         server.bind("double", double, inputs=x, outputs=y)
     except ValueError as e:
@@ -212,7 +233,8 @@ SERVER_SCRIPT = textwrap.dedent(
         except ValueError as e:
             late_taken = str(e)
         print(json.dumps({"grpc": server.grpc_port, "http": server.http_port, "metrics": server.metrics_port,
-                          "twice": twice, "unknown": unknown, "late_taken": late_taken}), flush=True)
+                          "twice": twice, "unknown": unknown, "late_taken": late_taken, "bad_timeout": bad_timeout}),
+                         flush=True)
         pid = os.fork()
         if pid == 0:
             try:
@@ -441,6 +463,22 @@ def test_function_errors_reach_the_client_and_serving_goes_on(served, model, fra
     assert http_error.value.status() == "500" and fragments[-1] in http_error.value.message()
     np.testing.assert_array_equal(http.infer("double", [_x(httpclient, values)]).as_numpy("y"), values * 2)
     http.close()
+    client.close()
+
+
+def test_a_call_past_its_timeout_answers_unavailable_and_serving_goes_on(served):
+    info, _ = served
+    assert "timeout_s must be a positive number" in info["bad_timeout"]
+    client = _grpc(info)
+    for model in ("spin", "sleepy"):
+        with pytest.raises(InferenceServerException) as error:
+            client.infer(model, [_x(grpcclient, np.ones((1, 2), dtype=np.float32))])
+        assert error.value.status() == "StatusCode.UNAVAILABLE", error.value.message()
+        assert f"the model '{model}' did not return from its Python function within 0.5 s" in error.value.message()
+    # The spinning call got its TimeoutError and freed its thread: the model answers again.
+    zeros = np.zeros((1, 2), dtype=np.float32)
+    np.testing.assert_array_equal(client.infer("spin", [_x(grpcclient, zeros)]).as_numpy("y"), zeros)
+    np.testing.assert_array_equal(client.infer("double", [_x(grpcclient, np.ones((1, 2), np.float32))]).as_numpy("y"), 2)
     client.close()
 
 
