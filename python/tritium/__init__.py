@@ -30,7 +30,7 @@ from typing import Any, Iterable, List, Optional, Union
 
 from . import _tritium
 from ._model import DynamicBatcher, ModelConfig, Request, Tensor, batch, config_text
-from ._runtime import Binding
+from ._runtime import Binding, wait_for_stop
 
 __all__ = ["Server", "Tensor", "ModelConfig", "DynamicBatcher", "Request", "batch"]
 
@@ -138,9 +138,7 @@ class Server:
         if not self._native.running:
             self.start()
         try:
-            self._stopped.wait()
-        except KeyboardInterrupt:
-            pass
+            wait_for_stop(self._stopped)
         finally:
             self.stop()
 

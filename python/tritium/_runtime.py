@@ -5,12 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
 import threading
 from collections.abc import Mapping
 
 import numpy as np
 
 from ._model import Request, kserve_datatype
+
+
+def wait_for_stop(stopped: threading.Event, *signals: int, period_s: float = 1.0) -> None:
+    """Waits until ``stopped`` is set or one of ``signals`` (SIGINT when none is named) arrives. In the main
+    thread the signals are handled here for the wait, as the ``tritium`` binary handles them, so a process that
+    inherited SIGINT ignored (a background job of a non-interactive shell) still stops on it; the handlers it had
+    come back afterwards."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in signals or (signal.SIGINT,):
+            previous[number] = signal.signal(number, lambda *_: stopped.set())
+    try:
+        while not stopped.wait(period_s):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class Binding:

@@ -32,6 +32,7 @@ from typing import Any, Iterable, List, Optional, Union
 from . import _binding, _options, _tritium
 from ._llm import GenerateRequest
 from ._model import ModelConfig, Tensor
+from ._runtime import wait_for_stop
 
 __all__ = ["Worker", "GenerateRequest"]
 
@@ -138,9 +139,7 @@ class Worker:
         if not self._native.running:
             self.start()
         try:
-            self._stopped.wait()
-        except KeyboardInterrupt:
-            pass
+            wait_for_stop(self._stopped)
         finally:
             self.stop()
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .. import Server
 from .. import _model
-from .._runtime import Binding
+from .._runtime import Binding, wait_for_stop
 from .exceptions import PyTritonBadParameterError, PyTritonInvalidOperationError, PyTritonValidationError
 from .model_config import ModelConfig, Tensor, batcher_text, named
 from . import _context
@@ -318,17 +318,9 @@ class Triton:
     def serve(self, monitoring_period_s: float = 5.0) -> None:
         """Serves until SIGINT, SIGTERM (in the main thread) or ``stop()``, then stops."""
         self.run()
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, lambda *_: self._stopped.set())
         try:
-            while not self._stopped.wait(monitoring_period_s):
-                pass
-        except KeyboardInterrupt:
-            pass
+            wait_for_stop(self._stopped, signal.SIGINT, signal.SIGTERM, period_s=monitoring_period_s)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
             self.stop()
 
     def stop(self) -> bool:
