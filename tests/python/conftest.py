@@ -6,6 +6,7 @@
 - `start_tritium`: factory `start_tritium(*args, timeout=60)` -> TritiumServer; every server it starts is
   stopped at the end of the test. Pass e.g. `"--model-repository", str(repo)`.
 - `model_repo`: an empty temporary repository directory; fill it with `helpers.write_model`.
+- `venv`: a fresh virtual environment with the `tritium` package built from ./python (package_env.py), once a session.
 - `llm_server`: one module-scoped server with the real models from `scripts/fetch-models.sh`: the SmolLM2 GGUF
   as `smollm2` (LLM) and all-MiniLM-L6-v2 as `minilm` (embeddings). `model_paths()` gives the two paths.
 """
@@ -22,6 +23,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from helpers import DEFAULT_START_TIMEOUT, REPO, TritiumServer, finish_server, start_server
+from package_env import venv  # noqa: F401 - the Python package's fresh environment, a session fixture
 
 LLM_NAME = "smollm2"
 EMBED_NAME = "minilm"

@@ -1,6 +1,6 @@
 """`tritium.worker.Worker`: a Python process joins a Tritium cluster as a worker. A frontend (the real
 `tritium serve --discovery file`) and Python workers (scripts run in the fresh environment that
-test_python_package.py's fixture builds from ./python) share a discovery folder: a numpy function
+package_env.py's fixture builds from ./python) share a discovery folder: a numpy function
 bound on the worker answers tritonclient gRPC and HTTP requests sent to the frontend, a function's
 error reaches the client through it, a killed worker's model disappears once its lease runs out and
 a second Python worker takes over, and a stopped one deregisters at once. Language-model workers
@@ -29,9 +29,9 @@ from tritonclient.utils import InferenceServerException
 from cluster import metric, start_etcd, start_nats, wait_until
 from conftest import model_paths
 from helpers import start_server
-from test_python_package import BUILD_TIMEOUT, _clean_env, _python, _run, venv  # noqa: F401 - venv is the fixture
+from package_env import PACKAGE_TEST_TIMEOUT, clean_env, python, run
 
-pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 300)
+pytestmark = PACKAGE_TEST_TIMEOUT
 
 LEASE_TTL = 2
 READY_TIMEOUT = 120
@@ -71,11 +71,11 @@ class PythonWorker:
 
     def __init__(self, venv: pathlib.Path, script: pathlib.Path, *args):
         self.proc = subprocess.Popen(
-            [_python(venv), str(script), *map(str, args)],
+            [python(venv), str(script), *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_clean_env(),
+            env=clean_env(),
             cwd=venv,
         )
         self.lines: queue.Queue = queue.Queue()
@@ -125,7 +125,7 @@ def _scaled(client, module, values: np.ndarray) -> np.ndarray:
     return client.infer("scale", [_x(module, values)]).as_numpy("y")
 
 
-def test_a_python_worker_serves_through_the_frontend_and_its_death_is_handled(venv, frontend, tmp_path):  # noqa: F811
+def test_a_python_worker_serves_through_the_frontend_and_its_death_is_handled(venv, frontend, tmp_path):
     server, discovery = frontend
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
@@ -183,7 +183,7 @@ def test_a_python_worker_serves_through_the_frontend_and_its_death_is_handled(ve
         http.close()
 
 
-def test_worker_options_are_checked(venv, tmp_path):  # noqa: F811
+def test_worker_options_are_checked(venv, tmp_path):
     script = textwrap.dedent(
         f"""
         import numpy as np, tritium
@@ -213,7 +213,7 @@ def test_worker_options_are_checked(venv, tmp_path):  # noqa: F811
         print("running", worker.running)
         """
     )
-    out = _run([_python(venv), "-c", script], _clean_env(), 120, cwd=venv).splitlines()
+    out = run([python(venv), "-c", script], clean_env(), 120, cwd=venv).splitlines()
     assert out[0].startswith("ValueError discovery must be one of 'file', 'etcd'"), out
     assert out[1].startswith("ValueError discovery='file' needs discovery_dir"), out
     assert out[2].startswith("ValueError discovery='etcd' needs etcd_endpoints"), out
@@ -267,7 +267,7 @@ LLM_SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_python_language_model_worker_answers_openai_through_the_frontend(venv, frontend, tmp_path):  # noqa: F811
+def test_a_python_language_model_worker_answers_openai_through_the_frontend(venv, frontend, tmp_path):
     gguf, _ = model_paths()
     server, discovery = frontend
     script = tmp_path / "llm_worker.py"
@@ -347,7 +347,7 @@ MIGRATION_SCRIPT = textwrap.dedent(
 )
 
 
-def test_python_workers_over_etcd_and_nats_migrate_a_stream_when_one_dies(venv, tmp_path):  # noqa: F811
+def test_python_workers_over_etcd_and_nats_migrate_a_stream_when_one_dies(venv, tmp_path):
     gguf, _ = model_paths()
     etcd, nats = start_etcd(), start_nats()
     namespace = f"pyworker-{uuid.uuid4().hex[:8]}"
