@@ -42,6 +42,7 @@ pub mod kv;
 pub mod llm;
 pub mod request;
 pub mod stream;
+pub mod trace;
 pub mod trace_context;
 
 pub use backend::{Backend, BackendRequest, OutputShapes, Responder, StreamTarget, StreamedRequest, select_outputs};

@@ -7,6 +7,7 @@ use std::time::Instant;
 use tritium_tensor::Tensor;
 
 use crate::error::WorkerError;
+use crate::trace::RequestTrace;
 
 /// A request or tensor parameter value (KServe's `InferParameter` choices).
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +48,8 @@ pub struct InferenceRequest {
     pub parameters: Parameters,
     /// When the transport received the request; the queue statistic starts here.
     pub arrived: Instant,
+    /// The request's trace when the sampler picked it; `None` (the common case) records nothing.
+    pub trace: Option<RequestTrace>,
 }
 
 impl InferenceRequest {
@@ -59,6 +62,7 @@ impl InferenceRequest {
             requested_outputs: Vec::new(),
             parameters: Vec::new(),
             arrived: Instant::now(),
+            trace: None,
         }
     }
 }

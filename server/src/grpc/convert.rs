@@ -237,6 +237,7 @@ pub fn decode_request(request: ModelInferRequest, shm: &SharedMemoryRegistry, ar
             requested_outputs,
             parameters: params,
             arrived,
+            trace: None,
         },
         shm: ShmBindings { outputs: output_regions, inputs: input_regions, classifications },
         enable_empty_final,
