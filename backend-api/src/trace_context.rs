@@ -81,6 +81,14 @@ impl TraceContext {
         Some(TraceContext { trace_id, span_id, flags, tracestate })
     }
 
+    /// From raw header values (HTTP headers or gRPC metadata, which are HTTP/2 headers): a
+    /// `traceparent` that is missing, not UTF-8 or malformed gives `None`; a bad `tracestate` is
+    /// dropped alone.
+    pub fn from_headers(traceparent: Option<&[u8]>, tracestate: Option<&[u8]>) -> Option<TraceContext> {
+        let traceparent = std::str::from_utf8(traceparent?).ok()?;
+        TraceContext::parse(traceparent, tracestate.and_then(|s| std::str::from_utf8(s).ok()))
+    }
+
     /// The caller asked for this trace to be recorded (flag `01`).
     pub fn sampled(&self) -> bool {
         self.flags & 1 == 1
@@ -169,6 +177,13 @@ mod tests {
         ] {
             assert!(TraceContext::parse(bad, None).is_none(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn header_bytes() {
+        assert!(TraceContext::from_headers(Some(GOOD.as_bytes()), Some(b"\xff")).is_some_and(|c| c.tracestate().is_none()));
+        assert!(TraceContext::from_headers(Some(b"\xff\xfe"), None).is_none());
+        assert!(TraceContext::from_headers(None, Some(b"k=v")).is_none());
     }
 
     #[test]
