@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pathlib
 import queue
+import re
 import signal
 import socket
 import subprocess
