@@ -212,6 +212,16 @@ impl Call {
     }
 
     fn raised(&self, py: Python<'_>, error: PyErr) -> BackendError {
+        // A process instance that died or was killed past the timeout: the call may succeed again.
+        let unavailable = py.import("tritium._process").and_then(|m| m.getattr("InstanceUnavailable"));
+        if let Ok(unavailable) = unavailable
+            && error.is_instance(py, &unavailable)
+        {
+            return BackendError::failed(
+                ErrorCode::Unavailable,
+                format!("Failed to process the request(s) for model '{}': {}", self.model, error.value(py)),
+            );
+        }
         let kind = error.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
         self.failed(format!("the Python function raised {kind}: {}", error.value(py)))
     }

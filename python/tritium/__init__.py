@@ -28,7 +28,7 @@ import threading
 import weakref
 from typing import Any, Iterable, List, Optional, Union
 
-from . import _tritium
+from . import _process, _tritium
 from ._model import DynamicBatcher, ModelConfig, Request, Tensor, batch, config_text
 from ._runtime import Binding, wait_for_stop
 
@@ -70,8 +70,9 @@ def _binding(model_name, infer_func, inputs, outputs, config, strict):
         raise TypeError("infer_func must be callable")
     if not model_name or "/" in model_name:
         raise ValueError(f"'{model_name}' is not a usable model name")
-    text = config_text(model_name, _tritium.BACKEND_NAME, list(inputs), list(outputs), config or ModelConfig())
-    return Binding(infer_func, list(outputs), strict), text
+    config = config or ModelConfig()
+    text = config_text(model_name, _tritium.BACKEND_NAME, list(inputs), list(outputs), config)
+    return _process.binding(model_name, infer_func, list(outputs), strict, config), text
 
 
 class Server:
@@ -88,6 +89,9 @@ class Server:
         metrics_port: int = 8002,
         **options: Any,
     ):
+        if _process.in_child():
+            raise RuntimeError("a process instance of a bound function imported a script that starts a server: "
+                               "put its serving code under `if __name__ == \"__main__\":`")
         if model_repository is not None and not isinstance(model_repository, (str, os.PathLike)):
             model_repository = list(model_repository)
         argv = _options(
@@ -101,6 +105,7 @@ class Server:
         )
         self._native = _tritium._Server(argv)
         self._stopped = threading.Event()
+        self._processes: List[_process.ProcessBinding] = []
 
     def bind(
         self,
@@ -116,7 +121,16 @@ class Server:
         decorated with ``@tritium.batch`` it takes stacked inputs as keyword arguments instead.
         ``strict`` also checks each output's shape against its declared one (the datatype and
         the batch size are always checked)."""
-        self._native.bind(model_name, *_binding(model_name, infer_func, inputs, outputs, config, strict))
+        binding, text = _binding(model_name, infer_func, inputs, outputs, config, strict)
+        if isinstance(binding, _process.ProcessBinding):
+            try:
+                self._native.bind(model_name, binding, text)
+            except BaseException:
+                binding.close()
+                raise
+            self._processes.append(binding)
+        else:
+            self._native.bind(model_name, binding, text)
 
     def start(self) -> "Server":
         """Starts serving; returns once every model is loaded and the ports listen."""
@@ -130,6 +144,8 @@ class Server:
         try:
             self._native.stop()
         finally:
+            for processes in self._processes:
+                processes.close()
             _running.discard(self)
             self._stopped.set()
 

@@ -74,7 +74,17 @@ class DynamicBatcher:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A bound model's config: batching (up to ``max_batch_size`` by ``batcher``) and its instances."""
+    """A bound model's config: batching (up to ``max_batch_size`` by ``batcher``) and its instances.
+
+    ``instance_count`` instances run the function at the same time: on threads of the server
+    (``instance_kind="thread"``, the default: right for functions that release the GIL, as numpy's
+    large operations, ONNX Runtime or PyTorch do) or each in a Python process of its own
+    (``instance_kind="process"``: for pure-Python or other GIL-holding functions, which threads would
+    run one at a time). A process instance imports the function by reference, as ``multiprocessing``'s
+    spawn does: bind a module-level function or a picklable callable (a lambda or a closure is refused
+    at bind time), and keep a script's serving code under ``if __name__ == "__main__":``. A process
+    instance that dies, or is killed past ``timeout_s``, fails its call with UNAVAILABLE and starts again.
+    """
 
     batching: bool = True
     max_batch_size: int = 4
@@ -85,6 +95,8 @@ class ModelConfig:
     # Seconds one call may take: past it the client gets UNAVAILABLE and the call is sent TimeoutError
     # (it lands at the function's next Python line; a call blocked in C code keeps its thread until it returns).
     timeout_s: Optional[float] = None
+    # "thread" or "process": where the instances run (see above).
+    instance_kind: str = "thread"
 
 
 def _tensor_text(kind: str, tensor: Tensor) -> str:
@@ -98,6 +110,8 @@ def config_text(name: str, backend: str, inputs: List[Tensor], outputs: List[Ten
     """The ``config.pbtxt`` text of a bound model."""
     if config.instance_count < 1:
         raise ValueError("instance_count must be at least 1")
+    if config.instance_kind not in ("thread", "process"):
+        raise ValueError(f"instance_kind must be 'thread' or 'process', not {config.instance_kind!r}")
     batching = config.batching and config.max_batch_size > 0
     lines = [f"name: {json.dumps(name)}", f"backend: {json.dumps(backend)}", f"max_batch_size: {config.max_batch_size if batching else 0}"]
     lines += [_tensor_text("input", t) for t in inputs]

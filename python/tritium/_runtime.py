@@ -112,6 +112,8 @@ def invoke(binding: Binding, inputs, decoupled: bool, parameters=None):
     """One execution: the answer's tensors, or for a decoupled model an iterator of them. The
     request's parameters are ``request.parameters`` (the dynamic batcher merges only requests
     whose parameters are the same)."""
+    if not isinstance(binding, Binding):  # process instances (tritium._process)
+        return binding.invoke(inputs, decoupled, parameters)
     request = Request({name: _array(datatype, shape, payload) for name, datatype, shape, payload in inputs}, parameters)
     answers = binding.func([request])
     if inspect.isawaitable(answers):
