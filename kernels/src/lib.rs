@@ -10,8 +10,9 @@
 //! standard AVX2 trick (`sign` + `maddubs` + `madd`), selected at run time; other CPUs get a
 //! portable kernel with exactly the same integer sums and roundings.
 //!
-//! Also here: the decode step's causal attention over a KV cache ([`causal_attention`]) and the
-//! thread pool the products split over ([`ThreadPool`]).
+//! Also here: a dense f32 product with the same guarantee ([`F32Matrix`]), causal attention over a KV cache ([`causal_attention`]), batch-invariant (a row's
+//! result does not depend on the rows computed with it), and the thread pool the products split
+//! over ([`ThreadPool`]).
 //!
 //! ```
 //! use tritium_kernels::{Q8_0Matrix, Q8_0Rows, ThreadPool};
@@ -29,8 +30,10 @@
 //! ```
 
 mod attention;
+mod attention_rows;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod dense;
 mod matmul;
 mod operands;
 mod packed;
@@ -43,9 +46,12 @@ mod tests;
 #[cfg(test)]
 mod tests_attention;
 #[cfg(test)]
+mod tests_invariance;
+#[cfg(test)]
 mod tests_pool;
 
 pub use attention::{AttentionDims, Heads, PagedHeads, causal_attention, paged_causal_attention};
+pub use dense::F32Matrix;
 pub use matmul::{Q8_0Matrix, matmul_q8_0};
 pub use parallel::{Parallel, ScopedThreads, Serial};
 pub use pool::ThreadPool;

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use crate::{AttentionDims, Heads, PagedHeads, causal_attention, paged_causal_attention};
+use crate::{AttentionDims, Heads, PagedHeads, Serial, causal_attention, paged_causal_attention};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect()
@@ -20,7 +20,7 @@ fn matches_a_naive_softmax_with_grouped_heads_and_strided_caches() {
         let dims = AttentionDims { heads, kv_heads, head_dim, cached, new };
         let mut out = vec![f32::NAN; new * heads * head_dim];
         let kv = |data| Heads { data, head_stride: capacity * head_dim };
-        causal_attention(Heads { data: &q, head_stride: q_stride }, kv(&k), kv(&v), dims, scale, &mut out).unwrap();
+        causal_attention(Heads { data: &q, head_stride: q_stride }, kv(&k), kv(&v), dims, scale, &mut out, &Serial).unwrap();
 
         let group = heads / kv_heads;
         for h in 0..heads {
@@ -52,12 +52,18 @@ fn refuses_buffers_too_small() {
     let kv = vec![0f32; 2 * 4 * 8];
     let heads = |data| Heads { data, head_stride: 4 * 8 };
     let mut out = vec![0f32; 4 * 8];
-    assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv), heads(&kv), dims, 1.0, &mut out).is_ok());
-    assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv[1..]), heads(&kv), dims, 1.0, &mut out).is_err());
-    assert!(causal_attention(Heads { data: &q[1..], head_stride: 8 }, heads(&kv), heads(&kv), dims, 1.0, &mut out).is_err());
-    assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv), heads(&kv), dims, 1.0, &mut out[1..]).is_err());
+    assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv), heads(&kv), dims, 1.0, &mut out, &Serial).is_ok());
+    assert!(
+        causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv[1..]), heads(&kv), dims, 1.0, &mut out, &Serial).is_err()
+    );
+    assert!(
+        causal_attention(Heads { data: &q[1..], head_stride: 8 }, heads(&kv), heads(&kv), dims, 1.0, &mut out, &Serial).is_err()
+    );
+    assert!(
+        causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv), heads(&kv), dims, 1.0, &mut out[1..], &Serial).is_err()
+    );
     let bad = AttentionDims { heads: 3, ..dims };
-    assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv), heads(&kv), bad, 1.0, &mut out).is_err());
+    assert!(causal_attention(Heads { data: &q, head_stride: 8 }, heads(&kv), heads(&kv), bad, 1.0, &mut out, &Serial).is_err());
 }
 
 /// The same cache laid out in scattered blocks gives bit-for-bit the same output as the
@@ -90,17 +96,17 @@ fn a_paged_cache_gives_the_contiguous_result_and_a_bad_table_is_refused() {
         let query = Heads { data: &q, head_stride: new * head_dim };
         let mut contiguous = vec![0f32; new * heads * head_dim];
         let flat = |data| Heads { data, head_stride: total * head_dim };
-        causal_attention(query, flat(&k), flat(&v), dims, 0.25, &mut contiguous).unwrap();
+        causal_attention(query, flat(&k), flat(&v), dims, 0.25, &mut contiguous, &Serial).unwrap();
         let mut paged = vec![0f32; new * heads * head_dim];
         let table = |data| PagedHeads { data, head_stride: capacity * head_dim, rows: &rows };
-        paged_causal_attention(query, table(&paged_k), table(&paged_v), dims, 0.25, &mut paged).unwrap();
+        paged_causal_attention(query, table(&paged_k), table(&paged_v), dims, 0.25, &mut paged, &Serial).unwrap();
         assert_eq!(paged, contiguous, "cached {cached} new {new}");
 
         let mut past_the_end = rows.clone();
         past_the_end[0] = capacity as u32;
         let bad = PagedHeads { data: &paged_k, head_stride: capacity * head_dim, rows: &past_the_end };
-        assert!(paged_causal_attention(query, bad, table(&paged_v), dims, 0.25, &mut paged).is_err());
+        assert!(paged_causal_attention(query, bad, table(&paged_v), dims, 0.25, &mut paged, &Serial).is_err());
         let short = PagedHeads { rows: &rows[..total - 1], ..table(&paged_k) };
-        assert!(paged_causal_attention(query, short, table(&paged_v), dims, 0.25, &mut paged).is_err());
+        assert!(paged_causal_attention(query, short, table(&paged_v), dims, 0.25, &mut paged, &Serial).is_err());
     }
 }

@@ -1,17 +1,20 @@
-//! A decoding sequence's attention on the CPU, straight over the tensors' buffers with
-//! `tritium-kernels`' loop instead of a dozen candle ops (slice, copy, two matmuls, softmax,
-//! reshapes) per sequence and layer. For one new position those ops cost far more in overhead
-//! than in arithmetic, and a batched step pays them once per sequence, so they were most of
-//! what a batch costs beyond its matmuls. (candle's f32 matmul also asks `num_cpus` for the
-//! physical core count on every call, which reads `/proc/cpuinfo`.)
+//! Attention on the CPU, straight over the tensors' buffers with `tritium-kernels`' loops, for
+//! decode rows and prompt chunks alike. One kernel for both is what makes a token's logits
+//! independent of how its prompt was computed: the kernel gives a query row the same bits
+//! whatever rows share its call (see `tritium_kernels::causal_attention`), where candle's GEMM
+//! and softmax would sum in an order that depends on the chunk's shape, so a prompt prefilled
+//! cold, in other chunks or over a prefix-cache hit would answer differently. (It also skips a
+//! dozen candle ops per sequence and layer whose overhead was most of a decode step's cost
+//! beyond its matmuls.) Speculative verification of k+1 positions, when it comes, must go
+//! through this same path, so verified positions get the logits decoding them would.
 
 use candle_core::{DType, Result, Storage, Tensor};
-use tritium_kernels::{AttentionDims, Heads, PagedHeads, paged_causal_attention};
+use tritium_kernels::{AttentionDims, Heads, PagedHeads, ThreadPool, paged_causal_attention};
 
-/// Whether [`attend`] takes a sequence that feeds `new` positions: decode rows on the CPU. A
-/// prompt chunk stays with candle, whose GEMM is the faster for many rows at once.
-pub(crate) fn applies(q: &Tensor, new: usize) -> bool {
-    new == 1 && q.device().is_cpu() && q.dtype() == DType::F32
+/// Whether [`attend`] takes these queries: F32 on the CPU (every CPU model: the KV store has
+/// the embeddings' type, F32 there).
+pub(crate) fn applies(q: &Tensor) -> bool {
+    q.device().is_cpu() && q.dtype() == DType::F32
 }
 
 /// One layer of the paged KV store and a sequence's rows in it.
@@ -40,7 +43,7 @@ pub(crate) fn attend(q: &Tensor, offset: usize, kv: Paged<'_>, cached: usize, sc
             with_rows(kv.values, head_dim, |v_data, v_stride| {
                 let k = PagedHeads { data: k_data, head_stride: k_stride, rows: kv.rows };
                 let v = PagedHeads { data: v_data, head_stride: v_stride, rows: kv.rows };
-                paged_causal_attention(q, k, v, dims, scale, out).map_err(candle_core::Error::wrap)
+                paged_causal_attention(q, k, v, dims, scale, out, ThreadPool::global()).map_err(candle_core::Error::wrap)
             })
         })
     })

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::config::{DecoderConfig, RopeStyle, rope_inverse_frequencies};
 use super::cpu_attention;
+use super::dense::F32Linear;
 use super::paged_kv::{KvLayout, KvStore};
 use super::q8_0::Q8_0Linear;
 use crate::block_pool::BlockId;
@@ -21,12 +22,14 @@ pub(crate) struct Linear {
     pub bias: Option<Tensor>,
 }
 
-/// Who multiplies a projection's weights: our tiled kernel for Q8_0 on x86 CPUs, candle for
-/// everything else.
+/// Who multiplies a projection's weights: our tiled kernel for Q8_0 on x86 CPUs, our dense one
+/// for float weights on the CPU (both batch-invariant), candle for everything else (other GGUF
+/// block types, whose CPU products are one dot product per row and column; GPUs).
 #[derive(Debug)]
 pub(crate) enum Projection {
     Candle(QMatMul),
     Q8_0(Q8_0Linear),
+    F32(F32Linear),
 }
 
 impl Linear {
@@ -34,6 +37,7 @@ impl Linear {
         let y = match &self.weight {
             Projection::Candle(weight) => weight.forward(x)?,
             Projection::Q8_0(weight) => weight.forward(x)?,
+            Projection::F32(weight) => weight.forward(x)?,
         };
         match &self.bias {
             Some(bias) => y.broadcast_add(bias),
@@ -78,7 +82,7 @@ pub(crate) struct SequenceInput<'a> {
 struct Placement {
     /// Physical rows of positions `0..cached + n`.
     rows: Vec<u32>,
-    /// The same as a tensor, for gathering (prompt chunks and non-CPU devices).
+    /// The same as a tensor, for gathering (devices other than the CPU).
     index: Option<Tensor>,
 }
 
@@ -161,8 +165,8 @@ impl DecoderModel {
             positions.extend((start..total).map(|p| p as u32));
             last_rows.push((tokens.len() - 1) as u32);
             let rows = kv.rows(input.blocks, total)?;
-            // Decode rows on the CPU read the store in place; everything else gathers.
-            let in_place = input.tokens.len() == 1 && self.device.is_cpu() && self.weights.embeddings.dtype() == DType::F32;
+            // The CPU reads the store in place (`cpu_attention`); other devices gather.
+            let in_place = self.device.is_cpu() && self.weights.embeddings.dtype() == DType::F32;
             let index = if in_place { None } else { Some(Tensor::new(rows.as_slice(), &self.device)?) };
             placements.push(Placement { rows, index });
         }
@@ -219,7 +223,7 @@ impl DecoderModel {
             kv.write(layer_index, &placement.rows[start..], &k.narrow(1, offset, n)?, &v.narrow(1, offset, n)?)?;
             let rows_out = offset * width..(offset + n) * width;
             match (buffer.as_mut(), &placement.index) {
-                (Some(buffer), None) if cpu_attention::applies(&q, n) => {
+                (Some(buffer), None) if cpu_attention::applies(&q) => {
                     let (keys, values) = kv.layer(layer_index)?;
                     let paged = cpu_attention::Paged { keys, values, rows: &placement.rows };
                     cpu_attention::attend(&q, offset, paged, start, scale as f32, &mut buffer[rows_out])?;

@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 
 use super::config::{DecoderConfig, RopeStyle};
 use super::decoder::{Layer, Linear, Projection, Weights};
+use super::dense::F32Linear;
 use super::q8_0::Q8_0Linear;
 
 /// The `general.architecture`s this engine runs from GGUF (mistral GGUFs say `llama`).
@@ -181,16 +182,23 @@ pub(crate) fn load_weights(
 }
 
 fn linear_from(weight: Arc<QTensor>, bias: Option<Tensor>, q8_0: Q8_0Kernel) -> Result<Linear, String> {
-    let tiled = match q8_0 {
-        Q8_0Kernel::Tiled => Q8_0Linear::from_qtensor(&weight)?,
-        Q8_0Kernel::Candle => None,
-    };
-    let weight = match tiled {
-        Some(kernel) => Projection::Q8_0(kernel),
-        None => Projection::Candle(QMatMul::from_arc(weight).map_err(|e| e.to_string())?),
-    };
-    Ok(Linear { weight, bias })
+    if q8_0 == Q8_0Kernel::Tiled {
+        if let Some(kernel) = Q8_0Linear::from_qtensor(&weight)? {
+            return Ok(Linear { weight: Projection::Q8_0(kernel), bias });
+        }
+        // Float matrices would go through candle's GEMM, whose sums follow the call's shape.
+        if FLOAT_TYPES.contains(&weight.dtype()) && weight.device().is_cpu() {
+            let dense = weight.dequantize(&Device::Cpu).map_err(|e| e.to_string())?;
+            if let Some(kernel) = F32Linear::from_tensor(&dense)? {
+                return Ok(Linear { weight: Projection::F32(kernel), bias });
+            }
+        }
+    }
+    Ok(Linear { weight: Projection::Candle(QMatMul::from_arc(weight).map_err(|e| e.to_string())?), bias })
 }
+
+/// GGUF matrices stored as floats, which candle multiplies densely.
+const FLOAT_TYPES: &[GgmlDType] = &[GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16];
 
 fn dequantized(tensor: QTensor, device: &Device) -> Result<Tensor, String> {
     tensor.dequantize(device).map_err(|e| e.to_string())

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::DecoderConfig;
 use super::decoder::{Layer, Linear, Projection, Weights};
+use super::dense::F32Linear;
 
 pub(crate) fn read_config(dir: &Path) -> Result<DecoderConfig, String> {
     let path = dir.join("config.json");
@@ -41,11 +42,11 @@ pub(crate) fn load_weights(dir: &Path, config: &DecoderConfig, device: &Device) 
     let linear = |prefix: &str, bias: bool| -> Result<Linear, String> {
         let weight = load(&format!("{prefix}.weight"))?;
         let bias = if bias { Some(load(&format!("{prefix}.bias"))?) } else { None };
-        Ok(Linear { weight: Projection::Candle(QMatMul::Tensor(weight)), bias })
+        Ok(Linear { weight: projection(weight)?, bias })
     };
     let embeddings = load("model.embed_tokens.weight")?;
     let lm_head = if config.tie_word_embeddings || tensors.get("lm_head.weight").is_err() {
-        Linear { weight: Projection::Candle(QMatMul::Tensor(embeddings.clone())), bias: None }
+        Linear { weight: projection(embeddings.clone())?, bias: None }
     } else {
         linear("lm_head", false)?
     };
@@ -66,4 +67,12 @@ pub(crate) fn load_weights(dir: &Path, config: &DecoderConfig, device: &Device) 
         });
     }
     Ok(Weights { embeddings, layers, norm: load("model.norm.weight")?, lm_head })
+}
+
+/// Dense weights on the CPU go to the batch-invariant kernel (`dense.rs`), elsewhere to candle.
+fn projection(weight: Tensor) -> Result<Projection, String> {
+    Ok(match F32Linear::from_tensor(&weight)? {
+        Some(dense) => Projection::F32(dense),
+        None => Projection::Candle(QMatMul::Tensor(weight)),
+    })
 }

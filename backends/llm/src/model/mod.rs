@@ -4,6 +4,7 @@
 mod config;
 mod cpu_attention;
 mod decoder;
+mod dense;
 mod gguf;
 mod hf;
 mod paged_kv;

@@ -60,8 +60,15 @@ fn gguf_logits_match_candles_quantized_llama_and_france_gives_paris() {
         candle_transformers::models::quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
     let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let theirs = reference.forward(&input, 0).unwrap();
+    // The same weights and products as candle's; attention is our batch-invariant kernel, whose
+    // sums run in another order than candle's GEMM and softmax. Each activation is then quantized
+    // per 32 values before the next product (Q8_1 for Q4_1 weights), where a last-bit difference
+    // that crosses a rounding boundary moves a value by a whole step, so the logits (~20) end a
+    // few tenths apart (as `the_tiled_kernel_and_cpu_attention_give_candles_tokens` explains);
+    // the tokens must agree.
     let diff = max_abs_diff(&ours, &theirs);
-    assert!(diff < 1e-3, "logits differ from candle's quantized_llama by {diff}");
+    assert!(diff < 1.5, "logits differ from candle's quantized_llama by {diff}");
+    assert_eq!(argmax_rows(&ours).unwrap(), argmax_rows(&theirs.reshape((1, ())).unwrap()).unwrap());
 
     let next = argmax_rows(&ours).unwrap()[0];
     assert_eq!(tokenizer(&card).decode(&[next], false).unwrap(), " Paris");
