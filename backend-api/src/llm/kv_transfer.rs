@@ -125,7 +125,7 @@ impl KvExport {
             Some(sequence) => loop {
                 match sequence.next().await {
                     Some(Err(error)) => break Some(error),
-                    Some(Ok(GenerateEvent::Token(_))) => continue,
+                    Some(Ok(GenerateEvent::Token(_) | GenerateEvent::PromptLogprobs(_))) => continue,
                     Some(Ok(GenerateEvent::Finished { .. })) | None => break None,
                 }
             },

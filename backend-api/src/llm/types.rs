@@ -70,6 +70,10 @@ pub struct GenerateRequest {
     pub logprobs: Option<u32>,
     /// A grammar the output must follow (structured output).
     pub constraint: Option<Constraint>,
+    /// `Some(n)`: also score the prompt, each position after the first with its log-probability
+    /// and the `n` most likely alternatives ([`GenerateEvent::PromptLogprobs`], before the first
+    /// token). The whole prompt is computed then, not taken from the prefix cache.
+    pub prompt_logprobs: Option<u32>,
 }
 
 /// Why a sequence ended, in OpenAI's words.
@@ -107,9 +111,23 @@ pub struct GeneratedToken {
     pub prompt_cached: Option<u32>,
 }
 
+/// One prompt position scored under the model given the positions before it: the raw
+/// distribution, with no penalty or temperature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptLogprob {
+    pub logprob: f32,
+    /// 1 for the most likely token; one more for each token more likely than this one.
+    pub rank: u32,
+    /// The most likely tokens at this position, most likely first.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
 /// What a generation stream yields: tokens as they are made, then exactly one `Finished`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerateEvent {
+    /// When the request asked for them, once, before the first token: the prompt's positions
+    /// `1..` scored in order (the first position has nothing before it).
+    PromptLogprobs(Vec<PromptLogprob>),
     Token(GeneratedToken),
     Finished {
         reason: FinishReason,

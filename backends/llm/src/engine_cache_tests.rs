@@ -35,6 +35,7 @@ pub(super) fn request(tokenizer: &tokenizers::Tokenizer, text: &str, max_tokens:
         logprobs: Some(3),
         model_version: None,
         constraint: None,
+        prompt_logprobs: None,
     }
 }
 
@@ -45,6 +46,7 @@ pub(super) async fn run(stream: TokenStream) -> (Vec<GeneratedToken>, u32, Finis
     while let Some(event) = stream.next().await {
         match event.unwrap() {
             GenerateEvent::Token(token) => tokens.push(token),
+            GenerateEvent::PromptLogprobs(_) => {}
             GenerateEvent::Finished { cached_tokens, reason, .. } => return (tokens, cached_tokens, reason),
         }
     }

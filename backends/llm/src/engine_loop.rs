@@ -20,6 +20,7 @@ use super::block_pool::{BlockId, BlockPool};
 use super::engine_state::{Counters, Shared};
 use super::model::SequenceInput;
 use super::offload::OffloadTier;
+use super::prompt_scores;
 use super::sequence::{Running, Sampled, sample_next};
 use super::step_model::StepModel;
 use tritium_backend_api::kv::{BlockHash, block_hashes};
@@ -73,8 +74,9 @@ impl EngineLoop {
     /// Where a sequence over `tokens` can start: the cached blocks in the pool, then the blocks
     /// after them in the offload tier (never its whole prompt: the last position is always
     /// computed, for its logits); and the blocks it needs beyond those in the pool.
-    fn plan(&self, tokens: &[u32], hashes: &[BlockHash], imported: Option<&ImportedBlocks>) -> Plan {
-        let limit = (tokens.len() - 1) / self.block_size();
+    /// `reusable` caps the blocks taken from anywhere (a prompt being scored needs its rows).
+    fn plan(&self, tokens: &[u32], hashes: &[BlockHash], imported: Option<&ImportedBlocks>, reusable: usize) -> Plan {
+        let limit = ((tokens.len() - 1) / self.block_size()).min(reusable);
         let mut reused = self.pool.longest_prefix(tokens, hashes);
         reused.truncate(limit);
         let (restore, strongs) = match &self.offload {
@@ -114,7 +116,7 @@ impl EngineLoop {
                     continue;
                 }
                 let hashes = block_hashes(&front.tokens, self.block_size());
-                let plan = self.plan(&front.tokens, &hashes, None);
+                let plan = self.plan(&front.tokens, &hashes, None, front.reusable_blocks(self.block_size()));
                 if !self.fits(&plan) {
                     break;
                 }
@@ -123,7 +125,8 @@ impl EngineLoop {
             }
             while self.running.len() < max_sequences && self.preempted.is_empty() {
                 let Some(front) = queue.waiting.front() else { break };
-                let plan = self.plan(&front.request.prompt, &front.hashes, front.imported.as_ref());
+                let reusable = if front.request.prompt_logprobs.is_some() { 0 } else { usize::MAX };
+                let plan = self.plan(&front.request.prompt, &front.hashes, front.imported.as_ref(), reusable);
                 if !self.fits(&plan) {
                     break;
                 }
@@ -304,6 +307,7 @@ impl EngineLoop {
         self.spill_evicted();
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;
+        let mut scores = Vec::new();
         let logits = {
             let inputs: Vec<SequenceInput<'_>> = feeds
                 .iter()
@@ -312,8 +316,39 @@ impl EngineLoop {
                     SequenceInput { tokens: &s.tokens[s.fed..s.fed + n], cached: s.fed, blocks: &s.blocks }
                 })
                 .collect();
-            self.model.forward(&inputs)
+            let running = &self.running;
+            // A scored row predicts a prompt token not scored yet.
+            let scored = |index: usize, position: usize| {
+                let s = &running[index];
+                s.scorer.as_ref().is_some_and(|scorer| position >= scorer.next_row() && position + 1 < s.prompt_len)
+            };
+            let score: Vec<bool> = feeds
+                .iter()
+                .map(|&(index, n)| {
+                    let s = &running[index];
+                    let first = s.scorer.as_ref().map_or(s.fed, |scorer| scorer.next_row().max(s.fed));
+                    first < s.fed + n && scored(index, first)
+                })
+                .collect();
+            if score.contains(&true) {
+                let mut on_row = |feed: usize, row: usize, logits: &[f32]| {
+                    let index = feeds[feed].0;
+                    let position = running[index].fed + row;
+                    if let Some(scorer) = running[index].scorer.as_ref().filter(|_| scored(index, position)) {
+                        let next = running[index].tokens[position + 1];
+                        scores.push((index, position, prompt_scores::score_row(logits, next, scorer.top())));
+                    }
+                };
+                self.model.forward_scoring(&inputs, &score, &mut on_row)
+            } else {
+                self.model.forward(&inputs)
+            }
         };
+        for (index, position, score) in scores {
+            if let Some(scorer) = self.running[index].scorer.as_mut() {
+                scorer.record(position, score);
+            }
+        }
         counters.steps.fetch_add(1, Ordering::Relaxed);
         counters.rows.fetch_add(feeds.len() as u64, Ordering::Relaxed);
         let logits = match logits {
@@ -341,6 +376,10 @@ impl EngineLoop {
             }
             if sequence.fed < sequence.tokens.len() {
                 continue;
+            }
+            if let Some(scorer) = sequence.scorer.take() {
+                // Before the first token; a client gone by now is noticed when it is sent.
+                let _ = sequence.sender.send(Ok(GenerateEvent::PromptLogprobs(scorer.into_scores())));
             }
             match sample_next(sequence, row, &self.card, context_length, counters) {
                 Sampled::GoOn => {}

@@ -32,6 +32,7 @@ fn greedy(tokenizer: &tokenizers::Tokenizer, prompt: &str, max_tokens: u32) -> G
         logprobs: None,
         model_version: None,
         constraint: None,
+        prompt_logprobs: None,
     }
 }
 
@@ -50,6 +51,7 @@ async fn drain_counted(mut stream: TokenStream) -> (Vec<u32>, FinishReason, u32)
     while let Some(event) = stream.next().await {
         match event.unwrap() {
             GenerateEvent::Token(token) => tokens.push(token.id),
+            GenerateEvent::PromptLogprobs(_) => {}
             GenerateEvent::Finished { reason, completion_tokens, .. } => return (tokens, reason, completion_tokens),
         }
     }

@@ -35,6 +35,9 @@ mod kv_transfer_tests;
 pub mod mock;
 mod model;
 mod offload;
+mod prompt_scores;
+#[cfg(test)]
+mod prompt_scores_tests;
 mod sampler;
 mod sequence;
 mod step_model;

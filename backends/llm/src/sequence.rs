@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::block_pool::{BlockId, BlockPool};
 use super::constraint::Constrained;
 use super::engine_state::{Counters, EventSender, Waiting};
+use super::prompt_scores::PromptScorer;
 use super::sampler::Sampler;
 use super::step_model::StepModel;
 use crate::export::ExportSink;
@@ -29,6 +30,8 @@ pub(super) struct Running {
     pub cached_tokens: usize,
     pub max_new: usize,
     pub sampler: Sampler,
+    /// The prompt's scores, while they are being computed (when the request asked for them).
+    pub scorer: Option<PromptScorer>,
     pub constraint: Option<Constrained>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
@@ -46,6 +49,7 @@ impl Running {
         let Waiting { request, constraint, sender, submitted, max_new, export, .. } = waiting;
         Running {
             sampler: Sampler::new(&request.sampling, request.logprobs, &request.prompt),
+            scorer: request.prompt_logprobs.map(PromptScorer::new),
             constraint,
             fed: 0,
             blocks: Vec::new(),
@@ -84,6 +88,12 @@ impl Running {
             export.next += 1;
         }
         Ok(())
+    }
+
+    /// How many leading blocks it may take from the cache: all of them, unless its prompt is
+    /// being scored, which needs the logits of every row not scored yet.
+    pub(super) fn reusable_blocks(&self, block_size: usize) -> usize {
+        self.scorer.as_ref().map_or(usize::MAX, |scorer| scorer.next_row() / block_size)
     }
 
     pub(super) fn generated(&self) -> usize {

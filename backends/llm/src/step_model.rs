@@ -12,11 +12,26 @@ pub(crate) trait StepModel: Send + 'static {
     /// Feeds each sequence its tokens (positions `cached..`), writing their keys and values into
     /// the sequence's blocks; the logits after each sequence's last token, in order.
     fn forward(&mut self, inputs: &[SequenceInput<'_>]) -> Result<Vec<Vec<f32>>, String>;
+    /// [`forward`](Self::forward), and besides, for each sequence whose `score` is set, the
+    /// logits of every row it fed, handed to `on_row(sequence, row, logits)` in order a few rows
+    /// at a time (prompt scoring), so no vocabulary-sized row outlives its turn.
+    fn forward_scoring(
+        &mut self,
+        inputs: &[SequenceInput<'_>],
+        score: &[bool],
+        on_row: OnRow<'_>,
+    ) -> Result<Vec<Vec<f32>>, String>;
     /// Block `id`'s keys and values as f32 (see `KvStore::read_block`).
     fn read_block(&self, id: BlockId) -> Result<Vec<f32>, String>;
     /// Writes what [`read_block`](Self::read_block) gave back into block `id`.
     fn write_block(&mut self, id: BlockId, data: &[f32]) -> Result<(), String>;
 }
+
+/// Receives scored rows: the sequence's index in the batch, the row within what it fed, logits.
+pub(crate) type OnRow<'a> = &'a mut dyn FnMut(usize, usize, &[f32]);
+
+/// Rows of logits made at once while scoring: 16 rows of a 150k vocabulary are 10 MB.
+const SCORED_ROWS_AT_ONCE: usize = 16;
 
 /// The sizes the engine front needs before the loop starts.
 #[derive(Debug, Clone)]
@@ -54,6 +69,33 @@ impl CandleStep {
 impl StepModel for CandleStep {
     fn forward(&mut self, inputs: &[SequenceInput<'_>]) -> Result<Vec<Vec<f32>>, String> {
         self.model.forward(&self.kv, inputs).and_then(|logits| logits.to_vec2::<f32>()).map_err(|e| e.to_string())
+    }
+
+    fn forward_scoring(
+        &mut self,
+        inputs: &[SequenceInput<'_>],
+        score: &[bool],
+        on_row: OnRow<'_>,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let mut run = || -> candle_core::Result<Vec<Vec<f32>>> {
+            let (hidden, last_rows) = self.model.hidden(&self.kv, inputs)?;
+            let mut start = 0u32;
+            for (index, input) in inputs.iter().enumerate() {
+                let fed = input.tokens.len() as u32;
+                if score.get(index).copied().unwrap_or(false) {
+                    let rows: Vec<u32> = (start..start + fed).collect();
+                    for (chunk_index, chunk) in rows.chunks(SCORED_ROWS_AT_ONCE).enumerate() {
+                        let logits = self.model.logits_of_rows(&hidden, chunk)?.to_vec2::<f32>()?;
+                        for (offset, row) in logits.iter().enumerate() {
+                            on_row(index, chunk_index * SCORED_ROWS_AT_ONCE + offset, row);
+                        }
+                    }
+                }
+                start += fed;
+            }
+            self.model.logits_of_rows(&hidden, &last_rows)?.to_vec2::<f32>()
+        };
+        run().map_err(|e| e.to_string())
     }
 
     fn read_block(&self, id: BlockId) -> Result<Vec<f32>, String> {

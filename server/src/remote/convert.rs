@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tritium_backend_api::llm::{
-    Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, SamplingOptions, StopOptions,
-    TransferLayout,
+    Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, PromptLogprob, SamplingOptions,
+    StopOptions, TransferLayout,
 };
 use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
@@ -85,7 +85,7 @@ pub fn response_from_proto(response: ModelInferResponse, is_final: bool) -> Resu
 }
 
 pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::GenerateRequest {
-    let GenerateRequest { model_version, prompt, sampling, stop, logprobs, constraint } = request;
+    let GenerateRequest { model_version, prompt, sampling, stop, logprobs, constraint, prompt_logprobs } = request;
     pb::GenerateRequest {
         model: model.to_string(),
         version: model_version,
@@ -108,6 +108,7 @@ pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::G
         logprobs,
         constraint: constraint.map(constraint_to_proto),
         prefill: None,
+        prompt_logprobs,
     }
 }
 
@@ -184,6 +185,7 @@ pub fn generate_request_from_proto(request: pb::GenerateRequest) -> GenerateRequ
         stop,
         logprobs: request.logprobs,
         constraint: request.constraint.and_then(constraint_from_proto),
+        prompt_logprobs: request.prompt_logprobs,
     }
 }
 
@@ -194,6 +196,19 @@ pub fn event_to_proto(event: GenerateEvent) -> pb::GenerateEvent {
             logprob: token.logprob,
             top_logprobs: token.top_logprobs.into_iter().map(|(id, logprob)| pb::TopLogprob { id, logprob }).collect(),
             prompt_cached: token.prompt_cached,
+            rank: None,
+        }),
+        GenerateEvent::PromptLogprobs(scores) => pb::generate_event::Event::PromptLogprobs(pb::PromptLogprobs {
+            positions: scores
+                .into_iter()
+                .map(|score| pb::Token {
+                    id: 0,
+                    logprob: Some(score.logprob),
+                    top_logprobs: score.top_logprobs.into_iter().map(|(id, logprob)| pb::TopLogprob { id, logprob }).collect(),
+                    prompt_cached: None,
+                    rank: Some(score.rank),
+                })
+                .collect(),
         }),
         GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens, queued_for } => {
             pb::generate_event::Event::Finished(pb::Finished {
@@ -217,6 +232,17 @@ pub fn event_from_proto(event: pb::GenerateEvent) -> Result<GenerateEvent, Strin
             top_logprobs: token.top_logprobs.into_iter().map(|t| (t.id, t.logprob)).collect(),
             prompt_cached: token.prompt_cached,
         })),
+        Some(pb::generate_event::Event::PromptLogprobs(scores)) => Ok(GenerateEvent::PromptLogprobs(
+            scores
+                .positions
+                .into_iter()
+                .map(|score| PromptLogprob {
+                    logprob: score.logprob.unwrap_or(f32::NEG_INFINITY),
+                    rank: score.rank.unwrap_or(u32::MAX),
+                    top_logprobs: score.top_logprobs.into_iter().map(|t| (t.id, t.logprob)).collect(),
+                })
+                .collect(),
+        )),
         Some(pb::generate_event::Event::Finished(finished)) => {
             let reason = match finished.reason.as_str() {
                 "stop" => FinishReason::Stop,
@@ -250,12 +276,14 @@ mod tests {
             logprobs: Some(2),
             model_version: Some(3),
             constraint: Some(Constraint::Choice(vec!["yes".into(), "no".into()])),
+            prompt_logprobs: Some(1),
         };
         let wire = generate_request_to_proto("m", request.clone());
         assert_eq!((wire.model.as_str(), wire.version), ("m", Some(3)));
         assert_eq!(generate_request_from_proto(wire), request);
 
         let events = [
+            GenerateEvent::PromptLogprobs(vec![PromptLogprob { logprob: -2.5, rank: 3, top_logprobs: vec![(7, -0.25)] }]),
             GenerateEvent::Token(GeneratedToken {
                 id: 5,
                 logprob: Some(-0.5),

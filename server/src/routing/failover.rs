@@ -189,6 +189,11 @@ impl Migration {
                 event = stream.next() => event,
             };
             match event {
+                Some(Ok(GenerateEvent::PromptLogprobs(scores))) => {
+                    if sender.send(Ok(GenerateEvent::PromptLogprobs(scores))).is_err() {
+                        return;
+                    }
+                }
                 Some(Ok(GenerateEvent::Token(token))) => {
                     self.generated.push(token.id);
                     if sender.send(Ok(GenerateEvent::Token(token))).is_err() {
@@ -238,6 +243,10 @@ impl Migration {
     async fn restart(&mut self, router: &Router) -> Option<(Member, TokenStream)> {
         let mut next = self.request.clone();
         next.prompt.extend_from_slice(&self.generated);
+        // The prompt's scores went out before its first token; the tokens after it are not prompt.
+        if !self.generated.is_empty() {
+            next.prompt_logprobs = None;
+        }
         let done = u32::try_from(self.generated.len()).unwrap_or(u32::MAX);
         next.stop.max_tokens = next.stop.max_tokens.map(|max| max.saturating_sub(done));
         next.stop.min_tokens = next.stop.min_tokens.saturating_sub(done);

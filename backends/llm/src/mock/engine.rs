@@ -20,7 +20,7 @@ use crate::block_pool::BlockId;
 use crate::engine::LlmEngine;
 use crate::engine_state::EngineOptions;
 use crate::model::SequenceInput;
-use crate::step_model::{ModelShape, StepModel};
+use crate::step_model::{ModelShape, OnRow, StepModel};
 use tritium_backend_api::kv::KvEvent;
 use tritium_backend_api::llm::{
     EngineStats, GenerateError, GenerateRequest, ImportedBlocks, KvExport, LanguageModel, ModelCard, TokenStream, TransferLayout,
@@ -55,6 +55,20 @@ impl StepModel for SimulatedModel {
             + Duration::from_micros(self.prefill_us_per_token.saturating_mul(prefilled));
         std::thread::sleep(cost);
         Ok(inputs.iter().map(|input| logits(text_after(input.cached + input.tokens.len() - 1))).collect())
+    }
+
+    fn forward_scoring(
+        &mut self,
+        inputs: &[SequenceInput<'_>],
+        score: &[bool],
+        on_row: OnRow<'_>,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        for (index, input) in inputs.iter().enumerate().filter(|&(index, _)| score.get(index).copied().unwrap_or(false)) {
+            for row in 0..input.tokens.len() {
+                on_row(index, row, &logits(text_after(input.cached + row)));
+            }
+        }
+        self.forward(inputs)
     }
 
     fn read_block(&self, _: BlockId) -> Result<Vec<f32>, String> {

@@ -31,6 +31,7 @@ async fn collect(mut stream: TokenStream) -> (Vec<u32>, GenerateEvent) {
     while let Some(event) = stream.next().await {
         match event.unwrap() {
             GenerateEvent::Token(token) => tokens.push(token.id),
+            GenerateEvent::PromptLogprobs(_) => {}
             finished @ GenerateEvent::Finished { .. } => return (tokens, finished),
         }
     }
@@ -40,7 +41,7 @@ async fn collect(mut stream: TokenStream) -> (Vec<u32>, GenerateEvent) {
 fn reason(finished: &GenerateEvent) -> (FinishReason, u32, u32) {
     match finished {
         GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, .. } => (*reason, *prompt_tokens, *completion_tokens),
-        GenerateEvent::Token(_) => panic!("not finished: {finished:?}"),
+        GenerateEvent::Token(_) | GenerateEvent::PromptLogprobs(_) => panic!("not finished: {finished:?}"),
     }
 }
 

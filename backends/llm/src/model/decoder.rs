@@ -147,6 +147,21 @@ impl DecoderModel {
     /// sequences' blocks of `kv`, and returns the logits after each sequence's last token:
     /// `[sequences, vocab]`, F32.
     pub(crate) fn forward(&self, kv: &KvStore, batch: &[SequenceInput<'_>]) -> Result<Tensor> {
+        let (hidden, last_rows) = self.hidden(kv, batch)?;
+        self.logits_of_rows(&hidden, &last_rows)
+    }
+
+    /// The logits of the given rows of [`hidden`](Self::hidden)'s states: `[rows, vocab]`, F32.
+    pub(crate) fn logits_of_rows(&self, hidden: &Tensor, rows: &[u32]) -> Result<Tensor> {
+        let rows = Tensor::new(rows, &self.device)?;
+        let x = hidden.index_select(&rows, 0)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.weights.norm, self.config.rms_norm_eps as f32)?;
+        self.weights.lm_head.forward(&x)?.to_dtype(DType::F32)
+    }
+
+    /// The forward pass up to the final norm: every fed row's hidden state `[rows, hidden]`
+    /// (sequence after sequence, in batch order), and the row of each sequence's last token.
+    pub(crate) fn hidden(&self, kv: &KvStore, batch: &[SequenceInput<'_>]) -> Result<(Tensor, Vec<u32>)> {
         let c = &self.config;
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
@@ -184,10 +199,7 @@ impl DecoderModel {
             let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
             x = (x + layer.down.forward(&gated)?)?;
         }
-        let last_rows = Tensor::from_vec(last_rows, batch.len(), &self.device)?;
-        let last = x.index_select(&last_rows, 0)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.weights.norm, c.rms_norm_eps as f32)?;
-        self.weights.lm_head.forward(&last)?.to_dtype(DType::F32)
+        Ok((x, last_rows))
     }
 
     /// Self-attention of one layer for every sequence in the batch: `[rows, heads * head_dim]`.

@@ -16,6 +16,8 @@ mod throughput;
 mod test_kv;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_paths;
 
 use std::path::Path;
 

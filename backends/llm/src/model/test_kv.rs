@@ -55,6 +55,26 @@ impl TestKv {
         logits
     }
 
+    /// The keys and values of a sequence's blocks, as the offload tier and KV transfers read
+    /// them.
+    pub(crate) fn read_blocks(&self, sequence: &Sequence) -> Vec<Vec<f32>> {
+        sequence.blocks.iter().map(|&b| self.store.read_block(b).expect("a block reads")).collect()
+    }
+
+    /// A sequence of `len` positions whose blocks are new ones filled with `blocks` (read from
+    /// this store or another), as an offloaded prefix coming back or a transferred one arriving.
+    pub(crate) fn adopt(&mut self, blocks: &[Vec<f32>], len: usize) -> Sequence {
+        assert!(len <= blocks.len() * BLOCK, "{len} positions in {} blocks", blocks.len());
+        let mut sequence = Sequence { blocks: Vec::new(), len };
+        for data in blocks {
+            assert!((self.next as usize) < BLOCKS, "the test KV store is full");
+            self.store.write_block(self.next, data).expect("a block writes");
+            sequence.blocks.push(self.next);
+            self.next += 1;
+        }
+        sequence
+    }
+
     /// [`forward`](Self::forward) of one sequence.
     pub(crate) fn feed(&mut self, model: &DecoderModel, tokens: &[u32], sequence: &mut Sequence) -> Tensor {
         self.forward(model, &mut [(tokens, sequence)])

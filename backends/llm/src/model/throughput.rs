@@ -50,6 +50,7 @@ async fn rate(engine: &LlmEngine, prompts: &[Vec<u32>]) -> f64 {
         while let Some(event) = stream.next().await {
             match event.expect("generation works") {
                 GenerateEvent::Token(_) => tokens += 1,
+                GenerateEvent::PromptLogprobs(_) => {}
                 GenerateEvent::Finished { .. } => break,
             }
         }
