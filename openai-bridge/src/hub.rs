@@ -6,6 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tritium_backend_api::llm::{GenerateRequest, ModelKind, TokenStream};
+use tritium_backend_api::trace::RequestTrace;
+use tritium_backend_api::trace_context::TraceContext;
 
 use crate::BridgeError;
 use crate::preprocess::Preprocessor;
@@ -31,6 +33,13 @@ pub trait LlmHub: Send + Sync + 'static {
     async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
         let _ = request;
         Err(BridgeError::Unsupported { model: model.to_owned(), what: format!("routing to the named worker '{worker}'") })
+    }
+    /// A trace for one request to `model` when the server's sampler picks it (`caller`: the
+    /// caller's `traceparent`, whose trace the request continues); `None` (the default) when
+    /// tracing is off or the request is not sampled.
+    fn trace(&self, model: &str, caller: Option<TraceContext>) -> Option<RequestTrace> {
+        let _ = (model, caller);
+        None
     }
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError>;
     /// Cancelled when the server's grace period for requests in flight ends: every request still

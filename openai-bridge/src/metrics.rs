@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
-use tritium_backend_api::llm::{EngineStats, FinishReason};
+use tritium_backend_api::llm::{EngineStats, FinishReason, GenerateRequest};
+use tritium_backend_api::trace::{RequestTrace, TimestampKind};
 use tritium_proto::ErrorCode;
 
 use crate::BridgeError;
@@ -166,6 +167,8 @@ impl LlmMetrics {
             last_token: None,
             prompt_tokens: None,
             open: true,
+            trace: None,
+            completion_tokens: 0,
         }
     }
 
@@ -262,6 +265,10 @@ pub struct RequestObserver {
     last_token: Option<Instant>,
     prompt_tokens: Option<u32>,
     open: bool,
+    /// The request's trace when the sampler picked it: the observer writes the OpenTelemetry
+    /// GenAI attributes and the first token's event on it.
+    trace: Option<RequestTrace>,
+    completion_tokens: u32,
 }
 
 impl RequestObserver {
@@ -269,11 +276,55 @@ impl RequestObserver {
         [&self.model, self.protocol]
     }
 
+    /// Traces this request (`None`: not sampled): stamps its start now and names the model.
+    pub fn with_trace(mut self, trace: Option<RequestTrace>) -> RequestObserver {
+        if let Some(trace) = &trace {
+            trace.stamp(TimestampKind::RequestStart);
+            trace.set_attribute("gen_ai.request.model", self.model.clone());
+        }
+        self.trace = trace;
+        self
+    }
+
+    /// The request's trace, if it is sampled.
+    pub fn trace(&self) -> Option<&RequestTrace> {
+        self.trace.as_ref()
+    }
+
+    /// The generation's limits, on the trace (`gen_ai.request.*`).
+    pub fn request(&self, request: &GenerateRequest) {
+        if let Some(trace) = &self.trace {
+            if let Some(max) = request.stop.max_tokens {
+                trace.set_attribute("gen_ai.request.max_tokens", max);
+            }
+            trace.set_attribute("gen_ai.request.temperature", f64::from(request.sampling.temperature));
+            trace.set_attribute("gen_ai.request.top_p", f64::from(request.sampling.top_p));
+        }
+    }
+
+    /// Prompt tokens the engine found in its prefix cache, on the trace.
+    pub fn cached_tokens(&self, cached: u32) {
+        if let Some(trace) = &self.trace {
+            trace.set_attribute("tritium.prefix_cache.hit_tokens", cached);
+        }
+    }
+
+    fn end_trace(&mut self, reason: &str) {
+        if let Some(trace) = self.trace.take() {
+            trace.set_attribute("gen_ai.usage.output_tokens", self.completion_tokens);
+            trace.set_attribute("gen_ai.response.finish_reasons", reason.to_owned());
+            trace.stamp(TimestampKind::RequestEnd);
+        }
+    }
+
     /// Records the prompt's length; the first call counts, later ones are ignored. The pipeline
     /// also reports it for usage when a stop string ends the request before the engine does.
     pub fn prompt_tokens(&mut self, tokens: u32) {
         if self.prompt_tokens.is_none() {
             self.prompt_tokens = Some(tokens);
+            if let Some(trace) = &self.trace {
+                trace.set_attribute("gen_ai.usage.input_tokens", tokens);
+            }
             self.families.prompt_tokens.with_label_values(&self.labels()).inc_by(u64::from(tokens));
         }
     }
@@ -288,10 +339,16 @@ impl RequestObserver {
     pub fn token(&mut self) {
         let now = Instant::now();
         match self.last_token {
-            None => self.ttft.observe(now.duration_since(self.started).as_secs_f64()),
+            None => {
+                self.ttft.observe(now.duration_since(self.started).as_secs_f64());
+                if let Some(trace) = &self.trace {
+                    trace.event("first_token", Vec::new());
+                }
+            }
             Some(last) => self.itl.observe(now.duration_since(last).as_secs_f64()),
         }
         self.last_token = Some(now);
+        self.completion_tokens = self.completion_tokens.saturating_add(1);
         self.generated_tokens.inc();
     }
 
@@ -305,6 +362,7 @@ impl RequestObserver {
         if std::mem::replace(&mut self.open, false) && reason == FinishReason::Cancelled {
             self.families.cancelled.with_label_values(&self.labels()).inc();
         }
+        self.end_trace(reason.as_str());
     }
 
     /// The request failed; counted once, by the error's code.
@@ -313,6 +371,10 @@ impl RequestObserver {
             let labels = [self.model.as_str(), self.protocol, code_label(error.code())];
             self.families.errors.with_label_values(&labels).inc();
         }
+        if let Some(trace) = &self.trace {
+            trace.set_attribute("error.type", code_label(error.code()));
+        }
+        self.end_trace("error");
     }
 }
 
@@ -321,6 +383,7 @@ impl Drop for RequestObserver {
         if self.open {
             self.families.cancelled.with_label_values(&self.labels()).inc();
         }
+        self.end_trace("cancelled");
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Future, Stream, StreamExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tritium_backend_api::llm::{FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, TokenStream};
+use tritium_backend_api::llm::{FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, PromptLogprob, TokenStream};
 
 use crate::BridgeError;
 use crate::detokenize::Detokenizer;
@@ -77,6 +77,9 @@ pub struct TextStream {
     completion_tokens: u32,
     /// Prompt tokens the engine found cached, from its first token (for a stop string's usage).
     cached_tokens: u32,
+    /// The prompt's scores, when the request asked for them (the latest worker's, after a
+    /// migration).
+    prompt_scores: Option<Vec<PromptLogprob>>,
     /// Events decided but not yet yielded (a last delta before `Finished`).
     ready: std::collections::VecDeque<Result<TextEvent, BridgeError>>,
     /// The server's hard stop (see [`TextStream::until`]): a token of this stream's own, a child
@@ -116,6 +119,7 @@ pub fn text_stream(
         held_tokens: Vec::new(),
         cached_tokens: 0,
         completion_tokens: 0,
+        prompt_scores: None,
         ready: std::collections::VecDeque::new(),
         hard_stop: None,
     }
@@ -214,6 +218,7 @@ impl TextStream {
         self.queued_for = queued_for;
         self.observer.queued(queued_for);
         self.observer.prompt_tokens(usage.prompt_tokens);
+        self.observer.cached_tokens(usage.cached_tokens);
         let tail = self.detokenizer.finish();
         let outcome = self.stop.push(&tail);
         let (text, reason) = match outcome.stopped {
@@ -266,6 +271,7 @@ impl Stream for TextStream {
                 Poll::Ready(event) => event,
             };
             match event {
+                Some(Ok(GenerateEvent::PromptLogprobs(scores))) => this.prompt_scores = Some(scores),
                 Some(Ok(GenerateEvent::Token(token))) => {
                     if let Some(delta) = this.on_token(token) {
                         return Poll::Ready(Some(Ok(delta)));
@@ -318,6 +324,7 @@ pub async fn generate_text(
         Ok(request) => {
             let request = GenerateRequest { model_version: model.version, ..request };
             observer.prompt_tokens(prompt_tokens);
+            observer.request(&request);
             match model.worker {
                 Some(worker) => hub.generate_on(model.name, worker, request).await,
                 None => hub.generate(model.name, request).await,
@@ -350,6 +357,8 @@ pub struct Generated {
     /// The stop string that ended it, if one did.
     pub stop_string: Option<String>,
     pub meta: StreamMeta,
+    /// The prompt's positions `1..` scored, when the request asked for it.
+    pub prompt_scores: Option<Vec<PromptLogprob>>,
 }
 
 /// Where a generation ran and how fast (Dynamo's `nvext` response fields).
@@ -384,7 +393,8 @@ pub async fn collect(mut stream: TextStream) -> Result<Generated, BridgeError> {
                 tokens.extend(more);
             }
             TextEvent::Finished { reason, usage, stop_string } => {
-                return Ok(Generated { text, tokens, reason, usage, stop_string, meta: stream.meta() });
+                let prompt_scores = stream.prompt_scores.take();
+                return Ok(Generated { text, tokens, reason, usage, stop_string, meta: stream.meta(), prompt_scores });
             }
         }
     }

@@ -208,6 +208,7 @@ fn sampling_spec() -> impl Strategy<Value = (Map<String, Value>, CompletionOptio
                 min_tokens,
                 logprobs,
                 constraint: None,
+                prompt_logprobs: None,
             };
             (body, options)
         },
@@ -243,8 +244,8 @@ fn wrong_type() -> impl Strategy<Value = (&'static str, Value)> {
         ("model", json!(null)),
         ("prompt", json!(7)),
         ("prompt", json!([])),
-        ("prompt", json!([[1], [2]])),
-        ("prompt", json!(["a", "b"])),
+        ("prompt", json!([[1], []])),
+        ("prompt", json!(["a", 1])),
         ("prompt", json!([-1])),
         ("max_tokens", json!("ten")),
         ("max_tokens", json!(-1)),
@@ -282,7 +283,7 @@ fn out_of_range() -> impl Strategy<Value = (&'static str, Value)> {
         ("repetition_penalty", json!(0)),
         ("n", json!(2)),
         ("logprobs", json!(MAX_LOGPROBS + 1)),
-        ("echo", json!(true)),
+        ("prompt_logprobs", json!(MAX_LOGPROBS + 1)),
         ("stop", json!([""])),
         ("logit_bias", json!({"42": 5})),
         ("min_tokens", json!(u32::MAX)),
@@ -369,7 +370,7 @@ fn check_generate(options: &CompletionOptions, prompt: Vec<u32>) -> Result<(), T
         prop_assert!(matches!(&built, Err(BridgeError::InvalidField { field, .. }) if field == "prompt"), "{built:?}");
         return Ok(());
     }
-    let GenerateRequest { prompt: sent, sampling, stop, logprobs, model_version, constraint } =
+    let GenerateRequest { prompt: sent, sampling, stop, logprobs, model_version, constraint, prompt_logprobs } =
         built.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let room = (CONTEXT_LENGTH - prompt.len()) as u32;
     let max = options.max_tokens.unwrap_or(16).min(room);
@@ -381,6 +382,7 @@ fn check_generate(options: &CompletionOptions, prompt: Vec<u32>) -> Result<(), T
     prop_assert_eq!(logprobs, options.logprobs);
     prop_assert_eq!(model_version, None, "the OpenAI options name no version: the latest runs");
     prop_assert_eq!(constraint, None);
+    prop_assert_eq!(prompt_logprobs, options.prompt_logprobs);
     let defaults = SamplingOptions::default();
     prop_assert_eq!(sampling.temperature, options.temperature.unwrap_or(defaults.temperature));
     prop_assert_eq!(sampling.top_p, options.top_p.unwrap_or(defaults.top_p));
@@ -485,7 +487,9 @@ proptest! {
                 Err(error) => check_named(&error, &body, &[])?,
                 Ok(options) => {
                     check_in_range(&options)?;
-                    check_generate(&options, prompt_ids(&request.prompt)?)?;
+                    for prompt in &request.prompt.0 {
+                        check_generate(&options, prompt_ids(prompt)?)?;
+                    }
                 }
             },
         }
@@ -529,7 +533,7 @@ proptest! {
     fn valid_completions_round_trip((body, expected, prompt) in completion_spec()) {
         let bytes = Value::Object(body).to_string().into_bytes();
         let request = parse_json::<CompletionRequest>(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(&request.prompt, &prompt);
+        prop_assert_eq!(&request.prompt.0, &vec![prompt.clone()]);
         let options = request.options().map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&options, &expected);
         check_generate(&options, prompt_ids(&prompt)?)?;

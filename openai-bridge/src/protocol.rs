@@ -6,10 +6,10 @@
 //! ([`parse_json`]). Each generating request turns into [`CompletionOptions`] with `options()`.
 //!
 //! ```
-//! use tritium_openai_bridge::protocol::{CompletionRequest, Prompt, parse_json};
+//! use tritium_openai_bridge::protocol::{CompletionRequest, Prompt, Prompts, parse_json};
 //!
-//! let request: CompletionRequest = parse_json(br#"{"model": "tiny", "prompt": ["Hi"], "max_tokens": 4}"#)?;
-//! assert_eq!(request.prompt, Prompt::Text("Hi".into()));
+//! let request: CompletionRequest = parse_json(br#"{"model": "tiny", "prompt": ["Hi", [1, 2]], "max_tokens": 4}"#)?;
+//! assert_eq!(request.prompt, Prompts(vec![Prompt::Text("Hi".into()), Prompt::Tokens(vec![1, 2])]));
 //! assert_eq!(request.options()?.max_tokens, Some(4));
 //!
 //! let error = parse_json::<CompletionRequest>(br#"{"model": "tiny", "prompt": "Hi", "top_p": "high"}"#).unwrap_err();
@@ -90,32 +90,37 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// A completion prompt: text, or token ids. Lists must hold one prompt.
+/// A completion prompt: text, or token ids.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
     Text(String),
     Tokens(Vec<u32>),
 }
 
-impl<'de> Deserialize<'de> for Prompt {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Prompt, D::Error> {
+/// `prompt`: one prompt or a list of them, each answered by its own choice. The server bounds
+/// the list ([`CompletionLimits::max_prompts`](crate::sampling::CompletionLimits)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompts(pub Vec<Prompt>);
+
+impl<'de> Deserialize<'de> for Prompts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Prompts, D::Error> {
         const EXPECTED: &str = "expected a string, an array of strings, an array of token ids or an array of token id arrays";
-        let value = Value::deserialize(deserializer)?;
-        let mut prompts = match value {
-            Value::String(text) => return Ok(Prompt::Text(text)),
-            Value::Array(items) if items.is_empty() => return Err(D::Error::custom("the prompt is empty")),
+        match Value::deserialize(deserializer)? {
+            Value::String(text) => Ok(Prompts(vec![Prompt::Text(text)])),
+            Value::Array(items) if items.is_empty() => Err(D::Error::custom("the prompt is empty")),
             Value::Array(items) if items.iter().all(Value::is_number) => {
-                return token_ids(&items).map(Prompt::Tokens).ok_or_else(|| D::Error::custom(EXPECTED));
+                token_ids(&items).map(|ids| Prompts(vec![Prompt::Tokens(ids)])).ok_or_else(|| D::Error::custom(EXPECTED))
             }
-            Value::Array(items) => items,
-            _ => return Err(D::Error::custom(EXPECTED)),
-        };
-        if prompts.len() != 1 {
-            return Err(D::Error::custom(format!("only one prompt per request is supported, got {}", prompts.len())));
-        }
-        match prompts.pop() {
-            Some(Value::String(text)) => Ok(Prompt::Text(text)),
-            Some(Value::Array(ids)) => token_ids(&ids).map(Prompt::Tokens).ok_or_else(|| D::Error::custom(EXPECTED)),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(text) => Some(Prompt::Text(text)),
+                    Value::Array(ids) if !ids.is_empty() => token_ids(&ids).map(Prompt::Tokens),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(Prompts)
+                .ok_or_else(|| D::Error::custom(EXPECTED)),
             _ => Err(D::Error::custom(EXPECTED)),
         }
     }
@@ -196,6 +201,7 @@ impl SamplingFields {
             min_tokens: self.min_tokens,
             logprobs,
             constraint: None,
+            prompt_logprobs: None,
         };
         options.validate()?;
         Ok(options)
@@ -206,16 +212,21 @@ impl SamplingFields {
 #[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     pub model: String,
-    /// A string, a list of one string, token ids, or a list of one token-id list.
+    /// A string, a list of strings, token ids, or a list of token-id lists (one choice each).
     #[schema(value_type = serde_json::Value)]
-    pub prompt: Prompt,
+    pub prompt: Prompts,
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     /// Report this many alternatives per token (0..=20).
     pub logprobs: Option<u32>,
+    /// Answer the prompt before the completion, with its tokens' log-probabilities when
+    /// `logprobs` is set (prompt scoring; `max_tokens: 0` scores the prompt alone).
     pub echo: Option<bool>,
+    /// vLLM's: each prompt token's log-probability and this many alternatives, in the choice's
+    /// `prompt_logprobs` (0..=20).
+    pub prompt_logprobs: Option<u32>,
     pub user: Option<String>,
     pub nvext: Option<NvExt>,
     #[serde(flatten)]
@@ -224,14 +235,35 @@ pub struct CompletionRequest {
 
 impl CompletionRequest {
     pub fn options(&self) -> Result<CompletionOptions, BridgeError> {
-        if self.echo == Some(true) {
-            return Err(BridgeError::field("echo", "echo is not supported"));
+        let echo = self.echo.unwrap_or(false);
+        if echo && self.stream {
+            return Err(BridgeError::field("echo", "echo is not supported with stream"));
         }
-        let mut options = self.sampling.options(self.max_tokens, self.logprobs)?;
+        if self.prompt_logprobs.is_some() && self.stream {
+            return Err(BridgeError::field("prompt_logprobs", "prompt_logprobs is not supported with stream"));
+        }
+        if let Some(top) = self.prompt_logprobs
+            && top > MAX_LOGPROBS
+        {
+            return Err(BridgeError::field("prompt_logprobs", format!("must be between 0 and {MAX_LOGPROBS}, got {top}")));
+        }
+        // The engine always makes the token after the prompt (from the prompt's last row, at no
+        // extra cost); with `max_tokens: 0` the route leaves it out.
+        let max_tokens = if self.prompt_only() { Some(1) } else { self.max_tokens };
+        let mut options = self.sampling.options(max_tokens, self.logprobs)?;
+        options.prompt_logprobs = match (echo.then_some(self.logprobs).flatten(), self.prompt_logprobs) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(nvext) = &self.nvext {
             nvext.apply(&mut options)?;
         }
         Ok(options)
+    }
+
+    /// `max_tokens: 0` with `echo` or `prompt_logprobs`: the prompt is scored, nothing generated.
+    pub fn prompt_only(&self) -> bool {
+        self.max_tokens == Some(0) && (self.echo == Some(true) || self.prompt_logprobs.is_some())
     }
 
     pub fn include_usage(&self) -> bool {
@@ -440,11 +472,16 @@ mod tests {
     #[test]
     fn prompts_of_every_shape() {
         let parse = |prompt: &str| parse_json::<CompletionRequest>(format!(r#"{{"model":"m","prompt":{prompt}}}"#).as_bytes());
-        assert_eq!(parse(r#""hi""#).map(|r| r.prompt), Ok(Prompt::Text("hi".into())));
-        assert_eq!(parse(r#"["hi"]"#).map(|r| r.prompt), Ok(Prompt::Text("hi".into())));
-        assert_eq!(parse("[1, 2]").map(|r| r.prompt), Ok(Prompt::Tokens(vec![1, 2])));
-        assert_eq!(parse("[[3]]").map(|r| r.prompt), Ok(Prompt::Tokens(vec![3])));
-        for bad in [r#"["a", "b"]"#, "[[1], [2]]", "[-1]", "[1.5]", "7", "{}", r#"[["a"]]"#, "[]"] {
+        let one = |prompt| Ok(Prompts(vec![prompt]));
+        assert_eq!(parse(r#""hi""#).map(|r| r.prompt), one(Prompt::Text("hi".into())));
+        assert_eq!(parse(r#"["hi"]"#).map(|r| r.prompt), one(Prompt::Text("hi".into())));
+        assert_eq!(parse("[1, 2]").map(|r| r.prompt), one(Prompt::Tokens(vec![1, 2])));
+        assert_eq!(parse("[[3]]").map(|r| r.prompt), one(Prompt::Tokens(vec![3])));
+        let two = Prompts(vec![Prompt::Text("a".into()), Prompt::Text("b".into())]);
+        assert_eq!(parse(r#"["a", "b"]"#).map(|r| r.prompt), Ok(two));
+        let mixed = Prompts(vec![Prompt::Tokens(vec![1]), Prompt::Text("b".into()), Prompt::Tokens(vec![2, 3])]);
+        assert_eq!(parse(r#"[[1], "b", [2, 3]]"#).map(|r| r.prompt), Ok(mixed));
+        for bad in ["[-1]", "[1.5]", "7", "{}", r#"[["a"]]"#, "[]", "[[]]", r#"["a", 1]"#, "[[1], [-2]]"] {
             assert_eq!(field_of(parse(bad).expect_err(bad)), "prompt", "{bad}");
         }
     }
@@ -485,7 +522,25 @@ mod tests {
 
         let options = |body: &str| parse_json::<CompletionRequest>(body.as_bytes()).and_then(|r| r.options());
         assert_eq!(field_of(options(r#"{"model":"m","prompt":"x","n":2}"#).expect_err("n")), "n");
-        assert_eq!(field_of(options(r#"{"model":"m","prompt":"x","echo":true}"#).expect_err("echo")), "echo");
+        let echo = r#"{"model":"m","prompt":"x","echo":true,"stream":true}"#;
+        assert_eq!(field_of(options(echo).expect_err("echo")), "echo");
+        let scored = r#"{"model":"m","prompt":"x","prompt_logprobs":1,"stream":true}"#;
+        assert_eq!(field_of(options(scored).expect_err("stream")), "prompt_logprobs");
+        let scored = r#"{"model":"m","prompt":"x","prompt_logprobs":21}"#;
+        assert_eq!(field_of(options(scored).expect_err("21")), "prompt_logprobs");
+        assert_eq!(field_of(options(r#"{"model":"m","prompt":"x","max_tokens":0}"#).expect_err("0")), "max_tokens");
+        let request = parse_json::<CompletionRequest>(br#"{"model":"m","prompt":"x","echo":true,"logprobs":2,"max_tokens":0}"#);
+        let request = request.expect("valid");
+        assert!(request.prompt_only());
+        let scored = request.options().expect("valid");
+        assert_eq!((scored.max_tokens, scored.logprobs, scored.prompt_logprobs), (Some(1), Some(2), Some(2)));
+        let request = parse_json::<CompletionRequest>(br#"{"model":"m","prompt":"x","prompt_logprobs":3,"max_tokens":5}"#);
+        let request = request.expect("valid");
+        assert!(!request.prompt_only());
+        let scored = request.options().expect("valid");
+        assert_eq!((scored.max_tokens, scored.logprobs, scored.prompt_logprobs), (Some(5), None, Some(3)));
+        let echo_alone = options(r#"{"model":"m","prompt":"x","echo":true}"#).expect("valid");
+        assert_eq!(echo_alone.prompt_logprobs, None);
         assert_eq!(field_of(options(r#"{"model":"m","prompt":"x","temperature":3}"#).expect_err("t")), "temperature");
     }
 

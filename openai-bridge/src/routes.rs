@@ -8,6 +8,7 @@
 //! - `POST /v1/messages`, `POST /v1/messages/count_tokens` (Anthropic's Messages API, when the
 //!   server enables it).
 //! - `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{model}`.
+//! - `POST /tokenize`, `POST /detokenize`, `GET /tokenizer_info` (vLLM's, with or without `/v1`).
 //! - `GET /openapi.json` (generated from the handlers' types) and Swagger UI at `/docs`.
 //!
 //! Errors are OpenAI's body with the HTTP status of the error's code; an error after a stream
@@ -23,6 +24,7 @@ mod embeddings;
 mod messages;
 mod responses;
 mod sse;
+mod tokenize;
 
 use std::sync::Arc;
 
@@ -37,6 +39,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tritium_backend_api::llm::ModelKind;
+use tritium_backend_api::trace_context::{TRACEPARENT, TRACESTATE, TraceContext};
 
 use crate::BridgeError;
 pub use crate::hub::{HubModel, LlmHub};
@@ -121,7 +124,17 @@ pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: A
         .route(&paths.embeddings, post(embeddings::embeddings))
         .route(&paths.models, get(list_models))
         // A catch-all, so that names with slashes (`org/model`) work.
-        .route(&format!("{}/{{*model}}", paths.models), get(get_model))
+        .route(&format!("{}/{{*model}}", paths.models), get(get_model));
+    for path in tokenize::TOKENIZE_PATHS {
+        router = router.route(path, post(tokenize::tokenize));
+    }
+    for path in tokenize::DETOKENIZE_PATHS {
+        router = router.route(path, post(tokenize::detokenize));
+    }
+    for path in tokenize::TOKENIZER_INFO_PATHS {
+        router = router.route(path, get(tokenize::tokenizer_info));
+    }
+    router = router
         .route_layer(middleware::from_fn_with_state(state.clone(), until_hard_stop::<ApiError>));
     if settings.anthropic {
         let anthropic = Router::new()
@@ -175,6 +188,19 @@ impl FromRequestParts<AppState> for HeaderWorker {
     }
 }
 
+/// The caller's W3C trace context (`traceparent`, `tracestate`), if it sent a valid one; a
+/// malformed header is ignored and the request starts a trace of its own.
+pub(crate) struct CallerTrace(Option<TraceContext>);
+
+impl FromRequestParts<AppState> for CallerTrace {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        let header = |name| parts.headers.get(name).map(|v| v.as_bytes());
+        Ok(CallerTrace(TraceContext::from_headers(header(TRACEPARENT), header(TRACESTATE))))
+    }
+}
+
 impl HeaderWorker {
     /// The worker to run on: `nvext.backend_instance_id`, else the header's.
     fn or_nvext<'a>(&'a self, nvext: Option<&'a NvExt>) -> Option<&'a str> {
@@ -183,6 +209,11 @@ impl HeaderWorker {
 }
 
 impl AppState {
+    /// Observes one request to `model` (a served model), traced when the server's sampler picks it.
+    fn observer(&self, model: &str, caller: CallerTrace) -> RequestObserver {
+        self.metrics.observer(model, PROTOCOL).with_trace(self.hub.trace(model, caller.0))
+    }
+
     /// The preprocessor of `model`, which must be of `kind`; `endpoint` names the route for the
     /// error when it is not.
     fn preprocessor(&self, model: &str, kind: ModelKind, endpoint: &str) -> Result<Arc<Preprocessor>, BridgeError> {

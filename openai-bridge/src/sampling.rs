@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_STOP_STRINGS: usize = 16;
 pub const DEFAULT_MAX_STOP_STRING_BYTES: usize = 1024;
 /// `stop_token_ids` are checked on every generated token.
 pub const DEFAULT_MAX_STOP_TOKEN_IDS: usize = 64;
+/// Prompts one `/v1/completions` request may list (each is a sequence in the engine).
+pub const DEFAULT_MAX_PROMPTS: usize = 64;
 /// OpenAI's limit on `logprobs` / `top_logprobs`.
 pub const MAX_LOGPROBS: u32 = 20;
 
@@ -32,6 +34,8 @@ pub struct CompletionLimits {
     pub max_stop_strings: usize,
     pub max_stop_string_bytes: usize,
     pub max_stop_token_ids: usize,
+    /// Prompts in one completion request.
+    pub max_prompts: usize,
 }
 
 impl Default for CompletionLimits {
@@ -40,6 +44,7 @@ impl Default for CompletionLimits {
             max_stop_strings: DEFAULT_MAX_STOP_STRINGS,
             max_stop_string_bytes: DEFAULT_MAX_STOP_STRING_BYTES,
             max_stop_token_ids: DEFAULT_MAX_STOP_TOKEN_IDS,
+            max_prompts: DEFAULT_MAX_PROMPTS,
         }
     }
 }
@@ -65,6 +70,8 @@ pub struct CompletionOptions {
     pub logprobs: Option<u32>,
     /// A grammar the output must follow (`response_format`, guided decoding, forced tool calls).
     pub constraint: Option<Constraint>,
+    /// Score the prompt too, with this many alternatives per position.
+    pub prompt_logprobs: Option<u32>,
 }
 
 impl CompletionOptions {
@@ -107,6 +114,11 @@ impl CompletionOptions {
             && logprobs > MAX_LOGPROBS
         {
             return Err(BridgeError::field("logprobs", format!("must be between 0 and {MAX_LOGPROBS}, got {logprobs}")));
+        }
+        if let Some(top) = self.prompt_logprobs
+            && top > MAX_LOGPROBS
+        {
+            return Err(BridgeError::field("prompt_logprobs", format!("must be between 0 and {MAX_LOGPROBS}, got {top}")));
         }
         Ok(())
     }
@@ -179,6 +191,7 @@ impl CompletionOptions {
             stop,
             logprobs: self.logprobs,
             constraint: self.constraint.clone(),
+            prompt_logprobs: self.prompt_logprobs,
         })
     }
 
@@ -383,7 +396,7 @@ mod tests {
 
     #[test]
     fn the_servers_bounds_on_stopping_conditions_are_its_own() {
-        let limits = CompletionLimits { max_stop_strings: 2, max_stop_string_bytes: 4, max_stop_token_ids: 3 };
+        let limits = CompletionLimits { max_stop_strings: 2, max_stop_string_bytes: 4, max_stop_token_ids: 3, max_prompts: 2 };
         let cases = [
             (CompletionOptions { stop: vec!["x".into(); 3], ..Default::default() }, "stop"),
             (CompletionOptions { stop: vec!["12345".into()], ..Default::default() }, "stop"),
@@ -490,6 +503,7 @@ mod tests {
                 min_tokens: Some(4),
                 logprobs: Some(2),
                 constraint: None,
+                prompt_logprobs: None,
             }
         );
         let single = CompletionOptions::from_kserve_parameters(&params(&[("stop", ParamValue::String("###".into()))]));

@@ -90,6 +90,11 @@ pub struct CompletionChoice {
     pub text: String,
     pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<&'static str>,
+    /// vLLM's: `null` for the first prompt token, then `{id: {logprob, rank, decoded_token}}`
+    /// per prompt token (the token itself and the most likely ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub prompt_logprobs: Option<Vec<Option<serde_json::Value>>>,
 }
 
 /// `/v1/completions` logprobs: parallel lists, one entry per token.
@@ -97,10 +102,11 @@ pub struct CompletionChoice {
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f32>>,
-    /// One object per token: alternative text to log-probability.
+    /// One object per token: alternative text to log-probability (`null` for an echoed
+    /// prompt's first token, which nothing comes before).
     #[schema(value_type = Vec<Object>)]
-    pub top_logprobs: Vec<TopLogprobMap>,
-    /// Character offset of each token in the completion.
+    pub top_logprobs: Vec<Option<TopLogprobMap>>,
+    /// Character offset of each token in the text (the echoed prompt's, then the completion's).
     pub text_offset: Vec<u32>,
 }
 
@@ -112,13 +118,38 @@ impl CompletionLogprobs {
         for token in tokens {
             logprobs.tokens.push(token.text.clone());
             logprobs.token_logprobs.push(token.logprob.map(finite));
-            logprobs
-                .top_logprobs
-                .push(TopLogprobMap(token.top.iter().map(|(text, _, lp)| (text.clone(), finite(*lp))).collect()));
+            let top = TopLogprobMap(token.top.iter().map(|(text, _, lp)| (text.clone(), finite(*lp))).collect());
+            logprobs.top_logprobs.push(token.logprob.is_some().then_some(top));
             logprobs.text_offset.push(*offset);
             *offset = offset.saturating_add(u32::try_from(token.text.chars().count()).unwrap_or(u32::MAX));
         }
         logprobs
+    }
+
+    /// Logprobs of an echoed prompt, before any completion token: `tokens` are the prompt's
+    /// texts, `scores` its positions `1..` (none for the first, which nothing comes before), each
+    /// with its alternatives' texts.
+    pub fn from_prompt(tokens: &[String], scores: &[(f32, Vec<(String, f32)>)], offset: &mut u32) -> CompletionLogprobs {
+        let mut logprobs = CompletionLogprobs::default();
+        for (position, token) in tokens.iter().enumerate() {
+            let score = position.checked_sub(1).and_then(|before| scores.get(before));
+            logprobs.tokens.push(token.clone());
+            logprobs.token_logprobs.push(score.map(|(logprob, _)| finite(*logprob)));
+            logprobs.top_logprobs.push(
+                score.map(|(_, top)| TopLogprobMap(top.iter().map(|(text, logprob)| (text.clone(), finite(*logprob))).collect())),
+            );
+            logprobs.text_offset.push(*offset);
+            *offset = offset.saturating_add(u32::try_from(token.chars().count()).unwrap_or(u32::MAX));
+        }
+        logprobs
+    }
+
+    /// These logprobs, then `more`'s.
+    pub fn extend(&mut self, more: CompletionLogprobs) {
+        self.tokens.extend(more.tokens);
+        self.token_logprobs.extend(more.token_logprobs);
+        self.top_logprobs.extend(more.top_logprobs);
+        self.text_offset.extend(more.text_offset);
     }
 }
 

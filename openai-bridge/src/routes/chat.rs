@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tritium_backend_api::llm::{FinishReason, ModelKind};
 
 use super::sse::{self, ChunkWriter, End};
-use super::{ApiError, AppState, OpenAiJson, PROTOCOL, json_response};
+use super::{ApiError, AppState, OpenAiJson, json_response};
 use crate::parsers::{OutputParser, ParsedDelta};
 use crate::pipeline::{TokenInfo, collect};
 use crate::protocol::{
@@ -23,10 +23,11 @@ use crate::protocol::{
 pub(super) async fn chat_completions(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
+    caller: super::CallerTrace,
     OpenAiJson(request): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/chat/completions")?;
-    let mut observer = state.metrics.observer(&request.model, PROTOCOL);
+    let mut observer = state.observer(&request.model, caller);
     let prepared = request.options().and_then(|options| {
         let tools = request.tools()?;
         let messages = request.template_messages()?;

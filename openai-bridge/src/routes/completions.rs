@@ -6,12 +6,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
-use tritium_backend_api::llm::{FinishReason, ModelKind};
+use serde_json::{Map, Value, json};
+use tritium_backend_api::llm::{FinishReason, ModelKind, PromptLogprob};
 
 use super::sse::{self, ChunkWriter, End};
-use super::{ApiError, AppState, OpenAiJson, PROTOCOL, check_token_ids, failed, json_response};
+use super::{ApiError, AppState, OpenAiJson, check_token_ids, failed, json_response};
+use crate::BridgeError;
 use crate::kserve::DEFAULT_MAX_TOKENS;
-use crate::pipeline::{ModelRef, TokenInfo, collect, generate_text};
+use crate::pipeline::{ModelRef, TokenInfo, Usage, collect, generate_text};
+use crate::preprocess::Preprocessor;
 use crate::protocol::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, ErrorBody, NvExt, Prompt, UsageBody, new_id,
     unix_now,
@@ -23,41 +26,166 @@ use crate::protocol::{
 pub(super) async fn completions(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
+    caller: super::CallerTrace,
     OpenAiJson(request): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions")?;
-    let mut observer = state.metrics.observer(&request.model, PROTOCOL);
+    let mut observer = state.observer(&request.model, caller);
     let options = request.options().map_err(|error| failed(&mut observer, error))?;
     let nvext = request.nvext.as_ref();
-    let (text, prompt) = match (nvext.and_then(|n| n.token_data.as_ref()), &request.prompt) {
-        (Some(ids), _) => (None, check_token_ids(&pre, "nvext.token_data", ids).map(|()| ids.clone())),
-        (None, Prompt::Text(text)) => (Some(text.clone()), pre.encode_off_runtime(text.clone(), true).await),
-        (None, Prompt::Tokens(ids)) => (None, check_token_ids(&pre, "prompt", ids).map(|()| ids.clone())),
+    let prompts = &request.prompt.0;
+    let many = prompts.len() > 1;
+    let refused = if prompts.len() > pre.limits().max_prompts {
+        let max = pre.limits().max_prompts;
+        Some(BridgeError::field("prompt", format!("at most {max} prompts per request are allowed, got {}", prompts.len())))
+    } else if many && request.stream {
+        Some(BridgeError::field("prompt", "a list of several prompts is not supported with stream"))
+    } else if many && nvext.is_some_and(|n| n.token_data.is_some()) {
+        Some(BridgeError::field("nvext.token_data", "nvext.token_data replaces one prompt, not a list of them"))
+    } else {
+        None
     };
-    let prompt = prompt.map_err(|error| failed(&mut observer, error))?;
-    let annotations = super::annotation_frames(nvext, &pre, text, &prompt);
+    if let Some(error) = refused {
+        return Err(failed(&mut observer, error).into());
+    }
+    let mut inputs = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        let (text, ids) = match (nvext.and_then(|n| n.token_data.as_ref()), prompt) {
+            (Some(ids), _) => (None, check_token_ids(&pre, "nvext.token_data", ids).map(|()| ids.clone())),
+            (None, Prompt::Text(text)) => (Some(text.clone()), pre.encode_off_runtime(text.clone(), true).await),
+            (None, Prompt::Tokens(ids)) => (None, check_token_ids(&pre, "prompt", ids).map(|()| ids.clone())),
+        };
+        inputs.push((text, ids.map_err(|error| failed(&mut observer, error))?));
+    }
     let target = ModelRef { name: &request.model, version: None, worker: worker.or_nvext(nvext) };
-    // Like OpenAI, /v1/completions defaults to 16 tokens.
-    let started = generate_text(state.hub.as_ref(), &pre, target, &options, prompt, Some(DEFAULT_MAX_TOKENS), observer).await;
-    let stream = started?;
-    let mut writer = CompletionWriter {
-        annotations,
-        nvext: request.nvext.clone(),
+    if !many && request.stream {
+        let Some((text, prompt)) = inputs.pop() else {
+            return Err(failed(&mut observer, BridgeError::field("prompt", "the prompt is empty")).into());
+        };
+        let annotations = super::annotation_frames(nvext, &pre, text, &prompt);
+        // Like OpenAI, /v1/completions defaults to 16 tokens.
+        let started = generate_text(state.hub.as_ref(), &pre, target, &options, prompt, Some(DEFAULT_MAX_TOKENS), observer).await;
+        let writer = CompletionWriter {
+            annotations,
+            nvext: request.nvext.clone(),
+            id: new_id("cmpl"),
+            created: unix_now(),
+            model: request.model.clone(),
+            logprobs: options.logprobs.is_some(),
+            offset: 0,
+            include_usage: request.include_usage(),
+        };
+        return Ok(sse::respond(writer, started?));
+    }
+    // Every prompt is its own sequence, all of them at once; the first carries the request's
+    // trace, each is a request in the LLM metrics.
+    let mut observers = vec![observer];
+    observers.extend((1..inputs.len()).map(|_| state.metrics.observer(&request.model, super::PROTOCOL)));
+    let runs = inputs.iter().zip(observers).map(|((_, prompt), observer)| {
+        let (hub, pre, options) = (state.hub.as_ref(), &pre, &options);
+        async move {
+            let stream = generate_text(hub, pre, target, options, prompt.clone(), Some(DEFAULT_MAX_TOKENS), observer).await?;
+            collect(stream).await
+        }
+    });
+    let generated = futures::future::try_join_all(runs).await?;
+    let echo = request.echo == Some(true);
+    let prompt_only = request.prompt_only();
+    let mut usage = Usage::default();
+    let mut choices = Vec::with_capacity(generated.len());
+    for (index, ((text, prompt), generated)) in inputs.into_iter().zip(&generated).enumerate() {
+        let scores = generated.prompt_scores.as_deref().unwrap_or_default();
+        let mut choice = Choice { text: String::new(), logprobs: options.logprobs.map(|_| CompletionLogprobs::default()), offset: 0 };
+        if echo {
+            let prompt_text = match text {
+                Some(text) => text,
+                None => pre.decode(&prompt)?,
+            };
+            choice.echo_prompt(&pre, prompt_text, &prompt, scores);
+        }
+        let completion_tokens = if prompt_only { 0 } else { generated.usage.completion_tokens };
+        if !prompt_only {
+            choice.push_completion(&generated.text, &generated.tokens);
+        }
+        usage.prompt_tokens = usage.prompt_tokens.saturating_add(generated.usage.prompt_tokens);
+        usage.completion_tokens = usage.completion_tokens.saturating_add(completion_tokens);
+        usage.cached_tokens = usage.cached_tokens.saturating_add(generated.usage.cached_tokens);
+        let reason = if prompt_only { FinishReason::Length } else { generated.reason };
+        choices.push(CompletionChoice {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            text: choice.text,
+            logprobs: choice.logprobs,
+            finish_reason: Some(reason.as_str()),
+            prompt_logprobs: request.prompt_logprobs.map(|top| vllm_prompt_logprobs(&pre, &prompt, scores, top)),
+        });
+    }
+    let meta = generated.first().map(|g| g.meta.clone()).unwrap_or_default();
+    let response = CompletionResponse {
         id: new_id("cmpl"),
+        object: "text_completion",
         created: unix_now(),
         model: request.model.clone(),
-        logprobs: options.logprobs.is_some(),
-        offset: 0,
-        include_usage: request.include_usage(),
+        choices,
+        usage: Some(Some(UsageBody::from(usage))),
+        nvext: super::nvext_fields(request.nvext.as_ref(), &meta),
     };
-    if request.stream {
-        return Ok(sse::respond(writer, stream));
-    }
-    let generated = collect(stream).await?;
-    let mut response = writer.chunk(generated.text, &generated.tokens, Some(generated.reason));
-    response.usage = Some(Some(UsageBody::from(generated.usage)));
-    response.nvext = super::nvext_fields(writer.nvext.as_ref(), &generated.meta);
     Ok(json_response(StatusCode::OK, &response))
+}
+
+/// One choice's text and logprobs as they are assembled: the echoed prompt, then the completion.
+struct Choice {
+    text: String,
+    logprobs: Option<CompletionLogprobs>,
+    /// Characters of `text` so far, for `text_offset`.
+    offset: u32,
+}
+
+impl Choice {
+    fn echo_prompt(&mut self, pre: &Preprocessor, text: String, prompt: &[u32], scores: &[PromptLogprob]) {
+        if let Some(logprobs) = &mut self.logprobs {
+            let tokens: Vec<String> = prompt.iter().map(|&id| pre.token_text(id)).collect();
+            let scores: Vec<(f32, Vec<(String, f32)>)> = scores
+                .iter()
+                .map(|score| (score.logprob, score.top_logprobs.iter().map(|&(id, lp)| (pre.token_text(id), lp)).collect()))
+                .collect();
+            let mut offset = self.offset;
+            logprobs.extend(CompletionLogprobs::from_prompt(&tokens, &scores, &mut offset));
+        }
+        self.offset = self.offset.saturating_add(u32::try_from(text.chars().count()).unwrap_or(u32::MAX));
+        self.text.push_str(&text);
+    }
+
+    fn push_completion(&mut self, text: &str, tokens: &[TokenInfo]) {
+        if let Some(logprobs) = &mut self.logprobs {
+            let mut offset = self.offset;
+            logprobs.extend(CompletionLogprobs::from_tokens(tokens, &mut offset));
+        }
+        self.offset = self.offset.saturating_add(u32::try_from(text.chars().count()).unwrap_or(u32::MAX));
+        self.text.push_str(text);
+    }
+}
+
+/// vLLM's `prompt_logprobs`: `null` for the first prompt token, then for each position the
+/// prompt's token and the `top` most likely ones, by id: `{logprob, rank, decoded_token}`.
+fn vllm_prompt_logprobs(pre: &Preprocessor, prompt: &[u32], scores: &[PromptLogprob], top: u32) -> Vec<Option<Value>> {
+    let entry = |logprob: f32, rank: u32, id: u32| json!({"logprob": logprob_json(logprob), "rank": rank, "decoded_token": pre.token_text(id)});
+    let mut out = Vec::with_capacity(prompt.len());
+    out.push(None);
+    for (score, &id) in scores.iter().zip(prompt.iter().skip(1)) {
+        let mut position = Map::new();
+        position.insert(id.to_string(), entry(score.logprob, score.rank, id));
+        for (rank, &(alternative, logprob)) in score.top_logprobs.iter().take(top as usize).enumerate() {
+            position.entry(alternative.to_string()).or_insert_with(|| entry(logprob, rank as u32 + 1, alternative));
+        }
+        out.push(Some(Value::Object(position)));
+    }
+    out
+}
+
+/// A log-probability as JSON: vLLM writes `-inf` for an impossible token, which JSON cannot
+/// hold; OpenAI's convention is -9999.
+fn logprob_json(logprob: f32) -> f64 {
+    if logprob.is_finite() { f64::from(logprob) } else { -9999.0 }
 }
 
 /// Builds completion responses and chunks (the same shape, `object: "text_completion"`).
@@ -82,7 +210,13 @@ impl CompletionWriter {
             object: "text_completion",
             created: self.created,
             model: self.model.clone(),
-            choices: vec![CompletionChoice { index: 0, text, logprobs, finish_reason: finish.map(FinishReason::as_str) }],
+            choices: vec![CompletionChoice {
+                index: 0,
+                text,
+                logprobs,
+                finish_reason: finish.map(FinishReason::as_str),
+                prompt_logprobs: None,
+            }],
             usage: self.include_usage.then_some(None),
             nvext: None,
         }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tritium_backend_api::llm::{FinishReason, ModelKind};
 
 use super::sse::{self, ChunkWriter, End};
-use super::{AppState, ChatPrompt, PROTOCOL, failed, json_response};
+use super::{AppState, ChatPrompt, failed, json_response};
 use crate::BridgeError;
 use crate::parsers::{OutputParser, ToolCall};
 use crate::pipeline::{TokenInfo, collect};
@@ -28,10 +28,11 @@ use crate::protocol::{
 pub(super) async fn messages(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
+    caller: super::CallerTrace,
     AnthropicJson(request): AnthropicJson<MessagesRequest>,
 ) -> Result<Response, AnthropicError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/messages")?;
-    let mut observer = state.metrics.observer(&request.model, PROTOCOL);
+    let mut observer = state.observer(&request.model, caller);
     let prepared = request.options().and_then(|options| {
         let tools = request.tools()?;
         let messages = request.chat_messages()?;

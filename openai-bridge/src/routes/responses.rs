@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use tritium_backend_api::llm::{FinishReason, ModelKind};
 
 use super::sse::{self, ChunkWriter, End};
-use super::{ApiError, AppState, ChatPrompt, OpenAiJson, PROTOCOL, failed, json_response};
+use super::{ApiError, AppState, ChatPrompt, OpenAiJson, failed, json_response};
 use crate::BridgeError;
 use crate::parsers::{OutputParser, ParsedDelta, ToolCall};
 use crate::pipeline::{TokenInfo, Usage, collect};
@@ -31,10 +31,11 @@ use crate::response_store::ResponseStore;
 pub(super) async fn create(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
+    caller: super::CallerTrace,
     OpenAiJson(request): OpenAiJson<ResponsesRequest>,
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/responses")?;
-    let mut observer = state.metrics.observer(&request.model, PROTOCOL);
+    let mut observer = state.observer(&request.model, caller);
     let prepared = prepare(&state.store, &request).map_err(|error| failed(&mut observer, error))?;
     let Prepared { mut options, tools, conversation, messages, extra } = prepared;
     let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| failed(&mut observer, error))?;
