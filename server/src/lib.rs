@@ -37,6 +37,7 @@ pub mod shm;
 pub mod state;
 mod sync;
 pub mod tls;
+pub mod trace;
 pub mod worker_process;
 
 use std::collections::HashSet;
