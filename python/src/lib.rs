@@ -17,6 +17,7 @@
 
 mod buffer;
 mod function;
+mod kv;
 mod llm;
 mod server;
 mod worker;
@@ -40,6 +41,8 @@ fn _tritium(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<worker::Worker>()?;
     m.add_function(wrap_pyfunction!(worker::worker_option_takes_value, m)?)?;
     m.add_class::<buffer::Buffer>()?;
+    m.add_class::<kv::KvPublisher>()?;
+    m.add_function(wrap_pyfunction!(kv::kv_block_hashes, m)?)?;
     m.add("BACKEND_NAME", function::BACKEND_NAME)?;
     m.add("LLM_BACKEND_NAME", llm::LLM_BACKEND_NAME)?;
     Ok(())

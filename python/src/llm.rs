@@ -4,7 +4,8 @@
 //! and detokenizes with the card read from the model path it was bound with (a GGUF file or a
 //! Hugging Face folder), as Dynamo's `register_llm` does. This engine enforces the token-level
 //! stop conditions (`max_tokens`, stop token ids, end of sequence) and ends the handler when the
-//! client goes away.
+//! client goes away. The handler announces its KV blocks through `request.kv` ([`crate::kv`]);
+//! the engine hands them to the worker as a Rust engine's `kv_events()`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,13 +22,16 @@ use tritium_backend_api::llm::{
 use tritium_backend_api::{BackendContext, BackendFactory, BackendRegistry, Engine};
 use tritium_proto::inference::ModelConfig;
 
+use crate::kv::KvChannel;
+
 /// The backend name a bound language model's config names.
 pub const LLM_BACKEND_NAME: &str = "python_llm";
 
-/// A bound handler and the model path its card is read from.
+/// A bound handler, the model path its card is read from, and where its KV events go.
 pub struct Handler {
     pub function: Arc<Py<PyAny>>,
     pub model_path: PathBuf,
+    pub kv: KvChannel,
 }
 
 /// The language-model handlers bound on one worker, by model name.
@@ -59,6 +63,7 @@ impl BackendFactory for HandlerFactory {
             card: Arc::new(card),
             function: Arc::clone(&handler.function),
             counters: Arc::default(),
+            kv: handler.kv.clone(),
         })))
     }
 
@@ -82,6 +87,7 @@ struct PythonLanguageModel {
     card: Arc<ModelCard>,
     function: Arc<Py<PyAny>>,
     counters: Arc<Counters>,
+    kv: KvChannel,
 }
 
 impl LanguageModel for PythonLanguageModel {
@@ -108,12 +114,13 @@ impl LanguageModel for PythonLanguageModel {
             })),
         };
         let (name, function, counters) = (self.name.clone(), Arc::clone(&self.function), Arc::clone(&self.counters));
+        let kv = self.kv.clone();
         counters.running.fetch_add(1, Ordering::Relaxed);
         counters.prompt_tokens.fetch_add(request.prompt.len() as u64, Ordering::Relaxed);
         let prompt_tokens = request.prompt.len() as u32;
         let state = Arc::clone(&sink.state);
         let spawned = std::thread::Builder::new().name("tritium-python-llm".into()).spawn(move || {
-            let outcome = Python::attach(|py| drive(py, &function, &request, sink));
+            let outcome = Python::attach(|py| drive(py, &function, &request, sink, &kv));
             let state = state.lock().unwrap_or_else(PoisonError::into_inner);
             counters.running.fetch_sub(1, Ordering::Relaxed);
             counters.tokens.fetch_add(state.generated as u64, Ordering::Relaxed);
@@ -142,6 +149,10 @@ impl LanguageModel for PythonLanguageModel {
         Ok(TokenStream::new(receiver))
     }
 
+    fn kv_events(&self) -> Option<tokio::sync::broadcast::Receiver<tritium_backend_api::kv::KvEvent>> {
+        Some(self.kv.subscribe())
+    }
+
     fn stats(&self) -> EngineStats {
         let c = &self.counters;
         EngineStats {
@@ -156,7 +167,7 @@ impl LanguageModel for PythonLanguageModel {
 }
 
 /// Runs the handler to its end through `tritium._llm.drive`; the error's text when it fails.
-fn drive(py: Python<'_>, function: &Py<PyAny>, request: &GenerateRequest, sink: Sink) -> Result<(), String> {
+fn drive(py: Python<'_>, function: &Py<PyAny>, request: &GenerateRequest, sink: Sink, kv: &KvChannel) -> Result<(), String> {
     let run = || -> PyResult<()> {
         let sampling = PyDict::new(py);
         let s = &request.sampling;
@@ -173,7 +184,7 @@ fn drive(py: Python<'_>, function: &Py<PyAny>, request: &GenerateRequest, sink: 
         stop.set_item("ignore_eos", request.stop.ignore_eos)?;
         stop.set_item("min_tokens", request.stop.min_tokens)?;
         let module = py.import("tritium._llm")?;
-        module.getattr("drive")?.call1((function.bind(py), request.prompt.clone(), sampling, stop, sink))?;
+        module.getattr("drive")?.call1((function.bind(py), request.prompt.clone(), sampling, stop, sink, kv.publisher()))?;
         Ok(())
     };
     run().map_err(|e| e.to_string())

@@ -18,6 +18,7 @@ use tritium_server::logging::LogControl;
 use tritium_worker::DeclaredModel;
 
 use crate::function::{self, Functions};
+use crate::kv::{KvChannel, KvPublisher};
 use crate::llm::{self, Handler, Handlers};
 
 /// How long `start` waits for the models to load before it gives up.
@@ -108,8 +109,15 @@ impl Worker {
 
     /// Declares the language model `name`, its tokens made by `function` (an async generator)
     /// and its card (tokenizer, chat template) read from `model_path`, a GGUF file or a Hugging
-    /// Face folder; it is registered with the frontends when the worker starts.
-    fn bind_llm(&mut self, name: String, function: Py<PyAny>, model_path: std::path::PathBuf) -> PyResult<()> {
+    /// Face folder; it is registered with the frontends when the worker starts. Returns the
+    /// model's KV publisher (blocks of `kv_block_size` tokens), the one its requests carry.
+    fn bind_llm(
+        &mut self,
+        name: String,
+        function: Py<PyAny>,
+        model_path: std::path::PathBuf,
+        kv_block_size: usize,
+    ) -> PyResult<KvPublisher> {
         self.check_pid()?;
         if self.running.is_some() {
             return Err(PyRuntimeError::new_err("bind functions before the worker starts: it is already registered"));
@@ -119,12 +127,14 @@ impl Worker {
         }
         // Read now, so a path that is no model is refused here rather than at start.
         llm::read_card(&model_path).map_err(|e| PyValueError::new_err(format!("model '{name}': {e}")))?;
+        let kv = KvChannel::new(kv_block_size).map_err(PyValueError::new_err)?;
+        let publisher = kv.publisher();
         let quoted = name.replace('\\', "\\\\").replace('"', "\\\"");
         let config_text = format!("name: \"{quoted}\"\nbackend: \"{}\"\n", llm::LLM_BACKEND_NAME);
-        let handler = Handler { function: Arc::new(function), model_path };
+        let handler = Handler { function: Arc::new(function), model_path, kv };
         self.handlers.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone(), handler);
         self.declared.push(DeclaredModel { name, config_text });
-        Ok(())
+        Ok(publisher)
     }
 
     /// Loads the models, listens on the worker plane and registers in discovery; returns once

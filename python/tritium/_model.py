@@ -94,6 +94,8 @@ class ModelConfig:
     decoupled: bool = False
     # Seconds one call may take: past it the client gets UNAVAILABLE and the call is sent TimeoutError
     # (it lands at the function's next Python line; a call blocked in C code keeps its thread until it returns).
+    # A process instance past it is killed and started again; there it also bounds the wait for each
+    # response of a decoupled model.
     timeout_s: Optional[float] = None
     # "thread" or "process": where the instances run (see above).
     instance_kind: str = "thread"

@@ -284,17 +284,20 @@ class ProcessBinding:
             instance.stop()
 
     def _acquire(self) -> _Instance:
+        """A free instance, started again first if it died; whatever is raised here (the server's own
+        timeout may send a TimeoutError to a call still waiting for an instance) gives it back."""
         instance = self._idle.get()
-        if instance.alive():
-            return instance
         try:
-            instance.reap()
-            instance.spawn()
-            instance.handshake(time.monotonic() + START_TIMEOUT_S)
+            if not instance.alive():
+                instance.reap()
+                instance.spawn()
+                instance.handshake(time.monotonic() + START_TIMEOUT_S)
         except BaseException as error:
             instance.kill()
             self._idle.put(instance)
-            raise InstanceUnavailable(f"its process instance {instance.index} could not be started again: {error}") from None
+            if isinstance(error, (RuntimeError, OSError)):
+                raise InstanceUnavailable(f"process instance {instance.index} could not be started again: {error}") from None
+            raise
         return instance
 
     def _wait(self, instance: _Instance, deadline):

@@ -34,7 +34,10 @@ from ._llm import GenerateRequest
 from ._model import ModelConfig, Tensor
 from ._runtime import wait_for_stop
 
-__all__ = ["Worker", "GenerateRequest"]
+KvPublisher = _tritium.KvPublisher
+kv_block_hashes = _tritium.kv_block_hashes
+
+__all__ = ["Worker", "GenerateRequest", "KvPublisher", "kv_block_hashes"]
 
 _running: "weakref.WeakSet[Worker]" = weakref.WeakSet()
 
@@ -105,18 +108,31 @@ class Worker:
         before ``start``: the frontends learn the worker's models when it registers."""
         self._native.bind(model_name, *_binding(model_name, infer_func, inputs, outputs, config, strict))
 
-    def bind_llm(self, model_name: str, handler, model_path: Union[str, os.PathLike]) -> None:
+    def bind_llm(
+        self, model_name: str, handler, model_path: Union[str, os.PathLike], kv_block_size: int = 16
+    ) -> "KvPublisher":
         """Serves a language model whose tokens ``handler`` makes: an async generator function
         taking a ``tritium.worker.GenerateRequest`` (``token_ids``, ``sampling``, ``stop``,
-        ``cancelled``) and yielding token ids (ints or lists of them). The frontend tokenizes,
-        applies the chat template and detokenizes with the card read from ``model_path`` (a GGUF
-        file or a Hugging Face folder), as Dynamo's ``register_llm``; the worker stops the
-        handler at ``max_tokens``, a stop token or end of sequence, and when the client goes."""
+        ``cancelled``, ``kv``) and yielding token ids (ints or lists of them). The frontend
+        tokenizes, applies the chat template and detokenizes with the card read from
+        ``model_path`` (a GGUF file or a Hugging Face folder), as Dynamo's ``register_llm``; the
+        worker stops the handler at ``max_tokens``, a stop token or end of sequence, and when the
+        client goes.
+
+        Returns the model's ``KvPublisher`` (also ``request.kv``): the KV blocks the handler's
+        engine stores and evicts, announced through it, reach the frontends' KV-aware routers
+        (``--router-mode kv``) over the worker's event plane (``events="nats://..."``), as a Rust
+        engine's do. Blocks are ``kv_block_size`` tokens, which must equal the frontends'
+        ``--kv-block-size`` (16 by default)."""
         if not callable(handler):
             raise TypeError("handler must be callable (an async generator function)")
         if not model_name or "/" in model_name:
             raise ValueError(f"'{model_name}' is not a usable model name")
-        self._native.bind_llm(model_name, handler, os.fspath(model_path))
+        if isinstance(kv_block_size, bool) or not isinstance(kv_block_size, int):
+            raise TypeError("kv_block_size must be an int")
+        if kv_block_size < 1:
+            raise ValueError(f"kv_block_size must be between 1 and 65536, not {kv_block_size}")
+        return self._native.bind_llm(model_name, handler, os.fspath(model_path), kv_block_size)
 
     def start(self) -> "Worker":
         """Loads the models and registers; returns once frontends can find the worker."""

@@ -388,3 +388,108 @@ def test_python_workers_over_etcd_and_nats_migrate_a_stream_when_one_dies(venv, 
         frontend.stderr_path.unlink(missing_ok=True)
         etcd.stop()
         nats.stop()
+
+
+KV_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    from tritium.worker import Worker, kv_block_hashes
+
+    etcd, nats, namespace, gguf, worker_id, log = sys.argv[1:7]
+    held = []
+
+    async def cached(request):
+        # A prefix cache's announcements: the prompt's blocks are now held; a request with seed
+        # 4242 evicts everything this worker announced.
+        if request.sampling["seed"] == 4242:
+            publisher.removed(held)
+            held.clear()
+        else:
+            held.extend(request.kv.stored(request.token_ids))
+        with open(log, "a") as served:
+            served.write(f"{len(request.token_ids)}\\n")
+        yield request.token_ids[-1]
+
+    worker = Worker(discovery="etcd", etcd_endpoints=etcd, namespace=namespace, events=nats, worker_id=worker_id, lease_ttl_secs=%d)
+    for size in (0, -1, 70000):
+        try:
+            worker.bind_llm("bad-llm", cached, gguf, kv_block_size=size)
+        except ValueError as error:
+            print("refused", size, error, flush=True)
+    publisher = worker.bind_llm("cached-llm", cached, gguf)
+    print("block_size", publisher.block_size, [hex(h) for h in kv_block_hashes([1, 2, 3, 4], 2)], flush=True)
+    worker.start()
+    print("ready", worker.port, worker.worker_id, flush=True)
+    worker.run()
+    """
+    % LEASE_TTL
+)
+
+# Long enough for several 16-token blocks, each prompt its own prefix.
+KV_PROMPT = (
+    "In the first chapter the {} travellers crossed the river at dawn, counting every stone and every bird they "
+    "saw on the far bank, and wrote all of it down in a small notebook bound in green leather, which the eldest "
+    "of them carried in a pocket sewn inside her coat."
+)
+
+
+def test_python_workers_kv_events_steer_the_kv_router(venv, tmp_path):
+    """Two Python language-model workers announce the blocks their handler stores through
+    `request.kv` (over NATS, as a Rust engine's KV events go): a `--router-mode kv` frontend sends
+    every prompt sharing a stored prefix to the worker that stored it, and forgets the blocks when
+    the handler announces their removal."""
+    gguf, _ = model_paths()
+    etcd, nats = start_etcd(), start_nats()
+    namespace = f"pykv-{uuid.uuid4().hex[:8]}"
+    common = ["--discovery", "etcd", "--etcd-endpoints", etcd.address, "--events", "nats", "--nats-url", nats.address]
+    frontend = start_server(*common, "--namespace", namespace, "--lease-ttl-secs", str(LEASE_TTL), "--router-mode", "kv")
+    script = tmp_path / "kv_worker.py"
+    script.write_text(KV_SCRIPT)
+    logs = {worker_id: tmp_path / f"{worker_id}.log" for worker_id in ("a", "b")}
+    workers = {}
+    try:
+        for worker_id in logs:
+            worker = workers[worker_id] = PythonWorker(venv, script, etcd.address, nats.address, namespace, gguf, worker_id, logs[worker_id])
+            refusals = [worker.line() for _ in range(3)]
+            assert all(r.startswith("refused") and "kv_block_size must be between 1 and 65536" in r for r in refusals), refusals
+            # The router's own block hashes (pinned in backend-api/src/kv.rs).
+            assert worker.line() == "block_size 16 ['0xa91ab0c1027b9366', '0x3df829571605c60']"
+            assert worker.line().split()[:1] == ["ready"]
+
+        def scraped(name: str, labels: str = "") -> float:
+            with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
+                return metric(response.read().decode(), name, labels)
+
+        def served() -> dict:
+            return {w: len(p.read_text().splitlines()) if p.exists() else 0 for w, p in logs.items()}
+
+        wait_until(lambda: scraped("tritium_router_workers", 'model="cached-llm"') == 2, 10, "two Python workers serving cached-llm")
+        llm = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="unused")
+        holders, blocks = {}, 0
+        for travellers in ("three", "seven", "nine"):
+            before = served()
+            llm.completions.create(model="cached-llm", prompt=KV_PROMPT.format(travellers), max_tokens=1)
+            holder = holders[travellers] = next(w for w in logs if served()[w] > before[w])
+            blocks += int(logs[holder].read_text().splitlines()[-1]) // 16
+            wait_until(lambda: scraped("tritium_router_kv_blocks_indexed") >= blocks, 10, "the stored blocks indexed")
+            for question in range(4):
+                before = served()
+                prompt = KV_PROMPT.format(travellers) + f" Question {question}: how many stones?"
+                llm.completions.create(model="cached-llm", prompt=prompt, max_tokens=1)
+                after = served()
+                assert after[holder] == before[holder] + 1, f"a prompt sharing {holder}'s stored prefix went elsewhere: {before} -> {after}"
+        assert blocks >= 3 * 3, "each prompt spans several blocks"
+        assert scraped("tritium_router_prompt_blocks_cached_total") >= 12 * 3
+        # Each holder evicts what it announced (its own prefix leads the request to it); the
+        # router's index empties.
+        for holder, travellers in {h: t for t, h in holders.items()}.items():
+            llm.completions.create(model="cached-llm", prompt=KV_PROMPT.format(travellers), max_tokens=1, seed=4242)
+        wait_until(lambda: scraped("tritium_router_kv_blocks_indexed") == 0, 10, "the removed blocks dropped from the index")
+    finally:
+        for worker in workers.values():
+            worker.kill()
+        frontend.stop()
+        frontend.stderr_path.unlink(missing_ok=True)
+        etcd.stop()
+        nats.stop()
