@@ -128,6 +128,7 @@ impl Bench {
                 logprobs: None,
                 model_version: None,
                 constraint: None,
+                prompt_logprobs: None,
             };
             let sent = start.elapsed().as_secs_f64();
             let mut tokens = self.engine.generate(request)?;
@@ -143,6 +144,7 @@ impl Bench {
                                 deltas.push(now);
                             }
                         }
+                        Ok(GenerateEvent::PromptLogprobs(_)) => {}
                         Ok(GenerateEvent::Finished { .. }) => {
                             if !detokenizer.finish().is_empty() {
                                 deltas.push(now);

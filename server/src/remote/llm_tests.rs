@@ -44,6 +44,7 @@ pub(super) async fn collect(mut tokens: TokenStream) -> (Vec<u32>, FinishReason,
     loop {
         match next(&mut tokens).await.expect("events until Finished").expect("no error") {
             GenerateEvent::Token(token) => ids.push(token.id),
+            GenerateEvent::PromptLogprobs(_) => {}
             GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, .. } => {
                 return (ids, reason, prompt_tokens, completion_tokens);
             }
