@@ -63,10 +63,26 @@ def clean_env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith(("TRITIUM_", "DYN_GRPC_", "PYTHONPATH"))}
 
 
+def clean_copy(destination: pathlib.Path) -> pathlib.Path:
+    """The repository as a clone of it has it: the files git tracks and the new ones it does not ignore,
+    as they are in the working tree (so a developer's uncommitted change is what gets tested), and none
+    of the ignored ones (target/, .venv/, .tools/, caches) that a clone would not have."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True, timeout=120).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():  # a tracked file deleted in the working tree is gone from the copy too
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
 @pytest.fixture(scope="session")
 def venv(tmp_path_factory) -> pathlib.Path:
-    """A fresh virtual environment with numpy and the package installed from ./python."""
+    """A fresh virtual environment with numpy and the package installed by `pip install ./python` from a clean
+    copy of the repository."""
     root = tmp_path_factory.mktemp("package-venv")
+    clone = clean_copy(tmp_path_factory.mktemp("package-clone"))
     interpreter = shutil.which("python3.11") or sys.executable
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH"))}
     run([interpreter, "-m", "venv", str(root)], base_env, 300)
@@ -75,6 +91,8 @@ def venv(tmp_path_factory) -> pathlib.Path:
     maturin_pin = re.search(r'"maturin==([\w.]+)"', (PACKAGE / "pyproject.toml").read_text()).group(1)
     pip = [python(root), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     run([*pip, f"numpy=={numpy_pin}", f"maturin=={maturin_pin}"], env, 600)
-    # No build isolation: the maturin just installed (the pyproject's pin) builds it.
-    run([*pip, "--no-build-isolation", str(PACKAGE)], env, BUILD_TIMEOUT)
+    # The workspace's target folder: the copy's build reuses the dependencies `cargo build` compiled.
+    env["CARGO_TARGET_DIR"] = os.environ.get("CARGO_TARGET_DIR", str(REPO / "target"))
+    # A user's command, build isolation and all: pip fetches the pyproject's maturin and builds.
+    run([*pip, "./python"], env, BUILD_TIMEOUT, cwd=clone)
     return root

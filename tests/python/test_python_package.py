@@ -1,9 +1,11 @@
 """The `tritium` Python package (python/): built by maturin and installed with `pip install ./python`
-into a fresh virtual environment (the workspace's debug profile, so CI reuses its debug build), then
-driven as a user would: `python -m tritium serve` answering tritonclient, `tritium.Server` in a
-`with` block on ports 0 serving Python functions bound as models (gRPC and HTTP, `@tritium.batch`
-under concurrent load, BYTES), errors of the function reaching the client while the server goes on
-serving, use after fork refused, bad keyword options refused; and `maturin build` of a wheel.
+from a clean copy of the repository into a fresh virtual environment (the workspace's debug profile and
+target folder, so CI reuses its debug build), then driven as a user would: `python -m tritium serve`
+answering tritonclient, `tritium.Server` in a `with` block on ports 0 serving Python functions bound as
+models (gRPC and HTTP, `@tritium.batch` under concurrent load, BYTES, client shared memory, an
+ensemble whose steps are a bound function and a repository model), errors of the function reaching the
+client while the server goes on serving, use after fork refused, bad keyword options refused, a server
+left running stopped at interpreter exit; and `maturin build` of a wheel.
 
 The servers run in the fresh environment's interpreter; the clients are this process's tritonclient.
 """
@@ -19,12 +21,14 @@ import socket
 import subprocess
 import textwrap
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 from helpers import identity_config, write_model
@@ -126,7 +130,7 @@ SERVER_SCRIPT = textwrap.dedent(
     x = [tritium.Tensor(name="x", dtype=np.float32, shape=(-1,))]
     y = [tritium.Tensor(name="y", dtype=np.float32, shape=(-1,))]
     server = tritium.Server(model_repository=sys.argv[1], grpc_port=0, http_port=0, metrics_port=0, grpc_address="127.0.0.1",
-                            http_address="127.0.0.1", metrics_address="127.0.0.1")
+                            http_address="127.0.0.1", metrics_address="127.0.0.1", allow_shared_memory=True)
     batcher = tritium.DynamicBatcher(max_queue_delay_microseconds=2_000_000, preferred_batch_size=[8])
     server.bind("double", double, inputs=x, outputs=y,
                 config=tritium.ModelConfig(max_batch_size=8, batcher=batcher))
@@ -136,6 +140,9 @@ SERVER_SCRIPT = textwrap.dedent(
     server.bind("upper", upper, inputs=[tritium.Tensor(name="text", dtype=bytes, shape=(-1,))],
                 outputs=[tritium.Tensor(name="out", dtype=bytes, shape=(-1,))], config=tritium.ModelConfig(batching=False))
     server.bind("async_double", async_double, inputs=x, outputs=y)
+    # The first step of the repository's ensemble 'mixed' (then its identity model 'ident').
+    server.bind("plus_one", lambda requests: [{"y": r["x"] + 1} for r in requests], inputs=x, outputs=y,
+                config=tritium.ModelConfig(batching=False))
     streaming = tritium.ModelConfig(batching=False, decoupled=True)
     server.bind("count", count, inputs=x, outputs=y, config=streaming)
     server.bind("acount", acount, inputs=x, outputs=y, config=streaming)
@@ -198,12 +205,27 @@ SERVER_SCRIPT = textwrap.dedent(
 )
 
 
+# A repository ensemble whose first step is a bound function and whose second a repository model.
+MIXED_ENSEMBLE = """
+name: "mixed"
+platform: "ensemble"
+max_batch_size: 0
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
+ensemble_scheduling { step [
+  { model_name: "plus_one" model_version: -1 input_map { key: "x" value: "IN" } output_map { key: "y" value: "t" } },
+  { model_name: "ident" model_version: -1 input_map { key: "INPUT0" value: "t" } output_map { key: "OUTPUT0" value: "OUT" } }
+] }
+"""
+
+
 @pytest.fixture(scope="module")
 def served(venv, tmp_path_factory):
     script = tmp_path_factory.mktemp("script") / "serve_functions.py"
     script.write_text(SERVER_SCRIPT)
     repository = script.parent / "models"
     write_model(repository, "ident", identity_config("ident", "TYPE_FP32"))
+    write_model(repository, "mixed", MIXED_ENSEMBLE)
     proc = subprocess.Popen([python(venv), str(script), str(repository)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=script.parent)
     lines: queue.Queue = queue.Queue()
 
@@ -262,6 +284,45 @@ def test_bound_function_over_grpc_and_http(served):
     http = httpclient.InferenceServerClient(f"127.0.0.1:{info['http']}")
     np.testing.assert_array_equal(http.infer("double", [_x(httpclient, values[:1])]).as_numpy("y"), values[:1] * 2)
     http.close()
+
+
+def test_an_ensemble_mixes_a_bound_function_with_a_repository_model(served):
+    info, _ = served
+    client = _grpc(info)
+    before = client.get_inference_statistics("plus_one").model_stats[0].inference_count
+    values = np.array([1.5, -2.0, 7.0], dtype=np.float32)
+    tensor = grpcclient.InferInput("IN", [3], "FP32")
+    tensor.set_data_from_numpy(values)
+    np.testing.assert_array_equal(client.infer("mixed", [tensor]).as_numpy("OUT"), values + 1)
+    assert client.get_inference_statistics("plus_one").model_stats[0].inference_count == before + 1
+    client.close()
+
+
+def test_a_bound_function_reads_and_writes_client_shared_memory(served):
+    info, _ = served
+    client = _grpc(info)
+    values = np.arange(12, dtype=np.float32).reshape(2, 6)
+    tag = uuid.uuid4().hex[:12]
+    regions = {}
+    try:
+        for role in ("in", "out"):
+            regions[role] = (f"{role}_{tag}", f"/tritium_pkg_{role}_{tag}")
+            handle = shm.create_shared_memory_region(*regions[role], values.nbytes)
+            regions[role] += (handle,)
+            client.register_system_shared_memory(*regions[role][:2], values.nbytes)
+        shm.set_shared_memory_region(regions["in"][2], [values])
+        tensor = grpcclient.InferInput("x", [2, 6], "FP32")
+        tensor.set_shared_memory(regions["in"][0], values.nbytes)
+        output = grpcclient.InferRequestedOutput("y")
+        output.set_shared_memory(regions["out"][0], values.nbytes)
+        response = client.infer("double", [tensor], outputs=[output]).get_response()
+        assert list(response.raw_output_contents) == [b""]
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(regions["out"][2], np.float32, [2, 6]), values * 2)
+    finally:
+        for name, _, handle in regions.values():
+            client.unregister_system_shared_memory(name)
+            shm.destroy_shared_memory_region(handle)
+        client.close()
 
 
 def test_bind_on_a_running_server_loads_the_model(served):
@@ -488,6 +549,52 @@ def test_run_serves_until_sigint(venv, tmp_path):
         proc.send_signal(signal.SIGINT)
         assert json.loads(proc.stdout.readline()) == {"stopped": True}
         assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+AT_EXIT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    import tritium
+
+    server = tritium.Server(grpc_port=0, http_port=0, metrics_port=0, grpc_address="127.0.0.1",
+                            http_address="127.0.0.1", metrics_address="127.0.0.1")
+    server.bind("echo", lambda requests: [{"y": r["x"]} for r in requests],
+                inputs=[tritium.Tensor(name="x", dtype=np.int32, shape=(-1,))],
+                outputs=[tritium.Tensor(name="y", dtype=np.int32, shape=(-1,))])
+    started = time.monotonic()
+    server.start()
+    print(json.dumps({"grpc": server.grpc_port, "start_s": time.monotonic() - started}), flush=True)
+    sys.stdin.readline()
+    # No stop(): the interpreter's exit stops the server.
+    """
+)
+
+
+def test_a_started_server_stops_at_interpreter_exit(venv, tmp_path):
+    script = tmp_path / "at_exit.py"
+    script.write_text(AT_EXIT_SCRIPT)
+    proc = subprocess.Popen([python(venv), str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=clean_env(), cwd=tmp_path)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()[-4000:]
+        port = json.loads(line)["grpc"]
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.is_server_ready()
+        client.close()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()[-4000:]
+        errors = proc.stderr.read()
+        assert "Traceback" not in errors and "panicked" not in errors, errors[-4000:]
+        # The process is gone, so is its listener: nothing accepts on the port.
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
     finally:
         if proc.poll() is None:
             proc.kill()
