@@ -23,6 +23,8 @@ line. Example::
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import inspect
 import os
 import threading
 import weakref
@@ -71,8 +73,18 @@ def _binding(model_name, infer_func, inputs, outputs, config, strict):
     if not model_name or "/" in model_name:
         raise ValueError(f"'{model_name}' is not a usable model name")
     config = config or ModelConfig()
+    if not config.decoupled and _answers_several_times(infer_func):
+        # A generator answers each request with what it yields: a decoupled model, whether or not
+        # the config says so (PyTriton requires saying it; nothing else fits a generator).
+        config = dataclasses.replace(config, decoupled=True)
     text = config_text(model_name, _tritium.BACKEND_NAME, list(inputs), list(outputs), config)
     return _process.binding(model_name, infer_func, list(outputs), strict, config), text
+
+
+def _answers_several_times(func) -> bool:
+    """A generator or async generator function (a callable object's ``__call__``, a partial's target)."""
+    target = func if inspect.isroutine(func) or not callable(func) else getattr(func, "__call__", func)
+    return inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target)
 
 
 class Server:

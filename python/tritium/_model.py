@@ -90,7 +90,8 @@ class ModelConfig:
     max_batch_size: int = 4
     batcher: DynamicBatcher = dataclasses.field(default_factory=DynamicBatcher)
     instance_count: int = 1
-    # A generator (or async generator) function: several responses per request.
+    # Several responses per request; a generator (or async generator) function is bound decoupled
+    # without saying so.
     decoupled: bool = False
     # Seconds one call may take: past it the client gets UNAVAILABLE and the call is sent TimeoutError
     # (it lands at the function's next Python line; a call blocked in C code keeps its thread until it returns).

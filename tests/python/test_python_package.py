@@ -146,6 +146,8 @@ SERVER_SCRIPT = textwrap.dedent(
     streaming = tritium.ModelConfig(batching=False, decoupled=True)
     server.bind("count", count, inputs=x, outputs=y, config=streaming)
     server.bind("acount", acount, inputs=x, outputs=y, config=streaming)
+    # Generators are decoupled without the config saying so.
+    server.bind("count_auto", count, inputs=x, outputs=y, config=tritium.ModelConfig(batching=False))
     server.bind("strict", lambda requests: [{"y": np.zeros((1, 3), dtype=np.float32)}], inputs=x,
                 outputs=[tritium.Tensor(name="y", dtype=np.float32, shape=(2,))], strict=True)
     server.bind("meet", meet, inputs=x, outputs=y, config=tritium.ModelConfig(batching=False, instance_count=2))
@@ -348,7 +350,9 @@ def test_async_function_and_a_repository_beside_the_bound_models(served):
     client.close()
 
 
-@pytest.mark.parametrize("model, expected", [("count", [[5, 6], [6, 7], [7, 8]]), ("acount", [[50, 60], [51, 61]])])
+@pytest.mark.parametrize(
+    "model, expected", [("count", [[5, 6], [6, 7], [7, 8]]), ("acount", [[50, 60], [51, 61]]), ("count_auto", [[5, 6], [6, 7], [7, 8]])]
+)
 def test_generator_functions_are_decoupled(served, model, expected):
     info, _ = served
     client = _grpc(info)
