@@ -561,7 +561,7 @@ def test_run_serves_until_sigint(venv, tmp_path):
 
 AT_EXIT_SCRIPT = textwrap.dedent(
     """
-    import json, sys, time
+    import json, sys, threading, time
     import numpy as np
     import tritium
 
@@ -573,13 +573,19 @@ AT_EXIT_SCRIPT = textwrap.dedent(
     started = time.monotonic()
     server.start()
     print(json.dumps({"grpc": server.grpc_port, "start_s": time.monotonic() - started}), flush=True)
-    sys.stdin.readline()
+    # Pure Python on the main thread while the server serves: neither waits for the other.
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
+    spins = 0
+    while not done.is_set():
+        spins += 1
+    print(json.dumps({"spins": spins}), flush=True)
     # No stop(): the interpreter's exit stops the server.
     """
 )
 
 
-def test_a_started_server_stops_at_interpreter_exit(venv, tmp_path):
+def test_a_server_serves_beside_busy_python_and_stops_at_interpreter_exit(venv, tmp_path):
     script = tmp_path / "at_exit.py"
     script.write_text(AT_EXIT_SCRIPT)
     proc = subprocess.Popen([python(venv), str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -590,9 +596,15 @@ def test_a_started_server_stops_at_interpreter_exit(venv, tmp_path):
         port = json.loads(line)["grpc"]
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
         assert client.is_server_ready()
+        # The main thread spins in Python meanwhile; the bound function still gets its turns.
+        for value in range(3):
+            x = grpcclient.InferInput("x", [1, 1], "INT32")
+            x.set_data_from_numpy(np.array([[value]], dtype=np.int32))
+            assert client.infer("echo", [x]).as_numpy("y").tolist() == [[value]]
         client.close()
         proc.stdin.write("\n")
         proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["spins"] > 0
         assert proc.wait(timeout=60) == 0, proc.stderr.read()[-4000:]
         errors = proc.stderr.read()
         assert "Traceback" not in errors and "panicked" not in errors, errors[-4000:]
