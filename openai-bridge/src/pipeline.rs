@@ -80,6 +80,8 @@ pub struct TextStream {
     /// The prompt's scores, when the request asked for them (the latest worker's, after a
     /// migration).
     prompt_scores: Option<Vec<PromptLogprob>>,
+    /// The token that ended the sequence, when the engine sent it for its logprobs (no text).
+    stop_token: Option<TokenInfo>,
     /// Events decided but not yet yielded (a last delta before `Finished`).
     ready: std::collections::VecDeque<Result<TextEvent, BridgeError>>,
     /// The server's hard stop (see [`TextStream::until`]): a token of this stream's own, a child
@@ -120,6 +122,7 @@ pub fn text_stream(
         cached_tokens: 0,
         completion_tokens: 0,
         prompt_scores: None,
+        stop_token: None,
         ready: std::collections::VecDeque::new(),
         hard_stop: None,
     }
@@ -272,6 +275,7 @@ impl Stream for TextStream {
             };
             match event {
                 Some(Ok(GenerateEvent::PromptLogprobs(scores))) => this.prompt_scores = Some(scores),
+                Some(Ok(GenerateEvent::Token(token))) if token.stop => this.stop_token = Some(this.token_info(token)),
                 Some(Ok(GenerateEvent::Token(token))) => {
                     if let Some(delta) = this.on_token(token) {
                         return Poll::Ready(Some(Ok(delta)));
@@ -359,6 +363,9 @@ pub struct Generated {
     pub meta: StreamMeta,
     /// The prompt's positions `1..` scored, when the request asked for it.
     pub prompt_scores: Option<Vec<PromptLogprob>>,
+    /// The token that ended the sequence (end of sequence or a stop token id), with its
+    /// logprobs, when they were asked for: it is in no text.
+    pub stop_token: Option<TokenInfo>,
 }
 
 /// Where a generation ran and how fast (Dynamo's `nvext` response fields).
@@ -393,8 +400,9 @@ pub async fn collect(mut stream: TextStream) -> Result<Generated, BridgeError> {
                 tokens.extend(more);
             }
             TextEvent::Finished { reason, usage, stop_string } => {
-                let prompt_scores = stream.prompt_scores.take();
-                return Ok(Generated { text, tokens, reason, usage, stop_string, meta: stream.meta(), prompt_scores });
+                let (prompt_scores, stop_token) = (stream.prompt_scores.take(), stream.stop_token.take());
+                let meta = stream.meta();
+                return Ok(Generated { text, tokens, reason, usage, stop_string, meta, prompt_scores, stop_token });
             }
         }
     }

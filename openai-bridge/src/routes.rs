@@ -134,8 +134,7 @@ pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: A
     for path in tokenize::TOKENIZER_INFO_PATHS {
         router = router.route(path, get(tokenize::tokenizer_info));
     }
-    router = router
-        .route_layer(middleware::from_fn_with_state(state.clone(), until_hard_stop::<ApiError>));
+    router = router.route_layer(middleware::from_fn_with_state(state.clone(), until_hard_stop::<ApiError>));
     if settings.anthropic {
         let anthropic = Router::new()
             .route(&paths.messages, post(messages::messages))

@@ -79,6 +79,7 @@ def test_tokenize_detokenize_and_info_with_and_without_v1(llm_server, ids):
         ("/tokenize", {"model": "minilm", "prompt": "x"}, "model"),
         ("/tokenize", {"model": LLM, "prompt": "x", "extra": 1}, "prompt"),
         ("/tokenize", {"model": LLM, "messages": [{"content": "no role"}]}, "messages[0].role"),
+        ("/tokenize", {"model": 7, "messages": [{"role": "user", "content": "x"}]}, "model"),
         ("/tokenize", {"model": LLM, "messages": [], "continue_final_message": True}, "continue_final_message"),
     ],
 )
@@ -181,3 +182,24 @@ def test_bad_scoring_requests_name_their_field(llm_server, body, field):
     status, error = post(llm_server, "/v1/completions", {"model": LLM, **body})
     assert status == 400, error
     assert error["error"]["param"] == field, error
+
+
+def test_the_token_that_stops_a_completion_is_in_its_logprobs(llm_server, ids):
+    # The greedy token after the prompt, made a stop token: the completion's text is empty, and
+    # its one logprob entry is that token (as vLLM answers; lm-eval drops the last entry as the
+    # generated one, so without it a one-token continuation would score 0).
+    first = post(llm_server, "/v1/completions", {"model": LLM, "prompt": ids, "max_tokens": 1, "logprobs": 1, "temperature": 0})[1]
+    token_text, logprob = first["choices"][0]["logprobs"]["tokens"][0], first["choices"][0]["logprobs"]["token_logprobs"][0]
+    greedy = post(llm_server, "/tokenize", {"prompt": token_text, "add_special_tokens": False})[1]["tokens"]
+    assert len(greedy) == 1, (token_text, greedy)
+    body = {"model": LLM, "prompt": [ids], "max_tokens": 1, "logprobs": 1, "echo": True, "temperature": 0, "stop_token_ids": greedy}
+    status, stopped = post(llm_server, "/v1/completions", body)
+    assert status == 200, stopped
+    choice = stopped["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["text"] == TEXT
+    assert len(choice["logprobs"]["tokens"]) == len(ids) + 1
+    assert choice["logprobs"]["tokens"][-1] == token_text and choice["logprobs"]["token_logprobs"][-1] == logprob
+    assert stopped["usage"]["completion_tokens"] == 1
+    # Without logprobs nothing changes: no text, no entry.
+    plain = post(llm_server, "/v1/completions", {**body, "echo": False, "logprobs": None})[1]["choices"][0]
+    assert plain["text"] == "" and plain["logprobs"] is None

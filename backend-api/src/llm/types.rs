@@ -109,6 +109,10 @@ pub struct GeneratedToken {
     /// On a sequence's first token only: the prompt tokens found in the prefix cache, so that a
     /// frontend that stops the sequence early (a stop string) can still report them.
     pub prompt_cached: Option<u32>,
+    /// The token that ended the sequence (end of sequence, or one of the request's stop token
+    /// ids), sent only to a request that asked for `logprobs`, for its log-probability: it is no
+    /// text, and `Finished` follows. Evaluators read it as the completion's one token.
+    pub stop: bool,
 }
 
 /// One prompt position scored under the model given the positions before it: the raw

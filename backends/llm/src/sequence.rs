@@ -168,7 +168,11 @@ pub(super) fn sample_next(
         && (sequence.constraint.as_mut().is_some_and(Constrained::accepting)
             || (!sequence.ignore_eos && generated > sequence.min_tokens));
     if eos || sequence.stop_token_ids.contains(&id) {
-        // Counted as generated (as in OpenAI's usage), never sent.
+        // Counted as generated (as in OpenAI's usage); sent, as no text, only for its logprobs.
+        if token.logprob.is_some() {
+            token.stop = true;
+            let _ = sequence.sender.send(Ok(GenerateEvent::Token(token)));
+        }
         sequence.tokens.push(id);
         return Sampled::Finished(FinishReason::Stop);
     }

@@ -95,7 +95,8 @@ pub(super) async fn completions(
     let mut choices = Vec::with_capacity(generated.len());
     for (index, ((text, prompt), generated)) in inputs.into_iter().zip(&generated).enumerate() {
         let scores = generated.prompt_scores.as_deref().unwrap_or_default();
-        let mut choice = Choice { text: String::new(), logprobs: options.logprobs.map(|_| CompletionLogprobs::default()), offset: 0 };
+        let mut choice =
+            Choice { text: String::new(), logprobs: options.logprobs.map(|_| CompletionLogprobs::default()), offset: 0 };
         if echo {
             let prompt_text = match text {
                 Some(text) => text,
@@ -106,6 +107,11 @@ pub(super) async fn completions(
         let completion_tokens = if prompt_only { 0 } else { generated.usage.completion_tokens };
         if !prompt_only {
             choice.push_completion(&generated.text, &generated.tokens);
+            // As vLLM answers: the token that stopped the sequence is in the logprobs, not the
+            // text (lm-eval's scoring drops the last logprob entry as the generated one).
+            if let Some(stop) = &generated.stop_token {
+                choice.push_completion("", std::slice::from_ref(stop));
+            }
         }
         usage.prompt_tokens = usage.prompt_tokens.saturating_add(generated.usage.prompt_tokens);
         usage.completion_tokens = usage.completion_tokens.saturating_add(completion_tokens);

@@ -63,7 +63,10 @@ impl AppState {
     }
 }
 
-pub(super) async fn tokenize(State(state): State<AppState>, OpenAiJson(body): OpenAiJson<Map<String, Value>>) -> Result<Response, ApiError> {
+pub(super) async fn tokenize(
+    State(state): State<AppState>,
+    OpenAiJson(body): OpenAiJson<Map<String, Value>>,
+) -> Result<Response, ApiError> {
     let chat = body.contains_key("messages");
     let (model, tokens, return_token_strs) = if chat {
         // A chat body is a chat-completion request's template fields; nothing is generated.
@@ -79,9 +82,15 @@ pub(super) async fn tokenize(State(state): State<AppState>, OpenAiJson(body): Op
         fields.remove("add_special_tokens");
         fields.remove("return_token_strs");
         fields.remove("continue_final_message");
-        let model = state.tokenizer_model(fields.remove("model").and_then(|m| m.as_str().map(str::to_owned)))?;
+        let named = match fields.remove("model") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(model)) => Some(model),
+            Some(_) => return Err(BridgeError::field("model", "must be a string").into()),
+        };
+        let model = state.tokenizer_model(named)?;
         fields.insert("model".into(), Value::String(model.clone()));
-        let request: ChatCompletionRequest = parse_json(&serde_json::to_vec(&fields).map_err(|e| BridgeError::Internal(e.to_string()))?)?;
+        let request: ChatCompletionRequest =
+            parse_json(&serde_json::to_vec(&fields).map_err(|e| BridgeError::Internal(e.to_string()))?)?;
         let pre = state.preprocessor(&model, ModelKind::Generate, "/tokenize")?;
         let tools = request.tools()?;
         let messages = request.template_messages()?;
@@ -89,7 +98,8 @@ pub(super) async fn tokenize(State(state): State<AppState>, OpenAiJson(body): Op
         let text = pre.render_chat_bounded(&messages, request.add_generation_prompt.unwrap_or(true), extra.as_ref()).await?;
         (model, pre.encode_off_runtime(text, add_special_tokens).await?, return_token_strs)
     } else {
-        let request: TokenizeText = serde_json::from_value(Value::Object(body)).map_err(|e| BridgeError::field("prompt", e.to_string()))?;
+        let request: TokenizeText =
+            serde_json::from_value(Value::Object(body)).map_err(|e| BridgeError::field("prompt", e.to_string()))?;
         let model = state.tokenizer_model(request.model)?;
         let pre = state.preprocessor(&model, ModelKind::Generate, "/tokenize")?;
         let tokens = pre.encode_off_runtime(request.prompt, request.add_special_tokens.unwrap_or(true)).await?;
@@ -106,18 +116,25 @@ pub(super) async fn tokenize(State(state): State<AppState>, OpenAiJson(body): Op
     Ok(json_response(StatusCode::OK, &body))
 }
 
-pub(super) async fn detokenize(State(state): State<AppState>, OpenAiJson(request): OpenAiJson<DetokenizeRequest>) -> Result<Response, ApiError> {
+pub(super) async fn detokenize(
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<DetokenizeRequest>,
+) -> Result<Response, ApiError> {
     let model = state.tokenizer_model(request.model)?;
     let pre = state.preprocessor(&model, ModelKind::Generate, "/detokenize")?;
     // No sequence the model can hold is longer than its context: a longer list is no text it made.
     let context = pre.card().context_length;
     if context > 0 && request.tokens.len() > context {
         let count = request.tokens.len();
-        return Err(BridgeError::field("tokens", format!("{count} tokens are more than the model's context length ({context})")).into());
+        return Err(
+            BridgeError::field("tokens", format!("{count} tokens are more than the model's context length ({context})")).into()
+        );
     }
     let vocab = pre.tokenizer().get_vocab_size(true);
     if let Some(id) = request.tokens.iter().find(|&&id| id as usize >= vocab) {
-        return Err(BridgeError::field("tokens", format!("token id {id} is out of range (the vocabulary has {vocab} tokens)")).into());
+        return Err(
+            BridgeError::field("tokens", format!("token id {id} is out of range (the vocabulary has {vocab} tokens)")).into()
+        );
     }
     // Special tokens are kept: the text is what the ids say, as vLLM answers.
     let prompt = pre.tokenizer().decode(&request.tokens, false).map_err(|e| BridgeError::Tokenizer(e.to_string()))?;

@@ -197,6 +197,7 @@ pub fn event_to_proto(event: GenerateEvent) -> pb::GenerateEvent {
             top_logprobs: token.top_logprobs.into_iter().map(|(id, logprob)| pb::TopLogprob { id, logprob }).collect(),
             prompt_cached: token.prompt_cached,
             rank: None,
+            stop: token.stop,
         }),
         GenerateEvent::PromptLogprobs(scores) => pb::generate_event::Event::PromptLogprobs(pb::PromptLogprobs {
             positions: scores
@@ -207,6 +208,7 @@ pub fn event_to_proto(event: GenerateEvent) -> pb::GenerateEvent {
                     top_logprobs: score.top_logprobs.into_iter().map(|(id, logprob)| pb::TopLogprob { id, logprob }).collect(),
                     prompt_cached: None,
                     rank: Some(score.rank),
+                    stop: false,
                 })
                 .collect(),
         }),
@@ -231,6 +233,7 @@ pub fn event_from_proto(event: pb::GenerateEvent) -> Result<GenerateEvent, Strin
             logprob: token.logprob,
             top_logprobs: token.top_logprobs.into_iter().map(|t| (t.id, t.logprob)).collect(),
             prompt_cached: token.prompt_cached,
+            stop: token.stop,
         })),
         Some(pb::generate_event::Event::PromptLogprobs(scores)) => Ok(GenerateEvent::PromptLogprobs(
             scores
@@ -289,6 +292,7 @@ mod tests {
                 logprob: Some(-0.5),
                 top_logprobs: vec![(5, -0.5), (6, -1.5)],
                 prompt_cached: Some(2),
+                stop: false,
             }),
             GenerateEvent::Finished {
                 reason: FinishReason::Length,

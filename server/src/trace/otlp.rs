@@ -116,9 +116,8 @@ impl OtlpSettings {
 
     fn resource(&self) -> Resource {
         let mut attributes = vec![KeyValue::new("service.name", self.service_name().to_owned())];
-        attributes.extend(
-            self.resource.iter().filter(|(k, _)| k != "service.name").map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-        );
+        attributes
+            .extend(self.resource.iter().filter(|(k, _)| k != "service.name").map(|(k, v)| KeyValue::new(k.clone(), v.clone())));
         Resource::builder_empty().with_attributes(attributes).build()
     }
 }
@@ -422,6 +421,9 @@ mod tests {
         assert_eq!((full.settings.service_name(), full.rate), ("frontend", 4));
         assert!(from_env(env(&[("OTEL_EXPORT_ENABLED", "maybe")])).is_err());
         assert!(from_env(env(&[("OTEL_EXPORT_ENABLED", "1"), ("OTEL_TRACES_SAMPLER_ARG", "2")])).is_err());
-        assert_eq!(from_env(env(&[("OTEL_EXPORT_ENABLED", "1"), ("OTEL_TRACES_SAMPLER_ARG", "0")])).expect("ok").expect("on").rate, 0);
+        assert_eq!(
+            from_env(env(&[("OTEL_EXPORT_ENABLED", "1"), ("OTEL_TRACES_SAMPLER_ARG", "0")])).expect("ok").expect("on").rate,
+            0
+        );
     }
 }

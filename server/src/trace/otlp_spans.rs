@@ -45,13 +45,10 @@ impl TraceSink for OtlpSink {
 pub fn spans(trace: &FinishedTrace) -> Vec<SpanData> {
     let scope = InstrumentationScope::builder("tritium").with_version(env!("CARGO_PKG_VERSION")).build();
     let trace_id = TraceId::from_bytes(trace.trace_id);
-    let state = trace
-        .remote_parent
-        .as_ref()
-        .and_then(|p| p.tracestate())
-        .and_then(|s| s.parse::<TraceState>().ok())
-        .unwrap_or_default();
-    let context = |span_id: [u8; 8]| SpanContext::new(trace_id, SpanId::from_bytes(span_id), TraceFlags::SAMPLED, false, state.clone());
+    let state =
+        trace.remote_parent.as_ref().and_then(|p| p.tracestate()).and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
+    let context =
+        |span_id: [u8; 8]| SpanContext::new(trace_id, SpanId::from_bytes(span_id), TraceFlags::SAMPLED, false, state.clone());
     let time = |ns: u64| UNIX_EPOCH + Duration::from_nanos(trace.unix_ns(ns));
     let finished = SystemTime::now();
     let mut out = Vec::with_capacity(trace.nodes.len() * 3);
@@ -67,9 +64,11 @@ pub fn spans(trace: &FinishedTrace) -> Vec<SpanData> {
             .timestamps
             .iter()
             .map(|(kind, ns)| opentelemetry::trace::Event::new(kind.name(), time(*ns), Vec::new(), 0))
-            .chain(node.events.iter().map(|e| {
-                opentelemetry::trace::Event::new(e.name.clone(), time(e.ns), attributes(&e.attributes), 0)
-            }))
+            .chain(
+                node.events
+                    .iter()
+                    .map(|e| opentelemetry::trace::Event::new(e.name.clone(), time(e.ns), attributes(&e.attributes), 0)),
+            )
             .collect();
         let kind = match node.attributes.iter().find(|(k, _)| k == SPAN_KIND_ATTRIBUTE).map(|(_, v)| v) {
             Some(AttrValue::Str(s)) if s == "client" => SpanKind::Client,
