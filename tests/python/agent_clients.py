@@ -23,7 +23,10 @@ from helpers import finish_server, start_server
 
 LLM = LLM_NAME
 REQUEST_TIMEOUT_S = 120
-QUESTION = "What is the capital of France?"
+# SmolLM2-135M's greedy answer to this one is "The capital of France is Paris." with or without a system
+# prompt, under our kernels and under llama.cpp alike; "What is the capital of France?" with no system prompt
+# wanders off into French nouns on both, past the answer's token budget.
+QUESTION = "Name the capital of France."
 WEATHER_QUESTION = "What is the weather in Paris?"
 SYSTEM = "Be brief."
 ANSWER_TOKENS = 16

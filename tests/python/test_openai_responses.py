@@ -86,7 +86,7 @@ def test_responses_item_input_equals_string(oai, capital_response):
     # input_text parts are joined; a message item without "type" is a message too.
     r = oai.responses.create(
         model=LLM,
-        input=[{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "What is the capital"}, {"type": "input_text", "text": " of France?"}]}],
+        input=[{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Name the capital"}, {"type": "input_text", "text": " of France."}]}],
         max_output_tokens=ANSWER_TOKENS,
         temperature=0,
     )

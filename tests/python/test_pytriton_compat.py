@@ -34,12 +34,12 @@ _SERVING = re.compile(r"Tritium serving: grpc port (\d+), http port (\d+)")
 def client_venv(venv, tmp_path_factory) -> pathlib.Path:
     """The fresh environment with tritonclient too (the examples' clients need it), at the suite's pins."""
     text = (REPO / "tests/python/requirements.txt").read_text()
-    pin = pin(text, "tritonclient[grpc,http]")
+    tritonclient_pin = pin(text, "tritonclient[grpc,http]")
     # pip's constraints take no extras: the pins alone.
     constraints = tmp_path_factory.mktemp("constraints") / "constraints.txt"
     constraints.write_text(re.sub(r"^([\w.-]+)\[[^\]]*\]==", r"\1==", text, flags=re.MULTILINE))
     pip = [python(venv), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", str(constraints)]
-    run([*pip, f"tritonclient[grpc,http]=={pin}"], build_env(venv), 600)
+    run([*pip, f"tritonclient[grpc,http]=={tritonclient_pin}"], build_env(venv), 600)
     return venv
 
 
