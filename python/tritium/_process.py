@@ -257,6 +257,10 @@ class ProcessBinding:
         )
         self._instances = [_Instance(self, i) for i in range(count)]
         self._idle: "queue.SimpleQueue[_Instance]" = queue.SimpleQueue()
+        # Restarts of ended instances run beside the calls; close() waits for one under way and
+        # keeps later ones from starting a child (the next call starts it then).
+        self._lifecycle = threading.Lock()
+        self._closed = False
         try:
             self._start_all()
         except RuntimeError as error:
@@ -280,13 +284,38 @@ class ProcessBinding:
 
     def close(self) -> None:
         """Ends every child and reaps it; a later call starts them again."""
-        for instance in self._instances:
-            instance.stop()
+        with self._lifecycle:
+            self._closed = True
+            for instance in self._instances:
+                instance.stop()
+
+    def _release(self, instance: _Instance) -> None:
+        """Gives an instance back after a call. One that was ended (killed past its timeout, or
+        dead) is started again on a thread of its own first, so that its interpreter's start-up is
+        not charged to the next call's timeout."""
+        if instance.alive():
+            self._idle.put(instance)
+            return
+        threading.Thread(target=self._restart, args=(instance,), name=f"tritium-restart-{self.model}", daemon=True).start()
+
+    def _restart(self, instance: _Instance) -> None:
+        try:
+            with self._lifecycle:
+                if not self._closed and not _exiting:
+                    instance.reap()
+                    instance.spawn()
+                    instance.handshake(time.monotonic() + START_TIMEOUT_S)
+        except BaseException:
+            # The next call tries again, and says why if it cannot.
+            instance.kill()
+        finally:
+            self._idle.put(instance)
 
     def _acquire(self) -> _Instance:
         """A free instance, started again first if it died; whatever is raised here (the server's own
         timeout may send a TimeoutError to a call still waiting for an instance) gives it back."""
         instance = self._idle.get()
+        self._closed = False
         try:
             if not instance.alive():
                 instance.reap()
@@ -345,7 +374,7 @@ class ProcessBinding:
             self._request(instance, inputs, False, parameters)
             kind, tensors, extra = self._wait(instance, self._deadline())
         finally:
-            self._idle.put(instance)
+            self._release(instance)
         if kind == "error":
             raise _remote_error(*extra)
         return tensors
@@ -376,7 +405,7 @@ class ProcessBinding:
                         pass
                 except Exception:  # noqa: BLE001 - a child that does not answer is ended
                     instance.kill()
-            self._idle.put(instance)
+            self._release(instance)
 
     def _ask(self, instance: _Instance, what: str) -> None:
         try:

@@ -97,6 +97,10 @@ SERVER_SCRIPT = textwrap.dedent(
     def missing(requests):
         return [{} for r in requests]
 
+    def wrong_batch(requests):
+        # One row more than the request sent: the batch dimension is checked without strict.
+        return [{"y": np.concatenate([r["x"], r["x"][:1]])} for r in requests]
+
     def upper(requests):
         return [{"out": np.array([s.upper() for s in r["text"].reshape(-1)], dtype=object).reshape(r["text"].shape)}
                 for r in requests]
@@ -137,6 +141,7 @@ SERVER_SCRIPT = textwrap.dedent(
     server.bind("fail", fail, inputs=x, outputs=y)
     server.bind("wrong_dtype", wrong_dtype, inputs=x, outputs=y)
     server.bind("missing", missing, inputs=x, outputs=y)
+    server.bind("wrong_batch", wrong_batch, inputs=x, outputs=y)
     server.bind("upper", upper, inputs=[tritium.Tensor(name="text", dtype=bytes, shape=(-1,))],
                 outputs=[tritium.Tensor(name="out", dtype=bytes, shape=(-1,))], config=tritium.ModelConfig(batching=False))
     server.bind("async_double", async_double, inputs=x, outputs=y)
@@ -458,6 +463,7 @@ def test_perf_analyzer_on_a_bound_function(served):
         ("fail", ["model 'fail'", "the Python function raised ValueError: the function says no"]),
         ("wrong_dtype", ["model 'wrong_dtype'", "output 'y' is FP64; the model declares FP32"]),
         ("missing", ["model 'missing'", "returned no 'y' output"]),
+        ("wrong_batch", ["model 'wrong_batch'", "output 'y' has batch size 2; the request's is 1"]),
         ("strict", ["model 'strict'", "output 'y' has shape (1, 3); the model declares (2,)"]),
     ],
 )

@@ -373,7 +373,16 @@ def test_timeout_kills_a_spinning_child_and_the_model_serves_on(served):
     error = _refused(client, "spin", 1)
     assert "StatusCode.UNAVAILABLE" in str(error.status())
     assert "did not return from its Python function within 0.5 s" in error.message(), error.message()
-    after = int(_out(client, "spin", 0)[0])
+    # The killed child is started again beside the calls; a call that comes before it is up waits for
+    # it, within the same 0.5 s, which a loaded machine's interpreter start-up can exceed.
+    give_up = time.monotonic() + 60
+    while True:
+        try:
+            after = int(_out(client, "spin", 0)[0])
+            break
+        except InferenceServerException as late:
+            assert "within 0.5 s" in late.message() and time.monotonic() < give_up, late.message()
+            time.sleep(0.1)
     assert after != before
     give_up = time.monotonic() + 30
     while _running(before):
