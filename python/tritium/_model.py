@@ -129,9 +129,11 @@ def config_text(name: str, backend: str, inputs: List[Tensor], outputs: List[Ten
     lines.append(f"instance_group {{ count: {int(config.instance_count)} kind: KIND_CPU }}")
     if config.decoupled:
         lines.append("model_transaction_policy { decoupled: true }")
-    if config.timeout_s is not None:
-        if not config.timeout_s > 0:
-            raise ValueError("timeout_s must be a positive number of seconds")
+    if config.timeout_s is not None and not config.timeout_s > 0:
+        raise ValueError("timeout_s must be a positive number of seconds")
+    # Process instances enforce timeout_s themselves (the child is killed at the deadline); the
+    # server's own timeout would send TimeoutError into the thread that hands out instances.
+    if config.timeout_s is not None and config.instance_kind != "process":
         seconds = json.dumps(repr(float(config.timeout_s)))
         lines.append(f'parameters {{ key: "execute_timeout_seconds" value {{ string_value: {seconds} }} }}')
     return "\n".join(lines) + "\n"

@@ -314,14 +314,22 @@ class ProcessBinding:
     def _acquire(self) -> _Instance:
         """A free instance, started again first if it died; whatever is raised here (the server's own
         timeout may send a TimeoutError to a call still waiting for an instance) gives it back."""
-        instance = self._idle.get()
-        self._closed = False
+        instance = None
         try:
+            # Inside the try: a TimeoutError the server sends while this thread waits lands at the first
+            # bytecode after get() returns, and the instance must go back, or the pool loses it for good.
+            instance = self._idle.get()
+            self._closed = False
             if not instance.alive():
                 instance.reap()
                 instance.spawn()
                 instance.handshake(time.monotonic() + START_TIMEOUT_S)
         except BaseException as error:
+            if instance is None:
+                raise
+            if not isinstance(error, (RuntimeError, OSError)) and instance.alive():
+                self._idle.put(instance)  # no call reached it: it serves the next one as it is
+                raise
             instance.kill()
             self._idle.put(instance)
             if isinstance(error, (RuntimeError, OSError)):
@@ -338,7 +346,8 @@ class ProcessBinding:
             while not conn.poll(None if deadline is None else max(0.0, deadline - time.monotonic())):
                 how = instance.kill()
                 raise InstanceUnavailable(
-                    f"the Python function did not return within {self.timeout_s:g} s: its process instance "
+                    f"the model '{self.model}' did not return from its Python function within {self.timeout_s:g} s: "
+                    f"its process instance "
                     f"{instance.index} (pid {pid}) was ended ({how}) and is started again"
                 )
             return _receive(conn, instance.mapping)
@@ -369,20 +378,23 @@ class ProcessBinding:
         """One execution, as ``_runtime.invoke``: the answer's tensors, or an iterator of them."""
         if decoupled:
             return self._stream(inputs, parameters)
-        instance = self._acquire()
+        instance = None
         try:
+            instance = self._acquire()
             self._request(instance, inputs, False, parameters)
             kind, tensors, extra = self._wait(instance, self._deadline())
         finally:
-            self._release(instance)
+            if instance is not None:
+                self._release(instance)
         if kind == "error":
             raise _remote_error(*extra)
         return tensors
 
     def _stream(self, inputs, parameters):
-        instance = self._acquire()
+        instance = None
         ended = False
         try:
+            instance = self._acquire()
             self._request(instance, inputs, True, parameters)
             while True:
                 # One response at a time, as the thread does: the child runs the generator on to
@@ -397,15 +409,16 @@ class ProcessBinding:
                     raise _remote_error(*extra)
                 yield tensors
         finally:
-            if not ended and instance.alive():
-                # The receiver went away: the child closes the generator and says so.
-                try:
-                    self._ask(instance, "close")
-                    while self._wait(instance, time.monotonic() + _STOP_GRACE_S)[0] != "end":
-                        pass
-                except Exception:  # noqa: BLE001 - a child that does not answer is ended
-                    instance.kill()
-            self._release(instance)
+            if instance is not None:
+                if not ended and instance.alive():
+                    # The receiver went away: the child closes the generator and says so.
+                    try:
+                        self._ask(instance, "close")
+                        while self._wait(instance, time.monotonic() + _STOP_GRACE_S)[0] != "end":
+                            pass
+                    except Exception:  # noqa: BLE001 - a child that does not answer is ended
+                        instance.kill()
+                self._release(instance)
 
     def _ask(self, instance: _Instance, what: str) -> None:
         try:
