@@ -105,6 +105,9 @@ pub struct BackendRequest {
     /// The outputs the client asked for (empty: all of them); the worker keeps only those, so
     /// most backends compute every output and ignore this.
     pub requested_outputs: Vec<String>,
+    /// The request's trace when it is sampled (`None` for a batch of several requests): an
+    /// ensemble or a BLS call makes its calls child traces of it.
+    pub trace: Option<crate::trace::RequestTrace>,
 }
 
 impl BackendRequest {

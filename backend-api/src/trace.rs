@@ -487,6 +487,11 @@ impl RequestTrace {
         }
     }
 
+    /// Whether this node has a stamp of `kind`.
+    pub fn has_stamp(&self, kind: TimestampKind) -> bool {
+        lock(&self.node.data).timestamps.iter().any(|(k, _)| *k == kind)
+    }
+
     /// Sets an attribute (router, worker, GenAI): a later value for the same key replaces it.
     pub fn set_attribute(&self, key: impl Into<Cow<'static, str>>, value: impl Into<AttrValue>) {
         let (key, value) = (key.into(), value.into());
@@ -509,6 +514,25 @@ impl RequestTrace {
             lock(&self.node.data).tensors.push(TensorRecord { activity, tensor: tensor.clone() });
         }
     }
+}
+
+tokio::task_local! {
+    static CURRENT: Option<RequestTrace>;
+}
+
+/// Runs `future` with `trace` as the [`current`] trace: the layers between a door and a worker
+/// (the router, the worker-plane client) annotate and carry it without every signature on the
+/// way taking it.
+pub async fn scoped<F: std::future::Future>(trace: Option<RequestTrace>, future: F) -> F::Output {
+    match trace {
+        None => future.await,
+        Some(trace) => CURRENT.scope(Some(trace), future).await,
+    }
+}
+
+/// The trace of the request the current task works for, inside [`scoped`].
+pub fn current() -> Option<RequestTrace> {
+    CURRENT.try_with(Clone::clone).ok().flatten()
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock of Triton's trace file.

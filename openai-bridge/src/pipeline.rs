@@ -329,10 +329,13 @@ pub async fn generate_text(
             let request = GenerateRequest { model_version: model.version, ..request };
             observer.prompt_tokens(prompt_tokens);
             observer.request(&request);
-            match model.worker {
-                Some(worker) => hub.generate_on(model.name, worker, request).await,
-                None => hub.generate(model.name, request).await,
-            }
+            let generation = async {
+                match model.worker {
+                    Some(worker) => hub.generate_on(model.name, worker, request).await,
+                    None => hub.generate(model.name, request).await,
+                }
+            };
+            tritium_backend_api::trace::scoped(observer.trace().cloned(), generation).await
         }
         Err(error) => Err(error),
     };

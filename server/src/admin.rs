@@ -183,8 +183,7 @@ pub fn trace_setting(state: &ServerState, request: TraceSettingRequest) -> Resul
     if !request.model_name.is_empty() && state.repository.model(&request.model_name).is_none() {
         return Err(WorkerError::ModelNotFound { name: request.model_name }.into());
     }
-    let mut trace = state.trace.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    Ok(TraceSettingResponse { settings: trace.update(&request.model_name, request.settings)? })
+    Ok(TraceSettingResponse { settings: state.tracer.update(&request.model_name, request.settings)? })
 }
 
 pub fn log_settings(state: &ServerState, request: LogSettingsRequest) -> Result<LogSettingsResponse, ServerError> {

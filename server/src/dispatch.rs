@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use tritium_backend_api::trace::scoped;
 use tritium_worker::registry::on_demand::InUse;
 use tritium_worker::{InferOutcome, InferenceRequest, InferenceResponse, ModelVersion, ValidInferRequest, WorkerClient};
 
@@ -65,7 +66,8 @@ pub(crate) async fn load_on_demand(state: &ServerState, name: &str) -> Result<Op
 }
 
 async fn language(state: &ServerState, request: ValidInferRequest, stream_call: bool) -> Result<InferOutcome, ServerError> {
-    state.llm.infer_kserve(request, stream_call).await
+    let trace = request.request().trace.clone();
+    scoped(trace, state.llm.infer_kserve(request, stream_call)).await
 }
 
 /// A ModelInfer request: exactly one response.
@@ -77,7 +79,10 @@ pub async fn unary(
     let Admitted { request, target } = admit(state, request, model)?;
     match target {
         Target::Local => Ok(ModelVersion::run_unary(request).await?),
-        Target::Routed => Ok(Box::pin(state.router.infer(request)).await?),
+        Target::Routed => {
+            let trace = request.request().trace.clone();
+            Ok(Box::pin(scoped(trace, state.router.infer(request))).await?)
+        }
         Target::Language => match Box::pin(language(state, request, false)).await? {
             InferOutcome::Single(response) => Ok(response),
             InferOutcome::Stream(_) => Err(ServerError::Internal("a unary call got a stream".into())),
@@ -90,7 +95,10 @@ pub(crate) async fn streamed(state: &ServerState, admitted: Admitted) -> Result<
     let Admitted { request, target } = admitted;
     match target {
         Target::Local => Ok(ModelVersion::run_any(request).await?),
-        Target::Routed => Ok(Box::pin(state.router.infer_stream(request)).await?),
+        Target::Routed => {
+            let trace = request.request().trace.clone();
+            Ok(Box::pin(scoped(trace, state.router.infer_stream(request))).await?)
+        }
         Target::Language => Box::pin(language(state, request, true)).await,
     }
 }

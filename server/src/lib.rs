@@ -43,7 +43,7 @@ pub mod worker_process;
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -80,6 +80,8 @@ pub enum StartError {
     Events(#[from] events::EventError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("tracing: {0}")]
+    Trace(String),
 }
 
 /// The in-process worker's id in the router (it is not registered in a shared discovery).
@@ -117,15 +119,19 @@ impl Tritium {
             config.transport.max_message_size,
         );
         let hard_stop = CancellationToken::new();
-        let llm = Arc::new(LlmFrontend::new(
-            Arc::clone(&repository),
-            Arc::clone(&router),
-            config.limits.completion,
-            config.openai.formats,
-            &config.openai.metrics_prefix,
-            config.limits.preprocess,
-            hard_stop.clone(),
-        ));
+        let tracer = Arc::new(trace::Tracer::new(config.trace.clone()));
+        let llm = Arc::new(
+            LlmFrontend::new(
+                Arc::clone(&repository),
+                Arc::clone(&router),
+                config.limits.completion,
+                config.openai.formats,
+                &config.openai.metrics_prefix,
+                config.limits.preprocess,
+                hard_stop.clone(),
+            )
+            .with_tracer(Arc::clone(&tracer)),
+        );
         let server_name = match config.server_name.as_str() {
             "" => config::DEFAULT_SERVER_NAME.to_string(),
             name => name.to_string(),
@@ -138,7 +144,7 @@ impl Tritium {
             shm: SharedMemoryRegistry::with_policy(config.limits.shm.clone()),
             load_timeout: config.limits.model_load_timeout,
             log,
-            trace: Mutex::new(settings::TraceSettings::default()),
+            tracer,
             stopping: CancellationToken::new(),
             hard_stop,
         });
@@ -197,6 +203,7 @@ impl Tritium {
             .transpose()
             .map_err(StartError::Tls)?;
         let stop = CancellationToken::new();
+        self.state.tracer.start(stop.clone()).map_err(StartError::Trace)?;
         let cluster = &self.config.cluster;
         let discovery: Arc<dyn Discovery> = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
         let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.scope).await?;
@@ -301,6 +308,7 @@ impl Tritium {
         if let Some(poller) = poller {
             let _ = poller.await;
         }
+        self.state.tracer.finish().await;
         Ok(())
     }
 }

@@ -1,12 +1,11 @@
 //! The state every door of the server shares (gRPC, KServe REST, the OpenAI routes, metrics),
 //! built once at start.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tritium_worker::ModelRepository;
 
 use crate::logging::LogControl;
-use crate::settings::TraceSettings;
 use crate::shm::SharedMemoryRegistry;
 
 /// What the gRPC and HTTP handlers share: the model registry, the router, the language-model
@@ -23,7 +22,8 @@ pub struct ServerState {
     /// How long a client waits for a model load before it is answered with an error.
     pub load_timeout: std::time::Duration,
     pub log: LogControl,
-    pub trace: Mutex<TraceSettings>,
+    /// Request tracing: TraceSetting's values and the sampler.
+    pub tracer: Arc<crate::trace::Tracer>,
     /// Cancelled when the server begins to shut down: open streams stop taking requests, finish
     /// what they have, and end, so an idle stream does not hold the shutdown up.
     pub stopping: tokio_util::sync::CancellationToken,

@@ -21,6 +21,7 @@ use crate::discovery::{self, WorkerAddress};
 use crate::events::{self, EventBus, LoadReport, WorkerEvent};
 use crate::remote::WorkerService;
 use crate::routing::publish_worker;
+use crate::trace::Tracer;
 
 /// How often a worker reports its load.
 const LOAD_EVERY: Duration = Duration::from_millis(500);
@@ -74,7 +75,12 @@ impl WorkerProcess {
         let cluster = &self.config.cluster;
         let discovery = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
         let events = events::connect(&cluster.events, &cluster.scope).await?;
-        let service = WorkerService::new(Arc::clone(&self.repository)).with_transfers(self.config.transfers.clone());
+        let tracer = Arc::new(Tracer::new(self.config.trace.clone()).following_callers());
+        let trace_stop = CancellationToken::new();
+        tracer.start(trace_stop.clone()).map_err(StartError::Trace)?;
+        let service = WorkerService::new(Arc::clone(&self.repository))
+            .with_transfers(self.config.transfers.clone())
+            .with_tracer(Arc::clone(&tracer));
         let in_flight = service.in_flight();
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
@@ -124,6 +130,8 @@ impl WorkerProcess {
                 }
             }
         }
+        trace_stop.cancel();
+        tracer.finish().await;
         Ok(())
     }
 }

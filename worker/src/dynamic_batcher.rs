@@ -395,7 +395,14 @@ async fn execute(backend: &dyn Backend, ragged: &RaggedBatching, batch: &mut [Pe
     let stacked = Instant::now();
     let outputs = match inputs {
         Ok(inputs) => {
-            let request = BackendRequest { inputs, parameters, cancel: None, id: String::new(), requested_outputs: Vec::new() };
+            let request = BackendRequest {
+                inputs,
+                parameters,
+                cancel: None,
+                id: String::new(),
+                requested_outputs: Vec::new(),
+                trace: None,
+            };
             let mut responder = Responder::single();
             match backend.execute(request, &mut responder).await {
                 Ok(()) => responder.take_single().ok_or(BackendError::NoResponse),
@@ -454,6 +461,7 @@ async fn execute_streams(backend: &dyn Backend, ragged: &RaggedBatching, batch: 
             cancel: pending.cancel,
             id: pending.id,
             requested_outputs: pending.requested_outputs,
+            trace: None,
         };
         requests.push(StreamedRequest { request, responder: stream.responder, done: stream.done });
     }
@@ -476,6 +484,7 @@ async fn execute_list(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Batch
             cancel: None,
             id: std::mem::take(&mut p.id),
             requested_outputs: std::mem::take(&mut p.requested_outputs),
+            trace: None,
         })
         .collect();
     let answers = backend.execute_list(requests).await;

@@ -82,6 +82,7 @@ fn request(values: &[i32], width: i64) -> BackendRequest {
         cancel: None,
         id: String::new(),
         requested_outputs: Vec::new(),
+        trace: None,
     }
 }
 

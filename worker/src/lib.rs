@@ -57,11 +57,11 @@ pub mod worker;
 
 pub use backends::{builtin_backends, register_builtins};
 pub use model::ModelVersion;
+pub use rate_limiter::{RateLimitMode, RateLimiter, ResourceLimit};
 pub use registry::{
     ByName, ControlMode, DeclaredModel, FileOverride, IndexEntry, MAX_OVERRIDE_BYTES, MAX_OVERRIDE_FILES, ModelRepository,
     ModelState, OverrideFolder, RemoteModel, RemoteRepository, RepositoryOptions, ServedModel, SyncedModel,
 };
-pub use rate_limiter::{RateLimitMode, RateLimiter, ResourceLimit};
 pub use scheduler_limits::{SchedulerLimits, instance_count};
 pub use stats::{BatchStat, FailureReason, PhaseTimes, StatsSnapshot};
 // The seam's request, response and error types, which every caller of the core handles too.

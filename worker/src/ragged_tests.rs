@@ -253,6 +253,7 @@ fn segment_request(length: i64) -> BackendRequest {
         cancel: None,
         id: String::new(),
         requested_outputs: Vec::new(),
+        trace: None,
     }
 }
 
@@ -397,6 +398,7 @@ async fn a_request_alone_gets_its_scattered_output_in_its_own_shape() {
         cancel: None,
         id: String::new(),
         requested_outputs: Vec::new(),
+        trace: None,
     };
     let outputs = ragged.run_one(&Echo, request).await.unwrap();
     assert_eq!(outputs[0].shape, [1, 4], "the model answered [4]");

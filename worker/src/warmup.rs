@@ -37,6 +37,7 @@ pub fn run(config: &ModelConfig, model_dir: Option<&Path>, backend: &dyn Backend
                 cancel: None,
                 id: String::new(),
                 requested_outputs: Vec::new(),
+                trace: None,
             };
             let mut responder = Responder::single();
             match block_on(backend.execute(request, &mut responder)) {

@@ -35,10 +35,16 @@ def _request_parameters(parameters):
 
 
 class InferenceTrace:
-    """The trace of a request; Tritium's python backend has no tracing context to give."""
+    """The trace of a request the server traces: pass it as `InferenceRequest(..., trace=request.trace())` and
+    the BLS call is a child trace of the request, as in Triton. `get_context()` gives its W3C context as JSON
+    (`{"traceparent": ...}`), or None for a request not traced."""
+
+    def __init__(self, key=None, traceparent=None):
+        self._key = key
+        self._traceparent = traceparent
 
     def get_context(self):
-        return None
+        return json.dumps({"traceparent": self._traceparent}) if self._traceparent else None
 
 
 _NO_TRACE = InferenceTrace()
@@ -195,6 +201,9 @@ class InferenceRequest:
             request._correlation_id = extras.get("correlation_id", 0)
             request._timeout = extras.get("timeout", 0)
             request._parameters = extras.get("parameters", "{}")
+            trace = extras.get("trace")
+            if trace:
+                request._trace = InferenceTrace(trace.get("key"), trace.get("traceparent"))
         return request
 
     def inputs(self):

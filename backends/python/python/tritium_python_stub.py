@@ -72,6 +72,9 @@ class Runtime:
             "request_id": request.request_id(), "correlation_id": request.correlation_id(), "flags": request.flags(),
             "timeout": request.timeout(), "parameters": request.parameters(), "decoupled": bool(decoupled),
         }  # fmt: skip
+        trace_key = getattr(request.trace(), "_key", None)
+        if trace_key is not None:
+            header["trace"] = trace_key
         self.conn.send(header, descs)
 
     def infer(self, request, decoupled):

@@ -42,7 +42,7 @@ use crate::model::PythonModel;
 pub use crate::packed_env::EnvLimits;
 pub use crate::pool::stop_all;
 use crate::pool::{Instances, Launcher};
-use crate::services::Services;
+use crate::services::{Services, TraceRegistry};
 use crate::stub::{Stub, StubSpec};
 
 /// The backend name in `config.pbtxt`.
@@ -238,10 +238,11 @@ impl BackendFactory for PythonFactory {
             .iter()
             .flat_map(|group| (0..group.count.max(1)).map(move |index| format!("{}_{index}", group.name)))
             .collect();
+        let traces = TraceRegistry::default();
         let launcher = Launcher {
             spec: self.spec(config, context.model_dir, context.model_name)?,
             init,
-            services: Services::new(context.host.clone()),
+            services: Services::new(context.host.clone()).with_traces(traces.clone()),
         };
         let execute_timeout = match config_parameter(config, EXECUTE_TIMEOUT_SECONDS).filter(|p| !p.trim().is_empty()) {
             None => self.settings.execute_timeout,
@@ -257,6 +258,6 @@ impl BackendFactory for PythonFactory {
             }
         };
         let instances = Instances::start(names, launcher)?;
-        Ok(Engine::tensors(PythonModel::new(config, decoupled, instances, execute_timeout)))
+        Ok(Engine::tensors(PythonModel::new(config, decoupled, instances, execute_timeout, traces)))
     }
 }

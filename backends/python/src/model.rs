@@ -19,6 +19,7 @@ use tritium_tensor::Tensor;
 
 use crate::binary;
 use crate::pool::{Instances, Job};
+use crate::services::TraceRegistry;
 use crate::stub::{Answer, Deadline, StreamEvent, Stub, StubRequest};
 use crate::wire::Reply;
 
@@ -34,10 +35,18 @@ pub struct PythonModel {
     /// How long one `execute` may run before its stub is ended (`execute-timeout-seconds`).
     execute_timeout: Option<Duration>,
     name: String,
+    /// Traced requests running now, for their BLS calls.
+    traces: TraceRegistry,
 }
 
 impl PythonModel {
-    pub fn new(config: &ModelConfig, decoupled: bool, instances: Instances, execute_timeout: Option<Duration>) -> PythonModel {
+    pub fn new(
+        config: &ModelConfig,
+        decoupled: bool,
+        instances: Instances,
+        execute_timeout: Option<Duration>,
+        traces: TraceRegistry,
+    ) -> PythonModel {
         let states = match &config.scheduling_choice {
             Some(SchedulingChoice::SequenceBatching(batching)) => batching.state.as_slice(),
             _ => &[],
@@ -53,6 +62,7 @@ impl PythonModel {
             next_key: AtomicU64::new(1),
             execute_timeout,
             name: config.name.clone(),
+            traces,
         }
     }
 
@@ -113,8 +123,13 @@ impl PythonModel {
         if !custom.is_empty() {
             extras.insert("parameters".into(), json!(Value::Object(custom).to_string()));
         }
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let trace = request.trace.map(|trace| {
+            extras.insert("trace".into(), json!({"key": key, "traceparent": trace.context().traceparent()}));
+            self.traces.register(key, trace)
+        });
         let extras = if extras.is_empty() { Vec::new() } else { Value::Object(extras).to_string().into_bytes() };
-        StubRequest { key: self.next_key.fetch_add(1, Ordering::Relaxed), flags, outputs, extras, inputs: request.inputs }
+        StubRequest { key, flags, outputs, extras, inputs: request.inputs, trace }
     }
 
     /// Runs plain requests as one `execute`; one answer per request.

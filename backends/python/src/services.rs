@@ -5,8 +5,10 @@
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use tokio::runtime::Handle;
+use tritium_backend_api::trace::RequestTrace;
 use tritium_backend_api::{Host, InferOutcome, InferenceRequest, ParamValue, StreamItem, WorkerError};
 use tritium_proto::ErrorCode;
 
@@ -26,11 +28,50 @@ pub(crate) trait StubLink: Send + Sync + 'static {
 pub struct Services {
     runtime: Option<Handle>,
     host: Weak<dyn Host>,
+    traces: TraceRegistry,
+}
+
+/// A model's traced requests while they run, by the key the stub knows them by: a BLS call made
+/// with `trace=request.trace()` becomes a child trace of its request, as in Triton.
+#[derive(Clone, Default)]
+pub struct TraceRegistry(Arc<Mutex<HashMap<u64, RequestTrace>>>);
+
+impl TraceRegistry {
+    /// Registers `trace` under `key` until the returned handle is dropped.
+    pub fn register(&self, key: u64, trace: RequestTrace) -> TracedRequest {
+        self.lock().insert(key, trace);
+        TracedRequest { registry: self.clone(), key }
+    }
+
+    fn child(&self, key: u64, model: &str, version: Option<i64>) -> Option<RequestTrace> {
+        self.lock().get(&key).map(|parent| parent.child(model.to_owned(), version))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, RequestTrace>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A request's place in its model's [`TraceRegistry`]; removed when dropped.
+pub struct TracedRequest {
+    registry: TraceRegistry,
+    key: u64,
+}
+
+impl Drop for TracedRequest {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.key);
+    }
 }
 
 impl Services {
     pub fn new(host: Weak<dyn Host>) -> Services {
-        Services { runtime: Handle::try_current().ok(), host }
+        Services { runtime: Handle::try_current().ok(), host, traces: TraceRegistry::default() }
+    }
+
+    /// The same services finding BLS calls' parents in `traces`.
+    pub fn with_traces(self, traces: TraceRegistry) -> Services {
+        Services { traces, ..self }
     }
 
     /// Starts a BLS request; its inputs are copied out of the region before this returns.
@@ -41,10 +82,13 @@ impl Services {
             Ok(inputs) => inputs,
             Err(why) => return answer_error(conn.as_ref(), &id, ErrorCode::InvalidArg, &format!("malformed BLS request: {why}")),
         };
-        let request = match bls_request(header, inputs) {
+        let mut request = match bls_request(header, inputs) {
             Ok(request) => request,
             Err(why) => return answer_error(conn.as_ref(), &id, ErrorCode::InvalidArg, &why),
         };
+        if let Some(parent) = header.get("trace").and_then(Value::as_u64) {
+            request.trace = self.traces.child(parent, &request.model_name, request.model_version);
+        }
         let (Some(runtime), Some(host)) = (&self.runtime, self.host.upgrade()) else {
             return answer_error(conn.as_ref(), &id, ErrorCode::Unavailable, "the server is stopping");
         };

@@ -12,6 +12,7 @@ pub mod openai;
 pub mod rate_limit;
 pub mod repository;
 pub mod tls;
+pub mod trace;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -74,6 +75,8 @@ pub struct WorkerArgs {
     pub rate_limit: RateLimitArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub trace: trace::TraceArgs,
     /// Largest message accepted or sent on the worker plane, in bytes.
     #[arg(long, env = "TRITIUM_WORKER_MAX_MESSAGE_SIZE", default_value_t = i32::MAX as usize)]
     pub worker_max_message_size: usize,
@@ -93,6 +96,8 @@ pub struct WorkerConfig {
     pub worker_token: Option<String>,
     pub disaggregation: crate::discovery::DisaggregationMode,
     pub transfers: crate::remote::TransferOptions,
+    /// Request tracing (`--trace-config`, `OTEL_*`): a worker's spans join the frontend's trace.
+    pub trace: trace::TraceConfig,
 }
 
 impl WorkerArgs {
@@ -113,6 +118,7 @@ impl WorkerArgs {
             backends: self.repository.backends(&self.models)?,
             cluster: self.cluster.config()?,
             max_message_size: self.worker_max_message_size,
+            trace: self.trace.config(|name| std::env::var(name).ok())?,
             worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
             disaggregation: self.disaggregation.disaggregation_mode,
             transfers: self
@@ -152,6 +158,8 @@ pub struct ServeArgs {
     pub rate_limit: RateLimitArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub trace: trace::TraceArgs,
     /// Seconds to let in-flight calls finish after SIGTERM or Ctrl-C before exiting anyway.
     #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
@@ -329,6 +337,8 @@ pub struct ServerConfig {
     pub server_name: String,
     /// Output parsers, the Anthropic API and the Responses store.
     pub openai: OpenAiSettings,
+    /// Request tracing: Triton's `--trace-config`, or Dynamo's `OTEL_*` variables.
+    pub trace: trace::TraceConfig,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -352,6 +362,7 @@ impl ServeArgs {
         Ok(ServerConfig {
             server_name: self.server_name.clone(),
             openai: self.openai.settings(&env)?,
+            trace: self.trace.config(&env)?,
             tls: self.tls.config(&env)?,
             metrics: self.metrics.config()?,
             backends: self.repository.backends(&self.models)?,

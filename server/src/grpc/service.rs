@@ -27,12 +27,14 @@ impl InferenceService {
     /// ModelInfer, until the server's hard stop.
     async fn infer(&self, request: Request<ModelInferRequest>) -> RpcResult<ModelInferResponse> {
         let arrived = Instant::now();
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let _in_use = crate::dispatch::load_on_demand(&self.state, &request.model_name).await?;
         let mut decoded = decode_for_model(request, &self.state.shm, &self.state.repository, None, arrived)?;
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
+        let trace = crate::trace::door::grpc_received(&self.state.tracer, &mut decoded.request, metadata.as_ref(), arrived);
         let response = crate::dispatch::unary(&self.state, decoded.request, decoded.model.take()).await?;
+        let _sent = crate::trace::door::Sending::grpc(trace);
         reply(encode_response(response, &decoded.shm, &self.state.shm, None)?)
     }
 }
@@ -81,7 +83,8 @@ impl GrpcInferenceService for InferenceService {
         request: Request<Streaming<ModelInferRequest>>,
     ) -> RpcResult<Self::ModelStreamInferStream> {
         let grpc_errors = stream::wants_grpc_errors(request.metadata());
-        reply(stream::serve(Arc::clone(&self.state), request.into_inner(), grpc_errors))
+        let caller = crate::trace::caller(request.metadata().as_ref());
+        reply(stream::serve(Arc::clone(&self.state), request.into_inner(), grpc_errors, caller))
     }
 
     async fn model_config(&self, request: Request<ModelConfigRequest>) -> RpcResult<ModelConfigResponse> {

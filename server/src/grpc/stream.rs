@@ -5,11 +5,13 @@
 //! in-band, while the first error of a request that was running (its model failed, its outputs
 //! could not be written) ends the call with its real status.
 
+use crate::trace::door::Sending;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
+use tritium_backend_api::trace_context::TraceContext;
 
 use futures::stream::{FuturesOrdered, SelectAll};
 use futures::{Stream, StreamExt};
@@ -75,7 +77,7 @@ fn ok(response: ModelInferResponse) -> Reply {
     Ok(ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) })
 }
 
-async fn answer(state: Arc<ServerState>, request: ModelInferRequest, grpc_errors: bool) -> Answer {
+async fn answer(state: Arc<ServerState>, request: ModelInferRequest, grpc_errors: bool, caller: Option<TraceContext>) -> Answer {
     let arrived = Instant::now();
     let label = Label { model: request.model_name.clone(), version: request.model_version.clone(), id: request.id.clone() };
     // The request's own errors: in-band in both modes.
@@ -83,20 +85,24 @@ async fn answer(state: Arc<ServerState>, request: ModelInferRequest, grpc_errors
         Ok(in_use) => in_use,
         Err(e) => return Answer::Now(in_band(&label, e, false)),
     };
-    let admitted = decode_for_model(request, &state.shm, &state.repository, None, arrived).and_then(|decoded| {
+    let admitted = decode_for_model(request, &state.shm, &state.repository, None, arrived).and_then(|mut decoded| {
+        let trace = crate::trace::door::grpc_stream_received(&state.tracer, &mut decoded.request, caller, arrived);
         let admitted = crate::dispatch::admit(&state, decoded.request, decoded.model)?;
-        Ok((admitted, decoded.shm, decoded.enable_empty_final))
+        Ok((admitted, decoded.shm, decoded.enable_empty_final, trace))
     });
-    let (admitted, regions, empty_final_wanted) = match admitted {
+    let (admitted, regions, empty_final_wanted, mut trace) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => return Answer::Now(in_band(&label, e, false)),
     };
     let outcome = crate::dispatch::streamed(&state, admitted).await;
     match outcome {
         Err(e) => Answer::Now(in_band_final(&label, e, grpc_errors)),
-        Ok(InferOutcome::Single(response)) => Answer::Now(
-            encode_response(response, &regions, &state.shm, Some(true)).map_or_else(|e| in_band(&label, e, grpc_errors), ok),
-        ),
+        Ok(InferOutcome::Single(response)) => {
+            let _sent = Sending::grpc(trace);
+            Answer::Now(
+                encode_response(response, &regions, &state.shm, Some(true)).map_or_else(|e| in_band(&label, e, grpc_errors), ok),
+            )
+        }
         Ok(InferOutcome::Stream(responses)) => {
             let replies = responses.filter_map(move |item| {
                 let reply = match item {
@@ -104,12 +110,16 @@ async fn answer(state: Arc<ServerState>, request: ModelInferRequest, grpc_errors
                     // language model's last delta is.
                     StreamItem::Response(response) => {
                         let last = response.is_final;
+                        let _sent = last.then(|| Sending::grpc(trace.take()));
                         Some(
                             encode_response(response, &regions, &state.shm, Some(last))
                                 .map_or_else(|e| in_band(&label, e, grpc_errors), ok),
                         )
                     }
-                    StreamItem::Complete => empty_final_wanted.then(|| ok(empty_final(&label.model, &label.id))),
+                    StreamItem::Complete => {
+                        let _sent = Sending::grpc(trace.take());
+                        empty_final_wanted.then(|| ok(empty_final(&label.model, &label.id)))
+                    }
                     StreamItem::Error(e) => Some(in_band_final(&label, e.into(), grpc_errors)),
                 };
                 std::future::ready(reply)
@@ -129,6 +139,8 @@ pub struct StreamCall {
     state: Arc<ServerState>,
     incoming: Streaming<ModelInferRequest>,
     grpc_errors: bool,
+    /// The caller's W3C context, from the call's metadata: each sampled request continues it.
+    caller: Option<TraceContext>,
     /// Plain requests, answered in the order they came.
     in_order: FuturesOrdered<AnswerFuture>,
     /// Responses of decoupled requests, as they are ready.
@@ -153,13 +165,19 @@ pub fn shutting_down() -> Status {
 }
 
 /// Serves one ModelStreamInfer call.
-pub fn serve(state: Arc<ServerState>, incoming: Streaming<ModelInferRequest>, grpc_errors: bool) -> StreamCall {
+pub fn serve(
+    state: Arc<ServerState>,
+    incoming: Streaming<ModelInferRequest>,
+    grpc_errors: bool,
+    caller: Option<TraceContext>,
+) -> StreamCall {
     let stopping = Box::pin(state.stopping.clone().cancelled_owned());
     let hard_stop = state.hard_stop.child_token();
     StreamCall {
         state,
         incoming,
         grpc_errors,
+        caller,
         in_order: FuturesOrdered::new(),
         interleaved: SelectAll::new(),
         reading: true,
@@ -226,7 +244,8 @@ impl Stream for StreamCall {
         while this.reading && this.in_flight() < MAX_IN_FLIGHT {
             match this.incoming.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(request))) => {
-                    let mut answer: AnswerFuture = Box::pin(answer(Arc::clone(&this.state), request, this.grpc_errors));
+                    let mut answer: AnswerFuture =
+                        Box::pin(answer(Arc::clone(&this.state), request, this.grpc_errors, this.caller.clone()));
                     // Most models answer without waiting: with nothing ahead of it in order, such
                     // an answer goes out at once instead of through the ordered queue.
                     if this.in_order.is_empty() {

@@ -10,6 +10,8 @@ pub mod interactive;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+use tritium_backend_api::trace::RequestTrace;
+use tritium_backend_api::trace_context::TraceContext;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,8 @@ pub struct LlmFrontend {
     /// The server's hard stop (see [`LlmHub::hard_stop`]).
     hard_stop: CancellationToken,
     started: u64,
+    /// The server's sampler: the OpenAI routes' requests are traced as the KServe ones are.
+    tracer: Arc<crate::trace::Tracer>,
 }
 
 impl std::fmt::Debug for LlmFrontend {
@@ -68,7 +72,13 @@ impl LlmFrontend {
             budget: Arc::new(PreprocessBudget::new(preprocess)),
             hard_stop,
             started,
+            tracer: Arc::new(crate::trace::Tracer::default()),
         }
+    }
+
+    /// The same frontend tracing its requests with `tracer`.
+    pub fn with_tracer(self, tracer: Arc<crate::trace::Tracer>) -> LlmFrontend {
+        LlmFrontend { tracer, ..self }
     }
 
     pub fn metrics(&self) -> &Arc<LlmMetrics> {
@@ -202,5 +212,12 @@ impl LlmHub for LlmFrontend {
 
     fn hard_stop(&self) -> Option<&CancellationToken> {
         Some(&self.hard_stop)
+    }
+
+    fn trace(&self, model: &str, caller: Option<TraceContext>) -> Option<RequestTrace> {
+        if !self.tracer.is_on() {
+            return None;
+        }
+        self.tracer.sample(model, "", caller)
     }
 }

@@ -107,6 +107,7 @@ impl MetricsState {
         text.push_str(&self.llm.render_metrics());
         // The families models declared (the python backend's pb_utils.MetricFamily).
         text.push_str(&tritium_backend_api::custom_metrics::render());
+        text.push_str(&crate::trace::render_metrics());
         text
     }
 }

@@ -28,6 +28,7 @@ use super::convert::{
     event_from_proto, generate_request_to_proto, prefill_source_to_proto, request_to_proto, response_from_proto,
 };
 use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE, PREFILL_WORKER_KEY};
+use crate::trace::hop::Hop;
 
 /// How long connecting may take before the worker counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -176,14 +177,16 @@ impl RemoteWorker {
         request: tritium_proto::worker::GenerateRequest,
     ) -> Result<TokenStream, WorkerError> {
         let mut client = self.client.clone();
+        let hop = Hop::start(None, &self.id);
         // Awaiting the response headers means a worker that cannot be reached, or refuses, fails
         // here rather than in the stream.
-        let response = client.generate(request).await.map_err(|s| status_error(&self.id, s))?;
+        let response = client.generate(hop.request(request)).await.map_err(|s| status_error(&self.id, s))?;
         let prefill_worker = response.metadata().get(PREFILL_WORKER_KEY).and_then(|v| v.to_str().ok()).map(Arc::<str>::from);
         let mut events = response.into_inner();
         let (sender, receiver) = mpsc::unbounded_channel();
         let (worker, model) = (self.id.clone(), model.to_string());
         tokio::spawn(async move {
+            let _hop = hop;
             loop {
                 let next = tokio::select! {
                     next = events.message() => next,
@@ -255,14 +258,17 @@ impl RemoteWorker {
 impl WorkerClient for RemoteWorker {
     async fn infer(&self, request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
         let mut client = self.client.clone();
-        let response = client.infer(request_to_proto(request.into_request())).await.map_err(|s| status_error(&self.id, s))?;
+        let hop = Hop::start(request.request().trace.as_ref(), &self.id);
+        let call = hop.request(request_to_proto(request.into_request()));
+        let response = client.infer(call).await.map_err(|s| status_error(&self.id, s))?;
         response_from_proto(response.into_inner(), true).map_err(|problem| protocol_error(&self.id, problem))
     }
 
     async fn infer_stream(&self, request: ValidInferRequest) -> Result<InferOutcome, WorkerError> {
         let mut client = self.client.clone();
-        let response =
-            client.infer_stream(request_to_proto(request.into_request())).await.map_err(|s| status_error(&self.id, s))?;
+        let hop = Hop::start(request.request().trace.as_ref(), &self.id);
+        let call = hop.request(request_to_proto(request.into_request()));
+        let response = client.infer_stream(call).await.map_err(|s| status_error(&self.id, s))?;
         let single = response.metadata().get(OUTCOME_KEY).is_some_and(|v| v == OUTCOME_SINGLE);
         let mut replies = response.into_inner();
         if single {
@@ -274,6 +280,7 @@ impl WorkerClient for RemoteWorker {
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let worker = self.id.clone();
         tokio::spawn(async move {
+            let _hop = hop;
             loop {
                 let next = tokio::select! {
                     next = replies.message() => next,

@@ -29,6 +29,9 @@ use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE, OUTCOME_STRE
 use crate::error::ServerError;
 use crate::grpc::convert::{decode_request, encode_response};
 use crate::shm::SharedMemoryRegistry;
+use crate::trace::generation::{self, GenerationTrace};
+use crate::trace::otlp_spans::SPAN_KIND_ATTRIBUTE;
+use crate::trace::{Tracer, door};
 
 /// What a draining worker answers new calls with (UNAVAILABLE): the call never started, so the
 /// frontend may send it to another worker.
@@ -60,6 +63,9 @@ pub struct WorkerService {
     shm: Arc<SharedMemoryRegistry>,
     in_flight: InFlight,
     transfers: Arc<KvTransfers>,
+    /// The worker's own tracing: a request a frontend traced (its `traceparent` in the call's
+    /// metadata) is traced here too, in the same trace.
+    tracer: Arc<Tracer>,
 }
 
 /// The service over `repository`, ready to add to a tonic server, taking and sending messages up
@@ -77,7 +83,13 @@ impl WorkerService {
             shm: Arc::new(SharedMemoryRegistry::with_policy(crate::shm::ShmPolicy::disabled())),
             in_flight: InFlight::new(),
             transfers: Arc::new(KvTransfers::new(TransferOptions::default())),
+            tracer: Arc::new(Tracer::default()),
         }
+    }
+
+    /// The same service tracing with `tracer`.
+    pub fn with_tracer(self, tracer: Arc<Tracer>) -> WorkerService {
+        WorkerService { tracer, ..self }
     }
 
     /// The same service with these KV-transfer bounds and peer token (disaggregated serving).
@@ -124,8 +136,12 @@ impl WorkerService {
 
     /// What a frontend sends, decoded and validated here again: the frontend checked it too, but
     /// the worker plane is a process boundary, and the check is one pass over the inputs.
-    fn validate(&self, request: ModelInferRequest) -> Result<ValidInferRequest, Status> {
-        let decoded = decode_request(request, &self.shm, Instant::now()).map_err(from_server)?;
+    fn validate(&self, request: ModelInferRequest, metadata: &tonic::metadata::MetadataMap) -> Result<ValidInferRequest, Status> {
+        let arrived = Instant::now();
+        let mut decoded = decode_request(request, &self.shm, arrived).map_err(from_server)?;
+        if let Some(trace) = door::grpc_received(&self.tracer, &mut decoded.request, metadata.as_ref(), arrived) {
+            trace.set_attribute(SPAN_KIND_ATTRIBUTE, "server");
+        }
         self.repository.validate(decoded.request).map_err(from_worker)
     }
 
@@ -149,8 +165,11 @@ impl WorkerService {
 impl Worker for WorkerService {
     async fn infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let _counted = self.admit()?;
-        let request = self.validate(request.into_inner())?;
+        let (metadata, _, request) = request.into_parts();
+        let request = self.validate(request, &metadata)?;
+        let trace = request.request().trace.clone();
         let response = self.local.infer(request).await.map_err(from_worker)?;
+        let _sent = door::Sending::grpc(trace);
         Ok(Response::new(self.encode(response)?))
     }
 
@@ -158,7 +177,8 @@ impl Worker for WorkerService {
 
     async fn infer_stream(&self, request: Request<ModelInferRequest>) -> Result<Response<Self::InferStreamStream>, Status> {
         let counted = self.admit()?;
-        let request = self.validate(request.into_inner())?;
+        let (metadata, _, request) = request.into_parts();
+        let request = self.validate(request, &metadata)?;
         let (replies, outcome): (Self::InferStreamStream, _) = match self.local.infer_stream(request).await {
             Err(e) => return Err(from_worker(e)),
             Ok(InferOutcome::Single(response)) => {
@@ -203,11 +223,12 @@ impl Worker for WorkerService {
 
     async fn generate(&self, request: Request<GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
         let counted = self.admit()?;
-        let mut request = request.into_inner();
+        let (metadata, _, mut request) = request.into_parts();
         let name = request.model.clone();
         let engine = self.engine(&name, request.version)?;
         let prefill = request.prefill.take();
         let request = generate_request_from_proto(request);
+        let trace = generation::start(&self.tracer, &name, &request, metadata.as_ref());
         let (tokens, prefilled_by) = match (prefill, engine.kv_layout()) {
             (Some(source), Some(layout)) => {
                 let pulled = self.transfers.pull(&source, request.model_version, &request.prompt, &layout).await;
@@ -217,8 +238,10 @@ impl Worker for WorkerService {
         };
         let tokens = tokens.map_err(|source| from_worker(WorkerError::Generate { model: name, source }))?;
         // The TokenStream lives inside this stream: when tonic drops it, the sequence is cancelled.
+        let mut generated = GenerationTrace::new(trace);
         let events = tokens.map(move |event| {
             let _ = &counted;
+            generated.saw(&event);
             event.map(event_to_proto).map_err(|e| worker_status(e.code(), e.to_string()))
         });
         let mut response = Response::new(Box::pin(events) as Self::GenerateStream);

@@ -360,10 +360,20 @@ impl Router {
         let index = policy::pick(mode, &choices, &context, &self.options.kv, &mut rand::rng()).unwrap_or(0);
         let chosen = candidates[index].clone();
         self.counters.routed.fetch_add(1, Ordering::Relaxed);
+        let trace = tritium_backend_api::trace::current();
+        if let Some(trace) = &trace {
+            trace.set_attribute("tritium.router.mode", mode.as_str());
+            trace.set_attribute("tritium.router.worker", chosen.id.to_string());
+            trace.set_attribute("tritium.router.candidates", candidates.len());
+        }
         if let (Some(hashes), Some(overlaps)) = (&hashes, &overlaps) {
             let hit = overlaps.get(chosen.id.as_ref()).copied().unwrap_or(0);
             self.counters.prompt_blocks.fetch_add(hashes.len() as u64, Ordering::Relaxed);
             self.counters.prompt_blocks_cached.fetch_add(hit as u64, Ordering::Relaxed);
+            if let Some(trace) = &trace {
+                trace.set_attribute("tritium.router.prompt_blocks", hashes.len());
+                trace.set_attribute("tritium.router.kv_overlap_blocks", hit);
+            }
         }
         Ok(Some(chosen))
     }

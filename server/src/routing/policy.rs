@@ -25,6 +25,19 @@ pub enum RouterMode {
     Direct,
 }
 
+impl RouterMode {
+    /// The mode as `--router-mode` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouterMode::RoundRobin => "round-robin",
+            RouterMode::Random => "random",
+            RouterMode::LeastLoaded => "least-loaded",
+            RouterMode::Kv => "kv",
+            RouterMode::Direct => "direct",
+        }
+    }
+}
+
 /// The request parameter (KServe) that names the worker in `direct` mode.
 pub const WORKER_ID_PARAMETER: &str = "worker_id";
 /// The HTTP header that names the worker in `direct` mode.

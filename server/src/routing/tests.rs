@@ -321,9 +321,10 @@ async fn an_on_demand_frontend_sends_a_model_a_worker_holds_there_instead_of_loa
     router.add_member_for_test("a", Fake::new("a"), false);
     router.apply(&[instance("a", &["m"])]).await;
     let config = tritium_repository::parse_config_text(text).expect("config");
-    router
-        .remote_models
-        .described(&Arc::from("a"), vec![crate::remote::RemoteModel { name: "m".into(), version: 1, config, card: None, labels: Vec::new() }]);
+    router.remote_models.described(
+        &Arc::from("a"),
+        vec![crate::remote::RemoteModel { name: "m".into(), version: 1, config, card: None, labels: Vec::new() }],
+    );
     repository.set_remote_models(router.remote_models.served_models());
     let wait = std::time::Duration::from_secs(60);
     assert!(repository.ensure_loaded("m", wait).await.expect("held by a").is_none());

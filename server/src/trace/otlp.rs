@@ -230,7 +230,10 @@ impl OtlpExporter {
     /// Builds the exporter and starts its task on the current runtime; the task sends what is left
     /// (within the export timeout) and ends when `stop` is cancelled. An error is a setting the
     /// exporter refuses (the URL), for the operator at startup.
-    pub fn spawn(settings: &OtlpSettings, stop: CancellationToken) -> Result<OtlpExporter, String> {
+    pub fn spawn(
+        settings: &OtlpSettings,
+        stop: CancellationToken,
+    ) -> Result<(OtlpExporter, tokio::task::JoinHandle<()>), String> {
         let mut exporter = build_exporter(settings)?;
         exporter.set_resource(&settings.resource());
         let queue = Arc::new(Queue {
@@ -246,8 +249,8 @@ impl OtlpExporter {
             timeout: settings.export_timeout,
             failing: AtomicBool::new(false),
         };
-        tokio::spawn(task.run(stop));
-        Ok(OtlpExporter { queue })
+        let task = tokio::spawn(task.run(stop));
+        Ok((OtlpExporter { queue }, task))
     }
 
     /// Queues one finished trace's spans, or drops them all (counted) when they do not fit: a

@@ -1,13 +1,15 @@
-//! A finished trace as OpenTelemetry spans, and the sink that queues them for export
-//! ([`super::otlp::OtlpExporter`]).
+//! A finished trace as OpenTelemetry spans, in Triton 2.51's shape (recorded from the real
+//! server: `tests/python/fixtures/triton_trace/opentelemetry.otlp.json`), and the sink that
+//! queues them for export ([`super::otlp::OtlpExporter`]).
 //!
-//! Each node of the trace (the request, each ensemble step and BLS call) is one `InferRequest`
-//! span, as Triton names it, a child of its parent node's span (the root's parent is the caller's
-//! span when it sent a `traceparent`). Its Triton stamps are its events, named as in the trace
-//! file, and its start and end are its first and last stamps. Under it, `queue` spans the wait
-//! (`QUEUE_START` to `COMPUTE_START`) and `compute` the execution (`COMPUTE_START` to
-//! `COMPUTE_END`, with `COMPUTE_INPUT_END` and `COMPUTE_OUTPUT_START` as events). The node's
-//! attributes (router, worker, GenAI) and named events (the first token) ride on its span.
+//! A request is an `InferRequest` span (`SERVER`, the child of the caller's span when it sent a
+//! `traceparent`) carrying the door's stamps as events; under it a span named after the model
+//! with Triton's `triton.*` attributes, `REQUEST_START`, `QUEUE_START` and `REQUEST_END` as events
+//! and the node's own attributes (router, GenAI) and named events (the first token); under that,
+//! `compute` with the four `COMPUTE_*` events, and (Tritium's addition) `queue` from
+//! `QUEUE_START` to `COMPUTE_START`. An ensemble step or a BLS call is a model span under its
+//! parent's model span; the hop to a worker process a `CLIENT` span there, whose id the worker's
+//! own `InferRequest` span names as its parent.
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,68 +49,131 @@ pub fn spans(trace: &FinishedTrace) -> Vec<SpanData> {
     let trace_id = TraceId::from_bytes(trace.trace_id);
     let state =
         trace.remote_parent.as_ref().and_then(|p| p.tracestate()).and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
-    let context =
-        |span_id: [u8; 8]| SpanContext::new(trace_id, SpanId::from_bytes(span_id), TraceFlags::SAMPLED, false, state.clone());
     let time = |ns: u64| UNIX_EPOCH + Duration::from_nanos(trace.unix_ns(ns));
     let finished = SystemTime::now();
-    let mut out = Vec::with_capacity(trace.nodes.len() * 3);
-    for (index, node) in trace.nodes.iter().enumerate() {
-        let first = node.timestamps.iter().map(|(_, ns)| *ns).min();
-        let last = node.timestamps.iter().map(|(_, ns)| *ns).max();
-        let (start, end) = match (first, last) {
-            (Some(first), Some(last)) => (time(first), time(last)),
-            _ => (finished, finished),
-        };
-        let mut events = SpanEvents::default();
-        events.events = node
-            .timestamps
-            .iter()
-            .map(|(kind, ns)| opentelemetry::trace::Event::new(kind.name(), time(*ns), Vec::new(), 0))
-            .chain(
-                node.events
-                    .iter()
-                    .map(|e| opentelemetry::trace::Event::new(e.name.clone(), time(e.ns), attributes(&e.attributes), 0)),
-            )
-            .collect();
-        let kind = match node.attributes.iter().find(|(k, _)| k == SPAN_KIND_ATTRIBUTE).map(|(_, v)| v) {
-            Some(AttrValue::Str(s)) if s == "client" => SpanKind::Client,
-            Some(AttrValue::Str(s)) if s == "server" => SpanKind::Server,
-            _ if index == 0 => SpanKind::Server,
-            _ => SpanKind::Internal,
-        };
-        let parent = node.parent_span_id.map_or(SpanId::INVALID, SpanId::from_bytes);
-        let remote = index == 0 && trace.remote_parent.is_some();
-        let span = |name: &'static str, span_id: [u8; 8], parent: SpanId, kind: SpanKind, start, end, attrs, events| SpanData {
-            span_context: context(span_id),
-            parent_span_id: parent,
-            parent_span_is_remote: remote && name == "InferRequest",
+    let event = |name: Cow<'static, str>, ns: u64, attributes: Vec<KeyValue>| {
+        opentelemetry::trace::Event::new(name, time(ns), attributes, 0)
+    };
+    let mut out = Vec::with_capacity(trace.nodes.len() * 4);
+    let mut push = |name: Cow<'static, str>,
+                    id: [u8; 8],
+                    parent: Option<[u8; 8]>,
+                    kind,
+                    range: (SystemTime, SystemTime),
+                    attributes,
+                    events: Vec<opentelemetry::trace::Event>,
+                    remote: bool| {
+        let mut span_events = SpanEvents::default();
+        span_events.events = events;
+        out.push(SpanData {
+            span_context: SpanContext::new(trace_id, SpanId::from_bytes(id), TraceFlags::SAMPLED, false, state.clone()),
+            parent_span_id: parent.map_or(SpanId::INVALID, SpanId::from_bytes),
+            parent_span_is_remote: remote,
             span_kind: kind,
-            name: Cow::Borrowed(name),
-            start_time: start,
-            end_time: end,
-            attributes: attrs,
+            name,
+            start_time: range.0,
+            end_time: range.1,
+            attributes,
             dropped_attributes_count: 0,
-            events,
+            events: span_events,
             links: SpanLinks::default(),
             status: Status::Unset,
             instrumentation_scope: scope.clone(),
+        });
+    };
+    for (index, node) in trace.nodes.iter().enumerate() {
+        let stamps = |keep: &dyn Fn(TimestampKind) -> bool| -> Vec<(TimestampKind, u64)> {
+            node.timestamps.iter().filter(|(k, _)| keep(*k)).copied().collect()
         };
-        out.push(span("InferRequest", node.span_id, parent, kind, start, end, node_attributes(node), events));
-        let stamp = |kind| node.timestamp(kind).map(time);
-        let own = SpanId::from_bytes(node.span_id);
+        let range = |stamps: &[(TimestampKind, u64)]| match (stamps.iter().map(|s| s.1).min(), stamps.iter().map(|s| s.1).max()) {
+            (Some(first), Some(last)) => (time(first), time(last)),
+            _ => (finished, finished),
+        };
+        let kind_attribute = node.attributes.iter().find(|(k, _)| k == SPAN_KIND_ATTRIBUTE).map(|(_, v)| v);
+        let parent_model = node.parent_id.and_then(|p| trace.nodes.iter().find(|n| n.id == p)).map(model_span_id);
+        if matches!(kind_attribute, Some(AttrValue::Str(s)) if s == "client") {
+            let all = stamps(&|_| true);
+            push(
+                "worker".into(),
+                node.span_id,
+                parent_model,
+                SpanKind::Client,
+                range(&all),
+                attributes(&node.attributes),
+                Vec::new(),
+                false,
+            );
+            continue;
+        }
+        if index == 0 {
+            let all = stamps(&|_| true);
+            let door: Vec<_> =
+                all.iter().filter(|(k, _)| k.is_door()).map(|(k, ns)| event(k.name().into(), *ns, Vec::new())).collect();
+            let remote = trace.remote_parent.is_some();
+            push(
+                "InferRequest".into(),
+                node.span_id,
+                node.parent_span_id,
+                SpanKind::Server,
+                range(&all),
+                Vec::new(),
+                door,
+                remote,
+            );
+        }
+        let own = stamps(&|k| !k.is_door());
+        let mut events: Vec<_> = own
+            .iter()
+            .filter(|(k, _)| matches!(k, TimestampKind::RequestStart | TimestampKind::QueueStart | TimestampKind::RequestEnd))
+            .map(|(k, ns)| event(k.name().into(), *ns, Vec::new()))
+            .collect();
+        events.extend(node.events.iter().map(|e| event(e.name.clone(), e.ns, attributes(&e.attributes))));
+        let model_id = model_span_id(node);
+        let parent = if index == 0 { Some(node.span_id) } else { parent_model };
+        let name: Cow<'static, str> = node.model_name.clone().into();
+        push(name, model_id, parent, SpanKind::Server, range(&own), node_attributes(node), events, false);
+        let stamp = |kind| node.timestamp(kind);
         if let (Some(q), Some(c)) = (stamp(TimestampKind::QueueStart), stamp(TimestampKind::ComputeStart)) {
-            out.push(span("queue", derived(node.span_id, 1), own, SpanKind::Internal, q, c, Vec::new(), SpanEvents::default()));
+            push(
+                "queue".into(),
+                derived(node.span_id, 1),
+                Some(model_id),
+                SpanKind::Internal,
+                (time(q), time(c)),
+                Vec::new(),
+                Vec::new(),
+                false,
+            );
         }
         if let (Some(c), Some(e)) = (stamp(TimestampKind::ComputeStart), stamp(TimestampKind::ComputeEnd)) {
-            let mut events = SpanEvents::default();
-            events.events = [TimestampKind::ComputeInputEnd, TimestampKind::ComputeOutputStart]
-                .into_iter()
-                .filter_map(|k| stamp(k).map(|t| opentelemetry::trace::Event::new(k.name(), t, Vec::new(), 0)))
-                .collect();
-            out.push(span("compute", derived(node.span_id, 2), own, SpanKind::Internal, c, e, Vec::new(), events));
+            let compute = [
+                TimestampKind::ComputeStart,
+                TimestampKind::ComputeInputEnd,
+                TimestampKind::ComputeOutputStart,
+                TimestampKind::ComputeEnd,
+            ]
+            .into_iter()
+            .filter_map(|k| stamp(k).map(|t| event(k.name().into(), t, Vec::new())))
+            .collect();
+            push(
+                "compute".into(),
+                derived(node.span_id, 2),
+                Some(model_id),
+                SpanKind::Server,
+                (time(c), time(e)),
+                Vec::new(),
+                compute,
+                false,
+            );
         }
     }
     out
+}
+
+/// The id of a node's model span: a request's own is under its `InferRequest` span (which has
+/// the node's id, the one a hop's `traceparent` names); a step's or a call's is the node's id.
+fn model_span_id(node: &TraceNode) -> [u8; 8] {
+    if node.parent_id.is_none() { derived(node.span_id, 3) } else { node.span_id }
 }
 
 /// Triton's span attributes, then the node's own (its span-kind marker left out).
@@ -187,19 +252,22 @@ mod tests {
         let traces = sink.0.lock().unwrap_or_else(|p| p.into_inner());
         let spans = spans(&traces[0]);
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
-        assert_eq!(names, ["InferRequest", "queue", "compute", "InferRequest"]);
-        let root = &spans[0];
-        assert_eq!(root.span_context.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(root.parent_span_id.to_string(), "b7ad6b7169203331");
-        assert!(root.parent_span_is_remote);
-        assert_eq!(root.span_kind, SpanKind::Server);
-        assert_eq!(root.events.len(), 5);
-        assert!(root.start_time <= root.end_time);
-        for child in &spans[1..] {
-            assert_eq!(child.parent_span_id, root.span_context.span_id());
-            assert_ne!(child.span_context.span_id(), root.span_context.span_id());
+        assert_eq!(names, ["InferRequest", "ens", "queue", "compute", "step"]);
+        let (request, model) = (&spans[0], &spans[1]);
+        assert_eq!(request.span_context.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(request.parent_span_id.to_string(), "b7ad6b7169203331");
+        assert!(request.parent_span_is_remote);
+        assert_eq!(request.span_kind, SpanKind::Server);
+        assert_eq!(model.parent_span_id, request.span_context.span_id());
+        let events: Vec<&str> = model.events.iter().map(|e| e.name.as_ref()).collect();
+        assert_eq!(events, ["REQUEST_START", "QUEUE_START", "REQUEST_END"]);
+        assert!(model.start_time <= model.end_time);
+        for child in &spans[2..] {
+            assert_eq!(child.parent_span_id, model.span_context.span_id());
+            assert_ne!(child.span_context.span_id(), model.span_context.span_id());
         }
-        assert!(spans[3].attributes.iter().any(|kv| kv.key.as_str() == "gen_ai.request.model"));
-        assert!(spans[3].attributes.iter().any(|kv| kv.key.as_str() == "triton.model_name" && kv.value.as_str() == "step"));
+        assert_eq!(spans[3].events.len(), 2, "COMPUTE_START and COMPUTE_END");
+        assert!(spans[4].attributes.iter().any(|kv| kv.key.as_str() == "gen_ai.request.model"));
+        assert!(spans[4].attributes.iter().any(|kv| kv.key.as_str() == "triton.model_name" && kv.value.as_str() == "step"));
     }
 }

@@ -82,6 +82,7 @@ mod tests {
             cancel: None,
             id: String::new(),
             requested_outputs: Vec::new(),
+            trace: None,
         };
         identity().execute(request, &mut responder).await.expect("identity answers");
         responder.take_single().expect("one response").into_iter().map(|t| (t.name, t.data)).collect()

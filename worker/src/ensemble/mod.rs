@@ -31,6 +31,7 @@ use graph::{Graph, Step};
 use tritium_backend_api::StreamItem;
 use tritium_backend_api::error::WorkerError;
 use tritium_backend_api::request::{InferenceRequest, Parameters};
+use tritium_backend_api::trace::RequestTrace;
 use tritium_backend_api::{Backend, BackendError, BackendRequest, Responder};
 
 /// The platform name that marks an ensemble's config.
@@ -78,7 +79,13 @@ impl EnsembleBackend {
     }
 
     /// The composing model's request: the step's input tensors under the model's names.
-    fn step_request(&self, step: &Step, tensors: &HashMap<String, Tensor>, parameters: &Parameters) -> InferenceRequest {
+    fn step_request(
+        &self,
+        step: &Step,
+        tensors: &HashMap<String, Tensor>,
+        parameters: &Parameters,
+        trace: Option<&RequestTrace>,
+    ) -> InferenceRequest {
         let inputs = step
             .inputs
             .iter()
@@ -92,6 +99,7 @@ impl EnsembleBackend {
         request.model_version = step.version;
         request.requested_outputs = step.outputs.iter().map(|(model_output, _)| model_output.clone()).collect();
         request.parameters = parameters.clone();
+        request.trace = trace.map(|parent| parent.child(step.model.clone(), step.version));
         request
     }
 
@@ -117,6 +125,7 @@ impl EnsembleBackend {
         mut tensors: HashMap<String, Tensor>,
         mut done: Vec<bool>,
         parameters: &'a Parameters,
+        trace: Option<&'a RequestTrace>,
         responder: &'a mut Responder,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
@@ -132,7 +141,7 @@ impl EnsembleBackend {
                 if let Some(position) = models.iter().position(|m| m.decoupled()) {
                     let index = ready[position];
                     done[index] = true;
-                    let request = self.step_request(&steps[index], &tensors, parameters);
+                    let request = self.step_request(&steps[index], &tensors, parameters, trace);
                     let valid = models[position].validate(request).map_err(|e| self.step_error(e))?;
                     let _in_flight = self.enter_step(index).await;
                     let mut stream = match ModelVersion::run_any(valid).await.map_err(|e| self.step_error(e))? {
@@ -147,7 +156,7 @@ impl EnsembleBackend {
                             StreamItem::Response(response) => {
                                 let mut forked = tensors.clone();
                                 Self::take_outputs(&steps[index], response.outputs, &mut forked);
-                                self.flow(registry, forked, done.clone(), parameters, responder).await?;
+                                self.flow(registry, forked, done.clone(), parameters, trace, responder).await?;
                             }
                             StreamItem::Complete => break,
                             StreamItem::Error(error) => return Err(self.step_error(error)),
@@ -156,7 +165,7 @@ impl EnsembleBackend {
                     return Ok(());
                 }
                 let runs = ready.iter().zip(&models).map(|(&i, model)| {
-                    let request = self.step_request(&steps[i], &tensors, parameters);
+                    let request = self.step_request(&steps[i], &tensors, parameters, trace);
                     async move {
                         let valid = model.validate(request)?;
                         let _in_flight = self.enter_step(i).await;
@@ -196,6 +205,6 @@ impl Backend for EnsembleBackend {
         })?;
         let tensors: HashMap<String, Tensor> = request.inputs.into_iter().map(|t| (t.name.clone(), t)).collect();
         let done = vec![false; self.graph.steps.len()];
-        self.flow(registry.as_ref(), tensors, done, &request.parameters, responder).await
+        self.flow(registry.as_ref(), tensors, done, &request.parameters, request.trace.as_ref(), responder).await
     }
 }

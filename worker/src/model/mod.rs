@@ -1,5 +1,6 @@
 //! A loaded model version and how one request runs on it, with statistics recorded on the way.
 
+mod stamps;
 #[cfg(test)]
 mod tests;
 mod valid;
@@ -278,6 +279,7 @@ impl ModelVersion {
             cancel,
             id: request.id.clone(),
             requested_outputs: request.requested_outputs.clone(),
+            trace: request.trace.clone(),
         }
     }
 
@@ -304,9 +306,19 @@ impl ModelVersion {
     async fn run_single_split(request: ValidInferRequest) -> Result<InferenceResponse, (WorkerError, Stage)> {
         let batch = request.batch_size();
         let (model, mut request, timing, options) = request.into_parts();
+        let trace = request.trace.clone();
+        if let Some(trace) = &trace {
+            stamps::queued(trace, model.version, &timing, &request.inputs);
+        }
         let cached = match &model.cache {
             Some(cache) if response_cache::is_cacheable(&options) => match model.cache_lookup(cache, &request, &timing).await {
-                Lookup::Hit(response) => return Ok(response),
+                Lookup::Hit(response) => {
+                    if let Some(trace) = &trace {
+                        trace.set_attribute("tritium.response_cache.hit", true);
+                        stamps::answered(trace, &response.outputs);
+                    }
+                    return Ok(response);
+                }
                 Lookup::Miss(key, lookup) => Some((key, lookup)),
             },
             _ => None,
@@ -322,9 +334,19 @@ impl ModelVersion {
             };
         let inferred = Instant::now();
         drop(pending);
+        // An ensemble computes nothing itself: its steps' traces have the compute stamps.
+        if let Some(trace) = &trace
+            && ran
+            && model.config.platform != crate::ensemble::ENSEMBLE_PLATFORM
+        {
+            stamps::computed(trace, &timing, batched, execution.as_ref(), inferred);
+        }
         let mut outputs = match outputs {
             Ok(outputs) => outputs,
             Err(e) => {
+                if let Some(trace) = &trace {
+                    stamps::failed(trace);
+                }
                 let stage = if ran {
                     model.record_executed_error(&timing, inferred, batch, execution, batched, &e);
                     Stage::Run
@@ -350,6 +372,9 @@ impl ModelVersion {
             is_final: true,
             parameters: Vec::new(),
         };
+        if let Some(trace) = &trace {
+            stamps::answered(trace, &response.outputs);
+        }
         model.record_success(&timing, inferred, batch, execution, batched);
         Ok(response)
     }
@@ -390,6 +415,10 @@ impl ModelVersion {
     fn run_decoupled(request: ValidInferRequest) -> Result<ResponseStream, WorkerError> {
         let batch = request.batch_size();
         let (model, mut request, timing, options) = request.into_parts();
+        let trace = request.trace.clone();
+        if let Some(trace) = &trace {
+            stamps::queued(trace, model.version, &timing, &request.inputs);
+        }
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let cancel = CancellationToken::new();
         let backend_request = model.backend_request(&mut request, Some(cancel.clone()));
@@ -410,6 +439,14 @@ impl ModelVersion {
             let end = Scheduler::stream_end(model.backend.as_ref(), start).await;
             drop(pending);
             let inferred = Instant::now();
+            if let Some(trace) = &trace {
+                stamps::computed(trace, &timing, end.waited, end.execution.as_ref(), inferred);
+                match &end.result {
+                    Ok(()) => stamps::answered(trace, &[]),
+                    Err(_) => stamps::failed(trace),
+                }
+            }
+            drop(trace);
             let mut responder = end.responder;
             let last = match end.result {
                 Ok(()) => {

@@ -47,6 +47,7 @@ async fn an_embedder_refuses_tensors_and_names_its_route() {
         cancel: None,
         id: String::new(),
         requested_outputs: Vec::new(),
+        trace: None,
     };
     let error = tensor_face(&engine, "minilm").execute(request, &mut Responder::single()).await.unwrap_err();
     assert_eq!(error.code(), ErrorCode::Unsupported);

@@ -159,6 +159,7 @@ impl Batch {
             cancel: None,
             id: String::new(),
             requested_outputs: Vec::new(),
+            trace: None,
         };
         let mut responder = Responder::single();
         backend.execute(request, &mut responder).await?;
@@ -316,6 +317,7 @@ impl Row {
                     cancel: pending.cancel.take(),
                     id: std::mem::take(&mut pending.id),
                     requested_outputs,
+                    trace: None,
                 }
             }
             Row::Empty => BackendRequest {
@@ -324,6 +326,7 @@ impl Row {
                 cancel: None,
                 id: String::new(),
                 requested_outputs: Vec::new(),
+                trace: None,
             },
         }
     }

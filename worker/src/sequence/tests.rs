@@ -163,6 +163,7 @@ fn send(batcher: &Arc<SequenceBatcher>, step: Step) -> JoinHandle<BatchAnswer> {
         cancel: None,
         id: String::new(),
         requested_outputs: Vec::new(),
+        trace: None,
     };
     let options = RequestOptions {
         sequence_id: (step.id != 0).then_some(SequenceId::Number(step.id)),
@@ -233,6 +234,7 @@ async fn requests_the_sequence_rules_refuse_get_tritons_words() {
         cancel: None,
         id: String::new(),
         requested_outputs: Vec::new(),
+        trace: None,
     };
     let error = batcher.submit(two_rows, 2, &RequestOptions::default()).await.unwrap_err();
     assert_eq!(
@@ -246,6 +248,7 @@ async fn requests_the_sequence_rules_refuse_get_tritons_words() {
         cancel: None,
         id: String::new(),
         requested_outputs: Vec::new(),
+        trace: None,
     };
     let error = batcher.submit(one, 1, &text).await.unwrap_err();
     assert!(error.to_string().contains("string sequence id 'abc'"), "{error}");

@@ -82,6 +82,8 @@ struct PendingExecute {
     /// A decoupled execute's requests, whose streams end with its error if it raises.
     streams: Vec<u64>,
     release: Option<OnExecuted>,
+    /// The traced requests' places in their model's trace registry, until `execute` returns.
+    _traces: Vec<crate::services::TracedRequest>,
 }
 
 struct PendingStream {
@@ -133,6 +135,9 @@ pub struct StubRequest {
     /// a JSON object, or nothing.
     pub extras: Vec<u8>,
     pub inputs: Vec<Tensor>,
+    /// While the request runs, its trace is where the model's BLS calls that pass
+    /// `trace=request.trace()` find their parent.
+    pub trace: Option<crate::services::TracedRequest>,
 }
 
 impl Stub {
@@ -326,7 +331,9 @@ impl Stub {
         let mut inline_size = 0u64;
         let mut placed = Vec::with_capacity(requests.len());
         let mut per_request_blocks = Vec::with_capacity(requests.len());
+        let mut traces = Vec::new();
         for request in requests {
+            traces.extend(request.trace);
             let mut own = Vec::new();
             let inputs: Vec<(Tensor, u64)> = request
                 .inputs
@@ -371,7 +378,8 @@ impl Stub {
             } else {
                 blocks = per_request_blocks.into_iter().flat_map(|(_, b)| b).collect();
             }
-            state.executes.insert(id, PendingExecute { reply, inputs: blocks, streams: keys, release: Some(release) });
+            let pending = PendingExecute { reply, inputs: blocks, streams: keys, release: Some(release), _traces: traces };
+            state.executes.insert(id, pending);
         }
         let parts: Vec<&[u8]> = inline.iter().map(|b| b.as_ref()).collect();
         let count = u32::try_from(placed.len()).unwrap_or(u32::MAX);

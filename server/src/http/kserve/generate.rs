@@ -184,7 +184,9 @@ pub(super) async fn generate(
     let path = model_path(path)?;
     let _in_use = crate::dispatch::load_on_demand(&state.server, &path.model).await?;
     let (request, resolved) = read_request(&state, &path, &headers, body, false).await?;
-    let response = super::run_infer(&state, request, resolved, arrived).await?;
+    let received = super::Received { headers: &headers, arrived, read: Instant::now() };
+    let (response, trace) = super::run_infer(&state, request, resolved, received).await?;
+    let _sent = crate::trace::door::Sending::http(trace);
     let json = response_json(response)?;
     // Triton does not compress generate answers.
     Ok(reply::body_response(

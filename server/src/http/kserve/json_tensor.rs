@@ -447,7 +447,10 @@ mod tests {
         assert_eq!(count, 3);
         assert_eq!(&bytes[..4], &0.5f32.to_le_bytes());
         assert_eq!(to_raw_streaming(DataType::Uint8, &raw("7"), 1, MAX_DEPTH, false).expect("scalar"), (vec![7], 1));
-        assert_eq!(to_raw_streaming(DataType::Int32, &raw("[1, 2, 3]"), 2, MAX_DEPTH, false).expect_err("too many"), DataError::TooMany);
+        assert_eq!(
+            to_raw_streaming(DataType::Int32, &raw("[1, 2, 3]"), 2, MAX_DEPTH, false).expect_err("too many"),
+            DataError::TooMany
+        );
         assert_eq!(
             to_raw_streaming(DataType::Int32, &raw(r#"[1, {"a": 1}]"#), 2, MAX_DEPTH, false).expect_err("object"),
             DataError::WrongKind { expected: "integer" }

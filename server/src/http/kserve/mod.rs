@@ -30,6 +30,7 @@ use self::reply::{Compression, HttpError, HttpResult};
 use crate::grpc::budget::ByteBudget;
 use crate::grpc::restricted::RestrictedProtocols;
 use crate::state::ServerState;
+use tritium_backend_api::trace::RequestTrace;
 
 /// The header giving the length of the JSON part of a body with binary tensor data.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -227,8 +228,10 @@ async fn infer_route(
         None if body.bytes.is_empty() => infer::parse_raw(&path.model, &version, body.bytes.clone(), raw_input(&resolved)?),
         other => infer::parse(&path.model, &version, body.bytes.clone(), other)?,
     };
-    let response = run_infer(&state, parsed.request, resolved, arrived).await?;
+    let received = Received { headers: &headers, arrived, read: Instant::now() };
+    let (response, trace) = run_infer(&state, parsed.request, resolved, received).await?;
     drop(body);
+    let _sent = crate::trace::door::Sending::http(trace);
     let (bytes, json_length) = infer::encode(response, &parsed.binary_outputs)?;
     let mut response_headers = Vec::with_capacity(2);
     match json_length {
@@ -247,17 +250,27 @@ pub(crate) fn resolve(state: &KserveState, path: &ModelPath) -> Result<Arc<triti
     Ok(state.server.repository.resolve(&path.model, number).map_err(crate::ServerError::from)?)
 }
 
+/// When and how an HTTP request arrived: its headers (a caller's `traceparent`), when the route
+/// began and when the body was read.
+pub(crate) struct Received<'a> {
+    pub headers: &'a HeaderMap,
+    pub arrived: Instant,
+    pub read: Instant,
+}
+
 /// Runs one KServe request through the gRPC path's decoder, dispatch and encoder, on the version
-/// the route resolved from its path.
+/// the route resolved from its path; with the request's trace when it is sampled.
 pub(crate) async fn run_infer(
     state: &KserveState,
     request: tritium_proto::inference::ModelInferRequest,
     resolved: Arc<tritium_worker::ModelVersion>,
-    arrived: Instant,
-) -> Result<tritium_proto::inference::ModelInferResponse, HttpError> {
+    received: Received<'_>,
+) -> Result<(tritium_proto::inference::ModelInferResponse, Option<RequestTrace>), HttpError> {
     let grpc = &state.server;
+    let Received { headers, arrived, read } = received;
     let mut decoded = crate::grpc::convert::decode_for_model(request, &grpc.shm, &grpc.repository, Some(resolved), arrived)?;
     tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "HTTP infer");
+    let trace = crate::trace::door::http_received(&grpc.tracer, &mut decoded.request, headers, arrived, read);
     // At the end of the shutdown grace period a request still running is answered 503, not cut off.
     let hard_stop = grpc.hard_stop.child_token();
     let response = tokio::select! {
@@ -267,7 +280,8 @@ pub(crate) async fn run_infer(
         }
     };
     // Triton labels the errors of writing the answer (an output region too small) plain text.
-    crate::grpc::convert::encode_response(response, &decoded.shm, &grpc.shm, None).map_err(|e| HttpError::from(e).plain())
+    let encoded = crate::grpc::convert::encode_response(response, &decoded.shm, &grpc.shm, None);
+    Ok((encoded.map_err(|e| HttpError::from(e).plain())?, trace))
 }
 
 /// The one input a raw binary request may feed: the model must have exactly one, with at most

@@ -87,8 +87,13 @@ mod tests {
         assert_eq!(out.len(), json.len());
         assert_eq!(out, r#"{"data":["N","-N","I","-I","I"     ,"-I"     ,1]}"#);
         let parsed: serde_json::Value = serde_json::from_str(&out).expect("JSON now");
-        let values: Vec<f64> =
-            parsed["data"].as_array().expect("array").iter().take(6).map(|v| sentinel_value(v.as_str().expect("str")).expect("one")).collect();
+        let values: Vec<f64> = parsed["data"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .take(6)
+            .map(|v| sentinel_value(v.as_str().expect("str")).expect("one"))
+            .collect();
         assert!(values[0].is_nan() && values[1].is_nan());
         assert_eq!(&values[2..], &[f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY]);
     }
