@@ -26,6 +26,7 @@ pub const EXTENSIONS: &[&str] = &[
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "trace",
     "logging",
 ];
 
@@ -181,7 +182,8 @@ pub fn shm_unregister(state: &ServerState, name: &str) -> Result<(), ServerError
 
 pub fn trace_setting(state: &ServerState, request: TraceSettingRequest) -> Result<TraceSettingResponse, ServerError> {
     if !request.model_name.is_empty() && state.repository.model(&request.model_name).is_none() {
-        return Err(WorkerError::ModelNotFound { name: request.model_name }.into());
+        // Triton's words and status, over gRPC as over HTTP.
+        return Err(ServerError::InvalidArgument { reason: format!("Request for unknown model : {}", request.model_name) });
     }
     Ok(TraceSettingResponse { settings: state.tracer.update(&request.model_name, request.settings)? })
 }

@@ -276,6 +276,9 @@ impl OtlpExporter {
 }
 
 fn build_exporter(settings: &OtlpSettings) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    // reqwest is built without a TLS provider of its own: an https:// collector uses ring, the
+    // tree's one (a provider installed already is kept).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let built = match settings.protocol {
         OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
             .with_http()

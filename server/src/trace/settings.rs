@@ -57,7 +57,7 @@ impl TraceSettings {
         file_needed: bool,
     ) -> Result<HashMap<String, TraceInValue>, ServerError> {
         let mut applied = HashMap::new();
-        for (key, value) in update {
+        for (key, mut value) in update {
             let values = &value.value;
             if values.len() > 1 && key != "trace_level" && TRACE_DEFAULTS.iter().any(|(k, _)| *k == key) {
                 return Err(invalid(format!("expect only 1 value for '{key}'")));
@@ -70,7 +70,10 @@ impl TraceSettings {
                     });
                 }
                 ("trace_level", Some(_)) => {
-                    if !values.iter().all(|l| matches!(l.as_str(), "OFF" | "TIMESTAMPS" | "TENSORS")) {
+                    // Levels Triton does not know are passed over; none left changes nothing.
+                    value.value.retain(|l| matches!(l.as_str(), "OFF" | "TIMESTAMPS" | "TENSORS"));
+                    let values = &value.value;
+                    if values.is_empty() {
                         continue;
                     }
                     if values.len() > 1 && values.iter().any(|l| l == "OFF") {
@@ -82,19 +85,22 @@ impl TraceSettings {
                         return Err(invalid("Attempting to set invalid trace setting :trace file name is not given".into()));
                     }
                 }
-                ("trace_rate", Some(rate)) => match parse_bounded(&key, rate, 0, i64::from(u32::MAX))? {
+                ("trace_rate", Some(rate)) => match parse_unsigned(&key, rate)? {
                     0 => return Err(invalid("Attempting to set invalid trace setting :sample rate must be non-zero".into())),
-                    _ => {}
+                    rate => value.value = vec![rate.to_string()],
                 },
-                ("trace_count", Some(count)) => {
-                    if parse_bounded(&key, count, i64::MIN, i64::from(i32::MAX))? < -1 {
-                        return Err(invalid(format!("Unable to parse 'trace_count'. Expecting value >= -1, got: {count}")));
+                ("trace_count", Some(text)) => {
+                    let count = parse_leading(&key, text)?;
+                    if count > i64::from(i32::MAX) {
+                        return Err(out_of_range(&key, -1, i64::from(i32::MAX), text));
                     }
+                    if count < -1 {
+                        return Err(invalid(format!("Unable to parse 'trace_count'. Expecting value >= -1, got: {text}")));
+                    }
+                    value.value = vec![count.to_string()];
                 }
                 ("log_frequency", Some(_)) if !file_needed => continue,
-                ("log_frequency", Some(frequency)) => {
-                    parse_bounded(&key, frequency, 0, i64::from(u32::MAX))?;
-                }
+                ("log_frequency", Some(frequency)) => value.value = vec![parse_unsigned(&key, frequency)?.to_string()],
                 ("trace_file" | "trace_level" | "trace_rate" | "trace_count" | "log_frequency", None) => {}
                 _ => continue,
             }
@@ -143,13 +149,30 @@ impl TraceSettings {
     }
 }
 
-/// `value` as an integer within `min..=max`, refused in Triton's words.
-fn parse_bounded(key: &str, value: &str, min: i64, max: i64) -> Result<i64, ServerError> {
-    let n: i64 = value.parse().map_err(|_| invalid(format!("Unable to parse '{key}', got: {value}")))?;
-    if n > max || (min >= 0 && n < min) {
-        return Err(invalid(format!("Unable to parse '{key}', value is out of range [ {}, {max} ], got: {value}", min.max(-1))));
+/// The integer `value` starts with, as C++'s `std::stoll` reads it (Triton's parser): leading
+/// blanks, a sign and digits; what follows is ignored (`"1.5"` is 1, `"5x"` is 5).
+fn parse_leading(key: &str, value: &str) -> Result<i64, ServerError> {
+    let text = value.trim_start();
+    let digits_from = usize::from(text.starts_with(['-', '+']));
+    let digits = text[digits_from..].bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(invalid(format!("Unable to parse '{key}', got: {value}")));
     }
-    Ok(n)
+    text[..digits_from + digits].parse::<i64>().map_err(|_| out_of_range(key, 0, i64::from(u32::MAX), value))
+}
+
+/// An unsigned 32-bit setting as Triton reads it: a negative number wraps (`"-1"` is
+/// 4294967295), a larger one is out of range.
+fn parse_unsigned(key: &str, value: &str) -> Result<u32, ServerError> {
+    let n = parse_leading(key, value)?;
+    if n > i64::from(u32::MAX) || n < -i64::from(u32::MAX) {
+        return Err(out_of_range(key, 0, i64::from(u32::MAX), value));
+    }
+    Ok(n as u32)
+}
+
+fn out_of_range(key: &str, min: i64, max: i64, value: &str) -> ServerError {
+    invalid(format!("Unable to parse '{key}', value is out of range [ {min}, {max} ], got: {value}"))
 }
 
 /// The first value of `key`, parsed (the check made sure it parses).

@@ -48,13 +48,14 @@ async fn server_metadata_advertises_exactly_what_is_implemented() {
             "binary_tensor_data",
             "parameters",
             "statistics",
+            "trace",
             "logging"
         ]
     );
     // perf_analyzer turns server statistics on only when this is advertised.
     assert!(advertised.contains(&"statistics"));
     // Not implemented here, so never advertised.
-    for absent in ["cuda_shared_memory", "trace"] {
+    for absent in ["cuda_shared_memory"] {
         assert!(!advertised.contains(&absent), "{absent} must not be advertised");
     }
 }

@@ -112,8 +112,12 @@ async fn trace_settings_read_and_update() {
     assert_eq!(updated, expected);
     assert_eq!(trace_settings(&mut client, "", &[]).await.expect("get"), expected);
 
-    let updated = trace_settings(&mut client, "", &[("trace_level", &["TIMESTAMPS", "TENSORS"])]).await.expect("levels");
-    assert_eq!(updated["trace_level"], ["TIMESTAMPS", "TENSORS"]);
+    // Without a trace file (no --trace-config triton,file=...) no level can be turned on, as in Triton.
+    assert_status(
+        trace_settings(&mut client, "", &[("trace_level", &["TIMESTAMPS", "TENSORS"])]).await,
+        Code::InvalidArgument,
+        "Attempting to set invalid trace setting :trace file name is not given",
+    );
     // An empty value list restores the default.
     let restored = trace_settings(&mut client, "", &[("trace_rate", &[]), ("trace_level", &[])]).await.expect("clear");
     assert_eq!(restored, default_trace());
@@ -125,26 +129,26 @@ async fn trace_settings_read_and_update() {
 async fn bad_trace_settings_are_rejected() {
     let server = TestServer::builtin().await;
     let mut client = server.client().await;
-    assert_status(
-        trace_settings(&mut client, "", &[("trace_level", &["LOUD"])]).await,
-        Code::InvalidArgument,
-        "invalid trace_level 'LOUD', expected OFF, TIMESTAMPS or TENSORS",
-    );
+    // Triton 2.51 passes over levels and keys it does not know (tests/python/test_trace_file.py
+    // replays its recorded answers); values it cannot take are refused.
+    assert_eq!(trace_settings(&mut client, "", &[("trace_level", &["LOUD"])]).await.expect("ignored"), default_trace());
+    assert_eq!(trace_settings(&mut client, "", &[("trace_nope", &["1"])]).await.expect("ignored"), default_trace());
     assert_status(
         trace_settings(&mut client, "", &[("trace_rate", &["often"])]).await,
         Code::InvalidArgument,
         "Unable to parse 'trace_rate', got: often",
     );
     assert_status(
-        trace_settings(&mut client, "", &[("trace_nope", &["1"])]).await,
+        trace_settings(&mut client, "", &[("trace_rate", &["0"])]).await,
         Code::InvalidArgument,
-        "unknown trace setting 'trace_nope'",
+        "Attempting to set invalid trace setting :sample rate must be non-zero",
     );
     assert_status(
-        trace_settings(&mut client, "nope", &[]).await,
-        Code::NotFound,
-        "Request for unknown model: 'nope' is not found",
+        trace_settings(&mut client, "", &[("trace_file", &["/tmp/x"])]).await,
+        Code::Unimplemented,
+        "trace file location can not be updated through network protocol",
     );
+    assert_status(trace_settings(&mut client, "nope", &[]).await, Code::InvalidArgument, "Request for unknown model : nope");
     assert_eq!(trace_settings(&mut client, "", &[]).await.expect("get"), default_trace(), "nothing changed");
 }
 
@@ -152,16 +156,11 @@ async fn bad_trace_settings_are_rejected() {
 async fn a_rejected_trace_update_changes_nothing() {
     let server = TestServer::builtin().await;
     let mut client = server.client().await;
-    let update: [(&str, &[&str]); 5] = [
-        ("trace_rate", &["10"]),
-        ("trace_count", &["5"]),
-        ("log_frequency", &["7"]),
-        ("trace_file", &["/tmp/x"]),
-        ("trace_level", &["LOUD"]),
-    ];
+    let update: [(&str, &[&str]); 4] =
+        [("trace_rate", &["10"]), ("trace_count", &["5"]), ("log_frequency", &["7"]), ("trace_level", &["OFF", "TIMESTAMPS"])];
     // The server walks the keys in hash order, so try a few times to have a good key come first.
     for _ in 0..10 {
-        let status = trace_settings(&mut client, "", &update).await.expect_err("a bad trace_level");
+        let status = trace_settings(&mut client, "", &update).await.expect_err("OFF with another level");
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(
             trace_settings(&mut client, "", &[]).await.expect("get"),

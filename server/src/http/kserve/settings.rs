@@ -67,6 +67,10 @@ fn trace_update_of(update: Map<String, Value>, current_file: &str) -> Result<Has
 }
 
 fn render_trace(settings: HashMap<String, tritium_proto::inference::trace_setting_response::SettingValue>) -> Value {
+    // Triton's key order.
+    const ORDER: &[&str] = &["trace_level", "trace_rate", "trace_count", "log_frequency", "trace_file", "trace_mode", "url", "resource"];
+    let mut settings: Vec<_> = settings.into_iter().collect();
+    settings.sort_by_key(|(key, _)| (ORDER.iter().position(|k| k == key).unwrap_or(ORDER.len()), key.clone()));
     let rendered: Map<String, Value> = settings
         .into_iter()
         .map(|(key, value)| {
@@ -91,10 +95,20 @@ async fn trace(state: &KserveState, model_name: String, update: Option<Value>) -
             let current = TraceSettingRequest { settings: HashMap::new(), model_name: model_name.clone() };
             let current = admin::trace_setting(&state.server, current)?.settings;
             let file = current.get("trace_file").and_then(|v| v.value.first()).cloned().unwrap_or_default();
-            trace_update_of(json_object(update)?, &file)?
+            // Triton reads an array body as no update at all.
+            let update = if update.is_array() { Map::new() } else { json_object(update)? };
+            trace_update_of(update, &file)?
         }
     };
-    let answer = admin::trace_setting(&state.server, TraceSettingRequest { settings, model_name })?;
+    let answer = admin::trace_setting(&state.server, TraceSettingRequest { settings, model_name }).map_err(|e| {
+        // Triton's HTTP server words this one refusal without the space its gRPC one has.
+        match e {
+            crate::ServerError::InvalidArgument { reason } if reason.contains("Expecting value >= -1, got: ") => {
+                crate::ServerError::InvalidArgument { reason: reason.replacen("got: ", "got:", 1) }
+            }
+            other => other,
+        }
+    })?;
     Ok(reply::json(&render_trace(answer.settings)))
 }
 
