@@ -7,6 +7,7 @@ step by step over gRPC and HTTP."""
 import json
 import pathlib
 import re
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2
 
-from helpers import start_server, wait_for
+from helpers import identity_config, start_server, wait_for, write_model
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "triton_trace"
 TRITON_FILE = "/tmp/triton_trace_work/traces/runtime_updates/trace.json"
@@ -284,3 +285,65 @@ def test_a_level_without_a_file_starts_and_traces_nowhere(tmp_path):
             client.update_trace_settings(settings={"trace_level": ["TENSORS"]})
     finally:
         stop(server)
+
+
+BLS_MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            traced = pb_utils.InferenceRequest(model_name="identity", requested_output_names=["OUTPUT0"], inputs=[x],
+                                               trace=request.trace())
+            untraced = pb_utils.InferenceRequest(model_name="identity", requested_output_names=["OUTPUT0"], inputs=[x])
+            y = pb_utils.get_output_tensor_by_name(traced.exec(), "OUTPUT0")
+            untraced.exec()
+            context = request.trace().get_context()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", y.as_numpy()),
+                                                         pb_utils.Tensor("CONTEXT", __import__("numpy").array([context or ""], dtype=object))]))
+        return responses
+"""
+
+BLS_CONFIG = """
+name: "bls_traced"
+backend: "python"
+max_batch_size: 0
+input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ -1 ] } ]
+output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ -1 ] }, { name: "CONTEXT", data_type: TYPE_STRING, dims: [ 1 ] } ]
+"""
+
+
+def test_a_bls_call_made_with_the_request_s_trace_is_its_child(tmp_path):
+    """As in Triton: `InferenceRequest(..., trace=request.trace())` makes the call a child trace (no request id of
+    its own); a call made without it is not traced. `get_context()` gives the request's W3C context."""
+    repo = tmp_path / "models"
+    write_model(repo, "identity", identity_config("identity", "TYPE_FP32"))
+    write_model(repo, "bls_traced", BLS_CONFIG)
+    (repo / "bls_traced" / "1" / "model.py").write_text(BLS_MODEL)
+    file = tmp_path / "trace.json"
+    server = start_server("--model-repository", str(repo), "--python-interpreter", sys.executable,
+                          "--trace-config", f"triton,file={file}", "--trace-config", "rate=1", "--trace-config", "level=TIMESTAMPS")  # fmt: skip
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        tensor = grpcclient.InferInput("INPUT0", [3], "FP32")
+        tensor.set_data_from_numpy(np.array([1.0, 2.0, 3.0], dtype=np.float32))
+        result = client.infer("bls_traced", [tensor], request_id="grpc-bls-1")
+        context = json.loads(result.as_numpy("CONTEXT")[0])
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", context["traceparent"])
+    finally:
+        stop(server)
+    traces = by_trace(json.loads(file.read_text()))
+    root = next(t for t in traces.values() if t["header"]["model_name"] == "bls_traced")
+    children = [t for t in traces.values() if t["header"].get("parent_id") == root["header"]["id"]]
+    assert len(children) == 1, "the untraced call is not in the file"
+    (child,) = children
+    assert list(child["header"]) == ["id", "model_name", "model_version", "parent_id"], "a BLS child has no request id"
+    assert child["first"] < root["first"]
+    theirs = shapes(triton_objects("timestamps.trace.json"))
+    assert sorted({n for n, _ in child["stamps"]}) == theirs[("child", False)][1]
+    stamps = dict(root["stamps"])
+    child_stamps = dict(child["stamps"])
+    assert stamps["COMPUTE_START"] <= child_stamps["REQUEST_START"] <= child_stamps["REQUEST_END"] <= stamps["COMPUTE_END"]

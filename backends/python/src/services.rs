@@ -88,6 +88,10 @@ impl Services {
         };
         if let Some(parent) = header.get("trace").and_then(Value::as_u64) {
             request.trace = self.traces.child(parent, &request.model_name, request.model_version);
+            // A BLS call's id is its own (usually none), not its parent's, as in Triton.
+            if let Some(trace) = &request.trace {
+                trace.set_request_id(request.id.clone());
+            }
         }
         let (Some(runtime), Some(host)) = (&self.runtime, self.host.upgrade()) else {
             return answer_error(conn.as_ref(), &id, ErrorCode::Unavailable, "the server is stopping");

@@ -182,6 +182,9 @@ impl RemoteWorker {
         // here rather than in the stream.
         let response = client.generate(hop.request(request)).await.map_err(|s| status_error(&self.id, s))?;
         let prefill_worker = response.metadata().get(PREFILL_WORKER_KEY).and_then(|v| v.to_str().ok()).map(Arc::<str>::from);
+        if let Some(prefill) = &prefill_worker {
+            hop.set_attribute("tritium.prefill_worker", prefill.to_string());
+        }
         let mut events = response.into_inner();
         let (sender, receiver) = mpsc::unbounded_channel();
         let (worker, model) = (self.id.clone(), model.to_string());

@@ -238,6 +238,9 @@ impl Worker for WorkerService {
         };
         let tokens = tokens.map_err(|source| from_worker(WorkerError::Generate { model: name, source }))?;
         // The TokenStream lives inside this stream: when tonic drops it, the sequence is cancelled.
+        if let (Some(trace), Some(from)) = (&trace, &prefilled_by) {
+            trace.set_attribute("tritium.prefill_worker", from.to_string());
+        }
         let mut generated = GenerationTrace::new(trace);
         let events = tokens.map(move |event| {
             let _ = &counted;

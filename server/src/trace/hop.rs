@@ -27,6 +27,13 @@ impl Hop {
         }))
     }
 
+    /// Notes what the worker answered about the call (the prefill worker it used).
+    pub fn set_attribute(&self, key: &'static str, value: String) {
+        if let Some(hop) = &self.0 {
+            hop.set_attribute(key, value);
+        }
+    }
+
     /// `message` as a call whose metadata carries the hop's context.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
