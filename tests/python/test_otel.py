@@ -245,3 +245,26 @@ def test_llm_request_has_genai_attributes_and_a_first_token_event(start_tritium,
     assert attrs["gen_ai.usage.output_tokens"] == 3
     assert "first_token" in model.event_names
     assert root["parent_span_id"] == CALLER_SPAN
+
+
+def test_rate_count_and_runtime_settings_apply_to_opentelemetry(start_tritium, receiver):
+    server = start_tritium(*otel_args(receiver.http_url, "rate=2", "count=2"))
+    client = grpcclient.InferenceServerClient(server.url)
+    for i in range(8):
+        identity(client, grpcclient, headers={"traceparent": f"00-{i + 1:032x}-{CALLER_SPAN}-01"})
+    spans = receiver.wait_for(lambda s: len(roots(s)) >= 2)
+    assert client.get_trace_settings(as_json=True)["settings"]["trace_count"]["value"] == ["0"]
+    traced = sorted(int(r["trace_id"], 16) for r in roots(spans))
+    assert traced == [2, 4], "the 2nd and 4th request, then the count is spent"
+    # OpenTelemetry mode answers with the exporter's settings, as Triton 2.51 does.
+    settings = client.get_trace_settings(as_json=True)["settings"]
+    assert "trace_file" not in settings and "log_frequency" not in settings
+    assert settings["url"]["value"] == [receiver.http_url]
+    assert settings["trace_mode"]["value"] == ["opentelemetry"]
+    client.update_trace_settings(settings={"trace_count": "-1", "trace_rate": "1"})
+    client.update_trace_settings(model_name="identity", settings={"trace_level": ["OFF"]})
+    identity(client, grpcclient, headers={"traceparent": f"00-{99:032x}-{CALLER_SPAN}-01"})
+    client.update_trace_settings(model_name="identity", settings={"trace_level": None})
+    identity(client, grpcclient, headers={"traceparent": f"00-{100:032x}-{CALLER_SPAN}-01"})
+    spans = receiver.wait_for(lambda s: any(int(r["trace_id"], 16) == 100 for r in roots(s)))
+    assert 99 not in {int(r["trace_id"], 16) for r in roots(spans)}, "level OFF for the model traces nothing"

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use tritium_backend_api::llm::{FinishReason, ModelKind};
 
-use super::{ApiError, AppState, OpenAiJson, PROTOCOL, check_token_ids, failed, json_response};
+use super::{ApiError, AppState, OpenAiJson, check_token_ids, failed, json_response};
 use crate::BridgeError;
 use crate::preprocess::Preprocessor;
 use crate::protocol::{
@@ -20,10 +20,11 @@ use crate::protocol::{
 pub(super) async fn embeddings(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
+    caller: super::CallerTrace,
     OpenAiJson(request): OpenAiJson<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Embed, "/v1/embeddings")?;
-    let mut observer = state.metrics.observer(&request.model, PROTOCOL);
+    let mut observer = state.observer(&request.model, caller);
     let inputs = match request.validate() {
         Ok(()) => tokenize(&pre, &request.input).await,
         Err(error) => Err(error),

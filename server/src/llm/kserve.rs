@@ -99,7 +99,7 @@ impl LlmFrontend {
             .ok_or_else(|| failed(ServerError::from(WorkerError::NotLanguageModel { model: model.to_string() })))?;
         let pre =
             self.preprocessor_for_card(model, Arc::clone(engine.card())).map_err(|e| failed(request_error(&request.id, e)))?;
-        let mut observer = self.metrics.observer(model, "grpc");
+        let mut observer = self.metrics.observer(model, "grpc").with_trace(request.trace.clone());
         let prompt = match pre.encode_off_runtime(parsed.prompt.clone(), true).await {
             Ok(prompt) => prompt,
             Err(e) => {

@@ -81,6 +81,13 @@ impl TraceSink for OtlpSink {
     }
 }
 
+/// Where traces go without a trace file: nowhere.
+struct Nowhere;
+
+impl TraceSink for Nowhere {
+    fn finished(&self, _: FinishedTrace) {}
+}
+
 /// Samples requests and sends their traces to Triton's trace file or an OTLP collector.
 pub struct Tracer {
     config: TraceConfig,
@@ -137,13 +144,7 @@ impl Tracer {
     }
 
     fn off() -> Policy {
-        Policy {
-            level: TraceLevel::OFF,
-            rate: 0,
-            seen: AtomicU64::new(0),
-            remaining: AtomicI64::new(0),
-            sink: Arc::new(OtlpSink { exporter: Arc::new(OnceLock::new()) }),
-        }
+        Policy { level: TraceLevel::OFF, rate: 0, seen: AtomicU64::new(0), remaining: AtomicI64::new(0), sink: Arc::new(Nowhere) }
     }
 
     pub fn mode(&self) -> TraceMode {
@@ -284,6 +285,10 @@ impl Tracer {
             TraceMode::OpenTelemetry => Arc::new(OtlpSink { exporter: Arc::clone(&self.otlp) }),
             TraceMode::Triton => {
                 let file = values.get("trace_file").and_then(|f| f.first()).cloned().unwrap_or_default();
+                if file.is_empty() {
+                    // Triton traces to nowhere then; no writer thread is started for it.
+                    return Arc::new(Nowhere);
+                }
                 let log_frequency = u64::try_from(number(values, "log_frequency")).unwrap_or(0);
                 let writer = self.files.get_or_init(|| Arc::new(FileWriter::start(self.config.file_buffer_bytes)));
                 writer.sink(file, log_frequency)

@@ -37,6 +37,8 @@ pub(super) fn computed(
     let done = ns_of(inferred);
     let (start, input_end, output_start) = match execution {
         Some(e) => {
+            // The batch the dynamic or sequence batcher ran this request in.
+            trace.set_attribute("tritium.batch_size", i64::try_from(e.batch_size).unwrap_or(i64::MAX));
             let start = done.saturating_sub(nanos(e.compute_input + e.compute_infer + e.compute_output)).max(queued);
             let input_end = (start + nanos(e.compute_input)).min(done);
             (start, input_end, (input_end + nanos(e.compute_infer)).min(done))

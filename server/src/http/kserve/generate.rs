@@ -211,9 +211,13 @@ pub(super) async fn generate_stream(
     let path = model_path(path)?;
     let _in_use = crate::dispatch::load_on_demand(&state.server, &path.model).await?;
     let (request, resolved) = read_request(&state, &path, &headers, body, true).await?;
-    let decoded = decode_for_model(request, &state.server.shm, &state.server.repository, Some(resolved), arrived)?;
+    let mut decoded = decode_for_model(request, &state.server.shm, &state.server.repository, Some(resolved), arrived)?;
+    let read = Instant::now();
+    // Held by the stream: the trace ends with its last event.
+    let trace = crate::trace::door::http_received(&state.server.tracer, &mut decoded.request, &headers, arrived, read);
     let admitted = crate::dispatch::admit(&state.server, decoded.request, decoded.model)?;
     let outcome = crate::dispatch::streamed(&state.server, admitted).await?;
+    let sent = crate::trace::door::Sending::http(trace);
     let grpc = std::sync::Arc::clone(&state.server);
     let regions = decoded.shm;
     let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = match outcome {
@@ -222,6 +226,7 @@ pub(super) async fn generate_stream(
             Box::pin(futures::stream::once(async move { event(json) }))
         }
         InferOutcome::Stream(responses) => Box::pin(responses.filter_map(move |item| {
+            let _ = &sent;
             let json = match item {
                 StreamItem::Response(response) => {
                     Some(encode_response(response, &regions, &grpc.shm, None).map_err(HttpError::from).and_then(response_json))

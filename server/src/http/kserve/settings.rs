@@ -68,7 +68,8 @@ fn trace_update_of(update: Map<String, Value>, current_file: &str) -> Result<Has
 
 fn render_trace(settings: HashMap<String, tritium_proto::inference::trace_setting_response::SettingValue>) -> Value {
     // Triton's key order.
-    const ORDER: &[&str] = &["trace_level", "trace_rate", "trace_count", "log_frequency", "trace_file", "trace_mode", "url", "resource"];
+    const ORDER: &[&str] =
+        &["trace_level", "trace_rate", "trace_count", "log_frequency", "trace_file", "trace_mode", "url", "resource"];
     let mut settings: Vec<_> = settings.into_iter().collect();
     settings.sort_by_key(|(key, _)| (ORDER.iter().position(|k| k == key).unwrap_or(ORDER.len()), key.clone()));
     let rendered: Map<String, Value> = settings
