@@ -347,3 +347,22 @@ def test_a_bls_call_made_with_the_request_s_trace_is_its_child(tmp_path):
     stamps = dict(root["stamps"])
     child_stamps = dict(child["stamps"])
     assert stamps["COMPUTE_START"] <= child_stamps["REQUEST_START"] <= child_stamps["REQUEST_END"] <= stamps["COMPUTE_END"]
+
+
+def test_the_file_s_buffer_is_bounded_and_drops_are_counted(tmp_path):
+    """--trace-file-buffer-bytes bounds what a trace file holds before it is written (and the tensors queued
+    traces keep alive): past it traces are dropped and counted, requests are served as before."""
+    server, file = serve_traced(tmp_path, "--trace-file-buffer-bytes", "3000", level="TENSORS")
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        for _ in range(10):
+            identity(client, grpcclient)
+        identity(client, grpcclient, values=np.zeros(4096, dtype=np.float32))  # 16 KiB of input alone
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        dropped = int(re.search(r"^tritium_trace_dropped_total (\d+)$", text, re.M).group(1))
+        assert dropped >= 1, text[-800:]
+    finally:
+        stop(server)
+    kept = {o["id"] for o in json.loads(file.read_text())}
+    assert 1 <= len(kept) < 11
+    assert sum(len(json.dumps(o)) for o in json.loads(file.read_text())) <= 3000 + 200

@@ -71,7 +71,14 @@ impl TraceSettings {
                 }
                 ("trace_level", Some(_)) => {
                     // Levels Triton does not know are passed over; none left changes nothing.
-                    value.value.retain(|l| matches!(l.as_str(), "OFF" | "TIMESTAMPS" | "TENSORS"));
+                    // Each level once: what is kept is bounded whatever the client sends.
+                    let mut levels: Vec<String> = Vec::with_capacity(3);
+                    for level in value.value.drain(..) {
+                        if matches!(level.as_str(), "OFF" | "TIMESTAMPS" | "TENSORS") && !levels.contains(&level) {
+                            levels.push(level);
+                        }
+                    }
+                    value.value = levels;
                     let values = &value.value;
                     if values.is_empty() {
                         continue;

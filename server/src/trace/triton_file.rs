@@ -5,10 +5,11 @@
 //! `log-frequency=N`, every `N` traces (a request with its ensemble steps and BLS calls counts
 //! once) to `PATH.0`, `PATH.1`, ..., what is left at shutdown or at an update to the next index.
 //!
-//! Bounded twice: finished traces wait for the writer thread in a channel of
-//! [`QUEUE_TRACES`] traces, and a file's rendered traces held until they are written count
-//! against `--trace-file-buffer-bytes`. A trace past either bound is dropped and counted in
-//! `tritium_trace_dropped_total`, never waited for: a request never waits on a disk.
+//! Bounded three times: finished traces wait for the writer thread in a channel of
+//! [`QUEUE_TRACES`] traces; the tensors they hold there (level `TENSORS`) count against
+//! `--trace-file-buffer-bytes`, and so do a file's rendered traces held until they are written.
+//! A trace past a bound is dropped and counted in `tritium_trace_dropped_total`, never waited
+//! for: a request never waits on a disk.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -45,6 +46,7 @@ enum Message {
         file: Arc<str>,
         log_frequency: u64,
         trace: Box<FinishedTrace>,
+        tensor_bytes: u64,
     },
     /// Write every file (the settings changed).
     WriteHeld,
@@ -55,18 +57,24 @@ enum Message {
 /// The trace files' writer thread and the queue to it.
 pub struct FileWriter {
     sender: Mutex<Option<SyncSender<Message>>>,
+    /// Tensor bytes the queued traces hold (level `TENSORS`), at most `buffer_bytes`: a queued
+    /// trace keeps its request's tensors alive until the writer has rendered it.
+    queued_bytes: Arc<AtomicU64>,
+    buffer_bytes: u64,
 }
 
 impl FileWriter {
     /// Starts the writer thread; a file holds at most `buffer_bytes` of traces before it is written.
     pub fn start(buffer_bytes: u64) -> FileWriter {
         let (sender, receiver) = sync_channel(QUEUE_TRACES);
-        let spawned = std::thread::Builder::new().name("trace-file".into()).spawn(move || run(receiver, buffer_bytes));
+        let queued_bytes = Arc::new(AtomicU64::new(0));
+        let queued = Arc::clone(&queued_bytes);
+        let spawned = std::thread::Builder::new().name("trace-file".into()).spawn(move || run(receiver, buffer_bytes, &queued));
         if let Err(e) = spawned {
             tracing::error!("the trace file writer could not start ({e}); traces are dropped");
-            return FileWriter { sender: Mutex::new(None) };
+            return FileWriter { sender: Mutex::new(None), queued_bytes, buffer_bytes };
         }
-        FileWriter { sender: Mutex::new(Some(sender)) }
+        FileWriter { sender: Mutex::new(Some(sender)), queued_bytes, buffer_bytes }
     }
 
     /// A sink writing to `file` (`""`: nowhere) every `log_frequency` traces (0: at shutdown).
@@ -110,12 +118,18 @@ impl TraceSink for FileSink {
             DROPPED.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let message = Message::Trace { file: Arc::clone(&self.file), log_frequency: self.log_frequency, trace: Box::new(trace) };
-        match sender.try_send(message) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
-            }
+        let tensor_bytes: u64 = trace.nodes.iter().flat_map(|n| &n.tensors).map(|t| t.tensor.data.len() as u64).sum();
+        let queued = &self.writer.queued_bytes;
+        if tensor_bytes > 0 && queued.fetch_add(tensor_bytes, Ordering::Relaxed) + tensor_bytes > self.writer.buffer_bytes {
+            queued.fetch_sub(tensor_bytes, Ordering::Relaxed);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let file = Arc::clone(&self.file);
+        let message = Message::Trace { file, log_frequency: self.log_frequency, trace: Box::new(trace), tensor_bytes };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sender.try_send(message) {
+            queued.fetch_sub(tensor_bytes, Ordering::Relaxed);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -137,12 +151,14 @@ struct Pending {
     counted: u64,
 }
 
-fn run(receiver: Receiver<Message>, buffer_bytes: u64) {
+fn run(receiver: Receiver<Message>, buffer_bytes: u64, queued_bytes: &AtomicU64) {
     let mut files: HashMap<Arc<str>, Pending> = HashMap::new();
     while let Ok(message) = receiver.recv() {
         match message {
-            Message::Trace { file, log_frequency, trace } => {
+            Message::Trace { file, log_frequency, trace, tensor_bytes } => {
                 let rendered = super::triton_json::render(&trace);
+                drop(trace);
+                queued_bytes.fetch_sub(tensor_bytes, Ordering::Relaxed);
                 let pending = files.entry(Arc::clone(&file)).or_default();
                 pending.log_frequency = log_frequency;
                 let size = rendered.len() as u64;
