@@ -324,7 +324,10 @@ pub async fn generate_text(
     mut observer: RequestObserver,
 ) -> Result<TextStream, BridgeError> {
     let prompt_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
-    let started = match options.to_generate_request(prompt, pre.card(), default_max_tokens, pre.limits()) {
+    let request = options
+        .check_vocabulary(pre.vocab_size())
+        .and_then(|()| options.to_generate_request(prompt, pre.card(), default_max_tokens, pre.limits()));
+    let started = match request {
         Ok(request) => {
             let request = GenerateRequest { model_version: model.version, ..request };
             observer.prompt_tokens(prompt_tokens);

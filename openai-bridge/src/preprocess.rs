@@ -277,6 +277,11 @@ impl Preprocessor {
         String::from_utf8_lossy(&self.token_bytes(id)).into_owned()
     }
 
+    /// How many token ids the tokenizer knows, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
     /// The bytes one token stands for (see [`Vocabulary::token_bytes`]).
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
         self.vocabulary.token_bytes(&self.tokenizer, id)

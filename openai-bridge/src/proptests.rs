@@ -209,6 +209,8 @@ fn sampling_spec() -> impl Strategy<Value = (Map<String, Value>, CompletionOptio
                 logprobs,
                 constraint: None,
                 prompt_logprobs: None,
+                min_p: None,
+                logit_bias: Vec::new(),
             };
             (body, options)
         },

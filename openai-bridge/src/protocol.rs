@@ -170,8 +170,10 @@ pub struct SamplingFields {
     pub min_tokens: Option<u32>,
     pub ignore_eos: Option<bool>,
     pub stop_token_ids: Option<Vec<u32>>,
-    /// Accepted only empty: the sampler has no per-token bias, and silently ignoring one would
-    /// change what the client asked for.
+    /// vLLM's: leave out tokens less likely than `min_p` times the most likely one (0..=1).
+    pub min_p: Option<f32>,
+    /// Token ids (as strings) to biases from -100 (banned) to 100 (all but forced), added to the
+    /// logits before sampling.
     #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<Map<String, Value>>,
 }
@@ -183,9 +185,10 @@ impl SamplingFields {
         {
             return Err(BridgeError::field("n", format!("only n=1 is supported, got {n}")));
         }
-        if self.logit_bias.as_ref().is_some_and(|bias| !bias.is_empty()) {
-            return Err(BridgeError::field("logit_bias", "logit_bias is not supported"));
-        }
+        let logit_bias = match &self.logit_bias {
+            Some(map) => crate::sampling::logit_bias_of(map)?,
+            None => Vec::new(),
+        };
         let options = CompletionOptions {
             max_tokens,
             temperature: self.temperature,
@@ -202,6 +205,8 @@ impl SamplingFields {
             logprobs,
             constraint: None,
             prompt_logprobs: None,
+            min_p: self.min_p,
+            logit_bias,
         };
         options.validate()?;
         Ok(options)

@@ -72,6 +72,10 @@ pub struct CompletionOptions {
     pub constraint: Option<Constraint>,
     /// Score the prompt too, with this many alternatives per position.
     pub prompt_logprobs: Option<u32>,
+    /// vLLM's `min_p` (0..=1; 0 is off).
+    pub min_p: Option<f32>,
+    /// OpenAI's `logit_bias`: token id and bias (-100..=100), ids distinct.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl CompletionOptions {
@@ -120,7 +124,22 @@ impl CompletionOptions {
         {
             return Err(BridgeError::field("prompt_logprobs", format!("must be between 0 and {MAX_LOGPROBS}, got {top}")));
         }
+        check_range("min_p", self.min_p, 0.0..=1.0)?;
+        if let Some((token, bias)) = self.logit_bias.iter().find(|(_, bias)| !(-100.0..=100.0).contains(bias)) {
+            return Err(BridgeError::field("logit_bias", format!("the bias of token {token} must be between -100 and 100, got {bias}")));
+        }
         Ok(())
+    }
+
+    /// Checks `logit_bias` against the model's vocabulary (`vocab_size` ids).
+    pub fn check_vocabulary(&self, vocab_size: usize) -> Result<(), BridgeError> {
+        match self.logit_bias.iter().find(|(token, _)| *token as usize >= vocab_size) {
+            Some((token, _)) => Err(BridgeError::field(
+                "logit_bias",
+                format!("token id {token} is out of the model's vocabulary (ids 0 to {})", vocab_size.saturating_sub(1)),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Checks the stopping conditions against the server's bounds.
@@ -177,6 +196,8 @@ impl CompletionOptions {
             presence_penalty: self.presence_penalty.unwrap_or(defaults.presence_penalty),
             frequency_penalty: self.frequency_penalty.unwrap_or(defaults.frequency_penalty),
             repetition_penalty: self.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+            min_p: self.min_p.unwrap_or(defaults.min_p),
+            logit_bias: self.logit_bias.clone(),
         };
         let stop = StopOptions {
             max_tokens: Some(max_tokens),
@@ -219,11 +240,38 @@ impl CompletionOptions {
                 "ignore_eos" => options.ignore_eos = param_bool(name, value)?,
                 "stop" => options.stop = param_stop(value)?,
                 "stop_token_ids" => options.stop_token_ids = param_token_ids(name, value)?,
+                "min_p" => options.min_p = Some(param_f32(name, value)?),
+                "logit_bias" => options.logit_bias = param_logit_bias(value)?,
                 _ => {}
             }
         }
         Ok(options)
     }
+}
+
+/// `logit_bias` as a KServe parameter: OpenAI's JSON object in a string (`{"123": -100}`).
+fn param_logit_bias(value: &ParamValue) -> Result<Vec<(u32, f32)>, BridgeError> {
+    let ParamValue::String(text) = value else { return Err(wrong_type("logit_bias", "a JSON object in a string", value)) };
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+        .map_err(|_| BridgeError::field("logit_bias", "expected a JSON object of token ids to biases"))?;
+    logit_bias_of(&map)
+}
+
+/// OpenAI's `logit_bias` object: token ids (as strings) to biases.
+pub fn logit_bias_of(map: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<(u32, f32)>, BridgeError> {
+    map.iter()
+        .map(|(token, bias)| {
+            let id = token
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| BridgeError::field("logit_bias", format!("'{token}' is not a token id")))?;
+            let bias = bias
+                .as_f64()
+                .filter(|b| b.is_finite())
+                .ok_or_else(|| BridgeError::field("logit_bias", format!("the bias of token {id} is not a number")))?;
+            Ok((id, bias as f32))
+        })
+        .collect()
 }
 
 fn check_range(field: &str, value: Option<f32>, range: std::ops::RangeInclusive<f32>) -> Result<(), BridgeError> {

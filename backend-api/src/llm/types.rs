@@ -28,6 +28,13 @@ pub struct SamplingOptions {
     pub frequency_penalty: f32,
     /// The CTRL/HF repetition penalty over prompt and output tokens; 1 is off.
     pub repetition_penalty: f32,
+    /// vLLM's min-p: a drawn token's probability (after temperature) is at least `min_p` times
+    /// the most likely token's; 0 is off.
+    pub min_p: f32,
+    /// OpenAI's `logit_bias`: added to these tokens' logits before anything else is computed from
+    /// them; -100 bans a token, 100 all but forces it. Token ids are distinct and in the
+    /// vocabulary (the frontend checks).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingOptions {
@@ -40,6 +47,8 @@ impl Default for SamplingOptions {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             repetition_penalty: 1.0,
+            min_p: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }

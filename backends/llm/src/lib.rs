@@ -38,6 +38,8 @@ mod offload;
 mod prompt_scores;
 #[cfg(test)]
 mod prompt_scores_tests;
+#[cfg(test)]
+mod sampler_bias_tests;
 mod sampler;
 mod sequence;
 mod step_model;

@@ -32,6 +32,8 @@ pub(crate) struct Sampler {
     presence_penalty: f32,
     frequency_penalty: f32,
     repetition_penalty: f32,
+    min_p: f32,
+    logit_bias: Vec<(u32, f32)>,
     logprobs: Option<u32>,
     rng: StdRng,
     /// Distinct tokens of prompt and output: the repetition penalty's scope.
@@ -60,6 +62,8 @@ impl Sampler {
             presence_penalty: options.presence_penalty,
             frequency_penalty: options.frequency_penalty,
             repetition_penalty: options.repetition_penalty,
+            min_p: options.min_p,
+            logit_bias: options.logit_bias.clone(),
             logprobs,
             rng: StdRng::seed_from_u64(seed),
             seen,
@@ -144,6 +148,16 @@ impl Sampler {
                 }
             }
         }
+        for &(token, bias) in &self.logit_bias {
+            if let Some(x) = self.logits.get_mut(token as usize) {
+                *x = if bias <= -100.0 { f32::NEG_INFINITY } else { *x + bias };
+            }
+        }
+        if self.logits.iter().all(|&x| x == f32::NEG_INFINITY) {
+            // Every token banned: the bias is ignored rather than a token drawn from nothing.
+            self.logits.clear();
+            self.logits.extend(logits.iter().map(|&x| sanitise(x)));
+        }
     }
 
     /// Draws a token after temperature, top-k and top-p.
@@ -153,11 +167,13 @@ impl Sampler {
         let max = self.logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let top_k = if self.top_k > 0 && self.top_k < vocab { Some(self.top_k) } else { None };
         let top_p = self.top_p < 1.0;
+        // min-p: p / p_max >= min_p, that is x >= max + T ln(min_p).
+        let floor = if self.min_p > 0.0 { max + self.temperature * self.min_p.ln() } else { f32::NEG_INFINITY };
 
         if top_k.is_none() && !top_p {
             // The whole vocabulary, in token order: no sorting needed.
             self.weights.clear();
-            self.weights.extend(self.logits.iter().map(|&x| ((x - max) * inv_t).exp()));
+            self.weights.extend(self.logits.iter().map(|&x| if x < floor { 0.0 } else { ((x - max) * inv_t).exp() }));
             return match pick(&self.weights, &mut self.rng) {
                 Some(i) => i,
                 None => argmax(&self.logits),
@@ -192,7 +208,9 @@ impl Sampler {
                 }
             }
         };
-        self.weights.truncate(kept.max(1));
+        // Candidates are best first: min-p cuts the tail (the best one always stays).
+        let above = self.candidates.iter().take(kept).take_while(|c| c.1 >= floor).count();
+        self.weights.truncate(above.max(1));
         let index = pick(&self.weights, &mut self.rng).unwrap_or(0);
         self.candidates[index].0 as usize
     }

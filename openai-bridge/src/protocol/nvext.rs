@@ -37,6 +37,7 @@ pub struct NvExt {
     pub ignore_eos: Option<bool>,
     pub top_k: Option<i64>,
     pub repetition_penalty: Option<f32>,
+    pub min_p: Option<f32>,
     pub extra_fields: Option<Vec<String>>,
     pub guided_json: Option<Value>,
     pub guided_regex: Option<String>,
@@ -76,6 +77,12 @@ impl NvExt {
         }
         if self.repetition_penalty.is_some() {
             options.repetition_penalty = self.repetition_penalty;
+        }
+        if let Some(min_p) = self.min_p {
+            if !(0.0..=1.0).contains(&min_p) {
+                return Err(BridgeError::field("nvext.min_p", format!("must be between 0 and 1, got {min_p}")));
+            }
+            options.min_p = Some(min_p);
         }
         let guided = Guided {
             guided_json: self.guided_json.clone(),

@@ -98,6 +98,8 @@ pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::G
             presence_penalty: sampling.presence_penalty,
             frequency_penalty: sampling.frequency_penalty,
             repetition_penalty: sampling.repetition_penalty,
+            min_p: sampling.min_p,
+            logit_bias: sampling.logit_bias.iter().map(|&(token, bias)| pb::TokenBias { token, bias }).collect(),
         }),
         stop: Some(pb::Stop {
             max_tokens: stop.max_tokens,
@@ -161,6 +163,9 @@ fn constraint_from_proto(constraint: pb::Constraint) -> Option<Constraint> {
     })
 }
 
+/// The most `logit_bias` entries a worker takes: more than any vocabulary has.
+const MAX_LOGIT_BIAS: usize = 1 << 20;
+
 /// The engine's request; absent sampling or stop options mean the engine's defaults.
 pub fn generate_request_from_proto(request: pb::GenerateRequest) -> GenerateRequest {
     let sampling = request.sampling.map_or_else(SamplingOptions::default, |s| SamplingOptions {
@@ -171,6 +176,10 @@ pub fn generate_request_from_proto(request: pb::GenerateRequest) -> GenerateRequ
         presence_penalty: s.presence_penalty,
         frequency_penalty: s.frequency_penalty,
         repetition_penalty: s.repetition_penalty,
+        min_p: s.min_p,
+        // What a frontend checked; a worker keeps at most a vocabulary's worth whatever it is sent
+        // (the sampler passes over ids outside the model's vocabulary).
+        logit_bias: s.logit_bias.iter().take(MAX_LOGIT_BIAS).map(|b| (b.token, b.bias.clamp(-100.0, 100.0))).collect(),
     });
     let stop = request.stop.map_or_else(StopOptions::default, |s| StopOptions {
         max_tokens: s.max_tokens,
