@@ -287,7 +287,9 @@ fn out_of_range() -> impl Strategy<Value = (&'static str, Value)> {
         ("logprobs", json!(MAX_LOGPROBS + 1)),
         ("prompt_logprobs", json!(MAX_LOGPROBS + 1)),
         ("stop", json!([""])),
-        ("logit_bias", json!({"42": 5})),
+        ("logit_bias", json!({"42": 500})),
+        ("logit_bias", json!({"x": 5})),
+        ("min_p", json!(1.5)),
         ("min_tokens", json!(u32::MAX)),
     ])
 }

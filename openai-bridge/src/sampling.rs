@@ -126,7 +126,10 @@ impl CompletionOptions {
         }
         check_range("min_p", self.min_p, 0.0..=1.0)?;
         if let Some((token, bias)) = self.logit_bias.iter().find(|(_, bias)| !(-100.0..=100.0).contains(bias)) {
-            return Err(BridgeError::field("logit_bias", format!("the bias of token {token} must be between -100 and 100, got {bias}")));
+            return Err(BridgeError::field(
+                "logit_bias",
+                format!("the bias of token {token} must be between -100 and 100, got {bias}"),
+            ));
         }
         Ok(())
     }
@@ -257,9 +260,11 @@ fn param_logit_bias(value: &ParamValue) -> Result<Vec<(u32, f32)>, BridgeError> 
     logit_bias_of(&map)
 }
 
-/// OpenAI's `logit_bias` object: token ids (as strings) to biases.
+/// OpenAI's `logit_bias` object: token ids (as strings) to biases; an id written twice (`"7"`,
+/// `"07"`) keeps its last bias, so each id is biased once.
 pub fn logit_bias_of(map: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<(u32, f32)>, BridgeError> {
-    map.iter()
+    let biases: Result<std::collections::BTreeMap<u32, f32>, BridgeError> = map
+        .iter()
         .map(|(token, bias)| {
             let id = token
                 .trim()
@@ -271,7 +276,8 @@ pub fn logit_bias_of(map: &serde_json::Map<String, serde_json::Value>) -> Result
                 .ok_or_else(|| BridgeError::field("logit_bias", format!("the bias of token {id} is not a number")))?;
             Ok((id, bias as f32))
         })
-        .collect()
+        .collect();
+    Ok(biases?.into_iter().collect())
 }
 
 fn check_range(field: &str, value: Option<f32>, range: std::ops::RangeInclusive<f32>) -> Result<(), BridgeError> {
@@ -530,6 +536,8 @@ mod tests {
             ("ignore_eos", ParamValue::String("true".into())),
             ("min_tokens", ParamValue::String("4".into())),
             ("logprobs", ParamValue::Uint64(2)),
+            ("min_p", ParamValue::Double(0.05)),
+            ("logit_bias", ParamValue::String(r#"{"7": -100, "9": 2.5}"#.into())),
             ("triton_enable_empty_final_response", ParamValue::Bool(true)),
             ("sequence_id", ParamValue::Uint64(7)),
         ]))
@@ -552,6 +560,8 @@ mod tests {
                 logprobs: Some(2),
                 constraint: None,
                 prompt_logprobs: None,
+                min_p: Some(0.05),
+                logit_bias: vec![(7, -100.0), (9, 2.5)],
             }
         );
         let single = CompletionOptions::from_kserve_parameters(&params(&[("stop", ParamValue::String("###".into()))]));

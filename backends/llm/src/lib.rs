@@ -38,9 +38,9 @@ mod offload;
 mod prompt_scores;
 #[cfg(test)]
 mod prompt_scores_tests;
+mod sampler;
 #[cfg(test)]
 mod sampler_bias_tests;
-mod sampler;
 mod sequence;
 mod step_model;
 pub mod test_models;
