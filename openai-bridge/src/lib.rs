@@ -12,6 +12,7 @@
 //! - [`response_store`]: the Responses API's stored conversations, bounded in count, bytes and time.
 //! - [`metrics`]: Prometheus metrics per model (requests, errors, queue time, TTFT, inter-token latency, tokens).
 
+pub mod choices;
 pub mod detokenize;
 pub mod error;
 pub mod hub;

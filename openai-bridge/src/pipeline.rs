@@ -129,6 +129,14 @@ pub fn text_stream(
 }
 
 impl TextStream {
+    /// Waits for the stream's first event (the engine has computed the prompt, whose blocks are
+    /// in the prefix cache then) and keeps it for the reader.
+    pub async fn prefilled(&mut self) {
+        if let Some(event) = self.next().await {
+            self.ready.push_front(event);
+        }
+    }
+
     /// The prompt's length in tokens, once known.
     pub fn prompt_tokens(&self) -> Option<u32> {
         self.observer.known_prompt_tokens()

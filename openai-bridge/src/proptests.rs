@@ -283,7 +283,6 @@ fn out_of_range() -> impl Strategy<Value = (&'static str, Value)> {
         ("presence_penalty", json!(2.5)),
         ("frequency_penalty", json!(-3)),
         ("repetition_penalty", json!(0)),
-        ("n", json!(2)),
         ("logprobs", json!(MAX_LOGPROBS + 1)),
         ("prompt_logprobs", json!(MAX_LOGPROBS + 1)),
         ("stop", json!([""])),

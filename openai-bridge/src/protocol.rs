@@ -35,7 +35,7 @@ pub use self::responses_api::*;
 pub use self::structured::{Guided, MAX_CHOICES, forced_calls, format_constraint};
 pub use self::tools::{MAX_TOOLS, ToolChoice, ToolSpec, Tools};
 use crate::BridgeError;
-use crate::sampling::{CompletionOptions, MAX_LOGPROBS};
+use crate::sampling::{CompletionLimits, CompletionOptions, MAX_LOGPROBS};
 
 /// Parses a request body: bad JSON, a non-object, or a field of the wrong type give a
 /// [`BridgeError`] whose message names the field.
@@ -179,12 +179,25 @@ pub struct SamplingFields {
 }
 
 impl SamplingFields {
-    fn options(&self, max_tokens: Option<u32>, logprobs: Option<u32>) -> Result<CompletionOptions, BridgeError> {
-        if let Some(n) = self.n
-            && n != 1
-        {
-            return Err(BridgeError::field("n", format!("only n=1 is supported, got {n}")));
+    /// How many choices to answer with (`n`) and to generate (`best_of`, at least `n`: the `n` most
+    /// likely are answered), within the server's bounds.
+    pub fn choices(&self, best_of: Option<u32>, stream: bool, limits: &CompletionLimits) -> Result<(usize, usize), BridgeError> {
+        let n = self.n.unwrap_or(1);
+        let max = limits.max_choices;
+        if n == 0 || n as usize > max {
+            return Err(BridgeError::field("n", format!("must be between 1 and {max}, got {n}")));
         }
+        let best_of = best_of.unwrap_or(n);
+        if best_of < n || best_of as usize > max {
+            return Err(BridgeError::field("best_of", format!("must be between n ({n}) and {max}, got {best_of}")));
+        }
+        if best_of > n && stream {
+            return Err(BridgeError::field("best_of", "best_of greater than n is not supported with stream"));
+        }
+        Ok((n as usize, best_of as usize))
+    }
+
+    fn options(&self, max_tokens: Option<u32>, logprobs: Option<u32>) -> Result<CompletionOptions, BridgeError> {
         let logit_bias = match &self.logit_bias {
             Some(map) => crate::sampling::logit_bias_of(map)?,
             None => Vec::new(),
@@ -232,6 +245,9 @@ pub struct CompletionRequest {
     /// vLLM's: each prompt token's log-probability and this many alternatives, in the choice's
     /// `prompt_logprobs` (0..=20).
     pub prompt_logprobs: Option<u32>,
+    /// Generate this many choices and answer with the `n` most likely (at least `n`; not with
+    /// `stream`).
+    pub best_of: Option<u32>,
     pub user: Option<String>,
     pub nvext: Option<NvExt>,
     #[serde(flatten)]

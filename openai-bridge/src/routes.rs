@@ -42,10 +42,11 @@ use tritium_backend_api::llm::ModelKind;
 use tritium_backend_api::trace_context::{TRACEPARENT, TRACESTATE, TraceContext};
 
 use crate::BridgeError;
+use crate::choices::generate_choices;
 pub use crate::hub::{HubModel, LlmHub};
 use crate::metrics::{LlmMetrics, RequestObserver};
 use crate::parsers::{ForcedCalls, OutputFormats, OutputParser, ParsedDelta};
-use crate::pipeline::{ModelRef, StreamMeta, TextStream, generate_text};
+use crate::pipeline::{ModelRef, StreamMeta, TextStream};
 use crate::preprocess::Preprocessor;
 use crate::protocol::{ErrorBody, ModelList, ModelObject, NvExt, ToolChoice, Tools, forced_calls, parse_json};
 use crate::response_store::{ResponseStore, StoreLimits};
@@ -241,28 +242,45 @@ struct ChatPrompt<'a> {
     worker: Option<&'a str>,
 }
 
-/// A generation under way, and the annotation events its stream starts with.
-struct Started {
-    stream: TextStream,
+/// The choices of one chat (`n`) under way, with the annotation events sent before them.
+struct StartedChoices {
+    streams: Vec<TextStream>,
     annotations: Vec<Bytes>,
 }
 
 impl AppState {
     /// Renders the chat (or takes `nvext.token_data`, or the raw contents with
     /// `nvext.use_raw_prompt`), tokenizes it and starts generating on the worker `nvext` names,
-    /// if any: the start of every chat-shaped API (chat completions, responses, messages).
+    /// if any: the start of the Responses and Messages APIs (one choice, no annotation events).
     async fn start_chat(
         &self,
         pre: &Arc<Preprocessor>,
         model: &str,
         options: &CompletionOptions,
         chat: ChatPrompt<'_>,
-        mut observer: RequestObserver,
-    ) -> Result<Started, BridgeError> {
+        observer: RequestObserver,
+    ) -> Result<TextStream, BridgeError> {
+        let StartedChoices { mut streams, .. } = self.start_chat_choices(pre, model, options, chat, vec![observer]).await?;
+        streams.pop().ok_or_else(|| BridgeError::Internal("no generation started".into()))
+    }
+
+    /// [`AppState::start_chat`] with one choice per observer (`n`; the first carries the trace),
+    /// and the `nvext.annotations` events (chat completions).
+    async fn start_chat_choices(
+        &self,
+        pre: &Arc<Preprocessor>,
+        model: &str,
+        options: &CompletionOptions,
+        chat: ChatPrompt<'_>,
+        mut observers: Vec<RequestObserver>,
+    ) -> Result<StartedChoices, BridgeError> {
+        let Some(observer) = observers.first_mut() else {
+            return Err(BridgeError::Internal("a chat with no choice".into()));
+        };
         let nvext = chat.nvext;
         let (text, prompt) = match nvext.and_then(|n| n.token_data.clone()) {
             Some(ids) => {
-                check_token_ids(pre, "nvext.token_data", &ids).map_err(|e| failed(&mut observer, e))?;
+                check_token_ids(pre, "nvext.token_data", &ids).map_err(|e| failed(observer, e))?;
                 (None, ids)
             }
             None => {
@@ -271,16 +289,17 @@ impl AppState {
                     true => raw_prompt(chat.messages),
                     false => pre.render_chat_bounded(chat.messages, chat.add_generation_prompt, chat.extra).await,
                 };
-                let text = text.map_err(|e| failed(&mut observer, e))?;
+                let text = text.map_err(|e| failed(observer, e))?;
                 let kept = nvext.is_some_and(|n| n.annotates("formatted_prompt")).then(|| text.clone());
                 // A template writes the special tokens (BOS included) itself; raw text gets them here.
-                (kept, pre.encode_off_runtime(text, raw).await.map_err(|e| failed(&mut observer, e))?)
+                (kept, pre.encode_off_runtime(text, raw).await.map_err(|e| failed(observer, e))?)
             }
         };
         let annotations = annotation_frames(nvext, pre, text, &prompt);
         let target = ModelRef { name: model, version: None, worker: chat.worker };
-        let stream = generate_text(self.hub.as_ref(), pre, target, options, prompt, None, observer).await?;
-        Ok(Started { stream: stream.show_special(pre.marker_tokens(chat.with_tools)), annotations })
+        let streams = generate_choices(self.hub.as_ref(), pre, target, options, prompt, None, observers).await?;
+        let streams = streams.into_iter().map(|stream| stream.show_special(pre.marker_tokens(chat.with_tools))).collect();
+        Ok(StartedChoices { streams, annotations })
     }
 }
 

@@ -22,8 +22,11 @@ pub const DEFAULT_MAX_STOP_STRINGS: usize = 16;
 pub const DEFAULT_MAX_STOP_STRING_BYTES: usize = 1024;
 /// `stop_token_ids` are checked on every generated token.
 pub const DEFAULT_MAX_STOP_TOKEN_IDS: usize = 64;
-/// Prompts one `/v1/completions` request may list (each is a sequence in the engine).
+/// Prompts one `/v1/completions` request may list (each is a sequence in the engine); also the
+/// most sequences one request may start (prompts times `best_of`).
 pub const DEFAULT_MAX_PROMPTS: usize = 64;
+/// `n` and `best_of` at most.
+pub const DEFAULT_MAX_CHOICES: usize = 16;
 /// OpenAI's limit on `logprobs` / `top_logprobs`.
 pub const MAX_LOGPROBS: u32 = 20;
 
@@ -34,8 +37,10 @@ pub struct CompletionLimits {
     pub max_stop_strings: usize,
     pub max_stop_string_bytes: usize,
     pub max_stop_token_ids: usize,
-    /// Prompts in one completion request.
+    /// Prompts in one completion request, and sequences one request starts.
     pub max_prompts: usize,
+    /// `n` and `best_of`.
+    pub max_choices: usize,
 }
 
 impl Default for CompletionLimits {
@@ -45,6 +50,7 @@ impl Default for CompletionLimits {
             max_stop_string_bytes: DEFAULT_MAX_STOP_STRING_BYTES,
             max_stop_token_ids: DEFAULT_MAX_STOP_TOKEN_IDS,
             max_prompts: DEFAULT_MAX_PROMPTS,
+            max_choices: DEFAULT_MAX_CHOICES,
         }
     }
 }
@@ -450,7 +456,13 @@ mod tests {
 
     #[test]
     fn the_servers_bounds_on_stopping_conditions_are_its_own() {
-        let limits = CompletionLimits { max_stop_strings: 2, max_stop_string_bytes: 4, max_stop_token_ids: 3, max_prompts: 2 };
+        let limits = CompletionLimits {
+            max_stop_strings: 2,
+            max_stop_string_bytes: 4,
+            max_stop_token_ids: 3,
+            max_prompts: 2,
+            max_choices: 2,
+        };
         let cases = [
             (CompletionOptions { stop: vec!["x".into(); 3], ..Default::default() }, "stop"),
             (CompletionOptions { stop: vec!["12345".into()], ..Default::default() }, "stop"),

@@ -1,11 +1,15 @@
 """Sampling controls of the OpenAI door (issue 43, item 3), against the real SmolLM2 GGUF with the official
-openai client: `logit_bias` forcing and banning tokens (ids checked against the GGUF tokenizer's vocabulary),
-vLLM's `min_p` (1.0 keeps only the most likely token, so a sampled answer equals the greedy one), the same
-through `nvext` and the KServe parameters, and the refusals of each, by field."""
+openai client: `n` and `best_of` on completions and chat (choices indexed, streamed too, distinct and repeatable
+with a seed, the prompt computed once and found in the prefix cache by the other choices), `logit_bias` forcing
+and banning tokens (ids checked against the GGUF tokenizer's vocabulary), vLLM's `min_p` (1.0 keeps only the most
+likely token, so a sampled answer equals the greedy one), the same through `nvext` and the KServe parameters, and
+the refusals of each, by field."""
 
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 
 import numpy as np
 import openai
@@ -63,6 +67,94 @@ def test_kserve_parameters_carry_logit_bias_and_min_p(client, llm_server):
     params = {"max_tokens": 3, "temperature": 1.0, "min_p": 1.0, "logit_bias": json.dumps({str(forced): 100})}
     result = kserve.infer(LLM, [text], parameters=params)
     assert result.as_numpy("text_output")[0].decode().endswith(" Rome Rome Rome")
+
+
+def sampled_choices(client, n, seed, max_tokens=8, **extra):
+    answer = client.completions.create(model=LLM, prompt=PROMPT, max_tokens=max_tokens, temperature=1.0, n=n, seed=seed,
+                                       **extra)  # fmt: skip
+    assert [c.index for c in answer.choices] == list(range(n))
+    return answer
+
+
+def cached_total(server) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=30).read().decode()
+    return sum(float(v) for v in re.findall(r"^tritium_llm_engine_prompt_tokens_cached_total(?:\{[^}]*\})? (\S+)$", text, re.M))
+
+
+def test_n_choices_are_distinct_repeatable_and_share_one_prefill(client, llm_server):
+    first = sampled_choices(client, 4, seed=7)
+    texts = [c.text for c in first.choices]
+    assert len(set(texts)) > 1, texts
+    assert [c.text for c in sampled_choices(client, 4, seed=7).choices] == texts, "a seed repeats every choice"
+    # Choice i samples with seed + i: the first choice of n=4 is the answer of n=1 with the same seed.
+    assert sampled_choices(client, 1, seed=7).choices[0].text == texts[0]
+    assert first.usage.prompt_tokens == len(tokenize(client, PROMPT)), "the prompt counts once"
+    assert first.usage.completion_tokens >= 4
+    # A prompt no request has sent before: the later choices find its blocks cached by the first one's prefill.
+    fresh = "Once upon a time, in a village by a river where the " + "very " * 40 + "long"
+    before = cached_total(llm_server)
+    client.completions.create(model=LLM, prompt=fresh, max_tokens=2, temperature=1.0, n=3, seed=1)
+    assert cached_total(llm_server) - before >= 2 * 32, "choices 1 and 2 reuse the prompt's blocks"
+
+
+def test_n_streams_each_choice_with_its_index(client):
+    stream = client.completions.create(model=LLM, prompt=PROMPT, max_tokens=8, temperature=1.0, n=3, seed=7, stream=True)
+    texts, finished = ["", "", ""], set()
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert finished == {0, 1, 2}
+    assert texts == [c.text for c in sampled_choices(client, 3, seed=7).choices], "streamed as answered whole"
+
+
+def test_best_of_answers_the_most_likely_choices(client):
+    answer = client.completions.create(model=LLM, prompt=PROMPT, max_tokens=6, temperature=1.0, n=2, best_of=5, seed=3,
+                                       logprobs=0)  # fmt: skip
+    assert [c.index for c in answer.choices] == [0, 1]
+    scores = [sum(c.logprobs.token_logprobs) for c in answer.choices]
+    assert scores[0] >= scores[1]
+    candidates = sampled_choices(client, 5, seed=3, max_tokens=6, logprobs=0).choices
+    best = sorted((sum(c.logprobs.token_logprobs) for c in candidates), reverse=True)[:2]
+    assert scores == pytest.approx(best, abs=1e-5), "the two most likely of the same five"
+    assert answer.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in candidates), "every candidate counts"
+    plain = client.completions.create(model=LLM, prompt=PROMPT, max_tokens=6, temperature=1.0, n=1, best_of=3, seed=3)
+    assert plain.choices[0].logprobs is None, "logprobs only when asked for"
+
+
+def test_chat_n_whole_and_streamed(client):
+    messages = [{"role": "user", "content": "Name a colour."}]
+    whole = client.chat.completions.create(model=LLM, messages=messages, max_tokens=6, temperature=1.0, n=3, seed=5)
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    stream = client.chat.completions.create(model=LLM, messages=messages, max_tokens=6, temperature=1.0, n=3, seed=5,
+                                            stream=True)  # fmt: skip
+    texts, roles = ["", "", ""], set()
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.delta.role:
+                roles.add(choice.index)
+    assert roles == {0, 1, 2}
+    assert texts == [c.message.content for c in whole.choices]
+
+
+@pytest.mark.parametrize(
+    "extra, field, wording",
+    [
+        ({"n": 0}, "n", "between 1 and 16"),
+        ({"n": 17}, "n", "between 1 and 16"),
+        ({"n": 2, "best_of": 1}, "best_of", "between n (2)"),
+        ({"best_of": 3, "stream": True}, "best_of", "not supported with stream"),
+        ({"n": 16, "prompt": [PROMPT] * 5}, "n", "at most 64 sequences"),
+    ],
+)
+def test_bad_choice_counts_are_refused_by_field(client, extra, field, wording):
+    body = {"model": LLM, "prompt": PROMPT, "max_tokens": 2, **extra}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.post("/completions", body=body, cast_to=object)
+    error = refused.value.body
+    assert error["param"] == field and wording in error["message"], error
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,13 @@ fn completion_options() {
     assert!(request.stream && request.include_usage());
 
     let options = |body: &str| parse_json::<CompletionRequest>(body.as_bytes()).and_then(|r| r.options());
-    assert_eq!(field_of(options(r#"{"model":"m","prompt":"x","n":2}"#).expect_err("n")), "n");
+    let choices = |body: &str| {
+        parse_json::<CompletionRequest>(body.as_bytes())
+            .and_then(|r| r.sampling.choices(r.best_of, r.stream, &crate::sampling::CompletionLimits::default()))
+    };
+    assert_eq!(choices(r#"{"model":"m","prompt":"x","n":2,"best_of":3}"#).expect("valid"), (2, 3));
+    assert_eq!(field_of(choices(r#"{"model":"m","prompt":"x","n":0}"#).expect_err("n")), "n");
+    assert_eq!(field_of(choices(r#"{"model":"m","prompt":"x","n":2,"best_of":3,"stream":true}"#).expect_err("s")), "best_of");
     let echo = r#"{"model":"m","prompt":"x","echo":true,"stream":true}"#;
     assert_eq!(field_of(options(echo).expect_err("echo")), "echo");
     let scored = r#"{"model":"m","prompt":"x","prompt_logprobs":1,"stream":true}"#;

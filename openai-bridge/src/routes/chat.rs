@@ -35,7 +35,17 @@ pub(super) async fn chat_completions(
         Ok((options, tools, messages, extra))
     });
     let (mut options, tools, messages, extra) = prepared.map_err(|error| super::failed(&mut observer, error))?;
+    let (n, _) =
+        request.sampling.choices(None, request.stream, pre.limits()).map_err(|error| super::failed(&mut observer, error))?;
+    let unparsed = options.clone();
     let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| super::failed(&mut observer, error))?;
+    // Each choice parses its own text; the parser is made the same way for each.
+    let mut parsers = vec![parser];
+    for _ in 1..n {
+        parsers.push(
+            super::output_parser(&pre, &tools, &mut unparsed.clone()).map_err(|error| super::failed(&mut observer, error))?,
+        );
+    }
     let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
     let chat = super::ChatPrompt {
         messages: &messages,
@@ -45,7 +55,10 @@ pub(super) async fn chat_completions(
         nvext: request.nvext.as_ref(),
         worker: worker.or_nvext(request.nvext.as_ref()),
     };
-    let super::Started { stream, annotations } = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
+    let observers =
+        std::iter::once(observer).chain((1..n).map(|_| state.metrics.observer(&request.model, super::PROTOCOL))).collect();
+    let super::StartedChoices { streams, annotations } =
+        state.start_chat_choices(&pre, &request.model, &options, chat, observers).await?;
     let mut writer = ChatWriter {
         annotations,
         nvext: request.nvext.clone(),
@@ -54,28 +67,39 @@ pub(super) async fn chat_completions(
         model: request.model.clone(),
         logprobs: options.logprobs.is_some(),
         include_usage: request.include_usage(),
-        parser,
-        calls: 0,
+        calls: vec![0; parsers.len()],
+        parsers,
     };
     if request.stream {
-        return Ok(sse::respond(writer, stream));
+        return Ok(sse::respond_many(writer, streams));
     }
-    let generated = collect(stream).await?;
-    let parsed = super::parse_whole(writer.parser.take(), generated.text);
-    let finish_reason = if parsed.tool_calls.is_empty() { generated.reason.as_str() } else { "tool_calls" };
+    let generated = futures::future::try_join_all(streams.into_iter().map(collect)).await?;
+    let mut usage = crate::pipeline::Usage::default();
+    let mut choices = Vec::with_capacity(generated.len());
+    for (index, (generated, parser)) in generated.iter().zip(writer.parsers.iter_mut()).enumerate() {
+        if index == 0 {
+            usage = generated.usage;
+        } else {
+            usage.completion_tokens = usage.completion_tokens.saturating_add(generated.usage.completion_tokens);
+        }
+        let parsed = super::parse_whole(parser.take(), generated.text.clone());
+        let finish_reason = if parsed.tool_calls.is_empty() { generated.reason.as_str() } else { "tool_calls" };
+        choices.push(ChatChoice {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            message: message(parsed),
+            logprobs: writer.logprobs.then(|| ChatLogprobs::from_tokens(&generated.tokens)),
+            finish_reason: Some(finish_reason),
+        });
+    }
+    let meta = generated.first().map(|g| g.meta.clone()).unwrap_or_default();
     let response = ChatCompletionResponse {
         id: std::mem::take(&mut writer.id),
         object: "chat.completion",
         created: writer.created,
         model: request.model,
-        choices: vec![ChatChoice {
-            index: 0,
-            message: message(parsed),
-            logprobs: writer.logprobs.then(|| ChatLogprobs::from_tokens(&generated.tokens)),
-            finish_reason: Some(finish_reason),
-        }],
-        usage: UsageBody::from(generated.usage),
-        nvext: super::nvext_fields(request.nvext.as_ref(), &generated.meta),
+        choices,
+        usage: UsageBody::from(usage),
+        nvext: super::nvext_fields(request.nvext.as_ref(), &meta),
     };
     Ok(json_response(StatusCode::OK, &response))
 }
@@ -105,10 +129,10 @@ struct ChatWriter {
     model: String,
     logprobs: bool,
     include_usage: bool,
-    /// Splits reasoning and tool calls out of the text, when the server parses them.
-    parser: Option<OutputParser>,
-    /// Tool calls sent so far: the next one's `index`.
-    calls: u32,
+    /// Each choice's: splits reasoning and tool calls out of its text, when the server parses them.
+    parsers: Vec<Option<OutputParser>>,
+    /// Each choice's tool calls sent so far: its next one's `index`.
+    calls: Vec<u32>,
 }
 
 impl ChatWriter {
@@ -127,38 +151,45 @@ impl ChatWriter {
 
 impl ChunkWriter for ChatWriter {
     fn start(&mut self) -> Vec<Bytes> {
-        let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
         let mut frames = std::mem::take(&mut self.annotations);
-        frames.push(sse::frame(&self.chunk(vec![ChatChunkChoice { index: 0, delta, logprobs: None, finish_reason: None }])));
+        for index in 0..self.parsers.len() {
+            let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            frames.push(sse::frame(&self.chunk(vec![ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }])));
+        }
         frames
     }
 
-    fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
-        let parsed = super::parse_piece(&mut self.parser, text, finish.is_some());
+    fn delta(&mut self, index: u32, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
+        let (Some(parser), Some(calls)) = (self.parsers.get_mut(index as usize), self.calls.get_mut(index as usize)) else {
+            return;
+        };
+        let parsed = super::parse_piece(parser, text, finish.is_some());
         let logprobs = (self.logprobs && !tokens.is_empty()).then(|| ChatLogprobs::from_tokens(tokens));
         // Text held back by the parser sends nothing now; its tokens' logprobs still go.
-        if parsed.is_empty() && finish.is_none() && logprobs.is_none() && self.parser.is_some() {
+        if parsed.is_empty() && finish.is_none() && logprobs.is_none() && parser.is_some() {
             return;
         }
         let tool_calls: Vec<ChatToolCall> = parsed
             .tool_calls
             .into_iter()
             .map(|call| {
-                self.calls += 1;
-                ChatToolCall::new(call, Some(self.calls - 1))
+                *calls += 1;
+                ChatToolCall::new(call, Some(*calls - 1))
             })
             .collect();
         // OpenAI's closing chunk has an empty delta; a text-less chunk mid-stream still carries
         // its tokens' logprobs.
-        let content = (!parsed.content.is_empty() || (finish.is_none() && self.parser.is_none())).then_some(parsed.content);
+        let content = (!parsed.content.is_empty() || (finish.is_none() && parser.is_none())).then_some(parsed.content);
         let delta = ChatDelta {
             role: None,
             content,
             reasoning_content: (!parsed.reasoning.is_empty()).then_some(parsed.reasoning),
             tool_calls,
         };
-        let finish_reason = finish.map(|reason| if self.calls > 0 { "tool_calls" } else { reason.as_str() });
-        out.push_back(sse::frame(&self.chunk(vec![ChatChunkChoice { index: 0, delta, logprobs, finish_reason }])));
+        let called = *calls > 0;
+        let finish_reason = finish.map(|reason| if called { "tool_calls" } else { reason.as_str() });
+        out.push_back(sse::frame(&self.chunk(vec![ChatChunkChoice { index, delta, logprobs, finish_reason }])));
     }
 
     fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {

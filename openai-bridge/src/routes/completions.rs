@@ -12,13 +12,15 @@ use tritium_backend_api::llm::{FinishReason, ModelKind, PromptLogprob};
 use super::sse::{self, ChunkWriter, End};
 use super::{ApiError, AppState, OpenAiJson, check_token_ids, failed, json_response};
 use crate::BridgeError;
+use crate::choices::generate_choices;
 use crate::kserve::DEFAULT_MAX_TOKENS;
-use crate::pipeline::{ModelRef, TokenInfo, Usage, collect, generate_text};
+use crate::pipeline::{Generated, ModelRef, TokenInfo, Usage, collect};
 use crate::preprocess::Preprocessor;
 use crate::protocol::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, ErrorBody, NvExt, Prompt, UsageBody, new_id,
     unix_now,
 };
+use crate::sampling::CompletionOptions;
 
 #[utoipa::path(post, path = "/v1/completions", tag = "openai", request_body = CompletionRequest,
     responses((status = 200, description = "The completion, or with `stream` its chunks as server-sent events ending in `data: [DONE]`",
@@ -32,9 +34,12 @@ pub(super) async fn completions(
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions")?;
     let mut observer = state.observer(&request.model, caller);
     let options = request.options().map_err(|error| failed(&mut observer, error))?;
+    let (n, best_of) =
+        request.sampling.choices(request.best_of, request.stream, pre.limits()).map_err(|error| failed(&mut observer, error))?;
     let nvext = request.nvext.as_ref();
     let prompts = &request.prompt.0;
     let many = prompts.len() > 1;
+    let sequences = prompts.len().saturating_mul(best_of);
     let refused = if prompts.len() > pre.limits().max_prompts {
         let max = pre.limits().max_prompts;
         Some(BridgeError::field("prompt", format!("at most {max} prompts per request are allowed, got {}", prompts.len())))
@@ -42,6 +47,13 @@ pub(super) async fn completions(
         Some(BridgeError::field("prompt", "a list of several prompts is not supported with stream"))
     } else if many && nvext.is_some_and(|n| n.token_data.is_some()) {
         Some(BridgeError::field("nvext.token_data", "nvext.token_data replaces one prompt, not a list of them"))
+    } else if sequences > pre.limits().max_prompts {
+        let max = pre.limits().max_prompts;
+        let field = if best_of > n { "best_of" } else { "n" };
+        Some(BridgeError::field(
+            field,
+            format!("a request may start at most {max} sequences (prompts times choices), got {sequences}"),
+        ))
     } else {
         None
     };
@@ -63,8 +75,10 @@ pub(super) async fn completions(
             return Err(failed(&mut observer, BridgeError::field("prompt", "the prompt is empty")).into());
         };
         let annotations = super::annotation_frames(nvext, &pre, text, &prompt);
+        let observers = std::iter::once(observer).chain((1..n).map(|_| state.metrics.observer(&request.model, super::PROTOCOL)));
         // Like OpenAI, /v1/completions defaults to 16 tokens.
-        let started = generate_text(state.hub.as_ref(), &pre, target, &options, prompt, Some(DEFAULT_MAX_TOKENS), observer).await;
+        let hub = state.hub.as_ref();
+        let started = generate_choices(hub, &pre, target, &options, prompt, Some(DEFAULT_MAX_TOKENS), observers.collect()).await;
         let writer = CompletionWriter {
             annotations,
             nvext: request.nvext.clone(),
@@ -72,60 +86,56 @@ pub(super) async fn completions(
             created: unix_now(),
             model: request.model.clone(),
             logprobs: options.logprobs.is_some(),
-            offset: 0,
+            offsets: vec![0; n],
             include_usage: request.include_usage(),
         };
-        return Ok(sse::respond(writer, started?));
+        return Ok(sse::respond_many(writer, started?));
     }
-    // Every prompt is its own sequence, all of them at once; the first carries the request's
-    // trace, each is a request in the LLM metrics.
-    let mut observers = vec![observer];
-    observers.extend((1..inputs.len()).map(|_| state.metrics.observer(&request.model, super::PROTOCOL)));
-    let runs = inputs.iter().zip(observers).map(|((_, prompt), observer)| {
-        let (hub, pre, options) = (state.hub.as_ref(), &pre, &options);
+    // Every prompt and choice is its own sequence, the prompts at once; the first carries the
+    // request's trace, each is a request in the LLM metrics. `best_of` ranks by log-probability,
+    // which the engine then reports whether or not the client asked for it.
+    let mut generating = options.clone();
+    if best_of > n {
+        generating.logprobs = Some(options.logprobs.unwrap_or(0));
+    }
+    let mut observers = std::iter::once(observer)
+        .chain((1..sequences).map(|_| state.metrics.observer(&request.model, super::PROTOCOL)))
+        .collect::<Vec<_>>()
+        .into_iter();
+    let runs = inputs.iter().map(|(_, prompt)| {
+        let (hub, pre, options) = (state.hub.as_ref(), &pre, &generating);
+        let observers: Vec<_> = observers.by_ref().take(best_of).collect();
         async move {
-            let stream = generate_text(hub, pre, target, options, prompt.clone(), Some(DEFAULT_MAX_TOKENS), observer).await?;
-            collect(stream).await
+            let streams =
+                generate_choices(hub, pre, target, options, prompt.clone(), Some(DEFAULT_MAX_TOKENS), observers).await?;
+            futures::future::try_join_all(streams.into_iter().map(collect)).await
         }
     });
-    let generated = futures::future::try_join_all(runs).await?;
+    let generated = futures::future::try_join_all(runs.collect::<Vec<_>>()).await?;
     let echo = request.echo == Some(true);
     let prompt_only = request.prompt_only();
     let mut usage = Usage::default();
-    let mut choices = Vec::with_capacity(generated.len());
-    for (index, ((text, prompt), generated)) in inputs.into_iter().zip(&generated).enumerate() {
-        let scores = generated.prompt_scores.as_deref().unwrap_or_default();
-        let mut choice =
-            Choice { text: String::new(), logprobs: options.logprobs.map(|_| CompletionLogprobs::default()), offset: 0 };
-        if echo {
-            let prompt_text = match text {
-                Some(text) => text,
-                None => pre.decode(&prompt)?,
-            };
-            choice.echo_prompt(&pre, prompt_text, &prompt, scores);
-        }
-        let completion_tokens = if prompt_only { 0 } else { generated.usage.completion_tokens };
+    let mut choices = Vec::with_capacity(generated.len() * n);
+    for (prompt_index, ((text, prompt), candidates)) in inputs.into_iter().zip(&generated).enumerate() {
+        let prompt_text = match (echo, text) {
+            (false, _) => None,
+            (true, Some(text)) => Some(text),
+            (true, None) => Some(pre.decode(&prompt)?),
+        };
+        let first = &candidates[0];
+        usage.prompt_tokens = usage.prompt_tokens.saturating_add(first.usage.prompt_tokens);
+        usage.cached_tokens = usage.cached_tokens.saturating_add(first.usage.cached_tokens);
         if !prompt_only {
-            choice.push_completion(&generated.text, &generated.tokens);
-            // As vLLM answers: the token that stopped the sequence is in the logprobs, not the
-            // text (lm-eval's scoring drops the last logprob entry as the generated one).
-            if let Some(stop) = &generated.stop_token {
-                choice.push_completion("", std::slice::from_ref(stop));
-            }
+            let completion: u32 = candidates.iter().map(|g| g.usage.completion_tokens).fold(0, u32::saturating_add);
+            usage.completion_tokens = usage.completion_tokens.saturating_add(completion);
         }
-        usage.prompt_tokens = usage.prompt_tokens.saturating_add(generated.usage.prompt_tokens);
-        usage.completion_tokens = usage.completion_tokens.saturating_add(completion_tokens);
-        usage.cached_tokens = usage.cached_tokens.saturating_add(generated.usage.cached_tokens);
-        let reason = if prompt_only { FinishReason::Length } else { generated.reason };
-        choices.push(CompletionChoice {
-            index: u32::try_from(index).unwrap_or(u32::MAX),
-            text: choice.text,
-            logprobs: choice.logprobs,
-            finish_reason: Some(reason.as_str()),
-            prompt_logprobs: request.prompt_logprobs.map(|top| vllm_prompt_logprobs(&pre, &prompt, scores, top)),
-        });
+        let chosen = if best_of > n { crate::choices::best(candidates, n) } else { (0..n).collect() };
+        for (rank, chosen) in chosen.into_iter().enumerate() {
+            let index = prompt_index * n + rank;
+            choices.push(completion_choice(&pre, &request, &options, index, prompt_text.clone(), &prompt, &candidates[chosen]));
+        }
     }
-    let meta = generated.first().map(|g| g.meta.clone()).unwrap_or_default();
+    let meta = generated.first().and_then(|g| g.first()).map(|g| g.meta.clone()).unwrap_or_default();
     let response = CompletionResponse {
         id: new_id("cmpl"),
         object: "text_completion",
@@ -136,6 +146,40 @@ pub(super) async fn completions(
         nvext: super::nvext_fields(request.nvext.as_ref(), &meta),
     };
     Ok(json_response(StatusCode::OK, &response))
+}
+
+/// One answered choice: the echoed prompt (when asked), then the completion, with their logprobs.
+fn completion_choice(
+    pre: &Preprocessor,
+    request: &CompletionRequest,
+    options: &CompletionOptions,
+    index: usize,
+    prompt_text: Option<String>,
+    prompt: &[u32],
+    generated: &Generated,
+) -> CompletionChoice {
+    let prompt_only = request.prompt_only();
+    let scores = generated.prompt_scores.as_deref().unwrap_or_default();
+    let mut choice = Choice { text: String::new(), logprobs: options.logprobs.map(|_| CompletionLogprobs::default()), offset: 0 };
+    if let Some(text) = prompt_text {
+        choice.echo_prompt(pre, text, prompt, scores);
+    }
+    if !prompt_only {
+        choice.push_completion(&generated.text, &generated.tokens);
+        // As vLLM answers: the token that stopped the sequence is in the logprobs, not the
+        // text (lm-eval's scoring drops the last logprob entry as the generated one).
+        if let Some(stop) = &generated.stop_token {
+            choice.push_completion("", std::slice::from_ref(stop));
+        }
+    }
+    let reason = if prompt_only { FinishReason::Length } else { generated.reason };
+    CompletionChoice {
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        text: choice.text,
+        logprobs: choice.logprobs,
+        finish_reason: Some(reason.as_str()),
+        prompt_logprobs: request.prompt_logprobs.map(|top| vllm_prompt_logprobs(pre, prompt, scores, top)),
+    }
 }
 
 /// One choice's text and logprobs as they are assembled: the echoed prompt, then the completion.
@@ -203,21 +247,23 @@ struct CompletionWriter {
     created: u64,
     model: String,
     logprobs: bool,
-    /// Characters of completion so far, for `text_offset`.
-    offset: u32,
+    /// Characters of each choice's completion so far, for `text_offset`.
+    offsets: Vec<u32>,
     include_usage: bool,
 }
 
 impl CompletionWriter {
-    fn chunk(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>) -> CompletionResponse {
-        let logprobs = self.logprobs.then(|| CompletionLogprobs::from_tokens(tokens, &mut self.offset));
+    fn chunk(&mut self, index: u32, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>) -> CompletionResponse {
+        let mut unused = 0;
+        let offset = self.offsets.get_mut(index as usize).unwrap_or(&mut unused);
+        let logprobs = self.logprobs.then(|| CompletionLogprobs::from_tokens(tokens, offset));
         CompletionResponse {
             id: self.id.clone(),
             object: "text_completion",
             created: self.created,
             model: self.model.clone(),
             choices: vec![CompletionChoice {
-                index: 0,
+                index,
                 text,
                 logprobs,
                 finish_reason: finish.map(FinishReason::as_str),
@@ -234,14 +280,14 @@ impl ChunkWriter for CompletionWriter {
         std::mem::take(&mut self.annotations)
     }
 
-    fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
-        out.push_back(sse::frame(&self.chunk(text, tokens, finish)));
+    fn delta(&mut self, index: u32, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
+        out.push_back(sse::frame(&self.chunk(index, text, tokens, finish)));
     }
 
     fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {
         let nvext = super::nvext_fields(self.nvext.as_ref(), &end.meta);
         if self.include_usage || nvext.is_some() {
-            let mut chunk = self.chunk(String::new(), &[], None);
+            let mut chunk = self.chunk(0, String::new(), &[], None);
             chunk.choices.clear();
             chunk.usage = self.include_usage.then_some(Some(UsageBody::from(end.usage)));
             chunk.nvext = nvext;

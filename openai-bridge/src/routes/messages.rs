@@ -49,7 +49,7 @@ pub(super) async fn messages(
         nvext: None,
         worker: worker.or_nvext(None),
     };
-    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?.stream;
+    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
     let id = new_item_id("msg");
     if request.stream {
         let input_tokens = stream.prompt_tokens().unwrap_or(0);
@@ -231,7 +231,14 @@ impl ChunkWriter for MessagesWriter {
         out.into()
     }
 
-    fn delta(&mut self, text: String, _tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
+    fn delta(
+        &mut self,
+        _index: u32,
+        text: String,
+        _tokens: &[TokenInfo],
+        finish: Option<FinishReason>,
+        out: &mut VecDeque<Bytes>,
+    ) {
         let parsed = super::parse_piece(&mut self.parser, text, finish.is_some());
         if !parsed.reasoning.is_empty() {
             let index = self.open(Block::Thinking(0), json!({"type": "thinking", "thinking": "", "signature": ""}), out);

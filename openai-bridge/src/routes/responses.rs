@@ -47,7 +47,7 @@ pub(super) async fn create(
         nvext: request.nvext.as_ref(),
         worker: worker.or_nvext(request.nvext.as_ref()),
     };
-    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?.stream;
+    let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
     let turn = Turn {
         response: ResponseObject::new(new_item_id("resp"), unix_now(), &request),
         conversation,
@@ -291,7 +291,14 @@ impl ChunkWriter for ResponsesWriter {
         out.into()
     }
 
-    fn delta(&mut self, text: String, _tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>) {
+    fn delta(
+        &mut self,
+        _index: u32,
+        text: String,
+        _tokens: &[TokenInfo],
+        finish: Option<FinishReason>,
+        out: &mut VecDeque<Bytes>,
+    ) {
         let parsed = super::parse_piece(&mut self.parser, text, finish.is_some());
         if !parsed.reasoning.is_empty() {
             self.reasoning(&parsed.reasoning, out);

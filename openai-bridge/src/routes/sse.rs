@@ -33,8 +33,8 @@ pub(super) trait ChunkWriter: Send + 'static {
     fn start(&mut self) -> Vec<Bytes> {
         Vec::new()
     }
-    /// A piece of text and its tokens; `finish` is set on the last piece.
-    fn delta(&mut self, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>);
+    /// A piece of choice `index`'s text and its tokens; `finish` is set on its last piece.
+    fn delta(&mut self, index: u32, text: String, tokens: &[TokenInfo], finish: Option<FinishReason>, out: &mut VecDeque<Bytes>);
     /// The frames after the last piece.
     fn end(&mut self, end: End, out: &mut VecDeque<Bytes>);
     /// The frames of a failure after the stream began.
@@ -76,9 +76,26 @@ pub(super) fn frame<T: Serialize>(chunk: &T) -> Bytes {
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// The SSE response of a stream.
-pub(super) fn respond<W: ChunkWriter>(mut writer: W, stream: TextStream) -> Response {
+pub(super) fn respond<W: ChunkWriter>(writer: W, stream: TextStream) -> Response {
+    respond_many(writer, vec![stream])
+}
+
+/// The SSE response of `n` choices generated at once (`n` > 1): their chunks interleave as their
+/// tokens come, each with its choice's index; the end frames follow the last choice's end.
+pub(super) fn respond_many<W: ChunkWriter>(mut writer: W, streams: Vec<TextStream>) -> Response {
     let frames = writer.start().into();
-    let state = SseState { stream: Some(stream), writer, frames, peeked: None, done: false };
+    let open = streams.len();
+    let merged = streams.into_iter().enumerate().map(|(index, stream)| Indexed { index: index as u32, stream: Some(stream) });
+    let state = SseState {
+        streams: Some(futures::stream::select_all(merged)),
+        open,
+        usage: Usage::default(),
+        first: None,
+        writer,
+        frames,
+        peeked: None,
+        done: false,
+    };
     let body = Body::from_stream(futures::stream::unfold(state, next_frame));
     let headers = [
         (header::CONTENT_TYPE, "text/event-stream"),
@@ -89,29 +106,82 @@ pub(super) fn respond<W: ChunkWriter>(mut writer: W, stream: TextStream) -> Resp
     (StatusCode::OK, headers, body).into_response()
 }
 
-struct SseState<W> {
-    /// Dropped as soon as the stream ends, so its observer records the end at once.
+/// One choice's events, with its index; its stream's meta comes with its last event, and the
+/// stream is dropped then, so its observer records the end at once.
+struct Indexed {
+    index: u32,
     stream: Option<TextStream>,
+}
+
+type ChoiceEvent = (u32, Result<TextEvent, BridgeError>, Option<StreamMeta>);
+
+impl futures::Stream for Indexed {
+    type Item = ChoiceEvent;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<ChoiceEvent>> {
+        let index = self.index;
+        let Some(stream) = self.stream.as_mut() else { return std::task::Poll::Ready(None) };
+        match stream.poll_next_unpin(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(None) => {
+                self.stream = None;
+                std::task::Poll::Ready(None)
+            }
+            std::task::Poll::Ready(Some(event)) => {
+                let last = matches!(event, Ok(TextEvent::Finished { .. }) | Err(_));
+                let meta = last.then(|| stream.meta());
+                if last {
+                    self.stream = None;
+                }
+                std::task::Poll::Ready(Some((index, event, meta)))
+            }
+        }
+    }
+}
+
+struct SseState<W> {
+    /// `None` once every choice ended (or one failed): dropping them cancels what still runs.
+    streams: Option<futures::stream::SelectAll<Indexed>>,
+    /// Choices still generating.
+    open: usize,
+    /// Completion tokens of every choice; the prompt's counts once, from the first choice.
+    usage: Usage,
+    /// The first choice's ending: its reason, stop string and meta.
+    first: Option<(FinishReason, Option<String>, StreamMeta)>,
     writer: W,
     frames: VecDeque<Bytes>,
     /// An event read ahead while looking for a `Finished` to fold into the last delta.
-    peeked: Option<Option<Result<TextEvent, BridgeError>>>,
+    peeked: Option<Option<ChoiceEvent>>,
     done: bool,
 }
 
 impl<W: ChunkWriter> SseState<W> {
-    fn finish(&mut self, end: End) {
-        self.writer.end(end, &mut self.frames);
-        self.end();
+    /// Choice `index` ended; after the last one, the end frames.
+    fn finished(
+        &mut self,
+        index: u32,
+        reason: FinishReason,
+        usage: Usage,
+        stop_string: Option<String>,
+        meta: Option<StreamMeta>,
+    ) {
+        self.open = self.open.saturating_sub(1);
+        self.usage.completion_tokens = self.usage.completion_tokens.saturating_add(usage.completion_tokens);
+        if index == 0 {
+            self.usage.prompt_tokens = usage.prompt_tokens;
+            self.usage.cached_tokens = usage.cached_tokens;
+            self.first = Some((reason, stop_string, meta.unwrap_or_default()));
+        }
+        if self.open == 0 {
+            let (reason, stop_string, meta) = self.first.take().unwrap_or((reason, None, StreamMeta::default()));
+            self.writer.end(End { reason, usage: self.usage, stop_string, meta }, &mut self.frames);
+            self.end();
+        }
     }
 
     fn end(&mut self) {
         self.done = true;
-        self.stream = None;
-    }
-
-    fn meta(&self) -> StreamMeta {
-        self.stream.as_ref().map(TextStream::meta).unwrap_or_default()
+        self.streams = None;
     }
 }
 
@@ -125,38 +195,36 @@ async fn next_frame<W: ChunkWriter>(mut state: SseState<W>) -> Option<(Result<By
         }
         let event = match state.peeked.take() {
             Some(event) => event,
-            None => match state.stream.as_mut() {
-                Some(stream) => stream.next().await,
+            None => match state.streams.as_mut() {
+                Some(streams) => streams.next().await,
                 None => None,
             },
         };
         match event {
-            Some(Ok(TextEvent::Delta { text, tokens })) => {
+            Some((index, Ok(TextEvent::Delta { text, tokens }), _)) => {
                 // The end usually follows the last delta at once (same decode step, or a stop
                 // string): then the delta carries the finish reason, as OpenAI's last chunk does.
-                let ahead = state.stream.as_mut().and_then(|stream| stream.next().now_or_never());
+                let ahead = state.streams.as_mut().and_then(|streams| streams.next().now_or_never());
                 match ahead {
-                    Some(Some(Ok(TextEvent::Finished { reason, usage, stop_string }))) => {
-                        state.writer.delta(text, &tokens, Some(reason), &mut state.frames);
-                        let meta = state.meta();
-                        state.finish(End { reason, usage, stop_string, meta });
+                    Some(Some((next, Ok(TextEvent::Finished { reason, usage, stop_string }), meta))) if next == index => {
+                        state.writer.delta(index, text, &tokens, Some(reason), &mut state.frames);
+                        state.finished(index, reason, usage, stop_string, meta);
                     }
                     other => {
-                        state.writer.delta(text, &tokens, None, &mut state.frames);
+                        state.writer.delta(index, text, &tokens, None, &mut state.frames);
                         state.peeked = other;
                     }
                 }
             }
-            Some(Ok(TextEvent::Finished { reason, usage, stop_string })) => {
-                state.writer.delta(String::new(), &[], Some(reason), &mut state.frames);
-                let meta = state.meta();
-                state.finish(End { reason, usage, stop_string, meta });
+            Some((index, Ok(TextEvent::Finished { reason, usage, stop_string }), meta)) => {
+                state.writer.delta(index, String::new(), &[], Some(reason), &mut state.frames);
+                state.finished(index, reason, usage, stop_string, meta);
             }
-            Some(Err(error)) => {
+            Some((_, Err(error), _)) => {
                 state.writer.error(&error, &mut state.frames);
                 state.end();
             }
-            // The pipeline always ends with `Finished` or an error; this is a guard.
+            // Every choice ends with `Finished` or an error; this is a guard.
             None => {
                 let error = BridgeError::Internal("the text stream ended without finishing".into());
                 state.writer.error(&error, &mut state.frames);

@@ -198,13 +198,14 @@ async fn bad_json_is_400_naming_the_field() {
 }
 
 #[tokio::test]
-async fn only_one_choice() {
+async fn choices_within_the_bound() {
     let hub = FakeHub::new();
-    let reply = post(&hub, "/v1/completions", json!({"model": "tiny", "prompt": "Hi", "n": 2})).await;
+    let reply = post(&hub, "/v1/completions", json!({"model": "tiny", "prompt": "Hi", "n": 17})).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     let error = &reply.json()["error"];
     assert_eq!(error["param"], "n");
-    assert_eq!(error["message"], "n: only n=1 is supported, got 2");
+    assert_eq!(error["message"], "n: must be between 1 and 16, got 17");
+    assert!(hub.requests.lock().expect("lock").is_empty(), "nothing reached the engine");
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@ use tritium_openai_bridge::preprocess::{
     DEFAULT_MAX_TOKENIZING_BYTES, INLINE_BYTES, PreprocessLimits, TOKENIZE_BYTES_PER_INPUT_BYTE,
 };
 use tritium_openai_bridge::sampling::{
-    CompletionLimits, DEFAULT_MAX_PROMPTS, DEFAULT_MAX_STOP_STRING_BYTES, DEFAULT_MAX_STOP_STRINGS, DEFAULT_MAX_STOP_TOKEN_IDS,
+    CompletionLimits, DEFAULT_MAX_CHOICES, DEFAULT_MAX_PROMPTS, DEFAULT_MAX_STOP_STRING_BYTES, DEFAULT_MAX_STOP_STRINGS,
+    DEFAULT_MAX_STOP_TOKEN_IDS,
 };
 
 use crate::grpc::restricted::RestrictedProtocols;
@@ -92,6 +93,10 @@ pub struct LimitArgs {
     #[arg(long, env = "TRITIUM_LLM_MAX_PROMPTS", default_value_t = DEFAULT_MAX_PROMPTS as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub llm_max_prompts: u32,
+    /// `n` and `best_of` one completion or chat may ask for, at most (each choice is a sequence).
+    #[arg(long, env = "TRITIUM_LLM_MAX_CHOICES", default_value_t = DEFAULT_MAX_CHOICES as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub llm_max_choices: u32,
     /// Bytes of memory all prompts being tokenized (and chats being rendered) may take at once:
     /// each is charged its length times what tokenizing costs per byte at worst (512), and waits
     /// for room; a prompt whose charge is more than all of it is refused (413). The default (1 GiB)
@@ -206,6 +211,7 @@ impl LimitArgs {
                 max_stop_string_bytes: self.llm_max_stop_string_bytes,
                 max_stop_token_ids: self.llm_max_stop_token_ids,
                 max_prompts: self.llm_max_prompts as usize,
+                max_choices: self.llm_max_choices as usize,
             },
             preprocess: PreprocessLimits {
                 max_bytes: usize::try_from(self.max_tokenizing_bytes).unwrap_or(usize::MAX),
