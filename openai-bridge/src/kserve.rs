@@ -53,6 +53,8 @@ pub struct KserveLlmRequest {
     pub streaming: bool,
     /// Apply [`DEFAULT_MAX_TOKENS`] when `max_tokens` is `None`.
     pub options: CompletionOptions,
+    /// Choices (the `n` parameter): `text_output` and `finish_reason` hold one element each.
+    pub n: u32,
 }
 
 /// Reads `text_input` (one BYTES element of shape `[1]` or `[1, 1]`, UTF-8), the optional
@@ -81,8 +83,15 @@ pub fn parse_infer_request(model: &str, inputs: &[Tensor], parameters: &Paramete
     let prompt = prompt.ok_or_else(|| BridgeError::field(TEXT_INPUT, format!("the input is missing for model '{model}'")))?;
     json_parameters.extend(parameters.iter().cloned());
     let options = CompletionOptions::from_kserve_parameters(&json_parameters)?;
+    let n = match json_parameters.iter().rev().find(|(name, _)| name == "n") {
+        Some((_, value)) => crate::sampling::param_choices(value)?,
+        None => 1,
+    };
+    if n > 1 && streaming {
+        return Err(BridgeError::field("n", "more than one choice is not supported with streaming"));
+    }
     options.validate()?;
-    Ok(KserveLlmRequest { prompt, streaming, options })
+    Ok(KserveLlmRequest { prompt, streaming, options, n })
 }
 
 fn single_element(input: &Tensor, expected: DataType) -> Result<&Tensor, BridgeError> {
@@ -154,6 +163,15 @@ pub fn response_outputs(text: &str, finish: Option<FinishReason>) -> Vec<Tensor>
         None => Tensor::from_byte_strings(FINISH_REASON, vec![0], Vec::<&str>::new()),
     };
     vec![Tensor::from_byte_strings(TEXT_OUTPUT, vec![1], [text]), finish_reason]
+}
+
+/// The outputs of `n` whole choices: element `i` of `text_output` and `finish_reason` is choice `i`'s.
+pub fn choices_outputs(choices: &[(&str, FinishReason)]) -> Vec<Tensor> {
+    let shape = vec![i64::try_from(choices.len()).unwrap_or(i64::MAX)];
+    vec![
+        Tensor::from_byte_strings(TEXT_OUTPUT, shape.clone(), choices.iter().map(|(text, _)| *text)),
+        Tensor::from_byte_strings(FINISH_REASON, shape, choices.iter().map(|(_, reason)| reason.as_str())),
+    ]
 }
 
 #[cfg(test)]
@@ -278,5 +296,15 @@ mod tests {
         assert_eq!(outputs[0].byte_strings(), Ok(vec![&b""[..]]));
         assert_eq!(outputs[1].shape, vec![1]);
         assert_eq!(outputs[1].byte_strings(), Ok(vec![&b"stop"[..]]));
+    }
+
+    #[test]
+    fn n_is_read_and_refused_with_streaming_or_zero() {
+        let n = |value: u64| vec![("n".to_string(), ParamValue::Uint64(value))];
+        assert_eq!(parse_infer_request("m", &[text("a")], &n(3)).expect("valid").n, 3);
+        assert_eq!(parse_infer_request("m", &[text("a")], &vec![]).expect("valid").n, 1);
+        assert_eq!(field_of(parse_infer_request("m", &[text("a")], &n(0)).expect_err("zero")), "n");
+        let streaming = Tensor::from_slice(STREAMING, vec![1], &[true]);
+        assert_eq!(field_of(parse_infer_request("m", &[text("a"), streaming], &n(2)).expect_err("streamed")), "n");
     }
 }

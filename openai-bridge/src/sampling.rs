@@ -258,6 +258,14 @@ impl CompletionOptions {
     }
 }
 
+/// `n` as a KServe parameter: at least 1 (the server's bound is checked where the limits are).
+pub fn param_choices(value: &ParamValue) -> Result<u32, BridgeError> {
+    match param_u32("n", value)? {
+        0 => Err(BridgeError::field("n", "must be at least 1, got 0")),
+        n => Ok(n),
+    }
+}
+
 /// `logit_bias` as a KServe parameter: OpenAI's JSON object in a string (`{"123": -100}`).
 fn param_logit_bias(value: &ParamValue) -> Result<Vec<(u32, f32)>, BridgeError> {
     let ParamValue::String(text) = value else { return Err(wrong_type("logit_bias", "a JSON object in a string", value)) };

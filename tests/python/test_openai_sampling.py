@@ -139,6 +139,22 @@ def test_chat_n_whole_and_streamed(client):
     assert texts == [c.message.content for c in whole.choices]
 
 
+def test_kserve_n_answers_every_choice_in_one_response(llm_server):
+    kserve = grpcclient.InferenceServerClient(llm_server.url)
+    text = grpcclient.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([PROMPT.encode()], dtype=object))
+    params = {"max_tokens": 6, "temperature": 1.0, "seed": 7, "n": 3, "ignore_eos": True}
+    first = kserve.infer(LLM, [text], parameters=params)
+    outputs = [t.decode() for t in first.as_numpy("text_output")]
+    assert len(outputs) == 3 and len(set(outputs)) > 1, outputs
+    assert [r.decode() for r in first.as_numpy("finish_reason")] == ["length"] * 3
+    again = kserve.infer(LLM, [text], parameters=params)
+    assert [t.decode() for t in again.as_numpy("text_output")] == outputs, "a seed repeats every choice"
+    for bad, wording in (({**params, "n": 17}, "between 1 and 16"), ({**params, "n": 0}, "at least 1")):
+        with pytest.raises(Exception, match=wording):
+            kserve.infer(LLM, [text], parameters=bad)
+
+
 @pytest.mark.parametrize(
     "extra, field, wording",
     [

@@ -110,6 +110,9 @@ impl LlmFrontend {
         // The worker the request names (`worker_id`, the router's `direct` mode).
         let worker = crate::routing::hint_of(&request.parameters);
         let target = ModelRef { name: model, version: Some(version.version), worker: worker.as_deref() };
+        if parsed.n > 1 {
+            return self.infer_choices(&pre, target, &parsed, prompt, observer, version, &request).await;
+        }
         let text = generate_text(self, &pre, target, &parsed.options, prompt, Some(DEFAULT_MAX_TOKENS), observer)
             .await
             .map_err(|e| failed(request_error(&request.id, e)))?;
@@ -128,6 +131,63 @@ impl LlmFrontend {
         let generated = collected.map_err(|e| request_error(&label.id, e))?;
         let finish = (generated.reason, generated.usage.cached_tokens);
         Ok(InferOutcome::Single(label.response(&generated.text, Some(finish))))
+    }
+}
+
+impl LlmFrontend {
+    /// A KServe request for `n` > 1 whole choices (the `n` parameter; not streamed): one response
+    /// whose `text_output` and `finish_reason` hold an element per choice.
+    #[allow(clippy::too_many_arguments)]
+    async fn infer_choices(
+        &self,
+        pre: &Arc<tritium_openai_bridge::preprocess::Preprocessor>,
+        target: ModelRef<'_>,
+        parsed: &tritium_openai_bridge::kserve::KserveLlmRequest,
+        prompt: Vec<u32>,
+        observer: tritium_openai_bridge::metrics::RequestObserver,
+        version: Arc<tritium_worker::ModelVersion>,
+        request: &tritium_worker::InferenceRequest,
+    ) -> Result<InferOutcome, ServerError> {
+        let statistics = Statistics { version: Arc::clone(&version), arrived: request.arrived, started: Instant::now() };
+        let max = pre.limits().max_choices;
+        let choices = usize::try_from(parsed.n).unwrap_or(usize::MAX);
+        if choices > max {
+            let error = BridgeError::field("n", format!("must be between 1 and {max}, got {}", parsed.n));
+            statistics.record(false);
+            return Err(request_error(&request.id, error));
+        }
+        let model = request.model_name.as_str();
+        let observers = std::iter::once(observer).chain((1..choices).map(|_| self.metrics().observer(model, "grpc"))).collect();
+        let generated = async {
+            let streams = tritium_openai_bridge::choices::generate_choices(
+                self,
+                pre,
+                target,
+                &parsed.options,
+                prompt,
+                Some(DEFAULT_MAX_TOKENS),
+                observers,
+            )
+            .await?;
+            futures::future::try_join_all(streams.into_iter().map(collect)).await
+        }
+        .await;
+        statistics.record(generated.is_ok());
+        let generated = generated.map_err(|e| request_error(&request.id, e))?;
+        let texts: Vec<(&str, FinishReason)> = generated.iter().map(|g| (g.text.as_str(), g.reason)).collect();
+        let mut outputs = tritium_openai_bridge::kserve::choices_outputs(&texts);
+        if !request.requested_outputs.is_empty() {
+            outputs.retain(|o| request.requested_outputs.contains(&o.name));
+        }
+        let cached = generated.first().map_or(0, |g| g.usage.cached_tokens);
+        Ok(InferOutcome::Single(InferenceResponse {
+            model_name: Arc::clone(&version.name),
+            model_version: version.version,
+            id: request.id.clone(),
+            outputs,
+            is_final: true,
+            parameters: vec![("cached_tokens".to_string(), i64::from(cached))],
+        }))
     }
 }
 
