@@ -227,7 +227,8 @@ pub struct WorkerListening {
 
 /// `tritium worker` as a library function: serves `args` with `config` (built from them, perhaps
 /// amended) and `backends` beside the built-in ones, registered in discovery; `ready` is told the
-/// address and id once the models are loaded; `shutdown` completing deregisters and drains.
+/// address and id once the models are loaded and the worker is registered; `shutdown` completing
+/// deregisters and drains.
 pub async fn serve_worker(
     args: &WorkerArgs,
     config: WorkerConfig,
@@ -248,9 +249,9 @@ pub async fn serve_worker(
     let id = args.listen.worker_id.clone().unwrap_or_else(default_worker_id);
     let process = tokio::task::spawn_blocking(move || WorkerProcess::with_backends(config, backends)).await??;
     tracing::info!(worker = %id, %advertised, "serving the worker plane on {addr}");
-    ready(WorkerListening { addr, id: id.clone() });
     let drain_timeout = std::time::Duration::from_secs(args.exit_timeout_secs);
-    process.serve(listener, id, advertised, shutdown, drain_timeout).await?;
+    let listening = WorkerListening { addr, id: id.clone() };
+    process.serve(listener, id, advertised, shutdown, drain_timeout, move || ready(listening)).await?;
     tokio::task::spawn_blocking(crate::backends::stop_all).await?;
     Ok(())
 }

@@ -17,7 +17,7 @@ use tritium_worker::{BackendRegistry, ModelRepository};
 
 use crate::StartError;
 use crate::config::WorkerConfig;
-use crate::discovery::{self, WorkerAddress};
+use crate::discovery::{self, WorkerAddress, WorkerInstance};
 use crate::events::{self, EventBus, LoadReport, WorkerEvent};
 use crate::remote::WorkerService;
 use crate::routing::publish_worker;
@@ -63,7 +63,8 @@ impl WorkerProcess {
     }
 
     /// Serves on `listener`, registered as `id` at `advertised` (the URI frontends dial), until
-    /// `shutdown` completes; then drains for at most `drain_timeout`.
+    /// `shutdown` completes; then drains for at most `drain_timeout`. `registered` is called once
+    /// the worker is in discovery (frontends can find it; the listener queues their calls).
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -71,6 +72,7 @@ impl WorkerProcess {
         advertised: String,
         shutdown: impl std::future::Future<Output = ()> + Send,
         drain_timeout: Duration,
+        registered: impl FnOnce(),
     ) -> Result<(), StartError> {
         let cluster = &self.config.cluster;
         let discovery = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
@@ -87,6 +89,19 @@ impl WorkerProcess {
         let name = <tritium_proto::worker::worker_server::WorkerServer<WorkerService> as tonic::server::NamedService>::NAME;
         reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
 
+        // The first registration before `registered`, so a caller's start returns once frontends
+        // can find the worker; the publisher registers again (idempotent) and follows changes.
+        let models = self.repository.local_models().iter().map(|m| m.name.clone()).collect();
+        let first = WorkerInstance {
+            id: id.clone(),
+            address: WorkerAddress::Grpc(advertised.clone()),
+            models,
+            mode: self.config.disaggregation,
+        };
+        if let Err(e) = discovery.register(first).await {
+            tracing::warn!(worker = %id, "registering in discovery failed: {e}");
+        }
+        registered();
         let publishing = CancellationToken::new();
         let publisher = tokio::spawn(publish_worker(
             id.clone(),
