@@ -125,10 +125,7 @@ impl Bench {
                 prompt: self.prompts[i % self.prompts.len()].clone(),
                 sampling: SamplingOptions { temperature: 0.0, ..Default::default() },
                 stop: StopOptions { max_tokens: Some(self.max_tokens), ignore_eos: true, ..Default::default() },
-                logprobs: None,
-                model_version: None,
-                constraint: None,
-                prompt_logprobs: None,
+                ..Default::default()
             };
             let sent = start.elapsed().as_secs_f64();
             let mut tokens = self.engine.generate(request)?;

@@ -211,6 +211,8 @@ fn sampling_spec() -> impl Strategy<Value = (Map<String, Value>, CompletionOptio
                 prompt_logprobs: None,
                 min_p: None,
                 logit_bias: Vec::new(),
+                priority: None,
+                strict_priority: None,
             };
             (body, options)
         },
@@ -373,7 +375,7 @@ fn check_generate(options: &CompletionOptions, prompt: Vec<u32>) -> Result<(), T
         prop_assert!(matches!(&built, Err(BridgeError::InvalidField { field, .. }) if field == "prompt"), "{built:?}");
         return Ok(());
     }
-    let GenerateRequest { prompt: sent, sampling, stop, logprobs, model_version, constraint, prompt_logprobs } =
+    let GenerateRequest { prompt: sent, sampling, stop, logprobs, model_version, constraint, prompt_logprobs, priority } =
         built.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let room = (CONTEXT_LENGTH - prompt.len()) as u32;
     let max = options.max_tokens.unwrap_or(16).min(room);
@@ -386,6 +388,7 @@ fn check_generate(options: &CompletionOptions, prompt: Vec<u32>) -> Result<(), T
     prop_assert_eq!(model_version, None, "the OpenAI options name no version: the latest runs");
     prop_assert_eq!(constraint, None);
     prop_assert_eq!(prompt_logprobs, options.prompt_logprobs);
+    prop_assert_eq!(priority, Default::default(), "no priority named: the default");
     let defaults = SamplingOptions::default();
     prop_assert_eq!(sampling.temperature, options.temperature.unwrap_or(defaults.temperature));
     prop_assert_eq!(sampling.top_p, options.top_p.unwrap_or(defaults.top_p));

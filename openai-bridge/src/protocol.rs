@@ -29,7 +29,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 pub use self::anthropic::*;
-pub use self::nvext::{ANNOTATIONS, EXTRA_FIELDS, NvExt};
+pub use self::nvext::{ANNOTATIONS, AgentHints, EXTRA_FIELDS, NvExt};
 pub use self::responses::*;
 pub use self::responses_api::*;
 pub use self::structured::{Guided, MAX_CHOICES, forced_calls, format_constraint};
@@ -176,6 +176,9 @@ pub struct SamplingFields {
     /// logits before sampling.
     #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<Map<String, Value>>,
+    /// vLLM's: the request's place under `--scheduling-policy priority`, lower first (0 is the
+    /// default; `nvext.agent_hints.priority`, higher first, takes its place when both are given).
+    pub priority: Option<i64>,
 }
 
 impl SamplingFields {
@@ -220,6 +223,8 @@ impl SamplingFields {
             prompt_logprobs: None,
             min_p: self.min_p,
             logit_bias,
+            priority: self.priority,
+            strict_priority: None,
         };
         options.validate()?;
         Ok(options)

@@ -201,6 +201,48 @@ impl FromRequestParts<AppState> for CallerTrace {
     }
 }
 
+/// Dynamo's priority headers, which take the place of `nvext.agent_hints`' fields:
+/// `x-dynamo-request-priority` (higher first) and `x-dynamo-request-strict-priority` (a tier).
+pub(crate) struct HeaderPriority(Result<crate::protocol::AgentHints, BridgeError>);
+
+const PRIORITY_HEADER: &str = "x-dynamo-request-priority";
+const STRICT_PRIORITY_HEADER: &str = "x-dynamo-request-strict-priority";
+
+impl FromRequestParts<AppState> for HeaderPriority {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        fn read<T: std::str::FromStr>(
+            parts: &axum::http::request::Parts,
+            name: &str,
+            what: &str,
+        ) -> Result<Option<T>, BridgeError> {
+            let Some(value) = parts.headers.get(name) else { return Ok(None) };
+            let parsed = value.to_str().ok().and_then(|text| text.trim().parse().ok());
+            parsed.map(Some).ok_or_else(|| BridgeError::field(name, format!("must be {what}")))
+        }
+        let hints = || {
+            Ok(crate::protocol::AgentHints {
+                priority: read(parts, PRIORITY_HEADER, "an integer")?,
+                strict_priority: read(parts, STRICT_PRIORITY_HEADER, "an unsigned 32-bit integer")?,
+                ..Default::default()
+            })
+        };
+        Ok(HeaderPriority(hints()))
+    }
+}
+
+impl HeaderPriority {
+    /// Sets the priorities the headers carry, over what the body said.
+    fn apply(&self, options: &mut crate::sampling::CompletionOptions) -> Result<(), BridgeError> {
+        let hints = self.0.as_ref().map_err(Clone::clone)?;
+        hints.apply(options).map_err(|error| match error {
+            BridgeError::InvalidField { reason, .. } => BridgeError::field(PRIORITY_HEADER, reason),
+            other => other,
+        })
+    }
+}
+
 impl HeaderWorker {
     /// The worker to run on: `nvext.backend_instance_id`, else the header's.
     fn or_nvext<'a>(&'a self, nvext: Option<&'a NvExt>) -> Option<&'a str> {

@@ -10,7 +10,7 @@
 //! assert!(error.to_string().starts_with("temperature:"));
 //! ```
 
-use tritium_backend_api::llm::{Constraint, GenerateRequest, ModelCard, SamplingOptions, StopOptions};
+use tritium_backend_api::llm::{Constraint, GenerateRequest, ModelCard, Priority, SamplingOptions, StopOptions};
 use tritium_backend_api::{ParamValue, Parameters};
 
 use crate::BridgeError;
@@ -82,6 +82,11 @@ pub struct CompletionOptions {
     pub min_p: Option<f32>,
     /// OpenAI's `logit_bias`: token id and bias (-100..=100), ids distinct.
     pub logit_bias: Vec<(u32, f32)>,
+    /// vLLM's `priority`: lower first, 0 the default (Dynamo's higher-first hints are turned
+    /// around on the way in). Used under `--scheduling-policy priority`.
+    pub priority: Option<i64>,
+    /// Dynamo's `strict_priority` tier: a higher tier always first.
+    pub strict_priority: Option<u32>,
 }
 
 impl CompletionOptions {
@@ -131,6 +136,11 @@ impl CompletionOptions {
             return Err(BridgeError::field("prompt_logprobs", format!("must be between 0 and {MAX_LOGPROBS}, got {top}")));
         }
         check_range("min_p", self.min_p, 0.0..=1.0)?;
+        if let Some(priority) = self.priority
+            && i32::try_from(priority).is_err()
+        {
+            return Err(BridgeError::field("priority", format!("must be between {} and {}, got {priority}", i32::MIN, i32::MAX)));
+        }
         if let Some((token, bias)) = self.logit_bias.iter().find(|(_, bias)| !(-100.0..=100.0).contains(bias)) {
             return Err(BridgeError::field(
                 "logit_bias",
@@ -222,6 +232,10 @@ impl CompletionOptions {
             logprobs: self.logprobs,
             constraint: self.constraint.clone(),
             prompt_logprobs: self.prompt_logprobs,
+            priority: Priority {
+                tier: self.strict_priority.unwrap_or(0),
+                level: self.priority.map_or(0, |p| i32::try_from(p).unwrap_or(if p < 0 { i32::MIN } else { i32::MAX })),
+            },
         })
     }
 
@@ -251,10 +265,21 @@ impl CompletionOptions {
                 "stop_token_ids" => options.stop_token_ids = param_token_ids(name, value)?,
                 "min_p" => options.min_p = Some(param_f32(name, value)?),
                 "logit_bias" => options.logit_bias = param_logit_bias(value)?,
+                "priority" => options.priority = triton_priority(param_u64(name, value)?),
                 _ => {}
             }
         }
         Ok(options)
+    }
+}
+
+/// Triton's `priority` request field, on the engine's scale: 0 is the default level (the
+/// engine's 0); levels from 1 go ahead of it, level 1 first, as Triton's levels go ahead of a
+/// default level set last.
+fn triton_priority(level: u64) -> Option<i64> {
+    match level {
+        0 => None,
+        level => Some(i64::from(i32::MIN) + i64::try_from(level).unwrap_or(i64::MAX).min(i64::from(i32::MAX))),
     }
 }
 

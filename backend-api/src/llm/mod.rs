@@ -21,8 +21,8 @@ pub use card::{ModelCard, ModelKind};
 pub use constraint::Constraint;
 pub use kv_transfer::{ExportedBlock, ImportedBlocks, KvExport, TransferLayout};
 pub use types::{
-    EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, PromptLogprob,
-    SamplingOptions, StopOptions, TokenStream,
+    EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, Priority,
+    PromptLogprob, SamplingOptions, StopOptions, TokenStream,
 };
 #[cfg(feature = "vocabulary")]
 pub use vocab::Vocabulary;

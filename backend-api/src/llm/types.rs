@@ -83,6 +83,39 @@ pub struct GenerateRequest {
     /// and the `n` most likely alternatives ([`GenerateEvent::PromptLogprobs`], before the first
     /// token). The whole prompt is computed then, not taken from the prefix cache.
     pub prompt_logprobs: Option<u32>,
+    /// Its place in the engine's queue under priority scheduling (ignored under FCFS).
+    pub priority: Priority,
+}
+
+/// Where a request stands under priority scheduling: a higher `tier` always goes first (Dynamo's
+/// `strict_priority`); within a tier, a lower `level` first (vLLM's `priority`). The default,
+/// tier 0 and level 0, is every request's that names no priority.
+///
+/// Ordered by urgency: the request served first is the smaller.
+///
+/// ```
+/// use tritium_backend_api::llm::Priority;
+///
+/// let urgent = Priority { tier: 0, level: -5 };
+/// assert!(urgent < Priority::default());
+/// assert!(Priority { tier: 1, level: 100 } < urgent);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Priority {
+    pub tier: u32,
+    pub level: i32,
+}
+
+impl Ord for Priority {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.tier.cmp(&self.tier).then(self.level.cmp(&other.level))
+    }
+}
+
+impl PartialOrd for Priority {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Why a sequence ended, in OpenAI's words.

@@ -6,6 +6,7 @@
 //! backend: "tritium_llm"
 //! parameters { key: "model_path" value { string_value: "SmolLM2-135M-Instruct.Q4_1.gguf" } }
 //! parameters { key: "max_sequences" value { string_value: "8" } }
+//! parameters { key: "scheduling_policy" value { string_value: "priority" } }
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -67,5 +68,9 @@ fn engine_options(config: &ModelConfig, defaults: &EngineOptions) -> Result<Engi
         kv_block_size: params.number("kv_block_size", defaults.kv_block_size)?,
         offload: defaults.offload.clone(),
         prefix_caching: params.flag("prefix_caching", defaults.prefix_caching)?,
+        scheduling_policy: match config_parameter(config, "scheduling_policy") {
+            Some(name) => name.parse().map_err(|why| format!("parameter 'scheduling_policy': {why}"))?,
+            None => defaults.scheduling_policy,
+        },
     })
 }

@@ -257,16 +257,8 @@ impl LlmEngine {
         if let Some(refused) = self.refusal(&queue) {
             return Err(refused);
         }
-        queue.waiting.push_back(Waiting {
-            request,
-            hashes,
-            constraint,
-            sender,
-            submitted: Instant::now(),
-            max_new,
-            imported,
-            export,
-        });
+        let rank = options.scheduling_policy.rank(request.priority);
+        queue.push(Waiting { rank, request, hashes, constraint, sender, submitted: Instant::now(), max_new, imported, export });
         self.shared.counters.waiting.store(queue.waiting.len(), Ordering::Relaxed);
         drop(queue);
         self.shared.wake.notify_one();

@@ -36,6 +36,7 @@ pub(super) fn request(tokenizer: &tokenizers::Tokenizer, text: &str, max_tokens:
         model_version: None,
         constraint: None,
         prompt_logprobs: None,
+        priority: Default::default(),
     }
 }
 

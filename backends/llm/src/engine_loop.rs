@@ -7,6 +7,9 @@
 //! in the prefix cache) and it resumes later by recomputing what was lost, usually from the cache.
 //! Waiting requests are admitted in arrival order while the batch has a place and the pool has
 //! the blocks to finish their prompts, after the blocks already promised to running prompts.
+//! Under priority scheduling the most urgent go first (in the queue, in the prefill budget, in
+//! growing), the least urgent give way when the pool runs dry, and a waiting request that does
+//! not fit preempts running sequences less urgent than itself.
 //! A new sequence starts from the longest cached prefix of its prompt: blocks in the pool, then
 //! blocks read back from the offload tier, which also receives what the pool evicts, then blocks
 //! another engine computed for it (disaggregated prefill); a sequence prefilling for another
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::block_pool::{BlockId, BlockPool};
-use super::engine_state::{Counters, Shared};
+use super::engine_state::{Counters, Queue, Shared};
 use super::model::SequenceInput;
 use super::offload::OffloadTier;
 use super::prompt_scores;
@@ -26,6 +29,7 @@ use super::step_model::StepModel;
 use tritium_backend_api::kv::{BlockHash, block_hashes};
 use tritium_backend_api::llm::ImportedBlocks;
 use tritium_backend_api::llm::ModelCard;
+use tritium_backend_api::llm::Priority;
 use tritium_backend_api::llm::{GenerateError, GenerateEvent};
 
 /// The engine thread's state.
@@ -98,47 +102,27 @@ impl EngineLoop {
         self.running.is_empty() || plan.needed + self.promised() <= available
     }
 
-    /// Resumes preempted sequences, then moves waiting requests into the batch while they fit,
-    /// in arrival order; blocks while there is nothing to do. Returns false at shutdown.
+    /// Resumes preempted sequences and moves waiting requests into the batch while they fit, the
+    /// most urgent first (under FCFS: preempted ones, then arrival order); blocks while there is
+    /// nothing to do. Returns false at shutdown.
     fn admit(&mut self) -> bool {
-        let max_sequences = self.shared.options.max_sequences;
         let shared = Arc::clone(&self.shared);
         let mut queue = shared.lock();
         loop {
             if queue.shutdown {
                 return false;
             }
-            while self.running.len() < max_sequences {
-                let Some(front) = self.preempted.front() else { break };
-                if front.sender.is_closed() {
-                    self.preempted.pop_front();
-                    shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let hashes = block_hashes(&front.tokens, self.block_size());
-                let plan = self.plan(&front.tokens, &hashes, None, front.reusable_blocks(self.block_size()));
-                if !self.fits(&plan) {
+            loop {
+                let from_waiting = match (self.preempted.front(), queue.waiting.front()) {
+                    (None, None) => break,
+                    (Some(_), None) => false,
+                    (None, Some(_)) => true,
+                    (Some(preempted), Some(waiting)) => waiting.rank < preempted.rank,
+                };
+                let progressed = if from_waiting { self.admit_waiting(&mut queue) } else { self.resume_preempted() };
+                if !progressed {
                     break;
                 }
-                let Some(sequence) = self.preempted.pop_front() else { break };
-                self.start(sequence, plan, &hashes, None);
-            }
-            while self.running.len() < max_sequences && self.preempted.is_empty() {
-                let Some(front) = queue.waiting.front() else { break };
-                let reusable = if front.request.prompt_logprobs.is_some() { 0 } else { usize::MAX };
-                let plan = self.plan(&front.request.prompt, &front.hashes, front.imported.as_ref(), reusable);
-                if !self.fits(&plan) {
-                    break;
-                }
-                let Some(mut waiting) = queue.waiting.pop_front() else { break };
-                if waiting.sender.is_closed() {
-                    shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let hashes = std::mem::take(&mut waiting.hashes);
-                let imported = waiting.imported.take().unwrap_or_default();
-                let cached = self.start(Running::new(waiting), plan, &hashes, Some(imported));
-                shared.counters.prompt_tokens_cached.fetch_add(cached as u64, Ordering::Relaxed);
             }
             shared.counters.waiting.store(queue.waiting.len() + self.preempted.len(), Ordering::Relaxed);
             if !self.running.is_empty() {
@@ -147,6 +131,63 @@ impl EngineLoop {
             self.pool.flush_events();
             self.publish_gauges();
             queue = shared.wake.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Whether the batch has a place for one more sequence.
+    fn has_place(&self) -> bool {
+        self.running.len() < self.shared.options.max_sequences
+    }
+
+    /// Resumes the first preempted sequence if it fits (making room from less urgent ones), or
+    /// drops it when its client has gone. False when nothing moved.
+    fn resume_preempted(&mut self) -> bool {
+        let size = self.block_size();
+        loop {
+            let Some(front) = self.preempted.front() else { return false };
+            if front.sender.is_closed() {
+                self.preempted.pop_front();
+                self.shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            let hashes = block_hashes(&front.tokens, size);
+            let plan = self.plan(&front.tokens, &hashes, None, front.reusable_blocks(size));
+            if self.has_place() && self.fits(&plan) {
+                let Some(sequence) = self.preempted.pop_front() else { return false };
+                self.start(sequence, plan, &hashes, None);
+                return true;
+            }
+            let rank = front.rank;
+            if !self.preempt_less_urgent_than(rank) {
+                return false;
+            }
+        }
+    }
+
+    /// Admits the first waiting request if it fits (making room from less urgent sequences), or
+    /// drops it when its client has gone. False when nothing moved.
+    fn admit_waiting(&mut self, queue: &mut Queue) -> bool {
+        loop {
+            let Some(front) = queue.waiting.front() else { return false };
+            if front.sender.is_closed() {
+                queue.waiting.pop_front();
+                self.shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            let reusable = if front.request.prompt_logprobs.is_some() { 0 } else { usize::MAX };
+            let plan = self.plan(&front.request.prompt, &front.hashes, front.imported.as_ref(), reusable);
+            if self.has_place() && self.fits(&plan) {
+                let Some(mut waiting) = queue.waiting.pop_front() else { return false };
+                let hashes = std::mem::take(&mut waiting.hashes);
+                let imported = waiting.imported.take().unwrap_or_default();
+                let cached = self.start(Running::new(waiting), plan, &hashes, Some(imported));
+                self.shared.counters.prompt_tokens_cached.fetch_add(cached as u64, Ordering::Relaxed);
+                return true;
+            }
+            let rank = front.rank;
+            if !self.preempt_less_urgent_than(rank) {
+                return false;
+            }
         }
     }
 
@@ -236,34 +277,52 @@ impl EngineLoop {
         });
     }
 
-    /// Takes the newest running sequence out of the batch, frees its blocks and queues it to
-    /// resume. Returns its admission number.
-    fn preempt_newest(&mut self) -> Option<u64> {
-        let index = self.running.iter().enumerate().max_by_key(|(_, s)| s.admitted).map(|(i, _)| i)?;
+    /// Takes the running sequence that gives way first (the least urgent, then the newest) out
+    /// of the batch, frees its blocks and queues it to resume. Returns its admission number.
+    fn preempt_last(&mut self) -> Option<u64> {
+        let index = self.running.iter().enumerate().max_by_key(|(_, s)| s.yield_order()).map(|(i, _)| i)?;
+        Some(self.preempt(index))
+    }
+
+    /// Preempts the least urgent running sequence if it is less urgent than `rank`.
+    fn preempt_less_urgent_than(&mut self, rank: Priority) -> bool {
+        let last = self.running.iter().enumerate().filter(|(_, s)| s.rank > rank).max_by_key(|(_, s)| s.yield_order());
+        match last.map(|(i, _)| i) {
+            Some(index) => {
+                self.preempt(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn preempt(&mut self, index: usize) -> u64 {
         let mut sequence = self.running.remove(index);
         self.pool.release(&sequence.blocks);
         sequence.preempted();
         self.shared.counters.preempted.fetch_add(1, Ordering::Relaxed);
         let admitted = sequence.admitted;
-        self.preempted.push_front(sequence);
-        Some(admitted)
+        // Ahead of the preempted ones as urgent, so the last to give way resumes first.
+        let at = self.preempted.partition_point(|queued| queued.rank < sequence.rank);
+        self.preempted.insert(at, sequence);
+        admitted
     }
 
-    /// Gives every decoding sequence the block its next position needs, oldest first, preempting
-    /// the newest sequences when the pool is dry.
+    /// Gives every decoding sequence the block its next position needs, the most urgent (then the
+    /// oldest) first, preempting those that give way first when the pool is dry.
     fn grow_decoders(&mut self) {
         let size = self.block_size();
-        let mut order: Vec<u64> =
-            self.running.iter().filter(|s| s.decoding() && s.fed == s.blocks.len() * size).map(|s| s.admitted).collect();
+        let mut order: Vec<(Priority, u64)> =
+            self.running.iter().filter(|s| s.decoding() && s.fed == s.blocks.len() * size).map(Running::yield_order).collect();
         order.sort_unstable();
-        for admitted in order {
+        for (_, admitted) in order {
             loop {
                 let Some(index) = self.running.iter().position(|s| s.admitted == admitted) else { break };
                 if let Some(id) = self.pool.allocate() {
                     self.running[index].blocks.push(id);
                     break;
                 }
-                if self.preempt_newest() == Some(admitted) || self.running.is_empty() {
+                if self.preempt_last() == Some(admitted) || self.running.is_empty() {
                     break;
                 }
             }
@@ -278,7 +337,7 @@ impl EngineLoop {
         // Which running sequences take part, and how many tokens each feeds.
         let mut feeds: Vec<(usize, usize)> = Vec::with_capacity(self.running.len());
         let mut order: Vec<usize> = (0..self.running.len()).collect();
-        order.sort_unstable_by_key(|&i| self.running[i].admitted);
+        order.sort_unstable_by_key(|&i| self.running[i].yield_order());
         for index in order {
             let sequence = &mut self.running[index];
             let pending = sequence.tokens.len() - sequence.fed;
@@ -301,7 +360,7 @@ impl EngineLoop {
         feeds.sort_unstable();
         if feeds.is_empty() {
             // Every prompt is waiting for blocks the others hold: let the oldest go on.
-            self.preempt_newest();
+            self.preempt_last();
             return;
         }
         self.spill_evicted();

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tritium_backend_api::kv::{BlockHash, DEFAULT_KV_BLOCK_SIZE};
-use tritium_backend_api::llm::{GenerateError, GenerateEvent, GenerateRequest, ImportedBlocks};
+use tritium_backend_api::llm::{GenerateError, GenerateEvent, GenerateRequest, ImportedBlocks, Priority};
 
 use crate::constraint::Constrained;
 use crate::export::ExportSink;
@@ -37,6 +37,45 @@ pub struct EngineOptions {
     /// Bytes of one request's grammar (JSON schema, regex, choices, Lark), at most: compiling
     /// one costs CPU and memory in proportion.
     pub max_constraint_bytes: usize,
+    /// Whether requests' priorities order the queue and choose whom to preempt.
+    pub scheduling_policy: SchedulingPolicy,
+}
+
+/// How waiting requests are ordered, and which running sequence gives way when the batch is full
+/// or the block pool runs dry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchedulingPolicy {
+    /// Arrival order; the newest running sequence gives way. Priorities are carried, not used.
+    #[default]
+    Fcfs,
+    /// The most urgent [`Priority`] first, arrival order within one; a waiting request that
+    /// cannot be admitted preempts the least urgent running sequence less urgent than itself,
+    /// and when the pool runs dry the least urgent (then newest) running sequence gives way.
+    Priority,
+}
+
+impl SchedulingPolicy {
+    pub const NAMES: [&'static str; 2] = ["fcfs", "priority"];
+
+    /// The rank a request takes in the queue: its own priority, or under FCFS everyone's the same.
+    pub(crate) fn rank(self, priority: Priority) -> Priority {
+        match self {
+            SchedulingPolicy::Fcfs => Priority::default(),
+            SchedulingPolicy::Priority => priority,
+        }
+    }
+}
+
+impl std::str::FromStr for SchedulingPolicy {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<SchedulingPolicy, String> {
+        match name {
+            "fcfs" => Ok(SchedulingPolicy::Fcfs),
+            "priority" => Ok(SchedulingPolicy::Priority),
+            other => Err(format!("unknown scheduling policy '{other}': expected one of {}", SchedulingPolicy::NAMES.join(", "))),
+        }
+    }
 }
 
 impl Default for EngineOptions {
@@ -50,6 +89,7 @@ impl Default for EngineOptions {
             max_queue: 64,
             prefill_chunk: 256,
             max_constraint_bytes: 64 << 10,
+            scheduling_policy: SchedulingPolicy::Fcfs,
         }
     }
 }
@@ -71,6 +111,8 @@ pub(crate) struct Waiting {
     pub imported: Option<ImportedBlocks>,
     /// Where its prompt's blocks go as they are written, for another engine.
     pub export: Option<ExportSink>,
+    /// Its place in the queue (see [`SchedulingPolicy::rank`]).
+    pub rank: Priority,
 }
 
 #[derive(Default)]
@@ -91,8 +133,17 @@ pub(crate) struct Counters {
 }
 
 pub(crate) struct Queue {
+    /// Most urgent first, in arrival order within one rank.
     pub waiting: VecDeque<Waiting>,
     pub shutdown: bool,
+}
+
+impl Queue {
+    /// Queues `waiting` behind every request at least as urgent.
+    pub(crate) fn push(&mut self, waiting: Waiting) {
+        let at = self.waiting.partition_point(|queued| queued.rank <= waiting.rank);
+        self.waiting.insert(at, waiting);
+    }
 }
 
 pub(crate) struct Shared {

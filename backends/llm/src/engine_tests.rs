@@ -33,6 +33,7 @@ fn greedy(tokenizer: &tokenizers::Tokenizer, prompt: &str, max_tokens: u32) -> G
         model_version: None,
         constraint: None,
         prompt_logprobs: None,
+        priority: Default::default(),
     }
 }
 

@@ -41,6 +41,8 @@ mod prompt_scores_tests;
 mod sampler;
 #[cfg(test)]
 mod sampler_bias_tests;
+#[cfg(test)]
+mod scheduling_tests;
 mod sequence;
 mod step_model;
 pub mod test_models;
@@ -51,7 +53,7 @@ pub use backend::{LLM_BACKEND, LlmFactory};
 pub use card::{card_from_gguf, card_from_gguf_file, card_from_hf_dir, detect_kind};
 pub use embed::{EMBED_BACKEND, embed_factory};
 pub use engine::LlmEngine;
-pub use engine_state::EngineOptions;
+pub use engine_state::{EngineOptions, SchedulingPolicy};
 pub use mock::{MOCK_LLM_BACKEND, MockEngine, MockFactory, MockOptions, mock_config_text};
 pub use model::default_device;
 pub use offload::OffloadOptions;

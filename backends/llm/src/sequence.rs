@@ -14,7 +14,7 @@ use crate::export::ExportSink;
 use tritium_backend_api::kv::{BlockHash, chain_hash};
 use tritium_backend_api::llm::ExportedBlock;
 use tritium_backend_api::llm::ModelCard;
-use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent};
+use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent, Priority};
 
 /// A sequence in the running batch (or preempted, waiting to resume).
 pub(super) struct Running {
@@ -40,13 +40,15 @@ pub(super) struct Running {
     pub sender: EventSender,
     /// When it (last) joined the batch: the newest is preempted first.
     pub admitted: u64,
+    /// Its place in the queue: the least urgent is preempted first.
+    pub rank: Priority,
     /// Where its prompt's blocks go, when another engine asked for them.
     export: Option<ExportSink>,
 }
 
 impl Running {
     pub(super) fn new(waiting: Waiting) -> Running {
-        let Waiting { request, constraint, sender, submitted, max_new, export, .. } = waiting;
+        let Waiting { request, constraint, sender, submitted, max_new, export, rank, .. } = waiting;
         Running {
             sampler: Sampler::new(&request.sampling, request.logprobs, &request.prompt),
             scorer: request.prompt_logprobs.map(PromptScorer::new),
@@ -64,6 +66,7 @@ impl Running {
             tokens: request.prompt,
             sender,
             admitted: 0,
+            rank,
             export,
         }
     }
@@ -94,6 +97,11 @@ impl Running {
     /// being scored, which needs the logits of every row not scored yet.
     pub(super) fn reusable_blocks(&self, block_size: usize) -> usize {
         self.scorer.as_ref().map_or(usize::MAX, |scorer| scorer.next_row() / block_size)
+    }
+
+    /// Which gives way first: the larger.
+    pub(super) fn yield_order(&self) -> (Priority, u64) {
+        (self.rank, self.admitted)
     }
 
     pub(super) fn generated(&self) -> usize {

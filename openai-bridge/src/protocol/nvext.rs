@@ -11,6 +11,11 @@
 //! - `annotations`: out-of-band SSE events before the first chunk of a stream:
 //!   `formatted_prompt` (the prompt text) and `token_ids` (the prompt's ids).
 //! - `extra_fields`: `worker_id` and `timing` in the response's own `nvext` object.
+//! - `agent_hints`: `priority` (higher first, the opposite of vLLM's top-level `priority`, which
+//!   it replaces) and `strict_priority` (a tier: a higher one always first) order the engine's
+//!   queue under `--scheduling-policy priority`; `osl` (expected output length) and
+//!   `speculative_prefill` are checked and, as in Dynamo without the router options that read
+//!   them, change nothing.
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
@@ -43,6 +48,39 @@ pub struct NvExt {
     pub guided_regex: Option<String>,
     pub guided_choice: Option<Vec<String>>,
     pub guided_grammar: Option<String>,
+    pub agent_hints: Option<AgentHints>,
+}
+
+/// Dynamo's per-request serving hints for agent workloads.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentHints {
+    /// Higher first.
+    pub priority: Option<i64>,
+    /// A queue tier: a higher tier always goes ahead of a lower one.
+    pub strict_priority: Option<u32>,
+    /// Expected output tokens.
+    pub osl: Option<u32>,
+    pub speculative_prefill: Option<bool>,
+}
+
+impl AgentHints {
+    /// Applies the priorities to `options` (turned into vLLM's lower-first convention).
+    pub fn apply(&self, options: &mut CompletionOptions) -> Result<(), BridgeError> {
+        if let Some(priority) = self.priority {
+            let level = i32::try_from(priority).ok().and_then(i32::checked_neg).ok_or_else(|| {
+                BridgeError::field(
+                    "nvext.agent_hints.priority",
+                    format!("must be between {} and {}, got {priority}", -i32::MAX, i32::MAX),
+                )
+            })?;
+            options.priority = Some(i64::from(level));
+        }
+        if self.strict_priority.is_some() {
+            options.strict_priority = self.strict_priority;
+        }
+        Ok(())
+    }
 }
 
 /// A worker id: Dynamo's are numbers, ours are strings; both are accepted.
@@ -65,6 +103,9 @@ impl NvExt {
                 let reason = format!("'{unknown}' is not one of {}", known.join(", "));
                 return Err(BridgeError::field(format!("nvext.{name}"), reason));
             }
+        }
+        if let Some(hints) = &self.agent_hints {
+            hints.apply(options)?;
         }
         if self.greed_sampling == Some(true) {
             options.temperature = Some(0.0);
@@ -149,5 +190,27 @@ mod tests {
             }
         }
         assert!(serde_json::from_value::<NvExt>(json!({"backend_instance_id": -1})).is_err());
+    }
+
+    #[test]
+    fn agent_hints_turn_dynamo_priorities_into_the_engines_and_replace_vllms() {
+        let nvext: NvExt = serde_json::from_value(json!({"agent_hints": {"priority": 10, "strict_priority": 2, "osl": 100,
+            "speculative_prefill": true}}))
+        .unwrap();
+        let mut options = CompletionOptions { priority: Some(3), ..Default::default() };
+        nvext.apply(&mut options).unwrap();
+        assert_eq!((options.priority, options.strict_priority), (Some(-10), Some(2)), "higher first becomes lower first");
+
+        let mut untouched = CompletionOptions { priority: Some(3), ..Default::default() };
+        let tier_only: NvExt = serde_json::from_value(json!({"agent_hints": {"strict_priority": 1}})).unwrap();
+        tier_only.apply(&mut untouched).unwrap();
+        assert_eq!((untouched.priority, untouched.strict_priority), (Some(3), Some(1)));
+
+        let out_of_range: NvExt = serde_json::from_value(json!({"agent_hints": {"priority": i64::from(i32::MIN)}})).unwrap();
+        match out_of_range.apply(&mut CompletionOptions::default()) {
+            Err(BridgeError::InvalidField { field, .. }) => assert_eq!(field, "nvext.agent_hints.priority"),
+            other => panic!("{other:?}"),
+        }
+        assert!(serde_json::from_value::<NvExt>(json!({"agent_hints": {"urgency": 1}})).is_err());
     }
 }

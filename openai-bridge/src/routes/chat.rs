@@ -23,12 +23,14 @@ use crate::protocol::{
 pub(super) async fn chat_completions(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
+    priority: super::HeaderPriority,
     caller: super::CallerTrace,
     OpenAiJson(request): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/chat/completions")?;
     let mut observer = state.observer(&request.model, caller);
-    let prepared = request.options().and_then(|options| {
+    let prepared = request.options().and_then(|mut options| {
+        priority.apply(&mut options)?;
         let tools = request.tools()?;
         let messages = request.template_messages()?;
         let extra = request.template_extra(&tools);

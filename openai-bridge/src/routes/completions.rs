@@ -28,12 +28,14 @@ use crate::sampling::CompletionOptions;
 pub(super) async fn completions(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
+    priority: super::HeaderPriority,
     caller: super::CallerTrace,
     OpenAiJson(request): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions")?;
     let mut observer = state.observer(&request.model, caller);
-    let options = request.options().map_err(|error| failed(&mut observer, error))?;
+    let mut options = request.options().map_err(|error| failed(&mut observer, error))?;
+    priority.apply(&mut options).map_err(|error| failed(&mut observer, error))?;
     let (n, best_of) =
         request.sampling.choices(request.best_of, request.stream, pre.limits()).map_err(|error| failed(&mut observer, error))?;
     let nvext = request.nvext.as_ref();

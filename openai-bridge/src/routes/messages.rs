@@ -28,12 +28,14 @@ use crate::protocol::{
 pub(super) async fn messages(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
+    priority: super::HeaderPriority,
     caller: super::CallerTrace,
     AnthropicJson(request): AnthropicJson<MessagesRequest>,
 ) -> Result<Response, AnthropicError> {
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/messages")?;
     let mut observer = state.observer(&request.model, caller);
-    let prepared = request.options().and_then(|options| {
+    let prepared = request.options().and_then(|mut options| {
+        priority.apply(&mut options)?;
         let tools = request.tools()?;
         let messages = request.chat_messages()?;
         let extra = request.template_extra(&tools);

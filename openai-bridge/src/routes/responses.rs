@@ -31,6 +31,7 @@ use crate::response_store::ResponseStore;
 pub(super) async fn create(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
+    priority: super::HeaderPriority,
     caller: super::CallerTrace,
     OpenAiJson(request): OpenAiJson<ResponsesRequest>,
 ) -> Result<Response, ApiError> {
@@ -38,6 +39,7 @@ pub(super) async fn create(
     let mut observer = state.observer(&request.model, caller);
     let prepared = prepare(&state.store, &request).map_err(|error| failed(&mut observer, error))?;
     let Prepared { mut options, tools, conversation, messages, extra } = prepared;
+    priority.apply(&mut options).map_err(|error| failed(&mut observer, error))?;
     let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| failed(&mut observer, error))?;
     let chat = ChatPrompt {
         messages: &messages,

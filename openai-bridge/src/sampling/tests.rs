@@ -149,6 +149,7 @@ fn kserve_parameters_accept_every_sensible_type() {
         ("logit_bias", ParamValue::String(r#"{"7": -100, "9": 2.5}"#.into())),
         ("triton_enable_empty_final_response", ParamValue::Bool(true)),
         ("sequence_id", ParamValue::Uint64(7)),
+        ("priority", ParamValue::Uint64(2)),
     ]))
     .expect("valid");
     assert_eq!(
@@ -171,6 +172,8 @@ fn kserve_parameters_accept_every_sensible_type() {
             prompt_logprobs: None,
             min_p: Some(0.05),
             logit_bias: vec![(7, -100.0), (9, 2.5)],
+            priority: Some(i64::from(i32::MIN) + 2),
+            strict_priority: None,
         }
     );
     let single = CompletionOptions::from_kserve_parameters(&params(&[("stop", ParamValue::String("###".into()))]));

@@ -230,7 +230,7 @@ impl EngineArgs {
 
     /// The mock models `--engine mock` declares (none for candle).
     #[cfg(feature = "llm")]
-    pub fn mock_models(&self, names: &[String]) -> Result<Vec<DeclaredModel>, String> {
+    pub fn mock_models(&self, names: &[String], policy: tritium_llm::SchedulingPolicy) -> Result<Vec<DeclaredModel>, String> {
         use tritium_llm::mock_config_text;
         if self.engine != EngineKind::Mock {
             return Ok(Vec::new());
@@ -241,6 +241,7 @@ impl EngineArgs {
             kv_blocks: self.mock_kv_blocks,
             block_size: self.mock_block_size,
             max_sequences: self.mock_max_sequences,
+            scheduling_policy: policy,
             ..MockOptions::default()
         };
         let default_name = ["mock-llm".to_string()];

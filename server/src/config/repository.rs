@@ -177,6 +177,18 @@ pub struct ModelArgs {
     #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_LLM_PREFILL_CHUNK", default_value_t = tritium_llm::EngineOptions::default().prefill_chunk)]
     pub llm_prefill_chunk: usize,
+    /// How a language model orders its waiting requests: `fcfs` (arrival order) or `priority`
+    /// (vLLM's `priority`, lower first; Dynamo's `nvext.agent_hints`; the KServe `priority`
+    /// parameter): the most urgent are admitted first, preempt less urgent running sequences when
+    /// the batch is full, and the least urgent give way when the KV pool runs dry.
+    #[cfg(feature = "llm")]
+    #[arg(long, env = "TRITIUM_SCHEDULING_POLICY", default_value = "fcfs", value_parser = parse_scheduling_policy)]
+    pub scheduling_policy: tritium_llm::SchedulingPolicy,
+}
+
+#[cfg(feature = "llm")]
+fn parse_scheduling_policy(name: &str) -> Result<tritium_llm::SchedulingPolicy, String> {
+    name.parse()
 }
 
 #[cfg(feature = "llm")]
@@ -195,6 +207,7 @@ fn engine_options(models: &ModelArgs) -> tritium_llm::EngineOptions {
             .llm_kv_offload_dir
             .clone()
             .map(|dir| tritium_llm::OffloadOptions { dir, max_bytes: models.llm_kv_offload_bytes }),
+        scheduling_policy: models.scheduling_policy,
     }
 }
 
@@ -212,6 +225,9 @@ pub(super) fn repository_options(
         ModelControlMode::OnDemand => ControlMode::OnDemand,
     };
     let on_demand = on_demand_options(repository)?;
+    #[cfg(feature = "llm")]
+    let mut declared = engine.mock_models(&models.model_name, models.scheduling_policy)?;
+    #[cfg(not(feature = "llm"))]
     let mut declared = engine.mock_models(&models.model_name)?;
     if declared.is_empty() {
         declared = declared_models(&models.model_path, &models.model_name)?;

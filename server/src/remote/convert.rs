@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tritium_backend_api::llm::{
-    Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, PromptLogprob, SamplingOptions,
-    StopOptions, TransferLayout,
+    Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, Priority, PromptLogprob,
+    SamplingOptions, StopOptions, TransferLayout,
 };
 use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
@@ -85,7 +85,7 @@ pub fn response_from_proto(response: ModelInferResponse, is_final: bool) -> Resu
 }
 
 pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::GenerateRequest {
-    let GenerateRequest { model_version, prompt, sampling, stop, logprobs, constraint, prompt_logprobs } = request;
+    let GenerateRequest { model_version, prompt, sampling, stop, logprobs, constraint, prompt_logprobs, priority } = request;
     pb::GenerateRequest {
         model: model.to_string(),
         version: model_version,
@@ -111,6 +111,8 @@ pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::G
         constraint: constraint.map(constraint_to_proto),
         prefill: None,
         prompt_logprobs,
+        priority: priority.level,
+        priority_tier: priority.tier,
     }
 }
 
@@ -195,6 +197,7 @@ pub fn generate_request_from_proto(request: pb::GenerateRequest) -> GenerateRequ
         logprobs: request.logprobs,
         constraint: request.constraint.and_then(constraint_from_proto),
         prompt_logprobs: request.prompt_logprobs,
+        priority: Priority { tier: request.priority_tier, level: request.priority },
     }
 }
 
@@ -289,6 +292,7 @@ mod tests {
             model_version: Some(3),
             constraint: Some(Constraint::Choice(vec!["yes".into(), "no".into()])),
             prompt_logprobs: Some(1),
+            priority: Priority { tier: 2, level: -7 },
         };
         let wire = generate_request_to_proto("m", request.clone());
         assert_eq!((wire.model.as_str(), wire.version), ("m", Some(3)));

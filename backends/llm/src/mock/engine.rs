@@ -123,6 +123,7 @@ impl MockEngine {
             kv_block_size: options.block_size,
             max_queue: options.max_queue,
             offload: None,
+            scheduling_policy: options.scheduling_policy,
             ..EngineOptions::default()
         };
         let shape = ModelShape {

@@ -7,6 +7,9 @@ use tritium_backend_api::ConfigParams;
 use tritium_backend_api::kv::DEFAULT_KV_BLOCK_SIZE;
 
 use super::MOCK_LLM_BACKEND;
+use crate::engine_state::SchedulingPolicy;
+
+const POLICY_KEY: &str = "scheduling_policy";
 
 /// What the mock engine pretends to cost and how much it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +28,8 @@ pub struct MockOptions {
     pub max_queue: usize,
     /// The longest sequence, prompt plus completion.
     pub context_length: usize,
+    /// How waiting requests are ordered (`scheduling_policy`).
+    pub scheduling_policy: SchedulingPolicy,
 }
 
 impl Default for MockOptions {
@@ -37,6 +42,7 @@ impl Default for MockOptions {
             max_sequences: 32,
             max_queue: 256,
             context_length: 8192,
+            scheduling_policy: SchedulingPolicy::Fcfs,
         }
     }
 }
@@ -97,6 +103,10 @@ impl MockOptions {
             max_sequences: size("max_sequences", defaults.max_sequences)?,
             max_queue: size("max_queue", defaults.max_queue)?,
             context_length: size("context_length", defaults.context_length)?,
+            scheduling_policy: match tritium_backend_api::config_parameter(config, POLICY_KEY) {
+                Some(name) => name.parse().map_err(|reason| MockError::InvalidOption { key: POLICY_KEY, reason })?,
+                None => defaults.scheduling_policy,
+            },
         };
         options.validate()?;
         Ok(options)
@@ -104,9 +114,14 @@ impl MockOptions {
 
     /// The `parameters` entries that set these options, as `config.pbtxt` text.
     pub fn to_config_parameters(&self) -> String {
+        let policy = match self.scheduling_policy {
+            SchedulingPolicy::Fcfs => "fcfs",
+            SchedulingPolicy::Priority => "priority",
+        };
         Self::KEYS
             .into_iter()
-            .zip(self.values())
+            .zip(self.values().map(|value| value.to_string()))
+            .chain([(POLICY_KEY, policy.to_string())])
             .map(|(key, value)| format!("parameters {{ key: \"{key}\" value {{ string_value: \"{value}\" }} }}\n"))
             .collect()
     }

@@ -273,6 +273,7 @@ fn options_round_trip_through_a_config() {
         max_sequences: 5,
         max_queue: 9,
         context_length: 1000,
+        scheduling_policy: crate::SchedulingPolicy::Priority,
     };
     let text = mock_config_text("m", &options);
     let config = tritium_repository::parse_config_text(&text).unwrap();
