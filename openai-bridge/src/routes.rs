@@ -22,6 +22,7 @@ mod completions;
 mod docs;
 mod embeddings;
 mod messages;
+mod next_turn;
 mod responses;
 mod sse;
 mod tokenize;

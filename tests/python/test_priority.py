@@ -8,6 +8,7 @@ priorities; bad values are 400s naming their field, and a bad policy stops the s
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -165,3 +166,40 @@ def test_an_unknown_agent_hint_is_refused(server):
 def test_an_unknown_policy_stops_the_server_at_start():
     failure = start_failure("--engine", "mock", "--scheduling-policy", "lifo")
     assert "unknown scheduling policy 'lifo': expected one of fcfs, priority" in failure
+
+
+def tokens(server, messages: list[dict], add_generation_prompt: bool) -> int:
+    body = {"model": MODEL, "messages": messages, "add_generation_prompt": add_generation_prompt}
+    request = urllib.request.Request(server.http_url + "/tokenize", data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["count"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_speculative_prefill_computes_the_next_turns_prefix(server, stream):
+    """The mock engine caches whole 16-token blocks. The answer's length is chosen so that a block boundary falls
+    between what the turn itself computed (prompt and answer but its last token) and the end of the rendered
+    answer (`<|im_end|>` and a newline more): only the speculative prefill can have cached that block."""
+    client = openai_client(server)
+    messages = [{"role": "user", "content": f"Speculate, streamed={stream}."}]
+    prompt = tokens(server, messages, add_generation_prompt=True)
+    answer_tokens = 16 + (-(prompt + 1)) % 16
+    finished = metric(server, "tritium_llm_engine_finished_sequences_total")
+    hints = {"nvext": {"agent_hints": {"speculative_prefill": True}}}
+    if stream:
+        chunks = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=answer_tokens, stream=True,
+                                                extra_body=hints)  # fmt: skip
+        answer = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    else:
+        reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=answer_tokens, extra_body=hints)
+        answer = reply.choices[0].message.content
+    assert wait_for(lambda: metric(server, "tritium_llm_engine_finished_sequences_total") == finished + 2), \
+        "the turn and its speculative prefill"  # fmt: skip
+    conversation = [*messages, {"role": "assistant", "content": answer}]
+    prefix = tokens(server, conversation, add_generation_prompt=False)
+    assert prefix == prompt + answer_tokens + 2
+    following = client.chat.completions.create(model=MODEL, messages=[*conversation, {"role": "user", "content": "More."}],
+                                               max_tokens=2)  # fmt: skip
+    cached = following.usage.prompt_tokens_details.cached_tokens
+    assert cached == prefix // 16 * 16 > prompt + answer_tokens - 1, following.usage

@@ -13,9 +13,9 @@
 //! - `extra_fields`: `worker_id` and `timing` in the response's own `nvext` object.
 //! - `agent_hints`: `priority` (higher first, the opposite of vLLM's top-level `priority`, which
 //!   it replaces) and `strict_priority` (a tier: a higher one always first) order the engine's
-//!   queue under `--scheduling-policy priority`; `osl` (expected output length) and
-//!   `speculative_prefill` are checked and, as in Dynamo without the router options that read
-//!   them, change nothing.
+//!   queue under `--scheduling-policy priority`; `speculative_prefill` (chat) computes the next
+//!   turn's prefix once the answer is known; `osl` (expected output length) is checked and, as in
+//!   Dynamo without `--router-track-output-blocks`, changes nothing.
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};

@@ -8,6 +8,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use tritium_backend_api::llm::{FinishReason, ModelKind};
 
+use super::next_turn::{NextTurn, StreamedAnswer};
 use super::sse::{self, ChunkWriter, End};
 use super::{ApiError, AppState, OpenAiJson, json_response};
 use crate::parsers::{OutputParser, ParsedDelta};
@@ -49,13 +50,23 @@ pub(super) async fn chat_completions(
         );
     }
     let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
+    let worker = worker.or_nvext(request.nvext.as_ref());
+    let hints = request.nvext.as_ref().and_then(|nvext| nvext.agent_hints.as_ref());
+    let next_turn = hints.is_some_and(|hints| hints.speculative_prefill == Some(true)).then(|| NextTurn {
+        hub: state.hub.clone(),
+        pre: pre.clone(),
+        model: request.model.clone(),
+        worker: worker.map(str::to_owned),
+        messages: messages.clone(),
+        extra: extra.clone(),
+    });
     let chat = super::ChatPrompt {
         messages: &messages,
         add_generation_prompt,
         extra: extra.as_ref(),
         with_tools: tools.offered(),
         nvext: request.nvext.as_ref(),
-        worker: worker.or_nvext(request.nvext.as_ref()),
+        worker,
     };
     let observers =
         std::iter::once(observer).chain((1..n).map(|_| state.metrics.observer(&request.model, super::PROTOCOL))).collect();
@@ -71,6 +82,8 @@ pub(super) async fn chat_completions(
         include_usage: request.include_usage(),
         calls: vec![0; parsers.len()],
         parsers,
+        next_turn,
+        answer: StreamedAnswer::default(),
     };
     if request.stream {
         return Ok(sse::respond_many(writer, streams));
@@ -92,6 +105,9 @@ pub(super) async fn chat_completions(
             logprobs: writer.logprobs.then(|| ChatLogprobs::from_tokens(&generated.tokens)),
             finish_reason: Some(finish_reason),
         });
+    }
+    if let (Some(next_turn), Some(first)) = (writer.next_turn.take(), choices.first()) {
+        next_turn.prefill(&first.message);
     }
     let meta = generated.first().map(|g| g.meta.clone()).unwrap_or_default();
     let response = ChatCompletionResponse {
@@ -135,6 +151,10 @@ struct ChatWriter {
     parsers: Vec<Option<OutputParser>>,
     /// Each choice's tool calls sent so far: its next one's `index`.
     calls: Vec<u32>,
+    /// `nvext.agent_hints.speculative_prefill`: what the next turn starts with, prefilled at the end.
+    next_turn: Option<NextTurn>,
+    /// The first choice's message so far (kept only for `next_turn`).
+    answer: StreamedAnswer,
 }
 
 impl ChatWriter {
@@ -189,12 +209,20 @@ impl ChunkWriter for ChatWriter {
             reasoning_content: (!parsed.reasoning.is_empty()).then_some(parsed.reasoning),
             tool_calls,
         };
+        if index == 0 && self.next_turn.is_some() {
+            self.answer.content.push_str(delta.content.as_deref().unwrap_or_default());
+            self.answer.reasoning.push_str(delta.reasoning_content.as_deref().unwrap_or_default());
+            self.answer.tool_calls.extend(delta.tool_calls.iter().cloned());
+        }
         let called = *calls > 0;
         let finish_reason = finish.map(|reason| if called { "tool_calls" } else { reason.as_str() });
         out.push_back(sse::frame(&self.chunk(vec![ChatChunkChoice { index, delta, logprobs, finish_reason }])));
     }
 
     fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {
+        if let Some(next_turn) = self.next_turn.take() {
+            next_turn.prefill(&std::mem::take(&mut self.answer).message());
+        }
         let nvext = super::nvext_fields(self.nvext.as_ref(), &end.meta);
         if self.include_usage || nvext.is_some() {
             let mut chunk = self.chunk(Vec::new());
