@@ -32,8 +32,14 @@ pub enum KvEvent {
 
 /// The chained hashes of the full blocks of `tokens` (a trailing partial block has none).
 pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
+    block_hashes_from(0, tokens, block_size)
+}
+
+/// [`block_hashes`] chained from `seed` instead of 0: the blocks of a sequence computed with other
+/// weights (a LoRA adapter, seeded by its load) never match the base model's.
+pub fn block_hashes_from(seed: BlockHash, tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
     let block_size = block_size.max(1);
-    let mut parent: BlockHash = 0;
+    let mut parent: BlockHash = seed;
     tokens
         .chunks_exact(block_size)
         .map(|block| {

@@ -19,6 +19,8 @@ pub struct HubModel {
     pub kind: ModelKind,
     /// Seconds since the Unix epoch, for `created`.
     pub created: u64,
+    /// For a LoRA adapter: the model it adapts, and where it was read from.
+    pub adapter_of: Option<(String, String)>,
 }
 
 /// What the routes need from the server: its models, their preprocessors, and token-level

@@ -233,6 +233,9 @@ fn engine_families(prefix: &str, engines: &[(String, EngineStats)]) -> Vec<prome
     });
     counter("engine_decode_steps", "Decode steps run", |s| s.decode_steps);
     counter("engine_decode_rows", "Sequences carried by decode steps, in total", |s| s.decode_rows);
+    counter("spec_decode_num_drafts", "Speculative proposals verified", |s| s.spec_decode_drafts);
+    counter("spec_decode_num_draft_tokens", "Tokens proposed by speculative decoding", |s| s.spec_decode_draft_tokens);
+    counter("spec_decode_num_accepted_tokens", "Proposed tokens the model kept", |s| s.spec_decode_accepted_tokens);
     families
 }
 

@@ -213,6 +213,7 @@ fn sampling_spec() -> impl Strategy<Value = (Map<String, Value>, CompletionOptio
                 logit_bias: Vec::new(),
                 priority: None,
                 strict_priority: None,
+                adapter: None,
             };
             (body, options)
         },
@@ -375,7 +376,7 @@ fn check_generate(options: &CompletionOptions, prompt: Vec<u32>) -> Result<(), T
         prop_assert!(matches!(&built, Err(BridgeError::InvalidField { field, .. }) if field == "prompt"), "{built:?}");
         return Ok(());
     }
-    let GenerateRequest { prompt: sent, sampling, stop, logprobs, model_version, constraint, prompt_logprobs, priority } =
+    let GenerateRequest { prompt: sent, sampling, stop, logprobs, model_version, constraint, prompt_logprobs, priority, .. } =
         built.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let room = (CONTEXT_LENGTH - prompt.len()) as u32;
     let max = options.max_tokens.unwrap_or(16).min(room);

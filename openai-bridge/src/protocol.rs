@@ -225,6 +225,7 @@ impl SamplingFields {
             logit_bias,
             priority: self.priority,
             strict_priority: None,
+            adapter: None,
         };
         options.validate()?;
         Ok(options)

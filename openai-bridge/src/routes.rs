@@ -510,7 +510,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJson<T> {
 
 #[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, description = "The models served", body = ModelList)))]
 async fn list_models(State(state): State<AppState>) -> Response {
-    let data = state.hub.models().into_iter().map(|m| ModelObject::new(m.name, m.created)).collect();
+    let data = state.hub.models().into_iter().map(ModelObject::of).collect();
     json_response(StatusCode::OK, &ModelList { object: "list", data })
 }
 
@@ -518,7 +518,7 @@ async fn list_models(State(state): State<AppState>) -> Response {
     responses((status = 200, description = "The model", body = ModelObject), (status = 404, description = "No such model", body = ErrorBody)))]
 async fn get_model(State(state): State<AppState>, Path(model): Path<String>) -> Response {
     match state.hub.models().into_iter().find(|m| m.name == model) {
-        Some(m) => json_response(StatusCode::OK, &ModelObject::new(m.name, m.created)),
+        Some(m) => json_response(StatusCode::OK, &ModelObject::of(m)),
         None => ApiError(BridgeError::ModelNotFound(model)).into_response(),
     }
 }

@@ -87,6 +87,9 @@ pub struct CompletionOptions {
     pub priority: Option<i64>,
     /// Dynamo's `strict_priority` tier: a higher tier always first.
     pub strict_priority: Option<u32>,
+    /// The LoRA adapter of the model to run with (KServe's `lora_name`; on the OpenAI routes the
+    /// adapter is named as the model).
+    pub adapter: Option<String>,
 }
 
 impl CompletionOptions {
@@ -232,6 +235,7 @@ impl CompletionOptions {
             logprobs: self.logprobs,
             constraint: self.constraint.clone(),
             prompt_logprobs: self.prompt_logprobs,
+            adapter: self.adapter.clone(),
             priority: Priority {
                 tier: self.strict_priority.unwrap_or(0),
                 level: self.priority.map_or(0, |p| i32::try_from(p).unwrap_or(if p < 0 { i32::MIN } else { i32::MAX })),
@@ -266,6 +270,10 @@ impl CompletionOptions {
                 "min_p" => options.min_p = Some(param_f32(name, value)?),
                 "logit_bias" => options.logit_bias = param_logit_bias(value)?,
                 "priority" => options.priority = triton_priority(param_u64(name, value)?),
+                "lora_name" => match value {
+                    ParamValue::String(adapter) if !adapter.is_empty() => options.adapter = Some(adapter.clone()),
+                    other => return Err(wrong_type(name, "an adapter's name", other)),
+                },
                 _ => {}
             }
         }

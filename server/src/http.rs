@@ -3,6 +3,8 @@
 //! `/live` and `/metrics` (Prometheus), served within the port's limits by [`serve_limited`].
 
 pub mod kserve;
+#[cfg(feature = "llm")]
+mod lora;
 mod serve;
 mod unread;
 
@@ -46,8 +48,12 @@ pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, mut api: ApiSe
         .route("/health", get(health))
         .route("/live", get(live))
         .route("/metrics", get(metrics))
-        .route("/busy_threshold", get(busy_thresholds).post(set_busy_threshold))
-        .with_state(state);
+        .route("/busy_threshold", get(busy_thresholds).post(set_busy_threshold));
+    #[cfg(feature = "llm")]
+    let operational = operational
+        .route("/v1/load_lora_adapter", axum::routing::post(lora::load))
+        .route("/v1/unload_lora_adapter", axum::routing::post(lora::unload));
+    let operational = operational.with_state(state);
     openai_routes(hub, Arc::clone(llm.metrics()), api)
         .merge(operational)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -130,7 +130,8 @@ impl Tritium {
                 config.limits.preprocess,
                 hard_stop.clone(),
             )
-            .with_tracer(Arc::clone(&tracer)),
+            .with_tracer(Arc::clone(&tracer))
+            .with_lora_dir(config.lora_dir.clone()),
         );
         let server_name = match config.server_name.as_str() {
             "" => config::DEFAULT_SERVER_NAME.to_string(),

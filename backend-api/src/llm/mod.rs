@@ -21,8 +21,8 @@ pub use card::{ModelCard, ModelKind};
 pub use constraint::Constraint;
 pub use kv_transfer::{ExportedBlock, ImportedBlocks, KvExport, TransferLayout};
 pub use types::{
-    EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, Priority,
-    PromptLogprob, SamplingOptions, StopOptions, TokenStream,
+    AdapterInfo, EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource,
+    Priority, PromptLogprob, SamplingOptions, StopOptions, TokenStream,
 };
 #[cfg(feature = "vocabulary")]
 pub use vocab::Vocabulary;
@@ -58,6 +58,24 @@ pub trait LanguageModel: Send + Sync + 'static {
     fn generate_with_prefix(&self, request: GenerateRequest, prefix: ImportedBlocks) -> Result<TokenStream, GenerateError> {
         let _ = prefix;
         self.generate(request)
+    }
+
+    /// The LoRA adapters loaded, by name.
+    fn adapters(&self) -> Vec<AdapterInfo> {
+        Vec::new()
+    }
+
+    /// Loads the LoRA adapter at `path` (a GGUF adapter or a PEFT folder) as `name`.
+    fn load_adapter(&self, name: &str, path: &std::path::Path) -> Result<AdapterInfo, GenerateError> {
+        let _ = (name, path);
+        Err(GenerateError::InvalidRequest("this model's engine cannot load LoRA adapters".to_string()))
+    }
+
+    /// Unloads adapter `name`; sequences already running with it finish with it. `Ok(false)`
+    /// when no adapter has that name.
+    fn unload_adapter(&self, name: &str) -> Result<bool, GenerateError> {
+        let _ = name;
+        Ok(false)
     }
 }
 

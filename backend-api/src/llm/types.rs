@@ -85,6 +85,17 @@ pub struct GenerateRequest {
     pub prompt_logprobs: Option<u32>,
     /// Its place in the engine's queue under priority scheduling (ignored under FCFS).
     pub priority: Priority,
+    /// The LoRA adapter (by name) whose deltas apply on top of the base weights, if any.
+    pub adapter: Option<String>,
+}
+
+/// A LoRA adapter an engine holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterInfo {
+    pub name: String,
+    /// Where it was read from.
+    pub path: String,
+    pub rank: usize,
 }
 
 /// Where a request stands under priority scheduling: a higher `tier` always goes first (Dynamo's
@@ -217,6 +228,10 @@ pub struct EngineStats {
     /// Decode steps run, and the sequences they carried in total (their ratio is the mean batch).
     pub decode_steps: u64,
     pub decode_rows: u64,
+    /// Speculative decoding: proposals verified, tokens they proposed, and tokens kept.
+    pub spec_decode_drafts: u64,
+    pub spec_decode_draft_tokens: u64,
+    pub spec_decode_accepted_tokens: u64,
 }
 
 /// Where a decode worker takes a prompt's KV blocks from (disaggregated prefill and decode).

@@ -68,6 +68,10 @@ fn engine_options(config: &ModelConfig, defaults: &EngineOptions) -> Result<Engi
         kv_block_size: params.number("kv_block_size", defaults.kv_block_size)?,
         offload: defaults.offload.clone(),
         prefix_caching: params.flag("prefix_caching", defaults.prefix_caching)?,
+        speculative: defaults.speculative,
+        loras: defaults.loras.clone(),
+        max_loras: params.number("max_loras", defaults.max_loras)?,
+        max_lora_rank: params.number("max_lora_rank", defaults.max_lora_rank)?,
         scheduling_policy: match config_parameter(config, "scheduling_policy") {
             Some(name) => name.parse().map_err(|why| format!("parameter 'scheduling_policy': {why}"))?,
             None => defaults.scheduling_policy,

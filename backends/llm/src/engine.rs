@@ -5,9 +5,10 @@
 //! batching). This module is the engine's front: start, validation, admission to the queue; what
 //! it shares with the loop is in `engine_state`.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -16,12 +17,15 @@ use tokio::sync::{broadcast, mpsc};
 use super::block_pool::BlockPool;
 use super::constraint::{Constrained, Grammars};
 use super::engine_loop::EngineLoop;
+use super::lora::LoraAdapter;
 use super::model::DecoderModel;
+use super::model::config::DecoderConfig;
 use super::offload::{OffloadCounters, OffloadTier};
 use super::step_model::{CandleStep, ModelShape, StepModel};
 use crate::engine_state::{Counters, EngineOptions, Queue, Shared, Waiting};
 use crate::export::ExportSink;
-use tritium_backend_api::kv::{KvEvent, block_hashes};
+use tritium_backend_api::kv::{KvEvent, block_hashes_from};
+use tritium_backend_api::llm::AdapterInfo;
 use tritium_backend_api::llm::Constraint;
 use tritium_backend_api::llm::LanguageModel;
 use tritium_backend_api::llm::ModelCard;
@@ -43,6 +47,9 @@ pub struct LlmEngine {
     /// Held while a grammar compiles: one compile at a time per model, so constrained requests
     /// can take at most one core from everything else.
     compiling: Mutex<()>,
+    /// The base's shape, which adapters must fit (`None`: this engine's model takes none).
+    lora_base: Option<DecoderConfig>,
+    adapters: RwLock<HashMap<String, Arc<LoraAdapter>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -55,10 +62,17 @@ impl std::fmt::Debug for LlmEngine {
 impl LlmEngine {
     pub(crate) fn start(name: &str, model: DecoderModel, card: ModelCard, options: EngineOptions) -> Result<LlmEngine, String> {
         let shape = CandleStep::shape(&model);
-        LlmEngine::start_with(name, shape, card, options, |blocks, block_size| {
+        let config = model.config().clone();
+        let loras = options.loras.clone();
+        let mut engine = LlmEngine::start_with(name, shape, card, options, |blocks, block_size| {
             let kv = model.new_kv_store(blocks, block_size)?;
             Ok(Box::new(CandleStep { model, kv }) as Box<dyn StepModel>)
-        })
+        })?;
+        engine.lora_base = Some(config);
+        for (adapter, path) in loras {
+            engine.load_adapter(&adapter, &path).map_err(|e| format!("--lora {adapter}={}: {e}", path.display()))?;
+        }
+        Ok(engine)
     }
 
     /// Starts the engine thread over the model `build` makes for a pool of `blocks` blocks of
@@ -72,6 +86,9 @@ impl LlmEngine {
     ) -> Result<LlmEngine, String> {
         if options.max_sequences == 0 || options.max_kv_tokens == 0 || options.prefill_chunk == 0 || options.kv_block_size == 0 {
             return Err("max_sequences, max_kv_tokens, prefill_chunk and kv_block_size must be at least 1".to_string());
+        }
+        if let Some(speculative) = &options.speculative {
+            speculative.validate()?;
         }
         let block_size = options.kv_block_size;
         if block_size > MAX_KV_BLOCK_SIZE || block_size > options.max_kv_tokens {
@@ -146,6 +163,8 @@ impl LlmEngine {
             offload_counters,
             grammars: OnceLock::new(),
             compiling: Mutex::new(()),
+            lora_base: None,
+            adapters: RwLock::new(HashMap::new()),
             thread: Some(thread),
         })
     }
@@ -251,19 +270,46 @@ impl LlmEngine {
             }
             None => None,
         };
-        let hashes = block_hashes(&request.prompt, options.kv_block_size);
+        let lora = match &request.adapter {
+            Some(name) => Some(self.adapter(name).ok_or_else(|| {
+                GenerateError::InvalidRequest(format!("the model '{}' has no LoRA adapter '{name}'", self.shared.name))
+            })?),
+            None => None,
+        };
+        let hashes = block_hashes_from(lora.as_ref().map_or(0, |l| l.seed), &request.prompt, options.kv_block_size);
         let (sender, receiver) = mpsc::unbounded_channel();
         let mut queue = self.shared.lock();
         if let Some(refused) = self.refusal(&queue) {
             return Err(refused);
         }
         let rank = options.scheduling_policy.rank(request.priority);
-        queue.push(Waiting { rank, request, hashes, constraint, sender, submitted: Instant::now(), max_new, imported, export });
+        queue.push(Waiting {
+            rank,
+            lora,
+            request,
+            hashes,
+            constraint,
+            sender,
+            submitted: Instant::now(),
+            max_new,
+            imported,
+            export,
+        });
         self.shared.counters.waiting.store(queue.waiting.len(), Ordering::Relaxed);
         drop(queue);
         self.shared.wake.notify_one();
         Ok(TokenStream::new(receiver))
     }
+}
+
+impl LlmEngine {
+    fn adapter(&self, name: &str) -> Option<Arc<LoraAdapter>> {
+        self.adapters.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).cloned()
+    }
+}
+
+fn adapter_info(adapter: &LoraAdapter) -> AdapterInfo {
+    AdapterInfo { name: adapter.name.clone(), path: adapter.path.clone(), rank: adapter.rank }
 }
 
 impl LanguageModel for LlmEngine {
@@ -320,11 +366,64 @@ impl LanguageModel for LlmEngine {
             kv_blocks_restored: self.offload_counters.as_ref().map_or(0, |o| o.restored.load(Ordering::Relaxed)),
             decode_steps: c.steps.load(Ordering::Relaxed),
             decode_rows: c.rows.load(Ordering::Relaxed),
+            spec_decode_drafts: c.spec_drafts.load(Ordering::Relaxed),
+            spec_decode_draft_tokens: c.spec_draft_tokens.load(Ordering::Relaxed),
+            spec_decode_accepted_tokens: c.spec_accepted_tokens.load(Ordering::Relaxed),
         }
     }
 
     fn kv_events(&self) -> Option<broadcast::Receiver<KvEvent>> {
         Some(self.kv_events.subscribe())
+    }
+
+    fn adapters(&self) -> Vec<AdapterInfo> {
+        let adapters = self.adapters.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut list: Vec<AdapterInfo> = adapters.values().map(|a| adapter_info(a)).collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    fn load_adapter(&self, name: &str, path: &std::path::Path) -> Result<AdapterInfo, GenerateError> {
+        let refuse = |message: String| GenerateError::InvalidRequest(message);
+        let Some(base) = &self.lora_base else {
+            return Err(refuse(format!("the model '{}' cannot take LoRA adapters", self.shared.name)));
+        };
+        if name.is_empty() || name == self.shared.name {
+            return Err(refuse(format!("'{name}' cannot name an adapter of the model '{}'", self.shared.name)));
+        }
+        let max = self.shared.options.max_loras;
+        let full = || refuse(format!("the model '{}' holds its limit of {max} LoRA adapters (--max-loras)", self.shared.name));
+        let loaded = || refuse(format!("The lora adapter '{name}' has already been loaded."));
+        {
+            let adapters = self.adapters.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if adapters.contains_key(name) {
+                return Err(loaded());
+            }
+            if adapters.len() >= max {
+                return Err(full());
+            }
+        }
+        // Read outside the lock: an adapter takes a moment to load.
+        let adapter = off_runtime(|| LoraAdapter::load(name, path, base, self.shared.options.max_lora_rank)).map_err(refuse)?;
+        let info = adapter_info(&adapter);
+        let mut adapters = self.adapters.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if adapters.contains_key(name) {
+            return Err(loaded());
+        }
+        if adapters.len() >= max {
+            return Err(full());
+        }
+        adapters.insert(name.to_string(), Arc::new(adapter));
+        tracing::info!(model = %self.shared.name, adapter = name, rank = info.rank, "LoRA adapter loaded");
+        Ok(info)
+    }
+
+    fn unload_adapter(&self, name: &str) -> Result<bool, GenerateError> {
+        let removed = self.adapters.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(name).is_some();
+        if removed {
+            tracing::info!(model = %self.shared.name, adapter = name, "LoRA adapter unloaded");
+        }
+        Ok(removed)
     }
 }
 

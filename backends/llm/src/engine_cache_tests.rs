@@ -37,6 +37,7 @@ pub(super) fn request(tokenizer: &tokenizers::Tokenizer, text: &str, max_tokens:
         constraint: None,
         prompt_logprobs: None,
         priority: Default::default(),
+        adapter: None,
     }
 }
 

@@ -25,8 +25,9 @@ use super::model::SequenceInput;
 use super::offload::OffloadTier;
 use super::prompt_scores;
 use super::sequence::{Running, Sampled, sample_next};
+use super::speculation;
 use super::step_model::StepModel;
-use tritium_backend_api::kv::{BlockHash, block_hashes};
+use tritium_backend_api::kv::{BlockHash, block_hashes_from};
 use tritium_backend_api::llm::ImportedBlocks;
 use tritium_backend_api::llm::ModelCard;
 use tritium_backend_api::llm::Priority;
@@ -150,7 +151,7 @@ impl EngineLoop {
                 self.shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
-            let hashes = block_hashes(&front.tokens, size);
+            let hashes = block_hashes_from(front.hash_seed(), &front.tokens, size);
             let plan = self.plan(&front.tokens, &hashes, None, front.reusable_blocks(size));
             if self.has_place() && self.fits(&plan) {
                 let Some(sequence) = self.preempted.pop_front() else { return false };
@@ -338,11 +339,20 @@ impl EngineLoop {
         let mut feeds: Vec<(usize, usize)> = Vec::with_capacity(self.running.len());
         let mut order: Vec<usize> = (0..self.running.len()).collect();
         order.sort_unstable_by_key(|&i| self.running[i].yield_order());
+        let mut proposals = self.proposals();
         for index in order {
             let sequence = &mut self.running[index];
             let pending = sequence.tokens.len() - sequence.fed;
             if sequence.decoding() {
-                feeds.push((index, 1));
+                // Blocks for the proposal's positions too; a dry pool shortens it.
+                let proposal = &mut proposals[index];
+                while !proposal.is_empty() && sequence.blocks.len() * size < sequence.fed + 1 + proposal.len() {
+                    match self.pool.allocate() {
+                        Some(id) => sequence.blocks.push(id),
+                        None => proposal.truncate((sequence.blocks.len() * size).saturating_sub(sequence.fed + 1)),
+                    }
+                }
+                feeds.push((index, 1 + proposal.len()));
                 continue;
             }
             let mut n = pending.min(prefill_budget);
@@ -367,12 +377,26 @@ impl EngineLoop {
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;
         let mut scores = Vec::new();
+        // A speculating sequence feeds its last token and its proposal, and gets every row's logits.
+        let speculating: Vec<Vec<u32>> = feeds
+            .iter()
+            .map(|&(index, _)| match proposals[index].is_empty() {
+                true => Vec::new(),
+                false => {
+                    let s = &self.running[index];
+                    [&s.tokens[s.fed..], &proposals[index]].concat()
+                }
+            })
+            .collect();
+        let mut speculated_rows: Vec<Vec<Vec<f32>>> = vec![Vec::new(); feeds.len()];
         let logits = {
             let inputs: Vec<SequenceInput<'_>> = feeds
                 .iter()
-                .map(|&(index, n)| {
+                .zip(&speculating)
+                .map(|(&(index, n), fed)| {
                     let s = &self.running[index];
-                    SequenceInput { tokens: &s.tokens[s.fed..s.fed + n], cached: s.fed, blocks: &s.blocks }
+                    let tokens = if fed.is_empty() { &s.tokens[s.fed..s.fed + n] } else { &fed[..] };
+                    SequenceInput { tokens, cached: s.fed, blocks: &s.blocks, lora: s.lora.as_deref() }
                 })
                 .collect();
             let running = &self.running;
@@ -383,14 +407,19 @@ impl EngineLoop {
             };
             let score: Vec<bool> = feeds
                 .iter()
-                .map(|&(index, n)| {
+                .zip(&speculating)
+                .map(|(&(index, n), fed)| {
                     let s = &running[index];
                     let first = s.scorer.as_ref().map_or(s.fed, |scorer| scorer.next_row().max(s.fed));
-                    first < s.fed + n && scored(index, first)
+                    !fed.is_empty() || (first < s.fed + n && scored(index, first))
                 })
                 .collect();
             if score.contains(&true) {
                 let mut on_row = |feed: usize, row: usize, logits: &[f32]| {
+                    if !speculating[feed].is_empty() {
+                        speculated_rows[feed].push(logits.to_vec());
+                        return;
+                    }
                     let index = feeds[feed].0;
                     let position = running[index].fed + row;
                     if let Some(scorer) = running[index].scorer.as_ref().filter(|_| scored(index, position)) {
@@ -424,8 +453,28 @@ impl EngineLoop {
         };
         let context_length = self.card.context_length;
         let mut done = Vec::new();
-        for (&(index, n), row) in feeds.iter().zip(&logits) {
+        for (feed, (&(index, n), row)) in feeds.iter().zip(&logits).enumerate() {
             let sequence = &mut self.running[index];
+            if !speculating[feed].is_empty() {
+                let rows = std::mem::take(&mut speculated_rows[feed]);
+                let (outcome, kept) = match rows.len() == n {
+                    true => speculation::verify(sequence, &rows, &proposals[index], &self.card, context_length, counters),
+                    false => {
+                        let message = format!("the model gave {} rows of logits for {n} speculated positions", rows.len());
+                        let _ = sequence.sender.send(Err(self.shared.engine_error(message)));
+                        (Sampled::Ended, 0)
+                    }
+                };
+                sequence.fed += 1 + kept;
+                sequence.commit_full_blocks(&mut self.pool);
+                counters.spec_drafts.fetch_add(1, Ordering::Relaxed);
+                counters.spec_draft_tokens.fetch_add((n - 1) as u64, Ordering::Relaxed);
+                counters.spec_accepted_tokens.fetch_add(kept as u64, Ordering::Relaxed);
+                if outcome != Sampled::GoOn {
+                    done.push((index, outcome));
+                }
+                continue;
+            }
             let prompt_fed = sequence.prompt_len.saturating_sub(sequence.fed).min(n);
             counters.prompt_tokens.fetch_add(prompt_fed as u64, Ordering::Relaxed);
             sequence.fed += n;
@@ -466,6 +515,25 @@ impl EngineLoop {
                 }
             }
         }
+    }
+
+    /// Each running sequence's speculative proposal (empty: none), by its index: only decoding
+    /// sequences propose, none when more than `disable_by_batch_size` decode, and no proposal runs
+    /// past the sequence's `max_tokens` or the context.
+    fn proposals(&self) -> Vec<Vec<u32>> {
+        let none = || vec![Vec::new(); self.running.len()];
+        let Some(options) = self.shared.options.speculative else { return none() };
+        if self.running.iter().filter(|s| s.decoding()).count() > options.disable_by_batch_size {
+            return none();
+        }
+        let context_length = self.card.context_length;
+        let proposal = |s: &Running| {
+            // The step samples one token past the proposal.
+            let left = s.max_new.saturating_sub(s.generated() + 1);
+            let room = context_length.saturating_sub(s.tokens.len() + 1);
+            speculation::propose(&s.tokens, &options, options.num_tokens.min(left).min(room))
+        };
+        self.running.iter().map(|s| if s.decoding() { proposal(s) } else { Vec::new() }).collect()
     }
 
     /// Takes the sequences at `indices` (ascending) out of the batch, in that order, and releases

@@ -13,6 +13,7 @@ use tritium_backend_api::llm::{GenerateError, GenerateEvent, GenerateRequest, Im
 use crate::constraint::Constrained;
 use crate::export::ExportSink;
 use crate::offload::OffloadOptions;
+use crate::speculation::SpeculativeOptions;
 
 /// Bounds on what one engine holds at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,13 @@ pub struct EngineOptions {
     pub max_constraint_bytes: usize,
     /// Whether requests' priorities order the queue and choose whom to preempt.
     pub scheduling_policy: SchedulingPolicy,
+    /// Speculative decoding by prompt lookup, when set.
+    pub speculative: Option<SpeculativeOptions>,
+    /// LoRA adapters loaded at start: name and path (a GGUF adapter or a PEFT folder).
+    pub loras: Vec<(String, std::path::PathBuf)>,
+    /// Adapters held at once (`--max-loras`), and the largest rank accepted (`--max-lora-rank`).
+    pub max_loras: usize,
+    pub max_lora_rank: usize,
 }
 
 /// How waiting requests are ordered, and which running sequence gives way when the batch is full
@@ -90,6 +98,10 @@ impl Default for EngineOptions {
             prefill_chunk: 256,
             max_constraint_bytes: 64 << 10,
             scheduling_policy: SchedulingPolicy::Fcfs,
+            speculative: None,
+            loras: Vec::new(),
+            max_loras: 8,
+            max_lora_rank: 16,
         }
     }
 }
@@ -113,6 +125,8 @@ pub(crate) struct Waiting {
     pub export: Option<ExportSink>,
     /// Its place in the queue (see [`SchedulingPolicy::rank`]).
     pub rank: Priority,
+    /// The adapter its rows go through, if any.
+    pub lora: Option<std::sync::Arc<crate::lora::LoraAdapter>>,
 }
 
 #[derive(Default)]
@@ -130,6 +144,10 @@ pub(crate) struct Counters {
     pub preempted: AtomicU64,
     pub steps: AtomicU64,
     pub rows: AtomicU64,
+    /// Speculative decoding: proposals made, tokens proposed, and tokens kept.
+    pub spec_drafts: AtomicU64,
+    pub spec_draft_tokens: AtomicU64,
+    pub spec_accepted_tokens: AtomicU64,
 }
 
 pub(crate) struct Queue {

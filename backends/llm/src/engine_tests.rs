@@ -34,6 +34,7 @@ fn greedy(tokenizer: &tokenizers::Tokenizer, prompt: &str, max_tokens: u32) -> G
         constraint: None,
         prompt_logprobs: None,
         priority: Default::default(),
+        adapter: None,
     }
 }
 

@@ -32,6 +32,9 @@ mod export;
 mod gguf_tokenizer;
 #[cfg(test)]
 mod kv_transfer_tests;
+mod lora;
+#[cfg(test)]
+mod lora_tests;
 pub mod mock;
 mod model;
 mod offload;
@@ -44,6 +47,9 @@ mod sampler_bias_tests;
 #[cfg(test)]
 mod scheduling_tests;
 mod sequence;
+mod speculation;
+#[cfg(test)]
+mod speculation_tests;
 mod step_model;
 pub mod test_models;
 
@@ -57,6 +63,7 @@ pub use engine_state::{EngineOptions, SchedulingPolicy};
 pub use mock::{MOCK_LLM_BACKEND, MockEngine, MockFactory, MockOptions, mock_config_text};
 pub use model::default_device;
 pub use offload::OffloadOptions;
+pub use speculation::{MAX_SPECULATIVE_TOKENS, SpeculativeOptions};
 
 /// Registers the language model backend (with `defaults` for what a config leaves out), the mock
 /// language model and the embedder.

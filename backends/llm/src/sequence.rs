@@ -42,13 +42,15 @@ pub(super) struct Running {
     pub admitted: u64,
     /// Its place in the queue: the least urgent is preempted first.
     pub rank: Priority,
+    /// The adapter its rows go through, if any; its seed starts the chain of block hashes.
+    pub lora: Option<std::sync::Arc<crate::lora::LoraAdapter>>,
     /// Where its prompt's blocks go, when another engine asked for them.
     export: Option<ExportSink>,
 }
 
 impl Running {
     pub(super) fn new(waiting: Waiting) -> Running {
-        let Waiting { request, constraint, sender, submitted, max_new, export, rank, .. } = waiting;
+        let Waiting { request, constraint, sender, submitted, max_new, export, rank, lora, .. } = waiting;
         Running {
             sampler: Sampler::new(&request.sampling, request.logprobs, &request.prompt),
             scorer: request.prompt_logprobs.map(PromptScorer::new),
@@ -67,6 +69,7 @@ impl Running {
             sender,
             admitted: 0,
             rank,
+            lora,
             export,
         }
     }
@@ -97,6 +100,11 @@ impl Running {
     /// being scored, which needs the logits of every row not scored yet.
     pub(super) fn reusable_blocks(&self, block_size: usize) -> usize {
         self.scorer.as_ref().map_or(usize::MAX, |scorer| scorer.next_row() / block_size)
+    }
+
+    /// Where the chain of its blocks' hashes starts: 0 for the base model, the adapter's seed.
+    pub(super) fn hash_seed(&self) -> u64 {
+        self.lora.as_ref().map_or(0, |lora| lora.seed)
     }
 
     /// Which gives way first: the larger.
@@ -135,7 +143,7 @@ impl Running {
         while self.hashes.len() < self.fed / size {
             let i = self.hashes.len();
             let block = &self.tokens[i * size..(i + 1) * size];
-            let hash = chain_hash(self.hashes.last().copied().unwrap_or(0), block);
+            let hash = chain_hash(self.hashes.last().copied().unwrap_or(self.hash_seed()), block);
             pool.commit(self.blocks[i], i.checked_sub(1).map(|p| self.blocks[p]), hash, block);
             self.hashes.push(hash);
         }

@@ -376,11 +376,22 @@ pub struct ModelObject {
     pub object: &'static str,
     pub created: u64,
     pub owned_by: &'static str,
+    /// A LoRA adapter's: where it was read from, and the model it adapts (vLLM's fields).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl ModelObject {
     pub fn new(id: impl Into<String>, created: u64) -> ModelObject {
-        ModelObject { id: id.into(), object: "model", created, owned_by: "tritium" }
+        ModelObject { id: id.into(), object: "model", created, owned_by: "tritium", root: None, parent: None }
+    }
+
+    /// The object of a model the hub lists.
+    pub fn of(model: crate::hub::HubModel) -> ModelObject {
+        let (parent, root) = model.adapter_of.map_or((None, None), |(parent, root)| (Some(parent), Some(root)));
+        ModelObject { parent, root, ..ModelObject::new(model.name, model.created) }
     }
 }
 

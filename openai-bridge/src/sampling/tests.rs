@@ -174,6 +174,7 @@ fn kserve_parameters_accept_every_sensible_type() {
             logit_bias: vec![(7, -100.0), (9, 2.5)],
             priority: Some(i64::from(i32::MIN) + 2),
             strict_priority: None,
+            adapter: None,
         }
     );
     let single = CompletionOptions::from_kserve_parameters(&params(&[("stop", ParamValue::String("###".into()))]));

@@ -339,6 +339,8 @@ pub struct ServerConfig {
     pub openai: OpenAiSettings,
     /// Request tracing: Triton's `--trace-config`, or Dynamo's `OTEL_*` variables.
     pub trace: trace::TraceConfig,
+    /// `--lora-dir`: where LoRA adapters loaded over HTTP must lie (`None`: no loading at run time).
+    pub lora_dir: Option<std::path::PathBuf>,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -363,6 +365,7 @@ impl ServeArgs {
             server_name: self.server_name.clone(),
             openai: self.openai.settings(&env)?,
             trace: self.trace.config(&env)?,
+            lora_dir: self.models.lora_dir.clone(),
             tls: self.tls.config(&env)?,
             metrics: self.metrics.config()?,
             backends: self.repository.backends(&self.models)?,

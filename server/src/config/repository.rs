@@ -115,7 +115,7 @@ impl RepositoryArgs {
         let _ = (&settings, models, without);
         Ok(BackendsConfig {
             #[cfg(feature = "llm")]
-            llm: engine_options(models),
+            llm: engine_options(models)?,
             #[cfg(feature = "onnxruntime")]
             onnxruntime: tritium_onnxruntime::OrtSettings::from_backend_config(&settings, self.onnxruntime_library.clone())?,
             #[cfg(feature = "python")]
@@ -184,6 +184,54 @@ pub struct ModelArgs {
     #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_SCHEDULING_POLICY", default_value = "fcfs", value_parser = parse_scheduling_policy)]
     pub scheduling_policy: tritium_llm::SchedulingPolicy,
+    /// Speculative decoding for language models: `ngram` proposes, at each step, the tokens that
+    /// followed the latest earlier occurrence of a sequence's last tokens (prompt lookup), and
+    /// keeps those the model itself draws (answers are unchanged).
+    #[cfg(feature = "llm")]
+    #[arg(long, env = "TRITIUM_SPECULATIVE", value_parser = ["ngram"])]
+    pub speculative: Option<String>,
+    /// Tokens proposed per step at most, with --speculative.
+    #[cfg(feature = "llm")]
+    #[arg(long, env = "TRITIUM_NUM_SPECULATIVE_TOKENS", default_value_t = tritium_llm::SpeculativeOptions::default().num_tokens)]
+    pub num_speculative_tokens: usize,
+    /// The shortest suffix of a sequence looked up earlier in it, with --speculative ngram.
+    #[cfg(feature = "llm")]
+    #[arg(long, env = "TRITIUM_PROMPT_LOOKUP_MIN", default_value_t = tritium_llm::SpeculativeOptions::default().lookup_min)]
+    pub prompt_lookup_min: usize,
+    /// The longest suffix looked up (tried first), with --speculative ngram.
+    #[cfg(feature = "llm")]
+    #[arg(long, env = "TRITIUM_PROMPT_LOOKUP_MAX", default_value_t = tritium_llm::SpeculativeOptions::default().lookup_max)]
+    pub prompt_lookup_max: usize,
+    /// With more sequences decoding than this, none speculates (a wide batch keeps the machine
+    /// busy already), with --speculative.
+    #[cfg(feature = "llm")]
+    #[arg(long, env = "TRITIUM_SPECULATIVE_DISABLE_BY_BATCH_SIZE", default_value_t = tritium_llm::SpeculativeOptions::default().disable_by_batch_size)]
+    pub speculative_disable_by_batch_size: usize,
+    /// A LoRA adapter to load into every language model served, as NAME=PATH (a GGUF adapter as
+    /// llama.cpp writes them, or a PEFT folder); repeatable. Requests name it as their model.
+    #[cfg(feature = "llm")]
+    #[arg(long = "lora", visible_alias = "lora-modules", env = "TRITIUM_LORA", value_delimiter = ',', value_parser = parse_lora)]
+    pub lora: Vec<(String, PathBuf)>,
+    /// A folder LoRA adapters may be loaded from at run time (`POST /v1/load_lora_adapter`, whose
+    /// paths must lie inside it); without it those routes answer 404.
+    #[arg(long, env = "TRITIUM_LORA_DIR")]
+    pub lora_dir: Option<PathBuf>,
+    /// LoRA adapters one language model holds at once (loaded at start or over HTTP).
+    #[cfg(feature = "llm")]
+    #[arg(long, env = "TRITIUM_MAX_LORAS", default_value_t = tritium_llm::EngineOptions::default().max_loras)]
+    pub max_loras: usize,
+    /// The largest LoRA rank accepted.
+    #[cfg(feature = "llm")]
+    #[arg(long, env = "TRITIUM_MAX_LORA_RANK", default_value_t = tritium_llm::EngineOptions::default().max_lora_rank)]
+    pub max_lora_rank: usize,
+}
+
+#[cfg(feature = "llm")]
+fn parse_lora(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_string(), PathBuf::from(path))),
+        _ => Err(format!("expected NAME=PATH, got '{text}'")),
+    }
 }
 
 #[cfg(feature = "llm")]
@@ -192,10 +240,13 @@ fn parse_scheduling_policy(name: &str) -> Result<tritium_llm::SchedulingPolicy, 
 }
 
 #[cfg(feature = "llm")]
-fn engine_options(models: &ModelArgs) -> tritium_llm::EngineOptions {
+fn engine_options(models: &ModelArgs) -> Result<tritium_llm::EngineOptions, String> {
     use tritium_llm::EngineOptions;
 
-    EngineOptions {
+    let options = EngineOptions {
+        loras: models.lora.clone(),
+        max_loras: models.max_loras,
+        max_lora_rank: models.max_lora_rank,
         max_sequences: models.llm_max_sequences,
         max_kv_tokens: models.llm_max_kv_tokens,
         max_queue: models.llm_max_queue,
@@ -208,7 +259,17 @@ fn engine_options(models: &ModelArgs) -> tritium_llm::EngineOptions {
             .clone()
             .map(|dir| tritium_llm::OffloadOptions { dir, max_bytes: models.llm_kv_offload_bytes }),
         scheduling_policy: models.scheduling_policy,
+        speculative: models.speculative.as_ref().map(|_| tritium_llm::SpeculativeOptions {
+            num_tokens: models.num_speculative_tokens,
+            lookup_min: models.prompt_lookup_min,
+            lookup_max: models.prompt_lookup_max,
+            disable_by_batch_size: models.speculative_disable_by_batch_size,
+        }),
+    };
+    if let Some(speculative) = &options.speculative {
+        speculative.validate()?;
     }
+    Ok(options)
 }
 
 /// The repository options of `--model-repository`, `--model-path` and `--engine mock`.

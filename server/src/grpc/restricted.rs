@@ -30,6 +30,8 @@ const GROUPS: &[(&str, &[&str])] = &[
     ("logging", &["LogSettings"]),
     // Tritium's own: `POST /busy_threshold` (admission control) on the HTTP port; no gRPC call.
     ("admission", &["BusyThreshold"]),
+    // `POST /v1/load_lora_adapter` and `/v1/unload_lora_adapter` on the HTTP port.
+    ("lora", &["LoraAdapters"]),
 ];
 
 /// One restriction: these protocol groups (and their methods) need `header: value`.

@@ -43,6 +43,8 @@ pub struct LlmFrontend {
     started: u64,
     /// The server's sampler: the OpenAI routes' requests are traced as the KServe ones are.
     tracer: Arc<crate::trace::Tracer>,
+    /// `--lora-dir`: where adapters loaded at run time must lie (`None`: no loading at run time).
+    lora_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for LlmFrontend {
@@ -73,7 +75,17 @@ impl LlmFrontend {
             hard_stop,
             started,
             tracer: Arc::new(crate::trace::Tracer::default()),
+            lora_dir: None,
         }
+    }
+
+    /// The same frontend loading LoRA adapters at run time from inside `dir`.
+    pub fn with_lora_dir(self, dir: Option<std::path::PathBuf>) -> LlmFrontend {
+        LlmFrontend { lora_dir: dir, ..self }
+    }
+
+    pub fn lora_dir(&self) -> Option<&std::path::PathBuf> {
+        self.lora_dir.as_ref()
     }
 
     /// The same frontend tracing its requests with `tracer`.
@@ -89,13 +101,48 @@ impl LlmFrontend {
         &self.router
     }
 
-    /// The card of a served language or embedding model (its latest ready version).
+    /// The card of a served language or embedding model (its latest ready version), or of the
+    /// model a LoRA adapter adapts.
     fn card(&self, model: &str) -> Option<Arc<ModelCard>> {
-        let version = self.repository.resolve(model, None).ok()?;
+        let Ok(version) = self.repository.resolve(model, None) else {
+            let base = self.adapter_base(model)?;
+            return self.card(&base);
+        };
         if let Some(engine) = version.language_model() {
             return Some(Arc::clone(engine.card()));
         }
         version.embedding_model().map(|e| Arc::clone(e.card()))
+    }
+
+    /// The served language model that holds a LoRA adapter named `name`, when no model has that
+    /// name itself.
+    fn adapter_base(&self, name: &str) -> Option<String> {
+        self.repository.served_models().into_iter().find_map(|model| {
+            let engine = model.versions.values().next_back()?.language_model()?;
+            engine.adapters().iter().any(|adapter| adapter.name == name).then(|| model.name.clone())
+        })
+    }
+
+    /// Where a request for `model` goes: the model itself, or for an adapter its base model with
+    /// the adapter named in the request.
+    fn target(&self, model: &str, mut request: GenerateRequest) -> (String, GenerateRequest) {
+        if self.repository.resolve(model, None).is_err()
+            && let Some(base) = self.adapter_base(model)
+        {
+            request.adapter = Some(model.to_string());
+            return (base, request);
+        }
+        (model.to_string(), request)
+    }
+
+    /// The served language model `model`'s engine, for loading and unloading its adapters.
+    pub fn language_model(&self, model: &str) -> Option<Arc<dyn tritium_backend_api::llm::LanguageModel>> {
+        self.repository.resolve(model, None).ok()?.language_model()
+    }
+
+    /// The served language models' names.
+    pub fn language_models(&self) -> Vec<String> {
+        self.models().into_iter().filter(|m| m.kind == ModelKind::Generate && m.adapter_of.is_none()).map(|m| m.name).collect()
     }
 
     /// Whether a KServe request for `model` (`version`, or the latest) is for a language model,
@@ -183,9 +230,18 @@ impl LlmHub for LlmFrontend {
                 } else {
                     return None;
                 };
-                Some(HubModel { name: m.name.clone(), kind, created: self.started })
+                Some(HubModel { name: m.name.clone(), kind, created: self.started, adapter_of: None })
             })
             .collect();
+        for model in self.repository.served_models() {
+            let Some(engine) = model.versions.values().next_back().and_then(|v| v.language_model()) else { continue };
+            for adapter in engine.adapters() {
+                if models.iter().all(|m| m.name != adapter.name) {
+                    let adapter_of = Some((model.name.clone(), adapter.path));
+                    models.push(HubModel { name: adapter.name, kind: ModelKind::Generate, created: self.started, adapter_of });
+                }
+            }
+        }
         models.sort_by(|a, b| a.name.cmp(&b.name));
         models
     }
@@ -195,11 +251,13 @@ impl LlmHub for LlmFrontend {
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
-        self.router.generate(model, request).await.map_err(|e| bridge_error(model, e))
+        let (target, request) = self.target(model, request);
+        self.router.generate(&target, request).await.map_err(|e| bridge_error(model, e))
     }
 
     async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
-        self.router.generate_on(model, Some(worker), request).await.map_err(|e| bridge_error(model, e))
+        let (target, request) = self.target(model, request);
+        self.router.generate_on(&target, Some(worker), request).await.map_err(|e| bridge_error(model, e))
     }
 
     async fn embed_on(&self, model: &str, worker: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {

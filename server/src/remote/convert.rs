@@ -85,7 +85,8 @@ pub fn response_from_proto(response: ModelInferResponse, is_final: bool) -> Resu
 }
 
 pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::GenerateRequest {
-    let GenerateRequest { model_version, prompt, sampling, stop, logprobs, constraint, prompt_logprobs, priority } = request;
+    let GenerateRequest { model_version, prompt, sampling, stop, logprobs, constraint, prompt_logprobs, priority, adapter } =
+        request;
     pb::GenerateRequest {
         model: model.to_string(),
         version: model_version,
@@ -113,6 +114,7 @@ pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::G
         prompt_logprobs,
         priority: priority.level,
         priority_tier: priority.tier,
+        adapter,
     }
 }
 
@@ -198,6 +200,7 @@ pub fn generate_request_from_proto(request: pb::GenerateRequest) -> GenerateRequ
         constraint: request.constraint.and_then(constraint_from_proto),
         prompt_logprobs: request.prompt_logprobs,
         priority: Priority { tier: request.priority_tier, level: request.priority },
+        adapter: request.adapter,
     }
 }
 
@@ -293,6 +296,7 @@ mod tests {
             constraint: Some(Constraint::Choice(vec!["yes".into(), "no".into()])),
             prompt_logprobs: Some(1),
             priority: Priority { tier: 2, level: -7 },
+            adapter: Some("sql".into()),
         };
         let wire = generate_request_to_proto("m", request.clone());
         assert_eq!((wire.model.as_str(), wire.version), ("m", Some(3)));

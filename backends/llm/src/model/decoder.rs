@@ -14,6 +14,7 @@ use super::dense::F32Linear;
 use super::paged_kv::{KvLayout, KvStore};
 use super::q8_0::Q8_0Linear;
 use crate::block_pool::BlockId;
+use crate::lora::{LoraAdapter, Target};
 
 /// A projection: quantized (GGUF) or dense (safetensors) weights, with an optional bias.
 #[derive(Debug)]
@@ -76,6 +77,29 @@ pub(crate) struct SequenceInput<'a> {
     pub tokens: &'a [u32],
     pub cached: usize,
     pub blocks: &'a [BlockId],
+    /// The adapter whose deltas apply to this sequence's rows, if any.
+    pub lora: Option<&'a LoraAdapter>,
+}
+
+/// The rows of the batch one sequence with an adapter fed.
+struct AdaptedRows<'a> {
+    start: usize,
+    len: usize,
+    adapter: &'a LoraAdapter,
+}
+
+/// A projection of the batch's rows, with each adapted sequence's low-rank delta added to its own
+/// rows (the base weights are shared, never merged).
+fn project(linear: &Linear, x: &Tensor, layer: usize, target: Target, adapted: &[AdaptedRows<'_>]) -> Result<Tensor> {
+    let mut y = linear.forward(x)?;
+    for rows in adapted {
+        let Some(pair) = rows.adapter.pair(layer, target) else { continue };
+        let delta = pair.delta(&x.narrow(0, rows.start, rows.len)?)?.to_dtype(y.dtype())?;
+        let updated = (y.narrow(0, rows.start, rows.len)? + delta)?;
+        let width = y.dim(1)?;
+        y = y.slice_assign(&[rows.start..rows.start + rows.len, 0..width], &updated)?;
+    }
+    Ok(y)
 }
 
 /// A sequence's rows in the store, worked out once per forward pass for every layer.
@@ -167,7 +191,11 @@ impl DecoderModel {
         let mut positions = Vec::new();
         let mut last_rows = Vec::with_capacity(batch.len());
         let mut placements = Vec::with_capacity(batch.len());
+        let mut adapted = Vec::new();
         for input in batch {
+            if let Some(adapter) = input.lora {
+                adapted.push(AdaptedRows { start: tokens.len(), len: input.tokens.len(), adapter });
+            }
             if input.tokens.is_empty() {
                 candle_core::bail!("a sequence in the batch has no tokens to feed");
             }
@@ -193,11 +221,12 @@ impl DecoderModel {
         let mut x = self.weights.embeddings.index_select(&tokens, 0)?;
         for (index, layer) in self.weights.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attention_norm, c.rms_norm_eps as f32)?;
-            let attention = self.attention(kv, index, layer, &h, &cos, &sin, batch, &placements)?;
-            x = (x + layer.o.forward(&attention)?)?;
+            let attention = self.attention(kv, index, layer, &h, &cos, &sin, batch, &placements, &adapted)?;
+            x = (x + project(&layer.o, &attention, index, Target::O, &adapted)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, c.rms_norm_eps as f32)?;
-            let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-            x = (x + layer.down.forward(&gated)?)?;
+            let gate = project(&layer.gate, &h, index, Target::Gate, &adapted)?;
+            let gated = (candle_nn::ops::silu(&gate)? * project(&layer.up, &h, index, Target::Up, &adapted)?)?;
+            x = (x + project(&layer.down, &gated, index, Target::Down, &adapted)?)?;
         }
         Ok((x, last_rows))
     }
@@ -214,13 +243,17 @@ impl DecoderModel {
         sin: &Tensor,
         batch: &[SequenceInput<'_>],
         placements: &[Placement],
+        adapted: &[AdaptedRows<'_>],
     ) -> Result<Tensor> {
         let c = &self.config;
         let rows = h.dims()[0];
         // [heads, rows, head_dim], rotated.
-        let q = self.rotate(&layer.q.forward(h)?.reshape((rows, c.num_heads, c.head_dim))?, cos, sin)?;
-        let k = self.rotate(&layer.k.forward(h)?.reshape((rows, c.num_kv_heads, c.head_dim))?, cos, sin)?;
-        let v = layer.v.forward(h)?.reshape((rows, c.num_kv_heads, c.head_dim))?.transpose(0, 1)?;
+        let q = project(&layer.q, h, layer_index, Target::Q, adapted)?;
+        let q = self.rotate(&q.reshape((rows, c.num_heads, c.head_dim))?, cos, sin)?;
+        let k = project(&layer.k, h, layer_index, Target::K, adapted)?;
+        let k = self.rotate(&k.reshape((rows, c.num_kv_heads, c.head_dim))?, cos, sin)?;
+        let v = project(&layer.v, h, layer_index, Target::V, adapted)?;
+        let v = v.reshape((rows, c.num_kv_heads, c.head_dim))?.transpose(0, 1)?;
         let group = c.kv_group_size();
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let width = c.num_heads * c.head_dim;

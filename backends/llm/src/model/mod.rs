@@ -1,11 +1,11 @@
 //! The language model itself: a llama-family decoder loaded from a GGUF file or a Hugging Face
 //! folder, with a batched forward pass over a paged KV store.
 
-mod config;
+pub(crate) mod config;
 mod cpu_attention;
 mod decoder;
-mod dense;
-mod gguf;
+pub(crate) mod dense;
+pub(crate) mod gguf;
 mod hf;
 mod paged_kv;
 mod q8_0;
@@ -15,7 +15,7 @@ mod throughput;
 #[cfg(test)]
 mod test_kv;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_paths;
 

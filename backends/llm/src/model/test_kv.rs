@@ -46,7 +46,7 @@ impl TestKv {
         }
         let inputs: Vec<SequenceInput<'_>> = batch
             .iter()
-            .map(|(tokens, sequence)| SequenceInput { tokens, cached: sequence.len, blocks: &sequence.blocks })
+            .map(|(tokens, sequence)| SequenceInput { tokens, cached: sequence.len, blocks: &sequence.blocks, lora: None })
             .collect();
         let logits = model.forward(&self.store, &inputs).expect("a forward pass");
         for (tokens, sequence) in batch.iter_mut() {

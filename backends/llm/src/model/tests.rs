@@ -325,7 +325,7 @@ fn write_hf_llama(gguf: &Path, card: &ModelCard, dir: &Path) {
 }
 
 /// A tiny random model in Hugging Face layout, for architectures without a real model here.
-pub(super) fn write_random_hf(dir: &Path, config: &serde_json::Value, bias: bool, tied: bool) {
+pub(crate) fn write_random_hf(dir: &Path, config: &serde_json::Value, bias: bool, tied: bool) {
     let device = Device::Cpu;
     let n = |k: &str| config[k].as_u64().unwrap() as usize;
     let (hidden, inter, layers, heads, kv, vocab) = (

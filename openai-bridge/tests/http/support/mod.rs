@@ -191,9 +191,9 @@ impl FakeHub {
 impl LlmHub for FakeHub {
     fn models(&self) -> Vec<HubModel> {
         vec![
-            HubModel { name: "tiny".into(), kind: ModelKind::Generate, created: 1_700_000_000 },
-            HubModel { name: "embedder".into(), kind: ModelKind::Embed, created: 1_700_000_001 },
-            HubModel { name: "org/tiny".into(), kind: ModelKind::Generate, created: 1_700_000_002 },
+            HubModel { name: "tiny".into(), kind: ModelKind::Generate, created: 1_700_000_000, adapter_of: None },
+            HubModel { name: "embedder".into(), kind: ModelKind::Embed, created: 1_700_000_001, adapter_of: None },
+            HubModel { name: "org/tiny".into(), kind: ModelKind::Generate, created: 1_700_000_002, adapter_of: None },
         ]
     }
 
