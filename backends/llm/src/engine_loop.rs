@@ -13,21 +13,23 @@
 //! A new sequence starts from the longest cached prefix of its prompt: blocks in the pool, then
 //! blocks read back from the offload tier, which also receives what the pool evicts, then blocks
 //! another engine computed for it (disaggregated prefill); a sequence prefilling for another
-//! engine hands each block out as soon as it is written.
+//! engine hands each block out as soon as it is written. With speculative decoding a decoding
+//! sequence may feed a proposal after its last token and keep what verification accepts
+//! (`speculation`). Admission and preemption are `engine_admit`'s.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::block_pool::{BlockId, BlockPool};
-use super::engine_state::{Counters, Queue, Shared};
+use super::engine_state::{Counters, Shared};
 use super::model::SequenceInput;
 use super::offload::OffloadTier;
 use super::prompt_scores;
 use super::sequence::{Running, Sampled, sample_next};
 use super::speculation;
 use super::step_model::StepModel;
-use tritium_backend_api::kv::{BlockHash, block_hashes_from};
+use tritium_backend_api::kv::BlockHash;
 use tritium_backend_api::llm::ImportedBlocks;
 use tritium_backend_api::llm::ModelCard;
 use tritium_backend_api::llm::Priority;
@@ -66,7 +68,7 @@ impl EngineLoop {
         }
     }
 
-    fn block_size(&self) -> usize {
+    pub(super) fn block_size(&self) -> usize {
         self.pool.block_size()
     }
 
@@ -80,7 +82,7 @@ impl EngineLoop {
     /// after them in the offload tier (never its whole prompt: the last position is always
     /// computed, for its logits); and the blocks it needs beyond those in the pool.
     /// `reusable` caps the blocks taken from anywhere (a prompt being scored needs its rows).
-    fn plan(&self, tokens: &[u32], hashes: &[BlockHash], imported: Option<&ImportedBlocks>, reusable: usize) -> Plan {
+    pub(super) fn plan(&self, tokens: &[u32], hashes: &[BlockHash], imported: Option<&ImportedBlocks>, reusable: usize) -> Plan {
         let limit = ((tokens.len() - 1) / self.block_size()).min(reusable);
         let mut reused = self.pool.longest_prefix(tokens, hashes);
         reused.truncate(limit);
@@ -97,106 +99,23 @@ impl EngineLoop {
     }
 
     /// Whether a plan's blocks fit beside what is promised.
-    fn fits(&self, plan: &Plan) -> bool {
+    pub(super) fn fits(&self, plan: &Plan) -> bool {
         let idle_taken = plan.reused.iter().filter(|&&id| self.pool.refs(id) == 0).count();
         let available = self.pool.available() - idle_taken;
         self.running.is_empty() || plan.needed + self.promised() <= available
-    }
-
-    /// Resumes preempted sequences and moves waiting requests into the batch while they fit, the
-    /// most urgent first (under FCFS: preempted ones, then arrival order); blocks while there is
-    /// nothing to do. Returns false at shutdown.
-    fn admit(&mut self) -> bool {
-        let shared = Arc::clone(&self.shared);
-        let mut queue = shared.lock();
-        loop {
-            if queue.shutdown {
-                return false;
-            }
-            loop {
-                let from_waiting = match (self.preempted.front(), queue.waiting.front()) {
-                    (None, None) => break,
-                    (Some(_), None) => false,
-                    (None, Some(_)) => true,
-                    (Some(preempted), Some(waiting)) => waiting.rank < preempted.rank,
-                };
-                let progressed = if from_waiting { self.admit_waiting(&mut queue) } else { self.resume_preempted() };
-                if !progressed {
-                    break;
-                }
-            }
-            shared.counters.waiting.store(queue.waiting.len() + self.preempted.len(), Ordering::Relaxed);
-            if !self.running.is_empty() {
-                return true;
-            }
-            self.pool.flush_events();
-            self.publish_gauges();
-            queue = shared.wake.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-    }
-
-    /// Whether the batch has a place for one more sequence.
-    fn has_place(&self) -> bool {
-        self.running.len() < self.shared.options.max_sequences
-    }
-
-    /// Resumes the first preempted sequence if it fits (making room from less urgent ones), or
-    /// drops it when its client has gone. False when nothing moved.
-    fn resume_preempted(&mut self) -> bool {
-        let size = self.block_size();
-        loop {
-            let Some(front) = self.preempted.front() else { return false };
-            if front.sender.is_closed() {
-                self.preempted.pop_front();
-                self.shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                return true;
-            }
-            let hashes = block_hashes_from(front.hash_seed(), &front.tokens, size);
-            let plan = self.plan(&front.tokens, &hashes, None, front.reusable_blocks(size));
-            if self.has_place() && self.fits(&plan) {
-                let Some(sequence) = self.preempted.pop_front() else { return false };
-                self.start(sequence, plan, &hashes, None);
-                return true;
-            }
-            let rank = front.rank;
-            if !self.preempt_less_urgent_than(rank) {
-                return false;
-            }
-        }
-    }
-
-    /// Admits the first waiting request if it fits (making room from less urgent sequences), or
-    /// drops it when its client has gone. False when nothing moved.
-    fn admit_waiting(&mut self, queue: &mut Queue) -> bool {
-        loop {
-            let Some(front) = queue.waiting.front() else { return false };
-            if front.sender.is_closed() {
-                queue.waiting.pop_front();
-                self.shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                return true;
-            }
-            let reusable = if front.request.prompt_logprobs.is_some() { 0 } else { usize::MAX };
-            let plan = self.plan(&front.request.prompt, &front.hashes, front.imported.as_ref(), reusable);
-            if self.has_place() && self.fits(&plan) {
-                let Some(mut waiting) = queue.waiting.pop_front() else { return false };
-                let hashes = std::mem::take(&mut waiting.hashes);
-                let imported = waiting.imported.take().unwrap_or_default();
-                let cached = self.start(Running::new(waiting), plan, &hashes, Some(imported));
-                self.shared.counters.prompt_tokens_cached.fetch_add(cached as u64, Ordering::Relaxed);
-                return true;
-            }
-            let rank = front.rank;
-            if !self.preempt_less_urgent_than(rank) {
-                return false;
-            }
-        }
     }
 
     /// Puts a sequence in the batch on top of its cached prefix, reading back what the plan found
     /// in the offload tier (up to the first block that does not check out), then writing what
     /// another engine computed. `imported` is given at its first admission (empty when nothing
     /// came from elsewhere). Returns the prompt tokens it found cached.
-    fn start(&mut self, mut sequence: Running, plan: Plan, hashes: &[BlockHash], imported: Option<ImportedBlocks>) -> usize {
+    pub(super) fn start(
+        &mut self,
+        mut sequence: Running,
+        plan: Plan,
+        hashes: &[BlockHash],
+        imported: Option<ImportedBlocks>,
+    ) -> usize {
         let size = self.block_size();
         self.pool.share(&plan.reused);
         let mut blocks = plan.reused;
@@ -276,37 +195,6 @@ impl EngineLoop {
             }
             !gone
         });
-    }
-
-    /// Takes the running sequence that gives way first (the least urgent, then the newest) out
-    /// of the batch, frees its blocks and queues it to resume. Returns its admission number.
-    fn preempt_last(&mut self) -> Option<u64> {
-        let index = self.running.iter().enumerate().max_by_key(|(_, s)| s.yield_order()).map(|(i, _)| i)?;
-        Some(self.preempt(index))
-    }
-
-    /// Preempts the least urgent running sequence if it is less urgent than `rank`.
-    fn preempt_less_urgent_than(&mut self, rank: Priority) -> bool {
-        let last = self.running.iter().enumerate().filter(|(_, s)| s.rank > rank).max_by_key(|(_, s)| s.yield_order());
-        match last.map(|(i, _)| i) {
-            Some(index) => {
-                self.preempt(index);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn preempt(&mut self, index: usize) -> u64 {
-        let mut sequence = self.running.remove(index);
-        self.pool.release(&sequence.blocks);
-        sequence.preempted();
-        self.shared.counters.preempted.fetch_add(1, Ordering::Relaxed);
-        let admitted = sequence.admitted;
-        // Ahead of the preempted ones as urgent, so the last to give way resumes first.
-        let at = self.preempted.partition_point(|queued| queued.rank < sequence.rank);
-        self.preempted.insert(at, sequence);
-        admitted
     }
 
     /// Gives every decoding sequence the block its next position needs, the most urgent (then the
@@ -549,7 +437,7 @@ impl EngineLoop {
         removed
     }
 
-    fn publish_gauges(&self) {
+    pub(super) fn publish_gauges(&self) {
         let counters: &Counters = &self.shared.counters;
         counters.running.store(self.running.len(), Ordering::Relaxed);
         counters.kv_used.store(self.pool.in_use() * self.block_size(), Ordering::Relaxed);
@@ -558,7 +446,7 @@ impl EngineLoop {
 }
 
 /// Where a sequence starts: see [`EngineLoop::plan`].
-struct Plan {
+pub(super) struct Plan {
     /// Cached blocks in the pool holding its first positions.
     reused: Vec<BlockId>,
     /// Blocks after those to read back from the offload tier.

@@ -22,6 +22,7 @@ mod card;
 mod constraint;
 pub mod embed;
 mod engine;
+mod engine_admit;
 #[cfg(test)]
 mod engine_cache_tests;
 mod engine_loop;
