@@ -277,6 +277,8 @@ impl LlmEngine {
             None => None,
         };
         let hashes = block_hashes_from(lora.as_ref().map_or(0, |l| l.seed), &request.prompt, options.kv_block_size);
+        // Blocks another engine computed are the base model's: an adapted sequence computes its own.
+        let imported = if lora.is_some() { None } else { imported };
         let (sender, receiver) = mpsc::unbounded_channel();
         let mut queue = self.shared.lock();
         if let Some(refused) = self.refusal(&queue) {

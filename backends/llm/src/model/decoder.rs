@@ -209,7 +209,7 @@ impl DecoderModel {
             last_rows.push((tokens.len() - 1) as u32);
             let rows = kv.rows(input.blocks, total)?;
             // The CPU reads the store in place (`cpu_attention`); other devices gather.
-            let in_place = self.device.is_cpu() && self.weights.embeddings.dtype() == DType::F32;
+            let in_place = self.device.is_cpu() && self.weights.embeddings.dtype() == DType::F32 && !candle_attention();
             let index = if in_place { None } else { Some(Tensor::new(rows.as_slice(), &self.device)?) };
             placements.push(Placement { rows, index });
         }
@@ -311,6 +311,18 @@ impl DecoderModel {
         };
         rotated.squeeze(0)
     }
+}
+
+/// Measurements only (`throughput.rs`): attention through candle's ops on the CPU too, whose
+/// results depend on the shape of the call, to see what the batch-invariant kernel costs.
+#[cfg(test)]
+pub(crate) static CANDLE_ATTENTION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn candle_attention() -> bool {
+    #[cfg(test)]
+    return CANDLE_ATTENTION.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(test))]
+    false
 }
 
 /// The additive mask for `n` new positions after `start` cached ones, for `group` query heads

@@ -128,3 +128,54 @@ fn decode_step_times() {
         }
     }
 }
+
+/// What batch invariance costs (issue 43, item 1): the engine's tokens/s with the batch-invariant
+/// attention kernel against candle's ops (whose sums follow the call's shape), for 1 and 8 decode
+/// streams and for prefilling a prompt of about 1,000 tokens (prompt tokens/s, prefix cache off).
+/// The projections are the same in both (`tritium-kernels`' Q8_0 product, invariant by
+/// construction, as candle's quantized products on the CPU are).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn what_batch_invariance_costs() {
+    use std::sync::atomic::Ordering;
+    let path = crate::test_models::installed_model(crate::test_models::SMOLLM2_GGUF);
+    let long: String = (0..60).map(|i| format!("House rule {i}: the assistant answers politely and briefly. ")).collect();
+    for (name, candle) in [("batch-invariant kernel", false), ("candle ops", true), ("batch-invariant kernel", false)] {
+        super::decoder::CANDLE_ATTENTION.store(candle, Ordering::Relaxed);
+        let (model, card) = load_with(&path, &Device::Cpu, WeightPolicy::FAST).expect("the model loads");
+        let tokenizer: tokenizers::Tokenizer = card.tokenizer_json.parse().expect("the tokenizer loads");
+        let prompts: Vec<Vec<u32>> =
+            PROMPTS.iter().map(|p| tokenizer.encode(*p, false).expect("encodes").get_ids().to_vec()).collect();
+        let prompt = tokenizer.encode(long.as_str(), false).expect("encodes").get_ids().to_vec();
+        let options = EngineOptions { prefix_caching: false, ..EngineOptions::default() };
+        let engine = LlmEngine::start("smollm2", model, card, options).expect("the engine starts");
+        rate(&engine, &prompts[..1]).await;
+        let (mut one, mut eight, mut prefill) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            one.push(rate(&engine, &prompts[..1]).await);
+            eight.push(rate(&engine, &prompts).await);
+            let start = Instant::now();
+            let request = GenerateRequest {
+                prompt: prompt.clone(),
+                sampling: SamplingOptions { temperature: 0.0, ..SamplingOptions::default() },
+                stop: StopOptions { max_tokens: Some(1), ignore_eos: true, ..StopOptions::default() },
+                ..GenerateRequest::default()
+            };
+            let mut stream = engine.generate(request).expect("the engine takes the request");
+            while let Some(event) = stream.next().await {
+                if matches!(event.expect("generation works"), GenerateEvent::Finished { .. }) {
+                    break;
+                }
+            }
+            prefill.push(prompt.len() as f64 / start.elapsed().as_secs_f64());
+        }
+        println!(
+            "{name}: decode 1 stream {:.1} tokens/s, 8 streams {:.1} tokens/s; prefill of {} tokens {:.0} tokens/s",
+            median(one),
+            median(eight),
+            prompt.len(),
+            median(prefill)
+        );
+    }
+    super::decoder::CANDLE_ATTENTION.store(false, Ordering::Relaxed);
+}
