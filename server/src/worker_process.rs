@@ -91,7 +91,7 @@ impl WorkerProcess {
 
         // The first registration before `registered`, so a caller's start returns once frontends
         // can find the worker; the publisher registers again (idempotent) and follows changes.
-        let models = self.repository.local_models().iter().map(|m| m.name.clone()).collect();
+        let models = crate::remote::adapters::served_names(&self.repository);
         let first = WorkerInstance {
             id: id.clone(),
             address: WorkerAddress::Grpc(advertised.clone()),

@@ -147,3 +147,53 @@ def test_bad_loads_are_refused_and_change_nothing(served, body, status, fragment
     got, text = post(server, "/v1/load_lora_adapter", body, ADMIN)
     assert got == status and fragment in json.loads(text)["error"]["message"], text
     assert [m.id for m in client(server).models.list().data] == before
+
+
+def test_a_workers_adapters_are_models_routed_only_to_the_workers_that_hold_them(tmp_path):
+    """Two `tritium worker`s of SmolLM2 behind a frontend (file discovery), one started with the adapter: the adapter
+    is a model of the frontend served by that worker alone (the base model by both), every request for it runs
+    there, and it answers as llama.cpp does with the adapter."""
+    from helpers import start_worker
+
+    gguf, _ = model_paths()
+    adapter = write_gguf_adapter(tmp_path / "recorded.gguf", FIXTURE["seed"], scale=FIXTURE["scale"])
+    common = ["--discovery", "file", "--discovery-dir", str(tmp_path / "discovery"), "--lease-ttl-secs", "5"]
+    model = ["--model-path", str(gguf), "--model-name", BASE]
+    processes = [start_server(*common)]
+    try:
+        processes.append(start_worker(*common, *model, "--worker-id", "with", "--lora", f"recorded={adapter}", timeout=300))
+        processes.append(start_worker(*common, *model, "--worker-id", "without", timeout=300))
+        frontend = processes[0]
+
+        def ready() -> bool:
+            return "recorded" in {m.id for m in client(frontend).models.list().data}
+
+        import time
+
+        deadline = time.monotonic() + 60
+        while not ready():
+            assert time.monotonic() < deadline, "the adapter never reached the frontend"
+            time.sleep(0.2)
+        prompt = "Once upon a time, there was a"
+        expected = FIXTURE["answers"][prompt]["lora"]
+        decided = next((i for i, m in enumerate(expected["margins"]) if m < NEAR_TIE), len(expected["margins"]))
+        assert decided > 0 and expected["tokens"][0] != FIXTURE["answers"][prompt]["base"]["tokens"][0]
+        workers = {"recorded": set(), BASE: set()}
+        for _ in range(4):
+            for name in workers:
+                answer = client(frontend).completions.create(model=name, prompt=prompt, max_tokens=FIXTURE["tokens"],
+                                                             temperature=0, extra_body={"ignore_eos": True,
+                                                             "nvext": {"extra_fields": ["worker_id"]}})  # fmt: skip
+                workers[name].add(answer.model_extra["nvext"]["worker_id"]["decode_worker_id"])
+                if name == "recorded":
+                    status, body = post(frontend, "/tokenize", {"model": BASE, "prompt": answer.choices[0].text,
+                                                                 "add_special_tokens": False})  # fmt: skip
+                    assert json.loads(body)["tokens"][:decided] == expected["tokens"][:decided], body
+        assert workers["recorded"] == {"with"}, workers
+        with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
+            lines = response.read().decode().splitlines()
+        serving = {m: [l for l in lines if l.startswith("tritium_router_workers{") and f'model="{m}"' in l] for m in workers}
+        assert serving["recorded"][0].endswith(" 1") and serving[BASE][0].endswith(" 2"), serving
+    finally:
+        for process in reversed(processes):
+            finish_server(process)

@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod adapters;
 pub mod auth;
 mod client;
 pub mod convert;

@@ -103,10 +103,23 @@ impl WorkerService {
             Some(v) if v < 0 => return Err(from_worker(WorkerError::InvalidVersion { version: v.to_string() })),
             version => version,
         };
-        let model = self.repository.resolve(name, version).map_err(from_worker)?;
+        let model = match self.repository.resolve(name, version) {
+            Ok(model) => model,
+            // An adapter runs on its base model's engine (the request names it: see `generate`).
+            Err(error) => match crate::remote::adapters::local_adapters(&self.repository).into_iter().find(|(a, _)| a == name) {
+                Some((_, base)) => base,
+                None => return Err(from_worker(error)),
+            },
+        };
         let engine =
             model.language_model().ok_or_else(|| from_worker(WorkerError::NotLanguageModel { model: name.to_string() }))?;
         Ok(engine.clone())
+    }
+
+    /// Whether `name` is one of this worker's adapters rather than a model.
+    fn is_adapter(&self, name: &str) -> bool {
+        self.repository.resolve(name, None).is_err()
+            && crate::remote::adapters::local_adapters(&self.repository).iter().any(|(adapter, _)| adapter == name)
     }
 
     /// The counter and draining switch of this service's calls (shared, not a copy).
@@ -227,7 +240,10 @@ impl Worker for WorkerService {
         let name = request.model.clone();
         let engine = self.engine(&name, request.version)?;
         let prefill = request.prefill.take();
-        let request = generate_request_from_proto(request);
+        let mut request = generate_request_from_proto(request);
+        if request.adapter.is_none() && self.is_adapter(&name) {
+            request.adapter = Some(name.clone());
+        }
         let trace = generation::start(&self.tracer, &name, &request, metadata.as_ref());
         let (tokens, prefilled_by) = match (prefill, engine.kv_layout()) {
             (Some(source), Some(layout)) => {
@@ -315,6 +331,17 @@ impl Worker for WorkerService {
                         .collect(),
                 });
             }
+        }
+        for (adapter, base) in crate::remote::adapters::local_adapters(&self.repository) {
+            let mut config = base.config.as_ref().clone();
+            config.name = adapter.clone();
+            models.push(DescribedModel {
+                name: adapter,
+                version: base.version,
+                config: Some(config),
+                card_json: self.card_json(&base)?,
+                output_labels: Default::default(),
+            });
         }
         Ok(Response::new(DescribeModelsResponse { models }))
     }

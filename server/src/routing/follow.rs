@@ -88,7 +88,7 @@ pub async fn publish_worker(
 ) {
     let mut changes = repository.subscribe();
     loop {
-        let models: Vec<String> = repository.local_models().iter().map(|m| m.name.clone()).collect();
+        let models = crate::remote::adapters::served_names(&repository);
         let instance = WorkerInstance { id: id.clone(), address: address.clone(), models: models.clone(), mode };
         if let Err(e) = discovery.register(instance).await {
             tracing::warn!(worker = %id, "registering in discovery failed: {e}");
