@@ -69,6 +69,7 @@ fn engine_options(config: &ModelConfig, defaults: &EngineOptions) -> Result<Engi
         offload: defaults.offload.clone(),
         prefix_caching: params.flag("prefix_caching", defaults.prefix_caching)?,
         speculative: defaults.speculative,
+        draft_model_path: defaults.draft_model_path.clone(),
         loras: defaults.loras.clone(),
         max_loras: params.number("max_loras", defaults.max_loras)?,
         max_lora_rank: params.number("max_lora_rank", defaults.max_lora_rank)?,

@@ -64,9 +64,21 @@ impl LlmEngine {
         let shape = CandleStep::shape(&model);
         let config = model.config().clone();
         let loras = options.loras.clone();
+        let draft = match &options.draft_model_path {
+            Some(path) => Some(load_draft(path, &card, shape.vocab_size)?),
+            None => None,
+        };
         let mut engine = LlmEngine::start_with(name, shape, card, options, |blocks, block_size| {
             let kv = model.new_kv_store(blocks, block_size)?;
-            Ok(Box::new(CandleStep { model, kv }) as Box<dyn StepModel>)
+            let draft = match draft {
+                // Its own store, with the same blocks: a sequence's draft positions live at its block ids.
+                Some(draft) => {
+                    let kv = draft.new_kv_store(blocks, block_size)?;
+                    Some(Box::new(CandleStep { model: draft, kv }) as Box<dyn StepModel>)
+                }
+                None => None,
+            };
+            Ok((Box::new(CandleStep { model, kv }) as Box<dyn StepModel>, draft))
         })?;
         engine.lora_base = Some(config);
         for (adapter, path) in loras {
@@ -82,7 +94,7 @@ impl LlmEngine {
         shape: ModelShape,
         card: ModelCard,
         options: EngineOptions,
-        build: impl FnOnce(usize, usize) -> candle_core::Result<Box<dyn StepModel>>,
+        build: impl FnOnce(usize, usize) -> candle_core::Result<(Box<dyn StepModel>, Option<Box<dyn StepModel>>)>,
     ) -> Result<LlmEngine, String> {
         if options.max_sequences == 0 || options.max_kv_tokens == 0 || options.prefill_chunk == 0 || options.kv_block_size == 0 {
             return Err("max_sequences, max_kv_tokens, prefill_chunk and kv_block_size must be at least 1".to_string());
@@ -109,7 +121,7 @@ impl LlmEngine {
                 memory >> 20
             ));
         }
-        let model =
+        let (model, draft) =
             build(blocks, block_size).map_err(|e| format!("a KV store of {blocks} blocks of {block_size} positions: {e}"))?;
         let mut pool = BlockPool::new(blocks, block_size, options.prefix_caching);
         let kv_events = pool.event_sender();
@@ -149,7 +161,7 @@ impl LlmEngine {
                 let card = Arc::clone(&card);
                 move || {
                     let preempted = VecDeque::new();
-                    EngineLoop { model, pool, offload, card, shared, running: Vec::new(), preempted, admitted: 0 }.run()
+                    EngineLoop { model, draft, pool, offload, card, shared, running: Vec::new(), preempted, admitted: 0 }.run()
                 }
             })
             .map_err(|e| format!("starting the engine thread: {e}"))?;
@@ -207,6 +219,16 @@ impl LlmEngine {
         }
         None
     }
+}
+
+/// The draft model of speculative decoding at `path`, which must share the target's tokenizer.
+fn load_draft(path: &std::path::Path, card: &ModelCard, vocab_size: usize) -> Result<DecoderModel, String> {
+    let (draft, draft_card) = super::model::load(path, &super::model::default_device())
+        .map_err(|e| format!("--draft-model-path {}: {e}", path.display()))?;
+    if draft.config().vocab_size != vocab_size || draft_card.tokenizer_json != card.tokenizer_json {
+        return Err(format!("--draft-model-path {}: the draft model's tokenizer is not the model's", path.display()));
+    }
+    Ok(draft)
 }
 
 /// The largest `kv_block_size` accepted.

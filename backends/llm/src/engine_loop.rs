@@ -38,6 +38,8 @@ use tritium_backend_api::llm::{GenerateError, GenerateEvent};
 /// The engine thread's state.
 pub(super) struct EngineLoop {
     pub model: Box<dyn StepModel>,
+    /// Speculative decoding's draft model, over its own store with the same blocks.
+    pub draft: Option<Box<dyn StepModel>>,
     pub pool: BlockPool,
     pub offload: Option<OffloadTier>,
     pub card: Arc<ModelCard>,
@@ -255,6 +257,14 @@ impl EngineLoop {
                 feeds.push((index, n));
             }
         }
+        if self.draft.is_some() {
+            self.draft_proposals(&mut proposals);
+            for (index, n) in feeds.iter_mut() {
+                if self.running[*index].decoding() {
+                    *n = 1 + proposals[*index].len();
+                }
+            }
+        }
         feeds.sort_unstable();
         if feeds.is_empty() {
             // Every prompt is waiting for blocks the others hold: let the oldest go on.
@@ -354,6 +364,7 @@ impl EngineLoop {
                     }
                 };
                 sequence.fed += 1 + kept;
+                sequence.draft_fed = sequence.draft_fed.min(sequence.fed);
                 sequence.commit_full_blocks(&mut self.pool);
                 counters.spec_drafts.fetch_add(1, Ordering::Relaxed);
                 counters.spec_draft_tokens.fetch_add((n - 1) as u64, Ordering::Relaxed);
@@ -415,11 +426,17 @@ impl EngineLoop {
             return none();
         }
         let context_length = self.card.context_length;
+        let drafting = self.draft.is_some();
         let proposal = |s: &Running| {
             // The step samples one token past the proposal.
             let left = s.max_new.saturating_sub(s.generated() + 1);
             let room = context_length.saturating_sub(s.tokens.len() + 1);
-            speculation::propose(&s.tokens, &options, options.num_tokens.min(left).min(room))
+            let limit = options.num_tokens.min(left).min(room);
+            match drafting {
+                // Places for the draft's tokens, which it writes once the blocks are found.
+                true => vec![0; limit],
+                false => speculation::propose(&s.tokens, &options, limit),
+            }
         };
         self.running.iter().map(|s| if s.decoding() { proposal(s) } else { Vec::new() }).collect()
     }

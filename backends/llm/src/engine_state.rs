@@ -40,8 +40,10 @@ pub struct EngineOptions {
     pub max_constraint_bytes: usize,
     /// Whether requests' priorities order the queue and choose whom to preempt.
     pub scheduling_policy: SchedulingPolicy,
-    /// Speculative decoding by prompt lookup, when set.
+    /// Speculative decoding, when set: by prompt lookup, or with `draft_model_path`'s proposals.
     pub speculative: Option<SpeculativeOptions>,
+    /// A smaller model with the same tokenizer whose greedy tokens are the proposals.
+    pub draft_model_path: Option<std::path::PathBuf>,
     /// LoRA adapters loaded at start: name and path (a GGUF adapter or a PEFT folder).
     pub loras: Vec<(String, std::path::PathBuf)>,
     /// Adapters held at once (`--max-loras`), and the largest rank accepted (`--max-lora-rank`).
@@ -99,6 +101,7 @@ impl Default for EngineOptions {
             max_constraint_bytes: 64 << 10,
             scheduling_policy: SchedulingPolicy::Fcfs,
             speculative: None,
+            draft_model_path: None,
             loras: Vec::new(),
             max_loras: 8,
             max_lora_rank: 16,

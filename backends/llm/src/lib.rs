@@ -25,6 +25,7 @@ mod engine;
 mod engine_admit;
 #[cfg(test)]
 mod engine_cache_tests;
+mod engine_draft;
 mod engine_loop;
 mod engine_state;
 #[cfg(test)]

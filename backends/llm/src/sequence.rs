@@ -23,6 +23,8 @@ pub(super) struct Running {
     pub prompt_len: usize,
     /// Positions whose keys and values are in `blocks`.
     pub fed: usize,
+    /// Positions the draft model's store holds for it (speculative decoding with a draft).
+    pub draft_fed: usize,
     pub blocks: Vec<BlockId>,
     /// Chained hashes of the leading full blocks already offered to the prefix cache.
     hashes: Vec<BlockHash>,
@@ -56,6 +58,7 @@ impl Running {
             scorer: request.prompt_logprobs.map(PromptScorer::new),
             constraint,
             fed: 0,
+            draft_fed: 0,
             blocks: Vec::new(),
             hashes: Vec::new(),
             cached_tokens: 0,
@@ -127,6 +130,7 @@ impl Running {
         self.blocks = reused.to_vec();
         self.hashes = hashes.to_vec();
         self.fed = reused.len() * block_size;
+        self.draft_fed = 0;
     }
 
     /// Lost its blocks to a newer sequence's need; everything is recomputed (or found in the
@@ -135,6 +139,7 @@ impl Running {
         self.blocks.clear();
         self.hashes.clear();
         self.fed = 0;
+        self.draft_fed = 0;
     }
 
     /// Offers the blocks that became full to the prefix cache.

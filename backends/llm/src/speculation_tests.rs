@@ -101,3 +101,36 @@ async fn a_wide_batch_does_not_speculate() {
     let stats = engine.stats();
     assert!(stats.spec_decode_draft_tokens < stats.tokens_generated / 2, "{stats:?}");
 }
+
+/// The engine with SmolLM2 as its own draft model.
+fn drafted() -> LlmEngine {
+    let path = crate::test_models::installed_model(crate::test_models::SMOLLM2_GGUF);
+    let (model, card) = super::model::load(&path, &Device::Cpu).unwrap();
+    let options = EngineOptions { speculative: speculating(), draft_model_path: Some(path), ..EngineOptions::default() };
+    LlmEngine::start("smollm2", model, card, options).unwrap()
+}
+
+#[tokio::test]
+async fn a_draft_models_proposals_change_no_answer_and_its_own_greedy_tokens_are_all_kept() {
+    let prompts = ["The capital of France is", "Write a poem about the sea.", "1, 2, 3, 1, 2, 3, 1, 2,"];
+    let (plain, tokenizer) = engine(None);
+    let mut greedy = Vec::new();
+    let mut seeded = Vec::new();
+    for prompt in prompts {
+        greedy.push(tokens(plain.generate(request(&tokenizer, prompt, 0.0, None)).unwrap()).await);
+        seeded.push(tokens(plain.generate(request(&tokenizer, prompt, 0.9, Some(11))).unwrap()).await);
+    }
+    drop(plain);
+
+    let engine = drafted();
+    for (prompt, expected) in prompts.iter().zip(&greedy) {
+        assert_eq!(&tokens(engine.generate(request(&tokenizer, prompt, 0.0, None)).unwrap()).await, expected);
+    }
+    let stats = engine.stats();
+    assert!(stats.spec_decode_draft_tokens > 0, "{stats:?}");
+    assert_eq!(stats.spec_decode_accepted_tokens, stats.spec_decode_draft_tokens, "a model agrees with itself: {stats:?}");
+    // Sampled and in one batch: the draft proposes its greedy tokens, verification keeps what the seed draws.
+    let streams: Vec<TokenStream> =
+        prompts.iter().map(|prompt| engine.generate(request(&tokenizer, prompt, 0.9, Some(11))).unwrap()).collect();
+    assert_eq!(futures::future::join_all(streams.into_iter().map(tokens)).await, seeded);
+}

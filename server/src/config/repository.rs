@@ -185,11 +185,17 @@ pub struct ModelArgs {
     #[arg(long, env = "TRITIUM_SCHEDULING_POLICY", default_value = "fcfs", value_parser = parse_scheduling_policy)]
     pub scheduling_policy: tritium_llm::SchedulingPolicy,
     /// Speculative decoding for language models: `ngram` proposes, at each step, the tokens that
-    /// followed the latest earlier occurrence of a sequence's last tokens (prompt lookup), and
-    /// keeps those the model itself draws (answers are unchanged).
+    /// followed the latest earlier occurrence of a sequence's last tokens (prompt lookup); `draft`
+    /// the greedy tokens of --draft-model-path. The model keeps those it draws itself (answers
+    /// are unchanged).
     #[cfg(feature = "llm")]
-    #[arg(long, env = "TRITIUM_SPECULATIVE", value_parser = ["ngram"])]
+    #[arg(long, env = "TRITIUM_SPECULATIVE", value_parser = ["ngram", "draft"])]
     pub speculative: Option<String>,
+    /// A smaller model with the same tokenizer (GGUF file or Hugging Face folder) whose greedy
+    /// tokens are the speculative proposals (implies --speculative draft).
+    #[cfg(feature = "llm")]
+    #[arg(long, env = "TRITIUM_DRAFT_MODEL_PATH")]
+    pub draft_model_path: Option<PathBuf>,
     /// Tokens proposed per step at most, with --speculative.
     #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_NUM_SPECULATIVE_TOKENS", default_value_t = tritium_llm::SpeculativeOptions::default().num_tokens)]
@@ -259,15 +265,25 @@ fn engine_options(models: &ModelArgs) -> Result<tritium_llm::EngineOptions, Stri
             .clone()
             .map(|dir| tritium_llm::OffloadOptions { dir, max_bytes: models.llm_kv_offload_bytes }),
         scheduling_policy: models.scheduling_policy,
-        speculative: models.speculative.as_ref().map(|_| tritium_llm::SpeculativeOptions {
-            num_tokens: models.num_speculative_tokens,
-            lookup_min: models.prompt_lookup_min,
-            lookup_max: models.prompt_lookup_max,
-            disable_by_batch_size: models.speculative_disable_by_batch_size,
+        draft_model_path: models.draft_model_path.clone(),
+        speculative: (models.speculative.is_some() || models.draft_model_path.is_some()).then(|| {
+            tritium_llm::SpeculativeOptions {
+                num_tokens: models.num_speculative_tokens,
+                lookup_min: models.prompt_lookup_min,
+                lookup_max: models.prompt_lookup_max,
+                disable_by_batch_size: models.speculative_disable_by_batch_size,
+            }
         }),
     };
     if let Some(speculative) = &options.speculative {
         speculative.validate()?;
+    }
+    match (models.speculative.as_deref(), &models.draft_model_path) {
+        (Some("draft"), None) => return Err("--speculative draft needs --draft-model-path".to_string()),
+        (Some("ngram"), Some(_)) => {
+            return Err("--draft-model-path proposes with a draft model: drop --speculative ngram".to_string());
+        }
+        _ => {}
     }
     Ok(options)
 }

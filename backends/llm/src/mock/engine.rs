@@ -137,9 +137,10 @@ impl MockEngine {
         let model =
             SimulatedModel { prefill_us_per_token: options.prefill_us_per_token, decode_ms_per_step: options.decode_ms_per_step };
         let card = mock_card(options.context_length);
-        let engine =
-            LlmEngine::start_with(name, shape, card, engine_options, move |_, _| Ok(Box::new(model) as Box<dyn StepModel>))
-                .map_err(MockError::Start)?;
+        let engine = LlmEngine::start_with(name, shape, card, engine_options, move |_, _| {
+            Ok((Box::new(model) as Box<dyn StepModel>, None))
+        })
+        .map_err(MockError::Start)?;
         Ok(Arc::new(MockEngine { engine, options }))
     }
 
