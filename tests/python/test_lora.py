@@ -197,3 +197,26 @@ def test_a_workers_adapters_are_models_routed_only_to_the_workers_that_hold_them
     finally:
         for process in reversed(processes):
             finish_server(process)
+
+
+def test_the_adapter_bounds_are_the_flags(tmp_path):
+    """`--max-lora-rank` and `--max-loras` bound what `--lora` loads: over either, the model does not load (the
+    server comes up without it and says why)."""
+    gguf, _ = model_paths()
+    rank16 = write_gguf_adapter(tmp_path / "rank16.gguf", seed=47, rank=16)
+    base = ["--model-path", str(gguf), "--model-name", BASE]
+    for flags, reason in [
+        (["--lora", f"a={rank16}", "--max-lora-rank", "8"], "LoRA rank 16 is greater than max_lora_rank 8"),
+        (["--lora", f"a={rank16}", "--lora", f"b={rank16}", "--max-loras", "1"], "holds its limit of 1 LoRA adapters"),
+    ]:
+        server = start_server(*base, *flags, timeout=300)
+        try:
+            assert [m.id for m in client(server).models.list().data] == []
+            assert reason in server.stderr(), server.stderr()[-2000:]
+        finally:
+            finish_server(server)
+    server = start_server(*base, "--lora", f"a={rank16}", "--max-lora-rank", "16", timeout=300)
+    try:
+        assert {m.id for m in client(server).models.list().data} == {BASE, "a"}
+    finally:
+        finish_server(server)
