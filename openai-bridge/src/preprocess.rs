@@ -15,6 +15,7 @@
 
 mod budget;
 mod template;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use crate::detokenize::Detokenizer;
 use crate::error::BridgeError;
 use crate::parsers::{OutputFormats, ToolCallFormat};
 use crate::sampling::CompletionLimits;
+use workers::PreprocessWorkers;
 
 pub use budget::{
     DEFAULT_MAX_TOKENIZING_BYTES, INLINE_BYTES, PreprocessBudget, PreprocessLimits, PreprocessPermit,
@@ -58,6 +60,10 @@ pub struct Preprocessor {
     formats: OutputFormats,
     /// What rendering and tokenizing may hold at once, shared with the server's other models.
     budget: Arc<PreprocessBudget>,
+    /// Where rendering and tokenizing run, and whether they log their timing.
+    workers: Arc<PreprocessWorkers>,
+    /// `--tokenizer fastokens`: the encoder of prompts instead of `tokenizer` (which still decodes).
+    fast: Option<Arc<fastokens::Tokenizer>>,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -101,6 +107,9 @@ impl Preprocessor {
             limits: CompletionLimits::default(),
             formats: OutputFormats::default(),
             budget: Arc::new(PreprocessBudget::default()),
+            workers: PreprocessWorkers::start(workers::PreprocessExecution::default())
+                .map_err(BridgeError::Internal)?,
+            fast: None,
             card,
             tokenizer: Arc::new(tokenizer),
             env,
@@ -138,6 +147,36 @@ impl Preprocessor {
 
     pub fn budget(&self) -> &Arc<PreprocessBudget> {
         &self.budget
+    }
+
+    /// The same preprocessor, encoding prompts with `fastokens` (Dynamo's `--tokenizer
+    /// fastokens`), which gives the ids `tokenizers` gives, faster. A tokenizer it cannot load
+    /// is an error, or with `fallback` a warning and `tokenizers` as before.
+    pub fn with_fast_tokenizer(self, fallback: bool) -> Result<Preprocessor, BridgeError> {
+        let loaded = serde_json::from_str(&self.card.tokenizer_json)
+            .map_err(|e| e.to_string())
+            .and_then(|json| fastokens::Tokenizer::from_json(json).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(fast) => Ok(Preprocessor { fast: Some(Arc::new(fast)), ..self }),
+            Err(e) if fallback => {
+                tracing::warn!(model = %self.card.source, "fastokens cannot load this tokenizer ({e}); using tokenizers");
+                Ok(self)
+            }
+            Err(e) => Err(BridgeError::Tokenizer(format!(
+                "fastokens cannot load the tokenizer of {} ({e}); --tokenizer-fallback would use tokenizers",
+                self.card.source
+            ))),
+        }
+    }
+
+    /// Whether prompts are encoded by `fastokens`.
+    pub fn encodes_with_fastokens(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// The same preprocessor, rendering and tokenizing on `workers` (the server shares them).
+    pub fn with_workers(self, workers: Arc<PreprocessWorkers>) -> Preprocessor {
+        Preprocessor { workers, ..self }
     }
 
     /// The special tokens a response's detokenizer must show for its parser to see their
@@ -183,14 +222,22 @@ impl Preprocessor {
 
     /// [`Preprocessor::render_chat`] once the budget has room for it (see [`PreprocessBudget`]).
     pub async fn render_chat_bounded(
-        &self,
+        self: &Arc<Self>,
         messages: &[Json],
         add_generation_prompt: bool,
         extra: Option<&Map<String, Json>>,
     ) -> Result<String, BridgeError> {
         let bytes = messages.iter().chain(extra.into_iter().flat_map(Map::values)).map(text_bytes).sum();
         let _permit = self.budget.admit("chat", bytes, RENDER_BYTES_PER_INPUT_BYTE).await?;
-        self.render_chat(messages, add_generation_prompt, extra)
+        let _flight = self.workers.begin();
+        if self.workers.pooled() {
+            let (pre, messages, extra) = (Arc::clone(self), messages.to_vec(), extra.cloned());
+            let render = move || pre.render_chat(&messages, add_generation_prompt, extra.as_ref());
+            if let Some(rendered) = self.workers.run("chat_template", bytes, render).await {
+                return rendered?;
+            }
+        }
+        self.workers.timed("chat_template", bytes, || self.render_chat(messages, add_generation_prompt, extra))
     }
 
     /// [`Preprocessor::encode`] once the budget has room for it (see [`PreprocessBudget`]): in
@@ -216,18 +263,35 @@ impl Preprocessor {
         keep: fn(Vec<u32>) -> T,
     ) -> Result<T, BridgeError> {
         let permit = self.budget.admit("prompt", text.len(), TOKENIZE_BYTES_PER_INPUT_BYTE).await?;
-        if text.len() <= INLINE_BYTES {
-            return self.tokenize(&text, add_special_tokens).map(keep);
+        let _flight = self.workers.begin();
+        let bytes = text.len();
+        if self.workers.pooled() {
+            let pre = Arc::clone(self);
+            let tokenize = move || pre.tokenize(&text, add_special_tokens).map(keep);
+            return self.workers.run(self.tokenize_stage(), bytes, tokenize).await.unwrap_or_else(|| {
+                Err(BridgeError::Internal("the preprocessing pool went away".into()))
+            })?;
+        }
+        if bytes <= INLINE_BYTES {
+            return self.workers.timed(self.tokenize_stage(), bytes, || self.tokenize(&text, add_special_tokens).map(keep));
         }
         let pre = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let kept = pre.tokenize(&text, add_special_tokens).map(keep);
+            let kept = pre.workers.timed(pre.tokenize_stage(), bytes, || pre.tokenize(&text, add_special_tokens).map(keep));
             drop(text);
             permit.reclaim();
             kept
         })
         .await
         .map_err(|e| BridgeError::Internal(format!("the tokenizing task failed: {e}")))?
+    }
+
+    /// The perf log's name of a tokenization, naming the encoder.
+    fn tokenize_stage(&self) -> &'static str {
+        match self.fast {
+            Some(_) => "tokenize (fastokens)",
+            None => "tokenize",
+        }
     }
 
     /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor runs (BERT's
@@ -255,10 +319,15 @@ impl Preprocessor {
     }
 
     fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
-        // Without offsets: the same ids, and the encoding holds less (see `budget`).
-        let encoding = self.tokenizer.encode_fast(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?;
-        let mut ids = encoding.get_ids().to_vec();
-        drop(encoding);
+        let mut ids = match &self.fast {
+            Some(fast) => fast.encode_with_special_tokens(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?,
+            None => {
+                // Without offsets: the same ids, and the encoding holds less (see `budget`).
+                let encoding =
+                    self.tokenizer.encode_fast(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?;
+                encoding.get_ids().to_vec()
+            }
+        };
         if let (true, true, Some(bos)) = (add_special_tokens, self.card.add_bos_token, self.bos_id)
             && ids.first() != Some(&bos)
         {
@@ -307,236 +376,4 @@ fn text_bytes(value: &Json) -> usize {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-pub(crate) mod tests {
-    use std::sync::OnceLock;
-
-    use serde_json::json;
-
-    use super::*;
-
-    /// The SmolLM2 preprocessor, built once: its model comes from `scripts/fetch-models.sh`.
-    pub(crate) fn smollm2() -> &'static Preprocessor {
-        static PRE: OnceLock<Preprocessor> = OnceLock::new();
-        PRE.get_or_init(|| {
-            let path = tritium_llm::test_models::installed_model(tritium_llm::test_models::SMOLLM2_GGUF);
-            Preprocessor::new(Arc::new(tritium_llm::card_from_gguf_file(&path).unwrap())).unwrap()
-        })
-    }
-
-    fn with_template(template: &str) -> Preprocessor {
-        let mut card = (**smollm2().card()).clone();
-        card.chat_template = Some(template.to_owned());
-        Preprocessor::new(Arc::new(card)).unwrap()
-    }
-
-    #[test]
-    fn a_prompt_too_long_for_any_context_is_refused_before_tokenizing() {
-        let pre = smollm2();
-        let limit = pre.max_prompt_bytes.expect("a generating model has a bound");
-        assert!(limit >= pre.card.context_length, "{limit}");
-        let error = pre.encode(&"a".repeat(limit + 1), true).expect_err("too long");
-        assert!(error.to_string().starts_with("prompt: the prompt is"), "{error}");
-        // Within the bound the tokenizer runs (and the engine checks the real token count).
-        assert!(pre.encode("Hello", true).is_ok());
-    }
-
-    #[tokio::test]
-    async fn count_tokens_counts_what_the_context_cannot_hold_and_the_budget_bounds_both() {
-        let card = ModelCard { context_length: 16, ..(**smollm2().card()).clone() };
-        let pre = Arc::new(Preprocessor::new(Arc::new(card)).unwrap());
-        let limit = pre.max_prompt_bytes.expect("a generating model has a bound");
-        let text = "1".repeat((limit + 1).max(INLINE_BYTES + 1));
-        // Past the inline size: tokenized on the blocking pool, within the budget.
-        let error = pre.encode_off_runtime(text.clone(), false).await.unwrap_err();
-        assert!(error.to_string().starts_with("prompt: the prompt is"), "{error}");
-        assert_eq!(pre.count_tokens(text.clone(), false).await.unwrap(), text.len());
-        assert_eq!(pre.budget().available_bytes(), DEFAULT_MAX_TOKENIZING_BYTES);
-
-        // A budget too small for the text refuses it before tokenizing; a short text still goes.
-        let small = PreprocessBudget::new(PreprocessLimits {
-            max_bytes: text.len() * TOKENIZE_BYTES_PER_INPUT_BYTE - 1,
-            max_concurrent: 1,
-        });
-        let pre = Arc::new(Preprocessor::new(Arc::clone(smollm2().card())).unwrap().with_budget(Arc::new(small)));
-        let error = pre.count_tokens(text, false).await.unwrap_err();
-        assert!(matches!(&error, BridgeError::TooLarge(message) if message.starts_with("the prompt is")), "{error}");
-        assert_eq!(pre.encode_off_runtime("Hello".into(), false).await.unwrap(), vec![19556]);
-        let messages = [json!({"role": "user", "content": "2".repeat(INLINE_BYTES * 128)})];
-        let error = pre.render_chat_bounded(&messages, true, None).await.unwrap_err();
-        assert!(matches!(&error, BridgeError::TooLarge(message) if message.starts_with("the chat is")), "{error}");
-    }
-
-    #[test]
-    fn renders_the_smollm2_chatml_template() {
-        let pre = smollm2();
-        let messages = [
-            json!({"role": "system", "content": "Be brief."}),
-            json!({"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}),
-        ];
-        let prompt = pre.render_chat(&messages, true, None).unwrap();
-        assert_eq!(
-            prompt,
-            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi\nthere<|im_end|>\n<|im_start|>assistant\n"
-        );
-        // Without a system message the template adds its own.
-        let prompt = pre.render_chat(&messages[1..], false, None).unwrap();
-        assert!(prompt.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), "{prompt}");
-        assert!(prompt.ends_with("<|im_end|>\n"), "{prompt}");
-
-        let ids = pre.encode("<|im_start|>user\nHi<|im_end|>", false).unwrap();
-        assert_eq!((ids[0], ids[ids.len() - 1]), (1, 2));
-    }
-
-    #[test]
-    fn a_template_without_tool_calls_sees_an_earlier_call_as_text() {
-        let call = json!({"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}});
-        let messages = [
-            json!({"role": "user", "content": "Weather in Paris?"}),
-            json!({"role": "assistant", "content": null, "tool_calls": [call]}),
-            json!({"role": "tool", "tool_call_id": "call_1", "content": "Sunny"}),
-        ];
-        let pre = smollm2();
-        let prompt = pre.render_chat(&messages, true, None).expect("a null content with calls renders");
-        let turn = "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call><|im_end|>";
-        assert!(prompt.contains(turn), "{prompt}");
-        assert!(prompt.contains("<|im_start|>tool\nSunny<|im_end|>"), "{prompt}");
-
-        // In the configured format; text the assistant wrote stays in front of its calls.
-        let mistral = OutputFormats { tool_calls: Some(ToolCallFormat::Mistral), reasoning: None };
-        let pre = Preprocessor::new(Arc::clone(smollm2().card())).expect("preprocessor").with_output_formats(mistral);
-        let mut messages = messages;
-        messages[1]["content"] = json!("Let me look.");
-        let prompt = pre.render_chat(&messages, true, None).expect("renders");
-        let turn = "<|im_start|>assistant\nLet me look.\n[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}]<|im_end|>";
-        assert!(prompt.contains(turn), "{prompt}");
-    }
-
-    #[test]
-    fn rejects_non_text_parts_and_models_without_templates() {
-        let pre = smollm2();
-        let messages = [json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]})];
-        let err = pre.render_chat(&messages, true, None).unwrap_err();
-        assert!(
-            matches!(&err, BridgeError::InvalidField { field, reason } if field == "messages[0].content" && reason.contains("image_url")),
-            "{err:?}"
-        );
-        assert!(matches!(pre.render_chat(&[json!("hi")], true, None), Err(BridgeError::InvalidField { .. })));
-
-        let mut card = (**pre.card()).clone();
-        card.chat_template = None;
-        let err = Preprocessor::new(Arc::new(card)).unwrap().render_chat(&[], true, None).unwrap_err();
-        assert!(matches!(&err, BridgeError::Unsupported { what, .. } if what == "chat (it has no chat template)"), "{err:?}");
-    }
-
-    #[test]
-    fn templates_get_python_methods_raise_exception_extras_and_tojson() {
-        let pre = with_template(
-            "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with the user') }}{% endif %}\
-             {% for m in messages %}[{{ m.content.strip().upper() }}]{% endfor %}\
-             {% if tools %}{{ tools | tojson }}{% endif %}{{ bos_token }}|{{ eos_token }}",
-        );
-        let messages = [json!({"role": "user", "content": "  hi <b> \n"})];
-        let extra: Map<String, Json> =
-            [("tools".to_string(), json!([{"description": "a < b & c'd é", "name": "f"}]))].into_iter().collect();
-        let out = pre.render_chat(&messages, true, Some(&extra)).unwrap();
-        assert_eq!(out, r#"[HI <B>][{"description": "a < b & c'd é", "name": "f"}]<|im_start|>|<|im_end|>"#);
-
-        let err = pre.render_chat(&[json!({"role": "assistant", "content": "x"})], true, None).unwrap_err();
-        assert_eq!(err, BridgeError::Template("Conversation must start with the user".into()));
-
-        let sorted = [json!({"content": "  hi <b> \n", "role": "user"})];
-        let indented = with_template("{{ messages[0] | tojson(indent=2) }}").render_chat(&sorted, true, None).unwrap();
-        assert_eq!(indented, "{\n  \"content\": \"  hi <b> \\n\",\n  \"role\": \"user\"\n}");
-        let err = Preprocessor::new(Arc::new(ModelCard { chat_template: Some("{% if %}".into()), ..(**pre.card()).clone() }))
-            .unwrap_err();
-        assert!(matches!(err, BridgeError::Template(_)), "{err:?}");
-    }
-
-    #[test]
-    fn trims_blocks_like_hugging_face() {
-        let pre = with_template("{% for m in messages %}\n  {% if true %}\n{{ m.role }}\n  {% endif %}\n{% endfor %}");
-        let out = pre.render_chat(&[json!({"role": "user", "content": ""}), json!({"role": "a", "content": ""})], true, None);
-        assert_eq!(out.unwrap(), "user\na\n");
-    }
-
-    #[test]
-    fn encodes_with_bos_only_when_the_card_says_so() {
-        let pre = smollm2();
-        assert_eq!(pre.encode("Hello world! 12345", true).unwrap(), vec![19556, 905, 17, 216, 33, 34, 35, 36, 37]);
-        let mut card = (**pre.card()).clone();
-        card.add_bos_token = true;
-        let with_bos = Preprocessor::new(Arc::new(card)).unwrap();
-        assert_eq!(with_bos.encode("Hello", true).unwrap(), vec![1, 19556]);
-        assert_eq!(with_bos.encode("<|im_start|>Hello", true).unwrap(), vec![1, 19556]);
-        assert_eq!(with_bos.encode("Hello", false).unwrap(), vec![19556]);
-    }
-
-    #[test]
-    fn token_bytes_undo_the_byte_level_alphabet() {
-        let pre = smollm2();
-        assert!(pre.vocabulary.is_byte_level());
-        let ids = pre.encode(" world é🙂", false).unwrap();
-        let bytes: Vec<u8> = ids.iter().flat_map(|&id| pre.token_bytes(id)).collect();
-        assert_eq!(String::from_utf8(bytes).unwrap(), " world é🙂");
-        assert_eq!(pre.token_text(905), " world");
-        assert_eq!(pre.token_text(2), "<|im_end|>");
-        assert_eq!(pre.decode(&[19556, 2, 905]).unwrap(), "Hello world");
-        assert!(pre.token_bytes(u32::MAX).is_empty());
-        // A lone byte of a multi-byte character shows as U+FFFD.
-        let partial = ids.iter().find(|&&id| std::str::from_utf8(&pre.token_bytes(id)).is_err());
-        assert!(partial.is_some_and(|&id| pre.token_text(id).contains('\u{FFFD}')));
-    }
-
-    /// A toy SentencePiece tokenizer as Hugging Face writes Llama 2's: `▁` for spaces, byte
-    /// fallback, and a decoder that drops the string's first space.
-    fn sentencepiece() -> Preprocessor {
-        let tokenizer = json!({
-            "version": "1.0", "truncation": null, "padding": null,
-            "added_tokens": [
-                {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-            ],
-            "normalizer": {"type": "Sequence", "normalizers": [
-                {"type": "Prepend", "prepend": "\u{2581}"},
-                {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
-            ]},
-            "pre_tokenizer": null, "post_processor": null,
-            "decoder": {"type": "Sequence", "decoders": [
-                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                {"type": "ByteFallback"}, {"type": "Fuse"},
-                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
-            ]},
-            "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                "vocab": {"<unk>": 0, "<s>": 1, "<0xC3>": 2, "<0xA9>": 3, "\u{2581}": 4, "h": 5, "i": 6,
-                          "\u{2581}h": 7, "\u{2581}hi": 8, "a": 9},
-                "merges": [["\u{2581}", "h"], ["\u{2581}h", "i"]]},
-        });
-        let card = ModelCard {
-            tokenizer_json: tokenizer.to_string(),
-            chat_template: None,
-            bos_token: Some("<s>".into()),
-            eos_token: None,
-            eos_token_ids: Vec::new(),
-            add_bos_token: true,
-            ..(**smollm2().card()).clone()
-        };
-        Preprocessor::new(Arc::new(card)).unwrap()
-    }
-
-    #[test]
-    fn sentencepiece_tokens_and_continuations() {
-        let pre = sentencepiece();
-        assert!(!pre.vocabulary.is_byte_level());
-        let ids = pre.encode("hi hi é", true).unwrap();
-        assert_eq!(ids, vec![1, 8, 8, 4, 2, 3]);
-        assert_eq!(pre.decode(&ids).unwrap(), "hi hi é");
-        assert_eq!(pre.token_text(8), " hi");
-        assert_eq!(pre.token_bytes(2), vec![0xC3]);
-        assert_eq!(pre.token_text(2), "\u{FFFD}");
-        // Generated text continues a prompt, so its first token keeps its space.
-        let mut detok = pre.detokenizer();
-        let pieces: Vec<String> = ids[1..].iter().map(|&id| detok.push(id)).collect();
-        assert_eq!(pieces, [" hi", " hi", " ", "", "é"]);
-        assert_eq!(detok.finish(), "");
-    }
-}
+pub(crate) mod tests;

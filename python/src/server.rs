@@ -41,13 +41,13 @@ struct Running {
 }
 
 mod command_line {
-    use clap::{CommandFactory, Parser};
+    use clap::CommandFactory;
     use tritium_server::config::{Cli, Command, ServeArgs};
 
     /// `tritium serve ARGV...`, parsed as the binary parses it.
     pub fn parse_serve_args(argv: Vec<String>) -> Result<ServeArgs, String> {
         let args = ["tritium".to_string(), "serve".to_string()].into_iter().chain(argv);
-        match Cli::try_parse_from(args) {
+        match Cli::parse_args(args) {
             Ok(Cli { command: Command::Serve(args), .. }) => Ok(args),
             Ok(_) => Err("not a serve command".into()),
             Err(e) => Err(e.render().to_string()),
@@ -191,7 +191,7 @@ impl Server {
     /// The gRPC port it listens on (the one bound, when 0 was asked), once started.
     #[getter]
     fn grpc_port(&self) -> Option<u16> {
-        self.running.as_ref().map(|r| r.at.grpc.port())
+        self.running.as_ref().and_then(|r| r.at.grpc).map(|a| a.port())
     }
 
     #[getter]

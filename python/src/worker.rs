@@ -42,13 +42,13 @@ struct Running {
 }
 
 mod command_line {
-    use clap::{CommandFactory, Parser};
+    use clap::CommandFactory;
     use tritium_server::config::{Cli, Command, WorkerArgs};
 
     /// `tritium worker ARGV...`, parsed as the binary parses it.
     pub fn parse_worker_args(argv: Vec<String>) -> Result<WorkerArgs, String> {
         let args = ["tritium".to_string(), "worker".to_string()].into_iter().chain(argv);
-        match Cli::try_parse_from(args) {
+        match Cli::parse_args(args) {
             Ok(Cli { command: Command::Worker(args), .. }) => Ok(args),
             Ok(_) => Err("not a worker command".into()),
             Err(e) => Err(e.render().to_string()),

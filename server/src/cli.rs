@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 use tritium_worker::BackendRegistry;
 
 use crate::config::{Cli, Command, ServeArgs, WorkerArgs, WorkerConfig};
@@ -22,7 +22,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let command = Cli::command();
+    let command = Cli::command_with_env();
     let matches = command.clone().get_matches_from(args);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -71,7 +71,8 @@ where
 /// Where a server started by [`serve`] listens, once its models are loaded.
 #[derive(Debug, Clone, Copy)]
 pub struct Listening {
-    pub grpc: SocketAddr,
+    /// `None` with `--no-kserve-grpc-server`.
+    pub grpc: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
 }
@@ -104,7 +105,10 @@ async fn serve_cli(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::
     let config = args.server_config()?;
     let announce = |at: Listening| {
         // One line on stdout once models are loaded, for scripts and test harnesses to wait on.
-        let mut ready = format!("tritium ready grpc={}", at.grpc);
+        let mut ready = "tritium ready".to_string();
+        if let Some(grpc_addr) = at.grpc {
+            ready.push_str(&format!(" grpc={grpc_addr}"));
+        }
         if let Some(http_addr) = at.http {
             ready.push_str(&format!(" http={http_addr}"));
         }
@@ -114,7 +118,7 @@ async fn serve_cli(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::
         println!("{ready}");
         let _ = std::io::stdout().flush();
     };
-    let interactive = args.openai.interactive;
+    let interactive = args.openai.interactive && !args.openai.no_interactive;
     let stop = move |tritium: &Tritium| {
         let llm = interactive.then(|| tritium.llm());
         async move {
@@ -161,18 +165,29 @@ where
         }
         (false, None) => None,
     };
-    let listener = listener(args.grpc.grpc_listen_fd, args.grpc_addr()).await?;
+    let grpc = match (args.grpc.kserve_grpc_server && !args.grpc.no_kserve_grpc_server, args.grpc.grpc_listen_fd) {
+        (true, fd) => Some(listener(fd, args.grpc_addr()).await?),
+        // As for metrics: a socket handed over for a port that is off is closed.
+        (false, Some(fd)) => {
+            drop(listener(Some(fd), args.grpc_addr()).await?);
+            None
+        }
+        (false, None) => None,
+    };
     let http = match args.http.allow_http {
         true => Some(listener_for_http(args).await?),
         false => None,
     };
     let tritium = tokio::task::spawn_blocking(move || Tritium::with_backends(config, log, backends)).await??;
     let at = Listening {
-        grpc: listener.local_addr()?,
+        grpc: grpc.as_ref().map(|g| g.local_addr()).transpose()?,
         http: http.as_ref().map(|h| h.local_addr()).transpose()?,
         metrics: metrics.as_ref().map(|m| m.local_addr()).transpose()?,
     };
-    tracing::info!("serving gRPC on {}", at.grpc);
+    match at.grpc {
+        Some(grpc_addr) => tracing::info!("serving gRPC on {grpc_addr}"),
+        None => tracing::info!("the KServe gRPC port is off (--no-kserve-grpc-server)"),
+    }
     if let Some(http_addr) = at.http {
         tracing::info!("serving HTTP on {http_addr}");
     }
@@ -188,7 +203,7 @@ where
     };
     let exit_timeout = std::time::Duration::from_secs(args.exit_timeout_secs);
     let hard_stop = tritium.hard_stop();
-    let served = tritium.serve_all(listener, http, metrics, signal);
+    let served = tritium.serve_all(grpc, http, metrics, signal);
     ready(at);
     tokio::pin!(served);
     tokio::select! {

@@ -82,6 +82,8 @@ pub enum StartError {
     Tls(String),
     #[error("tracing: {0}")]
     Trace(String),
+    #[error("preprocessing: {0}")]
+    Preprocess(String),
 }
 
 /// The in-process worker's id in the router (it is not registered in a shared discovery).
@@ -131,7 +133,11 @@ impl Tritium {
                 hard_stop.clone(),
             )
             .with_tracer(Arc::clone(&tracer))
-            .with_lora_dir(config.lora_dir.clone()),
+            .with_lora_dir(config.lora_dir.clone())
+            .with_preprocess_workers(
+                tritium_openai_bridge::preprocess::workers::PreprocessWorkers::start(config.openai.preprocess)
+                    .map_err(StartError::Preprocess)?,
+            ),
         );
         let server_name = match config.server_name.as_str() {
             "" => config::DEFAULT_SERVER_NAME.to_string(),
@@ -170,7 +176,7 @@ impl Tritium {
 
     /// Serves gRPC on `listener` until `shutdown` completes, then drains in-flight calls.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
-        self.serve_with_listeners(listener, None, shutdown).await
+        self.serve_all(Some(listener), None, None, shutdown).await
     }
 
     /// Serves gRPC on `grpc` and, when given, HTTP (KServe `/v2`, OpenAI `/v1`, health, metrics)
@@ -181,13 +187,14 @@ impl Tritium {
         http: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
-        self.serve_all(listener, http, None, shutdown).await
+        self.serve_all(Some(listener), http, None, shutdown).await
     }
 
-    /// [`Tritium::serve_with_listeners`], with Triton's metrics on `metrics` when given.
+    /// [`Tritium::serve_with_listeners`], with Triton's metrics on `metrics` when given, and no
+    /// gRPC port when `listener` is `None` (`--no-kserve-grpc-server`).
     pub async fn serve_all(
         self,
-        listener: TcpListener,
+        listener: Option<TcpListener>,
         http: Option<TcpListener>,
         metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send,
@@ -288,7 +295,10 @@ impl Tritium {
             transport.max_message_size,
             self.config.limits.restricted.clone(),
         );
-        grpc::transport::serve(listener, routes, transport, grpc_tls, shutdown).await;
+        match listener {
+            Some(listener) => grpc::transport::serve(listener, routes, transport, grpc_tls, shutdown).await,
+            None => shutdown.await,
+        }
         stop.cancel();
         if let Some(http_task) = http_task {
             match http_task.await {

@@ -13,8 +13,6 @@ use tritium_worker::DeclaredModel;
 use crate::discovery::{DisaggregationMode, DiscoveryConfig, NamespaceScope};
 use crate::events::EventsConfig;
 use crate::remote::TransferOptions;
-use crate::routing::kv_index::KvScoring;
-use crate::routing::{RouterMode, RouterOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DiscoveryKind {
@@ -24,6 +22,8 @@ pub enum DiscoveryKind {
     File,
     /// A real etcd: leases with a TTL, watches.
     Etcd,
+    /// The Kubernetes API (Dynamo's `kubernetes`).
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -32,38 +32,54 @@ pub enum EventsKind {
     None,
     /// A NATS server.
     Nats,
+    /// ZeroMQ sockets between the processes (Dynamo's default event plane).
+    Zmq,
+}
+
+/// `--request-plane`: how a frontend reaches its workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RequestPlane {
+    /// Each worker's own listener (gRPC over HTTP/2 on TCP).
+    Tcp,
+    /// NATS subjects.
+    Nats,
 }
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Cluster (discovery and events)")]
 pub struct ClusterArgs {
-    /// Where workers register and frontends find them.
-    #[arg(long, env = "TRITIUM_DISCOVERY", value_enum, default_value = "mem")]
+    /// Where workers register and frontends find them (Dynamo's default is etcd; Tritium's is
+    /// mem, so one process needs no service). `--discovery` is Tritium's name for it.
+    #[arg(long = "discovery-backend", alias = "discovery", env = "DYN_DISCOVERY_BACKEND", value_enum, default_value = "mem")]
     pub discovery: DiscoveryKind,
     /// Keeps deployments sharing an etcd, a folder or a NATS server apart.
-    #[arg(long, env = "TRITIUM_NAMESPACE", default_value = "tritium")]
+    #[arg(long, env = "DYN_NAMESPACE", default_value = "tritium")]
     pub namespace: String,
     /// A frontend's discovery scope: the workers and events of every namespace whose name starts
     /// with this (e.g. `prod-` for `prod-blue` and `prod-green` during a rolling update; empty for
     /// all namespaces) instead of --namespace alone. Workers always register in --namespace.
-    #[arg(long, env = "TRITIUM_NAMESPACE_PREFIX")]
+    #[arg(long, env = "DYN_NAMESPACE_PREFIX")]
     pub namespace_prefix: Option<String>,
-    /// etcd client URLs, for --discovery etcd.
+    /// etcd client URLs, for --discovery-backend etcd (also Dynamo's `ETCD_ENDPOINTS`).
     #[arg(long, env = "TRITIUM_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
-    /// The shared folder, for --discovery file.
+    /// The shared folder, for --discovery-backend file (also Dynamo's `DYN_FILE_KV`; default:
+    /// `dynamo_store_kv` in the temporary folder, as Dynamo).
     #[arg(long, env = "TRITIUM_DISCOVERY_DIR")]
     pub discovery_dir: Option<PathBuf>,
     /// Seconds a worker's registration outlives its last keep-alive (a killed worker disappears
     /// after at most this long).
     #[arg(long, env = "TRITIUM_LEASE_TTL_SECS", default_value_t = 10)]
     pub lease_ttl_secs: u64,
-    /// Where workers publish KV-cache events and load.
-    #[arg(long, env = "TRITIUM_EVENTS", value_enum, default_value = "none")]
+    /// Where workers publish KV-cache events and load. `--events` is Tritium's name for it.
+    #[arg(long = "event-plane", alias = "events", env = "DYN_EVENT_PLANE", value_enum, default_value = "none")]
     pub events: EventsKind,
-    /// The NATS server, for --events nats.
+    /// The NATS server, for --event-plane nats (also Dynamo's `NATS_SERVER`).
     #[arg(long, env = "TRITIUM_NATS_URL")]
     pub nats_url: Option<String>,
+    /// How frontends reach workers: `tcp`, each worker's own listener.
+    #[arg(long, env = "DYN_REQUEST_PLANE", value_enum, default_value = "tcp")]
+    pub request_plane: RequestPlane,
 }
 
 /// Discovery and events, resolved.
@@ -98,17 +114,34 @@ impl ClusterArgs {
     pub fn config(&self) -> Result<ClusterConfig, String> {
         let discovery = match self.discovery {
             DiscoveryKind::Mem => DiscoveryConfig::Memory,
-            DiscoveryKind::File => {
-                DiscoveryConfig::File { dir: self.discovery_dir.clone().ok_or("--discovery file needs --discovery-dir")? }
+            DiscoveryKind::File => DiscoveryConfig::File {
+                dir: self.discovery_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("dynamo_store_kv")),
+            },
+            DiscoveryKind::Etcd if self.etcd_endpoints.is_empty() => {
+                return Err("--discovery-backend etcd needs --etcd-endpoints (or ETCD_ENDPOINTS)".into());
             }
-            DiscoveryKind::Etcd if self.etcd_endpoints.is_empty() => return Err("--discovery etcd needs --etcd-endpoints".into()),
             DiscoveryKind::Etcd => DiscoveryConfig::Etcd { endpoints: self.etcd_endpoints.clone() },
+            DiscoveryKind::Kubernetes => {
+                return Err("--discovery-backend kubernetes: Tritium does not implement Kubernetes discovery yet; \
+                     use etcd (--etcd-endpoints, e.g. an etcd beside the deployment) or file"
+                    .into());
+            }
         };
         let events = match (self.events, &self.nats_url) {
             (EventsKind::None, _) => EventsConfig::None,
             (EventsKind::Nats, Some(url)) => EventsConfig::Nats { url: url.clone() },
-            (EventsKind::Nats, None) => return Err("--events nats needs --nats-url".into()),
+            (EventsKind::Nats, None) => return Err("--event-plane nats needs --nats-url (or NATS_SERVER)".into()),
+            (EventsKind::Zmq, _) => {
+                return Err("--event-plane zmq: Tritium does not implement the ZeroMQ event plane yet; use nats \
+                     (--nats-url) or leave events off"
+                    .into());
+            }
         };
+        if self.request_plane == RequestPlane::Nats {
+            return Err("--request-plane nats: Tritium does not implement the NATS request plane yet; tcp (each \
+                 worker's own listener) is the one served"
+                .into());
+        }
         if self.lease_ttl_secs == 0 {
             return Err("--lease-ttl-secs must be at least 1".into());
         }
@@ -117,72 +150,6 @@ impl ClusterArgs {
             scope: NamespaceScope { own: self.namespace.clone(), watch_prefix: self.namespace_prefix.clone() },
             lease_ttl: Duration::from_secs(self.lease_ttl_secs),
             events,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Routing")]
-pub struct RouterArgs {
-    /// Token sent to remote workers on the worker plane (they must be started with the same).
-    #[arg(long = "worker-token", env = "TRITIUM_WORKER_TOKEN", hide_env_values = true)]
-    pub worker_token: Option<String>,
-    /// How a request's worker is chosen among those serving its model.
-    #[arg(long, env = "TRITIUM_ROUTER_MODE", value_enum, default_value = "round-robin")]
-    pub router_mode: RouterMode,
-    /// Times a language-model stream whose worker died is continued on another worker; 0 ends
-    /// such streams with UNAVAILABLE.
-    #[arg(long, env = "TRITIUM_MIGRATION_LIMIT", default_value_t = 3)]
-    pub migration_limit: u32,
-    /// Tokens per KV block (must match the workers' engines).
-    #[arg(long, env = "TRITIUM_KV_BLOCK_SIZE", default_value_t = tritium_backend_api::kv::DEFAULT_KV_BLOCK_SIZE)]
-    pub kv_block_size: usize,
-    /// kv mode: weight of the cached-prefix share in a worker's score.
-    #[arg(long, env = "TRITIUM_KV_OVERLAP_WEIGHT", default_value_t = 1.0)]
-    pub kv_overlap_weight: f64,
-    /// kv mode: weight of the load in a worker's score.
-    #[arg(long, env = "TRITIUM_KV_LOAD_WEIGHT", default_value_t = 1.0)]
-    pub kv_load_weight: f64,
-    /// kv mode: 0 picks the best score; higher values sample from softmax(score / temperature).
-    #[arg(long, env = "TRITIUM_KV_TEMPERATURE", default_value_t = 0.0)]
-    pub kv_temperature: f64,
-    /// A language-model worker whose KV cache is fuller than this fraction (0..1] is busy: the
-    /// router passes it over, and refuses requests (503, Retry-After) when all are. Per model:
-    /// `POST /busy_threshold`. Unset: workers are never busy.
-    #[arg(long, env = "DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD")]
-    pub active_decode_blocks_threshold: Option<f64>,
-    /// With prefill workers (`tritium worker --disaggregation-mode prefill`) serving a model: a
-    /// prompt whose part the chosen decode worker lacks is longer than this many tokens is
-    /// prefilled on a prefill worker; shorter ones are prefilled where they decode.
-    #[arg(long, env = "TRITIUM_MAX_LOCAL_PREFILL_LENGTH", default_value_t = crate::routing::policy::DEFAULT_MAX_LOCAL_PREFILL_LENGTH)]
-    pub max_local_prefill_length: usize,
-}
-
-impl RouterArgs {
-    pub fn options(&self, lease_ttl: Duration) -> Result<RouterOptions, String> {
-        if self.kv_block_size == 0 {
-            return Err("--kv-block-size must be at least 1".into());
-        }
-        if !(self.kv_temperature >= 0.0 && self.kv_temperature.is_finite()) {
-            return Err("--kv-temperature must be a finite number >= 0".into());
-        }
-        Ok(RouterOptions {
-            mode: self.router_mode,
-            kv: KvScoring {
-                overlap_weight: self.kv_overlap_weight,
-                load_weight: self.kv_load_weight,
-                temperature: self.kv_temperature,
-            },
-            kv_block_size: self.kv_block_size,
-            migration_limit: self.migration_limit,
-            suspect_for: lease_ttl,
-            worker_token: self.worker_token.clone().filter(|t| !t.is_empty()),
-            busy_threshold: self
-                .active_decode_blocks_threshold
-                .map(crate::routing::busy::BusyThresholds::check)
-                .transpose()
-                .map_err(|e| format!("--active-decode-blocks-threshold: {e}"))?,
-            max_local_prefill_length: self.max_local_prefill_length,
         })
     }
 }
@@ -294,7 +261,8 @@ impl WorkerListenArgs {
 #[command(next_help_heading = "Disaggregated prefill and decode")]
 pub struct DisaggregationArgs {
     /// This worker's part: `agg` prefills and decodes; `prefill` computes prompts' KV blocks for
-    /// decode workers; `decode` generates, taking long prompts' blocks from a prefill worker.
+    /// decode workers; `decode` generates, taking long prompts' blocks from a prefill worker
+    /// (also Dynamo's `DYN_VLLM_DISAGGREGATION_MODE` / `DYN_TRTLLM_DISAGGREGATION_MODE`).
     #[arg(long, env = "TRITIUM_DISAGGREGATION_MODE", value_enum, default_value = "agg")]
     pub disaggregation_mode: DisaggregationMode,
     /// Prefills for other workers this worker runs at once; beyond it they are refused and the

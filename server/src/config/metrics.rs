@@ -15,7 +15,9 @@ pub struct MetricsArgs {
     pub allow_metrics: bool,
     #[arg(long, env = "TRITIUM_METRICS_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub metrics_address: IpAddr,
-    #[arg(long, env = "TRITIUM_METRICS_PORT", default_value_t = 8002)]
+    /// The metrics port (`--grpc-metrics-port`, Dynamo's metrics port beside its gRPC server, is
+    /// another name for it).
+    #[arg(long, alias = "grpc-metrics-port", env = "TRITIUM_METRICS_PORT", default_value_t = 8002)]
     pub metrics_port: u16,
     /// Serve metrics on an inherited, already listening socket (file descriptor) instead of binding.
     #[arg(long, env = "TRITIUM_METRICS_LISTEN_FD")]

@@ -5,12 +5,14 @@
 pub mod cache;
 pub mod cluster;
 pub mod dump;
+pub mod env_alias;
 pub mod keepalive;
 pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod rate_limit;
 pub mod repository;
+pub mod router;
 pub mod tls;
 pub mod trace;
 
@@ -24,7 +26,8 @@ use tritium_worker::RepositoryOptions;
 use crate::config::repository::repository_options;
 use crate::routing::RouterOptions;
 pub use cache::CacheArgs;
-pub use cluster::{ClusterArgs, ClusterConfig, DisaggregationArgs, EngineArgs, RouterArgs, WorkerListenArgs};
+pub use cluster::{ClusterArgs, ClusterConfig, DisaggregationArgs, EngineArgs, WorkerListenArgs};
+pub use router::RouterArgs;
 pub use keepalive::{KeepaliveArgs, KeepaliveConfig};
 pub use limits::{HttpLimits, LimitArgs, Limits};
 pub use metrics::MetricsArgs;
@@ -42,6 +45,25 @@ pub struct Cli {
     /// as JSON to this file at start; secrets are redacted.
     #[arg(long, global = true, env = "DYN_DUMP_CONFIG_TO")]
     pub dump_config_to: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The command line, each option reading whichever of its variables is set (its own first;
+    /// see [`env_alias`]).
+    pub fn command_with_env() -> clap::Command {
+        use clap::CommandFactory;
+        env_alias::with_env_aliases(Cli::command(), env_alias::process_has)
+    }
+
+    /// Parses `args` (the program name first) as the `tritium` binary does.
+    pub fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::FromArgMatches;
+        Cli::from_arg_matches(&Cli::command_with_env().try_get_matches_from(args)?)
+    }
 }
 
 // Parsed once at start: the size of the serve variant costs nothing.
@@ -77,6 +99,10 @@ pub struct WorkerArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub trace: trace::TraceArgs,
+    /// Tokens per KV block of this worker's engines, real and mock (Dynamo's name; it replaces
+    /// --llm-kv-block-size and --mock-block-size). Frontends routing by KV need the same.
+    #[arg(long, env = "DYN_KV_CACHE_BLOCK_SIZE")]
+    pub kv_cache_block_size: Option<usize>,
     /// Largest message accepted or sent on the worker plane, in bytes.
     #[arg(long, env = "TRITIUM_WORKER_MAX_MESSAGE_SIZE", default_value_t = i32::MAX as usize)]
     pub worker_max_message_size: usize,
@@ -109,13 +135,24 @@ impl WorkerArgs {
         if self.cluster.namespace_prefix.is_some() {
             return Err("--namespace-prefix scopes what a frontend watches; a worker registers in --namespace alone".into());
         }
+        #[cfg_attr(not(feature = "llm"), allow(unused_mut))]
+        let (mut models, mut engine) = (self.models.clone(), self.engine.clone());
+        match self.kv_cache_block_size {
+            Some(0) => return Err("--kv-cache-block-size must be at least 1".into()),
+            #[cfg(feature = "llm")]
+            Some(size) => {
+                models.llm_kv_block_size = size;
+                engine.mock_block_size = size;
+            }
+            _ => {}
+        }
         Ok(WorkerConfig {
             repository: RepositoryOptions {
                 rate_limiter: self.rate_limit.limiter()?,
                 response_cache: self.cache.build()?,
-                ..repository_options(&self.repository, &self.models, &self.engine, true)?
+                ..repository_options(&self.repository, &models, &engine, true)?
             },
-            backends: self.repository.backends(&self.models)?,
+            backends: self.repository.backends(&models)?,
             cluster: self.cluster.config()?,
             max_message_size: self.worker_max_message_size,
             trace: self.trace.config(|name| std::env::var(name).ok())?,
@@ -178,18 +215,37 @@ pub struct HttpArgs {
     /// Serve the HTTP surface.
     #[arg(long, env = "TRITIUM_ALLOW_HTTP", default_value_t = true, action = clap::ArgAction::Set)]
     pub allow_http: bool,
-    #[arg(long, env = "TRITIUM_HTTP_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// The address the HTTP port binds (an IP address, or `localhost`). `--http-address` is
+    /// Tritium's name.
+    #[arg(long = "http-host", alias = "http-address", env = "DYN_HTTP_HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+          value_parser = parse_host)]
     pub http_address: IpAddr,
-    #[arg(long, env = "TRITIUM_HTTP_PORT", default_value_t = 8000)]
+    #[arg(long, env = "DYN_HTTP_PORT", default_value_t = 8000)]
     pub http_port: u16,
     /// Serve HTTP on an inherited, already listening socket (file descriptor) instead of binding.
     #[arg(long, env = "TRITIUM_HTTP_LISTEN_FD")]
     pub http_listen_fd: Option<i32>,
 }
 
+/// An address to bind: an IP address, or `localhost` (the IPv4 loopback).
+pub fn parse_host(text: &str) -> Result<IpAddr, String> {
+    match text {
+        "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        _ => text.parse().map_err(|_| format!("'{text}' is not an IP address (or localhost)")),
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "gRPC")]
 pub struct GrpcArgs {
+    /// Serve the KServe gRPC port (Dynamo's default is off; Tritium's is on).
+    #[arg(long, env = "DYN_KSERVE_GRPC_SERVER", default_value_t = true, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(),
+          overrides_with = "no_kserve_grpc_server")]
+    pub kserve_grpc_server: bool,
+    /// Turns --kserve-grpc-server off: no gRPC port.
+    #[arg(long, overrides_with = "kserve_grpc_server")]
+    pub no_kserve_grpc_server: bool,
     #[arg(long, env = "TRITIUM_GRPC_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub grpc_address: IpAddr,
     #[arg(long, env = "TRITIUM_GRPC_PORT", default_value_t = 8001)]
@@ -366,7 +422,7 @@ impl ServeArgs {
             openai: self.openai.settings(&env)?,
             trace: self.trace.config(&env)?,
             lora_dir: self.models.lora_dir.clone(),
-            tls: self.tls.config(&env)?,
+            tls: self.tls.config()?,
             metrics: self.metrics.config()?,
             backends: self.repository.backends(&self.models)?,
             http_limits: limits.http_limits(),

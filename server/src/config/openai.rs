@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use tritium_openai_bridge::parsers::{OutputFormats, ReasoningFormat, ToolCallFormat};
+use tritium_openai_bridge::preprocess::workers::{MAX_PREPROCESS_WORKERS, PreprocessExecution};
 use tritium_openai_bridge::response_store::{DEFAULT_STORE_BYTES, DEFAULT_STORE_ENTRIES, StoreLimits};
 use tritium_openai_bridge::routes::{ApiPaths, ApiSettings, DEFAULT_BODY_LIMIT_BYTES, valid_route_path};
 
@@ -20,8 +21,13 @@ pub struct OpenAiArgs {
     #[arg(long, env = "DYN_REASONING_PARSER", value_parser = ["think", "qwen3", "deepseek_r1"])]
     pub dyn_reasoning_parser: Option<String>,
     /// Serve Anthropic's Messages API (`/v1/messages`, `/v1/messages/count_tokens`).
-    #[arg(long, env = "DYN_ENABLE_ANTHROPIC_API")]
+    #[arg(long, env = "DYN_ENABLE_ANTHROPIC_API", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(),
+          overrides_with = "no_enable_anthropic_api")]
     pub enable_anthropic_api: bool,
+    /// Turns --enable-anthropic-api off.
+    #[arg(long, overrides_with = "enable_anthropic_api")]
+    pub no_enable_anthropic_api: bool,
     /// Responses the Responses API keeps for `previous_response_id`, at most (the oldest go first).
     #[arg(long, env = "TRITIUM_RESPONSES_STORE_ENTRIES", default_value_t = DEFAULT_STORE_ENTRIES)]
     pub responses_store_entries: usize,
@@ -38,12 +44,46 @@ pub struct OpenAiArgs {
     pub metrics_prefix: String,
     /// Chat with the first language model in the terminal (stdin and stdout); the end of input
     /// (or `/quit`) stops the server.
-    #[arg(short = 'i', long, env = "DYN_INTERACTIVE")]
+    #[arg(short = 'i', long, env = "DYN_INTERACTIVE", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(),
+          overrides_with = "no_interactive")]
     pub interactive: bool,
+    /// Turns --interactive off.
+    #[arg(long, overrides_with = "interactive")]
+    pub no_interactive: bool,
     /// Megabytes of one request body on the OpenAI and Anthropic routes, at most (413 beyond);
     /// --http-max-body-bytes caps it.
     #[arg(long, env = "DYN_HTTP_BODY_LIMIT_MB", default_value_t = DEFAULT_BODY_LIMIT_BYTES >> 20)]
     pub http_body_limit_mb: usize,
+    /// Who renders chat templates and tokenizes: `dynamo`, the frontend's own Rust preprocessor
+    /// (Tritium's). `vllm` and `sglang` need those Python packages in the frontend, which Tritium
+    /// does not embed.
+    #[arg(long = "dyn-chat-processor", env = "DYN_CHAT_PROCESSOR", default_value = "dynamo", value_parser = ["dynamo", "vllm", "sglang"])]
+    pub chat_processor: String,
+    /// Log each chat-template rendering and tokenization: its queueing and running time, size,
+    /// thread, and the steps in flight.
+    #[arg(long, env = "DYN_DEBUG_PERF", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), overrides_with = "no_dyn_debug_perf")]
+    pub dyn_debug_perf: bool,
+    /// Turns --dyn-debug-perf off.
+    #[arg(long, overrides_with = "dyn_debug_perf")]
+    pub no_dyn_debug_perf: bool,
+    /// Threads of their own that render chat templates and tokenize, off the threads serving
+    /// connections; 0 keeps short texts on those threads and long ones on tokio's blocking pool.
+    #[arg(long = "dyn-preprocess-workers", env = "DYN_PREPROCESS_WORKERS", default_value_t = 0)]
+    pub preprocess_workers: usize,
+    /// The prompt encoder: `default` (Hugging Face's tokenizers) or `fastokens` (the same ids,
+    /// faster). `basetenkenizer` is refused: it has no Rust crate.
+    #[arg(long, env = "DYN_TOKENIZER", default_value = "default", value_parser = ["default", "fastokens", "basetenkenizer"])]
+    pub tokenizer: String,
+    /// With --tokenizer fastokens: a tokenizer fastokens cannot load is encoded by tokenizers,
+    /// with a warning; --no-tokenizer-fallback fails that model's requests instead.
+    #[arg(long, env = "DYN_TOKENIZER_FALLBACK", default_value_t = true, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), overrides_with = "no_tokenizer_fallback")]
+    pub tokenizer_fallback: bool,
+    /// Turns --tokenizer-fallback off.
+    #[arg(long, overrides_with = "tokenizer_fallback")]
+    pub no_tokenizer_fallback: bool,
 }
 
 /// Dynamo's path overrides: the variable names its code reads, and the `_ENV`-suffixed ones its
@@ -88,6 +128,8 @@ pub struct OpenAiSettings {
     pub formats: OutputFormats,
     pub api: ApiSettings,
     pub metrics_prefix: String,
+    /// `--dyn-preprocess-workers` and `--dyn-debug-perf`.
+    pub preprocess: PreprocessExecution,
 }
 
 impl Default for OpenAiSettings {
@@ -96,6 +138,7 @@ impl Default for OpenAiSettings {
             formats: OutputFormats::default(),
             api: ApiSettings::default(),
             metrics_prefix: tritium_openai_bridge::metrics::DEFAULT_PREFIX.to_owned(),
+            preprocess: PreprocessExecution::default(),
         }
     }
 }
@@ -123,11 +166,33 @@ impl OpenAiArgs {
         if !tritium_openai_bridge::metrics::valid_metric_name(&self.metrics_prefix) {
             return Err(format!("--metrics-prefix '{}' is not a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)", self.metrics_prefix));
         }
+        if self.chat_processor != "dynamo" {
+            return Err(format!(
+                "--dyn-chat-processor {}: that processor runs {}'s Python preprocessing inside the frontend, which Tritium \
+                 does not embed; 'dynamo' (the frontend's own Rust preprocessor) is the one Tritium serves",
+                self.chat_processor,
+                if self.chat_processor == "vllm" { "vLLM" } else { "SGLang" }
+            ));
+        }
+        if self.tokenizer == "basetenkenizer" {
+            return Err("--tokenizer basetenkenizer: Baseten's tokenizer has no Rust library Tritium can embed; use \
+                        default or fastokens"
+                .into());
+        }
+        if self.preprocess_workers > MAX_PREPROCESS_WORKERS {
+            return Err(format!("--dyn-preprocess-workers must be at most {MAX_PREPROCESS_WORKERS}, got {}", self.preprocess_workers));
+        }
         Ok(OpenAiSettings {
+            preprocess: PreprocessExecution {
+                workers: self.preprocess_workers,
+                debug_perf: self.dyn_debug_perf && !self.no_dyn_debug_perf,
+                fastokens: self.tokenizer == "fastokens",
+                tokenizer_fallback: self.tokenizer_fallback && !self.no_tokenizer_fallback,
+            },
             metrics_prefix: self.metrics_prefix.clone(),
             formats: OutputFormats { tool_calls, reasoning },
             api: ApiSettings {
-                anthropic: self.enable_anthropic_api,
+                anthropic: self.enable_anthropic_api && !self.no_enable_anthropic_api,
                 store,
                 max_body_bytes: self.http_body_limit_mb.max(1).saturating_mul(1 << 20),
                 paths: api_paths(env)?,

@@ -130,10 +130,10 @@ pub struct ModelArgs {
     /// Serve the model at PATH: a GGUF file or a Hugging Face folder (a causal LM, or a sentence
     /// embedder, told apart from its files); repeatable. Without --model-repository, only these
     /// are served.
-    #[arg(long = "model-path", env = "TRITIUM_MODEL_PATH", value_delimiter = ',')]
+    #[arg(long = "model-path", env = "DYN_MODEL_PATH", value_delimiter = ',')]
     pub model_path: Vec<PathBuf>,
     /// The name of the --model-path at the same position (default: the file stem or folder name).
-    #[arg(long = "model-name", env = "TRITIUM_MODEL_NAME", value_delimiter = ',')]
+    #[arg(long = "model-name", env = "DYN_MODEL_NAME", value_delimiter = ',')]
     pub model_name: Vec<String>,
     /// Sequences a language model decodes together in one batch.
     #[cfg(feature = "llm")]
@@ -146,7 +146,7 @@ pub struct ModelArgs {
     #[arg(long, env = "TRITIUM_LLM_MAX_KV_TOKENS", default_value_t = tritium_llm::EngineOptions::default().max_kv_tokens)]
     pub llm_max_kv_tokens: usize,
     /// Positions per KV-cache block: the unit of allocation, of prefix reuse and of KV events.
-    /// Keep it equal to the router's --kv-block-size for KV-aware routing.
+    /// Keep it equal to the router's --kv-cache-block-size for KV-aware routing.
     #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_LLM_KV_BLOCK_SIZE", default_value_t = tritium_llm::EngineOptions::default().kv_block_size)]
     pub llm_kv_block_size: usize,

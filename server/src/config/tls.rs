@@ -42,6 +42,15 @@ pub struct TlsArgs {
     /// PEM file of the roots HTTP client certificates must chain to (mutual TLS).
     #[arg(long, env = "TRITIUM_HTTP_ROOT_CERT")]
     pub http_root_cert: Option<PathBuf>,
+    /// Dynamo's HTTPS: a PEM certificate for the HTTP port; with --tls-key-path it turns TLS on there.
+    #[arg(long, env = "DYN_TLS_CERT_PATH", requires = "tls_key_path")]
+    pub tls_cert_path: Option<PathBuf>,
+    /// The PEM key of --tls-cert-path.
+    #[arg(long, env = "DYN_TLS_KEY_PATH", requires = "tls_cert_path")]
+    pub tls_key_path: Option<PathBuf>,
+    /// PEM roots HTTP clients' certificates must chain to (mutual TLS), with --tls-cert-path.
+    #[arg(long, env = "DYN_TLS_CLIENT_CA_CERT_PATH", requires = "tls_cert_path")]
+    pub tls_client_ca_cert_path: Option<PathBuf>,
 }
 
 /// Each port's TLS, when on.
@@ -75,8 +84,9 @@ fn port_files(
 }
 
 impl TlsArgs {
-    /// The ports' TLS, reading Dynamo's variables through `env` for the HTTP port.
-    pub fn config(&self, env: &impl Fn(&str) -> Option<String>) -> Result<TlsConfig, String> {
+    /// The ports' TLS. Dynamo's `--tls-*-path` options turn HTTPS on as Triton's `--http-use-ssl`
+    /// does; the two ways cannot be mixed.
+    pub fn config(&self) -> Result<TlsConfig, String> {
         let grpc = port_files(
             "grpc",
             self.grpc_use_ssl,
@@ -85,17 +95,26 @@ impl TlsArgs {
             self.grpc_server_key.clone(),
             self.grpc_root_cert.clone(),
         )?;
-        let dyn_cert = env("DYN_TLS_CERT_PATH").filter(|v| !v.is_empty()).map(PathBuf::from);
-        let dyn_key = env("DYN_TLS_KEY_PATH").filter(|v| !v.is_empty()).map(PathBuf::from);
-        let from_dynamo = dyn_cert.is_some() && dyn_key.is_some();
-        let http = port_files(
-            "http",
-            self.http_use_ssl || from_dynamo,
-            self.http_use_ssl_mutual,
-            self.http_server_cert.clone().or(dyn_cert),
-            self.http_server_key.clone().or(dyn_key),
-            self.http_root_cert.clone(),
-        )?;
+        let tritons = self.http_use_ssl || self.http_use_ssl_mutual || self.http_server_cert.is_some() || self.http_server_key.is_some();
+        let http = match (&self.tls_cert_path, &self.tls_key_path) {
+            (Some(_), _) if tritons => {
+                return Err("--tls-cert-path (Dynamo's) and --http-use-ssl/--http-server-cert (Triton's) both set HTTPS: \
+                            give one of them"
+                    .into());
+            }
+            (Some(cert), Some(key)) => {
+                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_roots: self.tls_client_ca_cert_path.clone() })
+            }
+            (Some(_), None) | (None, Some(_)) => return Err("--tls-cert-path and --tls-key-path go together".into()),
+            (None, None) => port_files(
+                "http",
+                self.http_use_ssl,
+                self.http_use_ssl_mutual,
+                self.http_server_cert.clone(),
+                self.http_server_key.clone(),
+                self.http_root_cert.clone(),
+            )?,
+        };
         Ok(TlsConfig { grpc, http })
     }
 }
@@ -112,9 +131,9 @@ mod tests {
         tls: TlsArgs,
     }
 
-    fn config(args: &[&str], env: &[(&str, &str)]) -> Result<TlsConfig, String> {
+    fn config(args: &[&str], _env: &[(&str, &str)]) -> Result<TlsConfig, String> {
         let flags = Flags::try_parse_from([&["tritium"], args].concat()).map_err(|e| e.to_string())?;
-        flags.tls.config(&|name| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+        flags.tls.config()
     }
 
     #[test]
@@ -129,8 +148,12 @@ mod tests {
         assert!(config(&mutual, &[]).expect_err("refused").contains("--grpc-root-cert"));
         let with_roots = [&mutual[..], &["--grpc-root-cert", "ca.pem"]].concat();
         assert_eq!(config(&with_roots, &[]).expect("mutual").grpc.expect("grpc").client_roots, Some("ca.pem".into()));
-        let dynamo = config(&[], &[("DYN_TLS_CERT_PATH", "c"), ("DYN_TLS_KEY_PATH", "k")]).expect("dynamo");
+        let dynamo = config(&["--tls-cert-path", "c", "--tls-key-path", "k"], &[]).expect("dynamo");
         assert_eq!(dynamo.http.expect("https").cert, PathBuf::from("c"));
-        assert!(config(&[], &[("DYN_TLS_CERT_PATH", "c")]).expect("half").http.is_none());
+        assert!(config(&["--tls-cert-path", "c"], &[]).is_err(), "a certificate without its key");
+        let mutual = config(&["--tls-cert-path", "c", "--tls-key-path", "k", "--tls-client-ca-cert-path", "ca"], &[]).expect("mtls");
+        assert_eq!(mutual.http.expect("https").client_roots, Some(PathBuf::from("ca")));
+        let both = config(&["--tls-cert-path", "c", "--tls-key-path", "k", "--http-use-ssl"], &[]).expect_err("mixed");
+        assert!(both.contains("give one of them"), "{both}");
     }
 }

@@ -19,6 +19,7 @@ use tritium_backend_api::llm::{EngineStats, GenerateRequest, ModelCard, ModelKin
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::metrics::LlmMetrics;
 use tritium_openai_bridge::parsers::OutputFormats;
+use tritium_openai_bridge::preprocess::workers::PreprocessWorkers;
 use tritium_openai_bridge::preprocess::{PreprocessBudget, PreprocessLimits, Preprocessor};
 use tritium_openai_bridge::routes::{HubModel, LlmHub};
 use tritium_openai_bridge::sampling::CompletionLimits;
@@ -45,6 +46,9 @@ pub struct LlmFrontend {
     tracer: Arc<crate::trace::Tracer>,
     /// `--lora-dir`: where adapters loaded at run time must lie (`None`: no loading at run time).
     lora_dir: Option<std::path::PathBuf>,
+    /// Where every model's rendering and tokenizing run (`--dyn-preprocess-workers`), and whether
+    /// they log their timing (`--dyn-debug-perf`).
+    preprocess_workers: Option<Arc<PreprocessWorkers>>,
 }
 
 impl std::fmt::Debug for LlmFrontend {
@@ -76,7 +80,12 @@ impl LlmFrontend {
             started,
             tracer: Arc::new(crate::trace::Tracer::default()),
             lora_dir: None,
+            preprocess_workers: None,
         }
+    }
+
+    pub fn with_preprocess_workers(self, workers: Arc<PreprocessWorkers>) -> LlmFrontend {
+        LlmFrontend { preprocess_workers: Some(workers), ..self }
     }
 
     /// The same frontend loading LoRA adapters at run time from inside `dir`.
@@ -188,7 +197,15 @@ impl LlmFrontend {
         }
         // Built outside the lock: a large tokenizer takes a moment to parse.
         let pre = Preprocessor::new(Arc::clone(&card))?.with_limits(self.limits).with_output_formats(self.formats);
-        let pre = Arc::new(pre.with_budget(Arc::clone(&self.budget)));
+        let pre = pre.with_budget(Arc::clone(&self.budget));
+        let pre = match &self.preprocess_workers {
+            Some(workers) if workers.execution().fastokens => {
+                pre.with_fast_tokenizer(workers.execution().tokenizer_fallback)?.with_workers(Arc::clone(workers))
+            }
+            Some(workers) => pre.with_workers(Arc::clone(workers)),
+            None => pre,
+        };
+        let pre = Arc::new(pre);
         self.lock_preprocessors().insert(model.to_string(), (card, Arc::clone(&pre)));
         Ok(pre)
     }

@@ -58,7 +58,12 @@ pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop:
             event = subscription.recv() => event,
         };
         match event {
-            Ok(WorkerEvent::Kv { worker, model, event }) => lock(&router.kv).apply(&worker, &model, &event),
+            // Without KV events (`--no-router-kv-events`) the router predicts what workers hold.
+            Ok(WorkerEvent::Kv { worker, model, event }) => {
+                if router.options.kv_events {
+                    lock(&router.kv).apply(&worker, &model, &event);
+                }
+            }
             Ok(WorkerEvent::Load(report)) => {
                 lock(&router.loads).insert((report.worker.clone(), report.model.clone()), report);
             }

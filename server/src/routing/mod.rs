@@ -11,6 +11,7 @@ mod failover;
 mod follow;
 pub mod kv_index;
 pub mod policy;
+pub mod predicted;
 mod remote_models;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use crate::sync::lock;
 use busy::BusyThresholds;
 use kv_index::KvIndex;
 use policy::{Choice, PickContext};
+use predicted::PredictedIndex;
 use remote_models::RemoteModels;
 
 /// One worker the router can send a model's requests to.
@@ -102,6 +104,8 @@ pub struct Router {
     /// Model name -> the workers serving it; replaced whole on every discovery change.
     table: ArcSwap<ByName<Route>>,
     kv: Mutex<KvIndex>,
+    /// What the router predicts workers hold, when it does not follow their KV events.
+    predicted: Mutex<PredictedIndex>,
     loads: Arc<Mutex<HashMap<(String, String), LoadReport>>>,
     remote_models: RemoteModels,
     turn: AtomicUsize,
@@ -135,6 +139,7 @@ impl Router {
         };
         let loads = Arc::new(Mutex::new(HashMap::new()));
         let busy = Arc::new(BusyThresholds::new(options.busy_threshold));
+        let predicted = Mutex::new(PredictedIndex::new(options.prediction_ttl));
         Arc::new_cyclic(|this| Router {
             busy,
             this: this.clone(),
@@ -147,6 +152,7 @@ impl Router {
             max_message_size,
             table: ArcSwap::from_pointee(ByName::default()),
             kv: Mutex::new(KvIndex::new()),
+            predicted,
             loads,
             turn: AtomicUsize::new(0),
             counters: RouterCounters::default(),
@@ -260,6 +266,7 @@ impl Router {
         for id in gone {
             members.remove(&id);
             lock(&self.kv).remove_worker(&id);
+            lock(&self.predicted).remove_worker(&id);
             lock(&self.loads).retain(|(worker, _), _| *worker != *id);
             tracing::info!(worker = %id, "worker left");
         }
@@ -352,7 +359,10 @@ impl Router {
             .collect();
         drop(loads);
         let hashes = tokens.map(|t| block_hashes(t, self.options.kv_block_size));
-        let overlaps = hashes.as_ref().map(|h| lock(&self.kv).overlaps(model, h));
+        let overlaps = hashes.as_ref().map(|h| match self.options.kv_events {
+            true => lock(&self.kv).overlaps(model, h),
+            false => lock(&self.predicted).overlaps(model, h, now),
+        });
         let context = PickContext {
             overlaps: overlaps.as_ref().zip(hashes.as_ref()).map(|(o, h)| (o, h.len())),
             turn: self.turn.fetch_add(1, Ordering::Relaxed),
@@ -360,6 +370,12 @@ impl Router {
         let index = policy::pick(mode, &choices, &context, &self.options.kv, &mut rand::rng()).unwrap_or(0);
         let chosen = candidates[index].clone();
         self.counters.routed.fetch_add(1, Ordering::Relaxed);
+        if !self.options.kv_events
+            && mode == RouterMode::Kv
+            && let Some(hashes) = &hashes
+        {
+            lock(&self.predicted).routed(&chosen.id, model, hashes, now);
+        }
         let trace = tritium_backend_api::trace::current();
         if let Some(trace) = &trace {
             trace.set_attribute("tritium.router.mode", mode.as_str());
@@ -494,6 +510,12 @@ impl Router {
         let help = "KV blocks the workers' KV events say they hold (each counted once).";
         if let Ok(gauge) = prometheus::IntGauge::new("tritium_router_kv_blocks_indexed", help) {
             gauge.set(i64::try_from(indexed).unwrap_or(i64::MAX));
+            families.extend(gauge.collect());
+        }
+        let predicted = lock(&self.predicted).len();
+        let help = "KV blocks the router predicts workers hold from its own routing (--no-router-kv-events), per worker.";
+        if let Ok(gauge) = prometheus::IntGauge::new("tritium_router_kv_blocks_predicted", help) {
+            gauge.set(i64::try_from(predicted).unwrap_or(i64::MAX));
             families.extend(gauge.collect());
         }
         if let Ok(workers) = prometheus::IntGaugeVec::new(

@@ -17,6 +17,8 @@ pub enum RouterMode {
     RoundRobin,
     /// A worker drawn uniformly.
     Random,
+    /// Two workers drawn uniformly; the one with fewer requests in flight.
+    PowerOfTwo,
     /// The worker with the fewest requests outstanding from this frontend plus those it reports queued.
     LeastLoaded,
     /// The best score of cached-prefix overlap against load (language models; others: least-loaded).
@@ -31,6 +33,7 @@ impl RouterMode {
         match self {
             RouterMode::RoundRobin => "round-robin",
             RouterMode::Random => "random",
+            RouterMode::PowerOfTwo => "power-of-two",
             RouterMode::LeastLoaded => "least-loaded",
             RouterMode::Kv => "kv",
             RouterMode::Direct => "direct",
@@ -62,6 +65,11 @@ pub struct RouterOptions {
     /// With prefill workers about: a prompt whose part the decode worker lacks is longer than
     /// this many tokens is prefilled on a prefill worker.
     pub max_local_prefill_length: usize,
+    /// kv mode: score overlaps from the workers' KV events (`true`) or from the router's own
+    /// predictions (`false`, Dynamo's `--no-router-kv-events`).
+    pub kv_events: bool,
+    /// How long a predicted block is assumed held (`--router-ttl-secs`).
+    pub prediction_ttl: std::time::Duration,
 }
 
 impl Default for RouterOptions {
@@ -75,6 +83,8 @@ impl Default for RouterOptions {
             worker_token: None,
             busy_threshold: None,
             max_local_prefill_length: DEFAULT_MAX_LOCAL_PREFILL_LENGTH,
+            kv_events: true,
+            prediction_ttl: std::time::Duration::from_secs(120),
         }
     }
 }
@@ -118,6 +128,16 @@ pub fn pick(
     match mode {
         RouterMode::RoundRobin | RouterMode::Direct => Some(context.turn % choices.len()),
         RouterMode::Random => Some(rng.random_range(0..choices.len())),
+        RouterMode::PowerOfTwo => {
+            // Two different workers (one when there is one).
+            let first = rng.random_range(0..choices.len());
+            let second = match choices.len() {
+                1 => first,
+                n => (first + rng.random_range(1..n)) % n,
+            };
+            let load = |c: &Choice| c.outstanding.max(c.reported_active) + c.reported_queued;
+            Some(if load(&choices[second]) < load(&choices[first]) { second } else { first })
+        }
         RouterMode::LeastLoaded => least_loaded(choices, context.turn),
         RouterMode::Kv => match context.overlaps {
             Some((overlaps, request_blocks)) => {
@@ -166,6 +186,10 @@ mod tests {
         let least = pick(RouterMode::LeastLoaded, &choices, &PickContext::default(), &kv, &mut rng);
         assert_eq!(least, Some(2));
         assert_eq!(pick(RouterMode::Random, &[], &PickContext::default(), &kv, &mut rng), None);
+        // Of two draws, the less loaded: the busiest of three is never picked.
+        for _ in 0..50 {
+            assert_ne!(pick(RouterMode::PowerOfTwo, &choices, &PickContext::default(), &kv, &mut rng), Some(0));
+        }
     }
 
     #[test]

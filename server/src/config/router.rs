@@ -1,0 +1,182 @@
+//! How a frontend routes: `--router-mode` and the KV router's tuning, under Dynamo's names and
+//! variables (Tritium's earlier names stay as aliases), with Dynamo's `--x` / `--no-x` pairs for
+//! booleans.
+
+use std::time::Duration;
+
+use clap::Args;
+use clap::builder::BoolishValueParser;
+
+use crate::routing::kv_index::KvScoring;
+use crate::routing::{RouterMode, RouterOptions};
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Routing")]
+pub struct RouterArgs {
+    /// Token sent to remote workers on the worker plane (they must be started with the same).
+    #[arg(long = "worker-token", env = "TRITIUM_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// How a request's worker is chosen among those serving its model.
+    #[arg(long, env = "DYN_ROUTER_MODE", value_enum, default_value = "round-robin")]
+    pub router_mode: RouterMode,
+    /// Dynamo's load-aware preset: --router-mode kv with the overlap credit at 0 and KV events
+    /// off, so workers are chosen by their load alone.
+    #[arg(long, env = "DYN_ROUTER_LOAD_AWARE", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), overrides_with = "no_load_aware")]
+    pub load_aware: bool,
+    /// Turns --load-aware off.
+    #[arg(long, overrides_with = "load_aware")]
+    pub no_load_aware: bool,
+    /// Times a language-model stream whose worker died is continued on another worker; 0 ends
+    /// such streams with UNAVAILABLE (Dynamo's default is 0).
+    #[arg(long, env = "DYN_MIGRATION_LIMIT", default_value_t = 3)]
+    pub migration_limit: u32,
+    /// Tokens per KV block (must match the workers' engines). `--kv-block-size` is Tritium's name.
+    #[arg(long = "kv-cache-block-size", alias = "kv-block-size", env = "DYN_KV_CACHE_BLOCK_SIZE",
+          default_value_t = tritium_backend_api::kv::DEFAULT_KV_BLOCK_SIZE)]
+    pub kv_block_size: usize,
+    /// kv mode: weight in [0, 1] of the cached-prefix share in a worker's score (0: load only).
+    /// `--kv-overlap-weight` is Tritium's name.
+    #[arg(long = "router-kv-overlap-score-credit", alias = "kv-overlap-weight", env = "DYN_ROUTER_KV_OVERLAP_SCORE_CREDIT",
+          default_value_t = 1.0, allow_negative_numbers = true)]
+    pub kv_overlap_weight: f64,
+    /// kv mode: weight of the load in a worker's score.
+    #[arg(long, env = "TRITIUM_KV_LOAD_WEIGHT", default_value_t = 1.0)]
+    pub kv_load_weight: f64,
+    /// kv mode: 0 picks the best score; higher values sample from softmax(score / temperature).
+    /// `--kv-temperature` is Tritium's name.
+    #[arg(long = "router-temperature", alias = "kv-temperature", env = "DYN_ROUTER_TEMPERATURE", default_value_t = 0.0,
+          allow_negative_numbers = true)]
+    pub kv_temperature: f64,
+    /// kv mode: score cached prefixes from the workers' KV events; with --no-router-kv-events the
+    /// router predicts them instead: a prompt's blocks are assumed held by the worker it was sent
+    /// to for --router-ttl-secs.
+    #[arg(long = "router-kv-events", alias = "kv-events", env = "DYN_ROUTER_USE_KV_EVENTS", default_value_t = true,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set,
+          value_parser = BoolishValueParser::new(), overrides_with = "no_router_kv_events")]
+    pub router_kv_events: bool,
+    /// Turns --router-kv-events off.
+    #[arg(long = "no-router-kv-events", alias = "no-kv-events", overrides_with = "router_kv_events")]
+    pub no_router_kv_events: bool,
+    /// Seconds a predicted block is assumed held (with --no-router-kv-events).
+    #[arg(long, env = "DYN_ROUTER_TTL_SECS", default_value_t = 120.0, allow_negative_numbers = true)]
+    pub router_ttl_secs: f64,
+    /// A language-model worker whose KV cache is fuller than this fraction (0..1] is busy: the
+    /// router passes it over, and refuses requests (503, Retry-After) when all are. Per model:
+    /// `POST /busy_threshold`. Unset: workers are never busy.
+    #[arg(long, env = "DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD")]
+    pub active_decode_blocks_threshold: Option<f64>,
+    /// With prefill workers (`tritium worker --disaggregation-mode prefill`) serving a model: a
+    /// prompt whose part the chosen decode worker lacks is longer than this many tokens is
+    /// prefilled on a prefill worker; shorter ones are prefilled where they decode.
+    #[arg(long, env = "TRITIUM_MAX_LOCAL_PREFILL_LENGTH", default_value_t = crate::routing::policy::DEFAULT_MAX_LOCAL_PREFILL_LENGTH)]
+    pub max_local_prefill_length: usize,
+}
+
+/// The longest prediction: a day (an `Instant` far in the future could overflow).
+const MAX_ROUTER_TTL_SECS: f64 = 86_400.0;
+
+impl RouterArgs {
+    pub fn options(&self, lease_ttl: Duration) -> Result<RouterOptions, String> {
+        if self.kv_block_size == 0 {
+            return Err("--kv-cache-block-size must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.kv_overlap_weight) {
+            return Err(format!("--router-kv-overlap-score-credit must be in [0, 1], got {}", self.kv_overlap_weight));
+        }
+        if !(self.kv_temperature >= 0.0 && self.kv_temperature.is_finite()) {
+            return Err(format!("--router-temperature must be a finite number >= 0, got {}", self.kv_temperature));
+        }
+        if !(self.router_ttl_secs > 0.0 && self.router_ttl_secs <= MAX_ROUTER_TTL_SECS) {
+            return Err(format!("--router-ttl-secs must be in (0, {MAX_ROUTER_TTL_SECS}], got {}", self.router_ttl_secs));
+        }
+        let load_aware = self.load_aware && !self.no_load_aware;
+        let kv_events = self.router_kv_events && !self.no_router_kv_events && !load_aware;
+        Ok(RouterOptions {
+            mode: if load_aware { RouterMode::Kv } else { self.router_mode },
+            kv: KvScoring {
+                overlap_weight: if load_aware { 0.0 } else { self.kv_overlap_weight },
+                load_weight: self.kv_load_weight,
+                temperature: self.kv_temperature,
+            },
+            kv_block_size: self.kv_block_size,
+            migration_limit: self.migration_limit,
+            suspect_for: lease_ttl,
+            worker_token: self.worker_token.clone().filter(|t| !t.is_empty()),
+            busy_threshold: self
+                .active_decode_blocks_threshold
+                .map(crate::routing::busy::BusyThresholds::check)
+                .transpose()
+                .map_err(|e| format!("--active-decode-blocks-threshold: {e}"))?,
+            max_local_prefill_length: self.max_local_prefill_length,
+            kv_events,
+            prediction_ttl: Duration::from_secs_f64(self.router_ttl_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        router: RouterArgs,
+    }
+
+    fn options(args: &[&str]) -> Result<RouterOptions, String> {
+        let flags = Flags::try_parse_from([&["tritium"], args].concat()).map_err(|e| e.to_string())?;
+        flags.router.options(Duration::from_secs(10))
+    }
+
+    #[test]
+    fn dynamo_names_and_tritium_aliases_set_the_same_options() {
+        let dynamo = options(&["--router-kv-overlap-score-credit", "0.25", "--router-temperature", "0.5", "--kv-cache-block-size", "32"])
+            .expect("dynamo");
+        let ours = options(&["--kv-overlap-weight", "0.25", "--kv-temperature", "0.5", "--kv-block-size", "32"]).expect("ours");
+        for o in [&dynamo, &ours] {
+            assert_eq!((o.kv.overlap_weight, o.kv.temperature, o.kv_block_size), (0.25, 0.5, 32));
+        }
+    }
+
+    #[test]
+    fn kv_events_pairs_take_the_last_flag() {
+        assert!(options(&[]).expect("default").kv_events);
+        assert!(!options(&["--no-router-kv-events"]).expect("off").kv_events);
+        assert!(!options(&["--no-kv-events"]).expect("old name").kv_events);
+        assert!(options(&["--no-router-kv-events", "--router-kv-events"]).expect("on again").kv_events);
+        assert!(!options(&["--router-kv-events", "--no-router-kv-events"]).expect("off again").kv_events);
+        assert!(!options(&["--router-kv-events=false"]).expect("=false").kv_events);
+        let ttl = options(&["--no-router-kv-events", "--router-ttl-secs", "2.5"]).expect("ttl");
+        assert_eq!(ttl.prediction_ttl, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn load_aware_is_kv_routing_by_load_alone() {
+        let preset = options(&["--load-aware", "--router-mode", "round-robin"]).expect("preset");
+        assert_eq!((preset.mode, preset.kv.overlap_weight, preset.kv_events), (RouterMode::Kv, 0.0, false));
+        let undone = options(&["--load-aware", "--no-load-aware"]).expect("undone");
+        assert_eq!((undone.mode, undone.kv.overlap_weight, undone.kv_events), (RouterMode::RoundRobin, 1.0, true));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_option() {
+        for (args, fragment) in [
+            (&["--router-kv-overlap-score-credit", "2"][..], "--router-kv-overlap-score-credit must be in [0, 1]"),
+            (&["--router-temperature", "-1"][..], "--router-temperature must be a finite number >= 0"),
+            (&["--router-ttl-secs", "0"][..], "--router-ttl-secs must be in"),
+            (&["--kv-cache-block-size", "0"][..], "--kv-cache-block-size must be at least 1"),
+        ] {
+            let error = options(args).expect_err("refused");
+            assert!(error.contains(fragment), "{args:?}: {error}");
+        }
+        let error = options(&["--router-mode", "xyz"]).expect_err("refused");
+        for mode in ["round-robin", "random", "power-of-two", "least-loaded", "kv", "direct"] {
+            assert!(error.contains(mode), "the allowed modes are named: {error}");
+        }
+        assert!(options(&["--router-kv-events=maybe"]).is_err());
+    }
+}
