@@ -179,7 +179,7 @@ def test_a_namespace_prefix_serves_the_workers_of_every_namespace_starting_with_
 
         wait_until(repeat_is_cached, 10, "a cached prefix seen through KV events", every=0.2)
         options = json.loads(dump.read_text())["options"]
-        assert options["namespace-prefix"] == {"value": f"{base}-", "source": "command_line", "env": "TRITIUM_NAMESPACE_PREFIX"}
+        assert options["namespace-prefix"] == {"value": f"{base}-", "source": "command_line", "env": "DYN_NAMESPACE_PREFIX"}
     finally:
         for process in reversed(started):
             process.stop()

@@ -240,11 +240,10 @@ pub fn parse_host(text: &str) -> Result<IpAddr, String> {
 pub struct GrpcArgs {
     /// Serve the KServe gRPC port (Dynamo's default is off; Tritium's is on).
     #[arg(long, env = "DYN_KSERVE_GRPC_SERVER", default_value_t = true, num_args = 0..=1, default_missing_value = "true",
-          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(),
-          overrides_with = "no_kserve_grpc_server")]
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub kserve_grpc_server: bool,
-    /// Turns --kserve-grpc-server off: no gRPC port.
-    #[arg(long, overrides_with = "kserve_grpc_server")]
+    /// Turns --kserve-grpc-server off (it wins over --kserve-grpc-server and its variable): no gRPC port.
+    #[arg(long)]
     pub no_kserve_grpc_server: bool,
     #[arg(long, env = "TRITIUM_GRPC_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub grpc_address: IpAddr,

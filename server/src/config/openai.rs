@@ -22,11 +22,10 @@ pub struct OpenAiArgs {
     pub dyn_reasoning_parser: Option<String>,
     /// Serve Anthropic's Messages API (`/v1/messages`, `/v1/messages/count_tokens`).
     #[arg(long, env = "DYN_ENABLE_ANTHROPIC_API", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
-          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(),
-          overrides_with = "no_enable_anthropic_api")]
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub enable_anthropic_api: bool,
-    /// Turns --enable-anthropic-api off.
-    #[arg(long, overrides_with = "enable_anthropic_api")]
+    /// Turns --enable-anthropic-api off (it wins over --enable-anthropic-api and its variable).
+    #[arg(long)]
     pub no_enable_anthropic_api: bool,
     /// Responses the Responses API keeps for `previous_response_id`, at most (the oldest go first).
     #[arg(long, env = "TRITIUM_RESPONSES_STORE_ENTRIES", default_value_t = DEFAULT_STORE_ENTRIES)]
@@ -45,11 +44,10 @@ pub struct OpenAiArgs {
     /// Chat with the first language model in the terminal (stdin and stdout); the end of input
     /// (or `/quit`) stops the server.
     #[arg(short = 'i', long, env = "DYN_INTERACTIVE", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
-          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(),
-          overrides_with = "no_interactive")]
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub interactive: bool,
-    /// Turns --interactive off.
-    #[arg(long, overrides_with = "interactive")]
+    /// Turns --interactive off (it wins over --interactive and its variable).
+    #[arg(long)]
     pub no_interactive: bool,
     /// Megabytes of one request body on the OpenAI and Anthropic routes, at most (413 beyond);
     /// --http-max-body-bytes caps it.
@@ -63,10 +61,10 @@ pub struct OpenAiArgs {
     /// Log each chat-template rendering and tokenization: its queueing and running time, size,
     /// thread, and the steps in flight.
     #[arg(long, env = "DYN_DEBUG_PERF", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
-          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), overrides_with = "no_dyn_debug_perf")]
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub dyn_debug_perf: bool,
-    /// Turns --dyn-debug-perf off.
-    #[arg(long, overrides_with = "dyn_debug_perf")]
+    /// Turns --dyn-debug-perf off (it wins over --dyn-debug-perf and its variable).
+    #[arg(long)]
     pub no_dyn_debug_perf: bool,
     /// Threads of their own that render chat templates and tokenize, off the threads serving
     /// connections; 0 keeps short texts on those threads and long ones on tokio's blocking pool.
@@ -79,10 +77,10 @@ pub struct OpenAiArgs {
     /// With --tokenizer fastokens: a tokenizer fastokens cannot load is encoded by tokenizers,
     /// with a warning; --no-tokenizer-fallback fails that model's requests instead.
     #[arg(long, env = "DYN_TOKENIZER_FALLBACK", default_value_t = true, num_args = 0..=1, default_missing_value = "true",
-          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), overrides_with = "no_tokenizer_fallback")]
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub tokenizer_fallback: bool,
-    /// Turns --tokenizer-fallback off.
-    #[arg(long, overrides_with = "tokenizer_fallback")]
+    /// Turns --tokenizer-fallback off (it wins over --tokenizer-fallback and its variable).
+    #[arg(long)]
     pub no_tokenizer_fallback: bool,
 }
 

@@ -22,10 +22,10 @@ pub struct RouterArgs {
     /// Dynamo's load-aware preset: --router-mode kv with the overlap credit at 0 and KV events
     /// off, so workers are chosen by their load alone.
     #[arg(long, env = "DYN_ROUTER_LOAD_AWARE", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
-          action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), overrides_with = "no_load_aware")]
+          action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub load_aware: bool,
-    /// Turns --load-aware off.
-    #[arg(long, overrides_with = "load_aware")]
+    /// Turns --load-aware off (it wins over --load-aware and its variable).
+    #[arg(long)]
     pub no_load_aware: bool,
     /// Times a language-model stream whose worker died is continued on another worker; 0 ends
     /// such streams with UNAVAILABLE (Dynamo's default is 0).
@@ -53,10 +53,10 @@ pub struct RouterArgs {
     /// to for --router-ttl-secs.
     #[arg(long = "router-kv-events", alias = "kv-events", env = "DYN_ROUTER_USE_KV_EVENTS", default_value_t = true,
           num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set,
-          value_parser = BoolishValueParser::new(), overrides_with = "no_router_kv_events")]
+          value_parser = BoolishValueParser::new())]
     pub router_kv_events: bool,
-    /// Turns --router-kv-events off.
-    #[arg(long = "no-router-kv-events", alias = "no-kv-events", overrides_with = "router_kv_events")]
+    /// Turns --router-kv-events off (it wins over --router-kv-events and its variable).
+    #[arg(long = "no-router-kv-events", alias = "no-kv-events")]
     pub no_router_kv_events: bool,
     /// Seconds a predicted block is assumed held (with --no-router-kv-events).
     #[arg(long, env = "DYN_ROUTER_TTL_SECS", default_value_t = 120.0, allow_negative_numbers = true)]
@@ -143,12 +143,13 @@ mod tests {
     }
 
     #[test]
-    fn kv_events_pairs_take_the_last_flag() {
+    fn the_no_flag_of_a_pair_wins() {
         assert!(options(&[]).expect("default").kv_events);
         assert!(!options(&["--no-router-kv-events"]).expect("off").kv_events);
         assert!(!options(&["--no-kv-events"]).expect("old name").kv_events);
-        assert!(options(&["--no-router-kv-events", "--router-kv-events"]).expect("on again").kv_events);
-        assert!(!options(&["--router-kv-events", "--no-router-kv-events"]).expect("off again").kv_events);
+        assert!(!options(&["--no-router-kv-events", "--router-kv-events"]).expect("no- first").kv_events);
+        assert!(!options(&["--router-kv-events", "--no-router-kv-events"]).expect("no- last").kv_events);
+        assert!(options(&["--router-kv-events"]).expect("on").kv_events);
         assert!(!options(&["--router-kv-events=false"]).expect("=false").kv_events);
         let ttl = options(&["--no-router-kv-events", "--router-ttl-secs", "2.5"]).expect("ttl");
         assert_eq!(ttl.prediction_ttl, Duration::from_millis(2500));
