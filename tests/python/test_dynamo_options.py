@@ -250,6 +250,24 @@ def test_without_kv_events_the_router_predicts_cached_prefixes_and_load_aware_ro
     assert probe != stream
 
 
+def test_the_tracked_load_terms_price_a_running_stream(file_cluster):
+    """A stream of PROMPT runs on one worker; the same prompt again goes where the router's price says.
+    Kv reuse makes the stream's blocks the new request's (join it); without it, and with the
+    stream's output blocks counted, it is dearer than the idle worker (go elsewhere); and with
+    active-block and prefill tracking off, the reported-load score is back (join it)."""
+    file_cluster.worker()
+    file_cluster.worker()
+    predict = ["--router-mode", "kv", "--no-router-kv-events", "--router-ttl-secs", "600"]
+    no_reuse = ["--no-router-assume-kv-reuse", "--router-track-output-blocks"]
+    stream, probe = busy_and_probe(file_cluster.frontend(*predict))
+    assert probe == stream
+    stream, probe = busy_and_probe(file_cluster.frontend(*predict, *no_reuse))
+    assert probe != stream
+    untracked = ["--no-router-track-active-blocks", "--no-router-track-prefill-tokens"]
+    stream, probe = busy_and_probe(file_cluster.frontend(*predict, *no_reuse, *untracked))
+    assert probe == stream
+
+
 def perf_lines(server: TritiumServer) -> list[str]:
     return [line for line in server.stderr().splitlines() if "preprocess timing" in line]
 
@@ -305,6 +323,11 @@ VARIABLES = {
     "DYN_ROUTER_TEMPERATURE": ("router-temperature", "0.25"),
     "DYN_ROUTER_USE_KV_EVENTS": ("router-kv-events", "0"),
     "DYN_ROUTER_TTL_SECS": ("router-ttl-secs", "30"),
+    "DYN_ROUTER_TRACK_ACTIVE_BLOCKS": ("router-track-active-blocks", "false"),
+    "DYN_ROUTER_TRACK_OUTPUT_BLOCKS": ("router-track-output-blocks", "true"),
+    "DYN_ROUTER_ASSUME_KV_REUSE": ("router-assume-kv-reuse", "0"),
+    "DYN_ROUTER_TRACK_PREFILL_TOKENS": ("router-track-prefill-tokens", "1"),
+    "DYN_ROUTER_PREFILL_LOAD_SCALE": ("router-prefill-load-scale", "1.5"),
     "DYN_MIGRATION_LIMIT": ("migration-limit", "2"),
     "DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD": ("active-decode-blocks-threshold", "0.9"),
     "DYN_NAMESPACE": ("namespace", "blue"),
@@ -376,6 +399,7 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
         (["--router-temperature", "-1"], ["--router-temperature must be a finite number >= 0"]),
         (["--router-kv-overlap-score-credit", "2"], ["--router-kv-overlap-score-credit must be in [0, 1]"]),
         (["--router-ttl-secs", "0"], ["--router-ttl-secs must be in"]),
+        (["--router-prefill-load-scale", "-2"], ["--router-prefill-load-scale must be a finite number >= 0"]),
         (["--discovery-backend", "kubernetes"], ["Kubernetes discovery", "etcd"]),
         (["--event-plane", "zmq"], ["ZeroMQ event plane", "nats"]),
         (["--request-plane", "nats"], ["NATS request plane", "tcp"]),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use clap::builder::BoolishValueParser;
 
+use crate::routing::active::Tracking;
 use crate::routing::kv_index::KvScoring;
 use crate::routing::{RouterMode, RouterOptions};
 
@@ -61,6 +62,42 @@ pub struct RouterArgs {
     /// Seconds a predicted block is assumed held (with --no-router-kv-events).
     #[arg(long, env = "DYN_ROUTER_TTL_SECS", default_value_t = 120.0, allow_negative_numbers = true)]
     pub router_ttl_secs: f64,
+    /// kv mode: count the KV blocks of the requests this router has running on each worker as its load
+    /// (shared prompt blocks once, with --router-assume-kv-reuse).
+    #[arg(long = "router-track-active-blocks", alias = "track-active-blocks", env = "DYN_ROUTER_TRACK_ACTIVE_BLOCKS", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub router_track_active_blocks: bool,
+    /// Turns --router-track-active-blocks off (it wins over --router-track-active-blocks and its variable).
+    #[arg(long = "no-router-track-active-blocks", alias = "no-track-active-blocks")]
+    pub no_router_track_active_blocks: bool,
+    /// kv mode: a running request's load grows by a block every --kv-cache-block-size tokens it
+    /// generates.
+    #[arg(long = "router-track-output-blocks", alias = "track-output-blocks", env = "DYN_ROUTER_TRACK_OUTPUT_BLOCKS", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub router_track_output_blocks: bool,
+    /// Turns --router-track-output-blocks off (it wins over --router-track-output-blocks and its variable).
+    #[arg(long = "no-router-track-output-blocks", alias = "no-track-output-blocks")]
+    pub no_router_track_output_blocks: bool,
+    /// kv mode: requests sharing a prompt prefix on a worker share its blocks (off: each request's
+    /// blocks count on their own).
+    #[arg(long = "router-assume-kv-reuse", alias = "assume-kv-reuse", env = "DYN_ROUTER_ASSUME_KV_REUSE", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub router_assume_kv_reuse: bool,
+    /// Turns --router-assume-kv-reuse off (it wins over --router-assume-kv-reuse and its variable).
+    #[arg(long = "no-router-assume-kv-reuse", alias = "no-assume-kv-reuse")]
+    pub no_router_assume_kv_reuse: bool,
+    /// kv mode: prompt tokens a worker has not prefilled yet (until each request's first token) are
+    /// load.
+    #[arg(long = "router-track-prefill-tokens", env = "DYN_ROUTER_TRACK_PREFILL_TOKENS", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub router_track_prefill_tokens: bool,
+    /// Turns --router-track-prefill-tokens off (it wins over --router-track-prefill-tokens and its variable).
+    #[arg(long = "no-router-track-prefill-tokens")]
+    pub no_router_track_prefill_tokens: bool,
+    /// kv mode: the weight of prefill work (the request's uncached blocks, and the prompts a worker
+    /// has still to prefill) against the blocks it holds.
+    #[arg(long, env = "DYN_ROUTER_PREFILL_LOAD_SCALE", default_value_t = 1.0, allow_negative_numbers = true)]
+    pub router_prefill_load_scale: f64,
     /// A language-model worker whose KV cache is fuller than this fraction (0..1] is busy: the
     /// router passes it over, and refuses requests (503, Retry-After) when all are. Per model:
     /// `POST /busy_threshold`. Unset: workers are never busy.
@@ -90,14 +127,28 @@ impl RouterArgs {
         if !(self.router_ttl_secs > 0.0 && self.router_ttl_secs <= MAX_ROUTER_TTL_SECS) {
             return Err(format!("--router-ttl-secs must be in (0, {MAX_ROUTER_TTL_SECS}], got {}", self.router_ttl_secs));
         }
+        if !(self.router_prefill_load_scale >= 0.0 && self.router_prefill_load_scale.is_finite()) {
+            return Err(format!("--router-prefill-load-scale must be a finite number >= 0, got {}", self.router_prefill_load_scale));
+        }
         let load_aware = self.load_aware && !self.no_load_aware;
         let kv_events = self.router_kv_events && !self.no_router_kv_events && !load_aware;
+        // Dynamo's load-aware preset tracks active blocks and prefill tokens, without kv reuse.
+        let tracking = Tracking {
+            active_blocks: load_aware || (self.router_track_active_blocks && !self.no_router_track_active_blocks),
+            output_blocks: self.router_track_output_blocks && !self.no_router_track_output_blocks,
+            prefill_tokens: load_aware || (self.router_track_prefill_tokens && !self.no_router_track_prefill_tokens),
+            assume_kv_reuse: !load_aware && self.router_assume_kv_reuse && !self.no_router_assume_kv_reuse,
+            prefill_load_scale: self.router_prefill_load_scale,
+        };
         Ok(RouterOptions {
             mode: if load_aware { RouterMode::Kv } else { self.router_mode },
             kv: KvScoring {
                 overlap_weight: if load_aware { 0.0 } else { self.kv_overlap_weight },
                 load_weight: self.kv_load_weight,
                 temperature: self.kv_temperature,
+                tracked: tracking.any(),
+                prefill_load_scale: self.router_prefill_load_scale,
+                block_size: self.kv_block_size,
             },
             kv_block_size: self.kv_block_size,
             migration_limit: self.migration_limit,
@@ -111,6 +162,7 @@ impl RouterArgs {
             max_local_prefill_length: self.max_local_prefill_length,
             kv_events,
             prediction_ttl: Duration::from_secs_f64(self.router_ttl_secs),
+            tracking,
         })
     }
 }
@@ -157,10 +209,26 @@ mod tests {
 
     #[test]
     fn load_aware_is_kv_routing_by_load_alone() {
-        let preset = options(&["--load-aware", "--router-mode", "round-robin"]).expect("preset");
+        let preset = options(&["--load-aware", "--router-mode", "round-robin", "--no-router-track-active-blocks"]).expect("preset");
         assert_eq!((preset.mode, preset.kv.overlap_weight, preset.kv_events), (RouterMode::Kv, 0.0, false));
+        let t = preset.tracking;
+        assert!(t.active_blocks && t.prefill_tokens && !t.assume_kv_reuse && preset.kv.tracked);
         let undone = options(&["--load-aware", "--no-load-aware"]).expect("undone");
         assert_eq!((undone.mode, undone.kv.overlap_weight, undone.kv_events), (RouterMode::RoundRobin, 1.0, true));
+    }
+
+    #[test]
+    fn tracking_flags_follow_dynamos_defaults_and_pairs() {
+        let default = options(&[]).expect("default");
+        assert_eq!(default.tracking, Tracking::default());
+        assert!(default.kv.tracked);
+        let off = options(&["--no-router-track-active-blocks", "--no-track-output-blocks", "--router-track-output-blocks",
+                            "--no-router-assume-kv-reuse", "--no-router-track-prefill-tokens", "--router-prefill-load-scale", "2"])
+            .expect("off");
+        let t = off.tracking;
+        assert!(!t.active_blocks && !t.output_blocks && !t.assume_kv_reuse && !t.prefill_tokens, "{t:?}");
+        assert_eq!((off.kv.tracked, off.kv.prefill_load_scale), (false, 2.0));
+        assert!(options(&["--track-output-blocks"]).expect("old name").tracking.output_blocks);
     }
 
     #[test]
@@ -170,6 +238,7 @@ mod tests {
             (&["--router-temperature", "-1"][..], "--router-temperature must be a finite number >= 0"),
             (&["--router-ttl-secs", "0"][..], "--router-ttl-secs must be in"),
             (&["--kv-cache-block-size", "0"][..], "--kv-cache-block-size must be at least 1"),
+            (&["--router-prefill-load-scale", "-1"][..], "--router-prefill-load-scale must be a finite number >= 0"),
         ] {
             let error = options(args).expect_err("refused");
             assert!(error.contains(fragment), "{args:?}: {error}");

@@ -131,6 +131,7 @@ impl Router {
                 return member.client.generate(model, request).await.map(|stream| stream.served_by(Arc::clone(&member.id)));
             }
             let outstanding = member.begin();
+            let tracked = self.track(&member, model, &request.prompt);
             let started = match self.prefill_for(model, &request.prompt, &member, &split) {
                 Some((prefill, source)) => {
                     // Counted on the prefill worker until the decode worker has its blocks.
@@ -155,7 +156,7 @@ impl Router {
                     let router = self.this.upgrade();
                     tokio::spawn(async move {
                         let _outstanding = outstanding;
-                        migration.forward(router, member, stream, sender).await;
+                        migration.forward(router, member, stream, sender, tracked).await;
                     });
                     return Ok(TokenStream::new(receiver).served_by(worker).prefilled_by(prefill_worker));
                 }
@@ -180,7 +181,14 @@ impl Migration {
     /// Forwards `stream` to `sender`; when the worker dies mid-stream, continues on another one.
     /// Returns when the generation ends or the client goes away (which drops the worker's stream
     /// and so cancels the sequence there).
-    async fn forward(mut self, router: Option<Arc<Router>>, mut member: Member, mut stream: TokenStream, sender: EventSender) {
+    async fn forward(
+        mut self,
+        router: Option<Arc<Router>>,
+        mut member: Member,
+        mut stream: TokenStream,
+        sender: EventSender,
+        mut tracked: Option<super::active::ActiveRequest>,
+    ) {
         let prompt_tokens = u32::try_from(self.request.prompt.len()).unwrap_or(u32::MAX);
         let mut migrations = 0u32;
         loop {
@@ -195,6 +203,9 @@ impl Migration {
                     }
                 }
                 Some(Ok(GenerateEvent::Token(token))) => {
+                    if let Some(tracked) = tracked.as_mut() {
+                        tracked.token();
+                    }
                     self.generated.push(token.id);
                     if sender.send(Ok(GenerateEvent::Token(token))).is_err() {
                         return;
@@ -229,6 +240,9 @@ impl Migration {
                         Some((next_member, next_stream)) => {
                             tracing::warn!(from = %member.id, to = %next_member.id, model = %self.model, "{why}; continuing the stream on another worker");
                             router.counters.migrated.fetch_add(1, Ordering::Relaxed);
+                            let mut prompt = self.request.prompt.clone();
+                            prompt.extend_from_slice(&self.generated);
+                            tracked = router.track(&next_member, &self.model, &prompt);
                             member = next_member;
                             stream = next_stream;
                         }

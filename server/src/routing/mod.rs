@@ -12,6 +12,8 @@ mod follow;
 pub mod kv_index;
 pub mod policy;
 pub mod predicted;
+pub mod scoring;
+pub mod active;
 mod remote_models;
 
 use std::collections::HashMap;
@@ -106,6 +108,8 @@ pub struct Router {
     kv: Mutex<KvIndex>,
     /// What the router predicts workers hold, when it does not follow their KV events.
     predicted: Mutex<PredictedIndex>,
+    /// The load this router's own requests put on each worker (`--router-track-*`).
+    active: Arc<active::ActiveLoad>,
     loads: Arc<Mutex<HashMap<(String, String), LoadReport>>>,
     remote_models: RemoteModels,
     turn: AtomicUsize,
@@ -140,6 +144,7 @@ impl Router {
         let loads = Arc::new(Mutex::new(HashMap::new()));
         let busy = Arc::new(BusyThresholds::new(options.busy_threshold));
         let predicted = Mutex::new(PredictedIndex::new(options.prediction_ttl));
+        let active = active::ActiveLoad::new(options.tracking, options.kv_block_size);
         Arc::new_cyclic(|this| Router {
             busy,
             this: this.clone(),
@@ -153,6 +158,7 @@ impl Router {
             table: ArcSwap::from_pointee(ByName::default()),
             kv: Mutex::new(KvIndex::new()),
             predicted,
+            active,
             loads,
             turn: AtomicUsize::new(0),
             counters: RouterCounters::default(),
@@ -267,6 +273,7 @@ impl Router {
             members.remove(&id);
             lock(&self.kv).remove_worker(&id);
             lock(&self.predicted).remove_worker(&id);
+            self.active.remove_worker(&id);
             lock(&self.loads).retain(|(worker, _), _| *worker != *id);
             tracing::info!(worker = %id, "worker left");
         }
@@ -342,6 +349,11 @@ impl Router {
             self.counters.routed.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(candidates[0].clone()));
         }
+        let hashes = tokens.map(|t| block_hashes(t, self.options.kv_block_size));
+        let tracked = |member: &Member| match (&hashes, self.options.tracking.any()) {
+            (Some(hashes), true) => self.active.candidate(&member.id, model, hashes),
+            _ => active::CandidateLoad::default(),
+        };
         let loads = lock(&self.loads);
         let choices: Vec<Choice> = candidates
             .iter()
@@ -354,11 +366,11 @@ impl Router {
                     reported_queued: report.map_or(0, |r| r.queued),
                     kv_used: report.map_or(0, |r| r.kv_used),
                     kv_capacity: report.map_or(0, |r| r.kv_capacity),
+                    tracked: tracked(m),
                 }
             })
             .collect();
         drop(loads);
-        let hashes = tokens.map(|t| block_hashes(t, self.options.kv_block_size));
         let overlaps = hashes.as_ref().map(|h| match self.options.kv_events {
             true => lock(&self.kv).overlaps(model, h),
             false => lock(&self.predicted).overlaps(model, h, now),
@@ -392,6 +404,27 @@ impl Router {
             }
         }
         Ok(Some(chosen))
+    }
+
+    /// Counts a generation of `model` with this `prompt` on `member` (when the router tracks load);
+    /// the returned guard follows its tokens and takes it off when dropped.
+    fn track(&self, member: &Member, model: &str, prompt: &[u32]) -> Option<active::ActiveRequest> {
+        if !self.options.tracking.any() {
+            return None;
+        }
+        let hashes = block_hashes(prompt, self.options.kv_block_size);
+        let cached = match self.options.kv_events {
+            true => lock(&self.kv).overlaps(model, &hashes),
+            false => lock(&self.predicted).overlaps(model, &hashes, Instant::now()),
+        };
+        let cached_tokens = cached.get(member.id.as_ref()).copied().unwrap_or(0) * self.options.kv_block_size;
+        let new_tokens = prompt.len().saturating_sub(cached_tokens) as u64;
+        Some(self.active.start(&member.id, model, hashes, new_tokens))
+    }
+
+    /// The load this router tracks (for the busy thresholds and tests).
+    pub fn active_load(&self) -> &Arc<active::ActiveLoad> {
+        &self.active
     }
 
     /// The in-process client when it alone can take requests for `model` (the single-process

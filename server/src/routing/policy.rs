@@ -70,6 +70,8 @@ pub struct RouterOptions {
     pub kv_events: bool,
     /// How long a predicted block is assumed held (`--router-ttl-secs`).
     pub prediction_ttl: std::time::Duration,
+    /// What the router counts of the load it puts on workers (`--router-track-*`).
+    pub tracking: super::active::Tracking,
 }
 
 impl Default for RouterOptions {
@@ -85,6 +87,7 @@ impl Default for RouterOptions {
             max_local_prefill_length: DEFAULT_MAX_LOCAL_PREFILL_LENGTH,
             kv_events: true,
             prediction_ttl: std::time::Duration::from_secs(120),
+            tracking: super::active::Tracking::default(),
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct Choice {
     pub reported_queued: u64,
     pub kv_used: u64,
     pub kv_capacity: u64,
+    /// What the router itself counts on it (zeros when it does not track).
+    pub tracked: super::active::CandidateLoad,
 }
 
 /// What a pick is based on beyond the candidates.
@@ -149,6 +154,8 @@ pub fn pick(
                         queued: c.reported_queued,
                         kv_used: c.kv_used,
                         kv_capacity: c.kv_capacity,
+                        potential_blocks: c.tracked.potential_blocks,
+                        pending_prefill_tokens: c.tracked.prefill_tokens,
                     })
                     .collect();
                 choose(&candidates, request_blocks, kv, rng)
@@ -171,7 +178,15 @@ mod tests {
     use super::*;
 
     fn choice(id: &str, outstanding: u64, queued: u64) -> Choice {
-        Choice { id: Arc::from(id), outstanding, reported_active: 0, reported_queued: queued, kv_used: 0, kv_capacity: 0 }
+        Choice {
+            id: Arc::from(id),
+            outstanding,
+            reported_active: 0,
+            reported_queued: queued,
+            kv_used: 0,
+            kv_capacity: 0,
+            tracked: Default::default(),
+        }
     }
 
     #[test]
