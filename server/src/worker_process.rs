@@ -193,6 +193,7 @@ async fn report_engines(worker: String, repository: Arc<ModelRepository>, events
                 queued: stats.waiting as u64,
                 kv_used: stats.kv_tokens_used as u64,
                 kv_capacity: stats.kv_tokens_capacity as u64,
+                max_batched_tokens: stats.max_batched_tokens as u64,
                 prompt_tokens: stats.prompt_tokens,
                 prompt_tokens_cached: stats.prompt_tokens_cached,
                 tokens_generated: stats.tokens_generated,

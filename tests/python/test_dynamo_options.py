@@ -20,7 +20,7 @@ import openai
 import pytest
 import tritonclient.grpc as grpcclient
 
-from cluster import metric, wait_until, workers_serving
+from cluster import metric, start_nats, wait_until, workers_serving
 from conftest import LLM_NAME, LLM_START_TIMEOUT, model_paths
 from helpers import (
     READY_PREFIX,
@@ -179,14 +179,15 @@ class FileCluster:
         self.started.append(worker)
         return worker
 
-    def frontend(self, *args: str) -> TritiumServer:
+    def frontend(self, *args: str, workers: int = 2) -> TritiumServer:
         frontend = start_server("--discovery-backend", "file", "--discovery-dir", str(self.folder), *args)
         self.started.append(frontend)
-        wait_until(lambda: workers_serving(frontend, "mock-llm") == 2, 20, "both workers serving mock-llm")
+        wait_until(lambda: workers_serving(frontend, "mock-llm") == workers, 20, f"{workers} workers serving mock-llm")
         return frontend
 
     def stop(self) -> None:
-        for process in reversed(self.started):
+        started, self.started = self.started, []
+        for process in reversed(started):
             finish_server(process)
 
 
@@ -268,6 +269,67 @@ def test_the_tracked_load_terms_price_a_running_stream(file_cluster):
     assert probe == stream
 
 
+def routed(frontend: TritiumServer) -> float:
+    with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
+        return metric(response.read().decode(), "tritium_router_requests_total")
+
+
+def second_while_first_prefills(frontend: TritiumServer) -> tuple[int, dict]:
+    """Starts a long prompt (slow to prefill on the mock worker) and, once it is routed, sends
+    another: the second's status and body."""
+    before = routed(frontend)
+    body = {"model": "mock-llm", "prompt": PROMPT, "max_tokens": 1}
+    first = threading.Thread(target=post, args=(f"{frontend.http_url}/v1/completions", body))
+    first.start()
+    wait_until(lambda: routed(frontend) > before, 10, "the first request routed")
+    answer = post(f"{frontend.http_url}/v1/completions", {**body, "prompt": "short"})
+    first.join(60)
+    return answer
+
+
+def test_prefill_busy_thresholds_and_admission_control(file_cluster, tmp_path):
+    """A worker prefilling a long prompt has more tokens waiting than the threshold: the next
+    request is refused at once (503) while it prefills; --admission-control none lifts it."""
+    nats = start_nats()
+    try:
+        events = ["--event-plane", "nats", "--nats-url", nats.address]
+        file_cluster.worker("--mock-prefill-us-per-token", "20000", *events)
+        status, body = second_while_first_prefills(file_cluster.frontend("--active-prefill-tokens-threshold", "10", workers=1))
+        assert status == 503 and "too many prompt tokens waiting to be prefilled" in json.dumps(body), (status, body)
+        relaxed = file_cluster.frontend("--active-prefill-tokens-threshold", "10", "--admission-control", "none", workers=1)
+        assert second_while_first_prefills(relaxed)[0] == 200
+        # The fraction is of the engine step's prefill budget (256 tokens), which the worker reports on the event plane.
+        fraction = file_cluster.frontend("--active-prefill-tokens-threshold-frac", "0.05", *events, workers=1)
+        reported = 'model="mock-llm"'
+        wait_until(lambda: metric_or_zero(fraction, "tritium_llm_engine_kv_tokens_capacity", reported) > 0, 10, "a load report")
+        status, body = second_while_first_prefills(fraction)
+        assert status == 503, (status, body)
+        roomy = file_cluster.frontend("--active-prefill-tokens-threshold-frac", "100", *events, workers=1)
+        assert second_while_first_prefills(roomy)[0] == 200
+    finally:
+        file_cluster.stop()
+        nats.stop()
+
+
+def metric_or_zero(frontend: TritiumServer, name: str, labels: str = "") -> float:
+    with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    try:
+        return metric(text, name, labels)
+    except Exception:
+        return 0.0
+
+
+def test_without_decode_fallback_decode_workers_wait_for_a_prefill_worker(file_cluster):
+    file_cluster.worker("--disaggregation-mode", "decode")
+    body = {"model": "mock-llm", "prompt": "hello", "max_tokens": 2}
+    fallback = file_cluster.frontend(workers=1)
+    assert post(f"{fallback.http_url}/v1/completions", body)[0] == 200
+    strict = file_cluster.frontend("--no-decode-fallback", workers=1)
+    status, answer = post(f"{strict.http_url}/v1/completions", body)
+    assert status == 503 and "no prefill worker is up" in json.dumps(answer), (status, answer)
+
+
 def perf_lines(server: TritiumServer) -> list[str]:
     return [line for line in server.stderr().splitlines() if "preprocess timing" in line]
 
@@ -330,6 +392,10 @@ VARIABLES = {
     "DYN_ROUTER_PREFILL_LOAD_SCALE": ("router-prefill-load-scale", "1.5"),
     "DYN_MIGRATION_LIMIT": ("migration-limit", "2"),
     "DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD": ("active-decode-blocks-threshold", "0.9"),
+    "DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD": ("active-prefill-tokens-threshold", "100"),
+    "DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD_FRAC": ("active-prefill-tokens-threshold-frac", "0.5"),
+    "DYN_ADMISSION_CONTROL": ("admission-control", "none"),
+    "DYN_DECODE_FALLBACK": ("decode-fallback", "false"),
     "DYN_NAMESPACE": ("namespace", "blue"),
     "DYN_NAMESPACE_PREFIX": ("namespace-prefix", "bl"),
     "DYN_MODEL_NAME": ("model-name", "m"),
@@ -400,6 +466,8 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
         (["--router-kv-overlap-score-credit", "2"], ["--router-kv-overlap-score-credit must be in [0, 1]"]),
         (["--router-ttl-secs", "0"], ["--router-ttl-secs must be in"]),
         (["--router-prefill-load-scale", "-2"], ["--router-prefill-load-scale must be a finite number >= 0"]),
+        (["--admission-control", "strict"], ["token-capacity", "none"]),
+        (["--active-prefill-tokens-threshold", "many"], ["is not a token count (or None)"]),
         (["--discovery-backend", "kubernetes"], ["Kubernetes discovery", "etcd"]),
         (["--event-plane", "zmq"], ["ZeroMQ event plane", "nats"]),
         (["--request-plane", "nats"], ["NATS request plane", "tcp"]),

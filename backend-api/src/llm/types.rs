@@ -207,6 +207,9 @@ pub struct EngineStats {
     /// KV-cache positions in blocks held by running sequences, and the pool's size.
     pub kv_tokens_used: usize,
     pub kv_tokens_capacity: usize,
+    /// Prompt tokens one step prefills at most (vLLM's and Dynamo's `max_num_batched_tokens`);
+    /// 0 when unknown.
+    pub max_batched_tokens: usize,
     /// Tokens generated since start (cancelled sequences included, up to where they stopped).
     pub tokens_generated: u64,
     /// Prompt tokens prefilled since start.

@@ -378,6 +378,7 @@ impl LanguageModel for LlmEngine {
             waiting: c.waiting.load(Ordering::Relaxed),
             kv_tokens_used: c.kv_used.load(Ordering::Relaxed),
             kv_tokens_capacity: self.kv_capacity,
+            max_batched_tokens: self.shared.options.prefill_chunk,
             tokens_generated: c.tokens.load(Ordering::Relaxed),
             prompt_tokens: c.prompt_tokens.load(Ordering::Relaxed),
             prompt_tokens_cached: c.prompt_tokens_cached.load(Ordering::Relaxed),

@@ -101,13 +101,51 @@ pub struct RouterArgs {
     /// A language-model worker whose KV cache is fuller than this fraction (0..1] is busy: the
     /// router passes it over, and refuses requests (503, Retry-After) when all are. Per model:
     /// `POST /busy_threshold`. Unset: workers are never busy.
-    #[arg(long, env = "DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD")]
-    pub active_decode_blocks_threshold: Option<f64>,
+    #[arg(long, env = "DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD", value_parser = parse_optional_f64)]
+    pub active_decode_blocks_threshold: Option<OrNone<f64>>,
+    /// A worker with more prompt tokens of this router's requests still to prefill than this is
+    /// busy (passed over; all busy: 503). `None` or unset: no such limit.
+    #[arg(long, env = "DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD", value_parser = parse_optional_u64)]
+    pub active_prefill_tokens_threshold: Option<OrNone<u64>>,
+    /// ... or more than this fraction (> 0) of the tokens one of its engine steps prefills (its
+    /// `max_batched_tokens`, from its load reports on the event plane).
+    #[arg(long, env = "DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD_FRAC", value_parser = parse_optional_f64)]
+    pub active_prefill_tokens_threshold_frac: Option<OrNone<f64>>,
+    /// `token-capacity` applies the busy thresholds above; `none` turns them all off.
+    #[arg(long, env = "DYN_ADMISSION_CONTROL", default_value = "token-capacity", value_parser = ["token-capacity", "none"])]
+    pub admission_control: String,
+    /// With decode workers (`--disaggregation-mode decode`) and no prefill worker up, the decode
+    /// workers prefill and decode requests themselves; with --no-decode-fallback such requests are
+    /// refused (503) until a prefill worker is up.
+    #[arg(long, env = "DYN_DECODE_FALLBACK", default_value_t = true, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub decode_fallback: bool,
+    /// Turns --decode-fallback off (it wins over --decode-fallback and its variable).
+    #[arg(long)]
+    pub no_decode_fallback: bool,
     /// With prefill workers (`tritium worker --disaggregation-mode prefill`) serving a model: a
     /// prompt whose part the chosen decode worker lacks is longer than this many tokens is
     /// prefilled on a prefill worker; shorter ones are prefilled where they decode.
     #[arg(long, env = "TRITIUM_MAX_LOCAL_PREFILL_LENGTH", default_value_t = crate::routing::policy::DEFAULT_MAX_LOCAL_PREFILL_LENGTH)]
     pub max_local_prefill_length: usize,
+}
+
+/// A value, or `None` (Dynamo's way to leave a threshold unset).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrNone<T>(pub Option<T>);
+
+fn parse_optional_f64(text: &str) -> Result<OrNone<f64>, String> {
+    match text {
+        "None" | "none" => Ok(OrNone(None)),
+        _ => text.parse().map(|v| OrNone(Some(v))).map_err(|_| format!("'{text}' is not a number (or None)")),
+    }
+}
+
+fn parse_optional_u64(text: &str) -> Result<OrNone<u64>, String> {
+    match text {
+        "None" | "none" => Ok(OrNone(None)),
+        _ => text.parse().map(|v| OrNone(Some(v))).map_err(|_| format!("'{text}' is not a token count (or None)")),
+    }
 }
 
 /// The longest prediction: a day (an `Instant` far in the future could overflow).
@@ -130,6 +168,11 @@ impl RouterArgs {
         if !(self.router_prefill_load_scale >= 0.0 && self.router_prefill_load_scale.is_finite()) {
             return Err(format!("--router-prefill-load-scale must be a finite number >= 0, got {}", self.router_prefill_load_scale));
         }
+        let prefill_frac = self.active_prefill_tokens_threshold_frac.and_then(|v| v.0);
+        if prefill_frac.is_some_and(|f| !(f > 0.0 && f.is_finite())) {
+            return Err(format!("--active-prefill-tokens-threshold-frac must be a number > 0, got {}", prefill_frac.unwrap_or(0.0)));
+        }
+        let admission = self.admission_control == "token-capacity";
         let load_aware = self.load_aware && !self.no_load_aware;
         let kv_events = self.router_kv_events && !self.no_router_kv_events && !load_aware;
         // Dynamo's load-aware preset tracks active blocks and prefill tokens, without kv reuse.
@@ -156,9 +199,14 @@ impl RouterArgs {
             worker_token: self.worker_token.clone().filter(|t| !t.is_empty()),
             busy_threshold: self
                 .active_decode_blocks_threshold
+                .and_then(|v| v.0)
+                .filter(|_| admission)
                 .map(crate::routing::busy::BusyThresholds::check)
                 .transpose()
                 .map_err(|e| format!("--active-decode-blocks-threshold: {e}"))?,
+            prefill_tokens_threshold: self.active_prefill_tokens_threshold.and_then(|v| v.0).filter(|_| admission),
+            prefill_tokens_threshold_frac: prefill_frac.filter(|_| admission),
+            decode_fallback: self.decode_fallback && !self.no_decode_fallback,
             max_local_prefill_length: self.max_local_prefill_length,
             kv_events,
             prediction_ttl: Duration::from_secs_f64(self.router_ttl_secs),
@@ -232,6 +280,22 @@ mod tests {
     }
 
     #[test]
+    fn busy_thresholds_take_none_and_admission_control_none_clears_them() {
+        let on = options(&["--active-decode-blocks-threshold", "0.8", "--active-prefill-tokens-threshold", "500",
+                           "--active-prefill-tokens-threshold-frac", "1.5"])
+            .expect("on");
+        assert_eq!((on.busy_threshold, on.prefill_tokens_threshold, on.prefill_tokens_threshold_frac), (Some(0.8), Some(500), Some(1.5)));
+        let none = options(&["--active-decode-blocks-threshold", "None", "--active-prefill-tokens-threshold", "None"]).expect("None");
+        assert_eq!((none.busy_threshold, none.prefill_tokens_threshold), (None, None));
+        let cleared = options(&["--active-decode-blocks-threshold", "0.8", "--active-prefill-tokens-threshold", "500",
+                                "--admission-control", "none"])
+            .expect("cleared");
+        assert_eq!((cleared.busy_threshold, cleared.prefill_tokens_threshold), (None, None));
+        assert!(options(&["--admission-control", "strict"]).expect_err("refused").contains("token-capacity"));
+        assert!(options(&[]).expect("default").decode_fallback && !options(&["--no-decode-fallback"]).expect("off").decode_fallback);
+    }
+
+    #[test]
     fn out_of_range_values_are_refused_naming_the_option() {
         for (args, fragment) in [
             (&["--router-kv-overlap-score-credit", "2"][..], "--router-kv-overlap-score-credit must be in [0, 1]"),
@@ -239,6 +303,7 @@ mod tests {
             (&["--router-ttl-secs", "0"][..], "--router-ttl-secs must be in"),
             (&["--kv-cache-block-size", "0"][..], "--kv-cache-block-size must be at least 1"),
             (&["--router-prefill-load-scale", "-1"][..], "--router-prefill-load-scale must be a finite number >= 0"),
+            (&["--active-prefill-tokens-threshold-frac", "0"][..], "--active-prefill-tokens-threshold-frac must be a number > 0"),
         ] {
             let error = options(args).expect_err("refused");
             assert!(error.contains(fragment), "{args:?}: {error}");

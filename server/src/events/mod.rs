@@ -41,6 +41,9 @@ pub struct LoadReport {
     /// KV-cache use and capacity, in tokens (0 and 0 for models without one).
     pub kv_used: u64,
     pub kv_capacity: u64,
+    /// Prompt tokens one engine step prefills at most (0: unknown; absent from older workers).
+    #[serde(default)]
+    pub max_batched_tokens: u64,
     /// Counters since the engine started: prompt tokens, those found in the KV cache (not
     /// recomputed), and tokens generated.
     pub prompt_tokens: u64,

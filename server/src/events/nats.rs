@@ -280,6 +280,7 @@ mod tests {
                 queued: 1,
                 kv_used: 640,
                 kv_capacity: 4096,
+                max_batched_tokens: 256,
                 prompt_tokens: 1000,
                 prompt_tokens_cached: 512,
                 tokens_generated: 77,

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use tritium_backend_api::kv::block_hashes;
-use tritium_backend_api::llm::PrefillSource;
+use tritium_backend_api::llm::{GenerateError, PrefillSource};
+use tritium_worker::WorkerError;
 
 use super::{Member, Router};
 use crate::discovery::{DisaggregationMode, WorkerAddress};
@@ -46,6 +47,31 @@ impl Router {
         }
         let ids = |members: Vec<&Member>| members.into_iter().map(|m| Arc::clone(&m.id)).collect();
         Split { prefill: ids(prefill), decode: ids(decode) }
+    }
+
+    /// With --no-decode-fallback: `model`'s decode workers while no prefill worker is up (they
+    /// take none of its requests), or an error when nothing else serves it.
+    pub(super) fn decode_without_prefill(&self, model: &str) -> Result<Vec<Arc<str>>, WorkerError> {
+        if self.options.decode_fallback {
+            return Ok(Vec::new());
+        }
+        let table = self.table.load();
+        let Some(route) = table.get(model) else { return Ok(Vec::new()) };
+        if route.iter().any(|m| m.mode == DisaggregationMode::Prefill) {
+            return Ok(Vec::new());
+        }
+        let decode: Vec<Arc<str>> =
+            route.iter().filter(|m| m.mode == DisaggregationMode::Decode).map(|m| Arc::clone(&m.id)).collect();
+        if !decode.is_empty() && decode.len() == route.len() {
+            return Err(WorkerError::Generate {
+                model: model.to_string(),
+                source: GenerateError::Unavailable {
+                    model: model.to_string(),
+                    message: "it has decode workers but no prefill worker is up (--no-decode-fallback); retry later".into(),
+                },
+            });
+        }
+        Ok(decode)
     }
 
     /// The prefill worker for `prompt` on its way to `decode`, and where the decode worker finds

@@ -111,9 +111,10 @@ impl Router {
     ) -> Result<TokenStream, WorkerError> {
         let mut tried: Vec<Arc<str>> = Vec::new();
         let split = self.split(model);
+        let held_back = self.decode_without_prefill(model)?;
         loop {
             // Prefill workers do not decode while the model has workers that do.
-            let passed_over: Vec<Arc<str>> = tried.iter().chain(&split.prefill).cloned().collect();
+            let passed_over: Vec<Arc<str>> = tried.iter().chain(&split.prefill).chain(&held_back).cloned().collect();
             let Some(member) = self.pick(model, Some(&request.prompt), hint, None, &passed_over, false)? else {
                 if tried.is_empty() {
                     self.admit_local(model)?;

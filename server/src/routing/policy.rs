@@ -72,6 +72,15 @@ pub struct RouterOptions {
     pub prediction_ttl: std::time::Duration,
     /// What the router counts of the load it puts on workers (`--router-track-*`).
     pub tracking: super::active::Tracking,
+    /// A worker with more prompt tokens than this still to prefill (of this router's requests) is
+    /// busy (`--active-prefill-tokens-threshold`).
+    pub prefill_tokens_threshold: Option<u64>,
+    /// ... or more than this fraction of what one of its engine steps prefills
+    /// (`--active-prefill-tokens-threshold-frac`, against its reported `max_batched_tokens`).
+    pub prefill_tokens_threshold_frac: Option<f64>,
+    /// With decode workers and no prefill worker up, the decode workers serve requests whole
+    /// (`--decode-fallback`); else such requests are refused.
+    pub decode_fallback: bool,
 }
 
 impl Default for RouterOptions {
@@ -88,6 +97,9 @@ impl Default for RouterOptions {
             kv_events: true,
             prediction_ttl: std::time::Duration::from_secs(120),
             tracking: super::active::Tracking::default(),
+            prefill_tokens_threshold: None,
+            prefill_tokens_threshold_frac: None,
+            decode_fallback: true,
         }
     }
 }
