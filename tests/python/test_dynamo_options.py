@@ -20,7 +20,7 @@ import openai
 import pytest
 import tritonclient.grpc as grpcclient
 
-from cluster import metric, start_nats, wait_until, workers_serving
+from cluster import listed_models, metric, start_nats, wait_until, workers_serving
 from conftest import LLM_NAME, LLM_START_TIMEOUT, model_paths
 from helpers import (
     READY_PREFIX,
@@ -183,6 +183,8 @@ class FileCluster:
         frontend = start_server("--discovery-backend", "file", "--discovery-dir", str(self.folder), *args)
         self.started.append(frontend)
         wait_until(lambda: workers_serving(frontend, "mock-llm") == workers, 20, f"{workers} workers serving mock-llm")
+        # Routed to is not yet described: the model is served once it is listed.
+        wait_until(lambda: "mock-llm" in listed_models(frontend), 20, "mock-llm listed")
         return frontend
 
     def stop(self) -> None:
@@ -269,6 +271,11 @@ def test_the_tracked_load_terms_price_a_running_stream(file_cluster):
     assert probe == stream
 
 
+# 300 tokens for the mock engine's byte tokenizer: 1.5 s to prefill at 5 ms a token.
+SLOW_PROMPT = "word " * 60
+SLOW_PREFILL = ["--mock-prefill-us-per-token", "5000"]
+
+
 def routed(frontend: TritiumServer) -> float:
     with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
         return metric(response.read().decode(), "tritium_router_requests_total")
@@ -278,10 +285,12 @@ def second_while_first_prefills(frontend: TritiumServer) -> tuple[int, dict]:
     """Starts a long prompt (slow to prefill on the mock worker) and, once it is routed, sends
     another: the second's status and body."""
     before = routed(frontend)
-    body = {"model": "mock-llm", "prompt": PROMPT, "max_tokens": 1}
-    first = threading.Thread(target=post, args=(f"{frontend.http_url}/v1/completions", body))
+    body = {"model": "mock-llm", "prompt": SLOW_PROMPT, "max_tokens": 1}
+    answers: list = []
+    first = threading.Thread(target=lambda: answers.append(post(f"{frontend.http_url}/v1/completions", body)))
     first.start()
-    wait_until(lambda: routed(frontend) > before, 10, "the first request routed")
+    wait_until(lambda: routed(frontend) > before or bool(answers), 10, "the first request routed")
+    assert not answers, f"the first request ended before it was seen routed: {answers}"
     answer = post(f"{frontend.http_url}/v1/completions", {**body, "prompt": "short"})
     first.join(60)
     return answer
@@ -293,7 +302,7 @@ def test_prefill_busy_thresholds_and_admission_control(file_cluster, tmp_path):
     nats = start_nats()
     try:
         events = ["--event-plane", "nats", "--nats-url", nats.address]
-        file_cluster.worker("--mock-prefill-us-per-token", "20000", *events)
+        file_cluster.worker(*SLOW_PREFILL, *events)
         status, body = second_while_first_prefills(file_cluster.frontend("--active-prefill-tokens-threshold", "10", workers=1))
         assert status == 503 and "too many prompt tokens waiting to be prefilled" in json.dumps(body), (status, body)
         relaxed = file_cluster.frontend("--active-prefill-tokens-threshold", "10", "--admission-control", "none", workers=1)
@@ -306,6 +315,45 @@ def test_prefill_busy_thresholds_and_admission_control(file_cluster, tmp_path):
         assert status == 503, (status, body)
         roomy = file_cluster.frontend("--active-prefill-tokens-threshold-frac", "100", *events, workers=1)
         assert second_while_first_prefills(roomy)[0] == 200
+    finally:
+        file_cluster.stop()
+        nats.stop()
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("fcfs", "BCD"), ("lcfs", "DCB"), ("wspt", "CDB")])
+def test_the_router_queue_holds_requests_while_workers_are_full_and_lets_them_go_in_policy_order(
+    file_cluster, policy, expected
+):
+    """One worker prefilling a long prompt is full under --router-queue-threshold 0; B (long), C
+    (short) and D (medium) arrive in that order and wait in the router; each goes once the one
+    before it has prefilled, in the policy's order."""
+    nats = start_nats()
+    try:
+        events = ["--event-plane", "nats", "--nats-url", nats.address]
+        file_cluster.worker(*SLOW_PREFILL, *events)
+        frontend = file_cluster.frontend("--router-queue-threshold", "0", "--router-queue-policy", policy, *events, workers=1)
+        wait_until(lambda: metric_or_zero(frontend, "tritium_llm_engine_kv_tokens_capacity", 'model="mock-llm"') > 0, 10, "a load report")
+        done: list[str] = []
+
+        def ask(name: str, prompt: str) -> threading.Thread:
+            def run() -> None:
+                status, _ = post(f"{frontend.http_url}/v1/completions", {"model": "mock-llm", "prompt": prompt, "max_tokens": 1})
+                done.append(name if status == 200 else f"{name}:{status}")
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            return thread
+
+        before = routed(frontend)
+        threads = [ask("A", SLOW_PROMPT)]
+        wait_until(lambda: routed(frontend) > before, 10, "A routed")
+        for waiting, (name, prompt) in enumerate([("B", "word " * 40), ("C", "hi"), ("D", "word " * 10)], start=1):
+            threads.append(ask(name, prompt))
+            wait_until(lambda n=waiting: metric_or_zero(frontend, "tritium_router_queue_waiting") == n, 10, f"{name} queued")
+        for thread in threads:
+            thread.join(60)
+        assert "".join(done) == "A" + expected, done
+        assert metric_or_zero(frontend, "tritium_router_queued_total") == 3
     finally:
         file_cluster.stop()
         nats.stop()
@@ -396,6 +444,8 @@ VARIABLES = {
     "DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD_FRAC": ("active-prefill-tokens-threshold-frac", "0.5"),
     "DYN_ADMISSION_CONTROL": ("admission-control", "none"),
     "DYN_DECODE_FALLBACK": ("decode-fallback", "false"),
+    "DYN_ROUTER_QUEUE_THRESHOLD": ("router-queue-threshold", "0.5"),
+    "DYN_ROUTER_QUEUE_POLICY": ("router-queue-policy", "wspt"),
     "DYN_NAMESPACE": ("namespace", "blue"),
     "DYN_NAMESPACE_PREFIX": ("namespace-prefix", "bl"),
     "DYN_MODEL_NAME": ("model-name", "m"),
@@ -467,6 +517,8 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
         (["--router-ttl-secs", "0"], ["--router-ttl-secs must be in"]),
         (["--router-prefill-load-scale", "-2"], ["--router-prefill-load-scale must be a finite number >= 0"]),
         (["--admission-control", "strict"], ["token-capacity", "none"]),
+        (["--router-queue-policy", "xyz"], ["fcfs", "wspt", "lcfs"]),
+        (["--router-queue-threshold", "-1"], ["--router-queue-threshold must be a number >= 0"]),
         (["--active-prefill-tokens-threshold", "many"], ["is not a token count (or None)"]),
         (["--discovery-backend", "kubernetes"], ["Kubernetes discovery", "etcd"]),
         (["--event-plane", "zmq"], ["ZeroMQ event plane", "nats"]),

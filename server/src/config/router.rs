@@ -8,6 +8,7 @@ use clap::Args;
 use clap::builder::BoolishValueParser;
 
 use crate::routing::active::Tracking;
+use crate::routing::queue::{QueueOptions, QueuePolicy};
 use crate::routing::kv_index::KvScoring;
 use crate::routing::{RouterMode, RouterOptions};
 
@@ -109,11 +110,23 @@ pub struct RouterArgs {
     pub active_prefill_tokens_threshold: Option<OrNone<u64>>,
     /// ... or more than this fraction (> 0) of the tokens one of its engine steps prefills (its
     /// `max_batched_tokens`, from its load reports on the event plane).
-    #[arg(long, env = "DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD_FRAC", value_parser = parse_optional_f64)]
+    #[arg(long, env = "DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD_FRAC", value_parser = parse_optional_f64, allow_negative_numbers = true)]
     pub active_prefill_tokens_threshold_frac: Option<OrNone<f64>>,
     /// `token-capacity` applies the busy thresholds above; `none` turns them all off.
     #[arg(long, env = "DYN_ADMISSION_CONTROL", default_value = "token-capacity", value_parser = ["token-capacity", "none"])]
     pub admission_control: String,
+    /// Language-model requests wait in the router while every worker of their model has more of
+    /// this router's prompt tokens to prefill than this fraction (>= 0) of what one engine step
+    /// prefills (its reported `max_batched_tokens`); unset: they never wait there.
+    #[arg(long, env = "DYN_ROUTER_QUEUE_THRESHOLD", value_parser = parse_optional_f64, allow_negative_numbers = true)]
+    pub router_queue_threshold: Option<OrNone<f64>>,
+    /// The order requests leave the router's queue in: fcfs (arrival, the more urgent priority
+    /// first), wspt (fewest prompt tokens per priority weight first) or lcfs (newest first).
+    #[arg(long, env = "DYN_ROUTER_QUEUE_POLICY", value_enum, default_value = "fcfs")]
+    pub router_queue_policy: QueuePolicy,
+    /// Requests the router's queue holds at most; beyond it they are refused (503).
+    #[arg(long, env = "TRITIUM_ROUTER_QUEUE_MAX_REQUESTS", default_value_t = 1024)]
+    pub router_queue_max_requests: usize,
     /// With decode workers (`--disaggregation-mode decode`) and no prefill worker up, the decode
     /// workers prefill and decode requests themselves; with --no-decode-fallback such requests are
     /// refused (503) until a prefill worker is up.
@@ -173,6 +186,10 @@ impl RouterArgs {
             return Err(format!("--active-prefill-tokens-threshold-frac must be a number > 0, got {}", prefill_frac.unwrap_or(0.0)));
         }
         let admission = self.admission_control == "token-capacity";
+        let queue_threshold = self.router_queue_threshold.and_then(|v| v.0);
+        if queue_threshold.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
+            return Err(format!("--router-queue-threshold must be a number >= 0, got {}", queue_threshold.unwrap_or(0.0)));
+        }
         let load_aware = self.load_aware && !self.no_load_aware;
         let kv_events = self.router_kv_events && !self.no_router_kv_events && !load_aware;
         // Dynamo's load-aware preset tracks active blocks and prefill tokens, without kv reuse.
@@ -207,6 +224,11 @@ impl RouterArgs {
             prefill_tokens_threshold: self.active_prefill_tokens_threshold.and_then(|v| v.0).filter(|_| admission),
             prefill_tokens_threshold_frac: prefill_frac.filter(|_| admission),
             decode_fallback: self.decode_fallback && !self.no_decode_fallback,
+            queue: queue_threshold.map(|threshold| QueueOptions {
+                threshold,
+                policy: self.router_queue_policy,
+                max_requests: self.router_queue_max_requests,
+            }),
             max_local_prefill_length: self.max_local_prefill_length,
             kv_events,
             prediction_ttl: Duration::from_secs_f64(self.router_ttl_secs),
@@ -304,6 +326,7 @@ mod tests {
             (&["--kv-cache-block-size", "0"][..], "--kv-cache-block-size must be at least 1"),
             (&["--router-prefill-load-scale", "-1"][..], "--router-prefill-load-scale must be a finite number >= 0"),
             (&["--active-prefill-tokens-threshold-frac", "0"][..], "--active-prefill-tokens-threshold-frac must be a number > 0"),
+            (&["--router-queue-threshold", "-0.5"][..], "--router-queue-threshold must be a number >= 0"),
         ] {
             let error = options(args).expect_err("refused");
             assert!(error.contains(fragment), "{args:?}: {error}");
@@ -313,5 +336,10 @@ mod tests {
             assert!(error.contains(mode), "the allowed modes are named: {error}");
         }
         assert!(options(&["--router-kv-events=maybe"]).is_err());
+        let error = options(&["--router-queue-policy", "xyz"]).expect_err("refused");
+        assert!(["fcfs", "wspt", "lcfs"].iter().all(|p| error.contains(p)), "{error}");
+        let queue = options(&["--router-queue-threshold", "0", "--router-queue-policy", "lcfs"]).expect("queue").queue;
+        assert_eq!(queue.map(|q| (q.threshold, q.policy)), Some((0.0, QueuePolicy::Lcfs)));
+        assert!(options(&[]).expect("default").queue.is_none());
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::Notify;
 use tritium_backend_api::kv::BlockHash;
 
 use crate::sync::lock;
@@ -66,11 +67,18 @@ pub struct ActiveLoad {
     tracking: Tracking,
     block_size: usize,
     workers: Mutex<HashMap<(Arc<str>, String), WorkerLoad>>,
+    /// Notified when a worker's prefill load goes down (the router's queue waits on it).
+    lighter: Arc<Notify>,
 }
 
 impl ActiveLoad {
     pub fn new(tracking: Tracking, block_size: usize) -> Arc<ActiveLoad> {
-        Arc::new(ActiveLoad { tracking, block_size: block_size.max(1), workers: Mutex::new(HashMap::new()) })
+        ActiveLoad::notifying(tracking, block_size, Arc::default())
+    }
+
+    /// [`ActiveLoad::new`], notifying `lighter` when a worker's prefill load goes down.
+    pub fn notifying(tracking: Tracking, block_size: usize, lighter: Arc<Notify>) -> Arc<ActiveLoad> {
+        Arc::new(ActiveLoad { tracking, block_size: block_size.max(1), workers: Mutex::new(HashMap::new()), lighter })
     }
 
     pub fn tracking(&self) -> &Tracking {
@@ -147,6 +155,7 @@ impl ActiveRequest {
         if self.prefill_tokens > 0 {
             load.prefill_tokens = load.prefill_tokens.saturating_sub(self.prefill_tokens);
             self.prefill_tokens = 0;
+            self.load.lighter.notify_waiters();
         }
         if self.load.tracking.output_blocks {
             self.output_tokens += 1;
@@ -180,6 +189,8 @@ impl Drop for ActiveRequest {
         if load.requests == 0 {
             workers.remove(&self.key);
         }
+        drop(workers);
+        self.load.lighter.notify_waiters();
     }
 }
 

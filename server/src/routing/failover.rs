@@ -112,6 +112,7 @@ impl Router {
         let mut tried: Vec<Arc<str>> = Vec::new();
         let split = self.split(model);
         let held_back = self.decode_without_prefill(model)?;
+        self.wait_for_room(model, request.prompt.len(), request.priority).await?;
         loop {
             // Prefill workers do not decode while the model has workers that do.
             let passed_over: Vec<Arc<str>> = tried.iter().chain(&split.prefill).chain(&held_back).cloned().collect();

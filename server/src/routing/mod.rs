@@ -12,6 +12,7 @@ mod follow;
 pub mod kv_index;
 pub mod policy;
 pub mod predicted;
+pub mod queue;
 pub mod scoring;
 pub mod active;
 mod remote_models;
@@ -23,7 +24,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tritium_backend_api::kv::block_hashes;
-use tritium_backend_api::llm::GenerateError;
+use tritium_backend_api::llm::{GenerateError, Priority};
 use tritium_worker::{ByName, ModelRepository, WorkerClient, WorkerError};
 
 pub use failover::hint_of;
@@ -110,6 +111,8 @@ pub struct Router {
     predicted: Mutex<PredictedIndex>,
     /// The load this router's own requests put on each worker (`--router-track-*`).
     active: Arc<active::ActiveLoad>,
+    /// Where language-model requests wait while every worker is full (`--router-queue-threshold`).
+    queue: Option<queue::RouterQueue>,
     loads: Arc<Mutex<HashMap<(String, String), LoadReport>>>,
     remote_models: RemoteModels,
     turn: AtomicUsize,
@@ -144,7 +147,9 @@ impl Router {
         let loads = Arc::new(Mutex::new(HashMap::new()));
         let busy = Arc::new(BusyThresholds::new(options.busy_threshold));
         let predicted = Mutex::new(PredictedIndex::new(options.prediction_ttl));
-        let active = active::ActiveLoad::new(options.tracking, options.kv_block_size);
+        let lighter = Arc::new(tokio::sync::Notify::new());
+        let active = active::ActiveLoad::notifying(options.tracking, options.kv_block_size, Arc::clone(&lighter));
+        let queue = options.queue.map(|queue| queue::RouterQueue::new(queue, lighter));
         Arc::new_cyclic(|this| Router {
             busy,
             this: this.clone(),
@@ -159,6 +164,7 @@ impl Router {
             kv: Mutex::new(KvIndex::new()),
             predicted,
             active,
+            queue,
             loads,
             turn: AtomicUsize::new(0),
             counters: RouterCounters::default(),
@@ -422,6 +428,35 @@ impl Router {
         Some(self.active.start(&member.id, model, hashes, new_tokens))
     }
 
+    /// Waits in the router's queue while every worker of `model` is full (see [`queue`]).
+    pub(crate) async fn wait_for_room(&self, model: &str, prompt_tokens: usize, priority: Priority) -> Result<(), WorkerError> {
+        let Some(queue) = &self.queue else { return Ok(()) };
+        let threshold = queue.options().threshold;
+        let full = |model: &str| self.all_full(model, threshold);
+        queue.admit(model, prompt_tokens, priority, full).await.map_err(|message| WorkerError::Generate {
+            model: model.to_string(),
+            source: GenerateError::Unavailable { model: model.to_string(), message },
+        })
+    }
+
+    /// Whether every worker of `model` has more of this router's prompt tokens to prefill than
+    /// `threshold` times what one of its engine steps prefills. A worker whose step size is not
+    /// known yet (no load report) or in this process has room.
+    fn all_full(&self, model: &str, threshold: f64) -> bool {
+        let table = self.table.load();
+        let Some(route) = table.get(model).filter(|route| !route.is_empty()) else { return false };
+        let loads = lock(&self.loads);
+        route.iter().all(|member| {
+            let capacity = loads.get(&(member.id.to_string(), model.to_string())).map_or(0, |r| r.max_batched_tokens);
+            !member.local && capacity > 0 && self.active.prefill_tokens_on(&member.id) as f64 > threshold * capacity as f64
+        })
+    }
+
+    /// Requests waiting in the router's queue now, and since start.
+    pub fn queue_counts(&self) -> (usize, u64) {
+        self.queue.as_ref().map_or((0, 0), queue::RouterQueue::counts)
+    }
+
     /// The load this router tracks (for the busy thresholds and tests).
     pub fn active_load(&self) -> &Arc<active::ActiveLoad> {
         &self.active
@@ -574,6 +609,12 @@ impl Router {
             gauge.set(i64::try_from(indexed).unwrap_or(i64::MAX));
             families.extend(gauge.collect());
         }
+        let (waiting, queued) = self.queue_counts();
+        if let Ok(gauge) = prometheus::IntGauge::new("tritium_router_queue_waiting", "Requests waiting in the router's queue now.") {
+            gauge.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+            families.extend(gauge.collect());
+        }
+        counter_family(&mut families, "tritium_router_queued_total", "Requests that waited in the router's queue.", queued);
         let predicted = lock(&self.predicted).len();
         let help = "KV blocks the router predicts workers hold from its own routing (--no-router-kv-events), per worker.";
         if let Ok(gauge) = prometheus::IntGauge::new("tritium_router_kv_blocks_predicted", help) {
@@ -590,6 +631,14 @@ impl Router {
             families.extend(workers.collect());
         }
         families
+    }
+}
+
+fn counter_family(families: &mut Vec<prometheus::proto::MetricFamily>, name: &str, help: &str, value: u64) {
+    use prometheus::core::Collector;
+    if let Ok(counter) = prometheus::IntCounter::new(name, help) {
+        counter.inc_by(value);
+        families.extend(counter.collect());
     }
 }
 

@@ -81,6 +81,8 @@ pub struct RouterOptions {
     /// With decode workers and no prefill worker up, the decode workers serve requests whole
     /// (`--decode-fallback`); else such requests are refused.
     pub decode_fallback: bool,
+    /// The router's own queue (`--router-queue-threshold`); `None`: requests never wait there.
+    pub queue: Option<super::queue::QueueOptions>,
 }
 
 impl Default for RouterOptions {
@@ -100,6 +102,7 @@ impl Default for RouterOptions {
             prefill_tokens_threshold: None,
             prefill_tokens_threshold_frac: None,
             decode_fallback: true,
+            queue: None,
         }
     }
 }
