@@ -217,6 +217,9 @@ impl Tritium {
         let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.scope).await?;
         let poller = self.state.repository.spawn_poller(stop.clone());
         let follower = tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), discovery, stop.clone()));
+        if self.state.router.options().replica_sync {
+            routing::publish_replica_events(&self.state.router, Arc::clone(&events), stop.clone());
+        }
         let event_follower = tokio::spawn(routing::follow_events(Arc::clone(&self.state.router), events, stop.clone()));
 
         let (reporter, health) = tonic_health::server::health_reporter();

@@ -359,6 +359,33 @@ def test_the_router_queue_holds_requests_while_workers_are_full_and_lets_them_go
         nats.stop()
 
 
+def test_router_replicas_share_their_predictions_with_replica_sync(file_cluster):
+    """Without KV events each router only knows where it sent prompts itself; with
+    --router-replica-sync a prompt warmed through one frontend goes to the same worker through
+    another. Six prompts: each lands where the first frontend sent it (by chance: 1 in 64)."""
+    nats = start_nats()
+    try:
+        events = ["--event-plane", "nats", "--nats-url", nats.address]
+        file_cluster.worker(*events)
+        file_cluster.worker(*events)
+        predict = ["--router-mode", "kv", "--no-router-kv-events", "--router-ttl-secs", "600", "--router-replica-sync", *events]
+        first, second = file_cluster.frontend(*predict), file_cluster.frontend(*predict)
+        nvext = {"nvext": {"extra_fields": ["worker_id"]}}
+
+        def worker_for(frontend: TritiumServer, prompt: str) -> str:
+            client = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="none")
+            return worker_of(client.completions.create(model="mock-llm", prompt=prompt, max_tokens=1, extra_body=nvext))
+
+        prompts = [f"Topic {i}: " + "a shared prefix worth keeping. " * 8 for i in range(6)]
+        warmed = [worker_for(first, prompt) for prompt in prompts]
+        predicted = lambda f: metric_or_zero(f, "tritium_router_kv_blocks_predicted")  # noqa: E731
+        wait_until(lambda: predicted(second) >= predicted(first) > 0, 10, "the second router to hear the first's predictions")
+        assert [worker_for(second, prompt) for prompt in prompts] == warmed
+    finally:
+        file_cluster.stop()
+        nats.stop()
+
+
 def metric_or_zero(frontend: TritiumServer, name: str, labels: str = "") -> float:
     with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -433,6 +460,7 @@ VARIABLES = {
     "DYN_ROUTER_TEMPERATURE": ("router-temperature", "0.25"),
     "DYN_ROUTER_USE_KV_EVENTS": ("router-kv-events", "0"),
     "DYN_ROUTER_TTL_SECS": ("router-ttl-secs", "30"),
+    "DYN_ROUTER_REPLICA_SYNC": ("router-replica-sync", "true"),
     "DYN_ROUTER_TRACK_ACTIVE_BLOCKS": ("router-track-active-blocks", "false"),
     "DYN_ROUTER_TRACK_OUTPUT_BLOCKS": ("router-track-output-blocks", "true"),
     "DYN_ROUTER_ASSUME_KV_REUSE": ("router-assume-kv-reuse", "0"),
@@ -517,6 +545,7 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
         (["--router-ttl-secs", "0"], ["--router-ttl-secs must be in"]),
         (["--router-prefill-load-scale", "-2"], ["--router-prefill-load-scale must be a finite number >= 0"]),
         (["--admission-control", "strict"], ["token-capacity", "none"]),
+        (["--router-replica-sync"], ["--event-plane nats"]),
         (["--router-queue-policy", "xyz"], ["fcfs", "wspt", "lcfs"]),
         (["--router-queue-threshold", "-1"], ["--router-queue-threshold must be a number >= 0"]),
         (["--active-prefill-tokens-threshold", "many"], ["is not a token count (or None)"]),

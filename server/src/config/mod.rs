@@ -413,6 +413,10 @@ impl ServeArgs {
         let grpc = &self.grpc;
         let env_u32 = |name: &str| env(name).and_then(|v| v.trim().parse::<u32>().ok());
         let cluster = self.cluster.config()?;
+        let router = self.router.options(cluster.lease_ttl)?;
+        if router.replica_sync && matches!(cluster.events, crate::events::EventsConfig::None) {
+            return Err("--router-replica-sync shares routing state over the event plane: give --event-plane nats".into());
+        }
         // A frontend of remote workers serves the built-in models only when asked to load them.
         let builtins = !cluster.is_distributed();
         let limits = &self.limits;
@@ -431,7 +435,7 @@ impl ServeArgs {
                 response_cache: self.cache.build()?,
                 ..repository_options(&self.repository, &self.models, &self.engine, builtins)?
             },
-            router: self.router.options(cluster.lease_ttl)?,
+            router,
             cluster,
             transport: TransportConfig {
                 max_message_size: grpc.grpc_max_message_size,

@@ -60,6 +60,15 @@ pub struct RouterArgs {
     /// Turns --router-kv-events off (it wins over --router-kv-events and its variable).
     #[arg(long = "no-router-kv-events", alias = "no-kv-events")]
     pub no_router_kv_events: bool,
+    /// With --no-router-kv-events: share this router's predictions with the other frontends'
+    /// routers over the event plane and take theirs, so a prefix warmed through one is routed to
+    /// the same worker through another.
+    #[arg(long, env = "DYN_ROUTER_REPLICA_SYNC", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub router_replica_sync: bool,
+    /// Turns --router-replica-sync off (it wins over --router-replica-sync and its variable).
+    #[arg(long)]
+    pub no_router_replica_sync: bool,
     /// Seconds a predicted block is assumed held (with --no-router-kv-events).
     #[arg(long, env = "DYN_ROUTER_TTL_SECS", default_value_t = 120.0, allow_negative_numbers = true)]
     pub router_ttl_secs: f64,
@@ -224,6 +233,7 @@ impl RouterArgs {
             prefill_tokens_threshold: self.active_prefill_tokens_threshold.and_then(|v| v.0).filter(|_| admission),
             prefill_tokens_threshold_frac: prefill_frac.filter(|_| admission),
             decode_fallback: self.decode_fallback && !self.no_decode_fallback,
+            replica_sync: self.router_replica_sync && !self.no_router_replica_sync,
             queue: queue_threshold.map(|threshold| QueueOptions {
                 threshold,
                 policy: self.router_queue_policy,

@@ -27,6 +27,9 @@ pub enum WorkerEvent {
     Load(LoadReport),
     /// A worker's engine stored or evicted KV-cache blocks of one model.
     Kv { worker: String, model: String, event: KvEvent },
+    /// A frontend's router sent a prompt with these block hashes to `worker`, so it predicts
+    /// them cached there (`--router-replica-sync`: the other routers predict the same).
+    Routed { router: String, worker: String, model: String, blocks: Vec<tritium_backend_api::kv::BlockHash> },
 }
 
 /// One worker's load on one model.

@@ -68,6 +68,7 @@ impl NatsEventBus {
             WorkerEvent::ModelsChanged { worker, .. } => ("models", worker),
             WorkerEvent::Load(report) => ("load", &report.worker),
             WorkerEvent::Kv { worker, .. } => ("kv", worker),
+            WorkerEvent::Routed { router, .. } => ("routed", router),
         };
         format!("{}.{kind}.{}", self.prefix, token(worker))
     }

@@ -68,6 +68,7 @@ pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop:
                 lock(&router.loads).insert((report.worker.clone(), report.model.clone()), report);
             }
             Ok(WorkerEvent::ModelsChanged { .. }) => {}
+            Ok(WorkerEvent::Routed { router: from, worker, model, blocks }) => router.replica_routed(&from, &worker, &model, &blocks),
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(
                     missed,
@@ -77,6 +78,26 @@ pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop:
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+/// Predictions this router shares with its replicas wait at most this many deep to be published.
+const REPLICA_QUEUE: usize = 1024;
+
+/// Publishes the router's routing decisions on `events` for the other replicas until `stop`.
+pub fn publish_replica_events(router: &Arc<Router>, events: Arc<dyn EventBus>, stop: CancellationToken) {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(REPLICA_QUEUE);
+    router.publish_replica_events(sender);
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                event = receiver.recv() => match event { Some(event) => event, None => return },
+            };
+            if let Err(e) = events.publish(event).await {
+                tracing::warn!("sharing a routing decision with the other routers failed: {e}");
+            }
+        }
+    });
 }
 
 /// Registers a worker (in this process or serving the worker plane at an address, in its

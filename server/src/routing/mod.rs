@@ -28,7 +28,7 @@ use tritium_backend_api::llm::{GenerateError, Priority};
 use tritium_worker::{ByName, ModelRepository, WorkerClient, WorkerError};
 
 pub use failover::hint_of;
-pub use follow::{follow_discovery, follow_events, publish_worker};
+pub use follow::{follow_discovery, follow_events, publish_replica_events, publish_worker};
 pub use policy::{RouterMode, RouterOptions, WORKER_ID_HEADER, WORKER_ID_PARAMETER};
 
 use crate::discovery::{DisaggregationMode, WorkerAddress, WorkerInstance};
@@ -113,6 +113,10 @@ pub struct Router {
     active: Arc<active::ActiveLoad>,
     /// Where language-model requests wait while every worker is full (`--router-queue-threshold`).
     queue: Option<queue::RouterQueue>,
+    /// This router's name among its replicas, and where its predictions go to be published
+    /// (`--router-replica-sync`; set once the event plane is up).
+    replica_id: String,
+    replica_out: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::events::WorkerEvent>>,
     loads: Arc<Mutex<HashMap<(String, String), LoadReport>>>,
     remote_models: RemoteModels,
     turn: AtomicUsize,
@@ -165,6 +169,8 @@ impl Router {
             predicted,
             active,
             queue,
+            replica_id: format!("router-{:016x}", rand::random::<u64>()),
+            replica_out: std::sync::OnceLock::new(),
             loads,
             turn: AtomicUsize::new(0),
             counters: RouterCounters::default(),
@@ -393,6 +399,7 @@ impl Router {
             && let Some(hashes) = &hashes
         {
             lock(&self.predicted).routed(&chosen.id, model, hashes, now);
+            self.share_routing(&chosen.id, model, hashes);
         }
         let trace = tritium_backend_api::trace::current();
         if let Some(trace) = &trace {
@@ -426,6 +433,36 @@ impl Router {
         let cached_tokens = cached.get(member.id.as_ref()).copied().unwrap_or(0) * self.options.kv_block_size;
         let new_tokens = prompt.len().saturating_sub(cached_tokens) as u64;
         Some(self.active.start(&member.id, model, hashes, new_tokens))
+    }
+
+    /// Publishes this router's predictions from now on through `out` (`--router-replica-sync`).
+    pub fn publish_replica_events(&self, out: tokio::sync::mpsc::Sender<crate::events::WorkerEvent>) {
+        let _ = self.replica_out.set(out);
+    }
+
+    /// Tells the other replicas that `worker` was sent these blocks; dropped when the publisher
+    /// is behind (a prediction is a hint, and a full queue means the event plane is down).
+    fn share_routing(&self, worker: &Arc<str>, model: &str, blocks: &[tritium_backend_api::kv::BlockHash]) {
+        let Some(out) = self.replica_out.get() else { return };
+        let event = crate::events::WorkerEvent::Routed {
+            router: self.replica_id.clone(),
+            worker: worker.to_string(),
+            model: model.to_string(),
+            blocks: blocks.to_vec(),
+        };
+        if out.try_send(event).is_err() {
+            tracing::debug!("the replica-sync publisher is behind; a prediction was not shared");
+        }
+    }
+
+    /// Another replica's routing decision: predicted here too (own ones come back and are skipped).
+    pub(crate) fn replica_routed(&self, from: &str, worker: &str, model: &str, blocks: &[tritium_backend_api::kv::BlockHash]) {
+        if !self.options.replica_sync || self.options.kv_events || from == self.replica_id {
+            return;
+        }
+        // Only workers this router knows: a name from elsewhere must not grow its index.
+        let Some(id) = lock(&self.members).get_key_value(worker).map(|(id, _)| Arc::clone(id)) else { return };
+        lock(&self.predicted).routed(&id, model, blocks, Instant::now());
     }
 
     /// Waits in the router's queue while every worker of `model` is full (see [`queue`]).

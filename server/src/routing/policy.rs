@@ -83,6 +83,9 @@ pub struct RouterOptions {
     pub decode_fallback: bool,
     /// The router's own queue (`--router-queue-threshold`); `None`: requests never wait there.
     pub queue: Option<super::queue::QueueOptions>,
+    /// Share this router's predictions with the other frontends' routers over the event plane,
+    /// and take theirs (`--router-replica-sync`).
+    pub replica_sync: bool,
 }
 
 impl Default for RouterOptions {
@@ -103,6 +106,7 @@ impl Default for RouterOptions {
             prefill_tokens_threshold_frac: None,
             decode_fallback: true,
             queue: None,
+            replica_sync: false,
         }
     }
 }
