@@ -386,6 +386,30 @@ def test_router_replicas_share_their_predictions_with_replica_sync(file_cluster)
         nats.stop()
 
 
+def test_kv_events_reach_the_index_through_each_number_of_event_threads(file_cluster):
+    """Workers' KV events over NATS are applied by --router-event-threads tasks: with 1 and with 8,
+    the index fills and a repeated prompt goes back to the worker holding it."""
+    nats = start_nats()
+    try:
+        events = ["--event-plane", "nats", "--nats-url", nats.address]
+        file_cluster.worker(*events)
+        file_cluster.worker(*events)
+        nvext = {"nvext": {"extra_fields": ["worker_id"]}}
+        for threads in ("1", "8"):
+            frontend = file_cluster.frontend("--router-mode", "kv", "--router-event-threads", threads, *events)
+            client = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="none")
+            prompt = f"threads {threads}: " + "a prefix the workers will announce. " * 10
+            first = worker_of(client.completions.create(model="mock-llm", prompt=prompt, max_tokens=1, extra_body=nvext))
+            wait_until(lambda f=frontend: metric_or_zero(f, "tritium_router_kv_blocks_indexed") > 0, 10, "KV events indexed")
+            for _ in range(4):
+                again = client.completions.create(model="mock-llm", prompt=prompt, max_tokens=1, extra_body=nvext)
+                assert worker_of(again) == first
+            assert metric_or_zero(frontend, "tritium_router_prompt_blocks_cached_total") > 0
+    finally:
+        file_cluster.stop()
+        nats.stop()
+
+
 def metric_or_zero(frontend: TritiumServer, name: str, labels: str = "") -> float:
     with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -461,6 +485,9 @@ VARIABLES = {
     "DYN_ROUTER_USE_KV_EVENTS": ("router-kv-events", "0"),
     "DYN_ROUTER_TTL_SECS": ("router-ttl-secs", "30"),
     "DYN_ROUTER_REPLICA_SYNC": ("router-replica-sync", "true"),
+    "DYN_ROUTER_EVENT_THREADS": ("router-event-threads", "2"),
+    "DYN_ROUTER_PREFILL_LOAD_MODEL": ("router-prefill-load-model", "none"),
+    "DYN_AIS_BACKEND": ("ais-backend", "vllm"),
     "DYN_ROUTER_TRACK_ACTIVE_BLOCKS": ("router-track-active-blocks", "false"),
     "DYN_ROUTER_TRACK_OUTPUT_BLOCKS": ("router-track-output-blocks", "true"),
     "DYN_ROUTER_ASSUME_KV_REUSE": ("router-assume-kv-reuse", "0"),
@@ -546,6 +573,8 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
         (["--router-prefill-load-scale", "-2"], ["--router-prefill-load-scale must be a finite number >= 0"]),
         (["--admission-control", "strict"], ["token-capacity", "none"]),
         (["--router-replica-sync"], ["--event-plane nats"]),
+        (["--router-prefill-load-model", "aic"], ["performance database"]),
+        (["--aic-backend", "vllm"], ["--ais-backend configures --router-prefill-load-model ais"]),
         (["--router-queue-policy", "xyz"], ["fcfs", "wspt", "lcfs"]),
         (["--router-queue-threshold", "-1"], ["--router-queue-threshold must be a number >= 0"]),
         (["--active-prefill-tokens-threshold", "many"], ["is not a token count (or None)"]),

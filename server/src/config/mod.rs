@@ -2,6 +2,7 @@
 //! Triton's flag names and default ports are kept where Triton has them. This is the only module
 //! that reads the environment.
 
+pub mod aic;
 pub mod cache;
 pub mod cluster;
 pub mod dump;
@@ -187,6 +188,8 @@ pub struct ServeArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub router: RouterArgs,
+    #[command(flatten)]
+    pub prefill_load_model: aic::PrefillLoadModelArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -414,6 +417,7 @@ impl ServeArgs {
         let env_u32 = |name: &str| env(name).and_then(|v| v.trim().parse::<u32>().ok());
         let cluster = self.cluster.config()?;
         let router = self.router.options(cluster.lease_ttl)?;
+        self.prefill_load_model.check()?;
         if router.replica_sync && matches!(cluster.events, crate::events::EventsConfig::None) {
             return Err("--router-replica-sync shares routing state over the event plane: give --event-plane nats".into());
         }

@@ -69,6 +69,10 @@ pub struct RouterArgs {
     /// Turns --router-replica-sync off (it wins over --router-replica-sync and its variable).
     #[arg(long)]
     pub no_router_replica_sync: bool,
+    /// Tasks applying the workers' KV events to the router's index (1..=64); each worker's events
+    /// go to one of them, in order.
+    #[arg(long, env = "DYN_ROUTER_EVENT_THREADS", default_value_t = 4)]
+    pub router_event_threads: usize,
     /// Seconds a predicted block is assumed held (with --no-router-kv-events).
     #[arg(long, env = "DYN_ROUTER_TTL_SECS", default_value_t = 120.0, allow_negative_numbers = true)]
     pub router_ttl_secs: f64,
@@ -194,6 +198,9 @@ impl RouterArgs {
         if prefill_frac.is_some_and(|f| !(f > 0.0 && f.is_finite())) {
             return Err(format!("--active-prefill-tokens-threshold-frac must be a number > 0, got {}", prefill_frac.unwrap_or(0.0)));
         }
+        if !(1..=64).contains(&self.router_event_threads) {
+            return Err(format!("--router-event-threads must be in 1..=64, got {}", self.router_event_threads));
+        }
         let admission = self.admission_control == "token-capacity";
         let queue_threshold = self.router_queue_threshold.and_then(|v| v.0);
         if queue_threshold.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
@@ -234,6 +241,7 @@ impl RouterArgs {
             prefill_tokens_threshold_frac: prefill_frac.filter(|_| admission),
             decode_fallback: self.decode_fallback && !self.no_decode_fallback,
             replica_sync: self.router_replica_sync && !self.no_router_replica_sync,
+            event_threads: self.router_event_threads,
             queue: queue_threshold.map(|threshold| QueueOptions {
                 threshold,
                 policy: self.router_queue_policy,
@@ -337,6 +345,7 @@ mod tests {
             (&["--router-prefill-load-scale", "-1"][..], "--router-prefill-load-scale must be a finite number >= 0"),
             (&["--active-prefill-tokens-threshold-frac", "0"][..], "--active-prefill-tokens-threshold-frac must be a number > 0"),
             (&["--router-queue-threshold", "-0.5"][..], "--router-queue-threshold must be a number >= 0"),
+            (&["--router-event-threads", "0"][..], "--router-event-threads must be in 1..=64"),
         ] {
             let error = options(args).expect_err("refused");
             assert!(error.contains(fragment), "{args:?}: {error}");

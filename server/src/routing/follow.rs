@@ -49,9 +49,16 @@ pub async fn follow_discovery(router: Arc<Router>, discovery: Arc<dyn Discovery>
     }
 }
 
+/// KV events waiting for one of the router's event threads, at most (the subscription lags,
+/// and says so, beyond it).
+const EVENT_THREAD_QUEUE: usize = 4096;
+
 /// Feeds the router's KV index and load table from the event bus until `stop` is cancelled.
+/// KV events are applied by `--router-event-threads` tasks, each worker's on the same one so
+/// they apply in order.
 pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop: CancellationToken) {
     let mut subscription = events.subscribe();
+    let appliers = kv_appliers(&router, stop.clone());
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
@@ -61,7 +68,10 @@ pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop:
             // Without KV events (`--no-router-kv-events`) the router predicts what workers hold.
             Ok(WorkerEvent::Kv { worker, model, event }) => {
                 if router.options.kv_events {
-                    lock(&router.kv).apply(&worker, &model, &event);
+                    let shard = shard_of(&worker, appliers.len());
+                    if appliers[shard].try_send((worker, model, event)).is_err() {
+                        tracing::warn!("the router's event threads are behind; a KV event was dropped");
+                    }
                 }
             }
             Ok(WorkerEvent::Load(report)) => {
@@ -78,6 +88,37 @@ pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop:
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+type KvUpdate = (String, String, tritium_backend_api::kv::KvEvent);
+
+/// Starts the router's event threads; each applies the KV events it is sent to the index.
+fn kv_appliers(router: &Arc<Router>, stop: CancellationToken) -> Vec<tokio::sync::mpsc::Sender<KvUpdate>> {
+    (0..router.options.event_threads.max(1))
+        .map(|_| {
+            let (sender, mut receiver) = tokio::sync::mpsc::channel::<KvUpdate>(EVENT_THREAD_QUEUE);
+            let (router, stop) = (Arc::clone(router), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    let update = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        update = receiver.recv() => match update { Some(update) => update, None => return },
+                    };
+                    let (worker, model, event) = update;
+                    lock(&router.kv).apply(&worker, &model, &event);
+                }
+            });
+            sender
+        })
+        .collect()
+}
+
+/// The event thread of `worker`'s KV events.
+fn shard_of(worker: &str, shards: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    worker.hash(&mut hasher);
+    (hasher.finish() % shards.max(1) as u64) as usize
 }
 
 /// Predictions this router shares with its replicas wait at most this many deep to be published.

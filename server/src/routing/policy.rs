@@ -86,6 +86,8 @@ pub struct RouterOptions {
     /// Share this router's predictions with the other frontends' routers over the event plane,
     /// and take theirs (`--router-replica-sync`).
     pub replica_sync: bool,
+    /// Tasks that apply workers' KV events to the index (`--router-event-threads`).
+    pub event_threads: usize,
 }
 
 impl Default for RouterOptions {
@@ -107,6 +109,7 @@ impl Default for RouterOptions {
             decode_fallback: true,
             queue: None,
             replica_sync: false,
+            event_threads: 4,
         }
     }
 }
