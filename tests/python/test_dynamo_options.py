@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import re
 import socket
 import subprocess
 import threading
@@ -467,6 +469,27 @@ def test_without_a_pool_debug_perf_times_steps_where_they_run(monkeypatch):
         assert lines and all("pooled=false" in line and "tritium-preprocess" not in line for line in lines), lines
     finally:
         finish_server(server)
+
+
+def test_the_readme_table_of_dynamos_options_matches_the_server():
+    """Every option the README's table says Tritium takes is in `tritium serve --help` and every
+    variable it names is read; the ones it says are not yet taken are refused."""
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Dynamo's frontend options", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| ") and not line.startswith("| Dynamo option")]
+    rows = [row for row in rows if len(row) == 3 and not row[0].startswith("|---")]
+    assert len(rows) >= 35, len(rows)
+    help_text = subprocess.run([str(tritium_bin()), "serve", "--help"], capture_output=True, text=True, timeout=60).stdout
+    aliases = (pathlib.Path(__file__).resolve().parents[2] / "server" / "src" / "config" / "env_alias.rs").read_text()
+    for options, variables, behaviour in rows:
+        flags = [flag for flag in re.findall(r"--[a-z0-9-]+", options) if not flag.endswith("-")]
+        for flag in flags:
+            if behaviour.startswith("not yet"):
+                assert f"{flag} " not in help_text and f"{flag}\n" not in help_text, f"{flag} is said not to be taken"
+            else:
+                assert re.search(rf"{re.escape(flag)}[ ,=<\]\n]", help_text), f"{flag} is said to be taken but is not in --help"
+        for variable in re.findall(r"`((?:DYN|ETCD|NATS)_[A-Z_]+[A-Z])`", options + variables + behaviour):
+            assert f"env: {variable}" in help_text or f'"{variable}"' in aliases, f"{variable} is read by no option"
 
 
 # Every variable the frontend reads for a Dynamo option, with a value it accepts.

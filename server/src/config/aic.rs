@@ -15,27 +15,27 @@ pub struct PrefillLoadModelArgs {
     pub router_prefill_load_model: String,
     #[arg(long, env = "DYN_AIS_PERF_CONFIG")]
     pub ais_perf_config: Option<String>,
-    #[arg(long, alias = "aic-backend", env = "DYN_AIS_BACKEND")]
+    #[arg(long, visible_alias = "aic-backend", env = "DYN_AIS_BACKEND")]
     pub ais_backend: Option<String>,
-    #[arg(long, alias = "aic-system", env = "DYN_AIS_SYSTEM")]
+    #[arg(long, visible_alias = "aic-system", env = "DYN_AIS_SYSTEM")]
     pub ais_system: Option<String>,
-    #[arg(long, alias = "aic-backend-version", env = "DYN_AIS_BACKEND_VERSION")]
+    #[arg(long, visible_alias = "aic-backend-version", env = "DYN_AIS_BACKEND_VERSION")]
     pub ais_backend_version: Option<String>,
-    #[arg(long, alias = "aic-tp-size", env = "DYN_AIS_TP_SIZE")]
+    #[arg(long, visible_alias = "aic-tp-size", env = "DYN_AIS_TP_SIZE")]
     pub ais_tp_size: Option<String>,
-    #[arg(long, alias = "aic-model-path", env = "DYN_AIS_MODEL_PATH")]
+    #[arg(long, visible_alias = "aic-model-path", env = "DYN_AIS_MODEL_PATH")]
     pub ais_model_path: Option<String>,
-    #[arg(long, alias = "aic-moe-tp-size", env = "DYN_AIS_MOE_TP_SIZE")]
+    #[arg(long, visible_alias = "aic-moe-tp-size", env = "DYN_AIS_MOE_TP_SIZE")]
     pub ais_moe_tp_size: Option<String>,
-    #[arg(long, alias = "aic-moe-ep-size", env = "DYN_AIS_MOE_EP_SIZE")]
+    #[arg(long, visible_alias = "aic-moe-ep-size", env = "DYN_AIS_MOE_EP_SIZE")]
     pub ais_moe_ep_size: Option<String>,
-    #[arg(long, alias = "aic-attention-dp-size", env = "DYN_AIS_ATTENTION_DP_SIZE")]
+    #[arg(long, visible_alias = "aic-attention-dp-size", env = "DYN_AIS_ATTENTION_DP_SIZE")]
     pub ais_attention_dp_size: Option<String>,
-    #[arg(long, alias = "aic-nextn", env = "DYN_AIS_NEXTN")]
+    #[arg(long, visible_alias = "aic-nextn", env = "DYN_AIS_NEXTN")]
     pub ais_nextn: Option<String>,
-    #[arg(long, alias = "aic-nextn-accept-rates", env = "DYN_AIS_NEXTN_ACCEPT_RATES")]
+    #[arg(long, visible_alias = "aic-nextn-accept-rates", env = "DYN_AIS_NEXTN_ACCEPT_RATES")]
     pub ais_nextn_accept_rates: Option<String>,
-    #[arg(long, alias = "aic-mtp-seed", env = "DYN_AIS_MTP_SEED")]
+    #[arg(long, visible_alias = "aic-mtp-seed", env = "DYN_AIS_MTP_SEED")]
     pub ais_mtp_seed: Option<String>,
 }
 

@@ -50,7 +50,7 @@ pub enum RequestPlane {
 pub struct ClusterArgs {
     /// Where workers register and frontends find them (Dynamo's default is etcd; Tritium's is
     /// mem, so one process needs no service). `--discovery` is Tritium's name for it.
-    #[arg(long = "discovery-backend", alias = "discovery", env = "DYN_DISCOVERY_BACKEND", value_enum, default_value = "mem")]
+    #[arg(long = "discovery-backend", visible_alias = "discovery", env = "DYN_DISCOVERY_BACKEND", value_enum, default_value = "mem")]
     pub discovery: DiscoveryKind,
     /// Keeps deployments sharing an etcd, a folder or a NATS server apart.
     #[arg(long, env = "DYN_NAMESPACE", default_value = "tritium")]
@@ -72,7 +72,7 @@ pub struct ClusterArgs {
     #[arg(long, env = "TRITIUM_LEASE_TTL_SECS", default_value_t = 10)]
     pub lease_ttl_secs: u64,
     /// Where workers publish KV-cache events and load. `--events` is Tritium's name for it.
-    #[arg(long = "event-plane", alias = "events", env = "DYN_EVENT_PLANE", value_enum, default_value = "none")]
+    #[arg(long = "event-plane", visible_alias = "events", env = "DYN_EVENT_PLANE", value_enum, default_value = "none")]
     pub events: EventsKind,
     /// The NATS server, for --event-plane nats (also Dynamo's `NATS_SERVER`).
     #[arg(long, env = "TRITIUM_NATS_URL")]

@@ -17,7 +17,7 @@ pub struct MetricsArgs {
     pub metrics_address: IpAddr,
     /// The metrics port (`--grpc-metrics-port`, Dynamo's metrics port beside its gRPC server, is
     /// another name for it).
-    #[arg(long, alias = "grpc-metrics-port", env = "TRITIUM_METRICS_PORT", default_value_t = 8002)]
+    #[arg(long, visible_alias = "grpc-metrics-port", env = "TRITIUM_METRICS_PORT", default_value_t = 8002)]
     pub metrics_port: u16,
     /// Serve metrics on an inherited, already listening socket (file descriptor) instead of binding.
     #[arg(long, env = "TRITIUM_METRICS_LISTEN_FD")]

@@ -220,7 +220,7 @@ pub struct HttpArgs {
     pub allow_http: bool,
     /// The address the HTTP port binds (an IP address, or `localhost`). `--http-address` is
     /// Tritium's name.
-    #[arg(long = "http-host", alias = "http-address", env = "DYN_HTTP_HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    #[arg(long = "http-host", visible_alias = "http-address", env = "DYN_HTTP_HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED),
           value_parser = parse_host)]
     pub http_address: IpAddr,
     #[arg(long, env = "DYN_HTTP_PORT", default_value_t = 8000)]

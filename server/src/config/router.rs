@@ -34,12 +34,12 @@ pub struct RouterArgs {
     #[arg(long, env = "DYN_MIGRATION_LIMIT", default_value_t = 3)]
     pub migration_limit: u32,
     /// Tokens per KV block (must match the workers' engines). `--kv-block-size` is Tritium's name.
-    #[arg(long = "kv-cache-block-size", alias = "kv-block-size", env = "DYN_KV_CACHE_BLOCK_SIZE",
+    #[arg(long = "kv-cache-block-size", visible_alias = "kv-block-size", env = "DYN_KV_CACHE_BLOCK_SIZE",
           default_value_t = tritium_backend_api::kv::DEFAULT_KV_BLOCK_SIZE)]
     pub kv_block_size: usize,
     /// kv mode: weight in [0, 1] of the cached-prefix share in a worker's score (0: load only).
     /// `--kv-overlap-weight` is Tritium's name.
-    #[arg(long = "router-kv-overlap-score-credit", alias = "kv-overlap-weight", env = "DYN_ROUTER_KV_OVERLAP_SCORE_CREDIT",
+    #[arg(long = "router-kv-overlap-score-credit", visible_alias = "kv-overlap-weight", env = "DYN_ROUTER_KV_OVERLAP_SCORE_CREDIT",
           default_value_t = 1.0, allow_negative_numbers = true)]
     pub kv_overlap_weight: f64,
     /// kv mode: weight of the load in a worker's score.
@@ -47,18 +47,18 @@ pub struct RouterArgs {
     pub kv_load_weight: f64,
     /// kv mode: 0 picks the best score; higher values sample from softmax(score / temperature).
     /// `--kv-temperature` is Tritium's name.
-    #[arg(long = "router-temperature", alias = "kv-temperature", env = "DYN_ROUTER_TEMPERATURE", default_value_t = 0.0,
+    #[arg(long = "router-temperature", visible_alias = "kv-temperature", env = "DYN_ROUTER_TEMPERATURE", default_value_t = 0.0,
           allow_negative_numbers = true)]
     pub kv_temperature: f64,
     /// kv mode: score cached prefixes from the workers' KV events; with --no-router-kv-events the
     /// router predicts them instead: a prompt's blocks are assumed held by the worker it was sent
     /// to for --router-ttl-secs.
-    #[arg(long = "router-kv-events", alias = "kv-events", env = "DYN_ROUTER_USE_KV_EVENTS", default_value_t = true,
+    #[arg(long = "router-kv-events", visible_alias = "kv-events", env = "DYN_ROUTER_USE_KV_EVENTS", default_value_t = true,
           num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set,
           value_parser = BoolishValueParser::new())]
     pub router_kv_events: bool,
     /// Turns --router-kv-events off (it wins over --router-kv-events and its variable).
-    #[arg(long = "no-router-kv-events", alias = "no-kv-events")]
+    #[arg(long = "no-router-kv-events", visible_alias = "no-kv-events")]
     pub no_router_kv_events: bool,
     /// With --no-router-kv-events: share this router's predictions with the other frontends'
     /// routers over the event plane and take theirs, so a prefix warmed through one is routed to
@@ -78,27 +78,27 @@ pub struct RouterArgs {
     pub router_ttl_secs: f64,
     /// kv mode: count the KV blocks of the requests this router has running on each worker as its load
     /// (shared prompt blocks once, with --router-assume-kv-reuse).
-    #[arg(long = "router-track-active-blocks", alias = "track-active-blocks", env = "DYN_ROUTER_TRACK_ACTIVE_BLOCKS", default_value_t = true, num_args = 0..=1,
+    #[arg(long = "router-track-active-blocks", visible_alias = "track-active-blocks", env = "DYN_ROUTER_TRACK_ACTIVE_BLOCKS", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub router_track_active_blocks: bool,
     /// Turns --router-track-active-blocks off (it wins over --router-track-active-blocks and its variable).
-    #[arg(long = "no-router-track-active-blocks", alias = "no-track-active-blocks")]
+    #[arg(long = "no-router-track-active-blocks", visible_alias = "no-track-active-blocks")]
     pub no_router_track_active_blocks: bool,
     /// kv mode: a running request's load grows by a block every --kv-cache-block-size tokens it
     /// generates.
-    #[arg(long = "router-track-output-blocks", alias = "track-output-blocks", env = "DYN_ROUTER_TRACK_OUTPUT_BLOCKS", default_value_t = false, num_args = 0..=1,
+    #[arg(long = "router-track-output-blocks", visible_alias = "track-output-blocks", env = "DYN_ROUTER_TRACK_OUTPUT_BLOCKS", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub router_track_output_blocks: bool,
     /// Turns --router-track-output-blocks off (it wins over --router-track-output-blocks and its variable).
-    #[arg(long = "no-router-track-output-blocks", alias = "no-track-output-blocks")]
+    #[arg(long = "no-router-track-output-blocks", visible_alias = "no-track-output-blocks")]
     pub no_router_track_output_blocks: bool,
     /// kv mode: requests sharing a prompt prefix on a worker share its blocks (off: each request's
     /// blocks count on their own).
-    #[arg(long = "router-assume-kv-reuse", alias = "assume-kv-reuse", env = "DYN_ROUTER_ASSUME_KV_REUSE", default_value_t = true, num_args = 0..=1,
+    #[arg(long = "router-assume-kv-reuse", visible_alias = "assume-kv-reuse", env = "DYN_ROUTER_ASSUME_KV_REUSE", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub router_assume_kv_reuse: bool,
     /// Turns --router-assume-kv-reuse off (it wins over --router-assume-kv-reuse and its variable).
-    #[arg(long = "no-router-assume-kv-reuse", alias = "no-assume-kv-reuse")]
+    #[arg(long = "no-router-assume-kv-reuse", visible_alias = "no-assume-kv-reuse")]
     pub no_router_assume_kv_reuse: bool,
     /// kv mode: prompt tokens a worker has not prefilled yet (until each request's first token) are
     /// load.
