@@ -216,6 +216,9 @@ impl Tritium {
         let discovery: Arc<dyn Discovery> = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
         let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.scope).await?;
         let poller = self.state.repository.spawn_poller(stop.clone());
+        if cluster.is_distributed() {
+            routing::snapshot::start(&self.state.router, Arc::clone(&discovery), stop.clone()).await;
+        }
         let follower = tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), discovery, stop.clone()));
         if self.state.router.options().replica_sync {
             routing::publish_replica_events(&self.state.router, Arc::clone(&events), stop.clone());

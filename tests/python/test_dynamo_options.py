@@ -412,6 +412,46 @@ def test_kv_events_reach_the_index_through_each_number_of_event_threads(file_clu
         nats.stop()
 
 
+def test_a_frontend_restores_the_kv_index_from_the_snapshot_and_reset_states_starts_empty(file_cluster):
+    """The first frontend writes its KV index to the discovery folder after every KV event
+    (--router-snapshot-threshold 1); a frontend started afterwards knows where the prompts are
+    cached before any new event and routes them there; --router-reset-states starts empty and
+    deletes the snapshot."""
+    nats = start_nats()
+    try:
+        events = ["--event-plane", "nats", "--nats-url", nats.address]
+        file_cluster.worker(*events)
+        file_cluster.worker(*events)
+        kv = ["--router-mode", "kv", *events]
+        first = file_cluster.frontend(*kv, "--router-snapshot-threshold", "1")
+        nvext = {"nvext": {"extra_fields": ["worker_id"]}}
+
+        def worker_for(frontend: TritiumServer, prompt: str) -> str:
+            client = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="none")
+            return worker_of(client.completions.create(model="mock-llm", prompt=prompt, max_tokens=1, extra_body=nvext))
+
+        prompts = [f"Snapshot {i}: " + "the workers cache this prefix. " * 8 for i in range(6)]
+        cached = [worker_for(first, prompt) for prompt in prompts]
+        document = file_cluster.folder / "tritium" / "router-kv-snapshot.document"
+
+        def stored_blocks() -> int:
+            try:
+                return sum(len(entry["blocks"]) for entry in json.loads(document.read_text())["entries"])
+            except (OSError, ValueError):
+                return -1
+
+        indexed = lambda f: metric_or_zero(f, "tritium_router_kv_blocks_indexed")  # noqa: E731
+        wait_until(lambda: stored_blocks() > 0 and stored_blocks() >= indexed(first) > 0, 10, "the snapshot to hold the index")
+        later = file_cluster.frontend(*kv)
+        assert indexed(later) > 0, "restored before any new event"
+        assert [worker_for(later, prompt) for prompt in prompts] == cached
+        fresh = file_cluster.frontend(*kv, "--router-reset-states")
+        assert indexed(fresh) == 0 and not document.exists()
+    finally:
+        file_cluster.stop()
+        nats.stop()
+
+
 def metric_or_zero(frontend: TritiumServer, name: str, labels: str = "") -> float:
     with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -509,6 +549,8 @@ VARIABLES = {
     "DYN_ROUTER_TTL_SECS": ("router-ttl-secs", "30"),
     "DYN_ROUTER_REPLICA_SYNC": ("router-replica-sync", "true"),
     "DYN_ROUTER_EVENT_THREADS": ("router-event-threads", "2"),
+    "DYN_ROUTER_SNAPSHOT_THRESHOLD": ("router-snapshot-threshold", "500"),
+    "DYN_ROUTER_RESET_STATES": ("router-reset-states", "true"),
     "DYN_ROUTER_PREFILL_LOAD_MODEL": ("router-prefill-load-model", "none"),
     "DYN_AIS_BACKEND": ("ais-backend", "vllm"),
     "DYN_ROUTER_TRACK_ACTIVE_BLOCKS": ("router-track-active-blocks", "false"),

@@ -73,6 +73,17 @@ pub struct RouterArgs {
     /// go to one of them, in order.
     #[arg(long, env = "DYN_ROUTER_EVENT_THREADS", default_value_t = 4)]
     pub router_event_threads: usize,
+    /// KV events applied between two snapshots of the router's index in the namespace's shared
+    /// store (etcd or the discovery folder), from which a frontend starting later restores it.
+    #[arg(long, env = "DYN_ROUTER_SNAPSHOT_THRESHOLD", default_value_t = 1_000_000)]
+    pub router_snapshot_threshold: u64,
+    /// Start from an empty index and delete the stored snapshot.
+    #[arg(long, env = "DYN_ROUTER_RESET_STATES", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub router_reset_states: bool,
+    /// Turns --router-reset-states off (it wins over --router-reset-states and its variable).
+    #[arg(long)]
+    pub no_router_reset_states: bool,
     /// Seconds a predicted block is assumed held (with --no-router-kv-events).
     #[arg(long, env = "DYN_ROUTER_TTL_SECS", default_value_t = 120.0, allow_negative_numbers = true)]
     pub router_ttl_secs: f64,
@@ -201,6 +212,9 @@ impl RouterArgs {
         if !(1..=64).contains(&self.router_event_threads) {
             return Err(format!("--router-event-threads must be in 1..=64, got {}", self.router_event_threads));
         }
+        if self.router_snapshot_threshold == 0 {
+            return Err("--router-snapshot-threshold must be at least 1".into());
+        }
         let admission = self.admission_control == "token-capacity";
         let queue_threshold = self.router_queue_threshold.and_then(|v| v.0);
         if queue_threshold.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
@@ -242,6 +256,8 @@ impl RouterArgs {
             decode_fallback: self.decode_fallback && !self.no_decode_fallback,
             replica_sync: self.router_replica_sync && !self.no_router_replica_sync,
             event_threads: self.router_event_threads,
+            snapshot_threshold: self.router_snapshot_threshold,
+            reset_states: self.router_reset_states && !self.no_router_reset_states,
             queue: queue_threshold.map(|threshold| QueueOptions {
                 threshold,
                 policy: self.router_queue_policy,
@@ -346,6 +362,7 @@ mod tests {
             (&["--active-prefill-tokens-threshold-frac", "0"][..], "--active-prefill-tokens-threshold-frac must be a number > 0"),
             (&["--router-queue-threshold", "-0.5"][..], "--router-queue-threshold must be a number >= 0"),
             (&["--router-event-threads", "0"][..], "--router-event-threads must be in 1..=64"),
+            (&["--router-snapshot-threshold", "0"][..], "--router-snapshot-threshold must be at least 1"),
         ] {
             let error = options(args).expect_err("refused");
             assert!(error.contains(fragment), "{args:?}: {error}");

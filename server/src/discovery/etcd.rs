@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Discovery, DiscoveryError, DiscoveryEvent, NamespaceScope, WorkerInstance, check_segment, check_ttl};
+use super::{MAX_DOCUMENT_BYTES, check_document, Discovery, DiscoveryError, DiscoveryEvent, NamespaceScope, WorkerInstance, check_segment, check_ttl};
 
 /// Events a watcher may fall behind by before it must list again.
 const WATCH_BUFFER: usize = 256;
@@ -189,6 +189,29 @@ impl Discovery for EtcdDiscovery {
         Ok(response.kvs().iter().filter_map(|kv| self.shared.parse(kv.key(), kv.value())).collect())
     }
 
+    /// Under `/{namespace}/documents/{name}`, with no lease: it outlives the process.
+    async fn put_document(&self, name: &str, bytes: Vec<u8>) -> Result<(), DiscoveryError> {
+        check_document(name, Some(&bytes))?;
+        let mut client = self.shared.client.clone();
+        let put = client.put(self.shared.document_key(name), bytes, None);
+        self.shared.call("put document", put).await.map(drop).map_err(DiscoveryError::from)
+    }
+
+    async fn get_document(&self, name: &str) -> Result<Option<Vec<u8>>, DiscoveryError> {
+        check_document(name, None)?;
+        let mut client = self.shared.client.clone();
+        let get = client.get(self.shared.document_key(name), None);
+        let response = self.shared.call("get document", get).await.map_err(DiscoveryError::from)?;
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()).filter(|v| v.len() <= MAX_DOCUMENT_BYTES))
+    }
+
+    async fn delete_document(&self, name: &str) -> Result<(), DiscoveryError> {
+        check_document(name, None)?;
+        let mut client = self.shared.client.clone();
+        let delete = client.delete(self.shared.document_key(name), None);
+        self.shared.call("delete document", delete).await.map(drop).map_err(DiscoveryError::from)
+    }
+
     fn watch(&self) -> broadcast::Receiver<DiscoveryEvent> {
         self.shared.events.subscribe()
     }
@@ -217,6 +240,10 @@ impl Shared {
 
     fn key(&self, id: &str) -> String {
         format!("{}{id}", self.prefix)
+    }
+
+    fn document_key(&self, name: &str) -> String {
+        format!("/{}/documents/{name}", self.scope.own)
     }
 
     /// The worker id of a watched key `/{namespace}/workers/{id}`; `None` for other keys (another

@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use super::{Discovery, DiscoveryError, DiscoveryEvent, NamespaceScope, WorkerInstance, check_segment, check_ttl};
+use super::{
+    Discovery, DiscoveryError, DiscoveryEvent, MAX_DOCUMENT_BYTES, NamespaceScope, WorkerInstance, check_document, check_segment,
+    check_ttl,
+};
 
 /// Events a watcher may fall behind by before it must list again.
 const WATCH_BUFFER: usize = 256;
@@ -124,6 +127,53 @@ impl Discovery for FileDiscovery {
         Ok(listing.live.into_values().collect())
     }
 
+    /// `{dir}/{namespace}/{name}.document`, written beside and renamed over, as records are.
+    async fn put_document(&self, name: &str, bytes: Vec<u8>) -> Result<(), DiscoveryError> {
+        check_document(name, Some(&bytes))?;
+        let folder = &self.shared.folder;
+        tokio::fs::create_dir_all(folder).await.map_err(|e| unavailable(folder, "create", e))?;
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = folder.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        if let Err(e) = tokio::fs::write(&temp, &bytes).await {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(unavailable(&temp, "write", e));
+        }
+        let path = self.shared.document_path(name);
+        if let Err(e) = tokio::fs::rename(&temp, &path).await {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(unavailable(&path, "rename onto", e));
+        }
+        Ok(())
+    }
+
+    async fn get_document(&self, name: &str) -> Result<Option<Vec<u8>>, DiscoveryError> {
+        check_document(name, None)?;
+        let path = self.shared.document_path(name);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) if meta.len() > MAX_DOCUMENT_BYTES as u64 => {
+                return Err(DiscoveryError::Unavailable(format!("{} is over {MAX_DOCUMENT_BYTES} bytes", path.display())));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unavailable(&path, "read", e)),
+        }
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(&path, "read", e)),
+        }
+    }
+
+    async fn delete_document(&self, name: &str) -> Result<(), DiscoveryError> {
+        check_document(name, None)?;
+        let path = self.shared.document_path(name);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(unavailable(&path, "remove", e)),
+        }
+    }
+
     fn watch(&self) -> broadcast::Receiver<DiscoveryEvent> {
         let receiver = self.shared.events.subscribe();
         self.poll_started.call_once(|| match tokio::runtime::Handle::try_current() {
@@ -141,6 +191,10 @@ fn unavailable(path: &Path, what: &str, e: std::io::Error) -> DiscoveryError {
 impl Shared {
     fn path(&self, id: &str) -> PathBuf {
         self.folder.join(format!("{id}{RECORD_SUFFIX}"))
+    }
+
+    fn document_path(&self, name: &str) -> PathBuf {
+        self.folder.join(format!("{name}.document"))
     }
 
     /// Writes the record to a temporary file beside it, then renames it over the old one, so

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{Discovery, DiscoveryError, DiscoveryEvent, WorkerInstance};
+use super::{Discovery, DiscoveryError, DiscoveryEvent, WorkerInstance, check_document};
 
 /// Events a watcher may fall behind by before it must list again.
 const WATCH_BUFFER: usize = 256;
@@ -15,11 +15,16 @@ const WATCH_BUFFER: usize = 256;
 pub struct MemoryDiscovery {
     instances: Mutex<BTreeMap<String, WorkerInstance>>,
     events: broadcast::Sender<DiscoveryEvent>,
+    documents: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl Default for MemoryDiscovery {
     fn default() -> Self {
-        MemoryDiscovery { instances: Mutex::new(BTreeMap::new()), events: broadcast::channel(WATCH_BUFFER).0 }
+        MemoryDiscovery {
+            instances: Mutex::new(BTreeMap::new()),
+            events: broadcast::channel(WATCH_BUFFER).0,
+            documents: Mutex::new(BTreeMap::new()),
+        }
     }
 }
 
@@ -55,6 +60,23 @@ impl Discovery for MemoryDiscovery {
 
     fn watch(&self) -> broadcast::Receiver<DiscoveryEvent> {
         self.events.subscribe()
+    }
+
+    async fn put_document(&self, name: &str, bytes: Vec<u8>) -> Result<(), DiscoveryError> {
+        check_document(name, Some(&bytes))?;
+        self.documents.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), bytes);
+        Ok(())
+    }
+
+    async fn get_document(&self, name: &str) -> Result<Option<Vec<u8>>, DiscoveryError> {
+        check_document(name, None)?;
+        Ok(self.documents.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned())
+    }
+
+    async fn delete_document(&self, name: &str) -> Result<(), DiscoveryError> {
+        check_document(name, None)?;
+        self.documents.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        Ok(())
     }
 }
 

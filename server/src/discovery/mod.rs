@@ -94,6 +94,28 @@ pub trait Discovery: Send + Sync + std::fmt::Debug + 'static {
     async fn instances(&self) -> Result<Vec<WorkerInstance>, DiscoveryError>;
     /// Changes from now on. A watcher that falls behind gets `Lagged` and should list again.
     fn watch(&self) -> broadcast::Receiver<DiscoveryEvent>;
+    /// Stores a small document shared by this namespace's processes (the routers' KV-index
+    /// snapshot), replacing any before it; at most [`MAX_DOCUMENT_BYTES`].
+    async fn put_document(&self, name: &str, bytes: Vec<u8>) -> Result<(), DiscoveryError>;
+    /// The document stored under `name` in this namespace, if any.
+    async fn get_document(&self, name: &str) -> Result<Option<Vec<u8>>, DiscoveryError>;
+    /// Removes the document; a missing one is fine.
+    async fn delete_document(&self, name: &str) -> Result<(), DiscoveryError>;
+}
+
+/// The largest shared document: under etcd's default request limit (1.5 MiB).
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// Refuses a document name that is not one path segment, or a document over the bound.
+pub(crate) fn check_document(name: &str, bytes: Option<&[u8]>) -> Result<(), DiscoveryError> {
+    check_segment("document name", name)?;
+    match bytes {
+        Some(bytes) if bytes.len() > MAX_DOCUMENT_BYTES => Err(DiscoveryError::Unavailable(format!(
+            "document {name} is {} bytes, over the {MAX_DOCUMENT_BYTES} a shared document may hold",
+            bytes.len()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The namespaces a process watches. A process registers in its own namespace and, by default,

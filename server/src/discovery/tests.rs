@@ -296,3 +296,38 @@ async fn connect_builds_each_backend() {
     etcd.register(worker("a", &[])).await.expect("register");
     assert_eq!(etcd.instances().await.expect("list"), vec![worker("a", &[])]);
 }
+
+/// Documents: stored per namespace, replaced whole, deleted, bounded, and never listed as workers.
+async fn documents(alpha: &dyn Discovery, also_alpha: &dyn Discovery, beta: &dyn Discovery) {
+    assert_eq!(alpha.get_document("snapshot").await.expect("get"), None);
+    alpha.put_document("snapshot", b"one".to_vec()).await.expect("put");
+    alpha.put_document("snapshot", b"two".to_vec()).await.expect("replace");
+    assert_eq!(also_alpha.get_document("snapshot").await.expect("get"), Some(b"two".to_vec()));
+    assert_eq!(beta.get_document("snapshot").await.expect("other namespace"), None);
+    assert!(alpha.instances().await.expect("list").is_empty(), "a document is no worker");
+    let too_big = vec![b'x'; MAX_DOCUMENT_BYTES + 1];
+    assert!(alpha.put_document("snapshot", too_big).await.is_err());
+    assert!(alpha.put_document("../escape", b"x".to_vec()).await.is_err());
+    also_alpha.delete_document("snapshot").await.expect("delete");
+    also_alpha.delete_document("snapshot").await.expect("deleting nothing is fine");
+    assert_eq!(alpha.get_document("snapshot").await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn etcd_documents_are_shared_within_a_namespace() {
+    let server = TestEtcd::start().await;
+    let ttl = Duration::from_secs(5);
+    documents(&etcd(&server, "alpha", ttl).await, &etcd(&server, "alpha", ttl).await, &etcd(&server, "beta", ttl).await).await;
+}
+
+#[tokio::test]
+async fn file_and_memory_documents_are_shared_within_a_namespace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ttl = Duration::from_secs(5);
+    documents(&file(&dir, "alpha", ttl), &file(&dir, "alpha", ttl), &file(&dir, "beta", ttl)).await;
+    let memory = memory::MemoryDiscovery::new();
+    memory.put_document("snapshot", b"kept".to_vec()).await.expect("put");
+    assert_eq!(memory.get_document("snapshot").await.expect("get"), Some(b"kept".to_vec()));
+    memory.delete_document("snapshot").await.expect("delete");
+    assert_eq!(memory.get_document("snapshot").await.expect("get"), None);
+}

@@ -106,6 +106,7 @@ fn kv_appliers(router: &Arc<Router>, stop: CancellationToken) -> Vec<tokio::sync
                     };
                     let (worker, model, event) = update;
                     lock(&router.kv).apply(&worker, &model, &event);
+                    router.kv_event_applied();
                 }
             });
             sender

@@ -161,6 +161,24 @@ impl KvIndex {
     }
 
     /// Distinct blocks indexed, summed over models (a block several workers hold counts once).
+    /// What each worker holds of each model in memory (offloaded blocks are left out), as
+    /// (worker, model, blocks) in a stable order: the routers' snapshot.
+    pub fn snapshot(&self) -> Vec<(String, String, Vec<BlockHash>)> {
+        let mut entries: Vec<(String, String, Vec<BlockHash>)> = self
+            .models
+            .iter()
+            .flat_map(|(model, index)| {
+                index.held.iter().map(move |(&id, blocks)| {
+                    let mut blocks: Vec<BlockHash> = blocks.iter().copied().collect();
+                    blocks.sort_unstable();
+                    (self.names[id as usize].clone(), model.clone(), blocks)
+                })
+            })
+            .collect();
+        entries.sort();
+        entries
+    }
+
     pub fn block_count(&self) -> usize {
         self.models.values().map(|index| index.holders.len()).sum()
     }
@@ -251,6 +269,8 @@ fn remove_holder(holders: &mut HashMap<BlockHash, Vec<WorkerId>>, block: BlockHa
 
 #[cfg(test)]
 mod tests {
+    use tritium_backend_api::kv::block_hashes;
+
     use super::*;
 
     fn stored(blocks: &[BlockHash]) -> KvEvent {
@@ -265,6 +285,20 @@ mod tests {
 
     fn pairs(expected: &[(&str, usize)]) -> Vec<(String, usize)> {
         expected.iter().map(|(w, n)| (w.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn a_snapshot_restored_into_an_empty_index_gives_the_same_overlaps() {
+        let mut index = KvIndex::new();
+        let hashes = block_hashes(&(0..64).collect::<Vec<u32>>(), 16);
+        index.apply("w1", "llm", &stored(&hashes[..3]));
+        index.apply("w2", "llm", &stored(&hashes[..1]));
+        let mut restored = KvIndex::new();
+        for (worker, model, blocks) in index.snapshot() {
+            restored.apply(&worker, &model, &stored(&blocks));
+        }
+        assert_eq!(overlaps(&restored, "llm", &hashes), overlaps(&index, "llm", &hashes));
+        assert_eq!(restored.snapshot(), index.snapshot());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod predicted;
 pub mod queue;
 pub mod scoring;
+pub mod snapshot;
 pub mod active;
 mod remote_models;
 
@@ -90,6 +91,10 @@ pub struct RouterCounters {
     pub prompt_blocks_cached: AtomicU64,
     /// Requests refused because every worker of their model was over its busy threshold.
     pub rejected_busy: AtomicU64,
+    /// KV-index snapshots written to the shared store.
+    pub snapshots: AtomicU64,
+    /// KV events applied since the last snapshot.
+    kv_events_since_snapshot: AtomicU64,
 }
 
 pub struct Router {
@@ -117,6 +122,8 @@ pub struct Router {
     /// (`--router-replica-sync`; set once the event plane is up).
     replica_id: String,
     replica_out: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::events::WorkerEvent>>,
+    /// Notified when `--router-snapshot-threshold` KV events have been applied since the last snapshot.
+    snapshot_due: tokio::sync::Notify,
     loads: Arc<Mutex<HashMap<(String, String), LoadReport>>>,
     remote_models: RemoteModels,
     turn: AtomicUsize,
@@ -171,6 +178,7 @@ impl Router {
             queue,
             replica_id: format!("router-{:016x}", rand::random::<u64>()),
             replica_out: std::sync::OnceLock::new(),
+            snapshot_due: tokio::sync::Notify::new(),
             loads,
             turn: AtomicUsize::new(0),
             counters: RouterCounters::default(),
@@ -435,6 +443,16 @@ impl Router {
         Some(self.active.start(&member.id, model, hashes, new_tokens))
     }
 
+    /// Counts a KV event applied to the index; every `--router-snapshot-threshold` of them a
+    /// snapshot is due.
+    pub(crate) fn kv_event_applied(&self) {
+        let threshold = self.options.snapshot_threshold;
+        if self.counters.kv_events_since_snapshot.fetch_add(1, Ordering::Relaxed) + 1 >= threshold {
+            self.counters.kv_events_since_snapshot.store(0, Ordering::Relaxed);
+            self.snapshot_due.notify_one();
+        }
+    }
+
     /// Publishes this router's predictions from now on through `out` (`--router-replica-sync`).
     pub fn publish_replica_events(&self, out: tokio::sync::mpsc::Sender<crate::events::WorkerEvent>) {
         let _ = self.replica_out.set(out);
@@ -630,6 +648,7 @@ impl Router {
             c.migrated.load(Ordering::Relaxed),
         );
         counter("tritium_router_prompt_blocks", "KV blocks of routed prompts.", c.prompt_blocks.load(Ordering::Relaxed));
+        counter("tritium_router_kv_snapshots", "KV-index snapshots written to the shared store.", c.snapshots.load(Ordering::Relaxed));
         counter(
             "tritium_router_rejected_busy",
             "Requests refused because every worker of their model was over its busy threshold.",

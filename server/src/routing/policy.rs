@@ -88,6 +88,10 @@ pub struct RouterOptions {
     pub replica_sync: bool,
     /// Tasks that apply workers' KV events to the index (`--router-event-threads`).
     pub event_threads: usize,
+    /// KV events applied between two snapshots of the index (`--router-snapshot-threshold`).
+    pub snapshot_threshold: u64,
+    /// Start from an empty index and delete the stored snapshot (`--router-reset-states`).
+    pub reset_states: bool,
 }
 
 impl Default for RouterOptions {
@@ -110,6 +114,8 @@ impl Default for RouterOptions {
             queue: None,
             replica_sync: false,
             event_threads: 4,
+            snapshot_threshold: 1_000_000,
+            reset_states: false,
         }
     }
 }
