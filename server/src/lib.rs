@@ -214,7 +214,7 @@ impl Tritium {
         self.state.tracer.start(stop.clone()).map_err(StartError::Trace)?;
         let cluster = &self.config.cluster;
         let discovery: Arc<dyn Discovery> = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
-        let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.scope).await?;
+        let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.scope, Arc::clone(&discovery)).await?;
         let poller = self.state.repository.spawn_poller(stop.clone());
         if cluster.is_distributed() {
             routing::snapshot::start(&self.state.router, Arc::clone(&discovery), stop.clone()).await;

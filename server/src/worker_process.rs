@@ -76,7 +76,7 @@ impl WorkerProcess {
     ) -> Result<(), StartError> {
         let cluster = &self.config.cluster;
         let discovery = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
-        let events = events::connect(&cluster.events, &cluster.scope).await?;
+        let events = events::connect(&cluster.events, &cluster.scope, Arc::clone(&discovery)).await?;
         let tracer = Arc::new(Tracer::new(self.config.trace.clone()).following_callers());
         let trace_stop = CancellationToken::new();
         tracer.start(trace_stop.clone()).map_err(StartError::Trace)?;
@@ -97,6 +97,7 @@ impl WorkerProcess {
             address: WorkerAddress::Grpc(advertised.clone()),
             models,
             mode: self.config.disaggregation,
+            events: events.endpoint(),
         };
         if let Err(e) = discovery.register(first).await {
             tracing::warn!(worker = %id, "registering in discovery failed: {e}");

@@ -257,19 +257,19 @@ def test_without_kv_events_the_router_predicts_cached_prefixes_and_load_aware_ro
 
 def test_the_tracked_load_terms_price_a_running_stream(file_cluster):
     """A stream of PROMPT runs on one worker; the same prompt again goes where the router's price says.
-    Kv reuse makes the stream's blocks the new request's (join it); without it, and with the
-    stream's output blocks counted, it is dearer than the idle worker (go elsewhere); and with
-    active-block and prefill tracking off, the reported-load score is back (join it)."""
+    With --router-track-active-blocks, kv reuse makes the stream's blocks the new request's (join
+    it); without reuse, and with the stream's output blocks counted, it is dearer than the idle
+    worker (go elsewhere); without active-block tracking (Tritium's default) the reported-load
+    score prefers the cached prefix (join it)."""
     file_cluster.worker()
     file_cluster.worker()
     predict = ["--router-mode", "kv", "--no-router-kv-events", "--router-ttl-secs", "600"]
     no_reuse = ["--no-router-assume-kv-reuse", "--router-track-output-blocks"]
-    stream, probe = busy_and_probe(file_cluster.frontend(*predict))
+    stream, probe = busy_and_probe(file_cluster.frontend(*predict, "--router-track-active-blocks"))
     assert probe == stream
-    stream, probe = busy_and_probe(file_cluster.frontend(*predict, *no_reuse))
+    stream, probe = busy_and_probe(file_cluster.frontend(*predict, "--router-track-active-blocks", *no_reuse))
     assert probe != stream
-    untracked = ["--no-router-track-active-blocks", "--no-router-track-prefill-tokens"]
-    stream, probe = busy_and_probe(file_cluster.frontend(*predict, *no_reuse, *untracked))
+    stream, probe = busy_and_probe(file_cluster.frontend(*predict, *no_reuse))
     assert probe == stream
 
 
@@ -388,19 +388,23 @@ def test_router_replicas_share_their_predictions_with_replica_sync(file_cluster)
         nats.stop()
 
 
-def test_kv_events_reach_the_index_through_each_number_of_event_threads(file_cluster):
-    """Workers' KV events over NATS are applied by --router-event-threads tasks: with 1 and with 8,
-    the index fills and a repeated prompt goes back to the worker holding it."""
-    nats = start_nats()
+@pytest.mark.parametrize("plane", ["nats", "zmq", "unset"])
+def test_kv_events_reach_the_index_over_each_event_plane_and_number_of_event_threads(file_cluster, plane):
+    """Workers' KV events reach the frontend over NATS, over ZeroMQ (each worker's PUB socket found
+    through discovery), and over ZeroMQ when no plane is named (Dynamo's default with file
+    discovery); they are applied by --router-event-threads tasks: with 1 and with 8 the index
+    fills and a repeated prompt goes back to the worker holding it."""
+    nats = start_nats() if plane == "nats" else None
     try:
-        events = ["--event-plane", "nats", "--nats-url", nats.address]
+        events = {"nats": ["--event-plane", "nats", "--nats-url", nats.address] if nats else [],
+                  "zmq": ["--event-plane", "zmq"], "unset": []}[plane]  # fmt: skip
         file_cluster.worker(*events)
         file_cluster.worker(*events)
         nvext = {"nvext": {"extra_fields": ["worker_id"]}}
         for threads in ("1", "8"):
             frontend = file_cluster.frontend("--router-mode", "kv", "--router-event-threads", threads, *events)
             client = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="none")
-            prompt = f"threads {threads}: " + "a prefix the workers will announce. " * 10
+            prompt = f"{plane} threads {threads}: " + "a prefix the workers will announce. " * 10
             first = worker_of(client.completions.create(model="mock-llm", prompt=prompt, max_tokens=1, extra_body=nvext))
             wait_until(lambda f=frontend: metric_or_zero(f, "tritium_router_kv_blocks_indexed") > 0, 10, "KV events indexed")
             for _ in range(4):
@@ -409,7 +413,18 @@ def test_kv_events_reach_the_index_through_each_number_of_event_threads(file_clu
             assert metric_or_zero(frontend, "tritium_router_prompt_blocks_cached_total") > 0
     finally:
         file_cluster.stop()
-        nats.stop()
+        if nats:
+            nats.stop()
+
+
+def test_without_an_event_plane_no_kv_event_reaches_the_frontend(file_cluster):
+    """The contrast: with --event-plane none the frontend's index stays empty."""
+    file_cluster.worker("--event-plane", "none")
+    frontend = file_cluster.frontend("--router-mode", "kv", "--event-plane", "none", workers=1)
+    client = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="none")
+    for _ in range(3):
+        client.completions.create(model="mock-llm", prompt="a prefix nobody announces. " * 10, max_tokens=1)
+    assert metric_or_zero(frontend, "tritium_router_kv_blocks_indexed") == 0
 
 
 def test_a_frontend_restores_the_kv_index_from_the_snapshot_and_reset_states_starts_empty(file_cluster):
@@ -575,6 +590,7 @@ VARIABLES = {
     "DYN_FILE_KV": ("discovery-dir", "/kv"),
     "ETCD_ENDPOINTS": ("etcd-endpoints", "http://e:2379"),
     "DYN_EVENT_PLANE": ("event-plane", "nats"),
+    "DYN_EVENT_PLANE_HOST": ("event-plane-host", "127.0.0.1"),
     "NATS_SERVER": ("nats-url", "nats://n:4222"),
     "DYN_REQUEST_PLANE": ("request-plane", "tcp"),
     "DYN_KSERVE_GRPC_SERVER": ("kserve-grpc-server", "true"),
@@ -644,7 +660,7 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
         (["--router-queue-threshold", "-1"], ["--router-queue-threshold must be a number >= 0"]),
         (["--active-prefill-tokens-threshold", "many"], ["is not a token count (or None)"]),
         (["--discovery-backend", "kubernetes"], ["Kubernetes discovery", "etcd"]),
-        (["--event-plane", "zmq"], ["ZeroMQ event plane", "nats"]),
+        (["--event-plane", "zmq"], ["--event-plane zmq finds publishers through discovery"]),
         (["--request-plane", "nats"], ["NATS request plane", "tcp"]),
         (["--dyn-chat-processor", "vllm"], ["vLLM", "'dynamo'"]),
         (["--tokenizer", "basetenkenizer"], ["default or fastokens"]),

@@ -32,7 +32,7 @@ pub enum EventsKind {
     None,
     /// A NATS server.
     Nats,
-    /// ZeroMQ sockets between the processes (Dynamo's default event plane).
+    /// ZeroMQ sockets between the processes, found through discovery (Dynamo's default).
     Zmq,
 }
 
@@ -71,9 +71,14 @@ pub struct ClusterArgs {
     /// after at most this long).
     #[arg(long, env = "TRITIUM_LEASE_TTL_SECS", default_value_t = 10)]
     pub lease_ttl_secs: u64,
-    /// Where workers publish KV-cache events and load. `--events` is Tritium's name for it.
-    #[arg(long = "event-plane", visible_alias = "events", env = "DYN_EVENT_PLANE", value_enum, default_value = "none")]
-    pub events: EventsKind,
+    /// Where workers publish KV-cache events and load. Unset: `zmq` with file or etcd discovery
+    /// (as Dynamo), in the process only with mem. `--events` is Tritium's name for it.
+    #[arg(long = "event-plane", visible_alias = "events", env = "DYN_EVENT_PLANE", value_enum)]
+    pub events: Option<EventsKind>,
+    /// The address a process binds its ZeroMQ event socket on (--event-plane zmq); subscribers
+    /// learn the endpoint from discovery.
+    #[arg(long, env = "DYN_EVENT_PLANE_HOST", default_value = "127.0.0.1", value_parser = crate::config::parse_host)]
+    pub event_plane_host: IpAddr,
     /// The NATS server, for --event-plane nats (also Dynamo's `NATS_SERVER`).
     #[arg(long, env = "TRITIUM_NATS_URL")]
     pub nats_url: Option<String>,
@@ -127,15 +132,18 @@ impl ClusterArgs {
                     .into());
             }
         };
-        let events = match (self.events, &self.nats_url) {
+        let kind = self.events.unwrap_or(match discovery {
+            DiscoveryConfig::Memory => EventsKind::None,
+            _ => EventsKind::Zmq,
+        });
+        let events = match (kind, &self.nats_url) {
             (EventsKind::None, _) => EventsConfig::None,
             (EventsKind::Nats, Some(url)) => EventsConfig::Nats { url: url.clone() },
             (EventsKind::Nats, None) => return Err("--event-plane nats needs --nats-url (or NATS_SERVER)".into()),
-            (EventsKind::Zmq, _) => {
-                return Err("--event-plane zmq: Tritium does not implement the ZeroMQ event plane yet; use nats \
-                     (--nats-url) or leave events off"
-                    .into());
+            (EventsKind::Zmq, _) if matches!(discovery, DiscoveryConfig::Memory) => {
+                return Err("--event-plane zmq finds publishers through discovery: give --discovery-backend file or etcd".into());
             }
+            (EventsKind::Zmq, _) => EventsConfig::Zmq { bind: self.event_plane_host },
         };
         if self.request_plane == RequestPlane::Nats {
             return Err("--request-plane nats: Tritium does not implement the NATS request plane yet; tcp (each \

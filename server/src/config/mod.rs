@@ -418,8 +418,9 @@ impl ServeArgs {
         let cluster = self.cluster.config()?;
         let router = self.router.options(cluster.lease_ttl)?;
         self.prefill_load_model.check()?;
-        if router.replica_sync && matches!(cluster.events, crate::events::EventsConfig::None) {
-            return Err("--router-replica-sync shares routing state over the event plane: give --event-plane nats".into());
+        if router.replica_sync && !matches!(cluster.events, crate::events::EventsConfig::Nats { .. }) {
+            // Frontends are not in discovery, so ZeroMQ subscribers would never find one another.
+            return Err("--router-replica-sync shares routing state between frontends over NATS: give --event-plane nats".into());
         }
         // A frontend of remote workers serves the built-in models only when asked to load them.
         let builtins = !cluster.is_distributed();

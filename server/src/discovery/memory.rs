@@ -91,6 +91,7 @@ mod tests {
             address: WorkerAddress::Grpc(format!("http://{id}")),
             models: models.iter().map(|m| m.to_string()).collect(),
             mode: Default::default(),
+            events: None,
         }
     }
 

@@ -54,6 +54,10 @@ pub struct WorkerInstance {
     /// Absent in records of workers from before disaggregation: aggregated.
     #[serde(default)]
     pub mode: DisaggregationMode,
+    /// Where it publishes its events on the ZeroMQ event plane (`tcp://host:port`); absent
+    /// on other planes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<String>,
 }
 
 /// A change seen by watchers.

@@ -18,6 +18,7 @@ fn worker(id: &str, models: &[&str]) -> WorkerInstance {
         address: WorkerAddress::Grpc(format!("http://{id}.local:8001")),
         models: models.iter().map(|m| m.to_string()).collect(),
         mode: Default::default(),
+        events: None,
     }
 }
 

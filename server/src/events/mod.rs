@@ -3,6 +3,7 @@
 
 // pub(crate) so other tests of the crate can reach `nats::test_nats`.
 pub(crate) mod nats;
+mod zmq;
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use tritium_backend_api::kv::KvEvent;
 use crate::discovery::NamespaceScope;
 
 pub use nats::NatsEventBus;
+pub use zmq::ZmqEventBus;
 
 /// Events a subscriber may fall behind by before it sees `Lagged`.
 const BUS_BUFFER: usize = 1024;
@@ -82,6 +84,12 @@ pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
     async fn flush(&self) -> Result<(), EventError> {
         Ok(())
     }
+
+    /// Where subscribers connect to hear this bus's events, for planes without a broker (ZeroMQ);
+    /// it goes into the process's record in discovery.
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Which event bus to use.
@@ -92,14 +100,21 @@ pub enum EventsConfig {
     None,
     /// A NATS server (or cluster) shared by every process of a namespace.
     Nats { url: String },
+    /// ZeroMQ sockets between the processes, found through discovery; publishers bind on `bind`.
+    Zmq { bind: std::net::IpAddr },
 }
 
 /// The event bus `config` names, publishing in the scope's own namespace and hearing the
 /// namespaces it watches.
-pub async fn connect(config: &EventsConfig, scope: &NamespaceScope) -> Result<Arc<dyn EventBus>, EventError> {
+pub async fn connect(
+    config: &EventsConfig,
+    scope: &NamespaceScope,
+    discovery: Arc<dyn crate::discovery::Discovery>,
+) -> Result<Arc<dyn EventBus>, EventError> {
     Ok(match config {
         EventsConfig::None => Arc::new(MemoryEventBus::default()),
         EventsConfig::Nats { url } => Arc::new(NatsEventBus::connect(url, scope).await?),
+        EventsConfig::Zmq { bind } => Arc::new(ZmqEventBus::start(*bind, discovery).await?),
     })
 }
 
@@ -147,7 +162,8 @@ mod tests {
 
     #[tokio::test]
     async fn no_events_config_gives_a_memory_bus() {
-        let bus = connect(&EventsConfig::None, &NamespaceScope::own("any")).await.expect("memory bus");
+        let discovery = Arc::new(crate::discovery::MemoryDiscovery::new());
+        let bus = connect(&EventsConfig::None, &NamespaceScope::own("any"), discovery).await.expect("memory bus");
         let mut events = bus.subscribe();
         let event = WorkerEvent::ModelsChanged { worker: "w".into(), models: Vec::new() };
         bus.publish(event.clone()).await.expect("publish");

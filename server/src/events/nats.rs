@@ -296,7 +296,10 @@ mod tests {
     async fn buses_of_one_namespace_see_each_others_events_and_other_namespaces_do_not() {
         let server = NatsServer::start();
         let a = NatsEventBus::connect(server.url(), &NamespaceScope::own("prod")).await.expect("a");
-        let b = connect(&EventsConfig::Nats { url: server.url().to_string() }, &NamespaceScope::own("prod")).await.expect("b");
+        let discovery = std::sync::Arc::new(crate::discovery::MemoryDiscovery::new());
+        let b = connect(&EventsConfig::Nats { url: server.url().to_string() }, &NamespaceScope::own("prod"), discovery)
+            .await
+            .expect("b");
         let elsewhere = NatsEventBus::connect(server.url(), &NamespaceScope::own("staging")).await.expect("elsewhere");
         let (mut at_a, mut at_b, mut at_elsewhere) = (a.subscribe(), b.subscribe(), elsewhere.subscribe());
 

@@ -3,7 +3,8 @@
 //! blocks counted once with `--router-assume-kv-reuse`), the blocks their outputs grow
 //! (`--router-track-output-blocks`), and the prompt tokens still to be prefilled until each
 //! request's first token (`--router-track-prefill-tokens`). The kv policy prices a worker with
-//! them ([`super::kv_index::choose`]), and the prefill-token busy threshold reads them.
+//! them when `--router-track-active-blocks` is on ([`super::kv_index::choose`]); the prefill-token
+//! busy thresholds and the router's queue read the prompt tokens not yet prefilled.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,8 @@ use crate::sync::lock;
 /// What the router counts (each a Dynamo flag).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tracking {
-    /// `--router-track-active-blocks`: running requests' blocks are a decode cost.
+    /// `--router-track-active-blocks`: running requests' blocks are a decode cost, and the kv
+    /// policy prices workers as Dynamo does.
     pub active_blocks: bool,
     /// `--router-track-output-blocks`: a block more for every block-size tokens generated.
     pub output_blocks: bool,
@@ -30,7 +32,8 @@ pub struct Tracking {
 
 impl Default for Tracking {
     fn default() -> Tracking {
-        Tracking { active_blocks: true, output_blocks: false, prefill_tokens: true, assume_kv_reuse: true, prefill_load_scale: 1.0 }
+        // Active blocks off, unlike Dynamo: see `config/router.rs` for the measurement.
+        Tracking { active_blocks: false, output_blocks: false, prefill_tokens: true, assume_kv_reuse: true, prefill_load_scale: 1.0 }
     }
 }
 
@@ -100,8 +103,12 @@ impl ActiveLoad {
         }
     }
 
-    /// Prompt tokens not prefilled yet on `worker` (all models), for the busy threshold.
+    /// Prompt tokens not prefilled yet on `worker` (all models), for the busy thresholds and the
+    /// queue; 0 with `--no-router-track-prefill-tokens`.
     pub fn prefill_tokens_on(&self, worker: &str) -> u64 {
+        if !self.tracking.prefill_tokens {
+            return 0;
+        }
         lock(&self.workers).iter().filter(|((w, _), _)| w.as_ref() == worker).map(|(_, l)| l.prefill_tokens).sum()
     }
 
@@ -208,7 +215,7 @@ mod tests {
     fn shared_prefixes_count_once_with_kv_reuse_and_per_request_without() {
         let worker: Arc<str> = Arc::from("w");
         for (reuse, expected) in [(true, 4), (false, 8)] {
-            let load = ActiveLoad::new(Tracking { assume_kv_reuse: reuse, ..Tracking::default() }, 16);
+            let load = ActiveLoad::new(Tracking { assume_kv_reuse: reuse, active_blocks: true, ..Tracking::default() }, 16);
             let first = load.start(&worker, "m", prompt(1), 64);
             assert_eq!(load.candidate(&worker, "m", &prompt(1)).potential_blocks, expected);
             assert_eq!(load.candidate(&worker, "m", &prompt(1)).prefill_tokens, 64);
@@ -221,7 +228,7 @@ mod tests {
     #[test]
     fn the_first_token_ends_prefill_and_outputs_grow_blocks_when_tracked() {
         let worker: Arc<str> = Arc::from("w");
-        let load = ActiveLoad::new(Tracking { output_blocks: true, ..Tracking::default() }, 16);
+        let load = ActiveLoad::new(Tracking { output_blocks: true, active_blocks: true, ..Tracking::default() }, 16);
         let mut request = load.start(&worker, "m", prompt(1), 40);
         assert_eq!(load.prefill_tokens_on("w"), 40);
         request.token();

@@ -34,6 +34,7 @@ pub async fn follow_discovery(router: Arc<Router>, discovery: Arc<dyn Discovery>
                     address: WorkerAddress::InProcess,
                     models: local,
                     mode: DisaggregationMode::Agg,
+                    events: None,
                 });
                 router.apply(&instances).await;
             }
@@ -157,7 +158,8 @@ pub async fn publish_worker(
     let mut changes = repository.subscribe();
     loop {
         let models = crate::remote::adapters::served_names(&repository);
-        let instance = WorkerInstance { id: id.clone(), address: address.clone(), models: models.clone(), mode };
+        let instance =
+            WorkerInstance { id: id.clone(), address: address.clone(), models: models.clone(), mode, events: events.endpoint() };
         if let Err(e) = discovery.register(instance).await {
             tracing::warn!(worker = %id, "registering in discovery failed: {e}");
         }

@@ -370,7 +370,7 @@ impl Router {
             return Ok(Some(candidates[0].clone()));
         }
         let hashes = tokens.map(|t| block_hashes(t, self.options.kv_block_size));
-        let tracked = |member: &Member| match (&hashes, self.options.tracking.any()) {
+        let tracked = |member: &Member| match (&hashes, self.options.kv.tracked) {
             (Some(hashes), true) => self.active.candidate(&member.id, model, hashes),
             _ => active::CandidateLoad::default(),
         };

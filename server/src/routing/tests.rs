@@ -129,6 +129,7 @@ fn instance(id: &str, models: &[&str]) -> WorkerInstance {
         address: WorkerAddress::InProcess,
         models: models.iter().map(|m| m.to_string()).collect(),
         mode: Default::default(),
+        events: None,
     }
 }
 
