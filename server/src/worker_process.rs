@@ -98,6 +98,7 @@ impl WorkerProcess {
             models,
             mode: self.config.disaggregation,
             events: events.endpoint(),
+            device: self.config.device,
         };
         if let Err(e) = discovery.register(first).await {
             tracing::warn!(worker = %id, "registering in discovery failed: {e}");
@@ -108,6 +109,7 @@ impl WorkerProcess {
             id.clone(),
             WorkerAddress::Grpc(advertised),
             self.config.disaggregation,
+            self.config.device,
             Arc::clone(&self.repository),
             discovery,
             Arc::clone(&events),

@@ -417,6 +417,37 @@ def test_kv_events_reach_the_index_over_each_event_plane_and_number_of_event_thr
             nats.stop()
 
 
+def test_device_aware_weighted_gives_an_accelerator_worker_its_ratio_of_the_streams(file_cluster, monkeypatch):
+    """A CPU worker and an accelerator worker (--device-class); with DYN_ENCODER_CUDA_TO_CPU_RATIO=4,
+    ten overlapping streams split about 8 to 2 (least-loaded would split them 5 to 5)."""
+    cpu = file_cluster.worker("--device-class", "cpu", "--worker-id", "cpu-worker")
+    accelerator = file_cluster.worker("--device-class", "accelerator", "--worker-id", "gpu-worker")
+    del cpu, accelerator
+    monkeypatch.setenv("DYN_ENCODER_CUDA_TO_CPU_RATIO", "4")
+    frontend = file_cluster.frontend("--router-mode", "device-aware-weighted")
+    client = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="none")
+    nvext = {"nvext": {"extra_fields": ["worker_id"]}}
+    served: list[str] = []
+    started = threading.Semaphore(0)
+
+    def stream(i: int) -> None:
+        chunks = client.completions.create(model="mock-llm", prompt=f"stream {i}", max_tokens=50, stream=True, extra_body=nvext)
+        for chunk in chunks:
+            started.release()
+            if (chunk.model_extra or {}).get("nvext"):
+                served.append(worker_of(chunk))
+
+    threads = []
+    for i in range(10):
+        threads.append(threading.Thread(target=stream, args=(i,)))
+        threads[-1].start()
+        assert started.acquire(timeout=30), "each stream starts before the next is sent"
+    for thread in threads:
+        thread.join(60)
+    assert len(served) == 10, served
+    assert served.count("gpu-worker") >= 7 and served.count("cpu-worker") >= 1, served
+
+
 def test_without_an_event_plane_no_kv_event_reaches_the_frontend(file_cluster):
     """The contrast: with --event-plane none the frontend's index stays empty."""
     file_cluster.worker("--event-plane", "none")
@@ -557,6 +588,7 @@ VARIABLES = {
     "DYN_TLS_KEY_PATH": ("tls-key-path", "/k.pem"),
     "DYN_TLS_CLIENT_CA_CERT_PATH": ("tls-client-ca-cert-path", "/ca.pem"),
     "DYN_ROUTER_MODE": ("router-mode", "power-of-two"),
+    "DYN_ENCODER_CUDA_TO_CPU_RATIO": ("non-cpu-to-cpu-ratio", "4"),
     "DYN_ROUTER_LOAD_AWARE": ("load-aware", "false"),
     "DYN_ROUTER_KV_OVERLAP_SCORE_CREDIT": ("router-kv-overlap-score-credit", "0.5"),
     "DYN_ROUTER_TEMPERATURE": ("router-temperature", "0.25"),
@@ -647,7 +679,8 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--router-mode", "xyz"], ["round-robin", "power-of-two", "least-loaded", "kv", "direct"]),
+        (["--router-mode", "xyz"], ["round-robin", "power-of-two", "least-loaded", "kv", "direct", "device-aware-weighted"]),
+        (["--non-cpu-to-cpu-ratio", "0"], ["--non-cpu-to-cpu-ratio must be at least 1"]),
         (["--router-temperature", "-1"], ["--router-temperature must be a finite number >= 0"]),
         (["--router-kv-overlap-score-credit", "2"], ["--router-kv-overlap-score-credit must be in [0, 1]"]),
         (["--router-ttl-secs", "0"], ["--router-ttl-secs must be in"]),

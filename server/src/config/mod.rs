@@ -100,6 +100,11 @@ pub struct WorkerArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub trace: trace::TraceArgs,
+    /// What this worker computes on, for frontends in `--router-mode device-aware-weighted`:
+    /// `auto` is `accelerator` when its language models run on a GPU (the `cuda` build with one
+    /// present), else `cpu`; declare it for other backends.
+    #[arg(long, env = "TRITIUM_DEVICE_CLASS", default_value = "auto", value_parser = ["auto", "cpu", "accelerator"])]
+    pub device_class: String,
     /// Tokens per KV block of this worker's engines, real and mock (Dynamo's name; it replaces
     /// --llm-kv-block-size and --mock-block-size). Frontends routing by KV need the same.
     #[arg(long, env = "DYN_KV_CACHE_BLOCK_SIZE")]
@@ -112,6 +117,18 @@ pub struct WorkerArgs {
     pub exit_timeout_secs: u64,
 }
 
+/// `--device-class` resolved: `auto` asks the language-model engine where it runs.
+fn device_class(text: &str) -> crate::discovery::DeviceClass {
+    use crate::discovery::DeviceClass;
+    match text {
+        "cpu" => DeviceClass::Cpu,
+        "accelerator" => DeviceClass::Accelerator,
+        #[cfg(feature = "llm")]
+        _ if tritium_llm::default_device().is_cuda() => DeviceClass::Accelerator,
+        _ => DeviceClass::Cpu,
+    }
+}
+
 /// What `tritium worker` needs, resolved.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -122,6 +139,8 @@ pub struct WorkerConfig {
     /// Token frontends must send (`--worker-token`).
     pub worker_token: Option<String>,
     pub disaggregation: crate::discovery::DisaggregationMode,
+    /// What it computes on (`--device-class`).
+    pub device: crate::discovery::DeviceClass,
     pub transfers: crate::remote::TransferOptions,
     /// Request tracing (`--trace-config`, `OTEL_*`): a worker's spans join the frontend's trace.
     pub trace: trace::TraceConfig,
@@ -159,6 +178,7 @@ impl WorkerArgs {
             trace: self.trace.config(|name| std::env::var(name).ok())?,
             worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
             disaggregation: self.disaggregation.disaggregation_mode,
+            device: device_class(&self.device_class),
             transfers: self
                 .disaggregation
                 .transfer_options(self.listen.worker_token.clone().filter(|t| !t.is_empty()), self.worker_max_message_size)?,

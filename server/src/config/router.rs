@@ -142,6 +142,9 @@ pub struct RouterArgs {
     /// `token-capacity` applies the busy thresholds above; `none` turns them all off.
     #[arg(long, env = "DYN_ADMISSION_CONTROL", default_value = "token-capacity", value_parser = ["token-capacity", "none"])]
     pub admission_control: String,
+    /// device-aware-weighted mode: how many CPU workers' load one accelerator worker takes (>= 1).
+    #[arg(long, env = "DYN_ENCODER_CUDA_TO_CPU_RATIO", default_value_t = 8)]
+    pub non_cpu_to_cpu_ratio: u32,
     /// Language-model requests wait in the router while every worker of their model has more of
     /// this router's prompt tokens to prefill than this fraction (>= 0) of what one engine step
     /// prefills (its reported `max_batched_tokens`); unset: they never wait there.
@@ -215,6 +218,9 @@ impl RouterArgs {
         if !(1..=64).contains(&self.router_event_threads) {
             return Err(format!("--router-event-threads must be in 1..=64, got {}", self.router_event_threads));
         }
+        if self.non_cpu_to_cpu_ratio == 0 {
+            return Err("--non-cpu-to-cpu-ratio must be at least 1".into());
+        }
         if self.router_snapshot_threshold == 0 {
             return Err("--router-snapshot-threshold must be at least 1".into());
         }
@@ -257,6 +263,7 @@ impl RouterArgs {
             prefill_tokens_threshold: self.active_prefill_tokens_threshold.and_then(|v| v.0).filter(|_| admission),
             prefill_tokens_threshold_frac: prefill_frac.filter(|_| admission),
             decode_fallback: self.decode_fallback && !self.no_decode_fallback,
+            accelerator_weight: self.non_cpu_to_cpu_ratio,
             replica_sync: self.router_replica_sync && !self.no_router_replica_sync,
             event_threads: self.router_event_threads,
             snapshot_threshold: self.router_snapshot_threshold,

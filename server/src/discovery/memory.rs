@@ -92,6 +92,7 @@ mod tests {
             models: models.iter().map(|m| m.to_string()).collect(),
             mode: Default::default(),
             events: None,
+            device: Default::default(),
         }
     }
 

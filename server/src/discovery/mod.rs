@@ -45,6 +45,17 @@ pub enum DisaggregationMode {
     Decode,
 }
 
+/// What a worker computes on, for `--router-mode device-aware-weighted`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceClass {
+    /// The CPU (records from before device classes too).
+    #[default]
+    Cpu,
+    /// A GPU or another accelerator.
+    Accelerator,
+}
+
 /// One worker and the models it serves now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerInstance {
@@ -58,6 +69,9 @@ pub struct WorkerInstance {
     /// on other planes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<String>,
+    /// What it computes on.
+    #[serde(default)]
+    pub device: DeviceClass,
 }
 
 /// A change seen by watchers.

@@ -19,6 +19,7 @@ fn worker(id: &str, models: &[&str]) -> WorkerInstance {
         models: models.iter().map(|m| m.to_string()).collect(),
         mode: Default::default(),
         events: None,
+        device: Default::default(),
     }
 }
 

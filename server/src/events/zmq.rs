@@ -196,6 +196,7 @@ mod tests {
             models: vec!["m".into()],
             mode: Default::default(),
             events: worker.endpoint(),
+            device: Default::default(),
         };
         discovery.register(record).await.expect("register");
         let event = WorkerEvent::Load(LoadReport { worker: "w".into(), model: "m".into(), active: 3, ..Default::default() });

@@ -35,6 +35,7 @@ pub async fn follow_discovery(router: Arc<Router>, discovery: Arc<dyn Discovery>
                     models: local,
                     mode: DisaggregationMode::Agg,
                     events: None,
+                    device: crate::discovery::DeviceClass::default(),
                 });
                 router.apply(&instances).await;
             }
@@ -146,10 +147,12 @@ pub fn publish_replica_events(router: &Arc<Router>, events: Arc<dyn EventBus>, s
 /// Registers a worker (in this process or serving the worker plane at an address, in its
 /// disaggregation `mode`) with the models its repository loaded, re-registering on every change, until `stop` is cancelled;
 /// then deregisters.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish_worker(
     id: String,
     address: WorkerAddress,
     mode: DisaggregationMode,
+    device: crate::discovery::DeviceClass,
     repository: Arc<ModelRepository>,
     discovery: Arc<dyn Discovery>,
     events: Arc<dyn EventBus>,
@@ -158,8 +161,14 @@ pub async fn publish_worker(
     let mut changes = repository.subscribe();
     loop {
         let models = crate::remote::adapters::served_names(&repository);
-        let instance =
-            WorkerInstance { id: id.clone(), address: address.clone(), models: models.clone(), mode, events: events.endpoint() };
+        let instance = WorkerInstance {
+            id: id.clone(),
+            address: address.clone(),
+            models: models.clone(),
+            mode,
+            events: events.endpoint(),
+            device,
+        };
         if let Err(e) = discovery.register(instance).await {
             tracing::warn!(worker = %id, "registering in discovery failed: {e}");
         }

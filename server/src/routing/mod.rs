@@ -53,6 +53,8 @@ struct Member {
     suspect_until: Arc<Mutex<Option<Instant>>>,
     /// Its part in disaggregated serving.
     mode: DisaggregationMode,
+    /// What it computes on.
+    device: crate::discovery::DeviceClass,
 }
 
 impl Member {
@@ -154,6 +156,7 @@ impl Router {
             outstanding: Arc::default(),
             suspect_until: Arc::default(),
             mode: DisaggregationMode::Agg,
+            device: Default::default(),
         };
         let loads = Arc::new(Mutex::new(HashMap::new()));
         let busy = Arc::new(BusyThresholds::new(options.busy_threshold));
@@ -197,6 +200,7 @@ impl Router {
             outstanding: Arc::default(),
             suspect_until: Arc::default(),
             mode: DisaggregationMode::Agg,
+            device: Default::default(),
         };
         lock(&self.members).insert(id, (member, WorkerAddress::InProcess));
     }
@@ -240,7 +244,9 @@ impl Router {
         for instance in instances {
             let existing = members
                 .get(instance.id.as_str())
-                .filter(|(member, address)| *address == instance.address && member.mode == instance.mode);
+                .filter(|(member, address)| {
+                    *address == instance.address && member.mode == instance.mode && member.device == instance.device
+                });
             let member = match (existing, &instance.address) {
                 (Some((member, _)), address) => {
                     if let WorkerAddress::Grpc(_) = address
@@ -272,6 +278,7 @@ impl Router {
                         outstanding: Arc::default(),
                         suspect_until: Arc::default(),
                         mode: instance.mode,
+                        device: instance.device,
                     };
                     self.remote_models.connected(&id, Arc::clone(&remote));
                     to_describe.push((Arc::clone(&id), remote));
@@ -387,6 +394,7 @@ impl Router {
                     kv_used: report.map_or(0, |r| r.kv_used),
                     kv_capacity: report.map_or(0, |r| r.kv_capacity),
                     tracked: tracked(m),
+                    accelerator: m.device == crate::discovery::DeviceClass::Accelerator,
                 }
             })
             .collect();
@@ -398,6 +406,7 @@ impl Router {
         let context = PickContext {
             overlaps: overlaps.as_ref().zip(hashes.as_ref()).map(|(o, h)| (o, h.len())),
             turn: self.turn.fetch_add(1, Ordering::Relaxed),
+            accelerator_weight: self.options.accelerator_weight,
         };
         let index = policy::pick(mode, &choices, &context, &self.options.kv, &mut rand::rng()).unwrap_or(0);
         let chosen = candidates[index].clone();

@@ -23,6 +23,9 @@ pub enum RouterMode {
     LeastLoaded,
     /// The best score of cached-prefix overlap against load (language models; others: least-loaded).
     Kv,
+    /// The least loaded worker, an accelerator's load counting `--non-cpu-to-cpu-ratio` times less
+    /// than a CPU worker's.
+    DeviceAwareWeighted,
     /// The worker the request names (KServe parameter `worker_id`, HTTP header `x-tritium-worker`).
     Direct,
 }
@@ -36,6 +39,7 @@ impl RouterMode {
             RouterMode::PowerOfTwo => "power-of-two",
             RouterMode::LeastLoaded => "least-loaded",
             RouterMode::Kv => "kv",
+            RouterMode::DeviceAwareWeighted => "device-aware-weighted",
             RouterMode::Direct => "direct",
         }
     }
@@ -81,6 +85,8 @@ pub struct RouterOptions {
     /// With decode workers and no prefill worker up, the decode workers serve requests whole
     /// (`--decode-fallback`); else such requests are refused.
     pub decode_fallback: bool,
+    /// device-aware-weighted mode: the load one accelerator takes for one a CPU worker takes.
+    pub accelerator_weight: u32,
     /// The router's own queue (`--router-queue-threshold`); `None`: requests never wait there.
     pub queue: Option<super::queue::QueueOptions>,
     /// Share this router's predictions with the other frontends' routers over the event plane,
@@ -111,6 +117,7 @@ impl Default for RouterOptions {
             prefill_tokens_threshold: None,
             prefill_tokens_threshold_frac: None,
             decode_fallback: true,
+            accelerator_weight: 8,
             queue: None,
             replica_sync: false,
             event_threads: 4,
@@ -136,6 +143,8 @@ pub struct Choice {
     pub kv_capacity: u64,
     /// What the router itself counts on it (zeros when it does not track).
     pub tracked: super::active::CandidateLoad,
+    /// It computes on an accelerator (device-aware-weighted mode).
+    pub accelerator: bool,
 }
 
 /// What a pick is based on beyond the candidates.
@@ -145,6 +154,8 @@ pub struct PickContext<'a> {
     pub overlaps: Option<(&'a HashMap<String, usize>, usize)>,
     /// A turn counter for round-robin.
     pub turn: usize,
+    /// How many CPU workers' load one accelerator takes (device-aware-weighted mode).
+    pub accelerator_weight: u32,
 }
 
 /// The index in `choices` of the worker to use; `None` only when `choices` is empty.
@@ -172,6 +183,7 @@ pub fn pick(
             Some(if load(&choices[second]) < load(&choices[first]) { second } else { first })
         }
         RouterMode::LeastLoaded => least_loaded(choices, context.turn),
+        RouterMode::DeviceAwareWeighted => device_weighted(choices, context),
         RouterMode::Kv => match context.overlaps {
             Some((overlaps, request_blocks)) => {
                 let candidates: Vec<Candidate> = choices
@@ -191,6 +203,21 @@ pub fn pick(
             None => least_loaded(choices, context.turn),
         },
     }
+}
+
+/// The worker with the least load per unit of capacity (an accelerator's capacity is
+/// `accelerator_weight`, a CPU worker's 1); ties go round-robin.
+fn device_weighted(choices: &[Choice], context: &PickContext<'_>) -> Option<usize> {
+    let weight = |c: &Choice| if c.accelerator { u64::from(context.accelerator_weight.max(1)) } else { 1 };
+    let load = |c: &Choice| c.outstanding.max(c.reported_active) + c.reported_queued;
+    // a/wa < b/wb as a*wb < b*wa: no floating point.
+    let lighter = |a: &Choice, b: &Choice| u128::from(load(a)) * u128::from(weight(b)) < u128::from(load(b)) * u128::from(weight(a));
+    let best = choices.iter().enumerate().fold(None, |best: Option<usize>, (i, c)| match best {
+        Some(b) if !lighter(c, &choices[b]) => Some(b),
+        _ => Some(i),
+    })?;
+    let tied: Vec<usize> = (0..choices.len()).filter(|&i| !lighter(&choices[best], &choices[i])).collect();
+    tied.get(context.turn % tied.len()).copied()
 }
 
 /// The least loaded worker; ties go round-robin so equal workers share the work.
@@ -214,6 +241,7 @@ mod tests {
             kv_used: 0,
             kv_capacity: 0,
             tracked: Default::default(),
+            accelerator: false,
         }
     }
 
@@ -236,10 +264,25 @@ mod tests {
     }
 
     #[test]
+    fn device_aware_weighted_gives_an_accelerator_its_ratio_of_the_load() {
+        let context = |turn| PickContext { turn, accelerator_weight: 8, ..Default::default() };
+        let mut rng = rand::rng();
+        let (mut cpu, mut gpu) = (choice("cpu", 0, 0), Choice { accelerator: true, ..choice("gpu", 0, 0) });
+        let mut counts = [0, 0];
+        for turn in 0..18 {
+            let index = pick(RouterMode::DeviceAwareWeighted, &[cpu.clone(), gpu.clone()], &context(turn), &KvScoring::default(), &mut rng)
+                .expect("a worker");
+            counts[index] += 1;
+            if index == 0 { cpu.outstanding += 1 } else { gpu.outstanding += 1 }
+        }
+        assert_eq!(counts, [2, 16], "an accelerator takes 8 for each one a CPU worker takes");
+    }
+
+    #[test]
     fn kv_mode_follows_the_cached_prefix() {
         let choices = [choice("a", 0, 0), choice("b", 0, 0)];
         let overlaps = HashMap::from([("b".to_string(), 8usize)]);
-        let context = PickContext { overlaps: Some((&overlaps, 8)), turn: 0 };
+        let context = PickContext { overlaps: Some((&overlaps, 8)), ..Default::default() };
         let mut rng = rand::rng();
         for _ in 0..20 {
             assert_eq!(pick(RouterMode::Kv, &choices, &context, &KvScoring::default(), &mut rng), Some(1));

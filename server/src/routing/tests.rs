@@ -130,6 +130,7 @@ fn instance(id: &str, models: &[&str]) -> WorkerInstance {
         models: models.iter().map(|m| m.to_string()).collect(),
         mode: Default::default(),
         events: None,
+        device: Default::default(),
     }
 }
 
