@@ -16,6 +16,7 @@ pub mod repository;
 pub mod router;
 pub mod tls;
 pub mod trace;
+pub mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ pub use openai::{OpenAiArgs, OpenAiSettings};
 pub use rate_limit::RateLimitArgs;
 pub use repository::{ModelArgs, ModelControlMode, RepositoryArgs};
 pub use tls::{TlsArgs, TlsConfig};
+pub use worker::{WorkerArgs, WorkerConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "tritium", version, about = "A KServe v2 / Triton-compatible inference server")]
@@ -76,114 +78,6 @@ pub enum Command {
     /// Run engines in their own process and serve them to frontends over the worker request
     /// plane, registered in discovery.
     Worker(WorkerArgs),
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct WorkerArgs {
-    #[command(flatten)]
-    pub repository: RepositoryArgs,
-    #[command(flatten)]
-    pub models: ModelArgs,
-    #[command(flatten)]
-    pub engine: EngineArgs,
-    #[command(flatten)]
-    pub listen: WorkerListenArgs,
-    #[command(flatten)]
-    pub disaggregation: DisaggregationArgs,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-    #[command(flatten)]
-    pub logging: LoggingArgs,
-    #[command(flatten)]
-    pub rate_limit: RateLimitArgs,
-    #[command(flatten)]
-    pub cache: CacheArgs,
-    #[command(flatten)]
-    pub trace: trace::TraceArgs,
-    /// What this worker computes on, for frontends in `--router-mode device-aware-weighted`:
-    /// `auto` is `accelerator` when its language models run on a GPU (the `cuda` build with one
-    /// present), else `cpu`; declare it for other backends.
-    #[arg(long, env = "TRITIUM_DEVICE_CLASS", default_value = "auto", value_parser = ["auto", "cpu", "accelerator"])]
-    pub device_class: String,
-    /// Tokens per KV block of this worker's engines, real and mock (Dynamo's name; it replaces
-    /// --llm-kv-block-size and --mock-block-size). Frontends routing by KV need the same.
-    #[arg(long, env = "DYN_KV_CACHE_BLOCK_SIZE")]
-    pub kv_cache_block_size: Option<usize>,
-    /// Largest message accepted or sent on the worker plane, in bytes.
-    #[arg(long, env = "TRITIUM_WORKER_MAX_MESSAGE_SIZE", default_value_t = i32::MAX as usize)]
-    pub worker_max_message_size: usize,
-    /// Seconds to let in-flight requests finish after SIGTERM before exiting anyway.
-    #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
-    pub exit_timeout_secs: u64,
-}
-
-/// `--device-class` resolved: `auto` asks the language-model engine where it runs.
-fn device_class(text: &str) -> crate::discovery::DeviceClass {
-    use crate::discovery::DeviceClass;
-    match text {
-        "cpu" => DeviceClass::Cpu,
-        "accelerator" => DeviceClass::Accelerator,
-        #[cfg(feature = "llm")]
-        _ if tritium_llm::default_device().is_cuda() => DeviceClass::Accelerator,
-        _ => DeviceClass::Cpu,
-    }
-}
-
-/// What `tritium worker` needs, resolved.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    pub repository: RepositoryOptions,
-    pub backends: crate::backends::BackendsConfig,
-    pub cluster: ClusterConfig,
-    pub max_message_size: usize,
-    /// Token frontends must send (`--worker-token`).
-    pub worker_token: Option<String>,
-    pub disaggregation: crate::discovery::DisaggregationMode,
-    /// What it computes on (`--device-class`).
-    pub device: crate::discovery::DeviceClass,
-    pub transfers: crate::remote::TransferOptions,
-    /// Request tracing (`--trace-config`, `OTEL_*`): a worker's spans join the frontend's trace.
-    pub trace: trace::TraceConfig,
-}
-
-impl WorkerArgs {
-    pub fn worker_config(&self) -> Result<WorkerConfig, String> {
-        if self.repository.model_control_mode == ModelControlMode::OnDemand {
-            // A worker advertises the models it has loaded, so none would ever reach it to load.
-            return Err("--model-control-mode on-demand: a worker serves only the models it has loaded; use it on serve".into());
-        }
-        if self.cluster.namespace_prefix.is_some() {
-            return Err("--namespace-prefix scopes what a frontend watches; a worker registers in --namespace alone".into());
-        }
-        #[cfg_attr(not(feature = "llm"), allow(unused_mut))]
-        let (mut models, mut engine) = (self.models.clone(), self.engine.clone());
-        match self.kv_cache_block_size {
-            Some(0) => return Err("--kv-cache-block-size must be at least 1".into()),
-            #[cfg(feature = "llm")]
-            Some(size) => {
-                models.llm_kv_block_size = size;
-                engine.mock_block_size = size;
-            }
-            _ => {}
-        }
-        Ok(WorkerConfig {
-            repository: RepositoryOptions {
-                rate_limiter: self.rate_limit.limiter()?,
-                response_cache: self.cache.build()?,
-                ..repository_options(&self.repository, &models, &engine, true)?
-            },
-            backends: self.repository.backends(&models)?,
-            cluster: self.cluster.config()?,
-            max_message_size: self.worker_max_message_size,
-            trace: self.trace.config(|name| std::env::var(name).ok())?,
-            worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
-            disaggregation: self.disaggregation.disaggregation_mode,
-            device: device_class(&self.device_class),
-            transfers: self
-                .disaggregation
-                .transfer_options(self.listen.worker_token.clone().filter(|t| !t.is_empty()), self.worker_max_message_size)?,
-        })
-    }
 }
 
 #[derive(Debug, Clone, Args)]

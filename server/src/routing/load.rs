@@ -1,0 +1,107 @@
+//! The router's side of load it tracks and shares: counting its own generations on workers
+//! (`--router-track-*`), waiting in its queue (`--router-queue-threshold`), sharing predictions
+//! with its replicas (`--router-replica-sync`) and counting KV events towards the next snapshot
+//! (`--router-snapshot-threshold`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tritium_backend_api::kv::block_hashes;
+use tritium_backend_api::llm::{GenerateError, Priority};
+use tritium_worker::WorkerError;
+
+use super::{Member, Router, active, queue};
+use crate::sync::lock;
+
+impl Router {
+    /// Counts a generation of `model` with this `prompt` on `member` (when the router tracks load);
+    /// the returned guard follows its tokens and takes it off when dropped.
+    pub(super) fn track(&self, member: &Member, model: &str, prompt: &[u32]) -> Option<active::ActiveRequest> {
+        if !self.options.tracking.any() {
+            return None;
+        }
+        let hashes = block_hashes(prompt, self.options.kv_block_size);
+        let cached = match self.options.kv_events {
+            true => lock(&self.kv).overlaps(model, &hashes),
+            false => lock(&self.predicted).overlaps(model, &hashes, Instant::now()),
+        };
+        let cached_tokens = cached.get(member.id.as_ref()).copied().unwrap_or(0) * self.options.kv_block_size;
+        let new_tokens = prompt.len().saturating_sub(cached_tokens) as u64;
+        Some(self.active.start(&member.id, model, hashes, new_tokens))
+    }
+
+    /// Counts a KV event applied to the index; every `--router-snapshot-threshold` of them a
+    /// snapshot is due.
+    pub(crate) fn kv_event_applied(&self) {
+        let threshold = self.options.snapshot_threshold;
+        if self.counters.kv_events_since_snapshot.fetch_add(1, Ordering::Relaxed) + 1 >= threshold {
+            self.counters.kv_events_since_snapshot.store(0, Ordering::Relaxed);
+            self.snapshot_due.notify_one();
+        }
+    }
+
+    /// Publishes this router's predictions from now on through `out` (`--router-replica-sync`).
+    pub fn publish_replica_events(&self, out: tokio::sync::mpsc::Sender<crate::events::WorkerEvent>) {
+        let _ = self.replica_out.set(out);
+    }
+
+    /// Tells the other replicas that `worker` was sent these blocks; dropped when the publisher
+    /// is behind (a prediction is a hint, and a full queue means the event plane is down).
+    pub(super) fn share_routing(&self, worker: &Arc<str>, model: &str, blocks: &[tritium_backend_api::kv::BlockHash]) {
+        let Some(out) = self.replica_out.get() else { return };
+        let event = crate::events::WorkerEvent::Routed {
+            router: self.replica_id.clone(),
+            worker: worker.to_string(),
+            model: model.to_string(),
+            blocks: blocks.to_vec(),
+        };
+        if out.try_send(event).is_err() {
+            tracing::debug!("the replica-sync publisher is behind; a prediction was not shared");
+        }
+    }
+
+    /// Another replica's routing decision: predicted here too (own ones come back and are skipped).
+    pub(crate) fn replica_routed(&self, from: &str, worker: &str, model: &str, blocks: &[tritium_backend_api::kv::BlockHash]) {
+        if !self.options.replica_sync || self.options.kv_events || from == self.replica_id {
+            return;
+        }
+        // Only workers this router knows: a name from elsewhere must not grow its index.
+        let Some(id) = lock(&self.members).get_key_value(worker).map(|(id, _)| Arc::clone(id)) else { return };
+        lock(&self.predicted).routed(&id, model, blocks, Instant::now());
+    }
+
+    /// Waits in the router's queue while every worker of `model` is full (see [`queue`]).
+    pub(crate) async fn wait_for_room(&self, model: &str, prompt_tokens: usize, priority: Priority) -> Result<(), WorkerError> {
+        let Some(queue) = &self.queue else { return Ok(()) };
+        let threshold = queue.options().threshold;
+        let full = |model: &str| self.all_full(model, threshold);
+        queue.admit(model, prompt_tokens, priority, full).await.map_err(|message| WorkerError::Generate {
+            model: model.to_string(),
+            source: GenerateError::Unavailable { model: model.to_string(), message },
+        })
+    }
+
+    /// Whether every worker of `model` has more of this router's prompt tokens to prefill than
+    /// `threshold` times what one of its engine steps prefills. A worker whose step size is not
+    /// known yet (no load report) or in this process has room.
+    fn all_full(&self, model: &str, threshold: f64) -> bool {
+        let table = self.table.load();
+        let Some(route) = table.get(model).filter(|route| !route.is_empty()) else { return false };
+        let loads = lock(&self.loads);
+        route.iter().all(|member| {
+            let capacity = loads.get(&(member.id.to_string(), model.to_string())).map_or(0, |r| r.max_batched_tokens);
+            !member.local && capacity > 0 && self.active.prefill_tokens_on(&member.id) as f64 > threshold * capacity as f64
+        })
+    }
+
+    /// Requests waiting in the router's queue now, and since start.
+    pub fn queue_counts(&self) -> (usize, u64) {
+        self.queue.as_ref().map_or((0, 0), queue::RouterQueue::counts)
+    }
+
+    /// The load this router tracks (for the busy thresholds and tests).
+    pub fn active_load(&self) -> &Arc<active::ActiveLoad> {
+        &self.active
+    }
+}
