@@ -170,12 +170,10 @@ mod tests {
 
     #[tokio::test]
     async fn steps_run_on_the_named_threads_of_the_pool() {
-        let workers = PreprocessWorkers::start(PreprocessExecution { workers: 2, debug_perf: true, ..Default::default() }).expect("pool");
-        let name = workers
-            .run("prompt", 5, || std::thread::current().name().map(str::to_string))
-            .await
-            .expect("pooled")
-            .expect("ran");
+        let workers =
+            PreprocessWorkers::start(PreprocessExecution { workers: 2, debug_perf: true, ..Default::default() }).expect("pool");
+        let name =
+            workers.run("prompt", 5, || std::thread::current().name().map(str::to_string)).await.expect("pooled").expect("ran");
         assert!(name.is_some_and(|n| n.starts_with("tritium-preprocess-")));
         let none = PreprocessWorkers::start(PreprocessExecution::default()).expect("no pool");
         assert!(none.run("prompt", 5, || ()).await.is_none(), "without a pool the caller runs the step");

@@ -8,8 +8,8 @@ use clap::Args;
 use clap::builder::BoolishValueParser;
 
 use crate::routing::active::Tracking;
-use crate::routing::queue::{QueueOptions, QueuePolicy};
 use crate::routing::kv_index::KvScoring;
+use crate::routing::queue::{QueueOptions, QueuePolicy};
 use crate::routing::{RouterMode, RouterOptions};
 
 #[derive(Debug, Clone, Args)]
@@ -39,16 +39,26 @@ pub struct RouterArgs {
     pub kv_block_size: usize,
     /// kv mode: weight in [0, 1] of the cached-prefix share in a worker's score (0: load only).
     /// `--kv-overlap-weight` is Tritium's name.
-    #[arg(long = "router-kv-overlap-score-credit", visible_alias = "kv-overlap-weight", env = "DYN_ROUTER_KV_OVERLAP_SCORE_CREDIT",
-          default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(
+        long = "router-kv-overlap-score-credit",
+        visible_alias = "kv-overlap-weight",
+        env = "DYN_ROUTER_KV_OVERLAP_SCORE_CREDIT",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     pub kv_overlap_weight: f64,
     /// kv mode: weight of the load in a worker's score.
     #[arg(long, env = "TRITIUM_KV_LOAD_WEIGHT", default_value_t = 1.0)]
     pub kv_load_weight: f64,
     /// kv mode: 0 picks the best score; higher values sample from softmax(score / temperature).
     /// `--kv-temperature` is Tritium's name.
-    #[arg(long = "router-temperature", visible_alias = "kv-temperature", env = "DYN_ROUTER_TEMPERATURE", default_value_t = 0.0,
-          allow_negative_numbers = true)]
+    #[arg(
+        long = "router-temperature",
+        visible_alias = "kv-temperature",
+        env = "DYN_ROUTER_TEMPERATURE",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     pub kv_temperature: f64,
     /// kv mode: score cached prefixes from the workers' KV events; with --no-router-kv-events the
     /// router predicts them instead: a prompt's blocks are assumed held by the worker it was sent
@@ -209,11 +219,17 @@ impl RouterArgs {
             return Err(format!("--router-ttl-secs must be in (0, {MAX_ROUTER_TTL_SECS}], got {}", self.router_ttl_secs));
         }
         if !(self.router_prefill_load_scale >= 0.0 && self.router_prefill_load_scale.is_finite()) {
-            return Err(format!("--router-prefill-load-scale must be a finite number >= 0, got {}", self.router_prefill_load_scale));
+            return Err(format!(
+                "--router-prefill-load-scale must be a finite number >= 0, got {}",
+                self.router_prefill_load_scale
+            ));
         }
         let prefill_frac = self.active_prefill_tokens_threshold_frac.and_then(|v| v.0);
         if prefill_frac.is_some_and(|f| !(f > 0.0 && f.is_finite())) {
-            return Err(format!("--active-prefill-tokens-threshold-frac must be a number > 0, got {}", prefill_frac.unwrap_or(0.0)));
+            return Err(format!(
+                "--active-prefill-tokens-threshold-frac must be a number > 0, got {}",
+                prefill_frac.unwrap_or(0.0)
+            ));
         }
         if !(1..=64).contains(&self.router_event_threads) {
             return Err(format!("--router-event-threads must be in 1..=64, got {}", self.router_event_threads));
@@ -300,8 +316,9 @@ mod tests {
 
     #[test]
     fn dynamo_names_and_tritium_aliases_set_the_same_options() {
-        let dynamo = options(&["--router-kv-overlap-score-credit", "0.25", "--router-temperature", "0.5", "--kv-cache-block-size", "32"])
-            .expect("dynamo");
+        let dynamo =
+            options(&["--router-kv-overlap-score-credit", "0.25", "--router-temperature", "0.5", "--kv-cache-block-size", "32"])
+                .expect("dynamo");
         let ours = options(&["--kv-overlap-weight", "0.25", "--kv-temperature", "0.5", "--kv-block-size", "32"]).expect("ours");
         for o in [&dynamo, &ours] {
             assert_eq!((o.kv.overlap_weight, o.kv.temperature, o.kv_block_size), (0.25, 0.5, 32));
@@ -323,7 +340,8 @@ mod tests {
 
     #[test]
     fn load_aware_is_kv_routing_by_load_alone() {
-        let preset = options(&["--load-aware", "--router-mode", "round-robin", "--no-router-track-active-blocks"]).expect("preset");
+        let preset =
+            options(&["--load-aware", "--router-mode", "round-robin", "--no-router-track-active-blocks"]).expect("preset");
         assert_eq!((preset.mode, preset.kv.overlap_weight, preset.kv_events), (RouterMode::Kv, 0.0, false));
         let t = preset.tracking;
         assert!(t.active_blocks && t.prefill_tokens && !t.assume_kv_reuse && preset.kv.tracked);
@@ -337,9 +355,16 @@ mod tests {
         assert_eq!(default.tracking, Tracking::default());
         assert!(!default.kv.tracked, "the reported-load score unless asked");
         assert!(options(&["--router-track-active-blocks"]).expect("on").kv.tracked);
-        let off = options(&["--no-router-track-active-blocks", "--no-track-output-blocks", "--router-track-output-blocks",
-                            "--no-router-assume-kv-reuse", "--no-router-track-prefill-tokens", "--router-prefill-load-scale", "2"])
-            .expect("off");
+        let off = options(&[
+            "--no-router-track-active-blocks",
+            "--no-track-output-blocks",
+            "--router-track-output-blocks",
+            "--no-router-assume-kv-reuse",
+            "--no-router-track-prefill-tokens",
+            "--router-prefill-load-scale",
+            "2",
+        ])
+        .expect("off");
         let t = off.tracking;
         assert!(!t.active_blocks && !t.output_blocks && !t.assume_kv_reuse && !t.prefill_tokens, "{t:?}");
         assert_eq!((off.kv.tracked, off.kv.prefill_load_scale), (false, 2.0));
@@ -348,18 +373,36 @@ mod tests {
 
     #[test]
     fn busy_thresholds_take_none_and_admission_control_none_clears_them() {
-        let on = options(&["--active-decode-blocks-threshold", "0.8", "--active-prefill-tokens-threshold", "500",
-                           "--active-prefill-tokens-threshold-frac", "1.5"])
-            .expect("on");
-        assert_eq!((on.busy_threshold, on.prefill_tokens_threshold, on.prefill_tokens_threshold_frac), (Some(0.8), Some(500), Some(1.5)));
-        let none = options(&["--active-decode-blocks-threshold", "None", "--active-prefill-tokens-threshold", "None"]).expect("None");
+        let on = options(&[
+            "--active-decode-blocks-threshold",
+            "0.8",
+            "--active-prefill-tokens-threshold",
+            "500",
+            "--active-prefill-tokens-threshold-frac",
+            "1.5",
+        ])
+        .expect("on");
+        assert_eq!(
+            (on.busy_threshold, on.prefill_tokens_threshold, on.prefill_tokens_threshold_frac),
+            (Some(0.8), Some(500), Some(1.5))
+        );
+        let none =
+            options(&["--active-decode-blocks-threshold", "None", "--active-prefill-tokens-threshold", "None"]).expect("None");
         assert_eq!((none.busy_threshold, none.prefill_tokens_threshold), (None, None));
-        let cleared = options(&["--active-decode-blocks-threshold", "0.8", "--active-prefill-tokens-threshold", "500",
-                                "--admission-control", "none"])
-            .expect("cleared");
+        let cleared = options(&[
+            "--active-decode-blocks-threshold",
+            "0.8",
+            "--active-prefill-tokens-threshold",
+            "500",
+            "--admission-control",
+            "none",
+        ])
+        .expect("cleared");
         assert_eq!((cleared.busy_threshold, cleared.prefill_tokens_threshold), (None, None));
         assert!(options(&["--admission-control", "strict"]).expect_err("refused").contains("token-capacity"));
-        assert!(options(&[]).expect("default").decode_fallback && !options(&["--no-decode-fallback"]).expect("off").decode_fallback);
+        assert!(
+            options(&[]).expect("default").decode_fallback && !options(&["--no-decode-fallback"]).expect("off").decode_fallback
+        );
     }
 
     #[test]

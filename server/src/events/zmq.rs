@@ -86,12 +86,7 @@ impl EventBus for ZmqEventBus {
         let payload = serde_json::to_vec(&event).map_err(EventError::Encode)?;
         let message = ZmqMessage::try_from(vec![Bytes::from_static(topic(&event).as_bytes()), Bytes::from(payload)])
             .map_err(|e| EventError::Unavailable(format!("building a ZeroMQ message: {e}")))?;
-        self.publisher
-            .lock()
-            .await
-            .send(message)
-            .await
-            .map_err(|e| EventError::Unavailable(format!("publishing on ZeroMQ: {e}")))
+        self.publisher.lock().await.send(message).await.map_err(|e| EventError::Unavailable(format!("publishing on ZeroMQ: {e}")))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<WorkerEvent> {
@@ -125,10 +120,10 @@ async fn follow_publishers(
                     keep
                 });
                 for endpoint in wanted {
-                    if !subscribed.contains_key(&endpoint) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = subscribed.entry(endpoint) {
                         let token = stop.child_token();
-                        tokio::spawn(subscribe_to(endpoint.clone(), sender.clone(), token.clone()));
-                        subscribed.insert(endpoint, token);
+                        tokio::spawn(subscribe_to(slot.key().clone(), sender.clone(), token.clone()));
+                        slot.insert(token);
                     }
                 }
             }

@@ -33,7 +33,13 @@ pub struct Tracking {
 impl Default for Tracking {
     fn default() -> Tracking {
         // Active blocks off, unlike Dynamo: see `config/router.rs` for the measurement.
-        Tracking { active_blocks: false, output_blocks: false, prefill_tokens: true, assume_kv_reuse: true, prefill_load_scale: 1.0 }
+        Tracking {
+            active_blocks: false,
+            output_blocks: false,
+            prefill_tokens: true,
+            assume_kv_reuse: true,
+            prefill_load_scale: 1.0,
+        }
     }
 }
 

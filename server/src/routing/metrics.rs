@@ -36,7 +36,11 @@ impl Router {
             c.migrated.load(Ordering::Relaxed),
         );
         counter("tritium_router_prompt_blocks", "KV blocks of routed prompts.", c.prompt_blocks.load(Ordering::Relaxed));
-        counter("tritium_router_kv_snapshots", "KV-index snapshots written to the shared store.", c.snapshots.load(Ordering::Relaxed));
+        counter(
+            "tritium_router_kv_snapshots",
+            "KV-index snapshots written to the shared store.",
+            c.snapshots.load(Ordering::Relaxed),
+        );
         counter(
             "tritium_router_rejected_busy",
             "Requests refused because every worker of their model was over its busy threshold.",
@@ -54,7 +58,9 @@ impl Router {
             families.extend(gauge.collect());
         }
         let (waiting, queued) = self.queue_counts();
-        if let Ok(gauge) = prometheus::IntGauge::new("tritium_router_queue_waiting", "Requests waiting in the router's queue now.") {
+        if let Ok(gauge) =
+            prometheus::IntGauge::new("tritium_router_queue_waiting", "Requests waiting in the router's queue now.")
+        {
             gauge.set(i64::try_from(waiting).unwrap_or(i64::MAX));
             families.extend(gauge.collect());
         }

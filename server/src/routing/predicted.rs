@@ -12,11 +12,14 @@ use tritium_backend_api::kv::BlockHash;
 
 use super::kv_index::DEFAULT_MAX_BLOCKS_PER_WORKER;
 
+/// For each block, the workers predicted to hold it and until when.
+type Holders = HashMap<BlockHash, Vec<(Arc<str>, Instant)>>;
+
 /// Blocks predicted on workers, by model, each with the instant the prediction ends.
 #[derive(Debug)]
 pub struct PredictedIndex {
     ttl: Duration,
-    models: HashMap<String, HashMap<BlockHash, Vec<(Arc<str>, Instant)>>>,
+    models: HashMap<String, Holders>,
     entries: usize,
     swept_at: usize,
     max_entries: usize,

@@ -133,9 +133,8 @@ impl RouterQueue {
         let first = match self.options.policy {
             QueuePolicy::Fcfs => of_model.min_by(|a, b| a.priority.cmp(&b.priority).then(a.seq.cmp(&b.seq))),
             QueuePolicy::Lcfs => of_model.max_by_key(|w| w.seq),
-            QueuePolicy::Wspt => of_model.min_by(|a, b| {
-                wspt_key(a).total_cmp(&wspt_key(b)).then(a.priority.cmp(&b.priority)).then(a.seq.cmp(&b.seq))
-            }),
+            QueuePolicy::Wspt => of_model
+                .min_by(|a, b| wspt_key(a).total_cmp(&wspt_key(b)).then(a.priority.cmp(&b.priority)).then(a.seq.cmp(&b.seq))),
         };
         first.is_some_and(|w| w.seq == seq)
     }

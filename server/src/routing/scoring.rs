@@ -22,7 +22,14 @@ pub struct KvScoring {
 
 impl Default for KvScoring {
     fn default() -> Self {
-        KvScoring { overlap_weight: 1.0, load_weight: 1.0, temperature: 0.0, tracked: false, prefill_load_scale: 1.0, block_size: 16 }
+        KvScoring {
+            overlap_weight: 1.0,
+            load_weight: 1.0,
+            temperature: 0.0,
+            tracked: false,
+            prefill_load_scale: 1.0,
+            block_size: 16,
+        }
     }
 }
 

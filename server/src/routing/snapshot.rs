@@ -32,7 +32,8 @@ struct Entry {
 
 /// The router's KV index as a snapshot document; `Err` when it would be over the store's bound.
 fn encode(router: &Router) -> Result<Vec<u8>, String> {
-    let entries = lock(&router.kv).snapshot().into_iter().map(|(worker, model, blocks)| Entry { worker, model, blocks }).collect();
+    let entries =
+        lock(&router.kv).snapshot().into_iter().map(|(worker, model, blocks)| Entry { worker, model, blocks }).collect();
     let bytes = serde_json::to_vec(&Snapshot { entries }).map_err(|e| format!("encoding the KV-index snapshot: {e}"))?;
     match bytes.len() > MAX_DOCUMENT_BYTES {
         true => Err(format!("the KV index is {} bytes as a snapshot, over the {MAX_DOCUMENT_BYTES} one may hold", bytes.len())),
@@ -42,7 +43,8 @@ fn encode(router: &Router) -> Result<Vec<u8>, String> {
 
 /// Loads a stored snapshot into the router's index; how many blocks it held.
 fn restore(router: &Router, bytes: &[u8]) -> Result<usize, String> {
-    let snapshot: Snapshot = serde_json::from_slice(bytes).map_err(|e| format!("the stored KV-index snapshot does not decode: {e}"))?;
+    let snapshot: Snapshot =
+        serde_json::from_slice(bytes).map_err(|e| format!("the stored KV-index snapshot does not decode: {e}"))?;
     let mut index = lock(&router.kv);
     let mut blocks = 0;
     for entry in snapshot.entries {
