@@ -158,6 +158,41 @@ def test_router_replicas_share_their_predictions_with_replica_sync(file_cluster)
         nats.stop()
 
 
+def test_replica_sync_shares_the_load_of_running_requests(file_cluster):
+    """A long stream through one frontend is load the other frontend counts too: with
+    --router-replica-sync and --load-aware, three requests through the second frontend all go to
+    the worker the stream is not on (each by chance: 1 in 8 for the three)."""
+    nats = start_nats()
+    try:
+        events = ["--event-plane", "nats", "--nats-url", nats.address]
+        file_cluster.worker(*events)
+        file_cluster.worker(*events)
+        shared = ["--load-aware", "--router-replica-sync", *events]
+        first, second = file_cluster.frontend(*shared), file_cluster.frontend(*shared)
+        nvext = {"nvext": {"extra_fields": ["worker_id"]}}
+        started, stream_worker = threading.Event(), []
+
+        def stream() -> None:
+            client = openai.OpenAI(base_url=f"{first.http_url}/v1", api_key="none")
+            chunks = client.completions.create(model="mock-llm", prompt=PROMPT, max_tokens=120, stream=True, extra_body=nvext)
+            for chunk in chunks:
+                started.set()
+                if (chunk.model_extra or {}).get("nvext"):
+                    stream_worker.append(worker_of(chunk))
+            started.set()
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        assert started.wait(30)
+        client = openai.OpenAI(base_url=f"{second.http_url}/v1", api_key="none")
+        probes = [worker_of(client.completions.create(model="mock-llm", prompt="short", max_tokens=1, extra_body=nvext)) for _ in range(3)]
+        thread.join(60)
+        assert stream_worker and all(probe != stream_worker[0] for probe in probes), (stream_worker, probes)
+    finally:
+        file_cluster.stop()
+        nats.stop()
+
+
 @pytest.mark.parametrize("plane", ["nats", "zmq", "unset"])
 def test_kv_events_reach_the_index_over_each_event_plane_and_number_of_event_threads(file_cluster, plane):
     """Workers' KV events reach the frontend over NATS, over ZeroMQ (each worker's PUB socket found

@@ -32,6 +32,18 @@ pub enum WorkerEvent {
     /// A frontend's router sent a prompt with these block hashes to `worker`, so it predicts
     /// them cached there (`--router-replica-sync`: the other routers predict the same).
     Routed { router: String, worker: String, model: String, blocks: Vec<tritium_backend_api::kv::BlockHash> },
+    /// A frontend's router started, prefilled or ended request `request` (its own number) on a
+    /// worker (`--router-replica-sync`: the other routers count that load too).
+    ReplicaLoad { router: String, request: u64, change: LoadChange },
+}
+
+/// What happened to one request a router counts as load (see [`WorkerEvent::ReplicaLoad`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LoadChange {
+    Started { worker: String, model: String, blocks: Vec<tritium_backend_api::kv::BlockHash>, prefill_tokens: u64 },
+    Prefilled,
+    Ended,
 }
 
 /// One worker's load on one model.

@@ -69,6 +69,7 @@ impl NatsEventBus {
             WorkerEvent::Load(report) => ("load", &report.worker),
             WorkerEvent::Kv { worker, .. } => ("kv", worker),
             WorkerEvent::Routed { router, .. } => ("routed", router),
+            WorkerEvent::ReplicaLoad { router, .. } => ("replica_load", router),
         };
         format!("{}.{kind}.{}", self.prefix, token(worker))
     }

@@ -77,6 +77,7 @@ fn topic(event: &WorkerEvent) -> &'static str {
         WorkerEvent::Load(_) => "load",
         WorkerEvent::Kv { .. } => "kv",
         WorkerEvent::Routed { .. } => "routed",
+        WorkerEvent::ReplicaLoad { .. } => "replica_load",
     }
 }
 

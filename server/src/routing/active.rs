@@ -70,14 +70,31 @@ pub struct CandidateLoad {
     pub prefill_tokens: u64,
 }
 
+impl std::fmt::Debug for ActiveLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveLoad").field("tracking", &self.tracking).finish_non_exhaustive()
+    }
+}
+
 /// See the module docs. Keyed by (worker, model).
-#[derive(Debug)]
 pub struct ActiveLoad {
     tracking: Tracking,
     block_size: usize,
     workers: Mutex<HashMap<(Arc<str>, String), WorkerLoad>>,
     /// Notified when a worker's prefill load goes down (the router's queue waits on it).
     lighter: Arc<Notify>,
+    /// Told of every request counted here that is to be shared with other routers
+    /// (`--router-replica-sync`), with its number.
+    observer: std::sync::OnceLock<Box<dyn Fn(u64, Change<'_>) + Send + Sync>>,
+    next_request: std::sync::atomic::AtomicU64,
+}
+
+/// What happened to a shared request (see [`ActiveLoad::observe`]).
+#[derive(Debug)]
+pub enum Change<'a> {
+    Started { worker: &'a str, model: &'a str, blocks: &'a [BlockHash], prefill_tokens: u64 },
+    Prefilled,
+    Ended,
 }
 
 impl ActiveLoad {
@@ -87,7 +104,37 @@ impl ActiveLoad {
 
     /// [`ActiveLoad::new`], notifying `lighter` when a worker's prefill load goes down.
     pub fn notifying(tracking: Tracking, block_size: usize, lighter: Arc<Notify>) -> Arc<ActiveLoad> {
-        Arc::new(ActiveLoad { tracking, block_size: block_size.max(1), workers: Mutex::new(HashMap::new()), lighter })
+        Arc::new(ActiveLoad {
+            tracking,
+            block_size: block_size.max(1),
+            workers: Mutex::new(HashMap::new()),
+            lighter,
+            observer: std::sync::OnceLock::new(),
+            next_request: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Tells `observer` of the requests started with [`ActiveLoad::start_shared`] from now on.
+    pub fn observe(&self, observer: Box<dyn Fn(u64, Change<'_>) + Send + Sync>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// [`ActiveLoad::start`] for a request of this router, told to the observer (if any) as it
+    /// starts, prefills and ends.
+    pub fn start_shared(
+        self: &Arc<Self>,
+        worker: &Arc<str>,
+        model: &str,
+        hashes: Vec<BlockHash>,
+        new_tokens: u64,
+    ) -> ActiveRequest {
+        let mut request = self.start(worker, model, hashes, new_tokens);
+        if let Some(observer) = self.observer.get() {
+            let number = self.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            observer(number, Change::Started { worker, model, blocks: &request.hashes, prefill_tokens: new_tokens });
+            request.shared = Some(number);
+        }
+        request
     }
 
     pub fn tracking(&self) -> &Tracking {
@@ -134,7 +181,15 @@ impl ActiveLoad {
         }
         load.prefill_tokens += new_tokens;
         drop(workers);
-        ActiveRequest { load: Arc::clone(self), key, hashes, prefill_tokens: new_tokens, output_tokens: 0, output_blocks: 0 }
+        ActiveRequest {
+            load: Arc::clone(self),
+            key,
+            hashes,
+            prefill_tokens: new_tokens,
+            output_tokens: 0,
+            output_blocks: 0,
+            shared: None,
+        }
     }
 
     /// Running requests counted on `worker` for `model` (for tests and diagnostics).
@@ -157,6 +212,8 @@ pub struct ActiveRequest {
     prefill_tokens: u64,
     output_tokens: u64,
     output_blocks: u64,
+    /// Its number among this router's shared requests.
+    shared: Option<u64>,
 }
 
 impl ActiveRequest {
@@ -169,6 +226,9 @@ impl ActiveRequest {
             load.prefill_tokens = load.prefill_tokens.saturating_sub(self.prefill_tokens);
             self.prefill_tokens = 0;
             self.load.lighter.notify_waiters();
+            if let (Some(number), Some(observer)) = (self.shared, self.load.observer.get()) {
+                observer(number, Change::Prefilled);
+            }
         }
         if self.load.tracking.output_blocks {
             self.output_tokens += 1;
@@ -204,6 +264,9 @@ impl Drop for ActiveRequest {
         }
         drop(workers);
         self.load.lighter.notify_waiters();
+        if let (Some(number), Some(observer)) = (self.shared, self.load.observer.get()) {
+            observer(number, Change::Ended);
+        }
     }
 }
 

@@ -81,6 +81,7 @@ pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop:
             }
             Ok(WorkerEvent::ModelsChanged { .. }) => {}
             Ok(WorkerEvent::Routed { router: from, worker, model, blocks }) => router.replica_routed(&from, &worker, &model, &blocks),
+            Ok(WorkerEvent::ReplicaLoad { router: from, request, change }) => router.replica_load(&from, request, change),
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(
                     missed,

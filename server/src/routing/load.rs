@@ -12,6 +12,10 @@ use tritium_backend_api::llm::{GenerateError, Priority};
 use tritium_worker::WorkerError;
 
 use super::{Member, Router, active, queue};
+use crate::events::{LoadChange, WorkerEvent};
+
+/// Other replicas' requests a router counts at most.
+pub const MAX_MIRRORED: usize = 100_000;
 use crate::sync::lock;
 
 impl Router {
@@ -28,7 +32,7 @@ impl Router {
         };
         let cached_tokens = cached.get(member.id.as_ref()).copied().unwrap_or(0) * self.options.kv_block_size;
         let new_tokens = prompt.len().saturating_sub(cached_tokens) as u64;
-        Some(self.active.start(&member.id, model, hashes, new_tokens))
+        Some(self.active.start_shared(&member.id, model, hashes, new_tokens))
     }
 
     /// Counts a KV event applied to the index; every `--router-snapshot-threshold` of them a
@@ -41,9 +45,60 @@ impl Router {
         }
     }
 
-    /// Publishes this router's predictions from now on through `out` (`--router-replica-sync`).
+    /// Publishes this router's predictions and the load of its requests from now on through `out`
+    /// (`--router-replica-sync`).
     pub fn publish_replica_events(&self, out: tokio::sync::mpsc::Sender<crate::events::WorkerEvent>) {
+        let router = self.replica_id.clone();
+        let load_out = out.clone();
+        self.active.observe(Box::new(move |request, change| {
+            let change = match change {
+                active::Change::Started { worker, model, blocks, prefill_tokens } => LoadChange::Started {
+                    worker: worker.to_string(),
+                    model: model.to_string(),
+                    blocks: blocks.to_vec(),
+                    prefill_tokens,
+                },
+                active::Change::Prefilled => LoadChange::Prefilled,
+                active::Change::Ended => LoadChange::Ended,
+            };
+            let event = WorkerEvent::ReplicaLoad { router: router.clone(), request, change };
+            if load_out.try_send(event).is_err() {
+                tracing::debug!("the replica-sync publisher is behind; a load change was not shared");
+            }
+        }));
         let _ = self.replica_out.set(out);
+    }
+
+    /// Another replica's request, started, prefilled or ended: counted here as this router's own
+    /// are (own ones come back and are skipped). Ones whose end never came (their router died) are
+    /// forgotten after `--router-ttl-secs`; at most [`MAX_MIRRORED`] are held.
+    pub(crate) fn replica_load(&self, from: &str, request: u64, change: LoadChange) {
+        if !self.options.replica_sync || from == self.replica_id {
+            return;
+        }
+        let now = Instant::now();
+        let mut mirrored = lock(&self.mirrored);
+        let ttl = self.options.prediction_ttl;
+        mirrored.retain(|_, (started, _)| now.duration_since(*started) < ttl);
+        let key = (from.to_string(), request);
+        match change {
+            LoadChange::Started { worker, model, blocks, prefill_tokens } => {
+                let Some(id) = lock(&self.members).get_key_value(worker.as_str()).map(|(id, _)| Arc::clone(id)) else { return };
+                if mirrored.len() >= MAX_MIRRORED {
+                    return;
+                }
+                let counted = self.active.start(&id, &model, blocks, prefill_tokens);
+                mirrored.insert(key, (now, counted));
+            }
+            LoadChange::Prefilled => {
+                if let Some((_, counted)) = mirrored.get_mut(&key) {
+                    counted.token();
+                }
+            }
+            LoadChange::Ended => {
+                mirrored.remove(&key);
+            }
+        }
     }
 
     /// Tells the other replicas that `worker` was sent these blocks; dropped when the publisher

@@ -126,6 +126,9 @@ pub struct Router {
     /// (`--router-replica-sync`; set once the event plane is up).
     replica_id: String,
     replica_out: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::events::WorkerEvent>>,
+    /// Requests other replicas told of, counted here too (`--router-replica-sync`), by (router,
+    /// number), with when they started.
+    mirrored: Mutex<HashMap<(String, u64), (Instant, active::ActiveRequest)>>,
     /// Notified when `--router-snapshot-threshold` KV events have been applied since the last snapshot.
     snapshot_due: tokio::sync::Notify,
     loads: Arc<Mutex<HashMap<(String, String), LoadReport>>>,
@@ -184,6 +187,7 @@ impl Router {
             replica_id: format!("router-{:016x}", rand::random::<u64>()),
             replica_out: std::sync::OnceLock::new(),
             snapshot_due: tokio::sync::Notify::new(),
+            mirrored: Mutex::new(HashMap::new()),
             loads,
             turn: AtomicUsize::new(0),
             counters: RouterCounters::default(),
