@@ -11,7 +11,7 @@ import urllib.request
 import openai
 import pytest
 
-from cluster import listed_models, metric, wait_until, workers_serving
+from cluster import listed_models, metric, start_nats, wait_until, workers_serving
 from helpers import TritiumServer, finish_server, start_server, start_worker
 
 
@@ -65,28 +65,52 @@ def worker_of(answer) -> str:
     return answer.model_extra["nvext"]["worker_id"]["decode_worker_id"]
 
 
-def busy_and_probe(frontend: TritiumServer) -> tuple[str, str]:
-    """Runs a long stream of PROMPT, sends PROMPT again while it runs, and returns the workers of the
-    stream and of the second request."""
+NVEXT_WORKER = {"nvext": {"extra_fields": ["worker_id"]}}
+
+
+def worker_for(frontend: TritiumServer, prompt: str) -> str:
+    """The worker a one-token completion of `prompt` through `frontend` ran on."""
     client = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="none")
-    nvext = {"nvext": {"extra_fields": ["worker_id"]}}
-    started, stream_worker = threading.Event(), []
+    return worker_of(client.completions.create(model="mock-llm", prompt=prompt, max_tokens=1, extra_body=NVEXT_WORKER))
+
+
+def stream_in_background(frontend: TritiumServer, prompt: str, max_tokens: int) -> tuple[threading.Thread, list[str]]:
+    """Starts a stream of `prompt` through `frontend` and returns once its first token is out: the
+    thread running it, and a list that gets the stream's worker when it ends."""
+    client = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="none")
+    started, worker = threading.Event(), []
 
     def stream() -> None:
-        chunks = client.completions.create(model="mock-llm", prompt=PROMPT, max_tokens=80, stream=True, extra_body=nvext)
+        chunks = client.completions.create(model="mock-llm", prompt=prompt, max_tokens=max_tokens, stream=True, extra_body=NVEXT_WORKER)
         for chunk in chunks:
             started.set()
             if (chunk.model_extra or {}).get("nvext"):
-                stream_worker.append(worker_of(chunk))
+                worker.append(worker_of(chunk))
         started.set()
 
     thread = threading.Thread(target=stream)
     thread.start()
     assert started.wait(30), "the stream started"
-    probe = client.completions.create(model="mock-llm", prompt=PROMPT, max_tokens=1, extra_body=nvext)
+    return thread, worker
+
+
+def busy_and_probe(frontend: TritiumServer) -> tuple[str, str]:
+    """Runs a long stream of PROMPT, sends PROMPT again while it runs, and returns the workers of the
+    stream and of the second request."""
+    thread, stream_worker = stream_in_background(frontend, PROMPT, 80)
+    client = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="none")
+    probe = client.completions.create(model="mock-llm", prompt=PROMPT, max_tokens=1, extra_body=NVEXT_WORKER)
     thread.join(60)
     assert stream_worker, "the stream named its worker"
     return stream_worker[0], worker_of(probe)
+
+
+@pytest.fixture
+def nats_events():
+    """A real NATS server for the test, as the options that put a process on it."""
+    nats = start_nats()
+    yield ["--event-plane", "nats", "--nats-url", nats.address]
+    nats.stop()
 
 
 
