@@ -15,7 +15,6 @@ from cluster import metric, start_nats, wait_until
 from dynamo_cluster import (  # noqa: F401 (file_cluster is a fixture)
     PROMPT,
     SLOW_PREFILL,
-    SLOW_PROMPT,
     busy_and_probe,
     file_cluster,
     nats_events,
@@ -95,7 +94,8 @@ def test_the_router_queue_holds_requests_while_workers_are_full_and_lets_them_go
 ):
     """One worker prefilling a long prompt is full under --router-queue-threshold 0; B (long), C
     (short) and D (medium) arrive in that order and wait in the router; each goes once the one
-    before it has prefilled, in the policy's order."""
+    before it has prefilled, in the policy's order. The prompts share no block, so none of them is
+    found in the prefix cache (which would leave no prefill to wait for)."""
     events = nats_events
     file_cluster.worker(*SLOW_PREFILL, *events)
     frontend = file_cluster.frontend("--router-queue-threshold", "0", "--router-queue-policy", policy, *events, workers=1)
@@ -112,9 +112,9 @@ def test_the_router_queue_holds_requests_while_workers_are_full_and_lets_them_go
         return thread
 
     before = routed(frontend)
-    threads = [ask("A", SLOW_PROMPT)]
+    threads = [ask("A", "alpha " * 50)]
     wait_until(lambda: routed(frontend) > before, 10, "A routed")
-    for waiting, (name, prompt) in enumerate([("B", "word " * 40), ("C", "hi"), ("D", "word " * 10)], start=1):
+    for waiting, (name, prompt) in enumerate([("B", "bravo " * 33), ("C", "hi"), ("D", "delta " * 8)], start=1):
         threads.append(ask(name, prompt))
         wait_until(lambda n=waiting: metric_or_zero(frontend, "tritium_router_queue_waiting") == n, 10, f"{name} queued")
     for thread in threads:

@@ -112,7 +112,7 @@ impl Router {
         let mut tried: Vec<Arc<str>> = Vec::new();
         let split = self.split(model);
         let held_back = self.decode_without_prefill(model)?;
-        self.wait_for_room(model, request.prompt.len(), request.priority).await?;
+        let mut admitted = self.wait_for_room(model, request.prompt.len(), request.priority).await?;
         loop {
             // Prefill workers do not decode while the model has workers that do.
             let passed_over: Vec<Arc<str>> = tried.iter().chain(&split.prefill).chain(&held_back).cloned().collect();
@@ -134,6 +134,8 @@ impl Router {
             }
             let outstanding = member.begin();
             let tracked = self.track(&member, model, &request.prompt);
+            // Counted on its worker now: the queue may let the next one go.
+            admitted.take();
             let started = match self.prefill_for(model, &request.prompt, &member, &split) {
                 Some((prefill, source)) => {
                     // Counted on the prefill worker until the decode worker has its blocks.

@@ -126,12 +126,18 @@ impl Router {
         lock(&self.predicted).routed(&id, model, blocks, Instant::now());
     }
 
-    /// Waits in the router's queue while every worker of `model` is full (see [`queue`]).
-    pub(crate) async fn wait_for_room(&self, model: &str, prompt_tokens: usize, priority: Priority) -> Result<(), WorkerError> {
-        let Some(queue) = &self.queue else { return Ok(()) };
+    /// Waits in the router's queue while every worker of `model` is full (see [`queue`]); the
+    /// guard is to be dropped once the request is counted on its worker.
+    pub(crate) async fn wait_for_room(
+        &self,
+        model: &str,
+        prompt_tokens: usize,
+        priority: Priority,
+    ) -> Result<Option<queue::Admitted<'_>>, WorkerError> {
+        let Some(queue) = &self.queue else { return Ok(None) };
         let threshold = queue.options().threshold;
         let full = |model: &str| self.all_full(model, threshold);
-        queue.admit(model, prompt_tokens, priority, full).await.map_err(|message| WorkerError::Generate {
+        queue.admit(model, prompt_tokens, priority, full).await.map(Some).map_err(|message| WorkerError::Generate {
             model: model.to_string(),
             source: GenerateError::Unavailable { model: model.to_string(), message },
         })

@@ -53,6 +53,9 @@ struct State {
     next: u64,
     /// Requests that waited here, since start.
     queued_total: u64,
+    /// Requests let go and not yet counted on a worker, by model: until they are, the workers'
+    /// load does not show them, so nobody else of the model is let go.
+    in_transit: std::collections::HashMap<String, usize>,
 }
 
 /// See the module docs.
@@ -94,12 +97,12 @@ impl RouterQueue {
         prompt_tokens: usize,
         priority: Priority,
         full: impl Fn(&str) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<Admitted<'_>, String> {
         let seq = {
             let mut state = lock(&self.state);
             let nobody_waits = !state.waiting.iter().any(|w| w.model == model);
-            if nobody_waits && !full(model) {
-                return Ok(());
+            if nobody_waits && !state.in_transit.contains_key(model) && !full(model) {
+                return Ok(self.admitted(&mut state, model));
             }
             if state.waiting.len() >= self.options.max_requests {
                 return Err(format!(
@@ -119,25 +122,55 @@ impl RouterQueue {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.is_next(seq, model) && !full(model) {
-                return Ok(());
+            {
+                let mut state = lock(&self.state);
+                if !state.in_transit.contains_key(model) && is_next(&state, self.options.policy, seq, model) && !full(model) {
+                    return Ok(self.admitted(&mut state, model));
+                }
             }
             let _ = tokio::time::timeout(RECHECK, notified).await;
         }
     }
 
-    /// Whether `seq` comes first among `model`'s waiting requests.
-    fn is_next(&self, seq: u64, model: &str) -> bool {
-        let state = lock(&self.state);
-        let of_model = state.waiting.iter().filter(|w| w.model == model);
-        let first = match self.options.policy {
-            QueuePolicy::Fcfs => of_model.min_by(|a, b| a.priority.cmp(&b.priority).then(a.seq.cmp(&b.seq))),
-            QueuePolicy::Lcfs => of_model.max_by_key(|w| w.seq),
-            QueuePolicy::Wspt => of_model
-                .min_by(|a, b| wspt_key(a).total_cmp(&wspt_key(b)).then(a.priority.cmp(&b.priority)).then(a.seq.cmp(&b.seq))),
-        };
-        first.is_some_and(|w| w.seq == seq)
+    fn admitted(&self, state: &mut State, model: &str) -> Admitted<'_> {
+        *state.in_transit.entry(model.to_string()).or_default() += 1;
+        Admitted { queue: self, model: model.to_string() }
     }
+}
+
+/// A request let go by the queue; drop it once the request is counted on its worker (or will not
+/// be), and the next may go.
+#[derive(Debug)]
+pub struct Admitted<'q> {
+    queue: &'q RouterQueue,
+    model: String,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.queue.state);
+        if let Some(count) = state.in_transit.get_mut(&self.model) {
+            *count -= 1;
+            if *count == 0 {
+                state.in_transit.remove(&self.model);
+            }
+        }
+        drop(state);
+        self.queue.wake();
+    }
+}
+
+/// Whether `seq` comes first among `model`'s waiting requests under `policy`.
+fn is_next(state: &State, policy: QueuePolicy, seq: u64, model: &str) -> bool {
+    let of_model = state.waiting.iter().filter(|w| w.model == model);
+    let first = match policy {
+        QueuePolicy::Fcfs => of_model.min_by(|a, b| a.priority.cmp(&b.priority).then(a.seq.cmp(&b.seq))),
+        QueuePolicy::Lcfs => of_model.max_by_key(|w| w.seq),
+        QueuePolicy::Wspt => {
+            of_model.min_by(|a, b| wspt_key(a).total_cmp(&wspt_key(b)).then(a.priority.cmp(&b.priority)).then(a.seq.cmp(&b.seq)))
+        }
+    };
+    first.is_some_and(|w| w.seq == seq)
 }
 
 /// Smith's rule: processing time over weight. The weight grows with urgency: tier first, then a
