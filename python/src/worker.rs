@@ -202,10 +202,11 @@ impl Worker {
         self.running.is_some()
     }
 
-    /// The worker-plane port it listens on (the one bound, when 0 was asked), once started.
+    /// The worker-plane port it listens on (the one bound, when 0 was asked), once started;
+    /// none on the NATS request plane.
     #[getter]
     fn port(&self) -> Option<u16> {
-        self.running.as_ref().map(|r| r.at.addr.port())
+        self.running.as_ref().and_then(|r| r.at.addr).map(|addr| addr.port())
     }
 
     /// Its id in discovery, once started.

@@ -11,9 +11,11 @@ use std::process::ExitCode;
 use clap::FromArgMatches;
 use tritium_worker::BackendRegistry;
 
+use crate::config::RequestPlaneConfig;
 use crate::config::{Cli, Command, ServeArgs, WorkerArgs, WorkerConfig};
 use crate::logging::LogControl;
-use crate::worker_process::{WorkerProcess, default_worker_id};
+use crate::remote::{Dialer, NatsPlane};
+use crate::worker_process::{PlaneListener, WorkerProcess, default_worker_id};
 use crate::{ServerConfig, Tritium};
 
 /// Runs the command line `args` (the program name first) to its end, as the `tritium` binary.
@@ -227,7 +229,10 @@ where
 async fn worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = args.worker_config()?;
     let announce = |at: WorkerListening| {
-        println!("tritium worker ready grpc={} id={}", at.addr, at.id);
+        match at.addr {
+            Some(addr) => println!("tritium worker ready grpc={addr} id={}", at.id),
+            None => println!("tritium worker ready at={} id={}", at.address, at.id),
+        }
         let _ = std::io::stdout().flush();
     };
     serve_worker(&args, config, BackendRegistry::default(), announce, shutdown_signal()).await
@@ -236,7 +241,10 @@ async fn worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// Where a worker started by [`serve_worker`] serves, once its models are loaded.
 #[derive(Debug, Clone)]
 pub struct WorkerListening {
-    pub addr: SocketAddr,
+    /// The bound TCP address; none on the NATS request plane.
+    pub addr: Option<SocketAddr>,
+    /// What discovery advertises: the URI frontends dial, or `nats:` and its subject stem.
+    pub address: String,
     pub id: String,
 }
 
@@ -246,27 +254,40 @@ pub struct WorkerListening {
 /// deregisters and drains.
 pub async fn serve_worker(
     args: &WorkerArgs,
-    config: WorkerConfig,
+    mut config: WorkerConfig,
     backends: BackendRegistry,
     ready: impl FnOnce(WorkerListening),
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = listener(args.listen.worker_listen_fd, args.listen.addr()).await?;
-    let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() && config.worker_token.is_none() {
-        return Err(format!(
-            "the worker plane listens on {addr}, which is not loopback: give --worker-token (TRITIUM_WORKER_TOKEN), \
-             and the same to the frontends, so only they are served"
-        )
-        .into());
-    }
-    let advertised = args.listen.advertised_uri(addr);
     let id = args.listen.worker_id.clone().unwrap_or_else(default_worker_id);
+    let (listener, addr) = match &config.cluster.request_plane {
+        RequestPlaneConfig::Tcp => {
+            let listener = listener(args.listen.worker_listen_fd, args.listen.addr()).await?;
+            let addr = listener.local_addr()?;
+            if !addr.ip().is_loopback() && config.worker_token.is_none() {
+                return Err(format!(
+                    "the worker plane listens on {addr}, which is not loopback: give --worker-token \
+                     (TRITIUM_WORKER_TOKEN), and the same to the frontends, so only they are served"
+                )
+                .into());
+            }
+            (PlaneListener::Tcp { listener, advertised: args.listen.advertised_uri(addr) }, Some(addr))
+        }
+        RequestPlaneConfig::Nats { url } => {
+            let plane = NatsPlane::connect(url, &id).await?;
+            let max = args.listen.request_plane_max_connections as usize;
+            let listener = plane.listen(&config.cluster.scope.own, &id, max).await?;
+            // Prefill workers this one pulls from may be on the NATS plane too.
+            config.transfers.dialer = Dialer::Nats(plane);
+            (PlaneListener::Nats(listener), None)
+        }
+    };
+    let address = listener.address();
     let process = tokio::task::spawn_blocking(move || WorkerProcess::with_backends(config, backends)).await??;
-    tracing::info!(worker = %id, %advertised, "serving the worker plane on {addr}");
+    tracing::info!(worker = %id, %address, "serving the worker plane");
     let drain_timeout = std::time::Duration::from_secs(args.exit_timeout_secs);
-    let listening = WorkerListening { addr, id: id.clone() };
-    process.serve(listener, id, advertised, shutdown, drain_timeout, move || ready(listening)).await?;
+    let listening = WorkerListening { addr, address, id: id.clone() };
+    process.serve(listener, id, shutdown, drain_timeout, move || ready(listening)).await?;
     tokio::task::spawn_blocking(crate::backends::stop_all).await?;
     Ok(())
 }

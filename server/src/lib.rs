@@ -84,6 +84,8 @@ pub enum StartError {
     Trace(String),
     #[error("preprocessing: {0}")]
     Preprocess(String),
+    #[error("{0}")]
+    RequestPlane(String),
 }
 
 /// The in-process worker's id in the router (it is not registered in a shared discovery).
@@ -215,6 +217,10 @@ impl Tritium {
         let cluster = &self.config.cluster;
         let discovery: Arc<dyn Discovery> = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
         let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.scope, Arc::clone(&discovery)).await?;
+        if let config::RequestPlaneConfig::Nats { url } = &cluster.request_plane {
+            let plane = remote::NatsPlane::connect(url, &cluster.scope.own).await.map_err(StartError::RequestPlane)?;
+            self.state.router.set_dialer(remote::Dialer::Nats(plane));
+        }
         let poller = self.state.repository.spawn_poller(stop.clone());
         if cluster.is_distributed() {
             routing::snapshot::start(&self.state.router, Arc::clone(&discovery), stop.clone()).await;

@@ -19,12 +19,31 @@ use crate::StartError;
 use crate::config::WorkerConfig;
 use crate::discovery::{self, WorkerAddress, WorkerInstance};
 use crate::events::{self, EventBus, LoadReport, WorkerEvent};
-use crate::remote::WorkerService;
+use crate::remote::{NatsListener, WorkerService};
 use crate::routing::publish_worker;
 use crate::trace::Tracer;
 
 /// How often a worker reports its load.
 const LOAD_EVERY: Duration = Duration::from_millis(500);
+
+/// Where a worker process takes calls on the worker plane.
+#[derive(Debug)]
+pub enum PlaneListener {
+    /// Its own TCP listener, dialed at `advertised`.
+    Tcp { listener: TcpListener, advertised: String },
+    /// Subjects on the NATS request plane.
+    Nats(NatsListener),
+}
+
+impl PlaneListener {
+    /// What discovery advertises for it.
+    pub fn address(&self) -> String {
+        match self {
+            PlaneListener::Tcp { advertised, .. } => advertised.clone(),
+            PlaneListener::Nats(listener) => listener.address(),
+        }
+    }
+}
 
 /// A worker process's parts before it serves.
 pub struct WorkerProcess {
@@ -62,18 +81,18 @@ impl WorkerProcess {
         &self.repository
     }
 
-    /// Serves on `listener`, registered as `id` at `advertised` (the URI frontends dial), until
-    /// `shutdown` completes; then drains for at most `drain_timeout`. `registered` is called once
-    /// the worker is in discovery (frontends can find it; the listener queues their calls).
+    /// Serves on `listener`, registered as `id` at its address, until `shutdown` completes; then
+    /// drains for at most `drain_timeout`. `registered` is called once the worker is in
+    /// discovery (frontends can find it; the listener queues their calls).
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listener: PlaneListener,
         id: String,
-        advertised: String,
         shutdown: impl std::future::Future<Output = ()> + Send,
         drain_timeout: Duration,
         registered: impl FnOnce(),
     ) -> Result<(), StartError> {
+        let advertised = listener.address();
         let cluster = &self.config.cluster;
         let discovery = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
         let events = events::connect(&cluster.events, &cluster.scope, Arc::clone(&discovery)).await?;
@@ -118,12 +137,20 @@ impl WorkerProcess {
         let reporting = tokio::spawn(report_engines(id, Arc::clone(&self.repository), events, publishing.clone()));
 
         let stop_serving = CancellationToken::new();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = Server::builder()
+        let router = Server::builder()
+            // A peer that vanished without closing (a NATS tunnel has no socket to reset) is let go.
+            .http2_keepalive_interval(Some(crate::remote::nats_plane::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(crate::remote::nats_plane::KEEPALIVE_TIMEOUT))
             .add_service(health)
-            .add_service(service.into_server_with_token(self.config.max_message_size, self.config.worker_token.as_deref()))
-            .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
-        let mut server = Box::pin(server);
+            .add_service(service.into_server_with_token(self.config.max_message_size, self.config.worker_token.as_deref()));
+        let stopped = stop_serving.clone().cancelled_owned();
+        let mut server: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match listener {
+                PlaneListener::Tcp { listener, .. } => {
+                    Box::pin(router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopped))
+                }
+                PlaneListener::Nats(listener) => Box::pin(router.serve_with_incoming_shutdown(listener.incoming(), stopped)),
+            };
         let mut shutdown = Box::pin(shutdown.fuse());
         let served = tokio::select! {
             served = &mut server => Some(served),

@@ -107,9 +107,20 @@ def start_etcd() -> Service:
     return _start("etcd", argv, _etcd_address, workdir)
 
 
-def start_nats() -> Service:
+def start_nats(monitor: bool = False) -> Service:
+    """A nats-server on a port it picks; `monitor` also serves its HTTP monitoring (see `nats_monitor`)."""
     workdir = tempfile.TemporaryDirectory(prefix="tritium-nats-")
-    return _start("nats-server", ["nats-server", "-a", "127.0.0.1", "-p", "-1"], _nats_address, workdir)
+    argv = ["nats-server", "-a", "127.0.0.1", "-p", "-1", *(["-m", "-1"] if monitor else [])]
+    return _start("nats-server", argv, _nats_address, workdir)
+
+
+def nats_monitor(nats: Service) -> str:
+    """The monitoring URL of a nats-server started with `monitor=True`."""
+    marker = "Starting http monitor on "
+    for line in nats.log:
+        if marker in line:
+            return "http://" + line.split(marker, 1)[1].strip()
+    pytest.fail("nats-server was started without monitoring")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> float:

@@ -327,7 +327,7 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
         (["--active-prefill-tokens-threshold", "many"], ["is not a token count (or None)"]),
         (["--discovery-backend", "kubernetes"], ["Kubernetes discovery", "etcd"]),
         (["--event-plane", "zmq"], ["--event-plane zmq finds publishers through discovery"]),
-        (["--request-plane", "nats"], ["NATS request plane", "tcp"]),
+        (["--request-plane", "nats"], ["--request-plane nats needs --nats-url (or NATS_SERVER)"]),
         (["--dyn-chat-processor", "vllm"], ["vLLM", "'dynamo'"]),
         (["--tokenizer", "basetenkenizer"], ["default or fastokens"]),
         (["--tokenizer", "sentencepiece"], ["default", "fastokens"]),

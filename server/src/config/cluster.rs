@@ -50,7 +50,13 @@ pub enum RequestPlane {
 pub struct ClusterArgs {
     /// Where workers register and frontends find them (Dynamo's default is etcd; Tritium's is
     /// mem, so one process needs no service). `--discovery` is Tritium's name for it.
-    #[arg(long = "discovery-backend", visible_alias = "discovery", env = "DYN_DISCOVERY_BACKEND", value_enum, default_value = "mem")]
+    #[arg(
+        long = "discovery-backend",
+        visible_alias = "discovery",
+        env = "DYN_DISCOVERY_BACKEND",
+        value_enum,
+        default_value = "mem"
+    )]
     pub discovery: DiscoveryKind,
     /// Keeps deployments sharing an etcd, a folder or a NATS server apart.
     #[arg(long, env = "DYN_NAMESPACE", default_value = "tritium")]
@@ -79,10 +85,13 @@ pub struct ClusterArgs {
     /// learn the endpoint from discovery.
     #[arg(long, env = "DYN_EVENT_PLANE_HOST", default_value = "127.0.0.1", value_parser = crate::config::parse_host)]
     pub event_plane_host: IpAddr,
-    /// The NATS server, for --event-plane nats (also Dynamo's `NATS_SERVER`).
+    /// The NATS server, for --event-plane nats and --request-plane nats (also Dynamo's
+    /// `NATS_SERVER`).
     #[arg(long, env = "TRITIUM_NATS_URL")]
     pub nats_url: Option<String>,
-    /// How frontends reach workers: `tcp`, each worker's own listener.
+    /// How frontends reach workers: `tcp`, each worker's own listener; `nats`, subjects on the
+    /// NATS server (the worker binds no port). Frontends reach workers of either kind when set
+    /// to `nats`.
     #[arg(long, env = "DYN_REQUEST_PLANE", value_enum, default_value = "tcp")]
     pub request_plane: RequestPlane,
 }
@@ -95,6 +104,14 @@ pub struct ClusterConfig {
     pub scope: NamespaceScope,
     pub lease_ttl: Duration,
     pub events: EventsConfig,
+    pub request_plane: RequestPlaneConfig,
+}
+
+/// `--request-plane`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestPlaneConfig {
+    Tcp,
+    Nats { url: String },
 }
 
 impl Default for ClusterConfig {
@@ -104,6 +121,7 @@ impl Default for ClusterConfig {
             scope: NamespaceScope::own("tritium"),
             lease_ttl: Duration::from_secs(10),
             events: EventsConfig::None,
+            request_plane: RequestPlaneConfig::Tcp,
         }
     }
 }
@@ -145,11 +163,11 @@ impl ClusterArgs {
             }
             (EventsKind::Zmq, _) => EventsConfig::Zmq { bind: self.event_plane_host },
         };
-        if self.request_plane == RequestPlane::Nats {
-            return Err("--request-plane nats: Tritium does not implement the NATS request plane yet; tcp (each \
-                 worker's own listener) is the one served"
-                .into());
-        }
+        let request_plane = match (self.request_plane, &self.nats_url) {
+            (RequestPlane::Tcp, _) => RequestPlaneConfig::Tcp,
+            (RequestPlane::Nats, Some(url)) => RequestPlaneConfig::Nats { url: url.clone() },
+            (RequestPlane::Nats, None) => return Err("--request-plane nats needs --nats-url (or NATS_SERVER)".into()),
+        };
         if self.lease_ttl_secs == 0 {
             return Err("--lease-ttl-secs must be at least 1".into());
         }
@@ -158,6 +176,7 @@ impl ClusterArgs {
             scope: NamespaceScope { own: self.namespace.clone(), watch_prefix: self.namespace_prefix.clone() },
             lease_ttl: Duration::from_secs(self.lease_ttl_secs),
             events,
+            request_plane,
         })
     }
 }
@@ -247,6 +266,11 @@ pub struct WorkerListenArgs {
     /// This worker's id in discovery (default: host name, process id and a random suffix).
     #[arg(long, env = "TRITIUM_WORKER_ID")]
     pub worker_id: Option<String>,
+    /// With --request-plane nats: connections from frontends and peers open at once; more are
+    /// refused until one closes (each frontend holds one per worker).
+    #[arg(long, env = "TRITIUM_REQUEST_PLANE_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub request_plane_max_connections: u32,
 }
 
 impl WorkerListenArgs {
@@ -293,6 +317,8 @@ impl DisaggregationArgs {
             timeout: Duration::from_secs(self.kv_transfer_timeout_secs),
             token,
             max_message_size,
+            // Set once the request plane is up (see `serve_worker`).
+            dialer: crate::remote::Dialer::Tcp,
         })
     }
 }

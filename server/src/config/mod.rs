@@ -28,14 +28,14 @@ use tritium_worker::RepositoryOptions;
 use crate::config::repository::repository_options;
 use crate::routing::RouterOptions;
 pub use cache::CacheArgs;
-pub use cluster::{ClusterArgs, ClusterConfig, DisaggregationArgs, EngineArgs, WorkerListenArgs};
-pub use router::RouterArgs;
+pub use cluster::{ClusterArgs, ClusterConfig, DisaggregationArgs, EngineArgs, RequestPlaneConfig, WorkerListenArgs};
 pub use keepalive::{KeepaliveArgs, KeepaliveConfig};
 pub use limits::{HttpLimits, LimitArgs, Limits};
 pub use metrics::MetricsArgs;
 pub use openai::{OpenAiArgs, OpenAiSettings};
 pub use rate_limit::RateLimitArgs;
 pub use repository::{ModelArgs, ModelControlMode, RepositoryArgs};
+pub use router::RouterArgs;
 pub use tls::{TlsArgs, TlsConfig};
 pub use worker::{WorkerArgs, WorkerConfig};
 

@@ -178,7 +178,10 @@ impl OpenAiArgs {
                 .into());
         }
         if self.preprocess_workers > MAX_PREPROCESS_WORKERS {
-            return Err(format!("--dyn-preprocess-workers must be at most {MAX_PREPROCESS_WORKERS}, got {}", self.preprocess_workers));
+            return Err(format!(
+                "--dyn-preprocess-workers must be at most {MAX_PREPROCESS_WORKERS}, got {}",
+                self.preprocess_workers
+            ));
         }
         Ok(OpenAiSettings {
             preprocess: PreprocessExecution {

@@ -95,7 +95,8 @@ impl TlsArgs {
             self.grpc_server_key.clone(),
             self.grpc_root_cert.clone(),
         )?;
-        let tritons = self.http_use_ssl || self.http_use_ssl_mutual || self.http_server_cert.is_some() || self.http_server_key.is_some();
+        let tritons =
+            self.http_use_ssl || self.http_use_ssl_mutual || self.http_server_cert.is_some() || self.http_server_key.is_some();
         let http = match (&self.tls_cert_path, &self.tls_key_path) {
             (Some(_), _) if tritons => {
                 return Err("--tls-cert-path (Dynamo's) and --http-use-ssl/--http-server-cert (Triton's) both set HTTPS: \
@@ -151,7 +152,8 @@ mod tests {
         let dynamo = config(&["--tls-cert-path", "c", "--tls-key-path", "k"], &[]).expect("dynamo");
         assert_eq!(dynamo.http.expect("https").cert, PathBuf::from("c"));
         assert!(config(&["--tls-cert-path", "c"], &[]).is_err(), "a certificate without its key");
-        let mutual = config(&["--tls-cert-path", "c", "--tls-key-path", "k", "--tls-client-ca-cert-path", "ca"], &[]).expect("mtls");
+        let mutual =
+            config(&["--tls-cert-path", "c", "--tls-key-path", "k", "--tls-client-ca-cert-path", "ca"], &[]).expect("mtls");
         assert_eq!(mutual.http.expect("https").client_roots, Some(PathBuf::from("ca")));
         let both = config(&["--tls-cert-path", "c", "--tls-key-path", "k", "--http-use-ssl"], &[]).expect_err("mixed");
         assert!(both.contains("give one of them"), "{both}");

@@ -15,7 +15,10 @@ use tokio::sync::{Mutex, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{MAX_DOCUMENT_BYTES, check_document, Discovery, DiscoveryError, DiscoveryEvent, NamespaceScope, WorkerInstance, check_segment, check_ttl};
+use super::{
+    Discovery, DiscoveryError, DiscoveryEvent, MAX_DOCUMENT_BYTES, NamespaceScope, WorkerInstance, check_document, check_segment,
+    check_ttl,
+};
 
 /// Events a watcher may fall behind by before it must list again.
 const WATCH_BUFFER: usize = 256;

@@ -161,7 +161,7 @@ fn log_connection_event(event: Event) {
 
 /// `name` as one NATS subject token: `.`, `*`, `>`, whitespace and control characters become
 /// `_` (they separate tokens or are wildcards), and an empty name becomes `_`.
-fn token(name: &str) -> String {
+pub(crate) fn token(name: &str) -> String {
     if name.is_empty() {
         return "_".to_string();
     }

@@ -27,6 +27,7 @@ use tritium_worker::{InferOutcome, InferenceResponse, ResponseStream, StreamItem
 use super::convert::{
     event_from_proto, generate_request_to_proto, prefill_source_to_proto, request_to_proto, response_from_proto,
 };
+use super::nats_plane::Dialer;
 use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE, PREFILL_WORKER_KEY};
 use crate::trace::hop::Hop;
 
@@ -133,6 +134,18 @@ impl RemoteWorker {
 
     /// [`RemoteWorker::new`], sending the worker-plane `token` on every call.
     pub fn with_token(id: &str, uri: &str, max_message_size: usize, token: Option<&str>) -> Result<RemoteWorker, WorkerError> {
+        RemoteWorker::dial(id, uri, max_message_size, token, &Dialer::Tcp)
+    }
+
+    /// [`RemoteWorker::with_token`], reaching a worker whose address is on the NATS request
+    /// plane (`nats:…`) through `dialer`'s connection.
+    pub fn dial(
+        id: &str,
+        uri: &str,
+        max_message_size: usize,
+        token: Option<&str>,
+        dialer: &Dialer,
+    ) -> Result<RemoteWorker, WorkerError> {
         let token = super::auth::BearerToken::new(token)
             .map_err(|message| WorkerError::Failed { code: ErrorCode::InvalidArg, message })?;
         if tokio::runtime::Handle::try_current().is_err() {
@@ -141,17 +154,21 @@ impl RemoteWorker {
                 message: format!("worker '{id}': a remote worker client needs a Tokio runtime"),
             });
         }
-        let endpoint = Endpoint::from_shared(uri.to_string()).map_err(|e| WorkerError::Failed {
-            code: ErrorCode::InvalidArg,
-            message: format!("worker '{id}' has an invalid address '{uri}': {e}"),
-        })?;
-        let channel = endpoint
-            .tcp_nodelay(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let channel = match dialer.nats_channel(uri) {
+            Some(channel) => channel
+                .map_err(|why| WorkerError::Failed { code: ErrorCode::InvalidArg, message: format!("worker '{id}': {why}") })?,
+            None => Endpoint::from_shared(uri.to_string())
+                .map_err(|e| WorkerError::Failed {
+                    code: ErrorCode::InvalidArg,
+                    message: format!("worker '{id}' has an invalid address '{uri}': {e}"),
+                })?
+                .tcp_nodelay(true)
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .connect_lazy(),
+        };
         let client = WorkerRpc::with_interceptor(channel, token)
             .max_decoding_message_size(max_message_size)
             .max_encoding_message_size(max_message_size);

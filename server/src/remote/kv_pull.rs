@@ -33,11 +33,19 @@ pub struct TransferOptions {
     /// The worker-plane token this worker sends to prefill workers.
     pub token: Option<String>,
     pub max_message_size: usize,
+    /// How prefill workers are reached (their addresses may be on the NATS request plane).
+    pub dialer: super::Dialer,
 }
 
 impl Default for TransferOptions {
     fn default() -> TransferOptions {
-        TransferOptions { max_prefills: 8, timeout: Duration::from_secs(30), token: None, max_message_size: 64 << 20 }
+        TransferOptions {
+            max_prefills: 8,
+            timeout: Duration::from_secs(30),
+            token: None,
+            max_message_size: 64 << 20,
+            dialer: super::Dialer::Tcp,
+        }
     }
 }
 
@@ -79,11 +87,12 @@ impl KvTransfers {
         if let Some(peer) = peers.get(&source.uri) {
             return Ok(peer.clone());
         }
-        let peer = RemoteWorker::with_token(
+        let peer = RemoteWorker::dial(
             &source.worker_id,
             &source.uri,
             self.options.max_message_size,
             self.options.token.as_deref(),
+            &self.options.dialer,
         )
         .map_err(|e| e.to_string())?;
         if peers.len() >= MAX_PEERS {

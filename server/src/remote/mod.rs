@@ -42,6 +42,7 @@ mod drain;
 mod kv_pull;
 #[cfg(all(test, feature = "llm"))]
 mod llm_tests;
+pub mod nats_plane;
 mod service;
 #[cfg(test)]
 mod tests;
@@ -49,6 +50,7 @@ mod tests;
 pub use client::{RemoteModel, RemoteWorker, UNREACHABLE_PREFIX, is_unreachable};
 pub use drain::{InFlight, InFlightGuard};
 pub use kv_pull::TransferOptions;
+pub use nats_plane::{Dialer, NatsListener, NatsPlane};
 pub use service::{DRAINING_MESSAGE, WorkerService, worker_service};
 
 /// The metadata key that marks a status as the worker's own answer.

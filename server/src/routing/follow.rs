@@ -80,7 +80,9 @@ pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop:
                 lock(&router.loads).insert((report.worker.clone(), report.model.clone()), report);
             }
             Ok(WorkerEvent::ModelsChanged { .. }) => {}
-            Ok(WorkerEvent::Routed { router: from, worker, model, blocks }) => router.replica_routed(&from, &worker, &model, &blocks),
+            Ok(WorkerEvent::Routed { router: from, worker, model, blocks }) => {
+                router.replica_routed(&from, &worker, &model, &blocks)
+            }
             Ok(WorkerEvent::ReplicaLoad { router: from, request, change }) => router.replica_load(&from, request, change),
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(

@@ -5,20 +5,20 @@
 //! and the models it serves. The in-process worker is a client handed over directly; workers in
 //! other processes are reached with [`crate::remote::RemoteWorker`].
 
+pub mod active;
 pub mod busy;
 mod disagg;
 mod failover;
 mod follow;
+pub mod kv_index;
 mod load;
 mod metrics;
-pub mod kv_index;
 pub mod policy;
 pub mod predicted;
 pub mod queue;
+mod remote_models;
 pub mod scoring;
 pub mod snapshot;
-pub mod active;
-mod remote_models;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -126,6 +126,8 @@ pub struct Router {
     /// (`--router-replica-sync`; set once the event plane is up).
     replica_id: String,
     replica_out: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::events::WorkerEvent>>,
+    /// How workers are reached (`--request-plane`; set once the plane is up, TCP if never).
+    dialer: std::sync::OnceLock<crate::remote::Dialer>,
     /// Requests other replicas told of, counted here too (`--router-replica-sync`), by (router,
     /// number), with when they started.
     mirrored: Mutex<HashMap<(String, u64), (Instant, active::ActiveRequest)>>,
@@ -186,6 +188,7 @@ impl Router {
             queue,
             replica_id: format!("router-{:016x}", rand::random::<u64>()),
             replica_out: std::sync::OnceLock::new(),
+            dialer: std::sync::OnceLock::new(),
             snapshot_due: tokio::sync::Notify::new(),
             mirrored: Mutex::new(HashMap::new()),
             loads,
@@ -209,6 +212,11 @@ impl Router {
             device: Default::default(),
         };
         lock(&self.members).insert(id, (member, WorkerAddress::InProcess));
+    }
+
+    /// Reaches workers through `dialer` from now on (call before following discovery).
+    pub fn set_dialer(&self, dialer: crate::remote::Dialer) {
+        let _ = self.dialer.set(dialer);
     }
 
     pub fn options(&self) -> &RouterOptions {
@@ -248,11 +256,9 @@ impl Router {
         let mut listed: Vec<Arc<str>> = Vec::new();
         let mut table: HashMap<String, Vec<Member>> = HashMap::new();
         for instance in instances {
-            let existing = members
-                .get(instance.id.as_str())
-                .filter(|(member, address)| {
-                    *address == instance.address && member.mode == instance.mode && member.device == instance.device
-                });
+            let existing = members.get(instance.id.as_str()).filter(|(member, address)| {
+                *address == instance.address && member.mode == instance.mode && member.device == instance.device
+            });
             let member = match (existing, &instance.address) {
                 (Some((member, _)), address) => {
                     if let WorkerAddress::Grpc(_) = address
@@ -264,11 +270,12 @@ impl Router {
                     member.clone()
                 }
                 (None, WorkerAddress::Grpc(uri)) => {
-                    let remote = match crate::remote::RemoteWorker::with_token(
+                    let remote = match crate::remote::RemoteWorker::dial(
                         &instance.id,
                         uri,
                         self.max_message_size,
                         self.options.worker_token.as_deref(),
+                        self.dialer.get().unwrap_or(&crate::remote::Dialer::Tcp),
                     ) {
                         Ok(remote) => Arc::new(remote),
                         Err(e) => {
@@ -542,7 +549,6 @@ impl Router {
     fn mark_suspect(&self, member: &Member) {
         *lock(&member.suspect_until) = Some(Instant::now() + self.options.suspect_for);
     }
-
 }
 
 /// KV use and capacity of the in-process engine of `model` (0 and 0 without one).

@@ -211,7 +211,8 @@ fn device_weighted(choices: &[Choice], context: &PickContext<'_>) -> Option<usiz
     let weight = |c: &Choice| if c.accelerator { u64::from(context.accelerator_weight.max(1)) } else { 1 };
     let load = |c: &Choice| c.outstanding.max(c.reported_active) + c.reported_queued;
     // a/wa < b/wb as a*wb < b*wa: no floating point.
-    let lighter = |a: &Choice, b: &Choice| u128::from(load(a)) * u128::from(weight(b)) < u128::from(load(b)) * u128::from(weight(a));
+    let lighter =
+        |a: &Choice, b: &Choice| u128::from(load(a)) * u128::from(weight(b)) < u128::from(load(b)) * u128::from(weight(a));
     let best = choices.iter().enumerate().fold(None, |best: Option<usize>, (i, c)| match best {
         Some(b) if !lighter(c, &choices[b]) => Some(b),
         _ => Some(i),
@@ -270,8 +271,14 @@ mod tests {
         let (mut cpu, mut gpu) = (choice("cpu", 0, 0), Choice { accelerator: true, ..choice("gpu", 0, 0) });
         let mut counts = [0, 0];
         for turn in 0..18 {
-            let index = pick(RouterMode::DeviceAwareWeighted, &[cpu.clone(), gpu.clone()], &context(turn), &KvScoring::default(), &mut rng)
-                .expect("a worker");
+            let index = pick(
+                RouterMode::DeviceAwareWeighted,
+                &[cpu.clone(), gpu.clone()],
+                &context(turn),
+                &KvScoring::default(),
+                &mut rng,
+            )
+            .expect("a worker");
             counts[index] += 1;
             if index == 0 { cpu.outstanding += 1 } else { gpu.outstanding += 1 }
         }
