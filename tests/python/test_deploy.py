@@ -31,6 +31,7 @@ from kubernetes_validate.utils import all_versions
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "kubernetes"
+OVERLAY = DEPLOY / "kubernetes-discovery"
 DOCKERFILE = DEPLOY / "Dockerfile"
 
 # The oldest Kubernetes we support (gRPC probes are GA since 1.27) and the newest the package knows.
@@ -54,11 +55,12 @@ DEFAULT_METRICS_PORT = 8002
 DEFAULT_WORKER_PORT = 8011
 # `tritium` drains for up to TRITIUM_EXIT_TIMEOUT_SECS (default 30) after SIGTERM; the pod must allow more.
 EXIT_TIMEOUT_SECS = 30
-NON_NAMESPACED = {"Namespace"}
+NON_NAMESPACED = {"Namespace", "CustomResourceDefinition"}
 
 
 def manifest_files() -> list[pathlib.Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    # kubernetes-discovery/ holds the Kubernetes-discovery overlay's own objects (its patches are in its kustomization).
+    return sorted(p for p in [*K8S.glob("*.yaml"), *OVERLAY.glob("*.yaml")] if p.name != "kustomization.yaml")
 
 
 def load_docs(path: pathlib.Path) -> list[dict]:
@@ -214,8 +216,28 @@ def test_kustomization_lists_every_manifest():
     assert kustomization["namespace"] == "tritium"
     resources = kustomization["resources"]
     assert len(resources) == len(set(resources)), f"duplicates in {resources}"
-    assert sorted(resources) == [p.name for p in manifest_files()]
+    assert sorted(resources) == [p.name for p in manifest_files() if p.parent == K8S]
     assert [image["name"] for image in kustomization.get("images", [])] == ["tritium"]
+
+
+def test_the_discovery_overlay_lists_its_manifests_and_removes_etcd():
+    overlay = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
+    assert overlay["namespace"] == "tritium"
+    own = sorted(p.name for p in manifest_files() if p.parent == OVERLAY)
+    assert overlay["resources"] == ["../kubernetes", *own]
+    deleted = set()
+    for patch in overlay["patches"]:
+        for doc in yaml.safe_load_all(patch["patch"]):
+            if isinstance(doc, dict) and doc.get("$patch") == "delete":
+                deleted.add((doc["kind"], doc["metadata"]["name"]))
+    etcd = {(doc["kind"], doc["metadata"]["name"]) for doc in load_docs(K8S / "etcd.yaml")}
+    assert etcd == deleted, "every etcd object, and only those, is removed"
+    config = next(yaml.safe_load(p["patch"]) for p in overlay["patches"] if "ConfigMap" in p["patch"])["data"]
+    assert config == {"TRITIUM_DISCOVERY": "kubernetes", "TRITIUM_ETCD_ENDPOINTS": None}
+    service = find("Service", "tritium-worker")
+    assert service["metadata"]["labels"]["nvidia.com/dynamo-discovery-enabled"] == "true", "the labels frontends select slices by"
+    role = find("Role", "tritium-discovery")
+    assert {tuple(rule["resources"]) for rule in role["rules"]} == {("dynamoworkermetadatas",), ("endpointslices",)}
 
 
 def test_everything_in_the_tritium_namespace():
@@ -401,9 +423,28 @@ def test_kustomize_build():
     proc = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     rendered = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
-    assert sorted(doc_id(K8S, d) for d in rendered) == sorted(doc_id(K8S, d) for _, d in all_docs())
+    assert sorted(doc_id(K8S, d) for d in rendered) == sorted(doc_id(K8S, d) for p, d in all_docs() if p.parent == K8S)
     images = {c["image"] for d in rendered if "template" in d.get("spec", {}) for c in _pod(d)["containers"]}
     assert "tritium:latest" in images
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kustomize_build_of_the_discovery_overlay():
+    """The overlay renders to valid objects: no etcd, the discovery objects, and workers that know their pod."""
+    proc = subprocess.run(["kubectl", "kustomize", str(OVERLAY)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rendered = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(proc.stdout) if d}
+    for doc in rendered.values():
+        validate(doc, K8S_VERSIONS[0])
+    assert not [key for key in rendered if "etcd" in key[1]]
+    assert {("CustomResourceDefinition", "dynamoworkermetadatas.nvidia.com"), ("Role", "tritium-discovery"), ("Service", "tritium-worker")} <= set(rendered)
+    assert rendered[("ConfigMap", "tritium-config")]["data"]["TRITIUM_DISCOVERY"] == "kubernetes"
+    assert "TRITIUM_ETCD_ENDPOINTS" not in rendered[("ConfigMap", "tritium-config")]["data"]
+    worker = _pod(rendered[("Deployment", "tritium-worker")])
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in worker["containers"][0]["env"]}
+    assert (env["POD_NAME"], env["POD_UID"], env["POD_NAMESPACE"]) == ("metadata.name", "metadata.uid", "metadata.namespace")
+    for name in ("tritium-worker", "tritium-frontend"):
+        assert _pod(rendered[("Deployment", name)])["serviceAccountName"] == "tritium-discovery"
 
 
 # ---------------------------------------------------------------------------------------------------------

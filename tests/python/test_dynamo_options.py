@@ -325,7 +325,6 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
         (["--router-queue-policy", "xyz"], ["fcfs", "wspt", "lcfs"]),
         (["--router-queue-threshold", "-1"], ["--router-queue-threshold must be a number >= 0"]),
         (["--active-prefill-tokens-threshold", "many"], ["is not a token count (or None)"]),
-        (["--discovery-backend", "kubernetes"], ["Kubernetes discovery", "etcd"]),
         (["--event-plane", "zmq"], ["--event-plane zmq finds publishers through discovery"]),
         (["--request-plane", "nats"], ["--request-plane nats needs --nats-url (or NATS_SERVER)"]),
         (["--dyn-chat-processor", "vllm"], ["vLLM", "'dynamo'"]),

@@ -73,8 +73,20 @@ pub struct ClusterArgs {
     /// `dynamo_store_kv` in the temporary folder, as Dynamo).
     #[arg(long, env = "TRITIUM_DISCOVERY_DIR")]
     pub discovery_dir: Option<PathBuf>,
+    /// With --discovery-backend kubernetes: this pod's name, which a worker's DynamoWorkerMetadata
+    /// object is named after (set it from the Downward API, as Dynamo's `POD_NAME`).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// With --discovery-backend kubernetes: the Kubernetes namespace to register and watch in
+    /// (default: the kubeconfig's, or the service account's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// With --discovery-backend kubernetes: this pod's uid, making the pod the owner of the
+    /// worker's object so Kubernetes deletes it with the pod.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
     /// Seconds a worker's registration outlives its last keep-alive (a killed worker disappears
-    /// after at most this long).
+    /// after at most this long; Kubernetes discovery follows pod readiness instead).
     #[arg(long, env = "TRITIUM_LEASE_TTL_SECS", default_value_t = 10)]
     pub lease_ttl_secs: u64,
     /// Where workers publish KV-cache events and load. Unset: `zmq` with file or etcd discovery
@@ -144,9 +156,16 @@ impl ClusterArgs {
                 return Err("--discovery-backend etcd needs --etcd-endpoints (or ETCD_ENDPOINTS)".into());
             }
             DiscoveryKind::Etcd => DiscoveryConfig::Etcd { endpoints: self.etcd_endpoints.clone() },
+            #[cfg(feature = "kubernetes")]
+            DiscoveryKind::Kubernetes => DiscoveryConfig::Kubernetes(crate::discovery::kubernetes::KubernetesConfig {
+                namespace: self.pod_namespace.clone().filter(|n| !n.is_empty()),
+                pod_name: self.pod_name.clone().filter(|n| !n.is_empty()),
+                pod_uid: self.pod_uid.clone().filter(|n| !n.is_empty()),
+            }),
+            #[cfg(not(feature = "kubernetes"))]
             DiscoveryKind::Kubernetes => {
-                return Err("--discovery-backend kubernetes: Tritium does not implement Kubernetes discovery yet; \
-                     use etcd (--etcd-endpoints, e.g. an etcd beside the deployment) or file"
+                return Err("--discovery-backend kubernetes: this build has no Kubernetes support (the `kubernetes` cargo \
+                     feature); use etcd or file"
                     .into());
             }
         };

@@ -84,6 +84,13 @@ impl WorkerArgs {
             // A worker advertises the models it has loaded, so none would ever reach it to load.
             return Err("--model-control-mode on-demand: a worker serves only the models it has loaded; use it on serve".into());
         }
+        if self.cluster.discovery == super::cluster::DiscoveryKind::Kubernetes
+            && self.cluster.pod_name.as_deref().is_none_or(str::is_empty)
+        {
+            return Err("--discovery-backend kubernetes: a worker registers in a DynamoWorkerMetadata object named after its \
+                 pod; set POD_NAME (--pod-name), with POD_UID and POD_NAMESPACE, from the Downward API"
+                .into());
+        }
         if self.cluster.namespace_prefix.is_some() {
             return Err("--namespace-prefix scopes what a frontend watches; a worker registers in --namespace alone".into());
         }

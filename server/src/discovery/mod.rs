@@ -4,6 +4,8 @@
 
 mod etcd;
 mod file;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 mod memory;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -180,6 +182,9 @@ pub enum DiscoveryConfig {
     File { dir: PathBuf },
     /// An etcd cluster.
     Etcd { endpoints: Vec<String> },
+    /// The Kubernetes API: DynamoWorkerMetadata objects and EndpointSlice readiness.
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(kubernetes::KubernetesConfig),
 }
 
 /// Builds the backend `config` names. Workers' records live `lease_ttl` after their last renewal
@@ -193,6 +198,8 @@ pub async fn connect(
         DiscoveryConfig::Memory => Arc::new(MemoryDiscovery::new()),
         DiscoveryConfig::File { dir } => Arc::new(FileDiscovery::new(dir.clone(), scope, lease_ttl)?),
         DiscoveryConfig::Etcd { endpoints } => Arc::new(EtcdDiscovery::connect(endpoints, scope, lease_ttl).await?),
+        #[cfg(feature = "kubernetes")]
+        DiscoveryConfig::Kubernetes(config) => Arc::new(kubernetes::KubeDiscovery::connect(config, scope).await?),
     })
 }
 

@@ -63,7 +63,7 @@ impl NatsPlane {
             .await
             .map_err(|e| format!("--request-plane nats: connecting to {url} failed: {e}"))?;
         // Frames fit the server's payload limit, with room for the sequence number.
-        let limit = usize::try_from(client.server_info().max_payload).unwrap_or(MAX_CHUNK).saturating_sub(64);
+        let limit = client.server_info().max_payload.saturating_sub(64);
         let chunk = MAX_CHUNK.min(limit).max(1024);
         tracing::info!(%url, "request plane connected to NATS");
         Ok(Arc::new(NatsPlane { client, chunk, dialed: TunnelCount::default() }))
