@@ -7,36 +7,44 @@
 
 use clap::Args;
 
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Prefill load model (Dynamo's AI Configurator options)")]
-pub struct PrefillLoadModelArgs {
-    /// `none`: prompt tokens count as prefill load until the first token (the only model served).
-    #[arg(long, env = "DYN_ROUTER_PREFILL_LOAD_MODEL", default_value = "none", value_parser = ["none", "aic", "ais"])]
-    pub router_prefill_load_model: String,
-    #[arg(long, env = "DYN_AIS_PERF_CONFIG")]
-    pub ais_perf_config: Option<String>,
-    #[arg(long, visible_alias = "aic-backend", env = "DYN_AIS_BACKEND")]
-    pub ais_backend: Option<String>,
-    #[arg(long, visible_alias = "aic-system", env = "DYN_AIS_SYSTEM")]
-    pub ais_system: Option<String>,
-    #[arg(long, visible_alias = "aic-backend-version", env = "DYN_AIS_BACKEND_VERSION")]
-    pub ais_backend_version: Option<String>,
-    #[arg(long, visible_alias = "aic-tp-size", env = "DYN_AIS_TP_SIZE")]
-    pub ais_tp_size: Option<String>,
-    #[arg(long, visible_alias = "aic-model-path", env = "DYN_AIS_MODEL_PATH")]
-    pub ais_model_path: Option<String>,
-    #[arg(long, visible_alias = "aic-moe-tp-size", env = "DYN_AIS_MOE_TP_SIZE")]
-    pub ais_moe_tp_size: Option<String>,
-    #[arg(long, visible_alias = "aic-moe-ep-size", env = "DYN_AIS_MOE_EP_SIZE")]
-    pub ais_moe_ep_size: Option<String>,
-    #[arg(long, visible_alias = "aic-attention-dp-size", env = "DYN_AIS_ATTENTION_DP_SIZE")]
-    pub ais_attention_dp_size: Option<String>,
-    #[arg(long, visible_alias = "aic-nextn", env = "DYN_AIS_NEXTN")]
-    pub ais_nextn: Option<String>,
-    #[arg(long, visible_alias = "aic-nextn-accept-rates", env = "DYN_AIS_NEXTN_ACCEPT_RATES")]
-    pub ais_nextn_accept_rates: Option<String>,
-    #[arg(long, visible_alias = "aic-mtp-seed", env = "DYN_AIS_MTP_SEED")]
-    pub ais_mtp_seed: Option<String>,
+/// The performance model's options, each named once: its flag (with Dynamo's `--aic-*` spelling
+/// where it has one) and variable become the struct field and the list `check` refuses.
+macro_rules! performance_model_options {
+    ($($field:ident: $flag:literal $(| $alias:literal)?, $env:literal;)*) => {
+        #[derive(Debug, Clone, Args)]
+        #[command(next_help_heading = "Prefill load model (Dynamo's AI Configurator options)")]
+        pub struct PrefillLoadModelArgs {
+            /// `none`: prompt tokens count as prefill load until the first token (the only model served).
+            #[arg(long, env = "DYN_ROUTER_PREFILL_LOAD_MODEL", default_value = "none", value_parser = ["none", "aic", "ais"])]
+            pub router_prefill_load_model: String,
+            $(
+                #[arg(long = $flag, $(visible_alias = $alias,)? env = $env)]
+                pub $field: Option<String>,
+            )*
+        }
+
+        impl PrefillLoadModelArgs {
+            /// The first performance-model option given, as its flag.
+            fn first_given(&self) -> Option<&'static str> {
+                [$((concat!("--", $flag), self.$field.is_some())),*].into_iter().find(|(_, given)| *given).map(|(flag, _)| flag)
+            }
+        }
+    };
+}
+
+performance_model_options! {
+    ais_perf_config: "ais-perf-config", "DYN_AIS_PERF_CONFIG";
+    ais_backend: "ais-backend" | "aic-backend", "DYN_AIS_BACKEND";
+    ais_system: "ais-system" | "aic-system", "DYN_AIS_SYSTEM";
+    ais_backend_version: "ais-backend-version" | "aic-backend-version", "DYN_AIS_BACKEND_VERSION";
+    ais_tp_size: "ais-tp-size" | "aic-tp-size", "DYN_AIS_TP_SIZE";
+    ais_model_path: "ais-model-path" | "aic-model-path", "DYN_AIS_MODEL_PATH";
+    ais_moe_tp_size: "ais-moe-tp-size" | "aic-moe-tp-size", "DYN_AIS_MOE_TP_SIZE";
+    ais_moe_ep_size: "ais-moe-ep-size" | "aic-moe-ep-size", "DYN_AIS_MOE_EP_SIZE";
+    ais_attention_dp_size: "ais-attention-dp-size" | "aic-attention-dp-size", "DYN_AIS_ATTENTION_DP_SIZE";
+    ais_nextn: "ais-nextn" | "aic-nextn", "DYN_AIS_NEXTN";
+    ais_nextn_accept_rates: "ais-nextn-accept-rates" | "aic-nextn-accept-rates", "DYN_AIS_NEXTN_ACCEPT_RATES";
+    ais_mtp_seed: "ais-mtp-seed" | "aic-mtp-seed", "DYN_AIS_MTP_SEED";
 }
 
 const NEEDS: &str = "AI Configurator's simulator and its performance database for the GPU, backend and model \
@@ -49,22 +57,8 @@ impl PrefillLoadModelArgs {
         if self.router_prefill_load_model != "none" {
             return Err(format!("--router-prefill-load-model {} needs {NEEDS}", self.router_prefill_load_model));
         }
-        let given = [
-            ("--ais-perf-config", &self.ais_perf_config),
-            ("--ais-backend", &self.ais_backend),
-            ("--ais-system", &self.ais_system),
-            ("--ais-backend-version", &self.ais_backend_version),
-            ("--ais-tp-size", &self.ais_tp_size),
-            ("--ais-model-path", &self.ais_model_path),
-            ("--ais-moe-tp-size", &self.ais_moe_tp_size),
-            ("--ais-moe-ep-size", &self.ais_moe_ep_size),
-            ("--ais-attention-dp-size", &self.ais_attention_dp_size),
-            ("--ais-nextn", &self.ais_nextn),
-            ("--ais-nextn-accept-rates", &self.ais_nextn_accept_rates),
-            ("--ais-mtp-seed", &self.ais_mtp_seed),
-        ];
-        match given.iter().find(|(_, value)| value.is_some()) {
-            Some((name, _)) => Err(format!("{name} configures --router-prefill-load-model ais, which needs {NEEDS}")),
+        match self.first_given() {
+            Some(name) => Err(format!("{name} configures --router-prefill-load-model ais, which needs {NEEDS}")),
             None => Ok(()),
         }
     }

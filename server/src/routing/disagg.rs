@@ -93,7 +93,7 @@ impl Router {
             return None;
         }
         // Among the prefill workers only: every decoding worker counts as tried.
-        let prefill = self.pick(model, Some(prompt), None, None, &split.decode, false).ok()??;
+        let prefill = self.pick(model, Some(prompt), None, None, &split.decode, false).ok()??.member;
         let uri = match lock(&self.members).get(&prefill.id) {
             Some((_, WorkerAddress::Grpc(uri))) => uri.clone(),
             _ => return None,

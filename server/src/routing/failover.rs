@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tritium_backend_api::llm::{GenerateError, GenerateEvent, GenerateRequest, TokenStream};
 use tritium_worker::{InferOutcome, InferenceResponse, ModelVersion, ParamValue, ValidInferRequest, WorkerClient, WorkerError};
 
-use super::{Member, Router, WORKER_ID_PARAMETER};
+use super::{Member, Picked, Router, WORKER_ID_PARAMETER};
 use crate::remote::{DRAINING_MESSAGE, is_unreachable};
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::model_config::SchedulingChoice;
@@ -66,7 +66,7 @@ impl Router {
         let mut last_error = None;
         loop {
             let member = match self.pick(model, tokens, hint, sticky, &tried, false)? {
-                Some(member) => member,
+                Some(picked) => picked.member,
                 None => match last_error {
                     Some(error) => return Err(error),
                     None => return call(Arc::clone(&self.fallback), true).await,
@@ -116,7 +116,9 @@ impl Router {
         loop {
             // Prefill workers do not decode while the model has workers that do.
             let passed_over: Vec<Arc<str>> = tried.iter().chain(&split.prefill).chain(&held_back).cloned().collect();
-            let Some(member) = self.pick(model, Some(&request.prompt), hint, None, &passed_over, false)? else {
+            let Some(Picked { member, prompt: scored }) =
+                self.pick(model, Some(&request.prompt), hint, None, &passed_over, false)?
+            else {
                 if tried.is_empty() {
                     self.admit_local(model)?;
                     return self.fallback.generate(model, request).await;
@@ -133,7 +135,7 @@ impl Router {
                 return member.client.generate(model, request).await.map(|stream| stream.served_by(Arc::clone(&member.id)));
             }
             let outstanding = member.begin();
-            let tracked = self.track(&member, model, &request.prompt);
+            let tracked = self.track(&member, model, &request.prompt, scored);
             // Counted on its worker now: the queue may let the next one go.
             admitted.take();
             let started = match self.prefill_for(model, &request.prompt, &member, &split) {
@@ -241,12 +243,12 @@ impl Migration {
                     migrations += 1;
                     self.tried.push(Arc::clone(&member.id));
                     match self.restart(router).await {
-                        Some((next_member, next_stream)) => {
+                        Some((Picked { member: next_member, prompt: scored }, next_stream)) => {
                             tracing::warn!(from = %member.id, to = %next_member.id, model = %self.model, "{why}; continuing the stream on another worker");
                             router.counters.migrated.fetch_add(1, Ordering::Relaxed);
                             let mut prompt = self.request.prompt.clone();
                             prompt.extend_from_slice(&self.generated);
-                            tracked = router.track(&next_member, &self.model, &prompt);
+                            tracked = router.track(&next_member, &self.model, &prompt, scored);
                             member = next_member;
                             stream = next_stream;
                         }
@@ -258,7 +260,7 @@ impl Migration {
     }
 
     /// Starts the rest of the sequence on another worker: the prompt plus what was generated.
-    async fn restart(&mut self, router: &Router) -> Option<(Member, TokenStream)> {
+    async fn restart(&mut self, router: &Router) -> Option<(Picked, TokenStream)> {
         let mut next = self.request.clone();
         next.prompt.extend_from_slice(&self.generated);
         // The prompt's scores went out before its first token; the tokens after it are not prompt.
@@ -270,9 +272,10 @@ impl Migration {
         next.stop.min_tokens = next.stop.min_tokens.saturating_sub(done);
         loop {
             let passed_over: Vec<Arc<str>> = self.tried.iter().chain(&self.split.prefill).cloned().collect();
-            let member = router.pick(&self.model, Some(&next.prompt), None, None, &passed_over, true).ok()??;
+            let picked = router.pick(&self.model, Some(&next.prompt), None, None, &passed_over, true).ok()??;
+            let member = &picked.member;
             match member.client.generate(&self.model, next.clone()).await {
-                Ok(stream) => return Some((member, stream)),
+                Ok(stream) => return Some((picked, stream)),
                 Err(error) if retryable(&error) => {
                     router.mark_suspect(&member);
                     self.tried.push(Arc::clone(&member.id));

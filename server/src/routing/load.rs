@@ -11,7 +11,7 @@ use tritium_backend_api::kv::block_hashes;
 use tritium_backend_api::llm::{GenerateError, Priority};
 use tritium_worker::WorkerError;
 
-use super::{Member, Router, active, queue};
+use super::{Member, PromptBlocks, Router, active, queue};
 use crate::events::{LoadChange, WorkerEvent};
 
 /// Other replicas' requests a router counts at most.
@@ -19,19 +19,29 @@ pub const MAX_MIRRORED: usize = 100_000;
 use crate::sync::lock;
 
 impl Router {
-    /// Counts a generation of `model` with this `prompt` on `member` (when the router tracks load);
+    /// Counts a generation of `model` with this `prompt` on `member` (when the router tracks load),
+    /// with what routing already learned about the prompt there (`known`), else looked up now;
     /// the returned guard follows its tokens and takes it off when dropped.
-    pub(super) fn track(&self, member: &Member, model: &str, prompt: &[u32]) -> Option<active::ActiveRequest> {
+    pub(super) fn track(
+        &self,
+        member: &Member,
+        model: &str,
+        prompt: &[u32],
+        known: Option<PromptBlocks>,
+    ) -> Option<active::ActiveRequest> {
         if !self.options.tracking.any() {
             return None;
         }
-        let hashes = block_hashes(prompt, self.options.kv_block_size);
-        let cached = match self.options.kv_events {
-            true => lock(&self.kv).overlaps(model, &hashes),
-            false => lock(&self.predicted).overlaps(model, &hashes, Instant::now()),
-        };
-        let cached_tokens = cached.get(member.id.as_ref()).copied().unwrap_or(0) * self.options.kv_block_size;
-        let new_tokens = prompt.len().saturating_sub(cached_tokens) as u64;
+        let PromptBlocks { hashes, cached } = known.unwrap_or_else(|| {
+            let hashes = block_hashes(prompt, self.options.kv_block_size);
+            let overlaps = match self.options.kv_events {
+                true => lock(&self.kv).overlaps(model, &hashes),
+                false => lock(&self.predicted).overlaps(model, &hashes, Instant::now()),
+            };
+            let cached = overlaps.get(member.id.as_ref()).copied().unwrap_or(0);
+            PromptBlocks { hashes, cached }
+        });
+        let new_tokens = prompt.len().saturating_sub(cached * self.options.kv_block_size) as u64;
         Some(self.active.start_shared(&member.id, model, hashes, new_tokens))
     }
 

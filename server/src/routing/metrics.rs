@@ -18,59 +18,52 @@ impl Router {
         use prometheus::core::Collector;
         let c = &self.counters;
         let mut families = Vec::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
-            if let Ok(counter) = prometheus::IntCounter::new(format!("{name}_total"), help) {
-                counter.inc_by(value);
-                families.extend(counter.collect());
-            }
-        };
-        counter("tritium_router_requests", "Requests routed to a worker.", c.routed.load(Ordering::Relaxed));
+        let f = &mut families;
+        counter(f, "tritium_router_requests", "Requests routed to a worker.", c.routed.load(Ordering::Relaxed));
         counter(
+            f,
             "tritium_router_retries",
             "Requests sent again to another worker after theirs could not be reached.",
             c.retried.load(Ordering::Relaxed),
         );
         counter(
+            f,
             "tritium_router_migrations",
             "Language-model streams continued on another worker.",
             c.migrated.load(Ordering::Relaxed),
         );
-        counter("tritium_router_prompt_blocks", "KV blocks of routed prompts.", c.prompt_blocks.load(Ordering::Relaxed));
+        counter(f, "tritium_router_prompt_blocks", "KV blocks of routed prompts.", c.prompt_blocks.load(Ordering::Relaxed));
         counter(
+            f,
             "tritium_router_kv_snapshots",
             "KV-index snapshots written to the shared store.",
             c.snapshots.load(Ordering::Relaxed),
         );
         counter(
+            f,
             "tritium_router_rejected_busy",
             "Requests refused because every worker of their model was over its busy threshold.",
             c.rejected_busy.load(Ordering::Relaxed),
         );
         counter(
+            f,
             "tritium_router_prompt_blocks_cached",
             "KV blocks of routed prompts the chosen worker already held, as its KV events reported.",
             c.prompt_blocks_cached.load(Ordering::Relaxed),
         );
         let indexed = lock(&self.kv).block_count();
-        let help = "KV blocks the workers' KV events say they hold (each counted once).";
-        if let Ok(gauge) = prometheus::IntGauge::new("tritium_router_kv_blocks_indexed", help) {
-            gauge.set(i64::try_from(indexed).unwrap_or(i64::MAX));
-            families.extend(gauge.collect());
-        }
+        gauge(
+            f,
+            "tritium_router_kv_blocks_indexed",
+            "KV blocks the workers' KV events say they hold (each counted once).",
+            indexed,
+        );
         let (waiting, queued) = self.queue_counts();
-        if let Ok(gauge) =
-            prometheus::IntGauge::new("tritium_router_queue_waiting", "Requests waiting in the router's queue now.")
-        {
-            gauge.set(i64::try_from(waiting).unwrap_or(i64::MAX));
-            families.extend(gauge.collect());
-        }
-        counter_family(&mut families, "tritium_router_queued_total", "Requests that waited in the router's queue.", queued);
+        gauge(f, "tritium_router_queue_waiting", "Requests waiting in the router's queue now.", waiting);
+        counter(f, "tritium_router_queued", "Requests that waited in the router's queue.", queued);
         let predicted = lock(&self.predicted).len();
         let help = "KV blocks the router predicts workers hold from its own routing (--no-router-kv-events), per worker.";
-        if let Ok(gauge) = prometheus::IntGauge::new("tritium_router_kv_blocks_predicted", help) {
-            gauge.set(i64::try_from(predicted).unwrap_or(i64::MAX));
-            families.extend(gauge.collect());
-        }
+        gauge(f, "tritium_router_kv_blocks_predicted", help, predicted);
         if let Ok(workers) = prometheus::IntGaugeVec::new(
             prometheus::Opts::new("tritium_router_workers", "Workers serving each model."),
             &["model"],
@@ -84,10 +77,19 @@ impl Router {
     }
 }
 
-fn counter_family(families: &mut Vec<prometheus::proto::MetricFamily>, name: &str, help: &str, value: u64) {
+/// A counter `{name}_total` at `value`.
+fn counter(families: &mut Vec<prometheus::proto::MetricFamily>, name: &str, help: &str, value: u64) {
     use prometheus::core::Collector;
-    if let Ok(counter) = prometheus::IntCounter::new(name, help) {
+    if let Ok(counter) = prometheus::IntCounter::new(format!("{name}_total"), help) {
         counter.inc_by(value);
         families.extend(counter.collect());
+    }
+}
+
+fn gauge(families: &mut Vec<prometheus::proto::MetricFamily>, name: &str, help: &str, value: usize) {
+    use prometheus::core::Collector;
+    if let Ok(gauge) = prometheus::IntGauge::new(name, help) {
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        families.extend(gauge.collect());
     }
 }

@@ -140,6 +140,25 @@ pub struct Router {
     busy: Arc<BusyThresholds>,
 }
 
+/// A routing decision: the worker, and what scoring learned about the prompt there.
+struct Picked {
+    member: Member,
+    /// Set when the prompt was scored against the workers.
+    prompt: Option<PromptBlocks>,
+}
+
+/// A prompt's block hashes, and how many of them the chosen worker holds.
+struct PromptBlocks {
+    hashes: Vec<tritium_backend_api::kv::BlockHash>,
+    cached: usize,
+}
+
+impl Picked {
+    fn unscored(member: Member) -> Picked {
+        Picked { member, prompt: None }
+    }
+}
+
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router").field("mode", &self.options.mode).finish_non_exhaustive()
@@ -335,7 +354,7 @@ impl Router {
         sticky: Option<u64>,
         tried: &[Arc<str>],
         migrating: bool,
-    ) -> Result<Option<Member>, WorkerError> {
+    ) -> Result<Option<Picked>, WorkerError> {
         let table = self.table.load();
         let Some(route) = table.get(model).filter(|route| !route.is_empty()) else { return Ok(None) };
         let mode = match self.options.mode {
@@ -355,9 +374,10 @@ impl Router {
             };
             return match route.iter().find(|m| &*m.id == wanted) {
                 // A named worker is still held to its busy threshold.
-                Some(member) if !tried.contains(&member.id) => {
-                    Ok(self.not_busy(model, vec![member], migrating)?.first().map(|member| Member::clone(member)))
-                }
+                Some(member) if !tried.contains(&member.id) => Ok(self
+                    .not_busy(model, vec![member], migrating)?
+                    .first()
+                    .map(|member| Picked::unscored(Member::clone(member)))),
                 Some(_) => Ok(None),
                 // The other workers' names are not told: a client learns only what it named.
                 None => Err(WorkerError::Failed {
@@ -382,12 +402,12 @@ impl Router {
                 hasher.finish()
             };
             self.counters.routed.fetch_add(1, Ordering::Relaxed);
-            return Ok(candidates.iter().max_by_key(score).map(|member| Member::clone(member)));
+            return Ok(candidates.iter().max_by_key(score).map(|member| Picked::unscored(Member::clone(member))));
         }
         // One worker and nothing to learn from the prompt: no scoring.
         if candidates.len() == 1 && (tokens.is_none() || candidates[0].local) {
             self.counters.routed.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(candidates[0].clone()));
+            return Ok(Some(Picked::unscored(candidates[0].clone())));
         }
         let hashes = tokens.map(|t| block_hashes(t, self.options.kv_block_size));
         let tracked = |member: &Member| match (&hashes, self.options.kv.tracked) {
@@ -437,8 +457,8 @@ impl Router {
             trace.set_attribute("tritium.router.worker", chosen.id.to_string());
             trace.set_attribute("tritium.router.candidates", candidates.len());
         }
-        if let (Some(hashes), Some(overlaps)) = (&hashes, &overlaps) {
-            let hit = overlaps.get(chosen.id.as_ref()).copied().unwrap_or(0);
+        let hit = overlaps.as_ref().map_or(0, |overlaps| overlaps.get(chosen.id.as_ref()).copied().unwrap_or(0));
+        if let (Some(hashes), Some(_)) = (&hashes, &overlaps) {
             self.counters.prompt_blocks.fetch_add(hashes.len() as u64, Ordering::Relaxed);
             self.counters.prompt_blocks_cached.fetch_add(hit as u64, Ordering::Relaxed);
             if let Some(trace) = &trace {
@@ -446,7 +466,8 @@ impl Router {
                 trace.set_attribute("tritium.router.kv_overlap_blocks", hit);
             }
         }
-        Ok(Some(chosen))
+        let prompt = hashes.map(|hashes| PromptBlocks { hashes, cached: hit });
+        Ok(Some(Picked { member: chosen, prompt }))
     }
 
     /// The in-process client when it alone can take requests for `model` (the single-process

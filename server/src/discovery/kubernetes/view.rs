@@ -141,7 +141,8 @@ mod tests {
         let scope = NamespaceScope::own("prod");
         let (a, b, other) = (worker("a"), worker("b"), worker("c"));
         let mut view = View::default();
-        let listed_a = listed(&object("pod-a", Some("pod-a"), &[("prod/a", &a), ("staging/c", &other)]), &scope).expect("records listed");
+        let listed_a =
+            listed(&object("pod-a", Some("pod-a"), &[("prod/a", &a), ("staging/c", &other)]), &scope).expect("records listed");
         assert_eq!(listed_a.workers, vec![("prod".to_string(), a.clone())], "another namespace's record is not watched");
         view.metadata.insert("pod-a".into(), listed_a);
         view.metadata.insert("pod-b".into(), listed(&object("pod-b", None, &[("prod/b", &b)]), &scope).expect("records listed"));
