@@ -341,3 +341,52 @@ def test_bad_values_are_refused_at_start_naming_what_is_allowed(args, fragments)
     failure = start_failure(*args)
     for fragment in fragments:
         assert fragment in failure, (args, fragment, failure[-2000:])
+
+
+def test_interactive_from_its_variable_and_no_interactive_beating_it(monkeypatch):
+    """DYN_INTERACTIVE=true opens the terminal chat, whose end of input stops the server;
+    --no-interactive wins over the variable: no chat, and closing stdin changes nothing."""
+    monkeypatch.setenv("DYN_INTERACTIVE", "true")
+    chatting = start_server("--engine", "mock", stdin=subprocess.PIPE)
+    try:
+        wait_until(lambda: any("Chatting with mock-llm" in line for line in chatting.stdout_lines), 30, "the chat's greeting")
+        assert chatting.proc.stdin is not None
+        chatting.proc.stdin.close()
+        assert chatting.proc.wait(timeout=30) == 0, "the end of input ends the session and the server"
+    finally:
+        chatting.stop()
+        chatting.stderr_path.unlink(missing_ok=True)
+    quiet = start_server("--engine", "mock", "--no-interactive", stdin=subprocess.PIPE)
+    try:
+        assert quiet.proc.stdin is not None
+        quiet.proc.stdin.close()
+        # Served after stdin closed: the process did not take it as the end of a session.
+        assert post(f"{quiet.http_url}/v1/completions", {"model": "mock-llm", "prompt": "hi", "max_tokens": 2})[0] == 200
+        assert quiet.proc.poll() is None
+        assert not any("Chatting with" in line for line in quiet.stdout_lines), quiet.stdout_lines
+    finally:
+        finish_server(quiet)
+
+
+def test_tokenizer_fallback_serves_a_tokenizer_fastokens_cannot_load_and_no_fallback_refuses_it():
+    """MiniLM's WordPiece tokenizer is one fastokens does not load: with the fallback (the
+    default) the model tokenizes with tokenizers, ids equal to a server without fastokens; with
+    --no-tokenizer-fallback its requests fail, naming the option."""
+    _, minilm = model_paths()
+    model = ["--model-path", str(minilm), "--model-name", "minilm"]
+    fallback = start_server(*model, "--tokenizer", "fastokens", timeout=LLM_START_TIMEOUT)
+    strict = start_server(*model, "--tokenizer", "fastokens", "--no-tokenizer-fallback", timeout=LLM_START_TIMEOUT)
+    plain = start_server(*model, timeout=LLM_START_TIMEOUT)
+    try:
+        body = {"model": "minilm", "input": ["Tokenizers differ, ids must not.", "naïve café 日本語"]}
+        status, answer = post(f"{fallback.http_url}/v1/embeddings", body)
+        assert status == 200, answer
+        expected = post(f"{plain.http_url}/v1/embeddings", body)[1]
+        assert [d["embedding"] for d in answer["data"]] == [d["embedding"] for d in expected["data"]]
+        assert answer["usage"] == expected["usage"], "the same tokens"
+        assert "fastokens cannot load this tokenizer" in fallback.stderr()
+        status, error = post(f"{strict.http_url}/v1/embeddings", body)
+        assert status >= 400 and "--tokenizer-fallback would use tokenizers" in json.dumps(error), (status, error)
+    finally:
+        for server in (fallback, strict, plain):
+            finish_server(server)
