@@ -107,8 +107,7 @@ impl Preprocessor {
             limits: CompletionLimits::default(),
             formats: OutputFormats::default(),
             budget: Arc::new(PreprocessBudget::default()),
-            workers: PreprocessWorkers::start(workers::PreprocessExecution::default())
-                .map_err(BridgeError::Internal)?,
+            workers: PreprocessWorkers::start(workers::PreprocessExecution::default()).map_err(BridgeError::Internal)?,
             fast: None,
             card,
             tokenizer: Arc::new(tokenizer),
@@ -268,9 +267,11 @@ impl Preprocessor {
         if self.workers.pooled() {
             let pre = Arc::clone(self);
             let tokenize = move || pre.tokenize(&text, add_special_tokens).map(keep);
-            return self.workers.run(self.tokenize_stage(), bytes, tokenize).await.unwrap_or_else(|| {
-                Err(BridgeError::Internal("the preprocessing pool went away".into()))
-            })?;
+            return self
+                .workers
+                .run(self.tokenize_stage(), bytes, tokenize)
+                .await
+                .unwrap_or_else(|| Err(BridgeError::Internal("the preprocessing pool went away".into())))?;
         }
         if bytes <= INLINE_BYTES {
             return self.workers.timed(self.tokenize_stage(), bytes, || self.tokenize(&text, add_special_tokens).map(keep));
@@ -320,7 +321,9 @@ impl Preprocessor {
 
     fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
         let mut ids = match &self.fast {
-            Some(fast) => fast.encode_with_special_tokens(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?,
+            Some(fast) => {
+                fast.encode_with_special_tokens(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?
+            }
             None => {
                 // Without offsets: the same ids, and the encoding holds less (see `budget`).
                 let encoding =

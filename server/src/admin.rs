@@ -40,24 +40,34 @@ pub fn server_metadata(state: &ServerState) -> ServerMetadataResponse {
 
 /// In on-demand mode a model's readiness, metadata and config load it first, as its inference
 /// does (a Triton client asks for them before it infers); a model that fails to load is not ready.
+/// A LoRA adapter answers as its base model does, under its own name.
 pub async fn model_ready(state: &ServerState, request: ModelReadyRequest) -> Result<bool, ServerError> {
     let version = parse_version(&request.version)?;
-    let Ok(_in_use) = crate::dispatch::load_on_demand(state, &request.name).await else { return Ok(false) };
-    Ok(state.repository.is_ready(&request.name, version))
+    let name = served_name(state, &request.name);
+    let Ok(_in_use) = crate::dispatch::load_on_demand(state, &name).await else { return Ok(false) };
+    Ok(state.repository.is_ready(&name, version))
 }
 
 pub async fn model_metadata(state: &ServerState, request: ModelMetadataRequest) -> Result<ModelMetadataResponse, ServerError> {
     let version = parse_version(&request.version)?;
-    let _in_use = crate::dispatch::load_on_demand(state, &request.name).await?;
-    let resolved = state.repository.resolve(&request.name, version)?;
-    let model = state.repository.model(&request.name).ok_or(WorkerError::ModelNotFound { name: request.name })?;
-    Ok(metadata::model_metadata(&model, &resolved, version.is_some()))
+    let name = served_name(state, &request.name);
+    let _in_use = crate::dispatch::load_on_demand(state, &name).await?;
+    let resolved = state.repository.resolve(&name, version)?;
+    let model = state.repository.model(&name).ok_or(WorkerError::ModelNotFound { name: request.name.clone() })?;
+    Ok(ModelMetadataResponse { name: request.name, ..metadata::model_metadata(&model, &resolved, version.is_some()) })
 }
 
 pub async fn model_config(state: &ServerState, request: ModelConfigRequest) -> Result<ModelConfig, ServerError> {
     let version = parse_version(&request.version)?;
-    let _in_use = crate::dispatch::load_on_demand(state, &request.name).await?;
-    Ok(ModelConfig::clone(&state.repository.resolve(&request.name, version)?.config))
+    let name = served_name(state, &request.name);
+    let _in_use = crate::dispatch::load_on_demand(state, &name).await?;
+    let config = &state.repository.resolve(&name, version)?.config;
+    Ok(ModelConfig { name: request.name, ..ModelConfig::clone(config) })
+}
+
+/// The model that answers for `name`: itself, or the base model of the LoRA adapter it names.
+fn served_name(state: &ServerState, name: &str) -> String {
+    crate::remote::adapters::adapter_base(&state.repository, name).unwrap_or_else(|| name.to_string())
 }
 
 pub fn model_statistics(state: &ServerState, request: ModelStatisticsRequest) -> Result<ModelStatisticsResponse, ServerError> {

@@ -45,7 +45,9 @@ pub(crate) fn admit(
 ) -> Result<Admitted, ServerError> {
     let valid = match model {
         Some(version) => version.validate(request)?,
-        None => state.repository.validate(request)?,
+        // A LoRA adapter's requests are checked against its base model's version.
+        None => crate::remote::adapters::resolve_served(&state.repository, &request.model_name, request.model_version)?
+            .validate(request)?,
     };
     let target = if valid.model().is_language_model() {
         Target::Language

@@ -28,6 +28,7 @@ mod h2_frames;
 pub mod http;
 pub mod llm;
 pub mod logging;
+pub mod lora;
 pub mod metadata;
 pub mod metrics;
 pub mod remote;

@@ -101,7 +101,8 @@ impl WorkerProcess {
         tracer.start(trace_stop.clone()).map_err(StartError::Trace)?;
         let service = WorkerService::new(Arc::clone(&self.repository))
             .with_transfers(self.config.transfers.clone())
-            .with_tracer(Arc::clone(&tracer));
+            .with_tracer(Arc::clone(&tracer))
+            .with_lora_dir(self.config.lora_dir.clone());
         let in_flight = service.in_flight();
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;

@@ -110,6 +110,51 @@ def test_an_adapter_is_a_model_with_its_base_as_parent_and_kserve_picks_it_by_lo
     triton.close()
 
 
+def test_kserve_serves_a_local_adapter_by_its_name(served):
+    """Over KServe an adapter is a model of its own: ready, with its base's metadata and config under
+    its name, and inference by name (gRPC, and HTTP's generate extension) answers as `lora_name` on the base,
+    under the adapter's name. A `lora_name` naming another adapter is refused; an unknown name is
+    Triton's unknown model."""
+    server, _ = served
+    import tritonclient.http as httpclient
+
+    triton = grpcclient.InferenceServerClient(server.url)
+    web = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    try:
+        assert triton.is_model_ready("recorded") and web.is_model_ready("recorded")
+        assert not triton.is_model_ready("nope")
+        metadata, base_metadata = triton.get_model_metadata("recorded"), triton.get_model_metadata(BASE)
+        assert metadata.name == "recorded" and list(metadata.versions) == list(base_metadata.versions)
+        assert [i.name for i in metadata.inputs] == [i.name for i in base_metadata.inputs]
+        assert web.get_model_metadata("recorded")["name"] == "recorded"
+        assert triton.get_model_config("recorded").config.name == "recorded"
+        assert triton.get_model_config("recorded").config.backend == triton.get_model_config(BASE).config.backend
+
+        prompt = "Once upon a time, there was a"
+        params = {"max_tokens": 8, "temperature": 0.0, "ignore_eos": True}
+        text = grpcclient.InferInput("text_input", [1], "BYTES")
+        text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
+        by_parameter = triton.infer(BASE, [text], parameters={**params, "lora_name": "recorded"}).as_numpy("text_output")[0]
+        by_name = triton.infer("recorded", [text], parameters=params)
+        assert by_name.get_response().model_name == "recorded"
+        assert by_name.as_numpy("text_output")[0] == by_parameter
+        assert triton.infer("recorded", [text], parameters={**params, "lora_name": "recorded"}).as_numpy("text_output")[0] == by_parameter
+
+        # HTTP inference on a decoupled model is Triton's generate extension.
+        status, body = post(server, "/v2/models/recorded/generate", {"text_input": prompt, **params})
+        assert status == 200, body
+        assert json.loads(body)["model_name"] == "recorded"
+        assert json.loads(body)["text_output"] == by_parameter.decode()
+
+        with pytest.raises(grpcclient.InferenceServerException, match="'lora_name' names adapter 'other'"):
+            triton.infer("recorded", [text], parameters={**params, "lora_name": "other"})
+        with pytest.raises(grpcclient.InferenceServerException, match="Request for unknown model: 'nope' is not found"):
+            triton.infer("nope", [text], parameters=params)
+    finally:
+        triton.close()
+        web.close()
+
+
 def test_vllms_routes_load_and_unload_a_peft_folder_at_run_time(served):
     server, _ = served
     assert post(server, "/v1/load_lora_adapter", {"lora_name": "peft", "lora_path": "peft"})[0] == 403, "no header"
@@ -152,7 +197,9 @@ def test_bad_loads_are_refused_and_change_nothing(served, body, status, fragment
 def test_a_workers_adapters_are_models_routed_only_to_the_workers_that_hold_them(tmp_path):
     """Two `tritium worker`s of SmolLM2 behind a frontend (file discovery), one started with the adapter: the adapter
     is a model of the frontend served by that worker alone (the base model by both), every request for it runs
-    there, and it answers as llama.cpp does with the adapter."""
+    there, and it answers as llama.cpp does with the adapter. vLLM's load route on the frontend loads a PEFT folder
+    on both workers (each from its own --lora-dir), so both answer for it, alike; one a worker cannot find is
+    refused naming that worker and unloaded from the other ('with' comes first); unloading removes it from both."""
     from helpers import start_worker
 
     gguf, _ = model_paths()
@@ -161,8 +208,14 @@ def test_a_workers_adapters_are_models_routed_only_to_the_workers_that_hold_them
     model = ["--model-path", str(gguf), "--model-name", BASE]
     processes = [start_server(*common)]
     try:
-        processes.append(start_worker(*common, *model, "--worker-id", "with", "--lora", f"recorded={adapter}", timeout=300))
-        processes.append(start_worker(*common, *model, "--worker-id", "without", timeout=300))
+        # Each worker loads adapters at run time from a folder of its own; `only` is in one of them.
+        dirs = {"with": tmp_path / "dir-with", "without": tmp_path / "dir-without"}
+        for folder in dirs.values():
+            write_peft(folder / "peft", seed=44)
+        write_peft(dirs["with"] / "only", seed=48)
+        processes.append(start_worker(*common, *model, "--worker-id", "with", "--lora", f"recorded={adapter}",
+                                      "--lora-dir", str(dirs["with"]), timeout=300))  # fmt: skip
+        processes.append(start_worker(*common, *model, "--worker-id", "without", "--lora-dir", str(dirs["without"]), timeout=300))
         frontend = processes[0]
 
         def ready() -> bool:
@@ -194,6 +247,34 @@ def test_a_workers_adapters_are_models_routed_only_to_the_workers_that_hold_them
             lines = response.read().decode().splitlines()
         serving = {m: [l for l in lines if l.startswith("tritium_router_workers{") and f'model="{m}"' in l] for m in workers}
         assert serving["recorded"][0].endswith(" 1") and serving[BASE][0].endswith(" 2"), serving
+        listed_models = {m.id: m for m in client(frontend).models.list().data}
+        assert listed_models["recorded"].model_extra["parent"] == BASE, "the worker's adapter names its base"
+
+        # Loaded at run time through the frontend: on every worker serving the base, from inside each one's --lora-dir.
+        status, body = post(frontend, "/v1/load_lora_adapter", {"lora_name": "peft", "lora_path": "peft"})
+        assert status == 200, body
+        assert body == "Success: LoRA adapter 'peft' added successfully."
+        assert "peft" in {m.id for m in client(frontend).models.list().data}, "listed when the load returns"
+        answers = {}
+        for _ in range(4):
+            answer = client(frontend).completions.create(model="peft", prompt=prompt, max_tokens=6, temperature=0,
+                                                         extra_body={"nvext": {"extra_fields": ["worker_id"]}})  # fmt: skip
+            answers[answer.model_extra["nvext"]["worker_id"]["decode_worker_id"]] = answer.choices[0].text
+        assert set(answers) == {"with", "without"} and len(set(answers.values())) == 1, answers
+        # A worker that cannot load it refuses; the one that had loaded it unloads it again.
+        status, body = post(frontend, "/v1/load_lora_adapter", {"lora_name": "only", "lora_path": "only"})
+        assert status == 400 and "worker 'without'" in body and "inside --lora-dir" in body, (status, body)
+        listed = lambda: {m.id for m in client(frontend).models.list().data}  # noqa: E731
+        deadline = time.monotonic() + 30
+        while "only" in listed():
+            assert time.monotonic() < deadline, "the refused adapter stayed on a worker"
+            time.sleep(0.2)
+        status, body = post(frontend, "/v1/unload_lora_adapter", {"lora_name": "peft"})
+        assert (status, body) == (200, "Success: LoRA adapter 'peft' removed successfully.")
+        assert "peft" not in listed()
+        with pytest.raises(openai.NotFoundError):
+            client(frontend).completions.create(model="peft", prompt="Hi", max_tokens=2)
+        assert post(frontend, "/v1/unload_lora_adapter", {"lora_name": "peft"})[0] == 404
     finally:
         for process in reversed(processes):
             finish_server(process)

@@ -204,6 +204,12 @@ impl ModelRepository {
         self.changes.subscribe()
     }
 
+    /// Tells subscribers that what a model serves changed without a load or unload (a LoRA
+    /// adapter loaded into its engine, which discovery lists as a model of its own).
+    pub fn announce_change(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     /// The served model of that name, local or remote.
     pub fn model(&self, name: &str) -> Option<Arc<ServedModel>> {
         if let Some(local) = self.served.load().get(name) {

@@ -45,10 +45,8 @@ async fn count_tokens_counts_what_the_context_cannot_hold_and_the_budget_bounds_
     assert_eq!(pre.budget().available_bytes(), DEFAULT_MAX_TOKENIZING_BYTES);
 
     // A budget too small for the text refuses it before tokenizing; a short text still goes.
-    let small = PreprocessBudget::new(PreprocessLimits {
-        max_bytes: text.len() * TOKENIZE_BYTES_PER_INPUT_BYTE - 1,
-        max_concurrent: 1,
-    });
+    let small =
+        PreprocessBudget::new(PreprocessLimits { max_bytes: text.len() * TOKENIZE_BYTES_PER_INPUT_BYTE - 1, max_concurrent: 1 });
     let pre = Arc::new(Preprocessor::new(Arc::clone(smollm2().card())).unwrap().with_budget(Arc::new(small)));
     let error = pre.count_tokens(text, false).await.unwrap_err();
     assert!(matches!(&error, BridgeError::TooLarge(message) if message.starts_with("the prompt is")), "{error}");
@@ -66,10 +64,7 @@ fn renders_the_smollm2_chatml_template() {
         json!({"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}),
     ];
     let prompt = pre.render_chat(&messages, true, None).unwrap();
-    assert_eq!(
-        prompt,
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi\nthere<|im_end|>\n<|im_start|>assistant\n"
-    );
+    assert_eq!(prompt, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi\nthere<|im_end|>\n<|im_start|>assistant\n");
     // Without a system message the template adds its own.
     let prompt = pre.render_chat(&messages[1..], false, None).unwrap();
     assert!(prompt.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), "{prompt}");
@@ -81,7 +76,8 @@ fn renders_the_smollm2_chatml_template() {
 
 #[test]
 fn a_template_without_tool_calls_sees_an_earlier_call_as_text() {
-    let call = json!({"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}});
+    let call =
+        json!({"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}});
     let messages = [
         json!({"role": "user", "content": "Weather in Paris?"}),
         json!({"role": "assistant", "content": null, "tool_calls": [call]}),
@@ -139,8 +135,8 @@ fn templates_get_python_methods_raise_exception_extras_and_tojson() {
     let sorted = [json!({"content": "  hi <b> \n", "role": "user"})];
     let indented = with_template("{{ messages[0] | tojson(indent=2) }}").render_chat(&sorted, true, None).unwrap();
     assert_eq!(indented, "{\n  \"content\": \"  hi <b> \\n\",\n  \"role\": \"user\"\n}");
-    let err = Preprocessor::new(Arc::new(ModelCard { chat_template: Some("{% if %}".into()), ..(**pre.card()).clone() }))
-        .unwrap_err();
+    let err =
+        Preprocessor::new(Arc::new(ModelCard { chat_template: Some("{% if %}".into()), ..(**pre.card()).clone() })).unwrap_err();
     assert!(matches!(err, BridgeError::Template(_)), "{err:?}");
 }
 

@@ -76,6 +76,8 @@ pub struct WorkerConfig {
     pub transfers: crate::remote::TransferOptions,
     /// Request tracing (`--trace-config`, `OTEL_*`): a worker's spans join the frontend's trace.
     pub trace: trace::TraceConfig,
+    /// `--lora-dir`: where LoRA adapters loaded at run time (through a frontend) must lie.
+    pub lora_dir: Option<std::path::PathBuf>,
 }
 
 impl WorkerArgs {
@@ -115,6 +117,7 @@ impl WorkerArgs {
             cluster: self.cluster.config()?,
             max_message_size: self.worker_max_message_size,
             trace: self.trace.config(|name| std::env::var(name).ok())?,
+            lora_dir: self.models.lora_dir.clone(),
             worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
             disaggregation: self.disaggregation.disaggregation_mode,
             device: device_class(&self.device_class),

@@ -338,7 +338,9 @@ pub fn decode_for_model(
     if !decoded.shm.classifications.is_empty() {
         let version = match &decoded.model {
             Some(version) => Arc::clone(version),
-            None => repository.resolve(&decoded.request.model_name, decoded.request.model_version)?,
+            None => {
+                crate::remote::adapters::resolve_served(repository, &decoded.request.model_name, decoded.request.model_version)?
+            }
         };
         let batched = version.schema.max_batch_size > 0;
         for wanted in &mut decoded.shm.classifications {

@@ -1,9 +1,10 @@
 //! vLLM's routes for LoRA adapters at run time: `POST /v1/load_lora_adapter`
 //! (`{"lora_name", "lora_path", "base_model_name"?, "load_inplace"?}`) and
 //! `POST /v1/unload_lora_adapter` (`{"lora_name"}`), answering vLLM's plain-text successes and
-//! OpenAI error bodies. They run only with `--lora-dir`, inside which every adapter loaded this
-//! way must lie (no file outside it is opened), and `--http-restricted-api lora:HEADER=VALUE`
-//! keeps them for operators.
+//! OpenAI error bodies. A base model in this process loads from inside this server's
+//! `--lora-dir` (no file outside it is opened; without it, 404); one served by `tritium worker`s
+//! is loaded on each of them from inside theirs, all or nothing (see [`crate::lora`]).
+//! `--http-restricted-api lora:HEADER=VALUE` keeps the routes for operators.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::HttpState;
+use crate::lora::{LoadAdapter, Refusal};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,20 +35,27 @@ fn error(status: StatusCode, message: impl Into<String>, param: Option<&str>) ->
     let kind = match status {
         StatusCode::NOT_FOUND => "NotFoundError",
         StatusCode::FORBIDDEN => "PermissionDeniedError",
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailableError",
         _ => "BadRequestError",
     };
     let body = serde_json::json!({"error": {"message": message.into(), "type": kind, "param": param, "code": status.as_u16()}});
     (status, axum::Json(body)).into_response()
 }
 
-/// The refusal of a call the operator's restriction or configuration rules out, if any.
-fn gate(state: &HttpState, headers: &HeaderMap) -> Result<std::path::PathBuf, Response> {
-    if let Some(header) = state.restricted.missing_header("lora", headers) {
-        return Err(error(StatusCode::FORBIDDEN, format!("This API is restricted, expecting header '{header}'"), None));
+fn refused(refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::NotFound { message, param } => error(StatusCode::NOT_FOUND, message, param),
+        Refusal::Invalid { message, param } => error(StatusCode::BAD_REQUEST, message, param),
+        Refusal::Unavailable(message) => error(StatusCode::SERVICE_UNAVAILABLE, message, None),
     }
-    state.llm.lora_dir().cloned().ok_or_else(|| {
-        error(StatusCode::NOT_FOUND, "loading LoRA adapters at run time is off: start the server with --lora-dir DIR", None)
-    })
+}
+
+/// The refusal of a caller without the operator's header, if any.
+fn gate(state: &HttpState, headers: &HeaderMap) -> Result<(), Response> {
+    match state.restricted.missing_header("lora", headers) {
+        Some(header) => Err(error(StatusCode::FORBIDDEN, format!("This API is restricted, expecting header '{header}'"), None)),
+        None => Ok(()),
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
@@ -54,86 +63,83 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
 }
 
 pub(super) async fn load(State(state): State<HttpState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let dir = match gate(&state, &headers) {
-        Ok(dir) => dir,
-        Err(refused) => return refused,
-    };
+    if let Err(refusal) = gate(&state, &headers) {
+        return refusal;
+    }
     let request: Load = match parse(&body) {
         Ok(request) => request,
-        Err(refused) => return refused,
+        Err(refusal) => return refusal,
     };
-    if request.lora_name.is_empty() || request.lora_path.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "Both 'lora_name' and 'lora_path' must be provided.", None);
-    }
-    let path = match inside(&dir, &request.lora_path) {
-        Some(path) => path,
-        None => {
-            let message = format!("lora_path must name an adapter inside --lora-dir, got '{}'", request.lora_path);
-            return error(StatusCode::BAD_REQUEST, message, Some("lora_path"));
-        }
+    let load = LoadAdapter {
+        name: request.lora_name,
+        path: request.lora_path,
+        base: request.base_model_name,
+        inplace: request.load_inplace,
     };
-    let bases = state.llm.language_models();
-    let base = match (&request.base_model_name, bases.as_slice()) {
-        (Some(base), _) if bases.contains(base) => base.clone(),
-        (Some(base), _) => {
-            return error(StatusCode::NOT_FOUND, format!("The model `{base}` does not exist."), Some("base_model_name"));
-        }
-        (None, [only]) => only.clone(),
-        (None, _) => {
-            let message = "several language models are served: name the one to adapt in base_model_name";
-            return error(StatusCode::BAD_REQUEST, message, Some("base_model_name"));
-        }
-    };
-    if bases.iter().any(|name| *name == request.lora_name) {
-        return error(StatusCode::BAD_REQUEST, format!("'{}' names a served model", request.lora_name), Some("lora_name"));
-    }
-    let Some(engine) = state.llm.language_model(&base) else {
-        return error(StatusCode::NOT_FOUND, format!("The model `{base}` does not exist."), Some("base_model_name"));
-    };
-    let name = request.lora_name.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        if request.load_inplace {
-            engine.unload_adapter(&request.lora_name)?;
-        }
-        engine.load_adapter(&request.lora_name, &path)
-    })
-    .await;
-    match loaded {
-        Ok(Ok(_)) => (StatusCode::OK, format!("Success: LoRA adapter '{name}' added successfully.")).into_response(),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string(), None),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("loading the adapter stopped: {e}"), None),
+    match load_everywhere(&state, &load).await {
+        Ok(()) => (StatusCode::OK, format!("Success: LoRA adapter '{}' added successfully.", load.name)).into_response(),
+        Err(refusal) => refused(refusal),
     }
 }
 
+/// Loads into the base model's engine here (from inside this server's `--lora-dir`) and on every
+/// remote worker serving it (from inside theirs), all or nothing.
+async fn load_everywhere(state: &HttpState, load: &LoadAdapter) -> Result<(), Refusal> {
+    let repository = &state.repository;
+    let router = state.llm.router();
+    // Workers' adapters are served models here, but still adapters (a load may replace them).
+    let served: Vec<String> = repository
+        .served_models()
+        .iter()
+        .filter(|m| router.remote_adapter_of(&m.name).is_none())
+        .map(|m| m.name.clone())
+        .collect();
+    crate::lora::check_names(load, &served)?;
+    let base = crate::lora::choose_base(&state.llm.language_models(), load.base.as_deref())?;
+    let local = repository.local_models().iter().any(|m| m.name == base);
+    let workers = router.remote_workers_serving(&base);
+    if local {
+        let engine = state.llm.language_model(&base).ok_or_else(|| Refusal::NotFound {
+            message: format!("The model `{base}` does not exist."),
+            param: Some("base_model_name"),
+        })?;
+        crate::lora::load_into(repository, engine, state.llm.lora_dir().map(|d| d.as_path()), load).await?;
+    }
+    if !workers.is_empty()
+        && let Err(refusal) = crate::lora::load_on_workers(repository, workers, &base, load).await
+    {
+        if local && let Err(e) = crate::lora::unload_local(repository, &load.name) {
+            tracing::warn!(adapter = %load.name, "unloading after the workers refused it failed: {}", e.message());
+        }
+        return Err(refusal);
+    }
+    Ok(())
+}
+
 pub(super) async fn unload(State(state): State<HttpState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(refused) = gate(&state, &headers) {
-        return refused;
+    if let Err(refusal) = gate(&state, &headers) {
+        return refusal;
     }
     let request: Unload = match parse(&body) {
         Ok(request) => request,
-        Err(refused) => return refused,
+        Err(refusal) => return refusal,
     };
     let _ = request.lora_int_id;
     if request.lora_name.is_empty() {
         return error(StatusCode::BAD_REQUEST, "'lora_name' needs to be provided to unload a LoRA adapter.", Some("lora_name"));
     }
-    for base in state.llm.language_models() {
-        let Some(engine) = state.llm.language_model(&base) else { continue };
-        match engine.unload_adapter(&request.lora_name) {
-            Ok(true) => {
-                let message = format!("Success: LoRA adapter '{}' removed successfully.", request.lora_name);
-                return (StatusCode::OK, message).into_response();
-            }
-            Ok(false) => {}
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string(), None),
-        }
+    let repository = &state.repository;
+    let workers = state.llm.router().remote_workers_serving(&request.lora_name);
+    let found = match crate::lora::unload_local(repository, &request.lora_name) {
+        Ok(local) => match crate::lora::unload_on_workers(repository, workers, &request.lora_name).await {
+            Ok(remote) => local || remote,
+            Err(refusal) => return refused(refusal),
+        },
+        Err(refusal) => return refused(refusal),
+    };
+    if !found {
+        let message = format!("The lora adapter '{}' cannot be found.", request.lora_name);
+        return error(StatusCode::NOT_FOUND, message, Some("lora_name"));
     }
-    error(StatusCode::NOT_FOUND, format!("The lora adapter '{}' cannot be found.", request.lora_name), Some("lora_name"))
-}
-
-/// `path` (relative to `dir`, or absolute) when it resolves to something inside `dir`.
-fn inside(dir: &std::path::Path, path: &str) -> Option<std::path::PathBuf> {
-    let root = dir.canonicalize().ok()?;
-    let resolved = root.join(path).canonicalize().ok()?;
-    resolved.starts_with(&root).then_some(resolved)
+    (StatusCode::OK, format!("Success: LoRA adapter '{}' removed successfully.", request.lora_name)).into_response()
 }

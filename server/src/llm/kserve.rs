@@ -92,8 +92,19 @@ impl LlmFrontend {
             e
         };
         let model = request.model_name.as_str();
-        let parsed = parse_infer_request(model, &request.inputs, &request.parameters)
+        let mut parsed = parse_infer_request(model, &request.inputs, &request.parameters)
             .map_err(|e| failed(request_error(&request.id, e)))?;
+        // A LoRA adapter named as the model was resolved to its base's version: run it there with
+        // the adapter (and answer under the name asked for).
+        if model != &*version.name {
+            match &parsed.options.adapter {
+                Some(other) if other != model => {
+                    let reason = format!("'lora_name' names adapter '{other}', but the request is for adapter '{model}'");
+                    return Err(failed(ServerError::invalid(&request.id, reason)));
+                }
+                _ => parsed.options.adapter = Some(model.to_string()),
+            }
+        }
         let engine = version
             .language_model()
             .ok_or_else(|| failed(ServerError::from(WorkerError::NotLanguageModel { model: model.to_string() })))?;
@@ -109,7 +120,8 @@ impl LlmFrontend {
         };
         // The worker the request names (`worker_id`, the router's `direct` mode).
         let worker = crate::routing::hint_of(&request.parameters);
-        let target = ModelRef { name: model, version: Some(version.version), worker: worker.as_deref() };
+        let base = Arc::clone(&version.name);
+        let target = ModelRef { name: &base, version: Some(version.version), worker: worker.as_deref() };
         if parsed.n > 1 {
             return self.infer_choices(&pre, target, &parsed, prompt, observer, version, &request).await;
         }
@@ -118,7 +130,7 @@ impl LlmFrontend {
             .map_err(|e| failed(request_error(&request.id, e)))?;
         let statistics = Statistics { version: Arc::clone(&version), arrived, started: Instant::now() };
         let label = Label {
-            model: Arc::clone(&version.name),
+            model: Arc::from(model),
             version: version.version,
             id: request.id,
             requested_outputs: request.requested_outputs,
@@ -181,7 +193,7 @@ impl LlmFrontend {
         }
         let cached = generated.first().map_or(0, |g| g.usage.cached_tokens);
         Ok(InferOutcome::Single(InferenceResponse {
-            model_name: Arc::clone(&version.name),
+            model_name: Arc::from(model),
             model_version: version.version,
             id: request.id.clone(),
             outputs,

@@ -126,10 +126,7 @@ impl LlmFrontend {
     /// The served language model that holds a LoRA adapter named `name`, when no model has that
     /// name itself.
     fn adapter_base(&self, name: &str) -> Option<String> {
-        self.repository.served_models().into_iter().find_map(|model| {
-            let engine = model.versions.values().next_back()?.language_model()?;
-            engine.adapters().iter().any(|adapter| adapter.name == name).then(|| model.name.clone())
-        })
+        crate::remote::adapters::adapter_base(&self.repository, name)
     }
 
     /// Where a request for `model` goes: the model itself, or for an adapter its base model with
@@ -247,7 +244,9 @@ impl LlmHub for LlmFrontend {
                 } else {
                     return None;
                 };
-                Some(HubModel { name: m.name.clone(), kind, created: self.started, adapter_of: None })
+                // A worker's adapter is a model here; it names its base.
+                let adapter_of = self.router.remote_adapter_of(&m.name);
+                Some(HubModel { name: m.name.clone(), kind, created: self.started, adapter_of })
             })
             .collect();
         for model in self.repository.served_models() {

@@ -59,6 +59,8 @@ pub struct RemoteModel {
     pub card: Option<Arc<ModelCard>>,
     /// The labels of the outputs that have a `label_filename`, by output name.
     pub labels: Vec<(String, Arc<Labels>)>,
+    /// For a LoRA adapter: the model it adapts, and where the worker read it from.
+    pub adapter_of: Option<(String, String)>,
 }
 
 /// A worker process reached over gRPC.
@@ -262,9 +264,24 @@ impl RemoteWorker {
                 config: model.config.unwrap_or_default(),
                 card,
                 labels,
+                adapter_of: model.adapter_of.map(|base| (base, model.adapter_path.unwrap_or_default())),
             });
         }
         Ok(models)
+    }
+
+    /// Loads a LoRA adapter into one of the worker's language models (see `worker.proto`).
+    pub async fn load_adapter(&self, request: tritium_proto::worker::LoadAdapterRequest) -> Result<(), WorkerError> {
+        let mut client = self.client.clone();
+        client.load_adapter(request).await.map_err(|s| status_error(&self.id, s))?;
+        Ok(())
+    }
+
+    /// Unloads a LoRA adapter: whether the worker held one of that name.
+    pub async fn unload_adapter(&self, name: &str) -> Result<bool, WorkerError> {
+        let mut client = self.client.clone();
+        let request = tritium_proto::worker::UnloadAdapterRequest { name: name.to_string() };
+        Ok(client.unload_adapter(request).await.map_err(|s| status_error(&self.id, s))?.into_inner().found)
     }
 
     fn stream_response(worker: &str, reply: InferStreamResponse) -> Result<InferenceResponse, WorkerError> {

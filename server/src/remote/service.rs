@@ -16,7 +16,8 @@ use tritium_proto::inference::{ModelInferRequest, ModelInferResponse};
 use tritium_proto::worker::worker_server::{Worker, WorkerServer};
 use tritium_proto::worker::{
     DescribeModelsRequest, DescribeModelsResponse, DescribedModel, EmbedRequest, EmbedResponse, Embedding, GenerateEvent,
-    GenerateRequest, InferStreamResponse, KvTransfer, PrefillRequest,
+    GenerateRequest, InferStreamResponse, KvTransfer, LoadAdapterRequest, LoadAdapterResponse, PrefillRequest,
+    UnloadAdapterRequest, UnloadAdapterResponse,
 };
 use tritium_worker::{
     InferOutcome, InferenceResponse, LocalWorker, ModelRepository, StreamItem, ValidInferRequest, WorkerClient, WorkerError,
@@ -28,6 +29,7 @@ use super::kv_pull::{KvTransfers, TransferOptions, transfer_stream};
 use super::{ORIGIN_KEY, ORIGIN_WORKER, OUTCOME_KEY, OUTCOME_SINGLE, OUTCOME_STREAM, PREFILL_WORKER_KEY};
 use crate::error::ServerError;
 use crate::grpc::convert::{decode_request, encode_response};
+use crate::lora::{LoadAdapter, Refusal};
 use crate::shm::SharedMemoryRegistry;
 use crate::trace::generation::{self, GenerationTrace};
 use crate::trace::otlp_spans::SPAN_KIND_ATTRIBUTE;
@@ -66,6 +68,8 @@ pub struct WorkerService {
     /// The worker's own tracing: a request a frontend traced (its `traceparent` in the call's
     /// metadata) is traced here too, in the same trace.
     tracer: Arc<Tracer>,
+    /// `--lora-dir`: where adapters loaded at run time must lie (`None`: no loading at run time).
+    lora_dir: Option<Arc<std::path::Path>>,
 }
 
 /// The service over `repository`, ready to add to a tonic server, taking and sending messages up
@@ -84,7 +88,13 @@ impl WorkerService {
             in_flight: InFlight::new(),
             transfers: Arc::new(KvTransfers::new(TransferOptions::default())),
             tracer: Arc::new(Tracer::default()),
+            lora_dir: None,
         }
+    }
+
+    /// The same service loading LoRA adapters at run time from inside `dir` (`--lora-dir`).
+    pub fn with_lora_dir(self, dir: Option<std::path::PathBuf>) -> WorkerService {
+        WorkerService { lora_dir: dir.map(Arc::from), ..self }
     }
 
     /// The same service tracing with `tracer`.
@@ -106,8 +116,8 @@ impl WorkerService {
         let model = match self.repository.resolve(name, version) {
             Ok(model) => model,
             // An adapter runs on its base model's engine (the request names it: see `generate`).
-            Err(error) => match crate::remote::adapters::local_adapters(&self.repository).into_iter().find(|(a, _)| a == name) {
-                Some((_, base)) => base,
+            Err(error) => match crate::remote::adapters::local_adapters(&self.repository).into_iter().find(|a| a.name == name) {
+                Some(adapter) => adapter.base,
                 None => return Err(from_worker(error)),
             },
         };
@@ -119,7 +129,7 @@ impl WorkerService {
     /// Whether `name` is one of this worker's adapters rather than a model.
     fn is_adapter(&self, name: &str) -> bool {
         self.repository.resolve(name, None).is_err()
-            && crate::remote::adapters::local_adapters(&self.repository).iter().any(|(adapter, _)| adapter == name)
+            && crate::remote::adapters::local_adapters(&self.repository).iter().any(|adapter| adapter.name == name)
     }
 
     /// The counter and draining switch of this service's calls (shared, not a copy).
@@ -329,20 +339,57 @@ impl Worker for WorkerService {
                         .iter()
                         .filter_map(|spec| Some((spec.name.clone(), spec.labels.as_ref()?.text().to_vec())))
                         .collect(),
+                    adapter_of: None,
+                    adapter_path: None,
                 });
             }
         }
-        for (adapter, base) in crate::remote::adapters::local_adapters(&self.repository) {
-            let mut config = base.config.as_ref().clone();
-            config.name = adapter.clone();
+        for adapter in crate::remote::adapters::local_adapters(&self.repository) {
+            let mut config = adapter.base.config.as_ref().clone();
+            config.name = adapter.name.clone();
             models.push(DescribedModel {
-                name: adapter,
-                version: base.version,
+                name: adapter.name,
+                version: adapter.base.version,
                 config: Some(config),
-                card_json: self.card_json(&base)?,
+                card_json: self.card_json(&adapter.base)?,
                 output_labels: Default::default(),
+                adapter_of: Some(adapter.base.name.to_string()),
+                adapter_path: Some(adapter.path),
             });
         }
         Ok(Response::new(DescribeModelsResponse { models }))
     }
+
+    async fn load_adapter(&self, request: Request<LoadAdapterRequest>) -> Result<Response<LoadAdapterResponse>, Status> {
+        let request = request.into_inner();
+        let load = LoadAdapter {
+            name: request.name,
+            path: request.path,
+            base: Some(request.base_model.clone()),
+            inplace: request.load_inplace,
+        };
+        let models: Vec<String> = self.repository.local_models().iter().map(|m| m.name.clone()).collect();
+        crate::lora::check_names(&load, &models).map_err(refusal_status)?;
+        let engine =
+            self.repository.resolve(&request.base_model, None).ok().and_then(|version| version.language_model()).ok_or_else(
+                || worker_status(ErrorCode::NotFound, format!("The model `{}` does not exist.", request.base_model)),
+            )?;
+        crate::lora::load_into(&self.repository, engine, self.lora_dir.as_deref(), &load).await.map_err(refusal_status)?;
+        Ok(Response::new(LoadAdapterResponse {}))
+    }
+
+    async fn unload_adapter(&self, request: Request<UnloadAdapterRequest>) -> Result<Response<UnloadAdapterResponse>, Status> {
+        let found = crate::lora::unload_local(&self.repository, &request.into_inner().name).map_err(refusal_status)?;
+        Ok(Response::new(UnloadAdapterResponse { found }))
+    }
+}
+
+/// A refused adapter load or unload, as the worker's own status.
+fn refusal_status(refusal: Refusal) -> Status {
+    let code = match &refusal {
+        Refusal::NotFound { .. } => ErrorCode::NotFound,
+        Refusal::Invalid { .. } => ErrorCode::InvalidArg,
+        Refusal::Unavailable(_) => ErrorCode::Unavailable,
+    };
+    worker_status(code, refusal.message())
 }

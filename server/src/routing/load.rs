@@ -45,6 +45,24 @@ impl Router {
         Some(self.active.start_shared(&member.id, model, hashes, new_tokens))
     }
 
+    /// For a model remote workers serve as a LoRA adapter: the model it adapts and its path.
+    pub fn remote_adapter_of(&self, name: &str) -> Option<(String, String)> {
+        self.remote_models.adapter_of(name)
+    }
+
+    /// The workers in other processes serving `model` now, with their ids, in id order.
+    pub fn remote_workers_serving(&self, model: &str) -> Vec<(Arc<str>, Arc<crate::remote::RemoteWorker>)> {
+        let table = self.table.load();
+        let Some(route) = table.get(model) else { return Vec::new() };
+        let mut workers: Vec<_> = route
+            .iter()
+            .filter(|member| !member.local)
+            .filter_map(|member| Some((Arc::clone(&member.id), self.remote_models.client(&member.id)?)))
+            .collect();
+        workers.sort_by(|a, b| a.0.cmp(&b.0));
+        workers
+    }
+
     /// Counts a KV event applied to the index; every `--router-snapshot-threshold` of them a
     /// snapshot is due.
     pub(crate) fn kv_event_applied(&self) {

@@ -55,6 +55,11 @@ impl RemoteModels {
         known == listed
     }
 
+    /// For a model a worker described as a LoRA adapter: the model it adapts and its path.
+    pub(super) fn adapter_of(&self, name: &str) -> Option<(String, String)> {
+        lock(&self.described).values().flatten().find(|m| m.name == name)?.adapter_of.clone()
+    }
+
     pub(super) fn described(&self, id: &Arc<str>, models: Vec<RemoteModel>) {
         lock(&self.described).insert(Arc::clone(id), models);
     }

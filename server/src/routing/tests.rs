@@ -325,7 +325,14 @@ async fn an_on_demand_frontend_sends_a_model_a_worker_holds_there_instead_of_loa
     let config = tritium_repository::parse_config_text(text).expect("config");
     router.remote_models.described(
         &Arc::from("a"),
-        vec![crate::remote::RemoteModel { name: "m".into(), version: 1, config, card: None, labels: Vec::new() }],
+        vec![crate::remote::RemoteModel {
+            name: "m".into(),
+            version: 1,
+            config,
+            card: None,
+            labels: Vec::new(),
+            adapter_of: None,
+        }],
     );
     repository.set_remote_models(router.remote_models.served_models());
     let wait = std::time::Duration::from_secs(60);

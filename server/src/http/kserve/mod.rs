@@ -247,7 +247,8 @@ async fn infer_route(
 /// The model version a path names.
 pub(crate) fn resolve(state: &KserveState, path: &ModelPath) -> Result<Arc<tritium_worker::ModelVersion>, HttpError> {
     let number = tritium_worker::parse_version(&path.version()).map_err(crate::ServerError::from)?;
-    Ok(state.server.repository.resolve(&path.model, number).map_err(crate::ServerError::from)?)
+    Ok(crate::remote::adapters::resolve_served(&state.server.repository, &path.model, number)
+        .map_err(crate::ServerError::from)?)
 }
 
 /// When and how an HTTP request arrived: its headers (a caller's `traceparent`), when the route
