@@ -55,6 +55,8 @@ pub struct KserveLlmRequest {
     pub options: CompletionOptions,
     /// Choices (the `n` parameter): `text_output` and `finish_reason` hold one element each.
     pub n: u32,
+    /// Candidates generated (`best_of`, at least `n`): the `n` most likely are answered.
+    pub best_of: u32,
 }
 
 /// Reads `text_input` (one BYTES element of shape `[1]` or `[1, 1]`, UTF-8), the optional
@@ -83,15 +85,20 @@ pub fn parse_infer_request(model: &str, inputs: &[Tensor], parameters: &Paramete
     let prompt = prompt.ok_or_else(|| BridgeError::field(TEXT_INPUT, format!("the input is missing for model '{model}'")))?;
     json_parameters.extend(parameters.iter().cloned());
     let options = CompletionOptions::from_kserve_parameters(&json_parameters)?;
-    let n = match json_parameters.iter().rev().find(|(name, _)| name == "n") {
-        Some((_, value)) => crate::sampling::param_choices(value)?,
-        None => 1,
-    };
+    let count = |field: &str| json_parameters.iter().rev().find(|(name, _)| name == field).map(|(_, value)| value);
+    let n = count("n").map(|value| crate::sampling::param_choices("n", value)).transpose()?.unwrap_or(1);
     if n > 1 && streaming {
         return Err(BridgeError::field("n", "more than one choice is not supported with streaming"));
     }
+    let best_of = count("best_of").map(|value| crate::sampling::param_choices("best_of", value)).transpose()?.unwrap_or(n);
+    if best_of < n {
+        return Err(BridgeError::field("best_of", format!("must be at least n ({n}), got {best_of}")));
+    }
+    if best_of > n && streaming {
+        return Err(BridgeError::field("best_of", "best_of greater than n is not supported with streaming"));
+    }
     options.validate()?;
-    Ok(KserveLlmRequest { prompt, streaming, options, n })
+    Ok(KserveLlmRequest { prompt, streaming, options, n, best_of })
 }
 
 fn single_element(input: &Tensor, expected: DataType) -> Result<&Tensor, BridgeError> {
@@ -306,5 +313,21 @@ mod tests {
         assert_eq!(field_of(parse_infer_request("m", &[text("a")], &n(0)).expect_err("zero")), "n");
         let streaming = Tensor::from_slice(STREAMING, vec![1], &[true]);
         assert_eq!(field_of(parse_infer_request("m", &[text("a"), streaming], &n(2)).expect_err("streamed")), "n");
+    }
+
+    #[test]
+    fn best_of_is_at_least_n_defaults_to_it_and_is_refused_with_streaming() {
+        let counts = |n: u64, best_of: u64| {
+            vec![("n".to_string(), ParamValue::Uint64(n)), ("best_of".to_string(), ParamValue::Uint64(best_of))]
+        };
+        let parsed = parse_infer_request("m", &[text("a")], &counts(2, 5)).expect("valid");
+        assert_eq!((parsed.n, parsed.best_of), (2, 5));
+        let n_only = vec![("n".to_string(), ParamValue::Uint64(3))];
+        assert_eq!(parse_infer_request("m", &[text("a")], &n_only).expect("valid").best_of, 3);
+        assert_eq!(field_of(parse_infer_request("m", &[text("a")], &counts(3, 2)).expect_err("fewer")), "best_of");
+        assert_eq!(field_of(parse_infer_request("m", &[text("a")], &counts(1, 0)).expect_err("zero")), "best_of");
+        let streaming = Tensor::from_slice(STREAMING, vec![1], &[true]);
+        let refused = parse_infer_request("m", &[text("a"), streaming], &counts(1, 2)).expect_err("streamed");
+        assert_eq!(field_of(refused), "best_of");
     }
 }

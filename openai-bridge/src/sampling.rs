@@ -292,9 +292,9 @@ fn triton_priority(level: u64) -> Option<i64> {
 }
 
 /// `n` as a KServe parameter: at least 1 (the server's bound is checked where the limits are).
-pub fn param_choices(value: &ParamValue) -> Result<u32, BridgeError> {
-    match param_u32("n", value)? {
-        0 => Err(BridgeError::field("n", "must be at least 1, got 0")),
+pub fn param_choices(field: &str, value: &ParamValue) -> Result<u32, BridgeError> {
+    match param_u32(field, value)? {
+        0 => Err(BridgeError::field(field, "must be at least 1, got 0")),
         n => Ok(n),
     }
 }

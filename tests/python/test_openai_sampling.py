@@ -123,6 +123,25 @@ def test_best_of_answers_the_most_likely_choices(client):
     assert plain.choices[0].logprobs is None, "logprobs only when asked for"
 
 
+def test_kserve_best_of_answers_what_the_completions_route_does(client, llm_server):
+    """`best_of` as a KServe parameter ranks the same seeded candidates as `/v1/completions`: the
+    same texts, most likely first; fewer candidates than `n`, or more than the bound, are refused."""
+    openai_answer = client.completions.create(model=LLM, prompt=PROMPT, max_tokens=6, temperature=1.0, n=2, best_of=5,
+                                              seed=3, extra_body={"ignore_eos": True})  # fmt: skip
+    kserve = grpcclient.InferenceServerClient(llm_server.url)
+    text = grpcclient.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([PROMPT.encode()], dtype=object))
+    params = {"max_tokens": 6, "temperature": 1.0, "seed": 3, "n": 2, "best_of": 5, "ignore_eos": True}
+    answer = kserve.infer(LLM, [text], parameters=params)
+    assert [t.decode() for t in answer.as_numpy("text_output")] == [c.text for c in openai_answer.choices]
+    candidates = [t.decode() for t in kserve.infer(LLM, [text], parameters={**params, "n": 5}).as_numpy("text_output")]
+    assert set(c.text for c in openai_answer.choices) <= set(candidates), "two of the same five candidates"
+    for bad, wording in (({**params, "best_of": 1}, "must be at least n \\(2\\)"), ({**params, "best_of": 17}, "between 1 and 16")):
+        with pytest.raises(Exception, match=wording):
+            kserve.infer(LLM, [text], parameters=bad)
+    kserve.close()
+
+
 def test_chat_n_whole_and_streamed(client):
     messages = [{"role": "user", "content": "Name a colour."}]
     whole = client.chat.completions.create(model=LLM, messages=messages, max_tokens=6, temperature=1.0, n=3, seed=5)

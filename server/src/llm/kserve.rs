@@ -122,7 +122,7 @@ impl LlmFrontend {
         let worker = crate::routing::hint_of(&request.parameters);
         let base = Arc::clone(&version.name);
         let target = ModelRef { name: &base, version: Some(version.version), worker: worker.as_deref() };
-        if parsed.n > 1 {
+        if parsed.best_of > 1 {
             return self.infer_choices(&pre, target, &parsed, prompt, observer, version, &request).await;
         }
         let text = generate_text(self, &pre, target, &parsed.options, prompt, Some(DEFAULT_MAX_TOKENS), observer)
@@ -147,8 +147,9 @@ impl LlmFrontend {
 }
 
 impl LlmFrontend {
-    /// A KServe request for `n` > 1 whole choices (the `n` parameter; not streamed): one response
-    /// whose `text_output` and `finish_reason` hold an element per choice.
+    /// A KServe request for several whole choices (`n`, not streamed) or candidates (`best_of`,
+    /// ranked by summed log-probability): one response whose `text_output` and `finish_reason`
+    /// hold an element per choice.
     #[allow(clippy::too_many_arguments)]
     async fn infer_choices(
         &self,
@@ -162,20 +163,28 @@ impl LlmFrontend {
     ) -> Result<InferOutcome, ServerError> {
         let statistics = Statistics { version: Arc::clone(&version), arrived: request.arrived, started: Instant::now() };
         let max = pre.limits().max_choices;
-        let choices = usize::try_from(parsed.n).unwrap_or(usize::MAX);
-        if choices > max {
-            let error = BridgeError::field("n", format!("must be between 1 and {max}, got {}", parsed.n));
+        let (n, candidates) =
+            (usize::try_from(parsed.n).unwrap_or(usize::MAX), usize::try_from(parsed.best_of).unwrap_or(usize::MAX));
+        let (field, count) = if candidates > n { ("best_of", parsed.best_of) } else { ("n", parsed.n) };
+        if candidates > max {
+            let error = BridgeError::field(field, format!("must be between 1 and {max}, got {count}"));
             statistics.record(false);
             return Err(request_error(&request.id, error));
         }
         let model = request.model_name.as_str();
-        let observers = std::iter::once(observer).chain((1..choices).map(|_| self.metrics().observer(model, "grpc"))).collect();
+        let observers =
+            std::iter::once(observer).chain((1..candidates).map(|_| self.metrics().observer(model, "grpc"))).collect();
+        // Ranking needs each candidate's log-probabilities, which the engine reports when asked.
+        let mut options = parsed.options.clone();
+        if candidates > n {
+            options.logprobs = Some(options.logprobs.unwrap_or(0));
+        }
         let generated = async {
             let streams = tritium_openai_bridge::choices::generate_choices(
                 self,
                 pre,
                 target,
-                &parsed.options,
+                &options,
                 prompt,
                 Some(DEFAULT_MAX_TOKENS),
                 observers,
@@ -186,6 +195,8 @@ impl LlmFrontend {
         .await;
         statistics.record(generated.is_ok());
         let generated = generated.map_err(|e| request_error(&request.id, e))?;
+        let chosen = if candidates > n { tritium_openai_bridge::choices::best(&generated, n) } else { (0..n).collect() };
+        let generated: Vec<_> = chosen.into_iter().map(|i| &generated[i]).collect();
         let texts: Vec<(&str, FinishReason)> = generated.iter().map(|g| (g.text.as_str(), g.reason)).collect();
         let mut outputs = tritium_openai_bridge::kserve::choices_outputs(&texts);
         if !request.requested_outputs.is_empty() {
