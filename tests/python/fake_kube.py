@@ -48,13 +48,14 @@ class FakeKube:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def kubeconfig(self, folder: pathlib.Path) -> pathlib.Path:
+    def kubeconfig(self, folder: pathlib.Path, namespace: str | None = None) -> pathlib.Path:
+        """A kubeconfig for this server whose context names `namespace` (default: the one served)."""
         path = folder / "kubeconfig.json"  # JSON is YAML
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "fake", "user": {"token": "fake-token"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": self.namespace}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace or self.namespace}}],
         }))  # fmt: skip
         return path
 

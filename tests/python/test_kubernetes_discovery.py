@@ -98,6 +98,21 @@ def test_the_router_snapshot_is_a_document_object(kube):
             finish_server(process)
 
 
+def test_pod_namespace_beats_the_kubeconfigs_namespace(tmp_path, monkeypatch):
+    """The kubeconfig's context names a namespace the server does not serve; --pod-namespace
+    (POD_NAMESPACE) names the one it does, and the worker's object is written there."""
+    api = FakeKube()
+    try:
+        monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path, namespace="elsewhere")))
+        worker = mock_worker("pod-a", "--pod-namespace", api.namespace)
+        try:
+            assert api.get("dynamoworkermetadatas", "pod-a") is not None
+        finally:
+            finish_server(worker)
+    finally:
+        api.stop()
+
+
 def exit_failure(*args: str) -> str:
     """The stderr of a server that exits with a failure once it tries its discovery (the ready line
     comes first: listeners are bound before serving starts)."""

@@ -9,8 +9,9 @@ import urllib.request
 import openai
 import pytest
 
-from cluster import metric, nats_monitor, scrape, start_nats, wait_until, workers_serving
+from cluster import listed_models, metric, nats_monitor, scrape, start_nats, wait_until, workers_serving
 from dynamo_cluster import NVEXT_WORKER, FileCluster, worker_of
+from helpers import start_server
 
 
 @pytest.fixture
@@ -74,5 +75,24 @@ def test_a_frontend_on_tcp_does_not_route_to_a_nats_worker_and_says_why(tmp_path
         frontend = cluster.frontend(workers=1)
         assert workers_serving(frontend, "mock-llm") == 1
         wait_until(lambda: "start this process with --request-plane nats" in frontend.stderr_path.read_text(), 10, "the warning")
+    finally:
+        cluster.stop()
+
+
+def test_request_plane_max_connections_refuses_a_frontend_past_the_bound(tmp_path, nats):
+    """A worker holding one connection (--request-plane-max-connections 1) serves the first
+    frontend; the second is refused, says why, and does not list the worker's model."""
+    plane = ["--request-plane", "nats", "--nats-url", nats.address]
+    cluster = FileCluster(tmp_path / "discovery")
+    try:
+        cluster.worker(*plane, "--worker-id", "only", "--request-plane-max-connections", "1")
+        first = cluster.frontend(*plane, workers=1)
+        client = openai.OpenAI(base_url=f"{first.http_url}/v1", api_key="none")
+        assert client.completions.create(model="mock-llm", prompt="hi", max_tokens=2).choices[0].finish_reason == "length"
+        second = start_server("--discovery-backend", "file", "--discovery-dir", str(tmp_path / "discovery"), *plane)
+        cluster.started.append(second)
+        refusal = "1 request-plane connections open (--request-plane-max-connections)"
+        wait_until(lambda: refusal in second.stderr_path.read_text(), 20, "the refusal in the second frontend's log")
+        assert "mock-llm" not in listed_models(second)
     finally:
         cluster.stop()

@@ -10,11 +10,11 @@ use tritium_worker::{ModelRepository, ModelVersion, WorkerError};
 
 /// The served language model holding a LoRA adapter named `name`, when no model has that name.
 pub(crate) fn adapter_base(repository: &ModelRepository, name: &str) -> Option<String> {
-    let models = repository.served_models();
-    if models.iter().any(|m| m.name == name) {
+    // One lookup for the usual case, a model's own name (ModelReady asks this on every call).
+    if repository.model(name).is_some() {
         return None;
     }
-    models.iter().find_map(|model| {
+    repository.served_models().iter().find_map(|model| {
         let engine = model.latest()?.language_model()?;
         engine.adapters().iter().any(|adapter| adapter.name == name).then(|| model.name.clone())
     })

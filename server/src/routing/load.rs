@@ -13,10 +13,12 @@ use tritium_worker::WorkerError;
 
 use super::{Member, PromptBlocks, Router, active, queue};
 use crate::events::{LoadChange, WorkerEvent};
+use crate::sync::lock;
 
 /// Other replicas' requests a router counts at most.
 pub const MAX_MIRRORED: usize = 100_000;
-use crate::sync::lock;
+/// How often requests whose end never came are looked for.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Router {
     /// Counts a generation of `model` with this `prompt` on `member` (when the router tracks load),
@@ -106,8 +108,13 @@ impl Router {
         }
         let now = Instant::now();
         let mut mirrored = lock(&self.mirrored);
-        let ttl = self.options.prediction_ttl;
-        mirrored.retain(|_, (started, _)| now.duration_since(*started) < ttl);
+        // A sweep walks every mirrored request: once a second, not on every event.
+        if now.duration_since(mirrored.swept) >= SWEEP_EVERY {
+            let ttl = self.options.prediction_ttl;
+            mirrored.requests.retain(|_, (started, _)| now.duration_since(*started) < ttl);
+            mirrored.swept = now;
+        }
+        let mirrored = &mut mirrored.requests;
         let key = (from.to_string(), request);
         match change {
             LoadChange::Started { worker, model, blocks, prefill_tokens } => {

@@ -130,7 +130,7 @@ pub struct Router {
     dialer: std::sync::OnceLock<crate::remote::Dialer>,
     /// Requests other replicas told of, counted here too (`--router-replica-sync`), by (router,
     /// number), with when they started.
-    mirrored: Mutex<HashMap<(String, u64), (Instant, active::ActiveRequest)>>,
+    mirrored: Mutex<Mirrored>,
     /// Notified when `--router-snapshot-threshold` KV events have been applied since the last snapshot.
     snapshot_due: tokio::sync::Notify,
     loads: Arc<Mutex<HashMap<(String, String), LoadReport>>>,
@@ -138,6 +138,13 @@ pub struct Router {
     turn: AtomicUsize,
     counters: RouterCounters,
     busy: Arc<BusyThresholds>,
+}
+
+/// Other replicas' requests counted here, by (router, number), with when they started; and when
+/// those whose end never came were last swept.
+struct Mirrored {
+    requests: HashMap<(String, u64), (Instant, active::ActiveRequest)>,
+    swept: Instant,
 }
 
 /// A routing decision: the worker, and what scoring learned about the prompt there.
@@ -209,7 +216,7 @@ impl Router {
             replica_out: std::sync::OnceLock::new(),
             dialer: std::sync::OnceLock::new(),
             snapshot_due: tokio::sync::Notify::new(),
-            mirrored: Mutex::new(HashMap::new()),
+            mirrored: Mutex::new(Mirrored { requests: HashMap::new(), swept: Instant::now() }),
             loads,
             turn: AtomicUsize::new(0),
             counters: RouterCounters::default(),

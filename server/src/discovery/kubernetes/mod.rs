@@ -292,9 +292,12 @@ async fn follow<K: Watched>(
             }
             Event::Apply(object) => shared.change(|view| insert(view, &object, &shared.scope)),
             Event::Delete(object) => shared.change(|view| {
+                // Names are unique per kind only: a slice may share a metadata object's name.
                 let name = object.meta().name.clone().unwrap_or_default();
-                view.metadata.remove(&name);
-                view.slices.remove(&name);
+                match collection {
+                    Collection::Metadata => view.metadata.remove(&name).map(drop),
+                    Collection::Slices => view.slices.remove(&name).map(drop),
+                };
             }),
         }
     }
