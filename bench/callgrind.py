@@ -14,6 +14,7 @@ ModelStreamInfer stream. Kernel time (syscalls, wakeups) is not counted; `bench/
 
     .venv/bin/python bench/callgrind.py           # about 4 min; needs valgrind and release builds
     REQUESTS=5000 .venv/bin/python bench/callgrind.py
+    COMPARE=/path/to/other/tritium .venv/bin/python bench/callgrind.py   # this build against another one
 
 The dumps stay in the work directory it prints, for `callgrind_annotate --inclusive=yes <dump>`.
 """
@@ -138,7 +139,28 @@ def measure(name: str, command: list[str], work: pathlib.Path) -> dict[str, floa
         server.wait(timeout=60)
 
 
+def compare(other: str) -> int:
+    """This build's Tritium against another build's (a change's before and after), in the same run."""
+    work = pathlib.Path(tempfile.mkdtemp(prefix="tritium-callgrind-"))
+    print(f"callgrind: {REQUESTS} requests per mode after {WARMUP} to warm up; dumps in {work}", flush=True)
+    this = SERVERS["Tritium"]
+    results = {"this": measure("this", this, work), "other": measure("other", [other, *this[1:]], work)}
+    print()
+    print(f"| call | this build ({this[0]}) | other build ({other}) | this / other |")
+    print("|---|---:|---:|---:|")
+    for mode in MODES:
+        ours, theirs = results["this"][mode], results["other"][mode]
+        print(f"| {mode} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.3f}x |")
+    print("\nInstructions per request, both builds' servers counted the same way.")
+    return 0
+
+
 def main() -> int:
+    if os.environ.get("COMPARE"):
+        if not (TARGET / "tritium").exists():
+            print(f"callgrind: {TARGET / 'tritium'} is missing: cargo build --release -p tritium-server", file=sys.stderr)
+            return 1
+        return compare(os.environ["COMPARE"])
     for binary in ("tritium", "limit-server"):
         if not (TARGET / binary).exists():
             print(f"callgrind: {TARGET / binary} is missing: cargo build --release -p tritium-server -p tritium-bench",

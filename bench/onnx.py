@@ -7,7 +7,7 @@ request) and `sklearn` (StandardScaler + LogisticRegression through skl2onnx, FP
     QUICK=1 .venv/bin/python bench/onnx.py   # smoke run: 1 round, 1 s windows, about 2 minutes
 
 Rows, for each model: perf_analyzer over gRPC, `sync` c=1, `--async` c=16 and `--async` c=64, against
-- Tritium: `tritium serve --model-repository` with the model as tests/python/test_onnxruntime.py writes it
+- Tritium: `tritium serve --model-repository` with the model as tests/python/onnx/test_onnxruntime.py writes it
   (`platform: "onnxruntime_onnx"`, max_batch_size 8, no dynamic_batching, instance_group and parameters left to
   their defaults: 2 CPU instances, ONNX Runtime's own thread count), ORT_DYLIB_PATH = the library that
   scripts/install-onnxruntime.sh installs;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Azurite, the Azure Storage emulator (npm), for tests/python/test_cloud_repository.py: installed with the
+# Azurite, the Azure Storage emulator (npm), for tests/python/config/test_cloud_repository.py: installed with the
 # machine's npm into .tools/emulators. The S3 and GCS emulators (moto's server, gcp-storage-emulator) are PyPI
 # packages pinned in tests/python/requirements.txt. The tests start their own instances on ephemeral ports.
 set -euo pipefail

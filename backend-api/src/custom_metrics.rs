@@ -9,7 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+
+use parking_lot::Mutex;
 
 /// Families a server keeps at most, and series in each (a model making label sets without end
 /// is refused, not the server's memory).
@@ -69,11 +70,7 @@ struct Family {
     series: BTreeMap<Labels, Series>,
 }
 
-static FAMILIES: LazyLock<Mutex<BTreeMap<String, Family>>> = LazyLock::new(Mutex::default);
-
-fn families() -> MutexGuard<'static, BTreeMap<String, Family>> {
-    FAMILIES.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+static FAMILIES: Mutex<BTreeMap<String, Family>> = Mutex::new(BTreeMap::new());
 
 /// Whether `name` is a Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
 fn valid_name(name: &str) -> bool {
@@ -87,7 +84,7 @@ pub fn declare_family(name: &str, description: &str, kind: MetricKind) -> Result
     if !valid_name(name) {
         return Err("Invalid metric name".to_string());
     }
-    let mut families = families();
+    let mut families = FAMILIES.lock();
     if let Some(family) = families.get(name) {
         return if family.kind == kind { Ok(()) } else { Err("Family name already exists with different type".to_string()) };
     }
@@ -101,7 +98,7 @@ pub fn declare_family(name: &str, description: &str, kind: MetricKind) -> Result
 /// Declares a series of `family` (again: the same one, its values kept); a histogram's `buckets`
 /// are its upper bounds.
 pub fn declare_metric(family: &str, labels: Labels, buckets: Option<Vec<f64>>) -> Result<(), String> {
-    let mut families = families();
+    let mut families = FAMILIES.lock();
     let family = families.get_mut(family).ok_or_else(|| format!("unknown metric family '{family}'"))?;
     for (name, _) in &labels {
         if !valid_name(name) || name.starts_with("__") || (family.kind == MetricKind::Histogram && name == "le") {
@@ -142,7 +139,7 @@ pub enum Operation {
 
 /// Applies `operation` to a series declared before; the series' value for [`Operation::Value`].
 pub fn apply(family: &str, labels: &Labels, operation: Operation) -> Result<f64, String> {
-    let mut families = families();
+    let mut families = FAMILIES.lock();
     let family = families.get_mut(family).ok_or_else(|| format!("unknown metric family '{family}'"))?;
     let kind = family.kind;
     let series = family.series.get_mut(labels).ok_or("unknown metric")?;
@@ -180,7 +177,7 @@ pub fn apply(family: &str, labels: &Labels, operation: Operation) -> Result<f64,
 /// Every family, in the Prometheus text format (Triton's: labels sorted by name, a histogram's
 /// `le` last; `_count`, `_sum`, then the buckets).
 pub fn render() -> String {
-    let families = families();
+    let families = FAMILIES.lock();
     let mut text = String::new();
     for (name, family) in families.iter() {
         let _ = writeln!(text, "# HELP {name} {}", escape_help(&family.description));

@@ -101,6 +101,10 @@ pub enum WorkerError {
     /// request may not have run (or, for a stateless one, may safely run again elsewhere).
     #[error("worker '{worker}' is unreachable: {message}")]
     Unreachable { worker: String, message: String },
+    /// A remote worker refused the call before starting it (it is draining): another worker may
+    /// run it. `message` is the worker's.
+    #[error("{message}")]
+    NotStarted { worker: String, message: String },
 }
 
 impl WorkerError {
@@ -118,7 +122,7 @@ impl WorkerError {
             WorkerError::NotLanguageModel { .. } | WorkerError::NotEmbeddingModel { .. } => ErrorCode::Unsupported,
             WorkerError::Generate { source, .. } => source.code(),
             WorkerError::Failed { code, .. } => *code,
-            WorkerError::Unreachable { .. } => ErrorCode::Unavailable,
+            WorkerError::Unreachable { .. } | WorkerError::NotStarted { .. } => ErrorCode::Unavailable,
         }
     }
 

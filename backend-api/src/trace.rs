@@ -24,14 +24,16 @@
 //! Unix epoch for OpenTelemetry.
 //!
 //! ```
-//! use std::sync::{Arc, Mutex};
+//! use std::sync::Arc;
+//!
+//! use parking_lot::Mutex;
 //! use tritium_backend_api::trace::{FinishedTrace, RequestTrace, TimestampKind, TraceLevel, TraceSink};
 //!
 //! #[derive(Default)]
 //! struct Keep(Mutex<Vec<FinishedTrace>>);
 //! impl TraceSink for Keep {
 //!     fn finished(&self, trace: FinishedTrace) {
-//!         self.0.lock().unwrap().push(trace);
+//!         self.0.lock().push(trace);
 //!     }
 //! }
 //!
@@ -44,7 +46,7 @@
 //! drop(step);
 //! root.stamp(TimestampKind::RequestEnd);
 //! drop(root);
-//! let traces = sink.0.lock().unwrap();
+//! let traces = sink.0.lock();
 //! assert_eq!(traces.len(), 1);
 //! let (parent, child) = (&traces[0].nodes[0], &traces[0].nodes[1]);
 //! assert_eq!(child.parent_id, Some(parent.id));
@@ -55,9 +57,10 @@ use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use tritium_tensor::Tensor;
 
 use crate::trace_context::TraceContext;
@@ -331,11 +334,11 @@ struct Tree {
 
 impl Drop for Tree {
     fn drop(&mut self) {
-        let nodes = std::mem::take(&mut *lock(&self.nodes));
+        let nodes = std::mem::take(&mut *self.nodes.lock());
         let nodes = nodes
             .into_iter()
             .map(|node| {
-                let data = std::mem::replace(&mut *lock(&node.data), NodeData::new(String::new(), None, String::new()));
+                let data = std::mem::replace(&mut *node.data.lock(), NodeData::new(String::new(), None, String::new()));
                 TraceNode {
                     id: node.id,
                     parent_id: node.parent_id,
@@ -375,11 +378,6 @@ impl NodeData {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while stamping loses nothing worth refusing the rest of the trace for.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl RequestTrace {
@@ -417,7 +415,7 @@ impl RequestTrace {
 
     /// A child trace (an ensemble step, a BLS call) in the same tree; it inherits the request id.
     pub fn child(&self, model_name: impl Into<String>, model_version: Option<i64>) -> RequestTrace {
-        let request_id = lock(&self.node.data).request_id.clone();
+        let request_id = self.node.data.lock().request_id.clone();
         let node = Arc::new(Node {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             parent_id: Some(self.node.id),
@@ -425,7 +423,7 @@ impl RequestTrace {
             parent_span_id: Some(self.node.span_id),
             data: Mutex::new(NodeData::new(model_name.into(), model_version, request_id)),
         });
-        lock(&self.tree.nodes).push(node.clone());
+        self.tree.nodes.lock().push(node.clone());
         RequestTrace { node, tree: self.tree.clone() }
     }
 
@@ -462,15 +460,15 @@ impl RequestTrace {
     }
 
     pub fn model_name(&self) -> String {
-        lock(&self.node.data).model_name.clone()
+        self.node.data.lock().model_name.clone()
     }
 
     pub fn set_model_version(&self, version: i64) {
-        lock(&self.node.data).model_version = Some(version);
+        self.node.data.lock().model_version = Some(version);
     }
 
     pub fn set_request_id(&self, request_id: impl Into<String>) {
-        lock(&self.node.data).request_id = request_id.into();
+        self.node.data.lock().request_id = request_id.into();
     }
 
     /// Records `kind` now. Stamps are recorded at level `TIMESTAMPS` only.
@@ -483,19 +481,19 @@ impl RequestTrace {
     /// Records `kind` at `ns` (monotonic, as [`now_ns`] and [`ns_of`] give).
     pub fn stamp_at(&self, kind: TimestampKind, ns: u64) {
         if self.tree.level.timestamps {
-            lock(&self.node.data).timestamps.push((kind, ns));
+            self.node.data.lock().timestamps.push((kind, ns));
         }
     }
 
     /// Whether this node has a stamp of `kind`.
     pub fn has_stamp(&self, kind: TimestampKind) -> bool {
-        lock(&self.node.data).timestamps.iter().any(|(k, _)| *k == kind)
+        self.node.data.lock().timestamps.iter().any(|(k, _)| *k == kind)
     }
 
     /// Sets an attribute (router, worker, GenAI): a later value for the same key replaces it.
     pub fn set_attribute(&self, key: impl Into<Cow<'static, str>>, value: impl Into<AttrValue>) {
         let (key, value) = (key.into(), value.into());
-        let mut data = lock(&self.node.data);
+        let mut data = self.node.data.lock();
         match data.attributes.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
             None => data.attributes.push((key, value)),
@@ -505,13 +503,13 @@ impl RequestTrace {
     /// Records a named event now.
     pub fn event(&self, name: impl Into<Cow<'static, str>>, attributes: Attributes) {
         let event = TraceEvent { name: name.into(), ns: now_ns(), attributes };
-        lock(&self.node.data).events.push(event);
+        self.node.data.lock().events.push(event);
     }
 
     /// Records a tensor at level `TENSORS` (a clone of its `Bytes`, no copy).
     pub fn tensor(&self, activity: TensorActivity, tensor: &Tensor) {
         if self.tree.level.tensors {
-            lock(&self.node.data).tensors.push(TensorRecord { activity, tensor: tensor.clone() });
+            self.node.data.lock().tensors.push(TensorRecord { activity, tensor: tensor.clone() });
         }
     }
 }

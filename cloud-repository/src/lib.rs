@@ -29,9 +29,10 @@ pub mod sync;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
+use parking_lot::Mutex;
 use tritium_worker::{RemoteModel, RemoteRepository, SyncedModel};
 
 pub use credentials::CloudEnvironment;
@@ -282,7 +283,7 @@ impl Io {
 impl Drop for Io {
     fn drop(&mut self) {
         // Dropped wherever the last repository goes, possibly inside another runtime.
-        if let Some(runtime) = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(runtime) = self.runtime.lock().take() {
             runtime.shutdown_background();
         }
     }

@@ -4,7 +4,7 @@
 //! row's own operations are the same in every tile size, so tiling, like splitting the rows over
 //! threads, changes no bit of any row (see the module docs of `attention.rs`).
 
-use crate::attention::{AttentionDims, Heads, RowMap};
+use crate::attention_layout::{AttentionDims, Heads, RowMap};
 use crate::parallel::Parallel;
 
 /// Query rows computed side by side.

@@ -30,6 +30,7 @@
 //! ```
 
 mod attention;
+mod attention_layout;
 mod attention_rows;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -50,7 +51,8 @@ mod tests_invariance;
 #[cfg(test)]
 mod tests_pool;
 
-pub use attention::{AttentionDims, Heads, PagedHeads, causal_attention, paged_causal_attention};
+pub use attention::{causal_attention, paged_causal_attention};
+pub use attention_layout::{AttentionDims, Heads, PagedHeads};
 pub use dense::F32Matrix;
 pub use matmul::{Q8_0Matrix, matmul_q8_0};
 pub use parallel::{Parallel, ScopedThreads, Serial};

@@ -7,9 +7,11 @@
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::parallel::Parallel;
 
@@ -118,7 +120,7 @@ impl Parallel for ThreadPool {
         if self.workers.is_empty() || tasks <= 1 {
             return (0..tasks).for_each(task);
         }
-        let _one_at_a_time = self.call.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _one_at_a_time = self.call.lock();
         let job = Job { task, tasks, next: AtomicUsize::new(0) };
         let shared = &*self.shared;
         // SAFETY (lifetime erasure): workers dereference this pointer only after joining the
@@ -146,7 +148,7 @@ impl Parallel for ThreadPool {
             if spins < 1 << 12 { std::hint::spin_loop() } else { std::thread::yield_now() }
         }
         shared.job.store(std::ptr::null_mut(), Ordering::Relaxed);
-        let theirs = shared.panic.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let theirs = shared.panic.lock().take();
         if let Some(payload) = own.err().or(theirs) {
             resume_unwind(payload);
         }
@@ -172,7 +174,7 @@ fn work(shared: &Shared, index: usize) {
             // stored before the state that made the job open (SeqCst store, AcqRel exchange).
             let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { &*job }.run()));
             if let Err(payload) = outcome {
-                *shared.panic.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(payload);
+                *shared.panic.lock() = Some(payload);
             }
             shared.state.fetch_sub(1, Ordering::Release);
             idle_since = Instant::now();

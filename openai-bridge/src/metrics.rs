@@ -182,9 +182,15 @@ impl LlmMetrics {
 
     /// Appends [`LlmMetrics::render`]'s exposition to `out`.
     pub fn encode(&self, out: &mut String, engines: &[(String, EngineStats)]) {
+        encode_families(self.metric_families(engines), out);
+    }
+
+    /// The request families and the engines' gauges and counters, read now (for a server's
+    /// metrics registry).
+    pub fn metric_families(&self, engines: &[(String, EngineStats)]) -> Vec<prometheus::proto::MetricFamily> {
         let mut families = self.families.collect();
         families.extend(engine_families(&self.prefix, engines));
-        encode_families(families, out);
+        families
     }
 }
 

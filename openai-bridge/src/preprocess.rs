@@ -379,4 +379,4 @@ fn text_bytes(value: &Json) -> usize {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-pub(crate) mod tests;
+mod tests;

@@ -3,9 +3,10 @@
 //! oldest dropped first.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 
 pub const DEFAULT_STORE_ENTRIES: usize = 10_000;
@@ -69,7 +70,7 @@ impl ResponseStore {
             return false;
         }
         let now = Instant::now();
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         inner.expire(now);
         while inner.order.len() >= self.limits.max_entries || inner.bytes + bytes > self.limits.max_bytes {
             if !inner.pop_oldest() {
@@ -87,13 +88,13 @@ impl ResponseStore {
     }
 
     pub fn get(&self, id: &str) -> Option<StoredResponse> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         inner.expire(Instant::now());
         inner.entries.get(id).map(|entry| entry.stored.clone())
     }
 
     pub fn remove(&self, id: &str) -> bool {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         match inner.entries.remove(id) {
             Some(entry) => {
                 inner.bytes -= entry.bytes;
@@ -105,16 +106,11 @@ impl ResponseStore {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.inner.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves consistent data: every update is one step.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -5,12 +5,13 @@
 //! on a tokio worker, and hands the callable numpy views of the input bytes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -39,7 +40,7 @@ struct FunctionFactory {
 
 impl BackendFactory for FunctionFactory {
     fn create(&self, context: &BackendContext<'_>) -> Result<Engine, String> {
-        let functions = self.functions.lock().unwrap_or_else(PoisonError::into_inner);
+        let functions = self.functions.lock();
         let function = functions
             .get(context.model_name)
             .ok_or_else(|| format!("no Python function is bound as model '{}'", context.model_name))?;

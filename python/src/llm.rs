@@ -9,9 +9,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::mpsc::UnboundedSender;
@@ -53,7 +54,7 @@ pub fn read_card(path: &Path) -> Result<ModelCard, String> {
 
 impl BackendFactory for HandlerFactory {
     fn create(&self, context: &BackendContext<'_>) -> Result<Engine, String> {
-        let handlers = self.handlers.lock().unwrap_or_else(PoisonError::into_inner);
+        let handlers = self.handlers.lock();
         let handler = handlers
             .get(context.model_name)
             .ok_or_else(|| format!("no Python language-model handler is bound as model '{}'", context.model_name))?;
@@ -121,7 +122,7 @@ impl LanguageModel for PythonLanguageModel {
         let state = Arc::clone(&sink.state);
         let spawned = std::thread::Builder::new().name("tritium-python-llm".into()).spawn(move || {
             let outcome = Python::attach(|py| drive(py, &function, &request, sink, &kv));
-            let state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let state = state.lock();
             counters.running.fetch_sub(1, Ordering::Relaxed);
             counters.tokens.fetch_add(state.generated as u64, Ordering::Relaxed);
             let event = match outcome {
@@ -212,7 +213,7 @@ impl Sink {
     /// Emits `ids` in order, up to a stop condition; false once the sequence has ended (a stop
     /// condition met, or the client gone): the handler is then closed.
     fn __call__(&self, ids: Vec<u32>) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state.lock();
         for id in ids {
             if state.finished.is_some() || state.sender.is_closed() {
                 return false;
@@ -242,6 +243,6 @@ impl Sink {
     /// Whether the client went away (the request's cancellation flag).
     #[getter]
     fn cancelled(&self) -> bool {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).sender.is_closed()
+        self.state.lock().sender.is_closed()
     }
 }

@@ -2,8 +2,8 @@
 //! command line, parsed by the binary's own parser; it serves on a tokio runtime of its own, on
 //! its own threads, so Python keeps running (and the GIL stays free) while it serves.
 
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 
 use command_line::parse_serve_args;
@@ -85,7 +85,7 @@ impl Server {
     fn bind(&mut self, py: Python<'_>, name: String, function: Py<PyAny>, config_text: String) -> PyResult<()> {
         self.check_pid()?;
         {
-            let mut functions = self.functions.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut functions = self.functions.lock();
             if functions.contains_key(&name) {
                 return Err(PyValueError::new_err(format!("a function is already bound as model '{name}'")));
             }
@@ -108,7 +108,7 @@ impl Server {
                 Err(_) => Some("the server stopped while the model loaded".to_string()),
             };
             if let Some(reason) = refused {
-                self.functions.lock().unwrap_or_else(PoisonError::into_inner).remove(&name);
+                self.functions.lock().remove(&name);
                 return Err(PyValueError::new_err(format!("model '{name}' did not load: {reason}")));
             }
         }

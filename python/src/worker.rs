@@ -4,8 +4,8 @@
 //! worker is, through the same entry (`tritium_server::cli::serve_worker`), so frontends
 //! (`tritium serve --discovery ...`) route KServe and OpenAI requests to the functions bound here.
 
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -98,7 +98,7 @@ impl Worker {
             // Discovery advertises what the worker loaded at start.
             return Err(PyRuntimeError::new_err("bind functions before the worker starts: it is already registered"));
         }
-        let mut functions = self.functions.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut functions = self.functions.lock();
         if functions.contains_key(&name) || self.declared.iter().any(|d| d.name == name) {
             return Err(PyValueError::new_err(format!("a function is already bound as model '{name}'")));
         }
@@ -132,7 +132,7 @@ impl Worker {
         let quoted = name.replace('\\', "\\\\").replace('"', "\\\"");
         let config_text = format!("name: \"{quoted}\"\nbackend: \"{}\"\n", llm::LLM_BACKEND_NAME);
         let handler = Handler { function: Arc::new(function), model_path, kv };
-        self.handlers.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone(), handler);
+        self.handlers.lock().insert(name.clone(), handler);
         self.declared.push(DeclaredModel { name, config_text });
         Ok(publisher)
     }

@@ -67,7 +67,7 @@ pub async fn model_config(state: &ServerState, request: ModelConfigRequest) -> R
 
 /// The model that answers for `name`: itself, or the base model of the LoRA adapter it names.
 fn served_name(state: &ServerState, name: &str) -> String {
-    crate::remote::adapters::adapter_base(&state.repository, name).unwrap_or_else(|| name.to_string())
+    state.repository.adapter_base(name).unwrap_or_else(|| name.to_string())
 }
 
 pub fn model_statistics(state: &ServerState, request: ModelStatisticsRequest) -> Result<ModelStatisticsResponse, ServerError> {

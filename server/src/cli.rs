@@ -9,13 +9,13 @@ use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 
 use clap::FromArgMatches;
-use tritium_worker::BackendRegistry;
+use tritium_worker::{BackendRegistry, ModelRepository};
 
 use crate::config::RequestPlaneConfig;
 use crate::config::{Cli, Command, ServeArgs, WorkerArgs, WorkerConfig};
 use crate::logging::LogControl;
-use crate::remote::{Dialer, NatsPlane};
-use crate::worker_process::{PlaneListener, WorkerProcess, default_worker_id};
+use tritium_cluster::remote::{Dialer, NatsPlane};
+use tritium_cluster::node::{PlaneListener, WorkerNode, default_worker_id};
 use crate::{ServerConfig, Tritium};
 
 /// Runs the command line `args` (the program name first) to its end, as the `tritium` binary.
@@ -260,11 +260,11 @@ pub async fn serve_worker(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let id = args.listen.worker_id.clone().unwrap_or_else(default_worker_id);
-    let (listener, addr) = match &config.cluster.request_plane {
+    let (listener, addr) = match &config.node.cluster.request_plane {
         RequestPlaneConfig::Tcp => {
             let listener = listener(args.listen.worker_listen_fd, args.listen.addr()).await?;
             let addr = listener.local_addr()?;
-            if !addr.ip().is_loopback() && config.worker_token.is_none() {
+            if !addr.ip().is_loopback() && config.node.worker_token.is_none() {
                 return Err(format!(
                     "the worker plane listens on {addr}, which is not loopback: give --worker-token \
                      (TRITIUM_WORKER_TOKEN), and the same to the frontends, so only they are served"
@@ -276,18 +276,23 @@ pub async fn serve_worker(
         RequestPlaneConfig::Nats { url } => {
             let plane = NatsPlane::connect(url, &id).await?;
             let max = args.listen.request_plane_max_connections as usize;
-            let listener = plane.listen(&config.cluster.scope.own, &id, max).await?;
+            let listener = plane.listen(&config.node.cluster.scope.own, &id, max).await?;
             // Prefill workers this one pulls from may be on the NATS plane too.
-            config.transfers.dialer = Dialer::Nats(plane);
+            config.node.transfers.dialer = Dialer::Nats(plane);
             (PlaneListener::Nats(listener), None)
         }
     };
     let address = listener.address();
-    let process = tokio::task::spawn_blocking(move || WorkerProcess::with_backends(config, backends)).await??;
+    let WorkerConfig { repository, backends: settings, node } = config;
+    let repository = tokio::task::spawn_blocking(move || {
+        ModelRepository::open(repository, crate::backends::backend_registry(&settings, backends))
+    })
+    .await??;
+    let node = WorkerNode::new(node, repository);
     tracing::info!(worker = %id, %address, "serving the worker plane");
     let drain_timeout = std::time::Duration::from_secs(args.exit_timeout_secs);
     let listening = WorkerListening { addr, address, id: id.clone() };
-    process.serve(listener, id, shutdown, drain_timeout, move || ready(listening)).await?;
+    node.serve(listener, id, shutdown, drain_timeout, move || ready(listening)).await?;
     tokio::task::spawn_blocking(crate::backends::stop_all).await?;
     Ok(())
 }

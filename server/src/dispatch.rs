@@ -46,7 +46,7 @@ pub(crate) fn admit(
     let valid = match model {
         Some(version) => version.validate(request)?,
         // A LoRA adapter's requests are checked against its base model's version.
-        None => crate::remote::adapters::resolve_served(&state.repository, &request.model_name, request.model_version)?
+        None => state.repository.resolve_served(&request.model_name, request.model_version)?
             .validate(request)?,
     };
     let target = if valid.model().is_language_model() {

@@ -23,6 +23,8 @@ pub enum ServerError {
     Internal(String),
     #[error(transparent)]
     Bridge(#[from] tritium_openai_bridge::BridgeError),
+    #[error(transparent)]
+    Trace(#[from] tritium_trace::TraceError),
 }
 
 impl ServerError {
@@ -36,6 +38,7 @@ impl ServerError {
             ServerError::Unavailable { .. } => ErrorCode::Unavailable,
             ServerError::Internal(_) => ErrorCode::Internal,
             ServerError::Bridge(e) => e.code(),
+            ServerError::Trace(e) => e.code(),
         }
     }
 

@@ -20,9 +20,9 @@ use tritium_openai_bridge::metrics::CONTENT_TYPE;
 use tritium_openai_bridge::routes::{ApiSettings, LlmHub, openai_routes};
 use tritium_worker::ModelRepository;
 
-use crate::grpc::restricted::RestrictedProtocols;
+use crate::restricted::RestrictedProtocols;
 use crate::llm::LlmFrontend;
-use crate::routing::WORKER_ID_HEADER;
+use tritium_cluster::routing::WORKER_ID_HEADER;
 
 pub use serve::{BudgetExhausted, serve_limited};
 pub use unread::BodyStalled;
@@ -33,6 +33,8 @@ struct HttpState {
     llm: Arc<LlmFrontend>,
     /// `--http-restricted-api`: its `admission` group guards `POST /busy_threshold`.
     restricted: Arc<RestrictedProtocols>,
+    /// What `GET /metrics` serves here: the language-model and router families.
+    metrics: Arc<prometheus::Registry>,
 }
 
 /// Every HTTP route, ready to serve; request bodies over `max_body_bytes` are refused with 413.
@@ -43,7 +45,8 @@ pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, mut api: ApiSe
     let repository = Arc::clone(&kserve.server.repository);
     let llm = Arc::clone(&kserve.server.llm);
     let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;
-    let state = HttpState { repository, llm: Arc::clone(&llm), restricted: Arc::clone(&kserve.restricted) };
+    let registry = Arc::new(crate::metrics::registry::llm_registry(&llm));
+    let state = HttpState { repository, llm: Arc::clone(&llm), restricted: Arc::clone(&kserve.restricted), metrics: registry };
     let operational = Router::new()
         .route("/health", get(health))
         .route("/live", get(live))
@@ -118,5 +121,5 @@ async fn live() -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], state.llm.render_metrics())
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], crate::metrics::registry::encode(&state.metrics))
 }

@@ -19,27 +19,21 @@ pub mod backends;
 pub mod cli;
 pub mod config;
 mod connection;
-pub mod discovery;
 pub(crate) mod dispatch;
 pub mod error;
-pub mod events;
 pub mod grpc;
 mod h2_frames;
 pub mod http;
 pub mod llm;
 pub mod logging;
-pub mod lora;
 pub mod metadata;
 pub mod metrics;
-pub mod remote;
-pub mod routing;
 pub mod settings;
+pub mod restricted;
 pub mod shm;
 pub mod state;
-mod sync;
 pub mod tls;
-pub mod trace;
-pub mod worker_process;
+
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -54,13 +48,14 @@ use tritium_proto::inference::grpc_inference_service_server::GrpcInferenceServic
 use tritium_worker::{BackendRegistry, LocalWorker, ModelRepository, WorkerClient};
 
 pub use config::{ResponseCompression, ServerConfig, TransportConfig};
-use discovery::Discovery;
+use tritium_cluster::discovery::{self, Discovery};
 pub use error::ServerError;
-use events::EventBus;
+use tritium_cluster::events::{self, EventBus};
 use grpc::InferenceService;
 use llm::LlmFrontend;
 use logging::{LogControl, LogState};
-use routing::Router;
+use tritium_cluster::remote;
+use tritium_cluster::routing::{self, Router};
 use shm::SharedMemoryRegistry;
 use state::ServerState;
 
@@ -124,7 +119,7 @@ impl Tritium {
             config.transport.max_message_size,
         );
         let hard_stop = CancellationToken::new();
-        let tracer = Arc::new(trace::Tracer::new(config.trace.clone()));
+        let tracer = Arc::new(tritium_trace::Tracer::new(config.trace.clone()));
         let llm = Arc::new(
             LlmFrontend::new(
                 Arc::clone(&repository),
@@ -286,6 +281,7 @@ impl Tritium {
             let state = metrics::MetricsState::new(
                 Arc::clone(&self.state.repository),
                 Arc::clone(&self.state.llm),
+                &self.state.tracer,
                 cpu,
                 &self.config.metrics,
             );

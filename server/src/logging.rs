@@ -1,6 +1,7 @@
 //! Logging through `tracing`, with a level that the LogSettings RPC changes at run time.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use parking_lot::Mutex;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -54,7 +55,7 @@ pub struct LogControl {
 
 impl std::fmt::Debug for LogControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogControl").field("state", &*self.lock()).finish()
+        f.debug_struct("LogControl").field("state", &*self.state.lock()).finish()
     }
 }
 
@@ -81,7 +82,7 @@ impl LogControl {
     }
 
     pub fn current(&self) -> LogState {
-        self.lock().clone()
+        self.state.lock().clone()
     }
 
     /// Applies new settings; the level changes for every log line from now on.
@@ -89,13 +90,10 @@ impl LogControl {
         if let Some(handle) = &self.handle {
             handle.reload(EnvFilter::new(next.directives())).map_err(|e| format!("failed to change the log level: {e}"))?;
         }
-        *self.lock() = next;
+        *self.state.lock() = next;
         Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, LogState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 #[cfg(test)]

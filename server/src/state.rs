@@ -15,7 +15,7 @@ pub struct ServerState {
     /// ServerMetadata's name.
     pub server_name: String,
     pub repository: Arc<ModelRepository>,
-    pub router: Arc<crate::routing::Router>,
+    pub router: Arc<tritium_cluster::routing::Router>,
     /// Language and embedding models: preprocessing, the KServe text mapping, metrics.
     pub llm: Arc<crate::llm::LlmFrontend>,
     pub shm: SharedMemoryRegistry,
@@ -23,7 +23,7 @@ pub struct ServerState {
     pub load_timeout: std::time::Duration,
     pub log: LogControl,
     /// Request tracing: TraceSetting's values and the sampler.
-    pub tracer: Arc<crate::trace::Tracer>,
+    pub tracer: Arc<tritium_trace::Tracer>,
     /// Cancelled when the server begins to shut down: open streams stop taking requests, finish
     /// what they have, and end, so an idle stream does not hold the shutdown up.
     pub stopping: tokio_util::sync::CancellationToken,

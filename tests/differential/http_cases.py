@@ -1,5 +1,5 @@
 """HTTP/REST cases replayed in order on the real Triton 2.51 and on Tritium (see record_triton_http.py and
-tests/python/test_http_differential.py).
+tests/python/http/test_http_differential.py).
 
 A case is a dict:
     id        unique name (the recording's key and the pytest id)

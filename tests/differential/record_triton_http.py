@@ -10,7 +10,7 @@ cases and again with --model-control-mode none for the `server: "none"` ones, se
 servers, and writes {"meta": ..., "cases": {id: reply}} (reply as in http_replay.normalize) to
 tests/differential/triton_http_2.51.json.
 
---self-check instead starts the two Tritons and runs tests/python/test_http_differential.py against them
+--self-check instead starts the two Tritons and runs tests/python/http/test_http_differential.py against them
 (TRITIUM_DIFF_AGAINST_URL / _NONE): the comparison must pass every case on Triton itself.
 """
 
@@ -53,7 +53,7 @@ def self_check(log_dir: Path, pytest_args: list[str]) -> int:
         with triton_server(repo, mode="explicit", log=log_dir / "triton-selfcheck-main.log") as main_url, \
                 triton_server(repo, mode="none", log=log_dir / "triton-selfcheck-none.log") as none_url:  # fmt: skip
             env = dict(os.environ, TRITIUM_DIFF_AGAINST_URL=main_url, TRITIUM_DIFF_AGAINST_URL_NONE=none_url)
-            test = HERE.parent / "python" / "test_http_differential.py"
+            test = HERE.parent / "python" / "http" / "test_http_differential.py"
             return subprocess.run([sys.executable, "-m", "pytest", str(test), "-q", *pytest_args],
                                   env=env, cwd=test.parent).returncode  # fmt: skip
 

@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from conftest import LLM_NAME, LLM_START_TIMEOUT, model_paths
-from helpers import finish_server, start_server
+from helpers import finish_server, needs, start_server
 
 LLM = LLM_NAME
 REQUEST_TIMEOUT_S = 120
@@ -56,6 +56,7 @@ class Person(BaseModel):
 
 
 @pytest.fixture(scope="module")
+@needs("llm")
 def agent_server():
     gguf, _ = model_paths()
     server = start_server(

@@ -9,6 +9,11 @@
 - `venv`: a fresh virtual environment with the `tritium` package built from ./python (package_env.py), once a session.
 - `llm_server`: one module-scoped server with the real models from `scripts/fetch-models.sh`: the SmolLM2 GGUF
   as `smollm2` (LLM) and all-MiniLM-L6-v2 as `minilm` (embeddings). `model_paths()` gives the two paths.
+
+Markers (registered in pytest.ini): `pytest_collection_modifyitems` below gives each test the markers of the fixtures
+it uses (`helpers.needs(...)` on the fixture: `llm_server` here, `venv` in package_env.py, `nats_events` in
+dynamo_cluster.py, `agent_server` in agent_clients.py, and fixtures of single test files). A need that is not a
+fixture (a test that calls `model_paths()` or starts etcd itself) is marked in its file.
 """
 
 from __future__ import annotations
@@ -22,13 +27,30 @@ import sys
 import pytest
 import tritonclient.grpc as grpcclient
 
-from helpers import DEFAULT_START_TIMEOUT, REPO, TritiumServer, finish_server, start_server
+from helpers import DEFAULT_START_TIMEOUT, NEEDS_ATTRIBUTE, REPO, TritiumServer, finish_server, needs, start_server
 from package_env import venv  # noqa: F401 - the Python package's fresh environment, a session fixture
 
 LLM_NAME = "smollm2"
 EMBED_NAME = "minilm"
 # Loading a GGUF and a safetensors model in a debug build takes longer than the built-in repository.
 LLM_START_TIMEOUT = 240.0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test gets the markers its fixtures need (`helpers.needs`), through every fixture it uses, before `-m`
+    selects: a test that uses `llm_server` is `llm` and `embedding` without saying so."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        have = {mark.name for mark in item.iter_markers()}
+        for name in item.fixturenames:
+            for fixturedef in info.name2fixturedefs.get(name, ()):
+                for marker in getattr(fixturedef.func, NEEDS_ATTRIBUTE, ()):
+                    if marker not in have:
+                        item.add_marker(getattr(pytest.mark, marker))
+                        have.add(marker)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +116,7 @@ def model_paths() -> tuple[pathlib.Path, pathlib.Path]:
 
 
 @pytest.fixture(scope="module")
+@needs("llm", "embedding")
 def llm_server():
     """`tritium serve` with the real LLM (`smollm2`) and embedder (`minilm`), shared by the tests of one module."""
     gguf, minilm = model_paths()

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from cluster import listed_models, metric, start_nats, wait_until, workers_serving
-from helpers import TritiumServer, finish_server, start_server, start_worker
+from helpers import TritiumServer, finish_server, needs, start_server, start_worker
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:
@@ -106,6 +106,7 @@ def busy_and_probe(frontend: TritiumServer) -> tuple[str, str]:
 
 
 @pytest.fixture
+@needs("nats")
 def nats_events():
     """A real NATS server for the test, as the options that put a process on it."""
     nats = start_nats()

@@ -21,10 +21,30 @@ from typing import NoReturn
 import pytest
 from tritonclient.utils import InferenceServerException
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+# The suite's root (tests/python: helpers, fixtures/, recordings) and the repository above it. Test files live in
+# subfolders by area; they reach both through these two names, never through their own __file__.
+TESTS = pathlib.Path(__file__).resolve().parent
+REPO = TESTS.parents[1]
 READY_PREFIX = "tritium ready"
 WORKER_READY_PREFIX = "tritium worker ready"
 DEFAULT_START_TIMEOUT = 60.0
+
+
+NEEDS_ATTRIBUTE = "tritium_needs"
+
+
+def needs(*markers: str):
+    """Declares what a fixture needs beyond the venv and the binary (markers registered in pytest.ini): every test
+    that uses the fixture, directly or through another fixture, gets those markers (conftest.py's
+    pytest_collection_modifyitems), so `-m "not etcd"` leaves it out. Put it below `@pytest.fixture`."""
+
+    def mark(function):
+        if type(function).__name__ == "FixtureFunctionDefinition":
+            raise TypeError(f"@needs{markers} goes below @pytest.fixture (on the function itself)")
+        setattr(function, NEEDS_ATTRIBUTE, (*getattr(function, NEEDS_ATTRIBUTE, ()), *markers))
+        return function
+
+    return mark
 
 
 def tritium_bin() -> pathlib.Path:

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, needs
 
 PACKAGE = REPO / "python"
 # Building the package links the whole server once more (a cdylib): minutes on 2 cores.
@@ -78,6 +78,7 @@ def clean_copy(destination: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+@needs("package", "slow")
 def venv(tmp_path_factory) -> pathlib.Path:
     """A fresh virtual environment with numpy and the package installed by `pip install ./python` from a clean
     copy of the repository."""

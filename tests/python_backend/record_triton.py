@@ -15,7 +15,7 @@ left out of that run and recorded after it, each on a fresh server of its own, a
 Every __pycache__ in the repository is removed first: the stubs write them while the models load, and Triton
 reloads a model whose directory changed since its load (crash_load_again depends on it), so every run is the same.
 
---self-check instead starts Triton the same way and runs tests/python/test_python_backend_differential.py against
+--self-check instead starts Triton the same way and runs tests/python/python_backend/test_python_backend_differential.py against
 it (TRITIUM_PB_DIFF_AGAINST_URL), again on a fresh server when Triton died: the comparison must pass every case on
 Triton itself.
 """
@@ -86,7 +86,7 @@ def server_alive(http_url: str) -> bool:
 
 def self_check(log: Path, pytest_args: list[str], attempts: int = 6) -> int:
     """Run the differential test against a live Triton; again when Triton died under it (see record)."""
-    test = HERE.parent / "python" / "test_python_backend_differential.py"
+    test = HERE.parent / "python" / "python_backend" / "test_python_backend_differential.py"
     for attempt in range(1, attempts + 1):
         clean_pycache()
         with triton_grpc_server(REPO, log=log) as (grpc_url, http_url, metrics_url):

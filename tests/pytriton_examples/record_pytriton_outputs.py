@@ -1,5 +1,5 @@
 """Records what PyTriton 0.7's own examples print, into pytriton_outputs.json, for
-tests/python/test_python_package.py to compare Tritium's answers with. Run it with PyTriton
+tests/python/package/test_python_package.py to compare Tritium's answers with. Run it with PyTriton
 installed (bench/lib/install-triton.sh puts nvidia-pytriton in .tools/triton-venv):
 
     .tools/triton-venv/bin/python tests/pytriton_examples/record_pytriton_outputs.py

@@ -132,8 +132,7 @@ impl DynamicBatcher {
     /// Queues one request of `rows` rows at the level its `priority` names, and waits for its
     /// share of a batch's outputs.
     pub async fn submit(&self, request: BackendRequest, rows: i64, options: &RequestOptions) -> BatchAnswer {
-        let answer = self.enqueue_share(request, rows, options)?;
-        answer.await.map_err(|_| stopped())?
+        self.submit_share(request, rows, options).await
     }
 }
 

@@ -1,9 +1,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tritium_proto::inference::model_queue_policy::TimeoutAction;
@@ -23,7 +23,7 @@ struct Counter {
 impl Backend for Counter {
     async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
         let input = request.input("INPUT")?;
-        self.calls.lock().unwrap().push(input.to_vec::<i32>()?);
+        self.calls.lock().push(input.to_vec::<i32>()?);
         if let Some((started, permits)) = &self.gate {
             started.notify_one();
             permits.acquire().await.unwrap().forget();
@@ -47,7 +47,7 @@ impl Counter {
     }
 
     fn calls(&self) -> Vec<Vec<i32>> {
-        self.calls.lock().unwrap().clone()
+        self.calls.lock().clone()
     }
 }
 

@@ -5,7 +5,8 @@
 //! only to swap the result in. Two loads of the same model still follow one another here.
 
 use std::collections::HashSet;
-use std::sync::{Condvar, Mutex, PoisonError};
+
+use parking_lot::{Condvar, Mutex};
 
 #[derive(Debug, Default)]
 pub(crate) struct LoadGate {
@@ -22,9 +23,9 @@ pub(crate) struct Loading<'a> {
 impl LoadGate {
     /// Waits until no other load of `name` is running, then marks it as loading.
     pub(crate) fn enter(&self, name: &str) -> Loading<'_> {
-        let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut loading = self.loading.lock();
         while loading.contains(name) {
-            loading = self.done.wait(loading).unwrap_or_else(PoisonError::into_inner);
+            self.done.wait(&mut loading);
         }
         loading.insert(name.to_owned());
         Loading { gate: self, name: name.to_owned() }
@@ -33,7 +34,7 @@ impl LoadGate {
 
 impl Drop for Loading<'_> {
     fn drop(&mut self) {
-        self.gate.loading.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.name);
+        self.gate.loading.lock().remove(&self.name);
         self.gate.done.notify_all();
     }
 }

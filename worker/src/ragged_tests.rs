@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_proto::inference::model_sequence_batching::{StrategyChoice, StrategyOldest};
 use tritium_proto::inference::{
@@ -206,7 +207,7 @@ struct SegmentSum {
 impl Backend for SegmentSum {
     async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
         let input = request.input("INPUT")?;
-        self.calls.lock().unwrap().push(input.shape.clone());
+        self.calls.lock().push(input.shape.clone());
         let values = input.to_vec::<f32>()?;
         let Ok(ends) = request.input("INDEX").and_then(|t| Ok(t.to_vec::<i32>()?)) else {
             // As a list backend gets it: one request, with its batch dimension.
@@ -289,7 +290,7 @@ async fn requests_of_other_lengths_share_a_batch_and_get_their_own_sums() {
     let backend = Arc::new(SegmentSum::default());
     let sums = sums_through_the_batcher(Arc::clone(&backend)).await;
     assert_eq!(sums, [3, 1, 5, 2].map(expected_sum));
-    assert_eq!(*backend.calls.lock().unwrap(), [vec![11]], "one call with 3 + 1 + 5 + 2 elements");
+    assert_eq!(*backend.calls.lock(), [vec![11]], "one call with 3 + 1 + 5 + 2 elements");
 }
 
 #[tokio::test]
@@ -297,7 +298,7 @@ async fn a_backend_that_takes_lists_gets_each_request_as_it_came() {
     let backend = Arc::new(SegmentSum { lists: true, ..Default::default() });
     let sums = sums_through_the_batcher(Arc::clone(&backend)).await;
     assert_eq!(sums, [3, 1, 5, 2].map(expected_sum));
-    assert_eq!(*backend.calls.lock().unwrap(), [vec![1, 3], vec![1, 1], vec![1, 5], vec![1, 2]]);
+    assert_eq!(*backend.calls.lock(), [vec![1, 3], vec![1, 1], vec![1, 5], vec![1, 2]]);
 }
 
 #[tokio::test]
@@ -333,7 +334,7 @@ async fn sequences_of_other_lengths_share_a_sequence_batch_and_get_their_own_sum
         sums.extend(task.await.unwrap().unwrap().outputs.unwrap()[0].to_vec::<f32>().unwrap());
     }
     assert_eq!(sums, [3, 1, 5, 2].map(expected_sum));
-    assert_eq!(*backend.calls.lock().unwrap(), [vec![11]], "one call: the batch of four sequences, 3 + 1 + 5 + 2 elements");
+    assert_eq!(*backend.calls.lock(), [vec![11]], "one call: the batch of four sequences, 3 + 1 + 5 + 2 elements");
 }
 
 fn output(name: &str, data_type: ConfigDataType, dims: Vec<i64>) -> tritium_proto::inference::ModelOutput {

@@ -18,8 +18,9 @@
 //! their schedulers never wait here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tritium_backend_api::error::WorkerError;
 use tritium_proto::ErrorCode;
@@ -114,7 +115,7 @@ impl RateLimiter {
     /// Executions waiting now.
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
-        self.lock().waiters.values().filter(|w| !w.grant.is_closed()).count()
+        self.state.lock().waiters.values().filter(|w| !w.grant.is_closed()).count()
     }
 
     /// Registers the instances of one model version; `None` when the limiter is off. An error,
@@ -131,7 +132,7 @@ impl RateLimiter {
                 "the rate limiter serves at most {MAX_INSTANCES} instances of one model; the config asks for {total}"
             ));
         }
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let model = state.next_id;
         state.next_id += 1;
         let mut ids = Vec::new();
@@ -179,10 +180,6 @@ impl RateLimiter {
         drop(state);
         drop(unwanted);
         Ok(Some(ModelRates(Arc::new(Registration { limiter: Arc::clone(self), model, instances: ids }))))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Each resource's count from the instances registered and the flags (Triton's
@@ -253,7 +250,7 @@ impl RateLimiter {
 
     fn release(self: &Arc<Self>, instance: u64) {
         let unwanted = {
-            let mut state = self.lock();
+            let mut state = self.state.lock();
             let State { instances, allocated, .. } = &mut *state;
             let mut gone = false;
             if let Some(done) = instances.get_mut(&instance) {
@@ -276,7 +273,7 @@ impl RateLimiter {
 
     fn unregister(self: &Arc<Self>, ids: &[u64]) {
         let unwanted = {
-            let mut state = self.lock();
+            let mut state = self.state.lock();
             for id in ids {
                 let busy = match state.instances.get_mut(id) {
                     Some(instance) => {
@@ -369,7 +366,7 @@ impl ModelRates {
         let (sender, receiver) = oneshot::channel();
         let instance = instance.and_then(|i| registration.instances.get(i).copied());
         let unwanted = {
-            let mut state = limiter.lock();
+            let mut state = limiter.state.lock();
             let seq = state.next_id;
             state.next_id += 1;
             state.waiters.insert(seq, Waiter { model: registration.model, instance, grant: sender });
@@ -402,7 +399,7 @@ impl Drop for LeaveOnDrop<'_> {
         drop(self.receiver.try_recv());
         // The closed waiter leaves the queue on this pass, and may have held others back.
         let unwanted = {
-            let mut state = self.limiter.lock();
+            let mut state = self.limiter.state.lock();
             self.limiter.schedule(&mut state)
         };
         drop(unwanted);

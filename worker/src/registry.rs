@@ -7,13 +7,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tritium_proto::inference::ModelConfig;
 
+mod adapters;
 mod build;
 mod declare;
 pub mod on_demand;
@@ -22,6 +24,7 @@ mod overrides;
 mod remote;
 mod requests;
 
+pub use adapters::{LoadAdapter, LocalAdapter, Refusal, check_names, choose_base, load_into, unload_local};
 pub use options::{ControlMode, DeclaredModel, RepositoryOptions};
 pub use overrides::{FileOverride, MAX_OVERRIDE_BYTES, MAX_OVERRIDE_FILES, OverrideFolder};
 pub use remote::{RemoteModel, RemoteRepository, SyncedModel};
@@ -174,7 +177,7 @@ impl ModelRepository {
         let mut wanted = repository.options.startup_models.clone();
         wanted.extend(repository.options.on_demand.pinned.iter().cloned());
         let startup = with_composing_models(&sources, wanted.clone());
-        let guard = repository.lock_lifecycle();
+        let guard = repository.lifecycle.lock();
         for source in sources {
             let wanted = load_all || startup.contains(&source.name);
             if wanted {
@@ -187,7 +190,7 @@ impl ModelRepository {
         }
         if repository.options.control_mode == ControlMode::Explicit || on_demand {
             for name in &wanted {
-                if name != "*" && !repository.is_served(name) && !repository.lock_unserved().contains_key(name) {
+                if name != "*" && !repository.is_served(name) && !repository.unserved.lock().contains_key(name) {
                     return Err(WorkerError::LoadFailed {
                         name: name.clone(),
                         reason: "no model of that name in the model repository".to_string(),
@@ -257,7 +260,7 @@ impl ModelRepository {
 
     /// True when every model the repository was asked to serve is ready.
     pub fn all_ready(&self) -> bool {
-        !self.lock_unserved().values().any(|u| u.blocks_readiness) && self.remotes_healthy()
+        !self.unserved.lock().values().any(|u| u.blocks_readiness) && self.remotes_healthy()
     }
 
     /// The version a request asks for (`None`: the latest ready one), with Triton's errors.
@@ -277,7 +280,7 @@ impl ModelRepository {
         }
         // A model that was loaded once (or failed to) has no available versions; one that sits
         // in the repository never loaded is as unknown as one that does not exist.
-        let known = self.lock_unserved().get(name).is_some_and(|u| !u.reason.is_empty());
+        let known = self.unserved.lock().get(name).is_some_and(|u| !u.reason.is_empty());
         Err(if known {
             WorkerError::NoAvailableVersions { name: name.to_string() }
         } else {
@@ -310,7 +313,7 @@ impl ModelRepository {
         self.load_composing_models(&source, config_json, 0)?;
         let _loading = self.loading.enter(name);
         let built = self.build(&source, config_json);
-        let _guard = self.lock_lifecycle();
+        let _guard = self.lifecycle.lock();
         self.settle(&source, built, LoadCause::Client)
     }
 
@@ -345,7 +348,7 @@ impl ModelRepository {
         if !self.clients_control() {
             return Err(WorkerError::ModelControlDisabled);
         }
-        let _guard = self.lock_lifecycle();
+        let _guard = self.lifecycle.lock();
         self.remove_served(name, "unloaded", on_demand::UnloadCause::Explicit);
         Ok(())
     }
@@ -369,7 +372,7 @@ impl ModelRepository {
             }
         }
         if !ready_only {
-            for (name, unserved) in self.lock_unserved().iter() {
+            for (name, unserved) in self.unserved.lock().iter() {
                 if unserved.reason.is_empty() {
                     rows.push(IndexEntry { name: name.clone(), version: None, state: None, reason: String::new() });
                 } else if unserved.versions.is_empty() {
@@ -398,12 +401,12 @@ impl ModelRepository {
 
     /// Brings the served models in line with the repository folders (poll mode).
     pub fn poll(&self) -> Result<(), WorkerError> {
-        let _guard = self.lock_lifecycle();
+        let _guard = self.lifecycle.lock();
         let sources = load_order(self.sources()?);
         for source in &sources {
             let current = self.model(&source.name).map(|m| m.fingerprint);
-            let failed = self.lock_unserved().get(&source.name).and_then(|u| u.fingerprint);
-            let rejected = self.lock_rejected().get(&source.name).copied();
+            let failed = self.unserved.lock().get(&source.name).and_then(|u| u.fingerprint);
+            let rejected = self.rejected.lock().get(&source.name).copied();
             let changed = ![current, failed, rejected].contains(&Some(source.fingerprint));
             if changed && let Err(e) = self.load_source(source, None, LoadCause::Configuration) {
                 tracing::error!(model = %source.name, "failed to reload: {e}");
@@ -460,7 +463,7 @@ impl ModelRepository {
             }
             sources.push(builtin_source(&declared.name, &declared.config_text));
         }
-        sources.extend(self.lock_declared_later().iter().map(|d| builtin_source(&d.name, &d.config_text)));
+        sources.extend(self.declared_later.lock().iter().map(|d| builtin_source(&d.name, &d.config_text)));
         Ok(sources)
     }
 
@@ -469,7 +472,7 @@ impl ModelRepository {
         if let Some(declared) = options.declared.iter().find(|d| d.name == name) {
             return Ok(Some(builtin_source(&declared.name, &declared.config_text)));
         }
-        if let Some(declared) = self.lock_declared_later().iter().find(|d| d.name == name) {
+        if let Some(declared) = self.declared_later.lock().iter().find(|d| d.name == name) {
             return Ok(Some(builtin_source(&declared.name, &declared.config_text)));
         }
         if options.paths.is_empty() && options.remote.is_empty() {
@@ -496,8 +499,8 @@ impl ModelRepository {
                 let mut next = ByName::clone(&self.served.load());
                 next.insert(source.name.clone(), Arc::new(model));
                 self.served.store(Arc::new(next));
-                self.lock_unserved().remove(&source.name);
-                self.lock_rejected().remove(&source.name);
+                self.unserved.lock().remove(&source.name);
+                self.rejected.lock().remove(&source.name);
                 self.changes.send_modify(|n| *n += 1);
                 tracing::info!(model = %source.name, "loaded");
                 self.on_loaded(&source.name, &source.dir);
@@ -507,7 +510,7 @@ impl ModelRepository {
                 // A failed reload leaves the loaded model as it was, as Triton documents; the
                 // failed state is remembered so polling does not retry it unchanged.
                 tracing::error!(model = %source.name, "reload failed, the loaded model stays: {e}");
-                self.lock_rejected().insert(source.name.clone(), source.fingerprint);
+                self.rejected.lock().insert(source.name.clone(), source.fingerprint);
                 Err(e)
             }
             Err(e) => {
@@ -536,7 +539,7 @@ impl ModelRepository {
         let mut next = ByName::clone(&current);
         next.remove(name);
         self.served.store(Arc::new(next));
-        self.lock_rejected().remove(name);
+        self.rejected.lock().remove(name);
         self.changes.send_modify(|n| *n += 1);
         self.on_unloaded(name, cause);
         tracing::info!(model = %name, "unloaded");
@@ -553,23 +556,7 @@ impl ModelRepository {
     }
 
     fn mark_unserved(&self, name: &str, versions: Vec<i64>, reason: String, fingerprint: Option<u64>, blocks_readiness: bool) {
-        self.lock_unserved().insert(name.to_string(), Unserved { versions, reason, fingerprint, blocks_readiness });
-    }
-
-    fn lock_unserved(&self) -> MutexGuard<'_, BTreeMap<String, Unserved>> {
-        self.unserved.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn lock_rejected(&self) -> MutexGuard<'_, HashMap<String, u64>> {
-        self.rejected.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn lock_declared_later(&self) -> MutexGuard<'_, Vec<DeclaredModel>> {
-        self.declared_later.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn lock_lifecycle(&self) -> MutexGuard<'_, ()> {
-        self.lifecycle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.unserved.lock().insert(name.to_string(), Unserved { versions, reason, fingerprint, blocks_readiness });
     }
 }
 

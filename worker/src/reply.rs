@@ -125,16 +125,13 @@ pub(crate) trait Queue {
         reply: Reply,
     ) -> Result<(), (BackendError, Reply)>;
 
-    /// Queues a plain request; where its share of a batch will come.
-    fn enqueue_share(
-        &self,
-        request: BackendRequest,
-        rows: i64,
-        options: &RequestOptions,
-    ) -> Result<oneshot::Receiver<BatchAnswer>, BackendError> {
+    /// Queues a plain request and waits for its share of a batch's outputs: every batcher's
+    /// `submit`. The request joins the queue before the first await, so requests read in order
+    /// from one stream keep that order.
+    async fn submit_share(&self, request: BackendRequest, rows: i64, options: &RequestOptions) -> BatchAnswer {
         let (reply, answer) = oneshot::channel();
         self.enqueue(request, rows, options, Reply::Share(reply)).map_err(|(error, _)| error)?;
-        Ok(answer)
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Queues a request of a decoupled model (its responses go to `responder` once it runs);

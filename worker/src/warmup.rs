@@ -154,13 +154,13 @@ mod tests {
 
     /// Records the shapes it saw; fails on a NaN.
     #[derive(Default)]
-    struct Recorder(std::sync::Mutex<Vec<(String, Vec<i64>, Bytes)>>);
+    struct Recorder(parking_lot::Mutex<Vec<(String, Vec<i64>, Bytes)>>);
 
     #[async_trait]
     impl Backend for Recorder {
         async fn execute(&self, request: BackendRequest, responder: &mut Responder) -> Result<(), BackendError> {
             for input in &request.inputs {
-                self.0.lock().unwrap().push((input.name.clone(), input.shape.clone(), input.data.clone()));
+                self.0.lock().push((input.name.clone(), input.shape.clone(), input.data.clone()));
             }
             responder.send(vec![]).await
         }
@@ -184,7 +184,7 @@ mod tests {
         };
         let backend = Recorder::default();
         run(&config(4, sample), None, &backend, &RaggedBatching::default()).unwrap();
-        let seen = backend.0.lock().unwrap();
+        let seen = backend.0.lock();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].1, [3, 2]);
         assert!(seen[0].2.iter().all(|&b| b == 0));
@@ -204,7 +204,7 @@ mod tests {
         };
         let backend = Recorder::default();
         run(&config(0, sample), None, &backend, &RaggedBatching::default()).unwrap();
-        let seen = backend.0.lock().unwrap();
+        let seen = backend.0.lock();
         assert_eq!(seen[0].1, [64], "a model that does not batch gets the dims as they are");
         assert!(seen[0].2.iter().all(|&b| b <= 1));
         assert_eq!(&seen[1].2[..], [0u8; 8]);
@@ -223,7 +223,7 @@ mod tests {
         };
         let backend = Recorder::default();
         run(&config(0, sample("x.bin", vec![2])), Some(dir.path()), &backend, &RaggedBatching::default()).unwrap();
-        assert_eq!(backend.0.lock().unwrap()[0].2, 7i32.to_le_bytes().repeat(2));
+        assert_eq!(backend.0.lock()[0].2, 7i32.to_le_bytes().repeat(2));
         let short =
             run(&config(0, sample("x.bin", vec![3])), Some(dir.path()), &backend, &RaggedBatching::default()).unwrap_err();
         assert!(short.contains("does not hold the input's 3 elements"), "{short}");
@@ -248,6 +248,6 @@ mod tests {
         let skipped = ModelWarmup { name: "none".into(), batch_size: 0, count: 1, inputs: Default::default() };
         let backend = Recorder::default();
         run(&config(8, skipped), None, &backend, &RaggedBatching::default()).unwrap();
-        assert!(backend.0.lock().unwrap().is_empty(), "a sample of batch size 0 is skipped, as in Triton");
+        assert!(backend.0.lock().is_empty(), "a sample of batch size 0 is skipped, as in Triton");
     }
 }

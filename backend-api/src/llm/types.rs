@@ -262,6 +262,10 @@ pub enum GenerateError {
     /// No worker could carry the sequence on (its worker went away and migration was not possible).
     #[error("the model '{model}' is unavailable: {message}")]
     Unavailable { model: String, message: String },
+    /// The worker running the sequence went away or its connection broke mid-stream: the router
+    /// continues the sequence on another worker when it can.
+    #[error("the model '{model}' failed: worker unreachable: worker '{worker}': {message}")]
+    WorkerLost { model: String, worker: String, message: String },
 }
 
 impl GenerateError {
@@ -269,7 +273,7 @@ impl GenerateError {
         match self {
             GenerateError::Overloaded { .. } => ErrorCode::ResourceExhausted,
             GenerateError::InvalidRequest(_) => ErrorCode::InvalidArg,
-            GenerateError::Engine { .. } => ErrorCode::Internal,
+            GenerateError::Engine { .. } | GenerateError::WorkerLost { .. } => ErrorCode::Internal,
             GenerateError::ShuttingDown(_) | GenerateError::Unavailable { .. } => ErrorCode::Unavailable,
         }
     }

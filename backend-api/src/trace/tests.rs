@@ -4,7 +4,7 @@ use super::*;
 struct Keep(Mutex<Vec<FinishedTrace>>);
 impl TraceSink for Keep {
     fn finished(&self, trace: FinishedTrace) {
-        lock(&self.0).push(trace);
+        self.0.lock().push(trace);
     }
 }
 
@@ -17,13 +17,13 @@ fn finishes_once_when_the_last_node_is_dropped() {
     let grandchild = child.child("bls", None);
     drop(root.clone());
     drop(root);
-    assert!(lock(&sink.0).is_empty(), "children still running");
+    assert!(sink.0.lock().is_empty(), "children still running");
     child.stamp(TimestampKind::ComputeStart);
     drop(child);
-    assert!(lock(&sink.0).is_empty());
+    assert!(sink.0.lock().is_empty());
     grandchild.set_model_version(3);
     drop(grandchild);
-    let traces = lock(&sink.0);
+    let traces = sink.0.lock();
     assert_eq!(traces.len(), 1);
     let nodes = &traces[0].nodes;
     assert_eq!(nodes.len(), 3);
@@ -43,7 +43,7 @@ fn level_decides_what_is_recorded() {
     trace.stamp(TimestampKind::RequestStart);
     trace.tensor(TensorActivity::QueueInput, &Tensor::from_slice("IN", vec![2], &[1.0f32, 2.0]));
     drop(trace);
-    let traces = lock(&sink.0);
+    let traces = sink.0.lock();
     assert!(traces[0].root().timestamps.is_empty());
     assert_eq!(traces[0].root().tensors.len(), 1);
 }
@@ -57,7 +57,7 @@ fn a_remote_parent_is_continued() {
     assert_eq!(context.trace_id, parent.as_ref().map_or([0; 16], |p| p.trace_id));
     assert_eq!(context.tracestate(), Some("k=v"));
     drop(trace);
-    let traces = lock(&sink.0);
+    let traces = sink.0.lock();
     assert_eq!(traces[0].root().parent_span_id, parent.map(|p| p.span_id));
 }
 
@@ -68,7 +68,7 @@ fn clocks_agree() {
     assert!(at >= before);
     let sink = Arc::new(Keep::default());
     drop(RequestTrace::root(TraceLevel::TIMESTAMPS, "m", None, "", None, sink.clone()));
-    let unix = lock(&sink.0)[0].unix_ns(now_ns());
+    let unix = sink.0.lock()[0].unix_ns(now_ns());
     let real = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     assert!(unix.abs_diff(real) < 60_000_000_000);
     assert_ne!(random_nonzero(), random_nonzero());

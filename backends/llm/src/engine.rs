@@ -8,10 +8,11 @@
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc};
 
 use super::block_pool::BlockPool;
@@ -194,7 +195,7 @@ impl LlmEngine {
             )));
         }
         off_runtime(|| {
-            let _one_at_a_time = self.compiling.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _one_at_a_time = self.compiling.lock();
             let grammars = self.grammars.get_or_init(|| Grammars::new(&self.card, self.vocab_size));
             let grammars = grammars.as_ref().map_err(|message| self.shared.engine_error(message.clone()))?;
             grammars.matcher(constraint).map_err(GenerateError::InvalidRequest)
@@ -285,7 +286,7 @@ impl LlmEngine {
         let constraint = match &request.constraint {
             Some(constraint) => {
                 // A request that would be refused anyway costs no compile.
-                if let Some(refused) = self.refusal(&self.shared.lock()) {
+                if let Some(refused) = self.refusal(&self.shared.queue.lock()) {
                     return Err(refused);
                 }
                 Some(Constrained::new(self.compile(constraint)?))
@@ -302,7 +303,7 @@ impl LlmEngine {
         // Blocks another engine computed are the base model's: an adapted sequence computes its own.
         let imported = if lora.is_some() { None } else { imported };
         let (sender, receiver) = mpsc::unbounded_channel();
-        let mut queue = self.shared.lock();
+        let mut queue = self.shared.queue.lock();
         if let Some(refused) = self.refusal(&queue) {
             return Err(refused);
         }
@@ -328,7 +329,7 @@ impl LlmEngine {
 
 impl LlmEngine {
     fn adapter(&self, name: &str) -> Option<Arc<LoraAdapter>> {
-        self.adapters.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).cloned()
+        self.adapters.read().get(name).cloned()
     }
 }
 
@@ -402,7 +403,7 @@ impl LanguageModel for LlmEngine {
     }
 
     fn adapters(&self) -> Vec<AdapterInfo> {
-        let adapters = self.adapters.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let adapters = self.adapters.read();
         let mut list: Vec<AdapterInfo> = adapters.values().map(|a| adapter_info(a)).collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
@@ -420,7 +421,7 @@ impl LanguageModel for LlmEngine {
         let full = || refuse(format!("the model '{}' holds its limit of {max} LoRA adapters (--max-loras)", self.shared.name));
         let loaded = || refuse(format!("The lora adapter '{name}' has already been loaded."));
         {
-            let adapters = self.adapters.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let adapters = self.adapters.read();
             if adapters.contains_key(name) {
                 return Err(loaded());
             }
@@ -431,7 +432,7 @@ impl LanguageModel for LlmEngine {
         // Read outside the lock: an adapter takes a moment to load.
         let adapter = off_runtime(|| LoraAdapter::load(name, path, base, self.shared.options.max_lora_rank)).map_err(refuse)?;
         let info = adapter_info(&adapter);
-        let mut adapters = self.adapters.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut adapters = self.adapters.write();
         if adapters.contains_key(name) {
             return Err(loaded());
         }
@@ -444,7 +445,7 @@ impl LanguageModel for LlmEngine {
     }
 
     fn unload_adapter(&self, name: &str) -> Result<bool, GenerateError> {
-        let removed = self.adapters.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(name).is_some();
+        let removed = self.adapters.write().remove(name).is_some();
         if removed {
             tracing::info!(model = %self.shared.name, adapter = name, "LoRA adapter unloaded");
         }
@@ -454,7 +455,7 @@ impl LanguageModel for LlmEngine {
 
 impl Drop for LlmEngine {
     fn drop(&mut self) {
-        self.shared.lock().shutdown = true;
+        self.shared.queue.lock().shutdown = true;
         self.shared.wake.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

@@ -17,7 +17,7 @@ impl EngineLoop {
     /// nothing to do. Returns false at shutdown.
     pub(super) fn admit(&mut self) -> bool {
         let shared = Arc::clone(&self.shared);
-        let mut queue = shared.lock();
+        let mut queue = shared.queue.lock();
         loop {
             if queue.shutdown {
                 return false;
@@ -40,7 +40,7 @@ impl EngineLoop {
             }
             self.pool.flush_events();
             self.publish_gauges();
-            queue = shared.wake.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+            shared.wake.wait(&mut queue);
         }
     }
 

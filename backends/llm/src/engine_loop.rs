@@ -65,7 +65,7 @@ impl EngineLoop {
         for sequence in self.running.drain(..).chain(self.preempted.drain(..)) {
             let _ = sequence.sender.send(Err(error.clone()));
         }
-        for waiting in self.shared.lock().waiting.drain(..) {
+        for waiting in self.shared.queue.lock().waiting.drain(..) {
             let _ = waiting.sender.send(Err(error.clone()));
         }
     }

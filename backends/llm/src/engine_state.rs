@@ -3,9 +3,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use parking_lot::{Condvar, Mutex};
 use tokio::sync::mpsc;
 use tritium_backend_api::kv::{BlockHash, DEFAULT_KV_BLOCK_SIZE};
 use tritium_backend_api::llm::{GenerateError, GenerateEvent, GenerateRequest, ImportedBlocks, Priority};
@@ -13,7 +13,6 @@ use tritium_backend_api::llm::{GenerateError, GenerateEvent, GenerateRequest, Im
 use crate::constraint::Constrained;
 use crate::export::ExportSink;
 use crate::offload::OffloadOptions;
-use crate::speculation::SpeculativeOptions;
 
 /// Bounds on what one engine holds at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +108,47 @@ impl Default for EngineOptions {
     }
 }
 
+/// `--speculative ngram` and its knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpeculativeOptions {
+    /// Tokens proposed per step at most (`--num-speculative-tokens`).
+    pub num_tokens: usize,
+    /// The shortest and longest suffix looked up (`--prompt-lookup-min`, `--prompt-lookup-max`).
+    pub lookup_min: usize,
+    pub lookup_max: usize,
+    /// With more sequences decoding than this, no one speculates: a wide batch already keeps the
+    /// machine busy, and verifying proposals would cost more than it saves
+    /// (`--speculative-disable-by-batch-size`).
+    pub disable_by_batch_size: usize,
+}
+
+impl Default for SpeculativeOptions {
+    fn default() -> SpeculativeOptions {
+        SpeculativeOptions { num_tokens: 5, lookup_min: 2, lookup_max: 4, disable_by_batch_size: 4 }
+    }
+}
+
+/// The most tokens proposed at once: each is a row of logits held for the step.
+pub const MAX_SPECULATIVE_TOKENS: usize = 16;
+
+impl SpeculativeOptions {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_tokens == 0 || self.num_tokens > MAX_SPECULATIVE_TOKENS {
+            return Err(format!(
+                "--num-speculative-tokens must be between 1 and {MAX_SPECULATIVE_TOKENS}, got {}",
+                self.num_tokens
+            ));
+        }
+        if self.lookup_min == 0 || self.lookup_min > self.lookup_max {
+            return Err(format!(
+                "--prompt-lookup-min ({}) must be at least 1 and at most --prompt-lookup-max ({})",
+                self.lookup_min, self.lookup_max
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub(crate) type EventSender = mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>>;
 
 /// A request waiting for a place in the batch.
@@ -176,10 +216,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     pub(crate) fn engine_error(&self, message: impl Into<String>) -> GenerateError {
         GenerateError::Engine { model: self.name.clone(), message: message.into() }
     }

@@ -61,11 +61,10 @@ pub use backend::{LLM_BACKEND, LlmFactory};
 pub use card::{card_from_gguf, card_from_gguf_file, card_from_hf_dir, detect_kind};
 pub use embed::{EMBED_BACKEND, embed_factory};
 pub use engine::LlmEngine;
-pub use engine_state::{EngineOptions, SchedulingPolicy};
+pub use engine_state::{EngineOptions, MAX_SPECULATIVE_TOKENS, SchedulingPolicy, SpeculativeOptions};
 pub use mock::{MOCK_LLM_BACKEND, MockEngine, MockFactory, MockOptions, mock_config_text};
 pub use model::default_device;
 pub use offload::OffloadOptions;
-pub use speculation::{MAX_SPECULATIVE_TOKENS, SpeculativeOptions};
 
 /// Registers the language model backend (with `defaults` for what a config leaves out), the mock
 /// language model and the embedder.

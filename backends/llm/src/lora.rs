@@ -171,7 +171,7 @@ type Pairs = Vec<HashMap<Target, LoraPair>>;
 
 /// A llama.cpp GGUF adapter.
 fn gguf(path: &Path, config: &DecoderConfig, max_rank: usize) -> Result<(usize, Pairs), String> {
-    let (content, mut file) = super::model::gguf::read_content(path)?;
+    let (content, mut file) = super::model::gguf_header::read_content(path)?;
     let text = |key: &str| content.metadata.get(key).and_then(|v| v.to_string().ok()).cloned();
     if text("general.type").as_deref() != Some("adapter") || text("adapter.type").as_deref() != Some("lora") {
         return Err(format!("{}: not a LoRA adapter (general.type must be 'adapter', adapter.type 'lora')", path.display()));

@@ -2,10 +2,11 @@
 //! an urgent arrival, and who gives way when the block pool runs dry, each against FCFS.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use parking_lot::Mutex;
 
 use crate::engine_state::SchedulingPolicy;
 use crate::mock::{MockEngine, MockOptions};
@@ -114,7 +115,7 @@ async fn first_to_finish_when_the_pool_runs_dry(policy: SchedulingPolicy) -> (&'
         let order = Arc::clone(&order);
         tokio::spawn(async move {
             let (tokens, _) = collect(stream).await;
-            order.lock().unwrap().push(name);
+            order.lock().push(name);
             tokens
         })
     };
@@ -122,7 +123,7 @@ async fn first_to_finish_when_the_pool_runs_dry(policy: SchedulingPolicy) -> (&'
     let a_tokens = a.await.unwrap();
     assert_eq!(b.await.unwrap().len(), 120);
     assert!(engine.stats().sequences_preempted >= 1, "{:?}", engine.stats());
-    let first = order.lock().unwrap()[0];
+    let first = order.lock()[0];
     (first, a_tokens)
 }
 

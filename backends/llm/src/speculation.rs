@@ -12,50 +12,9 @@
 //! whether speculation is on. Rejected positions are rolled back by leaving them past `fed`:
 //! their keys and values are overwritten before anything reads them.
 
-use super::engine_state::Counters;
+use super::engine_state::{Counters, SpeculativeOptions};
 use super::sequence::{Running, Sampled, sample_next};
 use tritium_backend_api::llm::ModelCard;
-
-/// `--speculative ngram` and its knobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpeculativeOptions {
-    /// Tokens proposed per step at most (`--num-speculative-tokens`).
-    pub num_tokens: usize,
-    /// The shortest and longest suffix looked up (`--prompt-lookup-min`, `--prompt-lookup-max`).
-    pub lookup_min: usize,
-    pub lookup_max: usize,
-    /// With more sequences decoding than this, no one speculates: a wide batch already keeps the
-    /// machine busy, and verifying proposals would cost more than it saves
-    /// (`--speculative-disable-by-batch-size`).
-    pub disable_by_batch_size: usize,
-}
-
-impl Default for SpeculativeOptions {
-    fn default() -> SpeculativeOptions {
-        SpeculativeOptions { num_tokens: 5, lookup_min: 2, lookup_max: 4, disable_by_batch_size: 4 }
-    }
-}
-
-/// The most tokens proposed at once: each is a row of logits held for the step.
-pub const MAX_SPECULATIVE_TOKENS: usize = 16;
-
-impl SpeculativeOptions {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.num_tokens == 0 || self.num_tokens > MAX_SPECULATIVE_TOKENS {
-            return Err(format!(
-                "--num-speculative-tokens must be between 1 and {MAX_SPECULATIVE_TOKENS}, got {}",
-                self.num_tokens
-            ));
-        }
-        if self.lookup_min == 0 || self.lookup_min > self.lookup_max {
-            return Err(format!(
-                "--prompt-lookup-min ({}) must be at least 1 and at most --prompt-lookup-max ({})",
-                self.lookup_min, self.lookup_max
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// The tokens that followed the latest earlier occurrence of `tokens`' longest suffix between
 /// `lookup_min` and `lookup_max` tokens long, at most `limit` of them (empty: nothing to propose).

@@ -6,8 +6,7 @@ use candle_core::Device;
 use futures::StreamExt;
 
 use super::engine::LlmEngine;
-use super::engine_state::EngineOptions;
-use super::speculation::SpeculativeOptions;
+use super::engine_state::{EngineOptions, SpeculativeOptions};
 use tritium_backend_api::llm::{GenerateEvent, GenerateRequest, LanguageModel, SamplingOptions, StopOptions, TokenStream};
 
 /// Text that repeats spans of itself: prompt lookup has something to propose.

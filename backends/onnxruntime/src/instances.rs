@@ -13,10 +13,11 @@
 //! parallel section, and with runs side by side, spinning pools would take the cores from each
 //! other (half the CNN's throughput with two runs at once on 2 cores).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tritium_backend_api::BackendError;
 use tritium_proto::ErrorCode;
@@ -112,7 +113,7 @@ impl Shared {
             return;
         }
         let (running, taken) = {
-            let mut sessions = self.lock_sessions();
+            let mut sessions = self.sessions.lock();
             let running = Running::start();
             let solo = if running.alone { sessions.solo.take() } else { None };
             (running, solo.map(|s| (s, true)).or_else(|| sessions.idle.pop().map(|i| (i, false))))
@@ -123,7 +124,7 @@ impl Shared {
         };
         let answer = infer(&mut instance.session, inputs, &instance.options);
         drop(running);
-        let mut sessions = self.lock_sessions();
+        let mut sessions = self.sessions.lock();
         if solo {
             sessions.solo = Some(instance);
         } else {
@@ -133,10 +134,6 @@ impl Shared {
         drop(permit);
         // The client may have gone meanwhile; nothing waits for the answer then.
         let _ = reply.send(answer);
-    }
-
-    fn lock_sessions(&self) -> MutexGuard<'_, Sessions> {
-        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -4,9 +4,10 @@
 //! library is loaded, so none is made before this succeeds).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use ort::environment::Environment;
+use parking_lot::Mutex;
 
 /// Where `scripts/install-onnxruntime.sh` puts the library, relative to the project folder.
 pub const INSTALLED_LIBRARY: &str = ".tools/onnxruntime/lib/libonnxruntime.so";
@@ -25,7 +26,7 @@ pub fn environment(explicit: Option<&Path>, spinning: bool) -> Result<Environmen
     if let Some(environment) = ENVIRONMENT.get() {
         return Ok(environment.clone());
     }
-    let _loading = LOADING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _loading = LOADING.lock();
     if let Some(environment) = ENVIRONMENT.get() {
         return Ok(environment.clone());
     }

@@ -29,10 +29,11 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use flate2::read::MultiGzDecoder;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 /// How much a packed environment may unpack to.
@@ -83,7 +84,7 @@ fn unpacked_in(parent: &Path, archive: &Path, limits: &EnvLimits) -> Result<Path
     let dir = root.join(&digest);
     // One unpack per archive in this process; other processes race on the rename below.
     let lock = key_lock(&digest);
-    let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+    let _held = lock.lock();
     if is_finished(&dir, uid)? {
         return Ok(dir);
     }
@@ -134,7 +135,7 @@ fn is_finished(dir: &Path, uid: u32) -> Result<bool, String> {
 
 fn key_lock(digest: &str) -> Arc<Mutex<()>> {
     static LOCKS: LazyLock<Mutex<HashMap<String, Arc<Mutex<()>>>>> = LazyLock::new(Mutex::default);
-    let mut locks = LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut locks = LOCKS.lock();
     Arc::clone(locks.entry(digest.to_string()).or_default())
 }
 

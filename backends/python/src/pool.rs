@@ -6,8 +6,9 @@
 //! where that failed; the model is not ready while any instance has no live stub.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
@@ -117,12 +118,12 @@ impl Instances {
         let queue = Queue { idle: slots, ..Queue::default() };
         let runtime = Handle::try_current().ok();
         let shared = Arc::new(Shared { queue: Mutex::new(queue), stubs: Mutex::new(stubs), launcher, runtime });
-        for (index, stub) in lock(&shared.stubs).iter().enumerate() {
+        for (index, stub) in shared.stubs.lock().iter().enumerate() {
             if let Some(stub) = stub {
                 shared.watch(index, stub);
             }
         }
-        let mut live = lock(&LIVE);
+        let mut live = LIVE.lock();
         live.retain(|weak| weak.strong_count() > 0);
         live.push(Arc::downgrade(&shared));
         Ok(Instances { shared })
@@ -130,14 +131,14 @@ impl Instances {
 
     /// Whether every instance has a live stub (false while one is being started again).
     pub fn is_ready(&self) -> bool {
-        !lock(&self.shared.queue).stopped && lock(&self.shared.stubs).iter().all(|s| s.as_ref().is_some_and(|s| s.is_alive()))
+        !self.shared.queue.lock().stopped && self.shared.stubs.lock().iter().all(|s| s.as_ref().is_some_and(|s| s.is_alive()))
     }
 
     /// Runs `job` on the most recently idle instance, or queues it until one is free; its
     /// answer comes on `job.reply` (and its streams).
     pub fn submit(&self, job: Job) {
         let slot = {
-            let mut queue = lock(&self.shared.queue);
+            let mut queue = self.shared.queue.lock();
             if queue.stopped {
                 drop(queue);
                 return job.fail(stopped());
@@ -157,7 +158,7 @@ impl Instances {
         // `stop_all` waits for them before the process exits.
         for stub in self.shared.take_stubs() {
             if let Ok(handle) = std::thread::Builder::new().name("python-stop".into()).spawn(move || stub.stop()) {
-                let mut stopping = lock(&STOPPING);
+                let mut stopping = STOPPING.lock();
                 stopping.retain(|h| !h.is_finished());
                 stopping.push(handle);
             }
@@ -185,7 +186,7 @@ impl Shared {
     /// wanted, or goes idle (starting its stub again first if it died).
     fn finished(self: &Arc<Self>, slot: Slot) {
         let job = {
-            let mut queue = lock(&self.queue);
+            let mut queue = self.queue.lock();
             if queue.stopped {
                 return;
             }
@@ -218,7 +219,7 @@ impl Shared {
     /// does when its `execute` is settled, in [`Shared::finished`]).
     fn exited(self: &Arc<Self>, index: usize) {
         let slot = {
-            let mut queue = lock(&self.queue);
+            let mut queue = self.queue.lock();
             let found =
                 queue.idle.iter().position(|slot| slot.index == index && slot.stub.as_ref().is_some_and(|s| !s.is_alive()));
             match found {
@@ -241,7 +242,7 @@ impl Shared {
                     tracing::warn!(instance = %slot.name, "the Python stub could not be started again: {why}");
                     slot.stub = None;
                     let Some(job) = job else {
-                        let mut queue = lock(&shared.queue);
+                        let mut queue = shared.queue.lock();
                         if !queue.stopped {
                             queue.idle.push(slot);
                         }
@@ -254,11 +255,11 @@ impl Shared {
                     return shared.finished(slot);
                 }
             };
-            if lock(&shared.queue).stopped {
+            if shared.queue.lock().stopped {
                 stub.kill();
                 return job.into_iter().for_each(|job| job.fail(stopped()));
             }
-            if let Some(entry) = lock(&shared.stubs).get_mut(slot.index) {
+            if let Some(entry) = shared.stubs.lock().get_mut(slot.index) {
                 *entry = Some(Arc::clone(&stub));
             }
             shared.watch(slot.index, &stub);
@@ -276,13 +277,13 @@ impl Shared {
 
     fn take_stubs(&self) -> Vec<Arc<Stub>> {
         let waiting = {
-            let mut queue = lock(&self.queue);
+            let mut queue = self.queue.lock();
             queue.stopped = true;
             queue.idle.clear();
             std::mem::take(&mut queue.waiting)
         };
         waiting.into_iter().for_each(|job| job.fail(stopped()));
-        std::mem::take(&mut *lock(&self.stubs)).into_iter().flatten().collect()
+        std::mem::take(&mut *self.stubs.lock()).into_iter().flatten().collect()
     }
 }
 
@@ -295,9 +296,9 @@ static STOPPING: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new()
 /// (each bounded by the stub timeout): the server's last step before it exits.
 pub fn stop_all() {
     let stubs: Vec<Arc<Stub>> =
-        std::mem::take(&mut *lock(&LIVE)).iter().filter_map(Weak::upgrade).flat_map(|s| s.take_stubs()).collect();
+        std::mem::take(&mut *LIVE.lock()).iter().filter_map(Weak::upgrade).flat_map(|s| s.take_stubs()).collect();
     let stopping: Vec<_> = stubs.into_iter().map(|stub| std::thread::spawn(move || stub.stop())).collect();
-    for handle in stopping.into_iter().chain(std::mem::take(&mut *lock(&STOPPING))) {
+    for handle in stopping.into_iter().chain(std::mem::take(&mut *STOPPING.lock())) {
         let _ = handle.join();
     }
     // What no model owns any more: stubs still in `initialize` (a load that timed out goes on
@@ -306,8 +307,4 @@ pub fn stop_all() {
     if ended > 0 {
         tracing::warn!("ended {ended} process(es) left by Python stubs");
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -12,9 +12,11 @@
 use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, Command};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 /// Set in every stub's environment to `<server pid>.<stub number>`; its descendants inherit it.
 pub const STUB_TAG: &str = "TRITIUM_PYTHON_STUB_OF";
@@ -48,7 +50,7 @@ impl StubProcess {
         let tag = format!("{}.{}", std::process::id(), NEXT_STUB.fetch_add(1, Ordering::Relaxed));
         let child = command.env(STUB_TAG, &tag).process_group(0).spawn()?;
         let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        lock(&GROUPS).insert(pid);
+        GROUPS.lock().insert(pid);
         Ok(StubProcess { inner: Mutex::new(Inner { child, reaped: false }), pid, pidfd: pidfd_open(pid), tag })
     }
 
@@ -73,7 +75,7 @@ impl StubProcess {
     /// in words, when this call reaped it.
     pub fn kill(&self) -> Option<String> {
         let status = {
-            let mut inner = lock(&self.inner);
+            let mut inner = self.inner.lock();
             if inner.reaped {
                 return None;
             }
@@ -92,7 +94,7 @@ impl StubProcess {
     /// it runs.
     pub fn try_reap(&self) -> Option<String> {
         let status = {
-            let mut inner = lock(&self.inner);
+            let mut inner = self.inner.lock();
             if inner.reaped {
                 return Some(String::new());
             }
@@ -123,7 +125,7 @@ impl StubProcess {
 
     /// After reaping: no longer tracked; its descendants outside the group are ended.
     fn forget(&self) {
-        lock(&GROUPS).remove(&self.pid);
+        GROUPS.lock().remove(&self.pid);
         sweep(&self.tag_entry(), Match::Exact);
     }
 
@@ -191,7 +193,7 @@ pub fn lifeline() -> Option<RawFd> {
 /// its group, then every descendant of a stub that left its group: the last step before the
 /// server exits. Returns how many processes it ended.
 pub fn end_all() -> usize {
-    let groups: Vec<i32> = lock(&GROUPS).iter().copied().collect();
+    let groups: Vec<i32> = GROUPS.lock().iter().copied().collect();
     for group in &groups {
         // SAFETY: killpg has no memory effects; the group's leader is not reaped yet.
         unsafe { libc::killpg(*group, libc::SIGKILL) };
@@ -238,7 +240,7 @@ fn sweep(tag: &str, how: Match) -> usize {
 /// still tracks; and the server's untracked children that are zombies (whose
 /// environment can no longer be read).
 fn tagged_processes(me: u32, tag: &str, how: Match) -> Vec<(i32, u32)> {
-    let tracked = lock(&GROUPS).clone();
+    let tracked = GROUPS.lock().clone();
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut found = Vec::new();
     for entry in entries.flatten() {
@@ -274,10 +276,6 @@ fn state_and_parent(pid: i32) -> Option<(char, u32)> {
     Some((state, fields.next()?.parse().ok()?))
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,9 +296,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(tagged(&process) >= 3, "the helper, the daemon and its sh are running");
-        assert!(lock(&GROUPS).contains(&process.pid));
+        assert!(GROUPS.lock().contains(&process.pid));
         assert!(process.kill().is_some());
-        assert!(!lock(&GROUPS).contains(&process.pid));
+        assert!(!GROUPS.lock().contains(&process.pid));
         let deadline = Instant::now() + Duration::from_secs(10);
         while tagged(&process) > 0 && Instant::now() < deadline {
             sweep(&process.tag_entry(), Match::Exact);

@@ -7,9 +7,9 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::sync::Mutex;
 
 use memmap2::MmapRaw;
+use parking_lot::Mutex;
 
 const ALIGN: usize = 64;
 
@@ -62,7 +62,7 @@ impl Region {
         if data.is_empty() {
             return Some(Block { offset: 0, size: 0 });
         }
-        let offset = self.lock().alloc(data.len())?;
+        let offset = self.inputs.lock().alloc(data.len())?;
         // SAFETY: [offset, offset + len) lies in the input part (the ring's bounds) and is ours until
         // freed; the stub reads it only after the frame naming it is sent.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset), data.len()) };
@@ -71,7 +71,7 @@ impl Region {
 
     pub fn free_input(&self, block: Block) {
         if block.size > 0 {
-            self.lock().free(block.offset);
+            self.inputs.lock().free(block.offset);
         }
     }
 
@@ -94,10 +94,6 @@ impl Region {
         assert!(offset >= self.input_size && offset + data.len() <= self.size);
         // SAFETY: the range lies inside the mapping (asserted); tests have no stub writing it.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset), data.len()) };
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
-        self.inputs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

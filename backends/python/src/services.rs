@@ -4,9 +4,10 @@
 //! as frames, their tensors inline.
 
 use futures::StreamExt;
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use tokio::runtime::Handle;
 use tritium_backend_api::trace::RequestTrace;
 use tritium_backend_api::{Host, InferOutcome, InferenceRequest, ParamValue, StreamItem, WorkerError};
@@ -39,16 +40,12 @@ pub struct TraceRegistry(Arc<Mutex<HashMap<u64, RequestTrace>>>);
 impl TraceRegistry {
     /// Registers `trace` under `key` until the returned handle is dropped.
     pub fn register(&self, key: u64, trace: RequestTrace) -> TracedRequest {
-        self.lock().insert(key, trace);
+        self.0.lock().insert(key, trace);
         TracedRequest { registry: self.clone(), key }
     }
 
     fn child(&self, key: u64, model: &str, version: Option<i64>) -> Option<RequestTrace> {
-        self.lock().get(&key).map(|parent| parent.child(model.to_owned(), version))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, RequestTrace>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.lock().get(&key).map(|parent| parent.child(model.to_owned(), version))
     }
 }
 
@@ -60,7 +57,7 @@ pub struct TracedRequest {
 
 impl Drop for TracedRequest {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.key);
+        self.registry.0.lock().remove(&self.key);
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::*;
 
 /// The SmolLM2 preprocessor, built once: its model comes from `scripts/fetch-models.sh`.
-pub(crate) fn smollm2() -> &'static Preprocessor {
+fn smollm2() -> &'static Preprocessor {
     static PRE: OnceLock<Preprocessor> = OnceLock::new();
     PRE.get_or_init(|| {
         let path = tritium_llm::test_models::installed_model(tritium_llm::test_models::SMOLLM2_GGUF);
@@ -274,4 +274,73 @@ proptest::proptest! {
         let text = pieces.concat();
         proptest::prop_assert_eq!(smollm2_fastokens().encode(&text, special).unwrap(), smollm2().encode(&text, special).unwrap(), "{:?}", text);
     }
+}
+
+// The detokenizer a preprocessor makes (`detokenize.rs`), streaming SmolLM2's byte-level tokens.
+
+fn stream(detok: &mut Detokenizer, ids: &[u32]) -> (String, Vec<String>) {
+    let mut pieces: Vec<String> = ids.iter().map(|&id| detok.push(id)).collect();
+    pieces.push(detok.finish());
+    (pieces.concat(), pieces)
+}
+
+#[test]
+fn multi_byte_characters_split_over_tokens() {
+    let pre = smollm2();
+    let text = "Grüße aus Köln 🙂 日本語 naïve";
+    let ids = pre.encode(text, false).unwrap();
+    // The emoji and the CJK characters take several byte-level tokens each.
+    assert!(ids.iter().any(|&id| std::str::from_utf8(&pre.token_bytes(id)).is_err()));
+    let (out, pieces) = stream(&mut pre.detokenizer(), &ids);
+    assert_eq!(out, text);
+    assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+    assert_eq!(pieces.last().map(String::as_str), Some(""));
+}
+
+#[test]
+fn matches_whole_sequence_decoding() {
+    let pre = smollm2();
+    for text in [
+        "Hello world! 12345",
+        " leading space and trailing space ",
+        "line one\n\n  indented\tline\r\n",
+        "The capital of France is Paris.",
+        "emoji🙂🙂 mixed 中文 and العربية text, ½ ≠ ∞",
+        "code: fn main() { println!(\"{}\", 1 + 2); }",
+    ] {
+        let ids = pre.encode(text, false).unwrap();
+        let (out, _) = stream(&mut pre.detokenizer(), &ids);
+        assert_eq!(out, pre.decode(&ids).unwrap(), "{text:?}");
+        assert_eq!(out, text);
+    }
+}
+
+#[test]
+fn special_tokens_are_not_text() {
+    let pre = smollm2();
+    let ids = pre.encode("<|im_start|>assistant\nHi there!<|im_end|>", false).unwrap();
+    let (out, pieces) = stream(&mut pre.detokenizer(), &ids);
+    assert_eq!(out, "assistant\nHi there!");
+    assert_eq!(pieces[0], "");
+}
+
+#[test]
+fn finish_releases_an_incomplete_character_lossily() {
+    let pre = smollm2();
+    let ids = pre.encode("ok 日本語", false).unwrap();
+    // Stop right after a token that leaves a character incomplete.
+    let mut bytes = Vec::new();
+    let cut = ids
+        .iter()
+        .position(|&id| {
+            bytes.extend(pre.token_bytes(id));
+            std::str::from_utf8(&bytes).is_err()
+        })
+        .unwrap();
+    let mut detok = pre.detokenizer();
+    let mut out: String = ids[..=cut].iter().map(|&id| detok.push(id)).collect();
+    assert!(!out.contains('\u{FFFD}'), "{out:?}");
+    out.push_str(&detok.finish());
+    assert!(out.starts_with("ok ") && out.ends_with('\u{FFFD}'), "{out:?}");
+    assert_eq!(detok.finish(), "");
 }

@@ -4,10 +4,12 @@
 //! long ones on tokio's blocking pool); `--dyn-debug-perf` logs each step's queueing and running
 //! time, its size, the thread it ran on and how many steps were in flight.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use crate::BridgeError;
 
@@ -62,10 +64,8 @@ impl PreprocessWorkers {
                         .name(format!("tritium-preprocess-{index}"))
                         .spawn(move || {
                             loop {
-                                let job = match receiver.lock() {
-                                    Ok(receiver) => receiver.recv(),
-                                    Err(_) => return,
-                                };
+                                // Its own statement: the guard drops before the job runs.
+                                let job = receiver.lock().recv();
                                 match job {
                                     Ok(job) => job(),
                                     Err(_) => return,
@@ -110,11 +110,7 @@ impl PreprocessWorkers {
             }
             let _ = done.send(value);
         });
-        let sent = match queue.lock() {
-            Ok(sender) => sender.send(job).is_ok(),
-            Err(_) => false,
-        };
-        if !sent {
+        if queue.lock().send(job).is_err() {
             return Some(Err(BridgeError::Internal("the preprocessing threads are gone".into())));
         }
         Some(result.await.map_err(|_| BridgeError::Internal(format!("the preprocessing thread running {stage} failed"))))

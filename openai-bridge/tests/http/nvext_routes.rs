@@ -89,7 +89,7 @@ async fn nvext_shapes_the_prompt_the_sampling_and_the_worker() {
     let request = hub.last_request();
     assert_eq!(hub.last_prompt(), "S\nHi");
     assert_eq!((request.sampling.temperature, request.sampling.top_k), (0.0, 3));
-    assert_eq!(hub.workers.lock().unwrap().last().map(String::as_str), Some("42"));
+    assert_eq!(hub.workers.lock().last().map(String::as_str), Some("42"));
 
     let body = json!({"model": "tiny", "messages": user("ignored"), "nvext": {"token_data": [72, 105]}});
     assert_eq!(post(&hub, "/v1/chat/completions", body).await.status, StatusCode::OK);

@@ -5,7 +5,7 @@
 //!
 //! [`check_fields`] walks a config as written (through the protobuf descriptor, so only the
 //! fields that are set are seen) and applies the table; a unit test fails when
-//! `model_config.proto` gains a field the table does not classify, and another keeps README's
+//! `model_config.proto` gains a field the table does not classify, and another keeps the book's
 //! "Model configuration fields" table equal to [`fields_markdown`].
 //!
 //! ```
@@ -44,7 +44,7 @@ pub enum Support {
     Refused(&'static str),
     /// Loads, and a warning names the field once per load; the text says why it can be ignored.
     Warned(&'static str),
-    /// Decided by its value (and the model's backend): `doc` says how, for the README.
+    /// Decided by its value (and the model's backend): `doc` says how, for the book.
     Rule { rule: Rule, doc: &'static str },
 }
 
@@ -213,7 +213,7 @@ pub fn all_paths() -> Result<Vec<String>, RepositoryError> {
     Ok(out)
 }
 
-/// README's table of every field and its status, generated from [`FIELDS`].
+/// The book's table (docs/src/model-repository/config-fields.md) of every field and its status, generated from [`FIELDS`].
 pub fn fields_markdown() -> String {
     let mut out = String::from("| field | status |\n|---|---|\n");
     for field in FIELDS {

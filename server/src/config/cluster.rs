@@ -10,9 +10,9 @@ use clap::{Args, ValueEnum};
 use tritium_llm::MockOptions;
 use tritium_worker::DeclaredModel;
 
-use crate::discovery::{DisaggregationMode, DiscoveryConfig, NamespaceScope};
-use crate::events::EventsConfig;
-use crate::remote::TransferOptions;
+use tritium_cluster::discovery::{DisaggregationMode, DiscoveryConfig, NamespaceScope};
+use tritium_cluster::events::EventsConfig;
+use tritium_cluster::remote::TransferOptions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DiscoveryKind {
@@ -108,42 +108,7 @@ pub struct ClusterArgs {
     pub request_plane: RequestPlane,
 }
 
-/// Discovery and events, resolved.
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    pub discovery: DiscoveryConfig,
-    /// The namespace this process registers and publishes in, and those it watches.
-    pub scope: NamespaceScope,
-    pub lease_ttl: Duration,
-    pub events: EventsConfig,
-    pub request_plane: RequestPlaneConfig,
-}
-
-/// `--request-plane`, resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestPlaneConfig {
-    Tcp,
-    Nats { url: String },
-}
-
-impl Default for ClusterConfig {
-    fn default() -> ClusterConfig {
-        ClusterConfig {
-            discovery: DiscoveryConfig::Memory,
-            scope: NamespaceScope::own("tritium"),
-            lease_ttl: Duration::from_secs(10),
-            events: EventsConfig::None,
-            request_plane: RequestPlaneConfig::Tcp,
-        }
-    }
-}
-
-impl ClusterConfig {
-    /// Whether workers may live in other processes.
-    pub fn is_distributed(&self) -> bool {
-        !matches!(self.discovery, DiscoveryConfig::Memory)
-    }
-}
+pub use tritium_cluster::config::{ClusterConfig, RequestPlaneConfig};
 
 impl ClusterArgs {
     pub fn config(&self) -> Result<ClusterConfig, String> {
@@ -157,7 +122,7 @@ impl ClusterArgs {
             }
             DiscoveryKind::Etcd => DiscoveryConfig::Etcd { endpoints: self.etcd_endpoints.clone() },
             #[cfg(feature = "kubernetes")]
-            DiscoveryKind::Kubernetes => DiscoveryConfig::Kubernetes(crate::discovery::kubernetes::KubernetesConfig {
+            DiscoveryKind::Kubernetes => DiscoveryConfig::Kubernetes(tritium_cluster::discovery::kubernetes::KubernetesConfig {
                 namespace: self.pod_namespace.clone().filter(|n| !n.is_empty()),
                 pod_name: self.pod_name.clone().filter(|n| !n.is_empty()),
                 pod_uid: self.pod_uid.clone().filter(|n| !n.is_empty()),
@@ -337,7 +302,7 @@ impl DisaggregationArgs {
             token,
             max_message_size,
             // Set once the request plane is up (see `serve_worker`).
-            dialer: crate::remote::Dialer::Tcp,
+            dialer: tritium_cluster::remote::Dialer::Tcp,
         })
     }
 }

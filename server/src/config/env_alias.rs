@@ -105,6 +105,6 @@ mod tests {
             .try_get_matches_from(["tritium", "serve", "--router-mode", "random"])
             .expect("parses");
         let Sub::Serve(args) = Cli::from_arg_matches(&matches).expect("args").command else { panic!("serve") };
-        assert_eq!(args.router.router_mode, crate::routing::RouterMode::Random);
+        assert_eq!(args.router.router_mode, tritium_cluster::routing::RouterMode::Random);
     }
 }

@@ -14,7 +14,7 @@ use tritium_openai_bridge::sampling::{
     DEFAULT_MAX_STOP_TOKEN_IDS,
 };
 
-use crate::grpc::restricted::RestrictedProtocols;
+use crate::restricted::RestrictedProtocols;
 use crate::shm::{DEFAULT_MAX_REGIONS, MAX_REGIONS_LIMIT, ShmPolicy};
 
 #[derive(Debug, Clone, Args)]
@@ -203,7 +203,7 @@ impl LimitArgs {
             restricted: RestrictedProtocols::parse(
                 "--grpc-restricted-protocol",
                 &self.grpc_restricted_protocol,
-                crate::grpc::restricted::GRPC_HEADER_PREFIX,
+                crate::restricted::GRPC_HEADER_PREFIX,
             )?,
             http_restricted: RestrictedProtocols::parse("--http-restricted-api", &self.http_restricted_api, "")?,
             completion: CompletionLimits {

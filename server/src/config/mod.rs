@@ -15,7 +15,7 @@ pub mod rate_limit;
 pub mod repository;
 pub mod router;
 pub mod tls;
-pub mod trace;
+pub use tritium_trace::config as trace;
 pub mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,7 +26,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tritium_worker::RepositoryOptions;
 
 use crate::config::repository::repository_options;
-use crate::routing::RouterOptions;
+use tritium_cluster::routing::RouterOptions;
 pub use cache::CacheArgs;
 pub use cluster::{ClusterArgs, ClusterConfig, DisaggregationArgs, EngineArgs, RequestPlaneConfig, WorkerListenArgs};
 pub use keepalive::{KeepaliveArgs, KeepaliveConfig};
@@ -332,7 +332,7 @@ impl ServeArgs {
         let cluster = self.cluster.config()?;
         let router = self.router.options(cluster.lease_ttl)?;
         self.prefill_load_model.check()?;
-        if router.replica_sync && !matches!(cluster.events, crate::events::EventsConfig::Nats { .. }) {
+        if router.replica_sync && !matches!(cluster.events, tritium_cluster::events::EventsConfig::Nats { .. }) {
             // Frontends are not in discovery, so ZeroMQ subscribers would never find one another.
             return Err("--router-replica-sync shares routing state between frontends over NATS: give --event-plane nats".into());
         }

@@ -7,10 +7,10 @@ use std::time::Duration;
 use clap::Args;
 use clap::builder::BoolishValueParser;
 
-use crate::routing::active::Tracking;
-use crate::routing::kv_index::KvScoring;
-use crate::routing::queue::{QueueOptions, QueuePolicy};
-use crate::routing::{RouterMode, RouterOptions};
+use tritium_cluster::routing::active::Tracking;
+use tritium_cluster::routing::kv_index::KvScoring;
+use tritium_cluster::routing::queue::{QueueOptions, QueuePolicy};
+use tritium_cluster::routing::{RouterMode, RouterOptions};
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Routing")]
@@ -179,7 +179,7 @@ pub struct RouterArgs {
     /// With prefill workers (`tritium worker --disaggregation-mode prefill`) serving a model: a
     /// prompt whose part the chosen decode worker lacks is longer than this many tokens is
     /// prefilled on a prefill worker; shorter ones are prefilled where they decode.
-    #[arg(long, env = "TRITIUM_MAX_LOCAL_PREFILL_LENGTH", default_value_t = crate::routing::policy::DEFAULT_MAX_LOCAL_PREFILL_LENGTH)]
+    #[arg(long, env = "TRITIUM_MAX_LOCAL_PREFILL_LENGTH", default_value_t = tritium_cluster::routing::policy::DEFAULT_MAX_LOCAL_PREFILL_LENGTH)]
     pub max_local_prefill_length: usize,
 }
 
@@ -273,7 +273,7 @@ impl RouterArgs {
                 .active_decode_blocks_threshold
                 .and_then(|v| v.0)
                 .filter(|_| admission)
-                .map(crate::routing::busy::BusyThresholds::check)
+                .map(tritium_cluster::routing::busy::BusyThresholds::check)
                 .transpose()
                 .map_err(|e| format!("--active-decode-blocks-threshold: {e}"))?,
             prefill_tokens_threshold: self.active_prefill_tokens_threshold.and_then(|v| v.0).filter(|_| admission),

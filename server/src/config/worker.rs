@@ -2,11 +2,12 @@
 //! part in disaggregated serving, its device class, and the cluster it registers in.
 
 use clap::Args;
+use tritium_cluster::config::NodeConfig;
 use tritium_worker::RepositoryOptions;
 
 use super::repository::repository_options;
 use super::{
-    CacheArgs, ClusterArgs, ClusterConfig, DisaggregationArgs, EngineArgs, LoggingArgs, ModelArgs, ModelControlMode,
+    CacheArgs, ClusterArgs, DisaggregationArgs, EngineArgs, LoggingArgs, ModelArgs, ModelControlMode,
     RateLimitArgs, RepositoryArgs, WorkerListenArgs, trace,
 };
 
@@ -50,8 +51,8 @@ pub struct WorkerArgs {
 }
 
 /// `--device-class` resolved: `auto` asks the language-model engine where it runs.
-fn device_class(text: &str) -> crate::discovery::DeviceClass {
-    use crate::discovery::DeviceClass;
+fn device_class(text: &str) -> tritium_cluster::discovery::DeviceClass {
+    use tritium_cluster::discovery::DeviceClass;
     match text {
         "cpu" => DeviceClass::Cpu,
         "accelerator" => DeviceClass::Accelerator,
@@ -61,23 +62,13 @@ fn device_class(text: &str) -> crate::discovery::DeviceClass {
     }
 }
 
-/// What `tritium worker` needs, resolved.
+/// What `tritium worker` needs, resolved: the repository it opens with its backends, and what
+/// its node serves with.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub repository: RepositoryOptions,
     pub backends: crate::backends::BackendsConfig,
-    pub cluster: ClusterConfig,
-    pub max_message_size: usize,
-    /// Token frontends must send (`--worker-token`).
-    pub worker_token: Option<String>,
-    pub disaggregation: crate::discovery::DisaggregationMode,
-    /// What it computes on (`--device-class`).
-    pub device: crate::discovery::DeviceClass,
-    pub transfers: crate::remote::TransferOptions,
-    /// Request tracing (`--trace-config`, `OTEL_*`): a worker's spans join the frontend's trace.
-    pub trace: trace::TraceConfig,
-    /// `--lora-dir`: where LoRA adapters loaded at run time (through a frontend) must lie.
-    pub lora_dir: Option<std::path::PathBuf>,
+    pub node: NodeConfig,
 }
 
 impl WorkerArgs {
@@ -114,16 +105,19 @@ impl WorkerArgs {
                 ..repository_options(&self.repository, &models, &engine, true)?
             },
             backends: self.repository.backends(&models)?,
-            cluster: self.cluster.config()?,
-            max_message_size: self.worker_max_message_size,
-            trace: self.trace.config(|name| std::env::var(name).ok())?,
-            lora_dir: self.models.lora_dir.clone(),
-            worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
-            disaggregation: self.disaggregation.disaggregation_mode,
-            device: device_class(&self.device_class),
-            transfers: self
-                .disaggregation
-                .transfer_options(self.listen.worker_token.clone().filter(|t| !t.is_empty()), self.worker_max_message_size)?,
+            node: NodeConfig {
+                cluster: self.cluster.config()?,
+                max_message_size: self.worker_max_message_size,
+                trace: self.trace.config(|name| std::env::var(name).ok())?,
+                lora_dir: self.models.lora_dir.clone(),
+                worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
+                disaggregation: self.disaggregation.disaggregation_mode,
+                device: device_class(&self.device_class),
+                transfers: self.disaggregation.transfer_options(
+                    self.listen.worker_token.clone().filter(|t| !t.is_empty()),
+                    self.worker_max_message_size,
+                )?,
+            },
         })
     }
 }

@@ -339,7 +339,7 @@ pub fn decode_for_model(
         let version = match &decoded.model {
             Some(version) => Arc::clone(version),
             None => {
-                crate::remote::adapters::resolve_served(repository, &decoded.request.model_name, decoded.request.model_version)?
+                repository.resolve_served(&decoded.request.model_name, decoded.request.model_version)?
             }
         };
         let batched = version.schema.max_batch_size > 0;

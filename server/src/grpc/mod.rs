@@ -6,7 +6,6 @@ pub mod classification;
 pub mod convert;
 pub mod health;
 mod keepalive;
-pub mod restricted;
 pub mod service;
 pub mod stream;
 pub mod transport;

@@ -32,9 +32,9 @@ impl InferenceService {
         let mut decoded = decode_for_model(request, &self.state.shm, &self.state.repository, None, arrived)?;
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
-        let trace = crate::trace::door::grpc_received(&self.state.tracer, &mut decoded.request, metadata.as_ref(), arrived);
+        let trace = tritium_trace::door::grpc_received(&self.state.tracer, &mut decoded.request, metadata.as_ref(), arrived);
         let response = crate::dispatch::unary(&self.state, decoded.request, decoded.model.take()).await?;
-        let _sent = crate::trace::door::Sending::grpc(trace);
+        let _sent = tritium_trace::door::Sending::grpc(trace);
         reply(encode_response(response, &decoded.shm, &self.state.shm, None)?)
     }
 }
@@ -83,7 +83,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<Streaming<ModelInferRequest>>,
     ) -> RpcResult<Self::ModelStreamInferStream> {
         let grpc_errors = stream::wants_grpc_errors(request.metadata());
-        let caller = crate::trace::caller(request.metadata().as_ref());
+        let caller = tritium_trace::caller(request.metadata().as_ref());
         reply(stream::serve(Arc::clone(&self.state), request.into_inner(), grpc_errors, caller))
     }
 

@@ -5,7 +5,7 @@
 //! in-band, while the first error of a request that was running (its model failed, its outputs
 //! could not be written) ends the call with its real status.
 
-use crate::trace::door::Sending;
+use tritium_trace::door::Sending;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -86,7 +86,7 @@ async fn answer(state: Arc<ServerState>, request: ModelInferRequest, grpc_errors
         Err(e) => return Answer::Now(in_band(&label, e, false)),
     };
     let admitted = decode_for_model(request, &state.shm, &state.repository, None, arrived).and_then(|mut decoded| {
-        let trace = crate::trace::door::grpc_stream_received(&state.tracer, &mut decoded.request, caller, arrived);
+        let trace = tritium_trace::door::grpc_stream_received(&state.tracer, &mut decoded.request, caller, arrived);
         let admitted = crate::dispatch::admit(&state, decoded.request, decoded.model)?;
         Ok((admitted, decoded.shm, decoded.enable_empty_final, trace))
     });

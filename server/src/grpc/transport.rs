@@ -42,7 +42,7 @@ use tower::util::BoxCloneSyncService;
 
 use super::budget::{BudgetedBody, ByteBudget, Encoding};
 use super::keepalive::Policed;
-use super::restricted::RestrictedProtocols;
+use crate::restricted::RestrictedProtocols;
 use crate::config::TransportConfig;
 use crate::connection::{Counted, Watch, accept, configure};
 

@@ -3,7 +3,7 @@
 //! `POST /v1/unload_lora_adapter` (`{"lora_name"}`), answering vLLM's plain-text successes and
 //! OpenAI error bodies. A base model in this process loads from inside this server's
 //! `--lora-dir` (no file outside it is opened; without it, 404); one served by `tritium worker`s
-//! is loaded on each of them from inside theirs, all or nothing (see [`crate::lora`]).
+//! is loaded on each of them from inside theirs, all or nothing (see [`tritium_cluster::lora`]).
 //! `--http-restricted-api lora:HEADER=VALUE` keeps the routes for operators.
 
 use axum::extract::State;
@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::HttpState;
-use crate::lora::{LoadAdapter, Refusal};
+use tritium_cluster::lora::{LoadAdapter, Refusal};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,8 +94,8 @@ async fn load_everywhere(state: &HttpState, load: &LoadAdapter) -> Result<(), Re
         .filter(|m| router.remote_adapter_of(&m.name).is_none())
         .map(|m| m.name.clone())
         .collect();
-    crate::lora::check_names(load, &served)?;
-    let base = crate::lora::choose_base(&state.llm.language_models(), load.base.as_deref())?;
+    tritium_cluster::lora::check_names(load, &served)?;
+    let base = tritium_cluster::lora::choose_base(&state.llm.language_models(), load.base.as_deref())?;
     let local = repository.local_models().iter().any(|m| m.name == base);
     let workers = router.remote_workers_serving(&base);
     if local {
@@ -103,12 +103,12 @@ async fn load_everywhere(state: &HttpState, load: &LoadAdapter) -> Result<(), Re
             message: format!("The model `{base}` does not exist."),
             param: Some("base_model_name"),
         })?;
-        crate::lora::load_into(repository, engine, state.llm.lora_dir().map(|d| d.as_path()), load).await?;
+        tritium_cluster::lora::load_into(repository, engine, state.llm.lora_dir().map(|d| d.as_path()), load).await?;
     }
     if !workers.is_empty()
-        && let Err(refusal) = crate::lora::load_on_workers(repository, workers, &base, load).await
+        && let Err(refusal) = tritium_cluster::lora::load_on_workers(repository, workers, &base, load).await
     {
-        if local && let Err(e) = crate::lora::unload_local(repository, &load.name) {
+        if local && let Err(e) = tritium_cluster::lora::unload_local(repository, &load.name) {
             tracing::warn!(adapter = %load.name, "unloading after the workers refused it failed: {}", e.message());
         }
         return Err(refusal);
@@ -130,8 +130,8 @@ pub(super) async fn unload(State(state): State<HttpState>, headers: HeaderMap, b
     }
     let repository = &state.repository;
     let workers = state.llm.router().remote_workers_serving(&request.lora_name);
-    let found = match crate::lora::unload_local(repository, &request.lora_name) {
-        Ok(local) => match crate::lora::unload_on_workers(repository, workers, &request.lora_name).await {
+    let found = match tritium_cluster::lora::unload_local(repository, &request.lora_name) {
+        Ok(local) => match tritium_cluster::lora::unload_on_workers(repository, workers, &request.lora_name).await {
             Ok(remote) => local || remote,
             Err(refusal) => return refused(refusal),
         },

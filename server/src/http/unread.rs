@@ -18,7 +18,8 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -88,7 +89,7 @@ impl Settle {
         if self.shared.ended.load(Ordering::Acquire) || !self.http1 {
             return;
         }
-        let Some(left) = self.shared.left.lock().ok().and_then(|mut left| left.take()) else { return };
+        let Some(left) = self.shared.left.lock().take() else { return };
         if !left.failed && left.remaining.is_some_and(|n| n <= DRAIN_BYTES) {
             tokio::spawn(discard(left.body, DRAIN_BYTES, DRAIN_TIME));
             return;
@@ -193,9 +194,7 @@ impl Drop for Watched {
         let Some(body) = self.inner.take() else { return };
         // hyper's body counts down its declared length as it is read.
         let remaining = http_body::Body::size_hint(&body).exact();
-        if let Ok(mut left) = self.shared.left.lock() {
-            *left = Some(Left { body, remaining, failed: self.failed });
-        }
+        *self.shared.left.lock() = Some(Left { body, remaining, failed: self.failed });
     }
 }
 

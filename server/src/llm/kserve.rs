@@ -119,7 +119,7 @@ impl LlmFrontend {
             }
         };
         // The worker the request names (`worker_id`, the router's `direct` mode).
-        let worker = crate::routing::hint_of(&request.parameters);
+        let worker = tritium_cluster::routing::hint_of(&request.parameters);
         let base = Arc::clone(&version.name);
         let target = ModelRef { name: &base, version: Some(version.version), worker: worker.as_deref() };
         if parsed.best_of > 1 {

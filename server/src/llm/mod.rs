@@ -8,7 +8,8 @@ mod kserve;
 pub mod interactive;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tritium_backend_api::trace::RequestTrace;
 use tritium_backend_api::trace_context::TraceContext;
@@ -25,7 +26,7 @@ use tritium_openai_bridge::routes::{HubModel, LlmHub};
 use tritium_openai_bridge::sampling::CompletionLimits;
 use tritium_worker::{ModelRepository, WorkerClient, WorkerError};
 
-use crate::routing::Router;
+use tritium_cluster::routing::Router;
 
 /// Preprocessors are built once per loaded card (a reload brings a new card).
 type PreprocessorCache = HashMap<String, (Arc<ModelCard>, Arc<Preprocessor>)>;
@@ -43,7 +44,7 @@ pub struct LlmFrontend {
     hard_stop: CancellationToken,
     started: u64,
     /// The server's sampler: the OpenAI routes' requests are traced as the KServe ones are.
-    tracer: Arc<crate::trace::Tracer>,
+    tracer: Arc<tritium_trace::Tracer>,
     /// `--lora-dir`: where adapters loaded at run time must lie (`None`: no loading at run time).
     lora_dir: Option<std::path::PathBuf>,
     /// Where every model's rendering and tokenizing run (`--dyn-preprocess-workers`), and whether
@@ -78,7 +79,7 @@ impl LlmFrontend {
             budget: Arc::new(PreprocessBudget::new(preprocess)),
             hard_stop,
             started,
-            tracer: Arc::new(crate::trace::Tracer::default()),
+            tracer: Arc::new(tritium_trace::Tracer::default()),
             lora_dir: None,
             preprocess_workers: None,
         }
@@ -98,7 +99,7 @@ impl LlmFrontend {
     }
 
     /// The same frontend tracing its requests with `tracer`.
-    pub fn with_tracer(self, tracer: Arc<crate::trace::Tracer>) -> LlmFrontend {
+    pub fn with_tracer(self, tracer: Arc<tritium_trace::Tracer>) -> LlmFrontend {
         LlmFrontend { tracer, ..self }
     }
 
@@ -113,28 +114,17 @@ impl LlmFrontend {
     /// The card of a served language or embedding model (its latest ready version), or of the
     /// model a LoRA adapter adapts.
     fn card(&self, model: &str) -> Option<Arc<ModelCard>> {
-        let Ok(version) = self.repository.resolve(model, None) else {
-            let base = self.adapter_base(model)?;
-            return self.card(&base);
-        };
+        let version = self.repository.resolve_served(model, None).ok()?;
         if let Some(engine) = version.language_model() {
             return Some(Arc::clone(engine.card()));
         }
         version.embedding_model().map(|e| Arc::clone(e.card()))
     }
 
-    /// The served language model that holds a LoRA adapter named `name`, when no model has that
-    /// name itself.
-    fn adapter_base(&self, name: &str) -> Option<String> {
-        crate::remote::adapters::adapter_base(&self.repository, name)
-    }
-
     /// Where a request for `model` goes: the model itself, or for an adapter its base model with
     /// the adapter named in the request.
     fn target(&self, model: &str, mut request: GenerateRequest) -> (String, GenerateRequest) {
-        if self.repository.resolve(model, None).is_err()
-            && let Some(base) = self.adapter_base(model)
-        {
+        if let Some(base) = self.repository.adapter_base(model) {
             request.adapter = Some(model.to_string());
             return (base, request);
         }
@@ -168,17 +158,11 @@ impl LlmFrontend {
         stats
     }
 
-    /// Prometheus text: the bridge's request metrics and the engines' counters.
-    pub fn render_metrics(&self) -> String {
-        let mut text = String::new();
-        self.metrics.encode(&mut text, &self.engine_stats());
-        text.push_str(&self.router.render_metrics());
-        text
+    /// The bridge's request metrics and the engines' counters, read now.
+    pub fn metric_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.metrics.metric_families(&self.engine_stats())
     }
 
-    fn lock_preprocessors(&self) -> MutexGuard<'_, PreprocessorCache> {
-        self.preprocessors.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 
     pub fn preprocessor_for(&self, model: &str) -> Result<Arc<Preprocessor>, BridgeError> {
         let card = self.card(model).ok_or_else(|| BridgeError::ModelNotFound(model.to_string()))?;
@@ -187,7 +171,7 @@ impl LlmFrontend {
 
     /// The preprocessor of `card`, built once per loaded card (a reload brings a new card).
     pub(crate) fn preprocessor_for_card(&self, model: &str, card: Arc<ModelCard>) -> Result<Arc<Preprocessor>, BridgeError> {
-        if let Some((cached_card, pre)) = self.lock_preprocessors().get(model)
+        if let Some((cached_card, pre)) = self.preprocessors.lock().get(model)
             && Arc::ptr_eq(cached_card, &card)
         {
             return Ok(Arc::clone(pre));
@@ -203,7 +187,7 @@ impl LlmFrontend {
             None => pre,
         };
         let pre = Arc::new(pre);
-        self.lock_preprocessors().insert(model.to_string(), (card, Arc::clone(&pre)));
+        self.preprocessors.lock().insert(model.to_string(), (card, Arc::clone(&pre)));
         Ok(pre)
     }
 }

@@ -2,7 +2,7 @@
 //! sample, 0 to 1, from `/proc/stat`) and memory total and used (`MemTotal` and `MemTotal -
 //! MemAvailable` from `/proc/meminfo`).
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::proto::{MetricFamily, MetricType};
@@ -51,7 +51,7 @@ impl CpuSampler {
     /// Reads the host's counters once.
     pub fn sample(&self) {
         if let Some(now) = std::fs::read_to_string("/proc/stat").ok().as_deref().and_then(cpu_times) {
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self.last.lock();
             if let Some((busy, total)) = *last {
                 let (busy, total) = (now.0.saturating_sub(busy), now.1.saturating_sub(total));
                 if total > 0 {

@@ -8,6 +8,7 @@
 
 mod cpu;
 mod lifecycle;
+pub mod registry;
 mod triton;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tritium_worker::ModelRepository;
 pub use cpu::CpuSampler;
 
 use crate::llm::LlmFrontend;
+use registry::{ScrapeCollector, register};
 
 /// The content type of the metrics port's answer: Triton's (the Prometheus text format 0.0.4).
 pub const TEXT_FORMAT: &str = "text/plain; charset=utf-8";
@@ -60,54 +62,60 @@ impl Default for MetricsConfig {
     }
 }
 
-/// What a scrape reads.
+/// What a scrape reads: the metrics port's registry, and the families models declared.
 #[derive(Clone)]
 pub struct MetricsState {
-    repository: Arc<ModelRepository>,
-    llm: Arc<LlmFrontend>,
-    cpu: Arc<CpuSampler>,
-    /// The quantiles of the latency summaries, when they are on.
-    quantiles: Option<Arc<[f64]>>,
-    histograms: bool,
+    registry: Arc<prometheus::Registry>,
 }
 
 impl MetricsState {
-    /// Also turns on the models' latency recording when `config` asks for summaries or histograms.
+    /// Registers every part of the server on the metrics port; also turns on the models' latency
+    /// recording when `config` asks for summaries or histograms.
     pub fn new(
         repository: Arc<ModelRepository>,
         llm: Arc<LlmFrontend>,
+        tracer: &tritium_trace::Tracer,
         cpu: Arc<CpuSampler>,
         config: &MetricsConfig,
     ) -> MetricsState {
-        let quantiles = config.summary_latencies.then(|| Arc::from(config.summary_quantiles.as_slice()));
+        let quantiles: Option<Arc<[f64]>> = config.summary_latencies.then(|| Arc::from(config.summary_quantiles.as_slice()));
         if quantiles.is_some() {
             tritium_worker::stats::latency::enable();
         }
         if config.histogram_latencies {
             tritium_backend_api::first_response::enable();
         }
-        MetricsState { repository, llm, cpu, quantiles, histograms: config.histogram_latencies }
+        let histograms = config.histogram_latencies;
+        let registry = prometheus::Registry::new();
+        let help = "Inference requests that succeeded";
+        register(
+            &registry,
+            ScrapeCollector::new("nv_inference_request_success", help, move || {
+                let mut families = triton::model_families(&repository);
+                if histograms {
+                    families.extend(triton::histogram_families(&repository));
+                }
+                if let Some(quantiles) = &quantiles {
+                    families.extend(triton::summary_families(&repository, quantiles));
+                }
+                families.extend(lifecycle::families(&repository));
+                families
+            }),
+        );
+        register(&registry, ScrapeCollector::new("nv_cpu_utilization", "the host's CPU", move || cpu.families()));
+        let frontend = Arc::clone(&llm);
+        let help = "Language model requests received";
+        register(&registry, ScrapeCollector::new("tritium_llm_requests_total", help, move || frontend.metric_families()));
+        register(&registry, tritium_cluster::routing::RouterMetrics::new(Arc::clone(llm.router())));
+        register(&registry, tracer.counters().clone());
+        MetricsState { registry: Arc::new(registry) }
     }
 
-    /// Every metric, as the text the port serves.
+    /// Every metric, as the text the port serves: the registry's families, then those models
+    /// declared (Triton's own text, in the format of Prometheus' C++ client).
     pub fn render(&self) -> String {
-        let mut families = triton::model_families(&self.repository);
-        if self.histograms {
-            families.extend(triton::histogram_families(&self.repository));
-        }
-        if let Some(quantiles) = &self.quantiles {
-            families.extend(triton::summary_families(&self.repository, quantiles));
-        }
-        families.extend(self.cpu.families());
-        families.extend(lifecycle::families(&self.repository));
-        let mut text = String::new();
-        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut text) {
-            tracing::warn!("encoding the metrics failed: {e}");
-        }
-        text.push_str(&self.llm.render_metrics());
-        // The families models declared (the python backend's pb_utils.MetricFamily).
+        let mut text = registry::encode(&self.registry);
         text.push_str(&tritium_backend_api::custom_metrics::render());
-        text.push_str(&crate::trace::render_metrics());
         text
     }
 }

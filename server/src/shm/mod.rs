@@ -38,7 +38,9 @@ mod region;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use bytes::Bytes;
 
@@ -153,7 +155,7 @@ impl SharedMemoryRegistry {
         let already = || ShmError::AlreadyExists { name: name.to_owned() };
         let too_many = || ShmError::TooManyRegions { name: name.to_owned(), limit: self.policy.max_regions };
         {
-            let regions = self.lock_read();
+            let regions = self.regions.read();
             if regions.contains_key(name) {
                 return Err(already());
             }
@@ -163,7 +165,7 @@ impl SharedMemoryRegistry {
         }
         // Open and map outside the lock; a racing register of the same name loses below.
         let region = Region::open(name, key, offset, byte_size)?;
-        let mut regions = self.lock_write();
+        let mut regions = self.regions.write();
         if regions.len() >= self.policy.max_regions {
             return Err(too_many());
         }
@@ -182,7 +184,7 @@ impl SharedMemoryRegistry {
     pub fn unregister(&self, name: &str) -> Result<(), ShmError> {
         // Drop the regions after releasing the lock: the last drop runs munmap.
         let removed: Vec<Arc<Region>> = {
-            let mut regions = self.lock_write();
+            let mut regions = self.regions.write();
             if name.is_empty() {
                 std::mem::take(&mut *regions).into_values().collect()
             } else {
@@ -195,7 +197,7 @@ impl SharedMemoryRegistry {
 
     /// The status of `name`, or of every region (sorted by name) for `""`.
     pub fn status(&self, name: &str) -> Result<Vec<RegionStatus>, ShmError> {
-        let regions = self.lock_read();
+        let regions = self.regions.read();
         if name.is_empty() {
             return Ok(regions.values().map(|region| region.status()).collect());
         }
@@ -225,26 +227,16 @@ impl SharedMemoryRegistry {
 
     /// The number of registered regions.
     pub fn len(&self) -> usize {
-        self.lock_read().len()
+        self.regions.read().len()
     }
 
     /// Whether no region is registered.
     pub fn is_empty(&self) -> bool {
-        self.lock_read().is_empty()
+        self.regions.read().is_empty()
     }
 
     fn get(&self, name: &str) -> Result<Arc<Region>, ShmError> {
-        self.lock_read().get(name).cloned().ok_or_else(|| not_found(name))
-    }
-
-    // A panic while holding the lock cannot leave the map half-updated (every change is one
-    // insert, remove or take), so a poisoned lock is still safe to use.
-    fn lock_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Region>>> {
-        self.regions.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn lock_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Region>>> {
-        self.regions.write().unwrap_or_else(PoisonError::into_inner)
+        self.regions.read().get(name).cloned().ok_or_else(|| not_found(name))
     }
 }
 

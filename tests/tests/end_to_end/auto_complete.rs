@@ -2,7 +2,7 @@
 //! recognized by `1/model.double`): a folder without `config.pbtxt` is served once the backend
 //! fills in its config, not with `--disable-auto-complete-config`; `model_warmup` samples run
 //! through the backend before the model is ready. The ONNX Runtime backend's own rules are
-//! checked with real models in tests/python/test_onnxruntime.py.
+//! checked with real models in tests/python/onnx/test_onnxruntime.py.
 
 use std::path::Path;
 use std::sync::Arc;

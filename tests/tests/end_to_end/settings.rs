@@ -129,7 +129,7 @@ async fn trace_settings_read_and_update() {
 async fn bad_trace_settings_are_rejected() {
     let server = TestServer::builtin().await;
     let mut client = server.client().await;
-    // Triton 2.51 passes over levels and keys it does not know (tests/python/test_trace_file.py
+    // Triton 2.51 passes over levels and keys it does not know (tests/python/observability/test_trace_file.py
     // replays its recorded answers); values it cannot take are refused.
     assert_eq!(trace_settings(&mut client, "", &[("trace_level", &["LOUD"])]).await.expect("ignored"), default_trace());
     assert_eq!(trace_settings(&mut client, "", &[("trace_nope", &["1"])]).await.expect("ignored"), default_trace());

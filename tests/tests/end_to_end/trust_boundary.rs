@@ -13,7 +13,7 @@ use tritium_proto::inference::infer_parameter::ParameterChoice;
 use tritium_proto::inference::model_infer_request::InferInputTensor;
 use tritium_proto::inference::{InferParameter, LogSettingsRequest, ModelInferRequest, SystemSharedMemoryRegisterRequest};
 use tritium_server::ServerConfig;
-use tritium_server::grpc::restricted::RestrictedProtocols;
+use tritium_server::restricted::RestrictedProtocols;
 use tritium_server::shm::ShmPolicy;
 use tritium_tensor::Tensor;
 use tritium_tests::{
@@ -182,7 +182,7 @@ async fn restricted_protocols_need_their_header_and_inference_stays_open() {
     config.limits.restricted = RestrictedProtocols::parse(
         "--grpc-restricted-protocol",
         &["model-repository,logging,shared-memory:admin-key=s3cret".into()],
-        tritium_server::grpc::restricted::GRPC_HEADER_PREFIX,
+        tritium_server::restricted::GRPC_HEADER_PREFIX,
     )
     .expect("parses");
     let server = TestServer::start(config, None).await;

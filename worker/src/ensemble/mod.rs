@@ -25,6 +25,7 @@ use tritium_proto::inference::ModelConfig;
 use tritium_proto::inference::model_config::SchedulingChoice;
 use tritium_tensor::Tensor;
 
+pub use crate::model::ENSEMBLE_PLATFORM;
 use crate::model::ModelVersion;
 pub use graph::composing_models;
 use graph::{Graph, Step};
@@ -33,9 +34,6 @@ use tritium_backend_api::error::WorkerError;
 use tritium_backend_api::request::{InferenceRequest, Parameters};
 use tritium_backend_api::trace::RequestTrace;
 use tritium_backend_api::{Backend, BackendError, BackendRequest, Responder};
-
-/// The platform name that marks an ensemble's config.
-pub const ENSEMBLE_PLATFORM: &str = "ensemble";
 
 /// What an ensemble needs of the server it runs in: the versions of the models it is made of
 /// (the model registry implements it).

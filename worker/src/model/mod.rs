@@ -28,6 +28,10 @@ use tritium_tensor::Tensor;
 use valid::Timing;
 pub use valid::ValidInferRequest;
 
+/// The platform name that marks an ensemble's config (defined here, below the ensembles, since a
+/// version asks it too: an ensemble computes nothing itself); `crate::ensemble` re-exports it.
+pub const ENSEMBLE_PLATFORM: &str = "ensemble";
+
 /// What the schedulers run for `engine`: a tensor engine's backend, or, for an engine that takes
 /// token ids, the refusal a KServe tensor request sent to it gets.
 pub(crate) fn tensor_face(engine: &Engine, model: &str) -> Arc<dyn Backend> {
@@ -337,7 +341,7 @@ impl ModelVersion {
         // An ensemble computes nothing itself: its steps' traces have the compute stamps.
         if let Some(trace) = &trace
             && ran
-            && model.config.platform != crate::ensemble::ENSEMBLE_PLATFORM
+            && model.config.platform != ENSEMBLE_PLATFORM
         {
             stamps::computed(trace, &timing, batched, execution.as_ref(), inferred);
         }

@@ -37,7 +37,7 @@ impl ModelRepository {
             self.load_composing_models(&inner, None, depth + 1)?;
             let _loading = self.loading.enter(&composing);
             let built = self.build(&inner, None);
-            let _guard = self.lock_lifecycle();
+            let _guard = self.lifecycle.lock();
             // A composing model that fails is reported by its own index entry; the ensemble's
             // load then names it as not available.
             let _ = self.settle(&inner, built, LoadCause::Client);

@@ -12,21 +12,21 @@ impl ModelRepository {
     pub fn declare(&self, model: DeclaredModel) -> Result<(), WorkerError> {
         let source = builtin_source(&model.name, &model.config_text);
         {
-            let _guard = self.lock_lifecycle();
+            let _guard = self.lifecycle.lock();
             if self.find_source(&model.name)?.is_some() || self.is_served(&model.name) {
                 return Err(WorkerError::LoadFailed {
                     name: model.name.clone(),
                     reason: "a model of that name is already in the repository".to_string(),
                 });
             }
-            self.lock_declared_later().push(model);
+            self.declared_later.lock().push(model);
         }
         let _loading = self.loading.enter(&source.name);
         let built = self.build(&source, None);
-        let _guard = self.lock_lifecycle();
+        let _guard = self.lifecycle.lock();
         let settled = self.settle(&source, built, LoadCause::Client);
         if settled.is_err() {
-            self.lock_declared_later().retain(|d| d.name != source.name);
+            self.declared_later.lock().retain(|d| d.name != source.name);
         }
         settled
     }

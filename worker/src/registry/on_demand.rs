@@ -13,9 +13,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tritium_backend_api::error::WorkerError;
 use tritium_proto::ErrorCode;
@@ -130,7 +131,7 @@ impl Drop for InUse {
         let Some(repository) = self.repository.upgrade().filter(|r| r.on_demand.over.load(Ordering::Acquire)) else { return };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn_blocking(move || {
-                let _guard = repository.lock_lifecycle();
+                let _guard = repository.lifecycle.lock();
                 repository.evict_over_limits(None, None);
             });
         }
@@ -173,19 +174,11 @@ impl OnDemand {
         OnDemand { options, ..OnDemand::default() }
     }
 
-    fn lock_usage(&self) -> MutexGuard<'_, HashMap<String, Usage>> {
-        self.usage.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn lock_loading(&self) -> MutexGuard<'_, HashMap<String, watch::Receiver<Outcome>>> {
-        self.loading.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Marks a loaded model as used now and in use until the guard drops; `None` while the model
     /// is being swapped in or evicted.
     fn touch(&self, name: &str, repository: &Weak<ModelRepository>) -> Option<InUse> {
         let tick = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut usage = self.lock_usage();
+        let mut usage = self.usage.lock();
         let entry = usage.get_mut(name)?;
         entry.last_used = tick;
         entry.in_use.fetch_add(1, Ordering::AcqRel);
@@ -235,14 +228,14 @@ impl ModelRepository {
                 }
                 // Being swapped in or out right now: wait for that change to finish.
                 let repository = Arc::clone(self);
-                let _ = tokio::task::spawn_blocking(move || drop(repository.lock_lifecycle())).await;
+                let _ = tokio::task::spawn_blocking(move || drop(repository.lifecycle.lock())).await;
                 continue;
             }
             // A worker behind the router holds it already: it is served there, not loaded here.
             if self.remote.load().contains_key(name) {
                 return Ok(None);
             }
-            match self.lock_unserved().get(name) {
+            match self.unserved.lock().get(name) {
                 None => return Ok(None),
                 // A failed load is not retried by requests (each would pay for it again); an
                 // explicit load retries it.
@@ -290,7 +283,7 @@ impl ModelRepository {
 
     /// The running load of `name`, or a new one on a blocking thread.
     fn start_or_join_load(self: &Arc<Self>, name: &str) -> watch::Receiver<Outcome> {
-        let mut loading = self.on_demand.lock_loading();
+        let mut loading = self.on_demand.loading.lock();
         if let Some(running) = loading.get(name) {
             return running.clone();
         }
@@ -305,7 +298,7 @@ impl ModelRepository {
                 WorkerError::ModelNotFound { .. } => (e.code(), e.to_string()),
                 _ => (ErrorCode::Unavailable, e.to_string()),
             });
-            repository.on_demand.lock_loading().remove(&name);
+            repository.on_demand.loading.lock().remove(&name);
             done.send_replace(Some(result));
         });
         outcome
@@ -315,12 +308,12 @@ impl ModelRepository {
     fn load_on_demand(&self, name: &str) -> Result<Option<Arc<InUse>>, WorkerError> {
         let source = self.find_source(name)?.ok_or_else(|| WorkerError::ModelNotFound { name: name.to_string() })?;
         if let Err(error) = self.check_budget(&source) {
-            let _guard = self.lock_lifecycle();
+            let _guard = self.lifecycle.lock();
             return self.settle(&source, Err(error), LoadCause::Client).map(|()| None);
         }
         let bytes = files_bytes(&source.dir);
         {
-            let _guard = self.lock_lifecycle();
+            let _guard = self.lifecycle.lock();
             self.evict_over_limits(Some(bytes), None);
         }
         self.load_composing_models(&source, None, 0)?;
@@ -329,7 +322,7 @@ impl ModelRepository {
             return Ok(self.on_demand.touch(name, &self.me).map(Arc::new));
         }
         let built = self.build(&source, None);
-        let _guard = self.lock_lifecycle();
+        let _guard = self.lifecycle.lock();
         self.settle(&source, built, LoadCause::Client)?;
         // Held from under the lifecycle lock: no eviction between the load and its requests.
         Ok(self.on_demand.touch(name, &self.me).map(Arc::new))
@@ -359,7 +352,7 @@ impl ModelRepository {
         let tick = self.on_demand.clock.fetch_add(1, Ordering::Relaxed) + 1;
         let bytes = files_bytes(dir);
         // A reload keeps the count of the requests in flight on the model.
-        let mut usage = self.on_demand.lock_usage();
+        let mut usage = self.on_demand.usage.lock();
         let entry = usage.entry(name.to_string()).or_insert_with(|| Usage { last_used: 0, bytes: 0, in_use: Arc::default() });
         entry.last_used = tick;
         entry.bytes = bytes;
@@ -371,7 +364,7 @@ impl ModelRepository {
     pub(super) fn on_unloaded(&self, name: &str, cause: UnloadCause) {
         let index = UnloadCause::ALL.iter().position(|c| *c == cause).unwrap_or(0);
         self.on_demand.unloads[index].fetch_add(1, Ordering::Relaxed);
-        self.on_demand.lock_usage().remove(name);
+        self.on_demand.usage.lock().remove(name);
     }
 
     /// Unloads the least recently used idle models until the loaded ones (and `incoming` bytes
@@ -390,7 +383,7 @@ impl ModelRepository {
         // Chosen and taken out of `usage` under its lock: a request then either holds an `InUse`
         // seen here, or does not find the model and waits for the lifecycle lock this holds.
         let (resident, victims) = {
-            let mut usage = self.on_demand.lock_usage();
+            let mut usage = self.on_demand.usage.lock();
             let resident: Vec<Resident> = served
                 .values()
                 .map(|model| {

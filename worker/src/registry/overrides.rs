@@ -107,7 +107,7 @@ impl ModelRepository {
         self.load_composing_models(&source, Some(json), 0)?;
         let _loading = self.loading.enter(name);
         let built = self.build(&source, Some(json)).map(|model| model.with_files(folder));
-        let _guard = self.lock_lifecycle();
+        let _guard = self.lifecycle.lock();
         self.settle(&source, built, super::LoadCause::Client)
     }
 }

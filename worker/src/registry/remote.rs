@@ -121,7 +121,7 @@ impl ModelRepository {
         if served == Some(model.fingerprint) {
             return Some(unfetched(&model.name, model.fingerprint));
         }
-        if self.lock_unserved().get(&model.name).and_then(|u| u.fingerprint) == Some(model.fingerprint) {
+        if self.unserved.lock().get(&model.name).and_then(|u| u.fingerprint) == Some(model.fingerprint) {
             return None;
         }
         match self.synced_source(remote, &model.name) {
@@ -176,8 +176,10 @@ fn unfetched(name: &str, fingerprint: u64) -> ModelSource {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
+
+    use parking_lot::Mutex;
 
     use super::*;
     use crate::registry::{ModelState, RepositoryOptions};
@@ -198,7 +200,7 @@ mod tests {
     impl Fake {
         fn new(models: &[(&str, Result<Vec<i64>, String>)]) -> Arc<Fake> {
             let fake = Fake { root: Some(tempfile::tempdir().unwrap()), healthy: AtomicBool::new(true), ..Fake::default() };
-            fake.models.lock().unwrap().extend(models.iter().map(|(n, v)| (n.to_string(), v.clone())));
+            fake.models.lock().extend(models.iter().map(|(n, v)| (n.to_string(), v.clone())));
             Arc::new(fake)
         }
 
@@ -216,17 +218,17 @@ mod tests {
         }
 
         fn list(&self) -> Result<Vec<RemoteModel>, String> {
-            let error = self.list_error.lock().unwrap().clone();
+            let error = self.list_error.lock().clone();
             self.healthy.store(error.is_none(), Ordering::Relaxed);
             if let Some(error) = error {
                 return Err(error);
             }
-            let models = self.models.lock().unwrap();
+            let models = self.models.lock();
             Ok(models.iter().map(|(name, v)| RemoteModel { name: name.clone(), fingerprint: Fake::fingerprint(v) }).collect())
         }
 
         fn sync(&self, name: &str) -> Result<Option<SyncedModel>, String> {
-            let Some(versions) = self.models.lock().unwrap().get(name).cloned() else { return Ok(None) };
+            let Some(versions) = self.models.lock().get(name).cloned() else { return Ok(None) };
             let fingerprint = Fake::fingerprint(&versions);
             let versions = versions.map_err(|e| format!("fake://bucket/models: {e}"))?;
             let dir = self.root.as_ref().unwrap().path().join(name).join(fingerprint.to_string()).join(name);
@@ -276,7 +278,7 @@ mod tests {
         let repository = open(&fake, ControlMode::Poll, &[]);
         assert!(repository.is_ready("changing", Some(1)) && repository.is_ready("leaving", None));
         {
-            let mut models = fake.models.lock().unwrap();
+            let mut models = fake.models.lock();
             models.insert("changing".into(), Ok(vec![1, 2]));
             models.remove("leaving");
             models.insert("arriving".into(), Ok(vec![3]));
@@ -285,11 +287,11 @@ mod tests {
         assert!(repository.is_ready("changing", Some(2)) && !repository.is_ready("changing", Some(1)));
         assert!(repository.is_ready("arriving", Some(3)) && !repository.is_ready("leaving", None));
         assert!(repository.all_ready());
-        *fake.list_error.lock().unwrap() = Some("the endpoint is unreachable".into());
+        *fake.list_error.lock() = Some("the endpoint is unreachable".into());
         repository.poll().unwrap();
         assert!(!repository.all_ready(), "a repository that cannot be listed makes the server not ready");
         assert!(repository.is_ready("changing", Some(2)) && repository.is_ready("arriving", None), "and keeps its models");
-        *fake.list_error.lock().unwrap() = None;
+        *fake.list_error.lock() = None;
         repository.poll().unwrap();
         assert!(repository.all_ready() && repository.is_ready("changing", Some(2)));
     }

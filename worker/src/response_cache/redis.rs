@@ -5,11 +5,12 @@
 //! first failure is logged as a warning (later ones at debug until it works again), and no new
 //! connection is tried for a second after a failure, so a dead Redis costs a request nothing.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use tritium_tensor::Tensor;
@@ -101,7 +102,7 @@ impl RedisCache {
     /// made or was refused less than [`RETRY_AFTER`] ago, else none (the request misses).
     async fn connection(&self) -> Option<MultiplexedConnection> {
         {
-            let mut state = self.state.lock().ok()?;
+            let mut state = self.state.lock();
             if let Some(connection) = &state.connection {
                 return Some(connection.clone());
             }
@@ -111,7 +112,7 @@ impl RedisCache {
             state.connecting = true;
         }
         let made = self.client.get_multiplexed_async_connection_with_config(&self.config).await;
-        let mut state = self.state.lock().ok()?;
+        let mut state = self.state.lock();
         state.connecting = false;
         match made {
             Ok(connection) => {
@@ -131,7 +132,8 @@ impl RedisCache {
     /// [`RETRY_AFTER`] makes a new one; an error Redis answered (out of memory, say) leaves it.
     fn drop_connection(&self, what: &str, error: &redis::RedisError) {
         let broken = error.is_unrecoverable_error() || error.is_io_error() || error.is_timeout();
-        if let Some(mut state) = self.state.lock().ok().filter(|_| broken) {
+        if broken {
+            let mut state = self.state.lock();
             state.connection = None;
             state.retry_at = Some(Instant::now() + RETRY_AFTER);
         }

@@ -104,8 +104,7 @@ impl SequenceBatcher {
     /// The request joins the queue before the first await, so requests read in order from one
     /// stream keep that order.
     pub async fn submit(&self, request: BackendRequest, rows: i64, options: &RequestOptions) -> BatchAnswer {
-        let answer = self.enqueue_share(request, rows, options)?;
-        answer.await.map_err(|_| stopped())?
+        self.submit_share(request, rows, options).await
     }
 }
 

@@ -1,9 +1,9 @@
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tritium_proto::inference::model_config::SchedulingChoice;
@@ -52,7 +52,7 @@ impl Backend for Accumulator {
                 state: state[i],
             })
             .collect();
-        self.calls.lock().unwrap().push(rows);
+        self.calls.lock().push(rows);
         if let Some((started, proceed)) = &self.hold {
             started.notify_one();
             proceed.notified().await;
@@ -67,7 +67,7 @@ impl Backend for Accumulator {
 
 impl Accumulator {
     fn calls(&self) -> Vec<Vec<SeenRow>> {
-        self.calls.lock().unwrap().clone()
+        self.calls.lock().clone()
     }
 }
 

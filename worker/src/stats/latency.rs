@@ -4,9 +4,10 @@
 //! until [`enable`] is called a request costs one relaxed atomic load here.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::PhaseTimes;
 
@@ -47,7 +48,7 @@ impl LatencyWindow {
         let total = phases.queue + phases.compute_input + phases.compute_infer + phases.compute_output;
         let sample = [total, phases.queue, phases.compute_input, phases.compute_infer, phases.compute_output].map(micros);
         let now = Instant::now();
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut samples = self.samples.lock();
         while samples.len() >= MAX_SAMPLES || samples.front().is_some_and(|(at, _)| now.duration_since(*at) > MAX_AGE) {
             samples.pop_front();
         }
@@ -59,7 +60,7 @@ impl LatencyWindow {
     pub fn quantiles(&self, quantiles: &[f64]) -> Option<[Vec<f64>; 5]> {
         let now = Instant::now();
         let recent: Vec<[u64; 5]> = {
-            let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            let samples = self.samples.lock();
             samples.iter().filter(|(at, _)| now.duration_since(*at) <= MAX_AGE).map(|(_, s)| *s).collect()
         };
         if recent.is_empty() {
@@ -105,6 +106,6 @@ mod tests {
         for _ in 0..MAX_SAMPLES + 10 {
             window.record(&PhaseTimes::default());
         }
-        assert_eq!(window.samples.lock().expect("lock").len(), MAX_SAMPLES);
+        assert_eq!(window.samples.lock().len(), MAX_SAMPLES);
     }
 }

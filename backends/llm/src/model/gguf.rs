@@ -17,18 +17,6 @@ use super::q8_0::Q8_0Linear;
 /// The `general.architecture`s this engine runs from GGUF (mistral GGUFs say `llama`).
 const GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
 
-/// Reads a GGUF file's header and metadata.
-pub(crate) fn read_content(path: &Path) -> Result<(Content, File), String> {
-    let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // candle's error quotes the file's first bytes ("unknown magic ..."): logged, never returned,
-    // since a load error reaches the client that asked for the load.
-    let content = Content::read(&mut file).map_err(|e| {
-        tracing::debug!(path = %path.display(), "not a GGUF file: {e}");
-        format!("{}: not a readable GGUF file", path.display())
-    })?;
-    Ok((content, file))
-}
-
 fn metadata<'c>(content: &'c Content, key: &str) -> Result<&'c Value, String> {
     content.metadata.get(key).ok_or_else(|| format!("GGUF metadata has no '{key}'"))
 }

@@ -6,6 +6,7 @@ mod cpu_attention;
 mod decoder;
 pub(crate) mod dense;
 pub(crate) mod gguf;
+pub(crate) mod gguf_header;
 mod hf;
 mod paged_kv;
 mod q8_0;
@@ -45,7 +46,7 @@ pub(crate) fn load_with(path: &Path, device: &Device, policy: WeightPolicy) -> R
         let weights = hf::load_weights(path, &config, device)?;
         (config, weights, card)
     } else {
-        let (content, mut file) = gguf::read_content(path)?;
+        let (content, mut file) = gguf_header::read_content(path)?;
         let config = gguf::config_from_gguf(&content)?;
         let card = crate::card::card_from_gguf(&content, &source)?;
         let weights = gguf::load_weights(&content, &mut file, &config, device, policy)?;

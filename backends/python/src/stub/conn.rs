@@ -3,8 +3,8 @@
 //! what is in flight settled by an answer, a deadline or the stub's death.
 
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
 
 use serde_json::{Value, json};
 use tritium_backend_api::BackendError;
@@ -18,14 +18,6 @@ use crate::wire::Reply;
 use crate::writer::Writer;
 
 impl Conn {
-    pub(super) fn lock_state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(super) fn writer_lock(&self) -> MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Sends a frame with a JSON header, acknowledging every frame read so far (the stub may
     /// reuse their blocks).
     pub(crate) fn send(&self, mut header: Value, payload: &[&[u8]]) -> std::io::Result<()> {
@@ -42,14 +34,14 @@ impl Conn {
         header: impl FnOnce(&mut Vec<u8>, u64) -> std::io::Result<()>,
         payload: &[&[u8]],
     ) -> std::io::Result<()> {
-        let mut writer = self.writer_lock();
+        let mut writer = self.writer.lock();
         let ack = self.received.load(Ordering::Acquire);
         self.unacknowledged_bytes.store(0, Ordering::Release);
         writer.send(|buffer| header(buffer, ack), payload)
     }
 
     pub(super) fn death_or(&self, otherwise: &str) -> String {
-        self.lock_state().death.clone().unwrap_or_else(|| otherwise.to_string())
+        self.state.lock().death.clone().unwrap_or_else(|| otherwise.to_string())
     }
 
     /// Ends execute `id` with `deadline`'s error if it is still running: the stub is marked dead
@@ -57,7 +49,7 @@ impl Conn {
     /// when the execute had already returned.
     pub(super) fn expire(&self, id: u64, deadline: Deadline) -> bool {
         let pending = {
-            let mut state = self.lock_state();
+            let mut state = self.state.lock();
             let Some(pending) = state.executes.remove(&id) else { return false };
             self.alive.store(false, Ordering::Release);
             state.death.get_or_insert_with(|| format!("ended: {}", deadline.message));
@@ -79,7 +71,7 @@ impl Conn {
     pub(super) fn die(&self, why: String) {
         self.alive.store(false, Ordering::Release);
         let (why, executes, streams) = {
-            let mut state = self.lock_state();
+            let mut state = self.state.lock();
             let why = state.death.get_or_insert(why).clone();
             state.op_reply = None;
             (why, std::mem::take(&mut state.executes), std::mem::take(&mut state.streams))
@@ -98,7 +90,7 @@ impl Conn {
     }
 
     pub(super) fn settle_executed(&self, frame: ExecutedFrame) {
-        let Some(pending) = self.lock_state().executes.remove(&frame.id) else { return };
+        let Some(pending) = self.state.lock().executes.remove(&frame.id) else { return };
         pending.inputs.into_iter().for_each(|b| self.region.free_input(b));
         let result = match frame.outcome {
             Err(message) => Err(BackendError::refused(ErrorCode::Internal, message)),
@@ -119,7 +111,7 @@ impl Conn {
     }
 
     pub(super) fn end_stream(&self, key: u64, answer: Result<Option<Reply>, BackendError>) {
-        if let Some(stream) = self.lock_state().streams.remove(&key) {
+        if let Some(stream) = self.state.lock().streams.remove(&key) {
             stream.inputs.into_iter().for_each(|b| self.region.free_input(b));
             let _ = stream.sender.send(StreamEvent { answer, last: true });
         }
@@ -129,7 +121,7 @@ impl Conn {
         let answer = frame.answer.transpose();
         if frame.last {
             self.end_stream(frame.key, answer);
-        } else if let Some(stream) = self.lock_state().streams.get(&frame.key) {
+        } else if let Some(stream) = self.state.lock().streams.get(&frame.key) {
             let _ = stream.sender.send(StreamEvent { answer, last: false });
         }
     }
@@ -172,7 +164,7 @@ pub(super) fn take_frame(conn: &Arc<Conn>, services: &Services, header: &[u8], p
                 "metric" => services.metric(conn.as_ref(), &frame.header),
                 "log" => services.log(&conn.name, &frame.header),
                 _ => {
-                    if let Some(sender) = conn.lock_state().op_reply.take() {
+                    if let Some(sender) = conn.state.lock().op_reply.take() {
                         let _ = sender.try_send(frame);
                         conn.received.fetch_add(1, Ordering::AcqRel);
                         return Ok(());

@@ -11,9 +11,10 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc as sync_mpsc};
+use std::sync::{Arc, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tritium_backend_api::BackendError;
@@ -214,7 +215,7 @@ impl Stub {
                 let status = process.try_reap().filter(|s| !s.is_empty()).map(|s| format!(" ({s})")).unwrap_or_default();
                 conn.die(format!("the stub process exited{status}"));
                 let on_exit = {
-                    let mut state = conn.lock_state();
+                    let mut state = conn.state.lock();
                     state.exited = true;
                     state.on_exit.take()
                 };
@@ -228,7 +229,7 @@ impl Stub {
 
     /// Runs `on_exit` once the stub process has exited (at once if it has).
     pub fn on_exit(&self, on_exit: Box<dyn FnOnce() + Send>) {
-        let mut state = self.conn.lock_state();
+        let mut state = self.conn.state.lock();
         if state.exited {
             drop(state);
             return on_exit();
@@ -298,7 +299,7 @@ impl Stub {
     pub fn call(&self, header: Value, timeout: Option<Duration>) -> Result<Value, String> {
         let (sender, receiver) = sync_mpsc::sync_channel(1);
         {
-            let mut state = self.conn.lock_state();
+            let mut state = self.conn.state.lock();
             if let Some(death) = &state.death {
                 return Err(death.clone());
             }
@@ -359,7 +360,7 @@ impl Stub {
             placed.push((request.key, request.flags, request.outputs, request.extras, inputs));
         }
         {
-            let mut state = self.conn.lock_state();
+            let mut state = self.conn.state.lock();
             if let Some(death) = &state.death {
                 let death = death.clone();
                 drop(state);
@@ -441,7 +442,7 @@ impl Stub {
         if !self.is_alive() {
             return self.kill();
         }
-        if !self.conn.lock_state().executes.is_empty() {
+        if !self.conn.state.lock().executes.is_empty() {
             tracing::warn!(instance = %self.conn.name, "the model is still in execute; its stub is ended without finalize");
             return self.kill();
         }

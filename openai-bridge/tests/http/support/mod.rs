@@ -8,10 +8,11 @@ mod reply;
 pub use reply::{post, send};
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tritium_backend_api::llm::{
@@ -175,15 +176,15 @@ impl FakeHub {
     }
 
     pub fn script(&self, script: Script) {
-        self.scripts.lock().expect("lock").push_back(script);
+        self.scripts.lock().push_back(script);
     }
 
     pub fn last_request(&self) -> GenerateRequest {
-        self.requests.lock().expect("lock").last().cloned().expect("a generate call")
+        self.requests.lock().last().cloned().expect("a generate call")
     }
 
     pub fn held_sender(&self) -> mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>> {
-        self.held.lock().expect("lock").last().cloned().expect("a held stream")
+        self.held.lock().last().cloned().expect("a held stream")
     }
 }
 
@@ -206,8 +207,8 @@ impl LlmHub for FakeHub {
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
-        self.requests.lock().expect("lock").push(request.clone());
-        let script = self.scripts.lock().expect("lock").pop_front().unwrap_or(Script::Tokens(vec![], FinishReason::Stop));
+        self.requests.lock().push(request.clone());
+        let script = self.scripts.lock().pop_front().unwrap_or(Script::Tokens(vec![], FinishReason::Stop));
         match script {
             Script::Overloaded => Err(BridgeError::Generate(GenerateError::Overloaded {
                 model: model.to_string(),
@@ -237,20 +238,20 @@ impl LlmHub for FakeHub {
                 for event in events {
                     let _ = sender.send(event);
                 }
-                self.held.lock().expect("lock").push(sender);
+                self.held.lock().push(sender);
                 Ok(TokenStream::new(receiver))
             }
         }
     }
 
     async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
-        self.workers.lock().expect("lock").push(worker.to_string());
+        self.workers.lock().push(worker.to_string());
         let stream = self.generate(model, request).await?;
         Ok(stream.served_by(std::sync::Arc::from(worker)))
     }
 
     async fn embed(&self, _model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {
-        self.embedded.lock().expect("lock").push(inputs.clone());
+        self.embedded.lock().push(inputs.clone());
         Ok(inputs.iter().map(|ids| vec![ids.len() as f32, 0.5, -1.0]).collect())
     }
 }

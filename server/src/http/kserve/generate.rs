@@ -186,7 +186,7 @@ pub(super) async fn generate(
     let (request, resolved) = read_request(&state, &path, &headers, body, false).await?;
     let received = super::Received { headers: &headers, arrived, read: Instant::now() };
     let (response, trace) = super::run_infer(&state, request, resolved, received).await?;
-    let _sent = crate::trace::door::Sending::http(trace);
+    let _sent = tritium_trace::door::Sending::http(trace);
     let json = response_json(response)?;
     // Triton does not compress generate answers.
     Ok(reply::body_response(
@@ -214,10 +214,10 @@ pub(super) async fn generate_stream(
     let mut decoded = decode_for_model(request, &state.server.shm, &state.server.repository, Some(resolved), arrived)?;
     let read = Instant::now();
     // Held by the stream: the trace ends with its last event.
-    let trace = crate::trace::door::http_received(&state.server.tracer, &mut decoded.request, &headers, arrived, read);
+    let trace = tritium_trace::door::http_received(&state.server.tracer, &mut decoded.request, &headers, arrived, read);
     let admitted = crate::dispatch::admit(&state.server, decoded.request, decoded.model)?;
     let outcome = crate::dispatch::streamed(&state.server, admitted).await?;
-    let sent = crate::trace::door::Sending::http(trace);
+    let sent = tritium_trace::door::Sending::http(trace);
     let grpc = std::sync::Arc::clone(&state.server);
     let regions = decoded.shm;
     let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = match outcome {

@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use self::reply::{Compression, HttpError, HttpResult};
 use crate::grpc::budget::ByteBudget;
-use crate::grpc::restricted::RestrictedProtocols;
+use crate::restricted::RestrictedProtocols;
 use crate::state::ServerState;
 use tritium_backend_api::trace::RequestTrace;
 
@@ -231,7 +231,7 @@ async fn infer_route(
     let received = Received { headers: &headers, arrived, read: Instant::now() };
     let (response, trace) = run_infer(&state, parsed.request, resolved, received).await?;
     drop(body);
-    let _sent = crate::trace::door::Sending::http(trace);
+    let _sent = tritium_trace::door::Sending::http(trace);
     let (bytes, json_length) = infer::encode(response, &parsed.binary_outputs)?;
     let mut response_headers = Vec::with_capacity(2);
     match json_length {
@@ -247,7 +247,7 @@ async fn infer_route(
 /// The model version a path names.
 pub(crate) fn resolve(state: &KserveState, path: &ModelPath) -> Result<Arc<tritium_worker::ModelVersion>, HttpError> {
     let number = tritium_worker::parse_version(&path.version()).map_err(crate::ServerError::from)?;
-    Ok(crate::remote::adapters::resolve_served(&state.server.repository, &path.model, number)
+    Ok(state.server.repository.resolve_served(&path.model, number)
         .map_err(crate::ServerError::from)?)
 }
 
@@ -271,7 +271,7 @@ pub(crate) async fn run_infer(
     let Received { headers, arrived, read } = received;
     let mut decoded = crate::grpc::convert::decode_for_model(request, &grpc.shm, &grpc.repository, Some(resolved), arrived)?;
     tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "HTTP infer");
-    let trace = crate::trace::door::http_received(&grpc.tracer, &mut decoded.request, headers, arrived, read);
+    let trace = tritium_trace::door::http_received(&grpc.tracer, &mut decoded.request, headers, arrived, read);
     // At the end of the shutdown grace period a request still running is answered 503, not cut off.
     let hard_stop = grpc.hard_stop.child_token();
     let response = tokio::select! {

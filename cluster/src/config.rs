@@ -1,0 +1,65 @@
+//! What a process of the cluster needs, resolved from the command line by the server's config:
+//! discovery, events and the request plane ([`ClusterConfig`]), and a worker node's own settings
+//! ([`NodeConfig`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::discovery::{DeviceClass, DisaggregationMode, DiscoveryConfig, NamespaceScope};
+use crate::events::EventsConfig;
+use crate::remote::TransferOptions;
+
+/// Discovery and events, resolved.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub discovery: DiscoveryConfig,
+    /// The namespace this process registers and publishes in, and those it watches.
+    pub scope: NamespaceScope,
+    pub lease_ttl: Duration,
+    pub events: EventsConfig,
+    pub request_plane: RequestPlaneConfig,
+}
+
+/// `--request-plane`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestPlaneConfig {
+    Tcp,
+    Nats { url: String },
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            discovery: DiscoveryConfig::Memory,
+            scope: NamespaceScope::own("tritium"),
+            lease_ttl: Duration::from_secs(10),
+            events: EventsConfig::None,
+            request_plane: RequestPlaneConfig::Tcp,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether workers may live in other processes.
+    pub fn is_distributed(&self) -> bool {
+        !matches!(self.discovery, DiscoveryConfig::Memory)
+    }
+}
+
+
+/// What `tritium worker` serves with, beside its model repository.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub cluster: ClusterConfig,
+    pub max_message_size: usize,
+    /// Token frontends must send (`--worker-token`).
+    pub worker_token: Option<String>,
+    pub disaggregation: DisaggregationMode,
+    /// What it computes on (`--device-class`).
+    pub device: DeviceClass,
+    pub transfers: TransferOptions,
+    /// Request tracing (`--trace-config`, `OTEL_*`): a worker's spans join the frontend's trace.
+    pub trace: tritium_trace::config::TraceConfig,
+    /// `--lora-dir`: where LoRA adapters loaded at run time (through a frontend) must lie.
+    pub lora_dir: Option<PathBuf>,
+}
