@@ -2,7 +2,6 @@
 //! matrices kept quantized (candle's `QMatMul` multiplies them as they are).
 
 use std::fs::File;
-use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};

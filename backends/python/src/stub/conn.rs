@@ -10,12 +10,11 @@ use serde_json::{Value, json};
 use tritium_backend_api::BackendError;
 use tritium_proto::ErrorCode;
 
-use super::{Conn, Deadline, Executed, State, StreamEvent, stub_failed};
+use super::{Conn, Deadline, Executed, StreamEvent, stub_failed};
 use crate::binary::{self, ExecutedFrame, ResponseFrame};
 use crate::frame::{Frame, read_raw, read_raw_async};
 use crate::services::Services;
 use crate::wire::Reply;
-use crate::writer::Writer;
 
 impl Conn {
     /// Sends a frame with a JSON header, acknowledging every frame read so far (the stub may

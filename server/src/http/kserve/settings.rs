@@ -104,7 +104,9 @@ async fn trace(state: &KserveState, model_name: String, update: Option<Value>) -
     let answer = admin::trace_setting(&state.server, TraceSettingRequest { settings, model_name }).map_err(|e| {
         // Triton's HTTP server words this one refusal without the space its gRPC one has.
         match e {
-            crate::ServerError::InvalidArgument { reason } if reason.contains("Expecting value >= -1, got: ") => {
+            crate::ServerError::Trace(tritium_trace::TraceError::InvalidArgument { reason })
+                if reason.contains("Expecting value >= -1, got: ") =>
+            {
                 crate::ServerError::InvalidArgument { reason: reason.replacen("got: ", "got:", 1) }
             }
             other => other,
