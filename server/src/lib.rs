@@ -1,5 +1,11 @@
-//! Tritium's server: the KServe v2 / Triton gRPC service (with health and reflection) over the
-//! worker's model registry, as a library and as the `tritium` binary.
+//! Tritium's server: the doors, as a library and as the `tritium` binary. It boots and configures
+//! a process ([`config`], [`cli`]), and serves the KServe v2 / Triton gRPC door (with health and
+//! reflection, over its own HTTP/2 transport: [`grpc`]), the KServe HTTP door and the OpenAI,
+//! Responses and Anthropic routes ([`http`], [`llm`]), shared memory ([`shm`]), the metrics port
+//! with its one registry ([`metrics`]) and the admission limits ([`restricted`], byte budgets).
+//! Everything between processes (routing, discovery, events, the worker plane, `tritium worker`'s
+//! node) is `tritium_cluster`'s; request tracing is `tritium_trace`'s; models, schedulers and the
+//! registry are the core's (`tritium_worker`).
 //!
 //! Embedding it, e.g. in a test, on a pre-bound ephemeral listener:
 //!

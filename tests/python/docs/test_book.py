@@ -6,6 +6,7 @@ way (scripts/check-book-links.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import re
 import subprocess
@@ -43,27 +44,16 @@ def links(markdown: str) -> list[tuple[int, str]]:
     return found
 
 
-def heading_ids(markdown: str) -> set[str]:
-    """The ids mdBook (and GitHub, by the same rule) gives a page's headings: the heading's text, lower-cased,
-    keeping letters, digits, `-` and `_`, each space a `-`; a repeated id gets `-1`, `-2`, ..."""
-    ids: set[str] = set()
-    fence = False
-    for line in markdown.splitlines():
-        if line.lstrip().startswith(("```", "~~~")):
-            fence = not fence
-            continue
-        match = None if fence else re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
-        if not match:
-            continue
-        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", match.group(1))
-        text = re.sub(r"<[^>]+>", "", text).replace("`", "").replace("*", "")
-        slug = "".join(ch for ch in text.strip().lower() if ch.isalnum() or ch in "-_ ").replace(" ", "-")
-        candidate, n = slug, 0
-        while candidate in ids:
-            n += 1
-            candidate = f"{slug}-{n}"
-        ids.add(candidate)
-    return ids
+def _script(name: str):
+    """A module of scripts/ by its file name (which has dashes, so it cannot be imported by name)."""
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_"), REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The ids mdBook (and GitHub, by the same rule) gives a page's headings: the link checker's rule.
+heading_ids = _script("check-book-links").github_ids
 
 
 def test_the_generated_cli_reference_matches_the_binary():
