@@ -103,10 +103,7 @@ impl MetricsState {
             }),
         );
         register(&registry, ScrapeCollector::new("nv_cpu_utilization", "the host's CPU", move || cpu.families()));
-        let frontend = Arc::clone(&llm);
-        let help = "Language model requests received";
-        register(&registry, ScrapeCollector::new("tritium_llm_requests_total", help, move || frontend.metric_families()));
-        register(&registry, tritium_cluster::routing::RouterMetrics::new(Arc::clone(llm.router())));
+        registry::register_llm(&registry, &llm);
         register(&registry, tracer.counters().clone());
         MetricsState { registry: Arc::new(registry) }
     }

@@ -51,18 +51,19 @@ pub fn encode(registry: &Registry) -> String {
     text
 }
 
-/// The language-model metrics the HTTP port's `/metrics` serves: the doors' and engines' families
-/// and the router's.
+/// Registers the language-model doors' and engines' families and the router's: what the HTTP
+/// port's `/metrics` serves, and part of the metrics port's registry.
+pub fn register_llm(registry: &Registry, llm: &Arc<crate::llm::LlmFrontend>) {
+    let frontend = Arc::clone(llm);
+    let help = "Language model requests received";
+    register(registry, ScrapeCollector::new("tritium_llm_requests_total", help, move || frontend.metric_families()));
+    register(registry, tritium_cluster::routing::RouterMetrics::new(Arc::clone(llm.router())));
+}
+
+/// The HTTP port's registry: [`register_llm`]'s collectors alone.
 pub fn llm_registry(llm: &Arc<crate::llm::LlmFrontend>) -> Registry {
     let registry = Registry::new();
-    let frontend = Arc::clone(llm);
-    register(
-        &registry,
-        ScrapeCollector::new("tritium_llm_requests_total", "Language model requests received", move || {
-            frontend.metric_families()
-        }),
-    );
-    register(&registry, tritium_cluster::routing::RouterMetrics::new(Arc::clone(llm.router())));
+    register_llm(&registry, llm);
     registry
 }
 
