@@ -18,6 +18,8 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     pub events: EventsConfig,
     pub request_plane: RequestPlaneConfig,
+    /// Where Dynamo workers' response streams call home (Dynamo's `DYN_TCP_RESPONSE_STREAM_HOST`).
+    pub response_stream_host: std::net::IpAddr,
 }
 
 /// `--request-plane`, resolved.
@@ -35,6 +37,7 @@ impl Default for ClusterConfig {
             lease_ttl: Duration::from_secs(10),
             events: EventsConfig::None,
             request_plane: RequestPlaneConfig::Tcp,
+            response_stream_host: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }

@@ -10,6 +10,8 @@
 //!   routing decisions.
 //! - [`remote`]: both ends of the worker plane (`worker.proto`): the service a worker serves, the
 //!   client a frontend dials, their own conversions, the NATS tunnel and KV pulls between workers.
+//! - [`dynamo`]: Dynamo's workers, found in Dynamo's stores and called over Dynamo's request
+//!   plane.
 //! - [`node`]: a worker process's serve loop (`tritium worker`).
 //! - [`lora`]: LoRA adapters loaded at run time, fanned out over the workers serving a base model.
 //!
@@ -34,6 +36,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod dynamo;
 pub mod events;
 pub mod lora;
 pub mod node;

@@ -227,7 +227,17 @@ impl Tritium {
         if cluster.is_distributed() {
             routing::snapshot::start(&self.state.router, Arc::clone(&discovery), stop.clone()).await;
         }
-        let follower = tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), discovery, stop.clone()));
+        let dynamo = match tritium_cluster::dynamo::store_for(&cluster.discovery).await.map_err(StartError::RequestPlane)? {
+            Some(store) => {
+                let home = tritium_cluster::dynamo::CallHome::bind(cluster.response_stream_host, stop.clone()).await?;
+                self.state.router.set_dynamo_home(home);
+                tracing::info!("{}", tritium_cluster::dynamo::view::describe());
+                Some(tritium_cluster::dynamo::follow(store, cluster.scope.clone(), stop.clone()))
+            }
+            None => None,
+        };
+        let follower =
+            tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), discovery, dynamo, stop.clone()));
         if self.state.router.options().replica_sync {
             routing::publish_replica_events(&self.state.router, Arc::clone(&events), stop.clone());
         }

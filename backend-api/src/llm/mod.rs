@@ -5,6 +5,7 @@
 //! (`tritium-llm`) implement it.
 
 mod card;
+mod hf_card;
 mod constraint;
 mod kv_transfer;
 mod types;
@@ -18,6 +19,7 @@ use tritium_proto::inference::DataType as ConfigDataType;
 use tritium_proto::inference::{ModelConfig, ModelInput, ModelOutput, ModelTransactionPolicy};
 
 pub use card::{ModelCard, ModelKind};
+pub use hf_card::{HfFiles, card_from_hf_files, push_unique, template_of_config};
 pub use constraint::Constraint;
 pub use kv_transfer::{ExportedBlock, ImportedBlocks, KvExport, TransferLayout};
 pub use types::{

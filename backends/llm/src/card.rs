@@ -13,7 +13,7 @@ use candle_core::quantized::gguf_file::Content;
 
 use serde_json::Value as Json;
 
-use tritium_backend_api::llm::{ModelCard, ModelKind};
+use tritium_backend_api::llm::{HfFiles, ModelCard, ModelKind, card_from_hf_files, push_unique, template_of_config};
 
 use crate::gguf_tokenizer::{self, meta_bool, meta_str, meta_u64, token_at};
 
@@ -74,74 +74,25 @@ pub fn card_from_gguf_file(path: &Path) -> Result<ModelCard, String> {
 }
 
 /// The card of a model in the Hugging Face layout: `tokenizer.json`, `tokenizer_config.json`,
-/// `config.json`, `generation_config.json` and, for embedders, `sentence_bert_config.json`.
-///
-/// Padding and truncation are removed from the tokenizer: the engines batch and limit inputs
-/// themselves and need every encoding at its real length (MiniLM ships fixed padding to 128).
+/// `config.json`, `generation_config.json` and, for embedders, `sentence_bert_config.json`, read
+/// from `dir` and built by [`card_from_hf_files`].
 pub fn card_from_hf_dir(dir: &Path, kind: ModelKind) -> Result<ModelCard, String> {
     let source = dir.display().to_string();
-    let fail = |e: String| format!("{source}: {e}");
-    let text = fs::read_to_string(dir.join("tokenizer.json"))
-        .map_err(|e| fail(format!("cannot read tokenizer.json ({e}); only models with a tokenizer.json are supported")))?;
-    let mut tokenizer: Json = serde_json::from_str(&text).map_err(|e| fail(format!("tokenizer.json is not valid JSON: {e}")))?;
-    let tokenizer_config = read_json(dir, "tokenizer_config.json")?.unwrap_or(Json::Null);
-    let config = read_json(dir, "config.json")?.unwrap_or(Json::Null);
-    let generation_config = read_json(dir, "generation_config.json")?.unwrap_or(Json::Null);
-
-    let chat_template = match chat_template(&tokenizer_config) {
-        Some(template) => Some(template),
-        None => chat_template_file(dir)?,
-    };
-    let config_id = |key: &str| token_ids(config.get(key).or_else(|| text_config(&config, key)));
-    let bos_token = special_token_text(&tokenizer_config, "bos_token")
-        .or_else(|| config_id("bos_token_id").first().and_then(|&id| token_text(&tokenizer, id)));
-    let mut eos_token_ids = token_ids(generation_config.get("eos_token_id"));
-    if eos_token_ids.is_empty() {
-        eos_token_ids = config_id("eos_token_id");
-    }
-    let eos_token = special_token_text(&tokenizer_config, "eos_token")
-        .or_else(|| eos_token_ids.first().and_then(|&id| token_text(&tokenizer, id)));
-    if let Some(id) = eos_token.as_deref().and_then(|text| token_id(&tokenizer, text)) {
-        push_unique(&mut eos_token_ids, id);
-    }
-    let add_bos_token = match tokenizer_config.get("add_bos_token").and_then(Json::as_bool) {
-        Some(add) => add,
-        None => bos_token.as_deref().is_some_and(|bos| post_processor_adds(&tokenizer, bos)),
-    };
-    let context_length = context_length(&config, &tokenizer_config).ok_or_else(|| {
-        fail("config.json has no max_position_embeddings (nor n_positions, max_sequence_length, seq_length)".into())
+    let tokenizer_json = fs::read_to_string(dir.join("tokenizer.json")).map_err(|e| {
+        format!("{source}: cannot read tokenizer.json ({e}); only models with a tokenizer.json are supported")
     })?;
-    let max_input_tokens = match kind {
-        ModelKind::Generate => None,
-        ModelKind::Embed => {
-            let sbert = read_json(dir, "sentence_bert_config.json")?.unwrap_or(Json::Null);
-            let limit = sbert.get("max_seq_length").and_then(json_usize).unwrap_or(512);
-            Some(limit.min(context_length))
-        }
-    };
-
-    let fixed = ["padding", "truncation"].iter().any(|key| tokenizer.get(*key).is_some_and(|v| !v.is_null()));
-    let tokenizer_json = if fixed {
-        if let Some(map) = tokenizer.as_object_mut() {
-            map.insert("padding".into(), Json::Null);
-            map.insert("truncation".into(), Json::Null);
-        }
-        serde_json::to_string(&tokenizer).map_err(|e| fail(format!("cannot write tokenizer.json: {e}")))?
-    } else {
-        text
-    };
-    Ok(ModelCard {
-        kind,
+    let files = HfFiles {
         tokenizer_json,
-        chat_template,
-        bos_token,
-        eos_token,
-        eos_token_ids,
-        add_bos_token,
-        context_length,
-        max_input_tokens,
-        source,
-    })
+        tokenizer_config: read_json(dir, "tokenizer_config.json")?,
+        config: read_json(dir, "config.json")?,
+        generation_config: read_json(dir, "generation_config.json")?,
+        chat_template: chat_template_file(dir)?,
+        sentence_bert_config: match kind {
+            ModelKind::Embed => read_json(dir, "sentence_bert_config.json")?,
+            ModelKind::Generate => None,
+        },
+    };
+    card_from_hf_files(files, kind, &source)
 }
 
 /// What `path` holds: a `.gguf` file is a language model; a Hugging Face folder is told apart by
@@ -223,114 +174,13 @@ fn read_json(dir: &Path, name: &str) -> Result<Option<Json>, String> {
     }
 }
 
-/// `chat_template` is a string, or a list of `{name, template}` of which "default" is the one.
-fn chat_template(tokenizer_config: &Json) -> Option<String> {
-    match tokenizer_config.get("chat_template")? {
-        Json::String(template) => Some(template.clone()),
-        Json::Array(named) => named
-            .iter()
-            .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
-            .and_then(|t| t.get("template")?.as_str())
-            .map(str::to_owned),
-        _ => None,
-    }
-}
-
 /// Newer `transformers` write the template next to the config instead of into it.
 fn chat_template_file(dir: &Path) -> Result<Option<String>, String> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
         return fs::read_to_string(&jinja).map(Some).map_err(|e| format!("cannot read {}: {e}", jinja.display()));
     }
-    Ok(read_json(dir, "chat_template.json")?.as_ref().and_then(chat_template))
-}
-
-/// `bos_token`/`eos_token`: a string or an added-token object with `content`.
-fn special_token_text(tokenizer_config: &Json, key: &str) -> Option<String> {
-    match tokenizer_config.get(key)? {
-        Json::String(text) => Some(text.clone()),
-        Json::Object(token) => token.get("content")?.as_str().map(str::to_owned),
-        _ => None,
-    }
-}
-
-/// An id or a list of ids.
-fn token_ids(value: Option<&Json>) -> Vec<u32> {
-    let one = |v: &Json| v.as_u64().and_then(|id| u32::try_from(id).ok());
-    match value {
-        Some(Json::Array(ids)) => ids.iter().filter_map(one).collect(),
-        Some(v) => one(v).into_iter().collect(),
-        None => Vec::new(),
-    }
-}
-
-/// Multimodal configs keep the language model's settings under `text_config`.
-fn text_config<'a>(config: &'a Json, key: &str) -> Option<&'a Json> {
-    config.get("text_config")?.get(key)
-}
-
-fn context_length(config: &Json, tokenizer_config: &Json) -> Option<usize> {
-    for key in ["max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"] {
-        if let Some(n) = config.get(key).or_else(|| text_config(config, key)).and_then(json_usize) {
-            return Some(n);
-        }
-    }
-    // `model_max_length` is a huge sentinel when the tokenizer has no limit.
-    tokenizer_config.get("model_max_length").and_then(json_usize).filter(|&n| n <= 10_000_000)
-}
-
-fn json_usize(value: &Json) -> Option<usize> {
-    value.as_u64().and_then(|n| usize::try_from(n).ok())
-}
-
-fn token_id(tokenizer: &Json, text: &str) -> Option<u32> {
-    let added = tokenizer
-        .get("added_tokens")
-        .and_then(Json::as_array)
-        .and_then(|tokens| tokens.iter().find(|t| t.get("content").and_then(Json::as_str) == Some(text))?.get("id")?.as_u64());
-    let id = added.or_else(|| match tokenizer.get("model")?.get("vocab")? {
-        Json::Object(vocab) => vocab.get(text)?.as_u64(),
-        // Unigram: a list of `[piece, score]`, the id being the index.
-        Json::Array(pieces) => pieces.iter().position(|p| p.get(0).and_then(Json::as_str) == Some(text)).map(|i| i as u64),
-        _ => None,
-    })?;
-    u32::try_from(id).ok()
-}
-
-fn token_text(tokenizer: &Json, id: u32) -> Option<String> {
-    let id = u64::from(id);
-    let added = tokenizer
-        .get("added_tokens")
-        .and_then(Json::as_array)
-        .and_then(|tokens| tokens.iter().find(|t| t.get("id").and_then(Json::as_u64) == Some(id))?.get("content")?.as_str());
-    let text = added.or_else(|| match tokenizer.get("model")?.get("vocab")? {
-        Json::Object(vocab) => vocab.iter().find(|(_, v)| v.as_u64() == Some(id)).map(|(k, _)| k.as_str()),
-        Json::Array(pieces) => pieces.get(usize::try_from(id).ok()?)?.get(0)?.as_str(),
-        _ => None,
-    })?;
-    Some(text.to_owned())
-}
-
-/// Whether the tokenizer's own post-processor puts `token` first (Llama 3 adds BOS that way,
-/// with no `add_bos_token` in its config).
-fn post_processor_adds(tokenizer: &Json, token: &str) -> bool {
-    let Some(post) = tokenizer.get("post_processor") else {
-        return false;
-    };
-    let steps = match post.get("processors").and_then(Json::as_array) {
-        Some(steps) => steps.iter().collect(),
-        None => vec![post],
-    };
-    steps.iter().any(|step| {
-        step.get("type").and_then(Json::as_str) == Some("TemplateProcessing")
-            && step.pointer("/single/0/SpecialToken/id").and_then(Json::as_str) == Some(token)
-    })
-}
-
-fn push_unique(ids: &mut Vec<u32>, id: u32) {
-    if !ids.contains(&id) {
-        ids.push(id);
-    }
+    Ok(read_json(dir, "chat_template.json")?.as_ref().and_then(template_of_config))
 }
 
 #[cfg(test)]

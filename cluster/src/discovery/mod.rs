@@ -32,6 +32,9 @@ pub enum WorkerAddress {
     InProcess,
     /// A worker process serving the worker request plane at this URI.
     Grpc(String),
+    /// A Dynamo worker instance, found in Dynamo's own records (never registered by Tritium).
+    #[serde(skip)]
+    Dynamo(Arc<crate::dynamo::DynamoTarget>),
 }
 
 /// A worker's part in disaggregated serving (Dynamo's `--disaggregation-mode` and values).

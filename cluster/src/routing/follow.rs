@@ -17,15 +17,24 @@ use crate::events::{EventBus, WorkerEvent};
 /// described again.
 const RELIST_EVERY: Duration = Duration::from_secs(5);
 
-/// Keeps the router's table in step with discovery and with the in-process worker's own models
-/// (which are not registered in a shared discovery: other frontends could not reach them) until
-/// `stop` is cancelled.
-pub async fn follow_discovery(router: Arc<Router>, discovery: Arc<dyn Discovery>, stop: CancellationToken) {
+/// Keeps the router's table in step with discovery, with the Dynamo workers `dynamo` lists
+/// (when it follows Dynamo's records) and with the in-process worker's own models (which are
+/// not registered in a shared discovery: other frontends could not reach them) until `stop` is
+/// cancelled.
+pub async fn follow_discovery(
+    router: Arc<Router>,
+    discovery: Arc<dyn Discovery>,
+    mut dynamo: Option<tokio::sync::watch::Receiver<Arc<Vec<WorkerInstance>>>>,
+    stop: CancellationToken,
+) {
     let mut watch = discovery.watch();
     let mut local_changes = router.repository.subscribe();
     loop {
         match discovery.instances().await {
             Ok(mut instances) => {
+                if let Some(dynamo) = &mut dynamo {
+                    instances.extend(dynamo.borrow_and_update().iter().cloned());
+                }
                 instances.retain(|i| *i.id != *router.local_id);
                 let local = router.repository.local_models().iter().map(|m| m.name.clone()).collect();
                 instances.push(WorkerInstance {
@@ -45,6 +54,9 @@ pub async fn follow_discovery(router: Arc<Router>, discovery: Arc<dyn Discovery>
             _ = stop.cancelled() => return,
             event = watch.recv() => if let Err(RecvError::Closed) = event { return },
             changed = local_changes.changed() => if changed.is_err() { return },
+            changed = async { match &mut dynamo { Some(dynamo) => dynamo.changed().await, None => std::future::pending().await } } => {
+                if changed.is_err() { dynamo = None }
+            }
             _ = tokio::time::sleep(RELIST_EVERY) => {}
         }
     }

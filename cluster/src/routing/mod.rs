@@ -129,6 +129,8 @@ pub struct Router {
     replica_out: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::events::WorkerEvent>>,
     /// How workers are reached (`--request-plane`; set once the plane is up, TCP if never).
     dialer: std::sync::OnceLock<crate::remote::Dialer>,
+    /// Where Dynamo workers' response streams call home (set when Dynamo workers are followed).
+    dynamo_home: std::sync::OnceLock<Arc<crate::dynamo::CallHome>>,
     /// Requests other replicas told of, counted here too (`--router-replica-sync`), by (router,
     /// number), with when they started.
     mirrored: Mutex<Mirrored>,
@@ -216,6 +218,7 @@ impl Router {
             replica_id: format!("router-{:016x}", rand::random::<u64>()),
             replica_out: std::sync::OnceLock::new(),
             dialer: std::sync::OnceLock::new(),
+            dynamo_home: std::sync::OnceLock::new(),
             snapshot_due: tokio::sync::Notify::new(),
             mirrored: Mutex::new(Mirrored { requests: HashMap::new(), swept: Instant::now() }),
             loads,
@@ -244,6 +247,11 @@ impl Router {
     /// Reaches workers through `dialer` from now on (call before following discovery).
     pub fn set_dialer(&self, dialer: crate::remote::Dialer) {
         let _ = self.dialer.set(dialer);
+    }
+
+    /// Reaches Dynamo workers with response streams calling `home` (call before following them).
+    pub fn set_dynamo_home(&self, home: Arc<crate::dynamo::CallHome>) {
+        let _ = self.dynamo_home.set(home);
     }
 
     pub fn options(&self) -> &RouterOptions {
@@ -324,6 +332,27 @@ impl Router {
                     to_describe.push((Arc::clone(&id), remote));
                     members.insert(Arc::clone(&id), (member.clone(), instance.address.clone()));
                     tracing::info!(worker = %id, %uri, models = ?instance.models, "worker joined");
+                    member
+                }
+                (None, WorkerAddress::Dynamo(target)) => {
+                    let Some(home) = self.dynamo_home.get() else {
+                        tracing::warn!(worker = %instance.id, "a Dynamo worker is listed, but this router has no response-stream server for it");
+                        continue;
+                    };
+                    let id: Arc<str> = Arc::from(instance.id.as_str());
+                    let client = crate::dynamo::DynamoWorker::new(&instance.id, Arc::clone(target), Arc::clone(home), self.max_message_size);
+                    let member = Member {
+                        id: Arc::clone(&id),
+                        client: Arc::new(client),
+                        local: false,
+                        outstanding: Arc::default(),
+                        suspect_until: Arc::default(),
+                        mode: instance.mode,
+                        device: instance.device,
+                    };
+                    self.remote_models.described(&id, crate::dynamo::view::remote_models(target));
+                    members.insert(Arc::clone(&id), (member.clone(), instance.address.clone()));
+                    tracing::info!(worker = %id, address = %target.address, models = ?instance.models, "Dynamo worker joined");
                     member
                 }
                 // An in-process worker this router was not handed a client for: not routable.

@@ -106,6 +106,10 @@ pub struct ClusterArgs {
     /// to `nats`.
     #[arg(long, env = "DYN_REQUEST_PLANE", value_enum, default_value = "tcp")]
     pub request_plane: RequestPlane,
+    /// The address Dynamo workers' response streams connect back to (with file or etcd
+    /// discovery, the Dynamo workers registered there are served too).
+    #[arg(long, env = "DYN_TCP_RESPONSE_STREAM_HOST", default_value = "127.0.0.1", value_parser = crate::config::parse_host)]
+    pub tcp_response_stream_host: IpAddr,
 }
 
 pub use tritium_cluster::config::{ClusterConfig, RequestPlaneConfig};
@@ -161,6 +165,7 @@ impl ClusterArgs {
             lease_ttl: Duration::from_secs(self.lease_ttl_secs),
             events,
             request_plane,
+            response_stream_host: self.tcp_response_stream_host,
         })
     }
 }

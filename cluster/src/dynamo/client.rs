@@ -1,0 +1,344 @@
+//! [`DynamoWorker`]: a [`WorkerClient`] for one Dynamo worker instance, over Dynamo's TCP request
+//! plane. A generation is one request frame on a pooled connection (acknowledged in order),
+//! then a response stream the worker opens back to this process's [`CallHome`]. Dropping the
+//! token stream sends the worker Dynamo's `stop`; a stream that ends before `complete_final`
+//! is a lost worker, which the router migrates like any other.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, TokenStream};
+use tritium_worker::{InferOutcome, InferenceResponse, ValidInferRequest, WorkerClient, WorkerError};
+
+use super::call_home::CallHome;
+use super::codec::{FrameError, TwoPart, read_ack, request_frame};
+use super::protocol::{Control, Finish, Prologue, StreamItem, control_message, finish_of, headers, preprocessed_request};
+use super::view::{DynamoModel, DynamoTarget};
+
+/// Connections kept to one worker; requests share them (Dynamo's `DYN_TCP_POOL_SIZE`).
+const POOL_SIZE: usize = 4;
+/// As Dynamo's client: a request not acknowledged within this is given up.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the worker may take to open the response stream after acknowledging.
+const CALL_HOME_TIMEOUT: Duration = Duration::from_secs(30);
+
+type AckWaiter = oneshot::Sender<Result<String, String>>;
+
+/// One pooled connection: frames are written under the writer's lock, and each frame's waiter
+/// is queued in the same order, so acknowledgements (which come back in order) find theirs.
+struct Connection {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    waiters: Arc<Mutex<VecDeque<AckWaiter>>>,
+    broken: Arc<AtomicBool>,
+}
+
+impl Connection {
+    async fn open(address: &str) -> Result<Connection, String> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+            .await
+            .map_err(|_| format!("connecting to {address} timed out"))?
+            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        let waiters: Arc<Mutex<VecDeque<AckWaiter>>> = Arc::default();
+        let broken = Arc::new(AtomicBool::new(false));
+        tokio::spawn(read_acks(reader, Arc::clone(&waiters), Arc::clone(&broken)));
+        Ok(Connection { writer: tokio::sync::Mutex::new(writer), waiters, broken })
+    }
+
+    async fn send(&self, frame: &[u8]) -> Result<oneshot::Receiver<Result<String, String>>, String> {
+        let (sender, receiver) = oneshot::channel();
+        let mut writer = self.writer.lock().await;
+        self.waiters.lock().push_back(sender);
+        if let Err(e) = writer.write_all(frame).await {
+            self.broken.store(true, Ordering::Relaxed);
+            return Err(format!("sending the request failed: {e}"));
+        }
+        Ok(receiver)
+    }
+}
+
+async fn read_acks(mut reader: OwnedReadHalf, waiters: Arc<Mutex<VecDeque<AckWaiter>>>, broken: Arc<AtomicBool>) {
+    let reason = loop {
+        match read_ack(&mut reader).await {
+            Ok(ack) => match waiters.lock().pop_front() {
+                Some(waiter) => {
+                    let _ = waiter.send(Ok(ack));
+                }
+                None => break "the worker acknowledged a request never sent".to_string(),
+            },
+            Err(FrameError::Closed) => break "the worker closed the connection".to_string(),
+            Err(e) => break format!("reading the acknowledgement failed: {e}"),
+        }
+    };
+    broken.store(true, Ordering::Relaxed);
+    for waiter in waiters.lock().drain(..) {
+        let _ = waiter.send(Err(reason.clone()));
+    }
+}
+
+/// A Dynamo worker instance serving language models.
+pub struct DynamoWorker {
+    id: String,
+    target: Arc<DynamoTarget>,
+    home: Arc<CallHome>,
+    pool: Mutex<Vec<Arc<Connection>>>,
+    turn: AtomicUsize,
+    max_message_size: usize,
+}
+
+impl std::fmt::Debug for DynamoWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoWorker").field("id", &self.id).field("address", &self.target.address).finish_non_exhaustive()
+    }
+}
+
+impl DynamoWorker {
+    pub fn new(id: &str, target: Arc<DynamoTarget>, home: Arc<CallHome>, max_message_size: usize) -> DynamoWorker {
+        DynamoWorker {
+            id: id.to_string(),
+            target,
+            home,
+            pool: Mutex::new(Vec::new()),
+            turn: AtomicUsize::new(0),
+            max_message_size,
+        }
+    }
+
+    fn unreachable(&self, message: String) -> WorkerError {
+        WorkerError::Unreachable { worker: self.id.clone(), message }
+    }
+
+    /// A live pooled connection, opening one while the pool is not full.
+    async fn connection(&self) -> Result<Arc<Connection>, WorkerError> {
+        {
+            let mut pool = self.pool.lock();
+            pool.retain(|connection| !connection.broken.load(Ordering::Relaxed));
+            if pool.len() >= POOL_SIZE {
+                let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+                return Ok(Arc::clone(&pool[turn % pool.len()]));
+            }
+        }
+        let connection = Arc::new(Connection::open(&self.target.address).await.map_err(|e| self.unreachable(e))?);
+        self.pool.lock().push(Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    fn model(&self, name: &str) -> Result<&DynamoModel, WorkerError> {
+        self.target.models.iter().find(|m| m.name == name).ok_or_else(|| WorkerError::ModelNotFound { name: name.to_string() })
+    }
+
+    /// What `max_tokens` the worker is sent: the request's, else what the worker's token budget
+    /// (or, without one, the context) leaves after the prompt.
+    fn max_tokens(&self, model: &DynamoModel, request: &GenerateRequest) -> Result<u32, WorkerError> {
+        let prompt = request.prompt.len();
+        let limit = match model.token_budget {
+            Some(budget) => usize::try_from(budget.combined_limit).unwrap_or(usize::MAX),
+            None => model.card.context_length,
+        };
+        let room = limit.checked_sub(prompt).filter(|room| *room > 0).ok_or_else(|| WorkerError::Generate {
+            model: model.name.clone(),
+            source: GenerateError::InvalidRequest(format!(
+                "the prompt has {prompt} tokens; the model's context length is {limit}"
+            )),
+        })?;
+        let room = u32::try_from(room).unwrap_or(u32::MAX);
+        Ok(request.stop.max_tokens.map_or(room, |asked| asked.min(room)))
+    }
+}
+
+#[async_trait]
+impl WorkerClient for DynamoWorker {
+    async fn infer(&self, request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
+        Err(WorkerError::NotLanguageModel { model: request.model_name().to_string() })
+    }
+
+    async fn infer_stream(&self, request: ValidInferRequest) -> Result<InferOutcome, WorkerError> {
+        Err(WorkerError::NotLanguageModel { model: request.model_name().to_string() })
+    }
+
+    async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
+        let served = self.model(model)?;
+        if request.constraint.is_some() {
+            return Err(WorkerError::Generate {
+                model: model.to_string(),
+                source: GenerateError::InvalidRequest(
+                    "structured output is not available for models served by Dynamo workers".to_string(),
+                ),
+            });
+        }
+        let max_tokens = self.max_tokens(served, &request)?;
+        let request_id = format!("{:032x}", rand::random::<u128>());
+        let subject = format!("{:032x}", rand::random::<u128>());
+        let mut expected = self.home.expect(subject.clone());
+        let control = control_message(&request_id, &self.home.address(), &subject);
+        let body = preprocessed_request(model, &request, max_tokens, &served.card.eos_token_ids);
+        let payload = TwoPart { header: Bytes::from(control.to_string()), body: Bytes::from(body.to_string()) }.to_bytes();
+        if payload.len() > self.max_message_size {
+            return Err(WorkerError::Generate {
+                model: model.to_string(),
+                source: GenerateError::InvalidRequest(format!(
+                    "the request is {} bytes, over the {} a message may have",
+                    payload.len(),
+                    self.max_message_size
+                )),
+            });
+        }
+        let headers = headers(&self.target.endpoint_path, &request_id).to_string();
+        let frame = request_frame(&self.target.endpoint_path, headers.as_bytes(), &payload)
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        let connection = self.connection().await?;
+        let ack = connection.send(&frame).await.map_err(|e| self.unreachable(e))?;
+        let ack = match tokio::time::timeout(ACK_TIMEOUT, ack).await {
+            Err(_) => return Err(self.unreachable(format!("no acknowledgement within {ACK_TIMEOUT:?}"))),
+            Ok(Err(_)) => return Err(self.unreachable("the connection closed".to_string())),
+            Ok(Ok(Err(e))) => return Err(self.unreachable(e)),
+            Ok(Ok(Ok(ack))) => ack,
+        };
+        if !ack.is_empty() {
+            // "Server overloaded: …" or "Server unavailable: …": nothing ran, another worker may.
+            return Err(WorkerError::NotStarted { worker: self.id.clone(), message: format!("Dynamo worker refused: {ack}") });
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let stream = ResponseStream {
+            worker: self.id.clone(),
+            model: model.to_string(),
+            prompt_tokens: request.prompt.len() as u32,
+            max_frame: self.max_message_size,
+        };
+        tokio::spawn(async move {
+            let connection = expected.connection(CALL_HOME_TIMEOUT).await;
+            stream.run(connection, sender).await
+        });
+        Ok(TokenStream::new(receiver))
+    }
+}
+
+/// One generation's response stream, read into Tritium's events.
+struct ResponseStream {
+    worker: String,
+    model: String,
+    prompt_tokens: u32,
+    max_frame: usize,
+}
+
+type Events = mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>>;
+
+impl ResponseStream {
+    fn lost(&self, message: impl Into<String>) -> GenerateError {
+        GenerateError::WorkerLost { model: self.model.clone(), worker: self.worker.clone(), message: message.into() }
+    }
+
+    async fn run(self, connection: Option<TcpStream>, events: Events) {
+        let Some(mut connection) = connection else {
+            let _ = events.send(Err(self.lost("the worker never opened the response stream")));
+            return;
+        };
+        let outcome = tokio::select! {
+            outcome = self.read(&mut connection, &events) => outcome,
+            // The client went away: tell the worker to stop, as Dynamo's frontend does.
+            _ = events.closed() => {
+                let stop = TwoPart::header_only(serde_json::to_vec(&Control::Stop).unwrap_or_default()).to_bytes();
+                let _ = connection.write_all(&stop).await;
+                let _ = connection.shutdown().await;
+                return;
+            }
+        };
+        if let Err(error) = outcome {
+            let _ = events.send(Err(error));
+        }
+    }
+
+    async fn read(&self, connection: &mut TcpStream, events: &Events) -> Result<(), GenerateError> {
+        let prologue = TwoPart::read(connection, self.max_frame).await.map_err(|e| self.lost(e.to_string()))?;
+        let prologue: Prologue = serde_json::from_slice(&prologue.header)
+            .map_err(|e| self.lost(format!("the worker's prologue is not one Dynamo sends: {e}")))?;
+        if let Some(error) = prologue.error {
+            return Err(GenerateError::Engine { model: self.model.clone(), message: error });
+        }
+        let mut generated = 0u32;
+        // `complete_final` seen, and the finish reported.
+        let (mut finished, mut reported) = (false, false);
+        let end = |reported: bool, generated: u32| {
+            // A worker that completes without a finish reason stopped of its own accord.
+            if !reported {
+                let _ = events.send(Ok(GenerateEvent::Finished {
+                    reason: FinishReason::Stop,
+                    prompt_tokens: self.prompt_tokens,
+                    completion_tokens: generated,
+                    cached_tokens: 0,
+                    queued_for: Duration::ZERO,
+                }));
+            }
+            Ok(())
+        };
+        loop {
+            let frame = match TwoPart::read(connection, self.max_frame).await {
+                Ok(frame) => frame,
+                Err(FrameError::Closed) if finished || reported => return end(reported, generated),
+                Err(e) => return Err(self.lost(format!("the response stream ended before the generation completed: {e}"))),
+            };
+            if frame.body.is_empty() {
+                // A control frame: the sentinel closes a completed stream.
+                match serde_json::from_slice::<Control>(&frame.header) {
+                    Ok(Control::Sentinel) if finished => return end(reported, generated),
+                    _ => continue,
+                }
+            }
+            let item: StreamItem = serde_json::from_slice(&frame.body)
+                .map_err(|e| self.lost(format!("a response frame is not one Dynamo sends: {e}")))?;
+            if item.complete_final {
+                finished = true;
+                continue;
+            }
+            let Some(annotated) = item.data else { continue };
+            if let Some(error) = annotated.error_text() {
+                return Err(GenerateError::Engine { model: self.model.clone(), message: error });
+            }
+            let Some(output) = annotated.data else { continue };
+            let logprobs = output.log_probs.unwrap_or_default();
+            for (i, id) in output.token_ids.iter().enumerate() {
+                generated += 1;
+                let token = GeneratedToken {
+                    id: *id,
+                    logprob: logprobs.get(i).map(|&p| p as f32),
+                    top_logprobs: Vec::new(),
+                    prompt_cached: None,
+                    stop: false,
+                };
+                if events.send(Ok(GenerateEvent::Token(token))).is_err() {
+                    return Ok(());
+                }
+            }
+            if let Some(reason) = &output.finish_reason {
+                let reason = match finish_of(reason) {
+                    Finish::Done(reason) => reason,
+                    Finish::Error(message) => return Err(GenerateError::Engine { model: self.model.clone(), message }),
+                };
+                let usage = output.completion_usage.unwrap_or_default();
+                let cached = usage.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
+                let _ = events.send(Ok(GenerateEvent::Finished {
+                    reason,
+                    prompt_tokens: usage.prompt_tokens.unwrap_or(self.prompt_tokens),
+                    completion_tokens: usage.completion_tokens.unwrap_or(generated),
+                    cached_tokens: cached,
+                    queued_for: Duration::ZERO,
+                }));
+                reported = true;
+                if reason == FinishReason::Cancelled {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

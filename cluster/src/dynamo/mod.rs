@@ -1,0 +1,47 @@
+//! Dynamo's workers behind Tritium's frontend: a Dynamo deployment's vLLM, SGLang, TensorRT-LLM,
+//! mocker or Python workers, found where Dynamo's own frontend finds them and called as it
+//! calls them, so every Tritium door serves them.
+//!
+//! - [`store`]: Dynamo's record stores (its file store, etcd), read bucket by bucket;
+//! - [`records`]: the endpoint and model-card records in them;
+//! - [`card`]: a card's tokenizer files, checksum-verified, made into Tritium's `ModelCard`;
+//! - [`view`]: the records joined into workers the router adds beside its own;
+//! - [`codec`], [`protocol`]: Dynamo's frames and the messages in them;
+//! - [`client`], [`call_home`]: one worker's request connections, and the server its response
+//!   streams call home to.
+//!
+//! The wire contract is Dynamo's own, read off Dynamo [`TESTED_VERSION`]; what Tritium cannot
+//! read is refused with that version named, never guessed at.
+
+pub mod call_home;
+pub mod card;
+pub mod client;
+pub mod codec;
+pub mod protocol;
+pub mod records;
+pub mod store;
+pub mod view;
+
+pub use call_home::CallHome;
+pub use client::DynamoWorker;
+pub use store::DynamoStore;
+pub use view::{DynamoTarget, follow};
+
+/// The Dynamo release whose workers and frontend this was written against and tested with.
+pub const TESTED_VERSION: &str = "1.6.1";
+
+/// The Dynamo record store beside Tritium's own discovery backend: the same folder or etcd
+/// (`None` for the in-memory and Kubernetes backends).
+pub async fn store_for(discovery: &crate::discovery::DiscoveryConfig) -> Result<Option<DynamoStore>, String> {
+    use crate::discovery::DiscoveryConfig;
+    Ok(match discovery {
+        DiscoveryConfig::File { dir } => Some(DynamoStore::File { root: dir.clone(), ttl: store::FILE_TTL }),
+        DiscoveryConfig::Etcd { endpoints } => {
+            let client = etcd_client::Client::connect(endpoints, None)
+                .await
+                .map_err(|e| format!("reading Dynamo's records: cannot reach etcd at {}: {e}", endpoints.join(",")))?;
+            Some(DynamoStore::Etcd { client })
+        }
+        _ => None,
+    })
+}

@@ -1,0 +1,220 @@
+//! Dynamo's discovery records as its workers write them (`v1/instances` and `v1/mdc`), and the
+//! parts of the model deployment card a frontend acts on. Unknown fields are ignored (Dynamo
+//! adds fields between versions); a record that cannot be read is refused with the version this
+//! reader was written for.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use super::TESTED_VERSION;
+
+/// One record of a KV-store bucket, told apart by its `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type")]
+pub enum Record {
+    Endpoint(EndpointRecord),
+    Model(ModelRecord),
+    /// Event channels and sources, and kinds from later versions.
+    #[serde(other)]
+    Other,
+}
+
+impl Record {
+    /// Parses a record, naming its key and the version this reader knows when it cannot.
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<Record, String> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| format!("Dynamo record {key} is not a record Dynamo {TESTED_VERSION} writes ({e}); it is ignored"))
+    }
+}
+
+/// A worker endpoint: where its request listener is.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct EndpointRecord {
+    pub namespace: String,
+    pub component: String,
+    pub endpoint: String,
+    /// Can exceed 2^53: read as an integer.
+    pub instance_id: u64,
+    pub transport: Transport,
+    /// Absent before Dynamo 1.4: JSON.
+    #[serde(default)]
+    pub request_plane_codec: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// `host:port/{instance:x}/{namespace}/{component}/{endpoint}`.
+    Tcp(String),
+    /// A NATS subject `{namespace}_{component}.{endpoint}-{instance:x}`.
+    NatsTcp(String),
+}
+
+impl EndpointRecord {
+    /// The request listener's address and the endpoint path requests name.
+    pub fn tcp_target(&self) -> Option<(String, String)> {
+        match &self.transport {
+            Transport::Tcp(address) => {
+                let (host_port, path) = address.split_once('/')?;
+                Some((host_port.to_string(), path.to_string()))
+            }
+            Transport::NatsTcp(_) => None,
+        }
+    }
+}
+
+/// A model a worker instance serves, with its card.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelRecord {
+    pub namespace: String,
+    pub component: String,
+    pub endpoint: String,
+    pub instance_id: u64,
+    pub card_json: Card,
+    /// A LoRA adapter's slug, for records of adapters.
+    #[serde(default)]
+    pub model_suffix: Option<String>,
+}
+
+/// The model deployment card: the fields a frontend uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Card {
+    pub display_name: String,
+    #[serde(default)]
+    pub slug: Option<String>,
+    /// `{"hf_config_json": file}`.
+    #[serde(default)]
+    pub model_info: Option<BTreeMap<String, CheckedFile>>,
+    /// `{"hf_tokenizer_json": file}` (other tokenizer kinds are refused by name).
+    #[serde(default)]
+    pub tokenizer: Option<BTreeMap<String, CheckedFile>>,
+    /// `{"hf_tokenizer_config_json": file}`.
+    #[serde(default)]
+    pub prompt_formatter: Option<BTreeMap<String, CheckedFile>>,
+    /// A chat template kept in its own file.
+    #[serde(default)]
+    pub chat_template_file: Option<BTreeMap<String, CheckedFile>>,
+    /// `{"hf_generation_config_json": file}`.
+    #[serde(default)]
+    pub gen_config: Option<BTreeMap<String, CheckedFile>>,
+    #[serde(default)]
+    pub context_length: u64,
+    #[serde(default)]
+    pub architectural_max_context_length: Option<u64>,
+    #[serde(default)]
+    pub kv_cache_block_size: u64,
+    /// Flags joined with `" | "`: `Chat`, `Completions`, `Embedding`, `TensorBased`, `Prefill`, ...
+    #[serde(default)]
+    pub model_type: String,
+    /// `Tokens`, `Text` or `Tensor`.
+    #[serde(default)]
+    pub model_input: String,
+    /// `aggregated`, `prefill` or `decode` (absent before Dynamo 1.2: aggregated).
+    #[serde(default)]
+    pub worker_type: Option<String>,
+    #[serde(default)]
+    pub needs: Vec<String>,
+    #[serde(default)]
+    pub runtime_config: Option<RuntimeConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub tool_call_parser: Option<String>,
+    #[serde(default)]
+    pub reasoning_parser: Option<String>,
+    #[serde(default)]
+    pub engine_specific: Option<Json>,
+}
+
+/// A file the card names, with its size and blake3 checksum (`blake3:<hex>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckedFile {
+    pub path: String,
+    pub checksum: String,
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+/// The token limit a vLLM, SGLang or TensorRT-LLM worker publishes: a request without
+/// `max_tokens` gets what is left of it after the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBudget {
+    pub combined_limit: u64,
+}
+
+impl Card {
+    pub fn model_types(&self) -> impl Iterator<Item = &str> {
+        self.model_type.split('|').map(str::trim).filter(|flag| !flag.is_empty())
+    }
+
+    pub fn generates(&self) -> bool {
+        self.model_types().any(|flag| flag == "Chat" || flag == "Completions")
+    }
+
+    pub fn embeds(&self) -> bool {
+        self.model_types().any(|flag| flag == "Embedding")
+    }
+
+    /// The longest prompt plus completion: the card's context length, else the architecture's.
+    pub fn context_length(&self) -> Option<u64> {
+        Some(self.context_length).filter(|&n| n > 0).or(self.architectural_max_context_length.filter(|&n| n > 0))
+    }
+
+    pub fn token_budget(&self) -> Option<TokenBudget> {
+        let budget = self.runtime_config.as_ref()?.engine_specific.as_ref()?.get("token_budget")?;
+        let combined_limit = budget.get("combined_limit")?.as_u64()?;
+        Some(TokenBudget { combined_limit })
+    }
+
+    /// Whether the worker takes requests itself (aggregated, or a decode worker), as opposed
+    /// to a prefill worker that only serves decode workers.
+    pub fn takes_requests(&self) -> bool {
+        !matches!(self.worker_type.as_deref(), Some("prefill")) && !self.model_types().any(|flag| flag == "Prefill")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const ENDPOINT: &str = r#"{"type":"Endpoint","component":"backend","endpoint":"generate","namespace":"dynamo",
+        "instance_id":17718393618540674277,
+        "transport":{"tcp":"127.0.0.1:34071/f5e4611eb7aa3ce5/dynamo/backend/generate"},
+        "device_type":"cuda","request_plane_codec":"msgpack"}"#;
+
+    #[test]
+    fn reads_the_mockers_records_as_captured() {
+        let Record::Endpoint(endpoint) = Record::parse("k", ENDPOINT.as_bytes()).unwrap() else { panic!("not an endpoint") };
+        assert_eq!(endpoint.instance_id, 17718393618540674277);
+        assert_eq!(
+            endpoint.tcp_target().unwrap(),
+            ("127.0.0.1:34071".to_string(), "f5e4611eb7aa3ce5/dynamo/backend/generate".to_string())
+        );
+        let model = r#"{"type":"Model","namespace":"ns1","component":"backend","endpoint":"generate",
+            "instance_id":3490489553529459361,"card_json":{"display_name":"tiny","slug":"tiny",
+            "tokenizer":{"hf_tokenizer_json":{"path":"/m/tokenizer.json","checksum":"blake3:a1","size":5218}},
+            "architectural_max_context_length":4096,"context_length":0,"kv_cache_block_size":64,
+            "model_type":"Chat | Completions","model_input":"Tokens","worker_type":"aggregated","needs":[],
+            "runtime_config":{"engine_specific":{"token_budget":{"combined_limit":300}}},"media_decoder":null}}"#;
+        let Record::Model(model) = Record::parse("k", model.as_bytes()).unwrap() else { panic!("not a model") };
+        assert!(model.card_json.generates() && !model.card_json.embeds() && model.card_json.takes_requests());
+        assert_eq!(model.card_json.context_length(), Some(4096));
+        assert_eq!(model.card_json.token_budget(), Some(TokenBudget { combined_limit: 300 }));
+        assert!(matches!(Record::parse("k", br#"{"type":"EventChannel","topic":"kv-events"}"#).unwrap(), Record::Other));
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_is_refused_naming_the_version() {
+        let error = Record::parse("v1/instances/x", br#"{"type":"Endpoint","instance_id":"soon"}"#).unwrap_err();
+        assert!(error.contains("v1/instances/x") && error.contains(TESTED_VERSION), "{error}");
+        let error = Record::parse("k", br#"{"type":"Endpoint","component":"c","endpoint":"e","namespace":"n",
+            "instance_id":1,"transport":{"quic":"x"}}"#)
+        .unwrap_err();
+        assert!(error.contains("quic"), "{error}");
+    }
+}

@@ -1,0 +1,234 @@
+//! The Dynamo workers a frontend sees: the store's endpoint and model records joined by
+//! instance, each model card made into a [`ModelCard`] once, offered to the router as
+//! [`WorkerInstance`]s beside Tritium's own workers. Polled, since neither store's change feed
+//! is needed to stay within a fraction of Dynamo's TTLs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tritium_backend_api::llm::ModelCard;
+
+use super::TESTED_VERSION;
+use super::records::{EndpointRecord, ModelRecord, Record, TokenBudget};
+use super::store::DynamoStore;
+use crate::discovery::{DisaggregationMode, NamespaceScope, WorkerAddress, WorkerInstance};
+
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// A Dynamo worker instance's request endpoint and the models it serves there.
+#[derive(Debug)]
+pub struct DynamoTarget {
+    /// `{namespace}/{component}/{endpoint}/{instance:x}`.
+    pub key: String,
+    /// The request listener, `host:port`.
+    pub address: String,
+    /// What request frames name: the transport's part after the address.
+    pub endpoint_path: String,
+    pub models: Vec<DynamoModel>,
+}
+
+#[derive(Debug)]
+pub struct DynamoModel {
+    pub name: String,
+    pub card: Arc<ModelCard>,
+    /// The blake3 of the model record, so a changed card is a changed target.
+    pub digest: blake3::Hash,
+    pub token_budget: Option<TokenBudget>,
+    pub kv_block_size: u64,
+}
+
+impl PartialEq for DynamoTarget {
+    fn eq(&self, other: &DynamoTarget) -> bool {
+        self.key == other.key
+            && self.address == other.address
+            && self.endpoint_path == other.endpoint_path
+            && self.models.len() == other.models.len()
+            && self.models.iter().zip(&other.models).all(|(a, b)| a.name == b.name && a.digest == b.digest)
+    }
+}
+
+impl Eq for DynamoTarget {}
+
+/// Follows the store until `stop`, publishing the Dynamo workers of the watched namespaces.
+pub fn follow(store: DynamoStore, scope: NamespaceScope, stop: CancellationToken) -> watch::Receiver<Arc<Vec<WorkerInstance>>> {
+    let (sender, receiver) = watch::channel(Arc::new(Vec::new()));
+    tokio::spawn(async move {
+        let mut view = View::new(scope);
+        loop {
+            match view.refresh(&store).await {
+                Ok(instances) => {
+                    sender.send_if_modified(|current| {
+                        if **current == instances {
+                            return false;
+                        }
+                        *current = Arc::new(instances);
+                        true
+                    });
+                }
+                Err(e) => tracing::warn!("{e}"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(POLL_EVERY) => {}
+            }
+        }
+    });
+    receiver
+}
+
+struct View {
+    scope: NamespaceScope,
+    http: reqwest::Client,
+    /// Cards made so far, by the digest of their model record (errors too, so each is logged once).
+    cards: HashMap<blake3::Hash, Result<Arc<ModelCard>, String>>,
+    warned: HashSet<String>,
+}
+
+impl View {
+    fn new(scope: NamespaceScope) -> View {
+        // Worker-hosted card files may be fetched over https.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        View { scope, http: reqwest::Client::new(), cards: HashMap::new(), warned: HashSet::new() }
+    }
+
+    fn warn_once(&mut self, key: &str, message: &str) {
+        if self.warned.insert(format!("{key}\0{message}")) {
+            tracing::warn!(record = key, "{message}");
+        }
+    }
+
+    async fn refresh(&mut self, store: &DynamoStore) -> Result<Vec<WorkerInstance>, String> {
+        let endpoints = store.list("v1/instances").await?;
+        let models = store.list("v1/mdc").await?;
+        let mut listeners: HashMap<(String, String, String, u64), EndpointRecord> = HashMap::new();
+        for (key, bytes) in endpoints {
+            match Record::parse(&format!("v1/instances/{key}"), &bytes) {
+                Ok(Record::Endpoint(endpoint)) if self.scope.watches(&endpoint.namespace) => {
+                    let id = (endpoint.namespace.clone(), endpoint.component.clone(), endpoint.endpoint.clone(), endpoint.instance_id);
+                    listeners.insert(id, endpoint);
+                }
+                Ok(_) => {}
+                Err(e) => self.warn_once(&key, &e),
+            }
+        }
+        let mut targets: BTreeMap<String, DynamoTarget> = BTreeMap::new();
+        let mut seen = HashSet::new();
+        for (key, bytes) in models {
+            let digest = blake3::hash(&bytes);
+            seen.insert(digest);
+            let record: ModelRecord = match Record::parse(&format!("v1/mdc/{key}"), &bytes) {
+                Ok(Record::Model(record)) if self.scope.watches(&record.namespace) => record,
+                Ok(_) => continue,
+                Err(e) => {
+                    self.warn_once(&key, &e);
+                    continue;
+                }
+            };
+            let id = (record.namespace.clone(), record.component.clone(), record.endpoint.clone(), record.instance_id);
+            let Some(endpoint) = listeners.get(&id) else { continue };
+            let Some((address, endpoint_path)) = endpoint.tcp_target() else {
+                self.warn_once(&key, "this Dynamo worker is reached over NATS (`nats_tcp`); this frontend reaches Dynamo workers over TCP");
+                continue;
+            };
+            let card = &record.card_json;
+            if !card.takes_requests() {
+                self.warn_once(&key, "a Dynamo prefill worker is not served: disaggregated Dynamo workers are not supported yet");
+                continue;
+            }
+            if !card.generates() {
+                let message = format!("model '{}' ({}) is not served: this frontend serves Dynamo language models", card.display_name, card.model_type);
+                self.warn_once(&key, &message);
+                continue;
+            }
+            if card.model_input != "Tokens" {
+                let message = format!(
+                    "model '{}' takes '{}' input; this frontend serves Dynamo workers that take tokens",
+                    card.display_name, card.model_input
+                );
+                self.warn_once(&key, &message);
+                continue;
+            }
+            if record.model_suffix.is_some() {
+                self.warn_once(&key, "LoRA adapters of Dynamo workers are not served yet");
+                continue;
+            }
+            let made = match self.cards.get(&digest) {
+                Some(made) => made.clone(),
+                None => {
+                    let made = super::card::model_card(card, &self.http).await.map(Arc::new);
+                    self.cards.insert(digest, made.clone());
+                    made
+                }
+            };
+            let model_card = match made {
+                Ok(model_card) => model_card,
+                Err(e) => {
+                    self.warn_once(&key, &format!("Dynamo model '{}' cannot be served: {e}", card.display_name));
+                    continue;
+                }
+            };
+            let target_key = format!("{}/{}/{}/{:x}", id.0, id.1, id.2, id.3);
+            let target = targets.entry(target_key.clone()).or_insert_with(|| DynamoTarget {
+                key: target_key,
+                address: address.clone(),
+                endpoint_path: endpoint_path.clone(),
+                models: Vec::new(),
+            });
+            target.models.push(DynamoModel {
+                name: card.display_name.clone(),
+                card: model_card,
+                digest,
+                token_budget: card.token_budget(),
+                kv_block_size: card.kv_cache_block_size,
+            });
+        }
+        self.cards.retain(|digest, _| seen.contains(digest));
+        Ok(targets
+            .into_values()
+            .map(|mut target| {
+                target.models.sort_by(|a, b| a.name.cmp(&b.name));
+                WorkerInstance {
+                    id: format!("dynamo/{}", target.key),
+                    models: target.models.iter().map(|m| m.name.clone()).collect(),
+                    address: WorkerAddress::Dynamo(Arc::new(target)),
+                    mode: DisaggregationMode::Agg,
+                    events: None,
+                    device: Default::default(),
+                }
+            })
+            .collect())
+    }
+}
+
+/// The models of a Dynamo worker as the router's remote-model table holds them: language
+/// models with Tritium's KServe tensors for them, tokenized by the cards' tokenizers.
+pub fn remote_models(target: &DynamoTarget) -> Vec<crate::remote::RemoteModel> {
+    target
+        .models
+        .iter()
+        .map(|model| {
+            let mut config = tritium_proto::inference::ModelConfig {
+                name: model.name.clone(),
+                backend: "dynamo".into(),
+                ..Default::default()
+            };
+            tritium_backend_api::llm::complete_llm_config(&mut config);
+            crate::remote::RemoteModel {
+                name: model.name.clone(),
+                version: 1,
+                config,
+                card: Some(Arc::clone(&model.card)),
+                labels: Vec::new(),
+                adapter_of: None,
+            }
+        })
+        .collect()
+}
+
+/// Says which Dynamo versions this frontend was tested against, for the start-up log.
+pub fn describe() -> String {
+    format!("serving Dynamo workers (tested with Dynamo {TESTED_VERSION})")
+}
