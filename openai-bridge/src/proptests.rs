@@ -307,6 +307,7 @@ fn card() -> ModelCard {
         context_length: CONTEXT_LENGTH,
         max_input_tokens: None,
         source: "proptest".into(),
+        default_completion_tokens: Some(tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS),
     }
 }
 

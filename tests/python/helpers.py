@@ -109,13 +109,16 @@ def bound_listener() -> socket.socket:
     return listener
 
 
-def start_server(*args: str, timeout: float = DEFAULT_START_TIMEOUT, stdin: int = subprocess.DEVNULL) -> TritiumServer:
+def start_server(
+    *args: str, timeout: float = DEFAULT_START_TIMEOUT, stdin: int = subprocess.DEVNULL, env: dict[str, str] | None = None
+) -> TritiumServer:
     """Start `tritium serve` on gRPC, HTTP and metrics sockets bound here and wait for its ready line
-    (`stdin=subprocess.PIPE` gives the test the server's stdin, for `-i`)."""
+    (`stdin=subprocess.PIPE` gives the test the server's stdin, for `-i`; `env` adds variables, such
+    as Dynamo's)."""
     listeners = [bound_listener() for _ in range(3)]
     grpc_fd, http_fd, metrics_fd = (listener.fileno() for listener in listeners)
     argv = ["serve", "--grpc-listen-fd", str(grpc_fd), "--http-listen-fd", str(http_fd), "--metrics-listen-fd", str(metrics_fd), *args]
-    return launch(argv, listeners, READY_PREFIX, timeout, stdin=stdin)
+    return launch(argv, listeners, READY_PREFIX, timeout, stdin=stdin, env=env)
 
 
 def start_worker(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumServer:
@@ -126,7 +129,12 @@ def start_worker(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumS
 
 
 def launch(
-    argv: list[str], listeners: list[socket.socket], ready_prefix: str, timeout: float, stdin: int = subprocess.DEVNULL
+    argv: list[str],
+    listeners: list[socket.socket],
+    ready_prefix: str,
+    timeout: float,
+    stdin: int = subprocess.DEVNULL,
+    env: dict[str, str] | None = None,
 ) -> TritiumServer:
     """Run `tritium ARGV` holding `listeners` (the first is the gRPC one; a second is HTTP, a third
     metrics) and wait until it prints `ready_prefix` announcing the first listener's address."""
@@ -149,7 +157,7 @@ def launch(
             bufsize=1,
             cwd=REPO,
             # Settings come only from the arguments: TRITIUM_* (and Dynamo's DYN_GRPC_*) env vars would change them.
-            env={k: v for k, v in os.environ.items() if not k.startswith(("TRITIUM_", "DYN_GRPC_"))},
+            env={k: v for k, v in os.environ.items() if not k.startswith(("TRITIUM_", "DYN_GRPC_"))} | (env or {}),
         )
     finally:
         # The child holds its own copies of the listeners; ours would only keep the ports alive after it exits.

@@ -34,6 +34,18 @@ pub struct ModelCard {
     pub max_input_tokens: Option<usize>,
     /// Where the model came from (a file or folder), for `/v1/models` and logs.
     pub source: String,
+    /// What `/v1/completions` generates at most when a request names no `max_tokens`: OpenAI's
+    /// 16 for Tritium's engines; `None` for models served by Dynamo workers, which Dynamo's
+    /// frontend sends no limit for (the worker's token budget, else the context, applies).
+    #[serde(default = "openai_completion_tokens")]
+    pub default_completion_tokens: Option<u32>,
+}
+
+/// OpenAI's default `max_tokens` for `/v1/completions`.
+pub const OPENAI_COMPLETION_TOKENS: u32 = 16;
+
+fn openai_completion_tokens() -> Option<u32> {
+    Some(OPENAI_COMPLETION_TOKENS)
 }
 
 impl ModelCard {
@@ -68,6 +80,7 @@ mod tests {
             context_length,
             max_input_tokens: None,
             source: "test".into(),
+            default_completion_tokens: Some(OPENAI_COMPLETION_TOKENS),
         }
     }
 

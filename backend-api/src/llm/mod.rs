@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use tritium_proto::inference::DataType as ConfigDataType;
 use tritium_proto::inference::{ModelConfig, ModelInput, ModelOutput, ModelTransactionPolicy};
 
-pub use card::{ModelCard, ModelKind};
+pub use card::{ModelCard, ModelKind, OPENAI_COMPLETION_TOKENS};
 pub use hf_card::{HfFiles, card_from_hf_files, push_unique, template_of_config};
 pub use constraint::Constraint;
 pub use kv_transfer::{ExportedBlock, ImportedBlocks, KvExport, TransferLayout};

@@ -60,6 +60,7 @@ pub fn card_from_gguf(content: &Content, source: &str) -> Result<ModelCard, Stri
         context_length: usize::try_from(context_length).map_err(|_| fail(format!("{key} is too large")))?,
         max_input_tokens: None,
         source: source.to_owned(),
+        default_completion_tokens: Some(tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS),
     })
 }
 

@@ -73,6 +73,8 @@ pub async fn model_card(card: &Card, http: &reqwest::Client) -> Result<ModelCard
     if let Some(length) = card.context_length() {
         model_card.context_length = usize::try_from(length).unwrap_or(usize::MAX);
     }
+    // As Dynamo's frontend: no limit of Tritium's own when a completion names none.
+    model_card.default_completion_tokens = None;
     Ok(model_card)
 }
 

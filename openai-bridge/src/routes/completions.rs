@@ -13,7 +13,6 @@ use super::sse::{self, ChunkWriter, End};
 use super::{ApiError, AppState, OpenAiJson, check_token_ids, failed, json_response};
 use crate::BridgeError;
 use crate::choices::generate_choices;
-use crate::kserve::DEFAULT_MAX_TOKENS;
 use crate::pipeline::{Generated, ModelRef, TokenInfo, Usage, collect};
 use crate::preprocess::Preprocessor;
 use crate::protocol::{
@@ -78,9 +77,11 @@ pub(super) async fn completions(
         };
         let annotations = super::annotation_frames(nvext, &pre, text, &prompt);
         let observers = std::iter::once(observer).chain((1..n).map(|_| state.metrics.observer(&request.model, super::PROTOCOL)));
-        // Like OpenAI, /v1/completions defaults to 16 tokens.
+        // Like OpenAI, /v1/completions defaults to 16 tokens (models whose card says otherwise:
+        // Dynamo's workers).
         let hub = state.hub.as_ref();
-        let started = generate_choices(hub, &pre, target, &options, prompt, Some(DEFAULT_MAX_TOKENS), observers.collect()).await;
+        let default_max = pre.card().default_completion_tokens;
+        let started = generate_choices(hub, &pre, target, &options, prompt, default_max, observers.collect()).await;
         let writer = CompletionWriter {
             annotations,
             nvext: request.nvext.clone(),
@@ -109,7 +110,8 @@ pub(super) async fn completions(
         let observers: Vec<_> = observers.by_ref().take(best_of).collect();
         async move {
             let streams =
-                generate_choices(hub, pre, target, options, prompt.clone(), Some(DEFAULT_MAX_TOKENS), observers).await?;
+                generate_choices(hub, pre, target, options, prompt.clone(), pre.card().default_completion_tokens, observers)
+                    .await?;
             futures::future::try_join_all(streams.into_iter().map(collect)).await
         }
     });

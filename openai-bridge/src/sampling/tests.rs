@@ -14,6 +14,7 @@ fn card(context_length: usize) -> ModelCard {
         context_length,
         max_input_tokens: None,
         source: "test".into(),
+        default_completion_tokens: Some(tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS),
     }
 }
 

@@ -35,6 +35,7 @@ fn card() -> Arc<ModelCard> {
         context_length: 0,
         max_input_tokens: None,
         source: "test".into(),
+        default_completion_tokens: Some(tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS),
     })
 }
 

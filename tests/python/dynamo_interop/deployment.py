@@ -1,0 +1,178 @@
+"""A Dynamo 1.6.1 deployment for the interoperability tests: real Dynamo workers (`dynamo.mocker`,
+the echo worker written on Dynamo's Python API), Dynamo's own frontend and `tritium serve`, all
+started with Dynamo's own flags and variables, sharing one file store and namespace.
+
+Dynamo's processes bind 0.0.0.0, so these tests run inside a private, loopback-only network
+namespace (scripts/test.sh: `scripts/in-netns.sh`); `check_private_network()` refuses to run
+them anywhere else. Dynamo comes from its own venv (.tools/dynamo-venv, scripts/setup-dynamo.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from helpers import REPO, TritiumServer, finish_server, start_server
+
+DYNAMO_PYTHON = REPO / ".tools" / "dynamo-venv" / "bin" / "python"
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def check_private_network() -> None:
+    """Fails unless this process is in a network namespace of its own, with only the loopback
+    interface (Dynamo binds 0.0.0.0)."""
+    if [name for _, name in socket.if_nameindex()] != ["lo"]:
+        pytest.fail(
+            "the Dynamo interoperability tests bind 0.0.0.0: run them in a private network namespace, "
+            "`bash scripts/in-netns.sh .venv/bin/python -m pytest tests/python/dynamo_interop` (scripts/test.sh does)"
+        )
+    if not DYNAMO_PYTHON.is_file():
+        pytest.fail(f"Dynamo is not installed at {DYNAMO_PYTHON}: run `bash scripts/setup-dynamo.sh`")
+
+
+def free_port() -> int:
+    """A port for Dynamo's frontend, which takes no listening socket from its parent (the namespace
+    is private to this test run, so nothing else takes it in between)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict | str]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            text = response.read().decode()
+            status = response.status
+    except urllib.error.HTTPError as error:
+        text, status = error.read().decode(), error.code
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+def models_at(base: str) -> list[str]:
+    try:
+        status, body = http("GET", f"{base}/v1/models", timeout=5)
+    except OSError:
+        return []
+    return [m["id"] for m in body.get("data", [])] if status == 200 and isinstance(body, dict) else []
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for: {what}")
+        time.sleep(0.1)
+
+
+class DynamoProcess:
+    """A Dynamo child process and its log."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: pathlib.Path) -> None:
+        self.log_path = log
+        self.handle = log.open("w")
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self.handle, stderr=subprocess.STDOUT, cwd=HERE)
+
+    def log(self) -> str:
+        """The log without its colour codes."""
+        return re.sub(r"\x1b\[[0-9;]*m", "", self.log_path.read_text(errors="replace"))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.handle.close()
+
+
+class Deployment:
+    """Processes sharing a Dynamo file store and namespace (Dynamo's file + TCP + ZeroMQ setup)."""
+
+    def __init__(self, folder: pathlib.Path, model_dir: pathlib.Path, namespace: str = "interop") -> None:
+        self.folder = folder
+        self.store = folder / "store"
+        self.model_dir = model_dir
+        self.namespace = namespace
+        self.dynamo: list[DynamoProcess] = []
+        self.tritium: list[TritiumServer] = []
+
+    def dynamo_env(self) -> dict[str, str]:
+        """Dynamo's own variables for this deployment, as its users set them."""
+        return {
+            "DYN_FILE_KV": str(self.store),
+            "DYN_NAMESPACE": self.namespace,
+            "DYN_DISCOVERY_BACKEND": "file",
+            "DYN_REQUEST_PLANE": "tcp",
+            "DYN_TCP_RPC_HOST": "127.0.0.1",
+            "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1",
+            "DYN_EVENT_PLANE_HOST": "127.0.0.1",
+            "DYN_SYSTEM_HOST": "127.0.0.1",
+        }
+
+    def _spawn(self, name: str, argv: list[str]) -> DynamoProcess:
+        env = dict(os.environ) | self.dynamo_env() | {
+            # Dynamo 1.6.1's frontend deadlocks in about 1 start of 4 on 2 cores without these.
+            "DYN_RUNTIME_NUM_WORKER_THREADS": "8",
+            "DYN_RUNTIME_MAX_BLOCKING_THREADS": "64",
+            "HF_HUB_OFFLINE": "1",
+        }  # fmt: skip
+        process = DynamoProcess([str(DYNAMO_PYTHON), *argv], env, self.folder / f"{name}-{len(self.dynamo)}.log")
+        self.dynamo.append(process)
+        return process
+
+    def echo(self, model: str, *args: str) -> DynamoProcess:
+        """The echo worker (Dynamo's Python API) serving `model`."""
+        return self._spawn(f"echo-{model}", [str(HERE / "echo_worker.py"), str(self.model_dir), model, *args])
+
+    def mocker(self, model: str, *args: str) -> DynamoProcess:
+        """`python -m dynamo.mocker`, instant (a huge speed-up: at 0 the 1.6.1 mocker still simulates)."""
+        argv = ["-m", "dynamo.mocker", "--model-path", str(self.model_dir), "--model-name", model,
+                "--discovery-backend", "file", "--request-plane", "tcp", "--speedup-ratio", "1000000", *args]  # fmt: skip
+        return self._spawn(f"mocker-{model}", argv)
+
+    def dynamo_frontend(self, *args: str) -> str:
+        """Dynamo's own frontend with the file setup's flags; returns its HTTP base URL."""
+        port = free_port()
+        argv = ["-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port),
+                "--discovery-backend", "file", "--request-plane", "tcp", "--event-plane", "zmq",
+                "--namespace", self.namespace, "--router-mode", "kv", "--migration-limit", "2", *args]  # fmt: skip
+        self._spawn("frontend", argv)
+        return f"http://127.0.0.1:{port}"
+
+    def tritium_frontend(self, *args: str) -> TritiumServer:
+        """`tritium serve` with the flags Dynamo's frontend takes, and its variables (DYN_FILE_KV)."""
+        server = start_server(
+            "--discovery-backend", "file", "--request-plane", "tcp", "--event-plane", "zmq",
+            "--namespace", self.namespace, "--router-mode", "kv", "--migration-limit", "2", *args,
+            env={"DYN_FILE_KV": str(self.store), "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1"},
+        )  # fmt: skip
+        self.tritium.append(server)
+        return server
+
+    def stop(self) -> None:
+        for server in reversed(self.tritium):
+            finish_server(server)
+        for process in reversed(self.dynamo):
+            process.stop()
+        self.tritium, self.dynamo = [], []

@@ -1,0 +1,66 @@
+"""A Dynamo worker written on Dynamo's own Python API, as users write theirs: it serves a
+token-input model that answers with the prompt's tokens, one per frame, until `max_tokens`
+(finish "length") or the prompt's end (finish "stop"; also when no `max_tokens` is sent). Deterministic, so Dynamo's frontend
+and Tritium's can be compared text for text.
+
+Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SECONDS]
+(discovery and planes from Dynamo's own variables: DYN_DISCOVERY_BACKEND, DYN_FILE_KV, ...)."""
+
+import argparse
+import asyncio
+
+import uvloop
+from dynamo.llm import ModelInput, ModelRuntimeConfig, ModelType, WorkerType, register_model
+from dynamo.runtime import DistributedRuntime, dynamo_worker
+
+
+class Echo:
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    async def generate(self, request, context):
+        limit = request["stop_conditions"].get("max_tokens")
+        tokens = request["token_ids"] if limit is None else request["token_ids"][:limit]
+        for i, token in enumerate(tokens):
+            if context.is_stopped():
+                yield {"token_ids": [], "finish_reason": "cancelled"}
+                return
+            last = i == len(tokens) - 1
+            reason = ("length" if limit is not None and len(tokens) == limit else "stop") if last else None
+            yield {"token_ids": [token], "finish_reason": reason}
+            await asyncio.sleep(self.delay)
+
+
+@dynamo_worker()
+async def main(runtime: DistributedRuntime, args):
+    import os
+
+    namespace = os.environ.get("DYN_NAMESPACE", "dynamo")
+    endpoint = runtime.endpoint(f"{namespace}.echo.generate")
+    config = ModelRuntimeConfig()
+    if args.token_budget:
+        config.set_engine_specific(
+            "token_budget",
+            {"combined_limit": args.token_budget, "reject_prompt_overflow": True, "reject_total_overflow": False},
+        )
+    await register_model(
+        ModelInput.Tokens,
+        ModelType.Chat | ModelType.Completions,
+        endpoint,
+        args.model_dir,
+        args.model_name,
+        worker_type=WorkerType.Aggregated,
+        kv_cache_block_size=16,
+        runtime_config=config,
+    )
+    await endpoint.serve_endpoint(Echo(args.delay).generate)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir")
+    parser.add_argument("model_name")
+    parser.add_argument("--token-budget", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
+    uvloop.install()
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,164 @@
+"""Tritium's frontend serving unmodified Dynamo 1.6.1 workers (issue 57), started exactly as
+Dynamo's own frontend is (file discovery, TCP request plane, ZeroMQ events), and compared with
+Dynamo's frontend on the same workers: the echo worker (Dynamo's Python API, deterministic) for
+texts, finish reasons and usage; `dynamo.mocker` for counts."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import threading
+import urllib.request
+
+import pytest
+import tritonclient.grpc as grpcclient
+
+from deployment import http, models_at, wait_until
+
+START = 90
+
+
+@pytest.fixture(scope="module")
+def frontends(deployment):
+    """Both frontends over one echo worker ("echo") and one mocker ("mock")."""
+    deployment.echo("echo")
+    deployment.mocker("mock")
+    tritium = deployment.tritium_frontend()
+    dynamo = deployment.dynamo_frontend()
+    for base in (tritium.http_url, dynamo):
+        wait_until(lambda: {"echo", "mock"} <= set(models_at(base)), START, f"echo and mock listed at {base}")
+    return tritium, dynamo
+
+
+def completion(body: dict) -> tuple[str, str, dict]:
+    choice = body["choices"][0]
+    text = choice["text"] if "text" in choice else choice["message"]["content"]
+    usage = body["usage"]
+    return text, choice["finish_reason"], {"prompt": usage["prompt_tokens"], "completion": usage["completion_tokens"]}
+
+
+def streamed(base: str, path: str, body: dict) -> tuple[str, str | None, dict | None]:
+    request = urllib.request.Request(
+        base + path, data=json.dumps(body | {"stream": True}).encode(), headers={"content-type": "application/json"}
+    )
+    text, finish, usage = "", None, None
+    with urllib.request.urlopen(request, timeout=30) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = {"prompt": chunk["usage"]["prompt_tokens"], "completion": chunk["usage"]["completion_tokens"]}
+            for choice in chunk["choices"]:
+                delta = choice.get("delta") or {}
+                text += delta.get("content") or choice.get("text") or ""
+                finish = choice.get("finish_reason") or finish
+    return text, finish, usage
+
+
+# Deterministic requests to the echo worker; each is answered alike by both frontends.
+ECHO_REQUESTS = [
+    ("/v1/completions", {"model": "echo", "prompt": "hello there", "max_tokens": 5}),
+    # No max_tokens: Dynamo sends the worker none, and so does Tritium for Dynamo's models (no 16-token default).
+    ("/v1/completions", {"model": "echo", "prompt": "a prompt longer than sixteen tokens, by far"}),
+    ("/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}),
+    ("/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 7}),
+    ("/v1/chat/completions", {"model": "echo", "messages": [{"role": "system", "content": "be brief"},
+                                                           {"role": "user", "content": "tell me"}]}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path,body", ECHO_REQUESTS)
+def test_answers_equal_dynamos_frontend_on_the_same_worker(frontends, path, body):
+    tritium, dynamo = frontends
+    status, ours = http("POST", tritium.http_url + path, body)
+    assert status == 200, ours
+    status, theirs = http("POST", dynamo + path, body)
+    assert status == 200, theirs
+    assert completion(ours) == completion(theirs)
+    options = {"stream_options": {"include_usage": True}}
+    assert streamed(tritium.http_url, path, body | options) == streamed(dynamo, path, body | options)
+
+
+def test_the_mocker_generates_what_was_asked_and_without_max_tokens_too(frontends):
+    tritium, dynamo = frontends
+    body = {"model": "mock", "prompt": "count these", "max_tokens": 9}
+    status, answer = http("POST", tritium.http_url + "/v1/completions", body)
+    assert status == 200, answer
+    assert answer["choices"][0]["finish_reason"] == "length" and answer["usage"]["completion_tokens"] == 9
+    # The mocker needs max_tokens and publishes no token budget: Dynamo's frontend refuses, Tritium fills in
+    # what the context leaves (the card's 4096 less the prompt).
+    chat = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+    status, theirs = http("POST", dynamo + "/v1/chat/completions", chat)
+    assert status == 400 and "max_tokens" in json.dumps(theirs), theirs
+    status, ours = http("POST", tritium.http_url + "/v1/chat/completions", chat)
+    assert status == 200, ours
+    assert ours["usage"]["prompt_tokens"] + ours["usage"]["completion_tokens"] == 4096
+
+
+def test_kserve_parameters_reach_the_dynamo_worker(frontends):
+    """Dynamo's KServe door drops `parameters` (no max_tokens); Tritium's maps them."""
+    tritium, _ = frontends
+    with grpcclient.InferenceServerClient(tritium.url) as client:
+        assert client.is_model_ready("echo")
+        metadata = client.get_model_metadata("echo", as_json=True)
+        assert [i["name"] for i in metadata["inputs"]][0] == "text_input"
+        text = grpcclient.InferInput("text_input", [1], "BYTES")
+        import numpy as np
+
+        text.set_data_from_numpy(np.array([b"hello there"], dtype=object))
+        results = []
+        done = threading.Event()
+
+        def callback(result, error):
+            results.append(error if error else result)
+            if error or result.get_response().parameters.get("triton_final_response", None) is not None:
+                done.set()
+
+        client.start_stream(callback)
+        client.async_stream_infer("echo", [text], parameters={"max_tokens": 5})
+        assert done.wait(30)
+        client.stop_stream()
+    outputs = [r.as_numpy("text_output") for r in results if not isinstance(r, Exception) and r.as_numpy("text_output") is not None]
+    assert b"".join(o.reshape(-1)[0] for o in outputs).decode() == "hello"
+
+
+def test_a_cancelled_stream_stops_the_worker(deployment, frontends):
+    tritium, _ = frontends
+    slow = deployment.echo("slow-echo", "--delay", "0.2")
+    wait_until(lambda: "slow-echo" in models_at(tritium.http_url), START, "slow-echo listed")
+    body = {"model": "slow-echo", "prompt": "x" * 200, "max_tokens": 200, "stream": True}
+    request = urllib.request.Request(
+        tritium.http_url + "/v1/completions", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        seen = 0
+        for raw in response:
+            if raw.startswith(b"data: "):
+                seen += 1
+            if seen == 2:
+                break
+    # Closing the connection ends the request: Tritium sends the worker Dynamo's "stop".
+    wait_until(lambda: 'cancellation.signal="stop"' in slow.log(), 30, "the worker told to stop")
+
+
+def test_a_killed_worker_is_forgotten_when_its_records_expire(deployment, frontends):
+    tritium, _ = frontends
+    doomed = deployment.echo("doomed")
+    wait_until(lambda: "doomed" in models_at(tritium.http_url), START, "doomed listed")
+    doomed.kill()
+    # Its files stay behind (no clean shutdown); their 10 s TTL passes and Tritium drops them itself.
+    wait_until(lambda: "doomed" not in models_at(tritium.http_url), 40, "doomed forgotten")
+    status, _ = http("POST", tritium.http_url + "/v1/completions", {"model": "echo", "prompt": "still", "max_tokens": 2})
+    assert status == 200
+
+
+def test_malformed_records_are_refused_by_version_and_the_rest_served(deployment, frontends):
+    tritium, _ = frontends
+    instances = pathlib.Path(deployment.store) / "v1" / "instances"
+    (instances / "interop%2Fbad%2Fgenerate%2F1").write_text('{"type":"Endpoint","instance_id":"not a number"}')
+    (pathlib.Path(deployment.store) / "v1" / "mdc" / "interop%2Fbad%2Fgenerate%2F2").write_bytes(b"\xff\x00 not json")
+    wait_until(lambda: "not a record Dynamo 1.6.1 writes" in tritium.stderr(), 20, "the malformed record refused")
+    status, answer = http("POST", tritium.http_url + "/v1/completions", {"model": "echo", "prompt": "ok", "max_tokens": 2})
+    assert status == 200 and answer["choices"][0]["text"] == "ok"
