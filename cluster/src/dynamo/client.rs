@@ -22,7 +22,7 @@ use tritium_worker::{InferOutcome, InferenceResponse, ValidInferRequest, WorkerC
 use super::call_home::CallHome;
 use super::codec::{FrameError, TwoPart, read_ack, request_frame};
 use super::protocol::{Control, Finish, Prologue, StreamItem, control_message, finish_of, headers, preprocessed_request};
-use super::view::{DynamoModel, DynamoTarget};
+use super::view::{DynamoEndpoint, DynamoModel, DynamoTarget};
 
 /// Connections kept to one worker; requests share them (Dynamo's `DYN_TCP_POOL_SIZE`).
 const POOL_SIZE: usize = 4;
@@ -92,6 +92,8 @@ pub struct DynamoWorker {
     id: String,
     target: Arc<DynamoTarget>,
     home: Arc<CallHome>,
+    /// For workers on the NATS request plane.
+    nats: Option<async_nats::Client>,
     pool: Mutex<Vec<Arc<Connection>>>,
     turn: AtomicUsize,
     max_message_size: usize,
@@ -99,28 +101,39 @@ pub struct DynamoWorker {
 
 impl std::fmt::Debug for DynamoWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DynamoWorker").field("id", &self.id).field("address", &self.target.address).finish_non_exhaustive()
+        f.debug_struct("DynamoWorker").field("id", &self.id).field("endpoint", &self.target.endpoint).finish_non_exhaustive()
     }
 }
 
 impl DynamoWorker {
-    pub fn new(id: &str, target: Arc<DynamoTarget>, home: Arc<CallHome>, max_message_size: usize) -> DynamoWorker {
-        DynamoWorker {
+    /// A client for the worker `target`; one on the NATS request plane needs `nats`.
+    pub fn new(
+        id: &str,
+        target: Arc<DynamoTarget>,
+        home: Arc<CallHome>,
+        nats: Option<async_nats::Client>,
+        max_message_size: usize,
+    ) -> Result<DynamoWorker, String> {
+        if matches!(target.endpoint, DynamoEndpoint::Nats { .. }) && nats.is_none() {
+            return Err("this Dynamo worker takes requests over NATS: start the frontend with --request-plane nats".into());
+        }
+        Ok(DynamoWorker {
             id: id.to_string(),
             target,
             home,
+            nats,
             pool: Mutex::new(Vec::new()),
             turn: AtomicUsize::new(0),
             max_message_size,
-        }
+        })
     }
 
     fn unreachable(&self, message: String) -> WorkerError {
         WorkerError::Unreachable { worker: self.id.clone(), message }
     }
 
-    /// A live pooled connection, opening one while the pool is not full.
-    async fn connection(&self) -> Result<Arc<Connection>, WorkerError> {
+    /// A live pooled connection to `address`, opening one while the pool is not full.
+    async fn connection(&self, address: &str) -> Result<Arc<Connection>, WorkerError> {
         {
             let mut pool = self.pool.lock();
             pool.retain(|connection| !connection.broken.load(Ordering::Relaxed));
@@ -129,7 +142,7 @@ impl DynamoWorker {
                 return Ok(Arc::clone(&pool[turn % pool.len()]));
             }
         }
-        let connection = Arc::new(Connection::open(&self.target.address).await.map_err(|e| self.unreachable(e))?);
+        let connection = Arc::new(Connection::open(address).await.map_err(|e| self.unreachable(e))?);
         self.pool.lock().push(Arc::clone(&connection));
         Ok(connection)
     }
@@ -194,17 +207,7 @@ impl WorkerClient for DynamoWorker {
                 )),
             });
         }
-        let headers = headers(&self.target.endpoint_path, &request_id).to_string();
-        let frame = request_frame(&self.target.endpoint_path, headers.as_bytes(), &payload)
-            .map_err(|e| self.unreachable(e.to_string()))?;
-        let connection = self.connection().await?;
-        let ack = connection.send(&frame).await.map_err(|e| self.unreachable(e))?;
-        let ack = match tokio::time::timeout(ACK_TIMEOUT, ack).await {
-            Err(_) => return Err(self.unreachable(format!("no acknowledgement within {ACK_TIMEOUT:?}"))),
-            Ok(Err(_)) => return Err(self.unreachable("the connection closed".to_string())),
-            Ok(Ok(Err(e))) => return Err(self.unreachable(e)),
-            Ok(Ok(Ok(ack))) => ack,
-        };
+        let ack = self.send(&request_id, payload).await?;
         if !ack.is_empty() {
             // "Server overloaded: …" or "Server unavailable: …": nothing ran, another worker may.
             return Err(WorkerError::NotStarted { worker: self.id.clone(), message: format!("Dynamo worker refused: {ack}") });
@@ -221,6 +224,37 @@ impl WorkerClient for DynamoWorker {
             stream.run(connection, sender).await
         });
         Ok(TokenStream::new(receiver))
+    }
+}
+
+impl DynamoWorker {
+    /// Sends one request payload (a two-part message) and returns the worker's acknowledgement.
+    async fn send(&self, request_id: &str, payload: Bytes) -> Result<String, WorkerError> {
+        match (&self.target.endpoint, &self.nats) {
+            (DynamoEndpoint::Tcp { address, path }, _) => {
+                let headers = headers(path, request_id).to_string();
+                let frame = request_frame(path, headers.as_bytes(), &payload).map_err(|e| self.unreachable(e.to_string()))?;
+                let connection = self.connection(address).await?;
+                let ack = connection.send(&frame).await.map_err(|e| self.unreachable(e))?;
+                match tokio::time::timeout(ACK_TIMEOUT, ack).await {
+                    Err(_) => Err(self.unreachable(format!("no acknowledgement within {ACK_TIMEOUT:?}"))),
+                    Ok(Err(_)) => Err(self.unreachable("the connection closed".to_string())),
+                    Ok(Ok(Err(e))) => Err(self.unreachable(e)),
+                    Ok(Ok(Ok(ack))) => Ok(ack),
+                }
+            }
+            (DynamoEndpoint::Nats { subject }, Some(nats)) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("request-id", request_id);
+                let request = nats.request_with_headers(subject.clone(), headers, payload);
+                match tokio::time::timeout(ACK_TIMEOUT, request).await {
+                    Err(_) => Err(self.unreachable(format!("no acknowledgement within {ACK_TIMEOUT:?}"))),
+                    Ok(Err(e)) => Err(self.unreachable(format!("the NATS request failed: {e}"))),
+                    Ok(Ok(reply)) => Ok(String::from_utf8_lossy(&reply.payload).into_owned()),
+                }
+            }
+            (DynamoEndpoint::Nats { .. }, None) => Err(self.unreachable("no NATS connection".to_string())),
+        }
     }
 }
 

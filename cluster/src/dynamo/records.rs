@@ -53,14 +53,15 @@ pub enum Transport {
 }
 
 impl EndpointRecord {
-    /// The request listener's address and the endpoint path requests name.
-    pub fn tcp_target(&self) -> Option<(String, String)> {
+    /// How requests reach the endpoint.
+    pub fn reached(&self) -> super::view::DynamoEndpoint {
+        use super::view::DynamoEndpoint;
         match &self.transport {
             Transport::Tcp(address) => {
-                let (host_port, path) = address.split_once('/')?;
-                Some((host_port.to_string(), path.to_string()))
+                let (address, path) = address.split_once('/').unwrap_or((address, ""));
+                DynamoEndpoint::Tcp { address: address.to_string(), path: path.to_string() }
             }
-            Transport::NatsTcp(_) => None,
+            Transport::NatsTcp(subject) => DynamoEndpoint::Nats { subject: subject.clone() },
         }
     }
 }
@@ -192,8 +193,11 @@ mod tests {
         let Record::Endpoint(endpoint) = Record::parse("k", ENDPOINT.as_bytes()).unwrap() else { panic!("not an endpoint") };
         assert_eq!(endpoint.instance_id, 17718393618540674277);
         assert_eq!(
-            endpoint.tcp_target().unwrap(),
-            ("127.0.0.1:34071".to_string(), "f5e4611eb7aa3ce5/dynamo/backend/generate".to_string())
+            endpoint.reached(),
+            super::super::view::DynamoEndpoint::Tcp {
+                address: "127.0.0.1:34071".into(),
+                path: "f5e4611eb7aa3ce5/dynamo/backend/generate".into()
+            }
         );
         let model = r#"{"type":"Model","namespace":"ns1","component":"backend","endpoint":"generate",
             "instance_id":3490489553529459361,"card_json":{"display_name":"tiny","slug":"tiny",

@@ -23,11 +23,26 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 pub struct DynamoTarget {
     /// `{namespace}/{component}/{endpoint}/{instance:x}`.
     pub key: String,
-    /// The request listener, `host:port`.
-    pub address: String,
-    /// What request frames name: the transport's part after the address.
-    pub endpoint_path: String,
+    pub endpoint: DynamoEndpoint,
     pub models: Vec<DynamoModel>,
+}
+
+/// How a Dynamo worker's requests reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DynamoEndpoint {
+    /// Its TCP listener (`host:port`) and the endpoint path request frames name.
+    Tcp { address: String, path: String },
+    /// A NATS subject (Dynamo's `DYN_REQUEST_PLANE=nats`); responses still call home over TCP.
+    Nats { subject: String },
+}
+
+impl std::fmt::Display for DynamoEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DynamoEndpoint::Tcp { address, path } => write!(f, "tcp://{address}/{path}"),
+            DynamoEndpoint::Nats { subject } => write!(f, "nats:{subject}"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -43,8 +58,7 @@ pub struct DynamoModel {
 impl PartialEq for DynamoTarget {
     fn eq(&self, other: &DynamoTarget) -> bool {
         self.key == other.key
-            && self.address == other.address
-            && self.endpoint_path == other.endpoint_path
+            && self.endpoint == other.endpoint
             && self.models.len() == other.models.len()
             && self.models.iter().zip(&other.models).all(|(a, b)| a.name == b.name && a.digest == b.digest)
     }
@@ -129,10 +143,7 @@ impl View {
             };
             let id = (record.namespace.clone(), record.component.clone(), record.endpoint.clone(), record.instance_id);
             let Some(endpoint) = listeners.get(&id) else { continue };
-            let Some((address, endpoint_path)) = endpoint.tcp_target() else {
-                self.warn_once(&key, "this Dynamo worker is reached over NATS (`nats_tcp`); this frontend reaches Dynamo workers over TCP");
-                continue;
-            };
+            let reached = endpoint.reached();
             let card = &record.card_json;
             if !card.takes_requests() {
                 self.warn_once(&key, "a Dynamo prefill worker is not served: disaggregated Dynamo workers are not supported yet");
@@ -173,8 +184,7 @@ impl View {
             let target_key = format!("{}/{}/{}/{:x}", id.0, id.1, id.2, id.3);
             let target = targets.entry(target_key.clone()).or_insert_with(|| DynamoTarget {
                 key: target_key,
-                address: address.clone(),
-                endpoint_path: endpoint_path.clone(),
+                endpoint: reached,
                 models: Vec::new(),
             });
             target.models.push(DynamoModel {

@@ -339,8 +339,18 @@ impl Router {
                         tracing::warn!(worker = %instance.id, "a Dynamo worker is listed, but this router has no response-stream server for it");
                         continue;
                     };
+                    let nats = match self.dialer.get() {
+                        Some(crate::remote::Dialer::Nats(plane)) => Some(plane.client().clone()),
+                        _ => None,
+                    };
+                    let client = match crate::dynamo::DynamoWorker::new(&instance.id, Arc::clone(target), Arc::clone(home), nats, self.max_message_size) {
+                        Ok(client) => client,
+                        Err(e) => {
+                            tracing::warn!(worker = %instance.id, "cannot reach this Dynamo worker: {e}");
+                            continue;
+                        }
+                    };
                     let id: Arc<str> = Arc::from(instance.id.as_str());
-                    let client = crate::dynamo::DynamoWorker::new(&instance.id, Arc::clone(target), Arc::clone(home), self.max_message_size);
                     let member = Member {
                         id: Arc::clone(&id),
                         client: Arc::new(client),
@@ -352,7 +362,7 @@ impl Router {
                     };
                     self.remote_models.described(&id, crate::dynamo::view::remote_models(target));
                     members.insert(Arc::clone(&id), (member.clone(), instance.address.clone()));
-                    tracing::info!(worker = %id, address = %target.address, models = ?instance.models, "Dynamo worker joined");
+                    tracing::info!(worker = %id, endpoint = %target.endpoint, models = ?instance.models, "Dynamo worker joined");
                     member
                 }
                 // An in-process worker this router was not handed a client for: not routable.

@@ -107,28 +107,44 @@ class DynamoProcess:
 
 
 class Deployment:
-    """Processes sharing a Dynamo file store and namespace (Dynamo's file + TCP + ZeroMQ setup)."""
+    """Processes sharing a namespace in one of the two setups Dynamo's users run: a file store with
+    the TCP request plane and ZeroMQ events (the default), or, given `etcd` and `nats` addresses,
+    etcd discovery with the NATS request plane and NATS events, every option a variable."""
 
-    def __init__(self, folder: pathlib.Path, model_dir: pathlib.Path, namespace: str = "interop") -> None:
+    def __init__(
+        self, folder: pathlib.Path, model_dir: pathlib.Path, namespace: str = "interop", etcd: str = "", nats: str = ""
+    ) -> None:
         self.folder = folder
         self.store = folder / "store"
         self.model_dir = model_dir
         self.namespace = namespace
+        self.etcd, self.nats = etcd, nats
         self.dynamo: list[DynamoProcess] = []
         self.tritium: list[TritiumServer] = []
 
     def dynamo_env(self) -> dict[str, str]:
         """Dynamo's own variables for this deployment, as its users set them."""
-        return {
-            "DYN_FILE_KV": str(self.store),
+        hosts = {
             "DYN_NAMESPACE": self.namespace,
-            "DYN_DISCOVERY_BACKEND": "file",
-            "DYN_REQUEST_PLANE": "tcp",
             "DYN_TCP_RPC_HOST": "127.0.0.1",
             "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1",
             "DYN_EVENT_PLANE_HOST": "127.0.0.1",
             "DYN_SYSTEM_HOST": "127.0.0.1",
         }
+        if self.etcd:
+            return hosts | {
+                "ETCD_ENDPOINTS": self.etcd,
+                "NATS_SERVER": self.nats,
+                "DYN_DISCOVERY_BACKEND": "etcd",
+                "DYN_REQUEST_PLANE": "nats",
+                "DYN_EVENT_PLANE": "nats",
+            }
+        return hosts | {"DYN_FILE_KV": str(self.store), "DYN_DISCOVERY_BACKEND": "file", "DYN_REQUEST_PLANE": "tcp"}
+
+    def plane_flags(self) -> list[str]:
+        if self.etcd:
+            return ["--discovery-backend", "etcd", "--request-plane", "nats"]
+        return ["--discovery-backend", "file", "--request-plane", "tcp"]
 
     def _spawn(self, name: str, argv: list[str]) -> DynamoProcess:
         env = dict(os.environ) | self.dynamo_env() | {
@@ -148,25 +164,30 @@ class Deployment:
     def mocker(self, model: str, *args: str) -> DynamoProcess:
         """`python -m dynamo.mocker`, instant (a huge speed-up: at 0 the 1.6.1 mocker still simulates)."""
         argv = ["-m", "dynamo.mocker", "--model-path", str(self.model_dir), "--model-name", model,
-                "--discovery-backend", "file", "--request-plane", "tcp", "--speedup-ratio", "1000000", *args]  # fmt: skip
+                *self.plane_flags(), "--speedup-ratio", "1000000", *args]  # fmt: skip
         return self._spawn(f"mocker-{model}", argv)
 
+    def frontend_options(self) -> tuple[list[str], dict[str, str]]:
+        """How a frontend is started in this setup, exactly as Dynamo's is: flags with the file store,
+        variables with etcd (only the ports are flags then)."""
+        if self.etcd:
+            env = self.dynamo_env() | {"DYN_ROUTER_MODE": "kv", "DYN_MIGRATION_LIMIT": "2"}
+            return [], env
+        flags = [*self.plane_flags(), "--event-plane", "zmq", "--namespace", self.namespace,
+                 "--router-mode", "kv", "--migration-limit", "2"]  # fmt: skip
+        return flags, {"DYN_FILE_KV": str(self.store), "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1"}
+
     def dynamo_frontend(self, *args: str) -> str:
-        """Dynamo's own frontend with the file setup's flags; returns its HTTP base URL."""
+        """Dynamo's own frontend; returns its HTTP base URL."""
         port = free_port()
-        argv = ["-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port),
-                "--discovery-backend", "file", "--request-plane", "tcp", "--event-plane", "zmq",
-                "--namespace", self.namespace, "--router-mode", "kv", "--migration-limit", "2", *args]  # fmt: skip
-        self._spawn("frontend", argv)
+        flags, _ = self.frontend_options()
+        self._spawn("frontend", ["-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port), *flags, *args])
         return f"http://127.0.0.1:{port}"
 
     def tritium_frontend(self, *args: str) -> TritiumServer:
-        """`tritium serve` with the flags Dynamo's frontend takes, and its variables (DYN_FILE_KV)."""
-        server = start_server(
-            "--discovery-backend", "file", "--request-plane", "tcp", "--event-plane", "zmq",
-            "--namespace", self.namespace, "--router-mode", "kv", "--migration-limit", "2", *args,
-            env={"DYN_FILE_KV": str(self.store), "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1"},
-        )  # fmt: skip
+        """`tritium serve` started as Dynamo's frontend is (its flags and variables)."""
+        flags, env = self.frontend_options()
+        server = start_server(*flags, *args, env=env)
         self.tritium.append(server)
         return server
 

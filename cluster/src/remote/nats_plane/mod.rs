@@ -71,6 +71,11 @@ impl NatsPlane {
 
     /// Starts listening as worker `id` of `namespace`, taking at most `max_connections` open
     /// connections at once (more are refused until one closes).
+    /// The connection, for Dynamo workers' NATS requests.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub async fn listen(&self, namespace: &str, id: &str, max_connections: usize) -> Result<NatsListener, String> {
         use crate::events::nats::token;
         let stem = format!("tritium.{}.workers.{}.{:016x}", token(namespace), token(id), rand::random::<u64>());

@@ -1,0 +1,58 @@
+"""Dynamo's second setup (issue 57): etcd discovery, the NATS request plane and NATS events, every
+option given as Dynamo's environment variables, to both frontends alike."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster import start_etcd, start_nats
+from deployment import Deployment, http, models_at, wait_until
+from test_dynamo_workers import ECHO_REQUESTS, completion, streamed
+
+pytestmark = [pytest.mark.etcd, pytest.mark.nats]
+START = 90
+
+
+@pytest.fixture(scope="module")
+def services():
+    etcd, nats = start_etcd(), start_nats()
+    yield etcd, nats
+    nats.stop()
+    etcd.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd_frontends(tmp_path_factory, tiny_model, services):
+    etcd, nats = services
+    deployment = Deployment(tmp_path_factory.mktemp("dynamo-etcd"), tiny_model, "interop-etcd", etcd.address, nats.address)
+    deployment.echo("echo")
+    deployment.mocker("mock")
+    tritium = deployment.tritium_frontend()
+    dynamo = deployment.dynamo_frontend()
+    for base in (tritium.http_url, dynamo):
+        wait_until(lambda: {"echo", "mock"} <= set(models_at(base)), START, f"echo and mock listed at {base}")
+    yield deployment, tritium, dynamo
+    deployment.stop()
+
+
+@pytest.mark.parametrize("path,body", ECHO_REQUESTS[:3])
+def test_answers_equal_dynamos_over_etcd_and_nats(etcd_frontends, path, body):
+    _, tritium, dynamo = etcd_frontends
+    status, ours = http("POST", tritium.http_url + path, body)
+    assert status == 200, ours
+    status, theirs = http("POST", dynamo + path, body)
+    assert status == 200, theirs
+    assert completion(ours) == completion(theirs)
+    options = {"stream_options": {"include_usage": True}}
+    assert streamed(tritium.http_url, path, body | options) == streamed(dynamo, path, body | options)
+
+
+def test_the_mocker_answers_over_nats_and_a_killed_worker_leaves_with_its_lease(etcd_frontends):
+    deployment, tritium, _ = etcd_frontends
+    status, answer = http("POST", tritium.http_url + "/v1/completions", {"model": "mock", "prompt": "n", "max_tokens": 6})
+    assert status == 200 and answer["usage"]["completion_tokens"] == 6, answer
+    doomed = deployment.echo("doomed")
+    wait_until(lambda: "doomed" in models_at(tritium.http_url), START, "doomed listed")
+    doomed.kill()
+    # Its keys go with its etcd lease (Dynamo's 10 s TTL).
+    wait_until(lambda: "doomed" not in models_at(tritium.http_url), 40, "doomed forgotten")
