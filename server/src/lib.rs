@@ -194,6 +194,29 @@ impl Tritium {
         self.serve_all(Some(listener), http, None, shutdown).await
     }
 
+    /// With file or etcd discovery, follows the Dynamo workers registered there too: their
+    /// records, their response streams' server and their KV events. Returns the workers for the
+    /// router's discovery follower.
+    async fn follow_dynamo(
+        &self,
+        cluster: &config::ClusterConfig,
+        stop: CancellationToken,
+    ) -> Result<Option<tokio::sync::watch::Receiver<Arc<Vec<discovery::WorkerInstance>>>>, StartError> {
+        use tritium_cluster::dynamo;
+        let Some(store) = dynamo::store_for(&cluster.discovery).await.map_err(StartError::RequestPlane)? else {
+            return Ok(None);
+        };
+        let home = dynamo::CallHome::bind(cluster.response_stream_host, stop.clone()).await?;
+        self.state.router.set_dynamo_home(home);
+        tracing::info!("{}", dynamo::view::describe());
+        let followed = dynamo::follow(store, cluster.scope.clone(), stop.clone());
+        if let Some(plane) = dynamo::event_plane_for(&cluster.events).await.map_err(StartError::RequestPlane)? {
+            let workers = followed.workers.clone();
+            dynamo::follow_kv_events(Arc::clone(&self.state.router), plane, workers, followed.kv_publishers, cluster.scope.clone(), stop);
+        }
+        Ok(Some(followed.workers))
+    }
+
     /// [`Tritium::serve_with_listeners`], with Triton's metrics on `metrics` when given, and no
     /// gRPC port when `listener` is `None` (`--no-kserve-grpc-server`).
     pub async fn serve_all(
@@ -227,15 +250,7 @@ impl Tritium {
         if cluster.is_distributed() {
             routing::snapshot::start(&self.state.router, Arc::clone(&discovery), stop.clone()).await;
         }
-        let dynamo = match tritium_cluster::dynamo::store_for(&cluster.discovery).await.map_err(StartError::RequestPlane)? {
-            Some(store) => {
-                let home = tritium_cluster::dynamo::CallHome::bind(cluster.response_stream_host, stop.clone()).await?;
-                self.state.router.set_dynamo_home(home);
-                tracing::info!("{}", tritium_cluster::dynamo::view::describe());
-                Some(tritium_cluster::dynamo::follow(store, cluster.scope.clone(), stop.clone()))
-            }
-            None => None,
-        };
+        let dynamo = self.follow_dynamo(cluster, stop.clone()).await?;
         let follower =
             tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), discovery, dynamo, stop.clone()));
         if self.state.router.options().replica_sync {

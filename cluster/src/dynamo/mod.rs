@@ -7,6 +7,7 @@
 //! - [`card`]: a card's tokenizer files, checksum-verified, made into Tritium's `ModelCard`;
 //! - [`view`]: the records joined into workers the router adds beside its own;
 //! - [`codec`], [`protocol`]: Dynamo's frames and the messages in them;
+//! - [`kv_events`]: their KV events, in Dynamo's block hashes, for the KV-aware router;
 //! - [`client`], [`call_home`]: one worker's request connections, and the server its response
 //!   streams call home to.
 //!
@@ -17,6 +18,8 @@ pub mod call_home;
 pub mod card;
 pub mod client;
 pub mod codec;
+pub mod kv_events;
+mod kv_follow;
 pub mod protocol;
 pub mod records;
 pub mod store;
@@ -25,7 +28,8 @@ pub mod view;
 pub use call_home::CallHome;
 pub use client::DynamoWorker;
 pub use store::DynamoStore;
-pub use view::{DynamoTarget, follow};
+pub use kv_follow::{DynamoEventPlane, event_plane_for, follow_kv_events};
+pub use view::{DynamoFollow, DynamoTarget, follow};
 
 /// The Dynamo release whose workers and frontend this was written against and tested with.
 pub const TESTED_VERSION: &str = "1.6.1";

@@ -140,6 +140,55 @@ pub struct CheckedFile {
     pub size: Option<u64>,
 }
 
+/// An event channel: where a worker publishes one topic (`kv-events`, `kv_metrics`, ...).
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventChannel {
+    pub scope: ChannelScope,
+    pub topic: String,
+    pub transport: ChannelTransport,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChannelScope {
+    #[serde(default)]
+    pub endpoint: Option<ScopeEndpoint>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScopeEndpoint {
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChannelTransport {
+    pub kind: String,
+    #[serde(default)]
+    pub config: Option<Json>,
+}
+
+impl EventChannel {
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<EventChannel, String> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            format!("Dynamo record {key} is not an event channel Dynamo {TESTED_VERSION} writes ({e}); it is ignored")
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        match (&self.scope.endpoint, &self.scope.namespace) {
+            (Some(endpoint), _) => &endpoint.namespace,
+            (None, Some(namespace)) => namespace,
+            (None, None) => "",
+        }
+    }
+
+    /// The publisher's endpoint, for a direct ZeroMQ channel.
+    pub fn zmq_endpoint(&self) -> Option<&str> {
+        (self.transport.kind == "Zmq").then(|| self.transport.config.as_ref()?.get("endpoint")?.as_str()).flatten()
+    }
+}
+
 /// The token limit a vLLM, SGLang or TensorRT-LLM worker publishes: a request without
 /// `max_tokens` gets what is left of it after the prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

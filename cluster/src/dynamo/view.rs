@@ -55,6 +55,13 @@ pub struct DynamoModel {
     pub kv_block_size: u64,
 }
 
+impl DynamoTarget {
+    /// The tokens per KV block of its models (Dynamo workers have one cache).
+    pub fn kv_block_size(&self) -> Option<usize> {
+        self.models.iter().map(|m| m.kv_block_size).find(|&size| size > 0).and_then(|size| usize::try_from(size).ok())
+    }
+}
+
 impl PartialEq for DynamoTarget {
     fn eq(&self, other: &DynamoTarget) -> bool {
         self.key == other.key
@@ -66,9 +73,17 @@ impl PartialEq for DynamoTarget {
 
 impl Eq for DynamoTarget {}
 
+/// What following Dynamo's records gives: its workers, and the ZeroMQ endpoints its workers
+/// publish KV events on.
+pub struct DynamoFollow {
+    pub workers: watch::Receiver<Arc<Vec<WorkerInstance>>>,
+    pub kv_publishers: watch::Receiver<Arc<Vec<String>>>,
+}
+
 /// Follows the store until `stop`, publishing the Dynamo workers of the watched namespaces.
-pub fn follow(store: DynamoStore, scope: NamespaceScope, stop: CancellationToken) -> watch::Receiver<Arc<Vec<WorkerInstance>>> {
-    let (sender, receiver) = watch::channel(Arc::new(Vec::new()));
+pub fn follow(store: DynamoStore, scope: NamespaceScope, stop: CancellationToken) -> DynamoFollow {
+    let (sender, workers) = watch::channel(Arc::new(Vec::new()));
+    let (publishers_sender, kv_publishers) = watch::channel(Arc::new(Vec::new()));
     tokio::spawn(async move {
         let mut view = View::new(scope);
         loop {
@@ -84,13 +99,25 @@ pub fn follow(store: DynamoStore, scope: NamespaceScope, stop: CancellationToken
                 }
                 Err(e) => tracing::warn!("{e}"),
             }
+            match view.kv_publishers(&store).await {
+                Ok(publishers) => {
+                    publishers_sender.send_if_modified(|current| {
+                        if **current == publishers {
+                            return false;
+                        }
+                        *current = Arc::new(publishers);
+                        true
+                    });
+                }
+                Err(e) => tracing::warn!("{e}"),
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(POLL_EVERY) => {}
             }
         }
     });
-    receiver
+    DynamoFollow { workers, kv_publishers }
 }
 
 struct View {
@@ -112,6 +139,25 @@ impl View {
         if self.warned.insert(format!("{key}\0{message}")) {
             tracing::warn!(record = key, "{message}");
         }
+    }
+
+    /// The ZeroMQ endpoints of the `kv-events` channels of the watched namespaces.
+    async fn kv_publishers(&mut self, store: &DynamoStore) -> Result<Vec<String>, String> {
+        let mut endpoints = Vec::new();
+        for (key, bytes) in store.list("v1/event_channels").await? {
+            match super::records::EventChannel::parse(&format!("v1/event_channels/{key}"), &bytes) {
+                Ok(channel) if channel.topic == "kv-events" && self.scope.watches(channel.namespace()) => {
+                    if let Some(endpoint) = channel.zmq_endpoint() {
+                        endpoints.push(endpoint.to_string());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => self.warn_once(&key, &e),
+            }
+        }
+        endpoints.sort();
+        endpoints.dedup();
+        Ok(endpoints)
     }
 
     async fn refresh(&mut self, store: &DynamoStore) -> Result<Vec<WorkerInstance>, String> {

@@ -58,6 +58,8 @@ struct Member {
     mode: DisaggregationMode,
     /// What it computes on.
     device: crate::discovery::DeviceClass,
+    /// For a Dynamo worker: the tokens per block its KV events name blocks by (Dynamo's hashes).
+    dynamo_block_size: Option<usize>,
 }
 
 impl Member {
@@ -193,6 +195,7 @@ impl Router {
             suspect_until: Arc::default(),
             mode: DisaggregationMode::Agg,
             device: Default::default(),
+            dynamo_block_size: None,
         };
         let loads = Arc::new(Mutex::new(HashMap::new()));
         let busy = Arc::new(BusyThresholds::new(options.busy_threshold));
@@ -240,6 +243,7 @@ impl Router {
             suspect_until: Arc::default(),
             mode: DisaggregationMode::Agg,
             device: Default::default(),
+            dynamo_block_size: None,
         };
         self.members.lock().insert(id, (member, WorkerAddress::InProcess));
     }
@@ -327,6 +331,7 @@ impl Router {
                         suspect_until: Arc::default(),
                         mode: instance.mode,
                         device: instance.device,
+                        dynamo_block_size: None,
                     };
                     self.remote_models.connected(&id, Arc::clone(&remote));
                     to_describe.push((Arc::clone(&id), remote));
@@ -359,6 +364,7 @@ impl Router {
                         suspect_until: Arc::default(),
                         mode: instance.mode,
                         device: instance.device,
+                        dynamo_block_size: target.kv_block_size(),
                     };
                     self.remote_models.described(&id, crate::dynamo::view::remote_models(target));
                     members.insert(Arc::clone(&id), (member.clone(), instance.address.clone()));
@@ -456,7 +462,7 @@ impl Router {
             self.counters.routed.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(Picked::unscored(candidates[0].clone())));
         }
-        let hashes = tokens.map(|t| block_hashes(t, self.options.kv_block_size));
+        let hashes = tokens.map(|t| self.prompt_hashes(&candidates, t));
         let tracked = |member: &Member| match (&hashes, self.options.kv.tracked) {
             (Some(hashes), true) => self.active.candidate(&member.id, model, hashes),
             _ => active::CandidateLoad::default(),
@@ -515,6 +521,27 @@ impl Router {
         }
         let prompt = hashes.map(|hashes| PromptBlocks { hashes, cached: hit });
         Ok(Some(Picked { member: chosen, prompt }))
+    }
+
+    /// A prompt's block hashes as the candidates' KV events name blocks: Dynamo's hashes and
+    /// block size when every candidate is a Dynamo worker of one block size, Tritium's otherwise.
+    fn prompt_hashes(&self, candidates: &[&Member], tokens: &[u32]) -> Vec<tritium_backend_api::kv::BlockHash> {
+        let dynamo = candidates.first().and_then(|m| m.dynamo_block_size);
+        match dynamo {
+            Some(size) if candidates.iter().all(|m| m.dynamo_block_size == Some(size)) => {
+                crate::dynamo::kv_events::block_hashes(tokens, size)
+            }
+            _ => block_hashes(tokens, self.options.kv_block_size),
+        }
+    }
+
+    /// Applies a KV event of `worker` (one not on Tritium's event bus: a Dynamo worker) to the
+    /// index, unless the router predicts instead (`--no-router-kv-events`).
+    pub fn apply_kv_event(&self, worker: &str, model: &str, event: &tritium_backend_api::kv::KvEvent) {
+        if self.options.kv_events {
+            self.kv.lock().apply(worker, model, event);
+            self.kv_event_applied();
+        }
     }
 
     /// The in-process client when it alone can take requests for `model` (the single-process

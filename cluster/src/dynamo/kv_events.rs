@@ -1,0 +1,185 @@
+//! Dynamo workers' KV events, read into the router's index: the `kv-events` topic of Dynamo's
+//! event plane (ZeroMQ publishers its records advertise, or NATS subjects
+//! `namespace.{ns}.component.{c}.endpoint.{e}.kv-events`), each message a msgpack envelope whose
+//! payload is a msgpack list of router events. Blocks are named by Dynamo's own hashes, so the
+//! router hashes prompts for Dynamo workers the same way ([`block_hashes`]).
+
+use rmpv::Value;
+use tritium_backend_api::kv::{BlockHash, KvEvent};
+
+use super::TESTED_VERSION;
+
+/// The seed of Dynamo's block hashes (without a LoRA adapter or cache salt).
+const HASH_SEED: u64 = 1337;
+/// The ZeroMQ frame version Dynamo 1.4 to 1.6.1 write.
+const FRAME_VERSION: u8 = 1;
+/// A larger envelope is refused undecoded.
+pub const MAX_EVENT_BYTES: usize = 16 << 20;
+
+/// A prompt's chained block hashes as Dynamo names blocks: each full block's tokens (u32,
+/// little-endian) hashed with xxh3 and seed 1337; the first block's name is that hash, each
+/// later one the xxh3 of its parent's name and its own tokens' hash.
+pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
+    let mut parent: Option<u64> = None;
+    let mut bytes = Vec::with_capacity(block_size.max(1) * 4);
+    tokens
+        .chunks_exact(block_size.max(1))
+        .map(|block| {
+            bytes.clear();
+            for token in block {
+                bytes.extend_from_slice(&token.to_le_bytes());
+            }
+            let tokens_hash = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, HASH_SEED);
+            let name = match parent {
+                None => tokens_hash,
+                Some(parent) => {
+                    let mut pair = [0u8; 16];
+                    pair[..8].copy_from_slice(&parent.to_le_bytes());
+                    pair[8..].copy_from_slice(&tokens_hash.to_le_bytes());
+                    xxhash_rust::xxh3::xxh3_64_with_seed(&pair, HASH_SEED)
+                }
+            };
+            parent = Some(name);
+            name
+        })
+        .collect()
+}
+
+/// The envelope inside a ZeroMQ message `[topic, publisher id, sequence, version | length | envelope]`.
+pub fn zmq_envelope(frames: &[&[u8]]) -> Result<Option<Vec<u8>>, String> {
+    let [topic, _publisher, _sequence, framed] = frames else {
+        return Err(format!("a Dynamo event message has {} frames; Dynamo {TESTED_VERSION} sends 4", frames.len()));
+    };
+    if *topic != b"kv-events" {
+        return Ok(None);
+    }
+    let Some((&version, rest)) = framed.split_first() else { return Err("an empty Dynamo event frame".into()) };
+    if version != FRAME_VERSION {
+        return Err(format!("a Dynamo event frame of version {version}; Dynamo {TESTED_VERSION} writes version {FRAME_VERSION}"));
+    }
+    let (length, envelope) = rest.split_at_checked(4).ok_or("a truncated Dynamo event frame")?;
+    let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
+    if length != envelope.len() || length > MAX_EVENT_BYTES {
+        return Err(format!("a Dynamo event frame says {length} bytes and holds {}", envelope.len()));
+    }
+    Ok(Some(envelope.to_vec()))
+}
+
+/// The router events of one envelope (`{publisher_id, sequence, published_at, topic, payload}`):
+/// each worker's events, in order.
+pub fn router_events(envelope: &[u8]) -> Result<Vec<(u64, KvEvent)>, String> {
+    if envelope.len() > MAX_EVENT_BYTES {
+        return Err(format!("a Dynamo event envelope of {} bytes is over the {MAX_EVENT_BYTES} allowed", envelope.len()));
+    }
+    let not_one = |what: &str| format!("a Dynamo {what} is not one Dynamo {TESTED_VERSION} writes");
+    let envelope = rmpv::decode::read_value(&mut &envelope[..]).map_err(|_| not_one("event envelope"))?;
+    let payload = field(&envelope, "payload").ok_or_else(|| not_one("event envelope"))?;
+    let payload = match payload {
+        Value::Binary(bytes) => bytes.as_slice(),
+        _ => return Err(not_one("event envelope")),
+    };
+    let events = rmpv::decode::read_value(&mut &payload[..]).map_err(|_| not_one("KV event list"))?;
+    let Value::Array(events) = events else { return Err(not_one("KV event list")) };
+    events
+        .iter()
+        .map(|event| {
+            let worker = field(event, "worker_id").and_then(Value::as_u64).ok_or_else(|| not_one("KV event"))?;
+            let data = field(event, "event").and_then(|e| field(e, "data")).ok_or_else(|| not_one("KV event"))?;
+            Ok((worker, kv_event(data).ok_or_else(|| not_one("KV event"))?))
+        })
+        .collect()
+}
+
+/// `{"stored": {parent_hash, blocks: [{block_hash, …}]}}`, `{"removed": {block_hashes}}` or `"cleared"`.
+fn kv_event(data: &Value) -> Option<KvEvent> {
+    if data.as_str() == Some("cleared") {
+        return Some(KvEvent::Cleared);
+    }
+    if let Some(stored) = field(data, "stored") {
+        let parent = field(stored, "parent_hash").and_then(Value::as_u64);
+        let Value::Array(blocks) = field(stored, "blocks")? else { return None };
+        let blocks = blocks.iter().map(|b| field(b, "block_hash").and_then(Value::as_u64)).collect::<Option<Vec<_>>>()?;
+        return Some(KvEvent::Stored { parent, blocks });
+    }
+    if let Some(removed) = field(data, "removed") {
+        let Value::Array(hashes) = field(removed, "block_hashes")? else { return None };
+        return Some(KvEvent::Removed { blocks: hashes.iter().map(Value::as_u64).collect::<Option<Vec<_>>>()? });
+    }
+    if field(data, "cleared").is_some() {
+        return Some(KvEvent::Cleared);
+    }
+    None
+}
+
+fn field<'a>(map: &'a Value, name: &str) -> Option<&'a Value> {
+    match map {
+        Value::Map(entries) => entries.iter().find(|(key, _)| key.as_str() == Some(name)).map(|(_, value)| value),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn map(entries: Vec<(&str, Value)>) -> Value {
+        Value::Map(entries.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
+    }
+
+    fn encode(value: &Value) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, value).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn hashes_match_the_mockers_stored_blocks() {
+        // tokens_hash of a block is its own name when first; a second block chains from it.
+        let tokens: Vec<u32> = (0..128).collect();
+        let hashes = block_hashes(&tokens, 64);
+        assert_eq!(hashes.len(), 2);
+        let first = xxhash_rust::xxh3::xxh3_64_with_seed(
+            &(0..64u32).flat_map(u32::to_le_bytes).collect::<Vec<u8>>(),
+            HASH_SEED,
+        );
+        assert_eq!(hashes[0], first);
+        assert_ne!(hashes[1], first);
+        assert_eq!(block_hashes(&tokens[..127], 64).len(), 1);
+    }
+
+    #[test]
+    fn envelopes_decode_into_kv_events_and_foreign_frames_are_refused() {
+        let events = Value::Array(vec![
+            map(vec![
+                ("worker_id", Value::from(17718393618540674277u64)),
+                ("storage_tier", Value::from("device")),
+                ("event", map(vec![
+                    ("event_id", Value::from(1)),
+                    ("data", map(vec![("stored", map(vec![
+                        ("parent_hash", Value::Nil),
+                        ("blocks", Value::Array(vec![map(vec![("block_hash", Value::from(5u64)), ("tokens_hash", Value::from(5u64))])])),
+                    ]))])),
+                ])),
+            ]),
+            map(vec![("worker_id", Value::from(2u64)), ("event", map(vec![("data", Value::from("cleared"))]))]),
+        ]);
+        let envelope = map(vec![("publisher_id", Value::from(1)), ("topic", Value::from("kv-events")), ("payload", Value::Binary(encode(&events)))]);
+        let bytes = encode(&envelope);
+        let mut framed = vec![FRAME_VERSION];
+        framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&bytes);
+        let unwrapped = zmq_envelope(&[b"kv-events", &[0; 8], &[0; 8], &framed]).unwrap().unwrap();
+        assert_eq!(
+            router_events(&unwrapped).unwrap(),
+            vec![
+                (17718393618540674277, KvEvent::Stored { parent: None, blocks: vec![5] }),
+                (2, KvEvent::Cleared)
+            ]
+        );
+        assert_eq!(zmq_envelope(&[b"kv_metrics", &[0; 8], &[0; 8], &framed]).unwrap(), None);
+        framed[0] = 2;
+        assert!(zmq_envelope(&[b"kv-events", &[0; 8], &[0; 8], &framed]).unwrap_err().contains(TESTED_VERSION));
+        assert!(router_events(b"\xc1 not msgpack").unwrap_err().contains(TESTED_VERSION));
+    }
+}

@@ -1,0 +1,158 @@
+//! Feeds Dynamo workers' KV events to the router: one ZeroMQ subscription per publisher the
+//! records advertise, or one NATS subscription to every watched namespace's `kv-events`
+//! subjects. Each event names its worker by instance id; it is applied to the router's index
+//! under that worker's member id, for each model the worker serves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use zeromq::{Socket, SocketRecv};
+
+use super::kv_events::{router_events, zmq_envelope};
+use crate::discovery::{NamespaceScope, WorkerAddress, WorkerInstance};
+use crate::routing::Router;
+
+/// Where Dynamo's workers publish KV events: the event plane the frontend was started with.
+#[derive(Clone)]
+pub enum DynamoEventPlane {
+    /// Direct ZeroMQ publishers, found in the records.
+    Zmq,
+    Nats(async_nats::Client),
+}
+
+/// The plane Dynamo workers' KV events come on, for the frontend's `--event-plane`.
+pub async fn event_plane_for(events: &crate::events::EventsConfig) -> Result<Option<DynamoEventPlane>, String> {
+    use crate::events::EventsConfig;
+    Ok(match events {
+        EventsConfig::Zmq { .. } => Some(DynamoEventPlane::Zmq),
+        EventsConfig::Nats { url } => match async_nats::connect(url.as_str()).await {
+            Ok(client) => Some(DynamoEventPlane::Nats(client)),
+            Err(e) => return Err(format!("Dynamo workers' KV events: cannot reach NATS at {url}: {e}")),
+        },
+        EventsConfig::None => None,
+    })
+}
+
+type Workers = watch::Receiver<Arc<Vec<WorkerInstance>>>;
+
+/// Applies Dynamo workers' KV events to `router` until `stop`.
+pub fn follow_kv_events(
+    router: Arc<Router>,
+    plane: DynamoEventPlane,
+    workers: Workers,
+    mut publishers: watch::Receiver<Arc<Vec<String>>>,
+    scope: NamespaceScope,
+    stop: CancellationToken,
+) {
+    match plane {
+        DynamoEventPlane::Zmq => {
+            tokio::spawn(async move {
+                let mut subscribed: HashMap<String, CancellationToken> = HashMap::new();
+                loop {
+                    let wanted = publishers.borrow_and_update().clone();
+                    subscribed.retain(|endpoint, token| {
+                        let keep = wanted.contains(endpoint);
+                        if !keep {
+                            token.cancel();
+                        }
+                        keep
+                    });
+                    for endpoint in wanted.iter() {
+                        if !subscribed.contains_key(endpoint) {
+                            let token = stop.child_token();
+                            tokio::spawn(subscribe_zmq(endpoint.clone(), Arc::clone(&router), workers.clone(), token.clone()));
+                            subscribed.insert(endpoint.clone(), token);
+                        }
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        changed = publishers.changed() => if changed.is_err() { return },
+                    }
+                }
+            });
+        }
+        DynamoEventPlane::Nats(client) => {
+            tokio::spawn(subscribe_nats(client, router, workers, scope, stop));
+        }
+    }
+}
+
+async fn subscribe_zmq(endpoint: String, router: Arc<Router>, workers: Workers, stop: CancellationToken) {
+    let mut socket = zeromq::SubSocket::new();
+    let connected = async {
+        socket.subscribe("kv-events").await?;
+        socket.connect(&endpoint).await
+    };
+    if let Err(e) = connected.await {
+        tracing::warn!(%endpoint, "subscribing to a Dynamo worker's KV events failed: {e}");
+        return;
+    }
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            message = socket.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::warn!(%endpoint, "a Dynamo worker's KV events ended: {e}");
+                return;
+            }
+        };
+        let frames: Vec<&[u8]> = message.iter().map(|frame| frame.as_ref()).collect();
+        match zmq_envelope(&frames) {
+            Ok(Some(envelope)) => apply(&router, &workers, &envelope, None),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%endpoint, "a Dynamo KV event is refused: {e}"),
+        }
+    }
+}
+
+async fn subscribe_nats(client: async_nats::Client, router: Arc<Router>, workers: Workers, scope: NamespaceScope, stop: CancellationToken) {
+    let mut subscription = match client.subscribe("namespace.*.component.*.endpoint.*.kv-events").await {
+        Ok(subscription) => subscription,
+        Err(e) => {
+            tracing::warn!("subscribing to Dynamo workers' KV events on NATS failed: {e}");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            message = subscription.next() => match message { Some(message) => message, None => return },
+        };
+        // namespace.{ns}.component.{c}.endpoint.{e}.kv-events
+        let namespace = message.subject.split('.').nth(1).unwrap_or("");
+        if !scope.watches(namespace) {
+            continue;
+        }
+        apply(&router, &workers, &message.payload, Some(namespace));
+    }
+}
+
+/// Applies one envelope's events to the workers they name.
+fn apply(router: &Router, workers: &Workers, envelope: &[u8], namespace: Option<&str>) {
+    let events = match router_events(envelope) {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::warn!("a Dynamo KV event is refused: {e}");
+            return;
+        }
+    };
+    let workers = workers.borrow().clone();
+    for (instance, event) in events {
+        let suffix = format!("/{instance:x}");
+        let worker = workers.iter().find(|w| {
+            matches!(&w.address, WorkerAddress::Dynamo(target)
+                if target.key.ends_with(&suffix) && namespace.is_none_or(|ns| target.key.starts_with(&format!("{ns}/"))))
+        });
+        // Events of a worker not (yet) listed: it is indexed once it is, from its next events.
+        let Some(worker) = worker else { continue };
+        for model in &worker.models {
+            router.apply_kv_event(&worker.id, model, &event);
+        }
+    }
+}
