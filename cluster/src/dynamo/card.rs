@@ -28,6 +28,12 @@ const ARTIFACT_NAMES: &[&str] = &[
     "chat_template.json",
 ];
 
+/// The client worker-hosted card files are fetched with (over https too).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// Builds the card Tritium's frontend tokenizes with.
 pub async fn model_card(card: &Card, http: &reqwest::Client) -> Result<ModelCard, String> {
     let kind = if card.generates() {
@@ -186,7 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tokenizer = write(dir.path(), "tokenizer.json", TOKENIZER);
         let config = write(dir.path(), "tokenizer_config.json", r#"{"eos_token":"</s>","chat_template":"{{ messages }}"}"#);
-        let model_card = model_card(&card(tokenizer, config), &reqwest::Client::new()).await.unwrap();
+        let model_card = model_card(&card(tokenizer, config), &http_client()).await.unwrap();
         assert_eq!(model_card.kind, ModelKind::Generate);
         assert_eq!(model_card.context_length, 256);
         assert_eq!(model_card.eos_token_ids, vec![1]);
@@ -199,10 +205,10 @@ mod tests {
         let mut tokenizer = write(dir.path(), "tokenizer.json", TOKENIZER);
         let config = write(dir.path(), "tokenizer_config.json", "{}");
         std::fs::write(dir.path().join("tokenizer.json"), TOKENIZER.replace("hi", "ho")).unwrap();
-        let error = model_card(&card(tokenizer.clone(), config.clone()), &reqwest::Client::new()).await.unwrap_err();
+        let error = model_card(&card(tokenizer.clone(), config.clone()), &http_client()).await.unwrap_err();
         assert_eq!(error, "tokenizer.json: its blake3 checksum does not match the card's");
         tokenizer.path = "/etc/passwd".into();
-        let error = model_card(&card(tokenizer, config), &reqwest::Client::new()).await.unwrap_err();
+        let error = model_card(&card(tokenizer, config), &http_client()).await.unwrap_err();
         assert!(error.contains("'passwd'") && !error.contains("root"), "{error}");
     }
 }

@@ -130,9 +130,7 @@ struct View {
 
 impl View {
     fn new(scope: NamespaceScope) -> View {
-        // Worker-hosted card files may be fetched over https.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        View { scope, http: reqwest::Client::new(), cards: HashMap::new(), warned: HashSet::new() }
+        View { scope, http: super::card::http_client(), cards: HashMap::new(), warned: HashSet::new() }
     }
 
     fn warn_once(&mut self, key: &str, message: &str) {
