@@ -230,9 +230,10 @@ impl WorkerClient for DynamoWorker {
 impl DynamoWorker {
     /// Sends one request payload (a two-part message) and returns the worker's acknowledgement.
     async fn send(&self, request_id: &str, payload: Bytes) -> Result<String, WorkerError> {
+        let traceparent = tritium_backend_api::trace::current().map(|trace| trace.context().traceparent());
         match (&self.target.endpoint, &self.nats) {
             (DynamoEndpoint::Tcp { address, path }, _) => {
-                let headers = headers(path, request_id).to_string();
+                let headers = headers(path, request_id, traceparent.as_deref()).to_string();
                 let frame = request_frame(path, headers.as_bytes(), &payload).map_err(|e| self.unreachable(e.to_string()))?;
                 let connection = self.connection(address).await?;
                 let ack = connection.send(&frame).await.map_err(|e| self.unreachable(e))?;
@@ -246,6 +247,9 @@ impl DynamoWorker {
             (DynamoEndpoint::Nats { subject }, Some(nats)) => {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("request-id", request_id);
+                if let Some(traceparent) = &traceparent {
+                    headers.insert("traceparent", traceparent.as_str());
+                }
                 let request = nats.request_with_headers(subject.clone(), headers, payload);
                 match tokio::time::timeout(ACK_TIMEOUT, request).await {
                     Err(_) => Err(self.unreachable(format!("no acknowledgement within {ACK_TIMEOUT:?}"))),

@@ -19,9 +19,14 @@ pub fn control_message(request_id: &str, response_address: &str, subject: &str) 
     })
 }
 
-/// The request headers Dynamo's TCP client sends.
-pub fn headers(endpoint_path: &str, request_id: &str) -> Json {
-    json!({"x-endpoint-path": endpoint_path, "request-id": request_id})
+/// The request headers Dynamo's TCP client sends, with the W3C `traceparent` of a traced
+/// request (Dynamo's workers continue the trace from it).
+pub fn headers(endpoint_path: &str, request_id: &str, traceparent: Option<&str>) -> Json {
+    let mut headers = json!({"x-endpoint-path": endpoint_path, "request-id": request_id});
+    if let (Some(traceparent), Some(map)) = (traceparent, headers.as_object_mut()) {
+        map.insert("traceparent".into(), traceparent.into());
+    }
+    headers
 }
 
 /// A Tritium generation as Dynamo's `PreprocessedRequest`. `max_tokens` is always set: Dynamo's
