@@ -212,7 +212,9 @@ impl Tritium {
         let followed = dynamo::follow(store, cluster.scope.clone(), stop.clone());
         if let Some(plane) = dynamo::event_plane_for(&cluster.events).await.map_err(StartError::RequestPlane)? {
             let workers = followed.workers.clone();
-            dynamo::follow_kv_events(Arc::clone(&self.state.router), plane, workers, followed.kv_publishers, cluster.scope.clone(), stop);
+            let router = Arc::clone(&self.state.router);
+            let sink: dynamo::KvSink = Arc::new(move |worker, model, event| router.apply_kv_event(worker, model, event));
+            dynamo::follow_kv_events(sink, plane, workers, followed.kv_publishers, cluster.scope.clone(), stop);
         }
         Ok(Some(followed.workers))
     }

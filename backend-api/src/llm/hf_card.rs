@@ -103,7 +103,6 @@ pub fn template_of_config(tokenizer_config: &Json) -> Option<String> {
     }
 }
 
-
 /// `bos_token`/`eos_token`: a string or an added-token object with `content`.
 fn special_token_text(tokenizer_config: &Json, key: &str) -> Option<String> {
     match tokenizer_config.get(key)? {

@@ -2,6 +2,7 @@
 //! workers register themselves. The default is in memory (one process, nothing external);
 //! etcd and a shared folder are other implementations of the same trait.
 
+pub mod dynamo_target;
 mod etcd;
 mod file;
 #[cfg(feature = "kubernetes")]
@@ -34,7 +35,7 @@ pub enum WorkerAddress {
     Grpc(String),
     /// A Dynamo worker instance, found in Dynamo's own records (never registered by Tritium).
     #[serde(skip)]
-    Dynamo(Arc<crate::dynamo::DynamoTarget>),
+    Dynamo(Arc<dynamo_target::DynamoTarget>),
 }
 
 /// A worker's part in disaggregated serving (Dynamo's `--disaggregation-mode` and values).

@@ -45,14 +45,15 @@ pub async fn model_card(card: &Card, http: &reqwest::Client) -> Result<ModelCard
     };
     let tokenizer = one_artifact(card.tokenizer.as_ref(), "hf_tokenizer_json", "tokenizer")?
         .ok_or_else(|| "the card names no tokenizer".to_string())?;
-    let tokenizer_json = String::from_utf8(read_checked(tokenizer, http).await?)
-        .map_err(|_| "tokenizer.json is not UTF-8".to_string())?;
+    let tokenizer_json =
+        String::from_utf8(read_checked(tokenizer, http).await?).map_err(|_| "tokenizer.json is not UTF-8".to_string())?;
     let json = async |file: Option<&CheckedFile>| -> Result<Option<Json>, String> {
         let Some(file) = file else { return Ok(None) };
         let bytes = read_checked(file, http).await?;
         serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("{} is not JSON: {e}", file_name(file)))
     };
-    let tokenizer_config = json(one_artifact(card.prompt_formatter.as_ref(), "hf_tokenizer_config_json", "prompt formatter")?).await?;
+    let tokenizer_config =
+        json(one_artifact(card.prompt_formatter.as_ref(), "hf_tokenizer_config_json", "prompt formatter")?).await?;
     let mut config = json(one_artifact(card.model_info.as_ref(), "hf_config_json", "model info")?).await?;
     // The card's own context length stands in for a config.json without one.
     if let Some(length) = card.context_length()
@@ -60,7 +61,8 @@ pub async fn model_card(card: &Card, http: &reqwest::Client) -> Result<ModelCard
     {
         map.entry("max_position_embeddings").or_insert(length.into());
     }
-    let generation_config = json(one_artifact(card.gen_config.as_ref(), "hf_generation_config_json", "generation config")?).await?;
+    let generation_config =
+        json(one_artifact(card.gen_config.as_ref(), "hf_generation_config_json", "generation config")?).await?;
     let chat_template = match card.chat_template_file.as_ref().and_then(|files| files.values().next()) {
         Some(file) => {
             let bytes = read_checked(file, http).await?;
@@ -73,7 +75,8 @@ pub async fn model_card(card: &Card, http: &reqwest::Client) -> Result<ModelCard
         }
         None => None,
     };
-    let files = HfFiles { tokenizer_json, tokenizer_config, config, generation_config, chat_template, sentence_bert_config: None };
+    let files =
+        HfFiles { tokenizer_json, tokenizer_config, config, generation_config, chat_template, sentence_bert_config: None };
     let source = format!("dynamo:{}", card.slug.as_deref().unwrap_or(&card.display_name));
     let mut model_card = card_from_hf_files(files, kind, &source)?;
     if let Some(length) = card.context_length() {
@@ -118,7 +121,9 @@ async fn read_checked(file: &CheckedFile, http: &reqwest::Client) -> Result<Vec<
     let bytes = if file.path.starts_with("http://") || file.path.starts_with("https://") {
         fetch(&file.path, limit, http).await?
     } else if let Some(rest) = file.path.strip_prefix("hf://") {
-        return Err(format!("{name}: the card names a model hub file ({rest}); Tritium reads local and worker-hosted files only"));
+        return Err(format!(
+            "{name}: the card names a model hub file ({rest}); Tritium reads local and worker-hosted files only"
+        ));
     } else {
         read_local(Path::new(&file.path), limit).await?
     };

@@ -114,8 +114,10 @@ async fn read_bounded<R: AsyncRead + Unpin>(
 pub fn request_frame(endpoint_path: &str, headers: &[u8], payload: &[u8]) -> Result<Bytes, FrameError> {
     let path_len = u16::try_from(endpoint_path.len())
         .map_err(|_| FrameError::CannotEncode { what: "endpoint path", len: endpoint_path.len() })?;
-    let headers_len = u16::try_from(headers.len()).map_err(|_| FrameError::CannotEncode { what: "headers", len: headers.len() })?;
-    let payload_len = u32::try_from(payload.len()).map_err(|_| FrameError::CannotEncode { what: "payload", len: payload.len() })?;
+    let headers_len =
+        u16::try_from(headers.len()).map_err(|_| FrameError::CannotEncode { what: "headers", len: headers.len() })?;
+    let payload_len =
+        u32::try_from(payload.len()).map_err(|_| FrameError::CannotEncode { what: "payload", len: payload.len() })?;
     let mut out = BytesMut::with_capacity(8 + endpoint_path.len() + headers.len() + payload.len());
     out.put_u16(path_len);
     out.put_slice(endpoint_path.as_bytes());

@@ -139,10 +139,7 @@ mod tests {
         let tokens: Vec<u32> = (0..128).collect();
         let hashes = block_hashes(&tokens, 64);
         assert_eq!(hashes.len(), 2);
-        let first = xxhash_rust::xxh3::xxh3_64_with_seed(
-            &(0..64u32).flat_map(u32::to_le_bytes).collect::<Vec<u8>>(),
-            HASH_SEED,
-        );
+        let first = xxhash_rust::xxh3::xxh3_64_with_seed(&(0..64u32).flat_map(u32::to_le_bytes).collect::<Vec<u8>>(), HASH_SEED);
         assert_eq!(hashes[0], first);
         assert_ne!(hashes[1], first);
         assert_eq!(block_hashes(&tokens[..127], 64).len(), 1);
@@ -154,17 +151,36 @@ mod tests {
             map(vec![
                 ("worker_id", Value::from(17718393618540674277u64)),
                 ("storage_tier", Value::from("device")),
-                ("event", map(vec![
-                    ("event_id", Value::from(1)),
-                    ("data", map(vec![("stored", map(vec![
-                        ("parent_hash", Value::Nil),
-                        ("blocks", Value::Array(vec![map(vec![("block_hash", Value::from(5u64)), ("tokens_hash", Value::from(5u64))])])),
-                    ]))])),
-                ])),
+                (
+                    "event",
+                    map(vec![
+                        ("event_id", Value::from(1)),
+                        (
+                            "data",
+                            map(vec![(
+                                "stored",
+                                map(vec![
+                                    ("parent_hash", Value::Nil),
+                                    (
+                                        "blocks",
+                                        Value::Array(vec![map(vec![
+                                            ("block_hash", Value::from(5u64)),
+                                            ("tokens_hash", Value::from(5u64)),
+                                        ])]),
+                                    ),
+                                ]),
+                            )]),
+                        ),
+                    ]),
+                ),
             ]),
             map(vec![("worker_id", Value::from(2u64)), ("event", map(vec![("data", Value::from("cleared"))]))]),
         ]);
-        let envelope = map(vec![("publisher_id", Value::from(1)), ("topic", Value::from("kv-events")), ("payload", Value::Binary(encode(&events)))]);
+        let envelope = map(vec![
+            ("publisher_id", Value::from(1)),
+            ("topic", Value::from("kv-events")),
+            ("payload", Value::Binary(encode(&events))),
+        ]);
         let bytes = encode(&envelope);
         let mut framed = vec![FRAME_VERSION];
         framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
@@ -172,10 +188,7 @@ mod tests {
         let unwrapped = zmq_envelope(&[b"kv-events", &[0; 8], &[0; 8], &framed]).unwrap().unwrap();
         assert_eq!(
             router_events(&unwrapped).unwrap(),
-            vec![
-                (17718393618540674277, KvEvent::Stored { parent: None, blocks: vec![5] }),
-                (2, KvEvent::Cleared)
-            ]
+            vec![(17718393618540674277, KvEvent::Stored { parent: None, blocks: vec![5] }), (2, KvEvent::Cleared)]
         );
         assert_eq!(zmq_envelope(&[b"kv_metrics", &[0; 8], &[0; 8], &framed]).unwrap(), None);
         framed[0] = 2;

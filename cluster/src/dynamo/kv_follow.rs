@@ -12,8 +12,12 @@ use tokio_util::sync::CancellationToken;
 use zeromq::{Socket, SocketRecv};
 
 use super::kv_events::{router_events, zmq_envelope};
+use tritium_backend_api::kv::KvEvent;
+
 use crate::discovery::{NamespaceScope, WorkerAddress, WorkerInstance};
-use crate::routing::Router;
+
+/// Where decoded events go: `(worker id, model, event)`, the router's index in a frontend.
+pub type KvSink = Arc<dyn Fn(&str, &str, &KvEvent) + Send + Sync>;
 
 /// Where Dynamo's workers publish KV events: the event plane the frontend was started with.
 #[derive(Clone)]
@@ -38,9 +42,9 @@ pub async fn event_plane_for(events: &crate::events::EventsConfig) -> Result<Opt
 
 type Workers = watch::Receiver<Arc<Vec<WorkerInstance>>>;
 
-/// Applies Dynamo workers' KV events to `router` until `stop`.
+/// Hands Dynamo workers' KV events to `router` until `stop`.
 pub fn follow_kv_events(
-    router: Arc<Router>,
+    router: KvSink,
     plane: DynamoEventPlane,
     workers: Workers,
     mut publishers: watch::Receiver<Arc<Vec<String>>>,
@@ -80,7 +84,7 @@ pub fn follow_kv_events(
     }
 }
 
-async fn subscribe_zmq(endpoint: String, router: Arc<Router>, workers: Workers, stop: CancellationToken) {
+async fn subscribe_zmq(endpoint: String, router: KvSink, workers: Workers, stop: CancellationToken) {
     let mut socket = zeromq::SubSocket::new();
     let connected = async {
         socket.subscribe("kv-events").await?;
@@ -111,7 +115,13 @@ async fn subscribe_zmq(endpoint: String, router: Arc<Router>, workers: Workers, 
     }
 }
 
-async fn subscribe_nats(client: async_nats::Client, router: Arc<Router>, workers: Workers, scope: NamespaceScope, stop: CancellationToken) {
+async fn subscribe_nats(
+    client: async_nats::Client,
+    router: KvSink,
+    workers: Workers,
+    scope: NamespaceScope,
+    stop: CancellationToken,
+) {
     let mut subscription = match client.subscribe("namespace.*.component.*.endpoint.*.kv-events").await {
         Ok(subscription) => subscription,
         Err(e) => {
@@ -134,7 +144,7 @@ async fn subscribe_nats(client: async_nats::Client, router: Arc<Router>, workers
 }
 
 /// Applies one envelope's events to the workers they name.
-fn apply(router: &Router, workers: &Workers, envelope: &[u8], namespace: Option<&str>) {
+fn apply(router: &KvSink, workers: &Workers, envelope: &[u8], namespace: Option<&str>) {
     let events = match router_events(envelope) {
         Ok(events) => events,
         Err(e) => {
@@ -152,7 +162,7 @@ fn apply(router: &Router, workers: &Workers, envelope: &[u8], namespace: Option<
         // Events of a worker not (yet) listed: it is indexed once it is, from its next events.
         let Some(worker) = worker else { continue };
         for model in &worker.models {
-            router.apply_kv_event(&worker.id, model, &event);
+            router(&worker.id, model, &event);
         }
     }
 }

@@ -27,8 +27,8 @@ pub mod view;
 
 pub use call_home::CallHome;
 pub use client::DynamoWorker;
+pub use kv_follow::{DynamoEventPlane, KvSink, event_plane_for, follow_kv_events};
 pub use store::DynamoStore;
-pub use kv_follow::{DynamoEventPlane, event_plane_for, follow_kv_events};
 pub use view::{DynamoFollow, DynamoTarget, follow};
 
 /// The Dynamo release whose workers and frontend this was written against and tested with.

@@ -154,9 +154,9 @@ pub fn finish_of(reason: &Json) -> Finish {
             "cancelled" => Finish::Done(FinishReason::Cancelled),
             _ => Finish::Done(FinishReason::Stop),
         },
-        Json::Object(object) => Finish::Error(
-            object.get("error").and_then(Json::as_str).map(str::to_owned).unwrap_or_else(|| reason.to_string()),
-        ),
+        Json::Object(object) => {
+            Finish::Error(object.get("error").and_then(Json::as_str).map(str::to_owned).unwrap_or_else(|| reason.to_string()))
+        }
         _ => Finish::Done(FinishReason::Stop),
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::TESTED_VERSION;
+use crate::discovery::dynamo_target::{DynamoEndpoint, TokenBudget};
 
 /// One record of a KV-store bucket, told apart by its `type`.
 #[derive(Debug, Deserialize)]
@@ -54,8 +55,7 @@ pub enum Transport {
 
 impl EndpointRecord {
     /// How requests reach the endpoint.
-    pub fn reached(&self) -> super::view::DynamoEndpoint {
-        use super::view::DynamoEndpoint;
+    pub fn reached(&self) -> DynamoEndpoint {
         match &self.transport {
             Transport::Tcp(address) => {
                 let (address, path) = address.split_once('/').unwrap_or((address, ""));
@@ -189,13 +189,6 @@ impl EventChannel {
     }
 }
 
-/// The token limit a vLLM, SGLang or TensorRT-LLM worker publishes: a request without
-/// `max_tokens` gets what is left of it after the prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenBudget {
-    pub combined_limit: u64,
-}
-
 impl Card {
     pub fn model_types(&self) -> impl Iterator<Item = &str> {
         self.model_type.split('|').map(str::trim).filter(|flag| !flag.is_empty())
@@ -243,10 +236,7 @@ mod tests {
         assert_eq!(endpoint.instance_id, 17718393618540674277);
         assert_eq!(
             endpoint.reached(),
-            super::super::view::DynamoEndpoint::Tcp {
-                address: "127.0.0.1:34071".into(),
-                path: "f5e4611eb7aa3ce5/dynamo/backend/generate".into()
-            }
+            DynamoEndpoint::Tcp { address: "127.0.0.1:34071".into(), path: "f5e4611eb7aa3ce5/dynamo/backend/generate".into() }
         );
         let model = r#"{"type":"Model","namespace":"ns1","component":"backend","endpoint":"generate",
             "instance_id":3490489553529459361,"card_json":{"display_name":"tiny","slug":"tiny",
@@ -265,8 +255,11 @@ mod tests {
     fn a_record_that_cannot_be_read_is_refused_naming_the_version() {
         let error = Record::parse("v1/instances/x", br#"{"type":"Endpoint","instance_id":"soon"}"#).unwrap_err();
         assert!(error.contains("v1/instances/x") && error.contains(TESTED_VERSION), "{error}");
-        let error = Record::parse("k", br#"{"type":"Endpoint","component":"c","endpoint":"e","namespace":"n",
-            "instance_id":1,"transport":{"quic":"x"}}"#)
+        let error = Record::parse(
+            "k",
+            br#"{"type":"Endpoint","component":"c","endpoint":"e","namespace":"n",
+            "instance_id":1,"transport":{"quic":"x"}}"#,
+        )
         .unwrap_err();
         assert!(error.contains("quic"), "{error}");
     }

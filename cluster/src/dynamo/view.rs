@@ -12,66 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tritium_backend_api::llm::ModelCard;
 
 use super::TESTED_VERSION;
-use super::records::{EndpointRecord, ModelRecord, Record, TokenBudget};
+use super::records::{EndpointRecord, ModelRecord, Record};
 use super::store::DynamoStore;
+pub use crate::discovery::dynamo_target::{DynamoEndpoint, DynamoModel, DynamoTarget};
 use crate::discovery::{DisaggregationMode, NamespaceScope, WorkerAddress, WorkerInstance};
 
 const POLL_EVERY: Duration = Duration::from_millis(500);
-
-/// A Dynamo worker instance's request endpoint and the models it serves there.
-#[derive(Debug)]
-pub struct DynamoTarget {
-    /// `{namespace}/{component}/{endpoint}/{instance:x}`.
-    pub key: String,
-    pub endpoint: DynamoEndpoint,
-    pub models: Vec<DynamoModel>,
-}
-
-/// How a Dynamo worker's requests reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DynamoEndpoint {
-    /// Its TCP listener (`host:port`) and the endpoint path request frames name.
-    Tcp { address: String, path: String },
-    /// A NATS subject (Dynamo's `DYN_REQUEST_PLANE=nats`); responses still call home over TCP.
-    Nats { subject: String },
-}
-
-impl std::fmt::Display for DynamoEndpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DynamoEndpoint::Tcp { address, path } => write!(f, "tcp://{address}/{path}"),
-            DynamoEndpoint::Nats { subject } => write!(f, "nats:{subject}"),
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct DynamoModel {
-    pub name: String,
-    pub card: Arc<ModelCard>,
-    /// The blake3 of the model record, so a changed card is a changed target.
-    pub digest: blake3::Hash,
-    pub token_budget: Option<TokenBudget>,
-    pub kv_block_size: u64,
-}
-
-impl DynamoTarget {
-    /// The tokens per KV block of its models (Dynamo workers have one cache).
-    pub fn kv_block_size(&self) -> Option<usize> {
-        self.models.iter().map(|m| m.kv_block_size).find(|&size| size > 0).and_then(|size| usize::try_from(size).ok())
-    }
-}
-
-impl PartialEq for DynamoTarget {
-    fn eq(&self, other: &DynamoTarget) -> bool {
-        self.key == other.key
-            && self.endpoint == other.endpoint
-            && self.models.len() == other.models.len()
-            && self.models.iter().zip(&other.models).all(|(a, b)| a.name == b.name && a.digest == b.digest)
-    }
-}
-
-impl Eq for DynamoTarget {}
 
 /// What following Dynamo's records gives: its workers, and the ZeroMQ endpoints its workers
 /// publish KV events on.
@@ -165,7 +111,8 @@ impl View {
         for (key, bytes) in endpoints {
             match Record::parse(&format!("v1/instances/{key}"), &bytes) {
                 Ok(Record::Endpoint(endpoint)) if self.scope.watches(&endpoint.namespace) => {
-                    let id = (endpoint.namespace.clone(), endpoint.component.clone(), endpoint.endpoint.clone(), endpoint.instance_id);
+                    let id =
+                        (endpoint.namespace.clone(), endpoint.component.clone(), endpoint.endpoint.clone(), endpoint.instance_id);
                     listeners.insert(id, endpoint);
                 }
                 Ok(_) => {}
@@ -194,7 +141,10 @@ impl View {
                 continue;
             }
             if !card.generates() {
-                let message = format!("model '{}' ({}) is not served: this frontend serves Dynamo language models", card.display_name, card.model_type);
+                let message = format!(
+                    "model '{}' ({}) is not served: this frontend serves Dynamo language models",
+                    card.display_name, card.model_type
+                );
                 self.warn_once(&key, &message);
                 continue;
             }

@@ -1,0 +1,69 @@
+//! A Dynamo worker as discovery lists it ([`super::WorkerAddress::Dynamo`]): how its requests
+//! reach it and the models it serves, with the cards Tritium tokenizes with. Read from Dynamo's
+//! own records by [`crate::dynamo`].
+
+use std::sync::Arc;
+
+use tritium_backend_api::llm::ModelCard;
+
+/// A Dynamo worker instance's request endpoint and the models it serves there.
+#[derive(Debug)]
+pub struct DynamoTarget {
+    /// `{namespace}/{component}/{endpoint}/{instance:x}`.
+    pub key: String,
+    pub endpoint: DynamoEndpoint,
+    pub models: Vec<DynamoModel>,
+}
+
+/// How a Dynamo worker's requests reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DynamoEndpoint {
+    /// Its TCP listener (`host:port`) and the endpoint path request frames name.
+    Tcp { address: String, path: String },
+    /// A NATS subject (Dynamo's `DYN_REQUEST_PLANE=nats`); responses still call home over TCP.
+    Nats { subject: String },
+}
+
+impl std::fmt::Display for DynamoEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DynamoEndpoint::Tcp { address, path } => write!(f, "tcp://{address}/{path}"),
+            DynamoEndpoint::Nats { subject } => write!(f, "nats:{subject}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct DynamoModel {
+    pub name: String,
+    pub card: Arc<ModelCard>,
+    /// The blake3 of the model record, so a changed card is a changed target.
+    pub digest: blake3::Hash,
+    pub token_budget: Option<TokenBudget>,
+    pub kv_block_size: u64,
+}
+
+impl DynamoTarget {
+    /// The tokens per KV block of its models (Dynamo workers have one cache).
+    pub fn kv_block_size(&self) -> Option<usize> {
+        self.models.iter().map(|m| m.kv_block_size).find(|&size| size > 0).and_then(|size| usize::try_from(size).ok())
+    }
+}
+
+impl PartialEq for DynamoTarget {
+    fn eq(&self, other: &DynamoTarget) -> bool {
+        self.key == other.key
+            && self.endpoint == other.endpoint
+            && self.models.len() == other.models.len()
+            && self.models.iter().zip(&other.models).all(|(a, b)| a.name == b.name && a.digest == b.digest)
+    }
+}
+
+impl Eq for DynamoTarget {}
+
+/// The token limit a vLLM, SGLang or TensorRT-LLM worker publishes: a request without
+/// `max_tokens` gets what is left of it after the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBudget {
+    pub combined_limit: u64,
+}
