@@ -9,7 +9,6 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use zeromq::{Socket, SocketRecv};
 
 use super::kv_events::{router_events, zmq_envelope};
 use tritium_backend_api::kv::KvEvent;
@@ -85,34 +84,16 @@ pub fn follow_kv_events(
 }
 
 async fn subscribe_zmq(endpoint: String, router: KvSink, workers: Workers, stop: CancellationToken) {
-    let mut socket = zeromq::SubSocket::new();
-    let connected = async {
-        socket.subscribe("kv-events").await?;
-        socket.connect(&endpoint).await
-    };
-    if let Err(e) = connected.await {
-        tracing::warn!(%endpoint, "subscribing to a Dynamo worker's KV events failed: {e}");
-        return;
-    }
-    loop {
-        let message = tokio::select! {
-            _ = stop.cancelled() => return,
-            message = socket.recv() => message,
-        };
-        let message = match message {
-            Ok(message) => message,
-            Err(e) => {
-                tracing::warn!(%endpoint, "a Dynamo worker's KV events ended: {e}");
-                return;
-            }
-        };
+    let what = "a Dynamo worker's KV events";
+    crate::events::zmq::subscribe_frames(&endpoint, "kv-events", what, stop, |message| {
         let frames: Vec<&[u8]> = message.iter().map(|frame| frame.as_ref()).collect();
         match zmq_envelope(&frames) {
             Ok(Some(envelope)) => apply(&router, &workers, &envelope, None),
             Ok(None) => {}
             Err(e) => tracing::warn!(%endpoint, "a Dynamo KV event is refused: {e}"),
         }
-    }
+    })
+    .await
 }
 
 async fn subscribe_nats(

@@ -33,30 +33,8 @@ pub fn follow(store: DynamoStore, scope: NamespaceScope, stop: CancellationToken
     tokio::spawn(async move {
         let mut view = View::new(scope);
         loop {
-            match view.refresh(&store).await {
-                Ok(instances) => {
-                    sender.send_if_modified(|current| {
-                        if **current == instances {
-                            return false;
-                        }
-                        *current = Arc::new(instances);
-                        true
-                    });
-                }
-                Err(e) => tracing::warn!("{e}"),
-            }
-            match view.kv_publishers(&store).await {
-                Ok(publishers) => {
-                    publishers_sender.send_if_modified(|current| {
-                        if **current == publishers {
-                            return false;
-                        }
-                        *current = Arc::new(publishers);
-                        true
-                    });
-                }
-                Err(e) => tracing::warn!("{e}"),
-            }
+            publish(&sender, view.refresh(&store).await);
+            publish(&publishers_sender, view.kv_publishers(&store).await);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(POLL_EVERY) => {}
@@ -64,6 +42,22 @@ pub fn follow(store: DynamoStore, scope: NamespaceScope, stop: CancellationToken
         }
     });
     DynamoFollow { workers, kv_publishers }
+}
+
+/// Tells the watchers of `sender` of `listed` when it differs from what they saw last.
+fn publish<T: PartialEq>(sender: &watch::Sender<Arc<Vec<T>>>, listed: Result<Vec<T>, String>) {
+    match listed {
+        Ok(listed) => {
+            sender.send_if_modified(|current| {
+                let changed = **current != listed;
+                if changed {
+                    *current = Arc::new(listed);
+                }
+                changed
+            });
+        }
+        Err(e) => tracing::warn!("{e}"),
+    }
 }
 
 struct View {

@@ -3,7 +3,7 @@
 
 // pub(crate) so other tests of the crate can reach `nats::test_nats`.
 pub(crate) mod nats;
-mod zmq;
+pub(crate) mod zmq;
 
 use std::sync::Arc;
 

@@ -140,33 +140,47 @@ async fn follow_publishers(
 
 /// Feeds the events `endpoint` publishes into `sender` until `stop`.
 async fn subscribe_to(endpoint: String, sender: broadcast::Sender<WorkerEvent>, stop: CancellationToken) {
+    subscribe_frames(&endpoint, "", "a ZeroMQ event publisher", stop, |message| {
+        let Some(payload) = message.get(1) else { return };
+        match serde_json::from_slice::<WorkerEvent>(payload) {
+            // Nobody subscribed is normal.
+            Ok(event) => drop(sender.send(event)),
+            Err(e) => tracing::warn!(%endpoint, "skipping an event that does not decode: {e}"),
+        }
+    })
+    .await
+}
+
+/// Connects a SUB socket to `endpoint` for the topics starting with `prefix` and hands each
+/// message to `handle` until `stop` or the subscription ends (`what` names the publisher in logs).
+pub(crate) async fn subscribe_frames(
+    endpoint: &str,
+    prefix: &str,
+    what: &str,
+    stop: CancellationToken,
+    mut handle: impl FnMut(ZmqMessage),
+) {
     let mut socket = zeromq::SubSocket::new();
     let connected = async {
-        socket.subscribe("").await?;
-        socket.connect(&endpoint).await
+        socket.subscribe(prefix).await?;
+        socket.connect(endpoint).await
     };
     if let Err(e) = connected.await {
-        tracing::warn!(%endpoint, "connecting to a ZeroMQ event publisher failed: {e}");
+        tracing::warn!(%endpoint, "connecting to {what} failed: {e}");
         return;
     }
-    tracing::debug!(%endpoint, "subscribed to a ZeroMQ event publisher");
+    tracing::debug!(%endpoint, "subscribed to {what}");
     loop {
         let message = tokio::select! {
             _ = stop.cancelled() => return,
             message = socket.recv() => message,
         };
-        let message = match message {
-            Ok(message) => message,
+        match message {
+            Ok(message) => handle(message),
             Err(e) => {
-                tracing::warn!(%endpoint, "the ZeroMQ event subscription ended: {e}");
+                tracing::warn!(%endpoint, "the subscription to {what} ended: {e}");
                 return;
             }
-        };
-        let Some(payload) = message.get(1) else { continue };
-        match serde_json::from_slice::<WorkerEvent>(payload) {
-            // Nobody subscribed is normal.
-            Ok(event) => drop(sender.send(event)),
-            Err(e) => tracing::warn!(%endpoint, "skipping an event that does not decode: {e}"),
         }
     }
 }

@@ -1,5 +1,6 @@
-"""Fixtures of the Dynamo interoperability tests (see deployment.py): every test here is marked
-`dynamo` and runs only in a private network namespace with Dynamo 1.6.1 installed."""
+"""Fixtures of the Dynamo interoperability tests (see deployment.py): every test file here is
+marked `dynamo` (its `pytestmark`), and runs only in a private network namespace with Dynamo
+1.6.1 installed."""
 
 from __future__ import annotations
 
@@ -8,12 +9,6 @@ import subprocess
 import pytest
 
 from deployment import DYNAMO_PYTHON, HERE, Deployment, check_private_network
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in item.path.parents:
-            item.add_marker(pytest.mark.dynamo)
 
 
 @pytest.fixture(scope="session")

@@ -63,6 +63,44 @@ def http(method: str, url: str, body: dict | None = None, timeout: float = 30) -
         return status, text
 
 
+def completion(body: dict) -> tuple[str, str, dict]:
+    choice = body["choices"][0]
+    text = choice["text"] if "text" in choice else choice["message"]["content"]
+    usage = body["usage"]
+    return text, choice["finish_reason"], {"prompt": usage["prompt_tokens"], "completion": usage["completion_tokens"]}
+
+
+def streamed(base: str, path: str, body: dict) -> tuple[str, str | None, dict | None]:
+    request = urllib.request.Request(
+        base + path, data=json.dumps(body | {"stream": True}).encode(), headers={"content-type": "application/json"}
+    )
+    text, finish, usage = "", None, None
+    with urllib.request.urlopen(request, timeout=30) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = {"prompt": chunk["usage"]["prompt_tokens"], "completion": chunk["usage"]["completion_tokens"]}
+            for choice in chunk["choices"]:
+                delta = choice.get("delta") or {}
+                text += delta.get("content") or choice.get("text") or ""
+                finish = choice.get("finish_reason") or finish
+    return text, finish, usage
+
+
+def assert_same_answers(ours: str, theirs: str, path: str, body: dict) -> None:
+    """The same request to both frontends gets the same text, finish reason and usage, streamed and not."""
+    status, mine = http("POST", ours + path, body)
+    assert status == 200, mine
+    status, other = http("POST", theirs + path, body)
+    assert status == 200, other
+    assert completion(mine) == completion(other)
+    options = {"stream_options": {"include_usage": True}}
+    assert streamed(ours, path, body | options) == streamed(theirs, path, body | options)
+
+
 def models_at(base: str) -> list[str]:
     try:
         status, body = http("GET", f"{base}/v1/models", timeout=5)

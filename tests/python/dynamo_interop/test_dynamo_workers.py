@@ -10,11 +10,13 @@ import pathlib
 import threading
 import urllib.request
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from deployment import http, models_at, wait_until
+from deployment import assert_same_answers, http, models_at, wait_until
 
+pytestmark = pytest.mark.dynamo
 START = 90
 
 
@@ -28,33 +30,6 @@ def frontends(deployment):
     for base in (tritium.http_url, dynamo):
         wait_until(lambda: {"echo", "mock"} <= set(models_at(base)), START, f"echo and mock listed at {base}")
     return tritium, dynamo
-
-
-def completion(body: dict) -> tuple[str, str, dict]:
-    choice = body["choices"][0]
-    text = choice["text"] if "text" in choice else choice["message"]["content"]
-    usage = body["usage"]
-    return text, choice["finish_reason"], {"prompt": usage["prompt_tokens"], "completion": usage["completion_tokens"]}
-
-
-def streamed(base: str, path: str, body: dict) -> tuple[str, str | None, dict | None]:
-    request = urllib.request.Request(
-        base + path, data=json.dumps(body | {"stream": True}).encode(), headers={"content-type": "application/json"}
-    )
-    text, finish, usage = "", None, None
-    with urllib.request.urlopen(request, timeout=30) as response:
-        for raw in response:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = {"prompt": chunk["usage"]["prompt_tokens"], "completion": chunk["usage"]["completion_tokens"]}
-            for choice in chunk["choices"]:
-                delta = choice.get("delta") or {}
-                text += delta.get("content") or choice.get("text") or ""
-                finish = choice.get("finish_reason") or finish
-    return text, finish, usage
 
 
 # Deterministic requests to the echo worker; each is answered alike by both frontends.
@@ -72,13 +47,7 @@ ECHO_REQUESTS = [
 @pytest.mark.parametrize("path,body", ECHO_REQUESTS)
 def test_answers_equal_dynamos_frontend_on_the_same_worker(frontends, path, body):
     tritium, dynamo = frontends
-    status, ours = http("POST", tritium.http_url + path, body)
-    assert status == 200, ours
-    status, theirs = http("POST", dynamo + path, body)
-    assert status == 200, theirs
-    assert completion(ours) == completion(theirs)
-    options = {"stream_options": {"include_usage": True}}
-    assert streamed(tritium.http_url, path, body | options) == streamed(dynamo, path, body | options)
+    assert_same_answers(tritium.http_url, dynamo, path, body)
 
 
 def test_the_mocker_generates_what_was_asked_and_without_max_tokens_too(frontends):
@@ -105,8 +74,6 @@ def test_kserve_parameters_reach_the_dynamo_worker(frontends):
         metadata = client.get_model_metadata("echo", as_json=True)
         assert [i["name"] for i in metadata["inputs"]][0] == "text_input"
         text = grpcclient.InferInput("text_input", [1], "BYTES")
-        import numpy as np
-
         text.set_data_from_numpy(np.array([b"hello there"], dtype=object))
         results = []
         done = threading.Event()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from cluster import start_etcd, start_nats
-from deployment import Deployment, http, models_at, wait_until
-from test_dynamo_workers import ECHO_REQUESTS, completion, streamed
+from deployment import Deployment, assert_same_answers, http, models_at, wait_until
+from test_dynamo_workers import ECHO_REQUESTS
 
-pytestmark = [pytest.mark.etcd, pytest.mark.nats]
+pytestmark = [pytest.mark.dynamo, pytest.mark.etcd, pytest.mark.nats]
 START = 90
 
 
@@ -38,13 +38,7 @@ def etcd_frontends(tmp_path_factory, tiny_model, services):
 @pytest.mark.parametrize("path,body", ECHO_REQUESTS[:3])
 def test_answers_equal_dynamos_over_etcd_and_nats(etcd_frontends, path, body):
     _, tritium, dynamo = etcd_frontends
-    status, ours = http("POST", tritium.http_url + path, body)
-    assert status == 200, ours
-    status, theirs = http("POST", dynamo + path, body)
-    assert status == 200, theirs
-    assert completion(ours) == completion(theirs)
-    options = {"stream_options": {"include_usage": True}}
-    assert streamed(tritium.http_url, path, body | options) == streamed(dynamo, path, body | options)
+    assert_same_answers(tritium.http_url, dynamo, path, body)
 
 
 def test_the_mocker_answers_over_nats_and_a_killed_worker_leaves_with_its_lease(etcd_frontends):

@@ -10,6 +10,7 @@ import pytest
 from cluster import metric
 from deployment import http, models_at, wait_until
 
+pytestmark = pytest.mark.dynamo
 START = 90
 
 
