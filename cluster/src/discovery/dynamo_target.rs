@@ -62,8 +62,11 @@ impl PartialEq for DynamoTarget {
 impl Eq for DynamoTarget {}
 
 /// The token limit a vLLM, SGLang or TensorRT-LLM worker publishes: a request without
-/// `max_tokens` gets what is left of it after the prompt.
+/// `max_tokens` gets what is left of it after the prompt; a prompt filling it, or (with
+/// `reject_total_overflow`) a prompt and `max_tokens` over it, is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenBudget {
     pub combined_limit: u64,
+    pub reject_prompt_overflow: bool,
+    pub reject_total_overflow: bool,
 }

@@ -152,19 +152,40 @@ impl DynamoWorker {
     }
 
     /// What `max_tokens` the worker is sent: the request's, else what the worker's token budget
-    /// (or, without one, the context) leaves after the prompt.
+    /// (or, without one, the context) leaves after the prompt. A budget's overflow rules refuse
+    /// as Dynamo's frontend does.
     fn max_tokens(&self, model: &DynamoModel, request: &GenerateRequest) -> Result<u32, WorkerError> {
         let prompt = request.prompt.len();
-        let limit = match model.token_budget {
-            Some(budget) => usize::try_from(budget.combined_limit).unwrap_or(usize::MAX),
-            None => model.card.context_length,
-        };
-        let room = limit.checked_sub(prompt).filter(|room| *room > 0).ok_or_else(|| WorkerError::Generate {
+        let refuse = |message: String| WorkerError::Generate {
             model: model.name.clone(),
-            source: GenerateError::InvalidRequest(format!(
-                "the prompt has {prompt} tokens; the model's context length is {limit}"
-            )),
-        })?;
+            source: GenerateError::InvalidRequest(message),
+        };
+        let (limit, budget) = match model.token_budget {
+            Some(budget) => (usize::try_from(budget.combined_limit).unwrap_or(usize::MAX), Some(budget)),
+            None => (model.card.context_length, None),
+        };
+        let over = |total: String| {
+            format!(
+                "This model configuration accepts at most {limit} combined input and output tokens. However, {total}. \
+                 Please reduce the input length or requested output length."
+            )
+        };
+        let Some(room) = limit.checked_sub(prompt).filter(|room| *room > 0) else {
+            if budget.is_some_and(|b| !b.reject_prompt_overflow) {
+                // The worker decides about prompts over its budget.
+                return Ok(request.stop.max_tokens.unwrap_or(1));
+            }
+            return Err(refuse(over(format!("your request has {prompt} input tokens"))));
+        };
+        if let (Some(asked), Some(budget)) = (request.stop.max_tokens, budget)
+            && budget.reject_total_overflow
+            && prompt + asked as usize > limit
+        {
+            let total = prompt + asked as usize;
+            return Err(refuse(over(format!(
+                "your request has {prompt} input tokens and asks for {asked} output tokens ({total} tokens total)"
+            ))));
+        }
         let room = u32::try_from(room).unwrap_or(u32::MAX);
         Ok(request.stop.max_tokens.map_or(room, |asked| asked.min(room)))
     }

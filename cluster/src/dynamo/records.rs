@@ -129,6 +129,8 @@ pub struct RuntimeConfig {
     pub reasoning_parser: Option<String>,
     #[serde(default)]
     pub engine_specific: Option<Json>,
+    #[serde(default)]
+    pub runtime_data: Option<Json>,
 }
 
 /// A file the card names, with its size and blake3 checksum (`blake3:<hex>`).
@@ -208,9 +210,27 @@ impl Card {
     }
 
     pub fn token_budget(&self) -> Option<TokenBudget> {
-        let budget = self.runtime_config.as_ref()?.engine_specific.as_ref()?.get("token_budget")?;
+        // `runtime_data` in 1.6.1; `engine_specific` in the releases before.
+        let config = self.runtime_config.as_ref()?;
+        let budget = [&config.runtime_data, &config.engine_specific]
+            .into_iter()
+            .find_map(|place| place.as_ref()?.get("token_budget"))?;
+        // Dynamo's workers publish it as JSON text inside the card.
+        let parsed;
+        let budget = match budget {
+            Json::String(text) => {
+                parsed = serde_json::from_str::<Json>(text).ok()?;
+                &parsed
+            }
+            other => other,
+        };
         let combined_limit = budget.get("combined_limit")?.as_u64()?;
-        Some(TokenBudget { combined_limit })
+        let flag = |name: &str| budget.get(name).and_then(Json::as_bool).unwrap_or(false);
+        Some(TokenBudget {
+            combined_limit,
+            reject_prompt_overflow: flag("reject_prompt_overflow"),
+            reject_total_overflow: flag("reject_total_overflow"),
+        })
     }
 
     /// Whether the worker takes requests itself (aggregated, or a decode worker), as opposed
@@ -243,11 +263,15 @@ mod tests {
             "tokenizer":{"hf_tokenizer_json":{"path":"/m/tokenizer.json","checksum":"blake3:a1","size":5218}},
             "architectural_max_context_length":4096,"context_length":0,"kv_cache_block_size":64,
             "model_type":"Chat | Completions","model_input":"Tokens","worker_type":"aggregated","needs":[],
-            "runtime_config":{"engine_specific":{"token_budget":{"combined_limit":300}}},"media_decoder":null}}"#;
+            "runtime_config":{"runtime_data":{"token_budget":{"combined_limit":300,"reject_prompt_overflow":true}}},
+            "media_decoder":null}}"#;
         let Record::Model(model) = Record::parse("k", model.as_bytes()).unwrap() else { panic!("not a model") };
         assert!(model.card_json.generates() && !model.card_json.embeds() && model.card_json.takes_requests());
         assert_eq!(model.card_json.context_length(), Some(4096));
-        assert_eq!(model.card_json.token_budget(), Some(TokenBudget { combined_limit: 300 }));
+        assert_eq!(
+            model.card_json.token_budget(),
+            Some(TokenBudget { combined_limit: 300, reject_prompt_overflow: true, reject_total_overflow: false })
+        );
         assert!(matches!(Record::parse("k", br#"{"type":"EventChannel","topic":"kv-events"}"#).unwrap(), Record::Other));
     }
 

@@ -48,6 +48,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def free_i16_port() -> int:
+    """A free port below 32768: Dynamo 1.6.1 reads DYN_SYSTEM_PORT as a signed 16-bit number."""
+    for port in range(20000, 32768, 97):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below 32768")
+
+
 def http(method: str, url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict | str]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
@@ -184,8 +196,8 @@ class Deployment:
             return ["--discovery-backend", "etcd", "--request-plane", "nats"]
         return ["--discovery-backend", "file", "--request-plane", "tcp"]
 
-    def _spawn(self, name: str, argv: list[str]) -> DynamoProcess:
-        env = dict(os.environ) | self.dynamo_env() | {
+    def _spawn(self, name: str, argv: list[str], extra: dict[str, str] | None = None) -> DynamoProcess:
+        env = dict(os.environ) | self.dynamo_env() | (extra or {}) | {
             # Dynamo 1.6.1's frontend deadlocks in about 1 start of 4 on 2 cores without these.
             "DYN_RUNTIME_NUM_WORKER_THREADS": "8",
             "DYN_RUNTIME_MAX_BLOCKING_THREADS": "64",
@@ -195,9 +207,9 @@ class Deployment:
         self.dynamo.append(process)
         return process
 
-    def echo(self, model: str, *args: str) -> DynamoProcess:
-        """The echo worker (Dynamo's Python API) serving `model`."""
-        return self._spawn(f"echo-{model}", [str(HERE / "echo_worker.py"), str(self.model_dir), model, *args])
+    def echo(self, model: str, *args: str, env: dict[str, str] | None = None) -> DynamoProcess:
+        """The echo worker (Dynamo's Python API) serving `model`; `env` adds Dynamo variables."""
+        return self._spawn(f"echo-{model}", [str(HERE / "echo_worker.py"), str(self.model_dir), model, *args], env)
 
     def mocker(self, model: str, *args: str) -> DynamoProcess:
         """`python -m dynamo.mocker`, instant (a huge speed-up: at 0 the 1.6.1 mocker still simulates)."""

@@ -8,6 +8,7 @@ Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SE
 
 import argparse
 import asyncio
+import json
 
 import uvloop
 from dynamo.llm import ModelInput, ModelRuntimeConfig, ModelType, WorkerType, register_model
@@ -39,10 +40,8 @@ async def main(runtime: DistributedRuntime, args):
     endpoint = runtime.endpoint(f"{namespace}.echo.generate")
     config = ModelRuntimeConfig()
     if args.token_budget:
-        config.set_engine_specific(
-            "token_budget",
-            {"combined_limit": args.token_budget, "reject_prompt_overflow": True, "reject_total_overflow": False},
-        )
+        budget = {"combined_limit": args.token_budget, "reject_prompt_overflow": True, "reject_total_overflow": False}
+        config.set_engine_specific("token_budget", json.dumps(budget))
     await register_model(
         ModelInput.Tokens,
         ModelType.Chat | ModelType.Completions,

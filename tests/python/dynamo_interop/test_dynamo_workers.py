@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from deployment import assert_same_answers, http, models_at, wait_until
+from deployment import assert_same_answers, completion, free_i16_port, http, models_at, wait_until
 
 pytestmark = pytest.mark.dynamo
 START = 90
@@ -129,3 +129,59 @@ def test_malformed_records_are_refused_by_version_and_the_rest_served(deployment
     wait_until(lambda: "not a record Dynamo 1.6.1 writes" in tritium.stderr(), 20, "the malformed record refused")
     status, answer = http("POST", tritium.http_url + "/v1/completions", {"model": "echo", "prompt": "ok", "max_tokens": 2})
     assert status == 200 and answer["choices"][0]["text"] == "ok"
+
+
+def test_a_token_budget_fills_max_tokens_and_refuses_overflow_as_dynamo(deployment, frontends):
+    tritium, dynamo = frontends
+    deployment.echo("budget", "--token-budget", "30")
+    for base in (tritium.http_url, dynamo):
+        wait_until(lambda: "budget" in models_at(base), START, f"budget listed at {base}")
+    # 20 prompt tokens leave 10 of the worker's 30: Tritium sends max_tokens 10 and the echo stops there.
+    # (Dynamo 1.6.1's frontend sends none and leaves the worker to stop at its limit, as vLLM does.)
+    status, answer = http("POST", tritium.http_url + "/v1/completions", {"model": "budget", "prompt": "twenty bytes of text"})
+    assert status == 200 and completion(answer)[1:] == ("length", {"prompt": 20, "completion": 10}), answer
+    # A prompt filling the budget is refused by both, before the worker.
+    for base in (tritium.http_url, dynamo):
+        status, answer = http("POST", base + "/v1/completions", {"model": "budget", "prompt": "x" * 40})
+        assert status == 400, (base, answer)
+        assert base == dynamo or "at most 30 combined input and output tokens" in json.dumps(answer), answer
+
+
+def test_worker_hosted_card_files_are_fetched_and_checked(deployment, frontends):
+    """With DYN_SYSTEM_PORT a worker serves its card's files itself (`http://…/v1/metadata/…`)."""
+    tritium, _ = frontends
+    port = str(free_i16_port())
+    deployment.echo("hosted", env={"DYN_SYSTEM_PORT": port, "DYN_SYSTEM_ENABLED": "true"})
+    wait_until(lambda: "hosted" in models_at(tritium.http_url), START, "hosted listed")
+    texts = [p.read_bytes().decode(errors="replace") for p in (pathlib.Path(deployment.store) / "v1" / "mdc").iterdir()]
+    records = [text for text in texts if '"display_name":"hosted"' in text]
+    assert records and f"http://127.0.0.1:{port}/" in records[0], records
+    status, answer = http("POST", tritium.http_url + "/v1/completions", {"model": "hosted", "prompt": "fetched", "max_tokens": 3})
+    assert status == 200 and answer["choices"][0]["text"] == "fet", answer
+
+
+def test_a_stream_whose_worker_dies_migrates_to_another(deployment, frontends):
+    tritium, _ = frontends
+    workers = [deployment.echo("migrating", "--delay", "0.1") for _ in range(2)]
+    wait_until(lambda: tritium.stderr().count("models=[\"migrating\"]") >= 2, START, "both migrating workers joined")
+    body = {"model": "migrating", "prompt": "y" * 60, "max_tokens": 30, "stream": True, "stream_options": {"include_usage": True}}
+    request = urllib.request.Request(
+        tritium.http_url + "/v1/completions", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    chunks, finish, usage = 0, None, None
+    with urllib.request.urlopen(request, timeout=60) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            chunks += 1
+            if chunks == 5:
+                # The worker that took the request is the one that logged it.
+                busy = [w for w in workers if "request received" in w.log()]
+                assert len(busy) == 1, [w.log_path for w in workers]
+                busy[0].kill()
+            for choice in chunk["choices"]:
+                finish = choice.get("finish_reason") or finish
+            usage = chunk.get("usage") or usage
+    assert finish == "length" and usage["completion_tokens"] == 30, (finish, usage)
