@@ -65,4 +65,20 @@ pub struct NodeConfig {
     pub trace: tritium_trace::config::TraceConfig,
     /// `--lora-dir`: where LoRA adapters loaded at run time (through a frontend) must lie.
     pub lora_dir: Option<PathBuf>,
+    /// `--worker-protocol`: whose layout the worker registers in and whose requests it takes.
+    pub protocol: WorkerProtocol,
+    /// With `--worker-protocol dynamo`: the address its Dynamo request listener binds and
+    /// advertises (`DYN_TCP_RPC_HOST`), and its engines' tokens per KV block.
+    pub rpc_host: std::net::IpAddr,
+    pub kv_block_size: usize,
+}
+
+/// `tritium worker --worker-protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerProtocol {
+    /// Tritium's worker plane (`worker.proto`) and records.
+    #[default]
+    Tritium,
+    /// Dynamo's records, card and TCP request plane, for Dynamo's own frontend.
+    Dynamo,
 }

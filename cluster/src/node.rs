@@ -15,7 +15,7 @@ use tonic::transport::server::TcpIncoming;
 
 use tritium_worker::ModelRepository;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, WorkerProtocol};
 use crate::discovery::{self, DiscoveryError, WorkerAddress, WorkerInstance};
 use crate::events::{self, EventBus, EventError, LoadReport, WorkerEvent};
 use crate::remote::{NatsListener, WorkerService};
@@ -55,6 +55,8 @@ pub enum NodeError {
     Trace(String),
     #[error("the worker plane: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("Dynamo's layout: {0}")]
+    Dynamo(String),
 }
 
 /// A worker process's parts before it serves: its settings and its loaded repository.
@@ -125,21 +127,27 @@ impl WorkerNode {
             events: events.endpoint(),
             device: self.config.device,
         };
-        if let Err(e) = discovery.register(first).await {
-            tracing::warn!(worker = %id, "registering in discovery failed: {e}");
-        }
-        registered();
         let publishing = CancellationToken::new();
-        let publisher = tokio::spawn(publish_worker(
-            id.clone(),
-            WorkerAddress::Grpc(advertised),
-            self.config.disaggregation,
-            self.config.device,
-            Arc::clone(&self.repository),
-            discovery,
-            Arc::clone(&events),
-            publishing.clone(),
-        ));
+        let publisher = match self.config.protocol {
+            WorkerProtocol::Tritium => {
+                if let Err(e) = discovery.register(first).await {
+                    tracing::warn!(worker = %id, "registering in discovery failed: {e}");
+                }
+                tokio::spawn(publish_worker(
+                    id.clone(),
+                    WorkerAddress::Grpc(advertised),
+                    self.config.disaggregation,
+                    self.config.device,
+                    Arc::clone(&self.repository),
+                    discovery,
+                    Arc::clone(&events),
+                    publishing.clone(),
+                ))
+            }
+            // Registered in Dynamo's layout alone; the worker plane stays up, unadvertised.
+            WorkerProtocol::Dynamo => self.start_dynamo(publishing.clone()).await?,
+        };
+        registered();
         let reporting = tokio::spawn(report_engines(id, Arc::clone(&self.repository), events, publishing.clone()));
 
         let stop_serving = CancellationToken::new();
@@ -184,6 +192,25 @@ impl WorkerNode {
         trace_stop.cancel();
         tracer.finish().await;
         Ok(())
+    }
+}
+
+impl WorkerNode {
+    /// Registers in Dynamo's layout and serves Dynamo's request plane until `stop`.
+    async fn start_dynamo(&self, stop: CancellationToken) -> Result<tokio::task::JoinHandle<()>, NodeError> {
+        let cluster = &self.config.cluster;
+        let store = crate::dynamo::store_for(&cluster.discovery)
+            .await
+            .map_err(NodeError::Dynamo)?
+            .ok_or_else(|| NodeError::Dynamo("Dynamo's layout needs --discovery-backend file or etcd".into()))?;
+        let config = crate::dynamo::worker::DynamoWorkerConfig {
+            rpc_host: self.config.rpc_host,
+            namespace: cluster.scope.own.clone(),
+            component: "tritium".into(),
+            max_message_size: self.config.max_message_size,
+            block_size: self.config.kv_block_size,
+        };
+        crate::dynamo::worker::start(store, Arc::clone(&self.repository), config, stop).await.map_err(NodeError::Dynamo)
     }
 }
 

@@ -121,11 +121,12 @@ def start_server(
     return launch(argv, listeners, READY_PREFIX, timeout, stdin=stdin, env=env)
 
 
-def start_worker(*args: str, timeout: float = DEFAULT_START_TIMEOUT) -> TritiumServer:
-    """Start `tritium worker` on a worker-plane socket bound here and wait for its ready line."""
+def start_worker(*args: str, timeout: float = DEFAULT_START_TIMEOUT, env: dict[str, str] | None = None) -> TritiumServer:
+    """Start `tritium worker` on a worker-plane socket bound here and wait for its ready line
+    (`env` adds variables, such as Dynamo's)."""
     listener = bound_listener()
     argv = ["worker", "--worker-listen-fd", str(listener.fileno()), *args]
-    return launch(argv, [listener], WORKER_READY_PREFIX, timeout)
+    return launch(argv, [listener], WORKER_READY_PREFIX, timeout, env=env)
 
 
 def launch(

@@ -9,7 +9,8 @@
 //! - [`codec`], [`protocol`]: Dynamo's frames and the messages in them;
 //! - [`kv_events`]: their KV events, in Dynamo's block hashes, for the KV-aware router;
 //! - [`client`], [`call_home`]: one worker's request connections, and the server its response
-//!   streams call home to.
+//!   streams call home to;
+//! - [`worker`]: the other way round, a Tritium worker registered and served in Dynamo's layout.
 //!
 //! The wire contract is Dynamo's own, read off Dynamo [`TESTED_VERSION`]; what Tritium cannot
 //! read is refused with that version named, never guessed at.
@@ -24,6 +25,7 @@ pub mod protocol;
 pub mod records;
 pub mod store;
 pub mod view;
+pub mod worker;
 
 pub use call_home::CallHome;
 pub use client::DynamoWorker;

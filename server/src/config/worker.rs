@@ -45,6 +45,16 @@ pub struct WorkerArgs {
     /// Largest message accepted or sent on the worker plane, in bytes.
     #[arg(long, env = "TRITIUM_WORKER_MAX_MESSAGE_SIZE", default_value_t = i32::MAX as usize)]
     pub worker_max_message_size: usize,
+    /// Whose layout the worker registers in: `tritium` (the worker plane, for Tritium's
+    /// frontends) or `dynamo` (Dynamo's records, model card and TCP request plane, so Dynamo's
+    /// own frontend serves its language models; needs --discovery-backend file or etcd and
+    /// --request-plane tcp).
+    #[arg(long, env = "TRITIUM_WORKER_PROTOCOL", value_enum, default_value = "tritium")]
+    pub worker_protocol: tritium_cluster::config::WorkerProtocol,
+    /// With --worker-protocol dynamo: the address the Dynamo request listener binds and
+    /// advertises (Dynamo's `DYN_TCP_RPC_HOST`).
+    #[arg(long, env = "DYN_TCP_RPC_HOST", default_value = "127.0.0.1", value_parser = crate::config::parse_host)]
+    pub tcp_rpc_host: std::net::IpAddr,
     /// Seconds to let in-flight requests finish after SIGTERM before exiting anyway.
     #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
@@ -87,6 +97,15 @@ impl WorkerArgs {
         if self.cluster.namespace_prefix.is_some() {
             return Err("--namespace-prefix scopes what a frontend watches; a worker registers in --namespace alone".into());
         }
+        if self.worker_protocol == tritium_cluster::config::WorkerProtocol::Dynamo {
+            use super::cluster::{DiscoveryKind, RequestPlane};
+            if !matches!(self.cluster.discovery, DiscoveryKind::File | DiscoveryKind::Etcd) {
+                return Err("--worker-protocol dynamo registers in Dynamo's file store or etcd: give --discovery-backend file or etcd".into());
+            }
+            if self.cluster.request_plane != RequestPlane::Tcp {
+                return Err("--worker-protocol dynamo takes Dynamo's requests on its TCP listener: give --request-plane tcp".into());
+            }
+        }
         #[cfg_attr(not(feature = "llm"), allow(unused_mut))]
         let (mut models, mut engine) = (self.models.clone(), self.engine.clone());
         match self.kv_cache_block_size {
@@ -110,6 +129,9 @@ impl WorkerArgs {
                 max_message_size: self.worker_max_message_size,
                 trace: self.trace.config(|name| std::env::var(name).ok())?,
                 lora_dir: self.models.lora_dir.clone(),
+                protocol: self.worker_protocol,
+                rpc_host: self.tcp_rpc_host,
+                kv_block_size: self.kv_cache_block_size.unwrap_or(tritium_backend_api::kv::DEFAULT_KV_BLOCK_SIZE),
                 worker_token: self.listen.worker_token.clone().filter(|t| !t.is_empty()),
                 disaggregation: self.disaggregation.disaggregation_mode,
                 device: device_class(&self.device_class),

@@ -22,7 +22,7 @@ import urllib.request
 
 import pytest
 
-from helpers import REPO, TritiumServer, finish_server, start_server
+from helpers import REPO, TritiumServer, finish_server, start_server, start_worker
 
 DYNAMO_PYTHON = REPO / ".tools" / "dynamo-venv" / "bin" / "python"
 HERE = pathlib.Path(__file__).resolve().parent
@@ -233,6 +233,13 @@ class Deployment:
         flags, _ = self.frontend_options()
         self._spawn("frontend", ["-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port), *flags, *args])
         return f"http://127.0.0.1:{port}"
+
+    def tritium_worker(self, *args: str) -> TritiumServer:
+        """`tritium worker --worker-protocol dynamo`, registered in this deployment's Dynamo layout."""
+        env = {k: v for k, v in self.dynamo_env().items() if k.startswith(("DYN_", "ETCD_", "NATS_"))}
+        worker = start_worker("--worker-protocol", "dynamo", *args, env=env)
+        self.tritium.append(worker)
+        return worker
 
     def tritium_frontend(self, *args: str) -> TritiumServer:
         """`tritium serve` started as Dynamo's frontend is (its flags and variables)."""

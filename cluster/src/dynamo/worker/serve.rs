@@ -1,0 +1,263 @@
+//! The worker's side of Dynamo's TCP request plane: request frames on a listener, each
+//! acknowledged in order, its `PreprocessedRequest` run on the local repository and its tokens
+//! sent back over a response connection the worker opens to the frontend (handshake, prologue,
+//! data frames, `complete_final`, sentinel). The frontend's `stop` or `kill` on that connection,
+//! or its closing, cancels the generation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tritium_backend_api::llm::{FinishReason, GenerateEvent, GenerateRequest, SamplingOptions, StopOptions};
+use tritium_worker::WorkerClient;
+
+use crate::dynamo::codec::{FrameError, RequestFrame, TwoPart, ack_frame};
+use crate::dynamo::protocol::Control;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the listener serves.
+#[derive(Clone)]
+pub struct Served {
+    pub worker: Arc<dyn WorkerClient>,
+    /// The endpoint paths request frames may name (one per model).
+    pub endpoint_paths: Vec<String>,
+    pub max_message_size: usize,
+}
+
+/// Accepts frontends' connections until `stop`.
+pub async fn serve(listener: TcpListener, served: Served, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(stream, served.clone(), stop.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("accepting a Dynamo frontend's connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The control message heading a request, as much of it as the worker acts on.
+#[derive(Debug, Deserialize)]
+struct Control0 {
+    #[serde(default)]
+    payload_codec: Option<String>,
+    connection_info: ConnectionInfo,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConnectionInfo {
+    info: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct CallHomeInfo {
+    address: String,
+    subject: String,
+}
+
+async fn connection(stream: TcpStream, served: Served, stop: CancellationToken) {
+    let (mut reader, writer) = stream.into_split();
+    let mut writer = BufWriter::new(writer);
+    loop {
+        let frame = tokio::select! {
+            _ = stop.cancelled() => return,
+            frame = RequestFrame::read(&mut reader, served.max_message_size) => frame,
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(FrameError::Closed) => return,
+            Err(e) => {
+                tracing::warn!("a Dynamo request frame is refused and its connection closed: {e}");
+                return;
+            }
+        };
+        let ack = match accept(&frame, &served) {
+            Ok((home, request, model)) => {
+                tokio::spawn(answer(served.worker.clone(), model, request, home));
+                String::new()
+            }
+            Err(refusal) => refusal,
+        };
+        if writer.write_all(&ack_frame(&ack)).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The request a frame carries, or the acknowledgement refusing it.
+fn accept(frame: &RequestFrame, served: &Served) -> Result<(CallHomeInfo, GenerateRequest, String), String> {
+    if !served.endpoint_paths.contains(&frame.endpoint_path) {
+        return Err(format!("Server unavailable: no endpoint {}", frame.endpoint_path));
+    }
+    let message =
+        TwoPart::decode(frame.payload.clone(), served.max_message_size).map_err(|e| format!("Server unavailable: {e}"))?;
+    let control: Control0 =
+        serde_json::from_slice(&message.header).map_err(|e| format!("Server unavailable: not a request control message: {e}"))?;
+    if control.payload_codec.as_deref().is_some_and(|codec| codec != "json") {
+        return Err("Server unavailable: this worker takes JSON payloads (its record's request_plane_codec)".into());
+    }
+    let home: CallHomeInfo = serde_json::from_str(&control.connection_info.info)
+        .map_err(|e| format!("Server unavailable: not a response-stream address: {e}"))?;
+    let body: Json = serde_json::from_slice(&message.body).map_err(|e| format!("Server unavailable: not a request body: {e}"))?;
+    let (model, request) = generate_request(&body).ok_or("Server unavailable: not a PreprocessedRequest")?;
+    Ok((home, request, model))
+}
+
+/// A `PreprocessedRequest` as Tritium's generation request.
+fn generate_request(body: &Json) -> Option<(String, GenerateRequest)> {
+    let model = body.get("model")?.as_str()?.to_string();
+    let prompt = body
+        .get("token_ids")?
+        .as_array()?
+        .iter()
+        .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
+        .collect::<Option<Vec<u32>>>()?;
+    let stop = body.get("stop_conditions").cloned().unwrap_or(Json::Null);
+    let sampling = body.get("sampling_options").cloned().unwrap_or(Json::Null);
+    let number = |map: &Json, key: &str| map.get(key).and_then(Json::as_f64);
+    let ids = |key: &str| -> Vec<u32> {
+        stop.get(key)
+            .and_then(Json::as_array)
+            .map(|ids| ids.iter().filter_map(|t| t.as_u64()?.try_into().ok()).collect())
+            .unwrap_or_default()
+    };
+    let defaults = SamplingOptions::default();
+    let request = GenerateRequest {
+        prompt,
+        sampling: SamplingOptions {
+            temperature: number(&sampling, "temperature").map_or(defaults.temperature, |v| v as f32),
+            top_p: number(&sampling, "top_p").map_or(defaults.top_p, |v| v as f32),
+            top_k: sampling.get("top_k").and_then(Json::as_i64).filter(|k| *k > 0).map_or(0, |k| k as usize),
+            seed: sampling.get("seed").and_then(Json::as_u64),
+            presence_penalty: number(&sampling, "presence_penalty").map_or(0.0, |v| v as f32),
+            frequency_penalty: number(&sampling, "frequency_penalty").map_or(0.0, |v| v as f32),
+            repetition_penalty: number(&sampling, "repetition_penalty").map_or(1.0, |v| v as f32),
+            min_p: number(&sampling, "min_p").map_or(0.0, |v| v as f32),
+            ..defaults
+        },
+        stop: StopOptions {
+            max_tokens: stop.get("max_tokens").and_then(Json::as_u64).and_then(|n| u32::try_from(n).ok()),
+            stop_token_ids: [ids("stop_token_ids_hidden"), ids("stop_token_ids")].concat(),
+            ignore_eos: stop.get("ignore_eos").and_then(Json::as_bool).unwrap_or(false),
+            min_tokens: stop.get("min_tokens").and_then(Json::as_u64).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+        },
+        ..Default::default()
+    };
+    Some((model, request))
+}
+
+/// Runs the request and streams its answer home.
+async fn answer(worker: Arc<dyn WorkerClient>, model: String, request: GenerateRequest, home: CallHomeInfo) {
+    let started = worker.generate(&model, request).await;
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&home.address)).await {
+        Ok(Ok(stream)) => stream,
+        _ => {
+            tracing::warn!(address = %home.address, "a Dynamo frontend's response stream could not be reached");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.into_split();
+    let mut writer = BufWriter::new(writer);
+    let handshake = json!({"subject": home.subject, "stream_type": "response"});
+    let prologue = match &started {
+        Ok(_) => json!({"error": null}),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    let mut head = TwoPart::header_only(handshake.to_string()).to_bytes().to_vec();
+    head.extend_from_slice(&TwoPart::header_only(prologue.to_string()).to_bytes());
+    if writer.write_all(&head).await.is_err() || writer.flush().await.is_err() {
+        return;
+    }
+    let Ok(mut tokens) = started else { return };
+    // The frontend's stop or kill, or its closing the connection, ends the generation.
+    let cancelled = CancellationToken::new();
+    let watching = cancelled.clone();
+    tokio::spawn(async move {
+        loop {
+            match TwoPart::read(&mut reader, 0).await {
+                Ok(frame) => {
+                    if matches!(serde_json::from_slice::<Control>(&frame.header), Ok(Control::Stop | Control::Kill)) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        watching.cancel();
+    });
+    loop {
+        let event = tokio::select! {
+            _ = cancelled.cancelled() => return,
+            event = tokens.next() => event,
+        };
+        let item = match event {
+            Some(Ok(GenerateEvent::Token(token))) => json!({"token_ids": [token.id]}),
+            Some(Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens, .. })) => {
+                let reason = match reason {
+                    FinishReason::Stop => "stop",
+                    FinishReason::Length => "length",
+                    FinishReason::Cancelled => "cancelled",
+                };
+                json!({"token_ids": [], "finish_reason": reason, "completion_usage": {
+                    "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                    "prompt_tokens_details": {"cached_tokens": cached_tokens}}})
+            }
+            Some(Ok(GenerateEvent::PromptLogprobs(_))) => continue,
+            Some(Err(e)) => json!({"token_ids": [], "finish_reason": {"error": e.to_string()}}),
+            None => break,
+        };
+        let frame = TwoPart {
+            header: Bytes::new(),
+            body: Bytes::from(json!({"data": {"data": item}, "complete_final": false}).to_string()),
+        };
+        if writer.write_all(&frame.to_bytes()).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let mut tail =
+        TwoPart { header: Bytes::new(), body: Bytes::from(json!({"complete_final": true}).to_string()) }.to_bytes().to_vec();
+    tail.extend_from_slice(&TwoPart::header_only(serde_json::to_vec(&Control::Sentinel).unwrap_or_default()).to_bytes());
+    let _ = writer.write_all(&tail).await;
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preprocessed_request_as_dynamos_frontend_sends_it() {
+        let body = json!({"model":"tiny","token_ids":[466,673,79],
+            "stop_conditions":{"max_tokens":5,"stop":null,"stop_token_ids_hidden":[2],"min_tokens":null,"ignore_eos":null},
+            "sampling_options":{"temperature":0.7,"top_p":null,"top_k":null,"seed":3},
+            "output_options":{},"eos_token_ids":[2],"annotations":[]});
+        let (model, request) = generate_request(&body).unwrap();
+        assert_eq!(model, "tiny");
+        assert_eq!(request.prompt, vec![466, 673, 79]);
+        assert_eq!(request.stop.max_tokens, Some(5));
+        assert_eq!(request.stop.stop_token_ids, vec![2]);
+        assert_eq!(request.sampling.seed, Some(3));
+        assert!((request.sampling.temperature - 0.7).abs() < 1e-6);
+        assert_eq!(request.sampling.top_p, 1.0);
+        assert!(generate_request(&json!({"model": "tiny", "token_ids": [-1]})).is_none());
+    }
+}
