@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
 
 import pytest
 
 from deployment import assert_same_answers, http, models_at, wait_until
+from helpers import tritium_bin
 
 pytestmark = pytest.mark.dynamo
 START = 90
@@ -59,3 +61,14 @@ def test_the_records_leave_with_the_worker(deployment):
     assert worker.stop() == 0
     assert not any(b'"leaving"' in p.read_bytes() for p in mdc.iterdir())
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--discovery-backend", "mem"], "--discovery-backend file or etcd"),
+    (["--discovery-backend", "file", "--request-plane", "nats", "--nats-url", "nats://127.0.0.1:1"], "--request-plane tcp"),
+])  # fmt: skip
+def test_combinations_it_cannot_serve_are_refused_by_name(args, named):
+    binary = str(tritium_bin())
+    done = subprocess.run([binary, "worker", "--worker-protocol", "dynamo", "--engine", "mock", *args],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode != 0 and named in done.stderr, done.stderr
