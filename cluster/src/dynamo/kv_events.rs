@@ -21,15 +21,10 @@ pub const MAX_EVENT_BYTES: usize = 16 << 20;
 /// later one the xxh3 of its parent's name and its own tokens' hash.
 pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
     let mut parent: Option<u64> = None;
-    let mut bytes = Vec::with_capacity(block_size.max(1) * 4);
     tokens
         .chunks_exact(block_size.max(1))
         .map(|block| {
-            bytes.clear();
-            for token in block {
-                bytes.extend_from_slice(&token.to_le_bytes());
-            }
-            let tokens_hash = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, HASH_SEED);
+            let tokens_hash = tokens_hash(block);
             let name = match parent {
                 None => tokens_hash,
                 Some(parent) => {
@@ -43,6 +38,12 @@ pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
             name
         })
         .collect()
+}
+
+/// One block's own hash (Dynamo's `tokens_hash`): xxh3 of its tokens as little-endian u32s.
+pub fn tokens_hash(block: &[u32]) -> u64 {
+    let bytes: Vec<u8> = block.iter().flat_map(|token| token.to_le_bytes()).collect();
+    xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, HASH_SEED)
 }
 
 /// The envelope inside a ZeroMQ message `[topic, publisher id, sequence, version | length | envelope]`.

@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from deployment import assert_same_answers, http, models_at, wait_until
+from cluster import metric
 from helpers import tritium_bin
 
 pytestmark = pytest.mark.dynamo
@@ -45,6 +46,18 @@ def test_dynamos_frontend_serves_a_tritium_worker(served_worker):
 def test_both_frontends_answer_alike_from_the_tritium_worker(served_worker, path, body):
     _, dynamo, tritium = served_worker
     assert_same_answers(tritium.http_url, dynamo, path, body)
+
+
+def test_its_kv_events_in_dynamos_format_reach_a_kv_router(served_worker):
+    """Tritium's frontend reads them exactly as it reads the mocker's (Dynamo's decoder, Dynamo's hashes)."""
+    _, _, tritium = served_worker
+    status, answer = http("POST", tritium.http_url + "/v1/completions", {"model": "tritium-mock", "prompt": "z" * 300, "max_tokens": 2})
+    assert status == 200, answer
+
+    def indexed() -> float:
+        return metric(http("GET", tritium.metrics_url)[1], "tritium_router_kv_blocks_indexed")
+
+    wait_until(lambda: indexed() > 0, 30, "the worker's blocks indexed from its Dynamo-format KV events")
 
 
 def test_the_records_leave_with_the_worker(deployment):

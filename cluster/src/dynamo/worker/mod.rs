@@ -5,6 +5,7 @@
 //! TCP listener.
 
 mod card_files;
+mod kv_publish;
 mod registration;
 mod serve;
 
@@ -56,6 +57,14 @@ pub async fn start(
     if models.is_empty() {
         return Err("--worker-protocol dynamo serves language models, and this worker loaded none".into());
     }
+    let publisher = Arc::new(kv_publish::Publisher::bind(config.rpc_host, instance).await?);
+    let names = Arc::new(kv_publish::BlockNames::default());
+    let engines = repository
+        .local_models()
+        .into_iter()
+        .filter_map(|model| Some((model.name.clone(), model.latest()?.language_model()?.kv_events()?)))
+        .collect();
+    kv_publish::forward(Arc::clone(&publisher), Arc::clone(&names), engines, stop.clone());
     let mut records: Vec<RecordEntry> = Vec::new();
     let mut paths = Vec::new();
     for (name, card) in &models {
@@ -76,6 +85,18 @@ pub async fn start(
         let mut model_record = common;
         model_record["type"] = "Model".into();
         model_record["card_json"] = card_json;
+        let channel = json!({
+            "type": "EventChannel",
+            "scope": {"kind": "endpoint", "endpoint": {"namespace": config.namespace, "component": config.component, "name": endpoint}},
+            "topic": "kv-events",
+            "instance_id": publisher.publisher_id,
+            "transport": {"kind": "Zmq", "config": {"endpoint": publisher.endpoint}},
+        });
+        let channel_key = format!(
+            "namespace/{}/component/{}/endpoint/{endpoint}/topic/kv-events/{:x}",
+            config.namespace, config.component, publisher.publisher_id
+        );
+        records.push(("v1/event_channels", channel_key, channel.to_string().into_bytes()));
         records.push(("v1/instances", key.clone(), endpoint_record.to_string().into_bytes()));
         records.push(("v1/mdc", key, model_record.to_string().into_bytes()));
         paths.push(path);
@@ -84,6 +105,8 @@ pub async fn start(
         worker: Arc::new(LocalWorker::new(repository)),
         endpoint_paths: paths,
         max_message_size: config.max_message_size,
+        names,
+        block_size: config.block_size,
     };
     let serving = tokio::spawn(serve::serve(listener, served, stop.clone()));
     let keeping = registrar.register(records, stop.clone()).await?;

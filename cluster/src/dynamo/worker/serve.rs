@@ -29,6 +29,9 @@ pub struct Served {
     /// The endpoint paths request frames may name (one per model).
     pub endpoint_paths: Vec<String>,
     pub max_message_size: usize,
+    /// Where each prompt's blocks are learned under Dynamo's names, for the KV events.
+    pub names: Arc<super::kv_publish::BlockNames>,
+    pub block_size: usize,
 }
 
 /// Accepts frontends' connections until `stop`.
@@ -88,6 +91,7 @@ async fn connection(stream: TcpStream, served: Served, stop: CancellationToken) 
         };
         let ack = match accept(&frame, &served) {
             Ok((home, request, model)) => {
+                served.names.learn(&model, &request.prompt, served.block_size);
                 tokio::spawn(answer(served.worker.clone(), model, request, home));
                 String::new()
             }
