@@ -314,6 +314,14 @@ mod tests {
         let spawn =
             |number: &str| Command::new("sleep").arg("300").env(STUB_TAG, format!("{me}.{number}")).spawn().expect("sleep runs");
         let (mut one, mut ten) = (spawn("900001"), spawn("9000010"));
+        // A process shows its tag once it has exec'd: on a loaded machine that takes a while.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for number in ["900001", "9000010"] {
+            let entry = format!("{STUB_TAG}={me}.{number}");
+            while tagged_processes(me, &entry, Match::Exact).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let ended = sweep(&format!("{STUB_TAG}={me}.900001"), Match::Exact);
         assert_eq!(ended, 1);
         // Reaped by the sweep (its parent is this process): the status is gone with it.
