@@ -248,6 +248,16 @@ class Deployment:
         self.tritium.append(server)
         return server
 
+    def echo_and_mock(self, timeout: float = 90) -> tuple[TritiumServer, str]:
+        """An echo worker ("echo") and a mocker ("mock") behind both frontends, once both list them."""
+        self.echo("echo")
+        self.mocker("mock")
+        tritium = self.tritium_frontend()
+        dynamo = self.dynamo_frontend()
+        for base in (tritium.http_url, dynamo):
+            wait_until(lambda: {"echo", "mock"} <= set(models_at(base)), timeout, f"echo and mock listed at {base}")
+        return tritium, dynamo
+
     def stop(self) -> None:
         for server in reversed(self.tritium):
             finish_server(server)

@@ -23,13 +23,7 @@ START = 90
 @pytest.fixture(scope="module")
 def frontends(deployment):
     """Both frontends over one echo worker ("echo") and one mocker ("mock")."""
-    deployment.echo("echo")
-    deployment.mocker("mock")
-    tritium = deployment.tritium_frontend()
-    dynamo = deployment.dynamo_frontend()
-    for base in (tritium.http_url, dynamo):
-        wait_until(lambda: {"echo", "mock"} <= set(models_at(base)), START, f"echo and mock listed at {base}")
-    return tritium, dynamo
+    return deployment.echo_and_mock(START)
 
 
 # Deterministic requests to the echo worker; each is answered alike by both frontends.

@@ -25,12 +25,7 @@ def services():
 def etcd_frontends(tmp_path_factory, tiny_model, services):
     etcd, nats = services
     deployment = Deployment(tmp_path_factory.mktemp("dynamo-etcd"), tiny_model, "interop-etcd", etcd.address, nats.address)
-    deployment.echo("echo")
-    deployment.mocker("mock")
-    tritium = deployment.tritium_frontend()
-    dynamo = deployment.dynamo_frontend()
-    for base in (tritium.http_url, dynamo):
-        wait_until(lambda: {"echo", "mock"} <= set(models_at(base)), START, f"echo and mock listed at {base}")
+    tritium, dynamo = deployment.echo_and_mock(START)
     yield deployment, tritium, dynamo
     deployment.stop()
 
