@@ -12,7 +12,26 @@ pub struct DynamoTarget {
     /// `{namespace}/{component}/{endpoint}/{instance:x}`.
     pub key: String,
     pub endpoint: DynamoEndpoint,
+    /// How its request bodies (and so its answers) are encoded.
+    pub codec: PayloadCodec,
     pub models: Vec<DynamoModel>,
+}
+
+/// A Dynamo worker's payload codec (its record's `request_plane_codec`; JSON when absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadCodec {
+    Json,
+    /// Maps with named fields (Dynamo's default since 1.4).
+    Msgpack,
+}
+
+impl PayloadCodec {
+    pub fn name(self) -> &'static str {
+        match self {
+            PayloadCodec::Json => "json",
+            PayloadCodec::Msgpack => "msgpack",
+        }
+    }
 }
 
 /// How a Dynamo worker's requests reach it.
@@ -54,6 +73,7 @@ impl PartialEq for DynamoTarget {
     fn eq(&self, other: &DynamoTarget) -> bool {
         self.key == other.key
             && self.endpoint == other.endpoint
+            && self.codec == other.codec
             && self.models.len() == other.models.len()
             && self.models.iter().zip(&other.models).all(|(a, b)| a.name == b.name && a.digest == b.digest)
     }

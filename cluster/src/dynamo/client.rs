@@ -21,7 +21,10 @@ use tritium_worker::{InferOutcome, InferenceResponse, ValidInferRequest, WorkerC
 
 use super::call_home::CallHome;
 use super::codec::{FrameError, TwoPart, read_ack, request_frame};
-use super::protocol::{Control, Finish, Prologue, StreamItem, control_message, finish_of, headers, preprocessed_request};
+use super::protocol::{
+    Control, Finish, PayloadCodec, Prologue, StreamItem, control_message, decode_body, encode_body, finish_of, headers,
+    preprocessed_request,
+};
 use super::view::{DynamoEndpoint, DynamoModel, DynamoTarget};
 
 /// Connections kept to one worker; requests share them (Dynamo's `DYN_TCP_POOL_SIZE`).
@@ -156,10 +159,8 @@ impl DynamoWorker {
     /// as Dynamo's frontend does.
     fn max_tokens(&self, model: &DynamoModel, request: &GenerateRequest) -> Result<u32, WorkerError> {
         let prompt = request.prompt.len();
-        let refuse = |message: String| WorkerError::Generate {
-            model: model.name.clone(),
-            source: GenerateError::InvalidRequest(message),
-        };
+        let refuse =
+            |message: String| WorkerError::Generate { model: model.name.clone(), source: GenerateError::InvalidRequest(message) };
         let (limit, budget) = match model.token_budget {
             Some(budget) => (usize::try_from(budget.combined_limit).unwrap_or(usize::MAX), Some(budget)),
             None => (model.card.context_length, None),
@@ -215,9 +216,11 @@ impl WorkerClient for DynamoWorker {
         let request_id = format!("{:032x}", rand::random::<u128>());
         let subject = format!("{:032x}", rand::random::<u128>());
         let mut expected = self.home.expect(subject.clone());
-        let control = control_message(&request_id, &self.home.address(), &subject);
+        let codec = self.target.codec;
+        let control = control_message(&request_id, &self.home.address(), &subject, codec);
         let body = preprocessed_request(model, &request, max_tokens, &served.card.eos_token_ids);
-        let payload = TwoPart { header: Bytes::from(control.to_string()), body: Bytes::from(body.to_string()) }.to_bytes();
+        let payload =
+            TwoPart { header: Bytes::from(control.to_string()), body: Bytes::from(encode_body(&body, codec)) }.to_bytes();
         if payload.len() > self.max_message_size {
             return Err(WorkerError::Generate {
                 model: model.to_string(),
@@ -239,6 +242,7 @@ impl WorkerClient for DynamoWorker {
             model: model.to_string(),
             prompt_tokens: request.prompt.len() as u32,
             max_frame: self.max_message_size,
+            codec,
         };
         tokio::spawn(async move {
             let connection = expected.connection(CALL_HOME_TIMEOUT).await;
@@ -289,6 +293,8 @@ struct ResponseStream {
     model: String,
     prompt_tokens: u32,
     max_frame: usize,
+    /// The worker answers in the codec it was asked in.
+    codec: PayloadCodec,
 }
 
 type Events = mpsc::UnboundedSender<Result<GenerateEvent, GenerateError>>;
@@ -354,7 +360,8 @@ impl ResponseStream {
                     _ => continue,
                 }
             }
-            let item: StreamItem = serde_json::from_slice(&frame.body)
+            let item: StreamItem = decode_body(&frame.body, self.codec)
+                .and_then(|body| serde_json::from_value(body).map_err(|e| e.to_string()))
                 .map_err(|e| self.lost(format!("a response frame is not one Dynamo sends: {e}")))?;
             if item.complete_final {
                 finished = true;

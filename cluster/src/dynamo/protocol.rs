@@ -7,14 +7,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use tritium_backend_api::llm::{FinishReason, GenerateRequest};
 
+pub use crate::discovery::dynamo_target::PayloadCodec;
+
 /// The control message heading a request: who asks, and where the worker calls home.
-pub fn control_message(request_id: &str, response_address: &str, subject: &str) -> Json {
+pub fn control_message(request_id: &str, response_address: &str, subject: &str, codec: PayloadCodec) -> Json {
     let info = json!({"address": response_address, "subject": subject, "context": request_id, "stream_type": "response"});
     json!({
         "id": request_id,
         "request_type": "single_in",
         "response_type": "many_out",
-        "payload_codec": "json",
+        "payload_codec": codec.name(),
         "connection_info": {"transport": "tcp_server", "info": info.to_string()},
     })
 }
@@ -56,6 +58,70 @@ pub fn preprocessed_request(model: &str, request: &GenerateRequest, max_tokens: 
         "output_options": {"logprobs": request.logprobs},
         "eos_token_ids": eos_token_ids,
         "annotations": [],
+    })
+}
+
+/// A body in the worker's codec: JSON text, or msgpack maps with named fields (floats as 32-bit,
+/// the width of every float of Dynamo's request).
+pub fn encode_body(body: &Json, codec: PayloadCodec) -> Vec<u8> {
+    match codec {
+        PayloadCodec::Json => body.to_string().into_bytes(),
+        PayloadCodec::Msgpack => {
+            let mut bytes = Vec::new();
+            // Writing into a Vec cannot fail.
+            let _ = rmpv::encode::write_value(&mut bytes, &to_msgpack(body));
+            bytes
+        }
+    }
+}
+
+/// A body the worker sent in `codec`, as JSON.
+pub fn decode_body(bytes: &[u8], codec: PayloadCodec) -> Result<Json, String> {
+    match codec {
+        PayloadCodec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        PayloadCodec::Msgpack => {
+            let value = rmpv::decode::read_value(&mut &bytes[..]).map_err(|e| e.to_string())?;
+            from_msgpack(&value).ok_or_else(|| "a msgpack value JSON cannot hold".to_string())
+        }
+    }
+}
+
+fn to_msgpack(value: &Json) -> rmpv::Value {
+    use rmpv::Value as M;
+    match value {
+        Json::Null => M::Nil,
+        Json::Bool(b) => M::Boolean(*b),
+        Json::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => M::from(u),
+            (_, Some(i), _) => M::from(i),
+            (_, _, Some(f)) => M::F32(f as f32),
+            _ => M::Nil,
+        },
+        Json::String(text) => M::from(text.as_str()),
+        Json::Array(items) => M::Array(items.iter().map(to_msgpack).collect()),
+        Json::Object(map) => M::Map(map.iter().map(|(k, v)| (M::from(k.as_str()), to_msgpack(v))).collect()),
+    }
+}
+
+fn from_msgpack(value: &rmpv::Value) -> Option<Json> {
+    use rmpv::Value as M;
+    Some(match value {
+        M::Nil => Json::Null,
+        M::Boolean(b) => Json::Bool(*b),
+        M::Integer(i) => match (i.as_u64(), i.as_i64()) {
+            (Some(u), _) => Json::from(u),
+            (_, Some(i)) => Json::from(i),
+            _ => return None,
+        },
+        M::F32(f) => serde_json::Number::from_f64(f64::from(*f)).map_or(Json::Null, Json::Number),
+        M::F64(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        M::String(text) => Json::String(text.as_str()?.to_string()),
+        M::Binary(bytes) => Json::Array(bytes.iter().map(|b| Json::from(*b)).collect()),
+        M::Array(items) => Json::Array(items.iter().map(from_msgpack).collect::<Option<_>>()?),
+        M::Map(entries) => {
+            Json::Object(entries.iter().map(|(k, v)| Some((k.as_str()?.to_string(), from_msgpack(v)?))).collect::<Option<_>>()?)
+        }
+        M::Ext(..) => return None,
     })
 }
 
@@ -198,8 +264,17 @@ mod tests {
     }
 
     #[test]
+    fn msgpack_bodies_round_trip_as_the_json_they_stand_for() {
+        let body = json!({"token_ids": [1, 70000, 4294967295u64], "temperature": 0.5, "seed": null, "stop": ["x"], "flag": true});
+        let bytes = encode_body(&body, PayloadCodec::Msgpack);
+        assert_eq!(decode_body(&bytes, PayloadCodec::Msgpack).unwrap(), body);
+        // An array of two holding one element.
+        assert!(decode_body(b"\x92\x01", PayloadCodec::Msgpack).is_err());
+    }
+
+    #[test]
     fn a_request_names_its_call_home_as_a_json_string() {
-        let control = control_message("r1", "127.0.0.1:9", "s1");
+        let control = control_message("r1", "127.0.0.1:9", "s1", PayloadCodec::Json);
         let info: Json = serde_json::from_str(control["connection_info"]["info"].as_str().unwrap()).unwrap();
         assert_eq!(info["subject"], "s1");
         assert_eq!(control["payload_codec"], "json");

@@ -14,7 +14,7 @@ use tritium_backend_api::llm::ModelCard;
 use super::TESTED_VERSION;
 use super::records::{EndpointRecord, ModelRecord, Record};
 use super::store::DynamoStore;
-pub use crate::discovery::dynamo_target::{DynamoEndpoint, DynamoModel, DynamoTarget};
+pub use crate::discovery::dynamo_target::{DynamoEndpoint, DynamoModel, DynamoTarget, PayloadCodec};
 use crate::discovery::{DisaggregationMode, NamespaceScope, WorkerAddress, WorkerInstance};
 
 const POLL_EVERY: Duration = Duration::from_millis(500);
@@ -173,6 +173,10 @@ impl View {
             let target = targets.entry(target_key.clone()).or_insert_with(|| DynamoTarget {
                 key: target_key,
                 endpoint: reached,
+                codec: match endpoint.request_plane_codec.as_deref() {
+                    Some("msgpack") => PayloadCodec::Msgpack,
+                    _ => PayloadCodec::Json,
+                },
                 models: Vec::new(),
             });
             target.models.push(DynamoModel {
