@@ -127,7 +127,7 @@ impl DynamoWorker {
             nats,
             pool: Mutex::new(Vec::new()),
             turn: AtomicUsize::new(0),
-            max_message_size,
+            max_message_size: max_message_size.min(super::MAX_MESSAGE_BYTES),
         })
     }
 

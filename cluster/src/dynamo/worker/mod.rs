@@ -104,7 +104,7 @@ pub async fn start(
     let served = serve::Served {
         worker: Arc::new(LocalWorker::new(repository)),
         endpoint_paths: paths,
-        max_message_size: config.max_message_size,
+        max_message_size: config.max_message_size.min(super::MAX_MESSAGE_BYTES),
         names,
         block_size: config.block_size,
     };
