@@ -264,3 +264,21 @@ class Deployment:
         for process in reversed(self.dynamo):
             process.stop()
         self.tritium, self.dynamo = [], []
+
+
+# Fixtures of the tests in this folder (imported by each test file: a conftest.py here would shadow the suite's
+# root conftest, which other folders import by that name).
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A Hugging Face folder Dynamo's workers load (tokenizer, template, config; no weights)."""
+    check_private_network()
+    folder = tmp_path_factory.mktemp("tiny-model")
+    subprocess.run([str(DYNAMO_PYTHON), str(HERE / "tiny_model.py"), str(folder)], check=True, timeout=120)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, tiny_model):
+    deployment = Deployment(tmp_path_factory.mktemp("dynamo"), tiny_model)
+    yield deployment
+    deployment.stop()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from deployment import assert_same_answers, completion, free_i16_port, http, models_at, wait_until
+from deployment import assert_same_answers, completion, deployment, free_i16_port, http, models_at, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
 
 pytestmark = pytest.mark.dynamo
 START = 90

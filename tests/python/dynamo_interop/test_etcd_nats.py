@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cluster import start_etcd, start_nats
-from deployment import Deployment, assert_same_answers, http, models_at, wait_until
+from deployment import Deployment, assert_same_answers, deployment, http, models_at, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
 from test_dynamo_workers import ECHO_REQUESTS
 
 pytestmark = [pytest.mark.dynamo, pytest.mark.etcd, pytest.mark.nats]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from cluster import metric
-from deployment import http, models_at, wait_until
+from deployment import deployment, http, models_at, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
 
 pytestmark = pytest.mark.dynamo
 START = 90

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from deployment import assert_same_answers, http, models_at, wait_until
+from deployment import assert_same_answers, deployment, http, models_at, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
 from cluster import metric
 from helpers import tritium_bin
 
