@@ -8,6 +8,7 @@
 pub mod active;
 pub mod busy;
 mod disagg;
+mod dynamo_members;
 mod failover;
 mod follow;
 pub mod kv_index;
@@ -27,7 +28,6 @@ use parking_lot::Mutex;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use tritium_backend_api::kv::block_hashes;
 use tritium_backend_api::llm::GenerateError;
 use tritium_worker::{ByName, ModelRepository, WorkerClient, WorkerError};
 
@@ -340,35 +340,8 @@ impl Router {
                     member
                 }
                 (None, WorkerAddress::Dynamo(target)) => {
-                    let Some(home) = self.dynamo_home.get() else {
-                        tracing::warn!(worker = %instance.id, "a Dynamo worker is listed, but this router has no response-stream server for it");
-                        continue;
-                    };
-                    let nats = match self.dialer.get() {
-                        Some(crate::remote::Dialer::Nats(plane)) => Some(plane.client().clone()),
-                        _ => None,
-                    };
-                    let client = match crate::dynamo::DynamoWorker::new(&instance.id, Arc::clone(target), Arc::clone(home), nats, self.max_message_size) {
-                        Ok(client) => client,
-                        Err(e) => {
-                            tracing::warn!(worker = %instance.id, "cannot reach this Dynamo worker: {e}");
-                            continue;
-                        }
-                    };
-                    let id: Arc<str> = Arc::from(instance.id.as_str());
-                    let member = Member {
-                        id: Arc::clone(&id),
-                        client: Arc::new(client),
-                        local: false,
-                        outstanding: Arc::default(),
-                        suspect_until: Arc::default(),
-                        mode: instance.mode,
-                        device: instance.device,
-                        dynamo_block_size: target.kv_block_size(),
-                    };
-                    self.remote_models.described(&id, crate::dynamo::view::remote_models(target));
-                    members.insert(Arc::clone(&id), (member.clone(), instance.address.clone()));
-                    tracing::info!(worker = %id, endpoint = %target.endpoint, models = ?instance.models, "Dynamo worker joined");
+                    let Some(member) = self.dynamo_member(instance, target) else { continue };
+                    members.insert(Arc::clone(&member.id), (member.clone(), instance.address.clone()));
                     member
                 }
                 // An in-process worker this router was not handed a client for: not routable.
@@ -521,27 +494,6 @@ impl Router {
         }
         let prompt = hashes.map(|hashes| PromptBlocks { hashes, cached: hit });
         Ok(Some(Picked { member: chosen, prompt }))
-    }
-
-    /// A prompt's block hashes as the candidates' KV events name blocks: Dynamo's hashes and
-    /// block size when every candidate is a Dynamo worker of one block size, Tritium's otherwise.
-    fn prompt_hashes(&self, candidates: &[&Member], tokens: &[u32]) -> Vec<tritium_backend_api::kv::BlockHash> {
-        let dynamo = candidates.first().and_then(|m| m.dynamo_block_size);
-        match dynamo {
-            Some(size) if candidates.iter().all(|m| m.dynamo_block_size == Some(size)) => {
-                crate::dynamo::kv_events::block_hashes(tokens, size)
-            }
-            _ => block_hashes(tokens, self.options.kv_block_size),
-        }
-    }
-
-    /// Applies a KV event of `worker` (one not on Tritium's event bus: a Dynamo worker) to the
-    /// index, unless the router predicts instead (`--no-router-kv-events`).
-    pub fn apply_kv_event(&self, worker: &str, model: &str, event: &tritium_backend_api::kv::KvEvent) {
-        if self.options.kv_events {
-            self.kv.lock().apply(worker, model, event);
-            self.kv_event_applied();
-        }
     }
 
     /// The in-process client when it alone can take requests for `model` (the single-process

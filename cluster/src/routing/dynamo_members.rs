@@ -1,0 +1,67 @@
+//! The router's side of Dynamo's workers: a member for each one discovery lists, and prompts
+//! hashed as their KV events name blocks.
+
+use std::sync::Arc;
+
+use tritium_backend_api::kv::{BlockHash, KvEvent, block_hashes};
+
+use super::{Member, Router};
+use crate::discovery::WorkerInstance;
+use crate::discovery::dynamo_target::DynamoTarget;
+
+impl Router {
+    /// A member for the Dynamo worker `target` (its models described from its cards), or `None`
+    /// when it cannot be reached from here (logged).
+    pub(super) fn dynamo_member(&self, instance: &WorkerInstance, target: &Arc<DynamoTarget>) -> Option<Member> {
+        let Some(home) = self.dynamo_home.get() else {
+            tracing::warn!(worker = %instance.id, "a Dynamo worker is listed, but this router has no response-stream server for it");
+            return None;
+        };
+        let nats = match self.dialer.get() {
+            Some(crate::remote::Dialer::Nats(plane)) => Some(plane.client().clone()),
+            _ => None,
+        };
+        let client =
+            match crate::dynamo::DynamoWorker::new(&instance.id, Arc::clone(target), Arc::clone(home), nats, self.max_message_size) {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::warn!(worker = %instance.id, "cannot reach this Dynamo worker: {e}");
+                    return None;
+                }
+            };
+        let id: Arc<str> = Arc::from(instance.id.as_str());
+        self.remote_models.described(&id, crate::dynamo::view::remote_models(target));
+        tracing::info!(worker = %id, endpoint = %target.endpoint, models = ?instance.models, "Dynamo worker joined");
+        Some(Member {
+            id,
+            client: Arc::new(client),
+            local: false,
+            outstanding: Arc::default(),
+            suspect_until: Arc::default(),
+            mode: instance.mode,
+            device: instance.device,
+            dynamo_block_size: target.kv_block_size(),
+        })
+    }
+
+    /// A prompt's block hashes as the candidates' KV events name blocks: Dynamo's hashes and
+    /// block size when every candidate is a Dynamo worker of one block size, Tritium's otherwise.
+    pub(super) fn prompt_hashes(&self, candidates: &[&Member], tokens: &[u32]) -> Vec<BlockHash> {
+        let dynamo = candidates.first().and_then(|m| m.dynamo_block_size);
+        match dynamo {
+            Some(size) if candidates.iter().all(|m| m.dynamo_block_size == Some(size)) => {
+                crate::dynamo::kv_events::block_hashes(tokens, size)
+            }
+            _ => block_hashes(tokens, self.options.kv_block_size),
+        }
+    }
+
+    /// Applies a KV event of `worker` (one not on Tritium's event bus: a Dynamo worker) to the
+    /// index, unless the router predicts instead (`--no-router-kv-events`).
+    pub fn apply_kv_event(&self, worker: &str, model: &str, event: &KvEvent) {
+        if self.options.kv_events {
+            self.kv.lock().apply(worker, model, event);
+            self.kv_event_applied();
+        }
+    }
+}
