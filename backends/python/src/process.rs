@@ -322,8 +322,10 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        // At least one: the sweep also reaps this process's untracked zombie children, and the
+        // tests running beside this one may leave one for an instant.
         let ended = sweep(&format!("{STUB_TAG}={me}.900001"), Match::Exact);
-        assert_eq!(ended, 1);
+        assert!(ended >= 1, "stub 900001's process is among those ended");
         // Reaped by the sweep (its parent is this process): the status is gone with it.
         assert!(!matches!(one.try_wait(), Ok(None)), "stub 900001's process is ended");
         assert!(matches!(ten.try_wait(), Ok(None)), "stub 9000010's process still runs");
