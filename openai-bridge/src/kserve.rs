@@ -38,10 +38,6 @@ pub const EXCLUDE_INPUT_IN_OUTPUT: &str = "exclude_input_in_output";
 pub const TEXT_OUTPUT: &str = "text_output";
 pub const FINISH_REASON: &str = "finish_reason";
 
-/// `max_tokens` when a KServe request does not say: 16, like OpenAI's `/v1/completions` and
-/// Triton's vLLM backend. Clients that want more send the `max_tokens` parameter.
-pub const DEFAULT_MAX_TOKENS: u32 = tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS;
-
 /// Fills in the KServe signature of an LLM; the worker owns it, since it loads the model.
 pub use tritium_backend_api::llm::complete_llm_config;
 
@@ -51,7 +47,9 @@ pub struct KserveLlmRequest {
     pub prompt: String,
     /// One response per text delta (`true`) or one response with the whole text.
     pub streaming: bool,
-    /// Apply [`DEFAULT_MAX_TOKENS`] when `max_tokens` is `None`.
+    /// When `max_tokens` is `None`, the card's `default_completion_tokens` applies: 16 on
+    /// Tritium's models (OpenAI's `/v1/completions` and Triton's vLLM backend), none on a Dynamo
+    /// worker's (Dynamo sends none; its token budget fills it).
     pub options: CompletionOptions,
     /// Choices (the `n` parameter): `text_output` and `finish_reason` hold one element each.
     pub n: u32,

@@ -167,7 +167,7 @@ where
         }
         (false, None) => None,
     };
-    let grpc = match (args.grpc.kserve_grpc_server && !args.grpc.no_kserve_grpc_server, args.grpc.grpc_listen_fd) {
+    let grpc = match (args.grpc.own_port(), args.grpc.grpc_listen_fd) {
         (true, fd) => Some(listener(fd, args.grpc_addr()).await?),
         // As for metrics: a socket handed over for a port that is off is closed.
         (false, Some(fd)) => {
@@ -186,9 +186,12 @@ where
         http: http.as_ref().map(|h| h.local_addr()).transpose()?,
         metrics: metrics.as_ref().map(|m| m.local_addr()).transpose()?,
     };
-    match at.grpc {
-        Some(grpc_addr) => tracing::info!("serving gRPC on {grpc_addr}"),
-        None => tracing::info!("the KServe gRPC port is off (--no-kserve-grpc-server)"),
+    match (at.grpc, at.http) {
+        (Some(grpc_addr), _) => tracing::info!("serving gRPC on {grpc_addr}"),
+        (None, Some(http_addr)) if args.grpc.serves_grpc() => {
+            tracing::info!("serving gRPC on the HTTP port {http_addr} only (--kserve-grpc-server without --grpc-port)")
+        }
+        _ => tracing::info!("KServe gRPC is off (--no-kserve-grpc-server)"),
     }
     if let Some(http_addr) = at.http {
         tracing::info!("serving HTTP on {http_addr}");

@@ -24,7 +24,7 @@ use crate::restricted::RestrictedProtocols;
 use crate::llm::LlmFrontend;
 use tritium_cluster::routing::WORKER_ID_HEADER;
 
-pub use serve::{BudgetExhausted, serve_limited};
+pub use serve::{BudgetExhausted, GrpcCalls, serve_limited};
 pub use unread::BodyStalled;
 
 #[derive(Clone)]

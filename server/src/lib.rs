@@ -293,6 +293,11 @@ impl Tritium {
 
         // One budget for request bytes being received, on both ports.
         let budget = Arc::new(grpc::budget::ByteBudget::new(transport.max_buffered_request_bytes));
+        let routes = grpc::transport::Routes::new(inference).with(health).with(reflection_v1).with(reflection_v1alpha).guarded(
+            Arc::clone(&budget),
+            transport.max_message_size,
+            self.config.limits.restricted.clone(),
+        );
         let http_task = http.map(|http_listener| {
             let limits = self.config.http_limits.clone();
             let kserve = http::kserve::KserveState::new(
@@ -301,10 +306,13 @@ impl Tritium {
                 limits.max_body_bytes,
                 self.config.limits.http_restricted.clone(),
             );
-            let routes = http::router(kserve, limits.max_body_bytes, self.config.openai.api.clone());
+            let router = http::router(kserve, limits.max_body_bytes, self.config.openai.api.clone());
+            let grpc = transport
+                .on_http_port
+                .then(|| http::GrpcCalls { routes: routes.clone().shared(), transport: transport.clone() });
             let stopping = self.state.stopping.clone();
             let budget = Arc::clone(&budget);
-            tokio::spawn(http::serve_limited(http_listener, routes, limits, budget, http_tls, async move {
+            tokio::spawn(http::serve_limited(http_listener, router, grpc, limits, budget, http_tls, async move {
                 stopping.cancelled().await
             }))
         });
@@ -322,7 +330,7 @@ impl Tritium {
             let stopping = self.state.stopping.clone();
             let budget = Arc::clone(&budget);
             let server =
-                tokio::spawn(http::serve_limited(metrics_listener, metrics::router(state), limits, budget, None, async move {
+                tokio::spawn(http::serve_limited(metrics_listener, metrics::router(state), None, limits, budget, None, async move {
                     stopping.cancelled().await
                 }));
             (server, sampler)
@@ -332,11 +340,6 @@ impl Tritium {
             shutdown.await;
             stopping.cancel();
         };
-        let routes = grpc::transport::Routes::new(inference).with(health).with(reflection_v1).with(reflection_v1alpha).guarded(
-            budget,
-            transport.max_message_size,
-            self.config.limits.restricted.clone(),
-        );
         match listener {
             Some(listener) => grpc::transport::serve(listener, routes, transport, grpc_tls, shutdown).await,
             None => shutdown.await,

@@ -136,13 +136,14 @@ def launch(
     timeout: float,
     stdin: int = subprocess.DEVNULL,
     env: dict[str, str] | None = None,
+    ports: tuple[int, int, int] = (0, 0, 0),
 ) -> TritiumServer:
     """Run `tritium ARGV` holding `listeners` (the first is the gRPC one; a second is HTTP, a third
-    metrics) and wait until it prints `ready_prefix` announcing the first listener's address."""
+    metrics) and wait until it prints `ready_prefix` announcing the first listener's address. With no
+    listeners, ARGV names the ports, and `ports` says which they are (gRPC, HTTP, metrics)."""
     binary = tritium_bin()
-    port = listeners[0].getsockname()[1]
-    http_port = listeners[1].getsockname()[1] if len(listeners) > 1 else 0
-    metrics_port = listeners[2].getsockname()[1] if len(listeners) > 2 else 0
+    named = [listener.getsockname()[1] for listener in listeners]
+    port, http_port, metrics_port = (named[i] if len(named) > i else ports[i] for i in range(3))
     fds = [listener.fileno() for listener in listeners]
     err = tempfile.NamedTemporaryFile(prefix="tritium-stderr-", suffix=".log", delete=False)
     stderr_path = pathlib.Path(err.name)

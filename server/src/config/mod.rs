@@ -144,6 +144,20 @@ pub struct HttpArgs {
     pub http_listen_fd: Option<i32>,
 }
 
+impl GrpcArgs {
+    /// Whether KServe gRPC is served at all.
+    pub fn serves_grpc(&self) -> bool {
+        self.kserve_grpc_server != Some(false) && !self.no_kserve_grpc_server
+    }
+
+    /// Whether gRPC gets a port of its own: always, unless `--kserve-grpc-server` was given the
+    /// way Dynamo's frontend takes it (gRPC on `--http-port`) and no gRPC port was named.
+    pub fn own_port(&self) -> bool {
+        self.serves_grpc()
+            && (self.kserve_grpc_server.is_none() || self.grpc_port.is_some() || self.grpc_listen_fd.is_some())
+    }
+}
+
 /// An address to bind: an IP address, or `localhost` (the IPv4 loopback).
 pub fn parse_host(text: &str) -> Result<IpAddr, String> {
     match text {
@@ -152,20 +166,26 @@ pub fn parse_host(text: &str) -> Result<IpAddr, String> {
     }
 }
 
+/// The gRPC port when none is named: Triton's.
+pub const DEFAULT_GRPC_PORT: u16 = 8001;
+
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "gRPC")]
 pub struct GrpcArgs {
-    /// Serve the KServe gRPC port (Dynamo's default is off; Tritium's is on).
-    #[arg(long, env = "DYN_KSERVE_GRPC_SERVER", default_value_t = true, num_args = 0..=1, default_missing_value = "true",
+    /// Serve KServe gRPC. Unset (Tritium's default): on, on the gRPC port and on the HTTP port.
+    /// Given (as Dynamo's frontend takes it): gRPC on --http-port, and on a port of its own only
+    /// when --grpc-port or --grpc-listen-fd is given too. `false`: no gRPC anywhere.
+    #[arg(long, env = "DYN_KSERVE_GRPC_SERVER", num_args = 0..=1, default_missing_value = "true",
           action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    pub kserve_grpc_server: bool,
+    pub kserve_grpc_server: Option<bool>,
     /// Turns --kserve-grpc-server off (it wins over --kserve-grpc-server and its variable): no gRPC port.
     #[arg(long)]
     pub no_kserve_grpc_server: bool,
     #[arg(long, env = "TRITIUM_GRPC_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub grpc_address: IpAddr,
-    #[arg(long, env = "TRITIUM_GRPC_PORT", default_value_t = 8001)]
-    pub grpc_port: u16,
+    /// The gRPC port [default: 8001].
+    #[arg(long, env = "TRITIUM_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
     /// Serve on an inherited, already listening socket (file descriptor) instead of binding.
     #[arg(long, env = "TRITIUM_GRPC_LISTEN_FD")]
     pub grpc_listen_fd: Option<i32>,
@@ -254,6 +274,9 @@ pub struct TransportConfig {
     pub header_timeout: Option<Duration>,
     /// A connection that received nothing for this long is closed.
     pub idle_timeout: Option<Duration>,
+    /// gRPC calls are also served on the HTTP port (HTTP/2 requests of content type
+    /// `application/grpc`), as Dynamo's frontend serves them with `--kserve-grpc-server`.
+    pub on_http_port: bool,
 }
 
 /// HTTP/2 flow-control windows, connection and stream: a 4 MiB tensor crosses in one window
@@ -283,6 +306,7 @@ impl Default for TransportConfig {
             max_buffered_request_bytes: limits::DEFAULT_BUFFERED_BYTES,
             header_timeout: Some(Duration::from_secs(10)),
             idle_timeout: Some(Duration::from_secs(300)),
+            on_http_port: true,
         }
     }
 }
@@ -378,12 +402,13 @@ impl ServeArgs {
                 max_buffered_request_bytes: limits.max_buffered_request_bytes,
                 header_timeout: millis(limits.grpc_header_timeout),
                 idle_timeout: millis(limits.grpc_idle_timeout),
+                on_http_port: grpc.serves_grpc(),
             },
         })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.grpc.grpc_address, self.grpc.grpc_port)
+        SocketAddr::new(self.grpc.grpc_address, self.grpc.grpc_port.unwrap_or(DEFAULT_GRPC_PORT))
     }
 
     pub fn http_addr(&self) -> SocketAddr {

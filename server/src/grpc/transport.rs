@@ -49,6 +49,9 @@ use crate::connection::{Counted, Watch, accept, configure};
 type Boxed = BoxCloneSyncService<Request<BudgetedBody>, Response<Body>, Infallible>;
 type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
+/// The gRPC routes, guarded as on the gRPC port, called from another port's connections.
+pub type SharedRoutes = Arc<dyn Fn(Request<Incoming>) -> BoxedFuture + Send + Sync>;
+
 /// A gRPC service as tonic's codegen makes one: infallible, named, cheap to clone, its future boxed.
 pub trait GrpcService:
     Service<Request<BudgetedBody>, Response = Response<Body>, Error = Infallible, Future: Send + Unpin + 'static>
@@ -122,6 +125,12 @@ impl<S: GrpcService> Routes<S> {
     /// Charges request bytes to `budget` and refuses restricted calls without their header.
     pub fn guarded(self, budget: Arc<ByteBudget>, max_message: usize, restricted: RestrictedProtocols) -> Routes<S> {
         Routes { guard: Arc::new(Guard { budget, max_message, restricted }), ..self }
+    }
+
+    /// The routes as one shareable function of a request, for the HTTP port, which serves gRPC
+    /// calls beside its own (its connections keep their own counts).
+    pub fn shared(self) -> SharedRoutes {
+        Arc::new(move |request| Box::pin(hyper::service::Service::call(&self, request)))
     }
 
     /// A copy for one new connection, with its own call counts (made, and running).

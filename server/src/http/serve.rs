@@ -4,6 +4,10 @@
 //! running: closed), streams per HTTP/2 connection, and request bodies charged, as they arrive,
 //! to the server-wide byte budget the gRPC port uses, next to the per-request body limit.
 //! axum's own `serve` has none of these.
+//!
+//! With [`GrpcCalls`], HTTP/2 requests of content type `application/grpc` go to the gRPC routes
+//! (guarded as on the gRPC port: its byte budget, message size and restricted groups), the way
+//! Dynamo's frontend serves KServe gRPC on its HTTP port.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -25,7 +29,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::unread;
-use crate::config::HttpLimits;
+use crate::config::{HttpLimits, TransportConfig};
+use crate::grpc::transport::SharedRoutes;
 use crate::connection::{Counted, Watch, accept, configure};
 use crate::grpc::budget::ByteBudget;
 
@@ -35,6 +40,7 @@ use crate::grpc::budget::ByteBudget;
 pub async fn serve_limited(
     listener: TcpListener,
     router: axum::Router,
+    grpc: Option<GrpcCalls>,
     limits: HttpLimits,
     budget: Arc<ByteBudget>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -46,6 +52,16 @@ pub async fn serve_limited(
     // connection is closed after it too. Left unset, hyper would apply its own 30 s.
     builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(limits.header_timeout);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(limits.max_concurrent_streams);
+    if let Some(GrpcCalls { transport, .. }) = &grpc {
+        // Tensors cross as on the gRPC port: its windows and frame size (the Dynamo variables included).
+        builder
+            .http2()
+            .initial_connection_window_size(transport.initial_connection_window_size)
+            .initial_stream_window_size(transport.initial_stream_window_size)
+            .adaptive_window(transport.adaptive_window)
+            .max_frame_size(transport.max_frame_size);
+    }
+    let grpc = grpc.map(|calls| calls.routes);
     let builder = Arc::new(builder);
     let connections = TaskTracker::new();
     let stopping = CancellationToken::new();
@@ -65,6 +81,7 @@ pub async fn serve_limited(
         let activity = Arc::clone(&watch.activity);
         let service = Requests {
             router: router.clone(),
+            grpc: grpc.clone(),
             budget: Arc::clone(&budget),
             idle_timeout: limits.idle_timeout,
             calls: Arc::clone(&watch.calls),
@@ -107,6 +124,7 @@ pub async fn serve_limited(
 #[derive(Clone)]
 struct Requests {
     router: axum::Router,
+    grpc: Option<SharedRoutes>,
     budget: Arc<ByteBudget>,
     idle_timeout: Option<std::time::Duration>,
     calls: Arc<AtomicU64>,
@@ -122,6 +140,16 @@ impl hyper::service::Service<Request<Incoming>> for Requests {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
         let running = Running(Arc::clone(&self.open));
+        if let Some(grpc) = &self.grpc
+            && is_grpc(&request)
+        {
+            let call = grpc(request);
+            return Box::pin(async move {
+                let response = call.await;
+                drop(running);
+                response.map(|response| response.map(Body::new))
+            });
+        }
         let request = request.map(|body| Body::new(ChargedBody { inner: body, budget: Arc::clone(&self.budget), charged: 0 }));
         let (request, settle) = unread::watch(request, self.idle_timeout);
         let router = self.router.clone();
@@ -134,6 +162,21 @@ impl hyper::service::Service<Request<Incoming>> for Requests {
             response
         })
     }
+}
+
+/// gRPC calls served on the HTTP port: the gRPC routes, and the gRPC port's settings.
+pub struct GrpcCalls {
+    pub routes: SharedRoutes,
+    pub transport: TransportConfig,
+}
+
+/// A gRPC call: HTTP/2 (gRPC has no HTTP/1.1 form) and a content type of `application/grpc` or
+/// `application/grpc+…` (gRPC-Web, which this port does not speak, stays with the HTTP routes).
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    let content_type = request.headers().get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()).unwrap_or_default();
+    request.version() == http::Version::HTTP_2
+        && content_type.starts_with(b"application/grpc")
+        && !content_type.starts_with(b"application/grpc-web")
 }
 
 /// Counts a request as running (for the idle deadline) until its response is produced.

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tritium_backend_api::llm::FinishReason;
 use tritium_openai_bridge::BridgeError;
-use tritium_openai_bridge::kserve::{DEFAULT_MAX_TOKENS, parse_infer_request, response_outputs};
+use tritium_openai_bridge::kserve::{parse_infer_request, response_outputs};
 use tritium_openai_bridge::pipeline::{ModelRef, TextEvent, TextStream, collect, generate_text};
 use tritium_tensor::Tensor;
 use tritium_worker::{InferOutcome, InferenceResponse, ModelVersion, ResponseStream, StreamItem, ValidInferRequest, WorkerError};
@@ -125,7 +125,7 @@ impl LlmFrontend {
         if parsed.best_of > 1 {
             return self.infer_choices(&pre, target, &parsed, prompt, observer, version, &request).await;
         }
-        let text = generate_text(self, &pre, target, &parsed.options, prompt, Some(DEFAULT_MAX_TOKENS), observer)
+        let text = generate_text(self, &pre, target, &parsed.options, prompt, pre.card().default_completion_tokens, observer)
             .await
             .map_err(|e| failed(request_error(&request.id, e)))?;
         let statistics = Statistics { version: Arc::clone(&version), arrived, started: Instant::now() };
@@ -186,7 +186,7 @@ impl LlmFrontend {
                 target,
                 &options,
                 prompt,
-                Some(DEFAULT_MAX_TOKENS),
+                pre.card().default_completion_tokens,
                 observers,
             )
             .await?;

@@ -89,6 +89,58 @@ def test_no_kserve_grpc_server_serves_http_without_a_grpc_port(monkeypatch):
         finish_server(server)
 
 
+def grpc_identity_answers(url: str, headers: dict[str, str] | None = None) -> None:
+    """A unary ModelInfer and a ModelStreamInfer on the built-in identity model at `url`."""
+    data = np.arange(16, dtype=np.float32)
+    tensor = grpcclient.InferInput("INPUT0", [16], "FP32")
+    tensor.set_data_from_numpy(data)
+    with grpcclient.InferenceServerClient(url) as client:
+        assert np.array_equal(client.infer("identity", [tensor], headers=headers).as_numpy("OUTPUT0"), data)
+        answers = []
+        client.start_stream(lambda result, error: answers.append(error or result))
+        client.async_stream_infer("identity", [tensor])
+        wait_until(lambda: answers, 30, "the streamed answer")
+        client.stop_stream()
+    assert not isinstance(answers[0], Exception), answers[0]
+    assert np.array_equal(answers[0].as_numpy("OUTPUT0"), data)
+
+
+def test_kserve_grpc_server_serves_grpc_on_the_http_port():
+    """Dynamo's frontend serves KServe gRPC on --http-port when given --kserve-grpc-server: so does
+    Tritium, with no gRPC port of its own unless one is named, HTTP still answering on that port, and
+    the gRPC port's guards (a restricted group) applying to the calls there."""
+    http = bound_listener()
+    argv = ["serve", "--http-listen-fd", str(http.fileno()), "--kserve-grpc-server", "--allow-metrics", "false",
+            "--grpc-restricted-protocol", "model-repository:admin-key=s3cret"]  # fmt: skip
+    server = launch(argv, [http], READY_PREFIX, 60)
+    try:
+        assert "grpc=" not in server.ready_line and f"http={server.url}" in server.ready_line, server.ready_line
+        grpc_identity_answers(server.url)
+        assert get(f"http://{server.url}/v2/health/ready") == 200
+        with grpcclient.InferenceServerClient(server.url) as client:
+            with pytest.raises(Exception, match="This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'"):
+                client.get_model_repository_index()
+            names = [m.name for m in client.get_model_repository_index(headers={"triton-grpc-protocol-admin-key": "s3cret"}).models]
+            assert "identity" in names
+    finally:
+        finish_server(server)
+    # Tritium's own layout (no --kserve-grpc-server): the gRPC port, and gRPC on the HTTP port too.
+    server = start_server()
+    try:
+        assert "grpc=" in server.ready_line
+        grpc_identity_answers(server.url)
+        grpc_identity_answers(server.http_url.removeprefix("http://"))
+    finally:
+        finish_server(server)
+    # Named together with --kserve-grpc-server, the gRPC port is served as well.
+    server = start_server("--kserve-grpc-server")
+    try:
+        assert f"grpc={server.url}" in server.ready_line
+        grpc_identity_answers(server.url)
+    finally:
+        finish_server(server)
+
+
 def test_grpc_metrics_port_serves_the_metrics():
     """(DYN_GRPC_METRICS_PORT is read as the dump test shows: the harness keeps DYN_GRPC_* from servers.)"""
     port = free_port()

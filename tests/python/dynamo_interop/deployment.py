@@ -22,7 +22,7 @@ import urllib.request
 
 import pytest
 
-from helpers import REPO, TritiumServer, finish_server, start_server, start_worker
+from helpers import READY_PREFIX, REPO, TritiumServer, finish_server, launch, start_server, start_worker
 
 DYNAMO_PYTHON = REPO / ".tools" / "dynamo-venv" / "bin" / "python"
 HERE = pathlib.Path(__file__).resolve().parent
@@ -247,6 +247,20 @@ class Deployment:
         server = start_server(*flags, *args, env=env)
         self.tritium.append(server)
         return server
+
+    def kserve_frontend(self, which: str) -> tuple[str, str]:
+        """Dynamo's frontend (`which` "dynamo") or `tritium serve` ("tritium") started for the KServe door
+        exactly as Dynamo's users start it: `--kserve-grpc-server --http-port G --grpc-metrics-port M`, with
+        this setup's planes; returns the gRPC address (G) and the metrics URL (M)."""
+        port, metrics = free_port(), free_port()
+        flags, env = self.frontend_options()
+        kserve = ["--kserve-grpc-server", "--http-host", "127.0.0.1", "--http-port", str(port), "--grpc-metrics-port", str(metrics)]
+        if which == "dynamo":
+            self._spawn("kserve-frontend", ["-m", "dynamo.frontend", *kserve, *flags])
+        else:
+            server = launch(["serve", *kserve, *flags], [], READY_PREFIX, 60, env=env, ports=(port, port, metrics))
+            self.tritium.append(server)
+        return f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics"
 
     def echo_and_mock(self, timeout: float = 90) -> tuple[TritiumServer, str]:
         """An echo worker ("echo") and a mocker ("mock") behind both frontends, once both list them."""

@@ -13,6 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import deserialize_bytes_tensor
 
 from deployment import assert_same_answers, completion, deployment, free_i16_port, http, models_at, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
 
@@ -83,6 +84,42 @@ def test_kserve_parameters_reach_the_dynamo_worker(frontends):
         client.stop_stream()
     outputs = [r.as_numpy("text_output") for r in results if not isinstance(r, Exception) and r.as_numpy("text_output") is not None]
     assert b"".join(o.reshape(-1)[0] for o in outputs).decode() == "hello"
+
+
+def kserve_text(url: str, model: str, prompt: str) -> str:
+    """The text a unary KServe ModelInfer on `url` answers for `prompt` (no parameters)."""
+    text = grpcclient.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([prompt.encode()], dtype=object))
+    with grpcclient.InferenceServerClient(url) as client:
+        response = client.infer(model, [text]).get_response()
+    index = [o.name for o in response.outputs].index("text_output")
+    if response.raw_output_contents:
+        return b"".join(deserialize_bytes_tensor(response.raw_output_contents[index]).reshape(-1)).decode()
+    # Dynamo answers in typed contents, which tritonclient's as_numpy cannot read under numpy 2.
+    return b"".join(response.outputs[index].contents.bytes_contents).decode()
+
+
+def model_ready_at(url: str, model: str) -> bool:
+    try:
+        with grpcclient.InferenceServerClient(url) as client:
+            return client.is_model_ready(model)
+    except Exception:  # not listening yet, or the model not found yet
+        return False
+
+
+def test_the_kserve_setup_serves_grpc_on_the_http_port_as_dynamos(deployment, frontends):
+    """Started for the KServe door as Dynamo's users start it (`--kserve-grpc-server --http-port G
+    --grpc-metrics-port M`), both frontends serve KServe gRPC on G and metrics on M over the same echo
+    worker, with the same text."""
+    ours = deployment.kserve_frontend("tritium")
+    theirs = deployment.kserve_frontend("dynamo")
+    texts = []
+    for url, metrics in (ours, theirs):
+        wait_until(lambda: model_ready_at(url, "echo"), START, f"echo ready over gRPC at {url}")
+        texts.append(kserve_text(url, "echo", "a prompt longer than sixteen tokens, by far"))
+        with urllib.request.urlopen(metrics, timeout=30) as response:
+            assert response.status == 200
+    assert texts[0] == texts[1] and texts[0], texts
 
 
 def test_a_cancelled_stream_stops_the_worker(deployment, frontends):
