@@ -16,10 +16,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
-use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, TokenStream};
+use serde_json::Value as Json;
+use tritium_backend_api::llm::{
+    FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, ModelKind, TokenStream,
+};
 use tritium_worker::{InferOutcome, InferenceResponse, ValidInferRequest, WorkerClient, WorkerError};
 
-use super::call_home::CallHome;
+use super::call_home::{CallHome, Expected};
 use super::codec::{FrameError, TwoPart, read_ack, request_frame};
 use super::protocol::{
     Control, Finish, PayloadCodec, Prologue, StreamItem, control_message, decode_body, encode_body, finish_of, headers,
@@ -202,6 +205,26 @@ impl WorkerClient for DynamoWorker {
         Err(WorkerError::NotLanguageModel { model: request.model_name().to_string() })
     }
 
+    async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
+        if self.model(model)?.card.kind != ModelKind::Embed {
+            return Err(WorkerError::Generate {
+                model: model.to_string(),
+                source: GenerateError::InvalidRequest(format!("the Dynamo model '{model}' does not embed")),
+            });
+        }
+        let count = inputs.len();
+        let mut expected = self.call(model, &super::embed::embedding_request(model, &inputs)).await?;
+        let connection = expected.connection(CALL_HOME_TIMEOUT).await;
+        let reading = super::embed::EmbeddingStream {
+            worker: &self.id,
+            model,
+            count,
+            max_bytes: self.max_message_size,
+            codec: self.target.codec,
+        };
+        reading.read(connection).await.map_err(|source| WorkerError::Generate { model: model.to_string(), source })
+    }
+
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
         let served = self.model(model)?;
         if request.constraint.is_some() {
@@ -213,29 +236,9 @@ impl WorkerClient for DynamoWorker {
             });
         }
         let max_tokens = self.max_tokens(served, &request)?;
-        let request_id = format!("{:032x}", rand::random::<u128>());
-        let subject = format!("{:032x}", rand::random::<u128>());
-        let mut expected = self.home.expect(subject.clone());
-        let codec = self.target.codec;
-        let control = control_message(&request_id, &self.home.address(), &subject, codec);
         let body = preprocessed_request(model, &request, max_tokens, &served.card.eos_token_ids);
-        let payload =
-            TwoPart { header: Bytes::from(control.to_string()), body: Bytes::from(encode_body(&body, codec)) }.to_bytes();
-        if payload.len() > self.max_message_size {
-            return Err(WorkerError::Generate {
-                model: model.to_string(),
-                source: GenerateError::InvalidRequest(format!(
-                    "the request is {} bytes, over the {} a message may have",
-                    payload.len(),
-                    self.max_message_size
-                )),
-            });
-        }
-        let ack = self.send(&request_id, payload).await?;
-        if !ack.is_empty() {
-            // "Server overloaded: …" or "Server unavailable: …": nothing ran, another worker may.
-            return Err(WorkerError::NotStarted { worker: self.id.clone(), message: format!("Dynamo worker refused: {ack}") });
-        }
+        let mut expected = self.call(model, &body).await?;
+        let codec = self.target.codec;
         let (sender, receiver) = mpsc::unbounded_channel();
         let stream = ResponseStream {
             worker: self.id.clone(),
@@ -253,6 +256,34 @@ impl WorkerClient for DynamoWorker {
 }
 
 impl DynamoWorker {
+    /// Sends `body` to the worker for `model` and waits for its acknowledgement; the worker then
+    /// opens the response stream that the returned [`Expected`] waits for.
+    async fn call(&self, model: &str, body: &Json) -> Result<Expected, WorkerError> {
+        let request_id = format!("{:032x}", rand::random::<u128>());
+        let subject = format!("{:032x}", rand::random::<u128>());
+        let expected = self.home.expect(subject.clone());
+        let codec = self.target.codec;
+        let control = control_message(&request_id, &self.home.address(), &subject, codec);
+        let payload =
+            TwoPart { header: Bytes::from(control.to_string()), body: Bytes::from(encode_body(body, codec)) }.to_bytes();
+        if payload.len() > self.max_message_size {
+            return Err(WorkerError::Generate {
+                model: model.to_string(),
+                source: GenerateError::InvalidRequest(format!(
+                    "the request is {} bytes, over the {} a message may have",
+                    payload.len(),
+                    self.max_message_size
+                )),
+            });
+        }
+        let ack = self.send(&request_id, payload).await?;
+        if !ack.is_empty() {
+            // "Server overloaded: …" or "Server unavailable: …": nothing ran, another worker may.
+            return Err(WorkerError::NotStarted { worker: self.id.clone(), message: format!("Dynamo worker refused: {ack}") });
+        }
+        Ok(expected)
+    }
+
     /// Sends one request payload (a two-part message) and returns the worker's acknowledgement.
     async fn send(&self, request_id: &str, payload: Bytes) -> Result<String, WorkerError> {
         let traceparent = tritium_backend_api::trace::current().map(|trace| trace.context().traceparent());

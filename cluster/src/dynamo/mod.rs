@@ -9,7 +9,7 @@
 //! - [`codec`], [`protocol`]: Dynamo's frames and the messages in them;
 //! - [`kv_events`]: their KV events, in Dynamo's block hashes, for the KV-aware router;
 //! - [`client`], [`call_home`]: one worker's request connections, and the server its response
-//!   streams call home to;
+//!   streams call home to; [`embed`]: the embedding calls of embedding workers;
 //! - [`worker`]: the other way round, a Tritium worker registered and served in Dynamo's layout.
 //!
 //! The wire contract is Dynamo's own, read off Dynamo [`TESTED_VERSION`]; what Tritium cannot
@@ -19,6 +19,7 @@ pub mod call_home;
 pub mod card;
 pub mod client;
 pub mod codec;
+pub mod embed;
 pub mod kv_events;
 mod kv_follow;
 pub mod protocol;

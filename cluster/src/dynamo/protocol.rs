@@ -140,19 +140,20 @@ pub struct Prologue {
     pub error: Option<String>,
 }
 
-/// One response-stream frame's body.
+/// One response-stream frame's body: a generation's output by default (an embedding call's
+/// items carry [`super::embed::EmbeddingsOutput`]).
 #[derive(Debug, Deserialize)]
-pub struct StreamItem {
-    #[serde(default)]
-    pub data: Option<Annotated>,
+pub struct StreamItem<T = EngineOutput> {
+    #[serde(default = "Option::default")]
+    pub data: Option<Annotated<T>>,
     #[serde(default)]
     pub complete_final: bool,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Annotated {
-    #[serde(default)]
-    pub data: Option<EngineOutput>,
+pub struct Annotated<T = EngineOutput> {
+    #[serde(default = "Option::default")]
+    pub data: Option<T>,
     #[serde(default)]
     pub event: Option<String>,
     /// A string, or a structured error in later versions.
@@ -162,7 +163,7 @@ pub struct Annotated {
     pub comment: Option<Json>,
 }
 
-impl Annotated {
+impl<T> Annotated<T> {
     /// The error this item carries, if any.
     pub fn error_text(&self) -> Option<String> {
         match (&self.error, self.event.as_deref()) {

@@ -134,9 +134,9 @@ impl View {
                 self.warn_once(&key, "a Dynamo prefill worker is not served: disaggregated Dynamo workers are not supported yet");
                 continue;
             }
-            if !card.generates() {
+            if !card.generates() && !card.embeds() {
                 let message = format!(
-                    "model '{}' ({}) is not served: this frontend serves Dynamo language models",
+                    "model '{}' ({}) is not served: this frontend serves Dynamo language and embedding models",
                     card.display_name, card.model_type
                 );
                 self.warn_once(&key, &message);
@@ -206,7 +206,8 @@ impl View {
 }
 
 /// The models of a Dynamo worker as the router's remote-model table holds them: language
-/// models with Tritium's KServe tensors for them, tokenized by the cards' tokenizers.
+/// models with Tritium's KServe tensors for them, and embedding models, tokenized by the
+/// cards' tokenizers.
 pub fn remote_models(target: &DynamoTarget) -> Vec<crate::remote::RemoteModel> {
     target
         .models
@@ -217,7 +218,10 @@ pub fn remote_models(target: &DynamoTarget) -> Vec<crate::remote::RemoteModel> {
                 backend: "dynamo".into(),
                 ..Default::default()
             };
-            tritium_backend_api::llm::complete_llm_config(&mut config);
+            // An embedding model has no KServe tensors (as Tritium's own): it is served on /v1/embeddings.
+            if model.card.kind == tritium_backend_api::llm::ModelKind::Generate {
+                tritium_backend_api::llm::complete_llm_config(&mut config);
+            }
             crate::remote::RemoteModel {
                 name: model.name.clone(),
                 version: 1,

@@ -3,12 +3,17 @@ token-input model that answers with the prompt's tokens, one per frame, until `m
 (finish "length") or the prompt's end (finish "stop"; also when no `max_tokens` is sent). Deterministic, so Dynamo's frontend
 and Tritium's can be compared text for text.
 
-Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SECONDS]
+With `--embed` it is an embedding model instead: each input's vector is made of its tokens
+(count, sum, first, last), sent as base64 as Dynamo's vLLM worker sends it, so both frontends' vectors can be compared number for number.
+
+Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SECONDS] [--embed]
 (discovery and planes from Dynamo's own variables: DYN_DISCOVERY_BACKEND, DYN_FILE_KV, ...)."""
 
 import argparse
 import asyncio
+import base64
 import json
+import struct
 
 import uvloop
 from dynamo.llm import ModelInput, ModelRuntimeConfig, ModelType, WorkerType, register_model
@@ -32,6 +37,14 @@ class Echo:
             await asyncio.sleep(self.delay)
 
 
+async def embed(request, context):
+    """As Dynamo 1.6.1's vLLM handler answers: each vector as base64 of little-endian float32s."""
+    vectors = [[len(t), sum(t), t[0] if t else -1, t[-1] if t else -1] for t in request["token_ids"]]
+    encoded = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii") for v in vectors]
+    tokens = sum(len(t) for t in request["token_ids"])
+    yield {"embeddings": encoded, "prompt_tokens": tokens, "total_tokens": tokens}
+
+
 @dynamo_worker()
 async def main(runtime: DistributedRuntime, args):
     import os
@@ -44,7 +57,7 @@ async def main(runtime: DistributedRuntime, args):
         config.set_engine_specific("token_budget", json.dumps(budget))
     await register_model(
         ModelInput.Tokens,
-        ModelType.Chat | ModelType.Completions,
+        ModelType.Embedding if args.embed else ModelType.Chat | ModelType.Completions,
         endpoint,
         args.model_dir,
         args.model_name,
@@ -52,7 +65,7 @@ async def main(runtime: DistributedRuntime, args):
         kv_cache_block_size=16,
         runtime_config=config,
     )
-    await endpoint.serve_endpoint(Echo(args.delay).generate)
+    await endpoint.serve_endpoint(embed if args.embed else Echo(args.delay).generate)
 
 
 if __name__ == "__main__":
@@ -61,5 +74,6 @@ if __name__ == "__main__":
     parser.add_argument("model_name")
     parser.add_argument("--token-budget", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--embed", action="store_true", help="an embedding model instead")
     uvloop.install()
     asyncio.run(main(parser.parse_args()))

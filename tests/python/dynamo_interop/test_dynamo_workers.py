@@ -122,6 +122,33 @@ def test_the_kserve_setup_serves_grpc_on_the_http_port_as_dynamos(deployment, fr
     assert texts[0] == texts[1] and texts[0], texts
 
 
+def test_an_embedding_worker_is_served_on_v1_embeddings_as_dynamos(deployment, frontends):
+    """A Dynamo embedding worker (model type Embedding, token input): both frontends tokenize with its card
+    and answer /v1/embeddings with the worker's vectors (base64 on the wire, as vLLM's handler sends them),
+    number for number, in both payload codecs. Dynamo 1.6.1's frontend fails every embedding under
+    `--router-mode kv` ("KV routing should not call generate on PushRouter"): it is compared in round-robin
+    mode; Tritium's serves them in the KV mode the fixture runs."""
+    tritium, _ = frontends
+    deployment.echo("embedder", "--embed")
+    deployment.echo("embedder-json", "--embed", env={"DYN_REQUEST_PLANE_CODEC": "json"})
+    dynamo = deployment.dynamo_frontend("--router-mode", "round-robin")
+    for base in (tritium.http_url, dynamo):
+        wait_until(lambda: {"embedder", "embedder-json"} <= set(models_at(base)), START, f"embedders listed at {base}")
+    inputs = ["hello there", "a second, longer input to embed"]
+    answers = []
+    for base in (tritium.http_url, dynamo):
+        for model in ("embedder", "embedder-json"):
+            status, answer = http("POST", base + "/v1/embeddings", {"model": model, "input": inputs})
+            assert status == 200, (base, model, answer)
+            answers.append(answer)
+    vectors = [[d["embedding"] for d in answer["data"]] for answer in answers]
+    assert all(v == vectors[0] for v in vectors) and len(vectors[0]) == 2 and vectors[0][0][0] > 0, vectors
+    assert len({answer["usage"]["prompt_tokens"] for answer in answers}) == 1, answers
+    # Not a language model: generation on it is refused.
+    status, answer = http("POST", tritium.http_url + "/v1/completions", {"model": "embedder", "prompt": "x", "max_tokens": 2})
+    assert status in (400, 404), answer
+
+
 def test_a_cancelled_stream_stops_the_worker(deployment, frontends):
     tritium, _ = frontends
     slow = deployment.echo("slow-echo", "--delay", "0.2")
