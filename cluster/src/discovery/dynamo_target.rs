@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tritium_backend_api::llm::ModelCard;
+use tritium_proto::inference::ModelConfig;
 
 /// A Dynamo worker instance's request endpoint and the models it serves there.
 #[derive(Debug)]
@@ -55,7 +56,10 @@ impl std::fmt::Display for DynamoEndpoint {
 #[derive(Debug)]
 pub struct DynamoModel {
     pub name: String,
-    pub card: Arc<ModelCard>,
+    /// What a language or embedding model is tokenized with; `None` for a tensor model.
+    pub card: Option<Arc<ModelCard>>,
+    /// A tensor model's KServe config (`model_input: Tensor`).
+    pub tensor: Option<Arc<ModelConfig>>,
     /// The blake3 of the model record, so a changed card is a changed target.
     pub digest: blake3::Hash,
     pub token_budget: Option<TokenBudget>,

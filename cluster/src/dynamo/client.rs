@@ -20,10 +20,15 @@ use serde_json::Value as Json;
 use tritium_backend_api::llm::{
     FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, ModelKind, TokenStream,
 };
+use tokio_util::sync::CancellationToken;
+use tritium_backend_api::llm::ModelCard;
+use tritium_backend_api::{ResponseStream as Responses, StreamItem as Reply};
+use tritium_proto::ErrorCode;
 use tritium_worker::{InferOutcome, InferenceResponse, ValidInferRequest, WorkerClient, WorkerError};
 
 use super::call_home::{CallHome, Expected};
 use super::codec::{FrameError, TwoPart, read_ack, request_frame};
+use super::items::{ItemError, Items};
 use super::protocol::{
     Control, Finish, PayloadCodec, Prologue, StreamItem, control_message, decode_body, encode_body, finish_of, headers,
     preprocessed_request,
@@ -37,6 +42,8 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the worker may take to open the response stream after acknowledging.
 const CALL_HOME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Responses of a decoupled tensor model held for a client that reads slowly.
+const STREAM_BUFFER: usize = 16;
 
 type AckWaiter = oneshot::Sender<Result<String, String>>;
 
@@ -157,16 +164,26 @@ impl DynamoWorker {
         self.target.models.iter().find(|m| m.name == name).ok_or_else(|| WorkerError::ModelNotFound { name: name.to_string() })
     }
 
+    /// A model of `kind` and its card.
+    fn tokenized(&self, name: &str, kind: ModelKind) -> Result<(&DynamoModel, &ModelCard), WorkerError> {
+        let model = self.model(name)?;
+        match model.card.as_deref() {
+            Some(card) if card.kind == kind => Ok((model, card)),
+            _ if kind == ModelKind::Embed => Err(WorkerError::NotEmbeddingModel { model: name.to_string() }),
+            _ => Err(WorkerError::NotLanguageModel { model: name.to_string() }),
+        }
+    }
+
     /// What `max_tokens` the worker is sent: the request's, else what the worker's token budget
     /// (or, without one, the context) leaves after the prompt. A budget's overflow rules refuse
     /// as Dynamo's frontend does.
-    fn max_tokens(&self, model: &DynamoModel, request: &GenerateRequest) -> Result<u32, WorkerError> {
+    fn max_tokens(&self, model: &DynamoModel, card: &ModelCard, request: &GenerateRequest) -> Result<u32, WorkerError> {
         let prompt = request.prompt.len();
         let refuse =
             |message: String| WorkerError::Generate { model: model.name.clone(), source: GenerateError::InvalidRequest(message) };
         let (limit, budget) = match model.token_budget {
             Some(budget) => (usize::try_from(budget.combined_limit).unwrap_or(usize::MAX), Some(budget)),
-            None => (model.card.context_length, None),
+            None => (card.context_length, None),
         };
         let over = |total: String| {
             format!(
@@ -198,20 +215,49 @@ impl DynamoWorker {
 #[async_trait]
 impl WorkerClient for DynamoWorker {
     async fn infer(&self, request: ValidInferRequest) -> Result<InferenceResponse, WorkerError> {
-        Err(WorkerError::NotLanguageModel { model: request.model_name().to_string() })
+        if request.model().decoupled() {
+            return Err(WorkerError::DecoupledUnary { model: request.model_name().to_string() });
+        }
+        let (mut items, answer) = self.tensor_call(&request).await?;
+        let mut response = None;
+        while let Some(item) = answer.next(&mut items).await? {
+            if response.replace(item).is_some() {
+                return Err(answer.failed("answered more than once, as only a decoupled model may"));
+            }
+        }
+        let mut response = response.ok_or_else(|| answer.failed("ended its stream without an answer"))?;
+        response.is_final = true;
+        Ok(response)
     }
 
     async fn infer_stream(&self, request: ValidInferRequest) -> Result<InferOutcome, WorkerError> {
-        Err(WorkerError::NotLanguageModel { model: request.model_name().to_string() })
+        if !request.model().decoupled() {
+            return self.infer(request).await.map(InferOutcome::Single);
+        }
+        let (mut items, answer) = self.tensor_call(&request).await?;
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    next = answer.next(&mut items) => match next {
+                        Ok(Some(response)) => Reply::Response(response),
+                        Ok(None) => Reply::Complete,
+                        Err(e) => Reply::Error(e),
+                    },
+                    // The client went away: dropping the connection ends the worker's stream.
+                    () = sender.closed() => return,
+                };
+                let last = !matches!(item, Reply::Response(_));
+                if sender.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(InferOutcome::Stream(Responses::new(receiver, CancellationToken::new())))
     }
 
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
-        if self.model(model)?.card.kind != ModelKind::Embed {
-            return Err(WorkerError::Generate {
-                model: model.to_string(),
-                source: GenerateError::InvalidRequest(format!("the Dynamo model '{model}' does not embed")),
-            });
-        }
+        self.tokenized(model, ModelKind::Embed)?;
         let count = inputs.len();
         let mut expected = self.call(model, &super::embed::embedding_request(model, &inputs)).await?;
         let connection = expected.connection(CALL_HOME_TIMEOUT).await;
@@ -226,7 +272,7 @@ impl WorkerClient for DynamoWorker {
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
-        let served = self.model(model)?;
+        let (served, card) = self.tokenized(model, ModelKind::Generate)?;
         if request.constraint.is_some() {
             return Err(WorkerError::Generate {
                 model: model.to_string(),
@@ -235,8 +281,8 @@ impl WorkerClient for DynamoWorker {
                 ),
             });
         }
-        let max_tokens = self.max_tokens(served, &request)?;
-        let body = preprocessed_request(model, &request, max_tokens, &served.card.eos_token_ids);
+        let max_tokens = self.max_tokens(served, card, &request)?;
+        let body = preprocessed_request(model, &request, max_tokens, &card.eos_token_ids);
         let mut expected = self.call(model, &body).await?;
         let codec = self.target.codec;
         let (sender, receiver) = mpsc::unbounded_channel();
@@ -284,6 +330,27 @@ impl DynamoWorker {
         Ok(expected)
     }
 
+    /// Sends a KServe request to a tensor model; its response stream, and how to read it.
+    async fn tensor_call(&self, request: &ValidInferRequest) -> Result<(Items, TensorAnswer), WorkerError> {
+        let model = request.model_name();
+        if self.model(model)?.tensor.is_none() {
+            return Err(WorkerError::NotLanguageModel { model: model.to_string() });
+        }
+        let body = super::tensor::tensor_request(request.request(), model)
+            .map_err(|reason| WorkerError::InvalidRequest { id: request.request().id.clone(), reason })?;
+        let mut expected = self.call(model, &body).await?;
+        let connection = expected.connection(CALL_HOME_TIMEOUT).await;
+        let answer = TensorAnswer {
+            worker: self.id.clone(),
+            model: Arc::from(model),
+            version: request.version(),
+            id: request.request().id.clone(),
+            requested: request.request().requested_outputs.clone(),
+        };
+        let items = Items::open(connection, self.max_message_size, self.target.codec).await.map_err(|e| answer.error(e))?;
+        Ok((items, answer))
+    }
+
     /// Sends one request payload (a two-part message) and returns the worker's acknowledgement.
     async fn send(&self, request_id: &str, payload: Bytes) -> Result<String, WorkerError> {
         let traceparent = tritium_backend_api::trace::current().map(|trace| trace.context().traceparent());
@@ -314,6 +381,37 @@ impl DynamoWorker {
                 }
             }
             (DynamoEndpoint::Nats { .. }, None) => Err(self.unreachable("no NATS connection".to_string())),
+        }
+    }
+}
+
+/// How a tensor model's response items are read into KServe responses.
+struct TensorAnswer {
+    worker: String,
+    model: Arc<str>,
+    version: i64,
+    id: String,
+    requested: Vec<String>,
+}
+
+impl TensorAnswer {
+    async fn next(&self, items: &mut Items) -> Result<Option<InferenceResponse>, WorkerError> {
+        let Some((item, _)) = items.next::<super::tensor::TensorResponse>().await.map_err(|e| self.error(e))? else {
+            return Ok(None);
+        };
+        super::tensor::response_of(item, &self.model, self.version, &self.id, &self.requested)
+            .map(Some)
+            .map_err(|why| self.failed(&why))
+    }
+
+    fn failed(&self, why: &str) -> WorkerError {
+        WorkerError::Failed { code: ErrorCode::Internal, message: format!("the Dynamo worker serving '{}' {why}", self.model) }
+    }
+
+    fn error(&self, error: ItemError) -> WorkerError {
+        match error {
+            ItemError::Lost(message) => WorkerError::Unreachable { worker: self.worker.clone(), message },
+            ItemError::Engine(message) => WorkerError::Failed { code: ErrorCode::Internal, message },
         }
     }
 }

@@ -11,8 +11,8 @@ use serde_json::{Value as Json, json};
 use tokio::net::TcpStream;
 use tritium_backend_api::llm::GenerateError;
 
-use super::codec::{FrameError, TwoPart};
-use super::protocol::{Control, PayloadCodec, Prologue, StreamItem, decode_body};
+use super::items::{ItemError, Items};
+use super::protocol::PayloadCodec;
 
 /// Dynamo's `PreprocessedEmbeddingRequest` (`annotations` has no default there: it is sent).
 pub fn embedding_request(model: &str, inputs: &[Vec<u32>]) -> Json {
@@ -74,43 +74,18 @@ impl EmbeddingStream<'_> {
 
     /// The vectors, one per input, in order.
     pub async fn read(&self, connection: Option<TcpStream>) -> Result<Vec<Vec<f32>>, GenerateError> {
-        let mut connection = connection.ok_or_else(|| self.lost("the worker never opened the response stream"))?;
-        let prologue = TwoPart::read(&mut connection, self.max_bytes).await.map_err(|e| self.lost(e.to_string()))?;
-        let prologue: Prologue = serde_json::from_slice(&prologue.header)
-            .map_err(|e| self.lost(format!("the worker's prologue is not one Dynamo sends: {e}")))?;
-        if let Some(error) = prologue.error {
-            return Err(self.engine(error));
-        }
+        let error = |e: ItemError| match e {
+            ItemError::Lost(message) => self.lost(message),
+            ItemError::Engine(message) => self.engine(message),
+        };
+        let mut items = Items::open(connection, self.max_bytes, self.codec).await.map_err(error)?;
         let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(self.count);
-        let (mut finished, mut received) = (false, 0usize);
-        loop {
-            let frame = match TwoPart::read(&mut connection, self.max_bytes).await {
-                Ok(frame) => frame,
-                Err(FrameError::Closed) if finished => break,
-                Err(e) => return Err(self.lost(format!("the response stream ended before the embeddings: {e}"))),
-            };
-            received = received.saturating_add(frame.header.len() + frame.body.len());
+        let mut received = 0usize;
+        while let Some((output, size)) = items.next::<EmbeddingsOutput>().await.map_err(error)? {
+            received = received.saturating_add(size);
             if received > self.max_bytes {
                 return Err(self.engine(format!("the worker's answer is over the {} bytes a message may have", self.max_bytes)));
             }
-            if frame.body.is_empty() {
-                match serde_json::from_slice::<Control>(&frame.header) {
-                    Ok(Control::Sentinel) if finished => break,
-                    _ => continue,
-                }
-            }
-            let item: StreamItem<EmbeddingsOutput> = decode_body(&frame.body, self.codec)
-                .and_then(|body| serde_json::from_value(body).map_err(|e| e.to_string()))
-                .map_err(|e| self.lost(format!("a response frame is not one Dynamo sends: {e}")))?;
-            if item.complete_final {
-                finished = true;
-                continue;
-            }
-            let Some(annotated) = item.data else { continue };
-            if let Some(error) = annotated.error_text() {
-                return Err(self.engine(error));
-            }
-            let Some(output) = annotated.data else { continue };
             if vectors.len() + output.embeddings.len() > self.count {
                 return Err(self.engine(format!("the worker answered more than the {} embeddings asked for", self.count)));
             }
@@ -129,6 +104,7 @@ impl EmbeddingStream<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::dynamo::protocol::StreamItem;
 
     #[test]
     fn the_request_carries_one_token_list_per_input_and_the_fields_dynamo_requires() {

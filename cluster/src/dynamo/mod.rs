@@ -9,7 +9,8 @@
 //! - [`codec`], [`protocol`]: Dynamo's frames and the messages in them;
 //! - [`kv_events`]: their KV events, in Dynamo's block hashes, for the KV-aware router;
 //! - [`client`], [`call_home`]: one worker's request connections, and the server its response
-//!   streams call home to; [`embed`]: the embedding calls of embedding workers;
+//!   streams call home to; [`embed`], [`tensor`]: the calls of embedding and tensor models, read
+//!   item by item ([`items`]);
 //! - [`worker`]: the other way round, a Tritium worker registered and served in Dynamo's layout.
 //!
 //! The wire contract is Dynamo's own, read off Dynamo [`TESTED_VERSION`]; what Tritium cannot
@@ -20,11 +21,13 @@ pub mod card;
 pub mod client;
 pub mod codec;
 pub mod embed;
+pub mod items;
 pub mod kv_events;
 mod kv_follow;
 pub mod protocol;
 pub mod records;
 pub mod store;
+pub mod tensor;
 pub mod view;
 pub mod worker;
 

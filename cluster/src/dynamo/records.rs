@@ -119,6 +119,30 @@ pub struct Card {
     pub needs: Vec<String>,
     #[serde(default)]
     pub runtime_config: Option<RuntimeConfig>,
+    /// A tensor model's contract (`model_input: Tensor`, as `dynamo.triton` registers Triton's models).
+    #[serde(default)]
+    pub tensor_model_config: Option<TensorModelConfig>,
+}
+
+/// Dynamo's `TensorModelConfig`: inputs and outputs, or Triton's whole `ModelConfig` as protobuf
+/// bytes, which supersedes them.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TensorModelConfig {
+    #[serde(default)]
+    pub inputs: Vec<TensorMetadata>,
+    #[serde(default)]
+    pub outputs: Vec<TensorMetadata>,
+    #[serde(default)]
+    pub triton_model_config: Option<Vec<u8>>,
+}
+
+/// A tensor's name, Dynamo data type (`Float32`, `Bytes`, ...) and shape.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TensorMetadata {
+    pub name: String,
+    pub data_type: String,
+    #[serde(default)]
+    pub shape: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -202,6 +226,11 @@ impl Card {
 
     pub fn embeds(&self) -> bool {
         self.model_types().any(|flag| flag == "Embedding")
+    }
+
+    /// A tensor model: `TensorBased`, taking `Tensor` input.
+    pub fn tensor_based(&self) -> bool {
+        self.model_input == "Tensor" && self.model_types().any(|flag| flag == "TensorBased")
     }
 
     /// The longest prompt plus completion: the card's context length, else the architecture's.

@@ -98,6 +98,25 @@ impl View {
         Ok(endpoints)
     }
 
+    /// The target of the endpoint `id`, added on first use.
+    fn target<'a>(
+        &self,
+        targets: &'a mut BTreeMap<String, DynamoTarget>,
+        id: &(String, String, String, u64),
+        endpoint: &EndpointRecord,
+    ) -> &'a mut DynamoTarget {
+        let key = format!("{}/{}/{}/{:x}", id.0, id.1, id.2, id.3);
+        targets.entry(key.clone()).or_insert_with(|| DynamoTarget {
+            key,
+            endpoint: endpoint.reached(),
+            codec: match endpoint.request_plane_codec.as_deref() {
+                Some("msgpack") => PayloadCodec::Msgpack,
+                _ => PayloadCodec::Json,
+            },
+            models: Vec::new(),
+        })
+    }
+
     async fn refresh(&mut self, store: &DynamoStore) -> Result<Vec<WorkerInstance>, String> {
         let endpoints = store.list("v1/instances").await?;
         let models = store.list("v1/mdc").await?;
@@ -128,10 +147,27 @@ impl View {
             };
             let id = (record.namespace.clone(), record.component.clone(), record.endpoint.clone(), record.instance_id);
             let Some(endpoint) = listeners.get(&id) else { continue };
-            let reached = endpoint.reached();
             let card = &record.card_json;
             if !card.takes_requests() {
                 self.warn_once(&key, "a Dynamo prefill worker is not served: disaggregated Dynamo workers are not supported yet");
+                continue;
+            }
+            if card.tensor_based() {
+                let config = card.tensor_model_config.clone().unwrap_or_default();
+                match super::tensor::model_config(&card.display_name, &config) {
+                    Ok(config) => {
+                        let target = self.target(&mut targets, &id, endpoint);
+                        target.models.push(DynamoModel {
+                            name: card.display_name.clone(),
+                            card: None,
+                            tensor: Some(Arc::new(config)),
+                            digest,
+                            token_budget: None,
+                            kv_block_size: 0,
+                        });
+                    }
+                    Err(e) => self.warn_once(&key, &format!("Dynamo tensor model '{}' cannot be served: {e}", card.display_name)),
+                }
                 continue;
             }
             if !card.generates() && !card.embeds() {
@@ -169,19 +205,11 @@ impl View {
                     continue;
                 }
             };
-            let target_key = format!("{}/{}/{}/{:x}", id.0, id.1, id.2, id.3);
-            let target = targets.entry(target_key.clone()).or_insert_with(|| DynamoTarget {
-                key: target_key,
-                endpoint: reached,
-                codec: match endpoint.request_plane_codec.as_deref() {
-                    Some("msgpack") => PayloadCodec::Msgpack,
-                    _ => PayloadCodec::Json,
-                },
-                models: Vec::new(),
-            });
+            let target = self.target(&mut targets, &id, endpoint);
             target.models.push(DynamoModel {
                 name: card.display_name.clone(),
-                card: model_card,
+                card: Some(model_card),
+                tensor: None,
                 digest,
                 token_budget: card.token_budget(),
                 kv_block_size: card.kv_cache_block_size,
@@ -206,27 +234,33 @@ impl View {
 }
 
 /// The models of a Dynamo worker as the router's remote-model table holds them: language
-/// models with Tritium's KServe tensors for them, and embedding models, tokenized by the
-/// cards' tokenizers.
+/// models with Tritium's KServe tensors for them and embedding models, tokenized by the cards'
+/// tokenizers, and tensor models with the KServe config their cards carry.
 pub fn remote_models(target: &DynamoTarget) -> Vec<crate::remote::RemoteModel> {
     target
         .models
         .iter()
         .map(|model| {
-            let mut config = tritium_proto::inference::ModelConfig {
-                name: model.name.clone(),
-                backend: "dynamo".into(),
-                ..Default::default()
+            let config = match (&model.tensor, &model.card) {
+                (Some(config), _) => (**config).clone(),
+                (None, card) => {
+                    let mut config = tritium_proto::inference::ModelConfig {
+                        name: model.name.clone(),
+                        backend: "dynamo".into(),
+                        ..Default::default()
+                    };
+                    // An embedding model has no KServe tensors (as Tritium's own): it is served on /v1/embeddings.
+                    if card.as_ref().is_some_and(|card| card.kind == tritium_backend_api::llm::ModelKind::Generate) {
+                        tritium_backend_api::llm::complete_llm_config(&mut config);
+                    }
+                    config
+                }
             };
-            // An embedding model has no KServe tensors (as Tritium's own): it is served on /v1/embeddings.
-            if model.card.kind == tritium_backend_api::llm::ModelKind::Generate {
-                tritium_backend_api::llm::complete_llm_config(&mut config);
-            }
             crate::remote::RemoteModel {
                 name: model.name.clone(),
                 version: 1,
                 config,
-                card: Some(Arc::clone(&model.card)),
+                card: model.card.clone(),
                 labels: Vec::new(),
                 adapter_of: None,
             }

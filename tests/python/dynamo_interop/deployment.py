@@ -121,6 +121,37 @@ def models_at(base: str) -> list[str]:
     return [m["id"] for m in body.get("data", [])] if status == 200 and isinstance(body, dict) else []
 
 
+def model_ready_at(url: str, model: str) -> bool:
+    """Whether the KServe gRPC server at `url` says `model` is ready (False while it is not listening)."""
+    import tritonclient.grpc as grpcclient
+
+    try:
+        with grpcclient.InferenceServerClient(url) as client:
+            return client.is_model_ready(model)
+    except Exception:  # not listening yet, or the model not found yet
+        return False
+
+
+def outputs_of(response) -> dict:
+    """A ModelInferResponse's outputs by name, as lists, read from raw contents (Tritium) or typed contents
+    (Dynamo's KServe door, which tritonclient's as_numpy cannot read under numpy 2)."""
+    import numpy as np
+    from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
+
+    typed = {"BYTES": "bytes_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents", "BOOL": "bool_contents"}  # fmt: skip
+    outputs = {}
+    for index, output in enumerate(response.outputs):
+        if response.raw_output_contents:
+            raw = response.raw_output_contents[index]
+            dtype = triton_to_np_dtype(output.datatype)
+            value = deserialize_bytes_tensor(raw) if output.datatype == "BYTES" else np.frombuffer(raw, dtype=dtype)
+            outputs[output.name] = value.reshape(-1).tolist()
+        else:
+            outputs[output.name] = list(getattr(output.contents, typed[output.datatype]))
+    return outputs
+
+
 def wait_until(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -211,6 +242,10 @@ class Deployment:
         """The echo worker (Dynamo's Python API) serving `model`; `env` adds Dynamo variables."""
         return self._spawn(f"echo-{model}", [str(HERE / "echo_worker.py"), str(self.model_dir), model, *args], env)
 
+    def tensor(self, model: str, config_hex: str) -> DynamoProcess:
+        """The tensor worker (Dynamo's Python API, registered as `dynamo.triton` registers Triton's models)."""
+        return self._spawn(f"tensor-{model}", [str(HERE / "tensor_worker.py"), model, config_hex])
+
     def mocker(self, model: str, *args: str) -> DynamoProcess:
         """`python -m dynamo.mocker`, instant (a huge speed-up: at 0 the 1.6.1 mocker still simulates)."""
         argv = ["-m", "dynamo.mocker", "--model-path", str(self.model_dir), "--model-name", model,
@@ -248,17 +283,17 @@ class Deployment:
         self.tritium.append(server)
         return server
 
-    def kserve_frontend(self, which: str) -> tuple[str, str]:
+    def kserve_frontend(self, which: str, *args: str) -> tuple[str, str]:
         """Dynamo's frontend (`which` "dynamo") or `tritium serve` ("tritium") started for the KServe door
         exactly as Dynamo's users start it: `--kserve-grpc-server --http-port G --grpc-metrics-port M`, with
-        this setup's planes; returns the gRPC address (G) and the metrics URL (M)."""
+        this setup's planes (and `args` after them); returns the gRPC address (G) and the metrics URL (M)."""
         port, metrics = free_port(), free_port()
         flags, env = self.frontend_options()
         kserve = ["--kserve-grpc-server", "--http-host", "127.0.0.1", "--http-port", str(port), "--grpc-metrics-port", str(metrics)]
         if which == "dynamo":
-            self._spawn("kserve-frontend", ["-m", "dynamo.frontend", *kserve, *flags])
+            self._spawn("kserve-frontend", ["-m", "dynamo.frontend", *kserve, *flags, *args])
         else:
-            server = launch(["serve", *kserve, *flags], [], READY_PREFIX, 60, env=env, ports=(port, port, metrics))
+            server = launch(["serve", *kserve, *flags, *args], [], READY_PREFIX, 60, env=env, ports=(port, port, metrics))
             self.tritium.append(server)
         return f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics"
 

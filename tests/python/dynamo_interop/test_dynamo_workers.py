@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import deserialize_bytes_tensor
 
-from deployment import assert_same_answers, completion, deployment, free_i16_port, http, models_at, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
+from deployment import assert_same_answers, completion, deployment, free_i16_port, http, model_ready_at, models_at, outputs_of, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
 
 pytestmark = pytest.mark.dynamo
 START = 90
@@ -99,14 +99,6 @@ def kserve_text(url: str, model: str, prompt: str) -> str:
     return b"".join(response.outputs[index].contents.bytes_contents).decode()
 
 
-def model_ready_at(url: str, model: str) -> bool:
-    try:
-        with grpcclient.InferenceServerClient(url) as client:
-            return client.is_model_ready(model)
-    except Exception:  # not listening yet, or the model not found yet
-        return False
-
-
 def test_the_kserve_setup_serves_grpc_on_the_http_port_as_dynamos(deployment, frontends):
     """Started for the KServe door as Dynamo's users start it (`--kserve-grpc-server --http-port G
     --grpc-metrics-port M`), both frontends serve KServe gRPC on G and metrics on M over the same echo
@@ -147,6 +139,60 @@ def test_an_embedding_worker_is_served_on_v1_embeddings_as_dynamos(deployment, f
     # Not a language model: generation on it is refused.
     status, answer = http("POST", tritium.http_url + "/v1/completions", {"model": "embedder", "prompt": "x", "max_tokens": 2})
     assert status in (400, 404), answer
+
+
+def add_sub_config(name: str) -> str:
+    """Triton's ModelConfig of the tensor worker's model, serialized and hex-encoded."""
+    import tritonclient.grpc.model_config_pb2 as mc
+
+    fp32 = lambda tensor, name: tensor(name=name, data_type=mc.TYPE_FP32, dims=[4])  # noqa: E731
+    config = mc.ModelConfig(
+        name=name, backend="python", max_batch_size=0,
+        input=[fp32(mc.ModelInput, "INPUT0"), fp32(mc.ModelInput, "INPUT1")],
+        output=[fp32(mc.ModelOutput, "OUTPUT0"), fp32(mc.ModelOutput, "OUTPUT1"), mc.ModelOutput(name="NOTE", data_type=mc.TYPE_STRING, dims=[1])],
+    )  # fmt: skip
+    return config.SerializeToString().hex()
+
+
+def test_a_tensor_worker_is_served_on_kserve_as_by_dynamos_kserve_door(deployment, frontends):
+    """A tensor-input Dynamo worker (as dynamo.triton registers Triton's models): both frontends serve its
+    model over KServe gRPC with the ModelConfig its card carries and the same answers; Tritium also serves it
+    over KServe HTTP and honours the outputs a request names. (Dynamo 1.6.1's frontend fails tensor models
+    under `--router-mode kv`, "KV routing should not call generate on PushRouter": it runs round-robin here.)"""
+    tritium, _ = frontends
+    deployment.tensor("add_sub_dyn", add_sub_config("add_sub_dyn"))
+    theirs, _ = deployment.kserve_frontend("dynamo", "--router-mode", "round-robin")
+    a, b = np.array([1, 2, 3, 4], dtype=np.float32), np.array([10, 20, 30, 40], dtype=np.float32)
+    answers = []
+    for url in (tritium.url, theirs):
+        wait_until(lambda: model_ready_at(url, "add_sub_dyn"), START, f"add_sub_dyn ready over gRPC at {url}")
+        with grpcclient.InferenceServerClient(url) as client:
+            metadata = client.get_model_metadata("add_sub_dyn", as_json=True)
+            assert [i["name"] for i in metadata["inputs"]] == ["INPUT0", "INPUT1"], metadata
+            assert [o["name"] for o in metadata["outputs"]] == ["OUTPUT0", "OUTPUT1", "NOTE"], metadata
+            inputs = [grpcclient.InferInput(name, [4], "FP32") for name in ("INPUT0", "INPUT1")]
+            inputs[0].set_data_from_numpy(a)
+            inputs[1].set_data_from_numpy(b)
+            answers.append(outputs_of(client.infer("add_sub_dyn", inputs).get_response()))
+    assert answers[0] == answers[1], answers
+    assert answers[0]["OUTPUT0"] == [11, 22, 33, 44] and answers[0]["OUTPUT1"] == [-9, -18, -27, -36], answers
+    assert answers[0]["NOTE"] == [b"summed 4"], answers
+    with grpcclient.InferenceServerClient(tritium.url) as client:
+        config = client.get_model_config("add_sub_dyn", as_json=True)["config"]
+        assert config["name"] == "add_sub_dyn" and config["backend"] == "python", config
+        inputs = [grpcclient.InferInput(name, [4], "FP32") for name in ("INPUT0", "INPUT1")]
+        inputs[0].set_data_from_numpy(a)
+        inputs[1].set_data_from_numpy(b)
+        only = client.infer("add_sub_dyn", inputs, outputs=[grpcclient.InferRequestedOutput("OUTPUT1")])
+        assert list(outputs_of(only.get_response())) == ["OUTPUT1"]
+    body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [4], "data": a.tolist()},
+                       {"name": "INPUT1", "datatype": "FP32", "shape": [4], "data": b.tolist()}]}  # fmt: skip
+    status, answer = http("POST", tritium.http_url + "/v2/models/add_sub_dyn/infer", body)
+    assert status == 200, answer
+    assert {o["name"]: o["data"] for o in answer["outputs"]}["OUTPUT0"] == [11, 22, 33, 44], answer
+    # A request the model's contract refuses never reaches the worker: Triton's wording, from the card's config.
+    status, answer = http("POST", tritium.http_url + "/v2/models/add_sub_dyn/infer", {"inputs": body["inputs"][:1]})
+    assert status == 400 and "INPUT1" in json.dumps(answer), answer
 
 
 def test_a_cancelled_stream_stops_the_worker(deployment, frontends):

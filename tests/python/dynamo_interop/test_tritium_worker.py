@@ -9,9 +9,11 @@ import json
 import pathlib
 import subprocess
 
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
-from deployment import assert_same_answers, deployment, http, models_at, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
+from deployment import assert_same_answers, deployment, http, model_ready_at, models_at, outputs_of, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
 from cluster import metric
 from helpers import tritium_bin
 
@@ -58,6 +60,50 @@ def test_its_kv_events_in_dynamos_format_reach_a_kv_router(served_worker):
         return metric(http("GET", tritium.metrics_url)[1], "tritium_router_kv_blocks_indexed")
 
     wait_until(lambda: indexed() > 0, 30, "the worker's blocks indexed from its Dynamo-format KV events")
+
+
+def test_its_tensor_models_are_served_by_both_frontends(deployment):
+    """A worker of tensor models (the built-in repository) registers them as `dynamo.triton` registers
+    Triton's: Dynamo's KServe door (round-robin: its KV mode fails tensor models) and Tritium's frontend
+    answer alike, a decoupled model streams through Tritium's, and a request its config refuses is
+    refused with Triton's wording."""
+    worker = deployment.tritium_worker()
+    theirs, _ = deployment.kserve_frontend("dynamo", "--router-mode", "round-robin")
+    ours = deployment.tritium_frontend()
+    a, b = np.arange(16, dtype=np.int32), np.full(16, 3, dtype=np.int32)
+    answers = []
+    for url in (ours.url, theirs):
+        wait_until(lambda: model_ready_at(url, "add_sub"), START, f"add_sub ready over gRPC at {url}")
+        with grpcclient.InferenceServerClient(url) as client:
+            inputs = [grpcclient.InferInput(name, [16], "INT32") for name in ("INPUT0", "INPUT1")]
+            inputs[0].set_data_from_numpy(a)
+            inputs[1].set_data_from_numpy(b)
+            answers.append(outputs_of(client.infer("add_sub", inputs).get_response()))
+            config = client.get_model_config("add_sub", as_json=True)["config"]
+            assert [i["name"] for i in config["input"]] == ["INPUT0", "INPUT1"], config
+    assert answers[0] == answers[1] and answers[0]["OUTPUT0"] == (a + b).tolist(), answers
+    streamed = []
+    with grpcclient.InferenceServerClient(ours.url) as client:
+        count = grpcclient.InferInput("IN", [1], "INT32")
+        count.set_data_from_numpy(np.array([3], dtype=np.int32))
+        client.start_stream(lambda result, error: streamed.append(error or result))
+        client.async_stream_infer("repeat", [count], enable_empty_final_response=True)
+        wait_until(lambda: any(not isinstance(r, Exception) and r.get_response().parameters["triton_final_response"].bool_param for r in streamed)
+                   or any(isinstance(r, Exception) for r in streamed), 30, "repeat's final response")  # fmt: skip
+        client.stop_stream()
+    assert not [r for r in streamed if isinstance(r, Exception)], streamed
+    values = [int(r.as_numpy("OUT")[0]) for r in streamed if r.as_numpy("OUT") is not None]
+    assert values == [0, 1, 2], values
+    # Refused with Triton's wording: by Tritium's frontend before sending, by the worker (its prologue)
+    # behind Dynamo's, which sends it on.
+    for url in (ours.url, theirs):
+        with grpcclient.InferenceServerClient(url) as client:
+            short = grpcclient.InferInput("INPUT0", [16], "INT32")
+            short.set_data_from_numpy(a)
+            with pytest.raises(Exception, match="expected 2 inputs but got 1 inputs for model 'add_sub'"):
+                client.infer("add_sub", [short])
+    deployment.tritium.remove(worker)
+    assert worker.stop() == 0
 
 
 def test_the_records_leave_with_the_worker(deployment):

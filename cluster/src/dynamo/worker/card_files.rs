@@ -99,3 +99,15 @@ mod tests {
         assert_eq!(model_card.context_length, 512);
     }
 }
+
+/// The card of a tensor model, as `dynamo.triton` registers Triton's: Triton's `ModelConfig`
+/// as protobuf bytes in `tensor_model_config`, no tokenizer.
+pub fn tensor_card(name: &str, config: &tritium_proto::inference::ModelConfig) -> Json {
+    use prost::Message;
+    json!({
+        "display_name": name, "slug": name, "model_info": null, "tokenizer": null,
+        "context_length": 0, "kv_cache_block_size": 0, "migration_limit": 0,
+        "model_type": "TensorBased", "model_input": "Tensor", "worker_type": "aggregated", "needs": [],
+        "tensor_model_config": {"name": "", "inputs": [], "outputs": [], "triton_model_config": config.encode_to_vec()},
+    })
+}

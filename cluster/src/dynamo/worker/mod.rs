@@ -1,13 +1,15 @@
 //! `tritium worker --worker-protocol dynamo`: a Tritium worker in Dynamo's layout, so Dynamo's
-//! own frontend (and Tritium's, which reads the same records) serves its language models. Each
-//! model gets an endpoint record and a model card (its tokenizer files written beside, with
-//! their checksums) in Dynamo's store, and the worker takes Dynamo's request frames on its own
-//! TCP listener.
+//! own frontend (and Tritium's, which reads the same records) serves its language and tensor
+//! models. Each model gets an endpoint record and a model card in Dynamo's store (a language
+//! model's tokenizer files written beside, with their checksums; a tensor model's KServe config
+//! inside), and the worker takes Dynamo's request frames on its own TCP listener.
 
 mod card_files;
+mod home;
 mod kv_publish;
 mod registration;
 mod serve;
+mod tensor_serve;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -49,13 +51,22 @@ pub async fn start(
     let registrar = Registrar::open(store).await?;
     let instance = registrar.instance_id;
     let cards_dir = std::env::temp_dir().join(format!("tritium-dynamo-{instance:x}"));
-    let models: Vec<_> = repository
+    let models: Vec<(String, Served)> = repository
         .local_models()
         .into_iter()
-        .filter_map(|model| Some((model.name.clone(), model.latest()?.language_model()?.card().clone())))
+        .filter_map(|model| {
+            let version = model.latest()?;
+            let served = match (version.language_model(), version.embedding_model()) {
+                (Some(language), _) => Served::Language(language.card().clone()),
+                (None, None) => Served::Tensor(Arc::clone(&version.config)),
+                // Dynamo's frontend reads vectors of embedding workers that Tritium's engine does not write yet.
+                (None, Some(_)) => return None,
+            };
+            Some((model.name.clone(), served))
+        })
         .collect();
     if models.is_empty() {
-        return Err("--worker-protocol dynamo serves language models, and this worker loaded none".into());
+        return Err("--worker-protocol dynamo serves language and tensor models, and this worker loaded none".into());
     }
     let publisher = Arc::new(kv_publish::Publisher::bind(config.rpc_host, instance).await?);
     let names = Arc::new(kv_publish::BlockNames::default());
@@ -67,7 +78,7 @@ pub async fn start(
     kv_publish::forward(Arc::clone(&publisher), Arc::clone(&names), engines, stop.clone());
     let mut records: Vec<RecordEntry> = Vec::new();
     let mut paths = Vec::new();
-    for (name, card) in &models {
+    for (name, served) in &models {
         let endpoint = if models.len() == 1 { "generate".to_string() } else { format!("generate_{}", segment_name(name)) };
         let path = [format!("{instance:x}"), config.namespace.clone(), config.component.clone(), endpoint.clone()]
             .iter()
@@ -75,7 +86,10 @@ pub async fn start(
             .collect::<Vec<_>>()
             .join("/");
         let key = format!("{}/{}/{endpoint}/{instance:x}", config.namespace, config.component);
-        let card_json = card_files::write_card(&cards_dir.join(segment_name(name)), name, card, config.block_size).await?;
+        let card_json = match served {
+            Served::Language(card) => card_files::write_card(&cards_dir.join(segment_name(name)), name, card, config.block_size).await?,
+            Served::Tensor(model_config) => card_files::tensor_card(name, model_config),
+        };
         let common =
             json!({"namespace": config.namespace, "component": config.component, "endpoint": endpoint, "instance_id": instance});
         let mut endpoint_record = common.clone();
@@ -96,19 +110,21 @@ pub async fn start(
             "namespace/{}/component/{}/endpoint/{endpoint}/topic/kv-events/{:x}",
             config.namespace, config.component, publisher.publisher_id
         );
-        records.push(("v1/event_channels", channel_key, channel.to_string().into_bytes()));
+        if matches!(served, Served::Language(_)) {
+            records.push(("v1/event_channels", channel_key, channel.to_string().into_bytes()));
+        }
         records.push(("v1/instances", key.clone(), endpoint_record.to_string().into_bytes()));
         records.push(("v1/mdc", key, model_record.to_string().into_bytes()));
         paths.push(path);
     }
-    let served = serve::Served {
+    let serving = serve::Served {
         worker: Arc::new(LocalWorker::new(repository)),
         endpoint_paths: paths,
         max_message_size: config.max_message_size.min(super::MAX_MESSAGE_BYTES),
         names,
         block_size: config.block_size,
     };
-    let serving = tokio::spawn(serve::serve(listener, served, stop.clone()));
+    let serving = tokio::spawn(serve::serve(listener, serving, stop.clone()));
     let keeping = registrar.register(records, stop.clone()).await?;
     tracing::info!(instance = format!("{instance:x}"), %address, models = ?models.iter().map(|m| &m.0).collect::<Vec<_>>(), "registered in Dynamo's layout");
     Ok(tokio::spawn(async move {
@@ -116,6 +132,14 @@ pub async fn start(
         let _ = serving.await;
         remove_cards(cards_dir);
     }))
+}
+
+/// What a model is registered as.
+enum Served {
+    /// Token input, with its tokenizer files beside the card.
+    Language(Arc<tritium_backend_api::llm::ModelCard>),
+    /// Tensor input, its KServe config in the card (as `dynamo.triton` registers Triton's models).
+    Tensor(Arc<tritium_proto::inference::ModelConfig>),
 }
 
 /// Dynamo escapes `%` and `/` in each segment of an endpoint path.

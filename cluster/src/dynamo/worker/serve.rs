@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -17,10 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tritium_backend_api::llm::{FinishReason, GenerateEvent, GenerateRequest, SamplingOptions, StopOptions};
 use tritium_worker::WorkerClient;
 
+use super::home::{CallHomeInfo, call_home};
 use crate::dynamo::codec::{FrameError, RequestFrame, TwoPart, ack_frame};
-use crate::dynamo::protocol::Control;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the listener serves.
 #[derive(Clone)]
@@ -67,11 +65,6 @@ struct ConnectionInfo {
     info: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct CallHomeInfo {
-    address: String,
-    subject: String,
-}
 
 async fn connection(stream: TcpStream, served: Served, stop: CancellationToken) {
     let (mut reader, writer) = stream.into_split();
@@ -90,9 +83,13 @@ async fn connection(stream: TcpStream, served: Served, stop: CancellationToken) 
             }
         };
         let ack = match accept(&frame, &served) {
-            Ok((home, request, model)) => {
+            Ok((home, Job::Generate { model, request })) => {
                 served.names.learn(&model, &request.prompt, served.block_size);
                 tokio::spawn(answer(served.worker.clone(), model, request, home));
+                String::new()
+            }
+            Ok((home, Job::Tensor(request))) => {
+                tokio::spawn(super::tensor_serve::answer(served.worker.clone(), request, home));
                 String::new()
             }
             Err(refusal) => refusal,
@@ -103,8 +100,16 @@ async fn connection(stream: TcpStream, served: Served, stop: CancellationToken) 
     }
 }
 
+/// What a request frame asks for.
+enum Job {
+    /// A `PreprocessedRequest` to a language model.
+    Generate { model: String, request: GenerateRequest },
+    /// An `NvCreateTensorRequest` to a tensor model, or the reason it cannot run.
+    Tensor(Result<tritium_worker::ValidInferRequest, String>),
+}
+
 /// The request a frame carries, or the acknowledgement refusing it.
-fn accept(frame: &RequestFrame, served: &Served) -> Result<(CallHomeInfo, GenerateRequest, String), String> {
+fn accept(frame: &RequestFrame, served: &Served) -> Result<(CallHomeInfo, Job), String> {
     if !served.endpoint_paths.contains(&frame.endpoint_path) {
         return Err(format!("Server unavailable: no endpoint {}", frame.endpoint_path));
     }
@@ -118,8 +123,11 @@ fn accept(frame: &RequestFrame, served: &Served) -> Result<(CallHomeInfo, Genera
     let home: CallHomeInfo = serde_json::from_str(&control.connection_info.info)
         .map_err(|e| format!("Server unavailable: not a response-stream address: {e}"))?;
     let body: Json = serde_json::from_slice(&message.body).map_err(|e| format!("Server unavailable: not a request body: {e}"))?;
+    if body.get("tensors").is_some() {
+        return Ok((home, Job::Tensor(super::tensor_serve::validated(&body, served.worker.as_ref()))));
+    }
     let (model, request) = generate_request(&body).ok_or("Server unavailable: not a PreprocessedRequest")?;
-    Ok((home, request, model))
+    Ok((home, Job::Generate { model, request }))
 }
 
 /// A `PreprocessedRequest` as Tritium's generation request.
@@ -168,43 +176,9 @@ fn generate_request(body: &Json) -> Option<(String, GenerateRequest)> {
 /// Runs the request and streams its answer home.
 async fn answer(worker: Arc<dyn WorkerClient>, model: String, request: GenerateRequest, home: CallHomeInfo) {
     let started = worker.generate(&model, request).await;
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&home.address)).await {
-        Ok(Ok(stream)) => stream,
-        _ => {
-            tracing::warn!(address = %home.address, "a Dynamo frontend's response stream could not be reached");
-            return;
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut reader, writer) = stream.into_split();
-    let mut writer = BufWriter::new(writer);
-    let handshake = json!({"subject": home.subject, "stream_type": "response"});
-    let prologue = match &started {
-        Ok(_) => json!({"error": null}),
-        Err(e) => json!({"error": e.to_string()}),
-    };
-    let mut head = TwoPart::header_only(handshake.to_string()).to_bytes().to_vec();
-    head.extend_from_slice(&TwoPart::header_only(prologue.to_string()).to_bytes());
-    if writer.write_all(&head).await.is_err() || writer.flush().await.is_err() {
-        return;
-    }
+    let refused = started.as_ref().err().map(ToString::to_string);
+    let Some((mut writer, cancelled)) = call_home(&home, refused).await else { return };
     let Ok(mut tokens) = started else { return };
-    // The frontend's stop or kill, or its closing the connection, ends the generation.
-    let cancelled = CancellationToken::new();
-    let watching = cancelled.clone();
-    tokio::spawn(async move {
-        loop {
-            match TwoPart::read(&mut reader, 0).await {
-                Ok(frame) => {
-                    if matches!(serde_json::from_slice::<Control>(&frame.header), Ok(Control::Stop | Control::Kill)) {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        watching.cancel();
-    });
     loop {
         let event = tokio::select! {
             _ = cancelled.cancelled() => return,
@@ -227,20 +201,11 @@ async fn answer(worker: Arc<dyn WorkerClient>, model: String, request: GenerateR
             Some(Err(e)) => json!({"token_ids": [], "finish_reason": {"error": e.to_string()}}),
             None => break,
         };
-        let frame = TwoPart {
-            header: Bytes::new(),
-            body: Bytes::from(json!({"data": {"data": item}, "complete_final": false}).to_string()),
-        };
-        if writer.write_all(&frame.to_bytes()).await.is_err() || writer.flush().await.is_err() {
+        if !writer.item(json!({ "data": item })).await {
             return;
         }
     }
-    let mut tail =
-        TwoPart { header: Bytes::new(), body: Bytes::from(json!({"complete_final": true}).to_string()) }.to_bytes().to_vec();
-    tail.extend_from_slice(&TwoPart::header_only(serde_json::to_vec(&Control::Sentinel).unwrap_or_default()).to_bytes());
-    let _ = writer.write_all(&tail).await;
-    let _ = writer.flush().await;
-    let _ = writer.shutdown().await;
+    writer.finish().await;
 }
 
 #[cfg(test)]

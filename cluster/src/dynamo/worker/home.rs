@@ -1,0 +1,87 @@
+//! The worker's response stream home to the frontend that sent a request: the handshake naming
+//! the request's subject, the prologue (whether the engine took it), `Annotated` items, then
+//! `complete_final` and the sentinel. The frontend's `stop` or `kill` on it, or its closing,
+//! cancels the request.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::dynamo::codec::TwoPart;
+use crate::dynamo::protocol::Control;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the frontend waits for a request's response stream.
+#[derive(Debug, Deserialize)]
+pub(super) struct CallHomeInfo {
+    address: String,
+    subject: String,
+}
+
+/// The response stream home, opened: the handshake and the prologue (`refused`: the engine did
+/// not take the request) sent. `None` when the frontend cannot be reached or the request was
+/// refused; otherwise the writer for the items, and a token the frontend's `stop` or `kill`, or
+/// its closing the connection, cancels.
+pub(super) async fn call_home(home: &CallHomeInfo, refused: Option<String>) -> Option<(Home, CancellationToken)> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&home.address)).await {
+        Ok(Ok(stream)) => stream,
+        _ => {
+            tracing::warn!(address = %home.address, "a Dynamo frontend's response stream could not be reached");
+            return None;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.into_split();
+    let mut writer = BufWriter::new(writer);
+    let handshake = json!({"subject": home.subject, "stream_type": "response"});
+    let prologue = json!({ "error": refused });
+    let mut head = TwoPart::header_only(handshake.to_string()).to_bytes().to_vec();
+    head.extend_from_slice(&TwoPart::header_only(prologue.to_string()).to_bytes());
+    if writer.write_all(&head).await.is_err() || writer.flush().await.is_err() || refused.is_some() {
+        return None;
+    }
+    let cancelled = CancellationToken::new();
+    let watching = cancelled.clone();
+    tokio::spawn(async move {
+        loop {
+            match TwoPart::read(&mut reader, 0).await {
+                Ok(frame) => {
+                    if matches!(serde_json::from_slice::<Control>(&frame.header), Ok(Control::Stop | Control::Kill)) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        watching.cancel();
+    });
+    Some((Home(writer), cancelled))
+}
+
+/// The writing half of a response stream home.
+pub(super) struct Home(BufWriter<tokio::net::tcp::OwnedWriteHalf>);
+
+impl Home {
+    /// Sends one item (`Annotated`'s JSON); false once the frontend is gone.
+    pub(super) async fn item(&mut self, annotated: Json) -> bool {
+        let frame =
+            TwoPart { header: Bytes::new(), body: Bytes::from(json!({"data": annotated, "complete_final": false}).to_string()) };
+        self.0.write_all(&frame.to_bytes()).await.is_ok() && self.0.flush().await.is_ok()
+    }
+
+    /// `complete_final`, the sentinel, and the connection closed.
+    pub(super) async fn finish(mut self) {
+        let mut tail =
+            TwoPart { header: Bytes::new(), body: Bytes::from(json!({"complete_final": true}).to_string()) }.to_bytes().to_vec();
+        tail.extend_from_slice(&TwoPart::header_only(serde_json::to_vec(&Control::Sentinel).unwrap_or_default()).to_bytes());
+        let _ = self.0.write_all(&tail).await;
+        let _ = self.0.flush().await;
+        let _ = self.0.shutdown().await;
+    }
+}
