@@ -20,6 +20,9 @@ pub struct ClusterConfig {
     pub request_plane: RequestPlaneConfig,
     /// Where Dynamo workers' response streams call home (Dynamo's `DYN_TCP_RESPONSE_STREAM_HOST`).
     pub response_stream_host: std::net::IpAddr,
+    /// The largest Dynamo request or response frame read or sent (Dynamo's
+    /// `DYN_TCP_MAX_MESSAGE_SIZE`); the worker plane's message size lowers it further.
+    pub dynamo_max_message: usize,
 }
 
 /// `--request-plane`, resolved.
@@ -38,6 +41,7 @@ impl Default for ClusterConfig {
             events: EventsConfig::None,
             request_plane: RequestPlaneConfig::Tcp,
             response_stream_host: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            dynamo_max_message: crate::dynamo::MAX_MESSAGE_BYTES,
         }
     }
 }

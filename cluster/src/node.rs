@@ -207,7 +207,7 @@ impl WorkerNode {
             rpc_host: self.config.rpc_host,
             namespace: cluster.scope.own.clone(),
             component: "tritium".into(),
-            max_message_size: self.config.max_message_size,
+            max_message_size: self.config.max_message_size.min(cluster.dynamo_max_message),
             block_size: self.config.kv_block_size,
         };
         crate::dynamo::worker::start(store, Arc::clone(&self.repository), config, stop).await.map_err(NodeError::Dynamo)

@@ -206,7 +206,7 @@ impl Tritium {
         let Some(store) = dynamo::store_for(&cluster.discovery).await.map_err(StartError::RequestPlane)? else {
             return Ok(None);
         };
-        let home = dynamo::CallHome::bind(cluster.response_stream_host, stop.clone()).await?;
+        let home = dynamo::CallHome::bind(cluster.response_stream_host, cluster.dynamo_max_message, stop.clone()).await?;
         self.state.router.set_dynamo_home(home);
         tracing::info!("{}", dynamo::view::describe());
         let followed = dynamo::follow(store, cluster.scope.clone(), stop.clone());

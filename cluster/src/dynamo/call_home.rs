@@ -24,15 +24,17 @@ const MAX_HANDSHAKE_BODY: usize = 0;
 #[derive(Debug)]
 pub struct CallHome {
     address: SocketAddr,
+    /// The largest frame this frontend's Dynamo plane reads or sends.
+    max_message: usize,
     pending: Mutex<HashMap<String, oneshot::Sender<TcpStream>>>,
 }
 
 impl CallHome {
     /// Binds on `host` (Dynamo's `DYN_TCP_RESPONSE_STREAM_HOST`) and an ephemeral port and
-    /// accepts until `stop`.
-    pub async fn bind(host: IpAddr, stop: CancellationToken) -> std::io::Result<Arc<CallHome>> {
+    /// accepts until `stop`; frames to and from Dynamo workers are bounded by `max_message`.
+    pub async fn bind(host: IpAddr, max_message: usize, stop: CancellationToken) -> std::io::Result<Arc<CallHome>> {
         let listener = TcpListener::bind(SocketAddr::new(host, 0)).await?;
-        let home = Arc::new(CallHome { address: listener.local_addr()?, pending: Mutex::default() });
+        let home = Arc::new(CallHome { address: listener.local_addr()?, max_message, pending: Mutex::default() });
         let accepting = Arc::clone(&home);
         tokio::spawn(async move {
             loop {
@@ -53,6 +55,11 @@ impl CallHome {
             }
         });
         Ok(home)
+    }
+
+    /// The largest Dynamo frame this frontend reads or sends.
+    pub fn max_message(&self) -> usize {
+        self.max_message
     }
 
     /// Where workers call home, as request control messages name it.

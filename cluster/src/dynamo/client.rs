@@ -133,11 +133,11 @@ impl DynamoWorker {
         Ok(DynamoWorker {
             id: id.to_string(),
             target,
+            max_message_size: max_message_size.min(home.max_message()),
             home,
             nats,
             pool: Mutex::new(Vec::new()),
             turn: AtomicUsize::new(0),
-            max_message_size: max_message_size.min(super::MAX_MESSAGE_BYTES),
         })
     }
 

@@ -37,9 +37,9 @@ pub use kv_follow::{DynamoEventPlane, KvSink, event_plane_for, follow_kv_events}
 pub use store::DynamoStore;
 pub use view::{DynamoFollow, DynamoTarget, follow};
 
-/// The largest Dynamo frame either side reads or sends, as Dynamo's own default
-/// (`DYN_TCP_MAX_MESSAGE_SIZE`); a smaller `--max-message-size` (or a worker's
-/// `--worker-max-message-size`) lowers it.
+/// The largest Dynamo frame either side reads or sends by default, as Dynamo's own
+/// (`DYN_TCP_MAX_MESSAGE_SIZE`, `--tcp-max-message-size`); a smaller `--max-message-size` (or a
+/// worker's `--worker-max-message-size`) lowers it.
 pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 
 /// The Dynamo release whose workers and frontend this was written against and tested with.

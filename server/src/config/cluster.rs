@@ -110,9 +110,18 @@ pub struct ClusterArgs {
     /// discovery, the Dynamo workers registered there are served too).
     #[arg(long, env = "DYN_TCP_RESPONSE_STREAM_HOST", default_value = "127.0.0.1", value_parser = crate::config::parse_host)]
     pub tcp_response_stream_host: IpAddr,
+    /// The largest Dynamo request or response frame read or sent, in bytes, on both sides of
+    /// Dynamo's TCP request plane (Dynamo's variable and default: 32 MiB).
+    #[arg(long, env = "DYN_TCP_MAX_MESSAGE_SIZE", default_value_t = tritium_cluster::dynamo::MAX_MESSAGE_BYTES)]
+    pub tcp_max_message_size: usize,
 }
 
 pub use tritium_cluster::config::{ClusterConfig, RequestPlaneConfig};
+
+/// Bounds of `--tcp-max-message-size`: room for a control message, and what a frame's 32-bit
+/// length can say.
+const MIN_DYNAMO_MESSAGE: usize = 4 << 10;
+const MAX_DYNAMO_MESSAGE: usize = u32::MAX as usize;
 
 impl ClusterArgs {
     pub fn config(&self) -> Result<ClusterConfig, String> {
@@ -156,6 +165,12 @@ impl ClusterArgs {
             (RequestPlane::Nats, Some(url)) => RequestPlaneConfig::Nats { url: url.clone() },
             (RequestPlane::Nats, None) => return Err("--request-plane nats needs --nats-url (or NATS_SERVER)".into()),
         };
+        if !(MIN_DYNAMO_MESSAGE..=MAX_DYNAMO_MESSAGE).contains(&self.tcp_max_message_size) {
+            return Err(format!(
+                "--tcp-max-message-size (DYN_TCP_MAX_MESSAGE_SIZE) must be between {MIN_DYNAMO_MESSAGE} and {MAX_DYNAMO_MESSAGE} bytes, not {}",
+                self.tcp_max_message_size
+            ));
+        }
         if self.lease_ttl_secs == 0 {
             return Err("--lease-ttl-secs must be at least 1".into());
         }
@@ -166,6 +181,7 @@ impl ClusterArgs {
             events,
             request_plane,
             response_stream_host: self.tcp_response_stream_host,
+            dynamo_max_message: self.tcp_max_message_size,
         })
     }
 }

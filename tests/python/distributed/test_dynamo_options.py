@@ -308,6 +308,7 @@ VARIABLES = {
     "ETCD_ENDPOINTS": ("etcd-endpoints", "http://e:2379"),
     "DYN_EVENT_PLANE": ("event-plane", "nats"),
     "DYN_EVENT_PLANE_HOST": ("event-plane-host", "127.0.0.1"),
+    "DYN_TCP_MAX_MESSAGE_SIZE": ("tcp-max-message-size", "1048576"),
     "NATS_SERVER": ("nats-url", "nats://n:4222"),
     "DYN_REQUEST_PLANE": ("request-plane", "tcp"),
     "DYN_KSERVE_GRPC_SERVER": ("kserve-grpc-server", "true"),

@@ -195,6 +195,17 @@ def test_a_tensor_worker_is_served_on_kserve_as_by_dynamos_kserve_door(deploymen
     assert status == 400 and "INPUT1" in json.dumps(answer), answer
 
 
+def test_the_message_bound_refuses_a_request_over_it_before_sending(deployment, frontends):
+    """`DYN_TCP_MAX_MESSAGE_SIZE` (Dynamo's variable) bounds Tritium's frames too: a prompt whose request frame
+    is over it gets a 400 naming the bound, the worker never sees it, and requests under it still run."""
+    small = deployment.tritium_frontend("--tcp-max-message-size", "4096")
+    wait_until(lambda: "echo" in models_at(small.http_url), START, "echo listed at the bounded frontend")
+    status, answer = http("POST", small.http_url + "/v1/completions", {"model": "echo", "prompt": "word " * 800, "max_tokens": 2})
+    assert status == 400 and "over the 4096 a message may have" in json.dumps(answer), answer
+    status, answer = http("POST", small.http_url + "/v1/completions", {"model": "echo", "prompt": "hello there", "max_tokens": 2})
+    assert status == 200, answer
+
+
 def test_a_cancelled_stream_stops_the_worker(deployment, frontends):
     tritium, _ = frontends
     slow = deployment.echo("slow-echo", "--delay", "0.2")

@@ -120,7 +120,7 @@ pub async fn start(
     let serving = serve::Served {
         worker: Arc::new(LocalWorker::new(repository)),
         endpoint_paths: paths,
-        max_message_size: config.max_message_size.min(super::MAX_MESSAGE_BYTES),
+        max_message_size: config.max_message_size,
         names,
         block_size: config.block_size,
     };
