@@ -63,6 +63,8 @@ pub struct DynamoModel {
     /// The blake3 of the model record, so a changed card is a changed target.
     pub digest: blake3::Hash,
     pub token_budget: Option<TokenBudget>,
+    /// For a LoRA adapter of the worker: the adapter's name, which seeds its blocks' names.
+    pub lora: Option<String>,
     pub kv_block_size: u64,
 }
 

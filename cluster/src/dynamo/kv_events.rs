@@ -19,12 +19,18 @@ pub const MAX_EVENT_BYTES: usize = 16 << 20;
 /// A prompt's chained block hashes as Dynamo names blocks: each full block's tokens (u32,
 /// little-endian) hashed with xxh3 and seed 1337; the first block's name is that hash, each
 /// later one the xxh3 of its parent's name and its own tokens' hash.
-pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
+pub fn block_hashes(tokens: &[u32], block_size: usize, lora: Option<&str>) -> Vec<BlockHash> {
+    // A LoRA adapter's blocks are named apart from the base model's: Dynamo's router adds the
+    // adapter name's xxh3 to the seed of each block's own hash (the chain keeps the plain seed).
+    let seed = match lora.filter(|name| !name.is_empty()) {
+        Some(name) => HASH_SEED.wrapping_add(xxhash_rust::xxh3::xxh3_64(name.as_bytes())),
+        None => HASH_SEED,
+    };
     let mut parent: Option<u64> = None;
     tokens
         .chunks_exact(block_size.max(1))
         .map(|block| {
-            let tokens_hash = tokens_hash(block);
+            let tokens_hash = tokens_hash_with(block, seed);
             let name = match parent {
                 None => tokens_hash,
                 Some(parent) => {
@@ -42,8 +48,12 @@ pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
 
 /// One block's own hash (Dynamo's `tokens_hash`): xxh3 of its tokens as little-endian u32s.
 pub fn tokens_hash(block: &[u32]) -> u64 {
+    tokens_hash_with(block, HASH_SEED)
+}
+
+fn tokens_hash_with(block: &[u32], seed: u64) -> u64 {
     let bytes: Vec<u8> = block.iter().flat_map(|token| token.to_le_bytes()).collect();
-    xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, HASH_SEED)
+    xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, seed)
 }
 
 /// The envelope inside a ZeroMQ message `[topic, publisher id, sequence, version | length | envelope]`.
@@ -135,15 +145,27 @@ mod tests {
     }
 
     #[test]
+    fn an_adapters_blocks_are_named_as_dynamos_router_names_them() {
+        // From Dynamo 1.6.1's own binding: `dynamo.llm.compute_block_hash_for_seq(list(range(1, 33)), 16)`
+        // and the same with `lora_name="ad1"` (each block's own hash).
+        let tokens: Vec<u32> = (1..33).collect();
+        assert_eq!(block_hashes(&tokens, 16, None)[0], 16863443419780771464);
+        assert_eq!(block_hashes(&tokens, 16, Some("ad1"))[0], 4041546345794348948);
+        assert_eq!(block_hashes(&tokens, 16, Some("")), block_hashes(&tokens, 16, None), "an empty name is no adapter");
+        let seed = HASH_SEED.wrapping_add(xxhash_rust::xxh3::xxh3_64(b"ad1"));
+        assert_eq!(tokens_hash_with(&tokens[16..], seed), 15495134762728542713);
+    }
+
+    #[test]
     fn hashes_match_the_mockers_stored_blocks() {
         // tokens_hash of a block is its own name when first; a second block chains from it.
         let tokens: Vec<u32> = (0..128).collect();
-        let hashes = block_hashes(&tokens, 64);
+        let hashes = block_hashes(&tokens, 64, None);
         assert_eq!(hashes.len(), 2);
         let first = xxhash_rust::xxh3::xxh3_64_with_seed(&(0..64u32).flat_map(u32::to_le_bytes).collect::<Vec<u8>>(), HASH_SEED);
         assert_eq!(hashes[0], first);
         assert_ne!(hashes[1], first);
-        assert_eq!(block_hashes(&tokens[..127], 64).len(), 1);
+        assert_eq!(block_hashes(&tokens[..127], 64, None).len(), 1);
     }
 
     #[test]

@@ -119,9 +119,17 @@ pub struct Card {
     pub needs: Vec<String>,
     #[serde(default)]
     pub runtime_config: Option<RuntimeConfig>,
+    /// A LoRA adapter's card names the adapter (its requests name it as their model).
+    #[serde(default)]
+    pub lora: Option<LoraInfo>,
     /// A tensor model's contract (`model_input: Tensor`, as `dynamo.triton` registers Triton's models).
     #[serde(default)]
     pub tensor_model_config: Option<TensorModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoraInfo {
+    pub name: String,
 }
 
 /// Dynamo's `TensorModelConfig`: inputs and outputs, or Triton's whole `ModelConfig` as protobuf

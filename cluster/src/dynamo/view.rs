@@ -163,6 +163,7 @@ impl View {
                             tensor: Some(Arc::new(config)),
                             digest,
                             token_budget: None,
+                            lora: None,
                             kv_block_size: 0,
                         });
                     }
@@ -184,10 +185,6 @@ impl View {
                     card.display_name, card.model_input
                 );
                 self.warn_once(&key, &message);
-                continue;
-            }
-            if record.model_suffix.is_some() {
-                self.warn_once(&key, "LoRA adapters of Dynamo workers are not served yet");
                 continue;
             }
             let made = match self.cards.get(&digest) {
@@ -212,6 +209,8 @@ impl View {
                 tensor: None,
                 digest,
                 token_budget: card.token_budget(),
+                // An adapter's record has a suffix and its card names it; requests name it as their model.
+                lora: record.model_suffix.as_ref().and(card.lora.as_ref()).map(|lora| lora.name.clone()),
                 kv_block_size: card.kv_cache_block_size,
             });
         }

@@ -41,16 +41,24 @@ impl Router {
             mode: instance.mode,
             device: instance.device,
             dynamo_block_size: target.kv_block_size(),
+            dynamo_target: Some(Arc::clone(target)),
         })
     }
 
     /// A prompt's block hashes as the candidates' KV events name blocks: Dynamo's hashes and
-    /// block size when every candidate is a Dynamo worker of one block size, Tritium's otherwise.
-    pub(super) fn prompt_hashes(&self, candidates: &[&Member], tokens: &[u32]) -> Vec<BlockHash> {
+    /// block size when every candidate is a Dynamo worker of one block size (seeded with the
+    /// adapter's name when `model` is a LoRA adapter of theirs, as Dynamo's router seeds them),
+    /// Tritium's otherwise.
+    pub(super) fn prompt_hashes(&self, model: &str, candidates: &[&Member], tokens: &[u32]) -> Vec<BlockHash> {
         let dynamo = candidates.first().and_then(|m| m.dynamo_block_size);
         match dynamo {
             Some(size) if candidates.iter().all(|m| m.dynamo_block_size == Some(size)) => {
-                crate::dynamo::kv_events::block_hashes(tokens, size)
+                let lora = candidates
+                    .first()
+                    .and_then(|m| m.dynamo_target.as_ref())
+                    .and_then(|target| target.models.iter().find(|m| m.name == model))
+                    .and_then(|m| m.lora.as_deref());
+                crate::dynamo::kv_events::block_hashes(tokens, size, lora)
             }
             _ => block_hashes(tokens, self.options.kv_block_size),
         }

@@ -60,6 +60,8 @@ struct Member {
     device: crate::discovery::DeviceClass,
     /// For a Dynamo worker: the tokens per block its KV events name blocks by (Dynamo's hashes).
     dynamo_block_size: Option<usize>,
+    /// For a Dynamo worker: its models, whose LoRA adapters seed their block names.
+    dynamo_target: Option<Arc<crate::discovery::dynamo_target::DynamoTarget>>,
 }
 
 impl Member {
@@ -196,6 +198,7 @@ impl Router {
             mode: DisaggregationMode::Agg,
             device: Default::default(),
             dynamo_block_size: None,
+            dynamo_target: None,
         };
         let loads = Arc::new(Mutex::new(HashMap::new()));
         let busy = Arc::new(BusyThresholds::new(options.busy_threshold));
@@ -244,6 +247,7 @@ impl Router {
             mode: DisaggregationMode::Agg,
             device: Default::default(),
             dynamo_block_size: None,
+            dynamo_target: None,
         };
         self.members.lock().insert(id, (member, WorkerAddress::InProcess));
     }
@@ -332,6 +336,7 @@ impl Router {
                         mode: instance.mode,
                         device: instance.device,
                         dynamo_block_size: None,
+                        dynamo_target: None,
                     };
                     self.remote_models.connected(&id, Arc::clone(&remote));
                     to_describe.push((Arc::clone(&id), remote));
@@ -435,7 +440,7 @@ impl Router {
             self.counters.routed.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(Picked::unscored(candidates[0].clone())));
         }
-        let hashes = tokens.map(|t| self.prompt_hashes(&candidates, t));
+        let hashes = tokens.map(|t| self.prompt_hashes(model, &candidates, t));
         let tracked = |member: &Member| match (&hashes, self.options.kv.tracked) {
             (Some(hashes), true) => self.active.candidate(&member.id, model, hashes),
             _ => active::CandidateLoad::default(),

@@ -6,7 +6,7 @@ and Tritium's can be compared text for text.
 With `--embed` it is an embedding model instead: each input's vector is made of its tokens
 (count, sum, first, last), sent as base64 as Dynamo's vLLM worker sends it, so both frontends' vectors can be compared number for number.
 
-Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SECONDS] [--embed]
+Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SECONDS] [--embed] [--lora NAME]
 (discovery and planes from Dynamo's own variables: DYN_DISCOVERY_BACKEND, DYN_FILE_KV, ...)."""
 
 import argparse
@@ -21,12 +21,17 @@ from dynamo.runtime import DistributedRuntime, dynamo_worker
 
 
 class Echo:
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, lora: str) -> None:
         self.delay = delay
+        self.lora = lora
 
     async def generate(self, request, context):
         limit = request["stop_conditions"].get("max_tokens")
-        tokens = request["token_ids"] if limit is None else request["token_ids"][:limit]
+        prompt = request["token_ids"]
+        if request.get("model") == self.lora:
+            # The adapter (as vLLM's worker, told by the request's model name) answers the prompt backwards.
+            prompt = prompt[::-1]
+        tokens = prompt if limit is None else prompt[:limit]
         for i, token in enumerate(tokens):
             if context.is_stopped():
                 yield {"token_ids": [], "finish_reason": "cancelled"}
@@ -65,7 +70,20 @@ async def main(runtime: DistributedRuntime, args):
         kv_cache_block_size=16,
         runtime_config=config,
     )
-    await endpoint.serve_endpoint(embed if args.embed else Echo(args.delay).generate)
+    if args.lora:
+        # A LoRA adapter as vLLM's worker registers one: its own card on the same endpoint.
+        await register_model(
+            ModelInput.Tokens,
+            ModelType.Chat | ModelType.Completions,
+            endpoint,
+            args.model_dir,
+            worker_type=WorkerType.Aggregated,
+            kv_cache_block_size=16,
+            runtime_config=config,
+            lora_name=args.lora,
+            base_model_path=args.model_dir,
+        )
+    await endpoint.serve_endpoint(embed if args.embed else Echo(args.delay, args.lora).generate)
 
 
 if __name__ == "__main__":
@@ -75,5 +93,6 @@ if __name__ == "__main__":
     parser.add_argument("--token-budget", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--embed", action="store_true", help="an embedding model instead")
+    parser.add_argument("--lora", default="", help="also serve a LoRA adapter of this name (it answers backwards)")
     uvloop.install()
     asyncio.run(main(parser.parse_args()))

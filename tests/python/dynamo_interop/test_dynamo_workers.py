@@ -206,6 +206,21 @@ def test_the_message_bound_refuses_a_request_over_it_before_sending(deployment, 
     assert status == 200, answer
 
 
+def test_a_lora_adapter_of_a_dynamo_worker_is_served_as_by_dynamo(deployment, frontends):
+    """An adapter registered as vLLM's worker registers one (its own card, `lora`, a key suffix) is listed and
+    served by both frontends under its name, which reaches the worker as the request's model (the echo
+    worker's adapter answers backwards), with the same texts."""
+    tritium, dynamo = frontends
+    deployment.echo("lora-base", "--lora", "backwards")
+    for base in (tritium.http_url, dynamo):
+        wait_until(lambda: {"lora-base", "backwards"} <= set(models_at(base)), START, f"the adapter listed at {base}")
+    body = {"model": "backwards", "prompt": "hello there", "max_tokens": 20}
+    assert_same_answers(tritium.http_url, dynamo, "/v1/completions", body)
+    adapter, _, _ = completion(http("POST", tritium.http_url + "/v1/completions", body)[1])
+    plain, _, _ = completion(http("POST", tritium.http_url + "/v1/completions", body | {"model": "lora-base"})[1])
+    assert plain.startswith("hello") and adapter != plain, (adapter, plain)
+
+
 def test_a_cancelled_stream_stops_the_worker(deployment, frontends):
     tritium, _ = frontends
     slow = deployment.echo("slow-echo", "--delay", "0.2")

@@ -31,7 +31,7 @@ impl BlockNames {
     /// Learns the blocks of a prompt about to run on `model`.
     pub fn learn(&self, model: &str, prompt: &[u32], block_size: usize) {
         let ours = block_hashes(prompt, block_size);
-        let theirs = kv_events::block_hashes(prompt, block_size);
+        let theirs = kv_events::block_hashes(prompt, block_size, None);
         let tokens = prompt.chunks_exact(block_size.max(1)).map(kv_events::tokens_hash);
         let mut names = self.names.lock();
         let known = names.entry(model.to_string()).or_default();
@@ -192,7 +192,7 @@ mod tests {
         let prompt: Vec<u32> = (0..40).collect();
         names.learn("m", &prompt, 16);
         let ours = block_hashes(&prompt, 16);
-        let theirs = kv_events::block_hashes(&prompt, 16);
+        let theirs = kv_events::block_hashes(&prompt, 16, None);
         let publisher = Publisher::bind(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7).await.unwrap();
         let mut subscriber = zeromq::SubSocket::new();
         subscriber.subscribe("kv-events").await.unwrap();
