@@ -2,6 +2,7 @@
 //! of the bridge, over the same registry, router and workers as gRPC, plus `/health` (ready),
 //! `/live` and `/metrics` (Prometheus), served within the port's limits by [`serve_limited`].
 
+mod keys;
 pub mod kserve;
 #[cfg(feature = "llm")]
 mod lora;
@@ -24,6 +25,7 @@ use crate::restricted::RestrictedProtocols;
 use crate::llm::LlmFrontend;
 use tritium_cluster::routing::WORKER_ID_HEADER;
 
+pub use keys::keyed;
 pub use serve::{BudgetExhausted, GrpcCalls, serve_limited};
 pub use unread::BodyStalled;
 

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod admin;
+pub mod api_keys;
 pub mod backends;
 pub mod cli;
 pub mod config;
@@ -293,11 +294,15 @@ impl Tritium {
 
         // One budget for request bytes being received, on both ports.
         let budget = Arc::new(grpc::budget::ByteBudget::new(transport.max_buffered_request_bytes));
-        let routes = grpc::transport::Routes::new(inference).with(health).with(reflection_v1).with(reflection_v1alpha).guarded(
-            Arc::clone(&budget),
-            transport.max_message_size,
-            self.config.limits.restricted.clone(),
-        );
+        let routes = grpc::transport::Routes::new(inference)
+            .with(health)
+            .with(reflection_v1)
+            .with(reflection_v1alpha)
+            .guarded(Arc::clone(&budget), transport.max_message_size, self.config.limits.restricted.clone())
+            .keyed(self.config.api_keys.clone());
+        if let Some(keys) = &self.config.api_keys {
+            keys.watch(stop.clone());
+        }
         let http_task = http.map(|http_listener| {
             let limits = self.config.http_limits.clone();
             let kserve = http::kserve::KserveState::new(
@@ -306,7 +311,10 @@ impl Tritium {
                 limits.max_body_bytes,
                 self.config.limits.http_restricted.clone(),
             );
-            let router = http::router(kserve, limits.max_body_bytes, self.config.openai.api.clone());
+            let router = http::keyed(
+                http::router(kserve, limits.max_body_bytes, self.config.openai.api.clone()),
+                self.config.api_keys.clone(),
+            );
             let grpc = transport
                 .on_http_port
                 .then(|| http::GrpcCalls { routes: routes.clone().shared(), transport: transport.clone() });

@@ -3,6 +3,7 @@
 //! that reads the environment.
 
 pub mod aic;
+pub mod auth;
 pub mod cache;
 pub mod cluster;
 pub mod dump;
@@ -114,6 +115,8 @@ pub struct ServeArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub trace: trace::TraceArgs,
+    #[command(flatten)]
+    pub auth: auth::AuthArgs,
     /// Seconds to let in-flight calls finish after SIGTERM or Ctrl-C before exiting anyway.
     #[arg(long, env = "TRITIUM_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
@@ -337,6 +340,8 @@ pub struct ServerConfig {
     pub trace: trace::TraceConfig,
     /// `--lora-dir`: where LoRA adapters loaded over HTTP must lie (`None`: no loading at run time).
     pub lora_dir: Option<std::path::PathBuf>,
+    /// `--api-key`, `--api-key-file`: the keys every inference door asks for (`None`: open).
+    pub api_keys: Option<std::sync::Arc<crate::api_keys::ApiKeys>>,
 }
 
 fn millis(ms: u64) -> Option<Duration> {
@@ -368,6 +373,7 @@ impl ServeArgs {
             openai: self.openai.settings(&env)?,
             trace: self.trace.config(&env)?,
             lora_dir: self.models.lora_dir.clone(),
+            api_keys: self.auth.keys()?,
             tls: self.tls.config()?,
             metrics: self.metrics.config()?,
             backends: self.repository.backends(&self.models)?,

@@ -42,6 +42,7 @@ use tower::util::BoxCloneSyncService;
 
 use super::budget::{BudgetedBody, ByteBudget, Encoding};
 use super::keepalive::Policed;
+use crate::api_keys::ApiKeys;
 use crate::restricted::RestrictedProtocols;
 use crate::config::TransportConfig;
 use crate::connection::{Counted, Watch, accept, configure};
@@ -91,6 +92,8 @@ struct Guard {
     budget: Arc<ByteBudget>,
     max_message: usize,
     restricted: RestrictedProtocols,
+    /// `--api-key`: every call but the health checks must name a key.
+    api_keys: Option<Arc<ApiKeys>>,
 }
 
 impl<S: Clone> Clone for Routes<S> {
@@ -111,6 +114,7 @@ impl<S: GrpcService> Routes<S> {
             budget: Arc::new(ByteBudget::new(u64::MAX)),
             max_message: i32::MAX as usize,
             restricted: RestrictedProtocols::default(),
+            api_keys: None,
         };
         Routes { main, others: Arc::from([]), guard: Arc::new(guard), calls: Arc::default(), open: Arc::default() }
     }
@@ -124,7 +128,18 @@ impl<S: GrpcService> Routes<S> {
 
     /// Charges request bytes to `budget` and refuses restricted calls without their header.
     pub fn guarded(self, budget: Arc<ByteBudget>, max_message: usize, restricted: RestrictedProtocols) -> Routes<S> {
-        Routes { guard: Arc::new(Guard { budget, max_message, restricted }), ..self }
+        Routes { guard: Arc::new(Guard { budget, max_message, restricted, api_keys: None }), ..self }
+    }
+
+    /// Asks every call but the health checks for one of `keys` (`authorization: Bearer KEY`).
+    pub fn keyed(self, keys: Option<Arc<ApiKeys>>) -> Routes<S> {
+        let guard = Guard {
+            budget: Arc::clone(&self.guard.budget),
+            max_message: self.guard.max_message,
+            restricted: self.guard.restricted.clone(),
+            api_keys: keys,
+        };
+        Routes { guard: Arc::new(guard), ..self }
     }
 
     /// The routes as one shareable function of a request, for the HTTP port, which serves gRPC
@@ -139,6 +154,13 @@ impl<S: GrpcService> Routes<S> {
         let open = Arc::new(AtomicU64::new(0));
         (Routes { calls: Arc::clone(&calls), open: Arc::clone(&open), ..self.clone() }, calls, open)
     }
+}
+
+/// The calls a Kubernetes probe makes, open without a key: gRPC's health service, and KServe's
+/// server liveness and readiness.
+fn open_without_key(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || matches!(path, "/inference.GRPCInferenceService/ServerLive" | "/inference.GRPCInferenceService/ServerReady")
 }
 
 /// Whether a gRPC path, `/package.Service/Method`, names `service`. Compared in place: splitting
@@ -180,6 +202,17 @@ impl<S: GrpcService> hyper::service::Service<Request<Incoming>> for Routes<S> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let deadline = grpc_timeout(request.headers()).map(|after| Box::pin(tokio::time::sleep(after)));
         let guard = &self.guard;
+        if let Some(keys) = &guard.api_keys
+            && !open_without_key(request.uri().path())
+        {
+            match keys.check_headers(request.headers()) {
+                Some(name) => tracing::debug!(key = %name, path = request.uri().path(), "gRPC call with an API key"),
+                None => {
+                    let refused = Status::unauthenticated(crate::api_keys::REFUSAL).into_http();
+                    return Call { inner: Inner::Done(Some(refused)), deadline: None, open: None };
+                }
+            }
+        }
         if !guard.restricted.is_empty() {
             let method = request.uri().path().rsplit('/').next().unwrap_or_default();
             if let Err(message) = guard.restricted.check(method, request.headers()) {

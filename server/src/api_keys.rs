@@ -1,0 +1,234 @@
+//! API keys on every inference door: `--api-key KEY` (repeatable) and `--api-key-file PATH`
+//! (re-read when it changes and on SIGHUP). A request names its key in `Authorization: Bearer
+//! <key>` (OpenAI's clients, KServe over HTTP and gRPC, Triton's clients through their headers)
+//! or `x-api-key` (Anthropic's clients). Keys are compared in constant time, every key each
+//! time; a missing or wrong key gets the same answer ([`REFUSAL`]) before any model work. Only
+//! the key's name is ever logged or counted, never the key.
+//!
+//! The key file holds one key per line, `NAME:KEY` or a bare `KEY` (named `key-<line>`); blank
+//! lines and lines starting with `#` are skipped. A file that cannot be read or parsed on a
+//! reload leaves the keys in force unchanged (logged without its contents).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+use tokio_util::sync::CancellationToken;
+
+/// The one answer to a missing or wrong key, whichever it was.
+pub const REFUSAL: &str = "Invalid or missing API key";
+
+/// The largest key file read, and the most keys it may hold.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+const MAX_KEYS: usize = 10_000;
+/// How often the key file's modification time is looked at.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+struct Key {
+    name: String,
+    secret: Vec<u8>,
+}
+
+/// The keys in force.
+pub struct ApiKeys {
+    from_flags: Vec<Key>,
+    file: Option<PathBuf>,
+    from_file: ArcSwap<Vec<Key>>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("ApiKeys").field("flags", &self.from_flags.len()).field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+impl ApiKeys {
+    /// The keys of `--api-key` and `--api-key-file`; `None` when neither is given (the doors
+    /// stay open). A key file that cannot be read stops the server at start.
+    pub fn new(keys: &[String], file: Option<PathBuf>) -> Result<Option<Arc<ApiKeys>>, String> {
+        if keys.is_empty() && file.is_none() {
+            return Ok(None);
+        }
+        let from_flags = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| match key.trim() {
+                "" => Err(format!("--api-key number {} is empty", i + 1)),
+                key => Ok(Key { name: format!("flag-{}", i + 1), secret: key.as_bytes().to_vec() }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let from_file = match &file {
+            Some(path) => read_file(path)?,
+            None => Vec::new(),
+        };
+        Ok(Some(Arc::new(ApiKeys { from_flags, file, from_file: ArcSwap::from_pointee(from_file) })))
+    }
+
+    /// The name of the key `presented` is, or `None` (absent, or no key in force matches).
+    pub fn check(&self, presented: Option<&[u8]>) -> Option<String> {
+        let presented = presented.unwrap_or_default();
+        let file = self.from_file.load();
+        let mut found: Option<&str> = None;
+        // Every key is compared, whatever matched before, so the time says nothing about which.
+        for key in self.from_flags.iter().chain(file.iter()) {
+            if constant_time_eq(&key.secret, presented) && !presented.is_empty() {
+                found = found.or(Some(&key.name));
+            }
+        }
+        found.map(str::to_owned)
+    }
+
+    /// The key an HTTP request or gRPC call names, then [`ApiKeys::check`].
+    pub fn check_headers(&self, headers: &HeaderMap) -> Option<String> {
+        self.check(presented(headers))
+    }
+
+    /// Re-reads the key file; the keys in force stay when it cannot be read.
+    pub fn reload(&self) -> Result<usize, String> {
+        let Some(path) = &self.file else { return Ok(0) };
+        let keys = read_file(path)?;
+        let count = keys.len();
+        self.from_file.store(Arc::new(keys));
+        Ok(count)
+    }
+
+    /// Re-reads the key file whenever its modification time changes and on SIGHUP, until `stop`.
+    pub fn watch(self: &Arc<Self>, stop: CancellationToken) {
+        let Some(path) = self.file.clone() else { return };
+        let keys = Arc::clone(self);
+        tokio::spawn(async move {
+            let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            let mut seen: Option<SystemTime> = modified(&path);
+            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                let signalled = async {
+                    match hangup.as_mut() {
+                        Some(signal) => signal.recv().await.is_some(),
+                        None => std::future::pending().await,
+                    }
+                };
+                let asked = tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = signalled => true,
+                    () = tokio::time::sleep(WATCH_EVERY) => false,
+                };
+                let now = modified(&path);
+                if !asked && now == seen {
+                    continue;
+                }
+                seen = now;
+                match keys.reload() {
+                    Ok(count) => tracing::info!(file = %path.display(), keys = count, "API key file re-read"),
+                    Err(e) => tracing::warn!("{e}; the keys in force are kept"),
+                }
+            }
+        });
+    }
+}
+
+/// `Authorization: Bearer <key>`, else `x-api-key: <key>`.
+pub fn presented(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        let value = value.as_bytes();
+        return match value.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => Some(value[7..].trim_ascii()),
+            _ => None,
+        };
+    }
+    headers.get("x-api-key").map(|value| value.as_bytes().trim_ascii())
+}
+
+/// Equality of `a` and `b` in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let longest = a.len().max(b.len());
+    let mut difference = u8::from(a.len() != b.len());
+    for i in 0..longest {
+        difference |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    std::hint::black_box(difference) == 0
+}
+
+fn read_file(path: &PathBuf) -> Result<Vec<Key>, String> {
+    let shown = path.display();
+    let size = std::fs::metadata(path).map_err(|e| format!("the API key file {shown} cannot be read: {}", e.kind()))?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(format!("the API key file {shown} is {size} bytes, over the {MAX_FILE_BYTES} allowed"));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("the API key file {shown} cannot be read: {}", e.kind()))?;
+    let mut keys = Vec::new();
+    for (number, line) in text.lines().enumerate().map(|(i, line)| (i + 1, line.trim())) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, secret) = match line.split_once(':') {
+            Some((name, secret)) => (name.trim().to_string(), secret.trim()),
+            None => (format!("key-{number}"), line),
+        };
+        if secret.is_empty() || secret.chars().any(char::is_whitespace) || name.is_empty() {
+            // The line's text is not echoed: it may be a secret.
+            return Err(format!("the API key file {shown}: line {number} is not NAME:KEY or KEY"));
+        }
+        keys.push(Key { name, secret: secret.as_bytes().to_vec() });
+        if keys.len() > MAX_KEYS {
+            return Err(format!("the API key file {shown} holds more than {MAX_KEYS} keys"));
+        }
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn a_key_is_named_and_a_wrong_or_missing_one_is_not() {
+        let keys = ApiKeys::new(&["s3cret".into(), "other".into()], None).unwrap().unwrap();
+        assert_eq!(keys.check_headers(&headers(&[("authorization", "Bearer s3cret")])).as_deref(), Some("flag-1"));
+        assert_eq!(keys.check_headers(&headers(&[("authorization", "bearer other")])).as_deref(), Some("flag-2"));
+        assert_eq!(keys.check_headers(&headers(&[("x-api-key", "s3cret")])).as_deref(), Some("flag-1"));
+        assert_eq!(keys.check_headers(&headers(&[("authorization", "Bearer s3cre")])), None);
+        assert_eq!(keys.check_headers(&headers(&[("authorization", "Basic s3cret")])), None);
+        assert_eq!(keys.check_headers(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(keys.check_headers(&HeaderMap::new()), None);
+        assert!(ApiKeys::new(&[], None).unwrap().is_none(), "no keys: the doors stay open");
+        assert!(ApiKeys::new(&[" ".into()], None).is_err());
+    }
+
+    #[test]
+    fn the_key_file_is_read_reread_and_a_bad_one_keeps_the_keys_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "# team keys\nalice:k-alice\n\nk-bare\n").unwrap();
+        let keys = ApiKeys::new(&[], Some(path.clone())).unwrap().unwrap();
+        assert_eq!(keys.check(Some(b"k-alice")).as_deref(), Some("alice"));
+        assert_eq!(keys.check(Some(b"k-bare")).as_deref(), Some("key-4"));
+        std::fs::write(&path, "bob:k-bob\n").unwrap();
+        assert_eq!(keys.reload().unwrap(), 1);
+        assert_eq!(keys.check(Some(b"k-alice")), None, "a key taken out of the file is refused");
+        std::fs::write(&path, "carol:two words\n").unwrap();
+        let error = keys.reload().unwrap_err();
+        assert!(error.contains("line 1") && !error.contains("two words"), "{error}");
+        assert_eq!(keys.check(Some(b"k-bob")).as_deref(), Some("bob"), "the keys in force stay");
+        assert!(ApiKeys::new(&[], Some(dir.path().join("absent"))).unwrap_err().contains("cannot be read"));
+    }
+
+    #[test]
+    fn equality_is_exact_whatever_the_lengths() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abc\0"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}
