@@ -14,6 +14,7 @@
 //!   plane.
 //! - [`node`]: a worker process's serve loop (`tritium worker`).
 //! - [`lora`]: LoRA adapters loaded at run time, fanned out over the workers serving a base model.
+//! - [`credentials`]: NATS and etcd credentials from Dynamo's variables.
 //!
 //! It sits below the server (which owns the doors, boot and command line) and above the core
 //! (`tritium_worker`) and the tracer (`tritium_trace`); it never reaches a door or the OpenAI
@@ -35,6 +36,7 @@
 //! ```
 
 pub mod config;
+pub mod credentials;
 pub mod discovery;
 pub mod dynamo;
 pub mod events;

@@ -151,7 +151,7 @@ pub async fn serve<F>(
     config: ServerConfig,
     log: LogControl,
     backends: BackendRegistry,
-    ready: impl FnOnce(Listening),
+    ready: impl FnOnce(Listening) + Send,
     shutdown: impl FnOnce(&Tritium) -> F,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
@@ -208,8 +208,7 @@ where
     };
     let exit_timeout = std::time::Duration::from_secs(args.exit_timeout_secs);
     let hard_stop = tritium.hard_stop();
-    let served = tritium.serve_all(grpc, http, metrics, signal);
-    ready(at);
+    let served = tritium.serve_all_then(grpc, http, metrics, signal, move || ready(at));
     tokio::pin!(served);
     tokio::select! {
         served = &mut served => served?,

@@ -229,6 +229,20 @@ impl Tritium {
         metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
+        self.serve_all_then(listener, http, metrics, shutdown, || {}).await
+    }
+
+    /// [`Tritium::serve_all`], calling `ready` once the cluster's planes (discovery, events, the
+    /// NATS request plane) are connected and the doors are about to serve: a process that cannot
+    /// join its cluster never says it is ready.
+    pub async fn serve_all_then(
+        self,
+        listener: Option<TcpListener>,
+        http: Option<TcpListener>,
+        metrics: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send,
+        ready: impl FnOnce() + Send,
+    ) -> Result<(), StartError> {
         let transport = &self.config.transport;
         let grpc_tls =
             self.config.tls.grpc.as_ref().map(|files| tls::acceptor(files, &[b"h2"])).transpose().map_err(StartError::Tls)?;
@@ -260,6 +274,7 @@ impl Tritium {
             routing::publish_replica_events(&self.state.router, Arc::clone(&events), stop.clone());
         }
         let event_follower = tokio::spawn(routing::follow_events(Arc::clone(&self.state.router), events, stop.clone()));
+        ready();
 
         let (reporter, health) = tonic_health::server::health_reporter();
         grpc::health::publish(&reporter, &self.state.repository, &mut HashSet::new()).await;

@@ -90,14 +90,16 @@ def _nats_address(line: str) -> str | None:
     return None
 
 
-def start_etcd() -> Service:
+def start_etcd(client_port: int = 0) -> Service:
+    """An etcd on a port it picks, or on `client_port` (its JSON gateway dials the advertised client
+    address, so a test that uses the gateway gives it a real port)."""
     workdir = tempfile.TemporaryDirectory(prefix="tritium-etcd-")
     argv = [
         "etcd",
         "--name=test",
         f"--data-dir={workdir.name}/data",
-        "--listen-client-urls=http://127.0.0.1:0",
-        "--advertise-client-urls=http://127.0.0.1:0",
+        f"--listen-client-urls=http://127.0.0.1:{client_port}",
+        f"--advertise-client-urls=http://127.0.0.1:{client_port}",
         "--listen-peer-urls=http://127.0.0.1:0",
         "--initial-advertise-peer-urls=http://127.0.0.1:0",
         "--initial-cluster=test=http://127.0.0.1:0",
@@ -107,10 +109,11 @@ def start_etcd() -> Service:
     return _start("etcd", argv, _etcd_address, workdir)
 
 
-def start_nats(monitor: bool = False) -> Service:
-    """A nats-server on a port it picks; `monitor` also serves its HTTP monitoring (see `nats_monitor`)."""
+def start_nats(monitor: bool = False, *extra: str) -> Service:
+    """A nats-server on a port it picks; `monitor` also serves its HTTP monitoring (see `nats_monitor`);
+    `extra` are more of its flags (`--auth TOKEN`, `--user U --pass P`, ...)."""
     workdir = tempfile.TemporaryDirectory(prefix="tritium-nats-")
-    argv = ["nats-server", "-a", "127.0.0.1", "-p", "-1", *(["-m", "-1"] if monitor else [])]
+    argv = ["nats-server", "-a", "127.0.0.1", "-p", "-1", *(["-m", "-1"] if monitor else []), *extra]
     return _start("nats-server", argv, _nats_address, workdir)
 
 

@@ -325,10 +325,10 @@ def write_python_model(repo: pathlib.Path, name: str, config: str, source: str) 
     return model_dir
 
 
-def start_failure(*args: str) -> str:
+def start_failure(*args: str, env: dict[str, str] | None = None) -> str:
     """Starts a server that must exit before it is ready; returns helpers' failure text (with its stderr)."""
     try:
-        server = start_server(*args, timeout=60)
+        server = start_server(*args, timeout=60, env=env)
     except pytest.fail.Exception as failed:
         return str(failed)
     finish_server(server)

@@ -97,9 +97,11 @@ impl EtcdDiscovery {
             .with_connect_timeout(CALL_TIMEOUT)
             .with_keep_alive(PING_INTERVAL, PING_TIMEOUT)
             .with_keep_alive_while_idle(false);
+        let (options, used) = crate::credentials::etcd_options_from_env(options)
+            .map_err(|reason| DiscoveryError::Unavailable(format!("etcd at {joined}: {reason}")))?;
         let client = match tokio::time::timeout(CALL_TIMEOUT, Client::connect(endpoints, Some(options))).await {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(DiscoveryError::Unavailable(format!("etcd at {joined}: connect: {e}"))),
+            Ok(Err(e)) => return Err(DiscoveryError::Unavailable(format!("etcd at {joined}: connect: {e}{}", used.hint()))),
             Err(_) => return Err(DiscoveryError::Unavailable(format!("etcd at {joined}: connect: timed out"))),
         };
         let shared = Arc::new(Shared {

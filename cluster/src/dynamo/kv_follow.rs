@@ -31,10 +31,14 @@ pub async fn event_plane_for(events: &crate::events::EventsConfig) -> Result<Opt
     use crate::events::EventsConfig;
     Ok(match events {
         EventsConfig::Zmq { .. } => Some(DynamoEventPlane::Zmq),
-        EventsConfig::Nats { url } => match async_nats::connect(url.as_str()).await {
-            Ok(client) => Some(DynamoEventPlane::Nats(client)),
-            Err(e) => return Err(format!("Dynamo workers' KV events: cannot reach NATS at {url}: {e}")),
-        },
+        EventsConfig::Nats { url } => {
+            let (options, used) = crate::credentials::nats_options_from_env(async_nats::ConnectOptions::new())
+                .map_err(|e| format!("Dynamo workers' KV events: {e}"))?;
+            match options.connect(url.as_str()).await {
+                Ok(client) => Some(DynamoEventPlane::Nats(client)),
+                Err(e) => return Err(format!("Dynamo workers' KV events: cannot reach NATS at {url}: {e}{}", used.hint())),
+            }
+        }
         EventsConfig::None => None,
     })
 }

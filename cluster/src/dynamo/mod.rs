@@ -52,9 +52,10 @@ pub async fn store_for(discovery: &crate::discovery::DiscoveryConfig) -> Result<
     Ok(match discovery {
         DiscoveryConfig::File { dir } => Some(DynamoStore::File { root: dir.clone(), ttl: store::FILE_TTL }),
         DiscoveryConfig::Etcd { endpoints } => {
-            let client = etcd_client::Client::connect(endpoints, None)
-                .await
-                .map_err(|e| format!("reading Dynamo's records: cannot reach etcd at {}: {e}", endpoints.join(",")))?;
+            let (options, used) = crate::credentials::etcd_options_from_env(etcd_client::ConnectOptions::new())?;
+            let client = etcd_client::Client::connect(endpoints, Some(options)).await.map_err(|e| {
+                format!("reading Dynamo's records: cannot reach etcd at {}: {e}{}", endpoints.join(","), used.hint())
+            })?;
             Some(DynamoStore::Etcd { client })
         }
         _ => None,

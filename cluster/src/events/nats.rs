@@ -41,12 +41,11 @@ impl NatsEventBus {
     /// Events are published in the scope's own namespace.
     pub async fn connect(url: &str, scope: &NamespaceScope) -> Result<NatsEventBus, EventError> {
         let connect_error = |e: &dyn std::fmt::Display| EventError::Connect { url: url.to_string(), reason: e.to_string() };
-        let client = ConnectOptions::new()
+        let options = ConnectOptions::new()
             .name(format!("tritium/{}", scope.own))
-            .event_callback(|event| async move { log_connection_event(event) })
-            .connect(url)
-            .await
-            .map_err(|e| connect_error(&e))?;
+            .event_callback(|event| async move { log_connection_event(event) });
+        let (options, used) = crate::credentials::nats_options_from_env(options).map_err(|e| connect_error(&e))?;
+        let client = options.connect(url).await.map_err(|e| connect_error(&format!("{e}{}", used.hint())))?;
         let prefix = format!("tritium.{}.events", token(&scope.own));
         // NATS wildcards match whole tokens, so a namespace prefix subscribes to every namespace
         // and keeps those whose token starts with it.

@@ -57,11 +57,13 @@ impl std::fmt::Debug for NatsPlane {
 impl NatsPlane {
     /// Connects to the NATS server at `url`; `name` is the client name the server shows.
     pub async fn connect(url: &str, name: &str) -> Result<Arc<NatsPlane>, String> {
-        let client = ConnectOptions::new()
-            .name(format!("tritium-request-plane/{name}"))
+        let options = ConnectOptions::new().name(format!("tritium-request-plane/{name}"));
+        let (options, used) =
+            crate::credentials::nats_options_from_env(options).map_err(|e| format!("--request-plane nats: {e}"))?;
+        let client = options
             .connect(url)
             .await
-            .map_err(|e| format!("--request-plane nats: connecting to {url} failed: {e}"))?;
+            .map_err(|e| format!("--request-plane nats: connecting to {url} failed: {e}{}", used.hint()))?;
         // Frames fit the server's payload limit, with room for the sequence number.
         let limit = client.server_info().max_payload.saturating_sub(64);
         let chunk = MAX_CHUNK.min(limit).max(1024);

@@ -1,0 +1,136 @@
+//! Credentials for the services a cluster shares, read from Dynamo's own variables, so one
+//! environment starts Dynamo's processes and Tritium's alike against a secured NATS or etcd:
+//!
+//! - NATS (events, the NATS request plane, Dynamo's NATS KV events): `NATS_AUTH_TOKEN`,
+//!   `NATS_AUTH_USERNAME` with `NATS_AUTH_PASSWORD`, `NATS_TLS_CA_CERT_PATH`,
+//!   `NATS_TLS_CLIENT_CERT_PATH` with `NATS_TLS_CLIENT_KEY_PATH`;
+//! - etcd (discovery, Dynamo's records): `ETCD_AUTH_USERNAME` with `ETCD_AUTH_PASSWORD`.
+//!
+//! A connection refused for its credentials fails naming the service and the variables used,
+//! never a secret. The variables this build cannot honour yet (`NATS_AUTH_NKEY`,
+//! `NATS_AUTH_CREDENTIALS_FILE`, `NATS_TLS_INSECURE`, `ETCD_AUTH_CA`, `ETCD_AUTH_CLIENT_CERT`,
+//! `ETCD_AUTH_CLIENT_KEY`) are refused by name rather than ignored.
+
+use std::path::PathBuf;
+
+/// The variables one connection's credentials came from, for messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Used(Vec<&'static str>);
+
+impl Used {
+    /// ` (credentials from NATS_AUTH_TOKEN)`, or nothing when none were used.
+    pub fn hint(&self) -> String {
+        match self.0.is_empty() {
+            true => String::new(),
+            false => format!(" (credentials from {})", self.0.join(", ")),
+        }
+    }
+}
+
+fn refuse_unsupported(env: &impl Fn(&str) -> Option<String>, names: &[&str]) -> Result<(), String> {
+    match names.iter().find(|name| env(name).is_some_and(|v| !v.is_empty())) {
+        Some(name) => {
+            Err(format!("{name} is set, and this build of Tritium cannot use it yet; unset it or use the other credentials"))
+        }
+        None => Ok(()),
+    }
+}
+
+/// NATS connect options carrying the credentials the environment (`env`) names.
+pub fn nats_options(
+    mut options: async_nats::ConnectOptions,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(async_nats::ConnectOptions, Used), String> {
+    refuse_unsupported(&env, &["NATS_AUTH_NKEY", "NATS_AUTH_CREDENTIALS_FILE", "NATS_TLS_INSECURE"])?;
+    let set = |name: &str| env(name).filter(|v| !v.is_empty());
+    let mut used = Vec::new();
+    if let Some(token) = set("NATS_AUTH_TOKEN") {
+        options = options.token(token);
+        used.push("NATS_AUTH_TOKEN");
+    }
+    match (set("NATS_AUTH_USERNAME"), set("NATS_AUTH_PASSWORD")) {
+        (Some(user), Some(password)) => {
+            options = options.user_and_password(user, password);
+            used.extend(["NATS_AUTH_USERNAME", "NATS_AUTH_PASSWORD"]);
+        }
+        (None, None) => {}
+        _ => return Err("NATS_AUTH_USERNAME and NATS_AUTH_PASSWORD go together: set both or neither".into()),
+    }
+    if let Some(ca) = set("NATS_TLS_CA_CERT_PATH") {
+        options = options.add_root_certificates(readable("NATS_TLS_CA_CERT_PATH", &ca)?).require_tls(true);
+        used.push("NATS_TLS_CA_CERT_PATH");
+    }
+    match (set("NATS_TLS_CLIENT_CERT_PATH"), set("NATS_TLS_CLIENT_KEY_PATH")) {
+        (Some(cert), Some(key)) => {
+            let cert = readable("NATS_TLS_CLIENT_CERT_PATH", &cert)?;
+            let key = readable("NATS_TLS_CLIENT_KEY_PATH", &key)?;
+            options = options.add_client_certificate(cert, key).require_tls(true);
+            used.extend(["NATS_TLS_CLIENT_CERT_PATH", "NATS_TLS_CLIENT_KEY_PATH"]);
+        }
+        (None, None) => {}
+        _ => return Err("NATS_TLS_CLIENT_CERT_PATH and NATS_TLS_CLIENT_KEY_PATH go together: set both or neither".into()),
+    }
+    Ok((options, Used(used)))
+}
+
+/// [`nats_options`] from the process environment.
+pub fn nats_options_from_env(options: async_nats::ConnectOptions) -> Result<(async_nats::ConnectOptions, Used), String> {
+    nats_options(options, |name| std::env::var(name).ok())
+}
+
+/// etcd connect options carrying the credentials the environment (`env`) names.
+pub fn etcd_options(
+    mut options: etcd_client::ConnectOptions,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(etcd_client::ConnectOptions, Used), String> {
+    refuse_unsupported(&env, &["ETCD_AUTH_CA", "ETCD_AUTH_CLIENT_CERT", "ETCD_AUTH_CLIENT_KEY"])?;
+    let set = |name: &str| env(name).filter(|v| !v.is_empty());
+    match (set("ETCD_AUTH_USERNAME"), set("ETCD_AUTH_PASSWORD")) {
+        (Some(user), Some(password)) => {
+            options = options.with_user(user, password);
+            Ok((options, Used(vec!["ETCD_AUTH_USERNAME", "ETCD_AUTH_PASSWORD"])))
+        }
+        (None, None) => Ok((options, Used::default())),
+        _ => Err("ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD go together: set both or neither".into()),
+    }
+}
+
+/// [`etcd_options`] from the process environment.
+pub fn etcd_options_from_env(options: etcd_client::ConnectOptions) -> Result<(etcd_client::ConnectOptions, Used), String> {
+    etcd_options(options, |name| std::env::var(name).ok())
+}
+
+/// A file a variable names, checked to be readable now (so the start-up error names the variable).
+fn readable(variable: &str, path: &str) -> Result<PathBuf, String> {
+    std::fs::metadata(path).map_err(|e| format!("{variable} names {path}, which cannot be read: {}", e.kind()))?;
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| value.to_string())
+    }
+
+    #[test]
+    fn the_variables_used_are_named_and_half_pairs_refused() {
+        let (_, used) = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_TOKEN", "t")])).unwrap();
+        assert_eq!(used.hint(), " (credentials from NATS_AUTH_TOKEN)");
+        let half = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_USERNAME", "u")])).unwrap_err();
+        assert!(half.contains("NATS_AUTH_PASSWORD"), "{half}");
+        let missing =
+            nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_TLS_CA_CERT_PATH", "/absent/ca.pem")])).unwrap_err();
+        assert!(missing.contains("NATS_TLS_CA_CERT_PATH names /absent/ca.pem"), "{missing}");
+        let unsupported = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_NKEY", "SU...")])).unwrap_err();
+        assert!(unsupported.starts_with("NATS_AUTH_NKEY is set") && !unsupported.contains("SU..."), "{unsupported}");
+        let (_, used) = etcd_options(etcd_client::ConnectOptions::new(), env(&[])).unwrap();
+        assert_eq!(used.hint(), "");
+        let (_, used) =
+            etcd_options(etcd_client::ConnectOptions::new(), env(&[("ETCD_AUTH_USERNAME", "u"), ("ETCD_AUTH_PASSWORD", "p")]))
+                .unwrap();
+        assert_eq!(used.hint(), " (credentials from ETCD_AUTH_USERNAME, ETCD_AUTH_PASSWORD)");
+    }
+}
