@@ -5,13 +5,14 @@
 //! time; a missing or wrong key gets the same answer ([`REFUSAL`]) before any model work. Only
 //! the key's name is ever logged or counted, never the key.
 //!
-//! The key file holds one key per line, `NAME:KEY` or a bare `KEY` (named `key-<line>`); blank
-//! lines and lines starting with `#` are skipped. A file that cannot be read or parsed on a
+//! The key file holds one key per line, `NAME:KEY`, `NAME:KEY:rps=N` (at most N requests a
+//! second for that key; beyond, 429 with `Retry-After`, gRPC `RESOURCE_EXHAUSTED`) or a bare
+//! `KEY` (named `key-<line>`); blank lines and lines starting with `#` are skipped. A file that cannot be read or parsed on a
 //! reload leaves the keys in force unchanged (logged without its contents).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::HeaderMap;
@@ -29,6 +30,66 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 struct Key {
     name: String,
     secret: Vec<u8>,
+    /// `rps=N` in the key file: at most N requests a second (a bucket of N, refilled at N/s).
+    rate: Option<Bucket>,
+}
+
+struct Bucket {
+    per_second: f64,
+    /// Requests left, and when it was last refilled.
+    state: parking_lot::Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    fn new(per_second: f64) -> Bucket {
+        Bucket { per_second, state: parking_lot::Mutex::new((per_second, Instant::now())) }
+    }
+
+    /// Takes one request, or says how long until one is left.
+    fn take(&self) -> Result<(), Duration> {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        let (left, last) = *state;
+        let left = (left + now.duration_since(last).as_secs_f64() * self.per_second).min(self.per_second);
+        if left >= 1.0 {
+            *state = (left - 1.0, now);
+            return Ok(());
+        }
+        *state = (left, now);
+        Err(Duration::from_secs_f64((1.0 - left) / self.per_second))
+    }
+}
+
+/// What a request's key lets it do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Access {
+    /// Served; the key's name.
+    Granted(String),
+    /// No key, or none that matches: [`REFUSAL`].
+    Refused,
+    /// The key's request rate is spent: try again after the duration.
+    Limited { name: String, per_second: f64, retry_after: Duration },
+}
+
+impl Access {
+    /// How long a limited key is to wait.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Access::Limited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The refusal's message for a client (the key's name, never the key).
+    pub fn message(&self) -> String {
+        match self {
+            Access::Limited { name, per_second, retry_after } => format!(
+                "API key '{name}' is over its {per_second} requests per second; retry after {:.3} s",
+                retry_after.as_secs_f64()
+            ),
+            _ => REFUSAL.to_string(),
+        }
+    }
 }
 
 /// The keys in force.
@@ -57,7 +118,7 @@ impl ApiKeys {
             .enumerate()
             .map(|(i, key)| match key.trim() {
                 "" => Err(format!("--api-key number {} is empty", i + 1)),
-                key => Ok(Key { name: format!("flag-{}", i + 1), secret: key.as_bytes().to_vec() }),
+                key => Ok(Key { name: format!("flag-{}", i + 1), secret: key.as_bytes().to_vec(), rate: None }),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let from_file = match &file {
@@ -69,16 +130,37 @@ impl ApiKeys {
 
     /// The name of the key `presented` is, or `None` (absent, or no key in force matches).
     pub fn check(&self, presented: Option<&[u8]>) -> Option<String> {
+        match self.admit(presented) {
+            Access::Granted(name) | Access::Limited { name, .. } => Some(name),
+            Access::Refused => None,
+        }
+    }
+
+    /// Whether `presented` may be served now: its key's name, a refusal, or its rate spent.
+    pub fn admit(&self, presented: Option<&[u8]>) -> Access {
         let presented = presented.unwrap_or_default();
         let file = self.from_file.load();
-        let mut found: Option<&str> = None;
+        let mut found: Option<&Key> = None;
         // Every key is compared, whatever matched before, so the time says nothing about which.
         for key in self.from_flags.iter().chain(file.iter()) {
             if constant_time_eq(&key.secret, presented) && !presented.is_empty() {
-                found = found.or(Some(&key.name));
+                found = found.or(Some(key));
             }
         }
-        found.map(str::to_owned)
+        let Some(key) = found else { return Access::Refused };
+        match key.rate.as_ref().map(Bucket::take) {
+            Some(Err(retry_after)) => Access::Limited {
+                name: key.name.clone(),
+                per_second: key.rate.as_ref().map_or(0.0, |bucket| bucket.per_second),
+                retry_after,
+            },
+            _ => Access::Granted(key.name.clone()),
+        }
+    }
+
+    /// The key an HTTP request or gRPC call names, then [`ApiKeys::admit`].
+    pub fn admit_headers(&self, headers: &HeaderMap) -> Access {
+        self.admit(presented(headers))
     }
 
     /// The key an HTTP request or gRPC call names, then [`ApiKeys::check`].
@@ -163,15 +245,25 @@ fn read_file(path: &PathBuf) -> Result<Vec<Key>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (name, secret) = match line.split_once(':') {
-            Some((name, secret)) => (name.trim().to_string(), secret.trim()),
-            None => (format!("key-{number}"), line),
+        // The line's text is never echoed: it may hold a secret.
+        let bad = || format!("the API key file {shown}: line {number} is not NAME:KEY[:rps=N] or KEY");
+        let mut parts = line.splitn(3, ':').map(str::trim);
+        let (name, secret, options) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(secret), None, _) => (format!("key-{number}"), secret, None),
+            (Some(name), Some(secret), options) => (name.to_string(), secret, options),
+            (None, _, _) => return Err(bad()),
         };
         if secret.is_empty() || secret.chars().any(char::is_whitespace) || name.is_empty() {
-            // The line's text is not echoed: it may be a secret.
-            return Err(format!("the API key file {shown}: line {number} is not NAME:KEY or KEY"));
+            return Err(bad());
         }
-        keys.push(Key { name, secret: secret.as_bytes().to_vec() });
+        let rate = match options {
+            None => None,
+            Some(options) => match options.strip_prefix("rps=").map(str::parse::<f64>) {
+                Some(Ok(per_second)) if per_second.is_finite() && per_second > 0.0 => Some(Bucket::new(per_second)),
+                _ => return Err(bad()),
+            },
+        };
+        keys.push(Key { name, secret: secret.as_bytes().to_vec(), rate });
         if keys.len() > MAX_KEYS {
             return Err(format!("the API key file {shown} holds more than {MAX_KEYS} keys"));
         }
@@ -222,6 +314,24 @@ mod tests {
         assert!(error.contains("line 1") && !error.contains("two words"), "{error}");
         assert_eq!(keys.check(Some(b"k-bob")).as_deref(), Some("bob"), "the keys in force stay");
         assert!(ApiKeys::new(&[], Some(dir.path().join("absent"))).unwrap_err().contains("cannot be read"));
+    }
+
+    #[test]
+    fn a_keys_rate_is_a_bucket_of_its_requests_per_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "slow:k-slow:rps=2\nfast:k-fast\n").unwrap();
+        let keys = ApiKeys::new(&[], Some(path.clone())).unwrap().unwrap();
+        assert_eq!(keys.admit(Some(b"k-slow")), Access::Granted("slow".into()));
+        assert_eq!(keys.admit(Some(b"k-slow")), Access::Granted("slow".into()));
+        let Access::Limited { name, retry_after, .. } = keys.admit(Some(b"k-slow")) else {
+            panic!("a third request in a moment")
+        };
+        assert!(name == "slow" && retry_after <= Duration::from_millis(500), "{retry_after:?}");
+        assert!(keys.admit(Some(b"k-slow")).message().contains("'slow' is over its 2 requests per second"));
+        assert_eq!(keys.admit(Some(b"k-fast")), Access::Granted("fast".into()), "another key is not held back");
+        std::fs::write(&path, "slow:k-slow:rps=zero\n").unwrap();
+        assert!(keys.reload().unwrap_err().contains("line 1"));
     }
 
     #[test]

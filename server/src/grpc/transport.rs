@@ -205,12 +205,16 @@ impl<S: GrpcService> hyper::service::Service<Request<Incoming>> for Routes<S> {
         if let Some(keys) = &guard.api_keys
             && !open_without_key(request.uri().path())
         {
-            match keys.check_headers(request.headers()) {
-                Some(name) => tracing::debug!(key = %name, path = request.uri().path(), "gRPC call with an API key"),
-                None => {
-                    let refused = Status::unauthenticated(crate::api_keys::REFUSAL).into_http();
-                    return Call { inner: Inner::Done(Some(refused)), deadline: None, open: None };
+            let refused = match keys.admit_headers(request.headers()) {
+                crate::api_keys::Access::Granted(name) => {
+                    tracing::debug!(key = %name, path = request.uri().path(), "gRPC call with an API key");
+                    None
                 }
+                crate::api_keys::Access::Refused => Some(Status::unauthenticated(crate::api_keys::REFUSAL)),
+                limited => Some(Status::resource_exhausted(limited.message())),
+            };
+            if let Some(refused) = refused {
+                return Call { inner: Inner::Done(Some(refused.into_http())), deadline: None, open: None };
             }
         }
         if !guard.restricted.is_empty() {

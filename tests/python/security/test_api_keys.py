@@ -114,6 +114,30 @@ def test_the_key_file_is_reread_when_it_changes(keyed):
     assert "broken line" not in server.stderr(), "the file's contents are not echoed"
 
 
+def test_a_keys_request_rate_is_held_with_429_and_retry_after(tmp_path):
+    key_file = tmp_path / "keys"
+    key_file.write_text("metered:k-metered:rps=1\nfree:k-free\n")
+    server = start_server("--api-key-file", str(key_file))
+    try:
+        url = server.http_url + "/v2/models/identity"
+        statuses = [get(url, {"authorization": "Bearer k-metered"})[0] for _ in range(5)]
+        assert statuses[0] == 200 and 429 in statuses, statuses
+        request = urllib.request.Request(url, headers={"authorization": "Bearer k-metered"})
+        with pytest.raises(urllib.error.HTTPError) as limited:
+            for _ in range(5):
+                urllib.request.urlopen(request, timeout=30).close()
+        assert limited.value.code == 429 and int(limited.value.headers["Retry-After"]) >= 1
+        assert "'metered' is over its 1 requests per second" in limited.value.read().decode()
+        assert all(get(url, {"authorization": "Bearer k-free"})[0] == 200 for _ in range(5)), "another key is not held back"
+        with grpcclient.InferenceServerClient(server.url) as client:
+            with pytest.raises(grpcclient.InferenceServerException) as exhausted:
+                for _ in range(5):
+                    client.get_model_metadata("identity", headers={"authorization": "Bearer k-metered"})
+        assert exhausted.value.status() == "StatusCode.RESOURCE_EXHAUSTED", exhausted.value
+    finally:
+        finish_server(server)
+
+
 def test_a_key_file_that_cannot_be_read_stops_the_server_naming_it(tmp_path):
     from helpers import start_failure
 
