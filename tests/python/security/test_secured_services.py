@@ -48,6 +48,18 @@ def identity_answers(url: str) -> bool:
         return bool(np.array_equal(client.infer("identity", [tensor]).as_numpy("OUTPUT0"), data))
 
 
+def cluster_serves(flags: list[str], env: dict[str, str]) -> None:
+    """A worker and a frontend started with `flags` and credentials `env` find each other and serve identity."""
+    worker = start_worker(*flags, env=env)
+    frontend = start_server(*flags, env=env)
+    try:
+        wait_until(lambda: workers_serving(frontend, "identity") >= 1, 60, "the worker joined the frontend")
+        assert identity_answers(frontend.url)
+    finally:
+        finish_server(frontend)
+        finish_server(worker)
+
+
 def test_a_token_protected_nats_carries_events_and_requests_with_natss_own_variable(tmp_path):
     nats = start_nats(False, "--auth", "nats-s3cret")
     try:
@@ -57,14 +69,7 @@ def test_a_token_protected_nats_carries_events_and_requests_with_natss_own_varia
         good, bad = {"NATS_AUTH_TOKEN": "nats-s3cret"}, {"NATS_AUTH_TOKEN": "wrong-token"}
         message = start_failure(*flags, env=bad)
         assert "NATS_AUTH_TOKEN" in message and "wrong-token" not in message, message
-        worker = start_worker(*flags, env=good)
-        frontend = start_server(*flags, env=good)
-        try:
-            wait_until(lambda: workers_serving(frontend, "identity") >= 1, 60, "the worker joined over NATS")
-            assert identity_answers(frontend.url)
-        finally:
-            finish_server(frontend)
-            finish_server(worker)
+        cluster_serves(flags, good)
     finally:
         nats.stop()
 
@@ -100,13 +105,6 @@ def test_an_etcd_with_authentication_is_joined_with_the_etcd_variables():
         wrong = start_failure(*flags, env={"ETCD_AUTH_USERNAME": "root", "ETCD_AUTH_PASSWORD": "wrong-pw"})
         assert "ETCD_AUTH_USERNAME" in wrong and "wrong-pw" not in wrong, wrong
         good = {"ETCD_AUTH_USERNAME": "root", "ETCD_AUTH_PASSWORD": "etcd-pw"}
-        worker = start_worker(*flags, env=good)
-        frontend = start_server(*flags, env=good)
-        try:
-            wait_until(lambda: workers_serving(frontend, "identity") >= 1, 60, "the worker joined through etcd")
-            assert identity_answers(frontend.url)
-        finally:
-            finish_server(frontend)
-            finish_server(worker)
+        cluster_serves(flags, good)
     finally:
         etcd.stop()
