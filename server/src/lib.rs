@@ -208,8 +208,8 @@ impl Tritium {
             return Ok(None);
         };
         let home = dynamo::CallHome::bind(cluster.response_stream_host, cluster.dynamo_max_message, stop.clone()).await?;
+        tracing::info!(address = %home.address(), "{}; their response streams call home here", dynamo::view::describe());
         self.state.router.set_dynamo_home(home);
-        tracing::info!("{}", dynamo::view::describe());
         let followed = dynamo::follow(store, cluster.scope.clone(), stop.clone());
         if let Some(plane) = dynamo::event_plane_for(&cluster.events).await.map_err(StartError::RequestPlane)? {
             let workers = followed.workers.clone();

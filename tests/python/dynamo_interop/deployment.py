@@ -269,10 +269,11 @@ class Deployment:
         self._spawn("frontend", ["-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port), *flags, *args])
         return f"http://127.0.0.1:{port}"
 
-    def tritium_worker(self, *args: str) -> TritiumServer:
-        """`tritium worker --worker-protocol dynamo`, registered in this deployment's Dynamo layout."""
-        env = {k: v for k, v in self.dynamo_env().items() if k.startswith(("DYN_", "ETCD_", "NATS_"))}
-        worker = start_worker("--worker-protocol", "dynamo", *args, env=env)
+    def tritium_worker(self, *args: str, env: dict[str, str] | None = None) -> TritiumServer:
+        """`tritium worker --worker-protocol dynamo`, registered in this deployment's Dynamo layout (`env`
+        overrides its Dynamo variables)."""
+        variables = {k: v for k, v in self.dynamo_env().items() if k.startswith(("DYN_", "ETCD_", "NATS_"))}
+        worker = start_worker("--worker-protocol", "dynamo", *args, env=variables | (env or {}))
         self.tritium.append(worker)
         return worker
 

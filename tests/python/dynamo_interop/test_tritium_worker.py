@@ -106,6 +106,24 @@ def test_its_tensor_models_are_served_by_both_frontends(deployment):
     assert worker.stop() == 0
 
 
+def test_the_host_variables_choose_the_addresses_bound_and_advertised(deployment):
+    """`DYN_TCP_RPC_HOST` on the worker and `--tcp-response-stream-host` on the frontend, set to another
+    loopback address than the default: the worker's record advertises its listener there, the frontend's
+    response streams are bound there, and a request still makes the round trip through both."""
+    worker = deployment.tritium_worker("--engine", "mock", "--model-name", "elsewhere", env={"DYN_TCP_RPC_HOST": "127.0.0.2"})
+    frontend = deployment.tritium_frontend("--tcp-response-stream-host", "127.0.0.3")
+    wait_until(lambda: "elsewhere" in models_at(frontend.http_url), START, "elsewhere listed")
+    instances = pathlib.Path(deployment.store) / "v1" / "instances"
+    records = [json.loads(p.read_bytes()) for p in instances.iterdir() if not p.name.startswith(".")]
+    advertised = [r["transport"]["tcp"] for r in records if r["component"] == "tritium"]
+    assert advertised and all(a.startswith("127.0.0.2:") for a in advertised), advertised
+    assert "address=127.0.0.3:" in frontend.stderr(), "the response-stream listener is bound on the host asked for"
+    status, answer = http("POST", frontend.http_url + "/v1/completions", {"model": "elsewhere", "prompt": "hi", "max_tokens": 3})
+    assert status == 200 and answer["usage"]["completion_tokens"] == 3, answer
+    deployment.tritium.remove(worker)
+    assert worker.stop() == 0
+
+
 def test_the_records_leave_with_the_worker(deployment):
     worker = deployment.tritium_worker("--engine", "mock", "--model-name", "leaving")
     mdc = pathlib.Path(deployment.store) / "v1" / "mdc"
