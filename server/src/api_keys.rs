@@ -97,6 +97,8 @@ pub struct ApiKeys {
     from_flags: Vec<Key>,
     file: Option<PathBuf>,
     from_file: ArcSwap<Vec<Key>>,
+    /// `tritium_api_key_requests_total{key, outcome}`: by the key's name, never the key.
+    requests: prometheus::IntCounterVec,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -125,7 +127,15 @@ impl ApiKeys {
             Some(path) => read_file(path)?,
             None => Vec::new(),
         };
-        Ok(Some(Arc::new(ApiKeys { from_flags, file, from_file: ArcSwap::from_pointee(from_file) })))
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "tritium_api_key_requests_total",
+                "Requests checked for an API key, by the key's name (\"\" when none matched) and outcome (served, limited, refused)",
+            ),
+            &["key", "outcome"],
+        )
+        .map_err(|e| format!("the API key metric: {e}"))?;
+        Ok(Some(Arc::new(ApiKeys { from_flags, file, from_file: ArcSwap::from_pointee(from_file), requests })))
     }
 
     /// The name of the key `presented` is, or `None` (absent, or no key in force matches).
@@ -147,15 +157,29 @@ impl ApiKeys {
                 found = found.or(Some(key));
             }
         }
-        let Some(key) = found else { return Access::Refused };
+        let Some(key) = found else {
+            self.requests.with_label_values(&["", "refused"]).inc();
+            return Access::Refused;
+        };
         match key.rate.as_ref().map(Bucket::take) {
-            Some(Err(retry_after)) => Access::Limited {
-                name: key.name.clone(),
-                per_second: key.rate.as_ref().map_or(0.0, |bucket| bucket.per_second),
-                retry_after,
-            },
-            _ => Access::Granted(key.name.clone()),
+            Some(Err(retry_after)) => {
+                self.requests.with_label_values(&[key.name.as_str(), "limited"]).inc();
+                Access::Limited {
+                    name: key.name.clone(),
+                    per_second: key.rate.as_ref().map_or(0.0, |bucket| bucket.per_second),
+                    retry_after,
+                }
+            }
+            _ => {
+                self.requests.with_label_values(&[key.name.as_str(), "served"]).inc();
+                Access::Granted(key.name.clone())
+            }
         }
+    }
+
+    /// The requests counter, for the metrics port's registry.
+    pub fn counter(&self) -> prometheus::IntCounterVec {
+        self.requests.clone()
     }
 
     /// The key an HTTP request or gRPC call names, then [`ApiKeys::admit`].

@@ -349,6 +349,9 @@ impl Tritium {
                 cpu,
                 &self.config.metrics,
             );
+            if let Some(keys) = &self.config.api_keys {
+                state.register(keys.counter());
+            }
             let limits = self.config.http_limits.clone();
             let stopping = self.state.stopping.clone();
             let budget = Arc::clone(&budget);

@@ -108,6 +108,11 @@ impl MetricsState {
         MetricsState { registry: Arc::new(registry) }
     }
 
+    /// Adds a collector of another part of the server (the API keys' counter).
+    pub fn register(&self, collector: impl prometheus::core::Collector + 'static) {
+        register(&self.registry, collector);
+    }
+
     /// Every metric, as the text the port serves: the registry's families, then those models
     /// declared (Triton's own text, in the format of Prometheus' C++ client).
     pub fn render(&self) -> String {

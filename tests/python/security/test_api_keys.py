@@ -100,6 +100,10 @@ def test_health_is_open_and_the_wrong_and_missing_keys_are_answered_alike(keyed)
     assert missing == wrong and missing[0] == 401 and json.loads(missing[1]) == {"error": REFUSAL}, (missing, wrong)
     assert get(server.http_url + "/v2/models/identity", {"x-api-key": "k-alice"})[0] == 200
     assert "k-flag" not in server.stderr() and "k-alice" not in server.stderr(), "keys never reach the log"
+    metrics = get(server.metrics_url)[1]
+    assert 'tritium_api_key_requests_total{key="alice",outcome="served"} 1' in metrics, metrics
+    assert 'tritium_api_key_requests_total{key="",outcome="refused"} 2' in metrics, metrics
+    assert "k-alice" not in metrics
 
 
 def test_the_key_file_is_reread_when_it_changes(keyed):
