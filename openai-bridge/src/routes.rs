@@ -21,6 +21,7 @@ mod chat;
 mod completions;
 mod docs;
 mod embeddings;
+mod score;
 mod messages;
 mod next_turn;
 mod responses;
@@ -127,6 +128,12 @@ pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: A
         .route(&paths.models, get(list_models))
         // A catch-all, so that names with slashes (`org/model`) work.
         .route(&format!("{}/{{*model}}", paths.models), get(get_model));
+    for path in score::SCORE_PATHS {
+        router = router.route(path, post(score::score));
+    }
+    for path in score::RERANK_PATHS {
+        router = router.route(path, post(score::rerank));
+    }
     for path in tokenize::TOKENIZE_PATHS {
         router = router.route(path, post(tokenize::tokenize));
     }
@@ -265,7 +272,7 @@ impl AppState {
             return Ok(pre);
         }
         let (is, serves) = match pre.card().kind {
-            ModelKind::Embed => ("an embedding model", "/v1/embeddings"),
+            ModelKind::Embed => ("an embedding model", "/v1/embeddings, /v1/score and /v1/rerank"),
             ModelKind::Generate => ("a language model", "/v1/completions, /v1/chat/completions, /v1/responses and /v1/messages"),
         };
         Err(BridgeError::field("model", format!("the model '{model}' is {is}; it serves {serves}, not {endpoint}")))

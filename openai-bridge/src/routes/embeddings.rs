@@ -71,7 +71,7 @@ pub(super) async fn embeddings(
 
 /// Token ids of each input, cut to the model's input limit (the card promises truncation). Each
 /// text is tokenized within the preprocessing budget, one after the other.
-async fn tokenize(pre: &Arc<Preprocessor>, input: &EmbeddingInput) -> Result<Vec<Vec<u32>>, BridgeError> {
+pub(super) async fn tokenize(pre: &Arc<Preprocessor>, input: &EmbeddingInput) -> Result<Vec<Vec<u32>>, BridgeError> {
     let mut inputs = match input {
         EmbeddingInput::Texts(texts) => {
             let mut inputs = Vec::with_capacity(texts.len());
