@@ -173,7 +173,7 @@ impl View {
             }
             if !card.generates() && !card.embeds() {
                 let message = format!(
-                    "model '{}' ({}) is not served: this frontend serves Dynamo language and embedding models",
+                    "model '{}' ({}) is not served: this frontend serves Dynamo language, embedding and tensor models",
                     card.display_name, card.model_type
                 );
                 self.warn_once(&key, &message);
