@@ -36,13 +36,17 @@ struct Key {
 
 struct Bucket {
     per_second: f64,
+    /// Requests it holds when full: a second's worth, and at least one (a rate under one a
+    /// second still lets a request through now and then).
+    capacity: f64,
     /// Requests left, and when it was last refilled.
     state: parking_lot::Mutex<(f64, Instant)>,
 }
 
 impl Bucket {
     fn new(per_second: f64) -> Bucket {
-        Bucket { per_second, state: parking_lot::Mutex::new((per_second, Instant::now())) }
+        let capacity = per_second.max(1.0);
+        Bucket { per_second, capacity, state: parking_lot::Mutex::new((capacity, Instant::now())) }
     }
 
     /// Takes one request, or says how long until one is left.
@@ -50,7 +54,7 @@ impl Bucket {
         let mut state = self.state.lock();
         let now = Instant::now();
         let (left, last) = *state;
-        let left = (left + now.duration_since(last).as_secs_f64() * self.per_second).min(self.per_second);
+        let left = (left + now.duration_since(last).as_secs_f64() * self.per_second).min(self.capacity);
         if left >= 1.0 {
             *state = (left - 1.0, now);
             return Ok(());
@@ -354,6 +358,13 @@ mod tests {
         assert!(name == "slow" && retry_after <= Duration::from_millis(500), "{retry_after:?}");
         assert!(keys.admit(Some(b"k-slow")).message().contains("'slow' is over its 2 requests per second"));
         assert_eq!(keys.admit(Some(b"k-fast")), Access::Granted("fast".into()), "another key is not held back");
+        let slower = ApiKeys::new(&[], Some(path.clone())).unwrap().unwrap();
+        std::fs::write(&path, "rare:k-rare:rps=0.5\n").unwrap();
+        slower.reload().unwrap();
+        assert_eq!(slower.admit(Some(b"k-rare")), Access::Granted("rare".into()), "under one a second still admits");
+        assert!(
+            matches!(slower.admit(Some(b"k-rare")), Access::Limited { retry_after, .. } if retry_after > Duration::from_secs(1))
+        );
         std::fs::write(&path, "slow:k-slow:rps=zero\n").unwrap();
         assert!(keys.reload().unwrap_err().contains("line 1"));
     }
