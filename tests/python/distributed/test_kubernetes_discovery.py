@@ -10,7 +10,7 @@ import pytest
 from cluster import listed_models, wait_until, workers_serving
 from dynamo_cluster import NVEXT_WORKER, worker_of
 from fake_kube import FakeKube
-from helpers import finish_server, start_server, start_worker
+from helpers import finish_server, start_failure, start_server, start_worker
 
 pytestmark = pytest.mark.kubernetes  # every test runs fake_kube.py's API server
 
@@ -116,14 +116,9 @@ def test_pod_namespace_beats_the_kubeconfigs_namespace(tmp_path, monkeypatch):
 
 
 def exit_failure(*args: str) -> str:
-    """The stderr of a server that exits with a failure once it tries its discovery (the ready line
-    comes first: listeners are bound before serving starts)."""
-    server = start_server(*args, timeout=30)
-    try:
-        assert server.proc.wait(timeout=30) != 0, "the server exits with a failure"
-        return server.stderr_path.read_text()
-    finally:
-        server.stderr_path.unlink(missing_ok=True)
+    """The failure text (with the stderr) of a server that exits once it tries its discovery, before
+    its ready line (which comes only once the cluster's planes are joined)."""
+    return start_failure(*args)
 
 
 def test_no_cluster_a_cluster_without_the_crd_and_a_worker_outside_a_pod_are_refused(tmp_path, monkeypatch):

@@ -114,7 +114,9 @@ def test_dump_config_to_writes_each_option_with_its_source_and_redacts_secrets(t
         assert document["tritium"]["command"] == "serve"
         assert options["http-body-limit-mb"] == {"value": "7", "source": "environment", "env": "DYN_HTTP_BODY_LIMIT_MB"}
         assert options["metrics-prefix"]["value"] == "edge" and options["metrics-prefix"]["source"] == "command_line"
-        assert options["grpc-port"]["source"] == "default"
+        assert options["http-port"]["source"] == "default"
+        # No default of its own: 8001 unless --kserve-grpc-server (as Dynamo takes it) moves gRPC to --http-port.
+        assert options["grpc-port"]["source"] == "unset"
         assert options["worker-token"]["value"] == "<redacted>"
         assert "do-not-print-me" not in text
     finally:
