@@ -113,9 +113,13 @@ def test_the_host_variables_choose_the_addresses_bound_and_advertised(deployment
     worker = deployment.tritium_worker("--engine", "mock", "--model-name", "elsewhere", env={"DYN_TCP_RPC_HOST": "127.0.0.2"})
     frontend = deployment.tritium_frontend("--tcp-response-stream-host", "127.0.0.3")
     wait_until(lambda: "elsewhere" in models_at(frontend.http_url), START, "elsewhere listed")
-    instances = pathlib.Path(deployment.store) / "v1" / "instances"
-    records = [json.loads(p.read_bytes()) for p in instances.iterdir() if not p.name.startswith(".")]
-    advertised = [r["transport"]["tcp"] for r in records if r["component"] == "tritium"]
+    def records(bucket: str) -> list[dict]:
+        folder = pathlib.Path(deployment.store) / "v1" / bucket
+        return [json.loads(p.read_bytes()) for p in folder.iterdir() if not p.name.startswith(".")]
+
+    # This worker's records only: the module's other Tritium worker shares the component.
+    ours = {r["instance_id"] for r in records("mdc") if r["card_json"]["display_name"] == "elsewhere"}
+    advertised = [r["transport"]["tcp"] for r in records("instances") if r["instance_id"] in ours]
     assert advertised and all(a.startswith("127.0.0.2:") for a in advertised), advertised
     assert "address=127.0.0.3:" in frontend.stderr(), "the response-stream listener is bound on the host asked for"
     status, answer = http("POST", frontend.http_url + "/v1/completions", {"model": "elsewhere", "prompt": "hi", "max_tokens": 3})
