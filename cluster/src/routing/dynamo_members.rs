@@ -40,7 +40,6 @@ impl Router {
             suspect_until: Arc::default(),
             mode: instance.mode,
             device: instance.device,
-            dynamo_block_size: target.kv_block_size(),
             dynamo_target: Some(Arc::clone(target)),
         })
     }
@@ -50,9 +49,10 @@ impl Router {
     /// adapter's name when `model` is a LoRA adapter of theirs, as Dynamo's router seeds them),
     /// Tritium's otherwise.
     pub(super) fn prompt_hashes(&self, model: &str, candidates: &[&Member], tokens: &[u32]) -> Vec<BlockHash> {
-        let dynamo = candidates.first().and_then(|m| m.dynamo_block_size);
+        let block_size = |m: &Member| m.dynamo_target.as_ref().and_then(|target| target.kv_block_size());
+        let dynamo = candidates.first().and_then(|m| block_size(m));
         match dynamo {
-            Some(size) if candidates.iter().all(|m| m.dynamo_block_size == Some(size)) => {
+            Some(size) if candidates.iter().all(|m| block_size(m) == Some(size)) => {
                 let lora = candidates
                     .first()
                     .and_then(|m| m.dynamo_target.as_ref())

@@ -58,9 +58,8 @@ struct Member {
     mode: DisaggregationMode,
     /// What it computes on.
     device: crate::discovery::DeviceClass,
-    /// For a Dynamo worker: the tokens per block its KV events name blocks by (Dynamo's hashes).
-    dynamo_block_size: Option<usize>,
-    /// For a Dynamo worker: its models, whose LoRA adapters seed their block names.
+    /// For a Dynamo worker: its models, their tokens per block (the KV events name blocks by
+    /// Dynamo's hashes) and their LoRA adapters, which seed their block names.
     dynamo_target: Option<Arc<crate::discovery::dynamo_target::DynamoTarget>>,
 }
 
@@ -197,7 +196,6 @@ impl Router {
             suspect_until: Arc::default(),
             mode: DisaggregationMode::Agg,
             device: Default::default(),
-            dynamo_block_size: None,
             dynamo_target: None,
         };
         let loads = Arc::new(Mutex::new(HashMap::new()));
@@ -246,7 +244,6 @@ impl Router {
             suspect_until: Arc::default(),
             mode: DisaggregationMode::Agg,
             device: Default::default(),
-            dynamo_block_size: None,
             dynamo_target: None,
         };
         self.members.lock().insert(id, (member, WorkerAddress::InProcess));
@@ -335,7 +332,6 @@ impl Router {
                         suspect_until: Arc::default(),
                         mode: instance.mode,
                         device: instance.device,
-                        dynamo_block_size: None,
                         dynamo_target: None,
                     };
                     self.remote_models.connected(&id, Arc::clone(&remote));

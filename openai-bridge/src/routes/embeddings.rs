@@ -38,15 +38,7 @@ pub(super) async fn embeddings(
         Some(worker) => state.hub.embed_on(&request.model, worker, inputs).await,
         None => state.hub.embed(&request.model, inputs).await,
     };
-    let vectors = match embedded {
-        Ok(vectors) if vectors.len() == count => vectors,
-        Ok(vectors) => {
-            let error = BridgeError::Internal(format!("the model returned {} embeddings for {count} inputs", vectors.len()));
-            return Err(failed(&mut observer, error).into());
-        }
-        Err(error) => return Err(failed(&mut observer, error).into()),
-    };
-    observer.finished(FinishReason::Stop);
+    let vectors = one_per_input(embedded, count, &mut observer)?;
     let base64 = request.encoding_format == Some(EncodingFormat::Base64);
     let data = vectors
         .into_iter()
@@ -67,6 +59,26 @@ pub(super) async fn embeddings(
         usage: EmbeddingUsage { prompt_tokens, total_tokens: prompt_tokens },
     };
     Ok(json_response(StatusCode::OK, &response))
+}
+
+/// The model's vectors when there is one per input (the observer finished), else the failure
+/// (the observer told).
+pub(super) fn one_per_input(
+    embedded: Result<Vec<Vec<f32>>, BridgeError>,
+    count: usize,
+    observer: &mut crate::metrics::RequestObserver,
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    match embedded {
+        Ok(vectors) if vectors.len() == count => {
+            observer.finished(FinishReason::Stop);
+            Ok(vectors)
+        }
+        Ok(vectors) => {
+            let error = BridgeError::Internal(format!("the model returned {} embeddings for {count} inputs", vectors.len()));
+            Err(failed(observer, error).into())
+        }
+        Err(error) => Err(failed(observer, error).into()),
+    }
 }
 
 /// Token ids of each input, cut to the model's input limit (the card promises truncation). Each

@@ -8,9 +8,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use tritium_backend_api::llm::{FinishReason, ModelKind};
+use tritium_backend_api::llm::ModelKind;
 
-use super::embeddings::tokenize;
+use super::embeddings::{one_per_input, tokenize};
 use super::{ApiError, AppState, OpenAiJson, failed, json_response};
 use crate::BridgeError;
 use crate::protocol::{EmbeddingInput, new_id, unix_now};
@@ -124,15 +124,7 @@ async fn embed(
     let inputs = tokenize(&pre, &EmbeddingInput::Texts(texts)).await.map_err(|e| failed(&mut observer, e))?;
     let tokens = u32::try_from(inputs.iter().map(Vec::len).sum::<usize>()).unwrap_or(u32::MAX);
     observer.prompt_tokens(tokens);
-    let vectors = match state.hub.embed(model, inputs).await {
-        Ok(vectors) if vectors.len() == count => vectors,
-        Ok(vectors) => {
-            let error = BridgeError::Internal(format!("the model returned {} embeddings for {count} inputs", vectors.len()));
-            return Err(failed(&mut observer, error).into());
-        }
-        Err(error) => return Err(failed(&mut observer, error).into()),
-    };
-    observer.finished(FinishReason::Stop);
+    let vectors = one_per_input(state.hub.embed(model, inputs).await, count, &mut observer)?;
     Ok((vectors, tokens))
 }
 
