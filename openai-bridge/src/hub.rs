@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
-use tritium_backend_api::llm::{GenerateRequest, ModelKind, TokenStream};
+use tritium_backend_api::llm::{GenerateRequest, ModelKind, OpenAiApi, OpenAiChunks, OpenAiRequest, TokenStream};
 use tritium_backend_api::trace::RequestTrace;
 use tritium_backend_api::trace_context::TraceContext;
 
@@ -49,6 +49,25 @@ pub trait LlmHub: Send + Sync + 'static {
     /// otherwise), so that none is cut without a word when the process exits.
     fn hard_stop(&self) -> Option<&CancellationToken> {
         None
+    }
+    /// Whether `model`'s workers take OpenAI requests as the client sent them (a Dynamo worker
+    /// with text input): the routes forward those and relay the worker's chunks, with no
+    /// templating or tokenizing of their own.
+    fn takes_text(&self, model: &str) -> bool {
+        let _ = model;
+        false
+    }
+    /// Forwards `request` (as the client sent it to `api`) to a worker of a text-input model,
+    /// the one `worker` names when it names one.
+    async fn generate_openai(
+        &self,
+        model: &str,
+        worker: Option<&str>,
+        api: OpenAiApi,
+        request: OpenAiRequest,
+    ) -> Result<OpenAiChunks, BridgeError> {
+        let _ = (worker, request);
+        Err(BridgeError::Unsupported { model: model.to_owned(), what: format!("requests forwarded as they came to {}", api.path()) })
     }
     /// Embeds on the worker named `worker`.
     async fn embed_on(&self, model: &str, worker: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {

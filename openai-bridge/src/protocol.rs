@@ -39,6 +39,18 @@ use crate::sampling::{CompletionLimits, CompletionOptions, MAX_LOGPROBS};
 
 /// Parses a request body: bad JSON, a non-object, or a field of the wrong type give a
 /// [`BridgeError`] whose message names the field.
+/// [`parse_json`], keeping the body as JSON too (for a request forwarded as it came).
+pub fn parse_json_and_value<T: DeserializeOwned>(body: &[u8]) -> Result<(T, Value), BridgeError> {
+    if let Ok(value) = serde_json::from_slice::<Value>(body)
+        && value.is_object()
+        && let Ok(parsed) = T::deserialize(&value)
+    {
+        return Ok((parsed, value));
+    }
+    // The error, worded as parse_json words it.
+    parse_json::<T>(body).and_then(|_| Err(BridgeError::InvalidBody("the request body is not valid JSON".into())))
+}
+
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, BridgeError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| BridgeError::InvalidBody(format!("the request body is not valid JSON: {e}")))?;

@@ -26,6 +26,7 @@ mod messages;
 mod next_turn;
 mod responses;
 mod sse;
+mod text_input;
 mod tokenize;
 
 use std::sync::Arc;
@@ -118,7 +119,13 @@ pub fn valid_route_path(path: &str) -> bool {
 pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: ApiSettings) -> Router {
     let store = Arc::new(ResponseStore::new(settings.store));
     let paths = &settings.paths;
-    let state = AppState { hub, metrics, store, worker_header: settings.worker_header.clone().map(Arc::from) };
+    let state = AppState {
+        hub,
+        metrics,
+        store,
+        worker_header: settings.worker_header.clone().map(Arc::from),
+        fold_limit: settings.max_body_bytes,
+    };
     let mut router = Router::new()
         .route(&paths.completions, post(completions::completions))
         .route(&paths.chat, post(chat::chat_completions))
@@ -182,6 +189,8 @@ struct AppState {
     metrics: Arc<LlmMetrics>,
     store: Arc<ResponseStore>,
     worker_header: Option<Arc<str>>,
+    /// Bytes of a text-input worker's chunks folded into one answer, at most (the body limit).
+    fold_limit: usize,
 }
 
 /// The worker the request's header names ([`ApiSettings::worker_header`]), if any.
@@ -512,6 +521,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJson<T> {
             }
         };
         parse_json(&body).map(OpenAiJson).map_err(|error| ApiError(error).into_response())
+    }
+}
+
+/// [`OpenAiJson`] with the body kept as JSON too: a request for a text-input model is
+/// forwarded as the client sent it.
+struct OpenAiJsonAndValue<T>(T, Value);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJsonAndValue<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<OpenAiJsonAndValue<T>, Response> {
+        let body = match Bytes::from_request(request, state).await {
+            Ok(body) => body,
+            Err(rejection) => {
+                let (_, body) = ErrorBody::from_error(&BridgeError::InvalidBody(rejection.body_text()));
+                return Err(json_response(rejection.status(), &body));
+            }
+        };
+        crate::protocol::parse_json_and_value(&body)
+            .map(|(parsed, value)| OpenAiJsonAndValue(parsed, value))
+            .map_err(|error| ApiError(error).into_response())
     }
 }
 

@@ -43,6 +43,18 @@ pub trait WorkerClient: Send + Sync + std::fmt::Debug + 'static {
         Err(WorkerError::NotEmbeddingModel { model: model.to_string() })
     }
 
+    /// Sends an OpenAI request as the client sent it to a model whose worker takes text (see
+    /// [`OpenAiChunks`]); the worker's chunk objects come back.
+    async fn generate_openai(
+        &self,
+        model: &str,
+        api: tritium_backend_api::llm::OpenAiApi,
+        request: tritium_backend_api::llm::OpenAiRequest,
+    ) -> Result<tritium_backend_api::llm::OpenAiChunks, WorkerError> {
+        let _ = (api, request);
+        Err(WorkerError::NotLanguageModel { model: model.to_string() })
+    }
+
     /// The in-process repository this client runs every request on, if it is one: a caller that
     /// has resolved the model there can run it directly.
     fn local_repository(&self) -> Option<&Arc<ModelRepository>> {

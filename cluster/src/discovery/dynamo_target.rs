@@ -66,6 +66,25 @@ pub struct DynamoModel {
     /// For a LoRA adapter of the worker: the adapter's name, which seeds its blocks' names.
     pub lora: Option<String>,
     pub kv_block_size: u64,
+    /// The OpenAI routes of a worker that takes requests as they came (`model_input: Text`): it
+    /// is sent no tokens.
+    pub text_input: Option<TextApis>,
+}
+
+/// The routes a text-input model serves, from its card's model type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextApis {
+    pub chat: bool,
+    pub completions: bool,
+}
+
+impl TextApis {
+    pub fn serves(self, api: tritium_backend_api::llm::OpenAiApi) -> bool {
+        match api {
+            tritium_backend_api::llm::OpenAiApi::Chat => self.chat,
+            tritium_backend_api::llm::OpenAiApi::Completions => self.completions,
+        }
+    }
 }
 
 impl DynamoTarget {

@@ -87,6 +87,25 @@ pub async fn model_card(card: &Card, http: &reqwest::Client) -> Result<ModelCard
     Ok(model_card)
 }
 
+/// The card of a text-input model (`model_input: Text`): the frontend neither templates nor
+/// tokenizes for it, so no file is read; the card only says it generates and how long its
+/// context is.
+pub fn text_input_card(card: &Card) -> ModelCard {
+    ModelCard {
+        kind: ModelKind::Generate,
+        tokenizer_json: String::new(),
+        chat_template: None,
+        bos_token: None,
+        eos_token: None,
+        eos_token_ids: Vec::new(),
+        add_bos_token: false,
+        context_length: card.context_length().map_or(0, |length| usize::try_from(length).unwrap_or(usize::MAX)),
+        max_input_tokens: None,
+        source: format!("dynamo:{} (text input)", card.slug.as_deref().unwrap_or(&card.display_name)),
+        default_completion_tokens: None,
+    }
+}
+
 /// The one file of an artifact kind Tritium reads (`expected`); another kind is refused by name.
 fn one_artifact<'a>(
     artifact: Option<&'a std::collections::BTreeMap<String, CheckedFile>>,

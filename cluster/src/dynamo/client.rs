@@ -18,7 +18,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use serde_json::Value as Json;
 use tritium_backend_api::llm::{
-    FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, ModelKind, TokenStream,
+    FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, ModelKind, OpenAiApi, OpenAiChunks,
+    OpenAiRequest, TokenStream,
 };
 use tokio_util::sync::CancellationToken;
 use tritium_backend_api::llm::ModelCard;
@@ -164,11 +165,11 @@ impl DynamoWorker {
         self.target.models.iter().find(|m| m.name == name).ok_or_else(|| WorkerError::ModelNotFound { name: name.to_string() })
     }
 
-    /// A model of `kind` and its card.
+    /// A model of `kind` and its card (a text-input model takes no tokens).
     fn tokenized(&self, name: &str, kind: ModelKind) -> Result<(&DynamoModel, &ModelCard), WorkerError> {
         let model = self.model(name)?;
         match model.card.as_deref() {
-            Some(card) if card.kind == kind => Ok((model, card)),
+            Some(card) if card.kind == kind && model.text_input.is_none() => Ok((model, card)),
             _ if kind == ModelKind::Embed => Err(WorkerError::NotEmbeddingModel { model: name.to_string() }),
             _ => Err(WorkerError::NotLanguageModel { model: name.to_string() }),
         }
@@ -269,6 +270,30 @@ impl WorkerClient for DynamoWorker {
             codec: self.target.codec,
         };
         reading.read(connection).await.map_err(|source| WorkerError::Generate { model: model.to_string(), source })
+    }
+
+    async fn generate_openai(&self, model: &str, api: OpenAiApi, request: OpenAiRequest) -> Result<OpenAiChunks, WorkerError> {
+        match self.model(model)?.text_input {
+            Some(apis) if apis.serves(api) => {}
+            Some(_) => {
+                let source = GenerateError::InvalidRequest(format!("the model '{model}' is not served on {}", api.path()));
+                return Err(WorkerError::Generate { model: model.to_string(), source });
+            }
+            None => return Err(WorkerError::NotLanguageModel { model: model.to_string() }),
+        }
+        let mut expected = self.call(model, &request).await?;
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let stream = super::text::TextStream {
+            worker: self.id.clone(),
+            model: model.to_string(),
+            max_frame: self.max_message_size,
+            codec: self.target.codec,
+        };
+        tokio::spawn(async move {
+            let connection = expected.connection(CALL_HOME_TIMEOUT).await;
+            stream.relay(connection, sender).await
+        });
+        Ok(OpenAiChunks::new(receiver))
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {

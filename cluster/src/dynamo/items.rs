@@ -3,6 +3,7 @@
 //! sentinel (or the worker closing after `complete_final`). Every frame is bounded.
 
 use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::codec::{FrameError, TwoPart};
@@ -36,6 +37,13 @@ impl Items {
             return Err(ItemError::Engine(error));
         }
         Ok(Items { connection, max_frame, codec, finished: false })
+    }
+
+    /// Tells the worker to stop (its reader went away), as Dynamo's frontend does, and closes.
+    pub async fn stop(&mut self) {
+        let stop = TwoPart::header_only(serde_json::to_vec(&Control::Stop).unwrap_or_default()).to_bytes();
+        let _ = self.connection.write_all(&stop).await;
+        let _ = self.connection.shutdown().await;
     }
 
     /// The next item's data and the frame's size in bytes; `None` once the stream completed.

@@ -9,8 +9,8 @@
 //! - [`codec`], [`protocol`]: Dynamo's frames and the messages in them;
 //! - [`kv_events`]: their KV events, in Dynamo's block hashes, for the KV-aware router;
 //! - [`client`], [`call_home`]: one worker's request connections, and the server its response
-//!   streams call home to; [`embed`], [`tensor`]: the calls of embedding and tensor models, read
-//!   item by item ([`items`]);
+//!   streams call home to; [`embed`], [`tensor`], [`text`]: the calls of embedding, tensor and
+//!   text-input models, read item by item ([`items`]);
 //! - [`worker`]: the other way round, a Tritium worker registered and served in Dynamo's layout.
 //!
 //! The wire contract is Dynamo's own, read off Dynamo [`TESTED_VERSION`]; what Tritium cannot
@@ -28,6 +28,7 @@ pub mod protocol;
 pub mod records;
 pub mod store;
 pub mod tensor;
+pub mod text;
 pub mod view;
 pub mod worker;
 

@@ -14,7 +14,7 @@ use tritium_backend_api::llm::ModelCard;
 use super::TESTED_VERSION;
 use super::records::{EndpointRecord, ModelRecord, Record};
 use super::store::DynamoStore;
-pub use crate::discovery::dynamo_target::{DynamoEndpoint, DynamoModel, DynamoTarget, PayloadCodec};
+pub use crate::discovery::dynamo_target::{DynamoEndpoint, DynamoModel, DynamoTarget, PayloadCodec, TextApis};
 use crate::discovery::{DisaggregationMode, NamespaceScope, WorkerAddress, WorkerInstance};
 
 const POLL_EVERY: Duration = Duration::from_millis(500);
@@ -165,6 +165,7 @@ impl View {
                             token_budget: None,
                             lora: None,
                             kv_block_size: 0,
+                            text_input: None,
                         });
                     }
                     Err(e) => self.warn_once(&key, &format!("Dynamo tensor model '{}' cannot be served: {e}", card.display_name)),
@@ -179,9 +180,34 @@ impl View {
                 self.warn_once(&key, &message);
                 continue;
             }
+            if card.model_input == "Text" {
+                if !card.generates() {
+                    let message = format!(
+                        "model '{}' ({}) takes text: this frontend serves Dynamo text-input workers that chat or complete",
+                        card.display_name, card.model_type
+                    );
+                    self.warn_once(&key, &message);
+                    continue;
+                }
+                let target = self.target(&mut targets, &id, endpoint);
+                target.models.push(DynamoModel {
+                    name: card.display_name.clone(),
+                    card: Some(Arc::new(super::card::text_input_card(card))),
+                    tensor: None,
+                    digest,
+                    token_budget: None,
+                    lora: None,
+                    kv_block_size: 0,
+                    text_input: Some(TextApis {
+                        chat: card.model_types().any(|flag| flag == "Chat"),
+                        completions: card.model_types().any(|flag| flag == "Completions"),
+                    }),
+                });
+                continue;
+            }
             if card.model_input != "Tokens" {
                 let message = format!(
-                    "model '{}' takes '{}' input; this frontend serves Dynamo workers that take tokens",
+                    "model '{}' takes '{}' input; this frontend serves Dynamo workers that take tokens, text or tensors",
                     card.display_name, card.model_input
                 );
                 self.warn_once(&key, &message);
@@ -212,6 +238,7 @@ impl View {
                 // An adapter's record has a suffix and its card names it; requests name it as their model.
                 lora: record.model_suffix.as_ref().and(card.lora.as_ref()).map(|lora| lora.name.clone()),
                 kv_block_size: card.kv_cache_block_size,
+                text_input: None,
             });
         }
         self.cards.retain(|digest, _| seen.contains(digest));
@@ -262,6 +289,7 @@ pub fn remote_models(target: &DynamoTarget) -> Vec<crate::remote::RemoteModel> {
                 card: model.card.clone(),
                 labels: Vec::new(),
                 adapter_of: None,
+                text_input: model.text_input,
             }
         })
         .collect()

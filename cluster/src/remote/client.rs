@@ -51,6 +51,8 @@ pub struct RemoteModel {
     pub labels: Vec<(String, Arc<Labels>)>,
     /// For a LoRA adapter: the model it adapts, and where the worker read it from.
     pub adapter_of: Option<(String, String)>,
+    /// For a model whose worker takes OpenAI requests as they came: the routes it serves.
+    pub text_input: Option<crate::discovery::dynamo_target::TextApis>,
 }
 
 /// A worker process reached over gRPC.
@@ -261,6 +263,7 @@ impl RemoteWorker {
                 card,
                 labels,
                 adapter_of: model.adapter_of.map(|base| (base, model.adapter_path.unwrap_or_default())),
+                text_input: None,
             });
         }
         Ok(models)

@@ -10,7 +10,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tritium_backend_api::llm::{GenerateError, GenerateEvent, GenerateRequest, TokenStream};
+use tritium_backend_api::llm::{GenerateError, GenerateEvent, GenerateRequest, OpenAiApi, OpenAiChunks, OpenAiRequest, TokenStream};
 use tritium_worker::{InferOutcome, InferenceResponse, ModelVersion, ParamValue, ValidInferRequest, WorkerClient, WorkerError};
 
 use super::{Member, Picked, Router, WORKER_ID_PARAMETER};
@@ -416,5 +416,27 @@ impl WorkerClient for Router {
 
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
         self.embed_on(model, None, inputs).await
+    }
+
+    async fn generate_openai(&self, model: &str, api: OpenAiApi, request: OpenAiRequest) -> Result<OpenAiChunks, WorkerError> {
+        self.generate_openai_on(model, None, api, request).await
+    }
+}
+
+impl Router {
+    /// Sends an OpenAI request as it came to the worker `hint` names, else to the one the policy
+    /// picks, among the workers of a text-input model (no tokens: no prefix to score).
+    pub async fn generate_openai_on(
+        &self,
+        model: &str,
+        hint: Option<&str>,
+        api: OpenAiApi,
+        request: OpenAiRequest,
+    ) -> Result<OpenAiChunks, WorkerError> {
+        self.with_failover(model, None, hint, None, |client, _| {
+            let request = request.clone();
+            async move { client.generate_openai(model, api, request).await }
+        })
+        .await
     }
 }

@@ -51,6 +51,11 @@ impl Router {
         self.remote_models.adapter_of(name)
     }
 
+    /// For a model whose workers take OpenAI requests as they came: the routes it serves.
+    pub fn text_input(&self, name: &str) -> Option<crate::discovery::dynamo_target::TextApis> {
+        self.remote_models.text_input(name)
+    }
+
     /// The workers in other processes serving `model` now, with their ids, in id order.
     pub fn remote_workers_serving(&self, model: &str) -> Vec<(Arc<str>, Arc<crate::remote::RemoteWorker>)> {
         let table = self.table.load();

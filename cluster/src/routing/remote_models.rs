@@ -60,6 +60,11 @@ impl RemoteModels {
         self.described.lock().values().flatten().find(|m| m.name == name)?.adapter_of.clone()
     }
 
+    /// For a model whose workers take OpenAI requests as they came: the routes it serves.
+    pub(super) fn text_input(&self, name: &str) -> Option<crate::discovery::dynamo_target::TextApis> {
+        self.described.lock().values().flatten().find(|m| m.name == name)?.text_input
+    }
+
     pub(super) fn described(&self, id: &Arc<str>, models: Vec<RemoteModel>) {
         self.described.lock().insert(Arc::clone(id), models);
     }

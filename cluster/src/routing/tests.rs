@@ -333,6 +333,7 @@ async fn an_on_demand_frontend_sends_a_model_a_worker_holds_there_instead_of_loa
             card: None,
             labels: Vec::new(),
             adapter_of: None,
+            text_input: None,
         }],
     );
     repository.set_remote_models(router.remote_models.served_models());

@@ -6,11 +6,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
-use tritium_backend_api::llm::{FinishReason, ModelKind};
+use tritium_backend_api::llm::{FinishReason, ModelKind, OpenAiApi};
 
 use super::next_turn::{NextTurn, StreamedAnswer};
 use super::sse::{self, ChunkWriter, End};
-use super::{ApiError, AppState, OpenAiJson, json_response};
+use super::{ApiError, AppState, json_response};
 use crate::parsers::{OutputParser, ParsedDelta};
 use crate::pipeline::{TokenInfo, collect};
 use crate::protocol::{
@@ -26,8 +26,12 @@ pub(super) async fn chat_completions(
     worker: super::HeaderWorker,
     priority: super::HeaderPriority,
     caller: super::CallerTrace,
-    OpenAiJson(request): OpenAiJson<ChatCompletionRequest>,
+    super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    if state.hub.takes_text(&request.model) {
+        let worker = worker.or_nvext(request.nvext.as_ref());
+        return super::text_input::forward(&state, OpenAiApi::Chat, &request.model, worker, body, caller).await;
+    }
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/chat/completions")?;
     let mut observer = state.observer(&request.model, caller);
     let prepared = request.options().and_then(|mut options| {

@@ -7,10 +7,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use tritium_backend_api::llm::{FinishReason, ModelKind, PromptLogprob};
+use tritium_backend_api::llm::{FinishReason, ModelKind, OpenAiApi, PromptLogprob};
 
 use super::sse::{self, ChunkWriter, End};
-use super::{ApiError, AppState, OpenAiJson, check_token_ids, failed, json_response};
+use super::{ApiError, AppState, check_token_ids, failed, json_response};
 use crate::BridgeError;
 use crate::choices::generate_choices;
 use crate::pipeline::{Generated, ModelRef, TokenInfo, Usage, collect};
@@ -29,8 +29,12 @@ pub(super) async fn completions(
     worker: super::HeaderWorker,
     priority: super::HeaderPriority,
     caller: super::CallerTrace,
-    OpenAiJson(request): OpenAiJson<CompletionRequest>,
+    super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    if state.hub.takes_text(&request.model) {
+        let worker = worker.or_nvext(request.nvext.as_ref());
+        return super::text_input::forward(&state, OpenAiApi::Completions, &request.model, worker, body, caller).await;
+    }
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions")?;
     let mut observer = state.observer(&request.model, caller);
     let mut options = request.options().map_err(|error| failed(&mut observer, error))?;

@@ -16,7 +16,9 @@ use tritium_backend_api::trace_context::TraceContext;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
-use tritium_backend_api::llm::{EngineStats, GenerateRequest, ModelCard, ModelKind, TokenStream};
+use tritium_backend_api::llm::{
+    EngineStats, GenerateRequest, ModelCard, ModelKind, OpenAiApi, OpenAiChunks, OpenAiRequest, TokenStream,
+};
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::metrics::LlmMetrics;
 use tritium_openai_bridge::parsers::OutputFormats;
@@ -165,6 +167,15 @@ impl LlmFrontend {
 
 
     pub fn preprocessor_for(&self, model: &str) -> Result<Arc<Preprocessor>, BridgeError> {
+        if self.router.text_input(model).is_some() {
+            // Its worker templates and tokenizes: it is reached only by forwarding the request.
+            return Err(BridgeError::Unsupported {
+                model: model.to_string(),
+                what: "this route: its Dynamo worker takes OpenAI requests as they come (text input), \
+                       which /v1/chat/completions and /v1/completions forward"
+                    .to_string(),
+            });
+        }
         let card = self.card(model).ok_or_else(|| BridgeError::ModelNotFound(model.to_string()))?;
         self.preprocessor_for_card(model, card)
     }
@@ -258,6 +269,20 @@ impl LlmHub for LlmFrontend {
     async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
         let (target, request) = self.target(model, request);
         self.router.generate_on(&target, Some(worker), request).await.map_err(|e| bridge_error(model, e))
+    }
+
+    fn takes_text(&self, model: &str) -> bool {
+        self.router.text_input(model).is_some()
+    }
+
+    async fn generate_openai(
+        &self,
+        model: &str,
+        worker: Option<&str>,
+        api: OpenAiApi,
+        request: OpenAiRequest,
+    ) -> Result<OpenAiChunks, BridgeError> {
+        self.router.generate_openai_on(model, worker, api, request).await.map_err(|e| bridge_error(model, e))
     }
 
     async fn embed_on(&self, model: &str, worker: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {

@@ -3,10 +3,15 @@ token-input model that answers with the prompt's tokens, one per frame, until `m
 (finish "length") or the prompt's end (finish "stop"; also when no `max_tokens` is sent). Deterministic, so Dynamo's frontend
 and Tritium's can be compared text for text.
 
+With `--text` it takes OpenAI requests as the client sent them (`ModelInput.Text`, as SGLang's
+worker registers with its own tokenizer) and answers with OpenAI chunk objects: the words of the
+last message (or prompt), one per chunk, up to `max_tokens` words; a request offering tools gets a
+call of the first tool, its arguments in two pieces.
+
 With `--embed` it is an embedding model instead: each input's vector is made of its tokens
 (count, sum, first, last), sent as base64 as Dynamo's vLLM worker sends it, so both frontends' vectors can be compared number for number.
 
-Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SECONDS] [--embed] [--lora NAME]
+Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SECONDS] [--embed] [--text] [--lora NAME]
 (discovery and planes from Dynamo's own variables: DYN_DISCOVERY_BACKEND, DYN_FILE_KV, ...)."""
 
 import argparse
@@ -42,6 +47,45 @@ class Echo:
             await asyncio.sleep(self.delay)
 
 
+async def text(request, context):
+    """A text-input worker's answer: OpenAI chunk objects, as SGLang's worker sends them with its own tokenizer."""
+    chat = "messages" in request
+    if chat:
+        content = request["messages"][-1].get("content") or ""
+        source = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+    else:
+        source = request["prompt"] if isinstance(request["prompt"], str) else str(request["prompt"])
+    words = source.split()
+    limit = request.get("max_tokens") or request.get("max_completion_tokens")
+    reason = "length" if limit is not None and len(words) > limit else "stop"
+    words = words if limit is None else words[:limit]
+    base = {"id": f"echo-{context.id()}", "created": 1700000000, "model": request["model"]}
+    tools = request.get("tools") if chat else None
+
+    def chunk(payload, finish=None):
+        body = {"index": 0, "finish_reason": finish}
+        if chat:
+            body["delta"] = payload
+        else:
+            body["text"] = payload
+        return base | {"object": "chat.completion.chunk" if chat else "text_completion", "choices": [body]}
+
+    if tools:
+        name = tools[0]["function"]["name"]
+        first = {"index": 0, "id": "call-1", "type": "function", "function": {"name": name, "arguments": '{"words": '}}
+        yield chunk({"role": "assistant", "tool_calls": [first]})
+        yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": f"{len(words)}}}"}}]}, "tool_calls")
+    else:
+        for i, word in enumerate(words):
+            if context.is_stopped():
+                return
+            piece = word if i == 0 else " " + word
+            last = i == len(words) - 1
+            yield chunk({"role": "assistant", "content": piece} if chat else piece, reason if last else None)
+    usage = {"prompt_tokens": len(source.split()), "completion_tokens": len(words), "total_tokens": len(source.split()) + len(words)}
+    yield base | {"object": "chat.completion.chunk" if chat else "text_completion", "choices": [], "usage": usage}
+
+
 async def embed(request, context):
     """As Dynamo 1.6.1's vLLM handler answers: each vector as base64 of little-endian float32s."""
     vectors = [[len(t), sum(t), t[0] if t else -1, t[-1] if t else -1] for t in request["token_ids"]]
@@ -60,6 +104,13 @@ async def main(runtime: DistributedRuntime, args):
     if args.token_budget:
         budget = {"combined_limit": args.token_budget, "reject_prompt_overflow": True, "reject_total_overflow": False}
         config.set_engine_specific("token_budget", json.dumps(budget))
+    if args.text:
+        await register_model(
+            ModelInput.Text, ModelType.Chat | ModelType.Completions, endpoint, args.model_dir, args.model_name,
+            worker_type=WorkerType.Aggregated,
+        )  # fmt: skip
+        await endpoint.serve_endpoint(text)
+        return
     await register_model(
         ModelInput.Tokens,
         ModelType.Embedding if args.embed else ModelType.Chat | ModelType.Completions,
@@ -93,6 +144,7 @@ if __name__ == "__main__":
     parser.add_argument("--token-budget", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--embed", action="store_true", help="an embedding model instead")
+    parser.add_argument("--text", action="store_true", help="a text-input model instead (OpenAI requests in, chunks out)")
     parser.add_argument("--lora", default="", help="also serve a LoRA adapter of this name (it answers backwards)")
     uvloop.install()
     asyncio.run(main(parser.parse_args()))

@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import deserialize_bytes_tensor
 
-from deployment import assert_same_answers, completion, deployment, free_i16_port, http, model_ready_at, models_at, outputs_of, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
+from deployment import Deployment, assert_same_answers, completion, deployment, free_i16_port, http, model_ready_at, models_at, outputs_of, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
 
 pytestmark = pytest.mark.dynamo
 START = 90
@@ -219,6 +219,52 @@ def test_a_lora_adapter_of_a_dynamo_worker_is_served_as_by_dynamo(deployment, fr
     adapter, _, _ = completion(http("POST", tritium.http_url + "/v1/completions", body)[1])
     plain, _, _ = completion(http("POST", tritium.http_url + "/v1/completions", body | {"model": "lora-base"})[1])
     assert plain.startswith("hello") and adapter != plain, (adapter, plain)
+
+
+TEXT_REQUESTS = [
+    ("/v1/chat/completions", {"model": "texty", "messages": [{"role": "user", "content": "one two three four five"}], "max_tokens": 2}),
+    ("/v1/chat/completions", {"model": "texty", "messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "one two"}]}),
+    ("/v1/completions", {"model": "texty", "prompt": "alpha beta gamma delta", "max_tokens": 3}),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def text_input(tmp_path_factory, tiny_model):
+    """A text-input worker ("texty") in a deployment of its own, behind Tritium's frontend started as the
+    others (KV mode) and Dynamo's in round-robin mode: Dynamo 1.6.1's frontend refuses text-input workers
+    under `--router-mode kv` ("KV routing is incompatible with text-input workers"), and then refuses
+    every later discovery snapshot of that namespace, which would hide the other tests' workers from it."""
+    deployment = Deployment(tmp_path_factory.mktemp("dynamo-text"), tiny_model, namespace="textinput")
+    deployment.echo("texty", "--text")
+    tritium = deployment.tritium_frontend()
+    dynamo = deployment.dynamo_frontend("--router-mode", "round-robin")
+    for base in (tritium.http_url, dynamo):
+        wait_until(lambda: "texty" in models_at(base), START, f"the text-input model listed at {base}")
+    yield tritium, dynamo
+    deployment.stop()
+
+
+def test_a_text_input_worker_gets_requests_as_sent_and_answers_alike_on_both_frontends(text_input):
+    """A text-input Dynamo worker (`ModelInput.Text`, as SGLang's worker registers with its own tokenizer) is
+    sent the client's OpenAI request and answers with chunk objects: both frontends relay them streamed and
+    fold them alike, tool calls included; the routes that need Tritium's tokenizer refuse it by name."""
+    tritium, dynamo = text_input
+    for path, body in TEXT_REQUESTS:
+        assert_same_answers(tritium.http_url, dynamo, path, body)
+    tools = [{"type": "function", "function": {"name": "count", "parameters": {"type": "object"}}}]
+    body = {"model": "texty", "messages": [{"role": "user", "content": "a b c"}], "tools": tools}
+    answers = []
+    for base in (tritium.http_url, dynamo):
+        status, answer = http("POST", base + "/v1/chat/completions", body)
+        assert status == 200, answer
+        answers.append(answer["choices"][0])
+    calls = [[{k: c[k] for k in ("id", "type", "function")} for c in a["message"]["tool_calls"]] for a in answers]
+    assert calls[0] == calls[1] and calls[0][0]["function"] == {"name": "count", "arguments": '{"words": 3}'}, answers
+    assert answers[0]["finish_reason"] == answers[1]["finish_reason"] == "tool_calls", answers
+    status, answer = http("POST", tritium.http_url + "/v1/responses", {"model": "texty", "input": "hi"})
+    assert status in (400, 501) and "text input" in json.dumps(answer), answer
+    status, answer = http("POST", tritium.http_url + "/tokenize", {"model": "texty", "prompt": "hi"})
+    assert status in (400, 501) and "text input" in json.dumps(answer), answer
 
 
 def test_a_cancelled_stream_stops_the_worker(deployment, frontends):

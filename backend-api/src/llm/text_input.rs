@@ -1,0 +1,51 @@
+//! Models whose workers take OpenAI requests as the client sent them (Dynamo's text-input
+//! workers, `model_input: Text`): the frontend neither templates nor tokenizes for them; it
+//! forwards the request and relays the chunk objects the worker answers with.
+
+use serde_json::Value as Json;
+use tokio::sync::mpsc;
+
+use super::GenerateError;
+
+/// An OpenAI request body as the client sent it (a JSON object).
+pub type OpenAiRequest = Json;
+
+/// The OpenAI route a forwarded request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenAiApi {
+    /// `/v1/chat/completions`: the worker answers with `chat.completion.chunk` objects.
+    Chat,
+    /// `/v1/completions`: the worker answers with `text_completion` chunks.
+    Completions,
+}
+
+impl OpenAiApi {
+    pub fn path(self) -> &'static str {
+        match self {
+            OpenAiApi::Chat => "/v1/chat/completions",
+            OpenAiApi::Completions => "/v1/completions",
+        }
+    }
+}
+
+/// The chunk objects of one forwarded request, in order. Dropping it tells the worker to stop.
+pub struct OpenAiChunks {
+    receiver: mpsc::Receiver<Result<Json, GenerateError>>,
+}
+
+impl OpenAiChunks {
+    pub fn new(receiver: mpsc::Receiver<Result<Json, GenerateError>>) -> OpenAiChunks {
+        OpenAiChunks { receiver }
+    }
+
+    /// The next chunk; `None` once the worker completed its answer.
+    pub async fn next(&mut self) -> Option<Result<Json, GenerateError>> {
+        self.receiver.recv().await
+    }
+}
+
+impl std::fmt::Debug for OpenAiChunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiChunks").finish_non_exhaustive()
+    }
+}
