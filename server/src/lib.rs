@@ -195,7 +195,7 @@ impl Tritium {
         self.serve_all(Some(listener), http, None, shutdown).await
     }
 
-    /// With file or etcd discovery, follows the Dynamo workers registered there too: their
+    /// With file, etcd or Kubernetes discovery, follows the Dynamo workers registered there too: their
     /// records, their response streams' server and their KV events. Returns the workers for the
     /// router's discovery follower.
     async fn follow_dynamo(

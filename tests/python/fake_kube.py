@@ -77,8 +77,9 @@ class FakeKube:
             return sorted(name for (kind, name) in self.objects if kind == plural)
 
     def set_slice(self, name: str, ready: dict[str, bool], labels: dict[str, str] | None = None) -> None:
-        """An EndpointSlice of Dynamo's labels (or `labels`) with one endpoint per pod."""
-        endpoints = [{"addresses": ["10.0.0.1"], "conditions": {"ready": r}, "targetRef": {"kind": "Pod", "name": pod, "namespace": self.namespace}}
+        """An EndpointSlice of Dynamo's labels (or `labels`) with one endpoint per pod (uid `uid-{pod}`, as the
+        tests name their pods' uids)."""
+        endpoints = [{"addresses": ["10.0.0.1"], "conditions": {"ready": r}, "targetRef": {"kind": "Pod", "name": pod, "namespace": self.namespace, "uid": f"uid-{pod}"}}
                      for pod, r in ready.items()]  # fmt: skip
         body = {"apiVersion": SLICES[0], "kind": SLICES[2], "addressType": "IPv4", "endpoints": endpoints,
                 "metadata": {"name": name, "namespace": self.namespace, "labels": labels if labels is not None else DYNAMO_SLICE_LABELS}}  # fmt: skip

@@ -7,6 +7,11 @@ use std::sync::Arc;
 use tritium_backend_api::llm::ModelCard;
 use tritium_proto::inference::ModelConfig;
 
+/// A record of Dynamo's larger than this is refused unread (a card is a few KiB).
+pub const MAX_RECORD_BYTES: u64 = 4 << 20;
+/// At most this many records are read from one bucket.
+pub const MAX_RECORDS: usize = 65_536;
+
 /// A Dynamo worker instance's request endpoint and the models it serves there.
 #[derive(Debug)]
 pub struct DynamoTarget {

@@ -46,8 +46,8 @@ pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 /// The Dynamo release whose workers and frontend this was written against and tested with.
 pub const TESTED_VERSION: &str = "1.6.1";
 
-/// The Dynamo record store beside Tritium's own discovery backend: the same folder or etcd
-/// (`None` for the in-memory and Kubernetes backends).
+/// The Dynamo record store beside Tritium's own discovery backend: the same folder, etcd, or
+/// Kubernetes namespace (`None` for the in-memory backend).
 pub async fn store_for(discovery: &crate::discovery::DiscoveryConfig) -> Result<Option<DynamoStore>, String> {
     use crate::discovery::DiscoveryConfig;
     Ok(match discovery {
@@ -58,6 +58,14 @@ pub async fn store_for(discovery: &crate::discovery::DiscoveryConfig) -> Result<
                 format!("reading Dynamo's records: cannot reach etcd at {}: {e}{}", endpoints.join(","), used.hint())
             })?;
             Some(DynamoStore::Etcd { client })
+        }
+        DiscoveryConfig::Kubernetes(config) => {
+            // Every namespace's records: the view keeps the watched ones.
+            let scope = crate::discovery::NamespaceScope { own: "dynamo".into(), watch_prefix: Some(String::new()) };
+            let discovery = crate::discovery::kubernetes::KubeDiscovery::connect(config, &scope)
+                .await
+                .map_err(|e| format!("reading Dynamo's records: {e}"))?;
+            Some(DynamoStore::Kubernetes { discovery: std::sync::Arc::new(discovery) })
         }
         _ => None,
     })

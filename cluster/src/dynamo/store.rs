@@ -9,15 +9,15 @@ use std::time::{Duration, SystemTime};
 
 /// Dynamo's file store TTL: owners touch their files every third of it.
 pub const FILE_TTL: Duration = Duration::from_secs(10);
-/// A record larger than this is refused unread (a card is a few KiB).
-pub const MAX_RECORD_BYTES: u64 = 4 << 20;
-/// At most this many records are read from one bucket.
-pub const MAX_RECORDS: usize = 65_536;
+pub use crate::discovery::dynamo_target::{MAX_RECORD_BYTES, MAX_RECORDS};
 
 #[derive(Clone)]
 pub enum DynamoStore {
     File { root: PathBuf, ttl: Duration },
     Etcd { client: etcd_client::Client },
+    /// The `DynamoWorkerMetadata` objects of ready pods (read only: a Tritium worker does not
+    /// register in Dynamo's Kubernetes layout).
+    Kubernetes { discovery: std::sync::Arc<crate::discovery::kubernetes::KubeDiscovery> },
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -25,6 +25,7 @@ impl std::fmt::Debug for DynamoStore {
         match self {
             DynamoStore::File { root, .. } => write!(f, "DynamoStore::File({})", root.display()),
             DynamoStore::Etcd { .. } => write!(f, "DynamoStore::Etcd"),
+            DynamoStore::Kubernetes { .. } => write!(f, "DynamoStore::Kubernetes"),
         }
     }
 }
@@ -39,6 +40,7 @@ impl DynamoStore {
                     .await
                     .map_err(|e| format!("reading Dynamo's file store failed: {e}"))?
             }
+            DynamoStore::Kubernetes { discovery } => Ok(discovery.dynamo_records(bucket)),
             DynamoStore::Etcd { client } => {
                 let prefix = format!("{bucket}/");
                 let options = etcd_client::GetOptions::new().with_prefix().with_limit(MAX_RECORDS as i64);

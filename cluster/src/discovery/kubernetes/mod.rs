@@ -172,6 +172,14 @@ impl KubeDiscovery {
     }
 }
 
+impl KubeDiscovery {
+    /// The records of Dynamo's `bucket` (`v1/instances`, `v1/mdc`, `v1/event_channels`) that
+    /// Dynamo processes keep in their pods' metadata objects, while those pods are ready.
+    pub fn dynamo_records(&self, bucket: &str) -> Vec<(String, Vec<u8>)> {
+        self.shared.view.lock().0.dynamo_records(bucket)
+    }
+}
+
 impl Drop for KubeDiscovery {
     fn drop(&mut self) {
         // Like a crash, the records stay: the pod's readiness (and its deletion) decides.
@@ -228,7 +236,7 @@ impl Collection {
 /// What one object contributes to the view.
 enum Entry {
     Metadata(Option<Listed>),
-    Slice(std::collections::HashSet<String>),
+    Slice(std::collections::HashSet<view::ReadyPod>),
 }
 
 trait Watched: kube::Resource + Clone + Send + 'static {

@@ -37,6 +37,9 @@ impl Registrar {
                 (lease.id() as u64, Some(lease.id()))
             }
             DynamoStore::File { .. } => (rand::random::<u64>() >> 1, None),
+            DynamoStore::Kubernetes { .. } => {
+                return Err("a Tritium worker registers in Dynamo's file or etcd layout, not its Kubernetes one".into());
+            }
         };
         Ok(Registrar { store, instance_id, lease, written: Vec::new() })
     }
@@ -71,6 +74,7 @@ impl Registrar {
                         .map_err(|e| format!("registering in etcd failed: {e}"))?;
                 }
             }
+            DynamoStore::Kubernetes { .. } => {}
         }
         Ok(tokio::spawn(async move { self.keep_alive(stop).await }))
     }
@@ -78,7 +82,9 @@ impl Registrar {
     async fn keep_alive(self, stop: CancellationToken) {
         let every = match &self.store {
             DynamoStore::File { .. } => (FILE_TTL / 3).max(Duration::from_secs(1)),
-            DynamoStore::Etcd { .. } => Duration::from_secs((LEASE_TTL_SECS / 3).max(1) as u64),
+            DynamoStore::Etcd { .. } | DynamoStore::Kubernetes { .. } => {
+                Duration::from_secs((LEASE_TTL_SECS / 3).max(1) as u64)
+            }
         };
         let mut keeper = match (&self.store, self.lease) {
             (DynamoStore::Etcd { client }, Some(lease)) => match client.clone().lease_keep_alive(lease).await {
@@ -110,7 +116,7 @@ impl Registrar {
                         }
                     }
                 }
-                (None, DynamoStore::Etcd { .. }) => {}
+                (None, DynamoStore::Etcd { .. } | DynamoStore::Kubernetes { .. }) => {}
             }
         }
         match (&self.store, self.lease) {

@@ -1,0 +1,56 @@
+"""Dynamo 1.6.1 workers on Kubernetes (`DYN_DISCOVERY_BACKEND=kubernetes`) behind Tritium's frontend
+started as Dynamo's is there (`--discovery-backend kubernetes`): the workers write their records into
+their pods' DynamoWorkerMetadata objects (here in the fake API server, fake_kube.py, which a real
+Dynamo worker writes to unchanged), and a worker is served while its pod is ready in a labelled
+EndpointSlice, as Dynamo's frontend decides. Compared with Dynamo's own frontend on the same worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployment import Deployment, assert_same_answers, http, models_at, tiny_model, wait_until  # noqa: F401 - tiny_model: fixture
+from fake_kube import FakeKube
+from helpers import start_server
+
+pytestmark = [pytest.mark.dynamo, pytest.mark.kubernetes]
+START = 90
+
+
+def pod_env(kube: FakeKube, kubeconfig, pod: str) -> dict[str, str]:
+    """What Dynamo's operator gives a pod: the Downward API's names, and the API server."""
+    return {"DYN_DISCOVERY_BACKEND": "kubernetes", "KUBECONFIG": str(kubeconfig), "POD_NAME": pod,
+            "POD_NAMESPACE": kube.namespace, "POD_UID": f"uid-{pod}"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def kube_deployment(tmp_path_factory, tiny_model):
+    folder = tmp_path_factory.mktemp("dynamo-kube")
+    kube = FakeKube()
+    kubeconfig = kube.kubeconfig(folder)
+    deployment = Deployment(folder, tiny_model, namespace="kubeinterop")
+    deployment.echo("echo", env=pod_env(kube, kubeconfig, "pod-echo"))
+    wait_until(lambda: kube.get("dynamoworkermetadatas", "pod-echo") is not None, START, "the echo worker's metadata object")
+    flags = ["--discovery-backend", "kubernetes", "--request-plane", "tcp", "--namespace", "kubeinterop", "--router-mode", "round-robin"]
+    tritium = start_server(*flags, env={"KUBECONFIG": str(kubeconfig), "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1"})
+    deployment.tritium.append(tritium)
+    port = __import__("deployment").free_port()
+    argv = ["-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port), *flags]
+    deployment._spawn("frontend", argv, pod_env(kube, kubeconfig, "pod-frontend"))
+    yield kube, tritium, f"http://127.0.0.1:{port}"
+    deployment.stop()
+    kube.stop()
+
+
+def test_a_worker_is_served_while_its_pod_is_ready_and_answers_as_by_dynamo(kube_deployment):
+    kube, tritium, dynamo = kube_deployment
+    assert "echo" not in models_at(tritium.http_url), "no pod is ready yet: nothing is served"
+    kube.set_slice("echo-slice", {"pod-echo": True, "pod-frontend": True})
+    for base in (tritium.http_url, dynamo):
+        wait_until(lambda: "echo" in models_at(base), START, f"echo listed at {base}")
+    assert_same_answers(tritium.http_url, dynamo, "/v1/completions", {"model": "echo", "prompt": "hello there", "max_tokens": 5})
+    assert_same_answers(tritium.http_url, dynamo, "/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
+    # The pod's readiness probe fails: it is let go, as Dynamo's frontend lets it go.
+    kube.set_slice("echo-slice", {"pod-echo": False, "pod-frontend": True})
+    wait_until(lambda: "echo" not in models_at(tritium.http_url), START, "echo no longer listed once its pod is not ready")
+    status, _ = http("POST", tritium.http_url + "/v1/completions", {"model": "echo", "prompt": "x", "max_tokens": 2})
+    assert status == 404
