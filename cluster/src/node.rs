@@ -202,7 +202,7 @@ impl WorkerNode {
         let store = crate::dynamo::store_for(&cluster.discovery)
             .await
             .map_err(NodeError::Dynamo)?
-            .ok_or_else(|| NodeError::Dynamo("Dynamo's layout needs --discovery-backend file or etcd".into()))?;
+            .ok_or_else(|| NodeError::Dynamo("Dynamo's layout needs --discovery-backend file, etcd or kubernetes".into()))?;
         let config = crate::dynamo::worker::DynamoWorkerConfig {
             rpc_host: self.config.rpc_host,
             namespace: cluster.scope.own.clone(),

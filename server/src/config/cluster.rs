@@ -106,8 +106,8 @@ pub struct ClusterArgs {
     /// to `nats`.
     #[arg(long, env = "DYN_REQUEST_PLANE", value_enum, default_value = "tcp")]
     pub request_plane: RequestPlane,
-    /// The address Dynamo workers' response streams connect back to (with file or etcd
-    /// discovery, the Dynamo workers registered there are served too).
+    /// The address Dynamo workers' response streams connect back to (with file, etcd or
+    /// Kubernetes discovery, the Dynamo workers registered there are served too).
     #[arg(long, env = "DYN_TCP_RESPONSE_STREAM_HOST", default_value = "127.0.0.1", value_parser = crate::config::parse_host)]
     pub tcp_response_stream_host: IpAddr,
     /// The largest Dynamo request or response frame read or sent, in bytes, on both sides of

@@ -47,8 +47,8 @@ pub struct WorkerArgs {
     pub worker_max_message_size: usize,
     /// Whose layout the worker registers in: `tritium` (the worker plane, for Tritium's
     /// frontends) or `dynamo` (Dynamo's records, model card and TCP request plane, so Dynamo's
-    /// own frontend serves its language models; needs --discovery-backend file or etcd and
-    /// --request-plane tcp).
+    /// own frontend serves its language and tensor models; needs --discovery-backend file, etcd
+    /// or kubernetes and --request-plane tcp).
     #[arg(long, env = "TRITIUM_WORKER_PROTOCOL", value_enum, default_value = "tritium")]
     pub worker_protocol: tritium_cluster::config::WorkerProtocol,
     /// With --worker-protocol dynamo: the address the Dynamo request listener binds and
@@ -99,8 +99,8 @@ impl WorkerArgs {
         }
         if self.worker_protocol == tritium_cluster::config::WorkerProtocol::Dynamo {
             use super::cluster::{DiscoveryKind, RequestPlane};
-            if !matches!(self.cluster.discovery, DiscoveryKind::File | DiscoveryKind::Etcd) {
-                return Err("--worker-protocol dynamo registers in Dynamo's file store or etcd: give --discovery-backend file or etcd".into());
+            if !matches!(self.cluster.discovery, DiscoveryKind::File | DiscoveryKind::Etcd | DiscoveryKind::Kubernetes) {
+                return Err("--worker-protocol dynamo registers in Dynamo's file store, etcd or Kubernetes objects: give --discovery-backend file, etcd or kubernetes".into());
             }
             if self.cluster.request_plane != RequestPlane::Tcp {
                 return Err("--worker-protocol dynamo takes Dynamo's requests on its TCP listener: give --request-plane tcp".into());

@@ -145,7 +145,7 @@ def test_the_records_leave_with_the_worker(deployment):
 
 
 @pytest.mark.parametrize("args,named", [
-    (["--discovery-backend", "mem"], "--discovery-backend file or etcd"),
+    (["--discovery-backend", "mem"], "--discovery-backend file, etcd or kubernetes"),
     (["--discovery-backend", "file", "--request-plane", "nats", "--nats-url", "nats://127.0.0.1:1"], "--request-plane tcp"),
 ])  # fmt: skip
 def test_combinations_it_cannot_serve_are_refused_by_name(args, named):

@@ -173,6 +173,45 @@ impl KubeDiscovery {
 }
 
 impl KubeDiscovery {
+    /// The instance id Dynamo gives the process of this pod: its name hashed as Dynamo 1.6.1
+    /// hashes it (std's SipHash with zero keys, 53 bits so it survives a JSON number).
+    pub fn dynamo_instance_id(&self) -> Result<u64, String> {
+        use std::hash::{Hash, Hasher};
+        let pod = self.shared.pod().map_err(|e| e.to_string())?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        pod.hash(&mut hasher);
+        Ok(hasher.finish() & 0x001F_FFFF_FFFF_FFFF)
+    }
+
+    /// Writes a Dynamo process's records (bucket, key, JSON) into this pod's metadata object,
+    /// as a Dynamo worker does, owned by the pod.
+    pub async fn apply_dynamo_records(&self, records: &[(&str, String, Vec<u8>)]) -> Result<(), String> {
+        let mut data = serde_json::Map::new();
+        for (_, field) in view::DYNAMO_FIELDS {
+            data.insert(field.to_string(), json!({}));
+        }
+        data.insert("event_sources".into(), json!({}));
+        for (bucket, key, bytes) in records {
+            let field = view::DYNAMO_FIELDS
+                .iter()
+                .find(|(known, _)| known == bucket)
+                .map(|(_, field)| *field)
+                .ok_or_else(|| format!("no Kubernetes field holds Dynamo's bucket '{bucket}'"))?;
+            let record: Value = serde_json::from_slice(bytes).map_err(|e| format!("a Dynamo record is not JSON: {e}"))?;
+            if let Some(entries) = data.get_mut(field).and_then(Value::as_object_mut) {
+                entries.insert(key.clone(), record);
+            }
+        }
+        let pod = self.shared.pod().map_err(|e| e.to_string())?;
+        self.shared.apply(pod, Value::Object(data), true).await.map_err(|e| e.to_string())
+    }
+
+    /// Removes this pod's metadata object (a clean shutdown).
+    pub async fn remove_dynamo_records(&self) -> Result<(), String> {
+        let pod = self.shared.pod().map_err(|e| e.to_string())?;
+        self.shared.delete(pod).await.map_err(|e| e.to_string())
+    }
+
     /// The records of Dynamo's `bucket` (`v1/instances`, `v1/mdc`, `v1/event_channels`) that
     /// Dynamo processes keep in their pods' metadata objects, while those pods are ready.
     pub fn dynamo_records(&self, bucket: &str) -> Vec<(String, Vec<u8>)> {

@@ -1,7 +1,9 @@
 //! A Tritium worker's records in Dynamo's layout, kept alive as Dynamo's own workers keep theirs:
 //! in the file store, files named by their percent-encoded keys, written whole (a temporary file
 //! renamed into place) and touched every third of the TTL; in etcd, keys under one lease kept
-//! alive, whose id is the instance id. Both are removed on the way out.
+//! alive, whose id is the instance id; on Kubernetes, the pod's DynamoWorkerMetadata object
+//! (liveness is the pod's readiness), the instance id its name's hash. All are removed on the
+//! way out.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -37,9 +39,7 @@ impl Registrar {
                 (lease.id() as u64, Some(lease.id()))
             }
             DynamoStore::File { .. } => (rand::random::<u64>() >> 1, None),
-            DynamoStore::Kubernetes { .. } => {
-                return Err("a Tritium worker registers in Dynamo's file or etcd layout, not its Kubernetes one".into());
-            }
+            DynamoStore::Kubernetes { discovery } => (discovery.dynamo_instance_id()?, None),
         };
         Ok(Registrar { store, instance_id, lease, written: Vec::new() })
     }
@@ -74,7 +74,10 @@ impl Registrar {
                         .map_err(|e| format!("registering in etcd failed: {e}"))?;
                 }
             }
-            DynamoStore::Kubernetes { .. } => {}
+            DynamoStore::Kubernetes { discovery } => discovery
+                .apply_dynamo_records(&records)
+                .await
+                .map_err(|e| format!("registering in Dynamo's Kubernetes layout failed: {e}"))?,
         }
         Ok(tokio::spawn(async move { self.keep_alive(stop).await }))
     }
@@ -122,6 +125,11 @@ impl Registrar {
         match (&self.store, self.lease) {
             (DynamoStore::Etcd { client }, Some(lease)) => {
                 let _ = client.clone().lease_revoke(lease).await;
+            }
+            (DynamoStore::Kubernetes { discovery }, _) => {
+                if let Err(e) = discovery.remove_dynamo_records().await {
+                    tracing::warn!("removing the Dynamo registration's object failed (its pod's deletion will): {e}");
+                }
             }
             _ => {
                 for path in &self.written {
