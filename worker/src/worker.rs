@@ -37,6 +37,30 @@ pub trait WorkerClient: Send + Sync + std::fmt::Debug + 'static {
         self.generate(model, request).await
     }
 
+    /// A prefill worker's part of a disaggregated generation whose KV blocks the workers move
+    /// between themselves (Dynamo's): the prompt is computed here, and what the decode worker
+    /// needs to take it over comes back.
+    async fn prefill_handoff(
+        &self,
+        model: &str,
+        request: &GenerateRequest,
+    ) -> Result<tritium_backend_api::llm::PrefillHandoff, WorkerError> {
+        let _ = request;
+        Err(WorkerError::NotLanguageModel { model: model.to_string() })
+    }
+
+    /// [`generate`](WorkerClient::generate) on a decode worker that takes the prompt over from a
+    /// prefill worker's `handoff`; clients that cannot take it run a plain generate.
+    async fn generate_from_handoff(
+        &self,
+        model: &str,
+        request: GenerateRequest,
+        handoff: tritium_backend_api::llm::PrefillHandoff,
+    ) -> Result<TokenStream, WorkerError> {
+        let _ = handoff;
+        self.generate(model, request).await
+    }
+
     /// Embeds tokenized inputs with an embedding model.
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
         let _ = inputs;

@@ -23,7 +23,7 @@ pub use card::{ModelCard, ModelKind, OPENAI_COMPLETION_TOKENS};
 pub use hf_card::{HfFiles, card_from_hf_files, push_unique, template_of_config};
 pub use constraint::Constraint;
 pub use kv_transfer::{ExportedBlock, ImportedBlocks, KvExport, TransferLayout};
-pub use text_input::{OpenAiApi, OpenAiChunks, OpenAiRequest};
+pub use text_input::{OpenAiApi, OpenAiChunks, OpenAiRequest, PrefillHandoff};
 pub use types::{
     AdapterInfo, EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource,
     Priority, PromptLogprob, SamplingOptions, StopOptions, TokenStream,

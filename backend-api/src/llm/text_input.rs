@@ -1,6 +1,8 @@
-//! Models whose workers take OpenAI requests as the client sent them (Dynamo's text-input
-//! workers, `model_input: Text`): the frontend neither templates nor tokenizes for them; it
-//! forwards the request and relays the chunk objects the worker answers with.
+//! JSON the frontend relays between a client or a worker and Dynamo's workers without reading
+//! it: OpenAI requests for models whose workers take them as the client sent them (Dynamo's
+//! text-input workers, `model_input: Text`; the frontend neither templates nor tokenizes for
+//! them, it forwards the request and relays the chunk objects), and a prefill worker's handoff
+//! to its decode worker.
 
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
@@ -9,6 +11,11 @@ use super::GenerateError;
 
 /// An OpenAI request body as the client sent it (a JSON object).
 pub type OpenAiRequest = Json;
+
+/// What a prefill worker hands its decode worker when the two move the KV blocks between
+/// themselves and the frontend only relays (Dynamo's `prefill_result` and the prefill worker's
+/// instance id).
+pub type PrefillHandoff = Json;
 
 /// The OpenAI route a forwarded request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,10 @@ pub const MAX_RECORDS: usize = 65_536;
 pub struct DynamoTarget {
     /// `{namespace}/{component}/{endpoint}/{instance:x}`.
     pub key: String,
+    /// Its instance id (a prefill worker's is named in the requests it prefills).
+    pub instance_id: u64,
+    /// Aggregated, or its side of a disaggregated deployment (its card's `worker_type`).
+    pub mode: super::DisaggregationMode,
     pub endpoint: DynamoEndpoint,
     /// How its request bodies (and so its answers) are encoded.
     pub codec: PayloadCodec,

@@ -36,7 +36,8 @@ pub fn http_client() -> reqwest::Client {
 
 /// Builds the card Tritium's frontend tokenizes with.
 pub async fn model_card(card: &Card, http: &reqwest::Client) -> Result<ModelCard, String> {
-    let kind = if card.generates() {
+    // A prefill worker's card names the model its decode workers serve.
+    let kind = if card.generates() || card.role() == "prefill" {
         ModelKind::Generate
     } else if card.embeds() {
         ModelKind::Embed

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use serde_json::Value as Json;
 use tritium_backend_api::llm::{
     FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, ModelKind, OpenAiApi, OpenAiChunks,
-    OpenAiRequest, TokenStream,
+    OpenAiRequest, PrefillHandoff, TokenStream,
 };
 use tokio_util::sync::CancellationToken;
 use tritium_backend_api::llm::ModelCard;
@@ -297,6 +297,49 @@ impl WorkerClient for DynamoWorker {
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
+        self.start_generation(model, request, None).await
+    }
+
+    async fn prefill_handoff(&self, model: &str, request: &GenerateRequest) -> Result<PrefillHandoff, WorkerError> {
+        let (_, card) = self.tokenized(model, ModelKind::Generate)?;
+        let mut body = preprocessed_request(model, request, 1, &card.eos_token_ids);
+        body["routing"] = serde_json::json!({"prefill_worker_id": self.target.instance_id});
+        let mut expected = self.call(model, &body).await?;
+        let connection = expected.connection(CALL_HOME_TIMEOUT).await;
+        let error = |e: ItemError| match e {
+            ItemError::Lost(message) => self.unreachable(message),
+            ItemError::Engine(message) => {
+                WorkerError::Generate { model: model.to_string(), source: GenerateError::Engine { model: model.to_string(), message } }
+            }
+        };
+        let mut items = Items::open(connection, self.max_message_size, self.target.codec).await.map_err(error)?;
+        let mut handoff = None;
+        // One token at most: the whole stream is read, the first item holding the handoff.
+        while let Some((item, _)) = items.next::<Json>().await.map_err(error)? {
+            handoff.get_or_insert_with(|| super::protocol::prefill_result(&item, self.target.instance_id));
+        }
+        handoff.ok_or_else(|| self.unreachable("the prefill worker ended its stream without a result".into()))
+    }
+
+    async fn generate_from_handoff(
+        &self,
+        model: &str,
+        request: GenerateRequest,
+        handoff: PrefillHandoff,
+    ) -> Result<TokenStream, WorkerError> {
+        self.start_generation(model, request, Some(handoff)).await
+    }
+}
+
+impl DynamoWorker {
+    /// Sends a generation (with a prefill worker's handoff, when one computed the prompt) and
+    /// reads its tokens back.
+    async fn start_generation(
+        &self,
+        model: &str,
+        request: GenerateRequest,
+        handoff: Option<PrefillHandoff>,
+    ) -> Result<TokenStream, WorkerError> {
         let (served, card) = self.tokenized(model, ModelKind::Generate)?;
         if request.constraint.is_some() {
             return Err(WorkerError::Generate {
@@ -307,7 +350,10 @@ impl WorkerClient for DynamoWorker {
             });
         }
         let max_tokens = self.max_tokens(served, card, &request)?;
-        let body = preprocessed_request(model, &request, max_tokens, &card.eos_token_ids);
+        let mut body = preprocessed_request(model, &request, max_tokens, &card.eos_token_ids);
+        if let Some(handoff) = handoff {
+            super::protocol::with_handoff(&mut body, handoff);
+        }
         let mut expected = self.call(model, &body).await?;
         let codec = self.target.codec;
         let (sender, receiver) = mpsc::unbounded_channel();

@@ -61,6 +61,31 @@ pub fn preprocessed_request(model: &str, request: &GenerateRequest, max_tokens: 
     })
 }
 
+/// What a Dynamo prefill worker's first item hands its decode worker: Dynamo's `prefill_result`
+/// (the engine's `disaggregated_params`, the prompt's cached-token details) and the prefill
+/// worker's instance id.
+pub fn prefill_result(item: &Json, prefill_worker: u64) -> Json {
+    let field = |pointer: &str| item.pointer(pointer).cloned().unwrap_or(Json::Null);
+    json!({
+        "prefill_result": {
+            "disaggregated_params": field("/disaggregated_params"),
+            "prompt_tokens_details": field("/completion_usage/prompt_tokens_details"),
+        },
+        "prefill_worker_id": prefill_worker,
+    })
+}
+
+/// A decode worker's request carrying a prefill worker's handoff, as Dynamo's frontend sends it.
+pub fn with_handoff(body: &mut Json, handoff: Json) {
+    let Json::Object(mut handoff) = handoff else { return };
+    if let Some(result) = handoff.remove("prefill_result") {
+        body["prefill_result"] = result;
+    }
+    if let Some(worker) = handoff.remove("prefill_worker_id") {
+        body["routing"] = json!({"prefill_worker_id": worker});
+    }
+}
+
 /// A body in the worker's codec: JSON text, or msgpack maps with named fields (floats as 32-bit,
 /// the width of every float of Dynamo's request).
 pub fn encode_body(body: &Json, codec: PayloadCodec) -> Vec<u8> {

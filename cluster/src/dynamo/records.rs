@@ -112,11 +112,13 @@ pub struct Card {
     /// `Tokens`, `Text` or `Tensor`.
     #[serde(default)]
     pub model_input: String,
-    /// `aggregated`, `prefill` or `decode` (absent before Dynamo 1.2: aggregated).
+    /// `aggregated`, `prefill`, `decode` or `encode` (absent before Dynamo 1.2: aggregated).
     #[serde(default)]
     pub worker_type: Option<String>,
+    /// The peers it needs to serve, in disjunctive normal form: any one list whose worker
+    /// types are all present (`[["prefill"]]` for a decode worker).
     #[serde(default)]
-    pub needs: Vec<String>,
+    pub needs: Vec<Vec<String>>,
     #[serde(default)]
     pub runtime_config: Option<RuntimeConfig>,
     /// A LoRA adapter's card names the adapter (its requests name it as their model).
@@ -163,6 +165,10 @@ pub struct RuntimeConfig {
     pub engine_specific: Option<Json>,
     #[serde(default)]
     pub runtime_data: Option<Json>,
+    /// A prefill worker's bootstrap rendezvous (`{bootstrap_host, bootstrap_port}`: SGLang's, the
+    /// mocker's with `--bootstrap-ports`), where the decode request goes out beside the prefill.
+    #[serde(default)]
+    pub disaggregated_endpoint: Option<Json>,
 }
 
 /// A file the card names, with its size and blake3 checksum (`blake3:<hex>`).
@@ -270,10 +276,26 @@ impl Card {
         })
     }
 
-    /// Whether the worker takes requests itself (aggregated, or a decode worker), as opposed
-    /// to a prefill worker that only serves decode workers.
-    pub fn takes_requests(&self) -> bool {
-        !matches!(self.worker_type.as_deref(), Some("prefill")) && !self.model_types().any(|flag| flag == "Prefill")
+    /// The worker's role in a disaggregated deployment (Dynamo 1.2+'s `worker_type`; a card
+    /// without one is aggregated, a `Prefill` model type a prefill worker).
+    pub fn role(&self) -> &str {
+        match self.worker_type.as_deref() {
+            Some(role) => role,
+            None if self.model_types().any(|flag| flag == "Prefill") => "prefill",
+            None => "aggregated",
+        }
+    }
+
+    /// A prefill worker with a bootstrap rendezvous (which Tritium's frontend does not drive yet).
+    pub fn bootstraps(&self) -> bool {
+        let endpoint = self.runtime_config.as_ref().and_then(|config| config.disaggregated_endpoint.as_ref());
+        self.role() == "prefill" && endpoint.is_some_and(|endpoint| !endpoint.is_null())
+    }
+
+    /// Whether the peers its `needs` name are present (`present`: the roles of the workers that
+    /// serve the same model); a card needing nothing always is.
+    pub fn needs_met(&self, present: &std::collections::HashSet<String>) -> bool {
+        self.needs.is_empty() || self.needs.iter().any(|all| all.iter().all(|role| present.contains(role)))
     }
 }
 
@@ -286,6 +308,29 @@ mod tests {
         "instance_id":17718393618540674277,
         "transport":{"tcp":"127.0.0.1:34071/f5e4611eb7aa3ce5/dynamo/backend/generate"},
         "device_type":"cuda","request_plane_codec":"msgpack"}"#;
+
+    #[test]
+    fn roles_and_needs_are_read_as_dynamo_writes_them() {
+        let card = |extra: &str| -> Card {
+            serde_json::from_str(&format!(r#"{{"display_name":"m","model_type":"Chat","model_input":"Tokens"{extra}}}"#)).unwrap()
+        };
+        let decode = card(r#","worker_type":"decode","needs":[["prefill"]]"#);
+        assert_eq!(decode.role(), "decode");
+        let present = |roles: &[&str]| roles.iter().map(|r| r.to_string()).collect::<std::collections::HashSet<_>>();
+        assert!(!decode.needs_met(&present(&["decode"])));
+        assert!(decode.needs_met(&present(&["decode", "prefill"])));
+        let either = card(r#","worker_type":"encode","needs":[["prefill","decode"],["aggregated"]]"#);
+        assert!(either.needs_met(&present(&["aggregated"])) && !either.needs_met(&present(&["prefill"])));
+        assert_eq!(card("").role(), "aggregated", "a card from before 1.2 is aggregated");
+        assert!(card("").needs_met(&present(&[])));
+        let prefill: Card = serde_json::from_str(
+            r#"{"display_name":"m","model_type":"Prefill","model_input":"Tokens",
+                "runtime_config":{"disaggregated_endpoint":{"bootstrap_host":"h","bootstrap_port":1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(prefill.role(), "prefill");
+        assert!(prefill.bootstraps());
+    }
 
     #[test]
     fn reads_the_mockers_records_as_captured() {
@@ -303,7 +348,7 @@ mod tests {
             "runtime_config":{"runtime_data":{"token_budget":{"combined_limit":300,"reject_prompt_overflow":true}}},
             "media_decoder":null}}"#;
         let Record::Model(model) = Record::parse("k", model.as_bytes()).unwrap() else { panic!("not a model") };
-        assert!(model.card_json.generates() && !model.card_json.embeds() && model.card_json.takes_requests());
+        assert!(model.card_json.generates() && !model.card_json.embeds() && model.card_json.role() == "aggregated");
         assert_eq!(model.card_json.context_length(), Some(4096));
         assert_eq!(
             model.card_json.token_budget(),

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tritium_backend_api::llm::ModelCard;
 
 use super::TESTED_VERSION;
-use super::records::{EndpointRecord, ModelRecord, Record};
+use super::records::{EndpointRecord, Record};
 use super::store::DynamoStore;
 pub use crate::discovery::dynamo_target::{DynamoEndpoint, DynamoModel, DynamoTarget, PayloadCodec, TextApis};
 use crate::discovery::{DisaggregationMode, NamespaceScope, WorkerAddress, WorkerInstance};
@@ -108,6 +108,8 @@ impl View {
         let key = format!("{}/{}/{}/{:x}", id.0, id.1, id.2, id.3);
         targets.entry(key.clone()).or_insert_with(|| DynamoTarget {
             key,
+            instance_id: id.3,
+            mode: DisaggregationMode::Agg,
             endpoint: endpoint.reached(),
             codec: match endpoint.request_plane_codec.as_deref() {
                 Some("msgpack") => PayloadCodec::Msgpack,
@@ -134,22 +136,53 @@ impl View {
         }
         let mut targets: BTreeMap<String, DynamoTarget> = BTreeMap::new();
         let mut seen = HashSet::new();
+        let mut listed = Vec::new();
         for (key, bytes) in models {
             let digest = blake3::hash(&bytes);
             seen.insert(digest);
-            let record: ModelRecord = match Record::parse(&format!("v1/mdc/{key}"), &bytes) {
-                Ok(Record::Model(record)) if self.scope.watches(&record.namespace) => record,
-                Ok(_) => continue,
-                Err(e) => {
-                    self.warn_once(&key, &e);
-                    continue;
-                }
-            };
+            match Record::parse(&format!("v1/mdc/{key}"), &bytes) {
+                Ok(Record::Model(record)) if self.scope.watches(&record.namespace) => listed.push((key, digest, record)),
+                Ok(_) => {}
+                Err(e) => self.warn_once(&key, &e),
+            }
+        }
+        // The roles of the live workers serving each model, which the cards' `needs` name.
+        let mut roles: HashMap<(String, String), HashSet<String>> = HashMap::new();
+        for (_, _, record) in &listed {
+            let id = (record.namespace.clone(), record.component.clone(), record.endpoint.clone(), record.instance_id);
+            if listeners.contains_key(&id) && !record.card_json.bootstraps() {
+                let model = (record.namespace.clone(), record.card_json.display_name.clone());
+                roles.entry(model).or_default().insert(record.card_json.role().to_string());
+            }
+        }
+        for (key, digest, record) in listed {
             let id = (record.namespace.clone(), record.component.clone(), record.endpoint.clone(), record.instance_id);
             let Some(endpoint) = listeners.get(&id) else { continue };
             let card = &record.card_json;
-            if !card.takes_requests() {
-                self.warn_once(&key, "a Dynamo prefill worker is not served: disaggregated Dynamo workers are not supported yet");
+            let role = card.role();
+            let mode = match role {
+                "aggregated" => DisaggregationMode::Agg,
+                "prefill" => DisaggregationMode::Prefill,
+                "decode" => DisaggregationMode::Decode,
+                other => {
+                    let message = format!("model '{}' is on a Dynamo '{other}' worker, which this frontend does not serve", card.display_name);
+                    self.warn_once(&key, &message);
+                    continue;
+                }
+            };
+            if card.bootstraps() {
+                let message = format!(
+                    "model '{}': a Dynamo prefill worker with a bootstrap rendezvous (SGLang's) is not served yet",
+                    card.display_name
+                );
+                self.warn_once(&key, &message);
+                continue;
+            }
+            let present = roles.get(&(record.namespace.clone(), card.display_name.clone())).cloned().unwrap_or_default();
+            if !card.needs_met(&present) {
+                // As Dynamo's frontend: not served until the peers it needs are up.
+                let message = format!("model '{}' ({role}) waits for the workers it needs: {:?}", card.display_name, card.needs);
+                self.warn_once(&key, &message);
                 continue;
             }
             if card.tensor_based() {
@@ -172,7 +205,7 @@ impl View {
                 }
                 continue;
             }
-            if !card.generates() && !card.embeds() {
+            if !card.generates() && !card.embeds() && mode != DisaggregationMode::Prefill {
                 let message = format!(
                     "model '{}' ({}) is not served: this frontend serves Dynamo language, embedding and tensor models",
                     card.display_name, card.model_type
@@ -229,6 +262,7 @@ impl View {
                 }
             };
             let target = self.target(&mut targets, &id, endpoint);
+            target.mode = mode;
             target.models.push(DynamoModel {
                 name: card.display_name.clone(),
                 card: Some(model_card),
@@ -249,8 +283,8 @@ impl View {
                 WorkerInstance {
                     id: format!("dynamo/{}", target.key),
                     models: target.models.iter().map(|m| m.name.clone()).collect(),
+                    mode: target.mode,
                     address: WorkerAddress::Dynamo(Arc::new(target)),
-                    mode: DisaggregationMode::Agg,
                     events: None,
                     device: Default::default(),
                 }

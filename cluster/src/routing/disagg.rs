@@ -4,7 +4,9 @@
 //! decode worker lacks (by the KV index) is longer than `--max-local-prefill-length` is prefilled
 //! on a prefill worker picked by the same policy (the KV router scores its cached prefix and
 //! load). The decode worker pulls the blocks from it directly; when that fails, or the prefill
-//! worker is full, the decode worker computes the prompt itself.
+//! worker is full, the decode worker computes the prompt itself. Dynamo's disaggregated workers
+//! (`worker_type` prefill and decode) go through the frontend: every prompt is sent to a prefill
+//! worker first (one token), and its handoff (`prefill_result`) to the decode worker.
 
 use std::sync::Arc;
 
@@ -73,16 +75,20 @@ impl Router {
         Ok(decode)
     }
 
-    /// The prefill worker for `prompt` on its way to `decode`, and where the decode worker finds
-    /// it; `None` when the prompt is short enough, or what `decode` lacks of it is, to prefill there.
-    pub(super) fn prefill_for(
-        &self,
-        model: &str,
-        prompt: &[u32],
-        decode: &Member,
-        split: &Split,
-    ) -> Option<(Member, PrefillSource)> {
-        if decode.local || !split.is_disaggregated() || prompt.len() <= self.options.max_local_prefill_length {
+    /// The prefill worker for `prompt` on its way to `decode`, and how the decode worker takes
+    /// it over; `None` when the prompt is short enough, or what `decode` lacks of it is, to
+    /// prefill there. A Dynamo decode worker's prompt is always prefilled on a Dynamo prefill
+    /// worker, as Dynamo's frontend does.
+    pub(super) fn prefill_for(&self, model: &str, prompt: &[u32], decode: &Member, split: &Split) -> Option<(Member, Prefill)> {
+        if decode.local || !split.is_disaggregated() {
+            return None;
+        }
+        let is_dynamo = |id: &Arc<str>| matches!(self.members.lock().get(id), Some((_, WorkerAddress::Dynamo(_))));
+        if is_dynamo(&decode.id) {
+            let prefill = self.pick(model, Some(prompt), None, None, &split.decode, false).ok()??.member;
+            return is_dynamo(&prefill.id).then_some((prefill, Prefill::Handoff));
+        }
+        if prompt.len() <= self.options.max_local_prefill_length {
             return None;
         }
         let block_size = self.options.kv_block_size;
@@ -99,6 +105,16 @@ impl Router {
         };
         let source =
             PrefillSource { worker_id: prefill.id.to_string(), uri, first_block: u32::try_from(held).unwrap_or(u32::MAX) };
-        Some((prefill, source))
+        Some((prefill, Prefill::Pull(source)))
     }
+}
+
+/// How a decode worker takes a prompt over from its prefill worker.
+#[derive(Debug)]
+pub(super) enum Prefill {
+    /// It pulls the blocks from the prefill worker (Tritium's workers).
+    Pull(PrefillSource),
+    /// The frontend runs the prefill worker's part and hands what it returns to the decode
+    /// worker, which moves the blocks itself (Dynamo's workers).
+    Handoff,
 }

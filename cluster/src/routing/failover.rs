@@ -175,10 +175,28 @@ impl Router {
                         return Ok(Started::Local(member.client.generate(model, request).await?.served_by(member.id)));
                     };
                     let stream = match prefill {
-                        Some((prefill, source)) => {
+                        Some((prefill, super::disagg::Prefill::Pull(source))) => {
                             // Counted on the prefill worker until the decode worker has its blocks.
                             let _prefilling = prefill.begin();
                             member.client.generate_with_prefill(model, request, source).await?
+                        }
+                        Some((prefill, super::disagg::Prefill::Handoff)) => {
+                            let handoff = {
+                                let _prefilling = prefill.begin();
+                                prefill.client.prefill_handoff(model, &request).await
+                            };
+                            match handoff {
+                                Ok(handoff) => member
+                                    .client
+                                    .generate_from_handoff(model, request, handoff)
+                                    .await?
+                                    .prefilled_by(Some(Arc::clone(&prefill.id))),
+                                Err(error) => {
+                                    // As when a pull fails: the decode worker computes the prompt itself.
+                                    tracing::warn!(worker = %prefill.id, model, "prefilling failed ({error}); decoding without it");
+                                    member.client.generate(model, request).await?
+                                }
+                            }
                         }
                         None => member.client.generate(model, request).await?,
                     };

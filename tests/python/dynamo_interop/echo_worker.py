@@ -8,10 +8,15 @@ worker registers with its own tokenizer) and answers with OpenAI chunk objects: 
 last message (or prompt), one per chunk, up to `max_tokens` words; a request offering tools gets a
 call of the first tool, its arguments in two pieces.
 
+With `--role decode` it is the decode side of a disaggregated pair (`worker_type` decode, needing a
+prefill worker): it answers only requests that carry a prefill worker's handoff for their prompt
+(`prefill_result`), else fails; with `--role prefill` it is that prefill worker (model type Prefill,
+needing a decode worker), handing over the prompt's length as vLLM's hands over its KV parameters.
+
 With `--embed` it is an embedding model instead: each input's vector is made of its tokens
 (count, sum, first, last), sent as base64 as Dynamo's vLLM worker sends it, so both frontends' vectors can be compared number for number.
 
-Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SECONDS] [--embed] [--text] [--lora NAME]
+Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SECONDS] [--embed] [--text] [--role prefill|decode] [--lora NAME]
 (discovery and planes from Dynamo's own variables: DYN_DISCOVERY_BACKEND, DYN_FILE_KV, ...)."""
 
 import argparse
@@ -26,13 +31,19 @@ from dynamo.runtime import DistributedRuntime, dynamo_worker
 
 
 class Echo:
-    def __init__(self, delay: float, lora: str) -> None:
+    def __init__(self, delay: float, lora: str, decode: bool = False) -> None:
         self.delay = delay
         self.lora = lora
+        self.decode = decode
 
     async def generate(self, request, context):
         limit = request["stop_conditions"].get("max_tokens")
         prompt = request["token_ids"]
+        if self.decode:
+            handed = ((request.get("prefill_result") or {}).get("disaggregated_params") or {}).get("kv_transfer_params") or {}
+            if handed.get("prompt_len") != len(prompt) or not (request.get("routing") or {}).get("prefill_worker_id"):
+                yield {"token_ids": [], "finish_reason": {"error": "no prefill handoff for this prompt"}}
+                return
         if request.get("model") == self.lora:
             # The adapter (as vLLM's worker, told by the request's model name) answers the prompt backwards.
             prompt = prompt[::-1]
@@ -86,6 +97,14 @@ async def text(request, context):
     yield base | {"object": "chat.completion.chunk" if chat else "text_completion", "choices": [], "usage": usage}
 
 
+async def prefill(request, context):
+    """A prefill worker's answer, as vLLM's: one token and what its decode worker needs."""
+    prompt = request["token_ids"]
+    usage = {"prompt_tokens": len(prompt), "completion_tokens": 1, "total_tokens": len(prompt) + 1, "prompt_tokens_details": {"cached_tokens": 0}}
+    yield {"token_ids": prompt[:1], "disaggregated_params": {"kv_transfer_params": {"prompt_len": len(prompt)}},
+           "completion_usage": usage, "finish_reason": "length"}  # fmt: skip
+
+
 async def embed(request, context):
     """As Dynamo 1.6.1's vLLM handler answers: each vector as base64 of little-endian float32s."""
     vectors = [[len(t), sum(t), t[0] if t else -1, t[-1] if t else -1] for t in request["token_ids"]]
@@ -104,6 +123,15 @@ async def main(runtime: DistributedRuntime, args):
     if args.token_budget:
         budget = {"combined_limit": args.token_budget, "reject_prompt_overflow": True, "reject_total_overflow": False}
         config.set_engine_specific("token_budget", json.dumps(budget))
+    if args.role:
+        roles = {"prefill": (WorkerType.Prefill, WorkerType.Decode), "decode": (WorkerType.Decode, WorkerType.Prefill)}
+        role, needed = roles[args.role]
+        endpoint = runtime.endpoint(f"{namespace}.{args.role}.generate")
+        model_type = ModelType.Prefill if args.role == "prefill" else ModelType.Chat | ModelType.Completions
+        await register_model(ModelInput.Tokens, model_type, endpoint, args.model_dir, args.model_name, worker_type=role,
+                             needs=[[needed]], kv_cache_block_size=16)  # fmt: skip
+        await endpoint.serve_endpoint(prefill if args.role == "prefill" else Echo(args.delay, "", decode=True).generate)
+        return
     if args.text:
         await register_model(
             ModelInput.Text, ModelType.Chat | ModelType.Completions, endpoint, args.model_dir, args.model_name,
@@ -144,6 +172,7 @@ if __name__ == "__main__":
     parser.add_argument("--token-budget", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--embed", action="store_true", help="an embedding model instead")
+    parser.add_argument("--role", choices=["prefill", "decode"], help="one side of a disaggregated pair instead")
     parser.add_argument("--text", action="store_true", help="a text-input model instead (OpenAI requests in, chunks out)")
     parser.add_argument("--lora", default="", help="also serve a LoRA adapter of this name (it answers backwards)")
     uvloop.install()
