@@ -26,6 +26,7 @@ mod messages;
 mod next_turn;
 mod responses;
 mod sse;
+mod text_doors;
 mod text_input;
 mod tokenize;
 

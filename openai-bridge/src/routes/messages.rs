@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 use tritium_backend_api::llm::{FinishReason, ModelKind};
 
 use super::sse::{self, ChunkWriter, End};
+use super::text_doors;
 use super::{AppState, ChatPrompt, failed, json_response};
 use crate::BridgeError;
-use crate::parsers::{OutputParser, ToolCall};
+use crate::parsers::{OutputParser, ParsedDelta, ToolCall};
 use crate::pipeline::{TokenInfo, collect};
 use crate::protocol::{
     AnthropicUsage, ContentBlock, CountTokensRequest, MessageObject, MessagesRequest, anthropic_error, new_item_id, parse_json,
@@ -32,6 +33,9 @@ pub(super) async fn messages(
     caller: super::CallerTrace,
     AnthropicJson(request): AnthropicJson<MessagesRequest>,
 ) -> Result<Response, AnthropicError> {
+    if state.hub.takes_text(&request.model) {
+        return text_input_message(&state, request, worker, caller).await;
+    }
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/messages")?;
     let mut observer = state.observer(&request.model, caller);
     let prepared = request.options().and_then(|mut options| {
@@ -94,6 +98,57 @@ pub(super) async fn count_tokens(
 }
 
 /// Anthropic's `stop_reason` and `stop_sequence`.
+/// A Messages request for a model whose worker takes OpenAI requests as they came: made into a
+/// chat request (see `text_doors`).
+async fn text_input_message(
+    state: &AppState,
+    request: MessagesRequest,
+    worker: super::HeaderWorker,
+    caller: super::CallerTrace,
+) -> Result<Response, AnthropicError> {
+    let mut observer = state.observer(&request.model, caller);
+    let messages = request.chat_messages().map_err(|error| failed(&mut observer, error))?;
+    let mut fields = serde_json::Map::new();
+    fields.insert("max_tokens".into(), request.max_tokens.into());
+    for (name, value) in [("temperature", request.temperature), ("top_p", request.top_p)] {
+        if let Some(value) = value {
+            fields.insert(name.into(), json!(value));
+        }
+    }
+    if let Some(top_k) = request.top_k {
+        fields.insert("top_k".into(), top_k.into());
+    }
+    if let Some(stop) = &request.stop_sequences {
+        fields.insert("stop".into(), json!(stop.0));
+    }
+    if let Some(tools) = &request.tools {
+        fields.insert("tools".into(), Value::Array(text_doors::anthropic_tools(tools)));
+    }
+    if let Some(choice) = &request.tool_choice {
+        fields.insert("tool_choice".into(), text_doors::anthropic_tool_choice(choice));
+    }
+    let body = text_doors::chat_request(&request.model, messages, fields);
+    let chunks = text_doors::forward_chat(state, &request.model, worker.or_nvext(None), body, &mut observer).await?;
+    let id = new_item_id("msg");
+    if request.stream {
+        let writer = MessagesWriter { id, model: request.model, input_tokens: 0, parser: None, open: Block::None, next: 0, calls: 0 };
+        return Ok(text_doors::stream(writer, chunks, observer, state));
+    }
+    let (parsed, reason, usage) = text_doors::fold(state, chunks, &mut observer).await?;
+    let (stop_reason, stop_sequence) = stop_reason(reason, None, !parsed.tool_calls.is_empty());
+    let message = MessageObject {
+        id,
+        kind: "message",
+        role: "assistant",
+        model: request.model,
+        content: ContentBlock::from_parsed(&parsed),
+        stop_reason: Some(stop_reason),
+        stop_sequence,
+        usage: AnthropicUsage::new(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
+    };
+    Ok(json_response(StatusCode::OK, &message))
+}
+
 fn stop_reason(reason: FinishReason, stop_string: Option<String>, called: bool) -> (&'static str, Option<String>) {
     match (reason, stop_string) {
         _ if called => ("tool_use", None),
@@ -221,6 +276,24 @@ impl MessagesWriter {
     }
 }
 
+impl text_doors::ParsedWriter for MessagesWriter {
+    fn parsed(&mut self, parsed: ParsedDelta, out: &mut VecDeque<Bytes>) {
+        if !parsed.reasoning.is_empty() {
+            let index = self.open(Block::Thinking(0), json!({"type": "thinking", "thinking": "", "signature": ""}), out);
+            let delta = json!({"type": "thinking_delta", "thinking": parsed.reasoning});
+            Self::event("content_block_delta", json!({"index": index, "delta": delta}), out);
+        }
+        if !parsed.content.is_empty() {
+            let index = self.open(Block::Text(0), json!({"type": "text", "text": ""}), out);
+            let delta = json!({"type": "text_delta", "text": parsed.content});
+            Self::event("content_block_delta", json!({"index": index, "delta": delta}), out);
+        }
+        for call in &parsed.tool_calls {
+            self.tool_use(call, out);
+        }
+    }
+}
+
 impl ChunkWriter for MessagesWriter {
     fn start(&mut self) -> Vec<Bytes> {
         let mut out = VecDeque::new();
@@ -242,19 +315,7 @@ impl ChunkWriter for MessagesWriter {
         out: &mut VecDeque<Bytes>,
     ) {
         let parsed = super::parse_piece(&mut self.parser, text, finish.is_some());
-        if !parsed.reasoning.is_empty() {
-            let index = self.open(Block::Thinking(0), json!({"type": "thinking", "thinking": "", "signature": ""}), out);
-            let delta = json!({"type": "thinking_delta", "thinking": parsed.reasoning});
-            Self::event("content_block_delta", json!({"index": index, "delta": delta}), out);
-        }
-        if !parsed.content.is_empty() {
-            let index = self.open(Block::Text(0), json!({"type": "text", "text": ""}), out);
-            let delta = json!({"type": "text_delta", "text": parsed.content});
-            Self::event("content_block_delta", json!({"index": index, "delta": delta}), out);
-        }
-        for call in &parsed.tool_calls {
-            self.tool_use(call, out);
-        }
+        text_doors::ParsedWriter::parsed(self, parsed, out);
     }
 
     fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {

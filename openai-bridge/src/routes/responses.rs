@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use tritium_backend_api::llm::{FinishReason, ModelKind};
 
 use super::sse::{self, ChunkWriter, End};
+use super::text_doors;
 use super::{ApiError, AppState, ChatPrompt, OpenAiJson, failed, json_response};
 use crate::BridgeError;
 use crate::parsers::{OutputParser, ParsedDelta, ToolCall};
@@ -35,6 +36,9 @@ pub(super) async fn create(
     caller: super::CallerTrace,
     OpenAiJson(request): OpenAiJson<ResponsesRequest>,
 ) -> Result<Response, ApiError> {
+    if state.hub.takes_text(&request.model) {
+        return text_input_response(&state, request, worker, caller).await;
+    }
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/responses")?;
     let mut observer = state.observer(&request.model, caller);
     let prepared = prepare(&state.store, &request).map_err(|error| failed(&mut observer, error))?;
@@ -70,6 +74,52 @@ pub(super) async fn create(
     let parsed = super::parse_whole(parser, generated.text);
     let output = output_items(&parsed);
     Ok(json_response(StatusCode::OK, &turn.finish(output, &parsed, generated.reason, generated.usage)))
+}
+
+/// A Responses request for a model whose worker takes OpenAI requests as they came: made into
+/// a chat request, as Dynamo's frontend makes it (see `text_doors`).
+async fn text_input_response(
+    state: &AppState,
+    request: ResponsesRequest,
+    worker: super::HeaderWorker,
+    caller: super::CallerTrace,
+) -> Result<Response, ApiError> {
+    let mut observer = state.observer(&request.model, caller);
+    let prepared = prepare(&state.store, &request).and_then(|prepared| {
+        let mut fields = Map::new();
+        if let Some(max) = request.max_output_tokens {
+            fields.insert("max_tokens".into(), max.into());
+        }
+        for (name, value) in [("temperature", request.temperature), ("top_p", request.top_p)] {
+            if let Some(value) = value {
+                fields.insert(name.into(), json!(value));
+            }
+        }
+        if let Some(tools) = &request.tools {
+            fields.insert("tools".into(), Value::Array(text_doors::chat_tools(tools)?));
+        }
+        if let Some(choice) = &request.tool_choice {
+            fields.insert("tool_choice".into(), text_doors::chat_tool_choice(choice));
+        }
+        Ok((prepared, fields))
+    });
+    let (Prepared { conversation, messages, .. }, fields) = prepared.map_err(|error| failed(&mut observer, error))?;
+    let body = text_doors::chat_request(&request.model, messages, fields);
+    let worker = worker.or_nvext(request.nvext.as_ref());
+    let chunks = text_doors::forward_chat(state, &request.model, worker, body, &mut observer).await?;
+    let turn = Turn {
+        response: ResponseObject::new(new_item_id("resp"), unix_now(), &request),
+        conversation,
+        store: request.store.unwrap_or(true).then(|| Arc::clone(&state.store)),
+    };
+    if request.stream {
+        let writer =
+            ResponsesWriter { turn: Some(turn), parser: None, sequence: 0, output: Vec::new(), open: Open::None, all: ParsedDelta::default() };
+        return Ok(text_doors::stream(writer, chunks, observer, state));
+    }
+    let (parsed, reason, usage) = text_doors::fold(state, chunks, &mut observer).await?;
+    let output = output_items(&parsed);
+    Ok(json_response(StatusCode::OK, &turn.finish(output, &parsed, reason, usage)))
 }
 
 #[utoipa::path(get, path = "/v1/responses/{id}", tag = "openai", params(("id" = String, Path, description = "A stored response's id")),
@@ -284,6 +334,21 @@ impl ResponsesWriter {
     }
 }
 
+impl text_doors::ParsedWriter for ResponsesWriter {
+    fn parsed(&mut self, parsed: ParsedDelta, out: &mut VecDeque<Bytes>) {
+        if !parsed.reasoning.is_empty() {
+            self.reasoning(&parsed.reasoning, out);
+        }
+        if !parsed.content.is_empty() {
+            self.text(&parsed.content, out);
+        }
+        for call in &parsed.tool_calls {
+            self.call(call, out);
+        }
+        self.all.extend(parsed);
+    }
+}
+
 impl ChunkWriter for ResponsesWriter {
     fn start(&mut self) -> Vec<Bytes> {
         let mut out = VecDeque::new();
@@ -302,16 +367,7 @@ impl ChunkWriter for ResponsesWriter {
         out: &mut VecDeque<Bytes>,
     ) {
         let parsed = super::parse_piece(&mut self.parser, text, finish.is_some());
-        if !parsed.reasoning.is_empty() {
-            self.reasoning(&parsed.reasoning, out);
-        }
-        if !parsed.content.is_empty() {
-            self.text(&parsed.content, out);
-        }
-        for call in &parsed.tool_calls {
-            self.call(call, out);
-        }
-        self.all.extend(parsed);
+        text_doors::ParsedWriter::parsed(self, parsed, out);
     }
 
     fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {

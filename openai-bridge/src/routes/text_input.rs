@@ -19,6 +19,8 @@ use tritium_backend_api::llm::{FinishReason, OpenAiApi, OpenAiChunks};
 use super::{ApiError, AppState, CallerTrace, json_response, sse};
 use crate::BridgeError;
 use crate::metrics::RequestObserver;
+use crate::parsers::{ParsedDelta, ToolCall};
+use crate::pipeline::Usage;
 use crate::protocol::ErrorBody;
 
 /// Forwards `request` (what the client sent to `api`) to a worker of `model` and answers with
@@ -53,7 +55,7 @@ pub(super) async fn forward(
 }
 
 /// The worker's next chunk, unless the server's grace period for requests ends first.
-async fn next_chunk(chunks: &mut OpenAiChunks, hard_stop: Option<&CancellationToken>) -> Option<Result<Value, BridgeError>> {
+pub(super) async fn next_chunk(chunks: &mut OpenAiChunks, hard_stop: Option<&CancellationToken>) -> Option<Result<Value, BridgeError>> {
     let next = match hard_stop {
         Some(stop) => tokio::select! {
             next = chunks.next() => next,
@@ -133,7 +135,7 @@ struct Choice {
 
 /// Chunks folded into one non-streamed answer.
 #[derive(Debug)]
-struct Fold {
+pub(super) struct Fold {
     api: OpenAiApi,
     limit: usize,
     held: usize,
@@ -143,7 +145,7 @@ struct Fold {
 }
 
 impl Fold {
-    fn new(api: OpenAiApi, limit: usize) -> Fold {
+    pub(super) fn new(api: OpenAiApi, limit: usize) -> Fold {
         Fold { api, limit, held: 0, head: Map::new(), choices: BTreeMap::new(), usage: Value::Null }
     }
 
@@ -158,7 +160,7 @@ impl Fold {
         Ok(())
     }
 
-    fn add(&mut self, chunk: &Value) -> Result<(), BridgeError> {
+    pub(super) fn add(&mut self, chunk: &Value) -> Result<(), BridgeError> {
         for key in ["id", "created", "model", "system_fingerprint"] {
             if let Some(value) = chunk.get(key).filter(|v| !v.is_null()) {
                 self.head.entry(key).or_insert_with(|| value.clone());
@@ -204,6 +206,16 @@ impl Fold {
         Ok(())
     }
 
+    /// The first choice as a door's answer is made of: its text, reasoning and tool calls, how it
+    /// ended, and the usage.
+    pub(super) fn into_parts(mut self) -> (ParsedDelta, FinishReason, Usage) {
+        let reason = self.reason();
+        let usage = usage_of(&self.usage);
+        let choice = self.choices.remove(&0).unwrap_or_default();
+        let tool_calls = choice.calls.into_values().filter_map(|call| tool_call(&Value::Object(call))).collect();
+        (ParsedDelta { reasoning: choice.reasoning, content: choice.text, tool_calls }, reason, usage)
+    }
+
     fn reason(&self) -> FinishReason {
         match self.choices.values().next().and_then(|c| c.finish_reason.as_str()) {
             Some("length") => FinishReason::Length,
@@ -242,6 +254,60 @@ impl Fold {
             answer.insert("usage".into(), self.usage);
         }
         Value::Object(answer)
+    }
+}
+
+/// Tritium's usage of a chunk's `usage` object (zeros where it has none).
+pub(super) fn usage_of(usage: &Value) -> Usage {
+    let count = |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    Usage {
+        prompt_tokens: count("/prompt_tokens"),
+        completion_tokens: count("/completion_tokens"),
+        cached_tokens: count("/prompt_tokens_details/cached_tokens"),
+    }
+}
+
+/// A whole tool call of a chat answer (`{id, function: {name, arguments}}`).
+pub(super) fn tool_call(call: &Value) -> Option<ToolCall> {
+    let name = call.pointer("/function/name")?.as_str()?.to_owned();
+    let arguments = call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}").to_owned();
+    let id = call.get("id").and_then(Value::as_str).map_or_else(crate::parsers::new_call_id, str::to_owned);
+    Some(ToolCall { id, name, arguments })
+}
+
+/// The pieces of one chunk's first choice, for a door that streams its own events: the text
+/// and reasoning, the tool-call pieces, how it ended if it did, and the usage if it came.
+pub(super) struct ChunkPieces {
+    pub parsed: ParsedDelta,
+    pub calls: Vec<Value>,
+    pub finish: Option<FinishReason>,
+    pub usage: Option<Usage>,
+}
+
+pub(super) fn pieces(chunk: &Value) -> ChunkPieces {
+    let usage = chunk.get("usage").filter(|u| u.is_object()).map(usage_of);
+    let choice = chunk.get("choices").and_then(Value::as_array).and_then(|c| c.iter().find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0));
+    let delta = choice.and_then(|c| c.get("delta")).unwrap_or(&Value::Null);
+    let text = |key: &str| delta.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+    let parsed = ParsedDelta { reasoning: text("reasoning_content"), content: text("content"), tool_calls: Vec::new() };
+    let calls = delta.get("tool_calls").and_then(Value::as_array).cloned().unwrap_or_default();
+    ChunkPieces { parsed, calls, finish: choice.and_then(|c| finish_reason(&json!({"choices": [c]}))), usage }
+}
+
+/// Joins streamed tool-call pieces by their index into whole calls.
+#[derive(Debug, Default)]
+pub(super) struct CallPieces(BTreeMap<u64, Map<String, Value>>);
+
+impl CallPieces {
+    pub(super) fn add(&mut self, pieces: &[Value]) {
+        for piece in pieces {
+            let position = piece.get("index").and_then(Value::as_u64).unwrap_or(self.0.len() as u64);
+            merge_call(self.0.entry(position).or_default(), piece);
+        }
+    }
+
+    pub(super) fn take(&mut self) -> Vec<ToolCall> {
+        std::mem::take(&mut self.0).into_values().filter_map(|call| tool_call(&Value::Object(call))).collect()
     }
 }
 

@@ -171,8 +171,8 @@ impl LlmFrontend {
             // Its worker templates and tokenizes: it is reached only by forwarding the request.
             return Err(BridgeError::Unsupported {
                 model: model.to_string(),
-                what: "this route: its Dynamo worker takes OpenAI requests as they come (text input), \
-                       which /v1/chat/completions and /v1/completions forward"
+                what: "this route: its Dynamo worker takes OpenAI requests as they come (text input), which \
+                       /v1/chat/completions, /v1/completions, /v1/responses and /v1/messages forward"
                     .to_string(),
             });
         }

@@ -228,6 +228,42 @@ TEXT_REQUESTS = [
 ]  # fmt: skip
 
 
+def response_text(answer: dict) -> str:
+    return "".join(part["text"] for item in answer["output"] if item["type"] == "message" for part in item["content"])
+
+
+def test_a_text_input_worker_answers_responses_and_messages_made_into_chat(text_input):
+    """As Dynamo's frontend does for Responses: the request is made into a chat request (instructions, input,
+    limits, function tools) and the worker's chunks into the door's answer; Tritium does the same for Anthropic's
+    Messages (which Dynamo 1.6.1's frontend does not serve by default)."""
+    tritium, dynamo = text_input
+    body = {"model": "texty", "input": "one two three four", "max_output_tokens": 3, "instructions": "be brief"}
+    answers = []
+    for base in (tritium.http_url, dynamo):
+        status, answer = http("POST", base + "/v1/responses", body)
+        assert status == 200, answer
+        answers.append(answer)
+    assert response_text(answers[0]) == response_text(answers[1]) == "one two three", answers
+    assert answers[0]["usage"]["output_tokens"] == answers[1]["usage"]["output_tokens"] == 3, answers
+    # Streamed: the deltas add up to the same text.
+    request = urllib.request.Request(tritium.http_url + "/v1/responses", data=json.dumps(body | {"stream": True}).encode(),
+                                     headers={"content-type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        events = [json.loads(line[6:]) for line in response.read().decode().splitlines() if line.startswith("data: ")]
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert deltas == "one two three" and events[-1]["type"] == f"response.{answers[0]['status']}", events
+    tools = [{"type": "function", "name": "count", "parameters": {"type": "object"}}]
+    status, answer = http("POST", tritium.http_url + "/v1/responses", {"model": "texty", "input": "a b", "tools": tools})
+    calls = [item for item in answer["output"] if item["type"] == "function_call"]
+    assert status == 200 and calls and calls[0]["name"] == "count" and calls[0]["arguments"] == '{"words": 2}', answer
+    message = {"model": "texty", "max_tokens": 2, "messages": [{"role": "user", "content": "alpha beta gamma"}]}
+    status, answer = http("POST", tritium.http_url + "/v1/messages", message)
+    assert status == 200 and answer["content"][0]["text"] == "alpha beta" and answer["stop_reason"] == "max_tokens", answer
+    anthropic_tools = [{"name": "count", "input_schema": {"type": "object"}}]
+    status, answer = http("POST", tritium.http_url + "/v1/messages", message | {"tools": anthropic_tools})
+    assert status == 200 and answer["content"][-1]["type"] == "tool_use" and answer["stop_reason"] == "tool_use", answer
+
+
 @pytest.fixture(scope="module")
 def text_input(tmp_path_factory, tiny_model):
     """A text-input worker ("texty") in a deployment of its own, behind Tritium's frontend started as the
@@ -236,7 +272,7 @@ def text_input(tmp_path_factory, tiny_model):
     every later discovery snapshot of that namespace, which would hide the other tests' workers from it."""
     deployment = Deployment(tmp_path_factory.mktemp("dynamo-text"), tiny_model, namespace="textinput")
     deployment.echo("texty", "--text")
-    tritium = deployment.tritium_frontend()
+    tritium = deployment.tritium_frontend("--enable-anthropic-api")
     dynamo = deployment.dynamo_frontend("--router-mode", "round-robin")
     for base in (tritium.http_url, dynamo):
         wait_until(lambda: "texty" in models_at(base), START, f"the text-input model listed at {base}")
@@ -261,8 +297,6 @@ def test_a_text_input_worker_gets_requests_as_sent_and_answers_alike_on_both_fro
     calls = [[{k: c[k] for k in ("id", "type", "function")} for c in a["message"]["tool_calls"]] for a in answers]
     assert calls[0] == calls[1] and calls[0][0]["function"] == {"name": "count", "arguments": '{"words": 3}'}, answers
     assert answers[0]["finish_reason"] == answers[1]["finish_reason"] == "tool_calls", answers
-    status, answer = http("POST", tritium.http_url + "/v1/responses", {"model": "texty", "input": "hi"})
-    assert status in (400, 501) and "text input" in json.dumps(answer), answer
     status, answer = http("POST", tritium.http_url + "/tokenize", {"model": "texty", "prompt": "hi"})
     assert status in (400, 501) and "text input" in json.dumps(answer), answer
 
