@@ -16,9 +16,9 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use tritium_backend_api::llm::{FinishReason, OpenAiApi, OpenAiChunks};
 
+use super::AppState;
 use super::sse::{ChunkWriter, End};
 use super::text_input::{CallPieces, Fold, next_chunk, pieces};
-use super::AppState;
 use crate::BridgeError;
 use crate::metrics::RequestObserver;
 use crate::parsers::ParsedDelta;
@@ -72,7 +72,8 @@ pub(super) fn anthropic_tools(tools: &[Value]) -> Vec<Value> {
         .iter()
         .map(|tool| {
             let field = |name: &str| tool.get(name).cloned().unwrap_or(Value::Null);
-            let function = json!({"name": field("name"), "description": field("description"), "parameters": field("input_schema")});
+            let function =
+                json!({"name": field("name"), "description": field("description"), "parameters": field("input_schema")});
             json!({"type": "function", "function": function})
         })
         .collect()
@@ -192,9 +193,15 @@ mod tests {
     #[test]
     fn responses_function_tools_become_chat_tools_and_other_kinds_are_refused() {
         let tools = [json!({"type": "function", "name": "f", "parameters": {"type": "object"}})];
-        assert_eq!(chat_tools(&tools).unwrap(), [json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}})]);
+        assert_eq!(
+            chat_tools(&tools).unwrap(),
+            [json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}})]
+        );
         assert!(chat_tools(&[json!({"type": "web_search"})]).is_err());
-        assert_eq!(chat_tool_choice(&json!({"type": "function", "name": "f"})), json!({"type": "function", "function": {"name": "f"}}));
+        assert_eq!(
+            chat_tool_choice(&json!({"type": "function", "name": "f"})),
+            json!({"type": "function", "function": {"name": "f"}})
+        );
         assert_eq!(chat_tool_choice(&json!("auto")), json!("auto"));
         let anthropic = [json!({"name": "f", "description": "d", "input_schema": {"type": "object"}})];
         assert_eq!(anthropic_tools(&anthropic)[0]["function"]["parameters"], json!({"type": "object"}));

@@ -55,7 +55,10 @@ pub(super) async fn forward(
 }
 
 /// The worker's next chunk, unless the server's grace period for requests ends first.
-pub(super) async fn next_chunk(chunks: &mut OpenAiChunks, hard_stop: Option<&CancellationToken>) -> Option<Result<Value, BridgeError>> {
+pub(super) async fn next_chunk(
+    chunks: &mut OpenAiChunks,
+    hard_stop: Option<&CancellationToken>,
+) -> Option<Result<Value, BridgeError>> {
     let next = match hard_stop {
         Some(stop) => tokio::select! {
             next = chunks.next() => next,
@@ -259,7 +262,8 @@ impl Fold {
 
 /// Tritium's usage of a chunk's `usage` object (zeros where it has none).
 pub(super) fn usage_of(usage: &Value) -> Usage {
-    let count = |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    let count =
+        |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64).map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
     Usage {
         prompt_tokens: count("/prompt_tokens"),
         completion_tokens: count("/completion_tokens"),
@@ -286,7 +290,10 @@ pub(super) struct ChunkPieces {
 
 pub(super) fn pieces(chunk: &Value) -> ChunkPieces {
     let usage = chunk.get("usage").filter(|u| u.is_object()).map(usage_of);
-    let choice = chunk.get("choices").and_then(Value::as_array).and_then(|c| c.iter().find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0));
+    let choice = chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0));
     let delta = choice.and_then(|c| c.get("delta")).unwrap_or(&Value::Null);
     let text = |key: &str| delta.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
     let parsed = ParsedDelta { reasoning: text("reasoning_content"), content: text("content"), tool_calls: Vec::new() };
@@ -347,7 +354,8 @@ mod tests {
         fold.add(&chat_chunk(json!({"content": "pha", "reasoning_content": "hm"}), Value::Null)).unwrap();
         let call = json!({"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\""}}]});
         fold.add(&chat_chunk(call, Value::Null)).unwrap();
-        fold.add(&chat_chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}), json!("tool_calls"))).unwrap();
+        fold.add(&chat_chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}), json!("tool_calls")))
+            .unwrap();
         let mut last = chat_chunk(json!({}), Value::Null);
         last["usage"] = json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7});
         fold.add(&last).unwrap();
@@ -366,7 +374,9 @@ mod tests {
     #[test]
     fn completion_chunks_fold_per_choice_index() {
         let mut fold = Fold::new(OpenAiApi::Completions, 1 << 20);
-        for (index, text, finish) in [(0, "a", Value::Null), (1, "x", Value::Null), (0, "b", json!("length")), (1, "y", json!("stop"))] {
+        for (index, text, finish) in
+            [(0, "a", Value::Null), (1, "x", Value::Null), (0, "b", json!("length")), (1, "y", json!("stop"))]
+        {
             fold.add(&json!({"id": "c", "object": "text_completion", "choices": [{"index": index, "text": text, "finish_reason": finish}]}))
                 .unwrap();
         }
