@@ -514,15 +514,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJson<T> {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &S) -> Result<OpenAiJson<T>, Response> {
-        let body = match Bytes::from_request(request, state).await {
-            Ok(body) => body,
-            Err(rejection) => {
-                let (_, body) = ErrorBody::from_error(&BridgeError::InvalidBody(rejection.body_text()));
-                return Err(json_response(rejection.status(), &body));
-            }
-        };
+        let body = body_of(request, state).await?;
         parse_json(&body).map(OpenAiJson).map_err(|error| ApiError(error).into_response())
     }
+}
+
+/// A request's body, or the OpenAI error for one that cannot be read (over the limit, say).
+async fn body_of<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, Response> {
+    Bytes::from_request(request, state).await.map_err(|rejection| {
+        let (_, body) = ErrorBody::from_error(&BridgeError::InvalidBody(rejection.body_text()));
+        json_response(rejection.status(), &body)
+    })
 }
 
 /// [`OpenAiJson`] with the body kept as JSON too: a request for a text-input model is
@@ -533,13 +535,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJsonAndValue<
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &S) -> Result<OpenAiJsonAndValue<T>, Response> {
-        let body = match Bytes::from_request(request, state).await {
-            Ok(body) => body,
-            Err(rejection) => {
-                let (_, body) = ErrorBody::from_error(&BridgeError::InvalidBody(rejection.body_text()));
-                return Err(json_response(rejection.status(), &body));
-            }
-        };
+        let body = body_of(request, state).await?;
         crate::protocol::parse_json_and_value(&body)
             .map(|(parsed, value)| OpenAiJsonAndValue(parsed, value))
             .map_err(|error| ApiError(error).into_response())

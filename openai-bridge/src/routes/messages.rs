@@ -64,22 +64,30 @@ pub(super) async fn messages(
     }
     let generated = collect(stream).await?;
     let parsed = super::parse_whole(parser, generated.text);
-    let (stop_reason, stop_sequence) = stop_reason(generated.reason, generated.stop_string, !parsed.tool_calls.is_empty());
-    let message = MessageObject {
+    let message = message_object(id, request.model, &parsed, generated.reason, generated.stop_string, generated.usage);
+    Ok(json_response(StatusCode::OK, &message))
+}
+
+/// A whole answer as Anthropic's message.
+fn message_object(
+    id: String,
+    model: String,
+    parsed: &ParsedDelta,
+    reason: FinishReason,
+    stop_string: Option<String>,
+    usage: crate::pipeline::Usage,
+) -> MessageObject {
+    let (stop_reason, stop_sequence) = stop_reason(reason, stop_string, !parsed.tool_calls.is_empty());
+    MessageObject {
         id,
         kind: "message",
         role: "assistant",
-        model: request.model,
-        content: ContentBlock::from_parsed(&parsed),
+        model,
+        content: ContentBlock::from_parsed(parsed),
         stop_reason: Some(stop_reason),
         stop_sequence,
-        usage: AnthropicUsage::new(
-            generated.usage.prompt_tokens,
-            generated.usage.completion_tokens,
-            generated.usage.cached_tokens,
-        ),
-    };
-    Ok(json_response(StatusCode::OK, &message))
+        usage: AnthropicUsage::new(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
+    }
 }
 
 #[utoipa::path(post, path = "/v1/messages/count_tokens", tag = "anthropic", request_body = CountTokensRequest,
@@ -135,18 +143,7 @@ async fn text_input_message(
         return Ok(text_doors::stream(writer, chunks, observer, state));
     }
     let (parsed, reason, usage) = text_doors::fold(state, chunks, &mut observer).await?;
-    let (stop_reason, stop_sequence) = stop_reason(reason, None, !parsed.tool_calls.is_empty());
-    let message = MessageObject {
-        id,
-        kind: "message",
-        role: "assistant",
-        model: request.model,
-        content: ContentBlock::from_parsed(&parsed),
-        stop_reason: Some(stop_reason),
-        stop_sequence,
-        usage: AnthropicUsage::new(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
-    };
-    Ok(json_response(StatusCode::OK, &message))
+    Ok(json_response(StatusCode::OK, &message_object(id, request.model, &parsed, reason, None, usage)))
 }
 
 fn stop_reason(reason: FinishReason, stop_string: Option<String>, called: bool) -> (&'static str, Option<String>) {

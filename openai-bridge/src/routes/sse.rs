@@ -96,7 +96,11 @@ pub(super) fn respond_many<W: ChunkWriter>(mut writer: W, streams: Vec<TextStrea
         peeked: None,
         done: false,
     };
-    let body = Body::from_stream(futures::stream::unfold(state, next_frame));
+    event_stream(Body::from_stream(futures::stream::unfold(state, next_frame)))
+}
+
+/// A 200 carrying `body` as server-sent events.
+pub(super) fn event_stream(body: Body) -> Response {
     let headers = [
         (header::CONTENT_TYPE, "text/event-stream"),
         (header::CACHE_CONTROL, "no-cache"),

@@ -9,8 +9,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
@@ -176,13 +175,7 @@ pub(super) fn stream<W: ParsedWriter>(writer: W, chunks: OpenAiChunks, observer:
         reason: FinishReason::Stop,
         usage: Usage::default(),
     };
-    let body = Body::from_stream(futures::stream::unfold(relay, next));
-    let headers = [
-        (header::CONTENT_TYPE, "text/event-stream"),
-        (header::CACHE_CONTROL, "no-cache"),
-        (header::HeaderName::from_static("x-accel-buffering"), "no"),
-    ];
-    (StatusCode::OK, headers, body).into_response()
+    super::sse::event_stream(Body::from_stream(futures::stream::unfold(relay, next)))
 }
 
 #[cfg(test)]

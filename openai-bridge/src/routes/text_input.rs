@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
@@ -106,13 +106,7 @@ fn relay(chunks: OpenAiChunks, observer: RequestObserver, hard_stop: Option<Canc
         Some((Ok(frame), relay))
     }
     let state = Relay { chunks: Some(chunks), observer, hard_stop, reason: FinishReason::Stop };
-    let body = Body::from_stream(futures::stream::unfold(state, next));
-    let headers = [
-        (header::CONTENT_TYPE, "text/event-stream"),
-        (header::CACHE_CONTROL, "no-cache"),
-        (header::HeaderName::from_static("x-accel-buffering"), "no"),
-    ];
-    (StatusCode::OK, headers, body).into_response()
+    super::sse::event_stream(Body::from_stream(futures::stream::unfold(state, next)))
 }
 
 /// A chunk's finish reason, for the metrics.
