@@ -47,7 +47,7 @@ pub struct WorkerArgs {
     pub worker_max_message_size: usize,
     /// Whose layout the worker registers in: `tritium` (the worker plane, for Tritium's
     /// frontends) or `dynamo` (Dynamo's records, model card and TCP request plane, so Dynamo's
-    /// own frontend serves its language and tensor models; needs --discovery-backend file, etcd
+    /// own frontend serves its language, embedding and tensor models; needs --discovery-backend file, etcd
     /// or kubernetes and --request-plane tcp).
     #[arg(long, env = "TRITIUM_WORKER_PROTOCOL", value_enum, default_value = "tritium")]
     pub worker_protocol: tritium_cluster::config::WorkerProtocol,

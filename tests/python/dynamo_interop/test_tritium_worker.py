@@ -153,3 +153,30 @@ def test_combinations_it_cannot_serve_are_refused_by_name(args, named):
     done = subprocess.run([binary, "worker", "--worker-protocol", "dynamo", "--engine", "mock", *args],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode != 0 and named in done.stderr, done.stderr
+
+
+def test_dynamos_frontend_serves_a_tritium_embedding_model(deployment):
+    """MiniLM in `tritium worker --worker-protocol dynamo`: registered as an Embedding model, it answers Dynamo's
+    `PreprocessedEmbeddingRequest` with base64 vectors as Dynamo's vLLM worker does. Dynamo's frontend (in
+    round-robin mode: 1.6.1's fails embeddings under KV routing) and Tritium's give the vectors Tritium computes
+    when it serves MiniLM itself."""
+    from conftest import model_paths
+    from helpers import finish_server, start_server
+
+    _, minilm = model_paths()
+    deployment.tritium_worker("--model-path", str(minilm), "--model-name", "tminilm")
+    dynamo = deployment.dynamo_frontend("--router-mode", "round-robin")
+    tritium = deployment.tritium_frontend()
+    direct = start_server("--model-path", str(minilm), "--model-name", "tminilm")
+    try:
+        inputs = {"model": "tminilm", "input": ["hello there", "a second sentence"]}
+        status, expected = http("POST", direct.http_url + "/v1/embeddings", inputs)
+        assert status == 200, expected
+        for base in (dynamo, tritium.http_url):
+            wait_until(lambda: "tminilm" in models_at(base), START, f"tminilm listed at {base}")
+            status, answer = http("POST", base + "/v1/embeddings", inputs)
+            assert status == 200, (base, answer)
+            for got, want in zip(answer["data"], expected["data"], strict=True):
+                assert np.allclose(got["embedding"], want["embedding"], atol=1e-5), base
+    finally:
+        finish_server(direct)

@@ -1,4 +1,4 @@
-//! A Tritium language model's card in Dynamo's shape: its tokenizer, tokenizer config (chat
+//! A Tritium language or embedding model's card in Dynamo's shape: its tokenizer, tokenizer config (chat
 //! template, special tokens), `config.json` and `generation_config.json` written as Hugging Face
 //! files into a folder, each named in the card with its size and blake3 checksum, so Dynamo's
 //! frontend (or Tritium's) templates and tokenizes for it.
@@ -11,6 +11,10 @@ use tritium_backend_api::llm::ModelCard;
 /// The files of `card` written under `folder`, and the card naming them (`card_json`) for the
 /// model `name` with `block_size` tokens per KV block.
 pub async fn write_card(folder: &Path, name: &str, card: &ModelCard, block_size: usize) -> Result<Json, String> {
+    let model_type = match card.kind {
+        tritium_backend_api::llm::ModelKind::Generate => "Chat | Completions",
+        tritium_backend_api::llm::ModelKind::Embed => "Embedding",
+    };
     tokio::fs::create_dir_all(folder).await.map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
     let eos_ids: Vec<u32> = card.eos_token_ids.clone();
     let tokenizer_config = json!({
@@ -43,7 +47,7 @@ pub async fn write_card(folder: &Path, name: &str, card: &ModelCard, block_size:
         "context_length": card.context_length,
         "kv_cache_block_size": block_size,
         "migration_limit": 0,
-        "model_type": "Chat | Completions",
+        "model_type": model_type,
         "model_input": "Tokens",
         "worker_type": "aggregated",
         "needs": [],

@@ -1,8 +1,9 @@
 //! `tritium worker --worker-protocol dynamo`: a Tritium worker in Dynamo's layout, so Dynamo's
-//! own frontend (and Tritium's, which reads the same records) serves its language and tensor
-//! models. Each model gets an endpoint record and a model card in Dynamo's store (a language
-//! model's tokenizer files written beside, with their checksums; a tensor model's KServe config
-//! inside), and the worker takes Dynamo's request frames on its own TCP listener.
+//! own frontend (and Tritium's, which reads the same records) serves its language, embedding
+//! and tensor models. Each model gets an endpoint record and a model card in Dynamo's store (a
+//! language or embedding model's tokenizer files written beside, with their checksums; a tensor
+//! model's KServe config inside), and the worker takes Dynamo's request frames on its own TCP
+//! listener.
 
 mod card_files;
 mod home;
@@ -58,15 +59,14 @@ pub async fn start(
             let version = model.latest()?;
             let served = match (version.language_model(), version.embedding_model()) {
                 (Some(language), _) => Served::Language(language.card().clone()),
+                (None, Some(embedder)) => Served::Language(embedder.card().clone()),
                 (None, None) => Served::Tensor(Arc::clone(&version.config)),
-                // Dynamo's frontend reads vectors of embedding workers that Tritium's engine does not write yet.
-                (None, Some(_)) => return None,
             };
             Some((model.name.clone(), served))
         })
         .collect();
     if models.is_empty() {
-        return Err("--worker-protocol dynamo serves language and tensor models, and this worker loaded none".into());
+        return Err("--worker-protocol dynamo serves language, embedding and tensor models, and this worker loaded none".into());
     }
     let publisher = Arc::new(kv_publish::Publisher::bind(config.rpc_host, instance).await?);
     let names = Arc::new(kv_publish::BlockNames::default());
@@ -110,7 +110,7 @@ pub async fn start(
             "namespace/{}/component/{}/endpoint/{endpoint}/topic/kv-events/{:x}",
             config.namespace, config.component, publisher.publisher_id
         );
-        if matches!(served, Served::Language(_)) {
+        if matches!(served, Served::Language(card) if card.kind == tritium_backend_api::llm::ModelKind::Generate) {
             records.push(("v1/event_channels", channel_key, channel.to_string().into_bytes()));
         }
         records.push(("v1/instances", key.clone(), endpoint_record.to_string().into_bytes()));
@@ -136,7 +136,7 @@ pub async fn start(
 
 /// What a model is registered as.
 enum Served {
-    /// Token input, with its tokenizer files beside the card.
+    /// Token input (a language or an embedding model), with its tokenizer files beside the card.
     Language(Arc<tritium_backend_api::llm::ModelCard>),
     /// Tensor input, its KServe config in the card (as `dynamo.triton` registers Triton's models).
     Tensor(Arc<tritium_proto::inference::ModelConfig>),

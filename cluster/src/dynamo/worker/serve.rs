@@ -92,6 +92,10 @@ async fn connection(stream: TcpStream, served: Served, stop: CancellationToken) 
                 tokio::spawn(super::tensor_serve::answer(served.worker.clone(), request, home));
                 String::new()
             }
+            Ok((home, Job::Embed { model, inputs })) => {
+                tokio::spawn(answer_embedding(served.worker.clone(), model, inputs, home));
+                String::new()
+            }
             Err(refusal) => refusal,
         };
         if writer.write_all(&ack_frame(&ack)).await.is_err() || writer.flush().await.is_err() {
@@ -106,6 +110,8 @@ enum Job {
     Generate { model: String, request: GenerateRequest },
     /// An `NvCreateTensorRequest` to a tensor model, or the reason it cannot run.
     Tensor(Result<tritium_worker::ValidInferRequest, String>),
+    /// A `PreprocessedEmbeddingRequest`: one token list per input.
+    Embed { model: String, inputs: Vec<Vec<u32>> },
 }
 
 /// The request a frame carries, or the acknowledgement refusing it.
@@ -126,8 +132,44 @@ fn accept(frame: &RequestFrame, served: &Served) -> Result<(CallHomeInfo, Job), 
     if body.get("tensors").is_some() {
         return Ok((home, Job::Tensor(super::tensor_serve::validated(&body, served.worker.as_ref()))));
     }
+    if let Some((model, inputs)) = embedding_request(&body) {
+        return Ok((home, Job::Embed { model, inputs }));
+    }
     let (model, request) = generate_request(&body).ok_or("Server unavailable: not a PreprocessedRequest")?;
     Ok((home, Job::Generate { model, request }))
+}
+
+/// A `PreprocessedEmbeddingRequest` (its `token_ids` a list of token lists).
+fn embedding_request(body: &Json) -> Option<(String, Vec<Vec<u32>>)> {
+    let inputs = body.get("token_ids")?.as_array()?;
+    if !inputs.first().is_some_and(Json::is_array) {
+        return None;
+    }
+    let token = |t: &Json| t.as_u64().and_then(|t| u32::try_from(t).ok());
+    let inputs = inputs.iter().map(|input| input.as_array()?.iter().map(token).collect()).collect::<Option<Vec<Vec<u32>>>>()?;
+    Some((body.get("model")?.as_str()?.to_string(), inputs))
+}
+
+/// Embeds the inputs and sends the vectors home as Dynamo's vLLM worker does: one item of
+/// `EmbeddingsEngineOutput`, each vector base64 of little-endian `f32`s.
+async fn answer_embedding(worker: Arc<dyn WorkerClient>, model: String, inputs: Vec<Vec<u32>>, home: CallHomeInfo) {
+    use base64::Engine as _;
+    let tokens: usize = inputs.iter().map(Vec::len).sum();
+    let embedded = worker.embed(&model, inputs).await;
+    let refused = embedded.as_ref().err().map(ToString::to_string);
+    let Some((mut writer, _)) = call_home(&home, refused).await else { return };
+    let Ok(vectors) = embedded else { return };
+    let encoded: Vec<String> = vectors
+        .iter()
+        .map(|vector| {
+            let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        })
+        .collect();
+    let item = json!({"embeddings": encoded, "prompt_tokens": tokens, "total_tokens": tokens});
+    if writer.item(json!({ "data": item })).await {
+        writer.finish().await;
+    }
 }
 
 /// A `PreprocessedRequest` as Tritium's generation request.
