@@ -59,6 +59,7 @@ pub async fn store_for(discovery: &crate::discovery::DiscoveryConfig) -> Result<
             })?;
             Some(DynamoStore::Etcd { client })
         }
+        #[cfg(feature = "kubernetes")]
         DiscoveryConfig::Kubernetes(config) => {
             // Every namespace's records: the view keeps the watched ones.
             let scope = crate::discovery::NamespaceScope { own: "dynamo".into(), watch_prefix: Some(String::new()) };

@@ -17,6 +17,7 @@ pub enum DynamoStore {
     Etcd { client: etcd_client::Client },
     /// The `DynamoWorkerMetadata` objects of ready pods (read only: a Tritium worker does not
     /// register in Dynamo's Kubernetes layout).
+    #[cfg(feature = "kubernetes")]
     Kubernetes { discovery: std::sync::Arc<crate::discovery::kubernetes::KubeDiscovery> },
 }
 
@@ -25,6 +26,7 @@ impl std::fmt::Debug for DynamoStore {
         match self {
             DynamoStore::File { root, .. } => write!(f, "DynamoStore::File({})", root.display()),
             DynamoStore::Etcd { .. } => write!(f, "DynamoStore::Etcd"),
+            #[cfg(feature = "kubernetes")]
             DynamoStore::Kubernetes { .. } => write!(f, "DynamoStore::Kubernetes"),
         }
     }
@@ -40,6 +42,7 @@ impl DynamoStore {
                     .await
                     .map_err(|e| format!("reading Dynamo's file store failed: {e}"))?
             }
+            #[cfg(feature = "kubernetes")]
             DynamoStore::Kubernetes { discovery } => Ok(discovery.dynamo_records(bucket)),
             DynamoStore::Etcd { client } => {
                 let prefix = format!("{bucket}/");

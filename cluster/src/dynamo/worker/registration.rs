@@ -39,6 +39,7 @@ impl Registrar {
                 (lease.id() as u64, Some(lease.id()))
             }
             DynamoStore::File { .. } => (rand::random::<u64>() >> 1, None),
+            #[cfg(feature = "kubernetes")]
             DynamoStore::Kubernetes { discovery } => (discovery.dynamo_instance_id()?, None),
         };
         Ok(Registrar { store, instance_id, lease, written: Vec::new() })
@@ -74,6 +75,7 @@ impl Registrar {
                         .map_err(|e| format!("registering in etcd failed: {e}"))?;
                 }
             }
+            #[cfg(feature = "kubernetes")]
             DynamoStore::Kubernetes { discovery } => discovery
                 .apply_dynamo_records(&records)
                 .await
@@ -85,9 +87,7 @@ impl Registrar {
     async fn keep_alive(self, stop: CancellationToken) {
         let every = match &self.store {
             DynamoStore::File { .. } => (FILE_TTL / 3).max(Duration::from_secs(1)),
-            DynamoStore::Etcd { .. } | DynamoStore::Kubernetes { .. } => {
-                Duration::from_secs((LEASE_TTL_SECS / 3).max(1) as u64)
-            }
+            _ => Duration::from_secs((LEASE_TTL_SECS / 3).max(1) as u64),
         };
         let mut keeper = match (&self.store, self.lease) {
             (DynamoStore::Etcd { client }, Some(lease)) => match client.clone().lease_keep_alive(lease).await {
@@ -119,13 +119,14 @@ impl Registrar {
                         }
                     }
                 }
-                (None, DynamoStore::Etcd { .. } | DynamoStore::Kubernetes { .. }) => {}
+                (None, _) => {}
             }
         }
         match (&self.store, self.lease) {
             (DynamoStore::Etcd { client }, Some(lease)) => {
                 let _ = client.clone().lease_revoke(lease).await;
             }
+            #[cfg(feature = "kubernetes")]
             (DynamoStore::Kubernetes { discovery }, _) => {
                 if let Err(e) = discovery.remove_dynamo_records().await {
                     tracing::warn!("removing the Dynamo registration's object failed (its pod's deletion will): {e}");
