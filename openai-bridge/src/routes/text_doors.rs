@@ -17,7 +17,7 @@ use tritium_backend_api::llm::{FinishReason, OpenAiApi, OpenAiChunks};
 
 use super::AppState;
 use super::sse::{ChunkWriter, End};
-use super::text_input::{CallPieces, Fold, next_chunk, pieces};
+use super::text_input::{CallPieces, fold_all, next_chunk, pieces};
 use crate::BridgeError;
 use crate::metrics::RequestObserver;
 use crate::parsers::ParsedDelta;
@@ -102,18 +102,10 @@ pub(super) async fn forward_chat(
 /// The worker's whole answer: the first choice's parts, how it ended, the usage.
 pub(super) async fn fold(
     state: &AppState,
-    mut chunks: OpenAiChunks,
+    chunks: OpenAiChunks,
     observer: &mut RequestObserver,
 ) -> Result<(ParsedDelta, FinishReason, Usage), BridgeError> {
-    let mut fold = Fold::new(OpenAiApi::Chat, state.fold_limit);
-    while let Some(chunk) = next_chunk(&mut chunks, state.hub.hard_stop()).await {
-        let chunk = chunk.map_err(|error| super::failed(observer, error))?;
-        observer.token();
-        fold.add(&chunk).map_err(|error| super::failed(observer, error))?;
-    }
-    let (parsed, reason, usage) = fold.into_parts();
-    observer.finished(reason);
-    Ok((parsed, reason, usage))
+    Ok(fold_all(state, OpenAiApi::Chat, chunks, observer).await?.into_parts())
 }
 
 /// The worker's chunks through a door's writer as its own server-sent events.

@@ -42,16 +42,25 @@ pub(super) async fn forward(
     if stream {
         return Ok(relay(chunks, observer, state.hub.hard_stop().cloned()));
     }
+    let fold = fold_all(state, api, chunks, &mut observer).await?;
+    Ok(json_response(StatusCode::OK, &fold.answer()))
+}
+
+/// Every chunk of the worker's answer folded (a non-streamed client's).
+pub(super) async fn fold_all(
+    state: &AppState,
+    api: OpenAiApi,
+    mut chunks: OpenAiChunks,
+    observer: &mut RequestObserver,
+) -> Result<Fold, BridgeError> {
     let mut fold = Fold::new(api, state.fold_limit);
-    let mut chunks = chunks;
     while let Some(chunk) = next_chunk(&mut chunks, state.hub.hard_stop()).await {
-        let chunk = chunk.map_err(|error| super::failed(&mut observer, error))?;
+        let chunk = chunk.map_err(|error| super::failed(observer, error))?;
         observer.token();
-        fold.add(&chunk).map_err(|error| super::failed(&mut observer, error))?;
+        fold.add(&chunk).map_err(|error| super::failed(observer, error))?;
     }
     observer.finished(fold.reason());
-    let answer = fold.answer();
-    Ok(json_response(StatusCode::OK, &answer))
+    Ok(fold)
 }
 
 /// The worker's next chunk, unless the server's grace period for requests ends first.
@@ -142,7 +151,7 @@ pub(super) struct Fold {
 }
 
 impl Fold {
-    pub(super) fn new(api: OpenAiApi, limit: usize) -> Fold {
+    fn new(api: OpenAiApi, limit: usize) -> Fold {
         Fold { api, limit, held: 0, head: Map::new(), choices: BTreeMap::new(), usage: Value::Null }
     }
 
@@ -157,7 +166,7 @@ impl Fold {
         Ok(())
     }
 
-    pub(super) fn add(&mut self, chunk: &Value) -> Result<(), BridgeError> {
+    fn add(&mut self, chunk: &Value) -> Result<(), BridgeError> {
         for key in ["id", "created", "model", "system_fingerprint"] {
             if let Some(value) = chunk.get(key).filter(|v| !v.is_null()) {
                 self.head.entry(key).or_insert_with(|| value.clone());
