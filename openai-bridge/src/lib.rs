@@ -25,6 +25,7 @@ pub mod protocol;
 pub mod response_store;
 pub mod routes;
 pub mod sampling;
+pub mod shared_store;
 pub mod stop;
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Stored responses of the Responses API, for `previous_response_id` and
 //! `GET /v1/responses/{id}`: bounded in count and bytes, each kept for a time to live, the
-//! oldest dropped first.
+//! oldest dropped first. With a shared store (`--responses-store redis://…`) every response is
+//! also written there, and one not held here is looked up there, so frontends behind one load
+//! balancer continue each other's conversations.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -8,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::Value;
+
+use crate::shared_store::RedisResponses;
 
 pub const DEFAULT_STORE_ENTRIES: usize = 10_000;
 pub const DEFAULT_STORE_BYTES: usize = 256 << 20;
@@ -56,11 +60,45 @@ struct Inner {
 pub struct ResponseStore {
     limits: StoreLimits,
     inner: Mutex<Inner>,
+    shared: Option<Arc<RedisResponses>>,
 }
 
 impl ResponseStore {
     pub fn new(limits: StoreLimits) -> ResponseStore {
-        ResponseStore { limits, inner: Mutex::new(Inner::default()) }
+        ResponseStore { limits, inner: Mutex::new(Inner::default()), shared: None }
+    }
+
+    /// The same store, writing through to `shared` and reading from it what it does not hold.
+    pub fn with_shared(self, shared: Arc<RedisResponses>) -> ResponseStore {
+        ResponseStore { shared: Some(shared), ..self }
+    }
+
+    /// A response stored here or in the shared store; an error when the shared store cannot be
+    /// read (a conversation must not silently start over).
+    pub async fn fetch(&self, id: &str) -> Result<Option<StoredResponse>, String> {
+        if let Some(stored) = self.get(id) {
+            return Ok(Some(stored));
+        }
+        let Some(shared) = &self.shared else { return Ok(None) };
+        let Some(bytes) = shared.get(id).await? else { return Ok(None) };
+        if bytes.len() > self.limits.max_bytes {
+            return Err(format!("the stored response '{id}' is larger than --responses-store-bytes"));
+        }
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("the stored response '{id}' is not JSON: {e}"))?;
+        let (Some(Value::Array(conversation)), Some(response)) = (value.get("conversation").cloned(), value.get("response").cloned())
+        else {
+            return Err(format!("the stored response '{id}' is not one Tritium stores"));
+        };
+        Ok(Some(StoredResponse { conversation: Arc::new(conversation), response: Arc::new(response) }))
+    }
+
+    /// Removes a response here and from the shared store; whether either held it.
+    pub async fn delete(&self, id: &str) -> Result<bool, String> {
+        let here = self.remove(id);
+        match &self.shared {
+            Some(shared) => Ok(shared.delete(id).await? || here),
+            None => Ok(here),
+        }
     }
 
     /// Stores a response; one larger than the whole store is not kept (false).
@@ -85,6 +123,16 @@ impl ResponseStore {
         inner.bytes += bytes;
         inner.order.push_back(id);
         true
+    }
+
+    /// Writes the response stored here under `id` to the shared store, if there is one (a
+    /// failure is logged: this frontend still has it).
+    pub async fn share(&self, id: &str) {
+        let (Some(shared), Some(stored)) = (&self.shared, self.get(id)) else { return };
+        let value = serde_json::json!({"conversation": stored.conversation.as_ref(), "response": stored.response.as_ref()});
+        if let Err(error) = shared.put(id, value.to_string().into_bytes(), self.limits.ttl).await {
+            tracing::warn!(id, "{error}; the response is kept by this frontend only");
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<StoredResponse> {

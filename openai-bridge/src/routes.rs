@@ -66,6 +66,8 @@ pub struct ApiSettings {
     pub anthropic: bool,
     /// The Responses API's store of past responses.
     pub store: StoreLimits,
+    /// A store shared with other frontends (`--responses-store redis://…`), written through.
+    pub shared_store: Option<crate::shared_store::SharedStore>,
     /// Bytes of one request body, at most (413 beyond).
     pub max_body_bytes: usize,
     pub paths: ApiPaths,
@@ -79,6 +81,7 @@ impl Default for ApiSettings {
         ApiSettings {
             anthropic: false,
             store: StoreLimits::default(),
+            shared_store: None,
             max_body_bytes: DEFAULT_BODY_LIMIT_BYTES,
             paths: ApiPaths::default(),
             worker_header: None,
@@ -118,7 +121,10 @@ pub fn valid_route_path(path: &str) -> bool {
 
 /// The `/v1` routes, ready to merge into the server's router.
 pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: ApiSettings) -> Router {
-    let store = Arc::new(ResponseStore::new(settings.store));
+    let store = match &settings.shared_store {
+        Some(shared) => Arc::new(ResponseStore::new(settings.store).with_shared(Arc::clone(&shared.0))),
+        None => Arc::new(ResponseStore::new(settings.store)),
+    };
     let paths = &settings.paths;
     let state = AppState {
         hub,

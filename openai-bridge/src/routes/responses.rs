@@ -41,7 +41,7 @@ pub(super) async fn create(
     }
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/responses")?;
     let mut observer = state.observer(&request.model, caller);
-    let prepared = prepare(&state.store, &request).map_err(|error| failed(&mut observer, error))?;
+    let prepared = prepare(&state.store, &request).await.map_err(|error| failed(&mut observer, error))?;
     let Prepared { mut options, tools, conversation, messages, extra } = prepared;
     priority.apply(&mut options).map_err(|error| failed(&mut observer, error))?;
     let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| failed(&mut observer, error))?;
@@ -73,7 +73,10 @@ pub(super) async fn create(
     let generated = collect(stream).await?;
     let parsed = super::parse_whole(parser, generated.text);
     let output = output_items(&parsed);
-    Ok(json_response(StatusCode::OK, &turn.finish(output, &parsed, generated.reason, generated.usage)))
+    let response = turn.finish(output, &parsed, generated.reason, generated.usage);
+    // Shared before the client has it: its next turn may reach another frontend.
+    state.store.share(&response.id).await;
+    Ok(json_response(StatusCode::OK, &response))
 }
 
 /// A Responses request for a model whose worker takes OpenAI requests as they came: made into
@@ -85,7 +88,7 @@ async fn text_input_response(
     caller: super::CallerTrace,
 ) -> Result<Response, ApiError> {
     let mut observer = state.observer(&request.model, caller);
-    let prepared = prepare(&state.store, &request).and_then(|prepared| {
+    let prepared = prepare(&state.store, &request).await.and_then(|prepared| {
         let mut fields = Map::new();
         if let Some(max) = request.max_output_tokens {
             fields.insert("max_tokens".into(), max.into());
@@ -119,24 +122,28 @@ async fn text_input_response(
     }
     let (parsed, reason, usage) = text_doors::fold(state, chunks, &mut observer).await?;
     let output = output_items(&parsed);
-    Ok(json_response(StatusCode::OK, &turn.finish(output, &parsed, reason, usage)))
+    let response = turn.finish(output, &parsed, reason, usage);
+    state.store.share(&response.id).await;
+    Ok(json_response(StatusCode::OK, &response))
 }
 
 #[utoipa::path(get, path = "/v1/responses/{id}", tag = "openai", params(("id" = String, Path, description = "A stored response's id")),
     responses((status = 200, description = "The stored response", body = ResponseObject), (status = 404, description = "Not stored (or expired)", body = ErrorBody)))]
 pub(super) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.store.get(&id) {
-        Some(stored) => json_response(StatusCode::OK, stored.response.as_ref()),
-        None => not_found(&id),
+    match state.store.fetch(&id).await {
+        Ok(Some(stored)) => json_response(StatusCode::OK, stored.response.as_ref()),
+        Ok(None) => not_found(&id),
+        Err(error) => ApiError(BridgeError::Internal(error)).into_response(),
     }
 }
 
 #[utoipa::path(delete, path = "/v1/responses/{id}", tag = "openai", params(("id" = String, Path, description = "A stored response's id")),
     responses((status = 200, description = "Deleted", body = serde_json::Value), (status = 404, description = "Not stored (or expired)", body = ErrorBody)))]
 pub(super) async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.store.remove(&id) {
-        true => json_response(StatusCode::OK, &json!({"id": id, "object": "response", "deleted": true})),
-        false => not_found(&id),
+    match state.store.delete(&id).await {
+        Ok(true) => json_response(StatusCode::OK, &json!({"id": id, "object": "response", "deleted": true})),
+        Ok(false) => not_found(&id),
+        Err(error) => ApiError(BridgeError::Internal(error)).into_response(),
     }
 }
 
@@ -156,11 +163,11 @@ struct Prepared {
     extra: Map<String, Value>,
 }
 
-fn prepare(store: &ResponseStore, request: &ResponsesRequest) -> Result<Prepared, BridgeError> {
+async fn prepare(store: &ResponseStore, request: &ResponsesRequest) -> Result<Prepared, BridgeError> {
     let options = request.options()?;
     let tools = request.tools()?;
     let mut conversation = match &request.previous_response_id {
-        Some(id) => match store.get(id) {
+        Some(id) => match store.fetch(id).await.map_err(BridgeError::Internal)? {
             Some(stored) => stored.conversation.as_ref().clone(),
             None => {
                 return Err(BridgeError::field("previous_response_id", format!("Previous response with id '{id}' not found.")));
@@ -380,7 +387,13 @@ impl ChunkWriter for ResponsesWriter {
             return;
         };
         let all = std::mem::take(&mut self.all);
+        let store = turn.store.clone();
         let response = turn.finish(std::mem::take(&mut self.output), &all, end.reason, end.usage);
+        if let Some(store) = store {
+            // Written beside the last event: a stream cannot wait for it.
+            let id = response.id.clone();
+            tokio::spawn(async move { store.share(&id).await });
+        }
         let kind = if response.status == "incomplete" { "response.incomplete" } else { "response.completed" };
         self.event(kind, json!({"response": response}), out);
     }

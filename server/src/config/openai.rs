@@ -37,6 +37,11 @@ pub struct OpenAiArgs {
     #[arg(long, env = "TRITIUM_RESPONSES_STORE_TTL_SECS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..=MAX_STORE_TTL_SECS))]
     pub responses_store_ttl_secs: u64,
+    /// Where stored responses live besides this process: `memory` (this process only) or
+    /// `redis://[user:password@]host[:port][/db]`, a Redis that several frontends share, so a
+    /// `previous_response_id` from one continues on another.
+    #[arg(long, env = "TRITIUM_RESPONSES_STORE", default_value = "memory", hide_env_values = true)]
+    pub responses_store: String,
     /// Prefix of the language-model metrics' names (`{prefix}_requests_total`, …); Dynamo's
     /// frontend uses `dynamo_frontend`.
     #[arg(long, env = "DYN_METRICS_PREFIX", default_value = tritium_openai_bridge::metrics::DEFAULT_PREFIX)]
@@ -195,12 +200,25 @@ impl OpenAiArgs {
             api: ApiSettings {
                 anthropic: self.enable_anthropic_api && !self.no_enable_anthropic_api,
                 store,
+                shared_store: shared_store(&self.responses_store)?,
                 max_body_bytes: self.http_body_limit_mb.max(1).saturating_mul(1 << 20),
                 paths: api_paths(env)?,
                 // The server names it at the HTTP door (`x-tritium-worker`).
                 worker_header: None,
             },
         })
+    }
+}
+
+/// `--responses-store`: none for `memory`, else the Redis it names (checked now, connected at
+/// first use).
+fn shared_store(value: &str) -> Result<Option<tritium_openai_bridge::shared_store::SharedStore>, String> {
+    use tritium_openai_bridge::shared_store::{RedisResponses, SharedStore};
+    match value {
+        "memory" => Ok(None),
+        url if url.starts_with("redis://") => Ok(Some(SharedStore(std::sync::Arc::new(RedisResponses::new(url)?)))),
+        url if url.starts_with("rediss://") => Err("--responses-store: rediss:// (Redis over TLS) is not built in; use redis://".into()),
+        _ => Err("--responses-store must be 'memory' or a redis:// URL".into()),
     }
 }
 
