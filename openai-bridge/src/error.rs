@@ -30,6 +30,9 @@ pub enum BridgeError {
     /// The server's grace period for in-flight requests ended before this one did.
     #[error("the server is shutting down: its grace period for requests in flight has ended")]
     ShuttingDown,
+    /// A bounded resource of the frontend is full (HTTP 429): the caller should retry later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl BridgeError {
@@ -48,6 +51,7 @@ impl BridgeError {
             // gRPC has no status of its own for it; Triton answers too-large inputs so.
             BridgeError::TooLarge(_) => ErrorCode::InvalidArg,
             BridgeError::ShuttingDown => ErrorCode::Unavailable,
+            BridgeError::Busy(_) => ErrorCode::ResourceExhausted,
         }
     }
 

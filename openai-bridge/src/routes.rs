@@ -4,7 +4,8 @@
 //!
 //! - `POST /v1/completions`, `POST /v1/chat/completions`: JSON, or SSE with `"stream": true`
 //!   (`data: {chunk}\n\n` … `data: [DONE]\n\n`).
-//! - `POST /v1/responses` (OpenAI's Responses API, with `GET`/`DELETE /v1/responses/{id}`).
+//! - `POST /v1/responses` (OpenAI's Responses API, with `GET`/`DELETE /v1/responses/{id}` and
+//!   `POST /v1/responses/{id}/cancel` for background responses).
 //! - `POST /v1/messages`, `POST /v1/messages/count_tokens` (Anthropic's Messages API, when the
 //!   server enables it).
 //! - `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{model}`.
@@ -17,6 +18,7 @@
 //! grace period ends ([`LlmHub::hard_stop`]), a request still running ends the same way: 503 (529
 //! on Anthropic's routes) before its response started, the error event after.
 
+mod background;
 mod chat;
 mod completions;
 mod docs;
@@ -59,6 +61,9 @@ use crate::sampling::CompletionOptions;
 /// Dynamo's default body limit of the OpenAI routes (`DYN_HTTP_BODY_LIMIT_MB`).
 pub const DEFAULT_BODY_LIMIT_BYTES: usize = 192 << 20;
 
+/// Background responses a frontend generates at once by default.
+pub const DEFAULT_BACKGROUND_LIMIT: usize = 64;
+
 /// What the server chose for the routes (flags of `tritium serve`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiSettings {
@@ -68,6 +73,8 @@ pub struct ApiSettings {
     pub store: StoreLimits,
     /// A store shared with other frontends (`--responses-store redis://…`), written through.
     pub shared_store: Option<crate::shared_store::SharedStore>,
+    /// Background responses generating at once, at most (`--responses-background-max`).
+    pub background_limit: usize,
     /// Bytes of one request body, at most (413 beyond).
     pub max_body_bytes: usize,
     pub paths: ApiPaths,
@@ -82,6 +89,7 @@ impl Default for ApiSettings {
             anthropic: false,
             store: StoreLimits::default(),
             shared_store: None,
+            background_limit: DEFAULT_BACKGROUND_LIMIT,
             max_body_bytes: DEFAULT_BODY_LIMIT_BYTES,
             paths: ApiPaths::default(),
             worker_header: None,
@@ -132,12 +140,14 @@ pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: A
         store,
         worker_header: settings.worker_header.clone().map(Arc::from),
         fold_limit: settings.max_body_bytes,
+        background: Arc::new(background::Background::new(settings.background_limit)),
     };
     let mut router = Router::new()
         .route(&paths.completions, post(completions::completions))
         .route(&paths.chat, post(chat::chat_completions))
         .route(&paths.responses, post(responses::create))
         .route(&format!("{}/{{id}}", paths.responses), get(responses::get).delete(responses::delete))
+        .route(&format!("{}/{{id}}/cancel", paths.responses), post(responses::cancel))
         .route(&paths.embeddings, post(embeddings::embeddings))
         .route(&paths.models, get(list_models))
         // A catch-all, so that names with slashes (`org/model`) work.
@@ -198,6 +208,7 @@ struct AppState {
     worker_header: Option<Arc<str>>,
     /// Bytes of a text-input worker's chunks folded into one answer, at most (the body limit).
     fold_limit: usize,
+    background: Arc<background::Background>,
 }
 
 /// The worker the request's header names ([`ApiSettings::worker_header`]), if any.

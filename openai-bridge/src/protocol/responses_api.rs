@@ -57,7 +57,12 @@ pub struct ResponsesRequest {
 impl ResponsesRequest {
     pub fn options(&self) -> Result<CompletionOptions, BridgeError> {
         if self.background == Some(true) {
-            return Err(BridgeError::field("background", "background responses are not supported"));
+            if self.store == Some(false) {
+                return Err(BridgeError::field("background", "a background response is polled from the store: it needs store"));
+            }
+            if self.stream {
+                return Err(BridgeError::field("background", "a background response is polled; stream it without background"));
+            }
         }
         if let Some(truncation) = self.truncation.as_deref()
             && truncation != "disabled"
@@ -194,8 +199,10 @@ pub struct ResponseObject {
     pub id: String,
     pub object: &'static str,
     pub created_at: u64,
-    /// `in_progress`, `completed`, `incomplete` or `failed`.
+    /// `queued`, `in_progress`, `completed`, `incomplete`, `cancelled` or `failed`.
     pub status: &'static str,
+    /// Generated after the request was answered, and polled (`background: true`).
+    pub background: bool,
     pub error: Option<ResponseError>,
     pub incomplete_details: Option<IncompleteDetails>,
     pub instructions: Option<String>,
@@ -226,6 +233,7 @@ impl ResponseObject {
             object: "response",
             created_at,
             status: "in_progress",
+            background: request.background.unwrap_or(false),
             error: None,
             incomplete_details: None,
             instructions: request.instructions.clone(),

@@ -20,6 +20,7 @@ use super::ApiSettings;
         super::responses::create,
         super::responses::get,
         super::responses::delete,
+        super::responses::cancel,
         super::embeddings::embeddings,
         super::list_models,
         super::get_model,

@@ -59,6 +59,9 @@ pub(super) async fn create(
         conversation,
         store: request.store.unwrap_or(true).then(|| Arc::clone(&state.store)),
     };
+    if request.background == Some(true) {
+        return start_background(&state, turn, stream, parser).await;
+    }
     if request.stream {
         let writer = ResponsesWriter {
             turn: Some(turn),
@@ -79,6 +82,57 @@ pub(super) async fn create(
     Ok(json_response(StatusCode::OK, &response))
 }
 
+/// Answers at once with the response in progress (stored), and generates it in a task that
+/// stores how it ended; see `background`.
+async fn start_background(
+    state: &AppState,
+    turn: Turn,
+    stream: crate::pipeline::TextStream,
+    parser: Option<OutputParser>,
+) -> Result<Response, ApiError> {
+    let slot = state.background.start(&turn.response.id)?;
+    let accepted = turn.response.clone();
+    turn.keep(&accepted);
+    state.store.share(&accepted.id).await;
+    let store = Arc::clone(&state.store);
+    tokio::spawn(async move {
+        let id = turn.response.id.clone();
+        tokio::select! {
+            generated = collect(stream) => match generated {
+                Ok(generated) => {
+                    let parsed = super::parse_whole(parser, generated.text);
+                    let output = output_items(&parsed);
+                    turn.finish(output, &parsed, generated.reason, generated.usage);
+                }
+                Err(error) => {
+                    let code = if error.code() == tritium_proto::ErrorCode::InvalidArg { "invalid_prompt" } else { "server_error" };
+                    turn.end_as("failed", Some(ResponseError { code, message: error.to_string() }));
+                }
+            },
+            () = slot.stop.cancelled() => turn.end_as("cancelled", None),
+        }
+        store.share(&id).await;
+        drop(slot);
+    });
+    Ok(json_response(StatusCode::OK, &accepted))
+}
+
+/// `POST /v1/responses/{id}/cancel`: stops a background response running here and answers with
+/// it as stored then (`cancelled`, or how it had ended already).
+#[utoipa::path(post, path = "/v1/responses/{id}/cancel", tag = "openai", params(("id" = String, Path, description = "A background response's id")),
+    responses((status = 200, description = "The response as stored once stopped (`cancelled`, or how it had ended)", body = ResponseObject), (status = 400, description = "Not a background response", body = ErrorBody), (status = 404, description = "Not stored (or expired)", body = ErrorBody)))]
+pub(super) async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    state.background.cancel(&id).await;
+    match state.store.fetch(&id).await {
+        Ok(Some(stored)) if stored.response.get("background") == Some(&Value::Bool(true)) => {
+            json_response(StatusCode::OK, stored.response.as_ref())
+        }
+        Ok(Some(_)) => ApiError(BridgeError::field("id", "only a background response can be cancelled")).into_response(),
+        Ok(None) => not_found(&id),
+        Err(error) => ApiError(BridgeError::Internal(error)).into_response(),
+    }
+}
+
 /// A Responses request for a model whose worker takes OpenAI requests as they came: made into
 /// a chat request, as Dynamo's frontend makes it (see `text_doors`).
 async fn text_input_response(
@@ -88,6 +142,10 @@ async fn text_input_response(
     caller: super::CallerTrace,
 ) -> Result<Response, ApiError> {
     let mut observer = state.observer(&request.model, caller);
+    if request.background == Some(true) {
+        let refusal = "background responses of a model whose worker takes text input are not run yet";
+        return Err(failed(&mut observer, BridgeError::field("background", refusal)).into());
+    }
     let prepared = prepare(&state.store, &request).await.and_then(|prepared| {
         let mut fields = Map::new();
         if let Some(max) = request.max_output_tokens {
@@ -210,6 +268,23 @@ struct Turn {
 }
 
 impl Turn {
+    /// Stores `response` (a background response in progress) with the conversation so far.
+    fn keep(&self, response: &ResponseObject) {
+        if let (Some(store), Ok(value)) = (&self.store, serde_json::to_value(response)) {
+            store.insert(response.id.clone(), self.conversation.clone(), value);
+        }
+    }
+
+    /// Ends without an answer (`cancelled`, or `failed` with `error`) and stores that.
+    fn end_as(self, status: &'static str, error: Option<ResponseError>) {
+        let Turn { mut response, conversation, store } = self;
+        response.status = status;
+        response.error = error;
+        if let (Some(store), Ok(value)) = (store, serde_json::to_value(&response)) {
+            store.insert(response.id.clone(), conversation, value);
+        }
+    }
+
     fn finish(self, output: Vec<OutputItem>, parsed: &ParsedDelta, reason: FinishReason, usage: Usage) -> ResponseObject {
         let Turn { mut response, mut conversation, store } = self;
         match reason {

@@ -42,6 +42,10 @@ pub struct OpenAiArgs {
     /// `previous_response_id` from one continues on another.
     #[arg(long, env = "TRITIUM_RESPONSES_STORE", default_value = "memory", hide_env_values = true)]
     pub responses_store: String,
+    /// Background responses (`background: true`) this frontend generates at once, at most;
+    /// more are refused with 429.
+    #[arg(long, env = "TRITIUM_RESPONSES_BACKGROUND_MAX", default_value_t = tritium_openai_bridge::routes::DEFAULT_BACKGROUND_LIMIT)]
+    pub responses_background_max: usize,
     /// Prefix of the language-model metrics' names (`{prefix}_requests_total`, …); Dynamo's
     /// frontend uses `dynamo_frontend`.
     #[arg(long, env = "DYN_METRICS_PREFIX", default_value = tritium_openai_bridge::metrics::DEFAULT_PREFIX)]
@@ -201,6 +205,7 @@ impl OpenAiArgs {
                 anthropic: self.enable_anthropic_api && !self.no_enable_anthropic_api,
                 store,
                 shared_store: shared_store(&self.responses_store)?,
+                background_limit: self.responses_background_max,
                 max_body_bytes: self.http_body_limit_mb.max(1).saturating_mul(1 << 20),
                 paths: api_paths(env)?,
                 // The server names it at the HTTP door (`x-tritium-worker`).
