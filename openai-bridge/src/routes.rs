@@ -5,7 +5,7 @@
 //! - `POST /v1/completions`, `POST /v1/chat/completions`: JSON, or SSE with `"stream": true`
 //!   (`data: {chunk}\n\n` … `data: [DONE]\n\n`).
 //! - `POST /v1/responses` (OpenAI's Responses API, with `GET`/`DELETE /v1/responses/{id}` and
-//!   `POST /v1/responses/{id}/cancel` for background responses).
+//!   `POST /v1/responses/{id}/cancel` for background responses, `GET /v1/responses/{id}/input_items`).
 //! - `POST /v1/messages`, `POST /v1/messages/count_tokens` (Anthropic's Messages API, when the
 //!   server enables it).
 //! - `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{model}`.
@@ -23,6 +23,7 @@ mod chat;
 mod completions;
 mod docs;
 mod embeddings;
+mod input_items;
 mod score;
 mod messages;
 mod next_turn;
@@ -148,6 +149,7 @@ pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: A
         .route(&paths.responses, post(responses::create))
         .route(&format!("{}/{{id}}", paths.responses), get(responses::get).delete(responses::delete))
         .route(&format!("{}/{{id}}/cancel", paths.responses), post(responses::cancel))
+        .route(&format!("{}/{{id}}/input_items", paths.responses), get(input_items::list))
         .route(&paths.embeddings, post(embeddings::embeddings))
         .route(&paths.models, get(list_models))
         // A catch-all, so that names with slashes (`org/model`) work.

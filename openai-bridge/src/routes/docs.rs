@@ -21,6 +21,7 @@ use super::ApiSettings;
         super::responses::get,
         super::responses::delete,
         super::responses::cancel,
+        super::input_items::list,
         super::embeddings::embeddings,
         super::list_models,
         super::get_model,

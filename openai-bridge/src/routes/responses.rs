@@ -205,7 +205,7 @@ pub(super) async fn delete(State(state): State<AppState>, Path(id): Path<String>
     }
 }
 
-fn not_found(id: &str) -> Response {
+pub(super) fn not_found(id: &str) -> Response {
     let message = format!("Response with id '{id}' not found.");
     let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}});
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()

@@ -55,9 +55,18 @@ def test_two_frontends_behind_one_redis_continue_each_others_conversations(redis
         # The mock engine answers from its prompt: the second turn's prompt holds the first turn.
         status, alone = call("POST", two.http_url + "/v1/responses", {"model": MODEL, "input": "and then?", "max_output_tokens": 4})
         assert status == 200 and second["usage"]["input_tokens"] > alone["usage"]["input_tokens"], (second, alone)
-        # Streamed responses are shared too, and read back on the other frontend.
         status, got = call("GET", one.http_url + f"/v1/responses/{second['id']}")
         assert status == 200 and got["id"] == second["id"], got
+        # Its input items, listed on the other frontend: the first turn and its own input, newest first.
+        status, items = call("GET", one.http_url + f"/v1/responses/{second['id']}/input_items")
+        texts = [item["content"][0]["text"] for item in items["data"] if item["type"] == "message"]
+        assert status == 200 and texts[0] == "and then?" and texts[-1] == "remember this" and not items["has_more"], items
+        status, page = call("GET", one.http_url + f"/v1/responses/{second['id']}/input_items?order=asc&limit=1")
+        assert page["data"][0]["content"][0]["text"] == "remember this" and page["has_more"], page
+        status, after = call("GET", one.http_url + f"/v1/responses/{second['id']}/input_items?order=asc&after={page['last_id']}")
+        assert after["data"][0]["role"] == "assistant" and after["data"][0]["content"][0]["type"] == "output_text", after
+        status, bad = call("GET", one.http_url + f"/v1/responses/{second['id']}/input_items?limit=0")
+        assert status == 400 and bad["error"]["param"] == "limit", bad
         status, deleted = call("DELETE", one.http_url + f"/v1/responses/{first['id']}")
         assert status == 200 and deleted["deleted"] is True, deleted
         status, gone = call("POST", two.http_url + "/v1/responses", turn)
