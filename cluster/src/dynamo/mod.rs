@@ -29,6 +29,7 @@ pub mod records;
 pub mod store;
 pub mod tensor;
 pub mod text;
+mod token_stream;
 pub mod view;
 pub mod worker;
 
