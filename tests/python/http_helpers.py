@@ -1,7 +1,12 @@
 """Shared by the tritonclient.http tests: the client address, Triton's HTTP error statuses (kserve-triton.md §2.8)
-and the check that an HTTP error carries the same message as the same call over gRPC."""
+and the check that an HTTP error carries the same message as the same call over gRPC; and one plain JSON
+request for the tests of JSON routes."""
 
 from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -56,3 +61,14 @@ def add_sub_data() -> tuple[np.ndarray, np.ndarray]:
     a = np.arange(16, dtype=np.int32) * 7 - 40
     b = np.full(16, 3, dtype=np.int32) - np.arange(16, dtype=np.int32)
     return a, b
+
+
+def json_call(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+    """One JSON request; the status and the JSON answer, an error's too."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")

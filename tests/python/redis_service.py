@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from helpers import REPO, wait_for
+from helpers import REPO, needs, wait_for
 
 ROOT = REPO
 
@@ -59,3 +59,12 @@ class Redis:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=30)
+
+
+@pytest.fixture
+@needs("redis")
+def redis():
+    server = Redis()
+    yield server
+    server.stop()
+    server.dir.cleanup()

@@ -6,25 +6,14 @@ stores it `cancelled`, a finished one continues a conversation, `--responses-bac
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 
 from cluster import wait_until
+from http_helpers import json_call as call
 from helpers import finish_server, start_server
 
 MODEL = "mock-llm"
-
-
-def call(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
 
 
 @pytest.fixture(scope="module")

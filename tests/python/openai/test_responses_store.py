@@ -8,39 +8,19 @@ from __future__ import annotations
 
 import json
 import socket
-import urllib.error
-import urllib.request
 
 import pytest
 
-from helpers import finish_server, needs, start_failure, start_server
-from redis_service import Redis
+from http_helpers import json_call as call
+from helpers import finish_server, start_failure, start_server
+from redis_service import redis  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.redis
 MODEL = "mock-llm"
 
 
-def call(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
 def frontend(*args: str):
     return start_server("--engine", "mock", "--model-name", MODEL, "--mock-decode-ms-per-step", "1", *args)
-
-
-@pytest.fixture
-@needs("redis")
-def redis():
-    server = Redis()
-    yield server
-    server.stop()
-    server.dir.cleanup()
 
 
 def test_two_frontends_behind_one_redis_continue_each_others_conversations(redis):

@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 import response_cache_scenario as scenario
-from redis_service import Redis
+from redis_service import Redis, redis  # noqa: F401 - redis: a fixture
 from helpers import REPO, TESTS, add_sub_config, needs, identity_config, start_failure, wait_for, write_model
 
 CACHE = "response_cache { enable: true }\n"
@@ -215,13 +215,6 @@ def test_bad_cache_flags_stop_the_server_with_tritons_words():
 # Redis: a real redis-server on 127.0.0.1.
 
 
-@pytest.fixture
-@needs("redis")
-def redis():
-    server = Redis()
-    yield server
-    server.stop()
-    server.dir.cleanup()
 
 
 def test_redis_is_shared_by_two_servers(start_tritium, model_repo, redis):
