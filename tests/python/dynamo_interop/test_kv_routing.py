@@ -34,18 +34,26 @@ def worker_of(base: str, prompt: str) -> str:
     return str(answer["nvext"]["worker_id"]["decode_worker_id"])
 
 
+def indexed(tritium) -> float:
+    """The blocks Tritium's KV index holds now."""
+    return metric(http("GET", tritium.metrics_url)[1], "tritium_router_kv_blocks_indexed")
+
+
 @pytest.mark.parametrize("frontend", ["tritium", "dynamo"])
 def test_a_repeated_long_prompt_goes_back_to_the_worker_holding_it(kv_frontends, frontend):
     tritium, dynamo = kv_frontends
     base = tritium.http_url if frontend == "tritium" else dynamo
     for topic in ("rivers", "mountains", "deserts"):
-        prompt = f"A long shared context about {topic}. " * 40
+        prompt = f"A long shared context about {topic}, asked of {frontend}. " * 40
+        before = indexed(tritium)
         first = worker_of(base, prompt)
-        # The worker's stored blocks reach the router as events: ask until they have (no fixed sleep).
+        # The worker's stored blocks reach the routers as events, at once to both frontends (each subscribes
+        # to the same publishers): wait until Tritium's index has them, not a fixed time, then ask again.
+        wait_until(lambda: indexed(tritium) > before, START, f"the blocks of the {topic} prompt indexed")
         for _ in range(3):
             assert worker_of(base, prompt) == first
     if frontend == "tritium":
         scraped = http("GET", tritium.metrics_url.replace("/metrics", "") + "/metrics")[1]
-        indexed = metric(scraped, "tritium_router_kv_blocks_indexed")
+        blocks = metric(scraped, "tritium_router_kv_blocks_indexed")
         cached = metric(scraped, "tritium_router_prompt_blocks_cached_total")
-        assert indexed > 0 and cached > 0, [line for line in scraped.splitlines() if "tritium_router" in line]
+        assert blocks > 0 and cached > 0, [line for line in scraped.splitlines() if "tritium_router" in line]
