@@ -16,6 +16,7 @@ use tritium_worker::schema::ModelSchema;
 use tritium_worker::{Backend, BackendError, BackendRequest, Engine, ModelVersion, Responder, ServedModel};
 
 use crate::events::LoadReport;
+use crate::discovery::dynamo_target::TextApis;
 use crate::remote::{RemoteModel, RemoteWorker};
 
 type Loads = Arc<Mutex<HashMap<(String, String), LoadReport>>>;
@@ -28,11 +29,19 @@ pub(super) struct RemoteModels {
     described: Mutex<HashMap<Arc<str>, Vec<RemoteModel>>>,
     /// Stand-ins by (model, version), kept while the config is the same so statistics survive.
     proxies: Mutex<HashMap<(String, i64), Arc<ModelVersion>>>,
+    /// The text-input models among them, kept apart: every chat request asks, without a lock.
+    text_models: arc_swap::ArcSwap<HashMap<String, TextApis>>,
 }
 
 impl RemoteModels {
     pub(super) fn new(loads: Loads) -> RemoteModels {
-        RemoteModels { loads, clients: Mutex::default(), described: Mutex::default(), proxies: Mutex::default() }
+        RemoteModels {
+            loads,
+            clients: Mutex::default(),
+            described: Mutex::default(),
+            proxies: Mutex::default(),
+            text_models: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+        }
     }
 
     pub(super) fn connected(&self, id: &Arc<str>, client: Arc<RemoteWorker>) {
@@ -61,17 +70,28 @@ impl RemoteModels {
     }
 
     /// For a model whose workers take OpenAI requests as they came: the routes it serves.
-    pub(super) fn text_input(&self, name: &str) -> Option<crate::discovery::dynamo_target::TextApis> {
-        self.described.lock().values().flatten().find(|m| m.name == name)?.text_input
+    pub(super) fn text_input(&self, name: &str) -> Option<TextApis> {
+        self.text_models.load().get(name).copied()
+    }
+
+    /// Recomputes [`RemoteModels::text_models`] from what the workers described.
+    fn index_text_models(&self, described: &HashMap<Arc<str>, Vec<RemoteModel>>) {
+        let text = described.values().flatten().filter_map(|m| Some((m.name.clone(), m.text_input?))).collect();
+        self.text_models.store(Arc::new(text));
     }
 
     pub(super) fn described(&self, id: &Arc<str>, models: Vec<RemoteModel>) {
-        self.described.lock().insert(Arc::clone(id), models);
+        let mut described = self.described.lock();
+        described.insert(Arc::clone(id), models);
+        self.index_text_models(&described);
     }
 
     /// Forgets workers that are no longer listed.
     pub(super) fn retain(&self, ids: &[Arc<str>]) {
-        self.described.lock().retain(|id, _| ids.contains(id));
+        let mut described = self.described.lock();
+        described.retain(|id, _| ids.contains(id));
+        self.index_text_models(&described);
+        drop(described);
         self.clients.lock().retain(|id, _| ids.contains(id));
     }
 
