@@ -30,6 +30,9 @@ use tritium_backend_api::trace::{RequestTrace, TimestampKind};
 use tritium_proto::ErrorCode;
 
 use crate::BridgeError;
+use crate::preprocess::PrefixCacheCounters;
+
+mod tokenizer_cache;
 
 /// The content type of [`LlmMetrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -117,6 +120,7 @@ impl Families {
 #[derive(Debug)]
 pub struct LlmMetrics {
     families: Arc<Families>,
+    tokenizer_cache: tokenizer_cache::TokenizerCacheFamilies,
     prefix: String,
 }
 
@@ -145,7 +149,16 @@ impl LlmMetrics {
     /// falls back to the default).
     pub fn with_prefix(prefix: &str) -> LlmMetrics {
         let prefix = if valid_metric_name(prefix) { prefix } else { DEFAULT_PREFIX };
-        LlmMetrics { families: Arc::new(Families::new(prefix)), prefix: prefix.to_owned() }
+        LlmMetrics {
+            families: Arc::new(Families::new(prefix)),
+            tokenizer_cache: tokenizer_cache::TokenizerCacheFamilies::new(prefix),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Where `model`'s tokenizer prefix cache counts its hits, misses and size.
+    pub fn tokenizer_cache(&self, model: &str) -> PrefixCacheCounters {
+        self.tokenizer_cache.counters(model)
     }
 
     /// Starts observing one request (counted at once). `protocol` is `"grpc"` or `"http"`.
@@ -189,6 +202,7 @@ impl LlmMetrics {
     /// metrics registry).
     pub fn metric_families(&self, engines: &[(String, EngineStats)]) -> Vec<prometheus::proto::MetricFamily> {
         let mut families = self.families.collect();
+        families.extend(self.tokenizer_cache.collect());
         families.extend(engine_families(&self.prefix, engines));
         families
     }

@@ -14,6 +14,7 @@
 //! ```
 
 mod budget;
+mod prefix_cache;
 mod template;
 pub mod workers;
 
@@ -31,6 +32,9 @@ use crate::parsers::{OutputFormats, ToolCallFormat};
 use crate::sampling::CompletionLimits;
 use workers::PreprocessWorkers;
 
+pub use prefix_cache::{
+    DEFAULT_TOKENIZER_CACHE_BYTES, DEFAULT_TOKENIZER_CACHE_ENTRIES, PrefixCache, PrefixCacheCounters, PrefixCacheLimits,
+};
 pub use budget::{
     DEFAULT_MAX_TOKENIZING_BYTES, INLINE_BYTES, PreprocessBudget, PreprocessLimits, PreprocessPermit,
     RENDER_BYTES_PER_INPUT_BYTE, TOKENIZE_BYTES_PER_INPUT_BYTE, set_reclaim,
@@ -64,6 +68,9 @@ pub struct Preprocessor {
     workers: Arc<PreprocessWorkers>,
     /// `--tokenizer fastokens`: the encoder of prompts instead of `tokenizer` (which still decodes).
     fast: Option<Arc<fastokens::Tokenizer>>,
+    /// Token ids of prompt prefixes seen before (see [`PrefixCache`]); `None`: off, or the
+    /// tokenizer cannot have one.
+    prefix_cache: Option<PrefixCache>,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -109,6 +116,7 @@ impl Preprocessor {
             budget: Arc::new(PreprocessBudget::default()),
             workers: PreprocessWorkers::start(workers::PreprocessExecution::default()).map_err(BridgeError::Internal)?,
             fast: None,
+            prefix_cache: None,
             card,
             tokenizer: Arc::new(tokenizer),
             env,
@@ -166,6 +174,26 @@ impl Preprocessor {
                 self.card.source
             ))),
         }
+    }
+
+    /// The same preprocessor, reusing the token ids of prompt prefixes it has tokenized before,
+    /// within `limits`, counting in `counters`. A tokenizer that cannot split its prompts where
+    /// the ids would be the same (see [`PrefixCache`]) gets no cache, with a note in the log.
+    pub fn with_prefix_cache(self, limits: PrefixCacheLimits, counters: PrefixCacheCounters) -> Preprocessor {
+        match PrefixCache::new(&self.tokenizer, limits, counters) {
+            Ok(cache) => Preprocessor { prefix_cache: Some(cache), ..self },
+            Err(why) => {
+                if limits.bytes > 0 {
+                    tracing::info!(model = %self.card.source, "no tokenizer prefix cache: {why}");
+                }
+                self
+            }
+        }
+    }
+
+    /// The tokenizer prefix cache, when there is one.
+    pub fn prefix_cache(&self) -> Option<&PrefixCache> {
+        self.prefix_cache.as_ref()
     }
 
     /// Whether prompts are encoded by `fastokens`.
@@ -320,6 +348,15 @@ impl Preprocessor {
     }
 
     fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
+        // The post-processor (BERT's `[CLS] … [SEP]`) would wrap each piece: prompts written by a
+        // template, which come without it, are the ones cached.
+        if let (false, Some(cache)) = (add_special_tokens, &self.prefix_cache) {
+            return cache.encode(text, |piece| self.tokenize_uncached(piece, false));
+        }
+        self.tokenize_uncached(text, add_special_tokens)
+    }
+
+    fn tokenize_uncached(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
         let mut ids = match &self.fast {
             Some(fast) => {
                 fast.encode_with_special_tokens(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?
@@ -380,3 +417,7 @@ fn text_bytes(value: &Json) -> usize {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod prefix_cache_tests;

@@ -27,6 +27,8 @@ pub struct PreprocessExecution {
     /// With `fastokens`: a tokenizer it cannot load falls back to `tokenizers` (else the model's
     /// requests fail).
     pub tokenizer_fallback: bool,
+    /// Every model's tokenizer prefix cache's bounds.
+    pub prefix_cache: super::PrefixCacheLimits,
 }
 
 /// The most threads `--dyn-preprocess-workers` may ask for.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use tritium_openai_bridge::parsers::{OutputFormats, ReasoningFormat, ToolCallFormat};
 use tritium_openai_bridge::preprocess::workers::{MAX_PREPROCESS_WORKERS, PreprocessExecution};
+use tritium_openai_bridge::preprocess::{DEFAULT_TOKENIZER_CACHE_BYTES, DEFAULT_TOKENIZER_CACHE_ENTRIES, PrefixCacheLimits};
 use tritium_openai_bridge::response_store::{DEFAULT_STORE_BYTES, DEFAULT_STORE_ENTRIES, StoreLimits};
 use tritium_openai_bridge::routes::{ApiPaths, ApiSettings, DEFAULT_BODY_LIMIT_BYTES, valid_route_path};
 
@@ -91,6 +92,28 @@ pub struct OpenAiArgs {
     /// Turns --tokenizer-fallback off (it wins over --tokenizer-fallback and its variable).
     #[arg(long)]
     pub no_tokenizer_fallback: bool,
+    /// The tokenizer prefix cache: a prompt's token ids reused up to the longest prefix (cut at a
+    /// special token) tokenized before, so a shared system prompt or a conversation's earlier
+    /// turns are not tokenized again. `0`, `false` or `off` turns it off (Dynamo's
+    /// `DYN_TOKENIZER_CACHE=0`).
+    #[arg(long, env = "DYN_TOKENIZER_CACHE", default_value = "1", value_parser = switch)]
+    pub tokenizer_cache: bool,
+    /// Bytes one model's tokenizer prefix cache may hold, its entries charged their token ids and
+    /// index.
+    #[arg(long, env = "DYN_TOKENIZER_CACHE_BYTES", default_value_t = DEFAULT_TOKENIZER_CACHE_BYTES)]
+    pub tokenizer_cache_bytes: u64,
+    /// Prompt pieces one model's tokenizer prefix cache may hold.
+    #[arg(long, default_value_t = DEFAULT_TOKENIZER_CACHE_ENTRIES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tokenizer_cache_entries: u64,
+    /// Whether a prompt that reuses a cached prefix caches the pieces after it too; `0` keeps
+    /// only what whole misses cached (Dynamo's `DYN_TOKENIZER_CACHE_EXTEND=0`).
+    #[arg(long, env = "DYN_TOKENIZER_CACHE_EXTEND", default_value = "1", value_parser = switch)]
+    pub tokenizer_cache_extend: bool,
+}
+
+/// Dynamo's on/off variables: `0` (and `false`, `off`, `no`) is off, any other value on.
+fn switch(value: &str) -> Result<bool, String> {
+    Ok(!matches!(value.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no"))
 }
 
 /// Dynamo's path overrides: the variable names its code reads, and the `_ENV`-suffixed ones its
@@ -198,6 +221,11 @@ impl OpenAiArgs {
                 debug_perf: self.dyn_debug_perf && !self.no_dyn_debug_perf,
                 fastokens: self.tokenizer == "fastokens",
                 tokenizer_fallback: self.tokenizer_fallback && !self.no_tokenizer_fallback,
+                prefix_cache: PrefixCacheLimits {
+                    bytes: if self.tokenizer_cache { self.tokenizer_cache_bytes } else { 0 },
+                    entries: self.tokenizer_cache_entries,
+                    extend: self.tokenizer_cache_extend,
+                },
             },
             metrics_prefix: self.metrics_prefix.clone(),
             formats: OutputFormats { tool_calls, reasoning },

@@ -197,6 +197,13 @@ impl LlmFrontend {
             Some(workers) => pre.with_workers(Arc::clone(workers)),
             None => pre,
         };
+        let pre = match &self.preprocess_workers {
+            // Off: no cache, and no series in the metrics.
+            Some(workers) if workers.execution().prefix_cache.bytes > 0 => {
+                pre.with_prefix_cache(workers.execution().prefix_cache, self.metrics.tokenizer_cache(model))
+            }
+            _ => pre,
+        };
         let pre = Arc::new(pre);
         self.preprocessors.lock().insert(model.to_string(), (card, Arc::clone(&pre)));
         Ok(pre)

@@ -321,6 +321,9 @@ VARIABLES = {
     "DYN_PREPROCESS_WORKERS": ("dyn-preprocess-workers", "3"),
     "DYN_TOKENIZER": ("tokenizer", "fastokens"),
     "DYN_TOKENIZER_FALLBACK": ("tokenizer-fallback", "false"),
+    "DYN_TOKENIZER_CACHE": ("tokenizer-cache", "0"),
+    "DYN_TOKENIZER_CACHE_BYTES": ("tokenizer-cache-bytes", "1048576"),
+    "DYN_TOKENIZER_CACHE_EXTEND": ("tokenizer-cache-extend", "0"),
     "DYN_INTERACTIVE": ("interactive", "false"),
 }
 
