@@ -58,6 +58,9 @@ pub struct Preprocessor {
     /// Text longer than this cannot fit the context of a generating model whatever it says: its
     /// longest vocabulary entry times the context length. Checked before tokenizing.
     max_prompt_bytes: Option<usize>,
+    /// How many token ids the tokenizer knows, added tokens included: `tokenizers` counts them
+    /// by building the whole vocabulary map, too slow for each request.
+    vocab_size: usize,
     /// The server's bounds on a completion's stopping conditions.
     limits: CompletionLimits,
     /// How the server splits reasoning and tool calls out of this model's output.
@@ -106,11 +109,15 @@ impl Preprocessor {
             true => Vec::new(),
             false => tokenizer.encode("a", false).map(|e| e.get_ids().to_vec()).unwrap_or_default(),
         };
-        let longest_token = tokenizer.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
+        let vocab = tokenizer.get_vocab(true);
+        let longest_token = vocab.keys().map(String::len).max().unwrap_or(1).max(1);
+        let vocab_size = vocab.len();
+        drop(vocab);
         let max_prompt_bytes = (card.kind == ModelKind::Generate && card.context_length > 0)
             .then(|| longest_token.saturating_mul(card.context_length));
         Ok(Preprocessor {
             max_prompt_bytes,
+            vocab_size,
             limits: CompletionLimits::default(),
             formats: OutputFormats::default(),
             budget: Arc::new(PreprocessBudget::default()),
@@ -388,7 +395,7 @@ impl Preprocessor {
 
     /// How many token ids the tokenizer knows, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// The bytes one token stands for (see [`Vocabulary::token_bytes`]).

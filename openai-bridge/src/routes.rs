@@ -482,7 +482,7 @@ fn check_token_ids(pre: &Preprocessor, field: &str, ids: &[u32]) -> Result<(), B
     // Before anything is done with them (decoding them for annotations, say): a prompt that
     // cannot fit the context is refused whatever its ids.
     pre.card().room_after(ids.len()).map_err(|reason| BridgeError::field(field, reason))?;
-    let vocab = pre.tokenizer().get_vocab_size(true);
+    let vocab = pre.vocab_size();
     match ids.iter().find(|&&id| usize::try_from(id).map_or(true, |id| id >= vocab)) {
         Some(id) => Err(BridgeError::field(field, format!("token id {id} is out of range (the vocabulary has {vocab} tokens)"))),
         None => Ok(()),

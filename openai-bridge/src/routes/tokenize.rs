@@ -130,7 +130,7 @@ pub(super) async fn detokenize(
             BridgeError::field("tokens", format!("{count} tokens are more than the model's context length ({context})")).into()
         );
     }
-    let vocab = pre.tokenizer().get_vocab_size(true);
+    let vocab = pre.vocab_size();
     if let Some(id) = request.tokens.iter().find(|&&id| id as usize >= vocab) {
         return Err(
             BridgeError::field("tokens", format!("token id {id} is out of range (the vocabulary has {vocab} tokens)")).into()
@@ -157,7 +157,7 @@ pub(super) async fn tokenizer_info(State(state): State<AppState>, Query(query): 
         "chat_template": card.chat_template,
         "model_max_length": card.context_length,
         "max_model_len": card.context_length,
-        "vocab_size": pre.tokenizer().get_vocab_size(true),
+        "vocab_size": pre.vocab_size(),
     });
     Ok(json_response(StatusCode::OK, &body))
 }

