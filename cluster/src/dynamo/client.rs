@@ -29,7 +29,7 @@ use tritium_worker::{InferOutcome, InferenceResponse, ValidInferRequest, WorkerC
 use super::call_home::{CallHome, Expected};
 use super::codec::{FrameError, TwoPart, read_ack, request_frame};
 use super::items::{ItemError, Items};
-use super::protocol::{control_message, encode_body, headers, preprocessed_request};
+use super::protocol::{control_message, encode_body, encode_request, headers, preprocessed_request};
 use super::view::{DynamoEndpoint, DynamoModel, DynamoTarget};
 
 /// Connections kept to one worker; requests share them (Dynamo's `DYN_TCP_POOL_SIZE`).
@@ -256,7 +256,7 @@ impl WorkerClient for DynamoWorker {
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
         self.tokenized(model, ModelKind::Embed)?;
         let count = inputs.len();
-        let mut expected = self.call(model, &super::embed::embedding_request(model, &inputs)).await?;
+        let mut expected = self.call(model, &super::embed::embedding_request(model, &inputs), None).await?;
         let connection = expected.connection(CALL_HOME_TIMEOUT).await;
         let reading = super::embed::EmbeddingStream {
             worker: &self.id,
@@ -277,7 +277,7 @@ impl WorkerClient for DynamoWorker {
             }
             None => return Err(WorkerError::NotLanguageModel { model: model.to_string() }),
         }
-        let mut expected = self.call(model, &request).await?;
+        let mut expected = self.call(model, &request, None).await?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let stream = super::text::TextStream {
             worker: self.id.clone(),
@@ -300,7 +300,7 @@ impl WorkerClient for DynamoWorker {
         let (_, card) = self.tokenized(model, ModelKind::Generate)?;
         let mut body = preprocessed_request(model, request, 1, &card.eos_token_ids);
         body["routing"] = serde_json::json!({"prefill_worker_id": self.target.instance_id});
-        let mut expected = self.call(model, &body).await?;
+        let mut expected = self.call(model, &body, Some(&request.prompt)).await?;
         let connection = expected.connection(CALL_HOME_TIMEOUT).await;
         let error = |e: ItemError| match e {
             ItemError::Lost(message) => self.unreachable(message),
@@ -350,7 +350,7 @@ impl DynamoWorker {
         if let Some(handoff) = handoff {
             super::protocol::with_handoff(&mut body, handoff);
         }
-        let mut expected = self.call(model, &body).await?;
+        let mut expected = self.call(model, &body, Some(&request.prompt)).await?;
         let codec = self.target.codec;
         let (sender, receiver) = mpsc::unbounded_channel();
         let stream = super::token_stream::ResponseStream {
@@ -369,16 +369,20 @@ impl DynamoWorker {
 }
 
 impl DynamoWorker {
-    /// Sends `body` to the worker for `model` and waits for its acknowledgement; the worker then
-    /// opens the response stream that the returned [`Expected`] waits for.
-    async fn call(&self, model: &str, body: &Json) -> Result<Expected, WorkerError> {
+    /// Sends `body` (with the prompt's `token_ids` when given) to the worker for `model` and waits
+    /// for its acknowledgement; the worker then opens the response stream that the returned
+    /// [`Expected`] waits for.
+    async fn call(&self, model: &str, body: &Json, token_ids: Option<&[u32]>) -> Result<Expected, WorkerError> {
         let request_id = format!("{:032x}", rand::random::<u128>());
         let subject = format!("{:032x}", rand::random::<u128>());
         let expected = self.home.expect(subject.clone());
         let codec = self.target.codec;
         let control = control_message(&request_id, &self.home.address(), &subject, codec);
-        let payload =
-            TwoPart { header: Bytes::from(control.to_string()), body: Bytes::from(encode_body(body, codec)) }.to_bytes();
+        let body = match token_ids {
+            Some(ids) => encode_request(body, ids, codec),
+            None => encode_body(body, codec),
+        };
+        let payload = TwoPart { header: Bytes::from(control.to_string()), body: Bytes::from(body) }.to_bytes();
         if payload.len() > self.max_message_size {
             return Err(WorkerError::Generate {
                 model: model.to_string(),
@@ -405,7 +409,7 @@ impl DynamoWorker {
         }
         let body = super::tensor::tensor_request(request.request(), model)
             .map_err(|reason| WorkerError::InvalidRequest { id: request.request().id.clone(), reason })?;
-        let mut expected = self.call(model, &body).await?;
+        let mut expected = self.call(model, &body, None).await?;
         let connection = expected.connection(CALL_HOME_TIMEOUT).await;
         let answer = TensorAnswer {
             worker: self.id.clone(),

@@ -38,7 +38,6 @@ pub fn preprocessed_request(model: &str, request: &GenerateRequest, max_tokens: 
     let positive = |value: f32| (value != 0.0).then_some(value);
     json!({
         "model": model,
-        "token_ids": request.prompt,
         "stop_conditions": {
             "max_tokens": max_tokens,
             "stop_token_ids_hidden": (!request.stop.stop_token_ids.is_empty()).then_some(&request.stop.stop_token_ids),
@@ -90,14 +89,83 @@ pub fn with_handoff(body: &mut Json, handoff: Json) {
 /// the width of every float of Dynamo's request).
 pub fn encode_body(body: &Json, codec: PayloadCodec) -> Vec<u8> {
     match codec {
-        PayloadCodec::Json => body.to_string().into_bytes(),
+        PayloadCodec::Json => serde_json::to_vec(body).unwrap_or_default(),
         PayloadCodec::Msgpack => {
             let mut bytes = Vec::new();
-            // Writing into a Vec cannot fail.
-            let _ = rmpv::encode::write_value(&mut bytes, &to_msgpack(body));
+            write_msgpack(body, &mut bytes);
             bytes
         }
     }
+}
+
+/// A generation request's body: `body`'s fields with `token_ids` first, the prompt written from
+/// its ids straight into the bytes (a long prompt is most of the request, and a JSON array of it
+/// would cost more than the rest of the request path).
+pub fn encode_request(body: &Json, token_ids: &[u32], codec: PayloadCodec) -> Vec<u8> {
+    let Json::Object(fields) = body else { return encode_body(body, codec) };
+    let fields = fields.iter().filter(|(key, _)| key.as_str() != "token_ids");
+    match codec {
+        PayloadCodec::Json => {
+            let mut bytes = Vec::with_capacity(256 + token_ids.len() * 6);
+            bytes.extend_from_slice(b"{\"token_ids\":");
+            // Writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut bytes, token_ids);
+            for (key, value) in fields {
+                bytes.push(b',');
+                let _ = serde_json::to_writer(&mut bytes, key);
+                bytes.push(b':');
+                let _ = serde_json::to_writer(&mut bytes, value);
+            }
+            bytes.push(b'}');
+            bytes
+        }
+        PayloadCodec::Msgpack => {
+            use rmp::encode;
+            let fields: Vec<_> = fields.collect();
+            let mut bytes = Vec::with_capacity(256 + token_ids.len() * 3);
+            let _ = encode::write_map_len(&mut bytes, u32::try_from(fields.len() + 1).unwrap_or(u32::MAX));
+            let _ = encode::write_str(&mut bytes, "token_ids");
+            let _ = encode::write_array_len(&mut bytes, u32::try_from(token_ids.len()).unwrap_or(u32::MAX));
+            for &id in token_ids {
+                let _ = encode::write_uint(&mut bytes, u64::from(id));
+            }
+            for (key, value) in fields {
+                let _ = encode::write_str(&mut bytes, key);
+                write_msgpack(value, &mut bytes);
+            }
+            bytes
+        }
+    }
+}
+
+/// `value` in msgpack, written straight into `out` (no intermediate tree: a long prompt's ids are
+/// written once). Writing into a Vec cannot fail.
+fn write_msgpack(value: &Json, out: &mut Vec<u8>) {
+    use rmp::encode;
+    let _ = match value {
+        Json::Null => encode::write_nil(out).map_err(drop),
+        Json::Bool(b) => encode::write_bool(out, *b).map_err(drop),
+        Json::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => encode::write_uint(out, u).map(drop).map_err(drop),
+            (_, Some(i), _) => encode::write_sint(out, i).map(drop).map_err(drop),
+            (_, _, Some(f)) => encode::write_f32(out, f as f32).map_err(drop),
+            _ => encode::write_nil(out).map_err(drop),
+        },
+        Json::String(text) => encode::write_str(out, text).map_err(drop),
+        Json::Array(items) => {
+            let _ = encode::write_array_len(out, u32::try_from(items.len()).unwrap_or(u32::MAX));
+            items.iter().for_each(|item| write_msgpack(item, out));
+            Ok(())
+        }
+        Json::Object(map) => {
+            let _ = encode::write_map_len(out, u32::try_from(map.len()).unwrap_or(u32::MAX));
+            for (key, item) in map {
+                let _ = encode::write_str(out, key);
+                write_msgpack(item, out);
+            }
+            Ok(())
+        }
+    };
 }
 
 /// A body the worker sent in `codec`, as JSON.
@@ -108,23 +176,6 @@ pub fn decode_body(bytes: &[u8], codec: PayloadCodec) -> Result<Json, String> {
             let value = rmpv::decode::read_value(&mut &bytes[..]).map_err(|e| e.to_string())?;
             from_msgpack(&value).ok_or_else(|| "a msgpack value JSON cannot hold".to_string())
         }
-    }
-}
-
-fn to_msgpack(value: &Json) -> rmpv::Value {
-    use rmpv::Value as M;
-    match value {
-        Json::Null => M::Nil,
-        Json::Bool(b) => M::Boolean(*b),
-        Json::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
-            (Some(u), _, _) => M::from(u),
-            (_, Some(i), _) => M::from(i),
-            (_, _, Some(f)) => M::F32(f as f32),
-            _ => M::Nil,
-        },
-        Json::String(text) => M::from(text.as_str()),
-        Json::Array(items) => M::Array(items.iter().map(to_msgpack).collect()),
-        Json::Object(map) => M::Map(map.iter().map(|(k, v)| (M::from(k.as_str()), to_msgpack(v))).collect()),
     }
 }
 
@@ -291,11 +342,25 @@ mod tests {
 
     #[test]
     fn msgpack_bodies_round_trip_as_the_json_they_stand_for() {
-        let body = json!({"token_ids": [1, 70000, 4294967295u64], "temperature": 0.5, "seed": null, "stop": ["x"], "flag": true});
+        let body = json!({"token_ids": [1, 70000, 4294967295u64], "offset": -3, "temperature": 0.5, "seed": null, "stop": ["x"], "flag": true});
         let bytes = encode_body(&body, PayloadCodec::Msgpack);
         assert_eq!(decode_body(&bytes, PayloadCodec::Msgpack).unwrap(), body);
         // An array of two holding one element.
         assert!(decode_body(b"\x92\x01", PayloadCodec::Msgpack).is_err());
+    }
+
+    #[test]
+    fn a_request_written_with_its_prompt_reads_as_the_body_with_token_ids() {
+        let request = GenerateRequest { prompt: vec![0, 127, 128, 65535, 65536, u32::MAX], ..Default::default() };
+        let mut body = preprocessed_request("tiny", &request, 5, &[2]);
+        body["routing"] = json!({"prefill_worker_id": 7});
+        let mut expected = body.clone();
+        expected["token_ids"] = json!(request.prompt);
+        for codec in [PayloadCodec::Json, PayloadCodec::Msgpack] {
+            let bytes = encode_request(&body, &request.prompt, codec);
+            assert_eq!(decode_body(&bytes, codec).unwrap(), expected, "{codec:?}");
+        }
+        assert_eq!(decode_body(&encode_request(&body, &[], PayloadCodec::Json), PayloadCodec::Json).unwrap()["token_ids"], json!([]));
     }
 
     #[test]

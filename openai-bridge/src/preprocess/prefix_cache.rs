@@ -90,6 +90,26 @@ impl Default for PrefixCacheCounters {
 
 type Key = [u8; 32];
 
+/// A prompt looked up in the cache, not yet tokenized (see [`PrefixCache::plan`]).
+#[derive(Debug)]
+pub struct Plan {
+    cuts: Vec<usize>,
+    keys: Vec<Key>,
+    /// The longest cached prefix: the index of its last cut, and its ids.
+    reused: Option<(usize, Vec<u32>)>,
+    text_len: usize,
+}
+
+impl Plan {
+    /// Bytes of the prompt its cached prefix does not cover: what is left to tokenize.
+    pub fn uncached_bytes(&self) -> usize {
+        match &self.reused {
+            Some((index, _)) => self.text_len - self.cuts[*index],
+            None => self.text_len,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Piece {
     /// The piece before this one; `None` for the first piece of a prompt.
@@ -181,15 +201,22 @@ impl PrefixCache {
     /// The ids of `text`, as `encode` gives them for the whole text, from the cache where a prefix
     /// of it is there and from `encode` for the rest (piece by piece, each then cached).
     pub fn encode<E>(&self, text: &str, encode: impl Fn(&str) -> Result<Vec<u32>, E>) -> Result<Vec<u32>, E> {
+        self.finish(text, self.plan(text), encode)
+    }
+
+    /// Where `text` is cut and the longest prefix of it cached: what [`PrefixCache::finish`]
+    /// starts from (and [`Plan::uncached_bytes`] what is left to tokenize).
+    pub fn plan(&self, text: &str) -> Plan {
         let cuts = self.cuts(text);
-        if cuts.is_empty() {
-            let ids = encode(text)?;
-            self.counters.misses.inc();
-            self.counters.uncached_tokens.inc_by(ids.len() as u64);
-            return Ok(ids);
-        }
         let keys = self.keys(text, &cuts);
         let reused = keys.iter().enumerate().rev().find_map(|(index, key)| self.assemble(key).map(|ids| (index, ids)));
+        Plan { cuts, keys, reused, text_len: text.len() }
+    }
+
+    /// The ids of `text` from its `plan` (made by [`PrefixCache::plan`] on the same text).
+    pub fn finish<E>(&self, text: &str, plan: Plan, encode: impl Fn(&str) -> Result<Vec<u32>, E>) -> Result<Vec<u32>, E> {
+        let Plan { cuts, keys, reused, text_len } = plan;
+        debug_assert_eq!(text_len, text.len());
         let (mut ids, first_new) = match reused {
             Some((index, ids)) => {
                 self.counters.hits.inc();

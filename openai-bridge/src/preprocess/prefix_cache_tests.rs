@@ -183,7 +183,7 @@ fn a_shared_system_prompt_is_tokenized_once_and_a_conversation_turn_by_turn() {
 
 #[test]
 fn the_cache_holds_to_its_bytes_and_its_entries_and_a_broken_chain_is_not_reused() {
-    let limits = PrefixCacheLimits { bytes: 16 << 10, entries: 8 };
+    let limits = PrefixCacheLimits { bytes: 16 << 10, entries: 8, extend: true };
     let pre = Preprocessor::new(smollm2_card()).unwrap().with_prefix_cache(limits, PrefixCacheCounters::default());
     let cache = pre.prefix_cache().unwrap();
     for n in 0..200 {
@@ -213,6 +213,49 @@ fn add_special_tokens_and_tokenizers_that_cannot_be_split_bypass_the_cache() {
     assert!(pre.prefix_cache().is_none());
     let off = Preprocessor::new(smollm2_card())
         .unwrap()
-        .with_prefix_cache(PrefixCacheLimits { bytes: 0, entries: 1 }, Default::default());
+        .with_prefix_cache(PrefixCacheLimits { bytes: 0, entries: 1, extend: true }, Default::default());
     assert!(off.prefix_cache().is_none());
+}
+
+#[test]
+fn without_extending_a_prompt_that_reused_a_prefix_caches_nothing_more() {
+    let limits = PrefixCacheLimits { extend: false, ..PrefixCacheLimits::default() };
+    let pre = Preprocessor::new(smollm2_card()).unwrap().with_prefix_cache(limits, PrefixCacheCounters::default());
+    let cache = pre.prefix_cache().unwrap();
+    let system = json!({"role": "system", "content": "Answer in French, briefly and politely. ".repeat(20)});
+    let turns = |n: usize| -> Vec<serde_json::Value> {
+        std::iter::once(system.clone())
+            .chain((0..n).map(|i| json!({"role": "user", "content": format!("question number {i}: {}", "why? ".repeat(20))})))
+            .collect()
+    };
+    let first = pre.render_chat(&turns(1), true, None).unwrap();
+    assert_eq!(pre.encode(&first, false).unwrap(), pre.tokenize_uncached(&first, false).unwrap());
+    let entries = cache.entries();
+    assert!(entries >= 1);
+    let longer = pre.render_chat(&turns(4), true, None).unwrap();
+    assert_eq!(pre.encode(&longer, false).unwrap(), pre.tokenize_uncached(&longer, false).unwrap());
+    assert_eq!(cache.entries(), entries, "a partial hit added pieces");
+}
+
+#[tokio::test]
+async fn the_budget_is_charged_for_what_is_left_to_tokenize() {
+    let system = json!({"role": "system", "content": "You review pull requests for a large codebase. ".repeat(400)});
+    let pre = Preprocessor::new(smollm2_card())
+        .unwrap()
+        .with_prefix_cache(PrefixCacheLimits::default(), PrefixCacheCounters::default());
+    let first = pre.render_chat(&[system.clone(), json!({"role": "user", "content": "Review #1"})], true, None).unwrap();
+    // Room for the system prompt once, not twice at once.
+    let budget = PreprocessBudget::new(PreprocessLimits {
+        max_bytes: (first.len() + 1024) * TOKENIZE_BYTES_PER_INPUT_BYTE,
+        max_concurrent: 4,
+    });
+    let pre = Arc::new(pre.with_budget(Arc::new(budget)));
+    let ids = pre.encode_off_runtime(first.clone(), false).await.unwrap();
+    assert_eq!(ids, pre.tokenize_uncached(&first, false).unwrap());
+    // Holding most of the budget elsewhere, a prompt that shares the prefix still goes: only its
+    // last turn is charged.
+    let _held = pre.budget().admit("prompt", first.len() - 4096, TOKENIZE_BYTES_PER_INPUT_BYTE).await.unwrap();
+    let second = pre.render_chat(&[system, json!({"role": "user", "content": "Review #2"})], true, None).unwrap();
+    let ids = tokio::time::timeout(std::time::Duration::from_secs(10), pre.encode_off_runtime(second.clone(), false)).await;
+    assert_eq!(ids.expect("admitted at once").unwrap(), pre.tokenize_uncached(&second, false).unwrap());
 }
