@@ -61,6 +61,9 @@ pub struct Preprocessor {
     /// How many token ids the tokenizer knows, added tokens included: `tokenizers` counts them
     /// by building the whole vocabulary map, too slow for each request.
     vocab_size: usize,
+    /// Whether the tokenizer's post-processor leaves ids as they are (no `[CLS]`, no `<s>` of its
+    /// own), so texts tokenized with special tokens can go through the prefix cache too.
+    post_processor_adds_nothing: bool,
     /// The server's bounds on a completion's stopping conditions.
     limits: CompletionLimits,
     /// How the server splits reasoning and tool calls out of this model's output.
@@ -113,11 +116,15 @@ impl Preprocessor {
         let longest_token = vocab.keys().map(String::len).max().unwrap_or(1).max(1);
         let vocab_size = vocab.len();
         drop(vocab);
+        let ids = |text: &str, special: bool| tokenizer.encode_fast(text, special).map(|e| e.get_ids().to_vec()).ok();
+        let post_processor_adds_nothing =
+            ["a", "Hello, world", " x\n"].iter().all(|text| ids(text, true).is_some_and(|with| Some(with) == ids(text, false)));
         let max_prompt_bytes = (card.kind == ModelKind::Generate && card.context_length > 0)
             .then(|| longest_token.saturating_mul(card.context_length));
         Ok(Preprocessor {
             max_prompt_bytes,
             vocab_size,
+            post_processor_adds_nothing,
             limits: CompletionLimits::default(),
             formats: OutputFormats::default(),
             budget: Arc::new(PreprocessBudget::default()),
@@ -298,8 +305,8 @@ impl Preprocessor {
     ) -> Result<T, BridgeError> {
         // A prefix from the prefix cache costs no tokenizing: the budget, and whether the work
         // leaves the runtime thread, go by what is left.
-        let plan = match (add_special_tokens, &self.prefix_cache) {
-            (false, Some(cache)) => Some(cache.plan(&text)),
+        let plan = match (self.cacheable(add_special_tokens), &self.prefix_cache) {
+            (true, Some(cache)) => Some(cache.plan(&text)),
             _ => None,
         };
         let bytes = plan.as_ref().map_or(text.len(), Plan::uncached_bytes);
@@ -334,7 +341,11 @@ impl Preprocessor {
     /// [`Preprocessor::tokenize`] from a prefix-cache lookup already made.
     fn tokenize_planned(&self, text: &str, add_special_tokens: bool, plan: Option<Plan>) -> Result<Vec<u32>, BridgeError> {
         match (plan, &self.prefix_cache) {
-            (Some(plan), Some(cache)) => cache.finish(text, plan, |piece| self.tokenize_uncached(piece, false)),
+            (Some(plan), Some(cache)) => {
+                let mut ids = cache.finish(text, plan, |piece| self.tokenize_uncached(piece, false))?;
+                self.add_bos(&mut ids, add_special_tokens);
+                Ok(ids)
+            }
             _ => self.tokenize(text, add_special_tokens),
         }
     }
@@ -372,10 +383,12 @@ impl Preprocessor {
     }
 
     fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
-        // The post-processor (BERT's `[CLS] … [SEP]`) would wrap each piece: prompts written by a
-        // template, which come without it, are the ones cached.
-        if let (false, Some(cache)) = (add_special_tokens, &self.prefix_cache) {
-            return cache.encode(text, |piece| self.tokenize_uncached(piece, false));
+        // A post-processor (BERT's `[CLS] … [SEP]`) would wrap each piece: such a tokenizer's
+        // texts with special tokens are not cached.
+        if let (true, Some(cache)) = (self.cacheable(add_special_tokens), &self.prefix_cache) {
+            let mut ids = cache.encode(text, |piece| self.tokenize_uncached(piece, false))?;
+            self.add_bos(&mut ids, add_special_tokens);
+            return Ok(ids);
         }
         self.tokenize_uncached(text, add_special_tokens)
     }
@@ -392,12 +405,23 @@ impl Preprocessor {
                 encoding.get_ids().to_vec()
             }
         };
+        self.add_bos(&mut ids, add_special_tokens);
+        Ok(ids)
+    }
+
+    /// Puts BOS in front when special tokens are added, the card says so and it is not there yet.
+    fn add_bos(&self, ids: &mut Vec<u32>, add_special_tokens: bool) {
         if let (true, true, Some(bos)) = (add_special_tokens, self.card.add_bos_token, self.bos_id)
             && ids.first() != Some(&bos)
         {
             ids.insert(0, bos);
         }
-        Ok(ids)
+    }
+
+    /// Whether the prefix cache may tokenize this text: always without special tokens, and with
+    /// them when the tokenizer's post-processor adds none (BOS, added here, goes in front after).
+    fn cacheable(&self, add_special_tokens: bool) -> bool {
+        !add_special_tokens || self.post_processor_adds_nothing
     }
 
     /// The text of `ids`, special tokens left out.

@@ -144,6 +144,8 @@ proptest! {
                     let text = plain.render_chat(&messages, true, None).unwrap();
                     let expected = plain.encode(&text, false).unwrap();
                     prop_assert_eq!(cached.encode(&text, false).unwrap(), expected, "{} on {:?}", name, text);
+                    // With special tokens (a completion's prompt): cached where the post-processor adds none.
+                    prop_assert_eq!(cached.encode(&text, true).unwrap(), plain.encode(&text, true).unwrap(), "{} on {:?}", name, text);
                 }
             }
         }
@@ -258,4 +260,19 @@ async fn the_budget_is_charged_for_what_is_left_to_tokenize() {
     let second = pre.render_chat(&[system, json!({"role": "user", "content": "Review #2"})], true, None).unwrap();
     let ids = tokio::time::timeout(std::time::Duration::from_secs(10), pre.encode_off_runtime(second.clone(), false)).await;
     assert_eq!(ids.expect("admitted at once").unwrap(), pre.tokenize_uncached(&second, false).unwrap());
+}
+
+#[test]
+fn completion_prompts_with_special_tokens_use_the_cache_when_the_post_processor_adds_none() {
+    let counters = PrefixCacheCounters::default();
+    let pre = Preprocessor::new(smollm2_card()).unwrap().with_prefix_cache(PrefixCacheLimits::default(), counters.clone());
+    assert!(pre.post_processor_adds_nothing);
+    let shared = format!("<|im_start|>system\n{}<|im_end|>\n", "Few-shot examples follow. ".repeat(50));
+    for question in ["Q: 2+2?", "Q: 3+3?"] {
+        let text = format!("{shared}<|im_start|>user\n{question}<|im_end|>\n");
+        assert_eq!(pre.encode(&text, true).unwrap(), pre.tokenize_uncached(&text, true).unwrap());
+    }
+    assert_eq!((counters.misses.get(), counters.hits.get()), (1, 1));
+    // BERT's post-processor wraps the text: not cached (see the test above).
+    assert!(!Preprocessor::new(minilm_card()).unwrap().post_processor_adds_nothing);
 }
