@@ -44,6 +44,9 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// Prompt tokens the engine found in its prefix cache.
     pub cached_tokens: u32,
+    /// Prompt tokens the request's explicit cache breakpoint newly wrote into (pinned in) the
+    /// engine's prefix cache (Anthropic's `cache_creation_input_tokens`).
+    pub pinned_tokens: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +80,8 @@ pub struct TextStream {
     completion_tokens: u32,
     /// Prompt tokens the engine found cached, from its first token (for a stop string's usage).
     cached_tokens: u32,
+    /// Prompt tokens its pin newly wrote, from its first token.
+    pinned_tokens: u32,
     /// The prompt's scores, when the request asked for them (the latest worker's, after a
     /// migration).
     prompt_scores: Option<Vec<PromptLogprob>>,
@@ -120,6 +125,7 @@ pub fn text_stream(
         observer,
         held_tokens: Vec::new(),
         cached_tokens: 0,
+        pinned_tokens: 0,
         completion_tokens: 0,
         prompt_scores: None,
         stop_token: None,
@@ -201,6 +207,9 @@ impl TextStream {
         if let Some(cached) = token.prompt_cached {
             self.cached_tokens = cached;
         }
+        if let Some(pinned) = token.prompt_pinned {
+            self.pinned_tokens = pinned;
+        }
         let id = token.id;
         let info = self.token_info(token);
         self.held_tokens.push(info);
@@ -212,6 +221,7 @@ impl TextStream {
                 prompt_tokens,
                 completion_tokens: self.completion_tokens,
                 cached_tokens: self.cached_tokens.min(prompt_tokens),
+                pinned_tokens: self.pinned_tokens,
             };
             self.finish(outcome.emit, FinishReason::Stop, usage, outcome.matched);
             return None;
@@ -290,7 +300,7 @@ impl Stream for TextStream {
                     }
                 }
                 Some(Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens, queued_for })) => {
-                    let usage = Usage { prompt_tokens, completion_tokens, cached_tokens };
+                    let usage = Usage { prompt_tokens, completion_tokens, cached_tokens, pinned_tokens: this.pinned_tokens };
                     this.on_finished(reason, usage, queued_for);
                 }
                 Some(Err(error)) => return Poll::Ready(Some(this.fail(BridgeError::Generate(error)))),

@@ -213,6 +213,7 @@ fn sampling_spec() -> impl Strategy<Value = (Map<String, Value>, CompletionOptio
                 priority: None,
                 strict_priority: None,
                 adapter: None,
+                pin: None,
             };
             (body, options)
         },

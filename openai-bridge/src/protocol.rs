@@ -18,6 +18,7 @@
 //! ```
 
 mod anthropic;
+mod cache_control;
 mod nvext;
 mod responses;
 mod responses_api;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 pub use self::anthropic::*;
+pub use self::cache_control::{CacheBreakpoint, DEFAULT_CACHE_TTL, LONG_CACHE_TTL, cache_ttl, chat_breakpoint};
 pub use self::nvext::{ANNOTATIONS, AgentHints, EXTRA_FIELDS, NvExt};
 pub use self::responses::*;
 pub use self::responses_api::*;
@@ -238,6 +240,7 @@ impl SamplingFields {
             priority: self.priority,
             strict_priority: None,
             adapter: None,
+            pin: None,
         };
         options.validate()?;
         Ok(options)

@@ -27,6 +27,7 @@ mod input_items;
 mod score;
 mod messages;
 mod next_turn;
+mod prefix_pin;
 mod responses;
 mod sse;
 mod text_doors;
@@ -55,7 +56,7 @@ use crate::metrics::{LlmMetrics, RequestObserver};
 use crate::parsers::{ForcedCalls, OutputFormats, OutputParser, ParsedDelta};
 use crate::pipeline::{ModelRef, StreamMeta, TextStream};
 use crate::preprocess::Preprocessor;
-use crate::protocol::{ErrorBody, ModelList, ModelObject, NvExt, ToolChoice, Tools, forced_calls, parse_json};
+use crate::protocol::{CacheBreakpoint, ErrorBody, ModelList, ModelObject, NvExt, ToolChoice, Tools, forced_calls, parse_json};
 use crate::response_store::{ResponseStore, StoreLimits};
 use crate::sampling::CompletionOptions;
 
@@ -319,6 +320,8 @@ struct ChatPrompt<'a> {
     nvext: Option<&'a NvExt>,
     /// The worker to run on, when the request names one.
     worker: Option<&'a str>,
+    /// Explicit prompt caching: the messages whose prompt prefix the engine keeps cached.
+    cache_breakpoint: Option<CacheBreakpoint>,
 }
 
 /// The choices of one chat (`n`) under way, with the annotation events sent before them.
@@ -376,6 +379,15 @@ impl AppState {
         };
         let annotations = annotation_frames(nvext, pre, text, &prompt);
         let target = ModelRef { name: model, version: None, worker: chat.worker };
+        let pinned;
+        let options = match chat.cache_breakpoint {
+            Some(breakpoint) => {
+                let pin = self.prefix_pin(pre, &chat, breakpoint, &prompt).await.map_err(|e| failed(observer, e))?;
+                pinned = CompletionOptions { pin: Some(pin), ..options.clone() };
+                &pinned
+            }
+            None => options,
+        };
         let streams = generate_choices(self.hub.as_ref(), pre, target, options, prompt, None, observers).await?;
         let streams = streams.into_iter().map(|stream| stream.show_special(pre.marker_tokens(chat.with_tools))).collect();
         Ok(StartedChoices { streams, annotations })

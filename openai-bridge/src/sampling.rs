@@ -90,6 +90,9 @@ pub struct CompletionOptions {
     /// The LoRA adapter of the model to run with (KServe's `lora_name`; on the OpenAI routes the
     /// adapter is named as the model).
     pub adapter: Option<String>,
+    /// Explicit prompt caching: the prompt prefix to keep in the engine's prefix cache (set by the
+    /// door from the request's cache breakpoints, once the prompt is tokenized).
+    pub pin: Option<tritium_backend_api::llm::PrefixPin>,
 }
 
 impl CompletionOptions {
@@ -236,6 +239,7 @@ impl CompletionOptions {
             constraint: self.constraint.clone(),
             prompt_logprobs: self.prompt_logprobs,
             adapter: self.adapter.clone(),
+            pin: self.pin,
             priority: Priority {
                 tier: self.strict_priority.unwrap_or(0),
                 level: self.priority.map_or(0, |p| i32::try_from(p).unwrap_or(if p < 0 { i32::MIN } else { i32::MAX })),

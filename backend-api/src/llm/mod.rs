@@ -25,7 +25,7 @@ pub use constraint::Constraint;
 pub use kv_transfer::{ExportedBlock, ImportedBlocks, KvExport, TransferLayout};
 pub use text_input::{OpenAiApi, OpenAiChunks, OpenAiRequest, PrefillHandoff};
 pub use types::{
-    AdapterInfo, EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource,
+    AdapterInfo, EngineStats, FinishReason, GenerateError, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, PrefixPin,
     Priority, PromptLogprob, SamplingOptions, StopOptions, TokenStream,
 };
 #[cfg(feature = "vocabulary")]

@@ -87,6 +87,18 @@ pub struct GenerateRequest {
     pub priority: Priority,
     /// The LoRA adapter (by name) whose deltas apply on top of the base weights, if any.
     pub adapter: Option<String>,
+    /// Keep the prompt's first tokens in the prefix cache for a while (explicit prompt caching).
+    pub pin: Option<PrefixPin>,
+}
+
+/// Explicit prompt caching (Anthropic's `cache_control`): the KV blocks of the prompt's first
+/// `tokens` positions are kept in the engine's prefix cache, safe from eviction, for `ttl` after
+/// this request (a later request pinning the same prefix extends it), within the engine's bound
+/// on pinned blocks (past it the oldest pins lapse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixPin {
+    pub tokens: u32,
+    pub ttl: std::time::Duration,
 }
 
 /// A LoRA adapter an engine holds.
@@ -162,6 +174,9 @@ pub struct GeneratedToken {
     /// On a sequence's first token only: the prompt tokens found in the prefix cache, so that a
     /// frontend that stops the sequence early (a stop string) can still report them.
     pub prompt_cached: Option<u32>,
+    /// On a sequence's first token only, when its request pinned a prefix: the prompt tokens the
+    /// pin newly wrote into the cache (0 when the pin was there already, or could not be kept).
+    pub prompt_pinned: Option<u32>,
     /// The token that ended the sequence (end of sequence, or one of the request's stop token
     /// ids), sent only to a request that asked for `logprobs`, for its log-probability: it is no
     /// text, and `Finished` follows. Evaluators read it as the completion's one token.

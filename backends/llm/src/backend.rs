@@ -73,6 +73,7 @@ fn engine_options(config: &ModelConfig, defaults: &EngineOptions) -> Result<Engi
         loras: defaults.loras.clone(),
         max_loras: params.number("max_loras", defaults.max_loras)?,
         max_lora_rank: params.number("max_lora_rank", defaults.max_lora_rank)?,
+        max_pinned_kv_permille: defaults.max_pinned_kv_permille,
         scheduling_policy: match config_parameter(config, "scheduling_policy") {
             Some(name) => name.parse().map_err(|why| format!("parameter 'scheduling_policy': {why}"))?,
             None => defaults.scheduling_policy,

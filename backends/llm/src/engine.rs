@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::block_pool::BlockPool;
 use super::constraint::{Constrained, Grammars};
 use super::engine_loop::EngineLoop;
+use super::pins::Pins;
 use super::lora::LoraAdapter;
 use super::model::DecoderModel;
 use super::model::config::DecoderConfig;
@@ -147,6 +148,7 @@ impl LlmEngine {
         };
         let offload_counters = offload.as_ref().map(|tier| Arc::clone(&tier.counters));
         tracing::info!(model = name, blocks, block_size, mib = bytes >> 20, prefix_caching = options.prefix_caching, "KV cache");
+        let pinned_blocks = blocks * usize::from(options.max_pinned_kv_permille.min(1000)) / 1000;
         let shared = Arc::new(Shared {
             name: name.to_string(),
             options,
@@ -162,7 +164,8 @@ impl LlmEngine {
                 let card = Arc::clone(&card);
                 move || {
                     let preempted = VecDeque::new();
-                    EngineLoop { model, draft, pool, offload, card, shared, running: Vec::new(), preempted, admitted: 0 }.run()
+                    let pins = Pins::new(pinned_blocks);
+                    EngineLoop { model, draft, pool, offload, card, shared, running: Vec::new(), preempted, admitted: 0, pins }.run()
                 }
             })
             .map_err(|e| format!("starting the engine thread: {e}"))?;

@@ -38,6 +38,7 @@ pub(super) fn request(tokenizer: &tokenizers::Tokenizer, text: &str, max_tokens:
         prompt_logprobs: None,
         priority: Default::default(),
         adapter: None,
+        pin: None,
     }
 }
 
@@ -228,4 +229,48 @@ async fn an_evicted_prefix_comes_back_from_the_offload_tier_with_the_logits_comp
     assert_same_logits(&again, &cold);
     let seen: Vec<KvEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
     assert!(seen.iter().any(|e| matches!(e, KvEvent::Offloaded { .. })), "the router hears of offloaded blocks");
+}
+
+/// The first token's report of what a request's pin wrote, and the prompt tokens found cached.
+async fn pinned_run(engine: &LlmEngine, request: GenerateRequest) -> (Option<u32>, u32) {
+    let (tokens, cached, _) = run(engine.generate(request).unwrap()).await;
+    (tokens[0].prompt_pinned, cached)
+}
+
+#[tokio::test]
+async fn a_pinned_prefix_survives_the_pressure_that_evicts_an_unpinned_one() {
+    let options = EngineOptions { max_kv_tokens: 256, max_sequences: 2, ..EngineOptions::default() };
+    let (engine, tokenizer) = engine(options);
+    let system_len = request(&tokenizer, SYSTEM, 1).prompt.len();
+    let pin = tritium_backend_api::llm::PrefixPin { tokens: system_len as u32, ttl: std::time::Duration::from_secs(300) };
+    let pinned = |text: &str| GenerateRequest { pin: Some(pin), ..request(&tokenizer, &format!("{SYSTEM}{text}"), 2) };
+    let covered = system_len / 16 * 16;
+    // The first pin writes the prefix's full blocks; pinning it again writes nothing.
+    assert_eq!(pinned_run(&engine, pinned("Q: hours? A:")).await, (Some(covered as u32), 0));
+    let (written, cached) = pinned_run(&engine, pinned("Q: rules? A:")).await;
+    assert_eq!(written, Some(0));
+    assert!(cached as usize >= covered);
+    // Long unrelated prompts use up the pool several times over.
+    let unpinned = "Deliveries arrive at the loading dock behind the east wing every morning. ";
+    for round in 0..6 {
+        let text = format!("Log {round}: {}", "The warehouse counts its pallets twice a day and writes the totals down. ".repeat(8));
+        let _ = run(engine.generate(request(&tokenizer, &text, 2)).unwrap()).await;
+        if round == 0 {
+            let _ = run(engine.generate(request(&tokenizer, &unpinned.repeat(4), 2)).unwrap()).await;
+        }
+    }
+    // The pinned prefix is still cached; the unpinned one was evicted.
+    let (_, cached) = pinned_run(&engine, pinned("Q: events? A:")).await;
+    assert!(cached as usize >= covered, "{cached} of {covered} pinned tokens cached");
+    let (_, cached, _) = run(engine.generate(request(&tokenizer, &format!("{}Q?", unpinned.repeat(4)), 2)).unwrap()).await;
+    assert_eq!(cached, 0, "the unpinned prefix survived: the pool was not under pressure");
+}
+
+#[tokio::test]
+async fn with_no_room_for_pins_nothing_is_pinned_or_reported_written() {
+    let options = EngineOptions { max_kv_tokens: 256, max_pinned_kv_permille: 0, ..EngineOptions::default() };
+    let (engine, tokenizer) = engine(options);
+    let pin = tritium_backend_api::llm::PrefixPin { tokens: 64, ttl: std::time::Duration::from_secs(300) };
+    let request = GenerateRequest { pin: Some(pin), ..request(&tokenizer, &format!("{SYSTEM}Q: hours? A:"), 2) };
+    assert_eq!(pinned_run(&engine, request).await, (Some(0), 0));
 }

@@ -20,11 +20,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::block_pool::{BlockId, BlockPool};
 use super::engine_state::{Counters, Shared};
 use super::model::SequenceInput;
 use super::offload::OffloadTier;
+use super::pins::Pins;
 use super::prompt_scores;
 use super::sequence::{Running, Sampled, sample_next};
 use super::speculation;
@@ -49,11 +51,19 @@ pub(super) struct EngineLoop {
     pub preempted: VecDeque<Running>,
     /// Admission order, so preemption takes the newest.
     pub admitted: u64,
+    /// Prompt prefixes pinned in the prefix cache by their requests (explicit prompt caching).
+    pub pins: Pins,
 }
 
 impl EngineLoop {
     pub(super) fn run(mut self) {
-        while self.admit() {
+        loop {
+            if !self.pins.is_empty() {
+                self.pins.expire(&mut self.pool, Instant::now());
+            }
+            if !self.admit() {
+                break;
+            }
             self.drop_cancelled();
             if !self.running.is_empty() {
                 self.step();
@@ -383,6 +393,13 @@ impl EngineLoop {
             }
             if sequence.fed < sequence.tokens.len() {
                 continue;
+            }
+            if let Some(pin) = sequence.pin.take() {
+                // The prompt's full blocks are committed now: what the pin covers of them.
+                let covered = (pin.tokens as usize).min(sequence.prompt_len) / size;
+                let newly = self.pins.pin(&mut self.pool, &sequence.blocks[..covered], pin.ttl, Instant::now());
+                let written = if newly { (covered * size).saturating_sub(sequence.cached_tokens) } else { 0 };
+                sequence.pinned_tokens = Some(written as u32);
             }
             if let Some(scorer) = sequence.scorer.take() {
                 // Before the first token; a client gone by now is noticed when it is sent.

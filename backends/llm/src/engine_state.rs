@@ -14,6 +14,9 @@ use crate::constraint::Constrained;
 use crate::export::ExportSink;
 use crate::offload::OffloadOptions;
 
+/// `--max-pinned-kv-fraction`'s default: half the pool may be pinned.
+pub const DEFAULT_MAX_PINNED_KV_PERMILLE: u16 = 500;
+
 /// Bounds on what one engine holds at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineOptions {
@@ -48,6 +51,9 @@ pub struct EngineOptions {
     /// Adapters held at once (`--max-loras`), and the largest rank accepted (`--max-lora-rank`).
     pub max_loras: usize,
     pub max_lora_rank: usize,
+    /// The share of the block pool that explicit prompt-caching pins may hold, in thousandths
+    /// (`--max-pinned-kv-fraction` 0.5 is 500); past it the oldest pins lapse.
+    pub max_pinned_kv_permille: u16,
 }
 
 /// How waiting requests are ordered, and which running sequence gives way when the batch is full
@@ -104,6 +110,7 @@ impl Default for EngineOptions {
             loras: Vec::new(),
             max_loras: 8,
             max_lora_rank: 16,
+            max_pinned_kv_permille: DEFAULT_MAX_PINNED_KV_PERMILLE,
         }
     }
 }

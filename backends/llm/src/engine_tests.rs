@@ -35,6 +35,7 @@ fn greedy(tokenizer: &tokenizers::Tokenizer, prompt: &str, max_tokens: u32) -> G
         prompt_logprobs: None,
         priority: Default::default(),
         adapter: None,
+        pin: None,
     }
 }
 

@@ -40,6 +40,7 @@ mod lora_tests;
 pub mod mock;
 mod model;
 mod offload;
+mod pins;
 mod prompt_scores;
 #[cfg(test)]
 mod prompt_scores_tests;

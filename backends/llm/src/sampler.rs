@@ -89,7 +89,7 @@ impl Sampler {
 
     fn sample_masked(&mut self, logits: &[f32], allowed: Option<&SimpleVob>) -> GeneratedToken {
         if logits.is_empty() {
-            return GeneratedToken { id: 0, logprob: None, top_logprobs: Vec::new(), prompt_cached: None, stop: false };
+            return GeneratedToken { id: 0, logprob: None, top_logprobs: Vec::new(), prompt_cached: None, prompt_pinned: None, stop: false };
         }
         self.load_penalised(logits);
         if let Some(allowed) = allowed {
@@ -112,7 +112,7 @@ impl Sampler {
         // id < logits.len(), which came from a vocabulary indexed by u32.
         let id = id as u32;
         self.record(id);
-        GeneratedToken { id, logprob, top_logprobs, prompt_cached: None, stop: false }
+        GeneratedToken { id, logprob, top_logprobs, prompt_cached: None, prompt_pinned: None, stop: false }
     }
 
     fn record(&mut self, id: u32) {

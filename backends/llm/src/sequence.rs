@@ -14,7 +14,7 @@ use crate::export::ExportSink;
 use tritium_backend_api::kv::{BlockHash, chain_hash};
 use tritium_backend_api::llm::ExportedBlock;
 use tritium_backend_api::llm::ModelCard;
-use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent, Priority};
+use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent, PrefixPin, Priority};
 
 /// A sequence in the running batch (or preempted, waiting to resume).
 pub(super) struct Running {
@@ -48,6 +48,10 @@ pub(super) struct Running {
     pub lora: Option<std::sync::Arc<crate::lora::LoraAdapter>>,
     /// Where its prompt's blocks go, when another engine asked for them.
     export: Option<ExportSink>,
+    /// The prefix its request asked to pin, until its prompt is in (then it is pinned once).
+    pub pin: Option<PrefixPin>,
+    /// The prompt tokens the pin newly wrote, reported with the first token.
+    pub pinned_tokens: Option<u32>,
 }
 
 impl Running {
@@ -74,6 +78,8 @@ impl Running {
             rank,
             lora,
             export,
+            pin: request.pin,
+            pinned_tokens: None,
         }
     }
 
@@ -182,6 +188,7 @@ pub(super) fn sample_next(
     let generated = sequence.generated() + 1;
     if generated == 1 {
         token.prompt_cached = Some(sequence.cached_tokens as u32);
+        token.prompt_pinned = sequence.pinned_tokens;
     }
     counters.tokens.fetch_add(1, Ordering::Relaxed);
     let id = token.id;

@@ -106,6 +106,7 @@ impl ResponseStream {
                     logprob: logprobs.get(i).map(|&p| p as f32),
                     top_logprobs: Vec::new(),
                     prompt_cached: None,
+                    prompt_pinned: None,
                     stop: false,
                 };
                 if events.send(Ok(GenerateEvent::Token(token))).is_err() {

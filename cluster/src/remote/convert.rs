@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tritium_backend_api::llm::{
-    Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, Priority, PromptLogprob,
+    Constraint, FinishReason, GenerateEvent, GenerateRequest, GeneratedToken, PrefillSource, PrefixPin, Priority, PromptLogprob,
     SamplingOptions, StopOptions, TransferLayout,
 };
 use tritium_proto::inference::infer_parameter::ParameterChoice;
@@ -185,7 +185,7 @@ pub fn response_to_proto(response: InferenceResponse) -> Result<ModelInferRespon
 }
 
 pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::GenerateRequest {
-    let GenerateRequest { model_version, prompt, sampling, stop, logprobs, constraint, prompt_logprobs, priority, adapter } =
+    let GenerateRequest { model_version, prompt, sampling, stop, logprobs, constraint, prompt_logprobs, priority, adapter, pin } =
         request;
     pb::GenerateRequest {
         model: model.to_string(),
@@ -215,6 +215,8 @@ pub fn generate_request_to_proto(model: &str, request: GenerateRequest) -> pb::G
         priority: priority.level,
         priority_tier: priority.tier,
         adapter,
+        pin_tokens: pin.map(|pin| pin.tokens),
+        pin_ttl_ms: pin.map_or(0, |pin| u32::try_from(pin.ttl.as_millis()).unwrap_or(u32::MAX)),
     }
 }
 
@@ -301,6 +303,7 @@ pub fn generate_request_from_proto(request: pb::GenerateRequest) -> GenerateRequ
         prompt_logprobs: request.prompt_logprobs,
         priority: Priority { tier: request.priority_tier, level: request.priority },
         adapter: request.adapter,
+        pin: request.pin_tokens.map(|tokens| PrefixPin { tokens, ttl: Duration::from_millis(u64::from(request.pin_ttl_ms)) }),
     }
 }
 
@@ -311,6 +314,7 @@ pub fn event_to_proto(event: GenerateEvent) -> pb::GenerateEvent {
             logprob: token.logprob,
             top_logprobs: token.top_logprobs.into_iter().map(|(id, logprob)| pb::TopLogprob { id, logprob }).collect(),
             prompt_cached: token.prompt_cached,
+            prompt_pinned: token.prompt_pinned,
             rank: None,
             stop: token.stop,
         }),
@@ -322,6 +326,7 @@ pub fn event_to_proto(event: GenerateEvent) -> pb::GenerateEvent {
                     logprob: Some(score.logprob),
                     top_logprobs: score.top_logprobs.into_iter().map(|(id, logprob)| pb::TopLogprob { id, logprob }).collect(),
                     prompt_cached: None,
+                    prompt_pinned: None,
                     rank: Some(score.rank),
                     stop: false,
                 })
@@ -348,6 +353,7 @@ pub fn event_from_proto(event: pb::GenerateEvent) -> Result<GenerateEvent, Strin
             logprob: token.logprob,
             top_logprobs: token.top_logprobs.into_iter().map(|t| (t.id, t.logprob)).collect(),
             prompt_cached: token.prompt_cached,
+            prompt_pinned: token.prompt_pinned,
             stop: token.stop,
         })),
         Some(pb::generate_event::Event::PromptLogprobs(scores)) => Ok(GenerateEvent::PromptLogprobs(
@@ -397,6 +403,7 @@ mod tests {
             prompt_logprobs: Some(1),
             priority: Priority { tier: 2, level: -7 },
             adapter: Some("sql".into()),
+            pin: Some(PrefixPin { tokens: 64, ttl: Duration::from_secs(300) }),
         };
         let wire = generate_request_to_proto("m", request.clone());
         assert_eq!((wire.model.as_str(), wire.version), ("m", Some(3)));
@@ -409,6 +416,7 @@ mod tests {
                 logprob: Some(-0.5),
                 top_logprobs: vec![(5, -0.5), (6, -1.5)],
                 prompt_cached: Some(2),
+                prompt_pinned: Some(1),
                 stop: false,
             }),
             GenerateEvent::Finished {

@@ -40,7 +40,7 @@ impl Fake {
 }
 
 fn token(id: u32) -> Result<GenerateEvent, GenerateError> {
-    Ok(GenerateEvent::Token(GeneratedToken { id, logprob: None, top_logprobs: Vec::new(), prompt_cached: None, stop: false }))
+    Ok(GenerateEvent::Token(GeneratedToken { id, logprob: None, top_logprobs: Vec::new(), prompt_cached: None, prompt_pinned: None, stop: false }))
 }
 
 #[async_trait]

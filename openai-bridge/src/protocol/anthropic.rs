@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{Stop, Tools};
+use super::{CacheBreakpoint, Stop, Tools, cache_ttl};
 use crate::BridgeError;
 use crate::parsers::ParsedDelta;
 use crate::sampling::CompletionOptions;
@@ -75,6 +75,40 @@ impl MessagesRequest {
 
     pub fn chat_messages(&self) -> Result<Vec<Value>, BridgeError> {
         chat_messages(self.system.as_ref(), &self.messages)
+    }
+
+    /// The request's explicit cache breakpoint over [`MessagesRequest::chat_messages`]: the
+    /// last system block, tool or content block with `cache_control` (a tool's covers the system
+    /// prompt, which the tools are rendered with), with the longest TTL named.
+    pub fn cache_breakpoint(&self) -> Result<Option<CacheBreakpoint>, BridgeError> {
+        let system_messages = usize::from(!matches!(self.system, None | Some(Value::Null)));
+        let mut found: Option<CacheBreakpoint> = None;
+        let mut note = |messages: usize, ttl: Option<std::time::Duration>| {
+            if let Some(ttl) = ttl {
+                found = Some(CacheBreakpoint { messages, ttl }.merge(found));
+            }
+        };
+        for (i, tool) in self.tools.iter().flatten().enumerate() {
+            note(system_messages, cache_ttl(tool, &format!("tools[{i}]"))?);
+        }
+        if let Some(Value::Array(blocks)) = &self.system {
+            for (j, block) in blocks.iter().enumerate() {
+                note(system_messages, cache_ttl(block, &format!("system[{j}]"))?);
+            }
+        }
+        for (i, message) in self.messages.iter().enumerate() {
+            let Some(Value::Array(blocks)) = message.get("content") else { continue };
+            let mut ttl = None;
+            for (j, block) in blocks.iter().enumerate() {
+                ttl = ttl.max(cache_ttl(block, &format!("messages[{i}].content[{j}]"))?);
+            }
+            if ttl.is_some() {
+                // The chat messages through this one (a message may become several: tool results).
+                let through = chat_messages(self.system.as_ref(), &self.messages[..=i])?.len();
+                note(through, ttl);
+            }
+        }
+        Ok(found.filter(|breakpoint| breakpoint.messages > 0))
     }
 
     pub fn template_extra(&self, tools: &Tools) -> Map<String, Value> {
@@ -243,13 +277,15 @@ pub struct AnthropicUsage {
 
 impl AnthropicUsage {
     /// Anthropic counts cache reads apart: `input_tokens` are the prompt tokens computed, and
-    /// `cache_read_input_tokens` those read from the cache (the prompt is their sum).
-    pub fn new(prompt_tokens: u32, output_tokens: u32, cached_tokens: u32) -> AnthropicUsage {
+    /// `cache_read_input_tokens` those read from the cache, `cache_creation_input_tokens` those
+    /// a cache breakpoint newly wrote (the prompt is the sum of the three).
+    pub fn new(prompt_tokens: u32, output_tokens: u32, cached_tokens: u32, pinned_tokens: u32) -> AnthropicUsage {
         let cache_read_input_tokens = cached_tokens.min(prompt_tokens);
+        let cache_creation_input_tokens = pinned_tokens.min(prompt_tokens - cache_read_input_tokens);
         AnthropicUsage {
-            input_tokens: prompt_tokens - cache_read_input_tokens,
+            input_tokens: prompt_tokens - cache_read_input_tokens - cache_creation_input_tokens,
             output_tokens,
-            cache_creation_input_tokens: 0,
+            cache_creation_input_tokens,
             cache_read_input_tokens,
         }
     }

@@ -39,9 +39,11 @@ pub(super) async fn chat_completions(
         let tools = request.tools()?;
         let messages = request.template_messages()?;
         let extra = request.template_extra(&tools);
-        Ok((options, tools, messages, extra))
+        let breakpoint = crate::protocol::chat_breakpoint(&request.messages)?;
+        Ok((options, tools, messages, extra, breakpoint))
     });
-    let (mut options, tools, messages, extra) = prepared.map_err(|error| super::failed(&mut observer, error))?;
+    let (mut options, tools, messages, extra, breakpoint) =
+        prepared.map_err(|error| super::failed(&mut observer, error))?;
     let (n, _) =
         request.sampling.choices(None, request.stream, pre.limits()).map_err(|error| super::failed(&mut observer, error))?;
     let unparsed = options.clone();
@@ -71,6 +73,7 @@ pub(super) async fn chat_completions(
         with_tools: tools.offered(),
         nvext: request.nvext.as_ref(),
         worker,
+        cache_breakpoint: breakpoint,
     };
     let observers =
         std::iter::once(observer).chain((1..n).map(|_| state.metrics.observer(&request.model, super::PROTOCOL))).collect();

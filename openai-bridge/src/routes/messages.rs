@@ -43,9 +43,10 @@ pub(super) async fn messages(
         let tools = request.tools()?;
         let messages = request.chat_messages()?;
         let extra = request.template_extra(&tools);
-        Ok((options, tools, messages, extra))
+        let breakpoint = request.cache_breakpoint()?;
+        Ok((options, tools, messages, extra, breakpoint))
     });
-    let (mut options, tools, messages, extra) = prepared.map_err(|error| failed(&mut observer, error))?;
+    let (mut options, tools, messages, extra, breakpoint) = prepared.map_err(|error| failed(&mut observer, error))?;
     let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| failed(&mut observer, error))?;
     let chat = ChatPrompt {
         messages: &messages,
@@ -54,6 +55,7 @@ pub(super) async fn messages(
         with_tools: tools.offered(),
         nvext: None,
         worker: worker.or_nvext(None),
+        cache_breakpoint: breakpoint,
     };
     let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
     let id = new_item_id("msg");
@@ -86,7 +88,7 @@ fn message_object(
         content: ContentBlock::from_parsed(parsed),
         stop_reason: Some(stop_reason),
         stop_sequence,
-        usage: AnthropicUsage::new(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
+        usage: AnthropicUsage::new(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.pinned_tokens),
     }
 }
 
@@ -296,7 +298,7 @@ impl ChunkWriter for MessagesWriter {
         let mut out = VecDeque::new();
         let message = json!({
             "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-            "stop_reason": null, "stop_sequence": null, "usage": AnthropicUsage::new(self.input_tokens, 0, 0),
+            "stop_reason": null, "stop_sequence": null, "usage": AnthropicUsage::new(self.input_tokens, 0, 0, 0),
         });
         Self::event("message_start", json!({"message": message}), &mut out);
         Self::event("ping", json!({}), &mut out);
@@ -325,7 +327,7 @@ impl ChunkWriter for MessagesWriter {
         let delta = json!({"stop_reason": stop_reason, "stop_sequence": stop_sequence});
         // The prefix cache is known only now: the final counts replace message_start's, as
         // Anthropic's own message_delta does.
-        let final_usage = AnthropicUsage::new(end.usage.prompt_tokens, end.usage.completion_tokens, end.usage.cached_tokens);
+        let final_usage = AnthropicUsage::new(end.usage.prompt_tokens, end.usage.completion_tokens, end.usage.cached_tokens, end.usage.pinned_tokens);
         let usage = json!({
             "output_tokens": final_usage.output_tokens,
             "input_tokens": final_usage.input_tokens,

@@ -52,6 +52,8 @@ pub(super) async fn create(
         with_tools: tools.offered(),
         nvext: request.nvext.as_ref(),
         worker: worker.or_nvext(request.nvext.as_ref()),
+        // The Responses API names no cache breakpoints (OpenAI caches prefixes implicitly).
+        cache_breakpoint: None,
     };
     let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
     let turn = Turn {

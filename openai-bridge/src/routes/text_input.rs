@@ -271,6 +271,8 @@ pub(super) fn usage_of(usage: &Value) -> Usage {
         prompt_tokens: count("/prompt_tokens"),
         completion_tokens: count("/completion_tokens"),
         cached_tokens: count("/prompt_tokens_details/cached_tokens"),
+        // A text-input worker pins nothing for Tritium.
+        pinned_tokens: 0,
     }
 }
 

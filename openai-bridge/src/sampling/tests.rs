@@ -176,6 +176,7 @@ fn kserve_parameters_accept_every_sensible_type() {
             priority: Some(i64::from(i32::MIN) + 2),
             strict_priority: None,
             adapter: None,
+            pin: None,
         }
     );
     let single = CompletionOptions::from_kserve_parameters(&params(&[("stop", ParamValue::String("###".into()))]));

@@ -57,7 +57,7 @@ async fn deltas_then_finished() {
         events.last(),
         Some(&Ok(TextEvent::Finished {
             reason: FinishReason::Length,
-            usage: Usage { prompt_tokens: 3, completion_tokens: 2, cached_tokens: 0 },
+            usage: Usage { prompt_tokens: 3, completion_tokens: 2, cached_tokens: 0, pinned_tokens: 0 },
             stop_string: None
         }))
     );
@@ -87,7 +87,7 @@ async fn a_stop_string_across_tokens_ends_the_sequence_at_once() {
         events.last(),
         Some(&Ok(TextEvent::Finished {
             reason: FinishReason::Stop,
-            usage: Usage { prompt_tokens: 4, completion_tokens: 2, cached_tokens: 0 },
+            usage: Usage { prompt_tokens: 4, completion_tokens: 2, cached_tokens: 0, pinned_tokens: 0 },
             stop_string: Some("lo w".into())
         }))
     );
@@ -205,6 +205,6 @@ async fn collect_folds_the_stream() {
     assert_eq!(generated.text, "Hello world");
     assert_eq!(generated.tokens.len(), 2);
     assert_eq!(generated.reason, FinishReason::Stop);
-    assert_eq!(generated.usage, Usage { prompt_tokens: 5, completion_tokens: 2, cached_tokens: 0 });
+    assert_eq!(generated.usage, Usage { prompt_tokens: 5, completion_tokens: 2, cached_tokens: 0, pinned_tokens: 0 });
     assert_eq!(generated.stop_string, None);
 }

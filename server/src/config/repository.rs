@@ -230,6 +230,20 @@ pub struct ModelArgs {
     #[cfg(feature = "llm")]
     #[arg(long, env = "TRITIUM_MAX_LORA_RANK", default_value_t = tritium_llm::EngineOptions::default().max_lora_rank)]
     pub max_lora_rank: usize,
+    /// The share of a language model's KV blocks that explicit prompt caching (Anthropic's
+    /// `cache_control`) may pin, from 0 (no pins) to 1; past it the pins refreshed longest ago
+    /// lapse first.
+    #[cfg(feature = "llm")]
+    #[arg(long, env = "TRITIUM_MAX_PINNED_KV_FRACTION", default_value_t = 0.5, value_parser = fraction)]
+    pub max_pinned_kv_fraction: f64,
+}
+
+#[cfg(feature = "llm")]
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("expected a number from 0 to 1, got '{text}'")),
+    }
 }
 
 #[cfg(feature = "llm")]
@@ -253,6 +267,8 @@ fn engine_options(models: &ModelArgs) -> Result<tritium_llm::EngineOptions, Stri
         loras: models.lora.clone(),
         max_loras: models.max_loras,
         max_lora_rank: models.max_lora_rank,
+        // In [0, 1] (see `fraction`): at most 1000.
+        max_pinned_kv_permille: (models.max_pinned_kv_fraction * 1000.0).round() as u16,
         max_sequences: models.llm_max_sequences,
         max_kv_tokens: models.llm_max_kv_tokens,
         max_queue: models.llm_max_queue,

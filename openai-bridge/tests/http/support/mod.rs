@@ -114,6 +114,7 @@ pub fn token_events(tokens: &[u32], logprobs: Option<u32>) -> Vec<Result<Generat
                 logprob: logprobs.map(|_| -0.5),
                 top_logprobs: top,
                 prompt_cached: None,
+                prompt_pinned: None,
                 stop: false,
             }))
         })
