@@ -84,8 +84,19 @@ apt_opts=(
     -o "Debug::NoLocking=1"
 )
 log "fetching trixie ${debs[*]}"
-apt-get "${apt_opts[@]}" -qq update >/dev/null
-(cd "$apt_dir/debs" && apt-get "${apt_opts[@]}" -qq download "${debs[@]}" >/dev/null)
+# A mirror being synced can serve an index naming versions it no longer (or not yet) holds: the
+# update and the download are tried again from scratch, three times at most.
+for try in 1 2 3; do
+    rm -rf "$apt_dir/state/lists" "$apt_dir/debs"/*.deb
+    mkdir -p "$apt_dir/state/lists/partial"
+    if apt-get "${apt_opts[@]}" -qq update >/dev/null \
+        && (cd "$apt_dir/debs" && apt-get "${apt_opts[@]}" -qq download "${debs[@]}" >/dev/null); then
+        break
+    fi
+    [[ $try == 3 ]] && { log "could not fetch ${debs[*]} from $mirror"; exit 1; }
+    log "fetching failed (try $try of 3); trying again"
+    sleep $((try * 10))
+done
 rm -rf "$root"
 mkdir -p "$root"
 for deb in "$apt_dir"/debs/*.deb; do
