@@ -295,6 +295,12 @@ impl BlockPool {
         }
     }
 
+    /// Whether block `id` is in the prefix cache (committed under its hash): a later sequence
+    /// can find it.
+    pub fn is_committed(&self, id: BlockId) -> bool {
+        self.meta[id as usize].committed.is_some()
+    }
+
     /// How many sequences hold block `id`.
     pub fn refs(&self, id: BlockId) -> u32 {
         self.meta[id as usize].refs

@@ -274,3 +274,15 @@ async fn with_no_room_for_pins_nothing_is_pinned_or_reported_written() {
     let request = GenerateRequest { pin: Some(pin), ..request(&tokenizer, &format!("{SYSTEM}Q: hours? A:"), 2) };
     assert_eq!(pinned_run(&engine, request).await, (Some(0), 0));
 }
+
+#[tokio::test]
+async fn with_the_prefix_cache_off_nothing_is_pinned() {
+    let options = EngineOptions { max_kv_tokens: 256, prefix_caching: false, ..EngineOptions::default() };
+    let (engine, tokenizer) = engine(options);
+    let pin = tritium_backend_api::llm::PrefixPin { tokens: 64, ttl: std::time::Duration::from_secs(300) };
+    let request = || GenerateRequest { pin: Some(pin), ..request(&tokenizer, &format!("{SYSTEM}Q: hours? A:"), 2) };
+    assert_eq!(pinned_run(&engine, request()).await, (Some(0), 0));
+    // No block stays held: the whole pool is there for the next sequences.
+    assert_eq!(pinned_run(&engine, request()).await, (Some(0), 0));
+    assert_eq!(engine.stats().kv_tokens_used, 0);
+}

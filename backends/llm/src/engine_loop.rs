@@ -395,8 +395,11 @@ impl EngineLoop {
                 continue;
             }
             if let Some(pin) = sequence.pin.take() {
-                // The prompt's full blocks are committed now: what the pin covers of them.
+                // The prompt's full blocks are committed now: the leading ones the pin covers (a
+                // block left private, as with the prefix cache off, ends what a pin can hold).
                 let covered = (pin.tokens as usize).min(sequence.prompt_len) / size;
+                let pool = &self.pool;
+                let covered = sequence.blocks[..covered].iter().take_while(|&&id| pool.is_committed(id)).count();
                 let newly = self.pins.pin(&mut self.pool, &sequence.blocks[..covered], pin.ttl, Instant::now());
                 let written = if newly { (covered * size).saturating_sub(sequence.cached_tokens) } else { 0 };
                 sequence.pinned_tokens = Some(written as u32);
