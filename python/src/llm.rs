@@ -227,7 +227,14 @@ impl Sink {
                 state.finished = Some(FinishReason::Stop);
                 return false;
             }
-            let token = GeneratedToken { id, logprob: None, top_logprobs: Vec::new(), prompt_cached: None, stop: false };
+            let token = GeneratedToken {
+                id,
+                logprob: None,
+                top_logprobs: Vec::new(),
+                prompt_cached: None,
+                prompt_pinned: None,
+                stop: false,
+            };
             if state.sender.send(Ok(GenerateEvent::Token(token))).is_err() {
                 return false;
             }

@@ -18,11 +18,11 @@ use tokio::sync::{broadcast, mpsc};
 use super::block_pool::BlockPool;
 use super::constraint::{Constrained, Grammars};
 use super::engine_loop::EngineLoop;
-use super::pins::Pins;
 use super::lora::LoraAdapter;
 use super::model::DecoderModel;
 use super::model::config::DecoderConfig;
 use super::offload::{OffloadCounters, OffloadTier};
+use super::pins::Pins;
 use super::step_model::{CandleStep, ModelShape, StepModel};
 use crate::engine_state::{Counters, EngineOptions, Queue, Shared, Waiting};
 use crate::export::ExportSink;
@@ -165,7 +165,8 @@ impl LlmEngine {
                 move || {
                     let preempted = VecDeque::new();
                     let pins = Pins::new(pinned_blocks);
-                    EngineLoop { model, draft, pool, offload, card, shared, running: Vec::new(), preempted, admitted: 0, pins }.run()
+                    EngineLoop { model, draft, pool, offload, card, shared, running: Vec::new(), preempted, admitted: 0, pins }
+                        .run()
                 }
             })
             .map_err(|e| format!("starting the engine thread: {e}"))?;

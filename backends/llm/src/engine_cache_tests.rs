@@ -253,7 +253,8 @@ async fn a_pinned_prefix_survives_the_pressure_that_evicts_an_unpinned_one() {
     // Long unrelated prompts use up the pool several times over.
     let unpinned = "Deliveries arrive at the loading dock behind the east wing every morning. ";
     for round in 0..6 {
-        let text = format!("Log {round}: {}", "The warehouse counts its pallets twice a day and writes the totals down. ".repeat(8));
+        let text =
+            format!("Log {round}: {}", "The warehouse counts its pallets twice a day and writes the totals down. ".repeat(8));
         let _ = run(engine.generate(request(&tokenizer, &text, 2)).unwrap()).await;
         if round == 0 {
             let _ = run(engine.generate(request(&tokenizer, &unpinned.repeat(4), 2)).unwrap()).await;

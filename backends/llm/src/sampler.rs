@@ -89,7 +89,14 @@ impl Sampler {
 
     fn sample_masked(&mut self, logits: &[f32], allowed: Option<&SimpleVob>) -> GeneratedToken {
         if logits.is_empty() {
-            return GeneratedToken { id: 0, logprob: None, top_logprobs: Vec::new(), prompt_cached: None, prompt_pinned: None, stop: false };
+            return GeneratedToken {
+                id: 0,
+                logprob: None,
+                top_logprobs: Vec::new(),
+                prompt_cached: None,
+                prompt_pinned: None,
+                stop: false,
+            };
         }
         self.load_penalised(logits);
         if let Some(allowed) = allowed {

@@ -360,7 +360,10 @@ mod tests {
             let bytes = encode_request(&body, &request.prompt, codec);
             assert_eq!(decode_body(&bytes, codec).unwrap(), expected, "{codec:?}");
         }
-        assert_eq!(decode_body(&encode_request(&body, &[], PayloadCodec::Json), PayloadCodec::Json).unwrap()["token_ids"], json!([]));
+        assert_eq!(
+            decode_body(&encode_request(&body, &[], PayloadCodec::Json), PayloadCodec::Json).unwrap()["token_ids"],
+            json!([])
+        );
     }
 
     #[test]

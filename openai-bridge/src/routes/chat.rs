@@ -42,8 +42,7 @@ pub(super) async fn chat_completions(
         let breakpoint = crate::protocol::chat_breakpoint(&request.messages)?;
         Ok((options, tools, messages, extra, breakpoint))
     });
-    let (mut options, tools, messages, extra, breakpoint) =
-        prepared.map_err(|error| super::failed(&mut observer, error))?;
+    let (mut options, tools, messages, extra, breakpoint) = prepared.map_err(|error| super::failed(&mut observer, error))?;
     let (n, _) =
         request.sampling.choices(None, request.stream, pre.limits()).map_err(|error| super::failed(&mut observer, error))?;
     let unparsed = options.clone();
