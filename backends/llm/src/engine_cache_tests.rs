@@ -10,6 +10,7 @@ use futures::StreamExt;
 
 use super::engine::LlmEngine;
 use super::engine_state::EngineOptions;
+use super::engine_tests::eventually;
 use tritium_backend_api::kv::{KvEvent, block_hashes};
 use tritium_backend_api::llm::LanguageModel;
 use tritium_backend_api::llm::{
@@ -150,12 +151,7 @@ async fn a_dry_pool_preempts_the_newest_sequence_and_every_sequence_gets_its_sol
         assert_same_until_a_near_tie(tokens, alone, index);
     }
     // The gauges are published after the step that sent the last Finished.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while engine.stats().running > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let stats = engine.stats();
-    assert_eq!((stats.running, stats.kv_tokens_used), (0, 0), "every block went back");
+    eventually(&engine, "every block went back", |s| s.running == 0 && s.kv_tokens_used == 0).await;
 }
 
 #[tokio::test]
@@ -169,6 +165,7 @@ async fn kv_events_announce_exactly_the_blocks_the_cache_holds() {
     };
     let first = request(&tokenizer, SYSTEM, 20);
     let (tokens, _, _) = run(engine.generate(first.clone()).unwrap()).await;
+    eventually(&engine, "the sequence is retired", |s| s.running == 0).await;
     let whole: Vec<u32> = first.prompt.iter().copied().chain(ids(&tokens)).collect();
     // The last generated token was never fed, so it is in no block.
     let expected: HashSet<u64> = block_hashes(&whole[..whole.len() - 1], 16).into_iter().collect();
@@ -179,6 +176,7 @@ async fn kv_events_announce_exactly_the_blocks_the_cache_holds() {
     let long = format!("Note. {SYSTEM}{SYSTEM}");
     let second = request(&tokenizer, &long, 100);
     let (tokens, _, _) = run(engine.generate(second.clone()).unwrap()).await;
+    eventually(&engine, "the sequence is retired", |s| s.running == 0).await;
     let now = replay(&mut events);
     let whole: Vec<u32> = second.prompt.iter().copied().chain(ids(&tokens)).collect();
     let second_blocks: HashSet<u64> = block_hashes(&whole[..whole.len() - 1], 16).into_iter().collect();
@@ -285,5 +283,6 @@ async fn with_the_prefix_cache_off_nothing_is_pinned() {
     assert_eq!(pinned_run(&engine, request()).await, (Some(0), 0));
     // No block stays held: the whole pool is there for the next sequences.
     assert_eq!(pinned_run(&engine, request()).await, (Some(0), 0));
-    assert_eq!(engine.stats().kv_tokens_used, 0);
+    // The gauges are published after the step that sent the last token.
+    eventually(&engine, "no block stays held", |s| s.running == 0 && s.kv_tokens_used == 0).await;
 }

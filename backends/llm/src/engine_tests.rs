@@ -62,7 +62,7 @@ async fn drain_counted(mut stream: TokenStream) -> (Vec<u32>, FinishReason, u32)
 }
 
 /// Waits, up to a generous deadline, for a condition on the engine's counters.
-async fn eventually(engine: &LlmEngine, what: &str, check: impl Fn(&tritium_backend_api::llm::EngineStats) -> bool) {
+pub(crate) async fn eventually(engine: &LlmEngine, what: &str, check: impl Fn(&tritium_backend_api::llm::EngineStats) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !check(&engine.stats()) {
         assert!(Instant::now() < deadline, "{what}: {:?}", engine.stats());
