@@ -53,7 +53,7 @@ use crate::BridgeError;
 use crate::choices::generate_choices;
 pub use crate::hub::{HubModel, LlmHub};
 use crate::metrics::{LlmMetrics, RequestObserver};
-use crate::parsers::{ForcedCalls, OutputFormats, OutputParser, ParsedDelta};
+use crate::parsers::{ForcedCalls, OutputFormats, OutputParser, ParsedDelta, ToolSchemas};
 use crate::pipeline::{ModelRef, StreamMeta, TextStream};
 use crate::preprocess::Preprocessor;
 use crate::protocol::{CacheBreakpoint, ErrorBody, ModelList, ModelObject, NvExt, ToolChoice, Tools, forced_calls, parse_json};
@@ -461,7 +461,7 @@ fn output_parser(
         Some(_) => OutputFormats { reasoning: None, ..*formats },
         None => *formats,
     };
-    Ok(formats.parser(tools.offered()))
+    Ok(formats.parser(tools.offered().then(|| ToolSchemas::new(&tools.specs))))
 }
 
 /// A whole answer split by its parser (all text without one).

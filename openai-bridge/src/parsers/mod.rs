@@ -1,8 +1,10 @@
 //! A model's raw output split into what the APIs return apart: reasoning, the answer's text and
 //! tool calls. Models write all three into one token stream in their family's format
-//! (`<think>…</think>`, hermes `<tool_call>{…}</tool_call>`, llama3 JSON, mistral
-//! `[TOOL_CALLS]`, pythonic `[f(a=1)]`); the server is told which format with
-//! `--dyn-reasoning-parser` / `--dyn-tool-call-parser`.
+//! (`<think>…</think>`, harmony channels, hermes `<tool_call>{…}</tool_call>`, llama3 JSON,
+//! mistral `[TOOL_CALLS]`, pythonic `[f(a=1)]`, Qwen3-Coder's `<function=…>`, DeepSeek's DSML,
+//! Kimi's sections, …: every parser name Dynamo's workers may name, see [`formats`]); the server
+//! is told which format with `--dyn-reasoning-parser` / `--dyn-tool-call-parser`, a Dynamo
+//! worker's model card, or a repository model's parameters.
 //!
 //! [`OutputParser`] works on streamed text: each [`OutputParser::push`] returns what is certain
 //! so far. Text that may begin a marker is held back until it is ruled out, and a tool call is
@@ -27,80 +29,26 @@
 //! assert_eq!(calls[0].arguments, r#"{"city":"Paris"}"#);
 //! ```
 
+mod arguments;
 mod balance;
+mod blocks;
+mod channels;
+pub mod formats;
+mod markers;
 mod pythonic;
 mod reasoning;
 mod tool_calls;
 mod write;
+mod xml_calls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
+pub use self::arguments::ToolSchemas;
+pub use self::formats::{REASONING_PARSERS, ReasoningFormat, TOOL_CALL_PARSERS, ToolCallFormat};
 use self::reasoning::ReasoningSplitter;
 use self::tool_calls::ToolCallSplitter;
-
-/// How a model family writes tool calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToolCallFormat {
-    /// `<tool_call>{"name": …, "arguments": {…}}</tool_call>` blocks (Hermes, Qwen 2.5/3, …).
-    Hermes,
-    /// The whole output a JSON object `{"name": …, "parameters": {…}}` (several joined by `;`),
-    /// maybe after `<|python_tag|>` (Llama 3.1-3.3).
-    Llama3Json,
-    /// `[TOOL_CALLS]` then a JSON array of calls, or `name[ARGS]{…}` (Mistral).
-    Mistral,
-    /// A Python list of calls with keyword arguments, `[f(a=1), g()]` (Llama 3.2 / 4).
-    Pythonic,
-}
-
-impl ToolCallFormat {
-    pub const NAMES: [&'static str; 4] = ["hermes", "llama3_json", "mistral", "pythonic"];
-
-    pub fn from_name(name: &str) -> Option<ToolCallFormat> {
-        match name {
-            "hermes" => Some(ToolCallFormat::Hermes),
-            "llama3_json" => Some(ToolCallFormat::Llama3Json),
-            "mistral" => Some(ToolCallFormat::Mistral),
-            "pythonic" => Some(ToolCallFormat::Pythonic),
-            _ => None,
-        }
-    }
-
-    /// Marker strings that tokenizers often hold as special tokens, which detokenizing would
-    /// otherwise drop.
-    fn markers(self) -> &'static [&'static str] {
-        match self {
-            ToolCallFormat::Hermes => &["<tool_call>", "</tool_call>"],
-            ToolCallFormat::Llama3Json => &["<|python_tag|>"],
-            ToolCallFormat::Mistral => &["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"],
-            // Llama 4's `<|python_start|>` / `<|python_end|>` may go: the list's brackets suffice.
-            ToolCallFormat::Pythonic => &[],
-        }
-    }
-}
-
-/// How a model family marks its reasoning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReasoningFormat {
-    /// Reasoning is what the model writes between `<think>` and `</think>` (Qwen3, …).
-    Think,
-    /// The chat template opens `<think>`: the output starts as reasoning until `</think>`
-    /// (DeepSeek-R1 and its distillations).
-    DeepseekR1,
-}
-
-impl ReasoningFormat {
-    pub const NAMES: [&'static str; 2] = ["think", "deepseek_r1"];
-
-    pub fn from_name(name: &str) -> Option<ReasoningFormat> {
-        match name {
-            "think" | "qwen3" => Some(ReasoningFormat::Think),
-            "deepseek_r1" => Some(ReasoningFormat::DeepseekR1),
-            _ => None,
-        }
-    }
-}
 
 /// The server's choice of output formats (the same for every model it serves).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,16 +64,23 @@ impl OutputFormats {
         if let (true, Some(format)) = (with_tools, self.tool_calls) {
             markers.extend_from_slice(format.markers());
         }
-        if self.reasoning.is_some() {
-            markers.extend_from_slice(&["<think>", "</think>"]);
+        if let Some(format) = self.reasoning {
+            markers.extend_from_slice(format.markers());
         }
+        let mut seen = std::collections::HashSet::new();
+        markers.retain(|marker| seen.insert(*marker));
         markers
     }
 
-    /// A parser for one response; tool calls are looked for only when the request offered tools.
-    pub fn parser(&self, with_tools: bool) -> Option<OutputParser> {
-        let tools = self.tool_calls.filter(|_| with_tools);
-        (tools.is_some() || self.reasoning.is_some()).then(|| OutputParser::new(self.reasoning, tools))
+    /// A parser for one response; tool calls are looked for only when the request offered tools
+    /// (`Some`, with their schemas, which type the parameters of the key/value formats).
+    pub fn parser(&self, tools: Option<ToolSchemas>) -> Option<OutputParser> {
+        let format = self.tool_calls.filter(|_| tools.is_some());
+        (format.is_some() || self.reasoning.is_some()).then(|| OutputParser {
+            reasoning: self.reasoning.map(ReasoningSplitter::new),
+            tools: format.map(|format| ToolCallSplitter::new(format, tools.unwrap_or_default())),
+            forced: None,
+        })
     }
 }
 
@@ -148,6 +103,11 @@ impl ToolCall {
             Value::Null => "{}".to_owned(),
             other => other.to_string(),
         };
+        ToolCall::with_arguments(name, arguments)
+    }
+
+    /// A call whose arguments are already JSON text.
+    fn with_arguments(name: String, arguments: String) -> ToolCall {
         ToolCall { id: new_call_id(), name, arguments }
     }
 }
@@ -200,7 +160,11 @@ pub struct OutputParser {
 
 impl OutputParser {
     pub fn new(reasoning: Option<ReasoningFormat>, tools: Option<ToolCallFormat>) -> OutputParser {
-        OutputParser { reasoning: reasoning.map(ReasoningSplitter::new), tools: tools.map(ToolCallSplitter::new), forced: None }
+        OutputFormats { tool_calls: tools, reasoning }.parser(Some(ToolSchemas::default())).unwrap_or(OutputParser {
+            reasoning: None,
+            tools: None,
+            forced: None,
+        })
     }
 
     /// A parser for output whose calls a grammar forced: they come whole at the end.
@@ -259,8 +223,10 @@ impl OutputParser {
 fn forced_calls(calls: ForcedCalls, text: String) -> ParsedDelta {
     let parsed = serde_json::from_str::<Value>(text.trim()).ok();
     let tool_calls = match (calls, parsed) {
-        (ForcedCalls::Named(name), Some(arguments @ Value::Object(_))) => Some(vec![ToolCall::new(name, arguments)]),
-        (ForcedCalls::Any, Some(value)) => tool_calls::json_calls(value),
+        (ForcedCalls::Named(name), Some(Value::Object(_))) => {
+            arguments::json_arguments(text.trim()).map(|arguments| vec![ToolCall::with_arguments(name, arguments)])
+        }
+        (ForcedCalls::Any, Some(_)) => blocks::json_calls(text.trim()),
         _ => None,
     };
     match tool_calls {

@@ -85,8 +85,10 @@ fn check(case: &Case, how: &str, (content, reasoning, calls): (String, String, V
         })
         .collect();
     assert_eq!(got, case.expected.tool_calls, "tool calls of {what}");
+    // Mistral and Kimi write ids of their own, which their templates read back.
+    let own_ids = matches!(case.tool_parser.as_deref(), Some("mistral" | "kimi_k2" | "kimi_k25"));
     for call in &calls {
-        assert!(call.id.starts_with("call_") || case.tool_parser.as_deref() == Some("mistral"), "{what}: id {}", call.id);
+        assert!(call.id.starts_with("call_") || own_ids, "{what}: id {}", call.id);
     }
 }
 
@@ -160,7 +162,7 @@ fn formats_by_name() {
     let formats = OutputFormats { tool_calls: Some(ToolCallFormat::Mistral), reasoning: Some(ReasoningFormat::Think) };
     assert_eq!(formats.markers(false), vec!["<think>", "</think>"]);
     assert!(formats.markers(true).contains(&"[TOOL_CALLS]"));
-    assert!(OutputFormats::default().parser(true).is_none());
+    assert!(OutputFormats::default().parser(Some(ToolSchemas::default())).is_none());
 }
 
 #[test]

@@ -1,17 +1,16 @@
 //! Tool calls split from the answer's text, over streamed text, in each family's format.
 
-use serde_json::{Map, Value};
-
+use super::arguments::{ToolSchemas, json_arguments};
 use super::balance::{Balance, Scan};
+use super::blocks::{BlockSyntax, block_syntax, json_calls};
+use super::markers::{earliest, floor_boundary, held_back};
 use super::{ParsedDelta, ToolCall, ToolCallFormat, pythonic};
-use crate::stop::partial_match;
 
-const HERMES_OPEN: &str = "<tool_call>";
-const HERMES_CLOSE: &str = "</tool_call>";
 const PYTHON_TAG: &str = "<|python_tag|>";
 const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
 const MISTRAL_ARGS: &str = "[ARGS]";
 const MISTRAL_CALL_ID: &str = "[CALL_ID]";
+const PHI4_CALLS: &str = "functools";
 const PYTHON_START: &str = "<|python_start|>";
 const PYTHON_END: &str = "<|python_end|>";
 /// A Mistral call's name comes before its arguments; longer than this it is not a name.
@@ -30,6 +29,10 @@ enum State {
 #[derive(Debug)]
 pub(super) struct ToolCallSplitter {
     format: ToolCallFormat,
+    block: Option<BlockSyntax>,
+    /// The opening marker of the block being read.
+    open: &'static str,
+    schemas: ToolSchemas,
     state: State,
     /// Text not yet given out: a possible marker, or the call being read.
     held: String,
@@ -46,13 +49,16 @@ pub(super) struct ToolCallSplitter {
 }
 
 impl ToolCallSplitter {
-    pub(super) fn new(format: ToolCallFormat) -> ToolCallSplitter {
+    pub(super) fn new(format: ToolCallFormat, schemas: ToolSchemas) -> ToolCallSplitter {
         let state = match format {
             ToolCallFormat::Llama3Json | ToolCallFormat::Pythonic => State::Start,
-            ToolCallFormat::Hermes | ToolCallFormat::Mistral => State::Text,
+            _ => State::Text,
         };
         ToolCallSplitter {
             format,
+            block: block_syntax(format),
+            open: "",
+            schemas,
             state,
             held: String::new(),
             searched: 0,
@@ -78,9 +84,9 @@ impl ToolCallSplitter {
         let held = std::mem::take(&mut self.held);
         match self.state {
             State::Text => self.emit(&held, &mut out),
-            // A hermes block the end of the output cut before its closing tag: often still whole.
-            State::Call if self.format == ToolCallFormat::Hermes => match hermes_call(&held) {
-                Some(call) => self.call(call, &mut out),
+            // A block the end of the output cut before its closing marker: often still whole.
+            State::Call if self.block.is_some() => match self.read_block(&held) {
+                Some(calls) => calls.into_iter().for_each(|call| self.call(call, &mut out)),
                 None => {
                     self.fall_back(&mut out);
                 }
@@ -97,19 +103,25 @@ impl ToolCallSplitter {
 
     /// One step of the state machine; false when it needs more text.
     fn step(&mut self, out: &mut ParsedDelta) -> bool {
+        if let Some(block) = self.block {
+            return match self.state {
+                State::Text => self.block_text(block, out),
+                _ => self.block_body(block, out),
+            };
+        }
         match (self.state, self.format) {
             (State::Start, _) => self.start(),
-            (State::Text, ToolCallFormat::Hermes) => self.text_until(HERMES_OPEN, out),
-            (State::Text, ToolCallFormat::Mistral) => self.text_until(MISTRAL_CALLS, out),
+            (State::Text, ToolCallFormat::Mistral) => self.text_until(&[MISTRAL_CALLS], out),
+            (State::Text, ToolCallFormat::Phi4) => self.text_until(&[PHI4_CALLS], out),
             (State::Text, _) => {
                 let held = std::mem::take(&mut self.held);
                 self.emit(&held, out);
                 false
             }
-            (State::Call, ToolCallFormat::Hermes) => self.hermes_block(out),
-            (State::Call, ToolCallFormat::Llama3Json) => self.json_calls(out),
             (State::Call, ToolCallFormat::Mistral) => self.mistral_calls(out),
+            (State::Call, ToolCallFormat::Phi4) => self.json_value_calls(out),
             (State::Call, ToolCallFormat::Pythonic) => self.python_calls(out),
+            (State::Call, _) => self.json_calls(out),
         }
     }
 
@@ -146,19 +158,20 @@ impl ToolCallSplitter {
         self.searched = 0;
     }
 
-    /// Text up to `marker`, which opens a call.
-    fn text_until(&mut self, marker: &str, out: &mut ParsedDelta) -> bool {
-        match self.held.find(marker) {
-            Some(at) => {
+    /// Text up to the first of `markers`, which opens a call.
+    fn text_until(&mut self, markers: &[&'static str], out: &mut ParsedDelta) -> bool {
+        match earliest(&self.held, &[markers]) {
+            Some((at, _, marker)) => {
                 let before: String = self.held.drain(..at + marker.len()).collect();
                 self.emit(&before[..at], out);
+                self.open = marker;
                 self.raw = marker.to_owned();
                 self.raw.push_str(&self.held);
                 self.begin_call();
                 true
             }
             None => {
-                let keep = partial_match(&self.held, marker);
+                let keep = held_back(&self.held, &[markers]);
                 let text: String = self.held.drain(..self.held.len() - keep).collect();
                 self.emit(&text, out);
                 false
@@ -166,23 +179,48 @@ impl ToolCallSplitter {
         }
     }
 
-    fn hermes_block(&mut self, out: &mut ParsedDelta) -> bool {
-        let from = self.searched.min(self.held.len());
-        let from = (0..=from).rev().find(|&i| self.held.is_char_boundary(i)).unwrap_or(0);
-        let Some(at) = self.held[from..].find(HERMES_CLOSE).map(|at| from + at) else {
-            self.searched = self.held.len().saturating_sub(HERMES_CLOSE.len());
+    /// Text up to a block's opening marker, without the markup the format drops from it.
+    fn block_text(&mut self, block: BlockSyntax, out: &mut ParsedDelta) -> bool {
+        let opens = block.opens();
+        match earliest(&self.held, &[&opens, block.dropped]) {
+            Some((at, 1, marker)) => {
+                let text: String = self.held.drain(..at + marker.len()).collect();
+                self.emit(&text[..at], out);
+                true
+            }
+            Some(_) => self.text_until(&opens, out),
+            None => {
+                let keep = held_back(&self.held, &[&opens, block.dropped]);
+                let text: String = self.held.drain(..self.held.len() - keep).collect();
+                self.emit(&text, out);
+                false
+            }
+        }
+    }
+
+    /// A block's body up to its closing marker, read as calls (given back as text when not).
+    fn block_body(&mut self, block: BlockSyntax, out: &mut ParsedDelta) -> bool {
+        let close = block.close_of(self.open);
+        let from = floor_boundary(&self.held, self.searched);
+        let Some(at) = self.held[from..].find(close).map(|at| from + at) else {
+            self.searched = self.held.len().saturating_sub(close.len());
             return false;
         };
-        match hermes_call(&self.held[..at]) {
-            Some(call) => self.call(call, out),
+        match self.read_block(&self.held[..at]) {
+            Some(calls) => calls.into_iter().for_each(|call| self.call(call, out)),
             None => {
-                let block = format!("{HERMES_OPEN}{}{HERMES_CLOSE}", &self.held[..at]);
+                let block = format!("{}{}{close}", self.open, &self.held[..at]);
                 self.emit(&block, out);
             }
         }
-        self.held.drain(..at + HERMES_CLOSE.len());
+        self.held.drain(..at + close.len());
         self.state = State::Text;
         true
+    }
+
+    fn read_block(&self, body: &str) -> Option<Vec<ToolCall>> {
+        let block = self.block?;
+        (block.read)(self.open, body, &self.schemas)
     }
 
     /// Llama 3: JSON objects, joined by `;`, each one call.
@@ -196,10 +234,10 @@ impl ToolCallSplitter {
         match self.balance.scan(&self.held, &['"']) {
             Scan::Open => false,
             Scan::NotAValue => self.fall_back(out),
-            Scan::Closed(end) => match serde_json::from_str::<Value>(&self.held[..end]).ok().and_then(json_call) {
-                Some(call) => {
+            Scan::Closed(end) => match json_calls(&self.held[..end]).filter(|calls| calls.len() == 1) {
+                Some(calls) => {
                     self.held.drain(..end);
-                    self.call(call, out);
+                    calls.into_iter().for_each(|call| self.call(call, out));
                     self.balance = Balance::default();
                     true
                 }
@@ -221,19 +259,7 @@ impl ToolCallSplitter {
             self.balance = Balance::default();
         }
         if self.held.starts_with(['[', '{']) {
-            return match self.balance.scan(&self.held, &['"']) {
-                Scan::Open => false,
-                Scan::NotAValue => self.fall_back(out),
-                Scan::Closed(end) => match serde_json::from_str::<Value>(&self.held[..end]).ok().and_then(json_calls) {
-                    Some(calls) => {
-                        self.held.drain(..end);
-                        calls.into_iter().for_each(|call| self.call(call, out));
-                        self.state = State::Text;
-                        true
-                    }
-                    None => self.fall_back(out),
-                },
-            };
+            return self.json_value_calls(out);
         }
         let Some(brace) = self.held.find('{') else {
             return self.held.len() > MAX_NAME_BYTES && self.fall_back(out);
@@ -255,10 +281,10 @@ impl ToolCallSplitter {
         match scan {
             Scan::Open => false,
             Scan::NotAValue => self.fall_back(out),
-            Scan::Closed(end) => match serde_json::from_str::<Value>(&self.held[brace..brace + end]) {
-                Ok(value) => {
+            Scan::Closed(end) => match json_arguments(&self.held[brace..brace + end]) {
+                Some(arguments) => {
                     self.held.drain(..brace + end);
-                    let mut call = ToolCall::new(name, value);
+                    let mut call = ToolCall::with_arguments(name, arguments);
                     if let Some(id) = id {
                         call.id = id;
                     }
@@ -266,7 +292,33 @@ impl ToolCallSplitter {
                     self.state = State::Text;
                     true
                 }
-                Err(_) => self.fall_back(out),
+                None => self.fall_back(out),
+            },
+        }
+    }
+
+    /// One JSON value of calls (an array, or one object) after the marker (Mistral, Phi-4).
+    fn json_value_calls(&mut self, out: &mut ParsedDelta) -> bool {
+        let rest = self.held.trim_start();
+        if rest.is_empty() {
+            self.held.clear();
+            return false;
+        }
+        if rest.len() != self.held.len() {
+            self.held = rest.to_owned();
+            self.balance = Balance::default();
+        }
+        match self.balance.scan(&self.held, &['"']) {
+            Scan::Open => false,
+            Scan::NotAValue => self.fall_back(out),
+            Scan::Closed(end) => match json_calls(&self.held[..end]) {
+                Some(calls) => {
+                    self.held.drain(..end);
+                    calls.into_iter().for_each(|call| self.call(call, out));
+                    self.state = State::Text;
+                    true
+                }
+                None => self.fall_back(out),
             },
         }
     }
@@ -338,31 +390,5 @@ impl ToolCallSplitter {
         out.content.push_str(&std::mem::take(&mut self.trailing_space));
         out.content.push_str(trimmed);
         self.trailing_space.push_str(&text[trimmed.len()..]);
-    }
-}
-
-/// A hermes block's body: `{"name": …, "arguments": …}`.
-fn hermes_call(body: &str) -> Option<ToolCall> {
-    serde_json::from_str::<Value>(body.trim()).ok().and_then(json_call)
-}
-
-/// `{"name": …, "arguments" | "parameters": …}` as a call.
-fn json_call(value: Value) -> Option<ToolCall> {
-    let Value::Object(mut fields) = value else {
-        return None;
-    };
-    let Some(Value::String(name)) = fields.remove("name") else {
-        return None;
-    };
-    let arguments = fields.remove("arguments").or_else(|| fields.remove("parameters")).unwrap_or(Value::Object(Map::new()));
-    matches!(arguments, Value::Object(_) | Value::String(_)).then(|| ToolCall::new(name, arguments))
-}
-
-/// One call or a non-empty array of calls.
-pub(super) fn json_calls(value: Value) -> Option<Vec<ToolCall>> {
-    match value {
-        Value::Array(items) if !items.is_empty() => items.into_iter().map(json_call).collect(),
-        object @ Value::Object(_) => json_call(object).map(|call| vec![call]),
-        _ => None,
     }
 }
