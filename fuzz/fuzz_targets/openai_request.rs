@@ -62,6 +62,8 @@ fn generate(options: &CompletionOptions, prompt: Vec<u32>) {
         context_length: CONTEXT_LENGTH,
         max_input_tokens: None,
         source: "fuzz".into(),
+        default_completion_tokens: Some(16),
+        parsers: Default::default(),
     };
     let fits = !prompt.is_empty() && prompt.len() < CONTEXT_LENGTH;
     if let Some(request) = client_ok(options.to_generate_request(prompt, &card, Some(16))) {

@@ -309,6 +309,7 @@ fn card() -> ModelCard {
         max_input_tokens: None,
         source: "proptest".into(),
         default_completion_tokens: Some(tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS),
+        parsers: Default::default(),
     }
 }
 

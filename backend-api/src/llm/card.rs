@@ -39,6 +39,9 @@ pub struct ModelCard {
     /// frontend sends no limit for (the worker's token budget, else the context, applies).
     #[serde(default = "openai_completion_tokens")]
     pub default_completion_tokens: Option<u32>,
+    /// The tool-call and reasoning parsers the model's output needs, when it names them.
+    #[serde(default)]
+    pub parsers: super::OutputParserNames,
 }
 
 /// OpenAI's default `max_tokens` for `/v1/completions`.
@@ -81,6 +84,7 @@ mod tests {
             max_input_tokens: None,
             source: "test".into(),
             default_completion_tokens: Some(OPENAI_COMPLETION_TOKENS),
+            parsers: Default::default(),
         }
     }
 

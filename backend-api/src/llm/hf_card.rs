@@ -86,6 +86,7 @@ pub fn card_from_hf_files(files: HfFiles, kind: ModelKind, source: &str) -> Resu
         max_input_tokens,
         source: source.to_owned(),
         default_completion_tokens: Some(super::OPENAI_COMPLETION_TOKENS),
+        parsers: Default::default(),
     })
 }
 

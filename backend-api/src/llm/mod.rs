@@ -6,6 +6,7 @@
 
 mod card;
 mod hf_card;
+mod parser_names;
 mod constraint;
 mod kv_transfer;
 mod text_input;
@@ -20,6 +21,7 @@ use tritium_proto::inference::DataType as ConfigDataType;
 use tritium_proto::inference::{ModelConfig, ModelInput, ModelOutput, ModelTransactionPolicy};
 
 pub use card::{ModelCard, ModelKind, OPENAI_COMPLETION_TOKENS};
+pub use parser_names::{OutputParserNames, REASONING_PARSER_NAMES, TOOL_CALL_PARSER_NAMES};
 pub use hf_card::{HfFiles, card_from_hf_files, push_unique, template_of_config};
 pub use constraint::Constraint;
 pub use kv_transfer::{ExportedBlock, ImportedBlocks, KvExport, TransferLayout};

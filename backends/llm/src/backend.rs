@@ -7,12 +7,14 @@
 //! parameters { key: "model_path" value { string_value: "SmolLM2-135M-Instruct.Q4_1.gguf" } }
 //! parameters { key: "max_sequences" value { string_value: "8" } }
 //! parameters { key: "scheduling_policy" value { string_value: "priority" } }
+//! parameters { key: "tool_call_parser" value { string_value: "hermes" } }
+//! parameters { key: "reasoning_parser" value { string_value: "qwen3" } }
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tritium_backend_api::llm::complete_llm_config;
+use tritium_backend_api::llm::{OutputParserNames, complete_llm_config};
 use tritium_backend_api::{BackendContext, BackendFactory, ConfigParams, Engine, config_parameter};
 use tritium_proto::inference::ModelConfig;
 
@@ -37,7 +39,12 @@ impl BackendFactory for LlmFactory {
         let path = model_path(context.config, context.model_dir)?;
         let options = engine_options(context.config, &self.defaults)?;
         let device = super::model::default_device();
-        let (model, card) = super::model::load(&path, &device)?;
+        let (model, mut card) = super::model::load(&path, &device)?;
+        card.parsers = OutputParserNames::checked(
+            config_parameter(context.config, "tool_call_parser").filter(|name| !name.is_empty()).map(str::to_owned),
+            config_parameter(context.config, "reasoning_parser").filter(|name| !name.is_empty()).map(str::to_owned),
+            "parameters",
+        )?;
         let engine = LlmEngine::start(context.model_name, model, card, options)?;
         tracing::info!(model = %context.model_name, path = %path.display(), "language model loaded");
         Ok(Engine::Language(Arc::new(engine)))

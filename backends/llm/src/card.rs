@@ -61,6 +61,7 @@ pub fn card_from_gguf(content: &Content, source: &str) -> Result<ModelCard, Stri
         max_input_tokens: None,
         source: source.to_owned(),
         default_completion_tokens: Some(tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS),
+        parsers: Default::default(),
     })
 }
 

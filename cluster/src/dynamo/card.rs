@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use tritium_backend_api::llm::{HfFiles, ModelCard, ModelKind, card_from_hf_files, template_of_config};
+use tritium_backend_api::llm::{HfFiles, ModelCard, ModelKind, OutputParserNames, card_from_hf_files, template_of_config};
 
 use super::records::{Card, CheckedFile};
 
@@ -85,6 +85,9 @@ pub async fn model_card(card: &Card, http: &reqwest::Client) -> Result<ModelCard
     }
     // As Dynamo's frontend: no limit of Tritium's own when a completion names none.
     model_card.default_completion_tokens = None;
+    // The parsers the worker was started with (`--dyn-tool-call-parser` on `dynamo.vllm`, …).
+    let runtime = card.runtime_config.clone().unwrap_or_default();
+    model_card.parsers = OutputParserNames::checked(runtime.tool_call_parser, runtime.reasoning_parser, "runtime_config")?;
     Ok(model_card)
 }
 
@@ -104,6 +107,8 @@ pub fn text_input_card(card: &Card) -> ModelCard {
         max_input_tokens: None,
         source: format!("dynamo:{} (text input)", card.slug.as_deref().unwrap_or(&card.display_name)),
         default_completion_tokens: None,
+        // The worker parses its own output.
+        parsers: OutputParserNames::default(),
     }
 }
 
@@ -222,6 +227,26 @@ mod tests {
         assert_eq!(model_card.context_length, 256);
         assert_eq!(model_card.eos_token_ids, vec![1]);
         assert_eq!(model_card.chat_template.as_deref(), Some("{{ messages }}"));
+        assert_eq!(model_card.parsers, OutputParserNames::default());
+    }
+
+    #[tokio::test]
+    async fn the_cards_parsers_are_kept_and_an_unknown_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokenizer = write(dir.path(), "tokenizer.json", TOKENIZER);
+        let config = write(dir.path(), "tokenizer_config.json", "{}");
+        let with = |tool: &str, reasoning: &str| {
+            let mut card = card(tokenizer.clone(), config.clone());
+            card.runtime_config = Some(
+                serde_json::from_value(serde_json::json!({"tool_call_parser": tool, "reasoning_parser": reasoning})).unwrap(),
+            );
+            card
+        };
+        let made = model_card(&with("qwen3_coder", "qwen3"), &http_client()).await.unwrap();
+        assert_eq!(made.parsers.tool_call_parser.as_deref(), Some("qwen3_coder"));
+        assert_eq!(made.parsers.reasoning_parser.as_deref(), Some("qwen3"));
+        let error = model_card(&with("json5", "qwen3"), &http_client()).await.unwrap_err();
+        assert!(error.starts_with("runtime_config: unknown tool-call parser 'json5'; the known ones are hermes"), "{error}");
     }
 
     #[tokio::test]

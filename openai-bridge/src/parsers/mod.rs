@@ -44,6 +44,7 @@ mod xml_calls;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
+use tritium_backend_api::llm::OutputParserNames;
 
 pub use self::arguments::ToolSchemas;
 pub use self::formats::{REASONING_PARSERS, ReasoningFormat, TOOL_CALL_PARSERS, ToolCallFormat};
@@ -70,6 +71,18 @@ impl OutputFormats {
         let mut seen = std::collections::HashSet::new();
         markers.retain(|marker| seen.insert(*marker));
         markers
+    }
+
+    /// These formats with a model's own choices (its card's parser names) in their place.
+    pub fn for_model(&self, names: &OutputParserNames) -> Result<OutputFormats, String> {
+        let mut formats = *self;
+        if let Some(name) = &names.tool_call_parser {
+            formats.tool_calls = Some(ToolCallFormat::from_name(name).ok_or_else(|| format!("unknown tool-call parser '{name}'"))?);
+        }
+        if let Some(name) = &names.reasoning_parser {
+            formats.reasoning = Some(ReasoningFormat::from_name(name).ok_or_else(|| format!("unknown reasoning parser '{name}'"))?);
+        }
+        Ok(formats)
     }
 
     /// A parser for one response; tool calls are looked for only when the request offered tools

@@ -159,6 +159,16 @@ fn formats_by_name() {
         assert!(ReasoningFormat::from_name(name).is_some(), "{name}");
     }
     assert_eq!(ToolCallFormat::from_name("json"), None);
+    // The names the cluster and the backends check cards and configs against are these.
+    assert_eq!(ToolCallFormat::NAMES, tritium_backend_api::llm::TOOL_CALL_PARSER_NAMES);
+    assert_eq!(ReasoningFormat::NAMES, tritium_backend_api::llm::REASONING_PARSER_NAMES);
+    let names = tritium_backend_api::llm::OutputParserNames {
+        tool_call_parser: Some("qwen3_coder".into()),
+        reasoning_parser: None,
+    };
+    let server = OutputFormats { tool_calls: Some(ToolCallFormat::Hermes), reasoning: Some(ReasoningFormat::Think) };
+    let model = server.for_model(&names).unwrap();
+    assert_eq!((model.tool_calls, model.reasoning), (Some(ToolCallFormat::Qwen3Coder), Some(ReasoningFormat::Think)));
     let formats = OutputFormats { tool_calls: Some(ToolCallFormat::Mistral), reasoning: Some(ReasoningFormat::Think) };
     assert_eq!(formats.markers(false), vec!["<think>", "</think>"]);
     assert!(formats.markers(true).contains(&"[TOOL_CALLS]"));

@@ -15,6 +15,7 @@ fn card(context_length: usize) -> ModelCard {
         max_input_tokens: None,
         source: "test".into(),
         default_completion_tokens: Some(tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS),
+        parsers: Default::default(),
     }
 }
 

@@ -188,7 +188,12 @@ impl LlmFrontend {
             return Ok(Arc::clone(pre));
         }
         // Built outside the lock: a large tokenizer takes a moment to parse.
-        let pre = Preprocessor::new(Arc::clone(&card))?.with_limits(self.limits).with_output_formats(self.formats);
+        // A model that names its parsers (its Dynamo card, its repository config) gets those.
+        let formats = self.formats.for_model(&card.parsers).map_err(|reason| BridgeError::Unsupported {
+            model: model.to_string(),
+            what: format!("its output ({reason})"),
+        })?;
+        let pre = Preprocessor::new(Arc::clone(&card))?.with_limits(self.limits).with_output_formats(formats);
         let pre = pre.with_budget(Arc::clone(&self.budget));
         let pre = match &self.preprocess_workers {
             Some(workers) if workers.execution().fastokens => {

@@ -36,6 +36,7 @@ fn card() -> Arc<ModelCard> {
         max_input_tokens: None,
         source: "test".into(),
         default_completion_tokens: Some(tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS),
+        parsers: Default::default(),
     })
 }
 

@@ -28,6 +28,7 @@ pub fn mock_card(context_length: usize) -> ModelCard {
         max_input_tokens: None,
         source: "mock".to_string(),
         default_completion_tokens: Some(tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS),
+        parsers: Default::default(),
     }
 }
 

@@ -51,7 +51,12 @@ pub async fn write_card(folder: &Path, name: &str, card: &ModelCard, block_size:
         "model_input": "Tokens",
         "worker_type": "aggregated",
         "needs": [],
-        "runtime_config": {"context_length": card.context_length},
+        // Dynamo's frontend applies the parsers a worker's card names, as Tritium's does.
+        "runtime_config": {
+            "context_length": card.context_length,
+            "tool_call_parser": card.parsers.tool_call_parser,
+            "reasoning_parser": card.parsers.reasoning_parser,
+        },
     }))
 }
 
@@ -92,6 +97,10 @@ mod tests {
             max_input_tokens: None,
             source: "test".into(),
             default_completion_tokens: Some(OPENAI_COMPLETION_TOKENS),
+            parsers: tritium_backend_api::llm::OutputParserNames {
+                tool_call_parser: Some("hermes".into()),
+                reasoning_parser: Some("qwen3".into()),
+            },
         };
         let card_json = write_card(dir.path(), "Tiny Model", &card, 16).await.unwrap();
         assert_eq!(card_json["slug"], "tiny_model");
@@ -101,6 +110,7 @@ mod tests {
         assert_eq!(model_card.chat_template, card.chat_template);
         assert_eq!(model_card.eos_token_ids, vec![1]);
         assert_eq!(model_card.context_length, 512);
+        assert_eq!(model_card.parsers, card.parsers, "the parsers go through runtime_config");
     }
 }
 

@@ -87,6 +87,7 @@ pub fn card(kind: ModelKind) -> ModelCard {
         max_input_tokens: Some(8),
         source: "test".into(),
         default_completion_tokens: Some(tritium_backend_api::llm::OPENAI_COMPLETION_TOKENS),
+        parsers: Default::default(),
     }
 }
 
