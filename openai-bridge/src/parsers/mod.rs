@@ -37,6 +37,7 @@ pub mod formats;
 mod markers;
 mod pythonic;
 mod reasoning;
+mod streaming;
 mod tool_calls;
 mod write;
 mod xml_calls;
@@ -133,24 +134,64 @@ pub fn new_call_id() -> String {
     format!("call_{nanos:016x}{:08x}", n as u32)
 }
 
+/// A streamed tool call, piece by piece: its start (id and name), then its arguments' JSON text
+/// in pieces. Calls never interleave: the pieces after a `Start` belong to that call until the
+/// next `Start`, and a call's pieces add up to its [`ToolCall::arguments`] exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallPiece {
+    Start { id: String, name: String },
+    Arguments(String),
+}
+
 /// What one push made certain.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ParsedDelta {
     pub reasoning: String,
     pub content: String,
+    /// Calls whose last piece has arrived (each was announced in `call_pieces` first).
     pub tool_calls: Vec<ToolCall>,
+    /// The calls as they stream: what the streaming doors send.
+    pub call_pieces: Vec<CallPiece>,
 }
 
 impl ParsedDelta {
     pub fn is_empty(&self) -> bool {
-        self.reasoning.is_empty() && self.content.is_empty() && self.tool_calls.is_empty()
+        self.reasoning.is_empty() && self.content.is_empty() && self.tool_calls.is_empty() && self.call_pieces.is_empty()
     }
 
     pub fn extend(&mut self, other: ParsedDelta) {
         self.reasoning.push_str(&other.reasoning);
         self.content.push_str(&other.content);
         self.tool_calls.extend(other.tool_calls);
+        self.call_pieces.extend(other.call_pieces);
     }
+
+    /// A complete call: the pieces not streamed yet (all of them when `streamed` is not this
+    /// call), then the call itself.
+    fn complete(&mut self, call: ToolCall, streamed: &mut Option<StreamedCall>) {
+        let sent = match streamed.take() {
+            Some(streamed) if streamed.id == call.id => streamed.sent,
+            _ => {
+                self.call_pieces.push(CallPiece::Start { id: call.id.clone(), name: call.name.clone() });
+                0
+            }
+        };
+        match call.arguments.get(sent..) {
+            Some("") => {}
+            Some(rest) => self.call_pieces.push(CallPiece::Arguments(rest.to_owned())),
+            // Streamed text the whole call does not start with: cannot happen for the formats
+            // here (both come from one reading of the same text); the client has what was sent.
+            None => tracing::warn!(call = %call.name, "a streamed call's arguments differ from its whole text"),
+        }
+        self.tool_calls.push(call);
+    }
+}
+
+/// The call whose pieces are streaming: its id and how many bytes of its arguments went out.
+#[derive(Debug, Clone)]
+pub(super) struct StreamedCall {
+    pub id: String,
+    pub sent: usize,
 }
 
 /// Calls a grammar wrote (`tool_choice` made one mandatory): the whole output is JSON.
@@ -234,6 +275,15 @@ impl OutputParser {
 
 /// The calls in a forced output; text that is not them stays text.
 fn forced_calls(calls: ForcedCalls, text: String) -> ParsedDelta {
+    let parsed = forced_whole(calls, text);
+    let mut delta = ParsedDelta { content: parsed.content, reasoning: parsed.reasoning, ..Default::default() };
+    for call in parsed.tool_calls {
+        delta.complete(call, &mut None);
+    }
+    delta
+}
+
+fn forced_whole(calls: ForcedCalls, text: String) -> ParsedDelta {
     let parsed = serde_json::from_str::<Value>(text.trim()).ok();
     let tool_calls = match (calls, parsed) {
         (ForcedCalls::Named(name), Some(Value::Object(_))) => {
@@ -250,3 +300,5 @@ fn forced_calls(calls: ForcedCalls, text: String) -> ParsedDelta {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod stream_tests;

@@ -4,6 +4,7 @@ use super::arguments::{ToolSchemas, json_arguments};
 use super::balance::{Balance, Scan};
 use super::blocks::{BlockSyntax, block_syntax, json_calls};
 use super::markers::{earliest, floor_boundary, held_back};
+use super::streaming::BlockStream;
 use super::{ParsedDelta, ToolCall, ToolCallFormat, pythonic};
 
 const PYTHON_TAG: &str = "<|python_tag|>";
@@ -33,6 +34,8 @@ pub(super) struct ToolCallSplitter {
     /// The opening marker of the block being read.
     open: &'static str,
     schemas: ToolSchemas,
+    /// The calls of the block being read, as they stream.
+    stream: BlockStream,
     state: State,
     /// Text not yet given out: a possible marker, or the call being read.
     held: String,
@@ -59,6 +62,7 @@ impl ToolCallSplitter {
             block: block_syntax(format),
             open: "",
             schemas,
+            stream: BlockStream::default(),
             state,
             held: String::new(),
             searched: 0,
@@ -86,8 +90,9 @@ impl ToolCallSplitter {
             State::Text => self.emit(&held, &mut out),
             // A block the end of the output cut before its closing marker: often still whole.
             State::Call if self.block.is_some() => match self.read_block(&held) {
-                Some(calls) => calls.into_iter().for_each(|call| self.call(call, &mut out)),
+                Some(calls) => self.block_calls(calls, &mut out),
                 None => {
+                    self.stream = BlockStream::default();
                     self.fall_back(&mut out);
                 }
             },
@@ -204,11 +209,16 @@ impl ToolCallSplitter {
         let from = floor_boundary(&self.held, self.searched);
         let Some(at) = self.held[from..].find(close).map(|at| from + at) else {
             self.searched = self.held.len().saturating_sub(close.len());
+            self.stream.advance(self.format, self.open, &self.held, &self.schemas, out);
             return false;
         };
         match self.read_block(&self.held[..at]) {
-            Some(calls) => calls.into_iter().for_each(|call| self.call(call, out)),
+            Some(calls) => self.block_calls(calls, out),
             None => {
+                if self.stream.started() {
+                    tracing::warn!("a tool-call block whose calls had begun to stream does not read as calls; given as text");
+                }
+                self.stream = BlockStream::default();
                 let block = format!("{}{}{close}", self.open, &self.held[..at]);
                 self.emit(&block, out);
             }
@@ -216,6 +226,21 @@ impl ToolCallSplitter {
         self.held.drain(..at + close.len());
         self.state = State::Text;
         true
+    }
+
+    /// The calls of an unfinished JSON value given out as far as they go; always false (more text
+    /// is needed).
+    fn stream_so_far(&mut self, out: &mut ParsedDelta) -> bool {
+        self.stream.advance(self.format, self.open, &self.held, &self.schemas, out);
+        false
+    }
+
+    /// A whole block's calls, with the pieces of each not streamed yet.
+    fn block_calls(&mut self, calls: Vec<ToolCall>, out: &mut ParsedDelta) {
+        self.calls_seen = true;
+        self.trailing_space.clear();
+        self.raw.clear();
+        self.stream.finish(calls, out);
     }
 
     fn read_block(&self, body: &str) -> Option<Vec<ToolCall>> {
@@ -232,12 +257,12 @@ impl ToolCallSplitter {
             return self.after_calls(out);
         }
         match self.balance.scan(&self.held, &['"']) {
-            Scan::Open => false,
+            Scan::Open => self.stream_so_far(out),
             Scan::NotAValue => self.fall_back(out),
             Scan::Closed(end) => match json_calls(&self.held[..end]).filter(|calls| calls.len() == 1) {
                 Some(calls) => {
                     self.held.drain(..end);
-                    calls.into_iter().for_each(|call| self.call(call, out));
+                    self.block_calls(calls, out);
                     self.balance = Balance::default();
                     true
                 }
@@ -279,7 +304,7 @@ impl ToolCallSplitter {
         let scan = balance.scan(&self.held[brace..], &['"']);
         self.balance = balance;
         match scan {
-            Scan::Open => false,
+            Scan::Open => self.stream_so_far(out),
             Scan::NotAValue => self.fall_back(out),
             Scan::Closed(end) => match json_arguments(&self.held[brace..brace + end]) {
                 Some(arguments) => {
@@ -288,7 +313,7 @@ impl ToolCallSplitter {
                     if let Some(id) = id {
                         call.id = id;
                     }
-                    self.call(call, out);
+                    self.block_calls(vec![call], out);
                     self.state = State::Text;
                     true
                 }
@@ -309,12 +334,12 @@ impl ToolCallSplitter {
             self.balance = Balance::default();
         }
         match self.balance.scan(&self.held, &['"']) {
-            Scan::Open => false,
+            Scan::Open => self.stream_so_far(out),
             Scan::NotAValue => self.fall_back(out),
             Scan::Closed(end) => match json_calls(&self.held[..end]) {
                 Some(calls) => {
                     self.held.drain(..end);
-                    calls.into_iter().for_each(|call| self.call(call, out));
+                    self.block_calls(calls, out);
                     self.state = State::Text;
                     true
                 }
@@ -364,6 +389,10 @@ impl ToolCallSplitter {
     /// What looked like a call is not one: everything since it began is text again (given out
     /// as it is: scanning it again would find the same marker).
     fn fall_back(&mut self, out: &mut ParsedDelta) -> bool {
+        if self.stream.started() {
+            tracing::warn!("tool-call text whose calls had begun to stream does not read as calls; given as text");
+        }
+        self.stream = BlockStream::default();
         let raw = std::mem::take(&mut self.raw);
         self.held.clear();
         self.state = State::Text;
@@ -375,7 +404,7 @@ impl ToolCallSplitter {
         self.calls_seen = true;
         self.trailing_space.clear();
         self.raw.clear();
-        out.tool_calls.push(call);
+        out.complete(call, &mut None);
     }
 
     fn emit(&mut self, text: &str, out: &mut ParsedDelta) {

@@ -263,7 +263,58 @@ pub struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tool_calls: Vec<ChatToolCall>,
+    pub tool_calls: Vec<ChatToolCallDelta>,
+}
+
+/// A piece of a tool call in a streamed chunk, in OpenAI's shape: a call's first piece has its
+/// `id`, `type` and name, the later ones only more of its arguments (to be concatenated).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ChatToolCallDelta {
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: ChatFunctionDelta,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ChatFunctionDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+impl ChatToolCallDelta {
+    /// The chunk entries of `pieces`; `calls` counts the calls started so far (the next one's
+    /// `index`). A start and the arguments after it in one chunk become one entry.
+    pub fn from_pieces(pieces: Vec<crate::parsers::CallPiece>, calls: &mut u32) -> Vec<ChatToolCallDelta> {
+        use crate::parsers::CallPiece;
+        let mut out: Vec<ChatToolCallDelta> = Vec::new();
+        for piece in pieces {
+            match piece {
+                CallPiece::Start { id, name } => {
+                    *calls += 1;
+                    out.push(ChatToolCallDelta {
+                        index: *calls - 1,
+                        id: Some(id),
+                        kind: Some("function"),
+                        function: ChatFunctionDelta { name: Some(name), arguments: String::new() },
+                    });
+                }
+                CallPiece::Arguments(text) => match out.last_mut() {
+                    Some(last) if last.index + 1 == *calls => last.function.arguments.push_str(&text),
+                    _ => out.push(ChatToolCallDelta {
+                        index: calls.saturating_sub(1),
+                        id: None,
+                        kind: None,
+                        function: ChatFunctionDelta { name: None, arguments: text },
+                    }),
+                },
+            }
+        }
+        out
+    }
 }
 
 /// Chat logprobs: one entry per token, with its bytes (a token may hold part of a character).

@@ -15,7 +15,7 @@ use crate::parsers::{OutputParser, ParsedDelta};
 use crate::pipeline::{TokenInfo, collect};
 use crate::protocol::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatDelta, ChatLogprobs,
-    ChatMessage, ChatToolCall, ErrorBody, NvExt, UsageBody, new_id, unix_now,
+    ChatMessage, ChatToolCall, ChatToolCallDelta, ErrorBody, NvExt, UsageBody, new_id, unix_now,
 };
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatCompletionRequest,
@@ -198,14 +198,7 @@ impl ChunkWriter for ChatWriter {
         if parsed.is_empty() && finish.is_none() && logprobs.is_none() && parser.is_some() {
             return;
         }
-        let tool_calls: Vec<ChatToolCall> = parsed
-            .tool_calls
-            .into_iter()
-            .map(|call| {
-                *calls += 1;
-                ChatToolCall::new(call, Some(*calls - 1))
-            })
-            .collect();
+        let tool_calls = ChatToolCallDelta::from_pieces(parsed.call_pieces, calls);
         // OpenAI's closing chunk has an empty delta; a text-less chunk mid-stream still carries
         // its tokens' logprobs.
         let content = (!parsed.content.is_empty() || (finish.is_none() && parser.is_none())).then_some(parsed.content);
@@ -218,7 +211,10 @@ impl ChunkWriter for ChatWriter {
         if index == 0 && self.next_turn.is_some() {
             self.answer.content.push_str(delta.content.as_deref().unwrap_or_default());
             self.answer.reasoning.push_str(delta.reasoning_content.as_deref().unwrap_or_default());
-            self.answer.tool_calls.extend(delta.tool_calls.iter().cloned());
+            for call in &parsed.tool_calls {
+                let index = u32::try_from(self.answer.tool_calls.len()).unwrap_or(u32::MAX);
+                self.answer.tool_calls.push(ChatToolCall::new(call.clone(), Some(index)));
+            }
         }
         let called = *calls > 0;
         let finish_reason = finish.map(|reason| if called { "tool_calls" } else { reason.as_str() });

@@ -17,10 +17,11 @@ use super::sse::{self, ChunkWriter, End};
 use super::text_doors;
 use super::{AppState, ChatPrompt, failed, json_response};
 use crate::BridgeError;
-use crate::parsers::{OutputParser, ParsedDelta, ToolCall};
+use crate::parsers::{CallPiece, OutputParser, ParsedDelta, ToolCall};
 use crate::pipeline::{TokenInfo, collect};
 use crate::protocol::{
     AnthropicUsage, ContentBlock, CountTokensRequest, MessageObject, MessagesRequest, anthropic_error, new_item_id, parse_json,
+    tool_use_id,
 };
 
 #[utoipa::path(post, path = "/v1/messages", tag = "anthropic", request_body = MessagesRequest,
@@ -61,7 +62,8 @@ pub(super) async fn messages(
     let id = new_item_id("msg");
     if request.stream {
         let input_tokens = stream.prompt_tokens().unwrap_or(0);
-        let writer = MessagesWriter { id, model: request.model, input_tokens, parser, open: Block::None, next: 0, calls: 0 };
+        let writer =
+            MessagesWriter { id, model: request.model, input_tokens, parser, open: Block::None, next: 0, calls: 0, streamed: Vec::new() };
         return Ok(sse::respond(writer, stream));
     }
     let generated = collect(stream).await?;
@@ -141,7 +143,16 @@ async fn text_input_message(
     let chunks = text_doors::forward_chat(state, &request.model, worker.or_nvext(None), body, &mut observer).await?;
     let id = new_item_id("msg");
     if request.stream {
-        let writer = MessagesWriter { id, model: request.model, input_tokens: 0, parser: None, open: Block::None, next: 0, calls: 0 };
+        let writer = MessagesWriter {
+            id,
+            model: request.model,
+            input_tokens: 0,
+            parser: None,
+            open: Block::None,
+            next: 0,
+            calls: 0,
+            streamed: Vec::new(),
+        };
         return Ok(text_doors::stream(writer, chunks, observer, state));
     }
     let (parsed, reason, usage) = text_doors::fold(state, chunks, &mut observer).await?;
@@ -205,6 +216,8 @@ enum Block {
     None,
     Text(usize),
     Thinking(usize),
+    /// A tool_use block whose input is streaming.
+    Tool(usize),
 }
 
 /// Writes the Messages API's stream events.
@@ -217,6 +230,8 @@ struct MessagesWriter {
     /// The next block's index.
     next: usize,
     calls: usize,
+    /// Ids of the calls whose pieces went out and which have not come whole yet.
+    streamed: Vec<String>,
 }
 
 impl MessagesWriter {
@@ -255,7 +270,29 @@ impl MessagesWriter {
                 );
                 Self::event("content_block_stop", json!({"index": index}), out);
             }
-            Block::Text(index) => Self::event("content_block_stop", json!({"index": index}), out),
+            Block::Text(index) | Block::Tool(index) => Self::event("content_block_stop", json!({"index": index}), out),
+        }
+    }
+
+    /// A streamed call: its start opens a tool_use block, its arguments are `input_json_delta`s.
+    fn call_piece(&mut self, piece: CallPiece, out: &mut VecDeque<Bytes>) {
+        match piece {
+            CallPiece::Start { id, name } => {
+                self.close(out);
+                let index = self.next;
+                self.next += 1;
+                self.calls += 1;
+                let start = json!({"type": "tool_use", "id": tool_use_id(&id), "name": name, "input": {}});
+                Self::event("content_block_start", json!({"index": index, "content_block": start}), out);
+                self.open = Block::Tool(index);
+                self.streamed.push(id);
+            }
+            CallPiece::Arguments(text) => {
+                if let Block::Tool(index) = self.open {
+                    let delta = json!({"type": "input_json_delta", "partial_json": text});
+                    Self::event("content_block_delta", json!({"index": index, "delta": delta}), out);
+                }
+            }
         }
     }
 
@@ -287,8 +324,21 @@ impl text_doors::ParsedWriter for MessagesWriter {
             let delta = json!({"type": "text_delta", "text": parsed.content});
             Self::event("content_block_delta", json!({"index": index, "delta": delta}), out);
         }
+        for piece in parsed.call_pieces {
+            self.call_piece(piece, out);
+        }
         for call in &parsed.tool_calls {
-            self.tool_use(call, out);
+            match self.streamed.iter().position(|id| *id == call.id) {
+                // Its pieces went out: a whole call closes its block.
+                Some(at) => {
+                    self.streamed.remove(at);
+                    if matches!(self.open, Block::Tool(_)) && self.streamed.is_empty() {
+                        self.close(out);
+                    }
+                }
+                // A worker's call that came whole (a text-input Dynamo worker's).
+                None => self.tool_use(call, out),
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use super::sse::{self, ChunkWriter, End};
 use super::text_doors;
 use super::{ApiError, AppState, ChatPrompt, OpenAiJson, failed, json_response};
 use crate::BridgeError;
-use crate::parsers::{OutputParser, ParsedDelta, ToolCall};
+use crate::parsers::{CallPiece, OutputParser, ParsedDelta, ToolCall};
 use crate::pipeline::{TokenInfo, Usage, collect};
 use crate::protocol::{
     ErrorBody, IncompleteDetails, OutputItem, OutputText, ReasoningText, ResponseError, ResponseObject, ResponseUsage,
@@ -72,6 +72,7 @@ pub(super) async fn create(
             output: Vec::new(),
             open: Open::None,
             all: ParsedDelta::default(),
+            streamed: Vec::new(),
         };
         return Ok(sse::respond(writer, stream));
     }
@@ -177,7 +178,15 @@ async fn text_input_response(
     };
     if request.stream {
         let writer =
-            ResponsesWriter { turn: Some(turn), parser: None, sequence: 0, output: Vec::new(), open: Open::None, all: ParsedDelta::default() };
+            ResponsesWriter {
+                turn: Some(turn),
+                parser: None,
+                sequence: 0,
+                output: Vec::new(),
+                open: Open::None,
+                all: ParsedDelta::default(),
+                streamed: Vec::new(),
+            };
         return Ok(text_doors::stream(writer, chunks, observer, state));
     }
     let (parsed, reason, usage) = text_doors::fold(state, chunks, &mut observer).await?;
@@ -315,6 +324,8 @@ enum Open {
     None,
     Message { id: String, index: usize, text: String },
     Reasoning { id: String, index: usize, text: String },
+    /// A function call whose arguments are streaming.
+    Call { id: String, index: usize, call: ToolCall },
 }
 
 /// Writes the Responses API's typed events.
@@ -328,6 +339,8 @@ struct ResponsesWriter {
     open: Open,
     /// Everything parsed so far, for the stored conversation.
     all: ParsedDelta,
+    /// Calls whose pieces went out and which have not come whole yet.
+    streamed: Vec<String>,
 }
 
 impl ResponsesWriter {
@@ -393,6 +406,29 @@ impl ResponsesWriter {
         self.output.push(item);
     }
 
+    /// A streamed call: its start adds an in-progress function_call item, its arguments are
+    /// `function_call_arguments.delta`s.
+    fn call_piece(&mut self, piece: CallPiece, out: &mut VecDeque<Bytes>) {
+        match piece {
+            CallPiece::Start { id: call_id, name } => {
+                self.close(out);
+                let (id, index) = (new_item_id("fc"), self.output.len());
+                let call = ToolCall { id: call_id, name, arguments: String::new() };
+                let added = OutputItem::function_call(id.clone(), &call, String::new(), "in_progress");
+                self.event("response.output_item.added", json!({"output_index": index, "item": added}), out);
+                self.streamed.push(call.id.clone());
+                self.open = Open::Call { id, index, call };
+            }
+            CallPiece::Arguments(text) => {
+                if let Open::Call { id, index, call } = &mut self.open {
+                    call.arguments.push_str(&text);
+                    let fields = json!({"item_id": id, "output_index": index, "delta": text});
+                    self.event("response.function_call_arguments.delta", fields, out);
+                }
+            }
+        }
+    }
+
     /// Ends the open item with its `done` events.
     fn close(&mut self, out: &mut VecDeque<Bytes>) {
         match std::mem::replace(&mut self.open, Open::None) {
@@ -414,6 +450,13 @@ impl ResponsesWriter {
                 self.event("response.output_item.done", json!({"output_index": index, "item": item}), out);
                 self.output.push(item);
             }
+            Open::Call { id, index, call } => {
+                let fields = json!({"item_id": id, "output_index": index, "name": call.name, "arguments": call.arguments});
+                self.event("response.function_call_arguments.done", fields, out);
+                let item = OutputItem::function_call(id, &call, call.arguments.clone(), "completed");
+                self.event("response.output_item.done", json!({"output_index": index, "item": item}), out);
+                self.output.push(item);
+            }
         }
     }
 }
@@ -426,8 +469,21 @@ impl text_doors::ParsedWriter for ResponsesWriter {
         if !parsed.content.is_empty() {
             self.text(&parsed.content, out);
         }
+        for piece in parsed.call_pieces.iter().cloned() {
+            self.call_piece(piece, out);
+        }
         for call in &parsed.tool_calls {
-            self.call(call, out);
+            match self.streamed.iter().position(|id| *id == call.id) {
+                // Its pieces went out: the whole call ends its item.
+                Some(at) => {
+                    self.streamed.remove(at);
+                    if matches!(&self.open, Open::Call { call: open, .. } if open.id == call.id) {
+                        self.close(out);
+                    }
+                }
+                // A worker's call that came whole (a text-input Dynamo worker's).
+                None => self.call(call, out),
+            }
         }
         self.all.extend(parsed);
     }

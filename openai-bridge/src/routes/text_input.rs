@@ -219,7 +219,7 @@ impl Fold {
         let usage = usage_of(&self.usage);
         let choice = self.choices.remove(&0).unwrap_or_default();
         let tool_calls = choice.calls.into_values().filter_map(|call| tool_call(&Value::Object(call))).collect();
-        (ParsedDelta { reasoning: choice.reasoning, content: choice.text, tool_calls }, reason, usage)
+        (ParsedDelta { reasoning: choice.reasoning, content: choice.text, tool_calls, ..Default::default() }, reason, usage)
     }
 
     fn reason(&self) -> FinishReason {
@@ -301,7 +301,7 @@ pub(super) fn pieces(chunk: &Value) -> ChunkPieces {
         .and_then(|c| c.iter().find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0));
     let delta = choice.and_then(|c| c.get("delta")).unwrap_or(&Value::Null);
     let text = |key: &str| delta.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
-    let parsed = ParsedDelta { reasoning: text("reasoning_content"), content: text("content"), tool_calls: Vec::new() };
+    let parsed = ParsedDelta { reasoning: text("reasoning_content"), content: text("content"), ..Default::default() };
     let calls = delta.get("tool_calls").and_then(Value::as_array).cloned().unwrap_or_default();
     ChunkPieces { parsed, calls, finish: choice.and_then(|c| finish_reason(&json!({"choices": [c]}))), usage }
 }

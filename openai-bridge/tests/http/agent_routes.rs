@@ -61,7 +61,7 @@ async fn without_tools_a_call_stays_text() {
 }
 
 #[tokio::test]
-async fn streamed_chat_sends_each_call_once_and_whole() {
+async fn streamed_chat_sends_a_call_name_first_then_its_arguments_in_pieces() {
     let hub = hermes_and_think();
     plays(&hub, &format!("Checking.\n{CALL}"), FinishReason::Stop);
     let body = json!({"model": "tiny", "stream": true, "messages": [{"role": "user", "content": "Weather?"}], "tools": [weather_tool()]});
@@ -69,10 +69,17 @@ async fn streamed_chat_sends_each_call_once_and_whole() {
     let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
     let content: String = deltas.iter().filter_map(|d| d["content"].as_str()).collect();
     assert_eq!(content, "Checking.");
-    let calls: Vec<&Value> = deltas.iter().filter_map(|d| d["tool_calls"].as_array()).flatten().collect();
-    assert_eq!(calls.len(), 1, "{chunks:?}");
-    assert_eq!(calls[0]["index"], 0);
-    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let pieces: Vec<&Value> = deltas.iter().filter_map(|d| d["tool_calls"].as_array()).flatten().collect();
+    assert!(pieces.len() > 2, "the arguments come in pieces: {chunks:?}");
+    // OpenAI's shape: the first piece has the id, type and name; the rest only arguments.
+    assert!(pieces[0]["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{}", pieces[0]);
+    assert_eq!((&pieces[0]["type"], &pieces[0]["function"]["name"]), (&json!("function"), &json!("get_weather")));
+    for piece in &pieces[1..] {
+        assert_eq!(piece["index"], 0);
+        assert!(piece.get("id").is_none() && piece["function"].get("name").is_none(), "{piece}");
+    }
+    let arguments: String = pieces.iter().filter_map(|p| p["function"]["arguments"].as_str()).collect();
+    assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({"city": "Paris"}));
     assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
 }
 
