@@ -33,7 +33,8 @@ mod arguments;
 mod balance;
 mod blocks;
 mod channels;
-pub mod formats;
+pub mod forced;
+mod formats;
 mod markers;
 mod pythonic;
 mod reasoning;
@@ -49,6 +50,7 @@ use tritium_backend_api::llm::OutputParserNames;
 
 pub use self::arguments::ToolSchemas;
 pub use self::formats::{REASONING_PARSERS, ReasoningFormat, TOOL_CALL_PARSERS, ToolCallFormat};
+use self::forced::ForcedStream;
 use self::reasoning::ReasoningSplitter;
 use self::tool_calls::ToolCallSplitter;
 
@@ -208,8 +210,8 @@ pub enum ForcedCalls {
 pub struct OutputParser {
     reasoning: Option<ReasoningSplitter>,
     tools: Option<ToolCallSplitter>,
-    /// With forced calls: what they are, and the output so far.
-    forced: Option<(ForcedCalls, String)>,
+    /// With forced calls: the output, which is the calls.
+    forced: Option<ForcedStream>,
 }
 
 impl OutputParser {
@@ -221,9 +223,10 @@ impl OutputParser {
         })
     }
 
-    /// A parser for output whose calls a grammar forced: they come whole at the end.
+    /// A parser for output whose calls a grammar forced: the output is the calls' JSON, which
+    /// streams as it arrives.
     pub fn forced(reasoning: Option<ReasoningFormat>, calls: ForcedCalls) -> OutputParser {
-        OutputParser { reasoning: reasoning.map(ReasoningSplitter::new), tools: None, forced: Some((calls, String::new())) }
+        OutputParser { reasoning: reasoning.map(ReasoningSplitter::new), tools: None, forced: Some(ForcedStream::new(calls)) }
     }
 
     pub fn push(&mut self, text: &str) -> ParsedDelta {
@@ -247,16 +250,15 @@ impl OutputParser {
         if let Some(tools) = &mut self.tools {
             delta.extend(tools.finish());
         }
-        if let Some((calls, text)) = self.forced.take() {
-            delta.extend(forced_calls(calls, text));
+        if let Some(forced) = self.forced.take() {
+            delta.extend(forced.finish());
         }
         delta
     }
 
     fn tools_push(&mut self, content: &str) -> ParsedDelta {
-        if let Some((_, text)) = &mut self.forced {
-            text.push_str(content);
-            return ParsedDelta::default();
+        if let Some(forced) = &mut self.forced {
+            return forced.push(content);
         }
         match &mut self.tools {
             Some(tools) if !content.is_empty() => tools.push(content),
@@ -270,31 +272,6 @@ impl OutputParser {
         let mut delta = self.push(text);
         delta.extend(self.finish());
         delta
-    }
-}
-
-/// The calls in a forced output; text that is not them stays text.
-fn forced_calls(calls: ForcedCalls, text: String) -> ParsedDelta {
-    let parsed = forced_whole(calls, text);
-    let mut delta = ParsedDelta { content: parsed.content, reasoning: parsed.reasoning, ..Default::default() };
-    for call in parsed.tool_calls {
-        delta.complete(call, &mut None);
-    }
-    delta
-}
-
-fn forced_whole(calls: ForcedCalls, text: String) -> ParsedDelta {
-    let parsed = serde_json::from_str::<Value>(text.trim()).ok();
-    let tool_calls = match (calls, parsed) {
-        (ForcedCalls::Named(name), Some(Value::Object(_))) => {
-            arguments::json_arguments(text.trim()).map(|arguments| vec![ToolCall::with_arguments(name, arguments)])
-        }
-        (ForcedCalls::Any, Some(_)) => blocks::json_calls(text.trim()),
-        _ => None,
-    };
-    match tool_calls {
-        Some(tool_calls) => ParsedDelta { tool_calls, ..Default::default() },
-        None => ParsedDelta { content: text, ..Default::default() },
     }
 }
 

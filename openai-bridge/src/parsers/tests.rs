@@ -176,10 +176,14 @@ fn formats_by_name() {
 }
 
 #[test]
-fn forced_calls_come_whole_at_the_end() {
+fn forced_calls_stream_and_come_whole_at_the_end() {
     let mut parser = OutputParser::forced(None, ForcedCalls::Named("get_weather".into()));
-    assert!(parser.push("{\"city\": ").is_empty());
-    assert!(parser.push("\"Paris\"}").is_empty());
+    let first = parser.push("{\"city\": ");
+    assert!(matches!(&first.call_pieces[..], [CallPiece::Start { name, .. }, CallPiece::Arguments(text)]
+        if name == "get_weather" && text == "{\"city\":"), "{first:?}");
+    let second = parser.push("\"Paris\"}");
+    assert_eq!(second.call_pieces, [CallPiece::Arguments("\"Paris\"}".into())]);
+    assert!(second.tool_calls.is_empty(), "whole only at the end");
     let calls = parser.finish().tool_calls;
     assert_eq!((calls[0].name.as_str(), calls[0].arguments.as_str()), ("get_weather", r#"{"city":"Paris"}"#));
     let any = OutputParser::forced(None, ForcedCalls::Any)

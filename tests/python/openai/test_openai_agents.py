@@ -79,12 +79,14 @@ def test_chat_forced_tool_call(oai, named_chat_call, tool_choice):
 def test_chat_tool_call_stream(oai, named_chat_call):
     chunks = list(chat_tool_call(oai, {"type": "function", "function": {"name": "get_weather"}}, stream=True))
     assert {c.id for c in chunks} == {chunks[0].id}
-    with_calls = [c for c in chunks if c.choices and c.choices[0].delta.tool_calls]
-    assert len(with_calls) == 1, chunks
-    (call,) = with_calls[0].choices[0].delta.tool_calls
-    assert call.index == 0 and call.id.startswith("call_") and call.type == "function", call
-    assert call.function.name == "get_weather"
-    assert call.function.arguments == named_chat_call.choices[0].message.tool_calls[0].function.arguments
+    pieces = [p for c in chunks if c.choices for p in c.choices[0].delta.tool_calls or []]
+    # OpenAI's shape: the first piece names the call, the rest carry more of its arguments.
+    first = pieces[0]
+    assert first.index == 0 and first.id.startswith("call_") and first.type == "function", first
+    assert first.function.name == "get_weather"
+    assert all(p.index == 0 and p.id is None and p.function.name is None for p in pieces[1:]), pieces
+    arguments = "".join(p.function.arguments or "" for p in pieces)
+    assert arguments == named_chat_call.choices[0].message.tool_calls[0].function.arguments
     # No text around the call (the call is not echoed as content).
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""
     reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
