@@ -461,7 +461,7 @@ fn output_parser(
         Some(_) => OutputFormats { reasoning: None, ..*formats },
         None => *formats,
     };
-    Ok(formats.parser(tools.offered().then(|| ToolSchemas::new(&tools.specs))))
+    Ok(formats.parser(tools.offered().then(|| ToolSchemas::new(tools.specs.iter().map(|spec| (spec.name.as_str(), &spec.parameters))))))
 }
 
 /// A whole answer split by its parser (all text without one).

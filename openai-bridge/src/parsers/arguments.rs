@@ -6,27 +6,26 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::protocol::ToolSpec;
-
 /// The parameter types of the tools a request offered: tool name → parameter → JSON type.
 #[derive(Debug, Clone, Default)]
 pub struct ToolSchemas(HashMap<String, HashMap<String, String>>);
 
 impl ToolSchemas {
-    pub fn new(specs: &[ToolSpec]) -> ToolSchemas {
-        let mut tools = HashMap::new();
-        for spec in specs {
+    /// From each tool's name and its parameters' JSON schema.
+    pub fn new<'a>(tools: impl IntoIterator<Item = (&'a str, &'a Value)>) -> ToolSchemas {
+        let mut schemas = HashMap::new();
+        for (name, parameters) in tools {
             let mut params = HashMap::new();
-            if let Some(Value::Object(properties)) = spec.parameters.get("properties") {
+            if let Some(Value::Object(properties)) = parameters.get("properties") {
                 for (key, schema) in properties.iter() {
                     if let Some(kind) = schema_type(schema) {
                         params.insert(key.clone(), kind);
                     }
                 }
             }
-            tools.insert(spec.name.clone(), params);
+            schemas.insert(name.to_owned(), params);
         }
-        ToolSchemas(tools)
+        ToolSchemas(schemas)
     }
 
     fn param(&self, tool: &str, key: &str) -> Option<&str> {
@@ -156,14 +155,10 @@ mod tests {
 
     #[test]
     fn values_take_the_schemas_types_and_stay_text_otherwise() {
-        let spec = ToolSpec {
-            name: "f".into(),
-            description: None,
-            parameters: json!({"type": "object", "properties": {
-                "zip": {"type": "string"}, "n": {"type": "integer"}, "x": {"type": ["number", "null"]},
-                "ok": {"type": "boolean"}, "tags": {"type": "array"}, "unit": {"enum": ["c", "f"]}}}),
-        };
-        let schemas = ToolSchemas::new(&[spec]);
+        let parameters = json!({"type": "object", "properties": {
+            "zip": {"type": "string"}, "n": {"type": "integer"}, "x": {"type": ["number", "null"]},
+            "ok": {"type": "boolean"}, "tags": {"type": "array"}, "unit": {"enum": ["c", "f"]}}});
+        let schemas = ToolSchemas::new([("f", &parameters)]);
         let mut args = ArgumentsBuilder::default();
         for (key, text) in [("zip", "01234"), ("n", "42"), ("x", "1.5"), ("ok", "True"), ("tags", "[1, 2]"), ("unit", "c")] {
             args.typed(&schemas, "f", key, text);

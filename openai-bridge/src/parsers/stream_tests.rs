@@ -168,14 +168,10 @@ fn forced_calls_stream_their_pieces_at_the_end() {
 
 #[test]
 fn schemas_type_streamed_parameters_as_the_whole_reading_does() {
-    let spec = crate::protocol::ToolSpec {
-        name: "lookup".into(),
-        description: None,
-        parameters: json!({"properties": {"zip": {"type": "string"}, "count": {"type": "integer"}}}),
-    };
+    let parameters = json!({"properties": {"zip": {"type": "string"}, "count": {"type": "integer"}}});
     let text = "<tool_call>\n<function=lookup>\n<parameter=zip>\n01234\n</parameter>\n<parameter=count>\n7\n</parameter>\n</function>\n</tool_call>";
     let formats = OutputFormats { tool_calls: Some(ToolCallFormat::Qwen3Coder), reasoning: None };
-    let mut parser = formats.parser(Some(ToolSchemas::new(&[spec]))).unwrap();
+    let mut parser = formats.parser(Some(ToolSchemas::new([("lookup", &parameters)]))).unwrap();
     let streamed = run(&mut parser, &split(text, 0));
     assert_eq!(streamed.calls[0].arguments, r#"{"zip":"01234","count":7}"#);
     assert_eq!(streamed.pieces[0].2, streamed.calls[0].arguments);
