@@ -13,6 +13,11 @@ prefill worker): it answers only requests that carry a prefill worker's handoff 
 (`prefill_result`), else fails; with `--role prefill` it is that prefill worker (model type Prefill,
 needing a decode worker), handing over the prompt's length as vLLM's hands over its KV parameters.
 
+With `--answer-user` it answers with the last user message's text instead of the whole prompt (decoded
+with the model's tokenizer, encoded again): a scripted model, whose output is whatever the test writes,
+for comparing how the two frontends parse one family's markup; `--tool-call-parser` and
+`--reasoning-parser` name the parsers in its card's `runtime_config`, as `dynamo.vllm` publishes them.
+
 With `--embed` it is an embedding model instead: each input's vector is made of its tokens
 (count, sum, first, last), sent as base64 as Dynamo's vLLM worker sends it, so both frontends' vectors can be compared number for number.
 
@@ -31,10 +36,19 @@ from dynamo.runtime import DistributedRuntime, dynamo_worker
 
 
 class Echo:
-    def __init__(self, delay: float, lora: str, decode: bool = False) -> None:
+    def __init__(self, delay: float, lora: str, decode: bool = False, tokenizer=None) -> None:
         self.delay = delay
         self.lora = lora
         self.decode = decode
+        # With --answer-user: the model's tokenizer, to answer the last user message's text.
+        self.tokenizer = tokenizer
+
+    def user_text(self, prompt: list[int]) -> list[int]:
+        """The tokens of the last user message in a prompt rendered by tiny_model.py's template."""
+        text = self.tokenizer.decode(prompt, skip_special_tokens=True)
+        message = text.rsplit("user: ", 1)[-1]
+        message = message[: -len("\nassistant:")] if message.endswith("\nassistant:") else message
+        return self.tokenizer.encode(message, add_special_tokens=False).ids
 
     async def generate(self, request, context):
         limit = request["stop_conditions"].get("max_tokens")
@@ -47,6 +61,8 @@ class Echo:
         if request.get("model") == self.lora:
             # The adapter (as vLLM's worker, told by the request's model name) answers the prompt backwards.
             prompt = prompt[::-1]
+        if self.tokenizer is not None:
+            prompt = self.user_text(prompt)
         tokens = prompt if limit is None else prompt[:limit]
         for i, token in enumerate(tokens):
             if context.is_stopped():
@@ -120,6 +136,15 @@ async def main(runtime: DistributedRuntime, args):
     namespace = os.environ.get("DYN_NAMESPACE", "dynamo")
     endpoint = runtime.endpoint(f"{namespace}.echo.generate")
     config = ModelRuntimeConfig()
+    if args.tool_call_parser:
+        config.tool_call_parser = args.tool_call_parser
+    if args.reasoning_parser:
+        config.reasoning_parser = args.reasoning_parser
+    tokenizer = None
+    if args.answer_user:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(f"{args.model_dir}/tokenizer.json")
     if args.token_budget:
         budget = {"combined_limit": args.token_budget, "reject_prompt_overflow": True, "reject_total_overflow": False}
         config.set_engine_specific("token_budget", json.dumps(budget))
@@ -162,7 +187,7 @@ async def main(runtime: DistributedRuntime, args):
             lora_name=args.lora,
             base_model_path=args.model_dir,
         )
-    await endpoint.serve_endpoint(embed if args.embed else Echo(args.delay, args.lora).generate)
+    await endpoint.serve_endpoint(embed if args.embed else Echo(args.delay, args.lora, tokenizer=tokenizer).generate)
 
 
 if __name__ == "__main__":
@@ -175,5 +200,8 @@ if __name__ == "__main__":
     parser.add_argument("--role", choices=["prefill", "decode"], help="one side of a disaggregated pair instead")
     parser.add_argument("--text", action="store_true", help="a text-input model instead (OpenAI requests in, chunks out)")
     parser.add_argument("--lora", default="", help="also serve a LoRA adapter of this name (it answers backwards)")
+    parser.add_argument("--answer-user", action="store_true", help="answer the last user message's text (a scripted model)")
+    parser.add_argument("--tool-call-parser", default="", help="runtime_config.tool_call_parser of the card")
+    parser.add_argument("--reasoning-parser", default="", help="runtime_config.reasoning_parser of the card")
     uvloop.install()
     asyncio.run(main(parser.parse_args()))
