@@ -11,6 +11,7 @@ use tritium_backend_api::trace_context::TraceContext;
 
 use crate::BridgeError;
 use crate::preprocess::Preprocessor;
+use crate::text_models::{TextModel, TokenRows};
 
 /// A model the hub serves.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +69,16 @@ pub trait LlmHub: Send + Sync + 'static {
     ) -> Result<OpenAiChunks, BridgeError> {
         let _ = (worker, request);
         Err(BridgeError::Unsupported { model: model.to_owned(), what: format!("requests forwarded as they came to {}", api.path()) })
+    }
+    /// `model` when it is a text scorer or classifier (a tensor model its config serves so).
+    fn text_model(&self, model: &str) -> Option<Arc<TextModel>> {
+        let _ = model;
+        None
+    }
+    /// Runs a text scorer or classifier on token rows: its first output, one vector per row.
+    async fn run_text_model(&self, model: &str, rows: TokenRows) -> Result<Vec<Vec<f32>>, BridgeError> {
+        let _ = rows;
+        Err(BridgeError::Unsupported { model: model.to_owned(), what: "scoring or classifying texts".into() })
     }
     /// Embeds on the worker named `worker`.
     async fn embed_on(&self, model: &str, worker: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {

@@ -27,6 +27,7 @@ pub mod routes;
 pub mod sampling;
 pub mod shared_store;
 pub mod stop;
+pub mod text_models;
 
 #[cfg(test)]
 mod proptests;

@@ -20,6 +20,7 @@
 
 mod background;
 mod chat;
+mod classify;
 mod completions;
 mod docs;
 mod embeddings;
@@ -160,6 +161,9 @@ pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: A
     }
     for path in score::RERANK_PATHS {
         router = router.route(path, post(score::rerank));
+    }
+    for path in classify::CLASSIFY_PATHS {
+        router = router.route(path, post(classify::classify));
     }
     for path in tokenize::TOKENIZE_PATHS {
         router = router.route(path, post(tokenize::tokenize));

@@ -42,7 +42,7 @@ pub fn check_override_paths(config: &tritium_proto::inference::ModelConfig) -> R
 }
 
 /// `named` as a path inside the model folder, or why not.
-pub(crate) fn confined(named: &str) -> Result<(), String> {
+pub fn confined(named: &str) -> Result<(), String> {
     let path = Path::new(named);
     if path.components().all(|c| matches!(c, Component::Normal(_))) && !named.is_empty() {
         Ok(())

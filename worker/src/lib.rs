@@ -52,6 +52,7 @@ mod scheduler_limits;
 pub mod schema;
 pub mod sequence;
 pub mod stats;
+pub mod text_task;
 mod warmup;
 pub mod worker;
 

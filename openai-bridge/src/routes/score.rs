@@ -1,7 +1,8 @@
 //! Scoring with embedding models, in the shapes retrieval pipelines call beside embeddings:
 //! vLLM's `POST /v1/score` (`text_1` against `text_2`) and the Jina/Cohere rerank API
 //! (`POST /v1/rerank`, also at `/rerank` and `/v2/rerank`). A score is the cosine similarity of
-//! the two texts' embeddings, each text embedded once per request.
+//! the two texts' embeddings, each text embedded once per request; with a cross-encoder (a tensor
+//! model whose config sets `openai_task: score`), the model's own score of each pair.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,40 +11,17 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use tritium_backend_api::llm::ModelKind;
 
+use super::classify::{self, MAX_TEXTS, Texts};
 use super::embeddings::{one_per_input, tokenize};
 use super::{ApiError, AppState, OpenAiJson, failed, json_response};
 use crate::BridgeError;
 use crate::protocol::{EmbeddingInput, new_id, unix_now};
+use crate::text_models::TextTaskKind;
 
 /// Where the rerank API is mounted (vLLM's three paths).
 pub const RERANK_PATHS: [&str; 3] = ["/v1/rerank", "/rerank", "/v2/rerank"];
 /// Where the score API is mounted.
 pub const SCORE_PATHS: [&str; 2] = ["/v1/score", "/score"];
-/// Texts one request may score (each is embedded).
-pub const MAX_TEXTS: usize = 2048;
-
-/// One text, or a list of them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Texts(pub Vec<String>, bool);
-
-impl<'de> Deserialize<'de> for Texts {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Texts, D::Error> {
-        use serde::de::Error;
-        match Value::deserialize(deserializer)? {
-            Value::String(text) => Ok(Texts(vec![text], false)),
-            Value::Array(items) => items
-                .into_iter()
-                .map(|item| match item {
-                    Value::String(text) => Ok(text),
-                    _ => Err(D::Error::custom("expected a string or an array of strings")),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(|texts| Texts(texts, true)),
-            _ => Err(D::Error::custom("expected a string or an array of strings")),
-        }
-    }
-}
-
 /// vLLM's `POST /v1/score`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ScoreRequest {
@@ -141,13 +119,21 @@ pub(super) async fn score(
         let field = if i < split { format!("text_1[{i}]") } else { format!("text_2[{}]", i - split) };
         return Err(BridgeError::field(field, "must not be empty").into());
     }
-    let (vectors, tokens) = embed(&state, caller, &request.model, "/v1/score", texts).await?;
-    let data: Vec<Value> = pairs
-        .iter()
+    let (scores, tokens) = match classify::text_model(&state, &request.model, TextTaskKind::Score, "/v1/score")? {
+        // A cross-encoder reads each pair whole.
+        Some(model) => {
+            let pairs = pairs.iter().map(|&(i, j)| (texts[i].clone(), texts[split + j].clone())).collect();
+            classify::pair_scores(&state, caller, &request.model, &model, pairs).await?
+        }
+        None => {
+            let (vectors, tokens) = embed(&state, caller, &request.model, "/v1/score", texts).await?;
+            (pairs.iter().map(|&(i, j)| cosine(&vectors[i], &vectors[split + j])).collect(), tokens)
+        }
+    };
+    let data: Vec<Value> = scores
+        .into_iter()
         .enumerate()
-        .map(|(index, &(i, j))| {
-            serde_json::json!({"index": index, "object": "score", "score": cosine(&vectors[i], &vectors[split + j])})
-        })
+        .map(|(index, score)| serde_json::json!({"index": index, "object": "score", "score": score}))
         .collect();
     let body = serde_json::json!({
         "id": new_id("score"), "object": "list", "created": unix_now(), "model": request.model, "data": data,
@@ -172,10 +158,19 @@ pub(super) async fn rerank(
     if let Some(i) = request.documents.iter().position(|d| d.text.is_empty()) {
         return Err(BridgeError::field(format!("documents[{i}]"), "must not be empty").into());
     }
-    let texts: Vec<String> =
-        std::iter::once(request.query.clone()).chain(request.documents.iter().map(|d| d.text.clone())).collect();
-    let (vectors, tokens) = embed(&state, caller, &request.model, "/v1/rerank", texts).await?;
-    let mut ranked: Vec<(usize, f32)> = (0..request.documents.len()).map(|i| (i, cosine(&vectors[0], &vectors[i + 1]))).collect();
+    let (relevance, tokens) = match classify::text_model(&state, &request.model, TextTaskKind::Score, "/v1/rerank")? {
+        Some(model) => {
+            let pairs = request.documents.iter().map(|d| (request.query.clone(), d.text.clone())).collect();
+            classify::pair_scores(&state, caller, &request.model, &model, pairs).await?
+        }
+        None => {
+            let texts: Vec<String> =
+                std::iter::once(request.query.clone()).chain(request.documents.iter().map(|d| d.text.clone())).collect();
+            let (vectors, tokens) = embed(&state, caller, &request.model, "/v1/rerank", texts).await?;
+            ((0..request.documents.len()).map(|i| cosine(&vectors[0], &vectors[i + 1])).collect::<Vec<f32>>(), tokens)
+        }
+    };
+    let mut ranked: Vec<(usize, f32)> = relevance.into_iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     ranked.truncate(request.top_n.unwrap_or(ranked.len()));
     let with_documents = request.return_documents.unwrap_or(true);

@@ -101,7 +101,8 @@ pub(super) async fn tokenize(
         let request: TokenizeText =
             serde_json::from_value(Value::Object(body)).map_err(|e| BridgeError::field("prompt", e.to_string()))?;
         let model = state.tokenizer_model(request.model)?;
-        let pre = state.preprocessor(&model, ModelKind::Generate, "/tokenize")?;
+        // A text is tokenized for any model with a tokenizer (an embedder's too, as vLLM does).
+        let pre = state.hub.preprocessor(&model)?;
         let tokens = pre.encode_off_runtime(request.prompt, request.add_special_tokens.unwrap_or(true)).await?;
         (model, tokens, request.return_token_strs.unwrap_or(false))
     };

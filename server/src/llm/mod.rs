@@ -4,6 +4,7 @@
 //! `/v1/*`) both go through [`LlmFrontend`].
 
 mod kserve;
+mod text_models;
 
 pub mod interactive;
 
@@ -52,6 +53,8 @@ pub struct LlmFrontend {
     /// Where every model's rendering and tokenizing run (`--dyn-preprocess-workers`), and whether
     /// they log their timing (`--dyn-debug-perf`).
     preprocess_workers: Option<Arc<PreprocessWorkers>>,
+    /// Tensor models served as text scorers and classifiers (`openai_task`), built once each.
+    text_models: text_models::TextModels,
 }
 
 impl std::fmt::Debug for LlmFrontend {
@@ -84,6 +87,7 @@ impl LlmFrontend {
             tracer: Arc::new(tritium_trace::Tracer::default()),
             lora_dir: None,
             preprocess_workers: None,
+            text_models: text_models::TextModels::default(),
         }
     }
 
@@ -246,7 +250,8 @@ impl LlmHub for LlmFrontend {
                 let version = m.versions.values().next_back()?;
                 let kind = if version.language_model().is_some() {
                     ModelKind::Generate
-                } else if version.embedding_model().is_some() {
+                } else if version.embedding_model().is_some() || version.text_task.is_some() {
+                    // A text scorer or classifier is an encoder too.
                     ModelKind::Embed
                 } else {
                     return None;
@@ -307,6 +312,20 @@ impl LlmHub for LlmFrontend {
 
     fn hard_stop(&self) -> Option<&CancellationToken> {
         Some(&self.hard_stop)
+    }
+
+    fn text_model(&self, model: &str) -> Option<Arc<tritium_openai_bridge::text_models::TextModel>> {
+        let version = self.repository.resolve(model, None).ok()?;
+        self.text_models.get(model, &version)
+    }
+
+    async fn run_text_model(
+        &self,
+        model: &str,
+        rows: tritium_openai_bridge::text_models::TokenRows,
+    ) -> Result<Vec<Vec<f32>>, BridgeError> {
+        let version = self.repository.resolve(model, None).map_err(|e| bridge_error(model, e))?;
+        text_models::run(model, version, rows).await
     }
 
     fn trace(&self, model: &str, caller: Option<TraceContext>) -> Option<RequestTrace> {

@@ -76,7 +76,7 @@ def test_tokenize_detokenize_and_info_with_and_without_v1(llm_server, ids):
         ("/detokenize", {"model": LLM, "tokens": [10**9]}, "tokens"),
         ("/detokenize", {"model": LLM, "tokens": [-1]}, None),
         ("/detokenize", {"model": LLM, "tokens": [1] * 9000}, "tokens"),
-        ("/tokenize", {"model": "minilm", "prompt": "x"}, "model"),
+        ("/tokenize", {"model": "minilm", "messages": [{"role": "user", "content": "x"}]}, "model"),
         ("/tokenize", {"model": LLM, "prompt": "x", "extra": 1}, "prompt"),
         ("/tokenize", {"model": LLM, "messages": [{"content": "no role"}]}, "messages[0].role"),
         ("/tokenize", {"model": 7, "messages": [{"role": "user", "content": "x"}]}, "model"),

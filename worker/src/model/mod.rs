@@ -87,6 +87,8 @@ pub struct ModelVersion {
     pub(crate) owner: u64,
     /// Where its responses are cached, when its config enables the response cache.
     pub(crate) cache: Option<Arc<dyn ResponseCache>>,
+    /// How the OpenAI door serves it as a text scorer or classifier (`openai_task`), if it does.
+    pub text_task: Option<Arc<crate::text_task::TextTask>>,
 }
 
 impl AsRef<FirstResponseHistogram> for ModelVersion {
@@ -136,6 +138,7 @@ impl ModelVersion {
             backend,
             owner,
             cache: None,
+            text_task: None,
         }
     }
 

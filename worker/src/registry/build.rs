@@ -88,6 +88,7 @@ impl ModelRepository {
         let versions = source.select_versions(&config)?;
         let schema = ModelSchema::from_config(&config).and_then(|s| s.with_labels(&config, model_dir)).map_err(failed)?;
         let ragged = Arc::new(RaggedBatching::from_config(&config).map_err(failed)?);
+        let text_task = crate::text_task::TextTask::from_config(&config, model_dir).map_err(failed)?.map(Arc::new);
         let mut served = BTreeMap::new();
         for version in versions {
             // Before the engine starts: an instance the limiter can never run fails the load.
@@ -111,6 +112,7 @@ impl ModelRepository {
             let mut model =
                 ModelVersion::scheduled(Arc::clone(&config), version, schema.clone(), engine, backend, scheduler, self.id);
             model.cache = self.response_cache_for(&config);
+            model.text_task = text_task.clone();
             served.insert(version, Arc::new(model));
         }
         Ok(ServedModel { name: name.to_string(), config, versions: served, fingerprint: source.fingerprint, files: None })
