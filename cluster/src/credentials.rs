@@ -2,14 +2,14 @@
 //! environment starts Dynamo's processes and Tritium's alike against a secured NATS or etcd:
 //!
 //! - NATS (events, the NATS request plane, Dynamo's NATS KV events): `NATS_AUTH_TOKEN`,
-//!   `NATS_AUTH_USERNAME` with `NATS_AUTH_PASSWORD`, `NATS_TLS_CA_CERT_PATH`,
+//!   `NATS_AUTH_USERNAME` with `NATS_AUTH_PASSWORD`, `NATS_AUTH_NKEY` (a user's seed, `SU…`),
+//!   `NATS_AUTH_CREDENTIALS_FILE` (a `.creds` file: a user JWT and its seed), `NATS_TLS_CA_CERT_PATH`,
 //!   `NATS_TLS_CLIENT_CERT_PATH` with `NATS_TLS_CLIENT_KEY_PATH`;
 //! - etcd (discovery, Dynamo's records): `ETCD_AUTH_USERNAME` with `ETCD_AUTH_PASSWORD`.
 //!
 //! A connection refused for its credentials fails naming the service and the variables used,
-//! never a secret. The variables this build cannot honour yet (`NATS_AUTH_NKEY`,
-//! `NATS_AUTH_CREDENTIALS_FILE`, `NATS_TLS_INSECURE`, `ETCD_AUTH_CA`, `ETCD_AUTH_CLIENT_CERT`,
-//! `ETCD_AUTH_CLIENT_KEY`) are refused by name rather than ignored.
+//! never a secret. The variables this build cannot honour yet (`NATS_TLS_INSECURE`, `ETCD_AUTH_CA`,
+//! `ETCD_AUTH_CLIENT_CERT`, `ETCD_AUTH_CLIENT_KEY`) are refused by name rather than ignored.
 
 use std::path::PathBuf;
 
@@ -41,7 +41,7 @@ pub fn nats_options(
     mut options: async_nats::ConnectOptions,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(async_nats::ConnectOptions, Used), String> {
-    refuse_unsupported(&env, &["NATS_AUTH_NKEY", "NATS_AUTH_CREDENTIALS_FILE", "NATS_TLS_INSECURE"])?;
+    refuse_unsupported(&env, &["NATS_TLS_INSECURE"])?;
     let set = |name: &str| env(name).filter(|v| !v.is_empty());
     let mut used = Vec::new();
     if let Some(token) = set("NATS_AUTH_TOKEN") {
@@ -55,6 +55,19 @@ pub fn nats_options(
         }
         (None, None) => {}
         _ => return Err("NATS_AUTH_USERNAME and NATS_AUTH_PASSWORD go together: set both or neither".into()),
+    }
+    if let Some(seed) = set("NATS_AUTH_NKEY") {
+        nkeys::KeyPair::from_seed(seed.trim())
+            .map_err(|_| "NATS_AUTH_NKEY is not an nkey seed (an 'S…' string as `nk -gen user` prints)".to_string())?;
+        options = options.nkey(seed.trim().to_owned());
+        used.push("NATS_AUTH_NKEY");
+    }
+    if let Some(path) = set("NATS_AUTH_CREDENTIALS_FILE") {
+        let text = read_bounded("NATS_AUTH_CREDENTIALS_FILE", &path, MAX_CREDENTIALS_BYTES)?;
+        options = options.credentials(&text).map_err(|_| {
+            format!("NATS_AUTH_CREDENTIALS_FILE names {path}, which is not a NATS credentials file (a user JWT and its nkey seed)")
+        })?;
+        used.push("NATS_AUTH_CREDENTIALS_FILE");
     }
     if let Some(ca) = set("NATS_TLS_CA_CERT_PATH") {
         options = options.add_root_certificates(readable("NATS_TLS_CA_CERT_PATH", &ca)?).require_tls(true);
@@ -100,6 +113,24 @@ pub fn etcd_options_from_env(options: etcd_client::ConnectOptions) -> Result<(et
     etcd_options(options, |name| std::env::var(name).ok())
 }
 
+/// The largest credentials file read (a `.creds` file is about 1 KiB).
+const MAX_CREDENTIALS_BYTES: u64 = 64 << 10;
+
+/// A small text file a variable names, read whole up to `limit` bytes; errors name the variable
+/// and the path, never the contents.
+fn read_bounded(variable: &str, path: &str, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("{variable} names {path}, which cannot be read: {}", e.kind()))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{variable} names {path}, which cannot be read: {}", e.kind()))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("{variable} names {path}, which is larger than {limit} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("{variable} names {path}, which is not text"))
+}
+
 /// A file a variable names, checked to be readable now (so the start-up error names the variable).
 fn readable(variable: &str, path: &str) -> Result<PathBuf, String> {
     std::fs::metadata(path).map_err(|e| format!("{variable} names {path}, which cannot be read: {}", e.kind()))?;
@@ -124,13 +155,46 @@ mod tests {
         let missing =
             nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_TLS_CA_CERT_PATH", "/absent/ca.pem")])).unwrap_err();
         assert!(missing.contains("NATS_TLS_CA_CERT_PATH names /absent/ca.pem"), "{missing}");
-        let unsupported = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_NKEY", "SU...")])).unwrap_err();
-        assert!(unsupported.starts_with("NATS_AUTH_NKEY is set") && !unsupported.contains("SU..."), "{unsupported}");
+        let unsupported = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_TLS_INSECURE", "true")])).unwrap_err();
+        assert!(unsupported.starts_with("NATS_TLS_INSECURE is set"), "{unsupported}");
+        let bad = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_NKEY", "SUxyz-secret")])).unwrap_err();
+        assert!(bad.starts_with("NATS_AUTH_NKEY is not an nkey seed") && !bad.contains("xyz-secret"), "{bad}");
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        let (_, used) = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_NKEY", &seed)])).unwrap();
+        assert_eq!(used.hint(), " (credentials from NATS_AUTH_NKEY)");
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("user.creds");
+        std::fs::write(&creds, "not a creds file, secret-inside").unwrap();
+        let path = creds.display().to_string();
+        let bad = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_CREDENTIALS_FILE", &path)])).unwrap_err();
+        assert!(bad.contains("not a NATS credentials file") && !bad.contains("secret-inside"), "{bad}");
         let (_, used) = etcd_options(etcd_client::ConnectOptions::new(), env(&[])).unwrap();
         assert_eq!(used.hint(), "");
         let (_, used) =
             etcd_options(etcd_client::ConnectOptions::new(), env(&[("ETCD_AUTH_USERNAME", "u"), ("ETCD_AUTH_PASSWORD", "p")]))
                 .unwrap();
         assert_eq!(used.hint(), " (credentials from ETCD_AUTH_USERNAME, ETCD_AUTH_PASSWORD)");
+    }
+
+    /// A nats-server that admits one nkey user: its seed from NATS_AUTH_NKEY connects, another
+    /// user's seed is refused.
+    #[tokio::test]
+    async fn a_nats_server_admits_the_user_of_the_nkey_seed() {
+        let user = nkeys::KeyPair::new_user();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("nats.conf");
+        std::fs::write(&config, format!("authorization {{ users = [ {{ nkey: {} }} ] }}\n", user.public_key())).unwrap();
+        let server = crate::events::nats::test_nats::NatsServer::start_with(&["-c", config.to_str().unwrap()]);
+        let seed = user.seed().unwrap();
+        let (options, _) = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_NKEY", &seed)])).unwrap();
+        let client = async_nats::connect_with_options(server.url(), options).await.expect("the nkey user connects");
+        client.flush().await.unwrap();
+        let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+        let refused = async_nats::connect_with_options(
+            server.url(),
+            nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_NKEY", &stranger)])).unwrap().0,
+        )
+        .await;
+        assert!(refused.is_err(), "another user's seed is refused");
     }
 }

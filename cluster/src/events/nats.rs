@@ -193,7 +193,12 @@ pub(crate) mod test_nats {
         /// Starts `nats-server -a 127.0.0.1 -p -1` and returns once its log says it is ready,
         /// with the port it chose taken from "Listening for client connections on 127.0.0.1:PORT".
         pub(crate) fn start() -> NatsServer {
-            let mut child = spawn_server();
+            NatsServer::start_with(&[])
+        }
+
+        /// [`NatsServer::start`] with more arguments (`-c FILE` for a configuration).
+        pub(crate) fn start_with(extra: &[&str]) -> NatsServer {
+            let mut child = spawn_server(extra);
             let stderr = child.stderr.take().expect("nats-server's stderr is piped");
             let (lines_tx, lines) = mpsc::channel();
             // Keeps reading to the end so the server never blocks on a full pipe.
@@ -237,10 +242,11 @@ pub(crate) mod test_nats {
         }
     }
 
-    fn spawn_server() -> Child {
+    fn spawn_server(extra: &[&str]) -> Child {
         for program in CANDIDATES {
             let spawned = Command::new(program)
                 .args(["-a", "127.0.0.1", "-p", "-1"])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
