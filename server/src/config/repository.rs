@@ -507,4 +507,31 @@ mod cloud_tests {
             "--cloud-cache-dir: this server was built without the cloud feature"
         );
     }
+
+    #[derive(Parser)]
+    #[cfg(feature = "llm")]
+    struct ModelFlags {
+        #[command(flatten)]
+        models: ModelArgs,
+    }
+
+    /// `--max-pinned-kv-fraction` reaches the engine as a permille, and only 0 to 1 is taken.
+    #[test]
+    #[cfg(feature = "llm")]
+    fn the_pinned_kv_fraction_is_a_share_from_0_to_1() {
+        let permille = |value: &str| {
+            let flag = format!("--max-pinned-kv-fraction={value}");
+            let flags = ModelFlags::try_parse_from(["tritium", flag.as_str()]).map_err(|e| e.to_string())?;
+            engine_options(&flags.models).map(|options| options.max_pinned_kv_permille)
+        };
+        assert_eq!(permille("0.25"), Ok(250));
+        assert_eq!(permille("0"), Ok(0));
+        assert_eq!(permille("1"), Ok(1000));
+        for bad in ["1.5", "-0.1", "half"] {
+            let error = permille(bad).unwrap_err();
+            assert!(error.contains("--max-pinned-kv-fraction") && error.contains("expected a number from 0 to 1"), "{error}");
+        }
+        let default = ModelFlags::try_parse_from(["tritium"]).unwrap();
+        assert_eq!(engine_options(&default.models).map(|o| o.max_pinned_kv_permille), Ok(500));
+    }
 }

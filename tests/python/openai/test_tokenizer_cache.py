@@ -79,3 +79,46 @@ def test_the_bytes_bound_holds_whatever_the_prompts():
             assert cache_metrics(server)["bytes"] <= 8192
     finally:
         finish_server(server)
+
+
+def test_the_entries_bound_holds_whatever_the_prompts():
+    server = start_server("--engine", "mock", "--mock-prefill-us-per-token", "0", "--tokenizer-cache-entries", "6")
+    try:
+        for n in range(12):
+            messages = [{"role": "system", "content": f"prompt {n}: " + "more distinct words " * 10},
+                        {"role": "user", "content": f"question {n} " * 10}]  # fmt: skip
+            chat(server, messages)
+            assert cache_metrics(server)["entries"] <= 6
+        assert cache_metrics(server)["entries"] > 0
+    finally:
+        finish_server(server)
+
+
+def cached_per_turn(server, turns: int) -> list[float]:
+    """The ids each turn of a growing conversation took from the cache."""
+    conversation = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Start."}]
+    taken = []
+    for turn in range(turns):
+        before = cache_metrics(server).get("cached_tokens_total", 0)
+        answer = chat(server, conversation)
+        taken.append(cache_metrics(server).get("cached_tokens_total", 0) - before)
+        conversation += [{"role": "assistant", "content": answer.choices[0].message.content},
+                         {"role": "user", "content": f"turn {turn}: " + "a longer tool result follows. " * 20}]  # fmt: skip
+    return taken
+
+
+@pytest.mark.parametrize("extend", [True, False])
+def test_extending_caches_each_turns_new_pieces_and_off_keeps_only_whole_misses(extend):
+    env = {} if extend else {"DYN_TOKENIZER_CACHE_EXTEND": "0"}
+    server = start_server("--engine", "mock", "--mock-prefill-us-per-token", "0", env=env)
+    try:
+        taken = cached_per_turn(server, 4)
+    finally:
+        finish_server(server)
+    assert taken[0] == 0, taken
+    if extend:
+        # Each turn reuses the one before it whole: what comes from the cache grows turn by turn.
+        assert taken[1] < taken[2] < taken[3], taken
+    else:
+        # Only the first prompt (a whole miss) was cached: later turns reuse that much and no more.
+        assert taken[1] > 0 and taken[1] == taken[2] == taken[3], taken
