@@ -8,6 +8,7 @@
 
 use serde_json::{Value, json};
 
+use super::tests::split;
 use super::*;
 
 /// What a stream of deltas adds up to: content, reasoning, whole calls, and the calls put
@@ -51,24 +52,6 @@ fn run(parser: &mut OutputParser, pieces: &[&str]) -> Streamed {
     }
     take(parser.finish(), pieces.len(), &mut out);
     out
-}
-
-fn split(text: &str, seed: u64) -> Vec<&str> {
-    let mut pieces = Vec::new();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut rest = text;
-    while !rest.is_empty() {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let want = if seed == 0 { 1 } else { 1 + (state >> 33) as usize % 7 };
-        let mut at = want.min(rest.len());
-        while !rest.is_char_boundary(at) {
-            at += 1;
-        }
-        let (piece, tail) = rest.split_at(at);
-        pieces.push(piece);
-        rest = tail;
-    }
-    pieces
 }
 
 /// Checks one text under one pair of formats; returns the char-by-char run for more checks.

@@ -49,7 +49,7 @@ fn run(case: &Case, pieces: &[&str]) -> (String, String, Vec<ToolCall>) {
 }
 
 /// Splits at char boundaries: every `n`th, or pseudo-randomly from `seed`.
-fn split(text: &str, seed: u64) -> Vec<&str> {
+pub(super) fn split(text: &str, seed: u64) -> Vec<&str> {
     let mut pieces = Vec::new();
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut rest = text;
@@ -162,10 +162,8 @@ fn formats_by_name() {
     // The names the cluster and the backends check cards and configs against are these.
     assert_eq!(ToolCallFormat::NAMES, tritium_backend_api::llm::TOOL_CALL_PARSER_NAMES);
     assert_eq!(ReasoningFormat::NAMES, tritium_backend_api::llm::REASONING_PARSER_NAMES);
-    let names = tritium_backend_api::llm::OutputParserNames {
-        tool_call_parser: Some("qwen3_coder".into()),
-        reasoning_parser: None,
-    };
+    let names =
+        tritium_backend_api::llm::OutputParserNames { tool_call_parser: Some("qwen3_coder".into()), reasoning_parser: None };
     let server = OutputFormats { tool_calls: Some(ToolCallFormat::Hermes), reasoning: Some(ReasoningFormat::Think) };
     let model = server.for_model(&names).unwrap();
     assert_eq!((model.tool_calls, model.reasoning), (Some(ToolCallFormat::Qwen3Coder), Some(ReasoningFormat::Think)));
@@ -179,8 +177,11 @@ fn formats_by_name() {
 fn forced_calls_stream_and_come_whole_at_the_end() {
     let mut parser = OutputParser::forced(None, ForcedCalls::Named("get_weather".into()));
     let first = parser.push("{\"city\": ");
-    assert!(matches!(&first.call_pieces[..], [CallPiece::Start { name, .. }, CallPiece::Arguments(text)]
-        if name == "get_weather" && text == "{\"city\":"), "{first:?}");
+    assert!(
+        matches!(&first.call_pieces[..], [CallPiece::Start { name, .. }, CallPiece::Arguments(text)]
+        if name == "get_weather" && text == "{\"city\":"),
+        "{first:?}"
+    );
     let second = parser.push("\"Paris\"}");
     assert_eq!(second.call_pieces, [CallPiece::Arguments("\"Paris\"}".into())]);
     assert!(second.tool_calls.is_empty(), "whole only at the end");

@@ -273,15 +273,8 @@ impl ToolCallSplitter {
 
     /// Mistral: a JSON array of calls, or `name[ARGS]{…}` (maybe with `[CALL_ID]id`).
     fn mistral_calls(&mut self, out: &mut ParsedDelta) -> bool {
-        let rest = self.held.trim_start();
-        if rest.is_empty() {
-            // Whitespace before the calls is dropped anyway; holding it would make every push rescan it.
-            self.held.clear();
+        if !self.trim_held() {
             return false;
-        }
-        if rest.len() != self.held.len() {
-            self.held = rest.to_owned();
-            self.balance = Balance::default();
         }
         if self.held.starts_with(['[', '{']) {
             return self.json_value_calls(out);
@@ -324,14 +317,8 @@ impl ToolCallSplitter {
 
     /// One JSON value of calls (an array, or one object) after the marker (Mistral, Phi-4).
     fn json_value_calls(&mut self, out: &mut ParsedDelta) -> bool {
-        let rest = self.held.trim_start();
-        if rest.is_empty() {
-            self.held.clear();
+        if !self.trim_held() {
             return false;
-        }
-        if rest.len() != self.held.len() {
-            self.held = rest.to_owned();
-            self.balance = Balance::default();
         }
         match self.balance.scan(&self.held, &['"']) {
             Scan::Open => self.stream_so_far(out),
@@ -346,6 +333,21 @@ impl ToolCallSplitter {
                 None => self.fall_back(out),
             },
         }
+    }
+
+    /// Drops the whitespace before the calls (it is dropped anyway; holding it would make every
+    /// push scan it again); false when nothing else has arrived yet.
+    fn trim_held(&mut self) -> bool {
+        let rest = self.held.trim_start();
+        if rest.is_empty() {
+            self.held.clear();
+            return false;
+        }
+        if rest.len() != self.held.len() {
+            self.held = rest.to_owned();
+            self.balance = Balance::default();
+        }
+        true
     }
 
     /// Pythonic: one bracketed list of calls.

@@ -8,10 +8,7 @@ empty inputs and lists over the bound are refused naming the field."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import urllib.error
-import urllib.request
 
 import numpy as np
 import onnx
@@ -21,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import EMBED_NAME, LLM_START_TIMEOUT, model_paths
 from helpers import finish_server, needs, start_server
+from http_helpers import json_call
 
 WIDTH = 8
 LABELS = ["negative", "neutral", "positive"]
@@ -102,12 +100,7 @@ def server(tmp_path_factory):
 
 
 def post(server, path: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(server.http_url + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return json_call("POST", server.http_url + path, body)
 
 
 def ids(server, text: str) -> list[int]:
