@@ -71,9 +71,10 @@ impl BlockStream {
                     return;
                 }
             }
-            // Read again only when a tag or value may have ended since.
+            // Read again only when a tag or a call's header may have ended since: a long parameter
+            // value is not read again for each of its pieces.
             let fresh = body.get(self.read.min(body.len())..).unwrap_or("");
-            if fresh.is_empty() || !fresh.contains(['>', '{', '}', ':', ',', '|', '｜', '\n', '"']) {
+            if fresh.is_empty() || !fresh.contains(triggers(format)) {
                 return;
             }
             self.read = body.len();
@@ -178,6 +179,16 @@ impl JsonArguments {
         }
         self.scanned = end;
         piece
+    }
+}
+
+/// The characters whose arrival may complete what [`partial_calls`] reads: a tag's end for the
+/// key/value families, a JSON header's pieces for the others.
+fn triggers(format: ToolCallFormat) -> &'static [char] {
+    use ToolCallFormat::*;
+    match format {
+        Qwen3Coder | MinimaxM2 | MinimaxM3 | DeepseekV32 | DeepseekV4 | DeepseekV41 | MuseGlimmer | Glm | KimiK3 => &['>', '\n'],
+        _ => &['>', '{', '}', ':', ',', '|', '｜', '\n', '"'],
     }
 }
 
