@@ -8,8 +8,10 @@
 //! - etcd (discovery, Dynamo's records): `ETCD_AUTH_USERNAME` with `ETCD_AUTH_PASSWORD`.
 //!
 //! A connection refused for its credentials fails naming the service and the variables used,
-//! never a secret. The variables this build cannot honour yet (`NATS_TLS_INSECURE`, `ETCD_AUTH_CA`,
-//! `ETCD_AUTH_CLIENT_CERT`, `ETCD_AUTH_CLIENT_KEY`) are refused by name rather than ignored.
+//! never a secret. `NATS_TLS_INSECURE` (true) takes NATS's server certificate unchecked, for test
+//! deployments with self-signed certificates (the handshake's signatures are still verified). The
+//! variables this build cannot honour yet (`ETCD_AUTH_CA`, `ETCD_AUTH_CLIENT_CERT`,
+//! `ETCD_AUTH_CLIENT_KEY`) are refused by name rather than ignored.
 
 use std::path::PathBuf;
 
@@ -41,7 +43,6 @@ pub fn nats_options(
     mut options: async_nats::ConnectOptions,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(async_nats::ConnectOptions, Used), String> {
-    refuse_unsupported(&env, &["NATS_TLS_INSECURE"])?;
     let set = |name: &str| env(name).filter(|v| !v.is_empty());
     let mut used = Vec::new();
     if let Some(token) = set("NATS_AUTH_TOKEN") {
@@ -65,7 +66,9 @@ pub fn nats_options(
     if let Some(path) = set("NATS_AUTH_CREDENTIALS_FILE") {
         let text = read_bounded("NATS_AUTH_CREDENTIALS_FILE", &path, MAX_CREDENTIALS_BYTES)?;
         options = options.credentials(&text).map_err(|_| {
-            format!("NATS_AUTH_CREDENTIALS_FILE names {path}, which is not a NATS credentials file (a user JWT and its nkey seed)")
+            format!(
+                "NATS_AUTH_CREDENTIALS_FILE names {path}, which is not a NATS credentials file (a user JWT and its nkey seed)"
+            )
         })?;
         used.push("NATS_AUTH_CREDENTIALS_FILE");
     }
@@ -73,17 +76,94 @@ pub fn nats_options(
         options = options.add_root_certificates(readable("NATS_TLS_CA_CERT_PATH", &ca)?).require_tls(true);
         used.push("NATS_TLS_CA_CERT_PATH");
     }
-    match (set("NATS_TLS_CLIENT_CERT_PATH"), set("NATS_TLS_CLIENT_KEY_PATH")) {
+    let client = match (set("NATS_TLS_CLIENT_CERT_PATH"), set("NATS_TLS_CLIENT_KEY_PATH")) {
         (Some(cert), Some(key)) => {
             let cert = readable("NATS_TLS_CLIENT_CERT_PATH", &cert)?;
             let key = readable("NATS_TLS_CLIENT_KEY_PATH", &key)?;
-            options = options.add_client_certificate(cert, key).require_tls(true);
+            options = options.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
             used.extend(["NATS_TLS_CLIENT_CERT_PATH", "NATS_TLS_CLIENT_KEY_PATH"]);
+            Some((cert, key))
         }
-        (None, None) => {}
+        (None, None) => None,
         _ => return Err("NATS_TLS_CLIENT_CERT_PATH and NATS_TLS_CLIENT_KEY_PATH go together: set both or neither".into()),
+    };
+    if let Some(value) = set("NATS_TLS_INSECURE") {
+        let insecure = match value.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            _ => return Err(format!("NATS_TLS_INSECURE must be true or false, got '{value}'")),
+        };
+        if insecure {
+            // A config of our own replaces the roots and client certificate set above.
+            options = options.tls_client_config(insecure_tls(client)?).require_tls(true);
+            used.push("NATS_TLS_INSECURE");
+        }
     }
     Ok((options, Used(used)))
+}
+
+/// TLS that takes any server certificate (`NATS_TLS_INSECURE`), with the client certificate when
+/// one is named.
+fn insecure_tls(client: Option<(PathBuf, PathBuf)>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("NATS_TLS_INSECURE: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServerCertificate(provider)));
+    match client {
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_file_iter(&cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|_| format!("NATS_TLS_CLIENT_CERT_PATH names {}, which holds no PEM certificate", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(&key)
+                .map_err(|_| format!("NATS_TLS_CLIENT_KEY_PATH names {}, which holds no PEM private key", key.display()))?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| format!("NATS_TLS_CLIENT_CERT_PATH: {e}"))
+        }
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Takes any server certificate; the handshake's signatures are still checked, so the peer holds
+/// the key of the certificate it showed.
+#[derive(Debug)]
+struct AnyServerCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, signature, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, signature, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// [`nats_options`] from the process environment.
@@ -155,8 +235,12 @@ mod tests {
         let missing =
             nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_TLS_CA_CERT_PATH", "/absent/ca.pem")])).unwrap_err();
         assert!(missing.contains("NATS_TLS_CA_CERT_PATH names /absent/ca.pem"), "{missing}");
-        let unsupported = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_TLS_INSECURE", "true")])).unwrap_err();
-        assert!(unsupported.starts_with("NATS_TLS_INSECURE is set"), "{unsupported}");
+        let (_, used) = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_TLS_INSECURE", "true")])).unwrap();
+        assert_eq!(used.hint(), " (credentials from NATS_TLS_INSECURE)");
+        let (_, used) = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_TLS_INSECURE", "false")])).unwrap();
+        assert_eq!(used.hint(), "");
+        let bad = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_TLS_INSECURE", "maybe")])).unwrap_err();
+        assert!(bad.starts_with("NATS_TLS_INSECURE must be true or false"), "{bad}");
         let bad = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_NKEY", "SUxyz-secret")])).unwrap_err();
         assert!(bad.starts_with("NATS_AUTH_NKEY is not an nkey seed") && !bad.contains("xyz-secret"), "{bad}");
         let seed = nkeys::KeyPair::new_user().seed().unwrap();
@@ -196,5 +280,34 @@ mod tests {
         )
         .await;
         assert!(refused.is_err(), "another user's seed is refused");
+    }
+
+    /// A nats-server with a self-signed certificate: refused with no CA, joined with
+    /// NATS_TLS_INSECURE. The certificate is made by the `openssl` CLI.
+    #[tokio::test]
+    async fn nats_tls_insecure_takes_a_self_signed_server_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("nats.pem"), dir.path().join("nats.key"));
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=nats", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("the openssl command makes the test certificate");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let server = crate::events::nats::test_nats::NatsServer::start_with(&[
+            "--tls",
+            "--tlscert",
+            cert.to_str().unwrap(),
+            "--tlskey",
+            key.to_str().unwrap(),
+        ]);
+        let plain = nats_options(async_nats::ConnectOptions::new().require_tls(true), env(&[])).unwrap().0;
+        assert!(async_nats::connect_with_options(server.url(), plain).await.is_err(), "an unknown issuer is refused");
+        let (options, _) = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_TLS_INSECURE", "true")])).unwrap();
+        let client = async_nats::connect_with_options(server.url(), options).await.expect("joined over TLS, unchecked");
+        client.flush().await.unwrap();
     }
 }
