@@ -5,13 +5,13 @@
 //!   `NATS_AUTH_USERNAME` with `NATS_AUTH_PASSWORD`, `NATS_AUTH_NKEY` (a user's seed, `SU…`),
 //!   `NATS_AUTH_CREDENTIALS_FILE` (a `.creds` file: a user JWT and its seed), `NATS_TLS_CA_CERT_PATH`,
 //!   `NATS_TLS_CLIENT_CERT_PATH` with `NATS_TLS_CLIENT_KEY_PATH`;
-//! - etcd (discovery, Dynamo's records): `ETCD_AUTH_USERNAME` with `ETCD_AUTH_PASSWORD`.
+//! - etcd (discovery, Dynamo's records): `ETCD_AUTH_USERNAME` with `ETCD_AUTH_PASSWORD`,
+//!   `ETCD_AUTH_CA` (TLS to `https://` endpoints, checked against this CA), `ETCD_AUTH_CLIENT_CERT`
+//!   with `ETCD_AUTH_CLIENT_KEY` (mutual TLS).
 //!
 //! A connection refused for its credentials fails naming the service and the variables used,
 //! never a secret. `NATS_TLS_INSECURE` (true) takes NATS's server certificate unchecked, for test
-//! deployments with self-signed certificates (the handshake's signatures are still verified). The
-//! variables this build cannot honour yet (`ETCD_AUTH_CA`, `ETCD_AUTH_CLIENT_CERT`,
-//! `ETCD_AUTH_CLIENT_KEY`) are refused by name rather than ignored.
+//! deployments with self-signed certificates (the handshake's signatures are still verified).
 
 use std::path::PathBuf;
 
@@ -26,15 +26,6 @@ impl Used {
             true => String::new(),
             false => format!(" (credentials from {})", self.0.join(", ")),
         }
-    }
-}
-
-fn refuse_unsupported(env: &impl Fn(&str) -> Option<String>, names: &[&str]) -> Result<(), String> {
-    match names.iter().find(|name| env(name).is_some_and(|v| !v.is_empty())) {
-        Some(name) => {
-            Err(format!("{name} is set, and this build of Tritium cannot use it yet; unset it or use the other credentials"))
-        }
-        None => Ok(()),
     }
 }
 
@@ -176,16 +167,38 @@ pub fn etcd_options(
     mut options: etcd_client::ConnectOptions,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(etcd_client::ConnectOptions, Used), String> {
-    refuse_unsupported(&env, &["ETCD_AUTH_CA", "ETCD_AUTH_CLIENT_CERT", "ETCD_AUTH_CLIENT_KEY"])?;
     let set = |name: &str| env(name).filter(|v| !v.is_empty());
+    let mut used = Vec::new();
     match (set("ETCD_AUTH_USERNAME"), set("ETCD_AUTH_PASSWORD")) {
         (Some(user), Some(password)) => {
             options = options.with_user(user, password);
-            Ok((options, Used(vec!["ETCD_AUTH_USERNAME", "ETCD_AUTH_PASSWORD"])))
+            used.extend(["ETCD_AUTH_USERNAME", "ETCD_AUTH_PASSWORD"]);
         }
-        (None, None) => Ok((options, Used::default())),
-        _ => Err("ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD go together: set both or neither".into()),
+        (None, None) => {}
+        _ => return Err("ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD go together: set both or neither".into()),
     }
+    let ca = set("ETCD_AUTH_CA");
+    let identity = match (set("ETCD_AUTH_CLIENT_CERT"), set("ETCD_AUTH_CLIENT_KEY")) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("ETCD_AUTH_CLIENT_CERT and ETCD_AUTH_CLIENT_KEY go together: set both or neither".into()),
+    };
+    if ca.is_some() || identity.is_some() {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = ca {
+            let pem = read_bounded("ETCD_AUTH_CA", &ca, MAX_PEM_BYTES)?;
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
+            used.push("ETCD_AUTH_CA");
+        }
+        if let Some((cert, key)) = identity {
+            let cert = read_bounded("ETCD_AUTH_CLIENT_CERT", &cert, MAX_PEM_BYTES)?;
+            let key = read_bounded("ETCD_AUTH_CLIENT_KEY", &key, MAX_PEM_BYTES)?;
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            used.extend(["ETCD_AUTH_CLIENT_CERT", "ETCD_AUTH_CLIENT_KEY"]);
+        }
+        options = options.with_tls(tls);
+    }
+    Ok((options, Used(used)))
 }
 
 /// [`etcd_options`] from the process environment.
@@ -195,6 +208,8 @@ pub fn etcd_options_from_env(options: etcd_client::ConnectOptions) -> Result<(et
 
 /// The largest credentials file read (a `.creds` file is about 1 KiB).
 const MAX_CREDENTIALS_BYTES: u64 = 64 << 10;
+/// The largest PEM file read (a CA bundle of a few hundred certificates).
+const MAX_PEM_BYTES: u64 = 1 << 20;
 
 /// A small text file a variable names, read whole up to `limit` bytes; errors name the variable
 /// and the path, never the contents.
@@ -258,6 +273,10 @@ mod tests {
             etcd_options(etcd_client::ConnectOptions::new(), env(&[("ETCD_AUTH_USERNAME", "u"), ("ETCD_AUTH_PASSWORD", "p")]))
                 .unwrap();
         assert_eq!(used.hint(), " (credentials from ETCD_AUTH_USERNAME, ETCD_AUTH_PASSWORD)");
+        let half = etcd_options(etcd_client::ConnectOptions::new(), env(&[("ETCD_AUTH_CLIENT_CERT", "/c.pem")])).unwrap_err();
+        assert!(half.contains("ETCD_AUTH_CLIENT_KEY"), "{half}");
+        let missing = etcd_options(etcd_client::ConnectOptions::new(), env(&[("ETCD_AUTH_CA", "/absent/ca.pem")])).unwrap_err();
+        assert!(missing.starts_with("ETCD_AUTH_CA names /absent/ca.pem"), "{missing}");
     }
 
     /// A nats-server that admits one nkey user: its seed from NATS_AUTH_NKEY connects, another

@@ -90,23 +90,28 @@ def _nats_address(line: str) -> str | None:
     return None
 
 
-def start_etcd(client_port: int = 0) -> Service:
+def start_etcd(client_port: int = 0, tls: tuple[str, str, str] | None = None) -> Service:
     """An etcd on a port it picks, or on `client_port` (its JSON gateway dials the advertised client
-    address, so a test that uses the gateway gives it a real port)."""
+    address, so a test that uses the gateway gives it a real port); with `tls` (certificate, key, CA)
+    its clients speak TLS and must show a certificate that CA signed."""
     workdir = tempfile.TemporaryDirectory(prefix="tritium-etcd-")
+    scheme = "https" if tls else "http"
     argv = [
         "etcd",
         "--name=test",
         f"--data-dir={workdir.name}/data",
-        f"--listen-client-urls=http://127.0.0.1:{client_port}",
-        f"--advertise-client-urls=http://127.0.0.1:{client_port}",
+        f"--listen-client-urls={scheme}://127.0.0.1:{client_port}",
+        f"--advertise-client-urls={scheme}://127.0.0.1:{client_port}",
         "--listen-peer-urls=http://127.0.0.1:0",
         "--initial-advertise-peer-urls=http://127.0.0.1:0",
         "--initial-cluster=test=http://127.0.0.1:0",
         "--logger=zap",
         "--log-outputs=stderr",
     ]
-    return _start("etcd", argv, _etcd_address, workdir)
+    if tls:
+        cert, key, ca = tls
+        argv += [f"--cert-file={cert}", f"--key-file={key}", "--client-cert-auth", f"--trusted-ca-file={ca}"]
+    return _start("etcd", argv, lambda line: (found := _etcd_address(line)) and found.replace("http://", f"{scheme}://", 1), workdir)
 
 
 def start_nats(monitor: bool = False, *extra: str) -> Service:

@@ -118,8 +118,12 @@ impl EtcdDiscovery {
             registrations: Mutex::new(HashMap::new()),
         });
         // Watching from the start means anyone who subscribes after `connect` misses nothing, and
-        // doubles as the check that etcd answers.
-        let stream = shared.open_watch().await?;
+        // doubles as the check that etcd answers (and takes the credentials: TLS ones are first
+        // offered here, so a refusal names them).
+        let stream = shared.open_watch().await.map_err(|e| match e {
+            DiscoveryError::Unavailable(reason) => DiscoveryError::Unavailable(format!("{reason}{}", used.hint())),
+            other => other,
+        })?;
         let stop = CancellationToken::new();
         tokio::spawn(follow(Arc::clone(&shared), stream, stop.clone()));
         Ok(EtcdDiscovery { shared, stop })

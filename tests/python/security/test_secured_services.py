@@ -1,12 +1,16 @@
-"""A token- or password-protected NATS and an etcd with authentication on, joined with Dynamo's own credential
-variables (`NATS_AUTH_TOKEN`, `NATS_AUTH_USERNAME`/`_PASSWORD`, `ETCD_AUTH_USERNAME`/`_PASSWORD`) by real
+"""A token- or password-protected NATS, an etcd with authentication on and an etcd with mutual TLS, joined with
+Dynamo's own credential variables (`NATS_AUTH_TOKEN`, `NATS_AUTH_USERNAME`/`_PASSWORD`, `ETCD_AUTH_USERNAME`/
+`_PASSWORD`, `ETCD_AUTH_CA`, `ETCD_AUTH_CLIENT_CERT`/`_KEY`; certificates made by the `openssl` CLI) by real
 `tritium serve` and `tritium worker` processes: with the right credentials the cluster serves; with wrong ones
 the process stops at start naming the service and the variable, never the secret."""
 
 from __future__ import annotations
 
 import json
+import pathlib
+import shutil
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 
@@ -48,12 +52,19 @@ def identity_answers(url: str) -> bool:
         return bool(np.array_equal(client.infer("identity", [tensor]).as_numpy("OUTPUT0"), data))
 
 
+def model_known(url: str) -> bool:
+    with grpcclient.InferenceServerClient(url) as client:
+        return client.is_model_ready("identity")
+
+
 def cluster_serves(flags: list[str], env: dict[str, str]) -> None:
     """A worker and a frontend started with `flags` and credentials `env` find each other and serve identity."""
     worker = start_worker(*flags, env=env)
     frontend = start_server(*flags, env=env)
     try:
         wait_until(lambda: workers_serving(frontend, "identity") >= 1, 60, "the worker joined the frontend")
+        # The router may count the worker a moment before the model's record reaches the doors.
+        wait_until(lambda: model_known(frontend.url), 30, "the worker's model known to the frontend")
         assert identity_answers(frontend.url)
     finally:
         finish_server(frontend)
@@ -108,3 +119,38 @@ def test_an_etcd_with_authentication_is_joined_with_the_etcd_variables():
         cluster_serves(flags, good)
     finally:
         etcd.stop()
+
+
+def openssl(*args: str) -> None:
+    if shutil.which("openssl") is None:
+        pytest.fail("the `openssl` command is needed to make the test certificates (Debian package openssl)")
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def make_certificates(folder: pathlib.Path) -> None:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate, both signed by it."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.pem"), "-days", "2", "-subj", "/CN=test-ca")
+    for who, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", *ec, "-keyout", str(folder / f"{who}.key"), "-out", str(folder / f"{who}.csr"), "-subj", f"/CN={who}")
+        extra = folder / f"{who}.ext"
+        extra.write_text(extension + "\n")
+        openssl("x509", "-req", "-in", str(folder / f"{who}.csr"), "-CA", str(folder / "ca.pem"), "-CAkey", str(folder / "ca.key"),
+                "-CAcreateserial", "-out", str(folder / f"{who}.pem"), "-days", "2", "-extfile", str(extra))  # fmt: skip
+
+
+def test_an_etcd_with_mutual_tls_is_joined_with_the_etcd_tls_variables(tmp_path):
+    make_certificates(tmp_path)
+    etcd = start_etcd(tls=(str(tmp_path / "server.pem"), str(tmp_path / "server.key"), str(tmp_path / "ca.pem")))
+    try:
+        assert etcd.address.startswith("https://"), etcd.address
+        flags = ["--discovery-backend", "etcd", "--etcd-endpoints", etcd.address, "--namespace", "secured-etcd-tls"]
+        # A client with no certificate of the CA's is turned away, the variables named.
+        refused = start_failure(*flags, env={"ETCD_AUTH_CA": str(tmp_path / "ca.pem")})
+        assert "ETCD_AUTH_CA" in refused, refused
+        good = {"ETCD_AUTH_CA": str(tmp_path / "ca.pem"), "ETCD_AUTH_CLIENT_CERT": str(tmp_path / "client.pem"),
+                "ETCD_AUTH_CLIENT_KEY": str(tmp_path / "client.key")}  # fmt: skip
+        cluster_serves(flags, good)
+    finally:
+        etcd.stop()
+
