@@ -287,7 +287,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("nats.conf");
         std::fs::write(&config, format!("authorization {{ users = [ {{ nkey: {} }} ] }}\n", user.public_key())).unwrap();
-        let server = crate::events::nats::test_nats::NatsServer::start_with(&["-c", config.to_str().unwrap()]);
+        let server = crate::test_nats::NatsServer::start_with(&["-c", config.to_str().unwrap()]);
         let seed = user.seed().unwrap();
         let (options, _) = nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_NKEY", &seed)])).unwrap();
         let client = async_nats::connect_with_options(server.url(), options).await.expect("the nkey user connects");
@@ -316,7 +316,7 @@ mod tests {
             .output()
             .expect("the openssl command makes the test certificate");
         assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-        let server = crate::events::nats::test_nats::NatsServer::start_with(&[
+        let server = crate::test_nats::NatsServer::start_with(&[
             "--tls",
             "--tlscert",
             cert.to_str().unwrap(),

@@ -44,6 +44,8 @@ pub mod lora;
 pub mod node;
 pub mod remote;
 pub mod routing;
+#[cfg(test)]
+pub(crate) mod test_nats;
 
 /// The backends the cluster's own tests load models with: the built-ins and the language-model
 /// engine.

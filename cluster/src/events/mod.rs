@@ -1,7 +1,6 @@
 //! Events workers publish for frontends and routers: model changes, load reports and KV-cache
 //! announcements. The default bus is in memory; NATS is another implementation of the same trait.
 
-// pub(crate) so other tests of the crate can reach `nats::test_nats`.
 pub(crate) mod nats;
 pub(crate) mod zmq;
 

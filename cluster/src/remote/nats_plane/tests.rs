@@ -11,7 +11,7 @@ use tritium_tensor::Tensor;
 use tritium_worker::{InferOutcome, InferenceRequest, StreamItem, WorkerClient, WorkerError};
 
 use super::*;
-use crate::events::nats::test_nats::NatsServer;
+use crate::test_nats::NatsServer;
 use crate::remote::{RemoteWorker, WorkerService};
 
 const MAX_MESSAGE: usize = 64 << 20;
