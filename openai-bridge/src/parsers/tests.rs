@@ -224,3 +224,15 @@ fn long_leading_whitespace_gives_the_same_parse_piece_by_piece() {
         assert!(!whole.2.is_empty() || !whole.0.trim().is_empty() || !whole.1.is_empty(), "{tools}: nothing parsed");
     }
 }
+
+/// Gemma 4's literal syntax nests; a call nested past the bound is given back as text, not read
+/// by one stack frame per level.
+#[test]
+fn a_gemma_call_nested_too_deep_is_text() {
+    let deep = format!("<|tool_call>call:f{{a:{}1{}}}<tool_call|>", "[".repeat(200), "]".repeat(200));
+    let parsed = OutputParser::new(None, Some(ToolCallFormat::Gemma4)).parse_all(&deep);
+    assert!(parsed.tool_calls.is_empty() && parsed.content == deep, "{parsed:?}");
+    let shallow = "<|tool_call>call:f{a:[[1]]}<tool_call|>";
+    let parsed = OutputParser::new(None, Some(ToolCallFormat::Gemma4)).parse_all(shallow);
+    assert_eq!(parsed.tool_calls[0].arguments, r#"{"a":[[1]]}"#);
+}

@@ -198,7 +198,7 @@ pub(super) fn gemma4(body: &str) -> Option<Vec<ToolCall>> {
     let call = body.trim().strip_prefix("call:")?;
     let brace = call.find('{')?;
     let name = plain_name(call[..brace].trim())?;
-    let mut reader = GemmaReader { text: &call[brace..] };
+    let mut reader = GemmaReader { text: &call[brace..], depth: 0 };
     let Value::Object(fields) = reader.value()? else {
         return None;
     };
@@ -212,12 +212,23 @@ pub(super) fn gemma4(body: &str) -> Option<Vec<ToolCall>> {
 
 const GEMMA_QUOTE: &str = "<|\"|>";
 
+/// Objects and arrays nested deeper than this are not a call (and would cost a stack frame each).
+const MAX_GEMMA_DEPTH: usize = 64;
+
 struct GemmaReader<'a> {
     text: &'a str,
+    depth: usize,
 }
 
 impl GemmaReader<'_> {
     fn value(&mut self) -> Option<Value> {
+        self.depth += 1;
+        let value = if self.depth > MAX_GEMMA_DEPTH { None } else { self.value_here() };
+        self.depth -= 1;
+        value
+    }
+
+    fn value_here(&mut self) -> Option<Value> {
         self.text = self.text.trim_start();
         if let Some(rest) = self.text.strip_prefix(GEMMA_QUOTE) {
             let end = rest.find(GEMMA_QUOTE)?;
