@@ -36,5 +36,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&worker_dir)
         .file_descriptor_set_path(out_dir.join("tritium_worker_descriptor.bin"))
         .compile_protos(&["proto/worker.proto"], &["proto"])?;
+
+    // Third-party engines' own service (vLLM's `VllmEngine`), in a folder of its own too.
+    println!("cargo:rerun-if-changed=proto/engine.proto");
+    let engine_dir = out_dir.join("engine");
+    std::fs::create_dir_all(&engine_dir)?;
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .bytes(".vllm.grpc.engine.GetTokenizerChunk.data")
+        .out_dir(&engine_dir)
+        .compile_protos(&["proto/engine.proto"], &["proto"])?;
     Ok(())
 }

@@ -28,6 +28,13 @@ pub mod worker {
 /// `worker.proto`: the frontend's reflection lists only what the frontend serves).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tritium_descriptor.bin"));
 
+/// Third-party engines' own gRPC service (`proto/engine.proto`, package `vllm.grpc.engine`):
+/// vLLM's `VllmEngine`, the tokens-in, tokens-out contract Tritium drives engines through.
+#[allow(clippy::all, missing_docs)]
+pub mod engine {
+    include!(concat!(env!("OUT_DIR"), "/engine/vllm.grpc.engine.rs"));
+}
+
 /// Serialized `FileDescriptorSet` of `worker.proto` and its imports, for a worker's reflection.
 pub const WORKER_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tritium_worker_descriptor.bin"));
 

@@ -104,7 +104,7 @@ export TRITIUM_BIN="${TRITIUM_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/triti
 # Exit code 5 (no tests collected) is non-zero too, so it fails this script.
 # --durations=25: the slowest tests and fixtures, to see where the time goes.
 # The Dynamo interoperability tests run on their own, in a private network namespace (below).
-.venv/bin/python -m pytest tests/python -q -m "not dynamo" --durations=25
+.venv/bin/python -m pytest tests/python -q -m "not dynamo and not engines" --durations=25
 echo "pytest: ok"
 
 step "pytest tests/python/dynamo_interop (real Dynamo 1.6.1, private network namespace)"

@@ -23,6 +23,8 @@ pub struct ClusterConfig {
     /// The largest Dynamo request or response frame read or sent (Dynamo's
     /// `DYN_TCP_MAX_MESSAGE_SIZE`); the worker plane's message size lowers it further.
     pub dynamo_max_message: usize,
+    /// Third-party engines reached over their own gRPC (`--engine-grpc`), each a worker of its model.
+    pub engines: Vec<crate::engines::EngineSpec>,
 }
 
 /// `--request-plane`, resolved.
@@ -42,6 +44,7 @@ impl Default for ClusterConfig {
             request_plane: RequestPlaneConfig::Tcp,
             response_stream_host: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             dynamo_max_message: crate::dynamo::MAX_MESSAGE_BYTES,
+            engines: Vec::new(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //!   client a frontend dials, their own conversions, the NATS tunnel and KV pulls between workers.
 //! - [`dynamo`]: Dynamo's workers, found in Dynamo's stores and called over Dynamo's request
 //!   plane.
+//! - [`engines`]: third-party engines (vLLM's gRPC engine service) called over their own gRPC.
 //! - [`node`]: a worker process's serve loop (`tritium worker`).
 //! - [`lora`]: LoRA adapters loaded at run time, fanned out over the workers serving a base model.
 //! - [`credentials`]: NATS and etcd credentials from Dynamo's variables.
@@ -39,6 +40,7 @@ pub mod config;
 pub mod credentials;
 pub mod discovery;
 pub mod dynamo;
+pub mod engines;
 pub mod events;
 pub mod lora;
 pub mod node;

@@ -267,9 +267,14 @@ impl Tritium {
         if cluster.is_distributed() {
             routing::snapshot::start(&self.state.router, Arc::clone(&discovery), stop.clone()).await;
         }
-        let dynamo = self.follow_dynamo(cluster, stop.clone()).await?;
+        let mut listings: Vec<routing::Listing> = self.follow_dynamo(cluster, stop.clone()).await?.into_iter().collect();
+        if !cluster.engines.is_empty() {
+            let router = Arc::clone(&self.state.router);
+            let loads: tritium_cluster::engines::follow::LoadSink = Arc::new(move |report| router.apply_load(report));
+            listings.push(tritium_cluster::engines::follow(&cluster.engines, loads, stop.clone()));
+        }
         let follower =
-            tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), discovery, dynamo, stop.clone()));
+            tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), discovery, listings, stop.clone()));
         if self.state.router.options().replica_sync {
             routing::publish_replica_events(&self.state.router, Arc::clone(&events), stop.clone());
         }

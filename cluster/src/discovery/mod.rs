@@ -36,6 +36,9 @@ pub enum WorkerAddress {
     /// A Dynamo worker instance, found in Dynamo's own records (never registered by Tritium).
     #[serde(skip)]
     Dynamo(Arc<dynamo_target::DynamoTarget>),
+    /// A third-party engine reached over its own gRPC service (`--engine-grpc`), as it described itself.
+    #[serde(skip)]
+    Engine(Arc<crate::engines::EngineTarget>),
 }
 
 /// A worker's part in disaggregated serving (Dynamo's `--disaggregation-mode` and values).

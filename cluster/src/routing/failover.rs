@@ -268,6 +268,9 @@ impl Migration {
     ) {
         let prompt_tokens = u32::try_from(self.request.prompt.len()).unwrap_or(u32::MAX);
         let mut migrations = 0u32;
+        // Tokens the current worker sent: what it counts beyond them (a stop token it generated
+        // and kept back, as engines that count it do) is counted too.
+        let mut sent_here = 0u32;
         loop {
             let event = tokio::select! {
                 _ = sender.closed() => return,
@@ -284,12 +287,14 @@ impl Migration {
                         tracked.token();
                     }
                     self.generated.push(token.id);
+                    sent_here = sent_here.saturating_add(1);
                     if sender.send(Ok(GenerateEvent::Token(token))).is_err() {
                         return;
                     }
                 }
-                Some(Ok(GenerateEvent::Finished { reason, queued_for, cached_tokens, .. })) => {
-                    let completion_tokens = u32::try_from(self.generated.len()).unwrap_or(u32::MAX);
+                Some(Ok(GenerateEvent::Finished { reason, queued_for, cached_tokens, completion_tokens: counted, .. })) => {
+                    let unsent = counted.saturating_sub(sent_here);
+                    let completion_tokens = u32::try_from(self.generated.len()).unwrap_or(u32::MAX).saturating_add(unsent);
                     // After a failover the last worker saw the prompt plus what was generated.
                     let cached_tokens = cached_tokens.min(prompt_tokens);
                     let finished =
@@ -301,8 +306,13 @@ impl Migration {
                     let _ = sender.send(Err(error));
                     return;
                 }
-                Some(Err(_)) | None => {
-                    let why = format!("worker '{}' went away mid-stream", member.id);
+                lost => {
+                    let why = match lost {
+                        Some(Err(GenerateError::WorkerLost { message, .. })) => {
+                            format!("worker '{}' went away mid-stream ({message})", member.id)
+                        }
+                        _ => format!("worker '{}' went away mid-stream", member.id),
+                    };
                     let Some(router) = router.as_ref() else { return self.fail(&sender, why) };
                     router.mark_suspect(&member);
                     if migrations >= router.options.migration_limit {
@@ -322,6 +332,7 @@ impl Migration {
                             tracked = router.track(&next_member, &self.model, &prompt, scored);
                             member = next_member;
                             stream = next_stream;
+                            sent_here = 0;
                         }
                         None => return self.fail(&sender, format!("{why}, and no other worker could continue it")),
                     }

@@ -17,14 +17,18 @@ use crate::events::{EventBus, WorkerEvent};
 /// described again.
 const RELIST_EVERY: Duration = Duration::from_secs(5);
 
-/// Keeps the router's table in step with discovery, with the Dynamo workers `dynamo` lists
-/// (when it follows Dynamo's records) and with the in-process worker's own models (which are
-/// not registered in a shared discovery: other frontends could not reach them) until `stop` is
+/// Workers listed beside discovery's: the Dynamo workers of Dynamo's records, the engines of
+/// `--engine-grpc`.
+pub type Listing = tokio::sync::watch::Receiver<Arc<Vec<WorkerInstance>>>;
+
+/// Keeps the router's table in step with discovery, with the workers each of `listings` lists
+/// (Dynamo's workers, engines) and with the in-process worker's own models (which are not
+/// registered in a shared discovery: other frontends could not reach them) until `stop` is
 /// cancelled.
 pub async fn follow_discovery(
     router: Arc<Router>,
     discovery: Arc<dyn Discovery>,
-    mut dynamo: Option<tokio::sync::watch::Receiver<Arc<Vec<WorkerInstance>>>>,
+    mut listings: Vec<Listing>,
     stop: CancellationToken,
 ) {
     let mut watch = discovery.watch();
@@ -32,8 +36,8 @@ pub async fn follow_discovery(
     loop {
         match discovery.instances().await {
             Ok(mut instances) => {
-                if let Some(dynamo) = &mut dynamo {
-                    instances.extend(dynamo.borrow_and_update().iter().cloned());
+                for listing in &mut listings {
+                    instances.extend(listing.borrow_and_update().iter().cloned());
                 }
                 instances.retain(|i| *i.id != *router.local_id);
                 let local = router.repository.local_models().iter().map(|m| m.name.clone()).collect();
@@ -54,12 +58,22 @@ pub async fn follow_discovery(
             _ = stop.cancelled() => return,
             event = watch.recv() => if let Err(RecvError::Closed) = event { return },
             changed = local_changes.changed() => if changed.is_err() { return },
-            changed = async { match &mut dynamo { Some(dynamo) => dynamo.changed().await, None => std::future::pending().await } } => {
-                if changed.is_err() { dynamo = None }
+            (changed, at) = any_changed(&mut listings) => {
+                if changed.is_err() { listings.remove(at); }
             }
             _ = tokio::time::sleep(RELIST_EVERY) => {}
         }
     }
+}
+
+/// Waits for any of `listings` to change: the result and which one (never, for none).
+async fn any_changed(listings: &mut [Listing]) -> (Result<(), tokio::sync::watch::error::RecvError>, usize) {
+    if listings.is_empty() {
+        return std::future::pending().await;
+    }
+    let changes = listings.iter_mut().map(|listing| Box::pin(listing.changed()));
+    let (changed, at, _) = futures::future::select_all(changes).await;
+    (changed, at)
 }
 
 /// KV events waiting for one of the router's event threads, at most (the subscription lags,

@@ -10,6 +10,7 @@ pub mod active;
 pub mod busy;
 mod disagg;
 mod dynamo_members;
+mod engine_members;
 mod failover;
 mod follow;
 pub mod kv_index;
@@ -32,7 +33,7 @@ use arc_swap::ArcSwap;
 use tritium_worker::{ByName, ModelRepository, WorkerClient, WorkerError};
 
 pub use failover::hint_of;
-pub use follow::{follow_discovery, follow_events, publish_replica_events, publish_worker};
+pub use follow::{Listing, follow_discovery, follow_events, publish_replica_events, publish_worker};
 pub use metrics::RouterMetrics;
 pub use policy::{RouterMode, RouterOptions, WORKER_ID_HEADER, WORKER_ID_PARAMETER};
 
@@ -342,6 +343,11 @@ impl Router {
                 }
                 (None, WorkerAddress::Dynamo(target)) => {
                     let Some(member) = self.dynamo_member(instance, target) else { continue };
+                    members.insert(Arc::clone(&member.id), (member.clone(), instance.address.clone()));
+                    member
+                }
+                (None, WorkerAddress::Engine(target)) => {
+                    let Some(member) = self.engine_member(instance, target) else { continue };
                     members.insert(Arc::clone(&member.id), (member.clone(), instance.address.clone()));
                     member
                 }

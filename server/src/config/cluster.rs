@@ -114,6 +114,12 @@ pub struct ClusterArgs {
     /// Dynamo's TCP request plane (Dynamo's variable and default: 32 MiB).
     #[arg(long, env = "DYN_TCP_MAX_MESSAGE_SIZE", default_value_t = tritium_cluster::dynamo::MAX_MESSAGE_BYTES)]
     pub tcp_max_message_size: usize,
+    /// A third-party engine reached over its own gRPC engine service (vLLM's `VllmEngine`), as
+    /// the model NAME: `NAME=URL` (`host:port` or `http://host:port`; several URLs, comma-separated
+    /// or in repeated options, form a pool the router routes between). Tritium templates and
+    /// tokenizes with the engine's tokenizer; the engine gets token ids.
+    #[arg(long = "engine-grpc", env = "TRITIUM_ENGINE_GRPC", value_name = "NAME=URL", value_delimiter = ';')]
+    pub engine_grpc: Vec<tritium_cluster::engines::EngineSpec>,
 }
 
 pub use tritium_cluster::config::{ClusterConfig, RequestPlaneConfig};
@@ -182,6 +188,7 @@ impl ClusterArgs {
             request_plane,
             response_stream_host: self.tcp_response_stream_host,
             dynamo_max_message: self.tcp_max_message_size,
+            engines: self.engine_grpc.clone(),
         })
     }
 }

@@ -94,6 +94,12 @@ impl WorkerArgs {
                  pod; set POD_NAME (--pod-name), with POD_UID and POD_NAMESPACE, from the Downward API"
                 .into());
         }
+        if !self.cluster.engine_grpc.is_empty() {
+            // A worker serves its own repository; engines join a frontend's router directly.
+            return Err("--engine-grpc: engines reached over gRPC are served by `tritium serve` (a frontend routes to them \
+                 like to its workers); `tritium worker` does not relay them yet"
+                .into());
+        }
         if self.cluster.namespace_prefix.is_some() {
             return Err("--namespace-prefix scopes what a frontend watches; a worker registers in --namespace alone".into());
         }

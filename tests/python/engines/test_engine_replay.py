@@ -1,0 +1,195 @@
+"""Engines reached over their own gRPC (issue 62) in the default run: Tritium's frontend serves a vLLM gRPC
+engine played back from frames recorded with the real one (`tests/fixtures/engine_grpc/`, re-recorded with
+`bash scripts/test-engines.sh --record`), through the real `openai` client. The answers must equal what
+vLLM's own OpenAI server gave for the same prompts (recorded in the same run): text, finish reason and usage,
+streamed and not. A client that goes away reaches the engine as `Abort`; a misbehaving engine (a stream that
+stops before its final message, garbage, a flood of tokens, a hung call) costs the request a clear error and
+the server nothing. The live engine is driven by `scripts/test-engines.sh` (tests/python/engines/test_vllm_live.py)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import threading
+
+import openai
+import pytest
+import requests
+
+from helpers import REPO, finish_server, start_server, tritium_bin, wait_for
+
+FIXTURE = REPO / "tests" / "fixtures" / "engine_grpc"
+EXCHANGE = json.loads((FIXTURE / "exchange.json").read_text())
+MODEL = "smollm2"
+
+
+class Replay:
+    """A running `engine-replay` process."""
+
+    def __init__(self, *args: str):
+        binary = tritium_bin().parent / "engine-replay"
+        if not binary.is_file():
+            pytest.fail(f"{binary} not found: run `cargo build -p tritium-tests --bin engine-replay`")
+        self.proc = subprocess.Popen([str(binary), "--fixture", str(FIXTURE), *args], stdout=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline().strip()
+        assert first.startswith("listening on "), first
+        self.address = first.removeprefix("listening on ")
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def serve_engine(replay: Replay, *args: str):
+    server = start_server("--engine-grpc", f"{MODEL}={replay.address}", *args)
+    listed = lambda: MODEL in requests.get(server.http_url + "/v1/models", timeout=5).text  # noqa: E731
+    if not wait_for(listed, timeout=60):
+        finish_server(server)
+        pytest.fail(f"the engine's model never joined:\n{server.stderr()[-3000:]}")
+    return server
+
+
+@pytest.fixture(scope="module")
+def engine():
+    replay = Replay()
+    server = serve_engine(replay)
+    yield server, replay
+    finish_server(server)
+    replay.stop()
+
+
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.http_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def cases(route: str, stream: bool):
+    return [c for c in EXCHANGE["cases"] if c["route"] == route and bool(c["body"].get("stream")) == stream]
+
+
+def ids(items):
+    return [c["name"] for c in items]
+
+
+def streamed(events: list[dict], chat: bool) -> tuple[str, str | None, dict | None]:
+    """Text, finish reason and usage of a stream's events (recorded dicts or the client's chunks)."""
+    text, finish, usage = "", None, None
+    for event in events:
+        for choice in event.get("choices") or []:
+            piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+            text += piece or ""
+            finish = choice.get("finish_reason") or finish
+        usage = event.get("usage") or usage
+    return text, finish, usage
+
+
+def usage_of(usage: dict) -> tuple[int, int]:
+    return usage["prompt_tokens"], usage["completion_tokens"]
+
+
+@pytest.mark.parametrize("case", cases("/v1/completions", False), ids=ids(cases("/v1/completions", False)))
+def test_completions_equal_vllm_own_server(engine, case):
+    server, _ = engine
+    got = client(server).completions.create(**case["body"]).model_dump()
+    want = case["openai"]
+    assert got["choices"][0]["text"] == want["choices"][0]["text"]
+    assert got["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"]
+    assert usage_of(got["usage"]) == usage_of(want["usage"])
+    if case["body"].get("logprobs"):
+        mine, theirs = got["choices"][0]["logprobs"], want["choices"][0]["logprobs"]
+        assert mine["tokens"] == theirs["tokens"]
+        assert mine["token_logprobs"] == pytest.approx(theirs["token_logprobs"], abs=1e-4)
+
+
+@pytest.mark.parametrize("case", cases("/v1/completions", True), ids=ids(cases("/v1/completions", True)))
+def test_streamed_completions_equal_vllm_own_server(engine, case):
+    server, _ = engine
+    events = [chunk.model_dump() for chunk in client(server).completions.create(**case["body"])]
+    text, finish, usage = streamed(events, chat=False)
+    want_text, want_finish, want_usage = streamed(case["openai"], chat=False)
+    assert (text, finish) == (want_text, want_finish)
+    assert usage_of(usage) == usage_of(want_usage)
+
+
+@pytest.mark.parametrize("case", cases("/v1/chat/completions", False), ids=ids(cases("/v1/chat/completions", False)))
+def test_chat_equals_vllm_own_server(engine, case):
+    server, _ = engine
+    got = client(server).chat.completions.create(**case["body"]).model_dump()
+    want = case["openai"]
+    assert got["choices"][0]["message"]["content"] == want["choices"][0]["message"]["content"]
+    assert got["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"]
+    assert usage_of(got["usage"]) == usage_of(want["usage"])
+
+
+@pytest.mark.parametrize("case", cases("/v1/chat/completions", True), ids=ids(cases("/v1/chat/completions", True)))
+def test_streamed_chat_equals_vllm_own_server(engine, case):
+    server, _ = engine
+    events = [chunk.model_dump() for chunk in client(server).chat.completions.create(**case["body"])]
+    assert streamed(events, chat=True)[:2] == streamed(case["openai"], chat=True)[:2]
+    assert usage_of(streamed(events, chat=True)[2]) == usage_of(streamed(case["openai"], chat=True)[2])
+
+
+def test_the_engine_describes_the_model(engine):
+    server, _ = engine
+    models = requests.get(server.http_url + "/v1/models", timeout=5).json()["data"]
+    assert MODEL in [m["id"] for m in models]
+    assert requests.get(server.http_url + f"/v2/models/{MODEL}/ready", timeout=5).status_code == 200
+    # The context length is the engine's (GetModelInfo), not the tokenizer config's.
+    limit = EXCHANGE["model_info"]["max_context_length"]
+    with pytest.raises(openai.BadRequestError, match=str(limit)):
+        client(server).completions.create(model=MODEL, prompt="hello " * (limit + 10), max_tokens=4)
+
+
+def test_an_unrecorded_prompt_is_the_engines_refusal_not_a_crash(engine):
+    server, _ = engine
+    with pytest.raises(openai.APIStatusError) as refused:
+        client(server).completions.create(model=MODEL, prompt="Never recorded", max_tokens=3, temperature=0)
+    assert "no recorded exchange" in str(refused.value)
+    assert requests.get(server.http_url + "/v2/health/ready", timeout=5).status_code == 200
+
+
+def france(max_tokens: int = 16) -> dict:
+    return {"model": MODEL, "prompt": "The capital of France is", "max_tokens": max_tokens, "temperature": 0}
+
+
+def test_a_client_that_goes_away_aborts_the_engines_generation():
+    replay = Replay("--misbehave", "hang")
+    server = serve_engine(replay)
+    try:
+        with requests.post(server.http_url + "/v1/completions", json={**france(), "stream": True}, stream=True, timeout=30) as answer:
+            assert answer.status_code == 200
+            next(answer.iter_lines())
+        assert wait_for(lambda: any(line.startswith("abort tritium-") for line in replay.lines), timeout=30), replay.lines
+    finally:
+        finish_server(server)
+        replay.stop()
+
+
+@pytest.mark.parametrize(
+    "mode, fragment",
+    [
+        ("unfinished", "ended the stream before completing"),
+        ("garbage", "a choice never asked for"),
+        ("flood", "where at most 16 were asked for"),
+        ("hang", "sent nothing for 1 s"),
+    ],
+)
+def test_a_misbehaving_engine_costs_one_request_a_clear_error(mode, fragment):
+    replay = Replay("--misbehave", mode)
+    server = serve_engine(replay, "--engine-grpc-idle-timeout", "1", "--migration-limit", "0")
+    try:
+        answer = requests.post(server.http_url + "/v1/completions", json=france(), timeout=60)
+        assert answer.status_code >= 500, answer.text
+        assert fragment in answer.text, answer.text
+        # The server is still whole: its health, and its other models.
+        assert requests.get(server.http_url + "/v2/health/ready", timeout=5).status_code == 200
+        assert requests.get(server.http_url + "/v1/models", timeout=5).status_code == 200
+    finally:
+        finish_server(server)
+        replay.stop()
