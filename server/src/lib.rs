@@ -271,7 +271,10 @@ impl Tritium {
         if !cluster.engines.is_empty() {
             let router = Arc::clone(&self.state.router);
             let loads: tritium_cluster::engines::follow::LoadSink = Arc::new(move |report| router.apply_load(report));
-            listings.push(tritium_cluster::engines::follow(&cluster.engines, loads, stop.clone()));
+            let router = Arc::clone(&self.state.router);
+            let kv: tritium_cluster::engines::kv::KvSink =
+                Arc::new(move |worker, model, event| router.apply_kv_event(worker, model, event));
+            listings.push(tritium_cluster::engines::follow(&cluster.engines, loads, kv, stop.clone()));
         }
         let follower =
             tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), discovery, listings, stop.clone()));

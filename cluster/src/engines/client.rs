@@ -164,9 +164,16 @@ impl WorkerClient for EngineWorker {
             stream: true,
         };
         let mut client = self.client.clone();
+        // Engines answer the call's headers with its first token: a client that goes away before
+        // then drops this future, and the engine is told all the same.
+        let mut guard = AbortOnDrop { client: Some(client.clone()), request_id: request_id.clone() };
         let stream = match tokio::time::timeout(super::CALL_TIMEOUT, client.generate(call)).await {
             Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Err(self.call_failed(model, &status)),
+            Ok(Err(status)) => {
+                // The engine ended the call itself: nothing to abort.
+                guard.client = None;
+                return Err(self.call_failed(model, &status));
+            }
             Err(_) => {
                 return Err(WorkerError::Unreachable {
                     worker: self.id.clone(),
@@ -186,6 +193,8 @@ impl WorkerClient for EngineWorker {
             logprobs: request.logprobs.is_some(),
             idle_timeout: self.idle_timeout,
         };
+        // From here on the reading task tells the engine.
+        guard.client = None;
         let (sender, receiver) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let outcome = tokio::select! {
@@ -238,6 +247,22 @@ impl EngineWorker {
                 "model '{}' is an engine reached over gRPC: send it the language-model inputs (text_input) or use the OpenAI routes",
                 request.model_name()
             ),
+        }
+    }
+}
+
+/// Sends `Abort` for a call whose caller went away before the engine answered it.
+struct AbortOnDrop {
+    client: Option<VllmEngineClient<Channel>>,
+    request_id: String,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(abort(client, std::mem::take(&mut self.request_id)));
         }
     }
 }

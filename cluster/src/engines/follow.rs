@@ -2,7 +2,7 @@
 //! `grpc.health.v1` service says SERVING (engines answer NOT_SERVING while they warm up) and it
 //! has described its model; it leaves when the health check fails or stops answering, and
 //! comes back when it is healthy again. Each check also reads the engine's loads (`GetLoads`)
-//! for the router's load-aware modes.
+//! for the router's load-aware modes; its KV events are followed once it has been described.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,7 +31,12 @@ pub type LoadSink = Arc<dyn Fn(LoadReport) + Send + Sync>;
 type Listed = Arc<Mutex<BTreeMap<String, WorkerInstance>>>;
 
 /// Follows the engines of `specs` until `stop`; the receiver lists those ready to serve.
-pub fn follow(specs: &[EngineSpec], loads: LoadSink, stop: CancellationToken) -> watch::Receiver<Arc<Vec<WorkerInstance>>> {
+pub fn follow(
+    specs: &[EngineSpec],
+    loads: LoadSink,
+    kv: super::kv::KvSink,
+    stop: CancellationToken,
+) -> watch::Receiver<Arc<Vec<WorkerInstance>>> {
     let (sender, receiver) = watch::channel(Arc::new(Vec::new()));
     let sender = Arc::new(sender);
     let listed: Listed = Arc::default();
@@ -44,6 +49,7 @@ pub fn follow(specs: &[EngineSpec], loads: LoadSink, stop: CancellationToken) ->
                 listed: Arc::clone(&listed),
                 sender: Arc::clone(&sender),
                 loads: Arc::clone(&loads),
+                kv: Arc::clone(&kv),
             };
             tokio::spawn(engine.run(stop.clone()));
         }
@@ -63,6 +69,7 @@ struct Engine {
     listed: Listed,
     sender: Arc<watch::Sender<Arc<Vec<WorkerInstance>>>>,
     loads: LoadSink,
+    kv: super::kv::KvSink,
 }
 
 impl Engine {
@@ -90,6 +97,14 @@ impl Engine {
                             );
                             let target = Arc::new(target);
                             described = Some(Arc::clone(&target));
+                            // Its KV events, from now on (the follower resubscribes when they break).
+                            tokio::spawn(super::kv::follow(
+                                channel.clone(),
+                                self.id.clone(),
+                                self.name.clone(),
+                                Arc::clone(&self.kv),
+                                stop.clone(),
+                            ));
                             Ok(target)
                         }
                         Err(why) => Err(format!("describing its model failed: {why}")),

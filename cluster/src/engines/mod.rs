@@ -9,11 +9,13 @@
 //!   tokenizer archive `GetTokenizer` streams;
 //! - [`client`]: [`EngineWorker`], the router's client of one engine (`Generate`, `Abort` when
 //!   the client goes away, `Embed`);
-//! - [`follow`]: each engine's `grpc.health.v1` status and loads, as the workers the router lists.
+//! - [`follow`]: each engine's `grpc.health.v1` status and loads, as the workers the router lists;
+//! - [`kv`]: its KV events renamed with Tritium's block hashes, for the KV-aware router.
 
 pub mod client;
 pub mod describe;
 pub mod follow;
+pub mod kv;
 
 use std::time::Duration;
 

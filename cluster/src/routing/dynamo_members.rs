@@ -41,6 +41,7 @@ impl Router {
             mode: instance.mode,
             device: instance.device,
             dynamo_target: Some(Arc::clone(target)),
+            engine_block_size: None,
         })
     }
 
@@ -49,6 +50,13 @@ impl Router {
     /// adapter's name when `model` is a LoRA adapter of theirs, as Dynamo's router seeds them),
     /// Tritium's otherwise.
     pub(super) fn prompt_hashes(&self, model: &str, candidates: &[&Member], tokens: &[u32]) -> Vec<BlockHash> {
+        // Engines reached over their gRPC: Tritium's hashes over their own block size.
+        let engine_size = |m: &Member| m.engine_block_size;
+        if let Some(size) = candidates.first().and_then(|m| engine_size(m))
+            && candidates.iter().all(|m| engine_size(m) == Some(size))
+        {
+            return block_hashes(tokens, size);
+        }
         let block_size = |m: &Member| m.dynamo_target.as_ref().and_then(|target| target.kv_block_size());
         let dynamo = candidates.first().and_then(|m| block_size(m));
         match dynamo {

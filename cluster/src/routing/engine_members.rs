@@ -33,6 +33,7 @@ impl Router {
             mode: instance.mode,
             device: instance.device,
             dynamo_target: None,
+            engine_block_size: target.block_size,
         })
     }
 

@@ -62,6 +62,8 @@ struct Member {
     /// For a Dynamo worker: its models, their tokens per block (the KV events name blocks by
     /// Dynamo's hashes) and their LoRA adapters, which seed their block names.
     dynamo_target: Option<Arc<crate::discovery::dynamo_target::DynamoTarget>>,
+    /// For an engine reached over its gRPC: its KV block size, which its blocks are named by.
+    engine_block_size: Option<usize>,
 }
 
 impl Member {
@@ -198,6 +200,7 @@ impl Router {
             mode: DisaggregationMode::Agg,
             device: Default::default(),
             dynamo_target: None,
+            engine_block_size: None,
         };
         let loads = Arc::new(Mutex::new(HashMap::new()));
         let busy = Arc::new(BusyThresholds::new(options.busy_threshold));
@@ -246,6 +249,7 @@ impl Router {
             mode: DisaggregationMode::Agg,
             device: Default::default(),
             dynamo_target: None,
+            engine_block_size: None,
         };
         self.members.lock().insert(id, (member, WorkerAddress::InProcess));
     }
@@ -334,6 +338,7 @@ impl Router {
                         mode: instance.mode,
                         device: instance.device,
                         dynamo_target: None,
+                        engine_block_size: None,
                     };
                     self.remote_models.connected(&id, Arc::clone(&remote));
                     to_describe.push((Arc::clone(&id), remote));

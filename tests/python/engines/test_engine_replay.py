@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import pathlib
+import socket
 import subprocess
 import threading
 
+import numpy as np
 import openai
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
 
 from helpers import REPO, finish_server, start_server, tritium_bin, wait_for
 
@@ -135,6 +138,22 @@ def test_streamed_chat_equals_vllm_own_server(engine, case):
     assert usage_of(streamed(events, chat=True)[2]) == usage_of(streamed(case["openai"], chat=True)[2])
 
 
+def test_the_kserve_door_answers_with_the_language_model_tensors(engine):
+    server, _ = engine
+    france = next(c for c in EXCHANGE["cases"] if c["name"] == "completion_france")
+    want = france["openai"]["choices"][0]["text"]
+    text = grpcclient.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([france["body"]["prompt"].encode()], dtype=np.object_))
+    result = grpcclient.InferenceServerClient(server.url).infer(MODEL, [text], parameters={"max_tokens": 16, "temperature": 0.0})
+    assert result.as_numpy("text_output").reshape(-1)[0].decode() == want
+    generated = requests.post(
+        server.http_url + f"/v2/models/{MODEL}/generate",
+        json={"text_input": france["body"]["prompt"], "parameters": {"max_tokens": 16, "temperature": 0}},
+        timeout=60,
+    ).json()
+    assert (generated["text_output"], generated["finish_reason"]) == (want, "length")
+
+
 def test_the_engine_describes_the_model(engine):
     server, _ = engine
     models = requests.get(server.http_url + "/v1/models", timeout=5).json()["data"]
@@ -158,13 +177,22 @@ def france(max_tokens: int = 16) -> dict:
     return {"model": MODEL, "prompt": "The capital of France is", "max_tokens": max_tokens, "temperature": 0}
 
 
-def test_a_client_that_goes_away_aborts_the_engines_generation():
-    replay = Replay("--misbehave", "hang")
+@pytest.mark.parametrize("mode", ["slow", "late"])
+def test_a_client_that_goes_away_aborts_the_engines_generation(mode):
+    """`slow`: the client leaves mid-stream; `late`: before the engine answered the call at all (engines send
+    a call's headers with its first token), which only dropping the call would not tell the engine."""
+    replay = Replay("--misbehave", mode)
     server = serve_engine(replay)
     try:
-        with requests.post(server.http_url + "/v1/completions", json={**france(), "stream": True}, stream=True, timeout=30) as answer:
-            assert answer.status_code == 200
-            next(answer.iter_lines())
+        host, port = server.http_url.removeprefix("http://").split(":")
+        payload = json.dumps({**france(), "stream": True}).encode()
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            head = f"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+            sock.sendall(head.encode() + payload)
+            if mode == "slow":
+                received = b""
+                while b"data:" not in received:
+                    received += sock.recv(4096)
         assert wait_for(lambda: any(line.startswith("abort tritium-") for line in replay.lines), timeout=30), replay.lines
     finally:
         finish_server(server)

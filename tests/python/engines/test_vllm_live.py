@@ -11,7 +11,9 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import signal
+import time
 
 import anthropic
 import openai
@@ -40,7 +42,7 @@ def engines(tmp_path_factory):
     with contextlib.ExitStack() as stack:
         first = stack.enter_context(start_vllm("grpc", kv_events_ipc=events / "a.ipc"))
         second = stack.enter_context(start_vllm("grpc", kv_events_ipc=events / "b.ipc"))
-        server = start_server("--engine-grpc", f"{MODEL}={first.url},{second.url}", "--migration-limit", "2")
+        server = start_server("--engine-grpc", f"{MODEL}={first.url},{second.url}", "--migration-limit", "2", "--enable-anthropic-api")
         stack.callback(finish_server, server)
         joined = lambda: requests.get(server.http_url + "/v1/models", timeout=5).text.count(MODEL) > 0  # noqa: E731
         assert wait_for(joined, timeout=120), server.stderr()[-3000:]
@@ -69,7 +71,7 @@ def test_every_door_answers_as_vllm_own_server(engines):
     response = oai(server).responses.create(model=MODEL, input=chat["body"]["messages"], max_output_tokens=16, temperature=0)
     assert response.output_text == want
     message = anthropic.Anthropic(base_url=server.http_url, api_key="unused", max_retries=0).messages.create(
-        model=MODEL, max_tokens=16, temperature=0, messages=chat["body"]["messages"]
+        model=MODEL, max_tokens=16, messages=chat["body"]["messages"], extra_body={"temperature": 0}
     )
     assert message.content[0].text == want
 
@@ -92,12 +94,38 @@ def test_requests_are_spread_over_both_engines(engines):
 
 def test_a_client_that_goes_away_reaches_the_engine_as_abort(engines):
     server, first, second = engines
-    body = {"model": MODEL, "prompt": "Write a long story about a dragon.", "max_tokens": 200, "temperature": 0, "stream": True}
+    # ignore_eos: the raw prompt alone may end at once.
+    body = {"model": MODEL, "prompt": "Write a long story about a dragon.", "max_tokens": 200, "temperature": 0, "stream": True,
+            "ignore_eos": True}  # fmt: skip
     with requests.post(server.http_url + "/v1/completions", json=body, stream=True, timeout=300) as answer:
         lines = answer.iter_lines()
         next(line for line in lines if line.startswith(b"data:"))
     aborted = lambda: "Abort requests: ['tritium-" in first.log() + second.log()  # noqa: E731
     assert wait_for(aborted, timeout=60)
+
+
+def prompt_blocks_cached(server) -> int:
+    text = requests.get(server.metrics_url, timeout=5).text
+    found = re.search(r"^tritium_router_prompt_blocks_cached(?:_total)? (\d+)", text, re.M)
+    return int(found.group(1)) if found else 0
+
+
+def test_kv_aware_routing_follows_the_engines_kv_events(engines):
+    """With --router-mode kv the engines' KV events (SubscribeKvEvents, renamed with Tritium's hashes over
+    the engine's 128-token blocks) credit the engine holding a prompt's prefix."""
+    _, first, second = engines
+    server = start_server("--engine-grpc", f"{MODEL}={first.url},{second.url}", "--router-mode", "kv")
+    try:
+        assert wait_for(lambda: MODEL in requests.get(server.http_url + "/v1/models", timeout=5).text, timeout=120)
+        body = {"model": MODEL, "prompt": " ".join(f"item{i}" for i in range(300)), "max_tokens": 1, "temperature": 0}
+        for _ in range(30):
+            assert requests.post(server.http_url + "/v1/completions", json=body, timeout=300).status_code == 200
+            if prompt_blocks_cached(server) > 0:
+                break
+            time.sleep(0.5)
+        assert prompt_blocks_cached(server) > 0, server.stderr()[-3000:]
+    finally:
+        finish_server(server)
 
 
 def test_killing_one_engine_under_load_loses_no_request(engines):

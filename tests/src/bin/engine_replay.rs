@@ -8,7 +8,8 @@
 //!
 //! `--misbehave MODE` makes it a broken engine for the client's error paths: `unfinished` (streams
 //! end before their complete message), `garbage` (a chunk for a choice never asked for), `hang`
-//! (streams send nothing after the first chunk), `flood` (far more tokens than asked for).
+//! (streams send nothing after the first chunk), `flood` (far more tokens than asked for); `slow`
+//! sends the recorded frames a second apart, `late` answers each call 5 s late.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,6 +31,8 @@ enum Misbehave {
     Garbage,
     Hang,
     Flood,
+    Slow,
+    Late,
 }
 
 struct Replay {
@@ -157,7 +160,9 @@ impl VllmEngine for Replay {
         let mut answers: Vec<Result<GenerateResponse, Status>> = recorded.iter().map(response).collect();
         let misbehave = self.misbehave;
         match misbehave {
-            Misbehave::None | Misbehave::Hang => {}
+            Misbehave::None | Misbehave::Hang | Misbehave::Slow => {}
+            // Engines send a call's headers with its first token: a long silence before them.
+            Misbehave::Late => tokio::time::sleep(std::time::Duration::from_secs(5)).await,
             Misbehave::Unfinished => {
                 answers.pop();
             }
@@ -173,7 +178,7 @@ impl VllmEngine for Replay {
                 answers = std::iter::repeat_n(Ok(flood), 64).collect();
             }
         }
-        let stream = async_stream(answers, misbehave == Misbehave::Hang);
+        let stream = async_stream(answers, misbehave);
         Ok(Response::new(stream))
     }
 
@@ -257,13 +262,21 @@ impl VllmEngine for Replay {
     }
 }
 
-/// The answers one by one; with `hang`, the first one and then nothing (the call stays open).
-fn async_stream(answers: Vec<Result<GenerateResponse, Status>>, hang: bool) -> Answers<GenerateResponse> {
-    if hang {
-        let first = answers.into_iter().take(1);
-        return Box::pin(futures::StreamExt::chain(futures::stream::iter(first), futures::stream::pending()));
+/// The answers one by one; with `hang`, the first one and then nothing (the call stays open);
+/// with `slow`, a second apart (a client has time to go away).
+fn async_stream(answers: Vec<Result<GenerateResponse, Status>>, misbehave: Misbehave) -> Answers<GenerateResponse> {
+    use futures::StreamExt;
+    match misbehave {
+        Misbehave::Hang => {
+            let first = answers.into_iter().take(1);
+            Box::pin(futures::stream::iter(first).chain(futures::stream::pending()))
+        }
+        Misbehave::Slow => Box::pin(futures::stream::iter(answers).then(|answer| async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            answer
+        })),
+        _ => Box::pin(futures::stream::iter(answers)),
     }
-    Box::pin(futures::stream::iter(answers))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -280,7 +293,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Some("garbage") => Misbehave::Garbage,
                     Some("hang") => Misbehave::Hang,
                     Some("flood") => Misbehave::Flood,
-                    other => return Err(format!("--misbehave {other:?}: unfinished, garbage, hang or flood").into()),
+                    Some("slow") => Misbehave::Slow,
+                    Some("late") => Misbehave::Late,
+                    other => return Err(format!("--misbehave {other:?}: unfinished, garbage, hang, flood, slow or late").into()),
                 }
             }
             other => return Err(format!("unknown argument {other}").into()),

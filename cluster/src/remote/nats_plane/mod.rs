@@ -31,6 +31,9 @@ use tunnel::TunnelCount;
 pub const SCHEME: &str = "nats:";
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many times, and how far apart, a dial that finds no listener asks again.
+const NO_RESPONDERS_ATTEMPTS: u32 = 4;
+const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(50);
 /// Keep-alive pings on a tunnel: a peer that died is noticed within about their sum.
 pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -104,15 +107,26 @@ impl NatsPlane {
         let inbox = self.client.new_inbox();
         let inbound = self.client.subscribe(inbox.clone()).await.map_err(io::Error::other)?;
         let connect = format!("{stem}.connect");
-        let reply = tokio::time::timeout(CONNECT_TIMEOUT, self.client.request(connect.clone(), inbox.into()))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer on {connect} within {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => {
-                    io::Error::new(io::ErrorKind::ConnectionRefused, format!("no worker listens on {connect}"))
+        // A subscription reaches every server of a NATS cluster a moment after the worker made it
+        // (and one server a moment after its flush, under load): "no responders" is asked again a
+        // few times before it is believed.
+        let mut attempts = 0;
+        let reply = loop {
+            attempts += 1;
+            let asked = tokio::time::timeout(CONNECT_TIMEOUT, self.client.request(connect.clone(), inbox.clone().into()))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer on {connect} within {CONNECT_TIMEOUT:?}")))?;
+            match asked {
+                Ok(reply) => break reply,
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders && attempts < NO_RESPONDERS_ATTEMPTS => {
+                    tokio::time::sleep(NO_RESPONDERS_PAUSE).await;
                 }
-                _ => io::Error::other(format!("requesting on {connect}: {e}")),
-            })?;
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionRefused, format!("no worker listens on {connect}")));
+                }
+                Err(e) => return Err(io::Error::other(format!("requesting on {connect}: {e}"))),
+            }
+        };
         let answer = String::from_utf8_lossy(&reply.payload);
         match answer.strip_prefix("ok ") {
             Some(tunnel) => {
