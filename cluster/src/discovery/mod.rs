@@ -3,6 +3,7 @@
 //! etcd and a shared folder are other implementations of the same trait.
 
 pub mod dynamo_target;
+pub mod engine_target;
 mod etcd;
 mod file;
 #[cfg(feature = "kubernetes")]
@@ -38,7 +39,7 @@ pub enum WorkerAddress {
     Dynamo(Arc<dynamo_target::DynamoTarget>),
     /// A third-party engine reached over its own gRPC service (`--engine-grpc`), as it described itself.
     #[serde(skip)]
-    Engine(Arc<crate::engines::EngineTarget>),
+    Engine(Arc<engine_target::EngineTarget>),
 }
 
 /// A worker's part in disaggregated serving (Dynamo's `--disaggregation-mode` and values).

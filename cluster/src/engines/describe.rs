@@ -10,29 +10,13 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 use sha2::Digest;
 use tonic::transport::Channel;
-use tritium_backend_api::llm::{HfFiles, ModelCard, ModelKind, card_from_hf_files, push_unique, template_of_config};
+use tritium_backend_api::llm::{HfFiles, ModelKind, card_from_hf_files, push_unique, template_of_config};
 use tritium_proto::engine::vllm_engine_client::VllmEngineClient;
 use tritium_proto::engine::{GetModelInfoRequest, GetServerInfoRequest, GetTokenizerRequest};
 
 use super::{CALL_TIMEOUT, MAX_TOKENIZER_ARCHIVE, MAX_TOKENIZER_FILE};
+pub use crate::discovery::engine_target::EngineTarget;
 
-/// One engine and the model it serves, as described by the engine itself.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineTarget {
-    /// The model's name on Tritium's doors (`--engine-grpc NAME=`).
-    pub name: String,
-    pub url: String,
-    /// The name the engine serves the model under (for logs).
-    pub served_name: String,
-    pub card: Arc<ModelCard>,
-    /// Tokens per KV block, when the engine says.
-    pub block_size: Option<usize>,
-    /// What the engine says it is (`vllm-grpc`, ...; may be empty).
-    pub server_type: String,
-}
-
-// Equal descriptions are equal all through: the card holds no floating-point values.
-impl Eq for EngineTarget {}
 
 /// Asks the engine at `url` (on `channel`) what it serves, under the name `name`.
 pub async fn describe(name: &str, url: &str, channel: Channel) -> Result<EngineTarget, String> {
