@@ -16,8 +16,8 @@ use tritium_backend_api::llm::{
 };
 use tritium_proto::engine::vllm_engine_client::VllmEngineClient;
 use tritium_proto::engine::{
-    AbortRequest, EmbedRequest, GenerateRequest as EngineRequest, SamplingParams, Tokens, generate_request,
-    generate_response, sampling_params,
+    AbortRequest, EmbedRequest, GenerateRequest as EngineRequest, SamplingParams, Tokens, generate_request, generate_response,
+    sampling_params,
 };
 use tritium_worker::{InferOutcome, InferenceResponse, ValidInferRequest, WorkerClient, WorkerError};
 
@@ -124,11 +124,7 @@ impl EngineWorker {
             prompt_logprobs: request.prompt_logprobs.map(count),
             // The engine's seed is 31 bits wide: the low bits keep a seed repeatable.
             seed: sampling.seed.map(|seed| (seed & 0x7fff_ffff) as i32),
-            logit_bias: sampling
-                .logit_bias
-                .iter()
-                .filter_map(|&(id, bias)| Some((i32::try_from(id).ok()?, bias)))
-                .collect(),
+            logit_bias: sampling.logit_bias.iter().filter_map(|&(id, bias)| Some((i32::try_from(id).ok()?, bias))).collect(),
         })
     }
 }
@@ -167,7 +163,8 @@ impl WorkerClient for EngineWorker {
         // Engines answer the call's headers with its first token: a client that goes away before
         // then drops this future, and the engine is told all the same.
         let mut guard = AbortOnDrop { client: Some(client.clone()), request_id: request_id.clone() };
-        let stream = match tokio::time::timeout(super::CALL_TIMEOUT, client.generate(call)).await {
+        // The first token may wait behind a queue or a long prompt: the idle bound, not a unary call's.
+        let stream = match tokio::time::timeout(self.idle_timeout, client.generate(call)).await {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => {
                 // The engine ended the call itself: nothing to abort.
@@ -177,7 +174,7 @@ impl WorkerClient for EngineWorker {
             Err(_) => {
                 return Err(WorkerError::Unreachable {
                     worker: self.id.clone(),
-                    message: format!("Generate was not answered within {} s", super::CALL_TIMEOUT.as_secs()),
+                    message: format!("Generate was not answered within {} s", self.idle_timeout.as_secs()),
                 });
             }
         };
@@ -318,7 +315,10 @@ impl Reading {
                 Ok(Ok(Some(message))) => message,
                 Ok(Ok(None)) => return Err(Some(self.lost("the engine ended the stream before completing the generation"))),
                 Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
-                    return Err(Some(GenerateError::InvalidRequest(format!("the engine refused the request: {}", status.message()))));
+                    return Err(Some(GenerateError::InvalidRequest(format!(
+                        "the engine refused the request: {}",
+                        status.message()
+                    ))));
                 }
                 Ok(Err(status)) => return Err(Some(self.lost(format!("the engine's stream failed: {}", status.message())))),
                 Err(_) => {
@@ -417,10 +417,10 @@ fn prompt_logprobs(prompt: &tritium_proto::engine::PromptLogprobs) -> Vec<Prompt
             .get(i)
             .map(|top| top.token_ids.iter().copied().zip(top.values.iter().copied()).collect())
             .unwrap_or_default();
-        let rank = top.iter().position(|&(top_id, _)| top_id == id).map_or_else(
-            || 1 + top.iter().filter(|&&(_, value)| value > logprob).count() as u32,
-            |at| at as u32 + 1,
-        );
+        let rank = top
+            .iter()
+            .position(|&(top_id, _)| top_id == id)
+            .map_or_else(|| 1 + top.iter().filter(|&&(_, value)| value > logprob).count() as u32, |at| at as u32 + 1);
         scored.push(PromptLogprob { logprob, rank, top_logprobs: top });
     }
     scored

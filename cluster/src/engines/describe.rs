@@ -17,7 +17,6 @@ use tritium_proto::engine::{GetModelInfoRequest, GetServerInfoRequest, GetTokeni
 use super::{CALL_TIMEOUT, MAX_TOKENIZER_ARCHIVE, MAX_TOKENIZER_FILE};
 pub use crate::discovery::engine_target::EngineTarget;
 
-
 /// Asks the engine at `url` (on `channel`) what it serves, under the name `name`.
 pub async fn describe(name: &str, url: &str, channel: Channel) -> Result<EngineTarget, String> {
     let mut client = VllmEngineClient::new(channel).max_decoding_message_size(super::MAX_MESSAGE_BYTES);

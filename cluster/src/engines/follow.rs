@@ -82,6 +82,7 @@ impl Engine {
             }
         };
         let mut described: Option<Arc<EngineTarget>> = None;
+        let mut following_kv = false;
         let mut said_why = String::new();
         loop {
             let standing = match self.healthy(&channel).await {
@@ -98,13 +99,15 @@ impl Engine {
                             let target = Arc::new(target);
                             described = Some(Arc::clone(&target));
                             // Its KV events, from now on (the follower resubscribes when they break).
-                            tokio::spawn(super::kv::follow(
-                                channel.clone(),
-                                self.id.clone(),
-                                self.name.clone(),
-                                Arc::clone(&self.kv),
-                                stop.clone(),
-                            ));
+                            if !std::mem::replace(&mut following_kv, true) {
+                                tokio::spawn(super::kv::follow(
+                                    channel.clone(),
+                                    self.id.clone(),
+                                    self.name.clone(),
+                                    Arc::clone(&self.kv),
+                                    stop.clone(),
+                                ));
+                            }
                             Ok(target)
                         }
                         Err(why) => Err(format!("describing its model failed: {why}")),
@@ -123,6 +126,8 @@ impl Engine {
                         said_why = why;
                     }
                     self.list(None);
+                    // It may come back serving another model, or the same one differently.
+                    described = None;
                 }
             }
             tokio::select! {
@@ -168,8 +173,7 @@ impl Engine {
     /// Reads the engine's load into the router's table (engines that do not say are left out).
     async fn read_loads(&self, channel: &Channel) {
         let mut client = VllmEngineClient::new(channel.clone());
-        let Ok(Ok(answer)) = tokio::time::timeout(CALL_TIMEOUT, client.get_loads(GetLoadsRequest { dp_rank: None })).await
-        else {
+        let Ok(Ok(answer)) = tokio::time::timeout(CALL_TIMEOUT, client.get_loads(GetLoadsRequest { dp_rank: None })).await else {
             return;
         };
         let loads = answer.into_inner().loads;

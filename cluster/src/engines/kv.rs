@@ -133,7 +133,9 @@ pub async fn follow(channel: Channel, worker: String, model: String, sink: KvSin
                 tracing::info!(engine = %worker, "the engine publishes no KV events; the router predicts what it holds");
                 return;
             }
-            Ok(Err(status)) => tracing::debug!(engine = %worker, "subscribing to the engine's KV events failed: {}", status.message()),
+            Ok(Err(status)) => {
+                tracing::debug!(engine = %worker, "subscribing to the engine's KV events failed: {}", status.message())
+            }
             Err(_) => tracing::debug!(engine = %worker, "subscribing to the engine's KV events timed out"),
         }
         tokio::select! {
@@ -151,15 +153,24 @@ mod tests {
     use super::*;
 
     fn stored(parent: Option<i64>, blocks: &[(i64, Vec<u32>)]) -> KvCacheEvent {
-        let blocks = blocks.iter().map(|(hash, tokens)| KvBlock { block_hash: *hash, token_ids: tokens.clone(), block_size: 2 }).collect();
+        let blocks =
+            blocks.iter().map(|(hash, tokens)| KvBlock { block_hash: *hash, token_ids: tokens.clone(), block_size: 2 }).collect();
         KvCacheEvent {
             event_id: 0,
-            data: Some(kv_cache_event::Data::Stored(KvBlocksStored { blocks, parent_block_hash: parent, group_idx: None, lora_name: None })),
+            data: Some(kv_cache_event::Data::Stored(KvBlocksStored {
+                blocks,
+                parent_block_hash: parent,
+                group_idx: None,
+                lora_name: None,
+            })),
         }
     }
 
     fn removed(hashes: &[i64]) -> KvCacheEvent {
-        KvCacheEvent { event_id: 0, data: Some(kv_cache_event::Data::Removed(KvBlocksRemoved { block_hashes: hashes.to_vec(), group_idx: None })) }
+        KvCacheEvent {
+            event_id: 0,
+            data: Some(kv_cache_event::Data::Removed(KvBlocksRemoved { block_hashes: hashes.to_vec(), group_idx: None })),
+        }
     }
 
     fn batch(events: Vec<KvCacheEvent>) -> KvEventBatch {

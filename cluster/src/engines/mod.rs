@@ -45,9 +45,8 @@ impl std::str::FromStr for EngineSpec {
     type Err = String;
 
     fn from_str(value: &str) -> Result<EngineSpec, String> {
-        let (name, urls) = value
-            .split_once('=')
-            .ok_or_else(|| format!("'{value}' is not NAME=URL (e.g. smollm2=http://127.0.0.1:50051)"))?;
+        let (name, urls) =
+            value.split_once('=').ok_or_else(|| format!("'{value}' is not NAME=URL (e.g. smollm2=http://127.0.0.1:50051)"))?;
         let name = name.trim();
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '/') {
             return Err(format!("'{name}' is not a model name (no spaces or '/')"));
@@ -111,8 +110,7 @@ mod tests {
 
     #[test]
     fn specs_of_one_model_form_one_pool() {
-        let specs: Vec<EngineSpec> =
-            ["m=h:1", "n=h:2", "m=h:3", "m=h:1"].iter().map(|s| s.parse().unwrap()).collect();
+        let specs: Vec<EngineSpec> = ["m=h:1", "n=h:2", "m=h:3", "m=h:1"].iter().map(|s| s.parse().unwrap()).collect();
         let merged = merged(&specs);
         assert_eq!(merged.len(), 2);
         assert_eq!(merged[0].urls, ["http://h:1", "http://h:3"]);

@@ -32,17 +32,7 @@ impl Router {
         let id: Arc<str> = Arc::from(instance.id.as_str());
         self.remote_models.described(&id, crate::dynamo::view::remote_models(target));
         tracing::info!(worker = %id, endpoint = %target.endpoint, models = ?instance.models, "Dynamo worker joined");
-        Some(Member {
-            id,
-            client: Arc::new(client),
-            local: false,
-            outstanding: Arc::default(),
-            suspect_until: Arc::default(),
-            mode: instance.mode,
-            device: instance.device,
-            dynamo_target: Some(Arc::clone(target)),
-            engine_block_size: None,
-        })
+        Some(Member { dynamo_target: Some(Arc::clone(target)), ..Member::remote(id, Arc::new(client), instance) })
     }
 
     /// A prompt's block hashes as the candidates' KV events name blocks: Dynamo's hashes and

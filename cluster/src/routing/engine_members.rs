@@ -24,17 +24,7 @@ impl Router {
         let id: Arc<str> = Arc::from(instance.id.as_str());
         self.remote_models.described(&id, vec![remote_model(target)]);
         tracing::info!(worker = %id, url = %target.url, model = %target.name, "engine joined");
-        Some(Member {
-            id,
-            client: Arc::new(client),
-            local: false,
-            outstanding: Arc::default(),
-            suspect_until: Arc::default(),
-            mode: instance.mode,
-            device: instance.device,
-            dynamo_target: None,
-            engine_block_size: target.block_size,
-        })
+        Some(Member { engine_block_size: target.block_size, ..Member::remote(id, Arc::new(client), instance) })
     }
 
     /// Takes an engine's load report (read by the engine follower) into the load table.
@@ -46,11 +36,8 @@ impl Router {
 /// The model an engine serves, as the frontend's registry lists it: a language model (with
 /// the language-model tensors on KServe) or an embedder (served on `/v1/embeddings`).
 fn remote_model(target: &EngineTarget) -> crate::remote::RemoteModel {
-    let mut config = tritium_proto::inference::ModelConfig {
-        name: target.name.clone(),
-        backend: "engine_grpc".into(),
-        ..Default::default()
-    };
+    let mut config =
+        tritium_proto::inference::ModelConfig { name: target.name.clone(), backend: "engine_grpc".into(), ..Default::default() };
     if target.card.kind == tritium_backend_api::llm::ModelKind::Generate {
         tritium_backend_api::llm::complete_llm_config(&mut config);
     }

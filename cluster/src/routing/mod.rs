@@ -67,6 +67,21 @@ struct Member {
 }
 
 impl Member {
+    /// A worker in another process, as discovery lists it.
+    fn remote(id: Arc<str>, client: Arc<dyn WorkerClient>, instance: &WorkerInstance) -> Member {
+        Member {
+            id,
+            client,
+            local: false,
+            outstanding: Arc::default(),
+            suspect_until: Arc::default(),
+            mode: instance.mode,
+            device: instance.device,
+            dynamo_target: None,
+            engine_block_size: None,
+        }
+    }
+
     fn begin(&self) -> Outstanding {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         Outstanding(Arc::clone(&self.outstanding))
@@ -329,17 +344,7 @@ impl Router {
                         }
                     };
                     let id: Arc<str> = Arc::from(instance.id.as_str());
-                    let member = Member {
-                        id: Arc::clone(&id),
-                        client: Arc::clone(&remote) as Arc<dyn WorkerClient>,
-                        local: false,
-                        outstanding: Arc::default(),
-                        suspect_until: Arc::default(),
-                        mode: instance.mode,
-                        device: instance.device,
-                        dynamo_target: None,
-                        engine_block_size: None,
-                    };
+                    let member = Member::remote(Arc::clone(&id), Arc::clone(&remote) as Arc<dyn WorkerClient>, instance);
                     self.remote_models.connected(&id, Arc::clone(&remote));
                     to_describe.push((Arc::clone(&id), remote));
                     members.insert(Arc::clone(&id), (member.clone(), instance.address.clone()));

@@ -83,6 +83,21 @@ def test_every_door_answers_as_vllm_own_server(engines):
     assert kserve.json()["text_output"] == france["openai"]["choices"][0]["text"]
 
 
+def test_structured_output_goes_through_the_engines_own_constrained_decoding(engines):
+    server, _, _ = engines
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"],
+              "additionalProperties": False}  # fmt: skip
+    answer = oai(server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Name the capital of France as JSON."}], max_tokens=40, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "capital", "schema": schema}},
+    )  # fmt: skip
+    parsed = json.loads(answer.choices[0].message.content)
+    assert set(parsed) == {"city"} and isinstance(parsed["city"], str), parsed
+    choice = oai(server).completions.create(model=MODEL, prompt="Is the sky blue? Answer:", max_tokens=4, temperature=0,
+                                            extra_body={"nvext": {"guided_choice": ["yes", "no"]}})  # fmt: skip
+    assert choice.choices[0].text.strip() in ("yes", "no"), choice
+
+
 def test_requests_are_spread_over_both_engines(engines):
     server, first, second = engines
     before = (first.log().count("Generate request"), second.log().count("Generate request"))

@@ -73,7 +73,9 @@ fn token_logprobs(value: Option<&Json>) -> Option<TokenLogprobs> {
 fn alternatives(value: &Json) -> Vec<Alternatives> {
     value
         .as_array()
-        .map(|items| items.iter().map(|top| Alternatives { values: f32s(&top["values"]), token_ids: u32s(&top["token_ids"]) }).collect())
+        .map(|items| {
+            items.iter().map(|top| Alternatives { values: f32s(&top["values"]), token_ids: u32s(&top["token_ids"]) }).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -82,7 +84,9 @@ fn prompt_logprobs(value: Option<&Json>) -> Option<PromptLogprobs> {
     Some(PromptLogprobs {
         token_logprobs: value["token_logprobs"]
             .as_array()
-            .map(|items| items.iter().map(|p| PromptLogprob { value: p.get("value").and_then(Json::as_f64).map(|v| v as f32) }).collect())
+            .map(|items| {
+                items.iter().map(|p| PromptLogprob { value: p.get("value").and_then(Json::as_f64).map(|v| v as f32) }).collect()
+            })
             .unwrap_or_default(),
         token_ids: u32s(&value["token_ids"]),
         top_logprobs: alternatives(&value["top_logprobs"]),
@@ -169,7 +173,11 @@ impl VllmEngine for Replay {
             Misbehave::Garbage => answers.insert(
                 0,
                 Ok(GenerateResponse {
-                    response: Some(generate_response::Response::Chunk(GenerateChunk { token_ids: vec![1], index: 7, ..Default::default() })),
+                    response: Some(generate_response::Response::Chunk(GenerateChunk {
+                        token_ids: vec![1],
+                        index: 7,
+                        ..Default::default()
+                    })),
                 }),
             ),
             Misbehave::Flood => {
