@@ -20,7 +20,7 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
-from helpers import REPO, finish_server, start_server, tritium_bin, wait_for
+from helpers import REPO, finish_server, start_failure, start_server, tritium_bin, wait_for
 
 FIXTURE = REPO / "tests" / "fixtures" / "engine_grpc"
 EXCHANGE = json.loads((FIXTURE / "exchange.json").read_text())
@@ -221,3 +221,37 @@ def test_a_misbehaving_engine_costs_one_request_a_clear_error(mode, fragment):
     finally:
         finish_server(server)
         replay.stop()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--engine-grpc", "smollm2"], "is not NAME=URL"),
+        (["--engine-grpc", "smollm2=127.0.0.1"], "names no port"),
+        (["--engine-grpc", "smollm2=https://127.0.0.1:1"], "the 'https' scheme is not supported for engines"),
+        (["--engine-grpc", "smollm2=127.0.0.1:1", "--engine-grpc-idle-timeout", "0"], "--engine-grpc-idle-timeout must be at least 1 second"),
+    ],
+)
+def test_engine_options_are_checked_at_start(args, fragment):
+    assert fragment in start_failure(*args)
+
+
+def test_a_worker_refuses_engines_by_name():
+    worker = subprocess.run(
+        [str(tritium_bin()), "worker", "--engine-grpc", "smollm2=127.0.0.1:1"], capture_output=True, text=True, timeout=60
+    )
+    assert worker.returncode != 0
+    assert "`tritium worker` does not relay them yet" in worker.stderr
+
+
+def test_an_engine_that_is_not_there_leaves_the_model_out_and_the_server_up():
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    server = start_server("--engine-grpc", f"{MODEL}=127.0.0.1:{port}")
+    try:
+        assert requests.get(server.http_url + "/v2/health/ready", timeout=5).status_code == 200
+        assert MODEL not in requests.get(server.http_url + "/v1/models", timeout=5).text
+        assert wait_for(lambda: "engine not serving" in server.stderr(), timeout=30), server.stderr()[-2000:]
+    finally:
+        finish_server(server)
