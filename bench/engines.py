@@ -9,7 +9,7 @@ prompt, 64 new tokens each (greedy, ignore_eos), at 1 and 8 concurrent streams:
 
 Rows 1 and 2 compare frontends on one engine; row 3 compares engines (dense F32 on one model thread against
 Q4_1 on two: not the same arithmetic, said in the report). Requests/s, time to first token p50 and tokens/s
-are measured on the client.
+are measured on the client; row 2 also reports Tritium's own CPU time per request.
 
     .venv/bin/python bench/engines.py       # about 8 minutes once built (vLLM starts twice); prints the report
 
@@ -66,11 +66,13 @@ def one(llm: openai.OpenAI) -> tuple[float, float, int]:
     return first or 0.0, time.monotonic() - started, tokens
 
 
-def load(base: str) -> dict[str, dict[str, float]]:
+def load(base: str, frontend: Server | None = None) -> dict[str, dict[str, float]]:
+    """The loads against `base`; with `frontend`, also its CPU time per request (Tritium's process)."""
     llm = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=600)
     one(llm)  # warm-up
     rows = {}
     for streams, requests in LOADS:
+        cpu = frontend.cpu_seconds() if frontend else 0.0
         started = time.monotonic()
         with ThreadPoolExecutor(streams) as pool:
             results = list(pool.map(lambda _: one(llm), range(requests)))
@@ -80,6 +82,8 @@ def load(base: str) -> dict[str, dict[str, float]]:
             "ttft_p50_ms": 1000 * statistics.median(r[0] for r in results),
             "tokens_per_s": sum(r[2] for r in results) / elapsed,
         }
+        if frontend:
+            rows[f"c{streams}"]["frontend_cpu_ms_per_request"] = 1000 * (frontend.cpu_seconds() - cpu) / requests
         say(f"{base} c={streams}: {rows[f'c{streams}']}")
     return rows
 
@@ -114,7 +118,7 @@ def main() -> int:
                     if time.monotonic() > deadline:
                         raise RuntimeError("the engine never joined Tritium's frontend")
                     time.sleep(0.5)
-                results["tritium_frontend_vllm_grpc"].append(load(base))
+                results["tritium_frontend_vllm_grpc"].append(load(base, server))
                 server.stop()
             say(f"round {round_ + 1}: Tritium's own engine (Q4_1 GGUF)")
             server = tritium(procs, work, "engine", "--model-path", str(GGUF), "--model-name", MODEL)

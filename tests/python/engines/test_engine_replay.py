@@ -189,6 +189,8 @@ def test_a_client_that_goes_away_aborts_the_engines_generation(mode):
         with socket.create_connection((host, int(port)), timeout=30) as sock:
             head = f"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
             sock.sendall(head.encode() + payload)
+            # Leave once the engine has the call (before that, nothing has started to abort).
+            assert wait_for(lambda: any(line.startswith("generate tritium-") for line in replay.lines), timeout=30), replay.lines
             if mode == "slow":
                 received = b""
                 while b"data:" not in received:

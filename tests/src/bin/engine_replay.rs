@@ -2,8 +2,8 @@
 //! (`VllmEngine`) from an exchange recorded with the real engine (`tests/fixtures/engine_grpc/`,
 //! written by `scripts/test-engines.sh --record`), so the default test run drives Tritium's
 //! engine client against the engine's own frames without the 5.8 GB engine. It serves on an
-//! ephemeral 127.0.0.1 port, prints `listening on 127.0.0.1:PORT` first, then `abort ID` for each
-//! request the client aborts. A `Generate` whose prompt and `max_tokens` were never recorded is
+//! ephemeral 127.0.0.1 port, prints `listening on 127.0.0.1:PORT` first, then `generate ID` for
+//! each call and `abort ID` for each request the client aborts. A `Generate` whose prompt and `max_tokens` were never recorded is
 //! refused with NOT_FOUND naming them.
 //!
 //! `--misbehave MODE` makes it a broken engine for the client's error paths: `unfinished` (streams
@@ -153,6 +153,7 @@ impl VllmEngine for Replay {
 
     async fn generate(&self, request: Request<GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
         let request = request.into_inner();
+        say(format!("generate {}", request.request_id)).await;
         let ids = match &request.input {
             Some(generate_request::Input::Tokenized(tokens)) => tokens.input_ids.clone(),
             _ => return Err(Status::invalid_argument("the replay takes tokenized input only")),
@@ -199,11 +200,9 @@ impl VllmEngine for Replay {
     }
 
     async fn abort(&self, request: Request<AbortRequest>) -> Result<Response<AbortResponse>, Status> {
-        let mut out = tokio::io::stdout();
         for id in request.into_inner().request_ids {
-            let _ = out.write_all(format!("abort {id}\n").as_bytes()).await;
+            say(format!("abort {id}")).await;
         }
-        let _ = out.flush().await;
         Ok(Response::new(AbortResponse {}))
     }
 
@@ -268,6 +267,13 @@ impl VllmEngine for Replay {
     ) -> Result<Response<Self::SubscribeKvEventsStream>, Status> {
         Err(Status::unimplemented("the recorded engine publishes no KV events"))
     }
+}
+
+/// One line on stdout, for the test driving the replay.
+async fn say(line: String) {
+    let mut out = tokio::io::stdout();
+    let _ = out.write_all(format!("{line}\n").as_bytes()).await;
+    let _ = out.flush().await;
 }
 
 /// The answers one by one; with `hang`, the first one and then nothing (the call stays open);
