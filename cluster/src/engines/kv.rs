@@ -130,7 +130,7 @@ pub async fn follow(channel: Channel, worker: String, model: String, sink: KvSin
                 sink(&worker, &model, &KvEvent::Cleared);
             }
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                tracing::info!(engine = %worker, "the engine publishes no KV events; the router predicts what it holds");
+                tracing::info!(engine = %worker, "the engine publishes no KV events; the KV router scores it by its load");
                 return;
             }
             Ok(Err(status)) => {
