@@ -68,9 +68,6 @@ impl EngineWorker {
         use tonic::Code;
         match status.code() {
             Code::Unavailable => WorkerError::Unreachable { worker: self.id.clone(), message: status.message().to_string() },
-            Code::Cancelled | Code::Unknown if is_transport(status) => {
-                WorkerError::Unreachable { worker: self.id.clone(), message: status.message().to_string() }
-            }
             Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
                 self.refused(model, format!("the engine refused the request: {}", status.message()))
             }
@@ -127,12 +124,6 @@ impl EngineWorker {
             logit_bias: sampling.logit_bias.iter().filter_map(|&(id, bias)| Some((i32::try_from(id).ok()?, bias))).collect(),
         })
     }
-}
-
-/// A status tonic made up for a broken connection (no HTTP/2 stream ever answered).
-fn is_transport(status: &tonic::Status) -> bool {
-    let message = status.message();
-    message.contains("transport error") || message.contains("connection") || message.contains("tcp connect")
 }
 
 #[async_trait]
