@@ -123,12 +123,13 @@ async fn serve_cli(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::
     let interactive = args.openai.interactive && !args.openai.no_interactive;
     let stop = move |tritium: &Tritium| {
         let llm = interactive.then(|| tritium.llm());
+        let signal = shutdown_signal();
         async move {
             match llm {
                 // The session's end stops the server, as a signal does.
                 Some(llm) => {
                     tokio::select! {
-                        () = shutdown_signal() => {}
+                        () = signal => {}
                         ended = crate::llm::interactive::chat(llm) => {
                             if let Err(error) = ended {
                                 tracing::warn!("the interactive chat ended: {error}");
@@ -136,7 +137,7 @@ async fn serve_cli(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::
                         }
                     }
                 }
-                None => shutdown_signal().await,
+                None => signal.await,
             }
         }
     };
@@ -303,20 +304,30 @@ async fn listener_for_http(args: &ServeArgs) -> std::io::Result<tokio::net::TcpL
     listener(args.http.http_listen_fd, args.http_addr()).await
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: a signal that comes between "ready" and the first poll must not kill
+/// the process with the default action, skipping the deregistration and the drain.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::interrupt()).and_then(|interrupt| Ok((interrupt, signal(SignalKind::terminate())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            Ok((mut interrupt, mut term)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
 }
