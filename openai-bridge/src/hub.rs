@@ -31,6 +31,12 @@ pub trait LlmHub: Send + Sync + 'static {
     fn models(&self) -> Vec<HubModel>;
     /// [`BridgeError::ModelNotFound`] when the model is not served.
     fn preprocessor(&self, model: &str) -> Result<Arc<Preprocessor>, BridgeError>;
+    /// Loads `model` when the server loads models on first use (on-demand mode) and marks it
+    /// used, before its card is asked for; hubs that load nothing on demand do nothing.
+    async fn load_on_demand(&self, model: &str) -> Result<(), BridgeError> {
+        let _ = model;
+        Ok(())
+    }
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError>;
     /// Generates on the worker named `worker` (`nvext.backend_instance_id`).
     async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {

@@ -298,9 +298,10 @@ impl AppState {
         self.metrics.observer(model, PROTOCOL).with_trace(self.hub.trace(model, caller.0))
     }
 
-    /// The preprocessor of `model`, which must be of `kind`; `endpoint` names the route for the
-    /// error when it is not.
-    fn preprocessor(&self, model: &str, kind: ModelKind, endpoint: &str) -> Result<Arc<Preprocessor>, BridgeError> {
+    /// The preprocessor of `model` (loaded first when models load on demand), which must be of
+    /// `kind`; `endpoint` names the route for the error when it is not.
+    async fn preprocessor(&self, model: &str, kind: ModelKind, endpoint: &str) -> Result<Arc<Preprocessor>, BridgeError> {
+        self.hub.load_on_demand(model).await?;
         let pre = self.hub.preprocessor(model)?;
         if pre.card().kind == kind {
             return Ok(pre);

@@ -28,6 +28,7 @@ pub fn backend_registry(config: &BackendsConfig, extra: BackendRegistry) -> Back
     tritium_onnxruntime::register(&mut registry, config.onnxruntime.clone());
     #[cfg(feature = "python")]
     tritium_python::register(&mut registry, config.python.clone());
+    tritium_cluster::engines::backend::register(&mut registry);
     let _ = config;
     registry.extend(extra);
     registry

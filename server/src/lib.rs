@@ -138,6 +138,7 @@ impl Tritium {
                 hard_stop.clone(),
             )
             .with_tracer(Arc::clone(&tracer))
+            .with_load_timeout(config.limits.model_load_timeout)
             .with_lora_dir(config.lora_dir.clone())
             .with_preprocess_workers(
                 tritium_openai_bridge::preprocess::workers::PreprocessWorkers::start(config.openai.preprocess)

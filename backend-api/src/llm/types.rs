@@ -303,11 +303,14 @@ pub struct TokenStream {
     worker: Option<std::sync::Arc<str>>,
     /// The worker that computed its prompt's KV blocks, when another one did (disaggregated).
     prefill_worker: Option<std::sync::Arc<str>>,
+    /// What the stream keeps alive until it is dropped: a loaded model's in-use hold, so the model
+    /// is not unloaded under a generation still running.
+    held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl TokenStream {
     pub fn new(receiver: mpsc::UnboundedReceiver<Result<GenerateEvent, GenerateError>>) -> TokenStream {
-        TokenStream { receiver, worker: None, prefill_worker: None }
+        TokenStream { receiver, worker: None, prefill_worker: None, held: Vec::new() }
     }
 
     /// The same stream, its prompt prefilled by `worker`.
@@ -318,6 +321,12 @@ impl TokenStream {
     /// The worker that prefilled the prompt when it was not the one generating.
     pub fn prefill_worker(&self) -> Option<&str> {
         self.prefill_worker.as_deref()
+    }
+
+    /// The same stream, keeping `hold` alive until it is dropped.
+    pub fn holding(mut self, hold: impl std::any::Any + Send + Sync) -> TokenStream {
+        self.held.push(Box::new(hold));
+        self
     }
 
     /// The same stream, marked as served by `worker`.

@@ -47,6 +47,18 @@ impl EngineWorker {
         EngineWorker { id: id.to_string(), target, client, idle_timeout }
     }
 
+    /// What the engine serves, as it described it.
+    pub fn target(&self) -> &Arc<EngineTarget> {
+        &self.target
+    }
+
+    /// Why [`generate`](WorkerClient::generate) would refuse `request` at once, if it would: the
+    /// checks that need no call, for callers that must answer synchronously.
+    pub fn check_generate(&self, model: &str, request: &GenerateRequest) -> Result<(), WorkerError> {
+        self.check_model(model, ModelKind::Generate)?;
+        self.sampling(model, request).map(|_| ())
+    }
+
     fn check_model(&self, model: &str, kind: ModelKind) -> Result<(), WorkerError> {
         if model != self.target.name {
             return Err(WorkerError::ModelNotFound { name: model.to_string() });

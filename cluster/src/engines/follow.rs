@@ -85,7 +85,7 @@ impl Engine {
         let mut following_kv = false;
         let mut said_why = String::new();
         loop {
-            let standing = match self.healthy(&channel).await {
+            let standing = match health(&channel).await {
                 Err(why) => Err(why),
                 Ok(()) => match &described {
                     Some(target) => Ok(Arc::clone(target)),
@@ -137,16 +137,6 @@ impl Engine {
         }
     }
 
-    async fn healthy(&self, channel: &Channel) -> Result<(), String> {
-        let mut health = HealthClient::new(channel.clone());
-        let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() });
-        match tokio::time::timeout(CALL_TIMEOUT, check).await {
-            Ok(Ok(answer)) if answer.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
-            Ok(Ok(answer)) => Err(format!("its health is {:?}", ServingStatus::try_from(answer.get_ref().status).ok())),
-            Ok(Err(status)) => Err(format!("its health check failed: {}", status.message())),
-            Err(_) => Err(format!("its health check was not answered within {} s", CALL_TIMEOUT.as_secs())),
-        }
-    }
 
     /// Lists the engine (with its description) or takes it off the list, telling the router on change.
     fn list(&self, target: Option<Arc<EngineTarget>>) {
@@ -191,5 +181,21 @@ impl Engine {
             tokens_generated: 0,
         };
         (self.loads)(report);
+    }
+}
+
+/// Whether the engine on `channel` says SERVING on `grpc.health.v1` (engines answer NOT_SERVING
+/// while they warm up), or why not.
+pub(super) async fn health(channel: &Channel) -> Result<(), String> {
+    let mut health = HealthClient::new(channel.clone());
+    let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() });
+    match tokio::time::timeout(CALL_TIMEOUT, check).await {
+        Ok(Ok(answer)) if answer.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+        Ok(Ok(answer)) => {
+            let status = ServingStatus::try_from(answer.get_ref().status).map_or("an unknown status", |s| s.as_str_name());
+            Err(format!("its health is {status}"))
+        }
+        Ok(Err(status)) => Err(format!("its health check failed: {}", status.message())),
+        Err(_) => Err(format!("its health check was not answered within {} s", CALL_TIMEOUT.as_secs())),
     }
 }

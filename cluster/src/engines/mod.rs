@@ -9,9 +9,11 @@
 //!   tokenizer archive `GetTokenizer` streams;
 //! - [`client`]: [`EngineWorker`], the router's client of one engine (`Generate`, `Abort` when
 //!   the client goes away, `Embed`);
+//! - [`backend`]: the same, as a model repository's `backend: "engine_grpc"` model;
 //! - [`follow`]: each engine's `grpc.health.v1` status and loads, as the workers the router lists;
 //! - [`kv`]: its KV events renamed with Tritium's block hashes, for the KV-aware router.
 
+pub mod backend;
 pub mod client;
 pub mod describe;
 pub mod follow;

@@ -32,7 +32,7 @@ pub(super) async fn chat_completions(
         let worker = worker.or_nvext(request.nvext.as_ref());
         return super::text_input::forward(&state, OpenAiApi::Chat, &request.model, worker, body, caller).await;
     }
-    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/chat/completions")?;
+    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/chat/completions").await?;
     let mut observer = state.observer(&request.model, caller);
     let prepared = request.options().and_then(|mut options| {
         priority.apply(&mut options)?;

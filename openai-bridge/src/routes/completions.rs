@@ -35,7 +35,7 @@ pub(super) async fn completions(
         let worker = worker.or_nvext(request.nvext.as_ref());
         return super::text_input::forward(&state, OpenAiApi::Completions, &request.model, worker, body, caller).await;
     }
-    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions")?;
+    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions").await?;
     let mut observer = state.observer(&request.model, caller);
     let mut options = request.options().map_err(|error| failed(&mut observer, error))?;
     priority.apply(&mut options).map_err(|error| failed(&mut observer, error))?;

@@ -23,7 +23,7 @@ pub(super) async fn embeddings(
     caller: super::CallerTrace,
     OpenAiJson(request): OpenAiJson<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
-    let pre = state.preprocessor(&request.model, ModelKind::Embed, "/v1/embeddings")?;
+    let pre = state.preprocessor(&request.model, ModelKind::Embed, "/v1/embeddings").await?;
     let mut observer = state.observer(&request.model, caller);
     let inputs = match request.validate() {
         Ok(()) => tokenize(&pre, &request.input).await,

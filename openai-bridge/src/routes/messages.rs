@@ -37,7 +37,7 @@ pub(super) async fn messages(
     if state.hub.takes_text(&request.model) {
         return text_input_message(&state, request, worker, caller).await;
     }
-    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/messages")?;
+    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/messages").await?;
     let mut observer = state.observer(&request.model, caller);
     let prepared = request.options().and_then(|mut options| {
         priority.apply(&mut options)?;
@@ -100,7 +100,7 @@ pub(super) async fn count_tokens(
     State(state): State<AppState>,
     AnthropicJson(request): AnthropicJson<CountTokensRequest>,
 ) -> Result<Response, AnthropicError> {
-    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/messages/count_tokens")?;
+    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/messages/count_tokens").await?;
     let tools = request.tools()?;
     let messages = request.chat_messages()?;
     let text = pre.render_chat_bounded(&messages, true, Some(&request.template_extra(&tools))).await?;

@@ -39,7 +39,7 @@ pub(super) async fn create(
     if state.hub.takes_text(&request.model) {
         return text_input_response(&state, request, worker, caller).await;
     }
-    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/responses")?;
+    let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/responses").await?;
     let mut observer = state.observer(&request.model, caller);
     let prepared = prepare(&state.store, &request).await.map_err(|error| failed(&mut observer, error))?;
     let Prepared { mut options, tools, conversation, messages, extra } = prepared;

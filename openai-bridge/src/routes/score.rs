@@ -96,7 +96,7 @@ async fn embed(
     endpoint: &str,
     texts: Vec<String>,
 ) -> Result<(Vec<Vec<f32>>, u32), ApiError> {
-    let pre = state.preprocessor(model, ModelKind::Embed, endpoint)?;
+    let pre = state.preprocessor(model, ModelKind::Embed, endpoint).await?;
     let mut observer = state.observer(model, caller);
     let count = texts.len();
     let inputs = tokenize(&pre, &EmbeddingInput::Texts(texts)).await.map_err(|e| failed(&mut observer, e))?;

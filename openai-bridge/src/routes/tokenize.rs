@@ -91,7 +91,7 @@ pub(super) async fn tokenize(
         fields.insert("model".into(), Value::String(model.clone()));
         let request: ChatCompletionRequest =
             parse_json(&serde_json::to_vec(&fields).map_err(|e| BridgeError::Internal(e.to_string()))?)?;
-        let pre = state.preprocessor(&model, ModelKind::Generate, "/tokenize")?;
+        let pre = state.preprocessor(&model, ModelKind::Generate, "/tokenize").await?;
         let tools = request.tools()?;
         let messages = request.template_messages()?;
         let extra = request.template_extra(&tools);
@@ -122,7 +122,7 @@ pub(super) async fn detokenize(
     OpenAiJson(request): OpenAiJson<DetokenizeRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.tokenizer_model(request.model)?;
-    let pre = state.preprocessor(&model, ModelKind::Generate, "/detokenize")?;
+    let pre = state.preprocessor(&model, ModelKind::Generate, "/detokenize").await?;
     // No sequence the model can hold is longer than its context: a longer list is no text it made.
     let context = pre.card().context_length;
     if context > 0 && request.tokens.len() > context {
@@ -144,7 +144,7 @@ pub(super) async fn detokenize(
 
 pub(super) async fn tokenizer_info(State(state): State<AppState>, Query(query): Query<ModelQuery>) -> Result<Response, ApiError> {
     let model = state.tokenizer_model(query.model)?;
-    let pre = state.preprocessor(&model, ModelKind::Generate, "/tokenizer_info")?;
+    let pre = state.preprocessor(&model, ModelKind::Generate, "/tokenizer_info").await?;
     let card = pre.card();
     let text = |id: Option<u32>| id.map(|id| pre.token_text(id));
     let body = json!({

@@ -117,7 +117,8 @@ pub struct ClusterArgs {
     /// A third-party engine reached over its own gRPC engine service (vLLM's `VllmEngine`), as
     /// the model NAME: `NAME=URL` (`host:port` or `http://host:port`; several URLs, comma-separated
     /// or in repeated options, form a pool the router routes between). Tritium templates and
-    /// tokenizes with the engine's tokenizer; the engine gets token ids.
+    /// tokenizes with the engine's tokenizer; the engine gets token ids. On `tritium worker`, one
+    /// URL per model: the engine is served and registered as the worker's model.
     #[arg(long = "engine-grpc", env = "TRITIUM_ENGINE_GRPC", value_name = "NAME=URL", value_delimiter = ';')]
     pub engine_grpc: Vec<tritium_cluster::engines::EngineSpec>,
 }

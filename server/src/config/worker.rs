@@ -72,6 +72,29 @@ fn device_class(text: &str) -> tritium_cluster::discovery::DeviceClass {
     }
 }
 
+/// `tritium worker --engine-grpc NAME=URL`: one `backend: "engine_grpc"` model per engine, served
+/// and registered like the worker's other models. A worker stands for one engine per model: a
+/// pool is several workers (or `--engine-grpc NAME=URL,URL` on a frontend).
+fn engine_models(specs: &[tritium_cluster::engines::EngineSpec]) -> Result<Vec<tritium_worker::DeclaredModel>, String> {
+    use tritium_cluster::engines::backend::ENGINE_GRPC_BACKEND;
+    let mut declared = Vec::new();
+    for spec in tritium_cluster::engines::merged(specs) {
+        let [url] = spec.urls.as_slice() else {
+            return Err(format!(
+                "--engine-grpc {}: a worker serves one engine per model; start one worker per engine, or give the pool to a frontend",
+                spec.name
+            ));
+        };
+        let quoted = serde_json::to_string(url).map_err(|e| e.to_string())?;
+        let name = &spec.name;
+        let config_text = format!(
+            "name: \"{name}\"\nbackend: \"{ENGINE_GRPC_BACKEND}\"\nparameters {{ key: \"url\" value {{ string_value: {quoted} }} }}\n"
+        );
+        declared.push(tritium_worker::DeclaredModel { name: name.clone(), config_text });
+    }
+    Ok(declared)
+}
+
 /// What `tritium worker` needs, resolved: the repository it opens with its backends, and what
 /// its node serves with.
 #[derive(Debug, Clone)]
@@ -92,12 +115,6 @@ impl WorkerArgs {
         {
             return Err("--discovery-backend kubernetes: a worker registers in a DynamoWorkerMetadata object named after its \
                  pod; set POD_NAME (--pod-name), with POD_UID and POD_NAMESPACE, from the Downward API"
-                .into());
-        }
-        if !self.cluster.engine_grpc.is_empty() {
-            // A worker serves its own repository; engines join a frontend's router directly.
-            return Err("--engine-grpc: engines reached over gRPC are served by `tritium serve` (a frontend routes to them \
-                 like to its workers); `tritium worker` does not relay them yet"
                 .into());
         }
         if self.cluster.namespace_prefix.is_some() {
@@ -123,11 +140,13 @@ impl WorkerArgs {
             }
             _ => {}
         }
+        let mut repository = repository_options(&self.repository, &models, &engine, true)?;
+        repository.declared.extend(engine_models(&self.cluster.engine_grpc)?);
         Ok(WorkerConfig {
             repository: RepositoryOptions {
                 rate_limiter: self.rate_limit.limiter()?,
                 response_cache: self.cache.build()?,
-                ..repository_options(&self.repository, &models, &engine, true)?
+                ..repository
             },
             backends: self.repository.backends(&models)?,
             node: NodeConfig {

@@ -55,6 +55,8 @@ pub struct LlmFrontend {
     preprocess_workers: Option<Arc<PreprocessWorkers>>,
     /// Tensor models served as text scorers and classifiers (`openai_task`), built once each.
     text_models: text_models::TextModels,
+    /// How long a request waits for its model to load on demand (`--model-load-timeout-secs`).
+    load_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for LlmFrontend {
@@ -88,6 +90,7 @@ impl LlmFrontend {
             lora_dir: None,
             preprocess_workers: None,
             text_models: text_models::TextModels::default(),
+            load_timeout: std::time::Duration::from_secs(600),
         }
     }
 
@@ -96,6 +99,17 @@ impl LlmFrontend {
     }
 
     /// The same frontend loading LoRA adapters at run time from inside `dir`.
+    pub fn with_load_timeout(self, load_timeout: std::time::Duration) -> LlmFrontend {
+        LlmFrontend { load_timeout, ..self }
+    }
+
+    /// Loads `model` (an adapter's base model for an adapter) in on-demand mode and holds it
+    /// loaded while the hold lives; `None` in the other modes or for a model served elsewhere.
+    async fn hold(&self, model: &str) -> Result<Option<tritium_worker::registry::on_demand::InUse>, BridgeError> {
+        let base = self.repository.adapter_base(model).unwrap_or_else(|| model.to_string());
+        self.repository.ensure_loaded(&base, self.load_timeout).await.map_err(|e| bridge_error(model, e))
+    }
+
     pub fn with_lora_dir(self, dir: Option<std::path::PathBuf>) -> LlmFrontend {
         LlmFrontend { lora_dir: dir, ..self }
     }
@@ -278,14 +292,28 @@ impl LlmHub for LlmFrontend {
         self.preprocessor_for(model)
     }
 
+    async fn load_on_demand(&self, model: &str) -> Result<(), BridgeError> {
+        self.hold(model).await.map(drop)
+    }
+
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
+        let hold = self.hold(model).await?;
         let (target, request) = self.target(model, request);
-        self.router.generate(&target, request).await.map_err(|e| bridge_error(model, e))
+        let stream = self.router.generate(&target, request).await.map_err(|e| bridge_error(model, e))?;
+        Ok(match hold {
+            Some(hold) => stream.holding(hold),
+            None => stream,
+        })
     }
 
     async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
+        let hold = self.hold(model).await?;
         let (target, request) = self.target(model, request);
-        self.router.generate_on(&target, Some(worker), request).await.map_err(|e| bridge_error(model, e))
+        let stream = self.router.generate_on(&target, Some(worker), request).await.map_err(|e| bridge_error(model, e))?;
+        Ok(match hold {
+            Some(hold) => stream.holding(hold),
+            None => stream,
+        })
     }
 
     fn takes_text(&self, model: &str) -> bool {
@@ -303,10 +331,12 @@ impl LlmHub for LlmFrontend {
     }
 
     async fn embed_on(&self, model: &str, worker: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {
+        let _hold = self.hold(model).await?;
         self.router.embed_on(model, Some(worker), inputs).await.map_err(|e| bridge_error(model, e))
     }
 
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {
+        let _hold = self.hold(model).await?;
         self.router.embed(model, inputs).await.map_err(|e| bridge_error(model, e))
     }
 

@@ -349,3 +349,27 @@ def test_perf_analyzer_loads_the_model_it_measures(start_tritium, model_repo):
                   protocol="http")
     assert loaded(client) == {"m2", "m0"}
     client.close()
+
+
+def test_the_openai_doors_load_on_demand_and_a_stream_holds_its_model(start_tritium):
+    """The OpenAI routes load a language model on first use and mark it used, as the KServe ones do, and a
+    streamed generation keeps its model loaded until its last token: another model's load past
+    --max-loaded-models waits for nothing and evicts nothing in use (issue 59)."""
+    import openai
+
+    server = start_tritium("--engine", "mock", "--model-name", "a", "--model-name", "b", "--mock-decode-ms-per-step", "20",
+                           "--model-control-mode", "on-demand", "--max-loaded-models", "1")  # fmt: skip
+    client = grpcclient.InferenceServerClient(server.url)
+    assert loaded(client) == set()
+    openai_client = openai.OpenAI(base_url=server.http_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    stream = openai_client.completions.create(model="a", prompt="hello", max_tokens=40, stream=True, temperature=0)
+    chunks = [next(stream)]
+    assert loaded(client) == {"a"}
+    # b loads past the limit while a is busy; what goes when b's request ends is b, never a under its stream.
+    assert openai_client.chat.completions.create(model="b", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert "a" in loaded(client)
+    chunks.extend(stream)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    # Once a's stream is over, the next use of b evicts a.
+    openai_client.completions.create(model="b", prompt="hello", max_tokens=2)
+    assert wait_for(lambda: loaded(client) == {"b"}, timeout=30), loaded(client)

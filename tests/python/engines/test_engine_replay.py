@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import pathlib
 import socket
-import subprocess
-import threading
 
 import numpy as np
 import openai
@@ -20,35 +18,8 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
-from helpers import REPO, finish_server, start_failure, start_server, tritium_bin, wait_for
-
-FIXTURE = REPO / "tests" / "fixtures" / "engine_grpc"
-EXCHANGE = json.loads((FIXTURE / "exchange.json").read_text())
-MODEL = "smollm2"
-
-
-class Replay:
-    """A running `engine-replay` process."""
-
-    def __init__(self, *args: str):
-        binary = tritium_bin().parent / "engine-replay"
-        if not binary.is_file():
-            pytest.fail(f"{binary} not found: run `cargo build -p tritium-tests --bin engine-replay`")
-        self.proc = subprocess.Popen([str(binary), "--fixture", str(FIXTURE), *args], stdout=subprocess.PIPE, text=True)
-        first = self.proc.stdout.readline().strip()
-        assert first.startswith("listening on "), first
-        self.address = first.removeprefix("listening on ")
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.strip())
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
+from engine_replay import EXCHANGE, MODEL, Replay
+from helpers import finish_server, start_failure, start_server, wait_for
 
 def serve_engine(replay: Replay, *args: str):
     server = start_server("--engine-grpc", f"{MODEL}={replay.address}", *args)
@@ -236,14 +207,6 @@ def test_a_misbehaving_engine_costs_one_request_a_clear_error(mode, fragment):
 )
 def test_engine_options_are_checked_at_start(args, fragment):
     assert fragment in start_failure(*args)
-
-
-def test_a_worker_refuses_engines_by_name():
-    worker = subprocess.run(
-        [str(tritium_bin()), "worker", "--engine-grpc", "smollm2=127.0.0.1:1"], capture_output=True, text=True, timeout=60
-    )
-    assert worker.returncode != 0
-    assert "`tritium worker` does not relay them yet" in worker.stderr
 
 
 def test_an_engine_that_is_not_there_leaves_the_model_out_and_the_server_up():

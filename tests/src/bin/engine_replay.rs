@@ -9,7 +9,8 @@
 //! `--misbehave MODE` makes it a broken engine for the client's error paths: `unfinished` (streams
 //! end before their complete message), `garbage` (a chunk for a choice never asked for), `hang`
 //! (streams send nothing after the first chunk), `flood` (far more tokens than asked for); `slow`
-//! sends the recorded frames a second apart, `late` answers each call 5 s late.
+//! sends the recorded frames a second apart, `late` answers each call 5 s late; `warming` answers
+//! `grpc.health.v1` with NOT_SERVING, as an engine still warming up.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -33,6 +34,8 @@ enum Misbehave {
     Flood,
     Slow,
     Late,
+    /// `grpc.health.v1` says NOT_SERVING throughout, as an engine still warming up does.
+    Warming,
 }
 
 struct Replay {
@@ -165,7 +168,7 @@ impl VllmEngine for Replay {
         let mut answers: Vec<Result<GenerateResponse, Status>> = recorded.iter().map(response).collect();
         let misbehave = self.misbehave;
         match misbehave {
-            Misbehave::None | Misbehave::Hang | Misbehave::Slow => {}
+            Misbehave::None | Misbehave::Hang | Misbehave::Slow | Misbehave::Warming => {}
             // Engines send a call's headers with its first token: a long silence before them.
             Misbehave::Late => tokio::time::sleep(std::time::Duration::from_secs(5)).await,
             Misbehave::Unfinished => {
@@ -309,7 +312,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Some("flood") => Misbehave::Flood,
                     Some("slow") => Misbehave::Slow,
                     Some("late") => Misbehave::Late,
-                    other => return Err(format!("--misbehave {other:?}: unfinished, garbage, hang, flood, slow or late").into()),
+                    Some("warming") => Misbehave::Warming,
+                    other => {
+                        return Err(format!("--misbehave {other:?}: unfinished, garbage, hang, flood, slow, late or warming").into());
+                    }
                 }
             }
             other => return Err(format!("unknown argument {other}").into()),
@@ -324,7 +330,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let address = listener.local_addr()?;
     println!("listening on {address}");
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let standing = if misbehave == Misbehave::Warming {
+        tonic_health::ServingStatus::NotServing
+    } else {
+        tonic_health::ServingStatus::Serving
+    };
+    reporter.set_service_status("", standing).await;
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(VllmEngineServer::new(replay))
