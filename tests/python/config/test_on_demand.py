@@ -373,3 +373,23 @@ def test_the_openai_doors_load_on_demand_and_a_stream_holds_its_model(start_trit
     # Once a's stream is over, the next use of b evicts a.
     openai_client.completions.create(model="b", prompt="hello", max_tokens=2)
     assert wait_for(lambda: loaded(client) == {"b"}, timeout=30), loaded(client)
+
+
+def test_a_kserve_generate_stream_holds_its_model_to_the_end(start_tritium):
+    """KServe's `generate_stream` (SSE) holds its language model for the stream's whole life too."""
+    import json
+
+    import requests
+
+    server = start_tritium("--engine", "mock", "--model-name", "a", "--model-name", "b", "--mock-decode-ms-per-step", "20",
+                           "--model-control-mode", "on-demand", "--max-loaded-models", "1")  # fmt: skip
+    client = grpcclient.InferenceServerClient(server.url)
+    body = {"text_input": "hello", "parameters": {"max_tokens": 40, "temperature": 0}}
+    with requests.post(server.http_url + "/v2/models/a/generate_stream", json=body, stream=True, timeout=60) as answer:
+        lines = answer.iter_lines()
+        events = [json.loads(next(line for line in lines if line.startswith(b"data:"))[5:])]
+        generated = requests.post(server.http_url + "/v2/models/b/generate", json={**body, "parameters": {"max_tokens": 2}}, timeout=60)
+        assert generated.status_code == 200, generated.text
+        assert "a" in loaded(client)
+        events += [json.loads(line[5:]) for line in lines if line.startswith(b"data:")]
+    assert "error" not in events[-1] and events[-1].get("finish_reason") == "length", events[-1]
