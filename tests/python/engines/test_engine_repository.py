@@ -167,3 +167,34 @@ def test_a_worker_takes_one_engine_per_model(replay):
     )
     assert refused.returncode != 0
     assert "a worker serves one engine per model" in refused.stderr
+
+
+def embedding_of(ids: list[int]) -> list[float]:
+    """What `engine-replay --embedder` answers for `ids` (its `embedding_of`)."""
+    return [float(len(ids)), sum(ids) / 1000.0, float(ids[0]), float(ids[-1])]
+
+
+@pytest.mark.parametrize("form", ["option", "repository"])
+def test_an_embedding_engine_serves_embeddings_from_the_ids_tritium_tokenized(form, tmp_path):
+    """An engine whose GetModelInfo says it does not generate is an embedding model: /v1/embeddings sends it
+    each input's token ids (Tritium's tokenizing, with the engine's tokenizer) and answers its vectors; the
+    generating routes refuse it by name."""
+    embedder = Replay("--embedder")
+    if form == "option":
+        server = start_server("--engine-grpc", f"{MODEL}={embedder.address}")
+    else:
+        write_model(tmp_path, MODEL, engine_config(embedder.address))
+        server = start_server("--model-repository", str(tmp_path))
+    try:
+        listed = lambda: MODEL in requests.get(server.http_url + "/v1/models", timeout=5).text  # noqa: E731
+        assert wait_for(listed, timeout=60), server.stderr()[-3000:]
+        answer = client(server).embeddings.create(model=MODEL, input=["The capital of France is", "hello"])
+        sent = [[int(i) for i in line.removeprefix("embed ").split(",")] for line in embedder.lines if line.startswith("embed ")]
+        assert len(sent) == 2 and all(sent)
+        assert [item.embedding for item in answer.data] == [pytest.approx(embedding_of(ids)) for ids in sent]
+        assert answer.usage.prompt_tokens == sum(len(ids) for ids in sent)
+        with pytest.raises(openai.BadRequestError, match="is an embedding model"):
+            client(server).completions.create(model=MODEL, prompt="hi", max_tokens=2)
+    finally:
+        finish_server(server)
+        embedder.stop()

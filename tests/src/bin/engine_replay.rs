@@ -10,7 +10,9 @@
 //! end before their complete message), `garbage` (a chunk for a choice never asked for), `hang`
 //! (streams send nothing after the first chunk), `flood` (far more tokens than asked for); `slow`
 //! sends the recorded frames a second apart, `late` answers each call 5 s late; `warming` answers
-//! `grpc.health.v1` with NOT_SERVING, as an engine still warming up.
+//! `grpc.health.v1` with NOT_SERVING, as an engine still warming up. `--embedder` makes it an
+//! embedding engine (`is_generation` false) whose `Embed` answers a function of the token ids it
+//! gets (count, sum / 1000, first, last) and prints `embed ID,ID,...`.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -42,6 +44,16 @@ struct Replay {
     exchange: Json,
     tokenizer: Vec<u8>,
     misbehave: Misbehave,
+    /// `--embedder`: the engine says it is an embedding model and answers `Embed`.
+    embedder: bool,
+}
+
+/// What `--embedder` answers for the token ids `ids` (nothing recorded: a function of the ids the
+/// tests compute too): their count, their sum over 1000, the first and the last.
+fn embedding_of(ids: &[u32]) -> Vec<f32> {
+    let sum: u64 = ids.iter().map(|&id| u64::from(id)).sum();
+    let edge = |id: Option<&u32>| id.map_or(0.0, |&id| id as f32);
+    vec![ids.len() as f32, sum as f32 / 1000.0, edge(ids.first()), edge(ids.last())]
 }
 
 fn u32s(value: &Json) -> Vec<u32> {
@@ -194,8 +206,15 @@ impl VllmEngine for Replay {
         Ok(Response::new(stream))
     }
 
-    async fn embed(&self, _: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {
-        Err(Status::unimplemented("the recorded engine is a language model"))
+    async fn embed(&self, request: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {
+        if !self.embedder {
+            return Err(Status::unimplemented("the recorded engine is a language model"));
+        }
+        let ids = request.into_inner().tokenized.map(|t| t.input_ids).unwrap_or_default();
+        say(format!("embed {}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(","))).await;
+        let embedding = embedding_of(&ids);
+        let prompt_tokens = ids.len() as u32;
+        Ok(Response::new(EmbedResponse { embedding_dim: embedding.len() as u32, embedding, prompt_tokens }))
     }
 
     async fn health_check(&self, _: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
@@ -213,7 +232,7 @@ impl VllmEngine for Replay {
         let info = &self.exchange["model_info"];
         Ok(Response::new(GetModelInfoResponse {
             model_path: text(info, "model_path"),
-            is_generation: info.get("is_generation").and_then(Json::as_bool).unwrap_or(false),
+            is_generation: !self.embedder && info.get("is_generation").and_then(Json::as_bool).unwrap_or(false),
             max_context_length: uint(info, "max_context_length"),
             vocab_size: uint(info, "vocab_size"),
             served_model_name: text(info, "served_model_name"),
@@ -301,9 +320,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut fixture = None;
     let mut misbehave = Misbehave::None;
+    let mut embedder = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--fixture" => fixture = args.next(),
+            "--embedder" => embedder = true,
             "--misbehave" => {
                 misbehave = match args.next().as_deref() {
                     Some("unfinished") => Misbehave::Unfinished,
@@ -324,7 +345,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(fixture.ok_or("--fixture DIR is required")?);
     let exchange: Json = serde_json::from_slice(&std::fs::read(dir.join("exchange.json"))?)?;
     let tokenizer = std::fs::read(dir.join(exchange["tokenizer"]["file"].as_str().unwrap_or("tokenizer.zip")))?;
-    let replay = Replay { exchange, tokenizer, misbehave };
+    let replay = Replay { exchange, tokenizer, misbehave, embedder };
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let address = listener.local_addr()?;
