@@ -193,6 +193,8 @@ def test_an_embedding_engine_serves_embeddings_from_the_ids_tritium_tokenized(fo
         assert len(sent) == 2 and all(sent)
         assert [item.embedding for item in answer.data] == [pytest.approx(embedding_of(ids)) for ids in sent]
         assert answer.usage.prompt_tokens == sum(len(ids) for ids in sent)
+        scored = requests.post(server.http_url + "/v1/score", json={"model": MODEL, "text_1": "hello", "text_2": ["hi", "bye"]}, timeout=60)
+        assert scored.status_code == 200 and len(scored.json()["data"]) == 2, scored.text
         with pytest.raises(openai.BadRequestError, match="is an embedding model"):
             client(server).completions.create(model=MODEL, prompt="hi", max_tokens=2)
     finally:
