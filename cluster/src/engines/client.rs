@@ -3,6 +3,7 @@
 //! end-of-sequence and stop tokens are held back until the engine says whether they ended the
 //! sequence (they are no text). A reader that goes away cancels the call and sends `Abort`; a
 //! stream that ends before its `complete` message is a lost worker, which the router migrates.
+//! Each call is a hop of the request's trace, its `traceparent` in the call's metadata.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tritium_proto::engine::{
     AbortRequest, EmbedRequest, GenerateRequest as EngineRequest, SamplingParams, Tokens, generate_request, generate_response,
     sampling_params,
 };
+use tritium_trace::hop::Hop;
 use tritium_worker::{InferOutcome, InferenceResponse, ValidInferRequest, WorkerClient, WorkerError};
 
 use super::EngineTarget;
@@ -166,8 +168,10 @@ impl WorkerClient for EngineWorker {
         // Engines answer the call's headers with its first token: a client that goes away before
         // then drops this future, and the engine is told all the same.
         let mut guard = AbortOnDrop { client: Some(client.clone()), request_id: request_id.clone() };
+        // The call is a hop of the request's trace: the engine gets its `traceparent`.
+        let hop = Hop::start(None, &self.id);
         // The first token may wait behind a queue or a long prompt: the idle bound, not a unary call's.
-        let stream = match tokio::time::timeout(self.idle_timeout, client.generate(call)).await {
+        let stream = match tokio::time::timeout(self.idle_timeout, client.generate(hop.request(call))).await {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => {
                 // The engine ended the call itself: nothing to abort.
@@ -197,6 +201,7 @@ impl WorkerClient for EngineWorker {
         guard.client = None;
         let (sender, receiver) = mpsc::unbounded_channel();
         tokio::spawn(async move {
+            let _hop = hop;
             let outcome = tokio::select! {
                 outcome = reading.read(stream, &sender) => outcome,
                 // The client went away: the call is dropped (cancelling it) and the engine told.
@@ -223,7 +228,8 @@ impl WorkerClient for EngineWorker {
                 tokenized: Some(Tokens { original_text: String::new(), input_ids: input }),
             };
             let mut client = self.client.clone();
-            let response = match tokio::time::timeout(super::CALL_TIMEOUT, client.embed(call)).await {
+            let hop = Hop::start(None, &self.id);
+            let response = match tokio::time::timeout(super::CALL_TIMEOUT, client.embed(hop.request(call))).await {
                 Ok(Ok(response)) => response.into_inner(),
                 Ok(Err(status)) => return Err(self.call_failed(model, &status)),
                 Err(_) => {

@@ -220,3 +220,20 @@ def test_an_engine_that_is_not_there_leaves_the_model_out_and_the_server_up():
         assert wait_for(lambda: "engine not serving" in server.stderr(), timeout=30), server.stderr()[-2000:]
     finally:
         finish_server(server)
+
+
+def test_a_traced_request_hands_its_trace_to_the_engine(tmp_path):
+    """The engine's call is a hop of the request's trace: its `traceparent` continues the caller's trace."""
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    replay = Replay()
+    server = serve_engine(replay, "--trace-config", f"triton,file={tmp_path / 'trace.json'}", "--trace-config", "rate=1",
+                          "--trace-config", "level=TIMESTAMPS")  # fmt: skip
+    try:
+        traced = openai.OpenAI(base_url=server.http_url + "/v1", api_key="unused", max_retries=0,
+                               default_headers={"traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01"})  # fmt: skip
+        traced.completions.create(**france())
+        calls = [line for line in replay.lines if line.startswith("generate tritium-")]
+        assert len(calls) == 1 and f"traceparent=00-{caller_trace}-" in calls[0], calls
+    finally:
+        finish_server(server)
+        replay.stop()

@@ -3,8 +3,9 @@
 //! written by `scripts/test-engines.sh --record`), so the default test run drives Tritium's
 //! engine client against the engine's own frames without the 5.8 GB engine. It serves on an
 //! ephemeral 127.0.0.1 port, prints `listening on 127.0.0.1:PORT` first, then `generate ID` for
-//! each call and `abort ID` for each request the client aborts. A `Generate` whose prompt and `max_tokens` were never recorded is
-//! refused with NOT_FOUND naming them.
+//! each call (with ` traceparent=...` when the call carries one) and `abort ID` for each request
+//! the client aborts. A `Generate` whose prompt and `max_tokens` were never recorded is refused
+//! with NOT_FOUND naming them.
 //!
 //! `--misbehave MODE` makes it a broken engine for the client's error paths: `unfinished` (streams
 //! end before their complete message), `garbage` (a chunk for a choice never asked for), `hang`
@@ -167,8 +168,12 @@ impl VllmEngine for Replay {
     type SubscribeKvEventsStream = Answers<KvEventBatch>;
 
     async fn generate(&self, request: Request<GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+        let traceparent = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
         let request = request.into_inner();
-        say(format!("generate {}", request.request_id)).await;
+        match traceparent {
+            Some(traceparent) => say(format!("generate {} traceparent={traceparent}", request.request_id)).await,
+            None => say(format!("generate {}", request.request_id)).await,
+        }
         let ids = match &request.input {
             Some(generate_request::Input::Tokenized(tokens)) => tokens.input_ids.clone(),
             _ => return Err(Status::invalid_argument("the replay takes tokenized input only")),
