@@ -180,3 +180,26 @@ def test_dynamos_frontend_serves_a_tritium_embedding_model(deployment):
                 assert np.allclose(got["embedding"], want["embedding"], atol=1e-5), base
     finally:
         finish_server(direct)
+
+
+def test_dynamos_frontend_serves_a_vllm_engine_through_a_tritium_worker(deployment):
+    """`tritium worker --worker-protocol dynamo --engine-grpc NAME=URL`: an engine reached over its own gRPC
+    (frames recorded from the real vLLM, played by `engine-replay`) is registered in Dynamo's layout with the
+    engine's tokenizer as its card; Dynamo 1.6.1's unmodified frontend tokenizes with it, and the greedy
+    answers equal what vLLM's own OpenAI server gave for the same prompts."""
+    from engine_replay import EXCHANGE, Replay
+
+    replay = Replay()
+    try:
+        deployment.tritium_worker("--engine-grpc", f"vllm-engine={replay.address}")
+        dynamo = deployment.dynamo_frontend("--router-mode", "round-robin")
+        wait_until(lambda: "vllm-engine" in models_at(dynamo), START, "vllm-engine listed at Dynamo's frontend")
+        case = next(c for c in EXCHANGE["cases"] if c["name"] == "completion_france")
+        status, answer = http("POST", dynamo + "/v1/completions", {**case["body"], "model": "vllm-engine"})
+        assert status == 200, answer
+        want = case["openai"]
+        assert answer["choices"][0]["text"] == want["choices"][0]["text"]
+        assert answer["usage"]["completion_tokens"] == want["usage"]["completion_tokens"]
+        assert any(line.startswith("generate ") for line in replay.lines)
+    finally:
+        replay.stop()
