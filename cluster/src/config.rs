@@ -25,6 +25,8 @@ pub struct ClusterConfig {
     pub dynamo_max_message: usize,
     /// Third-party engines reached over their own gRPC (`--engine-grpc`), each a worker of its model.
     pub engines: Vec<crate::engines::EngineSpec>,
+    /// What each of those engines, and each `backend: "engine_grpc"` model, may cost.
+    pub engine_limits: crate::engines::EngineLimits,
 }
 
 /// `--request-plane`, resolved.
@@ -45,6 +47,7 @@ impl Default for ClusterConfig {
             response_stream_host: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             dynamo_max_message: crate::dynamo::MAX_MESSAGE_BYTES,
             engines: Vec::new(),
+            engine_limits: crate::engines::EngineLimits::default(),
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct BackendsConfig {
     /// The Python backend's interpreter and bounds.
     #[cfg(feature = "python")]
     pub python: tritium_python::PythonSettings,
+    /// The bounds of `backend: "engine_grpc"` models (the `--engine-grpc-*` options).
+    pub engines: tritium_cluster::engines::EngineLimits,
 }
 
 /// The built-ins and every backend crate built in, then `extra` (a caller's own backends, which win
@@ -28,7 +30,7 @@ pub fn backend_registry(config: &BackendsConfig, extra: BackendRegistry) -> Back
     tritium_onnxruntime::register(&mut registry, config.onnxruntime.clone());
     #[cfg(feature = "python")]
     tritium_python::register(&mut registry, config.python.clone());
-    tritium_cluster::engines::backend::register(&mut registry);
+    tritium_cluster::engines::backend::register(&mut registry, config.engines);
     let _ = config;
     registry.extend(extra);
     registry

@@ -275,7 +275,7 @@ impl Tritium {
             let router = Arc::clone(&self.state.router);
             let kv: tritium_cluster::engines::kv::KvSink =
                 Arc::new(move |worker, model, event| router.apply_kv_event(worker, model, event));
-            listings.push(tritium_cluster::engines::follow(&cluster.engines, loads, kv, stop.clone()));
+            listings.push(tritium_cluster::engines::follow(&cluster.engines, cluster.engine_limits, loads, kv, stop.clone()));
         }
         let follower =
             tokio::spawn(routing::follow_discovery(Arc::clone(&self.state.router), discovery, listings, stop.clone()));

@@ -29,8 +29,8 @@ use tritium_backend_api::{BackendContext, BackendFactory, BackendRegistry, Engin
 use tritium_proto::inference::ModelConfig;
 use tritium_worker::WorkerClient;
 
-use super::client::{DEFAULT_IDLE_TIMEOUT, EngineWorker};
-use super::{CONNECT_TIMEOUT, engine_url};
+use super::client::EngineWorker;
+use super::{CONNECT_TIMEOUT, EngineLimits, engine_url};
 
 /// The `backend` a `config.pbtxt` names for an engine reached over gRPC.
 pub const ENGINE_GRPC_BACKEND: &str = "engine_grpc";
@@ -38,17 +38,21 @@ pub const ENGINE_GRPC_BACKEND: &str = "engine_grpc";
 /// The longest `idle_timeout_secs` a config may ask for (a day): a bound, not a policy.
 const MAX_IDLE_TIMEOUT_SECS: u64 = 86_400;
 
-/// Adds the `engine_grpc` backend to `registry`.
-pub fn register(registry: &mut BackendRegistry) {
-    registry.register(ENGINE_GRPC_BACKEND, EngineGrpcFactory);
+/// Adds the `engine_grpc` backend to `registry`, its models bounded by `limits` (a config's
+/// `idle_timeout_secs` overrides the idle bound).
+pub fn register(registry: &mut BackendRegistry, limits: EngineLimits) {
+    registry.register(ENGINE_GRPC_BACKEND, EngineGrpcFactory { limits });
 }
 
-struct EngineGrpcFactory;
+struct EngineGrpcFactory {
+    limits: EngineLimits,
+}
 
 impl BackendFactory for EngineGrpcFactory {
     fn create(&self, context: &BackendContext<'_>) -> Result<Engine, String> {
         let name = context.model_name.to_string();
-        let (url, idle_timeout) = engine_parameters(context.config, &name)?;
+        let (url, idle_timeout) = engine_parameters(context.config, &name, self.limits.idle_timeout)?;
+        let limits = EngineLimits { idle_timeout, ..self.limits };
         let runtime =
             Handle::try_current().map_err(|_| format!("the model '{name}' (engine_grpc) loads only inside the server"))?;
         let reach = {
@@ -64,7 +68,7 @@ impl BackendFactory for EngineGrpcFactory {
                 super::follow::health(&channel)
                     .await
                     .map_err(|why| format!("the engine at {url} is not serving ({why}): load the model again once it is"))?;
-                let target = super::describe::describe(&name, &url, channel.clone()).await?;
+                let target = super::describe::describe(&name, &url, channel.clone(), &limits).await?;
                 Ok::<_, String>((target, channel))
             }
         };
@@ -78,7 +82,7 @@ impl BackendFactory for EngineGrpcFactory {
         );
         let kind = target.card.kind;
         let id = super::follow::engine_id(&name, &url);
-        let worker = Arc::new(EngineWorker::new(&id, Arc::new(target), channel, idle_timeout));
+        let worker = Arc::new(EngineWorker::new(&id, Arc::new(target), channel, &limits));
         let model = EngineModel { name, worker, runtime, running: Arc::default() };
         Ok(match kind {
             ModelKind::Generate => Engine::Language(Arc::new(model)),
@@ -88,14 +92,14 @@ impl BackendFactory for EngineGrpcFactory {
 
     fn complete_config(&self, config: &mut ModelConfig, _model_dir: Option<&std::path::Path>) -> Result<(), String> {
         let name = config.name.clone();
-        engine_parameters(config, &name)?;
+        engine_parameters(config, &name, self.limits.idle_timeout)?;
         complete_llm_config(config);
         Ok(())
     }
 }
 
 /// The engine's URL and idle bound from a config's parameters, or why they are wrong.
-fn engine_parameters(config: &ModelConfig, name: &str) -> Result<(String, Duration), String> {
+fn engine_parameters(config: &ModelConfig, name: &str, idle: Duration) -> Result<(String, Duration), String> {
     let params = tritium_backend_api::ConfigParams::of(config);
     let url = params.text("url").ok_or_else(|| {
         format!("the model '{name}' (backend engine_grpc) needs the parameter 'url', the engine's address (host:port)")
@@ -105,7 +109,7 @@ fn engine_parameters(config: &ModelConfig, name: &str) -> Result<(String, Durati
             "the model '{name}': 'url' names one engine; a pool of engines is `--engine-grpc {name}=URL,URL` on tritium serve"
         ));
     }
-    let idle = params.number("idle_timeout_secs", DEFAULT_IDLE_TIMEOUT.as_secs())?;
+    let idle = params.number("idle_timeout_secs", idle.as_secs())?;
     if idle == 0 || idle > MAX_IDLE_TIMEOUT_SECS {
         return Err(format!("the model '{name}': parameter 'idle_timeout_secs' must be 1 to {MAX_IDLE_TIMEOUT_SECS}"));
     }
@@ -198,6 +202,7 @@ mod tests {
     use tritium_proto::inference::ModelParameter;
 
     use super::*;
+    use crate::engines::client::DEFAULT_IDLE_TIMEOUT;
 
     fn config(params: &[(&str, &str)]) -> ModelConfig {
         let mut config = ModelConfig { name: "m".into(), backend: ENGINE_GRPC_BACKEND.into(), ..Default::default() };
@@ -209,9 +214,9 @@ mod tests {
 
     #[test]
     fn the_config_names_one_engine_and_a_bounded_idle_timeout() {
-        let (url, idle) = engine_parameters(&config(&[("url", "127.0.0.1:5000")]), "m").unwrap();
+        let (url, idle) = engine_parameters(&config(&[("url", "127.0.0.1:5000")]), "m", DEFAULT_IDLE_TIMEOUT).unwrap();
         assert_eq!((url.as_str(), idle), ("http://127.0.0.1:5000", DEFAULT_IDLE_TIMEOUT));
-        let (_, idle) = engine_parameters(&config(&[("url", "h:1"), ("idle_timeout_secs", "7")]), "m").unwrap();
+        let (_, idle) = engine_parameters(&config(&[("url", "h:1"), ("idle_timeout_secs", "7")]), "m", DEFAULT_IDLE_TIMEOUT).unwrap();
         assert_eq!(idle, Duration::from_secs(7));
         for (params, named) in [
             (vec![], "needs the parameter 'url'"),
@@ -220,7 +225,7 @@ mod tests {
             (vec![("url", "h:1"), ("idle_timeout_secs", "0")], "idle_timeout_secs"),
             (vec![("url", "h:1"), ("idle_timeout_secs", "x")], "whole number"),
         ] {
-            let error = engine_parameters(&config(&params), "m").unwrap_err();
+            let error = engine_parameters(&config(&params), "m", DEFAULT_IDLE_TIMEOUT).unwrap_err();
             assert!(error.contains(named), "{error}");
         }
     }
@@ -228,7 +233,7 @@ mod tests {
     #[test]
     fn a_completed_config_has_the_language_model_tensors() {
         let mut config = config(&[("url", "h:1")]);
-        EngineGrpcFactory.complete_config(&mut config, None).unwrap();
+        EngineGrpcFactory { limits: EngineLimits::default() }.complete_config(&mut config, None).unwrap();
         assert_eq!(config.input[0].name, "text_input");
         assert!(config.model_transaction_policy.unwrap().decoupled);
     }

@@ -44,9 +44,9 @@ impl std::fmt::Debug for EngineWorker {
 }
 
 impl EngineWorker {
-    pub fn new(id: &str, target: Arc<EngineTarget>, channel: Channel, idle_timeout: Duration) -> EngineWorker {
-        let client = VllmEngineClient::new(channel).max_decoding_message_size(super::MAX_MESSAGE_BYTES);
-        EngineWorker { id: id.to_string(), target, client, idle_timeout }
+    pub fn new(id: &str, target: Arc<EngineTarget>, channel: Channel, limits: &super::EngineLimits) -> EngineWorker {
+        let client = VllmEngineClient::new(channel).max_decoding_message_size(limits.max_message);
+        EngineWorker { id: id.to_string(), target, client, idle_timeout: limits.idle_timeout }
     }
 
     /// What the engine serves, as it described it.

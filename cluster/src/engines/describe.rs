@@ -14,18 +14,18 @@ use tritium_backend_api::llm::{HfFiles, ModelKind, card_from_hf_files, push_uniq
 use tritium_proto::engine::vllm_engine_client::VllmEngineClient;
 use tritium_proto::engine::{GetModelInfoRequest, GetServerInfoRequest, GetTokenizerRequest};
 
-use super::{CALL_TIMEOUT, MAX_TOKENIZER_ARCHIVE, MAX_TOKENIZER_FILE};
+use super::{CALL_TIMEOUT, EngineLimits};
 pub use crate::discovery::engine_target::EngineTarget;
 
 /// Asks the engine at `url` (on `channel`) what it serves, under the name `name`.
-pub async fn describe(name: &str, url: &str, channel: Channel) -> Result<EngineTarget, String> {
-    let mut client = VllmEngineClient::new(channel).max_decoding_message_size(super::MAX_MESSAGE_BYTES);
+pub async fn describe(name: &str, url: &str, channel: Channel, limits: &EngineLimits) -> Result<EngineTarget, String> {
+    let mut client = VllmEngineClient::new(channel).max_decoding_message_size(limits.max_message);
     let info = deadline(client.get_model_info(GetModelInfoRequest {}), "GetModelInfo").await?;
     let server = deadline(client.get_server_info(GetServerInfoRequest {}), "GetServerInfo").await?;
-    let archive = tokenizer_archive(&mut client).await?;
+    let archive = tokenizer_archive(&mut client, limits.max_tokenizer).await?;
     let kind = if info.is_generation { ModelKind::Generate } else { ModelKind::Embed };
     let source = format!("engine-grpc:{url}");
-    let mut card = card_from_hf_files(hf_files(&archive)?, kind, &source)?;
+    let mut card = card_from_hf_files(hf_files(&archive, limits.max_tokenizer as u64)?, kind, &source)?;
     if info.max_context_length > 0 {
         card.context_length = info.max_context_length as usize;
     }
@@ -57,8 +57,8 @@ pub(super) async fn deadline<T>(
     }
 }
 
-/// The tokenizer archive, whole, within [`MAX_TOKENIZER_ARCHIVE`] and [`CALL_TIMEOUT`].
-async fn tokenizer_archive(client: &mut VllmEngineClient<Channel>) -> Result<Vec<u8>, String> {
+/// The tokenizer archive, whole, within `max` bytes and [`CALL_TIMEOUT`].
+async fn tokenizer_archive(client: &mut VllmEngineClient<Channel>, max: usize) -> Result<Vec<u8>, String> {
     let read = async {
         let mut stream = client
             .get_tokenizer(GetTokenizerRequest {})
@@ -68,8 +68,8 @@ async fn tokenizer_archive(client: &mut VllmEngineClient<Channel>) -> Result<Vec
         let mut archive = Vec::new();
         let mut digest = None;
         while let Some(chunk) = stream.message().await.map_err(|s| format!("GetTokenizer broke off: {}", s.message()))? {
-            if archive.len() + chunk.data.len() > MAX_TOKENIZER_ARCHIVE {
-                return Err(format!("the tokenizer archive is over {MAX_TOKENIZER_ARCHIVE} bytes"));
+            if archive.len() + chunk.data.len() > max {
+                return Err(format!("the tokenizer archive is over {max} bytes (--engine-grpc-max-tokenizer-size)"));
             }
             archive.extend_from_slice(&chunk.data);
             if !chunk.sha256.is_empty() {
@@ -89,8 +89,9 @@ async fn tokenizer_archive(client: &mut VllmEngineClient<Channel>) -> Result<Vec
         .map_err(|_| format!("GetTokenizer did not finish within {} s", CALL_TIMEOUT.as_secs()))?
 }
 
-/// The Hugging Face files in a tokenizer archive (top-level names only; others are ignored).
-pub fn hf_files(archive: &[u8]) -> Result<HfFiles, String> {
+/// The Hugging Face files in a tokenizer archive (top-level names only; others are ignored), each
+/// at most `max_file` bytes unpacked.
+pub fn hf_files(archive: &[u8], max_file: u64) -> Result<HfFiles, String> {
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(archive))
         .map_err(|e| format!("the tokenizer archive is not a zip file: {e}"))?;
     let mut files = HfFiles::default();
@@ -106,16 +107,16 @@ pub fn hf_files(archive: &[u8]) -> Result<HfFiles, String> {
         if !wanted {
             continue;
         }
-        if entry.size() > MAX_TOKENIZER_FILE {
-            return Err(format!("{name} in the tokenizer archive is over {MAX_TOKENIZER_FILE} bytes"));
+        if entry.size() > max_file {
+            return Err(format!("{name} in the tokenizer archive is over {max_file} bytes unpacked"));
         }
         let mut text = String::new();
         (&mut entry)
-            .take(MAX_TOKENIZER_FILE + 1)
+            .take(max_file + 1)
             .read_to_string(&mut text)
             .map_err(|e| format!("{name} in the tokenizer archive cannot be read as text: {e}"))?;
-        if text.len() as u64 > MAX_TOKENIZER_FILE {
-            return Err(format!("{name} in the tokenizer archive is over {MAX_TOKENIZER_FILE} bytes"));
+        if text.len() as u64 > max_file {
+            return Err(format!("{name} in the tokenizer archive is over {max_file} bytes unpacked"));
         }
         let json = |text: &str| -> Result<Json, String> {
             serde_json::from_str(text).map_err(|e| format!("{name} in the tokenizer archive is not JSON: {e}"))
@@ -170,7 +171,7 @@ mod tests {
             ("nested/chat_template.jinja", "ignored"),
             ("README.md", "ignored"),
         ]);
-        let files = hf_files(&zip).unwrap();
+        let files = hf_files(&zip, 1 << 20).unwrap();
         assert_eq!(files.tokenizer_json, "{\"model\": {}}");
         assert_eq!(files.chat_template.as_deref(), Some("{{ messages }}"));
         assert_eq!(files.tokenizer_config.unwrap()["eos_token"], "</s>");
@@ -178,10 +179,21 @@ mod tests {
 
     #[test]
     fn a_broken_archive_is_refused_by_what_is_wrong() {
-        assert!(hf_files(b"not a zip").unwrap_err().contains("not a zip file"));
+        assert!(hf_files(b"not a zip", 1 << 20).unwrap_err().contains("not a zip file"));
         let no_tokenizer = archive(&[("config.json", "{}")]);
-        assert!(hf_files(&no_tokenizer).unwrap_err().contains("no tokenizer.json"));
+        assert!(hf_files(&no_tokenizer, 1 << 20).unwrap_err().contains("no tokenizer.json"));
         let bad_json = archive(&[("tokenizer.json", "{}"), ("config.json", "{oops")]);
-        assert!(hf_files(&bad_json).unwrap_err().contains("config.json in the tokenizer archive is not JSON"));
+        assert!(hf_files(&bad_json, 1 << 20).unwrap_err().contains("config.json in the tokenizer archive is not JSON"));
+    }
+
+    #[test]
+    fn a_file_past_the_bound_is_refused_unpacked_or_not() {
+        // Highly compressible: small in the archive, large unpacked.
+        let big = format!("{{\"pad\": \"{}\"}}", "a".repeat(10_000));
+        let zip = archive(&[("tokenizer.json", &big)]);
+        assert!(zip.len() < 1_000);
+        let error = hf_files(&zip, 5_000).unwrap_err();
+        assert!(error.contains("tokenizer.json in the tokenizer archive is over 5000 bytes unpacked"), "{error}");
+        assert!(hf_files(&zip, 20_000).is_ok());
     }
 }

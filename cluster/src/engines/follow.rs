@@ -17,7 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tritium_proto::engine::GetLoadsRequest;
 use tritium_proto::engine::vllm_engine_client::VllmEngineClient;
 
-use super::{CALL_TIMEOUT, CONNECT_TIMEOUT, EngineSpec, EngineTarget};
+use super::{CALL_TIMEOUT, CONNECT_TIMEOUT, EngineLimits, EngineSpec, EngineTarget};
 use crate::discovery::{DeviceClass, DisaggregationMode, WorkerAddress, WorkerInstance};
 use crate::events::LoadReport;
 
@@ -33,6 +33,7 @@ type Listed = Arc<Mutex<BTreeMap<String, WorkerInstance>>>;
 /// Follows the engines of `specs` until `stop`; the receiver lists those ready to serve.
 pub fn follow(
     specs: &[EngineSpec],
+    limits: EngineLimits,
     loads: LoadSink,
     kv: super::kv::KvSink,
     stop: CancellationToken,
@@ -46,6 +47,7 @@ pub fn follow(
                 id: engine_id(&spec.name, url),
                 name: spec.name.clone(),
                 url: url.clone(),
+                limits,
                 listed: Arc::clone(&listed),
                 sender: Arc::clone(&sender),
                 loads: Arc::clone(&loads),
@@ -66,6 +68,7 @@ struct Engine {
     id: String,
     name: String,
     url: String,
+    limits: EngineLimits,
     listed: Listed,
     sender: Arc<watch::Sender<Arc<Vec<WorkerInstance>>>>,
     loads: LoadSink,
@@ -89,7 +92,7 @@ impl Engine {
                 Err(why) => Err(why),
                 Ok(()) => match &described {
                     Some(target) => Ok(Arc::clone(target)),
-                    None => match super::describe::describe(&self.name, &self.url, channel.clone()).await {
+                    None => match super::describe::describe(&self.name, &self.url, channel.clone(), &self.limits).await {
                         Ok(target) => {
                             tracing::info!(
                                 engine = %self.id, served = %target.served_name, server = %target.server_type,
@@ -104,6 +107,7 @@ impl Engine {
                                     channel.clone(),
                                     self.id.clone(),
                                     self.name.clone(),
+                                    self.limits.max_message,
                                     Arc::clone(&self.kv),
                                     stop.clone(),
                                 ));

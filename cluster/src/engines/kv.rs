@@ -97,8 +97,15 @@ impl BlockNames {
 
 /// Follows the KV events of the engine `worker` (serving `model`) on `channel` into `sink`
 /// until `stop`. An engine that publishes none (UNIMPLEMENTED) is left alone.
-pub async fn follow(channel: Channel, worker: String, model: String, sink: KvSink, stop: tokio_util::sync::CancellationToken) {
-    let mut client = VllmEngineClient::new(channel).max_decoding_message_size(super::MAX_MESSAGE_BYTES);
+pub async fn follow(
+    channel: Channel,
+    worker: String,
+    model: String,
+    max_message: usize,
+    sink: KvSink,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut client = VllmEngineClient::new(channel).max_decoding_message_size(max_message);
     loop {
         let mut names = BlockNames::default();
         let subscribed = tokio::select! {

@@ -29,11 +29,33 @@ pub use follow::follow;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The deadline of every unary call (model and server info, loads, health, abort).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest tokenizer archive read from an engine, and the largest file unpacked from it.
-pub const MAX_TOKENIZER_ARCHIVE: usize = 64 << 20;
-pub const MAX_TOKENIZER_FILE: u64 = 64 << 20;
-/// The largest message read from an engine's stream.
-pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// The default largest tokenizer archive read from an engine (and file unpacked from it).
+pub const DEFAULT_MAX_TOKENIZER_BYTES: usize = 64 << 20;
+/// The default largest message read from an engine.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// What one engine may cost: `--engine-grpc-idle-timeout`, `--engine-grpc-max-message-size` and
+/// `--engine-grpc-max-tokenizer-size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// How long a generation may go without a message (before its first token, and between two).
+    pub idle_timeout: Duration,
+    /// The largest message read from the engine (a chunk of tokens, a piece of the tokenizer
+    /// archive, a batch of KV events, a vector).
+    pub max_message: usize,
+    /// The largest tokenizer archive read, and the largest file unpacked from it.
+    pub max_tokenizer: usize,
+}
+
+impl Default for EngineLimits {
+    fn default() -> EngineLimits {
+        EngineLimits {
+            idle_timeout: client::DEFAULT_IDLE_TIMEOUT,
+            max_message: DEFAULT_MAX_MESSAGE_BYTES,
+            max_tokenizer: DEFAULT_MAX_TOKENIZER_BYTES,
+        }
+    }
+}
 
 /// `--engine-grpc NAME=URL[,URL...]`: the model `name`, served by the engines at `urls` (several
 /// form a pool the router routes between).

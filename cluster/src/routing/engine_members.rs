@@ -20,7 +20,7 @@ impl Router {
                 return None;
             }
         };
-        let client = EngineWorker::new(&instance.id, Arc::clone(target), channel, self.options.engine_idle_timeout);
+        let client = EngineWorker::new(&instance.id, Arc::clone(target), channel, &self.options.engine_limits);
         let id: Arc<str> = Arc::from(instance.id.as_str());
         self.remote_models.described(&id, vec![remote_model(target)]);
         tracing::info!(worker = %id, url = %target.url, model = %target.name, "engine joined");

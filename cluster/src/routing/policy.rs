@@ -63,8 +63,8 @@ pub struct RouterOptions {
     pub suspect_for: std::time::Duration,
     /// Sent to remote workers on every call (`--worker-token`).
     pub worker_token: Option<String>,
-    /// How long an engine reached over gRPC may stay silent mid-generation (`--engine-grpc-idle-timeout`).
-    pub engine_idle_timeout: std::time::Duration,
+    /// What an engine reached over gRPC may cost (`--engine-grpc-idle-timeout` and its siblings).
+    pub engine_limits: crate::engines::EngineLimits,
     /// A language-model worker whose KV cache is fuller than this fraction is busy (passed over;
     /// all busy: refused). `None`: never busy. Per-model values are set over HTTP.
     pub busy_threshold: Option<f64>,
@@ -111,7 +111,7 @@ impl Default for RouterOptions {
             migration_limit: 3,
             suspect_for: std::time::Duration::from_secs(5),
             worker_token: None,
-            engine_idle_timeout: crate::engines::client::DEFAULT_IDLE_TIMEOUT,
+            engine_limits: crate::engines::EngineLimits::default(),
             busy_threshold: None,
             max_local_prefill_length: DEFAULT_MAX_LOCAL_PREFILL_LENGTH,
             kv_events: true,

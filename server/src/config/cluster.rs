@@ -121,6 +121,19 @@ pub struct ClusterArgs {
     /// URL per model: the engine is served and registered as the worker's model.
     #[arg(long = "engine-grpc", env = "TRITIUM_ENGINE_GRPC", value_name = "NAME=URL", value_delimiter = ';')]
     pub engine_grpc: Vec<tritium_cluster::engines::EngineSpec>,
+    /// How long an engine reached over gRPC (--engine-grpc, `backend: "engine_grpc"`) may send
+    /// nothing in the middle of a generation (queued, or computing a long prompt) before the
+    /// request fails, in seconds.
+    #[arg(long, env = "TRITIUM_ENGINE_GRPC_IDLE_TIMEOUT", default_value_t = 300)]
+    pub engine_grpc_idle_timeout: u64,
+    /// The largest message read from an engine reached over gRPC (a chunk of tokens, a piece of
+    /// its tokenizer archive, a batch of KV events), in bytes.
+    #[arg(long, env = "TRITIUM_ENGINE_GRPC_MAX_MESSAGE_SIZE", default_value_t = tritium_cluster::engines::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub engine_grpc_max_message_size: usize,
+    /// The largest tokenizer archive read from an engine reached over gRPC (`GetTokenizer`), and
+    /// the largest file unpacked from it, in bytes.
+    #[arg(long, env = "TRITIUM_ENGINE_GRPC_MAX_TOKENIZER_SIZE", default_value_t = tritium_cluster::engines::DEFAULT_MAX_TOKENIZER_BYTES)]
+    pub engine_grpc_max_tokenizer_size: usize,
 }
 
 pub use tritium_cluster::config::{ClusterConfig, RequestPlaneConfig};
@@ -181,6 +194,13 @@ impl ClusterArgs {
         if self.lease_ttl_secs == 0 {
             return Err("--lease-ttl-secs must be at least 1".into());
         }
+        if self.engine_grpc_idle_timeout == 0 {
+            return Err("--engine-grpc-idle-timeout must be at least 1 second".into());
+        }
+        // A message must hold at least a chunk of tokens or a piece of an archive.
+        if self.engine_grpc_max_message_size < 4096 || self.engine_grpc_max_tokenizer_size < 4096 {
+            return Err("--engine-grpc-max-message-size and --engine-grpc-max-tokenizer-size must be at least 4096 bytes".into());
+        }
         Ok(ClusterConfig {
             discovery,
             scope: NamespaceScope { own: self.namespace.clone(), watch_prefix: self.namespace_prefix.clone() },
@@ -190,6 +210,11 @@ impl ClusterArgs {
             response_stream_host: self.tcp_response_stream_host,
             dynamo_max_message: self.tcp_max_message_size,
             engines: self.engine_grpc.clone(),
+            engine_limits: tritium_cluster::engines::EngineLimits {
+                idle_timeout: Duration::from_secs(self.engine_grpc_idle_timeout),
+                max_message: self.engine_grpc_max_message_size,
+                max_tokenizer: self.engine_grpc_max_tokenizer_size,
+            },
         })
     }
 }

@@ -359,7 +359,8 @@ impl ServeArgs {
         let grpc = &self.grpc;
         let env_u32 = |name: &str| env(name).and_then(|v| v.trim().parse::<u32>().ok());
         let cluster = self.cluster.config()?;
-        let router = self.router.options(cluster.lease_ttl)?;
+        let mut router = self.router.options(cluster.lease_ttl)?;
+        router.engine_limits = cluster.engine_limits;
         self.prefill_load_model.check()?;
         if router.replica_sync && !matches!(cluster.events, tritium_cluster::events::EventsConfig::Nats { .. }) {
             // Frontends are not in discovery, so ZeroMQ subscribers would never find one another.
@@ -376,7 +377,10 @@ impl ServeArgs {
             api_keys: self.auth.keys()?,
             tls: self.tls.config()?,
             metrics: self.metrics.config()?,
-            backends: self.repository.backends(&self.models)?,
+            backends: crate::backends::BackendsConfig {
+                engines: cluster.engine_limits,
+                ..self.repository.backends(&self.models)?
+            },
             http_limits: limits.http_limits(),
             limits: limits.limits()?,
             repository: RepositoryOptions {

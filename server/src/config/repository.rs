@@ -120,6 +120,8 @@ impl RepositoryArgs {
             onnxruntime: tritium_onnxruntime::OrtSettings::from_backend_config(&settings, self.onnxruntime_library.clone())?,
             #[cfg(feature = "python")]
             python: tritium_python::PythonSettings::from_backend_config(&settings, self.python_interpreter.clone())?,
+            // Set from the cluster options (`--engine-grpc-*`) by the caller.
+            engines: Default::default(),
         })
     }
 }

@@ -37,10 +37,6 @@ pub struct RouterArgs {
     #[arg(long = "kv-cache-block-size", visible_alias = "kv-block-size", env = "DYN_KV_CACHE_BLOCK_SIZE",
           default_value_t = tritium_backend_api::kv::DEFAULT_KV_BLOCK_SIZE)]
     pub kv_block_size: usize,
-    /// How long an engine reached over gRPC (--engine-grpc) may send nothing in the middle of a
-    /// generation (queued, or computing a long prompt) before the request fails, in seconds.
-    #[arg(long, env = "TRITIUM_ENGINE_GRPC_IDLE_TIMEOUT", default_value_t = 300)]
-    pub engine_grpc_idle_timeout: u64,
     /// kv mode: weight in [0, 1] of the cached-prefix share in a worker's score (0: load only).
     /// `--kv-overlap-weight` is Tritium's name.
     #[arg(
@@ -213,9 +209,6 @@ impl RouterArgs {
         if self.kv_block_size == 0 {
             return Err("--kv-cache-block-size must be at least 1".into());
         }
-        if self.engine_grpc_idle_timeout == 0 {
-            return Err("--engine-grpc-idle-timeout must be at least 1 second".into());
-        }
         if !(0.0..=1.0).contains(&self.kv_overlap_weight) {
             return Err(format!("--router-kv-overlap-score-credit must be in [0, 1], got {}", self.kv_overlap_weight));
         }
@@ -276,7 +269,8 @@ impl RouterArgs {
             migration_limit: self.migration_limit,
             suspect_for: lease_ttl,
             worker_token: self.worker_token.clone().filter(|t| !t.is_empty()),
-            engine_idle_timeout: Duration::from_secs(self.engine_grpc_idle_timeout),
+            // Set from the cluster options (`--engine-grpc-*`) by the caller.
+            engine_limits: Default::default(),
             busy_threshold: self
                 .active_decode_blocks_threshold
                 .and_then(|v| v.0)

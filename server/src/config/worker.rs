@@ -140,6 +140,7 @@ impl WorkerArgs {
             }
             _ => {}
         }
+        let cluster = self.cluster.config()?;
         let mut repository = repository_options(&self.repository, &models, &engine, true)?;
         repository.declared.extend(engine_models(&self.cluster.engine_grpc)?);
         Ok(WorkerConfig {
@@ -148,9 +149,12 @@ impl WorkerArgs {
                 response_cache: self.cache.build()?,
                 ..repository
             },
-            backends: self.repository.backends(&models)?,
+            backends: crate::backends::BackendsConfig {
+                engines: cluster.engine_limits,
+                ..self.repository.backends(&models)?
+            },
             node: NodeConfig {
-                cluster: self.cluster.config()?,
+                cluster,
                 max_message_size: self.worker_max_message_size,
                 trace: self.trace.config(|name| std::env::var(name).ok())?,
                 lora_dir: self.models.lora_dir.clone(),

@@ -203,6 +203,7 @@ def test_a_misbehaving_engine_costs_one_request_a_clear_error(mode, fragment):
         (["--engine-grpc", "smollm2=127.0.0.1"], "names no port"),
         (["--engine-grpc", "smollm2=https://127.0.0.1:1"], "the 'https' scheme is not supported for engines"),
         (["--engine-grpc", "smollm2=127.0.0.1:1", "--engine-grpc-idle-timeout", "0"], "--engine-grpc-idle-timeout must be at least 1 second"),
+        (["--engine-grpc", "smollm2=127.0.0.1:1", "--engine-grpc-max-message-size", "100"], "must be at least 4096 bytes"),
     ],
 )
 def test_engine_options_are_checked_at_start(args, fragment):
@@ -234,6 +235,20 @@ def test_a_traced_request_hands_its_trace_to_the_engine(tmp_path):
         traced.completions.create(**france())
         calls = [line for line in replay.lines if line.startswith("generate tritium-")]
         assert len(calls) == 1 and f"traceparent=00-{caller_trace}-" in calls[0], calls
+    finally:
+        finish_server(server)
+        replay.stop()
+
+
+def test_a_tokenizer_past_its_bound_keeps_the_engine_out_saying_why():
+    """--engine-grpc-max-tokenizer-size bounds the GetTokenizer archive (and each file unpacked from it)."""
+    replay = Replay()
+    server = start_server("--engine-grpc", f"{MODEL}={replay.address}", "--engine-grpc-max-tokenizer-size", "4096")
+    try:
+        said = lambda: "the tokenizer archive is over 4096 bytes (--engine-grpc-max-tokenizer-size)" in server.stderr()  # noqa: E731
+        assert wait_for(said, timeout=30), server.stderr()[-2000:]
+        assert MODEL not in requests.get(server.http_url + "/v1/models", timeout=5).text
+        assert requests.get(server.http_url + "/v2/health/ready", timeout=5).status_code == 200
     finally:
         finish_server(server)
         replay.stop()
