@@ -27,6 +27,8 @@ pub struct ClusterConfig {
     pub engines: Vec<crate::engines::EngineSpec>,
     /// What each of those engines, and each `backend: "engine_grpc"` model, may cost.
     pub engine_limits: crate::engines::EngineLimits,
+    /// TLS on the worker plane (`DYN_TCP_TLS_*`): what a worker serves with, what a process dials with.
+    pub plane_tls: crate::remote::PlaneTlsFiles,
 }
 
 /// `--request-plane`, resolved.
@@ -48,6 +50,10 @@ impl Default for ClusterConfig {
             dynamo_max_message: crate::dynamo::MAX_MESSAGE_BYTES,
             engines: Vec::new(),
             engine_limits: crate::engines::EngineLimits::default(),
+            plane_tls: crate::remote::PlaneTlsFiles {
+                handshake_timeout: crate::remote::tls::DEFAULT_HANDSHAKE_TIMEOUT,
+                ..Default::default()
+            },
         }
     }
 }

@@ -98,21 +98,34 @@ pub fn nats_options(
 fn insecure_tls(client: Option<(PathBuf, PathBuf)>) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("NATS_TLS_INSECURE: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServerCertificate(provider)));
-    match client {
+    let identity = match client {
         Some((cert, key)) => {
             let certs = CertificateDer::pem_file_iter(&cert)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|_| format!("NATS_TLS_CLIENT_CERT_PATH names {}, which holds no PEM certificate", cert.display()))?;
             let key = PrivateKeyDer::from_pem_file(&key)
                 .map_err(|_| format!("NATS_TLS_CLIENT_KEY_PATH names {}, which holds no PEM private key", key.display()))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| format!("NATS_TLS_CLIENT_CERT_PATH: {e}"))
+            Some((certs, key))
         }
+        None => None,
+    };
+    insecure_tls_config(identity, "NATS_TLS_INSECURE")
+}
+
+/// A client TLS configuration that takes any server certificate (`variable` names the setting
+/// that asked for it), presenting `identity` when given.
+pub(crate) fn insecure_tls_config(
+    identity: Option<(Vec<rustls_pki_types::CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>)>,
+    variable: &str,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("{variable}: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServerCertificate(provider)));
+    match identity {
+        Some((certs, key)) => builder.with_client_auth_cert(certs, key).map_err(|e| format!("{variable}: the client certificate: {e}")),
         None => Ok(builder.with_no_client_auth()),
     }
 }
@@ -213,7 +226,7 @@ const MAX_PEM_BYTES: u64 = 1 << 20;
 
 /// A small text file a variable names, read whole up to `limit` bytes; errors name the variable
 /// and the path, never the contents.
-fn read_bounded(variable: &str, path: &str, limit: u64) -> Result<String, String> {
+pub(crate) fn read_bounded(variable: &str, path: &str, limit: u64) -> Result<String, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| format!("{variable} names {path}, which cannot be read: {}", e.kind()))?;
     let mut bytes = Vec::new();

@@ -28,8 +28,8 @@ const LOAD_EVERY: Duration = Duration::from_millis(500);
 /// Where a worker process takes calls on the worker plane.
 #[derive(Debug)]
 pub enum PlaneListener {
-    /// Its own TCP listener, dialed at `advertised`.
-    Tcp { listener: TcpListener, advertised: String },
+    /// Its own TCP listener, dialed at `advertised`, over TLS when `tls` is given.
+    Tcp { listener: TcpListener, advertised: String, tls: Option<crate::remote::ServerTls> },
     /// Subjects on the NATS request plane.
     Nats(NatsListener),
 }
@@ -160,8 +160,11 @@ impl WorkerNode {
         let stopped = stop_serving.clone().cancelled_owned();
         let mut server: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>> =
             match listener {
-                PlaneListener::Tcp { listener, .. } => {
+                PlaneListener::Tcp { listener, tls: None, .. } => {
                     Box::pin(router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopped))
+                }
+                PlaneListener::Tcp { listener, tls: Some(tls), .. } => {
+                    Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), stopped))
                 }
                 PlaneListener::Nats(listener) => Box::pin(router.serve_with_incoming_shutdown(listener.incoming(), stopped)),
             };

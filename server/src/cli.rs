@@ -274,17 +274,21 @@ pub async fn serve_worker(
                 )
                 .into());
             }
-            (PlaneListener::Tcp { listener, advertised: args.listen.advertised_uri(addr) }, Some(addr))
+            let tls = config.node.cluster.plane_tls.server()?;
+            (PlaneListener::Tcp { listener, advertised: args.listen.advertised_uri(addr), tls }, Some(addr))
         }
         RequestPlaneConfig::Nats { url } => {
             let plane = NatsPlane::connect(url, &id).await?;
             let max = args.listen.request_plane_max_connections as usize;
             let listener = plane.listen(&config.node.cluster.scope.own, &id, max).await?;
             // Prefill workers this one pulls from may be on the NATS plane too.
-            config.node.transfers.dialer = Dialer::Nats(plane);
+            config.node.transfers.dialer = Dialer::nats(plane);
             (PlaneListener::Nats(listener), None)
         }
     };
+    // Prefill workers this one pulls KV blocks from are dialed over the plane's TLS too.
+    let dialing_tls = config.node.cluster.plane_tls.client()?;
+    config.node.transfers.dialer = std::mem::take(&mut config.node.transfers.dialer).with_tls(dialing_tls);
     let address = listener.address();
     let WorkerConfig { repository, backends: settings, node } = config;
     let repository = tokio::task::spawn_blocking(move || {

@@ -260,10 +260,14 @@ impl Tritium {
         let cluster = &self.config.cluster;
         let discovery: Arc<dyn Discovery> = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
         let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.scope, Arc::clone(&discovery)).await?;
-        if let config::RequestPlaneConfig::Nats { url } = &cluster.request_plane {
-            let plane = remote::NatsPlane::connect(url, &cluster.scope.own).await.map_err(StartError::RequestPlane)?;
-            self.state.router.set_dialer(remote::Dialer::Nats(plane));
-        }
+        let plane_tls = cluster.plane_tls.client().map_err(StartError::Tls)?;
+        let dialer = match &cluster.request_plane {
+            config::RequestPlaneConfig::Nats { url } => {
+                remote::Dialer::nats(remote::NatsPlane::connect(url, &cluster.scope.own).await.map_err(StartError::RequestPlane)?)
+            }
+            config::RequestPlaneConfig::Tcp => remote::Dialer::default(),
+        };
+        self.state.router.set_dialer(dialer.with_tls(plane_tls));
         let poller = self.state.repository.spawn_poller(stop.clone());
         if cluster.is_distributed() {
             routing::snapshot::start(&self.state.router, Arc::clone(&discovery), stop.clone()).await;

@@ -3,6 +3,8 @@
 //! end-of-sequence ids. Pure JSON work, so engines loading a folder and frontends reading a
 //! remote worker's files (Dynamo's model cards) build the same card.
 
+use std::path::Path;
+
 use serde_json::Value as Json;
 
 use super::{ModelCard, ModelKind};
@@ -19,6 +21,58 @@ pub struct HfFiles {
     pub chat_template: Option<String>,
     /// Embedders: `sentence_bert_config.json` (its `max_seq_length`).
     pub sentence_bert_config: Option<Json>,
+}
+
+/// The Hugging Face files of the model folder `dir` (`tokenizer.json` required, the others when
+/// present; `sentence_bert_config.json` for embedders), each read whole up to `max_file` bytes.
+/// Errors name the file, never its contents.
+pub fn hf_files_from_dir(dir: &Path, kind: ModelKind, max_file: u64) -> Result<HfFiles, String> {
+    let source = dir.display();
+    let tokenizer_json = read_hf_text(dir, "tokenizer.json", max_file)?
+        .ok_or_else(|| format!("{source}: there is no tokenizer.json; only models with a tokenizer.json are supported"))?;
+    let chat_template = match read_hf_text(dir, "chat_template.jinja", max_file)? {
+        Some(template) => Some(template),
+        // Newer `transformers` write the template next to the config instead of into it.
+        None => read_hf_json(dir, "chat_template.json", max_file)?.as_ref().and_then(template_of_config),
+    };
+    Ok(HfFiles {
+        tokenizer_json,
+        tokenizer_config: read_hf_json(dir, "tokenizer_config.json", max_file)?,
+        config: read_hf_json(dir, "config.json", max_file)?,
+        generation_config: read_hf_json(dir, "generation_config.json", max_file)?,
+        chat_template,
+        sentence_bert_config: match kind {
+            ModelKind::Embed => read_hf_json(dir, "sentence_bert_config.json", max_file)?,
+            ModelKind::Generate => None,
+        },
+    })
+}
+
+/// `dir/name` as text, at most `limit` bytes; `None` when there is no such file.
+fn read_hf_text(dir: &Path, name: &str, limit: u64) -> Result<Option<String>, String> {
+    use std::io::Read;
+    let path = dir.join(name);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {}", path.display(), e.kind())),
+    };
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("{} is larger than {limit} bytes", path.display()));
+    }
+    String::from_utf8(bytes).map(Some).map_err(|_| format!("{} is not UTF-8 text", path.display()))
+}
+
+/// `dir/name` parsed as JSON, at most `limit` bytes; `None` when there is no such file.
+pub fn read_hf_json(dir: &Path, name: &str, limit: u64) -> Result<Option<Json>, String> {
+    match read_hf_text(dir, name, limit)? {
+        None => Ok(None),
+        Some(text) => {
+            serde_json::from_str(&text).map(Some).map_err(|e| format!("{} is not valid JSON: {e}", dir.join(name).display()))
+        }
+    }
 }
 
 /// The card of a model in the Hugging Face layout, from its files' contents (`source` names the

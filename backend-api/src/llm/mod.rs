@@ -22,7 +22,7 @@ use tritium_proto::inference::{ModelConfig, ModelInput, ModelOutput, ModelTransa
 
 pub use card::{ModelCard, ModelKind, OPENAI_COMPLETION_TOKENS};
 pub use parser_names::{OutputParserNames, REASONING_PARSER_NAMES, TOOL_CALL_PARSER_NAMES};
-pub use hf_card::{HfFiles, card_from_hf_files, push_unique, template_of_config};
+pub use hf_card::{HfFiles, card_from_hf_files, hf_files_from_dir, push_unique, read_hf_json, template_of_config};
 pub use constraint::Constraint;
 pub use kv_transfer::{ExportedBlock, ImportedBlocks, KvExport, TransferLayout};
 pub use text_input::{OpenAiApi, OpenAiChunks, OpenAiRequest, PrefillHandoff};

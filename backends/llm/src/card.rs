@@ -13,7 +13,7 @@ use candle_core::quantized::gguf_file::Content;
 
 use serde_json::Value as Json;
 
-use tritium_backend_api::llm::{HfFiles, ModelCard, ModelKind, card_from_hf_files, push_unique, template_of_config};
+use tritium_backend_api::llm::{ModelCard, ModelKind, card_from_hf_files, push_unique};
 
 use crate::gguf_tokenizer::{self, meta_bool, meta_str, meta_u64, token_at};
 
@@ -75,26 +75,14 @@ pub fn card_from_gguf_file(path: &Path) -> Result<ModelCard, String> {
     card_from_gguf(&content, &path.display().to_string())
 }
 
+/// The largest Hugging Face file read from a model folder (a tokenizer.json is tens of MB).
+const MAX_HF_FILE: u64 = 512 << 20;
+
 /// The card of a model in the Hugging Face layout: `tokenizer.json`, `tokenizer_config.json`,
 /// `config.json`, `generation_config.json` and, for embedders, `sentence_bert_config.json`, read
 /// from `dir` and built by [`card_from_hf_files`].
 pub fn card_from_hf_dir(dir: &Path, kind: ModelKind) -> Result<ModelCard, String> {
-    let source = dir.display().to_string();
-    let tokenizer_json = fs::read_to_string(dir.join("tokenizer.json")).map_err(|e| {
-        format!("{source}: cannot read tokenizer.json ({e}); only models with a tokenizer.json are supported")
-    })?;
-    let files = HfFiles {
-        tokenizer_json,
-        tokenizer_config: read_json(dir, "tokenizer_config.json")?,
-        config: read_json(dir, "config.json")?,
-        generation_config: read_json(dir, "generation_config.json")?,
-        chat_template: chat_template_file(dir)?,
-        sentence_bert_config: match kind {
-            ModelKind::Embed => read_json(dir, "sentence_bert_config.json")?,
-            ModelKind::Generate => None,
-        },
-    };
-    card_from_hf_files(files, kind, &source)
+    card_from_hf_files(tritium_backend_api::llm::hf_files_from_dir(dir, kind, MAX_HF_FILE)?, kind, &dir.display().to_string())
 }
 
 /// What `path` holds: a `.gguf` file is a language model; a Hugging Face folder is told apart by
@@ -168,21 +156,7 @@ const GENERATOR_TYPES: &[&str] = &[
 ];
 
 fn read_json(dir: &Path, name: &str) -> Result<Option<Json>, String> {
-    let path = dir.join(name);
-    match fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| format!("{} is not valid JSON: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
-}
-
-/// Newer `transformers` write the template next to the config instead of into it.
-fn chat_template_file(dir: &Path) -> Result<Option<String>, String> {
-    let jinja = dir.join("chat_template.jinja");
-    if jinja.is_file() {
-        return fs::read_to_string(&jinja).map(Some).map_err(|e| format!("cannot read {}: {e}", jinja.display()));
-    }
-    Ok(read_json(dir, "chat_template.json")?.as_ref().and_then(template_of_config))
+    tritium_backend_api::llm::read_hf_json(dir, name, MAX_HF_FILE)
 }
 
 #[cfg(test)]

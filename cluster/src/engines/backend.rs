@@ -1,5 +1,6 @@
 //! `backend: "engine_grpc"`: a model repository's model that is an engine reached over its gRPC.
-//! The config names the engine in its parameters (`url`, and optionally `idle_timeout_secs`);
+//! The config names the engine in its parameters (`url`; optionally `idle_timeout_secs`, and
+//! `tokenizer_path`, a folder inside the model folder, for engines that send no tokenizer);
 //! loading the model connects, checks the engine's `grpc.health.v1` status (an engine still
 //! warming up fails the load, which says so) and asks it what it serves, as `--engine-grpc`
 //! does. The model is then a language model (or an embedder) like any other in the repository:
@@ -22,8 +23,8 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 use tritium_backend_api::llm::{
-    EmbeddingModel, EngineStats, GenerateError, GenerateRequest, LanguageModel, ModelCard, ModelKind, TokenStream,
-    complete_llm_config,
+    EmbeddingModel, EngineStats, GenerateError, GenerateRequest, HfFiles, LanguageModel, ModelCard, ModelKind, TokenStream,
+    complete_llm_config, hf_files_from_dir,
 };
 use tritium_backend_api::{BackendContext, BackendFactory, BackendRegistry, Engine, WorkerError};
 use tritium_proto::inference::ModelConfig;
@@ -55,6 +56,7 @@ impl BackendFactory for EngineGrpcFactory {
         let limits = EngineLimits { idle_timeout, ..self.limits };
         let runtime =
             Handle::try_current().map_err(|_| format!("the model '{name}' (engine_grpc) loads only inside the server"))?;
+        let tokenizer = tokenizer_files(context, self.limits.max_tokenizer as u64)?;
         let reach = {
             let (name, url) = (name.clone(), url.clone());
             async move {
@@ -68,7 +70,7 @@ impl BackendFactory for EngineGrpcFactory {
                 super::follow::health(&channel)
                     .await
                     .map_err(|why| format!("the engine at {url} is not serving ({why}): load the model again once it is"))?;
-                let target = super::describe::describe(&name, &url, channel.clone(), &limits).await?;
+                let target = super::describe::describe(&name, &url, channel.clone(), &limits, tokenizer).await?;
                 Ok::<_, String>((target, channel))
             }
         };
@@ -96,6 +98,21 @@ impl BackendFactory for EngineGrpcFactory {
         complete_llm_config(config);
         Ok(())
     }
+}
+
+/// The tokenizer files the config names (`tokenizer_path`, a folder inside the model folder),
+/// for engines that do not send theirs (`GetTokenizer`); each file at most `max_file` bytes.
+fn tokenizer_files(context: &BackendContext<'_>, max_file: u64) -> Result<Option<HfFiles>, String> {
+    let Some(named) = context.params().text("tokenizer_path") else { return Ok(None) };
+    let model = context.model_name;
+    tritium_backend_api::model_files::confined(named).map_err(|why| format!("the model '{model}': tokenizer_path {why}"))?;
+    let dir = tritium_backend_api::model_files::resolve_model_file(context.model_dir, named)
+        .map_err(|why| format!("the model '{model}': tokenizer_path {why}"))?;
+    if !dir.is_dir() {
+        return Err(format!("the model '{model}': tokenizer_path '{named}' must be a folder of Hugging Face tokenizer files"));
+    }
+    // The kind is the engine's to say; an embedder's sentence-transformers file is not needed for its tokens.
+    hf_files_from_dir(&dir, ModelKind::Generate, max_file).map(Some).map_err(|why| format!("the model '{model}': {why}"))
 }
 
 /// The engine's URL and idle bound from a config's parameters, or why they are wrong.
@@ -216,7 +233,8 @@ mod tests {
     fn the_config_names_one_engine_and_a_bounded_idle_timeout() {
         let (url, idle) = engine_parameters(&config(&[("url", "127.0.0.1:5000")]), "m", DEFAULT_IDLE_TIMEOUT).unwrap();
         assert_eq!((url.as_str(), idle), ("http://127.0.0.1:5000", DEFAULT_IDLE_TIMEOUT));
-        let (_, idle) = engine_parameters(&config(&[("url", "h:1"), ("idle_timeout_secs", "7")]), "m", DEFAULT_IDLE_TIMEOUT).unwrap();
+        let (_, idle) =
+            engine_parameters(&config(&[("url", "h:1"), ("idle_timeout_secs", "7")]), "m", DEFAULT_IDLE_TIMEOUT).unwrap();
         assert_eq!(idle, Duration::from_secs(7));
         for (params, named) in [
             (vec![], "needs the parameter 'url'"),

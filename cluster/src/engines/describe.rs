@@ -17,15 +17,25 @@ use tritium_proto::engine::{GetModelInfoRequest, GetServerInfoRequest, GetTokeni
 use super::{CALL_TIMEOUT, EngineLimits};
 pub use crate::discovery::engine_target::EngineTarget;
 
-/// Asks the engine at `url` (on `channel`) what it serves, under the name `name`.
-pub async fn describe(name: &str, url: &str, channel: Channel, limits: &EngineLimits) -> Result<EngineTarget, String> {
+/// Asks the engine at `url` (on `channel`) what it serves, under the name `name`; its tokenizer
+/// comes from `GetTokenizer` unless `tokenizer` gives the files.
+pub async fn describe(
+    name: &str,
+    url: &str,
+    channel: Channel,
+    limits: &EngineLimits,
+    tokenizer: Option<HfFiles>,
+) -> Result<EngineTarget, String> {
     let mut client = VllmEngineClient::new(channel).max_decoding_message_size(limits.max_message);
     let info = deadline(client.get_model_info(GetModelInfoRequest {}), "GetModelInfo").await?;
     let server = deadline(client.get_server_info(GetServerInfoRequest {}), "GetServerInfo").await?;
-    let archive = tokenizer_archive(&mut client, limits.max_tokenizer).await?;
+    let files = match tokenizer {
+        Some(files) => files,
+        None => hf_files(&tokenizer_archive(&mut client, limits.max_tokenizer).await?, limits.max_tokenizer as u64)?,
+    };
     let kind = if info.is_generation { ModelKind::Generate } else { ModelKind::Embed };
     let source = format!("engine-grpc:{url}");
-    let mut card = card_from_hf_files(hf_files(&archive, limits.max_tokenizer as u64)?, kind, &source)?;
+    let mut card = card_from_hf_files(files, kind, &source)?;
     if info.max_context_length > 0 {
         card.context_length = info.max_context_length as usize;
     }

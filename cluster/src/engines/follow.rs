@@ -92,7 +92,7 @@ impl Engine {
                 Err(why) => Err(why),
                 Ok(()) => match &described {
                     Some(target) => Ok(Arc::clone(target)),
-                    None => match super::describe::describe(&self.name, &self.url, channel.clone(), &self.limits).await {
+                    None => match super::describe::describe(&self.name, &self.url, channel.clone(), &self.limits, None).await {
                         Ok(target) => {
                             tracing::info!(
                                 engine = %self.id, served = %target.served_name, server = %target.server_type,

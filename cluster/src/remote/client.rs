@@ -133,7 +133,7 @@ impl RemoteWorker {
 
     /// [`RemoteWorker::new`], sending the worker-plane `token` on every call.
     pub fn with_token(id: &str, uri: &str, max_message_size: usize, token: Option<&str>) -> Result<RemoteWorker, WorkerError> {
-        RemoteWorker::dial(id, uri, max_message_size, token, &Dialer::Tcp)
+        RemoteWorker::dial(id, uri, max_message_size, token, &Dialer::default())
     }
 
     /// [`RemoteWorker::with_token`], reaching a worker whose address is on the NATS request
@@ -156,17 +156,22 @@ impl RemoteWorker {
         let channel = match dialer.nats_channel(uri) {
             Some(channel) => channel
                 .map_err(|why| WorkerError::Failed { code: ErrorCode::InvalidArg, message: format!("worker '{id}': {why}") })?,
-            None => Endpoint::from_shared(uri.to_string())
-                .map_err(|e| WorkerError::Failed {
-                    code: ErrorCode::InvalidArg,
-                    message: format!("worker '{id}' has an invalid address '{uri}': {e}"),
-                })?
-                .tcp_nodelay(true)
-                .connect_timeout(CONNECT_TIMEOUT)
-                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-                .keep_alive_while_idle(true)
-                .connect_lazy(),
+            None => {
+                let endpoint = Endpoint::from_shared(uri.to_string())
+                    .map_err(|e| WorkerError::Failed {
+                        code: ErrorCode::InvalidArg,
+                        message: format!("worker '{id}' has an invalid address '{uri}': {e}"),
+                    })?
+                    .tcp_nodelay(true)
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true);
+                match dialer.tls() {
+                    Some(tls) => endpoint.connect_with_connector_lazy(super::tls::TlsDial::new(Arc::clone(tls), CONNECT_TIMEOUT)),
+                    None => endpoint.connect_lazy(),
+                }
+            }
         };
         let client = WorkerRpc::with_interceptor(channel, token)
             .max_decoding_message_size(max_message_size)

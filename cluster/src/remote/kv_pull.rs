@@ -45,7 +45,7 @@ impl Default for TransferOptions {
             timeout: Duration::from_secs(30),
             token: None,
             max_message_size: 64 << 20,
-            dialer: super::Dialer::Tcp,
+            dialer: super::Dialer::default(),
         }
     }
 }

@@ -46,11 +46,13 @@ pub mod nats_plane;
 mod service;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub use client::{RemoteModel, RemoteWorker};
 pub use drain::{InFlight, InFlightGuard};
 pub use kv_pull::TransferOptions;
 pub use nats_plane::{Dialer, NatsListener, NatsPlane};
+pub use tls::{ClientTls, PlaneTlsFiles, ServerTls};
 pub use service::{DRAINING_MESSAGE, WorkerService, worker_service};
 
 /// The metadata key that marks a status as the worker's own answer.

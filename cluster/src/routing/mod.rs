@@ -313,6 +313,7 @@ impl Router {
     fn update_members(&self, instances: &[WorkerInstance]) -> Vec<(Arc<str>, Arc<crate::remote::RemoteWorker>)> {
         let mut members = self.members.lock();
         let mut to_describe = Vec::new();
+        let plain = crate::remote::Dialer::default();
         let mut listed: Vec<Arc<str>> = Vec::new();
         let mut table: HashMap<String, Vec<Member>> = HashMap::new();
         for instance in instances {
@@ -335,7 +336,7 @@ impl Router {
                         uri,
                         self.max_message_size,
                         self.options.worker_token.as_deref(),
-                        self.dialer.get().unwrap_or(&crate::remote::Dialer::Tcp),
+                        self.dialer.get().unwrap_or(&plain),
                     ) {
                         Ok(remote) => Arc::new(remote),
                         Err(e) => {

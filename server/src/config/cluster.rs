@@ -134,6 +134,37 @@ pub struct ClusterArgs {
     /// the largest file unpacked from it, in bytes.
     #[arg(long, env = "TRITIUM_ENGINE_GRPC_MAX_TOKENIZER_SIZE", default_value_t = tritium_cluster::engines::DEFAULT_MAX_TOKENIZER_BYTES)]
     pub engine_grpc_max_tokenizer_size: usize,
+    /// Worker-plane TLS (Dynamo's variable): this worker's PEM certificate; with
+    /// --tcp-tls-key-path, the worker plane is served over TLS.
+    #[arg(long, env = "DYN_TCP_TLS_CERT_PATH", value_name = "PEM")]
+    pub tcp_tls_cert_path: Option<PathBuf>,
+    /// Worker-plane TLS: the PEM private key of --tcp-tls-cert-path.
+    #[arg(long, env = "DYN_TCP_TLS_KEY_PATH", value_name = "PEM")]
+    pub tcp_tls_key_path: Option<PathBuf>,
+    /// Worker-plane TLS: the PEM CA certificates a worker dialed must chain to; workers are
+    /// dialed over TLS when it (or --tcp-tls-insecure) is given.
+    #[arg(long, env = "DYN_TCP_TLS_CA_CERT_PATH", value_name = "PEM")]
+    pub tcp_tls_ca_cert_path: Option<PathBuf>,
+    /// Worker-plane TLS: dial workers over TLS taking any certificate (local development only).
+    #[arg(long, env = "DYN_TCP_TLS_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub tcp_tls_insecure: bool,
+    /// Worker-plane TLS: the name a dialed worker's certificate must carry, instead of the host
+    /// it is dialed at (useful when dialing by address).
+    #[arg(long, env = "DYN_TCP_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tcp_tls_server_name: Option<String>,
+    /// Worker-plane TLS: how long a handshake may take, in seconds, on both ends.
+    #[arg(long = "tcp-tls-handshake-timeout", env = "DYN_TCP_TLS_HANDSHAKE_TIMEOUT_SECS", default_value_t = 3)]
+    pub tcp_tls_handshake_timeout_secs: u64,
+    /// Worker-plane mutual TLS: the PEM certificate this process presents when it dials a worker.
+    #[arg(long, env = "DYN_TCP_TLS_CLIENT_CERT_PATH", value_name = "PEM")]
+    pub tcp_tls_client_cert_path: Option<PathBuf>,
+    /// Worker-plane mutual TLS: the PEM private key of --tcp-tls-client-cert-path.
+    #[arg(long, env = "DYN_TCP_TLS_CLIENT_KEY_PATH", value_name = "PEM")]
+    pub tcp_tls_client_key_path: Option<PathBuf>,
+    /// Worker-plane mutual TLS: the PEM CA certificates a worker requires its callers'
+    /// certificates to chain to.
+    #[arg(long, env = "DYN_TCP_TLS_CLIENT_CA_CERT_PATH", value_name = "PEM")]
+    pub tcp_tls_client_ca_cert_path: Option<PathBuf>,
 }
 
 pub use tritium_cluster::config::{ClusterConfig, RequestPlaneConfig};
@@ -194,6 +225,18 @@ impl ClusterArgs {
         if self.lease_ttl_secs == 0 {
             return Err("--lease-ttl-secs must be at least 1".into());
         }
+        let plane_tls = tritium_cluster::remote::PlaneTlsFiles {
+            cert: self.tcp_tls_cert_path.clone(),
+            key: self.tcp_tls_key_path.clone(),
+            ca: self.tcp_tls_ca_cert_path.clone(),
+            insecure: self.tcp_tls_insecure,
+            server_name: self.tcp_tls_server_name.clone().filter(|name| !name.is_empty()),
+            handshake_timeout: Duration::from_secs(self.tcp_tls_handshake_timeout_secs),
+            client_cert: self.tcp_tls_client_cert_path.clone(),
+            client_key: self.tcp_tls_client_key_path.clone(),
+            client_ca: self.tcp_tls_client_ca_cert_path.clone(),
+        };
+        plane_tls.check()?;
         if self.engine_grpc_idle_timeout == 0 {
             return Err("--engine-grpc-idle-timeout must be at least 1 second".into());
         }
@@ -215,6 +258,7 @@ impl ClusterArgs {
                 max_message: self.engine_grpc_max_message_size,
                 max_tokenizer: self.engine_grpc_max_tokenizer_size,
             },
+            plane_tls,
         })
     }
 }
@@ -356,7 +400,7 @@ impl DisaggregationArgs {
             token,
             max_message_size,
             // Set once the request plane is up (see `serve_worker`).
-            dialer: tritium_cluster::remote::Dialer::Tcp,
+            dialer: tritium_cluster::remote::Dialer::default(),
         })
     }
 }

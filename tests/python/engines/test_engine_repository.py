@@ -200,3 +200,29 @@ def test_an_embedding_engine_serves_embeddings_from_the_ids_tritium_tokenized(fo
     finally:
         finish_server(server)
         embedder.stop()
+
+
+def test_an_engine_without_a_tokenizer_uses_the_files_the_config_names(tmp_path):
+    """`tokenizer_path` (a folder inside the model folder) stands in for `GetTokenizer`: the answers are the same."""
+    import zipfile
+
+    from engine_replay import FIXTURE
+
+    silent = Replay("--no-tokenizer")
+    model_dir = write_model(tmp_path, MODEL, engine_config(silent.address, 'parameters { key: "tokenizer_path" value { string_value: "tokenizer" } }\n'))
+    with zipfile.ZipFile(FIXTURE / "tokenizer.zip") as archive:
+        archive.extractall(model_dir / "tokenizer")
+    write_model(tmp_path, "outside", engine_config(silent.address, 'parameters { key: "tokenizer_path" value { string_value: "../smollm2/tokenizer" } }\n').replace(f'"{MODEL}"', '"outside"', 1))
+    write_model(tmp_path, "without", engine_config(silent.address).replace(f'"{MODEL}"', '"without"', 1))
+    server = start_server("--model-repository", str(tmp_path), "--model-control-mode", "explicit")
+    grpc = grpcclient.InferenceServerClient(server.url)
+    try:
+        grpc.load_model(MODEL)
+        answers_like_vllm(server)
+        with pytest.raises(InferenceServerException, match="tokenizer_path '../smollm2/tokenizer' must be a relative path inside the model folder"):
+            grpc.load_model("outside")
+        with pytest.raises(InferenceServerException, match="GetTokenizer failed"):
+            grpc.load_model("without")
+    finally:
+        finish_server(server)
+        silent.stop()

@@ -13,7 +13,8 @@
 //! sends the recorded frames a second apart, `late` answers each call 5 s late; `warming` answers
 //! `grpc.health.v1` with NOT_SERVING, as an engine still warming up. `--embedder` makes it an
 //! embedding engine (`is_generation` false) whose `Embed` answers a function of the token ids it
-//! gets (count, sum / 1000, first, last) and prints `embed ID,ID,...`.
+//! gets (count, sum / 1000, first, last) and prints `embed ID,ID,...`; `--no-tokenizer` answers
+//! `GetTokenizer` with UNIMPLEMENTED.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -47,6 +48,8 @@ struct Replay {
     misbehave: Misbehave,
     /// `--embedder`: the engine says it is an embedding model and answers `Embed`.
     embedder: bool,
+    /// `--no-tokenizer`: `GetTokenizer` is UNIMPLEMENTED, as on engines that send none.
+    no_tokenizer: bool,
 }
 
 /// What `--embedder` answers for the token ids `ids` (nothing recorded: a function of the ids the
@@ -272,6 +275,9 @@ impl VllmEngine for Replay {
     }
 
     async fn get_tokenizer(&self, _: Request<GetTokenizerRequest>) -> Result<Response<Self::GetTokenizerStream>, Status> {
+        if self.no_tokenizer {
+            return Err(Status::unimplemented("this engine sends no tokenizer"));
+        }
         let digest: String = sha2::Sha256::digest(&self.tokenizer).iter().map(|b| format!("{b:02x}")).collect();
         let pieces: Vec<&[u8]> = self.tokenizer.chunks(64 << 10).collect();
         let last = pieces.len().saturating_sub(1);
@@ -326,10 +332,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut fixture = None;
     let mut misbehave = Misbehave::None;
     let mut embedder = false;
+    let mut no_tokenizer = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--fixture" => fixture = args.next(),
             "--embedder" => embedder = true,
+            "--no-tokenizer" => no_tokenizer = true,
             "--misbehave" => {
                 misbehave = match args.next().as_deref() {
                     Some("unfinished") => Misbehave::Unfinished,
@@ -350,7 +358,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(fixture.ok_or("--fixture DIR is required")?);
     let exchange: Json = serde_json::from_slice(&std::fs::read(dir.join("exchange.json"))?)?;
     let tokenizer = std::fs::read(dir.join(exchange["tokenizer"]["file"].as_str().unwrap_or("tokenizer.zip")))?;
-    let replay = Replay { exchange, tokenizer, misbehave, embedder };
+    let replay = Replay { exchange, tokenizer, misbehave, embedder, no_tokenizer };
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let address = listener.local_addr()?;

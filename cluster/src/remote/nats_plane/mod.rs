@@ -137,25 +137,43 @@ impl NatsPlane {
     }
 }
 
-/// How a process reaches workers: their TCP listeners, or also the NATS request plane.
+/// How a process reaches workers: their TCP listeners (over TLS when it has a client side of the
+/// worker plane's TLS), and the NATS request plane when it is on it.
 #[derive(Debug, Clone, Default)]
-pub enum Dialer {
-    #[default]
-    Tcp,
-    Nats(Arc<NatsPlane>),
+pub struct Dialer {
+    nats: Option<Arc<NatsPlane>>,
+    tls: Option<Arc<super::tls::ClientTls>>,
 }
 
 impl Dialer {
+    /// Workers on their TCP listeners and on the NATS request plane `plane`.
+    pub fn nats(plane: Arc<NatsPlane>) -> Dialer {
+        Dialer { nats: Some(plane), tls: None }
+    }
+
+    /// The same, dialing TCP listeners over TLS with `tls` (plaintext when `None`).
+    pub fn with_tls(self, tls: Option<Arc<super::tls::ClientTls>>) -> Dialer {
+        Dialer { tls, ..self }
+    }
+
+    pub fn nats_plane(&self) -> Option<&Arc<NatsPlane>> {
+        self.nats.as_ref()
+    }
+
+    pub fn tls(&self) -> Option<&Arc<super::tls::ClientTls>> {
+        self.tls.as_ref()
+    }
+
     /// A lazy channel to the worker advertised at `address` on this plane, or `None` when it
     /// is no NATS address (the caller dials TCP).
     pub(crate) fn nats_channel(&self, address: &str) -> Option<Result<Channel, String>> {
         let stem = address.strip_prefix(SCHEME)?;
-        Some(match self {
-            Dialer::Tcp => Err(format!(
+        Some(match &self.nats {
+            None => Err(format!(
                 "it serves on the NATS request plane ({address}): start this process with --request-plane nats \
                  and --nats-url"
             )),
-            Dialer::Nats(plane) => {
+            Some(plane) => {
                 let connector = Connector { plane: Arc::clone(plane), stem: Arc::from(stem) };
                 Ok(Endpoint::from_static("http://worker.nats.invalid")
                     .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

@@ -104,7 +104,7 @@ async fn connections_past_the_bound_are_refused_until_one_closes() {
 #[tokio::test]
 async fn no_worker_on_the_subject_is_unreachable_at_once_and_tcp_refuses_nats_addresses() {
     let server = NatsServer::start();
-    let dialer = Dialer::Nats(plane(&server, "frontend").await);
+    let dialer = Dialer::nats(plane(&server, "frontend").await);
     let remote = RemoteWorker::dial("gone", "nats:tritium.ns.workers.gone.0", MAX_MESSAGE, None, &dialer).expect("lazy");
     let started = std::time::Instant::now();
     let error = remote.describe_models().await.expect_err("nobody answers");
@@ -112,7 +112,7 @@ async fn no_worker_on_the_subject_is_unreachable_at_once_and_tcp_refuses_nats_ad
     assert!(error.to_string().contains("no worker listens on tritium.ns.workers.gone.0.connect"), "{error}");
     assert!(started.elapsed() < CONNECT_TIMEOUT, "no responders is known at once, not after the timeout");
 
-    let error = RemoteWorker::dial("w", "nats:tritium.ns.workers.w.0", MAX_MESSAGE, None, &Dialer::Tcp).expect_err("refused");
+    let error = RemoteWorker::dial("w", "nats:tritium.ns.workers.w.0", MAX_MESSAGE, None, &Dialer::default()).expect_err("refused");
     let WorkerError::Failed { code: ErrorCode::InvalidArg, message } = error else { panic!("{error:?}") };
     assert!(message.contains("start this process with --request-plane nats"), "{message}");
 }
@@ -146,7 +146,7 @@ fn serve_worker_on_nats(url: String) -> (tokio::runtime::Runtime, String) {
 async fn the_worker_service_answers_over_nats_and_a_killed_worker_ends_its_stream_as_unreachable() {
     let server = NatsServer::start();
     let (runtime, stem) = serve_worker_on_nats(server.url().to_string());
-    let dialer = Dialer::Nats(plane(&server, "frontend").await);
+    let dialer = Dialer::nats(plane(&server, "frontend").await);
     let remote = RemoteWorker::dial("w1", &format!("nats:{stem}"), MAX_MESSAGE, None, &dialer).expect("lazy");
     let models = remote.describe_models().await.expect("describes");
     assert!(models.iter().any(|m| m.name == "identity"), "the built-in models are listed");
