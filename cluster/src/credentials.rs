@@ -125,7 +125,9 @@ pub(crate) fn insecure_tls_config(
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(AnyServerCertificate(provider)));
     match identity {
-        Some((certs, key)) => builder.with_client_auth_cert(certs, key).map_err(|e| format!("{variable}: the client certificate: {e}")),
+        Some((certs, key)) => {
+            builder.with_client_auth_cert(certs, key).map_err(|e| format!("{variable}: the client certificate: {e}"))
+        }
         None => Ok(builder.with_no_client_auth()),
     }
 }

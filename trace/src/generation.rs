@@ -27,6 +27,30 @@ pub fn start(tracer: &Tracer, model: &str, request: &GenerateRequest, headers: &
     Some(trace)
 }
 
+/// Starts the worker's trace of a call that is not a generation (`operation`: `embeddings`, or
+/// `prefill` for another worker's generation) when the caller traced it (or this worker's own
+/// sampler picks it): a `SERVER` span with `input_tokens`, ended when the returned value drops.
+pub fn start_call(
+    tracer: &Tracer,
+    model: &str,
+    operation: &'static str,
+    input_tokens: usize,
+    headers: &http::HeaderMap,
+) -> GenerationTrace {
+    if !tracer.is_on() {
+        return GenerationTrace::new(None);
+    }
+    let trace = tracer.sample(model, "", super::caller(headers));
+    if let Some(trace) = &trace {
+        trace.set_attribute(SPAN_KIND_ATTRIBUTE, "server");
+        trace.stamp(TimestampKind::RequestStart);
+        trace.set_attribute("gen_ai.operation.name", operation);
+        trace.set_attribute("gen_ai.request.model", model.to_owned());
+        trace.set_attribute("gen_ai.usage.input_tokens", input_tokens);
+    }
+    GenerationTrace::new(trace)
+}
+
 /// Follows a generation's events onto its trace; ends the trace when dropped.
 pub struct GenerationTrace {
     trace: Option<RequestTrace>,
@@ -57,6 +81,20 @@ impl GenerationTrace {
             }
             Ok(GenerateEvent::PromptLogprobs(_)) => {}
             Err(e) => trace.set_attribute("error.type", e.to_string()),
+        }
+    }
+}
+
+impl GenerationTrace {
+    /// The trace, for calls made on its behalf (a KV pull from a prefill worker).
+    pub fn trace(&self) -> Option<&RequestTrace> {
+        self.trace.as_ref()
+    }
+
+    /// Notes that the call failed, and why.
+    pub fn failed(&self, why: String) {
+        if let Some(trace) = &self.trace {
+            trace.set_attribute("error.type", why);
         }
     }
 }

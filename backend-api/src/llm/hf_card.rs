@@ -58,7 +58,9 @@ fn read_hf_text(dir: &Path, name: &str, limit: u64) -> Result<Option<String>, St
         Err(e) => return Err(format!("cannot read {}: {}", path.display(), e.kind())),
     };
     let mut bytes = Vec::new();
-    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
     if bytes.len() as u64 > limit {
         return Err(format!("{} is larger than {limit} bytes", path.display()));
     }

@@ -141,7 +141,6 @@ impl Engine {
         }
     }
 
-
     /// Lists the engine (with its description) or takes it off the list, telling the router on change.
     fn list(&self, target: Option<Arc<EngineTarget>>) {
         let mut listed = self.listed.lock();

@@ -183,13 +183,16 @@ impl RemoteWorker {
         &self.id
     }
 
-    /// The worker's prefill of a prompt for another worker: its layout, then the blocks.
+    /// The worker's prefill of a prompt for another worker: its layout, then the blocks, and the
+    /// hop of the current trace the call is (kept while the blocks are read).
     pub(crate) async fn prefill(
         &self,
         request: tritium_proto::worker::PrefillRequest,
-    ) -> Result<tonic::Streaming<tritium_proto::worker::KvTransfer>, WorkerError> {
+    ) -> Result<(tonic::Streaming<tritium_proto::worker::KvTransfer>, Hop), WorkerError> {
         let mut client = self.client.clone();
-        Ok(client.prefill(request).await.map_err(|s| status_error(&self.id, s))?.into_inner())
+        let hop = Hop::start(None, &self.id);
+        let stream = client.prefill(hop.request(request)).await.map_err(|s| status_error(&self.id, s))?.into_inner();
+        Ok((stream, hop))
     }
 
     async fn start_generation(
@@ -364,7 +367,8 @@ impl WorkerClient for RemoteWorker {
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
         let mut client = self.client.clone();
         let request = EmbedRequest { model: model.to_string(), inputs: inputs.into_iter().map(|ids| TokenIds { ids }).collect() };
-        let response = client.embed(request).await.map_err(|s| status_error(&self.id, s))?;
+        let hop = Hop::start(None, &self.id);
+        let response = client.embed(hop.request(request)).await.map_err(|s| status_error(&self.id, s))?;
         Ok(response.into_inner().embeddings.into_iter().map(|e| e.values).collect())
     }
 }

@@ -155,7 +155,7 @@ impl KvTransfers {
             first_block: source.first_block,
             layout: Some(layout_to_proto(layout)),
         };
-        let mut stream = self.peer(source)?.prefill(request).await.map_err(|e| e.to_string())?;
+        let (mut stream, _hop) = self.peer(source)?.prefill(request).await.map_err(|e| e.to_string())?;
         let values = layout.block_values();
         let mut layout_checked = false;
         while let Some(message) = stream.message().await.map_err(|status| status.message().to_string())? {

@@ -243,7 +243,9 @@ impl Worker for WorkerService {
         let trace = generation::start(&self.tracer, &name, &request, metadata.as_ref());
         let (tokens, prefilled_by) = match (prefill, engine.kv_layout()) {
             (Some(source), Some(layout)) => {
-                let pulled = self.transfers.pull(&source, request.model_version, &request.prompt, &layout).await;
+                // The pull is a hop of this generation's trace: the prefill worker's span joins it.
+                let pull = self.transfers.pull(&source, request.model_version, &request.prompt, &layout);
+                let pulled = tritium_backend_api::trace::scoped(trace.clone(), pull).await;
                 (engine.generate_with_prefix(request, pulled.blocks), pulled.from)
             }
             _ => (engine.generate(request), None),
@@ -270,7 +272,8 @@ impl Worker for WorkerService {
 
     async fn prefill(&self, request: Request<PrefillRequest>) -> Result<Response<Self::PrefillStream>, Status> {
         let counted = self.admit()?;
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
+        let traced = generation::start_call(&self.tracer, &request.model, "prefill", request.prompt.len(), metadata.as_ref());
         let engine = self.engine(&request.model, request.version)?;
         let Some(layout) = engine.kv_layout() else {
             return Err(worker_status(
@@ -295,17 +298,25 @@ impl Worker for WorkerService {
             .map_err(|source| from_worker(WorkerError::Generate { model: request.model.clone(), source }))?;
         tracing::debug!(model = %request.model, blocks = ?export.range(), "prefilling for another worker");
         let messages = transfer_stream(export, slot).map(move |message| {
-            let _ = &counted;
-            message.map_err(|e| worker_status(e.code(), e.to_string()))
+            let _ = (&counted, &traced);
+            message.map_err(|e| {
+                traced.failed(e.to_string());
+                worker_status(e.code(), e.to_string())
+            })
         });
         Ok(Response::new(Box::pin(messages)))
     }
 
     async fn embed(&self, request: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {
         let _counted = self.admit()?;
-        let EmbedRequest { model, inputs } = request.into_inner();
-        let inputs = inputs.into_iter().map(|input| input.ids).collect();
-        let vectors = self.local.embed(&model, inputs).await.map_err(from_worker)?;
+        let (metadata, _, EmbedRequest { model, inputs }) = request.into_parts();
+        let inputs: Vec<Vec<u32>> = inputs.into_iter().map(|input| input.ids).collect();
+        let tokens = inputs.iter().map(Vec::len).sum();
+        let traced = generation::start_call(&self.tracer, &model, "embeddings", tokens, metadata.as_ref());
+        let vectors = self.local.embed(&model, inputs).await.map_err(|e| {
+            traced.failed(e.to_string());
+            from_worker(e)
+        })?;
         let embeddings = vectors.into_iter().map(|values| Embedding { values }).collect();
         Ok(Response::new(EmbedResponse { embeddings }))
     }

@@ -34,10 +34,14 @@ pub(super) async fn embeddings(
     let prompt_tokens = u32::try_from(prompt_tokens).unwrap_or(u32::MAX);
     observer.prompt_tokens(prompt_tokens);
     let count = inputs.len();
-    let embedded = match worker.or_nvext(None) {
-        Some(worker) => state.hub.embed_on(&request.model, worker, inputs).await,
-        None => state.hub.embed(&request.model, inputs).await,
+    let embedding = async {
+        match worker.or_nvext(None) {
+            Some(worker) => state.hub.embed_on(&request.model, worker, inputs).await,
+            None => state.hub.embed(&request.model, inputs).await,
+        }
     };
+    // A worker process that embeds joins the request's trace (its call is a hop of it).
+    let embedded = tritium_backend_api::trace::scoped(observer.trace().cloned(), embedding).await;
     let vectors = one_per_input(embedded, count, &mut observer)?;
     let base64 = request.encoding_format == Some(EncodingFormat::Base64);
     let data = vectors

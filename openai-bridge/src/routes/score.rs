@@ -102,7 +102,8 @@ async fn embed(
     let inputs = tokenize(&pre, &EmbeddingInput::Texts(texts)).await.map_err(|e| failed(&mut observer, e))?;
     let tokens = u32::try_from(inputs.iter().map(Vec::len).sum::<usize>()).unwrap_or(u32::MAX);
     observer.prompt_tokens(tokens);
-    let vectors = one_per_input(state.hub.embed(model, inputs).await, count, &mut observer)?;
+    let embedded = tritium_backend_api::trace::scoped(observer.trace().cloned(), state.hub.embed(model, inputs)).await;
+    let vectors = one_per_input(embedded, count, &mut observer)?;
     Ok((vectors, tokens))
 }
 

@@ -268,3 +268,44 @@ def test_rate_count_and_runtime_settings_apply_to_opentelemetry(start_tritium, r
     identity(client, grpcclient, headers={"traceparent": f"00-{100:032x}-{CALLER_SPAN}-01"})
     spans = receiver.wait_for(lambda s: any(int(r["trace_id"], 16) == 100 for r in roots(s)))
     assert 99 not in {int(r["trace_id"], 16) for r in roots(spans)}, "level OFF for the model traces nothing"
+
+
+@pytest.mark.llm
+@pytest.mark.embedding
+def test_a_remote_embedding_joins_the_callers_trace_on_the_worker(tmp_path, receiver):
+    """An embedding served by a worker process is a hop of the frontend's trace (a CLIENT span naming the
+    worker), and the worker's own request (an `embeddings` model span) is under it, with the input token
+    count (issue 59)."""
+    import openai
+
+    from conftest import model_paths
+
+    _, minilm = model_paths()
+    common = ["--discovery", "file", "--discovery-dir", str(tmp_path), "--lease-ttl-secs", "3"]
+    frontend = start_server(*common, *otel_args(receiver.http_url, "opentelemetry,resource=service.name=frontend"))
+    worker = start_worker(*common, "--worker-id", "w-embed", "--model-path", str(minilm), "--model-name", "minilm",
+                          *otel_args(receiver.http_url, "opentelemetry,resource=service.name=worker", "rate=1000"))  # fmt: skip
+    try:
+        llm = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="unused", max_retries=0,
+                            default_headers={"traceparent": CALLER})  # fmt: skip
+        listed = lambda: "minilm" in [m.id for m in llm.models.list().data]  # noqa: E731
+        assert wait_for(listed, timeout=30)
+        llm.embeddings.create(model="minilm", input=["a traced sentence", "and another"])
+        def found(spans) -> bool:
+            mine = [x for x in spans if x["trace_id"] == CALLER_TRACE]
+            served = any(x["attributes"].get("gen_ai.operation.name") == "embeddings" for x in mine)
+            return served and any(r["resource"]["service.name"] == "worker" for r in roots(mine))
+
+        receiver.wait_for(found, timeout=30)
+        trace = receiver.trace(CALLER_TRACE)
+        (hop,) = [s for s in trace if s["kind"] == CLIENT and s["attributes"].get("tritium.worker") == "w-embed"]
+        (served,) = [s for s in trace if s["attributes"].get("gen_ai.operation.name") == "embeddings"]
+        assert served["resource"]["service.name"] == "worker" and served["name"] == "minilm"
+        # Triton's shape on the worker too: its InferRequest span, child of the hop, then the model's span.
+        (back,) = [r for r in roots(trace) if r["resource"]["service.name"] == "worker"]
+        assert back["parent_span_id"] == hop["span_id"] and served["parent_span_id"] == back["span_id"]
+        assert served["attributes"]["gen_ai.usage.input_tokens"] > 0
+    finally:
+        for process in (worker, frontend):
+            process.proc.terminate()
+            process.proc.wait(timeout=30)

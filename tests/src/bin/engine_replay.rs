@@ -348,7 +348,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Some("late") => Misbehave::Late,
                     Some("warming") => Misbehave::Warming,
                     other => {
-                        return Err(format!("--misbehave {other:?}: unfinished, garbage, hang, flood, slow, late or warming").into());
+                        return Err(
+                            format!("--misbehave {other:?}: unfinished, garbage, hang, flood, slow, late or warming").into()
+                        );
                     }
                 }
             }
