@@ -252,3 +252,17 @@ def test_a_tokenizer_past_its_bound_keeps_the_engine_out_saying_why():
     finally:
         finish_server(server)
         replay.stop()
+
+
+def test_a_message_past_its_bound_keeps_the_engine_out():
+    """--engine-grpc-max-message-size bounds every message read from the engine: the tokenizer archive comes in
+    64 KiB pieces, so a 4096-byte bound stops the description, named in the log."""
+    replay = Replay()
+    server = start_server("--engine-grpc", f"{MODEL}={replay.address}", "--engine-grpc-max-message-size", "4096")
+    try:
+        said = lambda: "GetTokenizer broke off" in server.stderr()  # noqa: E731
+        assert wait_for(said, timeout=30), server.stderr()[-2000:]
+        assert MODEL not in requests.get(server.http_url + "/v1/models", timeout=5).text
+    finally:
+        finish_server(server)
+        replay.stop()

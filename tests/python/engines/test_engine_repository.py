@@ -226,3 +226,17 @@ def test_an_engine_without_a_tokenizer_uses_the_files_the_config_names(tmp_path)
     finally:
         finish_server(server)
         silent.stop()
+
+
+def test_a_repository_models_idle_timeout_is_its_own(tmp_path):
+    """`idle_timeout_secs` bounds that model's silent engine, whatever --engine-grpc-idle-timeout says."""
+    hung = Replay("--misbehave", "hang")
+    write_model(tmp_path, MODEL, engine_config(hung.address, 'parameters { key: "idle_timeout_secs" value { string_value: "1" } }\n'))
+    server = start_server("--model-repository", str(tmp_path), "--migration-limit", "0")
+    try:
+        body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 16, "temperature": 0}
+        answer = requests.post(server.http_url + "/v1/completions", json=body, timeout=60)
+        assert answer.status_code >= 500 and "sent nothing for 1 s" in answer.text, answer.text
+    finally:
+        finish_server(server)
+        hung.stop()
