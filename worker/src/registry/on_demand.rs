@@ -480,7 +480,9 @@ mod tests {
         assert_eq!(loaded(&repository), ["a", "b"]);
         // "b" is held by a request: loading "c" cannot evict it (nor the pinned "a"), so it goes over.
         let held = repository.ensure_loaded("b", WAIT).await.expect("loaded").expect("held");
-        drop(repository.ensure_loaded("c", WAIT).await.expect("loads"));
+        // "c" stays held until "b" goes: its own hold going first would let it be evicted then (a race
+        // the first version of this test lost now and then).
+        let held_c = repository.ensure_loaded("c", WAIT).await.expect("loads");
         assert_eq!(loaded(&repository), ["a", "b", "c"]);
         // The last hold on "b" going evicts what is over the limit: "b", used before "c".
         drop(held);
@@ -491,6 +493,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(loaded(&repository), ["a", "c"]);
+        drop(held_c);
         let counts = repository.lifecycle_counts();
         assert_eq!((counts.loads, counts.unloads, counts.loaded), (3, [0, 0, 1], 2));
         // Unknown names are left to resolve, which refuses them.
