@@ -294,7 +294,9 @@ def test_a_remote_embedding_joins_the_callers_trace_on_the_worker(tmp_path, rece
         def found(spans) -> bool:
             mine = [x for x in spans if x["trace_id"] == CALLER_TRACE]
             served = any(x["attributes"].get("gen_ai.operation.name") == "embeddings" for x in mine)
-            return served and any(r["resource"]["service.name"] == "worker" for r in roots(mine))
+            hop = any(x["kind"] == CLIENT and x["attributes"].get("tritium.worker") == "w-embed" for x in mine)
+            # Each process exports on its own schedule: wait for the frontend's hop too.
+            return served and hop and any(r["resource"]["service.name"] == "worker" for r in roots(mine))
 
         receiver.wait_for(found, timeout=30)
         trace = receiver.trace(CALLER_TRACE)
