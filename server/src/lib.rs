@@ -208,7 +208,8 @@ impl Tritium {
         let Some(store) = dynamo::store_for(&cluster.discovery).await.map_err(StartError::RequestPlane)? else {
             return Ok(None);
         };
-        let home = dynamo::CallHome::bind(cluster.response_stream_host, cluster.dynamo_max_message, stop.clone()).await?;
+        let tls = dynamo::DynamoTls::from_files(&cluster.plane_tls).map_err(StartError::Tls)?;
+        let home = dynamo::CallHome::bind(cluster.response_stream_host, cluster.dynamo_max_message, tls, stop.clone()).await?;
         tracing::info!(address = %home.address(), "{}; their response streams call home here", dynamo::view::describe());
         self.state.router.set_dynamo_home(home);
         let followed = dynamo::follow(store, cluster.scope.clone(), stop.clone());

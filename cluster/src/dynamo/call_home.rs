@@ -1,7 +1,9 @@
 //! The frontend's response-stream server: Dynamo workers answer each request by opening a TCP
 //! connection to it and naming the request's subject in a handshake frame. Each connection is
 //! handed to the request waiting for that subject; one naming no waiting request, or sending no
-//! handshake within [`HANDSHAKE_TIMEOUT`], is closed.
+//! handshake within [`HANDSHAKE_TIMEOUT`], is closed. Under `DYN_TCP_TLS_*` the server speaks
+//! TLS (as Dynamo's own frontend's does), and the frontend dials workers over TLS: both sides of
+//! this process's Dynamo planes are kept here, in [`DynamoTls`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,12 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::TwoPart;
 use super::protocol::Handshake;
+use super::tls::{DynamoTls, PlaneStream};
 
 /// As Dynamo's own server waits.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,15 +29,25 @@ pub struct CallHome {
     address: SocketAddr,
     /// The largest frame this frontend's Dynamo plane reads or sends.
     max_message: usize,
-    pending: Mutex<HashMap<String, oneshot::Sender<TcpStream>>>,
+    pending: Mutex<HashMap<String, oneshot::Sender<PlaneStream>>>,
+    tls: DynamoTls,
 }
 
 impl CallHome {
     /// Binds on `host` (Dynamo's `DYN_TCP_RESPONSE_STREAM_HOST`) and an ephemeral port and
-    /// accepts until `stop`; frames to and from Dynamo workers are bounded by `max_message`.
-    pub async fn bind(host: IpAddr, max_message: usize, stop: CancellationToken) -> std::io::Result<Arc<CallHome>> {
+    /// accepts until `stop`; frames to and from Dynamo workers are bounded by `max_message`; `tls`
+    /// is how this process's Dynamo planes accept and dial.
+    pub async fn bind(
+        host: IpAddr,
+        max_message: usize,
+        tls: DynamoTls,
+        stop: CancellationToken,
+    ) -> std::io::Result<Arc<CallHome>> {
         let listener = TcpListener::bind(SocketAddr::new(host, 0)).await?;
-        let home = Arc::new(CallHome { address: listener.local_addr()?, max_message, pending: Mutex::default() });
+        if let Some(warning) = tls.lopsided() {
+            tracing::warn!("{warning}");
+        }
+        let home = Arc::new(CallHome { address: listener.local_addr()?, max_message, pending: Mutex::default(), tls });
         let accepting = Arc::clone(&home);
         tokio::spawn(async move {
             loop {
@@ -62,6 +75,11 @@ impl CallHome {
         self.max_message
     }
 
+    /// How this process's Dynamo planes accept and dial.
+    pub fn tls(&self) -> &DynamoTls {
+        &self.tls
+    }
+
     /// Where workers call home, as request control messages name it.
     pub fn address(&self) -> String {
         self.address.to_string()
@@ -74,7 +92,8 @@ impl CallHome {
         Expected { home: Arc::clone(self), subject, receiver: Some(receiver) }
     }
 
-    async fn hand_over(&self, mut stream: TcpStream, peer: SocketAddr) {
+    async fn hand_over(&self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let Some(mut stream) = self.tls.accept(stream, peer, "Dynamo response streams").await else { return };
         let handshake = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TwoPart::read(&mut stream, MAX_HANDSHAKE_BODY)).await {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => {
@@ -107,12 +126,12 @@ impl CallHome {
 pub struct Expected {
     home: Arc<CallHome>,
     subject: String,
-    receiver: Option<oneshot::Receiver<TcpStream>>,
+    receiver: Option<oneshot::Receiver<PlaneStream>>,
 }
 
 impl Expected {
     /// The connection, or `None` when none came within `timeout`.
-    pub async fn connection(&mut self, timeout: Duration) -> Option<TcpStream> {
+    pub async fn connection(&mut self, timeout: Duration) -> Option<PlaneStream> {
         let receiver = self.receiver.as_mut()?;
         tokio::time::timeout(timeout, receiver).await.ok()?.ok()
     }

@@ -12,9 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use serde_json::Value as Json;
 use tritium_backend_api::llm::{
@@ -30,6 +28,7 @@ use super::call_home::{CallHome, Expected};
 use super::codec::{FrameError, TwoPart, read_ack, request_frame};
 use super::items::{ItemError, Items};
 use super::protocol::{control_message, encode_body, encode_request, headers, preprocessed_request};
+use super::tls::{DynamoTls, PlaneStream};
 use super::view::{DynamoEndpoint, DynamoModel, DynamoTarget};
 
 /// Connections kept to one worker; requests share them (Dynamo's `DYN_TCP_POOL_SIZE`).
@@ -47,19 +46,15 @@ type AckWaiter = oneshot::Sender<Result<String, String>>;
 /// One pooled connection: frames are written under the writer's lock, and each frame's waiter
 /// is queued in the same order, so acknowledgements (which come back in order) find theirs.
 struct Connection {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<WriteHalf<PlaneStream>>,
     waiters: Arc<Mutex<VecDeque<AckWaiter>>>,
     broken: Arc<AtomicBool>,
 }
 
 impl Connection {
-    async fn open(address: &str) -> Result<Connection, String> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
-            .await
-            .map_err(|_| format!("connecting to {address} timed out"))?
-            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
+    async fn open(address: &str, tls: &DynamoTls) -> Result<Connection, String> {
+        let stream = tls.dial(address, CONNECT_TIMEOUT).await?;
+        let (reader, writer) = tokio::io::split(stream);
         let waiters: Arc<Mutex<VecDeque<AckWaiter>>> = Arc::default();
         let broken = Arc::new(AtomicBool::new(false));
         tokio::spawn(read_acks(reader, Arc::clone(&waiters), Arc::clone(&broken)));
@@ -78,7 +73,7 @@ impl Connection {
     }
 }
 
-async fn read_acks(mut reader: OwnedReadHalf, waiters: Arc<Mutex<VecDeque<AckWaiter>>>, broken: Arc<AtomicBool>) {
+async fn read_acks(mut reader: ReadHalf<PlaneStream>, waiters: Arc<Mutex<VecDeque<AckWaiter>>>, broken: Arc<AtomicBool>) {
     let reason = loop {
         match read_ack(&mut reader).await {
             Ok(ack) => match waiters.lock().pop_front() {
@@ -152,7 +147,7 @@ impl DynamoWorker {
                 return Ok(Arc::clone(&pool[turn % pool.len()]));
             }
         }
-        let connection = Arc::new(Connection::open(address).await.map_err(|e| self.unreachable(e))?);
+        let connection = Arc::new(Connection::open(address, self.home.tls()).await.map_err(|e| self.unreachable(e))?);
         self.pool.lock().push(Arc::clone(&connection));
         Ok(connection)
     }

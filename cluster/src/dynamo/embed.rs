@@ -8,7 +8,7 @@
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use tokio::net::TcpStream;
+use super::tls::PlaneStream;
 use tritium_backend_api::llm::GenerateError;
 
 use super::items::{ItemError, Items};
@@ -73,7 +73,7 @@ impl EmbeddingStream<'_> {
     }
 
     /// The vectors, one per input, in order.
-    pub async fn read(&self, connection: Option<TcpStream>) -> Result<Vec<Vec<f32>>, GenerateError> {
+    pub async fn read(&self, connection: Option<PlaneStream>) -> Result<Vec<Vec<f32>>, GenerateError> {
         let error = |e: ItemError| match e {
             ItemError::Lost(message) => self.lost(message),
             ItemError::Engine(message) => self.engine(message),

@@ -4,7 +4,7 @@
 
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use super::tls::PlaneStream;
 
 use super::codec::{FrameError, TwoPart};
 use super::protocol::{Control, PayloadCodec, Prologue, StreamItem, decode_body};
@@ -20,7 +20,7 @@ pub enum ItemError {
 
 /// The items of one response stream.
 pub struct Items {
-    connection: TcpStream,
+    connection: PlaneStream,
     max_frame: usize,
     codec: PayloadCodec,
     finished: bool,
@@ -28,7 +28,7 @@ pub struct Items {
 
 impl Items {
     /// Reads the prologue of the stream the worker opened (`None`: it never did).
-    pub async fn open(connection: Option<TcpStream>, max_frame: usize, codec: PayloadCodec) -> Result<Items, ItemError> {
+    pub async fn open(connection: Option<PlaneStream>, max_frame: usize, codec: PayloadCodec) -> Result<Items, ItemError> {
         let mut connection = connection.ok_or_else(|| ItemError::Lost("the worker never opened the response stream".into()))?;
         let prologue = TwoPart::read(&mut connection, max_frame).await.map_err(|e| ItemError::Lost(e.to_string()))?;
         let prologue: Prologue = serde_json::from_slice(&prologue.header)

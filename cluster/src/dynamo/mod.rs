@@ -10,7 +10,7 @@
 //! - [`kv_events`]: their KV events, in Dynamo's block hashes, for the KV-aware router;
 //! - [`client`], [`call_home`]: one worker's request connections, and the server its response
 //!   streams call home to; [`embed`], [`tensor`], [`text`]: the calls of embedding, tensor and
-//!   text-input models, read item by item ([`items`]);
+//!   text-input models, read item by item ([`items`]); [`tls`]: both planes under TLS;
 //! - [`worker`]: the other way round, a Tritium worker registered and served in Dynamo's layout.
 //!
 //! The wire contract is Dynamo's own, read off Dynamo [`TESTED_VERSION`]; what Tritium cannot
@@ -29,6 +29,7 @@ pub mod records;
 pub mod store;
 pub mod tensor;
 pub mod text;
+pub mod tls;
 mod token_stream;
 pub mod view;
 pub mod worker;
@@ -37,6 +38,7 @@ pub use call_home::CallHome;
 pub use client::DynamoWorker;
 pub use kv_follow::{DynamoEventPlane, KvSink, event_plane_for, follow_kv_events};
 pub use store::DynamoStore;
+pub use tls::{DynamoTls, PlaneStream};
 pub use view::{DynamoFollow, DynamoTarget, follow};
 
 /// The largest Dynamo frame either side reads or sends by default, as Dynamo's own

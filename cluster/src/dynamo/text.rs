@@ -4,7 +4,7 @@
 //! chunks are relayed as they come; a client that goes away sends the worker Dynamo's `stop`.
 
 use serde_json::Value as Json;
-use tokio::net::TcpStream;
+use super::tls::PlaneStream;
 use tokio::sync::mpsc;
 use tritium_backend_api::llm::GenerateError;
 
@@ -33,7 +33,7 @@ impl TextStream {
 
     /// Relays the worker's chunks to `chunks` until the stream completes, fails, or the reader
     /// goes away.
-    pub async fn relay(self, connection: Option<TcpStream>, chunks: Chunks) {
+    pub async fn relay(self, connection: Option<PlaneStream>, chunks: Chunks) {
         let mut items = match Items::open(connection, self.max_frame, self.codec).await {
             Ok(items) => items,
             Err(error) => {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use super::tls::PlaneStream;
 use tokio::sync::mpsc;
 use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent, GeneratedToken};
 
@@ -30,7 +30,7 @@ impl ResponseStream {
         GenerateError::WorkerLost { model: self.model.clone(), worker: self.worker.clone(), message: message.into() }
     }
 
-    pub async fn run(self, connection: Option<TcpStream>, events: Events) {
+    pub async fn run(self, connection: Option<PlaneStream>, events: Events) {
         let Some(mut connection) = connection else {
             let _ = events.send(Err(self.lost("the worker never opened the response stream")));
             return;
@@ -50,7 +50,7 @@ impl ResponseStream {
         }
     }
 
-    async fn read(&self, connection: &mut TcpStream, events: &Events) -> Result<(), GenerateError> {
+    async fn read(&self, connection: &mut PlaneStream, events: &Events) -> Result<(), GenerateError> {
         let prologue = TwoPart::read(connection, self.max_frame).await.map_err(|e| self.lost(e.to_string()))?;
         let prologue: Prologue = serde_json::from_slice(&prologue.header)
             .map_err(|e| self.lost(format!("the worker's prologue is not one Dynamo sends: {e}")))?;

@@ -96,6 +96,21 @@ impl PlaneTlsFiles {
 
     /// The worker's side, when it serves the plane over TLS.
     pub fn server(&self) -> Result<Option<ServerTls>, String> {
+        self.server_speaking(&[b"h2"])
+    }
+
+    /// The dialing side, when this process dials workers over TLS.
+    pub fn client(&self) -> Result<Option<Arc<ClientTls>>, String> {
+        self.client_speaking(&[b"h2"])
+    }
+
+    /// Both sides for Dynamo's TCP planes (its request plane and the response streams that call
+    /// home), which carry Dynamo's own frames and name no application protocol.
+    pub fn dynamo(&self) -> Result<(Option<ServerTls>, Option<Arc<ClientTls>>), String> {
+        Ok((self.server_speaking(&[])?, self.client_speaking(&[])?))
+    }
+
+    fn server_speaking(&self, alpn: &[&[u8]]) -> Result<Option<ServerTls>, String> {
         self.check()?;
         let (Some(cert), Some(key)) = (&self.cert, &self.key) else { return Ok(None) };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -114,12 +129,15 @@ impl PlaneTlsFiles {
             }
         };
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Some(ServerTls { acceptor: TlsAcceptor::from(Arc::new(config)), handshake_timeout: self.handshake_timeout }))
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        Ok(Some(ServerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            handshake_timeout: self.handshake_timeout,
+            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+        }))
     }
 
-    /// The dialing side, when this process dials workers over TLS.
-    pub fn client(&self) -> Result<Option<Arc<ClientTls>>, String> {
+    fn client_speaking(&self, alpn: &[&[u8]]) -> Result<Option<Arc<ClientTls>>, String> {
         self.check()?;
         if !self.dials_tls() {
             return Ok(None);
@@ -146,7 +164,7 @@ impl PlaneTlsFiles {
             }
             None => crate::credentials::insecure_tls_config(identity, "DYN_TCP_TLS_INSECURE")?,
         };
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         let server_name = match &self.server_name {
             None => None,
             Some(name) => Some(
@@ -251,6 +269,8 @@ impl ResolvesServerCert for ReloadingCert {
 pub struct ServerTls {
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
+    /// Handshakes running at once, across every listener this configuration serves.
+    handshakes: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -265,7 +285,6 @@ impl ServerTls {
     pub fn incoming(self, listener: TcpListener) -> impl futures::Stream<Item = io::Result<TlsConnection>> + Send {
         let (sender, receiver) = mpsc::channel(MAX_HANDSHAKES);
         tokio::spawn(async move {
-            let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
             loop {
                 let (stream, peer) = tokio::select! {
                     () = sender.closed() => return,
@@ -278,25 +297,42 @@ impl ServerTls {
                         }
                     },
                 };
-                let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
-                    tracing::warn!(%peer, "worker plane: {MAX_HANDSHAKES} TLS handshakes already running; connection closed");
-                    continue;
-                };
-                let (acceptor, deadline, sender) = (self.acceptor.clone(), self.handshake_timeout, sender.clone());
+                let _ = stream.set_nodelay(true);
+                let (tls, sender) = (self.clone(), sender.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    let _ = stream.set_nodelay(true);
-                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = sender.send(Ok(TlsConnection(tls))).await;
-                        }
-                        Ok(Err(e)) => tracing::warn!(%peer, "worker plane: a TLS handshake failed: {e}"),
-                        Err(_) => tracing::warn!(%peer, "worker plane: a TLS handshake did not finish within {deadline:?}"),
+                    if let Some(tls) = tls.accept(stream, peer, "worker plane").await {
+                        let _ = sender.send(Ok(TlsConnection(tls))).await;
                     }
                 });
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(receiver)
+    }
+
+    /// The TLS handshake of one accepted connection, within the deadline; `None` (logged, with
+    /// `plane` naming where) when it fails, times out, or too many are running already.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        plane: &str,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let Ok(_permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
+            tracing::warn!(%peer, "{plane}: {MAX_HANDSHAKES} TLS handshakes already running; connection closed");
+            return None;
+        };
+        let deadline = self.handshake_timeout;
+        match tokio::time::timeout(deadline, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, "{plane}: a TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "{plane}: a TLS handshake did not finish within {deadline:?}");
+                None
+            }
+        }
     }
 }
 
@@ -352,6 +388,35 @@ impl std::fmt::Debug for ClientTls {
     }
 }
 
+impl ClientTls {
+    /// The TLS handshake on `stream`, dialed at `host` (the name checked in the certificate unless
+    /// `DYN_TCP_TLS_SERVER_NAME` gives one), within the deadline; failures are logged naming `peer`.
+    pub async fn connect(
+        &self,
+        stream: TcpStream,
+        host: &str,
+        peer: &str,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("no host name a certificate can be checked for in {peer}"))
+            })?,
+        };
+        match tokio::time::timeout(self.handshake_timeout, self.connector.connect(name, stream)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, "the TLS handshake failed: {e}");
+                Err(e)
+            }
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the TLS handshake with {peer} did not finish within {:?}", self.handshake_timeout),
+            )),
+        }
+    }
+}
+
 /// Dials one worker over TLS for tonic's channel (which dials again after a connection breaks).
 #[derive(Clone)]
 pub(crate) struct TlsDial {
@@ -385,21 +450,8 @@ impl tower::Service<Uri> for TlsDial {
                     io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {uri} took over {connect_timeout:?}"))
                 })??;
             let _ = stream.set_nodelay(true);
-            let name = match &tls.server_name {
-                Some(name) => name.clone(),
-                None => ServerName::try_from(host).map_err(|_| invalid("no host name a certificate can be checked for"))?,
-            };
-            match tokio::time::timeout(tls.handshake_timeout, tls.connector.connect(name, stream)).await {
-                Ok(Ok(stream)) => Ok(hyper_util::rt::TokioIo::new(stream)),
-                Ok(Err(e)) => {
-                    tracing::warn!(worker = %uri, "worker plane: the TLS handshake failed: {e}");
-                    Err(e)
-                }
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the TLS handshake with {uri} did not finish within {:?}", tls.handshake_timeout),
-                )),
-            }
+            let stream = tls.connect(stream, &host, &uri.to_string()).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
         })
     }
 }

@@ -18,12 +18,6 @@ impl Router {
             return None;
         };
         let nats = self.dialer.get().and_then(|dialer| dialer.nats_plane()).map(|plane| plane.client().clone());
-        if self.dialer.get().is_some_and(|dialer| dialer.tls().is_some()) {
-            tracing::warn!(
-                worker = %instance.id,
-                "a Dynamo worker is reached on Dynamo's TCP request plane in clear: worker-plane TLS (DYN_TCP_TLS_*) covers Tritium's workers only"
-            );
-        }
         let client =
             match crate::dynamo::DynamoWorker::new(&instance.id, Arc::clone(target), Arc::clone(home), nats, self.max_message_size) {
                 Ok(client) => client,

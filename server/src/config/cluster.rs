@@ -134,8 +134,9 @@ pub struct ClusterArgs {
     /// the largest file unpacked from it, in bytes.
     #[arg(long, env = "TRITIUM_ENGINE_GRPC_MAX_TOKENIZER_SIZE", default_value_t = tritium_cluster::engines::DEFAULT_MAX_TOKENIZER_BYTES)]
     pub engine_grpc_max_tokenizer_size: usize,
-    /// Worker-plane TLS (Dynamo's variable): this worker's PEM certificate; with
-    /// --tcp-tls-key-path, the worker plane is served over TLS.
+    /// Worker-plane TLS (Dynamo's variable): this process's PEM certificate; with
+    /// --tcp-tls-key-path, a worker serves its plane (Tritium's or Dynamo's request plane) over
+    /// TLS, and a frontend the server Dynamo workers' response streams call home to.
     #[arg(long, env = "DYN_TCP_TLS_CERT_PATH", value_name = "PEM")]
     pub tcp_tls_cert_path: Option<PathBuf>,
     /// Worker-plane TLS: the PEM private key of --tcp-tls-cert-path.

@@ -128,11 +128,6 @@ impl WorkerArgs {
             if self.cluster.request_plane != RequestPlane::Tcp {
                 return Err("--worker-protocol dynamo takes Dynamo's requests on its TCP listener: give --request-plane tcp".into());
             }
-            if self.cluster.tcp_tls_cert_path.is_some() || self.cluster.tcp_tls_client_ca_cert_path.is_some() {
-                return Err("DYN_TCP_TLS_CERT_PATH / DYN_TCP_TLS_CLIENT_CA_CERT_PATH: Dynamo's TCP request plane is not served \
-                     under TLS yet, and --worker-protocol dynamo serves only that plane; leave them unset"
-                    .into());
-            }
         }
         #[cfg_attr(not(feature = "llm"), allow(unused_mut))]
         let (mut models, mut engine) = (self.models.clone(), self.engine.clone());

@@ -202,6 +202,8 @@ class Deployment:
         self.etcd, self.nats = etcd, nats
         self.dynamo: list[DynamoProcess] = []
         self.tritium: list[TritiumServer] = []
+        # Variables every process of this deployment gets, Dynamo's and Tritium's alike (DYN_TCP_TLS_*).
+        self.shared_env: dict[str, str] = {}
 
     def dynamo_env(self) -> dict[str, str]:
         """Dynamo's own variables for this deployment, as its users set them."""
@@ -212,6 +214,7 @@ class Deployment:
             "DYN_EVENT_PLANE_HOST": "127.0.0.1",
             "DYN_SYSTEM_HOST": "127.0.0.1",
         }
+        hosts |= self.shared_env
         if self.etcd:
             return hosts | {
                 "ETCD_ENDPOINTS": self.etcd,
@@ -260,7 +263,7 @@ class Deployment:
             return [], env
         flags = [*self.plane_flags(), "--event-plane", "zmq", "--namespace", self.namespace,
                  "--router-mode", "kv", "--migration-limit", "2"]  # fmt: skip
-        return flags, {"DYN_FILE_KV": str(self.store), "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1"}
+        return flags, {"DYN_FILE_KV": str(self.store), "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1"} | self.shared_env
 
     def dynamo_frontend(self, *args: str) -> str:
         """Dynamo's own frontend; returns its HTTP base URL."""

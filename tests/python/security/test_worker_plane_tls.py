@@ -175,16 +175,3 @@ def test_the_worker_reads_a_rotated_certificate_without_a_restart(certs, tmp_pat
 )
 def test_combinations_that_cannot_work_stop_the_process_naming_the_variables(env, named):
     assert named in start_failure(env=env)
-
-
-def test_a_dynamo_protocol_worker_refuses_the_tls_it_cannot_serve(certs, tmp_path):
-    """Dynamo's own TCP request plane is not under TLS yet: a worker speaking it refuses the variables by name."""
-    import subprocess
-
-    from helpers import tritium_bin
-
-    refused = subprocess.run(
-        [str(tritium_bin()), "worker", "--worker-protocol", "dynamo", *discovery(tmp_path), "--engine", "mock"],
-        env={**__import__("os").environ, **worker_tls(certs)}, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert refused.returncode != 0 and "Dynamo's TCP request plane is not served under TLS yet" in refused.stderr

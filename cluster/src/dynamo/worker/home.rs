@@ -8,12 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
 use tokio_util::sync::CancellationToken;
 
 use crate::dynamo::codec::TwoPart;
 use crate::dynamo::protocol::Control;
+use crate::dynamo::tls::{DynamoTls, PlaneStream};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -22,6 +22,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct CallHomeInfo {
     address: String,
     subject: String,
+    /// How this worker dials home (set by the listener, never read off the wire).
+    #[serde(skip)]
+    pub(super) tls: DynamoTls,
 }
 
 /// The response stream home, opened: the handshake and the prologue (`refused`: the engine did
@@ -29,15 +32,14 @@ pub(super) struct CallHomeInfo {
 /// refused; otherwise the writer for the items, and a token the frontend's `stop` or `kill`, or
 /// its closing the connection, cancels.
 pub(super) async fn call_home(home: &CallHomeInfo, refused: Option<String>) -> Option<(Home, CancellationToken)> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&home.address)).await {
-        Ok(Ok(stream)) => stream,
-        _ => {
-            tracing::warn!(address = %home.address, "a Dynamo frontend's response stream could not be reached");
+    let stream = match home.tls.dial(&home.address, CONNECT_TIMEOUT).await {
+        Ok(stream) => stream,
+        Err(why) => {
+            tracing::warn!(address = %home.address, "a Dynamo frontend's response stream could not be reached: {why}");
             return None;
         }
     };
-    let _ = stream.set_nodelay(true);
-    let (mut reader, writer) = stream.into_split();
+    let (mut reader, writer) = tokio::io::split(stream);
     let mut writer = BufWriter::new(writer);
     let handshake = json!({"subject": home.subject, "stream_type": "response"});
     let prologue = json!({ "error": refused });
@@ -65,7 +67,7 @@ pub(super) async fn call_home(home: &CallHomeInfo, refused: Option<String>) -> O
 }
 
 /// The writing half of a response stream home.
-pub(super) struct Home(BufWriter<tokio::net::tcp::OwnedWriteHalf>);
+pub(super) struct Home(BufWriter<WriteHalf<PlaneStream>>);
 
 impl Home {
     /// Sends one item (`Annotated`'s JSON); false once the frontend is gone.

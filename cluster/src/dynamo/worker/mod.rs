@@ -3,7 +3,7 @@
 //! and tensor models. Each model gets an endpoint record and a model card in Dynamo's store (a
 //! language or embedding model's tokenizer files written beside, with their checksums; a tensor
 //! model's KServe config inside), and the worker takes Dynamo's request frames on its own TCP
-//! listener.
+//! listener (under TLS with Dynamo's `DYN_TCP_TLS_*`, as Dynamo's own workers).
 
 mod card_files;
 mod home;
@@ -35,6 +35,8 @@ pub struct DynamoWorkerConfig {
     pub max_message_size: usize,
     /// Tokens per KV block, as its cards say.
     pub block_size: usize,
+    /// How its listener accepts and its response streams dial home.
+    pub tls: super::DynamoTls,
 }
 
 /// Registers the language models of `repository` in `store` and serves them until `stop`; the
@@ -49,6 +51,9 @@ pub async fn start(
         .await
         .map_err(|e| format!("binding the Dynamo request listener on {}: {e}", config.rpc_host))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
+    if let Some(warning) = config.tls.lopsided() {
+        tracing::warn!("{warning}");
+    }
     let registrar = Registrar::open(store).await?;
     let instance = registrar.instance_id;
     let cards_dir = std::env::temp_dir().join(format!("tritium-dynamo-{instance:x}"));
@@ -123,6 +128,7 @@ pub async fn start(
         max_message_size: config.max_message_size,
         names,
         block_size: config.block_size,
+        tls: config.tls.clone(),
     };
     let serving = tokio::spawn(serve::serve(listener, serving, stop.clone()));
     let keeping = registrar.register(records, stop.clone()).await?;

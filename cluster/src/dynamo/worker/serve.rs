@@ -11,13 +11,14 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tritium_backend_api::llm::{FinishReason, GenerateEvent, GenerateRequest, SamplingOptions, StopOptions};
 use tritium_worker::WorkerClient;
 
 use super::home::{CallHomeInfo, call_home};
 use crate::dynamo::codec::{FrameError, RequestFrame, TwoPart, ack_frame};
+use crate::dynamo::tls::{DynamoTls, PlaneStream};
 
 
 /// What the listener serves.
@@ -30,6 +31,7 @@ pub struct Served {
     /// Where each prompt's blocks are learned under Dynamo's names, for the KV events.
     pub names: Arc<super::kv_publish::BlockNames>,
     pub block_size: usize,
+    pub tls: DynamoTls,
 }
 
 /// Accepts frontends' connections until `stop`.
@@ -40,9 +42,13 @@ pub async fn serve(listener: TcpListener, served: Served, stop: CancellationToke
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(stream, served.clone(), stop.clone()));
+            Ok((stream, peer)) => {
+                let (served, stop) = (served.clone(), stop.clone());
+                tokio::spawn(async move {
+                    if let Some(stream) = served.tls.accept(stream, peer, "Dynamo request plane").await {
+                        connection(stream, served, stop).await;
+                    }
+                });
             }
             Err(e) => {
                 tracing::warn!("accepting a Dynamo frontend's connection failed: {e}");
@@ -66,8 +72,8 @@ struct ConnectionInfo {
 }
 
 
-async fn connection(stream: TcpStream, served: Served, stop: CancellationToken) {
-    let (mut reader, writer) = stream.into_split();
+async fn connection(stream: PlaneStream, served: Served, stop: CancellationToken) {
+    let (mut reader, writer) = tokio::io::split(stream);
     let mut writer = BufWriter::new(writer);
     loop {
         let frame = tokio::select! {
@@ -126,8 +132,9 @@ fn accept(frame: &RequestFrame, served: &Served) -> Result<(CallHomeInfo, Job), 
     if control.payload_codec.as_deref().is_some_and(|codec| codec != "json") {
         return Err("Server unavailable: this worker takes JSON payloads (its record's request_plane_codec)".into());
     }
-    let home: CallHomeInfo = serde_json::from_str(&control.connection_info.info)
+    let mut home: CallHomeInfo = serde_json::from_str(&control.connection_info.info)
         .map_err(|e| format!("Server unavailable: not a response-stream address: {e}"))?;
+    home.tls = served.tls.clone();
     let body: Json = serde_json::from_slice(&message.body).map_err(|e| format!("Server unavailable: not a request body: {e}"))?;
     if body.get("tensors").is_some() {
         return Ok((home, Job::Tensor(super::tensor_serve::validated(&body, served.worker.as_ref()))));
