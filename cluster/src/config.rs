@@ -29,6 +29,8 @@ pub struct ClusterConfig {
     pub engine_limits: crate::engines::EngineLimits,
     /// TLS on the worker plane (`DYN_TCP_TLS_*`): what a worker serves with, what a process dials with.
     pub plane_tls: crate::remote::PlaneTlsFiles,
+    /// `--event-plane-trusted-network`: ZeroMQ sockets may bind and connect off loopback.
+    pub zmq_trusted_network: bool,
 }
 
 /// `--request-plane`, resolved.
@@ -54,6 +56,7 @@ impl Default for ClusterConfig {
                 handshake_timeout: crate::remote::tls::DEFAULT_HANDSHAKE_TIMEOUT,
                 ..Default::default()
             },
+            zmq_trusted_network: false,
         }
     }
 }

@@ -213,6 +213,7 @@ impl WorkerNode {
             max_message_size: self.config.max_message_size.min(cluster.dynamo_max_message),
             block_size: self.config.kv_block_size,
             tls: crate::dynamo::DynamoTls::from_files(&cluster.plane_tls).map_err(NodeError::Dynamo)?,
+            zmq_network: crate::events::zmq::ZmqNetwork::new(cluster.zmq_trusted_network),
         };
         crate::dynamo::worker::start(store, Arc::clone(&self.repository), config, stop).await.map_err(NodeError::Dynamo)
     }

@@ -21,8 +21,8 @@ pub type KvSink = Arc<dyn Fn(&str, &str, &KvEvent) + Send + Sync>;
 /// Where Dynamo's workers publish KV events: the event plane the frontend was started with.
 #[derive(Clone)]
 pub enum DynamoEventPlane {
-    /// Direct ZeroMQ publishers, found in the records.
-    Zmq,
+    /// Direct ZeroMQ publishers, found in the records (off loopback only on a trusted network).
+    Zmq(crate::events::zmq::ZmqNetwork),
     Nats(async_nats::Client),
 }
 
@@ -30,7 +30,9 @@ pub enum DynamoEventPlane {
 pub async fn event_plane_for(events: &crate::events::EventsConfig) -> Result<Option<DynamoEventPlane>, String> {
     use crate::events::EventsConfig;
     Ok(match events {
-        EventsConfig::Zmq { .. } => Some(DynamoEventPlane::Zmq),
+        EventsConfig::Zmq { trusted_network, .. } => {
+            Some(DynamoEventPlane::Zmq(crate::events::zmq::ZmqNetwork::new(*trusted_network)))
+        }
         EventsConfig::Nats { url } => {
             let (options, used) = crate::credentials::nats_options_from_env(async_nats::ConnectOptions::new())
                 .map_err(|e| format!("Dynamo workers' KV events: {e}"))?;
@@ -55,7 +57,7 @@ pub fn follow_kv_events(
     stop: CancellationToken,
 ) {
     match plane {
-        DynamoEventPlane::Zmq => {
+        DynamoEventPlane::Zmq(network) => {
             tokio::spawn(async move {
                 let mut subscribed: HashMap<String, CancellationToken> = HashMap::new();
                 loop {
@@ -70,7 +72,7 @@ pub fn follow_kv_events(
                     for endpoint in wanted.iter() {
                         if !subscribed.contains_key(endpoint) {
                             let token = stop.child_token();
-                            tokio::spawn(subscribe_zmq(endpoint.clone(), Arc::clone(&router), workers.clone(), token.clone()));
+                            tokio::spawn(subscribe_zmq(endpoint.clone(), network, Arc::clone(&router), workers.clone(), token.clone()));
                             subscribed.insert(endpoint.clone(), token);
                         }
                     }
@@ -87,9 +89,15 @@ pub fn follow_kv_events(
     }
 }
 
-async fn subscribe_zmq(endpoint: String, router: KvSink, workers: Workers, stop: CancellationToken) {
+async fn subscribe_zmq(
+    endpoint: String,
+    network: crate::events::zmq::ZmqNetwork,
+    router: KvSink,
+    workers: Workers,
+    stop: CancellationToken,
+) {
     let what = "a Dynamo worker's KV events";
-    crate::events::zmq::subscribe_frames(&endpoint, "kv-events", what, stop, |message| {
+    crate::events::zmq::subscribe_frames(&endpoint, network, "kv-events", what, stop, |message| {
         let frames: Vec<&[u8]> = message.iter().map(|frame| frame.as_ref()).collect();
         match zmq_envelope(&frames) {
             Ok(Some(envelope)) => apply(&router, &workers, &envelope, None),

@@ -2,7 +2,7 @@
 //! announcements. The default bus is in memory; NATS is another implementation of the same trait.
 
 pub(crate) mod nats;
-pub(crate) mod zmq;
+pub mod zmq;
 
 use std::sync::Arc;
 
@@ -112,7 +112,9 @@ pub enum EventsConfig {
     /// A NATS server (or cluster) shared by every process of a namespace.
     Nats { url: String },
     /// ZeroMQ sockets between the processes, found through discovery; publishers bind on `bind`.
-    Zmq { bind: std::net::IpAddr },
+    /// Off loopback only when `trusted_network` says the network is private
+    /// ([`zmq::ZmqNetwork`]).
+    Zmq { bind: std::net::IpAddr, trusted_network: bool },
 }
 
 /// The event bus `config` names, publishing in the scope's own namespace and hearing the
@@ -125,7 +127,9 @@ pub async fn connect(
     Ok(match config {
         EventsConfig::None => Arc::new(MemoryEventBus::default()),
         EventsConfig::Nats { url } => Arc::new(NatsEventBus::connect(url, scope).await?),
-        EventsConfig::Zmq { bind } => Arc::new(ZmqEventBus::start(*bind, discovery).await?),
+        EventsConfig::Zmq { bind, trusted_network } => {
+            Arc::new(ZmqEventBus::start(*bind, zmq::ZmqNetwork::new(*trusted_network), discovery).await?)
+        }
     })
 }
 

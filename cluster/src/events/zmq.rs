@@ -4,9 +4,15 @@
 //! every advertised endpoint of its namespaces, so events travel straight from worker to
 //! frontend. Messages are `[topic, JSON event]`, the topic being the event's kind. A worker that
 //! leaves discovery is disconnected; one that comes back is connected again.
+//!
+//! ZeroMQ here has no authentication and no encryption: the `zeromq` crate speaks only ZMTP's
+//! NULL mechanism (it parses CURVE's name but cannot run its handshake), and Dynamo 1.6.1's own
+//! ZeroMQ planes use none either, so CURVE would not interoperate. Every ZeroMQ socket is therefore
+//! kept on loopback unless `--event-plane-trusted-network` says the network between the processes
+//! is private ([`ZmqNetwork`]); across hosts NATS, with its TLS and credentials, is the secure plane.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +27,51 @@ use crate::discovery::Discovery;
 
 /// How often the set of publishers is listed again even without a discovery event.
 const RELIST_EVERY: Duration = Duration::from_secs(5);
+
+/// Where ZeroMQ sockets may bind and connect: loopback only, unless the operator says the
+/// network is trusted (`--event-plane-trusted-network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZmqNetwork {
+    trusted: bool,
+}
+
+/// The refusal's advice, shared by every ZeroMQ socket.
+const OFF_LOOPBACK: &str = "ZeroMQ events carry no authentication or encryption, so they stay on loopback; give \
+     --event-plane-trusted-network (TRITIUM_EVENT_PLANE_TRUSTED_NETWORK) if the network between the processes is \
+     private, or use --event-plane nats with NATS's TLS and credentials";
+
+impl ZmqNetwork {
+    pub fn new(trusted: bool) -> ZmqNetwork {
+        ZmqNetwork { trusted }
+    }
+
+    /// Whether a socket may bind on `ip` (an unspecified address binds every interface).
+    pub fn check_bind(&self, ip: IpAddr, what: &str) -> Result<(), String> {
+        if self.trusted || ip.is_loopback() {
+            return Ok(());
+        }
+        Err(format!("{what} would bind on {ip}, off loopback: {OFF_LOOPBACK}"))
+    }
+
+    /// Whether a socket may connect to `endpoint` (`tcp://host:port`); a host that is not a
+    /// loopback address (or `localhost`) is off loopback.
+    pub fn check_endpoint(&self, endpoint: &str) -> Result<(), String> {
+        if self.trusted || endpoint_is_loopback(endpoint) {
+            return Ok(());
+        }
+        Err(format!("the ZeroMQ publisher {endpoint} is off loopback: {OFF_LOOPBACK}"))
+    }
+}
+
+fn endpoint_is_loopback(endpoint: &str) -> bool {
+    let Some(address) = endpoint.strip_prefix("tcp://") else { return false };
+    let Some((host, _port)) = address.rsplit_once(':') else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+        || host.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback())
+}
 
 /// See the module docs.
 pub struct ZmqEventBus {
@@ -39,7 +90,8 @@ impl std::fmt::Debug for ZmqEventBus {
 impl ZmqEventBus {
     /// Binds the PUB socket on `bind` (a port the system picks) and starts following the
     /// publishers `discovery` lists.
-    pub async fn start(bind: IpAddr, discovery: Arc<dyn Discovery>) -> Result<ZmqEventBus, EventError> {
+    pub async fn start(bind: IpAddr, network: ZmqNetwork, discovery: Arc<dyn Discovery>) -> Result<ZmqEventBus, EventError> {
+        network.check_bind(bind, "the ZeroMQ event socket (DYN_EVENT_PLANE_HOST)").map_err(EventError::Unavailable)?;
         let mut publisher = zeromq::PubSocket::new();
         let bound = publisher
             .bind(&format!("tcp://{}:0", host(bind)))
@@ -51,7 +103,7 @@ impl ZmqEventBus {
         };
         let sender = broadcast::channel(BUS_BUFFER).0;
         let stop = CancellationToken::new();
-        tokio::spawn(follow_publishers(discovery, endpoint.clone(), sender.clone(), stop.clone()));
+        tokio::spawn(follow_publishers(discovery, endpoint.clone(), network, sender.clone(), stop.clone()));
         tracing::info!(%endpoint, "ZeroMQ event plane bound");
         Ok(ZmqEventBus { publisher: Mutex::new(publisher), endpoint, sender, stop })
     }
@@ -103,6 +155,7 @@ impl EventBus for ZmqEventBus {
 async fn follow_publishers(
     discovery: Arc<dyn Discovery>,
     own: String,
+    network: ZmqNetwork,
     sender: broadcast::Sender<WorkerEvent>,
     stop: CancellationToken,
 ) {
@@ -123,7 +176,7 @@ async fn follow_publishers(
                 for endpoint in wanted {
                     if let std::collections::hash_map::Entry::Vacant(slot) = subscribed.entry(endpoint) {
                         let token = stop.child_token();
-                        tokio::spawn(subscribe_to(slot.key().clone(), sender.clone(), token.clone()));
+                        tokio::spawn(subscribe_to(slot.key().clone(), network, sender.clone(), token.clone()));
                         slot.insert(token);
                     }
                 }
@@ -139,8 +192,8 @@ async fn follow_publishers(
 }
 
 /// Feeds the events `endpoint` publishes into `sender` until `stop`.
-async fn subscribe_to(endpoint: String, sender: broadcast::Sender<WorkerEvent>, stop: CancellationToken) {
-    subscribe_frames(&endpoint, "", "a ZeroMQ event publisher", stop, |message| {
+async fn subscribe_to(endpoint: String, network: ZmqNetwork, sender: broadcast::Sender<WorkerEvent>, stop: CancellationToken) {
+    subscribe_frames(&endpoint, network, "", "a ZeroMQ event publisher", stop, |message| {
         let Some(payload) = message.get(1) else { return };
         match serde_json::from_slice::<WorkerEvent>(payload) {
             // Nobody subscribed is normal.
@@ -153,13 +206,19 @@ async fn subscribe_to(endpoint: String, sender: broadcast::Sender<WorkerEvent>, 
 
 /// Connects a SUB socket to `endpoint` for the topics starting with `prefix` and hands each
 /// message to `handle` until `stop` or the subscription ends (`what` names the publisher in logs).
+/// A publisher `network` does not allow is not connected to (logged).
 pub(crate) async fn subscribe_frames(
     endpoint: &str,
+    network: ZmqNetwork,
     prefix: &str,
     what: &str,
     stop: CancellationToken,
     mut handle: impl FnMut(ZmqMessage),
 ) {
+    if let Err(why) = network.check_endpoint(endpoint) {
+        tracing::warn!(%endpoint, "not subscribing to {what}: {why}");
+        return;
+    }
     let mut socket = zeromq::SubSocket::new();
     let connected = async {
         socket.subscribe(prefix).await?;
@@ -186,9 +245,8 @@ pub(crate) async fn subscribe_frames(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
     use crate::discovery::MemoryDiscovery;
     use crate::discovery::{WorkerAddress, WorkerInstance};
@@ -197,8 +255,8 @@ mod tests {
     #[tokio::test]
     async fn events_go_from_a_registered_publisher_to_every_subscriber_and_stop_when_it_leaves() {
         let discovery: Arc<dyn Discovery> = Arc::new(MemoryDiscovery::new());
-        let worker = ZmqEventBus::start(IpAddr::V4(Ipv4Addr::LOCALHOST), Arc::clone(&discovery)).await.expect("worker bus");
-        let frontend = ZmqEventBus::start(IpAddr::V4(Ipv4Addr::LOCALHOST), Arc::clone(&discovery)).await.expect("frontend bus");
+        let worker = ZmqEventBus::start(IpAddr::V4(Ipv4Addr::LOCALHOST), ZmqNetwork::new(false), Arc::clone(&discovery)).await.expect("worker bus");
+        let frontend = ZmqEventBus::start(IpAddr::V4(Ipv4Addr::LOCALHOST), ZmqNetwork::new(false), Arc::clone(&discovery)).await.expect("frontend bus");
         let mut heard = frontend.subscribe();
         let record = WorkerInstance {
             id: "w".into(),
@@ -223,5 +281,42 @@ mod tests {
         .expect("an event within 10 s");
         assert_eq!(received, event);
         discovery.deregister("w").await.expect("deregister");
+    }
+
+    #[test]
+    fn sockets_stay_on_loopback_unless_the_network_is_trusted() {
+        let guarded = ZmqNetwork::new(false);
+        assert!(guarded.check_bind(IpAddr::V4(Ipv4Addr::LOCALHOST), "s").is_ok());
+        assert!(guarded.check_bind("127.0.0.2".parse().unwrap(), "s").is_ok());
+        assert!(guarded.check_bind(IpAddr::V6(Ipv6Addr::LOCALHOST), "s").is_ok());
+        for off in ["0.0.0.0", "10.1.2.3", "::"] {
+            let refusal = guarded.check_bind(off.parse().unwrap(), "the socket").unwrap_err();
+            assert!(refusal.contains("--event-plane-trusted-network") && refusal.contains(off), "{refusal}");
+        }
+        for on in ["tcp://127.0.0.1:5557", "tcp://[::1]:5557", "tcp://localhost:5557", "tcp://127.9.9.9:1"] {
+            assert!(guarded.check_endpoint(on).is_ok(), "{on}");
+        }
+        for off in ["tcp://10.1.2.3:5557", "tcp://[fe80::1]:5557", "tcp://worker-0:5557", "ipc:///tmp/x", "tcp://127.0.0.1"] {
+            assert!(guarded.check_endpoint(off).unwrap_err().contains("--event-plane-trusted-network"), "{off}");
+        }
+        let trusted = ZmqNetwork::new(true);
+        assert!(trusted.check_bind("0.0.0.0".parse().unwrap(), "s").is_ok());
+        assert!(trusted.check_endpoint("tcp://10.1.2.3:5557").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_publisher_off_loopback_is_not_subscribed_to() {
+        let mut handled = 0;
+        let subscribing = subscribe_frames(
+            "tcp://10.255.255.1:5557",
+            ZmqNetwork::new(false),
+            "",
+            "a test publisher",
+            CancellationToken::new(),
+            |_| handled += 1,
+        );
+        // Refused before any socket: the call returns at once instead of waiting for messages.
+        tokio::time::timeout(Duration::from_secs(5), subscribing).await.expect("returned without connecting");
+        assert_eq!(handled, 0);
     }
 }

@@ -97,6 +97,11 @@ pub struct ClusterArgs {
     /// learn the endpoint from discovery.
     #[arg(long, env = "DYN_EVENT_PLANE_HOST", default_value = "127.0.0.1", value_parser = crate::config::parse_host)]
     pub event_plane_host: IpAddr,
+    /// ZeroMQ sockets (the event plane, Dynamo workers' KV events, a Dynamo-protocol worker's
+    /// KV publisher) may bind and connect off loopback: say so only when the network between the
+    /// processes is private, since ZeroMQ here has no authentication or encryption.
+    #[arg(long, env = "TRITIUM_EVENT_PLANE_TRUSTED_NETWORK", value_parser = clap::builder::BoolishValueParser::new())]
+    pub event_plane_trusted_network: bool,
     /// The NATS server, for --event-plane nats and --request-plane nats (also Dynamo's
     /// `NATS_SERVER`).
     #[arg(long, env = "TRITIUM_NATS_URL")]
@@ -210,7 +215,11 @@ impl ClusterArgs {
             (EventsKind::Zmq, _) if matches!(discovery, DiscoveryConfig::Memory) => {
                 return Err("--event-plane zmq finds publishers through discovery: give --discovery-backend file or etcd".into());
             }
-            (EventsKind::Zmq, _) => EventsConfig::Zmq { bind: self.event_plane_host },
+            (EventsKind::Zmq, _) => {
+                tritium_cluster::events::zmq::ZmqNetwork::new(self.event_plane_trusted_network)
+                    .check_bind(self.event_plane_host, "--event-plane-host (DYN_EVENT_PLANE_HOST)")?;
+                EventsConfig::Zmq { bind: self.event_plane_host, trusted_network: self.event_plane_trusted_network }
+            }
         };
         let request_plane = match (self.request_plane, &self.nats_url) {
             (RequestPlane::Tcp, _) => RequestPlaneConfig::Tcp,
@@ -260,6 +269,7 @@ impl ClusterArgs {
                 max_tokenizer: self.engine_grpc_max_tokenizer_size,
             },
             plane_tls,
+            zmq_trusted_network: self.event_plane_trusted_network,
         })
     }
 }

@@ -128,6 +128,9 @@ impl WorkerArgs {
             if self.cluster.request_plane != RequestPlane::Tcp {
                 return Err("--worker-protocol dynamo takes Dynamo's requests on its TCP listener: give --request-plane tcp".into());
             }
+            // Its KV events go out on a ZeroMQ publisher bound beside the request listener.
+            tritium_cluster::events::zmq::ZmqNetwork::new(self.cluster.event_plane_trusted_network)
+                .check_bind(self.tcp_rpc_host, "--worker-protocol dynamo's KV-event publisher (DYN_TCP_RPC_HOST)")?;
         }
         #[cfg_attr(not(feature = "llm"), allow(unused_mut))]
         let (mut models, mut engine) = (self.models.clone(), self.engine.clone());

@@ -37,6 +37,8 @@ pub struct DynamoWorkerConfig {
     pub block_size: usize,
     /// How its listener accepts and its response streams dial home.
     pub tls: super::DynamoTls,
+    /// Where its ZeroMQ KV-event publisher may bind (loopback unless the network is trusted).
+    pub zmq_network: crate::events::zmq::ZmqNetwork,
 }
 
 /// Registers the language models of `repository` in `store` and serves them until `stop`; the
@@ -73,6 +75,7 @@ pub async fn start(
     if models.is_empty() {
         return Err("--worker-protocol dynamo serves language, embedding and tensor models, and this worker loaded none".into());
     }
+    config.zmq_network.check_bind(config.rpc_host, "the Dynamo KV-event publisher (DYN_TCP_RPC_HOST)")?;
     let publisher = Arc::new(kv_publish::Publisher::bind(config.rpc_host, instance).await?);
     let names = Arc::new(kv_publish::BlockNames::default());
     let engines = repository
