@@ -57,6 +57,8 @@ pub enum ErrorCode {
     Cancelled,
     /// Queue or capacity limits; Triton has no class of its own for it, gRPC and HTTP do.
     ResourceExhausted,
+    /// A caller known (by its API key) but not allowed this model; Triton has no class for it.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -72,6 +74,7 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
             ErrorCode::Cancelled => tonic::Code::Cancelled,
             ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+            ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
         }
     }
 
@@ -87,6 +90,7 @@ impl ErrorCode {
             tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
             tonic::Code::Cancelled => ErrorCode::Cancelled,
             tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+            tonic::Code::PermissionDenied => ErrorCode::PermissionDenied,
             _ => ErrorCode::Unknown,
         }
     }
@@ -99,6 +103,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::Unsupported => 501,
             ErrorCode::ResourceExhausted => 429,
+            ErrorCode::PermissionDenied => 403,
             ErrorCode::Unknown | ErrorCode::InvalidArg | ErrorCode::AlreadyExists | ErrorCode::Cancelled => 400,
         }
     }

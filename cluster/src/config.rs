@@ -31,6 +31,8 @@ pub struct ClusterConfig {
     pub plane_tls: crate::remote::PlaneTlsFiles,
     /// `--event-plane-trusted-network`: ZeroMQ sockets may bind and connect off loopback.
     pub zmq_trusted_network: bool,
+    /// Where this process's connections to etcd and NATS report a refusal of its credentials.
+    pub health: crate::health::PlaneHealth,
 }
 
 /// `--request-plane`, resolved.
@@ -57,6 +59,7 @@ impl Default for ClusterConfig {
                 ..Default::default()
             },
             zmq_trusted_network: false,
+            health: crate::health::PlaneHealth::default(),
         }
     }
 }

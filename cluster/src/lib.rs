@@ -42,6 +42,7 @@ pub mod discovery;
 pub mod dynamo;
 pub mod engines;
 pub mod events;
+pub mod health;
 pub mod lora;
 pub mod node;
 pub mod remote;

@@ -101,8 +101,8 @@ impl WorkerNode {
     ) -> Result<(), NodeError> {
         let advertised = listener.address();
         let cluster = &self.config.cluster;
-        let discovery = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
-        let events = events::connect(&cluster.events, &cluster.scope, Arc::clone(&discovery)).await?;
+        let discovery = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl, &cluster.health).await?;
+        let events = events::connect(&cluster.events, &cluster.scope, Arc::clone(&discovery), &cluster.health).await?;
         let tracer = Arc::new(Tracer::new(self.config.trace.clone()).following_callers());
         let trace_stop = CancellationToken::new();
         tracer.start(trace_stop.clone()).map_err(NodeError::Trace)?;
@@ -115,6 +115,25 @@ impl WorkerNode {
         reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
         let name = <tritium_proto::worker::worker_server::WorkerServer<WorkerService> as tonic::server::NamedService>::NAME;
         reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+        // Not serving while etcd or NATS refuses this worker's credentials.
+        let mut planes = cluster.health.subscribe();
+        let following = reporter.clone();
+        let planes_stop = CancellationToken::new();
+        let following_planes = planes_stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let status = if *planes.borrow_and_update() {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                following.set_service_status("", status).await;
+                tokio::select! {
+                    _ = following_planes.cancelled() => return,
+                    changed = planes.changed() => if changed.is_err() { return },
+                }
+            }
+        });
 
         // The first registration before `registered`, so a caller's start returns once frontends
         // can find the worker; the publisher registers again (idempotent) and follows changes.
@@ -178,6 +197,7 @@ impl WorkerNode {
         publishing.cancel();
         let _ = publisher.await;
         let _ = reporting.await;
+        planes_stop.cancel();
         reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         in_flight.drain();
         if tokio::time::timeout(drain_timeout, in_flight.drained()).await.is_err() {

@@ -271,6 +271,7 @@ pub fn code_label(code: ErrorCode) -> &'static str {
         ErrorCode::AlreadyExists => "already_exists",
         ErrorCode::Cancelled => "cancelled",
         ErrorCode::ResourceExhausted => "resource_exhausted",
+        ErrorCode::PermissionDenied => "permission_denied",
     }
 }
 

@@ -5,10 +5,12 @@
 //! time; a missing or wrong key gets the same answer ([`REFUSAL`]) before any model work. Only
 //! the key's name is ever logged or counted, never the key.
 //!
-//! The key file holds one key per line, `NAME:KEY`, `NAME:KEY:rps=N` (at most N requests a
-//! second for that key; beyond, 429 with `Retry-After`, gRPC `RESOURCE_EXHAUSTED`) or a bare
-//! `KEY` (named `key-<line>`); blank lines and lines starting with `#` are skipped. A file that cannot be read or parsed on a
-//! reload leaves the keys in force unchanged (logged without its contents).
+//! The key file holds one key per line, `NAME:KEY`, `NAME:KEY:OPTIONS` or a bare `KEY` (named
+//! `key-<line>`); blank lines and lines starting with `#` are skipped. OPTIONS, comma-separated:
+//! `rps=N` (at most N requests a second for that key; beyond, 429 with `Retry-After`, gRPC
+//! `RESOURCE_EXHAUSTED`) and `models=A|B` (the only models the key may use; any other gets 403,
+//! gRPC `PERMISSION_DENIED`, whether it exists or not, see [`KeyScope`]). A file that cannot be
+//! read or parsed on a reload leaves the keys in force unchanged (logged without its contents).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +34,47 @@ struct Key {
     secret: Vec<u8>,
     /// `rps=N` in the key file: at most N requests a second (a bucket of N, refilled at N/s).
     rate: Option<Bucket>,
+    /// `models=A|B` in the key file: the only models it may use.
+    models: Option<Arc<[String]>>,
+}
+
+/// What a granted key may reach: its name, and the models it may use (`None`: every model).
+/// The doors put it in the request's extensions; whatever names a model checks it there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyScope {
+    pub name: String,
+    pub models: Option<Arc<[String]>>,
+}
+
+impl KeyScope {
+    /// Whether the key may use `model`.
+    pub fn allows(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|models| models.iter().any(|allowed| allowed == model))
+    }
+
+    /// Whether the key is held to a list of models.
+    pub fn is_limited(&self) -> bool {
+        self.models.is_some()
+    }
+
+    /// The refusal of `model` (the same whether the model exists or not).
+    pub fn refusal(&self, model: &str) -> String {
+        format!("API key '{}' may not use model '{model}'", self.name)
+    }
+
+    /// The refusal of a request that names no model, or one that reaches every model (a
+    /// listing of all of them), by a key held to a list.
+    pub fn needs_a_model(&self, what: &str) -> String {
+        format!("API key '{}' may use only the models it names: {what} is refused", self.name)
+    }
+}
+
+/// `Ok` when `scope` (the request's key, when keys are on) may use `model`.
+pub fn check_model(scope: Option<&KeyScope>, model: &str) -> Result<(), String> {
+    match scope {
+        Some(scope) if !scope.allows(model) => Err(scope.refusal(model)),
+        _ => Ok(()),
+    }
 }
 
 struct Bucket {
@@ -67,8 +110,8 @@ impl Bucket {
 /// What a request's key lets it do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Access {
-    /// Served; the key's name.
-    Granted(String),
+    /// Served; the key's name and models.
+    Granted(KeyScope),
     /// No key, or none that matches: [`REFUSAL`].
     Refused,
     /// The key's request rate is spent: try again after the duration.
@@ -124,7 +167,7 @@ impl ApiKeys {
             .enumerate()
             .map(|(i, key)| match key.trim() {
                 "" => Err(format!("--api-key number {} is empty", i + 1)),
-                key => Ok(Key { name: format!("flag-{}", i + 1), secret: key.as_bytes().to_vec(), rate: None }),
+                key => Ok(Key { name: format!("flag-{}", i + 1), secret: key.as_bytes().to_vec(), rate: None, models: None }),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let from_file = match &file {
@@ -145,7 +188,7 @@ impl ApiKeys {
     /// The name of the key `presented` is, or `None` (absent, or no key in force matches).
     pub fn check(&self, presented: Option<&[u8]>) -> Option<String> {
         match self.admit(presented) {
-            Access::Granted(name) | Access::Limited { name, .. } => Some(name),
+            Access::Granted(KeyScope { name, .. }) | Access::Limited { name, .. } => Some(name),
             Access::Refused => None,
         }
     }
@@ -176,7 +219,7 @@ impl ApiKeys {
             }
             _ => {
                 self.requests.with_label_values(&[key.name.as_str(), "served"]).inc();
-                Access::Granted(key.name.clone())
+                Access::Granted(KeyScope { name: key.name.clone(), models: key.models.clone() })
             }
         }
     }
@@ -274,7 +317,7 @@ fn read_file(path: &PathBuf) -> Result<Vec<Key>, String> {
             continue;
         }
         // The line's text is never echoed: it may hold a secret.
-        let bad = || format!("the API key file {shown}: line {number} is not NAME:KEY[:rps=N] or KEY");
+        let bad = || format!("the API key file {shown}: line {number} is not NAME:KEY[:rps=N,models=A|B] or KEY");
         let mut parts = line.splitn(3, ':').map(str::trim);
         let (name, secret, options) = match (parts.next(), parts.next(), parts.next()) {
             (Some(secret), None, _) => (format!("key-{number}"), secret, None),
@@ -284,14 +327,26 @@ fn read_file(path: &PathBuf) -> Result<Vec<Key>, String> {
         if secret.is_empty() || secret.chars().any(char::is_whitespace) || name.is_empty() {
             return Err(bad());
         }
-        let rate = match options {
-            None => None,
-            Some(options) => match options.strip_prefix("rps=").map(str::parse::<f64>) {
-                Some(Ok(per_second)) if per_second.is_finite() && per_second > 0.0 => Some(Bucket::new(per_second)),
-                _ => return Err(bad()),
-            },
-        };
-        keys.push(Key { name, secret: secret.as_bytes().to_vec(), rate });
+        let (mut rate, mut models) = (None, None);
+        for option in options.into_iter().flat_map(|options| options.split(',')).map(str::trim) {
+            if let Some(per_second) = option.strip_prefix("rps=") {
+                match per_second.parse::<f64>() {
+                    Ok(per_second) if per_second.is_finite() && per_second > 0.0 && rate.is_none() => {
+                        rate = Some(Bucket::new(per_second));
+                    }
+                    _ => return Err(bad()),
+                }
+            } else if let Some(names) = option.strip_prefix("models=") {
+                let names: Vec<String> = names.split('|').map(|name| name.trim().to_string()).collect();
+                if models.is_some() || names.iter().any(String::is_empty) {
+                    return Err(bad());
+                }
+                models = Some(Arc::from(names));
+            } else {
+                return Err(bad());
+            }
+        }
+        keys.push(Key { name, secret: secret.as_bytes().to_vec(), rate, models });
         if keys.len() > MAX_KEYS {
             return Err(format!("the API key file {shown} holds more than {MAX_KEYS} keys"));
         }
@@ -303,6 +358,30 @@ fn read_file(path: &PathBuf) -> Result<Vec<Key>, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn granted(name: &str) -> Access {
+        Access::Granted(KeyScope { name: name.into(), models: None })
+    }
+
+    #[test]
+    fn a_key_may_be_held_to_a_list_of_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "team:k-team:models=llama|qwen:7b\nboth:k-both:rps=5,models=bert\nall:k-all\n").unwrap();
+        let keys = ApiKeys::new(&[], Some(path.clone())).unwrap().unwrap();
+        let Access::Granted(team) = keys.admit(Some(b"k-team")) else { panic!("granted") };
+        assert!(team.is_limited() && team.allows("llama") && team.allows("qwen:7b") && !team.allows("bert"));
+        assert_eq!(check_model(Some(&team), "bert").unwrap_err(), "API key 'team' may not use model 'bert'");
+        let Access::Granted(both) = keys.admit(Some(b"k-both")) else { panic!("granted") };
+        assert!(both.allows("bert") && !both.allows("llama"));
+        let Access::Granted(all) = keys.admit(Some(b"k-all")) else { panic!("granted") };
+        assert!(!all.is_limited() && all.allows("anything"));
+        assert!(check_model(None, "anything").is_ok(), "no keys: every model");
+        for bad in ["t:k:models=", "t:k:models=a||b", "t:k:rps=1,rps=2", "t:k:colour=red", "t:k:models=a,models=b"] {
+            std::fs::write(&path, format!("{bad}\n")).unwrap();
+            assert!(keys.reload().unwrap_err().contains("line 1"), "{bad}");
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -350,18 +429,18 @@ mod tests {
         let path = dir.path().join("keys");
         std::fs::write(&path, "slow:k-slow:rps=2\nfast:k-fast\n").unwrap();
         let keys = ApiKeys::new(&[], Some(path.clone())).unwrap().unwrap();
-        assert_eq!(keys.admit(Some(b"k-slow")), Access::Granted("slow".into()));
-        assert_eq!(keys.admit(Some(b"k-slow")), Access::Granted("slow".into()));
+        assert_eq!(keys.admit(Some(b"k-slow")), granted("slow"));
+        assert_eq!(keys.admit(Some(b"k-slow")), granted("slow"));
         let Access::Limited { name, retry_after, .. } = keys.admit(Some(b"k-slow")) else {
             panic!("a third request in a moment")
         };
         assert!(name == "slow" && retry_after <= Duration::from_millis(500), "{retry_after:?}");
         assert!(keys.admit(Some(b"k-slow")).message().contains("'slow' is over its 2 requests per second"));
-        assert_eq!(keys.admit(Some(b"k-fast")), Access::Granted("fast".into()), "another key is not held back");
+        assert_eq!(keys.admit(Some(b"k-fast")), granted("fast"), "another key is not held back");
         let slower = ApiKeys::new(&[], Some(path.clone())).unwrap().unwrap();
         std::fs::write(&path, "rare:k-rare:rps=0.5\n").unwrap();
         slower.reload().unwrap();
-        assert_eq!(slower.admit(Some(b"k-rare")), Access::Granted("rare".into()), "under one a second still admits");
+        assert_eq!(slower.admit(Some(b"k-rare")), granted("rare"), "under one a second still admits");
         assert!(
             matches!(slower.admit(Some(b"k-rare")), Access::Limited { retry_after, .. } if retry_after > Duration::from_secs(1))
         );

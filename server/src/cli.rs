@@ -278,7 +278,7 @@ pub async fn serve_worker(
             (PlaneListener::Tcp { listener, advertised: args.listen.advertised_uri(addr), tls }, Some(addr))
         }
         RequestPlaneConfig::Nats { url } => {
-            let plane = NatsPlane::connect(url, &id).await?;
+            let plane = NatsPlane::connect_reporting(url, &id, &config.node.cluster.health).await?;
             let max = args.listen.request_plane_max_connections as usize;
             let listener = plane.listen(&config.node.cluster.scope.own, &id, max).await?;
             // Prefill workers this one pulls from may be on the NATS plane too.

@@ -19,6 +19,9 @@ pub enum ServerError {
     Unsupported { what: String },
     #[error("{reason}")]
     Unavailable { reason: String },
+    /// The request's API key may not use the model it names.
+    #[error("{reason}")]
+    PermissionDenied { reason: String },
     #[error("{0}")]
     Internal(String),
     #[error(transparent)]
@@ -36,6 +39,7 @@ impl ServerError {
             ServerError::NotFound { .. } => ErrorCode::NotFound,
             ServerError::Unsupported { .. } => ErrorCode::Unsupported,
             ServerError::Unavailable { .. } => ErrorCode::Unavailable,
+            ServerError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
             ServerError::Internal(_) => ErrorCode::Internal,
             ServerError::Bridge(e) => e.code(),
             ServerError::Trace(e) => e.code(),

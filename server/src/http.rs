@@ -2,6 +2,7 @@
 //! of the bridge, over the same registry, router and workers as gRPC, plus `/health` (ready),
 //! `/live` and `/metrics` (Prometheus), served within the port's limits by [`serve_limited`].
 
+mod key_scope;
 mod keys;
 pub mod kserve;
 #[cfg(feature = "llm")]
@@ -37,6 +38,8 @@ struct HttpState {
     restricted: Arc<RestrictedProtocols>,
     /// What `GET /metrics` serves here: the language-model and router families.
     metrics: Arc<prometheus::Registry>,
+    /// Whether etcd and NATS still take this process's credentials.
+    planes: tritium_cluster::health::PlaneHealth,
 }
 
 /// Every HTTP route, ready to serve; request bodies over `max_body_bytes` are refused with 413.
@@ -48,7 +51,9 @@ pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, mut api: ApiSe
     let llm = Arc::clone(&kserve.server.llm);
     let hub: Arc<dyn LlmHub> = Arc::clone(&llm) as Arc<dyn LlmHub>;
     let registry = Arc::new(crate::metrics::registry::llm_registry(&llm));
-    let state = HttpState { repository, llm: Arc::clone(&llm), restricted: Arc::clone(&kserve.restricted), metrics: registry };
+    let planes = kserve.server.planes.clone();
+    let state =
+        HttpState { repository, llm: Arc::clone(&llm), restricted: Arc::clone(&kserve.restricted), metrics: registry, planes };
     let operational = Router::new()
         .route("/health", get(health))
         .route("/live", get(live))
@@ -65,12 +70,16 @@ pub fn router(kserve: kserve::KserveState, max_body_bytes: usize, mut api: ApiSe
         .merge(kserve::routes(kserve))
 }
 
-/// 200 once every model that must load has loaded, 503 before (or when one failed).
+/// 200 once every model that must load has loaded, 503 before (or when one failed), and while
+/// etcd or NATS refuses this process's credentials (named under `problems`).
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.repository.all_ready() {
+    let problems = state.planes.problems();
+    if state.repository.all_ready() && problems.is_empty() {
         (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"})))
-    } else {
+    } else if problems.is_empty() {
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "not ready"})))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "not ready", "problems": problems})))
     }
 }
 

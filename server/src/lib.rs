@@ -160,6 +160,7 @@ impl Tritium {
             tracer,
             stopping: CancellationToken::new(),
             hard_stop,
+            planes: config.cluster.health.clone(),
         });
         Ok(Tritium { config, state })
     }
@@ -213,7 +214,7 @@ impl Tritium {
         tracing::info!(address = %home.address(), "{}; their response streams call home here", dynamo::view::describe());
         self.state.router.set_dynamo_home(home);
         let followed = dynamo::follow(store, cluster.scope.clone(), stop.clone());
-        if let Some(plane) = dynamo::event_plane_for(&cluster.events).await.map_err(StartError::RequestPlane)? {
+        if let Some(plane) = dynamo::event_plane_for(&cluster.events, &cluster.health).await.map_err(StartError::RequestPlane)? {
             let workers = followed.workers.clone();
             let router = Arc::clone(&self.state.router);
             let sink: dynamo::KvSink = Arc::new(move |worker, model, event| router.apply_kv_event(worker, model, event));
@@ -259,12 +260,12 @@ impl Tritium {
         let stop = CancellationToken::new();
         self.state.tracer.start(stop.clone()).map_err(StartError::Trace)?;
         let cluster = &self.config.cluster;
-        let discovery: Arc<dyn Discovery> = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl).await?;
-        let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.scope, Arc::clone(&discovery)).await?;
+        let discovery: Arc<dyn Discovery> = discovery::connect(&cluster.discovery, &cluster.scope, cluster.lease_ttl, &cluster.health).await?;
+        let events: Arc<dyn EventBus> = events::connect(&cluster.events, &cluster.scope, Arc::clone(&discovery), &cluster.health).await?;
         let plane_tls = cluster.plane_tls.client().map_err(StartError::Tls)?;
         let dialer = match &cluster.request_plane {
             config::RequestPlaneConfig::Nats { url } => {
-                remote::Dialer::nats(remote::NatsPlane::connect(url, &cluster.scope.own).await.map_err(StartError::RequestPlane)?)
+                remote::Dialer::nats(remote::NatsPlane::connect_reporting(url, &cluster.scope.own, &cluster.health).await.map_err(StartError::RequestPlane)?)
             }
             config::RequestPlaneConfig::Tcp => remote::Dialer::default(),
         };
@@ -343,6 +344,8 @@ impl Tritium {
             let router = http::keyed(
                 http::router(kserve, limits.max_body_bytes, self.config.openai.api.clone()),
                 self.config.api_keys.clone(),
+                limits.max_body_bytes,
+                &self.config.openai.api.paths.models,
             );
             let grpc = transport
                 .on_http_port

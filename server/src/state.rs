@@ -31,4 +31,13 @@ pub struct ServerState {
     /// still running ends at once with UNAVAILABLE (an error event, a 503), so that the process
     /// exits with none cut off without a word.
     pub hard_stop: tokio_util::sync::CancellationToken,
+    /// Whether etcd and NATS still take this process's credentials.
+    pub planes: tritium_cluster::health::PlaneHealth,
+}
+
+impl ServerState {
+    /// Ready: every model that must load has, and no cluster service refuses this process.
+    pub fn is_ready(&self) -> bool {
+        self.repository.all_ready() && self.planes.is_ready()
+    }
 }

@@ -109,7 +109,7 @@ pub fn malformed(why: &str) -> BackendError {
 pub fn error_number(code: ErrorCode) -> i64 {
     match code {
         ErrorCode::Unknown => 0,
-        ErrorCode::Internal | ErrorCode::ResourceExhausted => 1,
+        ErrorCode::Internal | ErrorCode::ResourceExhausted | ErrorCode::PermissionDenied => 1,
         ErrorCode::NotFound => 2,
         ErrorCode::InvalidArg => 3,
         ErrorCode::Unavailable => 4,

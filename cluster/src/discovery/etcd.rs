@@ -15,6 +15,8 @@ use tokio::sync::{Mutex, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::PlaneHealth;
+
 use super::{
     Discovery, DiscoveryError, DiscoveryEvent, MAX_DOCUMENT_BYTES, NamespaceScope, WorkerInstance, check_document, check_segment,
     check_ttl,
@@ -51,7 +53,12 @@ struct Shared {
     ttl: Duration,
     events: broadcast::Sender<DiscoveryEvent>,
     registrations: Mutex<HashMap<String, Registration>>,
+    /// Told when etcd refuses (or takes back) this process's credentials.
+    health: PlaneHealth,
 }
+
+/// How this plane is named in health answers.
+const PLANE: &str = "etcd (discovery)";
 
 struct Registration {
     lease: Arc<Mutex<Lease>>,
@@ -87,6 +94,18 @@ impl EtcdDiscovery {
         scope: &NamespaceScope,
         lease_ttl: Duration,
     ) -> Result<EtcdDiscovery, DiscoveryError> {
+        Self::connect_reporting(endpoints, scope, lease_ttl, PlaneHealth::default()).await
+    }
+
+    /// [`EtcdDiscovery::connect`], telling `health` when etcd refuses the process's credentials
+    /// while running (checked on every call, and by a cheap read once per lease TTL, since a watch
+    /// already open may outlive a revoked user).
+    pub async fn connect_reporting(
+        endpoints: &[String],
+        scope: &NamespaceScope,
+        lease_ttl: Duration,
+        health: PlaneHealth,
+    ) -> Result<EtcdDiscovery, DiscoveryError> {
         scope.check()?;
         check_ttl(lease_ttl)?;
         let joined = endpoints.join(",");
@@ -116,6 +135,7 @@ impl EtcdDiscovery {
             ttl: lease_ttl,
             events: broadcast::channel(WATCH_BUFFER).0,
             registrations: Mutex::new(HashMap::new()),
+            health,
         });
         // Watching from the start means anyone who subscribes after `connect` misses nothing, and
         // doubles as the check that etcd answers (and takes the credentials: TLS ones are first
@@ -229,7 +249,11 @@ impl Discovery for EtcdDiscovery {
 impl Shared {
     /// Runs one etcd call under [`CALL_TIMEOUT`], naming the endpoints and what was tried on failure.
     async fn call<T>(&self, what: &str, call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, Failure> {
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        let outcome = tokio::time::timeout(CALL_TIMEOUT, call).await;
+        if let Ok(answered) = &outcome {
+            self.health.etcd_outcome(PLANE, answered);
+        }
+        match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 let lease_not_found = match &e {
@@ -343,7 +367,10 @@ impl Shared {
             let response = match stream.message().await {
                 Ok(Some(response)) => response,
                 Ok(None) => return "stream closed".to_string(),
-                Err(e) => return e.to_string(),
+                Err(e) => {
+                    self.health.etcd_error(PLANE, &e);
+                    return e.to_string();
+                }
             };
             if response.canceled() {
                 return format!("cancelled by etcd: {}", response.cancel_reason());
@@ -371,6 +398,19 @@ impl Shared {
 /// Keeps the one watch on the prefix running, re-opening it with backoff when it breaks and then
 /// telling watchers to list again, since changes in between were not seen.
 async fn follow(shared: Arc<Shared>, mut stream: WatchStream, stop: CancellationToken) {
+    let checking = Arc::clone(&shared);
+    let check_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = check_stop.cancelled() => return,
+                _ = tokio::time::sleep(checking.ttl) => {}
+            }
+            let mut client = checking.client.clone();
+            let options = GetOptions::new().with_prefix().with_count_only();
+            let _ = checking.call("check the credentials", client.get(checking.watched.as_str(), Some(options))).await;
+        }
+    });
     loop {
         let broke = tokio::select! {
             biased;

@@ -197,15 +197,19 @@ pub enum DiscoveryConfig {
 
 /// Builds the backend `config` names. Workers' records live `lease_ttl` after their last renewal
 /// (the in-memory backend has no leases and ignores it, and the namespaces).
+/// A refusal of the process's etcd credentials while running is reported to `health`.
 pub async fn connect(
     config: &DiscoveryConfig,
     scope: &NamespaceScope,
     lease_ttl: Duration,
+    health: &crate::health::PlaneHealth,
 ) -> Result<Arc<dyn Discovery>, DiscoveryError> {
     Ok(match config {
         DiscoveryConfig::Memory => Arc::new(MemoryDiscovery::new()),
         DiscoveryConfig::File { dir } => Arc::new(FileDiscovery::new(dir.clone(), scope, lease_ttl)?),
-        DiscoveryConfig::Etcd { endpoints } => Arc::new(EtcdDiscovery::connect(endpoints, scope, lease_ttl).await?),
+        DiscoveryConfig::Etcd { endpoints } => {
+            Arc::new(EtcdDiscovery::connect_reporting(endpoints, scope, lease_ttl, health.clone()).await?)
+        }
         #[cfg(feature = "kubernetes")]
         DiscoveryConfig::Kubernetes(config) => Arc::new(kubernetes::KubeDiscovery::connect(config, scope).await?),
     })

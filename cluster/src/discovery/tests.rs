@@ -288,13 +288,16 @@ async fn connect_builds_each_backend() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ttl = Duration::from_secs(5);
     let ns = NamespaceScope::own("ns");
-    let memory = connect(&DiscoveryConfig::Memory, &ns, ttl).await.expect("memory");
+    let memory = connect(&DiscoveryConfig::Memory, &ns, ttl, &Default::default()).await.expect("memory");
     lifecycle(memory.as_ref()).await;
-    let files = connect(&DiscoveryConfig::File { dir: dir.path().to_path_buf() }, &ns, ttl).await.expect("file");
+    let files =
+        connect(&DiscoveryConfig::File { dir: dir.path().to_path_buf() }, &ns, ttl, &Default::default()).await.expect("file");
     files.register(worker("a", &[])).await.expect("register");
     assert!(dir.path().join("ns").join("a.json").is_file());
     let server = TestEtcd::start().await;
-    let etcd = connect(&DiscoveryConfig::Etcd { endpoints: vec![server.endpoint().to_string()] }, &ns, ttl).await.expect("etcd");
+    let etcd = connect(&DiscoveryConfig::Etcd { endpoints: vec![server.endpoint().to_string()] }, &ns, ttl, &Default::default())
+        .await
+        .expect("etcd");
     etcd.register(worker("a", &[])).await.expect("register");
     assert_eq!(etcd.instances().await.expect("list"), vec![worker("a", &[])]);
 }

@@ -8,11 +8,11 @@
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use super::tls::PlaneStream;
 use tritium_backend_api::llm::GenerateError;
 
 use super::items::{ItemError, Items};
 use super::protocol::PayloadCodec;
+use super::tls::PlaneStream;
 
 /// Dynamo's `PreprocessedEmbeddingRequest` (`annotations` has no default there: it is sent).
 pub fn embedding_request(model: &str, inputs: &[Vec<u32>]) -> Json {

@@ -4,10 +4,10 @@
 
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
-use super::tls::PlaneStream;
 
 use super::codec::{FrameError, TwoPart};
 use super::protocol::{Control, PayloadCodec, Prologue, StreamItem, decode_body};
+use super::tls::PlaneStream;
 
 /// Why reading stopped short.
 #[derive(Debug, PartialEq)]

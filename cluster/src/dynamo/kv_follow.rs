@@ -27,15 +27,20 @@ pub enum DynamoEventPlane {
 }
 
 /// The plane Dynamo workers' KV events come on, for the frontend's `--event-plane`.
-pub async fn event_plane_for(events: &crate::events::EventsConfig) -> Result<Option<DynamoEventPlane>, String> {
+pub async fn event_plane_for(
+    events: &crate::events::EventsConfig,
+    health: &crate::health::PlaneHealth,
+) -> Result<Option<DynamoEventPlane>, String> {
     use crate::events::EventsConfig;
     Ok(match events {
         EventsConfig::Zmq { trusted_network, .. } => {
             Some(DynamoEventPlane::Zmq(crate::events::zmq::ZmqNetwork::new(*trusted_network)))
         }
         EventsConfig::Nats { url } => {
-            let (options, used) = crate::credentials::nats_options_from_env(async_nats::ConnectOptions::new())
-                .map_err(|e| format!("Dynamo workers' KV events: {e}"))?;
+            let (options, used) = crate::credentials::nats_options_from_env(
+                async_nats::ConnectOptions::new().event_callback(health.nats_events("NATS (Dynamo KV events)")),
+            )
+            .map_err(|e| format!("Dynamo workers' KV events: {e}"))?;
             match options.connect(url.as_str()).await {
                 Ok(client) => Some(DynamoEventPlane::Nats(client)),
                 Err(e) => return Err(format!("Dynamo workers' KV events: cannot reach NATS at {url}: {e}{}", used.hint())),
@@ -72,7 +77,13 @@ pub fn follow_kv_events(
                     for endpoint in wanted.iter() {
                         if !subscribed.contains_key(endpoint) {
                             let token = stop.child_token();
-                            tokio::spawn(subscribe_zmq(endpoint.clone(), network, Arc::clone(&router), workers.clone(), token.clone()));
+                            tokio::spawn(subscribe_zmq(
+                                endpoint.clone(),
+                                network,
+                                Arc::clone(&router),
+                                workers.clone(),
+                                token.clone(),
+                            ));
                             subscribed.insert(endpoint.clone(), token);
                         }
                     }

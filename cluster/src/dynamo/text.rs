@@ -4,12 +4,12 @@
 //! chunks are relayed as they come; a client that goes away sends the worker Dynamo's `stop`.
 
 use serde_json::Value as Json;
-use super::tls::PlaneStream;
 use tokio::sync::mpsc;
 use tritium_backend_api::llm::GenerateError;
 
 use super::items::{ItemError, Items};
 use super::protocol::PayloadCodec;
+use super::tls::PlaneStream;
 
 /// One forwarded request's response stream.
 pub struct TextStream {

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use super::tls::PlaneStream;
 use tokio::sync::mpsc;
 use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent, GeneratedToken};
 
 use super::codec::{FrameError, TwoPart};
 use super::protocol::{Control, Finish, PayloadCodec, Prologue, StreamItem, decode_body, finish_of};
+use super::tls::PlaneStream;
 
 /// One generation's response stream, read into Tritium's events.
 pub(super) struct ResponseStream {

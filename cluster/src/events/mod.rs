@@ -123,10 +123,11 @@ pub async fn connect(
     config: &EventsConfig,
     scope: &NamespaceScope,
     discovery: Arc<dyn crate::discovery::Discovery>,
+    health: &crate::health::PlaneHealth,
 ) -> Result<Arc<dyn EventBus>, EventError> {
     Ok(match config {
         EventsConfig::None => Arc::new(MemoryEventBus::default()),
-        EventsConfig::Nats { url } => Arc::new(NatsEventBus::connect(url, scope).await?),
+        EventsConfig::Nats { url } => Arc::new(NatsEventBus::connect_reporting(url, scope, health).await?),
         EventsConfig::Zmq { bind, trusted_network } => {
             Arc::new(ZmqEventBus::start(*bind, zmq::ZmqNetwork::new(*trusted_network), discovery).await?)
         }
@@ -178,7 +179,7 @@ mod tests {
     #[tokio::test]
     async fn no_events_config_gives_a_memory_bus() {
         let discovery = Arc::new(crate::discovery::MemoryDiscovery::new());
-        let bus = connect(&EventsConfig::None, &NamespaceScope::own("any"), discovery).await.expect("memory bus");
+        let bus = connect(&EventsConfig::None, &NamespaceScope::own("any"), discovery, &Default::default()).await.expect("memory bus");
         let mut events = bus.subscribe();
         let event = WorkerEvent::ModelsChanged { worker: "w".into(), models: Vec::new() };
         bus.publish(event.clone()).await.expect("publish");

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event, Subscriber};
+use async_nats::{Client, ConnectOptions, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -40,10 +40,19 @@ impl NatsEventBus {
     /// scope's namespaces before returning, so nothing published after this returns is missed.
     /// Events are published in the scope's own namespace.
     pub async fn connect(url: &str, scope: &NamespaceScope) -> Result<NatsEventBus, EventError> {
+        Self::connect_reporting(url, scope, &crate::health::PlaneHealth::default()).await
+    }
+
+    /// [`NatsEventBus::connect`], telling `health` when the server refuses the process's
+    /// credentials while running, and when it takes them back.
+    pub async fn connect_reporting(
+        url: &str,
+        scope: &NamespaceScope,
+        health: &crate::health::PlaneHealth,
+    ) -> Result<NatsEventBus, EventError> {
         let connect_error = |e: &dyn std::fmt::Display| EventError::Connect { url: url.to_string(), reason: e.to_string() };
-        let options = ConnectOptions::new()
-            .name(format!("tritium/{}", scope.own))
-            .event_callback(|event| async move { log_connection_event(event) });
+        let options =
+            ConnectOptions::new().name(format!("tritium/{}", scope.own)).event_callback(health.nats_events("NATS (events)"));
         let (options, used) = crate::credentials::nats_options_from_env(options).map_err(|e| connect_error(&e))?;
         let client = options.connect(url).await.map_err(|e| connect_error(&format!("{e}{}", used.hint())))?;
         let prefix = format!("tritium.{}.events", token(&scope.own));
@@ -148,16 +157,6 @@ async fn forward(mut subscriber: Subscriber, namespace_prefix: Option<String>, s
     tracing::debug!("NATS event subscription ended");
 }
 
-fn log_connection_event(event: Event) {
-    match event {
-        Event::Connected => tracing::info!("NATS connected"),
-        Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
-        Event::Closed => tracing::info!("NATS connection closed"),
-        Event::SlowConsumer(sid) => tracing::warn!(sid, "NATS: events arrive faster than they are read; some were dropped"),
-        other => tracing::warn!("NATS: {other}"),
-    }
-}
-
 /// `name` as one NATS subject token: `.`, `*`, `>`, whitespace and control characters become
 /// `_` (they separate tokens or are wildcards), and an empty name becomes `_`.
 pub(crate) fn token(name: &str) -> String {
@@ -211,7 +210,7 @@ mod tests {
         let server = NatsServer::start();
         let a = NatsEventBus::connect(server.url(), &NamespaceScope::own("prod")).await.expect("a");
         let discovery = std::sync::Arc::new(crate::discovery::MemoryDiscovery::new());
-        let b = connect(&EventsConfig::Nats { url: server.url().to_string() }, &NamespaceScope::own("prod"), discovery)
+        let b = connect(&EventsConfig::Nats { url: server.url().to_string() }, &NamespaceScope::own("prod"), discovery, &Default::default())
             .await
             .expect("b");
         let elsewhere = NatsEventBus::connect(server.url(), &NamespaceScope::own("staging")).await.expect("elsewhere");

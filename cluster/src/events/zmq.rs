@@ -255,8 +255,12 @@ mod tests {
     #[tokio::test]
     async fn events_go_from_a_registered_publisher_to_every_subscriber_and_stop_when_it_leaves() {
         let discovery: Arc<dyn Discovery> = Arc::new(MemoryDiscovery::new());
-        let worker = ZmqEventBus::start(IpAddr::V4(Ipv4Addr::LOCALHOST), ZmqNetwork::new(false), Arc::clone(&discovery)).await.expect("worker bus");
-        let frontend = ZmqEventBus::start(IpAddr::V4(Ipv4Addr::LOCALHOST), ZmqNetwork::new(false), Arc::clone(&discovery)).await.expect("frontend bus");
+        let worker = ZmqEventBus::start(IpAddr::V4(Ipv4Addr::LOCALHOST), ZmqNetwork::new(false), Arc::clone(&discovery))
+            .await
+            .expect("worker bus");
+        let frontend = ZmqEventBus::start(IpAddr::V4(Ipv4Addr::LOCALHOST), ZmqNetwork::new(false), Arc::clone(&discovery))
+            .await
+            .expect("frontend bus");
         let mut heard = frontend.subscribe();
         let record = WorkerInstance {
             id: "w".into(),

@@ -270,6 +270,7 @@ impl ClusterArgs {
             },
             plane_tls,
             zmq_trusted_network: self.event_plane_trusted_network,
+            health: tritium_cluster::health::PlaneHealth::default(),
         })
     }
 }

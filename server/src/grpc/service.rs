@@ -1,6 +1,8 @@
 //! `inference.GRPCInferenceService`: a thin adapter from the 20 RPCs to the model registry, the
 //! worker, shared memory and settings. Each handler decodes, calls the core, encodes; errors map
-//! to status once, through [`crate::error::ServerError`].
+//! to status once, through [`crate::error::ServerError`]. A call whose API key is held to a list
+//! of models ([`KeyScope`], put in the call's extensions by the transport) is refused
+//! `PERMISSION_DENIED` for any other model, and for the calls that reach every model.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +14,7 @@ use tritium_proto::inference::*;
 use super::convert::{decode_for_model, encode_response};
 use super::stream;
 use crate::admin;
+use crate::api_keys::KeyScope;
 use crate::state::ServerState;
 
 #[derive(Debug, Clone)]
@@ -27,6 +30,7 @@ impl InferenceService {
     /// ModelInfer, until the server's hard stop.
     async fn infer(&self, request: Request<ModelInferRequest>) -> RpcResult<ModelInferResponse> {
         let arrived = Instant::now();
+        allowed(&request, &request.get_ref().model_name)?;
         let (metadata, _, request) = request.into_parts();
         let _in_use = crate::dispatch::load_on_demand(&self.state, &request.model_name).await?;
         let mut decoded = decode_for_model(request, &self.state.shm, &self.state.repository, None, arrived)?;
@@ -41,6 +45,24 @@ impl InferenceService {
 
 type RpcResult<T> = Result<Response<T>, Status>;
 
+/// `Ok` unless the call's API key is held to models that `model` is not one of.
+fn allowed<T>(request: &Request<T>, model: &str) -> Result<(), Status> {
+    crate::api_keys::check_model(request.extensions().get::<KeyScope>(), model).map_err(Status::permission_denied)
+}
+
+/// `Ok` unless the call's API key is held to a list of models: `what` reaches them all.
+fn unscoped<T>(request: &Request<T>, what: &str) -> Result<(), Status> {
+    match request.extensions().get::<KeyScope>() {
+        Some(scope) if scope.is_limited() => Err(Status::permission_denied(scope.needs_a_model(what))),
+        _ => Ok(()),
+    }
+}
+
+/// [`allowed`] for a named model, [`unscoped`] when `model` is empty (every model).
+fn allowed_or_unscoped<T>(request: &Request<T>, model: &str, what: &str) -> Result<(), Status> {
+    if model.is_empty() { unscoped(request, what) } else { allowed(request, model) }
+}
+
 fn reply<T>(value: T) -> RpcResult<T> {
     Ok(Response::new(value))
 }
@@ -52,10 +74,11 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn server_ready(&self, _: Request<ServerReadyRequest>) -> RpcResult<ServerReadyResponse> {
-        reply(ServerReadyResponse { ready: self.state.repository.all_ready() })
+        reply(ServerReadyResponse { ready: self.state.is_ready() })
     }
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> RpcResult<ModelReadyResponse> {
+        allowed(&request, &request.get_ref().name)?;
         reply(ModelReadyResponse { ready: admin::model_ready(&self.state, request.into_inner()).await? })
     }
 
@@ -64,6 +87,7 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> RpcResult<ModelMetadataResponse> {
+        allowed(&request, &request.get_ref().name)?;
         reply(admin::model_metadata(&self.state, request.into_inner()).await?)
     }
 
@@ -84,18 +108,22 @@ impl GrpcInferenceService for InferenceService {
     ) -> RpcResult<Self::ModelStreamInferStream> {
         let grpc_errors = stream::wants_grpc_errors(request.metadata());
         let caller = tritium_trace::caller(request.metadata().as_ref());
-        reply(stream::serve(Arc::clone(&self.state), request.into_inner(), grpc_errors, caller))
+        let scope = request.extensions().get::<KeyScope>().filter(|scope| scope.is_limited()).cloned();
+        reply(stream::serve(Arc::clone(&self.state), request.into_inner(), grpc_errors, caller, scope))
     }
 
     async fn model_config(&self, request: Request<ModelConfigRequest>) -> RpcResult<ModelConfigResponse> {
+        allowed(&request, &request.get_ref().name)?;
         reply(ModelConfigResponse { config: Some(admin::model_config(&self.state, request.into_inner()).await?) })
     }
 
     async fn model_statistics(&self, request: Request<ModelStatisticsRequest>) -> RpcResult<ModelStatisticsResponse> {
+        allowed_or_unscoped(&request, &request.get_ref().name, "ModelStatistics of every model")?;
         reply(admin::model_statistics(&self.state, request.into_inner())?)
     }
 
     async fn repository_index(&self, request: Request<RepositoryIndexRequest>) -> RpcResult<RepositoryIndexResponse> {
+        unscoped(&request, "RepositoryIndex")?;
         reply(admin::repository_index(&self.state, request.into_inner())?)
     }
 
@@ -103,6 +131,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> RpcResult<RepositoryModelLoadResponse> {
+        allowed(&request, &request.get_ref().model_name)?;
         admin::load_model(&self.state, request.into_inner()).await?;
         reply(RepositoryModelLoadResponse {})
     }
@@ -111,6 +140,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<RepositoryModelUnloadRequest>,
     ) -> RpcResult<RepositoryModelUnloadResponse> {
+        allowed(&request, &request.get_ref().model_name)?;
         admin::unload_model(&self.state, request.into_inner())?;
         reply(RepositoryModelUnloadResponse {})
     }
@@ -161,10 +191,12 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn trace_setting(&self, request: Request<TraceSettingRequest>) -> RpcResult<TraceSettingResponse> {
+        allowed_or_unscoped(&request, &request.get_ref().model_name, "the server-wide TraceSetting")?;
         reply(admin::trace_setting(&self.state, request.into_inner())?)
     }
 
     async fn log_settings(&self, request: Request<LogSettingsRequest>) -> RpcResult<LogSettingsResponse> {
+        unscoped(&request, "LogSettings")?;
         reply(admin::log_settings(&self.state, request.into_inner())?)
     }
 }

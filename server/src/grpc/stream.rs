@@ -141,6 +141,8 @@ pub struct StreamCall {
     grpc_errors: bool,
     /// The caller's W3C context, from the call's metadata: each sampled request continues it.
     caller: Option<TraceContext>,
+    /// The models the call's API key is held to, when it is: other models are refused in-band.
+    scope: Option<crate::api_keys::KeyScope>,
     /// Plain requests, answered in the order they came.
     in_order: FuturesOrdered<AnswerFuture>,
     /// Responses of decoupled requests, as they are ready.
@@ -170,6 +172,7 @@ pub fn serve(
     incoming: Streaming<ModelInferRequest>,
     grpc_errors: bool,
     caller: Option<TraceContext>,
+    scope: Option<crate::api_keys::KeyScope>,
 ) -> StreamCall {
     let stopping = Box::pin(state.stopping.clone().cancelled_owned());
     let hard_stop = state.hard_stop.child_token();
@@ -178,6 +181,7 @@ pub fn serve(
         incoming,
         grpc_errors,
         caller,
+        scope,
         in_order: FuturesOrdered::new(),
         interleaved: SelectAll::new(),
         reading: true,
@@ -244,8 +248,15 @@ impl Stream for StreamCall {
         while this.reading && this.in_flight() < MAX_IN_FLIGHT {
             match this.incoming.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(request))) => {
-                    let mut answer: AnswerFuture =
-                        Box::pin(answer(Arc::clone(&this.state), request, this.grpc_errors, this.caller.clone()));
+                    let mut answer: AnswerFuture = match crate::api_keys::check_model(this.scope.as_ref(), &request.model_name) {
+                        // In order with the requests before it, like any request's own error.
+                        Err(reason) => {
+                            let label = Label { model: request.model_name, version: request.model_version, id: request.id };
+                            let refusal = in_band(&label, ServerError::PermissionDenied { reason }, false);
+                            Box::pin(std::future::ready(Answer::Now(refusal)))
+                        }
+                        Ok(()) => Box::pin(answer(Arc::clone(&this.state), request, this.grpc_errors, this.caller.clone())),
+                    };
                     // Most models answer without waiting: with nothing ahead of it in order, such
                     // an answer goes out at once instead of through the ordered queue.
                     if this.in_order.is_empty() {

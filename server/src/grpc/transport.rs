@@ -198,7 +198,7 @@ impl<S: GrpcService> hyper::service::Service<Request<Incoming>> for Routes<S> {
     type Error = Infallible;
     type Future = Call<S::Future>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let deadline = grpc_timeout(request.headers()).map(|after| Box::pin(tokio::time::sleep(after)));
         let guard = &self.guard;
@@ -206,8 +206,10 @@ impl<S: GrpcService> hyper::service::Service<Request<Incoming>> for Routes<S> {
             && !open_without_key(request.uri().path())
         {
             let refused = match keys.admit_headers(request.headers()) {
-                crate::api_keys::Access::Granted(name) => {
-                    tracing::debug!(key = %name, path = request.uri().path(), "gRPC call with an API key");
+                crate::api_keys::Access::Granted(scope) => {
+                    tracing::debug!(key = %scope.name, path = request.uri().path(), "gRPC call with an API key");
+                    // The handlers check the models the call names against it.
+                    request.extensions_mut().insert(scope);
                     None
                 }
                 crate::api_keys::Access::Refused => Some(Status::unauthenticated(crate::api_keys::REFUSAL)),

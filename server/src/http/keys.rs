@@ -1,6 +1,7 @@
 //! The HTTP port's API-key check (`--api-key`, [`crate::api_keys`]): every route but the health
 //! probes' asks for a key, and a request without a good one is answered 401 in its door's error
-//! shape (OpenAI's, Anthropic's, KServe's) before it reaches a handler.
+//! shape (OpenAI's, Anthropic's, KServe's) before it reaches a handler. A key held to a list of
+//! models is checked against the model each request names ([`super::key_scope`]).
 
 use std::sync::Arc;
 
@@ -13,22 +14,39 @@ use serde_json::json;
 
 use crate::api_keys::{Access, ApiKeys, REFUSAL};
 
-/// `router` asking for one of `keys` (unchanged without keys).
-pub fn keyed(router: Router, keys: Option<Arc<ApiKeys>>) -> Router {
+/// What the check needs: the keys, and where models are named.
+struct Guard {
+    keys: Arc<ApiKeys>,
+    /// The HTTP port's body limit: a body read for its `model` is held to it.
+    max_body: usize,
+    /// Where `GET` lists the models (OpenAI's `/v1/models`, or its configured path).
+    models_path: String,
+}
+
+/// `router` asking for one of `keys` (unchanged without keys); request bodies read for the model
+/// they name are held to `max_body` bytes, and `models_path` is where the models are listed.
+pub fn keyed(router: Router, keys: Option<Arc<ApiKeys>>, max_body: usize, models_path: &str) -> Router {
     match keys {
-        Some(keys) => router.layer(axum::middleware::from_fn_with_state(keys, check)),
+        Some(keys) => {
+            let guard = Arc::new(Guard { keys, max_body, models_path: models_path.to_string() });
+            router.layer(axum::middleware::from_fn_with_state(guard, check))
+        }
         None => router,
     }
 }
 
-async fn check(State(keys): State<Arc<ApiKeys>>, request: Request, next: Next) -> Response {
+async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if open_without_key(path) {
         return next.run(request).await;
     }
-    match keys.admit_headers(request.headers()) {
-        Access::Granted(name) => {
-            tracing::debug!(key = %name, path, "HTTP request with an API key");
+    match guard.keys.admit_headers(request.headers()) {
+        Access::Granted(scope) => {
+            tracing::debug!(key = %scope.name, path, "HTTP request with an API key");
+            if scope.is_limited() {
+                return super::key_scope::serve_scoped(scope, request, next, guard.max_body, &guard.models_path).await;
+            }
+            request.extensions_mut().insert(scope);
             next.run(request).await
         }
         Access::Refused => refusal(path, StatusCode::UNAUTHORIZED, REFUSAL, None),
@@ -45,28 +63,28 @@ fn open_without_key(path: &str) -> bool {
     matches!(path, "/health" | "/live" | "/v2/health/live" | "/v2/health/ready")
 }
 
-/// The refusal in the door's error shape: 401 (with `WWW-Authenticate`) or 429 (with `Retry-After`).
-fn refusal(path: &str, status: StatusCode, message: &str, retry_after: Option<u64>) -> Response {
-    let limited = status == StatusCode::TOO_MANY_REQUESTS;
+/// The refusal in the door's error shape: 401 (with `WWW-Authenticate`), 429 (with
+/// `Retry-After`), 403 (a model the key may not use) or 413 (a body too large to read its model).
+pub(super) fn refusal(path: &str, status: StatusCode, message: &str, retry_after: Option<u64>) -> Response {
+    let (anthropic, openai) = match status {
+        StatusCode::TOO_MANY_REQUESTS => ("rate_limit_error", ("rate_limit_exceeded", "rate_limit_exceeded")),
+        StatusCode::FORBIDDEN => ("permission_error", ("invalid_request_error", "model_not_allowed")),
+        StatusCode::PAYLOAD_TOO_LARGE => ("request_too_large", ("invalid_request_error", "request_too_large")),
+        _ => ("authentication_error", ("invalid_request_error", "invalid_api_key")),
+    };
     let body = if path == "/v1/messages" || path.starts_with("/v1/messages/") {
-        let kind = if limited { "rate_limit_error" } else { "authentication_error" };
-        json!({"type": "error", "error": {"type": kind, "message": message}})
+        json!({"type": "error", "error": {"type": anthropic, "message": message}})
     } else if path.starts_with("/v1/") {
-        let (kind, code) =
-            if limited { ("rate_limit_exceeded", "rate_limit_exceeded") } else { ("invalid_request_error", "invalid_api_key") };
-        json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+        json!({"error": {"message": message, "type": openai.0, "param": null, "code": openai.1}})
     } else {
         json!({"error": message})
     };
     let mut response = (status, axum::Json(body)).into_response();
     let headers = response.headers_mut();
-    match retry_after {
-        Some(seconds) => {
-            headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
-        }
-        None => {
-            headers.insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-        }
+    if let Some(seconds) = retry_after {
+        headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    } else if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
     response
 }

@@ -60,7 +60,19 @@ impl std::fmt::Debug for NatsPlane {
 impl NatsPlane {
     /// Connects to the NATS server at `url`; `name` is the client name the server shows.
     pub async fn connect(url: &str, name: &str) -> Result<Arc<NatsPlane>, String> {
-        let options = ConnectOptions::new().name(format!("tritium-request-plane/{name}"));
+        Self::connect_reporting(url, name, &crate::health::PlaneHealth::default()).await
+    }
+
+    /// [`NatsPlane::connect`], telling `health` when the server refuses the process's
+    /// credentials while running, and when it takes them back.
+    pub async fn connect_reporting(
+        url: &str,
+        name: &str,
+        health: &crate::health::PlaneHealth,
+    ) -> Result<Arc<NatsPlane>, String> {
+        let options = ConnectOptions::new()
+            .name(format!("tritium-request-plane/{name}"))
+            .event_callback(health.nats_events("NATS (request plane)"));
         let (options, used) =
             crate::credentials::nats_options_from_env(options).map_err(|e| format!("--request-plane nats: {e}"))?;
         let client = options

@@ -46,11 +46,7 @@ pub(super) async fn live() -> HttpResult {
 }
 
 pub(super) async fn ready(State(state): State<KserveState>) -> HttpResult {
-    if state.server.repository.all_ready() {
-        Ok(reply::empty_plain())
-    } else {
-        Err(HttpError::bad_request("Server not ready").plain())
-    }
+    if state.server.is_ready() { Ok(reply::empty_plain()) } else { Err(HttpError::bad_request("Server not ready").plain()) }
 }
 
 pub(super) async fn model_ready(State(state): State<KserveState>, path: Result<Path<ModelPath>, PathRejection>) -> HttpResult {
