@@ -118,18 +118,25 @@ pub(crate) fn insecure_tls_config(
     identity: Option<(Vec<rustls_pki_types::CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>)>,
     variable: &str,
 ) -> Result<rustls::ClientConfig, String> {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("{variable}: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServerCertificate(provider)));
+    let builder = insecure_tls_builder(variable)?;
     match identity {
         Some((certs, key)) => {
             builder.with_client_auth_cert(certs, key).map_err(|e| format!("{variable}: the client certificate: {e}"))
         }
         None => Ok(builder.with_no_client_auth()),
     }
+}
+
+/// A client configuration taking any server certificate, before its own identity is chosen.
+pub(crate) fn insecure_tls_builder(
+    variable: &str,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("{variable}: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServerCertificate(provider))))
 }
 
 /// Takes any server certificate; the handshake's signatures are still checked, so the peer holds

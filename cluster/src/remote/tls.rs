@@ -3,8 +3,8 @@
 //! certificate and key serves the plane over TLS, and requires client certificates that chain to
 //! the client CA when one is given; a process given a CA (or `insecure`) dials workers over TLS,
 //! presenting its own certificate when it has one (mutual TLS). Every handshake has a deadline.
-//! The server's certificate and key are read again when their files change, so a rotation needs
-//! no restart. A plaintext or wrongly signed peer fails its handshake, which is logged; nothing
+//! Both ends' certificates and keys (the worker's, and the client certificate a dialing process
+//! presents) are read again when their files change, so a rotation needs no restart. A plaintext or wrongly signed peer fails its handshake, which is logged; nothing
 //! else is disturbed. The worker token still applies inside the TLS session.
 
 use std::io;
@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use http::Uri;
 use parking_lot::Mutex;
 use rustls::crypto::CryptoProvider;
+use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -114,7 +115,7 @@ impl PlaneTlsFiles {
         self.check()?;
         let (Some(cert), Some(key)) = (&self.cert, &self.key) else { return Ok(None) };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let resolver = ReloadingCert::load(cert.clone(), key.clone(), Arc::clone(&provider))?;
+        let resolver = ReloadingCert::load(SERVER_IDENTITY, cert.clone(), key.clone(), Arc::clone(&provider))?;
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("worker-plane TLS: {e}"))?;
@@ -142,27 +143,23 @@ impl PlaneTlsFiles {
         if !self.dials_tls() {
             return Ok(None);
         }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let identity = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => {
-                Some((certificates("DYN_TCP_TLS_CLIENT_CERT_PATH", cert)?, private_key("DYN_TCP_TLS_CLIENT_KEY_PATH", key)?))
+                Some(Arc::new(ReloadingCert::load(CLIENT_IDENTITY, cert.clone(), key.clone(), Arc::clone(&provider))?))
             }
             _ => None,
         };
-        let mut config = match &self.ca {
-            Some(ca) => {
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let builder = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| format!("worker-plane TLS: {e}"))?
-                    .with_root_certificates(roots("DYN_TCP_TLS_CA_CERT_PATH", ca)?);
-                match identity {
-                    Some((certs, key)) => {
-                        builder.with_client_auth_cert(certs, key).map_err(|e| format!("DYN_TCP_TLS_CLIENT_CERT_PATH: {e}"))?
-                    }
-                    None => builder.with_no_client_auth(),
-                }
-            }
-            None => crate::credentials::insecure_tls_config(identity, "DYN_TCP_TLS_INSECURE")?,
+        let builder = match &self.ca {
+            Some(ca) => rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("worker-plane TLS: {e}"))?
+                .with_root_certificates(roots("DYN_TCP_TLS_CA_CERT_PATH", ca)?),
+            None => crate::credentials::insecure_tls_builder("DYN_TCP_TLS_INSECURE")?,
+        };
+        let mut config = match identity {
+            Some(identity) => builder.with_client_cert_resolver(identity),
+            None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         let server_name = match &self.server_name {
@@ -209,10 +206,28 @@ fn roots(variable: &str, path: &Path) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// The worker's certificate and key, read again when either file's modification time changes
-/// (checked at each handshake); a rotation that cannot be read keeps the previous pair.
+/// Which certificate a [`ReloadingCert`] holds, by the variables that name its files.
+#[derive(Debug, Clone, Copy)]
+struct Identity {
+    cert_variable: &'static str,
+    key_variable: &'static str,
+    /// Who presents it, in logs.
+    whose: &'static str,
+}
+
+const SERVER_IDENTITY: Identity =
+    Identity { cert_variable: "DYN_TCP_TLS_CERT_PATH", key_variable: "DYN_TCP_TLS_KEY_PATH", whose: "the worker's" };
+const CLIENT_IDENTITY: Identity = Identity {
+    cert_variable: "DYN_TCP_TLS_CLIENT_CERT_PATH",
+    key_variable: "DYN_TCP_TLS_CLIENT_KEY_PATH",
+    whose: "the client",
+};
+
+/// A certificate and key, read again when either file's modification time changes (checked at
+/// each handshake); a rotation that cannot be read keeps the previous pair.
 #[derive(Debug)]
 struct ReloadingCert {
+    identity: Identity,
     cert: PathBuf,
     key: PathBuf,
     provider: Arc<CryptoProvider>,
@@ -226,10 +241,28 @@ struct Loaded {
 }
 
 impl ReloadingCert {
-    fn load(cert: PathBuf, key: PathBuf, provider: Arc<CryptoProvider>) -> Result<ReloadingCert, String> {
+    fn load(identity: Identity, cert: PathBuf, key: PathBuf, provider: Arc<CryptoProvider>) -> Result<ReloadingCert, String> {
         let stamps = (modified(&cert), modified(&key));
-        let certified = Arc::new(certified_key(&cert, &key, &provider)?);
-        Ok(ReloadingCert { cert, key, provider, loaded: Mutex::new(Loaded { stamps, certified }) })
+        let certified = Arc::new(certified_key(identity, &cert, &key, &provider)?);
+        Ok(ReloadingCert { identity, cert, key, provider, loaded: Mutex::new(Loaded { stamps, certified }) })
+    }
+
+    /// The pair in force, read again first when either file changed.
+    fn current(&self) -> Arc<CertifiedKey> {
+        let stamps = (modified(&self.cert), modified(&self.key));
+        let mut loaded = self.loaded.lock();
+        if stamps != loaded.stamps {
+            loaded.stamps = stamps;
+            let whose = self.identity.whose;
+            match certified_key(self.identity, &self.cert, &self.key, &self.provider) {
+                Ok(certified) => {
+                    tracing::info!(cert = %self.cert.display(), "worker plane: {whose} TLS certificate was read again");
+                    loaded.certified = Arc::new(certified);
+                }
+                Err(why) => tracing::warn!("worker plane: {whose} changed TLS certificate is not used: {why}"),
+            }
+        }
+        Arc::clone(&loaded.certified)
     }
 }
 
@@ -237,30 +270,29 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
-    let certs = certificates("DYN_TCP_TLS_CERT_PATH", cert)?;
-    let key = private_key("DYN_TCP_TLS_KEY_PATH", key)?;
-    let signing = provider.key_provider.load_private_key(key).map_err(|e| format!("DYN_TCP_TLS_KEY_PATH: {e}"))?;
+fn certified_key(identity: Identity, cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+    let Identity { cert_variable, key_variable, .. } = identity;
+    let certs = certificates(cert_variable, cert)?;
+    let key = private_key(key_variable, key)?;
+    let signing = provider.key_provider.load_private_key(key).map_err(|e| format!("{key_variable}: {e}"))?;
     let certified = CertifiedKey::new(certs, signing);
-    certified.keys_match().map_err(|e| format!("DYN_TCP_TLS_CERT_PATH and DYN_TCP_TLS_KEY_PATH do not match: {e}"))?;
+    certified.keys_match().map_err(|e| format!("{cert_variable} and {key_variable} do not match: {e}"))?;
     Ok(certified)
 }
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let stamps = (modified(&self.cert), modified(&self.key));
-        let mut loaded = self.loaded.lock();
-        if stamps != loaded.stamps {
-            loaded.stamps = stamps;
-            match certified_key(&self.cert, &self.key, &self.provider) {
-                Ok(certified) => {
-                    tracing::info!(cert = %self.cert.display(), "worker plane: the TLS certificate was read again");
-                    loaded.certified = Arc::new(certified);
-                }
-                Err(why) => tracing::warn!("worker plane: the changed TLS certificate is not used: {why}"),
-            }
-        }
-        Some(Arc::clone(&loaded.certified))
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for ReloadingCert {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 

@@ -17,7 +17,7 @@ import pytest
 
 from cluster import listed_models, wait_until
 from helpers import finish_server, start_failure, start_server, start_worker, wait_for
-from tls_certs import plane_certificates
+from tls_certs import issue, plane_certificates
 
 MODEL = "mock-llm"
 
@@ -159,9 +159,44 @@ def test_the_worker_reads_a_rotated_certificate_without_a_restart(certs, tmp_pat
         shutil.copy(certs / "renewed.key", live / "cert.key")
         shutil.copy(certs / "renewed.pem", live / "cert.pem")
         assert wait_for(lambda: peer_certificate_serial(certs, w.port) != before, timeout=10)
-        assert "the TLS certificate was read again" in w.stderr()
+        assert "the worker's TLS certificate was read again" in w.stderr()
     finally:
         finish_server(w)
+
+
+def test_the_frontend_reads_a_rotated_client_certificate_without_a_restart(certs, tmp_path):
+    """The frontend's client certificate is read again when its files change: rotated to one another CA signed,
+    the next worker it dials refuses the handshake; rotated back, it is served, all without a restart."""
+    issue(certs, "outsider", "extendedKeyUsage=clientAuth\n", ca="other-ca")
+    live = tmp_path / "live"
+    live.mkdir()
+    (tmp_path / "discovery").mkdir()
+
+    def present(who: str) -> None:
+        # The key first, then the certificate: a half-written pair keeps the old one in use.
+        shutil.copy(certs / f"{who}.key", live / "client.key")
+        shutil.copy(certs / f"{who}.pem", live / "client.pem")
+
+    present("frontend")
+    client = ["--tcp-tls-ca-cert-path", str(certs / "ca.pem"), "--tcp-tls-client-cert-path", str(live / "client.pem"),
+              "--tcp-tls-client-key-path", str(live / "client.key")]  # fmt: skip
+    first = worker(tmp_path / "discovery", worker_tls(certs))
+    frontend = start_server(*discovery(tmp_path / "discovery"), *client)
+    second = None
+    try:
+        wait_until(lambda: completes(frontend), 30, "served over mutual TLS")
+        finish_server(first)
+        present("outsider")
+        second = worker(tmp_path / "discovery", worker_tls(certs))
+        wait_until(lambda: "TLS handshake failed" in second.stderr(), 30, "the next worker refusing the rotated certificate")
+        assert not completes(frontend)
+        assert "the client TLS certificate was read again" in frontend.stderr()
+        present("frontend")
+        wait_until(lambda: completes(frontend), 30, "served again once rotated back")
+    finally:
+        finish_server(frontend)
+        if second:
+            finish_server(second)
 
 
 @pytest.mark.parametrize(
