@@ -232,14 +232,16 @@ impl FromRequestParts<AppState> for HeaderWorker {
 
 /// The caller's W3C trace context (`traceparent`, `tracestate`), if it sent a valid one; a
 /// malformed header is ignored and the request starts a trace of its own.
-pub(crate) struct CallerTrace(Option<TraceContext>);
+/// The API key's name (never the key) rides along, for the request's trace.
+pub(crate) struct CallerTrace(Option<TraceContext>, Option<tritium_backend_api::trace::ApiKeyName>);
 
 impl FromRequestParts<AppState> for CallerTrace {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &AppState) -> Result<Self, Self::Rejection> {
         let header = |name| parts.headers.get(name).map(|v| v.as_bytes());
-        Ok(CallerTrace(TraceContext::from_headers(header(TRACEPARENT), header(TRACESTATE))))
+        let key = parts.extensions.get::<tritium_backend_api::trace::ApiKeyName>().cloned();
+        Ok(CallerTrace(TraceContext::from_headers(header(TRACEPARENT), header(TRACESTATE)), key))
     }
 }
 
@@ -295,7 +297,11 @@ impl HeaderWorker {
 impl AppState {
     /// Observes one request to `model` (a served model), traced when the server's sampler picks it.
     fn observer(&self, model: &str, caller: CallerTrace) -> RequestObserver {
-        self.metrics.observer(model, PROTOCOL).with_trace(self.hub.trace(model, caller.0))
+        let trace = self.hub.trace(model, caller.0);
+        if let Some(trace) = &trace {
+            trace.name_api_key(caller.1.as_ref());
+        }
+        self.metrics.observer(model, PROTOCOL).with_trace(trace)
     }
 
     /// The preprocessor of `model` (loaded first when models load on demand), which must be of

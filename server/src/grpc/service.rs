@@ -31,12 +31,15 @@ impl InferenceService {
     async fn infer(&self, request: Request<ModelInferRequest>) -> RpcResult<ModelInferResponse> {
         let arrived = Instant::now();
         allowed(&request, &request.get_ref().model_name)?;
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         let _in_use = crate::dispatch::load_on_demand(&self.state, &request.model_name).await?;
         let mut decoded = decode_for_model(request, &self.state.shm, &self.state.repository, None, arrived)?;
         // Off unless --log-verbose (or LogSettings) asks for it; a disabled level costs one check.
         tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "ModelInfer");
         let trace = tritium_trace::door::grpc_received(&self.state.tracer, &mut decoded.request, metadata.as_ref(), arrived);
+        if let Some(trace) = &trace {
+            trace.name_api_key(extensions.get());
+        }
         let response = crate::dispatch::unary(&self.state, decoded.request, decoded.model.take()).await?;
         let _sent = tritium_trace::door::Sending::grpc(trace);
         reply(encode_response(response, &decoded.shm, &self.state.shm, None)?)
@@ -108,7 +111,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> RpcResult<Self::ModelStreamInferStream> {
         let grpc_errors = stream::wants_grpc_errors(request.metadata());
         let caller = tritium_trace::caller(request.metadata().as_ref());
-        let scope = request.extensions().get::<KeyScope>().filter(|scope| scope.is_limited()).cloned();
+        let scope = request.extensions().get::<KeyScope>().cloned();
         reply(stream::serve(Arc::clone(&self.state), request.into_inner(), grpc_errors, caller, scope))
     }
 

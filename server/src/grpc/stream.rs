@@ -77,7 +77,13 @@ fn ok(response: ModelInferResponse) -> Reply {
     Ok(ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) })
 }
 
-async fn answer(state: Arc<ServerState>, request: ModelInferRequest, grpc_errors: bool, caller: Option<TraceContext>) -> Answer {
+async fn answer(
+    state: Arc<ServerState>,
+    request: ModelInferRequest,
+    grpc_errors: bool,
+    caller: Option<TraceContext>,
+    key: Option<tritium_backend_api::trace::ApiKeyName>,
+) -> Answer {
     let arrived = Instant::now();
     let label = Label { model: request.model_name.clone(), version: request.model_version.clone(), id: request.id.clone() };
     // The request's own errors: in-band in both modes.
@@ -87,6 +93,9 @@ async fn answer(state: Arc<ServerState>, request: ModelInferRequest, grpc_errors
     };
     let admitted = decode_for_model(request, &state.shm, &state.repository, None, arrived).and_then(|mut decoded| {
         let trace = tritium_trace::door::grpc_stream_received(&state.tracer, &mut decoded.request, caller, arrived);
+        if let Some(trace) = &trace {
+            trace.name_api_key(key.as_ref());
+        }
         let admitted = crate::dispatch::admit(&state, decoded.request, decoded.model)?;
         Ok((admitted, decoded.shm, decoded.enable_empty_final, trace))
     });
@@ -141,7 +150,8 @@ pub struct StreamCall {
     grpc_errors: bool,
     /// The caller's W3C context, from the call's metadata: each sampled request continues it.
     caller: Option<TraceContext>,
-    /// The models the call's API key is held to, when it is: other models are refused in-band.
+    /// The call's API key: its name goes on traces, and other models than its list (when it has
+    /// one) are refused in-band.
     scope: Option<crate::api_keys::KeyScope>,
     /// Plain requests, answered in the order they came.
     in_order: FuturesOrdered<AnswerFuture>,
@@ -255,7 +265,10 @@ impl Stream for StreamCall {
                             let refusal = in_band(&label, ServerError::PermissionDenied { reason }, false);
                             Box::pin(std::future::ready(Answer::Now(refusal)))
                         }
-                        Ok(()) => Box::pin(answer(Arc::clone(&this.state), request, this.grpc_errors, this.caller.clone())),
+                        Ok(()) => {
+                            let key = this.scope.as_ref().map(|scope| tritium_backend_api::trace::ApiKeyName(scope.name.as_str().into()));
+                            Box::pin(answer(Arc::clone(&this.state), request, this.grpc_errors, this.caller.clone(), key))
+                        }
                     };
                     // Most models answer without waiting: with nothing ahead of it in order, such
                     // an answer goes out at once instead of through the ordered queue.

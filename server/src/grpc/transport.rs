@@ -208,7 +208,8 @@ impl<S: GrpcService> hyper::service::Service<Request<Incoming>> for Routes<S> {
             let refused = match keys.admit_headers(request.headers()) {
                 crate::api_keys::Access::Granted(scope) => {
                     tracing::debug!(key = %scope.name, path = request.uri().path(), "gRPC call with an API key");
-                    // The handlers check the models the call names against it.
+                    // The handlers check the models the call names against it, and traces name the key.
+                    request.extensions_mut().insert(tritium_backend_api::trace::ApiKeyName(scope.name.as_str().into()));
                     request.extensions_mut().insert(scope);
                     None
                 }

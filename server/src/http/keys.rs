@@ -12,6 +12,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use tritium_backend_api::trace::ApiKeyName;
+
 use crate::api_keys::{Access, ApiKeys, REFUSAL};
 
 /// What the check needs: the keys, and where models are named.
@@ -43,6 +45,7 @@ async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: Next
     match guard.keys.admit_headers(request.headers()) {
         Access::Granted(scope) => {
             tracing::debug!(key = %scope.name, path, "HTTP request with an API key");
+            request.extensions_mut().insert(ApiKeyName(scope.name.as_str().into()));
             if scope.is_limited() {
                 return super::key_scope::serve_scoped(scope, request, next, guard.max_body, &guard.models_path).await;
             }

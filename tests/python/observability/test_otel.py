@@ -311,3 +311,25 @@ def test_a_remote_embedding_joins_the_callers_trace_on_the_worker(tmp_path, rece
         for process in (worker, frontend):
             process.proc.terminate()
             process.proc.wait(timeout=30)
+
+
+def test_the_api_keys_name_is_on_the_trace_and_never_the_key(start_tritium, receiver, tmp_path):
+    """With API keys on, each door's request span says which key it came with (`tritium.api_key.name`), by the
+    key's name only: the OpenAI door and KServe's generate over HTTP (gRPC's doors set it the same way)."""
+    keys = tmp_path / "keys"
+    keys.write_text("team:k-team-s3cret\n")
+    server = start_tritium("--engine", "mock", "--model-name", "mock-llm", "--api-key-file", str(keys), *otel_args(receiver.http_url))
+    llm = openai.OpenAI(base_url=f"{server.http_url}/v1", api_key="k-team-s3cret", default_headers={"traceparent": CALLER})
+    assert llm.completions.create(model="mock-llm", prompt="Hello", max_tokens=2).usage.completion_tokens == 2
+    kserve_trace = uuid.uuid4().hex
+    request = urllib.request.Request(
+        f"{server.http_url}/v2/models/mock-llm/generate", data=b'{"text_input": "Hello", "max_tokens": 2}',
+        headers={"authorization": "Bearer k-team-s3cret", "traceparent": f"00-{kserve_trace}-{CALLER_SPAN}-01"},
+    )  # fmt: skip
+    urllib.request.urlopen(request, timeout=30).read()
+    for trace_id in (CALLER_TRACE, kserve_trace):
+        receiver.wait_for(lambda s: any(r["trace_id"] == trace_id for r in roots(s)))
+        spans = receiver.trace(trace_id)
+        named = [s for s in spans if s["attributes"].get("tritium.api_key.name") == "team"]
+        assert named, [s["attributes"] for s in spans]
+        assert "k-team-s3cret" not in repr([s["attributes"] for s in spans])

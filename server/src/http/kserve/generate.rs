@@ -177,6 +177,7 @@ async fn read_request(
 pub(super) async fn generate(
     State(state): State<KserveState>,
     path: Result<Path<ModelPath>, PathRejection>,
+    key: Option<axum::Extension<tritium_backend_api::trace::ApiKeyName>>,
     headers: HeaderMap,
     body: Body,
 ) -> HttpResult {
@@ -184,7 +185,7 @@ pub(super) async fn generate(
     let path = model_path(path)?;
     let _in_use = crate::dispatch::load_on_demand(&state.server, &path.model).await?;
     let (request, resolved) = read_request(&state, &path, &headers, body, false).await?;
-    let received = super::Received { headers: &headers, arrived, read: Instant::now() };
+    let received = super::Received { headers: &headers, key: key.as_deref(), arrived, read: Instant::now() };
     let (response, trace) = super::run_infer(&state, request, resolved, received).await?;
     let _sent = tritium_trace::door::Sending::http(trace);
     let json = response_json(response)?;
@@ -204,6 +205,7 @@ fn event(result: Result<Value, HttpError>) -> Result<Event, Infallible> {
 pub(super) async fn generate_stream(
     State(state): State<KserveState>,
     path: Result<Path<ModelPath>, PathRejection>,
+    key: Option<axum::Extension<tritium_backend_api::trace::ApiKeyName>>,
     headers: HeaderMap,
     body: Body,
 ) -> HttpResult {
@@ -215,6 +217,9 @@ pub(super) async fn generate_stream(
     let read = Instant::now();
     // Held by the stream: the trace ends with its last event.
     let trace = tritium_trace::door::http_received(&state.server.tracer, &mut decoded.request, &headers, arrived, read);
+    if let Some(trace) = &trace {
+        trace.name_api_key(key.as_deref());
+    }
     let admitted = crate::dispatch::admit(&state.server, decoded.request, decoded.model)?;
     let outcome = crate::dispatch::streamed(&state.server, admitted).await?;
     let sent = tritium_trace::door::Sending::http(trace);

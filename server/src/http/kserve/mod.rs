@@ -205,6 +205,7 @@ fn header_length(headers: &HeaderMap, body_length: usize) -> Result<Option<usize
 async fn infer_route(
     State(state): State<KserveState>,
     path: Result<Path<ModelPath>, PathRejection>,
+    key: Option<axum::Extension<tritium_backend_api::trace::ApiKeyName>>,
     headers: HeaderMap,
     body: Body,
 ) -> HttpResult {
@@ -228,7 +229,7 @@ async fn infer_route(
         None if body.bytes.is_empty() => infer::parse_raw(&path.model, &version, body.bytes.clone(), raw_input(&resolved)?),
         other => infer::parse(&path.model, &version, body.bytes.clone(), other)?,
     };
-    let received = Received { headers: &headers, arrived, read: Instant::now() };
+    let received = Received { headers: &headers, key: key.as_deref(), arrived, read: Instant::now() };
     let (response, trace) = run_infer(&state, parsed.request, resolved, received).await?;
     drop(body);
     let _sent = tritium_trace::door::Sending::http(trace);
@@ -255,6 +256,8 @@ pub(crate) fn resolve(state: &KserveState, path: &ModelPath) -> Result<Arc<triti
 /// began and when the body was read.
 pub(crate) struct Received<'a> {
     pub headers: &'a HeaderMap,
+    /// The API key the request came with (its name goes on the trace).
+    pub key: Option<&'a tritium_backend_api::trace::ApiKeyName>,
     pub arrived: Instant,
     pub read: Instant,
 }
@@ -268,10 +271,13 @@ pub(crate) async fn run_infer(
     received: Received<'_>,
 ) -> Result<(tritium_proto::inference::ModelInferResponse, Option<RequestTrace>), HttpError> {
     let grpc = &state.server;
-    let Received { headers, arrived, read } = received;
+    let Received { headers, key, arrived, read } = received;
     let mut decoded = crate::grpc::convert::decode_for_model(request, &grpc.shm, &grpc.repository, Some(resolved), arrived)?;
     tracing::debug!(model = %decoded.request.model_name, id = %decoded.request.id, "HTTP infer");
     let trace = tritium_trace::door::http_received(&grpc.tracer, &mut decoded.request, headers, arrived, read);
+    if let Some(trace) = &trace {
+        trace.name_api_key(key);
+    }
     // At the end of the shutdown grace period a request still running is answered 503, not cut off.
     let hard_stop = grpc.hard_stop.child_token();
     let response = tokio::select! {
