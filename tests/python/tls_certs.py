@@ -42,3 +42,21 @@ def plane_certificates(d: pathlib.Path) -> pathlib.Path:
     issue(d, "named", server + "DNS:worker.test\n")
     issue(d, "frontend", "extendedKeyUsage=clientAuth\n")
     return d
+
+
+def issue_expired(d: pathlib.Path, who: str, ext: str, ca: str = "ca") -> None:
+    """`d/who.pem` and `d/who.key`, issued by `d/ca.pem` but valid only in January 2020 (`openssl ca` takes
+    explicit dates, which `openssl x509` does not)."""
+    (d / f"{who}.ext").write_text(ext)
+    openssl("req", *EC, "-keyout", str(d / f"{who}.key"), "-out", str(d / f"{who}.csr"), "-subj", f"/CN={who}")
+    book = d / f"{who}-ca"
+    book.mkdir(exist_ok=True)
+    (book / "index.txt").write_text("")
+    (book / "serial").write_text("1000\n")
+    (book / "ca.cnf").write_text(
+        f"[ca]\ndefault_ca = past\n[past]\ndatabase = {book}/index.txt\nnew_certs_dir = {book}\nserial = {book}/serial\n"
+        "default_md = sha256\npolicy = anything\n[anything]\ncommonName = supplied\n"
+    )
+    openssl("ca", "-batch", "-config", str(book / "ca.cnf"), "-cert", str(d / f"{ca}.pem"), "-keyfile", str(d / f"{ca}.key"),
+            "-in", str(d / f"{who}.csr"), "-out", str(d / f"{who}.pem"), "-startdate", "20200101000000Z",
+            "-enddate", "20200102000000Z", "-extfile", str(d / f"{who}.ext"), "-notext")  # fmt: skip

@@ -2,7 +2,7 @@
 the same meaning, certificates made here by the `openssl` CLI: a mock-engine worker and a frontend sharing a
 discovery folder serve over mutual TLS (with the worker token on top); a plaintext frontend, one without a client
 certificate, one trusting another CA and one dialing a name the certificate does not carry are each refused in
-the handshake, logged by name, while the worker stays up; `--tcp-tls-server-name` and `--tcp-tls-insecure` make the
+the handshake, logged by name, while the worker stays up; an expired certificate is refused on either side; `--tcp-tls-server-name` and `--tcp-tls-insecure` make the
 last two work; a peer that never finishes its handshake is let go after the deadline; the worker's certificate is
 read again when its file changes; combinations that cannot work stop the process naming the variables."""
 
@@ -17,7 +17,7 @@ import pytest
 
 from cluster import listed_models, wait_until
 from helpers import finish_server, start_failure, start_server, start_worker, wait_for
-from tls_certs import issue, plane_certificates
+from tls_certs import issue, issue_expired, plane_certificates
 
 MODEL = "mock-llm"
 
@@ -99,6 +99,28 @@ def test_a_peer_the_plane_cannot_trust_is_refused_in_the_handshake(certs, tmp_pa
     finally:
         finish_server(frontend)
         finish_server(w)
+
+
+def test_an_expired_certificate_is_refused_on_either_side(certs, tmp_path):
+    """A worker serving an expired certificate is refused by the frontend; a frontend presenting an expired client
+    certificate is refused by the worker; each side logs why, and neither worker serves through it."""
+    issue_expired(certs, "expired-worker", "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n")
+    issue_expired(certs, "expired-frontend", "extendedKeyUsage=clientAuth\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    stale_worker = worker(tmp_path / "a", worker_tls(certs, cert="expired-worker", mutual=False))
+    stale_client = ["--tcp-tls-ca-cert-path", str(certs / "ca.pem"), "--tcp-tls-client-cert-path", str(certs / "expired-frontend.pem"),
+                    "--tcp-tls-client-key-path", str(certs / "expired-frontend.key")]  # fmt: skip
+    good_worker = worker(tmp_path / "b", worker_tls(certs))
+    frontends = [start_server(*discovery(tmp_path / "a"), *frontend_tls(certs)), start_server(*discovery(tmp_path / "b"), *stale_client)]
+    try:
+        assert wait_for(lambda: "invalid peer certificate: certificate expired" in frontends[0].stderr(), timeout=30), frontends[0].stderr()[-2000:]
+        assert wait_for(lambda: "invalid peer certificate: certificate expired" in good_worker.stderr(), timeout=30), good_worker.stderr()[-2000:]
+        assert not any(completes(frontend) for frontend in frontends)
+        assert stale_worker.proc.poll() is None and good_worker.proc.poll() is None
+    finally:
+        for process in (*frontends, stale_worker, good_worker):
+            finish_server(process)
 
 
 def test_a_certificate_for_another_name_needs_the_server_name_option(certs, tmp_path):
