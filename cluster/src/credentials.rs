@@ -323,6 +323,73 @@ mod tests {
         assert!(refused.is_err(), "another user's seed is refused");
     }
 
+    /// A NATS JWT (`iss` signs it), as nats-server's decentralized auth reads one.
+    fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+        let issued = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims = serde_json::json!({
+            "jti": format!("T{issued}{name}").to_uppercase(), "iat": issued, "iss": issuer.public_key(),
+            "name": name, "sub": subject, "nats": nats,
+        });
+        let signed = format!("{header}.{}", b64.encode(claims.to_string()));
+        let signature = issuer.sign(signed.as_bytes()).unwrap();
+        format!("{signed}.{}", b64.encode(signature))
+    }
+
+    /// An operator-mode nats-server (an operator, an account preloaded, users with JWTs): a
+    /// `.creds` file of one of its users from NATS_AUTH_CREDENTIALS_FILE connects; a user the
+    /// account never signed is refused.
+    #[tokio::test]
+    async fn a_nats_server_admits_the_user_of_the_credentials_file() {
+        let operator = nkeys::KeyPair::new_operator();
+        let account = nkeys::KeyPair::new_account();
+        let unlimited = serde_json::json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1});
+        let operator_jwt =
+            nats_jwt(&operator, &operator.public_key(), "op", serde_json::json!({"type": "operator", "version": 2}));
+        let account_jwt = nats_jwt(
+            &operator,
+            &account.public_key(),
+            "acct",
+            serde_json::json!({"limits": unlimited, "default_permissions": {"pub": {}, "sub": {}}, "type": "account", "version": 2}),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("nats.conf");
+        let preload = format!("{}: {account_jwt}", account.public_key());
+        std::fs::write(&config, format!("operator: {operator_jwt}\nresolver: MEMORY\nresolver_preload: {{ {preload} }}\n"))
+            .unwrap();
+        let server = crate::test_nats::NatsServer::start_with(&["-c", config.to_str().unwrap()]);
+        let creds = |signer: &nkeys::KeyPair, file: &str| {
+            let user = nkeys::KeyPair::new_user();
+            let limits = serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                "issuer_account": account.public_key(), "type": "user", "version": 2});
+            let jwt = nats_jwt(signer, &user.public_key(), "u", limits);
+            let text = format!(
+                "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+                user.seed().unwrap()
+            );
+            let path = dir.path().join(file);
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let good = creds(&account, "good.creds");
+        let (options, used) =
+            nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_CREDENTIALS_FILE", &good)])).unwrap();
+        assert_eq!(used.hint(), " (credentials from NATS_AUTH_CREDENTIALS_FILE)");
+        let client = async_nats::connect_with_options(server.url(), options).await.expect("the credentials file's user connects");
+        client.flush().await.unwrap();
+        let forged = creds(&nkeys::KeyPair::new_account(), "forged.creds");
+        let refused = async_nats::connect_with_options(
+            server.url(),
+            nats_options(async_nats::ConnectOptions::new(), env(&[("NATS_AUTH_CREDENTIALS_FILE", &forged)])).unwrap().0,
+        )
+        .await;
+        assert!(refused.is_err(), "a user no account of the server signed is refused");
+    }
+
     /// A nats-server with a self-signed certificate: refused with no CA, joined with
     /// NATS_TLS_INSECURE. The certificate is made by the `openssl` CLI.
     #[tokio::test]
