@@ -2,6 +2,7 @@
 //! of the bridge, over the same registry, router and workers as gRPC, plus `/health` (ready),
 //! `/live` and `/metrics` (Prometheus), served within the port's limits by [`serve_limited`].
 
+mod key_refusal;
 mod key_scope;
 mod keys;
 pub mod kserve;

@@ -108,6 +108,9 @@ pub struct AdapterInfo {
     /// Where it was read from.
     pub path: String,
     pub rank: usize,
+    /// The seed its sequences' KV block hashes chain from (see `kv::block_hashes_from`), the same
+    /// on every worker that loads the same adapter: a router hashes its prompts with it.
+    pub kv_seed: u64,
 }
 
 /// Where a request stands under priority scheduling: a higher `tier` always goes first (Dynamo's

@@ -338,7 +338,7 @@ impl LlmEngine {
 }
 
 fn adapter_info(adapter: &LoraAdapter) -> AdapterInfo {
-    AdapterInfo { name: adapter.name.clone(), path: adapter.path.clone(), rank: adapter.rank }
+    AdapterInfo { name: adapter.name.clone(), path: adapter.path.clone(), rank: adapter.rank, kv_seed: adapter.seed }
 }
 
 impl LanguageModel for LlmEngine {

@@ -11,8 +11,8 @@
 //! the rank against `--max-lora-rank`.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
@@ -96,7 +96,9 @@ pub(crate) struct LoraAdapter {
     pub path: String,
     pub rank: usize,
     /// Seeds the chained hashes of its sequences' KV blocks, so the prefix cache never hands a
-    /// sequence blocks computed with other weights; unique to each load.
+    /// sequence blocks computed with other weights: derived from the adapter's name and files
+    /// ([`identity_seed`]), so every worker that loads the same adapter names its blocks alike
+    /// and a router can hash its prompts as they do.
     pub(crate) seed: u64,
     pairs: Vec<HashMap<Target, LoraPair>>,
 }
@@ -119,18 +121,46 @@ impl LoraAdapter {
         if pairs.iter().all(HashMap::is_empty) {
             return Err(format!("the adapter at {} changes no projection", path.display()));
         }
-        Ok(LoraAdapter { name: name.to_string(), path: path.display().to_string(), rank, seed: new_seed(name), pairs })
+        let seed = identity_seed(name, path)?;
+        Ok(LoraAdapter { name: name.to_string(), path: path.display().to_string(), rank, seed, pairs })
     }
 }
 
-fn new_seed(name: &str) -> u64 {
-    static LOADS: AtomicU64 = AtomicU64::new(1);
-    let load = LOADS.fetch_add(1, Ordering::Relaxed);
-    let mut bytes = load.to_le_bytes().to_vec();
-    bytes.extend_from_slice(name.as_bytes());
-    let words: Vec<u32> = bytes.iter().map(|&b| u32::from(b)).collect();
-    // Never 0, the base model's seed.
-    tritium_backend_api::kv::chain_hash(0x10aa_da97, &words).max(1)
+/// The KV-hash seed of adapter `name` read from `path`: its name, and a CRC-32 and length of
+/// each file it was read from (the GGUF file, or every file of the PEFT folder, by name), so the
+/// same adapter seeds alike on every worker and other weights under the same name never do.
+/// Never 0, the base model's seed.
+pub(crate) fn identity_seed(name: &str, path: &Path) -> Result<u64, String> {
+    let mut files: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map_err(|e| format!("the adapter folder {} cannot be listed: {}", path.display(), e.kind()))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|file| file.is_file())
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.sort();
+    let mut words: Vec<u32> = name.bytes().map(u32::from).collect();
+    let mut buffer = vec![0u8; 1 << 20];
+    for file in &files {
+        let unreadable = |e: std::io::Error| format!("the adapter file {} cannot be read: {}", file.display(), e.kind());
+        let mut reader = std::fs::File::open(file).map_err(unreadable)?;
+        let (mut crc, mut length) = (crc32fast::Hasher::new(), 0u64);
+        loop {
+            let read = reader.read(&mut buffer).map_err(unreadable)?;
+            if read == 0 {
+                break;
+            }
+            crc.update(&buffer[..read]);
+            length += read as u64;
+        }
+        words
+            .extend(file.file_name().map(|n| n.to_string_lossy().bytes().map(u32::from).collect::<Vec<_>>()).unwrap_or_default());
+        words.extend([crc.finalize(), length as u32, (length >> 32) as u32]);
+    }
+    Ok(tritium_backend_api::kv::chain_hash(0x10aa_da97, &words).max(1))
 }
 
 /// A raw pair and the scale its format gives it.
@@ -359,5 +389,23 @@ mod tests {
             Some((0, Target::Down, false))
         );
         assert_eq!(peft_target("base_model.model.lm_head.weight", &config), None);
+    }
+
+    #[test]
+    fn an_adapters_seed_is_its_name_and_content_wherever_it_was_read_from() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for dir in [a.path(), b.path()] {
+            std::fs::write(dir.join("adapter_config.json"), r#"{"r": 2}"#).unwrap();
+            std::fs::write(dir.join("adapter_model.safetensors"), [1u8, 2, 3]).unwrap();
+        }
+        let seed = identity_seed("sql", a.path()).unwrap();
+        assert_eq!(identity_seed("sql", b.path()).unwrap(), seed, "the same adapter in another folder, on another worker");
+        assert_ne!(seed, 0, "never the base model's seed");
+        assert_ne!(identity_seed("chat", a.path()).unwrap(), seed, "another name");
+        std::fs::write(b.path().join("adapter_model.safetensors"), [1u8, 2, 4]).unwrap();
+        assert_ne!(identity_seed("sql", b.path()).unwrap(), seed, "other weights under the same name");
+        let file = a.path().join("adapter_model.safetensors");
+        assert_ne!(identity_seed("sql", &file).unwrap(), seed, "one file is not the folder");
+        assert!(identity_seed("sql", &a.path().join("absent")).unwrap_err().contains("cannot be read"));
     }
 }

@@ -323,6 +323,7 @@ pub fn remote_models(target: &DynamoTarget) -> Vec<crate::remote::RemoteModel> {
                 card: model.card.clone(),
                 labels: Vec::new(),
                 adapter_of: None,
+                adapter_kv_seed: None,
                 text_input: model.text_input,
             }
         })

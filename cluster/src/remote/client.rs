@@ -51,6 +51,8 @@ pub struct RemoteModel {
     pub labels: Vec<(String, Arc<Labels>)>,
     /// For a LoRA adapter: the model it adapts, and where the worker read it from.
     pub adapter_of: Option<(String, String)>,
+    /// For a LoRA adapter of a Tritium worker: the seed its KV block hashes chain from.
+    pub adapter_kv_seed: Option<u64>,
     /// For a model whose worker takes OpenAI requests as they came: the routes it serves.
     pub text_input: Option<crate::discovery::dynamo_target::TextApis>,
 }
@@ -271,6 +273,7 @@ impl RemoteWorker {
                 card,
                 labels,
                 adapter_of: model.adapter_of.map(|base| (base, model.adapter_path.unwrap_or_default())),
+                adapter_kv_seed: model.adapter_kv_seed,
                 text_input: None,
             });
         }

@@ -338,6 +338,7 @@ impl Worker for WorkerService {
                         .collect(),
                     adapter_of: None,
                     adapter_path: None,
+                    adapter_kv_seed: None,
                 });
             }
         }
@@ -352,6 +353,7 @@ impl Worker for WorkerService {
                 output_labels: Default::default(),
                 adapter_of: Some(adapter.base.name.to_string()),
                 adapter_path: Some(adapter.path),
+                adapter_kv_seed: Some(adapter.kv_seed),
             });
         }
         Ok(Response::new(DescribeModelsResponse { models }))

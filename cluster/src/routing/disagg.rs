@@ -78,8 +78,17 @@ impl Router {
     /// The prefill worker for `prompt` on its way to `decode`, and how the decode worker takes
     /// it over; `None` when the prompt is short enough, or what `decode` lacks of it is, to
     /// prefill there. A Dynamo decode worker's prompt is always prefilled on a Dynamo prefill
-    /// worker, as Dynamo's frontend does.
-    pub(super) fn prefill_for(&self, model: &str, prompt: &[u32], decode: &Member, split: &Split) -> Option<(Member, Prefill)> {
+    /// worker, as Dynamo's frontend does. A Tritium worker's LoRA adapter (`model` one, or
+    /// `adapter` named) is prefilled where it decodes: a prefill worker's blocks would be the
+    /// base weights'.
+    pub(super) fn prefill_for(
+        &self,
+        model: &str,
+        adapter: Option<&str>,
+        prompt: &[u32],
+        decode: &Member,
+        split: &Split,
+    ) -> Option<(Member, Prefill)> {
         if decode.local || !split.is_disaggregated() {
             return None;
         }
@@ -89,6 +98,10 @@ impl Router {
             return is_dynamo(&prefill.id).then_some((prefill, Prefill::Handoff));
         }
         if prompt.len() <= self.options.max_local_prefill_length {
+            return None;
+        }
+        if adapter.is_some() || self.remote_models.tritium_adapter(model).is_some() {
+            tracing::debug!(model, "a LoRA adapter's prompt is prefilled on its decode worker");
             return None;
         }
         let block_size = self.options.kv_block_size;

@@ -48,6 +48,7 @@ fn remote_model(target: &EngineTarget) -> crate::remote::RemoteModel {
         card: Some(Arc::clone(&target.card)),
         labels: Vec::new(),
         adapter_of: None,
+        adapter_kv_seed: None,
         text_input: None,
     }
 }

@@ -168,7 +168,7 @@ impl Router {
                     let tracked = self.track(&member, model, &request.prompt, scored);
                     // Counted on its worker now: the queue may let the next one go.
                     admitted.take();
-                    (outstanding, tracked, self.prefill_for(model, &request.prompt, &member, &split))
+                    (outstanding, tracked, self.prefill_for(model, request.adapter.as_deref(), &request.prompt, &member, &split))
                 });
                 async move {
                     let Some((outstanding, tracked, prefill)) = remote else {

@@ -453,7 +453,14 @@ impl Router {
             self.counters.routed.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(Picked::unscored(candidates[0].clone())));
         }
-        let hashes = tokens.map(|t| self.prompt_hashes(model, &candidates, t));
+        // A Tritium worker's adapter: its blocks hash from the adapter's seed and its KV events
+        // come under the model it adapts.
+        let adapter = self.remote_models.tritium_adapter(model);
+        let index_model = adapter.as_ref().map_or(model, |(base, _)| base.as_str());
+        let hashes = tokens.map(|t| match &adapter {
+            Some((_, seed)) => tritium_backend_api::kv::block_hashes_from(*seed, t, self.options.kv_block_size),
+            None => self.prompt_hashes(model, &candidates, t),
+        });
         let tracked = |member: &Member| match (&hashes, self.options.kv.tracked) {
             (Some(hashes), true) => self.active.candidate(&member.id, model, hashes),
             _ => active::CandidateLoad::default(),
@@ -477,7 +484,7 @@ impl Router {
             .collect();
         drop(loads);
         let overlaps = hashes.as_ref().map(|h| match self.options.kv_events {
-            true => self.kv.lock().overlaps(model, h),
+            true => self.kv.lock().overlaps(index_model, h),
             false => self.predicted.lock().overlaps(model, h, now),
         });
         let context = PickContext {

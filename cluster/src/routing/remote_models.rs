@@ -69,6 +69,14 @@ impl RemoteModels {
         self.described.lock().values().flatten().find(|m| m.name == name)?.adapter_of.clone()
     }
 
+    /// For a LoRA adapter of Tritium workers: the model it adapts (whose KV events carry its
+    /// blocks) and the seed its block hashes chain from.
+    pub(super) fn tritium_adapter(&self, name: &str) -> Option<(String, u64)> {
+        let described = self.described.lock();
+        let adapter = described.values().flatten().find(|m| m.name == name && m.adapter_kv_seed.is_some())?;
+        Some((adapter.adapter_of.as_ref()?.0.clone(), adapter.adapter_kv_seed?))
+    }
+
     /// For a model whose workers take OpenAI requests as they came: the routes it serves.
     pub(super) fn text_input(&self, name: &str) -> Option<TextApis> {
         self.text_models.load().get(name).copied()

@@ -333,6 +333,7 @@ async fn an_on_demand_frontend_sends_a_model_a_worker_holds_there_instead_of_loa
             card: None,
             labels: Vec::new(),
             adapter_of: None,
+                adapter_kv_seed: None,
             text_input: None,
         }],
     );
@@ -346,4 +347,35 @@ async fn an_on_demand_frontend_sends_a_model_a_worker_holds_there_instead_of_loa
     assert!(repository.ensure_loaded("m", wait).await.expect("loads").is_some());
     assert_eq!(repository.local_models().iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["m"]);
     assert_eq!(who(&router, "m").await, "local");
+}
+
+#[tokio::test]
+async fn an_adapters_prompt_is_hashed_from_its_seed_and_found_under_the_model_it_adapts() {
+    use tritium_backend_api::kv::{KvEvent, block_hashes_from};
+    let router = router(RouterMode::Kv, Fake::new("local"));
+    for id in ["a", "b"] {
+        router.add_member_for_test(id, Fake::new(id), false);
+    }
+    router.apply(&[instance("a", &["base", "sql"]), instance("b", &["base", "sql"])]).await;
+    for id in ["a", "b"] {
+        let adapter = crate::remote::RemoteModel {
+            name: "sql".into(),
+            version: 1,
+            config: Default::default(),
+            card: None,
+            labels: Vec::new(),
+            adapter_of: Some(("base".into(), "adapters/sql".into())),
+            adapter_kv_seed: Some(77),
+            text_input: None,
+        };
+        router.remote_models.described(&Arc::from(id), vec![adapter]);
+    }
+    let size = router.options.kv_block_size;
+    let prompt: Vec<u32> = (0..u32::try_from(size * 4).unwrap()).collect();
+    // b's engine announced the adapter's blocks, under its base model, chained from its seed.
+    router.apply_kv_event("b", "base", &KvEvent::Stored { parent: None, blocks: block_hashes_from(77, &prompt, size) });
+    for _ in 0..4 {
+        let picked = router.pick("sql", Some(&prompt), None, None, &[], false).unwrap().unwrap();
+        assert_eq!(picked.member.id.as_ref(), "b", "the worker holding the adapter's prefix");
+    }
 }

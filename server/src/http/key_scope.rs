@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
+use super::key_refusal::refusal;
 use crate::api_keys::KeyScope;
 
 /// The largest model listing filtered for a key.
@@ -71,7 +72,7 @@ pub(super) async fn serve_scoped(
     models_path: &str,
 ) -> Response {
     let path = request.uri().path().to_string();
-    let forbidden = |reason: String| super::keys::refusal(&path, StatusCode::FORBIDDEN, &reason, None);
+    let forbidden = |reason: String| refusal(&path, StatusCode::FORBIDDEN, &reason, None);
     match path_model(&path, models_path) {
         PathModel::Named(model) if !scope.allows(&model) => return forbidden(scope.refusal(&model)),
         PathModel::Every(what) => return forbidden(scope.needs_a_model(what)),
@@ -80,7 +81,7 @@ pub(super) async fn serve_scoped(
             let (parts, body) = request.into_parts();
             let Ok(bytes) = to_bytes(body, max_body).await else {
                 let message = format!("the request body is over the {max_body} bytes allowed");
-                return super::keys::refusal(&path, StatusCode::PAYLOAD_TOO_LARGE, &message, None);
+                return refusal(&path, StatusCode::PAYLOAD_TOO_LARGE, &message, None);
             };
             match serde_json::from_slice::<NamedModel>(&bytes).ok().and_then(|named| named.model) {
                 Some(serde_json::Value::String(model)) if scope.allows(&model) => {}

@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
-
+use axum::response::Response;
 use tritium_backend_api::trace::ApiKeyName;
 
+use super::key_refusal::refusal;
 use crate::api_keys::{Access, ApiKeys, REFUSAL};
 
 /// What the check needs: the keys, and where models are named.
@@ -64,30 +63,4 @@ async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: Next
 /// What Kubernetes probes ask: open without a key.
 fn open_without_key(path: &str) -> bool {
     matches!(path, "/health" | "/live" | "/v2/health/live" | "/v2/health/ready")
-}
-
-/// The refusal in the door's error shape: 401 (with `WWW-Authenticate`), 429 (with
-/// `Retry-After`), 403 (a model the key may not use) or 413 (a body too large to read its model).
-pub(super) fn refusal(path: &str, status: StatusCode, message: &str, retry_after: Option<u64>) -> Response {
-    let (anthropic, openai) = match status {
-        StatusCode::TOO_MANY_REQUESTS => ("rate_limit_error", ("rate_limit_exceeded", "rate_limit_exceeded")),
-        StatusCode::FORBIDDEN => ("permission_error", ("invalid_request_error", "model_not_allowed")),
-        StatusCode::PAYLOAD_TOO_LARGE => ("request_too_large", ("invalid_request_error", "request_too_large")),
-        _ => ("authentication_error", ("invalid_request_error", "invalid_api_key")),
-    };
-    let body = if path == "/v1/messages" || path.starts_with("/v1/messages/") {
-        json!({"type": "error", "error": {"type": anthropic, "message": message}})
-    } else if path.starts_with("/v1/") {
-        json!({"error": {"message": message, "type": openai.0, "param": null, "code": openai.1}})
-    } else {
-        json!({"error": message})
-    };
-    let mut response = (status, axum::Json(body)).into_response();
-    let headers = response.headers_mut();
-    if let Some(seconds) = retry_after {
-        headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
-    } else if status == StatusCode::UNAUTHORIZED {
-        headers.insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-    }
-    response
 }

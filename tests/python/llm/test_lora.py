@@ -257,12 +257,22 @@ def test_a_workers_adapters_are_models_routed_only_to_the_workers_that_hold_them
         assert status == 200, body
         assert body == "Success: LoRA adapter 'peft' added successfully."
         assert "peft" in {m.id for m in client(frontend).models.list().data}, "listed when the load returns"
+        def blocks_cached() -> float:
+            with urllib.request.urlopen(f"{frontend.http_url}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("tritium_router_prompt_blocks_cached"))
+
+        long_prompt = "Once upon a time, there was a little fox who lived at the edge of a quiet wood. " * 6
+        cached = blocks_cached()
         answers = {}
         for _ in range(4):
-            answer = client(frontend).completions.create(model="peft", prompt=prompt, max_tokens=6, temperature=0,
+            answer = client(frontend).completions.create(model="peft", prompt=long_prompt, max_tokens=6, temperature=0,
                                                          extra_body={"nvext": {"extra_fields": ["worker_id"]}})  # fmt: skip
             answers[answer.model_extra["nvext"]["worker_id"]["decode_worker_id"]] = answer.choices[0].text
         assert set(answers) == {"with", "without"} and len(set(answers.values())) == 1, answers
+        # The workers hash the adapter's blocks from its name and files, and the router hashes its prompts alike: a
+        # worker that already ran the prompt is credited with its blocks (under per-load seeds it never was).
+        assert blocks_cached() > cached, "the adapter's prompt blocks were found in the workers' KV events"
         # A worker that cannot load it refuses; the one that had loaded it unloads it again.
         status, body = post(frontend, "/v1/load_lora_adapter", {"lora_name": "only", "lora_path": "only"})
         assert status == 400 and "worker 'without'" in body and "inside --lora-dir" in body, (status, body)

@@ -21,6 +21,8 @@ pub struct LocalAdapter {
     pub name: String,
     /// Where it was read from.
     pub path: String,
+    /// The seed its KV block hashes chain from (the engine's `AdapterInfo::kv_seed`).
+    pub kv_seed: u64,
     /// The version of the model it adapts.
     pub base: Arc<ModelVersion>,
 }
@@ -60,7 +62,12 @@ impl ModelRepository {
             let Some(engine) = version.language_model() else { continue };
             for adapter in engine.adapters() {
                 if models.iter().all(|m| m.name != adapter.name) {
-                    adapters.push(LocalAdapter { name: adapter.name, path: adapter.path, base: Arc::clone(version) });
+                    adapters.push(LocalAdapter {
+                        name: adapter.name,
+                        path: adapter.path,
+                        kv_seed: adapter.kv_seed,
+                        base: Arc::clone(version),
+                    });
                 }
             }
         }
