@@ -105,6 +105,9 @@ async fn listener(fd: Option<i32>, addr: std::net::SocketAddr) -> std::io::Resul
 /// `tritium serve`: the ready line on stdout, stopped by SIGINT/SIGTERM (or the interactive chat's end).
 async fn serve_cli(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::error::Error>> {
     let config = args.server_config()?;
+    for inert in args.router.inert() {
+        tracing::warn!("{inert}");
+    }
     let announce = |at: Listening| {
         // One line on stdout once models are loaded, for scripts and test harnesses to wait on.
         let mut ready = "tritium ready".to_string();

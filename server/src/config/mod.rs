@@ -15,6 +15,7 @@ pub mod openai;
 pub mod rate_limit;
 pub mod repository;
 pub mod router;
+mod router_inert;
 pub mod tls;
 pub use tritium_trace::config as trace;
 pub mod worker;

@@ -143,3 +143,35 @@ def test_explicit_loads_refuse_and_warn_once_per_load(start_tritium, model_repo)
             assert len(warnings_for(server, field)) == 2, (field, warnings_for(server, field))
     finally:
         client.close()
+
+
+SCHEDULER_FIELDS = {
+    "batched": ("dynamic_batching { }", "dynamic_batching"),
+    "sequenced": ("sequence_batching { }", "sequence_batching"),
+    "two_instances": ("instance_group [ { count: 2 kind: KIND_CPU } ]", "instance_group.count (more than one instance)"),
+    "limited": ('instance_group [ { kind: KIND_CPU rate_limiter { resources [ { name: "r" count: 1 } ] } } ]',
+                "instance_group.rate_limiter"),
+}  # fmt: skip
+
+
+def test_a_language_model_refuses_the_scheduler_fields_its_engine_would_ignore(start_tritium, model_repo):
+    """A language model's engine batches continuously in one instance: Triton's scheduler fields would do nothing for
+    it, so a config that sets them fails its load naming them; one instance group of one instance loads."""
+    for name, (field, _) in SCHEDULER_FIELDS.items():
+        (model_repo / name / "1").mkdir(parents=True)
+        (model_repo / name / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "tritium_mock_llm"\n{field}\n')
+    (model_repo / "single" / "1").mkdir(parents=True)
+    (model_repo / "single" / "config.pbtxt").write_text('name: "single"\nbackend: "tritium_mock_llm"\ninstance_group [ { count: 1 kind: KIND_MODEL } ]\n')
+    server = start_tritium("--model-repository", str(model_repo), "--model-control-mode", "explicit")
+    client = grpcclient.InferenceServerClient(url=server.url)
+    try:
+        for name, (_, named) in SCHEDULER_FIELDS.items():
+            with pytest.raises(InferenceServerException) as refused:
+                client.load_model(name)
+            message = refused.value.message()
+            assert f"'{name}' is a language model" in message and f"{named} would do nothing for it" in message, message
+            assert not client.is_model_ready(name)
+        client.load_model("single")
+        assert client.is_model_ready("single")
+    finally:
+        client.close()

@@ -104,6 +104,9 @@ impl ModelRepository {
                 host: self.me.clone(),
             };
             let engine = factory.create(&context).map_err(failed)?;
+            if let Some(reason) = scheduler_fields_a_model_engine_ignores(&engine, &config) {
+                return Err(failed(reason));
+            }
             let backend = tensor_face(&engine, name);
             warmup::run(&config, model_dir, backend.as_ref(), &ragged).map_err(failed)?;
             let scheduler = Scheduler::for_config(&config, &backend, &ragged, model_dir, self.options.scheduler_limits)
@@ -197,4 +200,34 @@ pub(super) fn load_order(sources: Vec<ModelSource>) -> Vec<ModelSource> {
         ordered.push(ensembles.remove(next).1);
     }
     ordered
+}
+
+/// The refusal of a language or embedding model's config that sets the fields of Triton's
+/// schedulers: its engine batches requests continuously (or embeds each call) in one instance,
+/// so `dynamic_batching`, `sequence_batching`, more than one instance or an instance's
+/// `rate_limiter` would be accepted and do nothing (and the limiter would count instances that
+/// never run through it). `None` for tensor models, and for a language model's single instance.
+fn scheduler_fields_a_model_engine_ignores(engine: &Engine, config: &ModelConfig) -> Option<String> {
+    let kind = match engine {
+        Engine::Tensors(_) => return None,
+        Engine::Language(_) => "a language model, whose engine batches its requests continuously",
+        Engine::Embedding(_) => "an embedding model, whose engine embeds each call as it comes",
+    };
+    use tritium_proto::inference::model_config::SchedulingChoice;
+    let mut fields = Vec::new();
+    match &config.scheduling_choice {
+        Some(SchedulingChoice::DynamicBatching(_)) => fields.push("dynamic_batching"),
+        Some(SchedulingChoice::SequenceBatching(_)) => fields.push("sequence_batching"),
+        _ => {}
+    }
+    let instances: i64 = config.instance_group.iter().map(|group| i64::from(group.count.max(1))).sum();
+    if instances > 1 {
+        fields.push("instance_group.count (more than one instance)");
+    }
+    if config.instance_group.iter().any(|group| group.rate_limiter.is_some()) {
+        fields.push("instance_group.rate_limiter");
+    }
+    (!fields.is_empty()).then(|| {
+        format!("'{}' is {kind} in one instance: {} would do nothing for it; remove them", config.name, fields.join(", "))
+    })
 }

@@ -65,6 +65,15 @@ pub fn default_device() -> Device {
     #[cfg(feature = "cuda")]
     {
         match Device::cuda_if_available(0) {
+            Ok(device) if device.is_cuda() => {
+                // What the CPU path promises and this one does not, said where it is chosen.
+                tracing::warn!(
+                    "language models load on CUDA GPU 0: batch-invariant answers (the same bits whatever shares \
+                     the batch, the prefix cache or a prefill worker) are promised on the CPU path only, whose \
+                     kernels sum in a fixed order; this build has not been measured on a GPU"
+                );
+                return device;
+            }
             Ok(device) => return device,
             Err(e) => tracing::warn!("no CUDA device, running on the CPU: {e}"),
         }
