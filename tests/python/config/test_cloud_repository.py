@@ -392,6 +392,26 @@ def test_explicit_mode_loads_and_unloads(moto, cloud_env, serve):
         client.load_model("absent")
 
 
+def test_on_demand_mode_loads_from_the_bucket_on_first_use(moto, cloud_env, serve):
+    """On-demand loading over a bucket: every model listed, none loaded until its first request, which copies and
+    loads it; past --max-loaded-models the least recently used goes, and comes back from the bucket when asked."""
+    s3_put(moto, "models-on-demand", identity_files("repo", "first") | identity_files("repo", "second"))
+    cloud_env.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+    cloud_env.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    cloud_env.setenv("AWS_ENDPOINT_URL", moto)
+    server = serve("--model-repository", "s3://models-on-demand/repo", "--model-control-mode", "on-demand",
+                   "--max-loaded-models", "1")  # fmt: skip
+    client = grpcclient.InferenceServerClient(server.url)
+    assert set(index(client)) == {"first", "second"}
+    assert not any(m.get("state") == "READY" for m in client.get_model_repository_index(as_json=True)["models"])
+    check_identity(client, "first")
+    check_identity(client, "second")
+    ready = lambda: {m["name"] for m in client.get_model_repository_index(as_json=True)["models"] if m.get("state") == "READY"}  # noqa: E731
+    assert wait_for(lambda: ready() == {"second"}), ready()
+    check_identity(client, "first")
+    assert wait_for(lambda: ready() == {"first"}), ready()
+
+
 # ---- bad inputs ------------------------------------------------------------------------------------------
 
 
