@@ -68,8 +68,19 @@ pub fn parse_infer_request(model: &str, inputs: &[Tensor], parameters: &Paramete
         match input.name.as_str() {
             TEXT_INPUT => prompt = Some(single_string(input)?),
             STREAMING | STREAM_ALIAS => streaming = single_bool(input)?,
+            // Triton's vLLM backend prepends the prompt to a non-streamed `text_output` when this is
+            // false (its default); Tritium's `text_output` is the generated text alone, so it takes
+            // `true` and refuses `false` rather than answering otherwise than asked.
             EXCLUDE_INPUT_IN_OUTPUT => {
-                single_bool(input)?;
+                if !single_bool(input)? {
+                    return Err(BridgeError::field(
+                        EXCLUDE_INPUT_IN_OUTPUT,
+                        format!(
+                            "false (the prompt prepended to text_output) is not supported for model '{model}': its \
+                             text_output is the generated text alone; send true or leave the input out"
+                        ),
+                    ));
+                }
             }
             SAMPLING_PARAMETERS => json_parameters = sampling_parameters(&single_string(input)?)?,
             other => {
@@ -248,6 +259,16 @@ mod tests {
         let request = parse_infer_request("m", &[two_d, stream], &vec![]).expect("valid");
         assert_eq!(request.prompt, "x");
         assert!(!request.streaming);
+    }
+
+    #[test]
+    fn exclude_input_in_output_is_taken_true_and_refused_false() {
+        let exclude = |value: bool| Tensor::from_slice(EXCLUDE_INPUT_IN_OUTPUT, vec![1], &[value]);
+        let request = parse_infer_request("m", &[text("a"), exclude(true)], &vec![]).expect("true is what it does");
+        assert_eq!(request.prompt, "a");
+        let error = parse_infer_request("m", &[text("a"), exclude(false)], &vec![]).expect_err("false");
+        assert!(error.to_string().contains("the prompt prepended to text_output"), "{error}");
+        assert_eq!(field_of(error), EXCLUDE_INPUT_IN_OUTPUT);
     }
 
     #[test]

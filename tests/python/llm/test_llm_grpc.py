@@ -521,3 +521,19 @@ def test_stream_error_in_band_and_stream_survives(stream, http_greedy):
     results = stream.collect()
     assert check_streamed(results, "length") == http_greedy["choices"][0]["text"]
     assert {r.get_response().id for r in results} == {"good"}
+
+
+def test_exclude_input_in_output_false_is_refused_and_true_is_what_it_does(llm_client):
+    """Triton's vLLM backend prepends the prompt when `exclude_input_in_output` is false; Tritium's text_output is
+    always the generated text alone, so false is refused naming the input and true answers as without it."""
+    text = grpcclient.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"Once upon a time"], dtype=object))
+    for value in (False, True):
+        exclude = grpcclient.InferInput("exclude_input_in_output", [1], "BOOL")
+        exclude.set_data_from_numpy(np.array([value]))
+        if value:
+            answer = llm_client.infer(MODEL, [text, exclude], parameters={"max_tokens": 3})
+            assert not answer.as_numpy("text_output")[0].decode().startswith("Once upon a time")
+        else:
+            expect_error("INVALID_ARGUMENT", "the prompt prepended to text_output", llm_client.infer, MODEL, [text, exclude],
+                         parameters={"max_tokens": 3})  # fmt: skip
