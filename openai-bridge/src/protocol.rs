@@ -338,6 +338,8 @@ pub struct ChatCompletionRequest {
     /// vLLM's switch; on by default.
     pub add_generation_prompt: Option<bool>,
     pub user: Option<String>,
+    /// vLLM takes it on chat too; here only when it equals `n` (a chat answers its `n` choices).
+    pub best_of: Option<u32>,
     pub nvext: Option<NvExt>,
     #[serde(flatten)]
     pub sampling: SamplingFields,

@@ -43,8 +43,17 @@ pub(super) async fn chat_completions(
         Ok((options, tools, messages, extra, breakpoint))
     });
     let (mut options, tools, messages, extra, breakpoint) = prepared.map_err(|error| super::failed(&mut observer, error))?;
-    let (n, _) =
-        request.sampling.choices(None, request.stream, pre.limits()).map_err(|error| super::failed(&mut observer, error))?;
+    let (n, best_of) = request
+        .sampling
+        .choices(request.best_of, request.stream, pre.limits())
+        .map_err(|error| super::failed(&mut observer, error))?;
+    if best_of > n {
+        let refused = crate::BridgeError::field(
+            "best_of",
+            format!("best_of greater than n is a /v1/completions parameter; a chat answers its n ({n}) choices"),
+        );
+        return Err(super::failed(&mut observer, refused).into());
+    }
     let unparsed = options.clone();
     let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| super::failed(&mut observer, error))?;
     // Each choice parses its own text; the parser is made the same way for each.

@@ -123,6 +123,17 @@ def test_best_of_answers_the_most_likely_choices(client):
     assert plain.choices[0].logprobs is None, "logprobs only when asked for"
 
 
+def test_best_of_on_chat_is_refused_beyond_n_rather_than_dropped(client):
+    """vLLM takes best_of on chat; a chat here answers its n choices, so best_of equal to n is what it does and more is
+    refused naming the field (it was dropped before)."""
+    messages = [{"role": "user", "content": "Hi"}]
+    answer = client.chat.completions.create(model=LLM, messages=messages, max_tokens=2, n=2, extra_body={"best_of": 2})
+    assert len(answer.choices) == 2
+    with pytest.raises(openai.BadRequestError, match="best_of greater than n is a /v1/completions parameter") as refused:
+        client.chat.completions.create(model=LLM, messages=messages, max_tokens=2, extra_body={"best_of": 3})
+    assert refused.value.body["param"] == "best_of"
+
+
 def test_kserve_best_of_answers_what_the_completions_route_does(client, llm_server):
     """`best_of` as a KServe parameter ranks the same seeded candidates as `/v1/completions`: the
     same texts, most likely first; fewer candidates than `n`, or more than the bound, are refused."""
