@@ -108,6 +108,13 @@ async fn serve_cli(args: ServeArgs, log: LogControl) -> Result<(), Box<dyn std::
     for inert in args.router.inert() {
         tracing::warn!("{inert}");
     }
+    if config.cluster.is_distributed() && matches!(config.cluster.events, tritium_cluster::events::EventsConfig::None) {
+        tracing::warn!(
+            "--event-plane none: remote workers' KV events and load reports do not reach this frontend, so kv routing \
+             finds no cached prefixes (--no-router-kv-events predicts them from this frontend's own requests) and the \
+             load-based modes count only this frontend's requests"
+        );
+    }
     let announce = |at: Listening| {
         // One line on stdout once models are loaded, for scripts and test harnesses to wait on.
         let mut ready = "tritium ready".to_string();

@@ -296,6 +296,23 @@ fn engine_options(models: &ModelArgs) -> Result<tritium_llm::EngineOptions, Stri
     if let Some(speculative) = &options.speculative {
         speculative.validate()?;
     }
+    let defaults = tritium_llm::SpeculativeOptions::default();
+    let tuned: Vec<&str> = [
+        (models.num_speculative_tokens != defaults.num_tokens, "--num-speculative-tokens"),
+        (models.prompt_lookup_min != defaults.lookup_min, "--prompt-lookup-min"),
+        (models.prompt_lookup_max != defaults.lookup_max, "--prompt-lookup-max"),
+        (models.speculative_disable_by_batch_size != defaults.disable_by_batch_size, "--speculative-disable-by-batch-size"),
+    ]
+    .into_iter()
+    .filter_map(|(given, name)| given.then_some(name))
+    .collect();
+    if options.speculative.is_none() && !tuned.is_empty() {
+        return Err(format!("{} tune speculative decoding: give --speculative (or --draft-model-path) too", tuned.join(", ")));
+    }
+    let lookups = tuned.iter().any(|name| name.starts_with("--prompt-lookup"));
+    if lookups && (models.speculative.as_deref() == Some("draft") || models.draft_model_path.is_some()) {
+        return Err("--prompt-lookup-min and --prompt-lookup-max tune --speculative ngram; the draft model proposes here".into());
+    }
     match (models.speculative.as_deref(), &models.draft_model_path) {
         (Some("draft"), None) => return Err("--speculative draft needs --draft-model-path".to_string()),
         (Some("ngram"), Some(_)) => {

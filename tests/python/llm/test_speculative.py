@@ -67,6 +67,10 @@ def test_speculation_changes_no_answer(plain_answers, flags):
         (["--speculative", "ngram", "--draft-model-path", "GGUF"], "drop --speculative ngram"),
         (["--speculative", "ngram", "--num-speculative-tokens", "17"], "--num-speculative-tokens must be between 1 and 16"),
         (["--speculative", "ngram", "--prompt-lookup-min", "5"], "--prompt-lookup-min (5) must be at least 1 and at most"),
+        # Tuning flags that would do nothing are refused, not ignored.
+        (["--num-speculative-tokens", "3", "--speculative-disable-by-batch-size", "2"],
+         "--num-speculative-tokens, --speculative-disable-by-batch-size tune speculative decoding: give --speculative"),
+        (["--draft-model-path", "GGUF", "--prompt-lookup-max", "6"], "--prompt-lookup-max tune --speculative ngram"),
     ],
 )
 def test_contradictory_flags_stop_the_server_at_start(flags, message):
