@@ -99,10 +99,11 @@ pub struct RouterArgs {
     pub router_ttl_secs: f64,
     /// kv mode: count the KV blocks of the requests this router has running on each worker as its
     /// load (shared prompt blocks once, with --router-assume-kv-reuse) and price workers as Dynamo
-    /// does. Off by default, unlike Dynamo: on a shared-prefix workload (test_distributed.py, 2
-    /// mock workers, 3 requests at a time) the reported-load score found 77.5 % of prompt tokens
-    /// cached at 39-42 ms to first token, Dynamo's price 52-54 % at 57-61 ms.
-    #[arg(long = "router-track-active-blocks", visible_alias = "track-active-blocks", env = "DYN_ROUTER_TRACK_ACTIVE_BLOCKS", default_value_t = false, num_args = 0..=1,
+    /// does. On by default, as Dynamo 1.6.1. --no-router-track-active-blocks scores the workers'
+    /// reported load instead, which measured better on a shared-prefix workload
+    /// (test_distributed.py, 2 mock workers, 3 requests at a time: 77.5 % of prompt tokens cached
+    /// at 39-42 ms to first token, against Dynamo's price's 52-54 % at 57-61 ms).
+    #[arg(long = "router-track-active-blocks", visible_alias = "track-active-blocks", env = "DYN_ROUTER_TRACK_ACTIVE_BLOCKS", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub router_track_active_blocks: bool,
     /// Turns --router-track-active-blocks off (it wins over --router-track-active-blocks and its variable).
@@ -354,9 +355,9 @@ mod tests {
     #[test]
     fn tracking_flags_follow_dynamos_defaults_and_pairs() {
         let default = options(&[]).expect("default");
-        assert_eq!(default.tracking, Tracking::default());
-        assert!(!default.kv.tracked, "the reported-load score unless asked");
-        assert!(options(&["--router-track-active-blocks"]).expect("on").kv.tracked);
+        assert_eq!(default.tracking, Tracking { active_blocks: true, ..Tracking::default() }, "Dynamo 1.6.1's defaults");
+        assert!(default.kv.tracked, "Dynamo's price unless --no-router-track-active-blocks");
+        assert!(!options(&["--no-router-track-active-blocks"]).expect("off").kv.tracked, "the reported-load score");
         let off = options(&[
             "--no-router-track-active-blocks",
             "--no-track-output-blocks",

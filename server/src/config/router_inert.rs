@@ -18,7 +18,6 @@ impl RouterArgs {
                 (self.kv_overlap_weight != 1.0, "--router-kv-overlap-score-credit"),
                 (self.kv_temperature != 0.0, "--router-temperature"),
                 (self.kv_load_weight != 1.0, "--kv-load-weight"),
-                (self.router_track_active_blocks && !self.no_router_track_active_blocks, "--router-track-active-blocks"),
                 (self.router_track_output_blocks && !self.no_router_track_output_blocks, "--router-track-output-blocks"),
                 (self.router_prefill_load_scale != 1.0, "--router-prefill-load-scale"),
             ]
@@ -102,7 +101,7 @@ mod tests {
         assert_eq!(named.len(), 1);
         assert!(named[0].starts_with("--router-temperature, --router-prefill-load-scale: options of the kv scoring"));
         assert!(named[0].contains("--router-mode round-robin"), "{named:?}");
-        let named = inert(&["--router-mode", "kv", "--router-track-output-blocks"]);
+        let named = inert(&["--router-mode", "kv", "--no-router-track-active-blocks", "--router-track-output-blocks"]);
         assert!(named[0].starts_with("--router-track-output-blocks grows"), "{named:?}");
         let named = inert(&["--router-mode", "kv", "--no-router-kv-events", "--router-reset-states"]);
         assert!(named[0].contains("with --no-router-kv-events"), "{named:?}");

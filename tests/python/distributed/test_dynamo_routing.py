@@ -54,8 +54,8 @@ def test_the_tracked_load_terms_price_a_running_stream(file_cluster):
     """A stream of PROMPT runs on one worker; the same prompt again goes where the router's price says.
     With --router-track-active-blocks, kv reuse makes the stream's blocks the new request's (join
     it); without reuse, and with the stream's output blocks counted, it is dearer than the idle
-    worker (go elsewhere); without active-block tracking (Tritium's default) the reported-load
-    score prefers the cached prefix (join it)."""
+    worker (go elsewhere); with --no-router-track-active-blocks (Tritium's own score) the
+    reported-load score prefers the cached prefix (join it)."""
     file_cluster.worker()
     file_cluster.worker()
     predict = ["--router-mode", "kv", "--no-router-kv-events", "--router-ttl-secs", "600"]
@@ -64,8 +64,11 @@ def test_the_tracked_load_terms_price_a_running_stream(file_cluster):
     assert probe == stream
     stream, probe = busy_and_probe(file_cluster.frontend(*predict, "--router-track-active-blocks", *no_reuse))
     assert probe != stream
-    stream, probe = busy_and_probe(file_cluster.frontend(*predict, *no_reuse))
+    stream, probe = busy_and_probe(file_cluster.frontend(*predict, "--no-router-track-active-blocks", *no_reuse))
     assert probe == stream
+    # Dynamo 1.6.1's default tracks active blocks: the same price as asking for it.
+    stream, probe = busy_and_probe(file_cluster.frontend(*predict, *no_reuse))
+    assert probe != stream
 
 
 
