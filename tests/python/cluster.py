@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -195,3 +196,25 @@ def cluster_args(etcd: Service, nats: Service, namespace: str) -> list[str]:
         "--discovery", "etcd", "--etcd-endpoints", etcd.address, "--events", "nats", "--nats-url", nats.address,
         "--namespace", f"{namespace}-{uuid.uuid4().hex[:8]}", "--lease-ttl-secs", "2",
     ]  # fmt: skip
+
+
+def etcd_gateway(etcd: Service, path: str, body: dict, token: str | None = None) -> dict:
+    """A call to etcd's JSON gateway (there is no etcdctl here), with an auth `token` once auth is on; retried while
+    etcd is still electing its leader (503)."""
+    headers = {"content-type": "application/json"} | ({"authorization": token} if token else {})
+    request = urllib.request.Request(etcd.address + path, data=json.dumps(body).encode(), headers=headers)
+    answer: dict = {}
+
+    def answered() -> bool:
+        nonlocal answer
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read())
+                return True
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                raise
+            return False
+
+    wait_until(answered, 30, f"etcd answering {path}")
+    return answer

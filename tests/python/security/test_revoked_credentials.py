@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 import tritonclient.grpc as grpcclient
 
-from cluster import start_etcd, start_nats, wait_until
+from cluster import etcd_gateway as gateway, start_etcd, start_nats, wait_until
 from helpers import finish_server, start_server
 
 pytestmark = [pytest.mark.nats, pytest.mark.etcd]
@@ -73,27 +73,6 @@ def test_a_nats_token_revoked_while_running_makes_the_frontend_not_ready_until_i
             finish_server(frontend)
     finally:
         nats.stop()
-
-
-def gateway(etcd, path: str, body: dict, token: str | None = None) -> dict:
-    """etcd's JSON gateway (there is no etcdctl here), retried while etcd is still electing its leader (503)."""
-    headers = {"content-type": "application/json"} | ({"authorization": token} if token else {})
-    request = urllib.request.Request(etcd.address + path, data=json.dumps(body).encode(), headers=headers)
-    answer: dict = {}
-
-    def answered() -> bool:
-        nonlocal answer
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                answer = json.loads(response.read())
-                return True
-        except urllib.error.HTTPError as error:
-            if error.code != 503:
-                raise
-            return False
-
-    wait_until(answered, 30, f"etcd answering {path}")
-    return answer
 
 
 def test_an_etcd_user_deleted_while_running_makes_the_frontend_not_ready(tmp_path):

@@ -6,42 +6,19 @@ the process stops at start naming the service and the variable, never the secret
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from cluster import start_etcd, start_nats, wait_until, workers_serving
+from cluster import etcd_gateway as etcd_call, start_etcd, start_nats, wait_until, workers_serving
 from helpers import finish_server, start_failure, start_server, start_worker
 
 pytestmark = [pytest.mark.nats, pytest.mark.etcd]
-
-
-def etcd_call(etcd, path: str, body: dict) -> dict:
-    """etcd's JSON gateway (there is no etcdctl here), retried while etcd is still electing its leader (503)."""
-    request = urllib.request.Request(etcd.address + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
-    answer: dict = {}
-
-    def answered() -> bool:
-        nonlocal answer
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                answer = json.loads(response.read())
-                return True
-        except urllib.error.HTTPError as error:
-            if error.code != 503:
-                raise
-            return False
-
-    wait_until(answered, 30, f"etcd answering {path}")
-    return answer
 
 
 def identity_answers(url: str) -> bool:
