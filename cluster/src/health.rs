@@ -84,9 +84,6 @@ impl PlaneHealth {
                 async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
                     health.refused(plane, "the NATS server refuses this process's credentials (authorization violation)");
                 }
-                async_nats::Event::Disconnected | async_nats::Event::LameDuckMode => {
-                    tracing::warn!(plane, "NATS connection: {event}");
-                }
                 _ => tracing::warn!(plane, "NATS connection: {event}"),
             }
             futures::future::ready(())
