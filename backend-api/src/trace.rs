@@ -528,23 +528,6 @@ pub async fn scoped<F: std::future::Future>(trace: Option<RequestTrace>, future:
     }
 }
 
-/// The name of the API key a request came with (never the key), put in the request's extensions
-/// by the door that checked it, and recorded on its trace as [`API_KEY_ATTRIBUTE`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKeyName(pub Arc<str>);
-
-/// The trace attribute naming the request's API key.
-pub const API_KEY_ATTRIBUTE: &str = "tritium.api_key.name";
-
-impl RequestTrace {
-    /// Records the request's API key name, when it came with one.
-    pub fn name_api_key(&self, key: Option<&ApiKeyName>) {
-        if let Some(ApiKeyName(name)) = key {
-            self.set_attribute(API_KEY_ATTRIBUTE, name.to_string());
-        }
-    }
-}
-
 /// The trace of the request the current task works for, inside [`scoped`].
 pub fn current() -> Option<RequestTrace> {
     CURRENT.try_with(Clone::clone).ok().flatten()
@@ -600,5 +583,8 @@ fn random_nonzero() -> u64 {
     if z == 0 { 1 } else { z }
 }
 
+mod api_key;
 #[cfg(test)]
 mod tests;
+
+pub use api_key::{API_KEY_ATTRIBUTE, ApiKeyName};
