@@ -78,6 +78,16 @@ pub struct DynamoModel {
     /// The OpenAI routes of a worker that takes requests as they came (`model_input: Text`): it
     /// is sent no tokens.
     pub text_input: Option<TextApis>,
+    /// A prefill worker's bootstrap rendezvous (SGLang's kind): its decode worker fetches the
+    /// blocks from there while the prefill runs, so both requests go out at once.
+    pub bootstrap: Option<BootstrapEndpoint>,
+}
+
+/// A prefill worker's bootstrap rendezvous (its card's `runtime_config.disaggregated_endpoint`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapEndpoint {
+    pub host: String,
+    pub port: u16,
 }
 
 /// The routes a text-input model serves, from its card's model type.

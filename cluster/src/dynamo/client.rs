@@ -292,10 +292,29 @@ impl WorkerClient for DynamoWorker {
     }
 
     async fn prefill_handoff(&self, model: &str, request: &GenerateRequest) -> Result<PrefillHandoff, WorkerError> {
-        let (_, card) = self.tokenized(model, ModelKind::Generate)?;
+        let (served, card) = self.tokenized(model, ModelKind::Generate)?;
         let mut body = preprocessed_request(model, request, 1, &card.eos_token_ids);
         body["routing"] = serde_json::json!({"prefill_worker_id": self.target.instance_id});
-        let mut expected = self.call(model, &body, Some(&request.prompt)).await?;
+        let bootstrap = served.bootstrap.as_ref().map(|endpoint| super::bootstrap::bootstrap_info(endpoint));
+        if let Some(info) = &bootstrap {
+            body["bootstrap_info"] = info.clone();
+        }
+        let request_id = new_request_id();
+        let mut expected = self.call_as(&request_id, model, &body, Some(&request.prompt)).await?;
+        if let Some(info) = bootstrap {
+            // The decode request goes out now; this one's stream is read to its end meanwhile.
+            let (max_frame, codec, worker) = (self.max_message_size, self.target.codec, self.id.clone());
+            let model = model.to_string();
+            tokio::spawn(async move {
+                let connection = expected.connection(CALL_HOME_TIMEOUT).await;
+                super::bootstrap::drain(Items::open(connection, max_frame, codec).await, worker, model).await;
+            });
+            return Ok(serde_json::json!({
+                "bootstrap_info": info,
+                "prefill_worker_id": self.target.instance_id,
+                "request_id": request_id,
+            }));
+        }
         let connection = expected.connection(CALL_HOME_TIMEOUT).await;
         let error = |e: ItemError| match e {
             ItemError::Lost(message) => self.unreachable(message),
@@ -342,10 +361,13 @@ impl DynamoWorker {
         }
         let max_tokens = self.max_tokens(served, card, &request)?;
         let mut body = preprocessed_request(model, &request, max_tokens, &card.eos_token_ids);
+        let mut request_id = None;
         if let Some(handoff) = handoff {
+            request_id = handoff.get("request_id").and_then(Json::as_str).map(str::to_string);
             super::protocol::with_handoff(&mut body, handoff);
         }
-        let mut expected = self.call(model, &body, Some(&request.prompt)).await?;
+        let request_id = request_id.unwrap_or_else(new_request_id);
+        let mut expected = self.call_as(&request_id, model, &body, Some(&request.prompt)).await?;
         let codec = self.target.codec;
         let (sender, receiver) = mpsc::unbounded_channel();
         let stream = super::token_stream::ResponseStream {
@@ -368,11 +390,22 @@ impl DynamoWorker {
     /// for its acknowledgement; the worker then opens the response stream that the returned
     /// [`Expected`] waits for.
     async fn call(&self, model: &str, body: &Json, token_ids: Option<&[u32]>) -> Result<Expected, WorkerError> {
-        let request_id = format!("{:032x}", rand::random::<u128>());
+        self.call_as(&new_request_id(), model, body, token_ids).await
+    }
+
+    /// [`call`](Self::call) under a given request id: the two halves of a bootstrapped
+    /// disaggregated request share one, as the workers match them by it.
+    async fn call_as(
+        &self,
+        request_id: &str,
+        model: &str,
+        body: &Json,
+        token_ids: Option<&[u32]>,
+    ) -> Result<Expected, WorkerError> {
         let subject = format!("{:032x}", rand::random::<u128>());
         let expected = self.home.expect(subject.clone());
         let codec = self.target.codec;
-        let control = control_message(&request_id, &self.home.address(), &subject, codec);
+        let control = control_message(request_id, &self.home.address(), &subject, codec);
         let body = match token_ids {
             Some(ids) => encode_request(body, ids, codec),
             None => encode_body(body, codec),
@@ -388,7 +421,7 @@ impl DynamoWorker {
                 )),
             });
         }
-        let ack = self.send(&request_id, payload).await?;
+        let ack = self.send(request_id, payload).await?;
         if !ack.is_empty() {
             // "Server overloaded: …" or "Server unavailable: …": nothing ran, another worker may.
             return Err(WorkerError::NotStarted { worker: self.id.clone(), message: format!("Dynamo worker refused: {ack}") });
@@ -480,4 +513,9 @@ impl TensorAnswer {
             ItemError::Engine(message) => WorkerError::Failed { code: ErrorCode::Internal, message },
         }
     }
+}
+
+/// A fresh request id (a UUID's 32 hex digits, which Dynamo's workers read as one).
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }

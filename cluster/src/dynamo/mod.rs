@@ -16,6 +16,7 @@
 //! The wire contract is Dynamo's own, read off Dynamo [`TESTED_VERSION`]; what Tritium cannot
 //! read is refused with that version named, never guessed at.
 
+mod bootstrap;
 pub mod call_home;
 pub mod card;
 pub mod client;

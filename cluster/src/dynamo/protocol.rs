@@ -80,6 +80,9 @@ pub fn with_handoff(body: &mut Json, handoff: Json) {
     if let Some(result) = handoff.remove("prefill_result") {
         body["prefill_result"] = result;
     }
+    if let Some(bootstrap) = handoff.remove("bootstrap_info") {
+        body["bootstrap_info"] = bootstrap;
+    }
     if let Some(worker) = handoff.remove("prefill_worker_id") {
         body["routing"] = json!({"prefill_worker_id": worker});
     }
@@ -130,8 +133,7 @@ pub fn encode_request(body: &Json, token_ids: &[u32], codec: PayloadCodec) -> Ve
                 let _ = encode::write_uint(&mut bytes, u64::from(id));
             }
             for (key, value) in fields {
-                let _ = encode::write_str(&mut bytes, key);
-                write_msgpack(value, &mut bytes);
+                write_msgpack_field(key, value, &mut bytes);
             }
             bytes
         }
@@ -159,13 +161,47 @@ fn write_msgpack(value: &Json, out: &mut Vec<u8>) {
         }
         Json::Object(map) => {
             let _ = encode::write_map_len(out, u32::try_from(map.len()).unwrap_or(u32::MAX));
-            for (key, item) in map {
-                let _ = encode::write_str(out, key);
-                write_msgpack(item, out);
-            }
+            map.iter().for_each(|(key, item)| write_msgpack_field(key, item, out));
             Ok(())
         }
     };
+}
+
+/// One field of a map: its name, then its value.
+fn write_msgpack_field(key: &str, value: &Json, out: &mut Vec<u8>) {
+    let _ = rmp::encode::write_str(out, key);
+    match (key, value) {
+        ("bootstrap_info", Json::Object(info)) => write_bootstrap_info(info, out),
+        _ => write_msgpack(value, out),
+    }
+}
+
+/// `bootstrap_info` as Dynamo's workers read it in msgpack: its `handoff_id` (a UUID, text in
+/// JSON) as its 16 bytes, the one binary field of a request.
+fn write_bootstrap_info(info: &serde_json::Map<String, Json>, out: &mut Vec<u8>) {
+    let _ = rmp::encode::write_map_len(out, u32::try_from(info.len()).unwrap_or(u32::MAX));
+    for (key, item) in info {
+        let _ = rmp::encode::write_str(out, key);
+        match (key.as_str(), item.as_str().and_then(uuid_bytes)) {
+            ("handoff_id", Some(bytes)) => {
+                let _ = rmp::encode::write_bin(out, &bytes);
+            }
+            _ => write_msgpack(item, out),
+        }
+    }
+}
+
+/// A UUID's 16 bytes from its hyphenated text.
+fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = text.bytes().filter(|&c| c != b'-').collect();
+    if hex.len() != 32 || text.len() != 36 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (byte, pair) in bytes.iter_mut().zip(hex.chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(bytes)
 }
 
 /// A body the worker sent in `codec`, as JSON.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::TESTED_VERSION;
-use crate::discovery::dynamo_target::{DynamoEndpoint, TokenBudget};
+use crate::discovery::dynamo_target::{BootstrapEndpoint, DynamoEndpoint, TokenBudget};
 
 /// One record of a KV-store bucket, told apart by its `type`.
 #[derive(Debug, Deserialize)]
@@ -286,10 +286,26 @@ impl Card {
         }
     }
 
-    /// A prefill worker with a bootstrap rendezvous (which Tritium's frontend does not drive yet).
+    /// Whether this is a prefill worker whose card names a bootstrap rendezvous at all (read or not).
     pub fn bootstraps(&self) -> bool {
         let endpoint = self.runtime_config.as_ref().and_then(|config| config.disaggregated_endpoint.as_ref());
         self.role() == "prefill" && endpoint.is_some_and(|endpoint| !endpoint.is_null())
+    }
+
+    /// A prefill worker's bootstrap rendezvous: where its decode worker meets it to move the
+    /// blocks; an error when the card names one this frontend cannot read.
+    pub fn bootstrap(&self) -> Result<Option<BootstrapEndpoint>, String> {
+        if !self.bootstraps() {
+            return Ok(None);
+        }
+        let endpoint = self.runtime_config.as_ref().and_then(|config| config.disaggregated_endpoint.as_ref());
+        let field = |name: &str| endpoint.and_then(|endpoint| endpoint.get(name));
+        let host = field("bootstrap_host").and_then(Json::as_str).filter(|host| !host.is_empty());
+        let port = field("bootstrap_port").and_then(Json::as_u64).and_then(|port| u16::try_from(port).ok());
+        match (host, port) {
+            (Some(host), Some(port)) if port > 0 => Ok(Some(BootstrapEndpoint { host: host.to_string(), port })),
+            _ => Err("its card's disaggregated_endpoint has no bootstrap_host and bootstrap_port".to_string()),
+        }
     }
 
     /// Whether the peers its `needs` name are present (`present`: the roles of the workers that
@@ -330,6 +346,14 @@ mod tests {
         .unwrap();
         assert_eq!(prefill.role(), "prefill");
         assert!(prefill.bootstraps());
+        assert_eq!(prefill.bootstrap(), Ok(Some(BootstrapEndpoint { host: "h".into(), port: 1 })));
+        let unreadable: Card = serde_json::from_str(
+            r#"{"display_name":"m","model_type":"Prefill","model_input":"Tokens",
+                "runtime_config":{"disaggregated_endpoint":{"bootstrap_host":"h","bootstrap_port":70000}}}"#,
+        )
+        .unwrap();
+        assert!(unreadable.bootstrap().unwrap_err().contains("bootstrap_port"));
+        assert_eq!(card("").bootstrap(), Ok(None));
     }
 
     #[test]

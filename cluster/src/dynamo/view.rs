@@ -150,7 +150,7 @@ impl View {
         let mut roles: HashMap<(String, String), HashSet<String>> = HashMap::new();
         for (_, _, record) in &listed {
             let id = (record.namespace.clone(), record.component.clone(), record.endpoint.clone(), record.instance_id);
-            if listeners.contains_key(&id) && !record.card_json.bootstraps() {
+            if listeners.contains_key(&id) && record.card_json.bootstrap().is_ok() {
                 let model = (record.namespace.clone(), record.card_json.display_name.clone());
                 roles.entry(model).or_default().insert(record.card_json.role().to_string());
             }
@@ -170,14 +170,13 @@ impl View {
                     continue;
                 }
             };
-            if card.bootstraps() {
-                let message = format!(
-                    "model '{}': a Dynamo prefill worker with a bootstrap rendezvous (SGLang's) is not served yet",
-                    card.display_name
-                );
-                self.warn_once(&key, &message);
-                continue;
-            }
+            let bootstrap = match card.bootstrap() {
+                Ok(bootstrap) => bootstrap,
+                Err(e) => {
+                    self.warn_once(&key, &format!("model '{}' (prefill) is not served: {e}", card.display_name));
+                    continue;
+                }
+            };
             let present = roles.get(&(record.namespace.clone(), card.display_name.clone())).cloned().unwrap_or_default();
             if !card.needs_met(&present) {
                 // As Dynamo's frontend: not served until the peers it needs are up.
@@ -199,6 +198,7 @@ impl View {
                             lora: None,
                             kv_block_size: 0,
                             text_input: None,
+                            bootstrap: None,
                         });
                     }
                     Err(e) => self.warn_once(&key, &format!("Dynamo tensor model '{}' cannot be served: {e}", card.display_name)),
@@ -235,6 +235,7 @@ impl View {
                         chat: card.model_types().any(|flag| flag == "Chat"),
                         completions: card.model_types().any(|flag| flag == "Completions"),
                     }),
+                    bootstrap: None,
                 });
                 continue;
             }
@@ -273,6 +274,7 @@ impl View {
                 lora: record.model_suffix.as_ref().and(card.lora.as_ref()).map(|lora| lora.name.clone()),
                 kv_block_size: card.kv_cache_block_size,
                 text_input: None,
+                bootstrap,
             });
         }
         self.cards.retain(|digest, _| seen.contains(digest));

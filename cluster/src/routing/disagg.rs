@@ -6,7 +6,8 @@
 //! load). The decode worker pulls the blocks from it directly; when that fails, or the prefill
 //! worker is full, the decode worker computes the prompt itself. Dynamo's disaggregated workers
 //! (`worker_type` prefill and decode) go through the frontend: every prompt is sent to a prefill
-//! worker first (one token), and its handoff (`prefill_result`) to the decode worker.
+//! worker first (one token), and its handoff (`prefill_result`) to the decode worker; a prefill
+//! worker with a bootstrap rendezvous (SGLang's) hands over at once, its request still running.
 
 use std::sync::Arc;
 

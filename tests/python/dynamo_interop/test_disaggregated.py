@@ -2,13 +2,14 @@
 the same workers: a decode worker (`worker_type` decode, needing a prefill worker) is not served
 until its prefill worker is up, as Dynamo's frontend holds it; then every prompt goes to the prefill
 worker first (one token, its instance id in `routing`), and its handoff (`prefill_result`) to the
-decode worker, which answers only requests that carry the handoff for their prompt."""
+decode worker, which answers only requests that carry the handoff for their prompt. A prefill worker with a
+bootstrap rendezvous (SGLang's kind) gets its request beside the decode worker's instead."""
 
 from __future__ import annotations
 
 import pytest
 
-from deployment import Deployment, assert_same_answers, free_port, http, models_at, tiny_model, wait_until  # noqa: F401 - tiny_model: fixture
+from deployment import Deployment, assert_same_answers, free_port, http, models_at, streamed, tiny_model, wait_until  # noqa: F401 - tiny_model: fixture
 
 pytestmark = pytest.mark.dynamo
 START = 90
@@ -51,11 +52,25 @@ def test_the_mockers_disaggregated_pair_generates_what_was_asked(disaggregated):
         assert status == 200 and answer["usage"]["completion_tokens"] == 7, (base, answer)
 
 
-def test_a_prefill_worker_with_a_bootstrap_rendezvous_is_refused_by_name(disaggregated):
-    """SGLang's kind (here the mocker's with `--bootstrap-ports`): not driven yet, so neither it nor the decode
-    worker needing it is served; the log says why."""
-    deployment, tritium, _ = disaggregated
-    deployment.mocker("bootsplit", "--disaggregation-mode", "decode")
-    deployment.mocker("bootsplit", "--disaggregation-mode", "prefill", "--bootstrap-ports", str(free_port()))
-    wait_until(lambda: "bootstrap rendezvous" in tritium.stderr(), START, "the bootstrap prefill worker refused")
-    assert "bootsplit" not in models_at(tritium.http_url)
+@pytest.mark.parametrize("engine", ["sglang", "vllm"])
+def test_a_prefill_worker_with_a_bootstrap_rendezvous_serves_with_its_decode_worker(disaggregated, engine):
+    """SGLang's kind (here the mocker's with `--bootstrap-ports`, with SGLang's handoff order, where the
+    decode side registers first, and vLLM's, where the prefill side does): the prefill and decode requests go
+    out together under one request id with one `bootstrap_info` (room and handoff id), and the decode worker
+    takes the blocks over from the prefill worker's rendezvous. The mockers fail a request whose handoff does
+    not complete, so an answer of the asked length is the handoff done."""
+    deployment, tritium, dynamo = disaggregated
+    model = f"boot-{engine}"
+    deployment.mocker(model, "--engine-type", engine, "--disaggregation-mode", "decode")
+    deployment.mocker(model, "--engine-type", engine, "--disaggregation-mode", "prefill", "--bootstrap-ports", str(free_port()))
+    for base in (tritium.http_url, dynamo):
+        wait_until(lambda: model in models_at(base), START, f"{model} listed at {base}")
+    for base in (tritium.http_url, dynamo):
+        for round in range(3):
+            body = {"model": model, "prompt": f"round {round} " + "count these words " * 30, "max_tokens": 6}
+            status, answer = http("POST", base + "/v1/completions", body)
+            assert status == 200 and answer["usage"]["completion_tokens"] == 6, (base, answer)
+        chat = {"model": model, "messages": [{"role": "user", "content": "hello " * 40}], "max_tokens": 5}
+        _, finish, _ = streamed(base, "/v1/chat/completions", chat)
+        assert finish == "length", (base, finish)
+    assert "a bootstrapped prefill" not in tritium.stderr(), tritium.stderr()[-3000:]
