@@ -33,6 +33,7 @@ mod responses;
 mod sse;
 mod text_doors;
 mod text_input;
+mod text_unary;
 mod tokenize;
 
 use std::sync::Arc;

@@ -24,6 +24,12 @@ pub enum OpenAiApi {
     Chat,
     /// `/v1/completions`: the worker answers with `text_completion` chunks.
     Completions,
+    /// `/v1/embeddings`: the worker answers with embedding lists, folded into one.
+    Embeddings,
+    /// `/v1/classify` (and `/classify`): the worker answers with classification lists.
+    Classify,
+    /// `/v1/rerank`: the worker answers with lists of scored documents.
+    Rerank,
 }
 
 impl OpenAiApi {
@@ -31,6 +37,9 @@ impl OpenAiApi {
         match self {
             OpenAiApi::Chat => "/v1/chat/completions",
             OpenAiApi::Completions => "/v1/completions",
+            OpenAiApi::Embeddings => "/v1/embeddings",
+            OpenAiApi::Classify => "/v1/classify",
+            OpenAiApi::Rerank => "/v1/rerank",
         }
     }
 }

@@ -91,18 +91,45 @@ pub struct BootstrapEndpoint {
 }
 
 /// The routes a text-input model serves, from its card's model type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TextApis {
     pub chat: bool,
     pub completions: bool,
+    pub embeddings: bool,
+    pub classify: bool,
+    pub rerank: bool,
 }
 
 impl TextApis {
-    pub fn serves(self, api: tritium_backend_api::llm::OpenAiApi) -> bool {
-        match api {
-            tritium_backend_api::llm::OpenAiApi::Chat => self.chat,
-            tritium_backend_api::llm::OpenAiApi::Completions => self.completions,
+    /// What a card's model-type flags (`Chat | Completions`, `Embedding`, ...) serve.
+    pub fn from_flags<'a>(flags: impl Iterator<Item = &'a str>) -> TextApis {
+        let mut apis = TextApis::default();
+        for flag in flags {
+            match flag {
+                "Chat" => apis.chat = true,
+                "Completions" => apis.completions = true,
+                "Embedding" => apis.embeddings = true,
+                "Classify" => apis.classify = true,
+                "Rerank" => apis.rerank = true,
+                _ => {}
+            }
         }
+        apis
+    }
+
+    pub fn serves(self, api: tritium_backend_api::llm::OpenAiApi) -> bool {
+        use tritium_backend_api::llm::OpenAiApi;
+        match api {
+            OpenAiApi::Chat => self.chat,
+            OpenAiApi::Completions => self.completions,
+            OpenAiApi::Embeddings => self.embeddings,
+            OpenAiApi::Classify => self.classify,
+            OpenAiApi::Rerank => self.rerank,
+        }
+    }
+
+    pub fn any(self) -> bool {
+        self != TextApis::default()
     }
 }
 

@@ -96,7 +96,8 @@ pub async fn model_card(card: &Card, http: &reqwest::Client) -> Result<ModelCard
 /// context is.
 pub fn text_input_card(card: &Card) -> ModelCard {
     ModelCard {
-        kind: ModelKind::Generate,
+        // The kind /v1/models and the doors see: what it does besides the forwarded routes.
+        kind: if card.generates() { ModelKind::Generate } else { ModelKind::Embed },
         tokenizer_json: String::new(),
         chat_template: None,
         bos_token: None,

@@ -50,10 +50,11 @@ impl TextStream {
                 }
             };
             let chunk = match next {
-                Ok(Some((chunk, _))) if chunk.is_object() => Ok(chunk),
+                // An object (chunks, embedding and classification lists), or a rerank's bare list.
+                Ok(Some((chunk, _))) if chunk.is_object() || chunk.is_array() => Ok(chunk),
                 Ok(Some(_)) => Err(GenerateError::Engine {
                     model: self.model.clone(),
-                    message: "the worker sent a chunk that is not an OpenAI chunk object".into(),
+                    message: "the worker sent a chunk that is not an OpenAI object".into(),
                 }),
                 Ok(None) => return,
                 Err(error) => Err(self.error(error)),

@@ -205,7 +205,7 @@ impl View {
                 }
                 continue;
             }
-            if !card.generates() && !card.embeds() && mode != DisaggregationMode::Prefill {
+            if card.model_input != "Text" && !card.generates() && !card.embeds() && mode != DisaggregationMode::Prefill {
                 let message = format!(
                     "model '{}' ({}) is not served: this frontend serves Dynamo language, embedding and tensor models",
                     card.display_name, card.model_type
@@ -214,9 +214,10 @@ impl View {
                 continue;
             }
             if card.model_input == "Text" {
-                if !card.generates() {
+                let apis = TextApis::from_flags(card.model_types());
+                if !apis.any() {
                     let message = format!(
-                        "model '{}' ({}) takes text: this frontend serves Dynamo text-input workers that chat or complete",
+                        "model '{}' ({}) takes text: this frontend serves Dynamo text-input workers that chat, complete, embed, classify or rerank",
                         card.display_name, card.model_type
                     );
                     self.warn_once(&key, &message);
@@ -231,10 +232,7 @@ impl View {
                     token_budget: None,
                     lora: None,
                     kv_block_size: 0,
-                    text_input: Some(TextApis {
-                        chat: card.model_types().any(|flag| flag == "Chat"),
-                        completions: card.model_types().any(|flag| flag == "Completions"),
-                    }),
+                    text_input: Some(apis),
                     bootstrap: None,
                 });
                 continue;

@@ -10,10 +10,11 @@ use axum::response::Response;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, OpenAiJson, failed, json_response};
+use super::{ApiError, AppState, failed, json_response};
 use crate::BridgeError;
 use crate::protocol::{new_id, unix_now};
 use crate::text_models::{TextModel, TextTaskKind, pair_score, softmax};
+use tritium_backend_api::llm::OpenAiApi;
 
 /// Where the classify API is mounted.
 pub const CLASSIFY_PATHS: [&str; 2] = ["/classify", "/v1/classify"];
@@ -111,8 +112,9 @@ pub(super) async fn pair_scores(
 /// `POST /classify`: each input's class probabilities and its likeliest label.
 pub(super) async fn classify(
     State(state): State<AppState>,
+    worker: super::HeaderWorker,
     caller: super::CallerTrace,
-    OpenAiJson(request): OpenAiJson<ClassifyRequest>,
+    super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<ClassifyRequest>,
 ) -> Result<Response, ApiError> {
     let inputs = request.input.0;
     if inputs.is_empty() || inputs.len() > MAX_TEXTS {
@@ -120,6 +122,10 @@ pub(super) async fn classify(
     }
     if let Some(i) = inputs.iter().position(String::is_empty) {
         return Err(BridgeError::field(format!("input[{i}]"), "must not be empty").into());
+    }
+    if state.hub.takes_text(&request.model) {
+        let worker = worker.or_nvext(None);
+        return super::text_unary::forward(&state, OpenAiApi::Classify, &request.model, worker, body, caller).await;
     }
     let Some(text_model) = text_model(&state, &request.model, TextTaskKind::Classify, "/classify")? else {
         state.hub.preprocessor(&request.model)?;

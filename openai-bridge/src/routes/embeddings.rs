@@ -5,9 +5,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use tritium_backend_api::llm::{FinishReason, ModelKind};
+use tritium_backend_api::llm::{FinishReason, ModelKind, OpenAiApi};
 
-use super::{ApiError, AppState, OpenAiJson, check_token_ids, failed, json_response};
+use super::{ApiError, AppState, check_token_ids, failed, json_response};
 use crate::BridgeError;
 use crate::preprocess::Preprocessor;
 use crate::protocol::{
@@ -21,8 +21,12 @@ pub(super) async fn embeddings(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
     caller: super::CallerTrace,
-    OpenAiJson(request): OpenAiJson<EmbeddingRequest>,
+    super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
+    if state.hub.takes_text(&request.model) {
+        let worker = worker.or_nvext(None);
+        return super::text_unary::forward(&state, OpenAiApi::Embeddings, &request.model, worker, body, caller).await;
+    }
     let pre = state.preprocessor(&request.model, ModelKind::Embed, "/v1/embeddings").await?;
     let mut observer = state.observer(&request.model, caller);
     let inputs = match request.validate() {

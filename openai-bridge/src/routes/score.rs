@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use tritium_backend_api::llm::ModelKind;
+use tritium_backend_api::llm::{ModelKind, OpenAiApi};
 
 use super::classify::{self, MAX_TEXTS, Texts};
 use super::embeddings::{one_per_input, tokenize};
@@ -147,8 +147,9 @@ pub(super) async fn score(
 /// most relevant first.
 pub(super) async fn rerank(
     State(state): State<AppState>,
+    worker: super::HeaderWorker,
     caller: super::CallerTrace,
-    OpenAiJson(request): OpenAiJson<RerankRequest>,
+    super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<RerankRequest>,
 ) -> Result<Response, ApiError> {
     if request.query.is_empty() {
         return Err(BridgeError::field("query", "must not be empty").into());
@@ -158,6 +159,10 @@ pub(super) async fn rerank(
     }
     if let Some(i) = request.documents.iter().position(|d| d.text.is_empty()) {
         return Err(BridgeError::field(format!("documents[{i}]"), "must not be empty").into());
+    }
+    if state.hub.takes_text(&request.model) {
+        let worker = worker.or_nvext(None);
+        return super::text_unary::forward(&state, OpenAiApi::Rerank, &request.model, worker, body, caller).await;
     }
     let (relevance, tokens) = match classify::text_model(&state, &request.model, TextTaskKind::Score, "/v1/rerank")? {
         Some(model) => {

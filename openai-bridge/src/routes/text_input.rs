@@ -185,7 +185,8 @@ impl Fold {
                     let delta = delta.unwrap_or(&Value::Null);
                     (text(delta.get("content")), text(delta.get("reasoning_content")))
                 }
-                OpenAiApi::Completions => (text(choice.get("text")), String::new()),
+                // The unary APIs are folded by `text_unary`; their answers have no choices.
+                _ => (text(choice.get("text")), String::new()),
             };
             self.hold(&content)?;
             self.hold(&reasoning)?;
@@ -205,7 +206,7 @@ impl Fold {
             }
             let tokens = match self.api {
                 OpenAiApi::Chat => choice.pointer("/logprobs/content").and_then(Value::as_array),
-                OpenAiApi::Completions => None,
+                _ => None,
             };
             folded.logprobs.extend(tokens.into_iter().flatten().cloned());
         }

@@ -18,10 +18,13 @@ with the model's tokenizer, encoded again): a scripted model, whose output is wh
 for comparing how the two frontends parse one family's markup; `--tool-call-parser` and
 `--reasoning-parser` name the parsers in its card's `runtime_config`, as `dynamo.vllm` publishes them.
 
+With `--text-task embed|classify|rerank` it is a text-input model of that task instead (the request as the
+client sent it in, one answer out: vectors of word and character counts, "long"/"short" labels, word-overlap scores).
+
 With `--embed` it is an embedding model instead: each input's vector is made of its tokens
 (count, sum, first, last), sent as base64 as Dynamo's vLLM worker sends it, so both frontends' vectors can be compared number for number.
 
-Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SECONDS] [--embed] [--text] [--role prefill|decode] [--lora NAME]
+Usage: python echo_worker.py MODEL_DIR MODEL_NAME [--token-budget N] [--delay SECONDS] [--embed] [--text] [--text-task embed|classify|rerank] [--role prefill|decode] [--lora NAME]
 (discovery and planes from Dynamo's own variables: DYN_DISCOVERY_BACKEND, DYN_FILE_KV, ...)."""
 
 import argparse
@@ -113,6 +116,41 @@ async def text(request, context):
     yield base | {"object": "chat.completion.chunk" if chat else "text_completion", "choices": [], "usage": usage}
 
 
+def texts_of(value) -> list[str]:
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+async def text_embed(request, context):
+    """A text-input embedding worker (SGLang's with its own tokenizer): each input's vector is (words, characters)."""
+    texts = texts_of(request["input"])
+    data = [{"object": "embedding", "index": i, "embedding": [float(len(t.split())), float(len(t))]} for i, t in enumerate(texts)]
+    words = sum(len(t.split()) for t in texts)
+    yield {"object": "list", "model": request["model"], "data": data, "usage": {"prompt_tokens": words, "total_tokens": words}}
+
+
+async def text_classify(request, context):
+    """A text-input classifier (`dynamo.triton --task classify`'s kind): "long" when an input has over 3 words."""
+    texts = texts_of(request["input"])
+    data = []
+    for i, text in enumerate(texts):
+        long = len(text.split()) > 3
+        data.append({"index": i, "label": "long" if long else "short", "probs": [0.2, 0.8] if long else [0.9, 0.1], "num_classes": 2})
+    words = sum(len(t.split()) for t in texts)
+    usage = {"prompt_tokens": words, "total_tokens": words, "completion_tokens": 0}
+    yield {"id": f"classify-{context.id()}", "object": "list", "created": 1700000000, "model": request["model"], "data": data, "usage": usage}
+
+
+async def text_rerank(request, context):
+    """A text-input reranker: a document's score is the share of the query's words it holds; Dynamo's shape (a list)."""
+    query = set(request["query"].lower().split())
+    results = []
+    for i, document in enumerate(request["documents"]):
+        score = len(query & set(document.lower().split())) / max(len(query), 1)
+        results.append({"index": i, "score": score, "document": document})
+    results.sort(key=lambda r: -r["score"])
+    yield results[: request.get("top_n") or len(results)]
+
+
 async def prefill(request, context):
     """A prefill worker's answer, as vLLM's: one token and what its decode worker needs."""
     prompt = request["token_ids"]
@@ -157,6 +195,13 @@ async def main(runtime: DistributedRuntime, args):
                              needs=[[needed]], kv_cache_block_size=16)  # fmt: skip
         await endpoint.serve_endpoint(prefill if args.role == "prefill" else Echo(args.delay, "", decode=True).generate)
         return
+    if args.text_task:
+        kinds = {"embed": (ModelType.Embedding, text_embed), "classify": (ModelType.Classify, text_classify),
+                 "rerank": (ModelType.Rerank, text_rerank)}  # fmt: skip
+        model_type, handler = kinds[args.text_task]
+        await register_model(ModelInput.Text, model_type, endpoint, args.model_dir, args.model_name, worker_type=WorkerType.Aggregated)
+        await endpoint.serve_endpoint(handler)
+        return
     if args.text:
         await register_model(
             ModelInput.Text, ModelType.Chat | ModelType.Completions, endpoint, args.model_dir, args.model_name,
@@ -199,6 +244,7 @@ if __name__ == "__main__":
     parser.add_argument("--embed", action="store_true", help="an embedding model instead")
     parser.add_argument("--role", choices=["prefill", "decode"], help="one side of a disaggregated pair instead")
     parser.add_argument("--text", action="store_true", help="a text-input model instead (OpenAI requests in, chunks out)")
+    parser.add_argument("--text-task", choices=["embed", "classify", "rerank"], help="a text-input model of this task instead")
     parser.add_argument("--lora", default="", help="also serve a LoRA adapter of this name (it answers backwards)")
     parser.add_argument("--answer-user", action="store_true", help="answer the last user message's text (a scripted model)")
     parser.add_argument("--tool-call-parser", default="", help="runtime_config.tool_call_parser of the card")

@@ -264,6 +264,40 @@ def test_a_text_input_worker_answers_responses_and_messages_made_into_chat(text_
     assert status == 200 and answer["content"][-1]["type"] == "tool_use" and answer["stop_reason"] == "tool_use", answer
 
 
+TEXT_TASKS = ("embed", "classify", "rerank")
+
+
+def test_text_input_embedding_classifying_and_reranking_workers_get_requests_as_sent(text_input):
+    """Text-input workers of the unary tasks (SGLang's embedding worker with its own tokenizer, `dynamo.triton
+    --task classify`, a reranker): the client's request is forwarded and the worker's answer folded. Embeddings
+    and classifications equal Dynamo's frontend's answer (ids aside); a rerank comes in this door's shape
+    (`results`, `relevance_score`, most relevant first) where Dynamo's gives the worker's bare list."""
+    tritium, dynamo = text_input
+    bodies = {
+        "/v1/embeddings": {"model": "texty-embed", "input": ["one two", "three four five"]},
+        "/v1/classify": {"model": "texty-classify", "input": ["short one", "this one is rather long"]},
+    }
+    for path, body in bodies.items():
+        answers = []
+        for base in (tritium.http_url, dynamo):
+            status, answer = http("POST", base + path, body)
+            assert status == 200, (base, path, answer)
+            answers.append({k: v for k, v in answer.items() if k not in ("id", "created")})
+        assert answers[0] == answers[1], answers
+    assert answers[0]["data"][1]["label"] == "long"
+    body = {"model": "texty-rerank", "query": "red apples", "documents": ["green pears", "red apples here", "red car"]}
+    status, mine = http("POST", tritium.http_url + "/v1/rerank", body)
+    assert status == 200, mine
+    status, theirs = http("POST", dynamo + "/v1/rerank", body)
+    assert status == 200, theirs
+    assert [r["index"] for r in mine["results"]] == [r["index"] for r in theirs] == [1, 2, 0], (mine, theirs)
+    assert [r["relevance_score"] for r in mine["results"]] == [r["score"] for r in theirs]
+    assert mine["results"][0]["document"] == {"text": "red apples here"}
+    # A route the worker does not serve is refused by name, before anything is sent.
+    status, answer = http("POST", tritium.http_url + "/v1/embeddings", {"model": "texty-classify", "input": "x"})
+    assert status == 400 and "/v1/embeddings" in answer["error"]["message"], answer
+
+
 @pytest.fixture(scope="module")
 def text_input(tmp_path_factory, tiny_model):
     """A text-input worker ("texty") in a deployment of its own, behind Tritium's frontend started as the
@@ -272,10 +306,13 @@ def text_input(tmp_path_factory, tiny_model):
     every later discovery snapshot of that namespace, which would hide the other tests' workers from it."""
     deployment = Deployment(tmp_path_factory.mktemp("dynamo-text"), tiny_model, namespace="textinput")
     deployment.echo("texty", "--text")
+    for task in TEXT_TASKS:
+        deployment.echo(f"texty-{task}", "--text-task", task)
     tritium = deployment.tritium_frontend("--enable-anthropic-api")
     dynamo = deployment.dynamo_frontend("--router-mode", "round-robin")
+    names = {"texty", *(f"texty-{task}" for task in TEXT_TASKS)}
     for base in (tritium.http_url, dynamo):
-        wait_until(lambda: "texty" in models_at(base), START, f"the text-input model listed at {base}")
+        wait_until(lambda: names <= set(models_at(base)), START, f"the text-input models listed at {base}")
     yield tritium, dynamo
     deployment.stop()
 
