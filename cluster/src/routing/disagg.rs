@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use tritium_backend_api::kv::block_hashes;
-use tritium_backend_api::llm::{GenerateError, PrefillSource};
+use tritium_backend_api::llm::{GenerateError, GenerateRequest, PrefillSource, TokenStream};
 use tritium_worker::WorkerError;
 
 use super::{Member, Router};
@@ -120,6 +120,31 @@ impl Router {
         let source =
             PrefillSource { worker_id: prefill.id.to_string(), uri, first_block: u32::try_from(held).unwrap_or(u32::MAX) };
         Some((prefill, Prefill::Pull(source)))
+    }
+}
+
+/// Runs `prefill`'s part of `request` and starts the decode on `decode` from its handoff (Dynamo's
+/// workers); when the prefill fails, the decode worker is sent the request alone and computes the
+/// prompt itself, as when a pull fails.
+pub(super) async fn generate_after_handoff(
+    model: &str,
+    request: GenerateRequest,
+    decode: &Member,
+    prefill: &Member,
+) -> Result<TokenStream, WorkerError> {
+    let handoff = {
+        let _prefilling = prefill.begin();
+        prefill.client.prefill_handoff(model, &request).await
+    };
+    match handoff {
+        Ok(handoff) => {
+            let stream = decode.client.generate_from_handoff(model, request, handoff).await?;
+            Ok(stream.prefilled_by(Some(Arc::clone(&prefill.id))))
+        }
+        Err(error) => {
+            tracing::warn!(worker = %prefill.id, model, "prefilling failed ({error}); decoding without it");
+            decode.client.generate(model, request).await
+        }
     }
 }
 

@@ -181,22 +181,7 @@ impl Router {
                             member.client.generate_with_prefill(model, request, source).await?
                         }
                         Some((prefill, super::disagg::Prefill::Handoff)) => {
-                            let handoff = {
-                                let _prefilling = prefill.begin();
-                                prefill.client.prefill_handoff(model, &request).await
-                            };
-                            match handoff {
-                                Ok(handoff) => member
-                                    .client
-                                    .generate_from_handoff(model, request, handoff)
-                                    .await?
-                                    .prefilled_by(Some(Arc::clone(&prefill.id))),
-                                Err(error) => {
-                                    // As when a pull fails: the decode worker computes the prompt itself.
-                                    tracing::warn!(worker = %prefill.id, model, "prefilling failed ({error}); decoding without it");
-                                    member.client.generate(model, request).await?
-                                }
-                            }
+                            super::disagg::generate_after_handoff(model, request, &member, &prefill).await?
                         }
                         None => member.client.generate(model, request).await?,
                     };
@@ -352,17 +337,26 @@ impl Migration {
         let done = u32::try_from(self.generated.len()).unwrap_or(u32::MAX);
         next.stop.max_tokens = next.stop.max_tokens.map(|max| max.saturating_sub(done));
         next.stop.min_tokens = next.stop.min_tokens.saturating_sub(done);
-        let (model, prefill) = (self.model.as_str(), &self.split.prefill);
+        let (model, split) = (self.model.as_str(), &self.split);
         let pick = |tried: &[Arc<str>]| {
-            let passed_over: Vec<Arc<str>> = tried.iter().chain(prefill).cloned().collect();
+            let passed_over: Vec<Arc<str>> = tried.iter().chain(&split.prefill).cloned().collect();
             // A pick that fails ends the migration as a pick that finds nobody does.
             Ok(router.pick(model, Some(&next.prompt), None, None, &passed_over, true).ok().flatten())
         };
         let outcome = router
             .on_workers(model, &mut self.tried, pick, |picked| {
                 let next = next.clone();
+                // A Dynamo decode worker takes the rest over as it took the start: from a prefill
+                // worker's handoff (SGLang's refuses a request without one); Tritium's compute it.
+                let prefill = match router.prefill_for(model, next.adapter.as_deref(), &next.prompt, &picked.member, split) {
+                    Some((prefill, super::disagg::Prefill::Handoff)) => Some(prefill),
+                    _ => None,
+                };
                 async move {
-                    let stream = picked.member.client.generate(model, next).await?;
+                    let stream = match prefill {
+                        Some(prefill) => super::disagg::generate_after_handoff(model, next, &picked.member, &prefill).await?,
+                        None => picked.member.client.generate(model, next).await?,
+                    };
                     Ok((picked, stream))
                 }
             })

@@ -7,6 +7,9 @@ bootstrap rendezvous (SGLang's kind) gets its request beside the decode worker's
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import pytest
 
 from deployment import Deployment, assert_same_answers, free_port, http, models_at, streamed, tiny_model, wait_until  # noqa: F401 - tiny_model: fixture
@@ -50,6 +53,40 @@ def test_the_mockers_disaggregated_pair_generates_what_was_asked(disaggregated):
     for base in (tritium.http_url, dynamo):
         status, answer = http("POST", base + "/v1/completions", {"model": "mocksplit", "prompt": "count these words " * 20, "max_tokens": 7})
         assert status == 200 and answer["usage"]["completion_tokens"] == 7, (base, answer)
+
+
+def test_a_decode_stream_whose_worker_dies_continues_from_a_new_prefill(disaggregated):
+    """Migration on disaggregated Dynamo workers: the rest of the sequence goes to the other decode worker with
+    a fresh prefill handoff for the prompt so far, as Dynamo's frontend re-enters its prefill step (the echo
+    decode worker fails a request without the handoff for its prompt, as SGLang's fails one without its
+    bootstrap_info)."""
+    deployment, tritium, _ = disaggregated
+    workers = [deployment.echo("moving", "--role", "decode", "--delay", "0.1") for _ in range(2)]
+    deployment.echo("moving", "--role", "prefill")
+    wait_until(lambda: "moving" in models_at(tritium.http_url), START, "the moving pair listed")
+    wait_until(lambda: tritium.stderr().count('models=["moving"]') >= 3, START, "all three moving workers joined")
+    body = {"model": "moving", "prompt": "y" * 60, "max_tokens": 30, "stream": True, "stream_options": {"include_usage": True}}
+    request = urllib.request.Request(
+        tritium.http_url + "/v1/completions", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    chunks, finish, usage = 0, None, None
+    with urllib.request.urlopen(request, timeout=60) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            assert "error" not in chunk, chunk
+            chunks += 1
+            if chunks == 5:
+                busy = [w for w in workers if "request received" in w.log()]
+                assert len(busy) == 1, [w.log_path for w in workers]
+                busy[0].kill()
+            for choice in chunk["choices"]:
+                finish = choice.get("finish_reason") or finish
+            usage = chunk.get("usage") or usage
+    assert finish == "length" and usage["completion_tokens"] == 30, (finish, usage, tritium.stderr()[-2000:])
+    assert "continuing the stream on another worker" in tritium.stderr()
 
 
 @pytest.mark.parametrize("engine", ["sglang", "vllm"])
