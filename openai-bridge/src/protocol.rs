@@ -193,6 +193,17 @@ pub struct SamplingFields {
     /// vLLM's: the request's place under `--scheduling-policy priority`, lower first (0 is the
     /// default; `nvext.agent_hints.priority`, higher first, takes its place when both are given).
     pub priority: Option<i64>,
+    /// vLLM's guided decoding at the top level, where Dynamo's frontend reads it too (also
+    /// accepted under `nvext`); at most one, and not with `response_format`.
+    #[schema(value_type = Option<Object>)]
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+    /// vLLM's; refused by name: Tritium's engine and its grammar library decide whitespace and the
+    /// library themselves.
+    pub guided_whitespace_pattern: Option<String>,
+    pub guided_decoding_backend: Option<String>,
 }
 
 impl SamplingFields {
@@ -214,7 +225,24 @@ impl SamplingFields {
         Ok((n as usize, best_of as usize))
     }
 
+    fn guided(&self) -> Guided {
+        Guided {
+            guided_json: self.guided_json.clone(),
+            guided_regex: self.guided_regex.clone(),
+            guided_choice: self.guided_choice.clone(),
+            guided_grammar: self.guided_grammar.clone(),
+        }
+    }
+
     fn options(&self, max_tokens: Option<u32>, logprobs: Option<u32>) -> Result<CompletionOptions, BridgeError> {
+        for (field, given) in [
+            ("guided_whitespace_pattern", self.guided_whitespace_pattern.is_some()),
+            ("guided_decoding_backend", self.guided_decoding_backend.is_some()),
+        ] {
+            if given {
+                return Err(BridgeError::field(field, "is not supported: the engine's grammar library (llguidance) decides it"));
+            }
+        }
         let logit_bias = match &self.logit_bias {
             Some(map) => crate::sampling::logit_bias_of(map)?,
             None => Vec::new(),
@@ -233,7 +261,7 @@ impl SamplingFields {
             ignore_eos: self.ignore_eos.unwrap_or(false),
             min_tokens: self.min_tokens,
             logprobs,
-            constraint: None,
+            constraint: self.guided().constraint("")?,
             prompt_logprobs: None,
             min_p: self.min_p,
             logit_bias,
@@ -361,7 +389,12 @@ impl ChatCompletionRequest {
             return Err(BridgeError::field("max_completion_tokens", "must be at least 1"));
         }
         let mut options = self.sampling.options(self.max_completion_tokens.or(self.max_tokens), logprobs)?;
-        options.constraint = format_constraint(self.response_format.as_ref(), "response_format")?;
+        if let Some(format) = format_constraint(self.response_format.as_ref(), "response_format")? {
+            if options.constraint.is_some() {
+                return Err(BridgeError::field("response_format", "cannot be combined with guided decoding"));
+            }
+            options.constraint = Some(format);
+        }
         if let Some(nvext) = &self.nvext {
             nvext.apply(&mut options)?;
         }

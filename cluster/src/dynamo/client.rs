@@ -351,14 +351,6 @@ impl DynamoWorker {
         handoff: Option<PrefillHandoff>,
     ) -> Result<TokenStream, WorkerError> {
         let (served, card) = self.tokenized(model, ModelKind::Generate)?;
-        if request.constraint.is_some() {
-            return Err(WorkerError::Generate {
-                model: model.to_string(),
-                source: GenerateError::InvalidRequest(
-                    "structured output is not available for models served by Dynamo workers".to_string(),
-                ),
-            });
-        }
         let max_tokens = self.max_tokens(served, card, &request)?;
         let mut body = preprocessed_request(model, &request, max_tokens, &card.eos_token_ids);
         let mut request_id = None;

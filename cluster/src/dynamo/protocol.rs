@@ -5,9 +5,21 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
-use tritium_backend_api::llm::{FinishReason, GenerateRequest};
+use tritium_backend_api::llm::{Constraint, FinishReason, GenerateRequest};
 
 pub use crate::discovery::dynamo_target::PayloadCodec;
+
+/// Structured output as Dynamo's `GuidedDecodingOptions`, which its workers hand their engine's
+/// guided decoding (a JSON schema, any JSON object, a regex, a choice, or a grammar as written).
+fn guided_decoding(constraint: &Constraint) -> Json {
+    match constraint {
+        Constraint::JsonObject => json!({"json": {"type": "object"}}),
+        Constraint::JsonSchema(schema) => json!({"json": serde_json::from_str::<Json>(schema).unwrap_or_else(|_| schema.clone().into())}),
+        Constraint::Regex(regex) => json!({"regex": regex}),
+        Constraint::Choice(choices) => json!({"choice": choices}),
+        Constraint::Lark(grammar) => json!({"grammar": grammar}),
+    }
+}
 
 /// The control message heading a request: who asks, and where the worker calls home.
 pub fn control_message(request_id: &str, response_address: &str, subject: &str, codec: PayloadCodec) -> Json {
@@ -53,6 +65,7 @@ pub fn preprocessed_request(model: &str, request: &GenerateRequest, max_tokens: 
             "frequency_penalty": positive(sampling.frequency_penalty),
             "repetition_penalty": (sampling.repetition_penalty != 1.0).then_some(sampling.repetition_penalty),
             "min_p": positive(sampling.min_p),
+            "guided_decoding": request.constraint.as_ref().map(guided_decoding),
         },
         "output_options": {"logprobs": request.logprobs},
         "eos_token_ids": eos_token_ids,

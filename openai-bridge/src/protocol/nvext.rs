@@ -133,7 +133,7 @@ impl NvExt {
         };
         if let Some(constraint) = guided.constraint("nvext")? {
             if options.constraint.is_some() {
-                return Err(BridgeError::field("nvext", "guided decoding cannot be combined with response_format"));
+                return Err(BridgeError::field("nvext", "guided decoding is given twice (response_format, top-level guided_* or nvext)"));
             }
             options.constraint = Some(constraint);
         }

@@ -46,7 +46,9 @@ pub struct Guided {
 }
 
 impl Guided {
+    /// The constraint the fields ask for; `field` is where they sit (`nvext`, or "" at the top).
     pub fn constraint(&self, field: &str) -> Result<Option<Constraint>, BridgeError> {
+        let name = |inner: &str| if field.is_empty() { inner.to_string() } else { format!("{field}.{inner}") };
         let given = [
             self.guided_json.is_some(),
             self.guided_regex.is_some(),
@@ -55,7 +57,7 @@ impl Guided {
         ];
         if given.iter().filter(|&&g| g).count() > 1 {
             return Err(BridgeError::field(
-                field,
+                if field.is_empty() { "guided_json" } else { field },
                 "give at most one of guided_json, guided_regex, guided_choice and guided_grammar",
             ));
         }
@@ -64,7 +66,7 @@ impl Guided {
                 // A schema given as JSON text, as vLLM also accepts.
                 Value::String(text) => Ok(Some(Constraint::JsonSchema(text.clone()))),
                 Value::Object(_) | Value::Bool(_) => Ok(Some(Constraint::JsonSchema(schema.to_string()))),
-                _ => Err(BridgeError::field(format!("{field}.guided_json"), "must be a JSON schema")),
+                _ => Err(BridgeError::field(name("guided_json"), "must be a JSON schema")),
             };
         }
         if let Some(regex) = &self.guided_regex {
@@ -73,7 +75,7 @@ impl Guided {
         if let Some(choices) = &self.guided_choice {
             if choices.is_empty() || choices.len() > MAX_CHOICES {
                 let reason = format!("must hold 1 to {MAX_CHOICES} strings, got {}", choices.len());
-                return Err(BridgeError::field(format!("{field}.guided_choice"), reason));
+                return Err(BridgeError::field(name("guided_choice"), reason));
             }
             return Ok(Some(Constraint::Choice(choices.clone())));
         }

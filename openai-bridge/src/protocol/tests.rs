@@ -122,6 +122,25 @@ fn chat_options_and_messages() {
 }
 
 #[test]
+fn guided_decoding_at_the_top_level_as_vllm_and_dynamo_read_it() {
+    use tritium_backend_api::llm::Constraint;
+    let chat = |body: &str| parse_json::<ChatCompletionRequest>(body.as_bytes()).and_then(|r| r.options());
+    let options = chat(r#"{"model":"m","messages":[],"guided_regex":"a+"}"#).expect("valid");
+    assert_eq!(options.constraint, Some(Constraint::Regex("a+".into())));
+    let completion = parse_json::<CompletionRequest>(br#"{"model":"m","prompt":"p","guided_choice":["x","y"]}"#);
+    assert_eq!(completion.and_then(|r| r.options()).expect("valid").constraint, Some(Constraint::Choice(vec!["x".into(), "y".into()])));
+    let twice = chat(r#"{"model":"m","messages":[],"guided_regex":"a+","response_format":{"type":"json_object"}}"#);
+    assert_eq!(field_of(twice.expect_err("with response_format")), "response_format");
+    let twice = chat(r#"{"model":"m","messages":[],"guided_regex":"a+","nvext":{"guided_choice":["a"]}}"#);
+    assert_eq!(field_of(twice.expect_err("with nvext")), "nvext");
+    let two = chat(r#"{"model":"m","messages":[],"guided_regex":"a+","guided_choice":["a"]}"#);
+    assert_eq!(field_of(two.expect_err("two at the top")), "guided_json");
+    assert_eq!(field_of(chat(r#"{"model":"m","messages":[],"guided_json":3}"#).expect_err("schema")), "guided_json");
+    let pattern = chat(r#"{"model":"m","messages":[],"guided_regex":"a","guided_whitespace_pattern":" "}"#);
+    assert_eq!(field_of(pattern.expect_err("whitespace")), "guided_whitespace_pattern");
+}
+
+#[test]
 fn embedding_inputs() {
     let parse = |input: &str| parse_json::<EmbeddingRequest>(format!(r#"{{"model":"m","input":{input}}}"#).as_bytes());
     assert_eq!(parse(r#""a""#).map(|r| r.input), Ok(EmbeddingInput::Texts(vec!["a".into()])));

@@ -54,6 +54,10 @@ class Echo:
         return self.tokenizer.encode(message, add_special_tokens=False).ids
 
     async def generate(self, request, context):
+        guided = (request.get("sampling_options") or {}).get("guided_decoding")
+        if guided:
+            # What the frontend asked of the engine's guided decoding, for the tests to compare.
+            print("GUIDED " + json.dumps(guided, sort_keys=True), flush=True)
         limit = request["stop_conditions"].get("max_tokens")
         prompt = request["token_ids"]
         if self.decode:

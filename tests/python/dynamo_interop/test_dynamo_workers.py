@@ -221,6 +221,34 @@ def test_a_lora_adapter_of_a_dynamo_worker_is_served_as_by_dynamo(deployment, fr
     assert plain.startswith("hello") and adapter != plain, (adapter, plain)
 
 
+GUIDED_REQUESTS = [
+    {"response_format": {"type": "json_object"}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}},
+    {"guided_regex": "[a-z]+"},
+    {"guided_choice": ["yes", "no"]},
+    {"guided_json": {"type": "array"}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", GUIDED_REQUESTS)
+def test_structured_output_reaches_the_worker_as_dynamos_frontend_sends_it(deployment, frontends, extra):
+    """Structured output is the engine's work: the worker gets `sampling_options.guided_decoding` as Dynamo's
+    frontend fills it (a schema, `{"type": "object"}` for any JSON object, a regex, a choice), from
+    `response_format` or vLLM's guided fields at the top level of the request."""
+    tritium, dynamo = frontends
+    echo = next(p for p in deployment.dynamo if "echo-echo" in str(p.log_path))
+    seen = []
+    for base in (tritium.http_url, dynamo):
+        body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        body |= extra
+        before = echo.log().count("GUIDED ")
+        status, answer = http("POST", base + "/v1/chat/completions", body)
+        assert status == 200, answer
+        wait_until(lambda: echo.log().count("GUIDED ") > before, 10, "the worker logged the guided decoding")
+        seen.append([line for line in echo.log().splitlines() if line.startswith("GUIDED ")][-1])
+    assert seen[0] == seen[1], seen
+
+
 TEXT_REQUESTS = [
     ("/v1/chat/completions", {"model": "texty", "messages": [{"role": "user", "content": "one two three four five"}], "max_tokens": 2}),
     ("/v1/chat/completions", {"model": "texty", "messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "one two"}]}),

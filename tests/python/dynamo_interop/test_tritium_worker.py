@@ -182,6 +182,34 @@ def test_dynamos_frontend_serves_a_tritium_embedding_model(deployment):
         finish_server(direct)
 
 
+def test_dynamos_frontend_gets_guided_decoding_and_logprobs_from_a_tritium_worker(deployment):
+    """SmolLM2 on `tritium worker --worker-protocol dynamo`: Dynamo's frontend sends structured output as
+    `sampling_options.guided_decoding` and `logprobs` as `output_options.logprobs`; the worker's engine follows
+    the choice and answers each token's log-probability with its alternatives (Dynamo's `log_probs`,
+    `top_logprobs`), which Dynamo's frontend gives the client. A whitespace pattern, which the engine cannot
+    follow, is refused rather than dropped."""
+    from conftest import model_paths
+
+    smollm, _ = model_paths()
+    worker = deployment.tritium_worker("--model-path", str(smollm), "--model-name", "tsmol")
+    dynamo = deployment.dynamo_frontend("--router-mode", "round-robin")
+    wait_until(lambda: "tsmol" in models_at(dynamo), 240, "tsmol listed at Dynamo's frontend")
+    base = {"model": "tsmol", "messages": [{"role": "user", "content": "Is the sky blue? Answer yes or no."}], "max_tokens": 4}
+    status, answer = http("POST", dynamo + "/v1/chat/completions", base | {"guided_choice": ["maybe so", "not at all"], "max_tokens": 16}, timeout=120)
+    assert status == 200, answer
+    assert answer["choices"][0]["message"]["content"] in ("maybe so", "not at all"), answer
+    status, answer = http("POST", dynamo + "/v1/chat/completions", base | {"logprobs": True, "top_logprobs": 2}, timeout=120)
+    assert status == 200, answer
+    content = answer["choices"][0]["logprobs"]["content"]
+    # The 2 alternatives asked for; Dynamo's frontend adds the chosen token when it is not among them, as vLLM's.
+    assert content and all(t["logprob"] <= 0 and len(t["top_logprobs"]) in (2, 3) for t in content), json.dumps(content[0])
+    assert all(t["logprob"] in [a["logprob"] for a in t["top_logprobs"]] for t in content), json.dumps(content[0])
+    status, answer = http("POST", dynamo + "/v1/chat/completions", base | {"guided_regex": "[a-z]+", "guided_whitespace_pattern": " "}, timeout=120)
+    # Dynamo's frontend answers a worker's refusal as a bare 500; the worker says why.
+    assert status == 500, answer
+    wait_until(lambda: "whitespace_pattern is not served" in worker.stderr(), 10, "the worker named the refused option")
+
+
 def test_dynamos_frontend_serves_a_vllm_engine_through_a_tritium_worker(deployment):
     """`tritium worker --worker-protocol dynamo --engine-grpc NAME=URL`: an engine reached over its own gRPC
     (frames recorded from the real vLLM, played by `engine-replay`) is registered in Dynamo's layout with the

@@ -13,7 +13,9 @@ use serde_json::{Value as Json, json};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tritium_backend_api::llm::{FinishReason, GenerateEvent, GenerateRequest, SamplingOptions, StopOptions};
+use tritium_backend_api::llm::{
+    Constraint, FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingOptions, StopOptions,
+};
 use tritium_worker::WorkerClient;
 
 use super::home::{CallHomeInfo, call_home};
@@ -90,7 +92,9 @@ async fn connection(stream: PlaneStream, served: Served, stop: CancellationToken
         };
         let ack = match accept(&frame, &served) {
             Ok((home, Job::Generate { model, request })) => {
-                served.names.learn(&model, &request.prompt, served.block_size);
+                if let Ok(request) = &request {
+                    served.names.learn(&model, &request.prompt, served.block_size);
+                }
                 tokio::spawn(answer(served.worker.clone(), model, request, home));
                 String::new()
             }
@@ -112,8 +116,9 @@ async fn connection(stream: PlaneStream, served: Served, stop: CancellationToken
 
 /// What a request frame asks for.
 enum Job {
-    /// A `PreprocessedRequest` to a language model.
-    Generate { model: String, request: GenerateRequest },
+    /// A `PreprocessedRequest` to a language model, or why it cannot run (an option the engine
+    /// does not have: refused on the response stream, as an engine's error).
+    Generate { model: String, request: Result<GenerateRequest, String> },
     /// An `NvCreateTensorRequest` to a tensor model, or the reason it cannot run.
     Tensor(Result<tritium_worker::ValidInferRequest, String>),
     /// A `PreprocessedEmbeddingRequest`: one token list per input.
@@ -179,8 +184,9 @@ async fn answer_embedding(worker: Arc<dyn WorkerClient>, model: String, inputs: 
     }
 }
 
-/// A `PreprocessedRequest` as Tritium's generation request.
-fn generate_request(body: &Json) -> Option<(String, GenerateRequest)> {
+/// A `PreprocessedRequest` as Tritium's generation request (`None`: not one; the request an
+/// error when it asks for what Tritium's engines do not do).
+fn generate_request(body: &Json) -> Option<(String, Result<GenerateRequest, String>)> {
     let model = body.get("model")?.as_str()?.to_string();
     let prompt = body
         .get("token_ids")?
@@ -198,6 +204,18 @@ fn generate_request(body: &Json) -> Option<(String, GenerateRequest)> {
             .unwrap_or_default()
     };
     let defaults = SamplingOptions::default();
+    let constraint = match sampling.get("guided_decoding").filter(|g| !g.is_null()) {
+        Some(guided) => match guided_constraint(guided) {
+            Ok(constraint) => constraint,
+            Err(why) => return Some((model, Err(why))),
+        },
+        None => None,
+    };
+    let output = body.get("output_options").cloned().unwrap_or(Json::Null);
+    let logprobs = output.get("logprobs").and_then(Json::as_u64).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    if output.get("prompt_logprobs").is_some_and(|n| !n.is_null()) {
+        return Some((model, Err("prompt_logprobs is not served by this worker".into())));
+    }
     let request = GenerateRequest {
         prompt,
         sampling: SamplingOptions {
@@ -217,16 +235,70 @@ fn generate_request(body: &Json) -> Option<(String, GenerateRequest)> {
             ignore_eos: stop.get("ignore_eos").and_then(Json::as_bool).unwrap_or(false),
             min_tokens: stop.get("min_tokens").and_then(Json::as_u64).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
         },
+        constraint,
+        logprobs,
         ..Default::default()
     };
-    Some((model, request))
+    Some((model, Ok(request)))
+}
+
+/// Dynamo's `GuidedDecodingOptions` as the engine's constraint: `json` (a schema, or its text),
+/// `regex`, `choice`, `grammar` (Lark, the engine's grammar dialect); `backend` names a library
+/// and changes nothing here. A whitespace pattern or structural tag the engine cannot follow is
+/// refused rather than dropped.
+fn guided_constraint(guided: &Json) -> Result<Option<Constraint>, String> {
+    let given = |key: &str| guided.get(key).filter(|v| !v.is_null());
+    for unsupported in ["whitespace_pattern", "structural_tag"] {
+        if given(unsupported).is_some() {
+            return Err(format!("guided decoding's {unsupported} is not served by this worker"));
+        }
+    }
+    let named: Vec<&str> = ["json", "regex", "choice", "grammar"].into_iter().filter(|k| given(k).is_some()).collect();
+    if named.len() > 1 {
+        return Err(format!("guided decoding names {} at once; give one", named.join(" and ")));
+    }
+    let malformed = |key: &str| format!("guided decoding's {key} is malformed");
+    Ok(match named.first().copied() {
+        Some("json") => match given("json") {
+            Some(Json::String(text)) => Some(Constraint::JsonSchema(text.clone())),
+            Some(schema @ (Json::Object(_) | Json::Bool(_))) => Some(Constraint::JsonSchema(schema.to_string())),
+            _ => return Err(malformed("json")),
+        },
+        Some("regex") => Some(Constraint::Regex(given("regex").and_then(Json::as_str).ok_or_else(|| malformed("regex"))?.into())),
+        Some("choice") => {
+            let choices = given("choice").and_then(Json::as_array).ok_or_else(|| malformed("choice"))?;
+            let choices: Option<Vec<String>> = choices.iter().map(|c| c.as_str().map(str::to_string)).collect();
+            Some(Constraint::Choice(choices.filter(|c| !c.is_empty()).ok_or_else(|| malformed("choice"))?))
+        }
+        Some(_) => Some(Constraint::Lark(given("grammar").and_then(Json::as_str).ok_or_else(|| malformed("grammar"))?.into())),
+        None => None,
+    })
 }
 
 /// Runs the request and streams its answer home.
-async fn answer(worker: Arc<dyn WorkerClient>, model: String, request: GenerateRequest, home: CallHomeInfo) {
-    let started = worker.generate(&model, request).await;
-    let refused = started.as_ref().err().map(ToString::to_string);
+async fn answer(worker: Arc<dyn WorkerClient>, model: String, request: Result<GenerateRequest, String>, home: CallHomeInfo) {
+    // A request the engine refuses is answered with an error item, which Dynamo's frontend gives
+    // the client; a generation that cannot start (no such model, the engine gone) is refused in
+    // the prologue, so that the frontend may try another worker.
+    let (started, invalid) = match request {
+        Ok(request) => match worker.generate(&model, request).await {
+            Ok(tokens) => (Ok(tokens), None),
+            Err(tritium_worker::WorkerError::Generate { source: GenerateError::InvalidRequest(why), .. }) => {
+                (Err(None), Some(why))
+            }
+            Err(e) => (Err(Some(e.to_string())), None),
+        },
+        Err(why) => (Err(None), Some(why)),
+    };
+    let refused = started.as_ref().err().cloned().flatten();
     let Some((mut writer, cancelled)) = call_home(&home, refused).await else { return };
+    if let Some(why) = invalid {
+        tracing::info!(model, "a request is refused: {why}");
+        if writer.item(json!({"data": {"token_ids": [], "finish_reason": {"error": why}}})).await {
+            writer.finish().await;
+        }
+        return;
+    }
     let Ok(mut tokens) = started else { return };
     loop {
         let event = tokio::select! {
@@ -234,7 +306,7 @@ async fn answer(worker: Arc<dyn WorkerClient>, model: String, request: GenerateR
             event = tokens.next() => event,
         };
         let item = match event {
-            Some(Ok(GenerateEvent::Token(token))) => json!({"token_ids": [token.id]}),
+            Some(Ok(GenerateEvent::Token(token))) => token_item(&token),
             Some(Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens, .. })) => {
                 let reason = match reason {
                     FinishReason::Stop => "stop",
@@ -257,6 +329,23 @@ async fn answer(worker: Arc<dyn WorkerClient>, model: String, request: GenerateR
     writer.finish().await;
 }
 
+/// One token as Dynamo's `LLMEngineOutput`, with its log-probability and alternatives when the
+/// request asked for them (`output_options.logprobs`).
+fn token_item(token: &tritium_backend_api::llm::GeneratedToken) -> Json {
+    let mut item = json!({"token_ids": [token.id]});
+    if let Some(logprob) = token.logprob {
+        item["log_probs"] = json!([logprob]);
+        let alternatives: Vec<Json> = token
+            .top_logprobs
+            .iter()
+            .zip(1u32..)
+            .map(|(&(id, logprob), rank)| json!({"rank": rank, "token_id": id, "token": null, "logprob": logprob}))
+            .collect();
+        item["top_logprobs"] = json!([alternatives]);
+    }
+    item
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -269,6 +358,7 @@ mod tests {
             "sampling_options":{"temperature":0.7,"top_p":null,"top_k":null,"seed":3},
             "output_options":{},"eos_token_ids":[2],"annotations":[]});
         let (model, request) = generate_request(&body).unwrap();
+        let request = request.unwrap();
         assert_eq!(model, "tiny");
         assert_eq!(request.prompt, vec![466, 673, 79]);
         assert_eq!(request.stop.max_tokens, Some(5));
@@ -277,5 +367,35 @@ mod tests {
         assert!((request.sampling.temperature - 0.7).abs() < 1e-6);
         assert_eq!(request.sampling.top_p, 1.0);
         assert!(generate_request(&json!({"model": "tiny", "token_ids": [-1]})).is_none());
+    }
+
+    #[test]
+    fn guided_decoding_and_logprobs_reach_the_engine_or_are_refused() {
+        let with = |sampling: Json, output: Json| {
+            let body = json!({"model": "m", "token_ids": [1], "sampling_options": sampling, "output_options": output});
+            generate_request(&body).unwrap().1
+        };
+        let request = with(json!({"guided_decoding": {"json": {"type": "object"}, "backend": "xgrammar"}}), json!({"logprobs": 2})).unwrap();
+        assert_eq!(request.constraint, Some(Constraint::JsonSchema(r#"{"type":"object"}"#.into())));
+        assert_eq!(request.logprobs, Some(2));
+        let choice = with(json!({"guided_decoding": {"choice": ["a", "b"]}}), Json::Null).unwrap();
+        assert_eq!(choice.constraint, Some(Constraint::Choice(vec!["a".into(), "b".into()])));
+        let regex = with(json!({"guided_decoding": {"regex": "a+"}}), Json::Null).unwrap();
+        assert_eq!(regex.constraint, Some(Constraint::Regex("a+".into())));
+        assert!(with(json!({"guided_decoding": {"regex": "a", "choice": ["a"]}}), Json::Null).unwrap_err().contains("at once"));
+        assert!(with(json!({"guided_decoding": {"whitespace_pattern": " "}}), Json::Null).unwrap_err().contains("whitespace_pattern"));
+        assert!(with(json!({"guided_decoding": {"choice": []}}), Json::Null).unwrap_err().contains("choice"));
+        assert!(with(Json::Null, json!({"prompt_logprobs": 1})).unwrap_err().contains("prompt_logprobs"));
+        let token = tritium_backend_api::llm::GeneratedToken {
+            id: 7,
+            logprob: Some(-0.5),
+            top_logprobs: vec![(7, -0.5), (9, -1.5)],
+            prompt_cached: None,
+            prompt_pinned: None,
+            stop: false,
+        };
+        let item = token_item(&token);
+        assert_eq!(item["log_probs"], json!([-0.5]));
+        assert_eq!(item["top_logprobs"][0][1], json!({"rank": 2, "token_id": 9, "token": null, "logprob": -1.5}));
     }
 }
