@@ -314,6 +314,15 @@ pub struct EngineOutput {
     pub completion_usage: Option<Usage>,
     #[serde(default)]
     pub log_probs: Option<Vec<f64>>,
+    /// Per token, its most likely alternatives (Dynamo's `TopLogprobs`).
+    #[serde(default)]
+    pub top_logprobs: Option<Vec<Vec<TopLogprob>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TopLogprob {
+    pub token_id: u32,
+    pub logprob: f64,
 }
 
 #[derive(Debug, Default, Deserialize)]

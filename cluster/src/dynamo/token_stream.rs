@@ -99,12 +99,17 @@ impl ResponseStream {
             }
             let Some(output) = annotated.data else { continue };
             let logprobs = output.log_probs.unwrap_or_default();
+            let mut alternatives = output.top_logprobs.unwrap_or_default().into_iter();
             for (i, id) in output.token_ids.iter().enumerate() {
                 generated += 1;
+                // Most likely first, as Tritium's engines list them.
+                let mut top: Vec<(u32, f32)> =
+                    alternatives.next().unwrap_or_default().iter().map(|t| (t.token_id, t.logprob as f32)).collect();
+                top.sort_by(|a, b| b.1.total_cmp(&a.1));
                 let token = GeneratedToken {
                     id: *id,
                     logprob: logprobs.get(i).map(|&p| p as f32),
-                    top_logprobs: Vec::new(),
+                    top_logprobs: top,
                     prompt_cached: None,
                     prompt_pinned: None,
                     stop: false,

@@ -198,9 +198,20 @@ def test_dynamos_frontend_gets_guided_decoding_and_logprobs_from_a_tritium_worke
     status, answer = http("POST", dynamo + "/v1/chat/completions", base | {"guided_choice": ["maybe so", "not at all"], "max_tokens": 16}, timeout=120)
     assert status == 200, answer
     assert answer["choices"][0]["message"]["content"] in ("maybe so", "not at all"), answer
-    status, answer = http("POST", dynamo + "/v1/chat/completions", base | {"logprobs": True, "top_logprobs": 2}, timeout=120)
+    tritium = deployment.tritium_frontend()
+    wait_until(lambda: "tsmol" in models_at(tritium.http_url), 240, "tsmol listed at Tritium's frontend")
+    status, answer = http("POST", tritium.http_url + "/v1/chat/completions", base | {"guided_choice": ["maybe so", "not at all"], "max_tokens": 16}, timeout=120)
+    assert status == 200 and answer["choices"][0]["message"]["content"] in ("maybe so", "not at all"), answer
+    greedy = base | {"logprobs": True, "top_logprobs": 2, "temperature": 0}
+    status, ours = http("POST", tritium.http_url + "/v1/chat/completions", greedy, timeout=120)
+    assert status == 200, ours
+    status, answer = http("POST", dynamo + "/v1/chat/completions", greedy, timeout=120)
     assert status == 200, answer
     content = answer["choices"][0]["logprobs"]["content"]
+    # Over either frontend, the worker's log-probabilities; Tritium's frontend lists the 2 alternatives asked for.
+    mine = ours["choices"][0]["logprobs"]["content"]
+    assert [t["token"] for t in mine] == [t["token"] for t in content], (mine, content)
+    assert all(abs(a["logprob"] - b["logprob"]) < 1e-4 and len(a["top_logprobs"]) == 2 for a, b in zip(mine, content)), mine
     # The 2 alternatives asked for; Dynamo's frontend adds the chosen token when it is not among them, as vLLM's.
     assert content and all(t["logprob"] <= 0 and len(t["top_logprobs"]) in (2, 3) for t in content), json.dumps(content[0])
     assert all(t["logprob"] in [a["logprob"] for a in t["top_logprobs"]] for t in content), json.dumps(content[0])

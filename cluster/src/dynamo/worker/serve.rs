@@ -306,6 +306,8 @@ async fn answer(worker: Arc<dyn WorkerClient>, model: String, request: Result<Ge
             event = tokens.next() => event,
         };
         let item = match event {
+            // The token that ended the sequence is no output (it comes only with logprobs asked for).
+            Some(Ok(GenerateEvent::Token(token))) if token.stop => continue,
             Some(Ok(GenerateEvent::Token(token))) => token_item(&token),
             Some(Ok(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens, cached_tokens, .. })) => {
                 let reason = match reason {
