@@ -29,8 +29,18 @@ pub(super) struct RemoteModels {
     described: Mutex<HashMap<Arc<str>, Vec<RemoteModel>>>,
     /// Stand-ins by (model, version), kept while the config is the same so statistics survive.
     proxies: Mutex<HashMap<(String, i64), Arc<ModelVersion>>>,
-    /// The text-input models among them, kept apart: every chat request asks, without a lock.
-    text_models: arc_swap::ArcSwap<HashMap<String, TextApis>>,
+    /// What the request path asks of the described models on every request, kept apart and
+    /// swapped in whole when workers describe theirs: read without a lock.
+    index: arc_swap::ArcSwap<Index>,
+}
+
+/// The described models the request path asks about by name.
+#[derive(Debug, Default)]
+struct Index {
+    /// The text-input models and the routes each serves.
+    text_models: HashMap<String, TextApis>,
+    /// Tritium workers' LoRA adapters: the model each adapts and the seed its blocks chain from.
+    adapters: HashMap<String, (String, u64)>,
 }
 
 impl RemoteModels {
@@ -40,7 +50,7 @@ impl RemoteModels {
             clients: Mutex::default(),
             described: Mutex::default(),
             proxies: Mutex::default(),
-            text_models: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            index: arc_swap::ArcSwap::from_pointee(Index::default()),
         }
     }
 
@@ -72,33 +82,38 @@ impl RemoteModels {
     /// For a LoRA adapter of Tritium workers: the model it adapts (whose KV events carry its
     /// blocks) and the seed its block hashes chain from.
     pub(super) fn tritium_adapter(&self, name: &str) -> Option<(String, u64)> {
-        let described = self.described.lock();
-        let adapter = described.values().flatten().find(|m| m.name == name && m.adapter_kv_seed.is_some())?;
-        Some((adapter.adapter_of.as_ref()?.0.clone(), adapter.adapter_kv_seed?))
+        self.index.load().adapters.get(name).cloned()
     }
 
     /// For a model whose workers take OpenAI requests as they came: the routes it serves.
     pub(super) fn text_input(&self, name: &str) -> Option<TextApis> {
-        self.text_models.load().get(name).copied()
+        self.index.load().text_models.get(name).copied()
     }
 
-    /// Recomputes [`RemoteModels::text_models`] from what the workers described.
-    fn index_text_models(&self, described: &HashMap<Arc<str>, Vec<RemoteModel>>) {
-        let text = described.values().flatten().filter_map(|m| Some((m.name.clone(), m.text_input?))).collect();
-        self.text_models.store(Arc::new(text));
+    /// Recomputes [`RemoteModels::index`] from what the workers described.
+    fn reindex(&self, described: &HashMap<Arc<str>, Vec<RemoteModel>>) {
+        let models = || described.values().flatten();
+        let text_models = models().filter_map(|m| Some((m.name.clone(), m.text_input?))).collect();
+        let mut adapters = HashMap::new();
+        for m in models() {
+            if let (Some(seed), Some((base, _))) = (m.adapter_kv_seed, &m.adapter_of) {
+                adapters.entry(m.name.clone()).or_insert_with(|| (base.clone(), seed));
+            }
+        }
+        self.index.store(Arc::new(Index { text_models, adapters }));
     }
 
     pub(super) fn described(&self, id: &Arc<str>, models: Vec<RemoteModel>) {
         let mut described = self.described.lock();
         described.insert(Arc::clone(id), models);
-        self.index_text_models(&described);
+        self.reindex(&described);
     }
 
     /// Forgets workers that are no longer listed.
     pub(super) fn retain(&self, ids: &[Arc<str>]) {
         let mut described = self.described.lock();
         described.retain(|id, _| ids.contains(id));
-        self.index_text_models(&described);
+        self.reindex(&described);
         drop(described);
         self.clients.lock().retain(|id, _| ids.contains(id));
     }

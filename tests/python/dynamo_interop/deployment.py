@@ -311,6 +311,14 @@ class Deployment:
             wait_until(lambda: {"echo", "mock"} <= set(models_at(base)), timeout, f"echo and mock listed at {base}")
         return tritium, dynamo
 
+    def stop_frontends_after(self, count: int) -> None:
+        """Stops Dynamo's frontends started after the first `count` Dynamo processes: each holds dozens of
+        inotify instances watching the file store, and the user's 128 run out when a module keeps every
+        frontend its tests started."""
+        for process in self.dynamo[count:]:
+            if process.log_path.name.startswith(("frontend-", "kserve-frontend-")):
+                process.stop()
+
     def stop(self) -> None:
         for server in reversed(self.tritium):
             finish_server(server)
@@ -335,3 +343,12 @@ def deployment(tmp_path_factory, tiny_model):
     deployment = Deployment(tmp_path_factory.mktemp("dynamo"), tiny_model)
     yield deployment
     deployment.stop()
+
+
+@pytest.fixture
+def transient_frontends(deployment):
+    """Dynamo frontends a test starts in the module's deployment stop when the test ends (the module's own,
+    started by its fixtures before, stay)."""
+    before = len(deployment.dynamo)
+    yield
+    deployment.stop_frontends_after(before)

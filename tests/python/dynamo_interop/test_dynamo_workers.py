@@ -15,9 +15,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import deserialize_bytes_tensor
 
-from deployment import Deployment, assert_same_answers, completion, deployment, free_i16_port, http, model_ready_at, models_at, outputs_of, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
+from deployment import Deployment, assert_same_answers, completion, deployment, free_i16_port, http, model_ready_at, models_at, outputs_of, tiny_model, transient_frontends, wait_until  # noqa: F401 - deployment, tiny_model, transient_frontends: fixtures
 
-pytestmark = pytest.mark.dynamo
+pytestmark = [pytest.mark.dynamo, pytest.mark.usefixtures("transient_frontends")]
 START = 90
 
 

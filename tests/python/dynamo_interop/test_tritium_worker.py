@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from deployment import assert_same_answers, deployment, http, model_ready_at, models_at, outputs_of, tiny_model, wait_until  # noqa: F401 - deployment, tiny_model: fixtures
+from deployment import assert_same_answers, deployment, http, model_ready_at, models_at, outputs_of, tiny_model, transient_frontends, wait_until  # noqa: F401 - deployment, tiny_model, transient_frontends: fixtures
 from cluster import metric
 from helpers import tritium_bin
 
-pytestmark = pytest.mark.dynamo
+pytestmark = [pytest.mark.dynamo, pytest.mark.usefixtures("transient_frontends")]
 START = 90
 
 
