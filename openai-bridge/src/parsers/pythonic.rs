@@ -30,6 +30,67 @@ pub(super) fn parse_calls(text: &str) -> Option<Vec<(String, Value)>> {
     (parser.at == text.len() && !calls.is_empty()).then_some(calls)
 }
 
+/// The calls of a list still arriving whose names are certain (their `(` has come), each with
+/// the JSON text its arguments are certain to begin with: the keyword arguments whose value a `,`
+/// or `)` has ended, written as the whole call's arguments are (the object not closed). A call
+/// whose `)` has come has its whole text; what cannot be read stops the list there.
+pub(super) fn partial_calls(text: &str) -> Vec<(String, String)> {
+    let mut parser = Parser { text, at: 0 };
+    let mut calls = Vec::new();
+    if parser.expect('[').is_none() {
+        return calls;
+    }
+    loop {
+        parser.skip_space();
+        if parser.peek().is_none_or(|c| c == ']') {
+            return calls;
+        }
+        if !calls.is_empty() && parser.expect(',').is_none() {
+            return calls;
+        }
+        parser.skip_space();
+        let Some(name) = parser.name() else { return calls };
+        if parser.expect('(').is_none() {
+            return calls;
+        }
+        let mut arguments = Map::new();
+        let closed = loop {
+            parser.skip_space();
+            if parser.eat(')') {
+                break true;
+            }
+            if !arguments.is_empty() {
+                if parser.expect(',').is_none() {
+                    break false;
+                }
+                parser.skip_space();
+                if parser.eat(')') {
+                    break true;
+                }
+            }
+            let Some(key) = parser.name() else { break false };
+            if parser.expect('=').is_none() || arguments.contains_key(&key) {
+                break false;
+            }
+            let Some(value) = parser.value(0) else { break false };
+            // A value is certain once what follows it says it ended (a number may go on).
+            parser.skip_space();
+            if !matches!(parser.peek(), Some(',' | ')')) {
+                break false;
+            }
+            arguments.insert(key, value);
+        };
+        let mut json = Value::Object(arguments).to_string();
+        if !closed {
+            json.pop();
+        }
+        calls.push((name, json));
+        if !closed {
+            return calls;
+        }
+    }
+}
+
 struct Parser<'a> {
     text: &'a str,
     at: usize,
@@ -93,7 +154,11 @@ impl Parser<'_> {
             let key = self.name()?;
             self.expect('=')?;
             let value = self.value(0)?;
-            arguments.insert(key, value);
+            // Python refuses a repeated keyword; so does this reader (a streamed call's first
+            // value would not be its last).
+            if arguments.insert(key, value).is_some() {
+                return None;
+            }
         }
         Some((name, Value::Object(arguments)))
     }
@@ -237,5 +302,26 @@ mod tests {
         }
         let deep = format!("[f(a={}{})]", "[".repeat(100), "]".repeat(100));
         assert_eq!(parse_calls(&deep), None);
+        assert_eq!(parse_calls("[f(a=1, a=2)]"), None, "a repeated keyword");
+    }
+
+    #[test]
+    fn a_list_still_arriving_gives_the_arguments_certain_so_far() {
+        let whole = r#"[get_weather(city='Paris', days=3), get_time()]"#;
+        let final_text = |i: usize| parse_calls(whole).unwrap()[i].1.to_string();
+        assert_eq!(partial_calls("[get_wea"), vec![]);
+        assert_eq!(partial_calls("[get_weather("), vec![("get_weather".into(), "{".into())]);
+        assert_eq!(partial_calls("[get_weather(city='Par"), vec![("get_weather".into(), "{".into())]);
+        assert_eq!(partial_calls("[get_weather(city='Paris'"), vec![("get_weather".into(), "{".into())]);
+        assert_eq!(partial_calls("[get_weather(city='Paris',"), vec![("get_weather".into(), r#"{"city":"Paris""#.into())]);
+        assert_eq!(partial_calls("[get_weather(city='Paris', days=3"), vec![("get_weather".into(), r#"{"city":"Paris""#.into())]);
+        let both = partial_calls("[get_weather(city='Paris', days=3), get_time(");
+        assert_eq!(both, vec![("get_weather".into(), final_text(0)), ("get_time".into(), "{".into())]);
+        for cut in 0..=whole.len() {
+            for (i, (_, text)) in partial_calls(&whole[..cut]).iter().enumerate() {
+                assert!(final_text(i).starts_with(text.as_str()), "{cut}: {text}");
+            }
+        }
+        assert_eq!(partial_calls("[f(a=1, a="), vec![("f".into(), r#"{"a":1"#.into())]);
     }
 }

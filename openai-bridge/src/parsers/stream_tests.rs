@@ -91,12 +91,6 @@ fn every_recorded_output_streams_as_it_parses_whole() {
     }
 }
 
-/// The formats whose calls stream before they end (all but Gemma 4's literal syntax and
-/// pythonic calls, whose arguments are not JSON until the call is whole).
-fn streams(format: ToolCallFormat) -> bool {
-    !matches!(format, ToolCallFormat::Gemma4 | ToolCallFormat::Pythonic)
-}
-
 #[test]
 fn every_format_streams_its_calls_name_first_and_arguments_in_pieces() {
     let weather = json!({"city": "Paris", "days": 3, "note": "a \"b\" {c}", "hours": [6, 12]});
@@ -110,11 +104,9 @@ fn every_format_streams_its_calls_name_first_and_arguments_in_pieces() {
         assert_eq!(streamed.calls.len(), 2, "{name}: {text}");
         let read: Vec<Value> = streamed.calls.iter().map(|c| serde_json::from_str(&c.arguments).unwrap()).collect();
         assert_eq!(read, vec![weather.clone(), time.clone()], "{name}");
-        if streams(format) {
-            // The first call's name went out before its last character, its arguments in pieces.
-            assert!(streamed.started_at[0] < streamed.completed_at[0], "{name}: the name waited for the end: {text}");
-            assert!(streamed.pieces[0].3 > 1, "{name}: arguments in one piece: {text}");
-        }
+        // Every format: the first call's name went out before its last character, its arguments in pieces.
+        assert!(streamed.started_at[0] < streamed.completed_at[0], "{name}: the name waited for the end: {text}");
+        assert!(streamed.pieces[0].3 > 1, "{name}: arguments in one piece: {text}");
     }
 }
 

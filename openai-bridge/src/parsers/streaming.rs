@@ -188,6 +188,8 @@ fn triggers(format: ToolCallFormat) -> &'static [char] {
     use ToolCallFormat::*;
     match format {
         Qwen3Coder | MinimaxM2 | MinimaxM3 | DeepseekV32 | DeepseekV4 | DeepseekV41 | MuseGlimmer | Glm | KimiK3 => &['>', '\n'],
+        Pythonic => &['(', ',', ')'],
+        Gemma4 => &['{', ',', '}', '>'],
         _ => &['>', '{', '}', ':', ',', '|', '｜', '\n', '"'],
     }
 }
@@ -285,7 +287,14 @@ fn partial_calls(format: ToolCallFormat, open: &str, body: &str, schemas: &ToolS
         Phi4 => json_headers(body, 0, &["arguments", "parameters"]),
         Mistral if body.starts_with(['[', '{']) => json_headers(body, 0, &["arguments", "parameters"]),
         Mistral => mistral_header(body).into_iter().collect(),
-        Gemma4 | Pythonic => Vec::new(),
+        Pythonic => super::pythonic::partial_calls(body)
+            .into_iter()
+            .map(|(name, text)| PartialCall { name, id: None, arguments: PartialArguments::Text(text) })
+            .collect(),
+        Gemma4 => super::xml_calls::gemma4_partial(body)
+            .map(|(name, text)| PartialCall { name, id: None, arguments: PartialArguments::Text(text) })
+            .into_iter()
+            .collect(),
     }
 }
 

@@ -236,3 +236,20 @@ fn a_gemma_call_nested_too_deep_is_text() {
     let parsed = OutputParser::new(None, Some(ToolCallFormat::Gemma4)).parse_all(shallow);
     assert_eq!(parsed.tool_calls[0].arguments, r#"{"a":[[1]]}"#);
 }
+
+#[test]
+fn a_gemma_4_call_still_arriving_gives_the_arguments_certain_so_far() {
+    let q = "<|\"|>";
+    let whole = format!("call:get_weather{{city:{q}Paris, France{q},days:3,opts:{{metric:true}}}}");
+    let final_text = xml_calls::gemma4(&whole).unwrap()[0].arguments.clone();
+    assert_eq!(xml_calls::gemma4_partial("call:get_wea"), None);
+    assert_eq!(xml_calls::gemma4_partial("call:get_weather{"), Some(("get_weather".into(), "{".into())));
+    let first = format!("call:get_weather{{city:{q}Paris, France{q},");
+    assert_eq!(xml_calls::gemma4_partial(&first), Some(("get_weather".into(), r#"{"city":"Paris, France""#.into())));
+    for cut in (0..=whole.len()).filter(|&cut| whole.is_char_boundary(cut)) {
+        if let Some((_, text)) = xml_calls::gemma4_partial(&whole[..cut]) {
+            assert!(final_text.starts_with(&text), "{cut}: {text} / {final_text}");
+        }
+    }
+    assert_eq!(xml_calls::gemma4("call:f{a:1,a:2}"), None, "a repeated key");
+}

@@ -353,12 +353,13 @@ impl ToolCallSplitter {
     /// Pythonic: one bracketed list of calls.
     fn python_calls(&mut self, out: &mut ParsedDelta) -> bool {
         match self.balance.scan(&self.held, &['"', '\'']) {
-            Scan::Open => false,
+            Scan::Open => self.stream_so_far(out),
             Scan::NotAValue => self.fall_back(out),
             Scan::Closed(end) => match pythonic::parse_calls(&self.held[..end]) {
                 Some(calls) => {
                     self.held.drain(..end);
-                    calls.into_iter().for_each(|(name, arguments)| self.call(ToolCall::new(name, arguments), out));
+                    let calls = calls.into_iter().map(|(name, arguments)| ToolCall::new(name, arguments)).collect();
+                    self.block_calls(calls, out);
                     let rest = self.held.trim_start();
                     self.held = rest.strip_prefix(PYTHON_END).unwrap_or(rest).to_owned();
                     self.state = State::Text;
@@ -400,13 +401,6 @@ impl ToolCallSplitter {
         self.state = State::Text;
         self.emit(&raw, out);
         true
-    }
-
-    fn call(&mut self, call: ToolCall, out: &mut ParsedDelta) {
-        self.calls_seen = true;
-        self.trailing_space.clear();
-        self.raw.clear();
-        out.complete(call, &mut None);
     }
 
     fn emit(&mut self, text: &str, out: &mut ParsedDelta) {

@@ -210,6 +210,36 @@ pub(super) fn gemma4(body: &str) -> Option<Vec<ToolCall>> {
     Some(vec![ToolCall::with_arguments(name.to_owned(), args.finish())])
 }
 
+/// A Gemma 4 call still arriving: its name once its `{` has come, and the JSON text its arguments
+/// are certain to begin with (the members a `,` or `}` has ended, written as [`gemma4`] writes the
+/// whole call's, the object not closed).
+pub(super) fn gemma4_partial(body: &str) -> Option<(String, String)> {
+    let call = body.trim_start().strip_prefix("call:")?;
+    let brace = call.find('{')?;
+    let name = plain_name(call[..brace].trim())?;
+    let mut reader = GemmaReader { text: &call[brace + 1..], depth: 1 };
+    let mut fields = Map::new();
+    while let Some(key) = reader.key() {
+        let Some(value) = reader.value() else { break };
+        let rest = reader.text.trim_start();
+        if !rest.starts_with([',', '}']) || fields.contains_key(&key) {
+            break;
+        }
+        fields.insert(key, value);
+        match rest.strip_prefix(',') {
+            Some(after) => reader.text = after,
+            None => break,
+        }
+    }
+    let mut args = ArgumentsBuilder::default();
+    for (key, value) in &fields {
+        args.value(key, value);
+    }
+    let mut text = args.finish();
+    text.pop();
+    Some((name.to_owned(), text))
+}
+
 const GEMMA_QUOTE: &str = "<|\"|>";
 
 /// Objects and arrays nested deeper than this are not a call (and would cost a stack frame each).
@@ -239,21 +269,11 @@ impl GemmaReader<'_> {
             self.text = rest;
             let mut fields = Map::new();
             while !self.close('}') {
-                let key = match self.text.trim_start().strip_prefix(GEMMA_QUOTE) {
-                    Some(quoted) => {
-                        let end = quoted.find(GEMMA_QUOTE)?;
-                        self.text = &quoted[end + GEMMA_QUOTE.len()..];
-                        quoted[..end].to_owned()
-                    }
-                    None => {
-                        let end = self.text.find(':')?;
-                        let key = self.text[..end].trim().to_owned();
-                        self.text = &self.text[end..];
-                        key
-                    }
-                };
-                self.text = self.text.trim_start().strip_prefix(':')?;
-                fields.insert(key, self.value()?);
+                let key = self.key()?;
+                // A repeated key is not a call (a streamed call's first value would not be its last).
+                if fields.insert(key, self.value()?).is_some() {
+                    return None;
+                }
                 self.separator('}')?;
             }
             return Some(Value::Object(fields));
@@ -272,6 +292,25 @@ impl GemmaReader<'_> {
         self.text = &self.text[end..];
         (!literal.is_empty()).then_some(())?;
         Some(serde_json::from_str(literal).unwrap_or_else(|_| Value::String(literal.to_owned())))
+    }
+
+    /// A member's key (quoted, or bare up to its `:`) and the `:` after it.
+    fn key(&mut self) -> Option<String> {
+        let key = match self.text.trim_start().strip_prefix(GEMMA_QUOTE) {
+            Some(quoted) => {
+                let end = quoted.find(GEMMA_QUOTE)?;
+                self.text = &quoted[end + GEMMA_QUOTE.len()..];
+                quoted[..end].to_owned()
+            }
+            None => {
+                let end = self.text.find(':')?;
+                let key = self.text[..end].trim().to_owned();
+                self.text = &self.text[end..];
+                key
+            }
+        };
+        self.text = self.text.trim_start().strip_prefix(':')?;
+        Some(key)
     }
 
     /// Consumes `close` (after whitespace) when it is next.
