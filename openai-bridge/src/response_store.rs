@@ -92,6 +92,26 @@ impl ResponseStore {
         Ok(Some(StoredResponse { conversation: Arc::new(conversation), response: Arc::new(response) }))
     }
 
+    /// An entry that may change (a conversation): from the shared store first, where every
+    /// frontend writes it, else as held here.
+    pub async fn fetch_latest(&self, id: &str) -> Result<Option<StoredResponse>, String> {
+        if self.shared.is_none() {
+            return Ok(self.get(id));
+        }
+        let here = self.remove_stale(id);
+        match self.fetch(id).await? {
+            Some(found) => Ok(Some(found)),
+            None => Ok(here),
+        }
+    }
+
+    /// Drops the copy held here (keeping it to return), so that `fetch` reads the shared store.
+    fn remove_stale(&self, id: &str) -> Option<StoredResponse> {
+        let held = self.get(id);
+        self.remove(id);
+        held
+    }
+
     /// Removes a response here and from the shared store; whether either held it.
     pub async fn delete(&self, id: &str) -> Result<bool, String> {
         let here = self.remove(id);

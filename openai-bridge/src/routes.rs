@@ -22,6 +22,7 @@ mod background;
 mod chat;
 mod classify;
 mod completions;
+mod conversations;
 mod docs;
 mod embeddings;
 mod input_items;
@@ -153,6 +154,10 @@ pub fn openai_routes(hub: Arc<dyn LlmHub>, metrics: Arc<LlmMetrics>, settings: A
         .route(&format!("{}/{{id}}", paths.responses), get(responses::get).delete(responses::delete))
         .route(&format!("{}/{{id}}/cancel", paths.responses), post(responses::cancel))
         .route(&format!("{}/{{id}}/input_items", paths.responses), get(input_items::list))
+        .route("/v1/conversations", post(conversations::create))
+        .route("/v1/conversations/{id}", get(conversations::get).post(conversations::update).delete(conversations::delete))
+        .route("/v1/conversations/{id}/items", get(conversations::list_items).post(conversations::add_items))
+        .route("/v1/conversations/{id}/items/{item}", get(conversations::get_item).delete(conversations::delete_item))
         .route(&paths.embeddings, post(embeddings::embeddings))
         .route(&paths.models, get(list_models))
         // A catch-all, so that names with slashes (`org/model`) work.

@@ -31,6 +31,10 @@ pub struct ResponsesRequest {
     pub input: ResponsesInput,
     pub instructions: Option<String>,
     pub previous_response_id: Option<String>,
+    /// A conversation of the Conversations API (its id, or `{"id": …}`): its items come before
+    /// the input, and the input and output are added to it.
+    #[schema(value_type = Option<Object>)]
+    pub conversation: Option<Value>,
     pub max_output_tokens: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -98,6 +102,22 @@ impl ResponsesRequest {
     }
 
     /// The input as chat messages (without `instructions`, which are not carried to the next turn).
+    /// The conversation's id, however it was named (a string, or an object's `id`).
+    pub fn conversation_id(&self) -> Option<&str> {
+        match self.conversation.as_ref()? {
+            Value::String(id) => Some(id),
+            other => other.get("id")?.as_str(),
+        }
+    }
+
+    /// The input as items (a text is one user message), for a conversation to keep.
+    pub fn input_items(&self) -> Vec<Value> {
+        match &self.input {
+            ResponsesInput::Text(text) => vec![json!({"type": "message", "role": "user", "content": text})],
+            ResponsesInput::Items(items) => items.clone(),
+        }
+    }
+
     pub fn input_messages(&self) -> Result<Vec<Value>, BridgeError> {
         match &self.input {
             ResponsesInput::Text(text) => Ok(vec![json!({"role": "user", "content": text})]),
@@ -110,7 +130,7 @@ impl ResponsesRequest {
 /// Input items as chat messages: messages keep their role (`developer` is `system`), function
 /// calls become an assistant message's `tool_calls` (consecutive ones share it), outputs become
 /// `tool` messages, reasoning items are dropped.
-fn items_to_messages(items: &[Value]) -> Result<Vec<Value>, BridgeError> {
+pub fn items_to_messages(items: &[Value]) -> Result<Vec<Value>, BridgeError> {
     let mut messages: Vec<Value> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let field = || format!("input[{i}]");
@@ -211,6 +231,10 @@ pub struct ResponseObject {
     pub output: Vec<OutputItem>,
     pub parallel_tool_calls: bool,
     pub previous_response_id: Option<String>,
+    /// The conversation the response belongs to (`{"id": …}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub conversation: Option<Value>,
     pub reasoning: Value,
     pub store: bool,
     pub temperature: f32,
@@ -242,6 +266,7 @@ impl ResponseObject {
             output: Vec::new(),
             parallel_tool_calls: request.parallel_tool_calls.unwrap_or(true),
             previous_response_id: request.previous_response_id.clone(),
+            conversation: request.conversation_id().map(|id| json!({"id": id})),
             reasoning: request.reasoning.clone().unwrap_or_else(|| json!({"effort": null, "summary": null})),
             store: request.store.unwrap_or(true),
             temperature: request.temperature.unwrap_or(1.0),

@@ -27,15 +27,6 @@ pub(super) struct ListQuery {
            ("order" = Option<String>, Query, description = "`desc` (newest first, the default) or `asc`"), ("after" = Option<String>, Query, description = "List the items after this one")),
     responses((status = 200, description = "A list of input items", body = serde_json::Value), (status = 400, description = "A bad query", body = crate::protocol::ErrorBody), (status = 404, description = "Not stored (or expired)", body = crate::protocol::ErrorBody)))]
 pub(super) async fn list(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<ListQuery>) -> Response {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return ApiError(BridgeError::field("limit", format!("must be between 1 and {MAX_LIMIT}"))).into_response();
-    }
-    let descending = match query.order.as_deref() {
-        None | Some("desc") => true,
-        Some("asc") => false,
-        Some(_) => return ApiError(BridgeError::field("order", "must be 'asc' or 'desc'")).into_response(),
-    };
     let stored = match state.store.fetch(&id).await {
         Ok(Some(stored)) => stored,
         Ok(None) => return super::responses::not_found(&id),
@@ -47,29 +38,45 @@ pub(super) async fn list(State(state): State<AppState>, Path(id): Path<String>, 
     if answered && messages.last().is_some_and(|m| m.get("role").and_then(Value::as_str) == Some("assistant")) {
         messages = &messages[..messages.len() - 1];
     }
-    let mut items = input_items(&id, messages);
-    if descending {
-        items.reverse();
+    match page(input_items(&id, messages), &query, "response") {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(error) => ApiError(error).into_response(),
+    }
+}
+
+/// One page of `items` (oldest first) as OpenAI lists them: newest first unless `order` is
+/// `asc`, `limit` (1 to 100, 20) after the item `after` names (in `whose` items).
+pub(super) fn page(mut items: Vec<Value>, query: &ListQuery, whose: &str) -> Result<Value, BridgeError> {
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(BridgeError::field("limit", format!("must be between 1 and {MAX_LIMIT}")));
+    }
+    match query.order.as_deref() {
+        None | Some("desc") => items.reverse(),
+        Some("asc") => {}
+        Some(_) => return Err(BridgeError::field("order", "must be 'asc' or 'desc'")),
     }
     let start = match &query.after {
         Some(after) => match items.iter().position(|item| item["id"].as_str() == Some(after)) {
             Some(at) => at + 1,
-            None => {
-                return ApiError(BridgeError::field("after", format!("no input item '{after}' in this response"))).into_response();
-            }
+            None => return Err(BridgeError::field("after", format!("no item '{after}' in this {whose}"))),
         },
         None => 0,
     };
     let page: Vec<Value> = items.iter().skip(start).take(limit).cloned().collect();
     let has_more = start + page.len() < items.len();
-    let body = json!({
+    Ok(list_object(page, has_more))
+}
+
+/// A list object of `data`.
+pub(super) fn list_object(data: Vec<Value>, has_more: bool) -> Value {
+    json!({
         "object": "list",
-        "data": page,
-        "first_id": page.first().map(|item| item["id"].clone()),
-        "last_id": page.last().map(|item| item["id"].clone()),
+        "first_id": data.first().map(|item| item["id"].clone()),
+        "last_id": data.last().map(|item| item["id"].clone()),
         "has_more": has_more,
-    });
-    json_response(StatusCode::OK, &body)
+        "data": data,
+    })
 }
 
 /// Chat messages as Responses input items, each with an id stable for the response.

@@ -60,6 +60,7 @@ pub(super) async fn create(
         response: ResponseObject::new(new_item_id("resp"), unix_now(), &request),
         conversation,
         store: request.store.unwrap_or(true).then(|| Arc::clone(&state.store)),
+        thread: Thread::of(&request, &state.store),
     };
     if request.background == Some(true) {
         return start_background(&state, turn, stream, parser).await;
@@ -79,9 +80,10 @@ pub(super) async fn create(
     let generated = collect(stream).await?;
     let parsed = super::parse_whole(parser, generated.text);
     let output = output_items(&parsed);
-    let response = turn.finish(output, &parsed, generated.reason, generated.usage);
+    let (response, recording) = turn.finish(output, &parsed, generated.reason, generated.usage);
     // Shared before the client has it: its next turn may reach another frontend.
     state.store.share(&response.id).await;
+    recording.run().await;
     Ok(json_response(StatusCode::OK, &response))
 }
 
@@ -105,7 +107,7 @@ async fn start_background(
                 Ok(generated) => {
                     let parsed = super::parse_whole(parser, generated.text);
                     let output = output_items(&parsed);
-                    turn.finish(output, &parsed, generated.reason, generated.usage);
+                    turn.finish(output, &parsed, generated.reason, generated.usage).1.run().await;
                 }
                 Err(error) => {
                     let code = if error.code() == tritium_proto::ErrorCode::InvalidArg { "invalid_prompt" } else { "server_error" };
@@ -175,6 +177,7 @@ async fn text_input_response(
         response: ResponseObject::new(new_item_id("resp"), unix_now(), &request),
         conversation,
         store: request.store.unwrap_or(true).then(|| Arc::clone(&state.store)),
+        thread: Thread::of(&request, &state.store),
     };
     if request.stream {
         let writer =
@@ -191,8 +194,9 @@ async fn text_input_response(
     }
     let (parsed, reason, usage) = text_doors::fold(state, chunks, &mut observer).await?;
     let output = output_items(&parsed);
-    let response = turn.finish(output, &parsed, reason, usage);
+    let (response, recording) = turn.finish(output, &parsed, reason, usage);
     state.store.share(&response.id).await;
+    recording.run().await;
     Ok(json_response(StatusCode::OK, &response))
 }
 
@@ -235,14 +239,21 @@ struct Prepared {
 async fn prepare(store: &ResponseStore, request: &ResponsesRequest) -> Result<Prepared, BridgeError> {
     let options = request.options()?;
     let tools = request.tools()?;
-    let mut conversation = match &request.previous_response_id {
-        Some(id) => match store.fetch(id).await.map_err(BridgeError::Internal)? {
+    if request.conversation.is_some() && request.conversation_id().is_none() {
+        return Err(BridgeError::field("conversation", "a conversation's id, or an object with its id"));
+    }
+    let mut conversation = match (&request.previous_response_id, request.conversation_id()) {
+        (Some(_), Some(_)) => {
+            return Err(BridgeError::field("conversation", "conversation and previous_response_id cannot both be given"));
+        }
+        (None, Some(id)) => super::conversations::messages_of(store, id).await?,
+        (Some(id), None) => match store.fetch(id).await.map_err(BridgeError::Internal)? {
             Some(stored) => stored.conversation.as_ref().clone(),
             None => {
                 return Err(BridgeError::field("previous_response_id", format!("Previous response with id '{id}' not found.")));
             }
         },
-        None => Vec::new(),
+        (None, None) => Vec::new(),
     };
     conversation.extend(request.input_messages()?);
     let mut messages = Vec::with_capacity(conversation.len() + 1);
@@ -276,6 +287,40 @@ struct Turn {
     response: ResponseObject,
     conversation: Vec<Value>,
     store: Option<Arc<ResponseStore>>,
+    /// The Conversations API's conversation the turn is made in, and its input items: both go
+    /// into it with the output once the response is done.
+    thread: Option<Thread>,
+}
+
+struct Thread {
+    id: String,
+    input: Vec<Value>,
+    store: Arc<ResponseStore>,
+}
+
+impl Thread {
+    fn of(request: &ResponsesRequest, store: &Arc<ResponseStore>) -> Option<Thread> {
+        let id = request.conversation_id()?.to_owned();
+        Some(Thread { id, input: request.input_items(), store: Arc::clone(store) })
+    }
+
+    /// Adds the turn to the conversation; awaited before a unary answer goes out, so the
+    /// client's next turn finds it.
+    async fn record(self, output: Vec<Value>) {
+        super::conversations::record_turn(&self.store, &self.id, self.input, output).await;
+    }
+}
+
+/// What is left to do once a turn's response is made: its conversation's update, if any.
+#[must_use]
+struct Recording(Option<(Thread, Vec<Value>)>);
+
+impl Recording {
+    async fn run(self) {
+        if let Some((thread, output)) = self.0 {
+            thread.record(output).await;
+        }
+    }
 }
 
 impl Turn {
@@ -288,7 +333,7 @@ impl Turn {
 
     /// Ends without an answer (`cancelled`, or `failed` with `error`) and stores that.
     fn end_as(self, status: &'static str, error: Option<ResponseError>) {
-        let Turn { mut response, conversation, store } = self;
+        let Turn { mut response, conversation, store, .. } = self;
         response.status = status;
         response.error = error;
         if let (Some(store), Ok(value)) = (store, serde_json::to_value(&response)) {
@@ -296,8 +341,17 @@ impl Turn {
         }
     }
 
-    fn finish(self, output: Vec<OutputItem>, parsed: &ParsedDelta, reason: FinishReason, usage: Usage) -> ResponseObject {
-        let Turn { mut response, mut conversation, store } = self;
+    fn finish(
+        self,
+        output: Vec<OutputItem>,
+        parsed: &ParsedDelta,
+        reason: FinishReason,
+        usage: Usage,
+    ) -> (ResponseObject, Recording) {
+        let Turn { mut response, mut conversation, store, thread } = self;
+        let recording = Recording(thread.map(|thread| {
+            (thread, output.iter().filter_map(|item| serde_json::to_value(item).ok()).collect())
+        }));
         match reason {
             FinishReason::Length => {
                 response.status = "incomplete";
@@ -315,7 +369,7 @@ impl Turn {
                 tracing::warn!(id = %response.id, "the response is larger than the response store; it is not kept");
             }
         }
-        response
+        (response, recording)
     }
 }
 
@@ -521,12 +575,15 @@ impl ChunkWriter for ResponsesWriter {
         };
         let all = std::mem::take(&mut self.all);
         let store = turn.store.clone();
-        let response = turn.finish(std::mem::take(&mut self.output), &all, end.reason, end.usage);
-        if let Some(store) = store {
-            // Written beside the last event: a stream cannot wait for it.
-            let id = response.id.clone();
-            tokio::spawn(async move { store.share(&id).await });
-        }
+        let (response, recording) = turn.finish(std::mem::take(&mut self.output), &all, end.reason, end.usage);
+        // Written beside the last event: a stream cannot wait for it.
+        let id = response.id.clone();
+        tokio::spawn(async move {
+            if let Some(store) = store {
+                store.share(&id).await;
+            }
+            recording.run().await;
+        });
         let kind = if response.status == "incomplete" { "response.incomplete" } else { "response.completed" };
         self.event(kind, json!({"response": response}), out);
     }

@@ -102,6 +102,32 @@ def streamed(base: str, path: str, body: dict) -> tuple[str, str | None, dict | 
     return text, finish, usage
 
 
+def stream_killing_its_worker(base: str, body: dict, workers: list) -> tuple[str | None, dict | None]:
+    """Streams a completion from `base` and kills, after its fifth chunk, the one of `workers` that took
+    it (the one whose log shows a request); the finish reason and usage the client got in the end."""
+    request = urllib.request.Request(
+        base + "/v1/completions", data=json.dumps(body | {"stream": True, "stream_options": {"include_usage": True}}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    chunks, finish, usage = 0, None, None
+    with urllib.request.urlopen(request, timeout=60) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            assert "error" not in chunk, chunk
+            chunks += 1
+            if chunks == 5:
+                busy = [w for w in workers if "request received" in w.log()]
+                assert len(busy) == 1, [w.log_path for w in workers]
+                busy[0].kill()
+            for choice in chunk["choices"]:
+                finish = choice.get("finish_reason") or finish
+            usage = chunk.get("usage") or usage
+    return finish, usage
+
+
 def assert_same_answers(ours: str, theirs: str, path: str, body: dict) -> None:
     """The same request to both frontends gets the same text, finish reason and usage, streamed and not."""
     status, mine = http("POST", ours + path, body)

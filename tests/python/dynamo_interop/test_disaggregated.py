@@ -7,12 +7,9 @@ bootstrap rendezvous (SGLang's kind) gets its request beside the decode worker's
 
 from __future__ import annotations
 
-import json
-import urllib.request
-
 import pytest
 
-from deployment import Deployment, assert_same_answers, free_port, http, models_at, streamed, tiny_model, wait_until  # noqa: F401 - tiny_model: fixture
+from deployment import Deployment, assert_same_answers, free_port, http, models_at, stream_killing_its_worker, streamed, tiny_model, wait_until  # noqa: F401 - tiny_model: fixture
 
 pytestmark = pytest.mark.dynamo
 START = 90
@@ -65,26 +62,8 @@ def test_a_decode_stream_whose_worker_dies_continues_from_a_new_prefill(disaggre
     deployment.echo("moving", "--role", "prefill")
     wait_until(lambda: "moving" in models_at(tritium.http_url), START, "the moving pair listed")
     wait_until(lambda: tritium.stderr().count('models=["moving"]') >= 3, START, "all three moving workers joined")
-    body = {"model": "moving", "prompt": "y" * 60, "max_tokens": 30, "stream": True, "stream_options": {"include_usage": True}}
-    request = urllib.request.Request(
-        tritium.http_url + "/v1/completions", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
-    )
-    chunks, finish, usage = 0, None, None
-    with urllib.request.urlopen(request, timeout=60) as response:
-        for raw in response:
-            line = raw.decode().strip()
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            assert "error" not in chunk, chunk
-            chunks += 1
-            if chunks == 5:
-                busy = [w for w in workers if "request received" in w.log()]
-                assert len(busy) == 1, [w.log_path for w in workers]
-                busy[0].kill()
-            for choice in chunk["choices"]:
-                finish = choice.get("finish_reason") or finish
-            usage = chunk.get("usage") or usage
+    body = {"model": "moving", "prompt": "y" * 60, "max_tokens": 30}
+    finish, usage = stream_killing_its_worker(tritium.http_url, body, workers)
     assert finish == "length" and usage["completion_tokens"] == 30, (finish, usage, tritium.stderr()[-2000:])
     assert "continuing the stream on another worker" in tritium.stderr()
 

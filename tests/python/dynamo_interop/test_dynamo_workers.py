@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import deserialize_bytes_tensor
 
-from deployment import Deployment, assert_same_answers, completion, deployment, free_i16_port, http, model_ready_at, models_at, outputs_of, tiny_model, transient_frontends, wait_until  # noqa: F401 - deployment, tiny_model, transient_frontends: fixtures
+from deployment import Deployment, assert_same_answers, completion, deployment, free_i16_port, http, model_ready_at, models_at, outputs_of, stream_killing_its_worker, tiny_model, transient_frontends, wait_until  # noqa: F401 - deployment, tiny_model, transient_frontends: fixtures
 
 pytestmark = [pytest.mark.dynamo, pytest.mark.usefixtures("transient_frontends")]
 START = 90
@@ -439,24 +439,6 @@ def test_a_stream_whose_worker_dies_migrates_to_another(deployment, frontends):
     tritium, _ = frontends
     workers = [deployment.echo("migrating", "--delay", "0.1") for _ in range(2)]
     wait_until(lambda: tritium.stderr().count("models=[\"migrating\"]") >= 2, START, "both migrating workers joined")
-    body = {"model": "migrating", "prompt": "y" * 60, "max_tokens": 30, "stream": True, "stream_options": {"include_usage": True}}
-    request = urllib.request.Request(
-        tritium.http_url + "/v1/completions", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
-    )
-    chunks, finish, usage = 0, None, None
-    with urllib.request.urlopen(request, timeout=60) as response:
-        for raw in response:
-            line = raw.decode().strip()
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            chunks += 1
-            if chunks == 5:
-                # The worker that took the request is the one that logged it.
-                busy = [w for w in workers if "request received" in w.log()]
-                assert len(busy) == 1, [w.log_path for w in workers]
-                busy[0].kill()
-            for choice in chunk["choices"]:
-                finish = choice.get("finish_reason") or finish
-            usage = chunk.get("usage") or usage
+    body = {"model": "migrating", "prompt": "y" * 60, "max_tokens": 30}
+    finish, usage = stream_killing_its_worker(tritium.http_url, body, workers)
     assert finish == "length" and usage["completion_tokens"] == 30, (finish, usage)
