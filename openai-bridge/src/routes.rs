@@ -26,6 +26,7 @@ mod conversations;
 mod docs;
 mod embeddings;
 mod input_items;
+mod listing;
 mod score;
 mod messages;
 mod next_turn;

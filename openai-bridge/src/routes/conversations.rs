@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::input_items::ListQuery;
+use super::listing::ListQuery;
 use super::{ApiError, AppState, json_response};
 use crate::BridgeError;
 use crate::protocol::{items_to_messages, new_item_id, unix_now};
@@ -109,12 +109,16 @@ pub(super) async fn delete(State(state): State<AppState>, Path(id): Path<String>
 
 /// `GET /v1/conversations/{id}/items`: `limit` (1 to 100, 20) at a time after the item `after`
 /// names, newest first unless `order` is `asc`.
-pub(super) async fn list_items(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<ListQuery>) -> Response {
+pub(super) async fn list_items(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Response {
     let items = match fetch(&state.store, &id).await {
         Ok(conversation) => conversation.items,
         Err(refusal) => return refusal,
     };
-    match super::input_items::page(items, &query, "conversation") {
+    match super::listing::page(items, &query, "conversation") {
         Ok(body) => json_response(StatusCode::OK, &body),
         Err(error) => ApiError(error).into_response(),
     }
@@ -139,7 +143,7 @@ pub(super) async fn add_items(
     };
     conversation.items.extend(added.iter().cloned());
     match keep(&state.store, &id, conversation).await {
-        Ok(_) => json_response(StatusCode::OK, &super::input_items::list_object(added, false)),
+        Ok(_) => json_response(StatusCode::OK, &super::listing::list_object(added, false)),
         Err(error) => ApiError(error).into_response(),
     }
 }
@@ -229,9 +233,7 @@ fn checked_items(items: Vec<Value>, field: &str) -> Result<Vec<Value>, BridgeErr
         return Err(BridgeError::field(field, format!("at most {MAX_ADDED_ITEMS} items may be added at once")));
     }
     items_to_messages(&items).map_err(|error| match error {
-        BridgeError::InvalidField { field: inner, reason } => {
-            BridgeError::field(inner.replacen("input", field, 1), reason)
-        }
+        BridgeError::InvalidField { field: inner, reason } => BridgeError::field(inner.replacen("input", field, 1), reason),
         other => other,
     })?;
     Ok(with_ids(items))
@@ -293,7 +295,14 @@ mod tests {
 
     #[test]
     fn items_get_ids_and_types_and_are_checked_as_input_is() {
-        let items = checked_items(vec![json!({"role": "user", "content": "hi"}), json!({"type": "message", "role": "assistant", "content": "yo", "id": "msg_1"})], "items").unwrap();
+        let items = checked_items(
+            vec![
+                json!({"role": "user", "content": "hi"}),
+                json!({"type": "message", "role": "assistant", "content": "yo", "id": "msg_1"}),
+            ],
+            "items",
+        )
+        .unwrap();
         assert!(items[0]["id"].as_str().unwrap().starts_with("msg"));
         assert_eq!(items[0]["type"], "message");
         assert_eq!(items[1]["id"], "msg_1");
