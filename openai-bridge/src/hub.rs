@@ -81,6 +81,12 @@ pub trait LlmHub: Send + Sync + 'static {
         let _ = model;
         None
     }
+    /// The text task (`openai_task`) of a model only remote workers serve, whose tokenizer this
+    /// frontend does not hold.
+    fn remote_text_task(&self, model: &str) -> Option<String> {
+        let _ = model;
+        None
+    }
     /// Runs a text scorer or classifier on token rows: its first output, one vector per row.
     async fn run_text_model(&self, model: &str, rows: TokenRows) -> Result<Vec<Vec<f32>>, BridgeError> {
         let _ = rows;

@@ -51,6 +51,11 @@ impl Router {
         self.remote_models.adapter_of(name)
     }
 
+    /// The config a remote worker described for `name` (the first one found), if any serves it.
+    pub fn remote_config(&self, name: &str) -> Option<tritium_proto::inference::ModelConfig> {
+        self.remote_models.config_of(name)
+    }
+
     /// For a model whose workers take OpenAI requests as they came: the routes it serves.
     pub fn text_input(&self, name: &str) -> Option<crate::discovery::dynamo_target::TextApis> {
         self.remote_models.text_input(name)

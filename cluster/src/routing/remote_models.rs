@@ -74,6 +74,11 @@ impl RemoteModels {
         known == listed
     }
 
+    /// The config some worker described for `name`.
+    pub(super) fn config_of(&self, name: &str) -> Option<tritium_proto::inference::ModelConfig> {
+        self.described.lock().values().flatten().find(|m| m.name == name).map(|m| m.config.clone())
+    }
+
     /// For a model a worker described as a LoRA adapter: the model it adapts and its path.
     pub(super) fn adapter_of(&self, name: &str) -> Option<(String, String)> {
         self.described.lock().values().flatten().find(|m| m.name == name)?.adapter_of.clone()

@@ -68,7 +68,16 @@ pub(super) fn text_model(
             };
             Err(BridgeError::field("model", format!("the model '{model}' is {is}; it serves {serves}, not {endpoint}")))
         }
-        None => Ok(None),
+        None => match state.hub.remote_text_task(model) {
+            Some(task) => Err(BridgeError::Unsupported {
+                model: model.to_string(),
+                what: format!(
+                    "{endpoint} here: it is a text model (openai_task: {task}) on a remote worker, whose tokenizer this \
+                     frontend does not hold; call {endpoint} on a server that loads it (tritium serve with its repository)"
+                ),
+            }),
+            None => Ok(None),
+        },
     }
 }
 

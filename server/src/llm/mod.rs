@@ -349,6 +349,14 @@ impl LlmHub for LlmFrontend {
         self.text_models.get(model, &version)
     }
 
+    fn remote_text_task(&self, model: &str) -> Option<String> {
+        if self.repository.resolve(model, None).is_ok() {
+            return None;
+        }
+        let config = self.router.remote_config(model)?;
+        tritium_backend_api::config_parameter(&config, tritium_worker::text_task::TASK_PARAMETER).map(str::to_owned)
+    }
+
     async fn run_text_model(
         &self,
         model: &str,

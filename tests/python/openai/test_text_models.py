@@ -17,7 +17,8 @@ import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import EMBED_NAME, LLM_START_TIMEOUT, model_paths
-from helpers import finish_server, needs, start_server
+from cluster import wait_until
+from helpers import finish_server, needs, start_server, start_worker
 from http_helpers import json_call
 
 WIDTH = 8
@@ -73,7 +74,7 @@ CLASSIFIER = weights(30522, 3, seed=8)
 
 @pytest.fixture(scope="module")
 @needs("onnx", "llm", "embedding")
-def server(tmp_path_factory):
+def repository(tmp_path_factory):
     _, minilm = model_paths()
     repo = tmp_path_factory.mktemp("text-models")
     for name, w, config in [
@@ -93,10 +94,33 @@ def server(tmp_path_factory):
         (repo / name / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "onnxruntime"\n{config}')
         shutil.copy(minilm / "tokenizer.json", repo / name / "tokenizer.json")
     (repo / "sentiment" / "labels.txt").write_text("\n".join(LABELS) + "\n")
-    server = start_server("--model-repository", str(repo), "--model-path", str(minilm), "--model-name", EMBED_NAME,
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    _, minilm = model_paths()
+    server = start_server("--model-repository", str(repository), "--model-path", str(minilm), "--model-name", EMBED_NAME,
                           timeout=LLM_START_TIMEOUT)  # fmt: skip
     yield server
     finish_server(server)
+
+
+def test_a_text_model_on_a_remote_worker_is_refused_by_name_on_the_openai_door(repository, tmp_path):
+    """The frontend does not hold a remote worker's tokenizer: /v1/score and /classify name why, while KServe
+    reaches the same model through the worker."""
+    common = ["--discovery", "file", "--discovery-dir", str(tmp_path)]
+    worker = start_worker(*common, "--worker-id", "texts", "--model-repository", str(repository))
+    frontend = start_server(*common)
+    try:
+        client = httpclient.InferenceServerClient(frontend.http_url.removeprefix("http://"))
+        wait_until(lambda: client.is_model_ready("ce"), 30, "ce served through the worker")
+        for path, body in (("/v1/score", {"model": "ce", "text_1": "a", "text_2": "b"}), ("/classify", {"model": "sentiment", "input": "x"})):
+            status, answer = post(frontend, path, body)
+            assert status == 501 and "remote worker" in answer["error"]["message"] and "openai_task" in answer["error"]["message"], answer
+    finally:
+        finish_server(frontend)
+        finish_server(worker)
 
 
 def post(server, path: str, body: dict) -> tuple[int, dict]:
