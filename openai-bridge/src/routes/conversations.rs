@@ -247,6 +247,18 @@ fn with_ids(items: Vec<Value>) -> Vec<Value> {
             if let Some(object) = item.as_object_mut() {
                 let kind = object.get("type").and_then(Value::as_str).unwrap_or("message").to_owned();
                 object.entry("type").or_insert_with(|| kind.clone().into());
+                // A message's text as content parts, as OpenAI lists them.
+                if kind == "message"
+                    && let Some(Value::String(text)) = object.get("content")
+                {
+                    let part = if object.get("role").and_then(Value::as_str) == Some("assistant") {
+                        "output_text"
+                    } else {
+                        "input_text"
+                    };
+                    let parts = json!([{"type": part, "text": text}]);
+                    object.insert("content".into(), parts);
+                }
                 if !object.get("id").is_some_and(Value::is_string) {
                     let prefix = match kind.as_str() {
                         "function_call" => "fc",

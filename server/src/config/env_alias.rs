@@ -41,25 +41,36 @@ pub fn with_env_aliases(mut command: Command, is_set: impl Fn(&str) -> bool) -> 
     let names: Vec<String> = command.get_subcommands().map(|sub| sub.get_name().to_string()).collect();
     for name in names {
         command = command.mut_subcommand(name, |mut sub| {
-            let retargets: Vec<(String, &'static str)> = sub
+            let retargets: Vec<(String, String)> = sub
                 .get_arguments()
                 .filter_map(|arg| {
                     let own = arg.get_env()?.to_str()?;
-                    let (_, others) = ENV_ALIASES.iter().find(|(primary, _)| *primary == own)?;
                     if is_set(own) {
                         return None;
                     }
-                    let other = others.iter().find(|other| is_set(other))?;
-                    Some((arg.get_id().to_string(), *other))
+                    let listed = ENV_ALIASES.iter().find(|(primary, _)| *primary == own).map_or(&[][..], |(_, others)| *others);
+                    if let Some(other) = listed.iter().find(|other| is_set(other)) {
+                        return Some((arg.get_id().to_string(), (*other).to_string()));
+                    }
+                    // An option named by Dynamo's variable also answers to TRITIUM_<OPTION>.
+                    let tritium = own.starts_with("DYN_").then(|| tritium_name(arg.get_long()?))??;
+                    is_set(&tritium).then(|| (arg.get_id().to_string(), tritium))
                 })
                 .collect();
             for (id, variable) in retargets {
+                // clap keeps `'static` names; a few per start, made once.
+                let variable: &'static str = Box::leak(variable.into_boxed_str());
                 sub = sub.mut_arg(id, |arg| arg.env(variable));
             }
             sub
         });
     }
     command
+}
+
+/// `TRITIUM_<OPTION>` for the option `--option`.
+pub fn tritium_name(long: &str) -> Option<String> {
+    (!long.is_empty()).then(|| format!("TRITIUM_{}", long.to_ascii_uppercase().replace('-', "_")))
 }
 
 /// Whether the process environment holds `name` (empty counts as set, as clap reads it).
@@ -106,5 +117,18 @@ mod tests {
             .expect("parses");
         let Sub::Serve(args) = Cli::from_arg_matches(&matches).expect("args").command else { panic!("serve") };
         assert_eq!(args.router.router_mode, tritium_cluster::routing::RouterMode::Random);
+    }
+
+    #[test]
+    fn an_option_named_by_dynamos_variable_also_answers_to_its_tritium_name() {
+        let cli = with_env_aliases(Cli::command(), |name| name == "TRITIUM_TLS_CLIENT_CA_CERT_PATH");
+        let serve = cli.find_subcommand("serve").expect("serve");
+        let ca = serve.get_arguments().find(|arg| arg.get_id() == "tls_client_ca_cert_path").expect("the option");
+        assert_eq!(ca.get_env().and_then(|e| e.to_str()), Some("TRITIUM_TLS_CLIENT_CA_CERT_PATH"));
+        let both = with_env_aliases(Cli::command(), |name| name.ends_with("TLS_CLIENT_CA_CERT_PATH"));
+        let serve = both.find_subcommand("serve").expect("serve");
+        let ca = serve.get_arguments().find(|arg| arg.get_id() == "tls_client_ca_cert_path").expect("the option");
+        assert_eq!(ca.get_env().and_then(|e| e.to_str()), Some("DYN_TLS_CLIENT_CA_CERT_PATH"), "Dynamo's own name first");
+        assert_eq!(tritium_name("router-mode").as_deref(), Some("TRITIUM_ROUTER_MODE"));
     }
 }

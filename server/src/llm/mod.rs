@@ -350,9 +350,7 @@ impl LlmHub for LlmFrontend {
     }
 
     fn remote_text_task(&self, model: &str) -> Option<String> {
-        if self.repository.resolve(model, None).is_ok() {
-            return None;
-        }
+        // Asked only when no text model is loaded here under that name.
         let config = self.router.remote_config(model)?;
         tritium_backend_api::config_parameter(&config, tritium_worker::text_task::TASK_PARAMETER).map(str::to_owned)
     }

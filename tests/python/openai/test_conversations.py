@@ -44,7 +44,7 @@ def test_a_conversation_and_its_items_through_the_sdk(server):
     ])  # fmt: skip
     assert len(added.data) == 2 and all(item.id for item in added.data)
     newest_first = client.conversations.items.list(conversation.id)
-    assert [item.content[0].text if isinstance(item.content, list) else item.content for item in newest_first.data][0] == "third"
+    assert newest_first.data[0].content[0].text == "third" and newest_first.data[0].content[0].type == "input_text"
     page = client.conversations.items.list(conversation.id, order="asc", limit=1)
     assert page.has_more and len(page.data) == 1
     rest = client.conversations.items.list(conversation.id, order="asc", after=page.data[0].id)
@@ -76,9 +76,8 @@ def test_a_response_in_a_conversation_continues_it_and_adds_its_turn(server):
     assert second.usage.input_tokens > first.usage.input_tokens
     assert len(client.conversations.items.list(conversation.id).data) == 5
     # Streamed, the turn is added too.
-    with client.responses.stream(model=MODEL, input="streamed", conversation=conversation.id, max_output_tokens=2) as stream:
-        final = stream.get_final_response()
-    assert final.status in ("completed", "incomplete")
+    events = list(client.responses.create(model=MODEL, input="streamed", conversation=conversation.id, max_output_tokens=2, stream=True))
+    assert events[-1].type in ("response.completed", "response.incomplete"), events[-1]
     # A stream's turn is added beside its last event.
     wait_until(lambda: len(client.conversations.items.list(conversation.id, limit=100).data) == 7, 10, "the streamed turn added")
 
