@@ -268,6 +268,10 @@ def test_rate_count_and_runtime_settings_apply_to_opentelemetry(start_tritium, r
     identity(client, grpcclient, headers={"traceparent": f"00-{100:032x}-{CALLER_SPAN}-01"})
     spans = receiver.wait_for(lambda s: any(int(r["trace_id"], 16) == 100 for r in roots(s)))
     assert 99 not in {int(r["trace_id"], 16) for r in roots(spans)}, "level OFF for the model traces nothing"
+    # Over HTTP too, OFF then TIMESTAMPS again: OpenTelemetry mode needs no trace file.
+    http = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    for level in (["OFF"], ["TIMESTAMPS"]):
+        assert http.update_trace_settings(settings={"trace_level": level})["trace_level"] == level
 
 
 @pytest.mark.llm

@@ -23,7 +23,8 @@ use crate::admin;
 const TRACE_LEVELS: &[&str] = &["OFF", "TIMESTAMPS", "TENSORS"];
 
 /// The trace settings an update asks for, as Triton's HTTP server takes them.
-fn trace_update_of(update: Map<String, Value>, current_file: &str) -> Result<HashMap<String, TraceValue>, HttpError> {
+/// `file_needed`: the trace mode writes Triton's trace file (OpenTelemetry's exports spans instead).
+fn trace_update_of(update: Map<String, Value>, current_file: &str, file_needed: bool) -> Result<HashMap<String, TraceValue>, HttpError> {
     let mut settings = HashMap::new();
     for (key, value) in update {
         let values = match (key.as_str(), value) {
@@ -47,7 +48,7 @@ fn trace_update_of(update: Map<String, Value>, current_file: &str) -> Result<Has
                 if !levels.iter().all(|l| TRACE_LEVELS.contains(&l.as_str())) {
                     continue;
                 }
-                if levels.iter().any(|l| l != "OFF") && current_file.is_empty() {
+                if levels.iter().any(|l| l != "OFF") && file_needed && current_file.is_empty() {
                     return Err(HttpError::bad_request("Attempting to set invalid trace setting :trace file name is not given"));
                 }
                 levels
@@ -96,9 +97,10 @@ async fn trace(state: &KserveState, model_name: String, update: Option<Value>) -
             let current = TraceSettingRequest { settings: HashMap::new(), model_name: model_name.clone() };
             let current = admin::trace_setting(&state.server, current)?.settings;
             let file = current.get("trace_file").and_then(|v| v.value.first()).cloned().unwrap_or_default();
+            let file_needed = current.get("trace_mode").and_then(|v| v.value.first()).is_none_or(|mode| mode != "opentelemetry");
             // Triton reads an array body as no update at all.
             let update = if update.is_array() { Map::new() } else { json_object(update)? };
-            trace_update_of(update, &file)?
+            trace_update_of(update, &file, file_needed)?
         }
     };
     let answer = admin::trace_setting(&state.server, TraceSettingRequest { settings, model_name }).map_err(|e| {
