@@ -337,3 +337,38 @@ def test_the_api_keys_name_is_on_the_trace_and_never_the_key(start_tritium, rece
         named = [s for s in spans if s["attributes"].get("tritium.api_key.name") == "team"]
         assert named, [s["attributes"] for s in spans]
         assert "k-team-s3cret" not in repr([s["attributes"] for s in spans])
+
+
+@pytest.mark.python_backend
+def test_a_bls_call_made_with_the_request_s_trace_is_a_child_span(tmp_path, receiver):
+    """OpenTelemetry mode, as Triton's trace file: `InferenceRequest(..., trace=request.trace())` is a model span
+    under the request's, in the same trace; the call made without it is not traced."""
+    import sys
+
+    from helpers import identity_config, write_model
+    from test_trace_file import BLS_CONFIG, BLS_MODEL
+
+    repo = tmp_path / "models"
+    write_model(repo, "identity", identity_config("identity", "TYPE_FP32"))
+    write_model(repo, "bls_traced", BLS_CONFIG)
+    (repo / "bls_traced" / "1" / "model.py").write_text(BLS_MODEL)
+    server = start_server("--model-repository", str(repo), "--python-interpreter", sys.executable, *otel_args(receiver.http_url))
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        tensor = grpcclient.InferInput("INPUT0", [3], "FP32")
+        tensor.set_data_from_numpy(np.array([1.0, 2.0, 3.0], dtype=np.float32))
+        client.infer("bls_traced", [tensor])
+        spans = receiver.wait_for(lambda s: any(span["name"] == "identity" for span in s))
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=30)
+    (bls,) = [s for s in spans if s["name"] == "bls_traced"]
+    called = [s for s in spans if s["name"] == "identity"]
+    assert len(called) == 1, "the untraced call exports nothing"
+    assert called[0]["trace_id"] == bls["trace_id"]
+    by_id = {s["span_id"]: s for s in spans}
+    ancestors, parent = [], called[0]["parent_span_id"]
+    while parent in by_id:
+        ancestors.append(by_id[parent]["name"])
+        parent = by_id[parent]["parent_span_id"]
+    assert "bls_traced" in ancestors, (ancestors, spans)
