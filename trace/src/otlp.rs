@@ -86,10 +86,19 @@ impl OtlpSettings {
         match key {
             "url" => {
                 let parsed: http::Uri = value.parse().map_err(|_| format!("opentelemetry url '{value}' is not a URL"))?;
-                if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
-                    return Err(format!("opentelemetry url '{value}' must be an http:// or https:// URL with a host"));
+                if parsed.host().is_none() {
+                    return Err(format!("opentelemetry url '{value}' has no host"));
                 }
-                self.url = value.to_owned();
+                // `grpc://` (or `grpcs://`) picks OTLP/gRPC, whose endpoint is the same address over HTTP/2.
+                self.url = match parsed.scheme_str() {
+                    Some("http" | "https") => value.to_owned(),
+                    Some(scheme @ ("grpc" | "grpcs")) => {
+                        self.protocol = OtlpProtocol::Grpc;
+                        let secure = if scheme == "grpcs" { "https" } else { "http" };
+                        format!("{secure}{}", &value[scheme.len()..])
+                    }
+                    _ => return Err(format!("opentelemetry url '{value}' must be an http://, https:// or grpc:// URL")),
+                };
             }
             "protocol" => {
                 self.protocol = match value {
@@ -384,6 +393,11 @@ mod tests {
             assert!(s.set(key, value).is_err(), "{key}={value} was accepted");
         }
         assert_eq!(OtlpSettings::default().service_name(), DEFAULT_SERVICE_NAME);
+        let mut grpc = OtlpSettings::default();
+        grpc.set("url", "grpc://collector:4317").expect("a grpc:// url");
+        assert_eq!((grpc.protocol, grpc.url.as_str()), (OtlpProtocol::Grpc, "http://collector:4317"));
+        grpc.set("url", "grpcs://collector:4317").expect("a grpcs:// url");
+        assert_eq!(grpc.url, "https://collector:4317");
     }
 
     #[test]

@@ -201,6 +201,16 @@ def test_dynamo_variables_export_over_grpc(start_tritium, receiver, monkeypatch)
     assert root["resource"]["service.name"] == "tritium-frontend"
 
 
+def test_a_grpc_url_in_the_trace_config_exports_over_grpc(start_tritium, receiver):
+    grpc_url = receiver.grpc_url.replace("http://", "grpc://", 1)
+    args = ["--trace-config", "mode=opentelemetry", "--trace-config", "rate=1", "--trace-config", "level=TIMESTAMPS",
+            "--trace-config", f"opentelemetry,url={grpc_url}", "--trace-config", "opentelemetry,bsp_schedule_delay=50"]  # fmt: skip
+    server = start_tritium(*args)
+    identity(grpcclient.InferenceServerClient(server.url), grpcclient, headers={"traceparent": CALLER})
+    spans = receiver.wait_for(lambda s: any(r["trace_id"] == CALLER_TRACE for r in roots(s)), timeout=30)
+    assert [r for r in roots(spans) if r["trace_id"] == CALLER_TRACE][0]["transport"] == "grpc"
+
+
 @pytest.mark.parametrize("collector", ["dead", "hanging"])
 def test_a_dead_or_hanging_collector_never_fails_requests_and_drops_are_counted(start_tritium, collector):
     with HangingCollector() as hanging:
