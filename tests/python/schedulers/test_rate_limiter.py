@@ -401,3 +401,63 @@ def test_ensemble_without_max_inflight_requests_runs_steps_together(start_tritiu
     ensemble(tmp_path, log, 0)
     server = serve(start_tritium, tmp_path)
     assert meet(server, ("pipe", 1), ("pipe", 2)) == [1, 1]
+
+
+FAN = """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            for request in requests:
+                sender = request.get_response_sender()
+                base = int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy().flatten()[2])
+                # Two responses whose next steps must run at once to meet (mode 1 of the recorder).
+                for tag, other in ((base, base + 1), (base + 1, base)):
+                    sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([1, other, tag], dtype=np.int32))]))
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return None
+"""
+
+
+def test_an_ensemble_runs_a_decoupled_steps_responses_on_together(start_tritium, tmp_path):
+    """As Triton: each response of a decoupled step flows on at once (bounded by `max_inflight_requests`), not after
+    the previous one's steps ended; the answers keep the responses' order."""
+    import queue
+
+    log = tmp_path / "log"
+    write_python_model(tmp_path, "fan", """
+    max_batch_size: 0
+    model_transaction_policy { decoupled: true }
+    input [ { name: "IN", data_type: TYPE_INT32, dims: [ 3 ] } ]
+    output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 3 ] } ]
+    """, FAN)  # fmt: skip
+    write_python_model(tmp_path, "slow", config(log, 2), RECORDER)
+    (tmp_path / "fanout" / "1").mkdir(parents=True)
+    (tmp_path / "fanout" / "config.pbtxt").write_text("""
+name: "fanout"
+platform: "ensemble"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [ { name: "IN", data_type: TYPE_INT32, dims: [ 3 ] } ]
+output [ { name: "OUT", data_type: TYPE_INT32, dims: [ 3 ] } ]
+ensemble_scheduling {
+  max_inflight_requests: 2
+  step [
+    { model_name: "fan" model_version: -1 input_map { key: "IN" value: "IN" } output_map { key: "OUT" value: "mid" } },
+    { model_name: "slow" model_version: -1 input_map { key: "IN" value: "mid" } output_map { key: "OUT" value: "OUT" } }
+  ]
+}
+""")
+    server = serve(start_tritium, tmp_path)
+    answers: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    tensor = grpcclient.InferInput("IN", [3], "INT32")
+    tensor.set_data_from_numpy(np.array([0, 0, 40], dtype=np.int32))
+    client.async_stream_infer("fanout", [tensor])
+    got = [answers.get(timeout=60) for _ in range(2)]
+    client.stop_stream()
+    assert [error for _, error in got] == [None, None], got
+    outs = [result.as_numpy("OUT").tolist() for result, _ in got]
+    assert outs == [[1, 40, 0], [1, 41, 0]], "both met (ran at once), answered in the responses' order"

@@ -19,6 +19,7 @@ use std::sync::{Arc, Weak};
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::future::{BoxFuture, join_all};
+use futures::stream::FuturesOrdered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tritium_proto::ErrorCode;
 use tritium_proto::inference::ModelConfig;
@@ -39,6 +40,36 @@ use tritium_backend_api::{Backend, BackendError, BackendRequest, Responder};
 /// (the model registry implements it).
 pub trait Steps: Send + Sync + 'static {
     fn resolve(&self, name: &str, version: Option<i64>) -> Result<Arc<ModelVersion>, WorkerError>;
+}
+
+/// Most branches of one decoupled step's responses running at once (beside each step's
+/// `max_inflight_requests`): a stream that outpaces the steps after it waits for room.
+const MAX_BRANCHES: usize = 256;
+
+/// Where a run's answers go: the client's responder, or, for a branch a decoupled step forked
+/// (running beside its siblings), a list given out in order once the branch is done.
+enum Sink<'s> {
+    Respond(&'s mut Responder),
+    Collect(Vec<Vec<Tensor>>),
+}
+
+impl Sink<'_> {
+    async fn put(&mut self, outputs: Vec<Tensor>) -> Result<(), BackendError> {
+        match self {
+            Sink::Respond(responder) => responder.send(outputs).await,
+            Sink::Collect(answers) => {
+                answers.push(outputs);
+                Ok(())
+            }
+        }
+    }
+
+    fn collected(self) -> Vec<Vec<Tensor>> {
+        match self {
+            Sink::Collect(answers) => answers,
+            Sink::Respond(_) => Vec::new(),
+        }
+    }
 }
 
 pub struct EnsembleBackend {
@@ -116,15 +147,17 @@ impl EnsembleBackend {
     }
 
     /// Runs the steps not yet `done` as their inputs appear, then answers with the ensemble's
-    /// outputs. A decoupled step forks the rest of the run once per response.
-    fn flow<'a>(
+    /// outputs. A decoupled step forks the rest of the run once per response; the forks run at
+    /// once (each step bounded by `max_inflight_requests`, as Triton runs them), their answers
+    /// given out in the order of the responses they came from.
+    fn flow<'a, 's: 'a>(
         &'a self,
         registry: &'a dyn Steps,
         mut tensors: HashMap<String, Tensor>,
         mut done: Vec<bool>,
         parameters: &'a Parameters,
         trace: Option<&'a RequestTrace>,
-        responder: &'a mut Responder,
+        sink: &'a mut Sink<'s>,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             loop {
@@ -149,15 +182,31 @@ impl EnsembleBackend {
                             continue;
                         }
                     };
-                    while let Some(item) = stream.next().await {
-                        match item {
-                            StreamItem::Response(response) => {
-                                let mut forked = tensors.clone();
-                                Self::take_outputs(&steps[index], response.outputs, &mut forked);
-                                self.flow(registry, forked, done.clone(), parameters, trace, responder).await?;
+                    let mut branches = FuturesOrdered::new();
+                    let mut ended = false;
+                    while !ended || !branches.is_empty() {
+                        let room = branches.len() < MAX_BRANCHES;
+                        tokio::select! {
+                            biased;
+                            Some(answers) = branches.next(), if !branches.is_empty() => {
+                                for outputs in answers? {
+                                    sink.put(outputs).await?;
+                                }
                             }
-                            StreamItem::Complete => break,
-                            StreamItem::Error(error) => return Err(self.step_error(error)),
+                            item = stream.next(), if !ended && room => match item {
+                                Some(StreamItem::Response(response)) => {
+                                    let mut forked = tensors.clone();
+                                    Self::take_outputs(&steps[index], response.outputs, &mut forked);
+                                    let done = done.clone();
+                                    branches.push_back(async move {
+                                        let mut branch = Sink::Collect(Vec::new());
+                                        self.flow(registry, forked, done, parameters, trace, &mut branch).await?;
+                                        Ok::<_, BackendError>(branch.collected())
+                                    });
+                                }
+                                Some(StreamItem::Complete) | None => ended = true,
+                                Some(StreamItem::Error(error)) => return Err(self.step_error(error)),
+                            },
                         }
                     }
                     return Ok(());
@@ -179,7 +228,7 @@ impl EnsembleBackend {
             }
             let outputs: Option<Vec<Tensor>> = self.graph.outputs.iter().map(|name| tensors.remove(name)).collect();
             match outputs {
-                Some(outputs) => responder.send(outputs).await,
+                Some(outputs) => sink.put(outputs).await,
                 // A decoupled step's response without every tensor (an empty final one) ends its
                 // branch of the run without an answer.
                 None if done.iter().all(|&d| d) => Ok(()),
@@ -203,6 +252,7 @@ impl Backend for EnsembleBackend {
         })?;
         let tensors: HashMap<String, Tensor> = request.inputs.into_iter().map(|t| (t.name.clone(), t)).collect();
         let done = vec![false; self.graph.steps.len()];
-        self.flow(registry.as_ref(), tensors, done, &request.parameters, request.trace.as_ref(), responder).await
+        let mut sink = Sink::Respond(responder);
+        self.flow(registry.as_ref(), tensors, done, &request.parameters, request.trace.as_ref(), &mut sink).await
     }
 }
