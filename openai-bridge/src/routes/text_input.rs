@@ -33,17 +33,29 @@ pub(super) async fn forward(
     request: Value,
     caller: CallerTrace,
 ) -> Result<Response, ApiError> {
-    let mut observer = state.observer(model, caller);
     let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let chunks = match state.hub.generate_openai(model, worker, api, request).await {
-        Ok(chunks) => chunks,
-        Err(error) => return Err(super::failed(&mut observer, error).into()),
-    };
+    let (chunks, mut observer) = send(state, api, model, worker, request, caller).await?;
     if stream {
         return Ok(relay(chunks, observer, state.hub.hard_stop().cloned()));
     }
     let fold = fold_all(state, api, chunks, &mut observer).await?;
     Ok(json_response(StatusCode::OK, &fold.answer()))
+}
+
+/// Sends `request` to a worker of `model`: its answer's chunks, and the request's observer.
+pub(super) async fn send(
+    state: &AppState,
+    api: OpenAiApi,
+    model: &str,
+    worker: Option<&str>,
+    request: Value,
+    caller: CallerTrace,
+) -> Result<(OpenAiChunks, RequestObserver), ApiError> {
+    let mut observer = state.observer(model, caller);
+    match state.hub.generate_openai(model, worker, api, request).await {
+        Ok(chunks) => Ok((chunks, observer)),
+        Err(error) => Err(super::failed(&mut observer, error).into()),
+    }
 }
 
 /// Every chunk of the worker's answer folded (a non-streamed client's).

@@ -25,11 +25,7 @@ pub(super) async fn forward(
     request: Value,
     caller: CallerTrace,
 ) -> Result<Response, ApiError> {
-    let mut observer = state.observer(model, caller);
-    let mut answers = match state.hub.generate_openai(model, worker, api, request).await {
-        Ok(answers) => answers,
-        Err(error) => return Err(super::failed(&mut observer, error).into()),
-    };
+    let (mut answers, mut observer) = super::text_input::send(state, api, model, worker, request, caller).await?;
     let mut fold = UnaryFold::new(api, model, state.fold_limit);
     while let Some(answer) = super::text_input::next_chunk(&mut answers, state.hub.hard_stop()).await {
         let answer = answer.map_err(|error| super::failed(&mut observer, error))?;
