@@ -81,35 +81,33 @@ impl ResponseStore {
         }
         let Some(shared) = &self.shared else { return Ok(None) };
         let Some(bytes) = shared.get(id).await? else { return Ok(None) };
+        self.decode(id, &bytes).map(Some)
+    }
+
+    /// An entry that may change (a conversation): with a shared store, as it holds it (every
+    /// frontend writes it there, and one deleted on another frontend is gone here too).
+    pub async fn fetch_latest(&self, id: &str) -> Result<Option<StoredResponse>, String> {
+        let Some(shared) = &self.shared else { return Ok(self.get(id)) };
+        match shared.get(id).await? {
+            Some(bytes) => self.decode(id, &bytes).map(Some),
+            None => {
+                self.remove(id);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A stored response as the shared store holds it.
+    fn decode(&self, id: &str, bytes: &[u8]) -> Result<StoredResponse, String> {
         if bytes.len() > self.limits.max_bytes {
             return Err(format!("the stored response '{id}' is larger than --responses-store-bytes"));
         }
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("the stored response '{id}' is not JSON: {e}"))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("the stored response '{id}' is not JSON: {e}"))?;
         let (Some(Value::Array(conversation)), Some(response)) = (value.get("conversation").cloned(), value.get("response").cloned())
         else {
             return Err(format!("the stored response '{id}' is not one Tritium stores"));
         };
-        Ok(Some(StoredResponse { conversation: Arc::new(conversation), response: Arc::new(response) }))
-    }
-
-    /// An entry that may change (a conversation): from the shared store first, where every
-    /// frontend writes it, else as held here.
-    pub async fn fetch_latest(&self, id: &str) -> Result<Option<StoredResponse>, String> {
-        if self.shared.is_none() {
-            return Ok(self.get(id));
-        }
-        let here = self.remove_stale(id);
-        match self.fetch(id).await? {
-            Some(found) => Ok(Some(found)),
-            None => Ok(here),
-        }
-    }
-
-    /// Drops the copy held here (keeping it to return), so that `fetch` reads the shared store.
-    fn remove_stale(&self, id: &str) -> Option<StoredResponse> {
-        let held = self.get(id);
-        self.remove(id);
-        held
+        Ok(StoredResponse { conversation: Arc::new(conversation), response: Arc::new(response) })
     }
 
     /// Removes a response here and from the shared store; whether either held it.

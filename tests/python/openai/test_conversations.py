@@ -119,6 +119,10 @@ def test_two_frontends_behind_one_redis_continue_one_conversation(redis):
         client_of(two).responses.create(model=MODEL, input="second", conversation=conversation.id, max_output_tokens=2)
         items = client_of(one).conversations.items.list(conversation.id, order="asc").data
         assert len(items) == 3 and items[1].content[0].text == "second", items
+        # Deleted on one frontend, gone on the other (which also held it).
+        client_of(two).conversations.delete(conversation.id)
+        with pytest.raises(openai.NotFoundError):
+            client_of(one).conversations.retrieve(conversation.id)
     finally:
         finish_server(one)
         finish_server(two)
