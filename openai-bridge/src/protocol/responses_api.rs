@@ -101,7 +101,6 @@ impl ResponsesRequest {
         Tools::from_responses(self.tools.as_deref(), self.tool_choice.as_ref())
     }
 
-    /// The input as chat messages (without `instructions`, which are not carried to the next turn).
     /// The conversation's id, however it was named (a string, or an object's `id`).
     pub fn conversation_id(&self) -> Option<&str> {
         match self.conversation.as_ref()? {
@@ -118,6 +117,7 @@ impl ResponsesRequest {
         }
     }
 
+    /// The input as chat messages (without `instructions`, which are not carried to the next turn).
     pub fn input_messages(&self) -> Result<Vec<Value>, BridgeError> {
         match &self.input {
             ResponsesInput::Text(text) => Ok(vec![json!({"role": "user", "content": text})]),
