@@ -184,6 +184,9 @@ async fn answer_embedding(worker: Arc<dyn WorkerClient>, model: String, inputs: 
     }
 }
 
+/// Most alternatives a token's log-probabilities may list (OpenAI's `top_logprobs` bound).
+const MAX_LOGPROBS: u32 = 20;
+
 /// A `PreprocessedRequest` as Tritium's generation request (`None`: not one; the request an
 /// error when it asks for what Tritium's engines do not do).
 fn generate_request(body: &Json) -> Option<(String, Result<GenerateRequest, String>)> {
@@ -213,6 +216,9 @@ fn generate_request(body: &Json) -> Option<(String, Result<GenerateRequest, Stri
     };
     let output = body.get("output_options").cloned().unwrap_or(Json::Null);
     let logprobs = output.get("logprobs").and_then(Json::as_u64).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
+        return Some((model, Err(format!("logprobs asks for more than {MAX_LOGPROBS} alternatives a token"))));
+    }
     if output.get("prompt_logprobs").is_some_and(|n| !n.is_null()) {
         return Some((model, Err("prompt_logprobs is not served by this worker".into())));
     }
@@ -388,6 +394,8 @@ mod tests {
         assert!(with(json!({"guided_decoding": {"whitespace_pattern": " "}}), Json::Null).unwrap_err().contains("whitespace_pattern"));
         assert!(with(json!({"guided_decoding": {"choice": []}}), Json::Null).unwrap_err().contains("choice"));
         assert!(with(Json::Null, json!({"prompt_logprobs": 1})).unwrap_err().contains("prompt_logprobs"));
+        assert!(with(Json::Null, json!({"logprobs": 21})).unwrap_err().contains("20"));
+        assert_eq!(with(Json::Null, json!({"logprobs": 20})).unwrap().logprobs, Some(20));
         let token = tritium_backend_api::llm::GeneratedToken {
             id: 7,
             logprob: Some(-0.5),
