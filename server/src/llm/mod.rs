@@ -3,6 +3,7 @@
 //! turns the tokens that come back into text. gRPC (KServe `text_input`) and HTTP (OpenAI
 //! `/v1/*`) both go through [`LlmFrontend`].
 
+mod bridging_holds;
 mod kserve;
 mod text_models;
 
@@ -57,6 +58,8 @@ pub struct LlmFrontend {
     text_models: text_models::TextModels,
     /// How long a request waits for its model to load on demand (`--model-load-timeout-secs`).
     load_timeout: std::time::Duration,
+    /// Models loaded on demand for requests not generating yet.
+    bridging: bridging_holds::BridgingHolds,
 }
 
 impl std::fmt::Debug for LlmFrontend {
@@ -91,6 +94,7 @@ impl LlmFrontend {
             preprocess_workers: None,
             text_models: text_models::TextModels::default(),
             load_timeout: std::time::Duration::from_secs(600),
+            bridging: bridging_holds::BridgingHolds::default(),
         }
     }
 
@@ -107,7 +111,10 @@ impl LlmFrontend {
     /// loaded while the hold lives; `None` in the other modes or for a model served elsewhere.
     async fn hold(&self, model: &str) -> Result<Option<tritium_worker::registry::on_demand::InUse>, BridgeError> {
         let base = self.repository.adapter_base(model).unwrap_or_else(|| model.to_string());
-        self.repository.ensure_loaded(&base, self.load_timeout).await.map_err(|e| bridge_error(model, e))
+        let hold = self.repository.ensure_loaded(&base, self.load_timeout).await.map_err(|e| bridge_error(model, e))?;
+        // This request's own hold replaces the one its route took while loading.
+        self.bridging.take_over(&base);
+        Ok(hold)
     }
 
     pub fn with_lora_dir(self, dir: Option<std::path::PathBuf>) -> LlmFrontend {
@@ -293,7 +300,12 @@ impl LlmHub for LlmFrontend {
     }
 
     async fn load_on_demand(&self, model: &str) -> Result<(), BridgeError> {
-        self.hold(model).await.map(drop)
+        let base = self.repository.adapter_base(model).unwrap_or_else(|| model.to_string());
+        let hold = self.repository.ensure_loaded(&base, self.load_timeout).await.map_err(|e| bridge_error(model, e))?;
+        if let Some(hold) = hold {
+            self.bridging.keep(&base, hold);
+        }
+        Ok(())
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
