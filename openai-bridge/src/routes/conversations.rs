@@ -5,6 +5,8 @@
 //! live and shared store): its items, each with its own id, and its object. Two responses made in
 //! one conversation at the same moment both read the items before either; the later write wins.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +16,7 @@ use serde_json::{Map, Value, json};
 use super::listing::ListQuery;
 use super::{ApiError, AppState, json_response};
 use crate::BridgeError;
-use crate::protocol::{items_to_messages, new_item_id, unix_now};
+use crate::protocol::{ResponsesRequest, items_to_messages, new_item_id, unix_now};
 use crate::response_store::ResponseStore;
 
 /// Most items one request may add (OpenAI's bound).
@@ -176,6 +178,38 @@ pub(super) async fn delete_item(State(state): State<AppState>, Path((id, item)):
     }
 }
 
+/// The Conversations API's conversation a Responses turn is made in, with the turn's input.
+pub(super) struct Thread {
+    id: String,
+    input: Vec<Value>,
+    store: Arc<ResponseStore>,
+}
+
+impl Thread {
+    pub(super) fn of(request: &ResponsesRequest, store: &Arc<ResponseStore>) -> Option<Thread> {
+        let id = request.conversation_id()?.to_owned();
+        Some(Thread { id, input: request.input_items(), store: Arc::clone(store) })
+    }
+
+    /// Adds the turn to the conversation; awaited before a unary answer goes out, so the
+    /// client's next turn finds it.
+    async fn record(self, output: Vec<Value>) {
+        record_turn(&self.store, &self.id, self.input, output).await;
+    }
+}
+
+/// What is left to do once a turn's response is made: its conversation's update, if any.
+#[must_use]
+pub(super) struct Recording(pub(super) Option<(Thread, Vec<Value>)>);
+
+impl Recording {
+    pub(super) async fn run(self) {
+        if let Some((thread, output)) = self.0 {
+            thread.record(output).await;
+        }
+    }
+}
+
 /// The chat messages a response made in conversation `id` continues (its items, as input items
 /// are read); a conversation that does not exist is refused by field.
 pub(super) async fn messages_of(store: &ResponseStore, id: &str) -> Result<Vec<Value>, BridgeError> {
@@ -187,7 +221,7 @@ pub(super) async fn messages_of(store: &ResponseStore, id: &str) -> Result<Vec<V
 
 /// Adds a response's input and output items to conversation `id` (here and in the shared
 /// store); logged when it is gone or cannot be written, since the response stands.
-pub(super) async fn record_turn(store: &ResponseStore, id: &str, input: Vec<Value>, output: Vec<Value>) {
+async fn record_turn(store: &ResponseStore, id: &str, input: Vec<Value>, output: Vec<Value>) {
     let recorded = async {
         let Some(mut conversation) = load(store, id).await? else {
             return Err(BridgeError::field("conversation", format!("Conversation with id '{id}' not found.")));

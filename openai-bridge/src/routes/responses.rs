@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use tritium_backend_api::llm::{FinishReason, ModelKind};
 
 use super::sse::{self, ChunkWriter, End};
+use super::conversations::{Recording, Thread};
 use super::text_doors;
 use super::{ApiError, AppState, ChatPrompt, OpenAiJson, failed, json_response};
 use crate::BridgeError;
@@ -290,37 +291,6 @@ struct Turn {
     /// The Conversations API's conversation the turn is made in, and its input items: both go
     /// into it with the output once the response is done.
     thread: Option<Thread>,
-}
-
-struct Thread {
-    id: String,
-    input: Vec<Value>,
-    store: Arc<ResponseStore>,
-}
-
-impl Thread {
-    fn of(request: &ResponsesRequest, store: &Arc<ResponseStore>) -> Option<Thread> {
-        let id = request.conversation_id()?.to_owned();
-        Some(Thread { id, input: request.input_items(), store: Arc::clone(store) })
-    }
-
-    /// Adds the turn to the conversation; awaited before a unary answer goes out, so the
-    /// client's next turn finds it.
-    async fn record(self, output: Vec<Value>) {
-        super::conversations::record_turn(&self.store, &self.id, self.input, output).await;
-    }
-}
-
-/// What is left to do once a turn's response is made: its conversation's update, if any.
-#[must_use]
-struct Recording(Option<(Thread, Vec<Value>)>);
-
-impl Recording {
-    async fn run(self) {
-        if let Some((thread, output)) = self.0 {
-            thread.record(output).await;
-        }
-    }
 }
 
 impl Turn {
