@@ -43,6 +43,13 @@ pub trait LlmHub: Send + Sync + 'static {
         let _ = request;
         Err(BridgeError::Unsupported { model: model.to_owned(), what: format!("routing to the named worker '{worker}'") })
     }
+    /// Generates a request of agent session `session` (Dynamo's `x-dynamo-session-id` and the
+    /// agents' session headers), which a router may keep on one worker; by default as
+    /// [`Self::generate`].
+    async fn generate_in_session(&self, model: &str, session: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
+        let _ = session;
+        self.generate(model, request).await
+    }
     /// A trace for one request to `model` when the server's sampler picks it (`caller`: the
     /// caller's `traceparent`, whose trace the request continues); `None` (the default) when
     /// tracing is off or the request is not sampled.
@@ -65,15 +72,17 @@ pub trait LlmHub: Send + Sync + 'static {
         false
     }
     /// Forwards `request` (as the client sent it to `api`) to a worker of a text-input model,
-    /// the one `worker` names when it names one.
+    /// the one `worker` names when it names one (else, for a request of an agent `session`,
+    /// the one the router keeps the session on).
     async fn generate_openai(
         &self,
         model: &str,
         worker: Option<&str>,
+        session: Option<&str>,
         api: OpenAiApi,
         request: OpenAiRequest,
     ) -> Result<OpenAiChunks, BridgeError> {
-        let _ = (worker, request);
+        let _ = (worker, session, request);
         Err(BridgeError::Unsupported { model: model.to_owned(), what: format!("requests forwarded as they came to {}", api.path()) })
     }
     /// `model` when it is a text scorer or classifier (a tensor model its config serves so).

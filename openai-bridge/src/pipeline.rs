@@ -321,11 +321,14 @@ pub struct ModelRef<'a> {
     pub version: Option<i64>,
     /// The worker to run on (`None`: the router picks one).
     pub worker: Option<&'a str>,
+    /// The agent session the request belongs to, which the router may keep on one worker (a
+    /// named worker wins over it).
+    pub session: Option<&'a str>,
 }
 
 impl<'a> ModelRef<'a> {
     pub fn latest(name: &'a str) -> ModelRef<'a> {
-        ModelRef { name, version: None, worker: None }
+        ModelRef { name, version: None, worker: None, session: None }
     }
 }
 
@@ -351,9 +354,10 @@ pub async fn generate_text(
             observer.prompt_tokens(prompt_tokens);
             observer.request(&request);
             let generation = async {
-                match model.worker {
-                    Some(worker) => hub.generate_on(model.name, worker, request).await,
-                    None => hub.generate(model.name, request).await,
+                match (model.worker, model.session) {
+                    (Some(worker), _) => hub.generate_on(model.name, worker, request).await,
+                    (None, Some(session)) => hub.generate_in_session(model.name, session, request).await,
+                    (None, None) => hub.generate(model.name, request).await,
                 }
             };
             tritium_backend_api::trace::scoped(observer.trace().cloned(), generation).await

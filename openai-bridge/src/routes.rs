@@ -264,6 +264,8 @@ struct ChatPrompt<'a> {
     nvext: Option<&'a NvExt>,
     /// The worker to run on, when the request names one.
     worker: Option<&'a str>,
+    /// The agent session the request belongs to, when its headers name one.
+    session: Option<&'a str>,
     /// Explicit prompt caching: the messages whose prompt prefix the engine keeps cached.
     cache_breakpoint: Option<CacheBreakpoint>,
 }
@@ -322,7 +324,7 @@ impl AppState {
             }
         };
         let annotations = annotation_frames(nvext, pre, text, &prompt);
-        let target = ModelRef { name: model, version: None, worker: chat.worker };
+        let target = ModelRef { name: model, version: None, worker: chat.worker, session: chat.session };
         let pinned;
         let options = match chat.cache_breakpoint {
             Some(breakpoint) => {

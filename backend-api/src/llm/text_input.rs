@@ -47,11 +47,19 @@ impl OpenAiApi {
 /// The chunk objects of one forwarded request, in order. Dropping it tells the worker to stop.
 pub struct OpenAiChunks {
     receiver: mpsc::Receiver<Result<Json, GenerateError>>,
+    /// Kept until the answer is dropped (a router's session lease).
+    held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl OpenAiChunks {
     pub fn new(receiver: mpsc::Receiver<Result<Json, GenerateError>>) -> OpenAiChunks {
-        OpenAiChunks { receiver }
+        OpenAiChunks { receiver, held: Vec::new() }
+    }
+
+    /// The same answer, keeping `hold` until it is dropped.
+    pub fn holding(mut self, hold: impl std::any::Any + Send + Sync) -> OpenAiChunks {
+        self.held.push(Box::new(hold));
+        self
     }
 
     /// The next chunk; `None` once the worker completed its answer.

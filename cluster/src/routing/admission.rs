@@ -26,6 +26,16 @@ impl Router {
         candidates: Vec<&'m Member>,
         migrating: bool,
     ) -> Result<Vec<&'m Member>, WorkerError> {
+        self.free_of(model, candidates, migrating).map_err(|why| self.refuse_busy(model, &why))
+    }
+
+    /// [`Self::not_busy`], with why all are busy as the error, refusing (and counting) nothing.
+    pub(super) fn free_of<'m>(
+        &self,
+        model: &str,
+        candidates: Vec<&'m Member>,
+        migrating: bool,
+    ) -> Result<Vec<&'m Member>, String> {
         let decode = self.busy.get(model);
         let (tokens, frac) = (self.options.prefill_tokens_threshold, self.options.prefill_tokens_threshold_frac);
         if migrating || (decode.is_none() && tokens.is_none() && frac.is_none()) {
@@ -64,7 +74,7 @@ impl Router {
             .collect();
         drop(loads);
         match free.is_empty() {
-            true => Err(self.refuse_busy(model, &reason.unwrap_or_default())),
+            true => Err(reason.unwrap_or_default()),
             false => Ok(free),
         }
     }

@@ -151,6 +151,134 @@ impl Router {
         hint: Option<&str>,
         request: GenerateRequest,
     ) -> Result<TokenStream, WorkerError> {
+        self.generate_placed(model, hint, None, request).await
+    }
+
+    /// Starts a generation of session `session` (an agent's conversation): on the worker the
+    /// session is bound to, else where the policy picks, binding the session there
+    /// (`--router-session-affinity-*`, see [`super::sessions`]; without it, as [`Self::generate_on`]).
+    pub async fn generate_in_session(
+        &self,
+        model: &str,
+        session: &str,
+        request: GenerateRequest,
+    ) -> Result<TokenStream, WorkerError> {
+        let Some((sessions, hold)) = self.hold_session(session).await? else {
+            return self.generate_on(model, None, request).await;
+        };
+        let stream = self.generate_placed(model, None, self.preferred(model, &sessions, &hold), request).await?;
+        Ok(match stream.worker().map(Arc::<str>::from) {
+            Some(worker) => {
+                let lease = sessions.commit(hold, &worker);
+                stream.holding(lease)
+            }
+            None => stream,
+        })
+    }
+
+    /// [`Self::generate_in_session`] for a text-input model's request.
+    pub async fn generate_openai_in_session(
+        &self,
+        model: &str,
+        session: &str,
+        api: OpenAiApi,
+        request: OpenAiRequest,
+    ) -> Result<OpenAiChunks, WorkerError> {
+        let Some((sessions, hold)) = self.hold_session(session).await? else {
+            return self.generate_openai_on(model, None, api, request).await;
+        };
+        let prefer = self.preferred(model, &sessions, &hold);
+        let mut tried = Vec::new();
+        let pick = |tried: &[Arc<str>]| self.pick_preferring(model, None, None, prefer, tried);
+        let outcome = self
+            .on_workers(model, &mut tried, pick, |picked| {
+                let member = picked.member;
+                let request = request.clone();
+                async move {
+                    let _outstanding = member.begin();
+                    Ok((member.client.generate_openai(model, api, request).await?, member.id))
+                }
+            })
+            .await?;
+        match outcome {
+            Tried::Answered(Ok((chunks, worker))) => Ok(chunks.holding(sessions.commit(hold, &worker))),
+            Tried::Answered(Err(error)) | Tried::NoneLeft { last: Some(error) } => Err(error),
+            Tried::NoneLeft { last: None } => self.fallback.generate_openai(model, api, request).await,
+        }
+    }
+
+    /// The session `session` held for one request; `None` when session affinity is off.
+    async fn hold_session(
+        &self,
+        session: &str,
+    ) -> Result<Option<(Arc<super::sessions::Sessions>, super::sessions::Hold)>, WorkerError> {
+        let Some(sessions) = &self.sessions else { return Ok(None) };
+        let hold = sessions.acquire(session).await.map_err(|error| {
+            let code = match error {
+                super::sessions::SessionError::IdTooLong => tritium_proto::ErrorCode::InvalidArg,
+                super::sessions::SessionError::Full(_) => tritium_proto::ErrorCode::ResourceExhausted,
+            };
+            WorkerError::Failed { code, message: format!("session affinity: {error}") }
+        })?;
+        Ok(Some((Arc::clone(sessions), hold)))
+    }
+
+    /// The worker a held session is bound to, to try first. One that left, or could not be
+    /// reached lately, is not asked: the policy picks and the session moves.
+    fn preferred<'h>(
+        &self,
+        model: &str,
+        sessions: &super::sessions::Sessions,
+        hold: &'h super::sessions::Hold,
+    ) -> Option<Preferred<'h>> {
+        let worker = hold.worker().filter(|worker| self.can_take(model, worker))?;
+        Some(Preferred { worker, strict: sessions.mode() == super::sessions::AffinityMode::Hard })
+    }
+
+    /// [`Self::pick`], trying the `prefer`red worker first: when it is busy, the policy picks too
+    /// unless the preference is strict.
+    fn pick_preferring(
+        &self,
+        model: &str,
+        tokens: Option<&[u32]>,
+        hint: Option<&str>,
+        prefer: Option<Preferred<'_>>,
+        passed_over: &[Arc<str>],
+    ) -> Result<Option<Picked>, WorkerError> {
+        if let Some(Preferred { worker, strict }) = prefer.filter(|p| !passed_over.iter().any(|t| &**t == p.worker)) {
+            if strict && self.can_take(model, worker) {
+                return self.pick(model, tokens, Some(worker), None, passed_over, false);
+            }
+            if let Some(picked) = self.pick_free(model, worker) {
+                return Ok(Some(picked));
+            }
+        }
+        self.pick(model, tokens, hint, None, passed_over, false)
+    }
+
+    /// `worker` when it serves `model`, can be reached and is not busy (nothing refused or counted).
+    fn pick_free(&self, model: &str, worker: &str) -> Option<Picked> {
+        let table = self.table.load();
+        let member = table.get(model)?.iter().find(|m| &*m.id == worker && !m.is_suspect(Instant::now()))?;
+        let free = self.free_of(model, vec![member], false).ok()?;
+        free.first().map(|member| Picked::unscored(Member::clone(member)))
+    }
+
+    /// Whether `worker` serves `model` and was not found unreachable lately.
+    fn can_take(&self, model: &str, worker: &str) -> bool {
+        let now = Instant::now();
+        self.table.load().get(model).is_some_and(|route| route.iter().any(|m| &*m.id == worker && !m.is_suspect(now)))
+    }
+
+    /// [`Self::generate_on`], trying the worker `prefer` names first: when it cannot be reached,
+    /// the policy picks; when it is busy, too, unless the preference is strict.
+    async fn generate_placed(
+        &self,
+        model: &str,
+        hint: Option<&str>,
+        prefer: Option<Preferred<'_>>,
+        request: GenerateRequest,
+    ) -> Result<TokenStream, WorkerError> {
         let mut tried: Vec<Arc<str>> = Vec::new();
         let split = self.split(model);
         let held_back = self.decode_without_prefill(model)?;
@@ -158,7 +286,7 @@ impl Router {
         // Prefill workers do not decode while the model has workers that do.
         let pick = |tried: &[Arc<str>]| {
             let passed_over: Vec<Arc<str>> = tried.iter().chain(&split.prefill).chain(&held_back).cloned().collect();
-            self.pick(model, Some(&request.prompt), hint, None, &passed_over, false)
+            self.pick_preferring(model, Some(&request.prompt), hint, prefer, &passed_over)
         };
         let outcome = self
             .on_workers(model, &mut tried, pick, |Picked { member, prompt: scored }| {
@@ -217,6 +345,14 @@ impl Router {
             }),
         }
     }
+}
+
+/// The worker a session is bound to, tried first; `strict` (hard affinity): while it serves the
+/// model and can be reached, a busy one is not passed over.
+#[derive(Debug, Clone, Copy)]
+struct Preferred<'a> {
+    worker: &'a str,
+    strict: bool,
 }
 
 /// A generation started on a worker.

@@ -73,6 +73,13 @@ impl Router {
             "KV blocks of routed prompts the chosen worker already held, as its KV events reported.",
             c.prompt_blocks_cached.load(Ordering::Relaxed),
         );
+        if let Some(sessions) = &self.sessions {
+            let help = "Requests of a session bound to a worker (--router-session-affinity-ttl-secs) that went there.";
+            counter(f, "tritium_router_session_affinity_hits", help, sessions.hits.load(Ordering::Relaxed));
+            let help = "Requests that started a session (new, or idle past its TTL) and bound it to their worker.";
+            counter(f, "tritium_router_session_affinity_misses", help, sessions.misses.load(Ordering::Relaxed));
+            gauge(f, "tritium_router_session_affinity_sessions", "Sessions the router holds now.", sessions.len());
+        }
         let indexed = self.kv.lock().block_count();
         gauge(
             f,

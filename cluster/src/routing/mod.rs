@@ -21,6 +21,7 @@ pub mod predicted;
 pub mod queue;
 mod remote_models;
 pub mod scoring;
+pub mod sessions;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -162,6 +163,8 @@ pub struct Router {
     turn: AtomicUsize,
     counters: RouterCounters,
     busy: Arc<BusyThresholds>,
+    /// Sessions bound to workers (`--router-session-affinity-ttl-secs`; `None`: off).
+    sessions: Option<Arc<sessions::Sessions>>,
 }
 
 /// Other replicas' requests counted here, by (router, number), with when they started; and when
@@ -223,8 +226,10 @@ impl Router {
         let lighter = Arc::new(tokio::sync::Notify::new());
         let active = active::ActiveLoad::notifying(options.tracking, options.kv_block_size, Arc::clone(&lighter));
         let queue = options.queue.map(|queue| queue::RouterQueue::new(queue, lighter));
+        let sessions = options.affinity.map(sessions::Sessions::new);
         Arc::new_cyclic(|this| Router {
             busy,
+            sessions,
             this: this.clone(),
             options,
             remote_models: RemoteModels::new(Arc::clone(&loads)),

@@ -100,6 +100,8 @@ pub struct RouterOptions {
     pub snapshot_threshold: u64,
     /// Start from an empty index and delete the stored snapshot (`--router-reset-states`).
     pub reset_states: bool,
+    /// Keep each session's requests on one worker (`--router-session-affinity-ttl-secs`).
+    pub affinity: Option<super::sessions::AffinityOptions>,
 }
 
 impl Default for RouterOptions {
@@ -126,6 +128,7 @@ impl Default for RouterOptions {
             event_threads: 4,
             snapshot_threshold: 1_000_000,
             reset_states: false,
+            affinity: None,
         }
     }
 }

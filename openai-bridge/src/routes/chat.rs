@@ -29,8 +29,8 @@ pub(super) async fn chat_completions(
     super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     if state.hub.takes_text(&request.model) {
-        let worker = worker.or_nvext(request.nvext.as_ref());
-        return super::text_input::forward(&state, OpenAiApi::Chat, &request.model, worker, body, caller).await;
+        let place = worker.place(request.nvext.as_ref());
+        return super::text_input::forward(&state, OpenAiApi::Chat, &request.model, place, body, caller).await;
     }
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/chat/completions").await?;
     let mut observer = state.observer(&request.model, caller);
@@ -64,6 +64,7 @@ pub(super) async fn chat_completions(
         );
     }
     let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
+    let session = worker.session();
     let worker = worker.or_nvext(request.nvext.as_ref());
     let hints = request.nvext.as_ref().and_then(|nvext| nvext.agent_hints.as_ref());
     let next_turn = hints.is_some_and(|hints| hints.speculative_prefill == Some(true)).then(|| NextTurn {
@@ -81,6 +82,7 @@ pub(super) async fn chat_completions(
         with_tools: tools.offered(),
         nvext: request.nvext.as_ref(),
         worker,
+        session,
         cache_breakpoint: breakpoint,
     };
     let observers =

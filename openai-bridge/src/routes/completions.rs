@@ -32,8 +32,8 @@ pub(super) async fn completions(
     super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     if state.hub.takes_text(&request.model) {
-        let worker = worker.or_nvext(request.nvext.as_ref());
-        return super::text_input::forward(&state, OpenAiApi::Completions, &request.model, worker, body, caller).await;
+        let place = worker.place(request.nvext.as_ref());
+        return super::text_input::forward(&state, OpenAiApi::Completions, &request.model, place, body, caller).await;
     }
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions").await?;
     let mut observer = state.observer(&request.model, caller);
@@ -74,7 +74,7 @@ pub(super) async fn completions(
         };
         inputs.push((text, ids.map_err(|error| failed(&mut observer, error))?));
     }
-    let target = ModelRef { name: &request.model, version: None, worker: worker.or_nvext(nvext) };
+    let target = ModelRef { name: &request.model, version: None, worker: worker.or_nvext(nvext), session: worker.session() };
     if !many && request.stream {
         let Some((text, prompt)) = inputs.pop() else {
             return Err(failed(&mut observer, BridgeError::field("prompt", "the prompt is empty")).into());

@@ -56,6 +56,7 @@ pub(super) async fn messages(
         with_tools: tools.offered(),
         nvext: None,
         worker: worker.or_nvext(None),
+        session: worker.session(),
         cache_breakpoint: breakpoint,
     };
     let stream = state.start_chat(&pre, &request.model, &options, chat, observer).await?;
@@ -140,7 +141,7 @@ async fn text_input_message(
         fields.insert("tool_choice".into(), text_doors::anthropic_tool_choice(choice));
     }
     let body = text_doors::chat_request(&request.model, messages, fields);
-    let chunks = text_doors::forward_chat(state, &request.model, worker.or_nvext(None), body, &mut observer).await?;
+    let chunks = text_doors::forward_chat(state, &request.model, worker.place(None), body, &mut observer).await?;
     let id = new_item_id("msg");
     if request.stream {
         let writer = MessagesWriter {

@@ -53,6 +53,7 @@ pub(super) async fn create(
         with_tools: tools.offered(),
         nvext: request.nvext.as_ref(),
         worker: worker.or_nvext(request.nvext.as_ref()),
+        session: worker.session(),
         // The Responses API names no cache breakpoints (OpenAI caches prefixes implicitly).
         cache_breakpoint: None,
     };
@@ -172,8 +173,8 @@ async fn text_input_response(
     });
     let (Prepared { conversation, messages, .. }, fields) = prepared.map_err(|error| failed(&mut observer, error))?;
     let body = text_doors::chat_request(&request.model, messages, fields);
-    let worker = worker.or_nvext(request.nvext.as_ref());
-    let chunks = text_doors::forward_chat(state, &request.model, worker, body, &mut observer).await?;
+    let place = worker.place(request.nvext.as_ref());
+    let chunks = text_doors::forward_chat(state, &request.model, place, body, &mut observer).await?;
     let turn = Turn {
         response: ResponseObject::new(new_item_id("resp"), unix_now(), &request),
         conversation,

@@ -92,11 +92,12 @@ pub(super) fn anthropic_tool_choice(choice: &Value) -> Value {
 pub(super) async fn forward_chat(
     state: &AppState,
     model: &str,
-    worker: Option<&str>,
+    place: super::text_input::Place<'_>,
     request: Value,
     observer: &mut RequestObserver,
 ) -> Result<OpenAiChunks, BridgeError> {
-    state.hub.generate_openai(model, worker, OpenAiApi::Chat, request).await.map_err(|error| super::failed(observer, error))
+    let chunks = state.hub.generate_openai(model, place.worker, place.session, OpenAiApi::Chat, request).await;
+    chunks.map_err(|error| super::failed(observer, error))
 }
 
 /// The worker's whole answer: the first choice's parts, how it ended, the usage.

@@ -23,18 +23,25 @@ use crate::parsers::{ParsedDelta, ToolCall};
 use crate::pipeline::Usage;
 use crate::protocol::ErrorBody;
 
+/// Where a forwarded request goes: the worker it names, else its agent session's.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Place<'a> {
+    pub(super) worker: Option<&'a str>,
+    pub(super) session: Option<&'a str>,
+}
+
 /// Forwards `request` (what the client sent to `api`) to a worker of `model` and answers with
 /// what it sends back.
 pub(super) async fn forward(
     state: &AppState,
     api: OpenAiApi,
     model: &str,
-    worker: Option<&str>,
+    place: Place<'_>,
     request: Value,
     caller: CallerTrace,
 ) -> Result<Response, ApiError> {
     let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let (chunks, mut observer) = send(state, api, model, worker, request, caller).await?;
+    let (chunks, mut observer) = send(state, api, model, place, request, caller).await?;
     if stream {
         return Ok(relay(chunks, observer, state.hub.hard_stop().cloned()));
     }
@@ -47,12 +54,12 @@ pub(super) async fn send(
     state: &AppState,
     api: OpenAiApi,
     model: &str,
-    worker: Option<&str>,
+    place: Place<'_>,
     request: Value,
     caller: CallerTrace,
 ) -> Result<(OpenAiChunks, RequestObserver), ApiError> {
     let mut observer = state.observer(model, caller);
-    match state.hub.generate_openai(model, worker, api, request).await {
+    match state.hub.generate_openai(model, place.worker, place.session, api, request).await {
         Ok(chunks) => Ok((chunks, observer)),
         Err(error) => Err(super::failed(&mut observer, error).into()),
     }

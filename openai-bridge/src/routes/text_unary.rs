@@ -25,7 +25,8 @@ pub(super) async fn forward(
     request: Value,
     caller: CallerTrace,
 ) -> Result<Response, ApiError> {
-    let (mut answers, mut observer) = super::text_input::send(state, api, model, worker, request, caller).await?;
+    let place = super::text_input::Place { worker, session: None };
+    let (mut answers, mut observer) = super::text_input::send(state, api, model, place, request, caller).await?;
     let mut fold = UnaryFold::new(api, model, state.fold_limit);
     while let Some(answer) = super::text_input::next_chunk(&mut answers, state.hub.hard_stop()).await {
         let answer = answer.map_err(|error| super::failed(&mut observer, error))?;

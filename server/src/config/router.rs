@@ -10,6 +10,7 @@ use clap::builder::BoolishValueParser;
 use tritium_cluster::routing::active::Tracking;
 use tritium_cluster::routing::kv_index::KvScoring;
 use tritium_cluster::routing::queue::{QueueOptions, QueuePolicy};
+use tritium_cluster::routing::sessions::{AffinityMode, AffinityOptions, DEFAULT_MAX_SESSIONS, MAX_SESSION_TTL_SECS};
 use tritium_cluster::routing::{RouterMode, RouterOptions};
 
 #[derive(Debug, Clone, Args)]
@@ -182,6 +183,20 @@ pub struct RouterArgs {
     /// prefilled on a prefill worker; shorter ones are prefilled where they decode.
     #[arg(long, env = "TRITIUM_MAX_LOCAL_PREFILL_LENGTH", default_value_t = tritium_cluster::routing::policy::DEFAULT_MAX_LOCAL_PREFILL_LENGTH)]
     pub max_local_prefill_length: usize,
+    /// Keep each agent session's requests (header `x-dynamo-session-id`, or the coding agents'
+    /// session headers) on the worker its first request went to, until the session has been idle
+    /// this many seconds (1..=31536000). Off when not given.
+    #[arg(long, env = "DYN_ROUTER_SESSION_AFFINITY_TTL_SECS")]
+    pub router_session_affinity_ttl_secs: Option<u64>,
+    /// hard: a bound session's requests go to its worker (a new one is picked when it left or
+    /// could not be reached); soft: its worker is tried first, the policy picks when it is busy or
+    /// away, and the binding follows.
+    #[arg(long, env = "DYN_ROUTER_SESSION_AFFINITY_MODE", value_enum, default_value = "hard")]
+    pub router_session_affinity_mode: AffinityMode,
+    /// Sessions the router holds at most; a new session past it is refused (429) until some
+    /// expire.
+    #[arg(long, env = "TRITIUM_ROUTER_SESSION_AFFINITY_MAX_SESSIONS", default_value_t = DEFAULT_MAX_SESSIONS)]
+    pub router_session_affinity_max_sessions: usize,
 }
 
 /// A value, or `None` (Dynamo's way to leave a threshold unset).
@@ -201,6 +216,9 @@ fn parse_optional_u64(text: &str) -> Result<OrNone<u64>, String> {
         _ => text.parse().map(|v| OrNone(Some(v))).map_err(|_| format!("'{text}' is not a token count (or None)")),
     }
 }
+
+/// The most sessions a router may be told to hold (each costs about a hundred bytes and its id).
+const MAX_SESSIONS_LIMIT: usize = 16 << 20;
 
 /// The longest prediction: a day (an `Instant` far in the future could overflow).
 const MAX_ROUTER_TTL_SECS: f64 = 86_400.0;
@@ -240,6 +258,12 @@ impl RouterArgs {
         }
         if self.router_snapshot_threshold == 0 {
             return Err("--router-snapshot-threshold must be at least 1".into());
+        }
+        if self.router_session_affinity_ttl_secs.is_some_and(|ttl| !(1..=MAX_SESSION_TTL_SECS).contains(&ttl)) {
+            return Err(format!("--router-session-affinity-ttl-secs must be between 1 and {MAX_SESSION_TTL_SECS}"));
+        }
+        if !(1..=MAX_SESSIONS_LIMIT).contains(&self.router_session_affinity_max_sessions) {
+            return Err(format!("--router-session-affinity-max-sessions must be in 1..={MAX_SESSIONS_LIMIT}"));
         }
         let admission = self.admission_control == "token-capacity";
         let queue_threshold = self.router_queue_threshold.and_then(|v| v.0);
@@ -296,6 +320,11 @@ impl RouterArgs {
             kv_events,
             prediction_ttl: Duration::from_secs_f64(self.router_ttl_secs),
             tracking,
+            affinity: self.router_session_affinity_ttl_secs.map(|ttl| AffinityOptions {
+                ttl: Duration::from_secs(ttl),
+                mode: self.router_session_affinity_mode,
+                max_sessions: self.router_session_affinity_max_sessions,
+            }),
         })
     }
 }
@@ -409,6 +438,15 @@ mod tests {
     }
 
     #[test]
+    fn session_affinity_is_off_unless_its_ttl_is_given() {
+        assert_eq!(options(&[]).expect("default").affinity, None);
+        let on = options(&["--router-session-affinity-ttl-secs", "600"]).expect("on").affinity.expect("set");
+        assert_eq!((on.ttl, on.mode, on.max_sessions), (Duration::from_secs(600), AffinityMode::Hard, DEFAULT_MAX_SESSIONS));
+        let soft = options(&["--router-session-affinity-ttl-secs", "5", "--router-session-affinity-mode", "soft"]).expect("soft");
+        assert_eq!(soft.affinity.map(|a| a.mode), Some(AffinityMode::Soft));
+    }
+
+    #[test]
     fn out_of_range_values_are_refused_naming_the_option() {
         for (args, fragment) in [
             (&["--router-kv-overlap-score-credit", "2"][..], "--router-kv-overlap-score-credit must be in [0, 1]"),
@@ -420,6 +458,12 @@ mod tests {
             (&["--router-queue-threshold", "-0.5"][..], "--router-queue-threshold must be a number >= 0"),
             (&["--router-event-threads", "0"][..], "--router-event-threads must be in 1..=64"),
             (&["--router-snapshot-threshold", "0"][..], "--router-snapshot-threshold must be at least 1"),
+            (
+                &["--router-session-affinity-ttl-secs", "0"][..],
+                "--router-session-affinity-ttl-secs must be between 1 and 31536000",
+            ),
+            (&["--router-session-affinity-ttl-secs", "31536001"][..], "must be between 1 and 31536000"),
+            (&["--router-session-affinity-max-sessions", "0"][..], "--router-session-affinity-max-sessions must be in"),
         ] {
             let error = options(args).expect_err("refused");
             assert!(error.contains(fragment), "{args:?}: {error}");

@@ -2,6 +2,7 @@
 //! it cannot act is named at start with why, so no option a user gave is ignored without a word.
 
 use tritium_cluster::routing::RouterMode;
+use tritium_cluster::routing::sessions::{AffinityMode, DEFAULT_MAX_SESSIONS};
 
 use super::router::RouterArgs;
 
@@ -13,6 +14,15 @@ impl RouterArgs {
         let tracked = load_aware || (self.router_track_active_blocks && !self.no_router_track_active_blocks);
         let kv_events = self.router_kv_events && !self.no_router_kv_events && !load_aware;
         let mut inert = Vec::new();
+        let affinity_shape = self.router_session_affinity_mode != AffinityMode::Hard
+            || self.router_session_affinity_max_sessions != DEFAULT_MAX_SESSIONS;
+        if self.router_session_affinity_ttl_secs.is_none() && affinity_shape {
+            inert.push(
+                "--router-session-affinity-mode and --router-session-affinity-max-sessions shape session affinity, \
+                 which --router-session-affinity-ttl-secs turns on; without it they do nothing"
+                    .into(),
+            );
+        }
         if !kv_mode {
             let scoring: Vec<&str> = [
                 (self.kv_overlap_weight != 1.0, "--router-kv-overlap-score-credit"),
@@ -93,6 +103,7 @@ mod tests {
         assert!(inert(&["--router-mode", "kv", "--router-temperature", "0.5"]).is_empty());
         assert!(inert(&["--router-mode", "kv", "--router-track-active-blocks", "--router-track-output-blocks"]).is_empty());
         assert!(inert(&["--router-mode", "kv", "--no-router-kv-events", "--router-ttl-secs", "30"]).is_empty());
+        assert!(inert(&["--router-session-affinity-ttl-secs", "60", "--router-session-affinity-mode", "soft"]).is_empty());
     }
 
     #[test]
@@ -107,5 +118,7 @@ mod tests {
         assert!(named[0].contains("with --no-router-kv-events"), "{named:?}");
         let named = inert(&["--router-mode", "kv", "--router-ttl-secs", "30"]);
         assert!(named[0].starts_with("--router-ttl-secs"), "{named:?}");
+        let named = inert(&["--router-session-affinity-mode", "soft"]);
+        assert!(named[0].contains("which --router-session-affinity-ttl-secs turns on"), "{named:?}");
     }
 }

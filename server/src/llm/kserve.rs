@@ -121,7 +121,7 @@ impl LlmFrontend {
         // The worker the request names (`worker_id`, the router's `direct` mode).
         let worker = tritium_cluster::routing::hint_of(&request.parameters);
         let base = Arc::clone(&version.name);
-        let target = ModelRef { name: &base, version: Some(version.version), worker: worker.as_deref() };
+        let target = ModelRef { name: &base, version: Some(version.version), worker: worker.as_deref(), session: None };
         if parsed.best_of > 1 {
             return self.infer_choices(&pre, target, &parsed, prompt, observer, version, &request).await;
         }

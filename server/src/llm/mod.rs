@@ -256,6 +256,8 @@ fn bridge_error(model: &str, error: WorkerError) -> BridgeError {
         WorkerError::Failed { code: tritium_proto::ErrorCode::InvalidArg | tritium_proto::ErrorCode::NotFound, message } => {
             BridgeError::InvalidBody(message)
         }
+        // A bound of the router's is full (its sessions).
+        WorkerError::Failed { code: tritium_proto::ErrorCode::ResourceExhausted, message } => BridgeError::Busy(message),
         other => BridgeError::Internal(other.to_string()),
     }
 }
@@ -318,6 +320,16 @@ impl LlmHub for LlmFrontend {
         })
     }
 
+    async fn generate_in_session(&self, model: &str, session: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
+        let hold = self.hold(model).await?;
+        let (target, request) = self.target(model, request);
+        let stream = self.router.generate_in_session(&target, session, request).await.map_err(|e| bridge_error(model, e))?;
+        Ok(match hold {
+            Some(hold) => stream.holding(hold),
+            None => stream,
+        })
+    }
+
     async fn generate_on(&self, model: &str, worker: &str, request: GenerateRequest) -> Result<TokenStream, BridgeError> {
         let hold = self.hold(model).await?;
         let (target, request) = self.target(model, request);
@@ -336,10 +348,15 @@ impl LlmHub for LlmFrontend {
         &self,
         model: &str,
         worker: Option<&str>,
+        session: Option<&str>,
         api: OpenAiApi,
         request: OpenAiRequest,
     ) -> Result<OpenAiChunks, BridgeError> {
-        self.router.generate_openai_on(model, worker, api, request).await.map_err(|e| bridge_error(model, e))
+        let chunks = match (worker, session) {
+            (None, Some(session)) => self.router.generate_openai_in_session(model, session, api, request).await,
+            (worker, _) => self.router.generate_openai_on(model, worker, api, request).await,
+        };
+        chunks.map_err(|e| bridge_error(model, e))
     }
 
     async fn embed_on(&self, model: &str, worker: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, BridgeError> {

@@ -297,6 +297,8 @@ VARIABLES = {
     "DYN_ADMISSION_CONTROL": ("admission-control", "none"),
     "DYN_DECODE_FALLBACK": ("decode-fallback", "false"),
     "DYN_ROUTER_QUEUE_THRESHOLD": ("router-queue-threshold", "0.5"),
+    "DYN_ROUTER_SESSION_AFFINITY_TTL_SECS": ("router-session-affinity-ttl-secs", "600"),
+    "DYN_ROUTER_SESSION_AFFINITY_MODE": ("router-session-affinity-mode", "soft"),
     "DYN_ROUTER_QUEUE_POLICY": ("router-queue-policy", "wspt"),
     "DYN_NAMESPACE": ("namespace", "blue"),
     "DYN_NAMESPACE_PREFIX": ("namespace-prefix", "bl"),
@@ -391,6 +393,9 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
         (["--event-plane", "nats"], ["needs --nats-url (or NATS_SERVER)"]),
         (["--tls-cert-path", "/c.pem"], ["--tls-key-path"]),
         (["--dyn-preprocess-workers", "100000"], ["--dyn-preprocess-workers must be at most"]),
+        (["--router-session-affinity-ttl-secs", "0"], ["--router-session-affinity-ttl-secs must be between 1 and 31536000"]),
+        (["--router-session-affinity-ttl-secs", "31536001"], ["must be between 1 and 31536000"]),
+        (["--router-session-affinity-mode", "sticky"], ["hard", "soft"]),
     ],
 )
 def test_bad_values_are_refused_at_start_naming_what_is_allowed(args, fragments):

@@ -171,6 +171,17 @@ async def embed(request, context):
     yield {"embeddings": encoded, "prompt_tokens": tokens, "total_tokens": tokens}
 
 
+def logged(handler):
+    """`handler`, printing a line per request (--log-requests: the tests see which worker got it)."""
+
+    async def served(request, context):
+        print(f"REQUEST {request.get('model')}", flush=True)
+        async for item in handler(request, context):
+            yield item
+
+    return served
+
+
 @dynamo_worker()
 async def main(runtime: DistributedRuntime, args):
     import os
@@ -211,7 +222,7 @@ async def main(runtime: DistributedRuntime, args):
             ModelInput.Text, ModelType.Chat | ModelType.Completions, endpoint, args.model_dir, args.model_name,
             worker_type=WorkerType.Aggregated,
         )  # fmt: skip
-        await endpoint.serve_endpoint(text)
+        await endpoint.serve_endpoint(logged(text) if args.log_requests else text)
         return
     await register_model(
         ModelInput.Tokens,
@@ -236,7 +247,8 @@ async def main(runtime: DistributedRuntime, args):
             lora_name=args.lora,
             base_model_path=args.model_dir,
         )
-    await endpoint.serve_endpoint(embed if args.embed else Echo(args.delay, args.lora, tokenizer=tokenizer).generate)
+    handler = embed if args.embed else Echo(args.delay, args.lora, tokenizer=tokenizer).generate
+    await endpoint.serve_endpoint(logged(handler) if args.log_requests else handler)
 
 
 if __name__ == "__main__":
@@ -253,5 +265,6 @@ if __name__ == "__main__":
     parser.add_argument("--answer-user", action="store_true", help="answer the last user message's text (a scripted model)")
     parser.add_argument("--tool-call-parser", default="", help="runtime_config.tool_call_parser of the card")
     parser.add_argument("--reasoning-parser", default="", help="runtime_config.reasoning_parser of the card")
+    parser.add_argument("--log-requests", action="store_true", help="print a line for each request served")
     uvloop.install()
     asyncio.run(main(parser.parse_args()))
