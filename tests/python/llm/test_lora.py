@@ -313,3 +313,32 @@ def test_the_adapter_bounds_are_the_flags(tmp_path):
         assert {m.id for m in client(server).models.list().data} == {BASE, "a"}
     finally:
         finish_server(server)
+
+
+def test_an_adapters_answers_are_the_same_with_speculation(served):
+    """LoRA × speculative decoding: with prompt-lookup speculation the adapter's answers (greedy and seeded) are
+    the adapter's without it, the proposals being checked by the model with the adapter's deltas; and some are kept."""
+    plain, folder = served
+    gguf, _ = model_paths()
+    adapter = write_gguf_adapter(folder / "speculated.gguf", FIXTURE["seed"], scale=FIXTURE["scale"])
+    speculating = start_server("--model-path", str(gguf), "--model-name", BASE, "--lora", f"recorded={adapter}",
+                               "--speculative", "ngram", timeout=300)  # fmt: skip
+    try:
+        prompts = ["1, 2, 3, 1, 2, 3, 1, 2,", "def add(a, b):\n    return a + b\n\ndef add(a, b):\n"]
+
+        def answers(server) -> list[str]:
+            out = []
+            for prompt in prompts:
+                for extra in ({"temperature": 0}, {"temperature": 0.8, "seed": 5}):
+                    answer = client(server).completions.create(model="recorded", prompt=prompt, max_tokens=20,
+                                                               extra_body={"ignore_eos": True}, **extra)  # fmt: skip
+                    out.append(answer.choices[0].text)
+            return out
+
+        assert answers(speculating) == answers(plain)
+        with urllib.request.urlopen(speculating.http_url + "/metrics", timeout=30) as response:
+            lines = response.read().decode().splitlines()
+        kept = sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("tritium_llm_spec_decode_num_accepted_tokens_total{"))
+        assert kept > 0, "some proposals were kept"
+    finally:
+        finish_server(speculating)
