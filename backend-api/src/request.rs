@@ -81,11 +81,12 @@ pub struct InferenceResponse {
     pub parameters: Vec<(String, i64)>,
 }
 
-/// Whether `key` is one of Triton's request parameters (the scheduler's, the protocol's, or any
-/// `triton_` key), as opposed to one the model reads.
+/// Whether `key` is one of the request parameters Triton's core takes for itself (the sequence's,
+/// the scheduler's, any `triton_` key), as opposed to those the model sees. `headers` and
+/// `binary_data_output` are the model's too, as in Triton 2.51 (its HTTP door consumes
+/// `binary_data_output` before the core; its gRPC door passes it on).
 pub fn is_reserved(key: &str) -> bool {
-    matches!(key, "sequence_id" | "sequence_start" | "sequence_end" | "priority" | "timeout" | "headers" | "binary_data_output")
-        || key.starts_with("triton_")
+    matches!(key, "sequence_id" | "sequence_start" | "sequence_end" | "priority" | "timeout") || key.starts_with("triton_")
 }
 
 /// Parses a KServe version string: `""` means the latest ready version.

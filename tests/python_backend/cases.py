@@ -130,6 +130,16 @@ CASES: list[dict] = [
     {"id": "http_request_info_everything", "kind": "http_infer", **INFO, "request_id": "h-1", "sequence_id": 9,
      "sequence_start": True, "timeout_us": 7000, "priority": 2, "parameters": {"a": 1, "b": "x", "c": False}},
     {"id": "http_request_info_string_sequence", "kind": "http_infer", **INFO, "sequence_id": "s-1", "sequence_end": True},
+    # Triton's reserved parameters sent raw (tritonclient refuses them before sending): `headers` and
+    # `binary_data_output` reach the model over gRPC (the HTTP door consumes binary_data_output), the sequence's and
+    # `triton_` keys do not; each door refuses other `triton_` keys in its own words, HTTP even the stream switch.
+    {"id": "raw_request_info_passthrough", "kind": "raw_infer", **INFO, "raw_parameters": {
+        "headers": "x", "binary_data_output": True, "triton_enable_empty_final_response": True, "priority": 1, "a": 1}},
+    {"id": "raw_request_info_triton_key", "kind": "raw_infer", **INFO, "raw_parameters": {"triton_foo": 1}},
+    {"id": "raw_http_request_info_passthrough", "kind": "raw_http_infer", **INFO,
+     "raw_parameters": {"headers": "x", "binary_data_output": False, "a": 1}},
+    {"id": "raw_http_request_info_triton_key", "kind": "raw_http_infer", **INFO,
+     "raw_parameters": {"triton_enable_empty_final_response": True}},
     {"id": "response_params_plain", "kind": "infer", **mode("response_params", "plain")},
     {"id": "response_params_empty", "kind": "infer", **mode("response_params", "empty")},
     # Dynamic batching: four requests inside the 100 ms window run in one execute call.

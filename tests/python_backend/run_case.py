@@ -17,6 +17,10 @@ Kinds:
   message are visible). Each request carries triton_enable_empty_final_response unless `empty_final` is false. The
   stream is read until every request saw triton_final_response=true (then `settle_s` more), or nothing came for
   `idle_s`. Observation: {"responses": {request id: [messages]}, "complete": {request id: bool}, "ended": how}.
+- raw_infer: one ModelInfer through the raw stub with `raw_parameters` set as given (tritonclient refuses Triton's
+  reserved keys before sending). Observation: as infer.
+- raw_http_infer: the same request as JSON to the HTTP port, `raw_parameters` as its parameters. Observation: the
+  status and the outputs' data (JSON-parsed for the names in `json`), or the error body.
 - concurrent: `requests` sent at once from threads; the list of their observations.
 - overlap: `first` runs in the background; after `after_s`, the `during` requests run one by one; then, once
   `first` has answered, the `then` requests. With `check_order`, also whether every `during` answer came before
@@ -33,6 +37,8 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import urllib.error
+import urllib.request
 import os
 import queue
 import re
@@ -166,6 +172,49 @@ def run_infer(url: str, spec: dict) -> dict:
         return _exception(e)
     finally:
         client.close()
+
+
+def _set_parameters(parameters, values: dict) -> None:
+    for key, value in values.items():
+        if isinstance(value, bool):
+            parameters[key].bool_param = value
+        elif isinstance(value, int):
+            parameters[key].int64_param = value
+        else:
+            parameters[key].string_param = value
+
+
+def run_raw_infer(url: str, spec: dict) -> dict:
+    request = _stream_request({**spec, "empty_final": False}, spec.get("request_id", ""))
+    _set_parameters(request.parameters, spec.get("raw_parameters", {}))
+    channel = grpc.insecure_channel(url)
+    try:
+        return response_observation(service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30), spec)
+    except grpc.RpcError as e:
+        return _error(e.code().name, e.details() or "")
+    finally:
+        channel.close()
+
+
+def run_raw_http_infer(http_url: str, spec: dict) -> dict:
+    inputs = [{"name": name, "datatype": datatype, "shape": shape, "data": values}
+              for name, datatype, shape, values in spec["inputs"]]  # fmt: skip
+    body = json.dumps({"inputs": inputs, "parameters": spec.get("raw_parameters", {})}).encode()
+    url = f"{http_url}/v2/models/{spec['model']}/infer"
+    request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+            status = response.status
+    except urllib.error.HTTPError as e:
+        return {"status": e.code, "error": normalize(json.loads(e.read() or b"{}").get("error", ""))}
+    outputs = {}
+    for out in answer.get("outputs", []):
+        values = out.get("data")
+        if out["name"] in spec.get("json", ()) and values is not None:
+            values = [json.loads(v) for v in values]
+        outputs[out["name"]] = _normalize_json(values)
+    return {"status": status, "outputs": outputs}
 
 
 def run_http_infer(http_url: str, spec: dict) -> dict:
@@ -380,6 +429,12 @@ def run_case(url: str, case: dict, http_url: str | None = None, metrics_url: str
         if http_url is None:
             return {"runner_exception": "no HTTP endpoint given for an http_infer case"}
         return run_http_infer(http_url, case)
+    if kind == "raw_infer":
+        return run_raw_infer(url, case)
+    if kind == "raw_http_infer":
+        if http_url is None:
+            return {"runner_exception": "no HTTP endpoint given for a raw_http_infer case"}
+        return run_raw_http_infer(http_url, case)
     if kind == "stream":
         return run_stream(url, case)
     if kind == "concurrent":

@@ -217,6 +217,10 @@ pub fn decode_request(request: ModelInferRequest, shm: &SharedMemoryRegistry, ar
     let mut enable_empty_final = false;
     let mut params = Vec::with_capacity(parameters.len());
     for (key, parameter) in parameters {
+        // Triton's gRPC door refuses these itself, in its own words (without a request id).
+        if key.starts_with("triton_") && key != "triton_enable_empty_final_response" {
+            return Err(ServerError::InvalidArgument { reason: GRPC_TRITON_KEYS.into() });
+        }
         let Some(choice) = parameter.parameter_choice else {
             return Err(invalid(format!("parameter '{key}' for model '{model}' has no value")));
         };
@@ -243,6 +247,9 @@ pub fn decode_request(request: ModelInferRequest, shm: &SharedMemoryRegistry, ar
         enable_empty_final,
     })
 }
+
+/// Triton 2.51's gRPC answer to a request parameter named `triton_*` (other than the one it takes).
+const GRPC_TRITON_KEYS: &str = "parameter keys starting with 'triton_' are reserved for Triton usage. Only the following keys starting with 'triton_' are allowed: triton_enable_empty_final_response";
 
 pub(crate) fn bool_param(value: bool) -> InferParameter {
     InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(value)) }

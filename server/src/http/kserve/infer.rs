@@ -163,6 +163,14 @@ fn split_raw(members: HashMap<String, Box<RawValue>>, keep: &str) -> Result<Spli
 /// The reserved parameters Triton reads with a type: `sequence_id` an unsigned integer or a
 /// string, `sequence_start` and `sequence_end` booleans, `priority` and `timeout` unsigned.
 fn check_reserved(key: &str, value: &Value) -> Result<(), HttpError> {
+    // Triton's HTTP door takes no `triton_` key, not even the empty-final-response switch (a
+    // stream's, which HTTP has not).
+    if key.starts_with("triton_") {
+        return Err(HttpError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "parameter keys starting with 'triton_' are reserved for Triton usage and should not be specified.",
+        ));
+    }
     let fits = match key {
         "sequence_id" => value.is_u64() || value.is_string(),
         "sequence_start" | "sequence_end" => value.is_boolean(),
