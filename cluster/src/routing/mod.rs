@@ -6,6 +6,7 @@
 //! other processes are reached with [`crate::remote::RemoteWorker`].
 
 mod admission;
+mod affinity;
 pub mod active;
 pub mod busy;
 mod disagg;
