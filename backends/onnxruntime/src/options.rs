@@ -19,6 +19,20 @@ pub struct SessionSettings {
     pub optimization: GraphOptimizationLevel,
 }
 
+/// The model parameters an ONNX model's load reads: the session's settings above, and those of a
+/// text model served on the OpenAI door (`worker::text_task`, the server's text models).
+const READ_PARAMETERS: [&str; 9] = [
+    "intra_op_thread_count",
+    "inter_op_thread_count",
+    "execution_mode",
+    "enable_mem_arena",
+    "enable_mem_pattern",
+    "memory.enable_memory_arena_shrinkage",
+    "openai_task",
+    "tokenizer",
+    "max_tokens",
+];
+
 impl SessionSettings {
     /// Reads the config's parameters; a bad value names its key.
     pub fn from_config(config: &ModelConfig) -> Result<SessionSettings, String> {
@@ -58,6 +72,15 @@ impl SessionSettings {
             arena_shrinkage: text("memory.enable_memory_arena_shrinkage").map(str::to_string),
             optimization,
         })
+    }
+
+    /// The config's `parameters` this backend reads nowhere (Triton's GPU and TensorRT settings
+    /// among them): they do nothing here, and the load says so rather than dropping them silently.
+    pub fn unread_parameters(config: &ModelConfig) -> Vec<&str> {
+        let mut unread: Vec<&str> =
+            config.parameters.keys().map(String::as_str).filter(|key| !READ_PARAMETERS.contains(key)).collect();
+        unread.sort_unstable();
+        unread
     }
 
     /// Whether sessions with these settings use the environment's shared intra-op pool.
@@ -112,6 +135,14 @@ mod tests {
             optimization: level.map(|level| ModelOptimizationPolicy { graph: Some(Graph { level }), ..Default::default() }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn parameters_nothing_reads_are_named() {
+        let read = config(&[("intra_op_thread_count", "2"), ("openai_task", "score"), ("tokenizer", "t.json")], None);
+        assert!(SessionSettings::unread_parameters(&read).is_empty());
+        let unread = config(&[("gpu_mem_limit", "1"), ("enable_mem_arena", "1"), ("cudnn_conv_algo_search", "0")], None);
+        assert_eq!(SessionSettings::unread_parameters(&unread), ["cudnn_conv_algo_search", "gpu_mem_limit"]);
     }
 
     #[test]

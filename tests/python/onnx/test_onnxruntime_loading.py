@@ -187,3 +187,20 @@ def test_kind_gpu_is_refused_at_load(start_tritium, tmp_path):
         check_against_reference(client, cpu, {"X": features(2, seed=95)})
     finally:
         client.close()
+
+
+def test_config_parameters_the_backend_does_not_read_are_named_at_load(start_tritium, tmp_path):
+    """Triton's GPU settings (here `gpu_mem_limit`) do nothing on this backend: the load says so, by name, and the
+    model serves; a parameter it reads (`intra_op_thread_count`) is not named."""
+    model = onnx_models.sklearn_pipeline(tmp_path, "sklearn")
+    unread = 'parameters { key: "gpu_mem_limit" value: { string_value: "1" } }\n'
+    read = 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+    model.write_config(model.config(extra=unread + read))
+    server = start_tritium("--model-repository", str(tmp_path), *ort_args())
+    client = grpcclient.InferenceServerClient(url=server.url)
+    try:
+        check_against_reference(client, model, {"X": features(2, seed=3)})
+        warned = [line for line in server.stderr().splitlines() if "are read by no part" in line]
+        assert len(warned) == 1 and "parameters gpu_mem_limit of the config" in warned[0], warned
+    finally:
+        client.close()
