@@ -13,6 +13,35 @@ pub fn config_parameter<'c>(config: &'c ModelConfig, key: &str) -> Option<&'c st
     config.parameters.get(key).map(|p| p.string_value.as_str())
 }
 
+/// The parameters any model may carry to be served as a text model on the OpenAI door
+/// (`openai_task`, its `tokenizer` file, its rows' `max_tokens`), whatever its backend.
+pub const TEXT_MODEL_PARAMETERS: [&str; 3] = ["openai_task", "tokenizer", "max_tokens"];
+
+/// Logs, at load, the config's `parameters` that neither the backend (`read`) nor the text-model
+/// door reads: they do nothing, and a user who set one is told so instead of it vanishing.
+pub fn warn_unread_parameters(model: &str, backend: &str, config: &ModelConfig, read: &[&str]) {
+    let unread = unread_parameters(config, read);
+    if !unread.is_empty() {
+        tracing::warn!(
+            model,
+            "parameters {} of the config are read by no part of Tritium's {backend} backend: they do nothing here",
+            unread.join(", ")
+        );
+    }
+}
+
+/// The config's parameter keys outside `read` and [`TEXT_MODEL_PARAMETERS`], sorted.
+pub fn unread_parameters<'c>(config: &'c ModelConfig, read: &[&str]) -> Vec<&'c str> {
+    let mut unread: Vec<&str> = config
+        .parameters
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !read.contains(key) && !TEXT_MODEL_PARAMETERS.contains(key))
+        .collect();
+    unread.sort_unstable();
+    unread
+}
+
 /// Typed reads of a model config's parameters; an empty or blank value counts as absent.
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigParams<'c> {
@@ -134,6 +163,13 @@ mod tests {
             config.parameters.insert(key.to_string(), ModelParameter { string_value: value.to_string() });
         }
         config
+    }
+
+    #[test]
+    fn unread_parameters_leave_out_the_backends_and_the_text_doors() {
+        let config = config(&[("model_path", "m"), ("openai_task", "score"), ("gpu_mem_limit", "1"), ("b", "x")]);
+        assert_eq!(unread_parameters(&config, &["model_path"]), ["b", "gpu_mem_limit"]);
+        assert!(unread_parameters(&config, &["model_path", "gpu_mem_limit", "b"]).is_empty());
     }
 
     #[test]

@@ -46,7 +46,9 @@ pub mod trace;
 pub mod trace_context;
 
 pub use backend::{Backend, BackendRequest, OutputShapes, Responder, StreamTarget, StreamedRequest, select_outputs};
-pub use config_params::{BackendSettings, ConfigParams, config_parameter};
+pub use config_params::{
+    BackendSettings, ConfigParams, TEXT_MODEL_PARAMETERS, config_parameter, unread_parameters, warn_unread_parameters,
+};
 pub use engine::Engine;
 pub use error::{BackendError, RequestId, WorkerError};
 pub use factory::{BackendContext, BackendFactory, BackendRegistry};

@@ -38,6 +38,7 @@ impl BackendFactory for LlmFactory {
     fn create(&self, context: &BackendContext<'_>) -> Result<Engine, String> {
         let path = model_path(context.config, context.model_dir)?;
         let options = engine_options(context.config, &self.defaults)?;
+        tritium_backend_api::warn_unread_parameters(context.model_name, "language-model", context.config, &READ_PARAMETERS);
         let device = super::model::default_device();
         let (model, mut card) = super::model::load(&path, &device)?;
         card.parsers = OutputParserNames::checked(
@@ -55,6 +56,24 @@ impl BackendFactory for LlmFactory {
         Ok(())
     }
 }
+
+/// The model parameters a language model's load reads (the engine's options, its weights, its
+/// output parsers).
+const READ_PARAMETERS: [&str; 13] = [
+    MODEL_PATH_PARAMETER,
+    "tool_call_parser",
+    "reasoning_parser",
+    "max_sequences",
+    "max_kv_tokens",
+    "max_queue",
+    "prefill_chunk",
+    "max_constraint_bytes",
+    "kv_block_size",
+    "prefix_caching",
+    "max_loras",
+    "max_lora_rank",
+    "scheduling_policy",
+];
 
 /// The weights a config points at, resolved against the model folder.
 pub fn model_path(config: &ModelConfig, model_dir: Option<&Path>) -> Result<PathBuf, String> {

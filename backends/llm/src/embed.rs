@@ -193,6 +193,7 @@ impl BackendFactory for EmbedFactory {
             .ok_or_else(|| format!("the model '{}' needs the parameter 'model_path' (a BERT folder)", context.model_name))?;
         let dir = tritium_backend_api::model_files::resolve_model_file(context.model_dir, path)
             .map_err(|why| format!("model_path {why}"))?;
+        tritium_backend_api::warn_unread_parameters(context.model_name, "embedding", context.config, &["model_path"]);
         let embedder = load(&dir)?.with_name(context.model_name);
         Ok(Engine::Embedding(Arc::new(embedder)))
     }

@@ -137,14 +137,7 @@ impl BackendFactory for OnnxRuntimeFactory {
             .ok_or_else(|| format!("unable to find the version folder {} of model '{}'", context.version, context.model_name))?;
         let path = session::model_file(version_dir, config)?;
         let settings = SessionSettings::from_config(config)?;
-        let unread = SessionSettings::unread_parameters(config);
-        if !unread.is_empty() {
-            tracing::warn!(
-                model = %context.model_name,
-                "parameters {} of the config are read by no part of Tritium's ONNX Runtime backend: they do nothing here",
-                unread.join(", ")
-            );
-        }
+        tritium_backend_api::warn_unread_parameters(context.model_name, "ONNX Runtime", config, &options::READ_PARAMETERS);
         let environment = library::environment(self.settings.library.as_deref(), self.settings.thread_spinning)?;
         let mut sessions = Vec::new();
         let mut all_on_cpu = true;

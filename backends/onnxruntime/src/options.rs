@@ -19,18 +19,14 @@ pub struct SessionSettings {
     pub optimization: GraphOptimizationLevel,
 }
 
-/// The model parameters an ONNX model's load reads: the session's settings above, and those of a
-/// text model served on the OpenAI door (`worker::text_task`, the server's text models).
-const READ_PARAMETERS: [&str; 9] = [
+/// The model parameters an ONNX model's session reads (a text model's are read by the door).
+pub const READ_PARAMETERS: [&str; 6] = [
     "intra_op_thread_count",
     "inter_op_thread_count",
     "execution_mode",
     "enable_mem_arena",
     "enable_mem_pattern",
     "memory.enable_memory_arena_shrinkage",
-    "openai_task",
-    "tokenizer",
-    "max_tokens",
 ];
 
 impl SessionSettings {
@@ -72,15 +68,6 @@ impl SessionSettings {
             arena_shrinkage: text("memory.enable_memory_arena_shrinkage").map(str::to_string),
             optimization,
         })
-    }
-
-    /// The config's `parameters` this backend reads nowhere (Triton's GPU and TensorRT settings
-    /// among them): they do nothing here, and the load says so rather than dropping them silently.
-    pub fn unread_parameters(config: &ModelConfig) -> Vec<&str> {
-        let mut unread: Vec<&str> =
-            config.parameters.keys().map(String::as_str).filter(|key| !READ_PARAMETERS.contains(key)).collect();
-        unread.sort_unstable();
-        unread
     }
 
     /// Whether sessions with these settings use the environment's shared intra-op pool.
@@ -140,9 +127,12 @@ mod tests {
     #[test]
     fn parameters_nothing_reads_are_named() {
         let read = config(&[("intra_op_thread_count", "2"), ("openai_task", "score"), ("tokenizer", "t.json")], None);
-        assert!(SessionSettings::unread_parameters(&read).is_empty());
+        assert!(tritium_backend_api::unread_parameters(&read, &READ_PARAMETERS).is_empty());
         let unread = config(&[("gpu_mem_limit", "1"), ("enable_mem_arena", "1"), ("cudnn_conv_algo_search", "0")], None);
-        assert_eq!(SessionSettings::unread_parameters(&unread), ["cudnn_conv_algo_search", "gpu_mem_limit"]);
+        assert_eq!(
+            tritium_backend_api::unread_parameters(&unread, &READ_PARAMETERS),
+            ["cudnn_conv_algo_search", "gpu_mem_limit"]
+        );
     }
 
     #[test]
