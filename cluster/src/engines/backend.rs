@@ -53,6 +53,8 @@ impl BackendFactory for EngineGrpcFactory {
     fn create(&self, context: &BackendContext<'_>) -> Result<Engine, String> {
         let name = context.model_name.to_string();
         let (url, idle_timeout) = engine_parameters(context.config, &name, self.limits.idle_timeout)?;
+        let read = ["url", "idle_timeout_secs", "tokenizer_path"];
+        tritium_backend_api::warn_unread_parameters(context.model_name, "engine_grpc", context.config, &read);
         let limits = EngineLimits { idle_timeout, ..self.limits };
         let runtime =
             Handle::try_current().map_err(|_| format!("the model '{name}' (engine_grpc) loads only inside the server"))?;

@@ -49,6 +49,7 @@ pub struct MockFactory {
 impl BackendFactory for MockFactory {
     fn create(&self, context: &BackendContext<'_>) -> Result<Engine, String> {
         let options = MockOptions::from_config(context.config, &self.defaults).map_err(|e| e.to_string())?;
+        tritium_backend_api::warn_unread_parameters(context.model_name, "mock engine", context.config, &MockOptions::read_keys());
         let engine = MockEngine::try_new(context.model_name, options).map_err(|e| e.to_string())?;
         tracing::info!(model = %context.model_name, options = ?engine.options(), "mock language model started");
         Ok(Engine::Language(engine))

@@ -64,6 +64,12 @@ impl MockOptions {
     const KEYS: [&'static str; 7] =
         ["prefill_us_per_token", "decode_ms_per_step", "block_size", "kv_blocks", "max_sequences", "max_queue", "context_length"];
 
+    /// Every parameter key the mock engine reads.
+    pub fn read_keys() -> [&'static str; 8] {
+        let [a, b, c, d, e, f, g] = Self::KEYS;
+        [a, b, c, d, e, f, g, POLICY_KEY]
+    }
+
     fn values(&self) -> [u64; 7] {
         let n = |v: usize| v as u64;
         [
