@@ -379,3 +379,45 @@ async fn an_adapters_prompt_is_hashed_from_its_seed_and_found_under_the_model_it
         assert_eq!(picked.member.id.as_ref(), "b", "the worker holding the adapter's prefix");
     }
 }
+
+/// Session affinity's modes differ when the bound worker is busy: `hard` keeps the session there
+/// (refused like a named worker), `soft` lets the policy pick another and the session follows it.
+#[tokio::test]
+async fn a_busy_bound_worker_refuses_a_hard_session_and_passes_a_soft_one_on() {
+    for mode in [super::sessions::AffinityMode::Hard, super::sessions::AffinityMode::Soft] {
+        let affinity =
+            super::sessions::AffinityOptions { ttl: std::time::Duration::from_secs(60), mode, max_sessions: 16 };
+        let options = RouterOptions { mode: RouterMode::RoundRobin, affinity: Some(affinity), ..RouterOptions::default() };
+        let router = Router::new(options, repository(), "local", Fake::new("local"), 64 << 20);
+        router.add_member_for_test("a", Fake::new("a"), false);
+        router.add_member_for_test("b", Fake::new("b"), false);
+        router.apply(&[instance("a", &["m"]), instance("b", &["m"])]).await;
+        let request = || GenerateRequest { prompt: vec![1, 2, 3], ..Default::default() };
+        let served = |stream: &TokenStream| stream.worker().map(str::to_owned).expect("served by a worker");
+        let bound = served(&router.generate_in_session("m", "s", request()).await.expect("first turn"));
+        let other = if bound == "a" { "b" } else { "a" };
+        router.busy_thresholds().set("m", Some(0.5)).expect("a valid threshold");
+        let report = |worker: &str, kv_used| crate::events::LoadReport {
+            worker: worker.into(),
+            model: "m".into(),
+            kv_used,
+            kv_capacity: 100,
+            ..Default::default()
+        };
+        router.loads.lock().insert((bound.clone(), "m".into()), report(&bound, 90));
+        router.loads.lock().insert((other.into(), "m".into()), report(other, 10));
+        let busy = router.generate_in_session("m", "s", request()).await;
+        match mode {
+            super::sessions::AffinityMode::Hard => {
+                let error = busy.expect_err("the bound worker is busy");
+                assert!(error.to_string().contains("busy"), "{error}");
+            }
+            super::sessions::AffinityMode::Soft => {
+                assert_eq!(served(&busy.expect("passed on")), other);
+                // The session followed: with both idle again it stays on the other worker.
+                router.loads.lock().clear();
+                assert_eq!(served(&router.generate_in_session("m", "s", request()).await.expect("next turn")), other);
+            }
+        }
+    }
+}
