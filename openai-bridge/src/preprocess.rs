@@ -14,6 +14,7 @@
 //! ```
 
 mod budget;
+mod byte_bpe;
 mod prefix_cache;
 mod template;
 pub mod workers;
@@ -32,6 +33,7 @@ use crate::parsers::{OutputFormats, ToolCallFormat};
 use crate::sampling::CompletionLimits;
 use workers::PreprocessWorkers;
 
+pub use byte_bpe::{ByteLevelBpe, DEFAULT_WORD_CACHE_ENTRIES, WordCache};
 pub use prefix_cache::{
     DEFAULT_TOKENIZER_CACHE_BYTES, DEFAULT_TOKENIZER_CACHE_ENTRIES, Plan, PrefixCache, PrefixCacheCounters, PrefixCacheLimits,
 };
@@ -74,6 +76,11 @@ pub struct Preprocessor {
     workers: Arc<PreprocessWorkers>,
     /// `--tokenizer fastokens`: the encoder of prompts instead of `tokenizer` (which still decodes).
     fast: Option<Arc<fastokens::Tokenizer>>,
+    /// The encoder of prompts instead of `tokenizer` when the tokenizer has GPT-2's shape (and
+    /// not `fast`): the same ids, less work (see [`ByteLevelBpe`]).
+    byte_bpe: Option<Arc<ByteLevelBpe>>,
+    /// Words `byte_bpe` merged before (`None`: off).
+    word_cache: Option<WordCache>,
     /// Token ids of prompt prefixes seen before (see [`PrefixCache`]); `None`: off, or the
     /// tokenizer cannot have one.
     prefix_cache: Option<PrefixCache>,
@@ -119,6 +126,13 @@ impl Preprocessor {
         let ids = |text: &str, special: bool| tokenizer.encode_fast(text, special).map(|e| e.get_ids().to_vec()).ok();
         let post_processor_adds_nothing =
             ["a", "Hello, world", " x\n"].iter().all(|text| ids(text, true).is_some_and(|with| Some(with) == ids(text, false)));
+        let byte_bpe = match ByteLevelBpe::new(&tokenizer, &card.tokenizer_json) {
+            Ok(encoder) => Some(Arc::new(encoder)),
+            Err(why) => {
+                tracing::debug!(model = %card.source, "prompts are encoded by tokenizers: no byte-level BPE encoder ({why})");
+                None
+            }
+        };
         let max_prompt_bytes = (card.kind == ModelKind::Generate && card.context_length > 0)
             .then(|| longest_token.saturating_mul(card.context_length));
         Ok(Preprocessor {
@@ -130,6 +144,8 @@ impl Preprocessor {
             budget: Arc::new(PreprocessBudget::default()),
             workers: PreprocessWorkers::start(workers::PreprocessExecution::default()).map_err(BridgeError::Internal)?,
             fast: None,
+            byte_bpe,
+            word_cache: WordCache::new(DEFAULT_WORD_CACHE_ENTRIES),
             prefix_cache: None,
             card,
             tokenizer: Arc::new(tokenizer),
@@ -178,7 +194,7 @@ impl Preprocessor {
             .map_err(|e| e.to_string())
             .and_then(|json| fastokens::Tokenizer::from_json(json).map_err(|e| e.to_string()));
         match loaded {
-            Ok(fast) => Ok(Preprocessor { fast: Some(Arc::new(fast)), ..self }),
+            Ok(fast) => Ok(Preprocessor { fast: Some(Arc::new(fast)), byte_bpe: None, ..self }),
             Err(e) if fallback => {
                 tracing::warn!(model = %self.card.source, "fastokens cannot load this tokenizer ({e}); using tokenizers");
                 Ok(self)
@@ -208,6 +224,27 @@ impl Preprocessor {
     /// The tokenizer prefix cache, when there is one.
     pub fn prefix_cache(&self) -> Option<&PrefixCache> {
         self.prefix_cache.as_ref()
+    }
+
+    /// The same preprocessor, encoding prompts with `tokenizers` alone (`--tokenizer tokenizers`).
+    pub fn with_tokenizers_encoder(self) -> Preprocessor {
+        Preprocessor { fast: None, byte_bpe: None, ..self }
+    }
+
+    /// The same preprocessor, its byte-level BPE encoder keeping at most `entries` merged words
+    /// (`--tokenizer-word-cache-entries`; 0: none).
+    pub fn with_word_cache_entries(self, entries: usize) -> Preprocessor {
+        Preprocessor { word_cache: WordCache::new(entries), ..self }
+    }
+
+    /// Words the byte-level BPE encoder keeps now.
+    pub fn cached_words(&self) -> usize {
+        self.word_cache.as_ref().map_or(0, WordCache::len)
+    }
+
+    /// Whether prompts are encoded by Tritium's byte-level BPE encoder.
+    pub fn encodes_with_byte_level_bpe(&self) -> bool {
+        self.byte_bpe.is_some()
     }
 
     /// Whether prompts are encoded by `fastokens`.
@@ -352,9 +389,10 @@ impl Preprocessor {
 
     /// The perf log's name of a tokenization, naming the encoder.
     fn tokenize_stage(&self) -> &'static str {
-        match self.fast {
-            Some(_) => "tokenize (fastokens)",
-            None => "tokenize",
+        match (&self.fast, &self.byte_bpe) {
+            (Some(_), _) => "tokenize (fastokens)",
+            (None, Some(_)) => "tokenize (byte-level BPE)",
+            (None, None) => "tokenize",
         }
     }
 
@@ -394,11 +432,13 @@ impl Preprocessor {
     }
 
     fn tokenize_uncached(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
-        let mut ids = match &self.fast {
-            Some(fast) => {
+        let mut ids = match (&self.fast, &self.byte_bpe) {
+            (Some(fast), _) => {
                 fast.encode_with_special_tokens(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?
             }
-            None => {
+            // Its ids are those of a text without the post-processor's tokens.
+            (None, Some(bpe)) if !add_special_tokens || self.post_processor_adds_nothing => bpe.encode(text, self.word_cache.as_ref()),
+            _ => {
                 // Without offsets: the same ids, and the encoding holds less (see `budget`).
                 let encoding =
                     self.tokenizer.encode_fast(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?;

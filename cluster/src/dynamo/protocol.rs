@@ -143,12 +143,30 @@ pub fn encode_request(body: &Json, token_ids: &[u32], codec: PayloadCodec) -> Ve
             let _ = encode::write_str(&mut bytes, "token_ids");
             let _ = encode::write_array_len(&mut bytes, u32::try_from(token_ids.len()).unwrap_or(u32::MAX));
             for &id in token_ids {
-                let _ = encode::write_uint(&mut bytes, u64::from(id));
+                push_msgpack_u32(&mut bytes, id);
             }
             for (key, value) in fields {
                 write_msgpack_field(key, value, &mut bytes);
             }
             bytes
+        }
+    }
+}
+
+/// `value` as msgpack's smallest unsigned integer (what `rmp::encode::write_uint` writes), without
+/// its `Write` calls: a prompt's ids are a long loop of these.
+#[inline]
+fn push_msgpack_u32(out: &mut Vec<u8>, value: u32) {
+    match value {
+        0..=0x7f => out.push(value as u8),
+        0x80..=0xff => out.extend_from_slice(&[0xcc, value as u8]),
+        0x100..=0xffff => {
+            out.push(0xcd);
+            out.extend_from_slice(&(value as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xce);
+            out.extend_from_slice(&value.to_be_bytes());
         }
     }
 }
@@ -396,6 +414,16 @@ mod tests {
         assert!(matches!(finish_of(&json!({"error": "boom"})), Finish::Error(e) if e == "boom"));
         assert_eq!(serde_json::to_string(&Control::Stop).unwrap(), "\"stop\"");
         assert_eq!(serde_json::from_str::<Control>("\"sentinel\"").unwrap(), Control::Sentinel);
+    }
+
+    #[test]
+    fn ids_are_written_as_rmp_writes_them() {
+        for id in [0, 1, 0x7f, 0x80, 0xff, 0x100, 0x1234, 0xffff, 0x1_0000, 49_151, 151_935, u32::MAX] {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            push_msgpack_u32(&mut ours, id);
+            rmp::encode::write_uint(&mut theirs, u64::from(id)).unwrap();
+            assert_eq!(ours, theirs, "{id:#x}");
+        }
     }
 
     #[test]

@@ -106,7 +106,8 @@ fn tokenizers() -> &'static [(&'static str, Preprocessor, Preprocessor)] {
                 };
                 let cached = build().with_prefix_cache(PrefixCacheLimits::default(), PrefixCacheCounters::default());
                 assert!(cached.prefix_cache().is_some(), "{name} gets a cache");
-                (name, build(), cached)
+                // The reference: Hugging Face's tokenizers, whichever encoder the cached one uses.
+                (name, build().with_tokenizers_encoder(), cached)
             })
             .collect()
     })

@@ -234,10 +234,19 @@ fn smollm2_fastokens() -> &'static Preprocessor {
     PRE.get_or_init(|| Preprocessor::new(Arc::clone(smollm2().card())).unwrap().with_fast_tokenizer(false).unwrap())
 }
 
+/// SmolLM2's preprocessor encoding with `tokenizers` alone: the reference.
+fn smollm2_tokenizers() -> &'static Preprocessor {
+    static PRE: OnceLock<Preprocessor> = OnceLock::new();
+    PRE.get_or_init(|| Preprocessor::new(Arc::clone(smollm2().card())).unwrap().with_tokenizers_encoder())
+}
+
 #[test]
-fn fastokens_encodes_as_tokenizers_does() {
+fn fastokens_and_byte_level_bpe_encode_as_tokenizers_does() {
     let fast = smollm2_fastokens();
     assert!(fast.encodes_with_fastokens() && !smollm2().encodes_with_fastokens());
+    assert!(smollm2().encodes_with_byte_level_bpe() && !fast.encodes_with_byte_level_bpe());
+    let reference = smollm2_tokenizers();
+    assert!(!reference.encodes_with_byte_level_bpe() && !reference.encodes_with_fastokens());
     let texts = [
         "",
         "Hello, world!",
@@ -249,7 +258,9 @@ fn fastokens_encodes_as_tokenizers_does() {
     ];
     for text in texts {
         for special in [false, true] {
-            assert_eq!(fast.encode(text, special).unwrap(), smollm2().encode(text, special).unwrap(), "{text:?} {special}");
+            let expected = reference.encode(text, special).unwrap();
+            assert_eq!(fast.encode(text, special).unwrap(), expected, "fastokens: {text:?} {special}");
+            assert_eq!(smollm2().encode(text, special).unwrap(), expected, "byte-level BPE: {text:?} {special}");
         }
     }
 }
@@ -257,7 +268,7 @@ fn fastokens_encodes_as_tokenizers_does() {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
     #[test]
-    fn fastokens_ids_equal_tokenizers_ids_on_any_text(
+    fn fastokens_and_byte_level_bpe_ids_equal_tokenizers_ids_on_any_text(
         pieces in proptest::collection::vec(
             proptest::prop_oneof![
                 "[ -~]{0,12}",
@@ -272,7 +283,9 @@ proptest::proptest! {
         special in proptest::bool::ANY,
     ) {
         let text = pieces.concat();
-        proptest::prop_assert_eq!(smollm2_fastokens().encode(&text, special).unwrap(), smollm2().encode(&text, special).unwrap(), "{:?}", text);
+        let expected = smollm2_tokenizers().encode(&text, special).unwrap();
+        proptest::prop_assert_eq!(&smollm2_fastokens().encode(&text, special).unwrap(), &expected, "fastokens: {:?}", text);
+        proptest::prop_assert_eq!(&smollm2().encode(&text, special).unwrap(), &expected, "byte-level BPE: {:?}", text);
     }
 }
 

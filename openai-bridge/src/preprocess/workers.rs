@@ -16,19 +16,47 @@ use crate::BridgeError;
 type Job = Box<dyn FnOnce() + Send>;
 
 /// How preprocessing runs (see the module docs).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PreprocessExecution {
     /// Threads of the preprocessing pool; 0: none, the runtime and tokio's blocking pool.
     pub workers: usize,
     /// Log each step's timing (`--dyn-debug-perf`).
     pub debug_perf: bool,
-    /// Encode prompts with fastokens (`--tokenizer fastokens`).
-    pub fastokens: bool,
+    /// What encodes prompts (`--tokenizer`).
+    pub encoder: PromptEncoder,
     /// With `fastokens`: a tokenizer it cannot load falls back to `tokenizers` (else the model's
     /// requests fail).
     pub tokenizer_fallback: bool,
     /// Every model's tokenizer prefix cache's bounds.
     pub prefix_cache: super::PrefixCacheLimits,
+    /// Words each model's byte-level BPE encoder keeps (`--tokenizer-word-cache-entries`).
+    pub word_cache_entries: usize,
+}
+
+impl Default for PreprocessExecution {
+    fn default() -> Self {
+        PreprocessExecution {
+            workers: 0,
+            debug_perf: false,
+            encoder: PromptEncoder::Default,
+            tokenizer_fallback: false,
+            prefix_cache: super::PrefixCacheLimits::default(),
+            word_cache_entries: super::DEFAULT_WORD_CACHE_ENTRIES,
+        }
+    }
+}
+
+/// What encodes prompts (`--tokenizer`); `tokenizers` decodes in every case.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PromptEncoder {
+    /// Tritium's byte-level BPE encoder where the tokenizer has GPT-2's shape (see
+    /// [`super::ByteLevelBpe`]), else Hugging Face's `tokenizers`.
+    #[default]
+    Default,
+    /// `fastokens`, Dynamo's `--tokenizer fastokens`.
+    Fastokens,
+    /// `tokenizers` alone (`--tokenizer tokenizers`).
+    Tokenizers,
 }
 
 /// The most threads `--dyn-preprocess-workers` may ask for.

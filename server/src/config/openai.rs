@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use clap::Args;
 use tritium_openai_bridge::parsers::{OutputFormats, ReasoningFormat, ToolCallFormat};
-use tritium_openai_bridge::preprocess::workers::{MAX_PREPROCESS_WORKERS, PreprocessExecution};
-use tritium_openai_bridge::preprocess::{DEFAULT_TOKENIZER_CACHE_BYTES, DEFAULT_TOKENIZER_CACHE_ENTRIES, PrefixCacheLimits};
+use tritium_openai_bridge::preprocess::workers::{MAX_PREPROCESS_WORKERS, PreprocessExecution, PromptEncoder};
+use tritium_openai_bridge::preprocess::{
+    DEFAULT_TOKENIZER_CACHE_BYTES, DEFAULT_TOKENIZER_CACHE_ENTRIES, DEFAULT_WORD_CACHE_ENTRIES, PrefixCacheLimits,
+};
 use tritium_openai_bridge::response_store::{DEFAULT_STORE_BYTES, DEFAULT_STORE_ENTRIES, StoreLimits};
 use tritium_openai_bridge::routes::{ApiPaths, ApiSettings, DEFAULT_BODY_LIMIT_BYTES, valid_route_path};
 
@@ -80,9 +82,12 @@ pub struct OpenAiArgs {
     /// connections; 0 keeps short texts on those threads and long ones on tokio's blocking pool.
     #[arg(long = "dyn-preprocess-workers", env = "DYN_PREPROCESS_WORKERS", default_value_t = 0)]
     pub preprocess_workers: usize,
-    /// The prompt encoder: `default` (Hugging Face's tokenizers) or `fastokens` (the same ids,
-    /// faster). `basetenkenizer` is refused: it has no Rust crate.
-    #[arg(long, env = "DYN_TOKENIZER", default_value = "default", value_parser = ["default", "fastokens", "basetenkenizer"])]
+    /// The prompt encoder: `default` (Tritium's byte-level BPE encoder for GPT-2-shaped
+    /// tokenizers, Hugging Face's tokenizers for the rest), `fastokens`, or `tokenizers` (Hugging
+    /// Face's for every tokenizer); all give the same ids. `basetenkenizer` is refused: it has no
+    /// Rust crate.
+    #[arg(long, env = "DYN_TOKENIZER", default_value = "default",
+          value_parser = ["default", "fastokens", "tokenizers", "basetenkenizer"])]
     pub tokenizer: String,
     /// With --tokenizer fastokens: a tokenizer fastokens cannot load is encoded by tokenizers,
     /// with a warning; --no-tokenizer-fallback fails that model's requests instead.
@@ -109,6 +114,10 @@ pub struct OpenAiArgs {
     /// only what whole misses cached (Dynamo's `DYN_TOKENIZER_CACHE_EXTEND=0`).
     #[arg(long, env = "DYN_TOKENIZER_CACHE_EXTEND", default_value = "1", value_parser = switch)]
     pub tokenizer_cache_extend: bool,
+    /// Words (pre-tokens) whose ids one model's byte-level BPE encoder keeps, so a frequent word
+    /// is merged once; 0 keeps none.
+    #[arg(long, default_value_t = DEFAULT_WORD_CACHE_ENTRIES as u64, value_parser = clap::value_parser!(u64).range(0..=1 << 24))]
+    pub tokenizer_word_cache_entries: u64,
 }
 
 /// Dynamo's on/off variables: `0` (and `false`, `off`, `no`) is off, any other value on.
@@ -206,7 +215,7 @@ impl OpenAiArgs {
         }
         if self.tokenizer == "basetenkenizer" {
             return Err("--tokenizer basetenkenizer: Baseten's tokenizer has no Rust library Tritium can embed; use \
-                        default or fastokens"
+                        default, fastokens or tokenizers"
                 .into());
         }
         if self.preprocess_workers > MAX_PREPROCESS_WORKERS {
@@ -219,13 +228,18 @@ impl OpenAiArgs {
             preprocess: PreprocessExecution {
                 workers: self.preprocess_workers,
                 debug_perf: self.dyn_debug_perf && !self.no_dyn_debug_perf,
-                fastokens: self.tokenizer == "fastokens",
+                encoder: match self.tokenizer.as_str() {
+                    "fastokens" => PromptEncoder::Fastokens,
+                    "tokenizers" => PromptEncoder::Tokenizers,
+                    _ => PromptEncoder::Default,
+                },
                 tokenizer_fallback: self.tokenizer_fallback && !self.no_tokenizer_fallback,
                 prefix_cache: PrefixCacheLimits {
                     bytes: if self.tokenizer_cache { self.tokenizer_cache_bytes } else { 0 },
                     entries: self.tokenizer_cache_entries,
                     extend: self.tokenizer_cache_extend,
                 },
+                word_cache_entries: usize::try_from(self.tokenizer_word_cache_entries).unwrap_or(DEFAULT_WORD_CACHE_ENTRIES),
             },
             metrics_prefix: self.metrics_prefix.clone(),
             formats: OutputFormats { tool_calls, reasoning },

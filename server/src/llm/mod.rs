@@ -24,7 +24,7 @@ use tritium_backend_api::llm::{
 use tritium_openai_bridge::BridgeError;
 use tritium_openai_bridge::metrics::LlmMetrics;
 use tritium_openai_bridge::parsers::OutputFormats;
-use tritium_openai_bridge::preprocess::workers::PreprocessWorkers;
+use tritium_openai_bridge::preprocess::workers::{PreprocessWorkers, PromptEncoder};
 use tritium_openai_bridge::preprocess::{PreprocessBudget, PreprocessLimits, Preprocessor};
 use tritium_openai_bridge::routes::{HubModel, LlmHub};
 use tritium_openai_bridge::sampling::CompletionLimits;
@@ -221,10 +221,15 @@ impl LlmFrontend {
         let pre = Preprocessor::new(Arc::clone(&card))?.with_limits(self.limits).with_output_formats(formats);
         let pre = pre.with_budget(Arc::clone(&self.budget));
         let pre = match &self.preprocess_workers {
-            Some(workers) if workers.execution().fastokens => {
-                pre.with_fast_tokenizer(workers.execution().tokenizer_fallback)?.with_workers(Arc::clone(workers))
-            }
-            Some(workers) => pre.with_workers(Arc::clone(workers)),
+            Some(workers) => match workers.execution().encoder {
+                PromptEncoder::Fastokens => {
+                    pre.with_fast_tokenizer(workers.execution().tokenizer_fallback)?.with_workers(Arc::clone(workers))
+                }
+                PromptEncoder::Tokenizers => pre.with_tokenizers_encoder().with_workers(Arc::clone(workers)),
+                PromptEncoder::Default => {
+                    pre.with_word_cache_entries(workers.execution().word_cache_entries).with_workers(Arc::clone(workers))
+                }
+            },
             None => pre,
         };
         let pre = match &self.preprocess_workers {

@@ -207,16 +207,22 @@ def perf_lines(server: TritiumServer) -> list[str]:
 
 @pytest.mark.llm
 def test_fastokens_preprocess_workers_and_debug_perf_on_the_real_model():
+    """The three prompt encoders on SmolLM2 give the same ids: fastokens, the default (Tritium's
+    byte-level BPE encoder with its word cache, named in the perf log) and `tokenizers` alone."""
     gguf, _ = model_paths()
     model = ["--model-path", str(gguf), "--model-name", LLM_NAME]
     fast = start_server(*model, "--tokenizer", "fastokens", "--no-tokenizer-fallback", "--dyn-preprocess-workers", "2",
                         "--dyn-debug-perf", timeout=LLM_START_TIMEOUT)  # fmt: skip
-    plain = start_server(*model, timeout=LLM_START_TIMEOUT)
+    plain = start_server(*model, "--dyn-debug-perf", timeout=LLM_START_TIMEOUT)
+    reference = start_server(*model, "--tokenizer", "tokenizers", timeout=LLM_START_TIMEOUT)
+    servers = (fast, plain, reference)
     try:
-        texts = ["Hello, world!", "naïve café 日本語 😀 1234567890", "def f(x):\n    return x ** 2\n", "a.a.a.a 11 222 3333 " * 50]
+        texts = ["Hello, world!", "naïve café 日本語 😀 1234567890", "def f(x):\n    return x ** 2\n", "a.a.a.a 11 222 3333 " * 50,
+                 "it's  they'RE\t\ttabs\r\n \u00a0<|im_start|>user\nhi<|im_end|>"]  # fmt: skip
         for text in texts:
-            answers = [post(f"{server.http_url}/tokenize", {"model": LLM_NAME, "prompt": text}) for server in (fast, plain)]
-            assert answers[0] == answers[1] and answers[0][0] == 200, (text, answers)
+            for _ in range(2):  # the second time from the word cache
+                answers = [post(f"{server.http_url}/tokenize", {"model": LLM_NAME, "prompt": text}) for server in servers]
+                assert answers[0] == answers[2] and answers[1] == answers[2] and answers[2][0] == 200, (text, answers)
         messages = [{"role": "user", "content": "What is 2 + 2?"}]
         status, _ = post(f"{fast.http_url}/tokenize", {"model": LLM_NAME, "messages": messages})
         assert status == 200
@@ -225,10 +231,11 @@ def test_fastokens_preprocess_workers_and_debug_perf_on_the_real_model():
         rendered = [line for line in lines if "chat_template" in line]
         assert len(tokenized) >= len(texts) and rendered, lines
         assert all('thread="tritium-preprocess-' in line and "pooled=true" in line for line in tokenized + rendered), lines
-        assert not perf_lines(plain)
+        assert len([line for line in perf_lines(plain) if "tokenize (byte-level BPE)" in line]) >= len(texts), perf_lines(plain)
+        assert not perf_lines(reference)
     finally:
-        finish_server(fast)
-        finish_server(plain)
+        for server in servers:
+            finish_server(server)
 
 
 def test_without_a_pool_debug_perf_times_steps_where_they_run(monkeypatch):
@@ -386,7 +393,8 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
         (["--event-plane", "zmq"], ["--event-plane zmq finds publishers through discovery"]),
         (["--request-plane", "nats"], ["--request-plane nats needs --nats-url (or NATS_SERVER)"]),
         (["--dyn-chat-processor", "vllm"], ["vLLM", "'dynamo'"]),
-        (["--tokenizer", "basetenkenizer"], ["default or fastokens"]),
+        (["--tokenizer", "basetenkenizer"], ["default, fastokens or tokenizers"]),
+        (["--tokenizer-word-cache-entries", "16777217"], ["--tokenizer-word-cache-entries", "0..=16777216"]),
         (["--tokenizer", "sentencepiece"], ["default", "fastokens"]),
         (["--load-aware=perhaps"], ["--load-aware"]),
         (["--discovery-backend", "etcd"], ["needs --etcd-endpoints (or ETCD_ENDPOINTS)"]),
