@@ -7,8 +7,9 @@ The model folder the mockers serve carries SmolLM2-135M-Instruct's real tokenize
 (written by a `tritium worker --worker-protocol dynamo` on the GGUF, as Dynamo's frontend reads them),
 with a 128K context, so both frontends template and tokenize the same text the same way. WORKERS
 instant mockers, the file store, TCP request plane, ZeroMQ events, `--router-mode kv`; both frontends
-get a 1 GiB tokenizer cache (`DYN_TOKENIZER_CACHE=1`, `DYN_TOKENIZER_CACHE_BYTES`) so Dynamo's holds
-the whole workload. Workloads, each run on each frontend in turn, ROUNDS times alternating:
+get a CACHE_GIB (4) GiB tokenizer cache (`DYN_TOKENIZER_CACHE=1`, `DYN_TOKENIZER_CACHE_BYTES`) so
+Dynamo's holds the whole workload (at 1 GiB Dynamo's filled during the second round of agent c=32 once
+the machine ran ~7,000 agent requests through it, and its CPU per request tripled). Workloads, each run on each frontend in turn, ROUNDS times alternating:
 
 - `chat`: a 200-character system prompt and a unique question, CONCURRENCY_CHAT (16) connections;
 - `agent`: a shared system prompt of AGENT_SYSTEM_TOKENS (16,384) tokens, then conversations of 4-6
@@ -62,7 +63,7 @@ WORKERS, SECONDS, ROUNDS = setting("WORKERS", 2), setting("SECONDS", 15), settin
 CONCURRENCY_CHAT = setting("CONCURRENCY_CHAT", 16)
 AGENT_CONCURRENCY = [int(c) for c in os.environ.get("AGENT_CONCURRENCY", "8,32").split(",") if c]
 AGENT_SYSTEM_TOKENS, MAX_TOKENS = setting("AGENT_SYSTEM_TOKENS", 16384), setting("MAX_TOKENS", 8)
-CACHE_BYTES = 1 << 30
+CACHE_BYTES = setting("CACHE_GIB", 4) << 30
 # Both frontends' prompt encoder (`DYN_TOKENIZER`): `default` (Hugging Face's tokenizers) or `fastokens`.
 TOKENIZER = os.environ.get("TOKENIZER", "default")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -288,7 +289,7 @@ def main() -> int:
         "",
         f"`python bench/agent_frontend.py` on {platform.node()} ({os.cpu_count()} CPUs); Dynamo 1.6.1, Tritium "
         f"`{os.environ['TRITIUM_BIN']}`. {WORKERS} instant `dynamo.mocker` workers serving SmolLM2-135M-Instruct's tokenizer "
-        f"and template, file store + TCP + ZeroMQ, `--router-mode kv`, both frontends with a 1 GiB tokenizer cache and the `{TOKENIZER}` encoder. "
+        f"and template, file store + TCP + ZeroMQ, `--router-mode kv`, both frontends with a {CACHE_BYTES >> 30} GiB tokenizer cache and the `{TOKENIZER}` encoder. "
         f"`chat`: 200-character system prompt + a unique question; `agent`: a shared {AGENT_SYSTEM_TOKENS}-token system "
         f"prompt, conversations of 4-6 turns each adding a 1-2K-token tool result. {MAX_TOKENS} streamed tokens per "
         f"request, {SECONDS} s per round, {ROUNDS} rounds alternating. Workers, both frontends and the client share the machine.",

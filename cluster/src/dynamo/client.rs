@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use parking_lot::Mutex;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
@@ -25,7 +25,7 @@ use tritium_proto::ErrorCode;
 use tritium_worker::{InferOutcome, InferenceResponse, ValidInferRequest, WorkerClient, WorkerError};
 
 use super::call_home::{CallHome, Expected};
-use super::codec::{FrameError, TwoPart, read_ack, request_frame};
+use super::codec::{FrameError, TwoPart, read_ack, request_frame_head};
 use super::items::{ItemError, Items};
 use super::protocol::{control_message, encode_body, encode_request, headers, preprocessed_request};
 use super::tls::{DynamoTls, PlaneStream};
@@ -42,6 +42,9 @@ const CALL_HOME_TIMEOUT: Duration = Duration::from_secs(30);
 const STREAM_BUFFER: usize = 16;
 
 type AckWaiter = oneshot::Sender<Result<String, String>>;
+/// A request body shorter than this is copied into its frame (one write); a longer one is written
+/// after it.
+const COALESCE_BYTES: usize = 16 << 10;
 
 /// One pooled connection: frames are written under the writer's lock, and each frame's waiter
 /// is queued in the same order, so acknowledgements (which come back in order) find theirs.
@@ -61,13 +64,16 @@ impl Connection {
         Ok(Connection { writer: tokio::sync::Mutex::new(writer), waiters, broken })
     }
 
-    async fn send(&self, frame: &[u8]) -> Result<oneshot::Receiver<Result<String, String>>, String> {
+    /// Writes one frame, given in `parts`, under the writer's lock.
+    async fn send(&self, parts: &[&[u8]]) -> Result<oneshot::Receiver<Result<String, String>>, String> {
         let (sender, receiver) = oneshot::channel();
         let mut writer = self.writer.lock().await;
         self.waiters.lock().push_back(sender);
-        if let Err(e) = writer.write_all(frame).await {
-            self.broken.store(true, Ordering::Relaxed);
-            return Err(format!("sending the request failed: {e}"));
+        for part in parts.iter().filter(|part| !part.is_empty()) {
+            if let Err(e) = writer.write_all(part).await {
+                self.broken.store(true, Ordering::Relaxed);
+                return Err(format!("sending the request failed: {e}"));
+            }
         }
         Ok(receiver)
     }
@@ -402,13 +408,13 @@ impl DynamoWorker {
             Some(ids) => encode_request(body, ids, codec),
             None => encode_body(body, codec),
         };
-        let payload = TwoPart { header: Bytes::from(control.to_string()), body: Bytes::from(body) }.to_bytes();
-        if payload.len() > self.max_message_size {
+        let payload = TwoPart { header: Bytes::from(control.to_string()), body: Bytes::from(body) };
+        if payload.encoded_len() > self.max_message_size {
             return Err(WorkerError::Generate {
                 model: model.to_string(),
                 source: GenerateError::InvalidRequest(format!(
                     "the request is {} bytes, over the {} a message may have",
-                    payload.len(),
+                    payload.encoded_len(),
                     self.max_message_size
                 )),
             });
@@ -443,14 +449,26 @@ impl DynamoWorker {
     }
 
     /// Sends one request payload (a two-part message) and returns the worker's acknowledgement.
-    async fn send(&self, request_id: &str, payload: Bytes) -> Result<String, WorkerError> {
+    async fn send(&self, request_id: &str, payload: TwoPart) -> Result<String, WorkerError> {
         let traceparent = tritium_backend_api::trace::current().map(|trace| trace.context().traceparent());
         match (&self.target.endpoint, &self.nats) {
             (DynamoEndpoint::Tcp { address, path }, _) => {
                 let headers = headers(path, request_id, traceparent.as_deref()).to_string();
-                let frame = request_frame(path, headers.as_bytes(), &payload).map_err(|e| self.unreachable(e.to_string()))?;
+                // A long body (a long prompt's ids) is written where it lies, after the rest:
+                // copying it into one frame cost more than a second write.
+                let inline = payload.body.len() < COALESCE_BYTES;
+                let reserve = if inline { payload.encoded_len() } else { payload.encoded_len() - payload.body.len() };
+                let mut frame = request_frame_head(path, headers.as_bytes(), payload.encoded_len(), reserve)
+                    .map_err(|e| self.unreachable(e.to_string()))?;
+                payload.encode_head(&mut frame);
+                let rest: &[u8] = if inline {
+                    frame.put_slice(&payload.body);
+                    &[]
+                } else {
+                    &payload.body
+                };
                 let connection = self.connection(address).await?;
-                let ack = connection.send(&frame).await.map_err(|e| self.unreachable(e))?;
+                let ack = connection.send(&[&frame, rest]).await.map_err(|e| self.unreachable(e))?;
                 match tokio::time::timeout(ACK_TIMEOUT, ack).await {
                     Err(_) => Err(self.unreachable(format!("no acknowledgement within {ACK_TIMEOUT:?}"))),
                     Ok(Err(_)) => Err(self.unreachable("the connection closed".to_string())),
@@ -464,7 +482,7 @@ impl DynamoWorker {
                 if let Some(traceparent) = &traceparent {
                     headers.insert("traceparent", traceparent.as_str());
                 }
-                let request = nats.request_with_headers(subject.clone(), headers, payload);
+                let request = nats.request_with_headers(subject.clone(), headers, payload.to_bytes());
                 match tokio::time::timeout(ACK_TIMEOUT, request).await {
                     Err(_) => Err(self.unreachable(format!("no acknowledgement within {ACK_TIMEOUT:?}"))),
                     Ok(Err(e)) => Err(self.unreachable(format!("the NATS request failed: {e}"))),

@@ -43,13 +43,23 @@ impl TwoPart {
     }
 
     pub fn encode(&self, out: &mut BytesMut) {
-        out.reserve(TWO_PART_PREFIX + self.header.len() + self.body.len());
+        out.reserve(self.encoded_len());
+        self.encode_head(out);
+        out.put_slice(&self.body);
+    }
+
+    /// What [`TwoPart::encode`] writes before the body.
+    pub fn encode_head(&self, out: &mut BytesMut) {
         out.put_u64(self.header.len() as u64);
         out.put_u64(self.body.len() as u64);
         // Dynamo's release builds send 0, and check the checksum only when it is not.
         out.put_u64(0);
         out.put_slice(&self.header);
-        out.put_slice(&self.body);
+    }
+
+    /// The bytes [`TwoPart::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        TWO_PART_PREFIX + self.header.len() + self.body.len()
     }
 
     pub fn to_bytes(&self) -> Bytes {
@@ -112,20 +122,31 @@ async fn read_bounded<R: AsyncRead + Unpin>(
 
 /// The frame that carries one request to a worker's TCP listener.
 pub fn request_frame(endpoint_path: &str, headers: &[u8], payload: &[u8]) -> Result<Bytes, FrameError> {
+    let mut out = request_frame_head(endpoint_path, headers, payload.len(), payload.len())?;
+    out.put_slice(payload);
+    Ok(out.freeze())
+}
+
+/// A request frame up to its payload, for a payload of `payload_len` bytes, with room for
+/// `reserve` more.
+pub fn request_frame_head(
+    endpoint_path: &str,
+    headers: &[u8],
+    payload_len: usize,
+    reserve: usize,
+) -> Result<BytesMut, FrameError> {
     let path_len = u16::try_from(endpoint_path.len())
         .map_err(|_| FrameError::CannotEncode { what: "endpoint path", len: endpoint_path.len() })?;
     let headers_len =
         u16::try_from(headers.len()).map_err(|_| FrameError::CannotEncode { what: "headers", len: headers.len() })?;
-    let payload_len =
-        u32::try_from(payload.len()).map_err(|_| FrameError::CannotEncode { what: "payload", len: payload.len() })?;
-    let mut out = BytesMut::with_capacity(8 + endpoint_path.len() + headers.len() + payload.len());
+    let length = u32::try_from(payload_len).map_err(|_| FrameError::CannotEncode { what: "payload", len: payload_len })?;
+    let mut out = BytesMut::with_capacity(8 + endpoint_path.len() + headers.len() + reserve);
     out.put_u16(path_len);
     out.put_slice(endpoint_path.as_bytes());
     out.put_u16(headers_len);
     out.put_slice(headers);
-    out.put_u32(payload_len);
-    out.put_slice(payload);
-    Ok(out.freeze())
+    out.put_u32(length);
+    Ok(out)
 }
 
 /// One request frame as a worker reads it: the endpoint path, the headers and the payload.
@@ -195,6 +216,16 @@ mod tests {
         hostile.put_u64(0);
         assert!(matches!(TwoPart::read(&mut &hostile[..], 16).await, Err(FrameError::TooLarge { what: "header", .. })));
         assert!(matches!(TwoPart::read(&mut &b""[..], 16).await, Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn a_frame_written_in_parts_is_the_frame_written_whole() {
+        let payload = TwoPart { header: Bytes::from_static(b"{\"id\":1}"), body: Bytes::from(vec![7u8; 40_000]) };
+        let whole = request_frame("p/generate", b"{}", &payload.to_bytes()).unwrap();
+        let mut parts = request_frame_head("p/generate", b"{}", payload.encoded_len(), 0).unwrap();
+        payload.encode_head(&mut parts);
+        parts.put_slice(&payload.body);
+        assert_eq!(parts.freeze(), whole);
     }
 
     #[tokio::test]
