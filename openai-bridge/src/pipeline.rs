@@ -77,6 +77,8 @@ pub struct TextStream {
     observer: RequestObserver,
     /// Tokens whose text is still held back by the detokenizer or the stop matcher.
     held_tokens: Vec<TokenInfo>,
+    /// Whether each token's text and bytes are looked up (only logprobs show them).
+    token_texts: bool,
     completion_tokens: u32,
     /// Prompt tokens the engine found cached, from its first token (for a stop string's usage).
     cached_tokens: u32,
@@ -124,6 +126,7 @@ pub fn text_stream(
         stop: StopMatcher::new(stop_strings),
         observer,
         held_tokens: Vec::new(),
+        token_texts: true,
         cached_tokens: 0,
         pinned_tokens: 0,
         completion_tokens: 0,
@@ -155,6 +158,13 @@ impl TextStream {
         self
     }
 
+    /// Leaves each token's text and bytes empty when `texts` is false: nothing reads them unless
+    /// logprobs were asked for, and looking them up cost a tenth of a short chat's frontend CPU.
+    pub fn with_token_texts(mut self, texts: bool) -> TextStream {
+        self.token_texts = texts;
+        self
+    }
+
     /// Shows these special tokens in the text (the markers of the response's output parser).
     pub fn show_special(mut self, ids: Vec<u32>) -> TextStream {
         if !ids.is_empty() {
@@ -164,6 +174,9 @@ impl TextStream {
     }
 
     fn token_info(&self, token: GeneratedToken) -> TokenInfo {
+        if !self.token_texts {
+            return TokenInfo { id: token.id, text: String::new(), bytes: Vec::new(), logprob: token.logprob, top: Vec::new() };
+        }
         TokenInfo {
             id: token.id,
             text: self.pre.token_text(token.id),
@@ -366,7 +379,8 @@ pub async fn generate_text(
     };
     match started {
         Ok(tokens) => {
-            let stream = text_stream(Arc::clone(pre), tokens, options.stop.clone(), observer);
+            let stream =
+                text_stream(Arc::clone(pre), tokens, options.stop.clone(), observer).with_token_texts(options.logprobs.is_some());
             Ok(match hub.hard_stop() {
                 Some(stop) => stream.until(stop),
                 None => stream,

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 
 use super::codec::{FrameError, TwoPart};
-use super::protocol::{Control, PayloadCodec, Prologue, StreamItem, decode_body};
+use super::protocol::{Control, PayloadCodec, Prologue, StreamItem, decode_item};
 use super::tls::PlaneStream;
 
 /// Why reading stopped short.
@@ -61,8 +61,7 @@ impl Items {
                 }
             }
             let size = frame.header.len() + frame.body.len();
-            let item: StreamItem<T> = decode_body(&frame.body, self.codec)
-                .and_then(|body| serde_json::from_value(body).map_err(|e| e.to_string()))
+            let item: StreamItem<T> = decode_item(&frame.body, self.codec)
                 .map_err(|e| ItemError::Lost(format!("a response frame is not one Dynamo sends: {e}")))?;
             if item.complete_final {
                 self.finished = true;

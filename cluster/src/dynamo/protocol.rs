@@ -254,6 +254,17 @@ pub fn decode_body(bytes: &[u8], codec: PayloadCodec) -> Result<Json, String> {
     }
 }
 
+/// A frame's body read into `T`, as `serde_json::from_value(decode_body(..))` reads it, without the
+/// value tree between (one per streamed token). A msgpack body `rmp_serde` cannot read into `T`
+/// directly (a binary field, which JSON holds as an array of numbers) goes through the tree.
+pub fn decode_item<T: serde::de::DeserializeOwned>(bytes: &[u8], codec: PayloadCodec) -> Result<T, String> {
+    match codec {
+        PayloadCodec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        PayloadCodec::Msgpack => rmp_serde::from_slice(bytes)
+            .or_else(|_| decode_body(bytes, codec).and_then(|body| serde_json::from_value(body).map_err(|e| e.to_string()))),
+    }
+}
+
 fn from_msgpack(value: &rmpv::Value) -> Option<Json> {
     use rmpv::Value as M;
     Some(match value {
@@ -445,6 +456,29 @@ mod tests {
         assert_eq!(decode_body(&bytes, PayloadCodec::Msgpack).unwrap(), body);
         // An array of two holding one element.
         assert!(decode_body(b"\x92\x01", PayloadCodec::Msgpack).is_err());
+    }
+
+    #[test]
+    fn items_read_straight_as_through_the_value_tree() {
+        let captured = json!({"data": {"data": {"token_ids": [1099, 70000], "tokens": null, "text": null, "output_type": "text",
+            "finish_reason": {"error": "boom"}, "completion_usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8,
+            "prompt_tokens_details": {"audio_tokens": null, "cached_tokens": 0}}, "log_probs": [-0.5]}}, "complete_final": false});
+        for codec in [PayloadCodec::Json, PayloadCodec::Msgpack] {
+            let bytes = encode_body(&captured, codec);
+            let straight: StreamItem = decode_item(&bytes, codec).unwrap();
+            let through: StreamItem = serde_json::from_value(decode_body(&bytes, codec).unwrap()).unwrap();
+            assert_eq!(format!("{straight:?}"), format!("{through:?}"), "{codec:?}");
+        }
+        // A binary field rmp_serde cannot read into JSON goes through the tree, as an array of numbers.
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(
+            &mut bytes,
+            &rmpv::Value::Map(vec![("complete_final".into(), false.into()), ("extra".into(), rmpv::Value::Binary(vec![1, 2]))]),
+        )
+        .unwrap();
+        let item: Json = decode_item(&bytes, PayloadCodec::Msgpack).unwrap();
+        assert_eq!(item, json!({"complete_final": false, "extra": [1, 2]}));
+        assert!(decode_item::<StreamItem>(b"\x92\x01", PayloadCodec::Msgpack).is_err());
     }
 
     #[test]

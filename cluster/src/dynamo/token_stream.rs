@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent, GeneratedToken};
 
 use super::codec::{FrameError, TwoPart};
-use super::protocol::{Control, Finish, PayloadCodec, Prologue, StreamItem, decode_body, finish_of};
+use super::protocol::{Control, Finish, PayloadCodec, Prologue, StreamItem, decode_item, finish_of};
 use super::tls::PlaneStream;
 
 /// One generation's response stream, read into Tritium's events.
@@ -86,8 +86,7 @@ impl ResponseStream {
                     _ => continue,
                 }
             }
-            let item: StreamItem = decode_body(&frame.body, self.codec)
-                .and_then(|body| serde_json::from_value(body).map_err(|e| e.to_string()))
+            let item: StreamItem = decode_item(&frame.body, self.codec)
                 .map_err(|e| self.lost(format!("a response frame is not one Dynamo sends: {e}")))?;
             if item.complete_final {
                 finished = true;
