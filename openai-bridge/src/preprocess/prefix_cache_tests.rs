@@ -1,5 +1,5 @@
 //! The tokenizer prefix cache gives the ids tokenizing from scratch gives, for every tokenizer the
-//! project ships (SmolLM2's byte-level BPE through `tokenizers` and `fastokens`, the mock engine's,
+//! project ships (SmolLM2's byte-level BPE through Tritium's encoder and `fastokens`, the mock engine's,
 //! the MiniLM WordPiece embedder's) and the SentencePiece shapes a GGUF `llama` tokenizer or a Hugging
 //! Face folder brings (a `Prepend` normalizer, a `Metaspace` pre-tokenizer prepending to the first
 //! piece only), over random conversations rendered turn by turn, so the later turns hit.
