@@ -354,19 +354,19 @@ impl Preprocessor {
             let tokenize = move || pre.tokenize_planned(&text, add_special_tokens, plan).map(keep);
             return self
                 .workers
-                .run(self.tokenize_stage(), bytes, tokenize)
+                .run(self.tokenize_stage(add_special_tokens), bytes, tokenize)
                 .await
                 .unwrap_or_else(|| Err(BridgeError::Internal("the preprocessing pool went away".into())))?;
         }
         if bytes <= INLINE_BYTES {
             return self
                 .workers
-                .timed(self.tokenize_stage(), bytes, || self.tokenize_planned(&text, add_special_tokens, plan).map(keep));
+                .timed(self.tokenize_stage(add_special_tokens), bytes, || self.tokenize_planned(&text, add_special_tokens, plan).map(keep));
         }
         let pre = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let kept =
-                pre.workers.timed(pre.tokenize_stage(), bytes, || pre.tokenize_planned(&text, add_special_tokens, plan).map(keep));
+                pre.workers.timed(pre.tokenize_stage(add_special_tokens), bytes, || pre.tokenize_planned(&text, add_special_tokens, plan).map(keep));
             drop(text);
             permit.reclaim();
             kept
@@ -388,12 +388,18 @@ impl Preprocessor {
     }
 
     /// The perf log's name of a tokenization, naming the encoder.
-    fn tokenize_stage(&self) -> &'static str {
-        match (&self.fast, &self.byte_bpe) {
+    fn tokenize_stage(&self, add_special_tokens: bool) -> &'static str {
+        match (&self.fast, self.byte_level_bpe_for(add_special_tokens)) {
             (Some(_), _) => "tokenize (fastokens)",
             (None, Some(_)) => "tokenize (byte-level BPE)",
             (None, None) => "tokenize",
         }
+    }
+
+    /// The byte-level BPE encoder, when it encodes texts tokenized this way: its ids are those of
+    /// a text without the post-processor's tokens.
+    fn byte_level_bpe_for(&self, add_special_tokens: bool) -> Option<&ByteLevelBpe> {
+        self.byte_bpe.as_deref().filter(|_| !add_special_tokens || self.post_processor_adds_nothing)
     }
 
     /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor runs (BERT's
@@ -432,13 +438,12 @@ impl Preprocessor {
     }
 
     fn tokenize_uncached(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, BridgeError> {
-        let mut ids = match (&self.fast, &self.byte_bpe) {
+        let mut ids = match (&self.fast, self.byte_level_bpe_for(add_special_tokens)) {
             (Some(fast), _) => {
                 fast.encode_with_special_tokens(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?
             }
-            // Its ids are those of a text without the post-processor's tokens.
-            (None, Some(bpe)) if !add_special_tokens || self.post_processor_adds_nothing => bpe.encode(text, self.word_cache.as_ref()),
-            _ => {
+            (None, Some(bpe)) => bpe.encode(text, self.word_cache.as_ref()),
+            (None, None) => {
                 // Without offsets: the same ids, and the encoding holds less (see `budget`).
                 let encoding =
                     self.tokenizer.encode_fast(text, add_special_tokens).map_err(|e| BridgeError::Tokenizer(e.to_string()))?;

@@ -120,7 +120,9 @@ async fn read_bounded<R: AsyncRead + Unpin>(
     Ok(Bytes::from(buffer))
 }
 
-/// The frame that carries one request to a worker's TCP listener.
+/// The frame that carries one request to a worker's TCP listener, whole (the client writes its
+/// head and a long payload apart: [`request_frame_head`]).
+#[cfg(test)]
 pub fn request_frame(endpoint_path: &str, headers: &[u8], payload: &[u8]) -> Result<Bytes, FrameError> {
     let mut out = request_frame_head(endpoint_path, headers, payload.len(), payload.len())?;
     out.put_slice(payload);

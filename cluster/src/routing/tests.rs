@@ -214,19 +214,18 @@ async fn direct_mode_takes_the_named_worker_and_refuses_without_a_name() {
     assert!(!error.to_string().contains("'a'") && !error.to_string().contains(", b"), "the other workers are not named: {error}");
 }
 
+/// `worker` reports `kv_used` of its 100 KV blocks of model `m` in use.
+fn report_kv_use(router: &Router, worker: &str, kv_used: u64) {
+    let report = crate::events::LoadReport { worker: worker.into(), model: "m".into(), kv_used, kv_capacity: 100, ..Default::default() };
+    router.loads.lock().insert((worker.into(), "m".into()), report);
+}
+
 #[tokio::test]
 async fn a_named_worker_over_its_busy_threshold_is_refused_like_any_other() {
     let router = workers_a_and_b(RouterMode::RoundRobin).await;
     router.busy_thresholds().set("m", Some(0.5)).expect("a valid threshold");
-    let report = |worker: &str, kv_used| crate::events::LoadReport {
-        worker: worker.into(),
-        model: "m".into(),
-        kv_used,
-        kv_capacity: 100,
-        ..Default::default()
-    };
-    router.loads.lock().insert(("a".into(), "m".into()), report("a", 90));
-    router.loads.lock().insert(("b".into(), "m".into()), report("b", 10));
+    report_kv_use(&router, "a", 90);
+    report_kv_use(&router, "b", 10);
     assert_eq!(router.infer(named(&router, "b")).await.expect("b is not busy").id, "b");
     let error = router.infer(named(&router, "a")).await.expect_err("a is busy");
     assert_eq!(error.code(), tritium_proto::ErrorCode::Unavailable, "{error}");
@@ -397,15 +396,8 @@ async fn a_busy_bound_worker_refuses_a_hard_session_and_passes_a_soft_one_on() {
         let bound = served(&router.generate_in_session("m", "s", request()).await.expect("first turn"));
         let other = if bound == "a" { "b" } else { "a" };
         router.busy_thresholds().set("m", Some(0.5)).expect("a valid threshold");
-        let report = |worker: &str, kv_used| crate::events::LoadReport {
-            worker: worker.into(),
-            model: "m".into(),
-            kv_used,
-            kv_capacity: 100,
-            ..Default::default()
-        };
-        router.loads.lock().insert((bound.clone(), "m".into()), report(&bound, 90));
-        router.loads.lock().insert((other.into(), "m".into()), report(other, 10));
+        report_kv_use(&router, &bound, 90);
+        report_kv_use(&router, other, 10);
         let busy = router.generate_in_session("m", "s", request()).await;
         match mode {
             super::sessions::AffinityMode::Hard => {

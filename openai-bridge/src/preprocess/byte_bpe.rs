@@ -36,8 +36,10 @@ const MAX_CACHED_WORD_BYTES: usize = 32;
 const MAX_CACHED_WORD_IDS: usize = 4;
 
 /// The ids of recently merged words (pre-tokens), so a frequent word is merged once: bounded by
-/// entries, each at most [`MAX_CACHED_WORD_BYTES`] of key and [`MAX_CACHED_WORD_IDS`] ids, with
-/// quick_cache's S3-FIFO eviction. It belongs to one preprocessor, of one loaded model card.
+/// entries (quick_cache rounds each shard's share up, so a large bound may be passed by fewer
+/// entries than it has shards), each at most [`MAX_CACHED_WORD_BYTES`] of key and
+/// [`MAX_CACHED_WORD_IDS`] ids, with S3-FIFO eviction. It belongs to one preprocessor, of one
+/// loaded model card.
 pub struct WordCache {
     words: quick_cache::sync::Cache<Box<[u8]>, CachedIds>,
 }

@@ -234,6 +234,20 @@ fn smollm2_fastokens() -> &'static Preprocessor {
     PRE.get_or_init(|| Preprocessor::new(Arc::clone(smollm2().card())).unwrap().with_fast_tokenizer(false).unwrap())
 }
 
+#[test]
+fn the_word_cache_keeps_what_its_bound_allows_and_none_when_off() {
+    let text = "kalodor, tervan: pexul. quatblezen fogri dorvan ulri sonquat";
+    let build = || Preprocessor::new(Arc::clone(smollm2().card())).unwrap();
+    let (plain, off, small) = (build(), build().with_word_cache_entries(0), build().with_word_cache_entries(3));
+    let expected = smollm2_tokenizers().encode(text, false).unwrap();
+    for pre in [&plain, &off, &small] {
+        assert_eq!(pre.encode(text, false).unwrap(), expected);
+    }
+    assert!(plain.cached_words() > 3, "{}", plain.cached_words());
+    assert_eq!(off.cached_words(), 0);
+    assert!((1..=3).contains(&small.cached_words()), "{}", small.cached_words());
+}
+
 /// SmolLM2's preprocessor encoding with `tokenizers` alone: the reference.
 fn smollm2_tokenizers() -> &'static Preprocessor {
     static PRE: OnceLock<Preprocessor> = OnceLock::new();

@@ -274,6 +274,27 @@ fn shared_store(value: &str) -> Result<Option<tritium_openai_bridge::shared_stor
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        openai: OpenAiArgs,
+    }
+
+    fn preprocess(args: &[&str]) -> Result<PreprocessExecution, String> {
+        let flags = <Flags as clap::Parser>::try_parse_from([&["tritium"], args].concat()).map_err(|e| e.to_string())?;
+        Ok(flags.openai.settings(&|_| None)?.preprocess)
+    }
+
+    #[test]
+    fn the_prompt_encoder_and_its_word_cache_come_from_their_flags() {
+        let default = preprocess(&[]).unwrap();
+        assert_eq!((default.encoder, default.word_cache_entries), (PromptEncoder::Default, DEFAULT_WORD_CACHE_ENTRIES));
+        let chosen = preprocess(&["--tokenizer", "tokenizers", "--tokenizer-word-cache-entries", "0"]).unwrap();
+        assert_eq!((chosen.encoder, chosen.word_cache_entries), (PromptEncoder::Tokenizers, 0));
+        assert_eq!(preprocess(&["--tokenizer", "fastokens"]).unwrap().encoder, PromptEncoder::Fastokens);
+        assert!(preprocess(&["--tokenizer-word-cache-entries", "16777217"]).unwrap_err().contains("16777216"));
+    }
+
     #[test]
     fn paths_come_from_either_name_and_are_checked() {
         let env = |vars: &'static [(&'static str, &'static str)]| {
