@@ -11,7 +11,7 @@ get a CACHE_GIB (4) GiB tokenizer cache (`DYN_TOKENIZER_CACHE=1`, `DYN_TOKENIZER
 Dynamo's holds the whole workload (at 1 GiB Dynamo's filled during the second round of agent c=32 once
 the machine ran ~7,000 agent requests through it, and its CPU per request tripled). Workloads, each run on each frontend in turn, ROUNDS times alternating:
 
-- `chat`: a 200-character system prompt and a unique question, CONCURRENCY_CHAT (16) connections;
+- `chat`: a 200-character system prompt and a unique question, CONCURRENCY_CHAT (16) connections (0 leaves it out);
 - `agent`: a shared system prompt of AGENT_SYSTEM_TOKENS (16,384) tokens, then conversations of 4-6
   turns, each turn adding the model's answer and a tool result of 1-2K tokens, at each of
   AGENT_CONCURRENCY (8 and 32) connections.
@@ -22,7 +22,8 @@ round, from /proc), and Tritium/Dynamo ratios; Tritium's tokenizer-cache hit rat
 Writes bench/results/agent-frontend-<date>[-fastokens].md. Environment: WORKERS (2), SECONDS (15), ROUNDS (2),
 TOKENIZER (`default`; `fastokens` gives both frontends that encoder).
 PERF=DIR records Tritium's frontend with `perf record -g` during its first round of each workload into
-DIR/<workload>.data and prints the top of `perf report` for each (the profile the note quotes).
+DIR/<workload>.data and prints the top of `perf report` for each (the profile the note quotes); with
+PERF_FLAT=1 it samples without call graphs, which slows the frontend far less.
 """
 
 from __future__ import annotations
@@ -212,15 +213,18 @@ def profiler(pid: int, name: str) -> tuple[subprocess.Popen, pathlib.Path] | Non
         return None
     out = pathlib.Path(os.environ["PERF"]) / f"{name}.data"
     out.parent.mkdir(parents=True, exist_ok=True)
-    # DWARF unwinding: the release build keeps no frame pointers.
-    argv = ["perf", "record", "-F", "199", "--call-graph", "dwarf,16384", "-p", str(pid), "-o", str(out)]
+    # DWARF unwinding: the release build keeps no frame pointers. Its copies of the stack slow the
+    # frontend several-fold; PERF_FLAT=1 samples without call graphs, for shares closer to the truth.
+    graph = [] if os.environ.get("PERF_FLAT") else ["--call-graph", "dwarf,16384"]
+    argv = ["perf", "record", "-F", "1999" if graph == [] else "199", *graph, "-p", str(pid), "-o", str(out)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out
 
 
 def report(recorder: subprocess.Popen, out: pathlib.Path) -> None:
     recorder.send_signal(2)
     recorder.wait(timeout=60)
-    argv = ["perf", "report", "-i", str(out), "--children", "--percent-limit", "4", "--stdio", "-g", "none"]
+    shape = ["--no-children", "--percent-limit", "1"] if os.environ.get("PERF_FLAT") else ["--children", "--percent-limit", "4"]
+    argv = ["perf", "report", "-i", str(out), *shape, "--stdio", "-g", "none"]
     top = subprocess.run(argv, capture_output=True, text=True, timeout=300).stdout
     print(f"--- perf: Tritium's frontend, {out.stem} ---")
     print("\n".join(line for line in top.splitlines() if line.strip() and not line.startswith("#")), flush=True)
@@ -257,7 +261,7 @@ def main() -> int:
         frontends = {"tritium": (tritium.http_url, tritium.proc.pid), "dynamo": (dynamo, dynamo_pid)}
         rng = random.Random(58)
         system = "You are a coding agent working in a large repository. " + words(rng, int(AGENT_SYSTEM_TOKENS / 1.5))
-        workloads = [("chat", CONCURRENCY_CHAT)] + [("agent", c) for c in AGENT_CONCURRENCY]
+        workloads = [("chat", CONCURRENCY_CHAT)] * (CONCURRENCY_CHAT > 0) + [("agent", c) for c in AGENT_CONCURRENCY]
         for base, _ in frontends.values():
             saved = globals()["SECONDS"]
             globals()["SECONDS"] = 3

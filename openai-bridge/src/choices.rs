@@ -24,9 +24,12 @@ pub async fn generate_choices(
 ) -> Result<Vec<TextStream>, BridgeError> {
     let count = observers.len();
     let mut streams = Vec::with_capacity(count);
+    let mut prompt = Some(prompt);
     for (index, observer) in observers.into_iter().enumerate() {
         let choice = choice_options(options, index);
-        let mut stream = generate_text(hub, pre, model, &choice, prompt.clone(), default_max_tokens, observer).await?;
+        // The last choice takes the prompt itself (a long prompt's ids are not copied for one).
+        let ids = if index + 1 == count { prompt.take() } else { prompt.clone() }.unwrap_or_default();
+        let mut stream = generate_text(hub, pre, model, &choice, ids, default_max_tokens, observer).await?;
         if index == 0 && count > 1 {
             stream.prefilled().await;
         }

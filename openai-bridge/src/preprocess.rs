@@ -285,15 +285,16 @@ impl Preprocessor {
                 what: "chat (it has no chat template)".into(),
             });
         }
-        let mut context = extra.cloned().unwrap_or_default();
         // A template that never reads `tool_calls` sees earlier calls as text, in the format the
         // server parses (hermes when none is set: the commonest).
         let calls_as_text = (!self.template_reads_tool_calls).then(|| self.formats.tool_calls.unwrap_or(ToolCallFormat::Hermes));
-        context.insert("messages".into(), Json::Array(template::normalize_messages(messages, calls_as_text)?));
-        context.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
-        for (key, token) in [("bos_token", &self.card.bos_token), ("eos_token", &self.card.eos_token)] {
-            context.insert(key.into(), token.clone().map_or(Json::String(String::new()), Json::String));
-        }
+        let context = template::TemplateContext {
+            extra,
+            messages: template::normalize_messages(messages, calls_as_text)?,
+            add_generation_prompt,
+            bos_token: self.card.bos_token.as_deref().unwrap_or_default(),
+            eos_token: self.card.eos_token.as_deref().unwrap_or_default(),
+        };
         let chat = self.env.get_template(TEMPLATE).map_err(|e| BridgeError::Template(template::describe(&e)))?;
         chat.render(Value::from(Serde(&context))).map_err(|e| BridgeError::Template(template::describe(&e)))
     }

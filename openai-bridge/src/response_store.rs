@@ -39,6 +39,16 @@ pub struct StoredResponse {
     pub conversation: Arc<Vec<Value>>,
     /// The response object as it was returned.
     pub response: Arc<Value>,
+    /// The first response of the chain of `previous_response_id`s this one continues (`None`: it
+    /// starts one): the conversation's key for the router's session affinity.
+    pub chain: Option<Arc<str>>,
+}
+
+impl StoredResponse {
+    /// The first response of the chain this one (stored as `id`) belongs to.
+    pub fn chain_root(&self, id: &str) -> Arc<str> {
+        self.chain.clone().unwrap_or_else(|| Arc::from(id))
+    }
 }
 
 #[derive(Debug)]
@@ -107,7 +117,8 @@ impl ResponseStore {
         else {
             return Err(format!("the stored response '{id}' is not one Tritium stores"));
         };
-        Ok(StoredResponse { conversation: Arc::new(conversation), response: Arc::new(response) })
+        let chain = value.get("chain").and_then(Value::as_str).map(Arc::from);
+        Ok(StoredResponse { conversation: Arc::new(conversation), response: Arc::new(response), chain })
     }
 
     /// Removes a response here and from the shared store; whether either held it.
@@ -121,7 +132,15 @@ impl ResponseStore {
 
     /// Stores a response; one larger than the whole store is not kept (false).
     pub fn insert(&self, id: String, conversation: Vec<Value>, response: Value) -> bool {
-        let bytes = json_len(&response) + conversation.iter().map(json_len).sum::<usize>() + id.len();
+        self.insert_in_chain(id, None, conversation, response)
+    }
+
+    /// [`ResponseStore::insert`] for a response that continues the chain `chain` started.
+    pub fn insert_in_chain(&self, id: String, chain: Option<Arc<str>>, conversation: Vec<Value>, response: Value) -> bool {
+        let bytes = json_len(&response)
+            + conversation.iter().map(json_len).sum::<usize>()
+            + id.len()
+            + chain.as_ref().map_or(0, |chain| chain.len());
         if bytes > self.limits.max_bytes || self.limits.max_entries == 0 {
             return false;
         }
@@ -133,7 +152,7 @@ impl ResponseStore {
                 break;
             }
         }
-        let stored = StoredResponse { conversation: Arc::new(conversation), response: Arc::new(response) };
+        let stored = StoredResponse { conversation: Arc::new(conversation), response: Arc::new(response), chain };
         if let Some(old) = inner.entries.insert(id.clone(), Entry { stored, bytes, expires: now + self.limits.ttl }) {
             inner.bytes -= old.bytes;
             inner.order.retain(|other| other != &id);
@@ -147,7 +166,10 @@ impl ResponseStore {
     /// failure is logged: this frontend still has it).
     pub async fn share(&self, id: &str) {
         let (Some(shared), Some(stored)) = (&self.shared, self.get(id)) else { return };
-        let value = serde_json::json!({"conversation": stored.conversation.as_ref(), "response": stored.response.as_ref()});
+        let mut value = serde_json::json!({"conversation": stored.conversation.as_ref(), "response": stored.response.as_ref()});
+        if let Some(chain) = &stored.chain {
+            value["chain"] = Value::from(chain.as_ref());
+        }
         if let Err(error) = shared.put(id, value.to_string().into_bytes(), self.limits.ttl).await {
             tracing::warn!(id, "{error}; the response is kept by this frontend only");
         }
@@ -253,6 +275,19 @@ mod tests {
 
     fn store_with_bytes(bytes: usize) -> ResponseStore {
         store(100, bytes, DEFAULT_STORE_TTL)
+    }
+
+    #[test]
+    fn a_response_keeps_the_chain_it_continues_through_the_shared_form() {
+        let store = store(10, 1 << 20, DEFAULT_STORE_TTL);
+        assert!(store.insert("resp_a".into(), Vec::new(), json!({})));
+        assert!(store.insert_in_chain("resp_b".into(), Some(Arc::from("resp_a")), Vec::new(), json!({})));
+        assert_eq!(&*store.get("resp_a").unwrap().chain_root("resp_a"), "resp_a", "a chain's first response");
+        assert_eq!(&*store.get("resp_b").unwrap().chain_root("resp_b"), "resp_a");
+        let shared = json!({"conversation": [], "response": {}, "chain": "resp_a"}).to_string();
+        assert_eq!(store.decode("resp_c", shared.as_bytes()).unwrap().chain.as_deref(), Some("resp_a"));
+        let older = json!({"conversation": [], "response": {}}).to_string();
+        assert_eq!(store.decode("resp_d", older.as_bytes()).unwrap().chain, None, "stored before chains were kept");
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub use types::{
 #[cfg(feature = "vocabulary")]
 pub use vocab::Vocabulary;
 
+/// The first character of a session key the server derived itself (a Responses API
+/// conversation's), which no client header can carry (header values hold no control characters):
+/// a router whose session table is full routes such a request without affinity rather than
+/// refusing it, as the client asked for none.
+pub const IMPLIED_SESSION_MARK: char = '\u{2}';
+
 /// A causal language model as the frontend sees it: token ids in, token ids out.
 pub trait LanguageModel: Send + Sync + 'static {
     fn card(&self) -> &Arc<ModelCard>;

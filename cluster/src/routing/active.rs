@@ -13,6 +13,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tritium_backend_api::kv::BlockHash;
 
+use super::kv_index::BlockMap;
+
 
 /// What the router counts (each a Dynamo flag).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,7 +55,7 @@ impl Tracking {
 #[derive(Debug, Default)]
 struct WorkerLoad {
     /// Prompt blocks of running requests and how many requests hold each (with kv reuse).
-    shared: HashMap<BlockHash, u32>,
+    shared: BlockMap<u32>,
     /// Blocks counted once per request: prompts without kv reuse, and outputs.
     private: u64,
     /// Prompt tokens of running requests not prefilled yet.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tritium_backend_api::llm::IMPLIED_SESSION_MARK;
 use tritium_worker::WorkerError;
 
 use super::sessions::{AffinityMode, Hold, SessionError, Sessions};
@@ -21,7 +22,14 @@ impl Router {
     /// The session `session` held for one request; `None` when session affinity is off.
     pub(super) async fn hold_session(&self, session: &str) -> Result<Option<(Arc<Sessions>, Hold)>, WorkerError> {
         let Some(sessions) = &self.sessions else { return Ok(None) };
-        let hold = sessions.acquire(session).await.map_err(|error| {
+        let hold = match sessions.acquire(session).await {
+            Err(SessionError::Full(held)) if session.starts_with(IMPLIED_SESSION_MARK) => {
+                tracing::debug!(held, "the session table is full; a conversation the server keyed goes without affinity");
+                return Ok(None);
+            }
+            other => other,
+        };
+        let hold = hold.map_err(|error| {
             let code = match error {
                 SessionError::IdTooLong => tritium_proto::ErrorCode::InvalidArg,
                 SessionError::Full(_) => tritium_proto::ErrorCode::ResourceExhausted,

@@ -25,6 +25,13 @@ pub use super::scoring::{Candidate, KvScoring, choose};
 /// a worker that never announces evictions must not grow the index without bound.
 pub const DEFAULT_MAX_BLOCKS_PER_WORKER: usize = 1_000_000;
 
+/// Maps and sets keyed by block hash, with foldhash seeded per process: a request looks up its
+/// prompt's blocks by the thousand, where SipHash cost several times more, and a prompt's block
+/// hashes follow from its tokens, so a fixed-seed or pass-through hasher could be driven into
+/// collisions by a client.
+pub(crate) type BlockMap<V> = HashMap<BlockHash, V, foldhash::fast::RandomState>;
+type BlockSet = HashSet<BlockHash, foldhash::fast::RandomState>;
+
 /// Index of a worker's name in [`KvIndex::names`]; small, so per-block holder lists stay small.
 type WorkerId = u32;
 
@@ -42,12 +49,12 @@ pub struct KvIndex {
 #[derive(Debug, Default)]
 struct ModelIndex {
     /// Block -> the workers holding it in memory (tens at most, so a list beats a set).
-    holders: HashMap<BlockHash, Vec<WorkerId>>,
+    holders: BlockMap<Vec<WorkerId>>,
     /// Worker -> its blocks: the reverse map, for `Cleared`, departures and the cap.
-    held: HashMap<WorkerId, HashSet<BlockHash>>,
+    held: HashMap<WorkerId, BlockSet>,
     /// The same two for blocks in the workers' offload tiers.
-    offloaded: HashMap<BlockHash, Vec<WorkerId>>,
-    held_offloaded: HashMap<WorkerId, HashSet<BlockHash>>,
+    offloaded: BlockMap<Vec<WorkerId>>,
+    held_offloaded: HashMap<WorkerId, BlockSet>,
 }
 
 impl Default for KvIndex {
@@ -132,29 +139,39 @@ impl KvIndex {
         let mut overlaps = HashMap::new();
         let Some(index) = self.models.get(model) else { return overlaps };
         let Some(first) = hashes.first() else { return overlaps };
-        let holding = |map: &HashMap<BlockHash, Vec<WorkerId>>, hash: &BlockHash, id: WorkerId| {
-            map.get(hash).is_some_and(|holders| holders.contains(&id))
-        };
-        let mut candidates: Vec<WorkerId> = index.holders.get(first).cloned().unwrap_or_default();
-        for &id in index.offloaded.get(first).map(Vec::as_slice).unwrap_or_default() {
-            if !candidates.contains(&id) {
-                candidates.push(id);
+        let mut candidates: Vec<Overlap> = Vec::new();
+        for &id in index.holders.get(first).into_iter().chain(index.offloaded.get(first)).flatten() {
+            if !candidates.iter().any(|c| c.id == id) {
+                candidates.push(Overlap { id, resident: 0, offloaded: 0, reading: true });
             }
         }
-        for id in candidates {
-            let (mut resident, mut offloaded) = (0, 0);
-            for hash in hashes {
-                if holding(&index.holders, hash, id) {
-                    resident += 1;
-                } else if holding(&index.offloaded, hash, id) {
-                    offloaded += 1;
+        // One pass over the prompt's blocks, each looked up once for all candidates.
+        for hash in hashes {
+            let resident = index.holders.get(hash).map_or(&[][..], Vec::as_slice);
+            let mut offloaded = None;
+            let mut any = false;
+            for candidate in candidates.iter_mut().filter(|c| c.reading) {
+                if resident.contains(&candidate.id) {
+                    candidate.resident += 1;
+                } else if offloaded
+                    .get_or_insert_with(|| index.offloaded.get(hash).map_or(&[][..], Vec::as_slice))
+                    .contains(&candidate.id)
+                {
+                    candidate.offloaded += 1;
                 } else {
-                    break;
+                    candidate.reading = false;
+                    continue;
                 }
+                any = true;
             }
-            let score = resident + offloaded / 2;
+            if !any {
+                break;
+            }
+        }
+        for candidate in candidates {
+            let score = candidate.resident + candidate.offloaded / 2;
             if score > 0 {
-                overlaps.insert(self.names[id as usize].clone(), score);
+                overlaps.insert(self.names[candidate.id as usize].clone(), score);
             }
         }
         overlaps
@@ -204,6 +221,15 @@ impl KvIndex {
     }
 }
 
+/// A worker's count of leading blocks while [`KvIndex::overlaps`] reads a prompt's blocks.
+struct Overlap {
+    id: WorkerId,
+    resident: usize,
+    offloaded: usize,
+    /// Whether every block so far was in one of its tiers.
+    reading: bool,
+}
+
 impl ModelIndex {
     fn drop_worker(&mut self, id: WorkerId) {
         for block in self.held.remove(&id).unwrap_or_default() {
@@ -226,8 +252,8 @@ impl ModelIndex {
 /// Records that worker `id` holds `blocks` in one tier (`holders` and its reverse `held`);
 /// returns how many blocks of that tier it holds now.
 fn add_blocks(
-    holders: &mut HashMap<BlockHash, Vec<WorkerId>>,
-    held: &mut HashMap<WorkerId, HashSet<BlockHash>>,
+    holders: &mut BlockMap<Vec<WorkerId>>,
+    held: &mut HashMap<WorkerId, BlockSet>,
     id: WorkerId,
     blocks: &[BlockHash],
 ) -> usize {
@@ -242,8 +268,8 @@ fn add_blocks(
 
 /// Forgets that worker `id` holds `blocks` in one tier.
 fn remove_blocks(
-    holders: &mut HashMap<BlockHash, Vec<WorkerId>>,
-    held: &mut HashMap<WorkerId, HashSet<BlockHash>>,
+    holders: &mut BlockMap<Vec<WorkerId>>,
+    held: &mut HashMap<WorkerId, BlockSet>,
     id: WorkerId,
     blocks: &[BlockHash],
 ) {
@@ -258,7 +284,7 @@ fn remove_blocks(
     }
 }
 
-fn remove_holder(holders: &mut HashMap<BlockHash, Vec<WorkerId>>, block: BlockHash, id: WorkerId) {
+fn remove_holder(holders: &mut BlockMap<Vec<WorkerId>>, block: BlockHash, id: WorkerId) {
     if let Some(workers) = holders.get_mut(&block) {
         workers.retain(|&w| w != id);
         if workers.is_empty() {

@@ -229,6 +229,10 @@ impl PrefixCache {
             }
         };
         let cached = ids.len();
+        // A token takes at least a byte: the rest of the text fits without growing the ids (a
+        // long prompt's cached ids would be copied at each doubling).
+        let reused_bytes = first_new.checked_sub(1).map_or(0, |index| cuts[index]);
+        ids.reserve(text.len().saturating_sub(reused_bytes));
         let last = match (first_new, self.extend) {
             (0, _) | (_, true) => {
                 for index in first_new..cuts.len() {

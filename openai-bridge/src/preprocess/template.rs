@@ -3,6 +3,7 @@
 //! and dict methods, `raise_exception`, `strftime_now`, Python's `json.dumps` as `tojson`), and
 //! OpenAI messages turned into what templates expect.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use minijinja::value::{Kwargs, Value};
@@ -109,11 +110,41 @@ fn escape_non_ascii(json: &str) -> String {
     out
 }
 
+/// What a chat template renders from: the caller's `extra` variables, then the standard ones
+/// (which `extra` cannot replace).
+pub(super) struct TemplateContext<'a> {
+    pub(super) extra: Option<&'a serde_json::Map<String, Json>>,
+    pub(super) messages: Vec<Cow<'a, Json>>,
+    pub(super) add_generation_prompt: bool,
+    pub(super) bos_token: &'a str,
+    pub(super) eos_token: &'a str,
+}
+
+impl Serialize for TemplateContext<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        const STANDARD: [&str; 4] = ["messages", "add_generation_prompt", "bos_token", "eos_token"];
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.extra.into_iter().flatten().filter(|(key, _)| !STANDARD.contains(&key.as_str())) {
+            map.serialize_entry(key, value)?;
+        }
+        map.serialize_entry("messages", &self.messages)?;
+        map.serialize_entry("add_generation_prompt", &self.add_generation_prompt)?;
+        map.serialize_entry("bos_token", self.bos_token)?;
+        map.serialize_entry("eos_token", self.eos_token)?;
+        map.end()
+    }
+}
+
 /// Messages as templates expect them: `content` a string (text parts joined by newlines) or
 /// null; every other field passed through. With `calls_as_text` (a template that never reads
 /// `tool_calls`), an assistant turn's calls are appended to its text in that format and a null
-/// `content` becomes a string, so the template neither fails on it nor hides the calls.
-pub(super) fn normalize_messages(messages: &[Json], calls_as_text: Option<ToolCallFormat>) -> Result<Vec<Json>, BridgeError> {
+/// `content` becomes a string, so the template neither fails on it nor hides the calls. A message
+/// already so (an agent's long history, mostly) is borrowed, not copied.
+pub(super) fn normalize_messages(
+    messages: &[Json],
+    calls_as_text: Option<ToolCallFormat>,
+) -> Result<Vec<Cow<'_, Json>>, BridgeError> {
     messages
         .iter()
         .enumerate()
@@ -121,6 +152,13 @@ pub(super) fn normalize_messages(messages: &[Json], calls_as_text: Option<ToolCa
             let Json::Object(fields) = message else {
                 return Err(BridgeError::field(format!("messages[{i}]"), "must be an object"));
             };
+            let content_is_text = matches!(fields.get("content"), Some(Json::String(_)));
+            let as_is = !matches!(fields.get("content"), Some(Json::Array(_)))
+                && !matches!(fields.get("tool_calls"), Some(Json::Array(_)))
+                && (calls_as_text.is_none() || content_is_text);
+            if as_is {
+                return Ok(Cow::Borrowed(message));
+            }
             let mut fields = fields.clone();
             if let Some(Json::Array(parts)) = fields.get("content") {
                 let text =
@@ -133,7 +171,7 @@ pub(super) fn normalize_messages(messages: &[Json], calls_as_text: Option<ToolCa
             if let Some(format) = calls_as_text {
                 write_calls_into_content(&mut fields, format);
             }
-            Ok(Json::Object(fields))
+            Ok(Cow::Owned(Json::Object(fields)))
         })
         .collect()
 }

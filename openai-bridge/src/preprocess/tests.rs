@@ -371,3 +371,56 @@ fn finish_releases_an_incomplete_character_lossily() {
     assert!(out.starts_with("ok ") && out.ends_with('\u{FFFD}'), "{out:?}");
     assert_eq!(detok.finish(), "");
 }
+
+/// What a turn of an agent conversation costs the preprocessor, stage by stage (a 16K-token system
+/// prompt and five 1.5K-token tool results; the prefix cache holds the turn before), in a release
+/// build: `cargo test --release -p tritium-openai-bridge --lib agent_turn_speed -- --ignored
+/// --nocapture`. Prints, asserts nothing.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn agent_turn_speed() {
+    let syllables = ["ka", "ter", "lo", "mi", "van", "dor", "pex", "ul", "ri", "son", "quat", "ble", "zen", "fo", "gri", "tam"];
+    let mut seed = 58u64;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut text = |count: usize| {
+        (0..count).map(|_| (0..=next(3)).map(|_| syllables[next(16) as usize]).collect::<String>()).collect::<Vec<_>>().join(" ")
+    };
+    let mut messages = vec![json!({"role": "system", "content": text(11000)}), json!({"role": "user", "content": "Begin."})];
+    for _ in 0..5 {
+        messages.push(json!({"role": "assistant", "content": text(20)}));
+        messages.push(json!({"role": "tool", "content": text(1000), "tool_call_id": "call_1"}));
+    }
+    let pre = Preprocessor::new(Arc::clone(smollm2().card()))
+        .unwrap()
+        .with_prefix_cache(PrefixCacheLimits::default(), PrefixCacheCounters::default());
+    let rounds = 50;
+    let time = |name: &str, f: &mut dyn FnMut()| {
+        let t = std::time::Instant::now();
+        for _ in 0..rounds {
+            f();
+        }
+        eprintln!("{name}: {:?}", t.elapsed() / rounds);
+    };
+    let before = pre.render_chat(&messages[..messages.len() - 2], true, None).unwrap();
+    pre.encode(&before, false).unwrap();
+    let prompt = pre.render_chat(&messages, true, None).unwrap();
+    let ids = pre.encode(&prompt, false).unwrap();
+    eprintln!("{} messages, {} bytes, {} tokens", messages.len(), prompt.len(), ids.len());
+    time("normalize_messages", &mut || {
+        std::hint::black_box(template::normalize_messages(&messages, None).unwrap());
+    });
+    time("render_chat", &mut || {
+        std::hint::black_box(pre.render_chat(&messages, true, None).unwrap());
+    });
+    time("encode (prefix cached)", &mut || {
+        std::hint::black_box(pre.encode(&prompt, false).unwrap());
+    });
+    let body = json!({"messages": messages, "model": "agent", "stream": true, "max_tokens": 8});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    time("parse the request", &mut || {
+        std::hint::black_box(serde_json::from_slice::<crate::protocol::ChatCompletionRequest>(&bytes).unwrap());
+    });
+}

@@ -198,6 +198,22 @@ impl Thread {
     }
 }
 
+/// The router's session key for a Responses API turn whose headers name no session: its
+/// conversation, or the first response of the chain of `previous_response_id`s it continues, so
+/// that a conversation's turns stay on the worker holding its prefix under
+/// `--router-session-affinity-ttl-secs`. A chain's first response binds nothing (most requests
+/// are never continued, and the table is bounded); its second turn, which the KV-aware pick sends
+/// where the first turn's prefix is, binds the chain there.
+pub(super) fn implied_session(request: &ResponsesRequest, chain: Option<&str>) -> Option<String> {
+    let (kind, id) = match (request.conversation_id(), chain) {
+        (Some(conversation), _) => ("conversation", conversation),
+        (None, Some(root)) => ("response", root),
+        (None, None) => return None,
+    };
+    let mark = tritium_backend_api::llm::IMPLIED_SESSION_MARK;
+    Some(format!("{mark}{kind}:{}", blake3::hash(id.as_bytes()).to_hex()))
+}
+
 /// What is left to do once a turn's response is made: its conversation's update, if any.
 #[must_use]
 pub(super) struct Recording(pub(super) Option<(Thread, Vec<Value>)>);

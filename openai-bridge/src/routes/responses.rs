@@ -43,7 +43,8 @@ pub(super) async fn create(
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/responses").await?;
     let mut observer = state.observer(&request.model, caller);
     let prepared = prepare(&state.store, &request).await.map_err(|error| failed(&mut observer, error))?;
-    let Prepared { mut options, tools, conversation, messages, extra } = prepared;
+    let Prepared { mut options, tools, conversation, messages, extra, chain } = prepared;
+    let implied_session = super::conversations::implied_session(&request, chain.as_deref());
     priority.apply(&mut options).map_err(|error| failed(&mut observer, error))?;
     let parser = super::output_parser(&pre, &tools, &mut options).map_err(|error| failed(&mut observer, error))?;
     let chat = ChatPrompt {
@@ -53,7 +54,7 @@ pub(super) async fn create(
         with_tools: tools.offered(),
         nvext: request.nvext.as_ref(),
         worker: worker.or_nvext(request.nvext.as_ref()),
-        session: worker.session(),
+        session: worker.session().or(implied_session.as_deref()),
         // The Responses API names no cache breakpoints (OpenAI caches prefixes implicitly).
         cache_breakpoint: None,
     };
@@ -61,6 +62,7 @@ pub(super) async fn create(
     let turn = Turn {
         response: ResponseObject::new(new_item_id("resp"), unix_now(), &request),
         conversation,
+        chain,
         store: request.store.unwrap_or(true).then(|| Arc::clone(&state.store)),
         thread: Thread::of(&request, &state.store),
     };
@@ -171,13 +173,16 @@ async fn text_input_response(
         }
         Ok((prepared, fields))
     });
-    let (Prepared { conversation, messages, .. }, fields) = prepared.map_err(|error| failed(&mut observer, error))?;
+    let (Prepared { conversation, messages, chain, .. }, fields) = prepared.map_err(|error| failed(&mut observer, error))?;
     let body = text_doors::chat_request(&request.model, messages, fields);
-    let place = worker.place(request.nvext.as_ref());
+    let implied_session = super::conversations::implied_session(&request, chain.as_deref());
+    let mut place = worker.place(request.nvext.as_ref());
+    place.session = place.session.or(implied_session.as_deref());
     let chunks = text_doors::forward_chat(state, &request.model, place, body, &mut observer).await?;
     let turn = Turn {
         response: ResponseObject::new(new_item_id("resp"), unix_now(), &request),
         conversation,
+        chain,
         store: request.store.unwrap_or(true).then(|| Arc::clone(&state.store)),
         thread: Thread::of(&request, &state.store),
     };
@@ -236,6 +241,8 @@ struct Prepared {
     /// What the template renders: the instructions first.
     messages: Vec<Value>,
     extra: Map<String, Value>,
+    /// The first response of the `previous_response_id` chain the turn continues.
+    chain: Option<Arc<str>>,
 }
 
 async fn prepare(store: &ResponseStore, request: &ResponsesRequest) -> Result<Prepared, BridgeError> {
@@ -244,13 +251,17 @@ async fn prepare(store: &ResponseStore, request: &ResponsesRequest) -> Result<Pr
     if request.conversation.is_some() && request.conversation_id().is_none() {
         return Err(BridgeError::field("conversation", "a conversation's id, or an object with its id"));
     }
+    let mut chain = None;
     let mut conversation = match (&request.previous_response_id, request.conversation_id()) {
         (Some(_), Some(_)) => {
             return Err(BridgeError::field("conversation", "conversation and previous_response_id cannot both be given"));
         }
         (None, Some(id)) => super::conversations::messages_of(store, id).await?,
         (Some(id), None) => match store.fetch(id).await.map_err(BridgeError::Internal)? {
-            Some(stored) => stored.conversation.as_ref().clone(),
+            Some(stored) => {
+                chain = Some(stored.chain_root(id));
+                stored.conversation.as_ref().clone()
+            }
             None => {
                 return Err(BridgeError::field("previous_response_id", format!("Previous response with id '{id}' not found.")));
             }
@@ -265,7 +276,7 @@ async fn prepare(store: &ResponseStore, request: &ResponsesRequest) -> Result<Pr
     messages.extend(conversation.iter().cloned());
     let mut extra = Map::new();
     tools.template_variables(&mut extra);
-    Ok(Prepared { options, tools, conversation, messages, extra })
+    Ok(Prepared { options, tools, conversation, messages, extra, chain })
 }
 
 /// The output items of a whole answer: reasoning, the message, then each call.
@@ -288,6 +299,8 @@ fn output_items(parsed: &ParsedDelta) -> Vec<OutputItem> {
 struct Turn {
     response: ResponseObject,
     conversation: Vec<Value>,
+    /// The first response of the chain the turn continues (`None`: the turn starts one).
+    chain: Option<Arc<str>>,
     store: Option<Arc<ResponseStore>>,
     /// The Conversations API's conversation the turn is made in, and its input items: both go
     /// into it with the output once the response is done.
@@ -298,17 +311,17 @@ impl Turn {
     /// Stores `response` (a background response in progress) with the conversation so far.
     fn keep(&self, response: &ResponseObject) {
         if let (Some(store), Ok(value)) = (&self.store, serde_json::to_value(response)) {
-            store.insert(response.id.clone(), self.conversation.clone(), value);
+            store.insert_in_chain(response.id.clone(), self.chain.clone(), self.conversation.clone(), value);
         }
     }
 
     /// Ends without an answer (`cancelled`, or `failed` with `error`) and stores that.
     fn end_as(self, status: &'static str, error: Option<ResponseError>) {
-        let Turn { mut response, conversation, store, .. } = self;
+        let Turn { mut response, conversation, chain, store, .. } = self;
         response.status = status;
         response.error = error;
         if let (Some(store), Ok(value)) = (store, serde_json::to_value(&response)) {
-            store.insert(response.id.clone(), conversation, value);
+            store.insert_in_chain(response.id.clone(), chain, conversation, value);
         }
     }
 
@@ -319,7 +332,7 @@ impl Turn {
         reason: FinishReason,
         usage: Usage,
     ) -> (ResponseObject, Recording) {
-        let Turn { mut response, mut conversation, store, thread } = self;
+        let Turn { mut response, mut conversation, chain, store, thread } = self;
         let recording = Recording(thread.map(|thread| {
             (thread, output.iter().filter_map(|item| serde_json::to_value(item).ok()).collect())
         }));
@@ -335,7 +348,7 @@ impl Turn {
         if let Some(store) = store {
             conversation.push(assistant_message(parsed));
             let kept =
-                serde_json::to_value(&response).is_ok_and(|stored| store.insert(response.id.clone(), conversation, stored));
+                serde_json::to_value(&response).is_ok_and(|stored| store.insert_in_chain(response.id.clone(), chain, conversation, stored));
             if !kept {
                 tracing::warn!(id = %response.id, "the response is larger than the response store; it is not kept");
             }

@@ -106,3 +106,41 @@ def test_sessions_past_the_bound_are_refused_and_an_over_long_id_is_the_clients_
     assert post_with("one")[0] == 200
     status, body = post_with("x" * 257)
     assert status == 400 and "longer than 256 bytes" in body["error"]["message"], (status, body)
+
+
+def test_a_responses_conversation_is_its_own_session_without_a_header(file_cluster):
+    """A Responses API chain of `previous_response_id`s, and a Conversations API conversation, keep
+    their turns on one worker with no session header: the chain's first response keys it (its
+    second turn binds), the conversation's id keys its own; a header still names the session."""
+    file_cluster.worker()
+    file_cluster.worker()
+    frontend = file_cluster.frontend(*AFFINITY, "--router-session-affinity-max-sessions", "3")
+    client = openai.OpenAI(base_url=f"{frontend.http_url}/v1", api_key="none")
+    counts = lambda: tuple(  # noqa: E731
+        metric_or_zero(frontend, f"tritium_router_session_affinity_{name}") for name in ("hits_total", "misses_total", "sessions")
+    )
+    first = client.responses.create(model="mock-llm", input="hello", max_output_tokens=2)
+    assert counts() == (0, 0, 0), "a chain's first response binds nothing"
+    second = client.responses.create(model="mock-llm", input="more", previous_response_id=first.id, max_output_tokens=2)
+    assert counts() == (0, 1, 1)
+    third = client.responses.create(model="mock-llm", input="again", previous_response_id=second.id, max_output_tokens=2)
+    # A branch from the first response is the same chain.
+    client.responses.create(model="mock-llm", input="other way", previous_response_id=first.id, max_output_tokens=2)
+    assert counts() == (2, 1, 1)
+    conversation = client.conversations.create()
+    for turn in ("one", "two"):
+        client.responses.create(model="mock-llm", input=turn, conversation=conversation.id, max_output_tokens=2)
+    assert counts() == (3, 2, 2)
+    headed = {"x-dynamo-session-id": "named"}
+    client.responses.create(model="mock-llm", input="x", previous_response_id=third.id, max_output_tokens=2, extra_headers=headed)
+    assert counts() == (3, 3, 3), "the header's session, not the chain's"
+    # The table is full: a new chain goes without affinity rather than being refused (the client
+    # asked for none), while a header's new session is refused as before.
+    fresh = client.responses.create(model="mock-llm", input="new", max_output_tokens=2)
+    client.responses.create(model="mock-llm", input="on", previous_response_id=fresh.id, max_output_tokens=2)
+    assert counts() == (3, 3, 3)
+    try:
+        client.responses.create(model="mock-llm", input="y", max_output_tokens=2, extra_headers={"x-dynamo-session-id": "new"})
+        raise AssertionError("a header's session past the bound must be refused")
+    except openai.RateLimitError as error:
+        assert "session affinity" in str(error)
