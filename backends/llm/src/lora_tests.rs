@@ -267,3 +267,40 @@ async fn gguf_adapters_load_on_the_real_smollm2() {
     let error = engine.load_adapter("wrong", &wrong).unwrap_err().to_string();
     assert!(error.contains("another model"), "{error}");
 }
+
+/// Explicit prompt caching under an adapter: the pin holds the adapter's own blocks (the base
+/// model's same prompt finds none of them) and they survive the pressure that evicts unpinned
+/// prefixes.
+#[tokio::test]
+async fn an_adapters_pinned_prefix_is_its_own_and_survives_pressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    tiny_llama(&base);
+    peft(&dir.path().join("lora"), RANK, false);
+    let options = EngineOptions { max_kv_tokens: 64, max_sequences: 1, ..with_adapter("lora", dir.path().join("lora")) };
+    let engine = engine(&base, options).unwrap();
+    let pin = tritium_backend_api::llm::PrefixPin { tokens: 8, ttl: std::time::Duration::from_secs(300) };
+    let pinned = |adapter| GenerateRequest { pin: Some(pin), ..greedy(PROMPTS[2], adapter) };
+    let written = |stream: TokenStream| async move {
+        let mut stream = stream;
+        let mut written = None;
+        while let Some(event) = stream.next().await {
+            if let GenerateEvent::Token(token) = event.unwrap() {
+                written = written.or(Some(token.prompt_pinned));
+            }
+        }
+        written.flatten()
+    };
+    assert_eq!(written(engine.generate(pinned(Some("lora"))).unwrap()).await, Some(8), "two full blocks pinned");
+    let (_, _, cached) = run(engine.generate(greedy(PROMPTS[2], None)).unwrap()).await;
+    assert_eq!(cached, 0, "the adapter's pinned blocks are not the base model's");
+    // Unrelated prompts of both use the pool up several times over.
+    for round in 0..6u32 {
+        let prompt: Vec<u32> = (0..40).map(|i| (round * 41 + i * 3) % 120 + 1).collect();
+        let _ = run(engine.generate(greedy(&prompt, (round % 2 == 0).then_some("lora"))).unwrap()).await;
+    }
+    let (_, _, cached) = run(engine.generate(greedy(PROMPTS[2], None)).unwrap()).await;
+    assert_eq!(cached, 0, "the base model's unpinned prefix was evicted");
+    let (_, _, cached) = run(engine.generate(pinned(Some("lora"))).unwrap()).await;
+    assert!(cached >= 8, "the adapter's pinned prefix survived: {cached} cached");
+}

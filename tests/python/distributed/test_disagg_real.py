@@ -3,13 +3,16 @@
 `--router-mode kv` frontend. A long prompt is prefilled on the prefill worker, whose KV blocks go straight to
 the decode worker; short prompts and prompts the decode worker holds are prefilled where they decode. Every
 answer is the aggregated server's, token for token, and `nvext.extra_fields: ["worker_id"]` names both
-workers as Dynamo does. A prefill worker killed mid-transfer costs the client nothing but time.
+workers as Dynamo does. A prefill worker killed mid-transfer costs the client nothing but time. A
+`cache_control` breakpoint's prefix, prefilled on the prefill worker, is pinned on the decode worker that took
+its blocks over, and read from there by the next request.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 
+import anthropic
 import openai
 import pytest
 
@@ -42,7 +45,7 @@ def cluster():
         started.append(prefill)
         decode = start_worker(*common, *model, "--worker-id", "decode-1", "--disaggregation-mode", "decode", timeout=LLM_START_TIMEOUT)  # fmt: skip
         started.append(decode)
-        frontend = start_server(*common, "--router-mode", "kv")
+        frontend = start_server(*common, "--router-mode", "kv", "--enable-anthropic-api")
         started.append(frontend)
         wait_until(lambda: workers_serving(frontend, LLM) == 2, 30, "both workers serving smollm2")
         wait_until(lambda: LLM in listed_models(frontend), 30, "smollm2 on /v1/models")
@@ -84,6 +87,29 @@ def test_a_short_prompt_is_prefilled_where_it_decodes(cluster):
     assert text == complete(cluster["aggregated"], prompt)[0]
 
 
+def test_a_pinned_prefix_prefilled_elsewhere_is_pinned_where_it_decodes(cluster):
+    """Explicit prompt caching with disaggregation: the breakpoint's long prefix is prefilled on the
+    prefill worker, and the decode worker that imported its blocks pins them; the next request
+    sharing it reads them there, and nothing is prefilled elsewhere."""
+    client = anthropic.Anthropic(base_url=cluster["frontend"].http_url, api_key="unused", max_retries=0, timeout=300)
+    system = [{"type": "text", "text": long_prompt(3), "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+
+    def ask(question: str):
+        reply = client.messages.create(model=LLM, max_tokens=2, system=system, messages=[{"role": "user", "content": question}])
+        return reply.usage
+
+    prefills = lambda: cluster["prefill"].stderr().count("prefilling for another worker")  # noqa: E731
+    before = prefills()
+    first = ask("Who wrote it?")
+    assert prefills() == before + 1, "the long prompt was prefilled on the prefill worker"
+    assert first.cache_creation_input_tokens >= 512, first
+    second = ask("When was it written?")
+    assert second.cache_creation_input_tokens == 0, second
+    assert second.cache_read_input_tokens >= first.cache_creation_input_tokens, (first, second)
+    assert prefills() == before + 1, "the decode worker held the pinned prefix"
+    client.close()
+
+
 def test_a_prefill_worker_killed_mid_transfer_costs_the_client_nothing(cluster):
     prompt = long_prompt(2, words=1400)
     expected = complete(cluster["aggregated"], prompt)[0]
@@ -96,3 +122,4 @@ def test_a_prefill_worker_killed_mid_transfer_costs_the_client_nothing(cluster):
     assert text == expected, "the decode worker computed the rest"
     assert workers["decode_worker_id"] == "decode-1"
     assert "KV transfer stopped" in cluster["decode"].stderr()
+
