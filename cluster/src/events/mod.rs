@@ -34,6 +34,9 @@ pub enum WorkerEvent {
     /// A frontend's router started, prefilled or ended request `request` (its own number) on a
     /// worker (`--router-replica-sync`: the other routers count that load too).
     ReplicaLoad { router: String, request: u64, change: LoadChange },
+    /// A frontend's router bound agent session `session` to `worker` (`--router-replica-sync`
+    /// with session affinity: the other routers bind it there too, best-effort, as Dynamo's do).
+    ReplicaSession { router: String, session: String, worker: String },
 }
 
 /// What happened to one request a router counts as load (see [`WorkerEvent::ReplicaLoad`]).

@@ -78,6 +78,7 @@ impl NatsEventBus {
             WorkerEvent::Kv { worker, .. } => ("kv", worker),
             WorkerEvent::Routed { router, .. } => ("routed", router),
             WorkerEvent::ReplicaLoad { router, .. } => ("replica_load", router),
+            WorkerEvent::ReplicaSession { router, .. } => ("replica_session", router),
         };
         format!("{}.{kind}.{}", self.prefix, token(worker))
     }

@@ -130,6 +130,7 @@ fn topic(event: &WorkerEvent) -> &'static str {
         WorkerEvent::Kv { .. } => "kv",
         WorkerEvent::Routed { .. } => "routed",
         WorkerEvent::ReplicaLoad { .. } => "replica_load",
+        WorkerEvent::ReplicaSession { .. } => "replica_session",
     }
 }
 

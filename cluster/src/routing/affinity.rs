@@ -39,6 +39,33 @@ impl Router {
         Ok(Some((Arc::clone(sessions), hold)))
     }
 
+    /// Tells the other replicas that `session` is bound to `worker` (`--router-replica-sync`);
+    /// dropped when the publisher is behind (a binding is a hint, and the next request shares it
+    /// again).
+    pub(super) fn share_session(&self, session: &str, worker: &str) {
+        let Some(out) = self.replica_out.get() else { return };
+        let event = crate::events::WorkerEvent::ReplicaSession {
+            router: self.replica_id.clone(),
+            session: session.to_owned(),
+            worker: worker.to_owned(),
+        };
+        if out.try_send(event).is_err() {
+            tracing::debug!("the replica-sync publisher is behind; a session binding was not shared");
+        }
+    }
+
+    /// Another replica's session binding, adopted here (own ones come back and are skipped; see
+    /// [`Sessions::adopt`]).
+    pub(crate) fn replica_session(&self, from: &str, session: &str, worker: &str) {
+        let Some(sessions) = &self.sessions else { return };
+        if !self.options.replica_sync || from == self.replica_id {
+            return;
+        }
+        // Only workers this router knows: a name from elsewhere must not bind a session.
+        let Some(id) = self.members.lock().get_key_value(worker).map(|(id, _)| Arc::clone(id)) else { return };
+        sessions.adopt(session, id);
+    }
+
     /// The worker a held session is bound to, to try first. One that left, or could not be
     /// reached lately, is not asked: the policy picks and the session moves.
     pub(super) fn preferred<'h>(&self, model: &str, sessions: &Sessions, hold: &'h Hold) -> Option<Preferred<'h>> {

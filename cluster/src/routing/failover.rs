@@ -171,6 +171,7 @@ impl Router {
         Ok(match stream.worker().map(Arc::<str>::from) {
             Some(worker) => {
                 let lease = sessions.commit(hold, &worker);
+                self.share_session(session, &worker);
                 stream.holding(lease)
             }
             None => stream,
@@ -202,7 +203,10 @@ impl Router {
             })
             .await?;
         match outcome {
-            Tried::Answered(Ok((chunks, worker))) => Ok(chunks.holding(sessions.commit(hold, &worker))),
+            Tried::Answered(Ok((chunks, worker))) => {
+                self.share_session(session, &worker);
+                Ok(chunks.holding(sessions.commit(hold, &worker)))
+            }
             Tried::Answered(Err(error)) | Tried::NoneLeft { last: Some(error) } => Err(error),
             Tried::NoneLeft { last: None } => self.fallback.generate_openai(model, api, request).await,
         }

@@ -109,6 +109,7 @@ pub async fn follow_events(router: Arc<Router>, events: Arc<dyn EventBus>, stop:
                 router.replica_routed(&from, &worker, &model, &blocks)
             }
             Ok(WorkerEvent::ReplicaLoad { router: from, request, change }) => router.replica_load(&from, request, change),
+            Ok(WorkerEvent::ReplicaSession { router: from, session, worker }) => router.replica_session(&from, &session, &worker),
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(
                     missed,

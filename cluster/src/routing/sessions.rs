@@ -221,6 +221,36 @@ impl Sessions {
         Ok(Step::Held(Hold::Start(Start { table: Arc::clone(self), id: id.to_owned(), revision, done: false })))
     }
 
+    /// Binds session `id` to `worker` as another router did (`--router-replica-sync`), unless a
+    /// request of it is starting or running here (this router's own pick stands). The binding
+    /// idles from now, so it lasts the TTL past the other router's last request; past the bound
+    /// of sessions none is adopted.
+    pub fn adopt(&self, id: &str, worker: Arc<str>) {
+        if id.len() > MAX_SESSION_ID_BYTES {
+            return;
+        }
+        let now = Instant::now();
+        let idle = now + self.options.ttl;
+        let mut entries = self.entries.lock();
+        match entries.get_mut(id) {
+            Some(Entry::Starting { .. }) => return,
+            Some(Entry::Bound { leases, .. }) if *leases > 0 => return,
+            Some(Entry::Bound { worker: bound, idle_until, .. }) => {
+                (*bound, *idle_until) = (worker, idle);
+                return;
+            }
+            None => {}
+        }
+        if entries.len() >= self.options.max_sessions {
+            entries.retain(|_, entry| !expired(entry, now));
+            if entries.len() >= self.options.max_sessions {
+                return;
+            }
+        }
+        let revision = self.next_revision.fetch_add(1, Ordering::Relaxed);
+        entries.insert(id.to_owned(), Entry::Bound { worker, revision, leases: 0, idle_until: idle });
+    }
+
     /// Binds the held session to `worker`, where its request started; the lease keeps it bound
     /// until that request ends. A bound session moves to `worker` when its request ran elsewhere
     /// (soft mode, or a hard binding whose worker could not take it).
@@ -353,5 +383,29 @@ mod tests {
         drop(table.commit(held, &worker("w2")));
         let held = table.acquire("s").await.expect("held");
         assert_eq!(held.worker().map(|w| &**w), Some("w2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_routers_binding_is_adopted_unless_one_runs_here_and_within_the_bound() {
+        let table = sessions(10, 2);
+        table.adopt("s", worker("w1"));
+        let held = table.acquire("s").await.expect("held");
+        assert_eq!(held.worker().map(|w| &**w), Some("w1"), "adopted");
+        // A request of it running here keeps this router's binding.
+        let lease = table.commit(held, &worker("w1"));
+        table.adopt("s", worker("w2"));
+        drop(lease);
+        assert_eq!(table.acquire("s").await.expect("held").worker().map(|w| &**w), Some("w1"));
+        // Idle here, it follows the other router, and lasts the TTL from then.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        table.adopt("s", worker("w2"));
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(table.acquire("s").await.expect("held").worker().map(|w| &**w), Some("w2"));
+        // Past the bound nothing is adopted; over-long ids never are.
+        table.adopt("t", worker("w1"));
+        table.adopt("u", worker("w1"));
+        assert_eq!(table.len(), 2);
+        table.adopt(&"x".repeat(MAX_SESSION_ID_BYTES + 1), worker("w1"));
+        assert_eq!(table.len(), 2);
     }
 }

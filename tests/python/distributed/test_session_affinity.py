@@ -11,8 +11,10 @@ import urllib.error
 import urllib.request
 
 import openai
+import pytest
 
-from dynamo_cluster import NVEXT_WORKER, file_cluster, metric_or_zero, worker_of  # noqa: F401 (a fixture)
+from cluster import wait_until
+from dynamo_cluster import NVEXT_WORKER, file_cluster, metric_or_zero, nats_events, worker_of  # noqa: F401 (fixtures)
 
 AFFINITY = ("--router-session-affinity-ttl-secs", "600")
 
@@ -144,3 +146,20 @@ def test_a_responses_conversation_is_its_own_session_without_a_header(file_clust
         raise AssertionError("a header's session past the bound must be refused")
     except openai.RateLimitError as error:
         assert "session affinity" in str(error)
+
+
+@pytest.mark.nats
+def test_replica_sync_shares_session_bindings_between_frontends(nats_events, file_cluster):
+    """With --router-replica-sync, a session bound through one frontend goes to the same worker
+    through another (Dynamo's routers sync bindings the same way, best-effort); round-robin would
+    spread the second frontend's requests (each of three sessions by chance: 1 in 2)."""
+    file_cluster.worker(*nats_events)
+    file_cluster.worker(*nats_events)
+    shared = [*AFFINITY, "--router-replica-sync", *nats_events]
+    first, second = file_cluster.frontend(*shared), file_cluster.frontend(*shared)
+    bound = {session: served_by(first, {"x-dynamo-session-id": session}) for session in ("s1", "s2", "s3")}
+    adopted = lambda: metric_or_zero(second, "tritium_router_session_affinity_sessions")  # noqa: E731
+    wait_until(lambda: adopted() == 3, 10, "the second frontend to hear the first's bindings")
+    for session, worker in bound.items():
+        assert all(served_by(second, {"x-dynamo-session-id": session}, f"turn {t}") == worker for t in range(3)), session
+    assert metric_or_zero(second, "tritium_router_session_affinity_misses_total") == 0, "every session was known there"
