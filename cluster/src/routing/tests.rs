@@ -384,13 +384,7 @@ async fn an_adapters_prompt_is_hashed_from_its_seed_and_found_under_the_model_it
 #[tokio::test]
 async fn a_busy_bound_worker_refuses_a_hard_session_and_passes_a_soft_one_on() {
     for mode in [super::sessions::AffinityMode::Hard, super::sessions::AffinityMode::Soft] {
-        let affinity =
-            super::sessions::AffinityOptions { ttl: std::time::Duration::from_secs(60), mode, max_sessions: 16 };
-        let options = RouterOptions { mode: RouterMode::RoundRobin, affinity: Some(affinity), ..RouterOptions::default() };
-        let router = Router::new(options, repository(), "local", Fake::new("local"), 64 << 20);
-        router.add_member_for_test("a", Fake::new("a"), false);
-        router.add_member_for_test("b", Fake::new("b"), false);
-        router.apply(&[instance("a", &["m"]), instance("b", &["m"])]).await;
+        let router = round_robin_with_affinity(mode, 16).await;
         let request = || GenerateRequest { prompt: vec![1, 2, 3], ..Default::default() };
         let served = |stream: &TokenStream| stream.worker().map(str::to_owned).expect("served by a worker");
         let bound = served(&router.generate_in_session("m", "s", request()).await.expect("first turn"));
@@ -418,20 +412,22 @@ async fn a_busy_bound_worker_refuses_a_hard_session_and_passes_a_soft_one_on() {
 /// itself (a Responses API conversation's, which asked for no affinity) is routed without one.
 #[tokio::test]
 async fn a_full_session_table_refuses_a_named_session_but_routes_an_implied_one() {
-    let affinity = super::sessions::AffinityOptions {
-        ttl: std::time::Duration::from_secs(60),
-        mode: super::sessions::AffinityMode::Hard,
-        max_sessions: 1,
-    };
-    let options = RouterOptions { mode: RouterMode::RoundRobin, affinity: Some(affinity), ..RouterOptions::default() };
-    let router = Router::new(options, repository(), "local", Fake::new("local"), 64 << 20);
-    router.add_member_for_test("a", Fake::new("a"), false);
-    router.add_member_for_test("b", Fake::new("b"), false);
-    router.apply(&[instance("a", &["m"]), instance("b", &["m"])]).await;
+    let router = round_robin_with_affinity(super::sessions::AffinityMode::Hard, 1).await;
     let request = || GenerateRequest { prompt: vec![1, 2, 3], ..Default::default() };
     router.generate_in_session("m", "held", request()).await.expect("the one session the table holds");
     let refused = router.generate_in_session("m", "named", request()).await.expect_err("the table is full");
     assert!(refused.to_string().contains("session affinity"), "{refused}");
     let implied = format!("{}response:root", tritium_backend_api::llm::IMPLIED_SESSION_MARK);
     router.generate_in_session("m", &implied, request()).await.expect("routed without affinity");
+}
+
+/// A round-robin router with session affinity (a 60 s TTL) over workers `a` and `b` of model `m`.
+async fn round_robin_with_affinity(mode: super::sessions::AffinityMode, max_sessions: usize) -> Arc<Router> {
+    let affinity = super::sessions::AffinityOptions { ttl: std::time::Duration::from_secs(60), mode, max_sessions };
+    let options = RouterOptions { mode: RouterMode::RoundRobin, affinity: Some(affinity), ..RouterOptions::default() };
+    let router = Router::new(options, repository(), "local", Fake::new("local"), 64 << 20);
+    router.add_member_for_test("a", Fake::new("a"), false);
+    router.add_member_for_test("b", Fake::new("b"), false);
+    router.apply(&[instance("a", &["m"]), instance("b", &["m"])]).await;
+    router
 }

@@ -148,22 +148,8 @@ proptest! {
 #[test]
 #[ignore = "a measurement, not a test"]
 fn encoding_speed() {
-    let syllables = ["ka", "ter", "lo", "mi", "van", "dor", "pex", "ul", "ri", "son", "quat", "ble", "zen", "fo", "gri", "tam"];
-    let mut seed = 58u64;
-    let mut next = |n: u64| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (seed >> 33) % n
-    };
-    let mut words = Vec::new();
-    for _ in 0..1000 {
-        let mut w = String::new();
-        for _ in 0..=next(3) {
-            w.push_str(syllables[next(16) as usize]);
-        }
-        w.push_str(["", "", "", ",", ".", ":"][next(6) as usize]);
-        words.push(w);
-    }
-    let text = format!("<|im_start|>user\nTool result:\n{}<|im_end|>\n<|im_start|>assistant\n", words.join(" "));
+    let words = crate::preprocess::tests::made_up_words(58, 1000);
+    let text = format!("<|im_start|>user\nTool result:\n{words}<|im_end|>\n<|im_start|>assistant\n");
     for (name, tokenizer, encoder, _) in encoders() {
         let n = tokenizer.encode_fast(text.as_str(), false).unwrap().get_ids().len();
         let t = std::time::Instant::now();

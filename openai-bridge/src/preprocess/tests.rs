@@ -379,19 +379,11 @@ fn finish_releases_an_incomplete_character_lossily() {
 #[test]
 #[ignore = "a measurement, not a test"]
 fn agent_turn_speed() {
-    let syllables = ["ka", "ter", "lo", "mi", "van", "dor", "pex", "ul", "ri", "son", "quat", "ble", "zen", "fo", "gri", "tam"];
-    let mut seed = 58u64;
-    let mut next = |n: u64| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (seed >> 33) % n
-    };
-    let mut text = |count: usize| {
-        (0..count).map(|_| (0..=next(3)).map(|_| syllables[next(16) as usize]).collect::<String>()).collect::<Vec<_>>().join(" ")
-    };
-    let mut messages = vec![json!({"role": "system", "content": text(11000)}), json!({"role": "user", "content": "Begin."})];
-    for _ in 0..5 {
-        messages.push(json!({"role": "assistant", "content": text(20)}));
-        messages.push(json!({"role": "tool", "content": text(1000), "tool_call_id": "call_1"}));
+    let mut messages =
+        vec![json!({"role": "system", "content": made_up_words(1, 11000)}), json!({"role": "user", "content": "Begin."})];
+    for turn in 0..5 {
+        messages.push(json!({"role": "assistant", "content": made_up_words(10 + turn, 20)}));
+        messages.push(json!({"role": "tool", "content": made_up_words(20 + turn, 1000), "tool_call_id": "call_1"}));
     }
     let pre = Preprocessor::new(Arc::clone(smollm2().card()))
         .unwrap()
@@ -423,4 +415,23 @@ fn agent_turn_speed() {
     time("parse the request", &mut || {
         std::hint::black_box(serde_json::from_slice::<crate::protocol::ChatCompletionRequest>(&bytes).unwrap());
     });
+}
+
+/// `count` words of `bench/agent_frontend.py`'s made-up vocabulary (one to four syllables, some
+/// with punctuation after), the same ones for the same `seed`: text the BPE tokenizer splits as it
+/// would logs and code comments.
+pub(super) fn made_up_words(seed: u64, count: usize) -> String {
+    let syllables = ["ka", "ter", "lo", "mi", "van", "dor", "pex", "ul", "ri", "son", "quat", "ble", "zen", "fo", "gri", "tam"];
+    let mut seed = seed;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) % n) as usize
+    };
+    let mut words = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut word: String = (0..=next(3)).map(|_| syllables[next(16)]).collect();
+        word.push_str(["", "", "", ",", ".", ":"][next(6)]);
+        words.push(word);
+    }
+    words.join(" ")
 }
