@@ -152,7 +152,10 @@ def _exception(e: InferenceServerException) -> dict:
     return _error(status.removeprefix("StatusCode."), e.message() or "")
 
 
-def run_infer(url: str, spec: dict) -> dict:
+def run_infer(url: str, spec: dict, before_sending=None) -> dict:
+    """`before_sending` (a barrier's wait) is called once the client is connected and the request
+    built, so that concurrent requests leave together: connecting a channel on a loaded machine can
+    take longer than a dynamic batcher's queue delay."""
     client = grpcclient.InferenceServerClient(url)
     try:
         inputs = []
@@ -161,6 +164,9 @@ def run_infer(url: str, spec: dict) -> dict:
             tensor.set_data_from_numpy(_array(datatype, shape, values))
             inputs.append(tensor)
         outputs = [grpcclient.InferRequestedOutput(n) for n in spec["outputs"]] if "outputs" in spec else None
+        if before_sending is not None:
+            client.is_server_live()
+            before_sending()
         result = client.infer(
             spec["model"], inputs, outputs=outputs, request_id=spec.get("request_id", ""),
             sequence_id=spec.get("sequence_id", 0), sequence_start=spec.get("sequence_start", False),
@@ -322,8 +328,7 @@ def run_concurrent(url: str, specs: list[dict]) -> list[dict]:
     barrier = threading.Barrier(len(specs))
 
     def one(spec):
-        barrier.wait()
-        return run_infer(url, spec)
+        return run_infer(url, spec, barrier.wait)
 
     with concurrent.futures.ThreadPoolExecutor(len(specs)) as pool:
         return list(pool.map(one, specs))
