@@ -84,6 +84,23 @@ def words(rng: random.Random, count: int) -> str:
     return " ".join(out)
 
 
+class Corpus:
+    """A long made-up text, made once, that the clients' tool results and tasks are cut from: a slice
+    costs the client nothing (generating ~1,000 words a turn cost it ~2 ms, more than the frontend
+    under test spends on the turn, and its GIL-bound threads capped the requests/s of both)."""
+
+    def __init__(self, rng: random.Random, count: int) -> None:
+        self.text = words(rng, count) + " "
+        self.starts = [0] + [i + 1 for i, c in enumerate(self.text) if c == " "]
+
+    def slice(self, rng: random.Random, count: int) -> str:
+        first = rng.randrange(len(self.starts) - count - 1)
+        return self.text[self.starts[first] : self.starts[first + count] - 1]
+
+
+CORPUS = Corpus(random.Random(5858), 300_000)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system time of a process, its threads included."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -180,7 +197,7 @@ class Load:
         connection = self.connection()
         while time.monotonic() < deadline:
             messages = [{"role": "system", "content": system},
-                        {"role": "user", "content": f"Task {rng.randrange(10**9)}: {words(rng, 60)}"}]  # fmt: skip
+                        {"role": "user", "content": f"Task {rng.randrange(10**9)}: {CORPUS.slice(rng, 60)}"}]  # fmt: skip
             for _ in range(rng.randint(4, 6)):
                 if time.monotonic() >= deadline:
                     break
@@ -191,7 +208,7 @@ class Load:
                     break
                 # A tool result of 1-2K tokens (about 1.5 tokens a word).
                 messages += [{"role": "assistant", "content": answer or "ok"},
-                             {"role": "user", "content": "Tool result:\n" + words(rng, rng.randint(700, 1300))}]  # fmt: skip
+                             {"role": "user", "content": "Tool result:\n" + CORPUS.slice(rng, rng.randint(700, 1300))}]  # fmt: skip
         connection.close()
 
 
@@ -251,8 +268,8 @@ def main() -> int:
     results: dict[tuple[str, str], list[tuple[float, float, float, float, int]]] = {}
     try:
         deployment.model_dir = model_folder(deployment, work)
-        for _ in range(WORKERS):
-            deployment.mocker(MODEL, "--num-gpu-blocks-override", "65536", "--max-model-len", "131072")
+        mockers = [deployment.mocker(MODEL, "--num-gpu-blocks-override", "65536", "--max-model-len", "131072").proc.pid
+                   for _ in range(WORKERS)]  # fmt: skip
         tritium = deployment.tritium_frontend()
         dynamo = deployment.dynamo_frontend()
         dynamo_pid = deployment.dynamo[-1].proc.pid
@@ -275,15 +292,18 @@ def main() -> int:
                     base, pid = frontends[name]
                     profile = profiler(pid, f"{workload}-c{concurrency}") if name == "tritium" and round_ == 0 else None
                     cpu, started = cpu_seconds(pid), time.monotonic()
+                    others = (sum(cpu_seconds(m) for m in mockers), sum(os.times()[:2]))
                     load = run(base, workload, concurrency, system)
                     if profile:
                         report(*profile)
                     elapsed, used = time.monotonic() - started, cpu_seconds(pid) - cpu
+                    mocker_cpu, client_cpu = sum(cpu_seconds(m) for m in mockers) - others[0], sum(os.times()[:2]) - others[1]
                     row = (load.ok / elapsed, percentile(load.ttft, 0.5) * 1000, percentile(load.ttft, 0.99) * 1000,
                            used / max(load.ok, 1) * 1000, load.failed)  # fmt: skip
                     results.setdefault((f"{workload} c={concurrency}", name), []).append(row)
                     print(f"round {round_ + 1} {workload} c={concurrency} {name}: {row[0]:.1f} req/s, ttft p50 {row[1]:.0f} ms "
-                          f"p99 {row[2]:.0f} ms, {row[3]:.2f} ms CPU/request, {row[4]} failed", flush=True)  # fmt: skip
+                          f"p99 {row[2]:.0f} ms, {row[3]:.2f} ms CPU/request, {row[4]} failed; mockers {mocker_cpu / elapsed:.2f} "
+                          f"cores, client {client_cpu / elapsed:.2f} cores, frontend {used / elapsed:.2f} cores", flush=True)  # fmt: skip
         reused, tokenized = tritium_cache(tritium.metrics_url)
     finally:
         deployment.stop()

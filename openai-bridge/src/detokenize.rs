@@ -11,11 +11,17 @@ use std::sync::Arc;
 
 use tokenizers::Tokenizer;
 
+pub use table::DecodeTable;
+
+mod table;
+
 /// The decoding state of one sequence; make one with
 /// `Preprocessor::detokenizer`.
 #[derive(Debug)]
 pub struct Detokenizer {
     tokenizer: Arc<Tokenizer>,
+    /// The tokenizer's decoding, looked up (a byte-level tokenizer's).
+    table: Option<Arc<DecodeTable>>,
     /// The window: ids before `read` were emitted already and are there as context.
     ids: Vec<u32>,
     read: usize,
@@ -27,9 +33,9 @@ impl Detokenizer {
     /// `context`: ids decoded as if they came before the sequence but never emitted, so that a
     /// decoder that strips the first token's leading space keeps the space of the first
     /// generated token (a completion continues its prompt).
-    pub(crate) fn new(tokenizer: Arc<Tokenizer>, context: Vec<u32>) -> Detokenizer {
+    pub(crate) fn new(tokenizer: Arc<Tokenizer>, table: Option<Arc<DecodeTable>>, context: Vec<u32>) -> Detokenizer {
         let read = context.len();
-        Detokenizer { tokenizer, ids: context, read, shown: Vec::new() }
+        Detokenizer { tokenizer, table, ids: context, read, shown: Vec::new() }
     }
 
     /// Shows these special tokens as their text instead of skipping them (the markers an
@@ -74,21 +80,28 @@ impl Detokenizer {
             return String::new();
         }
         if self.shown.is_empty() || !ids.iter().any(|id| self.shown.binary_search(id).is_ok()) {
-            // Decoding fails only for ids the tokenizer does not know; they add no text.
-            return self.tokenizer.decode(ids, true).unwrap_or_default();
+            return self.decode_ids(ids, true);
         }
         let mut text = String::new();
         for piece in ids.split_inclusive(|id| self.shown.binary_search(id).is_ok()) {
             let (last, before) = piece.split_last().map_or((None, piece), |(last, before)| (Some(*last), before));
             match last.filter(|id| self.shown.binary_search(id).is_ok()) {
                 Some(marker) => {
-                    text.push_str(&self.tokenizer.decode(before, true).unwrap_or_default());
-                    text.push_str(&self.tokenizer.decode(&[marker], false).unwrap_or_default());
+                    text.push_str(&self.decode_ids(before, true));
+                    text.push_str(&self.decode_ids(&[marker], false));
                 }
-                None => text.push_str(&self.tokenizer.decode(piece, true).unwrap_or_default()),
+                None => text.push_str(&self.decode_ids(piece, true)),
             }
         }
         text
+    }
+
+    fn decode_ids(&self, ids: &[u32], skip_special_tokens: bool) -> String {
+        match &self.table {
+            Some(table) => table.decode(ids, skip_special_tokens),
+            // Decoding fails only for ids the tokenizer does not know; they add no text.
+            None => self.tokenizer.decode(ids, skip_special_tokens).unwrap_or_default(),
+        }
     }
 }
 

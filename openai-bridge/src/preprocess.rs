@@ -27,7 +27,7 @@ use serde_json::{Map, Value as Json};
 use tokenizers::Tokenizer;
 use tritium_backend_api::llm::{ModelCard, ModelKind, Vocabulary};
 
-use crate::detokenize::Detokenizer;
+use crate::detokenize::{DecodeTable, Detokenizer};
 use crate::error::BridgeError;
 use crate::parsers::{OutputFormats, ToolCallFormat};
 use crate::sampling::CompletionLimits;
@@ -57,6 +57,8 @@ pub struct Preprocessor {
     vocabulary: Vocabulary,
     /// Ids a [`Detokenizer`] starts with as already-emitted context (see [`Self::detokenizer`]).
     detokenizer_context: Vec<u32>,
+    /// How generated ids decode without the tokenizer, for a byte-level one.
+    decode_table: Option<Arc<DecodeTable>>,
     /// Text longer than this cannot fit the context of a generating model whatever it says: its
     /// longest vocabulary entry times the context length. Checked before tokenizing.
     max_prompt_bytes: Option<usize>,
@@ -148,13 +150,14 @@ impl Preprocessor {
             word_cache: WordCache::new(DEFAULT_WORD_CACHE_ENTRIES),
             prefix_cache: None,
             card,
-            tokenizer: Arc::new(tokenizer),
             env,
             has_template,
             template_reads_tool_calls,
             bos_id,
             vocabulary,
             detokenizer_context,
+            decode_table: DecodeTable::new(&tokenizer).map(Arc::new),
+            tokenizer: Arc::new(tokenizer),
         })
     }
 
@@ -494,7 +497,7 @@ impl Preprocessor {
     /// where the decoder would drop a string's leading space (SentencePiece), the first
     /// generated token keeps it (`"▁Paris"` after a prompt is `" Paris"`).
     pub fn detokenizer(&self) -> Detokenizer {
-        Detokenizer::new(Arc::clone(&self.tokenizer), self.detokenizer_context.clone())
+        Detokenizer::new(Arc::clone(&self.tokenizer), self.decode_table.clone(), self.detokenizer_context.clone())
     }
 }
 

@@ -25,6 +25,13 @@ pub trait WorkerClient: Send + Sync + std::fmt::Debug + 'static {
         Err(WorkerError::NotLanguageModel { model: model.to_string() })
     }
 
+    /// [`generate`](WorkerClient::generate) for a caller that keeps the request (a router that may
+    /// try another worker, or move the stream): a client that only reads it (a Dynamo worker's,
+    /// which writes it to the wire) takes no copy of a long prompt.
+    async fn generate_borrowed(&self, model: &str, request: &GenerateRequest) -> Result<TokenStream, WorkerError> {
+        self.generate(model, request.clone()).await
+    }
+
     /// [`generate`](WorkerClient::generate) on a decode worker that takes the prompt's KV blocks
     /// from `prefill` (disaggregated serving); clients that cannot pass it on run a plain generate.
     async fn generate_with_prefill(

@@ -31,7 +31,7 @@ pub use types::{
     Priority, PromptLogprob, SamplingOptions, StopOptions, TokenStream,
 };
 #[cfg(feature = "vocabulary")]
-pub use vocab::Vocabulary;
+pub use vocab::{Vocabulary, byte_level_inverse};
 
 /// The first character of a session key the server derived itself (a Responses API
 /// conversation's), which no client header can carry (header values hold no control characters):

@@ -110,7 +110,7 @@ fn sentencepiece_byte(token: &str) -> Option<u8> {
 
 /// GPT-2's `bytes_to_unicode`, inverted: printable bytes stand for themselves, the rest are
 /// shifted to U+0100 and up in byte order.
-fn byte_level_inverse() -> HashMap<char, u8> {
+pub fn byte_level_inverse() -> HashMap<char, u8> {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
     let mut shifted = 0u32;
     let mut map = HashMap::with_capacity(256);

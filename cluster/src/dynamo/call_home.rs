@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::io::BufReader;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -23,13 +24,20 @@ use super::tls::{DynamoTls, PlaneStream};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A handshake is a small JSON header.
 const MAX_HANDSHAKE_BODY: usize = 0;
+/// What one read of a response stream takes in at most: a worker writes each token's frame
+/// apart, a few hundred bytes, and read unbuffered each cost three system calls (prefix, header,
+/// body). A frame over it is read past the buffer.
+const RESPONSE_READ_BUFFER: usize = 8 * 1024;
+
+/// A response stream as its request reads it: buffered, and writable (a `stop` goes back on it).
+pub type ResponseConnection = BufReader<PlaneStream>;
 
 #[derive(Debug)]
 pub struct CallHome {
     address: SocketAddr,
     /// The largest frame this frontend's Dynamo plane reads or sends.
     max_message: usize,
-    pending: Mutex<HashMap<String, oneshot::Sender<PlaneStream>>>,
+    pending: Mutex<HashMap<String, oneshot::Sender<ResponseConnection>>>,
     tls: DynamoTls,
 }
 
@@ -93,7 +101,8 @@ impl CallHome {
     }
 
     async fn hand_over(&self, stream: tokio::net::TcpStream, peer: SocketAddr) {
-        let Some(mut stream) = self.tls.accept(stream, peer, "Dynamo response streams").await else { return };
+        let Some(stream) = self.tls.accept(stream, peer, "Dynamo response streams").await else { return };
+        let mut stream = BufReader::with_capacity(RESPONSE_READ_BUFFER, stream);
         let handshake = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TwoPart::read(&mut stream, MAX_HANDSHAKE_BODY)).await {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => {
@@ -126,12 +135,12 @@ impl CallHome {
 pub struct Expected {
     home: Arc<CallHome>,
     subject: String,
-    receiver: Option<oneshot::Receiver<PlaneStream>>,
+    receiver: Option<oneshot::Receiver<ResponseConnection>>,
 }
 
 impl Expected {
     /// The connection, or `None` when none came within `timeout`.
-    pub async fn connection(&mut self, timeout: Duration) -> Option<PlaneStream> {
+    pub async fn connection(&mut self, timeout: Duration) -> Option<ResponseConnection> {
         let receiver = self.receiver.as_mut()?;
         tokio::time::timeout(timeout, receiver).await.ok()?.ok()
     }

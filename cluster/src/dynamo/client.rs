@@ -40,6 +40,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CALL_HOME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Responses of a decoupled tensor model held for a client that reads slowly.
 const STREAM_BUFFER: usize = 16;
+/// What one read of a request connection's acknowledgements takes in at most (each is a short
+/// JSON text).
+const ACK_READ_BUFFER: usize = 4 * 1024;
 
 type AckWaiter = oneshot::Sender<Result<String, String>>;
 /// A request body shorter than this is copied into its frame (one write); a longer one is written
@@ -79,7 +82,9 @@ impl Connection {
     }
 }
 
-async fn read_acks(mut reader: ReadHalf<PlaneStream>, waiters: Arc<Mutex<VecDeque<AckWaiter>>>, broken: Arc<AtomicBool>) {
+async fn read_acks(reader: ReadHalf<PlaneStream>, waiters: Arc<Mutex<VecDeque<AckWaiter>>>, broken: Arc<AtomicBool>) {
+    // Acknowledgements of pipelined requests arrive together: one read takes them all in.
+    let mut reader = tokio::io::BufReader::with_capacity(ACK_READ_BUFFER, reader);
     let reason = loop {
         match read_ack(&mut reader).await {
             Ok(ack) => match waiters.lock().pop_front() {
@@ -294,6 +299,10 @@ impl WorkerClient for DynamoWorker {
     }
 
     async fn generate(&self, model: &str, request: GenerateRequest) -> Result<TokenStream, WorkerError> {
+        self.start_generation(model, &request, None).await
+    }
+
+    async fn generate_borrowed(&self, model: &str, request: &GenerateRequest) -> Result<TokenStream, WorkerError> {
         self.start_generation(model, request, None).await
     }
 
@@ -343,7 +352,7 @@ impl WorkerClient for DynamoWorker {
         request: GenerateRequest,
         handoff: PrefillHandoff,
     ) -> Result<TokenStream, WorkerError> {
-        self.start_generation(model, request, Some(handoff)).await
+        self.start_generation(model, &request, Some(handoff)).await
     }
 }
 
@@ -353,12 +362,12 @@ impl DynamoWorker {
     async fn start_generation(
         &self,
         model: &str,
-        request: GenerateRequest,
+        request: &GenerateRequest,
         handoff: Option<PrefillHandoff>,
     ) -> Result<TokenStream, WorkerError> {
         let (served, card) = self.tokenized(model, ModelKind::Generate)?;
-        let max_tokens = self.max_tokens(served, card, &request)?;
-        let mut body = preprocessed_request(model, &request, max_tokens, &card.eos_token_ids);
+        let max_tokens = self.max_tokens(served, card, request)?;
+        let mut body = preprocessed_request(model, request, max_tokens, &card.eos_token_ids);
         let mut request_id = None;
         if let Some(handoff) = handoff {
             request_id = handoff.get("request_id").and_then(Json::as_str).map(str::to_string);

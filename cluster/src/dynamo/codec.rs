@@ -80,9 +80,12 @@ impl TwoPart {
         let mut prefix = &prefix[..];
         let header_len = prefix.get_u64();
         let body_len = prefix.get_u64();
-        let header = read_bounded(reader, "header", header_len, MAX_HEADER_BYTES).await?;
-        let body = read_bounded(reader, "body", body_len, max_body).await?;
-        Ok(TwoPart { header, body })
+        check("header", header_len, MAX_HEADER_BYTES)?;
+        check("body", body_len, max_body)?;
+        // One allocation and one read for both parts.
+        let mut both = read_bounded(reader, "message", header_len + body_len, MAX_HEADER_BYTES + max_body).await?;
+        let header = both.split_to(header_len as usize);
+        Ok(TwoPart { header, body: both })
     }
 
     /// Decodes one message held whole in `bytes` (a request payload).

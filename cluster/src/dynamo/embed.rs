@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tritium_backend_api::llm::GenerateError;
 
+use super::call_home::ResponseConnection;
 use super::items::{ItemError, Items};
 use super::protocol::PayloadCodec;
-use super::tls::PlaneStream;
 
 /// Dynamo's `PreprocessedEmbeddingRequest` (`annotations` has no default there: it is sent).
 pub fn embedding_request(model: &str, inputs: &[Vec<u32>]) -> Json {
@@ -73,7 +73,7 @@ impl EmbeddingStream<'_> {
     }
 
     /// The vectors, one per input, in order.
-    pub async fn read(&self, connection: Option<PlaneStream>) -> Result<Vec<Vec<f32>>, GenerateError> {
+    pub async fn read(&self, connection: Option<ResponseConnection>) -> Result<Vec<Vec<f32>>, GenerateError> {
         let error = |e: ItemError| match e {
             ItemError::Lost(message) => self.lost(message),
             ItemError::Engine(message) => self.engine(message),

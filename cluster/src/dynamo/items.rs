@@ -5,9 +5,9 @@
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 
+use super::call_home::ResponseConnection;
 use super::codec::{FrameError, TwoPart};
 use super::protocol::{Control, PayloadCodec, Prologue, StreamItem, decode_item};
-use super::tls::PlaneStream;
 
 /// Why reading stopped short.
 #[derive(Debug, PartialEq)]
@@ -20,7 +20,7 @@ pub enum ItemError {
 
 /// The items of one response stream.
 pub struct Items {
-    connection: PlaneStream,
+    connection: ResponseConnection,
     max_frame: usize,
     codec: PayloadCodec,
     finished: bool,
@@ -28,7 +28,7 @@ pub struct Items {
 
 impl Items {
     /// Reads the prologue of the stream the worker opened (`None`: it never did).
-    pub async fn open(connection: Option<PlaneStream>, max_frame: usize, codec: PayloadCodec) -> Result<Items, ItemError> {
+    pub async fn open(connection: Option<ResponseConnection>, max_frame: usize, codec: PayloadCodec) -> Result<Items, ItemError> {
         let mut connection = connection.ok_or_else(|| ItemError::Lost("the worker never opened the response stream".into()))?;
         let prologue = TwoPart::read(&mut connection, max_frame).await.map_err(|e| ItemError::Lost(e.to_string()))?;
         let prologue: Prologue = serde_json::from_slice(&prologue.header)

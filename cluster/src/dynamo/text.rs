@@ -7,9 +7,9 @@ use serde_json::Value as Json;
 use tokio::sync::mpsc;
 use tritium_backend_api::llm::GenerateError;
 
+use super::call_home::ResponseConnection;
 use super::items::{ItemError, Items};
 use super::protocol::PayloadCodec;
-use super::tls::PlaneStream;
 
 /// One forwarded request's response stream.
 pub struct TextStream {
@@ -33,7 +33,7 @@ impl TextStream {
 
     /// Relays the worker's chunks to `chunks` until the stream completes, fails, or the reader
     /// goes away.
-    pub async fn relay(self, connection: Option<PlaneStream>, chunks: Chunks) {
+    pub async fn relay(self, connection: Option<ResponseConnection>, chunks: Chunks) {
         let mut items = match Items::open(connection, self.max_frame, self.codec).await {
             Ok(items) => items,
             Err(error) => {

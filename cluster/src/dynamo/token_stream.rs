@@ -9,9 +9,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tritium_backend_api::llm::{FinishReason, GenerateError, GenerateEvent, GeneratedToken};
 
+use super::call_home::ResponseConnection;
 use super::codec::{FrameError, TwoPart};
 use super::protocol::{Control, Finish, PayloadCodec, Prologue, StreamItem, decode_item, finish_of};
-use super::tls::PlaneStream;
 
 /// One generation's response stream, read into Tritium's events.
 pub(super) struct ResponseStream {
@@ -30,7 +30,7 @@ impl ResponseStream {
         GenerateError::WorkerLost { model: self.model.clone(), worker: self.worker.clone(), message: message.into() }
     }
 
-    pub async fn run(self, connection: Option<PlaneStream>, events: Events) {
+    pub async fn run(self, connection: Option<ResponseConnection>, events: Events) {
         let Some(mut connection) = connection else {
             let _ = events.send(Err(self.lost("the worker never opened the response stream")));
             return;
@@ -50,7 +50,7 @@ impl ResponseStream {
         }
     }
 
-    async fn read(&self, connection: &mut PlaneStream, events: &Events) -> Result<(), GenerateError> {
+    async fn read(&self, connection: &mut ResponseConnection, events: &Events) -> Result<(), GenerateError> {
         let prologue = TwoPart::read(connection, self.max_frame).await.map_err(|e| self.lost(e.to_string()))?;
         let prologue: Prologue = serde_json::from_slice(&prologue.header)
             .map_err(|e| self.lost(format!("the worker's prologue is not one Dynamo sends: {e}")))?;

@@ -230,9 +230,11 @@ impl Router {
             let passed_over: Vec<Arc<str>> = tried.iter().chain(&split.prefill).chain(&held_back).cloned().collect();
             self.pick_preferring(model, Some(&request.prompt), hint, prefer, &passed_over)
         };
+        // Borrowed for each try: a copy is made only for a worker that keeps it.
+        let borrowed = &request;
         let outcome = self
             .on_workers(model, &mut tried, pick, |Picked { member, prompt: scored }| {
-                let request = request.clone();
+                let request = borrowed;
                 let remote = (!member.local).then(|| {
                     let outstanding = member.begin();
                     let tracked = self.track(&member, model, &request.prompt, scored);
@@ -242,18 +244,18 @@ impl Router {
                 });
                 async move {
                     let Some((outstanding, tracked, prefill)) = remote else {
-                        return Ok(Started::Local(member.client.generate(model, request).await?.served_by(member.id)));
+                        return Ok(Started::Local(member.client.generate(model, request.clone()).await?.served_by(member.id)));
                     };
                     let stream = match prefill {
                         Some((prefill, super::disagg::Prefill::Pull(source))) => {
                             // Counted on the prefill worker until the decode worker has its blocks.
                             let _prefilling = prefill.begin();
-                            member.client.generate_with_prefill(model, request, source).await?
+                            member.client.generate_with_prefill(model, request.clone(), source).await?
                         }
                         Some((prefill, super::disagg::Prefill::Handoff)) => {
-                            super::disagg::generate_after_handoff(model, request, &member, &prefill).await?
+                            super::disagg::generate_after_handoff(model, request.clone(), &member, &prefill).await?
                         }
-                        None => member.client.generate(model, request).await?,
+                        None => member.client.generate_borrowed(model, request).await?,
                     };
                     Ok(Started::Remote { member, stream, outstanding, tracked })
                 }

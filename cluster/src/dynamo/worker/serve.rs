@@ -22,6 +22,9 @@ use super::home::{CallHomeInfo, call_home};
 use crate::dynamo::codec::{FrameError, RequestFrame, TwoPart, ack_frame};
 use crate::dynamo::tls::{DynamoTls, PlaneStream};
 
+/// What one read of a frontend's request connection takes in at most; a longer payload (a long
+/// prompt's ids) is read past it.
+const REQUEST_READ_BUFFER: usize = 16 * 1024;
 
 /// What the listener serves.
 #[derive(Clone)]
@@ -75,7 +78,9 @@ struct ConnectionInfo {
 
 
 async fn connection(stream: PlaneStream, served: Served, stop: CancellationToken) {
-    let (mut reader, writer) = tokio::io::split(stream);
+    let (reader, writer) = tokio::io::split(stream);
+    // A request frame comes in four parts after its prefix; one read takes in a short request whole.
+    let mut reader = tokio::io::BufReader::with_capacity(REQUEST_READ_BUFFER, reader);
     let mut writer = BufWriter::new(writer);
     loop {
         let frame = tokio::select! {
