@@ -18,7 +18,9 @@ the machine ran ~7,000 agent requests through it, and its CPU per request triple
 
 Every request streams MAX_TOKENS tokens. Reported per frontend and workload: requests/s, time to
 first token p50/p99, frontend CPU per request (user + system time of the frontend process over the
-round, from /proc), and Tritium/Dynamo ratios; Tritium's tokenizer-cache hit rate from its metrics.
+round, from /proc), the cores the frontend, the mockers and this client used over the round (what
+caps requests/s on 2 cores), and Tritium/Dynamo ratios; Tritium's tokenizer-cache hit rate from its
+metrics. The clients cut their text from one made-up corpus made at start, so they cost little.
 Writes bench/results/agent-frontend-<date>[-fastokens].md. Environment: WORKERS (2), SECONDS (15), ROUNDS (2),
 TOKENIZER (`default`; `fastokens` gives both frontends that encoder).
 PERF=DIR records Tritium's frontend with `perf record -g` during its first round of each workload into
@@ -265,7 +267,7 @@ def main() -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="agent-bench-"))
     deployment = Deployment(work, work / "unused", "agents")
     os.environ.update({"DYN_TOKENIZER_CACHE": "1", "DYN_TOKENIZER_CACHE_BYTES": str(CACHE_BYTES), "DYN_TOKENIZER": TOKENIZER})
-    results: dict[tuple[str, str], list[tuple[float, float, float, float, int]]] = {}
+    results: dict[tuple[str, str], list[tuple[float, float, float, float, int, float, float, float]]] = {}
     try:
         deployment.model_dir = model_folder(deployment, work)
         mockers = [deployment.mocker(MODEL, "--num-gpu-blocks-override", "65536", "--max-model-len", "131072").proc.pid
@@ -299,15 +301,17 @@ def main() -> int:
                     elapsed, used = time.monotonic() - started, cpu_seconds(pid) - cpu
                     mocker_cpu, client_cpu = sum(cpu_seconds(m) for m in mockers) - others[0], sum(os.times()[:2]) - others[1]
                     row = (load.ok / elapsed, percentile(load.ttft, 0.5) * 1000, percentile(load.ttft, 0.99) * 1000,
-                           used / max(load.ok, 1) * 1000, load.failed)  # fmt: skip
+                           used / max(load.ok, 1) * 1000, load.failed, used / elapsed, mocker_cpu / elapsed, client_cpu / elapsed)  # fmt: skip
                     results.setdefault((f"{workload} c={concurrency}", name), []).append(row)
                     print(f"round {round_ + 1} {workload} c={concurrency} {name}: {row[0]:.1f} req/s, ttft p50 {row[1]:.0f} ms "
-                          f"p99 {row[2]:.0f} ms, {row[3]:.2f} ms CPU/request, {row[4]} failed; mockers {mocker_cpu / elapsed:.2f} "
-                          f"cores, client {client_cpu / elapsed:.2f} cores, frontend {used / elapsed:.2f} cores", flush=True)  # fmt: skip
+                          f"p99 {row[2]:.0f} ms, {row[3]:.2f} ms CPU/request, {row[4]} failed; cores: frontend {row[5]:.2f}, mockers "
+                          f"{row[6]:.2f}, client {row[7]:.2f}", flush=True)  # fmt: skip
         reused, tokenized = tritium_cache(tritium.metrics_url)
     finally:
         deployment.stop()
-    mean = {key: [sum(r[i] for r in runs) / len(runs) for i in range(4)] + [sum(r[4] for r in runs)] for key, runs in results.items()}
+    average = lambda runs, i: sum(r[i] for r in runs) / len(runs)  # noqa: E731
+    mean = {key: [average(runs, i) for i in range(4)] + [sum(r[4] for r in runs)] + [average(runs, i) for i in range(5, 8)]
+            for key, runs in results.items()}  # fmt: skip
     lines = [
         f"# Agent traffic: Dynamo's frontend and Tritium's over the same mocker workers ({datetime.date.today()})",
         "",
@@ -318,9 +322,10 @@ def main() -> int:
         f"prompt, conversations of 4-6 turns each adding a 1-2K-token tool result. {MAX_TOKENS} streamed tokens per "
         f"request, {SECONDS} s per round, {ROUNDS} rounds alternating. Workers, both frontends and the client share the machine.",
         "",
-        "| workload | frontend | requests/s | TTFT p50 (ms) | TTFT p99 (ms) | frontend CPU per request (ms) | failed |",
-        "|---|---|---|---|---|---|---|",
-        *(f"| {key[0]} | {key[1]} | {m[0]:.1f} | {m[1]:.0f} | {m[2]:.0f} | {m[3]:.2f} | {m[4]} |" for key, m in mean.items()),
+        "| workload | frontend | requests/s | TTFT p50 (ms) | TTFT p99 (ms) | frontend CPU per request (ms) | failed | cores: frontend / mockers / client |",
+        "|---|---|---|---|---|---|---|---|",
+        *(f"| {key[0]} | {key[1]} | {m[0]:.1f} | {m[1]:.0f} | {m[2]:.0f} | {m[3]:.2f} | {m[4]} | {m[5]:.2f} / {m[6]:.2f} / {m[7]:.2f} |"
+          for key, m in mean.items()),
         "",
         "| workload | Tritium/Dynamo requests/s | Tritium/Dynamo CPU per request |",
         "|---|---|---|",

@@ -2,7 +2,8 @@
 text-input model, behind both frontends in round-robin mode with `--router-session-affinity-ttl-secs`.
 A session's requests (`x-dynamo-session-id`) stay on one worker on both frontends and requests without
 one alternate; Tritium's keeps text-input workers' sessions too (forwarded as sent), where Dynamo's
-frontend routes those past its session table."""
+frontend routes those past its session table. On Tritium's, a Responses API conversation (a chain of
+`previous_response_id`s, or a Conversations API conversation) is its own session there too."""
 
 from __future__ import annotations
 
@@ -79,3 +80,37 @@ def test_a_sessions_requests_stay_on_one_worker_on_both_frontends(sticky, fronte
         # The token path also names the worker in nvext: the same one each turn.
         named = {str(chat(base, model, session, "again")["nvext"]["worker_id"]["decode_worker_id"]) for _ in range(3)}
         assert len(named) == 1, named
+
+
+def post(base: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.parametrize("thread", ["previous_response_id", "conversation"])
+def test_a_responses_conversation_stays_on_one_text_input_worker(sticky, thread):
+    """Without a session header, Tritium's Responses door makes a conversation its own session on
+    Dynamo's text-input workers too: a chain of `previous_response_id`s (bound from its second turn,
+    the chain's first response naming it) or a Conversations API conversation keeps one worker, where
+    requests without one alternate."""
+    tritium, _, _, texts = sticky
+    model = "sticky-text"
+    if thread == "previous_response_id":
+        last = post(tritium, "/v1/responses", {"model": model, "input": "begin", "max_output_tokens": 3})["id"]
+
+        def turn(i: int) -> None:
+            nonlocal last
+            last = post(tritium, "/v1/responses", {"model": model, "input": f"step {i}", "previous_response_id": last,
+                                                   "max_output_tokens": 3})["id"]  # fmt: skip
+    else:
+        conversation = post(tritium, "/v1/conversations", {})["id"]
+
+        def turn(i: int) -> None:
+            post(tritium, "/v1/responses", {"model": model, "input": f"step {i}", "conversation": conversation, "max_output_tokens": 3})
+
+    kept = spread_of(texts, model, lambda: [turn(i) for i in range(6)])
+    assert sorted(kept) == [0, 6], kept
+    alone = spread_of(texts, model, lambda: [post(tritium, "/v1/responses", {"model": model, "input": f"free {i}", "max_output_tokens": 3})
+                                              for i in range(6)])  # fmt: skip
+    assert sorted(alone) == [3, 3], alone
