@@ -41,28 +41,20 @@ use crate::sampling::{CompletionLimits, CompletionOptions, MAX_LOGPROBS};
 
 /// Parses a request body: bad JSON, a non-object, or a field of the wrong type give a
 /// [`BridgeError`] whose message names the field.
-/// [`parse_json`], keeping the body as JSON too (for a request forwarded as it came).
-pub fn parse_json_and_value<T: DeserializeOwned>(body: &[u8]) -> Result<(T, Value), BridgeError> {
-    if let Ok(value) = serde_json::from_slice::<Value>(body)
-        && value.is_object()
-        && let Ok(parsed) = T::deserialize(&value)
-    {
-        return Ok((parsed, value));
-    }
-    // The error, worded as parse_json words it.
-    parse_json::<T>(body).and_then(|_| Err(BridgeError::InvalidBody("the request body is not valid JSON".into())))
-}
-
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, BridgeError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| BridgeError::InvalidBody(format!("the request body is not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(BridgeError::InvalidBody("the request body must be a JSON object".into()));
     }
-    let error = match T::deserialize(&value) {
+    // Taken apart, not copied: an agent's request is its whole conversation.
+    let error = match T::deserialize(value) {
         Ok(parsed) => return Ok(parsed),
         Err(error) => error.to_string(),
     };
+    // Only a refused body is parsed twice, to find the field to name.
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| BridgeError::InvalidBody(format!("the request body is not valid JSON: {e}")))?;
     if let Some(field) = error.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
         return Err(BridgeError::field(field, "is required"));
     }
@@ -408,17 +400,26 @@ impl ChatCompletionRequest {
     /// The messages for the template: each needs a string `role`; content given as a list of
     /// text parts is joined into one string, since templates expect text.
     pub fn template_messages(&self) -> Result<Vec<Value>, BridgeError> {
-        if self.messages.is_empty() {
+        Self::as_template_messages(self.messages.clone())
+    }
+
+    /// [`Self::template_messages`], taken out of the request rather than copied (an agent's
+    /// request is its whole conversation); `messages` is empty after.
+    pub fn take_template_messages(&mut self) -> Result<Vec<Value>, BridgeError> {
+        Self::as_template_messages(std::mem::take(&mut self.messages))
+    }
+
+    fn as_template_messages(messages: Vec<Map<String, Value>>) -> Result<Vec<Value>, BridgeError> {
+        if messages.is_empty() {
             return Err(BridgeError::field("messages", "at least one message is required"));
         }
-        self.messages
-            .iter()
+        messages
+            .into_iter()
             .enumerate()
-            .map(|(i, message)| {
+            .map(|(i, mut message)| {
                 if !message.get("role").is_some_and(Value::is_string) {
                     return Err(BridgeError::field(format!("messages[{i}].role"), "a string role is required"));
                 }
-                let mut message = message.clone();
                 if let Some(Value::Array(parts)) = message.get("content") {
                     let text =
                         join_text_parts(parts).map_err(|reason| BridgeError::field(format!("messages[{i}].content"), reason))?;

@@ -504,18 +504,30 @@ async fn body_of<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, R
     })
 }
 
-/// [`OpenAiJson`] with the body kept as JSON too: a request for a text-input model is
-/// forwarded as the client sent it.
-struct OpenAiJsonAndValue<T>(T, Value);
+/// [`OpenAiJson`] with the body kept as it came: a request for a text-input model is forwarded as
+/// the client sent it.
+struct OpenAiJsonAndBody<T>(T, SentBody);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJsonAndValue<T> {
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJsonAndBody<T> {
     type Rejection = Response;
 
-    async fn from_request(request: Request, state: &S) -> Result<OpenAiJsonAndValue<T>, Response> {
+    async fn from_request(request: Request, state: &S) -> Result<OpenAiJsonAndBody<T>, Response> {
         let body = body_of(request, state).await?;
-        crate::protocol::parse_json_and_value(&body)
-            .map(|(parsed, value)| OpenAiJsonAndValue(parsed, value))
+        crate::protocol::parse_json(&body)
+            .map(|parsed| OpenAiJsonAndBody(parsed, SentBody(body)))
             .map_err(|error| ApiError(error).into_response())
+    }
+}
+
+/// A request body as the client sent it, read as JSON again only for a request forwarded whole
+/// (most requests are tokenized here, and keeping a second tree of a long conversation cost a
+/// copy of it per request).
+struct SentBody(Bytes);
+
+impl SentBody {
+    /// The body's JSON (an object: it parsed as the request already).
+    fn json(&self) -> Result<Value, ApiError> {
+        crate::protocol::parse_json::<Value>(&self.0).map_err(ApiError)
     }
 }
 

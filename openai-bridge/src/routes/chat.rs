@@ -26,20 +26,23 @@ pub(super) async fn chat_completions(
     worker: super::HeaderWorker,
     priority: super::HeaderPriority,
     caller: super::CallerTrace,
-    super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<ChatCompletionRequest>,
+    super::OpenAiJsonAndBody(mut request, body): super::OpenAiJsonAndBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     if state.hub.takes_text(&request.model) {
         let place = worker.place(request.nvext.as_ref());
-        return super::text_input::forward(&state, OpenAiApi::Chat, &request.model, place, body, caller).await;
+        return super::text_input::forward(&state, OpenAiApi::Chat, &request.model, place, body.json()?, caller).await;
     }
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/chat/completions").await?;
     let mut observer = state.observer(&request.model, caller);
     let prepared = request.options().and_then(|mut options| {
         priority.apply(&mut options)?;
         let tools = request.tools()?;
-        let messages = request.template_messages()?;
+        // Read before the messages are taken (their text parts are joined then); a bad message is
+        // still the error named first.
+        let breakpoint = crate::protocol::chat_breakpoint(&request.messages);
+        let messages = request.take_template_messages()?;
+        let breakpoint = breakpoint?;
         let extra = request.template_extra(&tools);
-        let breakpoint = crate::protocol::chat_breakpoint(&request.messages)?;
         Ok((options, tools, messages, extra, breakpoint))
     });
     let (mut options, tools, messages, extra, breakpoint) = prepared.map_err(|error| super::failed(&mut observer, error))?;

@@ -123,7 +123,7 @@ pub(super) async fn classify(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
     caller: super::CallerTrace,
-    super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<ClassifyRequest>,
+    super::OpenAiJsonAndBody(request, body): super::OpenAiJsonAndBody<ClassifyRequest>,
 ) -> Result<Response, ApiError> {
     let inputs = request.input.0;
     if inputs.is_empty() || inputs.len() > MAX_TEXTS {
@@ -134,7 +134,7 @@ pub(super) async fn classify(
     }
     if state.hub.takes_text(&request.model) {
         let worker = worker.or_nvext(None);
-        return super::text_unary::forward(&state, OpenAiApi::Classify, &request.model, worker, body, caller).await;
+        return super::text_unary::forward(&state, OpenAiApi::Classify, &request.model, worker, body.json()?, caller).await;
     }
     let Some(text_model) = text_model(&state, &request.model, TextTaskKind::Classify, "/classify")? else {
         state.hub.preprocessor(&request.model)?;

@@ -29,11 +29,11 @@ pub(super) async fn completions(
     worker: super::HeaderWorker,
     priority: super::HeaderPriority,
     caller: super::CallerTrace,
-    super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<CompletionRequest>,
+    super::OpenAiJsonAndBody(request, body): super::OpenAiJsonAndBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     if state.hub.takes_text(&request.model) {
         let place = worker.place(request.nvext.as_ref());
-        return super::text_input::forward(&state, OpenAiApi::Completions, &request.model, place, body, caller).await;
+        return super::text_input::forward(&state, OpenAiApi::Completions, &request.model, place, body.json()?, caller).await;
     }
     let pre = state.preprocessor(&request.model, ModelKind::Generate, "/v1/completions").await?;
     let mut observer = state.observer(&request.model, caller);

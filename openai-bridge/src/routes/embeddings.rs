@@ -21,11 +21,11 @@ pub(super) async fn embeddings(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
     caller: super::CallerTrace,
-    super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<EmbeddingRequest>,
+    super::OpenAiJsonAndBody(request, body): super::OpenAiJsonAndBody<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
     if state.hub.takes_text(&request.model) {
         let worker = worker.or_nvext(None);
-        return super::text_unary::forward(&state, OpenAiApi::Embeddings, &request.model, worker, body, caller).await;
+        return super::text_unary::forward(&state, OpenAiApi::Embeddings, &request.model, worker, body.json()?, caller).await;
     }
     let pre = state.preprocessor(&request.model, ModelKind::Embed, "/v1/embeddings").await?;
     let mut observer = state.observer(&request.model, caller);

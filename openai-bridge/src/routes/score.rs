@@ -149,7 +149,7 @@ pub(super) async fn rerank(
     State(state): State<AppState>,
     worker: super::HeaderWorker,
     caller: super::CallerTrace,
-    super::OpenAiJsonAndValue(request, body): super::OpenAiJsonAndValue<RerankRequest>,
+    super::OpenAiJsonAndBody(request, body): super::OpenAiJsonAndBody<RerankRequest>,
 ) -> Result<Response, ApiError> {
     if request.query.is_empty() {
         return Err(BridgeError::field("query", "must not be empty").into());
@@ -162,7 +162,7 @@ pub(super) async fn rerank(
     }
     if state.hub.takes_text(&request.model) {
         let worker = worker.or_nvext(None);
-        return super::text_unary::forward(&state, OpenAiApi::Rerank, &request.model, worker, body, caller).await;
+        return super::text_unary::forward(&state, OpenAiApi::Rerank, &request.model, worker, body.json()?, caller).await;
     }
     let (relevance, tokens) = match classify::text_model(&state, &request.model, TextTaskKind::Score, "/v1/rerank")? {
         Some(model) => {
