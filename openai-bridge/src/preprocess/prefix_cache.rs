@@ -209,7 +209,13 @@ impl PrefixCache {
     pub fn plan(&self, text: &str) -> Plan {
         let cuts = self.cuts(text);
         let keys = self.keys(text, &cuts);
-        let reused = keys.iter().enumerate().rev().find_map(|(index, key)| self.assemble(key).map(|ids| (index, ids)));
+        // Room for the rest of the text too (a token takes at least a byte): the cached ids are
+        // not copied again when the rest is added.
+        let reused = keys
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(index, key)| self.assemble(key, text.len().saturating_sub(cuts[index])).map(|ids| (index, ids)));
         Plan { cuts, keys, reused, text_len: text.len() }
     }
 
@@ -230,7 +236,7 @@ impl PrefixCache {
         };
         let cached = ids.len();
         // A token takes at least a byte: the rest of the text fits without growing the ids (a
-        // long prompt's cached ids would be copied at each doubling).
+        // long prompt's cached ids would be copied at each doubling). Reused ids have that room.
         let reused_bytes = first_new.checked_sub(1).map_or(0, |index| cuts[index]);
         ids.reserve(text.len().saturating_sub(reused_bytes));
         let last = match (first_new, self.extend) {
@@ -285,8 +291,9 @@ impl PrefixCache {
             .collect()
     }
 
-    /// The ids of the prefix cached under `key`, if its whole chain is still there.
-    fn assemble(&self, key: &Key) -> Option<Vec<u32>> {
+    /// The ids of the prefix cached under `key`, if its whole chain is still there, with room
+    /// for `more`.
+    fn assemble(&self, key: &Key, more: usize) -> Option<Vec<u32>> {
         let last = self.pieces.get(key)?;
         let mut chain = vec![Arc::clone(&last)];
         let mut parent = last.parent;
@@ -295,7 +302,7 @@ impl PrefixCache {
             parent = piece.parent;
             chain.push(piece);
         }
-        let mut ids = Vec::with_capacity(last.prefix_len);
+        let mut ids = Vec::with_capacity(last.prefix_len.saturating_add(more));
         for piece in chain.iter().rev() {
             ids.extend_from_slice(&piece.ids);
         }
