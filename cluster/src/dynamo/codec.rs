@@ -83,7 +83,8 @@ impl TwoPart {
         check("header", header_len, MAX_HEADER_BYTES)?;
         check("body", body_len, max_body)?;
         // One allocation and one read for both parts.
-        let mut both = read_bounded(reader, "message", header_len + body_len, MAX_HEADER_BYTES + max_body).await?;
+        let total = header_len.saturating_add(body_len);
+        let mut both = read_bounded(reader, "message", total, MAX_HEADER_BYTES.saturating_add(max_body)).await?;
         let header = both.split_to(header_len as usize);
         Ok(TwoPart { header, body: both })
     }
