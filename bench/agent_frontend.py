@@ -228,6 +228,12 @@ def run(base: str, workload: str, concurrency: int, system: str) -> Load:
 
 def profiler(pid: int, name: str) -> tuple[subprocess.Popen, pathlib.Path] | None:
     """`perf record` of `pid` while a round runs, when PERF names a folder."""
+    if os.environ.get("PERF_STAT"):
+        out = pathlib.Path(os.environ["PERF_STAT"]) / f"{name}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        events = "task-clock,context-switches,cpu-migrations,page-faults,raw_syscalls:sys_enter"
+        argv = ["perf", "stat", "-e", events, "-p", str(pid), "-o", str(out)]
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out
     if not os.environ.get("PERF"):
         return None
     out = pathlib.Path(os.environ["PERF"]) / f"{name}.data"
@@ -242,6 +248,9 @@ def profiler(pid: int, name: str) -> tuple[subprocess.Popen, pathlib.Path] | Non
 def report(recorder: subprocess.Popen, out: pathlib.Path) -> None:
     recorder.send_signal(2)
     recorder.wait(timeout=60)
+    if out.suffix == ".txt":
+        print(f"--- perf stat: {out.stem} ---\n{out.read_text().strip()}", flush=True)
+        return
     shape = ["--no-children", "--percent-limit", "1"] if os.environ.get("PERF_FLAT") else ["--children", "--percent-limit", "4"]
     argv = ["perf", "report", "-i", str(out), *shape, "--stdio", "-g", "none"]
     top = subprocess.run(argv, capture_output=True, text=True, timeout=300).stdout
@@ -292,7 +301,7 @@ def main() -> int:
                 order = list(frontends) if round_ % 2 == 0 else list(reversed(frontends))
                 for name in order:
                     base, pid = frontends[name]
-                    profile = profiler(pid, f"{workload}-c{concurrency}") if name == "tritium" and round_ == 0 else None
+                    profile = profiler(pid, f"{name}-{workload}-c{concurrency}") if (name == "tritium" or os.environ.get("PERF_STAT")) and round_ == 0 else None
                     cpu, started = cpu_seconds(pid), time.monotonic()
                     others = (sum(cpu_seconds(m) for m in mockers), sum(os.times()[:2]))
                     load = run(base, workload, concurrency, system)

@@ -227,7 +227,7 @@ impl TextStream {
         let info = self.token_info(token);
         self.held_tokens.push(info);
         let text = self.detokenizer.push(id);
-        let outcome = self.stop.push(&text);
+        let outcome = self.stop.push(text);
         if outcome.stopped {
             let prompt_tokens = self.observer.known_prompt_tokens().unwrap_or(0);
             let usage = Usage {
@@ -254,7 +254,7 @@ impl TextStream {
         self.observer.prompt_tokens(usage.prompt_tokens);
         self.observer.cached_tokens(usage.cached_tokens);
         let tail = self.detokenizer.finish();
-        let outcome = self.stop.push(&tail);
+        let outcome = self.stop.push(tail);
         let (text, reason) = match outcome.stopped {
             true => (outcome.emit, FinishReason::Stop),
             false => (outcome.emit + &self.stop.finish(), reason),

@@ -472,6 +472,29 @@ proptest! {
         }
     }
 
+    /// A body read straight into its type is what the JSON tree made of it, for every door's
+    /// request type, and one the type refuses is decided by the tree (a field repeated before the
+    /// rest: the tree keeps the last).
+    #[test]
+    fn a_body_read_straight_is_the_trees(body in body(), repeated in proptest::option::of((proptest::sample::select(FIELDS), json_value()))) {
+        let body = match (repeated, body.strip_prefix(b"{")) {
+            (Some((key, value)), Some(rest)) if rest.first().is_some_and(|&c| c != b'}') => {
+                [format!("{{{}:{value},", Value::from(key)).as_bytes(), rest].concat()
+            }
+            _ => body,
+        };
+        fn same<T: serde::de::DeserializeOwned + std::fmt::Debug>(body: &[u8]) -> Result<(), TestCaseError> {
+            let (straight, tree) = (parse_json::<T>(body), crate::protocol::parse_json_tree::<T>(body));
+            prop_assert_eq!(format!("{straight:?}"), format!("{tree:?}"), "{}", String::from_utf8_lossy(body));
+            Ok(())
+        }
+        same::<ChatCompletionRequest>(&body)?;
+        same::<CompletionRequest>(&body)?;
+        same::<EmbeddingRequest>(&body)?;
+        same::<crate::protocol::MessagesRequest>(&body)?;
+        same::<crate::protocol::ResponsesRequest>(&body)?;
+    }
+
     /// Any body for `/v1/embeddings`: parsed inputs are all texts or all token lists, and
     /// `validate` accepts exactly those with no empty input and no `dimensions`.
     #[test]

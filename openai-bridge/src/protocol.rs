@@ -42,6 +42,19 @@ use crate::sampling::{CompletionLimits, CompletionOptions, MAX_LOGPROBS};
 /// Parses a request body: bad JSON, a non-object, or a field of the wrong type give a
 /// [`BridgeError`] whose message names the field.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, BridgeError> {
+    // An object is read straight into its type: a JSON tree first cost a map and a key per field.
+    // Whatever that refuses (a duplicate field, say, which the tree takes the last of) is decided
+    // by the tree, as before, which also names the field.
+    if body.trim_ascii_start().first() == Some(&b'{')
+        && let Ok(parsed) = serde_json::from_slice::<T>(body)
+    {
+        return Ok(parsed);
+    }
+    parse_json_tree(body)
+}
+
+/// [`parse_json`] through a JSON tree: what it decides for a body its type refuses.
+pub(crate) fn parse_json_tree<T: DeserializeOwned>(body: &[u8]) -> Result<T, BridgeError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| BridgeError::InvalidBody(format!("the request body is not valid JSON: {e}")))?;
     if !value.is_object() {

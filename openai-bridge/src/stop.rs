@@ -27,11 +27,16 @@ impl StopMatcher {
         StopMatcher { stops, held: String::new(), stopped: false }
     }
 
-    pub fn push(&mut self, text: &str) -> StopOutcome {
+    pub fn push(&mut self, text: String) -> StopOutcome {
         if self.stopped {
             return StopOutcome { emit: String::new(), stopped: true, matched: None };
         }
-        self.held.push_str(text);
+        // Nothing held (the usual case): the text itself is held, not a copy of it.
+        if self.held.is_empty() {
+            self.held = text;
+        } else {
+            self.held.push_str(&text);
+        }
         // The stop string that ends first wins: generation would have stopped right there.
         let first = self
             .stops
@@ -70,7 +75,7 @@ mod tests {
         let mut emitted = Vec::new();
         let mut stopped = false;
         for piece in pieces {
-            let outcome = matcher.push(piece);
+            let outcome = matcher.push(piece.to_string());
             emitted.push(outcome.emit);
             stopped = outcome.stopped;
         }
@@ -103,8 +108,8 @@ mod tests {
     fn stop_at_the_very_start_and_nothing_after() {
         let mut matcher = StopMatcher::new(vec!["\n\n".into()]);
         let stopped = StopOutcome { emit: String::new(), stopped: true, matched: Some("\n\n".into()) };
-        assert_eq!(matcher.push("\n\nrest"), stopped);
-        assert_eq!(matcher.push("more"), StopOutcome { emit: String::new(), stopped: true, matched: None });
+        assert_eq!(matcher.push("\n\nrest".into()), stopped);
+        assert_eq!(matcher.push("more".into()), StopOutcome { emit: String::new(), stopped: true, matched: None });
         assert_eq!(matcher.finish(), "");
     }
 

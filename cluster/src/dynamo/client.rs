@@ -27,7 +27,8 @@ use tritium_worker::{InferOutcome, InferenceResponse, ValidInferRequest, WorkerC
 use super::call_home::{CallHome, Expected};
 use super::codec::{FrameError, TwoPart, read_ack, request_frame_head};
 use super::items::{ItemError, Items};
-use super::protocol::{control_message, encode_body, encode_request, headers, preprocessed_request};
+use super::preprocessed::PreprocessedRequest;
+use super::protocol::{control_message, encode_body, encode_request, headers};
 use super::tls::{DynamoTls, PlaneStream};
 use super::view::{DynamoEndpoint, DynamoModel, DynamoTarget};
 
@@ -262,7 +263,7 @@ impl WorkerClient for DynamoWorker {
     async fn embed(&self, model: &str, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, WorkerError> {
         self.tokenized(model, ModelKind::Embed)?;
         let count = inputs.len();
-        let mut expected = self.call(model, &super::embed::embedding_request(model, &inputs), None).await?;
+        let mut expected = self.call(model, &super::embed::embedding_request(model, &inputs)).await?;
         let connection = expected.connection(CALL_HOME_TIMEOUT).await;
         let reading = super::embed::EmbeddingStream {
             worker: &self.id,
@@ -283,7 +284,7 @@ impl WorkerClient for DynamoWorker {
             }
             None => return Err(WorkerError::NotLanguageModel { model: model.to_string() }),
         }
-        let mut expected = self.call(model, &request, None).await?;
+        let mut expected = self.call(model, &request).await?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let stream = super::text::TextStream {
             worker: self.id.clone(),
@@ -308,14 +309,15 @@ impl WorkerClient for DynamoWorker {
 
     async fn prefill_handoff(&self, model: &str, request: &GenerateRequest) -> Result<PrefillHandoff, WorkerError> {
         let (served, card) = self.tokenized(model, ModelKind::Generate)?;
-        let mut body = preprocessed_request(model, request, 1, &card.eos_token_ids);
+        let mut body = PreprocessedRequest::new(model, request, 1, &card.eos_token_ids).tree();
         body["routing"] = serde_json::json!({"prefill_worker_id": self.target.instance_id});
         let bootstrap = served.bootstrap.as_ref().map(|endpoint| super::bootstrap::bootstrap_info(endpoint));
         if let Some(info) = &bootstrap {
             body["bootstrap_info"] = info.clone();
         }
         let request_id = new_request_id();
-        let mut expected = self.call_as(&request_id, model, &body, Some(&request.prompt)).await?;
+        let encoded = encode_request(&body, &request.prompt, self.target.codec);
+        let mut expected = self.call_as(&request_id, model, encoded).await?;
         if let Some(info) = bootstrap {
             // The decode request goes out now; this one's stream is read to its end meanwhile.
             let (max_frame, codec, worker) = (self.max_message_size, self.target.codec, self.id.clone());
@@ -367,15 +369,18 @@ impl DynamoWorker {
     ) -> Result<TokenStream, WorkerError> {
         let (served, card) = self.tokenized(model, ModelKind::Generate)?;
         let max_tokens = self.max_tokens(served, card, request)?;
-        let mut body = preprocessed_request(model, request, max_tokens, &card.eos_token_ids);
-        let mut request_id = None;
-        if let Some(handoff) = handoff {
-            request_id = handoff.get("request_id").and_then(Json::as_str).map(str::to_string);
-            super::protocol::with_handoff(&mut body, handoff);
-        }
-        let request_id = request_id.unwrap_or_else(new_request_id);
-        let mut expected = self.call_as(&request_id, model, &body, Some(&request.prompt)).await?;
+        let body = PreprocessedRequest::new(model, request, max_tokens, &card.eos_token_ids);
         let codec = self.target.codec;
+        let (request_id, encoded) = match handoff {
+            None => (new_request_id(), body.encode(&request.prompt, codec)),
+            Some(handoff) => {
+                let request_id = handoff.get("request_id").and_then(Json::as_str).map_or_else(new_request_id, str::to_string);
+                let mut body = body.tree();
+                super::protocol::with_handoff(&mut body, handoff);
+                (request_id, encode_request(&body, &request.prompt, codec))
+            }
+        };
+        let mut expected = self.call_as(&request_id, model, encoded).await?;
         let (sender, receiver) = mpsc::unbounded_channel();
         let stream = super::token_stream::ResponseStream {
             worker: self.id.clone(),
@@ -393,31 +398,20 @@ impl DynamoWorker {
 }
 
 impl DynamoWorker {
-    /// Sends `body` (with the prompt's `token_ids` when given) to the worker for `model` and waits
-    /// for its acknowledgement; the worker then opens the response stream that the returned
-    /// [`Expected`] waits for.
-    async fn call(&self, model: &str, body: &Json, token_ids: Option<&[u32]>) -> Result<Expected, WorkerError> {
-        self.call_as(&new_request_id(), model, body, token_ids).await
+    /// Sends `body` to the worker for `model` and waits for its acknowledgement; the worker then
+    /// opens the response stream that the returned [`Expected`] waits for.
+    async fn call(&self, model: &str, body: &Json) -> Result<Expected, WorkerError> {
+        self.call_as(&new_request_id(), model, encode_body(body, self.target.codec)).await
     }
 
     /// [`call`](Self::call) under a given request id: the two halves of a bootstrapped
     /// disaggregated request share one, as the workers match them by it.
-    async fn call_as(
-        &self,
-        request_id: &str,
-        model: &str,
-        body: &Json,
-        token_ids: Option<&[u32]>,
-    ) -> Result<Expected, WorkerError> {
+    async fn call_as(&self, request_id: &str, model: &str, body: Vec<u8>) -> Result<Expected, WorkerError> {
         let subject = format!("{:032x}", rand::random::<u128>());
         let expected = self.home.expect(subject.clone());
         let codec = self.target.codec;
         let control = control_message(request_id, &self.home.address(), &subject, codec);
-        let body = match token_ids {
-            Some(ids) => encode_request(body, ids, codec),
-            None => encode_body(body, codec),
-        };
-        let payload = TwoPart { header: Bytes::from(control.to_string()), body: Bytes::from(body) };
+        let payload = TwoPart { header: Bytes::from(control), body: Bytes::from(body) };
         if payload.encoded_len() > self.max_message_size {
             return Err(WorkerError::Generate {
                 model: model.to_string(),
@@ -444,7 +438,7 @@ impl DynamoWorker {
         }
         let body = super::tensor::tensor_request(request.request(), model)
             .map_err(|reason| WorkerError::InvalidRequest { id: request.request().id.clone(), reason })?;
-        let mut expected = self.call(model, &body, None).await?;
+        let mut expected = self.call(model, &body).await?;
         let connection = expected.connection(CALL_HOME_TIMEOUT).await;
         let answer = TensorAnswer {
             worker: self.id.clone(),
@@ -462,7 +456,7 @@ impl DynamoWorker {
         let traceparent = tritium_backend_api::trace::current().map(|trace| trace.context().traceparent());
         match (&self.target.endpoint, &self.nats) {
             (DynamoEndpoint::Tcp { address, path }, _) => {
-                let headers = headers(path, request_id, traceparent.as_deref()).to_string();
+                let headers = headers(path, request_id, traceparent.as_deref());
                 // A long body (a long prompt's ids) is written where it lies, after the rest:
                 // copying it into one frame cost more than a second write.
                 let inline = payload.body.len() < COALESCE_BYTES;

@@ -4,7 +4,7 @@
 //! payload is a msgpack list of router events. Blocks are named by Dynamo's own hashes, so the
 //! router hashes prompts for Dynamo workers the same way ([`block_hashes`]).
 
-use rmpv::Value;
+use rmpv::ValueRef;
 use tritium_backend_api::kv::{BlockHash, KvEvent};
 
 use super::TESTED_VERSION;
@@ -83,18 +83,17 @@ pub fn router_events(envelope: &[u8]) -> Result<Vec<(u64, KvEvent)>, String> {
         return Err(format!("a Dynamo event envelope of {} bytes is over the {MAX_EVENT_BYTES} allowed", envelope.len()));
     }
     let not_one = |what: &str| format!("a Dynamo {what} is not one Dynamo {TESTED_VERSION} writes");
-    let envelope = rmpv::decode::read_value(&mut &envelope[..]).map_err(|_| not_one("event envelope"))?;
+    // Read in place: the field names and the payload are borrowed from the envelope, not copied
+    // (an event per request, each block a map of named fields).
+    let envelope = rmpv::decode::read_value_ref(&mut &envelope[..]).map_err(|_| not_one("event envelope"))?;
     let payload = field(&envelope, "payload").ok_or_else(|| not_one("event envelope"))?;
-    let payload = match payload {
-        Value::Binary(bytes) => bytes.as_slice(),
-        _ => return Err(not_one("event envelope")),
-    };
-    let events = rmpv::decode::read_value(&mut &payload[..]).map_err(|_| not_one("KV event list"))?;
-    let Value::Array(events) = events else { return Err(not_one("KV event list")) };
+    let &ValueRef::Binary(payload) = payload else { return Err(not_one("event envelope")) };
+    let events = rmpv::decode::read_value_ref(&mut &payload[..]).map_err(|_| not_one("KV event list"))?;
+    let ValueRef::Array(events) = events else { return Err(not_one("KV event list")) };
     events
         .iter()
         .map(|event| {
-            let worker = field(event, "worker_id").and_then(Value::as_u64).ok_or_else(|| not_one("KV event"))?;
+            let worker = field(event, "worker_id").and_then(ValueRef::as_u64).ok_or_else(|| not_one("KV event"))?;
             let data = field(event, "event").and_then(|e| field(e, "data")).ok_or_else(|| not_one("KV event"))?;
             Ok((worker, kv_event(data).ok_or_else(|| not_one("KV event"))?))
         })
@@ -102,19 +101,19 @@ pub fn router_events(envelope: &[u8]) -> Result<Vec<(u64, KvEvent)>, String> {
 }
 
 /// `{"stored": {parent_hash, blocks: [{block_hash, …}]}}`, `{"removed": {block_hashes}}` or `"cleared"`.
-fn kv_event(data: &Value) -> Option<KvEvent> {
-    if data.as_str() == Some("cleared") {
+fn kv_event(data: &ValueRef) -> Option<KvEvent> {
+    if text(data) == Some("cleared") {
         return Some(KvEvent::Cleared);
     }
     if let Some(stored) = field(data, "stored") {
-        let parent = field(stored, "parent_hash").and_then(Value::as_u64);
-        let Value::Array(blocks) = field(stored, "blocks")? else { return None };
-        let blocks = blocks.iter().map(|b| field(b, "block_hash").and_then(Value::as_u64)).collect::<Option<Vec<_>>>()?;
+        let parent = field(stored, "parent_hash").and_then(ValueRef::as_u64);
+        let ValueRef::Array(blocks) = field(stored, "blocks")? else { return None };
+        let blocks = blocks.iter().map(|b| field(b, "block_hash").and_then(ValueRef::as_u64)).collect::<Option<Vec<_>>>()?;
         return Some(KvEvent::Stored { parent, blocks });
     }
     if let Some(removed) = field(data, "removed") {
-        let Value::Array(hashes) = field(removed, "block_hashes")? else { return None };
-        return Some(KvEvent::Removed { blocks: hashes.iter().map(Value::as_u64).collect::<Option<Vec<_>>>()? });
+        let ValueRef::Array(hashes) = field(removed, "block_hashes")? else { return None };
+        return Some(KvEvent::Removed { blocks: hashes.iter().map(ValueRef::as_u64).collect::<Option<Vec<_>>>()? });
     }
     if field(data, "cleared").is_some() {
         return Some(KvEvent::Cleared);
@@ -122,9 +121,16 @@ fn kv_event(data: &Value) -> Option<KvEvent> {
     None
 }
 
-fn field<'a>(map: &'a Value, name: &str) -> Option<&'a Value> {
+fn field<'a, 'b>(map: &'a ValueRef<'b>, name: &str) -> Option<&'a ValueRef<'b>> {
     match map {
-        Value::Map(entries) => entries.iter().find(|(key, _)| key.as_str() == Some(name)).map(|(_, value)| value),
+        ValueRef::Map(entries) => entries.iter().find(|(key, _)| text(key) == Some(name)).map(|(_, value)| value),
+        _ => None,
+    }
+}
+
+fn text<'r>(value: &'r ValueRef<'_>) -> Option<&'r str> {
+    match value {
+        ValueRef::String(text) => text.as_str(),
         _ => None,
     }
 }
@@ -132,6 +138,8 @@ fn field<'a>(map: &'a Value, name: &str) -> Option<&'a Value> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use rmpv::Value;
+
     use super::*;
 
     fn map(entries: Vec<(&str, Value)>) -> Value {

@@ -25,6 +25,7 @@ pub mod embed;
 pub mod items;
 pub mod kv_events;
 mod kv_follow;
+pub mod preprocessed;
 pub mod protocol;
 pub mod records;
 pub mod store;

@@ -5,13 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
-use tritium_backend_api::llm::{Constraint, FinishReason, GenerateRequest};
+use tritium_backend_api::llm::{Constraint, FinishReason};
 
 pub use crate::discovery::dynamo_target::PayloadCodec;
 
 /// Structured output as Dynamo's `GuidedDecodingOptions`, which its workers hand their engine's
 /// guided decoding (a JSON schema, any JSON object, a regex, a choice, or a grammar as written).
-fn guided_decoding(constraint: &Constraint) -> Json {
+pub(super) fn guided_decoding(constraint: &Constraint) -> Json {
     match constraint {
         Constraint::JsonObject => json!({"json": {"type": "object"}}),
         Constraint::JsonSchema(schema) => json!({"json": serde_json::from_str::<Json>(schema).unwrap_or_else(|_| schema.clone().into())}),
@@ -21,56 +21,56 @@ fn guided_decoding(constraint: &Constraint) -> Json {
     }
 }
 
-/// The control message heading a request: who asks, and where the worker calls home.
-pub fn control_message(request_id: &str, response_address: &str, subject: &str, codec: PayloadCodec) -> Json {
-    let info = json!({"address": response_address, "subject": subject, "context": request_id, "stream_type": "response"});
-    json!({
-        "id": request_id,
-        "request_type": "single_in",
-        "response_type": "many_out",
-        "payload_codec": codec.name(),
-        "connection_info": {"transport": "tcp_server", "info": info.to_string()},
-    })
-}
-
-/// The request headers Dynamo's TCP client sends, with the W3C `traceparent` of a traced
-/// request (Dynamo's workers continue the trace from it).
-pub fn headers(endpoint_path: &str, request_id: &str, traceparent: Option<&str>) -> Json {
-    let mut headers = json!({"x-endpoint-path": endpoint_path, "request-id": request_id});
-    if let (Some(traceparent), Some(map)) = (traceparent, headers.as_object_mut()) {
-        map.insert("traceparent".into(), traceparent.into());
+/// The control message heading a request (its JSON): who asks, and where the worker calls home.
+pub fn control_message(request_id: &str, response_address: &str, subject: &str, codec: PayloadCodec) -> Vec<u8> {
+    // Written from borrowed fields (a `json!` tree cost two dozen allocations a request).
+    #[derive(Serialize)]
+    struct CallHomeInfo<'a> {
+        address: &'a str,
+        subject: &'a str,
+        context: &'a str,
+        stream_type: &'static str,
     }
-    headers
+    #[derive(Serialize)]
+    struct ConnectionInfo {
+        transport: &'static str,
+        info: String,
+    }
+    #[derive(Serialize)]
+    struct ControlMessage<'a> {
+        id: &'a str,
+        request_type: &'static str,
+        response_type: &'static str,
+        payload_codec: &'static str,
+        connection_info: ConnectionInfo,
+    }
+    let info = CallHomeInfo { address: response_address, subject, context: request_id, stream_type: "response" };
+    let message = ControlMessage {
+        id: request_id,
+        request_type: "single_in",
+        response_type: "many_out",
+        payload_codec: codec.name(),
+        connection_info: ConnectionInfo { transport: "tcp_server", info: serde_json::to_string(&info).unwrap_or_default() },
+    };
+    let mut bytes = Vec::with_capacity(384);
+    // Writing these fields into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, &message);
+    bytes
 }
 
-/// A Tritium generation as Dynamo's `PreprocessedRequest`. `max_tokens` is always set: Dynamo's
-/// workers may require it (the mocker does) and a frontend fills it in.
-pub fn preprocessed_request(model: &str, request: &GenerateRequest, max_tokens: u32, eos_token_ids: &[u32]) -> Json {
-    let sampling = &request.sampling;
-    let positive = |value: f32| (value != 0.0).then_some(value);
-    json!({
-        "model": model,
-        "stop_conditions": {
-            "max_tokens": max_tokens,
-            "stop_token_ids_hidden": (!request.stop.stop_token_ids.is_empty()).then_some(&request.stop.stop_token_ids),
-            "min_tokens": (request.stop.min_tokens > 0).then_some(request.stop.min_tokens),
-            "ignore_eos": request.stop.ignore_eos.then_some(true),
-        },
-        "sampling_options": {
-            "temperature": sampling.temperature,
-            "top_p": (sampling.top_p < 1.0).then_some(sampling.top_p),
-            "top_k": (sampling.top_k > 0).then_some(sampling.top_k),
-            "seed": sampling.seed,
-            "presence_penalty": positive(sampling.presence_penalty),
-            "frequency_penalty": positive(sampling.frequency_penalty),
-            "repetition_penalty": (sampling.repetition_penalty != 1.0).then_some(sampling.repetition_penalty),
-            "min_p": positive(sampling.min_p),
-            "guided_decoding": request.constraint.as_ref().map(guided_decoding),
-        },
-        "output_options": {"logprobs": request.logprobs},
-        "eos_token_ids": eos_token_ids,
-        "annotations": [],
-    })
+/// The request headers Dynamo's TCP client sends (their JSON), with the W3C `traceparent` of a
+/// traced request (Dynamo's workers continue the trace from it).
+pub fn headers(endpoint_path: &str, request_id: &str, traceparent: Option<&str>) -> String {
+    #[derive(Serialize)]
+    struct Headers<'a> {
+        #[serde(rename = "x-endpoint-path")]
+        endpoint_path: &'a str,
+        #[serde(rename = "request-id")]
+        request_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traceparent: Option<&'a str>,
+    }
+    serde_json::to_string(&Headers { endpoint_path, request_id, traceparent }).unwrap_or_default()
 }
 
 /// What a Dynamo prefill worker's first item hands its decode worker: Dynamo's `prefill_result`
@@ -154,7 +154,7 @@ pub fn encode_request(body: &Json, token_ids: &[u32], codec: PayloadCodec) -> Ve
 /// Each id as msgpack's smallest unsigned integer (what `rmp::encode::write_uint` writes), through
 /// a buffer on the stack: a prompt's ids are most of a request, and a `Vec` push per byte cost more
 /// than the rest of the encoding.
-fn write_msgpack_ids(out: &mut Vec<u8>, ids: &[u32]) {
+pub(super) fn write_msgpack_ids(out: &mut Vec<u8>, ids: &[u32]) {
     use std::hint::select_unpredictable as select;
     const CHUNK: usize = 1024;
     // Each id is stored as 8 bytes and the cursor moves by its width, both chosen without a branch
@@ -413,6 +413,8 @@ pub enum Control {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use tritium_backend_api::llm::GenerateRequest;
+
     use super::*;
 
     #[test]
@@ -486,7 +488,7 @@ mod tests {
     #[test]
     fn a_request_written_with_its_prompt_reads_as_the_body_with_token_ids() {
         let request = GenerateRequest { prompt: vec![0, 127, 128, 65535, 65536, u32::MAX], ..Default::default() };
-        let mut body = preprocessed_request("tiny", &request, 5, &[2]);
+        let mut body = super::super::preprocessed::PreprocessedRequest::new("tiny", &request, 5, &[2]).tree();
         body["routing"] = json!({"prefill_worker_id": 7});
         let mut expected = body.clone();
         expected["token_ids"] = json!(request.prompt);
@@ -502,12 +504,20 @@ mod tests {
 
     #[test]
     fn a_request_names_its_call_home_as_a_json_string() {
-        let control = control_message("r1", "127.0.0.1:9", "s1", PayloadCodec::Json);
+        let control: Json = serde_json::from_slice(&control_message("r1", "127.0.0.1:9", "s1", PayloadCodec::Json)).unwrap();
+        assert_eq!(
+            control,
+            json!({"id": "r1", "request_type": "single_in", "response_type": "many_out", "payload_codec": "json",
+                   "connection_info": {"transport": "tcp_server", "info": control["connection_info"]["info"]}})
+        );
+        let plain: Json = serde_json::from_str(&headers("/p", "r1", None)).unwrap();
+        assert_eq!(plain, json!({"x-endpoint-path": "/p", "request-id": "r1"}));
+        let traced: Json = serde_json::from_str(&headers("/p", "r1", Some("00-ab-cd-01"))).unwrap();
+        assert_eq!(traced["traceparent"], "00-ab-cd-01");
         let info: Json = serde_json::from_str(control["connection_info"]["info"].as_str().unwrap()).unwrap();
-        assert_eq!(info["subject"], "s1");
-        assert_eq!(control["payload_codec"], "json");
+        assert_eq!(info, json!({"address": "127.0.0.1:9", "subject": "s1", "context": "r1", "stream_type": "response"}));
         let request = GenerateRequest { prompt: vec![1, 2], ..Default::default() };
-        let body = preprocessed_request("tiny", &request, 5, &[2]);
+        let body = super::super::preprocessed::PreprocessedRequest::new("tiny", &request, 5, &[2]).tree();
         assert_eq!(body["stop_conditions"]["max_tokens"], 5);
         assert_eq!(body["sampling_options"]["temperature"], 1.0);
         assert!(body["sampling_options"]["top_p"].is_null());

@@ -58,17 +58,28 @@ impl DecodeTable {
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> String {
         let mut bytes = Vec::with_capacity(ids.len() * 8);
         for &id in ids {
-            let i = id as usize;
-            if !self.known.get(i).copied().unwrap_or(false) || (skip_special_tokens && self.special[i]) {
-                continue;
-            }
-            let (start, end) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
-            bytes.extend_from_slice(&self.bytes[start..end]);
+            bytes.extend_from_slice(self.bytes_of(id, |_| !skip_special_tokens));
         }
         match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         }
+    }
+
+    /// `ids`' bytes after what `out` holds, special tokens left out unless `shown` (sorted) has them.
+    pub fn append(&self, ids: &[u32], shown: &[u32], out: &mut Vec<u8>) {
+        for &id in ids {
+            out.extend_from_slice(self.bytes_of(id, |id| shown.binary_search(&id).is_ok()));
+        }
+    }
+
+    /// Id `id`'s bytes: none when it is unknown, or special and not `shown`.
+    fn bytes_of(&self, id: u32, shown: impl FnOnce(u32) -> bool) -> &[u8] {
+        let i = id as usize;
+        if !self.known.get(i).copied().unwrap_or(false) || (self.special[i] && !shown(id)) {
+            return &[];
+        }
+        &self.bytes[self.offsets[i] as usize..self.offsets[i + 1] as usize]
     }
 }
 
@@ -135,8 +146,36 @@ mod tests {
         Ok(())
     }
 
+    /// Each push's text and the finish's, streaming `ids` with `shown` markers shown.
+    fn streamed(tokenizer: &Arc<Tokenizer>, table: Option<Arc<DecodeTable>>, shown: &[u32], ids: &[u32]) -> Vec<String> {
+        let mut detokenizer = crate::detokenize::Detokenizer::new(Arc::clone(tokenizer), table, Vec::new());
+        detokenizer.show_special(shown.to_vec());
+        let mut pieces: Vec<String> = ids.iter().map(|id| detokenizer.push(*id)).collect();
+        pieces.push(detokenizer.finish());
+        pieces
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Streaming through the table gives each token the text the tokenizer's window gives it:
+        /// split and invalid UTF-8 (lone lead and continuation bytes), skipped and shown special
+        /// tokens, unknown ids.
+        #[test]
+        fn streams_as_the_tokenizers_window(
+            smollm2_ids in prop::collection::vec(prop_oneof![0u32..20, 0u32..49_152, 49_152u32..50_000], 0..24),
+            corner_ids in prop::collection::vec(prop_oneof![0u32..264, 0x80u32..0x100, 0xC0u32..0x100], 0..24),
+            show in any::<bool>(),
+        ) {
+            static SMOLLM2: std::sync::OnceLock<(Arc<Tokenizer>, Arc<DecodeTable>)> = std::sync::OnceLock::new();
+            let (tokenizer, table) = SMOLLM2.get_or_init(|| (Arc::new(smollm2().clone()), Arc::new(DecodeTable::new(smollm2()).unwrap())));
+            let shown: &[u32] = if show { &[2] } else { &[] };
+            prop_assert_eq!(streamed(tokenizer, Some(Arc::clone(table)), shown, &smollm2_ids), streamed(tokenizer, None, shown, &smollm2_ids));
+            let corners = Arc::new(corners());
+            let table = DecodeTable::new(&corners).map(Arc::new);
+            let shown: &[u32] = if show { &[257, 262] } else { &[] };
+            prop_assert_eq!(streamed(&corners, table, shown, &corner_ids), streamed(&corners, None, shown, &corner_ids));
+        }
 
         /// SmolLM2's whole vocabulary (its special tokens first), and ids past it.
         #[test]
@@ -157,13 +196,7 @@ mod tests {
         let tokenizer = Arc::new(smollm2().clone());
         let text = "Voilà: naïve café, 東京 and 🦀! <|im_end|> done";
         let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
-        let stream = |table: Option<Arc<DecodeTable>>| {
-            let mut detokenizer = crate::detokenize::Detokenizer::new(Arc::clone(&tokenizer), table, Vec::new());
-            detokenizer.show_special(vec![2]);
-            let mut pieces: Vec<String> = ids.iter().map(|id| detokenizer.push(*id)).collect();
-            pieces.push(detokenizer.finish());
-            pieces
-        };
+        let stream = |table: Option<Arc<DecodeTable>>| streamed(&tokenizer, table, &[2], &ids);
         let with_table = stream(DecodeTable::new(&tokenizer).map(Arc::new));
         assert_eq!(with_table, stream(None));
         assert!(with_table.concat().contains("東京 and 🦀"), "{with_table:?}");

@@ -231,14 +231,14 @@ impl ChatToolCall {
     }
 }
 
-/// A `chat.completion.chunk`.
+/// A `chat.completion.chunk`, borrowing what every chunk of a stream repeats (made per token).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct ChatCompletionChunk {
-    pub id: String,
+pub struct ChatCompletionChunk<'a> {
+    pub id: &'a str,
     pub object: &'static str,
     pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChatChunkChoice>,
+    pub model: &'a str,
+    pub choices: &'a [ChatChunkChoice],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<UsageBody>>,
     /// What `nvext.extra_fields` asked for (on the last chunk).

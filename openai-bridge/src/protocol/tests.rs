@@ -166,3 +166,14 @@ fn chat_max_completion_tokens_error_names_its_field() {
         parse_json::<ChatCompletionRequest>(br#"{"model":"m","messages":[],"max_completion_tokens":0}"#).expect("parses");
     assert_eq!(field_of(request.options().expect_err("zero tokens")), "max_completion_tokens");
 }
+
+#[test]
+fn a_body_is_an_object_and_a_repeated_field_keeps_its_last_value() {
+    // serde reads a struct from an array too; a body never is one.
+    let error = parse_json::<EmbeddingRequest>(br#"["tiny", "hello", null, null, null]"#).expect_err("an array");
+    assert_eq!(error.to_string(), "the request body must be a JSON object");
+    let request = parse_json::<EmbeddingRequest>(br#"{"model": "first", "input": "hi", "model": "last"}"#).expect("valid");
+    assert_eq!(request.model, "last");
+    let error = parse_json::<EmbeddingRequest>(br#"{"model": "tiny", "input": "hi", "dimensions": "many"}"#).expect_err("a string");
+    assert_eq!(field_of(error), "dimensions");
+}

@@ -178,12 +178,12 @@ struct ChatWriter {
 }
 
 impl ChatWriter {
-    fn chunk(&self, choices: Vec<ChatChunkChoice>) -> ChatCompletionChunk {
+    fn chunk<'a>(&'a self, choices: &'a [ChatChunkChoice]) -> ChatCompletionChunk<'a> {
         ChatCompletionChunk {
-            id: self.id.clone(),
+            id: &self.id,
             object: "chat.completion.chunk",
             created: self.created,
-            model: self.model.clone(),
+            model: &self.model,
             choices,
             usage: self.include_usage.then_some(None),
             nvext: None,
@@ -197,7 +197,8 @@ impl ChunkWriter for ChatWriter {
         for index in 0..self.parsers.len() {
             let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
             let index = u32::try_from(index).unwrap_or(u32::MAX);
-            frames.push(sse::frame(&self.chunk(vec![ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }])));
+            let choice = ChatChunkChoice { index, delta, logprobs: None, finish_reason: None };
+            frames.push(sse::frame(&self.chunk(std::slice::from_ref(&choice))));
         }
         frames
     }
@@ -232,7 +233,8 @@ impl ChunkWriter for ChatWriter {
         }
         let called = *calls > 0;
         let finish_reason = finish.map(|reason| if called { "tool_calls" } else { reason.as_str() });
-        out.push_back(sse::frame(&self.chunk(vec![ChatChunkChoice { index, delta, logprobs, finish_reason }])));
+        let choice = ChatChunkChoice { index, delta, logprobs, finish_reason };
+        out.push_back(sse::frame(&self.chunk(std::slice::from_ref(&choice))));
     }
 
     fn end(&mut self, end: End, out: &mut VecDeque<Bytes>) {
@@ -241,7 +243,7 @@ impl ChunkWriter for ChatWriter {
         }
         let nvext = super::nvext_fields(self.nvext.as_ref(), &end.meta);
         if self.include_usage || nvext.is_some() {
-            let mut chunk = self.chunk(Vec::new());
+            let mut chunk = self.chunk(&[]);
             chunk.usage = self.include_usage.then_some(Some(UsageBody::from(end.usage)));
             chunk.nvext = nvext;
             out.push_back(sse::frame(&chunk));

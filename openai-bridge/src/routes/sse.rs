@@ -52,25 +52,32 @@ pub(super) fn done() -> Bytes {
 
 /// One `event:` and `data:` frame (the Responses and Messages APIs name their events).
 pub(super) fn named_frame<T: Serialize>(event: &str, data: &T) -> Bytes {
-    let json = serde_json::to_vec(data).unwrap_or_else(|error| format!(r#"{{"type":"error","message":"{error}"}}"#).into_bytes());
-    let mut out = Vec::with_capacity(json.len() + event.len() + 16);
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(event.as_bytes());
     out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(&json);
+    write_json(&mut out, data, |error| format!(r#"{{"type":"error","message":"{error}"}}"#));
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }
 
 /// One `data:` frame.
 pub(super) fn frame<T: Serialize>(chunk: &T) -> Bytes {
-    let json = serde_json::to_vec(chunk)
-        .unwrap_or_else(|error| format!(r#"{{"error":{{"message":"{error}","type":"server_error"}}}}"#).into_bytes());
-    let mut out = Vec::with_capacity(json.len() + 8);
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"data: ");
-    out.extend_from_slice(&json);
+    write_json(&mut out, chunk, |error| format!(r#"{{"error":{{"message":"{error}","type":"server_error"}}}}"#));
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
+}
+
+/// `value`'s JSON written after what `out` holds (one buffer per frame, not one for the JSON and
+/// one for the frame); what failed to serialize is cut off and replaced by `error`'s text.
+fn write_json<T: Serialize>(out: &mut Vec<u8>, value: &T, error: impl FnOnce(serde_json::Error) -> String) {
+    let start = out.len();
+    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+        out.truncate(start);
+        out.extend_from_slice(error(e).as_bytes());
+    }
 }
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
