@@ -25,7 +25,9 @@ Writes bench/results/agent-frontend-<date>[-fastokens].md. Environment: WORKERS 
 TOKENIZER (`default`; `fastokens` gives both frontends that encoder).
 PERF=DIR records Tritium's frontend with `perf record -g` during its first round of each workload into
 DIR/<workload>.data and prints the top of `perf report` for each (the profile the note quotes); with
-PERF_FLAT=1 it samples without call graphs, which slows the frontend far less.
+PERF_FLAT=1 it samples without call graphs, which slows the frontend far less. PERF_STAT=DIR counts
+instead, with `perf stat`, both frontends' CPU time, context switches and system calls during their
+first round of each workload (DIR/<frontend>-<workload>.txt, printed), for the per-request counts.
 """
 
 from __future__ import annotations
