@@ -6,6 +6,8 @@
 //! a string differently (SentencePiece drops its leading space). So each step decodes a short
 //! window of recent ids twice, with and without the new one, and emits the difference; text that
 //! ends in an incomplete character (U+FFFD) waits for the next token. Special tokens are skipped.
+//! Through a byte-level tokenizer's [`DecodeTable`] the window is decoded once: the new ids' bytes
+//! follow the emitted ones'.
 
 use std::sync::Arc;
 
