@@ -92,17 +92,13 @@ pub(super) fn respond<W: ChunkWriter>(writer: W, stream: TextStream) -> Response
 pub(super) fn respond_many<W: ChunkWriter>(mut writer: W, streams: Vec<TextStream>) -> Response {
     let frames = writer.start().into();
     let open = streams.len();
-    let merged = streams.into_iter().enumerate().map(|(index, stream)| Indexed { index: index as u32, stream: Some(stream) });
-    let state = SseState {
-        streams: Some(futures::stream::select_all(merged)),
-        open,
-        usage: Usage::default(),
-        first: None,
-        writer,
-        frames,
-        peeked: None,
-        done: false,
+    let mut merged = streams.into_iter().enumerate().map(|(index, stream)| Indexed { index: index as u32, stream: Some(stream) });
+    let choices = match open {
+        1 => merged.next().map(Choices::One),
+        _ => Some(Choices::Many(futures::stream::select_all(merged))),
     };
+    let state =
+        SseState { streams: choices, open, usage: Usage::default(), first: None, writer, frames, peeked: None, done: false };
     event_stream(Body::from_stream(futures::stream::unfold(state, next_frame)))
 }
 
@@ -150,9 +146,27 @@ impl futures::Stream for Indexed {
     }
 }
 
+/// The choices' events: one choice's straight from it (`SelectAll` re-queues its stream as a new
+/// task after every item, an allocation per token), several merged as they come.
+enum Choices {
+    One(Indexed),
+    Many(futures::stream::SelectAll<Indexed>),
+}
+
+impl futures::Stream for Choices {
+    type Item = ChoiceEvent;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<ChoiceEvent>> {
+        match self.get_mut() {
+            Choices::One(choice) => choice.poll_next_unpin(cx),
+            Choices::Many(choices) => choices.poll_next_unpin(cx),
+        }
+    }
+}
+
 struct SseState<W> {
     /// `None` once every choice ended (or one failed): dropping them cancels what still runs.
-    streams: Option<futures::stream::SelectAll<Indexed>>,
+    streams: Option<Choices>,
     /// Choices still generating.
     open: usize,
     /// Completion tokens of every choice; the prompt's counts once, from the first choice.
