@@ -229,7 +229,8 @@ def run(base: str, workload: str, concurrency: int, system: str) -> Load:
 
 
 def profiler(pid: int, name: str) -> tuple[subprocess.Popen, pathlib.Path] | None:
-    """`perf record` of `pid` while a round runs, when PERF names a folder."""
+    """`perf stat` of `pid` while a round runs, when PERF_STAT names a folder; else `perf record`, when
+    PERF does."""
     if os.environ.get("PERF_STAT"):
         out = pathlib.Path(os.environ["PERF_STAT"]) / f"{name}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
