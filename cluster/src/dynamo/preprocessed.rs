@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 use tritium_backend_api::llm::GenerateRequest;
 
-use super::protocol::{PayloadCodec, guided_decoding, write_msgpack_ids};
+use super::protocol::{PayloadCodec, guided_decoding, token_ids_head};
 
 /// The fields of Dynamo's `PreprocessedRequest` Tritium fills in, in the order its frontend
 /// writes them; `token_ids` is written first, from the prompt, by [`encode`](Self::encode).
@@ -95,9 +95,7 @@ impl<'a> PreprocessedRequest<'a> {
                 super::protocol::encode_request(&self.tree(), token_ids, codec)
             }
             PayloadCodec::Json => {
-                let mut bytes = Vec::with_capacity(512 + token_ids.len() * 6);
-                bytes.extend_from_slice(b"{\"token_ids\":");
-                let _ = serde_json::to_writer(&mut bytes, token_ids);
+                let mut bytes = token_ids_head(token_ids, FIELDS, codec);
                 let fields = bytes.len();
                 let _ = serde_json::to_writer(&mut bytes, self);
                 // The fields' own `{` becomes the comma after the ids.
@@ -107,12 +105,7 @@ impl<'a> PreprocessedRequest<'a> {
                 bytes
             }
             PayloadCodec::Msgpack => {
-                use rmp::encode;
-                let mut bytes = Vec::with_capacity(512 + token_ids.len() * 3);
-                let _ = encode::write_map_len(&mut bytes, FIELDS + 1);
-                let _ = encode::write_str(&mut bytes, "token_ids");
-                let _ = encode::write_array_len(&mut bytes, u32::try_from(token_ids.len()).unwrap_or(u32::MAX));
-                write_msgpack_ids(&mut bytes, token_ids);
+                let mut bytes = token_ids_head(token_ids, FIELDS, codec);
                 let fields = bytes.len();
                 let _ = self.serialize(&mut rmp_serde::Serializer::new(&mut bytes).with_struct_map());
                 // The fields' own map header (a fixmap, one byte) goes: the one above counts them.
@@ -124,7 +117,7 @@ impl<'a> PreprocessedRequest<'a> {
 }
 
 /// How many fields [`PreprocessedRequest`] writes (fewer than 16: its msgpack map header is one byte).
-const FIELDS: u32 = 6;
+const FIELDS: usize = 6;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -122,10 +122,7 @@ pub fn encode_request(body: &Json, token_ids: &[u32], codec: PayloadCodec) -> Ve
     let fields = fields.iter().filter(|(key, _)| key.as_str() != "token_ids");
     match codec {
         PayloadCodec::Json => {
-            let mut bytes = Vec::with_capacity(256 + token_ids.len() * 6);
-            bytes.extend_from_slice(b"{\"token_ids\":");
-            // Writing into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut bytes, token_ids);
+            let mut bytes = token_ids_head(token_ids, 0, codec);
             for (key, value) in fields {
                 bytes.push(b',');
                 let _ = serde_json::to_writer(&mut bytes, key);
@@ -136,13 +133,8 @@ pub fn encode_request(body: &Json, token_ids: &[u32], codec: PayloadCodec) -> Ve
             bytes
         }
         PayloadCodec::Msgpack => {
-            use rmp::encode;
             let fields: Vec<_> = fields.collect();
-            let mut bytes = Vec::with_capacity(256 + token_ids.len() * 3);
-            let _ = encode::write_map_len(&mut bytes, u32::try_from(fields.len() + 1).unwrap_or(u32::MAX));
-            let _ = encode::write_str(&mut bytes, "token_ids");
-            let _ = encode::write_array_len(&mut bytes, u32::try_from(token_ids.len()).unwrap_or(u32::MAX));
-            write_msgpack_ids(&mut bytes, token_ids);
+            let mut bytes = token_ids_head(token_ids, fields.len(), codec);
             for (key, value) in fields {
                 write_msgpack_field(key, value, &mut bytes);
             }
@@ -151,10 +143,34 @@ pub fn encode_request(body: &Json, token_ids: &[u32], codec: PayloadCodec) -> Ve
     }
 }
 
+/// A generation body's start, written from the prompt's ids: in JSON `{"token_ids":[…]` (the
+/// rest follows from `,`); in msgpack the map's header for `token_ids` and `fields` more entries,
+/// then `token_ids`.
+pub(super) fn token_ids_head(token_ids: &[u32], fields: usize, codec: PayloadCodec) -> Vec<u8> {
+    // Writing into a Vec cannot fail.
+    match codec {
+        PayloadCodec::Json => {
+            let mut bytes = Vec::with_capacity(512 + token_ids.len() * 6);
+            bytes.extend_from_slice(b"{\"token_ids\":");
+            let _ = serde_json::to_writer(&mut bytes, token_ids);
+            bytes
+        }
+        PayloadCodec::Msgpack => {
+            use rmp::encode;
+            let mut bytes = Vec::with_capacity(512 + token_ids.len() * 3);
+            let _ = encode::write_map_len(&mut bytes, u32::try_from(fields.saturating_add(1)).unwrap_or(u32::MAX));
+            let _ = encode::write_str(&mut bytes, "token_ids");
+            let _ = encode::write_array_len(&mut bytes, u32::try_from(token_ids.len()).unwrap_or(u32::MAX));
+            write_msgpack_ids(&mut bytes, token_ids);
+            bytes
+        }
+    }
+}
+
 /// Each id as msgpack's smallest unsigned integer (what `rmp::encode::write_uint` writes), through
 /// a buffer on the stack: a prompt's ids are most of a request, and a `Vec` push per byte cost more
 /// than the rest of the encoding.
-pub(super) fn write_msgpack_ids(out: &mut Vec<u8>, ids: &[u32]) {
+fn write_msgpack_ids(out: &mut Vec<u8>, ids: &[u32]) {
     use std::hint::select_unpredictable as select;
     const CHUNK: usize = 1024;
     // Each id is stored as 8 bytes and the cursor moves by its width, both chosen without a branch
