@@ -6,8 +6,6 @@
 //! a string differently (SentencePiece drops its leading space). So each step decodes a short
 //! window of recent ids twice, with and without the new one, and emits the difference; text that
 //! ends in an incomplete character (U+FFFD) waits for the next token. Special tokens are skipped.
-//! Through a byte-level tokenizer's [`DecodeTable`] the window is decoded once: the new ids' bytes
-//! follow the emitted ones'.
 
 use std::sync::Arc;
 
@@ -29,8 +27,6 @@ pub struct Detokenizer {
     read: usize,
     /// Special tokens shown as their text (a tool-call parser's markers), sorted.
     shown: Vec<u32>,
-    /// The window's bytes, when the table decodes them (kept from token to token).
-    scratch: Vec<u8>,
 }
 
 impl Detokenizer {
@@ -39,7 +35,7 @@ impl Detokenizer {
     /// generated token (a completion continues its prompt).
     pub(crate) fn new(tokenizer: Arc<Tokenizer>, table: Option<Arc<DecodeTable>>, context: Vec<u32>) -> Detokenizer {
         let read = context.len();
-        Detokenizer { tokenizer, table, ids: context, read, shown: Vec::new(), scratch: Vec::new() }
+        Detokenizer { tokenizer, table, ids: context, read, shown: Vec::new() }
     }
 
     /// Shows these special tokens as their text instead of skipping them (the markers an
@@ -54,20 +50,11 @@ impl Detokenizer {
     /// character or a special token).
     pub fn push(&mut self, id: u32) -> String {
         self.ids.push(id);
-        let by_table = self.table.as_deref().and_then(|table| table_delta(table, &self.ids, self.read, &self.shown, &mut self.scratch));
-        let delta = match by_table {
-            Some(delta) => delta,
-            None => {
-                let (prefix, text) = self.texts();
-                if text.len() <= prefix.len() || text.ends_with(char::REPLACEMENT_CHARACTER) {
-                    return String::new();
-                }
-                suffix_after(&text, &prefix)
-            }
-        };
-        if delta.is_empty() {
-            return delta;
+        let (prefix, text) = self.texts();
+        if text.len() <= prefix.len() || text.ends_with(char::REPLACEMENT_CHARACTER) {
+            return String::new();
         }
+        let delta = suffix_after(&text, &prefix);
         // The emitted ids are the next step's context; older ones are no longer needed.
         self.ids.drain(..self.read);
         self.read = self.ids.len();
@@ -116,30 +103,6 @@ impl Detokenizer {
             None => self.tokenizer.decode(ids, skip_special_tokens).unwrap_or_default(),
         }
     }
-}
-
-/// [`Detokenizer::push`]'s delta through a decode table, without decoding the window twice: the
-/// table's text is the window's bytes joined, so when the emitted ids' bytes are whole UTF-8 the
-/// new text is what follows them. `None` when they are not (an invalid byte): the general path
-/// then decides, with U+FFFD where the tokenizer puts it.
-fn table_delta(table: &DecodeTable, ids: &[u32], read: usize, shown: &[u32], scratch: &mut Vec<u8>) -> Option<String> {
-    scratch.clear();
-    table.append(ids.get(..read)?, shown, scratch);
-    let emitted = scratch.len();
-    table.append(ids.get(read..)?, shown, scratch);
-    std::str::from_utf8(scratch.get(..emitted)?).ok()?;
-    let text = match std::str::from_utf8(scratch) {
-        Ok(text) => text,
-        // A character not finished yet: its text would end in U+FFFD, and waits.
-        Err(e) if e.error_len().is_none() => return Some(String::new()),
-        Err(_) => return None,
-    };
-    // Nothing new (a skipped special token), or a U+FFFD the tokens themselves spell: it waits, as
-    // the general path's would.
-    if text.len() <= emitted || text.ends_with(char::REPLACEMENT_CHARACTER) {
-        return Some(String::new());
-    }
-    text.get(emitted..).map(str::to_owned)
 }
 
 /// `text` after `prefix`; when a decoder is not prefix-stable, after their common start.

@@ -66,13 +66,6 @@ impl DecodeTable {
         }
     }
 
-    /// `ids`' bytes after what `out` holds, special tokens left out unless `shown` (sorted) has them.
-    pub fn append(&self, ids: &[u32], shown: &[u32], out: &mut Vec<u8>) {
-        for &id in ids {
-            out.extend_from_slice(self.bytes_of(id, |id| shown.binary_search(&id).is_ok()));
-        }
-    }
-
     /// Id `id`'s bytes: none when it is unknown, or special and not `shown`.
     fn bytes_of(&self, id: u32, shown: impl FnOnce(u32) -> bool) -> &[u8] {
         let i = id as usize;
