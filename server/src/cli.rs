@@ -36,20 +36,20 @@ where
         eprintln!("tritium: {e}");
         return ExitCode::FAILURE;
     }
-    let logging = match &cli.command {
-        Command::Serve(args) => &args.logging,
-        Command::Worker(args) => &args.logging,
+    let (logging, runtime) = match &cli.command {
+        Command::Serve(args) => (&args.logging, &args.runtime),
+        Command::Worker(args) => (&args.logging, &args.runtime),
     };
     let log = LogControl::install(logging);
-    // One worker thread per available core: more only adds contention (measured by grpc_bench).
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
+    let max_blocking = runtime.max_blocking_threads;
+    let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tritium: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    tracing::info!("runtime: {} worker threads, at most {max_blocking} blocking threads", runtime.metrics().num_workers());
     let run = async move {
         match cli.command {
             Command::Serve(args) => serve_cli(args, log).await,

@@ -106,7 +106,7 @@ pub(super) async fn chat_completions(
         answer: StreamedAnswer::default(),
     };
     if request.stream {
-        return Ok(sse::respond_many(writer, streams));
+        return Ok(sse::respond_many(writer, streams).await);
     }
     let generated = futures::future::try_join_all(streams.into_iter().map(collect)).await?;
     let mut usage = crate::pipeline::Usage::default();

@@ -96,7 +96,7 @@ pub(super) async fn completions(
             offsets: vec![0; n],
             include_usage: request.include_usage(),
         };
-        return Ok(sse::respond_many(writer, started?));
+        return Ok(sse::respond_many(writer, started?).await);
     }
     // Every prompt and choice is its own sequence, the prompts at once; the first carries the
     // request's trace, each is a request in the LLM metrics. `best_of` ranks by log-probability,

@@ -65,7 +65,7 @@ pub(super) async fn messages(
         let input_tokens = stream.prompt_tokens().unwrap_or(0);
         let writer =
             MessagesWriter { id, model: request.model, input_tokens, parser, open: Block::None, next: 0, calls: 0, streamed: Vec::new() };
-        return Ok(sse::respond(writer, stream));
+        return Ok(sse::respond(writer, stream).await);
     }
     let generated = collect(stream).await?;
     let parsed = super::parse_whole(parser, generated.text);

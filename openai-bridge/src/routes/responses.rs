@@ -79,7 +79,7 @@ pub(super) async fn create(
             all: ParsedDelta::default(),
             streamed: Vec::new(),
         };
-        return Ok(sse::respond(writer, stream));
+        return Ok(sse::respond(writer, stream).await);
     }
     let generated = collect(stream).await?;
     let parsed = super::parse_whole(parser, generated.text);

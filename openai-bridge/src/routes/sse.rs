@@ -83,13 +83,17 @@ fn write_json<T: Serialize>(out: &mut Vec<u8>, value: &T, error: impl FnOnce(ser
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// The SSE response of a stream.
-pub(super) fn respond<W: ChunkWriter>(writer: W, stream: TextStream) -> Response {
-    respond_many(writer, vec![stream])
+pub(super) async fn respond<W: ChunkWriter>(writer: W, stream: TextStream) -> Response {
+    respond_many(writer, vec![stream]).await
 }
 
 /// The SSE response of `n` choices generated at once (`n` > 1): their chunks interleave as their
 /// tokens come, each with its choice's index; the end frames follow the last choice's end.
-pub(super) fn respond_many<W: ChunkWriter>(mut writer: W, streams: Vec<TextStream>) -> Response {
+///
+/// It is answered once the first event has come: the headers then go out in the same write as
+/// the first frames (with the rest of the answer, when it is ready too), not alone before them,
+/// which cost a system call on each side and a wakeup of the client per request.
+pub(super) async fn respond_many<W: ChunkWriter>(mut writer: W, streams: Vec<TextStream>) -> Response {
     let frames = writer.start().into();
     let open = streams.len();
     let mut merged = streams.into_iter().enumerate().map(|(index, stream)| Indexed { index: index as u32, stream: Some(stream) });
@@ -97,8 +101,11 @@ pub(super) fn respond_many<W: ChunkWriter>(mut writer: W, streams: Vec<TextStrea
         1 => merged.next().map(Choices::One),
         _ => Some(Choices::Many(futures::stream::select_all(merged))),
     };
-    let state =
+    let mut state =
         SseState { streams: choices, open, usage: Usage::default(), first: None, writer, frames, peeked: None, done: false };
+    if let Some(streams) = state.streams.as_mut() {
+        state.peeked = Some(streams.next().await);
+    }
     event_stream(Body::from_stream(futures::stream::unfold(state, next_frame)))
 }
 
@@ -175,7 +182,8 @@ struct SseState<W> {
     first: Option<(FinishReason, Option<String>, StreamMeta)>,
     writer: W,
     frames: VecDeque<Bytes>,
-    /// An event read ahead while looking for a `Finished` to fold into the last delta.
+    /// An event read ahead: the first (before answering), or one read while looking for a
+    /// `Finished` to fold into the last delta.
     peeked: Option<Option<ChoiceEvent>>,
     done: bool,
 }

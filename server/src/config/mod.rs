@@ -16,6 +16,7 @@ pub mod rate_limit;
 pub mod repository;
 pub mod router;
 mod router_inert;
+pub mod runtime;
 pub mod tls;
 pub use tritium_trace::config as trace;
 pub mod worker;
@@ -98,6 +99,8 @@ pub struct ServeArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub logging: LoggingArgs,
+    #[command(flatten)]
+    pub runtime: runtime::RuntimeArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]

@@ -28,6 +28,8 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub logging: LoggingArgs,
     #[command(flatten)]
+    pub runtime: super::runtime::RuntimeArgs,
+    #[command(flatten)]
     pub rate_limit: RateLimitArgs,
     #[command(flatten)]
     pub cache: CacheArgs,

@@ -334,6 +334,8 @@ VARIABLES = {
     "DYN_TOKENIZER_CACHE_BYTES": ("tokenizer-cache-bytes", "1048576"),
     "DYN_TOKENIZER_CACHE_EXTEND": ("tokenizer-cache-extend", "0"),
     "DYN_INTERACTIVE": ("interactive", "false"),
+    "DYN_RUNTIME_NUM_WORKER_THREADS": ("num-worker-threads", "3"),
+    "DYN_RUNTIME_MAX_BLOCKING_THREADS": ("max-blocking-threads", "64"),
 }
 
 
@@ -374,6 +376,31 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
     assert both["namespace"]["value"] == "new"
 
 
+def runtime_sizes(server: TritiumServer) -> tuple[int, int]:
+    """The worker and blocking thread counts the server's runtime was built with (its start log
+    reads them off the built runtime)."""
+    found = re.search(r"runtime: (\d+) worker threads, at most (\d+) blocking threads", server.stderr())
+    assert found, server.stderr()[-2000:]
+    return int(found[1]), int(found[2])
+
+
+def test_the_runtimes_threads_come_from_dynamos_variables_and_a_flag_beats_them(monkeypatch):
+    monkeypatch.setenv("DYN_RUNTIME_NUM_WORKER_THREADS", "1")
+    monkeypatch.setenv("DYN_RUNTIME_MAX_BLOCKING_THREADS", "7")
+    server = serve_on_grpc_fd("--allow-http", "false", "--allow-metrics", "false")
+    try:
+        assert runtime_sizes(server) == (1, 7)
+        assert grpcclient.InferenceServerClient(server.url).is_server_ready()
+    finally:
+        finish_server(server)
+    server = serve_on_grpc_fd("--allow-http", "false", "--allow-metrics", "false", "--num-worker-threads", "3")
+    try:
+        assert runtime_sizes(server) == (3, 7)
+        assert grpcclient.InferenceServerClient(server.url).is_server_ready()
+    finally:
+        finish_server(server)
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -404,6 +431,8 @@ def test_every_variable_is_read_and_a_flag_beats_it(tmp_path):
         (["--router-session-affinity-ttl-secs", "0"], ["--router-session-affinity-ttl-secs must be between 1 and 31536000"]),
         (["--router-session-affinity-ttl-secs", "31536001"], ["must be between 1 and 31536000"]),
         (["--router-session-affinity-mode", "sticky"], ["hard", "soft"]),
+        (["--num-worker-threads", "0"], ["--num-worker-threads", "not in 1..=4096"]),
+        (["--max-blocking-threads", "5000"], ["--max-blocking-threads", "not in 1..=4096"]),
     ],
 )
 def test_bad_values_are_refused_at_start_naming_what_is_allowed(args, fragments):
