@@ -12,8 +12,8 @@ pub const MAX_RUNTIME_THREADS: u16 = 4096;
 #[command(next_help_heading = "Runtime")]
 pub struct RuntimeArgs {
     /// Threads that serve requests (the async runtime's workers). Default: one per available
-    /// core, which measured best (grpc_bench); a frontend sharing a small machine with its workers
-    /// may spend less CPU per request on fewer.
+    /// core, which measured best (grpc_bench; on 2 cores beside its workers, a frontend on one
+    /// thread spent the same CPU per request, within noise, and served fewer requests).
     #[arg(long, env = "DYN_RUNTIME_NUM_WORKER_THREADS",
           value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_RUNTIME_THREADS)))]
     pub num_worker_threads: Option<u16>,
