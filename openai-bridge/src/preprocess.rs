@@ -110,7 +110,7 @@ impl Preprocessor {
         let template_reads_tool_calls = card.chat_template.as_deref().is_some_and(|source| source.contains("tool_calls"));
         let has_template = match &card.chat_template {
             Some(source) => {
-                env.add_template_owned(TEMPLATE, source.clone()).map_err(|e| BridgeError::Template(template::describe(&e)))?;
+                template::add_chat_template(&mut env, TEMPLATE, source).map_err(|e| BridgeError::Template(template::describe(&e)))?;
                 true
             }
             None => false,

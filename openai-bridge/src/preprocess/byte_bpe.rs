@@ -41,7 +41,45 @@ const MAX_CACHED_WORD_IDS: usize = 4;
 /// [`MAX_CACHED_WORD_IDS`] ids, with S3-FIFO eviction. It belongs to one preprocessor, of one
 /// loaded model card.
 pub struct WordCache {
-    words: quick_cache::sync::Cache<Box<[u8]>, CachedIds>,
+    // foldhash rather than SipHash: a lookup per word of every prompt's new text. Seeded per
+    // process, as the router's block maps are, since clients choose the words.
+    words: quick_cache::sync::Cache<Word, CachedIds, quick_cache::UnitWeighter, foldhash::fast::RandomState>,
+}
+
+/// A cached word's bytes, held in its entry: a lookup reads one entry, not the entry and then a
+/// key elsewhere on the heap (the cache is larger than the processor's caches, so each read
+/// is a miss).
+#[derive(Clone)]
+struct Word {
+    len: u8,
+    bytes: [u8; MAX_CACHED_WORD_BYTES],
+}
+
+impl Word {
+    /// `None` for a word longer than [`MAX_CACHED_WORD_BYTES`].
+    fn new(word: &[u8]) -> Option<Word> {
+        let mut bytes = [0; MAX_CACHED_WORD_BYTES];
+        bytes.get_mut(..word.len())?.copy_from_slice(word);
+        Some(Word { len: word.len() as u8, bytes })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl PartialEq for Word {
+    fn eq(&self, other: &Word) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Word {}
+
+impl std::hash::Hash for Word {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.as_slice());
+    }
 }
 
 impl std::fmt::Debug for WordCache {
@@ -53,7 +91,11 @@ impl std::fmt::Debug for WordCache {
 impl WordCache {
     /// A cache of at most `entries` words; `None` for 0 (off).
     pub fn new(entries: usize) -> Option<WordCache> {
-        (entries > 0).then(|| WordCache { words: quick_cache::sync::Cache::new(entries) })
+        (entries > 0).then(|| {
+            let hasher = foldhash::fast::RandomState::default();
+            let words = quick_cache::sync::Cache::with(entries, entries as u64, quick_cache::UnitWeighter, hasher, Default::default());
+            WordCache { words }
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -220,19 +262,19 @@ impl ByteLevelBpe {
             return ids.push(id);
         }
         // Without merges a word's ids are its bytes' ids: nothing to save.
-        let cache = scratch.cache.filter(|_| bytes.len() <= MAX_CACHED_WORD_BYTES && !self.merges.is_empty());
-        if let Some(hit) = cache.and_then(|cache| cache.words.get(bytes)) {
+        let cached = scratch.cache.filter(|_| !self.merges.is_empty()).and_then(|cache| Some((cache, Word::new(bytes)?)));
+        if let Some(hit) = cached.as_ref().and_then(|(cache, word)| cache.words.get(word)) {
             return ids.extend_from_slice(&hit.ids[..usize::from(hit.len)]);
         }
         scratch.merge(self, bytes);
         let start = ids.len();
         ids.extend(scratch.symbols.iter().filter(|s| s.live).map(|s| s.id));
-        if let Some(cache) = cache
+        if let Some((cache, word)) = cached
             && let merged @ 1..=MAX_CACHED_WORD_IDS = ids.len() - start
         {
-            let mut cached = CachedIds { len: merged as u8, ids: [0; MAX_CACHED_WORD_IDS] };
-            cached.ids[..merged].copy_from_slice(&ids[start..]);
-            cache.words.insert(bytes.into(), cached);
+            let mut entry = CachedIds { len: merged as u8, ids: [0; MAX_CACHED_WORD_IDS] };
+            entry.ids[..merged].copy_from_slice(&ids[start..]);
+            cache.words.insert(word, entry);
         }
     }
 

@@ -3,6 +3,8 @@
 //! and dict methods, `raise_exception`, `strftime_now`, Python's `json.dumps` as `tojson`), and
 //! OpenAI messages turned into what templates expect.
 
+mod concat;
+
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,9 +18,7 @@ use crate::parsers::ToolCallFormat;
 
 pub(super) fn environment() -> Environment<'static> {
     let mut env = Environment::new();
-    // As Hugging Face renders chat templates (jinja2 with trim_blocks and lstrip_blocks).
-    let syntax = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build();
-    if let Ok(syntax) = syntax {
+    if let Some(syntax) = syntax() {
         env.set_syntax(syntax);
     }
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -28,6 +28,24 @@ pub(super) fn environment() -> Environment<'static> {
     env.add_function("strftime_now", |format: String| strftime(&format, now_unix()));
     env.add_filter("tojson", tojson);
     env
+}
+
+/// As Hugging Face renders chat templates (jinja2 with trim_blocks and lstrip_blocks).
+fn syntax() -> Option<minijinja::syntax::SyntaxConfig> {
+    minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().ok()
+}
+
+/// Compiles `source` into `env` as `name`, with its string-joining output tags written one
+/// operand at a time where that renders the same ([`concat`]). A template that does not compile
+/// fails with its own error.
+pub(super) fn add_chat_template(env: &mut Environment<'static>, name: &'static str, source: &str) -> Result<(), Error> {
+    env.add_template_owned(name, source.to_owned())?;
+    if let Some(split) = syntax().and_then(|syntax| concat::split_concatenations(source, syntax))
+        && env.add_template_owned(name, split).is_err()
+    {
+        env.add_template_owned(name, source.to_owned())?;
+    }
+    Ok(())
 }
 
 /// Marks an error as the template's own `raise_exception`, whose message is shown as it is.
