@@ -26,11 +26,13 @@ pub fn block_hashes(tokens: &[u32], block_size: usize, lora: Option<&str>) -> Ve
         Some(name) => HASH_SEED.wrapping_add(xxhash_rust::xxh3::xxh3_64(name.as_bytes())),
         None => HASH_SEED,
     };
+    // The prompt's bytes once, rather than a buffer per block.
+    let bytes: Vec<u8> = tokens.iter().flat_map(|token| token.to_le_bytes()).collect();
     let mut parent: Option<u64> = None;
-    tokens
-        .chunks_exact(block_size.max(1))
+    bytes
+        .chunks_exact(block_size.max(1) * 4)
         .map(|block| {
-            let tokens_hash = tokens_hash_with(block, seed);
+            let tokens_hash = xxhash_rust::xxh3::xxh3_64_with_seed(block, seed);
             let name = match parent {
                 None => tokens_hash,
                 Some(parent) => {

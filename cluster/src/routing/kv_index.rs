@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use smallvec::SmallVec;
 use tritium_backend_api::kv::{BlockHash, KvEvent};
 
 pub use super::scoring::{Candidate, KvScoring, choose};
@@ -34,6 +35,9 @@ type BlockSet = HashSet<BlockHash, foldhash::fast::RandomState>;
 
 /// Index of a worker's name in [`KvIndex::names`]; small, so per-block holder lists stay small.
 type WorkerId = u32;
+/// The workers holding a block, inline up to two: a prompt's overlap reads one entry per block,
+/// and a list on the heap would be a second cache miss per block.
+type Holders = SmallVec<[WorkerId; 2]>;
 
 /// For each model, which workers hold which blocks.
 #[derive(Debug)]
@@ -49,11 +53,11 @@ pub struct KvIndex {
 #[derive(Debug, Default)]
 struct ModelIndex {
     /// Block -> the workers holding it in memory (tens at most, so a list beats a set).
-    holders: BlockMap<Vec<WorkerId>>,
+    holders: BlockMap<Holders>,
     /// Worker -> its blocks: the reverse map, for `Cleared`, departures and the cap.
     held: HashMap<WorkerId, BlockSet>,
     /// The same two for blocks in the workers' offload tiers.
-    offloaded: BlockMap<Vec<WorkerId>>,
+    offloaded: BlockMap<Holders>,
     held_offloaded: HashMap<WorkerId, BlockSet>,
 }
 
@@ -147,14 +151,14 @@ impl KvIndex {
         }
         // One pass over the prompt's blocks, each looked up once for all candidates.
         for hash in hashes {
-            let resident = index.holders.get(hash).map_or(&[][..], Vec::as_slice);
+            let resident = index.holders.get(hash).map_or(&[][..], Holders::as_slice);
             let mut offloaded = None;
             let mut any = false;
             for candidate in candidates.iter_mut().filter(|c| c.reading) {
                 if resident.contains(&candidate.id) {
                     candidate.resident += 1;
                 } else if offloaded
-                    .get_or_insert_with(|| index.offloaded.get(hash).map_or(&[][..], Vec::as_slice))
+                    .get_or_insert_with(|| index.offloaded.get(hash).map_or(&[][..], Holders::as_slice))
                     .contains(&candidate.id)
                 {
                     candidate.offloaded += 1;
@@ -252,7 +256,7 @@ impl ModelIndex {
 /// Records that worker `id` holds `blocks` in one tier (`holders` and its reverse `held`);
 /// returns how many blocks of that tier it holds now.
 fn add_blocks(
-    holders: &mut BlockMap<Vec<WorkerId>>,
+    holders: &mut BlockMap<Holders>,
     held: &mut HashMap<WorkerId, BlockSet>,
     id: WorkerId,
     blocks: &[BlockHash],
@@ -268,7 +272,7 @@ fn add_blocks(
 
 /// Forgets that worker `id` holds `blocks` in one tier.
 fn remove_blocks(
-    holders: &mut BlockMap<Vec<WorkerId>>,
+    holders: &mut BlockMap<Holders>,
     held: &mut HashMap<WorkerId, BlockSet>,
     id: WorkerId,
     blocks: &[BlockHash],
@@ -284,9 +288,9 @@ fn remove_blocks(
     }
 }
 
-fn remove_holder(holders: &mut BlockMap<Vec<WorkerId>>, block: BlockHash, id: WorkerId) {
+fn remove_holder(holders: &mut BlockMap<Holders>, block: BlockHash, id: WorkerId) {
     if let Some(workers) = holders.get_mut(&block) {
-        workers.retain(|&w| w != id);
+        workers.retain(|w| *w != id);
         if workers.is_empty() {
             holders.remove(&block);
         }

@@ -140,5 +140,6 @@ fn operand_end(tokens: &[(Token<'_>, Span)], mut at: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 #[path = "concat_tests.rs"]
 mod tests;
