@@ -22,7 +22,7 @@ import tritonclient.grpc as grpcclient
 from cluster import wait_until
 from conftest import LLM_NAME, LLM_START_TIMEOUT, model_paths
 from dynamo_cluster import post
-from helpers import READY_PREFIX, REPO, TritiumServer, bound_listener, finish_server, launch, start_failure, start_server, tritium_bin
+from helpers import READY_PREFIX, REPO, TritiumServer, bound_listener, finish_server, launch, start_failure, start_server, start_worker, tritium_bin
 
 
 def free_port() -> int:
@@ -382,6 +382,16 @@ def runtime_sizes(server: TritiumServer) -> tuple[int, int]:
     found = re.search(r"runtime: (\d+) worker threads, at most (\d+) blocking threads", server.stderr())
     assert found, server.stderr()[-2000:]
     return int(found[1]), int(found[2])
+
+
+def test_a_workers_runtime_is_sized_by_the_same_variables_and_flags(tmp_path):
+    env = {"DYN_RUNTIME_NUM_WORKER_THREADS": "1", "DYN_RUNTIME_MAX_BLOCKING_THREADS": "9"}
+    worker = start_worker("--discovery", "file", "--discovery-dir", str(tmp_path), "--max-blocking-threads", "5", env=env)
+    try:
+        assert runtime_sizes(worker) == (1, 5)
+    finally:
+        worker.stop()
+        worker.stderr_path.unlink(missing_ok=True)
 
 
 def test_the_runtimes_threads_come_from_dynamos_variables_and_a_flag_beats_them(monkeypatch):
