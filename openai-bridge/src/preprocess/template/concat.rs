@@ -12,7 +12,7 @@
 //! when it is a string, and else the same error from the same operator, naming the same undefined
 //! value. A literal operand is written as it is. Operands are kept to shapes that are pure and
 //! whose precedence is plain: a literal, or a name with attribute and index lookups and
-//! argument-less filters (which bind tighter than `+`). Anything else in the tag (another
+//! argument-less filters known to be pure (which bind tighter than `+`). Anything else in the tag (another
 //! operator, a call, a test, a conditional) leaves the tag as it is.
 //!
 //! Each operand stays where it was, so an error in it names the line it names now (minijinja
@@ -110,9 +110,12 @@ fn operands(tokens: &[(Token<'_>, Span)]) -> Option<Vec<Operand>> {
 
 /// Words the lexer gives as names that are operators or tests, not variables.
 const KEYWORDS: [&str; 7] = ["and", "or", "not", "if", "else", "is", "in"];
+/// Filters that give the same value each time (a rewritten operand is evaluated twice).
+const PURE_FILTERS: [&str; 14] =
+    ["trim", "upper", "lower", "capitalize", "title", "string", "safe", "e", "escape", "tojson", "length", "first", "last", "join"];
 
 /// The index after the operand starting at `at`: a string literal, or a name followed by
-/// `.name`, `.0`, `['key']`, `[0]` and `|filter` (without arguments).
+/// `.name`, `.0`, `['key']`, `[0]` and `|filter` (one of [`PURE_FILTERS`], without arguments).
 fn operand_end(tokens: &[(Token<'_>, Span)], mut at: usize) -> Option<usize> {
     match &tokens.get(at)?.0 {
         Token::Str(_) | Token::String(_) => return Some(at + 1),
@@ -131,7 +134,7 @@ fn operand_end(tokens: &[(Token<'_>, Span)], mut at: usize) -> Option<usize> {
             },
             Some(Token::Pipe) => match (tokens.get(at + 1).map(|t| &t.0), tokens.get(at + 2).map(|t| &t.0)) {
                 (Some(Token::Ident(_)), Some(Token::ParenOpen)) => return None,
-                (Some(Token::Ident(_)), _) => at += 2,
+                (Some(Token::Ident(name)), _) if PURE_FILTERS.contains(name) => at += 2,
                 _ => return None,
             },
             _ => return Some(at),

@@ -60,6 +60,7 @@ fn other_tags_are_left_as_they_are() {
         "{{ 'a' + f(x) }}",
         "{{ 'a' + b if c else d }}",
         "{{ 'a' + b|join(',') }}",
+        "{{ 'a' + b|random }}",
         "{{ 'a' + not b }}",
         "{{ 'a' + (b) }}",
         "{{ 'a'|upper + b }}",
