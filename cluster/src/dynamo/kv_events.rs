@@ -30,7 +30,8 @@ pub fn block_hashes(tokens: &[u32], block_size: usize, lora: Option<&str>) -> Ve
     let bytes: Vec<u8> = tokens.iter().flat_map(|token| token.to_le_bytes()).collect();
     let mut parent: Option<u64> = None;
     bytes
-        .chunks_exact(block_size.max(1) * 4)
+        // A worker's record names the block size: a huge one must not wrap to a zero chunk.
+        .chunks_exact(block_size.max(1).saturating_mul(4))
         .map(|block| {
             let tokens_hash = xxhash_rust::xxh3::xxh3_64_with_seed(block, seed);
             let name = match parent {
@@ -176,6 +177,7 @@ mod tests {
         assert_eq!(hashes[0], first);
         assert_ne!(hashes[1], first);
         assert_eq!(block_hashes(&tokens[..127], 64, None).len(), 1);
+        assert!(block_hashes(&tokens, usize::MAX / 2, None).is_empty(), "a block size a record could name");
     }
 
     #[test]
