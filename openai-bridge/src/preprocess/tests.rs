@@ -65,6 +65,9 @@ fn renders_the_smollm2_chatml_template() {
     ];
     let prompt = pre.render_chat(&messages, true, None).unwrap();
     assert_eq!(prompt, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi\nthere<|im_end|>\n<|im_start|>assistant\n");
+    // The template is compiled with its `+` chains split (template/concat.rs).
+    let compiled = pre.env.get_template(TEMPLATE).unwrap();
+    assert!(compiled.source().contains("message['content'] if message['content'] is string else"), "{}", compiled.source());
     // Without a system message the template adds its own.
     let prompt = pre.render_chat(&messages[1..], false, None).unwrap();
     assert!(prompt.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), "{prompt}");
