@@ -27,6 +27,9 @@ pub struct Detokenizer {
     read: usize,
     /// Special tokens shown as their text (a tool-call parser's markers), sorted.
     shown: Vec<u32>,
+    /// The window's bytes, kept between tokens so that a step with the table allocates only
+    /// the text it returns.
+    scratch: Vec<u8>,
 }
 
 impl Detokenizer {
@@ -35,7 +38,7 @@ impl Detokenizer {
     /// generated token (a completion continues its prompt).
     pub(crate) fn new(tokenizer: Arc<Tokenizer>, table: Option<Arc<DecodeTable>>, context: Vec<u32>) -> Detokenizer {
         let read = context.len();
-        Detokenizer { tokenizer, table, ids: context, read, shown: Vec::new() }
+        Detokenizer { tokenizer, table, ids: context, read, shown: Vec::new(), scratch: Vec::new() }
     }
 
     /// Shows these special tokens as their text instead of skipping them (the markers an
@@ -50,11 +53,25 @@ impl Detokenizer {
     /// character or a special token).
     pub fn push(&mut self, id: u32) -> String {
         self.ids.push(id);
-        let (prefix, text) = self.texts();
-        if text.len() <= prefix.len() || text.ends_with(char::REPLACEMENT_CHARACTER) {
-            return String::new();
-        }
-        let delta = suffix_after(&text, &prefix);
+        let delta = match (&self.table, self.shown.is_empty()) {
+            (Some(table), true) => {
+                // `texts` without its two strings: the window's bytes once, read lossily as
+                // `DecodeTable::decode` reads them, before and after the unread ids.
+                let mut bytes = std::mem::take(&mut self.scratch);
+                bytes.clear();
+                table.append_bytes(&self.ids[..self.read], true, &mut bytes);
+                let split = bytes.len();
+                table.append_bytes(&self.ids[self.read..], true, &mut bytes);
+                let delta = completed(&String::from_utf8_lossy(&bytes[..split]), &String::from_utf8_lossy(&bytes));
+                self.scratch = bytes;
+                delta
+            }
+            _ => {
+                let (prefix, text) = self.texts();
+                completed(&prefix, &text)
+            }
+        };
+        let Some(delta) = delta else { return String::new() };
         // The emitted ids are the next step's context; older ones are no longer needed.
         self.ids.drain(..self.read);
         self.read = self.ids.len();
@@ -103,6 +120,15 @@ impl Detokenizer {
             None => self.tokenizer.decode(ids, skip_special_tokens).unwrap_or_default(),
         }
     }
+}
+
+/// The text a step completes: `text` after `prefix`, unless `text` is no longer or ends in an
+/// incomplete character.
+fn completed(prefix: &str, text: &str) -> Option<String> {
+    if text.len() <= prefix.len() || text.ends_with(char::REPLACEMENT_CHARACTER) {
+        return None;
+    }
+    Some(suffix_after(text, prefix))
 }
 
 /// `text` after `prefix`; when a decoder is not prefix-stable, after their common start.

@@ -57,12 +57,18 @@ impl DecodeTable {
     /// What `Tokenizer::decode(ids, skip_special_tokens)` gives; ids it does not know add nothing.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> String {
         let mut bytes = Vec::with_capacity(ids.len() * 8);
-        for &id in ids {
-            bytes.extend_from_slice(self.bytes_of(id, |_| !skip_special_tokens));
-        }
+        self.append_bytes(ids, skip_special_tokens, &mut bytes);
         match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
+    }
+
+    /// The bytes `ids` decode to, before their UTF-8 is checked, added to `out`: `decode` is
+    /// these bytes read lossily.
+    pub(super) fn append_bytes(&self, ids: &[u32], skip_special_tokens: bool, out: &mut Vec<u8>) {
+        for &id in ids {
+            out.extend_from_slice(self.bytes_of(id, |_| !skip_special_tokens));
         }
     }
 
