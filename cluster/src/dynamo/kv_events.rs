@@ -26,8 +26,7 @@ pub fn block_hashes(tokens: &[u32], block_size: usize, lora: Option<&str>) -> Ve
         Some(name) => HASH_SEED.wrapping_add(xxhash_rust::xxh3::xxh3_64(name.as_bytes())),
         None => HASH_SEED,
     };
-    // The prompt's bytes once, rather than a buffer per block.
-    let bytes: Vec<u8> = tokens.iter().flat_map(|token| token.to_le_bytes()).collect();
+    let bytes = le_bytes(tokens);
     let mut parent: Option<u64> = None;
     bytes
         // A worker's record names the block size: a huge one must not wrap to a zero chunk.
@@ -55,8 +54,17 @@ pub fn tokens_hash(block: &[u32]) -> u64 {
 }
 
 fn tokens_hash_with(block: &[u32], seed: u64) -> u64 {
-    let bytes: Vec<u8> = block.iter().flat_map(|token| token.to_le_bytes()).collect();
-    xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, seed)
+    xxhash_rust::xxh3::xxh3_64_with_seed(&le_bytes(block), seed)
+}
+
+/// Tokens as the little-endian bytes Dynamo hashes: on a little-endian machine their own memory
+/// (an agent's prompt is ~100 KB of ids, copied on every turn before), else a copy.
+fn le_bytes(tokens: &[u32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(tokens))
+    } else {
+        std::borrow::Cow::Owned(tokens.iter().flat_map(|token| token.to_le_bytes()).collect())
+    }
 }
 
 /// The envelope inside a ZeroMQ message `[topic, publisher id, sequence, version | length | envelope]`.
