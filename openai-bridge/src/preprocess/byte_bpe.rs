@@ -12,6 +12,9 @@
 //! tokenizer's on a probe text; the property tests compare them on random texts.
 
 mod pretokenize;
+mod word_cache;
+
+pub use word_cache::WordCache;
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -30,88 +33,6 @@ const PROBE: &str = "Hello, world! It's 2026; we'll  test\tTABS\n\n  and   space
 const MISSING: u32 = u32::MAX;
 /// `--tokenizer-word-cache-entries`' default: words whose ids a model's encoder keeps.
 pub const DEFAULT_WORD_CACHE_ENTRIES: usize = 1 << 16;
-/// Pre-tokens longer than this are merged each time (rare, and they would crowd the cache).
-const MAX_CACHED_WORD_BYTES: usize = 32;
-/// Ids of a cached word; a word of more is merged each time.
-const MAX_CACHED_WORD_IDS: usize = 4;
-
-/// The ids of recently merged words (pre-tokens), so a frequent word is merged once: bounded by
-/// entries (quick_cache rounds each shard's share up, so a large bound may be passed by fewer
-/// entries than it has shards), each at most [`MAX_CACHED_WORD_BYTES`] of key and
-/// [`MAX_CACHED_WORD_IDS`] ids, with S3-FIFO eviction. It belongs to one preprocessor, of one
-/// loaded model card.
-pub struct WordCache {
-    // foldhash rather than SipHash: a lookup per word of every prompt's new text. Seeded per
-    // process, as the router's block maps are, since clients choose the words.
-    words: quick_cache::sync::Cache<Word, CachedIds, quick_cache::UnitWeighter, foldhash::fast::RandomState>,
-}
-
-/// A cached word's bytes, held in its entry: a lookup reads one entry, not the entry and then a
-/// key elsewhere on the heap (the cache is larger than the processor's caches, so each read
-/// is a miss).
-#[derive(Clone)]
-struct Word {
-    len: u8,
-    bytes: [u8; MAX_CACHED_WORD_BYTES],
-}
-
-impl Word {
-    /// `None` for a word longer than [`MAX_CACHED_WORD_BYTES`].
-    fn new(word: &[u8]) -> Option<Word> {
-        let mut bytes = [0; MAX_CACHED_WORD_BYTES];
-        bytes.get_mut(..word.len())?.copy_from_slice(word);
-        Some(Word { len: word.len() as u8, bytes })
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl PartialEq for Word {
-    fn eq(&self, other: &Word) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl Eq for Word {}
-
-impl std::hash::Hash for Word {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write(self.as_slice());
-    }
-}
-
-impl std::fmt::Debug for WordCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WordCache").field("entries", &self.words.len()).finish()
-    }
-}
-
-impl WordCache {
-    /// A cache of at most `entries` words; `None` for 0 (off).
-    pub fn new(entries: usize) -> Option<WordCache> {
-        (entries > 0).then(|| {
-            let hasher = foldhash::fast::RandomState::default();
-            let words = quick_cache::sync::Cache::with(entries, entries as u64, quick_cache::UnitWeighter, hasher, Default::default());
-            WordCache { words }
-        })
-    }
-
-    pub fn len(&self) -> usize {
-        self.words.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.words.is_empty()
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct CachedIds {
-    len: u8,
-    ids: [u32; MAX_CACHED_WORD_IDS],
-}
 
 pub struct ByteLevelBpe {
     /// Added tokens split out as-is, then (the tokenizer has no normalizer) the normalized ones.
@@ -262,19 +183,15 @@ impl ByteLevelBpe {
             return ids.push(id);
         }
         // Without merges a word's ids are its bytes' ids: nothing to save.
-        let cached = scratch.cache.filter(|_| !self.merges.is_empty()).and_then(|cache| Some((cache, Word::new(bytes)?)));
-        if let Some(hit) = cached.as_ref().and_then(|(cache, word)| cache.words.get(word)) {
-            return ids.extend_from_slice(&hit.ids[..usize::from(hit.len)]);
+        let cache = scratch.cache.filter(|_| !self.merges.is_empty());
+        if let Some(hit) = cache.and_then(|cache| cache.get(bytes)) {
+            return ids.extend_from_slice(hit.as_slice());
         }
         scratch.merge(self, bytes);
         let start = ids.len();
         ids.extend(scratch.symbols.iter().filter(|s| s.live).map(|s| s.id));
-        if let Some((cache, word)) = cached
-            && let merged @ 1..=MAX_CACHED_WORD_IDS = ids.len() - start
-        {
-            let mut entry = CachedIds { len: merged as u8, ids: [0; MAX_CACHED_WORD_IDS] };
-            entry.ids[..merged].copy_from_slice(&ids[start..]);
-            cache.words.insert(word, entry);
+        if let Some(cache) = cache {
+            cache.insert(bytes, &ids[start..]);
         }
     }
 

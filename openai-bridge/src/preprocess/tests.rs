@@ -376,7 +376,8 @@ fn finish_releases_an_incomplete_character_lossily() {
 }
 
 /// What a turn of an agent conversation costs the preprocessor, stage by stage (a 16K-token system
-/// prompt and five 1.5K-token tool results; the prefix cache holds the turn before), in a release
+/// prompt and five 1.5K-token tool results; the prefix cache holds the turn before; a turn's new
+/// text alone, then on two threads sharing the word cache), in a release
 /// build: `cargo test --release -p tritium-openai-bridge --lib agent_turn_speed -- --ignored
 /// --nocapture`. Prints, asserts nothing.
 #[test]
@@ -413,6 +414,22 @@ fn agent_turn_speed() {
     time("encode (prefix cached)", &mut || {
         std::hint::black_box(pre.encode(&prompt, false).unwrap());
     });
+    let new_text = made_up_words(24, 1000);
+    time("encode a turn's new text (word cache warm)", &mut || {
+        std::hint::black_box(pre.encode(&new_text, false).unwrap());
+    });
+    // Two threads at once, as the runtime's are: their lookups share the word cache.
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                for _ in 0..rounds {
+                    std::hint::black_box(pre.encode(&new_text, false).unwrap());
+                }
+            });
+        }
+    });
+    eprintln!("the same on two threads at once: {:?} of wall time per encode", started.elapsed() / rounds / 2);
     let body = json!({"messages": messages, "model": "agent", "stream": true, "max_tokens": 8});
     let bytes = serde_json::to_vec(&body).unwrap();
     time("parse the request", &mut || {

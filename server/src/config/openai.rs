@@ -115,7 +115,7 @@ pub struct OpenAiArgs {
     #[arg(long, env = "DYN_TOKENIZER_CACHE_EXTEND", default_value = "1", value_parser = switch)]
     pub tokenizer_cache_extend: bool,
     /// Words (pre-tokens) whose ids one model's byte-level BPE encoder keeps, so a frequent word
-    /// is merged once; 0 keeps none.
+    /// is merged once; 64 bytes each, allocated when the model loads; 0 keeps none.
     #[arg(long, default_value_t = DEFAULT_WORD_CACHE_ENTRIES as u64, value_parser = clap::value_parser!(u64).range(0..=1 << 24))]
     pub tokenizer_word_cache_entries: u64,
 }

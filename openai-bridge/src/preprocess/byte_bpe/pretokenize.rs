@@ -14,13 +14,13 @@ const LETTER: u8 = 1;
 const NUMBER: u8 = 2;
 const SPACE: u8 = 4;
 
-/// The class of `c`: `LETTER`, `NUMBER`, `SPACE` or 0 (anything else).
-#[inline]
-fn class(c: char) -> u8 {
-    let code = c as u32;
-    if code < 0x80 {
-        let b = code as u8;
-        return if b.is_ascii_alphabetic() {
+/// Each ASCII character's class (most of a prompt): the scan reads these bytes without decoding.
+const ASCII_CLASSES: [u8; 128] = {
+    let mut table = [0u8; 128];
+    let mut index = 0;
+    while index < 128 {
+        let b = index as u8;
+        table[index] = if b.is_ascii_alphabetic() {
             LETTER
         } else if b.is_ascii_digit() {
             NUMBER
@@ -29,10 +29,31 @@ fn class(c: char) -> u8 {
         } else {
             0
         };
+        index += 1;
+    }
+    table
+};
+
+/// The class of `c`: `LETTER`, `NUMBER`, `SPACE` or 0 (anything else).
+#[inline]
+fn class(c: char) -> u8 {
+    let code = c as u32;
+    if code < 0x80 {
+        return ASCII_CLASSES[code as usize];
     }
     match usize::try_from(code).ok().and_then(|index| bmp_classes().get(index)) {
         Some(&class) => class,
         None => Classifier::get().class_of(c),
+    }
+}
+
+/// The character starting at byte `at` of `text` (a character boundary), ASCII without decoding.
+#[inline]
+fn char_at(text: &str, at: usize) -> Option<char> {
+    match text.as_bytes().get(at) {
+        Some(&b) if b < 0x80 => Some(char::from(b)),
+        Some(_) => text.get(at..)?.chars().next(),
+        None => None,
     }
 }
 
@@ -112,9 +133,7 @@ fn scan(text: &str, piece: &mut impl FnMut(&str)) {
 
 /// The end of the regex's leftmost-first match starting at `start` (never empty).
 fn match_at(text: &str, bytes: &[u8], start: usize) -> usize {
-    let rest = &text[start..];
-    let mut chars = rest.chars();
-    let Some(first) = chars.next() else { return start };
+    let Some(first) = char_at(text, start) else { return start };
     // 's|'t|'re|'ve|'m|'ll|'d
     if first == '\'' {
         let after = &bytes[start + 1..];
@@ -124,15 +143,14 @@ fn match_at(text: &str, bytes: &[u8], start: usize) -> usize {
             _ => {}
         }
     }
-    let first_class = class(first);
     // ` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+`: a run of one class, after an optional space.
     let (run_class, run_start) = if first == ' ' {
-        match chars.next() {
+        match char_at(text, start + 1) {
             Some(second) if class(second) != SPACE => (class(second), start + 1),
             _ => (SPACE, start),
         }
     } else {
-        (first_class, start)
+        (class(first), start)
     };
     if run_class != SPACE {
         return run_end(text, run_start, run_class);
@@ -147,9 +165,26 @@ fn match_at(text: &str, bytes: &[u8], start: usize) -> usize {
     if end - last > start { end - last } else { end }
 }
 
-/// Where the run of `class` characters starting at `from` ends.
+/// Where the run of `class` characters starting at `from` ends: ASCII a byte at a time from a
+/// table, anything else decoded.
 fn run_end(text: &str, from: usize, run: u8) -> usize {
-    text[from..].char_indices().find(|&(_, c)| class(c) != run).map_or(text.len(), |(offset, _)| from + offset)
+    let bytes = text.as_bytes();
+    let mut at = from;
+    while let Some(&b) = bytes.get(at) {
+        if b < 0x80 {
+            if ASCII_CLASSES[usize::from(b)] != run {
+                return at;
+            }
+            at += 1;
+        } else {
+            let Some(c) = char_at(text, at) else { return text.len() };
+            if class(c) != run {
+                return at;
+            }
+            at += c.len_utf8();
+        }
+    }
+    text.len()
 }
 
 #[cfg(test)]
