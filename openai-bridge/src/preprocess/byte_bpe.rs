@@ -140,7 +140,7 @@ impl ByteLevelBpe {
         let mut scratch = Scratch { cache, ..Scratch::default() };
         self.split_added(&self.added, text, &mut ids, &mut |bpe, segment, ids| {
             bpe.split_added(&bpe.normalized_added, segment, ids, &mut |bpe, segment, ids| {
-                pretokenize::split(segment, bpe.digits, |piece| bpe.encode_piece(piece.as_bytes(), ids, &mut scratch));
+                bpe.encode_segment(segment, ids, &mut scratch);
             });
         });
         ids
@@ -168,8 +168,37 @@ impl ByteLevelBpe {
         }
     }
 
-    /// One pre-token's ids.
-    fn encode_piece(&self, bytes: &[u8], ids: &mut Vec<u32>, scratch: &mut Scratch) {
+    /// The ids of `segment` (text without added tokens), its pre-tokens looked up in the word
+    /// cache a batch at a time: each batch's slots are read before any of its words is looked up.
+    fn encode_segment(&self, segment: &str, ids: &mut Vec<u32>, scratch: &mut Scratch) {
+        const BATCH: usize = 16;
+        let cache = scratch.cache.filter(|_| !self.merges.is_empty());
+        let mut batch: [(&str, Option<usize>); BATCH] = [("", None); BATCH];
+        let mut len = 0;
+        pretokenize::split(segment, self.digits, |piece| {
+            // A one-byte piece is its byte's id: no lookup.
+            let slot = cache.filter(|_| piece.len() > 1).and_then(|cache| cache.slot_of(piece.as_bytes()));
+            batch[len] = (piece, slot);
+            len += 1;
+            if len == BATCH {
+                self.encode_batch(&batch, cache, ids, scratch);
+                len = 0;
+            }
+        });
+        self.encode_batch(&batch[..len], cache, ids, scratch);
+    }
+
+    fn encode_batch(&self, batch: &[(&str, Option<usize>)], cache: Option<&WordCache>, ids: &mut Vec<u32>, scratch: &mut Scratch) {
+        if let Some(cache) = cache {
+            cache.prefetch(batch.iter().filter_map(|&(_, slot)| slot));
+        }
+        for &(piece, slot) in batch {
+            self.encode_piece(piece.as_bytes(), slot.zip(cache), ids, scratch);
+        }
+    }
+
+    /// One pre-token's ids; `cached`: where the word cache would keep it.
+    fn encode_piece(&self, bytes: &[u8], cached: Option<(usize, &WordCache)>, ids: &mut Vec<u32>, scratch: &mut Scratch) {
         if let [byte] = bytes {
             let id = self.byte_ids[usize::from(*byte)];
             if id != MISSING {
@@ -182,16 +211,14 @@ impl ByteLevelBpe {
         {
             return ids.push(id);
         }
-        // Without merges a word's ids are its bytes' ids: nothing to save.
-        let cache = scratch.cache.filter(|_| !self.merges.is_empty());
-        if let Some(hit) = cache.and_then(|cache| cache.get(bytes)) {
+        if let Some(hit) = cached.and_then(|(slot, cache)| cache.get(slot, bytes)) {
             return ids.extend_from_slice(hit.as_slice());
         }
         scratch.merge(self, bytes);
         let start = ids.len();
         ids.extend(scratch.symbols.iter().filter(|s| s.live).map(|s| s.id));
-        if let Some(cache) = cache {
-            cache.insert(bytes, &ids[start..]);
+        if let Some((slot, cache)) = cached {
+            cache.insert(slot, bytes, &ids[start..]);
         }
     }
 

@@ -99,7 +99,7 @@ fn bmp_classes() -> &'static [u8] {
 
 /// Calls `piece` with each pre-token of `text` in order (`digits`: each numeric character is a
 /// piece of its own first, as `Digits { individual_digits: true }` does before the regex).
-pub(super) fn split(text: &str, digits: bool, mut piece: impl FnMut(&str)) {
+pub(super) fn split<'t>(text: &'t str, digits: bool, mut piece: impl FnMut(&'t str)) {
     if !digits {
         return scan(text, &mut piece);
     }
@@ -121,7 +121,7 @@ pub(super) fn split(text: &str, digits: bool, mut piece: impl FnMut(&str)) {
 
 /// The regex's matches in `text`, which cover it: every character is a letter, a number, a space
 /// or something else, and each has an alternative starting with it.
-fn scan(text: &str, piece: &mut impl FnMut(&str)) {
+fn scan<'t>(text: &'t str, piece: &mut impl FnMut(&'t str)) {
     let bytes = text.as_bytes();
     let mut start = 0;
     while start < text.len() {

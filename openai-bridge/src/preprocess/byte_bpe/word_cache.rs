@@ -82,33 +82,43 @@ impl WordCache {
         self.len() == 0
     }
 
-    /// The ids cached for `word`.
-    pub(super) fn get(&self, word: &[u8]) -> Option<CachedIds> {
+    /// Where `word` would be cached (its first candidate slot), or `None` for a word too long.
+    pub(super) fn slot_of(&self, word: &[u8]) -> Option<usize> {
+        (word.len() <= MAX_CACHED_WORD_BYTES).then(|| {
+            let hash = self.hasher.hash_one(word);
+            // The hash scaled onto the slots: exactly `entries` of them, none favoured.
+            ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
+        })
+    }
+
+    /// Reads the first slot of each of the next few words before any is looked up: the table is
+    /// larger than the processor's caches, so each lookup is a miss, and misses issued together
+    /// overlap where one after another they queue (in the server, a lookup's first read was 3/4
+    /// of the scan).
+    pub(super) fn prefetch(&self, slots: impl Iterator<Item = usize>) {
+        let versions = slots.fold(0u64, |sum, index| sum.wrapping_add(self.slots[index].version.load(Ordering::Relaxed)));
+        std::hint::black_box(versions);
+    }
+
+    /// The ids cached for `word`, whose slot is `first` (from [`WordCache::slot_of`]).
+    pub(super) fn get(&self, first: usize, word: &[u8]) -> Option<CachedIds> {
         let key = key_of(word)?;
-        let first = self.first_slot(word);
         self.read(first, word.len(), &key).or_else(|| self.read(self.next(first), word.len(), &key))
     }
 
-    /// Caches `ids` as `word`'s; a word or ids too long for a slot are not kept, and neither is a
-    /// word whose slots another thread is writing.
-    pub(super) fn insert(&self, word: &[u8], ids: &[u32]) {
+    /// Caches `ids` as `word`'s (whose slot is `first`); a word or ids too long for a slot are not
+    /// kept, and neither is a word whose slots another thread is writing.
+    pub(super) fn insert(&self, first: usize, word: &[u8], ids: &[u32]) {
         let Some(key) = key_of(word) else { return };
         if ids.is_empty() || ids.len() > MAX_CACHED_WORD_IDS {
             return;
         }
-        let first = self.first_slot(word);
         let second = self.next(first);
         let (first_version, second_version) =
             (self.slots[first].version.load(Ordering::Relaxed), self.slots[second].version.load(Ordering::Relaxed));
         // An empty slot first, else one of the two taken, varying with how often the first changed.
         let index = if first_version == 0 || (second_version != 0 && first_version & 2 == 0) { first } else { second };
         self.write(index, word.len(), &key, ids);
-    }
-
-    fn first_slot(&self, word: &[u8]) -> usize {
-        let hash = self.hasher.hash_one(word);
-        // The hash scaled onto the slots: exactly `entries` of them, none favoured.
-        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
     }
 
     fn next(&self, index: usize) -> usize {
@@ -186,29 +196,41 @@ fn key_of(word: &[u8]) -> Option<Key> {
 mod tests {
     use super::*;
 
+    impl WordCache {
+        fn put(&self, word: &[u8], ids: &[u32]) {
+            if let Some(slot) = self.slot_of(word) {
+                self.insert(slot, word, ids);
+            }
+        }
+
+        fn ids(&self, word: &[u8]) -> Option<Vec<u32>> {
+            self.get(self.slot_of(word)?, word).map(|hit| hit.as_slice().to_vec())
+        }
+    }
+
     #[test]
     fn keeps_words_up_to_its_bound_and_refuses_what_a_slot_cannot_hold() {
         let cache = WordCache::new(4).unwrap();
         assert!(WordCache::new(0).is_none());
-        cache.insert(b" kalo", &[1, 2]);
-        assert_eq!(cache.get(b" kalo").map(|hit| hit.as_slice().to_vec()), Some(vec![1, 2]));
-        assert_eq!(cache.get(b" kal"), None, "a prefix is another word");
-        assert_eq!(cache.get(b" kalo\0"), None, "a trailing zero byte is part of the word, not padding");
-        cache.insert(&[b'x'; 33], &[1]);
-        cache.insert(b"six ids", &[1, 2, 3, 4, 5, 6]);
-        cache.insert(b"no ids", &[]);
-        assert_eq!((cache.get(&[b'x'; 33]), cache.get(b"six ids"), cache.get(b"no ids")), (None, None, None));
+        cache.put(b" kalo", &[1, 2]);
+        assert_eq!(cache.ids(b" kalo"), Some(vec![1, 2]));
+        assert_eq!(cache.ids(b" kal"), None, "a prefix is another word");
+        assert_eq!(cache.ids(b" kalo\0"), None, "a trailing zero byte is part of the word, not padding");
+        cache.put(&[b'x'; 33], &[1]);
+        cache.put(b"six ids", &[1, 2, 3, 4, 5, 6]);
+        cache.put(b"no ids", &[]);
+        assert_eq!((cache.ids(&[b'x'; 33]), cache.ids(b"six ids"), cache.ids(b"no ids")), (None, None, None));
         let full = [u32::MAX, 7, 8, 9, 10];
-        cache.insert(&[b'y'; 32], &full);
-        assert_eq!(cache.get(&[b'y'; 32]).map(|hit| hit.as_slice().to_vec()), Some(full.to_vec()));
+        cache.put(&[b'y'; 32], &full);
+        assert_eq!(cache.ids(&[b'y'; 32]), Some(full.to_vec()));
         for n in 0..100u32 {
-            cache.insert(format!("w{n}").as_bytes(), &[n]);
+            cache.put(format!("w{n}").as_bytes(), &[n]);
         }
         assert!((1..=4).contains(&cache.len()), "{}", cache.len());
         // Whatever it kept is right.
         for n in 0..100u32 {
-            if let Some(hit) = cache.get(format!("w{n}").as_bytes()) {
-                assert_eq!(hit.as_slice(), [n]);
+            if let Some(ids) = cache.ids(format!("w{n}").as_bytes()) {
+                assert_eq!(ids, [n]);
             }
         }
     }
@@ -216,11 +238,11 @@ mod tests {
     #[test]
     fn one_entry_holds_one_word() {
         let cache = WordCache::new(1).unwrap();
-        cache.insert(b"a word", &[3]);
-        cache.insert(b"another", &[4]);
+        cache.put(b"a word", &[3]);
+        cache.put(b"another", &[4]);
         assert_eq!(cache.len(), 1);
-        assert_eq!(cache.get(b"another").map(|hit| hit.as_slice().to_vec()), Some(vec![4]));
-        assert_eq!(cache.get(b"a word"), None);
+        assert_eq!(cache.ids(b"another"), Some(vec![4]));
+        assert_eq!(cache.ids(b"a word"), None);
     }
 
     /// Threads writing words that share slots while others read them: a reader gets a word's own
@@ -237,7 +259,7 @@ mod tests {
                 scope.spawn(move || {
                     for round in 0..20_000u32 {
                         let n = (round * 7 + writer) % 16;
-                        cache.insert(words[n as usize].as_bytes(), &ids_of(n));
+                        cache.put(words[n as usize].as_bytes(), &ids_of(n));
                     }
                 });
             }
@@ -246,8 +268,8 @@ mod tests {
                 scope.spawn(move || {
                     for round in 0..40_000u32 {
                         let n = round % 16;
-                        if let Some(hit) = cache.get(words[n as usize].as_bytes()) {
-                            assert_eq!(hit.as_slice(), ids_of(n));
+                        if let Some(ids) = cache.ids(words[n as usize].as_bytes()) {
+                            assert_eq!(ids, ids_of(n));
                             hits.fetch_add(1, Ordering::Relaxed);
                         }
                     }
