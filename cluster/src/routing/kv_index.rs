@@ -149,27 +149,35 @@ impl KvIndex {
                 candidates.push(Overlap { id, resident: 0, offloaded: 0, reading: true });
             }
         }
-        // One pass over the prompt's blocks, each looked up once for all candidates.
-        for hash in hashes {
-            let resident = index.holders.get(hash).map_or(&[][..], Holders::as_slice);
-            let mut offloaded = None;
-            let mut any = false;
-            for candidate in candidates.iter_mut().filter(|c| c.reading) {
-                if resident.contains(&candidate.id) {
-                    candidate.resident += 1;
-                } else if offloaded
-                    .get_or_insert_with(|| index.offloaded.get(hash).map_or(&[][..], Holders::as_slice))
-                    .contains(&candidate.id)
-                {
-                    candidate.offloaded += 1;
-                } else {
-                    candidate.reading = false;
-                    continue;
-                }
-                any = true;
+        // One pass over the prompt's blocks, each looked up once for all candidates. The blocks
+        // are looked up 8 at a time before any is counted: each lookup is a cache miss, and misses
+        // with no branch on a result between them overlap.
+        const AHEAD: usize = 8;
+        'blocks: for chunk in hashes.chunks(AHEAD) {
+            let mut found: [&[WorkerId]; AHEAD] = [&[]; AHEAD];
+            for (slot, hash) in found.iter_mut().zip(chunk) {
+                *slot = index.holders.get(hash).map_or(&[][..], Holders::as_slice);
             }
-            if !any {
-                break;
+            for (hash, resident) in chunk.iter().zip(found) {
+                let mut offloaded = None;
+                let mut any = false;
+                for candidate in candidates.iter_mut().filter(|c| c.reading) {
+                    if resident.contains(&candidate.id) {
+                        candidate.resident += 1;
+                    } else if offloaded
+                        .get_or_insert_with(|| index.offloaded.get(hash).map_or(&[][..], Holders::as_slice))
+                        .contains(&candidate.id)
+                    {
+                        candidate.offloaded += 1;
+                    } else {
+                        candidate.reading = false;
+                        continue;
+                    }
+                    any = true;
+                }
+                if !any {
+                    break 'blocks;
+                }
             }
         }
         for candidate in candidates {
