@@ -172,6 +172,7 @@ impl ByteLevelBpe {
     /// cache a batch at a time: each batch's slots are read before any of its words is looked up.
     fn encode_segment(&self, segment: &str, ids: &mut Vec<u32>, scratch: &mut Scratch) {
         const BATCH: usize = 16;
+        // Without merges a word's ids are its bytes' ids: nothing to save.
         let cache = scratch.cache.filter(|_| !self.merges.is_empty());
         let mut batch: [(&str, Option<usize>); BATCH] = [("", None); BATCH];
         let mut len = 0;

@@ -18,9 +18,9 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
 /// Pre-tokens longer than this are merged each time (rare, and they would crowd the cache).
-pub(super) const MAX_CACHED_WORD_BYTES: usize = 32;
+const MAX_CACHED_WORD_BYTES: usize = 32;
 /// Ids of a cached word; a word of more is merged each time.
-pub(super) const MAX_CACHED_WORD_IDS: usize = 5;
+const MAX_CACHED_WORD_IDS: usize = 5;
 
 const KEY_WORDS: usize = MAX_CACHED_WORD_BYTES / 8;
 
