@@ -91,7 +91,9 @@ cargo test -q -j2 --workspace
 echo "cargo test: ok"
 
 step "cargo test -p tritium-server --no-default-features (the built-in backends only)"
-# The server without its backend crates builds, and refuses their flags by name (config tests).
+# The server without its backend crates builds, and refuses their flags by name (config tests). Its
+# dev-dependencies give the crates below it the workspace build's features, so only the server and the
+# cluster crate build again here (92 s from clean on 2 cores, against 334 s when 92 crates did).
 cargo test -q -j2 -p tritium-server --no-default-features --lib config::
 echo "cargo test (no default features): ok"
 
