@@ -81,13 +81,9 @@ def clean_copy(destination: pathlib.Path) -> pathlib.Path:
 @needs("package", "slow")
 def venv(tmp_path_factory) -> pathlib.Path:
     """A fresh virtual environment with numpy and the package installed by `pip install ./python` from a clean
-    copy of the repository (the repository itself under CI, where it is a fresh clone)."""
+    copy of the repository."""
     root = tmp_path_factory.mktemp("package-venv")
-    # Under CI the repository is itself a fresh clone, and building in place reuses the workspace crates
-    # `cargo build` compiled: a copy at another path rebuilds every one of them (cargo keys a path crate's
-    # build by its path): the fixture took 140 s on 2 cores, against 46 s in place. A developer's tree may hold ignored
-    # files a clone would not, so elsewhere the build runs in a clean copy.
-    source = REPO if os.environ.get("CI") else clean_copy(tmp_path_factory.mktemp("package-clone"))
+    clone = clean_copy(tmp_path_factory.mktemp("package-clone"))
     interpreter = shutil.which("python3.11") or sys.executable
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH"))}
     run([interpreter, "-m", "venv", str(root)], base_env, 300)
@@ -99,5 +95,5 @@ def venv(tmp_path_factory) -> pathlib.Path:
     # The workspace's target folder: the copy's build reuses the dependencies `cargo build` compiled.
     env["CARGO_TARGET_DIR"] = os.environ.get("CARGO_TARGET_DIR", str(REPO / "target"))
     # A user's command, build isolation and all: pip fetches the pyproject's maturin and builds.
-    run([*pip, "./python"], env, BUILD_TIMEOUT, cwd=source)
+    run([*pip, "./python"], env, BUILD_TIMEOUT, cwd=clone)
     return root
